@@ -1,0 +1,61 @@
+"""The `warmserve` command line.
+
+Each command lives in the module that owns its concern; this file only maps command words to modules, so that
+nothing depends on the CLI and `warmserve --help` imports no heavy library. A command module provides
+``add_arguments(parser)`` and ``main(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command words -> (module, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("serve",): ("warmserve.controller.serve", "serve models over an OpenAI-compatible HTTP API"),
+    ("worker",): ("warmserve.worker.main", "run one device worker (joins a controller)"),
+    ("models", "demo"): ("warmserve.engine.demo", "write the random-weight demo checkpoints"),
+    ("simulate",): ("warmserve.sim.cli", "simulate a cluster under a workload, per policy"),
+    ("calibrate",): ("warmserve.bench.calibrate", "measure the local engine and write a simulator profile"),
+    ("bench", "switch"): ("warmserve.bench.switch", "memory switching: activation vs cold load, move vs memcpy"),
+    ("bench", "engine"): ("warmserve.bench.engine", "engine throughput vs transformers, TTFT warm vs cold"),
+    ("bench", "forecast"): ("warmserve.bench.forecast", "forecast error per model and method on ServeGen"),
+    ("bench", "placement"): ("warmserve.bench.placement", "planning time and prewarm survival, laminar vs round-robin"),
+    ("bench", "overhead"): ("warmserve.bench.overhead", "per-request overhead the controller adds"),
+    ("bench", "replay"): ("warmserve.bench.replay", "replay a trace against a live cluster, per policy"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: warmserve COMMAND [options]", "", "commands:"]
+    for words, (_, help_) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<18} {help_}")
+    lines.append("")
+    lines.append("`warmserve COMMAND --help` shows a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for n in (2, 1):
+        words = tuple(argv[:n])
+        if words in COMMANDS:
+            module_name, help_ = COMMANDS[words]
+            break
+    else:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"warmserve: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
+            print(_usage(), file=sys.stderr)
+            return 2
+        print(_usage())
+        return 0
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog="warmserve " + " ".join(words), description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[len(words):])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Typed errors shared by every part of warmserve.
+
+Each error carries the numbers behind it and, where there is one, the fix. Errors raised for a caller's
+mistake also derive from ValueError, so generic callers can catch them as such. ``to_wire``/``from_wire``
+carry an error across a ZeroMQ hop with its class and fields intact.
+"""
+
+from __future__ import annotations
+
+GiB = 1 << 30
+
+
+def fmt_bytes(n: int | float) -> str:
+    """Human-readable size with a binary unit (2.0 GiB, 512.0 MiB)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class WarmServeError(Exception):
+    """Base of every error warmserve raises on purpose."""
+
+    #: HTTP status the controller maps this error to.
+    http_status = 500
+
+    def __init__(self, message: str, **fields):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    def to_wire(self) -> dict:
+        return {"type": type(self).__name__, "message": self.message, "fields": self.fields}
+
+
+class InvalidArgumentError(WarmServeError, ValueError):
+    """A caller passed a bad value: an offset out of range, an overlap, a double unmap."""
+
+    http_status = 400
+
+
+class OutOfMemoryError(WarmServeError, MemoryError):
+    """Not enough free pages (or host memory) for what was asked."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, asked_bytes: int = 0, free_bytes: int = 0, total_bytes: int = 0, **fields):
+        super().__init__(message, asked_bytes=asked_bytes, free_bytes=free_bytes, total_bytes=total_bytes, **fields)
+
+
+class MappingLimitError(OutOfMemoryError):
+    """The kernel's limit on mappings per process (vm.max_map_count) would be exceeded."""
+
+
+class DriverError(WarmServeError):
+    """The CUDA driver (or the kernel) returned an error code."""
+
+    def __init__(self, message: str, *, code: int = 0, name: str = "", **fields):
+        super().__init__(message, code=code, name=name, **fields)
+
+
+class BackendUnavailableError(WarmServeError):
+    """A memory backend was asked for on a machine that cannot provide it (cuda without a GPU)."""
+
+
+class ClosedError(WarmServeError):
+    """An object was used after close()."""
+
+
+class CancelledError(WarmServeError):
+    """A long operation (a load) was cancelled; what it had done was rolled back."""
+
+
+class ViewsAliveError(InvalidArgumentError):
+    """Pages cannot be unmapped or moved while tensor views over them are alive."""
+
+
+class UnknownModelError(WarmServeError, KeyError):
+    """A request named a model this cluster does not serve."""
+
+    http_status = 404
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.message
+
+
+class PromptTooLongError(InvalidArgumentError):
+    """The prompt (plus max_tokens) does not fit the model's context."""
+
+
+class ProtocolError(InvalidArgumentError):
+    """A malformed or unexpected message on a socket."""
+
+
+class WorkerLostError(WarmServeError):
+    """A worker stopped answering (missed heartbeats or its process died)."""
+
+    http_status = 503
+
+
+class TimeoutError_(WarmServeError, TimeoutError):
+    """An operation did not finish within its timeout_s."""
+
+    http_status = 504
+
+
+_BY_NAME = {
+    cls.__name__: cls
+    for cls in (
+        WarmServeError, InvalidArgumentError, OutOfMemoryError, MappingLimitError, DriverError,
+        BackendUnavailableError, ClosedError, CancelledError, ViewsAliveError, UnknownModelError,
+        PromptTooLongError, ProtocolError, WorkerLostError, TimeoutError_,
+    )
+}
+
+
+def register(cls: type[WarmServeError]) -> type[WarmServeError]:
+    """Make a subclass defined elsewhere travel over the wire as itself (use as a decorator)."""
+    _BY_NAME[cls.__name__] = cls
+    return cls
+
+
+def from_wire(d: dict) -> WarmServeError:
+    """Rebuild an error sent with ``to_wire``; unknown types come back as WarmServeError."""
+    cls = _BY_NAME.get(d.get("type", ""), WarmServeError)
+    err = Exception.__new__(cls, d.get("message", ""))  # skip subclass __init__ signatures
+    WarmServeError.__init__(err, d.get("message", ""), **(d.get("fields") or {}))
+    return err
