@@ -1,3 +1,331 @@
+// pybind11 module warmserve._C: the memory core (pool.h, loader.h, backends) as seen from Python. Only
+// warmserve.memory imports it; that package adds the torch views and the Python-facing documentation.
+//
+// GIL policy. Every call that takes the pool mutex or blocks (map, unmap, move, grow, shrink, close, pool
+// creation, queries, waiting on a load) releases the GIL first, so other Python threads run meanwhile and a
+// thread waiting for the pool mutex never holds the GIL. C++ threads (the loader's mapper and copiers) never call
+// back into Python and never take the GIL: progress is polled by the waiting Python thread. Together this rules
+// out the one deadlock shape possible here (a thread holding the pool mutex waiting for the GIL while the GIL
+// holder waits for the mutex). The only code that takes the pool mutex with the GIL held is a view's DLPack
+// deleter (it unpins pages) and view creation; both are short and never wait for anything else.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
-PYBIND11_MODULE(_C, m) { m.def("version", [] { return "0.1.0"; }); }
+#include <cstring>
+
+#include "backend.h"
+#include "errors.h"
+#include "loader.h"
+#include "pool.h"
+
+namespace py = pybind11;
+using namespace ws;
+
+namespace {
+
+// ---- DLPack (the ABI from the DLPack specification, declared here to need no header)
+struct DLDevice { int32_t device_type, device_id; };
+struct DLDataType { uint8_t code, bits; uint16_t lanes; };
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+
+// One view: the managed tensor, its shape, and the pin that keeps its pages mapped (pinned=True) and the
+// slot's reservation alive (always), until the consumer (torch) frees its storage.
+struct ViewCtx {
+  DLManagedTensor mt;
+  int64_t shape[1];
+  Pin pin;
+  ViewCtx(std::shared_ptr<Slot> s, uint64_t off, uint64_t n, bool pinned) : pin(std::move(s), off, n, pinned) {}
+};
+
+void view_deleter(DLManagedTensor* mt) { delete static_cast<ViewCtx*>(mt->manager_ctx); }
+
+void capsule_destructor(PyObject* cap) {
+  if (PyCapsule_IsValid(cap, "dltensor")) {  // never consumed: free it here
+    auto* mt = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+    mt->deleter(mt);
+  }
+}
+
+py::capsule make_view(const std::shared_ptr<Slot>& s, uint64_t byte_offset, uint64_t nbytes, bool pinned) {
+  ViewCtx* ctx;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> g(s->pool->mu);
+    s->check_open_locked();
+    uint64_t pb = s->page_bytes(), reserved = s->n_pages * pb;
+    if (byte_offset > reserved || nbytes > reserved - byte_offset)
+      throw invalid("view of bytes [" + std::to_string(byte_offset) + ", " + std::to_string(byte_offset + nbytes) +
+                    ") is outside slot '" + s->tag + "' (" + std::to_string(reserved) + " bytes reserved)");
+    uint64_t first = byte_offset / pb, last = nbytes ? (byte_offset + nbytes - 1) / pb : first;
+    uint64_t n = nbytes ? last - first + 1 : 0;
+    if (pinned)
+      for (uint64_t i = first; i < first + n; ++i)
+        if (s->table[i] < 0)
+          throw invalid("a pinned view needs its pages mapped: page " + std::to_string(i) + " of slot '" + s->tag +
+                        "' is not (map it first, or use pinned=False for a range touched only where mapped)");
+    ctx = new ViewCtx(s, first, n, pinned && n > 0);
+  }
+  ctx->shape[0] = int64_t(nbytes);
+  DLTensor& t = ctx->mt.dl_tensor;
+  t.data = reinterpret_cast<void*>(s->base + byte_offset);
+  t.device = {s->pool->backend->dlpack_device_type(), s->pool->backend->device()};
+  t.ndim = 1;
+  t.dtype = {1 /* kDLUInt */, 8, 1};
+  t.shape = ctx->shape;
+  t.strides = nullptr;
+  t.byte_offset = 0;
+  ctx->mt.manager_ctx = ctx;
+  ctx->mt.deleter = view_deleter;
+  PyObject* cap = PyCapsule_New(&ctx->mt, "dltensor", capsule_destructor);
+  if (!cap) {
+    delete ctx;
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::capsule>(cap);
+}
+
+// A load job as Python holds it: the buffers it reads from stay referenced until the job's threads are joined.
+struct PyLoadJob {
+  std::shared_ptr<LoadJob> job;
+  py::list keep;
+  ~PyLoadJob() {
+    if (job) {
+      py::gil_scoped_release nogil;
+      job->cancel();
+      job->join();
+    }
+  }
+};
+
+const char* error_class(ErrorKind k) {
+  switch (k) {
+    case ErrorKind::InvalidArgument: return "InvalidArgumentError";
+    case ErrorKind::OutOfMemory: return "OutOfMemoryError";
+    case ErrorKind::MappingLimit: return "MappingLimitError";
+    case ErrorKind::ViewsAlive: return "ViewsAliveError";
+    case ErrorKind::Closed: return "ClosedError";
+    case ErrorKind::Driver: return "DriverError";
+    case ErrorKind::BackendUnavailable: return "BackendUnavailableError";
+    case ErrorKind::Cancelled: return "CancelledError";
+    case ErrorKind::Timeout: return "TimeoutError_";
+  }
+  return "WarmServeError";
+}
+
+void raise_python(const Error& e) {
+  py::object cls = py::module_::import("warmserve.errors").attr(error_class(e.kind));
+  py::dict kw;
+  switch (e.kind) {
+    case ErrorKind::MappingLimit:
+      kw["mappings"] = e.mappings;
+      kw["max_mappings"] = e.max_mappings;
+      [[fallthrough]];
+    case ErrorKind::OutOfMemory:
+      kw["asked_bytes"] = e.asked_bytes;
+      kw["free_bytes"] = e.free_bytes;
+      kw["total_bytes"] = e.total_bytes;
+      break;
+    case ErrorKind::Driver:
+      kw["code"] = e.code;
+      kw["name"] = e.name;
+      break;
+    case ErrorKind::Cancelled:
+      kw["done_bytes"] = e.free_bytes;
+      kw["total_bytes"] = e.asked_bytes;
+      break;
+    default:
+      break;
+  }
+  py::object inst = cls(e.what(), **kw);
+  PyErr_SetObject(cls.ptr(), inst.ptr());
+}
+
+std::shared_ptr<Pool> make_pool(uint64_t capacity, const std::string& backend, uint64_t page_bytes, int device) {
+  std::unique_ptr<Backend> b;
+  if (backend == "host") b = make_host_backend(capacity, page_bytes);
+  else if (backend == "cuda") b = make_cuda_backend(capacity, page_bytes, device);
+  else throw invalid("backend must be 'host' or 'cuda', not '" + backend + "'");
+  return std::make_shared<Pool>(std::move(b));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "warmserve memory core (use warmserve.memory, not this module)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      raise_python(e);
+    }
+  });
+  m.def("version", [] { return "0.1.0"; });
+  m.def("cuda_compiled", &cuda_compiled, "whether this build contains the cuda backend");
+
+  using nogil = py::call_guard<py::gil_scoped_release>;
+
+  py::class_<Pool, std::shared_ptr<Pool>>(m, "Pool")
+      .def(py::init(&make_pool), py::arg("capacity_bytes"), py::arg("backend"), py::arg("page_bytes"),
+           py::arg("device"), nogil())
+      .def_property_readonly("backend", [](Pool& p) { return p.backend->name(); })
+      .def_property_readonly("page_bytes", [](Pool& p) { return p.backend->page_bytes(); })
+      .def_property_readonly("total_pages", [](Pool& p) { return p.backend->total_pages(); })
+      .def_property_readonly("free_pages", [](Pool& p) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> g(p.mu);
+        return p.free.size();
+      })
+      .def_property_readonly("huge_pages", [](Pool& p) { return p.backend->huge_pages(); })
+      .def_property_readonly("device", [](Pool& p) { return p.backend->device(); })
+      .def_property_readonly("closed", [](Pool& p) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> g(p.mu);
+        return p.closed;
+      })
+      .def("close", &Pool::close, nogil())
+      .def(
+          "pages_by_tag",
+          [](Pool& p) {
+            std::map<std::string, uint64_t> out;
+            std::vector<std::shared_ptr<Slot>> keep;  // released after the lock (~Slot takes it)
+            {
+              py::gil_scoped_release nogil;
+              std::lock_guard<std::mutex> g(p.mu);
+              for (auto& [id, w] : p.slots)
+                if (auto s = w.lock()) {
+                  if (s->mapped) out[s->tag] += s->mapped;
+                  keep.push_back(std::move(s));
+                }
+              out["free"] = p.free.size();
+            }
+            {
+              py::gil_scoped_release nogil;
+              keep.clear();
+            }
+            return out;
+          })
+      .def("stats",
+           [](Pool& p) {
+             py::dict d;
+             uint64_t v[10];
+             {
+               py::gil_scoped_release nogil;
+               std::lock_guard<std::mutex> g(p.mu);
+               uint64_t live = 0;
+               for (auto& [id, w] : p.slots) live += !w.expired();
+               uint64_t a[10] = {p.free.size(), p.n_map,          p.n_unmap,      p.n_move,           p.pages_mapped,
+                                 p.pages_unmapped, p.pages_moved, p.backend->calls, p.bytes_loaded.load(), live};
+               std::memcpy(v, a, sizeof a);
+             }
+             uint64_t pb = p.backend->page_bytes();
+             d["backend"] = p.backend->name();
+             d["device"] = p.backend->device();
+             d["huge_pages"] = p.backend->huge_pages();
+             d["page_bytes"] = pb;
+             d["total_pages"] = p.backend->total_pages();
+             d["free_pages"] = v[0];
+             d["total_bytes"] = p.backend->total_pages() * pb;
+             d["free_bytes"] = v[0] * pb;
+             d["map_ops"] = v[1];
+             d["unmap_ops"] = v[2];
+             d["move_ops"] = v[3];
+             d["pages_mapped"] = v[4];
+             d["pages_unmapped"] = v[5];
+             d["pages_moved"] = v[6];
+             d["backend_calls"] = v[7];
+             d["bytes_loaded"] = v[8];
+             d["slots"] = v[9];
+             return d;
+           })
+      .def("create_slot", &create_slot, py::arg("reserve_bytes"), py::arg("tag"), nogil());
+
+  py::class_<Slot, std::shared_ptr<Slot>>(m, "Slot")
+      .def_property(
+          "tag",
+          [](Slot& s) {
+            std::string t;
+            {
+              py::gil_scoped_release nogil;
+              std::lock_guard<std::mutex> g(s.pool->mu);
+              t = s.tag;
+            }
+            return t;
+          },
+          [](Slot& s, const std::string& t) {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> g(s.pool->mu);
+            s.tag = t;
+          })
+      .def_property_readonly("reserved_pages", [](Slot& s) { return s.n_pages; })
+      .def_property_readonly("base_address", [](Slot& s) { return uint64_t(s.base); })
+      .def_property_readonly("page_bytes", [](Slot& s) { return s.page_bytes(); })
+      .def_property_readonly("mapped_pages", [](Slot& s) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> g(s.pool->mu);
+        return s.mapped;
+      })
+      .def_property_readonly("closed", [](Slot& s) {
+        py::gil_scoped_release nogil;
+        std::lock_guard<std::mutex> g(s.pool->mu);
+        return s.closed || s.pool->closed;
+      })
+      .def("map", &Slot::map, nogil())
+      .def("unmap", &Slot::unmap, nogil())
+      .def("move_pages", &Slot::move_to, nogil())
+      .def("grow", &Slot::grow, nogil())
+      .def("shrink", &Slot::shrink, nogil())
+      .def("close", &Slot::close, py::arg("force"), nogil())
+      .def("is_mapped", &Slot::is_mapped, nogil())
+      .def("mapped_ranges", &Slot::mapped_ranges, nogil())
+      .def("physical_pages", &Slot::physical_pages, nogil())
+      .def("dlpack", &make_view, py::arg("byte_offset"), py::arg("nbytes"), py::arg("pinned"))
+      .def(
+          "load",
+          [](std::shared_ptr<Slot> s, py::list sources, int threads, uint64_t chunk_bytes) {
+            // sources: (path or None, buffer address, keepalive object, src_offset, slot_offset, nbytes)
+            auto pj = std::make_unique<PyLoadJob>();
+            std::vector<Source> v;
+            for (py::handle h : sources) {
+              py::tuple t = py::reinterpret_borrow<py::tuple>(h);
+              Source src;
+              if (!t[0].is_none()) src.path = t[0].cast<std::string>();
+              src.ptr = t[1].cast<uint64_t>();
+              pj->keep.append(t[2]);
+              src.src_offset = t[3].cast<uint64_t>();
+              src.slot_offset = t[4].cast<uint64_t>();
+              src.nbytes = t[5].cast<uint64_t>();
+              v.push_back(std::move(src));
+            }
+            {
+              py::gil_scoped_release nogil;
+              pj->job = std::make_shared<LoadJob>(std::move(s), std::move(v), threads, chunk_bytes);
+            }
+            return pj;
+          },
+          py::arg("sources"), py::arg("threads"), py::arg("chunk_bytes"));
+
+  py::class_<PyLoadJob>(m, "LoadJob")
+      .def("wait_for", [](PyLoadJob& j, double t) { py::gil_scoped_release nogil; return j.job->wait_for(t); })
+      .def("result", [](PyLoadJob& j) { py::gil_scoped_release nogil; return j.job->result(); })
+      .def("cancel", [](PyLoadJob& j) { j.job->cancel(); })
+      .def_property_readonly("done_bytes", [](PyLoadJob& j) { return j.job->done_bytes(); })
+      .def_property_readonly("total_bytes", [](PyLoadJob& j) { return j.job->total_bytes(); })
+      .def_property_readonly("finished", [](PyLoadJob& j) {
+        py::gil_scoped_release nogil;
+        return j.job->state() != LoadJob::State::Running;
+      })
+      .def_property_readonly("pages_mapped_by_job", [](PyLoadJob& j) { return j.job->pages_mapped_by_job(); });
+}

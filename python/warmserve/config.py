@@ -27,3 +27,153 @@ class ModelSpec:
             raise ValueError(f"ModelSpec {self.name!r}: tp must be 1, 2, 4 or 8, got {self.tp}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"ModelSpec {self.name!r}: dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """How the controller talks to workers and runs the policy loop."""
+
+    #: ZeroMQ address workers connect to. Loopback by default: other hosts can only join when told so.
+    bind: str = "tcp://127.0.0.1:0"
+    #: Policy by name: warmserve, autoscale, shared, dedicated, no-kv-reservation, round-robin-placement, reactive.
+    policy: str = "warmserve"
+    #: Length of one forecasting window, seconds (the paper uses 300; tests and demos shorten it).
+    window_s: float = 300.0
+    #: Period of the policy loop (autoscaling, KV targets, prewarm plans), seconds.
+    tick_s: float = 0.5
+    #: Period of heartbeats to each worker, seconds.
+    heartbeat_interval_s: float = 0.5
+    #: A worker silent for this long is declared lost and its queued requests are re-routed, seconds.
+    worker_timeout_s: float = 3.0
+    #: JSON or CSV history of per-window load (model, start_s, avg, peak) that seeds the forecasts; "" for none.
+    history_path: str = ""
+    #: Requests waiting for an instance, per model, beyond which new ones are refused with 503.
+    max_queue: int = 512
+    #: A request that produced no token for this long fails with a timeout, seconds.
+    request_timeout_s: float = 120.0
+    #: On shutdown, in-flight requests get this long to finish before they are aborted, seconds.
+    drain_timeout_s: float = 30.0
+    #: Directory holding ZeroMQ CURVE keys (server.key_secret, workers' *.key public files); "" disables CURVE.
+    curve_dir: str = ""
+
+    def __post_init__(self):
+        for f in ("window_s", "tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"ControllerConfig.{f} must be > 0, got {getattr(self, f)}")
+        if self.worker_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"ControllerConfig.worker_timeout_s ({self.worker_timeout_s}) must be at least twice "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}), or healthy workers are declared lost"
+            )
+        if self.max_queue < 1:
+            raise ValueError(f"ControllerConfig.max_queue must be >= 1, got {self.max_queue}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The OpenAI-compatible HTTP front end."""
+
+    #: Interface to listen on; loopback unless told otherwise.
+    host: str = "127.0.0.1"
+    #: TCP port; 0 picks a free one.
+    port: int = 8000
+    #: Bearer token clients must send; "" accepts every client.
+    api_key: str = ""
+    #: Requests in flight over HTTP beyond which new ones get 429.
+    max_concurrent_requests: int = 1024
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """What to serve and where."""
+
+    #: The models served.
+    models: tuple[ModelSpec, ...] = ()
+    #: Local devices to start one worker on each: "cuda:N" or "cpu:N"; empty = one per GPU, or CPU workers.
+    devices: tuple[str, ...] = ()
+    #: Number of CPU workers when devices is empty and there is no GPU.
+    cpu_workers: int = 2
+    #: Host memory each CPU worker may use for weights and KV cache, bytes; 0 sizes it from the models.
+    cpu_worker_memory_bytes: int = 0
+    #: Torch threads per CPU worker; 0 shares the machine's cores among the workers.
+    cpu_worker_threads: int = 0
+    #: Remote workers (joining with `warmserve worker --controller`) to wait for before serving.
+    remote_workers: int = 0
+    #: Seconds to wait for workers to come up and register.
+    worker_start_timeout_s: float = 120.0
+    controller: ControllerConfig = ControllerConfig()
+    server: ServerConfig = ServerConfig()
+
+    def __post_init__(self):
+        if self.cpu_workers < 0 or self.remote_workers < 0:
+            raise ValueError("ClusterConfig: cpu_workers and remote_workers must be >= 0")
+        for d in self.devices:
+            kind, _, idx = d.partition(":")
+            if kind not in ("cpu", "cuda") or not idx.isdigit():
+                raise ValueError(f"ClusterConfig: device {d!r} must look like 'cuda:0' or 'cpu:0'")
+        names = [m.name for m in self.models]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"ClusterConfig: model names must be unique, {sorted(dup)} repeat; set ModelSpec.name")
+
+
+def _build(cls, data: dict, where: str):
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"config {where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        if isinstance(v, int) and not isinstance(v, bool) and isinstance(fields[k].default, float):
+            v = float(v)
+        out[k] = v
+    return cls(**out)
+
+
+def cluster_config_from_dict(data: dict) -> ClusterConfig:
+    """Build a ClusterConfig from the parsed content of a TOML or YAML file (sections: models, controller, server)."""
+    data = dict(data or {})
+    models = []
+    for i, m in enumerate(data.pop("models", []) or []):
+        models.append(ModelSpec(path=m) if isinstance(m, str) else _build(ModelSpec, dict(m), f"models[{i}]"))
+    controller = _build(ControllerConfig, dict(data.pop("controller", {}) or {}), "[controller]")
+    server = _build(ServerConfig, dict(data.pop("server", {}) or {}), "[server]")
+    cluster = dict(data.pop("cluster", {}) or {})
+    cluster.update(data)
+    cluster.update(models=models, controller=controller, server=server)
+    return _build(ClusterConfig, cluster, "[cluster]")
+
+
+def load_config(path: str) -> ClusterConfig:
+    """Read a cluster configuration file: TOML (.toml) or YAML (.yaml/.yml)."""
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".toml":
+        import tomllib
+
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    elif ext in (".yaml", ".yml"):
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    else:
+        raise ValueError(f"config file {path!r}: use a .toml, .yaml or .yml file")
+    base = os.path.dirname(os.path.abspath(path))
+    for m in data.get("models", []) or []:
+        # Relative checkpoint paths are relative to the config file, not to wherever the server starts.
+        if isinstance(m, dict) and "path" in m and not os.path.isabs(os.path.expanduser(m["path"])):
+            m["path"] = os.path.join(base, m["path"])
+    data["models"] = [
+        os.path.join(base, m) if isinstance(m, str) and not os.path.isabs(os.path.expanduser(m)) else m
+        for m in data.get("models", []) or []
+    ]
+    return cluster_config_from_dict(data)

@@ -92,6 +92,12 @@ class PromptTooLongError(InvalidArgumentError):
     """The prompt (plus max_tokens) does not fit the model's context."""
 
 
+class ModelStateError(InvalidArgumentError):
+    """A model is on a worker but in the wrong state for the request (loading, running, not running)."""
+
+    http_status = 409
+
+
 class ProtocolError(InvalidArgumentError):
     """A malformed or unexpected message on a socket."""
 
@@ -113,7 +119,7 @@ _BY_NAME = {
     for cls in (
         WarmServeError, InvalidArgumentError, OutOfMemoryError, MappingLimitError, DriverError,
         BackendUnavailableError, ClosedError, CancelledError, ViewsAliveError, UnknownModelError,
-        PromptTooLongError, ProtocolError, WorkerLostError, TimeoutError_,
+        PromptTooLongError, ModelStateError, ProtocolError, WorkerLostError, TimeoutError_,
     )
 }
 

@@ -1,0 +1,39 @@
+"""The memory core: a page pool, slots over it, zero-copy switching, pipelined loads, tensor views.
+
+C++ (``warmserve._C``, imported only here) does the mechanism; this package is its Python face.
+
+- ``PagePool(capacity_bytes, backend="host"|"cuda")`` creates every physical page (2 MiB by default) up front.
+  The ``host`` backend keeps them as offsets of one memfd (huge pages when the kernel has some reserved, else
+  normal pages; ``stats()["huge_pages"]`` says which) and commits them at creation with fallocate, so a pool that
+  cannot exist fails at once with the numbers rather than with SIGBUS in a later copy, as on the GPU where
+  cuMemCreate allocates up front. The ``cuda`` backend uses the driver's virtual memory API through a libcuda
+  opened at run time; on a machine without one it raises BackendUnavailableError saying why.
+- ``pool.create_slot(reserve_bytes, tag)`` reserves a virtual range with nothing mapped (PROT_NONE on the host:
+  reading an unmapped page is a clean fault, never stale data). ``map``/``unmap``/``grow``/``shrink`` edit page
+  tables only; ``move_pages`` hands physical pages from one slot to another with their contents, no copy
+  (``physical_pages`` shows the same page ids before and after). A multi-page operation that fails halfway is
+  rolled back.
+- ``slot.load(sources)`` copies files (a safetensors checkpoint) or host buffers into a slot while a C++ thread
+  maps and populates the pages ahead of the copier threads; the GIL is released, progress is polled, ``cancel``
+  unmaps what the load had mapped.
+
+View policy. ``slot.tensor(byte_offset, shape, dtype, pinned=True)`` is a zero-copy torch tensor (DLPack) over
+the slot. A pinned view pins the pages it covers for as long as any tensor sharing its storage lives (the pin is
+dropped by the DLPack deleter when torch frees the storage, so slices and ``.view`` results count too): unmapping
+or moving an overlapping range raises ViewsAliveError, and so does ``slot.close()`` (``close(force=True)``
+unmaps anyway). A running load pins its destination the same way. A ``pinned=False`` view may cover unmapped
+pages and does not block unmap: it is for a region the caller touches only where mapped, such as the engine's KV
+cache (one tensor over the whole KV range; the engine checks ``is_mapped`` for the blocks a step uses). Every view
+keeps the slot's reservation alive, so touching an unmapped or closed range through a stale view faults
+(SIGSEGV on the host) instead of reading another slot's data.
+
+Threads. One mutex per pool (in C++) guards the pool and its slots; map/unmap/move/load from several Python
+threads are safe. The GIL policy is written down in csrc/bindings.cpp.
+"""
+
+from __future__ import annotations
+
+from warmserve.memory.loader import LoadJob
+from warmserve.memory.pool import PAGE_BYTES, PagePool, Slot, cuda_compiled
+
+__all__ = ["PAGE_BYTES", "LoadJob", "PagePool", "Slot", "cuda_compiled"]

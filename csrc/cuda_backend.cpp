@@ -1,0 +1,293 @@
+// CUDA backend over the driver's virtual memory API. Every page is one cuMemCreate allocation made when the pool
+// is created; a slot is one cuMemAddressReserve range; map = cuMemMap per page plus ONE cuMemSetAccess over the
+// whole run (access is the expensive call: ~36 us against ~1.5 us for a map on an A100). libcuda is opened with
+// dlopen when a cuda pool is first made, so the same build imports on machines without a driver.
+#include "backend.h"
+#include "errors.h"
+
+#ifdef WARMSERVE_WITH_CUDA
+
+#include <cuda.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#define WS_STR2(x) #x
+#define WS_STR(x) WS_STR2(x)
+// The names go through cuda.h's macros, so the versioned symbols (cuMemGetInfo_v2, ...) are looked up.
+#define WS_CU_FUNCS(X)                                                                                             \
+  X(cuInit) X(cuGetErrorName) X(cuGetErrorString) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDevicePrimaryCtxRetain) \
+  X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuMemGetAllocationGranularity) X(cuMemCreate)                \
+  X(cuMemRelease) X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)         \
+  X(cuMemGetInfo) X(cuStreamCreate) X(cuStreamDestroy) X(cuStreamSynchronize) X(cuMemcpyHtoDAsync)               \
+  X(cuMemHostAlloc) X(cuMemFreeHost) X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventDestroy)
+
+namespace ws {
+namespace {
+
+struct Api {
+#define WS_DECL(name) decltype(&name) p_##name = nullptr;
+  WS_CU_FUNCS(WS_DECL)
+#undef WS_DECL
+  std::string load_error;
+};
+
+const Api& api() {
+  static Api a;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) lib = ::dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      const char* e = ::dlerror();
+      a.load_error = std::string("the NVIDIA driver library libcuda.so.1 cannot be loaded (") + (e ? e : "?") +
+                     "): this machine has no NVIDIA driver";
+      return;
+    }
+#define WS_LOAD(name)                                                                      \
+  a.p_##name = reinterpret_cast<decltype(&name)>(::dlsym(lib, WS_STR(name)));               \
+  if (!a.p_##name && a.load_error.empty())                                                 \
+    a.load_error = std::string("libcuda.so.1 has no ") + WS_STR(name) + ": the driver is too old for the " \
+                   "virtual memory API (needs CUDA 11.2 or newer)";
+    WS_CU_FUNCS(WS_LOAD)
+#undef WS_LOAD
+  });
+  if (!a.load_error.empty()) throw Error(ErrorKind::BackendUnavailable, a.load_error);
+  return a;
+}
+
+Error cu_error(const char* what, CUresult r) {
+  const char* nm = nullptr;
+  const char* desc = nullptr;
+  const Api& a = api();
+  a.p_cuGetErrorName(r, &nm);
+  a.p_cuGetErrorString(r, &desc);
+  Error e(ErrorKind::Driver, std::string(what) + " failed: " + (nm ? nm : "CUDA_ERROR_?") + " (" +
+                                 (desc ? desc : "") + ")");
+  e.code = int64_t(r);
+  e.name = nm ? nm : "";
+  return e;
+}
+
+#define WS_CU(call)                                   \
+  do {                                                \
+    CUresult r_ = (call);                             \
+    if (r_ != CUDA_SUCCESS) throw cu_error(#call, r_); \
+  } while (0)
+
+struct CudaCopier : Copier {
+  static constexpr uint64_t kStaging = 16ull << 20;
+  CUcontext ctx;
+  CUstream stream = nullptr;
+  void* staging[2] = {nullptr, nullptr};
+  CUevent ev[2] = {nullptr, nullptr};
+  bool busy[2] = {false, false};
+  int b = 0;
+
+  explicit CudaCopier(CUcontext c) : ctx(c) {
+    const Api& a = api();
+    WS_CU(a.p_cuCtxSetCurrent(ctx));  // this runs in the loader thread that will use it
+    WS_CU(a.p_cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+    for (int i = 0; i < 2; ++i) {
+      WS_CU(a.p_cuMemHostAlloc(&staging[i], kStaging, 0));
+      WS_CU(a.p_cuEventCreate(&ev[i], CU_EVENT_DISABLE_TIMING));
+    }
+  }
+  ~CudaCopier() override {
+    const Api& a = api();
+    if (stream) a.p_cuStreamSynchronize(stream);
+    for (int i = 0; i < 2; ++i) {
+      if (staging[i]) a.p_cuMemFreeHost(staging[i]);
+      if (ev[i]) a.p_cuEventDestroy(ev[i]);
+    }
+    if (stream) a.p_cuStreamDestroy(stream);
+  }
+  // Double buffering: fill one pinned buffer while the other one's copy to the device runs.
+  template <class Fill>
+  void pump(uintptr_t dst, uint64_t n, Fill fill) {
+    const Api& a = api();
+    uint64_t o = 0;
+    while (o < n) {
+      uint64_t k = std::min(kStaging, n - o);
+      if (busy[b]) WS_CU(a.p_cuEventSynchronize(ev[b]));
+      fill(staging[b], o, k);
+      WS_CU(a.p_cuMemcpyHtoDAsync(CUdeviceptr(dst + o), staging[b], k, stream));
+      WS_CU(a.p_cuEventRecord(ev[b], stream));
+      busy[b] = true;
+      b ^= 1;
+      o += k;
+    }
+  }
+  void from_buffer(uintptr_t dst, const void* src, uint64_t n) override {
+    pump(dst, n, [&](void* st, uint64_t o, uint64_t k) { std::memcpy(st, (const char*)src + o, k); });
+  }
+  void from_file(uintptr_t dst, int fd, uint64_t off, uint64_t n) override {
+    pump(dst, n, [&](void* st, uint64_t o, uint64_t k) {
+      char* p = (char*)st;
+      uint64_t at = off + o;
+      while (k) {
+        ssize_t r = ::pread(fd, p, k, (off_t)at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) throw errno_error("pread", errno);
+        if (r == 0) throw invalid("file ended before the end of a source range");
+        p += r, at += r, k -= r;
+      }
+    });
+  }
+  void finish() override { WS_CU(api().p_cuStreamSynchronize(stream)); }
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(uint64_t capacity, uint64_t page_bytes, int device) : device_(device) {
+    const Api& a = api();
+    CUresult r = a.p_cuInit(0);
+    if (r != CUDA_SUCCESS) {
+      Error e = cu_error("cuInit", r);
+      throw Error(ErrorKind::BackendUnavailable, "the cuda backend cannot start: " + std::string(e.what()));
+    }
+    int count = 0;
+    WS_CU(a.p_cuDeviceGetCount(&count));
+    if (device < 0 || device >= count)
+      throw Error(ErrorKind::BackendUnavailable, "cuda device " + std::to_string(device) + " does not exist (" +
+                                                     std::to_string(count) + " visible)");
+    WS_CU(a.p_cuDeviceGet(&dev_, device));
+    WS_CU(a.p_cuDevicePrimaryCtxRetain(&ctx_, dev_));
+    WS_CU(a.p_cuCtxSetCurrent(ctx_));
+    std::memset(&prop_, 0, sizeof prop_);
+    prop_.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop_.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop_.location.id = device;
+    size_t gran = 0;
+    WS_CU(a.p_cuMemGetAllocationGranularity(&gran, &prop_, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    if (page_bytes == 0 || page_bytes % gran)
+      throw invalid("page_bytes=" + std::to_string(page_bytes) + " must be a positive multiple of the device's " +
+                    "allocation granularity (" + std::to_string(gran) + " bytes)");
+    if (capacity == 0 || capacity % page_bytes)
+      throw invalid("capacity_bytes=" + std::to_string(capacity) + " must be a positive multiple of page_bytes=" +
+                    std::to_string(page_bytes));
+    page_bytes_ = page_bytes;
+    total_pages_ = capacity / page_bytes;
+    size_t free_b = 0, total_b = 0;
+    WS_CU(a.p_cuMemGetInfo(&free_b, &total_b));
+    if (capacity > free_b) throw oom(capacity, free_b, total_b);
+    handles_.reserve(total_pages_);
+    for (uint64_t i = 0; i < total_pages_; ++i) {
+      CUmemGenericAllocationHandle h;
+      CUresult cr = a.p_cuMemCreate(&h, page_bytes, &prop_, 0);
+      if (cr != CUDA_SUCCESS) {
+        close_pages();
+        a.p_cuMemGetInfo(&free_b, &total_b);
+        if (cr == CUDA_ERROR_OUT_OF_MEMORY) throw oom(capacity, free_b + i * page_bytes, total_b);
+        throw cu_error("cuMemCreate", cr);
+      }
+      handles_.push_back(h);
+    }
+    access_.location = prop_.location;
+    access_.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  }
+  ~CudaBackend() override {
+    close_pages();
+    if (ctx_) api().p_cuDevicePrimaryCtxRelease(dev_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  int dlpack_device_type() const override { return 2; }
+  int device() const override { return device_; }
+
+  uintptr_t reserve(uint64_t n_pages) override {
+    const Api& a = api();
+    WS_CU(a.p_cuCtxSetCurrent(ctx_));
+    CUdeviceptr p = 0;
+    WS_CU(a.p_cuMemAddressReserve(&p, n_pages * page_bytes_, page_bytes_, 0, 0));
+    return uintptr_t(p);
+  }
+  void release(uintptr_t addr, uint64_t n_pages) override {
+    const Api& a = api();
+    a.p_cuCtxSetCurrent(ctx_);
+    a.p_cuMemAddressFree(CUdeviceptr(addr), n_pages * page_bytes_);
+  }
+
+  void map(uintptr_t addr, const uint64_t* ids, uint64_t n, bool) override {
+    const Api& a = api();
+    WS_CU(a.p_cuCtxSetCurrent(ctx_));
+    uint64_t i = 0;
+    CUresult r = CUDA_SUCCESS;
+    for (; i < n; ++i) {
+      ++calls;
+      r = a.p_cuMemMap(CUdeviceptr(addr + i * page_bytes_), page_bytes_, 0, handles_[ids[i]], 0);
+      if (r != CUDA_SUCCESS) break;
+    }
+    if (r == CUDA_SUCCESS) {
+      ++calls;
+      r = a.p_cuMemSetAccess(CUdeviceptr(addr), n * page_bytes_, &access_, 1);  // one call for the whole run
+      if (r == CUDA_SUCCESS) return;
+    }
+    for (uint64_t k = 0; k < i; ++k) a.p_cuMemUnmap(CUdeviceptr(addr + k * page_bytes_), page_bytes_);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) throw oom(n * page_bytes_, 0, total_pages_ * page_bytes_);
+    throw cu_error(i < n ? "cuMemMap" : "cuMemSetAccess", r);
+  }
+
+  void unmap(uintptr_t addr, const uint64_t*, uint64_t n) override {
+    const Api& a = api();
+    WS_CU(a.p_cuCtxSetCurrent(ctx_));
+    ++calls;
+    // One call over the run when the driver accepts a range spanning several mappings, page by page otherwise.
+    if (a.p_cuMemUnmap(CUdeviceptr(addr), n * page_bytes_) == CUDA_SUCCESS) return;
+    for (uint64_t k = 0; k < n; ++k) {
+      ++calls;
+      WS_CU(a.p_cuMemUnmap(CUdeviceptr(addr + k * page_bytes_), page_bytes_));
+    }
+  }
+
+  std::unique_ptr<Copier> copier() override { return std::make_unique<CudaCopier>(ctx_); }
+
+  void close_pages() override {
+    if (handles_.empty()) return;
+    const Api& a = api();
+    a.p_cuCtxSetCurrent(ctx_);
+    for (auto h : handles_) a.p_cuMemRelease(h);
+    handles_.clear();
+  }
+
+ private:
+  Error oom(uint64_t asked, uint64_t free_b, uint64_t total_b) const {
+    Error e(ErrorKind::OutOfMemory, "cuda device " + std::to_string(device_) + ": asked for " + fmt_bytes(asked) +
+                                        ", " + fmt_bytes(free_b) + " of " + fmt_bytes(total_b) +
+                                        " free. Fix: lower capacity_bytes, or stop other processes on this GPU");
+    e.asked_bytes = asked, e.free_bytes = free_b, e.total_bytes = total_b;
+    return e;
+  }
+  int device_;
+  CUdevice dev_ = 0;
+  CUcontext ctx_ = nullptr;
+  CUmemAllocationProp prop_;
+  CUmemAccessDesc access_;
+  std::vector<CUmemGenericAllocationHandle> handles_;
+};
+
+}  // namespace
+
+bool cuda_compiled() { return true; }
+std::unique_ptr<Backend> make_cuda_backend(uint64_t capacity_bytes, uint64_t page_bytes, int device) {
+  return std::make_unique<CudaBackend>(capacity_bytes, page_bytes, device);
+}
+
+}  // namespace ws
+
+#else  // built without the CUDA toolkit
+
+namespace ws {
+bool cuda_compiled() { return false; }
+std::unique_ptr<Backend> make_cuda_backend(uint64_t, uint64_t, int) {
+  throw Error(ErrorKind::BackendUnavailable,
+              "this build of warmserve has no cuda backend: cuda.h was not found when it was built. Fix: install "
+              "the CUDA toolkit (or set CUDA_HOME) and reinstall warmserve, or use backend='host'");
+}
+}  // namespace ws
+
+#endif

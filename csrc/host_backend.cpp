@@ -1,0 +1,344 @@
+// Host backend: every page of a pool is an offset in ONE memfd, so a run of adjacent pages maps with one mmap
+// and neighbouring runs merge into one kernel mapping (vm.max_map_count is 65,530 by default: about 32,000
+// separately mapped pages per process). A slot is a PROT_NONE reservation: reading an unmapped page faults
+// cleanly instead of returning stale data. Unmap maps PROT_NONE anonymous memory back over the range, which
+// keeps the reservation (munmap would free the address range for anyone).
+//
+// Pages are committed when the pool is made (fallocate): a pool that cannot exist fails at creation with the
+// numbers, instead of SIGBUS inside a later copy when tmpfs runs out; and it matches the GPU backend, where
+// cuMemCreate allocates every page up front. After that, map/unmap only edit page tables.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <thread>
+#include <vector>
+#include <string>
+
+#include "backend.h"
+#include "errors.h"
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+#ifndef MFD_HUGETLB
+#define MFD_HUGETLB 0x0004U
+#endif
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+
+namespace ws {
+namespace {
+
+uint64_t meminfo_kib(const char* key) {
+  std::ifstream f("/proc/meminfo");
+  std::string k;
+  uint64_t v = 0;
+  std::string unit;
+  while (f >> k >> v) {
+    std::getline(f, unit);
+    if (k == std::string(key) + ":") return v;
+  }
+  return 0;
+}
+
+int64_t count_mappings() {
+  std::ifstream f("/proc/self/maps");
+  int64_t n = 0;
+  std::string line;
+  while (std::getline(f, line)) ++n;
+  return n;
+}
+
+int64_t max_mappings() {
+  std::ifstream f("/proc/sys/vm/max_map_count");
+  int64_t v = 65530;
+  f >> v;
+  return v;
+}
+
+// mmap failed with ENOMEM: either the mapping limit or (rarely) kernel memory. Tell which, with numbers.
+Error mmap_error(const char* what, int err, uint64_t bytes) {
+  if (err == ENOMEM) {
+    int64_t have = count_mappings(), limit = max_mappings();
+    if (have + 16 >= limit) {
+      Error e(ErrorKind::MappingLimit,
+              std::string(what) + " of " + fmt_bytes(bytes) + " needs more kernel memory mappings: the process has " +
+                  std::to_string(have) + " of vm.max_map_count=" + std::to_string(limit) +
+                  ". Fix: map adjacent pages together (fewer, longer runs), use larger page_bytes, or raise the "
+                  "limit (sysctl -w vm.max_map_count=262144)");
+      e.asked_bytes = bytes;
+      e.mappings = have;
+      e.max_mappings = limit;
+      return e;
+    }
+  }
+  return errno_error(std::string(what) + " of " + fmt_bytes(bytes), err);
+}
+
+struct HostCopier : Copier {
+  void from_buffer(uintptr_t dst, const void* src, uint64_t n) override { std::memcpy((void*)dst, src, n); }
+  void from_file(uintptr_t dst, int fd, uint64_t off, uint64_t n) override {
+    char* p = (char*)dst;
+    while (n) {
+      ssize_t r = ::pread(fd, p, n, (off_t)off);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        throw errno_error("pread", errno);
+      }
+      if (r == 0) throw invalid("file ended " + std::to_string(n) + " bytes before the end of a source range");
+      p += r, off += r, n -= r;
+    }
+  }
+  void finish() override {}
+};
+
+class HostBackend : public Backend {
+ public:
+  HostBackend(uint64_t capacity, uint64_t page_bytes) {
+    long sys_page = sysconf(_SC_PAGESIZE);
+    if (page_bytes == 0 || page_bytes % sys_page)
+      throw invalid("page_bytes=" + std::to_string(page_bytes) + " must be a positive multiple of the system page (" +
+                    std::to_string(sys_page) + " bytes)");
+    if (capacity == 0 || capacity % page_bytes)
+      throw invalid("capacity_bytes=" + std::to_string(capacity) + " must be a positive multiple of page_bytes=" +
+                    std::to_string(page_bytes));
+    page_bytes_ = page_bytes;
+    total_pages_ = capacity / page_bytes;
+    const uint64_t huge = 2ull << 20;
+    // Huge pages only when the kernel has enough reserved: fallocate of a hugetlb memfd fails otherwise.
+    if (page_bytes % huge == 0) {
+      int fd = memfd_create("warmserve-pool-huge", MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_2MB);
+      if (fd >= 0) {
+        if (::ftruncate(fd, (off_t)capacity) == 0 && ::fallocate(fd, 0, 0, (off_t)capacity) == 0) {
+          fd_ = fd;
+          huge_ = true;
+        } else {
+          ::close(fd);
+        }
+      }
+    }
+    if (fd_ < 0) {
+      // tmpfs fallocate does not check the memory it is about to take: asking for more than is available would
+      // end in the OOM killer, so refuse with the numbers first.
+      uint64_t avail = meminfo_kib("MemAvailable") * 1024, total = meminfo_kib("MemTotal") * 1024;
+      if (avail && capacity > avail) {
+        Error e(ErrorKind::OutOfMemory, "host page pool needs " + fmt_bytes(capacity) + ", " + fmt_bytes(avail) +
+                                            " of " + fmt_bytes(total) +
+                                            " host memory available: lower capacity_bytes or free host memory");
+        e.asked_bytes = capacity, e.free_bytes = avail, e.total_bytes = total;
+        throw e;
+      }
+      fd_ = memfd_create("warmserve-pool", MFD_CLOEXEC);
+      if (fd_ < 0) throw errno_error("memfd_create", errno);
+      if (::ftruncate(fd_, (off_t)capacity) != 0) {
+        int err = errno;
+        ::close(fd_);
+        throw errno_error("ftruncate", err);
+      }
+      if (::fallocate(fd_, 0, 0, (off_t)capacity) != 0) {
+        int err = errno;
+        ::close(fd_);
+        uint64_t avail = meminfo_kib("MemAvailable") * 1024, total = meminfo_kib("MemTotal") * 1024;
+        if (err == ENOSPC || err == ENOMEM) {
+          Error e(ErrorKind::OutOfMemory, "host page pool needs " + fmt_bytes(capacity) + ", " + fmt_bytes(avail) +
+                                              " of " + fmt_bytes(total) +
+                                              " host memory available: lower capacity_bytes or free host memory");
+          e.asked_bytes = capacity, e.free_bytes = avail, e.total_bytes = total;
+          throw e;
+        }
+        throw errno_error("fallocate of " + fmt_bytes(capacity), err);
+      }
+    }
+    try {
+      make_park();
+    } catch (...) {
+      close_pages();
+      throw;
+    }
+  }
+  ~HostBackend() override { close_pages(); }
+
+  std::string name() const override { return "host"; }
+  bool huge_pages() const override { return huge_; }
+  int dlpack_device_type() const override { return 1; }
+
+  uintptr_t reserve(uint64_t n_pages) override {
+    uint64_t bytes = n_pages * page_bytes_;
+    uintptr_t a = reserve_aligned(bytes);
+    if (!a) throw mmap_error("reserving a slot", errno, bytes);
+    return a;
+  }
+
+  void release(uintptr_t addr, uint64_t n_pages) override { ::munmap((void*)addr, n_pages * page_bytes_); }
+
+  void map(uintptr_t addr, const uint64_t* ids, uint64_t n, bool populate) override {
+    uint64_t i = 0;
+    while (i < n) {
+      uint64_t j = run_end(ids, i, n);
+      uintptr_t dst = addr + i * page_bytes_;
+      uint64_t len = (j - i) * page_bytes_;
+      // From the park: page tables travel with the pages, so the slot needs no page faults.
+      bool ok = remap(park_ + ids[i] * page_bytes_, dst, len);
+      if (!ok) {
+        ++calls;
+        ok = ::mmap((void*)dst, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0),
+                    fd_, (off_t)(ids[i] * page_bytes_)) != MAP_FAILED;
+      }
+      if (!ok) {
+        int err = errno;
+        protect_none(dst, len);  // a failed remap may have left a hole in the reservation
+        if (i) {                 // all or nothing
+          try { unmap(addr, ids, i); } catch (const Error&) {}
+        }
+        throw mmap_error("mapping", err, (n - i) * page_bytes_);
+      }
+      i = j;
+    }
+  }
+
+  void unmap(uintptr_t addr, const uint64_t* ids, uint64_t n) override {
+    // Back to the park with their page tables (no zapping, no faults on the next map); whatever fails to move is
+    // simply dropped by the PROT_NONE below, its contents stay in the memfd.
+    for (uint64_t i = 0; i < n;) {
+      uint64_t j = run_end(ids, i, n);
+      remap(addr + i * page_bytes_, park_ + ids[i] * page_bytes_, (j - i) * page_bytes_);
+      i = j;
+    }
+    if (!protect_none(addr, n * page_bytes_)) throw mmap_error("unmapping", errno, n * page_bytes_);
+  }
+
+  void move(uintptr_t src, uintptr_t dst, const uint64_t* ids, uint64_t n) override {
+    for (uint64_t i = 0; i < n;) {
+      uint64_t j = run_end(ids, i, n);
+      uintptr_t s = src + i * page_bytes_, d = dst + i * page_bytes_;
+      uint64_t len = (j - i) * page_bytes_;
+      bool ok = remap(s, d, len);
+      if (!ok) {
+        ++calls;
+        ok = ::mmap((void*)d, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
+                    (off_t)(ids[i] * page_bytes_)) != MAP_FAILED;
+      }
+      if (!ok) {  // the source is still mapped (remap keeps it): only the destination needs undoing
+        int err = errno;
+        protect_none(dst, j * page_bytes_);
+        throw mmap_error("moving", err, n * page_bytes_);
+      }
+      i = j;
+    }
+    if (!protect_none(src, n * page_bytes_)) {
+      int err = errno;
+      protect_none(dst, n * page_bytes_);
+      throw mmap_error("moving", err, n * page_bytes_);
+    }
+  }
+
+  std::unique_ptr<Copier> copier() override { return std::make_unique<HostCopier>(); }
+
+  void close_pages() override {
+    if (park_) ::munmap((void*)park_, total_pages_ * page_bytes_);
+    park_ = 0;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  uint64_t run_end(const uint64_t* ids, uint64_t i, uint64_t n) const {
+    uint64_t j = i + 1;
+    while (j < n && ids[j] == ids[j - 1] + 1) ++j;  // one call per run of adjacent memfd pages
+    return j;
+  }
+
+  // 2 MiB-aligned PROT_NONE range: hugetlb needs it, and mremap moves whole page-table pages between aligned
+  // ranges instead of entry by entry.
+  static uintptr_t reserve_aligned(uint64_t bytes) {
+    const uint64_t align = 2ull << 20;
+    void* p = ::mmap(nullptr, bytes + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return 0;
+    uintptr_t a = (uintptr_t)p, aligned = (a + align - 1) & ~(align - 1);
+    if (aligned > a) ::munmap((void*)a, aligned - a);
+    uintptr_t end = a + bytes + align, aend = aligned + bytes;
+    if (end > aend) ::munmap((void*)aend, end - aend);
+    return aligned;
+  }
+
+  bool protect_none(uintptr_t addr, uint64_t len) {
+    ++calls;
+    const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED, -1, 0) != MAP_FAILED) return true;
+    if (errno != ENOMEM) return false;
+    // At vm.max_map_count mmap refuses everything, even a call that would lower the count. munmap does not:
+    // free the range first, then fill the hole (NOREPLACE: never over something another thread put there).
+    int err = errno;
+    if (::munmap((void*)addr, len) != 0) return errno = err, false;
+    return ::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0) == (void*)addr;
+  }
+
+  // Moves a mapping and its page tables from src to dst (mremap with MREMAP_DONTUNMAP: src stays a mapping of
+  // the same memfd range, without page tables). False when the kernel cannot (before 5.13, or hugetlb): the
+  // callers then map from the memfd, which is always correct, only slower.
+  bool remap(uintptr_t src, uintptr_t dst, uint64_t len) {
+    if (!remap_ok_) return false;
+    ++calls;
+    void* p = ::mremap((void*)src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, (void*)dst);
+    if (p != MAP_FAILED) return true;
+    if (errno == EINVAL) remap_ok_ = false;
+    return false;
+  }
+
+  // The park: every page of the pool mapped once, in order, with its page tables filled at creation. Pages are
+  // moved out of it into slots and back. Filling it is the commit: the host (and, under a hypervisor, the VM)
+  // backs every page now, not during a load.
+  void make_park() {
+    uint64_t bytes = total_pages_ * page_bytes_;
+    park_ = reserve_aligned(bytes);
+    if (!park_) throw mmap_error("mapping the pool", errno, bytes);
+    if (::mmap((void*)park_, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0) == MAP_FAILED) {
+      int err = errno;
+      ::munmap((void*)park_, bytes);
+      park_ = 0;
+      throw mmap_error("mapping the pool", err, bytes);
+    }
+    const uint64_t chunk = 64ull << 20;
+    unsigned n_threads = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
+    std::atomic<uint64_t> next{0};
+    auto work = [&] {
+      for (uint64_t o; (o = next.fetch_add(chunk)) < bytes;) {
+        uint64_t len = std::min(chunk, bytes - o);
+        if (::madvise((void*)(park_ + o), len, 23 /* MADV_POPULATE_WRITE, Linux 5.14 */) != 0) {
+          volatile char* p = (volatile char*)(park_ + o);  // older kernels: touch every page
+          for (uint64_t k = 0; k < len; k += 4096) p[k] = 0;
+        }
+      }
+    };
+    std::vector<std::thread> ts;
+    for (unsigned t = 1; t < n_threads; ++t) ts.emplace_back(work);
+    work();
+    for (auto& t : ts) t.join();
+  }
+
+  uintptr_t park_ = 0;
+  bool remap_ok_ = true;
+
+ private:
+  int fd_ = -1;
+  bool huge_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes) {
+  return std::make_unique<HostBackend>(capacity_bytes, page_bytes);
+}
+
+}  // namespace ws

@@ -1,0 +1,246 @@
+#include "loader.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+namespace ws {
+
+LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int threads, uint64_t chunk_bytes)
+    : slot_(std::move(slot)), sources_(std::move(sources)), threads_(std::max(1, threads)) {
+  if (chunk_bytes == 0) throw invalid("chunk_bytes must be positive");
+  Pool& pool = *slot_->pool;
+  const uint64_t pb = slot_->page_bytes();
+  const uint64_t reserved = slot_->n_pages * pb;
+  auto close_fds = [&] {
+    for (int fd : fds_)
+      if (fd >= 0) ::close(fd);
+    fds_.clear();
+  };
+  // Open and check every source before anything is mapped.
+  for (size_t i = 0; i < sources_.size(); ++i) {
+    const Source& s = sources_[i];
+    int fd = -1;
+    if (!s.path.empty()) {
+      fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        int err = errno;
+        close_fds();
+        throw invalid("load source " + std::to_string(i) + ": cannot open " + s.path + ": " + std::strerror(err));
+      }
+      struct stat st;
+      if (::fstat(fd, &st) == 0 && uint64_t(st.st_size) < s.src_offset + s.nbytes) {
+        ::close(fd);
+        close_fds();
+        throw invalid("load source " + std::to_string(i) + ": " + s.path + " has " + std::to_string(st.st_size) +
+                      " bytes, the range ends at " + std::to_string(s.src_offset + s.nbytes));
+      }
+    } else if (s.ptr == 0 && s.nbytes) {
+      close_fds();
+      throw invalid("load source " + std::to_string(i) + ": null buffer");
+    }
+    fds_.push_back(fd);
+    if (s.slot_offset > reserved || s.nbytes > reserved - s.slot_offset) {
+      close_fds();
+      throw invalid("load source " + std::to_string(i) + ": slot bytes [" + std::to_string(s.slot_offset) + ", " +
+                    std::to_string(s.slot_offset + s.nbytes) + ") are outside slot '" + slot_->tag + "' (" +
+                    std::to_string(reserved) + " bytes reserved)");
+    }
+    total_ += s.nbytes;
+    // Cut into pieces that copier threads take in slot order, each no larger than chunk_bytes.
+    for (uint64_t o = 0; o < s.nbytes; o += chunk_bytes) {
+      uint64_t n = std::min(chunk_bytes, s.nbytes - o);
+      pieces_.push_back({i, s.src_offset + o, s.slot_offset + o, n, 0});
+    }
+  }
+  std::sort(pieces_.begin(), pieces_.end(), [](const Piece& a, const Piece& b) { return a.slot_offset < b.slot_offset; });
+  for (const Piece& p : pieces_)
+    for (uint64_t pg = p.slot_offset / pb; pg <= (p.slot_offset + p.n - 1) / pb; ++pg) pages_.push_back(pg);
+  std::sort(pages_.begin(), pages_.end());
+  pages_.erase(std::unique(pages_.begin(), pages_.end()), pages_.end());
+  for (Piece& p : pieces_) {
+    uint64_t last = (p.slot_offset + p.n - 1) / pb;
+    p.ready_index = uint64_t(std::lower_bound(pages_.begin(), pages_.end(), last) - pages_.begin());
+  }
+  {
+    std::lock_guard<std::mutex> g(pool.mu);
+    try {
+      slot_->check_open_locked();
+      uint64_t missing = 0;
+      for (uint64_t pg : pages_) missing += slot_->table[pg] < 0;
+      if (missing > pool.free.size()) {
+        Error e(ErrorKind::OutOfMemory,
+                "load into slot '" + slot_->tag + "' needs " + std::to_string(missing) + " more pages (" +
+                    fmt_bytes(missing * pb) + "), " + fmt_bytes(pool.free.size() * pb) + " of " +
+                    fmt_bytes(pool.backend->total_pages() * pb) +
+                    " free. Fix: unmap or close idle slots (pool.pages_by_tag()), or a larger capacity_bytes");
+        e.asked_bytes = missing * pb;
+        e.free_bytes = pool.free.size() * pb;
+        e.total_bytes = pool.backend->total_pages() * pb;
+        throw e;
+      }
+      // Pinned while the job runs: nobody can unmap or move a page under the copy.
+      for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, +1);
+    } catch (...) {
+      close_fds();
+      throw;
+    }
+  }
+  driver_ = std::thread([this] { run(); });
+}
+
+LoadJob::~LoadJob() {
+  cancel();
+  join();
+  for (int fd : fds_)
+    if (fd >= 0) ::close(fd);
+}
+
+void LoadJob::join() {
+  std::lock_guard<std::mutex> g(join_m_);
+  if (driver_.joinable()) driver_.join();
+}
+
+bool LoadJob::wait_for(double timeout_s) {
+  std::unique_lock<std::mutex> l(m_);
+  auto finished = [&] { return state_ != State::Running; };
+  if (timeout_s < 0) {
+    cv_.wait(l, finished);
+    return true;
+  }
+  return cv_.wait_for(l, std::chrono::duration<double>(timeout_s), finished);
+}
+
+LoadJob::State LoadJob::state() {
+  std::lock_guard<std::mutex> g(m_);
+  return state_;
+}
+
+uint64_t LoadJob::result() {
+  join();
+  std::lock_guard<std::mutex> g(m_);
+  if (state_ == State::Failed) throw *error_;
+  if (state_ == State::Cancelled) {
+    Error e(ErrorKind::Cancelled, "load into slot '" + slot_->tag + "' was cancelled after " +
+                                      std::to_string(done_.load()) + " of " + std::to_string(total_) +
+                                      " bytes; the " + std::to_string(n_job_pages_) +
+                                      " pages it had mapped were unmapped again");
+    e.asked_bytes = total_;
+    e.free_bytes = done_.load();
+    throw e;
+  }
+  return total_;
+}
+
+void LoadJob::fail(const Error& e) {
+  std::lock_guard<std::mutex> g(m_);
+  if (!error_) error_ = std::make_unique<Error>(e);
+  cancel_ = true;
+  cv_.notify_all();
+}
+
+void LoadJob::mapper() {
+  Pool& pool = *slot_->pool;
+  const uint64_t pb = slot_->page_bytes();
+  // Small first batch so copying starts at once, then larger batches (fewer lock round trips).
+  uint64_t batch = 1, max_batch = std::max<uint64_t>(1, (16ull << 20) / pb);
+  size_t i = 0;
+  while (i < pages_.size() && !cancel_) {
+    size_t end = std::min(pages_.size(), i + batch);
+    try {
+      std::lock_guard<std::mutex> g(pool.mu);
+      slot_->check_open_locked();
+      size_t k = i;
+      while (k < end) {
+        if (slot_->table[pages_[k]] >= 0) { ++k; continue; }  // mapped already (by the caller or another thread)
+        size_t m = k + 1;
+        while (m < end && pages_[m] == pages_[m - 1] + 1 && slot_->table[pages_[m]] < 0) ++m;
+        slot_->map_locked(pages_[k], m - k, /*populate=*/true);
+        for (size_t q = k; q < m; ++q) job_pages_.push_back(pages_[q]);
+        k = m;
+      }
+    } catch (const Error& e) {
+      fail(e);
+      return;
+    }
+    (void)pb;
+    i = end;
+    {
+      std::lock_guard<std::mutex> g(m_);
+      mapped_upto_ = i;
+    }
+    cv_.notify_all();
+    batch = std::min(max_batch, batch * 2);
+  }
+}
+
+void LoadJob::copier_loop() {
+  std::unique_ptr<Copier> cp;
+  try {
+    cp = slot_->pool->backend->copier();
+    for (;;) {
+      size_t k = next_piece_++;
+      if (k >= pieces_.size() || cancel_) break;
+      const Piece& p = pieces_[k];
+      {
+        std::unique_lock<std::mutex> l(m_);
+        cv_.wait(l, [&] { return mapped_upto_ > p.ready_index || cancel_; });
+      }
+      if (cancel_) break;
+      const Source& s = sources_[p.src];
+      uintptr_t dst = slot_->base + p.slot_offset;
+      if (fds_[p.src] >= 0) cp->from_file(dst, fds_[p.src], p.src_offset, p.n);
+      else cp->from_buffer(dst, (const char*)s.ptr + p.src_offset, p.n);
+      done_ += p.n;
+    }
+    cp->finish();
+  } catch (const Error& e) {
+    fail(e);
+  } catch (const std::exception& e) {
+    fail(Error(ErrorKind::Driver, std::string("load copy failed: ") + e.what()));
+  }
+}
+
+void LoadJob::run() {
+  std::vector<std::thread> copiers;
+  for (int t = 0; t < threads_; ++t) copiers.emplace_back([this] { copier_loop(); });
+  mapper();
+  for (auto& t : copiers) t.join();
+  finish();
+}
+
+void LoadJob::finish() {
+  Pool& pool = *slot_->pool;
+  bool ok;
+  {
+    std::lock_guard<std::mutex> g(m_);
+    ok = !error_ && !cancel_;
+    if (!ok && !error_ && done_ == total_) ok = true;  // cancelled after the last byte landed: it is done
+  }
+  {
+    std::lock_guard<std::mutex> g(pool.mu);
+    for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, -1);
+    n_job_pages_ = job_pages_.size();
+    if (!ok && !slot_->closed && !pool.closed) {
+      for (uint64_t pg : job_pages_) {  // roll back: only pages this job mapped, still mapped (they were pinned)
+        try {
+          if (slot_->table[pg] >= 0) slot_->unmap_locked(pg, 1);
+        } catch (const Error&) {
+        }
+      }
+    }
+    if (ok) pool.bytes_loaded += total_;
+  }
+  {
+    std::lock_guard<std::mutex> g(m_);
+    state_ = ok ? State::Done : (error_ ? State::Failed : State::Cancelled);
+  }
+  cv_.notify_all();
+}
+
+}  // namespace ws

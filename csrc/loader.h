@@ -1,0 +1,74 @@
+// Pipelined load: copy byte ranges of files or host buffers into a slot while a mapper thread maps (and
+// populates) the destination pages ahead of the copier threads. Runs entirely in C++ threads that never touch
+// Python; the caller polls progress. Pages the job mapped are unmapped again if it fails or is cancelled.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pool.h"
+
+namespace ws {
+
+struct Source {
+  std::string path;   // file source when not empty
+  uintptr_t ptr = 0;  // host buffer source otherwise (the caller keeps it alive until the job is joined)
+  uint64_t src_offset = 0, slot_offset = 0, nbytes = 0;
+};
+
+class LoadJob {
+ public:
+  enum class State { Running, Done, Failed, Cancelled };
+  // Validates everything, pins the destination pages and starts the threads; throws on bad arguments or when
+  // the pool cannot hold the pages that are not mapped yet.
+  LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int threads, uint64_t chunk_bytes);
+  ~LoadJob();
+  void cancel() { cancel_ = true; cv_.notify_all(); }
+  // Waits up to timeout_s (< 0: forever); true when finished.
+  bool wait_for(double timeout_s);
+  void join();
+  uint64_t done_bytes() const { return done_.load(); }
+  uint64_t total_bytes() const { return total_; }
+  State state();
+  // Rethrows the failure (or a Cancelled error) of a finished job; returns the bytes loaded otherwise.
+  uint64_t result();
+  uint64_t pages_mapped_by_job() const { return n_job_pages_; }
+
+ private:
+  struct Piece {
+    size_t src;
+    uint64_t src_offset, slot_offset, n;
+    uint64_t ready_index;  // mapped_upto_ must exceed this (index into pages_)
+  };
+  void run();
+  void mapper();
+  void copier_loop();
+  void fail(const Error& e);
+  void finish();
+
+  std::shared_ptr<Slot> slot_;
+  std::vector<Source> sources_;
+  std::vector<int> fds_;
+  std::vector<uint64_t> pages_;  // slot pages touched, ascending
+  std::vector<Piece> pieces_;
+  std::vector<uint64_t> job_pages_;  // pages this job mapped: rolled back on failure
+  uint64_t n_job_pages_ = 0;
+  int threads_;
+  uint64_t total_ = 0;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<uint64_t> mapped_upto_{0};
+  std::atomic<size_t> next_piece_{0};
+  std::atomic<bool> cancel_{false};
+  std::mutex m_, join_m_;
+  std::condition_variable cv_;
+  State state_ = State::Running;
+  std::unique_ptr<Error> error_;
+  std::thread driver_;
+};
+
+}  // namespace ws

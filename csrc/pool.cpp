@@ -1,0 +1,355 @@
+#include "pool.h"
+
+#include <algorithm>
+
+namespace ws {
+
+// ---------------------------------------------------------------- free list
+void FreeList::reset(uint64_t n) {
+  by_start_.clear();
+  by_len_.clear();
+  free_ = 0;
+  if (n) insert(0, n);
+}
+
+void FreeList::erase(std::map<uint64_t, uint64_t>::iterator it) {
+  by_len_.erase({it->second, it->first});
+  free_ -= it->second;
+  by_start_.erase(it);
+}
+
+void FreeList::insert(uint64_t start, uint64_t len) {
+  auto next = by_start_.find(start + len);
+  if (next != by_start_.end()) {
+    len += next->second;
+    erase(next);
+  }
+  auto it = by_start_.lower_bound(start);
+  if (it != by_start_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second == start) {
+      start = prev->first;
+      len += prev->second;
+      erase(prev);
+    }
+  }
+  by_start_[start] = len;
+  by_len_.insert({len, start});
+  free_ += len;
+}
+
+std::vector<uint64_t> FreeList::take(uint64_t n, int64_t hint) {
+  std::vector<uint64_t> out;
+  out.reserve(n);
+  auto take_from = [&](uint64_t start, uint64_t len, uint64_t k) {
+    erase(by_start_.find(start));
+    for (uint64_t i = 0; i < k; ++i) out.push_back(start + i);
+    if (len > k) insert(start + k, len - k);
+  };
+  if (hint >= 0) {  // continue the run before the target: the new pages merge into the same kernel mapping
+    auto it = by_start_.find(uint64_t(hint) + 1);
+    if (it != by_start_.end() && it->second >= n) {
+      take_from(it->first, it->second, n);
+      return out;
+    }
+  }
+  auto fit = by_len_.lower_bound({n, 0});  // smallest extent that holds all n: one run
+  if (fit != by_len_.end()) {
+    take_from(fit->second, fit->first, n);
+    return out;
+  }
+  while (out.size() < n) {  // no single extent is long enough: largest first, fewest runs
+    auto big = std::prev(by_len_.end());
+    uint64_t k = std::min<uint64_t>(big->first, n - out.size());
+    take_from(big->second, big->first, k);
+  }
+  return out;
+}
+
+void FreeList::give(std::vector<uint64_t> ids) {
+  std::sort(ids.begin(), ids.end());
+  size_t i = 0;
+  while (i < ids.size()) {
+    size_t j = i + 1;
+    while (j < ids.size() && ids[j] == ids[j - 1] + 1) ++j;
+    insert(ids[i], j - i);
+    i = j;
+  }
+}
+
+// ---------------------------------------------------------------- pool
+Pool::Pool(std::unique_ptr<Backend> b) : backend(std::move(b)) { free.reset(backend->total_pages()); }
+
+Pool::~Pool() {
+  try {
+    close();
+  } catch (...) {
+  }
+}
+
+void Pool::check_open() const {
+  if (closed) throw Error(ErrorKind::Closed, "the page pool is closed");
+}
+
+void Pool::close() {
+  std::vector<std::shared_ptr<Slot>> keep;  // destroyed after the lock is released (~Slot takes it)
+  std::lock_guard<std::mutex> g(mu);
+  if (closed) return;
+  for (auto& [id, w] : slots)
+    if (auto s = w.lock()) keep.push_back(std::move(s));
+  for (auto& s : keep) {
+    s->unmap_all_locked();  // pinned views or not: they now fault cleanly (the reservation outlives them)
+    s->closed = true;
+  }
+  slots.clear();
+  backend->close_pages();
+  closed = true;
+}
+
+// ---------------------------------------------------------------- slots
+std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t reserve_bytes, const std::string& tag) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  pool->check_open();
+  uint64_t pb = pool->backend->page_bytes();
+  if (reserve_bytes == 0) throw invalid("reserve_bytes must be positive");
+  uint64_t n = (reserve_bytes + pb - 1) / pb;
+  auto s = std::make_shared<Slot>();
+  s->base = pool->backend->reserve(n);  // before the pool is attached: ~Slot releases only real reservations
+  s->pool = pool;
+  s->id = pool->next_slot_id++;
+  s->tag = tag;
+  s->n_pages = n;
+  s->table.assign(n, -1);
+  s->pins.assign(n, 0);
+  pool->slots[s->id] = s;
+  return s;
+}
+
+Slot::~Slot() {
+  if (!pool) return;
+  std::lock_guard<std::mutex> g(pool->mu);
+  try {
+    if (!closed && !pool->closed) {
+      unmap_all_locked();
+      pool->slots.erase(id);
+    }
+    pool->backend->release(base, n_pages);
+  } catch (...) {
+  }
+}
+
+void Slot::check_open_locked() const {
+  pool->check_open();
+  if (closed) throw Error(ErrorKind::Closed, "slot '" + tag + "' is closed");
+}
+
+void Slot::check_range(uint64_t off, uint64_t n, const char* what) const {
+  if (n == 0) throw invalid(std::string(what) + ": n_pages must be positive");
+  if (off >= n_pages || n > n_pages - off)
+    throw invalid(std::string(what) + ": pages [" + std::to_string(off) + ", " + std::to_string(off + n) +
+                  ") are outside slot '" + tag + "', which reserves " + std::to_string(n_pages) + " pages");
+}
+
+void Slot::check_unpinned(uint64_t off, uint64_t n, const char* what) const {
+  for (uint64_t i = off; i < off + n; ++i)
+    if (pins[i]) {
+      Error e(ErrorKind::ViewsAlive,
+              std::string(what) + " of pages [" + std::to_string(off) + ", " + std::to_string(off + n) + ") of slot '" +
+                  tag + "': page " + std::to_string(i) + " is held by " + std::to_string(pins[i]) +
+                  " live pinned tensor view(s) or running load(s). Fix: drop the tensors (del t), wait for the "
+                  "load, or make the views with pinned=False");
+      throw e;
+    }
+}
+
+void Slot::map_locked(uint64_t off, uint64_t n, bool populate) {
+  check_open_locked();
+  check_range(off, n, "map");
+  for (uint64_t i = off; i < off + n; ++i)
+    if (table[i] >= 0)
+      throw invalid("map of pages [" + std::to_string(off) + ", " + std::to_string(off + n) + ") of slot '" + tag +
+                    "' overlaps page " + std::to_string(i) + ", which is already mapped");
+  uint64_t pb = page_bytes();
+  if (pool->free.size() < n) {
+    Error e(ErrorKind::OutOfMemory,
+            "mapping " + std::to_string(n) + " pages of slot '" + tag + "' needs " + fmt_bytes(n * pb) + ", " +
+                fmt_bytes(pool->free.size() * pb) + " of " + fmt_bytes(pool->backend->total_pages() * pb) + " free in the " +
+                pool->backend->name() +
+                " pool. Fix: unmap or close idle slots (pool.pages_by_tag() shows who holds pages), or create the "
+                "pool with a larger capacity_bytes");
+    e.asked_bytes = n * pb;
+    e.free_bytes = pool->free.size() * pb;
+    e.total_bytes = pool->backend->total_pages() * pb;
+    throw e;
+  }
+  int64_t hint = off > 0 ? table[off - 1] : -1;
+  std::vector<uint64_t> ids = pool->free.take(n, hint);
+  try {
+    pool->backend->map(base + off * pb, ids.data(), n, populate);
+  } catch (...) {
+    pool->free.give(ids);
+    throw;
+  }
+  for (uint64_t i = 0; i < n; ++i) table[off + i] = int64_t(ids[i]);
+  mapped += n;
+  pool->n_map++;
+  pool->pages_mapped += n;
+}
+
+void Slot::unmap_locked(uint64_t off, uint64_t n) {
+  std::vector<uint64_t> ids(n);
+  for (uint64_t i = 0; i < n; ++i) ids[i] = uint64_t(table[off + i]);
+  pool->backend->unmap(base + off * page_bytes(), ids.data(), n);
+  for (uint64_t i = 0; i < n; ++i) table[off + i] = -1;
+  pool->free.give(ids);
+  mapped -= n;
+  pool->n_unmap++;
+  pool->pages_unmapped += n;
+}
+
+void Slot::map(uint64_t off, uint64_t n) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  map_locked(off, n, false);
+}
+
+void Slot::unmap(uint64_t off, uint64_t n) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  check_open_locked();
+  check_range(off, n, "unmap");
+  for (uint64_t i = off; i < off + n; ++i)
+    if (table[i] < 0)
+      throw invalid("unmap of pages [" + std::to_string(off) + ", " + std::to_string(off + n) + ") of slot '" + tag +
+                    "': page " + std::to_string(i) + " is not mapped (double unmap?)");
+  check_unpinned(off, n, "unmap");
+  unmap_locked(off, n);
+}
+
+void Slot::move_to(uint64_t off, uint64_t n, Slot& dst, uint64_t dst_off) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  if (dst.pool != pool) throw invalid("move_pages: the destination slot belongs to another pool");
+  check_open_locked();
+  dst.check_open_locked();
+  check_range(off, n, "move_pages (source)");
+  dst.check_range(dst_off, n, "move_pages (destination)");
+  for (uint64_t i = off; i < off + n; ++i)
+    if (table[i] < 0)
+      throw invalid("move_pages: source page " + std::to_string(i) + " of slot '" + tag + "' is not mapped");
+  for (uint64_t i = dst_off; i < dst_off + n; ++i)
+    if (dst.table[i] >= 0)
+      throw invalid("move_pages: destination page " + std::to_string(i) + " of slot '" + dst.tag +
+                    "' is already mapped");
+  check_unpinned(off, n, "move_pages (source)");
+  dst.check_unpinned(dst_off, n, "move_pages (destination)");
+  uint64_t pb = page_bytes();
+  std::vector<uint64_t> ids(n);
+  for (uint64_t i = 0; i < n; ++i) ids[i] = uint64_t(table[off + i]);
+  pool->backend->move(base + off * pb, dst.base + dst_off * pb, ids.data(), n);
+  for (uint64_t i = 0; i < n; ++i) {
+    dst.table[dst_off + i] = table[off + i];
+    table[off + i] = -1;
+  }
+  mapped -= n;
+  dst.mapped += n;
+  pool->n_move++;
+  pool->pages_moved += n;
+}
+
+void Slot::close(bool force) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  if (closed || pool->closed) {
+    closed = true;
+    return;
+  }
+  if (!force) check_unpinned(0, n_pages, "close");
+  unmap_all_locked();
+  closed = true;
+  pool->slots.erase(id);
+}
+
+uint64_t Slot::grow(uint64_t n) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  check_open_locked();
+  uint64_t off = n_pages;
+  while (off > 0 && table[off - 1] < 0) --off;
+  map_locked(off, n, false);
+  return off;
+}
+
+void Slot::shrink(uint64_t n) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  check_open_locked();
+  if (n == 0 || n > mapped)
+    throw invalid("shrink by " + std::to_string(n) + " pages: slot '" + tag + "' has " + std::to_string(mapped) +
+                  " mapped pages (n must be in [1, mapped])");
+  std::vector<uint64_t> top;  // the n highest mapped pages
+  for (uint64_t i = n_pages; i-- > 0 && top.size() < n;)
+    if (table[i] >= 0) top.push_back(i);
+  for (uint64_t i : top) check_unpinned(i, 1, "shrink");
+  size_t k = 0;  // top is descending: unmap it run by run
+  while (k < top.size()) {
+    size_t m = k + 1;
+    while (m < top.size() && top[m] + 1 == top[m - 1]) ++m;
+    unmap_locked(top[m - 1], m - k);
+    k = m;
+  }
+}
+
+bool Slot::is_mapped(uint64_t off, uint64_t n) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  check_open_locked();
+  check_range(off, n, "is_mapped");
+  for (uint64_t i = off; i < off + n; ++i)
+    if (table[i] < 0) return false;
+  return true;
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> Slot::mapped_ranges() {
+  std::lock_guard<std::mutex> g(pool->mu);
+  check_open_locked();
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  uint64_t i = 0;
+  while (i < n_pages) {
+    if (table[i] < 0) { ++i; continue; }
+    uint64_t j = i;
+    while (j < n_pages && table[j] >= 0) ++j;
+    runs.push_back({i, j - i});
+    i = j;
+  }
+  return runs;
+}
+
+std::vector<int64_t> Slot::physical_pages(uint64_t off, uint64_t n) {
+  std::lock_guard<std::mutex> g(pool->mu);
+  check_open_locked();
+  check_range(off, n, "physical_pages");
+  return std::vector<int64_t>(table.begin() + off, table.begin() + off + n);
+}
+
+void Slot::unmap_all_locked() {
+  uint64_t i = 0;
+  while (i < n_pages) {
+    if (table[i] < 0) { ++i; continue; }
+    uint64_t j = i;
+    while (j < n_pages && table[j] >= 0) ++j;
+    unmap_locked(i, j - i);
+    i = j;
+  }
+}
+
+void Slot::pin_locked(uint64_t off, uint64_t n, int delta) {
+  for (uint64_t i = off; i < off + n; ++i)
+    if (delta > 0 || pins[i]) pins[i] += delta;
+}
+
+Pin::Pin(std::shared_ptr<Slot> s, uint64_t off_, uint64_t n_, bool pinned_)
+    : slot(std::move(s)), off(off_), n(n_), pinned(pinned_) {
+  if (pinned) slot->pin_locked(off, n, +1);  // caller holds pool->mu
+}
+
+Pin::~Pin() {
+  if (!pinned) return;
+  std::lock_guard<std::mutex> g(slot->pool->mu);
+  slot->pin_locked(off, n, -1);
+}
+
+}  // namespace ws

@@ -1,0 +1,103 @@
+// The page pool and its slots: which pool page is mapped where, owner tags, pins of live views.
+// One mutex per pool guards the pool and all its slots, so map/unmap/move from any thread are atomic with
+// respect to each other; copies (loader threads, views) run outside it on memory that pins keep mapped.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend.h"
+#include "errors.h"
+
+namespace ws {
+
+struct Slot;
+
+// Free pages as extents, so that allocation hands out long runs of adjacent pages (one mapping each).
+class FreeList {
+ public:
+  void reset(uint64_t n);
+  uint64_t size() const { return free_; }
+  // n pages, preferring to continue right after `hint` (the pool page before the target), then one extent.
+  std::vector<uint64_t> take(uint64_t n, int64_t hint);
+  void give(std::vector<uint64_t> ids);
+
+ private:
+  void insert(uint64_t start, uint64_t len);
+  void erase(std::map<uint64_t, uint64_t>::iterator it);
+  std::map<uint64_t, uint64_t> by_start_;        // start -> len
+  std::set<std::pair<uint64_t, uint64_t>> by_len_;  // (len, start)
+  uint64_t free_ = 0;
+};
+
+struct Pool : std::enable_shared_from_this<Pool> {
+  std::mutex mu;
+  std::unique_ptr<Backend> backend;
+  FreeList free;
+  std::map<uint64_t, std::weak_ptr<Slot>> slots;
+  uint64_t next_slot_id = 1;
+  bool closed = false;
+  // stats
+  uint64_t n_map = 0, n_unmap = 0, n_move = 0, pages_mapped = 0, pages_unmapped = 0, pages_moved = 0;
+  std::atomic<uint64_t> bytes_loaded{0};
+
+  Pool(std::unique_ptr<Backend> b);
+  ~Pool();
+  void check_open() const;
+  void close();  // unmaps every slot (pinned views or not), frees the pages
+};
+
+struct Slot {
+  std::shared_ptr<Pool> pool;
+  uint64_t id = 0;
+  std::string tag;
+  uintptr_t base = 0;
+  uint64_t n_pages = 0;             // reserved
+  std::vector<int64_t> table;       // pool page id per slot page, -1 = unmapped
+  std::vector<uint32_t> pins;       // live pinned views / running loads per slot page
+  uint64_t mapped = 0;
+  bool closed = false;
+
+  ~Slot();
+  uint64_t page_bytes() const { return pool->backend->page_bytes(); }
+
+  // All of these take pool->mu themselves.
+  void map(uint64_t off, uint64_t n);
+  void unmap(uint64_t off, uint64_t n);
+  void move_to(uint64_t off, uint64_t n, Slot& dst, uint64_t dst_off);
+  void close(bool force);
+  uint64_t grow(uint64_t n);    // maps n pages right after the last mapped page; returns their offset
+  void shrink(uint64_t n);      // unmaps the n highest mapped pages
+  bool is_mapped(uint64_t off, uint64_t n);
+  std::vector<std::pair<uint64_t, uint64_t>> mapped_ranges();
+  std::vector<int64_t> physical_pages(uint64_t off, uint64_t n);
+
+  // With pool->mu held.
+  void check_open_locked() const;
+  void check_range(uint64_t off, uint64_t n, const char* what) const;
+  void check_unpinned(uint64_t off, uint64_t n, const char* what) const;
+  void map_locked(uint64_t off, uint64_t n, bool populate);
+  void unmap_locked(uint64_t off, uint64_t n);
+  void unmap_all_locked();
+  void pin_locked(uint64_t off, uint64_t n, int delta);
+};
+
+std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t reserve_bytes, const std::string& tag);
+
+// Keeps pages [off, off+n) of a slot pinned (unmap/move refused) and the slot's reservation alive while it lives.
+struct Pin {
+  std::shared_ptr<Slot> slot;
+  uint64_t off, n;
+  bool pinned;
+  Pin(std::shared_ptr<Slot> s, uint64_t off, uint64_t n, bool pinned);
+  ~Pin();
+};
+
+}  // namespace ws

@@ -1,0 +1,327 @@
+"""`warmserve bench engine`: engine throughput against transformers, and time to first token warm vs cold.
+
+Side by side in one run, per demo model, on the same checkpoint and thread count:
+- prefill and decode tokens/s of our engine (weights in a memory-manager slot) and of transformers'
+  ``generate()`` (greedy, its default dynamic KV cache), at batch 1 and 16. Prefill time = the time to the first
+  token; decode tokens/s = (batch x (new tokens - 1)) / (total time - prefill time).
+- time to first token (TTFT) of one request when the model is prewarmed (activation: Engine over the resident
+  weights), when it needs a cold load in a running process (load_model + activation), and when it needs a new
+  process (spawned `python -c` that imports torch and warmserve, creates a pool, loads and runs one token).
+  Ratios are speedups: ``ttft_prewarmed_vs_cold_load`` = cold-load TTFT / prewarmed TTFT.
+Medians over --repeats. The checkpoint files are in the OS page cache for every case (the cold cases measure
+load and process start, not the disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+GiB = 1 << 30
+
+
+def add_arguments(parser) -> None:
+    from warmserve.engine.demo import DEMO_MODELS
+
+    parser.add_argument("--models", nargs="*", default=list(DEMO_MODELS), help="demo models to measure")
+    parser.add_argument("--demo-dir", default=None, help="where the demo checkpoints are (written if missing)")
+    parser.add_argument("--json", default=None, help="write results here (and a plot next to it, .png)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for both engines")
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda uses the cuda memory backend)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--no-new-process", action="store_true", help="skip the new-process TTFT case")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def _prompts(vocab: int, batch: int, length: int, seed: int = 0) -> list[list[int]]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, length), generator=g).tolist()
+
+
+def _pool_bytes(lm_weight_region: int, kv_block_bytes: int, blocks: int, page: int = 2 << 20) -> int:
+    return lm_weight_region + blocks * kv_block_bytes + 8 * page
+
+
+def ours_throughput(lm, batch: int, prompt_tokens: int, new_tokens: int, repeats: int, device: str) -> dict:
+    from warmserve.engine import Engine, SamplingParams
+
+    prompts = _prompts(lm.config.vocab_size, batch, prompt_tokens)
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
+    ttfts, totals = [], []
+    with Engine(lm, max_batch_tokens=max(2048, batch * prompt_tokens), max_num_seqs=max(batch, 1),
+                target_free_blocks=batch * 2) as eng:
+        eng.generate(prompts[:1], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
+        for r in range(repeats):
+            for i, p in enumerate(prompts):
+                eng.add_request(f"{r}-{i}", p, params)
+            _sync(device)
+            t0 = time.perf_counter()
+            eng.step()
+            _sync(device)
+            t1 = time.perf_counter()
+            n = 0
+            while eng.has_unfinished():
+                n += sum(len(o.token_ids) for o in eng.step())
+            _sync(device)
+            t2 = time.perf_counter()
+            assert n == batch * (new_tokens - 1)
+            ttfts.append(t1 - t0)
+            totals.append(t2 - t0)
+    return _rates(batch, prompt_tokens, new_tokens, ttfts, totals)
+
+
+def hf_throughput(path: str, batch: int, prompt_tokens: int, new_tokens: int, repeats: int, device: str, model=None) -> dict:
+    import torch
+
+    model = model or _hf_model(path, device)
+    ids = torch.tensor(_prompts(model.config.vocab_size, batch, prompt_tokens), device=device)
+    mask = torch.ones_like(ids)
+
+    def gen(n):
+        with torch.inference_mode():
+            _sync(device)
+            t = time.perf_counter()
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
+            _sync(device)
+            assert out.shape[1] == prompt_tokens + n
+            return time.perf_counter() - t
+
+    gen(2)  # warm-up
+    ttfts, totals = [], []
+    for _ in range(repeats):
+        ttfts.append(gen(1))
+        totals.append(gen(new_tokens))
+    return _rates(batch, prompt_tokens, new_tokens, ttfts, totals)
+
+
+def _hf_model(path: str, device: str):
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+
+
+def _rates(batch, prompt_tokens, new_tokens, ttfts, totals) -> dict:
+    ttft = statistics.median(ttfts)
+    decode_s = statistics.median(t - f for t, f in zip(totals, ttfts))
+    return {"ttft_s": ttft, "prefill_tok_s": batch * prompt_tokens / ttft,
+            "decode_tok_s": batch * (new_tokens - 1) / max(decode_s, 1e-9), "decode_s": decode_s}
+
+
+def ttft_cases(path: str, name: str, pool, repeats: int, threads: int, device: str, new_process: bool) -> dict:
+    from warmserve.engine import Engine, SamplingParams, load_model
+
+    prompt = _prompts(1000, 1, 16)[0]
+    one = SamplingParams(max_tokens=1)
+
+    def first_token(lm) -> float:
+        with Engine(lm, target_free_blocks=1) as eng:
+            eng.add_request("t", prompt, one)
+            out = eng.step()
+            _sync(device)
+            assert out and out[0].token_ids
+        return 0.0
+
+    cold, warm = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        lm = load_model(path, pool, name=name).wait()
+        first_token(lm)
+        cold.append(time.perf_counter() - t0)
+        for _ in range(2):
+            t0 = time.perf_counter()
+            first_token(lm)
+            warm.append(time.perf_counter() - t0)
+        lm.close()
+    out = {"ttft_prewarmed_s": statistics.median(warm), "ttft_cold_load_s": statistics.median(cold)}
+    out["ttft_prewarmed_vs_cold_load"] = out["ttft_cold_load_s"] / out["ttft_prewarmed_s"]
+    if new_process:
+        runs = [_new_process_ttft(path, pool.total_bytes, threads, device) for _ in range(max(1, repeats - 1))]
+        out["ttft_new_process_s"] = statistics.median(runs)
+        out["ttft_prewarmed_vs_new_process"] = out["ttft_new_process_s"] / out["ttft_prewarmed_s"]
+    return out
+
+
+_CHILD = """
+import sys
+import torch
+torch.set_num_threads({threads})
+from warmserve.memory import PagePool
+from warmserve.engine import Engine, SamplingParams, load_model
+pool = PagePool({pool_bytes}, backend={backend!r})
+lm = load_model({path!r}, pool).wait()
+eng = Engine(lm, target_free_blocks=1)
+eng.add_request("t", {prompt!r}, SamplingParams(max_tokens=1))
+out = eng.step()
+if {cuda}:
+    torch.cuda.synchronize()
+assert out[0].token_ids
+print("first-token", flush=True)
+sys.stdout.flush()
+"""
+
+
+def _new_process_ttft(path: str, pool_bytes: int, threads: int, device: str) -> float:
+    code = _CHILD.format(threads=threads, pool_bytes=pool_bytes, backend="cuda" if device.startswith("cuda") else "host",
+                         path=path, prompt=_prompts(1000, 1, 16)[0], cuda=device.startswith("cuda"))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    t = time.perf_counter() - t0
+    _, err = proc.communicate(timeout=600)
+    if "first-token" not in line or proc.returncode != 0:
+        raise RuntimeError(f"new-process TTFT child failed (rc {proc.returncode}): {err[-2000:]}")
+    return t
+
+
+def run(args) -> dict:
+    import torch
+
+    from warmserve.engine import load_model
+    from warmserve.engine.config import ModelConfig
+    from warmserve.engine.demo import write_demo_models
+    from warmserve.engine.kv_cache import block_layout
+    from warmserve.memory import PagePool
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    backend = "cuda" if device.startswith("cuda") else "host"
+    paths = write_demo_models(args.demo_dir, names=args.models)
+    results = {"machine": _machine(device, args.threads), "args": {k: v for k, v in vars(args).items() if k != "func"},
+               "definitions": {
+                   "prefill_tok_s": "batch x prompt tokens / time to first token",
+                   "decode_tok_s": "batch x (new tokens - 1) / (total time - time to first token)",
+                   "decode_speedup_bN": "ours decode_tok_s / transformers generate() decode_tok_s at batch N",
+                   "ttft_prewarmed_vs_cold_load": "TTFT with a cold load in a running process / TTFT prewarmed",
+                   "ttft_prewarmed_vs_new_process": "TTFT in a new process / TTFT prewarmed"},
+               "models": {}}
+    for name in args.models:
+        path = paths[name]
+        cfg = ModelConfig.from_dir(path)
+        _, block_bytes = block_layout(cfg, torch.float32)
+        blocks = max(args.batches) * (-(-(args.prompt_tokens + args.new_tokens) // 256)) + 4
+        weight_region = -(-cfg.num_params() * 4 // (2 << 20)) * (2 << 20) + (16 << 20)
+        pool = PagePool(_pool_bytes(weight_region, block_bytes, blocks), backend=backend)
+        r = {"params": cfg.num_params(), "architecture": cfg.architecture}
+        print(f"[{name}] {cfg.num_params() / 1e6:.0f}M params", flush=True)
+        r.update(ttft_cases(path, name, pool, args.repeats, args.threads, device, not args.no_new_process))
+        lm = load_model(path, pool).wait()
+        hf = None if args.no_hf else _hf_model(path, device)
+        for b in args.batches:
+            rep = args.repeats if b * cfg.num_params() < 2e9 else 1
+            o = ours_throughput(lm, b, args.prompt_tokens, args.new_tokens, rep, device)
+            r[f"ours_b{b}"] = o
+            if hf is not None:
+                h = hf_throughput(path, b, args.prompt_tokens, args.new_tokens, rep, device, hf)
+                r[f"hf_b{b}"] = h
+                r[f"prefill_speedup_b{b}"] = o["prefill_tok_s"] / h["prefill_tok_s"]
+                r[f"decode_speedup_b{b}"] = o["decode_tok_s"] / h["decode_tok_s"]
+            print(f"  b{b}: " + ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k.endswith(f"_b{b}") and isinstance(v, float)),
+                  flush=True)
+        del hf
+        lm.close()
+        pool.close()
+        results["models"][name] = r
+    return results
+
+
+def _machine(device: str, threads: int) -> dict:
+    import torch
+
+    m = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+         "cpu_count": os.cpu_count(), "threads": threads, "device": device}
+    try:
+        with open("/proc/cpuinfo") as f:
+            m["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        m["gpu"] = torch.cuda.get_device_name()
+    try:
+        import transformers
+        m["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return m
+
+
+def table(results: dict) -> str:
+    rows = [f"{'model':<12} {'params':>7} {'b':>3} {'prefill tok/s':>14} {'(hf)':>9} {'decode tok/s':>13} {'(hf)':>9} {'decode x':>9}"]
+    for name, r in results["models"].items():
+        for key in sorted(k for k in r if k.startswith("ours_b")):
+            b = key[6:]
+            o, h = r[key], r.get(f"hf_b{b}", {})
+            rows.append(f"{name:<12} {r['params'] / 1e6:6.0f}M {b:>3} {o['prefill_tok_s']:14.0f} {h.get('prefill_tok_s', float('nan')):9.0f} "
+                        f"{o['decode_tok_s']:13.1f} {h.get('decode_tok_s', float('nan')):9.1f} "
+                        f"{r.get(f'decode_speedup_b{b}', float('nan')):8.2f}x")
+    rows.append("")
+    rows.append(f"{'model':<12} {'TTFT prewarmed':>15} {'cold load':>10} {'new process':>12} {'cold/warm':>10} {'new/warm':>9}")
+    for name, r in results["models"].items():
+        rows.append(f"{name:<12} {r['ttft_prewarmed_s'] * 1e3:13.1f}ms {r['ttft_cold_load_s'] * 1e3:8.1f}ms "
+                    f"{r.get('ttft_new_process_s', float('nan')) * 1e3:10.1f}ms {r['ttft_prewarmed_vs_cold_load']:9.1f}x "
+                    f"{r.get('ttft_prewarmed_vs_new_process', float('nan')):8.1f}x")
+    return "\n".join(rows)
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["models"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(names))
+    for off, (key, label) in enumerate([("ours_b16", "warmserve b16"), ("hf_b16", "transformers b16"),
+                                         ("ours_b1", "warmserve b1"), ("hf_b1", "transformers b1")]):
+        vals = [results["models"][n].get(key, {}).get("decode_tok_s", 0) for n in names]
+        axes[0].bar([i + (off - 1.5) * 0.2 for i in x], vals, width=0.2, label=label)
+    axes[0].set_xticks(list(x), names, rotation=20)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("decode tokens/s")
+    axes[0].legend(fontsize=8)
+    for off, (key, label) in enumerate([("ttft_prewarmed_s", "prewarmed"), ("ttft_cold_load_s", "cold load"),
+                                         ("ttft_new_process_s", "new process")]):
+        vals = [results["models"][n].get(key, 0) * 1e3 for n in names]
+        axes[1].bar([i + (off - 1) * 0.27 for i in x], vals, width=0.27, label=label)
+    axes[1].set_xticks(list(x), names, rotation=20)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("time to first token (ms)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"engine on {results['machine'].get('gpu') or results['machine'].get('cpu', 'cpu')}, "
+                 f"{results['machine']['threads']} thread(s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    t0 = time.perf_counter()
+    results = run(args)
+    results["wall_s"] = time.perf_counter() - t0
+    print(table(results))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        plot(results, os.path.splitext(args.json)[0] + ".png")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,288 @@
+"""`warmserve bench forecast`: forecast error per series and method on ServeGen's 14 days.
+
+Series: the three language models of ServeGen (model-level totals) and the largest per-client series (each client
+stands for one model). ServeGen publishes request rates per 10-minute window; they are turned into in-flight
+concurrency (what WarmServe forecasts) with Little's law and a dispersion bound, as bench/forecast/README.md
+explains. Rolling origin over the last 7 days, one window ahead: each forecast uses only the windows before it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import os
+import platform
+import time
+
+import numpy as np
+
+from warmserve.policy.forecast import METHODS, mean_relative_error, one_step
+
+WINDOW_S = 600.0
+PERIOD = 144  # 10-minute windows per day
+DAYS = 14
+EVAL_DAYS = 7
+#: ServeGen's language models, each given one of the paper's latency profiles (prefill s, decode s per token)
+#: by size: m-large as the 70B model, m-mid as the 13B, m-small as the 7B.
+PROFILES = {"m-large": (0.100, 0.030), "m-mid": (0.070, 0.020), "m-small": (0.035, 0.015)}
+ALL_METHODS = METHODS + ("auto", "seasonal-naive")
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def default_traces() -> str:
+    """The copy vendored in the package when present, else ../shared/traces beside the repository."""
+    vendored = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+    if os.path.exists(os.path.join(vendored, "servegen_model_rates_10min.csv")):
+        return vendored
+    return os.path.join(_repo_root(), "..", "shared", "traces")
+
+
+def _find(d: str, *names: str) -> str:
+    for sub in ("", "servegen"):
+        for n in names:
+            p = os.path.join(d, sub, n)
+            if os.path.exists(p):
+                return p
+    raise FileNotFoundError(f"none of {names} under {d} (or {d}/servegen): pass --traces DIR pointing at the "
+                            f"ServeGen files (../shared/traces or warmserve/data)")
+
+
+def _open(p: str):
+    return gzip.open(p, "rt", newline="") if p.endswith(".gz") else open(p, newline="")
+
+
+#: A model-level window below this share of the model's median rate is a partial-data window (they sit at the
+#: edges of the all-zero gaps, and one 2-hour stretch of m-mid runs at 0.05-1% of its usual rate).
+GAP_SHARE = 0.05
+
+
+def load_series(traces: str, n_clients: int) -> tuple[dict, dict]:
+    """Per series: rate (req/s) per 10-minute window (NaN where missing) and the index of dispersion of its
+    arrival counts; and per model the request-weighted mean output tokens over the 14 days."""
+    n = DAYS * PERIOD
+    rates: dict[str, dict] = {}
+    with _open(_find(traces, "servegen_model_rates_10min.csv")) as f:
+        for r in csv.DictReader(f):
+            if r["model"] not in PROFILES:
+                continue
+            s = rates.setdefault(r["model"], {"model": r["model"], "rate": np.full(n, np.nan),
+                                              "disp_num": np.zeros(n), "disp_den": np.zeros(n)})
+            i = int(float(r["t_s"]) // WINDOW_S)
+            if i < n:
+                s["rate"][i] = float(r["total_rate_rps"])
+    for s in rates.values():  # exactly 0, or a sliver of the usual rate: a hole in the data, not an idle window
+        med = np.nanmedian(s["rate"])
+        s["rate"][s["rate"] < GAP_SHARE * med] = np.nan
+    clients: dict[str, dict] = {}
+    with _open(_find(traces, "servegen_client_windows.csv.gz", "servegen_client_windows_top.csv.gz")) as f:
+        for r in csv.DictReader(f):
+            if r["model"] not in PROFILES:
+                continue
+            key = f"{r['model']}.c{r['client_id']}"
+            s = clients.setdefault(key, {"model": r["model"], "rate": np.zeros(n), "disp": np.ones(n)})
+            i = int(float(r["t_s"]) // WINDOW_S)
+            if i < n:
+                rate, cv = float(r["rate_rps"]), float(r["cv"] or 1.0)
+                s["rate"][i] = rate
+                s["disp"][i] = cv * cv
+                m = rates[r["model"]]
+                m["disp_num"][i] += rate * cv * cv
+                m["disp_den"][i] += rate
+    for s in clients.values():  # a client without a row sent nothing, unless its whole model's data is missing
+        s["rate"][np.isnan(rates[s["model"]]["rate"])] = np.nan
+    for s in rates.values():
+        # Independent clients add their count variances: the total's index of dispersion is the rate-weighted
+        # mean of the clients' CV^2 (over the clients the file lists; Poisson where it lists none).
+        s["disp"] = np.where(s["disp_den"] > 0, s["disp_num"] / np.maximum(s["disp_den"], 1e-12), 1.0)
+    # the largest clients with traffic on at least 13 of the 14 days
+    ok = [k for k, s in clients.items() if np.count_nonzero(np.nan_to_num(s["rate"])) >= 13 * PERIOD]
+    ok.sort(key=lambda k: -np.nansum(clients[k]["rate"]))
+    series = {k: rates[k] for k in sorted(rates)}
+    series.update({k: clients[k] for k in ok[:n_clients]})
+    tokens: dict[str, list] = {}
+    with _open(_find(traces, "servegen_length_stats_6h.csv")) as f:
+        for r in csv.DictReader(f):
+            if r["model"] in PROFILES and r["out_mean"]:
+                tokens.setdefault(r["model"], []).append((float(r["expected_requests_all_clients"]),
+                                                          float(r["out_mean"])))
+    out_tokens = {m: float(np.average([v for _, v in t], weights=[w for w, _ in t])) for m, t in tokens.items()}
+    return series, out_tokens
+
+
+def to_concurrency(rate: np.ndarray, disp: np.ndarray, out_tokens: float, profile) -> tuple[np.ndarray, np.ndarray]:
+    """(avg, peak) in-flight requests per window from the arrival rate (see README): Little's law for the
+    average; the peak is the average plus sqrt(2 ln k) standard deviations of the in-flight count (variance
+    avg x the index of dispersion) over the k = window / service time independent looks a window holds, and
+    never more than the requests the window holds."""
+    prefill_s, decode_s = profile
+    service_s = prefill_s + out_tokens * decode_s
+    avg = rate * service_s
+    k = max(WINDOW_S / service_s, 2.0)
+    peak = avg + math.sqrt(2 * math.log(k)) * np.sqrt(avg * disp)
+    return avg, np.maximum(np.minimum(peak, rate * WINDOW_S), avg)
+
+
+def wape(pred: np.ndarray, actual: np.ndarray) -> float:
+    """sum |pred - actual| / sum actual over windows with both: the error weighted by load."""
+    ok = ~np.isnan(pred) & ~np.isnan(actual)
+    return float(np.abs(pred[ok] - actual[ok]).sum() / max(actual[ok].sum(), 1e-12))
+
+
+def _simple(method: str, y: np.ndarray, start: int) -> np.ndarray:
+    """The same slot yesterday (a reference, not a candidate of the selector)."""
+    f = np.full(len(y) + 1, np.nan)
+    f[PERIOD:] = y[: len(y) + 1 - PERIOD]
+    f[:start] = np.nan
+    return f
+
+
+def evaluate(y: np.ndarray, start: int) -> tuple[dict, dict]:
+    """One-step forecasts of y for t >= start - PERIOD by every method (a day before the evaluation, for the
+    selector), and each method's fit time."""
+    preds, fit_s = {}, {}
+    lo = start - PERIOD
+    for m in METHODS:
+        t0 = time.perf_counter()
+        preds[m] = one_step(m, y, PERIOD, lo)[: len(y)]
+        fit_s[m] = time.perf_counter() - t0
+    preds["seasonal-naive"] = _simple("seasonal-naive", y, lo)[: len(y)]
+    fit_s["seasonal-naive"] = 0.0
+    chosen: list[str] = []
+    auto = np.full(len(y), np.nan)  # each evaluation day uses the method with the least error the day before
+    for d0 in range(start, len(y), PERIOD):
+        errs = {m: mean_relative_error(preds[m][d0 - PERIOD: d0], y[d0 - PERIOD: d0]) for m in METHODS}
+        best = min(METHODS, key=lambda m: (np.nan_to_num(errs[m], nan=np.inf), METHODS.index(m)))
+        chosen.append(best)
+        auto[d0: d0 + PERIOD] = preds[best][d0: d0 + PERIOD]
+    preds["auto"] = auto
+    fit_s["auto"] = sum(fit_s[m] for m in METHODS)
+    preds["auto_chosen"] = chosen
+    return preds, fit_s
+
+
+def daily_acf(y: np.ndarray) -> float:
+    """Autocorrelation at 24 h of the hourly means (gaps filled by interpolation): how periodic a series is."""
+    h = y[: len(y) // 6 * 6].reshape(-1, 6)
+    ok = ~np.isnan(h)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = np.where(ok, h, 0.0).sum(axis=1) / ok.sum(axis=1)
+    ok = ~np.isnan(h)
+    h = np.interp(np.arange(len(h)), np.nonzero(ok)[0], h[ok])
+    h = h - h.mean()
+    return float(np.dot(h[:-24], h[24:]) / np.dot(h, h))
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--json", metavar="PATH", help="write the results here")
+    p.add_argument("--plot", metavar="PNG", help="forecast against actual for a few series")
+    p.add_argument("--traces", metavar="DIR", default=None,
+                   help="folder with the ServeGen files (default: the vendored copy, else ../shared/traces)")
+    p.add_argument("--clients", type=int, default=16, help="per-client series to add to the three models")
+    p.add_argument("--dispersion", choices=("cv", "poisson"), default="cv",
+                   help="peak model: the published inter-arrival CVs (cv) or Poisson arrivals (index of dispersion 1)")
+    p.add_argument("--periodic-acf", type=float, default=0.3,
+                   help="a series whose 24 h autocorrelation reaches this counts as periodic")
+
+
+def main(args) -> int:
+    traces = args.traces or default_traces()
+    t_all = time.perf_counter()
+    series, out_tokens = load_series(traces, args.clients)
+    n = DAYS * PERIOD
+    start = n - EVAL_DAYS * PERIOD
+    rows, curves = [], {}
+    for name, s in series.items():
+        disp = s["disp"] if args.dispersion == "cv" else np.ones_like(s["rate"])
+        avg, peak = to_concurrency(s["rate"], disp, out_tokens[s["model"]], PROFILES[s["model"]])
+        pa, fa = evaluate(avg, start)
+        pp, fp = evaluate(peak, start)
+        row = {"series": name, "model": s["model"], "kind": "model" if "." not in name else "client",
+               "acf_24h": daily_acf(avg), "missing_windows": int(np.isnan(avg).sum()),
+               "mean_avg_concurrency": float(np.nanmean(avg[start:])),
+               "mean_peak_concurrency": float(np.nanmean(peak[start:])), "methods": {}}
+        row["periodic"] = row["acf_24h"] >= args.periodic_acf
+        row["auto_chosen_peak"] = pp.pop("auto_chosen")
+        pa.pop("auto_chosen")
+        for m in ALL_METHODS:
+            row["methods"][m] = {
+                "peak_mre": mean_relative_error(pp[m][start:], peak[start:]),
+                "avg_mre": mean_relative_error(pa[m][start:], avg[start:]),
+                "peak_wape": wape(pp[m][start:], peak[start:]),
+                "fit_s": fa[m] + fp[m],
+            }
+        rows.append(row)
+        curves[name] = (peak[start:], {m: pp[m][start:] for m in ("paper", "auto")})
+    cols = ["paper", "holt-winters", "stl", "last-value", "auto", "seasonal-naive"]
+    print("peak MRE per series (10-minute windows, 7 days, one window ahead); avg MRE of `auto` and of `paper`")
+    print(f"{'series':<16} {'acf24':>5} " + " ".join(f"{c[:12]:>12}" for c in cols) + f" {'avg auto':>9} {'avg paper':>9}")
+    for r in rows:
+        print(f"{r['series']:<16} {r['acf_24h']:>5.2f} " + " ".join(f"{r['methods'][c]['peak_mre']:>12.1%}" for c in cols)
+              + f" {r['methods']['auto']['avg_mre']:>9.1%} {r['methods']['paper']['avg_mre']:>9.1%}")
+    summary = {}
+    for group, sel in (("all", rows), ("periodic", [r for r in rows if r["periodic"]]),
+                       ("not_periodic", [r for r in rows if not r["periodic"]])):
+        if not sel:
+            continue
+        summary[group] = {"series": len(sel), **{
+            m: {"peak_mre_mean": float(np.mean([r["methods"][m]["peak_mre"] for r in sel])),
+                "peak_mre_median": float(np.median([r["methods"][m]["peak_mre"] for r in sel])),
+                "avg_mre_mean": float(np.mean([r["methods"][m]["avg_mre"] for r in sel])),
+                "peak_wape_mean": float(np.mean([r["methods"][m]["peak_wape"] for r in sel])),
+                "fit_s_per_series": float(np.mean([r["methods"][m]["fit_s"] for r in sel]))}
+            for m in ALL_METHODS}}
+    print()
+    print(f"{'group':<13} {'n':>3} " + " ".join(f"{c[:12]:>12}" for c in cols) + "   peak MRE: mean / median over series")
+    for g, s in summary.items():
+        print(f"{g:<13} {s['series']:>3} " + " ".join(
+            f"{s[c]['peak_mre_mean']:>5.1%}/{s[c]['peak_mre_median']:<5.1%}".rjust(12) for c in cols))
+    fit = summary["all"]
+    print("fit time per series (s, avg + peak, 8 days of origins): " +
+          ", ".join(f"{m} {fit[m]['fit_s_per_series']:.2f}" for m in METHODS))
+    res = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
+           "traces": os.path.abspath(traces), "dispersion": args.dispersion, "window_s": WINDOW_S, "eval_days": EVAL_DAYS, "series": rows,
+           "summary": summary, "goal_peak_mre": 0.073, "wall_s": time.perf_counter() - t_all}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=float)
+    if args.plot:
+        _plot(args.plot, curves, rows)
+    return 0
+
+
+def _plot(path: str, curves: dict, rows: list) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pick = [r["series"] for r in rows if r["kind"] == "model"]
+    pick += [r["series"] for r in sorted((r for r in rows if r["kind"] == "client"), key=lambda r: -r["acf_24h"])][:1]
+    fig, axes = plt.subplots(len(pick), 1, figsize=(11, 2.6 * len(pick)), sharex=True)
+    days = np.arange(2 * PERIOD) / PERIOD
+    for ax, name in zip(np.atleast_1d(axes), pick):
+        actual, preds = curves[name]
+        ax.plot(days, actual[-2 * PERIOD:], color="black", lw=1.2, label="actual peak")
+        for m, c in (("paper", "tab:blue"), ("auto", "tab:orange")):
+            ax.plot(days, preds[m][-2 * PERIOD:], color=c, lw=0.9, alpha=0.85, label=f"forecast: {m}")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("in flight")
+    np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper right")
+    np.atleast_1d(axes)[-1].set_xlabel("days (last two of the evaluation)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    raise SystemExit(main(ap.parse_args()))

@@ -1,0 +1,209 @@
+"""`warmserve bench placement`: time of one planning round, and prewarm survival, laminar vs round-robin.
+
+1. Planning time. For each cluster size, a cluster carrying about as many running instances as the forecasts
+   ask for, with the prewarms of the previous window in place, gets one `tick` at a window boundary: forecast
+   every model, plan replicas (§2), place them (§3, with evictions) and return the actions. Median over repeats.
+2. Survival. The same forecasts and the same sequence of scale-ups (models drawn by their forecast peak) run
+   under laminar and under round-robin placement; after each round of scale-ups the plan is redone. The share
+   of prewarmed replicas destroyed by other models' scale-ups (evicted because an instance of another model took
+   one of their GPUs), and the share of scale-ups served by a prewarm, are counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy import actions as A
+from warmserve.policy.apply import apply
+from warmserve.policy.placement import is_laminar
+from warmserve.policy.state import ClusterState, ModelInfo
+
+GB = 10**9
+SIZES = [(16, 8), (64, 32), (256, 64), (1024, 256)]
+PERIOD = 288
+WINDOW_S = 300.0
+
+
+def make_models(n: int) -> list[ModelInfo]:
+    """Half 7B-like (tp 1), 30% 13B-like (tp 2), 20% 70B-like (tp 4), the paper's profiles."""
+    out = []
+    for i in range(n):
+        f = i / n
+        if f < 0.5:
+            out.append(ModelInfo(f"m{i:03d}-7b", 13_500_000_000, 1, 524_288, 0.035, 0.015))
+        elif f < 0.8:
+            out.append(ModelInfo(f"m{i:03d}-13b", 26 * GB, 2, 819_200, 0.070, 0.020))
+        else:
+            out.append(ModelInfo(f"m{i:03d}-70b", 138 * GB, 4, 327_680, 0.100, 0.030))
+    return out
+
+
+def make_history(models: list[ModelInfo], n_gpus: int, days: int, seed: int, load_frac: float = 0.35):
+    """Daily-periodic load, power-law shares; the average load asks for about ``load_frac`` of the GPUs, the
+    peaks (1.3-2.5x the average) for more."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * PERIOD)
+    share = (np.arange(len(models)) + 1.0) ** -0.9
+    share = rng.permutation(share / share.sum())
+    gpu_per_inst = np.array([m.tp for m in models], dtype=float)
+    scale = load_frac * n_gpus * 32 / (share * gpu_per_inst).sum()
+    hist = {}
+    for k, m in enumerate(models):
+        phase = rng.uniform(0, PERIOD)
+        avg = scale * share[k] * (1 + 0.6 * np.sin(2 * np.pi * (t + phase) / PERIOD))
+        avg = avg * rng.lognormal(0, 0.05, len(t))
+        peak = avg * rng.uniform(1.3, 2.5)
+        hist[m.name] = (t * WINDOW_S, avg, peak)
+    return hist
+
+
+def _bring_up(state: ClusterState, pol, hist, now_s: float) -> None:
+    """Put load on the cluster as it was in the last window, so instances run and KV targets shrink."""
+    for name, (_, avg, _) in hist.items():
+        state.queued[name] = int(avg[-1])
+    for _ in range(3):
+        for act in pol.tick(state, now_s):
+            apply(state, act, now_s)
+        now_s += 1.0
+    for name in hist:  # the queued requests now run on the instances
+        insts = [i for i in state.instances.values() if i.model == name]
+        q = state.queued.pop(name, 0)
+        for k, inst in enumerate(insts):
+            inst.in_flight = q // len(insts) + (k < q % len(insts))
+            inst.kv_blocks_used = min(inst.kv_blocks_total, inst.in_flight * 4)
+    for act in pol.tick(state, now_s):
+        apply(state, act, now_s)
+
+
+def plan_time(n_gpus: int, n_models: int, repeats: int, seed: int = 0) -> dict:
+    """Median time of a full planning round from no prewarms (every replica placed), and of the next round."""
+    models = make_models(n_models)
+    hist = make_history(models, n_gpus, days=2, seed=seed)
+    base = ClusterState.uniform(n_gpus // 8, models, gpu_bytes=72 << 30)
+    now = 2 * 86400.0
+    _bring_up(base, make_policy("warmserve", models=models, history=hist, config=PolicyConfig(prewarm=False)),
+              hist, now)
+    first, steady, n_prewarm = [], [], []
+    for r in range(repeats):
+        state = copy.deepcopy(base)
+        pol = make_policy("warmserve", models=models, history=hist, config=PolicyConfig(replan_s=1e9))
+        t0 = time.perf_counter()
+        acts = pol.tick(state, now + WINDOW_S)
+        first.append((time.perf_counter() - t0) * 1e3)
+        n_prewarm.append(sum(isinstance(a, A.Prewarm) for a in acts))
+        for act in acts:
+            apply(state, act, now + WINDOW_S)
+        t0 = time.perf_counter()
+        acts = pol.tick(state, now + 2 * WINDOW_S)
+        steady.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "gpus": n_gpus, "models": n_models, "plan_ms": statistics.median(first), "plan_ms_all": first,
+        "next_plan_ms": statistics.median(steady), "prewarms_placed": statistics.median(n_prewarm),
+        "instances": len(base.instances), "busy_gpus": len(base.busy_gpus()),
+    }
+
+
+VARIANTS = {  # placement -> (policy name, config overrides)
+    "laminar": ("warmserve", {}),
+    "round-robin": ("round-robin-placement", {}),
+    "round-robin-step1": ("round-robin-placement", {"round_robin_step": 1}),
+}
+
+
+def survival(placement: str, n_gpus: int, n_models: int, rounds: int, seeds=(1, 2, 3), load_frac: float = 1.0) -> dict:
+    """Plan, then n_gpus / 8 scale-ups of models drawn by forecast peak; repeat ``rounds`` times per seed."""
+    name, over = VARIANTS[placement]
+    placed = destroyed = ups = hits = nonlaminar = 0
+    for seed in seeds:
+        models = make_models(n_models)
+        hist = make_history(models, n_gpus, days=2, seed=seed, load_frac=load_frac)
+        state = ClusterState.uniform(n_gpus // 8, models, gpu_bytes=72 << 30)
+        pol = make_policy(name, models=models, history=hist,
+                          config=PolicyConfig(replan_s=1e9, kv_reservation=False, **over))
+        rng = np.random.default_rng(seed + 100)
+        peaks = np.array([hist[m.name][2][-PERIOD:].mean() for m in models])
+        p = peaks / peaks.sum()
+        now = 2 * 86400.0
+        for _ in range(rounds):
+            now += WINDOW_S
+            for inst in list(state.instances):  # the last round's instances finish
+                apply(state, A.StopInstance(inst), now)
+            for act in pol.tick(state, now):
+                placed += isinstance(act, A.Prewarm)
+                apply(state, act, now)
+            by_server: dict[int, list[int]] = {}
+            for pw in state.prewarms.values():
+                by_server.setdefault(pw.gpus[0] // 8, []).append(sum(1 << (g % 8) for g in pw.gpus))
+            nonlaminar += sum(not is_laminar(v) for v in by_server.values())
+            for _ in range(max(1, n_gpus // 8)):
+                m = models[int(rng.choice(len(models), p=p))].name
+                for inst in state.instances.values():
+                    if inst.model == m:
+                        inst.in_flight = 32  # all full: the next request needs a new instance
+                act = pol.route(state, m, now)
+                if not isinstance(act, A.StartInstance):
+                    continue
+                ups += 1
+                hits += act.prewarm_id is not None
+                destroyed += sum(1 for pid in act.evict if state.prewarms[pid].model != m)
+                apply(state, act, now)
+    return {"placement": placement, "gpus": n_gpus, "models": n_models, "seeds": len(seeds), "rounds": rounds,
+            "prewarms_placed": placed, "destroyed_by_other_models": destroyed,
+            "destroyed_share": destroyed / max(placed, 1), "scale_ups": ups, "prewarm_hit_rate": hits / max(ups, 1),
+            "server_rounds_not_laminar": nonlaminar}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--json", metavar="PATH", help="write the results here")
+    p.add_argument("--repeats", type=int, default=5, help="planning rounds timed per size (median reported)")
+    p.add_argument("--rounds", type=int, default=12, help="plan + scale-up rounds in the survival experiment")
+    p.add_argument("--max-gpus", type=int, default=1024, help="skip sizes above this many GPUs")
+
+
+def main(args) -> int:
+    t_start = time.perf_counter()
+    res: dict = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_implementation()} "
+                            f"{platform.python_version()}", "planning": [], "survival": []}
+    print(f"{'GPUs':>6} {'models':>6} {'plan ms':>9} {'next ms':>8} {'prewarms':>9} {'instances':>9} {'busy GPUs':>9}")
+    for g, m in SIZES:
+        if g > args.max_gpus:
+            continue
+        r = plan_time(g, m, args.repeats)
+        res["planning"].append(r)
+        res[f"plan_ms_{g}x{m}"] = r["plan_ms"]
+        print(f"{g:>6} {m:>6} {r['plan_ms']:>9.1f} {r['next_plan_ms']:>8.1f} {r['prewarms_placed']:>9} "
+              f"{r['instances']:>9} {r['busy_gpus']:>9}")
+    print()
+    print(f"{'placement':>18} {'GPUs':>5} {'models':>6} {'prewarms':>8} {'destroyed':>9} {'share':>7} "
+          f"{'hit rate':>8} {'not laminar':>11}")
+    for g, m in [(16, 8), (128, 64)]:
+        if g > args.max_gpus:
+            continue
+        for placement in VARIANTS:
+            r = survival(placement, g, m, args.rounds)
+            res["survival"].append(r)
+            print(f"{placement:>18} {g:>5} {m:>6} {r['prewarms_placed']:>8} {r['destroyed_by_other_models']:>9} "
+                  f"{r['destroyed_share']:>7.1%} {r['prewarm_hit_rate']:>8.1%} {r['server_rounds_not_laminar']:>11}")
+    res["wall_s"] = time.perf_counter() - t_start
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    raise SystemExit(main(ap.parse_args()))

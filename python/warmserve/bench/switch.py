@@ -1,0 +1,372 @@
+"""`warmserve bench switch`: what zero-copy switching buys, measured side by side in one run.
+
+1. activation_vs_cold_load. A prewarmed model's weights already sit in their slot. Activation makes them a
+   serving instance: retag the slot, map the first KV pages after the weights, and create the tensor views
+   (every weight and the KV cache). The cold alternative loads the same weights from a safetensors file in the
+   page cache into fresh pages of a new slot (pipelined load), then does the same mapping and views. Sizes 0.25,
+   1 and 4 GiB of weights by default.
+2. move_vs_memcpy. Moving 1 GiB of pages from one slot to another vs memcpy of 1 GiB between two mapped slots.
+3. load_vs_memcpy_bandwidth. Pipelined load of 1 GiB from a host buffer into unmapped pages vs one memcpy of the
+   same buffer into mapped pages (the load from a file in the page cache is reported beside it).
+4. Per-GiB milliseconds of map, unmap, move and the first touch of every 4 KiB after a map.
+
+Medians over repeats. The checkpoint is random bf16 weights in a Llama-like layout (hidden 2048, 9 tensors per
+layer), as many layers as the size asks for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import platform
+import statistics
+import struct
+import tempfile
+import time
+
+import numpy as np
+
+GiB = 1 << 30
+MiB = 1 << 20
+#: KV pages an activation maps right away (the instance's first KV blocks).
+KV_FIRST_BYTES = 64 * MiB
+#: Virtual room reserved for the KV cache after the weights (nothing is mapped until used).
+KV_RESERVE_BYTES = 2 * GiB
+HIDDEN, INTER, KV_DIM, VOCAB = 2048, 5632, 256, 32000
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--sizes-gib", default="0.25,1,4", help="weight sizes for activation vs cold load (GiB)")
+    p.add_argument("--repeats", type=int, default=5, help="repeats per measurement (median reported)")
+    p.add_argument("--backend", default="host", choices=["host", "cuda"])
+    p.add_argument("--device", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--plot", default=None, help="write a PNG of activation vs cold load here")
+    p.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
+
+
+# ---------------------------------------------------------------- checkpoint
+def layout_for(nbytes: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Llama-like bf16 tensors adding up to about nbytes: embeddings, then whole layers."""
+    layer = [("self_attn.q_proj.weight", (HIDDEN, HIDDEN)), ("self_attn.k_proj.weight", (KV_DIM, HIDDEN)),
+             ("self_attn.v_proj.weight", (KV_DIM, HIDDEN)), ("self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
+             ("mlp.gate_proj.weight", (INTER, HIDDEN)), ("mlp.up_proj.weight", (INTER, HIDDEN)),
+             ("mlp.down_proj.weight", (HIDDEN, INTER)), ("input_layernorm.weight", (HIDDEN,)),
+             ("post_attention_layernorm.weight", (HIDDEN,))]
+    per_layer = sum(2 * math.prod(s) for _, s in layer)
+    embed = 2 * VOCAB * HIDDEN
+    out = [("model.embed_tokens.weight", (VOCAB, HIDDEN)), ("model.norm.weight", (HIDDEN,))]
+    for i in range(max(1, round((nbytes - embed) / per_layer))):
+        out += [(f"model.layers.{i}.{n}", s) for n, s in layer]
+    return out
+
+
+def write_checkpoint(path: str, nbytes: int) -> None:
+    """A safetensors file of random bf16 weights (written in 64 MiB blocks of one random pattern)."""
+    header, off = {}, 0
+    for name, shape in layout_for(nbytes):
+        n = 2 * math.prod(shape)
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    block = np.random.default_rng(0).integers(0, 256, 64 * MiB, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        left = off
+        while left:
+            k = min(left, len(block))
+            f.write(block[:k])
+            left -= k
+
+
+def read_layout(path: str):
+    """(data start, {name: (byte offset in the data, shape, dtype)}, data bytes) from a safetensors header."""
+    import torch
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    layout = {name: (m["data_offsets"][0], tuple(m["shape"]), torch.bfloat16)
+              for name, m in header.items() if name != "__metadata__"}
+    end = max(m["data_offsets"][1] for name, m in header.items() if name != "__metadata__")
+    return 8 + n, layout, end
+
+
+def warm_page_cache(path: str) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(64 * MiB):
+            pass
+
+
+# ---------------------------------------------------------------- timing helpers
+class Device:
+    """What differs between host and GPU: waiting for the device and a plain copy between two slots."""
+
+    def __init__(self, backend: str, device: int):
+        import torch
+
+        self.backend = backend
+        self.torch = torch
+        self.cuda = backend == "cuda"
+        if self.cuda:
+            torch.cuda.set_device(device)
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def memcpy(self, dst_addr_or_t, src_addr_or_t, nbytes: int) -> None:
+        if self.cuda:
+            dst_addr_or_t.copy_(src_addr_or_t)
+        else:
+            ctypes.memmove(dst_addr_or_t, src_addr_or_t, nbytes)
+
+
+def timed(fn, repeats: int, dev: Device, setup=None, teardown=None) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        if setup:
+            setup()
+        dev.sync()
+        t = time.perf_counter()
+        fn()
+        dev.sync()
+        out.append(time.perf_counter() - t)
+        if teardown:
+            teardown()
+    return out
+
+
+def med_ms(xs: list[float]) -> float:
+    return statistics.median(xs) * 1e3
+
+
+def pages(nbytes: int, page_bytes: int) -> int:
+    return -(-nbytes // page_bytes)
+
+
+# ---------------------------------------------------------------- the measurements
+def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict:
+    from warmserve.memory import PagePool
+
+    import torch
+
+    path = os.path.join(workdir, f"weights-{size_gib:g}gib.safetensors")
+    write_checkpoint(path, int(size_gib * GiB))
+    warm_page_cache(path)
+    data_start, layout, nbytes = read_layout(path)
+    page = 2 * MiB
+    w_pages, kv_first = pages(nbytes, page), pages(KV_FIRST_BYTES, page)
+    kv_off = w_pages * page
+    kv_shape = (KV_RESERVE_BYTES // (2 * HIDDEN), HIDDEN)
+    with PagePool((w_pages + kv_first) * page, backend=args.backend, device=args.device) as pool:
+        prewarm = pool.create_slot(kv_off + KV_RESERVE_BYTES, "prewarm:model")
+        prewarm.load([(path, data_start, 0, nbytes)]).wait()
+        views = {}
+
+        def activate(slot):
+            slot.tag = "instance:model"
+            slot.map(w_pages, kv_first)
+            views["w"] = slot.tensors(layout)
+            views["kv"] = slot.tensor(kv_off, kv_shape, torch.bfloat16, pinned=False)
+
+        def deactivate(slot):
+            views.clear()
+            slot.unmap(w_pages, kv_first)
+            slot.tag = "prewarm:model"
+
+        act = timed(lambda: activate(prewarm), args.repeats, dev, teardown=lambda: deactivate(prewarm))
+        # One check that the views really are the file's bytes (outside the timing).
+        activate(prewarm)
+        name = next(iter(layout))
+        off, shape, _ = layout[name]
+        with open(path, "rb") as f:
+            f.seek(data_start + off)
+            want = f.read(4096)
+        got = views["w"][name].reshape(-1)[:2048].cpu().view(torch.uint8).numpy().tobytes()
+        assert got == want, "activated weights differ from the checkpoint"
+        deactivate(prewarm)
+        prewarm.close()
+
+        slots = {}
+
+        def cold():
+            s = pool.create_slot(kv_off + KV_RESERVE_BYTES, "instance:model")
+            s.load([(path, data_start, 0, nbytes)]).wait()
+            activate(s)
+            slots["s"] = s
+
+        def drop():
+            views.clear()
+            slots.pop("s").close()
+
+        cold_s = timed(cold, max(2, min(args.repeats, 3)), dev, teardown=drop)
+    os.unlink(path)
+    a, c = med_ms(act), med_ms(cold_s)
+    return {"size_gib": size_gib, "weights_bytes": nbytes, "tensors": len(layout), "activation_ms": a,
+            "cold_load_ms": c, "ratio": c / a}
+
+
+def move_and_primitives(args, dev: Device) -> dict:
+    from warmserve.memory import PagePool
+
+    import torch
+
+    n = GiB // (2 * MiB)
+    out = {}
+    with PagePool(2 * GiB, backend=args.backend, device=args.device) as pool:
+        a = pool.create_slot(GiB, "a")
+        b = pool.create_slot(GiB, "b")
+        a.map(0, n)
+        b.map(0, n)
+        if dev.cuda:
+            ta, tb = a.tensor(0, (GiB,), torch.uint8), b.tensor(0, (GiB,), torch.uint8)
+            ta.fill_(1)
+            copy = timed(lambda: dev.memcpy(tb, ta, GiB), args.repeats, dev)
+            del ta, tb
+        else:
+            ctypes.memset(a.base_address, 1, GiB)
+            ctypes.memset(b.base_address, 2, GiB)
+            copy = timed(lambda: dev.memcpy(b.base_address, a.base_address, GiB), args.repeats, dev)
+        b.unmap(0, n)
+        ids = a.physical_pages(0, n)
+        moves = []
+        for _ in range(args.repeats):  # back and forth, both directions timed
+            moves += timed(lambda: a.move_pages(0, n, b, 0), 1, dev)
+            moves += timed(lambda: b.move_pages(0, n, a, 0), 1, dev)
+        assert a.physical_pages(0, n) == ids
+        out["move_vs_memcpy"] = {"bytes": GiB, "move_ms": med_ms(moves), "memcpy_ms": med_ms(copy),
+                                 "ratio": med_ms(copy) / med_ms(moves)}
+        a.unmap(0, n)
+        per_gib = {"map_ms": med_ms(timed(lambda: a.map(0, n), args.repeats, dev, teardown=lambda: a.unmap(0, n)))}
+        per_gib["unmap_ms"] = med_ms(timed(lambda: a.unmap(0, n), args.repeats, dev, setup=lambda: a.map(0, n)))
+        per_gib["move_ms"] = out["move_vs_memcpy"]["move_ms"]
+        if not dev.cuda:  # page faults are a host matter: on a GPU the page tables are filled by cuMemMap
+            a.map(0, n)
+            t = a.tensor(0, (GiB // 4096, 4096), torch.uint8)
+
+            def touch():
+                t[:, 0] = 3
+
+            first = timed(touch, 1, dev)  # pages came from the pool: the first touch after a map
+            again = timed(touch, args.repeats, dev)
+            del t
+            a.unmap(0, n)
+            per_gib["first_touch_ms"] = med_ms(first)
+            per_gib["touch_again_ms"] = med_ms(again)
+        out["per_gib"] = per_gib
+    return out
+
+
+def load_bandwidth(args, dev: Device, workdir: str) -> dict:
+    from warmserve.memory import PagePool
+
+    import torch
+
+    n = GiB // (2 * MiB)
+    src = np.random.default_rng(1).integers(0, 256, GiB, dtype=np.uint8)
+    path = os.path.join(workdir, "blob.bin")
+    src.tofile(path)
+    warm_page_cache(path)
+    with PagePool(GiB, backend=args.backend, device=args.device) as pool:
+        s = pool.create_slot(GiB, "load")
+        s.map(0, n)
+        if dev.cuda:
+            t, h = s.tensor(0, (GiB,), torch.uint8), torch.from_numpy(src)
+            copy = timed(lambda: t.copy_(h), args.repeats, dev)
+            del t
+        else:
+            copy = timed(lambda: ctypes.memmove(s.base_address, src.ctypes.data, GiB), args.repeats, dev)
+        s.unmap(0, n)
+        unmap = lambda: s.unmap(0, n)  # noqa: E731
+        buf = timed(lambda: s.load([(src, 0, 0, GiB)]).wait(), args.repeats, dev, teardown=unmap)
+        fil = timed(lambda: s.load([(path, 0, 0, GiB)]).wait(), args.repeats, dev, teardown=unmap)
+        s.load([(path, 0, 0, GiB)]).wait()
+        check = s.tensor(GiB - 4096, (4096,), torch.uint8).cpu().numpy()
+        assert (check == src[-4096:]).all(), "loaded bytes differ"
+    os.unlink(path)
+    gbs = lambda xs: GiB / statistics.median(xs) / 1e9  # noqa: E731
+    return {"bytes": GiB, "memcpy_gbps": gbs(copy), "load_buffer_gbps": gbs(buf), "load_file_gbps": gbs(fil),
+            "ratio": gbs(buf) / gbs(copy), "ratio_file": gbs(fil) / gbs(copy)}
+
+
+# ---------------------------------------------------------------- report
+def machine(args) -> dict:
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "backend": args.backend}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    if args.backend == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(args.device)
+    return info
+
+
+def plot(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = res["activation_vs_cold_load"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(x - 0.2, [r["activation_ms"] for r in rows], 0.4, label="activate prewarmed")
+    ax.bar(x + 0.2, [r["cold_load_ms"] for r in rows], 0.4, label="cold load (page cache)")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{r['size_gib']:g} GiB" for r in rows])
+    ax.set_ylabel("ms (log)")
+    for i, r in enumerate(rows):
+        ax.text(i, r["cold_load_ms"] * 1.2, f"{r['ratio']:.0f}x", ha="center")
+    ax.set_title(f"making weights ready to serve ({res['machine']['backend']})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    sizes = [float(x) for x in str(args.sizes_gib).split(",") if x.strip()]
+    dev = Device(args.backend, args.device)
+    with open("/proc/meminfo") as f:
+        avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
+    res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
+    with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
+        for size in sizes:
+            need = 2 * size * GiB + KV_FIRST_BYTES + GiB  # file in the page cache + pool, with slack
+            if args.backend == "host" and need > avail:
+                res["skipped"].append(f"{size:g} GiB: needs about {need / GiB:.1f} GiB of host memory, "
+                                      f"{avail / GiB:.1f} GiB available")
+                continue
+            res["activation_vs_cold_load"].append(activation_vs_cold(size, args, dev, workdir))
+        res.update(move_and_primitives(args, dev))
+        res["load_vs_memcpy_bandwidth"] = load_bandwidth(args, dev, workdir)
+    goals = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8}
+    res["goals"] = goals
+
+    print(f"warmserve bench switch: backend={args.backend}, {res['machine'].get('cpu', '?')}, "
+          f"{res['machine']['cpus']} cpus, median of {args.repeats}")
+    print(f"{'weights':>8} {'tensors':>8} {'activate ms':>12} {'cold load ms':>13} {'ratio':>8}")
+    for r in res["activation_vs_cold_load"]:
+        print(f"{r['size_gib']:>6g}Gi {r['tensors']:>8} {r['activation_ms']:>12.3f} {r['cold_load_ms']:>13.1f} "
+              f"{r['ratio']:>7.0f}x")
+    for s in res["skipped"]:
+        print(f"  skipped {s}")
+    mv, ld, pg = res["move_vs_memcpy"], res["load_vs_memcpy_bandwidth"], res["per_gib"]
+    print(f"move 1 GiB {mv['move_ms']:.3f} ms vs memcpy {mv['memcpy_ms']:.1f} ms: {mv['ratio']:.0f}x (goal >= 30x)")
+    print(f"load {ld['load_buffer_gbps']:.2f} GB/s (file {ld['load_file_gbps']:.2f}) vs memcpy {ld['memcpy_gbps']:.2f}"
+          f" GB/s: {ld['ratio']:.2f} (file {ld['ratio_file']:.2f}; goal >= 0.8)")
+    print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in pg.items()))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    if args.plot and res["activation_vs_cold_load"]:
+        plot(res, args.plot)
+    return 0

@@ -1,0 +1,199 @@
+"""The OpenAI-compatible HTTP front end (aiohttp): /v1/completions, /v1/chat/completions, /v1/models, /health,
+/metrics. It parses and tokenizes, hands token ids to the controller, and turns token events back into text,
+as one JSON body or as server-sent events."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from aiohttp import web
+
+from warmserve.controller import openai_api as oa
+from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
+from warmserve.controller.textstream import TextStream
+from warmserve.errors import InvalidArgumentError, PromptTooLongError, WarmServeError
+
+_JSON = "application/json"
+
+
+def _json(status: int, body: dict) -> web.Response:
+    return web.Response(status=status, body=oa._enc.encode(body), content_type=_JSON)
+
+
+def _error(e: BaseException) -> web.Response:
+    status, body = oa.error_from_exception(e)
+    return _json(status, body)
+
+
+def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") -> None:
+    """Refuse a prompt that cannot fit the model's context together with the tokens asked for."""
+    ctx = model.max_context
+    if len(ids) + max_tokens > ctx:
+        raise PromptTooLongError(
+            f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} tokens and "
+            f"max_tokens asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the prompt "
+            f"or lower max_tokens",
+            param=param, prompt_tokens=len(ids), max_tokens=max_tokens,
+            max_context=ctx,
+        )
+    if not ids:
+        raise PromptTooLongError("the prompt is empty after tokenization; send some text", param=param)
+
+
+def chat_prompt_ids(model, messages: list[dict]) -> list[int]:
+    """The chat template from the tokenizer's config when it has one, a plain 'role: text' layout otherwise."""
+    tok = model.tokenizer
+    apply = getattr(tok, "apply_chat_template", None)
+    if apply is not None:
+        try:
+            out = apply(messages, add_generation_prompt=True)
+        except (ValueError, KeyError, LookupError, NotImplementedError):
+            out = None
+        if out is not None:
+            return list(out) if not isinstance(out, str) else list(tok.encode(out))
+    return list(tok.encode(oa.plain_chat_prompt(messages)))
+
+
+class Api:
+    def __init__(self, controller, api_key: str = "", max_concurrent_requests: int = 1024):
+        self.controller = controller
+        self.api_key = api_key
+        self.max_concurrent = max_concurrent_requests
+        self.active = 0
+        self.created = int(time.time())
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=16 << 20)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{name}", self.model)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        try:
+            if self.api_key and request.path.startswith("/v1/"):
+                auth = request.headers.get("Authorization", "")
+                given = auth[7:] if auth.startswith("Bearer ") else ""
+                if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+                    raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _json(e.status, oa.error_body(e.status, f"{e.reason}: {request.method} {request.path}"))
+        except WarmServeError as e:
+            return _error(e)
+
+    # ------------------------------------------------------------------------------------------- simple routes
+
+    async def models(self, request):
+        return _json(200, oa.models_body(self.controller.model_names(), self.created))
+
+    async def model(self, request):
+        m = self.controller.model(request.match_info["name"])
+        return _json(200, {"id": m.name, "object": "model", "created": self.created, "owned_by": "warmserve"})
+
+    async def health(self, request):
+        h = self.controller.health()
+        return _json(200 if h["ok"] else 503, h)
+
+    async def metrics(self, request):
+        return web.Response(text=self.controller.metrics.registry.render(),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    # --------------------------------------------------------------------------------------------- generation
+
+    async def completions(self, request: web.Request):
+        req, sampling = oa.parse_completion(await request.read())
+        model = self.controller.model(req.model)
+        p = req.prompt
+        ids = list(model.tokenizer.encode(p)) if isinstance(p, str) else list(p)
+        vocab = getattr(model.tokenizer, "vocab_size", None)
+        if vocab and isinstance(p, list) and max(ids) >= vocab:
+            raise InvalidArgumentError(f"token id {max(ids)} is outside the vocabulary of {vocab}", param="prompt")
+        return await self._generate(request, "completion", req, model, ids, sampling)
+
+    async def chat(self, request: web.Request):
+        req, sampling = oa.parse_chat(await request.read())
+        model = self.controller.model(req.model)
+        ids = chat_prompt_ids(model, oa.chat_dicts(req))
+        return await self._generate(request, "chat", req, model, ids, sampling)
+
+    async def _generate(self, request, kind, req, model, ids, sampling):
+        check_prompt(model, ids, sampling.max_tokens, "prompt" if kind == "completion" else "messages")
+        if self.active >= self.max_concurrent:
+            raise TooManyRequestsError(
+                f"{self.active} requests are in flight, the limit is {self.max_concurrent}: retry later "
+                f"or raise server.max_concurrent_requests", active=self.active, limit=self.max_concurrent)
+        self.active += 1
+        try:
+            handle = await self.controller.submit(model.name, ids, sampling)
+            text = TextStream(model.tokenizer.decode, sampling.stop)
+            if req.stream:
+                return await self._stream(request, kind, req, model, handle, text, len(ids))
+            try:
+                async for tokens in handle:
+                    text.push(tokens)
+                    if text.stopped:
+                        handle.abort()
+                        break
+            except BaseException:
+                handle.abort()
+                raise
+            text.finish()
+            finish = "stop" if text.stopped else handle.finish_reason
+            body = (oa.completion_body if kind == "completion" else oa.chat_body)(
+                oa.new_id("cmpl" if kind == "completion" else "chatcmpl"), model.name, text.text,
+                finish, len(ids), handle.generated)
+            return _json(200, body)
+        finally:
+            self.active -= 1
+
+    async def _stream(self, request, kind, req, model, handle, text: TextStream, n_prompt: int):
+        rid = oa.new_id("cmpl" if kind == "completion" else "chatcmpl")
+        created = int(time.time())
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        def chunk(delta: str, finish):
+            if kind == "completion":
+                return oa.sse(oa.completion_chunk(rid, model.name, created, delta, finish))
+            d = {"content": delta} if delta or finish is None else {}
+            return oa.sse(oa.chat_chunk(rid, model.name, created, d, finish))
+
+        try:
+            if kind == "chat":
+                await resp.write(oa.sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""}, None)))
+            try:
+                async for tokens in handle:
+                    delta = text.push(tokens)
+                    if delta:
+                        await resp.write(chunk(delta, None))
+                    if text.stopped:
+                        handle.abort()
+                        break
+            except WarmServeError as e:
+                # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError.
+                await resp.write(oa.sse(oa.error_from_exception(e)[1]))
+                await resp.write(oa.SSE_DONE)
+                return resp
+            rest = text.finish()
+            finish = "stop" if text.stopped else handle.finish_reason
+            if rest:
+                await resp.write(chunk(rest, None))
+            await resp.write(chunk("", finish))
+            if req.stream_options is not None and req.stream_options.include_usage:
+                obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
+                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, n_prompt, handle.generated)))
+            await resp.write(oa.SSE_DONE)
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client went away; the finally below frees the request on its worker
+        finally:
+            handle.abort()
+        return resp

@@ -1,0 +1,264 @@
+"""`warmserve.Cluster`: the whole system from Python, without HTTP.
+
+    with warmserve.Cluster(models=["/ckpt/llama-20m", ModelSpec("/ckpt/qwen2-30m", name="qwen")]) as c:
+        print(c.generate("llama-20m", "Hello", max_tokens=16).text)
+        for piece in c.stream("qwen", "Once upon a time", max_tokens=32):
+            print(piece, end="")
+
+The controller runs on an asyncio loop in a background thread; local workers are child processes (one per GPU, or
+CPU workers when there is none), and workers on other hosts join with
+`warmserve worker --controller <Cluster.endpoint>` (bind the cluster to a reachable address for that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from dataclasses import dataclass
+
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+from warmserve.controller.api import check_prompt, chat_prompt_ids
+from warmserve.controller.openai_api import Sampling
+from warmserve.controller.textstream import TextStream
+from warmserve.errors import ClosedError, InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of one generate() call."""
+
+    text: str
+    token_ids: list[int]
+    #: "stop" (EOS or a stop string), "length" (max_tokens) or "abort".
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Cluster:
+    def __init__(
+        self,
+        models,
+        devices=None,
+        policy: str = "warmserve",
+        *,
+        cpu_workers: int = 2,
+        cpu_worker_memory_bytes: int = 0,
+        remote_workers: int = 0,
+        bind: str = "tcp://127.0.0.1:0",
+        window_s: float = 300.0,
+        history_path: str = "",
+        curve_dir: str = "",
+        start_timeout_s: float = 120.0,
+        config: ClusterConfig | None = None,
+        log_dir: str | None = None,
+    ):
+        """Start a cluster serving ``models`` (checkpoint paths or ModelSpecs).
+
+        devices: local devices, one worker each ("cuda:0", "cpu:0", ...); None = one per GPU, or ``cpu_workers``
+        CPU workers when there is no GPU. remote_workers: how many workers on other hosts to wait for (they connect
+        to ``bind``). ``config`` overrides every other argument.
+        """
+        if config is None:
+            if isinstance(models, (str, ModelSpec)):
+                models = [models]
+            specs = tuple(m if isinstance(m, ModelSpec) else ModelSpec(path=str(m)) for m in models)
+            config = ClusterConfig(
+                models=specs, devices=tuple(devices or ()), cpu_workers=cpu_workers,
+                cpu_worker_memory_bytes=cpu_worker_memory_bytes, remote_workers=remote_workers,
+                worker_start_timeout_s=start_timeout_s,
+                controller=ControllerConfig(bind=bind, policy=policy, window_s=window_s, history_path=history_path,
+                                            curve_dir=curve_dir),
+            )
+        if not config.models:
+            raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="warmserve-controller", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, None)
+        from warmserve.controller.launch import start_cluster
+        from warmserve.controller.serve import read_history
+
+        history = read_history(config.controller.history_path) if config.controller.history_path else None
+        try:
+            self.controller = self._run(start_cluster(config, history=history, log_dir=log_dir),
+                                        config.worker_start_timeout_s + 30)
+        except BaseException:
+            self._finalizer()
+            raise
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, self.controller)
+
+    # ----------------------------------------------------------------------------------------------- plumbing
+
+    def _run(self, coro, timeout_s: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def _check(self):
+        if self._closed:
+            raise ClosedError("this Cluster is closed")
+
+    @property
+    def endpoint(self) -> str:
+        """The ZeroMQ address workers on other hosts connect to (`warmserve worker --controller ...`)."""
+        return self.controller.hub.endpoint
+
+    @property
+    def models(self) -> list[str]:
+        return self.controller.model_names()
+
+    def _prepare(self, model: str, prompt, max_tokens, temperature, top_p, seed, stop, messages):
+        m = self.controller.model(model)
+        if messages is not None:
+            ids = chat_prompt_ids(m, [dict(x) for x in messages])
+        elif isinstance(prompt, str):
+            ids = list(m.tokenizer.encode(prompt))
+        else:
+            ids = [int(t) for t in prompt]
+        stop = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+        s = Sampling(max_tokens=int(max_tokens), temperature=float(temperature), top_p=float(top_p), seed=seed,
+                     stop=stop)
+        if s.max_tokens < 1:
+            raise InvalidArgumentError(f"max_tokens must be >= 1, got {max_tokens}")
+        check_prompt(m, ids, s.max_tokens)
+        return m, ids, s
+
+    # ----------------------------------------------------------------------------------------------- public
+
+    def generate(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int | None = None, stop=None, messages=None, timeout_s: float | None = None) -> Completion:
+        """Generate a completion of ``prompt`` (text or token ids), or of a chat given as ``messages``."""
+        self._check()
+        m, ids, s = self._prepare(model, prompt, max_tokens, temperature, top_p, seed, stop, messages)
+        return self._run(self._collect(m, ids, s), timeout_s)
+
+    async def _collect(self, m, ids, s) -> Completion:
+        req = self.controller.submit_nowait(m.name, ids, s)
+        text = TextStream(m.tokenizer.decode, s.stop)
+        try:
+            async for tokens in req:
+                text.push(tokens)
+                if text.stopped:
+                    req.abort()
+                    break
+        finally:
+            req.abort()
+        text.finish()
+        return Completion(text=text.text, token_ids=list(text.ids), finish_reason="stop" if text.stopped else
+                          req.finish_reason or "stop", prompt_tokens=len(ids), completion_tokens=req.generated)
+
+    def stream(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
+               seed: int | None = None, stop=None, messages=None) -> "TextIterator":
+        """Text pieces as they are generated: ``for piece in c.stream(...)`` or ``async for piece in ...``."""
+        self._check()
+        m, ids, s = self._prepare(model, prompt, max_tokens, temperature, top_p, seed, stop, messages)
+        return TextIterator(self, m, ids, s)
+
+    def stats(self) -> dict:
+        """Workers (pool pages, models), instances, prewarms, queues and prewarm hits/misses, as plain dicts."""
+        self._check()
+        return self._run(_acall(self.controller.stats), 30)
+
+    def close(self) -> None:
+        """Let running requests finish, stop the local workers and the controller loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TextIterator:
+    """A generation's text pieces; iterate once, with ``for`` or ``async for``. Breaking out aborts it."""
+
+    def __init__(self, cluster: Cluster, m, ids, s):
+        self._c, self._m, self._ids, self._s = cluster, m, ids, s
+        self._req = None
+        self._text = TextStream(m.tokenizer.decode, s.stop)
+        self._ended = False
+
+    @property
+    def finish_reason(self) -> str | None:
+        if self._text.stopped:
+            return "stop"
+        return self._req.finish_reason if self._req is not None else None
+
+    async def _next(self) -> str | None:
+        """Next non-empty piece, or None at the end (runs on the controller's loop)."""
+        if self._req is None:
+            self._req = self._c.controller.submit_nowait(self._m.name, self._ids, self._s)
+        while not self._ended:
+            try:
+                tokens = await self._req.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                return self._text.finish() or None
+            piece = self._text.push(tokens)
+            if self._text.stopped:
+                self._req.abort()
+                self._ended = True
+                return (piece + self._text.finish()) or None
+            if piece:
+                return piece
+        return None
+
+    def __iter__(self):
+        try:
+            while True:
+                piece = self._c._run(self._next())
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            self._abort()
+
+    async def _anext_impl(self):
+        fut = asyncio.run_coroutine_threadsafe(self._next(), self._c._loop)
+        return await asyncio.wrap_future(fut)
+
+    def __aiter__(self):
+        return self._agen()
+
+    async def _agen(self):
+        try:
+            while True:
+                piece = await self._anext_impl()
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            self._abort()
+
+    def _abort(self):
+        if self._req is not None and not self._req.done and not self._c._closed:
+            self._c._loop.call_soon_threadsafe(self._req.abort)
+
+
+async def _acall(fn):
+    return fn()
+
+
+def _shutdown(loop, thread, controller) -> None:
+    if loop.is_closed():
+        return
+    if controller is not None and thread.is_alive():
+        try:
+            asyncio.run_coroutine_threadsafe(controller.close(drain=True), loop).result(
+                controller.cc.drain_timeout_s + 30)
+        except Exception:  # the loop may already be stopping at interpreter exit; workers exit with their parent
+            pass
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    if not thread.is_alive():
+        loop.close()
+
+
+__all__ = ["Cluster", "Completion", "TextIterator"]

@@ -1,0 +1,105 @@
+"""Bring a cluster up: the controller, its local workers (one per GPU, or CPU workers), and remote ones joining.
+
+Shared by `warmserve serve` and `warmserve.Cluster`, so both start a cluster the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import subprocess
+
+from warmserve.config import ClusterConfig, ModelSpec
+from warmserve.controller.controller import Controller
+from warmserve.controller.models import served_model
+from warmserve.controller.workers import spawn_worker
+
+log = logging.getLogger("warmserve.controller")
+
+#: Demo models `warmserve serve` uses with no config: small enough for a laptop's CPU.
+DEFAULT_DEMO_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use, without importing torch (the controller never needs it)."""
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None and cvd.strip() in ("", "-1"):
+        return 0
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    if cvd is not None:
+        n = min(n, len([d for d in cvd.split(",") if d.strip()]))
+    return n
+
+
+def local_devices(cfg: ClusterConfig) -> list[str]:
+    if cfg.devices:
+        return list(cfg.devices)
+    n = visible_gpus()
+    if n:
+        return [f"cuda:{i}" for i in range(n)]
+    return [f"cpu:{i}" for i in range(cfg.cpu_workers)]
+
+
+def cpu_worker_memory_bytes(cfg: ClusterConfig, models) -> int:
+    """The configured budget, or enough for the largest model twice over plus KV room (at least 1 GiB)."""
+    if cfg.cpu_worker_memory_bytes:
+        return cfg.cpu_worker_memory_bytes
+    biggest = max(m.weight_bytes for m in models)
+    want = 2 * biggest + (256 << 20)
+    return max(1 << 30, -(-want // (256 << 20)) * (256 << 20))
+
+
+def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:
+    """Write the demo checkpoints when absent (deterministic, skipped when up to date) and name them."""
+    from warmserve.engine.demo import write_demo_models
+
+    paths = write_demo_models(out_dir, names)
+    return tuple(ModelSpec(path=p, name=n) for n, p in paths.items())
+
+
+async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None = None) -> Controller:
+    """Start the controller, spawn the local workers and wait until every expected worker has registered."""
+    models = [served_model(s) for s in cfg.models]
+    controller = Controller(cfg, models, history=history)
+    endpoint = await controller.start()
+    devices = local_devices(cfg)
+    mem = cpu_worker_memory_bytes(cfg, models)
+    threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
+    procs = []
+    connect = endpoint.replace("0.0.0.0", "127.0.0.1").replace("tcp://*:", "tcp://127.0.0.1:")
+    host = socket.gethostname()
+    try:
+        for i, dev in enumerate(devices):
+            wid = f"{host}-{os.getpid()}w{i}-{dev.replace(':', '')}"
+            proc = spawn_worker(connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
+                                heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir)
+            procs.append((wid, proc))
+        controller.local_procs = {wid.encode(): p for wid, p in procs}
+        await controller.wait_for_workers(len(devices) + cfg.remote_workers, cfg.worker_start_timeout_s,
+                                          procs=[p for _, p in procs])
+    except BaseException:
+        await controller.close(drain=False)
+        for _, p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        raise
+    log.info("cluster up: %d workers, models %s, workers join at %s", len(devices) + cfg.remote_workers,
+             [m.name for m in models], endpoint)
+    return controller
+
+
+def with_defaults(cfg: ClusterConfig) -> ClusterConfig:
+    """No models named: the demo models (written if absent)."""
+    if cfg.models:
+        return cfg
+    return dataclasses.replace(cfg, models=demo_specs())

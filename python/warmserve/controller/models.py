@@ -1,0 +1,93 @@
+"""What the controller knows of each served model: its name, tokenizer, context length and sizes for the policy.
+
+Read from the checkpoint's own files (config.json, *.safetensors, tokenizer.json) so the controller process needs
+no torch: it only tokenizes and plans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from warmserve.config import ModelSpec
+from warmserve.errors import InvalidArgumentError
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def load_tokenizer(path: str):
+    """The engine's tokenizer when it is there; tokenizers' own reader of tokenizer.json otherwise."""
+    try:
+        from warmserve.engine.tokenizer import Tokenizer
+    except ImportError:
+        Tokenizer = None
+    if Tokenizer is not None:
+        return Tokenizer(path)
+    return _PlainTokenizer(path)
+
+
+class _PlainTokenizer:
+    """tokenizer.json read with the `tokenizers` library; no chat template (the plain layout is used)."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        f = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(f):
+            raise InvalidArgumentError(f"no tokenizer.json in {path}: the controller needs one to tokenize", path=path)
+        self._tok = Tokenizer.from_file(f)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+@dataclass
+class ServedModel:
+    spec: ModelSpec
+    tokenizer: object
+    #: Longest prompt plus output the model takes, tokens.
+    max_context: int
+    #: Bytes of all weights as stored (the dtype the worker loads at "auto").
+    weight_bytes: int
+    #: KV-cache bytes one token takes over all layers.
+    kv_bytes_per_token: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def served_model(spec: ModelSpec) -> ServedModel:
+    path = os.path.abspath(os.path.expanduser(spec.path))
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise InvalidArgumentError(
+            f"model {spec.name!r}: no checkpoint at {path} (config.json missing); run `warmserve models demo` "
+            f"for the demo models or fix the path", path=path,
+        )
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg = cfg.get("text_config", cfg)
+    weight_bytes = sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if n.endswith(".safetensors"))
+    if weight_bytes <= 0:
+        raise InvalidArgumentError(f"model {spec.name!r}: no *.safetensors files in {path}", path=path)
+    layers = int(cfg.get("num_hidden_layers", 1))
+    heads = int(cfg.get("num_attention_heads", 1))
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", heads)) // heads)
+    dtype = spec.dtype if spec.dtype != "auto" else str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    if spec.dtype != "auto" and spec.dtype in _DTYPE_BYTES:
+        stored = _DTYPE_BYTES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"), 4)
+        weight_bytes = weight_bytes * _DTYPE_BYTES[spec.dtype] // stored
+    kv = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)
+    return ServedModel(
+        spec=ModelSpec(path=path, name=spec.name, tp=spec.tp, dtype=spec.dtype),
+        tokenizer=load_tokenizer(path),
+        max_context=int(cfg.get("max_position_embeddings", 2048)),
+        weight_bytes=weight_bytes,
+        kv_bytes_per_token=kv,
+    )

@@ -1,0 +1,96 @@
+"""One generation request as the controller tracks it, from arrival to its last token.
+
+A request is consumed with ``async for token_ids in req``; it ends normally (``finish_reason`` set) or raises the
+typed error that ended it. ``abort()`` is safe at any time and from any state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from warmserve.errors import WarmServeError
+
+_END = object()
+
+
+class Req:
+    __slots__ = (
+        "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
+        "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s",
+    )
+
+    def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
+        self.rid = rid
+        self.model = model
+        self.prompt_ids = prompt_ids
+        self.sampling = sampling
+        self.arrival_s = time.monotonic()
+        self.deadline_s = self.arrival_s + timeout_s
+        self.first_token_s: float | None = None
+        self.last_token_s: float | None = None
+        self.generated = 0
+        self.finish_reason: str | None = None
+        self.error: WarmServeError | None = None
+        self.worker = None          # the WorkerRecord it runs on, None while queued
+        self.instance_id: str | None = None
+        self.done = False
+        self.reroutes = 0
+        self._q: asyncio.Queue = asyncio.Queue()
+        self._abort_cb = None       # set by the controller: abort(req) frees it wherever it is
+
+    # ------------------------------------------------------------------------------------------ producer side
+
+    def push(self, token_ids: list[int]) -> None:
+        if self.done or not token_ids:
+            return
+        now = time.monotonic()
+        if self.first_token_s is None:
+            self.first_token_s = now
+        self.last_token_s = now
+        self.generated += len(token_ids)
+        self._q.put_nowait(token_ids)
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.finish_reason = reason
+        self._q.put_nowait(_END)
+
+    def fail(self, error: WarmServeError) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.error = error
+        self._q.put_nowait(_END)
+
+    # ------------------------------------------------------------------------------------------ consumer side
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> list[int]:
+        item = await self._q.get()
+        if item is _END:
+            self._q.put_nowait(_END)  # later calls end too
+            if self.error is not None:
+                raise self.error
+            raise StopAsyncIteration
+        # Coalesce what is already queued, so a slow reader does one write per burst, not per token.
+        while not self._q.empty():
+            nxt = self._q.get_nowait()
+            if nxt is _END:
+                self._q.put_nowait(_END)
+                break
+            item = item + nxt
+        return item
+
+    def abort(self) -> None:
+        """Stop the request wherever it is (queued, running); no-op once it ended."""
+        if self.done:
+            return
+        cb = self._abort_cb
+        if cb is not None:
+            cb(self)
+        self.finish("abort")

@@ -1,0 +1,146 @@
+"""`warmserve serve`: the OpenAI-compatible server.
+
+With no arguments it writes the demo checkpoints if absent and serves them on local CPU workers (or one worker
+per GPU). ``--config FILE`` (TOML or YAML) names models, devices, policy and limits; flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+
+from warmserve.config import ClusterConfig, ModelSpec, load_config
+
+log = logging.getLogger("warmserve.controller")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="cluster config, .toml or .yaml (default: the demo models)")
+    p.add_argument("--host", default=None, help="HTTP interface (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $WARMSERVE_API_KEY, or no key)")
+    p.add_argument("--model", action="append", default=None, metavar="PATH[=NAME]",
+                   help="serve this checkpoint (repeatable); replaces the config's models")
+    p.add_argument("--devices", default=None, help="comma-separated local devices (cuda:0,cuda:1 or cpu:0,cpu:1)")
+    p.add_argument("--cpu-workers", type=int, default=None, help="CPU workers when there is no GPU (default 2)")
+    p.add_argument("--remote-workers", type=int, default=None,
+                   help="workers on other hosts to wait for (they run `warmserve worker --controller ADDR`)")
+    p.add_argument("--bind", default=None,
+                   help="ZeroMQ address workers connect to (default tcp://127.0.0.1:0: loopback only)")
+    p.add_argument("--policy", default=None, help="warmserve (default), autoscale, shared, dedicated, ...")
+    p.add_argument("--window-s", type=float, default=None, help="forecast window, seconds (default 300)")
+    p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
+    p.add_argument("--curve-dir", default=None, help="directory of ZeroMQ CURVE keys; turns on CURVE to workers")
+    p.add_argument("--log-dir", default=None, help="write each local worker's log here")
+    p.add_argument("--log-level", default="INFO")
+
+
+def build_config(args) -> ClusterConfig:
+    cfg = load_config(args.config) if args.config else ClusterConfig()
+    server, ctl, top = {}, {}, {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    key = args.api_key if args.api_key is not None else os.environ.get("WARMSERVE_API_KEY")
+    if key is not None:
+        server["api_key"] = key
+    for flag, field in (("bind", "bind"), ("policy", "policy"), ("window_s", "window_s"),
+                        ("history", "history_path"), ("curve_dir", "curve_dir")):
+        if getattr(args, flag) is not None:
+            ctl[field] = getattr(args, flag)
+    if args.model:
+        specs = []
+        for m in args.model:
+            path, _, name = m.partition("=")
+            specs.append(ModelSpec(path=path, name=name))
+        top["models"] = tuple(specs)
+    if args.devices:
+        top["devices"] = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    if args.cpu_workers is not None:
+        top["cpu_workers"] = args.cpu_workers
+    if args.remote_workers is not None:
+        top["remote_workers"] = args.remote_workers
+    return dataclasses.replace(
+        cfg, server=dataclasses.replace(cfg.server, **server), controller=dataclasses.replace(cfg.controller, **ctl),
+        **top)
+
+
+def read_history(path: str) -> dict:
+    """Per-model load history: CSV with columns model, window_start_s, avg, peak (one row per window), or JSON
+    {model: {"window_start_s": [...], "avg": [...], "peak": [...]}}. Returns model -> (starts, avgs, peaks)."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"history file {path!r} does not exist")
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        out = {}
+        for model, d in data.items():
+            starts, avgs, peaks = (d.get("window_start_s") or d.get("start_s")), d["avg"], d["peak"]
+            if not len(starts) == len(avgs) == len(peaks):
+                raise ValueError(f"history {path}: model {model!r} has arrays of different lengths")
+            out[model] = (np.asarray(starts, float), np.asarray(avgs, float), np.asarray(peaks, float))
+        return out
+    with open(path, newline="") as f:
+        for i, r in enumerate(csv.DictReader(f)):
+            try:
+                start = float(r.get("window_start_s") or r["start_s"])
+                rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak ({e})") from None
+    return {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
+
+
+async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -> None:
+    """Run until SIGINT/SIGTERM, then drain: in-flight requests finish, new ones get 503."""
+    from aiohttp import web
+
+    from warmserve.controller.api import Api
+    from warmserve.controller.launch import start_cluster, with_defaults
+
+    cfg = with_defaults(cfg)
+    history = read_history(cfg.controller.history_path) if cfg.controller.history_path else None
+    controller = await start_cluster(cfg, history=history, log_dir=log_dir)
+    api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests)
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024)
+    try:
+        await site.start()
+    except OSError:
+        await controller.close(drain=False)
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # One machine-readable line: scripts and tests wait for it instead of sleeping.
+    print(json.dumps({"serving": f"http://{cfg.server.host}:{port}", "workers_endpoint": controller.hub.endpoint,
+                      "models": controller.model_names()}), flush=True)
+    if ready is not None:
+        ready(port, controller)
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (up to %.0f s)", cfg.controller.drain_timeout_s)
+    await controller.close(drain=True)
+    await runner.cleanup()
+
+
+def main(args) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    cfg = build_config(args)
+    asyncio.run(serve(cfg, log_dir=args.log_dir))
+    return 0

@@ -1,0 +1,293 @@
+"""The controller's ZeroMQ side: one ROUTER that every worker connects to (local and remote alike), calls with
+replies matched by id, heartbeats both ways, and local worker processes.
+
+A worker connects a DEALER with its worker id as routing id and says ``Hello`` until the controller answers; the
+controller answers with a ``Heartbeat`` and from then on any message counts as alive. ROUTER_MANDATORY makes a
+send to a worker that is gone fail at once instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+from warmserve import protocol as P
+from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError
+
+log = logging.getLogger("warmserve.controller")
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    """One worker, as the controller sees it."""
+
+    worker_id: str
+    ident: bytes
+    device: str
+    pid: int
+    capacity_bytes: int
+    page_bytes: int
+    #: Key of the server (host) it runs on: tensor-parallel groups never span two.
+    host: str
+    last_seen_s: float = field(default_factory=time.monotonic)
+    alive: bool = True
+    #: Registered and cleaned: the policy may place things on it.
+    ready: bool = False
+    #: The latest Stats it sent.
+    stats: P.Stats | None = None
+    #: Generations running on it, by the id of their Generate.
+    gens: dict = field(default_factory=dict)
+    #: Calls awaiting a reply, by id.
+    calls: dict = field(default_factory=dict)
+    #: Serialises model operations (prewarm, evict, activate, deactivate) on this worker in the order issued.
+    ops: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The local process, when the controller spawned it.
+    proc: subprocess.Popen | None = None
+
+    def __repr__(self) -> str:
+        return f"worker {self.worker_id} ({self.device})"
+
+
+def host_of(worker_id: str) -> str:
+    """Workers name themselves HOST-PID-DEVICE by default; anything else is a server of its own."""
+    parts = worker_id.rsplit("-", 2)
+    return parts[0] if len(parts) == 3 else worker_id
+
+
+class WorkerHub:
+    """The ROUTER socket and everything that travels over it. Callbacks into the controller:
+    ``on_hello(ident, hello)``, ``on_event(worker, msg)`` for stream events, ``on_lost(worker, why)``."""
+
+    def __init__(self, bind: str, *, on_hello, on_event, on_lost, curve_dir: str = ""):
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        # A worker that restarts with the same id takes over its routing id instead of being refused.
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.auth = None
+        if curve_dir:
+            self.auth = _curve_server(self.ctx, self.sock, curve_dir)
+        self.sock.bind(bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.on_hello, self.on_event, self.on_lost = on_hello, on_event, on_lost
+        self._next_id = 1
+        self._finalizer = weakref.finalize(self, _close_sock, self.sock, self.ctx)
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # ------------------------------------------------------------------------------------------------ sending
+
+    def send(self, w: WorkerRecord, msg) -> None:
+        """Send without waiting; a worker that cannot be reached is declared lost (its requests re-routed)."""
+        if not w.alive:
+            raise WorkerLostError(f"{w!r} is lost", worker_id=w.worker_id)
+        # With NOBLOCK an asyncio socket sends at once and reports the outcome in an already-finished future.
+        sent = self.sock.send_multipart([w.ident, P.encode(msg)], zmq.NOBLOCK)
+        e = sent.exception() if sent.done() else None
+        if e is not None:
+            why = e.strerror if isinstance(e, zmq.ZMQError) else str(e)
+            self.lose(w, f"send failed: {why}")
+            raise WorkerLostError(f"{w!r} cannot be reached ({why})", worker_id=w.worker_id)
+
+    def start_call(self, w: WorkerRecord, msg, on_progress=None) -> asyncio.Future:
+        """Send a request now (so requests to one worker keep the order they were issued in) and return the
+        future of its final reply; the future fails with WorkerLostError if the worker goes."""
+        fut = asyncio.get_running_loop().create_future()
+        # Whoever needs the outcome reads it; a worker loss failing a call nobody waits on is not worth a warning.
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not w.alive:
+            fut.set_exception(WorkerLostError(f"{w!r} is lost", worker_id=w.worker_id))
+            return fut
+        w.calls[msg.id] = (fut, on_progress)
+        try:
+            self.send(w, msg)
+        except WorkerLostError as e:
+            w.calls.pop(msg.id, None)
+            if not fut.done():
+                fut.set_exception(e)
+        return fut
+
+    async def wait(self, w: WorkerRecord, msg, fut: asyncio.Future, timeout_s: float):
+        """The final reply to a started call; an Error reply raises its typed error."""
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError_(
+                f"{w!r} did not answer {type(msg).__name__} within {timeout_s:.0f} s", timeout_s=timeout_s,
+                worker_id=w.worker_id,
+            ) from None
+        finally:
+            if fut.done():
+                w.calls.pop(msg.id, None)
+        if isinstance(reply, P.Error):
+            raise reply.exception()
+        return reply
+
+    async def call(self, w: WorkerRecord, msg, timeout_s: float = 30.0, on_progress=None):
+        try:
+            return await self.wait(w, msg, self.start_call(w, msg, on_progress), timeout_s)
+        finally:
+            w.calls.pop(msg.id, None)
+
+    # ------------------------------------------------------------------------------------------------ receiving
+
+    async def recv_loop(self) -> None:
+        while True:
+            try:
+                frames = await self.sock.recv_multipart()
+            except (zmq.ContextTerminated, asyncio.CancelledError):
+                return
+            except zmq.ZMQError as e:
+                if e.errno == zmq.ENOTSOCK:
+                    return
+                raise
+            if len(frames) != 2:
+                log.warning("dropping a %d-frame message", len(frames))
+                continue
+            ident, data = frames
+            try:
+                msg = P.decode_reply(data)
+            except WarmServeError as e:
+                log.warning("malformed message from %r: %s", ident, e)
+                continue
+            w = self.workers.get(ident)
+            if isinstance(msg, P.Hello):
+                if w is None or not w.alive:
+                    self.on_hello(ident, msg)
+                else:
+                    w.last_seen_s = time.monotonic()
+                continue
+            if w is None or not w.alive:
+                continue  # a lost worker talking again must say Hello to start over
+            w.last_seen_s = time.monotonic()
+            try:
+                self._dispatch(w, msg)
+            except Exception:  # one bad event must not stop the receive loop
+                log.exception("handling %s from %r", type(msg).__name__, w)
+
+    def _dispatch(self, w: WorkerRecord, msg) -> None:
+        if isinstance(msg, P.Heartbeat):
+            return
+        if isinstance(msg, P.Stats) and msg.id == 0:
+            w.stats = msg
+            return
+        call = w.calls.get(msg.id)
+        if call is not None:
+            fut, on_progress = call
+            if isinstance(msg, P.PrewarmProgress):
+                if on_progress is not None:
+                    on_progress(msg)
+            elif not fut.done():
+                if isinstance(msg, P.Stats):
+                    w.stats = msg
+                fut.set_result(msg)
+            return
+        self.on_event(w, msg)
+
+    # ------------------------------------------------------------------------------------------------ liveness
+
+    def lose(self, w: WorkerRecord, why: str) -> None:
+        if not w.alive:
+            return
+        w.alive = False
+        w.ready = False
+        log.warning("%r lost: %s", w, why)
+        err = WorkerLostError(f"{w!r} was lost ({why})", worker_id=w.worker_id)
+        for fut, _ in list(w.calls.values()):
+            if not fut.done():
+                fut.set_exception(err)
+        w.calls.clear()
+        self.on_lost(w, why)
+
+    def beat(self, now_s: float, timeout_s: float) -> None:
+        """Send a heartbeat to every live worker and declare lost those silent or whose process exited."""
+        for w in list(self.workers.values()):
+            if not w.alive:
+                continue
+            if w.proc is not None and w.proc.poll() is not None:
+                self.lose(w, f"process {w.pid} exited with status {w.proc.returncode}")
+                continue
+            if now_s - w.last_seen_s > timeout_s:
+                self.lose(w, f"silent for {now_s - w.last_seen_s:.1f} s (timeout {timeout_s} s)")
+                continue
+            try:
+                self.send(w, P.Heartbeat(time_s=time.time(), in_flight=len(w.gens)))
+            except WorkerLostError:
+                pass
+
+    def close(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+        self._finalizer()
+
+
+def _close_sock(sock, ctx) -> None:
+    sock.close(0)
+    ctx.term()
+
+
+def _curve_server(ctx, sock, curve_dir: str):
+    """CURVE on the ROUTER: the controller's secret key from curve_dir/server.key_secret, and only workers whose
+    public keys sit in curve_dir/workers/ are let in (ZAP)."""
+    import zmq.auth
+    from zmq.auth.asyncio import AsyncioAuthenticator
+
+    secret = os.path.join(curve_dir, "server.key_secret")
+    if not os.path.isfile(secret):
+        raise FileNotFoundError(
+            f"CURVE is on but {secret} is missing: create keys with `python -c \"import zmq.auth; "
+            f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in {curve_dir}/workers"
+        )
+    public, secret_key = zmq.auth.load_certificate(secret)
+    auth = AsyncioAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=os.path.join(curve_dir, "workers"))
+    sock.curve_secretkey = secret_key
+    sock.curve_publickey = public
+    sock.curve_server = True
+    return auth
+
+
+def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
+                 heartbeat_interval_s: float, log_dir: str | None = None) -> subprocess.Popen:
+    """Start `warmserve worker --controller ...` as a child that dies with this process."""
+    cmd = [
+        sys.executable, "-m", "warmserve", "worker", "--controller", controller,
+        "--device", "cpu" if device.startswith("cpu") else device,
+        "--worker-id", worker_id, "--heartbeat-interval-s", str(heartbeat_interval_s),
+        "--exit-with-parent", "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
+    ]
+    if device.startswith("cpu"):
+        cmd += ["--memory-gib", f"{memory_bytes / (1 << 30):.4f}", "--threads", str(threads)]
+    env = dict(os.environ)
+    if device.startswith("cpu"):
+        env["OMP_NUM_THREADS"] = str(threads)
+        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    out = None
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        out = open(os.path.join(log_dir, f"{worker_id}.log"), "ab")
+    try:
+        # A session of its own: Ctrl-C in a terminal reaches the controller, which drains and then stops its
+        # workers, instead of killing the workers under the requests being drained.
+        return subprocess.Popen(cmd, env=env, stdout=out or subprocess.DEVNULL, stderr=out or None,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        if out is not None:
+            out.close()

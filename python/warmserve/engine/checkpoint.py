@@ -1,0 +1,92 @@
+"""Reading a Hugging Face checkpoint's safetensors files without loading them: tensor names, dtypes, shapes and
+byte ranges, from each file's header (8-byte little-endian header length, then a JSON table whose
+``data_offsets`` are relative to the end of the header)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from warmserve.errors import InvalidArgumentError
+
+ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+#: Largest header we accept; real ones are a few hundred KiB.
+MAX_HEADER_BYTES = 100 << 20
+
+
+class CheckpointError(InvalidArgumentError):
+    """A checkpoint file is missing, malformed or does not match config.json."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    #: File holding the tensor.
+    path: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    #: Absolute byte offset of the tensor's data in the file.
+    file_offset: int
+    nbytes: int
+
+
+def read_header(path: str) -> dict[str, TensorInfo]:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)", path=path)
+        (n,) = struct.unpack("<Q", head)
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{path}: header length {n} does not fit the {size}-byte file", path=path)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: header is not JSON ({e})", path=path) from e
+    data_start = 8 + n
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        dt = ST_DTYPES.get(meta.get("dtype"))
+        if dt is None:
+            raise CheckpointError(f"{path}: tensor {name} has dtype {meta.get('dtype')!r}; supported: {', '.join(ST_DTYPES)}",
+                                  path=path, tensor=name)
+        shape = tuple(int(d) for d in meta["shape"])
+        begin, end = (int(x) for x in meta["data_offsets"])
+        nbytes = math.prod(shape) * torch.empty((), dtype=dt).element_size()
+        if end - begin != nbytes or data_start + end > size:
+            raise CheckpointError(f"{path}: tensor {name} byte range [{begin}, {end}) is inconsistent with shape "
+                                  f"{list(shape)} or the file size {size}", path=path, tensor=name)
+        out[name] = TensorInfo(name, path, dt, shape, data_start + begin, nbytes)
+    return out
+
+
+def safetensors_files(path: str) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map") or {}
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
+        if missing:
+            raise CheckpointError(f"{path}: index names shard(s) {missing} that are not there", path=path)
+        return [os.path.join(path, f) for f in files]
+    if os.path.isfile(single):
+        return [single]
+    raise CheckpointError(f"{path} holds no model.safetensors or model.safetensors.index.json: point at a "
+                          "Hugging Face checkpoint saved with safetensors", path=path)
+
+
+def read_tensors(path: str) -> dict[str, TensorInfo]:
+    """All tensors of the checkpoint in directory `path` (one file or shards)."""
+    out: dict[str, TensorInfo] = {}
+    for f in safetensors_files(path):
+        out.update(read_header(f))
+    return out

@@ -1,0 +1,174 @@
+"""ModelConfig: the parts of a Hugging Face config.json the engine's math needs, parsed once and checked.
+
+Both spellings of RoPE settings are read: the classic ``rope_theta`` + ``rope_scaling`` (what checkpoints on the
+Hub carry) and transformers 5's ``rope_parameters``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from warmserve.errors import InvalidArgumentError
+
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class UnsupportedModelError(InvalidArgumentError):
+    """A checkpoint's architecture or settings are outside what the engine implements."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-family decoder, as config.json describes it."""
+
+    #: One of ARCHITECTURES.
+    architecture: str
+    #: Tokens in the embedding table.
+    vocab_size: int
+    #: Width of the residual stream (elements).
+    hidden_size: int
+    #: Width of the SwiGLU hidden layer (elements).
+    intermediate_size: int
+    #: Decoder layers.
+    num_layers: int
+    #: Query heads.
+    num_heads: int
+    #: Key/value heads (grouped-query attention when below num_heads).
+    num_kv_heads: int
+    #: Elements per head.
+    head_dim: int
+    #: Longest context the model was configured for (tokens).
+    max_position_embeddings: int
+    #: RMSNorm epsilon.
+    rms_norm_eps: float
+    #: RoPE base.
+    rope_theta: float
+    #: RoPE scaling kind: one of ROPE_TYPES.
+    rope_type: str = "default"
+    #: The remaining rope scaling parameters (factor, low_freq_factor, ...), as sorted (key, value) pairs.
+    rope_params: tuple = ()
+    #: q/k/v projections carry a bias (Qwen2, or Llama's attention_bias).
+    qkv_bias: bool = False
+    #: o_proj carries a bias (Llama's attention_bias).
+    o_bias: bool = False
+    #: gate/up/down projections carry a bias (Llama's mlp_bias).
+    mlp_bias: bool = False
+    #: lm_head shares the embedding matrix.
+    tie_word_embeddings: bool = False
+    #: Attention looks back at most this many tokens (Mistral / Qwen2 sliding window); 0 = unlimited.
+    sliding_window: int = 0
+    #: Checkpoint dtype name ("float32", "bfloat16", "float16").
+    torch_dtype: str = "float32"
+    #: End-of-sequence token ids (config.json, overridden by generation_config.json).
+    eos_token_ids: tuple[int, ...] = ()
+    #: Beginning-of-sequence token id, -1 when none.
+    bos_token_id: int = -1
+    #: The raw config.json, for callers who need a field not parsed here.
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def rope_param(self, key: str, default=None):
+        return dict(self.rope_params).get(key, default)
+
+    def num_params(self) -> int:
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        per_layer = h * (self.q_size + 2 * self.kv_size) + self.q_size * h + 3 * h * i + 2 * h
+        return v * h * (1 if self.tie_word_embeddings else 2) + self.num_layers * per_layer + h
+
+    @classmethod
+    def from_dict(cls, cfg: dict, generation_config: dict | None = None) -> "ModelConfig":
+        archs = cfg.get("architectures") or []
+        arch = next((a for a in archs if a in ARCHITECTURES), None)
+        if arch is None:
+            model_type = cfg.get("model_type", "")
+            arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}.get(model_type)
+        if arch is None:
+            raise UnsupportedModelError(
+                f"architecture {archs or cfg.get('model_type')!r} is not supported: the engine runs {', '.join(ARCHITECTURES)}",
+                architectures=list(archs))
+        act = cfg.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise UnsupportedModelError(f"hidden_act {act!r} is not supported (SwiGLU with silu only)", hidden_act=act)
+        n_heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        n_kv = int(cfg.get("num_key_value_heads") or n_heads)
+        if n_heads % n_kv:
+            raise UnsupportedModelError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}",
+                                        num_heads=n_heads, num_kv_heads=n_kv)
+        head_dim = int(cfg.get("head_dim") or hidden // n_heads)
+
+        rope = dict(cfg.get("rope_parameters") or {})
+        scaling = cfg.get("rope_scaling") or {}
+        rope.update(scaling)
+        theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default")) or "default"
+        if rope_type not in ROPE_TYPES:
+            raise UnsupportedModelError(f"rope type {rope_type!r} is not supported: use one of {', '.join(ROPE_TYPES)}",
+                                        rope_type=rope_type)
+        if float(rope.pop("partial_rotary_factor", 1.0)) != 1.0:
+            raise UnsupportedModelError("partial_rotary_factor below 1 is not supported", rope_params=rope)
+
+        sliding = 0
+        if cfg.get("sliding_window") and (arch == "MistralForCausalLM" or cfg.get("use_sliding_window")):
+            sliding = int(cfg["sliding_window"])
+            if arch == "Qwen2ForCausalLM" and int(cfg.get("max_window_layers", 0)) < int(cfg["num_hidden_layers"]):
+                raise UnsupportedModelError("Qwen2 sliding window on only some layers is not supported",
+                                            max_window_layers=cfg.get("max_window_layers"))
+
+        eos = (generation_config or {}).get("eos_token_id", cfg.get("eos_token_id"))
+        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+        bos = (generation_config or {}).get("bos_token_id", cfg.get("bos_token_id"))
+        dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32").replace("torch.", "")
+        if dtype not in DTYPES:
+            raise UnsupportedModelError(f"checkpoint dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}", dtype=dtype)
+        return cls(
+            architecture=arch,
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=n_heads,
+            num_kv_heads=n_kv,
+            head_dim=head_dim,
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_type=rope_type,
+            rope_params=tuple(sorted((k, v) for k, v in rope.items() if v is not None)),
+            qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+            o_bias=arch != "Qwen2ForCausalLM" and bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            sliding_window=sliding,
+            torch_dtype=dtype,
+            eos_token_ids=eos_ids,
+            bos_token_id=-1 if bos is None else int(bos),
+            raw=cfg,
+        )
+
+    @classmethod
+    def from_dir(cls, path: str) -> "ModelConfig":
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise InvalidArgumentError(f"{path!r} has no config.json: point at a Hugging Face checkpoint directory", path=path)
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        gen = None
+        gen_path = os.path.join(path, "generation_config.json")
+        if os.path.isfile(gen_path):
+            with open(gen_path) as f:
+                gen = json.load(f)
+        return cls.from_dict(cfg, gen)

@@ -1,0 +1,346 @@
+"""`warmserve models demo`: deterministic random-weight checkpoints in Hugging Face layout.
+
+Each model directory holds config.json, generation_config.json, model.safetensors (or shards with
+model.safetensors.index.json when larger than the shard size), tokenizer.json and tokenizer_config.json, so
+`transformers` loads the very same files. The tokenizer is a byte-level BPE trained with `tokenizers` on a
+corpus generated from a fixed seed; weights come from a torch generator seeded by the model name. Writing again
+with the same arguments produces the same bytes, and an up-to-date directory is skipped.
+
+Every demo model's KV block (256 tokens x all layers x K and V, float32) is a whole number of 2 MiB pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from warmserve.engine.config import DTYPES, ModelConfig
+
+VOCAB_SIZE = 8192
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+#: Largest safetensors file written; bigger models are sharded with an index, as on the Hub.
+SHARD_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """One demo checkpoint: the config.json fields that differ between models."""
+
+    #: "llama", "qwen2" or "mistral".
+    model_type: str
+    #: Residual width (elements).
+    hidden_size: int
+    #: SwiGLU width (elements).
+    intermediate_size: int
+    #: Decoder layers.
+    num_hidden_layers: int
+    #: Query heads.
+    num_attention_heads: int
+    #: Key/value heads.
+    num_key_value_heads: int
+    #: lm_head shares the embedding.
+    tie_word_embeddings: bool = False
+    #: RoPE base.
+    rope_theta: float = 10000.0
+    #: rope_scaling dict as config.json carries it, as sorted (key, value) pairs; () for none.
+    rope_scaling: tuple = ()
+    #: Context length (tokens).
+    max_position_embeddings: int = 2048
+    #: Sliding window (tokens) for Mistral; 0 = none.
+    sliding_window: int = 0
+    #: Embedding rows.
+    vocab_size: int = VOCAB_SIZE
+    #: Extra config.json fields, as sorted (key, value) pairs.
+    extra: tuple = field(default=())
+
+
+DEMO_MODELS: dict[str, DemoSpec] = {
+    "llama-20m": DemoSpec("llama", 384, 1024, 8, 6, 2),
+    "qwen2-30m": DemoSpec("qwen2", 512, 1536, 8, 8, 4, tie_word_embeddings=True, rope_theta=1e6,
+                          max_position_embeddings=4096),
+    "llama-90m": DemoSpec("llama", 768, 2048, 12, 12, 4, rope_theta=5e5,
+                          rope_scaling=(("factor", 4.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
+                                        ("original_max_position_embeddings", 1024), ("rope_type", "llama3")),
+                          max_position_embeddings=4096),
+    "qwen2-190m": DemoSpec("qwen2", 1024, 2816, 16, 16, 4, tie_word_embeddings=True, rope_theta=1e6,
+                           max_position_embeddings=4096),
+    "llama-300m": DemoSpec("llama", 1024, 2816, 24, 16, 8,
+                           rope_scaling=(("factor", 2.0), ("rope_type", "linear")), max_position_embeddings=4096),
+}
+#: The two small models tests use (one per architecture).
+SMALL_MODELS = ("llama-20m", "qwen2-30m")
+
+ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def default_dir() -> str:
+    home = os.environ.get("WARMSERVE_HOME")
+    return os.path.join(home, "demo") if home else os.path.join(os.path.expanduser("~"), ".cache", "warmserve", "demo")
+
+
+def config_dict(spec: DemoSpec, dtype: str = "float32") -> dict:
+    eos, bos = 0, 0  # <|endoftext|> is both, as in GPT-2 style vocabularies
+    cfg = {
+        "architectures": [ARCH[spec.model_type]],
+        "model_type": spec.model_type,
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "head_dim": spec.hidden_size // spec.num_attention_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": spec.max_position_embeddings,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": spec.rope_theta,
+        "rope_scaling": dict(spec.rope_scaling) or None,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": dtype,
+        "initializer_range": 0.02,
+        "use_cache": True,
+    }
+    if spec.model_type == "llama":
+        cfg.update(attention_bias=False, mlp_bias=False)
+    if spec.model_type == "qwen2":
+        cfg.update(use_sliding_window=False, sliding_window=None, max_window_layers=spec.num_hidden_layers)
+    if spec.model_type == "mistral":
+        cfg.update(sliding_window=spec.sliding_window or None)
+    cfg.update(dict(spec.extra))
+    return cfg
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------------------------
+
+_SYLLABLES = ("ka", "lo", "mi", "ne", "sa", "to", "ru", "vi", "de", "pa", "or", "en", "th", "qu", "st", "ar", "el",
+              "in", "on", "is", "an", "re", "er", "at", "co", "de", "ly", "ing", "tion", "ment", "able", "ex", "pro",
+              "con", "un", "sh", "ch", "ou", "ea", "ai", "ph", "gr", "bl", "cr", "fl", "sp", "tr", "wh", "ze", "xo")
+
+
+def corpus(n_lines: int = 12000, seed: int = 1234) -> list[str]:
+    """Deterministic text: pseudo-words, numbers, punctuation, chat markup and code-like lines."""
+    rng = random.Random(seed)
+    words = sorted({"".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(6000)})
+    lines = []
+    for i in range(n_lines):
+        kind = i % 5
+        ws = [rng.choice(words) for _ in range(rng.randint(4, 16))]
+        if kind == 0:
+            lines.append(" ".join(ws).capitalize() + rng.choice((".", "?", "!", ",", ";")))
+        elif kind == 1:
+            lines.append(f"{ws[0]} = {rng.randint(0, 99999)} + {ws[1]}({ws[2]}, {rng.random():.3f})")
+        elif kind == 2:
+            lines.append(f"<|im_start|>user\n{' '.join(ws)}<|im_end|>")
+        elif kind == 3:
+            lines.append(" ".join(w.upper() if rng.random() < 0.1 else w for w in ws) + f" {rng.randint(1900, 2030)}.")
+        else:
+            lines.append("    def " + "_".join(ws[:3]) + "(self):  # " + " ".join(ws[3:]))
+    return lines
+
+
+SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def build_tokenizer(vocab_size: int = VOCAB_SIZE):
+    """A byte-level BPE trained on corpus(); the same bytes every time."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    # The GPT-4/Qwen2 split (letters, single digits, punctuation runs, newlines) then bytes: the pipeline
+    # transformers' Qwen2Tokenizer rebuilds, so AutoTokenizer agrees with tokenizer.json for every demo model.
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(), trainer)
+    return tok
+
+
+def tokenizer_config() -> dict:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "model_max_length": 4096,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+# ---- weights -----------------------------------------------------------------------------------------------------
+
+def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape for a Llama-family config, in checkpoint order."""
+    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, h)}
+    for layer in range(cfg.num_layers):
+        p = f"model.layers.{layer}."
+        out[p + "input_layernorm.weight"] = (h,)
+        out[p + "self_attn.q_proj.weight"] = (cfg.num_heads * d, h)
+        out[p + "self_attn.k_proj.weight"] = (cfg.num_kv_heads * d, h)
+        out[p + "self_attn.v_proj.weight"] = (cfg.num_kv_heads * d, h)
+        if cfg.qkv_bias:
+            out[p + "self_attn.q_proj.bias"] = (cfg.num_heads * d,)
+            out[p + "self_attn.k_proj.bias"] = (cfg.num_kv_heads * d,)
+            out[p + "self_attn.v_proj.bias"] = (cfg.num_kv_heads * d,)
+        out[p + "self_attn.o_proj.weight"] = (h, cfg.num_heads * d)
+        if cfg.o_bias:
+            out[p + "self_attn.o_proj.bias"] = (h,)
+        out[p + "post_attention_layernorm.weight"] = (h,)
+        out[p + "mlp.gate_proj.weight"] = (i, h)
+        out[p + "mlp.up_proj.weight"] = (i, h)
+        out[p + "mlp.down_proj.weight"] = (h, i)
+        if cfg.mlp_bias:
+            out[p + "mlp.gate_proj.bias"] = (i,)
+            out[p + "mlp.up_proj.bias"] = (i,)
+            out[p + "mlp.down_proj.bias"] = (h,)
+    out["model.norm.weight"] = (h,)
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = (cfg.vocab_size, h)
+    return out
+
+
+def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype):
+    """Yields (name, tensor): normal(0, 0.02) matrices, norms near 1, small biases; float32 draws, then cast."""
+    g = torch.Generator().manual_seed(seed)
+    for name, shape in hf_tensor_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias"):
+            t = 0.05 * torch.randn(shape, generator=g)
+        elif "embed_tokens" in name:
+            t = torch.randn(shape, generator=g)  # unit-scale embeddings: distinct, confident logits
+        else:
+            t = 0.02 * torch.randn(shape, generator=g)
+        yield name, t.to(dtype)
+
+
+def _fingerprint(cfg: dict, dtype: str) -> str:
+    blob = json.dumps({"config": cfg, "dtype": dtype, "format": 2}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "float32", tokenizer=None,
+                     shard_bytes: int = SHARD_BYTES) -> str:
+    """Write one random-weight checkpoint for an arbitrary Llama-family config.json dict; returns its path."""
+    from safetensors.torch import save_file
+
+    path = os.path.join(out_dir, name)
+    cfg_dict = dict(cfg_dict, torch_dtype=dtype)
+    stamp = os.path.join(path, ".warmserve-demo")
+    fp = _fingerprint(cfg_dict, dtype)
+    if os.path.isfile(stamp) and open(stamp).read().strip() == fp:
+        return path
+    os.makedirs(path, exist_ok=True)
+    if os.path.exists(stamp):
+        os.remove(stamp)
+    for f in os.listdir(path):
+        if f.endswith(".safetensors") or f.endswith(".safetensors.index.json"):
+            os.remove(os.path.join(path, f))
+    cfg = ModelConfig.from_dict(cfg_dict)
+    tdtype = DTYPES[dtype]
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for tname, t in random_weights(cfg, zlib.crc32(name.encode()), tdtype):
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][tname] = t
+        size += nbytes
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(path, "model.safetensors"), metadata=meta)
+    else:
+        weight_map, total = {}, 0
+        for k, shard in enumerate(shards):
+            fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(path, fname), metadata=meta)
+            for tname, t in shard.items():
+                weight_map[tname] = fname
+                total += t.numel() * t.element_size()
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        del weight_map
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg_dict, f, indent=2)
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": cfg_dict.get("bos_token_id"), "eos_token_id": cfg_dict.get("eos_token_id"),
+                   "do_sample": False}, f, indent=2)
+    tok = tokenizer if tokenizer is not None else build_tokenizer(min(VOCAB_SIZE, cfg.vocab_size))
+    tok.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config(), f, indent=2)
+    with open(stamp, "w") as f:
+        f.write(fp)
+    return path
+
+
+def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "float32") -> dict[str, str]:
+    """Write the demo checkpoints (all, or `names`) under out_dir; returns name -> directory."""
+    out_dir = out_dir or default_dir()
+    names = list(DEMO_MODELS) if names is None else list(names)
+    unknown = [n for n in names if n not in DEMO_MODELS]
+    if unknown:
+        from warmserve.errors import UnknownModelError
+        raise UnknownModelError(f"unknown demo model(s) {unknown}: choose from {', '.join(DEMO_MODELS)}",
+                                names=unknown)
+    if dtype not in DTYPES:
+        from warmserve.errors import InvalidArgumentError
+        raise InvalidArgumentError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}", dtype=dtype)
+    tok = None
+    out = {}
+    for n in names:
+        cfg = config_dict(DEMO_MODELS[n], dtype)
+        path = os.path.join(out_dir, n)
+        stamp = os.path.join(path, ".warmserve-demo")
+        if tok is None and not (os.path.isfile(stamp) and open(stamp).read().strip() == _fingerprint(cfg, dtype)):
+            tok = build_tokenizer()
+        out[n] = write_checkpoint(out_dir, n, cfg, dtype, tokenizer=tok)
+    return out
+
+
+def spec_summary(name: str) -> dict:
+    spec = DEMO_MODELS[name]
+    cfg = ModelConfig.from_dict(config_dict(spec))
+    return {"name": name, "architecture": cfg.architecture, "params": cfg.num_params(), **asdict(spec)}
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default=None, help=f"output directory (default {default_dir()}; $WARMSERVE_HOME/demo)")
+    parser.add_argument("--models", nargs="*", default=None, help=f"subset of: {' '.join(DEMO_MODELS)}")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype on disk")
+
+
+def main(args) -> int:
+    import time
+
+    t0 = time.perf_counter()
+    paths = write_demo_models(args.out, args.models, args.dtype)
+    for n, p in paths.items():
+        s = spec_summary(n)
+        print(f"{n:<12} {s['architecture']:<20} {s['params'] / 1e6:6.1f}M params  {p}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0

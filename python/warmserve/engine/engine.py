@@ -1,0 +1,323 @@
+"""Engine: a running instance of a loaded model: continuous batching over the paged KV cache in its slot.
+
+Activation (``Engine(lm)``) copies no weight byte: the model reads zero-copy views over the slot, and the KV
+cache continues in the same slot after the weights, mapped lazily (the first step runs before all of it is
+mapped). ``close()`` deactivates: the KV pages go back to the pool and the weights stay, prewarmed.
+
+Outputs are token ids. EOS and stop-token ids are included in ``token_ids`` as the final token of a request
+(callers detokenize with skip_special_tokens). Stop strings are checked here, on the incrementally decoded tail
+of the output, so the engine needs the checkpoint's tokenizer for them; the token that completes a stop string
+is the last one reported, and trimming the text at the stop string is the caller's job (``stop_reason`` says
+which string matched).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask
+from warmserve.engine.kv_cache import KVCache
+from warmserve.engine.model import Model
+from warmserve.engine.sampler import SamplingParams, sample
+from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
+from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
+
+#: Default headroom of mapped free KV blocks (the controller sets the real target, PAPER.md §6).
+DEFAULT_TARGET_FREE_BLOCKS = 8
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    #: Tokens new in this step (empty for an abort).
+    token_ids: list[int]
+    finished: bool
+    #: "stop" (EOS, stop token or stop string), "length" (max_tokens) or "abort"; None while running.
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    #: The stop token id or stop string that ended the request, if any.
+    stop_reason: int | str | None = None
+
+
+class Engine:
+    def __init__(self, lm, kv_blocks: int | None = None, max_batch_tokens: int = 2048, max_num_seqs: int = 64,
+                 target_free_blocks: int | None = DEFAULT_TARGET_FREE_BLOCKS, map_blocks_per_step: int = 16):
+        """Activate a prewarmed LoadedModel.
+
+        kv_blocks caps the KV cache (a fixed share); None = as many blocks as the slot's reservation holds (the
+        pool's size), each mapped only when the pool has the pages. target_free_blocks: free blocks kept mapped
+        ahead of demand (None = all of them, like an engine that takes all memory up front); blocks beyond it
+        are unmapped after each step, so an idle instance holds little KV and prewarming keeps its room."""
+        if max_batch_tokens < 1 or max_num_seqs < 1:
+            raise InvalidArgumentError(f"max_batch_tokens ({max_batch_tokens}) and max_num_seqs ({max_num_seqs}) "
+                                       "must be >= 1")
+        params = lm._activate(self)
+        try:
+            kv_region, total_blocks, mapper = lm._kv_region(kv_blocks)
+            kv = KVCache(lm.config, kv_region, total_blocks, lm.block_tokens, mapper,
+                         target_free_blocks, map_blocks_per_step)
+            model = Model(lm.config, params)
+        except BaseException:
+            lm._deactivate(self)
+            raise
+        self.lm = lm
+        self._init(model, kv, lm.tokenizer, lm.max_context, max_batch_tokens, max_num_seqs)
+        self._finalizer = weakref.finalize(self, Engine._release, kv, weakref.ref(lm), id(self))
+
+    @classmethod
+    def from_tensors(cls, model: Model, kv: KVCache, tokenizer=None, max_context: int | None = None,
+                     max_batch_tokens: int = 2048, max_num_seqs: int = 64) -> "Engine":
+        """An engine over plain tensors (no slot): for references and tests of the math alone."""
+        self = cls.__new__(cls)
+        self.lm = None
+        self._init(model, kv, tokenizer, max_context or model.cfg.max_position_embeddings, max_batch_tokens, max_num_seqs)
+        self._finalizer = None
+        return self
+
+    def _init(self, model, kv, tokenizer, max_context, max_batch_tokens, max_num_seqs):
+        self.model = model
+        self.cfg = model.cfg
+        self.kv = kv
+        self.tokenizer = tokenizer
+        self.max_context = max_context
+        self.scheduler = Scheduler(kv, max_batch_tokens, max_num_seqs)
+        self.seqs: dict[str, Sequence] = {}
+        self._aborted: list[Sequence] = []
+        self._arrivals = itertools.count()
+        self._rng = random.Random()
+        self.device = model.device
+        self.eos = set(self.cfg.eos_token_ids) or set(getattr(tokenizer, "eos_token_ids", ()) or ())
+        self.closed = False
+        self.num_steps = 0
+        #: When set, each step keeps the logits it sampled from in last_logits (request id -> [vocab] float32).
+        self.record_logits = False
+        self.last_logits: dict[str, torch.Tensor] = {}
+        self.kv.grow()
+
+    # ---- requests ------------------------------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None) -> None:
+        self._check_open()
+        params = params or SamplingParams()
+        if request_id in self.seqs:
+            raise InvalidArgumentError(f"request id {request_id!r} is already running", request_id=request_id)
+        prompt = [int(t) for t in prompt_token_ids]
+        if not prompt:
+            raise InvalidArgumentError("the prompt is empty: send at least one token", request_id=request_id)
+        bad = [t for t in prompt if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise InvalidArgumentError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})",
+                                       request_id=request_id)
+        need = len(prompt) + params.max_tokens
+        if need > self.max_context:
+            raise PromptTooLongError(
+                f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} = {need} exceeds the context of "
+                f"{self.max_context} tokens: shorten the prompt or lower max_tokens",
+                prompt_tokens=len(prompt), max_tokens=params.max_tokens, max_context=self.max_context)
+        blocks_needed = -(-need // self.kv.block_tokens)
+        if blocks_needed > self.kv.total_blocks:
+            raise PromptTooLongError(
+                f"{need} tokens need {blocks_needed} KV blocks but this instance has {self.kv.total_blocks}: "
+                "shorten the request or give the instance more KV blocks",
+                prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=self.kv.total_blocks)
+        if params.stop and self.tokenizer is None:
+            raise InvalidArgumentError("stop strings need the model's tokenizer (tokenizer.json); use stop_token_ids",
+                                       request_id=request_id)
+        gen = None
+        if not params.greedy:
+            gen = torch.Generator(device="cpu").manual_seed(params.seed if params.seed is not None
+                                                            else self._rng.getrandbits(63))
+        seq = Sequence(request_id, prompt, params, next(self._arrivals), gen)
+        self.seqs[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request; its StepOutput (finish_reason "abort") comes with the next step. False if unknown."""
+        seq = self.seqs.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.finish(seq, "abort")
+        self._aborted.append(seq)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._aborted)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # ---- KV ------------------------------------------------------------------------------------------------------
+    def kv_stats(self) -> dict:
+        return dict(self.kv.stats(), num_preemptions=self.scheduler.num_preemptions)
+
+    def set_kv_target_free_blocks(self, n: int) -> dict:
+        """Keep n free blocks mapped: unmap the rest now (pages back to the pool), map up to n over the next steps."""
+        self._check_open()
+        self.kv.set_target_free_blocks(n)
+        self.kv.grow()
+        return self.kv_stats()
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        self._check_open()
+        outputs = [self._output(s, []) for s in self._aborted]
+        self._aborted = []
+        chunks = self.scheduler.schedule()
+        if chunks:
+            outputs += self._run(chunks)
+            self.num_steps += 1
+        self.kv.shrink()
+        self.kv.grow()
+        return outputs
+
+    def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:
+        T = self.kv.block_tokens
+        rpb = self.kv.rows_per_block
+        dev = self.device
+        window = self.cfg.sliding_window
+        # one-token chunks past position 0 run as decodes, whose rows must come last and contiguous
+        is_dec = [c.n == 1 and c.start > 0 for c in chunks]
+        chunks = [c for c, d in zip(chunks, is_dec) if not d] + [c for c, d in zip(chunks, is_dec) if d]
+        ids, pos, wrows = [], [], []
+        prefills: list[PrefillChunk] = []
+        dec: list[ScheduledChunk] = []
+        row = 0
+        for c in chunks:
+            ids += c.seq.tokens[c.start:c.start + c.n]
+            p = range(c.start, c.start + c.n)
+            pos += p
+            blocks = c.seq.blocks
+            wrows += [blocks[i // T] * rpb + i % T for i in p]
+            if c.n == 1 and c.start > 0:
+                dec.append(c)
+            elif c.start == 0 and (not window or c.n <= window):
+                prefills.append(PrefillChunk(row, c.n, 0))
+            else:
+                ctx = torch.arange(c.start + c.n)
+                table = torch.tensor(blocks, dtype=torch.long)
+                prefills.append(PrefillChunk(row, c.n, c.start, (table[ctx // T] * rpb + ctx % T).to(dev),
+                                             causal_mask(c.n, c.start, window, "cpu").to(dev)))
+            row += c.n
+        decode = None
+        if dec:
+            lens = torch.tensor([c.start + 1 for c in dec])
+            S = int(lens.max())
+            nb = -(-S // T)
+            table = torch.tensor([c.seq.blocks[:nb] + [c.seq.blocks[0]] * (nb - len(c.seq.blocks[:nb])) for c in dec],
+                                 dtype=torch.long)
+            ar = torch.arange(S)
+            rows_idx = table[:, ar // T] * rpb + ar % T
+            mask = ar[None, :] < lens[:, None]
+            if window:
+                mask &= ar[None, :] > (lens[:, None] - 1 - window)
+            decode = DecodeBatch(row - len(dec), rows_idx.view(-1).to(dev), mask[:, None, None, :].to(dev))
+        meta = AttnMeta(torch.tensor(wrows, device=dev), prefills, decode)
+        hidden = self.model.forward(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta,
+                                    self.kv.rows, self.kv.layer_offsets)
+        rows, sampled = [], []
+        r = 0
+        for c in chunks:
+            r += c.n
+            if c.samples:
+                rows.append(r - 1)
+                sampled.append(c)
+        outputs = []
+        if sampled:
+            logits = self.model.logits(hidden[torch.tensor(rows, device=dev)])
+            toks = sample(logits, [c.seq.params for c in sampled], [c.seq.generator for c in sampled])
+            if self.record_logits:
+                self.last_logits = {c.seq.request_id: logits[i].cpu() for i, c in enumerate(sampled)}
+        for c in chunks:
+            c.seq.num_computed = c.start + c.n
+        for c, t in zip(sampled, toks if sampled else ()):
+            outputs.append(self._append(c.seq, t))
+        return outputs
+
+    def _append(self, seq: Sequence, token: int) -> StepOutput:
+        seq.output.append(token)
+        p = seq.params
+        reason, stop_reason = None, None
+        if token in p.stop_token_ids:
+            reason, stop_reason = "stop", token
+        elif token in self.eos and not p.ignore_eos:
+            reason, stop_reason = "stop", token
+        elif p.stop:
+            longest = max(len(s) for s in p.stop)
+            tail = self.tokenizer.decode(seq.output[-(longest + 8):], skip_special_tokens=False)
+            hit = next((s for s in p.stop if s in tail), None)
+            if hit is not None:
+                reason, stop_reason = "stop", hit
+        if reason is None and len(seq.output) >= p.max_tokens:
+            reason = "length"
+        if reason is not None:
+            self.scheduler.finish(seq, reason, stop_reason)
+            self.seqs.pop(seq.request_id, None)
+        return self._output(seq, seq.output[seq.num_reported:])
+
+    def _output(self, seq: Sequence, new: list[int]) -> StepOutput:
+        seq.num_reported = len(seq.output)
+        done = seq.status == FINISHED
+        return StepOutput(seq.request_id, list(new), done, seq.finish_reason if done else None, len(seq.prompt),
+                          len(seq.output), seq.stop_reason)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[list[int]]:
+        """Run prompts to completion (a convenience over add_request/step); returns each one's output ids."""
+        ids = [f"gen-{next(self._arrivals)}-{i}" for i in range(len(prompts))]
+        for rid, p in zip(ids, prompts):
+            self.add_request(rid, p, params)
+        out = {rid: [] for rid in ids}
+        pending = set(ids)
+        while pending:
+            for o in self.step():
+                if o.request_id in out:
+                    out[o.request_id] += o.token_ids
+                    if o.finished:
+                        pending.discard(o.request_id)
+        return [out[r] for r in ids]
+
+    # ---- lifetime ------------------------------------------------------------------------------------------------
+    def _check_open(self):
+        if self.closed:
+            raise ClosedError("this engine was closed (deactivated): activate the model again")
+
+    def close(self) -> None:
+        """Deactivate: abort everything, unmap the KV pages (back to the pool), drop the weight views."""
+        if self.closed:
+            return
+        for rid in list(self.seqs):
+            self.abort(rid)
+        self._aborted = []
+        self.closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+        self.model = None
+        self.kv = None
+        self.scheduler = None
+
+    @staticmethod
+    def _release(kv: KVCache, lm_ref, engine_id: int) -> None:
+        kv.num_used = 0
+        kv.release_all()
+        kv.rows = None
+        lm = lm_ref()
+        if lm is not None:
+            lm._deactivate_id(engine_id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+

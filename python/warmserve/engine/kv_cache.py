@@ -1,0 +1,160 @@
+"""The paged KV cache: blocks of `block_tokens` tokens, each covering every layer's K and V contiguously.
+
+A block is laid out [layers, 2 (K, V), block_tokens, kv_heads, head_dim] and padded to a whole number of 2 MiB
+pages, so every block maps and unmaps on its own (the demo models need no padding: their blocks are exact page
+multiples). The cache spans `total_blocks` in its slot's address range, but only mapped blocks have pages
+behind them: blocks are mapped lazily on growth, and free blocks beyond `target_free_blocks` are unmapped, their
+pages going back to the pool (PAPER.md §6, both directions).
+
+Allocation takes the lowest free index first, so the mapped set stays compact and shrinking takes the highest.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import torch
+
+from warmserve.errors import InvalidArgumentError, OutOfMemoryError
+
+PAGE_BYTES = 2 << 20
+#: Tokens per KV block (PAPER.md §6: one block = 256 tokens across all layers).
+BLOCK_TOKENS = 256
+
+
+def block_layout(cfg, dtype: torch.dtype, block_tokens: int = BLOCK_TOKENS, page_bytes: int = PAGE_BYTES):
+    """(bytes of K+V for one block, bytes it occupies: whole pages, and a whole number of cache rows)."""
+    esize = torch.empty((), dtype=dtype).element_size()
+    row = cfg.num_kv_heads * cfg.head_dim * esize
+    raw = block_tokens * cfg.num_layers * 2 * row
+    padded = -(-raw // page_bytes) * page_bytes
+    while padded % row:
+        padded += page_bytes
+    return raw, padded
+
+
+class KVCache:
+    """Block bookkeeping plus per-layer views. `mapper` maps/unmaps one block's pages (None: all resident)."""
+
+    def __init__(self, cfg, region: torch.Tensor, total_blocks: int, block_tokens: int, mapper=None,
+                 target_free_blocks: int | None = None, map_blocks_per_step: int = 16):
+        """region: [total_blocks, elements per block (padded)], contiguous; only mapped blocks are ever touched."""
+        self.block_tokens = block_tokens
+        self.total_blocks = total_blocks
+        self.mapper = mapper
+        row = cfg.num_kv_heads * cfg.head_dim
+        if region.shape[0] != total_blocks or region.shape[1] % row:
+            raise InvalidArgumentError(f"KV region shape {tuple(region.shape)} does not hold {total_blocks} blocks "
+                                       f"of whole {row}-element rows")
+        #: [total_blocks * rows_per_block, kv_heads * head_dim]: the cache as rows (see attention.py).
+        self.rows = region.view(-1, row)
+        self.rows_per_block = region.shape[1] // row
+        #: (K, V) row offset of each layer inside a block.
+        self.layer_offsets = [((2 * i) * block_tokens, (2 * i + 1) * block_tokens) for i in range(cfg.num_layers)]
+        self.mapped = [mapper is None] * total_blocks
+        self._free: list[int] = list(range(total_blocks)) if mapper is None else []  # mapped and free (min-heap)
+        self._unmapped: list[int] = [] if mapper is None else list(range(total_blocks))  # min-heap
+        self.num_used = 0
+        self.target_free_blocks = total_blocks if target_free_blocks is None else target_free_blocks
+        self.map_blocks_per_step = map_blocks_per_step
+
+    # ---- counts --------------------------------------------------------------------------------------------------
+    @property
+    def num_mapped(self) -> int:
+        return self.total_blocks - len(self._unmapped)
+
+    @property
+    def num_free_mapped(self) -> int:
+        return len(self._free)
+
+    def can_grow(self) -> int:
+        """Blocks obtainable right now without unmapping anything: free mapped plus mappable (unknown pool => unmapped)."""
+        return len(self._free) + len(self._unmapped)
+
+    # ---- allocation ----------------------------------------------------------------------------------------------
+    def allocate(self) -> int | None:
+        """A free block (mapping a new one if needed), or None when neither a free block nor a free page exists."""
+        if self._free:
+            b = heapq.heappop(self._free)
+        else:
+            b = self._map_one()
+            if b is None:
+                return None
+        self.num_used += 1
+        return b
+
+    def free(self, blocks: list[int]) -> None:
+        for b in blocks:
+            heapq.heappush(self._free, b)
+        self.num_used -= len(blocks)
+
+    def _map_one(self) -> int | None:
+        if not self._unmapped or self.mapper is None:
+            return None
+        b = self._unmapped[0]
+        try:
+            self.mapper.map_block(b)
+        except OutOfMemoryError:
+            return None
+        heapq.heappop(self._unmapped)
+        self.mapped[b] = True
+        return b
+
+    # ---- target --------------------------------------------------------------------------------------------------
+    def set_target_free_blocks(self, n: int) -> None:
+        if n < 0:
+            raise InvalidArgumentError(f"target_free_blocks must be >= 0, got {n}", target_free_blocks=n)
+        self.target_free_blocks = min(int(n), self.total_blocks)
+        self.shrink()
+
+    def shrink(self) -> int:
+        """Unmap free blocks beyond the target, highest index first; returns blocks unmapped."""
+        if self.mapper is None:
+            return 0
+        extra = len(self._free) - self.target_free_blocks
+        if extra <= 0:
+            return 0
+        victims = sorted(self._free)[-extra:]
+        keep = sorted(self._free)[:-extra]
+        for b in victims:
+            self.mapper.unmap_block(b)
+            self.mapped[b] = False
+            heapq.heappush(self._unmapped, b)
+        self._free = keep
+        heapq.heapify(self._free)
+        return len(victims)
+
+    def grow(self, max_blocks: int | None = None) -> int:
+        """Map free blocks up to the target, at most max_blocks (default map_blocks_per_step) per call: mapping
+        is throttled so it does not stall a step. Stops quietly when the pool has no free page."""
+        limit = self.map_blocks_per_step if max_blocks is None else max_blocks
+        n = 0
+        while n < limit and len(self._free) < self.target_free_blocks:
+            b = self._map_one()
+            if b is None:
+                break
+            heapq.heappush(self._free, b)
+            n += 1
+        return n
+
+    def release_all(self) -> None:
+        """Unmap every mapped block (the cache must be empty)."""
+        if self.num_used:
+            raise InvalidArgumentError(f"{self.num_used} KV blocks still in use", used_blocks=self.num_used)
+        if self.mapper is not None:
+            for b in range(self.total_blocks):
+                if self.mapped[b]:
+                    self.mapper.unmap_block(b)
+                    self.mapped[b] = False
+            self._unmapped = list(range(self.total_blocks))
+        self._free = []
+
+    def stats(self) -> dict:
+        return {
+            "total_blocks": self.total_blocks,
+            "mapped_blocks": self.num_mapped,
+            "free_blocks": len(self._free),
+            "used_blocks": self.num_used,
+            "target_free_blocks": self.target_free_blocks,
+            "block_tokens": self.block_tokens,
+        }

@@ -1,0 +1,109 @@
+"""The Llama-family decoder (Llama, Qwen2, Mistral) over weight tensors it does not own.
+
+The weights are views: over a memory-manager slot (the loader lays q/k/v and gate/up out back to back so one
+view spans each group and the projections run as one matmul, with no copy), or over plain tensors in tests.
+Parameter names (per layer ``layers.{i}.``): ``qkv.weight`` [(H+2*KVH)*D, hidden], ``qkv.bias``, ``o.weight``,
+``o.bias``, ``gate_up.weight`` [2*I, hidden], ``gate_up.bias``, ``down.weight``, ``down.bias``, ``ln1``, ``ln2``;
+and ``embed`` [V, hidden], ``norm``, ``lm_head`` (the embed tensor when tied).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from warmserve.engine.attention import AttnMeta, attend
+from warmserve.engine.config import ModelConfig
+from warmserve.engine.rope import Rope, apply_rope
+
+# HF name suffixes of each fused group, in the order they are laid out back to back.
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+
+
+def hf_groups(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
+    """Fused parameter name -> HF tensor names laid out contiguously in that order."""
+    out: list[tuple[str, list[str]]] = [("embed", ["model.embed_tokens.weight"])]
+    for i in range(cfg.num_layers):
+        p, hp = f"layers.{i}.", f"model.layers.{i}."
+        out.append((p + "ln1", [hp + "input_layernorm.weight"]))
+        out.append((p + "qkv.weight", [hp + n + ".weight" for n in QKV]))
+        if cfg.qkv_bias:
+            out.append((p + "qkv.bias", [hp + n + ".bias" for n in QKV]))
+        out.append((p + "o.weight", [hp + "self_attn.o_proj.weight"]))
+        if cfg.o_bias:
+            out.append((p + "o.bias", [hp + "self_attn.o_proj.bias"]))
+        out.append((p + "ln2", [hp + "post_attention_layernorm.weight"]))
+        out.append((p + "gate_up.weight", [hp + n + ".weight" for n in GATE_UP]))
+        if cfg.mlp_bias:
+            out.append((p + "gate_up.bias", [hp + n + ".bias" for n in GATE_UP]))
+        out.append((p + "down.weight", [hp + "mlp.down_proj.weight"]))
+        if cfg.mlp_bias:
+            out.append((p + "down.bias", [hp + "mlp.down_proj.bias"]))
+    out.append(("norm", ["model.norm.weight"]))
+    if not cfg.tie_word_embeddings:
+        out.append(("lm_head", ["lm_head.weight"]))
+    return out
+
+
+def fuse_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fused parameters from an HF state dict of plain tensors (concatenates: for tests and references only)."""
+    params = {name: sd[names[0]] if len(names) == 1 else torch.cat([sd[n] for n in names]) for name, names in hf_groups(cfg)}
+    if cfg.tie_word_embeddings:
+        params["lm_head"] = params["embed"]
+    return params
+
+
+class Model:
+    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor]):
+        self.cfg = cfg
+        self.params = params
+        self.embed = params["embed"]
+        self.norm = params["norm"]
+        self.lm_head = params["lm_head"]
+        self.dtype = self.embed.dtype
+        self.device = self.embed.device
+        self.layers = [
+            tuple(params.get(f"layers.{i}.{n}") for n in
+                  ("ln1", "qkv.weight", "qkv.bias", "o.weight", "o.bias", "ln2", "gate_up.weight", "gate_up.bias",
+                   "down.weight", "down.bias"))
+            for i in range(cfg.num_layers)
+        ]
+        self.rope = Rope(cfg, self.dtype, self.device)
+        self.scale = cfg.head_dim ** -0.5
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 then scale in the model dtype, as the reference does.
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.cfg.rms_norm_eps)
+        return w * y.to(x.dtype)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMeta, cache: torch.Tensor,
+                layer_offsets: list[tuple[int, int]]) -> torch.Tensor:
+        """Hidden states [N, hidden] after the final norm. cache: the KV rows; layer_offsets[i] = (K, V) row
+        offsets of layer i (see attention.py)."""
+        cfg = self.cfg
+        n = input_ids.shape[0]
+        q_size, kv_size = cfg.q_size, cfg.kv_size
+        h = F.embedding(input_ids, self.embed)
+        cos, sin = self.rope.cos_sin(positions)
+        for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
+            x = self._rms(h, ln1)
+            qkv = F.linear(x, qkv_w, qkv_b)
+            q = qkv[:, :q_size].view(n, cfg.num_heads, cfg.head_dim)
+            k = qkv[:, q_size:q_size + kv_size].view(n, cfg.num_kv_heads, cfg.head_dim)
+            v = qkv[:, q_size + kv_size:].view(n, cfg.num_kv_heads, cfg.head_dim)
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
+            a = attend(meta, q, k, v, cache, *layer_offsets[i], self.scale)
+            h = h + F.linear(a, o_w, o_b)
+            x = self._rms(h, ln2)
+            gu = F.linear(x, gu_w, gu_b)
+            g, u = gu.chunk(2, dim=-1)
+            h = h + F.linear(F.silu(g) * u, down_w, down_b)
+        return self._rms(h, self.norm)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, vocab] float32 logits."""
+        return F.linear(hidden, self.lm_head).float()

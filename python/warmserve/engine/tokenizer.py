@@ -1,0 +1,86 @@
+"""Tokenizer: a checkpoint's tokenizer.json through the `tokenizers` library, with its chat template.
+
+The chat template comes from tokenizer_config.json (a Jinja template, rendered with jinja2 when installed);
+without one, messages are joined as "role: content" lines ending with "assistant:".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from warmserve.errors import InvalidArgumentError
+
+
+class Tokenizer:
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer as _HFTokenizer
+
+        file = path if path.endswith(".json") else os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(file):
+            raise InvalidArgumentError(f"no tokenizer.json at {path!r}: the checkpoint needs a `tokenizers` file", path=path)
+        self.dir = os.path.dirname(file)
+        self._tok = _HFTokenizer.from_file(file)
+        self.config = self._read_json("tokenizer_config.json")
+        gen = self._read_json("generation_config.json")
+        model_cfg = self._read_json("config.json")
+        eos = gen.get("eos_token_id", model_cfg.get("eos_token_id"))
+        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        eos_tok = self.config.get("eos_token")
+        if isinstance(eos_tok, dict):
+            eos_tok = eos_tok.get("content")
+        if not ids and eos_tok and self._tok.token_to_id(eos_tok) is not None:
+            ids = [self._tok.token_to_id(eos_tok)]
+        #: Token ids that end a generation.
+        self.eos_token_ids: tuple[int, ...] = tuple(int(i) for i in ids)
+        bos_tok = self.config.get("bos_token")
+        if isinstance(bos_tok, dict):
+            bos_tok = bos_tok.get("content")
+        self.bos_token: str | None = bos_tok
+        self.eos_token: str | None = eos_tok
+        self.chat_template: str | None = self.config.get("chat_template")
+        self._template = None
+
+    def _read_json(self, name: str) -> dict:
+        p = os.path.join(self.dir, name)
+        if not os.path.isfile(p):
+            return {}
+        with open(p) as f:
+            return json.load(f)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text for a chat; messages are {"role": ..., "content": ...} dicts."""
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise InvalidArgumentError(f"a chat message needs 'role' and 'content', got {m!r}")
+        if self.chat_template:
+            try:
+                import jinja2
+            except ImportError:
+                jinja2 = None
+            if jinja2 is not None:
+                if self._template is None:
+                    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+                    env.globals["raise_exception"] = _raise_template_error
+                    self._template = env.from_string(self.chat_template)
+                return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                             bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant:" if add_generation_prompt else "")
+
+
+def _raise_template_error(msg: str):
+    raise InvalidArgumentError(f"chat template: {msg}")

@@ -1,0 +1,72 @@
+"""A running pipelined load into a slot (see Slot.load)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from warmserve.errors import TimeoutError_
+
+#: How often a waiting thread wakes to report progress and let Ctrl-C through.
+_POLL_S = 0.05
+
+
+class LoadJob:
+    """Copies running in C++ threads; ``wait`` returns the bytes loaded or raises what went wrong."""
+
+    def __init__(self, job, progress: Callable[[int, int], None] | None, on_exit: Callable[["LoadJob"], None]):
+        self._job = job
+        self._progress = progress
+        self._on_exit = on_exit
+        self._reported = -1
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(bytes done, bytes total)."""
+        return self._job.done_bytes, self._job.total_bytes
+
+    @property
+    def done(self) -> bool:
+        """True once the job has finished, failed or been cancelled (rollback included)."""
+        return self._job.finished
+
+    @property
+    def pages_mapped(self) -> int:
+        """Pages the job mapped itself (after it finished); the ones it rolls back on failure."""
+        return self._job.pages_mapped_by_job
+
+    def cancel(self) -> None:
+        """Stop copying; the job then unmaps the pages it had mapped. No effect once it has finished."""
+        self._job.cancel()
+
+    def _report(self) -> None:
+        done, total = self.progress
+        if self._progress is not None and done != self._reported:
+            self._reported = done
+            self._progress(done, total)
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Block until the load ends; return its bytes. Raises CancelledError, the load's own error (an
+        OutOfMemoryError, a file error as InvalidArgumentError/DriverError), or TimeoutError_ after timeout_s
+        (the job keeps running)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            step = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+            finished = self._job.wait_for(step)
+            self._report()
+            if finished:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                done, total = self.progress
+                raise TimeoutError_(
+                    f"load not finished after {timeout_s} s ({done} of {total} bytes): wait longer or cancel()",
+                    timeout_s=timeout_s, done_bytes=done, total_bytes=total,
+                )
+        try:
+            return self._job.result()
+        finally:
+            self._on_exit(self)
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return f"LoadJob({done}/{total} bytes, done={self.done})"

@@ -1,0 +1,287 @@
+"""PagePool and Slot: the Python face of the C++ page pool (see the package docstring for the policies)."""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from typing import Callable, Iterable
+
+from warmserve import _C
+from warmserve.errors import InvalidArgumentError, fmt_bytes
+from warmserve.memory.loader import LoadJob
+
+#: Default page size: 2 MiB (a huge page on the host, the usual cuMemCreate granularity on GPUs).
+PAGE_BYTES = 2 << 20
+#: A load is cut into pieces of this many bytes that copier threads take in slot order.
+LOAD_CHUNK_BYTES = 8 << 20
+
+
+def cuda_compiled() -> bool:
+    """Whether this build of warmserve contains the cuda backend (it still needs a driver to run)."""
+    return _C.cuda_compiled()
+
+
+def _count(name: str, value, *, positive: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0 or (positive and value == 0):
+        raise InvalidArgumentError(f"{name} must be {'positive' if positive else 'non-negative'}, not {value}")
+    return value
+
+
+def _cancel_jobs(jobs: weakref.WeakSet) -> None:
+    for job in list(jobs):
+        job.cancel()
+        job._job.wait_for(-1.0)
+
+
+def _close_pool(cpool, jobs: weakref.WeakSet) -> None:
+    _cancel_jobs(jobs)
+    cpool.close()
+
+
+class PagePool:
+    """All physical pages of one device (or of a slice of host memory), created up front."""
+
+    def __init__(self, capacity_bytes: int, backend: str = "host", page_bytes: int = PAGE_BYTES, device: int = 0):
+        _count("capacity_bytes", capacity_bytes, positive=True)
+        _count("page_bytes", page_bytes, positive=True)
+        _count("device", device)
+        if backend not in ("host", "cuda"):
+            raise InvalidArgumentError(f"backend must be 'host' or 'cuda', not {backend!r}")
+        self._pool = _C.Pool(capacity_bytes, backend, page_bytes, device)
+        self._jobs: weakref.WeakSet[LoadJob] = weakref.WeakSet()
+        self._finalizer = weakref.finalize(self, _close_pool, self._pool, self._jobs)
+
+    backend = property(lambda self: self._pool.backend, doc="'host' or 'cuda'")
+    page_bytes = property(lambda self: self._pool.page_bytes, doc="bytes per page")
+    total_pages = property(lambda self: self._pool.total_pages)
+    free_pages = property(lambda self: self._pool.free_pages)
+    total_bytes = property(lambda self: self._pool.total_pages * self._pool.page_bytes)
+    free_bytes = property(lambda self: self._pool.free_pages * self._pool.page_bytes)
+    huge_pages = property(lambda self: self._pool.huge_pages, doc="host pages are 2 MiB huge pages")
+    device = property(lambda self: self._pool.device)
+    closed = property(lambda self: self._pool.closed)
+
+    def pages_by_tag(self) -> dict[str, int]:
+        """Mapped pages per slot tag, and "free" for the unmapped ones."""
+        return dict(self._pool.pages_by_tag())
+
+    def stats(self) -> dict:
+        """Accounting and counters: total/free pages and bytes, huge_pages, map/unmap/move operations and pages,
+        backend_calls (mmap or driver calls), bytes_loaded (bytes written into pages by finished loads), slots."""
+        return dict(self._pool.stats())
+
+    def create_slot(self, reserve_bytes: int, tag: str) -> Slot:
+        """Reserve a virtual range of reserve_bytes (rounded up to whole pages); nothing is mapped yet."""
+        _count("reserve_bytes", reserve_bytes, positive=True)
+        if not isinstance(tag, str):
+            raise InvalidArgumentError(f"tag must be a str, not {type(tag).__name__}")
+        return Slot(self, self._pool.create_slot(reserve_bytes, tag))
+
+    def close(self) -> None:
+        """Cancel running loads, unmap every slot and free the pages. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> PagePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"PagePool({self.backend}, closed)"
+        return (f"PagePool({self.backend}, {fmt_bytes(self.free_bytes)} free of {fmt_bytes(self.total_bytes)}, "
+                f"pages of {fmt_bytes(self.page_bytes)})")
+
+
+class Slot:
+    """A reserved virtual range over a pool; pages are mapped into it at page offsets."""
+
+    def __init__(self, pool: PagePool, cslot):
+        self._pool = pool  # the pool stays open while any of its slots is referenced
+        self._slot = cslot
+        self._jobs: weakref.WeakSet[LoadJob] = weakref.WeakSet()
+
+    @property
+    def tag(self) -> str:
+        """Owner tag used in pool.pages_by_tag(); writable (a prewarmed model becoming a running instance)."""
+        return self._slot.tag
+
+    @tag.setter
+    def tag(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise InvalidArgumentError(f"tag must be a str, not {type(value).__name__}")
+        self._slot.tag = value
+
+    pool = property(lambda self: self._pool)
+    page_bytes = property(lambda self: self._slot.page_bytes)
+    reserved_pages = property(lambda self: self._slot.reserved_pages)
+    reserved_bytes = property(lambda self: self._slot.reserved_pages * self._slot.page_bytes)
+    mapped_pages = property(lambda self: self._slot.mapped_pages)
+    mapped_bytes = property(lambda self: self._slot.mapped_pages * self._slot.page_bytes)
+    base_address = property(lambda self: self._slot.base_address, doc="virtual address of page 0")
+    closed = property(lambda self: self._slot.closed)
+
+    def map(self, page_offset: int, n_pages: int) -> None:
+        """Map n_pages free pool pages at page_offset. OutOfMemoryError when the pool has fewer free;
+        InvalidArgumentError when the range leaves the slot or overlaps a mapped page."""
+        self._slot.map(_count("page_offset", page_offset), _count("n_pages", n_pages, positive=True))
+
+    def unmap(self, page_offset: int, n_pages: int) -> None:
+        """Return the pages to the pool. InvalidArgumentError if one is not mapped (double unmap),
+        ViewsAliveError if a live pinned view or a running load covers one."""
+        self._slot.unmap(_count("page_offset", page_offset), _count("n_pages", n_pages, positive=True))
+
+    def grow(self, n_pages: int) -> int:
+        """Map n_pages right after the last mapped page; returns their page offset."""
+        return self._slot.grow(_count("n_pages", n_pages, positive=True))
+
+    def shrink(self, n_pages: int) -> None:
+        """Unmap the n_pages highest mapped pages."""
+        self._slot.shrink(_count("n_pages", n_pages, positive=True))
+
+    def is_mapped(self, page_offset: int, n_pages: int = 1) -> bool:
+        return self._slot.is_mapped(_count("page_offset", page_offset), _count("n_pages", n_pages, positive=True))
+
+    def mapped_ranges(self) -> list[tuple[int, int]]:
+        """Maximal runs of mapped pages as (page_offset, n_pages)."""
+        return [tuple(r) for r in self._slot.mapped_ranges()]
+
+    def physical_pages(self, page_offset: int, n_pages: int) -> list[int]:
+        """Pool page ids behind the range (-1 where unmapped): equal ids before and after a move prove no copy."""
+        return list(self._slot.physical_pages(_count("page_offset", page_offset), _count("n_pages", n_pages, positive=True)))
+
+    def move_pages(self, src_page_offset: int, n_pages: int, dst: Slot, dst_page_offset: int) -> None:
+        """Hand mapped pages [src, src+n) to dst at dst_page_offset (which must be unmapped), contents intact."""
+        if not isinstance(dst, Slot):
+            raise InvalidArgumentError(f"dst must be a Slot, not {type(dst).__name__}")
+        self._slot.move_pages(_count("src_page_offset", src_page_offset), _count("n_pages", n_pages, positive=True),
+                              dst._slot, _count("dst_page_offset", dst_page_offset))
+
+    def tensor(self, byte_offset: int, shape, dtype, pinned: bool = True):
+        """A zero-copy torch tensor over bytes [byte_offset, byte_offset + numel * itemsize) of the slot.
+
+        pinned=True: the pages must be mapped and stay mapped while the tensor (or any tensor sharing its
+        storage) lives. pinned=False: no such promise, see the package docstring."""
+        import torch
+
+        _count("byte_offset", byte_offset)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        for d in shape:
+            _count("shape dimension", d)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if byte_offset % itemsize:
+            raise InvalidArgumentError(f"byte_offset={byte_offset} is not a multiple of the {dtype} item size {itemsize}")
+        nbytes = math.prod(shape) * itemsize
+        raw = torch.from_dlpack(self._slot.dlpack(byte_offset, nbytes, bool(pinned)))
+        return raw.view(dtype).view(shape)
+
+    def tensors(self, layout: dict, pinned: bool = True) -> dict:
+        """Many views at once: layout maps name -> (byte_offset, shape, dtype). One view covers the whole span and
+        each tensor is carved from it, so a model's hundreds of weights cost one pin, not hundreds; the pages stay
+        pinned while any of the returned tensors lives."""
+        import torch
+
+        if not layout:
+            return {}
+        spans = []
+        for name, (byte_offset, shape, dtype) in layout.items():
+            _count(f"{name} byte_offset", byte_offset)
+            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if byte_offset % itemsize:
+                raise InvalidArgumentError(f"{name}: byte_offset={byte_offset} is not a multiple of its item size {itemsize}")
+            spans.append((name, byte_offset, shape, dtype, math.prod(shape) * itemsize))
+        lo = min(s[1] for s in spans)
+        hi = max(s[1] + s[4] for s in spans)
+        raw = torch.from_dlpack(self._slot.dlpack(lo, hi - lo, bool(pinned)))
+        by_dtype = {}  # one typed view of the whole span per dtype, then one as_strided per tensor
+        out = {}
+        for name, off, shape, dtype, nbytes in spans:
+            itemsize = torch.empty((), dtype=dtype).element_size() if dtype not in by_dtype else by_dtype[dtype][1]
+            if (off - lo) % itemsize or lo % itemsize:
+                out[name] = raw[off - lo:off - lo + nbytes].view(dtype).view(shape)
+                continue
+            if dtype not in by_dtype:
+                usable = (hi - lo) // itemsize * itemsize
+                by_dtype[dtype] = (raw[:usable].view(dtype), itemsize)
+            typed = by_dtype[dtype][0]
+            strides = [1] * len(shape)
+            for k in range(len(shape) - 2, -1, -1):
+                strides[k] = strides[k + 1] * shape[k + 1]
+            out[name] = typed.as_strided(shape, strides, (off - lo) // itemsize)
+        return out
+
+    def load(self, sources: Iterable[tuple], *, progress: Callable[[int, int], None] | None = None,
+             threads: int | None = None, chunk_bytes: int = LOAD_CHUNK_BYTES) -> LoadJob:
+        """Start copying sources into the slot; returns at once.
+
+        sources: (path_or_buffer, src_offset, slot_byte_offset, nbytes) tuples; path_or_buffer is a file path,
+        a CPU torch tensor, or any object with the buffer protocol (bytes, numpy arrays, memoryview). Pages of the
+        destination that are not mapped are mapped (and populated) by a C++ thread ahead of the copier threads;
+        the destination is pinned until the load ends. progress(done_bytes, total_bytes) is called from the
+        thread that waits."""
+        specs = []
+        for i, src in enumerate(sources):
+            if not isinstance(src, tuple) or len(src) != 4:
+                raise InvalidArgumentError(f"load source {i} must be (path_or_buffer, src_offset, slot_byte_offset, nbytes)")
+            obj, src_offset, slot_offset, nbytes = src
+            _count(f"source {i} src_offset", src_offset)
+            _count(f"source {i} slot_byte_offset", slot_offset)
+            _count(f"source {i} nbytes", nbytes)
+            if isinstance(obj, (str, os.PathLike)):
+                specs.append((os.fspath(obj), 0, None, src_offset, slot_offset, nbytes))
+                continue
+            address, length, keep = _buffer_address(obj)
+            if src_offset + nbytes > length:
+                raise InvalidArgumentError(
+                    f"load source {i}: bytes [{src_offset}, {src_offset + nbytes}) are outside its {length}-byte buffer")
+            specs.append((None, address, keep, src_offset, slot_offset, nbytes))
+        if threads is None:
+            threads = 1 if self._pool.backend == "cuda" else 2
+        _count("threads", threads, positive=True)
+        _count("chunk_bytes", chunk_bytes, positive=True)
+        job = LoadJob(self._slot.load(specs, threads, chunk_bytes), progress, self._jobs.discard)
+        self._jobs.add(job)
+        self._pool._jobs.add(job)
+        return job
+
+    def close(self, force: bool = False) -> None:
+        """Cancel this slot's running loads and unmap everything (pages back to the pool). ViewsAliveError while
+        pinned views are alive unless force (stale views then fault on access). Idempotent."""
+        _cancel_jobs(self._jobs)
+        self._slot.close(force=bool(force))
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"Slot({self.tag!r}, closed)"
+        return f"Slot({self.tag!r}, {self.mapped_pages}/{self.reserved_pages} pages mapped)"
+
+
+def _buffer_address(obj) -> tuple[int, int, object]:
+    """(address, length in bytes, object to keep alive) of a CPU buffer."""
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            if obj.device.type != "cpu" or not obj.is_contiguous():
+                raise InvalidArgumentError("a tensor load source must be a contiguous CPU tensor")
+            return obj.data_ptr(), obj.numel() * obj.element_size(), obj
+    except ImportError:
+        pass
+    import numpy as np
+
+    try:
+        arr = np.frombuffer(obj, dtype=np.uint8)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"load source must be a path, a CPU tensor or a buffer, not {type(obj).__name__}") from e
+    return arr.ctypes.data, arr.nbytes, arr

@@ -1,0 +1,91 @@
+"""What the policy asks the driver to do. Frozen and hashable; a list of them is applied in order.
+
+Ids: the policy chooses every new ``instance_id`` and ``prewarm_id`` (strings, unique for the policy object's
+life: ``"<model>/i<n>"`` and ``"<model>/p<n>"``). The driver uses them as keys in ClusterState.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Prewarm:
+    """Load ``model``'s weights onto ``gpus`` (one shard per GPU) without serving.
+
+    The driver adds ``PrewarmState(prewarm_id, model, gpus, progress=0, score)`` at once (the memory counts as
+    taken from then on) and raises ``progress`` to 1.0 as the load goes."""
+
+    prewarm_id: str
+    model: str
+    gpus: tuple[int, ...]
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPrewarm:
+    """Stop a prewarm that is still loading and release its pages; the driver deletes it from state."""
+
+    prewarm_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Drop a prewarm (loaded or loading) and release its pages; the driver deletes it from state."""
+
+    prewarm_id: str
+    #: Why, for logs and metrics: "scale_up" (another model took the GPUs), "placement" (a higher-score replica
+    #: needed the room), "kv" (a running instance's KV cache needed the pages back), "plan" (no longer wanted).
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StartInstance:
+    """Create a serving instance of ``model`` on ``gpus``.
+
+    The driver first drops every prewarm in ``evict`` (other models' weights on these GPUs), then adds
+    ``InstanceState(instance_id, model, gpus, created_s=now, ready_s=None)`` and sets ``ready_s`` when it can
+    serve. With ``prewarm_id`` set, the instance is made from that prewarm's weights with no copy (a hit; when the
+    prewarm is still loading, the load finishes first) and the prewarm leaves the state; otherwise the weights
+    are loaded cold from host memory."""
+
+    instance_id: str
+    model: str
+    gpus: tuple[int, ...]
+    prewarm_id: str | None = None
+    evict: tuple[str, ...] = ()
+    #: Share of each GPU's memory after this model's own weights shard that its KV cache may ever use: 1.0,
+    #: except in the `shared` baseline, where the models colocated on a GPU split what their weights leave.
+    kv_fraction: float = 1.0
+    #: Engine processes, CUDA contexts and communicators exist already (WarmServe's engine prewarming); False
+    #: for the `autoscale` baseline, which starts an engine from scratch.
+    warm_engine: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StopInstance:
+    """Stop routing to the instance; once its in-flight requests finish, free its GPUs (driver sets draining)."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetKvTarget:
+    """Keep ``free_blocks`` free KV blocks mapped beyond those in use (so mapped = used + free_blocks, capped at
+    kv_blocks_total). Shrinking returns pages to the GPU pool for prewarms; growing maps pages that the policy has
+    freed first (any Evict it needs comes earlier in the same list)."""
+
+    instance_id: str
+    free_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Send one request of ``model`` to ``instance_id`` (the driver adds 1 to its in_flight)."""
+
+    model: str
+    instance_id: str
+    request_id: str | int | None = None
+
+
+Action = Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | SetKvTarget | Route

@@ -1,0 +1,410 @@
+"""Where prewarmed replicas and new instances go: laminar placement (§3), eviction, scale-up allocation (§4).
+
+A ``Board`` is the policy's working copy of GPU memory and prewarms during one decision round. It is built from a
+ClusterState, changed as the round's actions are decided, and thrown away. Per server it keeps numpy rows of free
+bytes, busy flags and score sums over the (at most 8) local GPUs, and GPU sets as 8-bit masks, so a replica is
+placed with a handful of array operations over all servers at once.
+
+Laminar rule: any two prewarmed replicas on a server have GPU sets that are disjoint or nested. The groups a
+replica of degree tp may take are every tp-subset of the server's GPUs; a group conflicts with an existing
+replica P when they overlap partly (G & P not in {0, G, P}). Removing a replica never breaks the rule, so
+evictions are always safe; adding one checks the rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy.state import ClusterState, ModelInfo
+
+MAX_GPUS_PER_SERVER = 8
+TPS = (1, 2, 4, 8)
+_BIG = 1e18
+
+
+def _groups(tp: int) -> np.ndarray:
+    return np.array([sum(1 << g for g in c) for c in itertools.combinations(range(MAX_GPUS_PER_SERVER), tp)],
+                    dtype=np.int64)
+
+
+GROUPS = {tp: _groups(tp) for tp in TPS}
+#: GROUP_BITS[tp][k, g] is 1 when local GPU g is in group k.
+GROUP_BITS = {tp: ((GROUPS[tp][:, None] >> np.arange(MAX_GPUS_PER_SERVER)) & 1).astype(np.float64) for tp in TPS}
+_ALL_MASKS = np.arange(1 << MAX_GPUS_PER_SERVER, dtype=np.int64)
+
+
+def _conflict_table(tp: int) -> np.ndarray:
+    g = GROUPS[tp][None, :]
+    p = _ALL_MASKS[:, None]
+    inter = g & p
+    return (inter != 0) & (inter != g) & (inter != p)
+
+
+#: CONFLICT[tp][P, k]: group k of degree tp overlaps replica mask P partly.
+CONFLICT = {tp: _conflict_table(tp) for tp in TPS}
+_POP = np.array([bin(m).count("1") for m in range(1 << MAX_GPUS_PER_SERVER)])
+
+
+def is_laminar(masks: list[int]) -> bool:
+    """True when every two masks are disjoint or nested."""
+    for a, b in itertools.combinations(masks, 2):
+        i = a & b
+        if i and i != a and i != b:
+            return False
+    return True
+
+
+@dataclass(slots=True)
+class Replica:
+    """A prewarmed replica on the board."""
+
+    prewarm_id: str
+    model: str
+    server: int
+    mask: int
+    score: float
+    loaded: bool
+    shard_bytes: int
+
+
+class Board:
+    """GPU memory, busy GPUs and prewarmed replicas, as the policy sees them during one round."""
+
+    def __init__(self, state: ClusterState, scores: dict[str, float] | None = None, *, laminar: bool = True,
+                 rr_cursor: int = 0, rr_step: int = 0):
+        self.models: dict[str, ModelInfo] = state.models
+        self.laminar = laminar
+        n = len(state.servers)
+        self.n_servers = n
+        self.gpu_ids = np.full((n, MAX_GPUS_PER_SERVER), -1, dtype=np.int64)
+        self.local: dict[int, tuple[int, int]] = {}
+        for s, srv in enumerate(state.servers):
+            if len(srv.gpu_ids) > MAX_GPUS_PER_SERVER:
+                raise InvalidArgumentError(
+                    f"server {srv.server_id} has {len(srv.gpu_ids)} GPUs; the placement handles at most "
+                    f"{MAX_GPUS_PER_SERVER} per server: split it into several servers",
+                    n_gpus=len(srv.gpu_ids),
+                )
+            for k, g in enumerate(srv.gpu_ids):
+                self.gpu_ids[s, k] = g
+                self.local[g] = (s, k)
+        exists = self.gpu_ids >= 0
+        free = np.full((n, MAX_GPUS_PER_SERVER), -1, dtype=np.int64)  # a missing GPU never has room
+        total = np.array([g.total_bytes for g in state.gpus], dtype=np.int64)
+        free[exists] = total[self.gpu_ids[exists]]
+        self.busy = np.zeros((n, MAX_GPUS_PER_SERVER), dtype=bool)
+        self.busy[~exists] = True
+        self.inst_count = np.zeros((n, MAX_GPUS_PER_SERVER), dtype=np.int64)
+        for inst in state.instances.values():
+            m = self.models[inst.model]
+            b = m.shard_bytes + inst.kv_blocks_mapped * m.kv_block_bytes
+            for g in inst.gpus:
+                s, k = self.local[g]
+                free[s, k] -= b
+                if inst.ready_s is None:  # a starting instance will map its KV cache: count the GPU as full
+                    free[s, k] = min(free[s, k], 0)
+                self.busy[s, k] = True
+                self.inst_count[s, k] += 1
+        self.free = free
+        self.share = np.zeros((n, MAX_GPUS_PER_SERVER))  # sum over replicas on the GPU of score / tp
+        self.maxscore = np.zeros((n, MAX_GPUS_PER_SERVER))
+        self.nrep = np.zeros((n, MAX_GPUS_PER_SERVER))  # sum over replicas on the GPU of 1 / tp
+        self.forb = {tp: np.zeros((n, len(GROUPS[tp])), dtype=bool) for tp in TPS}
+        self.reps: dict[str, Replica] = {}
+        self.by_server: list[dict[str, Replica]] = [{} for _ in range(n)]
+        self.model_masks: dict[str, dict[int, int]] = {}  # model -> server -> OR of its replicas' masks
+        self.rr_cursor, self.rr_step = rr_cursor, rr_step
+        scores = scores or {}
+        for p in state.prewarms.values():
+            s0 = None
+            mask = 0
+            for g in p.gpus:
+                s, k = self.local[g]
+                if s0 is not None and s != s0:
+                    raise InvalidArgumentError(f"prewarm {p.prewarm_id} spans servers {s0} and {s}", gpus=p.gpus)
+                s0 = s
+                mask |= 1 << k
+            m = self.models[p.model]
+            self._add(Replica(p.prewarm_id, p.model, s0, mask, scores.get(p.prewarm_id, p.score), p.loaded,
+                              m.shard_bytes))
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------
+
+    def gpus_of(self, server: int, mask: int) -> tuple[int, ...]:
+        return tuple(int(self.gpu_ids[server, k]) for k in range(MAX_GPUS_PER_SERVER) if mask >> k & 1)
+
+    def mask_of(self, gpus) -> tuple[int, int]:
+        s0, mask = None, 0
+        for g in gpus:
+            s, k = self.local[g]
+            if s0 is not None and s != s0:
+                raise InvalidArgumentError(f"GPU set {tuple(gpus)} spans servers {s0} and {s}", gpus=tuple(gpus))
+            s0, mask = s, mask | (1 << k)
+        return s0, mask
+
+    def _cols(self, mask: int) -> list[int]:
+        return [k for k in range(MAX_GPUS_PER_SERVER) if mask >> k & 1]
+
+    def _add(self, r: Replica) -> None:
+        self.reps[r.prewarm_id] = r
+        self.by_server[r.server][r.prewarm_id] = r
+        cols = self._cols(r.mask)
+        tp = len(cols)
+        self.free[r.server, cols] -= r.shard_bytes
+        self.share[r.server, cols] += r.score / tp
+        self.nrep[r.server, cols] += 1.0 / tp
+        self.maxscore[r.server, cols] = np.maximum(self.maxscore[r.server, cols], r.score)
+        mm = self.model_masks.setdefault(r.model, {})
+        mm[r.server] = mm.get(r.server, 0) | r.mask
+        for t in TPS:
+            self.forb[t][r.server] |= CONFLICT[t][r.mask]
+
+    def remove(self, prewarm_id: str) -> Replica:
+        r = self.reps.pop(prewarm_id)
+        srv = self.by_server[r.server]
+        del srv[prewarm_id]
+        cols = self._cols(r.mask)
+        tp = len(cols)
+        self.free[r.server, cols] += r.shard_bytes
+        self.share[r.server, cols] -= r.score / tp
+        self.nrep[r.server, cols] -= 1.0 / tp
+        for k in cols:
+            self.maxscore[r.server, k] = max((o.score for o in srv.values() if o.mask >> k & 1), default=0.0)
+        mm = self.model_masks[r.model]
+        rest = 0
+        for o in srv.values():
+            if o.model == r.model:
+                rest |= o.mask
+        if rest:
+            mm[r.server] = rest
+        else:
+            del mm[r.server]
+            if not mm:
+                del self.model_masks[r.model]
+        for t in TPS:
+            row = np.zeros(len(GROUPS[t]), dtype=bool)
+            for o in srv.values():
+                row |= CONFLICT[t][o.mask]
+            self.forb[t][r.server] = row
+        return r
+
+    def rescore(self, prewarm_id: str, score: float) -> None:
+        r = self.reps[prewarm_id]
+        cols = self._cols(r.mask)
+        self.share[r.server, cols] += (score - r.score) / len(cols)
+        r.score = score
+        srv = self.by_server[r.server]
+        for k in cols:
+            self.maxscore[r.server, k] = max((o.score for o in srv.values() if o.mask >> k & 1), default=0.0)
+
+    def _model_rows(self, model: str) -> np.ndarray:
+        """Per server, the mask of GPUs holding a replica of ``model``."""
+        rows = np.zeros(self.n_servers, dtype=np.int64)
+        for s, m in self.model_masks.get(model, {}).items():
+            rows[s] = m
+        return rows
+
+    @staticmethod
+    def _pack(b: np.ndarray) -> np.ndarray:
+        return (b.astype(np.int64) << np.arange(MAX_GPUS_PER_SERVER)).sum(axis=1)
+
+    # ---- placing prewarms -------------------------------------------------------------------------------
+
+    def place(self, prewarm_id: str, model: str, score: float, *, evict: bool = True) -> tuple[tuple[int, ...], list[str]] | None:
+        """Place one replica; returns its GPUs and the prewarm ids evicted to make room, or None (skipped)."""
+        m = self.models[model]
+        if not self.laminar:
+            got = self._place_round_robin(m)
+            if got is None:
+                return None
+            s, mask = got
+            self._add(Replica(prewarm_id, model, s, mask, score, False, m.shard_bytes))
+            return self.gpus_of(s, mask), []
+        got = self._best_group(m, score)
+        evicted: list[str] = []
+        if got is None and evict:
+            got = self._best_group_with_eviction(m, score)
+            if got is not None:
+                evicted = got[2]
+                for pid in evicted:
+                    self.remove(pid)
+        if got is None:
+            return None
+        s, mask = got[0], got[1]
+        self._add(Replica(prewarm_id, model, s, mask, score, False, m.shard_bytes))
+        return self.gpus_of(s, mask), evicted
+
+    def _best_group(self, m: ModelInfo, score: float):
+        tp = m.tp
+        gm = GROUPS[tp]
+        bad = self._pack(self.free < m.shard_bytes) | self._model_rows(m.name)
+        feasible = ((bad[:, None] & gm[None, :]) == 0) & ~self.forb[tp]
+        if not feasible.any():
+            return None
+        # Master groups first (the replica outranks everything on its GPUs), then groups on idle GPUs, then the
+        # least overlapped score. Overlap counts each replica's score spread evenly over its GPUs.
+        nonmaster = self._pack(self.maxscore > score)
+        nm = (nonmaster[:, None] & gm[None, :]) != 0
+        busy = _POP[(self._pack(self.busy)[:, None] & gm[None, :])]
+        overlap = self.share @ GROUP_BITS[tp].T
+        key = nm * _BIG + busy * 1e12 + overlap
+        key = np.where(feasible, key, np.inf)
+        i = int(np.argmin(key))
+        s, k = divmod(i, len(gm))
+        return s, int(gm[k])
+
+    def _best_group_with_eviction(self, m: ModelInfo, score: float):
+        """Cheapest group (by evicted score) that evicting only lower-score replicas makes feasible."""
+        tp = m.tp
+        low_bytes = np.zeros_like(self.free)
+        for r in self.reps.values():
+            if r.score < score:
+                low_bytes[r.server, self._cols(r.mask)] += r.shard_bytes
+        ok = (self.free + low_bytes >= m.shard_bytes) & (self.gpu_ids >= 0)
+        ok_mask = self._pack(ok) & ~self._model_rows(m.name)
+        counts = _POP[ok_mask & 0xFF]
+        servers = np.nonzero(counts >= tp)[0]
+        if len(servers) == 0:
+            return None
+        order = servers[np.argsort(self.share[servers].sum(axis=1), kind="stable")][:16]
+        best = None
+        for s in order:
+            s = int(s)
+            reps = sorted(self.by_server[s].values(), key=lambda r: (r.score, r.prewarm_id))
+            for g in GROUPS[tp]:
+                g = int(g)
+                if g & ~int(ok_mask[s]):
+                    continue
+                cost = self._eviction_cost(s, g, reps, m, score)
+                if cost is not None and (best is None or cost[0] < best[0]):
+                    best = (cost[0], s, g, cost[1])
+        if best is None:
+            return None
+        return best[1], best[2], best[3]
+
+    def _eviction_cost(self, s: int, g: int, reps: list[Replica], m: ModelInfo, score: float):
+        out: list[str] = []
+        gone: set[str] = set()
+        for r in reps:
+            i = r.mask & g
+            if i and i != r.mask and i != g:
+                if r.score >= score:
+                    return None
+                out.append(r.prewarm_id)
+                gone.add(r.prewarm_id)
+        for k in self._cols(g):
+            room = int(self.free[s, k]) + sum(r.shard_bytes for r in reps if r.prewarm_id in gone and r.mask >> k & 1)
+            for r in reps:  # lowest score first
+                if room >= m.shard_bytes:
+                    break
+                if r.prewarm_id in gone or not (r.mask >> k & 1):
+                    continue
+                if r.score >= score:
+                    return None
+                out.append(r.prewarm_id)
+                gone.add(r.prewarm_id)
+                room += r.shard_bytes
+            if room < m.shard_bytes:
+                return None
+        return sum(self.reps[p].score for p in out), out
+
+    def _place_round_robin(self, m: ModelInfo):
+        """The ablation: the next tp consecutive GPUs of a server with room, from a cursor that moves on."""
+        n_slots = self.n_servers * MAX_GPUS_PER_SERVER
+        holders = self._model_rows(m.name)
+        for step in range(n_slots):
+            pos = (self.rr_cursor + step) % n_slots
+            s, k = divmod(pos, MAX_GPUS_PER_SERVER)
+            if k + m.tp > MAX_GPUS_PER_SERVER:
+                continue
+            mask = ((1 << m.tp) - 1) << k
+            cols = list(range(k, k + m.tp))
+            if (self.free[s, cols] >= m.shard_bytes).all() and not (int(holders[s]) & mask):
+                self.rr_cursor = (pos + (self.rr_step or m.tp)) % n_slots
+                return s, mask
+        return None
+
+    # ---- scale-up (§4) ----------------------------------------------------------------------------------
+
+    def choose_for_instance(self, model: str) -> tuple[tuple[int, ...], str | None, list[str]] | None:
+        """GPUs for a new instance of ``model``: its GPUs, the prewarm it consumes (or None: a cold load), and
+        the other prewarms it evicts. Marks the GPUs busy and removes those replicas; None when no GPUs fit."""
+        m = self.models[model]
+        idle = self._pack(~self.busy)
+        best = None
+        for loaded in (True, False):  # 1. a loaded prewarm on idle GPUs, 2. a loading one
+            for s, mask in self.model_masks.get(model, {}).items():
+                for r in self.by_server[s].values():
+                    if r.model != model or r.loaded != loaded or (r.mask & ~int(idle[s])):
+                        continue
+                    damage = sum(o.score for o in self.by_server[s].values() if o is not r and o.mask & r.mask)
+                    key = (damage, r.prewarm_id)
+                    if best is None or key < best[0]:
+                        best = (key, s, r.mask, r.prewarm_id)
+            if best is not None:
+                break
+        if best is None:  # 3. idle GPUs holding the fewest prewarmed replicas
+            gm = GROUPS[m.tp]
+            fits = ((idle[:, None] & gm[None, :]) == gm[None, :])
+            if not fits.any():
+                return None
+            key = (self.nrep @ GROUP_BITS[m.tp].T) * 1e12 + self.share @ GROUP_BITS[m.tp].T
+            i = int(np.argmin(np.where(fits, key, np.inf)))
+            s, k = divmod(i, len(gm))
+            best = (None, s, int(gm[k]), None)
+        _, s, mask, used = best
+        evicted = [r.prewarm_id for r in list(self.by_server[s].values()) if r.mask & mask and r.prewarm_id != used]
+        for pid in evicted:
+            self.remove(pid)
+        if used is not None:
+            self.remove(used)
+        cols = self._cols(mask)
+        self.busy[s, cols] = True
+        self.inst_count[s, cols] += 1
+        self.free[s, cols] = 0  # its KV cache takes the rest until a KV target says otherwise
+        return self.gpus_of(s, mask), used, evicted
+
+    def stop_instance(self, gpus, total_bytes: int) -> None:
+        """An instance on ``gpus`` is gone: the GPUs are idle again with ``total_bytes`` less their prewarms."""
+        for g in gpus:
+            s, k = self.local[g]
+            self.inst_count[s, k] -= 1
+            if self.inst_count[s, k] <= 0:
+                self.inst_count[s, k] = 0
+                self.busy[s, k] = False
+                self.free[s, k] = total_bytes - sum(r.shard_bytes for r in self.by_server[s].values() if r.mask >> k & 1)
+
+    def release_instance(self, gpus, freed_bytes: int) -> None:
+        """An instance on ``gpus`` stops (or shrinks its KV cache): its bytes go back to the pool."""
+        for g in gpus:
+            s, k = self.local[g]
+            self.free[s, k] += freed_bytes
+
+    def take_bytes(self, gpu: int, n_bytes: int, for_score: float = np.inf) -> list[str] | None:
+        """Claim ``n_bytes`` on one GPU for a running instance, evicting the lowest-score replicas there first.
+        Returns the evicted ids, or None when even evicting every replica below ``for_score`` is not enough."""
+        s, k = self.local[gpu]
+        reps = sorted((r for r in self.by_server[s].values() if r.mask >> k & 1), key=lambda r: (r.score, r.prewarm_id))
+        room = int(self.free[s, k])
+        need: list[str] = []
+        for r in reps:
+            if room >= n_bytes:
+                break
+            if r.score >= for_score:
+                break
+            need.append(r.prewarm_id)
+            room += r.shard_bytes
+        if room < n_bytes:
+            return None
+        for pid in need:
+            self.remove(pid)
+        self.free[s, k] -= n_bytes
+        return need
+
+    def server_masks(self) -> list[list[int]]:
+        """The replica masks per server, for checking the laminar rule."""
+        return [[r.mask for r in srv.values()] for srv in self.by_server]

@@ -1,0 +1,188 @@
+"""The snapshot of cluster state the policy reads.
+
+The driver (controller or simulator) owns these objects and keeps them current; the policy only reads them and
+never mutates them. Sizes are bytes, times are seconds on the driver's clock (``now_s``), where t = 0 is a local
+midnight, so ``now_s % 86400`` is the time of day the forecasters' daily season uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from warmserve.errors import InvalidArgumentError
+
+PAGE_BYTES = 2 << 20  # memory is mapped in 2 MiB pages, so every per-GPU size is rounded up to them
+#: Tokens per KV block: one block covers every layer so that blocks map onto whole pages.
+KV_BLOCK_TOKENS = 256
+#: Host-to-device bandwidth in the cold-start cost c_m (PAPER.md §2), bytes per second.
+H2D_BYTES_PER_S = 32e9
+
+
+def align_up(n: int | float, to: int = PAGE_BYTES) -> int:
+    """``n`` rounded up to a multiple of ``to``."""
+    return int(math.ceil(n / to)) * to
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model the cluster serves, as far as the policy needs to know it."""
+
+    #: Name requests use; the key of every per-model table.
+    name: str
+    #: Bytes of all weights together (all tensor-parallel shards).
+    weight_bytes: int
+    #: Tensor-parallel degree: GPUs one instance or one prewarmed replica spans, all on one server (1, 2, 4, 8).
+    tp: int = 1
+    #: KV-cache bytes one token takes over all layers and all shards.
+    kv_bytes_per_token: int = 0
+    #: Latency profile for planning and trace conversion: time of a prefill, seconds.
+    prefill_s: float = 0.05
+    #: Latency profile: time per generated token (one decode step), seconds.
+    decode_s_per_token: float = 0.02
+    #: Bytes one GPU holds for this model's weights (one shard), 2 MiB aligned. Derived.
+    shard_bytes: int = field(init=False, repr=False, compare=False)
+    #: Bytes one KV block (KV_BLOCK_TOKENS tokens, all layers) takes on each GPU of an instance, 2 MiB aligned.
+    #: Derived.
+    kv_block_bytes: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.tp not in (1, 2, 4, 8):
+            raise InvalidArgumentError(f"model {self.name!r}: tp must be 1, 2, 4 or 8, got {self.tp}", tp=self.tp)
+        if self.weight_bytes <= 0:
+            raise InvalidArgumentError(
+                f"model {self.name!r}: weight_bytes must be > 0, got {self.weight_bytes}", weight_bytes=self.weight_bytes
+            )
+        # Stored rather than computed per use: the planner reads them for every GPU it looks at.
+        object.__setattr__(self, "shard_bytes", align_up(self.weight_bytes / self.tp))
+        object.__setattr__(self, "kv_block_bytes", align_up(max(self.kv_bytes_per_token, 1) * KV_BLOCK_TOKENS / self.tp))
+
+    @property
+    def cold_start_s(self) -> float:
+        """c_m of PAPER.md §2: one shard's bytes over the host-to-device bandwidth."""
+        return self.weight_bytes / self.tp / H2D_BYTES_PER_S
+
+
+@dataclass(slots=True)
+class GpuState:
+    """One GPU. Ids are dense: ``state.gpus[i].gpu_id == i``."""
+
+    gpu_id: int
+    server_id: int
+    #: Bytes the page pool offers to weights, KV caches and prewarms together.
+    total_bytes: int
+
+
+@dataclass(slots=True)
+class ServerState:
+    """One server: its GPUs, in NVLink order (``gpu_ids[k]`` is local GPU k)."""
+
+    server_id: int
+    gpu_ids: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class InstanceState:
+    """A running (or starting, or draining) serving instance of one model on ``len(gpus) == tp`` GPUs."""
+
+    #: Chosen by the policy in StartInstance (a driver adding instances on its own picks any unique string).
+    instance_id: str
+    model: str
+    gpus: tuple[int, ...]
+    #: When StartInstance was applied.
+    created_s: float
+    #: When it became able to serve; None while it is still starting (a creation in flight).
+    ready_s: float | None = None
+    #: Requests routed to it and not finished (queued inside the engine or running).
+    in_flight: int = 0
+    #: StopInstance was applied: it takes no new requests and frees its GPUs once in_flight reaches 0.
+    draining: bool = False
+    #: KV blocks the instance could hold with all its GPUs' memory (``total_blocks`` of PAPER.md §6).
+    kv_blocks_total: int = 0
+    #: KV blocks holding tokens now.
+    kv_blocks_used: int = 0
+    #: KV blocks backed by physical pages now (used + free); the rest of the cache is unmapped.
+    kv_blocks_mapped: int = 0
+    #: The last SetKvTarget applied (free blocks to keep mapped); None before the first.
+    kv_free_target: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_s is not None
+
+
+@dataclass(slots=True)
+class PrewarmState:
+    """Weights of one model held (or being loaded) on ``len(gpus) == tp`` GPUs of one server, not serving."""
+
+    #: Chosen by the policy in Prewarm.
+    prewarm_id: str
+    model: str
+    gpus: tuple[int, ...]
+    #: Fraction of the weights loaded, 0..1; 1.0 means ready to turn into an instance at once.
+    progress: float = 0.0
+    #: Priority the planner gave it (PAPER.md §2); lower scores are evicted first.
+    score: float = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self.progress >= 1.0
+
+
+@dataclass(slots=True)
+class ClusterState:
+    """Everything the policy reads. The driver keeps it current between calls."""
+
+    servers: list[ServerState]
+    gpus: list[GpuState]
+    models: dict[str, ModelInfo]
+    instances: dict[str, InstanceState] = field(default_factory=dict)
+    prewarms: dict[str, PrewarmState] = field(default_factory=dict)
+    #: Requests per model that arrived and wait for an instance (not yet routed).
+    queued: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def uniform(cls, n_servers: int, models: list[ModelInfo], *, gpus_per_server: int = 8,
+                gpu_bytes: int = 72 << 30) -> ClusterState:
+        """A cluster of identical servers with no instances and no prewarms."""
+        if n_servers < 1 or gpus_per_server < 1:
+            raise InvalidArgumentError(
+                f"need at least one server and one GPU per server, got {n_servers} x {gpus_per_server}",
+                n_servers=n_servers, gpus_per_server=gpus_per_server,
+            )
+        servers, gpus = [], []
+        for s in range(n_servers):
+            ids = tuple(range(s * gpus_per_server, (s + 1) * gpus_per_server))
+            servers.append(ServerState(s, ids))
+            gpus.extend(GpuState(g, s, gpu_bytes) for g in ids)
+        return cls(servers=servers, gpus=gpus, models={m.name: m for m in models})
+
+    # Derived views. They are cheap and recomputed on demand so the driver has only one thing to keep current.
+
+    def instance_bytes_on(self) -> list[int]:
+        """Bytes per GPU held by instances: weight shard plus mapped KV blocks."""
+        used = [0] * len(self.gpus)
+        for inst in self.instances.values():
+            m = self.models[inst.model]
+            b = m.shard_bytes + inst.kv_blocks_mapped * m.kv_block_bytes
+            for g in inst.gpus:
+                used[g] += b
+        return used
+
+    def prewarm_bytes_on(self) -> list[int]:
+        """Bytes per GPU held by prewarmed (or loading) weight shards."""
+        used = [0] * len(self.gpus)
+        for p in self.prewarms.values():
+            b = self.models[p.model].shard_bytes
+            for g in p.gpus:
+                used[g] += b
+        return used
+
+    def free_bytes_on(self) -> list[int]:
+        """Bytes per GPU not held by an instance or a prewarm."""
+        a, b = self.instance_bytes_on(), self.prewarm_bytes_on()
+        return [g.total_bytes - a[i] - b[i] for i, g in enumerate(self.gpus)]
+
+    def busy_gpus(self) -> set[int]:
+        """GPUs that carry an instance (starting, serving or draining)."""
+        return {g for inst in self.instances.values() for g in inst.gpus}

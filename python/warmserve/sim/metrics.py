@@ -1,0 +1,75 @@
+"""What a simulation run measured: TTFT, TPOT, SLO attainment, throughput, prewarm hits, GPU-seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class RunResult:
+    policy: str
+    #: summary numbers (the JSON's per-policy entry)
+    summary: dict
+    #: per model: the same numbers, for the models that received requests
+    per_model: dict = field(default_factory=dict)
+    #: TTFT of every measured request (unanswered ones as ``unanswered_ttft_s``), for CDF plots
+    ttft_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
+    return {
+        "requests": int(n),
+        "completed": int(done.sum()),
+        "dropped": int(n - done.sum()),
+        "ttft_mean_s": float(ttft.mean()) if n else float("nan"),
+        "ttft_p50_s": _pct(ttft, 50),
+        "ttft_p90_s": _pct(ttft, 90),
+        "ttft_p95_s": _pct(ttft, 95),
+        "ttft_p99_s": _pct(ttft, 99),
+        "tpot_mean_s": float(tpot.mean()) if len(tpot) else float("nan"),
+        "tpot_p50_s": _pct(tpot, 50),
+        "tpot_p99_s": _pct(tpot, 99),
+        "slo_attainment": float(ok.mean()) if n else float("nan"),
+        "throughput_rps": float(done.sum() / max(end_s, duration_s, 1e-9)),
+    }
+
+
+def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens, slo_s, *, duration_s, end_s,
+              gpu_seconds, starts, evictions, unanswered_ttft_s, n_gpus) -> RunResult:
+    """Turn per-request times (NaN: never happened) into the run's statistics. A request without a first token
+    counts as ``unanswered_ttft_s``; one without a finish counts as dropped."""
+    answered = ~np.isnan(first_s)
+    ttft = np.where(answered, first_s - arrival_s, unanswered_ttft_s)
+    done = ~np.isnan(finish_s)
+    multi = done & (output_tokens > 1)
+    tpot_all = np.full(len(arrival_s), np.nan)
+    tpot_all[multi] = (finish_s[multi] - first_s[multi]) / (output_tokens[multi] - 1)
+    ok = answered & (ttft <= slo_s)
+    n = len(arrival_s)
+    summary = _stats(ttft, tpot_all[multi], ok, done, n, duration_s, end_s)
+    summary.update({
+        "unanswered": int((~answered).sum()),
+        "prewarm_hit_rate": (starts["hit"] / starts["total"]) if starts["total"] else 0.0,
+        "instance_starts": starts["total"],
+        "starts_from_prewarm": starts["hit"],
+        "starts_from_loading_prewarm": starts["loading"],
+        "starts_cold": starts["cold"],
+        "evictions": evictions,
+        "gpu_seconds": float(gpu_seconds),
+        "gpu_utilization": float(gpu_seconds / max(n_gpus * max(end_s, duration_s), 1e-9)),
+        "duration_s": float(duration_s),
+        "end_s": float(end_s),
+    })
+    per_model = {}
+    for i, name in enumerate(names):
+        sel = model == i
+        if sel.any():
+            per_model[name] = _stats(ttft[sel], tpot_all[sel & multi], ok[sel], done[sel], int(sel.sum()),
+                                     duration_s, end_s)
+    return RunResult(policy, summary, per_model, ttft)

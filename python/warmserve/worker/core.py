@@ -1,0 +1,421 @@
+"""The worker's logic, with no sockets: models in the pool, running instances, generations in flight.
+
+``handle(peer, msg)`` applies one request and ``tick()`` advances everything that runs in the background (loads,
+engine steps); both answer through ``emit(peer, reply)``. The socket server and the in-process client drive the
+same object, so the logic is tested without sockets. Everything here runs on one thread (the worker's main
+thread): loads copy in the memory manager's C++ threads and are polled here, never waited for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+import msgspec
+
+from .. import errors
+from .. import protocol as P
+from ..errors import ModelStateError
+
+Peer = Hashable
+Emit = Callable[[Peer, Any], None]
+
+
+@dataclass
+class _Model:
+    name: str
+    path: str
+    state: str  # "loading" | "prewarmed" | "running"
+    job: Any = None
+    lm: Any = None
+    #: (peer, request id) of the Prewarm that is loading this model.
+    origin: tuple | None = None
+    loaded_bytes: int = 0
+    total_bytes: int = 0
+    reported_bytes: int = -1
+    reported_at_s: float = 0.0
+    started_s: float = 0.0
+
+
+@dataclass
+class _Instance:
+    name: str
+    engine: Any
+    shared: bool
+    #: engine request id -> (peer, request id)
+    requests: dict[str, tuple] = field(default_factory=dict)
+
+
+def _kv_dict(engine) -> dict:
+    return msgspec.to_builtins(engine.kv_stats(), str_keys=True, enc_hook=str)
+
+
+def _weight_pages(lm, page_bytes: int) -> int:
+    """Pages under the weights (their region is page-rounded; the KV cache starts after it)."""
+    return -(-int(getattr(lm, "weight_region_bytes", lm.weight_bytes)) // page_bytes)
+
+
+def _as_typed(exc: BaseException) -> BaseException:
+    """Caller mistakes the engine reports as plain ValueError travel as InvalidArgumentError."""
+    if isinstance(exc, errors.WarmServeError):
+        return exc
+    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
+        return errors.InvalidArgumentError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+class WorkerCore:
+    """All state of one worker. ``pool`` is a ``warmserve.memory.PagePool``; ``emit(peer, msg)`` sends a reply."""
+
+    #: Seconds between two progress events of one load.
+    progress_interval_s = 0.1
+
+    def __init__(self, pool, *, device: str, worker_id: str, emit: Emit):
+        self.pool = pool
+        self.device = device
+        self.worker_id = worker_id
+        self.emit = emit
+        self.models: dict[str, _Model] = {}
+        self.instances: dict[str, _Instance] = {}
+        #: (peer, request id) -> (instance name, engine request id)
+        self.generations: dict[tuple, tuple[str, str]] = {}
+        self.stopping = False
+        self.started_s = time.monotonic()
+        self._next_rid = 0
+        self._rr = 0  # round-robin start among shared instances
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, peer: Peer, msg) -> None:
+        """Apply one request; any failure becomes an ``Error`` reply to its sender, and the worker goes on."""
+        try:
+            handler = self._HANDLERS.get(type(msg))
+            if handler is None:
+                raise errors.ProtocolError(
+                    f"{type(msg).__name__} is not a request a worker serves", message_type=type(msg).__name__
+                )
+            handler(self, peer, msg)
+        except Exception as e:  # every request gets an answer; a bug in one must not stop the worker
+            self.emit(peer, P.Error.of(getattr(msg, "id", -1), _as_typed(e)))
+
+    def busy(self) -> bool:
+        """Engines have work: the caller should tick again at once."""
+        return bool(self.generations) or any(i.engine.has_unfinished() for i in self.instances.values())
+
+    def loading(self) -> bool:
+        """Loads run in the loader's threads: tick now and then, without spinning a core they need."""
+        return any(m.state == "loading" for m in self.models.values())
+
+    def tick(self) -> bool:
+        """Advance loads and step every running instance once; True while engines have work left."""
+        self._poll_loads()
+        self._step_instances()
+        return self.busy()
+
+    def drop_peer(self, peer: Peer) -> int:
+        """Abort the generations of a peer that went away (no reply: nobody listens). Returns how many."""
+        dropped = [key for key in self.generations if key[0] == peer]
+        for key in dropped:
+            name, rid = self.generations.pop(key)
+            inst = self.instances.get(name)
+            if inst is not None:
+                inst.requests.pop(rid, None)
+                inst.engine.abort(rid)
+        return len(dropped)
+
+    def close(self) -> None:
+        """Abort everything and free every page (Shutdown, or the end of an in-process worker)."""
+        for key in list(self.generations):
+            self._finish_aborted(key)
+        for inst in list(self.instances.values()):
+            inst.engine.close()
+        self.instances.clear()
+        for m in list(self.models.values()):
+            if m.state == "loading":
+                m.job.cancel()
+                try:
+                    m.job.wait(30.0).close()  # a load that finished before cancel() reached it
+                except Exception:  # cancelled loads end in CancelledError; anything else is moot at close
+                    pass
+            elif m.lm is not None:
+                m.lm.close()
+        self.models.clear()
+
+    # ------------------------------------------------------------------ requests
+
+    def _prewarm(self, peer, msg: P.Prewarm) -> None:
+        from ..engine import load_model
+
+        path = os.path.abspath(os.path.expanduser(msg.path))
+        name = msg.name or os.path.basename(os.path.normpath(path))
+        if name in self.models:
+            raise ModelStateError(
+                f"model {name!r} is already {self.models[name].state} on worker {self.worker_id}; "
+                f"evict it first or prewarm under another name",
+                model=name, state=self.models[name].state,
+            )
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise errors.InvalidArgumentError(
+                f"no checkpoint at {path} (config.json missing) on worker {self.worker_id}", path=path
+            )
+        m = _Model(name=name, path=path, state="loading", origin=(peer, msg.id), started_s=time.monotonic())
+        # Raises OutOfMemoryError at once, with the numbers, when the weights cannot fit the free pages.
+        m.job = load_model(path, self.pool, dtype=msg.dtype, name=name)
+        self.models[name] = m
+
+    def _evict(self, peer, msg: P.Evict) -> None:
+        m = self._model(msg.name)
+        if m.state == "running":
+            raise ModelStateError(
+                f"model {m.name!r} is running on worker {self.worker_id}; deactivate it before evicting",
+                model=m.name, state=m.state,
+            )
+        free_before = int(self.pool.free_bytes)
+        if m.state == "loading":
+            m.job.cancel()
+            try:
+                lm = m.job.wait(60.0)
+            except Exception as e:  # normally CancelledError; either way the prewarm's asker learns the outcome
+                if m.origin is not None:
+                    self.emit(m.origin[0], P.Error.of(m.origin[1], _as_typed(e)))
+            else:  # the load finished before cancel() reached it: it holds pages, drop them
+                lm.close()
+                if m.origin is not None:
+                    self.emit(m.origin[0], P.Error.of(m.origin[1], errors.CancelledError(
+                        f"prewarm of {m.name!r} was cancelled by an Evict", model=m.name)))
+        else:
+            m.lm.close()
+        del self.models[m.name]
+        self.emit(peer, P.Evicted(id=msg.id, name=m.name, freed_bytes=int(self.pool.free_bytes) - free_before))
+
+    def _activate(self, peer, msg: P.Activate) -> None:
+        from ..engine import Engine
+
+        m = self._model(msg.name)
+        if m.state != "prewarmed":
+            raise ModelStateError(
+                f"model {m.name!r} is {m.state} on worker {self.worker_id}; only a prewarmed model can be activated",
+                model=m.name, state=m.state,
+            )
+        if self.instances:
+            running = sorted(self.instances)
+            exclusive = [n for n, i in self.instances.items() if not i.shared]
+            if not msg.shared or exclusive:
+                raise ModelStateError(
+                    f"worker {self.worker_id} already runs {running}; deactivate it first, or activate every "
+                    f"instance with shared=True and a kv_blocks share",
+                    model=m.name, running=running,
+                )
+        if msg.shared and msg.kv_blocks is None:
+            raise errors.InvalidArgumentError(
+                f"a shared instance needs a fixed KV share: pass kv_blocks for {m.name!r}", model=m.name
+            )
+        loaded_before = self._bytes_loaded()
+        t0 = time.perf_counter()
+        engine = Engine(m.lm, kv_blocks=msg.kv_blocks, target_free_blocks=msg.kv_target_free_blocks)
+        activate_s = time.perf_counter() - t0
+        self.instances[m.name] = _Instance(name=m.name, engine=engine, shared=msg.shared)
+        m.state = "running"
+        self.emit(peer, P.Activated(
+            id=msg.id, name=m.name, kv_blocks=int(engine.kv_stats()["total_blocks"]), activate_s=activate_s,
+            copied_bytes=self._bytes_loaded() - loaded_before,
+        ))
+
+    def _deactivate(self, peer, msg: P.Deactivate) -> None:
+        inst = self._instance(msg.name)
+        aborted = [key for key, (name, _) in self.generations.items() if name == inst.name]
+        for key in aborted:
+            self._finish_aborted(key)
+        inst.engine.close()
+        del self.instances[inst.name]
+        self.models[inst.name].state = "prewarmed"
+        self.emit(peer, P.Deactivated(id=msg.id, name=inst.name, aborted=len(aborted)))
+
+    def _generate(self, peer, msg: P.Generate) -> None:
+        from ..engine import SamplingParams
+
+        key = (peer, msg.id)
+        if key in self.generations:
+            raise errors.ProtocolError(f"request id {msg.id} is already in flight from this peer", request_id=msg.id)
+        inst = self._instance(msg.model)
+        s = msg.sampling
+        params = SamplingParams(
+            max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed,
+            stop_token_ids=list(s.stop_token_ids), ignore_eos=s.ignore_eos,
+        )
+        rid = str(self._next_rid)
+        self._next_rid += 1
+        # The engine checks the prompt: empty, token ids outside the vocabulary, prompt + max_tokens over the
+        # context (PromptTooLongError with the numbers).
+        inst.engine.add_request(rid, list(msg.prompt_ids), params)
+        inst.requests[rid] = key
+        self.generations[key] = (inst.name, rid)
+
+    def _abort(self, peer, msg: P.Abort) -> None:
+        key = (peer, msg.request_id)
+        if key in self.generations:
+            self._finish_aborted(key)
+        self.emit(peer, P.Ok(id=msg.id))
+
+    def _set_kv_target(self, peer, msg: P.SetKvTarget) -> None:
+        inst = self._instance(msg.model)
+        if msg.free_blocks < 0:
+            raise errors.InvalidArgumentError(
+                f"free_blocks must be >= 0, got {msg.free_blocks}", free_blocks=msg.free_blocks
+            )
+        inst.engine.set_kv_target_free_blocks(msg.free_blocks)
+        self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=_kv_dict(inst.engine)))
+
+    def _stats(self, peer, msg: P.GetStats) -> None:
+        self.emit(peer, self.stats(msg.id, pages=msg.pages))
+
+    def _heartbeat(self, peer, msg: P.Heartbeat) -> None:
+        """Liveness is tracked by the transport; nothing to answer."""
+
+    def _shutdown(self, peer, msg: P.Shutdown) -> None:
+        self.close()
+        self.stopping = True
+        self.emit(peer, P.Ok(id=msg.id))
+
+    _HANDLERS = {
+        P.Prewarm: _prewarm, P.Evict: _evict, P.Activate: _activate, P.Deactivate: _deactivate,
+        P.Generate: _generate, P.Abort: _abort, P.SetKvTarget: _set_kv_target, P.GetStats: _stats,
+        P.Heartbeat: _heartbeat, P.Shutdown: _shutdown,
+    }
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self, id: int = 0, *, pages: bool = False) -> P.Stats:
+        page_bytes = self._page_bytes()
+        models = []
+        for m in self.models.values():
+            st = P.ModelState(name=m.name, path=m.path, state=m.state, loaded_bytes=m.loaded_bytes,
+                              total_bytes=m.total_bytes)
+            if m.lm is not None:
+                st.weight_bytes = int(m.lm.weight_bytes)
+                st.pages = _weight_pages(m.lm, page_bytes)
+                st.max_context = int(m.lm.max_context)
+                if pages:
+                    st.physical_pages = [int(p) for p in m.lm.slot.physical_pages(0, st.pages)]
+            models.append(st)
+        instances = []
+        for i in self.instances.values():
+            kv = _kv_dict(i.engine)
+            pages_per_block = -(-int(self.models[i.name].lm.kv_bytes_per_block) // page_bytes)
+            instances.append(P.InstanceState(name=i.name, in_flight=len(i.requests), kv=kv, shared=i.shared,
+                                             kv_pages=int(kv["mapped_blocks"]) * pages_per_block))
+        return P.Stats(
+            id=id, worker_id=self.worker_id, device=self.device, pid=os.getpid(),
+            uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,
+            instances=instances, in_flight=len(self.generations),
+        )
+
+    def pool_stats(self) -> dict:
+        """The pool's counters (free/total bytes, bytes_loaded, ...) and its pages by slot tag."""
+        return dict(self.pool.stats(), pages_by_tag=self.pool.pages_by_tag())
+
+    def _page_bytes(self) -> int:
+        return int(self.pool.page_bytes)
+
+    def _bytes_loaded(self) -> int:
+        return int(self.pool.stats()["bytes_loaded"])
+
+    # ------------------------------------------------------------------ background work
+
+    def _poll_loads(self) -> None:
+        now = time.monotonic()
+        for m in list(self.models.values()):
+            if m.state != "loading":
+                continue
+            lm = err = None
+            try:
+                lm = m.job.wait(0.0)  # finishes the load if its copies are done; never blocks
+            except errors.TimeoutError_:
+                pass
+            except Exception as e:  # the load failed (out of memory, bad checkpoint): tell who asked
+                err = e
+            done = lm is not None or err is not None
+            m.loaded_bytes, m.total_bytes = (int(x) for x in m.job.progress)
+            if m.origin is not None and m.loaded_bytes != m.reported_bytes and (
+                done or now - m.reported_at_s >= self.progress_interval_s
+            ):
+                m.reported_bytes, m.reported_at_s = m.loaded_bytes, now
+                self.emit(m.origin[0], P.PrewarmProgress(
+                    id=m.origin[1], name=m.name, loaded_bytes=m.loaded_bytes, total_bytes=m.total_bytes))
+            if err is not None:
+                del self.models[m.name]
+                if m.origin is not None:
+                    self.emit(m.origin[0], P.Error.of(m.origin[1], _as_typed(err)))
+            elif lm is not None:
+                m.lm, m.job, m.state = lm, None, "prewarmed"
+                if m.origin is not None:
+                    self.emit(m.origin[0], P.Prewarmed(
+                        id=m.origin[1], name=m.name, weight_bytes=int(lm.weight_bytes),
+                        pages=_weight_pages(lm, self._page_bytes()), max_context=int(lm.max_context),
+                        load_s=time.monotonic() - m.started_s,
+                    ))
+
+    def _step_instances(self) -> None:
+        live = [i for i in self.instances.values() if i.requests or i.engine.has_unfinished()]
+        if not live:
+            return
+        # Shared instances take turns, one engine step each, so none starves the others.
+        self._rr = (self._rr + 1) % len(live)
+        for inst in live[self._rr:] + live[: self._rr]:
+            try:
+                outputs = inst.engine.step()
+            except Exception as e:  # an engine failure fails its requests, not the worker
+                for rid, key in list(inst.requests.items()):
+                    self.generations.pop(key, None)
+                    self.emit(key[0], P.Error.of(key[1], _as_typed(e)))
+                    try:
+                        inst.engine.abort(rid)
+                    except Exception:  # the engine is broken already; its requests are answered
+                        pass
+                inst.requests.clear()
+                continue
+            for out in outputs:
+                key = inst.requests.get(out.request_id)
+                if key is None:  # aborted here already
+                    continue
+                if out.finished:
+                    del inst.requests[out.request_id]
+                    self.generations.pop(key, None)
+                self.emit(key[0], P.Tokens(
+                    id=key[1], token_ids=list(out.token_ids), finished=bool(out.finished),
+                    finish_reason=out.finish_reason if out.finished else None,
+                    num_prompt_tokens=int(out.num_prompt_tokens), num_output_tokens=int(out.num_output_tokens),
+                ))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _finish_aborted(self, key: tuple) -> None:
+        entry = self.generations.pop(key, None)
+        if entry is None:  # its peer was dropped while we were aborting others
+            return
+        name, rid = entry
+        inst = self.instances[name]
+        inst.requests.pop(rid, None)
+        inst.engine.abort(rid)
+        self.emit(key[0], P.Tokens(id=key[1], token_ids=[], finished=True, finish_reason="abort"))
+
+    def _model(self, name: str) -> _Model:
+        m = self.models.get(name)
+        if m is None:
+            raise errors.UnknownModelError(
+                f"model {name!r} is not on worker {self.worker_id} (it has {sorted(self.models)}): prewarm it first",
+                model=name, models=sorted(self.models),
+            )
+        return m
+
+    def _instance(self, name: str) -> _Instance:
+        inst = self.instances.get(name)
+        if inst is None:
+            m = self._model(name)
+            raise ModelStateError(
+                f"model {name!r} is {m.state} on worker {self.worker_id}, not running: activate it first",
+                model=name, state=m.state,
+            )
+        return inst

@@ -1,0 +1,71 @@
+"""``InProcessWorker``: the worker's logic in the calling process, with the interface of ``WorkerClient``.
+
+No sockets and no second process: requests go straight to a ``WorkerCore`` and the engine steps on the caller's
+thread while it waits for a reply. Every message still goes through MessagePack both ways, so what passes here
+also crosses a socket.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+from .. import protocol as P
+from .client import SyncClientBase
+from .core import WorkerCore
+
+_PEER = b"inprocess"
+
+
+class InProcessWorker(SyncClientBase):
+    """A worker in this process. Pass ``pool`` to share one (the caller keeps owning it), or let it make its own
+    from ``device`` and ``memory_gib`` (closed with the worker)."""
+
+    def __init__(self, device: str = "cpu", memory_gib: float = 1.0, *, pool=None, threads: int | None = None,
+                 worker_id: str = "inprocess", default_timeout_s: float = 60.0):
+        super().__init__()
+        self.default_timeout_s = default_timeout_s
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        owned = pool is None
+        if owned:
+            from .main import build_pool
+
+            pool = build_pool(device, memory_gib)
+        self.pool = pool
+        # A weak reference: the finalizer holds the core, and the core must not keep this object alive.
+        self.core = WorkerCore(pool, device=device, worker_id=worker_id, emit=_weak_emit(self))
+        self._finalizer = weakref.finalize(self, _close, self.core, pool if owned else None)
+
+    def _emit(self, peer, msg) -> None:
+        self._dispatch(P.decode_reply(P.encode(msg)))
+
+    def _send(self, msg) -> None:
+        self.core.handle(_PEER, P.decode_request(P.encode(msg)))
+
+    def _pump(self, timeout_s: float) -> None:
+        if not self.core.tick():
+            # Only loads run in the background (the loader's threads): wait for them a little.
+            time.sleep(min(timeout_s, 0.002))
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _weak_emit(worker: InProcessWorker):
+    ref = weakref.ref(worker)
+
+    def emit(peer, msg) -> None:
+        w = ref()
+        if w is not None:  # after the worker is collected, replies (the aborts of its close) have no reader
+            w._emit(peer, msg)
+
+    return emit
+
+
+def _close(core: WorkerCore, pool) -> None:
+    core.close()
+    if pool is not None and hasattr(pool, "close"):
+        pool.close()

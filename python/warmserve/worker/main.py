@@ -1,0 +1,140 @@
+"""`warmserve worker`: one device worker process.
+
+Engine-level prewarming happens here, before any model is asked for: torch and the engine are imported, the
+thread count set and the page pool created (every page of it), and only then does the worker bind its endpoint
+(or say Hello to its controller) and report ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+from .. import errors
+from ..errors import GiB
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--controller", metavar="tcp://HOST:PORT", help="connect to this controller's ROUTER")
+    where.add_argument("--bind", metavar="ENDPOINT", default=None,
+                       help="serve on this ZeroMQ endpoint (default tcp://127.0.0.1:0: a free loopback port)")
+    p.add_argument("--device", default="cpu", help="cpu (a host-memory slice) or cuda:N")
+    p.add_argument("--memory-gib", type=float, default=None,
+                   help="page-pool size in GiB (default: 4 on cpu, 90%% of free GPU memory on cuda)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
+    p.add_argument("--worker-id", default=None, help="name of this worker (default HOST-PID-DEVICE)")
+    p.add_argument("--heartbeat-interval-s", type=float, default=1.0)
+    p.add_argument("--peer-timeout-s", type=float, default=30.0,
+                   help="abort a client's generations after this long without a message from it")
+    p.add_argument("--ready-fd", type=int, default=None,
+                   help="write one JSON Hello line to this file descriptor once serving (used by spawn_local_worker)")
+    p.add_argument("--curve-server-key", metavar="FILE", default=None,
+                   help="with --controller: the controller's public CURVE certificate (turns encryption on)")
+    p.add_argument("--curve-secret-key", metavar="FILE", default=None,
+                   help="with --curve-server-key: this worker's secret certificate (zmq.auth.create_certificates)")
+    p.add_argument("--exit-with-parent", action="store_true", help="shut down when the parent process exits")
+    p.add_argument("--log-level", default="WARNING")
+
+
+def check_device(device: str) -> None:
+    if device != "cpu" and not (device.startswith("cuda") and (device == "cuda" or device[5:6] == ":" and device[6:].isdigit())):
+        raise errors.InvalidArgumentError(f"--device must be cpu or cuda:N, got {device!r}", device=device)
+
+
+def build_pool(device: str, memory_gib: float | None):
+    """The page pool of a device: all pages created now, so that later only map and unmap happen."""
+    from ..memory import PAGE_BYTES, PagePool
+
+    check_device(device)
+    index = 0
+    if device == "cpu":
+        capacity = int((4.0 if memory_gib is None else memory_gib) * GiB)
+    else:
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if memory_gib is None:
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(index)
+            capacity = int(free * 0.9)
+        else:
+            capacity = int(memory_gib * GiB)
+    pages = capacity // PAGE_BYTES  # whole pages: a budget in GiB rarely is a multiple of 2 MiB
+    if pages < 1:
+        raise errors.InvalidArgumentError(
+            f"a pool of {capacity} bytes holds no {PAGE_BYTES >> 20} MiB page: raise --memory-gib",
+            capacity_bytes=capacity, page_bytes=PAGE_BYTES,
+        )
+    return PagePool(pages * PAGE_BYTES, backend="host" if device == "cpu" else "cuda", device=index)
+
+
+def prewarm_engine(device: str, threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    import warmserve.engine  # noqa: F401  (the import is the prewarming)
+
+    if device.startswith("cuda"):
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        torch.cuda.set_device(index)
+        torch.zeros(1, device=device)  # creates the CUDA context now, not on the first request
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return serve(args)
+    except errors.WarmServeError as e:  # a bad flag or a pool that cannot be made: say why, no traceback
+        print(f"warmserve worker: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s worker %(levelname)s %(message)s")
+    if args.threads:
+        # Before torch is imported, so its thread pools start at this size.
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    check_device(args.device)
+    from .core import WorkerCore
+    from .server import WorkerServer
+
+    prewarm_engine(args.device, args.threads)
+    pool = build_pool(args.device, args.memory_gib)
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{args.device.replace(':', '')}"
+    core = WorkerCore(pool, device=args.device, worker_id=worker_id, emit=lambda peer, msg: None)
+    server = WorkerServer(
+        core,
+        bind=None if args.controller else (args.bind or "tcp://127.0.0.1:0"),
+        controller=args.controller,
+        heartbeat_interval_s=args.heartbeat_interval_s,
+        peer_timeout_s=args.peer_timeout_s,
+        exit_with_parent=args.exit_with_parent,
+        curve_server_key=args.curve_server_key,
+        curve_secret_key=args.curve_secret_key,
+    )
+    if args.ready_fd is not None:
+        import msgspec
+
+        with os.fdopen(args.ready_fd, "wb") as f:
+            f.write(msgspec.json.encode(server.hello()) + b"\n")
+    print(f"warmserve worker {worker_id} on {args.device} serving at {server.endpoint}", file=sys.stderr, flush=True)
+
+    def stop(signum, frame):  # SIGTERM: leave the loop at its next turn, free everything, exit 0
+        core.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        core.close()
+        server.close()
+        close = getattr(pool, "close", None)
+        if close is not None:
+            close()
+    return 0

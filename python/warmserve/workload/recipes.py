@@ -1,0 +1,213 @@
+"""Multi-model workloads from single traces: the paper's power-law recipe and a ServeGen recipe.
+
+Both return a ``Workload`` whose ``trace`` covers [0, duration_s) and whose ``history`` holds, for every model,
+the same slot of ``history_days`` earlier days plus the ``pre_s`` seconds just before t=0: what the forecasts
+learn from. Everything is drawn from one seeded ``numpy.random.Generator``, so a seed fixes the workload.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from warmserve.workload.azure import load_azure
+from warmserve.workload.request import Trace, Workload
+from warmserve.workload import servegen as sg
+
+DAY_S = 86400.0
+
+
+def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
+    """Share of model i proportional to (i+1)^-alpha, summing to 1."""
+    if n_models < 1:
+        raise ValueError(f"need at least one model, got n_models={n_models}")
+    w = (np.arange(n_models) + 1.0) ** -float(alpha)
+    return w / w.sum()
+
+
+def _circular_stretch(src: Trace, offset_s: float, length_s: float, rate_rps: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Arrivals (relative, in [0, length_s)) and source row indices of a stretch of a one-model trace read
+    circularly from ``offset_s``, thinned or overlaid with copies from spread offsets to reach ``rate_rps``."""
+    period = float(src.arrival_s[-1]) + 1e-6
+    f = rate_rps / max(len(src) / period, 1e-12)
+    copies = max(1, math.ceil(f))
+    keep_p = f / copies
+    ts, idx = [], []
+    for j in range(copies):
+        o = (offset_s + j * period / copies) % period
+        rel = (src.arrival_s - o) % period
+        pick = np.nonzero((rel < length_s) & (rng.random(len(rel)) < keep_p))[0]
+        ts.append(rel[pick])
+        idx.append(pick)
+    t = np.concatenate(ts)
+    i = np.concatenate(idx)
+    order = np.argsort(t, kind="stable")
+    return t[order], i[order]
+
+
+def regamma(arrival_s: np.ndarray, start_s: float, end_s: float, cv: float, rng: np.random.Generator) -> np.ndarray:
+    """The burstiness knob: same number of arrivals over [start_s, end_s), inter-arrival times re-drawn from a
+    Gamma distribution with coefficient of variation ``cv`` (1 is Poisson) and mean (end-start)/n."""
+    n = len(arrival_s)
+    if n == 0:
+        return arrival_s
+    if cv <= 0:
+        raise ValueError(f"burst cv must be > 0, got {cv}")
+    shape = 1.0 / (cv * cv)
+    iat = rng.gamma(shape, 1.0, n + 1)
+    t = np.cumsum(iat)[:n] / iat.sum() * (end_s - start_s) + start_s
+    return np.minimum(t, np.nextafter(end_s, start_s))
+
+
+def _segments(duration_s: float, pre_s: float, history_days: int, day_s: float):
+    """(start, end) of every span a model needs, replay first: then the pre-replay stretch, then earlier days."""
+    segs = [(0.0, duration_s)]
+    if pre_s > 0:
+        segs.append((-pre_s, 0.0))
+    for k in range(1, history_days + 1):
+        segs.append((-k * day_s - pre_s, -k * day_s + duration_s))
+    return segs
+
+
+def _anchor(a: float, day_s: float) -> float:
+    """The day offset a segment starting at ``a`` belongs to (0 for the replay and the pre-replay stretch)."""
+    return -round(-a / day_s) * day_s if a < -day_s / 2 else 0.0
+
+
+def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta) -> Workload:
+    """Merge the parts; ``time_scale`` stretches each segment around its day offset, so history stays on
+    whole days (the forecasts' daily season) while the load inside a segment plays faster or slower."""
+    if time_scale <= 0:
+        raise ValueError(f"time_scale must be > 0, got {time_scale}")
+    if time_scale != 1.0:
+        for p in parts:
+            if len(p):
+                d = _anchor(float(p.arrival_s[0]), day_s)
+                p.arrival_s = d + (p.arrival_s - d) * time_scale
+    full = Trace.concat(models, parts)
+    replay = full.select(full.arrival_s >= 0)
+    history = full.select(full.arrival_s < 0)
+    meta = dict(meta, time_scale=time_scale)
+    return Workload(name, replay, history, duration_s * time_scale, day_s, meta, warmup_s=pre_s * time_scale,
+                    clock0_s=clock0_s)
+
+
+def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0, total_rate_rps: float | None = None,
+                   rate_scale: float = 1.0, duration_s: float = 1200.0, pre_s: float = 600.0, history_days: int = 3,
+                   max_prompt_tokens: int = 1024, burst_cv: float | None = None, time_scale: float = 1.0,
+                   model_names: list[str] | None = None, seed: int = 0, path: str | None = None,
+                   day_s: float = DAY_S) -> Workload:
+    """The paper's recipe on an Azure 2023 trace (``kind`` "conv" or "code").
+
+    Model i gets share (i+1)^-alpha of the total rate (``total_rate_rps``, default: the trace's own mean rate,
+    times ``rate_scale``). Each model replays a different stretch of the trace (offsets spread by the golden
+    ratio, read circularly); its history days use the stretches before it. The trace covers under an hour,
+    so with many models or long history the stretches overlap: the shape of the load repeats, the requests
+    drawn do not. Prompts are cut to ``max_prompt_tokens``.
+    """
+    src = load_azure(kind, path)
+    names = list(model_names) if model_names else [f"{kind}-{i}" for i in range(n_models)]
+    if len(names) != n_models:
+        raise ValueError(f"model_names has {len(names)} names for n_models={n_models}")
+    total = (src.rate_rps() if total_rate_rps is None else float(total_rate_rps)) * rate_scale
+    if total <= 0:
+        raise ValueError(f"total rate must be > 0, got {total} rps")
+    shares = power_law_shares(n_models, alpha)
+    rng = np.random.default_rng(seed)
+    period = float(src.arrival_s[-1])
+    phi = (math.sqrt(5) - 1) / 2
+    parts = []
+    segs = _segments(duration_s, pre_s, history_days, day_s)
+    for i, name in enumerate(names):
+        base = (i * phi * period) % period
+        # stretch j of this model: j=0 replayed, later ones earlier in the trace (read circularly)
+        for j, (a, b) in enumerate(segs):
+            off = base + (a if j < 2 else -j * (duration_s + pre_s))
+            t, idx = _circular_stretch(src, off, b - a, total * shares[i], rng)
+            if burst_cv is not None:
+                t = regamma(t, 0.0, b - a, burst_cv, rng)
+            parts.append(Trace([name], t + a, np.zeros(len(t), np.int32),
+                               np.minimum(src.prompt_tokens[idx], max_prompt_tokens), src.output_tokens[idx]))
+    meta = {"recipe": "paper", "kind": kind, "alpha": alpha, "total_rate_rps": total, "burst_cv": burst_cv,
+            "shares": shares.tolist(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
+            "source": "Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC-BY 4.0)"}
+    # the Azure trace starts at 18:17 local time; whole days before it leave room for the history
+    clock0 = (history_days + 1) * day_s + 18 * 3600 + 17 * 60
+    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta)
+
+
+def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS, path: str | None = None,
+                    include_aggregates: bool = False) -> list[sg.ClientWindows]:
+    """The largest client series of the given ServeGen models, round-robin over models (so every model is
+    represented), optionally preceded by each model's aggregate (all its clients together)."""
+    cw = sg.load_client_windows(path, models)
+    by_model = {m: sorted((c for c in cw.values() if c.model == m), key=lambda c: -c.total_requests())
+                for m in models}
+    out: list[sg.ClientWindows] = []
+    if include_aggregates:
+        for m in models:
+            out.append(_aggregate(m, by_model[m]))
+    k = 0
+    while len(out) < n_models and any(k < len(v) for v in by_model.values()):
+        for m in models:
+            if k < len(by_model[m]) and len(out) < n_models:
+                out.append(by_model[m][k])
+        k += 1
+    if len(out) < n_models:
+        raise ValueError(f"ServeGen data has {len(out)} series for models {models}, asked for {n_models}: "
+                         f"pass path= to the full client windows file or ask for fewer models")
+    return out[:n_models]
+
+
+def _aggregate(model: str, clients: list[sg.ClientWindows]) -> sg.ClientWindows:
+    """A model's aggregate series: its clients' windows concatenated (sampled client by client)."""
+    cols = [np.concatenate([getattr(c, f) for c in clients]) for f in
+            ("t_s", "rate_rps", "cv", "is_gamma", "shape", "scale")]
+    order = np.argsort(cols[0], kind="stable")
+    return sg.ClientWindows(model, -1, *(c[order] for c in cols))
+
+
+def servegen_workload(n_models: int = 32, *, start_s: float = 13 * DAY_S + 20 * 3600, duration_s: float = 1200.0,
+                      pre_s: float = 600.0, history_days: int = 7, total_rate_rps: float | None = None,
+                      rate_scale: float = 1.0, max_prompt_tokens: int | None = None, burst_cv: float | None = None,
+                      time_scale: float = 1.0, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
+                      include_aggregates: bool = False, seed: int = 0, path: str | None = None,
+                      pmf_path: str | None = None) -> Workload:
+    """The ServeGen recipe: each client series (and optionally each model's aggregate) becomes a distinct
+    model; arrivals from the published per-window Gamma/Weibull fits; token lengths from the published PMF of
+    the ServeGen model the series belongs to; history from the same slot of earlier days.
+
+    ``start_s`` is the replay start in ServeGen time (t=0 is local midnight of day 0; default day 13, 20:00).
+    ``total_rate_rps`` rescales all series together so the replayed span's expected total rate is that value.
+    """
+    series = servegen_series(n_models, models, path, include_aggregates)
+    if start_s - history_days * DAY_S - pre_s < 0:
+        raise ValueError(f"start_s={start_s} leaves no room for {history_days} history days and pre_s={pre_s}: "
+                         f"start at day {history_days} or later")
+    expected = 0.0
+    for s in series:
+        m = (s.t_s > start_s - sg.WINDOW_S) & (s.t_s < start_s + duration_s)
+        expected += float(s.rate_rps[m].mean() if m.any() else 0.0) * (1 if m.any() else 0)
+    scale = rate_scale * (total_rate_rps / expected if total_rate_rps is not None and expected > 0 else 1.0)
+    pmfs = sg.load_length_pmfs(pmf_path)
+    rng = np.random.default_rng(seed)
+    names = [s.name for s in series]
+    parts = []
+    for s in series:
+        inp, out = pmfs.get((s.model, "input_tokens")), pmfs.get((s.model, "output_tokens"))
+        if inp is None or out is None:
+            raise ValueError(f"no input/output token PMF for ServeGen model {s.model!r}")
+        for a, b in _segments(duration_s, pre_s, history_days, DAY_S):
+            t = sg.sample_arrivals(s, start_s + a, start_s + b, scale, rng) - start_s
+            if burst_cv is not None:
+                t = regamma(t, a, b, burst_cv, rng)
+            p = inp.sample(rng, len(t))
+            if max_prompt_tokens:
+                p = np.minimum(p, max_prompt_tokens)
+            parts.append(Trace([s.name], t, np.zeros(len(t), np.int32), p, out.sample(rng, len(t))))
+    meta = {"recipe": "servegen", "series": names, "start_s": start_s, "rate_scale": scale, "burst_cv": burst_cv,
+            "seed": seed, "expected_rate_rps": expected * scale,
+            "source": "ServeGen (Xiang et al., arXiv:2505.09999; Apache-2.0), Alibaba Bailian"}
+    return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta)

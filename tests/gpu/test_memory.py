@@ -1,0 +1,83 @@
+"""The cuda backend of the memory core, on a real GPU (skipped without one)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
+
+from warmserve.errors import InvalidArgumentError, OutOfMemoryError, ViewsAliveError  # noqa: E402
+from warmserve.memory import PAGE_BYTES, PagePool, cuda_compiled  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+if not cuda_compiled():
+    pytest.skip("this build has no cuda backend (cuda.h was not found at build time)", allow_module_level=True)
+
+
+@pytest.fixture
+def pool():
+    with PagePool(32 * PAGE_BYTES, backend="cuda") as p:
+        yield p
+
+
+def test_map_view_write_read(pool):
+    assert pool.backend == "cuda" and pool.total_pages == 32 and not pool.huge_pages
+    s = pool.create_slot(8 * PAGE_BYTES, "s")
+    s.map(0, 3)
+    t = s.tensor(0, (3, PAGE_BYTES // 4), torch.float32)
+    assert t.device.type == "cuda" and t.data_ptr() == s.base_address
+    t.copy_(torch.arange(3, device="cuda", dtype=torch.float32)[:, None].expand_as(t))
+    torch.cuda.synchronize()
+    assert t[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert pool.pages_by_tag() == {"s": 3, "free": 29}
+    with pytest.raises(ViewsAliveError):
+        s.unmap(0, 1)
+    del t
+    s.unmap(0, 3)
+    assert pool.free_pages == 32
+
+
+def test_move_keeps_contents_without_copy(pool):
+    a = pool.create_slot(8 * PAGE_BYTES, "prewarm")
+    b = pool.create_slot(8 * PAGE_BYTES, "instance")
+    a.map(0, 4)
+    a.tensor(0, (4 * PAGE_BYTES,), torch.uint8).fill_(7)
+    ids = a.physical_pages(0, 4)
+    torch.cuda.synchronize()
+    a.move_pages(0, 4, b, 2)
+    assert b.physical_pages(2, 4) == ids
+    v = b.tensor(2 * PAGE_BYTES, (4 * PAGE_BYTES,), torch.uint8)
+    assert int(v.min()) == 7 == int(v.max())
+
+
+def test_load_from_file_and_buffer(pool, tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 5 * PAGE_BYTES + 123, dtype=np.uint8)
+    path = tmp_path / "w.bin"
+    data.tofile(path)
+    s = pool.create_slot(16 * PAGE_BYTES, "w")
+    assert s.load([(path, 0, 0, data.nbytes)]).wait(timeout_s=60) == data.nbytes
+    assert s.load([(data, 0, 8 * PAGE_BYTES, data.nbytes)]).wait(timeout_s=60) == data.nbytes
+    got = s.tensor(0, (data.nbytes,), torch.uint8).cpu().numpy()
+    got2 = s.tensor(8 * PAGE_BYTES, (data.nbytes,), torch.uint8).cpu().numpy()
+    assert (got == data).all() and (got2 == data).all()
+    assert pool.stats()["bytes_loaded"] == 2 * data.nbytes
+
+
+def test_exhaustion_and_bad_arguments(pool):
+    s = pool.create_slot(64 * PAGE_BYTES, "s")
+    s.map(0, 30)
+    with pytest.raises(OutOfMemoryError) as ei:
+        s.map(30, 3)
+    assert ei.value.free_bytes == 2 * PAGE_BYTES
+    with pytest.raises(InvalidArgumentError):
+        s.map(29, 1)
+    with pytest.raises(InvalidArgumentError, match="granularity"):
+        PagePool(PAGE_BYTES, backend="cuda", page_bytes=4096)
+
+
+def test_pool_larger_than_the_device():
+    free, total = torch.cuda.mem_get_info()
+    with pytest.raises(OutOfMemoryError) as ei:
+        PagePool((total // PAGE_BYTES + 16) * PAGE_BYTES, backend="cuda")
+    assert ei.value.total_bytes == total

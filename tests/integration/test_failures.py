@@ -1,0 +1,106 @@
+"""A worker killed under load: every request ends (completed, or failed with a clear error) within a bound, the
+surviving worker's pool accounts for every page, and the cluster keeps serving."""
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+from warmserve.errors import WorkerLostError
+
+MODEL = "llama-20m"
+BOUND_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from warmserve import Cluster
+    from warmserve.engine.demo import write_demo_models
+
+    path = write_demo_models(None, [MODEL])[MODEL]
+    cfg = ClusterConfig(
+        models=(ModelSpec(path=path),), cpu_workers=2, cpu_worker_memory_bytes=512 << 20, cpu_worker_threads=1,
+        controller=ControllerConfig(window_s=30, tick_s=0.2, heartbeat_interval_s=0.2, worker_timeout_s=2.0,
+                                    drain_timeout_s=5),
+    )
+    c = Cluster(None, config=cfg, log_dir=str(tmp_path_factory.mktemp("logs")))
+    yield c
+    c.close()
+
+
+def test_kill_worker_under_load(cluster):
+    ctl = cluster.controller
+    assert cluster.generate(MODEL, "warm up", max_tokens=2).completion_tokens >= 1
+
+    async def run():
+        async def one(i):
+            t0 = time.monotonic()
+            try:
+                n = 0
+                async for piece in cluster.stream(MODEL, f"request number {i}", max_tokens=40, seed=i):
+                    n += 1
+                return "ok", None, time.monotonic() - t0
+            except WorkerLostError as e:
+                return "lost", str(e), time.monotonic() - t0
+
+        first = [asyncio.ensure_future(one(i)) for i in range(16)]
+        # Kill the worker serving the instance once tokens flow, while more requests arrive.
+        victim = None
+        deadline = time.monotonic() + 30
+        while victim is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            busy = [w for w in ctl.gpu_workers if any(r.generated > 0 for r in list(w.gens.values()))]
+            victim = busy[0] if busy else None
+        assert victim is not None, "no request started streaming"
+        os.kill(victim.pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        later = [asyncio.ensure_future(one(100 + i)) for i in range(8)]
+        results = await asyncio.wait_for(asyncio.gather(*first, *later), BOUND_S)
+        return victim, t_kill, results
+
+    victim, t_kill, results = asyncio.run(run())
+    lost = [r for r in results if r[0] == "lost"]
+    ok = [r for r in results if r[0] == "ok"]
+    assert len(ok) + len(lost) == 24
+    assert lost, "requests that had streamed from the killed worker must fail"
+    for _, msg, _ in lost:
+        assert "lost" in msg and "retry" in msg and victim.worker_id in msg
+    assert all(r[0] == "ok" for r in results[16:]), "requests sent after the kill are re-routed and complete"
+    assert not victim.alive and time.monotonic() - t_kill < BOUND_S
+
+    # The cluster keeps serving on the survivor.
+    out = cluster.generate(MODEL, "still there?", max_tokens=4)
+    assert out.completion_tokens >= 1
+    stats = cluster.stats()
+    survivors = [w for w in stats["workers"] if w["alive"]]
+    assert len(survivors) == 1
+    assert ctl.metrics.workers_lost.get() == 1
+
+    # No leaked pages: once idle, every page the survivor's pool has handed out belongs to a model's weights
+    # or to a running instance's mapped KV cache.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        w = asyncio.run(_fresh_stats(cluster, survivors[0]["worker_id"]))
+        if w["in_flight"] == 0:
+            break
+        time.sleep(0.2)
+    assert w["in_flight"] == 0
+    pages = w["pages"]
+    assert pages["unaccounted"] == 0, w
+    assert pages["weights"] > 0 and pages["free"] > 0
+
+
+async def _fresh_stats(cluster, worker_id: str) -> dict:
+    from warmserve import protocol as P
+
+    ctl = cluster.controller
+    w = next(w for w in ctl.gpu_workers if w.worker_id == worker_id)
+    fut = asyncio.run_coroutine_threadsafe(
+        ctl.hub.call(w, P.GetStats(id=ctl.hub.next_id())), cluster._loop)
+    s = await asyncio.wrap_future(fut)
+    from warmserve.controller.controller import pages_by_role
+
+    return {"in_flight": s.in_flight, "pages": pages_by_role(s, ctl.models), "pool": s.pool}

@@ -1,0 +1,234 @@
+"""`warmserve serve` as a subprocess on CPU workers, driven by the official `openai` client."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+MODELS = ("llama-20m", "qwen2-30m")
+
+
+def _demo_paths():
+    from warmserve.engine.demo import write_demo_models
+
+    return write_demo_models(None, MODELS)
+
+
+def start_server(tmp_path, extra_toml: str = "", args=()):
+    paths = _demo_paths()
+    cfg = tmp_path / "cluster.toml"
+    models = "".join(f'[[models]]\npath = "{paths[m]}"\n' for m in MODELS)
+    cfg.write_text(
+        "cpu_workers = 2\ncpu_worker_memory_bytes = 805306368\ncpu_worker_threads = 1\n" + extra_toml + models +
+        "[controller]\nwindow_s = 30\ntick_s = 0.2\nheartbeat_interval_s = 0.2\nworker_timeout_s = 2.0\n"
+        "drain_timeout_s = 10\n"
+        "[server]\nport = 0\n")
+    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
+                             "WARNING", "--log-dir", str(tmp_path / "logs"), *args],
+                            stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "wb"), text=True)
+    deadline = time.monotonic() + 90
+    line = proc.stdout.readline()
+    if not line or time.monotonic() > deadline:
+        proc.kill()
+        raise RuntimeError("server did not start: " + (tmp_path / "serve.log").read_text()[-3000:])
+    info = json.loads(line)
+    return proc, info["serving"]
+
+
+def stop_server(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    proc, url = start_server(tmp)
+    yield url, proc
+    stop_server(proc)
+    assert proc.returncode == 0, (tmp / "serve.log").read_text()[-3000:]
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def post_raw(url: str, body: bytes, headers=None):
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_models_and_health(server, client):
+    assert sorted(m.id for m in client.models.list().data) == sorted(MODELS)
+    with urllib.request.urlopen(server[0] + "/health", timeout=10) as r:
+        h = json.loads(r.read())
+    assert h["ok"] and h["workers"] == 2
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_chat_and_completions_both_ways(client, model):
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
+    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0)
+    assert r.object == "chat.completion" and r.model == model
+    assert r.choices[0].message.role == "assistant" and isinstance(r.choices[0].message.content, str)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens >= 1 and r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+    chunks = list(client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert text == r.choices[0].message.content  # greedy: streamed and whole answers agree
+
+    c = client.completions.create(model=model, prompt="The quick brown fox", max_tokens=12, temperature=0.8,
+                                  top_p=0.9, seed=7)
+    assert c.object == "text_completion" and c.usage.completion_tokens >= 1
+    again = client.completions.create(model=model, prompt="The quick brown fox", max_tokens=12, temperature=0.8,
+                                      top_p=0.9, seed=7)
+    assert again.choices[0].text == c.choices[0].text  # a seed makes sampling reproducible
+    streamed = "".join(x.choices[0].text for x in client.completions.create(
+        model=model, prompt="The quick brown fox", max_tokens=12, temperature=0.8, top_p=0.9, seed=7, stream=True))
+    assert streamed == c.choices[0].text
+
+
+def test_stop_string_and_max_tokens(client):
+    base = client.completions.create(model=MODELS[0], prompt="a b c", max_tokens=16, temperature=0)
+    text = base.choices[0].text
+    assert base.choices[0].finish_reason == "length" or base.usage.completion_tokens < 16
+    if len(text.strip()) >= 2:
+        stop = text.strip()[1:3] if len(text.strip()) >= 3 else text.strip()[-1]
+        cut = client.completions.create(model=MODELS[0], prompt="a b c", max_tokens=16, temperature=0, stop=[stop])
+        assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].text
+        assert text.startswith(cut.choices[0].text)
+
+
+def test_unknown_model_is_404(client, server):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    err = e.value.body
+    assert err["code"] == "model_not_found" and "nope" in err["message"] and err["type"] == "invalid_request_error"
+    status, body = post_raw(server[0] + "/v1/completions", json.dumps({"model": "nope", "prompt": "x"}).encode())
+    assert status == 404 and set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_malformed_json_is_400(server):
+    status, body = post_raw(server[0] + "/v1/chat/completions", b'{"model": "llama-20m", "messages": [')
+    assert status == 400 and "JSON" in body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
+    status, body = post_raw(server[0] + "/v1/completions", json.dumps({"model": MODELS[0], "prompt": "x",
+                                                                        "max_tokens": "many"}).encode())
+    assert status == 400 and body["error"]["param"] == "max_tokens"
+
+
+def test_prompt_over_context_is_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODELS[0], prompt="hello " * 5000, max_tokens=4)
+    assert "context" in e.value.body["message"] and "tokens" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODELS[1], messages=[{"role": "user", "content": "word " * 9000}])
+
+
+def test_32_concurrent_clients_all_answered(server):
+    async def main():
+        c = openai.AsyncOpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0, timeout=120)
+
+        async def one(i):
+            model = MODELS[i % 2]
+            if i % 4 < 2:
+                r = await c.chat.completions.create(model=model, max_tokens=8, seed=i,
+                                                    messages=[{"role": "user", "content": f"request {i}"}])
+                return r.choices[0].finish_reason, r.usage.completion_tokens
+            s = await c.completions.create(model=model, prompt=f"request {i}", max_tokens=8, seed=i, stream=True)
+            n, finish = 0, None
+            async for ch in s:
+                n += 1
+                finish = ch.choices[0].finish_reason or finish
+            return finish, n
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(32)))
+        finally:
+            await c.close()
+
+    t0 = time.monotonic()
+    results = asyncio.run(main())
+    assert len(results) == 32 and all(f in ("stop", "length") and n >= 1 for f, n in results)
+    assert time.monotonic() - t0 < 90
+
+
+def test_metrics_after_traffic(server):
+    with urllib.request.urlopen(server[0] + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for series in ("warmserve_ttft_seconds_bucket", "warmserve_tpot_seconds_count", "warmserve_queue_length",
+                   "warmserve_instances", "warmserve_prewarm_misses_total", "warmserve_worker_pages"):
+        assert series in text, series
+    assert 'warmserve_requests_total{model="llama-20m",outcome="stop"}' in text or \
+        'warmserve_requests_total{model="llama-20m",outcome="length"}' in text
+    assert 'role="weights"' in text and 'role="free"' in text
+
+
+def test_api_key_and_drain(tmp_path):
+    proc, url = start_server(tmp_path, args=("--api-key", "sekret"))
+    try:
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0, timeout=30)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="sekret", max_retries=0, timeout=60)
+        stream = good.completions.create(model=MODELS[0], prompt="drain me", max_tokens=48, stream=True,
+                                         temperature=0)
+        first = next(iter(stream))
+        proc.send_signal(signal.SIGINT)  # shutdown drains: the running stream still completes
+        rest = list(stream)
+        assert (rest[-1].choices[0].finish_reason if rest else first.choices[0].finish_reason) in ("stop", "length")
+        proc.wait(timeout=30)
+        assert proc.returncode == 0
+    finally:
+        stop_server(proc)
+
+
+def test_remote_worker_joins_with_controller_flag(tmp_path):
+    """A worker started on its own with --controller joins a cluster that waits for one remote worker."""
+    import socket
+
+    from warmserve import Cluster
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"tcp://127.0.0.1:{port}"
+    worker = subprocess.Popen([sys.executable, "-m", "warmserve", "worker", "--controller", addr, "--device", "cpu",
+                               "--memory-gib", "0.5", "--threads", "1", "--worker-id", "otherhost-1-cpu0",
+                               "--heartbeat-interval-s", "0.2"],
+                              stderr=open(tmp_path / "worker.log", "wb"))
+    try:
+        path = _demo_paths()[MODELS[0]]
+        with Cluster([path], cpu_workers=0, remote_workers=1, bind=addr, start_timeout_s=90) as c:
+            assert c.endpoint == addr
+            out = c.generate(MODELS[0], "hello from afar", max_tokens=4, temperature=0)
+            assert out.completion_tokens >= 1
+            assert [w["worker_id"] for w in c.stats()["workers"]] == ["otherhost-1-cpu0"]
+        assert worker.poll() is None  # a remote worker outlives the controller, ready for the next one
+    finally:
+        worker.kill()
+        worker.wait()

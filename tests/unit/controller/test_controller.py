@@ -1,0 +1,210 @@
+"""The controller's state keeping and action execution against a scripted peer on a real ZeroMQ socket: the
+peer speaks warmserve.protocol as a worker would, and each test scripts how it answers."""
+
+import asyncio
+import time
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from warmserve import protocol as P
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+from warmserve.controller.controller import Controller
+from warmserve.controller.errors import NoWorkersError, OverloadedError
+from warmserve.controller.models import served_model
+from warmserve.controller.openai_api import Sampling
+from warmserve.errors import UnknownModelError, WarmServeError, WorkerLostError
+
+MODEL = "llama-20m"
+
+
+@pytest.fixture(scope="module")
+def model():
+    from warmserve.engine.demo import write_demo_models
+
+    return served_model(ModelSpec(path=write_demo_models(None, [MODEL])[MODEL]))
+
+
+class Peer:
+    """A scripted worker: answers Prewarm/Activate/GetStats/Generate as told, records what it got."""
+
+    def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7)):
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, wid.encode())
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.wid, self.fail_prewarm, self.tokens = wid, fail_prewarm, tokens
+        self.got: list = []
+        self.silent = False
+        self.hold_generate = False
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def send(self, msg):
+        await self.sock.send(P.encode(msg))
+
+    async def run(self):
+        await self.send(P.Hello(worker_id=self.wid, device="cpu", pid=1, capacity_bytes=1 << 30,
+                                page_bytes=2 << 20))
+        while True:
+            msg = P.decode_request(await self.sock.recv())
+            self.got.append(msg)
+            if self.silent:
+                continue
+            if isinstance(msg, P.GetStats):
+                await self.send(P.Stats(id=msg.id, worker_id=self.wid, device="cpu", pid=1, uptime_s=1.0,
+                                        pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30},
+                                        models=[], instances=[], in_flight=0))
+            elif isinstance(msg, P.Prewarm):
+                if self.fail_prewarm:
+                    await self.send(P.Error.of(msg.id, WarmServeError("disk on fire")))
+                else:
+                    await self.send(P.Prewarmed(id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048,
+                                                load_s=0.0))
+            elif isinstance(msg, P.Activate):
+                await self.send(P.Activated(id=msg.id, name=msg.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
+            elif isinstance(msg, (P.Evict, P.Deactivate, P.SetKvTarget, P.Abort, P.Shutdown)):
+                await self.send(P.Ok(id=msg.id))
+            elif isinstance(msg, P.Generate) and not self.hold_generate:
+                for t in self.tokens[:-1]:
+                    await self.send(P.Tokens(id=msg.id, token_ids=[t]))
+                await self.send(P.Tokens(id=msg.id, token_ids=[self.tokens[-1]], finished=True, finish_reason="length"))
+
+    def close(self):
+        self.task.cancel()
+        self.sock.close(0)
+
+
+def make_controller(model, **ctl) -> Controller:
+    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 0.5, "window_s": 30,
+                             **ctl})
+    return Controller(ClusterConfig(models=(model.spec,), controller=cc), [model])
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def collect(req):
+    out = []
+    async for t in req:
+        out += t
+    return out
+
+
+def test_routes_starts_and_streams(model):
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        assert [g.total_bytes for g in c.state.gpus] == [1 << 30]
+        with pytest.raises(UnknownModelError):
+            c.model("nope")
+        req = c.submit_nowait(MODEL, [1, 2, 3], Sampling(max_tokens=3))
+        assert await collect(req) == [5, 6, 7] and req.finish_reason == "length"
+        kinds = [type(m).__name__ for m in peer.got]
+        assert kinds.index("Prewarm") < kinds.index("Activate") < kinds.index("Generate")
+        st = next(iter(c.state.instances.values()))
+        assert st.ready and st.in_flight == 0 and st.kv_blocks_total == 8
+        assert c.metrics.prewarm_misses.get(model=MODEL) == 1 and c.metrics.ttft.count(model=MODEL) == 1
+        # a second request reuses the instance: no new Prewarm
+        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        assert [type(m).__name__ for m in peer.got].count("Activate") == 1
+        await c.close()
+        assert any(isinstance(m, P.Shutdown) for m in peer.got) is False  # remote workers are left running
+        peer.close()
+
+    run(main())
+
+
+def test_queue_bound_and_no_workers(model):
+    async def main():
+        c = make_controller(model, max_queue=1)
+        ep = await c.start()
+        with pytest.raises(NoWorkersError):
+            c.submit_nowait(MODEL, [1], Sampling())
+        peer = Peer(ep)
+        peer.hold_generate = True
+        await c.wait_for_workers(1, 5)
+        first = c.submit_nowait(MODEL, [1], Sampling())  # waits for the instance to start
+        with pytest.raises(OverloadedError) as e:
+            c.submit_nowait(MODEL, [1], Sampling())
+        assert e.value.http_status == 503 and "limit 1" in str(e.value)
+        first.abort()
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_failed_starts_back_off_then_fail_waiting_requests(model):
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep, fail_prewarm=True)
+        await c.wait_for_workers(1, 5)
+        req = c.submit_nowait(MODEL, [1], Sampling())
+        with pytest.raises(WarmServeError, match="could not start an instance.*disk on fire"):
+            await collect(req)
+        prewarms = [m for m in peer.got if isinstance(m, P.Prewarm)]
+        assert len(prewarms) == 3  # START_ATTEMPTS, with a pause between, not a tight loop
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_silent_worker_is_lost_and_running_request_fails_clearly(model):
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep, tokens=(5,))
+        await c.wait_for_workers(1, 5)
+        assert await collect(c.submit_nowait(MODEL, [1], Sampling())) == [5]
+        # one token out, then silence: the request cannot move elsewhere and must end with the reason
+        peer.hold_generate = True
+        req = c.submit_nowait(MODEL, [1], Sampling())
+        await asyncio.sleep(0.1)
+        gid = next(iter(c.gpu_workers[0].gens))
+        await peer.send(P.Tokens(id=gid, token_ids=[9]))
+        peer.silent = True
+        queued_too = None
+        t0 = time.monotonic()
+        with pytest.raises(WorkerLostError, match="streamed 1 tokens.*retry"):
+            await collect(req)
+        assert time.monotonic() - t0 < 3.0
+        assert not c.gpu_workers and not c.state.gpus and not c.state.instances
+        assert c.metrics.workers_lost.get() == 1
+        # requests that arrive now get a clear 503 rather than waiting forever
+        with pytest.raises(NoWorkersError):
+            queued_too = c.submit_nowait(MODEL, [1], Sampling())
+        assert queued_too is None
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_requests_queued_on_a_lost_worker_move_to_another(model):
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        a = Peer(ep, wid="host-1-cpu0")
+        await c.wait_for_workers(1, 5)
+        a.hold_generate = True
+        reqs = [c.submit_nowait(MODEL, [1], Sampling()) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert sum(len(w.gens) for w in c.gpu_workers) == 3
+        b = Peer(ep, wid="host-2-cpu0")
+        await c.wait_for_workers(2, 5)
+        a.silent = True  # no token was streamed: all three are re-routed to b
+        outs = await asyncio.gather(*(collect(r) for r in reqs))
+        assert outs == [[5, 6, 7]] * 3
+        assert all(r.reroutes == 1 for r in reqs) and c.metrics.rerouted.get(model=MODEL) == 3
+        await c.close(drain=False)
+        a.close()
+        b.close()
+
+    run(main())

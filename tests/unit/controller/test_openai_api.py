@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from warmserve.controller import openai_api as oa
+from warmserve.controller.errors import OverloadedError, TooManyRequestsError
+from warmserve.errors import InvalidArgumentError, PromptTooLongError, UnknownModelError, WorkerLostError
+
+
+def body(**kw) -> bytes:
+    return json.dumps(kw).encode()
+
+
+def test_completion_defaults_and_fields():
+    req, s = oa.parse_completion(body(model="m", prompt="hi", max_tokens=5, temperature=0, top_p=0.5, seed=3,
+                                      stop=["\n"], stream=True, stream_options={"include_usage": True},
+                                      presence_penalty=0.0))
+    assert req.model == "m" and req.prompt == "hi" and req.stream and req.stream_options.include_usage
+    assert s == oa.Sampling(max_tokens=5, temperature=0.0, top_p=0.5, seed=3, stop=("\n",))
+    _, s = oa.parse_completion(body(model="m", prompt=[1, 2, 3]))
+    assert s.max_tokens == oa.DEFAULT_MAX_TOKENS and s.temperature == 1.0 and s.stop == ()
+
+
+def test_chat_max_completion_tokens_wins_and_parts():
+    req, s = oa.parse_chat(body(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                                   {"type": "text", "text": "b"}]}],
+                                max_tokens=3, max_completion_tokens=7, stop="x"))
+    assert s.max_tokens == 7 and s.stop == ("x",)
+    assert oa.chat_dicts(req) == [{"role": "user", "content": "ab"}]
+
+
+@pytest.mark.parametrize("raw,param", [
+    (b"{not json", None),
+    (b"", None),
+    (body(prompt="x"), None),                       # model missing
+    (body(model="m", prompt="x", max_tokens="a"), "max_tokens"),
+    (body(model="m", prompt="x", max_tokens=0), "max_tokens"),
+    (body(model="m", prompt="x", temperature=3), "temperature"),
+    (body(model="m", prompt="x", top_p=0), "top_p"),
+    (body(model="m", prompt="x", n=2), "n"),
+    (body(model="m", prompt=["a", "b"]), "prompt"),
+    (body(model="m", prompt="x", stop=["a", "b", "c", "d", "e"]), "stop"),
+])
+def test_bad_completion_requests_are_400(raw, param):
+    with pytest.raises(InvalidArgumentError) as e:
+        oa.parse_completion(raw)
+    status, b = oa.error_from_exception(e.value)
+    assert status == 400
+    assert set(b["error"]) == {"message", "type", "param", "code"} and b["error"]["type"] == "invalid_request_error"
+    if param:
+        assert b["error"]["param"] == param
+
+
+def test_bad_chat_requests_are_400():
+    for raw in (body(model="m", messages=[]), body(model="m", messages=[{"role": "user",
+                                                                          "content": [{"type": "image_url"}]}])):
+        with pytest.raises(InvalidArgumentError):
+            req, _ = oa.parse_chat(raw)
+            oa.chat_dicts(req)
+
+
+def test_error_mapping():
+    cases = [
+        (UnknownModelError("no such model", param="model"), 404, "model_not_found"),
+        (PromptTooLongError("too long"), 400, None),
+        (OverloadedError("busy"), 503, "service_unavailable"),
+        (TooManyRequestsError("slow down"), 429, "rate_limit_exceeded"),
+        (WorkerLostError("gone"), 503, "service_unavailable"),
+        (RuntimeError("boom"), 500, None),
+    ]
+    for exc, status, code in cases:
+        s, b = oa.error_from_exception(exc)
+        assert s == status and b["error"]["code"] == code and b["error"]["message"]
+
+
+def test_bodies_and_sse():
+    b = oa.chat_body("id", "m", "hello", "stop", 3, 2, created=1)
+    assert b["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    assert b["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    c = oa.sse(oa.completion_chunk("id", "m", 1, "x", None))
+    assert c.startswith(b"data: ") and c.endswith(b"\n\n")
+    assert json.loads(c[6:])["choices"][0]["text"] == "x"
+    assert oa.plain_chat_prompt([{"role": "user", "content": "hi"}]) == "user: hi\nassistant:"

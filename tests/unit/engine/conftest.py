@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from warmserve.engine.demo import SMALL_MODELS, DemoSpec, build_tokenizer, config_dict, write_checkpoint, write_demo_models
+
+TINY_VOCAB = 512
+#: Tiny checkpoints for the config variants the demo set does not cover (rope kinds, sliding window, biases).
+TINY = {
+    "tiny-linear": DemoSpec("llama", 64, 128, 2, 4, 2, rope_scaling=(("factor", 2.0), ("rope_type", "linear")),
+                            vocab_size=TINY_VOCAB),
+    "tiny-llama3": DemoSpec("llama", 64, 128, 2, 4, 2, rope_theta=5e5,
+                            rope_scaling=(("factor", 8.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
+                                          ("original_max_position_embeddings", 64), ("rope_type", "llama3")),
+                            vocab_size=TINY_VOCAB),
+    "tiny-yarn": DemoSpec("qwen2", 64, 128, 2, 4, 4, rope_scaling=(("factor", 4.0), ("original_max_position_embeddings", 128),
+                                                                  ("rope_type", "yarn")), vocab_size=TINY_VOCAB),
+    "tiny-mistral": DemoSpec("mistral", 64, 128, 2, 4, 1, sliding_window=24, vocab_size=TINY_VOCAB,
+                             tie_word_embeddings=True),
+    "tiny-bias": DemoSpec("llama", 64, 160, 3, 2, 2, vocab_size=TINY_VOCAB,
+                          extra=(("attention_bias", True), ("mlp_bias", True))),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two cores shared by several jobs: one intra-op thread avoids spin contention and is faster here.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> dict[str, str]:
+    return write_demo_models(str(tmp_path_factory.mktemp("demo")), names=SMALL_MODELS)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> dict[str, str]:
+    out = str(tmp_path_factory.mktemp("tiny"))
+    tok = build_tokenizer(TINY_VOCAB)
+    return {n: write_checkpoint(out, n, config_dict(s), tokenizer=tok) for n, s in TINY.items()}
+
+
+@pytest.fixture(scope="session")
+def pool():
+    from warmserve.memory import PagePool
+
+    with PagePool(768 << 20, backend="host") as p:
+        yield p
+
+
+_HF: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """transformers' own implementation of a checkpoint (the reference), cached per path."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+
+    def get(path: str):
+        if path not in _HF:
+            _HF[path] = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return _HF[path]
+
+    return get

@@ -1,0 +1,160 @@
+"""Checkpoints into slots: header parsing, layout, dtype conversion, shards, activation with no copy, eviction."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine.checkpoint import CheckpointError, read_header, read_tensors
+from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
+from warmserve.errors import CancelledError, InvalidArgumentError, OutOfMemoryError
+from warmserve.memory import PagePool
+
+
+def test_header_parse_matches_safetensors(demo_dir):
+    path = demo_dir["llama-20m"]
+    infos = read_tensors(path)
+    ref = load_file(os.path.join(path, "model.safetensors"))
+    assert set(infos) == set(ref)
+    with open(os.path.join(path, "model.safetensors"), "rb") as f:
+        for name in ("model.embed_tokens.weight", "model.layers.3.mlp.down_proj.weight", "model.norm.weight"):
+            ti = infos[name]
+            assert ti.shape == tuple(ref[name].shape) and ti.dtype == ref[name].dtype
+            f.seek(ti.file_offset)
+            got = torch.frombuffer(bytearray(f.read(ti.nbytes)), dtype=ti.dtype).view(ti.shape)
+            assert torch.equal(got, ref[name])
+
+
+def test_malformed_header_is_a_typed_error(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    with pytest.raises(CheckpointError) as e:
+        read_header(str(bad))
+    assert isinstance(e.value, ValueError)
+    bad.write_bytes(struct.pack("<Q", 5) + b"nope!" + b"\0" * 16)
+    with pytest.raises(CheckpointError):
+        read_header(str(bad))
+
+
+def test_weights_land_in_the_slot_byte_for_byte_and_evict_frees_pages(demo_dir, pool):
+    path = demo_dir["qwen2-30m"]
+    free0 = pool.free_pages
+    loaded0 = pool.stats()["bytes_loaded"]
+    seen = []
+    job = load_model(path, pool, progress=lambda d, t: seen.append((d, t)))
+    lm = job.wait(timeout_s=60)
+    assert lm.slot.tag == "prewarm:qwen2-30m"
+    assert pool.pages_by_tag()["prewarm:qwen2-30m"] == lm.weight_region_bytes // pool.page_bytes
+    assert pool.stats()["bytes_loaded"] - loaded0 == lm.weight_bytes
+    assert seen and seen[-1][0] == seen[-1][1] == lm.weight_bytes
+    ref = load_file(os.path.join(path, "model.safetensors"))
+    views = lm.weight_views()
+    cfg = lm.config
+    qkv = views["layers.2.qkv.weight"]
+    assert torch.equal(qkv[:cfg.q_size], ref["model.layers.2.self_attn.q_proj.weight"])
+    assert torch.equal(qkv[cfg.q_size + cfg.kv_size:], ref["model.layers.2.self_attn.v_proj.weight"])
+    assert torch.equal(views["layers.2.qkv.bias"][cfg.q_size:cfg.q_size + cfg.kv_size],
+                       ref["model.layers.2.self_attn.k_proj.bias"])
+    assert torch.equal(views["layers.7.gate_up.weight"][cfg.intermediate_size:], ref["model.layers.7.mlp.up_proj.weight"])
+    assert views["lm_head"] is views["embed"]  # tied
+    base = lm.slot.base_address
+    assert base <= qkv.data_ptr() < base + lm.weight_region_bytes
+    del views, qkv
+    lm.close()
+    assert pool.free_pages == free0
+    assert "prewarm:qwen2-30m" not in pool.pages_by_tag()
+
+
+def test_activation_copies_nothing_and_deactivation_keeps_weights(demo_dir, pool):
+    lm = load_model(demo_dir["llama-20m"], pool).wait()
+    try:
+        wpages = lm.weight_region_bytes // pool.page_bytes
+        phys = lm.slot.physical_pages(0, wpages)
+        loaded = pool.stats()["bytes_loaded"]
+        eng = Engine(lm)
+        assert lm.slot.tag == "instance:llama-20m"
+        assert eng.model.embed.data_ptr() == lm.slot.base_address + lm.layout["embed"][0]
+        eng.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+        assert lm.slot.physical_pages(0, wpages) == phys
+        assert pool.stats()["bytes_loaded"] == loaded
+        kv_pages = lm.slot.mapped_pages - wpages
+        assert kv_pages > 0 and kv_pages % (lm.kv_bytes_per_block // pool.page_bytes) == 0
+        eng.close()
+        assert lm.slot.mapped_pages == wpages  # KV pages back to the pool, weights stay
+        assert lm.slot.tag == "prewarm:llama-20m"
+        eng2 = Engine(lm)  # activate again
+        assert eng2.generate([[1, 2, 3]], SamplingParams(max_tokens=4)) == eng2.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+        with pytest.raises(InvalidArgumentError):
+            Engine(lm)  # one running instance per loaded model
+    finally:
+        lm.close()  # evicting closes the running engine too
+    assert lm.closed
+
+
+def test_dtype_conversion_and_sharded_checkpoints(tmp_path, pool):
+    cfg = config_dict(DemoSpec("llama", 64, 128, 2, 4, 2, vocab_size=512))
+    tok = build_tokenizer(512)
+    # bfloat16 on disk, sharded into small files
+    path = write_checkpoint(str(tmp_path), "sharded-bf16", cfg, dtype="bfloat16", tokenizer=tok, shard_bytes=64 << 10)
+    assert os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
+    assert len([f for f in os.listdir(path) if f.endswith(".safetensors")]) > 2
+    infos = read_tensors(path)
+    ref = {}
+    for f in {ti.path for ti in infos.values()}:
+        ref.update(load_file(f))
+    lm16 = load_model(path, pool).wait()  # auto: bf16, byte-for-byte
+    lm32 = load_model(path, pool, dtype="float32", name="as-f32").wait()  # converted per tensor
+    try:
+        assert lm16.dtype == torch.bfloat16 and lm32.dtype == torch.float32
+        assert lm32.weight_bytes == 2 * lm16.weight_bytes
+        v16, v32 = lm16.weight_views(), lm32.weight_views()
+        want = ref["model.layers.1.mlp.down_proj.weight"]
+        assert torch.equal(v16["layers.1.down.weight"], want)
+        assert torch.equal(v32["layers.1.down.weight"], want.float())
+        del v16, v32
+        with Engine(lm32) as e32, Engine(lm16) as e16:
+            a = e32.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=8, ignore_eos=True))
+            b = e16.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=8, ignore_eos=True))
+            assert len(a[0]) == len(b[0]) == 8
+    finally:
+        lm16.close()
+        lm32.close()
+
+
+def test_load_that_does_not_fit_is_refused_with_numbers(demo_dir):
+    with PagePool(16 << 20) as small:
+        with pytest.raises(OutOfMemoryError) as e:
+            load_model(demo_dir["llama-20m"], small)
+        assert e.value.asked_bytes > e.value.free_bytes == 16 << 20
+        assert small.free_pages == small.total_pages
+
+
+def test_cancel_rolls_back(demo_dir, pool):
+    free0 = pool.free_pages
+    job = load_model(demo_dir["qwen2-30m"], pool)
+    job.cancel()
+    assert pool.free_pages == free0
+    with pytest.raises(CancelledError):
+        job.wait()
+
+
+def test_missing_tensor_and_bad_dtype_are_typed_errors(tmp_path, demo_dir, pool):
+    path = tmp_path / "broken"
+    path.mkdir()
+    src = demo_dir["llama-20m"]
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg["num_hidden_layers"] = 9  # the file has 8
+    (path / "config.json").write_text(json.dumps(cfg))
+    os.symlink(os.path.join(src, "model.safetensors"), path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_model(str(path), pool)
+    with pytest.raises(InvalidArgumentError, match="dtype"):
+        load_model(src, pool, dtype="int8")
+    with pytest.raises(InvalidArgumentError, match="config.json"):
+        load_model(str(tmp_path), pool)

@@ -1,0 +1,181 @@
+"""Continuous batching, preemption, stop conditions, sampling and the KV target, on real slots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from warmserve.engine import Engine, SamplingParams, Tokenizer, load_model
+from warmserve.engine.sampler import filter_logits
+from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
+
+
+@pytest.fixture
+def lm(tiny_dir, pool):
+    m = load_model(tiny_dir["tiny-linear"], pool).wait()
+    yield m
+    m.close()
+
+
+def _prompts(n, length, seed=0, vocab=512):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (length + 7 * i,), generator=g).tolist() for i in range(n)]
+
+
+def _drain(eng):
+    outs, steps = {}, []
+    while eng.has_unfinished():
+        step = eng.step()
+        steps.append(step)
+        for o in step:
+            outs.setdefault(o.request_id, []).extend(o.token_ids)
+    return outs, steps
+
+
+def test_preemption_by_recompute_gives_the_same_tokens(lm):
+    prompts = _prompts(4, 200)
+    params = SamplingParams(max_tokens=90, ignore_eos=True)
+    with Engine(lm) as eng:
+        want = eng.generate(prompts, params)
+    with Engine(lm, kv_blocks=3) as eng:  # each request needs 2 blocks: at most one runs to the end at a time
+        got = eng.generate(prompts, params)
+        assert eng.kv_stats()["num_preemptions"] > 0
+        assert eng.kv_stats()["used_blocks"] == 0
+    assert got == want
+
+
+def test_streaming_batches_prefill_with_decode_and_counts(lm):
+    with Engine(lm, max_batch_tokens=64) as eng:
+        eng.add_request("a", _prompts(1, 20)[0], SamplingParams(max_tokens=10, ignore_eos=True))
+        first = eng.step()
+        assert [o.request_id for o in first] == ["a"] and len(first[0].token_ids) == 1
+        eng.add_request("b", _prompts(1, 150, seed=3)[0], SamplingParams(max_tokens=5, ignore_eos=True))
+        second = eng.step()  # a decodes while b's prompt is prefilled in chunks under the 64-token budget
+        assert [o.request_id for o in second] == ["a"]
+        assert eng.num_running == 2 and eng.num_waiting == 0
+        outs, steps = _drain(eng)
+        last = {o.request_id: o for s in steps for o in s}
+        assert last["a"].finished and last["a"].finish_reason == "length" and last["a"].num_output_tokens == 10
+        assert last["b"].num_prompt_tokens == 150 and len(outs["b"]) == 5
+        assert all(len(o.token_ids) == 1 for s in steps for o in s)
+
+
+def test_stop_token_eos_and_stop_string(lm, tiny_dir, tmp_path, pool):
+    prompt = _prompts(1, 12)[0]
+    with Engine(lm) as eng:
+        free_run = eng.generate([prompt], SamplingParams(max_tokens=24, ignore_eos=True))[0]
+        x = free_run[6]
+        cut = free_run.index(x) + 1
+        out = eng.generate([prompt], SamplingParams(max_tokens=24, stop_token_ids=(x,)))[0]
+        assert out == free_run[:cut]
+        # a stop string that completes at token 9
+        tok = Tokenizer(tiny_dir["tiny-linear"])
+        text = tok.decode(free_run[:10], skip_special_tokens=False)
+        prev = tok.decode(free_run[:9], skip_special_tokens=False)
+        stop = text[len(prev) - 2:] if len(text) - len(prev) < 3 and len(prev) >= 2 else text[len(prev):]
+        eng.add_request("s", prompt, SamplingParams(max_tokens=24, stop=(stop,), ignore_eos=True))
+        outs, steps = _drain(eng)
+        end = steps[-1][-1]
+        assert end.finish_reason == "stop" and end.stop_reason == stop
+        assert stop in tok.decode(outs["s"], skip_special_tokens=False)
+        assert len(outs["s"]) <= 10
+    # EOS from generation_config.json ends a request unless ignore_eos
+    path = tmp_path / "eos"
+    shutil.copytree(tiny_dir["tiny-linear"], path)
+    gen = json.load(open(path / "generation_config.json"))
+    gen["eos_token_id"] = [x, 100000]
+    (path / "generation_config.json").write_text(json.dumps(gen))
+    m = load_model(str(path), pool).wait()
+    try:
+        with Engine(m) as eng:
+            eng.add_request("e", prompt, SamplingParams(max_tokens=24))
+            outs, steps = _drain(eng)
+            assert outs["e"] == free_run[:cut] and steps[-1][0].finish_reason == "stop"
+            assert eng.generate([prompt], SamplingParams(max_tokens=24, ignore_eos=True))[0] == free_run
+    finally:
+        m.close()
+
+
+def test_abort_reports_and_frees(lm):
+    with Engine(lm) as eng:
+        for rid in "ab":
+            eng.add_request(rid, _prompts(1, 30)[0], SamplingParams(max_tokens=50, ignore_eos=True))
+        eng.step()
+        used = eng.kv_stats()["used_blocks"]
+        assert eng.abort("a") and not eng.abort("nope")
+        assert eng.kv_stats()["used_blocks"] == used - 1
+        out = eng.step()
+        aborted = [o for o in out if o.request_id == "a"]
+        assert aborted[0].finished and aborted[0].finish_reason == "abort" and aborted[0].token_ids == []
+        outs, _ = _drain(eng)
+        assert len(outs["b"]) == 48
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(lm):
+    p = _prompts(3, 10)
+    sp = SamplingParams(max_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=7, ignore_eos=True)
+    with Engine(lm) as eng:
+        alone = eng.generate([p[0]], sp)[0]
+        rid_outs = eng.generate([p[1], p[0], p[2]], sp)
+        assert rid_outs[1] == alone
+        other = eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=1.0, seed=8, ignore_eos=True))[0]
+        assert other != alone
+        greedy = eng.generate([p[0]], SamplingParams(max_tokens=20, ignore_eos=True))[0]
+        assert eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=0.8, top_k=1, ignore_eos=True))[0] == greedy
+        assert eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=0.8, top_p=1e-6, ignore_eos=True))[0] == greedy
+
+
+def test_filter_logits_top_k_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [False, False, True, True]
+    assert torch.isinf(filter_logits(logits, 0, 0.75)).tolist() == [False, False, True, True]
+    assert torch.isinf(filter_logits(logits, 0, 0.5)).tolist() == [False, True, True, True]
+
+
+def test_bad_requests_are_typed_errors(lm):
+    with Engine(lm) as eng:
+        with pytest.raises(PromptTooLongError) as e:
+            eng.add_request("x", [1] * 4000, SamplingParams(max_tokens=200))
+        assert e.value.prompt_tokens == 4000 and e.value.max_context == lm.max_context
+        with pytest.raises(InvalidArgumentError):
+            eng.add_request("x", [], SamplingParams())
+        with pytest.raises(InvalidArgumentError):
+            eng.add_request("x", [10**6], SamplingParams())
+        eng.add_request("x", [1, 2], SamplingParams())
+        with pytest.raises(InvalidArgumentError):
+            eng.add_request("x", [1, 2], SamplingParams())
+        for bad in (dict(max_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(stop=("",))):
+            with pytest.raises(InvalidArgumentError):
+                SamplingParams(**bad)
+    with pytest.raises(ClosedError):
+        eng.step()
+
+
+def test_kv_maps_lazily_shrinks_and_grows_while_generating(lm, pool):
+    ppb = lm.kv_bytes_per_block // pool.page_bytes
+    with Engine(lm, max_num_seqs=8, target_free_blocks=2) as eng:
+        st = eng.kv_stats()
+        assert st["mapped_blocks"] == 2 < st["total_blocks"]  # lazily: only the headroom is mapped
+        prompts = _prompts(6, 260)  # each needs 2 blocks
+        for i, p in enumerate(prompts):
+            eng.add_request(str(i), p, SamplingParams(max_tokens=40, ignore_eos=True))
+        first = eng.step()
+        st = eng.kv_stats()
+        assert st["used_blocks"] == 12 and st["mapped_blocks"] >= 12  # mapped on demand beyond the target
+        free_before, mapped_before = pool.free_pages, st["mapped_blocks"]
+        st = eng.set_kv_target_free_blocks(0)  # shrink while generating: only free blocks go
+        assert st["free_blocks"] == 0 and st["used_blocks"] == 12
+        assert pool.free_pages - free_before == (mapped_before - st["mapped_blocks"]) * ppb
+        mapped_kv_pages = lm.slot.mapped_pages - lm.weight_region_bytes // pool.page_bytes
+        assert mapped_kv_pages == st["mapped_blocks"] * ppb
+        st = eng.set_kv_target_free_blocks(5)  # grow: pages come back from the pool
+        assert st["free_blocks"] == 5
+        outs, _ = _drain(eng)
+        assert all(len(outs[o.request_id]) + len(o.token_ids) == 40 for o in first)
+        st = eng.kv_stats()
+        assert st["used_blocks"] == 0 and st["free_blocks"] == 5 and st["mapped_blocks"] == 5
+        eng.set_kv_target_free_blocks(0)
+        assert lm.slot.mapped_pages == lm.weight_region_bytes // pool.page_bytes

@@ -1,0 +1,12 @@
+import pytest
+
+from warmserve.memory import PagePool
+
+#: Small pages keep the tests fast; the 2 MiB default is exercised where it matters.
+SMALL_PAGE = 4096
+
+
+@pytest.fixture
+def pool():
+    with PagePool(64 * SMALL_PAGE, page_bytes=SMALL_PAGE) as p:
+        yield p

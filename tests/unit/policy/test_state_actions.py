@@ -1,0 +1,42 @@
+import pytest
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy import POLICY_NAMES, PolicyConfig, make_policy
+from warmserve.policy import actions as A
+from warmserve.policy.state import PAGE_BYTES, ClusterState, ModelInfo
+
+
+def test_sizes_are_page_aligned_and_cold_start_is_shard_over_32_gbps():
+    m = ModelInfo("x", weight_bytes=26_000_000_001, tp=2, kv_bytes_per_token=819_200)
+    assert m.shard_bytes % PAGE_BYTES == 0 and 0 <= m.shard_bytes - 13_000_000_001 < PAGE_BYTES
+    assert m.kv_block_bytes == 100 << 20  # 819200 * 256 / 2 = 100 MiB exactly
+    assert m.cold_start_s == pytest.approx(13e9 / 32e9, rel=1e-6)
+
+
+def test_bad_model_and_config_are_value_errors():
+    with pytest.raises(InvalidArgumentError):
+        ModelInfo("x", 1, tp=3)
+    with pytest.raises(ValueError):
+        ModelInfo("x", 0)
+    with pytest.raises(ValueError):
+        PolicyConfig(scale_in_threshold=0.9)
+    with pytest.raises(ValueError):
+        make_policy("nope", models=[ModelInfo("x", 1)])
+
+
+def test_actions_are_frozen_and_hashable():
+    acts = {A.Prewarm("p", "m", (0, 1), 1.0), A.Evict("p", "kv"), A.StartInstance("i", "m", (0,)),
+            A.StopInstance("i"), A.SetKvTarget("i", 3), A.Route("m", "i", 7), A.CancelPrewarm("p")}
+    assert len(acts) == 7
+    with pytest.raises(AttributeError):
+        A.Route("m", "i").instance_id = "j"
+
+
+def test_memory_views(models):
+    st = ClusterState.uniform(1, models, gpu_bytes=72 << 30)
+    assert st.free_bytes_on() == [72 << 30] * 8 and not st.busy_gpus()
+
+
+def test_every_policy_name_builds(models):
+    for name in POLICY_NAMES:
+        assert make_policy(name, models=models).name == name

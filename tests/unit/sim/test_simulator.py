@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+
+from warmserve.sim.config import ServedModel, SimConfig
+from warmserve.sim.costmodel import SCHEMA, CostModel
+from warmserve.sim.presets import paper_preset
+from warmserve.sim.simulator import Simulator, simulate
+from warmserve.workload.request import Trace, Workload
+
+
+def _poisson_workload(rate_rps, n, prompt, output, seed=0, model="llama2-7b"):
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(1 / rate_rps, n))
+    tr = Trace([model], t, np.zeros(n, np.int32), np.full(n, prompt), np.full(n, output))
+    return Workload("poisson", tr, Trace.empty([model]), float(t[-1]) + 1.0)
+
+
+def test_single_instance_matches_md1_mean_wait():
+    """Poisson arrivals, one instance serving one request at a time, fixed lengths: an M/D/1 queue whose mean
+    wait is rho*S / (2(1-rho)); TTFT = wait + prefill."""
+    cost = CostModel()
+    c = cost.cost("llama2-7b")
+    prompt, output = 1024, 31
+    prefill = cost.prefill_s(c, prompt)
+    service = prefill + (output - 1) * cost.decode_step_s(c, 1)
+    lam = 1.4
+    rho = lam * service
+    w = _poisson_workload(lam, 30000, prompt, output, seed=1)
+    cfg = SimConfig(n_servers=1, gpus_per_server=1, max_batch=1, drain_s=3600,
+                    policy_overrides={"instance_capacity": 1})
+    sim = Simulator(w, [ServedModel("llama2-7b")], "dedicated", config=cfg, cost=cost)
+    r = sim.run()
+    assert r.summary["dropped"] == 0
+    arr = w.trace.arrival_s
+    wait = r.ttft_s - prefill
+    late = arr > 200  # after the instance has started and the queue has mixed
+    expected = rho * service / (2 * (1 - rho))
+    assert 0.6 < rho < 0.75
+    assert wait[late].mean() == pytest.approx(expected, rel=0.05)
+    # deterministic service: every TPOT is the decode step
+    assert r.summary["tpot_p50_s"] == pytest.approx(cost.decode_step_s(c, 1), rel=1e-6)
+
+
+def _small_preset():
+    p = paper_preset("conv", total_rate_rps=6.0, n_models=4, history_days=1)
+    w = p.build(1.0, 5)
+    return p, w
+
+
+def test_same_seed_same_result():
+    p, w = _small_preset()
+    a = simulate(w, p.models, "warmserve", config=p.config)
+    b = simulate(p.build(1.0, 5), p.models, "warmserve", config=p.config)
+    assert json.dumps(a.summary, sort_keys=True) == json.dumps(b.summary, sort_keys=True)
+    assert np.array_equal(a.ttft_s, b.ttft_s)
+    c = simulate(p.build(1.0, 6), p.models, "warmserve", config=p.config)
+    assert c.summary != a.summary
+
+
+@pytest.mark.parametrize("policy", ["warmserve", "autoscale", "shared", "dedicated"])
+def test_every_request_completes_or_is_dropped(policy):
+    p, w = _small_preset()
+    r = simulate(w, p.models, policy, config=p.config)
+    s = r.summary
+    assert s["requests"] == len(w.trace)
+    assert s["completed"] + s["dropped"] == s["requests"]
+    assert s["unanswered"] <= s["dropped"]
+    assert len(r.ttft_s) == s["requests"]
+    assert sum(m["requests"] for m in r.per_model.values()) == s["requests"]
+    assert 0 <= s["slo_attainment"] <= 1 and s["gpu_seconds"] > 0
+
+
+def test_unfinished_requests_are_dropped_and_count_999():
+    """A cluster too small for the 70B model (tp 4 on 2 GPUs) never answers it."""
+    p, w = _small_preset()
+    cfg = SimConfig(n_servers=1, gpus_per_server=2, drain_s=5.0)
+    r = simulate(w, p.models, "autoscale", config=cfg)
+    big = r.per_model["llama2-70b-a"]
+    assert big["completed"] == 0 and big["dropped"] == big["requests"] > 0
+    assert big["ttft_p50_s"] == 999.0
+    assert r.summary["completed"] + r.summary["dropped"] == r.summary["requests"]
+
+
+def test_tensor_parallel_instance_spans_its_group():
+    p, w = _small_preset()
+    sim = Simulator(w, p.models, "dedicated", config=p.config)
+    r = sim.run()
+    for inst in sim.state.instances.values():
+        tp = sim.state.models[inst.model].tp
+        assert len(inst.gpus) == tp
+        assert len({sim.state.gpus[g].server_id for g in inst.gpus}) == 1
+    used = sum(len(i.gpus) for i in sim.state.instances.values())
+    assert r.summary["gpu_seconds"] == pytest.approx(used * r.summary["end_s"], rel=1e-6)
+
+
+def test_prewarm_hits_make_warmserve_start_faster_than_autoscale():
+    p = paper_preset("code", total_rate_rps=8.0, n_models=4, history_days=2)
+    w = p.build(1.0, 0)
+    ws = simulate(w, p.models, "warmserve", config=p.config).summary
+    au = simulate(w, p.models, "autoscale", config=p.config).summary
+    assert ws["starts_from_prewarm"] > 0 and au["starts_from_prewarm"] == 0
+    assert ws["ttft_p99_s"] < au["ttft_p99_s"]
+
+
+def test_cost_profile_overrides_and_round_trips(tmp_path):
+    base = CostModel()
+    prof = base.to_profile()
+    assert prof["schema"] == SCHEMA
+    assert CostModel.from_profile(prof).to_profile() == prof
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema": SCHEMA, "engine_start_s": 9.0, "gpu": {"h2d_bytes_per_s": 16e9},
+                                "models": {"llama2-7b": {"decode_table": [[1, 0.01], [32, 0.02]]},
+                                           "tiny": {"weight_bytes": 1e9, "tp": 1, "kv_bytes_per_token": 1024,
+                                                    "prefill_s": {"base_s": 0.01}, "decode_step_s": {"base_s": 0.002}}}}))
+    cm = CostModel.from_profile(str(path))
+    c = cm.cost("llama2-7b")
+    assert cm.engine_start_s == 9.0 and cm.load_s(c) == pytest.approx(13.5e9 / 16e9)
+    assert cm.decode_step_s(c, 16) == pytest.approx(0.01 + 0.01 * 15 / 31)
+    assert cm.decode_step_s(c, 64) > cm.decode_step_s(c, 32)
+    assert cm.prefill_s(cm.cost("tiny"), 100) == pytest.approx(0.01)
+    a100 = CostModel.for_gpu("A100-80GB")
+    assert a100.decode_step_s(a100.cost("llama2-7b"), 1) > base.decode_step_s(c, 1)
+    with pytest.raises(ValueError, match="schema"):
+        CostModel.from_profile({"schema": "other"})
+    with pytest.raises(ValueError, match="lacks"):
+        CostModel.from_profile({"schema": SCHEMA, "models": {"new": {"tp": 1}}})

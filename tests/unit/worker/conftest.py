@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+# Three tiny Llama-family checkpoints in Hugging Face layout (random weights); each KV block of 256 tokens over
+# all layers is one 2 MiB page, as with the demo models.
+VOCAB = 1024
+TINY = {
+    "tiny-llama": dict(model_type="llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8,
+                       num_attention_heads=4, num_key_value_heads=2),
+    "tiny-qwen2": dict(model_type="qwen2", hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6,
+                       max_position_embeddings=512),
+    "tiny-deep": dict(model_type="llama", hidden_size=256, intermediate_size=512, num_hidden_layers=16,
+                      num_attention_heads=4, num_key_value_heads=1),
+}
+
+
+def write_tiny_models(out_dir: str) -> dict[str, str]:
+    from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
+
+    tok = build_tokenizer(VOCAB)
+    return {name: write_checkpoint(out_dir, name, config_dict(DemoSpec(**spec, vocab_size=VOCAB)), tokenizer=tok)
+            for name, spec in TINY.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    return write_tiny_models(str(tmp_path_factory.mktemp("tiny-models")))

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from warmserve.workload.recipes import paper_workload, power_law_shares, regamma, servegen_workload
+
+
+def test_power_law_shares():
+    s = power_law_shares(4, 1.0)
+    assert s.sum() == pytest.approx(1)
+    assert s[0] / s[1] == pytest.approx(2) and s[0] / s[3] == pytest.approx(4)
+    assert np.allclose(power_law_shares(3, 0.0), 1 / 3)
+
+
+def test_paper_recipe_split_cut_and_history():
+    w = paper_workload("conv", 6, alpha=1.0, total_rate_rps=12.0, seed=3, history_days=2)
+    assert w.duration_s == 1200 and w.models == [f"conv-{i}" for i in range(6)]
+    tr = w.trace
+    assert tr.arrival_s.min() >= 0 and tr.arrival_s.max() < 1200
+    assert tr.prompt_tokens.max() <= 1024
+    assert len(tr) / 1200 == pytest.approx(12.0, rel=0.1)
+    counts = np.bincount(tr.model, minlength=6)
+    share = counts / counts.sum()
+    assert share == pytest.approx(power_law_shares(6, 1.0), abs=0.05)
+    # each model replays its own stretch: the per-minute count series differ between models
+    per_min = [np.bincount((tr.arrival_s[tr.model == m] // 60).astype(int), minlength=20) for m in (0, 1)]
+    assert not np.array_equal(per_min[0] / per_min[0].sum(), per_min[1] / per_min[1].sum())
+    # history: the pre-replay stretch and the same slot of 2 earlier days
+    h = w.history.arrival_s
+    assert h.max() < 0 and (h >= -600).any()
+    for k in (1, 2):
+        day = h[(h >= -k * 86400 - 600) & (h < -k * 86400 + 1200)]
+        assert len(day) > 0.8 * len(tr)
+    assert w.warmup_s == 600 and w.clock0_s % 86400 == 18 * 3600 + 17 * 60
+
+
+def test_paper_recipe_deterministic_by_seed():
+    a = paper_workload("code", 4, seed=7)
+    b = paper_workload("code", 4, seed=7)
+    c = paper_workload("code", 4, seed=8)
+    assert np.array_equal(a.trace.arrival_s, b.trace.arrival_s)
+    assert np.array_equal(a.history.prompt_tokens, b.history.prompt_tokens)
+    assert not np.array_equal(a.trace.arrival_s, c.trace.arrival_s) or len(a.trace) != len(c.trace)
+
+
+def test_rate_and_time_scale():
+    base = paper_workload("conv", 3, total_rate_rps=6.0, seed=1)
+    double = paper_workload("conv", 3, total_rate_rps=6.0, rate_scale=2.0, seed=1)
+    assert len(double.trace) / len(base.trace) == pytest.approx(2.0, rel=0.1)
+    half = paper_workload("conv", 3, total_rate_rps=6.0, time_scale=0.5, seed=1)
+    assert half.duration_s == 600 and half.trace.arrival_s.max() < 600
+    assert len(half.trace) == len(base.trace)
+    # history stays on whole days so the daily season of the forecasts still lines up
+    h = half.history.arrival_s
+    assert ((h > -86400 - 300) & (h < -86400 + 600)).any() and not ((h > -86400 + 600) & (h < -1000)).any()
+
+
+def test_burstiness_knob_sets_cv():
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0, 1000, 20000))
+    for cv in (0.5, 1.0, 4.0):
+        iat = np.diff(regamma(t, 0, 1000, cv, rng))
+        assert iat.std() / iat.mean() == pytest.approx(cv, rel=0.1)
+    w = paper_workload("conv", 2, burst_cv=3.0, seed=0)
+    iat = np.diff(w.trace.arrival_s[w.trace.model == 0])
+    assert iat.std() / iat.mean() == pytest.approx(3.0, rel=0.25)
+
+
+def test_servegen_recipe():
+    w = servegen_workload(6, total_rate_rps=20.0, history_days=2, seed=0)
+    assert len(w.models) == 6 and all(".c" in m for m in w.models)
+    assert {m.split(".")[0] for m in w.models} == {"m-large", "m-mid", "m-small"}
+    assert len(w.trace) / w.duration_s == pytest.approx(20.0, rel=0.25)
+    h = w.history.arrival_s
+    assert ((h > -86400 - 600) & (h < -86400 + 1200)).any() and ((h > -2 * 86400 - 600) & (h < -2 * 86400 + 1200)).any()
+    assert w.clock0_s == 13 * 86400 + 20 * 3600
+    a = servegen_workload(6, total_rate_rps=20.0, history_days=2, seed=0)
+    assert np.array_equal(a.trace.arrival_s, w.trace.arrival_s)
+    with pytest.raises(ValueError, match="history"):
+        servegen_workload(2, start_s=3600, history_days=1)
