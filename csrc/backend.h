@@ -26,6 +26,8 @@ class Backend {
   uint64_t page_bytes() const { return page_bytes_; }
   uint64_t total_pages() const { return total_pages_; }
   virtual bool huge_pages() const { return false; }
+  // Host: map/unmap/move carry page tables along (mremap) instead of rebuilding them with page faults.
+  virtual bool moves_page_tables() const { return false; }
   virtual int dlpack_device_type() const = 0;  // kDLCPU = 1, kDLCUDA = 2
   virtual int device() const { return 0; }
 
@@ -60,7 +62,7 @@ class Backend {
   uint64_t page_bytes_ = 0, total_pages_ = 0;
 };
 
-std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes);
+std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes, bool prefault);
 std::unique_ptr<Backend> make_cuda_backend(uint64_t capacity_bytes, uint64_t page_bytes, int device);
 bool cuda_compiled();
 

@@ -153,9 +153,10 @@ void raise_python(const Error& e) {
   PyErr_SetObject(cls.ptr(), inst.ptr());
 }
 
-std::shared_ptr<Pool> make_pool(uint64_t capacity, const std::string& backend, uint64_t page_bytes, int device) {
+std::shared_ptr<Pool> make_pool(uint64_t capacity, const std::string& backend, uint64_t page_bytes, int device,
+                                bool prefault) {
   std::unique_ptr<Backend> b;
-  if (backend == "host") b = make_host_backend(capacity, page_bytes);
+  if (backend == "host") b = make_host_backend(capacity, page_bytes, prefault);
   else if (backend == "cuda") b = make_cuda_backend(capacity, page_bytes, device);
   else throw invalid("backend must be 'host' or 'cuda', not '" + backend + "'");
   return std::make_shared<Pool>(std::move(b));
@@ -179,7 +180,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Pool, std::shared_ptr<Pool>>(m, "Pool")
       .def(py::init(&make_pool), py::arg("capacity_bytes"), py::arg("backend"), py::arg("page_bytes"),
-           py::arg("device"), nogil())
+           py::arg("device"), py::arg("prefault"), nogil())
       .def_property_readonly("backend", [](Pool& p) { return p.backend->name(); })
       .def_property_readonly("page_bytes", [](Pool& p) { return p.backend->page_bytes(); })
       .def_property_readonly("total_pages", [](Pool& p) { return p.backend->total_pages(); })
@@ -234,6 +235,7 @@ PYBIND11_MODULE(_C, m) {
              d["backend"] = p.backend->name();
              d["device"] = p.backend->device();
              d["huge_pages"] = p.backend->huge_pages();
+             d["moves_page_tables"] = p.backend->moves_page_tables();
              d["page_bytes"] = pb;
              d["total_pages"] = p.backend->total_pages();
              d["free_pages"] = v[0];

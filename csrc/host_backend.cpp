@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <algorithm>
 #include <atomic>
@@ -105,7 +106,7 @@ struct HostCopier : Copier {
 
 class HostBackend : public Backend {
  public:
-  HostBackend(uint64_t capacity, uint64_t page_bytes) {
+  HostBackend(uint64_t capacity, uint64_t page_bytes, bool prefault) {
     long sys_page = sysconf(_SC_PAGESIZE);
     if (page_bytes == 0 || page_bytes % sys_page)
       throw invalid("page_bytes=" + std::to_string(page_bytes) + " must be a positive multiple of the system page (" +
@@ -160,8 +161,10 @@ class HostBackend : public Backend {
         throw errno_error("fallocate of " + fmt_bytes(capacity), err);
       }
     }
+    // WARMSERVE_HOST_NO_MREMAP=1 forces the fallback path (mmap from the memfd), so tests cover both.
+    remap_ok_ = std::getenv("WARMSERVE_HOST_NO_MREMAP") == nullptr;
     try {
-      make_park();
+      make_park(prefault);
     } catch (...) {
       close_pages();
       throw;
@@ -171,6 +174,7 @@ class HostBackend : public Backend {
 
   std::string name() const override { return "host"; }
   bool huge_pages() const override { return huge_; }
+  bool moves_page_tables() const override { return remap_ok_; }
   int dlpack_device_type() const override { return 1; }
 
   uintptr_t reserve(uint64_t n_pages) override {
@@ -299,7 +303,7 @@ class HostBackend : public Backend {
   // The park: every page of the pool mapped once, in order, with its page tables filled at creation. Pages are
   // moved out of it into slots and back. Filling it is the commit: the host (and, under a hypervisor, the VM)
   // backs every page now, not during a load.
-  void make_park() {
+  void make_park(bool prefault) {
     uint64_t bytes = total_pages_ * page_bytes_;
     park_ = reserve_aligned(bytes);
     if (!park_) throw mmap_error("mapping the pool", errno, bytes);
@@ -309,6 +313,7 @@ class HostBackend : public Backend {
       park_ = 0;
       throw mmap_error("mapping the pool", err, bytes);
     }
+    if (!prefault) return;
     const uint64_t chunk = 64ull << 20;
     unsigned n_threads = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
     std::atomic<uint64_t> next{0};
@@ -337,8 +342,8 @@ class HostBackend : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes) {
-  return std::make_unique<HostBackend>(capacity_bytes, page_bytes);
+std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes, bool prefault) {
+  return std::make_unique<HostBackend>(capacity_bytes, page_bytes, prefault);
 }
 
 }  // namespace ws

@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <set>
 
 namespace ws {
 
@@ -17,16 +19,25 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
   Pool& pool = *slot_->pool;
   const uint64_t pb = slot_->page_bytes();
   const uint64_t reserved = slot_->n_pages * pb;
+  std::map<std::string, size_t> opened;  // path -> first source using it: one descriptor per file
   auto close_fds = [&] {
-    for (int fd : fds_)
-      if (fd >= 0) ::close(fd);
+    for (size_t i = 0; i < fds_.size(); ++i)
+      if (fds_[i] >= 0 && opened[sources_[i].path] == i) ::close(fds_[i]);
     fds_.clear();
   };
   // Open and check every source before anything is mapped.
   for (size_t i = 0; i < sources_.size(); ++i) {
     const Source& s = sources_[i];
     int fd = -1;
-    if (!s.path.empty()) {
+    if (!s.path.empty() && opened.count(s.path)) {
+      fd = fds_[opened[s.path]];
+      struct stat st;
+      if (::fstat(fd, &st) == 0 && uint64_t(st.st_size) < s.src_offset + s.nbytes) {
+        close_fds();
+        throw invalid("load source " + std::to_string(i) + ": " + s.path + " has " + std::to_string(st.st_size) +
+                      " bytes, the range ends at " + std::to_string(s.src_offset + s.nbytes));
+      }
+    } else if (!s.path.empty()) {
       fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) {
         int err = errno;
@@ -44,6 +55,7 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
       close_fds();
       throw invalid("load source " + std::to_string(i) + ": null buffer");
     }
+    if (!s.path.empty() && !opened.count(s.path)) opened[s.path] = i;
     fds_.push_back(fd);
     if (s.slot_offset > reserved || s.nbytes > reserved - s.slot_offset) {
       close_fds();
@@ -97,8 +109,9 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
 LoadJob::~LoadJob() {
   cancel();
   join();
+  std::set<int> closed;
   for (int fd : fds_)
-    if (fd >= 0) ::close(fd);
+    if (fd >= 0 && closed.insert(fd).second) ::close(fd);
 }
 
 void LoadJob::join() {

@@ -83,6 +83,8 @@ def test_three_models_prewarmed_switch_with_no_copy(client, models):
     assert used >= sum(d.weight_bytes for d in done.values())
     all_pages = [p for m in st0.models for p in m.physical_pages]
     assert len(all_pages) == len(set(all_pages)) == sum(d.pages for d in done.values())
+    for name, d in done.items():  # the pool's own accounting, by slot tag
+        assert st0.pool["pages_by_tag"][f"prewarm:{name}"] == d.pages
 
     outputs = {}
     for name in ("llama-20m", "qwen2-30m", "tiny-deep"):
@@ -92,6 +94,9 @@ def test_three_models_prewarmed_switch_with_no_copy(client, models):
         assert len(outputs[name]) == 12 and last.num_prompt_tokens == 5
         st = client.stats(pages=True)
         assert [i.name for i in st.instances] == [name]
+        # The running instance's slot holds its weights' pages and the KV pages mapped after them, nothing else.
+        assert st.pool["pages_by_tag"][f"instance:{name}"] == done[name].pages + st.instances[0].kv_pages
+        assert f"prewarm:{name}" not in st.pool["pages_by_tag"]
         for m in st0.models:  # every model's weights stay on the very same physical pages
             assert pages(st, m.name) == m.physical_pages
         assert st.pool["bytes_loaded"] == st0.pool["bytes_loaded"], "activation wrote into the pool"
@@ -242,21 +247,33 @@ def test_spawn_failure_carries_the_workers_own_error():
         spawn_local_worker("tpu:0", memory_gib=0.1)
 
 
-def test_worker_joins_a_controller_router_and_serves_it():
-    """The multi-host path: the worker connects a DEALER to the controller's ROUTER and says Hello first."""
+def test_worker_joins_a_controller_router_over_curve_and_serves_it(tmp_path):
+    """The multi-host path: the worker connects a DEALER to the controller's ROUTER (CURVE-encrypted, only known
+    worker keys let in) and says Hello first; then it answers requests and pushes Stats every heartbeat."""
     import subprocess
     import sys
 
     import zmq
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
 
+    keys = tmp_path / "keys"
+    (keys / "workers").mkdir(parents=True)
+    server_public, server_secret = zmq.auth.create_certificates(str(keys), "server")
+    worker_public, worker_secret = zmq.auth.create_certificates(str(keys / "workers"), "w-test")
     ctx = zmq.Context()
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(keys / "workers"))
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
+    router.curve_publickey, router.curve_secretkey = zmq.auth.load_certificate(server_secret)
+    router.curve_server = True
     port = router.bind_to_random_port("tcp://127.0.0.1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "warmserve", "worker", "--controller", f"tcp://127.0.0.1:{port}", "--device", "cpu",
          "--memory-gib", "0.1", "--threads", "1", "--worker-id", "w-test", "--heartbeat-interval-s", "0.2",
-         "--exit-with-parent"],
+         "--curve-server-key", server_public, "--curve-secret-key", worker_secret, "--exit-with-parent"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
     )
     try:
@@ -293,4 +310,5 @@ def test_worker_joins_a_controller_router_and_serves_it():
             proc.kill()
             proc.wait()
         router.close()
+        auth.stop()
         ctx.term()

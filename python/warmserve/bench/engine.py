@@ -2,8 +2,9 @@
 
 Side by side in one run, per demo model, on the same checkpoint and thread count:
 - prefill and decode tokens/s of our engine (weights in a memory-manager slot) and of transformers'
-  ``generate()`` (greedy, its default dynamic KV cache), at batch 1 and 16. Prefill time = the time to the first
-  token; decode tokens/s = (batch x (new tokens - 1)) / (total time - prefill time).
+  ``generate()`` (greedy, its default dynamic KV cache), at batch 1 and 16, the two alternating run by run.
+  Prefill time = the time to the first token (for generate(), when its streamer receives it); decode tokens/s =
+  (batch x (new tokens - 1)) / (total time - prefill time).
 - time to first token (TTFT) of one request when the model is prewarmed (activation: Engine over the resident
   weights), when it needs a cold load in a running process (load_model + activation), and when it needs a new
   process (spawned `python -c` that imports torch and warmserve, creates a pool, loads and runs one token).
@@ -58,57 +59,72 @@ def _pool_bytes(lm_weight_region: int, kv_block_bytes: int, blocks: int, page: i
     return lm_weight_region + blocks * kv_block_bytes + 8 * page
 
 
-def ours_throughput(lm, batch: int, prompt_tokens: int, new_tokens: int, repeats: int, device: str) -> dict:
+class _FirstTokenClock:
+    """A transformers streamer that notes when generate() hands over its first new token."""
+
+    def __init__(self):
+        self.calls = 0
+        self.first_s = None
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 2:  # the first call carries the prompt
+            self.first_s = time.perf_counter()
+
+    def end(self):
+        pass
+
+
+def throughput_pair(lm, hf, batch: int, prompt_tokens: int, new_tokens: int, repeats: int, device: str) -> tuple[dict, dict | None]:
+    """Ours and transformers' generate(), alternating run by run so machine noise hits both alike."""
+    import torch
+
     from warmserve.engine import Engine, SamplingParams
 
     prompts = _prompts(lm.config.vocab_size, batch, prompt_tokens)
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-    ttfts, totals = [], []
+    ids = torch.tensor(prompts, device=device)
+    mask = torch.ones_like(ids)
+    ours_t, hf_t = ([], []), ([], [])
     with Engine(lm, max_batch_tokens=max(2048, batch * prompt_tokens), max_num_seqs=max(batch, 1),
                 target_free_blocks=batch * 2) as eng:
-        eng.generate(prompts[:1], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
-        for r in range(repeats):
+
+        def run_ours(r):
             for i, p in enumerate(prompts):
                 eng.add_request(f"{r}-{i}", p, params)
             _sync(device)
             t0 = time.perf_counter()
-            eng.step()
+            n = sum(len(o.token_ids) for o in eng.step())
             _sync(device)
             t1 = time.perf_counter()
-            n = 0
             while eng.has_unfinished():
                 n += sum(len(o.token_ids) for o in eng.step())
             _sync(device)
-            t2 = time.perf_counter()
-            assert n == batch * (new_tokens - 1)
-            ttfts.append(t1 - t0)
-            totals.append(t2 - t0)
-    return _rates(batch, prompt_tokens, new_tokens, ttfts, totals)
+            assert n == batch * new_tokens
+            return t1 - t0, time.perf_counter() - t0
 
+        def run_hf(n_new):
+            clock = _FirstTokenClock()
+            with torch.inference_mode():
+                _sync(device)
+                t0 = time.perf_counter()
+                out = hf.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                  eos_token_id=None, pad_token_id=0, streamer=clock)
+                _sync(device)
+                t2 = time.perf_counter()
+            assert out.shape[1] == prompt_tokens + n_new
+            return clock.first_s - t0, t2 - t0
 
-def hf_throughput(path: str, batch: int, prompt_tokens: int, new_tokens: int, repeats: int, device: str, model=None) -> dict:
-    import torch
-
-    model = model or _hf_model(path, device)
-    ids = torch.tensor(_prompts(model.config.vocab_size, batch, prompt_tokens), device=device)
-    mask = torch.ones_like(ids)
-
-    def gen(n):
-        with torch.inference_mode():
-            _sync(device)
-            t = time.perf_counter()
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 eos_token_id=None, pad_token_id=0)
-            _sync(device)
-            assert out.shape[1] == prompt_tokens + n
-            return time.perf_counter() - t
-
-    gen(2)  # warm-up
-    ttfts, totals = [], []
-    for _ in range(repeats):
-        ttfts.append(gen(1))
-        totals.append(gen(new_tokens))
-    return _rates(batch, prompt_tokens, new_tokens, ttfts, totals)
+        run_ours("warm")
+        if hf is not None:
+            run_hf(2)
+        for r in range(repeats):
+            for store, res in ((ours_t, run_ours(r)), (hf_t, run_hf(new_tokens) if hf is not None else None)):
+                if res is not None:
+                    store[0].append(res[0])
+                    store[1].append(res[1])
+    ours = _rates(batch, prompt_tokens, new_tokens, *ours_t)
+    return ours, (_rates(batch, prompt_tokens, new_tokens, *hf_t) if hf is not None else None)
 
 
 def _hf_model(path: str, device: str):
@@ -227,10 +243,9 @@ def run(args) -> dict:
         hf = None if args.no_hf else _hf_model(path, device)
         for b in args.batches:
             rep = args.repeats if b * cfg.num_params() < 2e9 else 1
-            o = ours_throughput(lm, b, args.prompt_tokens, args.new_tokens, rep, device)
+            o, h = throughput_pair(lm, hf, b, args.prompt_tokens, args.new_tokens, rep, device)
             r[f"ours_b{b}"] = o
-            if hf is not None:
-                h = hf_throughput(path, b, args.prompt_tokens, args.new_tokens, rep, device, hf)
+            if h is not None:
                 r[f"hf_b{b}"] = h
                 r[f"prefill_speedup_b{b}"] = o["prefill_tok_s"] / h["prefill_tok_s"]
                 r[f"decode_speedup_b{b}"] = o["decode_tok_s"] / h["decode_tok_s"]

@@ -24,6 +24,7 @@ WINDOW_S = 600.0
 PERIOD = 144  # 10-minute windows per day
 DAYS = 14
 EVAL_DAYS = 7
+SELECT_DAYS = 2  # the selector's backtest: the two days before each evaluation day
 #: ServeGen's language models, each given one of the paper's latency profiles (prefill s, decode s per token)
 #: by size: m-large as the 70B model, m-mid as the 13B, m-small as the 7B.
 PROFILES = {"m-large": (0.100, 0.030), "m-mid": (0.070, 0.020), "m-small": (0.035, 0.015)}
@@ -142,10 +143,10 @@ def _simple(method: str, y: np.ndarray, start: int) -> np.ndarray:
 
 
 def evaluate(y: np.ndarray, start: int) -> tuple[dict, dict]:
-    """One-step forecasts of y for t >= start - PERIOD by every method (a day before the evaluation, for the
-    selector), and each method's fit time."""
+    """One-step forecasts of y for t >= start - SELECT_DAYS days by every method (the days before the
+    evaluation feed the selector), and each method's fit time."""
     preds, fit_s = {}, {}
-    lo = start - PERIOD
+    lo = start - SELECT_DAYS * PERIOD
     for m in METHODS:
         t0 = time.perf_counter()
         preds[m] = one_step(m, y, PERIOD, lo)[: len(y)]
@@ -153,9 +154,10 @@ def evaluate(y: np.ndarray, start: int) -> tuple[dict, dict]:
     preds["seasonal-naive"] = _simple("seasonal-naive", y, lo)[: len(y)]
     fit_s["seasonal-naive"] = 0.0
     chosen: list[str] = []
-    auto = np.full(len(y), np.nan)  # each evaluation day uses the method with the least error the day before
+    auto = np.full(len(y), np.nan)  # each evaluation day: the method with the least error on the days before
     for d0 in range(start, len(y), PERIOD):
-        errs = {m: mean_relative_error(preds[m][d0 - PERIOD: d0], y[d0 - PERIOD: d0]) for m in METHODS}
+        w = slice(d0 - SELECT_DAYS * PERIOD, d0)
+        errs = {m: mean_relative_error(preds[m][w], y[w]) for m in METHODS}
         best = min(METHODS, key=lambda m: (np.nan_to_num(errs[m], nan=np.inf), METHODS.index(m)))
         chosen.append(best)
         auto[d0: d0 + PERIOD] = preds[best][d0: d0 + PERIOD]
@@ -225,6 +227,7 @@ def main(args) -> int:
               + f" {r['methods']['auto']['avg_mre']:>9.1%} {r['methods']['paper']['avg_mre']:>9.1%}")
     summary = {}
     for group, sel in (("all", rows), ("periodic", [r for r in rows if r["periodic"]]),
+                       ("strongly_periodic", [r for r in rows if r["acf_24h"] >= 0.7]),
                        ("not_periodic", [r for r in rows if not r["periodic"]])):
         if not sel:
             continue
@@ -236,12 +239,12 @@ def main(args) -> int:
                 "fit_s_per_series": float(np.mean([r["methods"][m]["fit_s"] for r in sel]))}
             for m in ALL_METHODS}}
     print()
-    print(f"{'group':<13} {'n':>3} " + " ".join(f"{c[:12]:>12}" for c in cols) + "   peak MRE: mean / median over series")
+    print(f"{'group':<17} {'n':>3} " + " ".join(f"{c[:12]:>12}" for c in cols) + "   peak MRE: mean / median over series")
     for g, s in summary.items():
-        print(f"{g:<13} {s['series']:>3} " + " ".join(
+        print(f"{g:<17} {s['series']:>3} " + " ".join(
             f"{s[c]['peak_mre_mean']:>5.1%}/{s[c]['peak_mre_median']:<5.1%}".rjust(12) for c in cols))
     fit = summary["all"]
-    print("fit time per series (s, avg + peak, 8 days of origins): " +
+    print(f"fit time per series (s, avg + peak, {EVAL_DAYS + SELECT_DAYS} days of origins): " +
           ", ".join(f"{m} {fit[m]['fit_s_per_series']:.2f}" for m in METHODS))
     res = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
            "traces": os.path.abspath(traces), "dispersion": args.dispersion, "window_s": WINDOW_S, "eval_days": EVAL_DAYS, "series": rows,
@@ -262,7 +265,7 @@ def _plot(path: str, curves: dict, rows: list) -> None:
     import matplotlib.pyplot as plt
 
     pick = [r["series"] for r in rows if r["kind"] == "model"]
-    pick += [r["series"] for r in sorted((r for r in rows if r["kind"] == "client"), key=lambda r: -r["acf_24h"])][:1]
+    pick += [r["series"] for r in sorted((r for r in rows if r["kind"] == "client"), key=lambda r: -r["acf_24h"])][:2]
     fig, axes = plt.subplots(len(pick), 1, figsize=(11, 2.6 * len(pick)), sharex=True)
     days = np.arange(2 * PERIOD) / PERIOD
     for ax, name in zip(np.atleast_1d(axes), pick):
@@ -271,7 +274,8 @@ def _plot(path: str, curves: dict, rows: list) -> None:
         for m, c in (("paper", "tab:blue"), ("auto", "tab:orange")):
             ax.plot(days, preds[m][-2 * PERIOD:], color=c, lw=0.9, alpha=0.85, label=f"forecast: {m}")
         ax.set_title(name, fontsize=9)
-        ax.set_ylabel("in flight")
+        ax.set_yscale("log")
+        ax.set_ylabel("in flight (log)")
     np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper right")
     np.atleast_1d(axes)[-1].set_xlabel("days (last two of the evaluation)")
     fig.tight_layout()

@@ -151,7 +151,11 @@ class Api:
             body = (oa.completion_body if kind == "completion" else oa.chat_body)(
                 oa.new_id("cmpl" if kind == "completion" else "chatcmpl"), model.name, text.text,
                 finish, len(ids), handle.generated)
-            return _json(200, body)
+            resp = _json(200, body)
+            timing = handle.server_timing()
+            if timing:
+                resp.headers["Server-Timing"] = timing
+            return resp
         finally:
             self.active -= 1
 

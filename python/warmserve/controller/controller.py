@@ -39,10 +39,39 @@ START_ATTEMPTS = 3
 CALL_TIMEOUT_S = 60.0
 
 
-def local_midnight_offset_s(t: float) -> float:
-    """Seconds since the local midnight before wall time t: the policy's clock starts at a midnight."""
+def local_midnight(t: float) -> float:
+    """Unix time of the local midnight that starts the day of Unix time t."""
     lt = time.localtime(t)
-    return lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + (t % 1.0)
+    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
+#: Days before now where the policy's clock starts when no history reaches further back.
+CLOCK_DAYS_BACK = 7
+
+
+def policy_clock_origin(now_unix_s: float, history: dict | None) -> float:
+    """The policy's t = 0: a local midnight (so now_s % 86400 is the time of day) at or before every history
+    window and a week before now, so every window has a non-negative start."""
+    earliest = now_unix_s - CLOCK_DAYS_BACK * 86400
+    for starts, _, _ in (history or {}).values():
+        if len(starts):
+            earliest = min(earliest, float(min(starts)))
+    return local_midnight(earliest)
+
+
+def history_on_clock(history: dict | None, origin_s: float, models) -> dict | None:
+    """History windows (Unix-time starts) moved onto the policy's clock; models not served are left out."""
+    if not history:
+        return None
+    import numpy as np
+
+    out = {}
+    for m, (starts, avg, peak) in history.items():
+        if m not in models:
+            log.warning("history names model %r, which this cluster does not serve: ignored", m)
+            continue
+        out[m] = (np.asarray(starts, float) - origin_s, np.asarray(avg, float), np.asarray(peak, float))
+    return out
 
 
 class _Instance:
@@ -79,7 +108,13 @@ class Controller:
         infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=1, kv_bytes_per_token=m.kv_bytes_per_token)
                  for m in models]
         self.policy_config = policy_config or PolicyConfig(window_s=self.cc.window_s)
-        self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config, history=history or None)
+        now_unix = time.time()
+        self._t0_mono = time.monotonic()
+        #: Unix time of the policy clock's t = 0; now_s() counts from it.
+        self.clock_origin_s = policy_clock_origin(now_unix, history)
+        self._t0_s = now_unix - self.clock_origin_s
+        self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config,
+                                  history=history_on_clock(history, self.clock_origin_s, self.models))
         self.state = ClusterState(servers=[], gpus=[], models={i.name: i for i in infos})
         self.state.queued = {m: 0 for m in self.models}
         self.metrics = ControllerMetrics()
@@ -92,8 +127,6 @@ class Controller:
         self.closing = False
         self._tasks: list[asyncio.Task] = []
         self._bg: set[asyncio.Task] = set()
-        self._t0_mono = time.monotonic()
-        self._t0_s = local_midnight_offset_s(time.time())
         self._next_rid = 0
         self.worker_event: asyncio.Event | None = None
         #: Model -> monotonic time before which no new start is tried (after a failed one), and failure counts.
@@ -247,6 +280,7 @@ class Controller:
         msg = P.Generate(id=gid, model=req.model, prompt_ids=req.prompt_ids, sampling=P.Sampling(
             max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed))
         req.worker, req.instance_id = w, iid
+        req.sent_s = time.monotonic()
         w.gens[gid] = req
         self.state.instances[iid].in_flight += 1
         try:
@@ -277,6 +311,7 @@ class Controller:
                 return
             req.push(msg.token_ids)
             if msg.finished:
+                req.end_s = time.monotonic()
                 self._end_gen(w, msg.id)
                 req.finish(msg.finish_reason or "stop")
                 self._request_done(req, msg.finish_reason or "stop")
@@ -326,6 +361,8 @@ class Controller:
         elif isinstance(act, (A.Evict, A.CancelPrewarm)):
             self._drop_prewarm(act.prewarm_id)
         elif isinstance(act, A.StartInstance):
+            if self._start_backoff.get(act.model, 0.0) > time.monotonic():
+                return  # its last start failed moments ago; the policy asks again on a later tick
             w = self._gpu(act.gpus)
             for pid in act.evict:
                 self._drop_prewarm(pid)

@@ -16,15 +16,31 @@ from warmserve.errors import InvalidArgumentError
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
+def _engine_tokenizer_class():
+    """warmserve.engine.tokenizer.Tokenizer without running warmserve.engine's __init__, which imports torch:
+    the controller only tokenizes, and torch would cost it seconds at start and hundreds of MiB."""
+    import importlib.util
+    import sys
+
+    mod = sys.modules.get("warmserve.engine.tokenizer")
+    if mod is None:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location("warmserve._controller_tokenizer",
+                                                      os.path.join(here, "engine", "tokenizer.py"))
+        if spec is None or spec.loader is None:
+            return None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    return getattr(mod, "Tokenizer", None)
+
+
 def load_tokenizer(path: str):
-    """The engine's tokenizer when it is there; tokenizers' own reader of tokenizer.json otherwise."""
+    """The engine's tokenizer (with the chat template); tokenizers' own reader of tokenizer.json otherwise."""
     try:
-        from warmserve.engine.tokenizer import Tokenizer
-    except ImportError:
-        Tokenizer = None
-    if Tokenizer is not None:
-        return Tokenizer(path)
-    return _PlainTokenizer(path)
+        cls = _engine_tokenizer_class()
+    except (ImportError, OSError):
+        cls = None
+    return cls(path) if cls is not None else _PlainTokenizer(path)
 
 
 class _PlainTokenizer:

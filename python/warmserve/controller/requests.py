@@ -18,6 +18,7 @@ class Req:
     __slots__ = (
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s",
+        "sent_s", "end_s",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
@@ -36,6 +37,8 @@ class Req:
         self.instance_id: str | None = None
         self.done = False
         self.reroutes = 0
+        self.sent_s: float | None = None   # when its Generate left for the worker (last one, if re-routed)
+        self.end_s: float | None = None    # when the worker's final event arrived
         self._q: asyncio.Queue = asyncio.Queue()
         self._abort_cb = None       # set by the controller: abort(req) frees it wherever it is
 
@@ -50,6 +53,13 @@ class Req:
         self.last_token_s = now
         self.generated += len(token_ids)
         self._q.put_nowait(token_ids)
+
+    def server_timing(self) -> str:
+        """A Server-Timing header value: time queued in the controller, and the worker's share (ZeroMQ both ways
+        plus the engine), in ms. What a client measures beyond these is the controller's (and HTTP's) share."""
+        if self.sent_s is None or self.end_s is None:
+            return ""
+        return f"queue;dur={(self.sent_s - self.arrival_s) * 1e3:.3f}, worker;dur={(self.end_s - self.sent_s) * 1e3:.3f}"
 
     def finish(self, reason: str) -> None:
         if self.done:

@@ -76,7 +76,8 @@ def build_config(args) -> ClusterConfig:
 
 def read_history(path: str) -> dict:
     """Per-model load history: CSV with columns model, window_start_s, avg, peak (one row per window), or JSON
-    {model: {"window_start_s": [...], "avg": [...], "peak": [...]}}. Returns model -> (starts, avgs, peaks)."""
+    {model: {"window_start_s": [...], "avg": [...], "peak": [...]}}. Starts are Unix times (seconds); avg and
+    peak are the window's time-weighted mean and peak in-flight requests. Returns model -> (starts, avgs, peaks)."""
     import numpy as np
 
     if not os.path.isfile(path):

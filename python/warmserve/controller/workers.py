@@ -18,7 +18,6 @@ import weakref
 from dataclasses import dataclass, field
 
 import zmq
-import zmq.asyncio
 
 from warmserve import protocol as P
 from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError
@@ -48,8 +47,6 @@ class WorkerRecord:
     gens: dict = field(default_factory=dict)
     #: Calls awaiting a reply, by id.
     calls: dict = field(default_factory=dict)
-    #: Serialises model operations (prewarm, evict, activate, deactivate) on this worker in the order issued.
-    ops: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The local process, when the controller spawned it.
     proc: subprocess.Popen | None = None
 
@@ -68,7 +65,9 @@ class WorkerHub:
     ``on_hello(ident, hello)``, ``on_event(worker, msg)`` for stream events, ``on_lost(worker, why)``."""
 
     def __init__(self, bind: str, *, on_hello, on_event, on_lost, curve_dir: str = ""):
-        self.ctx = zmq.asyncio.Context()
+        # A plain socket driven by the event loop's reader callback: zmq.asyncio wraps every send in a future,
+        # which costs more than the send itself on the per-request path.
+        self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -84,6 +83,9 @@ class WorkerHub:
         self.workers: dict[bytes, WorkerRecord] = {}
         self.on_hello, self.on_event, self.on_lost = on_hello, on_event, on_lost
         self._next_id = 1
+        self._fd = self.sock.getsockopt(zmq.FD)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_scheduled = False
         self._finalizer = weakref.finalize(self, _close_sock, self.sock, self.ctx)
 
     def next_id(self) -> int:
@@ -96,13 +98,12 @@ class WorkerHub:
         """Send without waiting; a worker that cannot be reached is declared lost (its requests re-routed)."""
         if not w.alive:
             raise WorkerLostError(f"{w!r} is lost", worker_id=w.worker_id)
-        # With NOBLOCK an asyncio socket sends at once and reports the outcome in an already-finished future.
-        sent = self.sock.send_multipart([w.ident, P.encode(msg)], zmq.NOBLOCK)
-        e = sent.exception() if sent.done() else None
-        if e is not None:
-            why = e.strerror if isinstance(e, zmq.ZMQError) else str(e)
-            self.lose(w, f"send failed: {why}")
-            raise WorkerLostError(f"{w!r} cannot be reached ({why})", worker_id=w.worker_id)
+        try:
+            self.sock.send_multipart([w.ident, P.encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            self.lose(w, f"send failed: {e.strerror}")
+            raise WorkerLostError(f"{w!r} cannot be reached ({e.strerror})", worker_id=w.worker_id) from None
+        self._check_readable()
 
     def start_call(self, w: WorkerRecord, msg, on_progress=None) -> asyncio.Future:
         """Send a request now (so requests to one worker keep the order they were issued in) and return the
@@ -147,38 +148,62 @@ class WorkerHub:
     # ------------------------------------------------------------------------------------------------ receiving
 
     async def recv_loop(self) -> None:
-        while True:
+        """Receive for as long as the task runs. ZMQ_FD is edge-triggered: it signals "state changed", so every
+        wake-up reads until EAGAIN, and every send checks whether it made a message readable."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._check_readable()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if not self.sock.closed:
+                self._loop.remove_reader(self._fd)
+
+    def _check_readable(self) -> None:
+        if self._loop is not None and not self._drain_scheduled and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        self._drain_scheduled = False
+        if self.sock.closed:
+            return
+        for _ in range(1024):
             try:
-                frames = await self.sock.recv_multipart()
-            except (zmq.ContextTerminated, asyncio.CancelledError):
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
                 return
-            except zmq.ZMQError as e:
-                if e.errno == zmq.ENOTSOCK:
-                    return
-                raise
-            if len(frames) != 2:
-                log.warning("dropping a %d-frame message", len(frames))
-                continue
-            ident, data = frames
-            try:
-                msg = P.decode_reply(data)
-            except WarmServeError as e:
-                log.warning("malformed message from %r: %s", ident, e)
-                continue
-            w = self.workers.get(ident)
-            if isinstance(msg, P.Hello):
-                if w is None or not w.alive:
-                    self.on_hello(ident, msg)
-                else:
-                    w.last_seen_s = time.monotonic()
-                continue
+            except zmq.ZMQError:
+                return  # closed under us at shutdown
+            self._handle(frames)
+        # Still more: yield to other tasks (HTTP) and come back.
+        self._drain_scheduled = True
+        self._loop.call_soon(self._on_readable)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("dropping a %d-frame message", len(frames))
+            return
+        ident, data = frames
+        try:
+            msg = P.decode_reply(data)
+        except WarmServeError as e:
+            log.warning("malformed message from %r: %s", ident, e)
+            return
+        w = self.workers.get(ident)
+        if isinstance(msg, P.Hello):
             if w is None or not w.alive:
-                continue  # a lost worker talking again must say Hello to start over
-            w.last_seen_s = time.monotonic()
-            try:
-                self._dispatch(w, msg)
-            except Exception:  # one bad event must not stop the receive loop
-                log.exception("handling %s from %r", type(msg).__name__, w)
+                self.on_hello(ident, msg)
+            else:
+                w.last_seen_s = time.monotonic()
+            return
+        if w is None or not w.alive:
+            return  # a lost worker talking again must say Hello to start over
+        w.last_seen_s = time.monotonic()
+        try:
+            self._dispatch(w, msg)
+        except Exception:  # one bad event must not stop the receive loop
+            log.exception("handling %s from %r", type(msg).__name__, w)
 
     def _dispatch(self, w: WorkerRecord, msg) -> None:
         if isinstance(msg, P.Heartbeat):
@@ -246,7 +271,7 @@ def _curve_server(ctx, sock, curve_dir: str):
     """CURVE on the ROUTER: the controller's secret key from curve_dir/server.key_secret, and only workers whose
     public keys sit in curve_dir/workers/ are let in (ZAP)."""
     import zmq.auth
-    from zmq.auth.asyncio import AsyncioAuthenticator
+    from zmq.auth.thread import ThreadAuthenticator
 
     secret = os.path.join(curve_dir, "server.key_secret")
     if not os.path.isfile(secret):
@@ -255,7 +280,7 @@ def _curve_server(ctx, sock, curve_dir: str):
             f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in {curve_dir}/workers"
         )
     public, secret_key = zmq.auth.load_certificate(secret)
-    auth = AsyncioAuthenticator(ctx)
+    auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=os.path.join(curve_dir, "workers"))
     sock.curve_secretkey = secret_key

@@ -72,16 +72,6 @@ class Engine:
         self._init(model, kv, lm.tokenizer, lm.max_context, max_batch_tokens, max_num_seqs)
         self._finalizer = weakref.finalize(self, Engine._release, kv, weakref.ref(lm), id(self))
 
-    @classmethod
-    def from_tensors(cls, model: Model, kv: KVCache, tokenizer=None, max_context: int | None = None,
-                     max_batch_tokens: int = 2048, max_num_seqs: int = 64) -> "Engine":
-        """An engine over plain tensors (no slot): for references and tests of the math alone."""
-        self = cls.__new__(cls)
-        self.lm = None
-        self._init(model, kv, tokenizer, max_context or model.cfg.max_position_embeddings, max_batch_tokens, max_num_seqs)
-        self._finalizer = None
-        return self
-
     def _init(self, model, kv, tokenizer, max_context, max_batch_tokens, max_num_seqs):
         self.model = model
         self.cfg = model.cfg
@@ -300,8 +290,7 @@ class Engine:
             self.abort(rid)
         self._aborted = []
         self.closed = True
-        if self._finalizer is not None:
-            self._finalizer()
+        self._finalizer()
         self.model = None
         self.kv = None
         self.scheduler = None

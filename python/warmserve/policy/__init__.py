@@ -22,6 +22,8 @@ Build::
                          history={"llama-7b": (window_start_s, avg_concurrency, peak_concurrency)})
 
 ``history`` (optional) holds earlier windows per model as three equal-length arrays; a window of NaN is missing.
+Window starts must be >= 0, so a run whose history covers D days starts its clock at ``D * 86400`` (or later).
+A model with no history gets no prewarm until it has been observed for a window; it still autoscales.
 
 Drive::
 
@@ -46,7 +48,8 @@ Applying actions (the driver keeps ``state`` in step; see ``actions`` for each o
 - ``CancelPrewarm`` / ``Evict``: delete the prewarm, free its memory.
 - ``StartInstance``: delete the prewarms in ``evict``; if ``prewarm_id`` is set, take that prewarm's weights and
   delete it from ``state.prewarms``; add ``InstanceState(ready_s=None, created_s=now_s)``; set ``ready_s`` and
-  ``kv_blocks_total``/``kv_blocks_mapped`` when it can serve.
+  ``kv_blocks_total``/``kv_blocks_mapped`` when it can serve (``apply.kv_blocks_for`` gives the total:
+  ``kv_fraction`` of the GPU memory left after the model's own shard).
 - ``StopInstance``: set ``draining``; route nothing more to it; delete it when ``in_flight`` reaches 0.
 - ``SetKvTarget``: map or unmap KV pages so that ``kv_blocks_mapped = min(total, used + free_blocks)``.
 
@@ -65,6 +68,11 @@ Policies by name (``POLICY_NAMES``): ``warmserve``, ``autoscale`` (reactive, no 
 cold, weights from host memory), ``shared`` (static colocation of every model with fixed KV shares; several
 instances per GPU), ``dedicated`` (fixed GPUs per model), and the ablations ``no-kv-reservation``,
 ``round-robin-placement``, ``reactive`` (plans prewarms from the last window instead of a forecast).
+``shared`` and ``dedicated`` lay out all their instances on the first tick and never change them; route() sends a
+request to the model's least-loaded instance whatever its load, and returns None for a model that got no GPUs.
+
+``apply.apply(state, action, now_s)`` is the reference bookkeeping for every action (instant loads); drivers
+with real or simulated durations make the same changes spread over time.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ class PolicyConfig:
     #: Residuals in the forecast's online correction (§1).
     residual_windows: int = 10
     #: Forecaster per model: "paper" (slot-of-day prior + residual correction), "holt-winters", "stl",
-    #: "last-value" (persistence), or "auto" (picked per model by a rolling backtest over the last day, redone
-    #: each day).
+    #: "last-value" (persistence), or "auto" (picked per model by a rolling backtest over the last two days,
+    #: redone each day).
     forecaster: str = "paper"
     #: Prewarm replicas from forecasts at all (False: the `autoscale` baseline).
     prewarm: bool = True

@@ -154,14 +154,18 @@ class Board:
         self.by_server[r.server][r.prewarm_id] = r
         cols = self._cols(r.mask)
         tp = len(cols)
-        self.free[r.server, cols] -= r.shard_bytes
-        self.share[r.server, cols] += r.score / tp
-        self.nrep[r.server, cols] += 1.0 / tp
-        self.maxscore[r.server, cols] = np.maximum(self.maxscore[r.server, cols], r.score)
+        s = r.server
+        for k in cols:  # scalar updates: cheaper than fancy indexing for at most 8 entries
+            self.free[s, k] -= r.shard_bytes
+            self.share[s, k] += r.score / tp
+            self.nrep[s, k] += 1.0 / tp
+            if r.score > self.maxscore[s, k]:
+                self.maxscore[s, k] = r.score
         mm = self.model_masks.setdefault(r.model, {})
-        mm[r.server] = mm.get(r.server, 0) | r.mask
+        mm[s] = mm.get(s, 0) | r.mask
         for t in TPS:
-            self.forb[t][r.server] |= CONFLICT[t][r.mask]
+            row = self.forb[t][s]
+            np.logical_or(row, CONFLICT[t][r.mask], out=row)
 
     def remove(self, prewarm_id: str) -> Replica:
         r = self.reps.pop(prewarm_id)
@@ -210,7 +214,8 @@ class Board:
 
     @staticmethod
     def _pack(b: np.ndarray) -> np.ndarray:
-        return (b.astype(np.int64) << np.arange(MAX_GPUS_PER_SERVER)).sum(axis=1)
+        """Rows of 8 booleans as 8-bit masks (bit k = local GPU k)."""
+        return np.packbits(b, axis=1, bitorder="little")[:, 0].astype(np.int64)
 
     # ---- placing prewarms -------------------------------------------------------------------------------
 
@@ -241,6 +246,14 @@ class Board:
     def _best_group(self, m: ModelInfo, score: float):
         tp = m.tp
         gm = GROUPS[tp]
+        # Fast path: tp idle GPUs with no replica at all form a master group with nothing overlapped, the best
+        # key there is; take the lowest such GPUs of the first server that has them (what the search would pick).
+        empty = (self.nrep <= 1e-9) & ~self.busy & (self.free >= m.shard_bytes)
+        counts = empty.sum(axis=1)
+        if counts.max(initial=0) >= tp:
+            s = int(np.argmax(counts >= tp))
+            cols = np.nonzero(empty[s])[0][:tp]
+            return s, int(sum(1 << int(k) for k in cols))
         bad = self._pack(self.free < m.shard_bytes) | self._model_rows(m.name)
         feasible = ((bad[:, None] & gm[None, :]) == 0) & ~self.forb[tp]
         if not feasible.any():

@@ -63,13 +63,13 @@ def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, tota
     """A big cluster (8 GPUs per server) under the ServeGen recipe (or the paper's, on conv)."""
     models = mixed_models(n_models)
     names = [m.name for m in models]
-    rate = total_rate_rps if total_rate_rps is not None else 1.5 * n_gpus
+    rate = total_rate_rps if total_rate_rps is not None else 1.0 * n_gpus
 
     def build(rate_scale: float = 1.0, seed: int = 0) -> Workload:
         if recipe == "servegen":
             w = servegen_workload(n_models, total_rate_rps=rate * rate_scale, duration_s=duration_s,
                                   history_days=2, seed=seed, include_aggregates=False,
-                                  max_prompt_tokens=4096, path=None)
+                                  max_prompt_tokens=4096, repeat_days=6)
             rename = dict(zip(w.models, names))
             w.trace.models = [rename[m] for m in w.trace.models]
             w.history.models = list(w.trace.models)

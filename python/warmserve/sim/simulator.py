@@ -374,7 +374,9 @@ class Simulator:
             loaded = begin + self.cost.load_s(c)
             for g in gpus:
                 self.link_free[g] = loaded
-            kv_bytes = min(ist.kv_blocks_total, self._free_blocks(inst)) * info.kv_block_bytes
+            # an engine started from scratch allocates its whole KV cache before serving; WarmServe's engine
+            # maps KV pages lazily while it serves (PAPER.md section 7), so only the cold engine pays for it
+            kv_bytes = 0 if act.warm_engine else min(ist.kv_blocks_total, self._free_blocks(inst)) * info.kv_block_bytes
             ready = loaded + self.cost.kv_map_s(kv_bytes)
         st.instances[act.instance_id] = ist
         self.insts[act.instance_id] = inst

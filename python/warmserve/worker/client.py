@@ -172,7 +172,10 @@ class SyncClientBase:
 
 
 class WorkerClient(SyncClientBase):
-    """Sync ZeroMQ client of one worker (a DEALER connected to the worker's ROUTER)."""
+    """Sync ZeroMQ client of one worker (a DEALER connected to the worker's ROUTER).
+
+    It reads the socket and sends its heartbeats only while one of its calls or streams is being waited on: a
+    stream left unread for longer than the worker's ``--peer-timeout-s`` is aborted by the worker."""
 
     def __init__(self, endpoint: str, *, heartbeat_interval_s: float = 1.0, worker_timeout_s: float = 10.0,
                  hwm: int = 100_000, default_timeout_s: float = 60.0):
@@ -260,14 +263,20 @@ class AsyncTokenStream:
         return self._iter()
 
     async def _iter(self):
-        try:
-            while not self.done:
-                msg = _raise_if_error(await self.client._get(self.queue, self.id, self.timeout_s))
-                if isinstance(msg, P.Tokens):
-                    self.done = msg.finished
-                    yield msg
-        finally:
-            self.client._queues.pop(self.id, None)
+        while not self.done:
+            try:
+                msg = await self.client._get(self.queue, self.id, self.timeout_s)
+            except errors.WorkerLostError:
+                self.done = True
+                self.client._queues.pop(self.id, None)
+                raise
+            if isinstance(msg, P.Error) or (isinstance(msg, P.Tokens) and msg.finished):
+                self.done = True  # only the end of the request forgets it: an abandoned iterator drops nothing
+                self.client._queues.pop(self.id, None)
+            if isinstance(msg, P.Tokens):
+                yield msg
+            else:
+                _raise_if_error(msg)
 
     async def abort(self) -> None:
         if not self.done:

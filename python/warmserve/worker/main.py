@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="page-pool size in GiB (default: 4 on cpu, 90%% of free GPU memory on cuda)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
     p.add_argument("--worker-id", default=None, help="name of this worker (default HOST-PID-DEVICE)")
-    p.add_argument("--heartbeat-interval-s", type=float, default=1.0)
+    p.add_argument("--heartbeat-interval-s", type=float, default=1.0,
+                   help="seconds between heartbeats to peers (Stats pushes to a controller)")
     p.add_argument("--peer-timeout-s", type=float, default=30.0,
                    help="abort a client's generations after this long without a message from it")
     p.add_argument("--ready-fd", type=int, default=None,
@@ -42,12 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_device(device: str) -> None:
-    if device != "cpu" and not (device.startswith("cuda") and (device == "cuda" or device[5:6] == ":" and device[6:].isdigit())):
+    ok = device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    if not ok:
         raise errors.InvalidArgumentError(f"--device must be cpu or cuda:N, got {device!r}", device=device)
 
 
-def build_pool(device: str, memory_gib: float | None):
-    """The page pool of a device: all pages created now, so that later only map and unmap happen."""
+def build_pool(device: str, memory_gib: float | None, prefault: bool = True):
+    """The page pool of a device: all pages created now, so that later only map and unmap happen (and, with
+    prefault, touched now on the host, so no load pays for first touches)."""
     from ..memory import PAGE_BYTES, PagePool
 
     check_device(device)
@@ -69,7 +72,9 @@ def build_pool(device: str, memory_gib: float | None):
             f"a pool of {capacity} bytes holds no {PAGE_BYTES >> 20} MiB page: raise --memory-gib",
             capacity_bytes=capacity, page_bytes=PAGE_BYTES,
         )
-    return PagePool(pages * PAGE_BYTES, backend="host" if device == "cpu" else "cuda", device=index)
+    if device == "cpu":
+        return PagePool(pages * PAGE_BYTES, backend="host", device=0, prefault=prefault)
+    return PagePool(pages * PAGE_BYTES, backend="cuda", device=index)
 
 
 def prewarm_engine(device: str, threads: int | None) -> None:

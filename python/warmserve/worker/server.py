@@ -7,10 +7,11 @@ Two ways to be reached:
   The worker says ``Hello`` every heartbeat until the controller has said anything, so a controller that starts
   later, or restarts, learns about it.
 
-Bounds: messages over ``max_message_bytes`` drop their connection; sends never block (a peer whose queue is full past ``hwm`` messages, or that is gone, has its generations
-aborted); every poll has a timeout (0 while engines have work, so stepping never waits on the socket); at most
-``max_batch`` messages are read between two engine steps. Heartbeats go both ways: a peer silent for
-``peer_timeout_s`` has its generations aborted, so a dead client does not hold KV blocks.
+Bounds: a message over ``max_message_bytes`` drops its connection; sends never block (a peer whose queue is full
+past ``hwm`` messages, or that is gone, has its generations aborted); every poll has a timeout (0 while engines
+have work, so stepping never waits on the socket); at most ``max_batch`` messages are read between two engine
+steps. Heartbeats go both ways: a peer silent for ``peer_timeout_s`` has its generations aborted, so a dead
+client does not hold KV blocks. A malformed message gets a ``ProtocolError`` reply and the loop goes on.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class WorkerServer:
             self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         else:
             self.sock.setsockopt(zmq.ROUTING_ID, core.worker_id.encode())
+            # Queue nothing while the controller is away: stale Hellos would arrive in a burst, and replies the
+            # controller can no longer match are better dropped here, their generations aborted, at once.
+            self.sock.setsockopt(zmq.IMMEDIATE, 1)
             if curve_server_key:
                 _curve_client(self.sock, curve_server_key, curve_secret_key)
             self.sock.connect(controller)
@@ -78,6 +82,7 @@ class WorkerServer:
         self.controller_heard = False
         self.parent_pid = os.getppid() if exit_with_parent else None
         self.malformed = 0
+        self._controller_unreachable = False
 
     def hello(self) -> P.Hello:
         pool = self.core.pool
@@ -175,10 +180,16 @@ class WorkerServer:
             else:
                 self.sock.send(data, zmq.NOBLOCK)
         except zmq.ZMQError as e:
-            # Gone (EHOSTUNREACH) or not reading (EAGAIN at the high-water mark): nobody will read the rest.
+            # Gone (EHOSTUNREACH), not reading (EAGAIN at the high-water mark), or, for a controller, not connected
+            # (yet, or refused by CURVE): nobody will read the rest.
             self.last_seen.pop(peer, None)
             n = self.core.drop_peer(peer)
-            log.warning("cannot send to peer %r (%s): aborted its %d generations", peer, e.strerror, n)
+            if n or not self._controller_unreachable:  # a controller that is not there yet: say it once
+                who = f"the controller at {self.endpoint}" if not self.routed else f"peer {peer!r}"
+                log.warning("cannot send to %s (%s); aborted %d generations", who, e.strerror, n)
+            self._controller_unreachable = not self.routed
+        else:
+            self._controller_unreachable = False
 
     def close(self) -> None:
         if self._finalizer.alive:

@@ -139,9 +139,10 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
 
 
 def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS, path: str | None = None,
-                    include_aggregates: bool = False) -> list[sg.ClientWindows]:
+                    include_aggregates: bool = False, repeat_days: int = 0) -> list[sg.ClientWindows]:
     """The largest client series of the given ServeGen models, round-robin over models (so every model is
-    represented), optionally preceded by each model's aggregate (all its clients together)."""
+    represented), optionally preceded by each model's aggregate (all its clients together). With
+    ``repeat_days`` > 0 and too few series, series are reused shifted by 1, 2, ... days (named ``...dK``)."""
     cw = sg.load_client_windows(path, models)
     by_model = {m: sorted((c for c in cw.values() if c.model == m), key=lambda c: -c.total_requests())
                 for m in models}
@@ -155,9 +156,19 @@ def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
             if k < len(by_model[m]) and len(out) < n_models:
                 out.append(by_model[m][k])
         k += 1
-    if len(out) < n_models:
+    if len(out) < n_models and not repeat_days:
         raise ValueError(f"ServeGen data has {len(out)} series for models {models}, asked for {n_models}: "
-                         f"pass path= to the full client windows file or ask for fewer models")
+                         f"pass path= to the full client windows file, allow repeat_days, or ask for fewer models")
+    base, k = list(out), 1
+    while len(out) < n_models and k <= repeat_days:
+        # the same client k days earlier: a distinct, equally real load pattern
+        for s in base[: n_models - len(out)]:
+            out.append(sg.ClientWindows(s.model, s.client_id, s.t_s + k * DAY_S, s.rate_rps, s.cv, s.is_gamma,
+                                        s.shape, s.scale, day_shift=k))
+        k += 1
+    if len(out) < n_models:
+        raise ValueError(f"ServeGen data has {len(base)} series (x{repeat_days + 1} with day shifts) for models "
+                         f"{models}, asked for {n_models}")
     return out[:n_models]
 
 
@@ -174,7 +185,7 @@ def servegen_workload(n_models: int = 32, *, start_s: float = 13 * DAY_S + 20 * 
                       rate_scale: float = 1.0, max_prompt_tokens: int | None = None, burst_cv: float | None = None,
                       time_scale: float = 1.0, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
                       include_aggregates: bool = False, seed: int = 0, path: str | None = None,
-                      pmf_path: str | None = None) -> Workload:
+                      pmf_path: str | None = None, repeat_days: int = 0) -> Workload:
     """The ServeGen recipe: each client series (and optionally each model's aggregate) becomes a distinct
     model; arrivals from the published per-window Gamma/Weibull fits; token lengths from the published PMF of
     the ServeGen model the series belongs to; history from the same slot of earlier days.
@@ -182,8 +193,9 @@ def servegen_workload(n_models: int = 32, *, start_s: float = 13 * DAY_S + 20 * 
     ``start_s`` is the replay start in ServeGen time (t=0 is local midnight of day 0; default day 13, 20:00).
     ``total_rate_rps`` rescales all series together so the replayed span's expected total rate is that value.
     """
-    series = servegen_series(n_models, models, path, include_aggregates)
-    if start_s - history_days * DAY_S - pre_s < 0:
+    series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
+    shift = max((s.day_shift for s in series), default=0)
+    if start_s - (history_days + shift) * DAY_S - pre_s < 0:
         raise ValueError(f"start_s={start_s} leaves no room for {history_days} history days and pre_s={pre_s}: "
                          f"start at day {history_days} or later")
     expected = 0.0

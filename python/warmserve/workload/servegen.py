@@ -42,10 +42,13 @@ class ClientWindows:
     is_gamma: np.ndarray  # bool: Gamma fit; otherwise Weibull
     shape: np.ndarray
     scale: np.ndarray
+    #: this series replays the client's data shifted this many days later (0: as published)
+    day_shift: int = 0
 
     @property
     def name(self) -> str:
-        return self.model if self.client_id < 0 else f"{self.model}.c{self.client_id}"
+        base = self.model if self.client_id < 0 else f"{self.model}.c{self.client_id}"
+        return base + (f".d{self.day_shift}" if self.day_shift else "")
 
     def total_requests(self) -> float:
         return float(self.rate_rps.sum() * WINDOW_S)

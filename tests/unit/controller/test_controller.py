@@ -21,17 +21,27 @@ MODEL = "llama-20m"
 
 @pytest.fixture(scope="module")
 def model():
-    from warmserve.engine.demo import write_demo_models
+    import os
 
-    return served_model(ModelSpec(path=write_demo_models(None, [MODEL])[MODEL]))
+    home = os.environ.get("WARMSERVE_HOME")
+    path = os.path.join(home, "demo") if home else os.path.expanduser("~/.cache/warmserve/demo")
+    path = os.path.join(path, MODEL)
+    if not os.path.isfile(os.path.join(path, "config.json")):  # written once; importing the writer costs torch
+        from warmserve.engine.demo import write_demo_models
+
+        path = write_demo_models(None, [MODEL])[MODEL]
+    return served_model(ModelSpec(path=path))
 
 
 class Peer:
     """A scripted worker: answers Prewarm/Activate/GetStats/Generate as told, records what it got."""
 
-    def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7)):
+    def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7),
+                 curve=None):
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
+        if curve is not None:  # (server public key, own public key, own secret key)
+            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = curve
         self.sock.setsockopt(zmq.ROUTING_ID, wid.encode())
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
@@ -206,5 +216,70 @@ def test_requests_queued_on_a_lost_worker_move_to_another(model):
         await c.close(drain=False)
         a.close()
         b.close()
+
+    run(main())
+
+
+def test_history_drives_a_prewarm_that_the_next_start_uses(model):
+    """A history with load on model b every window: the first plan prewarms b; b's first request then starts an
+    instance from that prewarm (Activate with no second Prewarm), counted as a prewarm hit."""
+    import dataclasses
+
+    import numpy as np
+
+    a = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="a"))
+    b = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="b"))
+    now = time.time()
+    starts = np.arange(now - 2 * 86400, now - 30, 30.0)
+    history = {"a": (starts, np.zeros_like(starts), np.zeros_like(starts)),
+               "b": (starts, np.full_like(starts, 8.0), np.full_like(starts, 40.0))}
+
+    async def main():
+        cc = ControllerConfig(tick_s=0.05, heartbeat_interval_s=0.05, worker_timeout_s=0.5, window_s=30)
+        c = Controller(ClusterConfig(models=(a.spec, b.spec), controller=cc), [a, b], history=history)
+        assert c.now_s() % 86400 == pytest.approx((now - c.clock_origin_s) % 86400, abs=5)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        for _ in range(100):
+            if c.prewarms and all(p.loaded for p in c.prewarms.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert [p.model for p in c.prewarms.values()] == ["b"]
+        assert [m.name for m in peer.got if isinstance(m, P.Prewarm)] == ["b"]
+        assert await collect(c.submit_nowait("b", [1], Sampling())) == [5, 6, 7]
+        assert [m.name for m in peer.got if isinstance(m, P.Prewarm)] == ["b"]  # no cold load
+        assert c.metrics.prewarm_hits.get(model="b") == 1 and c.metrics.prewarm_misses.get(model="b") == 0
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_curve_admits_only_workers_with_known_keys(model, tmp_path):
+    import zmq.auth
+
+    zmq.auth.create_certificates(str(tmp_path), "server")
+    (tmp_path / "workers").mkdir()
+    (tmp_path / "strangers").mkdir()
+    zmq.auth.create_certificates(str(tmp_path / "workers"), "w1")
+    zmq.auth.create_certificates(str(tmp_path / "strangers"), "w2")
+    server_pub, _ = zmq.auth.load_certificate(str(tmp_path / "server.key"))
+
+    async def main():
+        c = make_controller(model, curve_dir=str(tmp_path))
+        ep = await c.start()
+        stranger = Peer(ep, wid="host-9-cpu0", curve=(server_pub, *zmq.auth.load_certificate(
+            str(tmp_path / "strangers" / "w2.key_secret"))))
+        with pytest.raises(WarmServeError, match="0 of 1 workers"):
+            await c.wait_for_workers(1, 1.0)
+        friend = Peer(ep, wid="host-1-cpu0", curve=(server_pub, *zmq.auth.load_certificate(
+            str(tmp_path / "workers" / "w1.key_secret"))))
+        await c.wait_for_workers(1, 5)
+        assert [w.worker_id for w in c.gpu_workers] == ["host-1-cpu0"]
+        assert await collect(c.submit_nowait(MODEL, [1], Sampling())) == [5, 6, 7]
+        await c.close(drain=False)
+        friend.close()
+        stranger.close()
 
     run(main())

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from warmserve.errors import CancelledError, InvalidArgumentError, OutOfMemoryError, TimeoutError_, ViewsAliveError
+from warmserve.errors import CancelledError, DriverError, InvalidArgumentError, OutOfMemoryError, TimeoutError_, ViewsAliveError
 from warmserve.memory import PagePool
 
 SMALL_PAGE = 4096  # the pool fixture (conftest.py) uses pages of this size
@@ -126,3 +126,17 @@ def test_dropped_job_is_cancelled_and_joined(tmp_path):
         job = s.load([(np.zeros(n, dtype=np.uint8), 0, 0, n)], threads=1, chunk_bytes=SMALL_PAGE)
         del job  # the buffer it reads stays alive until its threads have stopped
         assert pool.free_pages == pool.total_pages
+
+
+def test_failure_mid_load_rolls_back(pool, blob, tmp_path):
+    # A directory opens and has a size, but reading it fails (EISDIR): the job fails after mapping and copying
+    # the first source, and must unmap every page it mapped.
+    path, _ = blob
+    s = pool.create_slot(48 * SMALL_PAGE, "w")
+    s.map(0, 1)
+    job = s.load([(path, 0, 0, 20 * SMALL_PAGE), (tmp_path, 0, 30 * SMALL_PAGE, 1)], threads=1)
+    with pytest.raises(DriverError) as ei:
+        job.wait(timeout_s=30)
+    assert ei.value.name == "EISDIR" and ei.value.code > 0
+    assert s.mapped_ranges() == [(0, 1)] and pool.free_pages == pool.total_pages - 1
+    assert pool.stats()["bytes_loaded"] == 0

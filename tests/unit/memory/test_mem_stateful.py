@@ -1,6 +1,7 @@
 """Random sequences of map / unmap / move / load / grow / shrink / write over several slots, checked after every
 step against a plain Python model of the pool: contents byte for byte, accounting, and no page mapped twice."""
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -26,9 +27,18 @@ def pattern(seed: int, n: int) -> bytes:
 
 
 class PoolMachine(RuleBasedStateMachine):
+    no_mremap = False
+
     def __init__(self):
         super().__init__()
-        self.pool = PagePool(TOTAL * PAGE, page_bytes=PAGE)
+        if self.no_mremap:  # the fallback path: pages mapped from the memfd, page tables rebuilt by faults
+            os.environ["WARMSERVE_HOST_NO_MREMAP"] = "1"
+        try:
+            self.pool = PagePool(TOTAL * PAGE, page_bytes=PAGE)
+        finally:
+            os.environ.pop("WARMSERVE_HOST_NO_MREMAP", None)
+        if self.no_mremap:
+            assert not self.pool.stats()["moves_page_tables"]
         self.slots = [self.pool.create_slot(n * PAGE, f"s{i}") for i, n in enumerate(SLOT_PAGES)]
         self.model: list[dict[int, bytes]] = [{} for _ in SLOT_PAGES]  # slot page -> its bytes
         self.seed = 0
@@ -192,8 +202,13 @@ class PoolMachine(RuleBasedStateMachine):
         self.tmp.cleanup()
 
 
-PoolMachine.TestCase.settings = settings(
-    max_examples=30, stateful_step_count=25, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+class FallbackPoolMachine(PoolMachine):
+    no_mremap = True
+
+
+_settings = settings(max_examples=25, stateful_step_count=25, deadline=None, derandomize=True,
+                     suppress_health_check=[HealthCheck.too_slow])
+PoolMachine.TestCase.settings = _settings
+FallbackPoolMachine.TestCase.settings = _settings
 TestPoolMachine = PoolMachine.TestCase
+TestFallbackPoolMachine = FallbackPoolMachine.TestCase

@@ -75,7 +75,7 @@ def test_mapping_limit_is_an_error_with_numbers_not_a_crash():
     # Every other page mapped on its own costs two kernel mappings (page + PROT_NONE gap): 40,000 of them pass
     # vm.max_map_count (65,530 by default) well before the end.
     n = 80_000
-    with PagePool(n * PAGE, page_bytes=PAGE) as pool:
+    with PagePool(n * PAGE, page_bytes=PAGE, prefault=False) as pool:
         s = pool.create_slot(2 * n * PAGE, "sparse")
         hit = None
         for off in range(0, 2 * n, 2):

@@ -77,3 +77,19 @@ def test_servegen_recipe():
     assert np.array_equal(a.trace.arrival_s, w.trace.arrival_s)
     with pytest.raises(ValueError, match="history"):
         servegen_workload(2, start_s=3600, history_days=1)
+
+
+def test_servegen_series_repeat_with_day_shift():
+    from warmserve.workload.recipes import servegen_series
+
+    base = servegen_series(3)
+    with pytest.raises(ValueError, match="series"):
+        servegen_series(500)
+    more = servegen_series(60, repeat_days=2)
+    assert len({s.name for s in more}) == 60
+    shifted = [s for s in more if s.day_shift == 1]
+    orig = {s.name: s for s in servegen_series(56)}
+    s = shifted[0]
+    o = orig[s.name.rsplit(".d", 1)[0]]
+    assert np.array_equal(s.t_s, o.t_s + 86400) and np.array_equal(s.rate_rps, o.rate_rps)
+    assert base[0].day_shift == 0

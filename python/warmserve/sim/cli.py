@@ -1,0 +1,188 @@
+"""`warmserve simulate`: run policies over a workload on a simulated cluster and compare them.
+
+    warmserve simulate --preset paper-conv --json out.json --plot ttft.png
+    warmserve simulate --policy warmserve,autoscale --workload servegen --models 32 --gpus 64 --duration-s 3600
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from warmserve.sim.config import SimConfig
+from warmserve.sim.costmodel import CostModel
+from warmserve.sim.presets import Preset, paper_preset, scale_preset
+from warmserve.sim.runner import max_rate_under_slo, policy_names, run_once
+
+DEFAULT_POLICIES = ("warmserve", "autoscale", "shared", "dedicated", "no-kv-reservation", "round-robin-placement",
+                    "reactive", "engine-prewarm-only")
+
+
+def add_arguments(p):
+    p.add_argument("--policy", default=",".join(DEFAULT_POLICIES),
+                   help="comma-separated policies (default: all): " + ", ".join(DEFAULT_POLICIES))
+    p.add_argument("--preset", choices=("paper-conv", "paper-code", "scale"), default=None,
+                   help="paper-conv/paper-code: the paper's experiment (2x8 GPUs, Llama-2 7B/13B/70B copies, "
+                        "Azure trace, power-law split); scale: --gpus x --models under --workload")
+    p.add_argument("--workload", default="paper-conv",
+                   help="paper-conv | paper-code (Azure 2023, the paper's recipe) | servegen (when no --preset)")
+    p.add_argument("--models", type=int, default=None, help="number of models (default: 7 for paper presets)")
+    p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
+    p.add_argument("--gpu", default="H100-80GB", help="GPU type of the cost model: H100-80GB or A100-80GB")
+    p.add_argument("--profile", default=None, help="measured cost profile JSON (see warmserve.sim.costmodel)")
+    p.add_argument("--rate", type=float, default=None, help="total request rate at scale 1, requests/s")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the request rate")
+    p.add_argument("--time-scale", type=float, default=1.0, help="stretch (>1) or compress (<1) time")
+    p.add_argument("--burst-cv", type=float, default=None, help="re-draw inter-arrivals from a Gamma with this CV")
+    p.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of the per-model rate split")
+    p.add_argument("--duration-s", type=float, default=None, help="replayed span, seconds (paper: 1200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ttft-slo-s", type=float, default=0.0,
+                   help="TTFT SLO in seconds (default: per model, --slo-scale x its 1024-token prefill time)")
+    p.add_argument("--slo-scale", type=float, default=10.0)
+    p.add_argument("--tick-s", type=float, default=1.0, help="policy tick period, simulated seconds")
+    p.add_argument("--no-search", action="store_true", help="skip the max-rate-under-SLO search")
+    p.add_argument("--search-iters", type=int, default=4, help="bisection steps of the max-rate search")
+    p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--plot", default=None, help="write a TTFT CDF plot (PNG) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_preset(args) -> Preset:
+    cfg = SimConfig(gpu=args.gpu, ttft_slo_s=args.ttft_slo_s, slo_scale=args.slo_scale, tick_s=args.tick_s)
+    kind = args.preset or args.workload
+    if kind in ("paper-conv", "paper-code"):
+        if args.preset is None and args.gpus != 16:
+            cfg = SimConfig(**{**cfg.__dict__, "n_servers": max(1, args.gpus // 8),
+                               "gpus_per_server": min(8, args.gpus)})
+        else:
+            cfg = SimConfig(**{**cfg.__dict__, "n_servers": 2, "gpus_per_server": 8})
+        kw = {"config": cfg, "alpha": args.alpha, "burst_cv": args.burst_cv}
+        if args.models:
+            kw["n_models"] = args.models
+        p = paper_preset(kind.split("-")[1], total_rate_rps=args.rate, **kw)
+        if args.time_scale != 1.0 or args.duration_s:
+            p = _rewrap(p, args)
+        return p
+    if kind in ("servegen", "scale"):
+        cfg = SimConfig(**{**cfg.__dict__, "n_servers": max(1, args.gpus // 8), "gpus_per_server": min(8, args.gpus)})
+        return scale_preset(args.gpus, args.models or 32, duration_s=args.duration_s or 3600.0,
+                            total_rate_rps=args.rate, recipe="servegen", config=cfg)
+    raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code or servegen")
+
+
+def _rewrap(p: Preset, args) -> Preset:
+    from dataclasses import replace
+
+    from warmserve.workload.recipes import paper_workload
+
+    names = [m.name for m in p.models]
+    kind = p.name.split("-")[1]
+
+    def build(rate_scale=1.0, seed=0):
+        return paper_workload(kind, len(names), alpha=args.alpha, total_rate_rps=p.base_rate_rps,
+                              rate_scale=rate_scale, burst_cv=args.burst_cv, model_names=names, seed=seed,
+                              duration_s=args.duration_s or 1200.0, time_scale=args.time_scale)
+
+    return replace(p, build=build)
+
+
+def _table(rows: dict) -> str:
+    cols = [("policy", "{}"), ("ttft_mean_s", "{:.3f}"), ("ttft_p50_s", "{:.3f}"), ("ttft_p90_s", "{:.3f}"),
+            ("ttft_p99_s", "{:.3f}"), ("tpot_p50_s", "{:.4f}"), ("slo_attainment", "{:.3f}"),
+            ("throughput_rps", "{:.2f}"), ("prewarm_hit_rate", "{:.2f}"), ("gpu_seconds", "{:.0f}"),
+            ("dropped", "{}"), ("max_rate_under_slo_rps", "{:.2f}")]
+    head = ["policy", "TTFT mean", "p50", "p90", "p99", "TPOT p50", "SLO", "thr rps", "hit", "GPU-s", "dropped",
+            "max rps@SLO"]
+    lines = [head]
+    for name, s in rows.items():
+        lines.append([name] + [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for k, f in cols[1:]])
+    w = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines)
+
+
+def plot_cdf(results: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in results.items():
+        x = np.sort(r.ttft_s)
+        if not len(x):
+            continue
+        y = np.arange(1, len(x) + 1) / len(x)
+        ax.plot(np.maximum(x, 1e-3), y, label=name, lw=1.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("TTFT (s, log scale; unanswered = 999 s)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    t0 = time.perf_counter()
+    policies = [p for p in args.policy.split(",") if p]
+    known = policy_names()
+    bad = [p for p in policies if p not in known]
+    if bad:
+        print(f"warmserve simulate: unknown policies {bad}: choose from {', '.join(known)}", file=sys.stderr)
+        return 2
+    preset = build_preset(args)
+    cost = CostModel.for_gpu(args.gpu)
+    if args.profile:
+        cost = CostModel.from_profile(args.profile, base=cost)
+    progress = not args.quiet
+    workload = preset.build(args.rate_scale, args.seed)
+    results, out = {}, {}
+    for pol in policies:
+        r = run_once(preset, pol, rate_scale=args.rate_scale, seed=args.seed, cost=cost, progress=progress,
+                     workload=workload)
+        results[pol] = r
+        s = dict(r.summary)
+        if not args.no_search:
+            rate, tried = max_rate_under_slo(preset, pol, seed=args.seed, cost=cost, iters=args.search_iters,
+                                             progress=progress)
+            s["max_rate_under_slo_rps"] = rate
+            s["rate_search"] = tried
+        s["per_model"] = r.per_model
+        out[pol] = s
+        print(f"{pol}: p99 TTFT {s['ttft_p99_s']:.3f} s, SLO {s['slo_attainment']:.3f}"
+              + (f", max rate under SLO {s['max_rate_under_slo_rps']:.2f} rps" if "max_rate_under_slo_rps" in s else ""),
+              file=sys.stderr)
+    wall = time.perf_counter() - t0
+    print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
+          f"{cost.gpu.name}, {len(workload.trace)} requests over {workload.duration_s:.0f} s "
+          f"({len(workload.trace) / workload.duration_s:.2f} rps), seed {args.seed}")
+    print(_table(out))
+    ratios = {}
+    if "warmserve" in out:
+        ws = out["warmserve"]
+        if "autoscale" in out and ws["ttft_p99_s"] > 0:
+            ratios["p99_ttft_autoscale_over_warmserve"] = out["autoscale"]["ttft_p99_s"] / ws["ttft_p99_s"]
+        if "shared" in out and out["shared"].get("max_rate_under_slo_rps"):
+            ratios["max_rate_warmserve_over_shared"] = ws.get("max_rate_under_slo_rps", 0) / out["shared"]["max_rate_under_slo_rps"]
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    print(f"wall {wall:.1f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        doc = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models],
+               "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
+                           "gpu": cost.gpu.name},
+               "workload": {"requests": len(workload.trace), "duration_s": workload.duration_s,
+                            "meta": workload.meta},
+               "policies": out, "ratios": ratios, "wall_s": wall}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+    if args.plot:
+        plot_cdf(results, args.plot, f"TTFT CDF, {preset.name} ({len(workload.trace) / workload.duration_s:.1f} rps)")
+    return 0

@@ -1,0 +1,110 @@
+"""Run policies over a preset: one run at the preset's rate, and the search for the highest rate under the SLO."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import replace
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.sim.config import SimConfig
+from warmserve.sim.costmodel import CostModel
+from warmserve.sim.metrics import RunResult
+from warmserve.sim.presets import Preset
+from warmserve.sim.simulator import simulate
+
+#: policies the simulator offers beyond the policy core's names: (core policy, PolicyConfig overrides)
+VARIANTS = {
+    # the paper's "engine prewarming only" ablation: engines started ahead, no weights prewarmed
+    "engine-prewarm-only": ("warmserve", {"prewarm": False}),
+}
+
+
+def policy_names() -> tuple[str, ...]:
+    from warmserve.policy import POLICY_NAMES
+
+    return tuple(POLICY_NAMES) + tuple(VARIANTS)
+
+
+def resolve(name: str, config: SimConfig) -> tuple[str, SimConfig]:
+    """The core policy name and the SimConfig (with policy overrides) a simulator policy name stands for."""
+    from warmserve.policy import POLICY_NAMES
+
+    if name in VARIANTS:
+        base, over = VARIANTS[name]
+        return base, replace(config, policy_overrides={**config.policy_overrides, **over})
+    if name not in POLICY_NAMES:
+        raise InvalidArgumentError(f"unknown policy {name!r}: choose from {', '.join(policy_names())}", policy=name)
+    return name, config
+
+
+def _bar(total_s: float, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=round(total_s), desc=desc, unit="sim-s", file=sys.stderr, leave=False, dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]")
+
+
+def run_once(preset: Preset, policy: str, *, rate_scale: float = 1.0, seed: int = 0, cost: CostModel | None = None,
+             progress: bool = False, workload=None) -> RunResult:
+    base, cfg = resolve(policy, preset.config)
+    w = workload if workload is not None else preset.build(rate_scale, seed)
+    bar = _bar(w.duration_s + w.warmup_s, f"{policy} x{rate_scale:.3g}", progress)
+    try:
+        r = simulate(w, preset.models, base, config=cfg, cost=cost, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    r.policy = policy
+    r.summary["offered_rate_rps"] = len(w.trace) / w.duration_s
+    return r
+
+
+def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, seed: int = 0,
+                       cost: CostModel | None = None, iters: int = 5, lo: float = 1 / 64, hi: float = 16.0,
+                       progress: bool = False, cache: dict | None = None) -> tuple[float, list[dict]]:
+    """The highest offered rate (requests/s over the replayed span) at which ``target`` of the requests meet
+    the TTFT SLO, searched over the preset's rate scale: doubling/halving from 1 to bracket it, then bisection
+    in log space. Returns (rate, the runs tried). 0 when even ``lo`` fails."""
+    tried: list[dict] = []
+    cache = {} if cache is None else cache
+
+    def ok(scale: float) -> bool:
+        key = (policy, round(scale, 9))
+        if key not in cache:
+            r = run_once(preset, policy, rate_scale=scale, seed=seed, cost=cost, progress=progress)
+            cache[key] = (r.summary["slo_attainment"], r.summary["offered_rate_rps"])
+            tried.append({"rate_scale": scale, "offered_rate_rps": cache[key][1], "slo_attainment": cache[key][0]})
+        return cache[key][0] >= target
+
+    s = 1.0
+    if ok(s):
+        good, bad = s, None
+        while s < hi:
+            s *= 2
+            if ok(s):
+                good = s
+            else:
+                bad = s
+                break
+        if bad is None:
+            return cache[(policy, round(good, 9))][1], tried
+    else:
+        good, bad = None, s
+        while s > lo:
+            s /= 2
+            if ok(s):
+                good = s
+                break
+            bad = s
+        if good is None:
+            return 0.0, tried
+    for _ in range(iters):
+        mid = math.sqrt(good * bad)
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return cache[(policy, round(good, 9))][1], tried

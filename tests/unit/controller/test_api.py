@@ -1,0 +1,64 @@
+"""The HTTP layer's own rules (API key, unknown routes, error shapes), served by aiohttp on a real socket. The
+controller behind it is a two-method stand-in: generation through the real controller is tested in
+tests/integration/test_server.py."""
+
+import asyncio
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from warmserve.controller.api import Api
+from warmserve.controller.metrics import ControllerMetrics
+from warmserve.errors import UnknownModelError
+
+
+class Models:
+    metrics = ControllerMetrics()
+
+    def model_names(self):
+        return ["m"]
+
+    def model(self, name):
+        raise UnknownModelError(f"the model {name!r} does not exist", param="model")
+
+    def health(self):
+        return {"ok": False, "workers": 0}
+
+
+def run(coro_fn, api_key=""):
+    async def main():
+        async with TestClient(TestServer(Api(Models(), api_key=api_key).app())) as c:
+            return await coro_fn(c)
+
+    return asyncio.run(main())
+
+
+def test_api_key_required_on_v1_only():
+    async def go(c):
+        r = await c.get("/v1/models")
+        assert r.status == 401
+        body = await r.json()
+        assert body["error"]["code"] == "invalid_api_key" and "Bearer" in body["error"]["message"]
+        r = await c.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert r.status == 401
+        r = await c.get("/v1/models", headers={"Authorization": "Bearer k"})
+        assert r.status == 200 and (await r.json())["data"][0]["id"] == "m"
+        r = await c.get("/health")  # probes need no key; no live worker means 503
+        assert r.status == 503
+        r = await c.get("/metrics")
+        assert r.status == 200 and "warmserve_ttft_seconds" in await r.text()
+
+    run(go, api_key="k")
+
+
+def test_errors_have_openai_shape():
+    async def go(c):
+        r = await c.get("/v1/nothing")
+        assert r.status == 404 and set((await r.json())["error"]) == {"message", "type", "param", "code"}
+        r = await c.get("/v1/completions")
+        assert r.status == 405
+        r = await c.post("/v1/completions", data=b"[1,")
+        assert r.status == 400 and (await r.json())["error"]["type"] == "invalid_request_error"
+        r = await c.post("/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status == 404 and (await r.json())["error"]["param"] == "model"
+
+    run(go)

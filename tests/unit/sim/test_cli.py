@@ -1,0 +1,30 @@
+import json
+
+import pytest
+
+from warmserve import cli
+
+
+@pytest.mark.slow
+def test_simulate_cli_writes_json_table_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "cdf.png"
+    rc = cli.main(["simulate", "--workload", "paper-code", "--models", "3", "--duration-s", "120", "--rate", "3",
+                   "--policy", "warmserve,engine-prewarm-only", "--search-iters", "1", "--quiet",
+                   "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["policies"]) == {"warmserve", "engine-prewarm-only"}
+    for s in doc["policies"].values():
+        for k in ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "throughput_rps", "slo_attainment", "prewarm_hit_rate",
+                  "gpu_seconds", "max_rate_under_slo_rps"):
+            assert isinstance(s[k], (int, float)), k
+        assert s["rate_search"] and s["max_rate_under_slo_rps"] >= 0
+        assert s["completed"] + s["dropped"] == s["requests"]
+    assert doc["wall_s"] > 0 and png.stat().st_size > 1000
+    text = capsys.readouterr().out
+    assert "max rps@SLO" in text and "warmserve" in text
+
+
+def test_simulate_cli_rejects_unknown_policy(capsys):
+    assert cli.main(["simulate", "--policy", "nope", "--no-search", "--quiet"]) == 2
+    assert "unknown policies" in capsys.readouterr().err
