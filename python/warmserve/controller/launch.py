@@ -81,7 +81,8 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
         for i, dev in enumerate(devices):
             wid = f"{host}-{os.getpid()}w{i}-{dev.replace(':', '')}"
             proc = spawn_worker(connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
-                                heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir)
+                                heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
+                                curve=controller.hub.local_curve)
             procs.append((wid, proc))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         await controller.wait_for_workers(len(devices) + cfg.remote_workers, cfg.worker_start_timeout_s,

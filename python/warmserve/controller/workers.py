@@ -76,8 +76,12 @@ class WorkerHub:
         # A worker that restarts with the same id takes over its routing id instead of being refused.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.auth = None
+        #: For local workers when CURVE is on: (--curve-server-key, --curve-secret-key) files.
+        self.local_curve: tuple[str, str] | None = None
+        self._curve_tmp = None
         if curve_dir:
-            self.auth = _curve_server(self.ctx, self.sock, curve_dir)
+            self.auth, local_secret, server_public, self._curve_tmp = _curve_server(self.ctx, self.sock, curve_dir)
+            self.local_curve = (server_public, local_secret)
         self.sock.bind(bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.workers: dict[bytes, WorkerRecord] = {}
@@ -259,6 +263,11 @@ class WorkerHub:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
+        if self._curve_tmp is not None:
+            import shutil
+
+            shutil.rmtree(self._curve_tmp, ignore_errors=True)
+            self._curve_tmp = None
         self._finalizer()
 
 
@@ -269,7 +278,12 @@ def _close_sock(sock, ctx) -> None:
 
 def _curve_server(ctx, sock, curve_dir: str):
     """CURVE on the ROUTER: the controller's secret key from curve_dir/server.key_secret, and only workers whose
-    public keys sit in curve_dir/workers/ are let in (ZAP)."""
+    public keys sit in curve_dir/workers/ are let in (ZAP), plus a key pair made now for the local workers this
+    controller spawns. Returns (authenticator, local worker's secret cert, the server's public cert, temp dir)."""
+    import glob
+    import shutil
+    import tempfile
+
     import zmq.auth
     from zmq.auth.thread import ThreadAuthenticator
 
@@ -280,17 +294,27 @@ def _curve_server(ctx, sock, curve_dir: str):
             f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in {curve_dir}/workers"
         )
     public, secret_key = zmq.auth.load_certificate(secret)
+    # The allowed keys: the user's workers/ directory, untouched, plus our local workers' key, in a private copy.
+    allowed = tempfile.mkdtemp(prefix="warmserve-curve-")
+    for f in glob.glob(os.path.join(curve_dir, "workers", "*.key")):
+        shutil.copy(f, allowed)
+    local_dir = os.path.join(allowed, "local")
+    os.makedirs(local_dir)
+    local_pub, local_secret = zmq.auth.create_certificates(local_dir, "local")
+    shutil.copy(local_pub, allowed)
     auth = ThreadAuthenticator(ctx)
     auth.start()
-    auth.configure_curve(domain="*", location=os.path.join(curve_dir, "workers"))
+    auth.configure_curve(domain="*", location=allowed)
     sock.curve_secretkey = secret_key
     sock.curve_publickey = public
     sock.curve_server = True
-    return auth
+    server_public = os.path.join(curve_dir, "server.key")
+    return auth, local_secret, server_public, allowed
 
 
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
-                 heartbeat_interval_s: float, log_dir: str | None = None) -> subprocess.Popen:
+                 heartbeat_interval_s: float, log_dir: str | None = None,
+                 curve: tuple[str, str] | None = None) -> subprocess.Popen:
     """Start `warmserve worker --controller ...` as a child that dies with this process."""
     cmd = [
         sys.executable, "-m", "warmserve", "worker", "--controller", controller,
@@ -298,6 +322,8 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
         "--worker-id", worker_id, "--heartbeat-interval-s", str(heartbeat_interval_s),
         "--exit-with-parent", "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
     ]
+    if curve is not None:
+        cmd += ["--curve-server-key", curve[0], "--curve-secret-key", curve[1]]
     if device.startswith("cpu"):
         cmd += ["--memory-gib", f"{memory_bytes / (1 << 30):.4f}", "--threads", str(threads)]
     env = dict(os.environ)

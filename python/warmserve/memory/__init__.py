@@ -11,16 +11,17 @@ C++ (``warmserve._C``, imported only here) does the mechanism; this package is i
   park and the slots (mremap), so none of them costs a page fault or a page-table teardown: about 0.2 ms per GiB
   each, where rebuilding 4 KiB page tables by faults costs hundreds of ms per GiB (kernels without mremap
   DONTUNMAP for shared mappings fall back to mmap from the memfd; ``stats()["moves_page_tables"]``). The
-  ``cuda`` backend uses the driver's virtual memory API through a libcuda
-  opened at run time; on a machine without one it raises BackendUnavailableError saying why.
+  ``cuda`` backend uses the driver's virtual memory API (cuMemCreate per page at creation, cuMemMap per page and
+  one cuMemSetAccess per run) through a libcuda opened at run time; on a machine without one it raises
+  BackendUnavailableError saying why. Pages are not zeroed when mapped: they hold what they held before.
 - ``pool.create_slot(reserve_bytes, tag)`` reserves a virtual range with nothing mapped (PROT_NONE on the host:
   reading an unmapped page is a clean fault, never stale data). ``map``/``unmap``/``grow``/``shrink`` edit page
   tables only; ``move_pages`` hands physical pages from one slot to another with their contents, no copy
   (``physical_pages`` shows the same page ids before and after). A multi-page operation that fails halfway is
   rolled back.
 - ``slot.load(sources)`` copies files (a safetensors checkpoint) or host buffers into a slot while a C++ thread
-  maps and populates the pages ahead of the copier threads; the GIL is released, progress is polled, ``cancel``
-  unmaps what the load had mapped.
+  maps the pages ahead of the copier threads (on a GPU: through pinned staging buffers and a stream); the GIL is
+  released, progress is polled by the waiting thread, a failure or ``cancel`` unmaps what the load had mapped.
 
 View policy. ``slot.tensor(byte_offset, shape, dtype, pinned=True)`` is a zero-copy torch tensor (DLPack) over
 the slot. A pinned view pins the pages it covers for as long as any tensor sharing its storage lives (the pin is
@@ -30,7 +31,8 @@ unmaps anyway). A running load pins its destination the same way. A ``pinned=Fal
 pages and does not block unmap: it is for a region the caller touches only where mapped, such as the engine's KV
 cache (one tensor over the whole KV range; the engine checks ``is_mapped`` for the blocks a step uses). Every view
 keeps the slot's reservation alive, so touching an unmapped or closed range through a stale view faults
-(SIGSEGV on the host) instead of reading another slot's data.
+(SIGSEGV on the host) instead of reading another slot's data. ``slot.tensors({name: (byte_offset, shape,
+dtype)})`` makes a model's many weight views under one pin (microseconds per tensor).
 
 Threads. One mutex per pool (in C++) guards the pool and its slots; map/unmap/move/load from several Python
 threads are safe. The GIL policy is written down in csrc/bindings.cpp.

@@ -1,0 +1,219 @@
+"""`warmserve calibrate`: measure the local engine and write the cost profile the simulator reads.
+
+    warmserve calibrate --out bench/replay/profile_cpu.json --threads 1
+
+Per demo model, in this process, on a host page pool like a CPU worker's, with the worker's torch thread count:
+- load: ``load_model(...).wait()`` of the checkpoint (from the page cache) into fresh pages. The fixed part and
+  the bandwidth come from a least-squares line over all models (seconds = fixed + bytes / bandwidth): the
+  bandwidth becomes ``gpu.h2d_bytes_per_s``, the fixed part ``engine_start_s`` (what a cold start pays besides
+  copying bytes: reading headers, creating the slot, building the tensor views; a live worker starts no process);
+- activation: ``Engine(lm)`` over the resident weights, first KV blocks mapped (``activation_s``, median);
+- prefill: one step of one request of N prompt tokens (``prefill_table``, seconds by prompt tokens);
+- decode: one step with B running sequences (``decode_table``, seconds by batch);
+- cold start (load + activation + first token) and prewarmed first token, reported beside the profile.
+
+Medians over ``--repeats``. The schema is ``warmserve.sim.costmodel``'s (version 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from warmserve.errors import InvalidArgumentError
+
+DEFAULT_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", required=True, help="profile JSON to write")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated demo models to measure")
+    p.add_argument("--demo-dir", default=None, help="where the demo checkpoints are (written if missing)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (a CPU worker uses cores / workers; 1 for 4 workers on 2 cores)")
+    p.add_argument("--prefill-tokens", default="16,64,256,512", help="prompt lengths of the prefill table")
+    p.add_argument("--decode-batches", default="1,2,4,8,16", help="running sequences of the decode table")
+    p.add_argument("--decode-steps", type=int, default=6, help="decode steps timed per batch size (median)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
+    p.add_argument("--memory-bytes", type=int, default=0,
+                   help="pool bytes (the simulated device's memory); default: a CPU worker's budget for these models")
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        out = sorted({int(x) for x in s.split(",") if x.strip()})
+    except ValueError:
+        raise InvalidArgumentError(f"expected comma-separated integers, got {s!r}") from None
+    if not out or out[0] < 1:
+        raise InvalidArgumentError(f"expected integers >= 1, got {s!r}")
+    return out
+
+
+def _prompt(vocab: int, n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, vocab, n).tolist()
+
+
+def measure_model(path: str, name: str, pool, *, prefill_tokens, decode_batches, decode_steps, repeats) -> dict:
+    """Load, activation, prefill and decode times of one checkpoint on ``pool`` (medians, seconds)."""
+    from warmserve.engine import Engine, SamplingParams, load_model
+
+    one = SamplingParams(max_tokens=1, ignore_eos=True)
+    loads, acts, colds, warms = [], [], [], []
+    lm = None
+    for r in range(repeats):
+        if lm is not None:
+            lm.close()
+        t0 = time.perf_counter()
+        lm = load_model(path, pool, name=name).wait()
+        t1 = time.perf_counter()
+        eng = Engine(lm, target_free_blocks=1)
+        t2 = time.perf_counter()
+        eng.add_request("c", _prompt(lm.config.vocab_size, 16, r), one)
+        eng.step()
+        t3 = time.perf_counter()
+        eng.close()
+        loads.append(t1 - t0)
+        acts.append(t2 - t1)
+        colds.append(t3 - t0)
+        t0 = time.perf_counter()
+        with Engine(lm, target_free_blocks=1) as eng:
+            eng.add_request("w", _prompt(lm.config.vocab_size, 16, r), one)
+            eng.step()
+        warms.append(time.perf_counter() - t0)
+    weight_bytes = int(lm.weight_bytes)
+    cfg = lm.config
+    prefill = []
+    biggest = max(max(prefill_tokens), max(decode_batches) * 32)
+    with Engine(lm, max_batch_tokens=max(2048, biggest), max_num_seqs=max(decode_batches),
+                target_free_blocks=None) as eng:
+        eng.add_request("warm", _prompt(cfg.vocab_size, 16, 99), one)
+        eng.step()
+        for n in prefill_tokens:
+            ts = []
+            for r in range(repeats):
+                eng.add_request(f"p{n}-{r}", _prompt(cfg.vocab_size, n, r), one)
+                t0 = time.perf_counter()
+                eng.step()
+                ts.append(time.perf_counter() - t0)
+            prefill.append([n, statistics.median(ts)])
+        decode = []
+        for b in decode_batches:
+            params = SamplingParams(max_tokens=decode_steps + 2, ignore_eos=True)
+            for i in range(b):
+                eng.add_request(f"d{b}-{i}", _prompt(cfg.vocab_size, 16, 1000 + i), params)
+            eng.step()  # the prefill of all b
+            ts = []
+            for _ in range(decode_steps):
+                t0 = time.perf_counter()
+                eng.step()
+                ts.append(time.perf_counter() - t0)
+            while eng.has_unfinished():
+                eng.step()
+            decode.append([b, statistics.median(ts)])
+    lm.close()
+    kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * lm_dtype_bytes(lm)
+    return {
+        "weight_bytes": weight_bytes, "tp": 1, "kv_bytes_per_token": int(kv_bytes_per_token),
+        "prefill_table": prefill, "decode_table": decode,
+        "measured": {"load_s": statistics.median(loads), "activation_s": statistics.median(acts),
+                     "cold_start_first_token_s": statistics.median(colds),
+                     "prewarmed_first_token_s": statistics.median(warms)},
+    }
+
+
+def lm_dtype_bytes(lm) -> int:
+    import torch
+
+    return torch.empty(0, dtype=lm.dtype).element_size()
+
+
+def fit_load(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(fixed seconds, bytes/s) of the line seconds = fixed + bytes / bandwidth through (bytes, seconds) points."""
+    if len(points) == 1:
+        b, s = points[0]
+        return 0.0, b / max(s, 1e-9)
+    x = np.array([p[0] for p in points], float)
+    y = np.array([p[1] for p in points], float)
+    slope, fixed = np.polyfit(x, y, 1)
+    if slope <= 0:  # noise swamped the size dependence: all of it is bandwidth
+        return 0.0, float(x.sum() / y.sum())
+    return max(0.0, float(fixed)), float(1.0 / slope)
+
+
+def build_profile(per_model: dict, memory_bytes: int, threads: int) -> dict:
+    from warmserve.sim.costmodel import SCHEMA
+
+    fixed_s, bw = fit_load([(m["weight_bytes"], m["measured"]["load_s"]) for m in per_model.values()])
+    activation = statistics.median(m["measured"]["activation_s"] for m in per_model.values())
+    return {
+        "schema": SCHEMA,
+        "gpu": {"name": f"cpu-worker-{threads}t", "memory_bytes": float(memory_bytes), "pool_fraction": 1.0,
+                "h2d_bytes_per_s": bw, "compute_scale": 1.0},
+        "engine_start_s": fixed_s,
+        "tp_init_s": 0.0,
+        "activation_s": activation,
+        # the host backend maps KV pages lazily while serving: a cold start pays none of it up front
+        "kv_map_s_per_gib": 0.0,
+        "models": {n: {k: v for k, v in m.items() if k != "measured"} for n, m in per_model.items()},
+        "measured": {n: m["measured"] for n, m in per_model.items()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": threads,
+                    "load_fit": {"fixed_s": fixed_s, "bytes_per_s": bw}},
+    }
+
+
+def main(args) -> int:
+    import torch
+
+    from warmserve.engine.demo import DEMO_MODELS, write_demo_models
+    from warmserve.memory import PagePool
+
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in DEMO_MODELS]
+    if unknown:
+        print(f"warmserve calibrate: unknown demo models {unknown}: choose from {', '.join(DEMO_MODELS)}",
+              file=sys.stderr)
+        return 2
+    if args.threads < 1 or args.repeats < 1 or args.decode_steps < 1:
+        print("warmserve calibrate: --threads, --repeats and --decode-steps must be >= 1", file=sys.stderr)
+        return 2
+    prefill_tokens, decode_batches = _ints(args.prefill_tokens), _ints(args.decode_batches)
+    torch.set_num_threads(args.threads)
+    paths = write_demo_models(args.demo_dir, names)
+    weights = {n: sum(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p) if f.endswith(".safetensors"))
+               for n, p in paths.items()}
+    page = 2 << 20
+    # a CPU worker's budget (controller.launch): the largest model twice over plus KV room, at least 1 GiB
+    mem = args.memory_bytes or max(1 << 30, -(-(2 * max(weights.values()) + (256 << 20)) // (256 << 20)) * (256 << 20))
+    need = max(weights.values()) * 2 + (max(prefill_tokens) + max(decode_batches) * 64) * 256 * 1024 + 64 * page
+    pool_bytes = -(-max(mem, need) // page) * page
+    t0 = time.perf_counter()
+    per_model = {}
+    with PagePool(pool_bytes, backend="host") as pool:
+        for n in names:
+            per_model[n] = measure_model(paths[n], n, pool, prefill_tokens=prefill_tokens,
+                                         decode_batches=decode_batches, decode_steps=args.decode_steps,
+                                         repeats=args.repeats)
+            m = per_model[n]["measured"]
+            print(f"{n:<12} {weights[n] / 2**20:7.1f} MiB  load {m['load_s'] * 1e3:7.1f} ms  activation "
+                  f"{m['activation_s'] * 1e3:6.2f} ms  cold TTFT {m['cold_start_first_token_s'] * 1e3:7.1f} ms  "
+                  f"prewarmed TTFT {m['prewarmed_first_token_s'] * 1e3:6.1f} ms", file=sys.stderr)
+    prof = build_profile(per_model, mem, args.threads)
+    prof["machine"]["wall_s"] = time.perf_counter() - t0
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(prof, f, indent=1)
+    print(f"{'model':<12} " + " ".join(f"pf{n:>5}" for n in prefill_tokens) + "  "
+          + " ".join(f"dec{b:>3}" for b in decode_batches) + "   (ms)")
+    for n, m in prof["models"].items():
+        print(f"{n:<12} " + " ".join(f"{s * 1e3:7.1f}" for _, s in m["prefill_table"]) + "  "
+              + " ".join(f"{s * 1e3:6.1f}" for _, s in m["decode_table"]))
+    print(f"load: {prof['engine_start_s'] * 1e3:.1f} ms fixed + {prof['gpu']['h2d_bytes_per_s'] / 1e9:.2f} GB/s; "
+          f"activation {prof['activation_s'] * 1e3:.2f} ms; wrote {args.out}")
+    return 0
