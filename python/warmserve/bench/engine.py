@@ -124,7 +124,14 @@ def throughput_pair(lm, hf, batch: int, prompt_tokens: int, new_tokens: int, rep
                     store[0].append(res[0])
                     store[1].append(res[1])
     ours = _rates(batch, prompt_tokens, new_tokens, *ours_t)
-    return ours, (_rates(batch, prompt_tokens, new_tokens, *hf_t) if hf is not None else None)
+    if hf is None:
+        return ours, None
+    theirs = _rates(batch, prompt_tokens, new_tokens, *hf_t)
+    # paired ratios, run r of ours against run r of theirs (adjacent in time), then the median
+    ours["prefill_speedup"] = statistics.median(h / o for o, h in zip(ours_t[0], hf_t[0]))
+    ours["decode_speedup"] = statistics.median((ht - hf_) / (ot - of) for of, ot, hf_, ht in
+                                               zip(ours_t[0], ours_t[1], hf_t[0], hf_t[1]))
+    return ours, theirs
 
 
 def _hf_model(path: str, device: str):
@@ -148,13 +155,12 @@ def ttft_cases(path: str, name: str, pool, repeats: int, threads: int, device: s
     prompt = _prompts(1000, 1, 16)[0]
     one = SamplingParams(max_tokens=1)
 
-    def first_token(lm) -> float:
+    def first_token(lm) -> None:
         with Engine(lm, target_free_blocks=1) as eng:
             eng.add_request("t", prompt, one)
             out = eng.step()
             _sync(device)
             assert out and out[0].token_ids
-        return 0.0
 
     cold, warm = [], []
     for _ in range(repeats):
@@ -225,7 +231,8 @@ def run(args) -> dict:
                "definitions": {
                    "prefill_tok_s": "batch x prompt tokens / time to first token",
                    "decode_tok_s": "batch x (new tokens - 1) / (total time - time to first token)",
-                   "decode_speedup_bN": "ours decode_tok_s / transformers generate() decode_tok_s at batch N",
+                   "decode_speedup_bN": "ours decode tokens/s / transformers generate() decode tokens/s at batch N: "
+                                        "the median over repeats of the ratio within each adjacent pair of runs",
                    "ttft_prewarmed_vs_cold_load": "TTFT with a cold load in a running process / TTFT prewarmed",
                    "ttft_prewarmed_vs_new_process": "TTFT in a new process / TTFT prewarmed"},
                "models": {}}
@@ -242,13 +249,13 @@ def run(args) -> dict:
         lm = load_model(path, pool).wait()
         hf = None if args.no_hf else _hf_model(path, device)
         for b in args.batches:
-            rep = args.repeats if b * cfg.num_params() < 2e9 else 1
+            rep = args.repeats if b * cfg.num_params() < 2e9 else min(2, args.repeats)
             o, h = throughput_pair(lm, hf, b, args.prompt_tokens, args.new_tokens, rep, device)
             r[f"ours_b{b}"] = o
             if h is not None:
                 r[f"hf_b{b}"] = h
-                r[f"prefill_speedup_b{b}"] = o["prefill_tok_s"] / h["prefill_tok_s"]
-                r[f"decode_speedup_b{b}"] = o["decode_tok_s"] / h["decode_tok_s"]
+                r[f"prefill_speedup_b{b}"] = o.pop("prefill_speedup")
+                r[f"decode_speedup_b{b}"] = o.pop("decode_speedup")
             print(f"  b{b}: " + ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k.endswith(f"_b{b}") and isinstance(v, float)),
                   flush=True)
         del hf

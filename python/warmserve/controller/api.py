@@ -15,6 +15,8 @@ from warmserve.controller.textstream import TextStream
 from warmserve.errors import InvalidArgumentError, PromptTooLongError, WarmServeError
 
 _JSON = "application/json"
+#: When the request reached the controller (time.monotonic()), for Server-Timing.
+_T0 = web.RequestKey("warmserve_t0", float)
 
 
 def _json(status: int, body: dict) -> web.Response:
@@ -75,6 +77,7 @@ class Api:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
+        request[_T0] = time.monotonic()
         try:
             if self.api_key and request.path.startswith("/v1/"):
                 auth = request.headers.get("Authorization", "")
@@ -154,7 +157,9 @@ class Api:
             resp = _json(200, body)
             timing = handle.server_timing()
             if timing:
-                resp.headers["Server-Timing"] = timing
+                # The controller's own time on this request: its handler's span minus the worker's share.
+                ctl = time.monotonic() - request[_T0] - (handle.end_s - handle.sent_s)
+                resp.headers["Server-Timing"] = f"{timing}, controller;dur={ctl * 1e3:.3f}"
             return resp
         finally:
             self.active -= 1

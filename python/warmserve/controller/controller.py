@@ -129,6 +129,8 @@ class Controller:
         self._bg: set[asyncio.Task] = set()
         self._next_rid = 0
         self.worker_event: asyncio.Event | None = None
+        #: Ticks start once the expected workers are in (wait_for_workers).
+        self.policy_running = False
         #: Model -> monotonic time before which no new start is tried (after a failed one), and failure counts.
         self._start_backoff: dict[str, float] = {}
         self._start_failures: dict[str, int] = {}
@@ -170,6 +172,8 @@ class Controller:
                 await asyncio.wait_for(self.worker_event.wait(), min(left, 0.2))
             except asyncio.TimeoutError:
                 pass
+        # The policy's first tick sees the whole initial cluster: static layouts (dedicated, shared) place once.
+        self.policy_running = True
 
     async def close(self, drain: bool = True) -> None:
         """Refuse new requests, let in-flight ones finish (up to drain_timeout_s), then stop the workers."""
@@ -184,8 +188,10 @@ class Controller:
             while reqs:
                 reqs.popleft().fail(OverloadedError("the server is shutting down; the request was not started"))
         for w in list(self.hub.workers.values()):
-            for req in list(w.gens.values()):
+            for gid, req in list(w.gens.items()):
                 req.fail(OverloadedError("the server shut down before the request finished"))
+                if w.alive and w.proc is None:  # a remote worker stays up: free the request's KV blocks now
+                    self._fire(w, P.Abort(id=self.hub.next_id(), request_id=gid))
         # Local workers get Shutdown and a moment to free their pools; remote ones stay up for the next controller.
         waits = []
         for w in self.hub.workers.values():
@@ -256,7 +262,7 @@ class Controller:
     def _dispatch(self, model: str) -> None:
         """Route the model's queued requests, oldest first, until the policy says wait."""
         q = self.pending[model]
-        while q and not self.closing:
+        while q:  # also while draining: requests already accepted are served
             req = q[0]
             if self._start_backoff.get(model, 0.0) > time.monotonic() and not any(
                     i.ready for i in self.instances.values() if i.model == model):
@@ -279,7 +285,7 @@ class Controller:
         s = req.sampling
         msg = P.Generate(id=gid, model=req.model, prompt_ids=req.prompt_ids, sampling=P.Sampling(
             max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed))
-        req.worker, req.instance_id = w, iid
+        req.worker, req.instance_id, req.gid = w, iid, gid
         req.sent_s = time.monotonic()
         w.gens[gid] = req
         self.state.instances[iid].in_flight += 1
@@ -299,10 +305,8 @@ class Controller:
             self._request_done(req, "abort")
             return
         w = req.worker
-        if w.alive:
-            gid = next((g for g, r in w.gens.items() if r is req), None)
-            if gid is not None:
-                self._fire(w, P.Abort(id=self.hub.next_id(), request_id=gid))
+        if w.alive and w.gens.get(req.gid) is req:
+            self._fire(w, P.Abort(id=self.hub.next_id(), request_id=req.gid))
 
     def _on_event(self, w: WorkerRecord, msg) -> None:
         if isinstance(msg, P.Tokens):
@@ -604,18 +608,13 @@ class Controller:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cc.heartbeat_interval_s)
+            # Workers push their Stats (pages, KV blocks) with every heartbeat of theirs; nothing to poll.
             self.hub.beat(time.monotonic(), self.cc.worker_timeout_s)
-            for w in self.gpu_workers:
-                if w.alive:
-                    try:
-                        self.hub.send(w, P.GetStats(id=0))
-                    except WorkerLostError:
-                        pass
 
     async def _policy_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cc.tick_s)
-            if not self.gpu_workers or self.closing:
+            if not self.gpu_workers or not self.policy_running:
                 continue
             try:
                 self._tick()

@@ -18,7 +18,7 @@ class Req:
     __slots__ = (
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s",
-        "sent_s", "end_s",
+        "sent_s", "end_s", "gid",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
@@ -35,6 +35,7 @@ class Req:
         self.error: WarmServeError | None = None
         self.worker = None          # the WorkerRecord it runs on, None while queued
         self.instance_id: str | None = None
+        self.gid = 0                # id of its Generate on that worker
         self.done = False
         self.reroutes = 0
         self.sent_s: float | None = None   # when its Generate left for the worker (last one, if re-routed)

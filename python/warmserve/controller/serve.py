@@ -142,6 +142,17 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -
 def main(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    cfg = build_config(args)
-    asyncio.run(serve(cfg, log_dir=args.log_dir))
+    from warmserve.errors import WarmServeError
+
+    try:
+        cfg = build_config(args)
+    except (OSError, ValueError) as e:
+        print(f"warmserve serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(cfg, log_dir=args.log_dir))
+    except (WarmServeError, OSError, ValueError) as e:
+        # Startup failures (a worker that cannot start, a port in use, a bad checkpoint) read as one line.
+        print(f"warmserve serve: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0

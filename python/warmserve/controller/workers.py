@@ -107,7 +107,8 @@ class WorkerHub:
         except zmq.ZMQError as e:
             self.lose(w, f"send failed: {e.strerror}")
             raise WorkerLostError(f"{w!r} cannot be reached ({e.strerror})", worker_id=w.worker_id) from None
-        self._check_readable()
+        finally:
+            self._check_readable()
 
     def start_call(self, w: WorkerRecord, msg, on_progress=None) -> asyncio.Future:
         """Send a request now (so requests to one worker keep the order they were issued in) and return the
@@ -164,6 +165,8 @@ class WorkerHub:
                 self._loop.remove_reader(self._fd)
 
     def _check_readable(self) -> None:
+        if self.sock.closed:
+            return
         if self._loop is not None and not self._drain_scheduled and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._drain_scheduled = True
             self._loop.call_soon(self._on_readable)

@@ -34,7 +34,7 @@ def block_layout(cfg, dtype: torch.dtype, block_tokens: int = BLOCK_TOKENS, page
 
 
 class KVCache:
-    """Block bookkeeping plus per-layer views. `mapper` maps/unmaps one block's pages (None: all resident)."""
+    """Block bookkeeping plus the row view of the cache. `mapper` maps/unmaps one block's pages (None: all resident)."""
 
     def __init__(self, cfg, region: torch.Tensor, total_blocks: int, block_tokens: int, mapper=None,
                  target_free_blocks: int | None = None, map_blocks_per_step: int = 16):
@@ -66,10 +66,6 @@ class KVCache:
     @property
     def num_free_mapped(self) -> int:
         return len(self._free)
-
-    def can_grow(self) -> int:
-        """Blocks obtainable right now without unmapping anything: free mapped plus mappable (unknown pool => unmapped)."""
-        return len(self._free) + len(self._unmapped)
 
     # ---- allocation ----------------------------------------------------------------------------------------------
     def allocate(self) -> int | None:

@@ -41,6 +41,7 @@ Drive::
 
     # when the driver measures windows itself (instead of on_request_*), or to feed history later:
     policy.observe_window(model, window_start_s, avg_concurrency, peak_concurrency)
+    policy.load_history(model, window_start_s_array, avg_array, peak_array)   # many windows at once
 
 Applying actions (the driver keeps ``state`` in step; see ``actions`` for each one):
 
@@ -53,6 +54,7 @@ Applying actions (the driver keeps ``state`` in step; see ``actions`` for each o
 - ``StopInstance``: set ``draining``; route nothing more to it; delete it when ``in_flight`` reaches 0.
 - ``SetKvTarget``: map or unmap KV pages so that ``kv_blocks_mapped = min(total, used + free_blocks)``.
 
+GPUs: ``state.gpus[i].gpu_id == i``; a server has at most 8 GPUs and a tp-replica lies on one server.
 Memory: per GPU, ``total_bytes`` = weight shards of instances and prewarms + mapped KV blocks + free. Shards
 and KV blocks are 2 MiB aligned (``ModelInfo.shard_bytes``, ``ModelInfo.kv_block_bytes``).
 
@@ -61,8 +63,9 @@ creation; the policy rescores its replicas each plan and keeps the current score
 
 What ``tick`` does, in order: records the load (in-flight + queued per model, averaged over 5 s), closes
 finished forecast windows, autoscales (§5; new instances placed by §4), sets KV targets (§6; growth evicts the
-lowest-score prewarm on the GPU first), and, at each window start and every ``replan_s``, forecasts the next
-window, plans replicas (§2) and places them laminarly (§3), evicting lower-score prewarms where needed.
+lowest-score prewarm on the GPU first), and, at each window start and every ``replan_s``, forecasts the window
+now under way from the windows before it, plans replicas (§2) and places them laminarly (§3), evicting
+lower-score prewarms where needed.
 
 Policies by name (``POLICY_NAMES``): ``warmserve``, ``autoscale`` (reactive, no prewarming, engine started
 cold, weights from host memory), ``shared`` (static colocation of every model with fixed KV shares; several

@@ -78,11 +78,7 @@ class Policy:
         self._plan_window = None
         self._plan_s = -math.inf
         for model, series in (history or {}).items():
-            starts, avg, peak = (np.asarray(x, dtype=np.float64) for x in series)
-            if not (len(starts) == len(avg) == len(peak)):
-                raise InvalidArgumentError(f"history of {model!r}: starts, avg and peak differ in length")
-            for t, a, p in zip(starts, avg, peak):
-                self.observe_window(model, float(t), float(a), float(p))
+            self.load_history(model, *series)
 
     # ---- inputs -----------------------------------------------------------------------------------------
 
@@ -99,6 +95,25 @@ class Policy:
         if i < 0:
             raise InvalidArgumentError(f"window_start_s must be >= 0, got {window_start_s}")
         self._hist.set(model, i, avg_concurrency, peak_concurrency)
+
+    def load_history(self, model: str, window_start_s, avg_concurrency, peak_concurrency) -> None:
+        """``observe_window`` for many windows at once (equal-length arrays)."""
+        self._model(model)
+        starts, avg, peak = (np.asarray(x, dtype=np.float64).reshape(-1) for x in
+                             (window_start_s, avg_concurrency, peak_concurrency))
+        if not (len(starts) == len(avg) == len(peak)):
+            raise InvalidArgumentError(
+                f"history of {model!r}: {len(starts)} starts, {len(avg)} averages and {len(peak)} peaks differ")
+        if len(starts) == 0:
+            return
+        idx = np.floor(starts / self.cfg.window_s + 1e-9).astype(np.int64)
+        if idx.min() < 0:
+            raise InvalidArgumentError(f"history of {model!r}: window starts must be >= 0, got {starts.min()}")
+        h = self._hist
+        h.ensure(int(idx.max()) + 1)
+        r = h.index[model]
+        h.avg[r, idx], h.peak[r, idx] = avg, peak
+        h.known[r] = max(h.known[r], int(idx.max()))
 
     def _meter_set(self, model: str, now_s: float, value: float) -> None:
         meter = self._meters.get(model)

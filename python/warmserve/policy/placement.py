@@ -69,6 +69,11 @@ class Replica:
     score: float
     loaded: bool
     shard_bytes: int
+    #: Local GPU indices of ``mask``.
+    cols: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        self.cols = tuple(k for k in range(MAX_GPUS_PER_SERVER) if self.mask >> k & 1)
 
 
 class Board:
@@ -118,6 +123,8 @@ class Board:
         self.by_server: list[dict[str, Replica]] = [{} for _ in range(n)]
         self.model_masks: dict[str, dict[int, int]] = {}  # model -> server -> OR of its replicas' masks
         self.rr_cursor, self.rr_step = rr_cursor, rr_step
+        self.version = 0  # bumped by every change, so a failed eviction search can be remembered
+        self._evict_failed: dict[tuple, tuple[int, float]] = {}
         scores = scores or {}
         for p in state.prewarms.values():
             s0 = None
@@ -150,9 +157,10 @@ class Board:
         return [k for k in range(MAX_GPUS_PER_SERVER) if mask >> k & 1]
 
     def _add(self, r: Replica) -> None:
+        self.version += 1
         self.reps[r.prewarm_id] = r
         self.by_server[r.server][r.prewarm_id] = r
-        cols = self._cols(r.mask)
+        cols = r.cols
         tp = len(cols)
         s = r.server
         for k in cols:  # scalar updates: cheaper than fancy indexing for at most 8 entries
@@ -168,10 +176,11 @@ class Board:
             np.logical_or(row, CONFLICT[t][r.mask], out=row)
 
     def remove(self, prewarm_id: str) -> Replica:
+        self.version += 1
         r = self.reps.pop(prewarm_id)
         srv = self.by_server[r.server]
         del srv[prewarm_id]
-        cols = self._cols(r.mask)
+        cols = list(r.cols)
         tp = len(cols)
         self.free[r.server, cols] += r.shard_bytes
         self.share[r.server, cols] -= r.score / tp
@@ -197,8 +206,9 @@ class Board:
         return r
 
     def rescore(self, prewarm_id: str, score: float) -> None:
+        self.version += 1
         r = self.reps[prewarm_id]
-        cols = self._cols(r.mask)
+        cols = list(r.cols)
         self.share[r.server, cols] += (score - r.score) / len(cols)
         r.score = score
         srv = self.by_server[r.server]
@@ -272,18 +282,32 @@ class Board:
 
     def _best_group_with_eviction(self, m: ModelInfo, score: float):
         """Cheapest group (by evicted score) that evicting only lower-score replicas makes feasible."""
+        # Nothing changed since a search for the same size (and the same model, or any model with no replica)
+        # failed at a higher score: this one fails too (fewer replicas are below it).
+        key = (m.tp, m.shard_bytes, m.name if m.name in self.model_masks else None)
+        failed = self._evict_failed.get(key)
+        if failed is not None and failed[0] == self.version and score <= failed[1]:
+            return None
+        got = self._search_eviction(m, score)
+        if got is None:
+            self._evict_failed[key] = (self.version, score)
+        return got
+
+    def _search_eviction(self, m: ModelInfo, score: float):
         tp = m.tp
         low_bytes = np.zeros_like(self.free)
         for r in self.reps.values():
             if r.score < score:
-                low_bytes[r.server, self._cols(r.mask)] += r.shard_bytes
+                for k in r.cols:
+                    low_bytes[r.server, k] += r.shard_bytes
         ok = (self.free + low_bytes >= m.shard_bytes) & (self.gpu_ids >= 0)
         ok_mask = self._pack(ok) & ~self._model_rows(m.name)
         counts = _POP[ok_mask & 0xFF]
         servers = np.nonzero(counts >= tp)[0]
         if len(servers) == 0:
             return None
-        order = servers[np.argsort(self.share[servers].sum(axis=1), kind="stable")][:16]
+        # the few servers with the least score to lose: the cheapest eviction is almost always among them
+        order = servers[np.argsort(self.share[servers].sum(axis=1), kind="stable")][:6]
         best = None
         for s in order:
             s = int(s)

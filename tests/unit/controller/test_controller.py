@@ -283,3 +283,49 @@ def test_curve_admits_only_workers_with_known_keys(model, tmp_path):
         stranger.close()
 
     run(main())
+
+
+def test_stream_cut_by_a_lost_worker_ends_with_an_error_event_over_http(model):
+    """Over HTTP with the official client: tokens already streamed, then the worker goes silent; the stream ends
+    with an error event the client raises, well within the worker timeout plus a margin."""
+    openai = pytest.importorskip("openai")
+    from aiohttp.test_utils import TestServer
+
+    from warmserve.controller.api import Api
+
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        server = TestServer(Api(c).app())
+        await server.start_server()
+        client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="x", max_retries=0)
+        try:
+            # a first request starts the instance; the next one streams one token and is then cut off
+            await client.completions.create(model=MODEL, prompt="a", max_tokens=3)
+            peer.hold_generate = True
+            stream = await client.completions.create(model=MODEL, prompt="b", max_tokens=3, stream=True)
+
+            async def feed():
+                while not c.gpu_workers or not c.gpu_workers[0].gens:
+                    await asyncio.sleep(0.01)
+                gid = next(iter(c.gpu_workers[0].gens))
+                await peer.send(P.Tokens(id=gid, token_ids=[40]))
+                peer.silent = True
+
+            feeder = asyncio.ensure_future(feed())
+            got = []
+            t0 = time.monotonic()
+            with pytest.raises(openai.APIError, match="was lost.*retry"):
+                async for chunk in stream:
+                    got.append(chunk.choices[0].text)
+            await feeder
+            assert "".join(got) and time.monotonic() - t0 < 3.0
+        finally:
+            await client.close()
+            await server.close()
+            await c.close(drain=False)
+            peer.close()
+
+    run(main())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from warmserve.engine import DEMO_MODELS, ModelConfig, Tokenizer, UnsupportedModelError
-from warmserve.engine.demo import config_dict, main as demo_main, write_checkpoint, DemoSpec
+from warmserve.engine.demo import config_dict, main as demo_main
 from warmserve.engine.kv_cache import PAGE_BYTES, block_layout
 from warmserve.errors import InvalidArgumentError
 

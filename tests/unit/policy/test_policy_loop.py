@@ -74,7 +74,8 @@ def run(name, loads, seed=0):
     return state, pol
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=5), min_size=1, max_size=14))
 def test_invariants_hold_under_random_load(loads):
     run("warmserve", loads)

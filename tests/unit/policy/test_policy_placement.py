@@ -38,7 +38,8 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
 def test_laminar_invariant_holds_after_any_sequence(seq):
     board, _ = new_board()

@@ -1,0 +1,449 @@
+"""`warmserve bench replay`: replay a real multi-model trace against a live cluster, per policy, and set the
+simulator's prediction for the same workload beside it.
+
+    warmserve bench replay --policy warmserve,autoscale --profile bench/replay/profile_cpu.json \\
+        --json bench/replay/results.json --plot bench/replay/ttft_cdf.png
+    warmserve bench replay --endpoint http://127.0.0.1:8000 --models llama-20m,qwen2-30m   # any OpenAI server
+
+The workload is the ServeGen recipe (``warmserve.workload.servegen_workload``): ``--models`` client series
+become the served models (copies of the demo checkpoints under distinct names), with ``--history-days`` earlier
+days of the same slot as forecast history. It is scaled to what the local cluster carries: ``--rate`` total
+requests/s, prompts cut to ``--max-prompt-tokens``, outputs to ``--max-output-tokens``, and ``--time-scale``
+compresses time (each segment around its day, so history stays on whole days; the forecast window shrinks by
+the same factor).
+
+For each policy a fresh `warmserve serve` process starts with that policy, ``--cpu-workers`` workers and the
+history (per-window in-flight load, Unix times placed so the replay starts at t = 0 of the trace), the client
+replays open-loop over HTTP (``warmserve.workload.replay_client``), the controller's /metrics give the prewarm
+hits, and the server is shut down. With ``--profile`` (from `warmserve calibrate`) the same workload runs
+through the simulator (1 server x ``--cpu-workers`` devices) with the same policy, history and window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest, replay, synthetic_prompts
+
+#: demo checkpoints the served models are copies of, in order (model i serves CHECKPOINTS[i % len])
+CHECKPOINTS = ("llama-20m", "qwen2-30m", "llama-90m")
+#: what an unanswered request counts as in TTFT statistics (the simulator's convention)
+UNANSWERED_TTFT_S = 999.0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--policy", default="warmserve,autoscale", help="comma-separated policies, run in turn")
+    p.add_argument("--models", type=int, default=6, help="served models (ServeGen client series)")
+    p.add_argument("--checkpoints", default=",".join(CHECKPOINTS),
+                   help="demo checkpoints the models are copies of, round-robin")
+    p.add_argument("--cpu-workers", type=int, default=4, help="CPU workers of each cluster")
+    p.add_argument("--duration-s", type=float, default=1200.0, help="replayed span of the trace, trace seconds")
+    p.add_argument("--time-scale", type=float, default=1.0, help="compress (<1) the trace's time")
+    p.add_argument("--rate", type=float, default=0.5, help="total request rate of the replay, requests/s (wall)")
+    p.add_argument("--history-days", type=int, default=2, help="earlier days of forecast history")
+    p.add_argument("--pre-s", type=float, default=600.0, help="history just before the replay, trace seconds")
+    p.add_argument("--start-s", type=float, default=None,
+                   help="replay start in ServeGen time, seconds from day 0 midnight (default: the recipe's)")
+    p.add_argument("--max-prompt-tokens", type=int, default=128)
+    p.add_argument("--max-output-tokens", type=int, default=16)
+    p.add_argument("--window-s", type=float, default=300.0, help="forecast window at time scale 1, seconds")
+    p.add_argument("--drain-s", type=float, default=60.0,
+                   help="after the last arrival, how long answers may still come, seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--endpoint", default=None, help="replay against this OpenAI-compatible server (no cluster)")
+    p.add_argument("--api-key", default=None, help="Bearer key for --endpoint (default $OPENAI_API_KEY)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="prompt token ids are drawn below this")
+    p.add_argument("--profile", default=None, help="cost profile (warmserve calibrate) for the simulated twin")
+    p.add_argument("--start-lead-s", type=float, default=60.0,
+                   help="the history's t = 0 is this long after a cluster's launch; the replay waits for it")
+    p.add_argument("--log-dir", default=None, help="server and worker logs (default: next to --json, or a temp dir)")
+    p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--plot", default=None, help="write a TTFT CDF plot (PNG) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------------------------------- workload
+
+def build_workload(args):
+    """The scaled ServeGen workload with served-model names, and the served (name, checkpoint) pairs."""
+    from warmserve.workload.recipes import servegen_workload
+
+    if args.time_scale <= 0 or args.rate <= 0 or args.duration_s <= 0 or args.models < 1:
+        raise InvalidArgumentError("--time-scale, --rate, --duration-s and --models must be > 0")
+    kw = {} if args.start_s is None else {"start_s": args.start_s}
+    # the recipe's rate is over trace time; compressing time by s multiplies it by 1/s
+    w = servegen_workload(args.models, duration_s=args.duration_s, pre_s=args.pre_s, history_days=args.history_days,
+                          total_rate_rps=args.rate * args.time_scale, time_scale=args.time_scale,
+                          max_prompt_tokens=args.max_prompt_tokens, seed=args.seed, repeat_days=6, **kw)
+    ckpts = [c for c in args.checkpoints.split(",") if c]
+    # the busiest series get the cheapest checkpoints, so the cluster's compute goes furthest
+    busy = np.bincount(w.trace.model, minlength=len(w.models)) + 1e-3 * np.bincount(w.history.model,
+                                                                                      minlength=len(w.models))
+    rank = np.argsort(-busy, kind="stable")
+    per = -(-args.models // len(ckpts))
+    names = [""] * args.models
+    for r, i in enumerate(rank):
+        names[i] = f"{ckpts[r // per]}-{chr(ord('a') + r % per)}"
+    rename = dict(zip(w.models, names))
+    for t in (w.trace, w.history):
+        t.models = [rename[m] for m in t.models]
+        t.output_tokens = np.minimum(t.output_tokens, args.max_output_tokens)
+    w.meta = dict(w.meta, series_to_model=rename, max_output_tokens=args.max_output_tokens,
+                  max_prompt_tokens=args.max_prompt_tokens, wall_rate_rps=args.rate)
+    served = sorted((names[i], ckpts[r // per]) for r, i in enumerate(rank))
+    return w, served
+
+
+def replay_requests(w, vocab_size: int, seed: int) -> list[ReplayRequest]:
+    tr = w.trace
+    prompts = synthetic_prompts(tr.prompt_tokens, vocab_size, seed)
+    return [ReplayRequest(float(t), tr.models[m], p, int(o))
+            for t, m, p, o in zip(tr.arrival_s.tolist(), tr.model.tolist(), prompts, tr.output_tokens.tolist())]
+
+
+def history_rows(w, served_sim, cost, window_s: float, t0_unix: float) -> list[tuple]:
+    """(model, window_start_s in Unix time, avg, peak): the simulator's own history windows, moved so that the
+    trace's t = 0 falls at ``t0_unix``. Missing (NaN) windows are left out."""
+    from warmserve.sim.simulator import history_windows
+
+    rows = []
+    for m, (starts, avg, peak) in history_windows(w, served_sim, cost, 0.0, window_s).items():
+        for s, a, pk in zip(starts, avg, peak):
+            if np.isfinite(a) and np.isfinite(pk):
+                rows.append((m, t0_unix + (float(s) - w.clock0_s), float(a), float(pk)))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- cluster
+
+class LiveCluster:
+    """`warmserve serve` in a child process with one policy; ``url`` once it printed its serving line."""
+
+    def __init__(self, policy: str, served: list[tuple[str, str]], *, cpu_workers: int, history_path: str,
+                 window_s: float, log_dir: str, start_timeout_s: float = 300.0):
+        from warmserve.engine.demo import write_demo_models
+
+        paths = write_demo_models(None, sorted({c for _, c in served}))
+        cmd = [sys.executable, "-m", "warmserve", "serve", "--port", "0", "--policy", policy, "--cpu-workers",
+               str(cpu_workers), "--window-s", str(window_s), "--log-dir", log_dir, "--log-level", "WARNING"]
+        if history_path:
+            cmd += ["--history", history_path]
+        for name, ckpt in served:
+            cmd += ["--model", f"{paths[ckpt]}={name}"]
+        os.makedirs(log_dir, exist_ok=True)
+        self.log_path = os.path.join(log_dir, f"serve-{policy}.log")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     start_new_session=True)
+        self.url = self._wait_ready(start_timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> str:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if not sel.select(timeout=1.0):
+                continue
+            line = self.proc.stdout.readline()
+            if line.startswith("{") and '"serving"' in line:
+                return json.loads(line)["serving"]
+        self.close()
+        raise RuntimeError(f"warmserve serve did not come up within {timeout_s:.0f} s (exit code "
+                           f"{self.proc.returncode}); see {self.log_path}")
+
+    def metrics(self) -> dict:
+        """Prewarm hits and misses (summed over models) from /metrics."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            return parse_prewarm_metrics(r.read().decode())
+
+    def close(self, timeout_s: float = 90.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+def parse_prewarm_metrics(text: str) -> dict:
+    out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0}
+    for line in text.splitlines():
+        m = re.match(r"warmserve_(prewarm_hits|prewarm_misses)(?:_total)?(\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
+        if m:
+            out[m.group(1)] += float(m.group(3))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+
+def _pct(x, q) -> float:
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def _stats(outs, duration_s: float) -> dict:
+    n = len(outs)
+    answered = np.array([o.first_s == o.first_s for o in outs], bool)
+    ttft = np.array([o.ttft_s if a else UNANSWERED_TTFT_S for o, a in zip(outs, answered)], float)
+    tpot = np.array([o.tpot_s for o in outs], float)
+    tpot = tpot[np.isfinite(tpot)]
+    ok = [o for o in outs if o.status == "ok"]
+    e2e = np.array([o.end_s - o.arrival_s for o in ok], float)
+    end = max([o.end_s for o in ok], default=0.0)
+    return {
+        "requests": n, "answered": int(answered.sum()), "completed": len(ok), "dropped": n - len(ok),
+        "ttft_mean_s": float(ttft.mean()) if n else float("nan"),
+        "ttft_p50_s": _pct(ttft, 50), "ttft_p90_s": _pct(ttft, 90), "ttft_p95_s": _pct(ttft, 95),
+        "ttft_p99_s": _pct(ttft, 99),
+        "tpot_mean_s": float(tpot.mean()) if len(tpot) else float("nan"),
+        "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99),
+        "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99),
+        "throughput_rps": len(ok) / max(end, duration_s, 1e-9),
+        "outcomes": {k: sum(o.status == k for o in outs) for k in OUTCOMES},
+    }
+
+
+def summarize(outs, duration_s: float, metrics: dict | None) -> tuple[dict, dict, np.ndarray]:
+    s = _stats(outs, duration_s)
+    s["unanswered"] = s["requests"] - s["answered"]
+    s["accounted"] = sum(s["outcomes"].values()) == s["requests"]
+    if metrics is not None:
+        total = metrics["prewarm_hits"] + metrics["prewarm_misses"]
+        s.update({"instance_starts": int(total), "starts_from_prewarm": int(metrics["prewarm_hits"]),
+                  "starts_cold": int(metrics["prewarm_misses"]),
+                  "prewarm_hit_rate": metrics["prewarm_hits"] / total if total else 0.0})
+    errors = sorted({o.error for o in outs if o.error})[:5]
+    if errors:
+        s["error_samples"] = errors
+    per_model = {}
+    for m in sorted({o.model for o in outs}):
+        per_model[m] = _stats([o for o in outs if o.model == m], duration_s)
+    ttft = np.array([o.ttft_s if o.first_s == o.first_s else UNANSWERED_TTFT_S for o in outs], float)
+    return s, per_model, ttft
+
+
+# --------------------------------------------------------------------------------------------------- runs
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim) -> tuple:
+    window_s = args.window_s * args.time_scale
+    lead = args.start_lead_s
+    t_launch = time.time()
+    hist_path = ""
+    if cost is not None and len(w.history):
+        os.makedirs(log_dir, exist_ok=True)
+        hist_path = os.path.join(log_dir, f"history-{policy}.csv")
+        with open(hist_path, "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(["model", "window_start_s", "avg", "peak"])
+            wr.writerows(history_rows(w, served_sim, cost, window_s, t_launch + lead))
+    cluster = None
+    try:
+        if args.endpoint:
+            url, policy_label = args.endpoint, policy
+        else:
+            cluster = LiveCluster(policy, served, cpu_workers=args.cpu_workers, history_path=hist_path,
+                                  window_s=window_s, log_dir=log_dir)
+            url, policy_label = cluster.url, policy
+        wait = t_launch + lead - time.time()
+        start_lag_s = max(0.0, -wait)
+        if wait > 0 and cluster is not None:
+            time.sleep(wait)
+        bar = _bar(len(reqs), f"{policy_label}", not args.quiet)
+        cfg = ClientConfig(url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY", "") if args.endpoint else "",
+                           drain_s=args.drain_s)
+        outs = asyncio.run(replay(cfg, reqs, progress=(lambda o: bar.update(1)) if bar is not None else None))
+        if bar is not None:
+            bar.close()
+        metrics = cluster.metrics() if cluster is not None else None
+    finally:
+        if cluster is not None:
+            cluster.close()
+    s, per_model, ttft = summarize(outs, w.duration_s, metrics)
+    s["start_lag_s"] = start_lag_s
+    s["per_model"] = per_model
+    return s, ttft
+
+
+def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
+    from warmserve.sim.config import SimConfig
+    from warmserve.sim.runner import resolve
+    from warmserve.sim.simulator import simulate
+
+    cfg = SimConfig(n_servers=1, gpus_per_server=args.cpu_workers, warmup_s=0.0, drain_s=args.drain_s,
+                    unanswered_ttft_s=UNANSWERED_TTFT_S,
+                    policy_overrides={"window_s": args.window_s * args.time_scale})
+    base, cfg = resolve(policy, cfg)
+    r = simulate(w, served_sim, base, config=cfg, cost=cost)
+    s = dict(r.summary)
+    s["answered"] = s["requests"] - s.get("unanswered", 0)
+    s["per_model"] = r.per_model
+    return s, r.ttft_s
+
+
+def _table(rows: dict, cols) -> str:
+    lines = [[c[0] for c in cols]]
+    for name, s in rows.items():
+        lines.append([name] + [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for _, k, f in cols[1:]])
+    w = [max(len(r[i]) for r in lines) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines)
+
+
+LIVE_COLS = [("policy", "", ""), ("reqs", "requests", "{}"), ("answered", "answered", "{}"),
+             ("failed", "dropped", "{}"), ("TTFT p50", "ttft_p50_s", "{:.3f}"), ("p99", "ttft_p99_s", "{:.3f}"),
+             ("TPOT p50", "tpot_p50_s", "{:.4f}"), ("e2e p50", "e2e_p50_s", "{:.3f}"), ("e2e p99", "e2e_p99_s", "{:.3f}"),
+             ("starts", "instance_starts", "{}"), ("hit", "prewarm_hit_rate", "{:.2f}")]
+
+
+def validation(live: dict, sim: dict) -> dict:
+    out = {}
+    for p in live:
+        if p not in sim:
+            continue
+        row = {}
+        for k in ("ttft_p50_s", "ttft_p99_s"):
+            a, b = live[p].get(k), sim[p].get(k)
+            row[f"live_{k}"], row[f"sim_{k}"] = a, b
+            row[f"sim_over_live_{k.split('_')[1]}"] = b / a if a else float("nan")
+        row["within_25pct"] = all(abs(row[f"sim_over_live_{q}"] - 1) <= 0.25 for q in ("p50", "p99"))
+        out[p] = row
+    return out
+
+
+def plot_cdf(live: dict, sim: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, x) in enumerate(live.items()):
+        color = f"C{i}"
+        for data, style, label in ((x, "-", f"{name} (live)"), (sim.get(name), "--", f"{name} (sim)")):
+            if data is None or not len(data):
+                continue
+            d = np.sort(np.maximum(data, 1e-3))
+            ax.plot(d, np.arange(1, len(d) + 1) / len(d), style, color=color, label=label, lw=1.5)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"TTFT (s, log scale; unanswered = {UNANSWERED_TTFT_S:.0f} s)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    from warmserve.sim.config import ServedModel
+    from warmserve.sim.costmodel import CostModel
+
+    t0 = time.perf_counter()
+    policies = [p for p in args.policy.split(",") if p]
+    if not args.endpoint:
+        from warmserve.policy import POLICY_NAMES
+
+        bad = [p for p in policies if p not in POLICY_NAMES]
+        if bad:
+            print(f"warmserve bench replay: unknown policies {bad}: choose from {', '.join(POLICY_NAMES)}",
+                  file=sys.stderr)
+            return 2
+    w, served = build_workload(args)
+    reqs = replay_requests(w, args.vocab_size, args.seed)
+    if not reqs:
+        print("warmserve bench replay: the workload has no requests: raise --rate or --duration-s", file=sys.stderr)
+        return 2
+    cost = CostModel.from_profile(args.profile) if args.profile else None
+    served_sim = [ServedModel(n, c) for n, c in served]
+    log_dir = args.log_dir or os.path.join(os.path.dirname(os.path.abspath(args.json or "replay.json")), "logs")
+    print(f"workload: {w.name}, {len(served)} models, {len(reqs)} requests over {w.duration_s:.0f} s "
+          f"({len(reqs) / w.duration_s:.2f} rps; trace {args.duration_s:.0f} s x time scale {args.time_scale}), "
+          f"history {len(w.history)} requests over {args.history_days} earlier days", file=sys.stderr)
+    live, live_ttft, sim, sim_ttft = {}, {}, {}, {}
+    for p in policies:
+        live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim)
+        s = live[p]
+        print(f"{p}: live p50/p99 TTFT {s['ttft_p50_s']:.3f}/{s['ttft_p99_s']:.3f} s, answered {s['answered']}/"
+              f"{s['requests']}, outcomes {s['outcomes']}", file=sys.stderr)
+        if cost is not None and not args.endpoint:
+            sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost)
+    print(f"{w.name}: {len(served)} models on {args.cpu_workers} CPU workers, {len(reqs)} requests over "
+          f"{w.duration_s:.0f} s ({len(reqs) / w.duration_s:.2f} rps), seed {args.seed}")
+    print("live:")
+    print(_table(live, LIVE_COLS))
+    ratios = {}
+    if "warmserve" in live and "autoscale" in live and live["warmserve"]["ttft_p99_s"] > 0:
+        ratios["p99_ttft_autoscale_over_warmserve"] = live["autoscale"]["ttft_p99_s"] / live["warmserve"]["ttft_p99_s"]
+    val = {}
+    if sim:
+        print("simulated (same workload, calibrated profile):")
+        print(_table(sim, LIVE_COLS))
+        val = validation(live, sim)
+        print("sim vs live TTFT:")
+        for p, r in val.items():
+            print(f"  {p:<12} p50 live {r['live_ttft_p50_s']:.3f} sim {r['sim_ttft_p50_s']:.3f} "
+                  f"({r['sim_over_live_p50']:.2f}x)  p99 live {r['live_ttft_p99_s']:.3f} sim {r['sim_ttft_p99_s']:.3f} "
+                  f"({r['sim_over_live_p99']:.2f}x)  {'within' if r['within_25pct'] else 'OUTSIDE'} 25%")
+        if "warmserve" in sim and "autoscale" in sim and sim["warmserve"]["ttft_p99_s"] > 0:
+            ratios["sim_p99_ttft_autoscale_over_warmserve"] = sim["autoscale"]["ttft_p99_s"] / sim["warmserve"]["ttft_p99_s"]
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    wall = time.perf_counter() - t0
+    print(f"wall {wall:.0f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
+                            "history_requests": len(w.history), "meta": w.meta},
+               "cluster": {"endpoint": args.endpoint, "cpu_workers": args.cpu_workers,
+                           "models": [list(m) for m in served]},
+               "args": {k: v for k, v in vars(args).items() if k != "api_key"},
+               "policies": live, "simulated": {"policies": sim} if sim else None, "validation": val,
+               "ratios": ratios, "wall_s": wall}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1, default=_jsonable)
+    if args.plot:
+        plot_cdf(live_ttft, sim_ttft, args.plot,
+                 f"TTFT CDF, {w.name} replay ({len(reqs) / w.duration_s:.2f} rps, {args.cpu_workers} CPU workers)")
+    return 0
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+__all__ = ["build_workload", "replay_requests", "history_rows", "summarize", "validation", "parse_prewarm_metrics",
+           "LiveCluster", "main"]

@@ -1,0 +1,43 @@
+import argparse
+
+import numpy as np
+import pytest
+
+from warmserve.controller import serve
+
+
+def parse(*argv):
+    p = argparse.ArgumentParser()
+    serve.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_flags_override_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("WARMSERVE_API_KEY", raising=False)
+    f = tmp_path / "c.yaml"
+    f.write_text("models: [a]\ncontroller: {policy: shared}\nserver: {port: 1234}\n")
+    cfg = serve.build_config(parse("--config", str(f), "--port", "0", "--policy", "autoscale", "--model",
+                                   "/x/m1=first", "--model", "/x/m2", "--devices", "cpu:0,cpu:1", "--bind",
+                                   "tcp://0.0.0.0:5555"))
+    assert [(m.path, m.name) for m in cfg.models] == [("/x/m1", "first"), ("/x/m2", "m2")]
+    assert cfg.server.port == 0 and cfg.controller.policy == "autoscale" and cfg.devices == ("cpu:0", "cpu:1")
+    assert cfg.controller.bind == "tcp://0.0.0.0:5555" and cfg.server.api_key == ""
+    monkeypatch.setenv("WARMSERVE_API_KEY", "k")
+    assert serve.build_config(parse()).server.api_key == "k"
+    assert serve.build_config(parse()).models == ()  # the demo models are chosen when serving starts
+
+
+def test_history_csv_and_json(tmp_path):
+    (tmp_path / "h.csv").write_text("model,window_start_s,avg,peak\nb,600,2,5\na,0,1,3\na,300,1.5,4\n")
+    h = serve.read_history(str(tmp_path / "h.csv"))
+    assert sorted(h) == ["a", "b"]
+    np.testing.assert_array_equal(h["a"][0], [0, 300])
+    np.testing.assert_array_equal(h["a"][2], [3, 4])
+    (tmp_path / "h.json").write_text('{"a": {"window_start_s": [0, 300], "avg": [1, 1.5], "peak": [3, 4]}}')
+    j = serve.read_history(str(tmp_path / "h.json"))
+    np.testing.assert_array_equal(j["a"][1], h["a"][1])
+    (tmp_path / "bad.csv").write_text("model,avg\na,1\n")
+    with pytest.raises(ValueError, match="row 2"):
+        serve.read_history(str(tmp_path / "bad.csv"))
+    with pytest.raises(FileNotFoundError):
+        serve.read_history(str(tmp_path / "none.csv"))
