@@ -53,6 +53,9 @@ class ControllerConfig:
     request_timeout_s: float = 120.0
     #: On shutdown, in-flight requests get this long to finish before they are aborted, seconds.
     drain_timeout_s: float = 30.0
+    #: Further knobs of the policy (warmserve.policy.PolicyConfig fields, e.g. instance_capacity), as
+    #: (name, value) pairs; the config file's [policy] table.
+    policy_options: tuple = ()
     #: Directory holding ZeroMQ CURVE keys (server.key_secret, workers' *.key public files); "" disables CURVE.
     curve_dir: str = ""
 
@@ -127,7 +130,7 @@ def _build(cls, data: dict, where: str):
     out = {}
     for k, v in data.items():
         if isinstance(v, list):
-            v = tuple(v)
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
         if isinstance(v, int) and not isinstance(v, bool) and isinstance(fields[k].default, float):
             v = float(v)
         out[k] = v
@@ -140,7 +143,15 @@ def cluster_config_from_dict(data: dict) -> ClusterConfig:
     models = []
     for i, m in enumerate(data.pop("models", []) or []):
         models.append(ModelSpec(path=m) if isinstance(m, str) else _build(ModelSpec, dict(m), f"models[{i}]"))
-    controller = _build(ControllerConfig, dict(data.pop("controller", {}) or {}), "[controller]")
+    ctl = dict(data.pop("controller", {}) or {})
+    options = data.pop("policy_options", None) or {}
+    if isinstance(data.get("policy"), dict):  # a [policy] table (a plain `policy = "name"` names the policy)
+        options = data.pop("policy")
+    elif "policy" in data:
+        ctl["policy"] = data.pop("policy")
+    if options:
+        ctl["policy_options"] = tuple(sorted(dict(options).items()))
+    controller = _build(ControllerConfig, ctl, "[controller]")
     server = _build(ServerConfig, dict(data.pop("server", {}) or {}), "[server]")
     cluster = dict(data.pop("cluster", {}) or {})
     cluster.update(data)
@@ -172,6 +183,10 @@ def load_config(path: str) -> ClusterConfig:
         # Relative checkpoint paths are relative to the config file, not to wherever the server starts.
         if isinstance(m, dict) and "path" in m and not os.path.isabs(os.path.expanduser(m["path"])):
             m["path"] = os.path.join(base, m["path"])
+    ctl = data.get("controller") or {}
+    for key in ("history_path", "curve_dir"):  # files named in the config are relative to it, too
+        if ctl.get(key) and not os.path.isabs(os.path.expanduser(ctl[key])):
+            ctl[key] = os.path.join(base, ctl[key])
     data["models"] = [
         os.path.join(base, m) if isinstance(m, str) and not os.path.isabs(os.path.expanduser(m)) else m
         for m in data.get("models", []) or []

@@ -74,6 +74,7 @@ def test_kill_worker_under_load(cluster):
     # The cluster keeps serving on the survivor.
     out = cluster.generate(MODEL, "still there?", max_tokens=4)
     assert out.completion_tokens >= 1
+    assert asyncio.run(cluster.agenerate(MODEL, "and from asyncio?", max_tokens=2)).completion_tokens >= 1
     stats = cluster.stats()
     survivors = [w for w in stats["workers"] if w["alive"]]
     assert len(survivors) == 1

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -35,10 +34,13 @@ def start_server(tmp_path, extra_toml: str = "", args=()):
     proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
                              "WARNING", "--log-dir", str(tmp_path / "logs"), *args],
                             stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "wb"), text=True)
-    deadline = time.monotonic() + 90
-    line = proc.stdout.readline()
-    if not line or time.monotonic() > deadline:
+    import select
+
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
         proc.kill()
+        proc.wait()
         raise RuntimeError("server did not start: " + (tmp_path / "serve.log").read_text()[-3000:])
     info = json.loads(line)
     return proc, info["serving"]
@@ -177,7 +179,8 @@ def test_32_concurrent_clients_all_answered(server):
     assert time.monotonic() - t0 < 90
 
 
-def test_metrics_after_traffic(server):
+def test_metrics_after_traffic(server, client):
+    client.completions.create(model=MODELS[0], prompt="count me", max_tokens=3)
     with urllib.request.urlopen(server[0] + "/metrics", timeout=10) as r:
         text = r.read().decode()
     for series in ("warmserve_ttft_seconds_bucket", "warmserve_tpot_seconds_count", "warmserve_queue_length",
@@ -186,6 +189,10 @@ def test_metrics_after_traffic(server):
     assert 'warmserve_requests_total{model="llama-20m",outcome="stop"}' in text or \
         'warmserve_requests_total{model="llama-20m",outcome="length"}' in text
     assert 'role="weights"' in text and 'role="free"' in text
+    with urllib.request.urlopen(server[0] + "/stats", timeout=10) as r:
+        stats = json.loads(r.read())
+    assert len(stats["workers"]) == 2 and all(w["alive"] for w in stats["workers"])
+    assert {i["model"] for i in stats["instances"]} <= set(MODELS)
 
 
 def test_remote_worker_joins_with_controller_flag(tmp_path):

@@ -12,6 +12,11 @@ Per demo model, in this process, on a host page pool like a CPU worker's, with t
 - decode: one step with B running sequences (``decode_table``, seconds by batch);
 - cold start (load + activation + first token) and prewarmed first token, reported beside the profile.
 
+With ``--parallel N`` the same measurement then runs in N processes at once (as N CPU workers sharing the
+machine's cores would), and ``gpu.compute_scale`` becomes the median ratio of their prefill/decode times to the
+lone process's: the slowdown when every worker computes at once (an upper bound for a partly idle cluster).
+The lone-process tables stay in the profile; the contended ones are kept under ``parallel``.
+
 Medians over ``--repeats``. The schema is ``warmserve.sim.costmodel``'s (version 1).
 """
 
@@ -41,6 +46,8 @@ def add_arguments(p) -> None:
     p.add_argument("--decode-batches", default="1,2,4,8,16", help="running sequences of the decode table")
     p.add_argument("--decode-steps", type=int, default=6, help="decode steps timed per batch size (median)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="also measure N processes at once and set gpu.compute_scale to their slowdown")
     p.add_argument("--memory-bytes", type=int, default=0,
                    help="pool bytes (the simulated device's memory); default: a CPU worker's budget for these models")
 
@@ -168,6 +175,31 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int) -> dict:
     }
 
 
+def measure_parallel(args, names) -> dict:
+    """The same measurement in ``args.parallel`` processes started together; their profiles."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        outs = [os.path.join(d, f"p{i}.json") for i in range(args.parallel)]
+        cmd = [sys.executable, "-m", "warmserve", "calibrate", "--models", ",".join(names), "--threads",
+               str(args.threads), "--prefill-tokens", args.prefill_tokens, "--decode-batches", args.decode_batches,
+               "--decode-steps", str(args.decode_steps), "--repeats", str(args.repeats)]
+        if args.demo_dir:
+            cmd += ["--demo-dir", args.demo_dir]
+        procs = [subprocess.Popen(cmd + ["--out", o], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for o in outs]
+        errs = [p.communicate()[1] for p in procs]
+        bad = [(p.returncode, e[-500:]) for p, e in zip(procs, errs) if p.returncode]
+        if bad:
+            raise RuntimeError(f"parallel calibration failed: {bad}")
+        runs = []
+        for o in outs:
+            with open(o) as f:
+                runs.append(json.load(f))
+    return {"processes": args.parallel, "runs": [{"models": r["models"], "measured": r["measured"]} for r in runs]}
+
+
 def main(args) -> int:
     import torch
 
@@ -180,8 +212,9 @@ def main(args) -> int:
         print(f"warmserve calibrate: unknown demo models {unknown}: choose from {', '.join(DEMO_MODELS)}",
               file=sys.stderr)
         return 2
-    if args.threads < 1 or args.repeats < 1 or args.decode_steps < 1:
-        print("warmserve calibrate: --threads, --repeats and --decode-steps must be >= 1", file=sys.stderr)
+    if min(args.threads, args.repeats, args.decode_steps, args.parallel) < 1:
+        print("warmserve calibrate: --threads, --repeats, --decode-steps and --parallel must be >= 1",
+              file=sys.stderr)
         return 2
     prefill_tokens, decode_batches = _ints(args.prefill_tokens), _ints(args.decode_batches)
     torch.set_num_threads(args.threads)
@@ -205,6 +238,17 @@ def main(args) -> int:
                   f"{m['activation_s'] * 1e3:6.2f} ms  cold TTFT {m['cold_start_first_token_s'] * 1e3:7.1f} ms  "
                   f"prewarmed TTFT {m['prewarmed_first_token_s'] * 1e3:6.1f} ms", file=sys.stderr)
     prof = build_profile(per_model, mem, args.threads)
+    if args.parallel > 1:
+        prof["parallel"] = measure_parallel(args, names)
+        ratios = []
+        for run in prof["parallel"]["runs"]:
+            for n, m in run["models"].items():
+                for key in ("prefill_table", "decode_table"):
+                    ratios += [b[1] / a[1] for a, b in zip(prof["models"][n][key], m[key]) if a[1] > 0]
+        prof["gpu"]["compute_scale"] = float(np.median(ratios))
+        prof["parallel"]["compute_scale"] = prof["gpu"]["compute_scale"]
+        print(f"{args.parallel} processes at once: prefill/decode {prof['gpu']['compute_scale']:.2f}x the lone "
+              f"process's time (gpu.compute_scale)", file=sys.stderr)
     prof["machine"]["wall_s"] = time.perf_counter() - t0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

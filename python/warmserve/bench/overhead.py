@@ -1,7 +1,8 @@
 """`warmserve bench overhead`: what the controller adds to each request, and requests/s through it.
 
-Side by side in one run, on the same demo model (the smallest), each request asking for one token (max_tokens=1,
-greedy), so the engine does one prefill step and the rest is path:
+Side by side in one run, on the same demo model (the smallest), each request a one-token prompt asking for one
+token (max_tokens=1, greedy), so the engine does the least a real request can ask (one prefill step of one token,
+batched across requests) and the rest is path:
 
 - ``zmq_rtt``: a bare ZeroMQ round trip to a worker (Abort of an unknown id, answered Ok).
 - ``direct``: Generate straight to a worker over ZeroMQ (ZeroMQ + the engine's step), no controller.
@@ -33,7 +34,8 @@ import tempfile
 import time
 
 MODEL = "llama-20m"
-PROMPT = "The quick brown fox jumps over the lazy dog"
+#: One token in, one token out: the least engine work a real request can ask for.
+PROMPT = "a"
 
 
 def add_arguments(p) -> None:

@@ -68,6 +68,8 @@ def add_arguments(p) -> None:
     p.add_argument("--start-lead-s", type=float, default=60.0,
                    help="the history's t = 0 is this long after a cluster's launch; the replay waits for it")
     p.add_argument("--log-dir", default=None, help="server and worker logs (default: next to --json, or a temp dir)")
+    p.add_argument("--reuse-live", default=None, metavar="JSON",
+                   help="take the live results from this earlier --json of the same workload; run only the simulator")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--plot", default=None, help="write a TTFT CDF plot (PNG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -297,7 +299,11 @@ def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
     from warmserve.sim.runner import resolve
     from warmserve.sim.simulator import simulate
 
+    from warmserve.config import ControllerConfig
+
+    # the live controller's policy tick, so both run the policy equally often
     cfg = SimConfig(n_servers=1, gpus_per_server=args.cpu_workers, warmup_s=0.0, drain_s=args.drain_s,
+                    tick_s=ControllerConfig().tick_s,
                     unanswered_ttft_s=UNANSWERED_TTFT_S,
                     policy_overrides={"window_s": args.window_s * args.time_scale})
     base, cfg = resolve(policy, cfg)
@@ -388,8 +394,19 @@ def main(args) -> int:
           f"({len(reqs) / w.duration_s:.2f} rps; trace {args.duration_s:.0f} s x time scale {args.time_scale}), "
           f"history {len(w.history)} requests over {args.history_days} earlier days", file=sys.stderr)
     live, live_ttft, sim, sim_ttft = {}, {}, {}, {}
+    earlier = None
+    if args.reuse_live:
+        with open(args.reuse_live) as f:
+            earlier = json.load(f)
+        if earlier["workload"]["requests"] != len(reqs):
+            print(f"warmserve bench replay: {args.reuse_live} replayed {earlier['workload']['requests']} requests, "
+                  f"this workload has {len(reqs)}: pass the same workload options", file=sys.stderr)
+            return 2
     for p in policies:
-        live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim)
+        if earlier is not None:
+            live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier.get("ttft_s", {}).get(p, []), float)
+        else:
+            live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim)
         s = live[p]
         print(f"{p}: live p50/p99 TTFT {s['ttft_p50_s']:.3f}/{s['ttft_p99_s']:.3f} s, answered {s['answered']}/"
               f"{s['requests']}, outcomes {s['outcomes']}", file=sys.stderr)
@@ -426,7 +443,9 @@ def main(args) -> int:
                            "models": [list(m) for m in served]},
                "args": {k: v for k, v in vars(args).items() if k != "api_key"},
                "policies": live, "simulated": {"policies": sim} if sim else None, "validation": val,
-               "ratios": ratios, "wall_s": wall}
+               "ratios": ratios, "wall_s": wall,
+               "ttft_s": {p: np.round(x, 4).tolist() for p, x in live_ttft.items()},
+               "sim_ttft_s": {p: np.round(x, 4).tolist() for p, x in sim_ttft.items()}}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1, default=_jsonable)
     if args.plot:

@@ -4,7 +4,9 @@ as one JSON body or as server-sent events."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import time
 
 from aiohttp import web
@@ -13,6 +15,8 @@ from warmserve.controller import openai_api as oa
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.textstream import TextStream
 from warmserve.errors import InvalidArgumentError, PromptTooLongError, WarmServeError
+
+log = logging.getLogger("warmserve.controller")
 
 _JSON = "application/json"
 #: When the request reached the controller (time.monotonic()), for Server-Timing.
@@ -40,7 +44,7 @@ def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") 
             max_context=ctx,
         )
     if not ids:
-        raise PromptTooLongError("the prompt is empty after tokenization; send some text", param=param)
+        raise InvalidArgumentError("the prompt is empty after tokenization; send some text", param=param)
 
 
 def chat_prompt_ids(model, messages: list[dict]) -> list[int]:
@@ -73,13 +77,14 @@ class Api:
         app.router.add_get("/v1/models/{name}", self.model)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/stats", self.stats)
         return app
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         request[_T0] = time.monotonic()
         try:
-            if self.api_key and request.path.startswith("/v1/"):
+            if self.api_key and (request.path.startswith("/v1/") or request.path == "/stats"):
                 auth = request.headers.get("Authorization", "")
                 given = auth[7:] if auth.startswith("Bearer ") else ""
                 if not hmac.compare_digest(given.encode(), self.api_key.encode()):
@@ -90,6 +95,11 @@ class Api:
                 raise
             return _json(e.status, oa.error_body(e.status, f"{e.reason}: {request.method} {request.path}"))
         except WarmServeError as e:
+            return _error(e)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # a bug: the client still gets an OpenAI-shaped 500, the log gets the trace
+            log.exception("%s %s failed", request.method, request.path)
             return _error(e)
 
     # ------------------------------------------------------------------------------------------- simple routes
@@ -105,10 +115,13 @@ class Api:
         h = self.controller.health()
         return _json(200 if h["ok"] else 503, h)
 
+    async def stats(self, request):
+        """The controller's view as JSON: workers (pool pages, models), instances, prewarms, queues."""
+        return _json(200, self.controller.stats())
+
     async def metrics(self, request):
-        return web.Response(text=self.controller.metrics.registry.render(),
-                            content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(body=self.controller.metrics.registry.render().encode(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     # --------------------------------------------------------------------------------------------- generation
 

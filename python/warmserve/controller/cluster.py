@@ -135,6 +135,13 @@ class Cluster:
         m, ids, s = self._prepare(model, prompt, max_tokens, temperature, top_p, seed, stop, messages)
         return self._run(self._collect(m, ids, s), timeout_s)
 
+    async def agenerate(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0,
+                        top_p: float = 1.0, seed: int | None = None, stop=None, messages=None) -> Completion:
+        """generate() for asyncio code: awaits without blocking the caller's event loop."""
+        self._check()
+        m, ids, s = self._prepare(model, prompt, max_tokens, temperature, top_p, seed, stop, messages)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._collect(m, ids, s), self._loop))
+
     async def _collect(self, m, ids, s) -> Completion:
         req = self.controller.submit_nowait(m.name, ids, s)
         text = TextStream(m.tokenizer.decode, s.stop)

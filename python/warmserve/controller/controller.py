@@ -75,12 +75,11 @@ def history_on_clock(history: dict | None, origin_s: float, models) -> dict | No
 
 
 class _Instance:
-    __slots__ = ("iid", "model", "worker", "ready", "failed")
+    __slots__ = ("iid", "model", "worker", "ready")
 
     def __init__(self, iid: str, model: str, worker: WorkerRecord):
         self.iid, self.model, self.worker = iid, model, worker
         self.ready = False
-        self.failed = False
 
 
 class _Prewarm:
@@ -107,7 +106,16 @@ class Controller:
         self.models: dict[str, ServedModel] = {m.name: m for m in models}
         infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=1, kv_bytes_per_token=m.kv_bytes_per_token)
                  for m in models]
-        self.policy_config = policy_config or PolicyConfig(window_s=self.cc.window_s)
+        if policy_config is None:
+            options = dict(self.cc.policy_options)
+            try:
+                policy_config = PolicyConfig(**{"window_s": self.cc.window_s, **options})
+            except TypeError as e:
+                import dataclasses
+
+                known = sorted(f.name for f in dataclasses.fields(PolicyConfig))
+                raise InvalidArgumentError(f"policy options {sorted(options)}: {e}; known: {known}") from None
+        self.policy_config = policy_config
         now_unix = time.time()
         self._t0_mono = time.monotonic()
         #: Unix time of the policy clock's t = 0; now_s() counts from it.
@@ -472,7 +480,6 @@ class Controller:
 
     def _instance_failed(self, inst: _Instance, e: BaseException, loaded: bool) -> None:
         log.warning("instance %s of %s on %r failed to start: %s", inst.iid, inst.model, inst.worker, e)
-        inst.failed = True
         self.state.instances.pop(inst.iid, None)
         self.instances.pop(inst.iid, None)
         if loaded and inst.worker.alive:
@@ -580,9 +587,18 @@ class Controller:
         if w in self.gpu_workers:
             self.gpu_workers.remove(w)
             self._rebuild_gpus()
-        if not self.closing:
-            for m in self.models:
-                self._dispatch(m)
+        if not any(x.ready for x in self.gpu_workers):
+            # Nothing left to serve them: say so now rather than at the request timeout.
+            for model, q in self.pending.items():
+                while q:
+                    req = q.popleft()
+                    self.state.queued[model] -= 1
+                    req.fail(NoWorkersError(f"every worker is lost (the last: {w!r}, {why}); retry when workers rejoin",
+                                            worker_id=w.worker_id))
+                    self._request_done(req, "worker_lost")
+            return
+        for m in self.models:
+            self._dispatch(m)
 
     def _rebuild_gpus(self) -> None:
         """Dense GPU ids over the live workers, grouped into servers by host."""

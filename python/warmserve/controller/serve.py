@@ -124,6 +124,12 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -
         await runner.cleanup()
         raise
     port = runner.addresses[0][1]
+    # What exists now (modules, tokenizers, the policy) lives as long as the server: keep it out of the garbage
+    # collector's scans, whose pauses would otherwise land on requests.
+    import gc
+
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,7 +1,9 @@
 """Token ids to text, incrementally: whole characters only, and stop strings cut where they begin.
 
 The controller detokenizes (workers see token ids), so stop strings are enforced here: the text that could be the
-start of a stop string is held back until it is known not to be one.
+start of a stop string is held back until it is known not to be one. Each push decodes only a short window of
+recent tokens (the previous step's tokens as context, so that merges and leading spaces at the window's edge come
+out as in a full decode), not the whole sequence: a long generation costs linear, not quadratic, time.
 """
 
 from __future__ import annotations
@@ -16,31 +18,45 @@ class TextStream:
         self.text = ""          # decoded text so far, cut at a stop string once one is seen
         self.emitted = 0        # characters of self.text already handed out
         self.stopped = False    # a stop string was found: the caller should end the request
+        self._prefix = 0        # ids[_prefix:_read] were decoded last time: the context window
+        self._read = 0          # ids[:_read] are in self.text
 
     def push(self, ids) -> str:
         """Add generated token ids; return the text that is now safe to hand out."""
         if self.stopped:
             return ""
         self.ids.extend(ids)
-        full = self._decode(self.ids)
-        if full.endswith("\ufffd"):
-            # A multi-byte character is split across tokens: wait for the rest of it.
+        if not self._advance(final=False):
             return ""
-        self.text = full
-        if self.stop:
-            start = max(0, self.emitted - self._hold)
-            cut = min((i for i in (full.find(s, start) for s in self.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                self.text = full[:cut]
-                self.stopped = True
-                return self._take(len(self.text))
-        return self._take(len(full) - self._hold)
+        return self._check_stop(len(self.text) - self._hold)
 
     def finish(self) -> str:
         """The rest of the text, once no more tokens will come."""
-        if not self.stopped and self.ids:
-            self.text = self._decode(self.ids)
-        return self._take(len(self.text))
+        out = ""
+        if not self.stopped:
+            self._advance(final=True)
+            out = self._check_stop(len(self.text))
+        return out + self._take(len(self.text))
+
+    def _advance(self, final: bool) -> bool:
+        before = self._decode(self.ids[self._prefix:self._read])
+        after = self._decode(self.ids[self._prefix:])
+        # A multi-byte character split across tokens decodes as U+FFFD until its last byte arrives.
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return False
+        self.text += after[len(before):]
+        self._prefix, self._read = self._read, len(self.ids)
+        return True
+
+    def _check_stop(self, safe_upto: int) -> str:
+        if self.stop:
+            start = max(0, self.emitted - self._hold)
+            cut = min((i for i in (self.text.find(s, start) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                self.stopped = True
+                return self._take(len(self.text))
+        return self._take(safe_upto)
 
     def _take(self, upto: int) -> str:
         if upto <= self.emitted:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import InvalidArgumentError, register
 
 ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 #: Largest header we accept; real ones are a few hundred KiB.
 MAX_HEADER_BYTES = 100 << 20
 
 
+@register
 class CheckpointError(InvalidArgumentError):
     """A checkpoint file is missing, malformed or does not match config.json."""
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import InvalidArgumentError, register
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@register
 class UnsupportedModelError(InvalidArgumentError):
     """A checkpoint's architecture or settings are outside what the engine implements."""
 

@@ -17,7 +17,7 @@ calibration benchmark) overrides any part of it. Profile schema, version 1 (ever
           "weight_bytes": 13.5e9, "tp": 1, "kv_bytes_per_token": 524288,
           "prefill_s": {"base_s": 0.0035, "per_token_s": 3.08e-5},    # linear in prompt tokens of the batch
           "decode_step_s": {"base_s": 0.015, "per_seq_s": 0.0},     # linear in running sequences
-          # or measured tables, interpolated linearly (and extrapolated from the last two points):
+          # or measured tables, interpolated linearly (extrapolated from the last two points, never downward):
           "prefill_table": [[tokens, seconds], ...], "decode_table": [[batch, seconds], ...]
         }
       }
@@ -104,7 +104,8 @@ def _interp(table, x):
     if len(xs) == 1:
         return ys[0]
     if x >= xs[-1]:
-        slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-12)
+        # a noisy measured table can end on a dip: never extrapolate below its last point
+        slope = max((ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-12), 0.0)
         return ys[-1] + slope * (x - xs[-1])
     return float(np.interp(x, xs, ys))
 

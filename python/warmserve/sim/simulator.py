@@ -94,15 +94,16 @@ def history_windows(workload: Workload, served: list[ServedModel], cost: CostMod
         t0 = math.floor(arr.min() / window_s) * window_s
         t1 = math.floor((clock0 - warmup_s) / window_s) * window_s
         starts, avg, peak = concurrency_windows(arr, arr + lat, t0, t1, window_s)
-        # a window without a single arrival lies between history segments: missing, not zero load
-        counts = np.bincount(((arr - t0) // window_s).astype(np.int64), minlength=len(starts))[:len(starts)]
-        empty = counts == 0
-        near = np.convolve(~empty, [1, 1, 1], mode="same") > 0  # a quiet window next to busy ones is real
-        miss = empty & ~near
-        avg[miss] = np.nan
-        peak[miss] = np.nan
-        keep = ~(np.isnan(avg) & np.roll(np.isnan(avg), 1) & np.roll(np.isnan(avg), -1))
-        out[s.name] = (starts[keep], avg[keep], peak[keep])
+        if workload.history_spans:
+            # only windows inside the spans the history covers are known (quiet ones there are real zeros)
+            known = np.zeros(len(starts), bool)
+            for a, b in workload.history_spans:
+                known |= (starts >= a + clock0 - 1e-6) & (starts + window_s <= b + clock0 + 1e-6)
+        else:
+            counts = np.bincount(((arr - t0) // window_s).astype(np.int64), minlength=len(starts))[:len(starts)]
+            known = counts > 0
+        # absent windows are missing to the policy
+        out[s.name] = (starts[known], avg[known], peak[known])
     return out
 
 
@@ -175,8 +176,7 @@ class Simulator:
         on_done = getattr(pol, "on_request_done", None)
         self._on_done = on_done
         n = len(self.arrival)
-        t_start = (self.arrival[0] if n else self.clock0) if self.n_warm else self.clock0
-        t_start = min(t_start, self.clock0 - self.warmup_s) if self.warmup_s > 0 else self.clock0
+        t_start = self.clock0 - max(self.warmup_s, 0.0)  # warm-up arrivals all lie in [t_start, clock0)
         end_arrivals = self.clock0 + self.workload.duration_s
         horizon = max(end_arrivals, self.arrival[-1] if n else end_arrivals) + cfg.drain_s
         self.now = t_start

@@ -76,7 +76,7 @@ def _anchor(a: float, day_s: float) -> float:
     return -round(-a / day_s) * day_s if a < -day_s / 2 else 0.0
 
 
-def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta) -> Workload:
+def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta, segs) -> Workload:
     """Merge the parts; ``time_scale`` stretches each segment around its day offset, so history stays on
     whole days (the forecasts' daily season) while the load inside a segment plays faster or slower."""
     if time_scale <= 0:
@@ -90,8 +90,12 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     replay = full.select(full.arrival_s >= 0)
     history = full.select(full.arrival_s < 0)
     meta = dict(meta, time_scale=time_scale)
+    spans = []
+    for a, b in segs[1:]:  # every segment but the replay, stretched like its arrivals
+        d = _anchor(a, day_s)
+        spans.append((d + (a - d) * time_scale, d + (b - d) * time_scale))
     return Workload(name, replay, history, duration_s * time_scale, day_s, meta, warmup_s=pre_s * time_scale,
-                    clock0_s=clock0_s)
+                    clock0_s=clock0_s, history_spans=sorted(spans))
 
 
 def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0, total_rate_rps: float | None = None,
@@ -133,9 +137,10 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     meta = {"recipe": "paper", "kind": kind, "alpha": alpha, "total_rate_rps": total, "burst_cv": burst_cv,
             "shares": shares.tolist(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
             "source": "Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC-BY 4.0)"}
-    # the Azure trace starts at 18:17 local time; whole days before it leave room for the history
-    clock0 = (history_days + 1) * day_s + 18 * 3600 + 17 * 60
-    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta)
+    # the Azure trace starts at 18:17 local time: replay from 18:15 (on the 5-minute window grid the forecasts
+    # use); whole days before it leave room for the history
+    clock0 = (history_days + 1) * day_s + 18 * 3600 + 15 * 60
+    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs)
 
 
 def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS, path: str | None = None,
@@ -173,7 +178,8 @@ def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
 
 
 def _aggregate(model: str, clients: list[sg.ClientWindows]) -> sg.ClientWindows:
-    """A model's aggregate series: its clients' windows concatenated (sampled client by client)."""
+    """A model's aggregate series: its clients' windows concatenated (sampled client by client). With the
+    vendored extract that is the sum of its largest clients only; pass the full file for the whole model."""
     cols = [np.concatenate([getattr(c, f) for c in clients]) for f in
             ("t_s", "rate_rps", "cv", "is_gamma", "shape", "scale")]
     order = np.argsort(cols[0], kind="stable")
@@ -198,10 +204,15 @@ def servegen_workload(n_models: int = 32, *, start_s: float = 13 * DAY_S + 20 * 
     if start_s - (history_days + shift) * DAY_S - pre_s < 0:
         raise ValueError(f"start_s={start_s} leaves no room for {history_days} history days and pre_s={pre_s}: "
                          f"start at day {history_days} or later")
+    # expected total rate over the replayed span: windows without a row carry no traffic; an aggregate series
+    # has one row per client and window, so rates are summed per window slot
+    lo_slot = math.floor((start_s - sg.WINDOW_S) / sg.WINDOW_S) + 1
+    hi_slot = math.ceil((start_s + duration_s) / sg.WINDOW_S) - 1
+    n_slots = max(hi_slot - lo_slot + 1, 1)
     expected = 0.0
     for s in series:
         m = (s.t_s > start_s - sg.WINDOW_S) & (s.t_s < start_s + duration_s)
-        expected += float(s.rate_rps[m].mean() if m.any() else 0.0) * (1 if m.any() else 0)
+        expected += float(s.rate_rps[m].sum()) / n_slots
     scale = rate_scale * (total_rate_rps / expected if total_rate_rps is not None and expected > 0 else 1.0)
     pmfs = sg.load_length_pmfs(pmf_path)
     rng = np.random.default_rng(seed)
@@ -222,4 +233,5 @@ def servegen_workload(n_models: int = 32, *, start_s: float = 13 * DAY_S + 20 * 
     meta = {"recipe": "servegen", "series": names, "start_s": start_s, "rate_scale": scale, "burst_cv": burst_cv,
             "seed": seed, "expected_rate_rps": expected * scale,
             "source": "ServeGen (Xiang et al., arXiv:2505.09999; Apache-2.0), Alibaba Bailian"}
-    return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta)
+    segs = _segments(duration_s, pre_s, history_days, DAY_S)
+    return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta, segs)

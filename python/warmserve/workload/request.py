@@ -113,6 +113,9 @@ class Workload:
     warmup_s: float = 0.0
     #: time of t=0 on the policy's clock, where 0 is a local midnight (so history days stay >= 0)
     clock0_s: float = 0.0
+    #: the spans [start, end) (seconds, < 0) the history covers; load outside them is unknown, not zero.
+    #: Empty: only windows with arrivals count as known
+    history_spans: list = field(default_factory=list)
 
     @property
     def models(self) -> list[str]:

@@ -30,3 +30,12 @@ def test_bad_configs_are_refused(tmp_path):
         ControllerConfig(heartbeat_interval_s=1.0, worker_timeout_s=1.5)
     with pytest.raises(ValueError):
         ClusterConfig(devices=("gpu0",))
+
+
+def test_policy_table_and_policy_name(tmp_path):
+    (tmp_path / "p.toml").write_text('policy = "shared"\n[policy_options]\ninstance_capacity = 8\n')
+    c = load_config(str(tmp_path / "p.toml"))
+    assert c.controller.policy == "shared" and dict(c.controller.policy_options) == {"instance_capacity": 8}
+    (tmp_path / "q.yaml").write_text("controller: {policy: autoscale}\npolicy: {min_lifetime_s: 2.0}\n")
+    c = load_config(str(tmp_path / "q.yaml"))
+    assert c.controller.policy == "autoscale" and dict(c.controller.policy_options) == {"min_lifetime_s": 2.0}

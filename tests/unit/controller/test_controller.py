@@ -50,6 +50,13 @@ class Peer:
         self.silent = False
         self.hold_generate = False
         self.task = asyncio.get_running_loop().create_task(self.run())
+        self.beats = asyncio.get_running_loop().create_task(self.beat())
+
+    async def beat(self):
+        while True:  # a worker's heartbeats; a silent peer stops them
+            await asyncio.sleep(0.05)
+            if not self.silent:
+                await self.send(P.Heartbeat(time_s=time.time()))
 
     async def send(self, msg):
         await self.sock.send(P.encode(msg))
@@ -83,6 +90,7 @@ class Peer:
 
     def close(self):
         self.task.cancel()
+        self.beats.cancel()
         self.sock.close(0)
 
 
@@ -329,3 +337,42 @@ def test_stream_cut_by_a_lost_worker_ends_with_an_error_event_over_http(model):
             peer.close()
 
     run(main())
+
+
+@pytest.mark.parametrize("policy", ["shared", "dedicated"])
+def test_static_baselines_lay_out_once_all_workers_are_in(model, policy):
+    """`shared` colocates every model on each worker with fixed KV shares; `dedicated` gives each model its own
+    worker. Both place once, after the expected workers registered."""
+    import dataclasses
+
+    a = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="a"))
+    b = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="b"))
+
+    async def main():
+        cc = ControllerConfig(tick_s=0.05, heartbeat_interval_s=0.05, worker_timeout_s=0.5, policy=policy)
+        c = Controller(ClusterConfig(models=(a.spec, b.spec), controller=cc), [a, b])
+        ep = await c.start()
+        peers = [Peer(ep, wid="host-1-cpu0"), Peer(ep, wid="host-1-cpu1")]
+        await c.wait_for_workers(2, 5)
+        for name in ("a", "b"):
+            assert await collect(c.submit_nowait(name, [1], Sampling())) == [5, 6, 7]
+        acts = [(p.wid, m) for p in peers for m in p.got if isinstance(m, P.Activate)]
+        if policy == "shared":
+            assert sorted((w, m.name) for w, m in acts) == [("host-1-cpu0", "a"), ("host-1-cpu0", "b"),
+                                                             ("host-1-cpu1", "a"), ("host-1-cpu1", "b")]
+            assert all(m.shared and m.kv_blocks and m.kv_blocks > 0 for _, m in acts)
+        else:
+            assert sorted(m.name for _, m in acts) == ["a", "b"] and len({w for w, _ in acts}) == 2
+            assert not any(m.shared for _, m in acts)
+        await c.close(drain=False)
+        for p in peers:
+            p.close()
+
+    run(main())
+
+
+def test_policy_options_reach_the_policy(model):
+    c = make_controller(model, policy_options=(("instance_capacity", 8),))
+    assert c.policy.cfg.instance_capacity == 8 and c.policy.cfg.window_s == 30
+    with pytest.raises(ValueError, match="known"):
+        make_controller(model, policy_options=(("instance_capacty", 8),))

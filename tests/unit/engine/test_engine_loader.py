@@ -158,3 +158,29 @@ def test_missing_tensor_and_bad_dtype_are_typed_errors(tmp_path, demo_dir, pool)
         load_model(src, pool, dtype="int8")
     with pytest.raises(InvalidArgumentError, match="config.json"):
         load_model(str(tmp_path), pool)
+
+
+def test_float16_load_tracks_float32_logits(tiny_dir, pool):
+    path = tiny_dir["tiny-bias"]
+    prompt = list(range(1, 40))
+    rows = {}
+    for dt in ("float32", "float16"):
+        lm = load_model(path, pool, dtype=dt, name=f"half-{dt}").wait()
+        try:
+            with Engine(lm) as eng:
+                eng.record_logits = True
+                eng.add_request("r", prompt, SamplingParams(max_tokens=1))
+                eng.step()
+                rows[dt] = eng.last_logits["r"]
+        finally:
+            lm.close()
+    assert lm.weight_bytes * 2 == sum(ti.nbytes for ti in read_tensors(path).values())  # half of the fp32 file
+    torch.testing.assert_close(rows["float16"], rows["float32"], atol=2e-2, rtol=2e-2)
+
+
+def test_checkpoint_errors_cross_the_wire_as_themselves():
+    from warmserve.errors import from_wire
+
+    err = CheckpointError("bad file", path="/x")
+    back = from_wire(err.to_wire())
+    assert type(back) is CheckpointError and back.path == "/x" and isinstance(back, ValueError)

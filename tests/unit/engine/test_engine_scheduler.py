@@ -179,3 +179,24 @@ def test_kv_maps_lazily_shrinks_and_grows_while_generating(lm, pool):
         assert st["used_blocks"] == 0 and st["free_blocks"] == 5 and st["mapped_blocks"] == 5
         eng.set_kv_target_free_blocks(0)
         assert lm.slot.mapped_pages == lm.weight_region_bytes // pool.page_bytes
+
+
+def test_pool_running_out_of_pages_preempts_and_still_finishes(lm, tiny_dir):
+    from warmserve.memory import PagePool
+
+    prompts = _prompts(4, 200)
+    params = SamplingParams(max_tokens=90, ignore_eos=True)
+    with Engine(lm) as eng:
+        want = eng.generate(prompts, params)
+    pages = lm.weight_region_bytes // lm.slot.page_bytes + 3 * lm.kv_bytes_per_block // lm.slot.page_bytes
+    with PagePool(pages * lm.slot.page_bytes) as small:
+        m = load_model(tiny_dir["tiny-linear"], small).wait()
+        try:
+            with Engine(m) as eng:  # room for 3 blocks in the pool; the 4 requests need 8 at once
+                got = eng.generate(prompts, params)
+                assert eng.kv_stats()["num_preemptions"] > 0
+                assert small.free_pages <= 3 * m.kv_bytes_per_block // small.page_bytes
+        finally:
+            m.close()
+        assert small.free_pages == small.total_pages
+    assert got == want

@@ -126,3 +126,34 @@ def test_cost_profile_overrides_and_round_trips(tmp_path):
         CostModel.from_profile({"schema": "other"})
     with pytest.raises(ValueError, match="lacks"):
         CostModel.from_profile({"schema": SCHEMA, "models": {"new": {"tp": 1}}})
+
+
+def test_measured_profile_from_calibration_layout_drives_a_run():
+    """A profile as `warmserve calibrate` writes it (tables, extra keys) replaces the defaults for its models."""
+    prof = {"schema": SCHEMA, "gpu": {"name": "cpu-worker-1t", "memory_bytes": 8e9, "pool_fraction": 1.0,
+                                       "h2d_bytes_per_s": 2e9, "compute_scale": 1.0},
+            "engine_start_s": 0.01, "activation_s": 0.001, "kv_map_s_per_gib": 0.0, "machine": {"cpus": 2},
+            "models": {"tiny": {"weight_bytes": 75e6, "tp": 1, "kv_bytes_per_token": 8192,
+                                "prefill_table": [[16, 0.02], [512, 0.3]],
+                                "decode_table": [[1, 0.013], [8, 0.03], [16, 0.025]]}}}
+    cm = CostModel.from_profile(prof)
+    c = cm.cost("tiny")
+    assert cm.decode_step_s(c, 32) == pytest.approx(0.025)  # the dip at 16 is not extrapolated downward
+    w = _poisson_workload(2.0, 400, 64, 8, model="tiny")
+    cfg = SimConfig(n_servers=1, gpus_per_server=2, drain_s=60)
+    r = simulate(w, [ServedModel("tiny")], "warmserve", config=cfg, cost=cm)
+    assert r.summary["completed"] == 400
+    assert r.summary["ttft_p50_s"] >= cm.prefill_s(c, 64) - 1e-9
+
+
+def test_forecast_history_covers_earlier_days_in_policy_time():
+    from warmserve.sim.simulator import history_windows
+
+    p = paper_preset("conv", total_rate_rps=6.0, n_models=2, history_days=2)
+    w = p.build(1.0, 0)
+    h = history_windows(w, p.models, CostModel(), w.warmup_s, 300.0)
+    starts, avg, peak = h[p.models[0].name]
+    assert np.all(starts % 300 == 0) and np.all(starts < w.clock0_s - w.warmup_s)
+    days = np.floor((w.clock0_s - starts) / 86400 + 0.01)
+    assert set(days.tolist()) >= {1.0, 2.0}  # the same slot of the two earlier days
+    assert np.all(avg > 0) and np.all(peak >= avg)

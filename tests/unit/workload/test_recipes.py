@@ -30,7 +30,7 @@ def test_paper_recipe_split_cut_and_history():
     for k in (1, 2):
         day = h[(h >= -k * 86400 - 600) & (h < -k * 86400 + 1200)]
         assert len(day) > 0.8 * len(tr)
-    assert w.warmup_s == 600 and w.clock0_s % 86400 == 18 * 3600 + 17 * 60
+    assert w.warmup_s == 600 and w.clock0_s % 86400 == 18 * 3600 + 15 * 60
 
 
 def test_paper_recipe_deterministic_by_seed():
@@ -93,3 +93,9 @@ def test_servegen_series_repeat_with_day_shift():
     o = orig[s.name.rsplit(".d", 1)[0]]
     assert np.array_equal(s.t_s, o.t_s + 86400) and np.array_equal(s.rate_rps, o.rate_rps)
     assert base[0].day_shift == 0
+
+
+def test_servegen_aggregates_hit_the_requested_total_rate():
+    w = servegen_workload(4, include_aggregates=True, total_rate_rps=30.0, history_days=1, seed=2)
+    assert w.models[:3] == ["m-large", "m-mid", "m-small"]
+    assert len(w.trace) / w.duration_s == pytest.approx(30.0, rel=0.15)
