@@ -240,3 +240,42 @@ def test_sigint_drains_running_requests(server):
     assert sum(1 for c in chunks if c.choices[0].text) >= 1
     proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_history_file_prewarms_real_workers_and_the_burst_hits(tmp_path):
+    """A load history saying qwen2-30m is busy at this time of day: the first plan loads its weights into the real
+    workers' pools before any request; its first request then starts from that prewarm (a hit, no cold load)."""
+    from warmserve import Cluster
+    from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+
+    paths = _demo_paths()
+    now = time.time()
+    rows = ["model,window_start_s,avg,peak"]
+    for t in range(int(now - 2 * 86400), int(now - 30), 30):
+        rows.append(f"qwen2-30m,{t},8,40")
+        rows.append(f"llama-20m,{t},0,0")
+    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
+    cfg = ClusterConfig(
+        models=tuple(ModelSpec(path=paths[m]) for m in MODELS), cpu_workers=2, cpu_worker_memory_bytes=768 << 20,
+        cpu_worker_threads=1,
+        controller=ControllerConfig(window_s=30, tick_s=0.2, heartbeat_interval_s=0.2, worker_timeout_s=2.0,
+                                    history_path=str(tmp_path / "history.csv")))
+    with Cluster(None, config=cfg) as c:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pw = c.stats()["prewarms"]
+            if pw and all(p["progress"] >= 1.0 for p in pw):
+                break
+            time.sleep(0.2)
+        assert pw and {p["model"] for p in pw} == {"qwen2-30m"}, pw
+        worker = pw[0]["worker"]
+        for _ in range(50):  # the worker's own Stats (pushed with its heartbeats) say so too
+            models_on = {w["worker_id"]: w["models"] for w in c.stats()["workers"]}
+            if models_on[worker].get("qwen2-30m") == "prewarmed":
+                break
+            time.sleep(0.1)
+        assert models_on[worker].get("qwen2-30m") == "prewarmed"
+        out = c.generate("qwen2-30m", "a burst arrives", max_tokens=4)
+        assert out.completion_tokens >= 1
+        s = c.stats()
+        assert s["prewarm_hits"]["qwen2-30m"] == 1 and s["prewarm_misses"]["qwen2-30m"] == 0

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -62,12 +63,17 @@ def add_arguments(p) -> None:
                    help="after the last arrival, how long answers may still come, seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--endpoint", default=None, help="replay against this OpenAI-compatible server (no cluster)")
+    p.add_argument("--served-names", default=None,
+                   help="with --endpoint: comma-separated model names the server knows; workload model i is sent "
+                        "as name i (round-robin when fewer)")
     p.add_argument("--api-key", default=None, help="Bearer key for --endpoint (default $OPENAI_API_KEY)")
     p.add_argument("--vocab-size", type=int, default=8192, help="prompt token ids are drawn below this")
     p.add_argument("--profile", default=None, help="cost profile (warmserve calibrate) for the simulated twin")
     p.add_argument("--start-lead-s", type=float, default=60.0,
                    help="the history's t = 0 is this long after a cluster's launch; the replay waits for it")
     p.add_argument("--log-dir", default=None, help="server and worker logs (default: next to --json, or a temp dir)")
+    p.add_argument("--sim-compute-scale", type=float, default=None,
+                   help="override the profile's gpu.compute_scale for the simulated twin (e.g. workers / cores)")
     p.add_argument("--reuse-live", default=None, metavar="JSON",
                    help="take the live results from this earlier --json of the same workload; run only the simulator")
     p.add_argument("--json", default=None, help="write results here")
@@ -384,10 +390,16 @@ def main(args) -> int:
             return 2
     w, served = build_workload(args)
     reqs = replay_requests(w, args.vocab_size, args.seed)
+    if args.served_names:
+        names = [n for n in args.served_names.split(",") if n]
+        to = {m: names[i % len(names)] for i, m in enumerate(w.models)}
+        reqs = [replace(r, model=to[r.model]) for r in reqs]
     if not reqs:
         print("warmserve bench replay: the workload has no requests: raise --rate or --duration-s", file=sys.stderr)
         return 2
     cost = CostModel.from_profile(args.profile) if args.profile else None
+    if cost is not None and args.sim_compute_scale:
+        cost = replace(cost, gpu=replace(cost.gpu, compute_scale=args.sim_compute_scale))
     served_sim = [ServedModel(n, c) for n, c in served]
     log_dir = args.log_dir or os.path.join(os.path.dirname(os.path.abspath(args.json or "replay.json")), "logs")
     print(f"workload: {w.name}, {len(served)} models, {len(reqs)} requests over {w.duration_s:.0f} s "

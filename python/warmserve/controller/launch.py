@@ -16,6 +16,7 @@ from warmserve.config import ClusterConfig, ModelSpec
 from warmserve.controller.controller import Controller
 from warmserve.controller.models import served_model
 from warmserve.controller.workers import spawn_worker
+from warmserve.errors import WarmServeError
 
 log = logging.getLogger("warmserve.controller")
 
@@ -58,12 +59,24 @@ def cpu_worker_memory_bytes(cfg: ClusterConfig, models) -> int:
     return max(1 << 30, -(-want // (256 << 20)) * (256 << 20))
 
 
-def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:
-    """Write the demo checkpoints when absent (deterministic, skipped when up to date) and name them."""
-    from warmserve.engine.demo import write_demo_models
+def demo_dir() -> str:
+    """Where `warmserve models demo` writes by default: $WARMSERVE_HOME/demo, else ~/.cache/warmserve/demo."""
+    home = os.environ.get("WARMSERVE_HOME")
+    return os.path.join(home, "demo") if home else os.path.join(os.path.expanduser("~"), ".cache", "warmserve", "demo")
 
-    paths = write_demo_models(out_dir, names)
-    return tuple(ModelSpec(path=p, name=n) for n, p in paths.items())
+
+def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:
+    """Write the demo checkpoints when absent (deterministic, skipped when up to date) and name them. The writer
+    runs as `warmserve models demo` in a child process: it needs torch, and the controller should not carry it."""
+    import sys
+
+    out_dir = out_dir or demo_dir()
+    proc = subprocess.run([sys.executable, "-m", "warmserve", "models", "demo", "--out", out_dir, "--models", *names],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise WarmServeError(f"writing the demo models into {out_dir} failed:\n{proc.stderr[-2000:]}",
+                             out_dir=out_dir)
+    return tuple(ModelSpec(path=os.path.join(out_dir, n), name=n) for n in names)
 
 
 async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None = None) -> Controller:

@@ -6,6 +6,7 @@ Unknown request fields are ignored (clients send many we do not use); fields we 
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from typing import Any
@@ -178,8 +179,13 @@ def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
 # ---------------------------------------------------------------------------------------------------- responses
 
 
+_ID_BASE = uuid.uuid4().hex[:12]  # random per process, so ids from two servers do not collide
+_ids = itertools.count(1)
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    """A response id: unique within the process by a counter (no urandom per request), across servers by a base."""
+    return f"{prefix}-{_ID_BASE}{next(_ids):012x}"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -7,6 +7,7 @@ typed error that ended it. ``abort()`` is safe at any time and from any state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 from warmserve.errors import WarmServeError
@@ -17,7 +18,7 @@ _END = object()
 class Req:
     __slots__ = (
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
-        "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s",
+        "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s", "_waiter",
         "sent_s", "end_s", "gid",
     )
 
@@ -40,10 +41,25 @@ class Req:
         self.reroutes = 0
         self.sent_s: float | None = None   # when its Generate left for the worker (last one, if re-routed)
         self.end_s: float | None = None    # when the worker's final event arrived
-        self._q: asyncio.Queue = asyncio.Queue()
+        # Token lists and the end marker; one waiter at most (the consumer). Lighter than an asyncio.Queue.
+        self._q: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
         self._abort_cb = None       # set by the controller: abort(req) frees it wherever it is
 
     # ------------------------------------------------------------------------------------------ producer side
+
+    def server_timing(self) -> str:
+        """A Server-Timing header value: time queued in the controller, and the worker's share (ZeroMQ both ways
+        plus the engine), in ms. What a client measures beyond these is the controller's (and HTTP's) share."""
+        if self.sent_s is None or self.end_s is None:
+            return ""
+        return f"queue;dur={(self.sent_s - self.arrival_s) * 1e3:.3f}, worker;dur={(self.end_s - self.sent_s) * 1e3:.3f}"
+
+    def _put(self, item) -> None:
+        self._q.append(item)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def push(self, token_ids: list[int]) -> None:
         if self.done or not token_ids:
@@ -53,28 +69,21 @@ class Req:
             self.first_token_s = now
         self.last_token_s = now
         self.generated += len(token_ids)
-        self._q.put_nowait(token_ids)
-
-    def server_timing(self) -> str:
-        """A Server-Timing header value: time queued in the controller, and the worker's share (ZeroMQ both ways
-        plus the engine), in ms. What a client measures beyond these is the controller's (and HTTP's) share."""
-        if self.sent_s is None or self.end_s is None:
-            return ""
-        return f"queue;dur={(self.sent_s - self.arrival_s) * 1e3:.3f}, worker;dur={(self.end_s - self.sent_s) * 1e3:.3f}"
+        self._put(token_ids)
 
     def finish(self, reason: str) -> None:
         if self.done:
             return
         self.done = True
         self.finish_reason = reason
-        self._q.put_nowait(_END)
+        self._put(_END)
 
     def fail(self, error: WarmServeError) -> None:
         if self.done:
             return
         self.done = True
         self.error = error
-        self._q.put_nowait(_END)
+        self._put(_END)
 
     # ------------------------------------------------------------------------------------------ consumer side
 
@@ -82,19 +91,21 @@ class Req:
         return self
 
     async def __anext__(self) -> list[int]:
-        item = await self._q.get()
+        while not self._q:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._q.popleft()
         if item is _END:
-            self._q.put_nowait(_END)  # later calls end too
+            self._q.appendleft(_END)  # later calls end too
             if self.error is not None:
                 raise self.error
             raise StopAsyncIteration
         # Coalesce what is already queued, so a slow reader does one write per burst, not per token.
-        while not self._q.empty():
-            nxt = self._q.get_nowait()
-            if nxt is _END:
-                self._q.put_nowait(_END)
-                break
-            item = item + nxt
+        while self._q and self._q[0] is not _END:
+            item = item + self._q.popleft()
         return item
 
     def abort(self) -> None:

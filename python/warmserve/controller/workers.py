@@ -199,6 +199,9 @@ class WorkerHub:
             return
         w = self.workers.get(ident)
         if isinstance(msg, P.Hello):
+            if w is not None and w.alive and msg.pid != w.pid:
+                # Same id, new process (a restart took the routing id over): the old one's state is gone.
+                self.lose(w, f"restarted as process {msg.pid}")
             if w is None or not w.alive:
                 self.on_hello(ident, msg)
             else:

@@ -376,3 +376,67 @@ def test_policy_options_reach_the_policy(model):
     assert c.policy.cfg.instance_capacity == 8 and c.policy.cfg.window_s == 30
     with pytest.raises(ValueError, match="known"):
         make_controller(model, policy_options=(("instance_capacty", 8),))
+
+
+def test_http_limit_gives_429_with_the_reason(model):
+    """Too many requests in flight over HTTP: 429, OpenAI-shaped; the ones in flight still complete."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from warmserve.controller.api import Api
+
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        async with TestClient(TestServer(Api(c, max_concurrent_requests=2).app())) as http:
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+            assert (await http.post("/v1/completions", json=body)).status == 200  # the instance is up
+            peer.hold_generate = True
+            held = [asyncio.ensure_future(http.post("/v1/completions", json=body)) for _ in range(2)]
+            while sum(len(w.gens) for w in c.gpu_workers) < 2:
+                await asyncio.sleep(0.01)
+            r = await http.post("/v1/completions", json=body)
+            assert r.status == 429
+            err = (await r.json())["error"]
+            assert err["code"] == "rate_limit_exceeded" and "limit is 2" in err["message"]
+            for gid in list(c.gpu_workers[0].gens):
+                await peer.send(P.Tokens(id=gid, token_ids=[1], finished=True, finish_reason="length"))
+            assert [(await h).status for h in held] == [200, 200]
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_client_that_goes_away_mid_stream_aborts_its_generation(model):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from warmserve.controller.api import Api
+
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        async with TestClient(TestServer(Api(c).app())) as http:
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 50}
+            assert (await http.post("/v1/completions", json=body)).status == 200  # the instance is up
+            peer.hold_generate = True
+            r = await http.post("/v1/completions", json={**body, "stream": True})
+            while not c.gpu_workers[0].gens:
+                await asyncio.sleep(0.01)
+            gid = next(iter(c.gpu_workers[0].gens))
+            await peer.send(P.Tokens(id=gid, token_ids=[40]))
+            await r.content.readline()
+            r.close()  # the client hangs up
+            await peer.send(P.Tokens(id=gid, token_ids=[41]))  # the next write finds the connection gone
+            for _ in range(200):
+                if any(isinstance(m, P.Abort) and m.request_id == gid for m in peer.got):
+                    break
+                await asyncio.sleep(0.01)
+            assert any(isinstance(m, P.Abort) and m.request_id == gid for m in peer.got)
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())

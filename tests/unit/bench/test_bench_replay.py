@@ -193,3 +193,40 @@ def _profile():
                     "measured": {"load_s": wb / 2e9 + 0.01, "activation_s": 0.001,
                                  "cold_start_first_token_s": 0.1, "prewarmed_first_token_s": 0.03}}
     return build_profile({"llama-20m": m(75e6), "qwen2-30m": m(117e6), "llama-90m": m(352e6)}, 1 << 30, 1)
+
+
+def test_endpoint_mode_end_to_end(tmp_path):
+    """`bench replay --endpoint` against a server on a real socket: JSON in the simulator's per-policy shape."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box = {}
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        _RELEASE[:] = [asyncio.Event()]
+        box["runner"], box["url"] = loop.run_until_complete(_serve(_handler))
+        started.set()
+        loop.run_forever()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    assert started.wait(10)
+    try:
+        out = tmp_path / "r.json"
+        a = _args("--endpoint", box["url"], "--policy", "other-server", "--served-names", "m", "--duration-s", "200",
+                  "--time-scale", "0.02", "--rate", "3", "--max-output-tokens", "3", "--drain-s", "5", "--json",
+                  str(out), "--plot", str(tmp_path / "p.png"), "--quiet")
+        assert R.main(a) == 0
+    finally:
+        loop.call_soon_threadsafe(_RELEASE[0].set)
+        asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(10)
+    doc = json.loads(out.read_text())
+    s = doc["policies"]["other-server"]
+    assert s["requests"] == doc["workload"]["requests"] > 0
+    assert s["answered"] == s["requests"] and s["outcomes"]["ok"] == s["requests"]
+    assert 0 < s["ttft_p50_s"] <= s["ttft_p99_s"] < 5 and "prewarm_hit_rate" not in s
+    assert doc["simulated"] is None and (tmp_path / "p.png").exists()
