@@ -192,3 +192,12 @@ def load_config(path: str) -> ClusterConfig:
         for m in data.get("models", []) or []
     ]
     return cluster_config_from_dict(data)
+
+
+def default_demo_dir() -> str:
+    """Where `warmserve models demo` writes and `warmserve serve` looks: $WARMSERVE_HOME/demo, else
+    ~/.cache/warmserve/demo."""
+    import os
+
+    home = os.environ.get("WARMSERVE_HOME")
+    return os.path.join(home, "demo") if home else os.path.join(os.path.expanduser("~"), ".cache", "warmserve", "demo")

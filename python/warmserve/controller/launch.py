@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 
-from warmserve.config import ClusterConfig, ModelSpec
+from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir
 from warmserve.controller.controller import Controller
 from warmserve.controller.models import served_model
 from warmserve.controller.workers import spawn_worker
@@ -59,18 +59,12 @@ def cpu_worker_memory_bytes(cfg: ClusterConfig, models) -> int:
     return max(1 << 30, -(-want // (256 << 20)) * (256 << 20))
 
 
-def demo_dir() -> str:
-    """Where `warmserve models demo` writes by default: $WARMSERVE_HOME/demo, else ~/.cache/warmserve/demo."""
-    home = os.environ.get("WARMSERVE_HOME")
-    return os.path.join(home, "demo") if home else os.path.join(os.path.expanduser("~"), ".cache", "warmserve", "demo")
-
-
 def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:
     """Write the demo checkpoints when absent (deterministic, skipped when up to date) and name them. The writer
     runs as `warmserve models demo` in a child process: it needs torch, and the controller should not carry it."""
     import sys
 
-    out_dir = out_dir or demo_dir()
+    out_dir = out_dir or default_demo_dir()
     proc = subprocess.run([sys.executable, "-m", "warmserve", "models", "demo", "--out", out_dir, "--models", *names],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:

@@ -16,49 +16,12 @@ from warmserve.errors import InvalidArgumentError
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def _engine_tokenizer_class():
-    """warmserve.engine.tokenizer.Tokenizer without running warmserve.engine's __init__, which imports torch:
-    the controller only tokenizes, and torch would cost it seconds at start and hundreds of MiB."""
-    import importlib.util
-    import sys
-
-    mod = sys.modules.get("warmserve.engine.tokenizer")
-    if mod is None:
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        spec = importlib.util.spec_from_file_location("warmserve._controller_tokenizer",
-                                                      os.path.join(here, "engine", "tokenizer.py"))
-        if spec is None or spec.loader is None:
-            return None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    return getattr(mod, "Tokenizer", None)
-
-
 def load_tokenizer(path: str):
-    """The engine's tokenizer (with the chat template); tokenizers' own reader of tokenizer.json otherwise."""
-    try:
-        cls = _engine_tokenizer_class()
-    except (ImportError, OSError):
-        cls = None
-    return cls(path) if cls is not None else _PlainTokenizer(path)
+    """The engine's tokenizer (with the chat template). warmserve.engine.tokenizer needs no torch, so the
+    controller, which only tokenizes and plans, stays free of it."""
+    from warmserve.engine.tokenizer import Tokenizer
 
-
-class _PlainTokenizer:
-    """tokenizer.json read with the `tokenizers` library; no chat template (the plain layout is used)."""
-
-    def __init__(self, path: str):
-        from tokenizers import Tokenizer
-
-        f = os.path.join(path, "tokenizer.json")
-        if not os.path.isfile(f):
-            raise InvalidArgumentError(f"no tokenizer.json in {path}: the controller needs one to tokenize", path=path)
-        self._tok = Tokenizer.from_file(f)
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
+    return Tokenizer(path)
 
 
 @dataclass

@@ -9,12 +9,25 @@
     lm.close()                               # evict
 """
 
-from warmserve.engine.demo import DEMO_MODELS, SMALL_MODELS, write_demo_models
-from warmserve.engine.engine import Engine, StepOutput
-from warmserve.engine.loader import LoadedModel, ModelLoad, load_model
-from warmserve.engine.config import ModelConfig, UnsupportedModelError
-from warmserve.engine.sampler import SamplingParams
-from warmserve.engine.tokenizer import Tokenizer
+# Imported lazily: the controller reads tokenizers and the demo directory from here and must not pay for torch,
+# which the model, loader and engine modules import.
+_LAZY = {
+    "DEMO_MODELS": "demo", "SMALL_MODELS": "demo", "write_demo_models": "demo",
+    "Engine": "engine", "StepOutput": "engine",
+    "LoadedModel": "loader", "ModelLoad": "loader", "load_model": "loader",
+    "ModelConfig": "config", "UnsupportedModelError": "config",
+    "SamplingParams": "sampler",
+    "Tokenizer": "tokenizer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"warmserve.engine.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'warmserve.engine' has no attribute {name!r}")
+
 
 __all__ = [
     "DEMO_MODELS", "SMALL_MODELS", "write_demo_models", "Engine", "StepOutput", "LoadedModel", "ModelLoad",

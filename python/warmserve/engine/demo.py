@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from warmserve.config import default_demo_dir
 from warmserve.engine.config import DTYPES, ModelConfig
 
 VOCAB_SIZE = 8192
@@ -84,8 +85,7 @@ ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "Mi
 
 
 def default_dir() -> str:
-    home = os.environ.get("WARMSERVE_HOME")
-    return os.path.join(home, "demo") if home else os.path.join(os.path.expanduser("~"), ".cache", "warmserve", "demo")
+    return default_demo_dir()
 
 
 def config_dict(spec: DemoSpec, dtype: str = "float32") -> dict:
