@@ -39,6 +39,9 @@ def add_arguments(p):
     p.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of the per-model rate split")
     p.add_argument("--duration-s", type=float, default=None, help="replayed span, seconds (paper: 1200)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds (e.g. 0,1,2): every number is the median over them, the search "
+                        "uses their mean SLO attainment; overrides --seed")
     p.add_argument("--ttft-slo-s", type=float, default=0.0,
                    help="TTFT SLO in seconds (default: per model, --slo-scale x its 1024-token prefill time)")
     p.add_argument("--slo-scale", type=float, default=10.0)
@@ -87,6 +90,17 @@ def _rewrap(p: Preset, args) -> Preset:
                               duration_s=args.duration_s or 1200.0, time_scale=args.time_scale)
 
     return replace(p, build=build)
+
+
+def _median_summary(summaries: list[dict]) -> dict:
+    """Per numeric field, the median over runs (the first run's value for anything else)."""
+    import statistics
+
+    out = dict(summaries[0])
+    for k, v in out.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = statistics.median(x[k] for x in summaries)
+    return out
 
 
 def _table(rows: dict) -> str:
@@ -141,15 +155,21 @@ def main(args) -> int:
     if args.profile:
         cost = CostModel.from_profile(args.profile, base=cost)
     progress = not args.quiet
-    workload = preset.build(args.rate_scale, args.seed)
+    seeds = [int(x) for x in args.seeds.split(",") if x] if args.seeds else [args.seed]
+    workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}
+    workload = workloads[seeds[0]]
     results, out = {}, {}
     for pol in policies:
-        r = run_once(preset, pol, rate_scale=args.rate_scale, seed=args.seed, cost=cost, progress=progress,
-                     workload=workload)
+        runs = [run_once(preset, pol, rate_scale=args.rate_scale, seed=sd, cost=cost, progress=progress,
+                         workload=workloads[sd]) for sd in seeds]
+        r = runs[0]
         results[pol] = r
-        s = dict(r.summary)
+        s = _median_summary([x.summary for x in runs])
+        if len(seeds) > 1:
+            s["seeds"] = seeds
+            s["per_seed"] = {str(sd): x.summary for sd, x in zip(seeds, runs)}
         if not args.no_search:
-            rate, tried = max_rate_under_slo(preset, pol, seed=args.seed, cost=cost, iters=args.search_iters,
+            rate, tried = max_rate_under_slo(preset, pol, seed=seeds, cost=cost, iters=args.search_iters,
                                              progress=progress)
             s["max_rate_under_slo_rps"] = rate
             s["rate_search"] = tried
@@ -161,17 +181,22 @@ def main(args) -> int:
     wall = time.perf_counter() - t0
     print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
           f"{cost.gpu.name}, {len(workload.trace)} requests over {workload.duration_s:.0f} s "
-          f"({len(workload.trace) / workload.duration_s:.2f} rps), seed {args.seed}")
+          f"({len(workload.trace) / workload.duration_s:.2f} rps), seeds {seeds}"
+          + (" (medians)" if len(seeds) > 1 else ""))
     print(_table(out))
     ratios = {}
     if "warmserve" in out:
         ws = out["warmserve"]
         if "autoscale" in out and ws["ttft_p99_s"] > 0:
             ratios["p99_ttft_autoscale_over_warmserve"] = out["autoscale"]["ttft_p99_s"] / ws["ttft_p99_s"]
+            if len(seeds) > 1:
+                ratios["p99_ttft_autoscale_over_warmserve_per_seed"] = [
+                    out["autoscale"]["per_seed"][str(sd)]["ttft_p99_s"] / ws["per_seed"][str(sd)]["ttft_p99_s"]
+                    for sd in seeds]
         if "shared" in out and out["shared"].get("max_rate_under_slo_rps"):
             ratios["max_rate_warmserve_over_shared"] = ws.get("max_rate_under_slo_rps", 0) / out["shared"]["max_rate_under_slo_rps"]
     for k, v in ratios.items():
-        print(f"{k}: {v:.2f}x")
+        print(f"{k}: " + (", ".join(f"{x:.2f}x" for x in v) if isinstance(v, list) else f"{v:.2f}x"))
     print(f"wall {wall:.1f} s")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -28,3 +28,17 @@ def test_simulate_cli_writes_json_table_and_plot(tmp_path, capsys):
 def test_simulate_cli_rejects_unknown_policy(capsys):
     assert cli.main(["simulate", "--policy", "nope", "--no-search", "--quiet"]) == 2
     assert "unknown policies" in capsys.readouterr().err
+
+
+def test_simulate_cli_seeds_report_medians(tmp_path):
+    out = tmp_path / "r.json"
+    rc = cli.main(["simulate", "--workload", "paper-conv", "--models", "3", "--duration-s", "120", "--rate", "3",
+                   "--policy", "warmserve,autoscale", "--seeds", "0,1,2", "--no-search", "--quiet",
+                   "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    ws = doc["policies"]["warmserve"]
+    assert ws["seeds"] == [0, 1, 2] and set(ws["per_seed"]) == {"0", "1", "2"}
+    p99 = sorted(x["ttft_p99_s"] for x in ws["per_seed"].values())
+    assert ws["ttft_p99_s"] == p99[1]
+    assert len(doc["ratios"]["p99_ttft_autoscale_over_warmserve_per_seed"]) == 3
