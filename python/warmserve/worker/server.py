@@ -184,9 +184,12 @@ class WorkerServer:
             # (yet, or refused by CURVE): nobody will read the rest.
             self.last_seen.pop(peer, None)
             n = self.core.drop_peer(peer)
-            if n or not self._controller_unreachable:  # a controller that is not there yet: say it once
+            if n or self.routed or self.controller_heard:
                 who = f"the controller at {self.endpoint}" if not self.routed else f"peer {peer!r}"
                 log.warning("cannot send to %s (%s); aborted %d generations", who, e.strerror, n)
+            elif not self._controller_unreachable:  # a controller not connected yet is normal at start: say it once
+                log.info("the controller at %s is not reachable yet (%s); saying Hello each heartbeat",
+                         self.endpoint, e.strerror)
             self._controller_unreachable = not self.routed
         else:
             self._controller_unreachable = False
