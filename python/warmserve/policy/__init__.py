@@ -62,7 +62,10 @@ Ids: the policy picks every new instance and prewarm id (strings). ``PrewarmStat
 creation; the policy rescores its replicas each plan and keeps the current scores itself.
 
 What ``tick`` does, in order: records the load (in-flight + queued per model, averaged over 5 s), closes
-finished forecast windows, autoscales (§5; new instances placed by §4), sets KV targets (§6; growth evicts the
+finished forecast windows, keeps the weights of stopped instances that have drained as prewarms on their GPUs
+(an ordinary ``Prewarm``; for an instance stopped with nothing in flight, right after its ``StopInstance`` in the
+same list), autoscales (§5; new instances placed by §4, packed so that free GPUs stay in whole blocks), sets KV
+targets (§6; growth evicts the
 lowest-score prewarm on the GPU first), and, at each window start and every ``replan_s``, forecasts the window
 now under way from the windows before it, plans replicas (§2) and places them laminarly (§3), evicting
 lower-score prewarms where needed.

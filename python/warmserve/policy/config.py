@@ -48,6 +48,11 @@ class PolicyConfig:
     warm_engine: bool = True
     #: Re-run the prewarm plan this often within a window (replicas consumed by scale-ups get replaced), seconds.
     replan_s: float = 60.0
+    #: Keep a stopped (scaled-in) instance's weights on its GPUs as a prewarm once it has drained (with
+    #: prewarming on); the next scale-out of the model is then a hit instead of a cold load.
+    retain_stopped: bool = True
+    #: Give up keeping a stopped instance's weights when it takes longer than this to drain, seconds.
+    retain_wait_s: float = 120.0
     #: Most instances per model; 0 means no limit.
     max_instances_per_model: int = 0
 

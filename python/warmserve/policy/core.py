@@ -77,6 +77,11 @@ class Policy:
         self._rr_cursor = 0  # where round-robin placement goes on next, kept across rounds
         self._plan_window = None
         self._plan_s = -math.inf
+        self._retain: dict[str, tuple[str, tuple[int, ...], float]] = {}  # draining id -> (model, gpus, stop time)
+        self._no_room: tuple | None = None  # (cluster key, tp) for which no idle GPU group exists
+        self._index_key: tuple | None = None
+        self._kept: set[str] = set()  # prewarms holding a stopped instance's weights
+        self._index: tuple[dict[str, list[InstanceState]], set[int]] = ({}, set())
         for model, series in (history or {}).items():
             self.load_history(model, *series)
 
@@ -146,16 +151,23 @@ class Policy:
     def _load_avg(self, model: str, now_s: float, value: float) -> float:
         """Time-weighted mean of the sampled load over the last load_window_s (a step function)."""
         q = self._load[model]
-        q.append((now_s, value))
+        if not q or q[-1][1] != value:  # a step function: an unchanged value needs no new sample
+            q.append((now_s, value))
         lo = now_s - self.cfg.load_window_s
         while len(q) > 1 and q[1][0] <= lo:
             q.popleft()
-        if len(q) == 1 or now_s <= max(q[0][0], lo):
+        t_prev, v_prev = q[0]
+        start = max(t_prev, lo)
+        if len(q) == 1 or now_s <= start:
             return value
-        area = 0.0
-        for (t0, v), (t1, _) in zip(q, list(q)[1:]):
-            area += v * (t1 - max(t0, lo))
-        return area / (now_s - max(q[0][0], lo))
+        # only the oldest sample can start before the window (the loop above drops the others)
+        area, t_prev = 0.0, start
+        for i in range(1, len(q)):
+            t, v = q[i]
+            area += v_prev * (t - t_prev)
+            t_prev, v_prev = t, v
+        area += v_prev * (now_s - t_prev)  # the last value holds until now
+        return area / (now_s - start)
 
     def forecast(self, model: str, window_index: int) -> tuple[float, float]:
         """(avg, peak) forecast of window ``window_index`` from the windows before it (NaN: no data)."""
@@ -213,7 +225,7 @@ class Policy:
         instance (one creation in flight per model; the request waits for it); else None (it waits)."""
         self._model(model)
         B = self.cfg.instance_capacity
-        insts = [i for i in state.instances.values() if i.model == model and not i.draining]
+        insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
         ready = [i for i in insts if i.ready]
         best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
         if best is not None and best.in_flight < B:
@@ -221,12 +233,42 @@ class Policy:
         if any(not i.ready for i in insts):
             return None
         cap = self.cfg.max_instances_per_model
-        if not cap or len(insts) < cap:
+        if (not cap or len(insts) < cap) and self._idle_group(state, now_s, self.models[model].tp):
             act = self._start(self._board(state), model)
             if act is not None:
                 return act
         # No GPU for another instance: overload the least-loaded one rather than leave the request waiting.
         return A.Route(model, best.instance_id, request_id) if best is not None else None
+
+    def _membership(self, state: ClusterState) -> tuple:
+        """Changes whenever an instance is added or removed (ids are unique and dicts keep insertion order)."""
+        return id(state.instances), len(state.instances), next(reversed(state.instances), None)
+
+    def _instances_of(self, state: ClusterState) -> dict[str, list[InstanceState]]:
+        """Instances per model (their fields are read live; only the membership is cached)."""
+        key = self._membership(state)
+        if key != self._index_key:
+            by_model: dict[str, list[InstanceState]] = {}
+            busy: set[int] = set()
+            for inst in state.instances.values():
+                by_model.setdefault(inst.model, []).append(inst)
+                busy.update(inst.gpus)
+            self._index_key, self._index = key, (by_model, busy)
+        return self._index[0]
+
+    def _idle_group(self, state: ClusterState, now_s: float, tp: int) -> bool:
+        """Whether some server has tp GPUs with no instance: without them a start is impossible, and route()
+        skips building a Board (the costly part when a model is at capacity on a full cluster)."""
+        key = self._membership(state)
+        if self._no_room is not None and self._no_room[0] == key and tp >= self._no_room[1]:
+            return False
+        self._instances_of(state)
+        busy = self._index[1]
+        for srv in state.servers:
+            if sum(1 for g in srv.gpu_ids if g not in busy) >= tp:
+                return True
+        self._no_room = (key, tp)
+        return False
 
     # ---- the periodic decision --------------------------------------------------------------------------
 
@@ -235,6 +277,8 @@ class Policy:
         out: list = []
         avg5 = self._record(state, now_s)
         board = self._board(state)
+        if self.cfg.prewarm and self.cfg.retain_stopped:
+            self._retain_drained(state, now_s, board, out)
         self._autoscale(state, now_s, avg5, board, out)
         self._kv_targets(state, board, out)
         window = math.floor(now_s / self.cfg.window_s)
@@ -242,6 +286,28 @@ class Policy:
             self._plan_window, self._plan_s = window, now_s
             self._plan(state, window, board, out)
         return out
+
+    def _keep_weights(self, model: str, gpus, board: Board, out: list) -> None:
+        """A stopped instance's GPUs are idle: keep its weights there as a prewarm (the next scale-out of the
+        model is a hit instead of a cold load). Scored as the model's first replica; the next plan rescores it.
+        Drivers execute it as an ordinary Prewarm (one that reloads from host memory pays that copy off the
+        request path)."""
+        pid = self._new_id(model, "p")
+        score = self.models[model].cold_start_s
+        if board.place_at(pid, model, gpus, score):
+            self._scores[pid] = score
+            self._kept.add(pid)
+            out.append(A.Prewarm(pid, model, tuple(gpus), score))
+
+    def _retain_drained(self, state: ClusterState, now_s: float, board: Board, out: list) -> None:
+        for iid in sorted(self._retain):
+            model, gpus, t = self._retain[iid]
+            if iid in state.instances:
+                if now_s - t > self.cfg.retain_wait_s:  # drains too long: the plan decides instead
+                    del self._retain[iid]
+                continue
+            del self._retain[iid]
+            self._keep_weights(model, gpus, board, out)
 
     def _record(self, state: ClusterState, now_s: float) -> dict[str, float]:
         """Sample the load (for autoscaling) and the concurrency (for forecast windows); returns the 5 s loads."""
@@ -290,6 +356,13 @@ class Policy:
                 old.sort(key=lambda i: (i.in_flight, i.instance_id))
                 for inst in old[: max(0, len(active) - target)]:
                     out.append(A.StopInstance(inst.instance_id))
+                    if not (self.cfg.prewarm and self.cfg.retain_stopped):
+                        continue
+                    if inst.in_flight == 0:  # the driver frees its GPUs at once
+                        board.stop_instance(inst.gpus, min(state.gpus[g].total_bytes for g in inst.gpus))
+                        self._keep_weights(m, inst.gpus, board, out)
+                    else:
+                        self._retain[inst.instance_id] = (m, tuple(inst.gpus), now_s)
 
     def kv_free_target(self, inst: InstanceState) -> int:
         """Free KV blocks to keep mapped (§6): total * in_flight / B, at least min_free_kv_blocks; everything
@@ -330,12 +403,14 @@ class Policy:
     def _plan(self, state: ClusterState, window: int, board: Board, out: list) -> None:
         B = self.cfg.instance_capacity
         running = {m: 0 for m in self.models}
+        stopping = {a.instance_id for a in out if isinstance(a, A.StopInstance)}
         for inst in state.instances.values():
-            if not inst.draining:
+            if not inst.draining and inst.instance_id not in stopping:
                 running[inst.model] += 1
         existing: dict[str, list] = {}
         for r in board.reps.values():
             existing.setdefault(r.model, []).append(r)
+        self._kept &= board.reps.keys()
         todo = []
         f_avg, f_peak = self.forecast_all(window)
         for k, m in enumerate(sorted(self.models)):
@@ -347,7 +422,9 @@ class Policy:
                 board.rescore(r.prewarm_id, c.score)
                 self._scores[r.prewarm_id] = c.score
             for r in have[len(cands):]:
-                if r.loaded:  # keep it until its room is wanted: it costs nothing, and may still be hit
+                # keep it until its room is wanted: it costs nothing, and may still be hit (a stopped instance's
+                # weights count as loaded: a driver that reloads them pays little, one that keeps them nothing)
+                if r.loaded or r.prewarm_id in self._kept:
                     board.rescore(r.prewarm_id, 0.0)
                     self._scores[r.prewarm_id] = 0.0
                 else:
@@ -428,38 +505,71 @@ class StaticPolicy(Policy):
         return self._shared_layout(state, board, order, demand)
 
     def _shared_layout(self, state: ClusterState, board: Board, order: list[str], demand: dict) -> list:
-        """Split the GPUs among tp classes by demand x tp, cut each class into tp-GPU groups, and put on every
-        group as many of the class's models as fit (weights up to 80% of memory), their KV memory shared equally."""
+        """MuxServe-like static colocation. Every GPU is used: each tp class gets tp-GPU groups in proportion to
+        its demand x tp (largest remainder, then whatever still fits). Each group hosts at least two of its class's
+        models where the class has several (more when there are more models than groups, weights up to 80% of
+        memory); popular models get more replicas, spread so that group loads even out, and the memory the
+        weights leave is split among a group's models in proportion to their demand per replica."""
         n_gpus = int((board.gpu_ids >= 0).sum())
         classes: dict[int, list[str]] = {}
         for m in order:
             classes.setdefault(self.models[m].tp, []).append(m)
         weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
         total = sum(weight.values())
-        groups: dict[int, list[tuple[int, ...]]] = {}
-        for tp in sorted(classes, reverse=True):
-            n = max(1, int(n_gpus * weight[tp] / total) // tp)
-            got = []
-            for _ in range(n):
-                pick = board.choose_for_instance(classes[tp][0])
-                if pick is None:
+        quota = {tp: n_gpus * weight[tp] / total for tp in classes}
+        groups: dict[int, list[tuple[int, ...]]] = {tp: [] for tp in classes}
+
+        def take(tp: int) -> bool:
+            pick = board.choose_for_instance(classes[tp][0])
+            if pick is None:
+                return False
+            groups[tp].append(pick[0])
+            return True
+
+        for tp in sorted(classes, reverse=True):  # big groups first, so they find whole blocks
+            for _ in range(max(1, int(quota[tp] // tp))):
+                if not take(tp):
                     break
-                got.append(pick[0])
-            groups[tp] = got
+        while True:  # the GPUs left: to the class furthest below its share that still fits
+            ranked = sorted(classes, key=lambda tp: (-(quota[tp] - len(groups[tp]) * tp) / tp, -tp))
+            if not any(take(tp) for tp in ranked):
+                break
         out: list = []
         gpu_bytes = min(g.total_bytes for g in state.gpus)
         for tp, ms in classes.items():
-            for gi, g in enumerate(groups[tp]):
-                room = 0.8 * gpu_bytes  # weights may take at most this much, the rest is KV
-                fit = []
-                for k in range(len(ms)):  # each group starts at a different model, so all are resident somewhere
-                    m = ms[(gi + k) % len(ms)]
-                    if self.models[m].shard_bytes <= room:
-                        fit.append(m)
-                        room -= self.models[m].shard_bytes
-                kv_each = (gpu_bytes - sum(self.models[m].shard_bytes for m in fit)) / len(fit)
+            gs = groups[tp]
+            if not gs:
+                continue
+            per_group = max(min(2, len(ms)), math.ceil(len(ms) / len(gs)))
+            slots = min(len(gs) * per_group, len(gs) * len(ms))
+            reps = {m: 1 for m in ms}  # every model once, the rest of the slots by demand (largest remainder)
+            d_total = sum(demand[m] for m in ms)
+            for _ in range(max(0, slots - len(ms))):
+                m = max((m for m in ms if reps[m] < len(gs)),
+                        key=lambda m: (demand[m] / d_total * slots - reps[m], m), default=None)
+                if m is None:
+                    break
+                reps[m] += 1
+            hosted: list[list[str]] = [[] for _ in gs]
+            load = [0.0] * len(gs)
+            room = [0.8 * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
+            todo = sorted(((demand[m] / reps[m], m) for m in ms for _ in range(reps[m])), key=lambda x: (-x[0], x[1]))
+            for d, m in todo:
+                fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
+                        and self.models[m].shard_bytes <= room[k]]
+                if not fits:
+                    continue
+                k = min(fits, key=lambda k: (load[k], k))
+                hosted[k].append(m)
+                load[k] += d
+                room[k] -= self.models[m].shard_bytes
+            for g, fit in zip(gs, hosted):
+                if not fit:
+                    continue
+                kv = gpu_bytes - sum(self.models[m].shard_bytes for m in fit)
+                d_sum = sum(demand[m] / reps[m] for m in fit)
                 for m in fit:
-                    frac = kv_each / (gpu_bytes - self.models[m].shard_bytes)
+                    frac = kv * (demand[m] / reps[m]) / d_sum / (gpu_bytes - self.models[m].shard_bytes)
                     out.append(A.StartInstance(self._new_id(m, "i"), m, g, kv_fraction=frac, warm_engine=True))
         return out
 

@@ -49,6 +49,29 @@ CONFLICT = {tp: _conflict_table(tp) for tp in TPS}
 _POP = np.array([bin(m).count("1") for m in range(1 << MAX_GPUS_PER_SERVER)])
 
 
+def _aligned(tp: int) -> np.ndarray:
+    blocks = {((1 << tp) - 1) << (j * tp) for j in range(MAX_GPUS_PER_SERVER // tp)}
+    return np.array([int(g) in blocks for g in GROUPS[tp]])
+
+
+#: ALIGNED[tp][k]: group k is tp consecutive GPUs starting at a multiple of tp (a buddy block).
+ALIGNED = {tp: _aligned(tp) for tp in TPS}
+#: BLOCK4[k]: the aligned 4-GPU block of local GPU k.
+_BLOCK4 = np.array([0x0F if k < 4 else 0xF0 for k in range(MAX_GPUS_PER_SERVER)], dtype=np.int64)
+
+
+def _pack_key(idle: np.ndarray, tp: int) -> np.ndarray:
+    """Per server and group of degree tp, how badly taking the group fragments the idle GPUs (lower: better):
+    unaligned groups last, then the idle GPUs left in the touched 4-GPU blocks, then those left on the server."""
+    gm = GROUPS[tp]
+    left = idle[:, None] & ~gm[None, :]
+    blocks = np.zeros_like(left)
+    for k in range(MAX_GPUS_PER_SERVER):
+        touch = (gm >> k) & 1
+        blocks |= np.where(touch[None, :] == 1, left & _BLOCK4[k], 0)
+    return (~ALIGNED[tp])[None, :] * 1000.0 + _POP[blocks & 0xFF] * 10.0 + _POP[left & 0xFF]
+
+
 def is_laminar(masks: list[int]) -> bool:
     """True when every two masks are disjoint or nested."""
     for a, b in itertools.combinations(masks, 2):
@@ -365,6 +388,23 @@ class Board:
                 return s, mask
         return None
 
+    def place_at(self, prewarm_id: str, model: str, gpus, score: float) -> bool:
+        """Put a replica of ``model`` exactly on ``gpus`` when they are idle, have room for a shard, hold no
+        replica of the model and the laminar rule allows it (a stopped instance's weights kept in place)."""
+        m = self.models[model]
+        s, mask = self.mask_of(gpus)
+        cols = self._cols(mask)
+        if len(cols) != m.tp or self.busy[s, cols].any() or (self.free[s, cols] < m.shard_bytes).any():
+            return False
+        if self.model_masks.get(model, {}).get(s, 0) & mask:
+            return False
+        if self.laminar:
+            k = int(np.nonzero(GROUPS[m.tp] == mask)[0][0])
+            if self.forb[m.tp][s, k]:
+                return False
+        self._add(Replica(prewarm_id, model, s, mask, score, False, m.shard_bytes))
+        return True
+
     # ---- scale-up (§4) ----------------------------------------------------------------------------------
 
     def choose_for_instance(self, model: str) -> tuple[tuple[int, ...], str | None, list[str]] | None:
@@ -389,7 +429,10 @@ class Board:
             fits = ((idle[:, None] & gm[None, :]) == gm[None, :])
             if not fits.any():
                 return None
-            key = (self.nrep @ GROUP_BITS[m.tp].T) * 1e12 + self.share @ GROUP_BITS[m.tp].T
+            # Fewest prewarmed models first (§4); among equals, pack: an aligned group in the aligned block and
+            # server with the fewest idle GPUs left, so that free GPUs stay in whole blocks a large-tp model can use.
+            key = (self.nrep @ GROUP_BITS[m.tp].T) * 1e12 + _pack_key(idle, m.tp) * 1e6 \
+                + self.share @ GROUP_BITS[m.tp].T
             i = int(np.argmin(np.where(fits, key, np.inf)))
             s, k = divmod(i, len(gm))
             best = (None, s, int(gm[k]), None)
