@@ -68,10 +68,14 @@ def add_arguments(p) -> None:
                         "as name i (round-robin when fewer)")
     p.add_argument("--api-key", default=None, help="Bearer key for --endpoint (default $OPENAI_API_KEY)")
     p.add_argument("--vocab-size", type=int, default=8192, help="prompt token ids are drawn below this")
-    p.add_argument("--profile", default=None, help="cost profile (warmserve calibrate) for the simulated twin")
+    p.add_argument("--profile", default=None,
+                   help="cost profile (warmserve calibrate) for the simulated twin; H100-80GB or A100-80GB: the "
+                        "paper's GPU latency model instead")
     p.add_argument("--start-lead-s", type=float, default=60.0,
                    help="the history's t = 0 is this long after a cluster's launch; the replay waits for it")
     p.add_argument("--log-dir", default=None, help="server and worker logs (default: next to --json, or a temp dir)")
+    p.add_argument("--sim-size", default=None,
+                   help="cost-model entry every simulated model behaves like (e.g. llama2-7b with --profile H100-80GB)")
     p.add_argument("--sim-compute-scale", type=float, default=None,
                    help="override the profile's gpu.compute_scale for the simulated twin (e.g. workers / cores)")
     p.add_argument("--reuse-live", default=None, metavar="JSON",
@@ -174,12 +178,8 @@ class LiveCluster:
         raise RuntimeError(f"warmserve serve did not come up within {timeout_s:.0f} s (exit code "
                            f"{self.proc.returncode}); see {self.log_path}")
 
-    def metrics(self) -> dict:
-        """Prewarm hits and misses (summed over models) from /metrics."""
-        import urllib.request
-
-        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
-            return parse_prewarm_metrics(r.read().decode())
+    def metrics(self) -> dict | None:
+        return fetch_prewarm_metrics(self.url)
 
     def close(self, timeout_s: float = 90.0) -> None:
         if self.proc.poll() is None:
@@ -192,6 +192,20 @@ class LiveCluster:
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()
+
+
+def fetch_prewarm_metrics(url: str) -> dict | None:
+    """Prewarm hits and misses (summed over models) from a warmserve server's /metrics; None from a server
+    that has no such metrics (another OpenAI-compatible server)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=30) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return parse_prewarm_metrics(text) if "warmserve_prewarm_" in text else None
 
 
 def parse_prewarm_metrics(text: str) -> dict:
@@ -235,6 +249,7 @@ def summarize(outs, duration_s: float, metrics: dict | None) -> tuple[dict, dict
     s = _stats(outs, duration_s)
     s["unanswered"] = s["requests"] - s["answered"]
     s["accounted"] = sum(s["outcomes"].values()) == s["requests"]
+    s["prewarm_hit_rate"] = None  # unknown: the server publishes no prewarm counters
     if metrics is not None:
         total = metrics["prewarm_hits"] + metrics["prewarm_misses"]
         s.update({"instance_starts": int(total), "starts_from_prewarm": int(metrics["prewarm_hits"]),
@@ -265,7 +280,7 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
     lead = args.start_lead_s
     t_launch = time.time()
     hist_path = ""
-    if cost is not None and len(w.history):
+    if cost is not None and len(w.history) and not args.endpoint:
         os.makedirs(log_dir, exist_ok=True)
         hist_path = os.path.join(log_dir, f"history-{policy}.csv")
         with open(hist_path, "w", newline="") as f:
@@ -280,6 +295,7 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
             cluster = LiveCluster(policy, served, cpu_workers=args.cpu_workers, history_path=hist_path,
                                   window_s=window_s, log_dir=log_dir)
             url, policy_label = cluster.url, policy
+        before = fetch_prewarm_metrics(url) if cluster is None else None
         wait = t_launch + lead - time.time()
         start_lag_s = max(0.0, -wait)
         if wait > 0 and cluster is not None:
@@ -290,7 +306,10 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
         outs = asyncio.run(replay(cfg, reqs, progress=(lambda o: bar.update(1)) if bar is not None else None))
         if bar is not None:
             bar.close()
-        metrics = cluster.metrics() if cluster is not None else None
+        metrics = cluster.metrics() if cluster is not None else fetch_prewarm_metrics(url)
+        if cluster is None and metrics is not None and before is not None:
+            # a server that was up before this replay: count only what this replay caused
+            metrics = {k: metrics[k] - before[k] for k in metrics}
     finally:
         if cluster is not None:
             cluster.close()
@@ -301,11 +320,10 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
 
 
 def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
+    from warmserve.config import ControllerConfig
     from warmserve.sim.config import SimConfig
     from warmserve.sim.runner import resolve
     from warmserve.sim.simulator import simulate
-
-    from warmserve.config import ControllerConfig
 
     # the live controller's policy tick, so both run the policy equally often
     cfg = SimConfig(n_servers=1, gpus_per_server=args.cpu_workers, warmup_s=0.0, drain_s=args.drain_s,
@@ -397,10 +415,17 @@ def main(args) -> int:
     if not reqs:
         print("warmserve bench replay: the workload has no requests: raise --rate or --duration-s", file=sys.stderr)
         return 2
-    cost = CostModel.from_profile(args.profile) if args.profile else None
+    if args.profile in ("H100-80GB", "A100-80GB"):
+        cost = CostModel.for_gpu(args.profile)  # the paper's latency model, for a GPU-scale what-if
+    else:
+        cost = CostModel.from_profile(args.profile) if args.profile else None
     if cost is not None and args.sim_compute_scale:
         cost = replace(cost, gpu=replace(cost.gpu, compute_scale=args.sim_compute_scale))
-    served_sim = [ServedModel(n, c) for n, c in served]
+    served_sim = [ServedModel(n, args.sim_size or c) for n, c in served]
+    if cost is None and not args.endpoint:
+        # the history's in-flight windows need request latencies, which come from the profile
+        print("warmserve bench replay: no --profile: the clusters get no forecast history and there is no "
+              "simulated twin; run `warmserve calibrate --out P.json` and pass --profile P.json", file=sys.stderr)
     log_dir = args.log_dir or os.path.join(os.path.dirname(os.path.abspath(args.json or "replay.json")), "logs")
     print(f"workload: {w.name}, {len(served)} models, {len(reqs)} requests over {w.duration_s:.0f} s "
           f"({len(reqs) / w.duration_s:.2f} rps; trace {args.duration_s:.0f} s x time scale {args.time_scale}), "
@@ -433,7 +458,9 @@ def main(args) -> int:
         ratios["p99_ttft_autoscale_over_warmserve"] = live["autoscale"]["ttft_p99_s"] / live["warmserve"]["ttft_p99_s"]
     val = {}
     if sim:
-        print("simulated (same workload, calibrated profile):")
+        print(f"simulated (same workload, profile {args.profile}"
+              + (f", models as {args.sim_size}" if args.sim_size else "")
+              + (f", compute x{args.sim_compute_scale}" if args.sim_compute_scale else "") + "):")
         print(_table(sim, LIVE_COLS))
         val = validation(live, sim)
         print("sim vs live TTFT:")
