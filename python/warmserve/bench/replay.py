@@ -368,28 +368,13 @@ def validation(live: dict, sim: dict) -> dict:
 
 
 def plot_cdf(live: dict, sim: dict, path: str, title: str) -> None:
-    import matplotlib
+    """Live (solid) and simulated (dashed) TTFT CDFs, one colour per policy."""
+    from warmserve.sim.plot import plot_ttft_cdf
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = []
     for i, (name, x) in enumerate(live.items()):
-        color = f"C{i}"
-        for data, style, label in ((x, "-", f"{name} (live)"), (sim.get(name), "--", f"{name} (sim)")):
-            if data is None or not len(data):
-                continue
-            d = np.sort(np.maximum(data, 1e-3))
-            ax.plot(d, np.arange(1, len(d) + 1) / len(d), style, color=color, label=label, lw=1.5)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"TTFT (s, log scale; unanswered = {UNANSWERED_TTFT_S:.0f} s)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        curves += [(f"{name} (live)", x, "-", f"C{i}"), (f"{name} (sim)", sim.get(name), "--", f"C{i}")]
+    plot_ttft_cdf(curves, path, title, UNANSWERED_TTFT_S)
 
 
 def main(args) -> int:

@@ -13,6 +13,7 @@ import time
 
 from warmserve.sim.config import SimConfig
 from warmserve.sim.costmodel import CostModel
+from warmserve.sim.plot import plot_ttft_cdf
 from warmserve.sim.presets import Preset, paper_preset, scale_preset
 from warmserve.sim.runner import max_rate_under_slo, policy_names, run_once
 
@@ -118,28 +119,7 @@ def _table(rows: dict) -> str:
 
 
 def plot_cdf(results: dict, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in results.items():
-        x = np.sort(r.ttft_s)
-        if not len(x):
-            continue
-        y = np.arange(1, len(x) + 1) / len(x)
-        ax.plot(np.maximum(x, 1e-3), y, label=name, lw=1.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("TTFT (s, log scale; unanswered = 999 s)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_ttft_cdf([(name, r.ttft_s, "-", None) for name, r in results.items()], path, title)
 
 
 def main(args) -> int:
