@@ -130,6 +130,9 @@ class Controller:
         self.pending: dict[str, collections.deque[Req]] = {m: collections.deque() for m in self.models}
         self.instances: dict[str, _Instance] = {}
         self.prewarms: dict[str, _Prewarm] = {}
+        #: Weights of stopped instances still resident on their worker (Deactivate keeps them), by (model, worker
+        #: id): a Prewarm of that model there takes them with no copy; the end of the next tick evicts the rest.
+        self._kept: dict[tuple[str, str], WorkerRecord] = {}
         self.gpu_workers: list[WorkerRecord] = []
         self.hub: WorkerHub | None = None
         self.closing = False
@@ -367,15 +370,22 @@ class Controller:
             return  # routes come from route() and are handled in _dispatch
         if isinstance(act, A.Prewarm):
             w = self._gpu(act.gpus)
-            self.state.prewarms[act.prewarm_id] = PrewarmState(act.prewarm_id, act.model, act.gpus, 0.0, act.score)
+            kept = self._kept.pop((act.model, w.worker_id), None) is w
+            self.state.prewarms[act.prewarm_id] = PrewarmState(act.prewarm_id, act.model, act.gpus,
+                                                               1.0 if kept else 0.0, act.score)
             pw = self.prewarms[act.prewarm_id] = _Prewarm(act.prewarm_id, act.model, w)
-            self._start_load(pw)
+            if kept:  # a stopped instance's weights, still on the worker: nothing to copy
+                pw.loaded = True
+            else:
+                self._evict_kept(w)
+                self._start_load(pw)
         elif isinstance(act, (A.Evict, A.CancelPrewarm)):
             self._drop_prewarm(act.prewarm_id)
         elif isinstance(act, A.StartInstance):
             if self._start_backoff.get(act.model, 0.0) > time.monotonic():
                 return  # its last start failed moments ago; the policy asks again on a later tick
             w = self._gpu(act.gpus)
+            self._evict_kept(w)  # the policy counts that memory as free
             for pid in act.evict:
                 self._drop_prewarm(pid)
             pw = self.prewarms.pop(act.prewarm_id, None) if act.prewarm_id else None
@@ -506,9 +516,18 @@ class Controller:
         inst = self.instances.pop(iid, None)
         if inst is None or not inst.worker.alive:
             return
-        # Deactivate, then drop the weights: the policy only counts prewarms it asked for.
+        # Deactivate keeps the weights resident: the policy may keep them as a prewarm (a Prewarm of this model on
+        # this worker later in this tick or in the next one); otherwise _evict_kept drops them.
         self._fire(inst.worker, P.Deactivate(id=self.hub.next_id(), name=inst.model))
-        self._fire(inst.worker, P.Evict(id=self.hub.next_id(), name=inst.model))
+        self._kept[(inst.model, inst.worker.worker_id)] = inst.worker
+
+    def _evict_kept(self, w: WorkerRecord | None = None) -> None:
+        """Evict the kept weights no Prewarm took (on worker ``w``, or everywhere): the policy only counts
+        prewarms it asked for."""
+        for key in [k for k, kw in self._kept.items() if w is None or kw is w]:
+            kw = self._kept.pop(key)
+            if kw.alive:
+                self._fire(kw, P.Evict(id=self.hub.next_id(), name=key[0]))
 
     def _fire(self, w: WorkerRecord, msg, on_reply=None) -> None:
         """Send a control request whose answer only matters if it is an error (logged) or carries state."""
@@ -567,6 +586,8 @@ class Controller:
         for pid in [p for p, pw in self.prewarms.items() if pw.worker is w]:
             self.prewarms.pop(pid)
             self.state.prewarms.pop(pid, None)
+        for key in [k for k, kw in self._kept.items() if kw is w]:
+            del self._kept[key]
         requeue = []
         for gid, req in list(w.gens.items()):
             if req.generated == 0 and not req.done:
@@ -641,6 +662,7 @@ class Controller:
         self._sync_kv()
         for act in self.policy.tick(self.state, self.now_s()):
             self._apply(act)
+        self._evict_kept()
         for m in self.models:
             self._dispatch(m)
         self._expire()

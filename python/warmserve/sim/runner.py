@@ -38,13 +38,28 @@ def resolve(name: str, config: SimConfig) -> tuple[str, SimConfig]:
     return name, config
 
 
+class _SimBar:
+    """A tqdm bar over simulated seconds. The drain after the last arrival can run past the total; tqdm then
+    drops the total (None) and the bar format fails on it, so progress stops at the total."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, dt_s: float) -> None:
+        self.bar.update(max(min(dt_s, self.bar.total - self.bar.n), 0.0))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _bar(total_s: float, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=round(total_s), desc=desc, unit="sim-s", file=sys.stderr, leave=False, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]")
+    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]"
+    return _SimBar(tqdm(total=round(total_s), desc=desc, unit="sim-s", file=sys.stderr, leave=False,
+                        dynamic_ncols=True, bar_format=fmt))
 
 
 def run_once(preset: Preset, policy: str, *, rate_scale: float = 1.0, seed: int = 0, cost: CostModel | None = None,

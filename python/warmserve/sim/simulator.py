@@ -167,6 +167,9 @@ class Simulator:
         self.gpu_used = [0] * len(st.gpus)  # bytes held per GPU (mirror of state.free_bytes_on, kept incrementally)
         self.link_free = [0.0] * len(st.gpus)
         self.loading: dict[str, tuple[float, float]] = {}  # prewarm id -> (load start, load end)
+        # (model, gpus) of instances removed since the last tick: their weights are still on those GPUs (a live
+        # worker's Deactivate keeps them), so a Prewarm of that model there is loaded at once, with no copy
+        self.kept: set[tuple[str, tuple[int, ...]]] = set()
         self.queues: list[deque[int]] = [deque() for _ in self.names]
         self.gpu_seconds = 0.0
         self.starts = {"total": 0, "hit": 0, "loading": 0, "cold": 0}
@@ -241,6 +244,7 @@ class Simulator:
                 p.progress = 1.0 if t >= b else max(0.0, (t - a) / (b - a))
         for act in self.policy.tick(st, t):
             self._apply(act, t)
+        self.kept.clear()  # weights no Prewarm kept are evicted
         for inst in self.insts.values():
             # requests held back for KV memory get another chance once prewarms have been evicted
             if inst.waiting and inst.ready and inst.phase == _IDLE:
@@ -289,7 +293,15 @@ class Simulator:
                 self._admit(inst, rid, t)
         elif isinstance(act, A.Prewarm):
             info = st.models[act.model]
-            st.prewarms[act.prewarm_id] = PrewarmState(act.prewarm_id, act.model, tuple(act.gpus), 0.0, act.score)
+            gpus = tuple(act.gpus)
+            st.prewarms[act.prewarm_id] = PrewarmState(act.prewarm_id, act.model, gpus, 0.0, act.score)
+            if (act.model, gpus) in self.kept:
+                self.kept.discard((act.model, gpus))
+                st.prewarms[act.prewarm_id].progress = 1.0
+                for g in gpus:
+                    self.gpu_used[g] += info.shard_bytes
+                return
+            self._forget_kept(gpus)
             c = self.mcost[self.midx[act.model]]
             start = max([t] + [self.link_free[g] for g in act.gpus])
             end = start + self.cost.load_s(c)
@@ -317,6 +329,11 @@ class Simulator:
                     self._remap(inst)
         else:
             raise TypeError(f"unknown action {act!r}")
+
+    def _forget_kept(self, gpus: tuple[int, ...]):
+        """Something else goes onto these GPUs: weights kept there are gone."""
+        if self.kept:
+            self.kept = {k for k in self.kept if not set(k[1]) & set(gpus)}
 
     def _drop_prewarm(self, pid: str):
         p = self.state.prewarms.pop(pid, None)
@@ -349,6 +366,7 @@ class Simulator:
         info = st.models[act.model]
         c = self.mcost[m]
         gpus = tuple(act.gpus)
+        self._forget_kept(gpus)
         ist = InstanceState(act.instance_id, act.model, gpus, created_s=t)
         cap = min(st.gpus[g].total_bytes for g in gpus) - info.shard_bytes
         ist.kv_blocks_total = max(int(act.kv_fraction * cap) // info.kv_block_bytes, 0)
@@ -402,6 +420,7 @@ class Simulator:
             self.gpu_insts[g].remove(inst)
         st.kv_blocks_mapped = 0
         inst.version += 1
+        self.kept.add((st.model, tuple(st.gpus)))
         # GPU time is measured over the replayed span only (the warm-up is not counted)
         self.gpu_seconds += max(t - max(st.created_s, self.clock0), 0.0) * len(st.gpus)
         if inst.phase != _IDLE:

@@ -440,3 +440,58 @@ def test_client_that_goes_away_mid_stream_aborts_its_generation(model):
         peer.close()
 
     run(main())
+
+
+def test_stopped_instance_keeps_its_weights_without_a_copy(model):
+    """Scale-in of an idle instance: the policy keeps its weights as a prewarm on the same worker. The controller
+    only deactivates it (no Evict, no second Prewarm), the prewarm counts as loaded at once, and the next start is
+    a prewarm hit that activates those weights."""
+
+    async def main():
+        c = make_controller(model, policy_options=(("load_window_s", 0.2), ("min_lifetime_s", 0.2)))
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        for _ in range(200):
+            if not c.instances and c.prewarms:
+                break
+            await asyncio.sleep(0.05)
+        assert not c.instances and [p.model for p in c.prewarms.values()] == [MODEL]
+        assert all(p.loaded for p in c.prewarms.values())
+        assert [s.progress for s in c.state.prewarms.values()] == [1.0]
+        await asyncio.sleep(0.2)  # a few more ticks: nothing is evicted or loaded again
+        kinds = [type(m).__name__ for m in peer.got]
+        assert kinds.count("Deactivate") == 1 and kinds.count("Evict") == 0 and kinds.count("Prewarm") == 1
+        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        kinds = [type(m).__name__ for m in peer.got]
+        assert kinds.count("Prewarm") == 1 and kinds.count("Activate") == 2 and kinds.count("Evict") == 0
+        assert c.metrics.prewarm_hits.get(model=MODEL) == 1 and c.metrics.prewarm_misses.get(model=MODEL) == 1
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_stopped_instance_weights_nobody_keeps_are_evicted(model):
+    """Without prewarming (the autoscale baseline) nothing keeps a stopped instance's weights: the tick evicts
+    them, so the worker's memory matches the policy's state again."""
+
+    async def main():
+        c = make_controller(model, policy="autoscale",
+                            policy_options=(("load_window_s", 0.2), ("min_lifetime_s", 0.2)))
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        for _ in range(200):
+            if not c.instances and any(isinstance(m, P.Evict) for m in peer.got):
+                break
+            await asyncio.sleep(0.05)
+        kinds = [type(m).__name__ for m in peer.got]
+        assert not c.instances and not c.prewarms and not c._kept
+        assert kinds.index("Deactivate") < kinds.index("Evict") and kinds.count("Evict") == 1
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())

@@ -42,3 +42,18 @@ def test_simulate_cli_seeds_report_medians(tmp_path):
     p99 = sorted(x["ttft_p99_s"] for x in ws["per_seed"].values())
     assert ws["ttft_p99_s"] == p99[1]
     assert len(doc["ratios"]["p99_ttft_autoscale_over_warmserve_per_seed"]) == 3
+
+
+def test_progress_bar_stops_at_its_total_when_the_drain_runs_past_it():
+    """tqdm drops a total that n passes, and the bar format then failed on None (TypeError) mid rate search."""
+    import io
+
+    from warmserve.sim import runner
+
+    bar = runner._bar(100.0, "x", True)
+    bar.bar.fp = io.StringIO()
+    bar.update(99.0)
+    bar.update(5.0)  # the drain after the last arrival
+    bar.bar.refresh()
+    assert bar.bar.n == bar.bar.total == 100
+    bar.close()

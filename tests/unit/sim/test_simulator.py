@@ -157,3 +157,39 @@ def test_forecast_history_covers_earlier_days_in_policy_time():
     days = np.floor((w.clock0_s - starts) / 86400 + 0.01)
     assert set(days.tolist()) >= {1.0, 2.0}  # the same slot of the two earlier days
     assert np.all(avg > 0) and np.all(peak >= avg)
+
+
+def test_prewarm_of_a_just_removed_instance_keeps_its_weights_without_a_copy():
+    """A Prewarm naming the model and GPUs of an instance removed at the same moment takes the weights still
+    there: loaded at once, no link time, memory counted once. Elsewhere, or once a tick has passed (the weights
+    were evicted), a Prewarm copies them over the link again."""
+    from warmserve.policy import actions as A
+
+    w = _poisson_workload(0.5, 5, 128, 4)
+    cfg = SimConfig(n_servers=1, gpus_per_server=2, policy_overrides={"prewarm": False})
+    sim = Simulator(w, [ServedModel("llama2-7b")], "autoscale", config=cfg)
+    sim.run()  # sets up the event loop's state; the cluster is idle afterwards
+    for i in list(sim.insts):
+        sim._apply(A.StopInstance(i), sim.now)
+    shard = sim.state.models["llama2-7b"].shard_bytes
+    assert sim.gpu_used == [0, 0] and not sim.state.prewarms
+    t = sim.now + 100.0
+
+    def start_and_stop(iid):
+        sim._apply(A.StartInstance(iid, "llama2-7b", (0,)), t)
+        sim._apply(A.StopInstance(iid), t)  # nothing in flight: removed at once
+        assert sim.gpu_used[0] == 0
+
+    start_and_stop("i-keep")
+    link = list(sim.link_free)
+    sim._apply(A.Prewarm("p-kept", "llama2-7b", (0,), 1.0), t)
+    assert sim.state.prewarms["p-kept"].progress == 1.0 and "p-kept" not in sim.loading
+    assert sim.link_free == link and sim.gpu_used == [shard, 0]
+    sim._apply(A.Prewarm("p-other", "llama2-7b", (1,), 1.0), t)  # another GPU: a real copy
+    assert sim.loading["p-other"][1] > t and sim.link_free[1] > link[1]
+    sim._apply(A.Evict("p-kept"), t)
+    # a later tick evicts weights nobody kept: the next Prewarm there copies them again
+    start_and_stop("i-late")
+    sim._tick(t)
+    sim._apply(A.Prewarm("p-late", "llama2-7b", (0,), 1.0), t)
+    assert sim.loading["p-late"][1] > t and sim.state.prewarms["p-late"].progress < 1.0
