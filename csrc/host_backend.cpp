@@ -117,8 +117,11 @@ class HostBackend : public Backend {
     page_bytes_ = page_bytes;
     total_pages_ = capacity / page_bytes;
     const uint64_t huge = 2ull << 20;
-    // Huge pages only when the kernel has enough reserved: fallocate of a hugetlb memfd fails otherwise.
-    if (page_bytes % huge == 0) {
+    // Huge pages only when the kernel has enough reserved and free. Asking fallocate first is not enough: with
+    // surplus huge pages allowed (nr_overcommit_hugepages) it tries to take them one by one from normal memory,
+    // which for an oversized pool stalls the machine instead of failing.
+    const uint64_t huge_free = meminfo_kib("HugePages_Free") * meminfo_kib("Hugepagesize") * 1024;
+    if (page_bytes % huge == 0 && meminfo_kib("Hugepagesize") * 1024 == huge && capacity <= huge_free) {
       int fd = memfd_create("warmserve-pool-huge", MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_2MB);
       if (fd >= 0) {
         if (::ftruncate(fd, (off_t)capacity) == 0 && ::fallocate(fd, 0, 0, (off_t)capacity) == 0) {

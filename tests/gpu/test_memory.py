@@ -81,3 +81,30 @@ def test_pool_larger_than_the_device():
     with pytest.raises(OutOfMemoryError) as ei:
         PagePool((total // PAGE_BYTES + 16) * PAGE_BYTES, backend="cuda")
     assert ei.value.total_bytes == total
+
+
+def test_pages_larger_than_the_granularity():
+    # 6 MiB pages: not a power of two, so the reservation is aligned to the granularity instead.
+    page = 3 * PAGE_BYTES
+    with PagePool(4 * page, backend="cuda", page_bytes=page) as p:
+        s = p.create_slot(3 * page, "s")
+        s.map(0, 3)
+        s.tensor(0, (3 * page,), torch.uint8).fill_(5)
+        s.unmap(1, 2)
+        s.map(1, 2)  # the per-page unmap left nothing behind: the same addresses map again
+        assert int(s.tensor(0, (page,), torch.uint8).max()) == 5
+
+
+def test_unmap_waits_for_queued_kernels(pool):
+    s = pool.create_slot(8 * PAGE_BYTES, "s")
+    s.map(0, 4)
+    t = s.tensor(0, (4 * PAGE_BYTES // 4,), torch.float32)
+    a = torch.randn(2048, 2048, device="cuda")
+    for _ in range(20):  # keep the stream busy so the writes below are still queued when unmap runs
+        a = a @ a / 2048
+    t.fill_(1.0).add_(a.sum())
+    del t
+    s.unmap(0, 4)  # must not pull the pages from under the queued kernels (that would fault and kill the context)
+    torch.cuda.synchronize()  # raises (CUDA error: an illegal memory access) if a queued kernel faulted
+    s.map(0, 1)
+    assert s.tensor(0, (4,), torch.float32).cpu().shape == (4,)
