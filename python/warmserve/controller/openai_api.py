@@ -23,10 +23,10 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool = False
 
 
-class CompletionRequest(msgspec.Struct, omit_defaults=True):
+class _RequestCommon(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The fields completions and chat requests share."""
+
     model: str
-    #: A string, a list of token ids, or a one-element list of either (batches of several are refused).
-    prompt: str | list[Any]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -35,9 +35,14 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    user: str | None = None
+
+
+class CompletionRequest(_RequestCommon, kw_only=True):
+    #: A string, a list of token ids, or a one-element list of either (batches of several are refused).
+    prompt: str | list[Any]
     echo: bool = False
     logprobs: int | None = None
-    user: str | None = None
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True):
@@ -46,20 +51,10 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     name: str | None = None
 
 
-class ChatRequest(msgspec.Struct, omit_defaults=True):
-    model: str
+class ChatRequest(_RequestCommon, kw_only=True):
     messages: list[ChatMessage]
-    max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = 1
     logprobs: bool | None = None
-    user: str | None = None
 
 
 class Sampling(msgspec.Struct, frozen=True):
