@@ -69,21 +69,31 @@ def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
     cache.index_copy_(0, meta.write_rows + k_off, k.reshape(n_rows, -1))
     cache.index_copy_(0, meta.write_rows + v_off, v.reshape(n_rows, -1))
     out = torch.empty(n_rows, n_heads, head_dim, dtype=q.dtype, device=q.device)
-    for c in meta.prefills:
-        qs = q[c.row:c.row + c.n].transpose(0, 1).unsqueeze(0)
+    prefills = meta.prefills
+    i = 0
+    while i < len(prefills):
+        c = prefills[i]
         if c.ctx_rows is None:
-            ks = k[c.row:c.row + c.n]
-            vs = v[c.row:c.row + c.n]
-        else:
-            ks = cache.index_select(0, c.ctx_rows + k_off).view(-1, kvh, head_dim)
-            vs = cache.index_select(0, c.ctx_rows + v_off).view(-1, kvh, head_dim)
-        ks = ks.transpose(0, 1).unsqueeze(0)
-        vs = vs.transpose(0, 1).unsqueeze(0)
-        if c.mask is None:
+            # Fresh chunks sit back to back in the flat layout; a run of them with one length is a dense
+            # [G, H, n, D] batch, so it takes one SDPA call instead of G (per-call launches dominate on a GPU).
+            g = 1
+            while (i + g < len(prefills) and prefills[i + g].ctx_rows is None and prefills[i + g].n == c.n
+                   and prefills[i + g].row == c.row + g * c.n):
+                g += 1
+            rows = slice(c.row, c.row + g * c.n)
+            qs = q[rows].view(g, c.n, n_heads, head_dim).transpose(1, 2)
+            ks = k[rows].view(g, c.n, kvh, head_dim).transpose(1, 2)
+            vs = v[rows].view(g, c.n, kvh, head_dim).transpose(1, 2)
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
-        else:
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=c.mask, scale=scale, enable_gqa=True)
+            out[rows].view(g, c.n, n_heads, head_dim).copy_(o.transpose(1, 2))
+            i += g
+            continue
+        qs = q[c.row:c.row + c.n].transpose(0, 1).unsqueeze(0)
+        ks = cache.index_select(0, c.ctx_rows + k_off).view(-1, kvh, head_dim).transpose(0, 1).unsqueeze(0)
+        vs = cache.index_select(0, c.ctx_rows + v_off).view(-1, kvh, head_dim).transpose(0, 1).unsqueeze(0)
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=c.mask, scale=scale, enable_gqa=True)
         out[c.row:c.row + c.n] = o[0].transpose(0, 1)
+        i += 1
     d = meta.decode
     if d is not None:
         b = n_rows - d.row

@@ -62,6 +62,11 @@ def test_logits_match_for_rope_scaling_window_and_bias_variants(name, tiny_dir, 
     _check_logits(tiny_dir[name], pool, hf_model, lengths=(5, 40, 300), decode_steps=4)
 
 
+def test_equal_length_prompts_share_one_attention_call_and_match(demo_dir, pool, hf_model):
+    # three fresh 17-token prompts back to back run as one dense SDPA batch; the 40-token one runs alone
+    _check_logits(demo_dir["qwen2-30m"], pool, hf_model, lengths=(17, 17, 17, 40), decode_steps=3)
+
+
 def test_chunked_prefill_gives_the_same_logits(demo_dir, pool, hf_model):
     # a 64-token budget cuts the long prompts into chunks attending to cache written by earlier steps
     _check_logits(demo_dir["llama-20m"], pool, hf_model, lengths=(100, 7, 300), decode_steps=3, max_batch_tokens=64)
