@@ -153,16 +153,7 @@ class Api:
             text = TextStream(model.tokenizer.decode, sampling.stop)
             if req.stream:
                 return await self._stream(request, kind, req, model, handle, text, len(ids))
-            try:
-                async for tokens in handle:
-                    text.push(tokens)
-                    if text.stopped:
-                        handle.abort()
-                        break
-            except BaseException:
-                handle.abort()
-                raise
-            text.finish()
+            await handle.collect(text)
             finish = "stop" if text.stopped else handle.finish_reason
             body = (oa.completion_body if kind == "completion" else oa.chat_body)(
                 oa.new_id("cmpl" if kind == "completion" else "chatcmpl"), model.name, text.text,

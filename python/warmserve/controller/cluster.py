@@ -145,15 +145,7 @@ class Cluster:
     async def _collect(self, m, ids, s) -> Completion:
         req = self.controller.submit_nowait(m.name, ids, s)
         text = TextStream(m.tokenizer.decode, s.stop)
-        try:
-            async for tokens in req:
-                text.push(tokens)
-                if text.stopped:
-                    req.abort()
-                    break
-        finally:
-            req.abort()
-        text.finish()
+        await req.collect(text)
         return Completion(text=text.text, token_ids=list(text.ids), finish_reason="stop" if text.stopped else
                           req.finish_reason or "stop", prompt_tokens=len(ids), completion_tokens=req.generated)
 

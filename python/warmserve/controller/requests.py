@@ -108,6 +108,18 @@ class Req:
             item = item + self._q.popleft()
         return item
 
+    async def collect(self, text) -> None:
+        """Feed the generated tokens into ``text`` (a TextStream) until the request ends. A stop string, an error
+        or a cancellation aborts the request, so its worker stops generating for it."""
+        try:
+            async for tokens in self:
+                text.push(tokens)
+                if text.stopped:
+                    break
+        finally:
+            self.abort()
+        text.finish()
+
     def abort(self) -> None:
         """Stop the request wherever it is (queued, running); no-op once it ended."""
         if self.done:
