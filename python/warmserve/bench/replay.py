@@ -35,6 +35,7 @@ from dataclasses import replace
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.sim.metrics import pct
 from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest, replay, synthetic_prompts
 
 #: demo checkpoints the served models are copies of, in order (model i serves CHECKPOINTS[i % len])
@@ -219,10 +220,6 @@ def parse_prewarm_metrics(text: str) -> dict:
 
 # --------------------------------------------------------------------------------------------------- statistics
 
-def _pct(x, q) -> float:
-    return float(np.percentile(x, q)) if len(x) else float("nan")
-
-
 def _stats(outs, duration_s: float) -> dict:
     n = len(outs)
     answered = np.array([o.first_s == o.first_s for o in outs], bool)
@@ -235,11 +232,11 @@ def _stats(outs, duration_s: float) -> dict:
     return {
         "requests": n, "answered": int(answered.sum()), "completed": len(ok), "dropped": n - len(ok),
         "ttft_mean_s": float(ttft.mean()) if n else float("nan"),
-        "ttft_p50_s": _pct(ttft, 50), "ttft_p90_s": _pct(ttft, 90), "ttft_p95_s": _pct(ttft, 95),
-        "ttft_p99_s": _pct(ttft, 99),
+        "ttft_p50_s": pct(ttft, 50), "ttft_p90_s": pct(ttft, 90), "ttft_p95_s": pct(ttft, 95),
+        "ttft_p99_s": pct(ttft, 99),
         "tpot_mean_s": float(tpot.mean()) if len(tpot) else float("nan"),
-        "tpot_p50_s": _pct(tpot, 50), "tpot_p99_s": _pct(tpot, 99),
-        "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99),
+        "tpot_p50_s": pct(tpot, 50), "tpot_p99_s": pct(tpot, 99),
+        "e2e_p50_s": pct(e2e, 50), "e2e_p99_s": pct(e2e, 99),
         "throughput_rps": len(ok) / max(end, duration_s, 1e-9),
         "outcomes": {k: sum(o.status == k for o in outs) for k in OUTCOMES},
     }

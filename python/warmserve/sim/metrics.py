@@ -18,7 +18,8 @@ class RunResult:
     ttft_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def _pct(x: np.ndarray, q: float) -> float:
+def pct(x: np.ndarray, q: float) -> float:
+    """The q-th percentile of x; NaN for no values (a policy that answered nothing has no TTFT percentile)."""
     return float(np.percentile(x, q)) if len(x) else float("nan")
 
 
@@ -28,13 +29,13 @@ def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
         "completed": int(done.sum()),
         "dropped": int(n - done.sum()),
         "ttft_mean_s": float(ttft.mean()) if n else float("nan"),
-        "ttft_p50_s": _pct(ttft, 50),
-        "ttft_p90_s": _pct(ttft, 90),
-        "ttft_p95_s": _pct(ttft, 95),
-        "ttft_p99_s": _pct(ttft, 99),
+        "ttft_p50_s": pct(ttft, 50),
+        "ttft_p90_s": pct(ttft, 90),
+        "ttft_p95_s": pct(ttft, 95),
+        "ttft_p99_s": pct(ttft, 99),
         "tpot_mean_s": float(tpot.mean()) if len(tpot) else float("nan"),
-        "tpot_p50_s": _pct(tpot, 50),
-        "tpot_p99_s": _pct(tpot, 99),
+        "tpot_p50_s": pct(tpot, 50),
+        "tpot_p99_s": pct(tpot, 99),
         "slo_attainment": float(ok.mean()) if n else float("nan"),
         "throughput_rps": float(done.sum() / max(end_s, duration_s, 1e-9)),
     }
