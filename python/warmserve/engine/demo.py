@@ -84,10 +84,6 @@ SMALL_MODELS = ("llama-20m", "qwen2-30m")
 ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 
 
-def default_dir() -> str:
-    return default_demo_dir()
-
-
 def config_dict(spec: DemoSpec, dtype: str = "float32") -> dict:
     eos, bos = 0, 0  # <|endoftext|> is both, as in GPT-2 style vocabularies
     cfg = {
@@ -298,7 +294,7 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
 
 def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "float32") -> dict[str, str]:
     """Write the demo checkpoints (all, or `names`) under out_dir; returns name -> directory."""
-    out_dir = out_dir or default_dir()
+    out_dir = out_dir or default_demo_dir()
     names = list(DEMO_MODELS) if names is None else list(names)
     unknown = [n for n in names if n not in DEMO_MODELS]
     if unknown:
@@ -329,7 +325,7 @@ def spec_summary(name: str) -> dict:
 # ---- command line ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default=None, help=f"output directory (default {default_dir()}; $WARMSERVE_HOME/demo)")
+    parser.add_argument("--out", default=None, help=f"output directory (default {default_demo_dir()}; $WARMSERVE_HOME/demo)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of: {' '.join(DEMO_MODELS)}")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype on disk")
 
