@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ws {
@@ -37,21 +38,27 @@ class Backend {
   // Map pool pages ids[0..n) at addr, addr + page, ... All or nothing: on failure nothing stays mapped.
   // populate: fill page tables now (the loader does this ahead of its copy) rather than on first touch.
   virtual void map(uintptr_t addr, const uint64_t* ids, uint64_t n, bool populate) = 0;
-  // Unmap n pages at addr that were mapped by map(); the range stays reserved.
+  // Unmap n pages at addr that were mapped by map(); the range stays reserved. On failure either nothing was
+  // unmapped, or Error::page_done says which pages were.
   virtual void unmap(uintptr_t addr, const uint64_t* ids, uint64_t n) = 0;
-  // Move mapped pages ids from src to dst (unmapped) without copying; all or nothing.
-  virtual void move(uintptr_t src, uintptr_t dst, const uint64_t* ids, uint64_t n) {
-    map(dst, ids, n, false);
+  // Move mapped pages ids from src to dst (unmapped) without copying. On failure either nothing moved, or
+  // Error::page_done says which pages now live at dst only (the others are still at src only).
+  virtual void move(uintptr_t src, uintptr_t dst, const uint64_t* ids, uint64_t n) = 0;
+  // Waits for device work that may still read or write pages about to be unmapped or moved (cuda: queued
+  // kernels). Called WITHOUT the pool mutex: a device-wide wait under it would stall every thread of the process.
+  virtual void drain() {}
+  // For close paths, which must go on (a context with a sticky error from a faulted kernel still has to close).
+  void drain_quietly() noexcept {
     try {
-      unmap(src, ids, n);
+      drain();
     } catch (...) {
-      try {
-        unmap(dst, ids, n);
-      } catch (...) {
-      }
-      throw;
     }
   }
+  // Address ranges of slot reservations that a failed operation left in a state the slot table cannot describe
+  // (host: the PROT_NONE fallback freed a range and could not fill it again, so another mmap may own it now; or a
+  // rollback could not unmap a range whose pages the pool takes back). The slot must never map there nor release
+  // them. Taken (and cleared) by the pool after each operation, with the pool mutex held.
+  virtual std::vector<std::pair<uintptr_t, uint64_t>> take_holes() { return {}; }
   virtual std::unique_ptr<Copier> copier() = 0;
   // Frees the physical pages (after every slot has unmapped); reservations can still be released after.
   virtual void close_pages() = 0;
@@ -65,5 +72,13 @@ class Backend {
 std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes, bool prefault);
 std::unique_ptr<Backend> make_cuda_backend(uint64_t capacity_bytes, uint64_t page_bytes, int device);
 bool cuda_compiled();
+
+// TEST-ONLY fault injection for the host backend (warmserve._C._debug_fail_after): make the k-th next call of
+// op fail as the kernel would (k = 0 disarms). ops: "mmap" (a page run mapped from the memfd), "mremap" (a
+// page-table move), "protect" (the PROT_NONE mmap that restores a reservation; fails with ENOMEM, so the
+// munmap + MAP_FIXED_NOREPLACE fallback runs), "noreplace" (that fallback's mmap, as if another thread's mmap
+// had taken the range), "protect_hard" (that PROT_NONE mmap fails with EINVAL: no fallback, the range stays
+// mapped). Process-wide; never used outside tests.
+void debug_fail_after(const std::string& op, int64_t k);
 
 }  // namespace ws

@@ -6,8 +6,12 @@
 // thread waiting for the pool mutex never holds the GIL. C++ threads (the loader's mapper and copiers) never call
 // back into Python and never take the GIL: progress is polled by the waiting Python thread. Together this rules
 // out the one deadlock shape possible here (a thread holding the pool mutex waiting for the GIL while the GIL
-// holder waits for the mutex). The only code that takes the pool mutex with the GIL held is a view's DLPack
-// deleter (it unpins pages) and view creation; both are short and never wait for anything else.
+// holder waits for the mutex). Pool.close and Slot.close also wait (on the pool's condition variable, mutex
+// released) for running loads to roll back: the GIL is released then too, and the loader threads they wait for
+// never need it. The only code that takes the pool mutex with the GIL held is a view's DLPack deleter (it unpins
+// pages; when it drops a slot's last reference, ~Slot unmaps and releases the slot, and on cuda first waits for
+// the device's queued work) and view creation; neither waits for another lock or for Python. Kernel launches
+// (kernels.h) release the GIL too: a launch blocks when the stream's queue is full, and cudaMemcpyAsync may wait.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -15,6 +19,7 @@
 
 #include "backend.h"
 #include "errors.h"
+#include "kernels/kernels.h"
 #include "loader.h"
 #include "pool.h"
 
@@ -121,6 +126,7 @@ const char* error_class(ErrorKind k) {
     case ErrorKind::BackendUnavailable: return "BackendUnavailableError";
     case ErrorKind::Cancelled: return "CancelledError";
     case ErrorKind::Timeout: return "TimeoutError_";
+    case ErrorKind::SlotUnusable: return "SlotUnusableError";
   }
   return "WarmServeError";
 }
@@ -145,6 +151,9 @@ void raise_python(const Error& e) {
     case ErrorKind::Cancelled:
       kw["done_bytes"] = e.free_bytes;
       kw["total_bytes"] = e.asked_bytes;
+      break;
+    case ErrorKind::SlotUnusable:
+      kw["hole_bytes"] = e.asked_bytes;
       break;
     default:
       break;
@@ -175,8 +184,42 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("version", [] { return "0.1.0"; });
   m.def("cuda_compiled", &cuda_compiled, "whether this build contains the cuda backend");
+  m.def("_debug_fail_after", &debug_fail_after, py::arg("op"), py::arg("k"),
+        "TEST-ONLY: make the k-th next host-backend call of op (mmap, mremap, protect, noreplace) fail; k=0 "
+        "disarms (see backend.h)");
 
   using nogil = py::call_guard<py::gil_scoped_release>;
+
+  // ---- CUDA kernels (kernels/kernels.h): integers in, nothing out; warmserve.memory.kernels checks the tensors.
+  m.def("kernels_compiled", &kernels::compiled, "whether this build contains the CUDA kernels (nvcc was found)");
+  m.def("kernels_device_count", &kernels::device_count, nogil(),
+        "GPUs the CUDA runtime of the kernels sees (0 without a driver)");
+  m.def("kernel_write_kv", &kernels::write_kv, py::arg("cache"), py::arg("k"), py::arg("v"), py::arg("rows"),
+        py::arg("n_tokens"), py::arg("row_elems"), py::arg("k_off"), py::arg("v_off"), py::arg("dtype"),
+        py::arg("stream"), nogil());
+  m.def(
+      "kernel_paged_attention",
+      [](uintptr_t q, uintptr_t out, uintptr_t cache, uintptr_t block_tables, int64_t table_stride, uintptr_t row_seq,
+         uintptr_t row_len, int64_t n_rows, int n_heads, int kv_heads, int head_dim, int64_t rows_per_block,
+         int block_tokens, int64_t k_off, int64_t v_off, int window, float scale, int split_tokens, int n_splits,
+         uintptr_t workspace, int dtype, uintptr_t stream) {
+        kernels::PagedAttention a;
+        a.q = q, a.out = out, a.cache = cache, a.block_tables = block_tables, a.table_stride = table_stride;
+        a.row_seq = row_seq, a.row_len = row_len, a.n_rows = n_rows, a.n_heads = n_heads, a.kv_heads = kv_heads;
+        a.head_dim = head_dim, a.rows_per_block = rows_per_block, a.block_tokens = block_tokens, a.k_off = k_off;
+        a.v_off = v_off, a.window = window, a.scale = scale, a.split_tokens = split_tokens, a.n_splits = n_splits;
+        a.workspace = workspace, a.dtype = dtype, a.stream = stream;
+        kernels::paged_attention(a);
+      },
+      py::arg("q"), py::arg("out"), py::arg("cache"), py::arg("block_tables"), py::arg("table_stride"),
+      py::arg("row_seq"), py::arg("row_len"), py::arg("n_rows"), py::arg("n_heads"), py::arg("kv_heads"),
+      py::arg("head_dim"), py::arg("rows_per_block"), py::arg("block_tokens"), py::arg("k_off"), py::arg("v_off"),
+      py::arg("window"), py::arg("scale"), py::arg("split_tokens"), py::arg("n_splits"), py::arg("workspace"),
+      py::arg("dtype"), py::arg("stream"), nogil());
+  m.def("kernel_copy_blocks", &kernels::copy_blocks, py::arg("dst"), py::arg("src"), py::arg("src_idx"),
+        py::arg("dst_idx"), py::arg("n"), py::arg("block_bytes"), py::arg("stream"), nogil());
+  m.def("kernel_copy_bytes", &kernels::copy_bytes, py::arg("dst"), py::arg("src"), py::arg("nbytes"),
+        py::arg("stream"), nogil());
 
   py::class_<Pool, std::shared_ptr<Pool>>(m, "Pool")
       .def(py::init(&make_pool), py::arg("capacity_bytes"), py::arg("backend"), py::arg("page_bytes"),
@@ -322,12 +365,13 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PyLoadJob>(m, "LoadJob")
       .def("wait_for", [](PyLoadJob& j, double t) { py::gil_scoped_release nogil; return j.job->wait_for(t); })
       .def("result", [](PyLoadJob& j) { py::gil_scoped_release nogil; return j.job->result(); })
-      .def("cancel", [](PyLoadJob& j) { j.job->cancel(); })
+      .def("cancel", [](PyLoadJob& j) { py::gil_scoped_release nogil; j.job->cancel(); })
       .def_property_readonly("done_bytes", [](PyLoadJob& j) { return j.job->done_bytes(); })
       .def_property_readonly("total_bytes", [](PyLoadJob& j) { return j.job->total_bytes(); })
       .def_property_readonly("finished", [](PyLoadJob& j) {
         py::gil_scoped_release nogil;
         return j.job->state() != LoadJob::State::Running;
       })
-      .def_property_readonly("pages_mapped_by_job", [](PyLoadJob& j) { return j.job->pages_mapped_by_job(); });
+      .def_property_readonly("pages_mapped_by_job", [](PyLoadJob& j) { return j.job->pages_mapped_by_job(); })
+      .def_property_readonly("pages_kept_by_views", [](PyLoadJob& j) { return j.job->pages_kept_by_views(); });
 }

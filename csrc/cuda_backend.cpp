@@ -1,9 +1,16 @@
-// CUDA backend over the driver's virtual memory API. Every page is one cuMemCreate allocation made when the pool
-// is created; a slot is one cuMemAddressReserve range; map = cuMemMap per page plus ONE cuMemSetAccess over the
-// whole run (its range may span several mappings); unmap = one cuMemUnmap per page, since a cuMemUnmap range must
-// be exactly what one cuMemMap mapped (measured on an H200, driver 13.0: 512 pages map+access 13 ms, unmap 9 ms,
-// the same whether one call or 512). libcuda is opened with dlopen when a cuda pool is first made, so the same
-// build imports on machines without a driver.
+// CUDA backend over the driver's virtual memory API. Physical memory is a few large cuMemCreate allocations
+// ("chunks", 1 GiB each at most) made when the pool is created, carved into pages: pool page id i is bytes
+// [(i % chunk_pages) * page, +page) of chunk i / chunk_pages. A slot is one cuMemAddressReserve range. map = one
+// cuMemMap per run of pages adjacent in one chunk (the pool's free list hands out such runs) plus ONE
+// cuMemSetAccess over the whole range (it may span several mappings); fewer driver calls per byte (issue 13).
+// A cuMemUnmap range "must be the entire contiguous address range that was mapped to" (driver API docs), so the
+// backend records every run it mapped (runs_); unmapping part of a run unmaps all of it and maps the rest again
+// at once, its contents intact (the physical pages never leave). The rest of a cut run is thus briefly unmapped:
+// no kernel may use those neighbouring pages concurrently with that unmap (the engine launches and unmaps on one
+// thread; KV blocks are mapped one map call each, so freeing a block never cuts a run). Earlier design, measured
+// on an H200, driver 13.0: one cuMemCreate and cuMemMap per page, 512 pages map+access 13 ms, unmap 9 ms. The
+// chunked design has NOT been measured on a GPU yet. libcuda is opened with dlopen when a cuda pool is first
+// made, so the same build imports on machines without a driver.
 #include "backend.h"
 #include "errors.h"
 
@@ -16,17 +23,21 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
+#include <map>
 #include <mutex>
+#include <utility>
 
 #define WS_STR2(x) #x
 #define WS_STR(x) WS_STR2(x)
 // The names go through cuda.h's macros, so the versioned symbols (cuMemGetInfo_v2, ...) are looked up.
 #define WS_CU_FUNCS(X)                                                                                             \
   X(cuInit) X(cuGetErrorName) X(cuGetErrorString) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDevicePrimaryCtxRetain) \
-  X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxSynchronize) X(cuMemGetAllocationGranularity) X(cuMemCreate)                \
-  X(cuMemRelease) X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)         \
-  X(cuMemGetInfo) X(cuStreamCreate) X(cuStreamDestroy) X(cuStreamSynchronize) X(cuMemcpyHtoDAsync)               \
-  X(cuMemHostAlloc) X(cuMemFreeHost) X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize) X(cuEventDestroy)
+  X(cuDevicePrimaryCtxRelease) X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize)                          \
+  X(cuMemGetAllocationGranularity) X(cuMemCreate) X(cuMemRelease) X(cuMemAddressReserve) X(cuMemAddressFree)      \
+  X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess) X(cuMemGetInfo) X(cuStreamCreate) X(cuStreamDestroy)                 \
+  X(cuStreamSynchronize) X(cuMemcpyHtoDAsync) X(cuMemHostAlloc) X(cuMemFreeHost) X(cuEventCreate)                 \
+  X(cuEventRecord) X(cuEventSynchronize) X(cuEventDestroy)
 
 namespace ws {
 namespace {
@@ -81,6 +92,22 @@ Error cu_error(const char* what, CUresult r) {
     if (r_ != CUDA_SUCCESS) throw cu_error(#call, r_); \
   } while (0)
 
+// Makes ctx current on this thread for one scope and then restores the caller's context (push/pop, not
+// cuCtxSetCurrent): a caller's thread keeps the device it had, so torch on that thread never silently switches to
+// the pool's device after a call on a device-1 pool.
+struct CtxScope {
+  explicit CtxScope(CUcontext ctx) {
+    CUresult r = api().p_cuCtxPushCurrent(ctx);
+    if (r != CUDA_SUCCESS) throw cu_error("cuCtxPushCurrent", r);
+  }
+  ~CtxScope() {
+    CUcontext popped = nullptr;
+    api().p_cuCtxPopCurrent(&popped);
+  }
+  CtxScope(const CtxScope&) = delete;
+  CtxScope& operator=(const CtxScope&) = delete;
+};
+
 struct CudaCopier : Copier {
   static constexpr uint64_t kStaging = 16ull << 20;
   CUcontext ctx;
@@ -90,11 +117,11 @@ struct CudaCopier : Copier {
   bool busy[2] = {false, false};
   int b = 0;
 
-  // Runs in the loader thread that will use it: a context is current per thread, so it is made current here.
+  // Made, used and destroyed by one loader thread: the context is pushed here and popped by the destructor.
   explicit CudaCopier(CUcontext c) : ctx(c) {
     const Api& a = api();
+    WS_CU(a.p_cuCtxPushCurrent(ctx));
     try {
-      WS_CU(a.p_cuCtxSetCurrent(ctx));
       WS_CU(a.p_cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
       for (int i = 0; i < 2; ++i) {
         WS_CU(a.p_cuMemHostAlloc(&staging[i], kStaging, 0));
@@ -102,13 +129,18 @@ struct CudaCopier : Copier {
       }
     } catch (...) {
       free_all();  // a throwing constructor runs no destructor
+      CUcontext popped = nullptr;
+      a.p_cuCtxPopCurrent(&popped);
       throw;
     }
   }
-  ~CudaCopier() override { free_all(); }
+  ~CudaCopier() override {
+    free_all();
+    CUcontext popped = nullptr;
+    api().p_cuCtxPopCurrent(&popped);
+  }
   void free_all() {
     const Api& a = api();
-    a.p_cuCtxSetCurrent(ctx);
     if (stream) a.p_cuStreamSynchronize(stream);
     for (int i = 0; i < 2; ++i) {
       if (staging[i]) a.p_cuMemFreeHost(staging[i]);
@@ -171,6 +203,7 @@ class CudaBackend : public Backend {
     WS_CU(a.p_cuDeviceGet(&dev_, device));
     WS_CU(a.p_cuDevicePrimaryCtxRetain(&ctx_, dev_));
     try {
+      CtxScope c(ctx_);
       init(capacity, page_bytes);
     } catch (...) {  // a throwing constructor runs no destructor: give back what init() took
       close_pages();
@@ -182,7 +215,6 @@ class CudaBackend : public Backend {
   // (the one the CUDA runtime, hence torch, uses) so that views are valid in torch's kernels.
   void init(uint64_t capacity, uint64_t page_bytes) {
     const Api& a = api();
-    WS_CU(a.p_cuCtxSetCurrent(ctx_));
     std::memset(&prop_, 0, sizeof prop_);
     prop_.type = CU_MEM_ALLOCATION_TYPE_PINNED;
     prop_.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
@@ -201,17 +233,17 @@ class CudaBackend : public Backend {
     size_t free_b = 0, total_b = 0;
     WS_CU(a.p_cuMemGetInfo(&free_b, &total_b));
     if (capacity > free_b) throw oom(capacity, free_b, total_b);
-    handles_.reserve(total_pages_);
-    for (uint64_t i = 0; i < total_pages_; ++i) {
+    chunk_pages_ = std::max<uint64_t>(1, std::min<uint64_t>(total_pages_, kChunkBytes / page_bytes));
+    for (uint64_t i = 0; i < total_pages_; i += chunk_pages_) {
       CUmemGenericAllocationHandle h;
-      CUresult cr = a.p_cuMemCreate(&h, page_bytes, &prop_, 0);
+      CUresult cr = a.p_cuMemCreate(&h, std::min(chunk_pages_, total_pages_ - i) * page_bytes, &prop_, 0);
       if (cr != CUDA_SUCCESS) {
         close_pages();
         a.p_cuMemGetInfo(&free_b, &total_b);
         if (cr == CUDA_ERROR_OUT_OF_MEMORY) throw oom(capacity, free_b, total_b);
         throw cu_error("cuMemCreate", cr);
       }
-      handles_.push_back(h);
+      chunks_.push_back(h);
     }
     std::memset(&access_, 0, sizeof access_);
     access_.location = prop_.location;
@@ -229,7 +261,7 @@ class CudaBackend : public Backend {
 
   uintptr_t reserve(uint64_t n_pages) override {
     const Api& a = api();
-    WS_CU(a.p_cuCtxSetCurrent(ctx_));
+    CtxScope c(ctx_);
     CUdeviceptr p = 0;
     // Alignment must be a power of two: the page size when it is one (2 MiB), else the granularity.
     uint64_t align = (page_bytes_ & (page_bytes_ - 1)) == 0 ? page_bytes_ : gran_;
@@ -238,79 +270,147 @@ class CudaBackend : public Backend {
   }
   void release(uintptr_t addr, uint64_t n_pages) override {
     const Api& a = api();
-    a.p_cuCtxSetCurrent(ctx_);
+    CtxScope c(ctx_);
     a.p_cuMemAddressFree(CUdeviceptr(addr), n_pages * page_bytes_);
   }
 
   void map(uintptr_t addr, const uint64_t* ids, uint64_t n, bool) override {
     const Api& a = api();
-    WS_CU(a.p_cuCtxSetCurrent(ctx_));
-    uint64_t i = 0;
+    CtxScope c(ctx_);
+    std::vector<uintptr_t> mapped;  // runs mapped so far (rolled back on failure)
     CUresult r = CUDA_SUCCESS;
-    for (; i < n; ++i) {
-      ++calls;
-      r = a.p_cuMemMap(CUdeviceptr(addr + i * page_bytes_), page_bytes_, 0, handles_[ids[i]], 0);
+    const char* what = "cuMemMap";
+    for (uint64_t i = 0; i < n;) {
+      uint64_t j = i + 1;
+      while (j < n && ids[j] == ids[j - 1] + 1 && ids[j] % chunk_pages_ != 0) ++j;  // adjacent, same chunk
+      r = map_run(addr + i * page_bytes_, ids[i], j - i);
       if (r != CUDA_SUCCESS) break;
+      mapped.push_back(addr + i * page_bytes_);
+      i = j;
     }
     if (r == CUDA_SUCCESS) {
       ++calls;
-      r = a.p_cuMemSetAccess(CUdeviceptr(addr), n * page_bytes_, &access_, 1);  // one call for the whole run
+      what = "cuMemSetAccess";
+      r = a.p_cuMemSetAccess(CUdeviceptr(addr), n * page_bytes_, &access_, 1);  // one call for the whole range
       if (r == CUDA_SUCCESS) return;
     }
-    for (uint64_t k = 0; k < i; ++k) a.p_cuMemUnmap(CUdeviceptr(addr + k * page_bytes_), page_bytes_);
-    if (r == CUDA_ERROR_OUT_OF_MEMORY) throw oom(n * page_bytes_, 0, total_pages_ * page_bytes_);
-    throw cu_error(i < n ? "cuMemMap" : "cuMemSetAccess", r);
+    for (uintptr_t va : mapped) unmap_run(va);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) {  // the pages exist already: this is the driver's own memory running out
+      size_t free_b = 0, total_b = 0;
+      a.p_cuMemGetInfo(&free_b, &total_b);
+      throw oom(n * page_bytes_, free_b, total_b);
+    }
+    throw cu_error(what, r);
   }
 
   // cuMemUnmap/cuMemRelease do not wait for kernels still using the range (a kernel that touches it after the
-  // unmap faults, and the fault kills the context), so pending work is waited for first: torch drops a tensor
-  // while the kernels that use it may still be queued.
+  // unmap faults, and the fault kills the context), so the pool calls drain() first, outside its mutex: torch
+  // drops a tensor while the kernels that use it may still be queued.
+  void drain() override {
+    CtxScope c(ctx_);
+    WS_CU(api().p_cuCtxSynchronize());
+  }
   void unmap(uintptr_t addr, const uint64_t*, uint64_t n) override {
-    const Api& a = api();
-    WS_CU(a.p_cuCtxSetCurrent(ctx_));
-    WS_CU(a.p_cuCtxSynchronize());
-    unmap_pages(addr, n);
+    CtxScope c(ctx_);
+    std::vector<uint8_t> done;
+    CUresult r = unmap_range(addr, n, done);
+    if (r != CUDA_SUCCESS) throw partial(cu_error("cuMemUnmap", r), done);
   }
   // map at dst, then unmap at src: a handle may be mapped at several addresses at once, so the physical pages
-  // (and their contents) never leave; if the unmap fails the dst mapping is undone.
+  // (and their contents) never leave. A page whose src unmap failed is unmapped at dst again (it stays at src);
+  // a page whose src unmap succeeded stays at dst: page_done tells the pool which pages moved.
   void move(uintptr_t src, uintptr_t dst, const uint64_t* ids, uint64_t n) override {
+    CtxScope c(ctx_);
     map(dst, ids, n, false);
-    try {
-      WS_CU(api().p_cuCtxSynchronize());
-      unmap_pages(src, n);
-    } catch (...) {
-      try {
-        unmap_pages(dst, n);
-      } catch (...) {
-      }
-      throw;
+    std::vector<uint8_t> done;
+    CUresult r = unmap_range(src, n, done);
+    if (r == CUDA_SUCCESS) return;
+    std::vector<uint8_t> undone;  // dst pages whose src unmap failed go again (their runs' other pages stay)
+    for (uint64_t k = 0; k < n;) {
+      uint64_t j = k;
+      while (j < n && !done[j]) ++j;
+      if (j > k) unmap_range(dst + k * page_bytes_, j - k, undone);
+      k = j + 1;
     }
+    throw partial(cu_error("cuMemUnmap", r), done);
   }
 
   std::unique_ptr<Copier> copier() override { return std::make_unique<CudaCopier>(ctx_); }
 
-  // cuMemUnmap's range "must be the entire contiguous address range that was mapped to" (CUDA driver API docs):
-  // every page is its own cuMemMap, so one call per page. Every page is tried; the first error is thrown.
-  void unmap_pages(uintptr_t addr, uint64_t n) {
-    const Api& a = api();
-    CUresult first = CUDA_SUCCESS;
-    for (uint64_t k = 0; k < n; ++k) {
-      ++calls;
-      CUresult r = a.p_cuMemUnmap(CUdeviceptr(addr + k * page_bytes_), page_bytes_);
-      if (r != CUDA_SUCCESS && first == CUDA_SUCCESS) first = r;
-    }
-    if (first != CUDA_SUCCESS) throw cu_error("cuMemUnmap", first);
+  // One cuMemMap of n pages adjacent in one chunk (pool pages first..first+n-1) at va, recorded in runs_.
+  CUresult map_run(uintptr_t va, uint64_t first, uint64_t n) {
+    ++calls;
+    CUresult r = api().p_cuMemMap(CUdeviceptr(va), n * page_bytes_, (first % chunk_pages_) * page_bytes_,
+                                  chunks_[first / chunk_pages_], 0);
+    if (r == CUDA_SUCCESS) runs_[va] = Run{n, first};
+    return r;
   }
+  CUresult unmap_run(uintptr_t va) {
+    ++calls;
+    CUresult r = api().p_cuMemUnmap(CUdeviceptr(va), runs_.at(va).n * page_bytes_);
+    if (r == CUDA_SUCCESS) runs_.erase(va);
+    return r;
+  }
+  // Unmaps pages [addr, addr + n pages): every run overlapping it goes whole (cuMemUnmap cannot cut a mapping)
+  // and the parts of those runs outside the range are mapped again. Every run is tried; done[k] says which
+  // pages went (a page no run covers is not mapped: done); the first error is returned. A part that cannot be
+  // mapped again is a hole (take_holes): the slot's table would say mapped where nothing is.
+  CUresult unmap_range(uintptr_t addr, uint64_t n, std::vector<uint8_t>& done) {
+    const uintptr_t end = addr + n * page_bytes_;
+    done.assign(n, 1);
+    auto it = runs_.upper_bound(addr);
+    if (it != runs_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second.n * page_bytes_ > addr) it = prev;
+    }
+    CUresult first_err = CUDA_SUCCESS;
+    while (it != runs_.end() && it->first < end) {
+      const uintptr_t va = it->first;
+      const Run run = it->second;
+      const uintptr_t run_end = va + run.n * page_bytes_;
+      ++it;  // before unmap_run erases va (std::map iterators to other entries stay valid)
+      CUresult r = unmap_run(va);
+      if (r != CUDA_SUCCESS) {
+        for (uintptr_t p = std::max(va, addr); p < std::min(run_end, end); p += page_bytes_)
+          done[(p - addr) / page_bytes_] = 0;
+        if (first_err == CUDA_SUCCESS) first_err = r;
+        continue;
+      }
+      if (va < addr) remap(va, run.first, (addr - va) / page_bytes_);
+      if (run_end > end) remap(end, run.first + (end - va) / page_bytes_, (run_end - end) / page_bytes_);
+    }
+    return first_err;
+  }
+  void remap(uintptr_t va, uint64_t first, uint64_t n) {
+    CUresult r = map_run(va, first, n);
+    if (r == CUDA_SUCCESS) {
+      ++calls;
+      r = api().p_cuMemSetAccess(CUdeviceptr(va), n * page_bytes_, &access_, 1);
+      if (r != CUDA_SUCCESS) unmap_run(va);
+    }
+    if (r != CUDA_SUCCESS) holes_.emplace_back(va, n * page_bytes_);
+  }
+  std::vector<std::pair<uintptr_t, uint64_t>> take_holes() override { return std::exchange(holes_, {}); }
 
   void close_pages() override {
-    if (handles_.empty()) return;
+    if (chunks_.empty()) return;
     const Api& a = api();
-    a.p_cuCtxSetCurrent(ctx_);
-    for (auto h : handles_) a.p_cuMemRelease(h);
-    handles_.clear();
+    CUresult pushed = a.p_cuCtxPushCurrent(ctx_);  // no throwing here: destructors call this
+    for (auto h : chunks_) a.p_cuMemRelease(h);  // memory still mapped somewhere is freed when unmapped
+    CUcontext popped = nullptr;
+    if (pushed == CUDA_SUCCESS) a.p_cuCtxPopCurrent(&popped);
+    chunks_.clear();
   }
 
  private:
+  static Error partial(Error e, const std::vector<uint8_t>& done) {
+    for (uint8_t d : done)
+      if (d) {
+        e.page_done = done;
+        break;
+      }
+    return e;
+  }
   Error oom(uint64_t asked, uint64_t free_b, uint64_t total_b) const {
     Error e(ErrorKind::OutOfMemory, "cuda device " + std::to_string(device_) + ": asked for " + fmt_bytes(asked) +
                                         ", " + fmt_bytes(free_b) + " of " + fmt_bytes(total_b) +
@@ -324,7 +424,16 @@ class CudaBackend : public Backend {
   CUcontext ctx_ = nullptr;
   CUmemAllocationProp prop_;
   CUmemAccessDesc access_;
-  std::vector<CUmemGenericAllocationHandle> handles_;
+  // Physical chunk size: large enough that a 1 GiB move is one or two cuMemMap calls, small enough that a pool
+  // is not one allocation the driver must find contiguous room for.
+  static constexpr uint64_t kChunkBytes = 1ull << 30;
+  struct Run {
+    uint64_t n, first;  // pages, first pool page id
+  };
+  uint64_t chunk_pages_ = 1;
+  std::vector<CUmemGenericAllocationHandle> chunks_;
+  std::map<uintptr_t, Run> runs_;  // every mapping, by address (guarded by the pool mutex, like every map call)
+  std::vector<std::pair<uintptr_t, uint64_t>> holes_;
 };
 
 }  // namespace

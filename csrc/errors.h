@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace ws {
 
@@ -18,6 +19,7 @@ enum class ErrorKind {
   BackendUnavailable,
   Cancelled,
   Timeout,
+  SlotUnusable,
 };
 
 struct Error : std::runtime_error {
@@ -26,6 +28,9 @@ struct Error : std::runtime_error {
   int64_t mappings = 0, max_mappings = 0;                      // MappingLimit
   int64_t code = 0;                                            // Driver: CUresult or errno
   std::string name;                                            // Driver: CUDA_ERROR_... or ENOMEM
+  // A multi-page backend operation that failed part way and could not be undone (cuda unmap/move): entry i is 1
+  // where page i was done (unmapped, or moved), so the slot table can follow the pages. Empty: nothing was done.
+  std::vector<uint8_t> page_done;
   Error(ErrorKind k, const std::string& msg) : std::runtime_error(msg), kind(k) {}
 };
 

@@ -41,6 +41,17 @@
 namespace ws {
 namespace {
 
+// Test-only fault injection (backend.h): countdown per op; the call that brings it from 1 to 0 fails.
+enum Fault { kFaultMmap, kFaultMremap, kFaultProtect, kFaultNoreplace, kFaultProtectHard, kFaults };
+std::atomic<int64_t> g_fail_after[kFaults];
+
+bool injected(Fault f) {
+  int64_t v = g_fail_after[f].load(std::memory_order_relaxed);
+  while (v > 0)
+    if (g_fail_after[f].compare_exchange_weak(v, v - 1)) return v == 1;
+  return false;
+}
+
 uint64_t meminfo_kib(const char* key) {
   std::ifstream f("/proc/meminfo");
   std::string k;
@@ -197,16 +208,18 @@ class HostBackend : public Backend {
       uint64_t len = (j - i) * page_bytes_;
       // From the park: page tables travel with the pages, so the slot needs no page faults.
       bool ok = remap(park_ + ids[i] * page_bytes_, dst, len);
-      if (!ok) {
-        ++calls;
-        ok = ::mmap((void*)dst, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0),
-                    fd_, (off_t)(ids[i] * page_bytes_)) != MAP_FAILED;
-      }
+      if (!ok) ok = map_from_fd(dst, len, ids[i], populate);
       if (!ok) {
         int err = errno;
-        protect_none(dst, len);  // a failed remap may have left a hole in the reservation
-        if (i) {                 // all or nothing
-          try { unmap(addr, ids, i); } catch (const Error&) {}
+        // The failed run's own range: a failed mremap may have unmapped it (a hole, recorded by protect_none); a
+        // failed mmap leaves it as it was (the kernel checks the mapping count before it touches the range).
+        protect_none(dst, len);
+        if (i) {  // all or nothing
+          try {
+            unmap(addr, ids, i);
+          } catch (const Error&) {  // still mapped, though the pool takes the pages back
+            untrust(addr, i * page_bytes_);
+          }
         }
         throw mmap_error("mapping", err, (n - i) * page_bytes_);
       }
@@ -222,7 +235,8 @@ class HostBackend : public Backend {
       remap(addr + i * page_bytes_, park_ + ids[i] * page_bytes_, (j - i) * page_bytes_);
       i = j;
     }
-    if (!protect_none(addr, n * page_bytes_)) throw mmap_error("unmapping", errno, n * page_bytes_);
+    // A hole (the range got unreserved) still means unmapped: the pages are no longer in the slot.
+    if (protect_none(addr, n * page_bytes_) == Prot::Failed) throw mmap_error("unmapping", errno, n * page_bytes_);
   }
 
   void move(uintptr_t src, uintptr_t dst, const uint64_t* ids, uint64_t n) override {
@@ -231,26 +245,25 @@ class HostBackend : public Backend {
       uintptr_t s = src + i * page_bytes_, d = dst + i * page_bytes_;
       uint64_t len = (j - i) * page_bytes_;
       bool ok = remap(s, d, len);
-      if (!ok) {
-        ++calls;
-        ok = ::mmap((void*)d, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
-                    (off_t)(ids[i] * page_bytes_)) != MAP_FAILED;
-      }
+      if (!ok) ok = map_from_fd(d, len, ids[i], false);
       if (!ok) {  // the source is still mapped (remap keeps it): only the destination needs undoing
         int err = errno;
-        protect_none(dst, j * page_bytes_);
+        protect_none(d, len);  // the failed run's own range, as in map()
+        if (i) untrust_unless(protect_none(dst, i * page_bytes_), dst, i * page_bytes_);  // runs moved before it
         throw mmap_error("moving", err, n * page_bytes_);
       }
       i = j;
     }
-    if (!protect_none(src, n * page_bytes_)) {
+    if (protect_none(src, n * page_bytes_) == Prot::Failed) {
       int err = errno;
-      protect_none(dst, n * page_bytes_);
+      untrust_unless(protect_none(dst, n * page_bytes_), dst, n * page_bytes_);
       throw mmap_error("moving", err, n * page_bytes_);
     }
   }
 
   std::unique_ptr<Copier> copier() override { return std::make_unique<HostCopier>(); }
+
+  std::vector<std::pair<uintptr_t, uint64_t>> take_holes() override { return std::move(holes_); }
 
   void close_pages() override {
     if (park_) ::munmap((void*)park_, total_pages_ * page_bytes_);
@@ -279,16 +292,38 @@ class HostBackend : public Backend {
     return aligned;
   }
 
-  bool protect_none(uintptr_t addr, uint64_t len) {
+  bool map_from_fd(uintptr_t dst, uint64_t len, uint64_t first_id, bool populate) {
+    ++calls;
+    if (injected(kFaultMmap)) return errno = ENOMEM, false;
+    return ::mmap((void*)dst, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0), fd_,
+                  (off_t)(first_id * page_bytes_)) != MAP_FAILED;
+  }
+
+  // Ok: [addr, addr+len) is PROT_NONE again. Failed: nothing changed (errno says why). Hole: the range was freed
+  // but not filled again, so it is no longer reserved (recorded in holes_ for the pool to see).
+  enum class Prot { Ok, Failed, Hole };
+  // A rollback that could not make a range PROT_NONE leaves it mapping pages the pool takes back (they would
+  // show through two slots): the slot must not trust that range either.
+  void untrust(uintptr_t addr, uint64_t len) { holes_.push_back({addr, len}); }
+  void untrust_unless(Prot p, uintptr_t addr, uint64_t len) {
+    if (p == Prot::Failed) untrust(addr, len);
+  }
+  Prot protect_none(uintptr_t addr, uint64_t len) {
     ++calls;
     const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-    if (::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED, -1, 0) != MAP_FAILED) return true;
-    if (errno != ENOMEM) return false;
+    if (injected(kFaultProtect)) errno = ENOMEM;
+    else if (injected(kFaultProtectHard)) errno = EINVAL;
+    else if (::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED, -1, 0) != MAP_FAILED) return Prot::Ok;
+    if (errno != ENOMEM) return Prot::Failed;
     // At vm.max_map_count mmap refuses everything, even a call that would lower the count. munmap does not:
     // free the range first, then fill the hole (NOREPLACE: never over something another thread put there).
     int err = errno;
-    if (::munmap((void*)addr, len) != 0) return errno = err, false;
-    return ::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0) == (void*)addr;
+    if (::munmap((void*)addr, len) != 0) return errno = err, Prot::Failed;
+    if (!injected(kFaultNoreplace) &&
+        ::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0) == (void*)addr)
+      return Prot::Ok;
+    holes_.push_back({addr, len});
+    return Prot::Hole;
   }
 
   // Moves a mapping and its page tables from src to dst (mremap with MREMAP_DONTUNMAP: src stays a mapping of
@@ -297,6 +332,7 @@ class HostBackend : public Backend {
   bool remap(uintptr_t src, uintptr_t dst, uint64_t len) {
     if (!remap_ok_) return false;
     ++calls;
+    if (injected(kFaultMremap)) return errno = ENOMEM, false;
     void* p = ::mremap((void*)src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, (void*)dst);
     if (p != MAP_FAILED) return true;
     if (errno == EINVAL) remap_ok_ = false;
@@ -337,6 +373,7 @@ class HostBackend : public Backend {
 
   uintptr_t park_ = 0;
   bool remap_ok_ = true;
+  std::vector<std::pair<uintptr_t, uint64_t>> holes_;  // see take_holes and untrust (guarded by the pool mutex)
 
  private:
   int fd_ = -1;
@@ -344,6 +381,17 @@ class HostBackend : public Backend {
 };
 
 }  // namespace
+
+void debug_fail_after(const std::string& op, int64_t k) {
+  static const char* names[kFaults] = {"mmap", "mremap", "protect", "noreplace", "protect_hard"};
+  if (k < 0) throw invalid("_debug_fail_after: k must be >= 0, not " + std::to_string(k));
+  for (int f = 0; f < kFaults; ++f)
+    if (op == names[f]) {
+      g_fail_after[f] = k;
+      return;
+    }
+  throw invalid("_debug_fail_after: op must be mmap, mremap, protect, noreplace or protect_hard, not '" + op + "'");
+}
 
 std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes, bool prefault) {
   return std::make_unique<HostBackend>(capacity_bytes, page_bytes, prefault);

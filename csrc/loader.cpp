@@ -98,12 +98,22 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
       }
       // Pinned while the job runs: nobody can unmap or move a page under the copy.
       for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, +1);
+      pool.jobs.insert(this);
     } catch (...) {
       close_fds();
       throw;
     }
   }
-  driver_ = std::thread([this] { run(); });
+  try {
+    driver_ = std::thread([this] { run(); });
+  } catch (...) {
+    std::lock_guard<std::mutex> g(pool.mu);
+    for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, -1);
+    pool.jobs.erase(this);
+    pool.jobs_cv.notify_all();
+    close_fds();
+    throw;
+  }
 }
 
 LoadJob::~LoadJob() {
@@ -141,13 +151,20 @@ uint64_t LoadJob::result() {
   if (state_ == State::Cancelled) {
     Error e(ErrorKind::Cancelled, "load into slot '" + slot_->tag + "' was cancelled after " +
                                       std::to_string(done_.load()) + " of " + std::to_string(total_) +
-                                      " bytes; the " + std::to_string(n_job_pages_) +
-                                      " pages it had mapped were unmapped again");
+                                      " bytes; of the " + std::to_string(n_job_pages_) +
+                                      " pages it had mapped, " + kept_note());
     e.asked_bytes = total_;
     e.free_bytes = done_.load();
     throw e;
   }
   return total_;
+}
+
+std::string LoadJob::kept_note() const {
+  uint64_t unmapped = n_job_pages_ - n_kept_pages_;
+  if (!n_kept_pages_) return std::to_string(unmapped) + " were unmapped again";
+  return std::to_string(unmapped) + " were unmapped again and " + std::to_string(n_kept_pages_) +
+         " stay mapped, with partial contents, because live pinned views cover them (drop the views, then unmap)";
 }
 
 void LoadJob::fail(const Error& e) {
@@ -178,7 +195,7 @@ void LoadJob::mapper() {
         k = m;
       }
     } catch (const Error& e) {
-      fail(e);
+      if (!cancel_) fail(e);  // cancelled meanwhile (Pool::close): a closed pool is no failure of the load
       return;
     }
     (void)pb;
@@ -235,23 +252,48 @@ void LoadJob::finish() {
     ok = !error_ && !cancel_;
     if (!ok && !error_ && done_ == total_) ok = true;  // cancelled after the last byte landed: it is done
   }
+  if (!ok) pool.backend->drain_quietly();  // outside the mutex (Backend::drain)
   {
     std::lock_guard<std::mutex> g(pool.mu);
     for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, -1);
     n_job_pages_ = job_pages_.size();
-    if (!ok && !slot_->closed && !pool.closed) {
-      for (uint64_t pg : job_pages_) {  // roll back: only pages this job mapped, still mapped (they were pinned)
+    if (!ok) {
+      // Roll back only the pages this job mapped, run by run, and never one a live pinned view covers (a view
+      // made while the load ran): unmapping it would fault the view's next access. Those are kept and counted.
+      std::sort(job_pages_.begin(), job_pages_.end());
+      size_t k = 0;
+      while (k < job_pages_.size()) {
+        uint64_t pg = job_pages_[k];
+        if (slot_->table[pg] < 0) { ++k; continue; }
+        if (slot_->pins[pg]) { ++n_kept_pages_; ++k; continue; }
+        size_t m = k + 1;
+        while (m < job_pages_.size() && job_pages_[m] == job_pages_[m - 1] + 1 && slot_->table[job_pages_[m]] >= 0 &&
+               !slot_->pins[job_pages_[m]])
+          ++m;
         try {
-          if (slot_->table[pg] >= 0) slot_->unmap_locked(pg, 1);
-        } catch (const Error&) {
+          slot_->unmap_locked(pg, m - k);
+        } catch (const Error&) {  // left mapped: the slot stays consistent, the pages stay the slot's
         }
+        k = m;
       }
     }
     if (ok) pool.bytes_loaded += total_;
-  }
-  {
-    std::lock_guard<std::mutex> g(m_);
-    state_ = ok ? State::Done : (error_ ? State::Failed : State::Cancelled);
+    {
+      // The state is final before the job leaves pool.jobs, so whoever Pool::close or Slot::close woke sees it
+      // finished (lock order: pool mu, then the job's m_).
+      std::lock_guard<std::mutex> g2(m_);
+      if (error_ && n_kept_pages_) {  // say what was kept in the job's own error
+        Error e = *error_;
+        Error with(e.kind, std::string(e.what()) + "; of the " + std::to_string(n_job_pages_) +
+                               " pages the load had mapped, " + kept_note());
+        with.asked_bytes = e.asked_bytes, with.free_bytes = e.free_bytes, with.total_bytes = e.total_bytes;
+        with.mappings = e.mappings, with.max_mappings = e.max_mappings, with.code = e.code, with.name = e.name;
+        *error_ = with;
+      }
+      state_ = ok ? State::Done : (error_ ? State::Failed : State::Cancelled);
+    }
+    pool.jobs.erase(this);
+    pool.jobs_cv.notify_all();
   }
   cv_.notify_all();
 }

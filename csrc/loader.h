@@ -1,6 +1,9 @@
 // Pipelined load: copy byte ranges of files or host buffers into a slot while a mapper thread maps (and
 // populates) the destination pages ahead of the copier threads. Runs entirely in C++ threads that never touch
-// Python; the caller polls progress. Pages the job mapped are unmapped again if it fails or is cancelled.
+// Python; the caller polls progress. Pages the job mapped are unmapped again if it fails or is cancelled, except
+// those a live pinned view made meanwhile covers: they stay mapped (with partial contents) and are counted in
+// pages_kept_by_views(). A job is registered in its pool (Pool::jobs) from construction until its rollback is
+// done, so Pool::close and Slot::close can cancel it and wait for it.
 #pragma once
 
 #include <atomic>
@@ -28,7 +31,14 @@ class LoadJob {
   // the pool cannot hold the pages that are not mapped yet.
   LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int threads, uint64_t chunk_bytes);
   ~LoadJob();
-  void cancel() { cancel_ = true; cv_.notify_all(); }
+  void cancel() {
+    {
+      std::lock_guard<std::mutex> g(m_);  // with m_: a copier between its predicate check and its wait cannot miss it
+      cancel_ = true;
+    }
+    cv_.notify_all();
+  }
+  const Slot* slot() const { return slot_.get(); }
   // Waits up to timeout_s (< 0: forever); true when finished.
   bool wait_for(double timeout_s);
   void join();
@@ -38,6 +48,7 @@ class LoadJob {
   // Rethrows the failure (or a Cancelled error) of a finished job; returns the bytes loaded otherwise.
   uint64_t result();
   uint64_t pages_mapped_by_job() const { return n_job_pages_; }
+  uint64_t pages_kept_by_views() const { return n_kept_pages_; }
 
  private:
   struct Piece {
@@ -50,6 +61,7 @@ class LoadJob {
   void copier_loop();
   void fail(const Error& e);
   void finish();
+  std::string kept_note() const;
 
   std::shared_ptr<Slot> slot_;
   std::vector<Source> sources_;
@@ -57,7 +69,7 @@ class LoadJob {
   std::vector<uint64_t> pages_;  // slot pages touched, ascending
   std::vector<Piece> pieces_;
   std::vector<uint64_t> job_pages_;  // pages this job mapped: rolled back on failure
-  uint64_t n_job_pages_ = 0;
+  uint64_t n_job_pages_ = 0, n_kept_pages_ = 0;
   int threads_;
   uint64_t total_ = 0;
   std::atomic<uint64_t> done_{0};

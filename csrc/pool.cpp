@@ -1,6 +1,9 @@
 #include "pool.h"
 
 #include <algorithm>
+#include <new>
+
+#include "loader.h"
 
 namespace ws {
 
@@ -92,48 +95,89 @@ void Pool::check_open() const {
 }
 
 void Pool::close() {
-  std::vector<std::shared_ptr<Slot>> keep;  // destroyed after the lock is released (~Slot takes it)
-  std::lock_guard<std::mutex> g(mu);
+  backend->drain_quietly();  // outside mu (Backend::drain): device work still using pages about to be unmapped
+  std::vector<std::shared_ptr<Slot>> keep;  // declared before the lock, so destroyed after it (~Slot takes mu)
+  std::unique_lock<std::mutex> l(mu);
   if (closed) return;
+  closed = true;  // from here on: no new slots, maps, views or loads; running loads stop at their next step
+  cancel_jobs_locked(l, nullptr);
   for (auto& [id, w] : slots)
     if (auto s = w.lock()) keep.push_back(std::move(s));
   for (auto& s : keep) {
-    s->unmap_all_locked();  // pinned views or not: they now fault cleanly (the reservation outlives them)
+    try {
+      s->unmap_unpinned_locked();
+    } catch (const Error&) {  // what failed to unmap stays mapped: ~Slot tries again
+    }
     s->closed = true;
   }
   slots.clear();
-  backend->close_pages();
-  closed = true;
+  close_pages_if_unused_locked();
+}
+
+void Pool::close_pages_if_unused_locked() {
+  // Counted on the free list, not on `keep`: a slot whose last reference is going in another thread (its ~Slot
+  // waiting for mu) is in neither, and still has pages mapped. Pages still mapped (under live pinned views, or in
+  // such a slot) keep the memory: the ~Slot that unmaps the last of them calls this again.
+  if (closed && free.size() == backend->total_pages()) backend->close_pages();
+}
+
+void Pool::cancel_jobs_locked(std::unique_lock<std::mutex>& l, const Slot* only) {
+  auto pending = [&] {
+    for (LoadJob* j : jobs)
+      if (!only || j->slot() == only) return true;
+    return false;
+  };
+  for (LoadJob* j : jobs)
+    if (!only || j->slot() == only) j->cancel();  // takes the job's own mutex: order pool mu -> job mu
+  jobs_cv.wait(l, [&] { return !pending(); });  // each job's finish() rolls back (with mu) and leaves `jobs`
 }
 
 // ---------------------------------------------------------------- slots
 std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t reserve_bytes, const std::string& tag) {
-  std::lock_guard<std::mutex> g(pool->mu);
-  pool->check_open();
   uint64_t pb = pool->backend->page_bytes();
   if (reserve_bytes == 0) throw invalid("reserve_bytes must be positive");
-  uint64_t n = (reserve_bytes + pb - 1) / pb;
+  if (reserve_bytes > kMaxReserveBytes)
+    throw invalid("reserve_bytes=" + std::to_string(reserve_bytes) + " is larger than the " +
+                  fmt_bytes(kMaxReserveBytes) + " of address space a process has: reserve what the slot can use");
+  uint64_t n = reserve_bytes / pb + (reserve_bytes % pb != 0);  // round up without overflow
   auto s = std::make_shared<Slot>();
-  s->base = pool->backend->reserve(n);  // before the pool is attached: ~Slot releases only real reservations
-  s->pool = pool;
+  // The tables come first, without the pool mutex (they can be large and slow) and before the slot is attached
+  // to the pool: a slot without a pool has nothing for ~Slot to undo, so a failure here needs no lock.
+  try {
+    s->table.assign(n, -1);
+    s->pins.assign(n, 0);
+  } catch (const std::bad_alloc&) {
+    Error e(ErrorKind::OutOfMemory, "slot '" + tag + "' of " + fmt_bytes(reserve_bytes) + " has " + std::to_string(n) +
+                                        " pages of " + fmt_bytes(pb) + ": its page table needs " +
+                                        fmt_bytes(n * 12) + " of host memory, which cannot be allocated. Fix: "
+                                        "reserve less, or use larger page_bytes");
+    e.asked_bytes = n * 12;
+    throw e;
+  }
+  std::lock_guard<std::mutex> g(pool->mu);
+  pool->check_open();
+  s->base = pool->backend->reserve(n);
+  s->pool = pool;  // from here on ~Slot releases the reservation
   s->id = pool->next_slot_id++;
   s->tag = tag;
   s->n_pages = n;
-  s->table.assign(n, -1);
-  s->pins.assign(n, 0);
   pool->slots[s->id] = s;
   return s;
 }
 
 Slot::~Slot() {
   if (!pool) return;
+  // Nothing else references this slot any more (views and loads hold it): reading `mapped` needs no lock.
+  if (mapped) pool->backend->drain_quietly();
   std::lock_guard<std::mutex> g(pool->mu);
   try {
-    if (!closed && !pool->closed) {
-      unmap_all_locked();
-      pool->slots.erase(id);
-    }
-    pool->backend->release(base, n_pages);
+    if (mapped) unmap_all_locked();  // also the pages a closed pool left mapped under this slot's last views
+  } catch (...) {
+  }
+  pool->close_pages_if_unused_locked();
+  pool->slots.erase(id);
+  try {
+    release_locked();
   } catch (...) {
   }
 }
@@ -141,6 +185,40 @@ Slot::~Slot() {
 void Slot::check_open_locked() const {
   pool->check_open();
   if (closed) throw Error(ErrorKind::Closed, "slot '" + tag + "' is closed");
+  if (!holes.empty()) throw unusable_error();
+}
+
+Error Slot::unusable_error() const {
+  uint64_t bytes = 0;
+  for (auto& h : holes) bytes += h.second;
+  Error e(ErrorKind::SlotUnusable,
+          "slot '" + tag + "' is unusable: a failed mmap left " + fmt_bytes(bytes) +
+              " of its reserved address range in a state its page table cannot describe (unreserved by the munmap "
+              "fallback used at vm.max_map_count, so another mmap may own it now, or still mapping pages a "
+              "rollback gave back), so it refuses every operation but close and never touches that range again. "
+              "Fix: close the slot (its pages go back to the pool) and create a new one; raise vm.max_map_count");
+  e.asked_bytes = bytes;
+  return e;
+}
+
+void Slot::absorb_holes_locked(Slot* other) {
+  uint64_t pb = page_bytes();
+  for (auto& h : pool->backend->take_holes()) {
+    if (h.first >= base && h.first < base + n_pages * pb) holes.push_back(h);
+    else if (other) other->holes.push_back(h);
+  }
+}
+
+void Slot::release_locked() {
+  uint64_t pb = page_bytes();
+  std::vector<std::pair<uintptr_t, uint64_t>> hs = holes;
+  std::sort(hs.begin(), hs.end());
+  uintptr_t at = base, end = base + n_pages * pb;
+  for (auto& [a, len] : hs) {  // never munmap a hole: another mmap may own it now
+    if (a > at) pool->backend->release(at, (a - at) / pb);
+    at = std::max<uintptr_t>(at, a + len);
+  }
+  if (end > at) pool->backend->release(at, (end - at) / pb);
 }
 
 void Slot::check_range(uint64_t off, uint64_t n, const char* what) const {
@@ -188,6 +266,8 @@ void Slot::map_locked(uint64_t off, uint64_t n, bool populate) {
     pool->backend->map(base + off * pb, ids.data(), n, populate);
   } catch (...) {
     pool->free.give(ids);
+    absorb_holes_locked(nullptr);
+    if (!holes.empty()) throw unusable_error();
     throw;
   }
   for (uint64_t i = 0; i < n; ++i) table[off + i] = int64_t(ids[i]);
@@ -199,12 +279,27 @@ void Slot::map_locked(uint64_t off, uint64_t n, bool populate) {
 void Slot::unmap_locked(uint64_t off, uint64_t n) {
   std::vector<uint64_t> ids(n);
   for (uint64_t i = 0; i < n; ++i) ids[i] = uint64_t(table[off + i]);
-  pool->backend->unmap(base + off * page_bytes(), ids.data(), n);
-  for (uint64_t i = 0; i < n; ++i) table[off + i] = -1;
-  pool->free.give(ids);
-  mapped -= n;
+  auto forget = [&](const std::vector<uint8_t>* done) {  // the table follows the pages that did go
+    std::vector<uint64_t> gone;
+    for (uint64_t i = 0; i < n; ++i)
+      if (!done || (*done)[i]) {
+        table[off + i] = -1;
+        gone.push_back(ids[i]);
+      }
+    pool->free.give(gone);
+    mapped -= gone.size();
+    pool->pages_unmapped += gone.size();
+  };
+  try {
+    pool->backend->unmap(base + off * page_bytes(), ids.data(), n);
+  } catch (const Error& e) {
+    if (e.page_done.size() == n) forget(&e.page_done);
+    absorb_holes_locked(nullptr);
+    throw;
+  }
+  forget(nullptr);
   pool->n_unmap++;
-  pool->pages_unmapped += n;
+  absorb_holes_locked(nullptr);  // unmapped all the same; the next operation reports the slot unusable
 }
 
 void Slot::map(uint64_t off, uint64_t n) {
@@ -213,6 +308,7 @@ void Slot::map(uint64_t off, uint64_t n) {
 }
 
 void Slot::unmap(uint64_t off, uint64_t n) {
+  pool->backend->drain();  // outside the mutex (Backend::drain)
   std::lock_guard<std::mutex> g(pool->mu);
   check_open_locked();
   check_range(off, n, "unmap");
@@ -222,9 +318,11 @@ void Slot::unmap(uint64_t off, uint64_t n) {
                     "': page " + std::to_string(i) + " is not mapped (double unmap?)");
   check_unpinned(off, n, "unmap");
   unmap_locked(off, n);
+  if (!holes.empty()) throw unusable_error();  // the pages are back in the pool; the slot is not usable
 }
 
 void Slot::move_to(uint64_t off, uint64_t n, Slot& dst, uint64_t dst_off) {
+  pool->backend->drain();  // outside the mutex (Backend::drain)
   std::lock_guard<std::mutex> g(pool->mu);
   if (dst.pool != pool) throw invalid("move_pages: the destination slot belongs to another pool");
   check_open_locked();
@@ -243,19 +341,38 @@ void Slot::move_to(uint64_t off, uint64_t n, Slot& dst, uint64_t dst_off) {
   uint64_t pb = page_bytes();
   std::vector<uint64_t> ids(n);
   for (uint64_t i = 0; i < n; ++i) ids[i] = uint64_t(table[off + i]);
-  pool->backend->move(base + off * pb, dst.base + dst_off * pb, ids.data(), n);
-  for (uint64_t i = 0; i < n; ++i) {
-    dst.table[dst_off + i] = table[off + i];
-    table[off + i] = -1;
+  auto follow = [&](const std::vector<uint8_t>* done) {  // the tables follow the pages that did move
+    uint64_t k = 0;
+    for (uint64_t i = 0; i < n; ++i)
+      if (!done || (*done)[i]) {
+        dst.table[dst_off + i] = table[off + i];
+        table[off + i] = -1;
+        ++k;
+      }
+    mapped -= k;
+    dst.mapped += k;
+    pool->pages_moved += k;
+  };
+  try {
+    pool->backend->move(base + off * pb, dst.base + dst_off * pb, ids.data(), n);
+  } catch (const Error& e) {
+    if (e.page_done.size() == n) follow(&e.page_done);
+    absorb_holes_locked(&dst);
+    if (!holes.empty()) throw unusable_error();
+    if (!dst.holes.empty()) throw dst.unusable_error();
+    throw;
   }
-  mapped -= n;
-  dst.mapped += n;
+  follow(nullptr);
   pool->n_move++;
-  pool->pages_moved += n;
+  absorb_holes_locked(&dst);
+  if (!holes.empty()) throw unusable_error();
+  if (!dst.holes.empty()) throw dst.unusable_error();
 }
 
 void Slot::close(bool force) {
-  std::lock_guard<std::mutex> g(pool->mu);
+  pool->backend->drain_quietly();  // outside the mutex (Backend::drain)
+  std::unique_lock<std::mutex> l(pool->mu);
+  if (!closed && !pool->closed) pool->cancel_jobs_locked(l, this);  // releases mu while the loads roll back
   if (closed || pool->closed) {
     closed = true;
     return;
@@ -276,6 +393,7 @@ uint64_t Slot::grow(uint64_t n) {
 }
 
 void Slot::shrink(uint64_t n) {
+  pool->backend->drain();  // outside the mutex (Backend::drain)
   std::lock_guard<std::mutex> g(pool->mu);
   check_open_locked();
   if (n == 0 || n > mapped)
@@ -292,6 +410,7 @@ void Slot::shrink(uint64_t n) {
     unmap_locked(top[m - 1], m - k);
     k = m;
   }
+  if (!holes.empty()) throw unusable_error();
 }
 
 bool Slot::is_mapped(uint64_t off, uint64_t n) {
@@ -331,6 +450,17 @@ void Slot::unmap_all_locked() {
     if (table[i] < 0) { ++i; continue; }
     uint64_t j = i;
     while (j < n_pages && table[j] >= 0) ++j;
+    unmap_locked(i, j - i);
+    i = j;
+  }
+}
+
+void Slot::unmap_unpinned_locked() {
+  uint64_t i = 0;
+  while (i < n_pages) {
+    if (table[i] < 0 || pins[i]) { ++i; continue; }
+    uint64_t j = i;
+    while (j < n_pages && table[j] >= 0 && !pins[j]) ++j;
     unmap_locked(i, j - i);
     i = j;
   }

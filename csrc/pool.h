@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -19,6 +20,7 @@
 namespace ws {
 
 struct Slot;
+class LoadJob;
 
 // Free pages as extents, so that allocation hands out long runs of adjacent pages (one mapping each).
 class FreeList {
@@ -39,6 +41,8 @@ class FreeList {
 
 struct Pool : std::enable_shared_from_this<Pool> {
   std::mutex mu;
+  std::condition_variable jobs_cv;  // signalled (with mu) when a load leaves `jobs`
+  std::set<LoadJob*> jobs;          // loads still holding pins (registered and removed by LoadJob, with mu)
   std::unique_ptr<Backend> backend;
   FreeList free;
   std::map<uint64_t, std::weak_ptr<Slot>> slots;
@@ -51,8 +55,20 @@ struct Pool : std::enable_shared_from_this<Pool> {
   Pool(std::unique_ptr<Backend> b);
   ~Pool();
   void check_open() const;
-  void close();  // unmaps every slot (pinned views or not), frees the pages
+  // Refuses new work, cancels every running load and waits until each has rolled back, then unmaps every page
+  // that no live pinned view covers. Pages under live views stay mapped until their slot's last view goes
+  // (~Slot unmaps them); the physical pages are freed now if none remains mapped, else by the ~Slot that
+  // unmaps the last one.
+  void close();
+  // With mu held: frees the physical pages once the pool is closed and none is mapped any more (idempotent).
+  void close_pages_if_unused_locked();
+  // With mu held: cancels the loads into `only` (every load when null) and waits until they have finished.
+  void cancel_jobs_locked(std::unique_lock<std::mutex>& l, const Slot* only);
 };
+
+// The largest reservation a slot may ask for: 2^47 bytes (128 TiB) is all the user address space x86-64 and
+// arm64 give a process with 4-level page tables, so anything larger can never be reserved.
+constexpr uint64_t kMaxReserveBytes = 1ull << 47;
 
 struct Slot {
   std::shared_ptr<Pool> pool;
@@ -64,6 +80,9 @@ struct Slot {
   std::vector<uint32_t> pins;       // live pinned views / running loads per slot page
   uint64_t mapped = 0;
   bool closed = false;
+  // Parts of the reservation a failed host operation left in an unknown state (Backend::take_holes): the slot
+  // then refuses every operation (SlotUnusable) but close, and never maps into or releases these ranges.
+  std::vector<std::pair<uintptr_t, uint64_t>> holes;
 
   ~Slot();
   uint64_t page_bytes() const { return pool->backend->page_bytes(); }
@@ -86,7 +105,13 @@ struct Slot {
   void map_locked(uint64_t off, uint64_t n, bool populate);
   void unmap_locked(uint64_t off, uint64_t n);
   void unmap_all_locked();
+  void unmap_unpinned_locked();  // every mapped page no live view or load pins
   void pin_locked(uint64_t off, uint64_t n, int delta);
+  // After a backend call: moves the backend's holes into the slot (this or other) they fall in; public
+  // operations then throw unusable_error() (after the tables are up to date), and so does every later one.
+  void absorb_holes_locked(Slot* other);
+  Error unusable_error() const;
+  void release_locked();  // the reservation, minus holes
 };
 
 std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t reserve_bytes, const std::string& tag);

@@ -1,8 +1,19 @@
-"""Configuration shared across processes. Each concern has its own frozen dataclass; units are in field names."""
+"""Configuration shared across processes. Each concern has its own frozen dataclass; units are in field names.
+
+One tree: ``ClusterConfig`` holds the controller's (``ControllerConfig``, which embeds the policy's
+``PolicyConfig``), the HTTP server's and the engine's (``EngineConfig``) configuration. A config file (TOML or
+YAML) has the same shape: top-level cluster keys, and ``[controller]``, ``[policy]``, ``[engine]``, ``[server]``
+tables; ``cluster_config_from_dict`` is its one parser.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy.config import PolicyConfig, policy_config_from_dict
+from warmserve.protocol import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -35,10 +46,10 @@ class ControllerConfig:
 
     #: ZeroMQ address workers connect to. Loopback by default: other hosts can only join when told so.
     bind: str = "tcp://127.0.0.1:0"
-    #: Policy by name: warmserve, autoscale, shared, dedicated, no-kv-reservation, round-robin-placement, reactive.
+    #: Policy by name, one of ``warmserve.policy.POLICY_NAMES``; the name may override policy_config fields.
     policy: str = "warmserve"
-    #: Length of one forecasting window, seconds (the paper uses 300; tests and demos shorten it).
-    window_s: float = 300.0
+    #: The policy's knobs (forecast window, instance capacity, thresholds, ...): the config file's [policy] table.
+    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
     #: Period of the policy loop (autoscaling, KV targets, prewarm plans), seconds.
     tick_s: float = 0.5
     #: Period of heartbeats to each worker, seconds.
@@ -53,14 +64,11 @@ class ControllerConfig:
     request_timeout_s: float = 120.0
     #: On shutdown, in-flight requests get this long to finish before they are aborted, seconds.
     drain_timeout_s: float = 30.0
-    #: Further knobs of the policy (warmserve.policy.PolicyConfig fields, e.g. instance_capacity), as
-    #: (name, value) pairs; the config file's [policy] table.
-    policy_options: tuple = ()
     #: Directory holding ZeroMQ CURVE keys (server.key_secret, workers' *.key public files); "" disables CURVE.
     curve_dir: str = ""
 
     def __post_init__(self):
-        for f in ("window_s", "tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s"):
+        for f in ("tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"ControllerConfig.{f} must be > 0, got {getattr(self, f)}")
         if self.worker_timeout_s < 2 * self.heartbeat_interval_s:
@@ -70,6 +78,11 @@ class ControllerConfig:
             )
         if self.max_queue < 1:
             raise ValueError(f"ControllerConfig.max_queue must be >= 1, got {self.max_queue}")
+        from warmserve.policy import POLICY_NAMES
+
+        if self.policy not in POLICY_NAMES:
+            raise InvalidArgumentError(f"ControllerConfig.policy: unknown policy {self.policy!r}; choose one of "
+                                       f"{', '.join(POLICY_NAMES)}", policy=self.policy)
 
 
 @dataclass(frozen=True)
@@ -104,8 +117,9 @@ class ClusterConfig:
     remote_workers: int = 0
     #: Seconds to wait for workers to come up and register.
     worker_start_timeout_s: float = 120.0
-    controller: ControllerConfig = ControllerConfig()
-    server: ServerConfig = ServerConfig()
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self):
         if self.cpu_workers < 0 or self.remote_workers < 0:
@@ -121,8 +135,6 @@ class ClusterConfig:
 
 
 def _build(cls, data: dict, where: str):
-    import dataclasses
-
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
@@ -137,25 +149,39 @@ def _build(cls, data: dict, where: str):
     return cls(**out)
 
 
+def _engine(data: dict) -> EngineConfig:
+    import msgspec
+
+    known = set(EngineConfig.__struct_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"config [engine]: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return msgspec.convert(data, EngineConfig)
+    except msgspec.ValidationError as e:
+        raise InvalidArgumentError(f"config [engine]: {e}") from None
+
+
 def cluster_config_from_dict(data: dict) -> ClusterConfig:
-    """Build a ClusterConfig from the parsed content of a TOML or YAML file (sections: models, controller, server)."""
+    """Build a ClusterConfig from the parsed content of a TOML or YAML file: top-level cluster keys (models,
+    devices, cpu_workers, ...) and the tables controller, policy, engine and server. ``policy`` is either the
+    policy's name (a string) or the [policy] table of PolicyConfig fields (then the name goes in
+    [controller] policy)."""
     data = dict(data or {})
     models = []
     for i, m in enumerate(data.pop("models", []) or []):
         models.append(ModelSpec(path=m) if isinstance(m, str) else _build(ModelSpec, dict(m), f"models[{i}]"))
     ctl = dict(data.pop("controller", {}) or {})
-    options = data.pop("policy_options", None) or {}
-    if isinstance(data.get("policy"), dict):  # a [policy] table (a plain `policy = "name"` names the policy)
-        options = data.pop("policy")
+    if isinstance(data.get("policy"), dict):
+        ctl["policy_config"] = policy_config_from_dict(data.pop("policy"))
     elif "policy" in data:
         ctl["policy"] = data.pop("policy")
-    if options:
-        ctl["policy_options"] = tuple(sorted(dict(options).items()))
     controller = _build(ControllerConfig, ctl, "[controller]")
+    engine = _engine(dict(data.pop("engine", {}) or {}))
     server = _build(ServerConfig, dict(data.pop("server", {}) or {}), "[server]")
     cluster = dict(data.pop("cluster", {}) or {})
     cluster.update(data)
-    cluster.update(models=models, controller=controller, server=server)
+    cluster.update(models=models, controller=controller, engine=engine, server=server)
     return _build(ClusterConfig, cluster, "[cluster]")
 
 

@@ -136,3 +136,13 @@ def from_wire(d: dict) -> WarmServeError:
     err = Exception.__new__(cls, d.get("message", ""))  # skip subclass __init__ signatures
     WarmServeError.__init__(err, d.get("message", ""), **(d.get("fields") or {}))
     return err
+
+
+@register
+class SlotUnusableError(ClosedError):
+    """A failed host mmap left part of a slot's reserved address range in a state its page table cannot describe
+    (unreserved, so another mmap may own it now; or still mapping pages a rollback gave back): the slot refuses
+    every operation but close and never touches that range again. Fields: hole_bytes."""
+
+    def __init__(self, message: str, *, hole_bytes: int = 0, **fields):
+        super().__init__(message, hole_bytes=hole_bytes, **fields)

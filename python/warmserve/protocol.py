@@ -24,20 +24,106 @@ class _Msg(msgspec.Struct, tag=True, tag_field="msg", omit_defaults=True):
 
 # ---------------------------------------------------------------- sampling
 
+#: Seeds must fit the sampler's generator (torch takes [-2**63, 2**64)) and MessagePack's 64-bit integers.
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
 
-class Sampling(msgspec.Struct, omit_defaults=True):
-    """Sampling parameters of one request; temperature 0 (the default) is greedy. Stop strings are the
-    controller's business: it detokenizes, workers see token ids."""
 
+def _bad(message: str, param: str, **fields) -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(message, param=param, **fields)
+
+
+class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How to pick each next token and when to stop: the one sampling type, from HTTP parsing (or
+    ``warmserve.Cluster``) through the controller and the wire to the engine's sampler.
+
+    Construction validates the ranges (raising ``InvalidArgumentError`` with the parameter and its value), also
+    when a worker decodes it off the wire. Temperature 0 (the default) is greedy; the OpenAI API's default of 1 is
+    applied where a request is parsed.
+    """
+
+    #: Most new tokens to generate (>= 1).
     max_tokens: int = 16
+    #: Softmax temperature in [0, 2]; 0 = greedy (argmax).
     temperature: float = 0.0
+    #: Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p, in (0, 1] (1 = all).
     top_p: float = 1.0
-    #: 0 means no top-k cut.
+    #: Keep only the k most likely tokens (0 = no cut).
     top_k: int = 0
-    #: None draws from the worker's generator; an int makes the sample reproducible.
+    #: Seed of this request's own generator, in [SEED_MIN, SEED_MAX]; None draws from the engine's generator.
     seed: int | None = None
-    stop_token_ids: list[int] = []
+    #: Strings that end the output where they begin (at most 4, non-empty). Owned by the controller's text
+    #: stream, which detokenizes; workers and the engine see token ids and ignore this field.
+    stop: tuple[str, ...] = ()
+    #: Token ids that end the request (finish_reason "stop"), besides the model's EOS; enforced by the engine.
+    stop_token_ids: tuple[int, ...] = ()
+    #: Keep generating past EOS until max_tokens.
     ignore_eos: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise _bad(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}", "max_tokens",
+                       max_tokens=self.max_tokens)
+        if not 0.0 <= self.temperature <= 2.0:
+            raise _bad(f"temperature must be in [0, 2], got {self.temperature}", "temperature",
+                       temperature=self.temperature)
+        if not 0.0 < self.top_p <= 1.0:
+            raise _bad(f"top_p must be in (0, 1], got {self.top_p}", "top_p", top_p=self.top_p)
+        if self.top_k < 0:
+            raise _bad(f"top_k must be >= 0, got {self.top_k}", "top_k", top_k=self.top_k)
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise _bad(f"seed must fit in 64 bits ([{SEED_MIN}, {SEED_MAX}]), got {self.seed}: send a smaller seed",
+                       "seed", seed=str(self.seed))
+        if len(self.stop) > 4:
+            raise _bad(f"at most 4 stop sequences, got {len(self.stop)}", "stop", stop_count=len(self.stop))
+        if any(not s for s in self.stop):
+            raise _bad("stop sequences must not be empty", "stop")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise _bad(f"stop_token_ids must be >= 0, got {list(self.stop_token_ids)}", "stop_token_ids")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+def stop_strings(stop: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The ``stop`` argument as users give it (one string, a list, or None) as SamplingParams takes it."""
+    return () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+# ---------------------------------------------------------------- engine limits
+
+
+class EngineConfig(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Limits of the engine of each running instance: part of the cluster's configuration (the config file's
+    [engine] table, ``warmserve.config.ClusterConfig.engine``) and sent with every activation
+    (``Activate.engine``), so workers on other hosts follow the cluster's file too. A worker activated without
+    one uses its own (``WorkerCore(engine=...)``)."""
+
+    #: Most sequences one instance runs at once (continuous batching); 0: the policy's instance_capacity (the
+    #: controller fills it in), so the engine runs what the policy plans with.
+    max_num_seqs: int = 0
+    #: Most tokens one engine step computes (prefill chunks plus one per decoding sequence).
+    max_batch_tokens: int = 2048
+    #: Most KV blocks one instance may hold; 0: as many as its worker's pool can map.
+    max_kv_blocks: int = 0
+    #: Most KV blocks mapped per engine step while growing toward the target (mapping is throttled so that it
+    #: does not stall a step).
+    kv_map_blocks_per_step: int = 16
+
+    def __post_init__(self):
+        for name in self.__struct_fields__:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise errors.InvalidArgumentError(f"EngineConfig.{name} must be an integer >= 0, got {v!r}",
+                                                  field=name)
+        if self.max_batch_tokens < 1 or self.kv_map_blocks_per_step < 1:
+            raise errors.InvalidArgumentError(
+                f"EngineConfig: max_batch_tokens ({self.max_batch_tokens}) and kv_map_blocks_per_step "
+                f"({self.kv_map_blocks_per_step}) must be >= 1")
+
+    def resolved(self, instance_capacity: int) -> "EngineConfig":
+        """With max_num_seqs filled in from the policy's instance capacity when left at 0."""
+        return self if self.max_num_seqs else msgspec.structs.replace(self, max_num_seqs=instance_capacity)
 
 
 # ---------------------------------------------------------------- requests (client -> worker)
@@ -75,6 +161,8 @@ class Activate(_Msg):
     shared: bool = False
     #: Free KV blocks to keep mapped from the start (the KV reservation, see SetKvTarget); None: all of them.
     kv_target_free_blocks: int | None = None
+    #: The engine's limits; None: the worker's own.
+    engine: EngineConfig | None = None
 
 
 class Deactivate(_Msg):
@@ -90,7 +178,7 @@ class Generate(_Msg):
     id: int
     model: str
     prompt_ids: list[int]
-    sampling: Sampling = msgspec.field(default_factory=Sampling)
+    sampling: SamplingParams = msgspec.field(default_factory=SamplingParams)
 
 
 class Abort(_Msg):
@@ -213,10 +301,30 @@ class Tokens(_Msg):
     num_output_tokens: int = 0
 
 
+class KvStats(msgspec.Struct, omit_defaults=True):
+    """One instance's KV cache, in blocks of ``block_tokens`` tokens over all layers; the field names are the
+    policy's (``warmserve.policy.state.InstanceState``), so the controller copies them across as they are."""
+
+    #: Blocks the instance could hold: the span of its KV region (``total_blocks`` of PAPER.md §6).
+    kv_blocks_total: int = 0
+    #: Blocks holding tokens now.
+    kv_blocks_used: int = 0
+    #: Blocks backed by physical pages now (used + free); the rest of the region is unmapped.
+    kv_blocks_mapped: int = 0
+    #: Mapped blocks holding no token (kv_blocks_mapped - kv_blocks_used).
+    kv_blocks_free: int = 0
+    #: Free blocks the instance keeps mapped (the last SetKvTarget, or the engine's default).
+    kv_free_target: int = 0
+    #: Tokens per block.
+    block_tokens: int = 0
+    #: Running sequences preempted (their blocks freed, recomputed later) since the instance started.
+    num_preemptions: int = 0
+
+
 class KvTargetSet(_Msg):
     id: int
     model: str
-    kv: dict[str, Any]
+    kv: KvStats
 
 
 class ModelState(msgspec.Struct, omit_defaults=True):
@@ -233,15 +341,42 @@ class ModelState(msgspec.Struct, omit_defaults=True):
     physical_pages: list[int] = []
 
 
-class InstanceState(msgspec.Struct, omit_defaults=True):
+class WorkerInstance(msgspec.Struct, omit_defaults=True):
+    """A running instance on a worker, as its Stats report it (the policy's view of an instance is
+    ``warmserve.policy.state.InstanceState``)."""
+
     name: str
     #: Generations in flight on this instance.
     in_flight: int
-    #: The engine's kv_stats(): total_blocks, mapped_blocks, free_blocks, used_blocks, target_free_blocks, ...
-    kv: dict[str, Any] = {}
+    kv: KvStats = msgspec.field(default_factory=KvStats)
     shared: bool = False
     #: Pool pages the instance's mapped KV blocks hold.
     kv_pages: int = 0
+
+
+class PoolStats(msgspec.Struct, omit_defaults=True):
+    """A worker's page pool (``warmserve.memory.PagePool.stats()`` and its pages by slot tag)."""
+
+    #: "host" or "cuda".
+    backend: str = ""
+    page_bytes: int = 0
+    total_pages: int = 0
+    free_pages: int = 0
+    total_bytes: int = 0
+    free_bytes: int = 0
+    #: Bytes written into pages by finished loads since the pool started (0 during an activation: zero copy).
+    bytes_loaded: int = 0
+    #: Pages by slot tag ("prewarm:NAME", "instance:NAME", ...), and "free".
+    pages_by_tag: dict[str, int] = {}
+    #: The pool's other counters (map/unmap/move operations, backend calls, huge_pages, ...), as it reports them.
+    counters: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, stats: dict, pages_by_tag: dict[str, int]) -> "PoolStats":
+        d = dict(stats)
+        known = {f: d.pop(f) for f in ("backend", "page_bytes", "total_pages", "free_pages", "total_bytes",
+                                       "free_bytes", "bytes_loaded") if f in d}
+        return cls(**known, pages_by_tag=dict(pages_by_tag), counters=d)
 
 
 class Stats(_Msg):
@@ -252,10 +387,9 @@ class Stats(_Msg):
     device: str
     pid: int
     uptime_s: float
-    #: The pool's stats(): pages by tag, free and total bytes, bytes_loaded, ...
-    pool: dict[str, Any]
+    pool: PoolStats
     models: list[ModelState]
-    instances: list[InstanceState]
+    instances: list[WorkerInstance]
     in_flight: int
 
 

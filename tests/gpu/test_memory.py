@@ -108,3 +108,57 @@ def test_unmap_waits_for_queued_kernels(pool):
     torch.cuda.synchronize()  # raises (CUDA error: an illegal memory access) if a queued kernel faulted
     s.map(0, 1)
     assert s.tensor(0, (4,), torch.float32).cpu().shape == (4,)
+
+
+def test_calls_leave_the_callers_context_alone(pool):
+    # Every driver call pushes the pool's context and pops it again: a thread that had no current context has
+    # none afterwards (cuCtxSetCurrent used to leave the pool's there, retargeting torch on that thread).
+    import ctypes
+    import threading
+
+    cuda = ctypes.CDLL("libcuda.so.1")
+    seen = []
+
+    def fresh_thread():
+        try:
+            s = pool.create_slot(2 * PAGE_BYTES, "t")
+            s.map(0, 2)
+            s.unmap(0, 1)
+            s.close()
+            ctx = ctypes.c_void_p()
+            assert cuda.cuCtxGetCurrent(ctypes.byref(ctx)) == 0
+            seen.append(ctx.value)
+        except BaseException as e:  # reported by the test's thread
+            seen.append(e)
+
+    t = threading.Thread(target=fresh_thread)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive() and seen == [None], seen
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_device_1_pool_leaves_torch_on_device_0():
+    torch.cuda.set_device(0)
+    torch.zeros(1, device="cuda")
+    with PagePool(4 * PAGE_BYTES, backend="cuda", device=1) as p:
+        s = p.create_slot(2 * PAGE_BYTES, "s")
+        s.map(0, 2)
+        s.unmap(1, 1)
+        assert torch.cuda.current_device() == 0
+        assert torch.ones(1, device="cuda").device.index == 0
+        s.close()
+
+
+def test_pool_close_keeps_pages_under_live_views():
+    p = PagePool(4 * PAGE_BYTES, backend="cuda")
+    s = p.create_slot(2 * PAGE_BYTES, "s")
+    s.map(0, 2)
+    v = s.tensor(0, (PAGE_BYTES,), torch.uint8)
+    v.fill_(4)
+    del s
+    p.close()
+    torch.cuda.synchronize()
+    assert int(v.max()) == 4 == int(v.min())
+    del v  # the last view: its slot unmaps, the pool's pages go with the pool
+    torch.cuda.synchronize()

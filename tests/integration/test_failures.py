@@ -10,6 +10,7 @@ import pytest
 
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.errors import WorkerLostError
+from warmserve.policy.config import PolicyConfig
 
 MODEL = "llama-20m"
 BOUND_S = 60.0
@@ -23,8 +24,8 @@ def cluster(tmp_path_factory):
     path = write_demo_models(None, [MODEL])[MODEL]
     cfg = ClusterConfig(
         models=(ModelSpec(path=path),), cpu_workers=2, cpu_worker_memory_bytes=512 << 20, cpu_worker_threads=1,
-        controller=ControllerConfig(window_s=30, tick_s=0.2, heartbeat_interval_s=0.2, worker_timeout_s=2.0,
-                                    drain_timeout_s=5),
+        controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2, heartbeat_interval_s=0.2,
+                                    worker_timeout_s=2.0, drain_timeout_s=5),
     )
     c = Cluster(None, config=cfg, log_dir=str(tmp_path_factory.mktemp("logs")))
     yield c
@@ -102,6 +103,6 @@ async def _fresh_stats(cluster, worker_id: str) -> dict:
     fut = asyncio.run_coroutine_threadsafe(
         ctl.hub.call(w, P.GetStats(id=ctl.hub.next_id())), cluster._loop)
     s = await asyncio.wrap_future(fut)
-    from warmserve.controller.controller import pages_by_role
+    from warmserve.controller.views import pages_by_role
 
     return {"in_flight": s.in_flight, "pages": pages_by_role(s, ctl.models), "pool": s.pool}

@@ -28,7 +28,7 @@ def start_server(tmp_path, extra_toml: str = "", args=()):
     models = "".join(f'[[models]]\npath = "{paths[m]}"\n' for m in MODELS)
     cfg.write_text(
         "cpu_workers = 2\ncpu_worker_memory_bytes = 805306368\ncpu_worker_threads = 1\n" + extra_toml + models +
-        "[controller]\nwindow_s = 30\ntick_s = 0.2\nheartbeat_interval_s = 0.2\nworker_timeout_s = 2.0\n"
+        "[policy]\nwindow_s = 30\n[controller]\ntick_s = 0.2\nheartbeat_interval_s = 0.2\nworker_timeout_s = 2.0\n"
         "drain_timeout_s = 10\n"
         "[server]\nport = 0\n")
     proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
@@ -247,6 +247,7 @@ def test_history_file_prewarms_real_workers_and_the_burst_hits(tmp_path):
     workers' pools before any request; its first request then starts from that prewarm (a hit, no cold load)."""
     from warmserve import Cluster
     from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+    from warmserve.policy.config import PolicyConfig
 
     paths = _demo_paths()
     now = time.time()
@@ -258,8 +259,8 @@ def test_history_file_prewarms_real_workers_and_the_burst_hits(tmp_path):
     cfg = ClusterConfig(
         models=tuple(ModelSpec(path=paths[m]) for m in MODELS), cpu_workers=2, cpu_worker_memory_bytes=768 << 20,
         cpu_worker_threads=1,
-        controller=ControllerConfig(window_s=30, tick_s=0.2, heartbeat_interval_s=0.2, worker_timeout_s=2.0,
-                                    history_path=str(tmp_path / "history.csv")))
+        controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2, heartbeat_interval_s=0.2,
+                                    worker_timeout_s=2.0, history_path=str(tmp_path / "history.csv")))
     with Cluster(None, config=cfg) as c:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

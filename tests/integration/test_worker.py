@@ -16,7 +16,7 @@ from warmserve import errors
 from warmserve import protocol as P
 from warmserve.worker import AsyncWorkerClient, ModelStateError, WorkerClient, spawn_local_worker
 
-GREEDY = P.Sampling(max_tokens=12, temperature=0.0, ignore_eos=True)
+GREEDY = P.SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 # One more architecture beside the two small demo models: a deep, narrow Llama whose KV block is one page.
 TINY = dict(model_type="llama", hidden_size=256, intermediate_size=512, num_hidden_layers=16,
             num_attention_heads=4, num_key_value_heads=1)
@@ -68,8 +68,8 @@ def test_worker_is_prewarmed_before_any_model_is_asked(worker_proc, client):
     st = client.stats()
     assert st.pid == proc.pid and st.models == [] and st.instances == []
     # Every page of the pool exists already, all free.
-    assert st.pool["total_bytes"] == hello.capacity_bytes == 256 * (2 << 20)
-    assert st.pool["free_bytes"] == st.pool["total_bytes"]
+    assert st.pool.total_bytes == hello.capacity_bytes == 256 * (2 << 20)
+    assert st.pool.free_bytes == st.pool.total_bytes
 
 
 def test_three_models_prewarmed_switch_with_no_copy(client, models):
@@ -79,12 +79,12 @@ def test_three_models_prewarmed_switch_with_no_copy(client, models):
     assert events and events[-1].loaded_bytes == events[-1].total_bytes
     st0 = client.stats(pages=True)
     assert {m.name: m.state for m in st0.models} == dict.fromkeys(done, "prewarmed")
-    used = st0.pool["total_bytes"] - st0.pool["free_bytes"]
+    used = st0.pool.total_bytes - st0.pool.free_bytes
     assert used >= sum(d.weight_bytes for d in done.values())
     all_pages = [p for m in st0.models for p in m.physical_pages]
     assert len(all_pages) == len(set(all_pages)) == sum(d.pages for d in done.values())
     for name, d in done.items():  # the pool's own accounting, by slot tag
-        assert st0.pool["pages_by_tag"][f"prewarm:{name}"] == d.pages
+        assert st0.pool.pages_by_tag[f"prewarm:{name}"] == d.pages
 
     outputs = {}
     for name in ("llama-20m", "qwen2-30m", "tiny-deep"):
@@ -95,11 +95,11 @@ def test_three_models_prewarmed_switch_with_no_copy(client, models):
         st = client.stats(pages=True)
         assert [i.name for i in st.instances] == [name]
         # The running instance's slot holds its weights' pages and the KV pages mapped after them, nothing else.
-        assert st.pool["pages_by_tag"][f"instance:{name}"] == done[name].pages + st.instances[0].kv_pages
-        assert f"prewarm:{name}" not in st.pool["pages_by_tag"]
+        assert st.pool.pages_by_tag[f"instance:{name}"] == done[name].pages + st.instances[0].kv_pages
+        assert f"prewarm:{name}" not in st.pool.pages_by_tag
         for m in st0.models:  # every model's weights stay on the very same physical pages
             assert pages(st, m.name) == m.physical_pages
-        assert st.pool["bytes_loaded"] == st0.pool["bytes_loaded"], "activation wrote into the pool"
+        assert st.pool.bytes_loaded == st0.pool.bytes_loaded, "activation wrote into the pool"
         client.deactivate(name)
     assert len({tuple(v) for v in outputs.values()}) == 3  # three different models answered
 
@@ -109,33 +109,33 @@ def test_three_models_prewarmed_switch_with_no_copy(client, models):
 
 
 def test_evict_gives_pages_back_at_once(client, models):
-    free0 = client.stats().pool["free_bytes"]
+    free0 = client.stats().pool.free_bytes
     d = client.prewarm(models["qwen2-30m"])
-    assert client.stats().pool["free_bytes"] == free0 - d.pages * (2 << 20)
+    assert client.stats().pool.free_bytes == free0 - d.pages * (2 << 20)
     ev = client.evict("qwen2-30m")
     assert ev.freed_bytes == d.pages * (2 << 20)
     st = client.stats()
-    assert st.pool["free_bytes"] == free0 and st.models == []
+    assert st.pool.free_bytes == free0 and st.models == []
 
 
 def test_kv_shrinks_and_grows_back_while_generating(client, models):
     client.prewarm(models["llama-20m"])
     client.activate("llama-20m", kv_blocks=24)
-    stream = iter(client.generate("llama-20m", list(range(1, 40)), P.Sampling(max_tokens=60, ignore_eos=True)))
+    stream = iter(client.generate("llama-20m", list(range(1, 40)), P.SamplingParams(max_tokens=60, ignore_eos=True)))
     got = next(stream).token_ids
     client.set_kv_target("llama-20m", 12)
     got += next(stream).token_ids
-    free_before = client.stats().pool["free_bytes"]
+    free_before = client.stats().pool.free_bytes
     kv = client.set_kv_target("llama-20m", 0).kv
-    assert kv["free_blocks"] == 0 and kv["used_blocks"] >= 1
-    free_shrunk = client.stats().pool["free_bytes"]
+    assert kv.kv_blocks_free == 0 and kv.kv_blocks_used >= 1
+    free_shrunk = client.stats().pool.free_bytes
     assert free_shrunk > free_before, "shrinking the KV target gave no page back"
     client.set_kv_target("llama-20m", 6)
     for ev in stream:
         got += ev.token_ids
     assert len(got) == 60  # the request ran through both changes
     st = client.stats()
-    assert st.instances[0].kv["free_blocks"] >= 6 and st.pool["free_bytes"] < free_shrunk
+    assert st.instances[0].kv.kv_blocks_free >= 6 and st.pool.free_bytes < free_shrunk
 
 
 def test_bad_input_gets_typed_errors_and_the_worker_keeps_serving(worker_proc, client, models):
@@ -155,10 +155,10 @@ def test_bad_input_gets_typed_errors_and_the_worker_keeps_serving(worker_proc, c
 
     # Prewarm copies of the largest model until one does not fit: the error says how much was asked and free.
     d = client.prewarm(models["qwen2-30m"], name="q0")
-    n_fit = client.stats().pool["free_bytes"] // (d.pages * (2 << 20))
+    n_fit = client.stats().pool.free_bytes // (d.pages * (2 << 20))
     for i in range(1, n_fit + 1):
         client.prewarm(models["qwen2-30m"], name=f"q{i}")
-    free = client.stats().pool["free_bytes"]
+    free = client.stats().pool.free_bytes
     with pytest.raises(errors.OutOfMemoryError) as ei:
         client.prewarm(models["qwen2-30m"], name="one-too-many")
     assert ei.value.free_bytes == free < ei.value.asked_bytes
@@ -207,14 +207,14 @@ def test_a_client_that_vanishes_has_its_generations_aborted(worker_proc, client,
     client.prewarm(models["llama-20m"])
     client.activate("llama-20m")
     gone = WorkerClient(worker_proc[1])
-    stream = iter(gone.generate("llama-20m", [1, 2, 3], P.Sampling(max_tokens=1500, ignore_eos=True)))
+    stream = iter(gone.generate("llama-20m", [1, 2, 3], P.SamplingParams(max_tokens=1500, ignore_eos=True)))
     next(stream)
     gone.close()  # no Abort: the socket just disappears
     deadline = time.monotonic() + 8.0  # the worker's peer timeout is 5 s
     while client.stats().in_flight and time.monotonic() < deadline:
         time.sleep(0.1)
     st = client.stats()
-    assert st.in_flight == 0 and st.instances[0].kv["used_blocks"] == 0
+    assert st.in_flight == 0 and st.instances[0].kv.kv_blocks_used == 0
 
 
 def test_a_killed_worker_is_reported_lost_not_waited_for(models):
@@ -222,7 +222,7 @@ def test_a_killed_worker_is_reported_lost_not_waited_for(models):
     with WorkerClient(endpoint, worker_timeout_s=2.0) as c:
         c.prewarm(models["tiny-deep"])
         c.activate("tiny-deep")
-        stream = iter(c.generate("tiny-deep", [1, 2], P.Sampling(max_tokens=1000, ignore_eos=True)))
+        stream = iter(c.generate("tiny-deep", [1, 2], P.SamplingParams(max_tokens=1000, ignore_eos=True)))
         next(stream)
         os.kill(proc.pid, signal.SIGKILL)
         t0 = time.monotonic()
@@ -296,7 +296,7 @@ def test_worker_joins_a_controller_router_over_curve_and_serves_it(tmp_path):
             if isinstance(m, P.Stats) and m.id == 0:
                 break
             assert isinstance(m, (P.Hello, P.Stats))
-        assert m.worker_id == "w-test" and m.pool["total_pages"] == 51
+        assert m.worker_id == "w-test" and m.pool.total_pages == 51
         router.send_multipart([ident, P.encode(P.Shutdown(id=6))])
         while True:
             assert router.poll(5000)

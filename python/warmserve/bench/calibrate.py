@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.geometry import PAGE_BYTES
 
 DEFAULT_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
 
@@ -221,7 +222,7 @@ def main(args) -> int:
     paths = write_demo_models(args.demo_dir, names)
     weights = {n: sum(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p) if f.endswith(".safetensors"))
                for n, p in paths.items()}
-    page = 2 << 20
+    page = PAGE_BYTES
     # a CPU worker's budget (controller.launch): the largest model twice over plus KV room, at least 1 GiB
     mem = args.memory_bytes or max(1 << 30, -(-(2 * max(weights.values()) + (256 << 20)) // (256 << 20)) * (256 << 20))
     need = max(weights.values()) * 2 + (max(prefill_tokens) + max(decode_batches) * 64) * 256 * 1024 + 64 * page

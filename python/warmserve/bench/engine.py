@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from warmserve.geometry import PAGE_BYTES, align_up
+
 GiB = 1 << 30
 
 
@@ -55,7 +57,7 @@ def _prompts(vocab: int, batch: int, length: int, seed: int = 0) -> list[list[in
     return torch.randint(3, vocab, (batch, length), generator=g).tolist()
 
 
-def _pool_bytes(lm_weight_region: int, kv_block_bytes: int, blocks: int, page: int = 2 << 20) -> int:
+def _pool_bytes(lm_weight_region: int, kv_block_bytes: int, blocks: int, page: int = PAGE_BYTES) -> int:
     return lm_weight_region + blocks * kv_block_bytes + 8 * page
 
 
@@ -241,7 +243,7 @@ def run(args) -> dict:
         cfg = ModelConfig.from_dir(path)
         _, block_bytes = block_layout(cfg, torch.float32)
         blocks = max(args.batches) * (-(-(args.prompt_tokens + args.new_tokens) // 256)) + 4
-        weight_region = -(-cfg.num_params() * 4 // (2 << 20)) * (2 << 20) + (16 << 20)
+        weight_region = align_up(cfg.num_params() * 4) + (16 << 20)
         pool = PagePool(_pool_bytes(weight_region, block_bytes, blocks), backend=backend)
         r = {"params": cfg.num_params(), "architecture": cfg.architecture}
         print(f"[{name}] {cfg.num_params() / 1e6:.0f}M params", flush=True)
@@ -304,10 +306,9 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
-    import matplotlib
+    from warmserve.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the engine benchmark's plot")
 
     names = list(results["models"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -259,10 +259,9 @@ def main(args) -> int:
 
 
 def _plot(path: str, curves: dict, rows: list) -> None:
-    import matplotlib
+    from warmserve.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the forecast benchmark's plot")
 
     pick = [r["series"] for r in rows if r["kind"] == "model"]
     pick += [r["series"] for r in sorted((r for r in rows if r["kind"] == "client"), key=lambda r: -r["acf_24h"])][:2]

@@ -67,18 +67,18 @@ def micro_parts(model_path: str, n: int = 3000) -> dict:
     """The controller's per-request CPU work, each part timed alone in this process."""
     from warmserve.config import ModelSpec
     from warmserve.controller import openai_api as oa
-    from warmserve.controller.models import served_model
+    from warmserve.controller.models import controller_model
     from warmserve.controller.textstream import TextStream
     from warmserve.policy import PolicyConfig, make_policy
     from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
-    m = served_model(ModelSpec(path=model_path))
+    m = controller_model(ModelSpec(path=model_path))
     body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}).encode()
     info = ModelInfo(MODEL, weight_bytes=m.weight_bytes, kv_bytes_per_token=m.kv_bytes_per_token)
     policy = make_policy("warmserve", models=[info], config=PolicyConfig())
     state = ClusterState.uniform(1, [info], gpus_per_server=2, gpu_bytes=1 << 30)
     state.instances["i"] = InstanceState("i", MODEL, (0,), created_s=0.0, ready_s=0.0, kv_blocks_total=64)
-    state.queued[MODEL] = 1
+    state.queues[MODEL].append(1)  # one request waiting, as when route() is asked about it
     ids = m.tokenizer.encode(PROMPT)
 
     def timed(fn):
@@ -176,7 +176,7 @@ def client_main(url: str, concurrency: int, duration_s: float, mode: str, model_
                 while time.perf_counter() < stop:
                     t = time.perf_counter()
                     try:
-                        stream = await c.generate(MODEL, prompt_ids, P.Sampling(max_tokens=1, temperature=0.0))
+                        stream = await c.generate(MODEL, prompt_ids, P.SamplingParams(max_tokens=1, temperature=0.0))
                         await stream.collect()
                         lat.append(time.perf_counter() - t)
                     except Exception:  # counted: the run reports how many failed
@@ -242,7 +242,7 @@ def run(args) -> dict:
         from warmserve.controller.models import load_tokenizer
 
         prompt_ids = load_tokenizer(model_path).encode(PROMPT)
-        sampling = P.Sampling(max_tokens=1, temperature=0.0)
+        sampling = P.SamplingParams(max_tokens=1, temperature=0.0)
         u = urllib.parse.urlparse(url)
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
         body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}).encode()
@@ -310,10 +310,9 @@ def run(args) -> dict:
 
 
 def plot(res: dict, path: str) -> None:
-    import matplotlib
+    from warmserve.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the overhead benchmark's plot")
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for k, label in (("zmq_rtt", "ZeroMQ round trip"), ("direct", "Generate straight to worker"),

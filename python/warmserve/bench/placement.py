@@ -22,7 +22,7 @@ import numpy as np
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.apply import apply
+from warmserve.policy.driver import instant_driver
 from warmserve.policy.placement import is_laminar
 from warmserve.policy.state import ClusterState, ModelInfo
 
@@ -67,20 +67,22 @@ def make_history(models: list[ModelInfo], n_gpus: int, days: int, seed: int, loa
 
 def _bring_up(state: ClusterState, pol, hist, now_s: float) -> None:
     """Put load on the cluster as it was in the last window, so instances run and KV targets shrink."""
+    driver = instant_driver(pol, state)
     for name, (_, avg, _) in hist.items():
-        state.queued[name] = int(avg[-1])
+        state.queues[name].extend(range(int(avg[-1])))  # stand-ins for waiting requests: only their count matters
     for _ in range(3):
         for act in pol.tick(state, now_s):
-            apply(state, act, now_s)
+            driver.apply(act, now_s)
         now_s += 1.0
     for name in hist:  # the queued requests now run on the instances
         insts = [i for i in state.instances.values() if i.model == name]
-        q = state.queued.pop(name, 0)
+        q = len(state.queues[name])
+        state.queues[name].clear()
         for k, inst in enumerate(insts):
             inst.in_flight = q // len(insts) + (k < q % len(insts))
             inst.kv_blocks_used = min(inst.kv_blocks_total, inst.in_flight * 4)
     for act in pol.tick(state, now_s):
-        apply(state, act, now_s)
+        driver.apply(act, now_s)
 
 
 def plan_time(n_gpus: int, n_models: int, repeats: int, seed: int = 0) -> dict:
@@ -107,8 +109,9 @@ def plan_time(n_gpus: int, n_models: int, repeats: int, seed: int = 0) -> dict:
         acts = pol.tick(state, now + WINDOW_S)
         first.append((time.perf_counter() - t0) * 1e3)
         n_prewarm.append(sum(isinstance(a, A.Prewarm) for a in acts))
+        driver = instant_driver(pol, state)
         for act in acts:
-            apply(state, act, now + WINDOW_S)
+            driver.apply(act, now + WINDOW_S)
         t0 = time.perf_counter()
         acts = pol.tick(state, now + 2 * WINDOW_S)
         steady.append((time.perf_counter() - t0) * 1e3)
@@ -137,6 +140,7 @@ def survival(placement: str, n_gpus: int, n_models: int, rounds: int, seeds=(1, 
         state = ClusterState.uniform(n_gpus // 8, models, gpu_bytes=72 << 30)
         pol = make_policy(name, models=models, history=hist,
                           config=PolicyConfig(replan_s=1e9, kv_reservation=False, **over))
+        driver = instant_driver(pol, state)
         rng = np.random.default_rng(seed + 100)
         peaks = np.array([hist[m.name][2][-PERIOD:].mean() for m in models])
         p = peaks / peaks.sum()
@@ -144,10 +148,10 @@ def survival(placement: str, n_gpus: int, n_models: int, rounds: int, seeds=(1, 
         for _ in range(rounds):
             now += WINDOW_S
             for inst in list(state.instances):  # the last round's instances finish
-                apply(state, A.StopInstance(inst), now)
+                driver.apply(A.StopInstance(inst), now)
             for act in pol.tick(state, now):
                 placed += isinstance(act, A.Prewarm)
-                apply(state, act, now)
+                driver.apply(act, now)
             by_server: dict[int, list[int]] = {}
             for pw in state.prewarms.values():
                 by_server.setdefault(pw.gpus[0] // 8, []).append(sum(1 << (g % 8) for g in pw.gpus))
@@ -163,7 +167,7 @@ def survival(placement: str, n_gpus: int, n_models: int, rounds: int, seeds=(1, 
                 ups += 1
                 hits += act.prewarm_id is not None
                 destroyed += sum(1 for pid in act.evict if state.prewarms[pid].model != m)
-                apply(state, act, now)
+                driver.apply(act, now)
     return {"placement": placement, "gpus": n_gpus, "models": n_models, "seeds": len(seeds), "rounds": rounds,
             "prewarms_placed": placed, "destroyed_by_other_models": destroyed,
             "destroyed_share": destroyed / max(placed, 1), "scale_ups": ups, "prewarm_hit_rate": hits / max(ups, 1),

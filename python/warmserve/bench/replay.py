@@ -265,11 +265,9 @@ def summarize(outs, duration_s: float, metrics: dict | None) -> tuple[dict, dict
 # --------------------------------------------------------------------------------------------------- runs
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
+    from warmserve.extras import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, leave=False, dynamic_ncols=True)
+    return progress_bar(enabled, total=total, desc=desc, unit="req", leave=False, dynamic_ncols=True)
 
 
 def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim) -> tuple:
@@ -318,6 +316,7 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
 
 def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
     from warmserve.config import ControllerConfig
+    from warmserve.policy.config import PolicyConfig
     from warmserve.sim.config import SimConfig
     from warmserve.sim.runner import resolve
     from warmserve.sim.simulator import simulate
@@ -326,7 +325,7 @@ def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
     cfg = SimConfig(n_servers=1, gpus_per_server=args.cpu_workers, warmup_s=0.0, drain_s=args.drain_s,
                     tick_s=ControllerConfig().tick_s,
                     unanswered_ttft_s=UNANSWERED_TTFT_S,
-                    policy_overrides={"window_s": args.window_s * args.time_scale})
+                    policy_config=PolicyConfig(window_s=args.window_s * args.time_scale))
     base, cfg = resolve(policy, cfg)
     r = simulate(w, served_sim, base, config=cfg, cost=cost)
     s = dict(r.summary)

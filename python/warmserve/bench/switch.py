@@ -316,10 +316,9 @@ def machine(args) -> dict:
 
 
 def plot(res: dict, path: str) -> None:
-    import matplotlib
+    from warmserve.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the switch benchmark's plot")
 
     rows = res["activation_vs_cold_load"]
     x = np.arange(len(rows))

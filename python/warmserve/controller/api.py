@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP front end (aiohttp): /v1/completions, /v1/chat/completions, /v1/models, /health,
-/metrics. It parses and tokenizes, hands token ids to the controller, and turns token events back into text,
-as one JSON body or as server-sent events."""
+/metrics. It parses the OpenAI bodies and writes the answers, as one JSON body or as server-sent events; prompt
+preparation and the text of a generation are the front end's (frontend.py), shared with ``warmserve.Cluster``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from aiohttp import web
 
 from warmserve.controller import openai_api as oa
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
-from warmserve.controller.textstream import TextStream
-from warmserve.errors import InvalidArgumentError, PromptTooLongError, WarmServeError
+from warmserve.controller.frontend import TextGeneration, aprepare
+from warmserve.errors import WarmServeError
 
 log = logging.getLogger("warmserve.controller")
 
@@ -30,35 +30,6 @@ def _json(status: int, body: dict) -> web.Response:
 def _error(e: BaseException) -> web.Response:
     status, body = oa.error_from_exception(e)
     return _json(status, body)
-
-
-def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") -> None:
-    """Refuse a prompt that cannot fit the model's context together with the tokens asked for."""
-    ctx = model.max_context
-    if len(ids) + max_tokens > ctx:
-        raise PromptTooLongError(
-            f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} tokens and "
-            f"max_tokens asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the prompt "
-            f"or lower max_tokens",
-            param=param, prompt_tokens=len(ids), max_tokens=max_tokens,
-            max_context=ctx,
-        )
-    if not ids:
-        raise InvalidArgumentError("the prompt is empty after tokenization; send some text", param=param)
-
-
-def chat_prompt_ids(model, messages: list[dict]) -> list[int]:
-    """The chat template from the tokenizer's config when it has one, a plain 'role: text' layout otherwise."""
-    tok = model.tokenizer
-    apply = getattr(tok, "apply_chat_template", None)
-    if apply is not None:
-        try:
-            out = apply(messages, add_generation_prompt=True)
-        except (ValueError, KeyError, LookupError, NotImplementedError):
-            out = None
-        if out is not None:
-            return list(out) if not isinstance(out, str) else list(tok.encode(out))
-    return list(tok.encode(oa.plain_chat_prompt(messages)))
 
 
 class Api:
@@ -128,21 +99,16 @@ class Api:
     async def completions(self, request: web.Request):
         req, sampling = oa.parse_completion(await request.read())
         model = self.controller.model(req.model)
-        p = req.prompt
-        ids = list(model.tokenizer.encode(p)) if isinstance(p, str) else list(p)
-        vocab = getattr(model.tokenizer, "vocab_size", None)
-        if vocab and isinstance(p, list) and max(ids) >= vocab:
-            raise InvalidArgumentError(f"token id {max(ids)} is outside the vocabulary of {vocab}", param="prompt")
+        ids = await aprepare(model, req.prompt, max_tokens=sampling.max_tokens)
         return await self._generate(request, "completion", req, model, ids, sampling)
 
     async def chat(self, request: web.Request):
         req, sampling = oa.parse_chat(await request.read())
         model = self.controller.model(req.model)
-        ids = chat_prompt_ids(model, oa.chat_dicts(req))
+        ids = await aprepare(model, messages=oa.chat_dicts(req), max_tokens=sampling.max_tokens)
         return await self._generate(request, "chat", req, model, ids, sampling)
 
     async def _generate(self, request, kind, req, model, ids, sampling):
-        check_prompt(model, ids, sampling.max_tokens, "prompt" if kind == "completion" else "messages")
         if self.active >= self.max_concurrent:
             raise TooManyRequestsError(
                 f"{self.active} requests are in flight, the limit is {self.max_concurrent}: retry later "
@@ -150,14 +116,13 @@ class Api:
         self.active += 1
         try:
             handle = await self.controller.submit(model.name, ids, sampling)
-            text = TextStream(model.tokenizer.decode, sampling.stop)
+            gen = TextGeneration(handle, model.tokenizer.decode, sampling.stop)
             if req.stream:
-                return await self._stream(request, kind, req, model, handle, text, len(ids))
-            await handle.collect(text)
-            finish = "stop" if text.stopped else handle.finish_reason
+                return await self._stream(request, kind, req, model, gen, len(ids))
+            text = await gen.collect()
             body = (oa.completion_body if kind == "completion" else oa.chat_body)(
-                oa.new_id("cmpl" if kind == "completion" else "chatcmpl"), model.name, text.text,
-                finish, len(ids), handle.generated)
+                oa.new_id("cmpl" if kind == "completion" else "chatcmpl"), model.name, text,
+                gen.finish_reason, len(ids), gen.completion_tokens)
             resp = _json(200, body)
             timing = handle.server_timing()
             if timing:
@@ -168,7 +133,7 @@ class Api:
         finally:
             self.active -= 1
 
-    async def _stream(self, request, kind, req, model, handle, text: TextStream, n_prompt: int):
+    async def _stream(self, request, kind, req, model, gen: TextGeneration, n_prompt: int):
         rid = oa.new_id("cmpl" if kind == "completion" else "chatcmpl")
         created = int(time.time())
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -184,29 +149,20 @@ class Api:
             if kind == "chat":
                 await resp.write(oa.sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""}, None)))
             try:
-                async for tokens in handle:
-                    delta = text.push(tokens)
-                    if delta:
-                        await resp.write(chunk(delta, None))
-                    if text.stopped:
-                        handle.abort()
-                        break
+                async for delta in gen:
+                    await resp.write(chunk(delta, None))
             except WarmServeError as e:
                 # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError.
                 await resp.write(oa.sse(oa.error_from_exception(e)[1]))
                 await resp.write(oa.SSE_DONE)
                 return resp
-            rest = text.finish()
-            finish = "stop" if text.stopped else handle.finish_reason
-            if rest:
-                await resp.write(chunk(rest, None))
-            await resp.write(chunk("", finish))
+            await resp.write(chunk("", gen.finish_reason))
             if req.stream_options is not None and req.stream_options.include_usage:
                 obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
-                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, n_prompt, handle.generated)))
+                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, n_prompt, gen.completion_tokens)))
             await resp.write(oa.SSE_DONE)
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away; the finally below frees the request on its worker
         finally:
-            handle.abort()
+            gen.abort()
         return resp

@@ -18,10 +18,10 @@ import weakref
 from dataclasses import dataclass
 
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
-from warmserve.controller.api import check_prompt, chat_prompt_ids
-from warmserve.controller.openai_api import Sampling
-from warmserve.controller.textstream import TextStream
+from warmserve.policy.config import PolicyConfig
+from warmserve.controller.frontend import TextGeneration, prepare
 from warmserve.errors import ClosedError, InvalidArgumentError
+from warmserve.protocol import SamplingParams, stop_strings
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ class Cluster:
                 models=specs, devices=tuple(devices or ()), cpu_workers=cpu_workers,
                 cpu_worker_memory_bytes=cpu_worker_memory_bytes, remote_workers=remote_workers,
                 worker_start_timeout_s=start_timeout_s,
-                controller=ControllerConfig(bind=bind, policy=policy, window_s=window_s, history_path=history_path,
-                                            curve_dir=curve_dir),
+                controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=window_s),
+                                            history_path=history_path, curve_dir=curve_dir),
             )
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
@@ -111,19 +111,12 @@ class Cluster:
         return self.controller.model_names()
 
     def _prepare(self, model: str, prompt, max_tokens, temperature, top_p, seed, stop, messages):
+        """Runs in the caller's thread, so tokenising a long prompt never stalls the controller's loop."""
         m = self.controller.model(model)
-        if messages is not None:
-            ids = chat_prompt_ids(m, [dict(x) for x in messages])
-        elif isinstance(prompt, str):
-            ids = list(m.tokenizer.encode(prompt))
-        else:
-            ids = [int(t) for t in prompt]
-        stop = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
-        s = Sampling(max_tokens=int(max_tokens), temperature=float(temperature), top_p=float(top_p), seed=seed,
-                     stop=stop)
-        if s.max_tokens < 1:
-            raise InvalidArgumentError(f"max_tokens must be >= 1, got {max_tokens}")
-        check_prompt(m, ids, s.max_tokens)
+        s = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), seed=seed,
+                           stop=stop_strings(stop))
+        msgs = [dict(x) for x in messages] if messages is not None else None
+        ids = prepare(m, prompt, msgs, max_tokens=s.max_tokens)
         return m, ids, s
 
     # ----------------------------------------------------------------------------------------------- public
@@ -137,17 +130,18 @@ class Cluster:
 
     async def agenerate(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0,
                         top_p: float = 1.0, seed: int | None = None, stop=None, messages=None) -> Completion:
-        """generate() for asyncio code: awaits without blocking the caller's event loop."""
+        """generate() for asyncio code: awaits without blocking the caller's event loop (the prompt is prepared
+        on a worker thread, the generation runs on the controller's loop)."""
         self._check()
-        m, ids, s = self._prepare(model, prompt, max_tokens, temperature, top_p, seed, stop, messages)
+        m, ids, s = await asyncio.to_thread(self._prepare, model, prompt, max_tokens, temperature, top_p, seed, stop,
+                                            messages)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._collect(m, ids, s), self._loop))
 
     async def _collect(self, m, ids, s) -> Completion:
-        req = self.controller.submit_nowait(m.name, ids, s)
-        text = TextStream(m.tokenizer.decode, s.stop)
-        await req.collect(text)
-        return Completion(text=text.text, token_ids=list(text.ids), finish_reason="stop" if text.stopped else
-                          req.finish_reason or "stop", prompt_tokens=len(ids), completion_tokens=req.generated)
+        gen = TextGeneration(self.controller.submit_nowait(m.name, ids, s), m.tokenizer.decode, s.stop)
+        text = await gen.collect()
+        return Completion(text=text, token_ids=list(gen.text.ids), finish_reason=gen.finish_reason or "stop",
+                          prompt_tokens=len(ids), completion_tokens=gen.completion_tokens)
 
     def stream(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
                seed: int | None = None, stop=None, messages=None) -> "TextIterator":
@@ -180,34 +174,21 @@ class TextIterator:
 
     def __init__(self, cluster: Cluster, m, ids, s):
         self._c, self._m, self._ids, self._s = cluster, m, ids, s
-        self._req = None
-        self._text = TextStream(m.tokenizer.decode, s.stop)
-        self._ended = False
+        self._gen: TextGeneration | None = None
 
     @property
     def finish_reason(self) -> str | None:
-        if self._text.stopped:
-            return "stop"
-        return self._req.finish_reason if self._req is not None else None
+        return self._gen.finish_reason if self._gen is not None else None
 
     async def _next(self) -> str | None:
         """Next non-empty piece, or None at the end (runs on the controller's loop)."""
-        if self._req is None:
-            self._req = self._c.controller.submit_nowait(self._m.name, self._ids, self._s)
-        while not self._ended:
-            try:
-                tokens = await self._req.__anext__()
-            except StopAsyncIteration:
-                self._ended = True
-                return self._text.finish() or None
-            piece = self._text.push(tokens)
-            if self._text.stopped:
-                self._req.abort()
-                self._ended = True
-                return (piece + self._text.finish()) or None
-            if piece:
-                return piece
-        return None
+        if self._gen is None:
+            req = self._c.controller.submit_nowait(self._m.name, self._ids, self._s)
+            self._gen = TextGeneration(req, self._m.tokenizer.decode, self._s.stop)
+        try:
+            return await self._gen.__anext__()
+        except StopAsyncIteration:
+            return None
 
     def __iter__(self):
         try:
@@ -237,8 +218,8 @@ class TextIterator:
             self._abort()
 
     def _abort(self):
-        if self._req is not None and not self._req.done and not self._c._closed:
-            self._c._loop.call_soon_threadsafe(self._req.abort)
+        if self._gen is not None and not self._gen.req.done and not self._c._closed:
+            self._c._loop.call_soon_threadsafe(self._gen.abort)
 
 
 async def _acall(fn):

@@ -14,7 +14,7 @@ import subprocess
 
 from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir
 from warmserve.controller.controller import Controller
-from warmserve.controller.models import served_model
+from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
 from warmserve.errors import WarmServeError
 
@@ -75,7 +75,7 @@ def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[M
 
 async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None = None) -> Controller:
     """Start the controller, spawn the local workers and wait until every expected worker has registered."""
-    models = [served_model(s) for s in cfg.models]
+    models = [controller_model(s) for s in cfg.models]
     controller = Controller(cfg, models, history=history)
     endpoint = await controller.start()
     devices = local_devices(cfg)

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from warmserve.config import ModelSpec
 from warmserve.errors import InvalidArgumentError
-
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+from warmserve.geometry import DTYPE_BYTES, kv_bytes_per_token
 
 
 def load_tokenizer(path: str):
@@ -25,7 +24,10 @@ def load_tokenizer(path: str):
 
 
 @dataclass
-class ServedModel:
+class ControllerModel:
+    """A model the controller serves, as the controller knows it (the policy's view is ``policy.ModelInfo``,
+    the simulator's ``sim.config.ServedModel``)."""
+
     spec: ModelSpec
     tokenizer: object
     #: Longest prompt plus output the model takes, tokens.
@@ -34,13 +36,15 @@ class ServedModel:
     weight_bytes: int
     #: KV-cache bytes one token takes over all layers.
     kv_bytes_per_token: int
+    #: Most characters one token covers (the longest vocabulary entry): bounds a text's tokens from its length.
+    max_token_chars: int = 64
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-def served_model(spec: ModelSpec) -> ServedModel:
+def controller_model(spec: ModelSpec) -> ControllerModel:
     path = os.path.abspath(os.path.expanduser(spec.path))
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
@@ -59,13 +63,15 @@ def served_model(spec: ModelSpec) -> ServedModel:
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", heads)) // heads)
     dtype = spec.dtype if spec.dtype != "auto" else str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
-    if spec.dtype != "auto" and spec.dtype in _DTYPE_BYTES:
-        stored = _DTYPE_BYTES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"), 4)
-        weight_bytes = weight_bytes * _DTYPE_BYTES[spec.dtype] // stored
-    kv = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)
-    return ServedModel(
+    if spec.dtype != "auto" and spec.dtype in DTYPE_BYTES:
+        stored = DTYPE_BYTES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"), 4)
+        weight_bytes = weight_bytes * DTYPE_BYTES[spec.dtype] // stored
+    kv = kv_bytes_per_token(layers, kv_heads, head_dim, DTYPE_BYTES.get(dtype, 4))
+    tokenizer = load_tokenizer(path)
+    return ControllerModel(
         spec=ModelSpec(path=path, name=spec.name, tp=spec.tp, dtype=spec.dtype),
-        tokenizer=load_tokenizer(path),
+        tokenizer=tokenizer,
+        max_token_chars=tokenizer.max_token_chars,
         max_context=int(cfg.get("max_position_embeddings", 2048)),
         weight_bytes=weight_bytes,
         kv_bytes_per_token=kv,

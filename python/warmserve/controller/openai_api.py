@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from warmserve.errors import InvalidArgumentError, WarmServeError
+from warmserve.protocol import SamplingParams, stop_strings
 
 #: max_tokens when a request does not say (OpenAI's legacy completions default).
 DEFAULT_MAX_TOKENS = 16
@@ -57,16 +58,6 @@ class ChatRequest(_RequestCommon, kw_only=True):
     logprobs: bool | None = None
 
 
-class Sampling(msgspec.Struct, frozen=True):
-    """What a request asks of decoding, after validation (the controller's own form, independent of the wire)."""
-
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
 def _bad(message: str, param: str | None = None) -> InvalidArgumentError:
     return InvalidArgumentError(message, param=param)
 
@@ -85,30 +76,20 @@ def _decode(body: bytes, cls):
         raise _bad(f"malformed JSON in the request body: {e}") from None
 
 
-def _sampling(req, max_tokens: int | None) -> Sampling:
+def _sampling(req, max_tokens: int | None) -> SamplingParams:
+    """The request's sampling fields with OpenAI's defaults (temperature and top_p 1); SamplingParams checks the
+    ranges (the seed's included: one that does not fit 64 bits is a 400 here, not a failure on the wire)."""
     if req.n != 1:
         raise _bad(f"n={req.n} is not supported; send n=1 (one choice per request)", "n")
-    if max_tokens is not None and max_tokens < 1:
-        raise _bad(f"max_tokens must be >= 1, got {max_tokens}", "max_tokens")
-    t = 1.0 if req.temperature is None else float(req.temperature)
-    if not 0.0 <= t <= 2.0:
-        raise _bad(f"temperature must be in [0, 2], got {t}", "temperature")
-    p = 1.0 if req.top_p is None else float(req.top_p)
-    if not 0.0 < p <= 1.0:
-        raise _bad(f"top_p must be in (0, 1], got {p}", "top_p")
-    stop = req.stop
-    stop = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
-    if len(stop) > 4:
-        raise _bad(f"at most 4 stop sequences, got {len(stop)}", "stop")
-    if any(not s for s in stop):
-        raise _bad("stop sequences must not be empty", "stop")
-    return Sampling(
-        max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else int(max_tokens),
-        temperature=t, top_p=p, seed=req.seed, stop=stop,
+    return SamplingParams(
+        max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+        temperature=1.0 if req.temperature is None else float(req.temperature),
+        top_p=1.0 if req.top_p is None else float(req.top_p),
+        seed=req.seed, stop=stop_strings(req.stop),
     )
 
 
-def parse_completion(body: bytes) -> tuple[CompletionRequest, Sampling]:
+def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
     req = _decode(body, CompletionRequest)
     req.prompt = _one_prompt(req.prompt)
     if req.echo or req.logprobs:
@@ -137,7 +118,7 @@ def _one_prompt(p):
     return p
 
 
-def parse_chat(body: bytes) -> tuple[ChatRequest, Sampling]:
+def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     req = _decode(body, ChatRequest)
     if not req.messages:
         raise _bad("messages must not be empty", "messages")
@@ -163,12 +144,6 @@ def message_text(m: ChatMessage) -> str:
 
 def chat_dicts(req: ChatRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": message_text(m)} for m in req.messages]
-
-
-def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
-    """The fallback when a tokenizer ships no chat template: one 'role: text' line per message, then the cue."""
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nassistant:"
 
 
 # ---------------------------------------------------------------------------------------------------- responses

@@ -1,7 +1,8 @@
 """One generation request as the controller tracks it, from arrival to its last token.
 
-A request is consumed with ``async for token_ids in req``; it ends normally (``finish_reason`` set) or raises the
-typed error that ended it. ``abort()`` is safe at any time and from any state.
+A request is consumed with ``async for token_ids in req`` (the front end's TextGeneration turns it into text); it
+ends normally (``finish_reason`` set) or raises the typed error that ended it. ``abort()`` is safe at any time and
+from any state.
 """
 
 from __future__ import annotations
@@ -107,18 +108,6 @@ class Req:
         while self._q and self._q[0] is not _END:
             item = item + self._q.popleft()
         return item
-
-    async def collect(self, text) -> None:
-        """Feed the generated tokens into ``text`` (a TextStream) until the request ends. A stop string, an error
-        or a cancellation aborts the request, so its worker stops generating for it."""
-        try:
-            async for tokens in self:
-                text.push(tokens)
-                if text.stopped:
-                    break
-        finally:
-            self.abort()
-        text.finish()
 
     def abort(self) -> None:
         """Stop the request wherever it is (queued, running); no-op once it ended."""

@@ -16,6 +16,8 @@ import os
 import signal
 import sys
 
+import msgspec
+
 from warmserve.config import ClusterConfig, ModelSpec, load_config
 
 log = logging.getLogger("warmserve.controller")
@@ -35,8 +37,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="workers on other hosts to wait for (they run `warmserve worker --controller ADDR`)")
     p.add_argument("--bind", default=None,
                    help="ZeroMQ address workers connect to (default tcp://127.0.0.1:0: loopback only)")
-    p.add_argument("--policy", default=None, help="warmserve (default), autoscale, shared, dedicated, ...")
-    p.add_argument("--window-s", type=float, default=None, help="forecast window, seconds (default 300)")
+    p.add_argument("--policy", default=None, help="policy by name (default warmserve); `warmserve simulate --help` "
+                                                   "lists them")
+    p.add_argument("--window-s", type=float, default=None,
+                   help="forecast window, seconds (default 300); the same as --policy-option window_s=...")
+    p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a PolicyConfig field over the config file's [policy] table (repeatable), "
+                        "e.g. instance_capacity=16")
+    p.add_argument("--max-num-seqs", type=int, default=None,
+                   help="most sequences one instance runs at once (default: the policy's instance_capacity)")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="most tokens one engine step computes")
+    p.add_argument("--max-kv-blocks", type=int, default=None,
+                   help="most KV blocks one instance may hold (default 0: as many as the pool maps)")
+    p.add_argument("--cpu-worker-threads", type=int, default=None,
+                   help="torch threads per CPU worker (default: the cores shared among the workers)")
     p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
     p.add_argument("--curve-dir", default=None, help="directory of ZeroMQ CURVE keys; turns on CURVE to workers")
     p.add_argument("--log-dir", default=None, help="write each local worker's log here")
@@ -44,8 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args) -> ClusterConfig:
+    from warmserve.policy.config import parse_policy_options
+
     cfg = load_config(args.config) if args.config else ClusterConfig()
-    server, ctl, top = {}, {}, {}
+    server, ctl, top, engine = {}, {}, {}, {}
     if args.host is not None:
         server["host"] = args.host
     if args.port is not None:
@@ -53,10 +69,20 @@ def build_config(args) -> ClusterConfig:
     key = args.api_key if args.api_key is not None else os.environ.get("WARMSERVE_API_KEY")
     if key is not None:
         server["api_key"] = key
-    for flag, field in (("bind", "bind"), ("policy", "policy"), ("window_s", "window_s"),
-                        ("history", "history_path"), ("curve_dir", "curve_dir")):
+    for flag, field in (("bind", "bind"), ("policy", "policy"), ("history", "history_path"),
+                        ("curve_dir", "curve_dir")):
         if getattr(args, flag) is not None:
             ctl[field] = getattr(args, flag)
+    options = list(args.policy_option)
+    if args.window_s is not None:
+        options.insert(0, f"window_s={args.window_s}")
+    if options:
+        ctl["policy_config"] = parse_policy_options(options, cfg.controller.policy_config)
+    for flag in ("max_num_seqs", "max_batch_tokens", "max_kv_blocks"):
+        if getattr(args, flag) is not None:
+            engine[flag] = getattr(args, flag)
+    if args.cpu_worker_threads is not None:
+        top["cpu_worker_threads"] = args.cpu_worker_threads
     if args.model:
         specs = []
         for m in args.model:
@@ -71,7 +97,7 @@ def build_config(args) -> ClusterConfig:
         top["remote_workers"] = args.remote_workers
     return dataclasses.replace(
         cfg, server=dataclasses.replace(cfg.server, **server), controller=dataclasses.replace(cfg.controller, **ctl),
-        **top)
+        engine=msgspec.structs.replace(cfg.engine, **engine), **top)
 
 
 def read_history(path: str) -> dict:

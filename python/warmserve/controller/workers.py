@@ -41,6 +41,8 @@ class WorkerRecord:
     alive: bool = True
     #: Registered and cleaned: the policy may place things on it.
     ready: bool = False
+    #: Its GPU's id in the policy's state, given when it is admitted and never changed (None before).
+    gpu_id: int | None = None
     #: The latest Stats it sent.
     stats: P.Stats | None = None
     #: Generations running on it, by the id of their Generate.

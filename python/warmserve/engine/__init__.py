@@ -16,12 +16,15 @@ _LAZY = {
     "Engine": "engine", "StepOutput": "engine",
     "LoadedModel": "loader", "ModelLoad": "loader", "load_model": "loader",
     "ModelConfig": "config", "UnsupportedModelError": "config",
-    "SamplingParams": "sampler",
     "Tokenizer": "tokenizer",
 }
 
 
 def __getattr__(name: str):
+    if name == "SamplingParams":  # the one sampling type lives with the messages (no torch needed)
+        from warmserve.protocol import SamplingParams
+
+        return SamplingParams
     if name in _LAZY:
         import importlib
 

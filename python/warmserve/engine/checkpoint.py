@@ -72,9 +72,14 @@ def safetensors_files(path: str) -> list[str]:
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map") or {}
-        files = sorted(set(weight_map.values()))
+        try:
+            with open(index) as f:
+                weight_map = json.load(f).get("weight_map") or {}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a JSON object with a weight_map ({e})", path=path) from e
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names", path=path)
+        files = sorted({_shard_name(path, f) for f in weight_map.values()})
         missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
         if missing:
             raise CheckpointError(f"{path}: index names shard(s) {missing} that are not there", path=path)
@@ -83,6 +88,22 @@ def safetensors_files(path: str) -> list[str]:
         return [single]
     raise CheckpointError(f"{path} holds no model.safetensors or model.safetensors.index.json: point at a "
                           "Hugging Face checkpoint saved with safetensors", path=path)
+
+
+def _shard_name(path: str, name) -> str:
+    """A shard file name from the index, confined to the checkpoint directory: a relative path that stays inside
+    it once normalised. The check is on the name, not on where it resolves: hub caches keep shards as symlinks
+    into a blob directory beside the snapshot, and whoever owns the directory may link what they like; a name in
+    a downloaded index must not reach outside it (``../``, an absolute path)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise CheckpointError(f"{path}: the index names a shard {name!r} that is not a file name", path=path,
+                              shard=repr(name))
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise CheckpointError(
+            f"{path}: the index names shard {name!r}, outside the checkpoint directory; shard names must be "
+            "relative paths inside it (fix or re-download model.safetensors.index.json)", path=path, shard=name)
+    return norm
 
 
 def read_tensors(path: str) -> dict[str, TensorInfo]:

@@ -5,10 +5,8 @@ cache continues in the same slot after the weights, mapped lazily (the first ste
 mapped). ``close()`` deactivates: the KV pages go back to the pool and the weights stay, prewarmed.
 
 Outputs are token ids. EOS and stop-token ids are included in ``token_ids`` as the final token of a request
-(callers detokenize with skip_special_tokens). Stop strings are checked here, on the incrementally decoded tail
-of the output, so the engine needs the checkpoint's tokenizer for them; the token that completes a stop string
-is the last one reported, and trimming the text at the stop string is the caller's job (``stop_reason`` says
-which string matched).
+(callers detokenize with skip_special_tokens). Stop strings (``SamplingParams.stop``) are not the engine's: it
+sees token ids, and whoever detokenizes (the controller's text stream) cuts the text and aborts the request.
 """
 
 from __future__ import annotations
@@ -23,12 +21,16 @@ import torch
 from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask
 from warmserve.engine.kv_cache import KVCache
 from warmserve.engine.model import Model
-from warmserve.engine.sampler import SamplingParams, sample
+from warmserve.engine.sampler import sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
 from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
+from warmserve.geometry import blocks_for_tokens
+from warmserve.protocol import KvStats, SamplingParams
 
 #: Default headroom of mapped free KV blocks (the controller sets the real target, PAPER.md §6).
 DEFAULT_TARGET_FREE_BLOCKS = 8
+#: Sequences one instance runs at once when nobody says (the policy's default instance_capacity, B).
+DEFAULT_MAX_NUM_SEQS = 32
 
 
 @dataclass
@@ -39,16 +41,17 @@ class StepOutput:
     #: Tokens new in this step (empty for an abort).
     token_ids: list[int]
     finished: bool
-    #: "stop" (EOS, stop token or stop string), "length" (max_tokens) or "abort"; None while running.
+    #: "stop" (EOS or a stop token), "length" (max_tokens) or "abort"; None while running.
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
-    #: The stop token id or stop string that ended the request, if any.
-    stop_reason: int | str | None = None
+    #: The EOS or stop token id that ended the request, if any.
+    stop_reason: int | None = None
 
 
 class Engine:
-    def __init__(self, lm, kv_blocks: int | None = None, max_batch_tokens: int = 2048, max_num_seqs: int = 64,
+    def __init__(self, lm, kv_blocks: int | None = None, max_batch_tokens: int = 2048,
+                 max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
                  target_free_blocks: int | None = DEFAULT_TARGET_FREE_BLOCKS, map_blocks_per_step: int = 16):
         """Activate a prewarmed LoadedModel.
 
@@ -111,15 +114,12 @@ class Engine:
                 f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} = {need} exceeds the context of "
                 f"{self.max_context} tokens: shorten the prompt or lower max_tokens",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, max_context=self.max_context)
-        blocks_needed = -(-need // self.kv.block_tokens)
+        blocks_needed = blocks_for_tokens(need, self.kv.block_tokens)
         if blocks_needed > self.kv.total_blocks:
             raise PromptTooLongError(
                 f"{need} tokens need {blocks_needed} KV blocks but this instance has {self.kv.total_blocks}: "
                 "shorten the request or give the instance more KV blocks",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=self.kv.total_blocks)
-        if params.stop and self.tokenizer is None:
-            raise InvalidArgumentError("stop strings need the model's tokenizer (tokenizer.json); use stop_token_ids",
-                                       request_id=request_id)
         gen = None
         if not params.greedy:
             gen = torch.Generator(device="cpu").manual_seed(params.seed if params.seed is not None
@@ -149,10 +149,10 @@ class Engine:
         return len(self.scheduler.waiting)
 
     # ---- KV ------------------------------------------------------------------------------------------------------
-    def kv_stats(self) -> dict:
-        return dict(self.kv.stats(), num_preemptions=self.scheduler.num_preemptions)
+    def kv_stats(self) -> KvStats:
+        return self.kv.stats(self.scheduler.num_preemptions)
 
-    def set_kv_target_free_blocks(self, n: int) -> dict:
+    def set_kv_target_free_blocks(self, n: int) -> KvStats:
         """Keep n free blocks mapped: unmap the rest now (pages back to the pool), map up to n over the next steps."""
         self._check_open()
         self.kv.set_target_free_blocks(n)
@@ -243,12 +243,6 @@ class Engine:
             reason, stop_reason = "stop", token
         elif token in self.eos and not p.ignore_eos:
             reason, stop_reason = "stop", token
-        elif p.stop:
-            longest = max(len(s) for s in p.stop)
-            tail = self.tokenizer.decode(seq.output[-(longest + 8):], skip_special_tokens=False)
-            hit = next((s for s in p.stop if s in tail), None)
-            if hit is not None:
-                reason, stop_reason = "stop", hit
         if reason is None and len(seq.output) >= p.max_tokens:
             reason = "length"
         if reason is not None:

@@ -15,22 +15,19 @@ import heapq
 
 import torch
 
+from warmserve import geometry
 from warmserve.errors import InvalidArgumentError, OutOfMemoryError
-
-PAGE_BYTES = 2 << 20
-#: Tokens per KV block (PAPER.md §6: one block = 256 tokens across all layers).
-BLOCK_TOKENS = 256
+from warmserve.protocol import KvStats
 
 
-def block_layout(cfg, dtype: torch.dtype, block_tokens: int = BLOCK_TOKENS, page_bytes: int = PAGE_BYTES):
+def block_layout(cfg, dtype: torch.dtype, block_tokens: int = geometry.KV_BLOCK_TOKENS,
+                 page_bytes: int = geometry.PAGE_BYTES):
     """(bytes of K+V for one block, bytes it occupies: whole pages, and a whole number of cache rows)."""
     esize = torch.empty((), dtype=dtype).element_size()
+    per_token = geometry.kv_bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, esize)
     row = cfg.num_kv_heads * cfg.head_dim * esize
-    raw = block_tokens * cfg.num_layers * 2 * row
-    padded = -(-raw // page_bytes) * page_bytes
-    while padded % row:
-        padded += page_bytes
-    return raw, padded
+    padded = geometry.kv_block_bytes(per_token, block_tokens=block_tokens, page_bytes=page_bytes, row_bytes=row)
+    return block_tokens * per_token, padded
 
 
 class KVCache:
@@ -145,12 +142,9 @@ class KVCache:
             self._unmapped = list(range(self.total_blocks))
         self._free = []
 
-    def stats(self) -> dict:
-        return {
-            "total_blocks": self.total_blocks,
-            "mapped_blocks": self.num_mapped,
-            "free_blocks": len(self._free),
-            "used_blocks": self.num_used,
-            "target_free_blocks": self.target_free_blocks,
-            "block_tokens": self.block_tokens,
-        }
+    def stats(self, num_preemptions: int = 0) -> KvStats:
+        return KvStats(
+            kv_blocks_total=self.total_blocks, kv_blocks_used=self.num_used, kv_blocks_mapped=self.num_mapped,
+            kv_blocks_free=len(self._free), kv_free_target=self.target_free_blocks, block_tokens=self.block_tokens,
+            num_preemptions=num_preemptions,
+        )

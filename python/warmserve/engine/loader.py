@@ -28,7 +28,8 @@ import torch
 from warmserve.engine.checkpoint import CheckpointError, TensorInfo, read_tensors
 from warmserve.engine.config import DTYPES, ModelConfig
 from warmserve.engine.demo import hf_tensor_shapes
-from warmserve.engine.kv_cache import BLOCK_TOKENS, block_layout
+from warmserve.engine.kv_cache import block_layout
+from warmserve.geometry import KV_BLOCK_TOKENS, align_up
 from warmserve.engine.model import hf_groups
 from warmserve.errors import (CancelledError, InvalidArgumentError, OutOfMemoryError, ViewsAliveError,
                               fmt_bytes)
@@ -77,7 +78,7 @@ def plan_layout(cfg: ModelConfig, tensors: dict[str, TensorInfo], dtype: torch.d
             nb = int(np.prod(s)) * es
             off += nb
             weight_bytes += nb
-    region = -(-off // page_bytes) * page_bytes
+    region = align_up(off, page_bytes)
     return layout, placed, weight_bytes, region
 
 
@@ -98,8 +99,8 @@ class LoadedModel:
         #: Bytes of weights (sum of tensors) and of their page-rounded region (the KV cache starts after it).
         self.weight_bytes = weight_bytes
         self.weight_region_bytes = weight_region_bytes
-        self.block_tokens = BLOCK_TOKENS
-        _, self.kv_bytes_per_block = block_layout(cfg, dtype, BLOCK_TOKENS, slot.page_bytes)
+        self.block_tokens = KV_BLOCK_TOKENS
+        _, self.kv_bytes_per_block = block_layout(cfg, dtype, KV_BLOCK_TOKENS, slot.page_bytes)
         #: Longest prompt + output (tokens).
         self.max_context = max_context or cfg.max_position_embeddings
         self.tokenizer = tokenizer

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from warmserve.engine.kv_cache import KVCache
-from warmserve.engine.sampler import SamplingParams
+from warmserve.protocol import SamplingParams
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
 
@@ -33,7 +33,7 @@ class Sequence:
     num_computed: int = 0
     blocks: list[int] = field(default_factory=list)
     finish_reason: str | None = None
-    stop_reason: int | str | None = None
+    stop_reason: int | None = None
     preemptions: int = 0
     #: Tokens already reported to the caller.
     num_reported: int = 0

@@ -40,6 +40,7 @@ class Tokenizer:
         self.eos_token: str | None = eos_tok
         self.chat_template: str | None = self.config.get("chat_template")
         self._template = None
+        self._max_token_chars: int | None = None
 
     def _read_json(self, name: str) -> dict:
         p = os.path.join(self.dir, name)
@@ -51,6 +52,14 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def max_token_chars(self) -> int:
+        """Most characters one token stands for: the longest vocabulary entry (byte-level entries are one
+        character per byte, so at least as long as the text they decode to). Computed once."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1)
+        return self._max_token_chars
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids

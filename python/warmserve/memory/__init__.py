@@ -18,7 +18,9 @@ C++ (``warmserve._C``, imported only here) does the mechanism; this package is i
   reading an unmapped page is a clean fault, never stale data). ``map``/``unmap``/``grow``/``shrink`` edit page
   tables only; ``move_pages`` hands physical pages from one slot to another with their contents, no copy
   (``physical_pages`` shows the same page ids before and after). A multi-page operation that fails halfway is
-  rolled back.
+  rolled back. If that rollback itself fails on the host in a way that leaves part of the slot's address range
+  unreserved (the munmap fallback at vm.max_map_count), the slot raises SlotUnusableError on every use but
+  ``close`` and never touches that range again.
 - ``slot.load(sources)`` copies files (a safetensors checkpoint) or host buffers into a slot while a C++ thread
   maps the pages ahead of the copier threads (on a GPU: through pinned staging buffers and a stream); the GIL is
   released, progress is polled by the waiting thread, a failure or ``cancel`` unmaps what the load had mapped.
@@ -31,7 +33,10 @@ unmaps anyway). A running load pins its destination the same way. A ``pinned=Fal
 pages and does not block unmap: it is for a region the caller touches only where mapped, such as the engine's KV
 cache (one tensor over the whole KV range; the engine checks ``is_mapped`` for the blocks a step uses). Every view
 keeps the slot's reservation alive, so touching an unmapped or closed range through a stale view faults
-(SIGSEGV on the host) instead of reading another slot's data. ``slot.tensors({name: (byte_offset, shape,
+(SIGSEGV on the host) instead of reading another slot's data. Closing the pool (or dropping it) never pulls a
+page from under a live pinned view: those pages stay mapped, and their memory allocated, until the last view over
+them goes; a failed or cancelled load likewise leaves mapped the pages a view made meanwhile pins
+(``job.pages_kept``). Pool and slot close cancel running loads and wait for their rollback, in C++. ``slot.tensors({name: (byte_offset, shape,
 dtype)})`` makes a model's many weight views under one pin (microseconds per tensor).
 
 Threads. One mutex per pool (in C++) guards the pool and its slots; map/unmap/move/load from several Python

@@ -14,10 +14,9 @@ _POLL_S = 0.05
 class LoadJob:
     """Copies running in C++ threads; ``wait`` returns the bytes loaded or raises what went wrong."""
 
-    def __init__(self, job, progress: Callable[[int, int], None] | None, on_exit: Callable[["LoadJob"], None]):
+    def __init__(self, job, progress: Callable[[int, int], None] | None):
         self._job = job
         self._progress = progress
-        self._on_exit = on_exit
         self._reported = -1
 
     @property
@@ -34,6 +33,12 @@ class LoadJob:
     def pages_mapped(self) -> int:
         """Pages the job mapped itself (after it finished); the ones it rolls back on failure."""
         return self._job.pages_mapped_by_job
+
+    @property
+    def pages_kept(self) -> int:
+        """Of pages_mapped, those a failed or cancelled job left mapped (after it finished) because live pinned
+        views made while it ran cover them; their contents are partial."""
+        return self._job.pages_kept_by_views
 
     def cancel(self) -> None:
         """Stop copying; the job then unmaps the pages it had mapped. No effect once it has finished."""
@@ -62,10 +67,7 @@ class LoadJob:
                     f"load not finished after {timeout_s} s ({done} of {total} bytes): wait longer or cancel()",
                     timeout_s=timeout_s, done_bytes=done, total_bytes=total,
                 )
-        try:
-            return self._job.result()
-        finally:
-            self._on_exit(self)
+        return self._job.result()
 
     def __repr__(self) -> str:
         done, total = self.progress

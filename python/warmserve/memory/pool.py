@@ -9,10 +9,9 @@ from typing import Callable, Iterable
 
 from warmserve import _C
 from warmserve.errors import InvalidArgumentError, fmt_bytes
+from warmserve.geometry import PAGE_BYTES  # 2 MiB: a huge page on the host, cuMemCreate's usual granularity
 from warmserve.memory.loader import LoadJob
 
-#: Default page size: 2 MiB (a huge page on the host, the usual cuMemCreate granularity on GPUs).
-PAGE_BYTES = 2 << 20
 #: A load is cut into pieces of this many bytes that copier threads take in slot order.
 LOAD_CHUNK_BYTES = 8 << 20
 
@@ -30,17 +29,6 @@ def _count(name: str, value, *, positive: bool = False) -> int:
     return value
 
 
-def _cancel_jobs(jobs: weakref.WeakSet) -> None:
-    for job in list(jobs):
-        job.cancel()
-        job._job.wait_for(-1.0)
-
-
-def _close_pool(cpool, jobs: weakref.WeakSet) -> None:
-    _cancel_jobs(jobs)
-    cpool.close()
-
-
 class PagePool:
     """All physical pages of one device (or of a slice of host memory), created up front."""
 
@@ -55,8 +43,8 @@ class PagePool:
         if backend not in ("host", "cuda"):
             raise InvalidArgumentError(f"backend must be 'host' or 'cuda', not {backend!r}")
         self._pool = _C.Pool(capacity_bytes, backend, page_bytes, device, bool(prefault))
-        self._jobs: weakref.WeakSet[LoadJob] = weakref.WeakSet()
-        self._finalizer = weakref.finalize(self, _close_pool, self._pool, self._jobs)
+        # C++ close cancels and joins running loads itself; pages under live pinned views outlive it (below).
+        self._finalizer = weakref.finalize(self, self._pool.close)
 
     backend = property(lambda self: self._pool.backend, doc="'host' or 'cuda'")
     page_bytes = property(lambda self: self._pool.page_bytes, doc="bytes per page")
@@ -86,7 +74,9 @@ class PagePool:
         return Slot(self, self._pool.create_slot(reserve_bytes, tag))
 
     def close(self) -> None:
-        """Cancel running loads, unmap every slot and free the pages. Idempotent."""
+        """Cancel running loads (waiting for their rollback), close every slot and return its pages. Pages that
+        live pinned views cover stay mapped, and their memory allocated, until the last such view is gone: a view
+        never outlives its memory. Idempotent."""
         self._finalizer()
 
     def __enter__(self) -> PagePool:
@@ -108,7 +98,6 @@ class Slot:
     def __init__(self, pool: PagePool, cslot):
         self._pool = pool  # the pool stays open while any of its slots is referenced
         self._slot = cslot
-        self._jobs: weakref.WeakSet[LoadJob] = weakref.WeakSet()
 
     @property
     def tag(self) -> str:
@@ -223,8 +212,9 @@ class Slot:
         sources: (path_or_buffer, src_offset, slot_byte_offset, nbytes) tuples; path_or_buffer is a file path,
         a CPU torch tensor, or any object with the buffer protocol (bytes, numpy arrays, memoryview). Pages of the
         destination that are not mapped are mapped (and populated) by a C++ thread ahead of the copier threads;
-        the destination is pinned until the load ends. progress(done_bytes, total_bytes) is called from the
-        thread that waits."""
+        the destination is pinned until the load ends. If it fails or is cancelled, the pages it mapped are unmapped
+        again, except those a pinned view made meanwhile covers (``job.pages_kept``). progress(done_bytes,
+        total_bytes) is called from the thread that waits."""
         specs = []
         for i, src in enumerate(sources):
             if not isinstance(src, tuple) or len(src) != 4:
@@ -245,15 +235,12 @@ class Slot:
             threads = 1 if self._pool.backend == "cuda" else 2
         _count("threads", threads, positive=True)
         _count("chunk_bytes", chunk_bytes, positive=True)
-        job = LoadJob(self._slot.load(specs, threads, chunk_bytes), progress, self._jobs.discard)
-        self._jobs.add(job)
-        self._pool._jobs.add(job)
-        return job
+        return LoadJob(self._slot.load(specs, threads, chunk_bytes), progress)
 
     def close(self, force: bool = False) -> None:
-        """Cancel this slot's running loads and unmap everything (pages back to the pool). ViewsAliveError while
-        pinned views are alive unless force (stale views then fault on access). Idempotent."""
-        _cancel_jobs(self._jobs)
+        """Cancel this slot's running loads (C++ waits for their rollback) and unmap everything (pages back to the
+        pool). ViewsAliveError while pinned views are alive unless force (stale views then fault on access).
+        The one operation a slot that raised SlotUnusableError still accepts. Idempotent."""
         self._slot.close(force=bool(force))
 
     def __enter__(self) -> Slot:

@@ -1,8 +1,9 @@
-"""The policy core: forecasts, prewarm plans, laminar placement, autoscaling, routing and KV reservation.
+"""The policy core: forecasts, prewarm plans, laminar placement, autoscaling, routing and KV reservation, and the
+one driver that runs them.
 
-Pure decision logic shared by the live controller and the simulator: nothing here reads a clock, opens a socket,
-starts a thread or imports torch. A driver passes a snapshot of cluster state and the time; the policy returns
-actions; the driver applies them and updates the state.
+The decisions are pure, shared by the live controller and the simulator: nothing here reads a clock, opens a
+socket, starts a thread or imports torch. A policy takes a snapshot of cluster state and the time and returns
+actions; ``PolicyDriver`` (``policy.driver``) keeps the state and carries the actions out through an ``Executor``.
 
 Contract
 --------
@@ -12,49 +13,71 @@ day), bytes, requests. Calls must come with non-decreasing ``now_s``.
 Build::
 
     from warmserve.policy import make_policy, POLICY_NAMES, PolicyConfig
-    from warmserve.policy.state import ClusterState, ModelInfo, InstanceState, PrewarmState
-    from warmserve.policy import actions as A
+    from warmserve.policy.driver import PolicyDriver
+    from warmserve.policy.state import ClusterState, ModelInfo
 
     models = [ModelInfo("llama-7b", weight_bytes=13_500_000_000, tp=1, kv_bytes_per_token=524288,
                         prefill_s=0.035, decode_s_per_token=0.015), ...]
     state = ClusterState.uniform(n_servers=2, models=models, gpu_bytes=72 << 30)
     policy = make_policy("warmserve", models=models, config=PolicyConfig(),
                          history={"llama-7b": (window_start_s, avg_concurrency, peak_concurrency)})
+    driver = PolicyDriver(policy, state, executor)   # executor: see below
 
 ``history`` (optional) holds earlier windows per model as three equal-length arrays; a window of NaN is missing.
 Window starts must be >= 0, so a run whose history covers D days starts its clock at ``D * 86400`` (or later).
 A model with no history gets no prewarm until it has been observed for a window; it still autoscales.
 
-Drive::
+Drive (what an executor's owner calls)::
 
-    # every request arrival (the request is counted in state.queued[model] until routed):
-    act = policy.route(state, model, now_s, request_id)
-        # A.Route          -> send it there, inst.in_flight += 1
-        # A.StartInstance  -> apply it (see below); the request waits in state.queued
-        # None             -> wait in state.queued (a creation is in flight, or no GPU is free)
-    policy.on_request_start(model, now_s)   # optional, on arrival: exact concurrency for the forecast windows
-    policy.on_request_done(model, now_s)    # optional, on finish (and inst.in_flight -= 1 by the driver)
+    driver.submit(model, request, now_s, prompt_tokens=n)  # an arrival: queued in state.queues[model], routed
+    driver.tick(now_s)                         # every ~1 s
+    driver.withdraw(model, request, now_s)     # a waiting request left (aborted, timed out)
+    driver.add_gpus(server_key, [bytes, ...])  # GPUs joined: new ids; then driver.route_all(now_s)
 
-    # every ~1 s (and right after an instance becomes ready):
-    for act in policy.tick(state, now_s): apply(act)   # in order
-    # then retry route() for the queued requests of each model, oldest first, until it returns None
+The executor reports back (it implements ``driver.Executor`` and calls these when things happen)::
 
-    # when the driver measures windows itself (instead of on_request_*), or to feed history later:
-    policy.observe_window(model, window_start_s, avg_concurrency, peak_concurrency)
-    policy.load_history(model, window_start_s_array, avg_array, peak_array)   # many windows at once
+    driver.prewarm_progress(pid, fraction) / prewarm_loaded(pid) / prewarm_failed(pid)
+    driver.instance_ready(iid, now_s, kv_blocks_total=..., kv_blocks_mapped=...)   # the driver ticks at once
+    driver.instance_failed(iid, now_s, error)  # starts of the model back off; after 3 its waiting requests fail
+    driver.set_kv(iid, total=..., used=..., mapped=...)                            # measured KV blocks
+    driver.prefill_done(request, now_s)        # its first token is out: its prompt no longer counts as prefill load
+    driver.request_finished(model, iid, now_s, request=...)                        # routes the model's queue
+    driver.lose_gpus(gpu_ids, now_s, requeue=[(model, request), ...])              # a worker died
 
-Applying actions (the driver keeps ``state`` in step; see ``actions`` for each one):
+What the driver does:
 
-- ``Prewarm``: add ``PrewarmState(progress=0)``; raise ``progress`` to 1.0 as the weights load.
-- ``CancelPrewarm`` / ``Evict``: delete the prewarm, free its memory.
-- ``StartInstance``: delete the prewarms in ``evict``; if ``prewarm_id`` is set, take that prewarm's weights and
-  delete it from ``state.prewarms``; add ``InstanceState(ready_s=None, created_s=now_s)``; set ``ready_s`` and
-  ``kv_blocks_total``/``kv_blocks_mapped`` when it can serve (``apply.kv_blocks_for`` gives the total:
-  ``kv_fraction`` of the GPU memory left after the model's own shard).
-- ``StopInstance``: set ``draining``; route nothing more to it; delete it when ``in_flight`` reaches 0.
-- ``SetKvTarget``: map or unmap KV pages so that ``kv_blocks_mapped = min(total, used + free_blocks)``.
+- **Queues**: ``state.queues[model]`` holds the waiting requests, oldest first (opaque to the policy, which reads
+  their lengths: the queue is the count). The route loop asks ``policy.route`` for the oldest one until it
+  answers None: a ``Route`` is sent (``executor.send``, ``in_flight += 1``); a ``StartInstance`` or
+  ``ReviveInstance`` is applied and the loop goes on (ready instances may take the overflow meanwhile), ending
+  at a second such answer. ``policy.on_request_start``/``on_request_done`` are called on arrival and on every
+  end (finished, failed, withdrawn).
+- **Prefill load**: prompt tokens given to ``submit`` count in ``state.queued_prompt_tokens`` while the request
+  waits, then in its instance's ``prefill_tokens_pending`` until the executor reports ``prefill_done`` (or the
+  request ends, is withdrawn or fails; a lost instance's requeued requests count as waiting again).
+- **A tick**, in order: ``executor.sync`` (measured fields up to date); ``policy.tick``'s actions applied in
+  order; weights kept from stopped instances that no Prewarm took are dropped (``executor.drop_kept``);
+  ``executor.settle``; every queue routed.
+- **Actions** (``driver.apply``; anything else raises ``InvalidArgumentError``): ``Prewarm`` adds
+  ``PrewarmState(progress=0)`` and loads it (``executor.load_prewarm``), or, with ``kept_from`` naming a stopped
+  instance whose weights are still on those GPUs, takes them at once with no copy (``executor.keep_prewarm``).
+  ``CancelPrewarm``/``Evict`` delete it (``executor.drop_prewarm``). ``StartInstance`` drops the prewarms in
+  ``evict``, takes ``prewarm_id``'s weights (the prewarm leaves the state), adds ``InstanceState(ready_s=None)``
+  with ``kv_blocks_total`` from ``state.kv_blocks_for`` (``kv_fraction`` of the memory after its shard) and
+  starts it (``executor.start_instance``). ``StopInstance`` sets ``draining`` (``ReviveInstance`` clears it);
+  once ``in_flight`` is 0 the instance leaves the state, its weights are kept on its GPUs (``driver.kept``) and ``executor.stop_instance``
+  frees the rest. ``SetKvTarget`` sets ``kv_free_target`` (``executor.set_kv_target`` maps to used + free).
+  ``Route`` (in tick's list) sends the model's oldest waiting request. Placing anything on GPUs that hold kept
+  weights drops those first.
+- **GPUs**: ``state.gpus[i].gpu_id == i`` for the life of the cluster. A lost GPU stays in ``state.gpus``
+  marked ``gone`` and leaves its server's ``gpu_ids`` (placement sees servers only); its instances, prewarms and
+  kept weights leave the state. A GPU that joins gets the next id. A server has at most 8 GPUs and a tp-replica
+  lies on one server.
 
-GPUs: ``state.gpus[i].gpu_id == i``; a server has at most 8 GPUs and a tp-replica lies on one server.
+Executors: the live controller (``controller.executor.LiveExecutor``, workers over ZeroMQ), the simulator
+(``sim.simulator.Simulator``, durations from a cost model) and ``driver.InstantExecutor`` (everything at once;
+tests and benchmarks).
+
 Memory: per GPU, ``total_bytes`` = weight shards of instances and prewarms + mapped KV blocks + free. Shards
 and KV blocks are 2 MiB aligned (``ModelInfo.shard_bytes``, ``ModelInfo.kv_block_bytes``).
 
@@ -63,27 +86,36 @@ creation; the policy rescores its replicas each plan and keeps the current score
 
 What ``tick`` does, in order: records the load (in-flight + queued per model, averaged over 5 s), closes
 finished forecast windows, keeps the weights of stopped instances that have drained as prewarms on their GPUs
-(an ordinary ``Prewarm``; for an instance stopped with nothing in flight, right after its ``StopInstance`` in the
-same list), autoscales (§5; new instances placed by §4, packed so that free GPUs stay in whole blocks), sets KV
-targets (§6; growth evicts the
+(a ``Prewarm`` with ``kept_from``; for an instance stopped with nothing in flight, right after its
+``StopInstance`` in the same list), autoscales (§5, plus a prefill trigger: the 5 s average of the backlog's
+prefill time, tokens x prefill_s / 1024, against 0.8 x (ttft_target_prefills - 1) x prefill_s per instance;
+GPUs arbitrated by unmet demand: draining instances revived first, new ones one at a time to the model whose
+demand is least met, a quiet model's last instance stopped only when another model wants GPUs that are not
+free, and a model waiting with no instance and no free GPUs taking, after ``preempt_after_s``, those of the
+instances whose loss hurts least when its load is twice their harm, ``policy.arbitration``; new instances
+placed by §4, packed so that free GPUs stay in whole blocks), sets KV targets (§6; growth evicts the
 lowest-score prewarm on the GPU first), and, at each window start and every ``replan_s``, forecasts the window
-now under way from the windows before it, plans replicas (§2) and places them laminarly (§3), evicting
-lower-score prewarms where needed.
+now under way from the windows before it (``policy.history`` keeps them), plans replicas (§2) and places them
+laminarly (§3), evicting lower-score prewarms where needed.
 
-Policies by name (``POLICY_NAMES``): ``warmserve``, ``autoscale`` (reactive, no prewarming, engine started
-cold, weights from host memory), ``shared`` (static colocation of every model with fixed KV shares; several
-instances per GPU), ``dedicated`` (fixed GPUs per model), and the ablations ``no-kv-reservation``,
-``round-robin-placement``, ``reactive`` (plans prewarms from the last window instead of a forecast).
-``shared`` and ``dedicated`` lay out all their instances on the first tick and never change them; route() sends a
+Policies by name (``POLICY_NAMES``, registered once in ``policy.registry``): ``warmserve``, ``autoscale``
+(reactive, no prewarming, engine started cold, weights from host memory), ``shared`` (static colocation of every
+model with fixed KV shares; several instances per GPU), ``dedicated`` (fixed GPUs per model), and the ablations
+``no-kv-reservation``, ``round-robin-placement``, ``reactive`` (plans prewarms from the last window instead of a
+forecast) and ``engine-prewarm-only`` (engines ahead, no weights prewarmed). ``shared`` and ``dedicated``
+(``policy.baselines``) lay out all their instances on the first tick and never change them; route() sends a
 request to the model's least-loaded instance whatever its load, and returns None for a model that got no GPUs.
 
-``apply.apply(state, action, now_s)`` is the reference bookkeeping for every action (instant loads); drivers
-with real or simulated durations make the same changes spread over time.
+Routing (``Policy.route``): the least-loaded ready instance below B; else a draining one revived; else a new
+instance (one creation in flight per model, none while another model waits with no instance); else the
+least-loaded ready instance takes the overflow, up to ``route_cap_per_instance`` when set (0, the default: no
+cap, the engine's own admission limit decides; 32 = B: the paper's artifact, whose manager makes the rest wait).
 """
 
 from __future__ import annotations
 
 from warmserve.policy.config import FORECASTERS, PolicyConfig
-from warmserve.policy.core import POLICY_NAMES, Policy, make_policy
+from warmserve.policy.core import Policy
+from warmserve.policy.registry import POLICIES, POLICY_NAMES, make_policy
 
-__all__ = ["FORECASTERS", "POLICY_NAMES", "Policy", "PolicyConfig", "make_policy"]
+__all__ = ["FORECASTERS", "POLICIES", "POLICY_NAMES", "Policy", "PolicyConfig", "make_policy"]

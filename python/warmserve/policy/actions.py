@@ -20,6 +20,10 @@ class Prewarm:
     model: str
     gpus: tuple[int, ...]
     score: float
+    #: Keep the weights that the stopped instance ``kept_from`` (same model, same GPUs) left resident: the
+    #: prewarm is loaded at once with no copy. When those weights are gone already (the driver drops kept weights
+    #: that no Prewarm claimed by the end of the tick after the stop), the driver loads them again.
+    kept_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,14 @@ class StopInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class ReviveInstance:
+    """Take a draining instance (StopInstance applied, requests still in flight) back into service: the driver
+    clears ``draining``; the instance never stopped, so there is nothing for an executor to do."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetKvTarget:
     """Keep ``free_blocks`` free KV blocks mapped beyond those in use (so mapped = used + free_blocks, capped at
     kv_blocks_total). Shrinking returns pages to the GPU pool for prewarms; growing maps pages that the policy has
@@ -81,11 +93,12 @@ class SetKvTarget:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Send one request of ``model`` to ``instance_id`` (the driver adds 1 to its in_flight)."""
+    """Send one request of ``model`` to ``instance_id`` (the driver adds 1 to its in_flight). From ``route`` it is
+    the request just asked about; in ``tick``'s list it is the model's oldest waiting request (none: no-op)."""
 
     model: str
     instance_id: str
     request_id: str | int | None = None
 
 
-Action = Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | SetKvTarget | Route
+Action = Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | ReviveInstance | SetKvTarget | Route

@@ -55,6 +55,25 @@ class PolicyConfig:
     retain_wait_s: float = 120.0
     #: Most instances per model; 0 means no limit.
     max_instances_per_model: int = 0
+    #: Most in-flight requests route() sends to one instance; 0: no cap. With a cap, requests beyond it wait in
+    #: the driver's queue for an instance with room (the paper's artifact: its manager keeps at most B = 32 in
+    #: flight per engine). Without (the default: what a user running vLLM behind a least-loaded balancer gets),
+    #: the engine's own admission limit (vLLM max-num-seqs, 256 there) decides, and ready instances take the
+    #: overflow while a new instance starts. B (instance_capacity) stays the planning capacity either way.
+    route_cap_per_instance: int = 0
+    #: TTFT the policy plans for, as a multiple of the model's 1024-token prefill time (ModelInfo.prefill_s):
+    #: the simulator's default TTFT SLO (sim.config.SimConfig.slo_scale). The prefill backlog one instance may
+    #: hold is this target less one prefill (the arriving request's own). 0 turns the prefill trigger off.
+    ttft_target_prefills: float = 10.0
+    #: An instance serves at least this long before a model that has no instance and no free GPUs may take its
+    #: GPUs (time-sharing an over-subscribed cluster), seconds. As long as a published vLLM engine start
+    #: (14-35 s, PAPER.md), so that a swap never spends more of the GPUs' time starting than serving. inf: never
+    #: (such a model waits until GPUs free up on their own).
+    preempt_after_s: float = 30.0
+    #: Stop a quiet model's last instance once its load has been 0 for load_window_s even while GPUs are free
+    #: (the paper's §5 rule: hundreds of cold starts in 20 minutes on bursty traces). False: only when another
+    #: model wants GPUs that are not free.
+    idle_to_zero: bool = False
 
     def __post_init__(self):
         if self.instance_capacity < 1:
@@ -68,5 +87,66 @@ class PolicyConfig:
             raise InvalidArgumentError(f"window_s and load_window_s must be > 0, got {self.window_s}, {self.load_window_s}")
         if self.forecaster not in FORECASTERS:
             raise InvalidArgumentError(f"forecaster must be one of {FORECASTERS}, got {self.forecaster!r}")
+        if self.route_cap_per_instance < 0 or self.ttft_target_prefills < 0 or self.preempt_after_s < 0:
+            raise InvalidArgumentError(
+                f"route_cap_per_instance, ttft_target_prefills and preempt_after_s must be >= 0, got "
+                f"{self.route_cap_per_instance}, {self.ttft_target_prefills}, {self.preempt_after_s}")
+        if 0 < self.ttft_target_prefills <= 1:
+            raise InvalidArgumentError(
+                f"ttft_target_prefills must be 0 (off) or > 1 (the target includes the request's own prefill), "
+                f"got {self.ttft_target_prefills}")
         if self.placement not in ("laminar", "round-robin"):
             raise InvalidArgumentError(f"placement must be 'laminar' or 'round-robin', got {self.placement!r}")
+
+
+def policy_config_from_dict(data: dict, base: PolicyConfig | None = None, where: str = "[policy]") -> PolicyConfig:
+    """The one parser of policy knobs, wherever they come from (a config file's ``[policy]`` table, a
+    ``--policy-option KEY=VALUE`` flag, a simulator preset): ``data``'s fields over ``base`` (default: the
+    paper's values). Values given as text (command lines) are converted to the field's type; an unknown field
+    or a value of the wrong type raises InvalidArgumentError naming the known fields."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(PolicyConfig)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InvalidArgumentError(f"policy options {where}: unknown keys {unknown}; known: {sorted(fields)}",
+                                   unknown=unknown)
+    base = base or PolicyConfig()
+    out = {}
+    for k, v in data.items():
+        want = type(getattr(base, k))
+        if isinstance(v, str) and want is not str:
+            v = _from_text(v, want, k, where)
+        elif want is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+            raise InvalidArgumentError(f"policy option {where} {k}: expected {want.__name__}, got {v!r}",
+                                       option=k)
+        out[k] = v
+    return dataclasses.replace(base, **out)
+
+
+def _from_text(text: str, want: type, key: str, where: str):
+    try:
+        if want is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(text)
+        return want(text)
+    except ValueError:
+        raise InvalidArgumentError(f"policy option {where} {key}: {text!r} is not a {want.__name__}",
+                                   option=key) from None
+
+
+def parse_policy_options(items: list[str] | tuple[str, ...], base: PolicyConfig | None = None,
+                         where: str = "--policy-option") -> PolicyConfig:
+    """``KEY=VALUE`` strings (repeatable command-line flags) over ``base``."""
+    data = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgumentError(f"{where} {item!r}: write KEY=VALUE, e.g. instance_capacity=16")
+        data[key.strip()] = value.strip()
+    return policy_config_from_dict(data, base, where)

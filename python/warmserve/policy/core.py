@@ -4,56 +4,23 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import replace
 
 import numpy as np
 
-from warmserve.errors import InvalidArgumentError, UnknownModelError
+from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
+from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.forecast import ModelForecaster, paper_next_batch
+from warmserve.policy.history import History
 from warmserve.policy.placement import Board
 from warmserve.policy.planner import plan_model
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
-POLICY_NAMES = ("warmserve", "autoscale", "shared", "dedicated", "no-kv-reservation", "round-robin-placement",
-                "reactive")
-
-_PRESETS: dict[str, dict] = {
-    "warmserve": {},
-    "autoscale": dict(prewarm=False, kv_reservation=False, warm_engine=False),
-    "no-kv-reservation": dict(kv_reservation=False),
-    "round-robin-placement": dict(placement="round-robin", evict_for_placement=False),
-    "reactive": dict(forecast=False),
-    "shared": dict(prewarm=False, kv_reservation=False),
-    "dedicated": dict(prewarm=False, kv_reservation=False),
-}
-
-
-class _History:
-    """Average and peak per model and window index (a models x windows matrix), NaN where missing."""
-
-    def __init__(self, names: list[str]):
-        self.index = {m: i for i, m in enumerate(names)}
-        self.avg = np.full((len(names), 0), np.nan)
-        self.peak = np.full((len(names), 0), np.nan)
-        self.known = np.full(len(names), -1)  # highest window index observed per model
-
-    def ensure(self, n: int) -> None:
-        if n > self.avg.shape[1]:
-            cap = max(n, 2 * self.avg.shape[1])
-            for name in ("avg", "peak"):
-                old = getattr(self, name)
-                a = np.full((old.shape[0], cap), np.nan)
-                a[:, : old.shape[1]] = old
-                setattr(self, name, a)
-
-    def set(self, model: str, i: int, avg: float, peak: float) -> None:
-        self.ensure(i + 1)
-        r = self.index[model]
-        self.avg[r, i], self.peak[r, i] = avg, peak
-        self.known[r] = max(self.known[r], i)
+#: Prompt tokens ``ModelInfo.prefill_s`` is the prefill time of (the paper's prompts are cut to 1024 tokens, and
+#: ``sim.simulator.model_infos`` profiles a 1024-token prefill): per-token prefill time = prefill_s / this.
+PREFILL_PROFILE_TOKENS = 1024
 
 
 class Policy:
@@ -64,11 +31,21 @@ class Policy:
         self.cfg = config
         self.models = {m.name: m for m in models}
         self.period = max(1, round(86400 / config.window_s))
-        self._hist = _History(sorted(self.models))
+        self._hist = History(sorted(self.models), config.window_s)
         self._fc = {m: (ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows),
                         ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows))
                     for m in self.models}
         self._load: dict[str, deque] = {m: deque() for m in self.models}
+        self._prefill_load: dict[str, deque] = {m: deque() for m in self.models}
+        #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
+        #: it gets GPUs among models whose demand is equally unmet.
+        self._starved_since: dict[str, float] = {}
+        #: Instances stopped so that a starving model gets their GPUs: never revived while they drain.
+        self._preempted: set[str] = set()
+        #: Model -> the instances stopped for it: no further preemption for it while they drain.
+        self._preempting: dict[str, set[str]] = {}
+        #: Model -> the GPUs those instances free: no other model starts there until it has an instance.
+        self._reserved: dict[str, tuple[int, ...]] = {}
         self._meters: dict[str, WindowMeter] = {}
         self._inflight: dict[str, int] = {m: 0 for m in self.models}
         self._exact = False
@@ -96,29 +73,12 @@ class Policy:
     def observe_window(self, model: str, window_start_s: float, avg_concurrency: float, peak_concurrency: float) -> None:
         """Record one window's time-weighted average and peak in-flight requests (NaN: missing)."""
         self._model(model)
-        i = math.floor(window_start_s / self.cfg.window_s + 1e-9)
-        if i < 0:
-            raise InvalidArgumentError(f"window_start_s must be >= 0, got {window_start_s}")
-        self._hist.set(model, i, avg_concurrency, peak_concurrency)
+        self._hist.observe(model, window_start_s, avg_concurrency, peak_concurrency)
 
     def load_history(self, model: str, window_start_s, avg_concurrency, peak_concurrency) -> None:
         """``observe_window`` for many windows at once (equal-length arrays)."""
         self._model(model)
-        starts, avg, peak = (np.asarray(x, dtype=np.float64).reshape(-1) for x in
-                             (window_start_s, avg_concurrency, peak_concurrency))
-        if not (len(starts) == len(avg) == len(peak)):
-            raise InvalidArgumentError(
-                f"history of {model!r}: {len(starts)} starts, {len(avg)} averages and {len(peak)} peaks differ")
-        if len(starts) == 0:
-            return
-        idx = np.floor(starts / self.cfg.window_s + 1e-9).astype(np.int64)
-        if idx.min() < 0:
-            raise InvalidArgumentError(f"history of {model!r}: window starts must be >= 0, got {starts.min()}")
-        h = self._hist
-        h.ensure(int(idx.max()) + 1)
-        r = h.index[model]
-        h.avg[r, idx], h.peak[r, idx] = avg, peak
-        h.known[r] = max(h.known[r], int(idx.max()))
+        self._hist.load(model, window_start_s, avg_concurrency, peak_concurrency)
 
     def _meter_set(self, model: str, now_s: float, value: float) -> None:
         meter = self._meters.get(model)
@@ -148,9 +108,10 @@ class Policy:
         self._n += 1
         return f"{model}/{kind}{self._n}"
 
-    def _load_avg(self, model: str, now_s: float, value: float) -> float:
-        """Time-weighted mean of the sampled load over the last load_window_s (a step function)."""
-        q = self._load[model]
+    def _load_avg(self, model: str, now_s: float, value: float, series: dict | None = None) -> float:
+        """Time-weighted mean of the sampled load over the last load_window_s (a step function). ``series``:
+        which sampled series (default: the in-flight load)."""
+        q = (self._load if series is None else series)[model]
         if not q or q[-1][1] != value:  # a step function: an unchanged value needs no new sample
             q.append((now_s, value))
         lo = now_s - self.cfg.load_window_s
@@ -220,9 +181,14 @@ class Policy:
 
     # ---- routing ----------------------------------------------------------------------------------------
 
-    def route(self, state: ClusterState, model: str, now_s: float, request_id=None) -> A.Route | A.StartInstance | None:
-        """Where one request goes: the ready instance with the fewest in-flight requests below B; else a new
-        instance (one creation in flight per model; the request waits for it); else None (it waits)."""
+    def route(self, state: ClusterState, model: str, now_s: float,
+              request_id=None) -> A.Route | A.StartInstance | A.ReviveInstance | None:
+        """Where one request goes (§5, with this project's arbitration): the ready instance with the fewest
+        in-flight requests, when below B; else a draining instance taken back into service; else a new instance
+        (one creation in flight per model, and none while another model waits with no instance at all: the tick
+        gives GPUs in order of unmet demand, so GPUs freed for a model that waited longer are not taken here by
+        another's request); else, while the new one starts or when there is no GPU for one, the least-loaded
+        ready instance takes the overflow unless ``route_cap_per_instance`` caps it; else None (it waits)."""
         self._model(model)
         B = self.cfg.instance_capacity
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
@@ -230,19 +196,34 @@ class Policy:
         best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
         if best is not None and best.in_flight < B:
             return A.Route(model, best.instance_id, request_id)
-        if any(not i.ready for i in insts):
+        for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
+            if inst.draining and inst.ready and inst.instance_id not in self._preempted:
+                self._retain.pop(inst.instance_id, None)
+                return A.ReviveInstance(inst.instance_id)
+        if all(i.ready for i in insts):
+            cap = self.cfg.max_instances_per_model
+            if ((not cap or len(insts) < cap) and self._idle_group(state, now_s, self.models[model].tp)
+                    and not self._someone_starving(state, model)):
+                act = self._start(self._board(state), model)
+                if act is not None:
+                    return act
+        if best is None:
             return None
-        cap = self.cfg.max_instances_per_model
-        if (not cap or len(insts) < cap) and self._idle_group(state, now_s, self.models[model].tp):
-            act = self._start(self._board(state), model)
-            if act is not None:
-                return act
-        # No GPU for another instance: overload the least-loaded one rather than leave the request waiting.
-        return A.Route(model, best.instance_id, request_id) if best is not None else None
+        rcap = self.cfg.route_cap_per_instance
+        return A.Route(model, best.instance_id, request_id) if not rcap or best.in_flight < rcap else None
+
+    def _someone_starving(self, state: ClusterState, model: str) -> bool:
+        """Whether a model other than ``model`` has requests waiting and no instance (not even a starting one)."""
+        by_model = self._instances_of(state)
+        for m, q in state.queues.items():
+            if q and m != model and not any(not i.draining for i in by_model.get(m, ())):
+                return True
+        return False
 
     def _membership(self, state: ClusterState) -> tuple:
-        """Changes whenever an instance is added or removed (ids are unique and dicts keep insertion order)."""
-        return id(state.instances), len(state.instances), next(reversed(state.instances), None)
+        """Changes whenever an instance is added or removed (ids are unique and dicts keep insertion order) or a
+        GPU joins (a lost GPU only takes room away, which the caches below stay right about)."""
+        return id(state.instances), len(state.instances), next(reversed(state.instances), None), len(state.gpus)
 
     def _instances_of(self, state: ClusterState) -> dict[str, list[InstanceState]]:
         """Instances per model (their fields are read live; only the membership is cached)."""
@@ -287,17 +268,16 @@ class Policy:
             self._plan(state, window, board, out)
         return out
 
-    def _keep_weights(self, model: str, gpus, board: Board, out: list) -> None:
+    def _keep_weights(self, instance_id: str, model: str, gpus, board: Board, out: list) -> None:
         """A stopped instance's GPUs are idle: keep its weights there as a prewarm (the next scale-out of the
         model is a hit instead of a cold load). Scored as the model's first replica; the next plan rescores it.
-        Drivers execute it as an ordinary Prewarm (one that reloads from host memory pays that copy off the
-        request path)."""
+        The Prewarm names the instance (``kept_from``): the driver keeps the weights it left, with no copy."""
         pid = self._new_id(model, "p")
         score = self.models[model].cold_start_s
         if board.place_at(pid, model, gpus, score):
             self._scores[pid] = score
             self._kept.add(pid)
-            out.append(A.Prewarm(pid, model, tuple(gpus), score))
+            out.append(A.Prewarm(pid, model, tuple(gpus), score, kept_from=instance_id))
 
     def _retain_drained(self, state: ClusterState, now_s: float, board: Board, out: list) -> None:
         for iid in sorted(self._retain):
@@ -307,7 +287,9 @@ class Policy:
                     del self._retain[iid]
                 continue
             del self._retain[iid]
-            self._keep_weights(model, gpus, board, out)
+            if any(state.gpus[g].gone for g in gpus):
+                continue  # it was lost with its GPUs, not drained: no weights are left to keep
+            self._keep_weights(iid, model, gpus, board, out)
 
     def _record(self, state: ClusterState, now_s: float) -> dict[str, float]:
         """Sample the load (for autoscaling) and the concurrency (for forecast windows); returns the 5 s loads."""
@@ -317,10 +299,10 @@ class Policy:
             seen[inst.model] += inst.in_flight
             if not inst.draining:
                 load[inst.model] += inst.in_flight
-        for m, q in state.queued.items():
-            if m in load:
-                load[m] += q
-                seen[m] += q
+        for m, q in state.queues.items():
+            if m in load and q:
+                load[m] += len(q)
+                seen[m] += len(q)
         avg5 = {m: self._load_avg(m, now_s, load[m]) for m in sorted(self.models)}
         if not self._exact:
             for m in sorted(self.models):
@@ -330,39 +312,160 @@ class Policy:
                 self._meter_set(m, now_s, self._inflight[m])
         return avg5
 
+    def prefill_budget_s(self, model: str) -> float:
+        """Seconds of prefill backlog one instance may hold while a request arriving behind it still meets the
+        TTFT target: (ttft_target_prefills - 1) x the model's prefill time (its own prefill is the 1). 0: off."""
+        k = self.cfg.ttft_target_prefills
+        return (k - 1.0) * self.models[model].prefill_s if k > 0 else 0.0
+
+    def _prefill_backlog_s(self, state: ClusterState, model: str) -> float:
+        """Prefill time of the model's backlog (prompt tokens waiting or routed and not yet prefilled), seconds:
+        tokens x prefill_s / PREFILL_PROFILE_TOKENS (prefill is compute-bound, about linear in tokens)."""
+        return state.prefill_backlog_tokens(model) * self.models[model].prefill_s / PREFILL_PROFILE_TOKENS
+
+    def _wanted(self, m: str, load: float, prefill_s: float, queued: int) -> tuple[float, float]:
+        """(instances to scale out to, instances to scale in to) for a load (in-flight + queued requests) and a
+        prefill backlog (seconds), both averaged over load_window_s. In-flight (§5): out to ceil(load / 0.8 / B)
+        when load > 0.8 x B x instances, in to ceil(load / 0.5 / B); prefill, with the same thresholds over
+        the per-instance budget: out to ceil(backlog / (0.8 x budget)), never in below ceil(backlog / (0.5 x
+        budget)). At least one instance while requests wait."""
+        cfg, B = self.cfg, self.cfg.instance_capacity
+        out, keep = load / cfg.scale_out_threshold / B, load / cfg.scale_in_threshold / B
+        budget = self.prefill_budget_s(m)
+        if budget > 0:
+            out = max(out, prefill_s / cfg.scale_out_threshold / budget)
+            keep = max(keep, prefill_s / cfg.scale_in_threshold / budget)
+        if queued:
+            out, keep = max(out, 1.0), max(keep, 1.0)
+        return out, keep
+
     def _autoscale(self, state: ClusterState, now_s: float, avg5: dict, board: Board, out: list) -> None:
-        B = self.cfg.instance_capacity
-        by_model: dict[str, list[InstanceState]] = {m: [] for m in self.models}
+        """§5 scaling, with GPUs arbitrated by unmet demand: draining instances are revived before new ones
+        start; new ones go one at a time to the model whose demand is least met (then the longest starved);
+        a quiet model's last instance stops only when another model wants GPUs that are not free; a model that
+        waits with no instance and finds no GPUs takes those of instances that served preempt_after_s."""
+        cfg = self.cfg
+        active: dict[str, list[InstanceState]] = {m: [] for m in self.models}
+        draining: dict[str, list[InstanceState]] = {m: [] for m in self.models}
         for inst in state.instances.values():
-            if not inst.draining:
-                by_model[inst.model].append(inst)
+            (draining if inst.draining else active)[inst.model].append(inst)
+        self._preempted &= state.instances.keys()
+        for m in list(self._reserved):  # served (or no longer waiting): the GPUs it was freed are anyone's
+            if active[m] or not state.queued(m):
+                del self._reserved[m]
+        want_out: dict[str, int] = {}
+        keep: dict[str, int] = {}
         for m in sorted(self.models):
-            active, load = by_model[m], avg5[m]
-            cap = len(active) * B
-            if load > self.cfg.scale_out_threshold * cap:
-                target = math.ceil(load / self.cfg.scale_out_threshold / B)
-                if self.cfg.max_instances_per_model:
-                    target = min(target, self.cfg.max_instances_per_model)
-                for _ in range(target - len(active)):
-                    act = self._start(board, m)
-                    if act is None:
-                        break
-                    out.append(act)
-            elif load < self.cfg.scale_in_threshold * cap:
-                target = math.ceil(load / self.cfg.scale_in_threshold / B)
-                if state.queued.get(m, 0) > 0:
-                    target = max(target, 1)
-                old = [i for i in active if i.ready and now_s - i.ready_s >= self.cfg.min_lifetime_s]
-                old.sort(key=lambda i: (i.in_flight, i.instance_id))
-                for inst in old[: max(0, len(active) - target)]:
-                    out.append(A.StopInstance(inst.instance_id))
-                    if not (self.cfg.prewarm and self.cfg.retain_stopped):
-                        continue
-                    if inst.in_flight == 0:  # the driver frees its GPUs at once
-                        board.stop_instance(inst.gpus, min(state.gpus[g].total_bytes for g in inst.gpus))
-                        self._keep_weights(m, inst.gpus, board, out)
-                    else:
-                        self._retain[inst.instance_id] = (m, tuple(inst.gpus), now_s)
+            pf = self._load_avg(m, now_s, self._prefill_backlog_s(state, m), self._prefill_load)
+            queued = state.queued(m)
+            o, k = self._wanted(m, avg5[m], pf, queued)
+            n = len(active[m])
+            target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
+            if cfg.max_instances_per_model:
+                target = min(target, cfg.max_instances_per_model)
+            want_out[m], keep[m] = target, math.ceil(k)
+            if queued and not any(i.ready for i in active[m]):
+                self._starved_since.setdefault(m, now_s)
+            else:
+                self._starved_since.pop(m, None)
+        have = {m: len(active[m]) for m in self.models}
+        for m in sorted(self.models):  # 1. revive: no start, no load, and the instance is warm
+            for inst in sorted(draining[m], key=lambda i: (-i.in_flight, i.instance_id)):
+                if have[m] >= want_out[m]:
+                    break
+                if inst.instance_id in self._preempted:
+                    continue
+                out.append(A.ReviveInstance(inst.instance_id))
+                self._retain.pop(inst.instance_id, None)
+                have[m] += 1
+        wanted = self._allocate(board, have, want_out, out)  # 2. new instances, least-met demand first
+        stopped = False
+        for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
+            target = keep[m]
+            if target == 0 and not (wanted - {m}) and not cfg.idle_to_zero:
+                target = 1
+            old = [i for i in active[m] if i.ready and now_s - i.ready_s >= cfg.min_lifetime_s]
+            old.sort(key=lambda i: (i.in_flight, i.instance_id))
+            for inst in old[: max(0, have[m] - target)]:
+                self._stop(state, inst, now_s, board, out)
+                have[m] -= 1
+                stopped |= inst.in_flight == 0
+        if stopped and wanted:  # idle GPUs were freed this tick: the wanting models may start at once
+            wanted = self._allocate(board, have, {m: want_out[m] for m in wanted}, out)
+        for m in sorted(wanted, key=lambda m: (self._starved_since.get(m, math.inf), m)):
+            if have[m] == 0 and m in self._starved_since:  # 4. time-share an over-subscribed cluster
+                if self._preempt_for(state, m, now_s, avg5, board, out):
+                    self._allocate(board, have, {m: want_out[m]}, out)
+
+    def _allocate(self, board: Board, have: dict, want: dict, out: list) -> set[str]:
+        """Start instances one at a time, each to the model whose demand is least met (have / want; ties: the
+        longest starved, then the most wanted); returns the models left short because no GPUs fit them."""
+        short = {m for m in want if want[m] > have[m]}
+        wanted = set()
+        while short:
+            m = min(short, key=lambda m: (have[m] / want[m], self._starved_since.get(m, math.inf), -want[m], m))
+            act = self._start_outside_reservations(board, m)
+            if act is None:
+                short.discard(m)
+                wanted.add(m)
+                continue
+            out.append(act)
+            have[m] += 1
+            if have[m] >= want[m]:
+                short.discard(m)
+        return wanted
+
+    def _start_outside_reservations(self, board: Board, model: str) -> A.StartInstance | None:
+        """``_start``, on GPUs not freed for another model: those count as busy for this choice (else the
+        victims of a preemption, waiting in turn, would take back the GPUs one by one as they drain)."""
+        held = []
+        for other, gpus in self._reserved.items():
+            if other == model:
+                continue
+            for g in gpus:
+                loc = board.local.get(g)
+                if loc is not None and not board.busy[loc]:
+                    board.busy[loc] = True
+                    held.append(loc)
+        try:
+            return self._start(board, model)
+        finally:
+            for loc in held:
+                board.busy[loc] = board.inst_count[loc] > 0
+
+    def _stop(self, state: ClusterState, inst: InstanceState, now_s: float, board: Board, out: list) -> None:
+        """Stop ``inst``; one with nothing in flight frees its GPUs on the board at once (the driver stops it
+        when it applies the action), where its weights stay as a prewarm when the policy keeps them."""
+        out.append(A.StopInstance(inst.instance_id))
+        retain = self.cfg.prewarm and self.cfg.retain_stopped
+        if inst.in_flight == 0:
+            board.stop_instance(inst.gpus, min(state.gpus[g].total_bytes for g in inst.gpus))
+            if retain:
+                self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
+        elif retain:
+            self._retain[inst.instance_id] = (inst.model, tuple(inst.gpus), now_s)
+
+    def _preempt_for(self, state: ClusterState, model: str, now_s: float, avg5: dict, board: Board,
+                     out: list) -> bool:
+        """Time-share: stop the instances on the GPUs whose loss hurts least (``arbitration.preemption_victims``)
+        when ``model``'s load is PREEMPT_LOAD_RATIO times their harm, and reserve those GPUs for it. Returns
+        whether they were freed at once (nothing was in flight there); draining ones free them on a later tick,
+        where this model, having waited longest, comes first. Nothing happens while earlier victims drain."""
+        if self._preempting.get(model, set()) & state.instances.keys():
+            return False
+        stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
+        got = preemption_victims(state, board, model, now_s, avg5, stopping,
+                                 max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s))
+        if got is None or avg5[model] <= PREEMPT_LOAD_RATIO * got[0]:
+            return False
+        freed = True
+        for v in got[1]:
+            self._preempted.add(v.instance_id)
+            self._stop(state, v, now_s, board, out)
+            freed &= v.in_flight == 0
+        self._preempting[model] = {v.instance_id for v in got[1]}
+        self._reserved[model] = tuple(sorted({g for v in got[1] for g in v.gpus}))
+        return freed
 
     def kv_free_target(self, inst: InstanceState) -> int:
         """Free KV blocks to keep mapped (§6): total * in_flight / B, at least min_free_kv_blocks; everything
@@ -445,142 +548,3 @@ class Policy:
             self._scores[pid] = c.score
             out.append(A.Prewarm(pid, c.model, gpus, c.score))
         self._rr_cursor = board.rr_cursor
-
-
-class StaticPolicy(Policy):
-    """`dedicated` (fixed GPU groups per model) and `shared` (every model resident, fixed KV shares)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._placed = False
-
-    def route(self, state: ClusterState, model: str, now_s: float, request_id=None):
-        self._model(model)
-        ready = [i for i in state.instances.values() if i.model == model and i.ready and not i.draining]
-        best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
-        return None if best is None else A.Route(model, best.instance_id, request_id)
-
-    def tick(self, state: ClusterState, now_s: float) -> list:
-        self._record(state, now_s)
-        if self._placed:
-            return []
-        self._placed = True
-        return self._layout(state, now_s)
-
-    def _demand(self) -> dict[str, float]:
-        """Mean peak over the history, 1 where there is none: how the static layouts share the GPUs."""
-        out = {}
-        for m, r in self._hist.index.items():
-            v = self._hist.peak[r]
-            v = v[~np.isnan(v)]
-            out[m] = float(v.mean()) if len(v) and v.mean() > 0 else 1.0
-        return out
-
-    def _layout(self, state: ClusterState, now_s: float) -> list:
-        board = Board(state, laminar=True)
-        demand = self._demand()
-        order = sorted(self.models, key=lambda m: (-self.models[m].tp, -demand[m], m))
-        out: list = []
-        if self.name == "dedicated":
-            count = {m: 0 for m in self.models}
-            for m in order:  # one instance each first, biggest tp first so groups pack
-                act = self._start(board, m)
-                if act is not None:
-                    out.append(act)
-                    count[m] += 1
-            while True:  # then the rest to whichever model has the most demand per instance
-                ranked = sorted(self.models, key=lambda m: (-demand[m] / max(count[m], 1) if count[m] else -math.inf, m))
-                added = False
-                for m in ranked:
-                    if count[m] == 0:
-                        continue
-                    act = self._start(board, m)
-                    if act is not None:
-                        out.append(act)
-                        count[m] += 1
-                        added = True
-                        break
-                if not added:
-                    return out
-        return self._shared_layout(state, board, order, demand)
-
-    def _shared_layout(self, state: ClusterState, board: Board, order: list[str], demand: dict) -> list:
-        """MuxServe-like static colocation. Every GPU is used: each tp class gets tp-GPU groups in proportion to
-        its demand x tp (largest remainder, then whatever still fits). Each group hosts at least two of its class's
-        models where the class has several (more when there are more models than groups, weights up to 80% of
-        memory); popular models get more replicas, spread so that group loads even out, and the memory the
-        weights leave is split among a group's models in proportion to their demand per replica."""
-        n_gpus = int((board.gpu_ids >= 0).sum())
-        classes: dict[int, list[str]] = {}
-        for m in order:
-            classes.setdefault(self.models[m].tp, []).append(m)
-        weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
-        total = sum(weight.values())
-        quota = {tp: n_gpus * weight[tp] / total for tp in classes}
-        groups: dict[int, list[tuple[int, ...]]] = {tp: [] for tp in classes}
-
-        def take(tp: int) -> bool:
-            pick = board.choose_for_instance(classes[tp][0])
-            if pick is None:
-                return False
-            groups[tp].append(pick[0])
-            return True
-
-        for tp in sorted(classes, reverse=True):  # big groups first, so they find whole blocks
-            for _ in range(max(1, int(quota[tp] // tp))):
-                if not take(tp):
-                    break
-        while True:  # the GPUs left: to the class furthest below its share that still fits
-            ranked = sorted(classes, key=lambda tp: (-(quota[tp] - len(groups[tp]) * tp) / tp, -tp))
-            if not any(take(tp) for tp in ranked):
-                break
-        out: list = []
-        gpu_bytes = min(g.total_bytes for g in state.gpus)
-        for tp, ms in classes.items():
-            gs = groups[tp]
-            if not gs:
-                continue
-            per_group = max(min(2, len(ms)), math.ceil(len(ms) / len(gs)))
-            slots = min(len(gs) * per_group, len(gs) * len(ms))
-            reps = {m: 1 for m in ms}  # every model once, the rest of the slots by demand (largest remainder)
-            d_total = sum(demand[m] for m in ms)
-            for _ in range(max(0, slots - len(ms))):
-                m = max((m for m in ms if reps[m] < len(gs)),
-                        key=lambda m: (demand[m] / d_total * slots - reps[m], m), default=None)
-                if m is None:
-                    break
-                reps[m] += 1
-            hosted: list[list[str]] = [[] for _ in gs]
-            load = [0.0] * len(gs)
-            room = [0.8 * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
-            todo = sorted(((demand[m] / reps[m], m) for m in ms for _ in range(reps[m])), key=lambda x: (-x[0], x[1]))
-            for d, m in todo:
-                fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
-                        and self.models[m].shard_bytes <= room[k]]
-                if not fits:
-                    continue
-                k = min(fits, key=lambda k: (load[k], k))
-                hosted[k].append(m)
-                load[k] += d
-                room[k] -= self.models[m].shard_bytes
-            for g, fit in zip(gs, hosted):
-                if not fit:
-                    continue
-                kv = gpu_bytes - sum(self.models[m].shard_bytes for m in fit)
-                d_sum = sum(demand[m] / reps[m] for m in fit)
-                for m in fit:
-                    frac = kv * (demand[m] / reps[m]) / d_sum / (gpu_bytes - self.models[m].shard_bytes)
-                    out.append(A.StartInstance(self._new_id(m, "i"), m, g, kv_fraction=frac, warm_engine=True))
-        return out
-
-
-def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | None = None, history=None) -> Policy:
-    """The policy called ``name`` (one of POLICY_NAMES) over ``models``; ``config`` is adjusted by the name
-    (e.g. `autoscale` turns prewarming off). ``history``: model -> (window_start_s, avg, peak) arrays."""
-    if name not in POLICY_NAMES:
-        raise InvalidArgumentError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}", policy=name)
-    if not models:
-        raise InvalidArgumentError("make_policy needs at least one model")
-    cfg = replace(config or PolicyConfig(), **_PRESETS[name])
-    cls = StaticPolicy if name in ("shared", "dedicated") else Policy
-    return cls(name, list(models), cfg, history)

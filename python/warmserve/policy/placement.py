@@ -118,6 +118,8 @@ class Board:
                     n_gpus=len(srv.gpu_ids),
                 )
             for k, g in enumerate(srv.gpu_ids):
+                if state.gpus[g].gone:  # drivers take lost GPUs out of their server; never place on one anyway
+                    continue
                 self.gpu_ids[s, k] = g
                 self.local[g] = (s, k)
         exists = self.gpu_ids >= 0

@@ -7,21 +7,14 @@ midnight, so ``now_s % 86400`` is the time of day the forecasters' daily season 
 
 from __future__ import annotations
 
-import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.geometry import PAGE_BYTES, kv_block_bytes, shard_bytes  # noqa: F401 (PAGE_BYTES: for tests)
 
-PAGE_BYTES = 2 << 20  # memory is mapped in 2 MiB pages, so every per-GPU size is rounded up to them
-#: Tokens per KV block: one block covers every layer so that blocks map onto whole pages.
-KV_BLOCK_TOKENS = 256
 #: Host-to-device bandwidth in the cold-start cost c_m (PAPER.md §2), bytes per second.
 H2D_BYTES_PER_S = 32e9
-
-
-def align_up(n: int | float, to: int = PAGE_BYTES) -> int:
-    """``n`` rounded up to a multiple of ``to``."""
-    return int(math.ceil(n / to)) * to
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +47,8 @@ class ModelInfo:
                 f"model {self.name!r}: weight_bytes must be > 0, got {self.weight_bytes}", weight_bytes=self.weight_bytes
             )
         # Stored rather than computed per use: the planner reads them for every GPU it looks at.
-        object.__setattr__(self, "shard_bytes", align_up(self.weight_bytes / self.tp))
-        object.__setattr__(self, "kv_block_bytes", align_up(max(self.kv_bytes_per_token, 1) * KV_BLOCK_TOKENS / self.tp))
+        object.__setattr__(self, "shard_bytes", shard_bytes(self.weight_bytes, self.tp))
+        object.__setattr__(self, "kv_block_bytes", kv_block_bytes(self.kv_bytes_per_token, self.tp))
 
     @property
     def cold_start_s(self) -> float:
@@ -65,17 +58,20 @@ class ModelInfo:
 
 @dataclass(slots=True)
 class GpuState:
-    """One GPU. Ids are dense: ``state.gpus[i].gpu_id == i``."""
+    """One GPU. Ids are dense and stable for the life of a cluster: ``state.gpus[i].gpu_id == i``; a GPU that
+    joins later gets the next id, and a lost one keeps its id and entry, marked ``gone``."""
 
     gpu_id: int
     server_id: int
     #: Bytes the page pool offers to weights, KV caches and prewarms together.
     total_bytes: int
+    #: Lost (its worker died or left): it is no longer in its server's ``gpu_ids``, and nothing is placed on it.
+    gone: bool = False
 
 
 @dataclass(slots=True)
 class ServerState:
-    """One server: its GPUs, in NVLink order (``gpu_ids[k]`` is local GPU k)."""
+    """One server: its live GPUs, in NVLink order (``gpu_ids[k]`` is local GPU k); lost GPUs leave this list."""
 
     server_id: int
     gpu_ids: tuple[int, ...]
@@ -105,6 +101,10 @@ class InstanceState:
     kv_blocks_mapped: int = 0
     #: The last SetKvTarget applied (free blocks to keep mapped); None before the first.
     kv_free_target: int | None = None
+    #: Prompt tokens of the requests routed here whose prefill has not completed (no first token yet), tokens.
+    #: The driver keeps it from ``submit(prompt_tokens=)`` and the executor's ``prefill_done``; 0 when the
+    #: executor gives no prompt sizes.
+    prefill_tokens_pending: int = 0
 
     @property
     def ready(self) -> bool:
@@ -138,8 +138,12 @@ class ClusterState:
     models: dict[str, ModelInfo]
     instances: dict[str, InstanceState] = field(default_factory=dict)
     prewarms: dict[str, PrewarmState] = field(default_factory=dict)
-    #: Requests per model that arrived and wait for an instance (not yet routed).
-    queued: dict[str, int] = field(default_factory=dict)
+    #: Requests per model that arrived and wait for an instance (not yet routed), oldest first. The driver owns
+    #: them (the items are its requests, opaque here); the policy reads only their lengths.
+    queues: dict[str, deque] = field(default_factory=dict)
+    #: Prompt tokens of the waiting requests per model (those in ``queues``), tokens; kept by the driver from
+    #: ``submit(prompt_tokens=)`` (a model absent: 0).
+    queued_prompt_tokens: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def uniform(cls, n_servers: int, models: list[ModelInfo], *, gpus_per_server: int = 8,
@@ -155,7 +159,8 @@ class ClusterState:
             ids = tuple(range(s * gpus_per_server, (s + 1) * gpus_per_server))
             servers.append(ServerState(s, ids))
             gpus.extend(GpuState(g, s, gpu_bytes) for g in ids)
-        return cls(servers=servers, gpus=gpus, models={m.name: m for m in models})
+        return cls(servers=servers, gpus=gpus, models={m.name: m for m in models},
+                   queues={m.name: deque() for m in models})
 
     # Derived views. They are cheap and recomputed on demand so the driver has only one thing to keep current.
 
@@ -183,6 +188,25 @@ class ClusterState:
         a, b = self.instance_bytes_on(), self.prewarm_bytes_on()
         return [g.total_bytes - a[i] - b[i] for i, g in enumerate(self.gpus)]
 
+    def queued(self, model: str) -> int:
+        """Requests of ``model`` waiting for an instance."""
+        q = self.queues.get(model)
+        return len(q) if q is not None else 0
+
+    def prefill_backlog_tokens(self, model: str) -> int:
+        """Prompt tokens of ``model`` not yet prefilled: waiting in its queue or routed to one of its instances
+        that still takes requests (a draining instance's backlog is served where it is)."""
+        pending = sum(i.prefill_tokens_pending for i in self.instances.values() if i.model == model and not i.draining)
+        return self.queued_prompt_tokens.get(model, 0) + pending
+
     def busy_gpus(self) -> set[int]:
         """GPUs that carry an instance (starting, serving or draining)."""
         return {g for inst in self.instances.values() for g in inst.gpus}
+
+
+def kv_blocks_for(state: ClusterState, model: str, gpus, kv_fraction: float = 1.0) -> int:
+    """KV blocks an instance of ``model`` on ``gpus`` may hold: ``kv_fraction`` of the GPUs' memory after its
+    own weights shard."""
+    m = state.models[model]
+    room = min(state.gpus[g].total_bytes for g in gpus) - m.shard_bytes
+    return max(0, int(room * kv_fraction) // m.kv_block_bytes)

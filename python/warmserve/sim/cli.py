@@ -10,20 +10,22 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
+from warmserve.policy import POLICY_NAMES
+from warmserve.policy.config import parse_policy_options
 from warmserve.sim.config import SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.plot import plot_ttft_cdf
 from warmserve.sim.presets import Preset, paper_preset, scale_preset
 from warmserve.sim.runner import max_rate_under_slo, policy_names, run_once
 
-DEFAULT_POLICIES = ("warmserve", "autoscale", "shared", "dedicated", "no-kv-reservation", "round-robin-placement",
-                    "reactive", "engine-prewarm-only")
-
 
 def add_arguments(p):
-    p.add_argument("--policy", default=",".join(DEFAULT_POLICIES),
-                   help="comma-separated policies (default: all): " + ", ".join(DEFAULT_POLICIES))
+    p.add_argument("--policy", default=",".join(POLICY_NAMES),
+                   help="comma-separated policies (default: all): " + ", ".join(POLICY_NAMES))
+    p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a PolicyConfig field for every policy (repeatable), e.g. instance_capacity=16")
     p.add_argument("--preset", choices=("paper-conv", "paper-code", "scale"), default=None,
                    help="paper-conv/paper-code: the paper's experiment (2x8 GPUs, Llama-2 7B/13B/70B copies, "
                         "Azure trace, power-law split); scale: --gpus x --models under --workload")
@@ -33,6 +35,16 @@ def add_arguments(p):
     p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
     p.add_argument("--gpu", default="H100-80GB", help="GPU type of the cost model: H100-80GB or A100-80GB")
     p.add_argument("--profile", default=None, help="measured cost profile JSON (see warmserve.sim.costmodel)")
+    p.add_argument("--cold-start-s", type=float, default=None,
+                   help="engine part of a cold start, seconds (default 14, the low end of vLLM's published "
+                        "14-35 s engine initialisation); weight loading is added")
+    p.add_argument("--engine-model", choices=("vllm", "fluid"), default="vllm",
+                   help="vllm: admission by max sequences (256) and KV memory, decode reads the batch's KV "
+                        "cache; fluid: the earlier model (batch capped at the policy's B, flat decode step)")
+    p.add_argument("--chunked-prefill-tokens", type=int, default=0,
+                   help="vllm engine model: chunked prefill with this many tokens per step (e.g. 512); 0: off")
+    p.add_argument("--no-shared-search", action="store_true",
+                   help="shared: its demand-proportional layout instead of the searched one")
     p.add_argument("--rate", type=float, default=None, help="total request rate at scale 1, requests/s")
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the request rate")
     p.add_argument("--time-scale", type=float, default=1.0, help="stretch (>1) or compress (<1) time")
@@ -55,14 +67,16 @@ def add_arguments(p):
 
 
 def build_preset(args) -> Preset:
-    cfg = SimConfig(gpu=args.gpu, ttft_slo_s=args.ttft_slo_s, slo_scale=args.slo_scale, tick_s=args.tick_s)
+    cfg = SimConfig(gpu=args.gpu, ttft_slo_s=args.ttft_slo_s, slo_scale=args.slo_scale, tick_s=args.tick_s,
+                    engine_model=args.engine_model, shared_search=not args.no_shared_search,
+                    chunked_prefill_tokens=args.chunked_prefill_tokens,
+                    policy_config=parse_policy_options(args.policy_option))
     kind = args.preset or args.workload
     if kind in ("paper-conv", "paper-code"):
         if args.preset is None and args.gpus != 16:
-            cfg = SimConfig(**{**cfg.__dict__, "n_servers": max(1, args.gpus // 8),
-                               "gpus_per_server": min(8, args.gpus)})
+            cfg = replace(cfg, n_servers=max(1, args.gpus // 8), gpus_per_server=min(8, args.gpus))
         else:
-            cfg = SimConfig(**{**cfg.__dict__, "n_servers": 2, "gpus_per_server": 8})
+            cfg = replace(cfg, n_servers=2, gpus_per_server=8)
         kw = {"config": cfg, "alpha": args.alpha, "burst_cv": args.burst_cv}
         if args.models:
             kw["n_models"] = args.models
@@ -71,7 +85,7 @@ def build_preset(args) -> Preset:
             p = _rewrap(p, args)
         return p
     if kind in ("servegen", "scale"):
-        cfg = SimConfig(**{**cfg.__dict__, "n_servers": max(1, args.gpus // 8), "gpus_per_server": min(8, args.gpus)})
+        cfg = replace(cfg, n_servers=max(1, args.gpus // 8), gpus_per_server=min(8, args.gpus))
         return scale_preset(args.gpus, args.models or 32, duration_s=args.duration_s or 3600.0,
                             total_rate_rps=args.rate, recipe="servegen", config=cfg)
     raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code or servegen")
@@ -130,10 +144,20 @@ def main(args) -> int:
     if bad:
         print(f"warmserve simulate: unknown policies {bad}: choose from {', '.join(known)}", file=sys.stderr)
         return 2
+    if args.plot:  # before a long run, not after it
+        from warmserve.extras import MissingExtraError, require
+
+        try:
+            require("matplotlib", "--plot")
+        except MissingExtraError as e:
+            print(f"warmserve simulate: {e}", file=sys.stderr)
+            return 2
     preset = build_preset(args)
     cost = CostModel.for_gpu(args.gpu)
     if args.profile:
         cost = CostModel.from_profile(args.profile, base=cost)
+    if args.cold_start_s is not None:
+        cost = cost.with_cold_start_s(args.cold_start_s)
     progress = not args.quiet
     seeds = [int(x) for x in args.seeds.split(",") if x] if args.seeds else [args.seed]
     workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}

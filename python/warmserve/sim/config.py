@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.policy.config import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,21 @@ class SimConfig:
     gpu: str = "H100-80GB"
     #: the policy's tick period, seconds of simulated time
     tick_s: float = 1.0
-    #: most requests one instance runs at once (continuous batching); 0: the policy's instance capacity
-    max_batch: int = 0
+    #: most sequences one instance runs at once (continuous batching, the engine's limit); 0: the cost model's
+    #: ``limits.max_running_seqs`` (vLLM --max-num-seqs, 256) under the "vllm" engine model, the policy's
+    #: instance_capacity under "fluid"
+    max_num_seqs: int = 0
+    #: the simulated engine: "vllm" (admission by sequences and KV memory, decode reads the batch's KV cache) or
+    #: "fluid" (the earlier model: batch capped at the policy's B, context-free decode step); see
+    #: warmserve.sim.engine_model
+    engine_model: str = "vllm"
+    #: chunked prefill under the "vllm" engine model: tokens per engine step (decode tokens first, prompt chunks in
+    #: the rest; vLLM --enable-chunked-prefill with --max-num-batched-tokens); 0: off, prefill iterations pause
+    #: decoding (vLLM 0.6's default, the paper's artifact)
+    chunked_prefill_tokens: int = 0
+    #: `shared` only: choose its static layout by the analytic search of warmserve.sim.shared_search (False: the
+    #: policy's own demand-proportional layout)
+    shared_search: bool = True
     #: after the last arrival, how long requests may still finish before the rest count as dropped, seconds
     drain_s: float = 600.0
     #: TTFT SLO, seconds; 0 means per model: ``slo_scale`` x its prefill time for 1024 tokens
@@ -43,8 +57,8 @@ class SimConfig:
     unanswered_ttft_s: float = 999.0
     #: replay the history's last ``warmup_s`` (unmeasured) before t=0; None: the workload's own warm-up
     warmup_s: float | None = None
-    #: extra PolicyConfig fields, applied on top of the policy's defaults
-    policy_overrides: dict = field(default_factory=dict)
+    #: the policy's knobs (a policy's name may override some of them; see warmserve.policy.POLICY_NAMES)
+    policy_config: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self):
         if self.n_servers < 1 or self.gpus_per_server < 1:

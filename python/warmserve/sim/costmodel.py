@@ -2,16 +2,24 @@
 
 Defaults are the paper's latency model (prefill 35/70/100 ms, decode 15/20/30 ms per step for Llama-2
 7B/13B/70B) on an H100 80 GB with 32 GB/s host-to-device bandwidth. A measured profile (JSON, written by the
-calibration benchmark) overrides any part of it. Profile schema, version 1 (every key optional except
-``schema``; sizes in bytes, times in seconds):
+calibration benchmark) overrides any part of it. Every constant below carries its source beside it; the table of
+all of them is ``bench/simulate/CONSTANTS.md``. Profile schema, version 1 (every key optional except ``schema``;
+sizes in bytes, times in seconds; the keys marked "added" came after the first profiles were written: a profile
+that lacks them keeps the defaults, so every earlier profile loads unchanged):
 
     {
       "schema": "warmserve.sim.profile/1",
-      "gpu": {"name": "H100-80GB", "memory_bytes": 80e9, "pool_fraction": 0.9, "h2d_bytes_per_s": 32e9},
+      "gpu": {"name": "H100-80GB", "memory_bytes": 80e9, "pool_fraction": 0.9, "h2d_bytes_per_s": 32e9,
+              "compute_scale": 1.0,
+              "hbm_bytes_per_s": 3.35e12, "hbm_achievable_fraction": 0.68},   # added: decode's KV-read term
       "engine_start_s": 6.0,          # start an engine from scratch: process, imports, CUDA context, profiling
       "tp_init_s": 2.0,               # extra for building tensor-parallel communicators (tp > 1, cold engine)
       "activation_s": 0.1,            # turn a fully prewarmed replica into a serving instance
       "kv_map_s_per_gib": 0.02,       # map KV-cache pages (0.2 s per 10 GB, PAPER.md section 7)
+      "engine_init_s": 14.0,          # added: vLLM engine initialisation (profiling, KV cache, graph capture)
+      "fast_load_bytes_per_s": 2.294e10,  # added: ServerlessLLM-style load from host memory, per GPU
+      "engine_limits": {"max_running_seqs": 256, "block_size_tokens": 256, "max_model_len_tokens": 2048,
+                        "max_batched_tokens": 100000},                         # added: vLLM's engine limits
       "models": {
         "<model name or size key, e.g. llama2-7b>": {
           "weight_bytes": 13.5e9, "tp": 1, "kv_bytes_per_token": 524288,
@@ -22,6 +30,13 @@ calibration benchmark) overrides any part of it. Profile schema, version 1 (ever
         }
       }
     }
+
+Cold starts in ``warmserve simulate``: a policy without prewarmed engines (``autoscale``) pays
+``vllm_cold_start_s``, a fresh vanilla vLLM engine with a fast checkpoint loader, from published figures:
+``engine_init_s`` (14-35 s, ``ENGINE_INIT_RANGE_S``) + ``tp_init_s`` + weights at ``fast_load_bytes_per_s``; a
+prewarmed engine loading weights cold pays ``load_s`` + ``activation_s``. ``engine_s`` (``engine_start_s``, 6 s,
+an earlier uncited assumption) is no longer charged by the simulator; ``with_cold_start_s`` sets the engine part
+of both (``--cold-start-s``).
 
 A served model is matched to a profile entry by its own name first, then by its ``size`` key.
 """
@@ -37,31 +52,134 @@ from warmserve.errors import InvalidArgumentError
 
 SCHEMA = "warmserve.sim.profile/1"
 GB = 1e9
+GIB = 1 << 30
+
+# --- GPU memory bandwidth ---------------------------------------------------------------------------------------
+#: H100 SXM 80 GB peak HBM3 bandwidth: 3.35 TB/s (NVIDIA H100 Tensor Core GPU datasheet, "GPU memory bandwidth",
+#: SXM column; PAPER.md "Published engine figures")
+H100_SXM_HBM_BYTES_PER_S = 3.35e12
+#: A100 80 GB SXM peak HBM2e bandwidth: 2,039 GB/s (NVIDIA A100 Tensor Core GPU datasheet, "GPU memory
+#: bandwidth", A100 80GB SXM column)
+A100_SXM_HBM_BYTES_PER_S = 2.039e12
+#: H200 peak HBM3e bandwidth: 4.8 TB/s (NVIDIA H200 Tensor Core GPU datasheet); only used to turn this project's
+#: H200 measurement below into a fraction of peak
+H200_HBM_BYTES_PER_S = 4.8e12
+#: share of peak HBM bandwidth a memory-bound decode step achieves. Measured by `warmserve bench switch` on an
+#: H200 (bench/switch/results-cuda-h200.json, move_vs_memcpy.memcpy_ms): a 1 GiB device-to-device memcpy took
+#: 0.661 ms, i.e. 2 x 1.074e9 B (read + write) / 0.661 ms = 3.25 TB/s = 0.676 of the 4.8 TB/s peak, rounded to
+#: 0.68. A streaming copy is the best case; show results across ``HBM_ACHIEVABLE_FRACTION_RANGE``.
+HBM_ACHIEVABLE_FRACTION = 0.68
+#: low end: the measured 0.68 / 1.26, because vLLM's paged attention kernel runs 20-26% slower than
+#: FasterTransformer's contiguous-KV kernel (Kwon et al., "Efficient Memory Management for Large Language Model
+#: Serving with PagedAttention", SOSP 2023, section 7.1, Figure 18a); high end: the datasheet peak (a bound)
+HBM_ACHIEVABLE_FRACTION_RANGE = (0.54, 1.0)
+
+# --- cold-start parts --------------------------------------------------------------------------------------------
+#: vLLM engine initialisation of an 8B-class model before it serves (memory-profiling pass, KV cache allocation,
+#: CUDA graph capture), weight loading excluded: 14-35 s (PAPER.md, "Published engine figures"; e.g. vLLM issue
+#: #20264 logs "init engine (profile, create kv cache, warmup model) took 34.11 seconds" for a 3.4 GiB Llama-3.2
+#: model with torch.compile and graph capture). The default is the low end: it favours the autoscaling
+#: baseline, and the paper's artifact runs vLLM with enforce-eager (no graph capture), which sits at that end.
+ENGINE_INIT_RANGE_S = (14.0, 35.0)
+ENGINE_INIT_S = ENGINE_INIT_RANGE_S[0]
+#: the engine start ``warmserve simulate`` has charged so far (process, imports, CUDA context, profiling). No
+#: published source: an earlier assumption below the published range above, kept only so today's results stay
+#: reproducible until the engine model switches to ``vllm_cold_start_s``
+LEGACY_ENGINE_START_S = 6.0
+#: building tensor-parallel communicators for a cold engine with tp > 1. No published measurement of this part
+#: on its own was found; 2 s is the simulator's earlier assumption, a parameter (a profile or `warmserve
+#: calibrate` sets it; calibrate writes 0 for CPU workers, which have no communicators)
+TP_INIT_S = 2.0
+#: host-to-device copy bandwidth the paper uses for its cold-start cost c_m (PAPER.md section 2: "32 GB/s
+#: host-to-device bandwidth")
+PAPER_H2D_BYTES_PER_S = 32 * GB
+#: Llama-3.1-8B's bf16 weights: 8.03e9 parameters (the meta-llama/Llama-3.1-8B checkpoint) x 2 bytes
+LLAMA31_8B_WEIGHT_BYTES = 16.06e9
+#: ServerlessLLM loads Llama-3.1-8B from host memory in 0.7 s on H100 machines (PAPER.md, "Published engine
+#: figures")
+SERVERLESSLLM_8B_LOAD_S = 0.7
+#: the effective per-GPU load bandwidth that implies: 16.06 GB / 0.7 s = 22.9 GB/s (below the 32 GB/s link
+#: figure: it is end-to-end, checkpoint format and loader overheads included)
+FAST_LOAD_BYTES_PER_S = LLAMA31_8B_WEIGHT_BYTES / SERVERLESSLLM_8B_LOAD_S
+#: naive remapping with the CUDA VMM API: 0.2 s per 10 GB (PAPER.md section 7), i.e. 0.0215 s per GiB.
+#: ``CostModel.kv_map_s_per_gib`` defaults to 0.02 (that figure read per GiB, 7% low), kept for today's numbers
+PAPER_REMAP_S_PER_GIB = 0.2 / (10 * GB) * GIB
+#: activation of a prewarmed replica: 6.51 ms for 9.97 GiB of weights in 1082 tensors, measured by `warmserve
+#: bench switch --backend cuda` on an H200 (bench/switch/README.md, "Results (cuda backend)"); the paper's goal
+#: is under 20 ms per 10 GB (ACTIVATION_GOAL_S_PER_10GB, as quoted in bench/switch/README.md). The default
+#: ``activation_s`` of 0.1 s is an earlier, 15x more conservative assumption, kept for today's numbers.
+ACTIVATION_MEASURED_H200_S = 6.51e-3
+ACTIVATION_GOAL_S_PER_10GB = 0.020
+LEGACY_ACTIVATION_S = 0.1
 
 
 @dataclass(frozen=True)
 class GpuType:
     #: marketing name, for reports
     name: str = "H100-80GB"
-    #: device memory, bytes
+    #: device memory, bytes (H100 SXM: 80 GB, NVIDIA H100 datasheet)
     memory_bytes: float = 80 * GB
-    #: share of memory the page pool takes at worker start (the rest: CUDA context, activations)
+    #: share of memory the page pool takes at worker start (the rest: CUDA context, activations); PAPER.md
+    #: section 7 ("about 90% of free GPU memory"), also vLLM's default --gpu-memory-utilization 0.9
     pool_fraction: float = 0.9
-    #: host-to-device copy bandwidth per GPU, bytes/s
-    h2d_bytes_per_s: float = 32 * GB
+    #: host-to-device copy bandwidth per GPU, bytes/s (PAPER_H2D_BYTES_PER_S)
+    h2d_bytes_per_s: float = PAPER_H2D_BYTES_PER_S
     #: compute time relative to an H100 (prefill and decode times are multiplied by it)
     compute_scale: float = 1.0
+    #: peak device-memory (HBM) bandwidth, bytes/s: what a decode step's weight and KV reads are bound by
+    hbm_bytes_per_s: float = H100_SXM_HBM_BYTES_PER_S
+    #: share of ``hbm_bytes_per_s`` a memory-bound decode step achieves (HBM_ACHIEVABLE_FRACTION), 0 < x <= 1
+    hbm_achievable_fraction: float = HBM_ACHIEVABLE_FRACTION
+
+    def __post_init__(self):
+        if not self.hbm_bytes_per_s > 0 or not 0 < self.hbm_achievable_fraction <= 1:
+            raise InvalidArgumentError(
+                f"GPU {self.name!r}: hbm_bytes_per_s {self.hbm_bytes_per_s} must be > 0 and hbm_achievable_fraction "
+                f"{self.hbm_achievable_fraction} in (0, 1] (range shown in results: {HBM_ACHIEVABLE_FRACTION_RANGE})",
+                gpu=self.name)
 
     @property
     def pool_bytes(self) -> int:
         return int(self.memory_bytes * self.pool_fraction)
 
+    @property
+    def decode_read_bytes_per_s(self) -> float:
+        """Bytes/s a decode step reads device memory at: peak x achievable fraction."""
+        return self.hbm_bytes_per_s * self.hbm_achievable_fraction
+
 
 GPU_TYPES = {
     "H100-80GB": GpuType(),
-    # A100: PCIe gen4 x16, and about 1.6x the H100's prefill/decode time for these models
-    "A100-80GB": GpuType("A100-80GB", 80 * GB, 0.9, 25 * GB, 1.6),
+    # A100 80 GB SXM: PCIe gen4 x16 host link (31.5 GB/s per direction by the PCIe 4.0 spec; 25 GB/s an earlier
+    # assumption for what a copy achieves), and 1.6x the H100's prefill/decode time: about the HBM bandwidth
+    # ratio 3.35 / 2.039 = 1.64 (datasheets), the right scale for memory-bound decode (prefill, compute-bound,
+    # would scale by more: dense bf16 989 / 312 TFLOPS = 3.2x by the same datasheets)
+    "A100-80GB": GpuType("A100-80GB", 80 * GB, 0.9, 25 * GB, 1.6, hbm_bytes_per_s=A100_SXM_HBM_BYTES_PER_S),
 }
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """vLLM's engine limits as the paper's artifact runs them (PAPER.md, "What the authors' released code runs":
+    max-num-seqs 256, block size 256, max-model-len 2048, max-num-batched-tokens 100000, enforce-eager).
+
+    Not the manager's B = 32 in-flight requests per engine: that is a policy choice (``policy``), not an engine
+    limit."""
+
+    #: most sequences running in one engine at once (vLLM --max-num-seqs)
+    max_running_seqs: int = 256
+    #: tokens per KV-cache block (vLLM --block-size; one block covers all layers, PAPER.md section 6)
+    block_size_tokens: int = 256
+    #: longest prompt + output of one sequence (vLLM --max-model-len)
+    max_model_len_tokens: int = 2048
+    #: most tokens one engine step processes, prefill and decode together (vLLM --max-num-batched-tokens)
+    max_batched_tokens: int = 100_000
+
+    def __post_init__(self):
+        for k in ("max_running_seqs", "block_size_tokens", "max_model_len_tokens", "max_batched_tokens"):
+            if int(getattr(self, k)) < 1:
+                raise InvalidArgumentError(f"engine limit {k} is {getattr(self, k)}: it must be at least 1",
+                                           **{k: getattr(self, k)})
 
 
 @dataclass(frozen=True)
@@ -85,12 +203,25 @@ class ModelCost:
     decode_table: tuple = ()
 
 
-def _paper(weight_gb, tp, kv_per_token, prefill_s, decode_s, ref_tokens=1024):
-    # the paper quotes one prefill time (prompts are cut to 1024 tokens): 10% fixed, 90% linear in tokens
-    return ModelCost(weight_gb * GB, tp, kv_per_token, 0.1 * prefill_s, 0.9 * prefill_s / ref_tokens, decode_s)
+#: share of the paper's single prefill figure that is fixed per step; the rest is linear in prompt tokens. The
+#: paper gives one point per model (prompts cut to 1024 tokens), so the split is an assumption, a parameter:
+#: at 1024 tokens any split reproduces the paper's figure exactly
+PREFILL_FIXED_SHARE = 0.1
+#: prompt length the paper's prefill figures are for (PAPER.md "The evaluation in the paper": cut to 1024 tokens)
+PAPER_PROMPT_TOKENS = 1024
 
 
-#: Llama-2 sizes of the paper: weights 13.5/26/138 GB; KV bytes/token = 2 (K,V) x layers x kv_heads x head_dim x 2 B
+def _paper(weight_gb, tp, kv_per_token, prefill_s, decode_s, ref_tokens=PAPER_PROMPT_TOKENS):
+    return ModelCost(weight_gb * GB, tp, kv_per_token, PREFILL_FIXED_SHARE * prefill_s,
+                     (1 - PREFILL_FIXED_SHARE) * prefill_s / ref_tokens, decode_s)
+
+
+#: The paper's models (PAPER.md "The evaluation in the paper"): Llama-2 7B/13B/70B at tp 1/2/4, weights
+#: 13.5/26.0/138 GB, prefill 35/70/100 ms and decode 15/20/30 ms per step (its latency model for prewarm
+#: planning). KV bytes/token = 2 (K and V) x layers x KV heads x head dim x 2 bytes (bf16), shapes from "Llama 2:
+#: Open Foundation and Fine-Tuned Chat Models" (Touvron et al. 2023, Table 1 and section 2.2: 7B 32 layers x
+#: 4096, 13B 40 x 5120, both full multi-head attention; 70B 80 layers with grouped-query attention, 8 KV heads
+#: x 128 = 1024)
 MODEL_COSTS = {
     "llama2-7b": _paper(13.5, 1, 2 * 32 * 4096 * 2, 0.035, 0.015),
     "llama2-13b": _paper(26.0, 2, 2 * 40 * 5120 * 2, 0.070, 0.020),
@@ -110,14 +241,38 @@ def _interp(table, x):
     return float(np.interp(x, xs, ys))
 
 
+def _known(d: dict, cls, section: str) -> dict:
+    """``d`` if every key is a field of ``cls``; a profile with a typo fails here rather than being half-read."""
+    fields = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise InvalidArgumentError(f"profile section {section!r} has unknown keys {unknown}; known: "
+                                   f"{sorted(fields)}", section=section)
+    return d
+
+
 @dataclass(frozen=True)
 class CostModel:
+    #: the simulated GPU (every GPU of the cluster is one type)
     gpu: GpuType = GpuType()
+    #: ModelCost by model name or size key
     models: dict = field(default_factory=lambda: dict(MODEL_COSTS))
-    engine_start_s: float = 6.0
-    tp_init_s: float = 2.0
-    activation_s: float = 0.1
+    #: seconds ``engine_s`` charges to start an engine from scratch (LEGACY_ENGINE_START_S; a calibrated profile
+    #: sets the fixed part of its measured load here)
+    engine_start_s: float = LEGACY_ENGINE_START_S
+    #: seconds to build tensor-parallel communicators for a cold engine with tp > 1 (TP_INIT_S)
+    tp_init_s: float = TP_INIT_S
+    #: seconds to turn a fully prewarmed replica into a serving instance (LEGACY_ACTIVATION_S; measured:
+    #: ACTIVATION_MEASURED_H200_S)
+    activation_s: float = LEGACY_ACTIVATION_S
+    #: seconds to map one GiB of KV-cache pages through the VMM API (0.02; paper: PAPER_REMAP_S_PER_GIB)
     kv_map_s_per_gib: float = 0.02
+    #: seconds of vLLM engine initialisation in ``vllm_cold_start_s`` (ENGINE_INIT_S, range ENGINE_INIT_RANGE_S)
+    engine_init_s: float = ENGINE_INIT_S
+    #: bytes/s per GPU a fast checkpoint loader reads weights from host memory at (FAST_LOAD_BYTES_PER_S)
+    fast_load_bytes_per_s: float = FAST_LOAD_BYTES_PER_S
+    #: the vLLM engine limits an engine model admits and batches under
+    limits: EngineLimits = EngineLimits()
 
     def cost(self, name: str, size: str | None = None) -> ModelCost:
         c = self.models.get(name) or (self.models.get(size) if size else None)
@@ -133,22 +288,93 @@ class CostModel:
             t = c.prefill_base_s + c.prefill_per_token_s * tokens
         return t * self.gpu.compute_scale
 
-    def decode_step_s(self, c: ModelCost, batch: int) -> float:
+    def decode_step_s(self, c: ModelCost, batch: int, context_tokens: int | None = None) -> float:
+        """Seconds of one decode step of ``batch`` running sequences.
+
+        Without ``context_tokens``: the step time as measured or as the paper gives it (the table, or
+        base + per_seq x batch), times ``gpu.compute_scale``; it does not depend on how long the sequences are.
+
+        With ``context_tokens`` (the tokens of KV cache the batch reads in this step, summed over its sequences:
+        prompt + tokens generated so far, each), a memory-bound step on ``tp`` GPUs in parallel:
+
+            step = max(small-batch step, weight floor) + KV read
+            weight floor = (weight_bytes / tp) / R
+            KV read      = (context_tokens x kv_bytes_per_token / tp) / R
+            R            = gpu.hbm_bytes_per_s x gpu.hbm_achievable_fraction
+
+        Why: a decode step reads every weight once (shared by the whole batch) and, in attention, every KV
+        entry of every running sequence once. Each GPU holds 1/tp of both and reads its share at the same time
+        as the others, so per-GPU bytes over the per-GPU bandwidth is the step's memory time. The paper's per-step
+        figures (15/20/30 ms for 7B/13B/70B, its planning model) are taken as the step at small batch and short
+        context: they contain the weight read plus the engine's fixed per-step overhead (kernel launches,
+        sampling, the scheduler; the artifact runs enforce-eager), the context-free part. The weight floor takes
+        over only where such a figure is below what reading the weights takes (H100: 13.5 GB / 2.28 TB/s =
+        5.9 ms for Llama-2 7B, under the paper's 15 ms). The KV term is counted in full, so whatever KV the
+        paper's figure already read is counted twice (a few ms at small batch: 16 x 1000 tokens of 7B is 3.7 ms).
+        Compute is not modelled: with bf16 weights a step does about ``batch`` FLOPs per weight byte read, and an
+        H100 turns compute-bound at about 989 TFLOPS / 3.35 TB/s = 295 FLOPs per byte (datasheet), above
+        ``limits.max_running_seqs`` = 256.
+        """
         if c.decode_table:
             t = _interp(c.decode_table, batch)
         else:
             t = c.decode_base_s + c.decode_per_seq_s * batch
-        return t * self.gpu.compute_scale
+        t *= self.gpu.compute_scale
+        if context_tokens is None:
+            return t
+        if context_tokens < 0:
+            raise InvalidArgumentError(f"context_tokens is {context_tokens}: the KV tokens a decode step reads "
+                                       f"cannot be negative", context_tokens=context_tokens)
+        read_bps = self.gpu.decode_read_bytes_per_s
+        weight_floor_s = c.weight_bytes / c.tp / read_bps
+        kv_read_s = context_tokens * c.kv_bytes_per_token / c.tp / read_bps
+        return max(t, weight_floor_s) + kv_read_s
+
+    def kv_capacity_tokens(self, c: ModelCost) -> int:
+        """Tokens of KV cache one instance of ``c`` holds: per GPU, the pool (``gpu.pool_bytes``) less its weight
+        shard, over its share of a token's KV (kv_bytes_per_token / tp), rounded down to whole blocks of
+        ``limits.block_size_tokens``; 0 when the shard does not fit. vLLM also keeps the activation peak of its
+        profiling pass out of the KV cache; that is not subtracted here, so this is an upper bound."""
+        free_per_gpu = self.gpu.pool_bytes - c.weight_bytes / c.tp
+        if free_per_gpu <= 0:
+            return 0
+        block = self.limits.block_size_tokens
+        tokens = int(free_per_gpu // (c.kv_bytes_per_token / c.tp))
+        return tokens // block * block
 
     def load_s(self, c: ModelCost) -> float:
         """Copy one shard from host memory; the tp shards load in parallel over their own links."""
         return c.weight_bytes / c.tp / self.gpu.h2d_bytes_per_s
 
     def engine_s(self, c: ModelCost) -> float:
+        """The earlier engine-start figure (``engine_start_s``, + ``tp_init_s`` for tp > 1); the simulator charges
+        ``vllm_cold_start_s`` instead."""
         return self.engine_start_s + (self.tp_init_s if c.tp > 1 else 0.0)
 
     def kv_map_s(self, kv_bytes_per_gpu: float) -> float:
-        return kv_bytes_per_gpu / (1 << 30) * self.kv_map_s_per_gib
+        return kv_bytes_per_gpu / GIB * self.kv_map_s_per_gib
+
+    def fast_load_s(self, c: ModelCost) -> float:
+        """Load one shard from host memory with a fast checkpoint loader (ServerlessLLM); shards in parallel."""
+        return c.weight_bytes / c.tp / self.fast_load_bytes_per_s
+
+    def vllm_cold_start_s(self, c: ModelCost) -> float:
+        """A fresh vanilla vLLM engine with a fast loader, from request to ready: engine initialisation, the
+        tensor-parallel communicators (tp > 1), and the weights from host memory. vLLM allocates its KV cache
+        once, inside engine initialisation, so no page mapping is charged (that is warmserve's own VMM path)."""
+        return self.engine_init_s + (self.tp_init_s if c.tp > 1 else 0.0) + self.fast_load_s(c)
+
+    def with_cold_start_s(self, seconds: float) -> "CostModel":
+        """This cost model with the engine part of a cold start set to ``seconds`` (``--cold-start-s``): both
+        ``engine_start_s`` (what ``engine_s`` charges today) and ``engine_init_s`` (``vllm_cold_start_s``), so the
+        override means the same whichever cold-start formula the simulator runs. Weight loading and the
+        tensor-parallel set-up stay as they are."""
+        seconds = float(seconds)
+        if not seconds >= 0.0:
+            raise InvalidArgumentError(f"cold start of {seconds} s: it must be a number of seconds >= 0 (the "
+                                       f"published vLLM range is {ENGINE_INIT_RANGE_S[0]:g}-"
+                                       f"{ENGINE_INIT_RANGE_S[1]:g} s)", cold_start_s=seconds)
+        return replace(self, engine_start_s=seconds, engine_init_s=seconds)
 
     @classmethod
     def for_gpu(cls, gpu: str = "H100-80GB") -> "CostModel":
@@ -168,10 +394,14 @@ class CostModel:
                                        schema=d.get("schema"))
         cm = base or cls()
         if "gpu" in d:
-            cm = replace(cm, gpu=replace(cm.gpu, **d["gpu"]))
-        for k in ("engine_start_s", "tp_init_s", "activation_s", "kv_map_s_per_gib"):
+            cm = replace(cm, gpu=replace(cm.gpu, **_known(d["gpu"], GpuType, "gpu")))
+        for k in ("engine_start_s", "tp_init_s", "activation_s", "kv_map_s_per_gib", "engine_init_s",
+                  "fast_load_bytes_per_s"):
             if k in d:
                 cm = replace(cm, **{k: float(d[k])})
+        if "engine_limits" in d:
+            limits = _known(d["engine_limits"], EngineLimits, "engine_limits")
+            cm = replace(cm, limits=replace(cm.limits, **{k: int(v) for k, v in limits.items()}))
         models = dict(cm.models)
         for name, m in (d.get("models") or {}).items():
             old = models.get(name)
@@ -212,9 +442,15 @@ class CostModel:
         return {
             "schema": SCHEMA,
             "gpu": {"name": g.name, "memory_bytes": g.memory_bytes, "pool_fraction": g.pool_fraction,
-                    "h2d_bytes_per_s": g.h2d_bytes_per_s, "compute_scale": g.compute_scale},
+                    "h2d_bytes_per_s": g.h2d_bytes_per_s, "compute_scale": g.compute_scale,
+                    "hbm_bytes_per_s": g.hbm_bytes_per_s, "hbm_achievable_fraction": g.hbm_achievable_fraction},
             "engine_start_s": self.engine_start_s, "tp_init_s": self.tp_init_s, "activation_s": self.activation_s,
-            "kv_map_s_per_gib": self.kv_map_s_per_gib,
+            "kv_map_s_per_gib": self.kv_map_s_per_gib, "engine_init_s": self.engine_init_s,
+            "fast_load_bytes_per_s": self.fast_load_bytes_per_s,
+            "engine_limits": {"max_running_seqs": self.limits.max_running_seqs,
+                              "block_size_tokens": self.limits.block_size_tokens,
+                              "max_model_len_tokens": self.limits.max_model_len_tokens,
+                              "max_batched_tokens": self.limits.max_batched_tokens},
             "models": {n: {"weight_bytes": c.weight_bytes, "tp": c.tp, "kv_bytes_per_token": c.kv_bytes_per_token,
                            "prefill_s": {"base_s": c.prefill_base_s, "per_token_s": c.prefill_per_token_s},
                            "decode_step_s": {"base_s": c.decode_base_s, "per_seq_s": c.decode_per_seq_s},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import replace
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.sim.config import SimConfig
@@ -13,26 +12,17 @@ from warmserve.sim.metrics import RunResult
 from warmserve.sim.presets import Preset
 from warmserve.sim.simulator import simulate
 
-#: policies the simulator offers beyond the policy core's names: (core policy, PolicyConfig overrides)
-VARIANTS = {
-    # the paper's "engine prewarming only" ablation: engines started ahead, no weights prewarmed
-    "engine-prewarm-only": ("warmserve", {"prewarm": False}),
-}
-
-
 def policy_names() -> tuple[str, ...]:
     from warmserve.policy import POLICY_NAMES
 
-    return tuple(POLICY_NAMES) + tuple(VARIANTS)
+    return POLICY_NAMES
 
 
 def resolve(name: str, config: SimConfig) -> tuple[str, SimConfig]:
-    """The core policy name and the SimConfig (with policy overrides) a simulator policy name stands for."""
+    """Check a policy name (one of the registry's ``POLICY_NAMES``); returns it and ``config`` as they are (every
+    variant is registered in the policy core, so a name needs no config of its own)."""
     from warmserve.policy import POLICY_NAMES
 
-    if name in VARIANTS:
-        base, over = VARIANTS[name]
-        return base, replace(config, policy_overrides={**config.policy_overrides, **over})
     if name not in POLICY_NAMES:
         raise InvalidArgumentError(f"unknown policy {name!r}: choose from {', '.join(policy_names())}", policy=name)
     return name, config
@@ -64,11 +54,11 @@ def _bar(total_s: float, desc: str, enabled: bool):
 
 def run_once(preset: Preset, policy: str, *, rate_scale: float = 1.0, seed: int = 0, cost: CostModel | None = None,
              progress: bool = False, workload=None) -> RunResult:
-    base, cfg = resolve(policy, preset.config)
+    resolve(policy, preset.config)
     w = workload if workload is not None else preset.build(rate_scale, seed)
     bar = _bar(w.duration_s + w.warmup_s, f"{policy} x{rate_scale:.3g}", progress)
     try:
-        r = simulate(w, preset.models, base, config=cfg, cost=cost, progress=bar)
+        r = simulate(w, preset.models, policy, config=preset.config, cost=cost, progress=bar)
     finally:
         if bar is not None:
             bar.close()

@@ -1,64 +1,43 @@
-"""The discrete-event simulator: the policy core, unchanged, against simulated workers.
+"""The discrete-event simulator: the policy core and its driver, unchanged, against simulated workers.
 
-Time is simulated (a heap of events plus the sorted arrival stream); nothing here reads the wall clock. The policy
-sees a ``ClusterState`` that this driver keeps current and answers with actions, which the driver applies with
-durations from the cost model:
+Time is simulated (a heap of events plus the sorted arrival stream); nothing here reads the wall clock. The
+simulator is an ``Executor`` of ``warmserve.policy.driver.PolicyDriver``, the same driver the live controller
+runs: it carries the driver's actions out with durations from the cost model and reports back when they are done.
 
-- a cold instance: engine start (unless the policy has engines prewarmed) + weight load over the host-to-device
-  link + mapping its KV cache; a prewarm hit: the activation time; a prewarm still loading: the rest of its load.
-- continuous batching at iteration level, as a fluid: an instance alternates prefill iterations (all waiting
-  requests that fit, in one batch) with decode steps whose length depends on the batch size; between two changes
-  of the batch every running request advances one token per step. Instances sharing a GPU (the `shared`
-  baseline) time-share it: each step takes as many times longer as there are busy instances on its busiest GPU.
-- KV blocks (256 tokens, all layers) are reserved for prompt + output at admission; an instance maps KV pages up
-  to the policy's target and grows the mapping from free GPU memory when a request needs it.
+- a cold instance of a policy without prewarmed engines (``autoscale``): a fresh vanilla vLLM engine with a fast
+  checkpoint loader, ``CostModel.vllm_cold_start_s`` (engine initialisation, tensor-parallel set-up, weights from
+  host memory at the ServerlessLLM rate; its KV cache is allocated inside initialisation, no VMM mapping); a
+  cold instance in a prewarmed engine: the weight load over the host-to-device link + the activation; a prewarm
+  hit: the activation time; a prewarm still loading: the rest of its load + the activation.
+- each instance's engine: ``sim.engine_model.BatchEngines`` (vLLM-like continuous batching: admission up to the
+  engine's sequence limit and the KV blocks mapped, decode steps that read the batch's KV cache, GPUs
+  time-shared by colocated instances).
+- one host-to-device link per GPU copies one shard at a time; a dropped prewarm that was still queued or copying
+  frees the link for whatever is left (``_free_link``).
+- a stopped instance's weights stay on its GPUs until the driver drops them (they no longer count as used memory
+  here, as the policy counts them), so a Prewarm that keeps them takes them with no copy.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
-from dataclasses import replace
 
 import numpy as np
 
+from warmserve.errors import InvalidArgumentError
+from warmserve.geometry import blocks_for_tokens
 from warmserve.policy import actions as A
-from warmserve.policy.state import KV_BLOCK_TOKENS, ClusterState, InstanceState, ModelInfo, PrewarmState
+from warmserve.policy.driver import KeptWeights, PolicyDriver
+from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, PrewarmState
 from warmserve.sim.config import ServedModel, SimConfig
-from warmserve.sim.costmodel import CostModel, ModelCost
+from warmserve.sim.costmodel import CostModel
+from warmserve.sim.engine_model import ENGINE_MODELS, BatchEngines, EngineInst
 from warmserve.sim.metrics import RunResult, summarize
 from warmserve.workload.concurrency import concurrency_windows
 from warmserve.workload.request import Trace, Workload
 
-_EV_INST, _EV_READY, _EV_PREWARM = 0, 1, 2
-_IDLE, _DECODE, _PREFILL = 0, 1, 2
-
-
-class _Inst:
-    """The simulated engine of one instance (the policy sees its ``st``)."""
-
-    __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
-                 "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "stopped_at")
-
-    def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int):
-        self.st = st
-        self.mi = mi
-        self.cost = cost
-        self.waiting: deque[int] = deque()
-        self.running: list[tuple[float, int]] = []  # heap of (progress at which it finishes, request)
-        self.progress = 0.0  # decode steps done since creation (fluid)
-        self.t_last = 0.0
-        self.phase = _IDLE
-        self.pf_batch: list[int] = []
-        self.version = 0
-        self.slow = 1
-        self.kv_used = 0
-        self.step_cache: dict[int, float] = {}
-        self.shard = shard
-        self.block_bytes = block_bytes
-        self.ready = False
-        self.stopped_at = None
+_EV_INST, _EV_READY, _EV_PREWARM, _EV_LOSS = 0, 1, 2, 3
 
 
 def model_infos(served: list[ServedModel], cost: CostModel) -> list[ModelInfo]:
@@ -108,9 +87,15 @@ def history_windows(workload: Workload, served: list[ServedModel], cost: CostMod
 
 
 class Simulator:
+    """One policy over one workload on a simulated cluster: an ``Executor`` of the policy driver.
+
+    ``gpu_losses``: (time, GPU ids) pairs, the time in seconds on the workload's clock (0: the start of the
+    replayed trace); at that time the GPUs are lost with everything on them, as when a worker dies: requests
+    that had no token yet start over elsewhere, the others end unanswered."""
+
     def __init__(self, workload: Workload, served: list[ServedModel], policy_name: str, *,
-                 config: SimConfig = SimConfig(), cost: CostModel | None = None, progress=None):
-        from warmserve.policy import PolicyConfig, make_policy
+                 config: SimConfig = SimConfig(), cost: CostModel | None = None, progress=None, gpu_losses=()):
+        from warmserve.policy import make_policy
 
         self.cfg = config
         self.cost = cost or CostModel.for_gpu(config.gpu)
@@ -126,14 +111,25 @@ class Simulator:
         self.midx = {n: i for i, n in enumerate(names)}
         self.state = ClusterState.uniform(config.n_servers, self.infos, gpus_per_server=config.gpus_per_server,
                                           gpu_bytes=self.cost.gpu.pool_bytes)
-        pcfg = replace(PolicyConfig(), **config.policy_overrides) if config.policy_overrides else PolicyConfig()
-        self.max_batch = config.max_batch or pcfg.instance_capacity
+        pcfg = config.policy_config
+        if config.engine_model not in ENGINE_MODELS:
+            raise InvalidArgumentError(f"engine model {config.engine_model!r}: choose one of {ENGINE_MODELS}",
+                                       engine_model=config.engine_model)
+        # the earlier "fluid" model capped the batch at the policy's B; the vLLM-like one at the engine's limit
+        default_batch = pcfg.instance_capacity if config.engine_model == "fluid" else self.cost.limits.max_running_seqs
+        self.max_batch = config.max_num_seqs or default_batch
         self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
         self.clock0 = workload.clock0_s
         hist = history_windows(workload, served, self.cost, self.warmup_s, pcfg.window_s)
         self.policy = make_policy(policy_name, models=self.infos, config=pcfg, history=hist)
+        if config.shared_search and getattr(self.policy, "name", "") == "shared":
+            from warmserve.sim.shared_search import search_shared_layout
+
+            self.policy.layout, self.shared_search = search_shared_layout(self)
         self.policy_name = policy_name
         self.progress = progress
+        self.gpu_losses = sorted((float(t), tuple(g)) for t, g in gpu_losses)
+        self.driver = PolicyDriver(self.policy, self.state, self)
         self._build_requests()
 
     # -- setup --------------------------------------------------------------------------------------------
@@ -152,43 +148,29 @@ class Simulator:
         n = len(self.arrival)
         self.first = [math.nan] * n
         self.finish = [math.nan] * n
-        self.blocks = [(p + o + KV_BLOCK_TOKENS - 1) // KV_BLOCK_TOKENS for p, o in zip(self.prompt, self.output)]
+        self.blocks = [blocks_for_tokens(p + o) for p, o in zip(self.prompt, self.output)]
 
     # -- the event loop -----------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
         st = self.state
         cfg = self.cfg
-        pol = self.policy
-        self.heap: list = []
-        self.seq = 0
-        self.insts: dict[str, _Inst] = {}
-        self.gpu_insts: list[list[_Inst]] = [[] for _ in st.gpus]
-        self.gpu_used = [0] * len(st.gpus)  # bytes held per GPU (mirror of state.free_bytes_on, kept incrementally)
-        self.link_free = [0.0] * len(st.gpus)
-        self.loading: dict[str, tuple[float, float]] = {}  # prewarm id -> (load start, load end)
-        # (model, gpus) of instances removed since the last tick: their weights are still on those GPUs (a live
-        # worker's Deactivate keeps them), so a Prewarm of that model there is loaded at once, with no copy
-        self.kept: set[tuple[str, tuple[int, ...]]] = set()
-        self.queues: list[deque[int]] = [deque() for _ in self.names]
-        self.gpu_seconds = 0.0
-        self.starts = {"total": 0, "hit": 0, "loading": 0, "cold": 0}
-        self.evictions = 0
-        st.queued = {n: 0 for n in self.names}
-        on_start = getattr(pol, "on_request_start", None)
-        on_done = getattr(pol, "on_request_done", None)
-        self._on_done = on_done
+        driver = self.driver
+        self._reset()
         n = len(self.arrival)
         t_start = self.clock0 - max(self.warmup_s, 0.0)  # warm-up arrivals all lie in [t_start, clock0)
         end_arrivals = self.clock0 + self.workload.duration_s
         horizon = max(end_arrivals, self.arrival[-1] if n else end_arrivals) + cfg.drain_s
+        for t_loss, gpus in self.gpu_losses:
+            self._push(self.clock0 + t_loss, _EV_LOSS, gpus, 0)
         self.now = t_start
         next_tick = t_start
         self.open_reqs = 0
         i = 0
         arrival = self.arrival
         req_model = self.req_model
-        queues = self.queues
+        prompt = self.prompt
+        queues = st.queues
         heap = self.heap
         names = self.names
         tick_s = cfg.tick_s
@@ -205,24 +187,24 @@ class Simulator:
                 _, _, kind, obj, ver = heapq.heappop(heap)
                 if kind == _EV_INST:
                     if obj.version == ver:
-                        self._inst_event(obj, t)
+                        self.engines.event(obj, t)
+                        name = names[obj.mi]
+                        if queues[name]:
+                            driver.route(name, t)
                 elif kind == _EV_READY:
                     if obj.version == ver:
-                        self._ready(obj, t)
-                else:
+                        self.engines.ready(obj, t)
+                        driver.instance_ready(obj.st.instance_id, t)
+                elif kind == _EV_PREWARM:
                     self._prewarm_done(obj, t)
+                else:
+                    self._lose(obj, t)
             elif t == t_arr:
-                m = req_model[i]
-                queues[m].append(i)
-                name = names[m]
-                st.queued[name] += 1
                 self.open_reqs += 1
-                if on_start is not None:
-                    on_start(name, t)
-                self._drain(m, t)
+                driver.submit(names[req_model[i]], i, t, prompt_tokens=prompt[i])
                 i += 1
             else:
-                self._tick(t)
+                driver.tick(t)
                 next_tick = t + tick_s
                 if pbar is not None and t - last_pbar >= 60.0:
                     pbar.update(t - last_pbar)
@@ -234,345 +216,192 @@ class Simulator:
             pbar.update(max(end - last_pbar, 0.0))
         return self._result(end)
 
-    # -- policy calls -------------------------------------------------------------------------------------
-
-    def _tick(self, t: float):
+    def _reset(self) -> None:
+        """The executor's state for a run: event heap, GPU memory and links, engines, counters."""
         st = self.state
-        for pid, (a, b) in self.loading.items():
-            p = st.prewarms.get(pid)
-            if p is not None:
-                p.progress = 1.0 if t >= b else max(0.0, (t - a) / (b - a))
-        for act in self.policy.tick(st, t):
-            self._apply(act, t)
-        self.kept.clear()  # weights no Prewarm kept are evicted
-        for inst in self.insts.values():
-            # requests held back for KV memory get another chance once prewarms have been evicted
-            if inst.waiting and inst.ready and inst.phase == _IDLE:
-                self._schedule(inst, t)
-        for m, q in enumerate(self.queues):
-            if q:
-                self._drain(m, t)
-
-    def _drain(self, m: int, t: float):
-        """Route queued requests of model m, oldest first, until the policy says wait."""
-        q = self.queues[m]
-        name = self.names[m]
-        st = self.state
-        route = self.policy.route
-        while q:
-            rid = q[0]
-            act = route(st, name, t, rid)
-            if act is None:
-                return
-            if isinstance(act, A.Route):
-                q.popleft()
-                st.queued[name] -= 1
-                inst = self.insts.get(act.instance_id)
-                if inst is None:
-                    raise RuntimeError(f"policy routed to unknown instance {act.instance_id!r}")
-                inst.st.in_flight += 1
-                self._admit(inst, rid, t)
-            else:
-                # a creation (or another action): the request waits in the queue until the next retry
-                self._apply(act, t)
-                return
-
-    # -- actions ------------------------------------------------------------------------------------------
-
-    def _apply(self, act, t: float):
-        st = self.state
-        if isinstance(act, A.Route):
-            # a Route from tick: same as routing the oldest queued request of that model
-            m = self.midx[act.model]
-            q = self.queues[m]
-            if q:
-                rid = q.popleft()
-                st.queued[act.model] -= 1
-                inst = self.insts[act.instance_id]
-                inst.st.in_flight += 1
-                self._admit(inst, rid, t)
-        elif isinstance(act, A.Prewarm):
-            info = st.models[act.model]
-            gpus = tuple(act.gpus)
-            st.prewarms[act.prewarm_id] = PrewarmState(act.prewarm_id, act.model, gpus, 0.0, act.score)
-            if (act.model, gpus) in self.kept:
-                self.kept.discard((act.model, gpus))
-                st.prewarms[act.prewarm_id].progress = 1.0
-                for g in gpus:
-                    self.gpu_used[g] += info.shard_bytes
-                return
-            self._forget_kept(gpus)
-            c = self.mcost[self.midx[act.model]]
-            start = max([t] + [self.link_free[g] for g in act.gpus])
-            end = start + self.cost.load_s(c)
-            for g in act.gpus:
-                self.link_free[g] = end
-                self.gpu_used[g] += info.shard_bytes
-            self.loading[act.prewarm_id] = (start, end)
-            self._push(end, _EV_PREWARM, act.prewarm_id, 0)
-        elif isinstance(act, (A.Evict, A.CancelPrewarm)):
-            self._drop_prewarm(act.prewarm_id)
-            self.evictions += isinstance(act, A.Evict)
-        elif isinstance(act, A.StartInstance):
-            self._start(act, t)
-        elif isinstance(act, A.StopInstance):
-            inst = self.insts.get(act.instance_id)
-            if inst is not None:
-                inst.st.draining = True
-                if inst.st.in_flight == 0:
-                    self._remove(inst, t)
-        elif isinstance(act, A.SetKvTarget):
-            inst = self.insts.get(act.instance_id)
-            if inst is not None:
-                inst.st.kv_free_target = act.free_blocks
-                if inst.ready:
-                    self._remap(inst)
-        else:
-            raise TypeError(f"unknown action {act!r}")
-
-    def _forget_kept(self, gpus: tuple[int, ...]):
-        """Something else goes onto these GPUs: weights kept there are gone."""
-        if self.kept:
-            self.kept = {k for k in self.kept if not set(k[1]) & set(gpus)}
-
-    def _drop_prewarm(self, pid: str):
-        p = self.state.prewarms.pop(pid, None)
-        if p is None:
-            return
-        b = self.state.models[p.model].shard_bytes
-        for g in p.gpus:
-            self.gpu_used[g] -= b
-        ld = self.loading.pop(pid, None)
-        if ld is not None and ld[1] > self.now:
-            # the link stops copying this shard now
-            for g in p.gpus:
-                if self.link_free[g] == ld[1]:
-                    self.link_free[g] = max(self.now, ld[0])
-
-    def _prewarm_done(self, pid: str, t: float):
-        p = self.state.prewarms.get(pid)
-        ld = self.loading.get(pid)
-        if p is not None and ld is not None and ld[1] <= t:
-            p.progress = 1.0
-            del self.loading[pid]
-
-    def _start(self, act: A.StartInstance, t: float):
-        st = self.state
-        for pid in act.evict:
-            if pid in st.prewarms:
-                self.evictions += 1
-            self._drop_prewarm(pid)
-        m = self.midx[act.model]
-        info = st.models[act.model]
-        c = self.mcost[m]
-        gpus = tuple(act.gpus)
-        self._forget_kept(gpus)
-        ist = InstanceState(act.instance_id, act.model, gpus, created_s=t)
-        cap = min(st.gpus[g].total_bytes for g in gpus) - info.shard_bytes
-        ist.kv_blocks_total = max(int(act.kv_fraction * cap) // info.kv_block_bytes, 0)
-        inst = _Inst(ist, m, c, info.shard_bytes, info.kv_block_bytes)
-        inst.t_last = t
-        self.starts["total"] += 1
-        p = st.prewarms.get(act.prewarm_id) if act.prewarm_id else None
-        if p is not None:
-            ld = self.loading.pop(act.prewarm_id, None)
-            del st.prewarms[act.prewarm_id]  # its shard bytes now belong to the instance
-            if ld is None or ld[1] <= t:
-                self.starts["hit"] += 1
-                ready = t + self.cost.activation_s
-            else:
-                self.starts["loading"] += 1
-                ready = ld[1] + self.cost.activation_s
-        else:
-            self.starts["cold"] += 1
-            for g in gpus:
-                self.gpu_used[g] += info.shard_bytes
-            begin = t + (0.0 if act.warm_engine else self.cost.engine_s(c))
-            begin = max([begin] + [self.link_free[g] for g in gpus])
-            loaded = begin + self.cost.load_s(c)
-            for g in gpus:
-                self.link_free[g] = loaded
-            # an engine started from scratch allocates its whole KV cache before serving; WarmServe's engine
-            # maps KV pages lazily while it serves (PAPER.md section 7), so only the cold engine pays for it
-            kv_bytes = 0 if act.warm_engine else min(ist.kv_blocks_total, self._free_blocks(inst)) * info.kv_block_bytes
-            ready = loaded + self.cost.kv_map_s(kv_bytes)
-        st.instances[act.instance_id] = ist
-        self.insts[act.instance_id] = inst
-        for g in gpus:
-            self.gpu_insts[g].append(inst)
-        self._push(ready, _EV_READY, inst, inst.version)
-
-    def _ready(self, inst: _Inst, t: float):
-        inst.ready = True
-        inst.st.ready_s = t
-        inst.t_last = t
-        self._remap(inst)
-        self._schedule(inst, t)
-        self._tick(t)
-
-    def _remove(self, inst: _Inst, t: float):
-        st = inst.st
-        self.state.instances.pop(st.instance_id, None)
-        self.insts.pop(st.instance_id, None)
-        b = inst.shard + st.kv_blocks_mapped * inst.block_bytes
-        for g in st.gpus:
-            self.gpu_used[g] -= b
-            self.gpu_insts[g].remove(inst)
-        st.kv_blocks_mapped = 0
-        inst.version += 1
-        self.kept.add((st.model, tuple(st.gpus)))
-        # GPU time is measured over the replayed span only (the warm-up is not counted)
-        self.gpu_seconds += max(t - max(st.created_s, self.clock0), 0.0) * len(st.gpus)
-        if inst.phase != _IDLE:
-            inst.phase = _IDLE
-            self._reslow(inst, t)
-
-    # -- KV memory ----------------------------------------------------------------------------------------
-
-    def _free_blocks(self, inst: _Inst) -> int:
-        st = self.state
-        free = min(st.gpus[g].total_bytes - self.gpu_used[g] for g in inst.st.gpus)
-        return max(free // inst.block_bytes, 0)
-
-    def _remap(self, inst: _Inst, need: int = 0):
-        """Map KV blocks to the policy's target (used + free target, or everything), growing only into free
-        memory; ``need`` more blocks than in use are asked for by an admission."""
-        s = inst.st
-        tgt = s.kv_blocks_total if s.kv_free_target is None else min(s.kv_blocks_total, inst.kv_used + s.kv_free_target)
-        tgt = max(tgt, min(inst.kv_used + need, s.kv_blocks_total))
-        d = tgt - s.kv_blocks_mapped
-        if d > 0:
-            d = min(d, self._free_blocks(inst))
-        if d:
-            s.kv_blocks_mapped += d
-            b = d * inst.block_bytes
-            for g in s.gpus:
-                self.gpu_used[g] += b
-
-    # -- the engine ---------------------------------------------------------------------------------------
+        cfg = self.cfg
+        self.heap: list = []
+        self.seq = 0
+        self.gpu_used = [0] * len(st.gpus)  # bytes held per GPU (mirror of state.free_bytes_on, kept incrementally)
+        self.link_free = [0.0] * len(st.gpus)
+        # copies the link owes that cannot be cancelled (cold starts' loads, a started instance's loading prewarm)
+        self.link_hold = [0.0] * len(st.gpus)
+        self.loading: dict[str, tuple[float, float]] = {}  # prewarm id -> (load start, load end)
+        fluid = cfg.engine_model == "fluid"
+        self.engines = BatchEngines(self.cost, self.max_batch, self.prompt, self.output, self.blocks,
+                                    [g.total_bytes for g in st.gpus], self.gpu_used, self._push_inst,
+                                    self._first_token, self._complete, kv_read=not fluid,
+                                    max_batched_tokens=0 if fluid else self.cost.limits.max_batched_tokens,
+                                    chunked_prefill_tokens=0 if fluid else cfg.chunked_prefill_tokens)
+        self.insts = self.engines.insts
+        self.gpu_seconds = 0.0
+        self.starts = {"total": 0, "hit": 0, "loading": 0, "cold": 0}
+        self.evictions = 0
+        self.now = self.clock0 - max(self.warmup_s, 0.0)
 
     def _push(self, t, kind, obj, ver):
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, obj, ver))
 
-    def _step_s(self, inst: _Inst, b: int) -> float:
-        s = inst.step_cache.get(b)
-        if s is None:
-            s = inst.step_cache[b] = self.cost.decode_step_s(inst.cost, b)
-        return s * inst.slow
+    def _push_inst(self, t: float, inst: EngineInst) -> None:
+        self._push(t, _EV_INST, inst, inst.version)
 
-    def _advance(self, inst: _Inst, t: float):
-        if inst.phase == _DECODE and inst.running:
-            inst.progress += (t - inst.t_last) / self._step_s(inst, len(inst.running))
-        inst.t_last = t
+    # -- reports from the engines -------------------------------------------------------------------------
 
-    def _admit(self, inst: _Inst, rid: int, t: float):
-        inst.waiting.append(rid)
-        if inst.ready and inst.phase != _PREFILL:
-            self._advance(inst, t)
-            self._schedule(inst, t)
+    def _first_token(self, rid: int, t: float) -> None:
+        self.first[rid] = t
+        self.driver.prefill_done(rid, t)  # its prompt no longer counts as prefill load
 
-    def _schedule(self, inst: _Inst, t: float):
-        """Choose the instance's next iteration and push the event that ends it."""
-        old = inst.phase
-        inst.version += 1
-        if inst.waiting and len(inst.running) < self.max_batch:
-            batch = []
-            tokens = 0
-            room = self.max_batch - len(inst.running)
-            while inst.waiting and len(batch) < room:
-                rid = inst.waiting[0]
-                need = self.blocks[rid]
-                if inst.kv_used + need > inst.st.kv_blocks_mapped:
-                    self._remap(inst, need)
-                    if inst.kv_used + need > inst.st.kv_blocks_mapped:
-                        break
-                inst.waiting.popleft()
-                inst.kv_used += need
-                inst.st.kv_blocks_used = inst.kv_used
-                batch.append(rid)
-                tokens += self.prompt[rid]
-            if batch:
-                inst.pf_batch = batch
-                inst.phase = _PREFILL
-                if old == _IDLE:
-                    self._reslow(inst, t)
-                self._push(t + self.cost.prefill_s(inst.cost, tokens) * inst.slow, _EV_INST, inst, inst.version)
-                return
-        if inst.running:
-            inst.phase = _DECODE
-            if old == _IDLE:
-                self._reslow(inst, t)
-            dt = (inst.running[0][0] - inst.progress) * self._step_s(inst, len(inst.running))
-            self._push(t + max(dt, 0.0), _EV_INST, inst, inst.version)
-            return
-        inst.phase = _IDLE
-        if old != _IDLE:
-            self._reslow(inst, t)
-
-    def _inst_event(self, inst: _Inst, t: float):
-        if inst.phase == _PREFILL:
-            inst.t_last = t
-            for rid in inst.pf_batch:
-                self.first[rid] = t
-                out = self.output[rid]
-                if out <= 1:
-                    self._complete(inst, rid, t)
-                else:
-                    heapq.heappush(inst.running, (inst.progress + out - 1, rid))
-            inst.pf_batch = []
-        else:
-            self._advance(inst, t)
-            run = inst.running
-            # the batch has not changed since this event was pushed, so its first finisher is done exactly
-            if run and inst.progress < run[0][0]:
-                inst.progress = run[0][0]
-            lim = inst.progress + 1e-9
-            while run and run[0][0] <= lim:
-                _, rid = heapq.heappop(run)
-                self._complete(inst, rid, t)
-        if inst.st.instance_id in self.insts:
-            self._schedule(inst, t)
-        m = inst.mi
-        if self.queues[m]:
-            self._drain(m, t)
-
-    def _complete(self, inst: _Inst, rid: int, t: float):
+    def _complete(self, inst: EngineInst, rid: int, t: float) -> None:
         self.finish[rid] = t
         self.open_reqs -= 1
-        inst.kv_used -= self.blocks[rid]
-        s = inst.st
-        s.kv_blocks_used = inst.kv_used
-        s.in_flight -= 1
-        if self._on_done is not None:
-            self._on_done(s.model, t)
-        if s.kv_free_target is not None:
-            self._remap(inst)
-        if s.draining and s.in_flight == 0:
-            self._remove(inst, t)
+        # the engine routes the model's queue once its iteration is done, not after each finisher
+        self.driver.request_finished(inst.st.model, inst.st.instance_id, t, route=False)
 
-    def _reslow(self, inst: _Inst, t: float):
-        """An instance turned busy or idle: instances sharing a GPU with it get a new time share."""
-        gi = self.gpu_insts
-        if all(len(gi[g]) <= 1 for g in inst.st.gpus):
-            inst.slow = 1
-            return
-        affected = {id(o): o for g in inst.st.gpus for o in gi[g]}
-        affected[id(inst)] = inst
-        for o in affected.values():
-            busy = max(sum(1 for x in gi[g] if x.phase != _IDLE) for g in o.st.gpus)
-            new = max(busy, 1)
-            if new != o.slow:
-                if o.phase == _DECODE and o is not inst:
-                    self._advance(o, t)
-                    o.slow = new
-                    o.version += 1
-                    dt = (o.running[0][0] - o.progress) * self._step_s(o, len(o.running)) if o.running else 0.0
-                    self._push(t + max(dt, 0.0), _EV_INST, o, o.version)
-                else:
-                    if o is inst and o.phase == _DECODE:
-                        self._advance(o, t)
-                    o.slow = new
+    def _prewarm_done(self, pid: str, t: float):
+        ld = self.loading.get(pid)
+        if pid in self.state.prewarms and ld is not None and ld[1] <= t:
+            self.driver.prewarm_loaded(pid)
+            del self.loading[pid]
+
+    def _lose(self, gpus: tuple[int, ...], t: float) -> None:
+        """GPUs fail: instances on them stop with their requests, prewarms there are gone."""
+        lost = set(gpus)
+        requeue = []
+        for inst in [e for e in self.insts.values() if lost.intersection(e.st.gpus)]:
+            for rid in self.engines.drop_requests(inst):
+                if math.isnan(self.first[rid]):
+                    requeue.append(rid)
+                else:  # it streamed tokens already: it cannot start over, it ends unanswered
+                    self.open_reqs -= 1
+                    self.driver.request_finished(inst.st.model, None, t, route=False, request=rid)
+            self._remove(inst, t)
+        for p in self.state.prewarms.values():
+            if lost.intersection(p.gpus):
+                self._release_prewarm(p)
+        requeue.sort()  # oldest first
+        self.driver.lose_gpus(gpus, t, [(self.names[self.req_model[r]], r) for r in requeue])
+
+    # -- the executor -------------------------------------------------------------------------------------
+
+    def sync(self, now_s: float) -> None:
+        for pid, (a, b) in self.loading.items():
+            self.driver.prewarm_progress(pid, 1.0 if now_s >= b else max(0.0, (now_s - a) / (b - a)))
+
+    def settle(self, now_s: float) -> None:
+        self.engines.retry_held(now_s)
+
+    def load_prewarm(self, p: PrewarmState, now_s: float) -> None:
+        c = self.mcost[self.midx[p.model]]
+        shard = self.state.models[p.model].shard_bytes
+        start = max([now_s] + [self.link_free[g] for g in p.gpus])
+        end = start + self.cost.load_s(c)
+        for g in p.gpus:
+            self.link_free[g] = end
+            self.gpu_used[g] += shard
+        self.loading[p.prewarm_id] = (start, end)
+        self._push(end, _EV_PREWARM, p.prewarm_id, 0)
+
+    def keep_prewarm(self, p: PrewarmState, kept: KeptWeights, now_s: float) -> None:
+        # kept weights do not count as used memory here (see stop_instance): they count again from now
+        shard = self.state.models[p.model].shard_bytes
+        for g in p.gpus:
+            self.gpu_used[g] += shard
+
+    def drop_prewarm(self, p: PrewarmState, evicted: bool, now_s: float) -> None:
+        self._release_prewarm(p)
+        self.evictions += evicted
+
+    def _release_prewarm(self, p: PrewarmState) -> None:
+        b = self.state.models[p.model].shard_bytes
+        for g in p.gpus:
+            self.gpu_used[g] -= b
+        ld = self.loading.pop(p.prewarm_id, None)
+        if ld is not None and ld[1] > self.now:
+            self._free_link(p.gpus)
+
+    def _free_link(self, gpus) -> None:
+        """A queued or copying prewarm was dropped: each of its links is busy only until the end of what is still
+        owed on it (the other prewarms' copies, held copies), not until the dropped copy's end. Copies queued
+        behind the dropped one keep their times (a gap may stay before them; later requests fill in after)."""
+        now = self.now
+        owed = {g: max(now, self.link_hold[g]) for g in gpus}
+        prewarms = self.state.prewarms
+        for pid, (_, end) in self.loading.items():
+            p = prewarms.get(pid)
+            if p is None or end <= now:
+                continue
+            for g in p.gpus:
+                if g in owed and end > owed[g]:
+                    owed[g] = end
+        for g, t in owed.items():
+            self.link_free[g] = t
+
+    def drop_kept(self, kept: KeptWeights, now_s: float) -> None:
+        pass  # kept weights left the memory accounting when their instance stopped
+
+    def start_instance(self, ist: InstanceState, act: A.StartInstance, p: PrewarmState | None, now_s: float):
+        m = self.midx[ist.model]
+        info = self.state.models[ist.model]
+        c = self.mcost[m]
+        gpus = ist.gpus
+        inst = self.engines.add(ist, m, c, info.shard_bytes, info.kv_block_bytes, now_s)
+        self.starts["total"] += 1
+        if p is not None:  # its shard bytes now belong to the instance
+            ld = self.loading.pop(p.prewarm_id, None)
+            if ld is None or ld[1] <= now_s:
+                self.starts["hit"] += 1
+                ready = now_s + self.cost.activation_s
+            else:
+                self.starts["loading"] += 1
+                ready = ld[1] + self.cost.activation_s
+                for g in gpus:  # the copy now serves an instance: it can no longer be dropped
+                    self.link_hold[g] = max(self.link_hold[g], ld[1])
+        else:
+            self.starts["cold"] += 1
+            for g in gpus:
+                self.gpu_used[g] += info.shard_bytes
+            if act.warm_engine:
+                # a prewarmed engine loads the weights over the host-to-device link, then activates them; it
+                # maps KV pages lazily while it serves (PAPER.md section 7)
+                begin = max([now_s] + [self.link_free[g] for g in gpus])
+                loaded = begin + self.cost.load_s(c)
+                ready = loaded + self.cost.activation_s
+            else:
+                # vanilla vLLM started fresh, weights by a fast loader (ServerlessLLM): engine initialisation and
+                # tensor-parallel set-up, then the weights from host memory (vllm_cold_start_s); vLLM allocates its
+                # KV cache inside initialisation, so no page mapping is charged
+                begin = now_s + self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c)
+                begin = max([begin] + [self.link_free[g] for g in gpus])
+                loaded = ready = begin + self.cost.fast_load_s(c)
+            for g in gpus:
+                self.link_free[g] = loaded
+                self.link_hold[g] = max(self.link_hold[g], loaded)
+        self._push(ready, _EV_READY, inst, inst.version)
+
+    def stop_instance(self, ist: InstanceState, now_s: float) -> None:
+        inst = self.insts.get(ist.instance_id)
+        if inst is not None:
+            # its weights stay where they were but leave the memory accounting: a Prewarm that keeps them (the
+            # driver tells keep_prewarm) counts them again, and otherwise they are evicted
+            self._remove(inst, now_s)
+
+    def _remove(self, inst: EngineInst, t: float) -> None:
+        st = inst.st
+        self.engines.remove(inst, t)
+        # GPU time is measured over the replayed span only (the warm-up is not counted)
+        self.gpu_seconds += max(t - max(st.created_s, self.clock0), 0.0) * len(st.gpus)
+
+    def set_kv_target(self, ist: InstanceState, free_blocks: int, now_s: float) -> None:
+        inst = self.insts.get(ist.instance_id)
+        if inst is not None and inst.ready:
+            self.engines.remap(inst)
+
+    def send(self, rid: int, ist: InstanceState, now_s: float) -> None:
+        self.engines.admit(self.insts[ist.instance_id], rid, now_s)
+
+    def fail(self, rid: int, error: BaseException, now_s: float) -> None:
+        self.open_reqs -= 1  # never answered
 
     # -- results ------------------------------------------------------------------------------------------
 
@@ -594,4 +423,8 @@ class Simulator:
 def simulate(workload: Workload, served: list[ServedModel], policy: str, *, config: SimConfig = SimConfig(),
              cost: CostModel | None = None, progress=None) -> RunResult:
     """Run one policy over one workload; see ``Simulator``."""
-    return Simulator(workload, served, policy, config=config, cost=cost, progress=progress).run()
+    sim = Simulator(workload, served, policy, config=config, cost=cost, progress=progress)
+    r = sim.run()
+    if getattr(sim, "shared_search", None) is not None:
+        r.summary["shared_layout"] = sim.shared_search
+    return r

@@ -8,7 +8,7 @@ logic in the calling process with the same interface; ``spawn_local_worker`` sta
         w.prewarm("/models/llama-20m")                  # load into a slot of the pool (progress events)
         w.prewarm("/models/qwen2-30m")                  # several prewarmed models coexist
         w.activate("llama-20m")                         # zero-copy: Activated.copied_bytes == 0
-        for ev in w.generate("llama-20m", [1, 2, 3], Sampling(max_tokens=16)):
+        for ev in w.generate("llama-20m", [1, 2, 3], SamplingParams(max_tokens=16)):
             print(ev.token_ids)
         w.set_kv_target("llama-20m", 4)                 # free KV blocks beyond 4 go back to the pool
         w.deactivate("llama-20m"); w.evict("qwen2-30m")

@@ -85,19 +85,20 @@ class SyncClientBase:
         return self._call(P.Evict(id=self._new_id(), name=name), timeout_s)
 
     def activate(self, name: str, kv_blocks: int | None = None, shared: bool = False, *,
-                 kv_target_free_blocks: int | None = None, timeout_s: float | None = None) -> P.Activated:
+                 kv_target_free_blocks: int | None = None, engine: P.EngineConfig | None = None,
+                 timeout_s: float | None = None) -> P.Activated:
         return self._call(P.Activate(id=self._new_id(), name=name, kv_blocks=kv_blocks, shared=shared,
-                                     kv_target_free_blocks=kv_target_free_blocks), timeout_s)
+                                     kv_target_free_blocks=kv_target_free_blocks, engine=engine), timeout_s)
 
     def deactivate(self, name: str, *, timeout_s: float | None = None) -> P.Deactivated:
         return self._call(P.Deactivate(id=self._new_id(), name=name), timeout_s)
 
-    def generate(self, model: str, prompt_ids: list[int], sampling: P.Sampling | None = None, *,
+    def generate(self, model: str, prompt_ids: list[int], sampling: P.SamplingParams | None = None, *,
                  timeout_s: float | None = None) -> TokenStream:
         """Start a generation; iterate the returned stream for its ``Tokens`` (errors raise while iterating)."""
         id = self._new_id()
         self._inbox[id] = collections.deque()
-        self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.Sampling()))
+        self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.SamplingParams()))
         return TokenStream(self, id, timeout_s or self.default_timeout_s)
 
     def abort(self, request_id: int, *, timeout_s: float | None = None) -> None:
@@ -412,20 +413,21 @@ class AsyncWorkerClient:
         return await self._call(P.Evict(id=self._new_id(), name=name), timeout_s)
 
     async def activate(self, name: str, kv_blocks: int | None = None, shared: bool = False, *,
-                       kv_target_free_blocks: int | None = None, timeout_s: float | None = None) -> P.Activated:
+                       kv_target_free_blocks: int | None = None, engine: P.EngineConfig | None = None,
+                       timeout_s: float | None = None) -> P.Activated:
         return await self._call(P.Activate(id=self._new_id(), name=name, kv_blocks=kv_blocks, shared=shared,
-                                           kv_target_free_blocks=kv_target_free_blocks), timeout_s)
+                                           kv_target_free_blocks=kv_target_free_blocks, engine=engine), timeout_s)
 
     async def deactivate(self, name: str, *, timeout_s: float | None = None) -> P.Deactivated:
         return await self._call(P.Deactivate(id=self._new_id(), name=name), timeout_s)
 
-    async def generate(self, model: str, prompt_ids: list[int], sampling: P.Sampling | None = None, *,
+    async def generate(self, model: str, prompt_ids: list[int], sampling: P.SamplingParams | None = None, *,
                        timeout_s: float | None = None) -> AsyncTokenStream:
         """Send a generation and return its stream at once (``async for`` it; errors raise while iterating)."""
         await self._ensure()
         id = self._new_id()
         q = self._open(id)
-        await self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.Sampling()))
+        await self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.SamplingParams()))
         return AsyncTokenStream(self, id, q, timeout_s or self.default_timeout_s)
 
     async def abort(self, request_id: int, *, timeout_s: float | None = None) -> None:

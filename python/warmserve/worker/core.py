@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-import msgspec
-
 from .. import errors
 from .. import protocol as P
 from ..errors import ModelStateError
+from ..geometry import pages_for
 
 Peer = Hashable
 Emit = Callable[[Peer, Any], None]
@@ -48,13 +47,9 @@ class _Instance:
     requests: dict[str, tuple] = field(default_factory=dict)
 
 
-def _kv_dict(engine) -> dict:
-    return msgspec.to_builtins(engine.kv_stats(), str_keys=True, enc_hook=str)
-
-
 def _weight_pages(lm, page_bytes: int) -> int:
     """Pages under the weights (their region is page-rounded; the KV cache starts after it)."""
-    return -(-int(getattr(lm, "weight_region_bytes", lm.weight_bytes)) // page_bytes)
+    return pages_for(int(getattr(lm, "weight_region_bytes", lm.weight_bytes)), page_bytes)
 
 
 def _as_typed(exc: BaseException) -> BaseException:
@@ -72,8 +67,10 @@ class WorkerCore:
     #: Seconds between two progress events of one load.
     progress_interval_s = 0.1
 
-    def __init__(self, pool, *, device: str, worker_id: str, emit: Emit):
+    def __init__(self, pool, *, device: str, worker_id: str, emit: Emit, engine: P.EngineConfig | None = None):
+        """``engine``: the limits of instances activated without their own (``Activate.engine``)."""
         self.pool = pool
+        self.engine_config = engine or P.EngineConfig()
         self.device = device
         self.worker_id = worker_id
         self.emit = emit
@@ -191,7 +188,7 @@ class WorkerCore:
         self.emit(peer, P.Evicted(id=msg.id, name=m.name, freed_bytes=int(self.pool.free_bytes) - free_before))
 
     def _activate(self, peer, msg: P.Activate) -> None:
-        from ..engine import Engine
+        from ..engine.engine import DEFAULT_MAX_NUM_SEQS, Engine
 
         m = self._model(msg.name)
         if m.state != "prewarmed":
@@ -214,12 +211,16 @@ class WorkerCore:
             )
         loaded_before = self._bytes_loaded()
         t0 = time.perf_counter()
-        engine = Engine(m.lm, kv_blocks=msg.kv_blocks, target_free_blocks=msg.kv_target_free_blocks)
+        ec = msg.engine or self.engine_config
+        kv_blocks = msg.kv_blocks if msg.kv_blocks is not None else (ec.max_kv_blocks or None)
+        engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=msg.kv_target_free_blocks,
+                        max_batch_tokens=ec.max_batch_tokens, max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+                        map_blocks_per_step=ec.kv_map_blocks_per_step)
         activate_s = time.perf_counter() - t0
         self.instances[m.name] = _Instance(name=m.name, engine=engine, shared=msg.shared)
         m.state = "running"
         self.emit(peer, P.Activated(
-            id=msg.id, name=m.name, kv_blocks=int(engine.kv_stats()["total_blocks"]), activate_s=activate_s,
+            id=msg.id, name=m.name, kv_blocks=engine.kv_stats().kv_blocks_total, activate_s=activate_s,
             copied_bytes=self._bytes_loaded() - loaded_before,
         ))
 
@@ -234,22 +235,15 @@ class WorkerCore:
         self.emit(peer, P.Deactivated(id=msg.id, name=inst.name, aborted=len(aborted)))
 
     def _generate(self, peer, msg: P.Generate) -> None:
-        from ..engine import SamplingParams
-
         key = (peer, msg.id)
         if key in self.generations:
             raise errors.ProtocolError(f"request id {msg.id} is already in flight from this peer", request_id=msg.id)
         inst = self._instance(msg.model)
-        s = msg.sampling
-        params = SamplingParams(
-            max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed,
-            stop_token_ids=list(s.stop_token_ids), ignore_eos=s.ignore_eos,
-        )
         rid = str(self._next_rid)
         self._next_rid += 1
         # The engine checks the prompt: empty, token ids outside the vocabulary, prompt + max_tokens over the
         # context (PromptTooLongError with the numbers).
-        inst.engine.add_request(rid, list(msg.prompt_ids), params)
+        inst.engine.add_request(rid, msg.prompt_ids, msg.sampling)
         inst.requests[rid] = key
         self.generations[key] = (inst.name, rid)
 
@@ -266,7 +260,7 @@ class WorkerCore:
                 f"free_blocks must be >= 0, got {msg.free_blocks}", free_blocks=msg.free_blocks
             )
         inst.engine.set_kv_target_free_blocks(msg.free_blocks)
-        self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=_kv_dict(inst.engine)))
+        self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=inst.engine.kv_stats()))
 
     def _stats(self, peer, msg: P.GetStats) -> None:
         self.emit(peer, self.stats(msg.id, pages=msg.pages))
@@ -302,19 +296,19 @@ class WorkerCore:
             models.append(st)
         instances = []
         for i in self.instances.values():
-            kv = _kv_dict(i.engine)
-            pages_per_block = -(-int(self.models[i.name].lm.kv_bytes_per_block) // page_bytes)
-            instances.append(P.InstanceState(name=i.name, in_flight=len(i.requests), kv=kv, shared=i.shared,
-                                             kv_pages=int(kv["mapped_blocks"]) * pages_per_block))
+            kv = i.engine.kv_stats()
+            pages_per_block = pages_for(int(self.models[i.name].lm.kv_bytes_per_block), page_bytes)
+            instances.append(P.WorkerInstance(name=i.name, in_flight=len(i.requests), kv=kv, shared=i.shared,
+                                              kv_pages=kv.kv_blocks_mapped * pages_per_block))
         return P.Stats(
             id=id, worker_id=self.worker_id, device=self.device, pid=os.getpid(),
             uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,
             instances=instances, in_flight=len(self.generations),
         )
 
-    def pool_stats(self) -> dict:
+    def pool_stats(self) -> P.PoolStats:
         """The pool's counters (free/total bytes, bytes_loaded, ...) and its pages by slot tag."""
-        return dict(self.pool.stats(), pages_by_tag=self.pool.pages_by_tag())
+        return P.PoolStats.of(self.pool.stats(), self.pool.pages_by_tag())
 
     def _page_bytes(self) -> int:
         return int(self.pool.page_bytes)

@@ -17,6 +17,8 @@ import sys
 from .. import errors
 from ..errors import GiB
 
+DEFAULT_BIND = "tcp://127.0.0.1:0"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
@@ -37,7 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curve-server-key", metavar="FILE", default=None,
                    help="with --controller: the controller's public CURVE certificate (turns encryption on)")
     p.add_argument("--curve-secret-key", metavar="FILE", default=None,
-                   help="with --curve-server-key: this worker's secret certificate (zmq.auth.create_certificates)")
+                   help="this worker's secret certificate (zmq.auth.create_certificates): with --curve-server-key, "
+                        "its key towards the controller; with --curve-clients-dir, its server key")
+    p.add_argument("--curve-clients-dir", metavar="DIR", default=None,
+                   help="with --bind: turn CURVE on and let in only clients whose public certificates are in DIR")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow --bind on a non-loopback address without CURVE (anyone who can connect can send "
+                        "Prewarm, Evict, Shutdown)")
     p.add_argument("--exit-with-parent", action="store_true", help="shut down when the parent process exits")
     p.add_argument("--log-level", default="WARNING")
 
@@ -46,6 +54,26 @@ def check_device(device: str) -> None:
     ok = device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     if not ok:
         raise errors.InvalidArgumentError(f"--device must be cpu or cuda:N, got {device!r}", device=device)
+
+
+def check_security(args: argparse.Namespace) -> None:
+    """CURVE options that fit the way the worker is reached, and no unauthenticated non-loopback bind unless
+    --insecure (checked here, before the slow prewarming, and again by WorkerServer)."""
+    from ..security import require_authenticated_bind
+    from .server import BIND_FIX
+
+    if args.controller:
+        if args.curve_clients_dir:
+            raise errors.InvalidArgumentError(
+                "--curve-clients-dir is for --bind; with --controller pass --curve-server-key (and --curve-secret-key)")
+        return
+    if args.curve_server_key:
+        raise errors.InvalidArgumentError(
+            "--curve-server-key is for --controller; with --bind pass --curve-secret-key and --curve-clients-dir")
+    if args.curve_clients_dir and not args.curve_secret_key:
+        raise errors.InvalidArgumentError("--curve-clients-dir needs --curve-secret-key (this worker's .key_secret)")
+    require_authenticated_bind(args.bind or DEFAULT_BIND, authenticated=bool(args.curve_clients_dir),
+                               insecure=args.insecure, who="warmserve worker --bind", fix=BIND_FIX)
 
 
 def build_pool(device: str, memory_gib: float | None, prefault: bool = True):
@@ -104,6 +132,7 @@ def serve(args: argparse.Namespace) -> int:
         # Before torch is imported, so its thread pools start at this size.
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     check_device(args.device)
+    check_security(args)
     from .core import WorkerCore
     from .server import WorkerServer
 
@@ -113,13 +142,15 @@ def serve(args: argparse.Namespace) -> int:
     core = WorkerCore(pool, device=args.device, worker_id=worker_id, emit=lambda peer, msg: None)
     server = WorkerServer(
         core,
-        bind=None if args.controller else (args.bind or "tcp://127.0.0.1:0"),
+        bind=None if args.controller else (args.bind or DEFAULT_BIND),
         controller=args.controller,
         heartbeat_interval_s=args.heartbeat_interval_s,
         peer_timeout_s=args.peer_timeout_s,
         exit_with_parent=args.exit_with_parent,
         curve_server_key=args.curve_server_key,
         curve_secret_key=args.curve_secret_key,
+        curve_clients_dir=args.curve_clients_dir,
+        insecure=args.insecure,
     )
     if args.ready_fd is not None:
         import msgspec

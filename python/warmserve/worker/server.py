@@ -1,23 +1,52 @@
-"""The worker's ZeroMQ loop: one socket, one thread, engine steps interleaved with socket polling.
+"""The worker's ZeroMQ side: a link thread that owns the network socket, and the engine loop that owns the core.
 
 Two ways to be reached:
-- bind (tests, local workers spawned by a controller): a ROUTER on ``endpoint``; each connected DEALER is a peer,
-  known by its routing id.
-- connect (workers on other hosts): a DEALER connected to the controller's ROUTER; the one peer is the controller.
-  The worker says ``Hello`` every heartbeat until the controller has said anything, so a controller that starts
-  later, or restarts, learns about it.
+- bind (tests, workers started with ``--bind``): a ROUTER on ``endpoint``; each connected DEALER is a peer,
+  known by its routing id. Optionally CURVE, with the client keys allowed listed in a directory (ZAP).
+- connect (workers a controller spawns, workers on other hosts): a DEALER connected to the controller's ROUTER;
+  the one peer is the controller. The worker says ``Hello`` every heartbeat until the controller has said
+  anything, so a controller that starts later, or restarts, learns about it.
+
+Threads. An engine step can last seconds (a 2,048-token prefill chunk of llama-90m takes about 4 s on one CPU
+thread), so liveness must not wait for the loop that steps engines, or a busy worker is declared lost. ZeroMQ
+sockets are used by one thread each, so there are two threads with their own sockets, joined by an inproc PAIR
+pipe in one context:
+
+- the link thread (``_Link``) owns the network socket and one end of the pipe. It forwards every message from
+  the network into the pipe and every message from the pipe to the network, tracks when each peer was last
+  heard, and keeps the heartbeat clock: a ``Heartbeat`` to every peer each interval when bound; when connected,
+  ``Hello`` until the controller has answered, then a ``Heartbeat`` whenever the engine loop has been inside one
+  turn for longer than an interval (otherwise the engine loop's ``Stats`` pushes are the heartbeats).
+- the engine loop (the caller of ``serve_forever``, the main thread) owns the ``WorkerCore`` and the other end of
+  the pipe: it reads requests from the pipe, ticks the core and writes replies into the pipe. Only it touches
+  the core; the link reports a peer it gave up on (a send failed, or silent past ``peer_timeout_s``) as a
+  message in the pipe, and reads two plain attributes the engine loop writes (``engine_turn_s``, ``in_flight``:
+  one float and one int, each stored whole under the GIL).
+
+GIL. The link thread is Python, so it needs the GIL to send a heartbeat. It waits in zmq_poll, which releases
+the GIL; an engine step spends its time inside torch operators, whose bindings release the GIL while they run,
+and between operators CPython hands the GIL to a waiting thread every ``sys.getswitchinterval()`` (5 ms). So the
+link runs within milliseconds of its deadline however long a step lasts; only one native call holding the GIL
+for longer than a heartbeat interval could delay it, and the step path makes none.
+
+The network socket is made and bound in the constructor (a bad endpoint fails there, and ``endpoint`` is known at
+once) and handed to the link thread by ``Thread.start()``: a full memory barrier, which is how the ZeroMQ
+documentation lets a socket move to another thread. The thread that uses a socket afterwards closes it.
 
 Bounds: a message over ``max_message_bytes`` drops its connection; sends never block (a peer whose queue is full
-past ``hwm`` messages, or that is gone, has its generations aborted); every poll has a timeout (0 while engines
-have work, so stepping never waits on the socket); at most ``max_batch`` messages are read between two engine
-steps. Heartbeats go both ways: a peer silent for ``peer_timeout_s`` has its generations aborted, so a dead
-client does not hold KV blocks. A malformed message gets a ``ProtocolError`` reply and the loop goes on.
+past ``hwm`` messages, or that is gone, has its generations aborted); the pipe towards the engine holds at most
+``2 * hwm`` messages, past which the link stops reading the network (ZeroMQ's own high-water mark then pushes back);
+at most ``max_batch`` messages are read between two engine steps. A peer silent for ``peer_timeout_s`` has its
+generations aborted, so a dead client does not hold KV blocks. A malformed message gets a ``ProtocolError`` reply
+and the loop goes on.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import threading
 import time
 import weakref
 
@@ -25,11 +54,20 @@ import zmq
 
 from .. import errors
 from .. import protocol as P
+from ..security import require_authenticated_bind
 from .core import WorkerCore
 
 log = logging.getLogger("warmserve.worker")
 
 _CONTROLLER = b"controller"
+# Pipe frames. Link -> engine: [_MSG, peer, *payload] and [_GONE, peer, why]. Engine -> link: [_SEND, peer, data]
+# and [_STOP] (after which the link flushes, closes its sockets and ends).
+_MSG, _GONE, _SEND, _STOP = b"m", b"g", b"s", b"q"
+#: How to turn authentication on for a bound worker (the fix named by InsecureBindError).
+BIND_FIX = ("pass --curve-secret-key (this worker's certificate) and --curve-clients-dir (the public certificates "
+            "of the clients allowed)")
+#: Seconds the link waits for its last replies (Shutdown's Ok) to leave when it stops.
+_FLUSH_S = 1.0
 
 
 class WorkerServer:
@@ -47,42 +85,67 @@ class WorkerServer:
         exit_with_parent: bool = False,
         curve_server_key: str | None = None,
         curve_secret_key: str | None = None,
+        curve_clients_dir: str | None = None,
+        insecure: bool = False,
     ):
         if (bind is None) == (controller is None):
             raise errors.InvalidArgumentError("give exactly one of bind= (an endpoint) or controller= (an address)")
+        if bind is not None:
+            require_authenticated_bind(bind, authenticated=bool(curve_clients_dir), insecure=insecure,
+                                       who="the worker", fix=BIND_FIX)
         self.core = core
-        core.emit = self._send
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.peer_timeout_s = peer_timeout_s
         self.max_batch = max_batch
         self.ctx = zmq.Context()
         self.routed = bind is not None
-        self.sock = self.ctx.socket(zmq.ROUTER if self.routed else zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, hwm)
-        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self._auth = None
+        sock = self.ctx.socket(zmq.ROUTER if self.routed else zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
         # A peer sending more than this in one message is disconnected before it can exhaust our memory.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        if self.routed:
-            # Fail loudly (EHOSTUNREACH) instead of silently dropping replies to a peer that is gone.
-            self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self.sock.bind(bind)
-            self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        else:
-            self.sock.setsockopt(zmq.ROUTING_ID, core.worker_id.encode())
-            # Queue nothing while the controller is away: stale Hellos would arrive in a burst, and replies the
-            # controller can no longer match are better dropped here, their generations aborted, at once.
-            self.sock.setsockopt(zmq.IMMEDIATE, 1)
-            if curve_server_key:
-                _curve_client(self.sock, curve_server_key, curve_secret_key)
-            self.sock.connect(controller)
-            self.endpoint = controller
-        self._finalizer = weakref.finalize(self, _close, self.sock, self.ctx)
-        self.last_seen: dict[object, float] = {}
-        self.controller_heard = False
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        try:
+            if self.routed:
+                # Fail loudly (EHOSTUNREACH) instead of silently dropping replies to a peer that is gone.
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                if curve_clients_dir:
+                    self._auth = _curve_server(self.ctx, sock, curve_secret_key, curve_clients_dir)
+                sock.bind(bind)
+                self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            else:
+                sock.setsockopt(zmq.ROUTING_ID, core.worker_id.encode())
+                # Queue nothing while the controller is away: stale Hellos would arrive in a burst, and replies
+                # the controller can no longer match are better dropped here, their generations aborted, at once.
+                sock.setsockopt(zmq.IMMEDIATE, 1)
+                if curve_server_key:
+                    _curve_client(sock, curve_server_key, curve_secret_key)
+                sock.connect(controller)
+                self.endpoint = controller
+        except BaseException:
+            _close(None, None, sock, self._auth, self.ctx)
+            raise
+        # The pipe: the engine's end never refuses a reply (the network socket's high-water mark is the bound that
+        # counts: an inproc pipe is unbounded when either end's limit is 0); towards the engine it holds at most
+        # 2 * hwm requests not read yet (ZeroMQ adds the sender's and the receiver's limits).
+        self._pipe = self.ctx.socket(zmq.PAIR)
+        link_end = self.ctx.socket(zmq.PAIR)
+        for s, snd, rcv in ((self._pipe, 0, hwm), (link_end, hwm, 0)):
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, snd)
+            s.setsockopt(zmq.RCVHWM, rcv)
+        name = f"inproc://worker-link-{id(self)}"
+        link_end.bind(name)
+        self._pipe.connect(name)
+        self._link = _Link(sock, link_end, routed=self.routed, endpoint=self.endpoint, hello=self.hello(),
+                           heartbeat_interval_s=heartbeat_interval_s, peer_timeout_s=peer_timeout_s,
+                           max_batch=max_batch)
+        self._thread = threading.Thread(target=self._link.run, name="worker-link", daemon=True)
+        self._finalizer = weakref.finalize(self, _close, self._thread, self._pipe, sock, self._auth, self.ctx,
+                                           link_end)
         self.parent_pid = os.getppid() if exit_with_parent else None
         self.malformed = 0
-        self._controller_unreachable = False
+        core.emit = self._send
 
     def hello(self) -> P.Hello:
         pool = self.core.pool
@@ -91,14 +154,16 @@ class WorkerServer:
             capacity_bytes=int(pool.total_bytes), page_bytes=int(pool.page_bytes),
         )
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ the engine loop
 
     def serve_forever(self) -> None:
+        self._thread.start()
         poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._pipe, zmq.POLLIN)
         next_beat = 0.0
         while not self.core.stopping:
             now = time.monotonic()
+            self._link.engine_turn_s = now
             if self.core.busy():
                 timeout_ms = 0
             else:
@@ -108,28 +173,33 @@ class WorkerServer:
                 self._drain()
             if self.core.stopping:
                 break
+            self._link.engine_turn_s = time.monotonic()
             try:
                 self.core.tick()
             except Exception:  # a bug in one tick must not take the worker (and every model in it) down
                 log.exception("worker tick failed")
+            self._link.in_flight = len(self.core.generations)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval_s
-                self._beat(now)
+                self._beat()
+        # Abort what is left (SIGTERM) while the link can still tell the peers, then stop the link.
+        self.core.close()
         self.close()
 
     def _drain(self) -> None:
         for _ in range(self.max_batch):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self._pipe.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if self.routed:
-                peer, payload = frames[0], frames[1:]
-            else:
-                peer, payload = _CONTROLLER, frames
-                self.controller_heard = True
-            self.last_seen[peer] = time.monotonic()
+            op, peer = frames[0], frames[1]
+            if op == _GONE:
+                n = self.core.drop_peer(peer)
+                if n:
+                    log.warning("peer %r %s: aborted %d generations", peer, frames[2].decode(), n)
+                continue
+            payload = frames[2:]
             if len(payload) != 1:
                 self._malformed(peer, b"".join(payload), f"{len(payload)} frames, expected 1")
                 continue
@@ -149,31 +219,125 @@ class WorkerServer:
         log.warning("malformed message from %r: %s", peer, err)
         self._send(peer, P.Error.of(P.request_id_of(data), err))
 
-    def _beat(self, now: float) -> None:
+    def _beat(self) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.warning("parent process %d is gone: shutting down", self.parent_pid)
             self.core.close()
             self.core.stopping = True
             return
+        if not self.routed and self._link.controller_heard:
+            # The controller keeps its view of pages and KV current from these (they count as heartbeats).
+            self._send(_CONTROLLER, self.core.stats(0))
+
+    def _send(self, peer, msg) -> None:
+        if self._pipe.closed:  # after close(): nobody is left to read it
+            return
+        # Never blocks: the engine's end of the pipe has no high-water mark; the link applies the network's.
+        self._pipe.send_multipart([_SEND, peer, P.encode(msg)], zmq.NOBLOCK)
+
+    def close(self) -> None:
+        """Let the link send what is queued (Shutdown's Ok) for up to a second, then close every socket."""
+        self._finalizer()
+
+
+class _Link:
+    """The link thread's state and loop; it holds no reference to the server or the core."""
+
+    def __init__(self, sock, pipe, *, routed: bool, endpoint: str, hello: P.Hello, heartbeat_interval_s: float,
+                 peer_timeout_s: float, max_batch: int):
+        self.sock, self.pipe = sock, pipe
+        self.routed, self.endpoint, self.hello = routed, endpoint, hello
+        self.heartbeat_interval_s, self.peer_timeout_s, self.max_batch = heartbeat_interval_s, peer_timeout_s, max_batch
+        self.last_seen: dict[bytes, float] = {}
+        #: Written by the link, read by the engine loop: the controller has said something since the last Hello.
+        self.controller_heard = False
+        #: Written by the engine loop: when it last started a turn (monotonic s), and its generations in flight.
+        self.engine_turn_s = time.monotonic()
+        self.in_flight = 0
+        self._controller_unreachable = False
+        #: Messages for the engine that the pipe (full at hwm) has not taken yet, in order: at most one request
+        #: (no more are read meanwhile) and the peers given up on meanwhile.
+        self._backlog: collections.deque[list[bytes]] = collections.deque()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        next_beat = 0.0
+        try:
+            while True:
+                # While the pipe is full, read no more from the network (ZeroMQ's high-water mark pushes back
+                # on peers then) and wait for room in the pipe instead.
+                poller.register(self.pipe, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
+                poller.register(self.sock, 0 if self._backlog else zmq.POLLIN)
+                timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+                events = dict(poller.poll(timeout_ms))
+                if events.get(self.pipe, 0) & zmq.POLLIN and not self._from_engine():
+                    return
+                if self._backlog:
+                    self._flush()
+                elif events.get(self.sock, 0) & zmq.POLLIN:
+                    self._from_network()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self.heartbeat_interval_s
+                    self._beat(now)
+        except zmq.ContextTerminated:
+            return
+        finally:
+            self.sock.close(linger=int(_FLUSH_S * 1000))
+            self.pipe.close()
+
+    def _from_engine(self) -> bool:
+        """Send what the engine queued; False once it asked the link to stop."""
+        for _ in range(self.max_batch):
+            try:
+                frames = self.pipe.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            if frames[0] == _STOP:
+                return False
+            self._send_out(frames[1], frames[2])
+        return True
+
+    def _from_network(self) -> None:
+        for _ in range(self.max_batch):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if self.routed:
+                peer, payload = frames[0], frames[1:]
+            else:
+                peer, payload = _CONTROLLER, frames
+                self.controller_heard = True
+            self.last_seen[peer] = time.monotonic()
+            self._backlog.append([_MSG, peer, *payload])
+            if not self._flush():
+                return
+
+    def _flush(self) -> bool:
+        """Move the backlog into the pipe, in order; False while the pipe is full."""
+        while self._backlog:
+            try:
+                self.pipe.send_multipart(self._backlog[0], zmq.NOBLOCK)
+            except zmq.Again:  # the engine is hwm requests behind
+                return False
+            self._backlog.popleft()
+        return True
+
+    def _beat(self, now: float) -> None:
         if not self.routed and not self.controller_heard:
-            self._send(_CONTROLLER, self.hello())
+            self._send_out(_CONTROLLER, P.encode(self.hello))
         for peer, seen in list(self.last_seen.items()):
             if now - seen > self.peer_timeout_s:
-                del self.last_seen[peer]
-                n = self.core.drop_peer(peer)
-                if n:
-                    log.warning("peer %r silent for %.0f s: aborted %d generations", peer, now - seen, n)
+                self._gone(peer, f"silent for {now - seen:.0f} s")
                 if not self.routed:
                     self.controller_heard = False
                 continue
-            if self.routed:
-                self._send(peer, P.Heartbeat(time_s=time.time(), in_flight=len(self.core.generations)))
-            else:
-                # The controller keeps its view of pages and KV current from these (they count as heartbeats).
-                self._send(peer, self.core.stats(0))
+            # Connected, the engine loop's Stats pushes are the heartbeats while it turns; a long step needs ours.
+            if self.routed or now - self.engine_turn_s > self.heartbeat_interval_s:
+                self._send_out(peer, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
 
-    def _send(self, peer, msg) -> None:
-        data = P.encode(msg)
+    def _send_out(self, peer: bytes, data: bytes) -> None:
         try:
             if self.routed:
                 self.sock.send_multipart([peer, data], zmq.NOBLOCK)
@@ -182,23 +346,24 @@ class WorkerServer:
         except zmq.ZMQError as e:
             # Gone (EHOSTUNREACH), not reading (EAGAIN at the high-water mark), or, for a controller, not connected
             # (yet, or refused by CURVE): nobody will read the rest.
-            self.last_seen.pop(peer, None)
-            n = self.core.drop_peer(peer)
-            if n or self.routed or self.controller_heard:
+            if self.routed or self.controller_heard or peer in self.last_seen:
                 who = f"the controller at {self.endpoint}" if not self.routed else f"peer {peer!r}"
-                log.warning("cannot send to %s (%s); aborted %d generations", who, e.strerror, n)
+                log.warning("cannot send to %s (%s)", who, e.strerror)
             elif not self._controller_unreachable:  # a controller not connected yet is normal at start: say it once
                 log.info("the controller at %s is not reachable yet (%s); saying Hello each heartbeat",
                          self.endpoint, e.strerror)
+            # A controller never heard from (or given up on already) has no generations here to abort.
+            if self.routed or self.controller_heard or peer in self.last_seen:
+                self._gone(peer, f"unreachable ({e.strerror})")
             self._controller_unreachable = not self.routed
         else:
             self._controller_unreachable = False
 
-    def close(self) -> None:
-        if self._finalizer.alive:
-            # Give the last replies (Shutdown's Ok) a moment to leave; a dead peer cannot hold us longer.
-            self.sock.setsockopt(zmq.LINGER, 1000)
-        self._finalizer()
+    def _gone(self, peer: bytes, why: str) -> None:
+        """Tell the engine loop to abort the peer's generations (it owns them)."""
+        self.last_seen.pop(peer, None)
+        self._backlog.append([_GONE, peer, why.encode()])
+        self._flush()
 
 
 def _curve_client(sock, server_key: str, secret_key: str | None) -> None:
@@ -218,6 +383,43 @@ def _curve_client(sock, server_key: str, secret_key: str | None) -> None:
     sock.curve_secretkey = secret
 
 
-def _close(sock, ctx) -> None:
-    sock.close()
+def _curve_server(ctx, sock, secret_key: str | None, clients_dir: str):
+    """CURVE on a bound worker: its secret certificate, and only clients whose public certificates sit in
+    ``clients_dir`` are let in (ZAP, answered by an authenticator thread of this context)."""
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+
+    if not secret_key:
+        raise errors.InvalidArgumentError(
+            "--curve-clients-dir needs --curve-secret-key (this worker's .key_secret certificate, made with "
+            "zmq.auth.create_certificates)", clients_dir=clients_dir)
+    if not os.path.isdir(clients_dir):
+        raise errors.InvalidArgumentError(f"--curve-clients-dir {clients_dir} is not a directory", clients_dir=clients_dir)
+    public, secret = zmq.auth.load_certificate(secret_key)
+    if secret is None:
+        raise errors.InvalidArgumentError(f"{secret_key} holds no secret key: pass the .key_secret file")
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=clients_dir)
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_server = True
+    return auth
+
+
+def _close(thread, pipe, sock, auth, ctx, link_end=None) -> None:
+    if thread is not None and thread.is_alive():
+        pipe.send_multipart([_STOP])
+        thread.join(_FLUSH_S + 5.0)
+    elif sock is not None and not sock.closed:  # the link never ran: its sockets are still ours
+        sock.close(linger=0)
+    if link_end is not None and not link_end.closed and (thread is None or not thread.is_alive()):
+        link_end.close()
+    if pipe is not None:
+        pipe.close(linger=0)
+    if auth is not None:
+        auth.stop()
+    if thread is not None and thread.is_alive():
+        log.warning("the worker's link thread did not stop within %.0f s; leaving its sockets open", _FLUSH_S + 5)
+        return
     ctx.term()

@@ -1,6 +1,8 @@
 import pytest
 
-from warmserve.config import ClusterConfig, ControllerConfig, load_config
+from warmserve.config import ClusterConfig, ControllerConfig, EngineConfig, load_config
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy.config import PolicyConfig, parse_policy_options, policy_config_from_dict
 
 
 def test_toml_and_yaml_give_the_same_config(tmp_path):
@@ -8,14 +10,17 @@ def test_toml_and_yaml_give_the_same_config(tmp_path):
         'policy_unused = 1\n' if False else
         'cpu_workers = 3\ndevices = ["cpu:0", "cpu:1"]\n'
         '[[models]]\npath = "ckpt/m1"\n[[models]]\npath = "/abs/m2"\nname = "two"\n'
-        '[controller]\npolicy = "autoscale"\nwindow_s = 10\n[server]\nport = 9001\napi_key = "k"\n')
+        '[controller]\npolicy = "autoscale"\n[policy]\nwindow_s = 10\n[engine]\nmax_num_seqs = 8\n'
+        '[server]\nport = 9001\napi_key = "k"\n')
     (tmp_path / "a.yaml").write_text(
         "cpu_workers: 3\ndevices: [cpu:0, cpu:1]\nmodels:\n  - ckpt/m1\n  - {path: /abs/m2, name: two}\n"
-        "controller: {policy: autoscale, window_s: 10}\nserver: {port: 9001, api_key: k}\n")
+        "controller: {policy: autoscale}\npolicy: {window_s: 10}\nengine: {max_num_seqs: 8}\n"
+        "server: {port: 9001, api_key: k}\n")
     a, b = load_config(str(tmp_path / "a.toml")), load_config(str(tmp_path / "a.yaml"))
     assert a == b
     assert a.models[0].path == str(tmp_path / "ckpt/m1") and a.models[0].name == "m1"
-    assert a.models[1].name == "two" and a.controller.window_s == 10.0 and a.server.port == 9001
+    assert a.models[1].name == "two" and a.controller.policy_config.window_s == 10.0 and a.server.port == 9001
+    assert a.engine == EngineConfig(max_num_seqs=8)
     assert a.devices == ("cpu:0", "cpu:1") and a.cpu_workers == 3
 
 
@@ -30,12 +35,41 @@ def test_bad_configs_are_refused(tmp_path):
         ControllerConfig(heartbeat_interval_s=1.0, worker_timeout_s=1.5)
     with pytest.raises(ValueError):
         ClusterConfig(devices=("gpu0",))
+    with pytest.raises(InvalidArgumentError, match="round-robin-placement"):  # the registry's names are listed
+        ControllerConfig(policy="round-robin")
+    (tmp_path / "bad_policy.toml").write_text("[policy]\nwindow = 3\n")
+    with pytest.raises(InvalidArgumentError, match="window_s"):  # unknown keys name the known ones
+        load_config(str(tmp_path / "bad_policy.toml"))
+    with pytest.raises(InvalidArgumentError):
+        EngineConfig(max_batch_tokens=0)
 
 
 def test_policy_table_and_policy_name(tmp_path):
-    (tmp_path / "p.toml").write_text('policy = "shared"\n[policy_options]\ninstance_capacity = 8\n')
+    (tmp_path / "p.toml").write_text('policy = "shared"\n')
     c = load_config(str(tmp_path / "p.toml"))
-    assert c.controller.policy == "shared" and dict(c.controller.policy_options) == {"instance_capacity": 8}
-    (tmp_path / "q.yaml").write_text("controller: {policy: autoscale}\npolicy: {min_lifetime_s: 2.0}\n")
+    assert c.controller.policy == "shared" and c.controller.policy_config == PolicyConfig()
+    (tmp_path / "q.yaml").write_text("controller: {policy: autoscale}\npolicy: {min_lifetime_s: 2, forecast: false}\n")
     c = load_config(str(tmp_path / "q.yaml"))
-    assert c.controller.policy == "autoscale" and dict(c.controller.policy_options) == {"min_lifetime_s": 2.0}
+    assert c.controller.policy == "autoscale"
+    assert c.controller.policy_config == PolicyConfig(min_lifetime_s=2.0, forecast=False)
+
+
+def test_policy_options_parse_in_one_place():
+    """The file's [policy] table and the command line's KEY=VALUE flags go through the same parser: text is
+    converted to the field's type, wrong types and unknown keys are refused with the known fields."""
+    base = PolicyConfig(instance_capacity=8)
+    got = parse_policy_options(["window_s=60", "prewarm=false", "forecaster=stl"], base)
+    assert got == PolicyConfig(instance_capacity=8, window_s=60.0, prewarm=False, forecaster="stl")
+    assert policy_config_from_dict({"window_s": 60}) == PolicyConfig(window_s=60.0)
+    for bad in (["window_s=soon"], ["instance_capacity"], ["nope=1"]):
+        with pytest.raises(InvalidArgumentError):
+            parse_policy_options(bad)
+    with pytest.raises(InvalidArgumentError):
+        policy_config_from_dict({"prewarm": "maybe"})
+    with pytest.raises(InvalidArgumentError):
+        policy_config_from_dict({"instance_capacity": True})
+
+
+def test_engine_max_num_seqs_defaults_to_the_policy_capacity():
+    assert EngineConfig().resolved(12).max_num_seqs == 12
+    assert EngineConfig(max_num_seqs=5).resolved(12).max_num_seqs == 5

@@ -12,9 +12,10 @@ from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.controller.controller import Controller
 from warmserve.controller.errors import NoWorkersError, OverloadedError
-from warmserve.controller.models import served_model
-from warmserve.controller.openai_api import Sampling
+from warmserve.controller.models import controller_model
 from warmserve.errors import UnknownModelError, WarmServeError, WorkerLostError
+from warmserve.policy.config import policy_config_from_dict
+from warmserve.protocol import SamplingParams
 
 MODEL = "llama-20m"
 
@@ -30,7 +31,7 @@ def model():
         from warmserve.engine.demo import write_demo_models
 
         path = write_demo_models(None, [MODEL])[MODEL]
-    return served_model(ModelSpec(path=path))
+    return controller_model(ModelSpec(path=path))
 
 
 class Peer:
@@ -94,9 +95,10 @@ class Peer:
         self.sock.close(0)
 
 
-def make_controller(model, **ctl) -> Controller:
-    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 0.5, "window_s": 30,
-                             **ctl})
+def make_controller(model, policy_options=(), **ctl) -> Controller:
+    pc = policy_config_from_dict({"window_s": 30, **dict(policy_options)})
+    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 0.5,
+                             "policy_config": pc, **ctl})
     return Controller(ClusterConfig(models=(model.spec,), controller=cc), [model])
 
 
@@ -120,7 +122,7 @@ def test_routes_starts_and_streams(model):
         assert [g.total_bytes for g in c.state.gpus] == [1 << 30]
         with pytest.raises(UnknownModelError):
             c.model("nope")
-        req = c.submit_nowait(MODEL, [1, 2, 3], Sampling(max_tokens=3))
+        req = c.submit_nowait(MODEL, [1, 2, 3], SamplingParams(max_tokens=3))
         assert await collect(req) == [5, 6, 7] and req.finish_reason == "length"
         kinds = [type(m).__name__ for m in peer.got]
         assert kinds.index("Prewarm") < kinds.index("Activate") < kinds.index("Generate")
@@ -128,7 +130,7 @@ def test_routes_starts_and_streams(model):
         assert st.ready and st.in_flight == 0 and st.kv_blocks_total == 8
         assert c.metrics.prewarm_misses.get(model=MODEL) == 1 and c.metrics.ttft.count(model=MODEL) == 1
         # a second request reuses the instance: no new Prewarm
-        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
         assert [type(m).__name__ for m in peer.got].count("Activate") == 1
         await c.close()
         assert any(isinstance(m, P.Shutdown) for m in peer.got) is False  # remote workers are left running
@@ -142,13 +144,13 @@ def test_queue_bound_and_no_workers(model):
         c = make_controller(model, max_queue=1)
         ep = await c.start()
         with pytest.raises(NoWorkersError):
-            c.submit_nowait(MODEL, [1], Sampling())
+            c.submit_nowait(MODEL, [1], SamplingParams())
         peer = Peer(ep)
         peer.hold_generate = True
         await c.wait_for_workers(1, 5)
-        first = c.submit_nowait(MODEL, [1], Sampling())  # waits for the instance to start
+        first = c.submit_nowait(MODEL, [1], SamplingParams())  # waits for the instance to start
         with pytest.raises(OverloadedError) as e:
-            c.submit_nowait(MODEL, [1], Sampling())
+            c.submit_nowait(MODEL, [1], SamplingParams())
         assert e.value.http_status == 503 and "limit 1" in str(e.value)
         first.abort()
         await c.close(drain=False)
@@ -163,7 +165,7 @@ def test_failed_starts_back_off_then_fail_waiting_requests(model):
         ep = await c.start()
         peer = Peer(ep, fail_prewarm=True)
         await c.wait_for_workers(1, 5)
-        req = c.submit_nowait(MODEL, [1], Sampling())
+        req = c.submit_nowait(MODEL, [1], SamplingParams())
         with pytest.raises(WarmServeError, match="could not start an instance.*disk on fire"):
             await collect(req)
         prewarms = [m for m in peer.got if isinstance(m, P.Prewarm)]
@@ -180,10 +182,10 @@ def test_silent_worker_is_lost_and_running_request_fails_clearly(model):
         ep = await c.start()
         peer = Peer(ep, tokens=(5,))
         await c.wait_for_workers(1, 5)
-        assert await collect(c.submit_nowait(MODEL, [1], Sampling())) == [5]
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams())) == [5]
         # one token out, then silence: the request cannot move elsewhere and must end with the reason
         peer.hold_generate = True
-        req = c.submit_nowait(MODEL, [1], Sampling())
+        req = c.submit_nowait(MODEL, [1], SamplingParams())
         await asyncio.sleep(0.1)
         gid = next(iter(c.gpu_workers[0].gens))
         await peer.send(P.Tokens(id=gid, token_ids=[9]))
@@ -193,11 +195,12 @@ def test_silent_worker_is_lost_and_running_request_fails_clearly(model):
         with pytest.raises(WorkerLostError, match="streamed 1 tokens.*retry"):
             await collect(req)
         assert time.monotonic() - t0 < 3.0
-        assert not c.gpu_workers and not c.state.gpus and not c.state.instances
+        assert not c.gpu_workers and not c.state.instances
+        assert [g.gone for g in c.state.gpus] == [True] and c.state.servers[0].gpu_ids == ()
         assert c.metrics.workers_lost.get() == 1
         # requests that arrive now get a clear 503 rather than waiting forever
         with pytest.raises(NoWorkersError):
-            queued_too = c.submit_nowait(MODEL, [1], Sampling())
+            queued_too = c.submit_nowait(MODEL, [1], SamplingParams())
         assert queued_too is None
         await c.close(drain=False)
         peer.close()
@@ -212,7 +215,7 @@ def test_requests_queued_on_a_lost_worker_move_to_another(model):
         a = Peer(ep, wid="host-1-cpu0")
         await c.wait_for_workers(1, 5)
         a.hold_generate = True
-        reqs = [c.submit_nowait(MODEL, [1], Sampling()) for _ in range(3)]
+        reqs = [c.submit_nowait(MODEL, [1], SamplingParams()) for _ in range(3)]
         await asyncio.sleep(0.2)
         assert sum(len(w.gens) for w in c.gpu_workers) == 3
         b = Peer(ep, wid="host-2-cpu0")
@@ -243,7 +246,8 @@ def test_history_drives_a_prewarm_that_the_next_start_uses(model):
                "b": (starts, np.full_like(starts, 8.0), np.full_like(starts, 40.0))}
 
     async def main():
-        cc = ControllerConfig(tick_s=0.05, heartbeat_interval_s=0.05, worker_timeout_s=0.5, window_s=30)
+        cc = ControllerConfig(tick_s=0.05, heartbeat_interval_s=0.05, worker_timeout_s=0.5,
+                              policy_config=policy_config_from_dict({"window_s": 30}))
         c = Controller(ClusterConfig(models=(a.spec, b.spec), controller=cc), [a, b], history=history)
         assert c.now_s() % 86400 == pytest.approx((now - c.clock_origin_s) % 86400, abs=5)
         ep = await c.start()
@@ -255,7 +259,7 @@ def test_history_drives_a_prewarm_that_the_next_start_uses(model):
             await asyncio.sleep(0.05)
         assert [p.model for p in c.prewarms.values()] == ["b"]
         assert [m.name for m in peer.got if isinstance(m, P.Prewarm)] == ["b"]
-        assert await collect(c.submit_nowait("b", [1], Sampling())) == [5, 6, 7]
+        assert await collect(c.submit_nowait("b", [1], SamplingParams())) == [5, 6, 7]
         assert [m.name for m in peer.got if isinstance(m, P.Prewarm)] == ["b"]  # no cold load
         assert c.metrics.prewarm_hits.get(model="b") == 1 and c.metrics.prewarm_misses.get(model="b") == 0
         await c.close(drain=False)
@@ -285,7 +289,7 @@ def test_curve_admits_only_workers_with_known_keys(model, tmp_path):
             str(tmp_path / "workers" / "w1.key_secret"))))
         await c.wait_for_workers(1, 5)
         assert [w.worker_id for w in c.gpu_workers] == ["host-1-cpu0"]
-        assert await collect(c.submit_nowait(MODEL, [1], Sampling())) == [5, 6, 7]
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams())) == [5, 6, 7]
         await c.close(drain=False)
         friend.close()
         stranger.close()
@@ -355,7 +359,7 @@ def test_static_baselines_lay_out_once_all_workers_are_in(model, policy):
         peers = [Peer(ep, wid="host-1-cpu0"), Peer(ep, wid="host-1-cpu1")]
         await c.wait_for_workers(2, 5)
         for name in ("a", "b"):
-            assert await collect(c.submit_nowait(name, [1], Sampling())) == [5, 6, 7]
+            assert await collect(c.submit_nowait(name, [1], SamplingParams())) == [5, 6, 7]
         acts = [(p.wid, m) for p in peers for m in p.got if isinstance(m, P.Activate)]
         if policy == "shared":
             assert sorted((w, m.name) for w, m in acts) == [("host-1-cpu0", "a"), ("host-1-cpu0", "b"),
@@ -448,11 +452,12 @@ def test_stopped_instance_keeps_its_weights_without_a_copy(model):
     a prewarm hit that activates those weights."""
 
     async def main():
-        c = make_controller(model, policy_options=(("load_window_s", 0.2), ("min_lifetime_s", 0.2)))
+        c = make_controller(model, policy_options=(("load_window_s", 0.2), ("min_lifetime_s", 0.2),
+                                                   ("idle_to_zero", True)))
         ep = await c.start()
         peer = Peer(ep)
         await c.wait_for_workers(1, 5)
-        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
         for _ in range(200):
             if not c.instances and c.prewarms:
                 break
@@ -463,7 +468,7 @@ def test_stopped_instance_keeps_its_weights_without_a_copy(model):
         await asyncio.sleep(0.2)  # a few more ticks: nothing is evicted or loaded again
         kinds = [type(m).__name__ for m in peer.got]
         assert kinds.count("Deactivate") == 1 and kinds.count("Evict") == 0 and kinds.count("Prewarm") == 1
-        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
         kinds = [type(m).__name__ for m in peer.got]
         assert kinds.count("Prewarm") == 1 and kinds.count("Activate") == 2 and kinds.count("Evict") == 0
         assert c.metrics.prewarm_hits.get(model=MODEL) == 1 and c.metrics.prewarm_misses.get(model=MODEL) == 1
@@ -479,17 +484,17 @@ def test_stopped_instance_weights_nobody_keeps_are_evicted(model):
 
     async def main():
         c = make_controller(model, policy="autoscale",
-                            policy_options=(("load_window_s", 0.2), ("min_lifetime_s", 0.2)))
+                            policy_options=(("load_window_s", 0.2), ("min_lifetime_s", 0.2), ("idle_to_zero", True)))
         ep = await c.start()
         peer = Peer(ep)
         await c.wait_for_workers(1, 5)
-        assert await collect(c.submit_nowait(MODEL, [1], Sampling(max_tokens=3))) == [5, 6, 7]
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
         for _ in range(200):
             if not c.instances and any(isinstance(m, P.Evict) for m in peer.got):
                 break
             await asyncio.sleep(0.05)
         kinds = [type(m).__name__ for m in peer.got]
-        assert not c.instances and not c.prewarms and not c._kept
+        assert not c.instances and not c.prewarms and not c.driver.kept
         assert kinds.index("Deactivate") < kinds.index("Evict") and kinds.count("Evict") == 1
         await c.close(drain=False)
         peer.close()

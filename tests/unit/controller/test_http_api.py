@@ -62,3 +62,16 @@ def test_errors_have_openai_shape():
         assert r.status == 404 and (await r.json())["error"]["param"] == "model"
 
     run(go)
+
+
+def test_a_seed_beyond_64_bits_is_a_400_before_any_work():
+    """Such a seed cannot travel in MessagePack: it used to fail after the request was queued (a 500, and the
+    request leaked). It is refused while parsing, before the model is even looked up."""
+    async def go(c):
+        for seed in (2 ** 64, -(2 ** 63) - 1):
+            r = await c.post("/v1/completions", json={"model": "m", "prompt": "hi", "seed": seed})
+            assert r.status == 400
+            err = (await r.json())["error"]
+            assert err["param"] == "seed" and "64 bits" in err["message"]
+
+    run(go)

@@ -3,8 +3,10 @@ import json
 import pytest
 
 from warmserve.controller import openai_api as oa
+from warmserve.controller.frontend import plain_chat_prompt
 from warmserve.controller.errors import OverloadedError, TooManyRequestsError
 from warmserve.errors import InvalidArgumentError, PromptTooLongError, UnknownModelError, WorkerLostError
+from warmserve.protocol import SamplingParams
 
 
 def body(**kw) -> bytes:
@@ -16,7 +18,7 @@ def test_completion_defaults_and_fields():
                                       stop=["\n"], stream=True, stream_options={"include_usage": True},
                                       presence_penalty=0.0))
     assert req.model == "m" and req.prompt == "hi" and req.stream and req.stream_options.include_usage
-    assert s == oa.Sampling(max_tokens=5, temperature=0.0, top_p=0.5, seed=3, stop=("\n",))
+    assert s == SamplingParams(max_tokens=5, temperature=0.0, top_p=0.5, seed=3, stop=("\n",))
     _, s = oa.parse_completion(body(model="m", prompt=[1, 2, 3]))
     assert s.max_tokens == oa.DEFAULT_MAX_TOKENS and s.temperature == 1.0 and s.stop == ()
 
@@ -40,6 +42,10 @@ def test_chat_max_completion_tokens_wins_and_parts():
     (body(model="m", prompt="x", n=2), "n"),
     (body(model="m", prompt=["a", "b"]), "prompt"),
     (body(model="m", prompt="x", stop=["a", "b", "c", "d", "e"]), "stop"),
+    (body(model="m", prompt="x", stop=[""]), "stop"),
+    # a seed beyond 64 bits cannot travel in MessagePack nor seed the sampler: refused at parse time
+    (body(model="m", prompt="x", seed=2 ** 64), "seed"),
+    (body(model="m", prompt="x", seed=-(2 ** 63) - 1), "seed"),
 ])
 def test_bad_completion_requests_are_400(raw, param):
     with pytest.raises(InvalidArgumentError) as e:
@@ -80,4 +86,4 @@ def test_bodies_and_sse():
     c = oa.sse(oa.completion_chunk("id", "m", 1, "x", None))
     assert c.startswith(b"data: ") and c.endswith(b"\n\n")
     assert json.loads(c[6:])["choices"][0]["text"] == "x"
-    assert oa.plain_chat_prompt([{"role": "user", "content": "hi"}]) == "user: hi\nassistant:"
+    assert plain_chat_prompt([{"role": "user", "content": "hi"}]) == "user: hi\nassistant:"

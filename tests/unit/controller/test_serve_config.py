@@ -22,6 +22,12 @@ def test_flags_override_the_file(tmp_path, monkeypatch):
     assert [(m.path, m.name) for m in cfg.models] == [("/x/m1", "first"), ("/x/m2", "m2")]
     assert cfg.server.port == 0 and cfg.controller.policy == "autoscale" and cfg.devices == ("cpu:0", "cpu:1")
     assert cfg.controller.bind == "tcp://0.0.0.0:5555" and cfg.server.api_key == ""
+    f.write_text("models: [a]\npolicy: {instance_capacity: 8}\nengine: {max_batch_tokens: 512}\n")
+    cfg = serve.build_config(parse("--config", str(f), "--window-s", "30", "--policy-option", "min_lifetime_s=2",
+                                   "--max-num-seqs", "4", "--cpu-worker-threads", "1"))
+    pc = cfg.controller.policy_config
+    assert (pc.instance_capacity, pc.window_s, pc.min_lifetime_s) == (8, 30.0, 2.0)  # flags over the file's table
+    assert (cfg.engine.max_num_seqs, cfg.engine.max_batch_tokens, cfg.cpu_worker_threads) == (4, 512, 1)
     monkeypatch.setenv("WARMSERVE_API_KEY", "k")
     assert serve.build_config(parse()).server.api_key == "k"
     assert serve.build_config(parse()).models == ()  # the demo models are chosen when serving starts

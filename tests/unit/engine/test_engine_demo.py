@@ -10,7 +10,8 @@ import torch
 
 from warmserve.engine import DEMO_MODELS, ModelConfig, Tokenizer, UnsupportedModelError
 from warmserve.engine.demo import config_dict, main as demo_main
-from warmserve.engine.kv_cache import PAGE_BYTES, block_layout
+from warmserve.engine.kv_cache import block_layout
+from warmserve.geometry import PAGE_BYTES
 from warmserve.errors import InvalidArgumentError
 
 

@@ -17,6 +17,31 @@ from warmserve.errors import CancelledError, InvalidArgumentError, OutOfMemoryEr
 from warmserve.memory import PagePool
 
 
+def assert_inside_slot(tensors: dict[str, torch.Tensor], slot, region_bytes: int) -> None:
+    """Zero copy, checked for every tensor: its whole storage lies inside the slot's weight region. A weight that
+    torch copied (to another dtype, device or layout) has its own storage elsewhere and fails."""
+    lo, hi = slot.base_address, slot.base_address + region_bytes
+    assert tensors
+    for name, t in tensors.items():
+        st = t.untyped_storage()
+        start = st.data_ptr()
+        assert lo <= start and start + st.nbytes() <= hi, (
+            f"{name}: storage [{start:#x}, {start + st.nbytes():#x}) is not inside the slot's [{lo:#x}, {hi:#x})")
+
+
+def test_zero_copy_check_catches_a_torch_side_copy(demo_dir, pool):
+    lm = load_model(demo_dir["llama-20m"], pool).wait()
+    try:
+        views = lm.weight_views()
+        assert_inside_slot(views, lm.slot, lm.weight_region_bytes)
+        views["layers.0.down.weight"] = views["layers.0.down.weight"].clone()
+        with pytest.raises(AssertionError, match="layers.0.down.weight"):
+            assert_inside_slot(views, lm.slot, lm.weight_region_bytes)
+        del views
+    finally:
+        lm.close()
+
+
 def test_header_parse_matches_safetensors(demo_dir):
     path = demo_dir["llama-20m"]
     infos = read_tensors(path)
@@ -63,8 +88,7 @@ def test_weights_land_in_the_slot_byte_for_byte_and_evict_frees_pages(demo_dir, 
                        ref["model.layers.2.self_attn.k_proj.bias"])
     assert torch.equal(views["layers.7.gate_up.weight"][cfg.intermediate_size:], ref["model.layers.7.mlp.up_proj.weight"])
     assert views["lm_head"] is views["embed"]  # tied
-    base = lm.slot.base_address
-    assert base <= qkv.data_ptr() < base + lm.weight_region_bytes
+    assert_inside_slot(views, lm.slot, lm.weight_region_bytes)
     del views, qkv
     lm.close()
     assert pool.free_pages == free0
@@ -80,7 +104,11 @@ def test_activation_copies_nothing_and_deactivation_keeps_weights(demo_dir, pool
         eng = Engine(lm)
         assert lm.slot.tag == "instance:llama-20m"
         assert eng.model.embed.data_ptr() == lm.slot.base_address + lm.layout["embed"][0]
-        eng.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+        params = {k: v for k, v in eng.model.params.items() if v is not None}
+        assert set(params) >= set(lm.layout)  # every weight the engine computes with
+        assert_inside_slot(params, lm.slot, lm.weight_region_bytes)
+        del params
+        first = eng.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True))
         assert lm.slot.physical_pages(0, wpages) == phys
         assert pool.stats()["bytes_loaded"] == loaded
         kv_pages = lm.slot.mapped_pages - wpages
@@ -88,8 +116,11 @@ def test_activation_copies_nothing_and_deactivation_keeps_weights(demo_dir, pool
         eng.close()
         assert lm.slot.mapped_pages == wpages  # KV pages back to the pool, weights stay
         assert lm.slot.tag == "prewarm:llama-20m"
-        eng2 = Engine(lm)  # activate again
-        assert eng2.generate([[1, 2, 3]], SamplingParams(max_tokens=4)) == eng2.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+        eng2 = Engine(lm)  # activate again: the same weights in the same pages give the first activation's tokens
+        assert eng2.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True)) == first
+        assert len(first[0]) == 4
+        assert_inside_slot({k: v for k, v in eng2.model.params.items() if v is not None}, lm.slot,
+                           lm.weight_region_bytes)
         with pytest.raises(InvalidArgumentError):
             Engine(lm)  # one running instance per loaded model
     finally:

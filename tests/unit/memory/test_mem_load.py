@@ -82,7 +82,7 @@ def test_load_larger_than_free_fails_before_mapping(pool, blob):
 
 
 def test_cancel_rolls_back_only_the_pages_the_load_mapped(tmp_path):
-    n = 16 << 20
+    n = 64 << 20  # 16,384 steps of 4 KiB: still running when the test thread, descheduled on a busy VM, acts
     path = tmp_path / "big.bin"
     np.full(n, 3, dtype=np.uint8).tofile(path)
     with PagePool(n + (1 << 20), page_bytes=SMALL_PAGE) as pool:
@@ -100,7 +100,7 @@ def test_cancel_rolls_back_only_the_pages_the_load_mapped(tmp_path):
 
 
 def test_load_pins_its_destination_and_close_cancels(tmp_path):
-    n = 16 << 20
+    n = 64 << 20  # 16,384 steps of 4 KiB: still running when the test thread, descheduled on a busy VM, acts
     path = tmp_path / "big.bin"
     np.zeros(n, dtype=np.uint8).tofile(path)
     with PagePool(n, page_bytes=SMALL_PAGE) as pool:

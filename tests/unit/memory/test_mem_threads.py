@@ -51,10 +51,13 @@ def test_concurrent_map_unmap_move_load():
                 b.close()
 
         def observer() -> None:
-            while not stop.is_set():
-                tags = pool.pages_by_tag()
-                assert sum(tags.values()) == total
-                pool.stats()
+            try:
+                while not stop.is_set():
+                    tags = pool.pages_by_tag()
+                    assert sum(tags.values()) == total, tags
+                    pool.stats()
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
 
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
         obs = threading.Thread(target=observer)
@@ -65,6 +68,8 @@ def test_concurrent_map_unmap_move_load():
             t.join(timeout=120)
         stop.set()
         obs.join(timeout=30)
+        hung = [t.name for t in threads + [obs] if t.is_alive()]
+        assert not hung, f"threads still running after their join timeout: {hung}"
         assert not errors, errors
         assert pool.free_pages == total and pool.pages_by_tag() == {"free": total}
         assert pool.stats()["move_ops"] > 0

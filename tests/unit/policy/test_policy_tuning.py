@@ -6,7 +6,7 @@ import pytest
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
 from warmserve.policy import core
-from warmserve.policy.apply import apply
+from warmserve.policy.driver import instant_driver
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
 
@@ -35,15 +35,20 @@ def test_an_idle_stopped_instance_leaves_its_weights_as_a_prewarm_in_the_same_ti
     pol, st = _policy()
     _add(st, "i1", "a", [0], in_flight=0)
     _add(st, "i2", "a", [1], in_flight=0)
-    acts = pol.tick(st, 100.0)  # load 0 < 0.5 * 64: scale in to 0
+    _add(st, "i3", "a", [2], in_flight=0)
+    acts = pol.tick(st, 100.0)  # load 0 < 0.5 * 96: scale in, to 1 (the last stays while GPUs are free)
     stopped = {a.instance_id for a in acts if isinstance(a, A.StopInstance)}
     assert stopped == {"i1", "i2"}
     kept = _prewarms(acts)
     assert sorted(p.gpus for p in kept) == [(0,), (1,)] and {p.model for p in kept} == {"a"}
+    driver = instant_driver(pol, st)
     for a in acts:
-        apply(st, a, 100.0)
-    assert not st.instances and len(st.prewarms) == 2
-    st.queued["a"] = 1
+        driver.apply(a, 100.0)
+    assert list(st.instances) == ["i3"] and len(st.prewarms) == 2
+    assert [type(p) for p in kept] == [A.Prewarm] * 2 and {p.kept_from for p in kept} == {"i1", "i2"}
+    assert all(p.loaded for p in st.prewarms.values()) and driver.executor.log.count(("load_prewarm", kept[0].prewarm_id)) == 0
+    st.queues["a"].append("r1")
+    st.instances["i3"].in_flight = 32
     act = pol.route(st, "a", 101.0, "r1")  # the next scale-out is a hit
     assert isinstance(act, A.StartInstance) and act.prewarm_id in {p.prewarm_id for p in kept}
 
@@ -56,8 +61,9 @@ def test_a_draining_instance_leaves_its_weights_once_it_is_gone():
     acts = pol.tick(st, 100.0)  # load 12: target ceil(12 / 16) = 1, stop the two emptiest
     assert [a.instance_id for a in acts if isinstance(a, A.StopInstance)] == ["i1", "i2"]
     assert not _prewarms(acts)  # still draining: their GPUs are busy
+    driver = instant_driver(pol, st)
     for a in acts:
-        apply(st, a, 100.0)
+        driver.apply(a, 100.0)
     assert not _prewarms(pol.tick(st, 101.0))
     st.instances["i1"].in_flight = 0
     del st.instances["i1"]  # drained: the driver removes it
@@ -96,7 +102,7 @@ def test_scale_up_packs_small_models_so_a_whole_block_stays_free():
     for k in range(3):  # each new instance goes next to the busy GPU 1, never into the free block 4-7
         act = pol.route(st, "a", 100.0, f"r{k}")
         assert isinstance(act, A.StartInstance) and act.gpus[0] in (0, 2, 3)
-        apply(st, act, 100.0)
+        instant_driver(pol, st).apply(act, 100.0)
         st.instances[act.instance_id].in_flight = 32
     act = pol.route(st, "big", 100.0, "r")
     assert isinstance(act, A.StartInstance) and act.gpus == (4, 5, 6, 7)

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from warmserve.policy.config import PolicyConfig
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.costmodel import SCHEMA, CostModel
 from warmserve.sim.presets import paper_preset
@@ -24,12 +25,14 @@ def test_single_instance_matches_md1_mean_wait():
     c = cost.cost("llama2-7b")
     prompt, output = 1024, 31
     prefill = cost.prefill_s(c, prompt)
-    service = prefill + (output - 1) * cost.decode_step_s(c, 1)
+    # decode step j reads the prompt, the first token and the j tokens generated since
+    steps = [cost.decode_step_s(c, 1, prompt + 1 + j) for j in range(output - 1)]
+    service = prefill + sum(steps)
     lam = 1.4
     rho = lam * service
     w = _poisson_workload(lam, 30000, prompt, output, seed=1)
-    cfg = SimConfig(n_servers=1, gpus_per_server=1, max_batch=1, drain_s=3600,
-                    policy_overrides={"instance_capacity": 1})
+    cfg = SimConfig(n_servers=1, gpus_per_server=1, max_num_seqs=1, drain_s=3600,
+                    policy_config=PolicyConfig(instance_capacity=1))
     sim = Simulator(w, [ServedModel("llama2-7b")], "dedicated", config=cfg, cost=cost)
     r = sim.run()
     assert r.summary["dropped"] == 0
@@ -39,8 +42,8 @@ def test_single_instance_matches_md1_mean_wait():
     expected = rho * service / (2 * (1 - rho))
     assert 0.6 < rho < 0.75
     assert wait[late].mean() == pytest.approx(expected, rel=0.05)
-    # deterministic service: every TPOT is the decode step
-    assert r.summary["tpot_p50_s"] == pytest.approx(cost.decode_step_s(c, 1), rel=1e-6)
+    # deterministic service: every TPOT is the mean decode step
+    assert r.summary["tpot_p50_s"] == pytest.approx(sum(steps) / len(steps), rel=1e-6)
 
 
 def _small_preset():
@@ -160,36 +163,38 @@ def test_forecast_history_covers_earlier_days_in_policy_time():
 
 
 def test_prewarm_of_a_just_removed_instance_keeps_its_weights_without_a_copy():
-    """A Prewarm naming the model and GPUs of an instance removed at the same moment takes the weights still
-    there: loaded at once, no link time, memory counted once. Elsewhere, or once a tick has passed (the weights
-    were evicted), a Prewarm copies them over the link again."""
+    """A Prewarm that keeps the weights of an instance removed at the same moment (``kept_from``) takes them: loaded
+    at once, no link time, memory counted once. Elsewhere, or once a tick has passed (the driver dropped the
+    weights nobody kept), a Prewarm copies them over the link again."""
     from warmserve.policy import actions as A
 
     w = _poisson_workload(0.5, 5, 128, 4)
-    cfg = SimConfig(n_servers=1, gpus_per_server=2, policy_overrides={"prewarm": False})
+    cfg = SimConfig(n_servers=1, gpus_per_server=2, policy_config=PolicyConfig(prewarm=False))
     sim = Simulator(w, [ServedModel("llama2-7b")], "autoscale", config=cfg)
     sim.run()  # sets up the event loop's state; the cluster is idle afterwards
+    d = sim.driver
     for i in list(sim.insts):
-        sim._apply(A.StopInstance(i), sim.now)
+        d.apply(A.StopInstance(i), sim.now)
     shard = sim.state.models["llama2-7b"].shard_bytes
     assert sim.gpu_used == [0, 0] and not sim.state.prewarms
     t = sim.now + 100.0
 
     def start_and_stop(iid):
-        sim._apply(A.StartInstance(iid, "llama2-7b", (0,)), t)
-        sim._apply(A.StopInstance(iid), t)  # nothing in flight: removed at once
-        assert sim.gpu_used[0] == 0
+        d.apply(A.StartInstance(iid, "llama2-7b", (0,)), t)
+        d.apply(A.StopInstance(iid), t)  # nothing in flight: removed at once
+        assert sim.gpu_used[0] == 0 and iid in d.kept
 
     start_and_stop("i-keep")
     link = list(sim.link_free)
-    sim._apply(A.Prewarm("p-kept", "llama2-7b", (0,), 1.0), t)
+    d.apply(A.Prewarm("p-kept", "llama2-7b", (0,), 1.0, kept_from="i-keep"), t)
     assert sim.state.prewarms["p-kept"].progress == 1.0 and "p-kept" not in sim.loading
-    assert sim.link_free == link and sim.gpu_used == [shard, 0]
-    sim._apply(A.Prewarm("p-other", "llama2-7b", (1,), 1.0), t)  # another GPU: a real copy
+    assert sim.link_free == link and sim.gpu_used == [shard, 0] and not d.kept
+    d.apply(A.Prewarm("p-other", "llama2-7b", (1,), 1.0), t)  # another GPU: a real copy
     assert sim.loading["p-other"][1] > t and sim.link_free[1] > link[1]
-    sim._apply(A.Evict("p-kept"), t)
-    # a later tick evicts weights nobody kept: the next Prewarm there copies them again
+    d.apply(A.Evict("p-kept"), t)
+    # a later tick drops weights nobody kept: the next Prewarm there copies them again
     start_and_stop("i-late")
-    sim._tick(t)
-    sim._apply(A.Prewarm("p-late", "llama2-7b", (0,), 1.0), t)
+    d.tick(t)
+    assert "i-late" not in d.kept
+    d.apply(A.Prewarm("p-late", "llama2-7b", (0,), 1.0, kept_from="i-late"), t)
     assert sim.loading["p-late"][1] > t and sim.state.prewarms["p-late"].progress < 1.0

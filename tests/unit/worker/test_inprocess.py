@@ -12,7 +12,7 @@ from warmserve.worker import InProcessWorker, ModelStateError
 
 pytestmark = pytest.mark.slow
 
-GREEDY8 = P.Sampling(max_tokens=8, temperature=0.0, ignore_eos=True)
+GREEDY8 = P.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_activation_is_zero_copy_and_switching_keeps_every_page(worker, tiny_mod
     for name in ("tiny-llama", "tiny-qwen2"):
         worker.prewarm(tiny_models[name])
     before = worker.stats(pages=True)
-    loaded_before = before.pool["bytes_loaded"]
+    loaded_before = before.pool.bytes_loaded
 
     a = worker.activate("tiny-llama")
     assert a.copied_bytes == 0 and a.kv_blocks > 0
@@ -57,7 +57,7 @@ def test_activation_is_zero_copy_and_switching_keeps_every_page(worker, tiny_mod
     assert len(ids_b) == 8
 
     after = worker.stats(pages=True)
-    assert after.pool["bytes_loaded"] == loaded_before
+    assert after.pool.bytes_loaded == loaded_before
     for name in ("tiny-llama", "tiny-qwen2"):
         assert pages_of(after, name) == pages_of(before, name) and pages_of(after, name)
     assert [i.name for i in after.instances] == ["tiny-qwen2"]
@@ -68,12 +68,12 @@ def test_activation_is_zero_copy_and_switching_keeps_every_page(worker, tiny_mod
 
 
 def test_evict_frees_the_pages_at_once(worker, tiny_models):
-    free0 = worker.stats().pool["free_bytes"]
+    free0 = worker.stats().pool.free_bytes
     done = worker.prewarm(tiny_models["tiny-deep"])
-    assert worker.stats().pool["free_bytes"] <= free0 - done.weight_bytes
+    assert worker.stats().pool.free_bytes <= free0 - done.weight_bytes
     ev = worker.evict("tiny-deep")
     assert ev.freed_bytes >= done.weight_bytes
-    assert worker.stats().pool["free_bytes"] == free0
+    assert worker.stats().pool.free_bytes == free0
     with pytest.raises(errors.UnknownModelError):
         worker.activate("tiny-deep")
 
@@ -96,7 +96,7 @@ def test_caller_mistakes_are_typed_errors_and_the_worker_keeps_serving(worker, t
     with pytest.raises(errors.InvalidArgumentError, match="vocabulary"):
         worker.generate("tiny-qwen2", [1, 10**6]).collect()
     with pytest.raises(errors.InvalidArgumentError, match="top_p"):
-        worker.generate("tiny-qwen2", [1], P.Sampling(top_p=0.0)).collect()
+        worker.generate("tiny-qwen2", [1], P.SamplingParams(top_p=0.0)).collect()
     with pytest.raises(errors.InvalidArgumentError, match="empty"):
         worker.generate("tiny-qwen2", []).collect()
     with pytest.raises(ModelStateError, match="deactivate it before evicting"):
@@ -114,7 +114,7 @@ def test_prewarm_that_does_not_fit_says_by_how_much(tiny_models):
         with pytest.raises(errors.OutOfMemoryError) as ei:
             w.prewarm(tiny_models["tiny-deep"], name="second")
         e = ei.value
-        assert e.asked_bytes > e.free_bytes and e.total_bytes == w.stats().pool["total_bytes"]
+        assert e.asked_bytes > e.free_bytes and e.total_bytes == w.stats().pool.total_bytes
         assert "evict" in str(e)
         assert [m.name for m in w.stats().models] == ["first"]
 
@@ -122,7 +122,7 @@ def test_prewarm_that_does_not_fit_says_by_how_much(tiny_models):
 def test_abort_and_deactivate_end_streams_with_abort(worker, tiny_models):
     worker.prewarm(tiny_models["tiny-llama"])
     worker.activate("tiny-llama")
-    long = P.Sampling(max_tokens=200, ignore_eos=True)
+    long = P.SamplingParams(max_tokens=200, ignore_eos=True)
     s1 = worker.generate("tiny-llama", [1, 2, 3], long)
     s2 = worker.generate("tiny-llama", [4, 5, 6], long)
     first = next(iter(s1))
@@ -145,7 +145,7 @@ def test_shared_instances_interleave_with_fixed_kv_shares(worker, tiny_models):
         worker.activate("tiny-llama", shared=True)
     assert worker.activate("tiny-llama", kv_blocks=2, shared=True).kv_blocks == 2
     assert worker.activate("tiny-qwen2", kv_blocks=3, shared=True).kv_blocks == 3
-    sp = P.Sampling(max_tokens=12, ignore_eos=True)
+    sp = P.SamplingParams(max_tokens=12, ignore_eos=True)
     a = iter(worker.generate("tiny-llama", [1, 2], sp))
     b = iter(worker.generate("tiny-qwen2", [3, 4], sp))
     got = {"a": [], "b": []}
@@ -163,26 +163,26 @@ def test_shared_instances_interleave_with_fixed_kv_shares(worker, tiny_models):
 def test_kv_target_hands_pages_back_and_takes_them_again(worker, tiny_models):
     worker.prewarm(tiny_models["tiny-llama"])
     worker.activate("tiny-llama", kv_blocks=16)
-    stream = iter(worker.generate("tiny-llama", [1, 2, 3], P.Sampling(max_tokens=20, ignore_eos=True)))
+    stream = iter(worker.generate("tiny-llama", [1, 2, 3], P.SamplingParams(max_tokens=20, ignore_eos=True)))
     n = len(next(stream).token_ids)
     worker.set_kv_target("tiny-llama", 8)
     n += len(next(stream).token_ids)
-    free_mid = worker.stats().pool["free_bytes"]
+    free_mid = worker.stats().pool.free_bytes
     shrunk = worker.set_kv_target("tiny-llama", 0)
-    assert shrunk.kv["free_blocks"] == 0
-    free_low = worker.stats().pool["free_bytes"]
+    assert shrunk.kv.kv_blocks_free == 0
+    free_low = worker.stats().pool.free_bytes
     assert free_low > free_mid  # free KV blocks went back to the pool while the request runs
     worker.set_kv_target("tiny-llama", 4)
     for ev in stream:  # the engine maps blocks back while it steps
         n += len(ev.token_ids)
     assert n == 20
     st = worker.stats()
-    assert st.instances[0].kv["free_blocks"] >= 4
-    assert st.pool["free_bytes"] < free_low
+    assert st.instances[0].kv.kv_blocks_free >= 4
+    assert st.pool.free_bytes < free_low
 
 
 def test_evict_during_a_load_cancels_it_and_rolls_back(worker, tiny_models):
-    free0 = worker.stats().pool["free_bytes"]
+    free0 = worker.stats().pool.free_bytes
     prewarm = P.Prewarm(id=worker._new_id(), path=tiny_models["tiny-deep"])
     worker._inbox[prewarm.id] = collections.deque()
     worker._send(prewarm)  # sent, not waited for: the load runs in the memory manager's threads
@@ -192,22 +192,22 @@ def test_evict_during_a_load_cancels_it_and_rolls_back(worker, tiny_models):
     err = worker._next(prewarm.id, 10.0)
     assert isinstance(err, P.Error) and err.type == "CancelledError"
     st = worker.stats()
-    assert st.models == [] and st.pool["free_bytes"] == free0
+    assert st.models == [] and st.pool.free_bytes == free0
 
 
 def test_deactivate_gives_the_kv_pages_back(worker, tiny_models):
     worker.prewarm(tiny_models["tiny-llama"])
-    free_prewarmed = worker.stats().pool["free_bytes"]
+    free_prewarmed = worker.stats().pool.free_bytes
     worker.activate("tiny-llama")
     worker.generate("tiny-llama", [1, 2, 3], GREEDY8).collect()
     st = worker.stats()
     (inst,) = st.instances
-    assert inst.kv_pages == inst.kv["mapped_blocks"] > 0  # one page per block for this model
-    assert st.pool["free_bytes"] == free_prewarmed - inst.kv_pages * (2 << 20)
-    assert st.pool["pages_by_tag"]["instance:tiny-llama"] == inst.kv_pages + st.models[0].pages
+    assert inst.kv_pages == inst.kv.kv_blocks_mapped > 0  # one page per block for this model
+    assert st.pool.free_bytes == free_prewarmed - inst.kv_pages * (2 << 20)
+    assert st.pool.pages_by_tag["instance:tiny-llama"] == inst.kv_pages + st.models[0].pages
     worker.deactivate("tiny-llama")
     st = worker.stats()
-    assert st.pool["free_bytes"] == free_prewarmed
+    assert st.pool.free_bytes == free_prewarmed
     assert [(m.name, m.state) for m in st.models] == [("tiny-llama", "prewarmed")]
 
 
@@ -216,6 +216,24 @@ def test_activation_with_a_kv_reservation_leaves_the_rest_of_the_pool_for_prewar
     worker.activate("tiny-llama", kv_target_free_blocks=2)
     worker.generate("tiny-llama", [1, 2, 3], GREEDY8).collect()
     (inst,) = worker.stats().instances
-    assert inst.kv["free_blocks"] == 2 and inst.kv["mapped_blocks"] == 2
+    assert inst.kv.kv_blocks_free == 2 and inst.kv.kv_blocks_mapped == 2
     worker.prewarm(tiny_models["tiny-deep"])  # fits beside the running instance
     assert {m.name: m.state for m in worker.stats().models} == {"tiny-llama": "running", "tiny-deep": "prewarmed"}
+
+
+def test_activation_takes_the_engine_limits_it_is_sent(worker, tiny_models):
+    """Activate.engine sets the instance's limits (the cluster's [engine] table reaches remote workers this way);
+    without one, an instance runs as many sequences as the policy plans with by default."""
+    from warmserve.engine.engine import DEFAULT_MAX_NUM_SEQS
+    from warmserve.policy.config import PolicyConfig
+
+    assert DEFAULT_MAX_NUM_SEQS == PolicyConfig().instance_capacity
+    worker.prewarm(tiny_models["tiny-llama"])
+    worker.activate("tiny-llama", engine=P.EngineConfig(max_num_seqs=1, max_batch_tokens=64, max_kv_blocks=3))
+    eng = worker.core.instances["tiny-llama"].engine
+    assert (eng.scheduler.max_num_seqs, eng.scheduler.max_batch_tokens, eng.kv.total_blocks) == (1, 64, 3)
+    streams = [worker.generate("tiny-llama", [1, 2, 3], GREEDY8) for _ in range(2)]
+    assert [len(s.collect()[0]) for s in streams] == [8, 8]  # one at a time, both complete
+    worker.deactivate("tiny-llama")
+    worker.activate("tiny-llama")
+    assert worker.core.instances["tiny-llama"].engine.scheduler.max_num_seqs == DEFAULT_MAX_NUM_SEQS

@@ -24,6 +24,16 @@ def strategy(tp):
     """A strategy for any type used in protocol.py (msgspec structs, containers, Any as JSON-like values)."""
     if tp is typing.Any:
         return _json
+    if tp is P.SamplingParams:  # its construction checks ranges: draw inside them
+        return st.builds(
+            P.SamplingParams, max_tokens=st.integers(1, 2**31), temperature=st.floats(0.0, 2.0),
+            top_p=st.floats(0.0, 1.0, exclude_min=True), top_k=st.integers(0, 2**31),
+            seed=st.none() | st.integers(P.SEED_MIN, P.SEED_MAX),
+            stop=st.lists(st.text(min_size=1, max_size=6), max_size=4).map(tuple),
+            stop_token_ids=st.lists(st.integers(0, 2**31), max_size=4).map(tuple), ignore_eos=st.booleans())
+    if tp is P.EngineConfig:
+        return st.builds(P.EngineConfig, max_num_seqs=st.integers(0, 2**31), max_batch_tokens=st.integers(1, 2**31),
+                         max_kv_blocks=st.integers(0, 2**31), kv_map_blocks_per_step=st.integers(1, 2**31))
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return st.builds(tp, **{f.name: strategy(f.type) for f in msgspec.structs.fields(tp)})
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -31,6 +41,8 @@ def strategy(tp):
         return st.one_of([strategy(a) for a in args])
     if origin is list:
         return st.lists(strategy(args[0]), max_size=4)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return st.lists(strategy(args[0]), max_size=4).map(tuple)
     if origin is dict:
         return st.dictionaries(st.text(max_size=6), strategy(args[1]), max_size=3)
     return {
@@ -117,3 +129,16 @@ def test_final_messages():
 def test_defaults_are_omitted_on_the_wire():
     # Small messages matter: a token event is sent per step per request.
     assert len(P.encode(P.Tokens(id=3, token_ids=[17]))) < 32
+
+
+def test_sampling_out_of_range_is_refused_on_decode_too():
+    """A peer cannot make a worker build SamplingParams outside its ranges: decoding checks them as construction
+    does, and the error names the request."""
+    raw = msgspec.msgpack.encode({"msg": "Generate", "id": 7, "model": "m", "prompt_ids": [1],
+                                  "sampling": {"max_tokens": 0}})
+    with pytest.raises(errors.ProtocolError) as e:
+        P.decode_request(raw)
+    assert e.value.request_id == 7 and "max_tokens" in str(e.value)
+    with pytest.raises(errors.InvalidArgumentError) as e:
+        P.SamplingParams(seed=2**64)
+    assert e.value.param == "seed"

@@ -25,7 +25,7 @@ def machine(tiny_models):
             super().__init__()
             # 40 pages: the three models' weights (43 pages) never fit at once, KV blocks compete with prewarms.
             self.w = InProcessWorker("cpu", memory_gib=0.08)
-            self.total = self.w.stats().pool["total_bytes"]
+            self.total = self.w.stats().pool.total_bytes
             self.prewarmed: set[str] = set()
             self.running: dict[str, bool] = {}  # name -> shared
             self.streams: list = []
@@ -88,7 +88,7 @@ def machine(tiny_models):
 
         @rule(name=st.sampled_from(NAMES), n=st.integers(1, 6))
         def generate(self, name, n):
-            stream = self.w.generate(name, [1, 2, 3], P.Sampling(max_tokens=n, ignore_eos=True))
+            stream = self.w.generate(name, [1, 2, 3], P.SamplingParams(max_tokens=n, ignore_eos=True))
             if name not in self.running:
                 with pytest.raises((errors.UnknownModelError, errors.ModelStateError)):
                     list(stream)
@@ -129,9 +129,9 @@ def machine(tiny_models):
             assert {m.name for m in st_.models} == self.prewarmed
             assert {i.name for i in st_.instances} == set(self.running)
             used = sum(m.pages for m in st_.models) + sum(i.kv_pages for i in st_.instances)
-            assert st_.pool["total_bytes"] - st_.pool["free_bytes"] == used * PAGE
-            by_tag = dict(st_.pool["pages_by_tag"])
-            assert by_tag.pop("free") * PAGE == st_.pool["free_bytes"]
+            assert st_.pool.total_bytes - st_.pool.free_bytes == used * PAGE
+            by_tag = dict(st_.pool.pages_by_tag)
+            assert by_tag.pop("free") * PAGE == st_.pool.free_bytes
             assert sum(by_tag.values()) == used
 
         def teardown(self):
@@ -142,7 +142,7 @@ def machine(tiny_models):
             for name in list(self.prewarmed):
                 self.w.evict(name)
             st_ = self.w.stats()
-            assert st_.pool["free_bytes"] == self.total and st_.in_flight == 0
+            assert st_.pool.free_bytes == self.total and st_.in_flight == 0
             self.w.close()
 
     return WorkerMachine

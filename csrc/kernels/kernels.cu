@@ -1,0 +1,267 @@
+// CUDA implementation of kernels.h. Launched through the CUDA runtime (linked statically: cudart_static opens
+// libcuda only on the first runtime call, so the module still imports on machines without a driver), on the
+// caller's stream, on the calling thread's current device (torch's, since the Python wrapper passes torch
+// tensors' pointers and torch's current stream). Every launch checks cudaGetLastError and throws ws::Error.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+#include <string>
+
+#include "../errors.h"
+#include "kernels.h"
+
+namespace ws {
+namespace kernels {
+namespace {
+
+void check(cudaError_t r, const char* what) {
+  if (r == cudaSuccess) return;
+  Error e(ErrorKind::Driver, std::string(what) + " failed: " + cudaGetErrorName(r) + " (" + cudaGetErrorString(r) +
+                                 ")");
+  e.code = int64_t(r);
+  e.name = cudaGetErrorName(r);
+  throw e;
+}
+
+void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+
+// ---- write_kv: one thread block per token, K and V (gridDim.y = 2); copies in 16-byte units when rows allow.
+template <class U>
+__global__ void write_rows_kernel(U* __restrict__ cache, const U* __restrict__ k, const U* __restrict__ v,
+                                  const int64_t* __restrict__ rows, int64_t units, int64_t k_off, int64_t v_off) {
+  const int64_t i = blockIdx.x;
+  const bool is_v = blockIdx.y == 1;
+  const U* src = (is_v ? v : k) + i * units;
+  U* dst = cache + (rows[i] + (is_v ? v_off : k_off)) * units;
+  for (int64_t j = threadIdx.x; j < units; j += blockDim.x) dst[j] = src[j];
+}
+
+// ---- paged attention: grid (n_rows, n_heads, n_splits), kWarps warps; each warp walks keys t = lo + warp,
+// lo + warp + kWarps, ... with an online softmax (running max m, sum l, accumulator acc); lanes split head_dim
+// in a strided way (element lane + 32 i) so one key row is read coalesced. Then the warps are merged in shared
+// memory. With one split the block writes the normalised output; else it writes (acc, m, l) to the workspace and
+// reduce_splits_kernel merges the splits (flash-decoding).
+constexpr int kWarps = 4;
+
+template <class T, int VPL>  // VPL = head_dim / 32 values per lane
+__global__ void __launch_bounds__(kWarps * 32)
+    paged_attention_kernel(PagedAttention a) {
+  const int row = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int D = VPL * 32;
+  const int group = a.n_heads / a.kv_heads;
+  const int kvh = h / group;
+  const int64_t row_elems = int64_t(a.kv_heads) * D;
+  const int len = reinterpret_cast<const int32_t*>(a.row_len)[row];
+  const int seq = reinterpret_cast<const int32_t*>(a.row_seq)[row];
+  const int32_t* table = reinterpret_cast<const int32_t*>(a.block_tables) + int64_t(seq) * a.table_stride;
+  const T* cache = reinterpret_cast<const T*>(a.cache);
+  int lo = split * a.split_tokens;
+  int hi = min(len, lo + a.split_tokens);
+  if (a.window > 0) lo = max(lo, len - a.window);
+
+  const T* qp = reinterpret_cast<const T*>(a.q) + (int64_t(row) * a.n_heads + h) * D;
+  float q[VPL], acc[VPL];
+#pragma unroll
+  for (int i = 0; i < VPL; ++i) {
+    q[i] = to_f(qp[lane + 32 * i]) * a.scale;
+    acc[i] = 0.f;
+  }
+  float m = -FLT_MAX, l = 0.f;  // -FLT_MAX, not -inf: exp(m - m_new) stays finite when a warp sees no key
+  for (int t = lo + warp; t < hi; t += kWarps) {
+    const int64_t blk = table[t / a.block_tokens];
+    const int64_t r = blk * a.rows_per_block + (t % a.block_tokens);
+    const T* kp = cache + (r + a.k_off) * row_elems + int64_t(kvh) * D;
+    const T* vp = cache + (r + a.v_off) * row_elems + int64_t(kvh) * D;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) s += q[i] * to_f(kp[lane + 32 * i]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const float m_new = fmaxf(m, s);
+    const float c = __expf(m - m_new), p = __expf(s - m_new);
+    l = l * c + p;
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) acc[i] = acc[i] * c + p * to_f(vp[lane + 32 * i]);
+    m = m_new;
+  }
+
+  __shared__ float sm_m[kWarps], sm_l[kWarps];
+  __shared__ float sm_acc[kWarps][VPL * 32];
+  if (lane == 0) sm_m[warp] = m, sm_l[warp] = l;
+#pragma unroll
+  for (int i = 0; i < VPL; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  float M = -FLT_MAX;
+  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w]);
+  float L = 0.f, wgt[kWarps];
+  for (int w = 0; w < kWarps; ++w) {
+    wgt[w] = sm_l[w] > 0.f ? __expf(sm_m[w] - M) : 0.f;  // a warp with no key has l == 0
+    L += sm_l[w] * wgt[w];
+  }
+  const int64_t rh = int64_t(row) * a.n_heads + h;
+  if (a.n_splits == 1) {
+    T* op = reinterpret_cast<T*>(a.out) + rh * D;
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+      float x = 0.f;
+      for (int w = 0; w < kWarps; ++w) x += sm_acc[w][d] * wgt[w];
+      op[d] = from_f<T>(x * inv);
+    }
+    return;
+  }
+  float* ws = reinterpret_cast<float*>(a.workspace) + (rh * a.n_splits + split) * (D + 2);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float x = 0.f;
+    for (int w = 0; w < kWarps; ++w) x += sm_acc[w][d] * wgt[w];
+    ws[d] = x;
+  }
+  if (threadIdx.x == 0) ws[D] = M, ws[D + 1] = L;
+}
+
+// grid (n_rows, n_heads), head_dim threads: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+template <class T>
+__global__ void reduce_splits_kernel(PagedAttention a) {
+  const int64_t rh = int64_t(blockIdx.x) * a.n_heads + blockIdx.y;
+  const int D = a.head_dim, S = a.n_splits;
+  const float* ws = reinterpret_cast<const float*>(a.workspace) + rh * S * (D + 2);
+  float M = -FLT_MAX;
+  for (int s = 0; s < S; ++s)
+    if (ws[s * (D + 2) + D + 1] > 0.f) M = fmaxf(M, ws[s * (D + 2) + D]);
+  float L = 0.f, x = 0.f;
+  const int d = threadIdx.x;
+  for (int s = 0; s < S; ++s) {
+    const float* p = ws + s * (D + 2);
+    if (p[D + 1] <= 0.f) continue;  // a split past the sequence's end (or before its window)
+    const float w = __expf(p[D] - M);
+    L += p[D + 1] * w;
+    x += p[d] * w;
+  }
+  reinterpret_cast<T*>(a.out)[rh * D + d] = from_f<T>(L > 0.f ? x / L : 0.f);
+}
+
+template <class T>
+void launch_attention(const PagedAttention& a) {
+  dim3 grid(unsigned(a.n_rows), unsigned(a.n_heads), unsigned(a.n_splits));
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(a.stream);
+  switch (a.head_dim / 32) {
+#define WS_CASE(v) \
+  case v: paged_attention_kernel<T, v><<<grid, kWarps * 32, 0, st>>>(a); break;
+    WS_CASE(1) WS_CASE(2) WS_CASE(3) WS_CASE(4) WS_CASE(5) WS_CASE(6) WS_CASE(7) WS_CASE(8)
+#undef WS_CASE
+  }
+  check_launch("paged_attention_kernel launch");
+  if (a.n_splits > 1) {
+    reduce_splits_kernel<T><<<dim3(unsigned(a.n_rows), unsigned(a.n_heads)), a.head_dim, 0, st>>>(a);
+    check_launch("reduce_splits_kernel launch");
+  }
+}
+
+__global__ void copy_blocks_kernel(int4* __restrict__ dst, const int4* __restrict__ src,
+                                   const int64_t* __restrict__ src_idx, const int64_t* __restrict__ dst_idx,
+                                   int64_t n_pairs, int64_t units) {
+  for (int64_t p = blockIdx.y; p < n_pairs; p += gridDim.y) {  // gridDim.y is at most 65535
+    const int4* s = src + src_idx[p] * units;
+    int4* d = dst + dst_idx[p] * units;
+    for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < units; j += int64_t(gridDim.x) * blockDim.x)
+      d[j] = s[j];
+  }
+}
+
+__global__ void copy_blocks_bytes_kernel(uint8_t* __restrict__ dst, const uint8_t* __restrict__ src,
+                                         const int64_t* __restrict__ src_idx, const int64_t* __restrict__ dst_idx,
+                                         int64_t n_pairs, int64_t n) {
+  for (int64_t p = blockIdx.y; p < n_pairs; p += gridDim.y) {
+    const uint8_t* s = src + src_idx[p] * n;
+    uint8_t* d = dst + dst_idx[p] * n;
+    for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x)
+      d[j] = s[j];
+  }
+}
+
+}  // namespace
+
+bool compiled() { return true; }
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" status so later calls report their own errors
+    return 0;
+  }
+  return n;
+}
+
+void write_kv(uintptr_t cache, uintptr_t k, uintptr_t v, uintptr_t rows, int64_t n_tokens, int64_t row_elems,
+              int64_t k_off, int64_t v_off, int dtype, uintptr_t stream) {
+  if (n_tokens <= 0) return;
+  const int64_t esize = dtype == kFloat32 ? 4 : 2;
+  const int64_t row_bytes = row_elems * esize;
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  dim3 grid(unsigned(n_tokens), 2);
+  const bool aligned16 = row_bytes % 16 == 0 && (cache | k | v) % 16 == 0;
+  if (aligned16)
+    write_rows_kernel<int4><<<grid, 128, 0, st>>>(reinterpret_cast<int4*>(cache), reinterpret_cast<const int4*>(k),
+                                                  reinterpret_cast<const int4*>(v),
+                                                  reinterpret_cast<const int64_t*>(rows), row_bytes / 16, k_off,
+                                                  v_off);
+  else
+    write_rows_kernel<uint16_t><<<grid, 128, 0, st>>>(
+        reinterpret_cast<uint16_t*>(cache), reinterpret_cast<const uint16_t*>(k),
+        reinterpret_cast<const uint16_t*>(v), reinterpret_cast<const int64_t*>(rows), row_bytes / 2, k_off, v_off);
+  check_launch("write_kv launch");
+}
+
+void paged_attention(const PagedAttention& a) {
+  if (a.n_rows <= 0) return;
+  switch (a.dtype) {
+    case kFloat32: launch_attention<float>(a); break;
+    case kFloat16: launch_attention<__half>(a); break;
+    case kBFloat16: launch_attention<__nv_bfloat16>(a); break;
+    default: throw invalid("paged_attention: unknown dtype code " + std::to_string(a.dtype));
+  }
+}
+
+void copy_blocks(uintptr_t dst, uintptr_t src, uintptr_t src_idx, uintptr_t dst_idx, int64_t n,
+                 int64_t block_bytes, uintptr_t stream) {
+  if (n <= 0 || block_bytes <= 0) return;
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  // Enough blocks along x to keep every SM busy on a few pairs (2 MiB / (256 threads * 16 B) = 512 at most).
+  const unsigned gy = unsigned(std::min<int64_t>(n, 65535));
+  if (block_bytes % 16 == 0 && (dst | src) % 16 == 0) {
+    const int64_t units = block_bytes / 16;
+    const unsigned gx = unsigned(std::min<int64_t>((units + 255) / 256, 512));
+    copy_blocks_kernel<<<dim3(gx, gy), 256, 0, st>>>(
+        reinterpret_cast<int4*>(dst), reinterpret_cast<const int4*>(src), reinterpret_cast<const int64_t*>(src_idx),
+        reinterpret_cast<const int64_t*>(dst_idx), n, units);
+  } else {
+    const unsigned gx = unsigned(std::min<int64_t>((block_bytes + 255) / 256, 512));
+    copy_blocks_bytes_kernel<<<dim3(gx, gy), 256, 0, st>>>(
+        reinterpret_cast<uint8_t*>(dst), reinterpret_cast<const uint8_t*>(src),
+        reinterpret_cast<const int64_t*>(src_idx), reinterpret_cast<const int64_t*>(dst_idx), n, block_bytes);
+  }
+  check_launch("copy_blocks launch");
+}
+
+void copy_bytes(uintptr_t dst, uintptr_t src, int64_t nbytes, uintptr_t stream) {
+  if (nbytes <= 0) return;
+  // The copy engine path: cudaMemcpyAsync device-to-device runs at HBM speed without occupying SMs.
+  check(cudaMemcpyAsync(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), size_t(nbytes),
+                        cudaMemcpyDeviceToDevice, reinterpret_cast<cudaStream_t>(stream)),
+        "cudaMemcpyAsync");
+}
+
+}  // namespace kernels
+}  // namespace ws

@@ -1,0 +1,62 @@
+// The CUDA kernel library of warmserve (issue 13): K/V writes into the engine's paged cache, attention that reads
+// K/V straight from the pages, and the block copies switching needs. Device memory and streams cross this
+// interface as integers (uintptr_t), so neither torch nor cuda headers are needed to call it: bindings.cpp binds
+// it, kernels.cu implements it when the CUDA toolkit is found at build time, kernels_stub.cpp otherwise (every
+// call then throws BackendUnavailable).
+//
+// The cache layout is the engine's (python/warmserve/engine/attention.py): rows of kv_heads * head_dim elements;
+// the token at offset t of block b, layer l, K (s=0) or V (s=1) is row b * rows_per_block + (2l + s) * block_tokens
+// + t. Kernels take a layer's K and V row offsets (k_off, v_off) and never need the layer count.
+#pragma once
+
+#include <cstdint>
+
+namespace ws {
+namespace kernels {
+
+// Element type codes (one name per concept: the same codes the Python wrapper passes).
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+bool compiled();  // kernels.cu was built into this module
+// Devices the CUDA runtime sees (0 without a driver or GPU; never throws).
+int device_count();
+
+// cache[(rows[i] + k_off) * row_elems ...] = k[i], and likewise v at v_off, for i < n_tokens.
+// k, v: [n_tokens, row_elems] contiguous; rows: int64 [n_tokens] on the device (layer-0 K rows).
+void write_kv(uintptr_t cache, uintptr_t k, uintptr_t v, uintptr_t rows, int64_t n_tokens, int64_t row_elems,
+              int64_t k_off, int64_t v_off, int dtype, uintptr_t stream);
+
+struct PagedAttention {
+  uintptr_t q = 0;            // [n_rows, n_heads, head_dim] contiguous
+  uintptr_t out = 0;          // [n_rows, n_heads, head_dim] contiguous, same dtype
+  uintptr_t cache = 0;        // the cache rows (layer 0 of block 0 at row 0)
+  uintptr_t block_tables = 0; // int32 [n_seqs, table_stride]: block ids of each sequence, in token order
+  int64_t table_stride = 0;   // entries per block-table row
+  uintptr_t row_seq = 0;      // int32 [n_rows]: the block-table row of each query row
+  uintptr_t row_len = 0;      // int32 [n_rows]: keys 0..len-1 are visible (the query sits at position len-1)
+  int64_t n_rows = 0;
+  int n_heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t rows_per_block = 0;
+  int block_tokens = 0;
+  int64_t k_off = 0, v_off = 0;  // this layer's K and V row offsets inside a block
+  int window = 0;                // sliding window in tokens (0 = none): keys >= len - window only
+  float scale = 1.0f;
+  int split_tokens = 0;          // keys per split (flash-decoding); n_splits = ceil(max_len / split_tokens)
+  int n_splits = 1;
+  uintptr_t workspace = 0;       // float32 [n_rows * n_heads * n_splits * (head_dim + 2)] when n_splits > 1
+  int dtype = kFloat32;
+  uintptr_t stream = 0;
+};
+// Decode (one query row per sequence) and prefill chunks with cached context (one query row per token, its
+// row_len = its position + 1) are the same computation: each query row attends over its own visible prefix.
+void paged_attention(const PagedAttention& a);
+
+// Copies whole blocks of block_bytes: dst[dst_idx[i]] = src[src_idx[i]] for i < n (int64 indices on the device).
+// No dst block may be a src block of another pair (the copies run concurrently).
+void copy_blocks(uintptr_t dst, uintptr_t src, uintptr_t src_idx, uintptr_t dst_idx, int64_t n,
+                 int64_t block_bytes, uintptr_t stream);
+// nbytes from src to dst on the device (a tensor between slots when remapping is not possible).
+void copy_bytes(uintptr_t dst, uintptr_t src, int64_t nbytes, uintptr_t stream);
+
+}  // namespace kernels
+}  // namespace ws

@@ -1,0 +1,25 @@
+// kernels.h for builds without the CUDA toolkit: the module still imports, and each kernel raises
+// BackendUnavailableError saying how to get them.
+#include "../errors.h"
+#include "kernels.h"
+
+namespace ws {
+namespace kernels {
+namespace {
+[[noreturn]] void unavailable() {
+  throw Error(ErrorKind::BackendUnavailable,
+              "this build of warmserve has no CUDA kernels: nvcc was not found when it was built. Fix: install the "
+              "CUDA toolkit (nvcc on PATH, or CUDACXX=/usr/local/cuda/bin/nvcc) and reinstall warmserve");
+}
+}  // namespace
+
+bool compiled() { return false; }
+int device_count() { return 0; }
+void write_kv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int64_t, int, uintptr_t) {
+  unavailable();
+}
+void paged_attention(const PagedAttention&) { unavailable(); }
+void copy_blocks(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t) { unavailable(); }
+void copy_bytes(uintptr_t, uintptr_t, int64_t, uintptr_t) { unavailable(); }
+}  // namespace kernels
+}  // namespace ws

@@ -1,0 +1,246 @@
+"""The live executor: the policy driver's decisions carried out on real workers over ZeroMQ.
+
+Every send to a worker happens synchronously, in the order the driver applies the actions, so one worker sees
+them in that order (ZeroMQ keeps per-peer order). The only waits are a start's load and activation, run as tasks.
+A live worker holds one device: one policy GPU, whose id (``WorkerRecord.gpu_id``) never changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from warmserve import protocol as P
+from warmserve.controller.workers import WorkerRecord
+from warmserve.errors import InvalidArgumentError, WorkerLostError
+from warmserve.policy import actions as A
+from warmserve.policy.driver import KeptWeights
+from warmserve.policy.state import InstanceState, PrewarmState, kv_blocks_for
+
+log = logging.getLogger("warmserve.controller")
+
+#: Longest a checkpoint load on a worker may take before the start counts as failed, seconds.
+LOAD_TIMEOUT_S = 600.0
+#: Longest a control call (evict, activate, deactivate, KV target, stats) may take, seconds.
+CALL_TIMEOUT_S = 60.0
+
+
+def kv_counts(kv: P.KvStats) -> dict[str, int]:
+    """An instance's KV block counts as a worker reports them, as ``PolicyDriver.set_kv`` takes them."""
+    return {"total": kv.kv_blocks_total, "used": kv.kv_blocks_used, "mapped": kv.kv_blocks_mapped}
+
+
+def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
+    """Send a control request whose answer only matters if it is an error (logged) or carries state."""
+    fut = hub.start_call(w, msg)
+
+    def done(f):
+        if f.cancelled():
+            return
+        exc = f.exception()
+        reply = None if exc else f.result()
+        if exc is None and isinstance(reply, P.Error):
+            exc = reply.exception()
+        if exc is not None:
+            if not isinstance(exc, WorkerLostError):
+                log.warning("%s on %r failed: %s", type(msg).__name__, w, exc)
+        elif on_reply is not None:
+            on_reply(reply)
+
+    fut.add_done_callback(done)
+
+
+class LiveInstance:
+    """An instance as the controller tracks it on its worker."""
+
+    __slots__ = ("iid", "model", "worker", "ready")
+
+    def __init__(self, iid: str, model: str, worker: WorkerRecord):
+        self.iid, self.model, self.worker = iid, model, worker
+        self.ready = False
+
+
+class LivePrewarm:
+    """A prewarm (or a cold start's load) as the controller tracks it on its worker."""
+
+    __slots__ = ("pid", "model", "worker", "loaded", "fut")
+
+    def __init__(self, pid: str, model: str, worker: WorkerRecord):
+        self.pid, self.model, self.worker = pid, model, worker
+        self.loaded = False
+        self.fut: asyncio.Future | None = None  # the Prewarm call's final reply
+
+
+def outcome_of(error: BaseException) -> str:
+    """The ``outcome`` label of a request that ended with ``error``, for the request counter."""
+    from warmserve.controller.errors import NoWorkersError
+    from warmserve.errors import TimeoutError_
+
+    if isinstance(error, TimeoutError_):
+        return "timeout"
+    if isinstance(error, (WorkerLostError, NoWorkersError)):
+        return "worker_lost"
+    return "error"
+
+
+class LiveExecutor:
+    """The ``Executor`` of a live cluster. ``ctl`` is the Controller: its hub, models, metrics, clock, task
+    spawner and worker table (``by_gpu``)."""
+
+    def __init__(self, ctl):
+        self.ctl = ctl
+        self.instances: dict[str, LiveInstance] = {}
+        self.prewarms: dict[str, LivePrewarm] = {}
+
+    def _worker(self, gpus: tuple[int, ...]) -> WorkerRecord:
+        if len(gpus) != 1:
+            raise InvalidArgumentError(f"the live controller runs tp=1 only; the policy asked for GPUs {gpus}")
+        return self.ctl.by_gpu[gpus[0]]
+
+    def _fire(self, w: WorkerRecord, msg, on_reply=None) -> None:
+        fire(self.ctl.hub, w, msg, on_reply)
+
+    # ---- the tick ---------------------------------------------------------------------------------------
+
+    def sync(self, now_s: float) -> None:
+        """KV block counts of running instances from the workers' latest stats (pushed with their heartbeats)."""
+        driver = self.ctl.driver
+        for iid, inst in self.instances.items():
+            stats = inst.worker.stats
+            if not inst.ready or stats is None:
+                continue
+            for i in stats.instances:
+                if i.name == inst.model:
+                    driver.set_kv(iid, **kv_counts(i.kv))
+
+    def settle(self, now_s: float) -> None:
+        pass
+
+    # ---- prewarms ---------------------------------------------------------------------------------------
+
+    def load_prewarm(self, p: PrewarmState, now_s: float) -> None:
+        pw = self.prewarms[p.prewarm_id] = LivePrewarm(p.prewarm_id, p.model, self._worker(p.gpus))
+        driver = self.ctl.driver
+        m = self.ctl.models[pw.model]
+
+        def progress(msg: P.PrewarmProgress):
+            if msg.total_bytes:
+                driver.prewarm_progress(pw.pid, min(0.999, msg.loaded_bytes / msg.total_bytes))
+
+        msg = P.Prewarm(id=self.ctl.hub.next_id(), path=m.spec.path, name=m.name, dtype=m.spec.dtype)
+        pw.fut = self.ctl.hub.start_call(pw.worker, msg, on_progress=progress)
+
+        def done(fut: asyncio.Future):
+            exc = fut.exception() if not fut.cancelled() else None
+            reply = None if exc is not None or fut.cancelled() else fut.result()
+            if isinstance(reply, P.Error):
+                exc = reply.exception()
+            if exc is None:
+                pw.loaded = True
+                driver.prewarm_loaded(pw.pid)
+            elif pw.pid in driver.state.prewarms and pw.worker.alive:
+                log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.worker, exc)
+                driver.prewarm_failed(pw.pid)
+                self.prewarms.pop(pw.pid, None)
+
+        pw.fut.add_done_callback(done)
+
+    def keep_prewarm(self, p: PrewarmState, kept: KeptWeights, now_s: float) -> None:
+        # a stopped instance's weights, still on the worker (Deactivate keeps them): nothing to copy
+        pw = self.prewarms[p.prewarm_id] = LivePrewarm(p.prewarm_id, p.model, self._worker(p.gpus))
+        pw.loaded = True
+
+    def drop_prewarm(self, p: PrewarmState, evicted: bool, now_s: float) -> None:
+        pw = self.prewarms.pop(p.prewarm_id, None)
+        if pw is not None and pw.worker.alive:
+            self._fire(pw.worker, P.Evict(id=self.ctl.hub.next_id(), name=pw.model))
+
+    def drop_kept(self, kept: KeptWeights, now_s: float) -> None:
+        w = self.ctl.by_gpu.get(kept.gpus[0])
+        if w is not None and w.alive:
+            self._fire(w, P.Evict(id=self.ctl.hub.next_id(), name=kept.model))
+
+    # ---- instances --------------------------------------------------------------------------------------
+
+    def start_instance(self, inst: InstanceState, act: A.StartInstance, p: PrewarmState | None,
+                       now_s: float) -> None:
+        pw = self.prewarms.pop(p.prewarm_id, None) if p is not None else None
+        rec = self.instances[inst.instance_id] = LiveInstance(inst.instance_id, inst.model, self._worker(inst.gpus))
+        (self.ctl.metrics.prewarm_hits if pw is not None else self.ctl.metrics.prewarm_misses).inc(model=inst.model)
+        self.ctl._spawn(self._start(rec, pw, act))
+
+    async def _start(self, inst: LiveInstance, pw: LivePrewarm | None, act: A.StartInstance) -> None:
+        ctl, w = self.ctl, inst.worker
+        hub = ctl.hub
+        loaded = False
+        try:
+            if pw is None:
+                pw = LivePrewarm(act.instance_id, act.model, w)
+                m = ctl.models[act.model]
+                pw.fut = hub.start_call(w, P.Prewarm(id=hub.next_id(), path=m.spec.path, name=m.name,
+                                                     dtype=m.spec.dtype))
+            if not pw.loaded:
+                reply = await asyncio.wait_for(asyncio.shield(pw.fut), LOAD_TIMEOUT_S)
+                if isinstance(reply, P.Error):
+                    raise reply.exception()
+            loaded = True
+            kv_blocks, shared = None, act.kv_fraction < 1.0
+            if shared:
+                kv_blocks = max(1, kv_blocks_for(ctl.driver.state, act.model, act.gpus, act.kv_fraction))
+            reply = await hub.call(w, ctl.activate_message(act.model, kv_blocks, shared), CALL_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._failed(inst, e, loaded)
+            return
+        if inst.iid not in ctl.driver.state.instances:  # lost or stopped while starting
+            return
+        inst.ready = True
+        log.info("instance %s of %s ready on %r (%s)", inst.iid, inst.model, w,
+                 "prewarm hit" if act.prewarm_id else "cold load")
+        k = int(reply.kv_blocks)
+        ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
+
+    def _failed(self, inst: LiveInstance, e: BaseException, loaded: bool) -> None:
+        log.warning("instance %s of %s on %r failed to start: %s", inst.iid, inst.model, inst.worker, e)
+        self.instances.pop(inst.iid, None)
+        if loaded and inst.worker.alive:
+            # The weights got loaded: drop them, so the worker's memory matches the state again.
+            self._fire(inst.worker, P.Evict(id=self.ctl.hub.next_id(), name=inst.model))
+        self.ctl.driver.instance_failed(inst.iid, self.ctl.now_s(), e)
+
+    def stop_instance(self, inst: InstanceState, now_s: float) -> None:
+        rec = self.instances.pop(inst.instance_id, None)
+        if rec is not None and rec.worker.alive:
+            # Deactivate keeps the weights resident: a Prewarm that keeps them takes them as they are; otherwise
+            # the driver drops them (drop_kept) at the end of the next tick.
+            self._fire(rec.worker, P.Deactivate(id=self.ctl.hub.next_id(), name=rec.model))
+
+    def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
+        rec = self.instances.get(inst.instance_id)
+        if rec is None or not rec.ready:
+            return
+        inst.kv_blocks_mapped = min(inst.kv_blocks_total, inst.kv_blocks_used + free_blocks)
+        driver, iid = self.ctl.driver, inst.instance_id
+        self._fire(rec.worker, P.SetKvTarget(id=self.ctl.hub.next_id(), model=rec.model, free_blocks=free_blocks),
+                   on_reply=lambda r: driver.set_kv(iid, **kv_counts(r.kv)))
+
+    # ---- requests ---------------------------------------------------------------------------------------
+
+    def send(self, req, inst: InstanceState, now_s: float) -> None:
+        w = self.instances[inst.instance_id].worker
+        hub = self.ctl.hub
+        gid = hub.next_id()
+        msg = P.Generate(id=gid, model=req.model, prompt_ids=req.prompt_ids, sampling=req.sampling)
+        req.worker, req.instance_id, req.gid = w, inst.instance_id, gid
+        req.sent_s = time.monotonic()
+        w.gens[gid] = req
+        try:
+            hub.send(w, msg)
+        except WorkerLostError:
+            pass  # the loss (Controller._on_lost) re-queued it
+
+    def fail(self, req, error: BaseException, now_s: float) -> None:
+        req.fail(error)
+        self.ctl._request_done(req, outcome_of(error))

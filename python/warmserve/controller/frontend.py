@@ -1,0 +1,182 @@
+"""The controller's front end, shared by the HTTP API and ``warmserve.Cluster``: prompt preparation (chat template,
+tokenisation, length checks) and one text iterator (token ids to text, stop strings cut), with no HTTP in it.
+
+Stop strings are enforced here and only here: the controller detokenizes, workers see token ids. A stop string
+ends the text where it begins and aborts the request, so its worker stops generating for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from warmserve.controller.textstream import TextStream
+from warmserve.errors import InvalidArgumentError, PromptTooLongError
+
+#: Prompts (text) longer than this many characters are tokenised on a worker thread, not on the event loop,
+#: where a long one would stall every other request (HF tokenizers take about 1 s per 10 MB of text).
+INLINE_TOKENIZE_CHARS = 8192
+
+
+def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
+    """The fallback when a tokenizer ships no chat template: one 'role: text' line per message, then the cue."""
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nassistant:"
+
+
+def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") -> None:
+    """Refuse a prompt that cannot fit the model's context together with the tokens asked for."""
+    ctx = model.max_context
+    if len(ids) + max_tokens > ctx:
+        raise PromptTooLongError(
+            f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} tokens and "
+            f"max_tokens asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the prompt "
+            f"or lower max_tokens",
+            param=param, prompt_tokens=len(ids), max_tokens=max_tokens, max_context=ctx,
+        )
+    if not ids:
+        raise InvalidArgumentError("the prompt is empty after tokenization; send some text", param=param)
+
+
+def check_chars(model, chars: int, max_tokens: int, param: str = "prompt") -> None:
+    """Refuse, before tokenising it, a text that cannot fit: one token covers at most ``model.max_token_chars``
+    characters (the longest entry of the vocabulary), so ``chars`` characters are at least
+    ``chars / max_token_chars`` tokens. Characters a tokenizer's normalizer would drop count too."""
+    room = max(0, model.max_context - max_tokens)
+    limit = room * max(1, model.max_token_chars)
+    if chars > limit:
+        raise PromptTooLongError(
+            f"the prompt has {chars} characters: at {model.max_token_chars} characters per token at most, that is "
+            f"more than the {room} tokens this model's context of {model.max_context} leaves beside max_tokens "
+            f"{max_tokens}: shorten the prompt or lower max_tokens",
+            param=param, prompt_chars=chars, max_prompt_chars=limit, max_tokens=max_tokens,
+            max_context=model.max_context,
+        )
+
+
+def _chat_text(model, messages: list[dict]) -> str | list[int]:
+    """The chat template from the tokenizer's config when it has one, a plain 'role: text' layout otherwise."""
+    apply = getattr(model.tokenizer, "apply_chat_template", None)
+    if apply is not None:
+        try:
+            out = apply(messages, add_generation_prompt=True)
+        except (ValueError, KeyError, LookupError, NotImplementedError):
+            out = None
+        if out is not None:
+            return out
+    return plain_chat_prompt(messages)
+
+
+def _check_ids(model, ids: list[int], param: str) -> list[int]:
+    ids = [int(t) for t in ids]
+    vocab = getattr(model.tokenizer, "vocab_size", None)
+    if ids and vocab and (max(ids) >= vocab or min(ids) < 0):
+        bad = max(ids) if max(ids) >= vocab else min(ids)
+        raise InvalidArgumentError(f"token id {bad} is outside the vocabulary [0, {vocab})", param=param)
+    return ids
+
+
+def _encode(model, text: str, max_tokens: int, param: str) -> list[int]:
+    check_chars(model, len(text), max_tokens, param)
+    return list(model.tokenizer.encode(text))
+
+
+def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int) -> list[int]:
+    """Token ids of a prompt (text or token ids) or of a chat (``messages``: role/content dicts), checked against
+    the model's vocabulary and context. Runs where it is called: ``aprepare`` keeps long texts off the loop."""
+    param = "prompt" if messages is None else "messages"
+    if messages is not None:
+        text = _chat_text(model, messages)
+        ids = _check_ids(model, text, param) if isinstance(text, list) else _encode(model, text, max_tokens, param)
+    elif isinstance(prompt, str):
+        ids = _encode(model, prompt, max_tokens, param)
+    else:
+        ids = _check_ids(model, prompt or [], param)
+    check_prompt(model, ids, max_tokens, param)
+    return ids
+
+
+def _text_size(prompt, messages) -> int:
+    if messages is not None:
+        return sum(len(str(m.get("content", ""))) for m in messages)
+    return len(prompt) if isinstance(prompt, str) else 0
+
+
+async def aprepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int) -> list[int]:
+    """``prepare`` for the event loop: a text over INLINE_TOKENIZE_CHARS is checked against the model's context
+    by its size first, then rendered and tokenised on a worker thread."""
+    size = _text_size(prompt, messages)
+    if size <= INLINE_TOKENIZE_CHARS:
+        return prepare(model, prompt, messages, max_tokens=max_tokens)
+    check_chars(model, size, max_tokens, "prompt" if messages is None else "messages")
+    return await asyncio.to_thread(prepare, model, prompt, messages, max_tokens=max_tokens)
+
+
+class TextGeneration:
+    """The text of one generation request (a ``Req``), as an async iterator of non-empty pieces.
+
+    Iterating ends when the request finishes or a stop string is found; an error the request ended with is
+    raised. ``aclose()`` (or ``abort()``) stops the request wherever it is; every way out of the iteration ends
+    the request, so its worker never keeps generating for nobody.
+    """
+
+    def __init__(self, req, decode, stop: tuple[str, ...] = ()):
+        self.req = req
+        self.text = TextStream(decode, stop)
+        self._ended = False
+
+    @property
+    def finish_reason(self) -> str | None:
+        """"stop" (EOS, a stop token or a stop string), "length", "abort"; None while it runs."""
+        if self.text.stopped:
+            return "stop"
+        return self.req.finish_reason
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.req.generated
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ended:
+            try:
+                tokens = await self.req.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                rest = self.text.finish()
+                if rest:
+                    return rest
+                break
+            except BaseException:  # an error, or the consumer was cancelled: the request must not run on
+                self._ended = True
+                self.req.abort()
+                raise
+            piece = self.text.push(tokens)
+            if self.text.stopped:
+                self._ended = True
+                self.req.abort()
+                piece += self.text.finish()
+            if piece:
+                return piece
+        raise StopAsyncIteration
+
+    async def collect(self) -> str:
+        """All of the text (the iteration run to its end)."""
+        try:
+            async for _ in self:
+                pass
+        finally:
+            self.abort()
+        return self.text.text
+
+    def abort(self) -> None:
+        self._ended = True
+        self.req.abort()
+
+    async def aclose(self) -> None:
+        self.abort()
+
+
+__all__ = ["TextGeneration", "prepare", "aprepare", "check_prompt", "check_chars", "plain_chat_prompt",
+           "INLINE_TOKENIZE_CHARS"]

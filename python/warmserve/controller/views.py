@@ -1,0 +1,71 @@
+"""Read-only views of a running controller: health, the stats snapshot, Prometheus gauges, pages by role."""
+
+from __future__ import annotations
+
+import msgspec
+
+from warmserve import protocol as P
+
+
+def health(ctl) -> dict:
+    live = [w for w in ctl.gpu_workers if w.ready]
+    return {"ok": bool(live) and not ctl.closing, "workers": len(live),
+            "instances": sum(1 for i in ctl.instances.values() if i.ready), "closing": ctl.closing}
+
+
+def stats(ctl) -> dict:
+    """A plain-dict snapshot: workers, instances, prewarms, queues (what `Cluster.stats()` returns)."""
+    workers = []
+    for w in ctl.hub.workers.values():
+        s = w.stats
+        workers.append({
+            "worker_id": w.worker_id, "device": w.device, "alive": w.alive, "ready": w.ready,
+            "capacity_bytes": w.capacity_bytes, "in_flight": len(w.gens), "gpu_id": w.gpu_id,
+            "pool": msgspec.to_builtins(s.pool) if s is not None else {},
+            "models": {m.name: m.state for m in s.models} if s is not None else {},
+        })
+    state = ctl.state
+    return {
+        "workers": workers,
+        "instances": [{"instance_id": i, "model": st.model, "worker": ctl.instances[i].worker.worker_id,
+                       "ready": st.ready, "in_flight": st.in_flight, "draining": st.draining,
+                       "kv_blocks_total": st.kv_blocks_total, "kv_blocks_mapped": st.kv_blocks_mapped}
+                      for i, st in state.instances.items() if i in ctl.instances],
+        "prewarms": [{"prewarm_id": p, "model": st.model, "worker": ctl.prewarms[p].worker.worker_id,
+                      "progress": st.progress} for p, st in state.prewarms.items() if p in ctl.prewarms],
+        "queued": {m: len(q) for m, q in state.queues.items()},
+        "prewarm_hits": {m: ctl.metrics.prewarm_hits.get(model=m) for m in ctl.models},
+        "prewarm_misses": {m: ctl.metrics.prewarm_misses.get(model=m) for m in ctl.models},
+    }
+
+
+def collect(ctl) -> None:
+    """Set the gauges from the current state (called by the registry before each scrape)."""
+    m = ctl.metrics
+    for g in (m.queue, m.inflight, m.instances, m.prewarmed, m.workers, m.pages):
+        g.clear()
+    state = ctl.state
+    for name in ctl.models:
+        m.queue.set(state.queued(name), model=name)
+        m.instances.set(sum(1 for i in ctl.instances.values() if i.model == name and i.ready), model=name)
+        m.inflight.set(sum(st.in_flight for st in state.instances.values() if st.model == name), model=name)
+        m.prewarmed.set(sum(1 for p in ctl.prewarms.values() if p.model == name and p.loaded), model=name)
+    ws = list(ctl.hub.workers.values()) if ctl.hub else []
+    m.workers.set(sum(w.ready for w in ws), state="ready")
+    m.workers.set(sum(not w.alive for w in ws), state="lost")
+    for w in ws:
+        if w.alive and w.stats is not None:
+            for role, pages in pages_by_role(w.stats, ctl.models).items():
+                m.pages.set(pages, worker=w.worker_id, role=role)
+
+
+def pages_by_role(stats: P.Stats, models: dict) -> dict[str, int]:
+    """Pages of a worker's pool by role: free, weights of running instances, prewarmed weights, mapped KV cache,
+    and "unaccounted": in use by none of those (a leak, if it stays above 0 while the worker is idle)."""
+    out = {"free": stats.pool.free_pages}
+    running = {i.name for i in stats.instances}
+    out["weights"] = sum(m.pages for m in stats.models if m.name in running)
+    out["prewarmed"] = sum(m.pages for m in stats.models if m.name not in running)
+    out["kv"] = sum(i.kv_pages for i in stats.instances)
+    out["unaccounted"] = max(0, stats.pool.total_pages - sum(out.values()))
+    return out

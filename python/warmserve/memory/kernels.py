@@ -1,0 +1,211 @@
+"""The CUDA kernels of csrc/kernels (issue 13), on torch tensors.
+
+``kernels_available()`` says whether they can run here: the module was built with nvcc *and* a GPU is visible.
+Each function checks its tensors (CUDA, one device, contiguous, dtypes) and launches on torch's current stream of
+that device; without kernels it raises BackendUnavailableError saying why and how to get them. The torch path in
+engine/attention.py stays the CPU implementation and the reference that tests/gpu/test_kernels.py compares to.
+
+The cache is the engine's row view (engine/attention.py): ``cache[rows, kv_heads * head_dim]``; the token at
+offset t of block b, layer l, K (s=0) or V (s=1) is row ``b * rows_per_block + (2l + s) * block_tokens + t``;
+``k_off``/``v_off`` are a layer's K and V row offsets inside a block (KVCache.layer_offsets).
+
+Attention kernels take one query row per (sequence, position): ``row_seq[i]`` is the block-table row of query i,
+``row_len[i]`` its number of visible keys (its position + 1); a decode step has one row per sequence
+(``decode_attention``), a prefill chunk with cached context one row per chunk token (``prefill_rows`` builds the
+two vectors). The context is split into ``split_tokens`` pieces combined by a second kernel (flash-decoding), so
+one long sequence still spreads over the GPU. For CUDA-graph capture pass ``split_tokens`` and ``max_len``
+explicitly: the default derives the split from ``max_len``, and computing that from ``row_len`` syncs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from warmserve import _C
+from warmserve.errors import BackendUnavailableError, InvalidArgumentError
+
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: Query rows x heads x splits the default split aims at: two waves of an H100's 132 SMs.
+_TARGET_BLOCKS = 264
+#: Smallest default split (keys): below this a split's fixed cost outweighs the parallelism it adds.
+_MIN_SPLIT_TOKENS = 256
+
+
+def kernels_compiled() -> bool:
+    """Whether this build of warmserve contains the CUDA kernels (nvcc was found when it was built)."""
+    return bool(_C.kernels_compiled())
+
+
+def kernels_available() -> bool:
+    """Whether the kernels can run here: compiled in, torch built with CUDA, and a GPU visible."""
+    return kernels_compiled() and torch.cuda.is_available() and _C.kernels_device_count() > 0
+
+
+def _require(*tensors: torch.Tensor) -> torch.device:
+    if not kernels_compiled():
+        raise BackendUnavailableError(
+            "this build of warmserve has no CUDA kernels: nvcc was not found when it was built. Fix: install the "
+            "CUDA toolkit (nvcc on PATH) and reinstall warmserve, or use the torch path (engine/attention.py)")
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"the CUDA kernels need a GPU and a CUDA build of torch; torch {torch.__version__} sees none. Fix: run "
+            "on a GPU machine, or use the torch path (engine/attention.py)", torch_version=torch.__version__)
+    dev = tensors[0].device
+    for t in tensors:
+        if t.device.type != "cuda" or t.device != dev:
+            raise InvalidArgumentError(f"kernel arguments must all be on one CUDA device; got {t.device} and {dev}",
+                                       device=str(t.device))
+        if not t.is_contiguous():
+            raise InvalidArgumentError(f"kernel arguments must be contiguous; got a tensor of shape "
+                                       f"{tuple(t.shape)} with strides {t.stride()}", shape=tuple(t.shape))
+    return dev
+
+
+def _dtype_code(t: torch.Tensor) -> int:
+    code = _DTYPES.get(t.dtype)
+    if code is None:
+        raise InvalidArgumentError(f"kernels take float32, float16 or bfloat16, not {t.dtype}", dtype=str(t.dtype))
+    return code
+
+
+def _index(t: torch.Tensor, dtype: torch.dtype, name: str) -> None:
+    if t.dtype != dtype or t.dim() != 1:
+        raise InvalidArgumentError(f"{name} must be a 1-D {dtype} tensor, got {t.dtype} of shape {tuple(t.shape)}",
+                                   name=name)
+
+
+def _stream(dev: torch.device) -> int:
+    return torch.cuda.current_stream(dev).cuda_stream
+
+
+def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, write_rows: torch.Tensor, k_off: int,
+             v_off: int) -> None:
+    """cache[write_rows + k_off] = k and cache[write_rows + v_off] = v (the rows of one layer's K and V).
+    cache [rows, kv_heads*head_dim]; k, v [N, kv_heads, head_dim] (or [N, kv_heads*head_dim]); write_rows int64 [N]
+    (layer-0 K rows, as AttnMeta.write_rows). Rows are not bounds-checked on the device: they come from the
+    engine's block tables."""
+    dev = _require(cache, k, v, write_rows)
+    _index(write_rows, torch.int64, "write_rows")
+    n = write_rows.shape[0]
+    row = cache.shape[1]
+    if k.dtype != cache.dtype or v.dtype != cache.dtype or k.numel() != n * row or v.numel() != n * row:
+        raise InvalidArgumentError(f"k and v must be {n} rows of {row} {cache.dtype} elements, got k "
+                                   f"{tuple(k.shape)} {k.dtype}, v {tuple(v.shape)} {v.dtype}", rows=n)
+    with torch.cuda.device(dev):
+        _C.kernel_write_kv(cache.data_ptr(), k.data_ptr(), v.data_ptr(), write_rows.data_ptr(), n, row, int(k_off),
+                           int(v_off), _dtype_code(cache), _stream(dev))
+
+
+def default_split_tokens(n_rows: int, n_heads: int, max_len: int) -> int:
+    """Keys per split: enough splits that rows x heads x splits fills the GPU, none shorter than 256 keys."""
+    want = max(1, math.ceil(_TARGET_BLOCKS / max(1, n_rows * n_heads)))
+    splits = max(1, min(want, math.ceil(max_len / _MIN_SPLIT_TOKENS)))
+    return max(1, math.ceil(max_len / splits))
+
+
+def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
+                    row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
+                    scale: float, window: int = 0, max_len: int | None = None,
+                    split_tokens: int | None = None) -> torch.Tensor:
+    """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
+    block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
+    (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
+    cache's kv_heads = cache.shape[1] // D. head_dim must be a multiple of 32, at most 256."""
+    dev = _require(q, cache, block_tables, row_seq, row_len)
+    _index(row_seq, torch.int32, "row_seq")
+    _index(row_len, torch.int32, "row_len")
+    if q.dim() != 3 or cache.dim() != 2 or block_tables.dim() != 2 or block_tables.dtype != torch.int32:
+        raise InvalidArgumentError(f"expected q [N, H, D], cache [rows, kv_heads*D], block_tables int32 [S, B]; got "
+                                   f"{tuple(q.shape)}, {tuple(cache.shape)}, {tuple(block_tables.shape)} "
+                                   f"{block_tables.dtype}")
+    n_rows, n_heads, head_dim = q.shape
+    if head_dim % 32 or not 32 <= head_dim <= 256:
+        raise InvalidArgumentError(f"head_dim must be a multiple of 32 in [32, 256], got {head_dim}",
+                                   head_dim=head_dim)
+    if cache.shape[1] % head_dim or n_heads % (cache.shape[1] // head_dim) or q.dtype != cache.dtype:
+        raise InvalidArgumentError(f"cache rows of {cache.shape[1]} {cache.dtype} elements do not hold whole "
+                                   f"{head_dim}-element heads dividing {n_heads} {q.dtype} query heads")
+    if row_seq.shape[0] != n_rows or row_len.shape[0] != n_rows:
+        raise InvalidArgumentError(f"row_seq and row_len must have {n_rows} entries, got {row_seq.shape[0]} and "
+                                   f"{row_len.shape[0]}", rows=n_rows)
+    kv_heads = cache.shape[1] // head_dim
+    out = torch.empty_like(q)
+    if n_rows == 0:
+        return out
+    if max_len is None:
+        max_len = int(row_len.max().item())  # a device sync: pass max_len on hot paths and under graph capture
+    if split_tokens is None:
+        split_tokens = default_split_tokens(n_rows, n_heads, max_len)
+    n_splits = max(1, math.ceil(max_len / split_tokens))
+    work = None
+    if n_splits > 1:
+        work = torch.empty(n_rows * n_heads * n_splits * (head_dim + 2), dtype=torch.float32, device=dev)
+    with torch.cuda.device(dev):
+        _C.kernel_paged_attention(
+            q.data_ptr(), out.data_ptr(), cache.data_ptr(), block_tables.data_ptr(), block_tables.shape[1],
+            row_seq.data_ptr(), row_len.data_ptr(), n_rows, n_heads, kv_heads, head_dim, int(rows_per_block),
+            int(block_tokens), int(k_off), int(v_off), int(window), float(scale), int(split_tokens), n_splits,
+            0 if work is None else work.data_ptr(), _dtype_code(q), _stream(dev))
+    return out
+
+
+def decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
+                     **kw) -> torch.Tensor:
+    """One decode row per sequence: q [B, H, D], block_tables int32 [B, max_blocks], context_lens int32 [B]
+    (tokens in the cache, this step's included). Keyword arguments as paged_attention."""
+    row_seq = torch.arange(q.shape[0], dtype=torch.int32, device=q.device)
+    return paged_attention(q, cache, block_tables, row_seq, context_lens, **kw)
+
+
+def prefill_rows(chunks: list[tuple[int, int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row_seq, row_len) for prefill chunks given as (block-table row, start, n): the chunk's tokens sit at
+    positions start..start+n-1 of their sequence, its K/V already written (write_kv) before the attention."""
+    seq, lens = [], []
+    for s, start, n in chunks:
+        seq += [s] * n
+        lens += range(start + 1, start + n + 1)
+    return (torch.tensor(seq, dtype=torch.int32).to(device), torch.tensor(lens, dtype=torch.int32).to(device))
+
+
+def copy_blocks(dst: torch.Tensor, src: torch.Tensor, src_blocks, dst_blocks) -> None:
+    """dst[dst_blocks[i]] = src[src_blocks[i]] for whole blocks (dim 0 of dst and src, equal block sizes): the
+    copies that compact or relocate KV blocks, within one region (dst is src) or between two. Blocks are
+    int64 tensors or lists; no destination block may also be a source block (the copies run concurrently),
+    which is checked when the blocks are lists."""
+    if isinstance(src_blocks, (list, tuple)) or isinstance(dst_blocks, (list, tuple)):
+        srcs, dsts = list(map(int, src_blocks)), list(map(int, dst_blocks))
+        if len(srcs) != len(dsts):
+            raise InvalidArgumentError(f"{len(srcs)} source blocks for {len(dsts)} destinations")
+        if dst.data_ptr() == src.data_ptr() and set(srcs) & set(dsts):
+            raise InvalidArgumentError("a destination block is also a source block: split the copy into rounds",
+                                       blocks=sorted(set(srcs) & set(dsts))[:8])
+        for name, ids, t in (("source", srcs, src), ("destination", dsts, dst)):
+            if ids and not 0 <= min(ids) <= max(ids) < t.shape[0]:
+                raise InvalidArgumentError(f"{name} block out of range [0, {t.shape[0]})", blocks=t.shape[0])
+        src_blocks = torch.tensor(srcs, dtype=torch.int64).to(src.device)
+        dst_blocks = torch.tensor(dsts, dtype=torch.int64).to(dst.device)
+    dev = _require(dst, src, src_blocks, dst_blocks)
+    _index(src_blocks, torch.int64, "src_blocks")
+    _index(dst_blocks, torch.int64, "dst_blocks")
+    block_bytes = dst[0].numel() * dst.element_size() if dst.shape[0] else 0
+    if src.shape[0] and src[0].numel() * src.element_size() != block_bytes:
+        raise InvalidArgumentError(f"source and destination blocks differ in size "
+                                   f"({src[0].numel() * src.element_size()} and {block_bytes} bytes)")
+    if src_blocks.shape[0] != dst_blocks.shape[0]:
+        raise InvalidArgumentError(f"{src_blocks.shape[0]} source blocks for {dst_blocks.shape[0]} destinations")
+    with torch.cuda.device(dev):
+        _C.kernel_copy_blocks(dst.data_ptr(), src.data_ptr(), src_blocks.data_ptr(), dst_blocks.data_ptr(),
+                              src_blocks.shape[0], block_bytes, _stream(dev))
+
+
+def copy_bytes(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copies src's bytes into dst (same byte size, e.g. a tensor between two slots) on the current stream."""
+    dev = _require(dst, src)
+    n = src.numel() * src.element_size()
+    if dst.numel() * dst.element_size() != n:
+        raise InvalidArgumentError(f"copy_bytes needs equal sizes, got {dst.numel() * dst.element_size()} and {n} "
+                                   "bytes")
+    with torch.cuda.device(dev):
+        _C.kernel_copy_bytes(dst.data_ptr(), src.data_ptr(), n, _stream(dev))

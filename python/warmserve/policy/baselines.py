@@ -1,0 +1,197 @@
+"""The static baselines: `dedicated` (fixed GPU groups per model) and `shared` (MuxServe-like colocation of every
+model with fixed KV shares). Both lay out all their instances on the first tick and never change them.
+
+`shared`'s layout is ``plan_shared`` of a ``SharedLayout``: how many GPU groups each tensor-parallel class gets
+and how many models a group hosts at most. Without one (``StaticPolicy.layout`` None) the classes get GPUs in
+proportion to their demand x tp and groups host two models; the simulator sets ``layout`` to the best of a
+search (``warmserve.sim.shared_search``), as MuxServe chooses its placement by searching with a cost model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy import actions as A
+from warmserve.policy.core import Policy
+from warmserve.policy.placement import Board
+from warmserve.policy.state import ClusterState
+
+
+class UnplacedModelError(InvalidArgumentError):
+    """A static layout leaves a model without an instance: its requests would never be answered."""
+
+
+@dataclass(frozen=True)
+class SharedLayout:
+    """A `shared` layout: GPU groups per tensor-parallel class, and colocation."""
+
+    #: (tp, number of tp-GPU groups) per class of models with that tp
+    groups: tuple[tuple[int, int], ...]
+    #: most models one group hosts (1: none colocated); raised where a class has more models than groups
+    per_group: int = 2
+    #: (model, demand weight) pairs that replicas and KV shares follow; empty: the policy's history
+    demand: tuple[tuple[str, float], ...] = ()
+
+
+class StaticPolicy(Policy):
+    """`dedicated` (fixed GPU groups per model) and `shared` (every model resident, fixed KV shares)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._placed = False
+        #: `shared` only: the layout to lay out (None: the demand-proportional default); set before the first tick
+        self.layout: SharedLayout | None = None
+
+    def route(self, state: ClusterState, model: str, now_s: float, request_id=None):
+        self._model(model)
+        ready = [i for i in state.instances.values() if i.model == model and i.ready and not i.draining]
+        best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
+        return None if best is None else A.Route(model, best.instance_id, request_id)
+
+    def tick(self, state: ClusterState, now_s: float) -> list:
+        self._record(state, now_s)
+        if self._placed:
+            return []
+        self._placed = True
+        return self._layout(state, now_s)
+
+    def _demand(self) -> dict[str, float]:
+        """Mean peak over the history, 1 where there is none: how the static layouts share the GPUs."""
+        return self._hist.mean_peak()
+
+    def _layout(self, state: ClusterState, now_s: float) -> list:
+        board = Board(state, laminar=True)
+        demand = self._demand()
+        order = sorted(self.models, key=lambda m: (-self.models[m].tp, -demand[m], m))
+        out: list = []
+        if self.name == "dedicated":
+            count = {m: 0 for m in self.models}
+            for m in order:  # one instance each first, biggest tp first so groups pack
+                act = self._start(board, m)
+                if act is not None:
+                    out.append(act)
+                    count[m] += 1
+            while True:  # then the rest to whichever model has the most demand per instance
+                ranked = sorted(self.models, key=lambda m: (-demand[m] / max(count[m], 1) if count[m] else -math.inf, m))
+                added = False
+                for m in ranked:
+                    if count[m] == 0:
+                        continue
+                    act = self._start(board, m)
+                    if act is not None:
+                        out.append(act)
+                        count[m] += 1
+                        added = True
+                        break
+                if not added:
+                    return out
+        layout = self.layout
+        if layout is not None and layout.demand:
+            demand = {**demand, **dict(layout.demand)}
+        out = []
+        for gpus, hosted in plan_shared(state, self.models, order, demand, layout):
+            for m, frac in hosted:
+                out.append(A.StartInstance(self._new_id(m, "i"), m, gpus, kv_fraction=frac, warm_engine=True))
+        return out
+
+
+def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict) -> tuple[tuple[int, int], ...]:
+    """Groups per tp class in proportion to the class's demand x tp (the layout without a search)."""
+    n_gpus = sum(1 for g in state.gpus if not g.gone)
+    classes: dict[int, list[str]] = {}
+    for m in order:
+        classes.setdefault(models[m].tp, []).append(m)
+    weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
+    total = sum(weight.values())
+    return tuple((tp, max(1, int(n_gpus * weight[tp] / total // tp))) for tp in sorted(classes, reverse=True))
+
+
+def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dict,
+                layout: SharedLayout | None = None) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
+    """MuxServe-like static colocation: (GPU group, [(model, KV fraction)]) for every group used.
+
+    Each tp class gets ``layout.groups`` tp-GPU groups (default: ``default_groups``, then whatever GPUs are left
+    go to the class furthest below its share). Each group hosts up to ``per_group`` of its class's models (more
+    where the class has more models than groups; weights up to 80% of memory); every model gets one replica,
+    popular models more (largest remainder of demand), spread so that group loads even out; the memory the
+    weights leave is split among a group's models in proportion to their demand per replica. Raises
+    UnplacedModelError when a model gets no instance. Does not change ``state``."""
+    board = Board(state, laminar=True)
+    classes: dict[int, list[str]] = {}
+    for m in order:
+        classes.setdefault(models[m].tp, []).append(m)
+    fill_rest = layout is None
+    if layout is None:
+        layout = SharedLayout(default_groups(state, models, order, demand))
+    want = dict(layout.groups)
+    groups: dict[int, list[tuple[int, ...]]] = {tp: [] for tp in classes}
+
+    def take(tp: int) -> bool:
+        pick = board.choose_for_instance(classes[tp][0])
+        if pick is None:
+            return False
+        groups[tp].append(pick[0])
+        return True
+
+    for tp in sorted(classes, reverse=True):  # big groups first, so they find whole blocks
+        for _ in range(want.get(tp, 0)):
+            if not take(tp):
+                break
+    if fill_rest:
+        n_gpus = sum(1 for g in state.gpus if not g.gone)
+        weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
+        total = sum(weight.values())
+        quota = {tp: n_gpus * weight[tp] / total for tp in classes}
+        while True:  # the GPUs left: to the class furthest below its share that still fits
+            ranked = sorted(classes, key=lambda tp: (-(quota[tp] - len(groups[tp]) * tp) / tp, -tp))
+            if not any(take(tp) for tp in ranked):
+                break
+    out: list = []
+    gpu_bytes = min(g.total_bytes for g in state.gpus if not g.gone)
+    for tp, ms in classes.items():
+        gs = groups[tp]
+        if not gs:
+            raise UnplacedModelError(
+                f"shared layout: no {tp}-GPU group for models {ms} (groups asked: {want.get(tp, 0)}): give the "
+                f"tp-{tp} class a group, or let the layout search choose", model=ms[0], tp=tp)
+        per_group = max(min(layout.per_group, len(ms)), math.ceil(len(ms) / len(gs)))
+        slots = min(len(gs) * per_group, len(gs) * len(ms))
+        reps = {m: 1 for m in ms}  # every model once, the rest of the slots by demand (largest remainder)
+        d_total = sum(demand[m] for m in ms)
+        for _ in range(max(0, slots - len(ms))):
+            m = max((m for m in ms if reps[m] < len(gs)),
+                    key=lambda m: (demand[m] / d_total * slots - reps[m], m), default=None)
+            if m is None:
+                break
+            reps[m] += 1
+        hosted: list[list[str]] = [[] for _ in gs]
+        load = [0.0] * len(gs)
+        room = [0.8 * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
+        todo = sorted(((demand[m] / reps[m], m) for m in ms for _ in range(reps[m])), key=lambda x: (-x[0], x[1]))
+        for d, m in todo:
+            fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
+                    and models[m].shard_bytes <= room[k]]
+            if not fits:
+                continue
+            k = min(fits, key=lambda k: (load[k], k))
+            hosted[k].append(m)
+            load[k] += d
+            room[k] -= models[m].shard_bytes
+        placed = {m for fit in hosted for m in fit}
+        for m in ms:
+            if m not in placed:
+                raise UnplacedModelError(
+                    f"shared layout: model {m!r} gets no instance: its {models[m].shard_bytes / 1e9:.1f} GB shard "
+                    f"does not fit beside the models on any of the {len(gs)} {tp}-GPU group(s) (weights may take "
+                    f"80% of {gpu_bytes / 1e9:.1f} GB per GPU): give the tp-{tp} class more groups, or let the "
+                    f"layout search choose", model=m, tp=tp, groups=len(gs))
+        for g, fit in zip(gs, hosted):
+            if not fit:
+                continue
+            kv = gpu_bytes - sum(models[m].shard_bytes for m in fit)
+            d_sum = sum(demand[m] / reps[m] for m in fit)
+            out.append((g, [(m, kv * (demand[m] / reps[m]) / d_sum / (gpu_bytes - models[m].shard_bytes))
+                            for m in fit]))
+    return out
+

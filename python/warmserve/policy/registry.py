@@ -1,0 +1,53 @@
+"""Every policy by name, registered once: the policy class and the ``PolicyConfig`` fields the name sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy.baselines import StaticPolicy
+from warmserve.policy.config import PolicyConfig
+from warmserve.policy.core import Policy
+from warmserve.policy.state import ModelInfo
+
+
+@dataclass(frozen=True)
+class PolicyVariant:
+    """One named policy."""
+
+    #: The class that decides (``Policy`` or a subclass).
+    cls: type
+    #: PolicyConfig fields this name sets, over whatever configuration the caller gives.
+    overrides: dict = field(default_factory=dict)
+    #: One line for help texts.
+    doc: str = ""
+
+
+POLICIES: dict[str, PolicyVariant] = {
+    "warmserve": PolicyVariant(Policy, {}, "forecast prewarming, laminar placement, KV reservation (the paper)"),
+    "autoscale": PolicyVariant(Policy, dict(prewarm=False, kv_reservation=False, warm_engine=False),
+                               "reactive autoscaling, no prewarming, engine started cold"),
+    "shared": PolicyVariant(StaticPolicy, dict(prewarm=False, kv_reservation=False),
+                            "static colocation of every model with fixed KV shares"),
+    "dedicated": PolicyVariant(StaticPolicy, dict(prewarm=False, kv_reservation=False), "fixed GPUs per model"),
+    "no-kv-reservation": PolicyVariant(Policy, dict(kv_reservation=False), "ablation: KV caches never shrink"),
+    "round-robin-placement": PolicyVariant(Policy, dict(placement="round-robin", evict_for_placement=False),
+                                           "ablation: round-robin instead of laminar placement"),
+    "reactive": PolicyVariant(Policy, dict(forecast=False), "ablation: plan from the last window, no forecast"),
+    "engine-prewarm-only": PolicyVariant(Policy, dict(prewarm=False),
+                                         "ablation: engines started ahead, no weights prewarmed"),
+}
+
+POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
+
+
+def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | None = None, history=None) -> Policy:
+    """The policy called ``name`` (one of POLICY_NAMES) over ``models``; ``config`` is adjusted by the name
+    (e.g. `autoscale` turns prewarming off). ``history``: model -> (window_start_s, avg, peak) arrays."""
+    variant = POLICIES.get(name)
+    if variant is None:
+        raise InvalidArgumentError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}", policy=name)
+    if not models:
+        raise InvalidArgumentError("make_policy needs at least one model")
+    cfg = replace(config or PolicyConfig(), **variant.overrides)
+    return variant.cls(name, list(models), cfg, history)

@@ -1,0 +1,420 @@
+"""The simulated engine of each instance: vLLM-like continuous batching at iteration level.
+
+An instance alternates prefill iterations with decode steps, as vLLM 0.6 does without chunked prefill (the
+paper's artifact): whenever requests wait and one more fits, a prefill iteration admits waiting requests, oldest
+first, while the batch stays within ``max_seqs`` running sequences (vLLM --max-num-seqs, 256), the prompts within
+``max_batched_tokens`` (--max-num-batched-tokens) and their KV blocks within the blocks mapped for the instance;
+its time is ``CostModel.prefill_s`` of the batch's prompt tokens, and decoding pauses meanwhile. A decode step of
+n running sequences takes ``CostModel.decode_step_s(c, n, context_tokens)``: the small-batch step (or the weight
+read, whichever is longer) plus reading the batch's KV cache (every sequence's prompt + tokens generated so far)
+at the GPU's memory bandwidth, per GPU share for tensor parallelism. Between two changes of the batch every
+running request advances one token per step; the context grows by n tokens a step, so the step time grows
+linearly in progress and the time of a run of steps is integrated exactly (``_span_s``, ``_steps_in``).
+
+Instances sharing a GPU (the `shared` baseline) time-share it: each iteration takes as many times longer as
+there are busy instances on its busiest GPU (``_reslow``). KV blocks for prompt + output (``KV_BLOCK_TOKENS``
+tokens each) are reserved at admission, so a request is never preempted: vLLM admits on the prompt's blocks and
+preempts (recomputes) the newest request when the cache fills, so this admits somewhat fewer sequences than vLLM
+when KV memory binds and never pays a recomputation. An instance maps KV pages up to the policy's target and
+grows the mapping from free GPU memory when a request needs it.
+
+``ENGINE_MODELS``: "vllm" (the above) or "fluid", the simulator's earlier model kept for comparison: the batch
+capped at the policy's planning capacity B instead of the engine's limits, no token budget and a decode step that
+does not depend on the context (the paper's flat 15/20/30 ms).
+
+The interface the simulator uses is small (``add``, ``ready``, ``admit``, ``event``, ``remove``, ``retry_held``,
+``remap``), so a different engine model (vLLM-faithful admission and step times) can replace this one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+from warmserve.policy.state import InstanceState
+from warmserve.sim.costmodel import CostModel, ModelCost
+
+IDLE, DECODE, PREFILL = 0, 1, 2
+#: the engine models ``SimConfig.engine_model`` may name (see the module doc)
+ENGINE_MODELS = ("vllm", "fluid")
+
+
+class EngineInst:
+    """The simulated engine of one instance (the policy sees its ``st``)."""
+
+    __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
+                 "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
+                 "pf_tokens", "wake", "pf_left", "chunk")
+
+    def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
+        self.st = st
+        self.mi = mi
+        self.cost = cost
+        self.waiting: deque[int] = deque()
+        self.running: list[tuple[float, int]] = []  # heap of (progress at which it finishes, request)
+        self.progress = 0.0  # decode steps done since creation (fluid)
+        self.t_last = t
+        self.phase = IDLE
+        self.pf_batch: list[int] = []
+        self.version = 0  # bumped whenever its pending event is superseded
+        self.slow = 1
+        self.kv_used = 0
+        self.step_cache: dict[int, float] = {}
+        self.shard = shard
+        self.block_bytes = block_bytes
+        self.ready = False
+        #: the running batch's KV tokens at progress p are ctx_base + len(running) x p (see ``_span_s``)
+        self.ctx_base = 0.0
+        self.ctx_of: dict[int, float] = {}  # request -> its share of ctx_base
+        #: seconds per KV token a decode step reads (0: the step does not depend on the context)
+        self.kv_s = 0.0
+        #: prompt tokens admitted but not yet prefilled (waiting requests are not counted)
+        self.pf_tokens = 0
+        #: its pending event is a step boundary after new requests arrived, not the end of an iteration
+        self.wake = False
+        #: chunked prefill: prompt tokens each admitted request still has to prefill, and this step's chunks
+        self.pf_left: dict[int, int] = {}
+        self.chunk: list[tuple[int, int]] = []
+
+
+class BatchEngines:
+    """The engines of all instances of a simulated cluster, over shared GPU memory.
+
+    ``push(t, inst)`` schedules ``event(inst, t)`` (the simulator drops it when ``inst.version`` moved on);
+    ``on_first(rid, t)`` and ``on_complete(inst, rid, t)`` report a request's first token and its end.
+    ``gpu_used`` (bytes held per GPU, shared with the simulator's prewarms) and ``gpu_total`` are the memory."""
+
+    def __init__(self, cost: CostModel, max_batch: int, prompt: list[int], output: list[int], blocks: list[int],
+                 gpu_total: list[int], gpu_used: list[int], push, on_first, on_complete, *, kv_read: bool = True,
+                 max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0):
+        self.cost = cost
+        #: most running sequences per engine (vLLM --max-num-seqs)
+        self.max_batch = max_batch
+        #: decode steps read the batch's KV cache (False: the "fluid" model's context-free step)
+        self.kv_read = kv_read
+        #: most prompt tokens one prefill iteration takes (vLLM --max-num-batched-tokens; 0: no limit); the
+        #: oldest waiting request is always admitted alone if its prompt alone is longer
+        self.max_batched_tokens = max_batched_tokens
+        #: chunked prefill (vLLM --enable-chunked-prefill): tokens per engine step, decode tokens first, prompt
+        #: chunks in the rest; 0: off (prefill iterations pause decoding)
+        self.chunked_prefill_tokens = chunked_prefill_tokens
+        self.prompt, self.output, self.blocks = prompt, output, blocks
+        self.gpu_total, self.gpu_used = gpu_total, gpu_used
+        self.gpu_insts: list[list[EngineInst]] = [[] for _ in gpu_total]
+        self.push, self.on_first, self.on_complete = push, on_first, on_complete
+        self.insts: dict[str, EngineInst] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    def add(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float) -> EngineInst:
+        inst = EngineInst(st, mi, cost, shard, block_bytes, t)
+        if self.kv_read:
+            inst.kv_s = cost.kv_bytes_per_token / cost.tp / self.cost.gpu.decode_read_bytes_per_s
+        self.insts[st.instance_id] = inst
+        for g in st.gpus:
+            while len(self.gpu_insts) <= g:  # GPUs that joined after the start
+                self.gpu_insts.append([])
+            self.gpu_insts[g].append(inst)
+        return inst
+
+    def ready(self, inst: EngineInst, t: float) -> None:
+        inst.ready = True
+        inst.t_last = t
+        self.remap(inst)
+        self.schedule(inst, t)
+
+    def remove(self, inst: EngineInst, t: float) -> None:
+        """The instance is gone: its weights and mapped KV blocks leave the GPUs' memory."""
+        st = inst.st
+        self.insts.pop(st.instance_id, None)
+        b = inst.shard + st.kv_blocks_mapped * inst.block_bytes
+        for g in st.gpus:
+            self.gpu_used[g] -= b
+            self.gpu_insts[g].remove(inst)
+        st.kv_blocks_mapped = 0
+        inst.version += 1
+        if inst.phase != IDLE:
+            inst.phase = IDLE
+            self._reslow(inst, t)
+
+    def retry_held(self, t: float) -> None:
+        """Requests held back for KV memory get another chance (prewarms may have been evicted)."""
+        for inst in self.insts.values():
+            if inst.waiting and inst.ready and inst.phase == IDLE:
+                self.schedule(inst, t)
+
+    # -- KV memory ----------------------------------------------------------------------------------------
+
+    def free_blocks(self, inst: EngineInst) -> int:
+        free = min(self.gpu_total[g] - self.gpu_used[g] for g in inst.st.gpus)
+        return max(free // inst.block_bytes, 0)
+
+    def remap(self, inst: EngineInst, need: int = 0) -> None:
+        """Map KV blocks to the policy's target (used + free target, or everything), growing only into free
+        memory; ``need`` more blocks than in use are asked for by an admission."""
+        s = inst.st
+        tgt = s.kv_blocks_total if s.kv_free_target is None else min(s.kv_blocks_total, inst.kv_used + s.kv_free_target)
+        tgt = max(tgt, min(inst.kv_used + need, s.kv_blocks_total))
+        d = tgt - s.kv_blocks_mapped
+        if d > 0:
+            d = min(d, self.free_blocks(inst))
+        if d:
+            s.kv_blocks_mapped += d
+            b = d * inst.block_bytes
+            for g in s.gpus:
+                self.gpu_used[g] += b
+
+    # -- iterations ---------------------------------------------------------------------------------------
+
+    def _base_step_s(self, inst: EngineInst, b: int) -> float:
+        """The context-free part of a decode step of ``b`` sequences (time-sharing not included)."""
+        s = inst.step_cache.get(b)
+        if s is None:
+            s = self.cost.decode_step_s(inst.cost, b, 0 if self.kv_read else None)
+            inst.step_cache[b] = s
+        return s
+
+    def _span_s(self, inst: EngineInst, steps: float) -> float:
+        """Seconds ``steps`` decode steps take from the instance's progress, the batch unchanged: each step costs
+        a + kv_s x C(p) with C(p) = ctx_base + n x p the KV tokens read at progress p, integrated over
+        [p, p + steps]: a x D + kv_s x (ctx_base x D + n x D x (2p + D) / 2)."""
+        n = len(inst.running)
+        d = steps
+        t = self._base_step_s(inst, n) * d
+        if inst.kv_s:
+            t += inst.kv_s * (inst.ctx_base * d + n * d * (2 * inst.progress + d) / 2)
+        return t * inst.slow
+
+    def _steps_in(self, inst: EngineInst, dt: float) -> float:
+        """Decode steps done in ``dt`` seconds from the instance's progress (the inverse of ``_span_s``): the root
+        of (kv_s n / 2) D^2 + b D = dt / slow, b the step time at the current progress, in its stable form."""
+        n = len(inst.running)
+        x = dt / inst.slow
+        b = self._base_step_s(inst, n)
+        if not inst.kv_s:
+            return x / b
+        b += inst.kv_s * (inst.ctx_base + n * inst.progress)
+        return 2 * x / (b + math.sqrt(b * b + 2 * inst.kv_s * n * x))
+
+    def context_tokens(self, inst: EngineInst) -> float:
+        """KV tokens the running batch reads in its next decode step (prompt + tokens generated so far, summed),
+        at a whole step."""
+        return inst.ctx_base + len(inst.running) * (inst.progress + 0.5)
+
+    def _advance(self, inst: EngineInst, t: float) -> None:
+        if inst.phase == DECODE and inst.running:
+            inst.progress += self._steps_in(inst, t - inst.t_last)
+        inst.t_last = t
+
+    def admit(self, inst: EngineInst, rid: int, t: float) -> None:
+        """``rid`` joins the instance's waiting queue. An idle or decoding engine schedules at once, but through
+        an event at ``t``, after the current driver call: requests routed at the same instant (a queue drained
+        when the instance turned ready) are then prefilled together, as vLLM's scheduler takes everything that
+        waits at its next step."""
+        inst.waiting.append(rid)
+        if inst.ready and inst.phase != PREFILL and not inst.wake:
+            self._advance(inst, t)
+            inst.wake = True
+            inst.version += 1
+            self.push(t, inst)
+
+    def schedule(self, inst: EngineInst, t: float) -> None:
+        """Choose the instance's next iteration and push the event that ends it."""
+        old = inst.phase
+        inst.wake = False
+        inst.version += 1
+        if self.chunked_prefill_tokens and self._schedule_chunk(inst, t, old):
+            return
+        if inst.waiting and len(inst.running) < self.max_batch and not self.chunked_prefill_tokens:
+            batch = []
+            tokens = 0
+            room = self.max_batch - len(inst.running)
+            budget = self.max_batched_tokens or math.inf
+            while inst.waiting and len(batch) < room:
+                rid = inst.waiting[0]
+                if batch and tokens + self.prompt[rid] > budget:
+                    break
+                if not self._take(inst, rid):
+                    break
+                inst.waiting.popleft()
+                batch.append(rid)
+                tokens += self.prompt[rid]
+            if batch:
+                inst.pf_batch = batch
+                inst.pf_tokens = tokens
+                inst.phase = PREFILL
+                if old == IDLE:
+                    self._reslow(inst, t)
+                self.push(t + self.cost.prefill_s(inst.cost, tokens) * inst.slow, inst)
+                return
+        if inst.running:
+            inst.phase = DECODE
+            if old == IDLE:
+                self._reslow(inst, t)
+            self.push(t + max(self._span_s(inst, inst.running[0][0] - inst.progress), 0.0), inst)
+            return
+        inst.phase = IDLE
+        if old != IDLE:
+            self._reslow(inst, t)
+
+    def _take(self, inst: EngineInst, rid: int) -> bool:
+        """Reserve KV blocks for ``rid`` (prompt + output), growing the mapping if need be; False: no room."""
+        need = self.blocks[rid]
+        if inst.kv_used + need > inst.st.kv_blocks_mapped:
+            self.remap(inst, need)
+            if inst.kv_used + need > inst.st.kv_blocks_mapped:
+                return False
+        inst.kv_used += need
+        inst.st.kv_blocks_used = inst.kv_used
+        return True
+
+    def _schedule_chunk(self, inst: EngineInst, t: float, old: int) -> bool:
+        """Chunked prefill: one engine step of the running batch's decode tokens plus prompt chunks, oldest
+        first, up to ``chunked_prefill_tokens`` tokens. Its time is the decode step plus the per-token part of a
+        prefill of the chunks (the step's fixed part, the weight read, is the decode step's); with nothing
+        decoding, a prefill of the chunks. False: no prompt to prefill (a plain decode run or idle follows)."""
+        n = len(inst.running)
+        budget = max(self.chunked_prefill_tokens - n, 1)
+        queued = sum(inst.pf_left.values())
+        while inst.waiting and queued < budget and n + len(inst.pf_left) < self.max_batch:
+            rid = inst.waiting[0]
+            if not self._take(inst, rid):
+                break
+            inst.waiting.popleft()
+            inst.pf_left[rid] = self.prompt[rid]
+            inst.pf_batch.append(rid)
+            queued += self.prompt[rid]
+        if not inst.pf_left:
+            return False
+        chunk, tokens = [], 0
+        for rid in inst.pf_batch:
+            if tokens >= budget:
+                break
+            k = min(inst.pf_left[rid], budget - tokens)
+            chunk.append((rid, k))
+            tokens += k
+        inst.chunk = chunk
+        inst.pf_tokens = queued
+        inst.phase = PREFILL
+        if old == IDLE:
+            self._reslow(inst, t)
+        c = inst.cost
+        if n:
+            dt = self._span_s(inst, 1.0) + (self.cost.prefill_s(c, tokens) - self.cost.prefill_s(c, 0)) * inst.slow
+        else:
+            dt = self.cost.prefill_s(c, tokens) * inst.slow
+        self.push(t + dt, inst)
+        return True
+
+    def _chunk_done(self, inst: EngineInst, t: float) -> None:
+        """A chunked step ended: the running batch made one step, the chunks were prefilled."""
+        inst.t_last = t
+        run = inst.running
+        if run:
+            inst.progress += 1.0
+            lim = inst.progress + 1e-9
+            while run and run[0][0] <= lim:
+                _, rid = heapq.heappop(run)
+                inst.ctx_base -= inst.ctx_of.pop(rid, 0.0)
+                self._complete(inst, rid, t)
+            if not run:
+                inst.ctx_base = 0.0
+        for rid, k in inst.chunk:
+            inst.pf_left[rid] -= k
+            if inst.pf_left[rid] > 0:
+                continue
+            del inst.pf_left[rid]
+            inst.pf_batch.remove(rid)
+            self._prefilled(inst, rid, t)
+        inst.chunk = []
+
+    def _prefilled(self, inst: EngineInst, rid: int, t: float) -> None:
+        """``rid``'s prompt is prefilled: its first token is out; it decodes from here (or ends)."""
+        self.on_first(rid, t)
+        out = self.output[rid]
+        if out <= 1:
+            self._complete(inst, rid, t)
+            return
+        heapq.heappush(inst.running, (inst.progress + out - 1, rid))
+        # step k after now (progress p in [now + k, now + k + 1]) reads the prompt, the first token and k more:
+        # prompt + 1 + k. C(p) = prompt + 0.5 + (p - now) integrates to exactly that over the step, so a run of
+        # steps costs what the steps one by one cost
+        c = self.prompt[rid] + 0.5 - inst.progress
+        inst.ctx_of[rid] = c
+        inst.ctx_base += c
+
+    def event(self, inst: EngineInst, t: float) -> None:
+        """The instance's current iteration ended at ``t``: a prefill (first tokens) or a decode run up to its
+        first finisher (or a step boundary after an arrival, ``wake``). Finished requests are reported; the next
+        iteration is scheduled."""
+        if inst.wake:
+            inst.wake = False
+            self._advance(inst, t)
+        elif inst.phase == PREFILL and self.chunked_prefill_tokens:
+            self._chunk_done(inst, t)
+        elif inst.phase == PREFILL:
+            inst.t_last = t
+            for rid in inst.pf_batch:
+                self._prefilled(inst, rid, t)
+            inst.pf_batch = []
+            inst.pf_tokens = 0
+        else:
+            self._advance(inst, t)
+            run = inst.running
+            # the batch has not changed since this event was pushed, so its first finisher is done exactly
+            if run and inst.progress < run[0][0]:
+                inst.progress = run[0][0]
+            lim = inst.progress + 1e-9
+            while run and run[0][0] <= lim:
+                _, rid = heapq.heappop(run)
+                inst.ctx_base -= inst.ctx_of.pop(rid, 0.0)
+                self._complete(inst, rid, t)
+            if not run:
+                inst.ctx_base = 0.0  # no drift of rounding errors into the next batch
+        if inst.st.instance_id in self.insts:
+            self.schedule(inst, t)
+
+    def _complete(self, inst: EngineInst, rid: int, t: float) -> None:
+        inst.kv_used -= self.blocks[rid]
+        s = inst.st
+        s.kv_blocks_used = inst.kv_used
+        if s.kv_free_target is not None:
+            self.remap(inst)
+        self.on_complete(inst, rid, t)
+
+    def drop_requests(self, inst: EngineInst) -> list[int]:
+        """Every request on the instance (waiting, in prefill, running), for a lost instance; it stops."""
+        rids = list(inst.waiting) + list(inst.pf_batch) + [rid for _, rid in sorted(inst.running)]
+        inst.waiting.clear()
+        inst.pf_batch = []
+        inst.pf_tokens = 0
+        inst.pf_left.clear()
+        inst.chunk = []
+        inst.running = []
+        inst.ctx_of.clear()
+        inst.ctx_base = 0.0
+        return rids
+
+    def _reslow(self, inst: EngineInst, t: float) -> None:
+        """An instance turned busy or idle: instances sharing a GPU with it get a new time share."""
+        gi = self.gpu_insts
+        if all(len(gi[g]) <= 1 for g in inst.st.gpus):
+            inst.slow = 1
+            return
+        affected = {id(o): o for g in inst.st.gpus for o in gi[g]}
+        affected[id(inst)] = inst
+        for o in affected.values():
+            busy = max(sum(1 for x in gi[g] if x.phase != IDLE) for g in o.st.gpus)
+            new = max(busy, 1)
+            if new != o.slow:
+                if o.phase == DECODE and o is not inst:
+                    self._advance(o, t)
+                    o.slow = new
+                    o.version += 1
+                    dt = self._span_s(o, o.running[0][0] - o.progress) if o.running else 0.0
+                    self.push(t + max(dt, 0.0), o)
+                else:
+                    if o is inst and o.phase == DECODE:
+                        self._advance(o, t)
+                    o.slow = new

@@ -1,0 +1,162 @@
+"""The layout search of the `shared` baseline (MuxServe-like): the static layout that serves the highest rate.
+
+MuxServe places its colocated models by searching with a cost model of their throughput; this does the same with
+the simulator's cost model, analytically (a few milliseconds per candidate, no simulation):
+
+1. Workload: per model, the request rate and the mean prompt and output lengths of the part of the workload
+   that comes before the measured span (the warm-up replay and the history: what an operator knows when
+   laying out; the measured span is never read).
+2. Candidates: every split of the GPUs into tp-GPU groups per tensor-parallel class (the class with the
+   smallest tp takes whatever GPUs are left), times at most 1, 2 or 3 models per group. Each candidate is
+   laid out by ``policy.baselines.plan_shared`` exactly as the policy will lay it out (replicas and KV shares
+   by demand); candidates that leave a model without an instance are skipped.
+3. Score: the largest multiple x of the workload's rates that every instance sustains. An instance of model m
+   with KV fraction f and r replicas gets x lambda_m / r requests/s; at saturation it runs its largest batch
+   n = min(max running seqs, KV tokens / (prompt + output)), so each request costs it
+   w = prefill_s(prompt) + output x decode_step_s(n, n x (prompt + output / 2)) / n seconds of its GPUs.
+   Colocated instances time-share their GPUs (the engine model's interference model: an iteration takes as
+   many times longer as there are busy instances on the GPU), so its load is
+   rho = x lambda w (1 + sum of its neighbours' busy shares), a neighbour being busy while it has a request
+   in flight: 1 - exp(-x lambda_o L_o), L_o its uncontended latency (prefill + output small-batch steps).
+   x is the largest value with every rho <= 1 (bisection; rho grows with x).
+4. The candidate with the largest x wins (ties: fewer models per group, then fewer large groups). Its rates x
+   (GPU-seconds per second, lambda x w) become the layout's demand weights.
+
+Bounded: on the paper's 16 GPUs about 60 candidates, well under a second. Above ``MAX_CANDIDATES`` splits the
+search keeps to splits near the demand-proportional one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import numpy as np
+
+from warmserve.policy.baselines import SharedLayout, UnplacedModelError, default_groups, plan_shared
+
+#: most group splits scored (x 3 colocation degrees); larger clusters search near the proportional split
+MAX_CANDIDATES = 400
+#: models per group tried
+PER_GROUP_CHOICES = (1, 2, 3)
+
+
+def workload_stats(sim) -> dict[str, tuple[float, float, float]]:
+    """(requests/s, mean prompt tokens, mean output tokens) per model over the workload before the measured
+    span; models with no request there get a rate of 1e-3 requests/s and the overall means."""
+    h = sim.workload.history
+    names = sim.names
+    out = {}
+    if len(h):
+        spans = sim.workload.history_spans
+        # the history is stretches of earlier days: rates are over the time they cover, not the gaps between
+        span = sum(b - a for a, b in spans) if spans else float(h.arrival_s.max() - h.arrival_s.min())
+        span = max(span, 1.0)
+        idx = {n: i for i, n in enumerate(h.models)}
+        for n in names:
+            sel = h.model == idx[n] if n in idx else np.zeros(len(h), bool)
+            if sel.any():
+                out[n] = (float(sel.sum()) / span, float(h.prompt_tokens[sel].mean()),
+                          float(h.output_tokens[sel].mean()))
+    p_all = float(h.prompt_tokens.mean()) if len(h) else 1024.0
+    o_all = float(h.output_tokens.mean()) if len(h) else 256.0
+    for n in names:
+        out.setdefault(n, (1e-3, p_all, o_all))
+    return out
+
+
+def _splits(state, classes: dict[int, list[str]], proportional: dict[int, int]):
+    """Group counts per class: every split that fits the live GPUs (smallest tp takes the rest)."""
+    n_gpus = sum(1 for g in state.gpus if not g.gone)
+    tps = sorted(classes, reverse=True)
+    big, last = tps[:-1], tps[-1]
+    ranges = [range(1, n_gpus // tp + 1) for tp in big]
+    if math.prod(len(r) for r in ranges) > MAX_CANDIDATES:
+        ranges = [range(max(1, proportional[tp] // 2), 2 * proportional[tp] + 1) for tp in big]
+    for combo in itertools.product(*ranges):
+        used = sum(n * tp for n, tp in zip(combo, big))
+        rest = (n_gpus - used) // last
+        if rest < 1:
+            continue
+        yield tuple(zip(big, combo)) + ((last, rest),)
+
+
+def score(sim, plan, stats) -> float:
+    """The largest rate multiple every instance of ``plan`` sustains (see the module doc, step 3)."""
+    cost = sim.cost
+    limits = cost.limits
+    gpu_bytes = cost.gpu.pool_bytes
+    reps: dict[str, int] = {}
+    for _, hosted in plan:
+        for m, _ in hosted:
+            reps[m] = reps.get(m, 0) + 1
+    groups = []
+    for _, hosted in plan:
+        insts = []
+        for m, frac in hosted:
+            c = sim.mcost[sim.midx[m]]
+            lam, p, o = stats[m]
+            kv_tokens = frac * (gpu_bytes - c.weight_bytes / c.tp) / (c.kv_bytes_per_token / c.tp)
+            n = max(1, min(limits.max_running_seqs, int(kv_tokens // max(p + o, 1.0))))
+            step = cost.decode_step_s(c, n, n * (p + o / 2))
+            w = cost.prefill_s(c, int(p)) + o * step / n
+            lat = cost.prefill_s(c, int(p)) + o * cost.decode_step_s(c, 1, int(p + o / 2))
+            insts.append((lam / reps[m], w, lat))
+        groups.append(insts)
+
+    def fits(x: float) -> bool:
+        for insts in groups:
+            busy = [1.0 - math.exp(-x * lam * lat) for lam, _, lat in insts]
+            tot = sum(busy)
+            for (lam, w, _), b in zip(insts, busy):
+                if x * lam * w * (1.0 + tot - b) > 1.0:
+                    return False
+        return True
+
+    lo, hi = 1e-4, 1e4
+    if not fits(lo):
+        return 0.0
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def search_shared_layout(sim) -> tuple[SharedLayout, dict]:
+    """The best ``SharedLayout`` for ``sim``'s workload and cluster, and a record of the search (for reports)."""
+    t0 = time.perf_counter()
+    stats = workload_stats(sim)
+    models = sim.policy.models
+    cost = sim.cost
+    # demand weight: GPU-seconds per second each model asks for on its own instance at a moderate batch
+    demand = {}
+    for m, (lam, p, o) in stats.items():
+        c = sim.mcost[sim.midx[m]]
+        demand[m] = max(lam * (cost.prefill_s(c, int(p)) + o * cost.decode_step_s(c, 16, int(16 * (p + o / 2))) / 16),
+                        1e-9)
+    order = sorted(models, key=lambda m: (-models[m].tp, -demand[m], m))
+    classes: dict[int, list[str]] = {}
+    for m in order:
+        classes.setdefault(models[m].tp, []).append(m)
+    proportional = dict(default_groups(sim.state, models, order, demand))
+    dem = tuple(sorted(demand.items()))
+    best, best_key, tried = None, None, 0
+    for groups in _splits(sim.state, classes, proportional):
+        for per_group in PER_GROUP_CHOICES:
+            layout = SharedLayout(groups, per_group, dem)
+            try:
+                plan = plan_shared(sim.state, models, order, demand, layout)
+            except UnplacedModelError:
+                continue
+            tried += 1
+            x = score(sim, plan, stats)
+            key = (x, -per_group, tuple(-n for _, n in groups))
+            if best_key is None or key > best_key:
+                best, best_key = layout, key
+    if best is None:  # nothing fits every model: the default layout raises the error that says why
+        plan_shared(sim.state, models, order, demand, None)
+        raise AssertionError("unreachable: the default layout placed what no candidate could")
+    record = {"candidates": tried, "groups": [list(g) for g in best.groups], "per_group": best.per_group,
+              "rate_multiple": best_key[0], "search_s": time.perf_counter() - t0}
+    return best, record

@@ -1,0 +1,242 @@
+"""The CUDA kernels (csrc/kernels) against the torch path of engine/attention.py, on a real GPU (skipped without).
+
+Each case builds one engine step over a random paged cache (prefill chunks first, then decode rows, as
+engine._run lays them out), runs attend() on one copy of the cache and write_kv + paged_attention on another,
+and compares the caches (bit-exact: both only copy) and the outputs. Tolerances: float32 atol = rtol = 1e-4
+(TF32 off; the kernel sums in another order); bfloat16 atol = rtol = 2e-2 against attend() on the same bf16
+data (both round q.k and p.v differently), and atol 1e-2 against attend() in float32 on the upcast data (the
+kernel accumulates in float32 and rounds only its output, so it must be that close to exact).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+
+from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, attend, causal_mask  # noqa: E402
+from warmserve.memory import kernels  # noqa: E402
+
+if torch.cuda.is_available() and not kernels.kernels_compiled():
+    pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
+
+DEV = "cuda"
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def make_step(dtype, *, decode_lens=(), chunks=(), layers=2, kv_heads=2, heads=8, head_dim=64, block_tokens=16,
+              pad_rows=3, window=0, layer=1, seed=0):
+    """A random step. decode_lens: context length of each decode sequence (its new token included); chunks:
+    (start, n) of each prefill chunk. Returns a dict with the torch metadata and the kernels' arguments."""
+    g = torch.Generator().manual_seed(seed)
+    T = block_tokens
+    rpb = 2 * layers * T + pad_rows  # padding rows: rows_per_block need not be 2 * layers * T
+    seq_lens = [s + n for s, n in chunks] + list(decode_lens)
+    need = [math.ceil(n / T) for n in seq_lens]
+    n_blocks = sum(need) + 3
+    perm = torch.randperm(n_blocks, generator=g).tolist()
+    tables, at = [], 0
+    for k in need:
+        tables.append(perm[at:at + k])
+        at += k
+    row_elems = kv_heads * head_dim
+    cache = torch.randn(n_blocks * rpb, row_elems, generator=g).to(DEV, dtype)
+    n_rows = sum(n for _, n in chunks) + len(decode_lens)
+    q = torch.randn(n_rows, heads, head_dim, generator=g).to(DEV, dtype)
+    k = torch.randn(n_rows, kv_heads, head_dim, generator=g).to(DEV, dtype)
+    v = torch.randn(n_rows, kv_heads, head_dim, generator=g).to(DEV, dtype)
+
+    def row_of(blocks, p):
+        return blocks[p // T] * rpb + p % T
+
+    wrows, prefills, row = [], [], 0
+    row_seq, row_len = [], []
+    for i, (start, n) in enumerate(chunks):
+        wrows += [row_of(tables[i], p) for p in range(start, start + n)]
+        if start == 0 and (not window or n <= window):
+            prefills.append(PrefillChunk(row, n, 0))
+        else:
+            ctx = torch.arange(start + n)
+            t = torch.tensor(tables[i])
+            prefills.append(PrefillChunk(row, n, start, (t[ctx // T] * rpb + ctx % T).to(DEV),
+                                         causal_mask(n, start, window, "cpu").to(DEV)))
+        row_seq += [i] * n
+        row_len += range(start + 1, start + n + 1)
+        row += n
+    decode = None
+    if decode_lens:
+        dec_tables = tables[len(chunks):]
+        lens = torch.tensor(decode_lens)
+        S = int(lens.max())
+        nb = math.ceil(S / T)
+        padded = torch.tensor([b[:nb] + [b[0]] * (nb - len(b[:nb])) for b in dec_tables])
+        ar = torch.arange(S)
+        mask = ar[None, :] < lens[:, None]
+        if window:
+            mask &= ar[None, :] > (lens[:, None] - 1 - window)
+        decode = DecodeBatch(row, (padded[:, ar // T] * rpb + ar % T).view(-1).to(DEV), mask[:, None, None, :].to(DEV))
+        for j, n in enumerate(decode_lens):
+            wrows.append(row_of(dec_tables[j], n - 1))
+            row_seq.append(len(chunks) + j)
+            row_len.append(n)
+    width = max(need)
+    bt = torch.tensor([b + [b[0]] * (width - len(b)) for b in tables], dtype=torch.int32, device=DEV)
+    return dict(
+        meta=AttnMeta(torch.tensor(wrows, device=DEV), prefills, decode), q=q, k=k, v=v, cache=cache,
+        k_off=2 * layer * T, v_off=(2 * layer + 1) * T, scale=head_dim ** -0.5, window=window,
+        block_tables=bt, row_seq=torch.tensor(row_seq, dtype=torch.int32, device=DEV),
+        row_len=torch.tensor(row_len, dtype=torch.int32, device=DEV), rows_per_block=rpb, block_tokens=T,
+        max_len=max(seq_lens))
+
+
+def run_torch(s, dtype=None):
+    cast = (lambda t: t.to(dtype)) if dtype else (lambda t: t)
+    cache = cast(s["cache"]).clone()
+    out = attend(s["meta"], cast(s["q"]), cast(s["k"]), cast(s["v"]), cache, s["k_off"], s["v_off"], s["scale"])
+    return out.view_as(s["q"]), cache
+
+
+def run_kernels(s, cache=None, split_tokens=None):
+    cache = s["cache"].clone() if cache is None else cache
+    kernels.write_kv(cache, s["k"], s["v"], s["meta"].write_rows, s["k_off"], s["v_off"])
+    out = kernels.paged_attention(
+        s["q"], cache, s["block_tables"], s["row_seq"], s["row_len"], k_off=s["k_off"], v_off=s["v_off"],
+        rows_per_block=s["rows_per_block"], block_tokens=s["block_tokens"], scale=s["scale"], window=s["window"],
+        max_len=s["max_len"], split_tokens=split_tokens)
+    return out, cache
+
+
+def check(s, split_tokens=None):
+    dtype = s["q"].dtype
+    out_k, cache_k = run_kernels(s, split_tokens=split_tokens)
+    out_t, cache_t = run_torch(s)
+    torch.cuda.synchronize()
+    assert torch.equal(cache_k, cache_t)  # write_kv wrote exactly the rows attend() wrote
+    torch.testing.assert_close(out_k, out_t, **TOL[dtype])
+    if dtype != torch.float32:
+        exact, _ = run_torch(s, torch.float32)
+        torch.testing.assert_close(out_k.float(), exact, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_write_kv_matches_index_copy(dtype):
+    s = make_step(dtype, decode_lens=(5, 40, 17), chunks=((0, 9),))
+    _, cache_k = run_kernels(s)
+    _, cache_t = run_torch(s)
+    assert torch.equal(cache_k, cache_t)
+    assert not torch.equal(cache_k, s["cache"])  # the step did write
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 8, 64), (8, 2, 64), (16, 4, 128), (4, 1, 96)])
+def test_decode_attention_gqa(dtype, heads, kv_heads, head_dim):
+    check(make_step(dtype, decode_lens=(1, 2, 16, 17, 33, 100), heads=heads, kv_heads=kv_heads, head_dim=head_dim))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split_tokens", [None, 256, 1000])
+def test_decode_long_context_split(dtype, split_tokens):
+    """Engine-sized blocks (256 tokens), one long sequence beside short ones: several splits, some past the
+    short sequences' ends."""
+    s = make_step(dtype, decode_lens=(3000, 7, 513), heads=8, kv_heads=2, head_dim=128, block_tokens=256,
+                  pad_rows=0)
+    if split_tokens is None:
+        assert math.ceil(3000 / kernels.default_split_tokens(3, 8, 3000)) > 1
+    check(s, split_tokens=split_tokens)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_with_cached_context(dtype):
+    """Chunks with cached context (one crossing block boundaries), a fresh chunk, and decodes in one step."""
+    check(make_step(dtype, chunks=((0, 12), (40, 25), (7, 1)), decode_lens=(9, 64)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sliding_window(dtype):
+    check(make_step(dtype, chunks=((30, 20),), decode_lens=(100, 5, 64), window=24), split_tokens=32)
+
+
+def test_float16_decode():
+    check(make_step(torch.float16, decode_lens=(3, 70), chunks=((16, 8),)))
+
+
+def test_cache_in_a_cuda_slot():
+    """The real setting: the cache is a pinned=False view over a cuda-backend slot (VMM-mapped pages)."""
+    from warmserve.memory import PAGE_BYTES, PagePool
+
+    if not __import__("warmserve.memory", fromlist=["cuda_compiled"]).cuda_compiled():
+        pytest.skip("no cuda backend in this build")
+    with PagePool(16 * PAGE_BYTES, backend="cuda") as pool:
+        slot = pool.create_slot(8 * PAGE_BYTES, "kv")
+        slot.map(0, 8)
+        rows = 8 * PAGE_BYTES // (2 * 64 * 4)
+        cache = slot.tensor(0, (rows, 2 * 64), torch.float32, pinned=False)
+        s = make_step(torch.float32, decode_lens=(50, 300), kv_heads=2, head_dim=64)
+        region = cache[:s["cache"].shape[0]]
+        region.copy_(s["cache"])
+        out_k, cache_k = run_kernels(s, cache=region)
+        out_t, cache_t = run_torch(s)
+        torch.cuda.synchronize()
+        assert cache_k.data_ptr() == slot.base_address and torch.equal(cache_k, cache_t)
+        torch.testing.assert_close(out_k, out_t, **TOL[torch.float32])
+        del cache, region, cache_k, s
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_copy_blocks_compact_and_relocate(dtype):
+    g = torch.Generator().manual_seed(3)
+    region = torch.randn(16, 4096 + 8, generator=g).to(DEV, dtype)  # rows not a multiple of 16 bytes in bf16
+    ref = region.clone()
+    kernels.copy_blocks(region, region, [10, 7, 12], [0, 1, 2])  # compaction inside one region
+    ref[[0, 1, 2]] = ref[[10, 7, 12]]
+    torch.cuda.synchronize()
+    assert torch.equal(region, ref)
+    other = torch.zeros(5, 4096 + 8, dtype=dtype, device=DEV)
+    kernels.copy_blocks(other, region, torch.tensor([3, 4], device=DEV), torch.tensor([4, 0], device=DEV))
+    torch.cuda.synchronize()
+    assert torch.equal(other[4], region[3]) and torch.equal(other[0], region[4])
+    assert torch.count_nonzero(other[1:4]) == 0
+
+
+def test_copy_bytes_between_slots():
+    a = torch.randn(3, 1 << 20, device=DEV)
+    b = torch.empty_like(a)
+    kernels.copy_bytes(b, a)
+    torch.cuda.synchronize()
+    assert torch.equal(a, b)
+
+
+def test_graph_capture_replays_equal_to_eager():
+    """The decode kernels captured in a CUDA graph (fixed max_len and split_tokens) replay the eager result, and
+    follow new cache contents and new query values at the same addresses."""
+    s = make_step(torch.float32, decode_lens=(700, 20, 256), head_dim=64, block_tokens=256, pad_rows=0)
+    cache = s["cache"].clone()
+    eager, _ = run_kernels(s, cache=cache.clone(), split_tokens=256)
+    graph = torch.cuda.CUDAGraph()
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        run_kernels(s, cache=cache, split_tokens=256)
+    torch.cuda.current_stream().wait_stream(warm)
+    with torch.cuda.graph(graph):
+        static_out, _ = run_kernels(s, cache=cache, split_tokens=256)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_out, eager, atol=0, rtol=0)
+    s["q"].mul_(-1.0)
+    graph.replay()
+    again, _ = run_kernels(s, cache=cache.clone(), split_tokens=256)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_out, again, atol=0, rtol=0)

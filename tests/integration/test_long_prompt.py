@@ -1,0 +1,160 @@
+"""A valid prompt at the context limit on `warmserve serve`: its prefill steps each last longer than the
+controller's worker timeout, yet the worker stays alive (its heartbeats do not wait for engine steps), the long
+request is answered, and short requests sent meanwhile are answered too.
+
+Before the worker's link thread, the worker sent heartbeats from the loop that runs engine steps: the controller
+declared it lost during the first 2,048-token prefill chunk and every request failed."""
+
+import asyncio
+import json
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+
+MODEL = "qwen2-30m"  # the smallest demo model with a 4,096-token context
+CONTEXT = 4096
+MAX_TOKENS = 16
+# A prefill chunk of 2,048 tokens of this model takes about 1.5 s on one thread of the 2-core test VM: well over
+# WORKER_TIMEOUT_S, while heartbeats come every HEARTBEAT_S.
+HEARTBEAT_S = 0.15
+WORKER_TIMEOUT_S = 0.6
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from warmserve.engine.demo import write_demo_models
+
+    tmp = tmp_path_factory.mktemp("long-prompt")
+    path = write_demo_models(None, [MODEL])[MODEL]
+    cfg = tmp / "cluster.toml"
+    cfg.write_text(
+        "cpu_workers = 1\ncpu_worker_memory_bytes = 536870912\ncpu_worker_threads = 1\n"
+        f'[[models]]\npath = "{path}"\n'
+        f"[policy]\nwindow_s = 30\n[controller]\ntick_s = 0.2\nheartbeat_interval_s = {HEARTBEAT_S}\n"
+        f"worker_timeout_s = {WORKER_TIMEOUT_S}\ndrain_timeout_s = 5\n"
+        "[server]\nport = 0\n")
+    log = tmp / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
+                             "WARNING", "--log-dir", str(tmp / "logs")],
+                            stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        proc.wait()
+        pytest.fail("server did not start: " + log.read_text()[-3000:])
+    yield json.loads(line)["serving"], log
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _stream(session, url: str, prompt, max_tokens: int) -> dict:
+    """One streaming completion: status, text, finish reason, prompt tokens and time to the first text."""
+    t0 = time.monotonic()
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    out = {"status": None, "text": "", "finish": None, "prompt_tokens": None, "first_s": None, "error": None}
+    async with session.post(url + "/v1/completions", json=body) as r:
+        out["status"] = r.status
+        if r.status != 200:
+            out["error"] = await r.text()
+            return out
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if "error" in ev:
+                out["error"] = ev["error"]
+                continue
+            if ev.get("usage"):
+                out["prompt_tokens"] = ev["usage"]["prompt_tokens"]
+            for ch in ev.get("choices", []):
+                if out["first_s"] is None:
+                    out["first_s"] = time.monotonic() - t0
+                out["text"] += ch.get("text") or ""
+                out["finish"] = ch.get("finish_reason") or out["finish"]
+    return out
+
+
+def _counter(url: str, name: str) -> float:
+    """A counter's value from /metrics (a counter never incremented has no sample line, only its header)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert f"# TYPE {name} counter" in text, f"no counter {name} in /metrics"
+    m = re.search(rf"^{name}_total ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_prompt_at_the_context_limit_keeps_the_worker_alive(server):
+    url, log = server
+    long_prompt = [10 + i % 200 for i in range(CONTEXT - MAX_TOKENS)]
+
+    async def run():
+        timeout = aiohttp.ClientTimeout(total=50)
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            warm = await _stream(s, url, "warm up", 2)  # activates the model before the timed part
+            assert warm["status"] == 200 and warm["error"] is None, warm
+            t0 = time.monotonic()
+            long_req = asyncio.ensure_future(_stream(s, url, long_prompt, MAX_TOKENS))
+            await asyncio.sleep(0.3)  # the short ones arrive while the long prompt is being prefilled
+            shorts = await asyncio.gather(*(_stream(s, url, f"short request {i}", 4) for i in range(4)))
+            return await long_req, shorts, time.monotonic() - t0
+
+    long_out, shorts, took_s = asyncio.run(run())
+    assert long_out["status"] == 200 and long_out["error"] is None, long_out
+    assert long_out["prompt_tokens"] == CONTEXT - MAX_TOKENS and long_out["finish"] in ("length", "stop"), long_out
+    # The test means something only if the prefill took longer than the controller's patience.
+    assert long_out["first_s"] > WORKER_TIMEOUT_S, f"prefill took {long_out['first_s']:.2f} s: raise the prompt"
+    for out in shorts:
+        assert out["status"] == 200 and out["error"] is None and out["text"], out
+    assert took_s < 45
+    assert _counter(url, "warmserve_workers_lost") == 0, log.read_text()[-3000:]
+    with urllib.request.urlopen(url + "/stats", timeout=10) as r:
+        workers = json.loads(r.read())["workers"]
+    assert workers and all(w["alive"] for w in workers), workers
+    assert " lost" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_a_bound_worker_keeps_its_clients_informed_during_a_long_prefill():
+    """The same on a worker reached directly (`--bind`): a client that gives up after WORKER_TIMEOUT_S of
+    silence gets the whole answer (before, the worker was silent for a whole prefill step and the client raised
+    WorkerLostError)."""
+    from warmserve import protocol as P
+    from warmserve.engine.demo import write_demo_models
+    from warmserve.worker import WorkerClient, spawn_local_worker
+
+    path = write_demo_models(None, [MODEL])[MODEL]
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.5, threads=1, heartbeat_interval_s=HEARTBEAT_S)
+    try:
+        with WorkerClient(endpoint, heartbeat_interval_s=HEARTBEAT_S, worker_timeout_s=WORKER_TIMEOUT_S) as c:
+            c.prewarm(path)
+            c.activate(MODEL)
+            prompt = [10 + i % 200 for i in range(CONTEXT - MAX_TOKENS)]
+            t0 = time.monotonic()
+            stream = c.generate(MODEL, prompt, P.SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True),
+                                timeout_s=60)
+            first = next(iter(stream))
+            first_s = time.monotonic() - t0
+            ids, last = stream.collect()
+            assert first_s > WORKER_TIMEOUT_S, f"prefill took {first_s:.2f} s: raise the prompt"
+            assert len(first.token_ids) + len(ids) == MAX_TOKENS and last.finish_reason == "length"
+            assert last.num_prompt_tokens == CONTEXT - MAX_TOKENS
+            c.shutdown(timeout_s=10)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

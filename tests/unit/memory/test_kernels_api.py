@@ -1,0 +1,79 @@
+"""The CUDA kernels' Python face on a machine without a GPU: the module imports, kernels_available() is False,
+and every kernel raises a typed error instead of crashing (tests/gpu/test_kernels.py checks the numerics)."""
+
+import pytest
+import torch
+
+from warmserve import _C
+from warmserve.errors import BackendUnavailableError, DriverError, InvalidArgumentError
+from warmserve.memory import kernels
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+
+
+def test_module_reports_build():
+    assert isinstance(kernels.kernels_compiled(), bool)
+    assert kernels.kernels_compiled() == _C.kernels_compiled()
+
+
+@no_gpu
+def test_not_available_without_gpu():
+    assert kernels.kernels_available() is False
+    assert _C.kernels_device_count() == 0  # the static CUDA runtime finds no driver and says so, no crash
+
+
+@no_gpu
+@pytest.mark.parametrize("call", ["write_kv", "decode_attention", "paged_attention", "copy_blocks", "copy_bytes"])
+def test_kernels_raise_typed_error(call):
+    cache = torch.zeros(64, 128)
+    q = torch.zeros(2, 4, 64)
+    i32 = torch.zeros(2, dtype=torch.int32)
+    calls = {
+        "write_kv": lambda: kernels.write_kv(cache, torch.zeros(2, 128), torch.zeros(2, 128),
+                                             torch.zeros(2, dtype=torch.int64), 0, 16),
+        "decode_attention": lambda: kernels.decode_attention(
+            q, cache, torch.zeros(2, 1, dtype=torch.int32), i32 + 1, k_off=0, v_off=16, rows_per_block=32,
+            block_tokens=16, scale=0.125),
+        "paged_attention": lambda: kernels.paged_attention(
+            q, cache, torch.zeros(1, 1, dtype=torch.int32), i32, i32 + 1, k_off=0, v_off=16, rows_per_block=32,
+            block_tokens=16, scale=0.125),
+        "copy_blocks": lambda: kernels.copy_blocks(cache.view(4, -1), cache.view(4, -1), [0], [1]),
+        "copy_bytes": lambda: kernels.copy_bytes(cache, torch.ones_like(cache)),
+    }
+    with pytest.raises(BackendUnavailableError) as ei:
+        calls[call]()
+    assert "Fix:" in str(ei.value)
+    assert torch.count_nonzero(cache) == 0  # nothing ran on the host behind the error
+
+
+@no_gpu
+def test_raw_launch_without_driver_is_typed():
+    """A launch through the static CUDA runtime with no libcuda is a typed error (a stub build: unavailable)."""
+    expected = DriverError if _C.kernels_compiled() else BackendUnavailableError
+    with pytest.raises(expected) as ei:
+        _C.kernel_copy_bytes(0, 0, 16, 0)
+    if expected is DriverError:
+        assert ei.value.name.startswith("cuda") and ei.value.code != 0
+    with pytest.raises(expected):
+        _C.kernel_write_kv(0, 0, 0, 0, 1, 64, 0, 16, 0, 0)
+
+
+def test_copy_blocks_rejects_overlap_before_launch():
+    t = torch.zeros(4, 32)
+    with pytest.raises(InvalidArgumentError, match="rounds"):
+        kernels.copy_blocks(t, t, [0, 1], [1, 2])
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        kernels.copy_blocks(t, t, [0], [4])
+
+
+def test_prefill_rows():
+    seq, lens = kernels.prefill_rows([(0, 0, 2), (3, 5, 3)], "cpu")
+    assert seq.tolist() == [0, 0, 3, 3, 3] and lens.tolist() == [1, 2, 6, 7, 8]
+    assert seq.dtype == lens.dtype == torch.int32
+
+
+def test_default_split_tokens():
+    assert kernels.default_split_tokens(1, 8, 100) == 100  # short context: one split
+    s = kernels.default_split_tokens(1, 8, 32768)  # one long sequence: split so 8 heads fill ~264 blocks
+    assert 256 <= s and -(-32768 // s) == 33
+    assert kernels.default_split_tokens(64, 32, 32768) == 32768  # a big batch fills the GPU unsplit

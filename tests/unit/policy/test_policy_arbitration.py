@@ -1,0 +1,256 @@
+"""Issue 11, the policy: prefill load (the driver's interface and the scale-out trigger), GPUs arbitrated by unmet
+demand (deficit order, revival of draining instances, scale to zero only when the GPUs are wanted, time-sharing
+when a model waits with no instance) and route()'s overflow and cap. All through the real driver."""
+
+import math
+
+import pytest
+
+from warmserve.errors import InvalidArgumentError, WarmServeError
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy import actions as A
+from warmserve.policy.core import PREFILL_PROFILE_TOKENS
+from warmserve.policy.driver import instant_driver
+from warmserve.policy.state import ClusterState, ModelInfo
+
+GiB = 1 << 30
+PREFILL_S = 0.035  # the paper's 7B prefill (1024 tokens)
+
+
+def _driver(n_gpus=4, names="ab", name="autoscale", start_ready=True, **cfg):
+    models = [ModelInfo(n, 10 * GiB, 1, 1 << 19, prefill_s=PREFILL_S) for n in names]
+    st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=40 * GiB)
+    pol = make_policy(name, models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
+    return instant_driver(pol, st, start_ready=start_ready), st
+
+
+def _of(st, model):
+    return [i for i in st.instances.values() if i.model == model]
+
+
+def _fill(d, st, model, n, now, start=0, tokens=0):
+    for k in range(n):
+        d.submit(model, f"{model}{start + k}", now, prompt_tokens=tokens)
+
+
+# ---- the prefill interface ------------------------------------------------------------------------------------
+
+def test_prompt_tokens_count_while_waiting_then_on_the_instance_until_the_first_token():
+    d, st = _driver(start_ready=False)
+    d.submit("a", "r1", 0.0, prompt_tokens=1000)
+    d.submit("a", "r2", 0.0, prompt_tokens=500)
+    assert st.queued_prompt_tokens["a"] == 1500 and st.prefill_backlog_tokens("a") == 1500
+    (inst,) = _of(st, "a")
+    d.instance_ready(inst.instance_id, 1.0)  # both routed: the tokens move to the instance
+    assert st.queued_prompt_tokens["a"] == 0 and inst.prefill_tokens_pending == 1500
+    assert st.prefill_backlog_tokens("a") == 1500
+    d.prefill_done("r1", 1.1)
+    assert inst.prefill_tokens_pending == 500
+    d.prefill_done("r1", 1.2)  # twice, or an unknown request: ignored
+    d.prefill_done("nope", 1.2)
+    assert inst.prefill_tokens_pending == 500
+    d.request_finished("a", inst.instance_id, 1.3, request="r2")  # ended before its first token: released
+    assert inst.prefill_tokens_pending == 0 and not d._prefill
+    d.request_finished("a", inst.instance_id, 1.4)  # r1 ends (no request given: the old call still works)
+    assert inst.in_flight == 0
+    with pytest.raises(InvalidArgumentError, match="prompt_tokens"):
+        d.submit("a", "bad", 2.0, prompt_tokens=-1)
+
+
+def test_withdrawn_failed_and_requeued_requests_release_or_move_their_tokens():
+    d, st = _driver(start_ready=False)
+    d.submit("a", "r1", 0.0, prompt_tokens=100)
+    d.submit("a", "r2", 0.0, prompt_tokens=200)
+    assert d.withdraw("a", "r1", 0.5) and st.queued_prompt_tokens["a"] == 200
+    d.fail_waiting("a", WarmServeError("gone"), 0.6)
+    assert st.queued_prompt_tokens["a"] == 0 and not d._prefill
+    (inst,) = _of(st, "a")
+    d.instance_ready(inst.instance_id, 1.0)
+    d.submit("a", "r3", 1.0, prompt_tokens=300)
+    d.submit("a", "r4", 1.0, prompt_tokens=400)
+    assert inst.prefill_tokens_pending == 700
+    d.prefill_done("r4", 1.1)
+    d.lose_gpus(list(inst.gpus), 2.0, requeue=[("a", "r3")])  # r3 starts over: its tokens wait again
+    assert inst.instance_id not in st.instances
+    assert st.prefill_backlog_tokens("a") in (300, 0)  # 0 when it was routed at once to a new instance
+    assert sum(i.prefill_tokens_pending for i in _of(st, "a")) + st.queued_prompt_tokens["a"] == 300
+
+
+# ---- the prefill trigger ----------------------------------------------------------------------------------
+
+def _prefill_case(**cfg):
+    """One instance of `a` with 4 requests in flight (far below 0.8 x B) whose prompts take 1.0 s to prefill."""
+    d, st = _driver(n_gpus=8, **cfg)
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    tokens = round(1.0 / PREFILL_S * PREFILL_PROFILE_TOKENS / 4)
+    _fill(d, st, "a", 4, 100.0, tokens=tokens)
+    assert st.instances["i1"].in_flight == 4 and st.instances["i1"].prefill_tokens_pending == 4 * tokens
+    return d, st
+
+
+def test_a_prefill_backlog_scales_out_with_few_requests_in_flight():
+    d, st = _prefill_case()
+    d.tick(100.0)
+    # backlog 1.0 s over a budget of (10 - 1) x 35 ms per instance: ceil(1.0 / (0.8 x 0.315)) = 4 instances
+    budget = (10 - 1) * PREFILL_S
+    assert d.policy.prefill_budget_s("a") == pytest.approx(budget)
+    assert len(_of(st, "a")) == math.ceil(1.0 / (0.8 * budget)) == 4
+    d, st = _prefill_case(ttft_target_prefills=0.0)  # the trigger off: in-flight load alone holds at one
+    d.tick(100.0)
+    assert len(_of(st, "a")) == 1
+
+
+def test_a_prefill_backlog_keeps_instances_from_scaling_in():
+    d, st = _prefill_case()
+    d.tick(100.0)
+    assert len(_of(st, "a")) == 4
+    d.tick(110.0)  # in-flight load 4 alone would scale in to one; the backlog still wants ceil(1.0 / 0.1575) > 4
+    assert len(_of(st, "a")) == 4
+    for r in ("a0", "a1", "a2", "a3"):
+        d.prefill_done(r, 111.0)
+    for t in range(111, 118):  # the backlog is sampled each tick and averaged over 5 s
+        d.tick(float(t))
+    assert len(_of(st, "a")) == 1
+
+
+# ---- arbitration --------------------------------------------------------------------------------------------
+
+def test_scale_outs_go_first_to_the_model_whose_demand_is_least_met():
+    """`a` (first by name) is loaded far over its one instance; `b` waits with none. One GPU is free: `b` gets
+    it (before, the name order gave it to `a` and `b` waited for GPUs indefinitely)."""
+    d, st = _driver(n_gpus=3)
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("i2", "a", (1,)), 0.0)
+    st.instances["i1"].in_flight = st.instances["i2"].in_flight = 100  # load 200: a wants 8 instances
+    st.queues["b"].extend(["b1", "b2"])  # waiting, not yet routed (as while GPUs were short)
+    d.tick(100.0)
+    assert [i.gpus for i in _of(st, "b")] == [(2,)] and len(_of(st, "a")) == 2
+
+
+def test_route_does_not_take_gpus_while_another_model_waits_with_none():
+    d, st = _driver(n_gpus=2)
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    st.queues["b"].append("b1")  # b starves (the tick gives it the free GPU next)
+    _fill(d, st, "a", 40, 1.0)
+    assert len(_of(st, "a")) == 1 and st.instances["i1"].in_flight == 40  # overflow, no second instance
+    d.tick(1.0)
+    assert len(_of(st, "b")) == 1 and st.queued("b") == 0
+
+
+def test_a_draining_instance_is_revived_before_a_new_one_starts():
+    d, st = _driver(n_gpus=4)
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("i2", "a", (1,)), 0.0)
+    _fill(d, st, "a", 20, 1.0)
+    d.apply(A.StopInstance("i1"), 2.0)  # scaled in earlier; 10 of its requests still run
+    assert st.instances["i1"].draining and st.instances["i1"].in_flight == 10
+    _fill(d, st, "a", 30, 100.0, start=20)  # i2 fills to B; then route revives i1 rather than start one
+    assert not st.instances["i1"].draining and len(_of(st, "a")) == 2
+    assert sum(k == "start_instance" for k, _ in d.executor.log) == 2  # i1 and i2 only
+    d.apply(A.StopInstance("i1"), 101.0)
+    d.tick(101.0)  # the tick revives too: load 50 wants ceil(50 / 25.6) = 2 instances
+    assert not st.instances["i1"].draining and len(_of(st, "a")) == 2
+    assert sum(k == "start_instance" for k, _ in d.executor.log) == 2
+
+
+def test_a_quiet_models_last_instance_stays_until_its_gpus_are_wanted():
+    d, st = _driver(n_gpus=2)
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("i2", "b", (1,)), 0.0)
+    for t in range(10, 200, 10):  # both idle; a GPU-free cluster keeps them (before: stopped after 5 s)
+        d.tick(float(t))
+    assert set(st.instances) == {"i1", "i2"}
+    d1, st1 = _driver(n_gpus=2, idle_to_zero=True)  # the paper's §5 rule, as an option
+    d1.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    d1.tick(10.0)
+    assert not st1.instances
+    d2, st2 = _driver(n_gpus=1, names="abc")
+    d2.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    st2.queues["c"].append("c1")  # wanted: c waits and no GPU is free
+    d2.tick(10.0)  # a's idle instance stops and c starts on its GPU in the same tick
+    assert [i.model for i in st2.instances.values()] == ["c"] and st2.queued("c") == 0
+
+
+def _oversubscribed(**cfg):
+    """Two GPUs, each held by a busy instance of `a` / `b`; `c` waits with no instance."""
+    d, st = _driver(n_gpus=2, names="abc", **cfg)
+    d.apply(A.StartInstance("ia", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("ib", "b", (1,)), 0.0)
+    _fill(d, st, "a", 3, 0.0)
+    _fill(d, st, "b", 1, 0.0)
+    return d, st
+
+
+def test_a_model_with_no_instance_takes_the_least_loaded_gpus_once_they_served_their_turn():
+    d, st = _oversubscribed()
+    for k in range(5):
+        st.queues["c"].append(f"c{k}")  # load 5 > 2 x (b's 1, doubled: it is b's last instance)
+    d.tick(10.0)  # b has served 10 s < preempt_after_s: nothing moves (before the fix nothing ever did)
+    assert not st.instances["ib"].draining and not _of(st, "c")
+    d.tick(31.0)
+    assert st.instances["ib"].draining and not st.instances["ia"].draining  # b: the least load
+    d.tick(32.0)  # no second victim while the first drains
+    assert not st.instances["ia"].draining
+    d.request_finished("b", "ib", 33.0)  # drained: its GPU goes to c, which waited longest
+    d.tick(34.0)
+    assert [i.gpus for i in _of(st, "c")] == [(1,)] and st.queued("c") == 0
+    assert st.queued("b") == 0 and "ib" not in st.instances
+
+
+def test_no_preemption_for_a_model_whose_load_is_not_clearly_larger():
+    d, st = _oversubscribed()
+    st.queues["c"].extend(["c0", "c1", "c2", "c3"])  # load 4, not above 2 x 2 (b's 1, its last instance)
+    for t in (31.0, 40.0, 60.0):
+        d.tick(t)
+    assert not any(i.draining for i in st.instances.values()) and not _of(st, "c")
+
+
+# ---- route: overflow and cap --------------------------------------------------------------------------------
+
+def test_ready_instances_take_overflow_while_a_start_is_in_flight_unless_capped():
+    for cap, routed in ((0, 33), (32, 32)):
+        d, st = _driver(n_gpus=2, start_ready=False, route_cap_per_instance=cap)
+        d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+        d.instance_ready("i1", 0.0)
+        _fill(d, st, "a", 33, 1.0)
+        assert len(_of(st, "a")) == 2  # a start in flight
+        assert st.instances["i1"].in_flight == routed and st.queued("a") == 33 - routed
+
+
+def test_with_no_gpu_left_the_cap_makes_requests_wait():
+    for cap, routed in ((0, 40), (32, 32)):
+        d, st = _driver(n_gpus=1, route_cap_per_instance=cap)
+        d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+        _fill(d, st, "a", 40, 1.0)
+        assert st.instances["i1"].in_flight == routed and st.queued("a") == 40 - routed
+        d.request_finished("a", "i1", 2.0)
+        assert st.instances["i1"].in_flight == routed - (cap == 0)
+
+
+def test_config_rejects_meaningless_values():
+    with pytest.raises(InvalidArgumentError):
+        PolicyConfig(route_cap_per_instance=-1)
+    with pytest.raises(InvalidArgumentError, match="ttft_target_prefills"):
+        PolicyConfig(ttft_target_prefills=0.5)
+
+
+def test_gpus_freed_for_a_waiting_model_are_not_taken_back_by_its_victims():
+    """`c` (tp 2) takes the GPUs of `a` and `b`. `a` drains first and its own requests wait again: before the
+    reservation, `a` restarted on its freed GPU and `c` never found two GPUs together."""
+    models = [ModelInfo(n, 10 * GiB, 1, 1 << 19) for n in "ab"] + [ModelInfo("c", 20 * GiB, 2, 1 << 19)]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=40 * GiB)
+    d = instant_driver(make_policy("autoscale", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6)), st)
+    d.apply(A.StartInstance("ia", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("ib", "b", (1,)), 0.0)
+    _fill(d, st, "a", 1, 0.0)
+    _fill(d, st, "b", 1, 0.0)
+    st.queues["c"].extend(f"c{k}" for k in range(10))
+    d.tick(40.0)
+    assert st.instances["ia"].draining and st.instances["ib"].draining
+    d.request_finished("a", "ia", 41.0)
+    _fill(d, st, "a", 3, 41.0, start=1)  # a waits with no instance now
+    d.tick(42.0)
+    assert not _of(st, "a") and not _of(st, "c")  # GPU 0 stays free for c
+    d.request_finished("b", "ib", 43.0)
+    d.tick(44.0)
+    assert [i.gpus for i in _of(st, "c")] == [(0, 1)]

@@ -1,0 +1,149 @@
+"""The simulator's cost model: the decode step's KV-read term, cold-start parts, engine limits, profiles."""
+
+import json
+
+import pytest
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.sim.costmodel import (ENGINE_INIT_RANGE_S, SCHEMA, CostModel, EngineLimits, GpuType, ModelCost)
+
+
+def test_decode_step_with_kv_read_matches_hand_computed_step():
+    cm = CostModel()  # H100 SXM: 3.35e12 B/s peak x 0.68 achievable = 2.278e12 B/s
+    read_bps = 3.35e12 * 0.68
+    assert cm.gpu.decode_read_bytes_per_s == pytest.approx(2.278e12)
+
+    # Llama-2 7B, tp 1, 64 sequences of 1000 tokens of context each:
+    #   weight floor = 13.5e9 B / 2.278e12 B/s = 5.926 ms, below the paper's 15 ms step, so the step starts at 15 ms
+    #   KV read      = 64 x 1000 tokens x 524,288 B/token = 3.3554e10 B; / 2.278e12 B/s = 14.730 ms
+    #   step         = 15 ms + 14.730 ms = 29.730 ms
+    c7 = cm.cost("llama2-7b")
+    assert c7.weight_bytes / read_bps == pytest.approx(5.926e-3, rel=1e-3)
+    assert cm.decode_step_s(c7, 64, context_tokens=64 * 1000) == pytest.approx(0.015 + 3.3554432e10 / read_bps)
+    assert cm.decode_step_s(c7, 64, context_tokens=64 * 1000) == pytest.approx(29.730e-3, rel=1e-4)
+
+    # Llama-2 70B on 4 GPUs, 256 sequences of 1500 tokens: each GPU reads a quarter of weights and KV
+    #   weight floor = 138e9 / 4 = 3.45e10 B / 2.278e12 B/s = 15.145 ms, below the paper's 30 ms
+    #   KV read      = 384,000 tokens x 327,680 B / 4 = 3.1457e10 B; / 2.278e12 B/s = 13.809 ms
+    #   step         = 30 ms + 13.809 ms = 43.809 ms
+    c70 = cm.cost("llama2-70b")
+    assert cm.decode_step_s(c70, 256, context_tokens=256 * 1500) == pytest.approx(43.809e-3, rel=1e-4)
+
+
+def test_weight_floor_takes_over_from_a_small_step_figure():
+    # PAPER.md: "a decode step of a 13.5 GB model cannot be faster than about 4 ms" at the 3.35 TB/s peak
+    peak = CostModel(gpu=GpuType(hbm_achievable_fraction=1.0))
+    fast = ModelCost(13.5e9, 1, 524288, 0.001, 1e-5, decode_base_s=0.001)
+    assert peak.decode_step_s(fast, 1, context_tokens=0) == pytest.approx(13.5e9 / 3.35e12)  # 4.03 ms
+    assert peak.decode_step_s(fast, 1, context_tokens=0) == pytest.approx(4.03e-3, rel=1e-3)
+    assert peak.decode_step_s(fast, 1) == pytest.approx(0.001)  # without a context: the figure as given
+
+
+def test_kv_term_uses_the_gpu_bandwidth_and_base_keeps_compute_scale():
+    a100 = CostModel.for_gpu("A100-80GB")
+    c = a100.cost("llama2-7b")
+    # base 15 ms x 1.6 = 24 ms; KV 10,000 tokens x 524,288 B = 5.24288e9 B / (2.039e12 x 0.68 B/s) = 3.781 ms
+    assert a100.decode_step_s(c, 8, context_tokens=10_000) == pytest.approx(0.024 + 5.24288e9 / (2.039e12 * 0.68))
+    # more context, longer step: linear in the tokens read
+    s1, s2 = (a100.decode_step_s(c, 8, context_tokens=n) for n in (10_000, 20_000))
+    assert s2 - s1 == pytest.approx(5.24288e9 / (2.039e12 * 0.68))
+
+
+def test_decode_step_without_context_is_unchanged():
+    cm = CostModel()
+    for name, step in (("llama2-7b", 0.015), ("llama2-13b", 0.020), ("llama2-70b", 0.030)):
+        c = cm.cost(name)
+        for batch in (1, 16, 256):
+            assert cm.decode_step_s(c, batch) == step
+        # with no KV to read, the paper's figures stand: each is above its weight floor on an H100
+        assert cm.decode_step_s(c, 16, context_tokens=0) == step
+    tab = ModelCost(1e8, 1, 8192, 0.0, 0.0, 0.0, decode_table=((1, 0.01), (32, 0.02)))
+    assert cm.decode_step_s(tab, 16) == pytest.approx(0.01 + 0.01 * 15 / 31)
+    with pytest.raises(InvalidArgumentError, match="negative"):
+        cm.decode_step_s(cm.cost("llama2-7b"), 1, context_tokens=-1)
+
+
+def test_kv_capacity_is_the_pool_less_weights_in_whole_blocks():
+    cm = CostModel()  # pool = 0.9 x 80e9 = 72e9 B per GPU
+    # 7B: (72e9 - 13.5e9) B / 524,288 B per token = 111,579.9 tokens -> 435 blocks of 256 = 111,360
+    assert cm.kv_capacity_tokens(cm.cost("llama2-7b")) == 111_360
+    # 70B on 4 GPUs: (72e9 - 34.5e9) B / (327,680 / 4) B per token = 457,763.7 -> 1,788 blocks = 457,728
+    assert cm.kv_capacity_tokens(cm.cost("llama2-70b")) == 457_728
+    assert cm.kv_capacity_tokens(ModelCost(100e9, 1, 1024, 0.0, 0.0, 0.01)) == 0  # shard larger than the pool
+
+
+def test_cold_start_parts_reproduce_the_published_figures():
+    cm = CostModel()
+    # ServerlessLLM: Llama-3.1-8B (16.06 GB of bf16 weights) in 0.7 s from host memory
+    llama31_8b = ModelCost(16.06e9, 1, 131072, 0.0, 0.0, 0.015)
+    assert cm.fast_load_s(llama31_8b) == pytest.approx(0.7)
+    # a vanilla vLLM start: 14 s engine init + 13.5e9 / (16.06e9 / 0.7) = 0.588 s of weights
+    assert cm.vllm_cold_start_s(cm.cost("llama2-7b")) == pytest.approx(14.0 + 13.5e9 * 0.7 / 16.06e9)
+    # 70B on 4 GPUs: + 2 s communicators, each GPU loads a quarter: 14 + 2 + 34.5e9 * 0.7 / 16.06e9 = 17.504 s
+    assert cm.vllm_cold_start_s(cm.cost("llama2-70b")) == pytest.approx(17.504, rel=1e-4)
+    # today's cold start is what it was: 6 s engine (+2 s for tp > 1) and weights at 32 GB/s
+    assert cm.engine_s(cm.cost("llama2-7b")) == 6.0 and cm.engine_s(cm.cost("llama2-13b")) == 8.0
+    assert cm.load_s(cm.cost("llama2-13b")) == pytest.approx(13e9 / 32e9)
+
+
+def test_with_cold_start_s_sets_the_engine_part_of_both_cold_starts():
+    cm = CostModel()
+    c7, c13 = cm.cost("llama2-7b"), cm.cost("llama2-13b")
+    hi = cm.with_cold_start_s(ENGINE_INIT_RANGE_S[1])  # 35 s
+    assert (hi.engine_start_s, hi.engine_init_s) == (35.0, 35.0)
+    assert hi.engine_s(c7) == 35.0 and hi.engine_s(c13) == 37.0  # tp 2 still adds its 2 s
+    assert hi.vllm_cold_start_s(c7) - cm.vllm_cold_start_s(c7) == pytest.approx(35.0 - 14.0)
+    assert hi.load_s(c7) == cm.load_s(c7) and hi.fast_load_s(c7) == cm.fast_load_s(c7)
+    assert cm.engine_start_s == 6.0  # the original is untouched
+    assert cm.with_cold_start_s(0).engine_s(c7) == 0.0
+    with pytest.raises(InvalidArgumentError, match=">= 0"):
+        cm.with_cold_start_s(-1.0)
+    with pytest.raises(InvalidArgumentError):
+        cm.with_cold_start_s(float("nan"))
+
+
+def test_profile_round_trip_with_the_new_fields(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({
+        "schema": SCHEMA, "engine_init_s": 25.0, "fast_load_bytes_per_s": 20e9,
+        "gpu": {"hbm_bytes_per_s": 2.039e12, "hbm_achievable_fraction": 0.5},
+        "engine_limits": {"max_running_seqs": 128, "max_batched_tokens": 8192}}))
+    cm = CostModel.from_profile(str(path))
+    assert cm.engine_init_s == 25.0 and cm.fast_load_bytes_per_s == 20e9
+    assert cm.gpu.decode_read_bytes_per_s == pytest.approx(2.039e12 * 0.5)
+    assert cm.limits == EngineLimits(max_running_seqs=128, block_size_tokens=256, max_model_len_tokens=2048,
+                                     max_batched_tokens=8192)
+    assert cm.engine_start_s == 6.0 and cm.gpu.h2d_bytes_per_s == 32e9  # what the profile does not name stays
+    prof = cm.to_profile()
+    assert prof["engine_limits"]["max_running_seqs"] == 128 and prof["gpu"]["hbm_achievable_fraction"] == 0.5
+    back = CostModel.from_profile(json.loads(json.dumps(prof)))
+    assert back == cm and back.to_profile() == prof
+    c = back.cost("llama2-7b")
+    assert back.decode_step_s(c, 4, context_tokens=1000) == pytest.approx(0.015 + 1000 * 524288 / (2.039e12 * 0.5))
+
+
+def test_profile_without_the_new_fields_keeps_their_defaults():
+    old = {"schema": SCHEMA, "gpu": {"name": "cpu-worker-1t", "memory_bytes": 8e9, "pool_fraction": 1.0,
+                                     "h2d_bytes_per_s": 2e9, "compute_scale": 1.0},
+           "engine_start_s": 0.01, "tp_init_s": 0.0, "activation_s": 0.001, "kv_map_s_per_gib": 0.0}
+    cm = CostModel.from_profile(old)
+    assert cm.engine_start_s == 0.01 and cm.gpu.h2d_bytes_per_s == 2e9
+    assert cm.engine_init_s == 14.0 and cm.limits == EngineLimits()
+    assert cm.gpu.hbm_bytes_per_s == 3.35e12 and cm.gpu.hbm_achievable_fraction == 0.68
+
+
+def test_profile_with_an_unknown_key_is_refused():
+    with pytest.raises(InvalidArgumentError, match="max_num_seqs"):
+        CostModel.from_profile({"schema": SCHEMA, "engine_limits": {"max_num_seqs": 256}})
+    with pytest.raises(InvalidArgumentError, match="hbm_bandwidth"):
+        CostModel.from_profile({"schema": SCHEMA, "gpu": {"hbm_bandwidth": 1e12}})
+    with pytest.raises(InvalidArgumentError, match="hbm_achievable_fraction"):
+        CostModel.from_profile({"schema": SCHEMA, "gpu": {"hbm_achievable_fraction": 0.0}})
+
+
+def test_engine_limits_are_the_artifacts_and_refuse_zero():
+    lim = CostModel().limits
+    assert (lim.max_running_seqs, lim.block_size_tokens, lim.max_model_len_tokens, lim.max_batched_tokens) == \
+        (256, 256, 2048, 100_000)
+    with pytest.raises(InvalidArgumentError, match="max_running_seqs"):
+        EngineLimits(max_running_seqs=0)

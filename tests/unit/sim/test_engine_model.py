@@ -1,0 +1,130 @@
+"""The vLLM-like engine model, through the simulator: step times by hand, admission limits, cold starts."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from warmserve.policy import actions as A
+from warmserve.sim.config import ServedModel, SimConfig
+from warmserve.sim.costmodel import CostModel, EngineLimits, GpuType
+from warmserve.sim.simulator import Simulator
+from warmserve.workload.request import Trace, Workload
+
+MODEL = "llama2-7b"
+
+
+def _workload(arrivals, prompt, output):
+    n = len(arrivals)
+    tr = Trace([MODEL], np.asarray(arrivals, float), np.zeros(n, np.int32), np.full(n, prompt), np.full(n, output))
+    return Workload("hand", tr, Trace.empty([MODEL]), float(max(arrivals)) + 1.0)
+
+
+def _run(arrivals, prompt, output, policy="dedicated", cost=None, **cfg):
+    cost = cost or CostModel()
+    config = SimConfig(n_servers=1, gpus_per_server=1, drain_s=600, warmup_s=0.0, **cfg)
+    sim = Simulator(_workload(arrivals, prompt, output), [ServedModel(MODEL)], policy, config=config, cost=cost)
+    r = sim.run()
+    return sim, r
+
+
+def test_decode_step_matches_hand_computed_time_for_batch_and_context():
+    """Two requests arrive before the instance is ready: one prefill of both, then 10 decode steps of a batch of
+    2. Step k reads 2 x (1000 prompt + 1 first token + k) KV tokens at the H100's achievable bandwidth."""
+    prompt, output = 1000, 11
+    sim, r = _run([0.0, 0.0], prompt, output)
+    read_bps = 3.35e12 * 0.68  # H100 SXM datasheet x measured achievable share (CONSTANTS.md)
+    weight_floor = 13.5e9 / read_bps  # 5.9 ms, under the paper's 15 ms step
+    assert weight_floor < 0.015
+    steps = [0.015 + 2 * (prompt + 1 + k) * 524288 / read_bps for k in range(output - 1)]
+    first = np.asarray(sim.first)
+    fin = np.asarray(sim.finish)
+    assert first[0] == first[1]  # one prefill batch
+    prefill = 0.1 * 0.035 + 0.9 * 0.035 / 1024 * 2 * prompt  # fixed 10% + linear in the batch's tokens
+    ready = first[0] - prefill
+    assert ready == pytest.approx(13.5e9 / 32e9 + 0.1, abs=1e-9)  # warm engine: load at 32 GB/s + activation
+    assert fin[0] == fin[1]
+    assert fin[0] - first[0] == pytest.approx(sum(steps), rel=1e-9)
+    assert sum(steps) == pytest.approx(0.15463, abs=1e-5)  # 10 x 15 ms + about 0.46 ms of KV reads per step
+
+
+def test_fluid_engine_model_keeps_the_flat_step():
+    prompt, output = 1000, 11
+    sim, _ = _run([0.0, 0.0], prompt, output, engine_model="fluid")
+    assert sim.finish[0] - sim.first[0] == pytest.approx(10 * 0.015, rel=1e-9)
+
+
+def test_admission_stops_at_max_running_seqs():
+    cost = replace(CostModel(), limits=EngineLimits(max_running_seqs=4))
+    sim, r = _run([0.0] * 10, 500, 50, cost=cost)
+    first = np.asarray(sim.first)
+    assert r.summary["completed"] == 10
+    assert (first[:4] == first[0]).all() and (first[4:] > first[0]).all()
+    # the fifth is admitted only when a sequence finishes: after the first batch's decode
+    assert first[4] > sim.finish[0] - 1e-9
+
+
+def test_admission_stops_at_kv_memory():
+    """A GPU whose pool holds the weights and KV blocks for 3.5 requests admits 3 at once."""
+    block_bytes = 256 * 524288  # one 256-token block of Llama-2 7B
+    per_req = 4 * block_bytes  # 1000 + 11 tokens -> 4 blocks
+    gpu = GpuType(memory_bytes=(13.5e9 + 3.5 * per_req) / 0.9)
+    cost = replace(CostModel(), gpu=gpu)
+    sim, r = _run([0.0] * 10, 1000, 11, cost=cost)
+    first = np.asarray(sim.first)
+    assert r.summary["completed"] == 10
+    assert (first[:3] == first[0]).all() and first[3] > first[0]
+
+
+def test_prefill_batch_is_limited_by_max_batched_tokens():
+    cost = replace(CostModel(), limits=EngineLimits(max_batched_tokens=2000))
+    sim, _ = _run([0.0] * 4, 1000, 5, cost=cost)
+    first = np.asarray(sim.first)
+    assert first[0] == first[1] and first[2] > first[1] and first[2] == first[3]
+
+
+def test_autoscale_cold_start_is_a_fresh_vllm_engine_with_a_fast_loader():
+    """TTFT of the first request = engine init (14 s) + weights from host memory at ServerlessLLM's rate
+    (16.06 GB / 0.7 s) + prefill; no KV page mapping."""
+    prompt = 1024
+    sim, _ = _run([0.0], prompt, 2, policy="autoscale")
+    load = 13.5e9 / (16.06e9 / 0.7)
+    assert sim.first[0] == pytest.approx(14.0 + load + 0.035, abs=1e-9)
+    assert CostModel().vllm_cold_start_s(CostModel().cost(MODEL)) == pytest.approx(14.0 + load)
+    sim35, _ = _run([0.0], prompt, 2, policy="autoscale", cost=CostModel().with_cold_start_s(35.0))
+    assert sim35.first[0] == pytest.approx(35.0 + load + 0.035, abs=1e-9)
+
+
+def test_dropping_a_chain_of_queued_prewarms_frees_the_link():
+    """Three prewarm copies queued on one link; dropping the second and then the third must leave the link
+    busy only until the first copy ends (before the fix it stayed busy until the second one's end)."""
+    config = SimConfig(n_servers=1, gpus_per_server=1, warmup_s=0.0)
+    sim = Simulator(_workload([0.0], 100, 2), [ServedModel(MODEL)], "warmserve", config=config)
+    sim._reset()
+    sim.now = 0.0
+    load = 13.5e9 / 32e9
+    for k in "abc":  # three shards fit the 72 GB pool: 40.5 GB
+        sim.driver.apply(A.Prewarm(f"p-{k}", MODEL, (0,), 1.0), 0.0)
+    assert sim.loading["p-c"][1] == pytest.approx(3 * load)
+    sim.driver.apply(A.Evict("p-b"), 0.0)
+    sim.driver.apply(A.Evict("p-c"), 0.0)
+    assert sim.link_free[0] == pytest.approx(load)
+    sim.driver.apply(A.Prewarm("p-d", MODEL, (0,), 1.0), 0.0)
+    assert sim.loading["p-d"] == pytest.approx((load, 2 * load))
+
+
+def test_chunked_prefill_splits_the_prompt_and_mixes_decode_steps():
+    """512-token steps: a 1000-token prompt alone takes two prefill steps (512 + 488 tokens); a second request
+    arriving while the first decodes is prefilled in steps that also advance the first by one token each."""
+    cost = CostModel()
+    c = cost.cost(MODEL)
+    sim, r = _run([0.0], 1000, 3, chunked_prefill_tokens=512)
+    ready = 13.5e9 / 32e9 + 0.1
+    assert sim.first[0] - ready == pytest.approx(cost.prefill_s(c, 512) + cost.prefill_s(c, 488), rel=1e-9)
+    sim2, r2 = _run([0.0, 5.0], 1000, 400, chunked_prefill_tokens=512)
+    assert r2.summary["completed"] == 2
+    # the second prompt's two steps carry one decode token of the first: 511 + 489 prompt tokens, each step
+    # costing a decode step plus the per-token part of the prefill
+    per_token = cost.prefill_s(c, 1) - cost.prefill_s(c, 0)
+    assert sim2.first[1] - 5.0 > 2 * 0.015 + 1000 * per_token - 1e-9
+    assert sim2.first[1] - 5.0 < 2 * 0.015 + 1000 * per_token + 0.015 + 0.002  # at most one step in progress
