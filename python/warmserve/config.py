@@ -66,9 +66,18 @@ class ControllerConfig:
     drain_timeout_s: float = 30.0
     #: Directory holding ZeroMQ CURVE keys (server.key_secret, workers' *.key public files); "" disables CURVE.
     curve_dir: str = ""
+    #: Accept a worker socket bound to a non-loopback address with no CURVE (any host could join as a worker).
+    insecure: bool = False
+    #: A local worker that dies is started again after min(restart_backoff_cap_s, restart_backoff_s * 2**n)
+    #: seconds, n counting its restarts in a row (reset once one stays up for restart_reset_s), seconds.
+    restart_backoff_s: float = 0.5
+    restart_backoff_cap_s: float = 30.0
+    #: A restarted worker up this long counts as healthy again: its next restart waits restart_backoff_s, seconds.
+    restart_reset_s: float = 60.0
 
     def __post_init__(self):
-        for f in ("tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s"):
+        for f in ("tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s", "restart_backoff_s",
+                  "restart_backoff_cap_s"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"ControllerConfig.{f} must be > 0, got {getattr(self, f)}")
         if self.worker_timeout_s < 2 * self.heartbeat_interval_s:

@@ -26,6 +26,8 @@ class _Msg(msgspec.Struct, tag=True, tag_field="msg", omit_defaults=True):
 
 #: Seeds must fit the sampler's generator (torch takes [-2**63, 2**64)) and MessagePack's 64-bit integers.
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+#: Most alternatives ("top logprobs") returned per token: OpenAI's chat limit and vLLM's default max_logprobs.
+MAX_TOP_LOGPROBS = 20
 
 
 def _bad(message: str, param: str, **fields) -> errors.InvalidArgumentError:
@@ -58,6 +60,17 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     stop_token_ids: tuple[int, ...] = ()
     #: Keep generating past EOS until max_tokens.
     ignore_eos: bool = False
+    #: Subtracted once from the logit of every token already in the output, in [-2, 2] (OpenAI's definition).
+    presence_penalty: float = 0.0
+    #: Subtracted from a token's logit once per time it is already in the output, in [-2, 2] (OpenAI's definition).
+    frequency_penalty: float = 0.0
+    #: Tokens already in the prompt or the output get positive logits divided, negative ones multiplied, by this,
+    #: in (0, 2]; 1 = off (CTRL's penalty, as transformers and vLLM define it).
+    repetition_penalty: float = 1.0
+    #: Log-probabilities returned per generated token: None = none; k in [0, MAX_TOP_LOGPROBS] = the chosen token's
+    #: and the k most likely tokens'. They are of the model's own distribution (log-softmax of its logits), before
+    #: temperature, penalties and top-k/top-p, as vLLM returns them by default.
+    logprobs: int | None = None
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -79,10 +92,35 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
             raise _bad("stop sequences must not be empty", "stop")
         if any(t < 0 for t in self.stop_token_ids):
             raise _bad(f"stop_token_ids must be >= 0, got {list(self.stop_token_ids)}", "stop_token_ids")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not -2.0 <= v <= 2.0:
+                raise _bad(f"{name} must be in [-2, 2], got {v}", name, **{name: v})
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            raise _bad(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}", "repetition_penalty",
+                       repetition_penalty=self.repetition_penalty)
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise _bad(f"logprobs (top alternatives per token) must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}",
+                       "logprobs", logprobs=self.logprobs, max_logprobs=MAX_TOP_LOGPROBS)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty) or self.repetition_penalty != 1.0
+
+
+class TokenLogprobs(msgspec.Struct, frozen=True, array_like=True):
+    """Log-probabilities at one generated token (natural log, the model's distribution, see
+    ``SamplingParams.logprobs``); the token itself is the matching entry of ``Tokens.token_ids``."""
+
+    #: Of the generated token.
+    logprob: float
+    #: The most likely tokens at this position, most likely first, and their log-probabilities.
+    top_ids: list[int] = []
+    top_logprobs: list[float] = []
 
 
 def stop_strings(stop: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -299,6 +337,8 @@ class Tokens(_Msg):
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
+    #: One entry per token of ``token_ids`` when the request asked for ``SamplingParams.logprobs``, else empty.
+    logprobs: list[TokenLogprobs] = []
 
 
 class KvStats(msgspec.Struct, omit_defaults=True):

@@ -240,3 +240,43 @@ def test_graph_capture_replays_equal_to_eager():
     again, _ = run_kernels(s, cache=cache.clone(), split_tokens=256)
     torch.cuda.synchronize()
     torch.testing.assert_close(static_out, again, atol=0, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from warmserve.engine.demo import SMALL_MODELS, write_demo_models
+
+    return write_demo_models(str(tmp_path_factory.mktemp("demo")), names=SMALL_MODELS)
+
+
+@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
+def test_engine_kernel_path_matches_torch_path(name, demo):
+    """The engine with use_kernels (set by default on CUDA) against the same engine on the torch path: same
+    greedy tokens, logits within 1e-3, with chunked prefill (max_batch_tokens=48) so chunks have cached context."""
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.memory import PagePool
+
+    results = {}
+    with PagePool(1 << 30, backend="cuda") as pool:
+        for use in (True, False):
+            lm = load_model(demo[name], pool).wait()
+            eng = Engine(lm, max_batch_tokens=48)
+            assert eng.use_kernels  # float32, head_dim a multiple of 32, kernels available
+            eng.use_kernels = use
+            eng.record_logits = True
+            for i, n in enumerate((3, 17, 64, 261)):
+                prompt = torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
+                eng.add_request(str(i), prompt.tolist(), SamplingParams(max_tokens=6, ignore_eos=True))
+            toks, logits = {}, {}
+            while eng.has_unfinished():
+                for o in eng.step():
+                    toks.setdefault(o.request_id, []).extend(o.token_ids)
+                for rid, row in eng.last_logits.items():
+                    logits.setdefault(rid, []).append(row.cpu())
+                eng.last_logits = {}
+            eng.close()
+            lm.close()
+            results[use] = toks, {k: torch.stack(v) for k, v in logits.items()}
+    assert results[True][0] == results[False][0]
+    for rid, mine in results[True][1].items():
+        torch.testing.assert_close(mine, results[False][1][rid], atol=1e-3, rtol=1e-3)

@@ -9,18 +9,24 @@ import hmac
 import logging
 import time
 
+import msgspec
 from aiohttp import web
 
 from warmserve.controller import openai_api as oa
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
-from warmserve.controller.frontend import TextGeneration, aprepare
+from warmserve.controller.frontend import Choices, TextGeneration, aprepare
+from warmserve.controller.metrics import CONTENT_TYPE
 from warmserve.errors import WarmServeError
+from warmserve.protocol import SEED_MAX
 
 log = logging.getLogger("warmserve.controller")
 
 _JSON = "application/json"
 #: When the request reached the controller (time.monotonic()), for Server-Timing.
 _T0 = web.RequestKey("warmserve_t0", float)
+#: What the access log line reports about a request (model, tokens, TTFT, id), filled in by its handler.
+_INFO = web.RequestKey("warmserve_info", dict)
+access_log = logging.getLogger("warmserve.access")
 
 
 def _json(status: int, body: dict) -> web.Response:
@@ -54,24 +60,50 @@ class Api:
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         request[_T0] = time.monotonic()
+        request[_INFO] = {}
         try:
             if self.api_key and (request.path.startswith("/v1/") or request.path == "/stats"):
-                auth = request.headers.get("Authorization", "")
-                given = auth[7:] if auth.startswith("Bearer ") else ""
+                # The scheme is case-insensitive (RFC 9110 §11.1): "bearer" and "BEARER" are "Bearer".
+                scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+                given = given.strip() if scheme.lower() == "bearer" else ""
                 if not hmac.compare_digest(given.encode(), self.api_key.encode()):
                     raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
-            return await handler(request)
+            resp = await handler(request)
         except web.HTTPException as e:
             if e.status < 400:
                 raise
-            return _json(e.status, oa.error_body(e.status, f"{e.reason}: {request.method} {request.path}"))
+            resp = _json(e.status, oa.error_body(e.status, f"{e.reason}: {request.method} {request.path}"))
         except WarmServeError as e:
-            return _error(e)
+            resp = _error(e)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug: the client still gets an OpenAI-shaped 500, the log gets the trace
-            log.exception("%s %s failed", request.method, request.path)
-            return _error(e)
+            log.exception("%s %s failed (request %s)", request.method, request.path,
+                          request[_INFO].get("id") or "-")
+            resp = _error(e)
+        self._log(request, resp)
+        return resp
+
+    def _log(self, request: web.Request, resp) -> None:
+        """The access-log line, and the rejection counter for an error status."""
+        info = request[_INFO]
+        status = info.get("status", resp.status)
+        route = request.match_info.route.resource
+        route = route.canonical if route is not None else "unmatched"  # not the raw path: bounded label values
+        if status >= 400 and status != 499:
+            metrics = getattr(self.controller, "metrics", None)
+            if metrics is not None:
+                metrics.rejected_request(status, route)
+            if info.get("id") is None:
+                info["id"] = oa.new_id("req")
+        ttft = info.get("ttft_s")
+        access_log.info(
+            '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s total_ms=%.1f id=%s',
+            request.method, request.path, info.get("model", "-"), status, info.get("prompt_tokens", "-"),
+            info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
+            (time.monotonic() - request[_T0]) * 1e3, info.get("id") or "-")
+        if status >= 500 and status != 499:
+            log.warning("%s %s answered %d (request %s)", request.method, request.path, status, info["id"])
 
     # ------------------------------------------------------------------------------------------- simple routes
 
@@ -92,7 +124,7 @@ class Api:
 
     async def metrics(self, request):
         return web.Response(body=self.controller.metrics.registry.render().encode(),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+                            headers={"Content-Type": CONTENT_TYPE})
 
     # --------------------------------------------------------------------------------------------- generation
 
@@ -109,60 +141,132 @@ class Api:
         return await self._generate(request, "chat", req, model, ids, sampling)
 
     async def _generate(self, request, kind, req, model, ids, sampling):
-        if self.active >= self.max_concurrent:
+        n = req.n
+        if self.active + n > self.max_concurrent:
             raise TooManyRequestsError(
                 f"{self.active} requests are in flight, the limit is {self.max_concurrent}: retry later "
                 f"or raise server.max_concurrent_requests", active=self.active, limit=self.max_concurrent)
-        self.active += 1
+        info = request[_INFO]
+        info.update(model=model.name, prompt_tokens=len(ids))
+        # echo (completions): the prompt's text, as sent or decoded from its token ids, before each choice's text.
+        prefix = "" if kind == "chat" or not req.echo else (
+            req.prompt if isinstance(req.prompt, str) else model.tokenizer.decode(ids))
+        # n choices are n sequences of their own (the prompt's KV is computed once per choice), each with its own
+        # seed when the request gives one, so that seeded choices differ and repeat.
+        self.active += n
+        gens: list[TextGeneration] = []
         try:
-            handle = await self.controller.submit(model.name, ids, sampling)
-            gen = TextGeneration(handle, model.tokenizer.decode, sampling.stop)
+            for i in range(n):
+                handle = await self.controller.submit(model.name, ids, _choice_sampling(sampling, i))
+                gens.append(TextGeneration(handle, model.tokenizer.decode, sampling.stop))
+            choices = Choices(gens)
+            rid = oa.new_id("cmpl" if kind == "completion" else "chatcmpl")
+            info["id"] = rid
             if req.stream:
-                return await self._stream(request, kind, req, model, gen, len(ids))
-            text = await gen.collect()
+                return await self._stream(request, kind, req, model, choices, len(ids), rid, prefix,
+                                          sampling.logprobs is not None)
+            texts = await choices.collect()
+            decode = model.tokenizer.decode
+            items = []
+            for i, (g, text) in enumerate(zip(gens, texts)):
+                lp = None
+                if sampling.logprobs is not None:
+                    entries = g.take_logprobs()
+                    lp = (oa.completion_logprobs(entries, decode, len(prefix)) if kind == "completion"
+                          else oa.chat_logprobs(entries, decode))
+                items.append((oa.completion_choice if kind == "completion" else oa.chat_choice)(
+                    i, prefix + text, g.finish_reason, lp))
             body = (oa.completion_body if kind == "completion" else oa.chat_body)(
-                oa.new_id("cmpl" if kind == "completion" else "chatcmpl"), model.name, text,
-                gen.finish_reason, len(ids), gen.completion_tokens)
+                rid, model.name, "", "", len(ids), choices.completion_tokens, choices=items)
             resp = _json(200, body)
-            timing = handle.server_timing()
+            handle = gens[0].req
+            timing = handle.server_timing() if n == 1 else ""
             if timing:
                 # The controller's own time on this request: its handler's span minus the worker's share.
                 ctl = time.monotonic() - request[_T0] - (handle.end_s - handle.sent_s)
                 resp.headers["Server-Timing"] = f"{timing}, controller;dur={ctl * 1e3:.3f}"
             return resp
         finally:
-            self.active -= 1
+            for g in gens:
+                g.abort()
+            self.active -= n
+            _account(info, request, gens)
 
-    async def _stream(self, request, kind, req, model, gen: TextGeneration, n_prompt: int):
-        rid = oa.new_id("cmpl" if kind == "completion" else "chatcmpl")
+    async def _stream(self, request, kind, req, model, choices: Choices, n_prompt: int, rid: str, prefix: str,
+                      want_logprobs: bool):
         created = int(time.time())
+        # The status waits for the first piece of text: a failure before it (every worker lost, a queue timeout,
+        # a worker's refusal) is a real HTTP status with the OpenAI error body, not an event after a 200.
+        try:
+            first = await choices.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except WarmServeError as e:
+            return _error(e)
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        decode = model.tokenizer.decode
+        offsets = [len(prefix)] * len(choices.gens)  # completions' text_offset of each choice's next token
 
-        def chunk(delta: str, finish):
+        def chunk(i: int, delta: str, finish):
+            entries = choices.gens[i].take_logprobs() if want_logprobs else None
             if kind == "completion":
-                return oa.sse(oa.completion_chunk(rid, model.name, created, delta, finish))
+                lp = None
+                if want_logprobs:
+                    lp = oa.completion_logprobs(entries, decode, offsets[i])
+                    offsets[i] += sum(len(t) for _, t, _ in entries)
+                return oa.sse(oa.completion_chunk(rid, model.name, created, delta, finish, index=i, logprobs=lp))
             d = {"content": delta} if delta or finish is None else {}
-            return oa.sse(oa.chat_chunk(rid, model.name, created, d, finish))
+            lp = oa.chat_logprobs(entries, decode) if want_logprobs else None
+            return oa.sse(oa.chat_chunk(rid, model.name, created, d, finish, index=i, logprobs=lp))
+
+        def event(ev) -> bytes:
+            i, piece = ev
+            return chunk(i, piece, None) if piece is not None else chunk(i, "", choices.gens[i].finish_reason)
 
         try:
-            if kind == "chat":
-                await resp.write(oa.sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""}, None)))
+            for i in range(len(choices.gens)):
+                if kind == "chat":
+                    await resp.write(oa.sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""},
+                                                          None, index=i)))
+                elif prefix:
+                    await resp.write(oa.sse(oa.completion_chunk(rid, model.name, created, prefix, None, index=i)))
             try:
-                async for delta in gen:
-                    await resp.write(chunk(delta, None))
+                if first is not None:
+                    await resp.write(event(first))
+                async for ev in choices:
+                    await resp.write(event(ev))
             except WarmServeError as e:
                 # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError.
+                request[_INFO]["status"] = e.http_status
                 await resp.write(oa.sse(oa.error_from_exception(e)[1]))
                 await resp.write(oa.SSE_DONE)
                 return resp
-            await resp.write(chunk("", gen.finish_reason))
             if req.stream_options is not None and req.stream_options.include_usage:
                 obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
-                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, n_prompt, gen.completion_tokens)))
+                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, n_prompt,
+                                                       choices.completion_tokens)))
             await resp.write(oa.SSE_DONE)
         except (ConnectionResetError, ConnectionError):
-            pass  # the client went away; the finally below frees the request on its worker
+            request[_INFO]["status"] = 499  # nginx's "client closed request", for the access log only
         finally:
-            gen.abort()
+            choices.abort()
         return resp
+
+
+def _choice_sampling(sampling, i: int):
+    """Choice i's sampling: the request's, with seed + i when it has a seed (wrapping within 64 bits)."""
+    if i == 0 or sampling.seed is None:
+        return sampling
+    seed = sampling.seed + i
+    if seed > SEED_MAX:
+        seed -= 1 << 64
+    return msgspec.structs.replace(sampling, seed=seed)
+
+
+def _account(info: dict, request, gens) -> None:
+    """What the access log reports about a generation: tokens and the first token's time from arrival."""
+    info["completion_tokens"] = sum(g.completion_tokens for g in gens)
+    firsts = [g.req.first_token_s for g in gens if g.req.first_token_s is not None]
+    if firsts:
+        info["ttft_s"] = min(firsts) - request[_T0]

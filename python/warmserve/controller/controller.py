@@ -111,6 +111,12 @@ class Controller:
         self.policy_running = False
         #: Routing id -> process, for the workers this controller spawned (their exit is noticed at once).
         self.local_procs: dict = {}
+        #: Routing id -> a no-argument callable that starts that local worker's process again (set by launch).
+        self.local_spawn: dict = {}
+        #: Routing ids of local workers being restarted (from their loss until the new process is admitted), and
+        #: their restarts in a row (for the back-off).
+        self.restarting: set[bytes] = set()
+        self._restarts: dict[bytes, int] = {}
 
     # ------------------------------------------------------------------------------------------- life cycle
 
@@ -121,7 +127,7 @@ class Controller:
         """Bind the workers' socket and start the loops; returns the endpoint workers connect to."""
         self.worker_event = asyncio.Event()
         self.hub = WorkerHub(self.cc.bind, on_hello=self._on_hello, on_event=self._on_event, on_lost=self._on_lost,
-                             curve_dir=self.cc.curve_dir)
+                             curve_dir=self.cc.curve_dir, insecure=self.cc.insecure)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.hub.recv_loop()), loop.create_task(self._heartbeat_loop()),
                        loop.create_task(self._policy_loop())]
@@ -177,9 +183,10 @@ class Controller:
         for t in self._tasks + list(self._bg):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._bg, return_exceptions=True)
-        for w in self.hub.workers.values():
-            if w.proc is not None:
-                await asyncio.to_thread(_reap, w.proc)
+        # Every local process, registered or not (a restart may have started one that never said Hello).
+        registered = {w.ident for w in self.hub.workers.values() if w.alive}
+        for ident, proc in self.local_procs.items():
+            await asyncio.to_thread(_reap, proc, ident in registered)
         self.hub.close()
 
     def _open_requests(self) -> int:
@@ -218,7 +225,7 @@ class Controller:
         self.model(model)
         if self.closing:
             raise OverloadedError("the server is shutting down and takes no new requests")
-        if not any(w.ready for w in self.gpu_workers):
+        if not any(w.ready for w in self.gpu_workers) and not self.restarting:
             raise NoWorkersError(
                 "no live worker can serve requests right now; the controller waits for workers to (re)join",
                 workers=len(self.gpu_workers))
@@ -248,7 +255,7 @@ class Controller:
             req = w.gens.get(msg.id)
             if req is None:
                 return
-            req.push(msg.token_ids)
+            req.push(msg.token_ids, msg.logprobs)
             if msg.finished:
                 req.end_s = time.monotonic()
                 self._end_gen(w, msg.id)
@@ -265,18 +272,11 @@ class Controller:
 
     def _end_gen(self, w: WorkerRecord, gid: int) -> None:
         req = w.gens.pop(gid)
-        self.driver.request_finished(req.model, req.instance_id, self.now_s())
+        self.driver.request_finished(req.model, req.instance_id, self.now_s(), request=req)
 
     def _request_done(self, req: Req, outcome: str) -> None:
         """Count a request that ended (the driver has told the policy already)."""
-        m = req.model
-        self.metrics.requests.inc(model=m, outcome=outcome)
-        if req.first_token_s is not None:
-            self.metrics.ttft.observe(req.first_token_s - req.arrival_s, model=m)
-            self.metrics.e2e.observe(req.last_token_s - req.arrival_s, model=m)
-            self.metrics.tokens.inc(req.generated, model=m)
-            if req.generated > 1:
-                self.metrics.tpot.observe((req.last_token_s - req.first_token_s) / (req.generated - 1), model=m)
+        self.metrics.request_done(req, outcome)
 
     # ------------------------------------------------------------------------------------------- workers
 
@@ -302,6 +302,7 @@ class Controller:
             self.hub.lose(w, f"could not be admitted: {e}")
             return
         w.ready = True
+        self.restarting.discard(w.ident)
         self.gpu_workers.append(w)
         # A GPU id of its own, for good (a new host: a new server); the others keep theirs.
         (w.gpu_id,) = self.driver.add_gpus(w.host, [w.capacity_bytes])
@@ -327,20 +328,66 @@ class Controller:
                 req.fail(WorkerLostError(
                     f"{w!r} was lost ({why}) after this request had streamed {req.generated} tokens; it cannot be "
                     f"resumed elsewhere: retry the request", worker_id=w.worker_id, generated_tokens=req.generated))
-                self.driver.request_finished(req.model, req.instance_id, now, route=False)
+                self.driver.request_finished(req.model, req.instance_id, now, route=False, request=req)
                 self._request_done(req, "worker_lost")
         w.gens.clear()
         if w in self.gpu_workers:
             self.gpu_workers.remove(w)
+        # Out of the worker table (and /stats): a restarted worker takes the same routing id, a new record and a
+        # new GPU id; the loss is counted in workers_lost and logged with its reason.
+        if self.hub.workers.get(w.ident) is w:
+            del self.hub.workers[w.ident]
+        if w.proc is not None and not self.closing and w.ident not in self.restarting:
+            self.restarting.add(w.ident)
+            self._spawn(self._restart(w))
         if w.gpu_id is not None:
             # Re-routed requests go to the front of their queue: they are the oldest.
             self.driver.lose_gpus([w.gpu_id], now, [(req.model, req) for req in requeue])
-        if not any(x.ready for x in self.gpu_workers):
+        if not any(x.ready for x in self.gpu_workers) and not self.restarting:
             # Nothing left to serve them: say so now rather than at the request timeout.
             for model in self.models:
                 self.driver.fail_waiting(model, NoWorkersError(
                     f"every worker is lost (the last: {w!r}, {why}); retry when workers rejoin",
                     worker_id=w.worker_id), now)
+
+    async def _restart(self, lost: WorkerRecord) -> None:
+        """Start a lost local worker again, under the same routing id, until one is admitted (or the controller
+        closes). Attempt n waits min(restart_backoff_cap_s, restart_backoff_s * 2**n) first; the count resets
+        once a worker has stayed up restart_reset_s. What the lost one held was re-placed by the driver; the new
+        process joins empty, as a new GPU."""
+        ident, cc = lost.ident, self.cc
+        if time.monotonic() - lost.joined_s >= cc.restart_reset_s:
+            self._restarts.pop(ident, None)
+        proc = lost.proc
+        try:
+            while not self.closing:
+                # A silent worker may still be running: stop it first, so its memory and device are free.
+                await asyncio.to_thread(_kill, proc)
+                n = self._restarts.get(ident, 0)
+                self._restarts[ident] = n + 1
+                delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** n)
+                log.warning("restarting %r in %.1f s (restart %d in a row)", lost, delay, n + 1)
+                await asyncio.sleep(delay)
+                spawn = self.local_spawn.get(ident)
+                if self.closing or spawn is None:
+                    return
+                try:
+                    proc = self.local_procs[ident] = spawn()
+                except OSError as e:
+                    log.error("could not restart %r: %s", lost, e)
+                    continue
+                deadline = time.monotonic() + self.config.worker_start_timeout_s
+                while not self.closing and proc.poll() is None and time.monotonic() < deadline:
+                    w = self.hub.workers.get(ident)
+                    if w is not None and w.proc is proc and w.ready:
+                        log.info("%r is back (process %d)", w, w.pid)
+                        return
+                    if w is not None and w.proc is proc and not w.alive:
+                        break  # lost while being admitted
+                    await asyncio.sleep(0.1)
+                log.warning("restarted %r did not join (status %s)", lost, proc.poll())
+        finally:
+            self.restarting.discard(ident)
 
     # ------------------------------------------------------------------------------------------- loops
 
@@ -353,10 +400,12 @@ class Controller:
     async def _policy_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cc.tick_s)
-            if not self.gpu_workers or not self.policy_running:
+            if not self.policy_running:
                 continue
             try:
-                self.driver.tick(self.now_s())
+                if self.gpu_workers:
+                    self.driver.tick(self.now_s())
+                # Also with no worker (all restarting): waiting requests still time out.
                 self._expire()
             except Exception:  # a policy bug must not stop serving; it is logged with its trace
                 log.exception("policy tick failed")
@@ -372,7 +421,7 @@ class Controller:
                     f"retry later or add workers", timeout_s=self.cc.request_timeout_s)
                 req.fail(err)
                 self._request_done(req, "timeout")
-        for w in self.gpu_workers:
+        for w in list(self.gpu_workers):  # an Abort that cannot be sent loses its worker (and edits the list)
             for gid, req in list(w.gens.items()):
                 last = req.last_token_s or req.arrival_s
                 if not req.done and now - last > self.cc.request_timeout_s:
@@ -390,13 +439,26 @@ class Controller:
         return views.stats(self)
 
 
-def _reap(proc) -> None:
-    try:
-        proc.wait(timeout=5.0)
-    except Exception:  # still running after Shutdown: stop it
-        proc.terminate()
+def _kill(proc) -> None:
+    """Stop a process that should be gone (a lost worker) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _reap(proc, graceful: bool = True) -> None:
+    """Wait for a local worker told to shut down (``graceful``); stop it when it does not."""
+    if graceful:
         try:
             proc.wait(timeout=5.0)
-        except Exception:
-            proc.kill()
-            proc.wait()
+            return
+        except Exception:  # still running after Shutdown: stop it
+            pass
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5.0)
+    except Exception:
+        proc.kill()
+        proc.wait()

@@ -232,12 +232,21 @@ class LiveExecutor:
         w = self.instances[inst.instance_id].worker
         hub = self.ctl.hub
         gid = hub.next_id()
-        msg = P.Generate(id=gid, model=req.model, prompt_ids=req.prompt_ids, sampling=req.sampling)
+        try:
+            data = P.encode(P.Generate(id=gid, model=req.model, prompt_ids=req.prompt_ids, sampling=req.sampling))
+        except (OverflowError, TypeError, ValueError) as e:
+            # The wire cannot carry it (a token id beyond 64 bits, a value of the wrong type): it ends here, and
+            # the instance's in-flight count (raised by the driver before this call) with it.
+            req.fail(InvalidArgumentError(f"the request cannot be sent to a worker ({type(e).__name__}: {e}): "
+                                          f"check the prompt's token ids and the sampling values", param="prompt"))
+            self.ctl._request_done(req, "error")
+            self.ctl.driver.request_finished(req.model, inst.instance_id, now_s, route=False, request=req)
+            return
         req.worker, req.instance_id, req.gid = w, inst.instance_id, gid
         req.sent_s = time.monotonic()
         w.gens[gid] = req
         try:
-            hub.send(w, msg)
+            hub.send(w, data)
         except WorkerLostError:
             pass  # the loss (Controller._on_lost) re-queued it
 

@@ -122,7 +122,29 @@ class TextGeneration:
     def __init__(self, req, decode, stop: tuple[str, ...] = ()):
         self.req = req
         self.text = TextStream(decode, stop)
+        self._decode = decode
         self._ended = False
+        self._lp_taken = 0   # tokens whose logprobs were handed out by take_logprobs
+        self._lp_chars = 0   # characters of those tokens' texts
+
+    def take_logprobs(self) -> list[tuple[int, str, object]]:
+        """(token id, token text, ``protocol.TokenLogprobs``) of the tokens received since the last call, for a
+        request whose sampling asked for logprobs. After a stop string, only the tokens that begin before it (the
+        text that was cut away has no tokens here). Each token's text is its own decode, so the texts of a
+        word split over tokens may differ in spacing from the text (as OpenAI's tokens do)."""
+        lps = self.req.logprobs
+        out = []
+        end = min(len(lps), len(self.text.ids))
+        while self._lp_taken < end:
+            i = self._lp_taken
+            if self.text.stopped and self._lp_chars >= len(self.text.text):
+                break
+            tid = self.text.ids[i]
+            piece = self._decode([tid])
+            out.append((tid, piece, lps[i]))
+            self._lp_chars += len(piece)
+            self._lp_taken += 1
+        return out
 
     @property
     def finish_reason(self) -> str | None:
@@ -155,7 +177,7 @@ class TextGeneration:
             piece = self.text.push(tokens)
             if self.text.stopped:
                 self._ended = True
-                self.req.abort()
+                self.req.abort("stop")  # ended as asked: counted as "stop", not as an abort
                 piece += self.text.finish()
             if piece:
                 return piece
@@ -178,5 +200,72 @@ class TextGeneration:
         self.abort()
 
 
-__all__ = ["TextGeneration", "prepare", "aprepare", "check_prompt", "check_chars", "plain_chat_prompt",
+class Choices:
+    """The ``n`` generations of one request (its choices) as one stream of events, in the order they come.
+
+    ``async for index, piece in choices``: a non-empty text piece of choice ``index``, or ``piece`` None when that
+    choice has ended (its ``finish_reason`` is set). An error of any choice is raised and ends all of them, as
+    does leaving the iteration (``abort()``).
+    """
+
+    def __init__(self, gens: list[TextGeneration]):
+        self.gens = gens
+        self._q: asyncio.Queue | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._left = len(gens)
+
+    async def _pump(self, i: int, gen: TextGeneration) -> None:
+        try:
+            async for piece in gen:
+                self._q.put_nowait((i, piece, None))
+            self._q.put_nowait((i, None, None))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # handed to the consumer, raised in its task
+            self._q.put_nowait((i, None, e))
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> tuple[int, str | None]:
+        if self._q is None:
+            self._q = asyncio.Queue()
+            self._tasks = [asyncio.ensure_future(self._pump(i, g)) for i, g in enumerate(self.gens)]
+        if self._left == 0:
+            raise StopAsyncIteration
+        try:
+            i, piece, err = await self._q.get()
+        except BaseException:
+            self.abort()
+            raise
+        if err is not None:
+            self.abort()
+            raise err
+        if piece is None:
+            self._left -= 1
+        return i, piece
+
+    async def collect(self) -> list[str]:
+        """Each choice's whole text."""
+        if len(self.gens) == 1:
+            return [await self.gens[0].collect()]
+        try:
+            async for _ in self:
+                pass
+        finally:
+            self.abort()
+        return [g.text.text for g in self.gens]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(g.completion_tokens for g in self.gens)
+
+    def abort(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for g in self.gens:
+            g.abort()
+
+
+__all__ = ["TextGeneration", "Choices", "prepare", "aprepare", "check_prompt", "check_chars", "plain_chat_prompt",
            "INLINE_TOKENIZE_CHARS"]

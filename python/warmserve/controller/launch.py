@@ -6,6 +6,7 @@ Shared by `warmserve serve` and `warmserve.Cluster`, so both start a cluster the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -87,10 +88,12 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     try:
         for i, dev in enumerate(devices):
             wid = f"{host}-{os.getpid()}w{i}-{dev.replace(':', '')}"
-            proc = spawn_worker(connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
-                                heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
-                                curve=controller.hub.local_curve)
-            procs.append((wid, proc))
+            # Kept by the controller: a local worker that dies is started again the same way (Controller._restart).
+            spawn = controller.local_spawn[wid.encode()] = functools.partial(
+                spawn_worker, connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
+                heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
+                curve=controller.hub.local_curve)
+            procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         await controller.wait_for_workers(len(devices) + cfg.remote_workers, cfg.worker_start_timeout_s,
                                           procs=[p for _, p in procs])

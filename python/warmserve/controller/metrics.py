@@ -1,161 +1,146 @@
-"""A small Prometheus text-format registry (exposition format 0.0.4): counters, gauges and histograms with labels.
+"""The controller's Prometheus series, through ``prometheus_client`` (exposition by the reference library, so that
+every sample is typed as the Prometheus parser expects: counters as ``NAME_total``, histograms as buckets).
 
-Written here rather than pulled in as a dependency: the controller needs a dozen series and nothing else from a
-client library. Gauges that mirror controller state are filled by a collect callback at scrape time.
+Each ``ControllerMetrics`` owns its own ``CollectorRegistry`` (two controllers in one process do not share
+series). Gauges that mirror controller state are filled by collect callbacks at scrape time (``Registry.render``).
+The mapping of these names to vLLM's, for reusing its dashboards, is in docs/metrics.md.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
+import time
 from typing import Callable
+
+import prometheus_client as prom
 
 # TTFT and TPOT span sub-millisecond (a prewarm hit on a tiny model) to minutes (a cold start under a burst).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: The exposition's Content-Type (text format 0.0.4).
+CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 
 
-def _esc(v: str) -> str:
-    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Wrapped:
+    """One prometheus_client metric with label values passed as keywords (``inc(model="m")``), and ``get`` for
+    tests and /stats (read back through the registry's public ``get_sample_value``)."""
 
+    cls: type = prom.Counter
+    suffix = ""
 
-def _labels(names: tuple[str, ...], values: tuple, extra: str = "") -> str:
-    parts = [f'{n}="{_esc(v)}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+    def __init__(self, registry: "Registry", name: str, help_: str, labels: tuple[str, ...] = (), **kw):
+        self.name, self.label_names, self._reg = name, tuple(labels), registry.prom
+        self.metric = self.cls(name, help_, labels, registry=registry.prom, **kw)
 
-
-def _num(x: float) -> str:
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    return repr(float(x)) if not float(x).is_integer() else str(int(x)) if abs(x) < 1e15 else repr(float(x))
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help_: str, labels: tuple[str, ...] = ()):
-        self.name, self.help, self.label_names = name, help_, tuple(labels)
-
-    def _key(self, labels: dict | None) -> tuple:
-        labels = labels or {}
+    def child(self, labels: dict):
         if set(labels) != set(self.label_names):
             raise ValueError(f"metric {self.name}: labels {sorted(labels)} != {sorted(self.label_names)}")
-        return tuple(str(labels[n]) for n in self.label_names)
+        return self.metric.labels(**{k: str(v) for k, v in labels.items()}) if self.label_names else self.metric
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+    def _sample(self, suffix: str, labels: dict) -> float:
+        self.child(labels)  # checks the label names
+        v = self._reg.get_sample_value(self.name + suffix, {k: str(v) for k, v in labels.items()})
+        return v or 0.0
 
 
-class Counter(_Metric):
-    kind = "counter"
+class Counter(_Wrapped):
+    cls = prom.Counter
 
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.values: dict[tuple, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels):
-        key = self._key(labels)
-        self.values[key] = self.values.get(key, 0.0) + amount
+    def inc(self, amount: float = 1.0, **labels) -> None:
+        self.child(labels).inc(amount)
 
     def get(self, **labels) -> float:
-        return self.values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        return self.header() + [f"{self.name}_total{_labels(self.label_names, k)} {_num(v)}"
-                                for k, v in sorted(self.values.items())]
+        return self._sample("_total", labels)
 
 
-class Gauge(_Metric):
-    kind = "gauge"
+class Gauge(_Wrapped):
+    cls = prom.Gauge
 
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.values: dict[tuple, float] = {}
+    def set(self, value: float, **labels) -> None:
+        self.child(labels).set(value)
 
-    def set(self, value: float, **labels):
-        self.values[self._key(labels)] = float(value)
-
-    def clear(self):
-        self.values.clear()
+    def clear(self) -> None:
+        if self.label_names:
+            self.metric.clear()
 
     def get(self, **labels) -> float:
-        return self.values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        return self.header() + [f"{self.name}{_labels(self.label_names, k)} {_num(v)}"
-                                for k, v in sorted(self.values.items())]
+        return self._sample("", labels)
 
 
-class Histogram(_Metric):
-    kind = "histogram"
+class Histogram(_Wrapped):
+    cls = prom.Histogram
 
-    def __init__(self, name: str, help_: str, labels: tuple[str, ...] = (), buckets=LATENCY_BUCKETS_S):
-        super().__init__(name, help_, labels)
-        self.buckets = tuple(sorted(buckets))
-        self.series: dict[tuple, list] = {}  # key -> [per-bucket counts..., +Inf count], sum
+    def __init__(self, registry, name, help_, labels=(), buckets=LATENCY_BUCKETS_S):
+        super().__init__(registry, name, help_, labels, buckets=buckets)
 
-    def observe(self, value: float, **labels):
-        key = self._key(labels)
-        s = self.series.get(key)
-        if s is None:
-            s = self.series[key] = [[0] * (len(self.buckets) + 1), 0.0]
-        s[0][bisect.bisect_left(self.buckets, value)] += 1
-        s[1] += value
+    def observe(self, value: float, **labels) -> None:
+        self.child(labels).observe(value)
 
     def count(self, **labels) -> int:
-        s = self.series.get(self._key(labels))
-        return sum(s[0]) if s else 0
-
-    def render(self) -> list[str]:
-        out = self.header()
-        for key, (counts, total) in sorted(self.series.items()):
-            acc = 0
-            for b, c in zip(self.buckets + (math.inf,), counts):
-                acc += c
-                le = 'le="' + _num(b) + '"'
-                out.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {acc}")
-            out.append(f"{self.name}_sum{_labels(self.label_names, key)} {_num(total)}")
-            out.append(f"{self.name}_count{_labels(self.label_names, key)} {acc}")
-        return out
+        return int(self._sample("_count", labels))
 
 
 class Registry:
-    def __init__(self):
-        self.metrics: list[_Metric] = []
-        self.collectors: list[Callable[[], None]] = []
+    """A CollectorRegistry plus the callbacks that set state gauges before each scrape."""
 
-    def add(self, metric):
-        self.metrics.append(metric)
-        return metric
+    def __init__(self):
+        self.prom = prom.CollectorRegistry(auto_describe=True)
+        self.collectors: list[Callable[[], None]] = []
 
     def render(self) -> str:
         for c in self.collectors:
             c()
-        lines: list[str] = []
-        for m in self.metrics:
-            lines += m.render()
-        return "\n".join(lines) + "\n"
+        return prom.generate_latest(self.prom).decode()
 
 
 class ControllerMetrics:
-    """The series the controller exports at /metrics."""
+    """The series the controller exports at /metrics (names and their vLLM counterparts: docs/metrics.md)."""
 
     def __init__(self):
         r = self.registry = Registry()
-        self.ttft = r.add(Histogram("warmserve_ttft_seconds", "Time to first token, from arrival.", ("model",)))
-        self.tpot = r.add(Histogram("warmserve_tpot_seconds", "Time per output token after the first.", ("model",)))
-        self.e2e = r.add(Histogram("warmserve_request_seconds", "Request latency, arrival to last token.", ("model",)))
-        self.requests = r.add(Counter("warmserve_requests", "Finished requests by outcome.", ("model", "outcome")))
-        self.tokens = r.add(Counter("warmserve_generated_tokens", "Tokens generated.", ("model",)))
-        self.prompt_tokens = r.add(Counter("warmserve_prompt_tokens", "Prompt tokens received.", ("model",)))
-        self.prewarm_hits = r.add(Counter("warmserve_prewarm_hits", "Instances started from a prewarmed replica.", ("model",)))
-        self.prewarm_misses = r.add(Counter("warmserve_prewarm_misses", "Instances started with a cold load.", ("model",)))
-        self.rerouted = r.add(Counter("warmserve_rerouted_requests", "Queued requests re-routed after a worker loss.", ("model",)))
-        self.workers_lost = r.add(Counter("warmserve_workers_lost", "Workers declared lost.", ()))
-        self.queue = r.add(Gauge("warmserve_queue_length", "Requests waiting for an instance.", ("model",)))
-        self.inflight = r.add(Gauge("warmserve_inflight_requests", "Requests running on instances.", ("model",)))
-        self.instances = r.add(Gauge("warmserve_instances", "Running instances.", ("model",)))
-        self.prewarmed = r.add(Gauge("warmserve_prewarmed_replicas", "Prewarmed weight sets resident on workers.", ("model",)))
-        self.workers = r.add(Gauge("warmserve_workers", "Workers by state.", ("state",)))
-        self.pages = r.add(Gauge("warmserve_worker_pages", "Pages of each worker's pool by role.", ("worker", "role")))
+        self.ttft = Histogram(r, "warmserve_ttft_seconds", "Time to first token, from arrival.", ("model",))
+        self.tpot = Histogram(r, "warmserve_tpot_seconds", "Time per output token after the first.", ("model",))
+        self.e2e = Histogram(r, "warmserve_request_seconds", "Request latency, arrival to its end, by outcome.",
+                             ("model", "outcome"))
+        self.requests = Counter(r, "warmserve_requests", "Requests that reached a model, by how they ended "
+                                "(stop, length, abort, error, timeout, ...).", ("model", "outcome"))
+        self.rejected = Counter(r, "warmserve_rejected_requests", "HTTP requests answered with an error status, "
+                                "by status and route.", ("status", "route"))
+        self.tokens = Counter(r, "warmserve_generation_tokens", "Tokens generated (decode).", ("model",))
+        self.prompt_tokens = Counter(r, "warmserve_prompt_tokens", "Prompt tokens sent to instances (prefill).",
+                                     ("model",))
+        self.prewarm_hits = Counter(r, "warmserve_prewarm_hits", "Instances started from a prewarmed replica.",
+                                    ("model",))
+        self.prewarm_misses = Counter(r, "warmserve_prewarm_misses", "Instances started with a cold load.", ("model",))
+        self.rerouted = Counter(r, "warmserve_rerouted_requests", "Queued requests re-routed after a worker loss.",
+                                ("model",))
+        self.workers_lost = Counter(r, "warmserve_workers_lost", "Workers declared lost.")
+        self.queue = Gauge(r, "warmserve_queue_length", "Requests waiting for an instance.", ("model",))
+        self.inflight = Gauge(r, "warmserve_inflight_requests", "Requests running on instances.", ("model",))
+        self.instances = Gauge(r, "warmserve_instances", "Running instances.", ("model",))
+        self.prewarmed = Gauge(r, "warmserve_prewarmed_replicas", "Prewarmed weight sets resident on workers.",
+                               ("model",))
+        self.workers = Gauge(r, "warmserve_workers", "Workers by state.", ("state",))
+        self.pages = Gauge(r, "warmserve_worker_pages", "Pages of each worker's pool by role.", ("worker", "role"))
+        self.kv_usage = Gauge(r, "warmserve_kv_cache_usage_ratio", "KV blocks holding tokens / KV blocks the "
+                              "instance can hold (0..1), per running instance.", ("worker", "model"))
+        self.worker_kv_usage = Gauge(r, "warmserve_worker_kv_cache_usage_ratio", "KV blocks holding tokens / KV "
+                                     "blocks its instances can hold (0..1), per worker.", ("worker",))
+        self.preemptions = Gauge(r, "warmserve_kv_preemptions", "Sequences preempted (KV full, recomputed later) "
+                                 "since each running instance started.", ("worker", "model"))
+
+    def request_done(self, req, outcome: str, now_s: float | None = None) -> None:
+        """Count a request that ended: its outcome (a stop string's abort counts as "stop"), latency and tokens."""
+        if outcome == "abort" and getattr(req, "abort_reason", "") == "stop":
+            outcome = "stop"
+        m = req.model
+        self.requests.inc(model=m, outcome=outcome)
+        end = req.last_token_s if req.last_token_s is not None and outcome in ("stop", "length") else None
+        self.e2e.observe((end or (now_s if now_s is not None else time.monotonic())) - req.arrival_s,
+                         model=m, outcome=outcome)
+        if req.first_token_s is not None:
+            self.ttft.observe(req.first_token_s - req.arrival_s, model=m)
+            self.tokens.inc(req.generated, model=m)
+            if req.generated > 1:
+                self.tpot.observe((req.last_token_s - req.first_token_s) / (req.generated - 1), model=m)
+
+    def rejected_request(self, status: int, route: str) -> None:
+        self.rejected.inc(status=status, route=route)

@@ -1,7 +1,9 @@
 """OpenAI-compatible request schemas, response bodies, SSE framing and error bodies.
 
 Pure functions over bytes and dicts, so the HTTP layer stays thin and all of this is testable without a server.
-Unknown request fields are ignored (clients send many we do not use); fields we cannot honour are refused.
+Unknown request fields are ignored (clients send many we do not use); fields of the OpenAI API we cannot honour
+(``UNSUPPORTED``: tools, response_format, logit_bias, ...) are refused with a 400 naming them, unless their value
+asks for nothing.
 """
 
 from __future__ import annotations
@@ -24,25 +26,83 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool = False
 
 
+#: Most choices (``n``) one request may ask for; each is a sequence of its own on the instance.
+MAX_N = 16
+
+#: Request fields of the OpenAI API this server does not implement, with the values that ask for nothing (so a
+#: client that always sends its defaults still works); any other value is a 400 naming the field.
+UNSUPPORTED = {
+    "tools": lambda v: v in (None, []),
+    "tool_choice": lambda v: v in (None, "none"),
+    "functions": lambda v: v in (None, []),
+    "function_call": lambda v: v in (None, "none"),
+    "parallel_tool_calls": lambda v: True,  # meaningless without tools, which are refused
+    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "logit_bias": lambda v: not v,
+    "suffix": lambda v: not v,
+    "audio": lambda v: v is None,
+    "modalities": lambda v: v in (None, ["text"]),
+    "prediction": lambda v: v is None,
+    "web_search_options": lambda v: v is None,
+    "reasoning_effort": lambda v: v is None,
+    "prompt_logprobs": lambda v: v is None,
+    "guided_json": lambda v: v is None,
+    "guided_regex": lambda v: v is None,
+    "guided_choice": lambda v: v is None,
+    "guided_grammar": lambda v: v is None,
+}
+
+#: Chat roles a prompt can be built from ("developer" is the newer name of "system").
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
 class _RequestCommon(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """The fields completions and chat requests share."""
+    """The fields completions and chat requests share (``top_k``, ``repetition_penalty``, ``stop_token_ids``
+    and ``ignore_eos`` are vLLM's extensions)."""
 
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
     stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
     seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    best_of: int | None = None
     user: str | None = None
+    # Not implemented: refused unless neutral (UNSUPPORTED).
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+    logit_bias: Any = None
+    suffix: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    prompt_logprobs: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
 
 
 class CompletionRequest(_RequestCommon, kw_only=True):
     #: A string, a list of token ids, or a one-element list of either (batches of several are refused).
     prompt: str | list[Any]
     echo: bool = False
+    #: Alternatives per token (0..MAX_TOP_LOGPROBS): the chosen token's logprob comes with any value.
     logprobs: int | None = None
 
 
@@ -56,6 +116,7 @@ class ChatRequest(_RequestCommon, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 def _bad(message: str, param: str | None = None) -> InvalidArgumentError:
@@ -74,27 +135,51 @@ def _decode(body: bytes, cls):
         raise _bad(f"invalid request: {text}", param) from None
     except msgspec.DecodeError as e:
         raise _bad(f"malformed JSON in the request body: {e}") from None
+    except UnicodeDecodeError as e:
+        raise _bad(_utf8_message(body, e)) from None
 
 
-def _sampling(req, max_tokens: int | None) -> SamplingParams:
+def _utf8_message(body: bytes, e: UnicodeDecodeError) -> str:
+    try:
+        body.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as whole:  # the position in the body, not in the string msgspec was decoding
+        where = f" at byte {whole.start} (0x{body[whole.start]:02x})"
+    return f"The request body is not valid UTF-8{where}: {e.reason}. Send the JSON text encoded as UTF-8."
+
+
+def _refuse_unsupported(req) -> None:
+    for name, neutral in UNSUPPORTED.items():
+        if not neutral(getattr(req, name)):
+            raise _bad(f"'{name}' is not supported by this server; leave it out (see the README's API section "
+                       "for what is supported)", name)
+    if not 1 <= req.n <= MAX_N:
+        raise _bad(f"n must be in [1, {MAX_N}], got {req.n}", "n")
+    if req.best_of is not None and req.best_of != req.n:
+        raise _bad(f"best_of={req.best_of} is not supported (only best_of == n, {req.n}): leave it out", "best_of")
+
+
+def _sampling(req, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
     """The request's sampling fields with OpenAI's defaults (temperature and top_p 1); SamplingParams checks the
     ranges (the seed's included: one that does not fit 64 bits is a 400 here, not a failure on the wire)."""
-    if req.n != 1:
-        raise _bad(f"n={req.n} is not supported; send n=1 (one choice per request)", "n")
+    _refuse_unsupported(req)
     return SamplingParams(
         max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
         temperature=1.0 if req.temperature is None else float(req.temperature),
         top_p=1.0 if req.top_p is None else float(req.top_p),
-        seed=req.seed, stop=stop_strings(req.stop),
+        top_k=0 if req.top_k is None or req.top_k < 0 else req.top_k,  # vLLM: -1 (or 0) = no cut
+        seed=req.seed, stop=stop_strings(req.stop), stop_token_ids=tuple(req.stop_token_ids or ()),
+        ignore_eos=req.ignore_eos,
+        presence_penalty=float(req.presence_penalty or 0.0), frequency_penalty=float(req.frequency_penalty or 0.0),
+        repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
+        logprobs=logprobs,
     )
 
 
 def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
     req = _decode(body, CompletionRequest)
     req.prompt = _one_prompt(req.prompt)
-    if req.echo or req.logprobs:
-        raise _bad("echo and logprobs are not supported", "echo" if req.echo else "logprobs")
-    return req, _sampling(req, req.max_tokens)
+    return req, _sampling(req, req.max_tokens, req.logprobs)
 
 
 def _is_ids(x) -> bool:
@@ -122,10 +207,17 @@ def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     req = _decode(body, ChatRequest)
     if not req.messages:
         raise _bad("messages must not be empty", "messages")
-    if req.logprobs:
-        raise _bad("logprobs are not supported", "logprobs")
+    for i, m in enumerate(req.messages):
+        if m.role not in CHAT_ROLES:
+            why = ("tool calling is not supported" if m.role in ("tool", "function")
+                   else f"it is not a chat role")
+            raise _bad(f"messages[{i}].role {m.role!r} is not accepted ({why}): use one of {', '.join(CHAT_ROLES)}",
+                       "messages")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise _bad("top_logprobs needs logprobs=true", "top_logprobs")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
     mt = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    return req, _sampling(req, mt)
+    return req, _sampling(req, mt, logprobs)
 
 
 def message_text(m: ChatMessage) -> str:
@@ -163,36 +255,68 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def completion_logprobs(entries, decode, offset: int = 0) -> dict:
+    """The ``logprobs`` object of a completions choice (OpenAI's legacy layout) from ``TextGeneration
+    .take_logprobs()`` entries; ``offset``: characters before the first token's text (the echoed prompt)."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for _, text, lp in entries:
+        out["tokens"].append(text)
+        out["token_logprobs"].append(lp.logprob)
+        out["top_logprobs"].append({decode([t]): v for t, v in zip(lp.top_ids, lp.top_logprobs)})
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def _token(text: str, logprob: float) -> dict:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(entries, decode) -> dict:
+    """The ``logprobs`` object of a chat choice from ``TextGeneration.take_logprobs()`` entries."""
+    return {"content": [{**_token(text, lp.logprob),
+                         "top_logprobs": [_token(decode([t]), v) for t, v in zip(lp.top_ids, lp.top_logprobs)]}
+                        for _, text, lp in entries], "refusal": None}
+
+
+def completion_choice(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def chat_choice(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+            "finish_reason": finish}
+
+
 def completion_body(rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
-                    created: int | None = None) -> dict:
+                    created: int | None = None, *, choices: list[dict] | None = None) -> dict:
     return {
         "id": rid, "object": "text_completion", "created": created or int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "choices": choices if choices is not None else [completion_choice(0, text, finish)],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
-def completion_chunk(rid: str, model: str, created: int, text: str, finish: str | None) -> dict:
-    return {
-        "id": rid, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-    }
+def completion_chunk(rid: str, model: str, created: int, text: str, finish: str | None, *, index: int = 0,
+                     logprobs: dict | None = None) -> dict:
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [completion_choice(index, text, finish, logprobs)]}
 
 
 def chat_body(rid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
-              created: int | None = None) -> dict:
+              created: int | None = None, *, choices: list[dict] | None = None) -> dict:
     return {
         "id": rid, "object": "chat.completion", "created": created or int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                     "finish_reason": finish}],
+        "choices": choices if choices is not None else [chat_choice(0, text, finish)],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
-def chat_chunk(rid: str, model: str, created: int, delta: dict, finish: str | None) -> dict:
+def chat_chunk(rid: str, model: str, created: int, delta: dict, finish: str | None, *, index: int = 0,
+               logprobs: dict | None = None) -> dict:
     return {
         "id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
     }
 
 

@@ -20,7 +20,7 @@ class Req:
     __slots__ = (
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s", "_waiter",
-        "sent_s", "end_s", "gid",
+        "sent_s", "end_s", "gid", "logprobs", "abort_reason",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
@@ -46,6 +46,8 @@ class Req:
         self._q: collections.deque = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._abort_cb = None       # set by the controller: abort(req) frees it wherever it is
+        self.logprobs: list = []    # protocol.TokenLogprobs of each generated token, when sampling asks for them
+        self.abort_reason = ""      # why the front end aborted it: "stop" (a stop string) or "abort"
 
     # ------------------------------------------------------------------------------------------ producer side
 
@@ -62,9 +64,11 @@ class Req:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def push(self, token_ids: list[int]) -> None:
+    def push(self, token_ids: list[int], logprobs=None) -> None:
         if self.done or not token_ids:
             return
+        if logprobs:
+            self.logprobs.extend(logprobs)
         now = time.monotonic()
         if self.first_token_s is None:
             self.first_token_s = now
@@ -109,11 +113,13 @@ class Req:
             item = item + self._q.popleft()
         return item
 
-    def abort(self) -> None:
-        """Stop the request wherever it is (queued, running); no-op once it ended."""
+    def abort(self, reason: str = "abort") -> None:
+        """Stop the request wherever it is (queued, running); no-op once it ended. ``reason`` "stop": the text
+        reached a stop string, so the request ended as it should (finish reason and outcome "stop")."""
         if self.done:
             return
+        self.abort_reason = reason
         cb = self._abort_cb
         if cb is not None:
             cb(self)
-        self.finish("abort")
+        self.finish(reason)

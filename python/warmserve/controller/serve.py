@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads per CPU worker (default: the cores shared among the workers)")
     p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
     p.add_argument("--curve-dir", default=None, help="directory of ZeroMQ CURVE keys; turns on CURVE to workers")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --bind without --curve-dir (any host that reaches it can join as a "
+                        "worker); for trusted networks only")
     p.add_argument("--log-dir", default=None, help="write each local worker's log here")
     p.add_argument("--log-level", default="INFO")
 
@@ -76,6 +79,8 @@ def build_config(args) -> ClusterConfig:
     options = list(args.policy_option)
     if args.window_s is not None:
         options.insert(0, f"window_s={args.window_s}")
+    if args.insecure:
+        ctl["insecure"] = True
     if options:
         ctl["policy_config"] = parse_policy_options(options, cfg.controller.policy_config)
     for flag in ("max_num_seqs", "max_batch_tokens", "max_kv_blocks"):
@@ -140,7 +145,9 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -
     history = read_history(cfg.controller.history_path) if cfg.controller.history_path else None
     controller = await start_cluster(cfg, history=history, log_dir=log_dir)
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests)
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation
+    # is aborted on its worker), streaming or not; aiohttp leaves handlers running by default.
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024)
     try:

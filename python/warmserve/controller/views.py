@@ -42,7 +42,8 @@ def stats(ctl) -> dict:
 def collect(ctl) -> None:
     """Set the gauges from the current state (called by the registry before each scrape)."""
     m = ctl.metrics
-    for g in (m.queue, m.inflight, m.instances, m.prewarmed, m.workers, m.pages):
+    for g in (m.queue, m.inflight, m.instances, m.prewarmed, m.workers, m.pages, m.kv_usage, m.worker_kv_usage,
+              m.preemptions):
         g.clear()
     state = ctl.state
     for name in ctl.models:
@@ -57,6 +58,18 @@ def collect(ctl) -> None:
         if w.alive and w.stats is not None:
             for role, pages in pages_by_role(w.stats, ctl.models).items():
                 m.pages.set(pages, worker=w.worker_id, role=role)
+            used = total = 0
+            for inst in w.stats.instances:
+                kv = inst.kv
+                used, total = used + kv.kv_blocks_used, total + kv.kv_blocks_total
+                m.kv_usage.set(kv_usage(kv.kv_blocks_used, kv.kv_blocks_total), worker=w.worker_id, model=inst.name)
+                m.preemptions.set(kv.num_preemptions, worker=w.worker_id, model=inst.name)
+            m.worker_kv_usage.set(kv_usage(used, total), worker=w.worker_id)
+
+
+def kv_usage(used_blocks: int, total_blocks: int) -> float:
+    """The fraction (0..1) of KV blocks holding tokens; 0 for an instance with no KV cache."""
+    return used_blocks / total_blocks if total_blocks else 0.0
 
 
 def pages_by_role(stats: P.Stats, models: dict) -> dict[str, int]:

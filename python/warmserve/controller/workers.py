@@ -21,6 +21,7 @@ import zmq
 
 from warmserve import protocol as P
 from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError
+from warmserve.security import require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")
 
@@ -38,6 +39,8 @@ class WorkerRecord:
     #: Key of the server (host) it runs on: tensor-parallel groups never span two.
     host: str
     last_seen_s: float = field(default_factory=time.monotonic)
+    #: When its Hello arrived (time.monotonic()), seconds.
+    joined_s: float = field(default_factory=time.monotonic)
     alive: bool = True
     #: Registered and cleaned: the policy may place things on it.
     ready: bool = False
@@ -66,7 +69,12 @@ class WorkerHub:
     """The ROUTER socket and everything that travels over it. Callbacks into the controller:
     ``on_hello(ident, hello)``, ``on_event(worker, msg)`` for stream events, ``on_lost(worker, why)``."""
 
-    def __init__(self, bind: str, *, on_hello, on_event, on_lost, curve_dir: str = ""):
+    def __init__(self, bind: str, *, on_hello, on_event, on_lost, curve_dir: str = "", insecure: bool = False):
+        """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker)."""
+        # Before any socket exists: a refused bind leaves nothing to close.
+        require_authenticated_bind(
+            bind, authenticated=bool(curve_dir), insecure=insecure, who="the controller's worker socket (--bind)",
+            fix="pass --curve-dir DIR holding server.key_secret and the workers' public keys in DIR/workers")
         # A plain socket driven by the event loop's reader callback: zmq.asyncio wraps every send in a future,
         # which costs more than the send itself on the per-request path.
         self.ctx = zmq.Context()
@@ -101,11 +109,12 @@ class WorkerHub:
     # ------------------------------------------------------------------------------------------------ sending
 
     def send(self, w: WorkerRecord, msg) -> None:
-        """Send without waiting; a worker that cannot be reached is declared lost (its requests re-routed)."""
+        """Send without waiting; a worker that cannot be reached is declared lost (its requests re-routed).
+        ``msg``: a message, or one encoded already (bytes)."""
         if not w.alive:
             raise WorkerLostError(f"{w!r} is lost", worker_id=w.worker_id)
         try:
-            self.sock.send_multipart([w.ident, P.encode(msg)], zmq.NOBLOCK)
+            self.sock.send_multipart([w.ident, msg if isinstance(msg, bytes) else P.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError as e:
             self.lose(w, f"send failed: {e.strerror}")
             raise WorkerLostError(f"{w!r} cannot be reached ({e.strerror})", worker_id=w.worker_id) from None

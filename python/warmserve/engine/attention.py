@@ -8,14 +8,24 @@ The cache is addressed as rows of [kv_heads * head_dim]: the token at offset t o
 (s=1) is row ``b * rows_per_block + (2 * l + s) * block_tokens + t``. Step metadata holds the layer-0 K rows;
 each layer adds its constant. Gathering rows with index_select is ~30x faster on CPU than 2-D advanced indexing
 over the strided per-layer view.
+
+On CUDA with the kernels of warmserve.memory.kernels (csrc/kernels) available, the engine sets ``AttnMeta.paged``
+instead of the gather indices: K/V are written by one kernel and decode rows and chunks with cached context
+attend straight from the pages (no gathered copy of the context); fresh prefill chunks still take SDPA over
+their own K/V. This torch path stays the CPU implementation and the reference tests/gpu/test_kernels.py checks
+the kernels against.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from warmserve.memory import kernels
 
 
 @dataclass
@@ -43,11 +53,58 @@ class DecodeBatch:
 
 
 @dataclass
+class PagedMeta:
+    """A step as the CUDA kernels read it: the query rows they compute (decode rows and chunks with cached
+    context), each with its sequence's block table and its number of visible keys."""
+    #: int64 [M]: rows of the flat layout the kernels compute.
+    rows: torch.Tensor
+    #: int32 [S, W]: block ids of each such sequence in token order (padded with its first block).
+    block_tables: torch.Tensor
+    #: int32 [M]: the block-table row of each computed row.
+    row_seq: torch.Tensor
+    #: int32 [M]: keys visible to each computed row (its position + 1).
+    row_len: torch.Tensor
+    #: The largest row_len (on the host, so the kernels' split is chosen without a device sync).
+    max_len: int
+    rows_per_block: int
+    block_tokens: int
+    #: Sliding window in tokens; 0 = none.
+    window: int
+
+
+@dataclass
 class AttnMeta:
     #: [N] cache row (layer 0, K) where each token's K/V is written.
     write_rows: torch.Tensor
     prefills: list[PrefillChunk]
     decode: DecodeBatch | None
+    #: Set: the kernel path (its rows are in neither prefills nor decode); None: the torch path.
+    paged: PagedMeta | None = None
+
+
+def kernels_usable(device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether attend() can take the kernel path for this model on this device."""
+    return (torch.device(device).type == "cuda" and dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and head_dim % 32 == 0 and 32 <= head_dim <= 256 and kernels.kernels_available())
+
+
+def paged_meta(chunks: list[tuple[int, int, int, list[int]]], block_tokens: int, rows_per_block: int, window: int,
+               device) -> PagedMeta:
+    """PagedMeta of the chunks (row, start, n, blocks) the kernels compute: n query tokens at positions
+    start..start+n-1 of a sequence whose cache blocks are `blocks`, its K/V written in the same step."""
+    rows, seq, lens, tables = [], [], [], []
+    for i, (row, start, n, blocks) in enumerate(chunks):
+        rows += range(row, row + n)
+        seq += [i] * n
+        lens += range(start + 1, start + n + 1)
+        tables.append(list(blocks[:math.ceil((start + n) / block_tokens)]))
+    width = max((len(t) for t in tables), default=1)
+    bt = [t + [t[0]] * (width - len(t)) for t in tables] or [[0]]
+    return PagedMeta(torch.tensor(rows, dtype=torch.int64, device=device),
+                     torch.tensor(bt, dtype=torch.int32, device=device),
+                     torch.tensor(seq, dtype=torch.int32, device=device),
+                     torch.tensor(lens, dtype=torch.int32, device=device), max(lens, default=0), rows_per_block,
+                     block_tokens, window)
 
 
 def causal_mask(n: int, start: int, window: int, device) -> torch.Tensor:
@@ -66,9 +123,18 @@ def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
     Returns [N, H*D]."""
     n_rows, n_heads, head_dim = q.shape
     kvh = k.shape[1]
-    cache.index_copy_(0, meta.write_rows + k_off, k.reshape(n_rows, -1))
-    cache.index_copy_(0, meta.write_rows + v_off, v.reshape(n_rows, -1))
+    p = meta.paged
+    if p is not None:
+        kernels.write_kv(cache, k.contiguous(), v.contiguous(), meta.write_rows, k_off, v_off)
+    else:
+        cache.index_copy_(0, meta.write_rows + k_off, k.reshape(n_rows, -1))
+        cache.index_copy_(0, meta.write_rows + v_off, v.reshape(n_rows, -1))
     out = torch.empty(n_rows, n_heads, head_dim, dtype=q.dtype, device=q.device)
+    if p is not None and p.rows.numel():
+        o = kernels.paged_attention(q.index_select(0, p.rows), cache, p.block_tables, p.row_seq, p.row_len,
+                                    k_off=k_off, v_off=v_off, rows_per_block=p.rows_per_block,
+                                    block_tokens=p.block_tokens, scale=scale, window=p.window, max_len=p.max_len)
+        out.index_copy_(0, p.rows, o)
     prefills = meta.prefills
     i = 0
     while i < len(prefills):

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
-from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask
+from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask, kernels_usable, paged_meta
 from warmserve.engine.kv_cache import KVCache
 from warmserve.engine.model import Model
-from warmserve.engine.sampler import sample
+from warmserve.engine.sampler import logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
 from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
 from warmserve.geometry import blocks_for_tokens
-from warmserve.protocol import KvStats, SamplingParams
+from warmserve.protocol import KvStats, SamplingParams, TokenLogprobs
 
 #: Default headroom of mapped free KV blocks (the controller sets the real target, PAPER.md §6).
 DEFAULT_TARGET_FREE_BLOCKS = 8
@@ -47,6 +47,8 @@ class StepOutput:
     num_output_tokens: int
     #: The EOS or stop token id that ended the request, if any.
     stop_reason: int | None = None
+    #: One per token of token_ids when the request asked for logprobs (SamplingParams.logprobs), else empty.
+    logprobs: list[TokenLogprobs] | None = None
 
 
 class Engine:
@@ -87,6 +89,8 @@ class Engine:
         self._arrivals = itertools.count()
         self._rng = random.Random()
         self.device = model.device
+        #: Attention through the CUDA kernels (engine/attention.py) where they run; False: the torch path.
+        self.use_kernels = kernels_usable(self.device, model.dtype, self.cfg.head_dim)
         self.eos = set(self.cfg.eos_token_ids) or set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.closed = False
         self.num_steps = 0
@@ -183,6 +187,7 @@ class Engine:
         ids, pos, wrows = [], [], []
         prefills: list[PrefillChunk] = []
         dec: list[ScheduledChunk] = []
+        paged = [] if self.use_kernels else None  # (row, start, n, blocks) the kernels compute
         row = 0
         for c in chunks:
             ids += c.seq.tokens[c.start:c.start + c.n]
@@ -190,9 +195,12 @@ class Engine:
             pos += p
             blocks = c.seq.blocks
             wrows += [blocks[i // T] * rpb + i % T for i in p]
-            if c.n == 1 and c.start > 0:
+            fresh = c.start == 0 and (not window or c.n <= window)
+            if paged is not None and not fresh:
+                paged.append((row, c.start, c.n, blocks))
+            elif c.n == 1 and c.start > 0:
                 dec.append(c)
-            elif c.start == 0 and (not window or c.n <= window):
+            elif fresh:
                 prefills.append(PrefillChunk(row, c.n, 0))
             else:
                 ctx = torch.arange(c.start + c.n)
@@ -213,7 +221,8 @@ class Engine:
             if window:
                 mask &= ar[None, :] > (lens[:, None] - 1 - window)
             decode = DecodeBatch(row - len(dec), rows_idx.view(-1).to(dev), mask[:, None, None, :].to(dev))
-        meta = AttnMeta(torch.tensor(wrows, device=dev), prefills, decode)
+        meta = AttnMeta(torch.tensor(wrows, device=dev), prefills, decode,
+                        None if paged is None else paged_meta(paged, T, rpb, window, dev))
         hidden = self.model.forward(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta,
                                     self.kv.rows, self.kv.layer_offsets)
         rows, sampled = [], []
@@ -226,17 +235,22 @@ class Engine:
         outputs = []
         if sampled:
             logits = self.model.logits(hidden[torch.tensor(rows, device=dev)])
-            toks = sample(logits, [c.seq.params for c in sampled], [c.seq.generator for c in sampled])
+            seqs = [c.seq for c in sampled]
+            toks = sample(logits, [s.params for s in seqs], [s.generator for s in seqs],
+                          [(s.prompt, s.output) for s in seqs])
+            lps = logprobs(logits, toks, [s.params.logprobs for s in seqs])
             if self.record_logits:
                 self.last_logits = {c.seq.request_id: logits[i].cpu() for i, c in enumerate(sampled)}
         for c in chunks:
             c.seq.num_computed = c.start + c.n
-        for c, t in zip(sampled, toks if sampled else ()):
-            outputs.append(self._append(c.seq, t))
+        for c, t, lp in zip(sampled, toks if sampled else (), lps if sampled else ()):
+            outputs.append(self._append(c.seq, t, lp))
         return outputs
 
-    def _append(self, seq: Sequence, token: int) -> StepOutput:
+    def _append(self, seq: Sequence, token: int, lp: TokenLogprobs | None = None) -> StepOutput:
         seq.output.append(token)
+        if lp is not None:
+            seq.logprobs.append(lp)
         p = seq.params
         reason, stop_reason = None, None
         if token in p.stop_token_ids:
@@ -251,10 +265,11 @@ class Engine:
         return self._output(seq, seq.output[seq.num_reported:])
 
     def _output(self, seq: Sequence, new: list[int]) -> StepOutput:
+        lps = seq.logprobs[seq.num_reported:] if seq.params.logprobs is not None and new else None
         seq.num_reported = len(seq.output)
         done = seq.status == FINISHED
         return StepOutput(seq.request_id, list(new), done, seq.finish_reason if done else None, len(seq.prompt),
-                          len(seq.output), seq.stop_reason)
+                          len(seq.output), seq.stop_reason, lps)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[list[int]]:
         """Run prompts to completion (a convenience over add_request/step); returns each one's output ids."""

@@ -1,4 +1,5 @@
-"""The sampler (for warmserve.protocol.SamplingParams): greedy, temperature, top-k, top-p; seeded requests draw from their own generator.
+"""The sampler (for warmserve.protocol.SamplingParams): penalties, greedy, temperature, top-k, top-p; seeded
+requests draw from their own generator; log-probabilities of the chosen tokens and their top alternatives.
 
 A seeded request gives the same tokens whatever else is in its batch: its draws come from a generator only it
 uses, one draw per token.
@@ -6,9 +7,11 @@ uses, one draw per token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from warmserve.protocol import SamplingParams
+from warmserve.protocol import SamplingParams, TokenLogprobs
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -26,8 +29,34 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
-    """logits [B, V] float32 -> one token id per row."""
+def penalize(logits: torch.Tensor, p: SamplingParams, prompt: Sequence[int], output: Sequence[int]) -> torch.Tensor:
+    """One row of logits with p's penalties applied (a new tensor).
+
+    presence/frequency (OpenAI's definition): ``logit -= frequency * count_in_output + presence * (count > 0)``;
+    repetition (CTRL, as transformers and vLLM apply it): over tokens of the prompt and the output, positive
+    logits are divided by the penalty and negative ones multiplied, so > 1 always makes a seen token less likely.
+    """
+    logits = logits.clone()
+    vocab = logits.shape[-1]
+    if output and (p.presence_penalty or p.frequency_penalty):
+        counts = torch.bincount(torch.tensor(list(output), device=logits.device), minlength=vocab)[:vocab]
+        logits -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty * (counts > 0).to(logits.dtype)
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(prompt) | set(output)), dtype=torch.long, device=logits.device)
+        vals = logits[seen]
+        logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    return logits
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           histories: list[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[int]:
+    """logits [B, V] float32 -> one token id per row. histories: each row's (prompt, output) token ids, needed
+    only by rows with penalties."""
+    if histories is not None and any(p.penalized for p in params):
+        logits = logits.clone()
+        for i, p in enumerate(params):
+            if p.penalized:
+                logits[i] = penalize(logits[i], p, *histories[i])
     out = logits.argmax(dim=-1).tolist()
     for i, p in enumerate(params):
         if p.greedy:
@@ -35,4 +64,24 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
         row = filter_logits(logits[i].cpu() / p.temperature, p.top_k, p.top_p)  # CPU: generators live there
         probs = row.softmax(-1)
         out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
+    return out
+
+
+def logprobs(logits: torch.Tensor, tokens: list[int], tops: list[int | None]) -> list[TokenLogprobs | None]:
+    """Log-softmax of each row's raw logits (fp32) at its chosen token, and its ``tops[i]`` most likely tokens;
+    None for rows whose request asked for none (``tops[i] is None``)."""
+    want = [i for i, k in enumerate(tops) if k is not None]
+    out: list[TokenLogprobs | None] = [None] * len(tops)
+    if not want:
+        return out
+    lp = torch.log_softmax(logits[want].float(), dim=-1)
+    chosen = lp[torch.arange(len(want), device=lp.device), torch.tensor([tokens[i] for i in want], device=lp.device)]
+    kmax = max(tops[i] for i in want)
+    top_v, top_i = (lp.topk(kmax, dim=-1) if kmax else (None, None))
+    chosen = chosen.tolist()
+    top_v = top_v.tolist() if kmax else None
+    top_i = top_i.tolist() if kmax else None
+    for j, i in enumerate(want):
+        k = tops[i]
+        out[i] = TokenLogprobs(chosen[j], top_i[j][:k] if k else [], top_v[j][:k] if k else [])
     return out

@@ -37,6 +37,8 @@ class Sequence:
     preemptions: int = 0
     #: Tokens already reported to the caller.
     num_reported: int = 0
+    #: Log-probabilities of each output token, when params.logprobs asks for them (kept across preemption).
+    logprobs: list = field(default_factory=list)
 
     @property
     def tokens(self) -> list[int]:

@@ -11,8 +11,9 @@ C++ (``warmserve._C``, imported only here) does the mechanism; this package is i
   park and the slots (mremap), so none of them costs a page fault or a page-table teardown: about 0.2 ms per GiB
   each, where rebuilding 4 KiB page tables by faults costs hundreds of ms per GiB (kernels without mremap
   DONTUNMAP for shared mappings fall back to mmap from the memfd; ``stats()["moves_page_tables"]``). The
-  ``cuda`` backend uses the driver's virtual memory API (cuMemCreate per page at creation, cuMemMap per page and
-  one cuMemSetAccess per run) through a libcuda opened at run time; on a machine without one it raises
+  ``cuda`` backend uses the driver's virtual memory API (a few 1 GiB cuMemCreate allocations carved into pages,
+  one cuMemMap per run of adjacent pages, one cuMemSetAccess per map call) through a libcuda opened at run time,
+  and ``warmserve.memory.kernels`` holds the CUDA kernels (csrc/kernels); on a machine without one it raises
   BackendUnavailableError saying why. Pages are not zeroed when mapped: they hold what they held before.
 - ``pool.create_slot(reserve_bytes, tag)`` reserves a virtual range with nothing mapped (PROT_NONE on the host:
   reading an unmapped page is a clean fault, never stale data). ``map``/``unmap``/``grow``/``shrink`` edit page

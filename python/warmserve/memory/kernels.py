@@ -15,6 +15,14 @@ Attention kernels take one query row per (sequence, position): ``row_seq[i]`` is
 two vectors). The context is split into ``split_tokens`` pieces combined by a second kernel (flash-decoding), so
 one long sequence still spreads over the GPU. For CUDA-graph capture pass ``split_tokens`` and ``max_len``
 explicitly: the default derives the split from ``max_len``, and computing that from ``row_len`` syncs.
+
+CUDA graphs of the decode step (issue 13, item 2; designed, NOT implemented or run yet). Per batch-size bucket
+(1, 2, 4, ..., max_num_seqs), while the model is prewarmed: static input buffers (token ids, positions, write
+rows, PagedMeta with block tables of a fixed width = the slot's total KV blocks, row_len), max_len and
+split_tokens fixed at the bucket's context cap, one warm-up run on a side stream, then ``torch.cuda.graph``
+around Model.forward. Replaying needs only copies into the static buffers (padding rows write a scratch block).
+Graphs stay valid while KV blocks map and unmap because the slot's virtual addresses never move; a graph must
+be dropped before its slot closes. The graph pool's memory and the capture time are to be measured per bucket.
 """
 
 from __future__ import annotations

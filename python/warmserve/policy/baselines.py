@@ -168,8 +168,11 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
         hosted: list[list[str]] = [[] for _ in gs]
         load = [0.0] * len(gs)
         room = [0.8 * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
-        todo = sorted(((demand[m] / reps[m], m) for m in ms for _ in range(reps[m])), key=lambda x: (-x[0], x[1]))
-        for d, m in todo:
+        # every model's first replica before any model's extra ones, so extra replicas of a popular model never
+        # take the room a model needs for its only instance
+        todo = sorted(((k > 0, demand[m] / reps[m], m) for m in ms for k in range(reps[m])),
+                      key=lambda x: (x[0], -x[1], x[2]))
+        for _, d, m in todo:
             fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
                     and models[m].shard_bytes <= room[k]]
             if not fits:

@@ -369,7 +369,7 @@ class Policy:
             else:
                 self._starved_since.pop(m, None)
         have = {m: len(active[m]) for m in self.models}
-        for m in sorted(self.models):  # 1. revive: no start, no load, and the instance is warm
+        for m in sorted(self.models):  # 1. revive: it still runs, so there is nothing to start or load
             for inst in sorted(draining[m], key=lambda i: (-i.in_flight, i.instance_id)):
                 if have[m] >= want_out[m]:
                     break

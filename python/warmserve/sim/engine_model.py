@@ -22,8 +22,11 @@ grows the mapping from free GPU memory when a request needs it.
 capped at the policy's planning capacity B instead of the engine's limits, no token budget and a decode step that
 does not depend on the context (the paper's flat 15/20/30 ms).
 
+``--chunked-prefill-tokens N`` (vLLM --enable-chunked-prefill) replaces prefill iterations by engine steps of
+N tokens: the running batch's decode tokens first, prompt chunks (oldest first) in the rest.
+
 The interface the simulator uses is small (``add``, ``ready``, ``admit``, ``event``, ``remove``, ``retry_held``,
-``remap``), so a different engine model (vLLM-faithful admission and step times) can replace this one.
+``remap``, ``drop_requests``).
 """
 
 from __future__ import annotations
@@ -412,7 +415,8 @@ class BatchEngines:
                     self._advance(o, t)
                     o.slow = new
                     o.version += 1
-                    dt = self._span_s(o, o.running[0][0] - o.progress) if o.running else 0.0
+                    # a pending step boundary (``wake``) stays at t; otherwise the first finisher at the new pace
+                    dt = self._span_s(o, o.running[0][0] - o.progress) if o.running and not o.wake else 0.0
                     self.push(t + max(dt, 0.0), o)
                 else:
                     if o is inst and o.phase == DECODE:

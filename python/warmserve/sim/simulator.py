@@ -115,6 +115,10 @@ class Simulator:
         if config.engine_model not in ENGINE_MODELS:
             raise InvalidArgumentError(f"engine model {config.engine_model!r}: choose one of {ENGINE_MODELS}",
                                        engine_model=config.engine_model)
+        if config.chunked_prefill_tokens < 0:
+            raise InvalidArgumentError(f"chunked_prefill_tokens is {config.chunked_prefill_tokens}: tokens per "
+                                       f"engine step, or 0 for no chunked prefill",
+                                       chunked_prefill_tokens=config.chunked_prefill_tokens)
         # the earlier "fluid" model capped the batch at the policy's B; the vLLM-like one at the engine's limit
         default_batch = pcfg.instance_capacity if config.engine_model == "fluid" else self.cost.limits.max_running_seqs
         self.max_batch = config.max_num_seqs or default_batch

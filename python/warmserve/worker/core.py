@@ -381,6 +381,7 @@ class WorkerCore:
                     id=key[1], token_ids=list(out.token_ids), finished=bool(out.finished),
                     finish_reason=out.finish_reason if out.finished else None,
                     num_prompt_tokens=int(out.num_prompt_tokens), num_output_tokens=int(out.num_output_tokens),
+                    logprobs=out.logprobs or [],
                 ))
 
     # ------------------------------------------------------------------ helpers

@@ -50,6 +50,7 @@ class Peer:
         self.got: list = []
         self.silent = False
         self.hold_generate = False
+        self.hold_activate = False
         self.task = asyncio.get_running_loop().create_task(self.run())
         self.beats = asyncio.get_running_loop().create_task(self.beat())
 
@@ -80,7 +81,7 @@ class Peer:
                 else:
                     await self.send(P.Prewarmed(id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048,
                                                 load_s=0.0))
-            elif isinstance(msg, P.Activate):
+            elif isinstance(msg, P.Activate) and not self.hold_activate:
                 await self.send(P.Activated(id=msg.id, name=msg.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
             elif isinstance(msg, (P.Evict, P.Deactivate, P.SetKvTarget, P.Abort, P.Shutdown)):
                 await self.send(P.Ok(id=msg.id))
@@ -317,7 +318,6 @@ def test_stream_cut_by_a_lost_worker_ends_with_an_error_event_over_http(model):
             # a first request starts the instance; the next one streams one token and is then cut off
             await client.completions.create(model=MODEL, prompt="a", max_tokens=3)
             peer.hold_generate = True
-            stream = await client.completions.create(model=MODEL, prompt="b", max_tokens=3, stream=True)
 
             async def feed():
                 while not c.gpu_workers or not c.gpu_workers[0].gens:
@@ -326,7 +326,9 @@ def test_stream_cut_by_a_lost_worker_ends_with_an_error_event_over_http(model):
                 await peer.send(P.Tokens(id=gid, token_ids=[40]))
                 peer.silent = True
 
+            # the feeder first: the status (and so create()) waits for the first token
             feeder = asyncio.ensure_future(feed())
+            stream = await client.completions.create(model=MODEL, prompt="b", max_tokens=3, stream=True)
             got = []
             t0 = time.monotonic()
             with pytest.raises(openai.APIError, match="was lost.*retry"):
@@ -427,11 +429,12 @@ def test_client_that_goes_away_mid_stream_aborts_its_generation(model):
             body = {"model": MODEL, "prompt": "x", "max_tokens": 50}
             assert (await http.post("/v1/completions", json=body)).status == 200  # the instance is up
             peer.hold_generate = True
-            r = await http.post("/v1/completions", json={**body, "stream": True})
+            posted = asyncio.ensure_future(http.post("/v1/completions", json={**body, "stream": True}))
             while not c.gpu_workers[0].gens:
                 await asyncio.sleep(0.01)
             gid = next(iter(c.gpu_workers[0].gens))
             await peer.send(P.Tokens(id=gid, token_ids=[40]))
+            r = await posted  # the status comes with the first token
             await r.content.readline()
             r.close()  # the client hangs up
             await peer.send(P.Tokens(id=gid, token_ids=[41]))  # the next write finds the connection gone
@@ -498,5 +501,95 @@ def test_stopped_instance_weights_nobody_keeps_are_evicted(model):
         assert kinds.index("Deactivate") < kinds.index("Evict") and kinds.count("Evict") == 1
         await c.close(drain=False)
         peer.close()
+
+    run(main())
+
+
+def test_a_request_the_wire_cannot_carry_ends_and_leaves_nothing_in_flight(model):
+    """A token id beyond 64 bits cannot be encoded for the worker: the request fails with a 400-class error and
+    the instance's in-flight count goes back to 0 (it used to stay at 1 for ever, keeping the instance busy)."""
+    from warmserve.errors import InvalidArgumentError
+
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
+        with pytest.raises(InvalidArgumentError, match="cannot be sent to a worker") as e:
+            await collect(c.submit_nowait(MODEL, [2 ** 70], SamplingParams(max_tokens=3)))
+        assert e.value.http_status == 400
+        st = next(iter(c.state.instances.values()))
+        assert st.in_flight == 0 and not c.gpu_workers[0].gens and c._open_requests() == 0
+        assert c.metrics.requests.get(model=MODEL, outcome="error") == 1
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("fault", ["queue_timeout", "every_worker_lost"])
+def test_stream_that_fails_before_its_first_token_gets_a_real_status(model, fault):
+    """Nothing streamed yet: the client gets 504 (queue timeout) or 503 (every worker lost) with the OpenAI error
+    body, not a 200 followed by an SSE error event; nothing stays queued or in flight."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from warmserve.controller.api import Api
+
+    async def main():
+        c = make_controller(model, request_timeout_s=0.5)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        async with TestClient(TestServer(Api(c).app())) as http:
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True}
+            if fault == "queue_timeout":
+                peer.hold_activate = True  # the instance never comes up: the request waits in the queue
+            else:
+                peer.hold_generate = True
+
+                async def go_silent():
+                    while not c.gpu_workers or not c.gpu_workers[0].gens:
+                        await asyncio.sleep(0.01)
+                    peer.silent = True
+
+                silent = asyncio.ensure_future(go_silent())
+            r = await http.post("/v1/completions", json=body)
+            want = 504 if fault == "queue_timeout" else 503
+            assert r.status == want and r.content_type == "application/json"
+            err = (await r.json())["error"]
+            assert err["message"] and ("retry" in err["message"])
+            if fault == "every_worker_lost":
+                await silent
+                assert "every worker is lost" in err["message"]
+            assert c._open_requests() == 0 and all(st.in_flight == 0 for st in c.state.instances.values())
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_worker_socket_on_the_network_needs_curve_or_insecure(model):
+    """With no key directory the controller would admit any process as a worker: a non-loopback bind is refused
+    unless told insecure (then it binds, with a warning)."""
+    from warmserve.controller.workers import WorkerHub
+    from warmserve.security import InsecureBindError
+
+    def noop(*a):
+        pass
+
+    with pytest.raises(InsecureBindError, match="curve-dir"):
+        WorkerHub("tcp://0.0.0.0:0", on_hello=noop, on_event=noop, on_lost=noop)
+    hub = WorkerHub("tcp://0.0.0.0:0", on_hello=noop, on_event=noop, on_lost=noop, insecure=True)
+    assert hub.endpoint.startswith("tcp://0.0.0.0:")
+    hub.close()
+    hub = WorkerHub("tcp://127.0.0.1:0", on_hello=noop, on_event=noop, on_lost=noop)
+    hub.close()
+
+    async def main():
+        c = make_controller(model, bind="tcp://0.0.0.0:0")
+        with pytest.raises(InsecureBindError):
+            await c.start()
 
     run(main())

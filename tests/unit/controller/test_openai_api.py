@@ -39,7 +39,15 @@ def test_chat_max_completion_tokens_wins_and_parts():
     (body(model="m", prompt="x", max_tokens=0), "max_tokens"),
     (body(model="m", prompt="x", temperature=3), "temperature"),
     (body(model="m", prompt="x", top_p=0), "top_p"),
-    (body(model="m", prompt="x", n=2), "n"),
+    (body(model="m", prompt="x", n=17), "n"),
+    (body(model="m", prompt="x", n=0), "n"),
+    (body(model="m", prompt="x", logprobs=21), "logprobs"),
+    (body(model="m", prompt="x", frequency_penalty=2.5), "frequency_penalty"),
+    (body(model="m", prompt="x", repetition_penalty=0), "repetition_penalty"),
+    (body(model="m", prompt="x", logit_bias={"5": 10}), "logit_bias"),
+    (body(model="m", prompt="x", suffix="tail"), "suffix"),
+    (body(model="m", prompt="x", response_format={"type": "json_object"}), "response_format"),
+    (body(model="m", prompt="x", best_of=3), "best_of"),
     (body(model="m", prompt=["a", "b"]), "prompt"),
     (body(model="m", prompt="x", stop=["a", "b", "c", "d", "e"]), "stop"),
     (body(model="m", prompt="x", stop=[""]), "stop"),
@@ -55,6 +63,36 @@ def test_bad_completion_requests_are_400(raw, param):
     assert set(b["error"]) == {"message", "type", "param", "code"} and b["error"]["type"] == "invalid_request_error"
     if param:
         assert b["error"]["param"] == param
+
+
+@pytest.mark.parametrize("fields,param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "logprobs"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+])
+def test_unsupported_chat_fields_and_roles_are_400_naming_the_field(fields, param):
+    with pytest.raises(InvalidArgumentError) as e:
+        oa.parse_chat(body(**{"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}))
+    assert oa.error_from_exception(e.value)[1]["error"]["param"] == param
+
+
+def test_neutral_values_of_unsupported_fields_and_new_fields_pass():
+    req, s = oa.parse_chat(body(model="m", messages=[{"role": "developer", "content": "be brief"},
+                                                     {"role": "user", "content": "hi"}],
+                                tools=[], tool_choice="none", response_format={"type": "text"}, logit_bias={},
+                                logprobs=True, top_logprobs=5, n=3, presence_penalty=0.5, frequency_penalty=-0.5,
+                                repetition_penalty=1.2, stop_token_ids=[7], max_completion_tokens=9))
+    assert (s.logprobs, s.presence_penalty, s.frequency_penalty, s.repetition_penalty, s.stop_token_ids,
+            s.max_tokens, req.n) == (5, 0.5, -0.5, 1.2, (7,), 9, 3)
+    _, s = oa.parse_chat(body(model="m", messages=[{"role": "user", "content": "hi"}], logprobs=True))
+    assert s.logprobs == 0
+    _, s = oa.parse_completion(body(model="m", prompt="x", logprobs=0, echo=True))
+    assert s.logprobs == 0
 
 
 def test_bad_chat_requests_are_400():

@@ -77,3 +77,66 @@ def test_default_split_tokens():
     s = kernels.default_split_tokens(1, 8, 32768)  # one long sequence: split so 8 heads fill ~264 blocks
     assert 256 <= s and -(-32768 // s) == 33
     assert kernels.default_split_tokens(64, 32, 32768) == 32768  # a big batch fills the GPU unsplit
+
+
+def _contract_write_kv(cache, k, v, rows, k_off, v_off):
+    n = rows.shape[0]
+    cache[rows + k_off] = k.reshape(n, -1)
+    cache[rows + v_off] = v.reshape(n, -1)
+
+
+def _contract_paged_attention(q, cache, bt, row_seq, row_len, *, k_off, v_off, rows_per_block, block_tokens, scale,
+                              window=0, max_len=None, split_tokens=None):
+    """The kernels' contract (kernels.py) written plainly in torch, one query row at a time."""
+    assert max_len == int(row_len.max())
+    n_rows, heads, d = q.shape
+    kvh = cache.shape[1] // d
+    out = torch.empty_like(q)
+    for i in range(n_rows):
+        n = int(row_len[i])
+        pos = torch.arange(max(0, n - window) if window else 0, n)
+        r = bt[int(row_seq[i])].long()[pos // block_tokens] * rows_per_block + pos % block_tokens
+        kk = cache[r + k_off].view(-1, kvh, d).float().repeat_interleave(heads // kvh, 1)
+        vv = cache[r + v_off].view(-1, kvh, d).float().repeat_interleave(heads // kvh, 1)
+        w = torch.softmax(torch.einsum("lhd,hd->hl", kk, q[i].float()) * scale, -1)
+        out[i] = torch.einsum("hl,lhd->hd", w, vv).to(q.dtype)
+    return out
+
+
+@pytest.mark.parametrize("spec_name", ["gqa", "window"])
+def test_engine_kernel_wiring_against_contract(spec_name, tmp_path, monkeypatch):
+    """The engine's kernel path (PagedMeta built in Engine._run, attend's kernel branch) with the kernels replaced
+    by their contract in torch gives the torch path's tokens and logits: chunked prefill with cached context,
+    decodes, GQA, a sliding window. The kernels themselves meet the contract on a GPU (tests/gpu/test_kernels.py)."""
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
+    from warmserve.memory import PagePool
+
+    spec = {"gqa": DemoSpec("llama", 64, 128, 2, 4, 2, vocab_size=512),
+            "window": DemoSpec("mistral", 64, 128, 2, 4, 1, sliding_window=24, vocab_size=512)}[spec_name]
+    path = write_checkpoint(str(tmp_path), spec_name, config_dict(spec), tokenizer=build_tokenizer(512))
+    monkeypatch.setattr(kernels, "write_kv", _contract_write_kv)
+    monkeypatch.setattr(kernels, "paged_attention", _contract_paged_attention)
+    results = {}
+    with PagePool(256 << 20) as pool:
+        for use in (False, True):
+            lm = load_model(path, pool).wait()
+            eng = Engine(lm, max_batch_tokens=40)
+            eng.use_kernels = use
+            eng.record_logits = True
+            for i, n in enumerate((3, 30, 70)):
+                prompt = torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                eng.add_request(str(i), prompt, SamplingParams(max_tokens=5, ignore_eos=True))
+            toks, logits = {}, {}
+            while eng.has_unfinished():
+                for o in eng.step():
+                    toks.setdefault(o.request_id, []).extend(o.token_ids)
+                for rid, row in eng.last_logits.items():
+                    logits.setdefault(rid, []).append(row)
+                eng.last_logits = {}
+            eng.close()
+            lm.close()
+            results[use] = toks, {k: torch.stack(v) for k, v in logits.items()}
+    assert results[True][0] == results[False][0]
+    for rid, mine in results[True][1].items():
+        torch.testing.assert_close(mine, results[False][1][rid], atol=1e-4, rtol=1e-4)

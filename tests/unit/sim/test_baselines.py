@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from warmserve.policy.baselines import UnplacedModelError, plan_shared
+from warmserve.policy.baselines import SharedLayout, UnplacedModelError, plan_shared
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.presets import paper_preset
 from warmserve.sim.shared_search import score, workload_stats
@@ -13,19 +13,31 @@ from warmserve.sim.simulator import Simulator, simulate
 from warmserve.workload.request import Trace, Workload
 
 
-def _twelve():
-    p = paper_preset("conv", n_models=12, total_rate_rps=6.0, history_days=1)
+def _twelve(rate_rps=6.0, history_days=1):
+    p = paper_preset("conv", n_models=12, total_rate_rps=rate_rps, history_days=history_days)
     return p, p.build(1.0, 0)
 
 
-def test_default_shared_layout_raises_for_a_model_without_instance():
-    """12 models: two 70B copies do not fit one 4-GPU group, and the demand-proportional split gives the tp-4
-    class one group. Before the fix one 70B silently answered nothing; now the layout names it."""
+def test_default_shared_layout_gives_every_model_an_instance():
+    """12 models, two 70B copies: before the fix the second 70B's only replica found both 4-GPU groups full of
+    the first's replicas and silently got no instance (0 of its requests answered: the issue's
+    `warmserve simulate --preset paper-conv --models 12 --policy shared --seeds 0 --no-search`, 24 rps)."""
+    p, w = _twelve(24.0, 3)  # the preset's defaults
+    r = simulate(w, p.models, "shared", config=replace(p.config, shared_search=False))
+    for m, s in r.per_model.items():
+        assert s["requests"] == 0 or s["completed"] > 0, m
+    assert r.per_model["llama2-70b-b"]["completed"] > 0
+
+
+def test_a_layout_that_cannot_place_a_model_raises_naming_it():
     p, w = _twelve()
-    cfg = replace(p.config, shared_search=False)
-    with pytest.raises(UnplacedModelError) as e:
-        simulate(w, p.models, "shared", config=cfg)
-    assert "llama2-70b" in e.value.model and "more groups" in str(e.value)
+    sim = Simulator(w, p.models, "shared", config=replace(p.config, shared_search=False))
+    models = sim.policy.models
+    demand = {m: 1.0 for m in models}
+    order = sorted(models, key=lambda m: (-models[m].tp, m))
+    with pytest.raises(UnplacedModelError) as e:  # one 4-GPU group cannot hold two 70B shards
+        plan_shared(sim.state, models, order, demand, SharedLayout(((4, 1), (2, 2), (1, 8)), 2))
+    assert e.value.model == "llama2-70b-b" and "more groups" in str(e.value)
 
 
 def test_searched_shared_layout_serves_every_model_and_beats_the_default_score():

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Everything GPU-side of warmserve on one NVIDIA GPU (budget: under 8 minutes on one H100): build the package (the
+# cuda backend and the CUDA kernels), the nvcc compile check, tests/gpu (kernel numerics against the torch path,
+# graph replay, the cuda memory core, the engine against transformers), then the switch and engine benchmarks.
+# Writes machine.txt, build.log, tests-gpu.txt (+ .xml), switch-cuda.{json,txt,png}, engine-cuda.{json,txt,png},
+# switch-host.{json,txt} when time is left, and summary.txt into the results folder.
+#
+# Usage: bench/gpu.sh [RESULTS_DIR]   (default: $OUT, else bench/gpu-results)
+#   WARMSERVE_GPU_PARTS=build,tests,switch,engine   the parts to run (bench/switch/gpu.sh and bench/engine/gpu.sh
+#                                                   run a subset)
+# Offline: installs nothing from the network. What is missing is installed from wheels placed in bench/wheels/
+# (git-ignored: e.g. `pip download msgspec pyzmq ... -d bench/wheels` on a machine with network), and the script
+# says what it found missing and what is still missing after that.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS="${1:-${OUT:-bench/gpu-results}}"
+PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,engine},"
+BUDGET_S=${WARMSERVE_GPU_BUDGET_S:-470}
+WHEELS=bench/wheels
+mkdir -p "$RESULTS"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1 MPLBACKEND=Agg
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+start=$(date +%s)
+left() { echo $((BUDGET_S - ($(date +%s) - start))); }
+want() { [[ "$PARTS" == *",$1,"* ]]; }
+summary() { echo "$*" | tee -a "$RESULTS/summary.txt"; }
+: > "$RESULTS/summary.txt"
+machine=$($PY - <<'PY' 2>&1
+import platform
+import torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible to torch"
+print(f"{gpu}; torch {torch.__version__} (cuda {torch.version.cuda}); python {platform.python_version()}; "
+      f"{platform.platform()}")
+PY
+)
+{ echo "$machine"; nvidia-smi || echo "nvidia-smi: not found"; command -v nvcc && nvcc --version | tail -1; } \
+  > "$RESULTS/machine.txt" 2>&1
+summary "machine: $machine"
+
+# 0. Python packages: import name -> pip name. Build needs scikit-build-core and pybind11 (no build isolation:
+#    that would go to the network); the tests and benchmarks need the rest.
+missing() {
+  $PY - "$@" <<'PY'
+import importlib.util, sys
+need = {"scikit_build_core": "scikit-build-core", "pybind11": "pybind11", "numpy": "numpy", "msgspec": "msgspec",
+        "zmq": "pyzmq", "statsmodels": "statsmodels", "safetensors": "safetensors", "tokenizers": "tokenizers",
+        "aiohttp": "aiohttp", "yaml": "pyyaml", "matplotlib": "matplotlib", "tqdm": "tqdm", "pytest": "pytest",
+        "hypothesis": "hypothesis", "transformers": "transformers", "torch": "torch"}
+print(" ".join(p for m, p in need.items() if importlib.util.find_spec(m) is None))
+PY
+}
+miss=$(missing)
+if [ -n "$miss" ]; then
+  summary "missing python packages: $miss"
+  if ls "$WHEELS"/*.whl > /dev/null 2>&1; then
+    # shellcheck disable=SC2086
+    $PY -m pip install -q --no-index --find-links "$WHEELS" $miss > "$RESULTS/wheels.log" 2>&1 \
+      || summary "installing from $WHEELS failed for some (see wheels.log)"
+    miss=$(missing)
+    summary "still missing after $WHEELS: ${miss:-nothing}"
+  else
+    summary "no wheels in $WHEELS/: put wheels for the packages above there (pip download ... -d $WHEELS)"
+  fi
+else
+  summary "python packages: all present"
+fi
+
+# 1. Build: the cuda backend when cuda.h is found, the kernels when nvcc is (CUDACXX or PATH).
+if want build; then
+  command -v nvcc > /dev/null || export PATH="$CUDA_HOME/bin:$PATH"
+  t0=$(date +%s)
+  if timeout 240 $PY -m pip install --no-build-isolation --no-deps -e . > "$RESULTS/build.log" 2>&1; then
+    summary "build: OK in $(($(date +%s) - t0)) s"
+  else
+    summary "BUILD FAILED after $(($(date +%s) - t0)) s (see build.log):"
+    tail -30 "$RESULTS/build.log"
+    exit 1
+  fi
+  bench/gpu_compile_check.sh 2>&1 | tee -a "$RESULTS/summary.txt"
+fi
+$PY - <<'PY' 2>&1 | tee -a "$RESULTS/summary.txt"
+from warmserve.memory import cuda_compiled
+from warmserve.memory.kernels import kernels_available, kernels_compiled
+print("cuda backend compiled:", cuda_compiled(), "| kernels compiled:", kernels_compiled(),
+      "| kernels available:", kernels_available())
+PY
+
+# 2. tests/gpu, then the memory unit tests on this machine (a failure does not stop the run).
+if want tests; then
+  t0=$(date +%s)
+  timeout 200 $PY -m pytest -q -rP -p no:cacheprovider tests/gpu --junitxml="$RESULTS/tests-gpu.xml" \
+    > "$RESULTS/tests-gpu.txt" 2>&1
+  rc=$?
+  summary "tests/gpu: rc=$rc in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/tests-gpu.txt")"
+  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/tests-gpu.txt" | head -20 | tee -a "$RESULTS/summary.txt"
+fi
+
+# 3. Switching on the GPU: 1, 4 and 10 GiB of weights (the paper's goal: activation of 10 GB < 20 ms).
+if want switch; then
+  t0=$(date +%s)
+  timeout $(( $(left) > 200 ? 120 : 60 )) $PY -m warmserve bench switch --backend cuda --sizes-gib 1,4,10 \
+    --repeats 5 --json "$RESULTS/switch-cuda.json" --plot "$RESULTS/switch-cuda.png" > "$RESULTS/switch-cuda.txt" 2>&1
+  summary "bench switch (cuda): rc=$? in $(($(date +%s) - t0)) s"
+fi
+
+# 4. The engine with the cuda memory backend against transformers, in what is left (at least 60 s).
+if want engine; then
+  t0=$(date +%s)
+  budget=$(( $(left) - 40 ))
+  timeout $(( budget > 60 ? budget : 60 )) $PY -m warmserve bench engine --device cuda --threads 8 --repeats 2 \
+    --json "$RESULTS/engine-cuda.json" > "$RESULTS/engine-cuda.txt" 2>&1
+  summary "bench engine (cuda): rc=$? in $(($(date +%s) - t0)) s (124 = cut at the time budget)"
+fi
+
+# 5. The host backend on the same machine for comparison, if time is left.
+if want switch && [ "$(left)" -gt 30 ]; then
+  timeout $(( $(left) - 10 )) $PY -m warmserve bench switch --backend host --sizes-gib 0.25,1 --repeats 3 \
+    --json "$RESULTS/switch-host.json" > "$RESULTS/switch-host.txt" 2>&1
+  summary "bench switch (host): rc=$?"
+fi
+summary "done in $(($(date +%s) - start)) s; results in $RESULTS"

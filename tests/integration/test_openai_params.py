@@ -1,0 +1,245 @@
+"""Each OpenAI parameter warmserve implements (and the ones it refuses), with the official `openai` client against
+a real `warmserve serve` (CPU workers, the demo checkpoints), streaming and not. Numbers are checked against
+transformers' own implementation of the same fp32 checkpoint."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+
+from test_server import MODELS, _demo_paths, start_server, stop_server
+
+openai = pytest.importorskip("openai")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+MODEL = MODELS[0]  # llama-20m
+PROMPT_IDS = [5, 77, 301, 12, 9, 150, 4]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("params")
+    proc, url = start_server(tmp)
+    yield url, proc
+    stop_server(proc)
+    assert proc.returncode == 0, (tmp / "serve.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    transformers.logging.set_verbosity_error()
+    path = _demo_paths()[MODEL]
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    return model, tok
+
+
+def _hf_greedy(model, prompt, steps, adjust=None):
+    """Greedy continuation by transformers' logits, with ``adjust(logits, output)`` applied before argmax; returns
+    the ids and the log-softmax (of the raw logits) at each chosen token, and the raw log-softmax rows."""
+    seq, out, rows = list(prompt), [], []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(torch.tensor([seq])).logits[0, -1].float()
+        rows.append(torch.log_softmax(logits, -1))
+        pick = adjust(logits.clone(), out) if adjust else logits
+        t = int(pick.argmax())
+        out.append(t)
+        seq.append(t)
+    return out, rows
+
+
+def _greedy(extra_body=None, **kw):
+    return dict(model=MODEL, prompt=PROMPT_IDS, temperature=0, extra_body={"ignore_eos": True, **(extra_body or {})},
+                **kw)
+
+
+def test_completion_logprobs_equal_transformers_log_softmax(client, hf):
+    model, tok = hf
+    ids, rows = _hf_greedy(model, PROMPT_IDS, 6)
+    r = client.completions.create(**_greedy(max_tokens=6, logprobs=5))
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    assert lp.tokens == [tok.decode([t]) for t in ids]
+    ref = torch.stack([rows[i][t] for i, t in enumerate(ids)])
+    torch.testing.assert_close(torch.tensor(lp.token_logprobs), ref, atol=2e-4, rtol=1e-4)
+    for i, top in enumerate(lp.top_logprobs):
+        v, k = rows[i].topk(5)
+        want = {tok.decode([int(t)]): float(x) for t, x in zip(k, v)}
+        assert top.keys() == want.keys()
+        assert all(abs(top[s] - want[s]) < 2e-4 for s in want)
+    assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
+    # streamed: the same logprobs, spread over the chunks
+    chunks = list(client.completions.create(**_greedy(max_tokens=6, logprobs=5), stream=True))
+    streamed = [x for c in chunks for x in (c.choices[0].logprobs.token_logprobs if c.choices[0].logprobs else [])]
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+
+
+def test_chat_logprobs_and_top_logprobs_both_ways(client):
+    msgs = [{"role": "user", "content": "Count to three."}]
+    kw = dict(model=MODEL, messages=msgs, temperature=0, max_completion_tokens=5, logprobs=True, top_logprobs=3,
+              extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(**kw)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    for c in content:
+        assert c.logprob <= 0 and len(c.top_logprobs) == 3
+        assert c.top_logprobs[0].token == c.token and c.top_logprobs[0].logprob == pytest.approx(c.logprob)
+        assert bytes(c.bytes).decode() == c.token
+    assert "".join(c.token for c in content).strip() == r.choices[0].message.content.strip()
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = [x for ch in chunks if ch.choices and ch.choices[0].logprobs for x in ch.choices[0].logprobs.content]
+    assert [x.token for x in streamed] == [c.token for c in content]
+    assert [x.logprob for x in streamed] == pytest.approx([c.logprob for c in content], abs=1e-6)
+    plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3, logprobs=True)
+    assert all(c.top_logprobs == [] for c in plain.choices[0].logprobs.content)
+
+
+def test_n_choices_both_ways(client):
+    kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=1.0, seed=11, n=3,
+              extra_body={"ignore_eos": True})
+    r = client.completions.create(**kw)
+    assert sorted(c.index for c in r.choices) == [0, 1, 2]
+    assert r.usage.completion_tokens == 18
+    assert len({c.text for c in r.choices}) > 1  # each choice draws from its own seed
+    again = client.completions.create(**kw)
+    assert [c.text for c in again.choices] == [c.text for c in r.choices]
+    texts = {0: "", 1: "", 2: ""}
+    finished = set()
+    for ch in client.completions.create(**kw, stream=True):
+        for c in ch.choices:
+            texts[c.index] += c.text
+            if c.finish_reason:
+                finished.add(c.index)
+    assert finished == {0, 1, 2} and [texts[i] for i in range(3)] == [c.text for c in r.choices]
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2,
+                                          max_tokens=4, temperature=0)
+    assert [c.index for c in chat.choices] == [0, 1]
+    assert chat.choices[0].message.content == chat.choices[1].message.content  # greedy: the same answer
+
+
+def test_echo_both_ways(client):
+    r = client.completions.create(model=MODEL, prompt="The cat", max_tokens=4, temperature=0, echo=True)
+    plain = client.completions.create(model=MODEL, prompt="The cat", max_tokens=4, temperature=0)
+    assert r.choices[0].text == "The cat" + plain.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="The cat", max_tokens=4, temperature=0, echo=True, stream=True))
+    assert streamed == r.choices[0].text
+
+
+def _text_of(tok, ids):
+    return tok.decode(ids, skip_special_tokens=True)
+
+
+def test_presence_and_frequency_penalties_match_a_transformers_reference(client, hf):
+    model, tok = hf
+
+    def penalties(logits, out):
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=logits.shape[0]).float() \
+            if out else torch.zeros_like(logits)
+        return logits - 0.7 * counts - 1.3 * (counts > 0).float()
+
+    ids, _ = _hf_greedy(model, PROMPT_IDS, 8, penalties)
+    kw = _greedy(max_tokens=8, presence_penalty=1.3, frequency_penalty=0.7)
+    r = client.completions.create(**kw)
+    assert r.choices[0].text == _text_of(tok, ids)
+    assert "".join(c.choices[0].text for c in client.completions.create(**kw, stream=True)) == r.choices[0].text
+
+
+def test_repetition_penalty_matches_transformers_generate(client, hf):
+    model, tok = hf
+    ref = model.generate(torch.tensor([PROMPT_IDS]), attention_mask=torch.ones(1, len(PROMPT_IDS), dtype=torch.long),
+                         max_new_tokens=8, min_new_tokens=8, do_sample=False, repetition_penalty=1.8,
+                         eos_token_id=None, pad_token_id=0)[0, len(PROMPT_IDS):].tolist()
+    r = client.completions.create(model=MODEL, prompt=PROMPT_IDS, max_tokens=8, temperature=0,
+                                  extra_body={"ignore_eos": True, "repetition_penalty": 1.8})
+    assert r.choices[0].text == _text_of(tok, ref)
+
+
+def test_max_completion_tokens_and_stop_token_ids(client, hf):
+    model, tok = hf
+    ids, _ = _hf_greedy(model, PROMPT_IDS, 6)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "go"}], temperature=0,
+                                       max_completion_tokens=3, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
+    stop_at = ids[2]
+    want = ids[:ids.index(stop_at) + 1]
+    for stream in (False, True):
+        out = client.completions.create(**_greedy(max_tokens=6, extra_body={"stop_token_ids": [stop_at]}),
+                                        stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}))
+        if stream:
+            chunks = list(out)
+            assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+            assert chunks[-1].usage.completion_tokens == len(want)
+        else:
+            assert out.choices[0].finish_reason == "stop" and out.usage.completion_tokens == len(want)
+
+
+@pytest.mark.parametrize("fields,param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages"),
+])
+def test_unsupported_parameters_are_400_naming_them(client, fields, param):
+    kw = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **fields}
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**kw, stream=stream)
+        assert e.value.body["param"] == param and param in e.value.body["message"]
+
+
+def test_metrics_parse_and_count_outcomes_and_rejections(client, server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape():
+        with urllib.request.urlopen(server[0] + "/metrics", timeout=30) as r:
+            return list(text_string_to_metric_families(r.read().decode()))
+
+    def total(fams, name, **labels):
+        return sum(s.value for f in fams for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == str(v) for k, v in labels.items()))
+
+    before = scrape()
+    base = client.completions.create(model=MODEL, prompt="a b c", max_tokens=8, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    stop = base.choices[0].text.strip()[1:2] or base.choices[0].text[-1]
+    cut = client.completions.create(model=MODEL, prompt="a b c", max_tokens=8, temperature=0, stop=[stop],
+                                    extra_body={"ignore_eos": True})
+    assert cut.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="x", logit_bias={"1": 1})
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+    # The stop string's request is counted when its worker confirms the abort the text stream sent: wait for it.
+    deadline = time.monotonic() + 20
+    while True:
+        after = scrape()
+        ended = sum(total(after, "warmserve_requests_total", model=MODEL, outcome=o)
+                    - total(before, "warmserve_requests_total", model=MODEL, outcome=o) for o in ("stop", "abort"))
+        if ended >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for fam in after:
+        assert fam.type in ("counter", "gauge", "histogram"), fam.name
+    d = lambda name, **lab: total(after, name, **lab) - total(before, name, **lab)  # noqa: E731
+    assert d("warmserve_requests_total", model=MODEL, outcome="length") == 1
+    assert d("warmserve_requests_total", model=MODEL, outcome="stop") == 1
+    assert d("warmserve_requests_total", model=MODEL, outcome="abort") == 0
+    assert d("warmserve_rejected_requests_total", status=400) == 1
+    assert d("warmserve_rejected_requests_total", status=404) == 1
+    assert d("warmserve_prompt_tokens_total", model=MODEL) > 0
+    assert d("warmserve_generation_tokens_total", model=MODEL) >= 8
+    assert d("warmserve_request_seconds_count", model=MODEL, outcome="stop") == 1
+    usage = [s for f in after for s in f.samples if s.name == "warmserve_kv_cache_usage_ratio"]
+    assert usage and all(0.0 <= s.value <= 1.0 for s in usage)
+    assert {s.labels["worker"] for s in usage} and all("model" in s.labels for s in usage)

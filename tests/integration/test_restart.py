@@ -1,0 +1,113 @@
+"""`warmserve serve` under faults seen from outside: a local worker SIGKILLed is restarted and the cluster returns
+to full capacity; a client that hangs up on a non-streaming request has its generation aborted."""
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.parse
+
+import pytest
+
+import serving
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("restart")
+    proc, url = serving.start(tmp)
+    yield url, proc, tmp
+    rc = serving.stop(proc)
+    assert rc == 0, (tmp / "serve.log").read_text()[-3000:]
+
+
+def _ask(url: str, model: str, prompt: str, max_tokens: int = 4):
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+    return client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
+
+
+def test_a_killed_local_worker_is_restarted_and_the_cluster_is_back_to_full_capacity(server):
+    url, proc, tmp = server
+    for m in serving.MODELS:
+        assert _ask(url, m, "warm up").usage.completion_tokens >= 1
+    _, before = serving.get_json(url + "/stats")
+    assert sum(w["ready"] for w in before["workers"]) == 2
+    pids = serving.worker_pids(proc.pid)
+    assert len(pids) == 2, pids
+    os.kill(pids[0], signal.SIGKILL)
+    t_kill = time.monotonic()
+
+    # Requests keep being answered while it is away (on the survivor) and once it is back.
+    answered = 0
+    deadline = t_kill + 60
+    back = False
+    while time.monotonic() < deadline:
+        answered += _ask(url, serving.MODELS[answered % 2], f"still there {answered}").usage.completion_tokens >= 1
+        _, st = serving.get_json(url + "/stats")
+        ready = [w for w in st["workers"] if w["ready"]]
+        # /stats lists live workers only: the dead one is gone, its restart joined under the same id.
+        if len(st["workers"]) == 2 and len(ready) == 2 and all(w["alive"] for w in st["workers"]):
+            back = True
+            break
+        time.sleep(0.2)
+    assert back, (tmp / "serve.log").read_text()[-3000:]
+    assert time.monotonic() - t_kill < 60 and answered >= 1
+    new_pids = serving.worker_pids(proc.pid)
+    assert len(new_pids) == 2 and pids[0] not in new_pids and pids[1] in new_pids
+    _, st = serving.get_json(url + "/stats")
+    gone = {w["gpu_id"] for w in before["workers"]} - {w["gpu_id"] for w in st["workers"]}
+    assert len(gone) == 1, "the restarted worker is a new GPU; the dead one's id is not reused"
+    _, health = serving.get_json(url + "/health")
+    assert health["ok"] and health["workers"] == 2
+    # Both workers serve again: enough concurrent requests that the policy may use either; all are answered.
+    for m in serving.MODELS:
+        assert _ask(url, m, "after the restart").usage.completion_tokens >= 1
+    lost = [v for (name, _), v in serving.metrics(url).items() if name.startswith("warmserve_workers_lost")]
+    assert lost and max(lost) >= 1
+    assert serving.wait_idle(url) == []
+
+
+def _raw_post(url: str, body: dict) -> socket.socket:
+    u = urllib.parse.urlparse(url)
+    data = json.dumps(body).encode()
+    s = socket.create_connection((u.hostname, u.port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return s
+
+
+def _in_flight(url: str) -> int:
+    _, st = serving.get_json(url + "/stats")
+    return sum(i["in_flight"] for i in st["instances"])
+
+
+def test_a_non_streaming_client_that_hangs_up_has_its_generation_aborted(server):
+    """A long non-streaming generation (about 1,000 tokens, many seconds on one CPU thread) whose client closes
+    its connection leaves the instance within a couple of seconds instead of running to the end."""
+    url, _, _ = server
+    model = serving.MODELS[0]
+    _ask(url, model, "warm up")
+    body = {"model": model, "prompt": "go on and on", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
+    s = _raw_post(url, body)
+    deadline = time.monotonic() + 30
+    while _in_flight(url) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _in_flight(url) == 1
+    time.sleep(1.0)  # it is generating
+    s.close()
+    t_close = time.monotonic()
+    while _in_flight(url) and time.monotonic() - t_close < 5:
+        time.sleep(0.05)
+    gone_after_s = time.monotonic() - t_close
+    assert _in_flight(url) == 0, "the abandoned generation still runs"
+    assert gone_after_s < 3.0
+    # A control: the same request with the client waiting takes far longer than that (it was really aborted).
+    t0 = time.monotonic()
+    out = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120).completions.create(
+        model=model, prompt="go on and on", max_tokens=300, temperature=0, extra_body={"ignore_eos": True})
+    assert out.usage.completion_tokens == 300
+    assert (time.monotonic() - t0) * 1000 / 300 > gone_after_s
+    assert serving.wait_idle(url) == []

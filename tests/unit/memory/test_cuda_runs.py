@@ -1,0 +1,96 @@
+"""The cuda backend's mapping bookkeeping (csrc/cuda_backend.cpp: pages carved from large allocations, one
+cuMemMap per run, runs cut and mapped again on a partial unmap) run on the host against csrc/testing/
+fake_libcuda.c, a stand-in libcuda that enforces the driver rules the backend relies on (cuMemUnmap takes exactly
+one mapped range; no range mapped twice; cuMemSetAccess only over mapped pages). The real driver runs the same
+paths in tests/gpu/test_memory.py; this one runs where there is no GPU, in a subprocess (libcuda is dlopened
+once per process)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from warmserve.memory import cuda_compiled
+
+ROOT = Path(__file__).resolve().parents[3]
+CUDA_H = next((d for d in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda")
+               if d and (Path(d) / "include" / "cuda.h").exists()), None)
+pytestmark = pytest.mark.skipif(not cuda_compiled() or CUDA_H is None or shutil.which("cc") is None,
+                                reason="needs the cuda backend compiled in, cuda.h and a C compiler")
+
+SCENARIO = textwrap.dedent("""
+    import ctypes
+    from warmserve.errors import InvalidArgumentError
+    from warmserve.memory import PagePool
+    fake = ctypes.CDLL("libcuda.so.1")  # the same library the backend dlopens
+    fake.fake_cuda_stat.restype = ctypes.c_long
+    MAPS, MAP_CALLS, UNMAP_CALLS, ACCESS_CALLS, CREATE_CALLS = range(5)
+    st = fake.fake_cuda_stat
+    PB = 64 << 10
+
+    pool = PagePool(32 * PB, backend="cuda", page_bytes=PB)
+    assert st(CREATE_CALLS) == 1, st(CREATE_CALLS)  # 32 pages carved from one allocation
+    s = pool.create_slot(16 * PB, "s")
+    base = s.base_address
+    m0, a0 = st(MAP_CALLS), st(ACCESS_CALLS)
+    s.map(0, 8)
+    assert (st(MAP_CALLS) - m0, st(ACCESS_CALLS) - a0, st(MAPS)) == (1, 1, 1)  # one run, one access call
+    for i in range(8):
+        ctypes.memset(base + i * PB, i + 1, PB)
+
+    s.unmap(3, 2)  # cuts the run: it goes whole, [0,3) and [5,8) are mapped again with their contents
+    assert s.mapped_ranges() == [(0, 3), (5, 3)], s.mapped_ranges()
+    assert st(MAPS) == 2
+    for i in (0, 1, 2, 5, 6, 7):
+        assert ctypes.string_at(base + i * PB, PB) == bytes([i + 1]) * PB, i
+    s.map(3, 2)
+    assert st(MAPS) == 3 and s.physical_pages(0, 8) == list(range(8))
+
+    t = pool.create_slot(16 * PB, "t")
+    u0 = st(UNMAP_CALLS)
+    s.move_pages(0, 8, t, 4)  # adjacent physical pages: one run at the destination; the 3 source runs go
+    assert st(UNMAP_CALLS) - u0 == 3 and st(MAPS) == 1, (st(UNMAP_CALLS) - u0, st(MAPS))
+    assert t.physical_pages(4, 8) == list(range(8)) and s.mapped_ranges() == []
+    for i in (0, 1, 2, 5, 6, 7):
+        assert ctypes.string_at(t.base_address + (4 + i) * PB, PB) == bytes([i + 1]) * PB, i
+
+    t.shrink(1)  # the highest page: cuts the run again
+    assert t.mapped_ranges() == [(4, 7)] and st(MAPS) == 1
+    t.move_pages(6, 2, s, 0)  # the middle of a run moves: three runs remain (two at t, one at s)
+    assert st(MAPS) == 3 and t.mapped_ranges() == [(4, 2), (8, 3)] and s.mapped_ranges() == [(0, 2)]
+    assert ctypes.string_at(s.base_address, PB) == bytes([3]) * PB
+    t.close(force=False)
+    s.close(force=False)
+    assert st(MAPS) == 0 and pool.free_pages == 32
+    pool.close()
+
+    # Pages from two allocations (1 GiB each at most): a run never crosses one; memfds are sparse, so the 2 GiB
+    # costs nothing.
+    big = PagePool(2 << 30, backend="cuda", page_bytes=PB)
+    per_chunk = (1 << 30) // PB
+    assert st(CREATE_CALLS) == 3
+    w = big.create_slot(per_chunk * PB + 4 * PB, "w")
+    m0 = st(MAP_CALLS)
+    w.map(per_chunk - 2, 4)  # pool pages 0..3 come first: one run
+    w.map(0, per_chunk - 2)
+    w.map(per_chunk + 2, 2)  # pool pages per_chunk-2 .. per_chunk+1: split at the allocation boundary
+    assert st(MAP_CALLS) - m0 == 4 and st(MAPS) == 4, (st(MAP_CALLS) - m0, st(MAPS))
+    w.close(force=False)
+    big.close()
+    assert st(MAPS) == 0
+    print("fake driver scenario OK")
+""")
+
+
+def test_runs_on_fake_driver(tmp_path):
+    lib = tmp_path / "libcuda.so.1"
+    subprocess.run(["cc", "-std=c11", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{CUDA_H}/include",
+                    str(ROOT / "csrc/testing/fake_libcuda.c"), "-o", str(lib)], check=True)
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    r = subprocess.run([sys.executable, "-c", SCENARIO], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fake driver scenario OK" in r.stdout

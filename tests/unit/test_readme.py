@@ -1,0 +1,23 @@
+"""The README is the front door: its config example must load as it is written."""
+
+from __future__ import annotations
+
+import pathlib
+
+from warmserve.config import load_config
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_config_example_loads(tmp_path):
+    text = README.read_text()
+    start = text.index("```toml") + len("```toml")
+    block = text[start:text.index("```", start)]
+    path = tmp_path / "cluster.toml"
+    path.write_text(block)
+    cfg = load_config(str(path))
+    assert cfg.controller.policy == "warmserve"
+    assert cfg.controller.policy_config.window_s == 300
+    assert cfg.controller.policy_config.instance_capacity == 32
+    assert cfg.engine.max_batch_tokens == 2048
+    assert [m.name for m in cfg.models] == ["llama-20m", "qwen"]
