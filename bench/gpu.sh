@@ -2,8 +2,9 @@
 # Everything GPU-side of warmserve on one NVIDIA GPU (budget: under 8 minutes on one H100): build the package (the
 # cuda backend and the CUDA kernels), the nvcc compile check, tests/gpu (kernel numerics against the torch path,
 # graph replay, the cuda memory core, the engine against transformers), then the switch and engine benchmarks.
-# Writes machine.txt, build.log, tests-gpu.txt (+ .xml), switch-cuda.{json,txt,png}, engine-cuda.{json,txt,png},
-# switch-host.{json,txt} when time is left, and summary.txt into the results folder.
+# Writes machine.txt, build.log, tests-gpu.txt (+ .xml), kernels.{json,txt,png} (bench/gpu_kernels.py),
+# switch-cuda.{json,txt,png}, engine-cuda.{json,txt,png}, switch-host.{json,txt} when time is left, and
+# summary.txt into the results folder.
 #
 # Usage: bench/gpu.sh [RESULTS_DIR]   (default: $OUT, else bench/gpu-results)
 #   WARMSERVE_GPU_PARTS=build,tests,switch,engine   the parts to run (bench/switch/gpu.sh and bench/engine/gpu.sh
@@ -96,7 +97,14 @@ if want tests; then
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/tests-gpu.txt" | head -20 | tee -a "$RESULTS/summary.txt"
 fi
 
-# 3. Switching on the GPU: 1, 4 and 10 GiB of weights (the paper's goal: activation of 10 GB < 20 ms).
+# 3. The kernels against the torch path (decode attention, block copies): bench/gpu_kernels.py, ~30 s.
+if want tests; then
+  t0=$(date +%s)
+  timeout 120 $PY bench/gpu_kernels.py "$RESULTS/kernels" > "$RESULTS/kernels.log" 2>&1
+  summary "bench kernels: rc=$? in $(($(date +%s) - t0)) s (kernels.{json,txt,png})"
+fi
+
+# 3b. Switching on the GPU: 1, 4 and 10 GiB of weights (the paper's goal: activation of 10 GB < 20 ms).
 if want switch; then
   t0=$(date +%s)
   timeout $(( $(left) > 200 ? 120 : 60 )) $PY -m warmserve bench switch --backend cuda --sizes-gib 1,4,10 \

@@ -36,6 +36,20 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _group_usage(group: str) -> str:
+    lines = [f"usage: warmserve {group} SUBCOMMAND [options]", "", "subcommands:"]
+    for words, (_, help_) in COMMANDS.items():
+        if words[0] == group and len(words) > 1:
+            lines.append(f"  {' '.join(words[1:]):<18} {help_}")
+    lines.append("")
+    lines.append(f"`warmserve {group} SUBCOMMAND --help` shows a subcommand's options.")
+    return "\n".join(lines)
+
+
+#: First words of commands that take a second word (``warmserve bench switch``): alone, they list their commands.
+GROUPS = sorted({words[0] for words in COMMANDS if len(words) > 1})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for n in (2, 1):
@@ -44,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             module_name, help_ = COMMANDS[words]
             break
     else:
+        if argv and argv[0] in GROUPS:
+            rest = argv[1:]
+            if not rest or rest[0] in ("-h", "--help"):
+                print(_group_usage(argv[0]))
+                return 0
+            print(f"warmserve: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
+            print(_group_usage(argv[0]), file=sys.stderr)
+            return 2
         if argv and argv[0] not in ("-h", "--help"):
             print(f"warmserve: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
             print(_usage(), file=sys.stderr)

@@ -77,9 +77,16 @@ def test_kill_worker_under_load(cluster):
     assert out.completion_tokens >= 1
     assert asyncio.run(cluster.agenerate(MODEL, "and from asyncio?", max_tokens=2)).completion_tokens >= 1
     stats = cluster.stats()
-    survivors = [w for w in stats["workers"] if w["alive"]]
+    survivors = [w for w in stats["workers"] if w["alive"] and w["worker_id"] != victim.worker_id]
     assert len(survivors) == 1
     assert ctl.metrics.workers_lost.get() == 1
+    # The killed (local) worker is started again under its id and joins as a new GPU: full capacity.
+    deadline = time.monotonic() + BOUND_S
+    while sum(w["ready"] for w in cluster.stats()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = cluster.stats()["workers"]
+    assert len(workers) == 2 and all(w["ready"] for w in workers), workers
+    assert victim.gpu_id not in {w["gpu_id"] for w in workers}
 
     # No leaked pages: once idle, every page the survivor's pool has handed out belongs to a model's weights
     # or to a running instance's mapped KV cache.

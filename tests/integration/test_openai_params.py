@@ -23,7 +23,7 @@ PROMPT_IDS = [5, 77, 301, 12, 9, 150, 4]
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("params")
     proc, url = start_server(tmp)
-    yield url, proc
+    yield url, proc, tmp
     stop_server(proc)
     assert proc.returncode == 0, (tmp / "serve.log").read_text()[-3000:]
 
@@ -243,3 +243,17 @@ def test_metrics_parse_and_count_outcomes_and_rejections(client, server):
     usage = [s for f in after for s in f.samples if s.name == "warmserve_kv_cache_usage_ratio"]
     assert usage and all(0.0 <= s.value <= 1.0 for s in usage)
     assert {s.labels["worker"] for s in usage} and all("model" in s.labels for s in usage)
+
+
+def test_serve_says_what_it_does_and_when_it_is_ready(server, client):
+    url, _, tmp = server
+    client.models.list()
+    log = (tmp / "serve.log").read_text()
+    assert "warmserve serve: starting workers and loading 2 model(s): " in log
+    ready = [line for line in log.splitlines() if "warmserve serve: ready: OpenAI API at " in line]
+    assert len(ready) == 1 and f"{url}/v1 " in ready[0]
+    # each worker's first line names the worker itself (host, pid), not only the controller it dials
+    logs = [f.read_text() for f in (tmp / "logs").iterdir() if f.is_file()]
+    lines = [line for text in logs for line in text.splitlines() if line.startswith("warmserve worker ")]
+    assert len(lines) == 2 and all(", connecting to the controller at tcp://" in x and " on host " in x
+                                   for x in lines), lines

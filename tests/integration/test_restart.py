@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import time
+import urllib.error
 import urllib.parse
 
 import pytest
@@ -111,3 +112,45 @@ def test_a_non_streaming_client_that_hangs_up_has_its_generation_aborted(server)
     assert out.usage.completion_tokens == 300
     assert (time.monotonic() - t0) * 1000 / 300 > gone_after_s
     assert serving.wait_idle(url) == []
+
+
+def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
+    """A 15 MB text prompt, a 4 MB chat message and 2.5 million token ids (each under the 16 MiB body limit):
+    each is a 400 within seconds (by size, before or without tokenising), and /health answers meanwhile."""
+    import threading
+    import urllib.request
+
+    url, _, _ = server
+    model = serving.MODELS[0]
+    bodies = [
+        ("/v1/completions", {"model": model, "prompt": "word " * (3 << 20), "max_tokens": 4}),
+        ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "w" * (4 << 20)}]}),
+        ("/v1/completions", {"model": model, "prompt": [7] * 2_500_000, "max_tokens": 4}),
+    ]
+    slowest = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            t = time.monotonic()
+            status = serving.get_json(url + "/health")[0]
+            slowest.append((time.monotonic() - t, status))  # checked on the test's thread
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for path, body in bodies:
+            data = json.dumps(body).encode()
+            assert len(data) < 16 << 20
+            t0 = time.monotonic()
+            req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=60)
+            took = time.monotonic() - t0
+            assert e.value.code == 400 and "context" in json.loads(e.value.read())["error"]["message"]
+            assert took < 3.0, (path, took)
+    finally:
+        done.set()
+        watcher.join()
+    assert slowest and max(slowest)[0] < 1.0 and {st for _, st in slowest} == {200}, max(slowest)

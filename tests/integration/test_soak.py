@@ -180,5 +180,7 @@ def test_soak_mixed_traffic_disconnects_and_a_killed_worker(server):
     assert serving.wait_idle(url, timeout_s=max(5.0, deadline - time.monotonic())) == []
     _, health = serving.get_json(url + "/health")
     assert health["ok"] and health["workers"] == 2
+    lost = [v for (name, _), v in serving.metrics(url).items() if name.startswith("warmserve_workers_lost")]
+    assert lost and max(lost) == 1, "exactly the one killed worker was lost (none declared lost while busy)"
     assert time.monotonic() - t_start < 110, "the soak overran its bound"
     print(f"soak: {len(results)} requests, {dict(tally)}, worker {killed['pid']} killed at {killed['at']:.1f} s")

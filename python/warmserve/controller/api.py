@@ -78,8 +78,8 @@ class Api:
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug: the client still gets an OpenAI-shaped 500, the log gets the trace
-            log.exception("%s %s failed (request %s)", request.method, request.path,
-                          request[_INFO].get("id") or "-")
+            rid = request[_INFO].setdefault("id", oa.new_id("req"))
+            log.exception("%s %s failed (request %s)", request.method, request.path, rid)
             resp = _error(e)
         self._log(request, resp)
         return resp

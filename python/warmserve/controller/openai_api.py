@@ -179,6 +179,9 @@ def _sampling(req, max_tokens: int | None, logprobs: int | None) -> SamplingPara
 def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
     req = _decode(body, CompletionRequest)
     req.prompt = _one_prompt(req.prompt)
+    if req.echo and req.logprobs is not None:
+        raise _bad("echo with logprobs asks for the prompt tokens' logprobs, which this server does not compute: "
+                   "send echo or logprobs, not both", "echo")
     return req, _sampling(req, req.max_tokens, req.logprobs)
 
 

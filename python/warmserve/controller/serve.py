@@ -57,7 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow a non-loopback --bind without --curve-dir (any host that reaches it can join as a "
                         "worker); for trusted networks only")
     p.add_argument("--log-dir", default=None, help="write each local worker's log here")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                   help="what goes to stderr (default INFO): INFO has one access-log line per HTTP request "
+                        "(logger warmserve.access: method, path, model, status, prompt and completion tokens, TTFT, "
+                        "total time, request id) and worker joins and losses; WARNING keeps errors and problems only. "
+                        "Start-up progress is printed whatever the level")
 
 
 def build_config(args) -> ClusterConfig:
@@ -141,8 +146,12 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -
     from warmserve.controller.api import Api
     from warmserve.controller.launch import start_cluster, with_defaults
 
+    if not cfg.models:
+        _say("no models named (--model, --config): writing the demo checkpoints if absent (first run: ~20 s)")
     cfg = with_defaults(cfg)
     history = read_history(cfg.controller.history_path) if cfg.controller.history_path else None
+    _say(f"starting workers and loading {len(cfg.models)} model(s): "
+         f"{', '.join(m.name or os.path.basename(m.path.rstrip('/')) for m in cfg.models)}")
     controller = await start_cluster(cfg, history=history, log_dir=log_dir)
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests)
     # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation
@@ -170,6 +179,8 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -
     # One machine-readable line: scripts and tests wait for it instead of sleeping.
     print(json.dumps({"serving": f"http://{cfg.server.host}:{port}", "workers_endpoint": controller.hub.endpoint,
                       "models": controller.model_names()}), flush=True)
+    _say(f"ready: OpenAI API at http://{cfg.server.host}:{port}/v1 serving {', '.join(controller.model_names())} "
+         f"(metrics at /metrics); Ctrl-C stops")
     if ready is not None:
         ready(port, controller)
     await stop.wait()
@@ -178,8 +189,13 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -
     await runner.cleanup()
 
 
+def _say(what: str) -> None:
+    """A start-up progress line for the person who ran `warmserve serve` (stderr: stdout is the JSON line)."""
+    print(f"warmserve serve: {what}", file=sys.stderr, flush=True)
+
+
 def main(args) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     from warmserve.errors import WarmServeError
 

@@ -70,6 +70,10 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     #: Beginning-of-sequence token id, -1 when none.
     bos_token_id: int = -1
+    #: Tensor-parallel ranks the model is split across. Above 1 this config describes one rank's shard
+    #: (engine/parallel.py shard_config): num_heads, num_kv_heads and intermediate_size count that rank's share;
+    #: the vocabulary and every other field stay the model's.
+    tp: int = 1
     #: The raw config.json, for callers who need a field not parsed here.
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -85,6 +89,7 @@ class ModelConfig:
         return dict(self.rope_params).get(key, default)
 
     def num_params(self) -> int:
+        """Parameters of the model (of one rank's matrices when tp > 1, with the whole vocabulary)."""
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
         per_layer = h * (self.q_size + 2 * self.kv_size) + self.q_size * h + 3 * h * i + 2 * h
         return v * h * (1 if self.tie_word_embeddings else 2) + self.num_layers * per_layer + h

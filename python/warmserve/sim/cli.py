@@ -2,6 +2,7 @@
 
     warmserve simulate --preset paper-conv --json out.json --plot ttft.png
     warmserve simulate --policy warmserve,autoscale --workload servegen --models 32 --gpus 64 --duration-s 3600
+    warmserve simulate --preset artifact-code --sweep-rate 0.25,0.5,1,2,4 --json sweep.json --plot sweep.png
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import sys
 import time
 from dataclasses import replace
 
+from warmserve.errors import InvalidArgumentError
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.sim.config import SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.plot import plot_ttft_cdf
-from warmserve.sim.presets import Preset, paper_preset, scale_preset
-from warmserve.sim.runner import max_rate_under_slo, policy_names, run_once
+from warmserve.sim.presets import ARTIFACT_ALPHA, PAPER_ALPHA, Preset, artifact_preset, paper_preset, scale_preset
+from warmserve.sim.runner import max_rate_under_slo, policy_names, rate_sweep, run_once
+
+PRESET_NAMES = ("paper-conv", "paper-code", "artifact-conv", "artifact-code", "scale")
 
 
 def add_arguments(p):
@@ -26,9 +30,10 @@ def add_arguments(p):
                    help="comma-separated policies (default: all): " + ", ".join(POLICY_NAMES))
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a PolicyConfig field for every policy (repeatable), e.g. instance_capacity=16")
-    p.add_argument("--preset", choices=("paper-conv", "paper-code", "scale"), default=None,
-                   help="paper-conv/paper-code: the paper's experiment (2x8 GPUs, Llama-2 7B/13B/70B copies, "
-                        "Azure trace, power-law split); scale: --gpus x --models under --workload")
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="paper-conv/paper-code: the paper's experiment (2x8 GPUs, 7 Llama-2 7B/13B/70B copies, "
+                        "Azure trace, power-law split, alpha 1); artifact-conv/artifact-code: the authors' released "
+                        "setup (4 models: 7B x2, 13B, 70B; alpha 0.5); scale: --gpus x --models under --workload")
     p.add_argument("--workload", default="paper-conv",
                    help="paper-conv | paper-code (Azure 2023, the paper's recipe) | servegen (when no --preset)")
     p.add_argument("--models", type=int, default=None, help="number of models (default: 7 for paper presets)")
@@ -49,7 +54,9 @@ def add_arguments(p):
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the request rate")
     p.add_argument("--time-scale", type=float, default=1.0, help="stretch (>1) or compress (<1) time")
     p.add_argument("--burst-cv", type=float, default=None, help="re-draw inter-arrivals from a Gamma with this CV")
-    p.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of the per-model rate split")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"power-law exponent of the per-model rate split (default: {PAPER_ALPHA:g} for paper "
+                        f"presets, {ARTIFACT_ALPHA:g} for artifact ones)")
     p.add_argument("--duration-s", type=float, default=None, help="replayed span, seconds (paper: 1200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None,
@@ -61,8 +68,16 @@ def add_arguments(p):
     p.add_argument("--tick-s", type=float, default=1.0, help="policy tick period, simulated seconds")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate-under-SLO search")
     p.add_argument("--search-iters", type=int, default=4, help="bisection steps of the max-rate search")
+    p.add_argument("--sweep-rate", default=None, metavar="SCALES",
+                   help="comma-separated rate scales (e.g. 0.25,0.5,1,2,4): instead of one run and the max-rate "
+                        "search, every policy's P99 TTFT and SLO attainment at each offered rate (over --seeds); "
+                        "--plot draws them (the paper's figure style), --json stores them")
+    p.add_argument("--cold-start-band", default="14,35", metavar="LOW,HIGH",
+                   help="with --sweep-rate: also run the policies that start engines cold (autoscale) with the "
+                        "engine part of a cold start at LOW and HIGH seconds and draw the band between (default "
+                        "14,35: vLLM's published range); 'off': no band")
     p.add_argument("--json", default=None, help="write results here")
-    p.add_argument("--plot", default=None, help="write a TTFT CDF plot (PNG) here")
+    p.add_argument("--plot", default=None, help="write a TTFT CDF plot (PNG) here (with --sweep-rate: the sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -72,15 +87,18 @@ def build_preset(args) -> Preset:
                     chunked_prefill_tokens=args.chunked_prefill_tokens,
                     policy_config=parse_policy_options(args.policy_option))
     kind = args.preset or args.workload
-    if kind in ("paper-conv", "paper-code"):
+    if kind in ("paper-conv", "paper-code", "artifact-conv", "artifact-code"):
         if args.preset is None and args.gpus != 16:
             cfg = replace(cfg, n_servers=max(1, args.gpus // 8), gpus_per_server=min(8, args.gpus))
         else:
             cfg = replace(cfg, n_servers=2, gpus_per_server=8)
-        kw = {"config": cfg, "alpha": args.alpha, "burst_cv": args.burst_cv}
+        kw = {"config": cfg, "burst_cv": args.burst_cv}
+        if args.alpha is not None:
+            kw["alpha"] = args.alpha
         if args.models:
             kw["n_models"] = args.models
-        p = paper_preset(kind.split("-")[1], total_rate_rps=args.rate, **kw)
+        family, _, trace = kind.partition("-")
+        p = (artifact_preset if family == "artifact" else paper_preset)(trace, total_rate_rps=args.rate, **kw)
         if args.time_scale != 1.0 or args.duration_s:
             p = _rewrap(p, args)
         return p
@@ -88,7 +106,8 @@ def build_preset(args) -> Preset:
         cfg = replace(cfg, n_servers=max(1, args.gpus // 8), gpus_per_server=min(8, args.gpus))
         return scale_preset(args.gpus, args.models or 32, duration_s=args.duration_s or 3600.0,
                             total_rate_rps=args.rate, recipe="servegen", config=cfg)
-    raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code or servegen")
+    raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code, artifact-conv, "
+                     f"artifact-code or servegen")
 
 
 def _rewrap(p: Preset, args) -> Preset:
@@ -100,7 +119,7 @@ def _rewrap(p: Preset, args) -> Preset:
     kind = p.name.split("-")[1]
 
     def build(rate_scale=1.0, seed=0):
-        return paper_workload(kind, len(names), alpha=args.alpha, total_rate_rps=p.base_rate_rps,
+        return paper_workload(kind, len(names), alpha=p.alpha, total_rate_rps=p.base_rate_rps,
                               rate_scale=rate_scale, burst_cv=args.burst_cv, model_names=names, seed=seed,
                               duration_s=args.duration_s or 1200.0, time_scale=args.time_scale)
 
@@ -160,6 +179,8 @@ def main(args) -> int:
         cost = cost.with_cold_start_s(args.cold_start_s)
     progress = not args.quiet
     seeds = [int(x) for x in args.seeds.split(",") if x] if args.seeds else [args.seed]
+    if args.sweep_rate:
+        return _sweep_main(args, preset, cost, policies, seeds, t0)
     workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}
     workload = workloads[seeds[0]]
     results, out = {}, {}
@@ -214,4 +235,58 @@ def main(args) -> int:
             json.dump(doc, f, indent=1, default=float)
     if args.plot:
         plot_cdf(results, args.plot, f"TTFT CDF, {preset.name} ({len(workload.trace) / workload.duration_s:.1f} rps)")
+    return 0
+
+
+def _parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{flag} {text!r}: expected comma-separated numbers", flag=flag) from None
+
+
+def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seeds: list[int], t0: float) -> int:
+    """``--sweep-rate``: every policy at every rate scale; a table, the JSON and the two-panel plot."""
+    scales = _parse_floats(args.sweep_rate, "--sweep-rate")
+    band = None
+    if args.cold_start_band.strip().lower() not in ("", "off", "none"):
+        band = _parse_floats(args.cold_start_band, "--cold-start-band")
+        if len(band) != 2 or not 0 <= band[0] <= band[1]:
+            raise InvalidArgumentError(f"--cold-start-band {args.cold_start_band!r}: write LOW,HIGH seconds, "
+                                       f"e.g. 14,35", flag="--cold-start-band")
+    sweep = rate_sweep(preset, policies, scales, seeds=seeds, cost=cost, band_cold_start_s=band,
+                       progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
+          f"{cost.gpu.name}, rate sweep over scales {sweep['rate_scales']} of {preset.base_rate_rps:g} rps, seeds "
+          f"{seeds} (P99: median over seeds; SLO: mean), engine init {cost.engine_init_s:g} s")
+    head = ["policy"] + [f"{pt['offered_rate_rps']:.1f} rps" for pt in next(iter(sweep["policies"].values()))["points"]]
+    lines = [head + ["max swept rps@SLO"]]
+    for name, pol in sweep["policies"].items():
+        lines.append([name] + [f"{pt['ttft_p99_s']:.2f}s/{pt['slo_attainment']:.3f}" for pt in pol["points"]]
+                     + [f"{pol['max_swept_rate_under_slo_rps']:.1f}"])
+        b = pol.get("cold_start_band")
+        if b:
+            for end, key in zip(b["cold_start_s"], ("low", "high")):
+                lines.append([f"  cold start {end:g} s"]
+                             + [f"{pt['ttft_p99_s']:.2f}s/{pt['slo_attainment']:.3f}" for pt in b[key]] + [""])
+    w = [max(len(r[i]) for r in lines) for i in range(len(head) + 1)]
+    print("\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines))
+    print(f"wall {wall:.1f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        doc = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models], "alpha": preset.alpha,
+               "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
+                           "gpu": cost.gpu.name},
+               "base_rate_rps": preset.base_rate_rps, "burst_cv": args.burst_cv,
+               "policy_options": list(args.policy_option), "sweep": sweep, "wall_s": wall}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+    if args.plot:
+        from warmserve.sim.plot import plot_rate_sweep
+
+        extra = (f", burst CV {args.burst_cv:g}" if args.burst_cv else "") + \
+            "".join(f", {o}" for o in args.policy_option)
+        plot_rate_sweep(sweep, args.plot, f"{preset.name}: P99 TTFT and SLO attainment vs offered rate "
+                                          f"(seeds {','.join(map(str, seeds))}{extra})")
     return 0

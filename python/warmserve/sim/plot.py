@@ -28,3 +28,45 @@ def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float = 999.
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_rate_sweep(sweep: dict, path: str, title: str) -> None:
+    """The paper's figure style for a rate sweep (``runner.rate_sweep``'s result): P99 TTFT against offered rate
+    (log y) on the left, SLO attainment against offered rate on the right, one line per policy. A policy with a
+    ``cold_start_band`` gets a shaded band between its runs at the low and high cold start (its line is the
+    sweep's own cost model)."""
+    from warmserve.extras import pyplot
+
+    plt = pyplot("the rate-sweep plot")
+    fig, (ax_p99, ax_att) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (name, pol) in enumerate(sweep["policies"].items()):
+        pts = pol["points"]
+        x = [p["offered_rate_rps"] for p in pts]
+        style = "-" if i < 10 else "--"
+        ax_p99.plot(x, [max(p["ttft_p99_s"], 1e-3) for p in pts], style, marker="o", ms=3, color=f"C{i % 10}",
+                    label=name, lw=1.5)
+        ax_att.plot(x, [p["slo_attainment"] for p in pts], style, marker="o", ms=3, color=f"C{i % 10}", label=name,
+                    lw=1.5)
+        band = pol.get("cold_start_band")
+        if band:
+            lo, hi = band["low"], band["high"]
+            bx = [p["offered_rate_rps"] for p in lo]
+            label = f"{name}, cold start {band['cold_start_s'][0]:g}-{band['cold_start_s'][1]:g} s"
+            ax_p99.fill_between(bx, [max(p["ttft_p99_s"], 1e-3) for p in lo],
+                                [max(p["ttft_p99_s"], 1e-3) for p in hi], color=f"C{i % 10}", alpha=0.2, label=label)
+            ax_att.fill_between(bx, [p["slo_attainment"] for p in lo], [p["slo_attainment"] for p in hi],
+                                color=f"C{i % 10}", alpha=0.2, label=label)
+    ax_p99.set_yscale("log")
+    ax_p99.set_ylabel("P99 TTFT (s, log scale)")
+    ax_att.axhline(sweep.get("slo_target", 0.99), color="grey", lw=0.8, ls=":")
+    ax_att.set_ylabel("SLO attainment")
+    ax_att.set_ylim(0, 1.02)
+    for ax in (ax_p99, ax_att):
+        ax.set_xscale("log")  # sweeps double the rate: even steps
+        ax.set_xlabel("offered rate (requests/s, log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_att.legend(fontsize=7, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from warmserve.errors import InvalidArgumentError
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.workload.recipes import paper_workload, servegen_workload
 from warmserve.workload.request import Workload
@@ -15,6 +16,17 @@ PAPER_ORDER = ("llama2-7b", "llama2-13b", "llama2-70b", "llama2-7b", "llama2-13b
                "llama2-13b", "llama2-70b", "llama2-7b", "llama2-13b", "llama2-7b")
 #: models in the paper presets: one instance of each takes 4 + 2x2 + 4 = 12 of the 16 GPUs, leaving room to burst
 PAPER_N_MODELS = 7
+#: the paper's power-law exponent of the per-model rate split in our paper presets
+PAPER_ALPHA = 1.0
+#: models in the artifact presets: the authors' released code by default serves two 7B, one 13B and one 70B
+#: (PAPER.md, "What the authors' released code runs"), the first four of PAPER_ORDER; one instance of each takes
+#: 1 + 1 + 2 + 4 = 8 of the 16 GPUs
+ARTIFACT_N_MODELS = 4
+#: the artifact's default power-law exponent (PAPER.md: alpha 0.5; its README's example uses 2)
+ARTIFACT_ALPHA = 0.5
+#: total request rate of every named preset at rate scale 1, requests/second: ours (the paper does not state its
+#: rate; the artifact's 1 request/s default is a smoke test that leaves 16 GPUs idle); rate sweeps scale it
+PRESET_RATE_RPS = 24.0
 
 
 def paper_models(n: int = len(PAPER_ORDER)) -> list[ServedModel]:
@@ -42,20 +54,34 @@ class Preset:
     build: Callable[[float, int], Workload] = None
     #: what the preset replays at rate scale 1, requests/second
     base_rate_rps: float = 0.0
+    #: power-law exponent of the per-model rate split (paper-recipe presets)
+    alpha: float = PAPER_ALPHA
 
 
-def paper_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float = 1.0, n_models: int = PAPER_N_MODELS,
-                 burst_cv: float | None = None, history_days: int = 3, config: SimConfig | None = None) -> Preset:
+def paper_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float = PAPER_ALPHA,
+                 n_models: int = PAPER_N_MODELS, burst_cv: float | None = None, history_days: int = 3,
+                 config: SimConfig | None = None, name: str = "paper") -> Preset:
     """2 servers x 8 GPUs, Llama-2 7B/13B/70B copies, an Azure trace split by a power law, 20 minutes."""
+    if kind not in ("conv", "code"):
+        raise InvalidArgumentError(f"paper preset kind {kind!r}: 'conv' or 'code'", kind=kind)
     models = paper_models(n_models)
     names = [m.name for m in models]
-    rate = total_rate_rps if total_rate_rps is not None else {"conv": 24.0, "code": 24.0}[kind]
+    rate = total_rate_rps if total_rate_rps is not None else PRESET_RATE_RPS
 
     def build(rate_scale: float = 1.0, seed: int = 0) -> Workload:
         return paper_workload(kind, n_models, alpha=alpha, total_rate_rps=rate, rate_scale=rate_scale,
                               burst_cv=burst_cv, model_names=names, seed=seed, history_days=history_days)
 
-    return Preset(f"paper-{kind}", config or SimConfig(n_servers=2, gpus_per_server=8), models, build, rate)
+    return Preset(f"{name}-{kind}", config or SimConfig(n_servers=2, gpus_per_server=8), models, build, rate, alpha)
+
+
+def artifact_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float = ARTIFACT_ALPHA,
+                    n_models: int = ARTIFACT_N_MODELS, burst_cv: float | None = None, history_days: int = 3,
+                    config: SimConfig | None = None) -> Preset:
+    """The authors' released setup on our cluster: 4 models (Llama-2 7B x2, 13B, 70B), power law alpha 0.5,
+    otherwise the paper preset (2 x 8 H100, an Azure trace, 20 minutes)."""
+    return paper_preset(kind, total_rate_rps=total_rate_rps, alpha=alpha, n_models=n_models, burst_cv=burst_cv,
+                        history_days=history_days, config=config, name="artifact")
 
 
 def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, total_rate_rps: float | None = None,
@@ -84,4 +110,6 @@ def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, tota
 PRESETS = {
     "paper-conv": lambda **kw: paper_preset("conv", **kw),
     "paper-code": lambda **kw: paper_preset("code", **kw),
+    "artifact-conv": lambda **kw: artifact_preset("conv", **kw),
+    "artifact-code": lambda **kw: artifact_preset("code", **kw),
 }

@@ -67,6 +67,90 @@ def run_once(preset: Preset, policy: str, *, rate_scale: float = 1.0, seed: int 
     return r
 
 
+def band_policies(policies) -> list[str]:
+    """The policies whose results depend on the engine-initialisation time of a cold start: those whose engines
+    are not started ahead (``warm_engine`` off: `autoscale`), the ones a rate sweep draws as a cold-start band."""
+    from warmserve.policy.registry import POLICIES
+
+    return [p for p in policies if POLICIES[p].overrides.get("warm_engine", True) is False]
+
+
+def _point(runs: list[RunResult], scale: float, seeds: list[int]) -> dict:
+    """One rate of a sweep: medians over the seeds (P99, P50, GPU-s), the mean SLO attainment (as the max-rate
+    search judges a rate) and the mean offered rate, with the per-seed values beside them."""
+    import statistics
+
+    p99 = [r.summary["ttft_p99_s"] for r in runs]
+    att = [r.summary["slo_attainment"] for r in runs]
+    return {"rate_scale": scale,
+            "offered_rate_rps": sum(r.summary["offered_rate_rps"] for r in runs) / len(runs),
+            "ttft_p99_s": statistics.median(p99), "ttft_p50_s": statistics.median(r.summary["ttft_p50_s"] for r in runs),
+            "slo_attainment": sum(att) / len(att),
+            "gpu_seconds": statistics.median(r.summary["gpu_seconds"] for r in runs),
+            "unanswered": statistics.median(r.summary["unanswered"] for r in runs),
+            "ttft_p99_s_per_seed": p99, "slo_attainment_per_seed": att, "seeds": list(seeds)}
+
+
+def highest_rate_meeting(points: list[dict], target: float) -> float:
+    """The highest offered rate of a sweep at which the mean SLO attainment reaches ``target`` with every lower
+    swept rate reaching it too (0 when the lowest fails): the sweep's coarse max rate under the SLO."""
+    best = 0.0
+    for pt in sorted(points, key=lambda x: x["offered_rate_rps"]):
+        if pt["slo_attainment"] < target:
+            break
+        best = pt["offered_rate_rps"]
+    return best
+
+
+def rate_sweep(preset: Preset, policies: list[str], scales: list[float], *, seeds: list[int],
+               cost: CostModel | None = None, band_cold_start_s: tuple[float, float] | None = None,
+               target: float = 0.99, progress: bool = False) -> dict:
+    """P99 TTFT and SLO attainment of every policy at every rate scale (ascending), each over ``seeds``.
+
+    With ``band_cold_start_s`` = (low, high), the policies of ``band_policies`` also run with the engine part of a
+    cold start set to each end (``CostModel.with_cold_start_s``), stored under ``cold_start_band``. Workloads are
+    built once per (scale, seed) and shared by the policies. Returns the JSON-ready sweep."""
+    from warmserve.extras import progress_bar
+
+    scales = sorted(float(x) for x in scales)
+    if not scales or scales[0] <= 0:
+        raise InvalidArgumentError(f"rate scales must be > 0, got {scales}", scales=scales)
+    cost = cost or CostModel.for_gpu(preset.config.gpu)
+    banded = band_policies(policies) if band_cold_start_s else []
+    n_runs = len(scales) * len(seeds) * (len(policies) + 2 * len(banded))
+    bar = progress_bar(progress, total=n_runs, desc=f"sweep {preset.name}", unit="run", leave=False)
+    out = {p: {"points": []} for p in policies}
+    band = {p: {"cold_start_s": list(band_cold_start_s), "low": [], "high": []} for p in banded}
+    try:
+        for scale in scales:
+            workloads = {sd: preset.build(scale, sd) for sd in seeds}
+            variants = [(p, cost, out[p]["points"]) for p in policies]
+            for p in banded:
+                variants += [(p, cost.with_cold_start_s(band_cold_start_s[0]), band[p]["low"]),
+                             (p, cost.with_cold_start_s(band_cold_start_s[1]), band[p]["high"])]
+            for pol, c, dest in variants:
+                if dest is not out[pol]["points"] and c == cost:  # a band end equal to the main cost: same runs
+                    dest.append(out[pol]["points"][-1])
+                    if bar is not None:
+                        bar.update(len(seeds))
+                    continue
+                runs = []
+                for sd in seeds:
+                    runs.append(run_once(preset, pol, rate_scale=scale, seed=sd, cost=c, workload=workloads[sd]))
+                    if bar is not None:
+                        bar.update(1)
+                dest.append(_point(runs, scale, seeds))
+    finally:
+        if bar is not None:
+            bar.close()
+    for p in policies:
+        out[p]["max_swept_rate_under_slo_rps"] = highest_rate_meeting(out[p]["points"], target)
+        if p in band:
+            out[p]["cold_start_band"] = band[p]
+    return {"rate_scales": scales, "seeds": list(seeds), "slo_target": target,
+            "engine_init_s": cost.engine_init_s, "policies": out}
+
+
 def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, seed: int | list[int] = 0,
                        cost: CostModel | None = None, iters: int = 5, lo: float = 1 / 64, hi: float = 16.0,
                        progress: bool = False, cache: dict | None = None) -> tuple[float, list[dict]]:

@@ -179,7 +179,11 @@ class WorkerClient(SyncClientBase):
     stream left unread for longer than the worker's ``--peer-timeout-s`` is aborted by the worker."""
 
     def __init__(self, endpoint: str, *, heartbeat_interval_s: float = 1.0, worker_timeout_s: float = 10.0,
-                 hwm: int = 100_000, default_timeout_s: float = 60.0):
+                 hwm: int = 100_000, default_timeout_s: float = 60.0, curve_server_key: str | None = None,
+                 curve_secret_key: str | None = None):
+        """``curve_server_key``: the worker's public certificate file (a worker bound with
+        ``--curve-clients-dir``); ``curve_secret_key``: this client's secret certificate file, whose public half
+        sits in that directory."""
         super().__init__()
         self.endpoint = endpoint
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -190,6 +194,7 @@ class WorkerClient(SyncClientBase):
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.RCVHWM, hwm)
+        _curve(self._sock, curve_server_key, curve_secret_key)
         self._sock.connect(endpoint)
         self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
         self._last_heard = time.monotonic()
@@ -243,6 +248,22 @@ class WorkerClient(SyncClientBase):
 
     def close(self) -> None:
         self._finalizer()
+
+
+def _curve(sock, server_key: str | None, secret_key: str | None) -> None:
+    """CURVE towards a worker bound with it, before connecting; a secret key without the server's is an error."""
+    if server_key is None:
+        if secret_key is not None:
+            raise errors.InvalidArgumentError("curve_secret_key needs curve_server_key (the worker's public key)")
+        return
+    if secret_key is None:
+        # A worker bound with CURVE lets in listed clients only: an ephemeral key would be refused unheard.
+        raise errors.InvalidArgumentError(
+            "curve_server_key needs curve_secret_key: this client's .key_secret, whose public half the worker's "
+            "--curve-clients-dir lists")
+    from .server import _curve_client
+
+    _curve_client(sock, server_key, secret_key)
 
 
 def _close_zmq(sock, ctx) -> None:
@@ -301,8 +322,11 @@ class AsyncWorkerClient:
     """
 
     def __init__(self, endpoint: str, *, heartbeat_interval_s: float = 1.0, worker_timeout_s: float = 10.0,
-                 hwm: int = 100_000, default_timeout_s: float = 60.0):
+                 hwm: int = 100_000, default_timeout_s: float = 60.0, curve_server_key: str | None = None,
+                 curve_secret_key: str | None = None):
+        """The CURVE certificate files as for ``WorkerClient``."""
         self.endpoint = endpoint
+        self._curve_keys = (curve_server_key, curve_secret_key)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.worker_timeout_s = worker_timeout_s
         self.default_timeout_s = default_timeout_s
@@ -322,6 +346,7 @@ class AsyncWorkerClient:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, self.hwm)
         self._sock.setsockopt(zmq.RCVHWM, self.hwm)
+        _curve(self._sock, *self._curve_keys)
         self._sock.connect(self.endpoint)
         self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
         self._last_heard = time.monotonic()

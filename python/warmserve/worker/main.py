@@ -15,6 +15,7 @@ import socket
 import sys
 
 from .. import errors
+from .. import protocol as P
 from ..errors import GiB
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
@@ -46,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow --bind on a non-loopback address without CURVE (anyone who can connect can send "
                         "Prewarm, Evict, Shutdown)")
+    p.add_argument("--max-num-seqs", type=int, default=None,
+                   help="most sequences one instance runs at once, for activations that bring no limits of their "
+                        "own (a controller sends its cluster's)")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="most tokens one engine step computes")
+    p.add_argument("--max-kv-blocks", type=int, default=None,
+                   help="most KV blocks one instance may hold (default 0: as many as the pool maps)")
     p.add_argument("--exit-with-parent", action="store_true", help="shut down when the parent process exits")
     p.add_argument("--log-level", default="WARNING")
 
@@ -74,6 +81,13 @@ def check_security(args: argparse.Namespace) -> None:
         raise errors.InvalidArgumentError("--curve-clients-dir needs --curve-secret-key (this worker's .key_secret)")
     require_authenticated_bind(args.bind or DEFAULT_BIND, authenticated=bool(args.curve_clients_dir),
                                insecure=args.insecure, who="warmserve worker --bind", fix=BIND_FIX)
+
+
+def engine_config(args: argparse.Namespace) -> P.EngineConfig:
+    """The engine limits given by flags (the others at their defaults); a bad value is refused before startup."""
+    given = {f: getattr(args, f) for f in ("max_num_seqs", "max_batch_tokens", "max_kv_blocks")
+             if getattr(args, f, None) is not None}
+    return P.EngineConfig(**given)
 
 
 def build_pool(device: str, memory_gib: float | None, prefault: bool = True):
@@ -133,13 +147,14 @@ def serve(args: argparse.Namespace) -> int:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     check_device(args.device)
     check_security(args)
+    engine = engine_config(args)
     from .core import WorkerCore
     from .server import WorkerServer
 
     prewarm_engine(args.device, args.threads)
     pool = build_pool(args.device, args.memory_gib)
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{args.device.replace(':', '')}"
-    core = WorkerCore(pool, device=args.device, worker_id=worker_id, emit=lambda peer, msg: None)
+    core = WorkerCore(pool, device=args.device, worker_id=worker_id, emit=lambda peer, msg: None, engine=engine)
     server = WorkerServer(
         core,
         bind=None if args.controller else (args.bind or DEFAULT_BIND),
@@ -157,7 +172,10 @@ def serve(args: argparse.Namespace) -> int:
 
         with os.fdopen(args.ready_fd, "wb") as f:
             f.write(msgspec.json.encode(server.hello()) + b"\n")
-    print(f"warmserve worker {worker_id} on {args.device} serving at {server.endpoint}", file=sys.stderr, flush=True)
+    # Its own address: with --controller the endpoint is the controller's, which the worker connects to.
+    where = (f"on host {socket.gethostname()} (pid {os.getpid()}), connecting to the controller at {server.endpoint}"
+             if args.controller else f"serving at {server.endpoint}")
+    print(f"warmserve worker {worker_id} on {args.device} {where}", file=sys.stderr, flush=True)
 
     def stop(signum, frame):  # SIGTERM: leave the loop at its next turn, free everything, exit 0
         core.stopping = True

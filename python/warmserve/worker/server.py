@@ -36,8 +36,8 @@ documentation lets a socket move to another thread. The thread that uses a socke
 Bounds: a message over ``max_message_bytes`` drops its connection; sends never block (a peer whose queue is full
 past ``hwm`` messages, or that is gone, has its generations aborted); the pipe towards the engine holds at most
 ``2 * hwm`` messages, past which the link stops reading the network (ZeroMQ's own high-water mark then pushes back);
-at most ``max_batch`` messages are read between two engine steps. A peer silent for ``peer_timeout_s`` has its
-generations aborted, so a dead client does not hold KV blocks. A malformed message gets a ``ProtocolError`` reply
+at most ``max_messages_per_drain`` messages are read between two engine steps. A peer silent for
+``peer_timeout_s`` has its generations aborted, so a dead client does not hold KV blocks. A malformed message gets a ``ProtocolError`` reply
 and the loop goes on.
 """
 
@@ -80,7 +80,7 @@ class WorkerServer:
         heartbeat_interval_s: float = 1.0,
         peer_timeout_s: float = 30.0,
         hwm: int = 100_000,
-        max_batch: int = 256,
+        max_messages_per_drain: int = 256,
         max_message_bytes: int = 64 << 20,
         exit_with_parent: bool = False,
         curve_server_key: str | None = None,
@@ -95,7 +95,7 @@ class WorkerServer:
                                        who="the worker", fix=BIND_FIX)
         self.core = core
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.max_batch = max_batch
+        self.max_messages_per_drain = max_messages_per_drain
         self.ctx = zmq.Context()
         self.routed = bind is not None
         self._auth = None
@@ -139,7 +139,7 @@ class WorkerServer:
         self._pipe.connect(name)
         self._link = _Link(sock, link_end, routed=self.routed, endpoint=self.endpoint, hello=self.hello(),
                            heartbeat_interval_s=heartbeat_interval_s, peer_timeout_s=peer_timeout_s,
-                           max_batch=max_batch)
+                           max_messages_per_drain=max_messages_per_drain)
         self._thread = threading.Thread(target=self._link.run, name="worker-link", daemon=True)
         self._finalizer = weakref.finalize(self, _close, self._thread, self._pipe, sock, self._auth, self.ctx,
                                            link_end)
@@ -188,7 +188,7 @@ class WorkerServer:
         self.close()
 
     def _drain(self) -> None:
-        for _ in range(self.max_batch):
+        for _ in range(self.max_messages_per_drain):
             try:
                 frames = self._pipe.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -244,10 +244,11 @@ class _Link:
     """The link thread's state and loop; it holds no reference to the server or the core."""
 
     def __init__(self, sock, pipe, *, routed: bool, endpoint: str, hello: P.Hello, heartbeat_interval_s: float,
-                 peer_timeout_s: float, max_batch: int):
+                 peer_timeout_s: float, max_messages_per_drain: int):
         self.sock, self.pipe = sock, pipe
         self.routed, self.endpoint, self.hello = routed, endpoint, hello
-        self.heartbeat_interval_s, self.peer_timeout_s, self.max_batch = heartbeat_interval_s, peer_timeout_s, max_batch
+        self.heartbeat_interval_s, self.peer_timeout_s = heartbeat_interval_s, peer_timeout_s
+        self.max_messages_per_drain = max_messages_per_drain
         self.last_seen: dict[bytes, float] = {}
         #: Written by the link, read by the engine loop: the controller has said something since the last Hello.
         self.controller_heard = False
@@ -288,7 +289,7 @@ class _Link:
 
     def _from_engine(self) -> bool:
         """Send what the engine queued; False once it asked the link to stop."""
-        for _ in range(self.max_batch):
+        for _ in range(self.max_messages_per_drain):
             try:
                 frames = self.pipe.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -299,7 +300,7 @@ class _Link:
         return True
 
     def _from_network(self) -> None:
-        for _ in range(self.max_batch):
+        for _ in range(self.max_messages_per_drain):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

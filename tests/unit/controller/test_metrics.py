@@ -138,6 +138,9 @@ class _Ctl:
     def __init__(self):
         self.metrics = ControllerMetrics()
 
+    def model_names(self):
+        return ["m"]
+
     def model(self, name):
         if name == "busy":
             raise OverloadedError("the server is shutting down and takes no new requests")

@@ -91,8 +91,11 @@ def test_neutral_values_of_unsupported_fields_and_new_fields_pass():
             s.max_tokens, req.n) == (5, 0.5, -0.5, 1.2, (7,), 9, 3)
     _, s = oa.parse_chat(body(model="m", messages=[{"role": "user", "content": "hi"}], logprobs=True))
     assert s.logprobs == 0
-    _, s = oa.parse_completion(body(model="m", prompt="x", logprobs=0, echo=True))
+    _, s = oa.parse_completion(body(model="m", prompt="x", logprobs=0))
     assert s.logprobs == 0
+    with pytest.raises(InvalidArgumentError) as e:  # the prompt's logprobs are not computed: no silent half answer
+        oa.parse_completion(body(model="m", prompt="x", logprobs=0, echo=True))
+    assert e.value.fields["param"] == "echo"
 
 
 def test_bad_chat_requests_are_400():

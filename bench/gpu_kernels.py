@@ -1,0 +1,131 @@
+"""Micro-benchmark of the CUDA kernels (csrc/kernels) against the torch path of engine/attention.py, on one GPU.
+
+Decode attention of one layer (32 query heads, 8 KV heads, head_dim 128, bfloat16, 256-token blocks scattered
+over the cache) at batch 1/16/64 and contexts 512..32768: the torch path (write with index_copy, gather the
+context with index_select, SDPA) against write_kv + paged_attention; then the block copies of switching (1 GiB
+as 512 blocks of 2 MiB: copy_blocks against torch indexing; copy_bytes against Tensor.copy_). Times are medians
+of CUDA-event-timed repeats after a warm-up. Run by bench/gpu.sh; usage: python bench/gpu_kernels.py OUT_PREFIX
+(writes OUT_PREFIX.json, .txt and .png).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import torch
+
+from warmserve.engine.attention import AttnMeta, DecodeBatch, PagedMeta, attend
+from warmserve.memory import kernels
+
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 256
+DTYPE = torch.bfloat16
+CASES = [(1, 512), (1, 4096), (1, 32768), (16, 512), (16, 4096), (16, 32768), (64, 512), (64, 4096)]
+
+
+def timed(fn, repeats: int = 20) -> float:
+    """Median milliseconds of fn() on the current stream."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def decode_case(batch: int, ctx: int) -> dict:
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    nb = math.ceil(ctx / BLOCK)
+    total = batch * nb + 1
+    rpb = 2 * BLOCK  # one layer: K then V rows
+    cache = torch.randn(total * rpb, KV_HEADS * HEAD_DIM, device=dev, dtype=DTYPE, generator=g)
+    tables = torch.randperm(total - 1, device=dev, generator=g)[:batch * nb].view(batch, nb)
+    q = torch.randn(batch, HEADS, HEAD_DIM, device=dev, dtype=DTYPE, generator=g)
+    k = torch.randn(batch, KV_HEADS, HEAD_DIM, device=dev, dtype=DTYPE, generator=g)
+    v = torch.randn_like(k)
+    lens = torch.full((batch,), ctx, device=dev)
+    ar = torch.arange(ctx, device=dev)
+    rows = tables[:, ar // BLOCK] * rpb + ar % BLOCK
+    wrows = tables[:, (ctx - 1) // BLOCK] * rpb + (ctx - 1) % BLOCK
+    mask = (ar[None, :] < lens[:, None])[:, None, None, :]
+    scale = HEAD_DIM ** -0.5
+    torch_meta = AttnMeta(wrows, [], DecodeBatch(0, rows.reshape(-1), mask))
+    paged = PagedMeta(torch.arange(batch, device=dev), tables.to(torch.int32),
+                      torch.arange(batch, device=dev, dtype=torch.int32), lens.to(torch.int32), ctx, rpb, BLOCK, 0)
+    kern_meta = AttnMeta(wrows, [], None, paged)
+    t_torch = timed(lambda: attend(torch_meta, q, k, v, cache, 0, BLOCK, scale))
+    t_kern = timed(lambda: attend(kern_meta, q, k, v, cache, 0, BLOCK, scale))
+    err = (attend(kern_meta, q, k, v, cache, 0, BLOCK, scale).float()
+           - attend(torch_meta, q, k, v, cache, 0, BLOCK, scale).float()).abs().max().item()
+    kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
+    return dict(batch=batch, context=ctx, torch_ms=t_torch, kernel_ms=t_kern, speedup=t_torch / t_kern,
+                kernel_kv_read_gbps=kv_bytes / t_kern / 1e6, max_abs_diff=err)
+
+
+def copy_cases() -> list[dict]:
+    dev = "cuda"
+    n, block = 512, 2 << 20
+    region = torch.empty(2 * n, block, dtype=torch.uint8, device=dev)
+    src = torch.arange(n, 2 * n, device=dev)
+    dst = torch.arange(0, n, device=dev)
+    t_k = timed(lambda: kernels.copy_blocks(region, region, src, dst))
+    t_t = timed(lambda: region.index_copy_(0, dst, region.index_select(0, src)))
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
+    b = torch.empty_like(a)
+    t_kb = timed(lambda: kernels.copy_bytes(b, a))
+    t_tb = timed(lambda: b.copy_(a))
+    gib = float(n * block)
+    return [dict(op="copy_blocks 512 x 2 MiB", kernel_ms=t_k, torch_ms=t_t, kernel_gbps=2 * gib / t_k / 1e6),
+            dict(op="copy_bytes 1 GiB", kernel_ms=t_kb, torch_ms=t_tb, kernel_gbps=2 * gib / t_kb / 1e6)]
+
+
+def main(prefix: str) -> None:
+    if not kernels.kernels_available():
+        sys.exit("the CUDA kernels are not available here (kernels_compiled="
+                 f"{kernels.kernels_compiled()}, torch.cuda.is_available={torch.cuda.is_available()})")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    decode = [decode_case(b, c) for b, c in CASES]
+    copies = copy_cases()
+    res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, dtype=str(DTYPE), heads=HEADS,
+               kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_tokens=BLOCK, decode=decode, copies=copies,
+               definitions="median ms of CUDA-event-timed calls of attend() (one layer: K/V write + attention); "
+                           "kernel_kv_read_gbps = K+V bytes of the context / kernel time (bytes read, lower bound)")
+    with open(prefix + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    lines = [f"{res['device']}, torch {res['torch']}, {DTYPE}, {HEADS}/{KV_HEADS} heads x {HEAD_DIM}",
+             "batch context  torch_ms  kernel_ms  speedup  kernel_GB/s  max_abs_diff"]
+    lines += [f"{d['batch']:5d} {d['context']:7d} {d['torch_ms']:9.3f} {d['kernel_ms']:10.3f} {d['speedup']:7.2f}x "
+              f"{d['kernel_kv_read_gbps']:11.0f} {d['max_abs_diff']:12.2e}" for d in decode]
+    lines += [f"{c['op']}: kernel {c['kernel_ms']:.3f} ms ({c['kernel_gbps']:.0f} GB/s read+write), torch "
+              f"{c['torch_ms']:.3f} ms" for c in copies]
+    text = "\n".join(lines)
+    print(text)
+    with open(prefix + ".txt", "w") as f:
+        f.write(text + "\n")
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [f"B{d['batch']}\n{d['context']}" for d in decode]
+    x = range(len(decode))
+    ax.bar([i - 0.2 for i in x], [d["torch_ms"] for d in decode], 0.4, label="torch path (gather + SDPA)")
+    ax.bar([i + 0.2 for i in x], [d["kernel_ms"] for d in decode], 0.4, label="paged kernels")
+    ax.set_xticks(list(x), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per layer (decode step)")
+    ax.set_title(f"decode attention, {res['device']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(prefix + ".png", dpi=120)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "kernels")

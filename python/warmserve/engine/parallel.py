@@ -1,0 +1,199 @@
+"""Tensor parallelism for the Llama family: the sharding rules, the per-rank config, and the process-group handle.
+
+A ``tp``-way instance runs one rank per device. Every rank reads its own slice of each tensor straight from the
+same Hugging Face checkpoint into its own slot (engine/loader.py, ``load_model(..., tp=, rank=)``), and the ranks
+meet in two collectives per layer plus one at each end. The rules, per HF tensor (weights are [out, in], as
+``F.linear`` takes them; ``H``, ``KVH``, ``I``, ``V`` are the model's query heads, KV heads, SwiGLU width and
+vocabulary, ``D`` the head size):
+
+    tensor                              split                              rank r holds
+    q_proj.weight / .bias               column-parallel (dim 0, by head)   query heads [r*H/tp, (r+1)*H/tp)
+    k_proj, v_proj .weight / .bias      column-parallel (dim 0, by head)   KV heads [r*KVH/tp, (r+1)*KVH/tp)
+    o_proj.weight                       row-parallel (dim 1)               columns of its own query heads
+    gate_proj, up_proj .weight / .bias  column-parallel (dim 0)            rows [r*I/tp, (r+1)*I/tp)
+    down_proj.weight                    row-parallel (dim 1)               columns [r*I/tp, (r+1)*I/tp)
+    o_proj.bias, down_proj.bias         replicated                         added by rank 0 only, before the sum
+    embed_tokens, lm_head               vocabulary-parallel (dim 0)        rows [r*Vp, min(V, (r+1)*Vp)), Vp = ceil(V/tp),
+                                                                           zero rows pad a short last shard to Vp
+    input/post_attention_layernorm,     replicated
+    model.norm
+
+Query head j attends with KV head ``j // (H/KVH)``, so giving each rank a contiguous run of H/tp query heads and
+KVH/tp KV heads keeps every query head with its KV head on one rank: attention and the paged KV cache are local,
+each rank caching only its own KV heads (the per-rank KV block of geometry.kv_block_bytes(..., tp)).
+
+Collectives (``ParallelGroup``): the embedding lookup of a vocabulary shard yields zeros for ids outside it, so an
+all-reduce (sum) after it gives every rank the full embedding, exactly; after each row-parallel projection (o and
+down) an all-reduce sums the partial products; the head's [n, Vp] logits are all-gathered into [n, V], so every
+rank holds the same full logits (bit for bit) and samples the same greedy token. Hence ``tp`` must divide
+``num_heads``, ``num_kv_heads`` and ``intermediate_size`` (TensorParallelError otherwise); the vocabulary may be
+any size. ``tp == 1`` uses none of this: no group, no collective, the single-device code path.
+
+torch.distributed carries the collectives: gloo on CPU, NCCL on CUDA devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from warmserve.engine.config import ModelConfig, UnsupportedModelError
+from warmserve.errors import InvalidArgumentError, register
+
+#: How long a collective (and the group's rendezvous) waits for the other ranks before it fails.
+DEFAULT_TIMEOUT_S = 60.0
+
+
+@register
+class TensorParallelError(UnsupportedModelError):
+    """A model cannot be split the asked number of ways (heads or SwiGLU width not divisible by tp)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The part of one checkpoint tensor a rank holds: [start, stop) along ``dim``, padded to ``size`` there."""
+
+    #: 0: rows (output features, vocabulary); 1: columns (input features).
+    dim: int
+    start: int
+    stop: int
+    #: Extent along ``dim`` in the slot: stop - start, plus zero padding for the last vocabulary shard.
+    size: int
+
+    def shape(self, full: tuple[int, ...]) -> tuple[int, ...]:
+        """The shard's shape in the slot, from the tensor's full shape."""
+        out = list(full)
+        out[self.dim] = self.size
+        return tuple(out)
+
+    @property
+    def pad(self) -> int:
+        """Zero rows after the data (vocabulary padding)."""
+        return self.size - (self.stop - self.start)
+
+
+def valid_tp(cfg: ModelConfig, limit: int = 64) -> list[int]:
+    """The tensor-parallel sizes up to ``limit`` that split this model evenly."""
+    return [t for t in range(1, limit + 1)
+            if cfg.num_heads % t == 0 and cfg.num_kv_heads % t == 0 and cfg.intermediate_size % t == 0]
+
+
+def shard_config(cfg: ModelConfig, tp: int) -> ModelConfig:
+    """The config one rank of a ``tp``-way instance runs: per-rank heads, KV heads and SwiGLU width; the rest,
+    the vocabulary included, stays the model's. ``tp == 1`` returns ``cfg`` itself."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise InvalidArgumentError(f"tp must be a positive int, not {tp!r}", tp=repr(tp))
+    if cfg.tp != 1:
+        raise InvalidArgumentError(f"this config is already one of {cfg.tp} shards: shard the model's own config",
+                                   tp=cfg.tp)
+    if tp == 1:
+        return cfg
+    bad = [f"{what} {n}" for what, n in (("num_attention_heads", cfg.num_heads), ("num_key_value_heads", cfg.num_kv_heads),
+                                         ("intermediate_size", cfg.intermediate_size)) if n % tp]
+    if bad:
+        raise TensorParallelError(
+            f"tp={tp} does not divide {', '.join(bad)}: each rank must hold whole heads, whole KV heads and an equal "
+            f"share of the SwiGLU width; use tp in {valid_tp(cfg)}",
+            tp=tp, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, intermediate_size=cfg.intermediate_size,
+            valid_tp=valid_tp(cfg))
+    return dataclasses.replace(cfg, num_heads=cfg.num_heads // tp, num_kv_heads=cfg.num_kv_heads // tp,
+                               intermediate_size=cfg.intermediate_size // tp, tp=tp)
+
+
+def vocab_range(vocab_size: int, tp: int, rank: int) -> tuple[int, int, int]:
+    """(first token id, end token id, rows held with padding) of rank's vocabulary shard."""
+    per = math.ceil(vocab_size / tp)
+    start = min(vocab_size, rank * per)
+    return start, min(vocab_size, start + per), per
+
+
+# Suffix of an HF tensor name -> (dim, which extent it splits).
+_RULES = {
+    "self_attn.q_proj.weight": (0, "q"), "self_attn.q_proj.bias": (0, "q"),
+    "self_attn.k_proj.weight": (0, "kv"), "self_attn.k_proj.bias": (0, "kv"),
+    "self_attn.v_proj.weight": (0, "kv"), "self_attn.v_proj.bias": (0, "kv"),
+    "self_attn.o_proj.weight": (1, "q"),
+    "mlp.gate_proj.weight": (0, "i"), "mlp.gate_proj.bias": (0, "i"),
+    "mlp.up_proj.weight": (0, "i"), "mlp.up_proj.bias": (0, "i"),
+    "mlp.down_proj.weight": (1, "i"),
+}
+_VOCAB = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def shard_of(name: str, cfg: ModelConfig, tp: int, rank: int) -> Shard | None:
+    """What rank ``rank`` of a ``tp``-way instance holds of HF tensor ``name`` (cfg: the model's own config);
+    None: the whole tensor (replicated, or tp == 1)."""
+    if tp == 1:
+        return None
+    if not 0 <= rank < tp:
+        raise InvalidArgumentError(f"rank {rank} is outside a {tp}-way group: use 0..{tp - 1}", rank=rank, tp=tp)
+    if name in _VOCAB:
+        start, stop, rows = vocab_range(cfg.vocab_size, tp, rank)
+        return Shard(0, start, stop, rows)
+    rule = _RULES.get(name.split(".", 3)[-1]) if name.startswith("model.layers.") else None
+    if rule is None:
+        return None
+    dim, what = rule
+    n = {"q": cfg.q_size, "kv": cfg.kv_size, "i": cfg.intermediate_size}[what] // tp
+    return Shard(dim, rank * n, (rank + 1) * n, n)
+
+
+class ParallelGroup:
+    """This process's place in a tensor-parallel group, and the collectives the model runs through it."""
+
+    def __init__(self, rank: int, world_size: int, group=None, owns_default: bool = False):
+        """group: a torch.distributed ProcessGroup (None: the default group). Use ``ParallelGroup.init`` to start
+        one; this constructor wraps a group made elsewhere (e.g. one of several built ahead for later binding)."""
+        if not 0 <= rank < world_size:
+            raise InvalidArgumentError(f"rank {rank} is outside a group of {world_size}", rank=rank,
+                                       world_size=world_size)
+        #: This process's rank in the group (the shard it holds).
+        self.rank = rank
+        #: Ranks in the group (tp).
+        self.world_size = world_size
+        self.group = group
+        self._owns_default = owns_default
+
+    @classmethod
+    def init(cls, rank: int, world_size: int, address: str, port: int, backend: str | None = None,
+             device: torch.device | str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> "ParallelGroup":
+        """Join (as ``rank`` of ``world_size``) the default process group that rank 0 hosts at address:port over
+        TCP. backend: "gloo" or "nccl"; None picks NCCL for a CUDA device, gloo otherwise. Every collective, and
+        the rendezvous itself, fails after timeout_s rather than waiting forever for a rank that died."""
+        if backend is None:
+            backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        if dist.is_initialized():
+            raise InvalidArgumentError("this process already belongs to a default process group: wrap it with "
+                                       "ParallelGroup(rank, world_size) instead", backend=dist.get_backend())
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{int(port)}", rank=rank,
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+        return cls(rank, world_size, None, owns_default=True)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum t over the ranks, in place; returns t."""
+        dist.all_reduce(t, group=self.group)
+        return t
+
+    def all_gather(self, t: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Every rank's t (same shape on each), concatenated along dim in rank order."""
+        parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(parts, t.contiguous(), group=self.group)
+        return torch.cat(parts, dim=dim)
+
+    def close(self) -> None:
+        """Leave the default group if ``init`` joined it. Idempotent."""
+        if self._owns_default and dist.is_initialized():
+            dist.destroy_process_group()
+        self._owns_default = False
+
+    def __repr__(self) -> str:
+        return f"ParallelGroup(rank {self.rank} of {self.world_size})"
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "TensorParallelError", "Shard", "ParallelGroup", "valid_tp", "shard_config",
+           "vocab_range", "shard_of"]
