@@ -17,6 +17,9 @@ struct Copier {
   virtual ~Copier() = default;
   virtual void from_buffer(uintptr_t dst, const void* src, uint64_t n) = 0;
   virtual void from_file(uintptr_t dst, int fd, uint64_t file_offset, uint64_t n) = 0;
+  // src is registered for DMA (cuda_host_register: a host checkpoint cache entry): the cuda copier copies
+  // straight from it on its stream, with no staging copy; the host copier does one memcpy.
+  virtual void from_pinned(uintptr_t dst, const void* src, uint64_t n) { from_buffer(dst, src, n); }
   virtual void finish() = 0;  // every copy issued so far has landed
 };
 
@@ -72,6 +75,12 @@ class Backend {
 std::unique_ptr<Backend> make_host_backend(uint64_t capacity_bytes, uint64_t page_bytes, bool prefault);
 std::unique_ptr<Backend> make_cuda_backend(uint64_t capacity_bytes, uint64_t page_bytes, int device);
 bool cuda_compiled();
+// Page-locks host memory [ptr, ptr + n) for DMA to cuda device `device` (cuMemHostRegister, PORTABLE: pinned for
+// every context of the process; the device's primary context stays retained for the life of the process). The
+// memory may be a shared file mapping (the host checkpoint cache in /dev/shm). true: this call registered it and
+// the caller unregisters it before unmapping; false: it was registered already. Thread-safe; needs no pool.
+bool cuda_host_register(uintptr_t ptr, uint64_t n, int device);
+void cuda_host_unregister(uintptr_t ptr, int device);
 
 // TEST-ONLY fault injection for the host backend (warmserve._C._debug_fail_after): make the k-th next call of
 // op fail as the kernel would (k = 0 disarms). ops: "mmap" (a page run mapped from the memfd), "mremap" (a

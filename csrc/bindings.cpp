@@ -184,6 +184,11 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("version", [] { return "0.1.0"; });
   m.def("cuda_compiled", &cuda_compiled, "whether this build contains the cuda backend");
+  m.def("cuda_host_register", &cuda_host_register, py::arg("ptr"), py::arg("nbytes"), py::arg("device"),
+        py::call_guard<py::gil_scoped_release>(),
+        "page-lock host memory for DMA (cuMemHostRegister, portable); True when this call registered it");
+  m.def("cuda_host_unregister", &cuda_host_unregister, py::arg("ptr"), py::arg("device"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("_debug_fail_after", &debug_fail_after, py::arg("op"), py::arg("k"),
         "TEST-ONLY: make the k-th next host-backend call of op (mmap, mremap, protect, noreplace) fail; k=0 "
         "disarms (see backend.h)");
@@ -340,7 +345,8 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "load",
           [](std::shared_ptr<Slot> s, py::list sources, int threads, uint64_t chunk_bytes) {
-            // sources: (path or None, buffer address, keepalive object, src_offset, slot_offset, nbytes)
+            // sources: (path or None, buffer address, keepalive object, src_offset, slot_offset, nbytes
+            //          [, cache fill address, pinned]) (loader.h Source)
             auto pj = std::make_unique<PyLoadJob>();
             std::vector<Source> v;
             for (py::handle h : sources) {
@@ -352,6 +358,10 @@ PYBIND11_MODULE(_C, m) {
               src.src_offset = t[3].cast<uint64_t>();
               src.slot_offset = t[4].cast<uint64_t>();
               src.nbytes = t[5].cast<uint64_t>();
+              if (t.size() >= 8) {
+                src.fill_ptr = t[6].cast<uint64_t>();
+                src.pinned = t[7].cast<bool>();
+              }
               v.push_back(std::move(src));
             }
             {

@@ -37,7 +37,7 @@
   X(cuMemGetAllocationGranularity) X(cuMemCreate) X(cuMemRelease) X(cuMemAddressReserve) X(cuMemAddressFree)      \
   X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess) X(cuMemGetInfo) X(cuStreamCreate) X(cuStreamDestroy)                 \
   X(cuStreamSynchronize) X(cuMemcpyHtoDAsync) X(cuMemHostAlloc) X(cuMemFreeHost) X(cuEventCreate)                 \
-  X(cuEventRecord) X(cuEventSynchronize) X(cuEventDestroy)
+  X(cuEventRecord) X(cuEventSynchronize) X(cuEventDestroy) X(cuMemHostRegister) X(cuMemHostUnregister)
 
 namespace ws {
 namespace {
@@ -117,18 +117,15 @@ struct CudaCopier : Copier {
   bool busy[2] = {false, false};
   int b = 0;
 
-  // Made, used and destroyed by one loader thread: the context is pushed here and popped by the destructor.
+  // Made, used and destroyed by one loader thread: the context is pushed here and popped by the destructor. The
+  // pinned staging buffers are allocated on first use: a copier that only copies from registered memory (the host
+  // checkpoint cache) never needs them, and cuMemHostAlloc of 2 x 16 MiB per thread is not free.
   explicit CudaCopier(CUcontext c) : ctx(c) {
     const Api& a = api();
     WS_CU(a.p_cuCtxPushCurrent(ctx));
     try {
       WS_CU(a.p_cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-      for (int i = 0; i < 2; ++i) {
-        WS_CU(a.p_cuMemHostAlloc(&staging[i], kStaging, 0));
-        WS_CU(a.p_cuEventCreate(&ev[i], CU_EVENT_DISABLE_TIMING));
-      }
     } catch (...) {
-      free_all();  // a throwing constructor runs no destructor
       CUcontext popped = nullptr;
       a.p_cuCtxPopCurrent(&popped);
       throw;
@@ -156,6 +153,10 @@ struct CudaCopier : Copier {
   void pump(uintptr_t dst, uint64_t n, Fill fill) {
     const Api& a = api();
     uint64_t o = 0;
+    for (int i = 0; i < 2; ++i) {  // what a failed first try left half made is freed by free_all() (destructor)
+      if (!staging[i]) WS_CU(a.p_cuMemHostAlloc(&staging[i], kStaging, 0));
+      if (!ev[i]) WS_CU(a.p_cuEventCreate(&ev[i], CU_EVENT_DISABLE_TIMING));
+    }
     while (o < n) {
       uint64_t k = std::min(kStaging, n - o);
       if (busy[b]) WS_CU(a.p_cuEventSynchronize(ev[b]));
@@ -182,6 +183,11 @@ struct CudaCopier : Copier {
         p += r, at += r, k -= r;
       }
     });
+  }
+  // Registered host memory: one DMA on this copier's stream, no staging copy. Several loader threads, each with
+  // its own stream, keep several copies in flight (the copy engines overlap them).
+  void from_pinned(uintptr_t dst, const void* src, uint64_t n) override {
+    WS_CU(api().p_cuMemcpyHtoDAsync(CUdeviceptr(dst), src, n, stream));
   }
   void finish() override { WS_CU(api().p_cuStreamSynchronize(stream)); }
 };
@@ -436,7 +442,39 @@ class CudaBackend : public Backend {
   std::vector<std::pair<uintptr_t, uint64_t>> holes_;
 };
 
+// The primary context of `device`, retained once for the life of the process (registrations made in it must
+// outlive any one pool).
+CUcontext host_register_ctx(int device) {
+  static std::mutex mu;
+  static std::map<int, CUcontext> ctxs;
+  std::lock_guard<std::mutex> g(mu);
+  auto it = ctxs.find(device);
+  if (it != ctxs.end()) return it->second;
+  const Api& a = api();
+  CUresult r = a.p_cuInit(0);
+  if (r != CUDA_SUCCESS) throw Error(ErrorKind::BackendUnavailable, std::string(cu_error("cuInit", r).what()));
+  CUdevice dev;
+  WS_CU(a.p_cuDeviceGet(&dev, device));
+  CUcontext ctx = nullptr;
+  WS_CU(a.p_cuDevicePrimaryCtxRetain(&ctx, dev));
+  return ctxs[device] = ctx;
+}
+
 }  // namespace
+
+bool cuda_host_register(uintptr_t ptr, uint64_t n, int device) {
+  CtxScope c(host_register_ctx(device));
+  CUresult r = api().p_cuMemHostRegister((void*)ptr, n, CU_MEMHOSTREGISTER_PORTABLE);
+  if (r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED) return false;
+  if (r != CUDA_SUCCESS) throw cu_error("cuMemHostRegister", r);
+  return true;
+}
+
+void cuda_host_unregister(uintptr_t ptr, int device) {
+  CtxScope c(host_register_ctx(device));
+  CUresult r = api().p_cuMemHostUnregister((void*)ptr);
+  if (r != CUDA_SUCCESS && r != CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED) throw cu_error("cuMemHostUnregister", r);
+}
 
 bool cuda_compiled() { return true; }
 std::unique_ptr<Backend> make_cuda_backend(uint64_t capacity_bytes, uint64_t page_bytes, int device) {
@@ -449,6 +487,12 @@ std::unique_ptr<Backend> make_cuda_backend(uint64_t capacity_bytes, uint64_t pag
 
 namespace ws {
 bool cuda_compiled() { return false; }
+bool cuda_host_register(uintptr_t, uint64_t, int) {
+  throw Error(ErrorKind::BackendUnavailable,
+              "this build of warmserve has no cuda backend: host memory cannot be registered for DMA. Fix: install "
+              "the CUDA toolkit (or set CUDA_HOME) and reinstall warmserve, or use the host backend");
+}
+void cuda_host_unregister(uintptr_t, int) {}
 std::unique_ptr<Backend> make_cuda_backend(uint64_t, uint64_t, int) {
   throw Error(ErrorKind::BackendUnavailable,
               "this build of warmserve has no cuda backend: cuda.h was not found when it was built. Fix: install "

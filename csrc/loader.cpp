@@ -12,6 +12,19 @@
 #include <set>
 
 namespace ws {
+namespace {
+
+void pread_all(int fd, char* p, uint64_t off, uint64_t n) {
+  while (n) {
+    ssize_t r = ::pread(fd, p, n, (off_t)off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw errno_error("pread", errno);
+    if (r == 0) throw invalid("file ended " + std::to_string(n) + " bytes before the end of a source range");
+    p += r, off += r, n -= r;
+  }
+}
+
+}  // namespace
 
 LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int threads, uint64_t chunk_bytes)
     : slot_(std::move(slot)), sources_(std::move(sources)), threads_(std::max(1, threads)) {
@@ -51,6 +64,9 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
         throw invalid("load source " + std::to_string(i) + ": " + s.path + " has " + std::to_string(st.st_size) +
                       " bytes, the range ends at " + std::to_string(s.src_offset + s.nbytes));
       }
+    } else if (s.fill_ptr) {
+      close_fds();
+      throw invalid("load source " + std::to_string(i) + ": a cache fill (fill_ptr) needs a file source");
     } else if (s.ptr == 0 && s.nbytes) {
       close_fds();
       throw invalid("load source " + std::to_string(i) + ": null buffer");
@@ -224,8 +240,18 @@ void LoadJob::copier_loop() {
       if (cancel_) break;
       const Source& s = sources_[p.src];
       uintptr_t dst = slot_->base + p.slot_offset;
-      if (fds_[p.src] >= 0) cp->from_file(dst, fds_[p.src], p.src_offset, p.n);
-      else cp->from_buffer(dst, (const char*)s.ptr + p.src_offset, p.n);
+      if (fds_[p.src] >= 0 && s.fill_ptr) {
+        char* at = (char*)s.fill_ptr + p.src_offset;
+        pread_all(fds_[p.src], at, p.src_offset, p.n);
+        if (s.pinned) cp->from_pinned(dst, at, p.n);
+        else cp->from_buffer(dst, at, p.n);
+      } else if (fds_[p.src] >= 0) {
+        cp->from_file(dst, fds_[p.src], p.src_offset, p.n);
+      } else if (s.pinned) {
+        cp->from_pinned(dst, (const char*)s.ptr + p.src_offset, p.n);
+      } else {
+        cp->from_buffer(dst, (const char*)s.ptr + p.src_offset, p.n);
+      }
       done_ += p.n;
     }
     cp->finish();

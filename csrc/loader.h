@@ -22,6 +22,13 @@ struct Source {
   std::string path;   // file source when not empty
   uintptr_t ptr = 0;  // host buffer source otherwise (the caller keeps it alive until the job is joined)
   uint64_t src_offset = 0, slot_offset = 0, nbytes = 0;
+  // Host checkpoint cache fill (a file source only): each piece is read from the file into fill_ptr + src_offset
+  // (the cache entry mirrors the file byte for byte) and copied into the slot from there, so a piece is read
+  // while earlier pieces are still being copied (other threads, async streams): the fill is pipelined.
+  uintptr_t fill_ptr = 0;
+  // The host memory copied from (ptr, or fill_ptr) is registered for DMA (cuda_host_register): copies go
+  // straight from it (cuda: cuMemcpyHtoDAsync from the cache, no staging buffer, no CPU copy).
+  bool pinned = false;
 };
 
 class LoadJob {

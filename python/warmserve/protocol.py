@@ -71,6 +71,9 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     #: and the k most likely tokens'. They are of the model's own distribution (log-softmax of its logits), before
     #: temperature, penalties and top-k/top-p, as vLLM returns them by default.
     logprobs: int | None = None
+    #: Log-probabilities of the prompt's tokens (each but the first, given the ones before it), with the k most
+    #: likely alternatives: None = none; k in [0, MAX_TOP_LOGPROBS]. Sent with the first generated token.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -99,9 +102,11 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
         if not 0.0 < self.repetition_penalty <= 2.0:
             raise _bad(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}", "repetition_penalty",
                        repetition_penalty=self.repetition_penalty)
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            raise _bad(f"logprobs (top alternatives per token) must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}",
-                       "logprobs", logprobs=self.logprobs, max_logprobs=MAX_TOP_LOGPROBS)
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= MAX_TOP_LOGPROBS:
+                raise _bad(f"{name} (top alternatives per token) must be in [0, {MAX_TOP_LOGPROBS}], got {v}", name,
+                           **{name: v, "max_logprobs": MAX_TOP_LOGPROBS})
 
     @property
     def greedy(self) -> bool:
@@ -339,6 +344,9 @@ class Tokens(_Msg):
     num_output_tokens: int = 0
     #: One entry per token of ``token_ids`` when the request asked for ``SamplingParams.logprobs``, else empty.
     logprobs: list[TokenLogprobs] = []
+    #: With the first token of a request that asked for ``SamplingParams.prompt_logprobs``: one entry per prompt
+    #: token after the first.
+    prompt_logprobs: list[TokenLogprobs] = []
 
 
 class KvStats(msgspec.Struct, omit_defaults=True):

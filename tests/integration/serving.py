@@ -79,6 +79,11 @@ def metrics(url: str) -> dict[tuple, float]:
     return out
 
 
+def counter(url: str, name: str) -> float:
+    """A counter's value summed over its labels, whether exposed as NAME or NAME_total."""
+    return sum(v for (n, _), v in metrics(url).items() if n in (name, name + "_total"))
+
+
 def worker_pids(server_pid: int) -> list[int]:
     """The server's child processes (its local workers), from /proc."""
     kids = []

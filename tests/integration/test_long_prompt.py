@@ -7,7 +7,6 @@ declared it lost during the first 2,048-token prefill chunk and every request fa
 
 import asyncio
 import json
-import re
 import select
 import signal
 import subprocess
@@ -90,12 +89,14 @@ async def _stream(session, url: str, prompt, max_tokens: int) -> dict:
 
 
 def _counter(url: str, name: str) -> float:
-    """A counter's value from /metrics (a counter never incremented has no sample line, only its header)."""
+    """A counter's value from /metrics, read with prometheus_client's own parser (the family must exist)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    assert f"# TYPE {name} counter" in text, f"no counter {name} in /metrics"
-    m = re.search(rf"^{name}_total ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert name in families and families[name].type == "counter", f"no counter {name} in /metrics"
+    return sum(s.value for s in families[name].samples if s.name == name + "_total")
 
 
 def test_prompt_at_the_context_limit_keeps_the_worker_alive(server):

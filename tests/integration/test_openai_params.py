@@ -135,6 +135,26 @@ def test_echo_both_ways(client):
     assert streamed == r.choices[0].text
 
 
+def test_echo_with_logprobs_gives_the_prompts_too(client, hf):
+    """lm-eval's loglikelihood request: echo, logprobs, the prompt's logprobs against transformers'."""
+    model, tok = hf
+    ids, rows = _hf_greedy(model, PROMPT_IDS, 2)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([PROMPT_IDS])).logits[0, :-1].float(), -1)
+    want = [ref[j, PROMPT_IDS[j + 1]].item() for j in range(len(PROMPT_IDS) - 1)] + \
+        [rows[i][t].item() for i, t in enumerate(ids)]
+    r = client.completions.create(**_greedy(max_tokens=2, logprobs=1, echo=True))
+    lp = r.choices[0].logprobs
+    assert lp.tokens == [tok.decode([t]) for t in PROMPT_IDS + ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=2e-4)
+    assert r.choices[0].text.startswith(tok.decode(PROMPT_IDS))
+    chunks = list(client.completions.create(**_greedy(max_tokens=2, logprobs=1, echo=True), stream=True))
+    streamed = [x for c in chunks for x in (c.choices[0].logprobs.token_logprobs if c.choices[0].logprobs else [])]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-6)
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+
+
 def _text_of(tok, ids):
     return tok.decode(ids, skip_special_tokens=True)
 
@@ -173,8 +193,9 @@ def test_max_completion_tokens_and_stop_token_ids(client, hf):
     stop_at = ids[2]
     want = ids[:ids.index(stop_at) + 1]
     for stream in (False, True):
+        usage = {"stream_options": {"include_usage": True}} if stream else {}
         out = client.completions.create(**_greedy(max_tokens=6, extra_body={"stop_token_ids": [stop_at]}),
-                                        stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}))
+                                        stream=stream, **usage)
         if stream:
             chunks = list(out)
             assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"

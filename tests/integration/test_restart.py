@@ -66,8 +66,7 @@ def test_a_killed_local_worker_is_restarted_and_the_cluster_is_back_to_full_capa
     # Both workers serve again: enough concurrent requests that the policy may use either; all are answered.
     for m in serving.MODELS:
         assert _ask(url, m, "after the restart").usage.completion_tokens >= 1
-    lost = [v for (name, _), v in serving.metrics(url).items() if name.startswith("warmserve_workers_lost")]
-    assert lost and max(lost) >= 1
+    assert serving.counter(url, "warmserve_workers_lost") == 1
     assert serving.wait_idle(url) == []
 
 
@@ -154,3 +153,18 @@ def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
         done.set()
         watcher.join()
     assert slowest and max(slowest)[0] < 1.0 and {st for _, st in slowest} == {200}, max(slowest)
+
+
+def test_serve_refuses_a_network_worker_socket_without_curve(tmp_path):
+    """`warmserve serve --bind tcp://0.0.0.0:0` with no --curve-dir would admit any host as a worker: it exits 1
+    at once, naming both fixes, and starts no worker."""
+    import subprocess
+    import sys
+
+    paths = serving.demo_paths(serving.MODELS[:1])
+    proc = subprocess.run([sys.executable, "-m", "warmserve", "serve", "--model", paths[serving.MODELS[0]],
+                           "--port", "0", "--cpu-workers", "1", "--bind", "tcp://0.0.0.0:0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "InsecureBindError" in proc.stderr, proc.stderr[-2000:]
+    assert "--curve-dir" in proc.stderr and "--insecure" in proc.stderr
+    assert "serving" not in proc.stdout

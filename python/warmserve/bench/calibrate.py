@@ -10,7 +10,12 @@ Per demo model, in this process, on a host page pool like a CPU worker's, with t
 - activation: ``Engine(lm)`` over the resident weights, first KV blocks mapped (``activation_s``, median);
 - prefill: one step of one request of N prompt tokens (``prefill_table``, seconds by prompt tokens);
 - decode: one step with B running sequences (``decode_table``, seconds by batch);
-- cold start (load + activation + first token) and prewarmed first token, reported beside the profile.
+- cold start (load + activation + first token) and prewarmed first token, reported beside the profile;
+- a fresh engine, as vanilla autoscaling starts one (``measure_fresh_engine``): a new process (interpreter, torch and
+  the engine imported, the page pool created) timed from its spawn until it is ready to load, then each checkpoint
+  loaded into it. The spawn-to-ready time plus the fixed part of those loads becomes ``engine_init_s``, their
+  bandwidth ``fast_load_bytes_per_s``: what the simulator charges an ``autoscale`` cold start
+  (``CostModel.vllm_cold_start_s``).
 
 With ``--parallel N`` the same measurement then runs in N processes at once (as N CPU workers sharing the
 machine's cores would), and ``gpu.compute_scale`` becomes the median ratio of their prefill/decode times to the
@@ -49,6 +54,8 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
     p.add_argument("--parallel", type=int, default=1,
                    help="also measure N processes at once and set gpu.compute_scale to their slowdown")
+    p.add_argument("--no-fresh-engine", action="store_true",
+                   help="skip timing fresh engine processes (engine_init_s, fast_load_bytes_per_s stay defaults)")
     p.add_argument("--memory-bytes", type=int, default=0,
                    help="pool bytes (the simulated device's memory); default: a CPU worker's budget for these models")
 
@@ -155,12 +162,68 @@ def fit_load(points: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, float(fixed)), float(1.0 / slope)
 
 
-def build_profile(per_model: dict, memory_bytes: int, threads: int) -> dict:
+def _fresh_engine_child(spec_json: str) -> None:
+    """Runs in the fresh process of ``measure_fresh_engine``: import, create the pool, say "ready", then load each
+    checkpoint and report the load times (one JSON line each on stdout)."""
+    t_start = time.perf_counter()
+    spec = json.loads(spec_json)
+    import torch
+
+    from warmserve.engine import load_model
+    from warmserve.memory import PagePool
+
+    torch.set_num_threads(spec["threads"])
+    with PagePool(spec["pool_bytes"], backend="host") as pool:
+        print(json.dumps({"ready_in_process_s": time.perf_counter() - t_start}), flush=True)
+        loads = {}
+        for name, path in spec["paths"].items():
+            t0 = time.perf_counter()
+            lm = load_model(path, pool, name=name).wait()
+            loads[name] = time.perf_counter() - t0
+            lm.close()
+        print(json.dumps({"load_s": loads}), flush=True)
+
+
+def measure_fresh_engine(paths: dict, pool_bytes: int, threads: int, repeats: int) -> dict:
+    """Start a fresh engine process ``repeats`` times, as a vanilla autoscaler does for each cold start: the time
+    from spawning it until it is ready to load weights (interpreter start, imports, page pool: ``init_s``), and the
+    time it then takes to load each checkpoint (``load_s`` per model, from the page cache). Medians, seconds."""
+    import subprocess
+
+    spec = json.dumps({"threads": threads, "pool_bytes": int(pool_bytes), "paths": dict(paths)})
+    code = f"from warmserve.bench.calibrate import _fresh_engine_child; _fresh_engine_child({spec!r})"
+    inits, loads = [], {n: [] for n in paths}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        first = proc.stdout.readline()
+        t_ready = time.perf_counter() - t0
+        rest, err = proc.communicate()
+        if proc.returncode or not first.strip():
+            raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err[-500:]}")
+        inits.append(t_ready)
+        for n, v in json.loads(rest.strip().splitlines()[-1])["load_s"].items():
+            loads[n].append(v)
+    return {"init_s": statistics.median(inits), "init_s_runs": inits,
+            "load_s": {n: statistics.median(v) for n, v in loads.items()}}
+
+
+def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict | None = None) -> dict:
+    """The profile (schema ``warmserve.sim.profile/1``) from ``measure_model`` results per model and, when given,
+    ``measure_fresh_engine``'s result (without it, ``engine_init_s`` and ``fast_load_bytes_per_s`` are left out
+    and the cost model keeps its GPU defaults)."""
     from warmserve.sim.costmodel import SCHEMA
 
     fixed_s, bw = fit_load([(m["weight_bytes"], m["measured"]["load_s"]) for m in per_model.values()])
     activation = statistics.median(m["measured"]["activation_s"] for m in per_model.values())
-    return {
+    extra, fresh_fit = {}, None
+    if fresh is not None:
+        fresh_fixed_s, fresh_bw = fit_load([(per_model[n]["weight_bytes"], s) for n, s in fresh["load_s"].items()])
+        fresh_fit = {"fixed_s": fresh_fixed_s, "bytes_per_s": fresh_bw}
+        # a fresh engine's start besides copying bytes: spawn to ready, plus its loads' fixed part
+        extra = {"engine_init_s": fresh["init_s"] + fresh_fixed_s, "fast_load_bytes_per_s": fresh_bw}
+    prof = {
         "schema": SCHEMA,
         "gpu": {"name": f"cpu-worker-{threads}t", "memory_bytes": float(memory_bytes), "pool_fraction": 1.0,
                 "h2d_bytes_per_s": bw, "compute_scale": 1.0},
@@ -169,11 +232,15 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int) -> dict:
         "activation_s": activation,
         # the host backend maps KV pages lazily while serving: a cold start pays none of it up front
         "kv_map_s_per_gib": 0.0,
+        **extra,
         "models": {n: {k: v for k, v in m.items() if k != "measured"} for n, m in per_model.items()},
         "measured": {n: m["measured"] for n, m in per_model.items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": threads,
                     "load_fit": {"fixed_s": fixed_s, "bytes_per_s": bw}},
     }
+    if fresh is not None:
+        prof["measured_fresh_engine"] = dict(fresh, load_fit=fresh_fit)
+    return prof
 
 
 def measure_parallel(args, names) -> dict:
@@ -185,7 +252,7 @@ def measure_parallel(args, names) -> dict:
         outs = [os.path.join(d, f"p{i}.json") for i in range(args.parallel)]
         cmd = [sys.executable, "-m", "warmserve", "calibrate", "--models", ",".join(names), "--threads",
                str(args.threads), "--prefill-tokens", args.prefill_tokens, "--decode-batches", args.decode_batches,
-               "--decode-steps", str(args.decode_steps), "--repeats", str(args.repeats)]
+               "--decode-steps", str(args.decode_steps), "--repeats", str(args.repeats), "--no-fresh-engine"]
         if args.demo_dir:
             cmd += ["--demo-dir", args.demo_dir]
         procs = [subprocess.Popen(cmd + ["--out", o], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -238,7 +305,12 @@ def main(args) -> int:
             print(f"{n:<12} {weights[n] / 2**20:7.1f} MiB  load {m['load_s'] * 1e3:7.1f} ms  activation "
                   f"{m['activation_s'] * 1e3:6.2f} ms  cold TTFT {m['cold_start_first_token_s'] * 1e3:7.1f} ms  "
                   f"prewarmed TTFT {m['prewarmed_first_token_s'] * 1e3:6.1f} ms", file=sys.stderr)
-    prof = build_profile(per_model, mem, args.threads)
+    fresh = None
+    if not args.no_fresh_engine:
+        fresh = measure_fresh_engine(paths, pool_bytes, args.threads, args.repeats)
+        print(f"fresh engine process: ready in {fresh['init_s']:.2f} s, then loads "
+              + ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in fresh["load_s"].items()), file=sys.stderr)
+    prof = build_profile(per_model, mem, args.threads, fresh)
     if args.parallel > 1:
         prof["parallel"] = measure_parallel(args, names)
         ratios = []
@@ -260,5 +332,7 @@ def main(args) -> int:
         print(f"{n:<12} " + " ".join(f"{s * 1e3:7.1f}" for _, s in m["prefill_table"]) + "  "
               + " ".join(f"{s * 1e3:6.1f}" for _, s in m["decode_table"]))
     print(f"load: {prof['engine_start_s'] * 1e3:.1f} ms fixed + {prof['gpu']['h2d_bytes_per_s'] / 1e9:.2f} GB/s; "
-          f"activation {prof['activation_s'] * 1e3:.2f} ms; wrote {args.out}")
+          f"activation {prof['activation_s'] * 1e3:.2f} ms"
+          + (f"; fresh engine: {prof['engine_init_s']:.2f} s + {prof['fast_load_bytes_per_s'] / 1e9:.2f} GB/s"
+             if fresh is not None else "") + f"; wrote {args.out}")
     return 0

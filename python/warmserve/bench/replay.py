@@ -314,18 +314,29 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
     return s, ttft
 
 
-def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
+def twin_config(cpu_workers: int, window_s: float, drain_s: float):
+    """The simulated twin of the live CPU cluster: what it runs, not the GPU engine model's defaults. The live
+    controller fills an engine's max_num_seqs in from the policy's instance capacity (``EngineConfig.resolved``:
+    B sequences, not vLLM's 256) and its scheduler runs decodes first and prompt chunks in the rest of a
+    ``max_batch_tokens`` step (chunked prefill); the policy ticks as often as the controller's."""
     from warmserve.config import ControllerConfig
     from warmserve.policy.config import PolicyConfig
+    from warmserve.protocol import EngineConfig
     from warmserve.sim.config import SimConfig
+
+    pcfg = PolicyConfig(window_s=window_s)
+    engine = EngineConfig().resolved(pcfg.instance_capacity)
+    return SimConfig(n_servers=1, gpus_per_server=cpu_workers, warmup_s=0.0, drain_s=drain_s,
+                     tick_s=ControllerConfig().tick_s, unanswered_ttft_s=UNANSWERED_TTFT_S,
+                     max_num_seqs=engine.max_num_seqs, chunked_prefill_tokens=engine.max_batch_tokens,
+                     policy_config=pcfg)
+
+
+def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
     from warmserve.sim.runner import resolve
     from warmserve.sim.simulator import simulate
 
-    # the live controller's policy tick, so both run the policy equally often
-    cfg = SimConfig(n_servers=1, gpus_per_server=args.cpu_workers, warmup_s=0.0, drain_s=args.drain_s,
-                    tick_s=ControllerConfig().tick_s,
-                    unanswered_ttft_s=UNANSWERED_TTFT_S,
-                    policy_config=PolicyConfig(window_s=args.window_s * args.time_scale))
+    cfg = twin_config(args.cpu_workers, args.window_s * args.time_scale, args.drain_s)
     base, cfg = resolve(policy, cfg)
     r = simulate(w, served_sim, base, config=cfg, cost=cost)
     s = dict(r.summary)
@@ -485,4 +496,4 @@ def _jsonable(x):
 
 
 __all__ = ["build_workload", "replay_requests", "history_rows", "summarize", "validation", "parse_prewarm_metrics",
-           "LiveCluster", "main"]
+           "LiveCluster", "twin_config", "main"]

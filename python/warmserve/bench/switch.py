@@ -9,6 +9,10 @@
 3. load_vs_memcpy_bandwidth. Pipelined load of 1 GiB from a host buffer into unmapped pages vs one memcpy of the
    same buffer into mapped pages (the load from a file in the page cache is reported beside it).
 4. Per-GiB milliseconds of map, unmap, move and the first touch of every 4 KiB after a map.
+5. cache_vs_pinned_bandwidth (issue 13, goal >= 0.8): loading 1 GiB from the host checkpoint cache
+   (memory/host_cache.py, an entry in /dev/shm) into unmapped slot pages vs the plain copy of 1 GiB from pinned
+   host memory into mapped pages (GPU: a pinned tensor's host-to-device copy; host: memcpy), and the cold fill
+   (file in the page cache -> cache entry -> slot, pipelined) beside them.
 
 Medians over repeats. The checkpoint is random bf16 weights in a Llama-like layout (hidden 2048, 9 tensors per
 layer), as many layers as the size asks for.
@@ -45,6 +49,13 @@ def add_arguments(p) -> None:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="write a PNG of activation vs cold load here")
     p.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
+    p.add_argument("--parts", default="activation,move,load,cache",
+                   help="comma-separated subset of: activation, move, load, cache")
+    p.add_argument("--cache-gib", type=float, default=1.0, help="bytes loaded through the host checkpoint cache")
+    p.add_argument("--cache-root", default="/dev/shm",
+                   help="tmpfs under which the cache's folder is made (falls back to --dir when too small)")
+    p.add_argument("--cache-threads", type=int, default=None,
+                   help="loader threads (= streams on cuda) of cache loads (default: 4 on cuda, 2 on host)")
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -300,6 +311,70 @@ def load_bandwidth(args, dev: Device, workdir: str) -> dict:
             "ratio": gbs(buf) / gbs(copy), "ratio_file": gbs(fil) / gbs(copy)}
 
 
+def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
+    """Load from the host checkpoint cache vs the plain pinned copy, same bytes, same run."""
+    import shutil
+
+    from warmserve.memory import PagePool
+    from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+
+    import torch
+
+    nbytes = int(args.cache_gib * GiB) // (2 * MiB) * (2 * MiB)
+    n = nbytes // (2 * MiB)
+    src = np.random.default_rng(2).integers(0, 256, nbytes, dtype=np.uint8)
+    path = os.path.join(workdir, "cached.bin")
+    src.tofile(path)
+    warm_page_cache(path)
+    base = args.cache_root if shutil.disk_usage(args.cache_root).free > 2 * nbytes + GiB else workdir
+    root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
+    threads = args.cache_threads or (4 if dev.cuda else 2)
+    cfg = HostCacheConfig(root=root, capacity_bytes=2 * nbytes, threads=threads)
+    try:
+        with PagePool(nbytes, backend=args.backend, device=args.device) as pool, HostCheckpointCache(cfg) as cache:
+            s = pool.create_slot(nbytes, "cache")
+            s.map(0, n)
+            if dev.cuda:  # the reference: pinned host memory -> mapped device pages, one copy
+                t = s.tensor(0, (nbytes,), torch.uint8)
+                h = torch.from_numpy(src).pin_memory()
+                copy = timed(lambda: t.copy_(h, non_blocking=True), args.repeats, dev)
+                del t, h
+            else:
+                copy = timed(lambda: ctypes.memmove(s.base_address, src.ctypes.data, nbytes), args.repeats, dev)
+            s.unmap(0, n)
+            unmap = lambda: s.unmap(0, n)  # noqa: E731
+
+            def drop_entry():
+                unmap()
+                cache.close()
+                os.unlink(cache.entry_path(path))
+
+            sources = [(path, 0, 0, nbytes)]
+            fill = timed(lambda: cache.load(s, sources).wait(), max(1, min(args.repeats, 3)), dev,
+                         teardown=drop_entry)
+            cache.load(s, sources).wait()  # the entry every hit below maps
+            unmap()
+            cache.close()  # as in a fresh worker: the first hit maps the entry (and on cuda registers it)
+            t0 = time.perf_counter()
+            cache.load(s, sources).wait()
+            first_hit_s = time.perf_counter() - t0  # this process maps (and on cuda registers) the entry
+            unmap()
+            hit = timed(lambda: cache.load(s, sources).wait(), args.repeats, dev, teardown=unmap)
+            cache.load(s, sources).wait()
+            check = s.tensor(nbytes - 4096, (4096,), torch.uint8).cpu().numpy()
+            assert (check == src[-4096:]).all(), "bytes loaded from the cache differ"
+            stats = cache.stats()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        os.unlink(path)
+    gbs = lambda xs: nbytes / statistics.median(xs) / 1e9  # noqa: E731
+    return {"bytes": nbytes, "cache_root": base, "threads": threads,
+            "pinned_copy_gbps" if dev.cuda else "memcpy_gbps": gbs(copy), "load_from_cache_gbps": gbs(hit),
+            "fill_from_file_gbps": gbs(fill), "first_hit_in_process_ms": first_hit_s * 1e3,
+            "ratio": gbs(hit) / gbs(copy), "ratio_fill": gbs(fill) / gbs(copy),
+            "hits": stats["hits"], "fills": stats["fills"], "bypassed": stats["bypassed"]}
+
+
 # ---------------------------------------------------------------- report
 def machine(args) -> dict:
     info = {"cpus": os.cpu_count(), "platform": platform.platform(), "backend": args.backend}
@@ -343,34 +418,56 @@ def main(args) -> int:
     dev = Device(args.backend, args.device)
     with open("/proc/meminfo") as f:
         avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
+    parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
+    unknown = parts - {"activation", "move", "load", "cache"}
+    if unknown:
+        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from activation, move, load, cache")
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
-        for size in sizes:
+        for size in sizes if "activation" in parts else []:
             need = 2 * size * GiB + KV_FIRST_BYTES + GiB  # file in the page cache + pool, with slack
             if args.backend == "host" and need > avail:
                 res["skipped"].append(f"{size:g} GiB: needs about {need / GiB:.1f} GiB of host memory, "
                                       f"{avail / GiB:.1f} GiB available")
                 continue
             res["activation_vs_cold_load"].append(activation_vs_cold(size, args, dev, workdir))
-        res.update(move_and_primitives(args, dev))
-        res["load_vs_memcpy_bandwidth"] = load_bandwidth(args, dev, workdir)
-    goals = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8}
+        if "move" in parts:
+            res.update(move_and_primitives(args, dev))
+        if "load" in parts:
+            res["load_vs_memcpy_bandwidth"] = load_bandwidth(args, dev, workdir)
+        if "cache" in parts:
+            res["cache_vs_pinned_bandwidth"] = cache_bandwidth(args, dev, workdir)
+    goals = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8,
+             "cache_vs_pinned_bandwidth": 0.8}
     res["goals"] = goals
 
-    print(f"warmserve bench switch: backend={args.backend}, {res['machine'].get('cpu', '?')}, "
+    print(f"warmserve bench switch: backend={args.backend}, {res['machine'].get('gpu', res['machine'].get('cpu', '?'))}, "
           f"{res['machine']['cpus']} cpus, median of {args.repeats}")
-    print(f"{'weights':>8} {'tensors':>8} {'activate ms':>12} {'(map KV':>8} {'views)':>7} {'cold load ms':>13} "
-          f"{'ratio':>8}")
+    if res["activation_vs_cold_load"]:
+        print(f"{'weights':>8} {'tensors':>8} {'activate ms':>12} {'(map KV':>8} {'views)':>7} {'cold load ms':>13} "
+              f"{'ratio':>8}")
     for r in res["activation_vs_cold_load"]:
         print(f"{r['size_gib']:>6g}Gi {r['tensors']:>8} {r['activation_ms']:>12.3f} {r['activation_map_kv_ms']:>8.3f} "
               f"{r['activation_views_ms']:>7.3f} {r['cold_load_ms']:>13.1f} {r['ratio']:>7.0f}x")
     for s in res["skipped"]:
         print(f"  skipped {s}")
-    mv, ld, pg = res["move_vs_memcpy"], res["load_vs_memcpy_bandwidth"], res["per_gib"]
-    print(f"move 1 GiB {mv['move_ms']:.3f} ms vs memcpy {mv['memcpy_ms']:.1f} ms: {mv['ratio']:.0f}x (goal >= 30x)")
-    print(f"load {ld['load_buffer_gbps']:.2f} GB/s (file {ld['load_file_gbps']:.2f}) vs memcpy {ld['memcpy_gbps']:.2f}"
-          f" GB/s: {ld['ratio']:.2f} (file {ld['ratio_file']:.2f}; goal >= 0.8)")
-    print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in pg.items()))
+    if "move_vs_memcpy" in res:
+        mv, pg = res["move_vs_memcpy"], res["per_gib"]
+        print(f"move 1 GiB {mv['move_ms']:.3f} ms vs memcpy {mv['memcpy_ms']:.1f} ms: {mv['ratio']:.0f}x (goal >= 30x)")
+    if "load_vs_memcpy_bandwidth" in res:
+        ld = res["load_vs_memcpy_bandwidth"]
+        print(f"load {ld['load_buffer_gbps']:.2f} GB/s (file {ld['load_file_gbps']:.2f}) vs memcpy {ld['memcpy_gbps']:.2f}"
+              f" GB/s: {ld['ratio']:.2f} (file {ld['ratio_file']:.2f}; goal >= 0.8)")
+    if "cache_vs_pinned_bandwidth" in res:
+        c = res["cache_vs_pinned_bandwidth"]
+        ref = "pinned H2D" if dev.cuda else "memcpy"
+        print(f"host cache: load {c['load_from_cache_gbps']:.2f} GB/s vs {ref} "
+              f"{c.get('pinned_copy_gbps', c.get('memcpy_gbps')):.2f} GB/s: {c['ratio']:.2f} (goal >= 0.8); "
+              f"fill from file {c['fill_from_file_gbps']:.2f} GB/s ({c['ratio_fill']:.2f}); first hit in a process "
+              f"{c['first_hit_in_process_ms']:.0f} ms; {c['threads']} threads, entry under {c['cache_root']}"
+              + (f"; BYPASSED {c['bypassed']}x (no room)" if c["bypassed"] else ""))
+    if "per_gib" in res:
+        print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in res["per_gib"].items()))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -130,12 +130,14 @@ class Api:
 
     async def completions(self, request: web.Request):
         req, sampling = oa.parse_completion(await request.read())
+        request[_INFO]["model"] = req.model  # for the access log, also when the model does not exist
         model = self.controller.model(req.model)
         ids = await aprepare(model, req.prompt, max_tokens=sampling.max_tokens)
         return await self._generate(request, "completion", req, model, ids, sampling)
 
     async def chat(self, request: web.Request):
         req, sampling = oa.parse_chat(await request.read())
+        request[_INFO]["model"] = req.model
         model = self.controller.model(req.model)
         ids = await aprepare(model, messages=oa.chat_dicts(req), max_tokens=sampling.max_tokens)
         return await self._generate(request, "chat", req, model, ids, sampling)
@@ -163,7 +165,7 @@ class Api:
             rid = oa.new_id("cmpl" if kind == "completion" else "chatcmpl")
             info["id"] = rid
             if req.stream:
-                return await self._stream(request, kind, req, model, choices, len(ids), rid, prefix,
+                return await self._stream(request, kind, req, model, choices, ids, rid, prefix,
                                           sampling.logprobs is not None)
             texts = await choices.collect()
             decode = model.tokenizer.decode
@@ -172,8 +174,13 @@ class Api:
                 lp = None
                 if sampling.logprobs is not None:
                     entries = g.take_logprobs()
-                    lp = (oa.completion_logprobs(entries, decode, len(prefix)) if kind == "completion"
-                          else oa.chat_logprobs(entries, decode))
+                    if kind == "chat":
+                        lp = oa.chat_logprobs(entries, decode)
+                    elif prefix:  # echo: the prompt's tokens first, then the choice's
+                        lp = oa.completion_logprobs(
+                            oa.prompt_logprob_entries(ids, g.req.prompt_logprobs, decode) + entries, decode, 0)
+                    else:
+                        lp = oa.completion_logprobs(entries, decode, 0)
                 items.append((oa.completion_choice if kind == "completion" else oa.chat_choice)(
                     i, prefix + text, g.finish_reason, lp))
             body = (oa.completion_body if kind == "completion" else oa.chat_body)(
@@ -192,8 +199,8 @@ class Api:
             self.active -= n
             _account(info, request, gens)
 
-    async def _stream(self, request, kind, req, model, choices: Choices, n_prompt: int, rid: str, prefix: str,
-                      want_logprobs: bool):
+    async def _stream(self, request, kind, req, model, choices: Choices, prompt_ids: list[int], rid: str,
+                      prefix: str, want_logprobs: bool):
         created = int(time.time())
         # The status waits for the first piece of text: a failure before it (every worker lost, a queue timeout,
         # a worker's refusal) is a real HTTP status with the OpenAI error body, not an event after a 200.
@@ -220,17 +227,27 @@ class Api:
             lp = oa.chat_logprobs(entries, decode) if want_logprobs else None
             return oa.sse(oa.chat_chunk(rid, model.name, created, d, finish, index=i, logprobs=lp))
 
+        echoed = [not prefix] * len(choices.gens)
+
+        def echo(i: int) -> bytes:
+            """The echoed prompt of choice i, sent with its first event: its prompt logprobs come with its first
+            token."""
+            echoed[i] = True
+            lp = None
+            if want_logprobs:
+                lp = oa.completion_logprobs(oa.prompt_logprob_entries(prompt_ids, choices.gens[i].req.prompt_logprobs,
+                                                                      decode), decode, 0)
+            return oa.sse(oa.completion_chunk(rid, model.name, created, prefix, None, index=i, logprobs=lp))
+
         def event(ev) -> bytes:
             i, piece = ev
-            return chunk(i, piece, None) if piece is not None else chunk(i, "", choices.gens[i].finish_reason)
+            head = b"" if echoed[i] else echo(i)
+            return head + (chunk(i, piece, None) if piece is not None else chunk(i, "", choices.gens[i].finish_reason))
 
         try:
-            for i in range(len(choices.gens)):
-                if kind == "chat":
-                    await resp.write(oa.sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""},
-                                                          None, index=i)))
-                elif prefix:
-                    await resp.write(oa.sse(oa.completion_chunk(rid, model.name, created, prefix, None, index=i)))
+            for i in range(len(choices.gens) if kind == "chat" else 0):
+                await resp.write(oa.sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""},
+                                                      None, index=i)))
             try:
                 if first is not None:
                     await resp.write(event(first))
@@ -244,7 +261,7 @@ class Api:
                 return resp
             if req.stream_options is not None and req.stream_options.include_usage:
                 obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
-                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, n_prompt,
+                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, len(prompt_ids),
                                                        choices.completion_tokens)))
             await resp.write(oa.SSE_DONE)
         except (ConnectionResetError, ConnectionError):

@@ -247,15 +247,21 @@ class Controller:
                 self._request_done(req, "abort")
             return
         w = req.worker
-        if w.alive and w.gens.get(req.gid) is req:
-            fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=req.gid))
+        if w.gens.get(req.gid) is req:
+            # Ended here at once, not when the worker confirms: a worker that no longer knows the request (its
+            # Generate was lost or refused unread) never would. The worker takes the Abort before any later
+            # Generate (one socket, in order), so the room it frees is there for the next request.
+            self._end_gen(w, req.gid)
+            self._request_done(req, "abort")
+            if w.alive:
+                fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=req.gid))
 
     def _on_event(self, w: WorkerRecord, msg) -> None:
         if isinstance(msg, P.Tokens):
             req = w.gens.get(msg.id)
             if req is None:
                 return
-            req.push(msg.token_ids, msg.logprobs)
+            req.push(msg.token_ids, msg.logprobs, msg.prompt_logprobs)
             if msg.finished:
                 req.end_s = time.monotonic()
                 self._end_gen(w, msg.id)
@@ -377,13 +383,16 @@ class Controller:
                     log.error("could not restart %r: %s", lost, e)
                     continue
                 deadline = time.monotonic() + self.config.worker_start_timeout_s
+                joined = False
                 while not self.closing and proc.poll() is None and time.monotonic() < deadline:
                     w = self.hub.workers.get(ident)
-                    if w is not None and w.proc is proc and w.ready:
+                    mine = w is not None and w.proc is proc
+                    if mine and w.ready:
                         log.info("%r is back (process %d)", w, w.pid)
                         return
-                    if w is not None and w.proc is proc and not w.alive:
-                        break  # lost while being admitted
+                    if joined and not (mine and w.alive):
+                        break  # it said Hello, then was lost while being admitted (its record is gone)
+                    joined = joined or mine
                     await asyncio.sleep(0.1)
                 log.warning("restarted %r did not join (status %s)", lost, proc.poll())
         finally:
@@ -425,9 +434,12 @@ class Controller:
             for gid, req in list(w.gens.items()):
                 last = req.last_token_s or req.arrival_s
                 if not req.done and now - last > self.cc.request_timeout_s:
-                    req.fail(TimeoutError_(
-                        f"{w!r} produced no token for {self.cc.request_timeout_s:.0f} s", timeout_s=self.cc.request_timeout_s))
-                    fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
+                    req.fail(TimeoutError_(f"{w!r} produced no token for {self.cc.request_timeout_s:.0f} s",
+                                           timeout_s=self.cc.request_timeout_s))
+                    self._end_gen(w, gid)  # not left to the worker's answer, as in _abort
+                    self._request_done(req, "timeout")
+                    if w.alive:
+                        fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
 
     # ------------------------------------------------------------------------------------------- views
 

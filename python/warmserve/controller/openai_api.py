@@ -159,7 +159,7 @@ def _refuse_unsupported(req) -> None:
         raise _bad(f"best_of={req.best_of} is not supported (only best_of == n, {req.n}): leave it out", "best_of")
 
 
-def _sampling(req, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
     """The request's sampling fields with OpenAI's defaults (temperature and top_p 1); SamplingParams checks the
     ranges (the seed's included: one that does not fit 64 bits is a 400 here, not a failure on the wire)."""
     _refuse_unsupported(req)
@@ -172,17 +172,16 @@ def _sampling(req, max_tokens: int | None, logprobs: int | None) -> SamplingPara
         ignore_eos=req.ignore_eos,
         presence_penalty=float(req.presence_penalty or 0.0), frequency_penalty=float(req.frequency_penalty or 0.0),
         repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
-        logprobs=logprobs,
+        logprobs=logprobs, prompt_logprobs=prompt_logprobs,
     )
 
 
 def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
     req = _decode(body, CompletionRequest)
     req.prompt = _one_prompt(req.prompt)
-    if req.echo and req.logprobs is not None:
-        raise _bad("echo with logprobs asks for the prompt tokens' logprobs, which this server does not compute: "
-                   "send echo or logprobs, not both", "echo")
-    return req, _sampling(req, req.max_tokens, req.logprobs)
+    # echo with logprobs: the prompt's tokens get theirs too (OpenAI's legacy completions; lm-eval's loglikelihood)
+    prompt_logprobs = req.logprobs if req.echo else None
+    return req, _sampling(req, req.max_tokens, req.logprobs, prompt_logprobs)
 
 
 def _is_ids(x) -> bool:
@@ -260,15 +259,23 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def completion_logprobs(entries, decode, offset: int = 0) -> dict:
     """The ``logprobs`` object of a completions choice (OpenAI's legacy layout) from ``TextGeneration
-    .take_logprobs()`` entries; ``offset``: characters before the first token's text (the echoed prompt)."""
+    .take_logprobs()`` entries (``prompt_logprob_entries`` first, with echo); ``offset``: characters before the
+    first token's text."""
     out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for _, text, lp in entries:
         out["tokens"].append(text)
-        out["token_logprobs"].append(lp.logprob)
-        out["top_logprobs"].append({decode([t]): v for t, v in zip(lp.top_ids, lp.top_logprobs)})
+        # the prompt's first token has none (nothing before it): null, as OpenAI's echo gives it
+        out["token_logprobs"].append(lp.logprob if lp is not None else None)
+        out["top_logprobs"].append({decode([t]): v for t, v in zip(lp.top_ids, lp.top_logprobs)}
+                                   if lp is not None else None)
         out["text_offset"].append(offset)
         offset += len(text)
     return out
+
+
+def prompt_logprob_entries(prompt_ids: list[int], lps: list, decode) -> list:
+    """(token id, text, TokenLogprobs or None) of each prompt token, the first having none."""
+    return [(t, decode([t]), lps[i - 1] if 0 < i <= len(lps) else None) for i, t in enumerate(prompt_ids)]
 
 
 def _token(text: str, logprob: float) -> dict:

@@ -20,7 +20,7 @@ class Req:
     __slots__ = (
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s", "_waiter",
-        "sent_s", "end_s", "gid", "logprobs", "abort_reason",
+        "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
@@ -47,6 +47,7 @@ class Req:
         self._waiter: asyncio.Future | None = None
         self._abort_cb = None       # set by the controller: abort(req) frees it wherever it is
         self.logprobs: list = []    # protocol.TokenLogprobs of each generated token, when sampling asks for them
+        self.prompt_logprobs: list = []  # of prompt tokens 1.., when sampling asks for prompt_logprobs
         self.abort_reason = ""      # why the front end aborted it: "stop" (a stop string) or "abort"
 
     # ------------------------------------------------------------------------------------------ producer side
@@ -64,11 +65,13 @@ class Req:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def push(self, token_ids: list[int], logprobs=None) -> None:
+    def push(self, token_ids: list[int], logprobs=None, prompt_logprobs=None) -> None:
         if self.done or not token_ids:
             return
         if logprobs:
             self.logprobs.extend(logprobs)
+        if prompt_logprobs:
+            self.prompt_logprobs = list(prompt_logprobs)
         now = time.monotonic()
         if self.first_token_s is None:
             self.first_token_s = now

@@ -49,6 +49,8 @@ class StepOutput:
     stop_reason: int | None = None
     #: One per token of token_ids when the request asked for logprobs (SamplingParams.logprobs), else empty.
     logprobs: list[TokenLogprobs] | None = None
+    #: With a request's first token, when it asked for prompt_logprobs: one per prompt token after the first.
+    prompt_logprobs: list[TokenLogprobs] | None = None
 
 
 class Engine:
@@ -69,7 +71,7 @@ class Engine:
             kv_region, total_blocks, mapper = lm._kv_region(kv_blocks)
             kv = KVCache(lm.config, kv_region, total_blocks, lm.block_tokens, mapper,
                          target_free_blocks, map_blocks_per_step)
-            model = Model(lm.config, params)
+            model = Model(lm.config, params, lm.parallel)
         except BaseException:
             lm._deactivate(self)
             raise
@@ -228,6 +230,8 @@ class Engine:
         rows, sampled = [], []
         r = 0
         for c in chunks:
+            if c.seq.params.prompt_logprobs is not None:
+                self._prompt_logprobs(c, hidden, r)
             r += c.n
             if c.samples:
                 rows.append(r - 1)
@@ -246,6 +250,22 @@ class Engine:
         for c, t, lp in zip(sampled, toks if sampled else (), lps if sampled else ()):
             outputs.append(self._append(c.seq, t, lp))
         return outputs
+
+    #: Rows of prompt logits computed at once for prompt_logprobs (bounds the [rows, vocab] float32 temporary).
+    PROMPT_LOGPROBS_ROWS = 256
+
+    def _prompt_logprobs(self, c: ScheduledChunk, hidden: torch.Tensor, row: int) -> None:
+        """Log-probabilities of the prompt tokens this chunk predicts (position j predicts token j + 1), once: a
+        chunk recomputed after a preemption finds them already there."""
+        seq = c.seq
+        end = min(c.start + c.n, len(seq.prompt) - 1)
+        if c.start != len(seq.prompt_logprobs) or end <= c.start:
+            return
+        k = seq.params.prompt_logprobs
+        for a in range(c.start, end, self.PROMPT_LOGPROBS_ROWS):
+            b = min(end, a + self.PROMPT_LOGPROBS_ROWS)
+            lg = self.model.logits(hidden[row + a - c.start:row + b - c.start])
+            seq.prompt_logprobs += logprobs(lg, seq.prompt[a + 1:b + 1], [k] * (b - a))
 
     def _append(self, seq: Sequence, token: int, lp: TokenLogprobs | None = None) -> StepOutput:
         seq.output.append(token)
@@ -266,10 +286,11 @@ class Engine:
 
     def _output(self, seq: Sequence, new: list[int]) -> StepOutput:
         lps = seq.logprobs[seq.num_reported:] if seq.params.logprobs is not None and new else None
+        plps = seq.prompt_logprobs if seq.params.prompt_logprobs is not None and new and not seq.num_reported else None
         seq.num_reported = len(seq.output)
         done = seq.status == FINISHED
         return StepOutput(seq.request_id, list(new), done, seq.finish_reason if done else None, len(seq.prompt),
-                          len(seq.output), seq.stop_reason, lps)
+                          len(seq.output), seq.stop_reason, lps, plps)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[list[int]]:
         """Run prompts to completion (a convenience over add_request/step); returns each one's output ids."""

@@ -13,10 +13,19 @@ Bytes move from the files straight into the slot through ``slot.load`` (C++ thre
 copy; no intermediate copy in Python). A tensor whose checkpoint dtype differs from the requested dtype cannot
 be copied byte for byte: it is converted per tensor after the copy phase, from a memory map of the file into
 its slot view (one tensor at a time, so the extra memory is at most one tensor in the checkpoint's dtype).
+
+Tensor parallelism (``load_model(..., tp=, rank=)``): each rank's slot holds only its shard, laid out the same way
+(fused groups of the rank's slices, page-aligned weight region, then the rank's own KV blocks); engine/parallel.py
+has the rules. Only the rank's slice of each tensor is read. A slice along dim 0 (column-parallel q/k/v and
+gate/up, vocabulary rows) is one contiguous byte range of the file and goes through ``slot.load`` like a whole
+tensor; a slice along dim 1 (row-parallel o and down) is strided in the file, so it is read after the copy phase
+with safetensors' ``get_slice`` (the slice's bytes only, one tensor at a time) and copied into its slot view. Rows
+padding the last vocabulary shard are zeroed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -31,6 +40,7 @@ from warmserve.engine.demo import hf_tensor_shapes
 from warmserve.engine.kv_cache import block_layout
 from warmserve.geometry import KV_BLOCK_TOKENS, align_up
 from warmserve.engine.model import hf_groups
+from warmserve.engine.parallel import ParallelGroup, Shard, shard_config, shard_of
 from warmserve.errors import (CancelledError, InvalidArgumentError, OutOfMemoryError, ViewsAliveError,
                               fmt_bytes)
 
@@ -52,8 +62,10 @@ def resolve_dtype(dtype, cfg: ModelConfig) -> torch.dtype:
     return DTYPES[name]
 
 
-def plan_layout(cfg: ModelConfig, tensors: dict[str, TensorInfo], dtype: torch.dtype, page_bytes: int):
-    """(fused name -> (byte offset, shape), [(hf tensor, slot byte offset)], weight bytes, weight region bytes)."""
+def plan_layout(cfg: ModelConfig, tensors: dict[str, TensorInfo], dtype: torch.dtype, page_bytes: int, tp: int = 1,
+                rank: int = 0):
+    """(fused name -> (byte offset, shape), [(hf tensor, slot byte offset, Shard or None for all of it)], weight
+    bytes, weight region bytes) of rank `rank` of a `tp`-way split; cfg is the model's own config."""
     expected = hf_tensor_shapes(cfg)
     missing = [n for n in expected if n not in tensors]
     if missing:
@@ -70,11 +82,12 @@ def plan_layout(cfg: ModelConfig, tensors: dict[str, TensorInfo], dtype: torch.d
     weight_bytes = 0
     for fused, names in hf_groups(cfg):
         off = -(-off // ALIGN_BYTES) * ALIGN_BYTES
-        shapes = [expected[n] for n in names]
+        shards = [shard_of(n, cfg, tp, rank) for n in names]
+        shapes = [expected[n] if sh is None else sh.shape(expected[n]) for n, sh in zip(names, shards)]
         rows = sum(s[0] for s in shapes)
         layout[fused] = (off, (rows,) + shapes[0][1:])
-        for n, s in zip(names, shapes):
-            placed.append((tensors[n], off))
+        for n, s, sh in zip(names, shapes, shards):
+            placed.append((tensors[n], off, sh))
             nb = int(np.prod(s)) * es
             off += nb
             weight_bytes += nb
@@ -86,11 +99,16 @@ class LoadedModel:
     """A model whose weights sit in a slot: prewarmed, or activated by an Engine over the same pages."""
 
     def __init__(self, name, path, cfg, slot, dtype, layout, weight_bytes, weight_region_bytes, tokenizer,
-                 generation_config, max_context: int | None = None):
+                 generation_config, max_context: int | None = None, tp_rank: int = 0):
         self.name = name
         self.path = path
-        #: Parsed config; the raw HF dict is ``config.raw`` (also ``hf_config``).
+        #: Parsed config (of this rank's shard when config.tp > 1); the raw HF dict is ``config.raw`` (also
+        #: ``hf_config``).
         self.config: ModelConfig = cfg
+        #: The shard this slot holds, of config.tp.
+        self.tp_rank = tp_rank
+        #: The tensor-parallel group the shard runs in once activated (bind_group); None at tp = 1.
+        self.parallel: ParallelGroup | None = None
         self.hf_config: dict = cfg.raw
         self.generation_config: dict = generation_config
         self.slot = slot
@@ -115,6 +133,24 @@ class LoadedModel:
     def kv_capacity_blocks(self) -> int:
         """KV blocks the slot's reservation can hold after the weights."""
         return (self.slot.reserved_bytes - self.weight_region_bytes) // self.kv_bytes_per_block
+
+    @property
+    def tp(self) -> int:
+        return self.config.tp
+
+    def bind_group(self, group: ParallelGroup) -> None:
+        """Set the process group a tensor-parallel shard runs in (before activation; the group is the caller's and
+        outlives the engine)."""
+        if self.active:
+            raise InvalidArgumentError(f"model {self.name!r} is running: close its engine before binding a group",
+                                       model=self.name)
+        if group.world_size != self.tp or group.rank != self.tp_rank:
+            raise InvalidArgumentError(
+                f"model {self.name!r} holds shard {self.tp_rank} of {self.tp}; the group is rank {group.rank} of "
+                f"{group.world_size}: bind the group whose rank and size match the shard",
+                model=self.name, tp=self.tp, tp_rank=self.tp_rank, group_rank=group.rank,
+                group_size=group.world_size)
+        self.parallel = group
 
     @property
     def active(self) -> bool:
@@ -173,7 +209,8 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("active" if self.active else "prewarmed")
-        return f"LoadedModel({self.name!r}, {fmt_bytes(self.weight_bytes)}, {state})"
+        shard = f", shard {self.tp_rank} of {self.tp}" if self.tp > 1 else ""
+        return f"LoadedModel({self.name!r}, {fmt_bytes(self.weight_bytes)}{shard}, {state})"
 
 
 class _SlotBlockMapper:
@@ -192,18 +229,39 @@ class _SlotBlockMapper:
 class ModelLoad:
     """A load in flight: ``wait()`` returns the LoadedModel; ``cancel()`` stops it and frees its pages."""
 
-    def __init__(self, name, path, cfg, slot, dtype, layout, placed, weight_bytes, region, progress):
+    def __init__(self, name, path, cfg, slot, dtype, layout, placed, weight_bytes, region, progress, tp_rank=0,
+                 host_cache=None):
+        """cfg: the config the loaded model runs (the rank's shard config when tp > 1). host_cache: a
+        memory.host_cache.HostCheckpointCache the bytes are loaded through (None: straight from the files)."""
         self.name, self.path, self.cfg, self.slot, self.dtype = name, path, cfg, slot, dtype
         self._layout, self._weight_bytes, self._region = layout, weight_bytes, region
-        self._direct = [(ti, off) for ti, off in placed if ti.dtype == dtype]
-        self._convert = [(ti, off) for ti, off in placed if ti.dtype != dtype]
+        self._tp_rank = tp_rank
+        sources = []
+        self._convert: list[tuple[TensorInfo, int, Shard | None]] = []
+        #: (slot byte offset, bytes) of vocabulary padding to zero.
+        self._pads: list[tuple[int, int]] = []
+        for ti, off, sh in placed:
+            src = _file_range(ti, sh)
+            if src is not None and ti.dtype == dtype:
+                if src[1]:
+                    sources.append((ti.path, src[0], off, src[1]))
+            else:
+                self._convert.append((ti, off, sh))
+            if sh is not None and sh.pad:
+                data = _shard_numel(ti.shape, sh, padded=False) * _esize(dtype)
+                self._pads.append((off + data, _shard_numel(ti.shape, sh, padded=True) * _esize(dtype) - data))
         self._progress_cb = progress
         self._converted = 0
-        self._convert_total = sum(ti.nbytes * _esize(dtype) // _esize(ti.dtype) for ti, _ in self._convert)
+        self._convert_total = sum(_shard_numel(ti.shape, sh, padded=False) * _esize(dtype)
+                                  for ti, _, sh in self._convert)
         self._result: LoadedModel | None = None
         self._cancelled = False
-        sources = [(ti.path, ti.file_offset, off, ti.nbytes) for ti, off in self._direct]
-        self._job = slot.load(sources, progress=self._on_progress) if sources else None
+        if not sources:
+            self._job = None
+        elif host_cache is not None:
+            self._job = host_cache.load(slot, sources, progress=self._on_progress)
+        else:
+            self._job = slot.load(sources, progress=self._on_progress)
 
     def _on_progress(self, done: int, total: int) -> None:
         if self._progress_cb is not None:
@@ -247,11 +305,12 @@ class ModelLoad:
                 self.slot.close(force=True)
             raise
         self._result = LoadedModel(self.name, self.path, self.cfg, self.slot, self.dtype, self._layout,
-                                   self._weight_bytes, self._region, _tokenizer(self.path), _gen_config(self.path))
+                                   self._weight_bytes, self._region, _tokenizer(self.path), _gen_config(self.path),
+                                   tp_rank=self._tp_rank)
         return self._result
 
     def _convert_rest(self) -> None:
-        if not self._convert:
+        if not self._convert and not self._pads:
             return
         # the copy phase mapped only the pages under its own tensors: fill the gaps of the weight region
         pb = self.slot.page_bytes
@@ -261,15 +320,46 @@ class ModelLoad:
             if start > page and page < need:
                 self.slot.map(page, min(start, need) - page)
             page = max(page, start + n)
-        for ti, off in self._convert:
-            # copy-on-write: a writable buffer for torch that never touches the file
-            mm = np.memmap(ti.path, dtype=np.uint8, mode="c", offset=ti.file_offset, shape=(ti.nbytes,))
-            src = torch.frombuffer(memoryview(mm), dtype=ti.dtype).view(ti.shape)
-            dst = self.slot.tensor(off, ti.shape, self.dtype)
-            dst.copy_(src)
-            del dst, src, mm
-            self._converted += ti.nbytes * _esize(self.dtype) // _esize(ti.dtype)
-            self._on_progress(*(self._job.progress if self._job is not None else (0, 0)))
+        with contextlib.ExitStack() as files:
+            opened = {}  # path -> safetensors handle, for slices
+            for ti, off, sh in self._convert:
+                if sh is None:
+                    # copy-on-write: a writable buffer for torch that never touches the file
+                    mm = np.memmap(ti.path, dtype=np.uint8, mode="c", offset=ti.file_offset, shape=(ti.nbytes,))
+                    src = torch.frombuffer(memoryview(mm), dtype=ti.dtype).view(ti.shape)
+                else:
+                    if ti.path not in opened:
+                        from safetensors import safe_open
+
+                        opened[ti.path] = files.enter_context(safe_open(ti.path, framework="pt"))
+                    part = opened[ti.path].get_slice(ti.name)
+                    mm = None
+                    src = part[sh.start:sh.stop] if sh.dim == 0 else part[:, sh.start:sh.stop]
+                dst = self.slot.tensor(off, src.shape, self.dtype)
+                dst.copy_(src)
+                del dst, src, mm
+                self._converted += _shard_numel(ti.shape, sh, padded=False) * _esize(self.dtype)
+                self._on_progress(*(self._job.progress if self._job is not None else (0, 0)))
+        for off, nbytes in self._pads:
+            pad = self.slot.tensor(off, (nbytes,), torch.uint8)
+            pad.zero_()
+            del pad
+
+
+def _file_range(ti: TensorInfo, sh: Shard | None) -> tuple[int, int] | None:
+    """(file offset, bytes) of the part of ti a rank holds, when those bytes are contiguous in the file."""
+    if sh is None:
+        return ti.file_offset, ti.nbytes
+    if sh.dim != 0:
+        return None
+    row = ti.nbytes // ti.shape[0]
+    return ti.file_offset + sh.start * row, (sh.stop - sh.start) * row
+
+
+def _shard_numel(shape: tuple[int, ...], sh: Shard | None, padded: bool) -> int:
+    if sh is None:
+        return int(np.prod(shape))
+    return int(np.prod(sh.shape(shape))) // sh.size * (sh.size if padded else sh.stop - sh.start)
 
 
 def _tokenizer(path: str):
@@ -288,19 +378,26 @@ def _gen_config(path: str) -> dict:
 
 
 def load_model(path: str, pool, dtype="auto", progress=None, name: str | None = None,
-               kv_reserve_bytes: int | None = None) -> ModelLoad:
+               kv_reserve_bytes: int | None = None, tp: int = 1, rank: int = 0, host_cache=None) -> ModelLoad:
     """Start loading the checkpoint in directory `path` into a new slot of `pool`, tagged "prewarm:<name>".
 
     dtype: "auto" (the checkpoint's), "float32", "bfloat16", "float16" or a torch dtype. progress(done, total)
     is called with byte counts while waiting. kv_reserve_bytes: address space reserved for the KV cache after the
-    weights (default: the pool's size). Raises OutOfMemoryError at once when the weights cannot fit the free pages.
+    weights (default: the pool's size). tp, rank: load only shard `rank` of a `tp`-way tensor-parallel split
+    (TensorParallelError when the model does not split tp ways); the result then runs with a ParallelGroup
+    (``LoadedModel.bind_group``). host_cache: a HostCheckpointCache (memory/host_cache.py) shared by the workers
+    of the machine; the files are then read once per machine and copied into the slot from host memory by DMA.
+    Raises OutOfMemoryError at once when the weights cannot fit the free pages.
     """
     path = os.fspath(path)
     cfg = ModelConfig.from_dir(path)
+    run_cfg = shard_config(cfg, tp)
+    if not 0 <= rank < tp:
+        raise InvalidArgumentError(f"rank {rank} is outside a {tp}-way split: use 0..{tp - 1}", rank=rank, tp=tp)
     name = name or os.path.basename(os.path.normpath(path))
     dt = resolve_dtype(dtype, cfg)
     tensors = read_tensors(path)
-    layout, placed, weight_bytes, region = plan_layout(cfg, tensors, dt, pool.page_bytes)
+    layout, placed, weight_bytes, region = plan_layout(cfg, tensors, dt, pool.page_bytes, tp, rank)
     if region > pool.free_bytes:
         raise OutOfMemoryError(
             f"model {name!r} needs {fmt_bytes(region)} for its weights, {fmt_bytes(pool.free_bytes)} free of "
@@ -309,7 +406,8 @@ def load_model(path: str, pool, dtype="auto", progress=None, name: str | None = 
     reserve = region + (pool.total_bytes if kv_reserve_bytes is None else int(kv_reserve_bytes))
     slot = pool.create_slot(reserve, f"prewarm:{name}")
     try:
-        return ModelLoad(name, path, cfg, slot, dt, layout, placed, weight_bytes, region, progress)
+        return ModelLoad(name, path, run_cfg, slot, dt, layout, placed, weight_bytes, region, progress, rank,
+                         host_cache=host_cache)
     except BaseException:
         slot.close(force=True)
         raise

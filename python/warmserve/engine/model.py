@@ -5,6 +5,11 @@ view spans each group and the projections run as one matmul, with no copy), or o
 Parameter names (per layer ``layers.{i}.``): ``qkv.weight`` [(H+2*KVH)*D, hidden], ``qkv.bias``, ``o.weight``,
 ``o.bias``, ``gate_up.weight`` [2*I, hidden], ``gate_up.bias``, ``down.weight``, ``down.bias``, ``ln1``, ``ln2``;
 and ``embed`` [V, hidden], ``norm``, ``lm_head`` (the embed tensor when tied).
+
+One rank of a tensor-parallel instance runs the same code over its shard (``cfg`` is then the rank's config, from
+engine/parallel.py shard_config, and ``embed``/``lm_head`` hold a vocabulary shard), with a ParallelGroup that
+sums the embedding and the row-parallel o and down projections and gathers the logits (the rules are in
+parallel.py). With no group (tp = 1) no collective runs.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import torch.nn.functional as F
 
 from warmserve.engine.attention import AttnMeta, attend
 from warmserve.engine.config import ModelConfig
+from warmserve.engine.parallel import ParallelGroup, vocab_range
 from warmserve.engine.rope import Rope, apply_rope
+from warmserve.errors import InvalidArgumentError
 
 # HF name suffixes of each fused group, in the order they are laid out back to back.
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -55,9 +62,16 @@ def fuse_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, 
 
 
 class Model:
-    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor]):
+    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None):
+        """parallel: the group of a tensor-parallel rank: required when cfg.tp > 1, None at tp = 1."""
+        if cfg.tp != (parallel.world_size if parallel is not None else 1):
+            raise InvalidArgumentError(
+                f"a {cfg.tp}-way shard runs with a process group of {cfg.tp} ranks, got "
+                f"{parallel.world_size if parallel is not None else 'none'}: bind the instance's group first",
+                tp=cfg.tp)
         self.cfg = cfg
         self.params = params
+        self.parallel = parallel if cfg.tp > 1 else None
         self.embed = params["embed"]
         self.norm = params["norm"]
         self.lm_head = params["lm_head"]
@@ -69,6 +83,12 @@ class Model:
                    "down.weight", "down.bias"))
             for i in range(cfg.num_layers)
         ]
+        if self.parallel is not None:
+            # Row-parallel biases are added once: by rank 0, into its partial sum before the all-reduce.
+            if self.parallel.rank != 0:
+                self.layers = [(ln1, qkv_w, qkv_b, o_w, None, ln2, gu_w, gu_b, down_w, None)
+                               for ln1, qkv_w, qkv_b, o_w, _, ln2, gu_w, gu_b, down_w, _ in self.layers]
+            self.vocab_start, self.vocab_stop, _ = vocab_range(cfg.vocab_size, cfg.tp, self.parallel.rank)
         self.rope = Rope(cfg, self.dtype, self.device)
         self.scale = cfg.head_dim ** -0.5
 
@@ -85,7 +105,8 @@ class Model:
         cfg = self.cfg
         n = input_ids.shape[0]
         q_size, kv_size = cfg.q_size, cfg.kv_size
-        h = F.embedding(input_ids, self.embed)
+        par = self.parallel
+        h = F.embedding(input_ids, self.embed) if par is None else self._embed_shard(input_ids)
         cos, sin = self.rope.cos_sin(positions)
         for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
             x = self._rms(h, ln1)
@@ -96,14 +117,31 @@ class Model:
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
             a = attend(meta, q, k, v, cache, *layer_offsets[i], self.scale)
-            h = h + F.linear(a, o_w, o_b)
+            o = F.linear(a, o_w, o_b)
+            if par is not None:
+                par.all_reduce(o)
+            h = h + o
             x = self._rms(h, ln2)
             gu = F.linear(x, gu_w, gu_b)
             g, u = gu.chunk(2, dim=-1)
-            h = h + F.linear(F.silu(g) * u, down_w, down_b)
+            d = F.linear(F.silu(g) * u, down_w, down_b)
+            if par is not None:
+                par.all_reduce(d)
+            h = h + d
         return self._rms(h, self.norm)
+
+    def _embed_shard(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Ids outside this rank's vocabulary rows embed as zeros, so the sum over ranks is the one real row.
+        local = input_ids - self.vocab_start
+        outside = (local < 0) | (local >= self.vocab_stop - self.vocab_start)
+        h = F.embedding(local.masked_fill(outside, 0), self.embed)
+        h.masked_fill_(outside[:, None], 0)
+        return self.parallel.all_reduce(h)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[n, vocab] float32 logits."""
-        return F.linear(hidden, self.lm_head).float()
+        """[n, vocab] float32 logits (on every rank of a tensor-parallel instance)."""
+        out = F.linear(hidden, self.lm_head)
+        if self.parallel is not None:
+            out = self.parallel.all_gather(out)[:, :self.cfg.vocab_size]
+        return out.float()

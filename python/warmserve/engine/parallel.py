@@ -13,8 +13,9 @@ vocabulary, ``D`` the head size):
     gate_proj, up_proj .weight / .bias  column-parallel (dim 0)            rows [r*I/tp, (r+1)*I/tp)
     down_proj.weight                    row-parallel (dim 1)               columns [r*I/tp, (r+1)*I/tp)
     o_proj.bias, down_proj.bias         replicated                         added by rank 0 only, before the sum
-    embed_tokens, lm_head               vocabulary-parallel (dim 0)        rows [r*Vp, min(V, (r+1)*Vp)), Vp = ceil(V/tp),
-                                                                           zero rows pad a short last shard to Vp
+    embed_tokens, lm_head               vocabulary-parallel (dim 0)        rows [r*Vp, min(V, (r+1)*Vp)),
+                                                                           Vp = ceil(V/tp); zero rows pad a
+                                                                           short last shard to Vp
     input/post_attention_layernorm,     replicated
     model.norm
 
@@ -25,11 +26,18 @@ each rank caching only its own KV heads (the per-rank KV block of geometry.kv_bl
 Collectives (``ParallelGroup``): the embedding lookup of a vocabulary shard yields zeros for ids outside it, so an
 all-reduce (sum) after it gives every rank the full embedding, exactly; after each row-parallel projection (o and
 down) an all-reduce sums the partial products; the head's [n, Vp] logits are all-gathered into [n, V], so every
-rank holds the same full logits (bit for bit) and samples the same greedy token. Hence ``tp`` must divide
+rank holds the same full logits (bit for bit) and picks the same greedy token (sampled tokens agree when every
+rank's request carries the same seed). Whole heads per rank and an even SwiGLU split need ``tp`` to divide
 ``num_heads``, ``num_kv_heads`` and ``intermediate_size`` (TensorParallelError otherwise); the vocabulary may be
 any size. ``tp == 1`` uses none of this: no group, no collective, the single-device code path.
 
-torch.distributed carries the collectives: gloo on CPU, NCCL on CUDA devices.
+torch.distributed carries the collectives: gloo on CPU, NCCL on CUDA devices. Every rank runs the same requests
+through its own Engine, so the ranks' schedulers take the same steps and call the collectives in the same order:
+
+    group = ParallelGroup.init(rank, tp, "10.0.0.1", 29500)      # or ParallelGroup(rank, tp, a_prebuilt_group)
+    lm = load_model(path, pool, tp=tp, rank=rank).wait()         # this rank's shard, in its own slot
+    lm.bind_group(group)
+    engine = Engine(lm)                                          # same add_request/step calls on every rank
 """
 
 from __future__ import annotations
@@ -93,8 +101,9 @@ def shard_config(cfg: ModelConfig, tp: int) -> ModelConfig:
                                    tp=cfg.tp)
     if tp == 1:
         return cfg
-    bad = [f"{what} {n}" for what, n in (("num_attention_heads", cfg.num_heads), ("num_key_value_heads", cfg.num_kv_heads),
-                                         ("intermediate_size", cfg.intermediate_size)) if n % tp]
+    sizes = (("num_attention_heads", cfg.num_heads), ("num_key_value_heads", cfg.num_kv_heads),
+             ("intermediate_size", cfg.intermediate_size))
+    bad = [f"{what} {n}" for what, n in sizes if n % tp]
     if bad:
         raise TensorParallelError(
             f"tp={tp} does not divide {', '.join(bad)}: each rank must hold whole heads, whole KV heads and an equal "

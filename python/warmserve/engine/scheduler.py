@@ -39,6 +39,8 @@ class Sequence:
     num_reported: int = 0
     #: Log-probabilities of each output token, when params.logprobs asks for them (kept across preemption).
     logprobs: list = field(default_factory=list)
+    #: Log-probabilities of prompt tokens 1.., when params.prompt_logprobs asks for them (computed once).
+    prompt_logprobs: list = field(default_factory=list)
 
     @property
     def tokens(self) -> list[int]:

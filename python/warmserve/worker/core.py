@@ -382,6 +382,7 @@ class WorkerCore:
                     finish_reason=out.finish_reason if out.finished else None,
                     num_prompt_tokens=int(out.num_prompt_tokens), num_output_tokens=int(out.num_output_tokens),
                     logprobs=out.logprobs or [],
+                    prompt_logprobs=out.prompt_logprobs or [],
                 ))
 
     # ------------------------------------------------------------------ helpers

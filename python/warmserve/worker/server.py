@@ -37,8 +37,8 @@ Bounds: a message over ``max_message_bytes`` drops its connection; sends never b
 past ``hwm`` messages, or that is gone, has its generations aborted); the pipe towards the engine holds at most
 ``2 * hwm`` messages, past which the link stops reading the network (ZeroMQ's own high-water mark then pushes back);
 at most ``max_messages_per_drain`` messages are read between two engine steps. A peer silent for
-``peer_timeout_s`` has its generations aborted, so a dead client does not hold KV blocks. A malformed message gets a ``ProtocolError`` reply
-and the loop goes on.
+``peer_timeout_s`` has its generations aborted, so a dead client does not hold KV blocks. A malformed message
+gets a ``ProtocolError`` reply and the loop goes on.
 """
 
 from __future__ import annotations

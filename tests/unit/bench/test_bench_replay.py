@@ -230,3 +230,30 @@ def test_endpoint_mode_end_to_end(tmp_path):
     assert s["answered"] == s["requests"] and s["outcomes"]["ok"] == s["requests"]
     assert 0 < s["ttft_p50_s"] <= s["ttft_p99_s"] < 5 and s["prewarm_hit_rate"] is None
     assert doc["simulated"] is None and (tmp_path / "p.png").exists()
+
+
+# --------------------------------------------------------------------------------------------- simulated twin
+
+def test_twin_runs_the_engine_the_live_cluster_runs():
+    """Live CPU engines run B sequences (EngineConfig.resolved fills max_num_seqs from the policy's
+    instance_capacity) with chunked steps of max_batch_tokens; the twin must not run vLLM's 256."""
+    from warmserve.policy.config import PolicyConfig
+    from warmserve.protocol import EngineConfig
+    from warmserve.sim.config import ServedModel
+    from warmserve.sim.costmodel import CostModel
+    from warmserve.sim.simulator import Simulator
+
+    cfg = R.twin_config(4, 45.0, 30.0)
+    assert cfg.max_num_seqs == PolicyConfig().instance_capacity == 32
+    assert cfg.chunked_prefill_tokens == EngineConfig().max_batch_tokens
+    assert cfg.policy_config.window_s == 45.0 and cfg.gpus_per_server == 4
+    a = _args("--duration-s", "300", "--time-scale", "0.2", "--rate", "2", "--max-output-tokens", "8",
+              "--max-prompt-tokens", "64")
+    w, served = R.build_workload(a)
+    sim = Simulator(w, [ServedModel(n, c) for n, c in served], "warmserve", config=cfg,
+                    cost=CostModel.from_profile(_profile()))
+    assert sim.max_batch == 32
+    s, ttft = R.run_sim("warmserve", w, [ServedModel(n, c) for n, c in served],
+                        _args("--duration-s", "300", "--time-scale", "0.2", "--cpu-workers", "4",
+                              "--window-s", "225", "--drain-s", "30"), CostModel.from_profile(_profile()))
+    assert s["requests"] == len(w.trace) == len(ttft) and s["answered"] == s["requests"]

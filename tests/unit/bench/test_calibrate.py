@@ -46,3 +46,34 @@ def test_measure_small_model(tmp_path):
     assert [p[0] for p in m["decode_table"]] == [1, 2] and all(p[1] > 0 for p in m["decode_table"])
     x = m["measured"]
     assert 0 < x["activation_s"] < x["cold_start_first_token_s"] and 0 < x["load_s"]
+
+
+def test_profile_carries_the_fresh_engine_start_the_autoscale_baseline_pays():
+    m = {"weight_bytes": 100e6, "tp": 1, "kv_bytes_per_token": 49152,
+         "prefill_table": [[16, 0.02], [256, 0.2]], "decode_table": [[1, 0.01], [8, 0.03]],
+         "measured": {"load_s": 0.04, "activation_s": 0.002, "cold_start_first_token_s": 0.1,
+                      "prewarmed_first_token_s": 0.03}}
+    per_model = {"llama-20m": m, "llama-90m": dict(m, weight_bytes=300e6)}
+    # fresh loads: 0.1 s fixed + bytes at 1 GB/s
+    fresh = {"init_s": 2.5, "init_s_runs": [2.5], "load_s": {"llama-20m": 0.2, "llama-90m": 0.4}}
+    prof = C.build_profile(per_model, 1 << 30, 1, fresh)
+    assert prof["engine_init_s"] == pytest.approx(2.6) and prof["fast_load_bytes_per_s"] == pytest.approx(1e9)
+    cm = CostModel.from_profile(prof)
+    c = cm.cost("x", "llama-90m")
+    # what the simulator charges an autoscale cold start: spawn-to-ready + the fixed part + bytes at the fresh rate
+    assert cm.vllm_cold_start_s(c) == pytest.approx(2.5 + 0.1 + 0.3)
+    assert prof["measured_fresh_engine"]["load_fit"]["fixed_s"] == pytest.approx(0.1)
+    # without a fresh-engine measurement the GPU defaults stay
+    bare = CostModel.from_profile(C.build_profile(per_model, 1 << 30, 1))
+    assert bare.engine_init_s == CostModel().engine_init_s
+
+
+@pytest.mark.slow
+def test_measure_fresh_engine_times_a_new_process(tmp_path):
+    from warmserve.engine.demo import write_demo_models
+
+    paths = write_demo_models(None, ["llama-20m"])
+    fresh = C.measure_fresh_engine(paths, 256 << 20, 1, 1)
+    # a new interpreter importing torch cannot be ready in under 0.2 s; a load from the page cache is well under it
+    assert fresh["init_s"] > 0.2 and len(fresh["init_s_runs"]) == 1
+    assert 0 < fresh["load_s"]["llama-20m"] < fresh["init_s"]

@@ -593,3 +593,35 @@ def test_worker_socket_on_the_network_needs_curve_or_insecure(model):
             await c.start()
 
     run(main())
+
+
+@pytest.mark.parametrize("how", ["abort", "timeout"])
+def test_a_running_request_the_worker_never_ends_is_not_left_in_flight(model, how):
+    """The worker never answers the Generate nor confirms the Abort (it lost or refused it unread): a client abort,
+    or the request timeout, still ends the request's count on its instance."""
+    async def main():
+        c = make_controller(model, request_timeout_s=0.5)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
+        peer.hold_generate = True
+        req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+        while not c.gpu_workers[0].gens:
+            await asyncio.sleep(0.01)
+        if how == "abort":
+            req.abort()
+        else:
+            with pytest.raises(WarmServeError, match="produced no token"):
+                await collect(req)
+        for _ in range(100):
+            if any(isinstance(m, P.Abort) for m in peer.got):
+                break
+            await asyncio.sleep(0.01)
+        assert any(isinstance(m, P.Abort) for m in peer.got)
+        st = next(iter(c.state.instances.values()))
+        assert st.in_flight == 0 and not c.gpu_workers[0].gens and c._open_requests() == 0
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())

@@ -54,7 +54,7 @@ def test_one_access_line_per_request_and_errors_carry_a_request_id(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "warmserve.access"]
     assert len(lines) == 3, lines
     assert lines[0].startswith("GET /v1/models model=- status=200 ")
-    assert lines[1].startswith("POST /v1/completions model=- status=404 ")
+    assert lines[1].startswith("POST /v1/completions model=nope status=404 ")
     for field in ("prompt_tokens=", "completion_tokens=", "ttft_ms=", "total_ms="):
         assert all(field in line for line in lines)
     assert " id=req-" in lines[1] and " id=req-" in lines[2] and lines[0].endswith(" id=-")

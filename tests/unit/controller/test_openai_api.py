@@ -93,9 +93,8 @@ def test_neutral_values_of_unsupported_fields_and_new_fields_pass():
     assert s.logprobs == 0
     _, s = oa.parse_completion(body(model="m", prompt="x", logprobs=0))
     assert s.logprobs == 0
-    with pytest.raises(InvalidArgumentError) as e:  # the prompt's logprobs are not computed: no silent half answer
-        oa.parse_completion(body(model="m", prompt="x", logprobs=0, echo=True))
-    assert e.value.fields["param"] == "echo"
+    _, s = oa.parse_completion(body(model="m", prompt="x", logprobs=2, echo=True))
+    assert (s.logprobs, s.prompt_logprobs) == (2, 2)
 
 
 def test_bad_chat_requests_are_400():

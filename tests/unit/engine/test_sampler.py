@@ -88,3 +88,33 @@ def test_engine_logprobs_of_greedy_tokens_equal_transformers_log_softmax(demo_di
             ref_v, ref_i = hf[step].topk(k)
             torch.testing.assert_close(torch.tensor(x.top_logprobs), ref_v, atol=2e-4, rtol=1e-4)
             assert x.top_ids == ref_i.tolist()
+
+
+@pytest.mark.parametrize("max_batch_tokens", [2048, 16])
+def test_engine_prompt_logprobs_equal_transformers_log_softmax(demo_dir, pool, hf_model, max_batch_tokens):
+    """Each prompt token's logprob given the ones before it, whole or prefilled in 16-token chunks, with a second
+    request decoding beside it; they come once, with the first generated token."""
+    path = demo_dir["qwen2-30m"]
+    lm = load_model(path, pool).wait()
+    try:
+        with Engine(lm, max_batch_tokens=max_batch_tokens) as eng:
+            g = torch.Generator().manual_seed(5)
+            prompt = torch.randint(0, lm.config.vocab_size, (45,), generator=g).tolist()
+            eng.add_request("other", prompt[:7], SamplingParams(max_tokens=5, ignore_eos=True))
+            eng.add_request("p", prompt, SamplingParams(max_tokens=3, ignore_eos=True, prompt_logprobs=2))
+            got = []
+            while eng.has_unfinished():
+                for o in eng.step():
+                    if o.request_id == "p" and o.prompt_logprobs is not None:
+                        got.append(o.prompt_logprobs)
+                    if o.request_id == "other":
+                        assert o.prompt_logprobs is None
+    finally:
+        lm.close()
+    assert len(got) == 1 and len(got[0]) == len(prompt) - 1
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(path)(torch.tensor([prompt])).logits[0, :-1].float(), -1)
+    mine = torch.tensor([x.logprob for x in got[0]])
+    torch.testing.assert_close(mine, ref[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])], atol=2e-4,
+                               rtol=1e-4)
+    assert [x.top_ids for x in got[0]] == ref.topk(2).indices.tolist()

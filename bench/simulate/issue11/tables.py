@@ -1,0 +1,135 @@
+"""Print the markdown tables of bench/simulate/README.md's "Where warmserve wins" section from the JSON files the
+commands there wrote (run from anywhere: python bench/simulate/issue11/tables.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PRESETS = ("paper_conv", "paper_code", "artifact_conv", "artifact_code")
+
+
+def load(name):
+    p = os.path.join(HERE, name + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+
+
+def f(v, nd=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{nd}f}"
+
+
+def per_seed(s, key="ttft_p99_s", nd=2):
+    return " / ".join(f(x[key], nd) for x in s.get("per_seed", {}).values()) or "-"
+
+
+def policy_table(doc):
+    print("| policy | TTFT p50 | p90 | p99 | p99 per seed 0/1/2 | SLO | starts (cold) | prewarm hits | GPU-s | "
+          "max rps@SLO |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, s in doc["policies"].items():
+        print(f"| {name} | {f(s['ttft_p50_s'])} | {f(s['ttft_p90_s'])} | {f(s['ttft_p99_s'])} | {per_seed(s)} | "
+              f"{f(s['slo_attainment'])} | {s['instance_starts']:.0f} ({s['starts_cold']:.0f}) | "
+              f"{f(s['prewarm_hit_rate'], 2)} | {s['gpu_seconds']:.0f} | {f(s.get('max_rate_under_slo_rps'), 2)} |")
+    w = doc["workload"]
+    print(f"\n{w['requests']} requests over {w['duration_s']:.0f} s at seed 0 "
+          f"({w['requests'] / w['duration_s']:.1f} rps)\n")
+
+
+def ratio_p99(doc, a="autoscale", b="warmserve"):
+    if not doc or a not in doc["policies"] or b not in doc["policies"]:
+        return None, None
+    pa, pb = doc["policies"][a], doc["policies"][b]
+    med = pa["ttft_p99_s"] / pb["ttft_p99_s"]
+    seeds = [pa["per_seed"][k]["ttft_p99_s"] / pb["per_seed"][k]["ttft_p99_s"] for k in pb.get("per_seed", {})]
+    return med, seeds
+
+
+def fr(r):
+    med, seeds = r
+    if med is None:
+        return "-"
+    return f"**{med:.1f}x** ({' / '.join(f'{x:.1f}' for x in seeds)})"
+
+
+def headline():
+    print("| preset | load | P99 autoscale/warmserve, 14 s | at 35 s | route cap 32 (14 s) | "
+          "max rate warmserve/shared | P99 warmserve/dedicated | GPU-s warmserve/dedicated |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p in PRESETS:
+        for var, label in (("", "trace"), ("_burst2", "CV 2"), ("_burst4", "CV 4")):
+            main = load(p if not var else p + var)
+            if main is None:
+                continue
+            cs = load(p + var + "_cs35")
+            cap = load(p + var + "_cap32")
+            r35 = (None, None)
+            if cs:
+                # 35 s changes only the cold-engine policy: autoscale at 35 s over warmserve of the same file
+                r35 = ratio_p99(cs)
+            mr = "-"
+            pol = main["policies"]
+            if "max_rate_under_slo_rps" in pol.get("shared", {}) and pol["shared"]["max_rate_under_slo_rps"]:
+                mr = f"{pol['warmserve']['max_rate_under_slo_rps'] / pol['shared']['max_rate_under_slo_rps']:.2f}x " \
+                     f"({pol['warmserve']['max_rate_under_slo_rps']:.1f} / {pol['shared']['max_rate_under_slo_rps']:.1f})"
+            wd = gd = "-"
+            if "dedicated" in pol:
+                wd = fr(ratio_p99(main, "warmserve", "dedicated"))
+                gd = f"{pol['warmserve']['gpu_seconds'] / pol['dedicated']['gpu_seconds']:.2f}x"
+            print(f"| {p.replace('_', '-')} | {label} | {fr(ratio_p99(main))} | {fr(r35)} | "
+                  f"{fr(ratio_p99(cap)) if cap else '-'} | {mr} | {wd} | {gd} |")
+    print()
+
+
+def variant_table(doc):
+    print("| policy | p50 | p99 | p99 per seed 0/1/2 | SLO | starts (cold) | hits | GPU-s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, s in sorted(doc["policies"].items(), key=lambda kv: kv[1]["ttft_p99_s"]):
+        print(f"| {name} | {f(s['ttft_p50_s'])} | {f(s['ttft_p99_s'])} | {per_seed(s)} | {f(s['slo_attainment'])} | "
+              f"{s['instance_starts']:.0f} ({s['starts_cold']:.0f}) | {f(s['prewarm_hit_rate'], 2)} | "
+              f"{s['gpu_seconds']:.0f} |")
+    print()
+
+
+def sweep_table(doc):
+    sw = doc["sweep"]
+    first = next(iter(sw["policies"].values()))["points"]
+    print("| policy | " + " | ".join(f"{p['offered_rate_rps']:.1f} rps" for p in first) + " | max swept rps@SLO |")
+    print("|---|" + "---|" * (len(first) + 1))
+    for name, pol in sw["policies"].items():
+        print(f"| {name} | " + " | ".join(f"{p['ttft_p99_s']:.2f} s / {p['slo_attainment']:.3f}" for p in pol["points"])
+              + f" | {pol['max_swept_rate_under_slo_rps']:.1f} |")
+        band = pol.get("cold_start_band")
+        if band:
+            print(f"| {name}, cold start {band['cold_start_s'][1]:g} s | "
+                  + " | ".join(f"{p['ttft_p99_s']:.2f} s / {p['slo_attainment']:.3f}" for p in band["high"]) + " | |")
+    print()
+
+
+def main():
+    print("## headline\n")
+    headline()
+    for p in PRESETS:
+        doc = load(p)
+        if doc:
+            print(f"## {p}\n")
+            policy_table(doc)
+        for var in ("_burst2", "_burst4"):
+            d = load(p + var)
+            if d:
+                print(f"## {p}{var}\n")
+                variant_table(d)
+        for var in ("_sweep", "_burst4_sweep"):
+            d = load(p + var)
+            if d:
+                print(f"## {p}{var}\n")
+                sweep_table(d)
+
+
+if __name__ == "__main__":
+    main()

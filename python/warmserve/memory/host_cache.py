@@ -1,0 +1,460 @@
+"""The host checkpoint cache: checkpoint files kept in host memory shared by the workers of one machine.
+
+The role ServerlessLLM's checkpoint store plays. Each cached file is one file under a tmpfs directory
+(``/dev/shm/warmserve-ckpt`` by default) holding the checkpoint file's bytes as they are on disk, named by a
+hash of the checkpoint's real path and a hash of its (size, mtime_ns, inode, device): a rewritten checkpoint
+gets a new name, so a stale entry is never served (the old one is removed when the new one is filled). Every
+worker process maps the same entry (MAP_SHARED), so the bytes are in host memory once per machine.
+
+Loads. ``cache.load(slot, sources)`` takes the same (path, file_offset, slot_byte_offset, nbytes) sources as
+``slot.load`` and returns a LoadJob:
+
+- hit: the entry is mapped (once per process) and, on a cuda pool, registered for DMA (cuMemHostRegister,
+  portable; once per process); C++ loader threads, each with its own stream, copy from it into the slot with
+  cuMemcpyHtoDAsync straight from the cache (no staging buffer, no CPU copy). On the host backend it is one
+  memcpy from the cache into the slot's pages. The checkpoint file is not opened.
+- miss: the entry is created (fallocate: a tmpfs that cannot hold it fails now, not with SIGBUS later), mapped
+  and registered, and the loader threads read each piece of the file into the entry and copy it into the slot
+  from there, so reading piece k+1 overlaps copying piece k (the fill is pipelined). File bytes no source covers
+  (the safetensors header) are copied into the entry by Python first. When the job ends well, the entry is
+  published (an atomic rename); a failed or cancelled fill is deleted.
+
+Concurrency. A fill holds an exclusive flock on ``<entry>.lock`` until it is published or deleted; a second
+worker asking for the same checkpoint waits on that lock (``lock_timeout_s``) and then maps the published entry
+instead of reading the file. Eviction and the budget check run under one flock on ``<root>/.lock``. Lock files
+are never deleted (removing one while another worker is about to lock it would let two fill the same entry).
+
+Eviction. Least recently used first (each use sets the entry's atime), until the entries and fills in progress
+fit ``capacity_bytes``. Evicting unlinks the entry: workers that have it mapped keep using their mapping (the
+memory is freed when the last one unmaps), and let go of it the next time they look it up. A checkpoint file
+larger than the whole budget, or one the tmpfs has no room for, is loaded straight from the file (counted in
+``stats()["bypassed"]``).
+
+Caveat. The key is the file's metadata, not its contents: a file rewritten in place with the same size, mtime
+and inode (``os.utime`` to the old time) is served from the cache as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import mmap
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from warmserve import _C
+from warmserve.errors import InvalidArgumentError, TimeoutError_, fmt_bytes
+from warmserve.memory.loader import LoadJob
+
+_POLL_S = 0.01
+
+
+@dataclass(frozen=True)
+class HostCacheConfig:
+    """Where the cache lives and how it loads."""
+
+    #: Directory of the entries, shared by the workers of one machine; a tmpfs, so entries are host memory.
+    root: str = "/dev/shm/warmserve-ckpt"
+    #: Budget of all entries together (bytes); the least recently used are evicted to stay under it.
+    capacity_bytes: int = 32 << 30
+    #: Loader threads of a load (on cuda each has its own stream: that many DMAs in flight).
+    threads: int = 4
+    #: Bytes a loader thread copies at a time (one DMA, or one file read plus one copy during a fill).
+    chunk_bytes: int = 32 << 20
+    #: How long a worker waits for another worker's fill of the same checkpoint (seconds).
+    lock_timeout_s: float = 600.0
+
+
+class _Entry:
+    """One cache file mapped in this process."""
+
+    def __init__(self, key: str, path: str, size: int, fd: int):
+        self.key, self.path, self.size = key, path, size
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) if size else None
+        self.arr = np.frombuffer(self.mm, dtype=np.uint8) if size else np.zeros(0, np.uint8)
+        self.ptr = self.arr.ctypes.data if size else 0
+        self.registered_device: int | None = None  # this process registered it (and unregisters it)
+        self.pinned = False
+        self.users = 0  # running loads that read it (guarded by the cache's lock)
+        self.stale = False  # unlinked by an eviction or an invalidation: release when no load uses it
+
+    def register(self, device: int) -> None:
+        if self.pinned or not self.size:
+            return
+        if _C.cuda_host_register(self.ptr, self.size, device):
+            self.registered_device = device
+        self.pinned = True
+
+    def release(self) -> None:
+        if self.registered_device is not None:
+            _C.cuda_host_unregister(self.ptr, self.registered_device)
+            self.registered_device = None
+        self.pinned = False
+        self.arr = None
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:  # a load job's keep-alive still exports it: the mapping goes with that job
+                pass
+            self.mm = None
+
+
+class HostCheckpointCache:
+    """Checkpoint files in shared host memory, loaded into slots by DMA (see the module docstring)."""
+
+    def __init__(self, config: HostCacheConfig = HostCacheConfig()):
+        if config.capacity_bytes <= 0:
+            raise InvalidArgumentError(f"capacity_bytes must be positive, not {config.capacity_bytes}")
+        if config.threads <= 0 or config.chunk_bytes <= 0:
+            raise InvalidArgumentError(f"threads ({config.threads}) and chunk_bytes ({config.chunk_bytes}) must be "
+                                       "positive")
+        self.config = config
+        os.makedirs(config.root, exist_ok=True)
+        self._mu = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0,
+                       "bytes_from_cache": 0, "bytes_filled": 0}
+
+    # ---------------------------------------------------------------- queries
+    def stats(self) -> dict:
+        """This process's counters: hits (entries mapped without reading the file), fills, bypassed (loaded
+        straight from the file), evicted and invalidated (entries this process unlinked), bytes_from_cache,
+        bytes_filled; and usage_bytes (all workers' entries) and capacity_bytes."""
+        with self._mu:
+            out = dict(self._stats)
+        out["usage_bytes"] = self.usage_bytes()
+        out["capacity_bytes"] = self.config.capacity_bytes
+        return out
+
+    def usage_bytes(self) -> int:
+        """Bytes of every entry and fill in progress under root (all workers)."""
+        return sum(size for _, size, _ in self._scan())
+
+    def entry_path(self, path: str) -> str:
+        """The cache file that holds `path` as it is now (it may not exist yet)."""
+        return os.path.join(self.config.root, self._key(os.path.realpath(path), os.stat(path)) + ".bin")
+
+    def contains(self, path: str) -> bool:
+        """Whether the checkpoint file `path`, as it is now, is cached."""
+        return os.path.exists(self.entry_path(path))
+
+    # ---------------------------------------------------------------- loading
+    def load(self, slot, sources: Iterable[tuple], *, progress: Callable[[int, int], None] | None = None) -> LoadJob:
+        """Like ``slot.load`` for file sources (path, file_offset, slot_byte_offset, nbytes), through the cache.
+        Returns at once with a running LoadJob; ``wait()`` publishes the entries it filled."""
+        by_path: dict[str, list[tuple[int, int, int]]] = {}
+        order = []
+        for i, src in enumerate(sources):
+            if not isinstance(src, tuple) or len(src) != 4 or not isinstance(src[0], (str, os.PathLike)):
+                raise InvalidArgumentError(f"cache load source {i} must be (path, file_offset, slot_byte_offset, "
+                                           "nbytes) with a file path")
+            p = os.fspath(src[0])
+            if p not in by_path:
+                by_path[p] = []
+                order.append(p)
+            by_path[p].append(tuple(int(x) for x in src[1:]))
+        cuda = slot.pool.backend == "cuda"
+        device = slot.pool.device
+        specs, fills, used = [], [], []
+        try:
+            for p in order:
+                entry, lock_fd = self._acquire(p)
+                if entry is None:  # bypassed: straight from the file
+                    specs += [(p, 0, None, fo, so, n) for fo, so, n in by_path[p]]
+                    continue
+                used.append(entry)
+                if cuda:
+                    entry.register(device)
+                if lock_fd is None:
+                    specs += [(None, entry.ptr, entry.arr, fo, so, n, 0, entry.pinned) for fo, so, n in by_path[p]]
+                    self._count(hits=1, bytes_from_cache=sum(n for _, _, n in by_path[p]))
+                else:
+                    fills.append((entry, lock_fd))
+                    _fill_gaps(p, entry, by_path[p])
+                    specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in by_path[p]]
+                    self._count(fills=1, bytes_filled=entry.size)
+            job = slot._slot.load(specs, self.config.threads, self.config.chunk_bytes)
+        except BaseException:
+            for entry, lock_fd in fills:
+                self._abort_fill(entry, lock_fd)
+            self._done_with([e for e in used if all(e is not f for f, _ in fills)])
+            raise
+        return _CachedLoadJob(job, progress, self, fills, used)
+
+    def close(self) -> None:
+        """Let go of this process's mappings (and DMA registrations). The entries stay for other workers."""
+        with self._mu:
+            entries, self._entries = list(self._entries.values()), {}
+        for e in entries:
+            e.release()
+
+    def __enter__(self) -> HostCheckpointCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _key(real: str, st: os.stat_result) -> str:
+        ph = hashlib.sha256(real.encode()).hexdigest()[:16]
+        sh = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}".encode()).hexdigest()[:16]
+        return f"{ph}-{sh}"
+
+    def _count(self, **kw) -> None:
+        with self._mu:
+            for k, v in kw.items():
+                self._stats[k] += v
+
+    def _scan(self) -> list[tuple[str, int, int]]:
+        """(file name, bytes, last use in ns) of every entry (.bin) and fill in progress (.fill)."""
+        out = []
+        for name in os.listdir(self.config.root):
+            if name.endswith((".bin", ".fill")):
+                try:
+                    st = os.stat(os.path.join(self.config.root, name))
+                except FileNotFoundError:
+                    continue
+                out.append((name, st.st_size, st.st_atime_ns))
+        return out
+
+    def _touch(self, bin_path: str) -> None:
+        """Mark an entry used now (LRU order is atime order)."""
+        try:
+            st = os.stat(bin_path)
+            os.utime(bin_path, ns=(time.time_ns(), st.st_mtime_ns))
+        except FileNotFoundError:
+            pass
+
+    def _mapped(self, key: str, bin_path: str) -> _Entry | None:
+        """This process's mapping of a published entry, if it still names the file under bin_path."""
+        with self._mu:
+            e = self._entries.get(key)
+            if e is None:
+                return None
+            try:
+                alive = os.stat(bin_path).st_size == e.size
+            except FileNotFoundError:
+                alive = False
+            if alive:
+                e.users += 1
+                return e
+            del self._entries[key]  # evicted by some worker: let go of it once no load reads it
+            e.stale = True
+            if e.users:
+                return None
+        e.release()
+        return None
+
+    def _map_published(self, key: str, bin_path: str) -> _Entry | None:
+        try:
+            fd = os.open(bin_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            e = _Entry(key, bin_path, os.fstat(fd).st_size, fd)
+        finally:
+            os.close(fd)
+        with self._mu:
+            old = self._entries.get(key)
+            if old is not None:  # another thread of this process mapped it meanwhile
+                old.users += 1
+                e.release()
+                return old
+            self._entries[key] = e
+            e.users += 1
+        return e
+
+    def _acquire(self, path: str) -> tuple[_Entry | None, int | None]:
+        """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed."""
+        st = os.stat(path)
+        key = self._key(os.path.realpath(path), st)
+        root = self.config.root
+        bin_path = os.path.join(root, key + ".bin")
+        for _ in range(2):  # a hit can race with an eviction: look once more after it
+            e = self._mapped(key, bin_path) or self._map_published(key, bin_path)
+            if e is not None:
+                self._touch(bin_path)
+                return e, None
+            lock_fd = os.open(os.path.join(root, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                _flock(lock_fd, self.config.lock_timeout_s, f"the cache entry of {path}")
+                e = self._map_published(key, bin_path)  # filled by another worker while we waited
+                if e is not None:
+                    os.close(lock_fd)
+                    self._touch(bin_path)
+                    return e, None
+                fill = self._start_fill(key, path, st.st_size, lock_fd)
+            except BaseException:
+                os.close(lock_fd)
+                raise
+            if fill is None:
+                os.close(lock_fd)
+                self._count(bypassed=1)
+                return None, None
+            return fill, lock_fd
+        raise AssertionError("unreachable")
+
+    def _start_fill(self, key: str, path: str, size: int, lock_fd: int) -> _Entry | None:
+        root = self.config.root
+        fill_path = os.path.join(root, key + ".fill")
+        if size > self.config.capacity_bytes:
+            return None
+        glock = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            _flock(glock, self.config.lock_timeout_s, "the cache's index lock")
+            self._evict_locked(size, keep=key, path_hash=key.split("-")[0])
+            fd = os.open(fill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                if size:
+                    os.posix_fallocate(fd, 0, size)
+                e = _Entry(key, os.path.join(root, key + ".bin"), size, fd)
+            except OSError as ex:
+                os.close(fd)
+                os.unlink(fill_path)
+                if ex.errno in (errno.ENOSPC, errno.ENOMEM):
+                    return None
+                raise
+            os.close(fd)
+        finally:
+            os.close(glock)  # closing the descriptor drops the flock
+        with self._mu:
+            e.users += 1
+        return e
+
+    def _evict_locked(self, need: int, keep: str, path_hash: str) -> None:
+        """With the index lock held: unlink entries of the same checkpoint path made from another version of the
+        file, then least recently used entries until `need` more bytes fit the budget."""
+        root = self.config.root
+        entries = self._scan()
+        used = sum(size for _, size, _ in entries)
+        for name, size, _ in entries:
+            if name.startswith(path_hash + "-") and name.endswith(".bin") and not name.startswith(keep):
+                _unlink(os.path.join(root, name))
+                used -= size
+                self._count(invalidated=1)
+        victims = sorted((t, name, size) for name, size, t in entries
+                         if name.endswith(".bin") and not name.startswith(path_hash + "-"))
+        for _, name, size in victims:
+            if used + need <= self.config.capacity_bytes:
+                break
+            _unlink(os.path.join(root, name))
+            used -= size
+            self._count(evicted=1)
+
+    def _publish(self, entry: _Entry, lock_fd: int) -> None:
+        fill_path = entry.path[: -len(".bin")] + ".fill"
+        os.rename(fill_path, entry.path)
+        self._touch(entry.path)
+        with self._mu:
+            self._entries.setdefault(entry.key, entry)
+        os.close(lock_fd)
+
+    def _abort_fill(self, entry: _Entry, lock_fd: int) -> None:
+        _unlink(entry.path[: -len(".bin")] + ".fill")
+        os.close(lock_fd)
+        with self._mu:
+            entry.users -= 1
+        entry.release()
+
+    def _done_with(self, entries: list[_Entry]) -> None:
+        for e in entries:
+            with self._mu:
+                e.users -= 1
+                release = e.stale and not e.users
+            if release:
+                e.release()
+
+
+class _CachedLoadJob(LoadJob):
+    """A LoadJob that publishes the cache entries it filled when it ends well, and deletes them otherwise."""
+
+    def __init__(self, job, progress, cache: HostCheckpointCache, fills, used):
+        super().__init__(job, progress)
+        self._cache, self._fills, self._used = cache, fills, used
+        self._settled = False
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        try:
+            n = super().wait(timeout_s)
+        except TimeoutError_:
+            raise  # still running: nothing to settle yet
+        except BaseException:
+            self._settle(ok=False)
+            raise
+        self._settle(ok=True)
+        return n
+
+    def _settle(self, ok: bool) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        filled = [e for e, _ in self._fills]
+        for entry, lock_fd in self._fills:
+            if ok:
+                self._cache._publish(entry, lock_fd)
+            else:
+                self._cache._abort_fill(entry, lock_fd)
+        self._cache._done_with([e for e in self._used if all(e is not f for f in filled)]
+                               + ([e for e in filled] if ok else []))
+
+    def __del__(self):
+        # Dropped without wait(): the C++ job is cancelled and joined when its own handle goes; a fill it was
+        # doing must not be published half done, and its lock must go (the next worker fills again).
+        if not self._settled and self._fills:
+            for entry, lock_fd in self._fills:
+                _unlink(entry.path[: -len(".bin")] + ".fill")
+                os.close(lock_fd)
+            self._settled = True
+
+
+def _flock(fd: int, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError_(
+                    f"waited {timeout_s} s for {what}: another worker holds it (a fill of a large checkpoint from a "
+                    "slow disk?). Fix: raise HostCacheConfig.lock_timeout_s", timeout_s=timeout_s) from None
+            time.sleep(_POLL_S)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fill_gaps(path: str, entry: _Entry, ranges: list[tuple[int, int, int]]) -> None:
+    """Copy the file bytes no source covers (the safetensors header, padding) into the entry being filled."""
+    spans = sorted((fo, fo + n) for fo, _, n in ranges if n)
+    gaps, at = [], 0
+    for lo, hi in spans:
+        if lo > at:
+            gaps.append((at, lo))
+        at = max(at, hi)
+    if at < entry.size:
+        gaps.append((at, entry.size))
+    if not gaps:
+        return
+    with memoryview(entry.mm) as view, open(path, "rb", buffering=0) as f:
+        for lo, hi in gaps:
+            at = lo
+            while at < hi:  # one read returns at most about 2 GiB on Linux
+                f.seek(at)
+                got = f.readinto(view[at:hi])
+                if not got:
+                    raise InvalidArgumentError(
+                        f"{path} ended at {at} bytes, {entry.size} ({fmt_bytes(entry.size)}) expected (the file "
+                        "changed during the load?)", path=path, size_bytes=entry.size)
+                at += got

@@ -1,0 +1,205 @@
+"""The host checkpoint cache (memory/host_cache.py) on the host backend: shared by processes, same bytes as a
+plain load, LRU eviction under the budget, invalidation of a changed file, clean abort of a failed fill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.memory import PagePool
+from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+
+PAGE = 4096
+MiB = 1 << 20
+
+#: A worker process: loads FILE through the cache at ROOT into a slot, prints the slot bytes' digest and stats.
+WORKER = r"""
+import hashlib, json, sys, torch
+from warmserve.memory import PagePool
+from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+root, path, nbytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.stdin.readline()  # start together
+with PagePool(-(-nbytes // 4096) * 4096, page_bytes=4096, prefault=False) as pool, \
+        HostCheckpointCache(HostCacheConfig(root=root, capacity_bytes=1 << 30, chunk_bytes=1 << 20)) as cache:
+    slot = pool.create_slot(nbytes, "w")
+    cache.load(slot, [(path, 0, 0, nbytes)]).wait()
+    digest = hashlib.sha256(slot.tensor(0, (nbytes,), torch.uint8).numpy().tobytes()).hexdigest()
+    print(json.dumps({"digest": digest, "stats": cache.stats()}))
+"""
+
+
+def write(path, nbytes: int, seed: int) -> bytes:
+    data = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+
+
+def workers(root, path, nbytes: int, n: int) -> list[dict]:
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(root), str(path), str(nbytes)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    for p in procs:  # every worker is started (imports done or not) before any is told to go
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    out = []
+    for p in procs:
+        o, e = p.communicate(timeout=120)
+        assert p.returncode == 0, e
+        out.append(json.loads(o.strip().splitlines()[-1]))
+    return out
+
+
+def slot_bytes(slot, off: int, n: int) -> bytes:
+    return slot.tensor(off, (n,), torch.uint8).numpy().tobytes()
+
+
+@pytest.fixture
+def cache(tmp_path):
+    with HostCheckpointCache(HostCacheConfig(root=str(tmp_path / "cache"), capacity_bytes=64 * MiB,
+                                             chunk_bytes=256 << 10)) as c:
+        yield c
+
+
+@pytest.fixture
+def hpool():
+    with PagePool(512 * PAGE * 8, page_bytes=PAGE, prefault=False) as p:
+        yield p
+
+
+def test_second_process_maps_the_entry_without_reading_the_file(tmp_path, cache, hpool):
+    path, n = tmp_path / "ckpt.safetensors", 3 * MiB + 123
+    data = write(path, n, 1)
+    slot = hpool.create_slot(4 * MiB, "fill")
+    cache.load(slot, [(str(path), 0, 0, n)]).wait()
+    assert cache.stats()["fills"] == 1 and cache.contains(str(path))
+    # Rewrite the file in place with other bytes but the same size, inode and mtime: the cache key stays. A worker
+    # that read the file would now see the new bytes; one that maps the entry sees the old ones.
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(bytes(n))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_ino == st.st_ino
+    (res,) = workers(cache.config.root, path, n, 1)
+    assert res["stats"]["hits"] == 1 and res["stats"]["fills"] == 0 and res["stats"]["bytes_filled"] == 0
+    assert res["digest"] == hashlib.sha256(data).hexdigest()
+
+
+def test_two_workers_at_once_fill_once(tmp_path):
+    path, n = tmp_path / "ckpt.bin", 24 * MiB
+    data = write(path, n, 2)
+    root = tmp_path / "cache"
+    res = workers(root, path, n, 2)
+    assert sorted(r["stats"]["fills"] for r in res) == [0, 1]
+    assert sorted(r["stats"]["hits"] for r in res) == [0, 1]
+    assert {r["digest"] for r in res} == {hashlib.sha256(data).hexdigest()}
+    names = sorted(os.listdir(root))
+    assert [x for x in names if x.endswith(".bin")] and not [x for x in names if x.endswith(".fill")]
+
+
+def test_cached_load_puts_the_same_bytes_in_the_slot_as_a_plain_load(tmp_path, cache, hpool):
+    path, n = tmp_path / "ckpt.bin", 5 * MiB + 777
+    write(path, n, 3)
+    # gaps between the ranges (like a header and padding), an unaligned slot offset, ranges out of file order
+    sources = [(str(path), 4096 + 8, 0, 2 * MiB), (str(path), 3 * MiB, 2 * MiB + 256, MiB + 100),
+               (str(path), 100, 4 * MiB, 3000)]
+    plain = hpool.create_slot(5 * MiB, "plain")
+    plain.load(sources).wait()
+    want = [slot_bytes(plain, off, k) for _, _, off, k in sources]
+    for expect in ("fills", "hits"):
+        s = hpool.create_slot(5 * MiB, expect)
+        job = cache.load(s, sources)
+        assert job.wait() == sum(x[3] for x in sources)
+        assert cache.stats()[expect] == 1
+        assert [slot_bytes(s, off, k) for _, _, off, k in sources] == want
+        s.close()
+    with open(cache.entry_path(str(path)), "rb") as f, open(path, "rb") as g:
+        assert f.read() == g.read()  # the entry mirrors the whole file, the uncovered bytes included
+
+
+def test_budget_evicts_the_least_recently_used(tmp_path, hpool):
+    files = {}
+    for name in "abcd":
+        files[name] = str(tmp_path / f"{name}.bin")
+        write(files[name], 2 * MiB, ord(name))
+    with HostCheckpointCache(HostCacheConfig(root=str(tmp_path / "cache"), capacity_bytes=6 * MiB + 1)) as cache:
+        def load(name):
+            s = hpool.create_slot(2 * MiB, name)
+            cache.load(s, [(files[name], 0, 0, 2 * MiB)]).wait()
+            s.close()
+
+        for name in ("a", "b", "c", "a"):  # a is used again last: b is now the least recently used
+            load(name)
+        assert cache.usage_bytes() == 6 * MiB
+        load("d")
+        assert cache.usage_bytes() <= 6 * MiB + 1
+        assert [cache.contains(files[x]) for x in "abcd"] == [True, False, True, True]
+        assert cache.stats()["evicted"] == 1
+
+
+def test_a_changed_file_is_not_served_and_its_old_entry_goes(tmp_path, cache, hpool):
+    path, n = str(tmp_path / "ckpt.bin"), MiB
+    write(path, n, 5)
+    s = hpool.create_slot(n, "a")
+    cache.load(s, [(path, 0, 0, n)]).wait()
+    s.close()
+    old_entry = cache.entry_path(path)
+    new = write(path, n, 6)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later mtime, whatever the clock
+    s = hpool.create_slot(n, "b")
+    cache.load(s, [(path, 0, 0, n)]).wait()
+    assert slot_bytes(s, 0, n) == new
+    st = cache.stats()
+    assert (st["fills"], st["hits"], st["invalidated"]) == (2, 0, 1)
+    assert not os.path.exists(old_entry) and cache.entry_path(path) != old_entry
+
+
+def test_a_file_larger_than_the_budget_is_loaded_straight(tmp_path, hpool):
+    path, n = str(tmp_path / "big.bin"), 3 * MiB
+    data = write(path, n, 7)
+    with HostCheckpointCache(HostCacheConfig(root=str(tmp_path / "cache"), capacity_bytes=2 * MiB)) as cache:
+        s = hpool.create_slot(n, "big")
+        cache.load(s, [(path, 0, 0, n)]).wait()
+        assert slot_bytes(s, 0, n) == data
+        assert cache.stats()["bypassed"] == 1 and cache.usage_bytes() == 0
+
+
+def test_a_failed_fill_leaves_no_entry_and_releases_its_lock(tmp_path, cache, hpool):
+    path, n = str(tmp_path / "ckpt.bin"), MiB
+    data = write(path, n, 8)
+    s = hpool.create_slot(n, "x")
+    with pytest.raises(InvalidArgumentError):  # the range leaves the slot: the C++ job refuses to start
+        cache.load(s, [(path, 0, 0, n), (path, 0, n, 4096)])
+    assert not [x for x in os.listdir(cache.config.root) if x.endswith((".fill", ".bin"))]
+    cache.load(s, [(path, 0, 0, n)]).wait()  # the lock was released: this fill does not wait
+    assert slot_bytes(s, 0, n) == data and cache.stats()["fills"] == 2
+
+
+def test_a_cancelled_fill_is_deleted(tmp_path, cache, hpool):
+    path, n = str(tmp_path / "ckpt.bin"), 8 * MiB
+    write(path, n, 9)
+    s = hpool.create_slot(n, "x")
+    job = cache.load(s, [(path, 0, 0, n)])
+    job.cancel()
+    try:
+        job.wait()
+    except Exception:
+        pass  # cancelled, or finished before the cancel landed (then it is published)
+    names = os.listdir(cache.config.root)
+    assert not [x for x in names if x.endswith(".fill")]
+    if not [x for x in names if x.endswith(".bin")]:
+        assert s.mapped_pages == 0
+
+
+def test_only_file_sources(cache, hpool):
+    s = hpool.create_slot(PAGE, "x")
+    with pytest.raises(InvalidArgumentError, match="file path"):
+        cache.load(s, [(b"abc", 0, 0, 3)])
