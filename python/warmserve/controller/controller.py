@@ -10,6 +10,7 @@ a lost worker's GPU is marked gone (never renumbered), and a worker that joins l
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
@@ -38,6 +39,11 @@ def local_midnight(t: float) -> float:
 
 #: Days before now where the policy's clock starts when no history reaches further back.
 CLOCK_DAYS_BACK = 7
+#: Planned engine restarts listed in /stats (the latest; the histogram counts them all).
+ENGINE_STARTS_KEPT = 200
+#: How long a replaced worker's process gets to exit after SIGTERM before it is killed, seconds (its loop checks
+#: for the signal every 50 ms when idle, and it holds nothing: no instance, prewarm or request).
+REPLACE_STOP_GRACE_S = 5.0
 
 
 def policy_clock_origin(now_unix_s: float, history: dict | None) -> float:
@@ -117,6 +123,12 @@ class Controller:
         #: their restarts in a row (for the back-off).
         self.restarting: set[bytes] = set()
         self._restarts: dict[bytes, int] = {}
+        #: Routing id -> (the record being replaced, the future of its successor's record), for local workers whose
+        #: process is being replaced on purpose (``replace_worker``).
+        self.replacing: dict[bytes, tuple[WorkerRecord, asyncio.Future]] = {}
+        #: The latest planned engine restarts (``replace_worker``), oldest first: gpu_id, model, pids, stop_s and
+        #: start_s (seconds: the old process's exit; the new one's spawn until it was admitted).
+        self.engine_starts: collections.deque = collections.deque(maxlen=ENGINE_STARTS_KEPT)
 
     # ------------------------------------------------------------------------------------------- life cycle
 
@@ -225,7 +237,7 @@ class Controller:
         self.model(model)
         if self.closing:
             raise OverloadedError("the server is shutting down and takes no new requests")
-        if not any(w.ready for w in self.gpu_workers) and not self.restarting:
+        if not any(w.ready for w in self.gpu_workers) and not self.restarting and not self.replacing:
             raise NoWorkersError(
                 "no live worker can serve requests right now; the controller waits for workers to (re)join",
                 workers=len(self.gpu_workers))
@@ -309,6 +321,16 @@ class Controller:
             return
         w.ready = True
         self.restarting.discard(w.ident)
+        planned = self.replacing.get(w.ident)
+        if planned is not None and not planned[1].done():
+            # The successor of a worker replaced on purpose: the same device, under the same GPU id.
+            old, joined = planned
+            w.gpu_id = old.gpu_id
+            self.gpu_workers[self.gpu_workers.index(old)] = w
+            self.by_gpu[w.gpu_id] = w
+            joined.set_result(w)
+            self.worker_event.set()
+            return
         self.gpu_workers.append(w)
         # A GPU id of its own, for good (a new host: a new server); the others keep theirs.
         (w.gpu_id,) = self.driver.add_gpus(w.host, [w.capacity_bytes])
@@ -398,6 +420,79 @@ class Controller:
         finally:
             self.restarting.discard(ident)
 
+    def can_replace(self, w: WorkerRecord) -> bool:
+        """Whether ``w``'s process may be replaced by a fresh one: a local worker, not being replaced already."""
+        return (w.alive and w.proc is not None and w.ident in self.local_spawn and w.ident not in self.replacing
+                and w in self.gpu_workers)
+
+    async def replace_worker(self, old: WorkerRecord, model: str = "") -> WorkerRecord:
+        """Replace a local worker's process with a fresh one on the same device, as a vanilla autoscaler starts a
+        new engine for a cold start: the old process is stopped, a new one spawned (interpreter, torch, engine
+        import, page pool) and admitted under the same routing id and the same GPU id. Planned, not a loss: the
+        caller has checked that the worker holds nothing (no instance, prewarm or request), so nothing is failed or
+        re-routed and the driver's state does not change. Returns the new record; raises WorkerLostError (and
+        treats the GPU as lost, restarting it the ordinary way) when the new process does not come up."""
+        ident, gid = old.ident, old.gpu_id
+        joined = asyncio.get_running_loop().create_future()
+        self.replacing[ident] = (old, joined)
+        proc = None
+        try:
+            t0 = time.monotonic()
+            self.hub.retire(old, "a fresh engine process replaces it")
+            await asyncio.to_thread(_stop, old.proc, REPLACE_STOP_GRACE_S)
+            t1 = time.monotonic()
+            proc = self.local_procs[ident] = self.local_spawn[ident]()
+            deadline = t1 + self.config.worker_start_timeout_s
+            while not joined.done():
+                if self.closing:
+                    raise WorkerLostError(f"the controller closed while {old!r} was being replaced",
+                                          worker_id=old.worker_id)
+                if proc.poll() is not None:
+                    raise WorkerLostError(f"the fresh process of {old!r} exited with status {proc.returncode} "
+                                          f"before it was admitted; see its log", worker_id=old.worker_id,
+                                          status=proc.returncode)
+                if time.monotonic() > deadline:
+                    raise WorkerLostError(f"the fresh process of {old!r} was not admitted within "
+                                          f"{self.config.worker_start_timeout_s:.0f} s (worker_start_timeout_s)",
+                                          worker_id=old.worker_id)
+                await asyncio.wait({joined}, timeout=0.05)
+        except BaseException as e:
+            self._replace_failed(old, proc, e)
+            raise
+        finally:
+            self.replacing.pop(ident, None)
+        new = joined.result()
+        start_s, stop_s = time.monotonic() - t1, t1 - t0
+        self.metrics.engine_start.observe(start_s)
+        self.engine_starts.append({"gpu_id": gid, "model": model, "worker_id": new.worker_id, "old_pid": old.pid,
+                                   "new_pid": new.pid, "stop_s": round(stop_s, 4), "start_s": round(start_s, 4)})
+        log.info("%r: fresh engine process %d (was %d) in %.2f s (old one stopped in %.2f s)", new, new.pid,
+                 old.pid, start_s, stop_s)
+        return new
+
+    def _replace_failed(self, old: WorkerRecord, proc, error: BaseException) -> None:
+        """A replacement that did not come up: its GPU is lost after all (whatever was starting there fails with
+        it), and the worker is restarted with back-off as a new GPU, like any lost local worker."""
+        log.warning("replacing %r failed: %s", old, error)
+        ident = old.ident
+        w = self.hub.workers.get(ident)
+        if w is not None and w.proc is proc:
+            self.hub.retire(w, "its replacement failed")
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        self.metrics.workers_lost.inc()
+        if old in self.gpu_workers:
+            self.gpu_workers.remove(old)
+        if self.by_gpu.get(old.gpu_id) is old:
+            del self.by_gpu[old.gpu_id]
+        if proc is not None:
+            old.proc = proc  # what _restart stops first
+        if not self.closing and ident not in self.restarting:
+            self.restarting.add(ident)
+            self._spawn(self._restart(old))
+        if old.gpu_id is not None:
+            self.driver.lose_gpus([old.gpu_id], self.now_s())
+
     # ------------------------------------------------------------------------------------------- loops
 
     async def _heartbeat_loop(self) -> None:
@@ -447,14 +542,29 @@ class Controller:
         return views.health(self)
 
     def stats(self) -> dict:
-        """A plain-dict snapshot: workers, instances, prewarms, queues (what `Cluster.stats()` returns)."""
-        return views.stats(self)
+        """A plain-dict snapshot: workers, instances, prewarms, queues (what `Cluster.stats()` returns), and the
+        planned engine restarts of cold starts without a warm engine (``engine_starts``)."""
+        out = views.stats(self)
+        out["engine_starts"] = list(self.engine_starts)
+        return out
 
 
 def _kill(proc) -> None:
     """Stop a process that should be gone (a lost worker) and reap it."""
     if proc.poll() is None:
         proc.kill()
+    proc.wait()
+
+
+def _stop(proc, grace_s: float) -> None:
+    """Stop a worker process on purpose: SIGTERM (it frees its pool and exits), SIGKILL after ``grace_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except Exception:  # subprocess.TimeoutExpired: kill it
+            proc.kill()
     proc.wait()
 
 

@@ -1,8 +1,10 @@
 """The live executor: the policy driver's decisions carried out on real workers over ZeroMQ.
 
 Every send to a worker happens synchronously, in the order the driver applies the actions, so one worker sees
-them in that order (ZeroMQ keeps per-peer order). The only waits are a start's load and activation, run as tasks.
-A live worker holds one device: one policy GPU, whose id (``WorkerRecord.gpu_id``) never changes.
+them in that order (ZeroMQ keeps per-peer order). The only waits are a start's load and activation (and, for a
+cold start without a warm engine, a fresh worker process first: ``_fresh_engine``), run as tasks.
+A live worker holds one device: one policy GPU, whose id (``WorkerRecord.gpu_id``) never changes, even when its
+process is replaced by a fresh one.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class LiveExecutor:
         self.ctl = ctl
         self.instances: dict[str, LiveInstance] = {}
         self.prewarms: dict[str, LivePrewarm] = {}
+        #: Workers (by id) already logged as unable to start a fresh engine process (remote ones): logged once.
+        self._in_process_noted: set[str] = set()
 
     def _worker(self, gpus: tuple[int, ...]) -> WorkerRecord:
         if len(gpus) != 1:
@@ -175,6 +179,10 @@ class LiveExecutor:
         hub = ctl.hub
         loaded = False
         try:
+            if pw is None and not act.warm_engine:
+                w = await self._fresh_engine(inst)
+                if inst.iid not in ctl.driver.state.instances:  # stopped while its engine started
+                    return
             if pw is None:
                 pw = LivePrewarm(act.instance_id, act.model, w)
                 m = ctl.models[act.model]
@@ -201,6 +209,41 @@ class LiveExecutor:
                  "prewarm hit" if act.prewarm_id else "cold load")
         k = int(reply.kv_blocks)
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
+
+    async def _fresh_engine(self, inst: LiveInstance) -> WorkerRecord:
+        """A cold start without a warm engine (``StartInstance.warm_engine`` False: `autoscale`) starts a new engine
+        process, as vanilla autoscaling does: the GPU's local worker process is replaced by a fresh one (same
+        device, same GPU id; ``Controller.replace_worker``) and the weights are loaded into that. Only a worker
+        that holds nothing else can be replaced: otherwise, and for remote workers (the controller cannot start
+        their processes), the weights load into the running process (logged once per worker)."""
+        ctl, w = self.ctl, inst.worker
+        if not ctl.can_replace(w):
+            if w.worker_id not in self._in_process_noted:
+                self._in_process_noted.add(w.worker_id)
+                log.warning("cold starts on %r load into its running process, not a fresh engine process: it is "
+                            "not a local worker this controller can restart (logged once per worker)", w)
+            return w
+        why = self._busy(inst)
+        if why is not None:
+            log.info("cold start of %s on %r loads into the running worker process: %s", inst.model, w, why)
+            return w
+        inst.worker = await ctl.replace_worker(w, inst.model)
+        return inst.worker
+
+    def _busy(self, inst: LiveInstance) -> str | None:
+        """Why the worker of a starting instance cannot be replaced by a fresh process, or None when it holds
+        nothing else (the policy placed the start on a GPU with no instance, prewarm or kept weights)."""
+        w, st = inst.worker, self.ctl.driver.state
+        gid = w.gpu_id
+        if w.gens:
+            return f"{len(w.gens)} requests are running on it"
+        if any(gid in i.gpus for iid, i in st.instances.items() if iid != inst.iid):
+            return "another instance is on its GPU"
+        if any(gid in p.gpus for p in st.prewarms.values()) or any(p.worker is w for p in self.prewarms.values()):
+            return "a prewarm is on its GPU"
+        if any(gid in k.gpus for k in self.ctl.driver.kept.values()):
+            return "a stopped instance's weights are kept on its GPU"
+        return None
 
     def _failed(self, inst: LiveInstance, e: BaseException, loaded: bool) -> None:
         log.warning("instance %s of %s on %r failed to start: %s", inst.iid, inst.model, inst.worker, e)

@@ -113,6 +113,9 @@ class ControllerMetrics:
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Queued requests re-routed after a worker loss.",
                                 ("model",))
         self.workers_lost = Counter(r, "warmserve_workers_lost", "Workers declared lost.")
+        self.engine_start = Histogram(r, "warmserve_engine_start_seconds", "A fresh local worker process started "
+                                      "for a cold start without a warm engine (autoscale), from its spawn until "
+                                      "it is admitted and can load weights.")
         self.queue = Gauge(r, "warmserve_queue_length", "Requests waiting for an instance.", ("model",))
         self.inflight = Gauge(r, "warmserve_inflight_requests", "Requests running on instances.", ("model",))
         self.instances = Gauge(r, "warmserve_instances", "Running instances.", ("model",))

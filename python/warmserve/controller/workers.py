@@ -260,6 +260,23 @@ class WorkerHub:
         w.calls.clear()
         self.on_lost(w, why)
 
+    def retire(self, w: WorkerRecord, why: str) -> None:
+        """Take a worker out on purpose (its process is about to be replaced): like ``lose`` for its calls and the
+        worker table, but no ``on_lost``: nothing of the controller's is lost with it. What it still sends is
+        dropped until a process under its routing id says Hello."""
+        if not w.alive:
+            return
+        w.alive = False
+        w.ready = False
+        log.info("%r retired: %s", w, why)
+        err = WorkerLostError(f"{w!r} was retired ({why})", worker_id=w.worker_id)
+        for fut, _ in list(w.calls.values()):
+            if not fut.done():
+                fut.set_exception(err)
+        w.calls.clear()
+        if self.workers.get(w.ident) is w:
+            del self.workers[w.ident]
+
     def beat(self, now_s: float, timeout_s: float) -> None:
         """Send a heartbeat to every live worker and declare lost those silent or whose process exited."""
         for w in list(self.workers.values()):
