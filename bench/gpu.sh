@@ -3,19 +3,24 @@
 # cuda backend and the CUDA kernels), the nvcc compile check, tests/gpu (kernel numerics against the torch path,
 # graph replay, the cuda memory core, the engine against transformers), then the switch and engine benchmarks.
 # Writes machine.txt, build.log, tests-gpu.txt (+ .xml), kernels.{json,txt,png} (bench/gpu_kernels.py),
-# switch-cuda.{json,txt,png}, engine-cuda.{json,txt,png}, switch-host.{json,txt} when time is left, and
-# summary.txt into the results folder.
+# switch-cuda.{json,txt,png}, switch-cache-cuda.{json,txt} (host checkpoint cache vs pinned host-to-device
+# bandwidth), demo.txt and model-load-cuda-{1b,7b}.{json,txt} (the GPU-sized demos: load_model from files vs
+# through the host checkpoint cache),
+# engine-cuda.{json,txt,png}, switch-host.{json,txt} when time is left, and summary.txt into the results folder.
+# The GPU-sized demo checkpoints (1b, and 7b when time allows; 2 GB and 14 GB of disk) go to $WARMSERVE_DEMO_DIR
+# (default $TMPDIR/warmserve-gpu-demo, outside the results folder).
 #
 # Usage: bench/gpu.sh [RESULTS_DIR]   (default: $OUT, else bench/gpu-results)
-#   WARMSERVE_GPU_PARTS=build,tests,switch,engine   the parts to run (bench/switch/gpu.sh and bench/engine/gpu.sh
-#                                                   run a subset)
+#   WARMSERVE_GPU_PARTS=build,tests,switch,demo,engine   the parts to run (bench/switch/gpu.sh and
+#                                                   bench/engine/gpu.sh run a subset)
 # Offline: installs nothing from the network. What is missing is installed from wheels placed in bench/wheels/
 # (git-ignored: e.g. `pip download msgspec pyzmq ... -d bench/wheels` on a machine with network), and the script
 # says what it found missing and what is still missing after that.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${1:-${OUT:-bench/gpu-results}}"
-PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,engine},"
+PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,demo,engine},"
+DEMO_DIR=${WARMSERVE_DEMO_DIR:-${TMPDIR:-/tmp}/warmserve-gpu-demo}  # never under RESULTS: that folder is copied back
 BUDGET_S=${WARMSERVE_GPU_BUDGET_S:-470}
 WHEELS=bench/wheels
 mkdir -p "$RESULTS"
@@ -108,15 +113,44 @@ fi
 if want switch; then
   t0=$(date +%s)
   timeout $(( $(left) > 200 ? 120 : 60 )) $PY -m warmserve bench switch --backend cuda --sizes-gib 1,4,10 \
-    --repeats 5 --json "$RESULTS/switch-cuda.json" --plot "$RESULTS/switch-cuda.png" > "$RESULTS/switch-cuda.txt" 2>&1
+    --parts activation,move,load --repeats 5 --json "$RESULTS/switch-cuda.json" --plot "$RESULTS/switch-cuda.png" \
+    > "$RESULTS/switch-cuda.txt" 2>&1
   summary "bench switch (cuda): rc=$? in $(($(date +%s) - t0)) s"
+  # Issue 13 item 3: load from the host checkpoint cache (registered /dev/shm entry, DMA on 4 streams) vs a pinned
+  # tensor's host-to-device copy, interleaved in one run (goal >= 0.8); a run of its own so it has its own limit.
+  t0=$(date +%s)
+  timeout 90 $PY -m warmserve bench switch --backend cuda --parts cache --cache-gib 2 --repeats 7 \
+    --json "$RESULTS/switch-cache-cuda.json" > "$RESULTS/switch-cache-cuda.txt" 2>&1
+  summary "bench switch cache (cuda): rc=$? in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/switch-cache-cuda.txt")"
 fi
 
-# 4. The engine with the cuda memory backend against transformers, in what is left (at least 60 s).
+# 3c. The GPU-sized demos (bf16, weights drawn on the GPU, written shard by shard): the 1b always, the 7b when
+#     more than 4 minutes are left; then load_model of each from its files vs through the host checkpoint cache.
+ENGINE_MODELS="${WARMSERVE_ENGINE_MODELS:-llama-20m llama-90m}"
+if want demo; then
+  for size in 1b 7b; do
+    [ "$size" = 7b ] && [ "$(left)" -lt 240 ] && { summary "demo 7b: skipped ($(left) s left)"; continue; }
+    t0=$(date +%s)
+    timeout 150 $PY -m warmserve models demo --size $size --out "$DEMO_DIR" >> "$RESULTS/demo.txt" 2>&1
+    rc=$?
+    summary "demo $size: rc=$rc in $(($(date +%s) - t0)) s ($(du -sh "$DEMO_DIR/llama-$size" 2>/dev/null | cut -f1))"
+    [ $rc -eq 0 ] || continue
+    [ "$size" = 1b ] && ENGINE_MODELS="llama-1b $ENGINE_MODELS"
+    t0=$(date +%s)
+    timeout 120 $PY -m warmserve bench switch --backend cuda --parts model --checkpoint "$DEMO_DIR/llama-$size" \
+      --repeats 3 --json "$RESULTS/model-load-cuda-$size.json" > "$RESULTS/model-load-cuda-$size.txt" 2>&1
+    summary "load_model $size via host cache: rc=$? in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/model-load-cuda-$size.txt")"
+  done
+fi
+
+# 4. The engine with the cuda memory backend against transformers, in what is left (at least 60 s): the 1b demo
+#    first when it was written, then the small demos.
 if want engine; then
   t0=$(date +%s)
   budget=$(( $(left) - 40 ))
+  # shellcheck disable=SC2086
   timeout $(( budget > 60 ? budget : 60 )) $PY -m warmserve bench engine --device cuda --threads 8 --repeats 2 \
+    --demo-dir "$DEMO_DIR" --models $ENGINE_MODELS \
     --json "$RESULTS/engine-cuda.json" > "$RESULTS/engine-cuda.txt" 2>&1
   summary "bench engine (cuda): rc=$? in $(($(date +%s) - t0)) s (124 = cut at the time budget)"
 fi

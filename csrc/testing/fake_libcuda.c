@@ -18,6 +18,12 @@
 static struct { uintptr_t va; size_t n; } maps[MAX_MAPS];
 static int n_maps;
 static long n_map_calls, n_unmap_calls, n_access_calls, n_create_calls;
+/* Host memory registered with cuMemHostRegister, and host-to-device copies by whether their source lies inside
+ * a registered range (a DMA straight from it) or not (from a staging buffer). */
+#define MAX_REGS 64
+static struct { uintptr_t p; size_t n; } regs[MAX_REGS];
+static int n_regs;
+static long n_copies_registered, n_copies_other;
 
 long fake_cuda_stat(int which) {
   switch (which) {
@@ -25,8 +31,17 @@ long fake_cuda_stat(int which) {
     case 1: return n_map_calls;
     case 2: return n_unmap_calls;
     case 3: return n_access_calls;
+    case 5: return n_regs;
+    case 6: return n_copies_registered;
+    case 7: return n_copies_other;
     default: return n_create_calls;
   }
+}
+
+static int registered(const void* p, size_t n) {
+  for (int i = 0; i < n_regs; ++i)
+    if ((uintptr_t)p >= regs[i].p && (uintptr_t)p + n <= regs[i].p + regs[i].n) return 1;
+  return 0;
 }
 
 CUresult cuInit(unsigned f) { (void)f; return CUDA_SUCCESS; }
@@ -111,8 +126,28 @@ CUresult cuStreamDestroy(CUstream s) { (void)s; return CUDA_SUCCESS; }
 CUresult cuStreamSynchronize(CUstream s) { (void)s; return CUDA_SUCCESS; }
 CUresult cuMemcpyHtoDAsync(CUdeviceptr d, const void* s, size_t n, CUstream st) {
   (void)st;
+  if (registered(s, n)) ++n_copies_registered;
+  else ++n_copies_other;
   memcpy((void*)(uintptr_t)d, s, n);
   return CUDA_SUCCESS;
+}
+/* The real driver refuses a range overlapping a registered one; so does this one. */
+CUresult cuMemHostRegister(void* p, size_t n, unsigned f) {
+  (void)f;
+  for (int i = 0; i < n_regs; ++i)
+    if ((uintptr_t)p < regs[i].p + regs[i].n && regs[i].p < (uintptr_t)p + n)
+      return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+  if (n_regs == MAX_REGS) return CUDA_ERROR_OUT_OF_MEMORY;
+  regs[n_regs].p = (uintptr_t)p, regs[n_regs].n = n, ++n_regs;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemHostUnregister(void* p) {
+  for (int i = 0; i < n_regs; ++i)
+    if (regs[i].p == (uintptr_t)p) {
+      regs[i] = regs[--n_regs];
+      return CUDA_SUCCESS;
+    }
+  return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
 }
 CUresult cuMemHostAlloc(void** p, size_t n, unsigned f) { (void)f; *p = malloc(n); return *p ? 0 : 2; }
 CUresult cuMemFreeHost(void* p) { free(p); return CUDA_SUCCESS; }

@@ -209,6 +209,29 @@ def fetch_prewarm_metrics(url: str) -> dict | None:
     return parse_prewarm_metrics(text) if "warmserve_prewarm_" in text else None
 
 
+def fetch_engine_starts(url: str) -> list | None:
+    """The fresh engine processes a warmserve server started for cold starts without a warm engine (`autoscale`),
+    from its /stats (``engine_starts``: stop_s, start_s per start); None from a server without them."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=30) as r:
+            return json.loads(r.read()).get("engine_starts")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+
+
+def engine_start_summary(starts: list) -> dict:
+    """Count and median/max of the fresh engine processes' start (spawn to admitted) and the old ones' stop."""
+    out = {"engine_starts": len(starts)}
+    for k in ("start_s", "stop_s"):
+        x = np.array([e[k] for e in starts], float)
+        out[f"engine_{k.split('_')[0]}_p50_s"] = pct(x, 50) if len(x) else float("nan")
+        out[f"engine_{k.split('_')[0]}_max_s"] = float(x.max()) if len(x) else float("nan")
+    return out
+
+
 def parse_prewarm_metrics(text: str) -> dict:
     out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0}
     for line in text.splitlines():
@@ -282,7 +305,7 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
             wr = csv.writer(f)
             wr.writerow(["model", "window_start_s", "avg", "peak"])
             wr.writerows(history_rows(w, served_sim, cost, window_s, t_launch + lead))
-    cluster = None
+    cluster = engine_starts = None
     try:
         if args.endpoint:
             url, policy_label = args.endpoint, policy
@@ -302,6 +325,7 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
         if bar is not None:
             bar.close()
         metrics = cluster.metrics() if cluster is not None else fetch_prewarm_metrics(url)
+        engine_starts = fetch_engine_starts(url) if cluster is not None else None
         if cluster is None and metrics is not None and before is not None:
             # a server that was up before this replay: count only what this replay caused
             metrics = {k: metrics[k] - before[k] for k in metrics}
@@ -310,6 +334,8 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
             cluster.close()
     s, per_model, ttft = summarize(outs, w.duration_s, metrics)
     s["start_lag_s"] = start_lag_s
+    if engine_starts is not None:
+        s.update(engine_start_summary(engine_starts))
     s["per_model"] = per_model
     return s, ttft
 

@@ -13,6 +13,9 @@
    (memory/host_cache.py, an entry in /dev/shm) into unmapped slot pages vs the plain copy of 1 GiB from pinned
    host memory into mapped pages (GPU: a pinned tensor's host-to-device copy; host: memcpy), and the cold fill
    (file in the page cache -> cache entry -> slot, pipelined) beside them.
+6. model_load (with --checkpoint DIR, part "model"): engine.load_model of a real checkpoint folder (e.g. the
+   `warmserve models demo --size 1b` one) straight from its files (page cache) vs through the host checkpoint
+   cache (the fill, then hits), in GB/s of weights.
 
 Medians over repeats. The checkpoint is random bf16 weights in a Llama-like layout (hidden 2048, 9 tensors per
 layer), as many layers as the size asks for.
@@ -50,7 +53,8 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", default=None, help="write a PNG of activation vs cold load here")
     p.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
     p.add_argument("--parts", default="activation,move,load,cache",
-                   help="comma-separated subset of: activation, move, load, cache")
+                   help="comma-separated subset of: activation, move, load, cache, model (needs --checkpoint)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder for the model part")
     p.add_argument("--cache-gib", type=float, default=1.0, help="bytes loaded through the host checkpoint cache")
     p.add_argument("--cache-root", default="/dev/shm",
                    help="tmpfs under which the cache's folder is made (falls back to --dir when too small)")
@@ -381,6 +385,51 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
             "hits": stats["hits"], "fills": stats["fills"], "bypassed": stats["bypassed"]}
 
 
+def model_load(args, dev: Device, workdir: str) -> dict:
+    """engine.load_model of --checkpoint: from its files vs through the host checkpoint cache (fill, hits)."""
+    import glob
+    import shutil
+
+    from warmserve.engine import load_model
+    from warmserve.memory import PagePool
+    from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+
+    files = sorted(glob.glob(os.path.join(args.checkpoint, "*.safetensors")))
+    file_bytes = sum(os.path.getsize(f) for f in files)
+    for f in files:
+        warm_page_cache(f)
+    base = args.cache_root if shutil.disk_usage(args.cache_root).free > file_bytes + GiB else workdir
+    root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
+    cfg = HostCacheConfig(root=root, capacity_bytes=file_bytes + GiB, threads=args.cache_threads or (4 if dev.cuda else 2))
+    out = {"checkpoint": os.path.basename(os.path.normpath(args.checkpoint)), "files": len(files), "cache_root": base}
+    # The weights are the files' tensors (same dtype): their bytes, page-rounded, plus room for the 256-byte
+    # alignment of each tensor group.
+    pool_bytes = -(-file_bytes // (2 * MiB)) * (2 * MiB) + 64 * MiB
+    try:
+        with PagePool(pool_bytes, backend=args.backend, device=args.device) as pool, \
+                HostCheckpointCache(cfg) as cache:
+            def once(**kw):
+                dev.sync()
+                t = time.perf_counter()
+                lm = load_model(args.checkpoint, pool, kv_reserve_bytes=0, **kw).wait()
+                dev.sync()
+                dt = time.perf_counter() - t
+                out["weight_bytes"], out["dtype"] = lm.weight_bytes, str(lm.dtype).replace("torch.", "")
+                lm.close()
+                return dt
+
+            plain = [once() for _ in range(max(1, min(args.repeats, 3)))]
+            fill = [once(host_cache=cache)]
+            hits = [once(host_cache=cache) for _ in range(max(1, min(args.repeats, 3)))]
+            st = cache.stats()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    gbs = lambda xs: out["weight_bytes"] / statistics.median(xs) / 1e9  # noqa: E731
+    out.update(plain_gbps=gbs(plain), fill_gbps=gbs(fill), hit_gbps=gbs(hits), plain_s=plain, fill_s=fill,
+               hit_s=hits, cache_hits=st["hits"], cache_fills=st["fills"], cache_bypassed=st["bypassed"])
+    return out
+
+
 # ---------------------------------------------------------------- report
 def machine(args) -> dict:
     info = {"cpus": os.cpu_count(), "platform": platform.platform(), "backend": args.backend}
@@ -425,9 +474,11 @@ def main(args) -> int:
     with open("/proc/meminfo") as f:
         avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
     parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
-    unknown = parts - {"activation", "move", "load", "cache"}
+    unknown = parts - {"activation", "move", "load", "cache", "model"}
     if unknown:
-        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from activation, move, load, cache")
+        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from activation, move, load, cache, model")
+    if "model" in parts and not args.checkpoint:
+        raise SystemExit("--parts model needs --checkpoint DIR (e.g. one written by `warmserve models demo --size 1b`)")
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
         for size in sizes if "activation" in parts else []:
@@ -443,6 +494,8 @@ def main(args) -> int:
             res["load_vs_memcpy_bandwidth"] = load_bandwidth(args, dev, workdir)
         if "cache" in parts:
             res["cache_vs_pinned_bandwidth"] = cache_bandwidth(args, dev, workdir)
+        if "model" in parts:
+            res["model_load"] = model_load(args, dev, workdir)
     goals = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8,
              "cache_vs_pinned_bandwidth": 0.8}
     res["goals"] = goals
@@ -472,6 +525,10 @@ def main(args) -> int:
               f"fill from file {c['fill_from_file_gbps']:.2f} GB/s ({c['ratio_fill']:.2f}); first hit in a process "
               f"{c['first_hit_in_process_ms']:.0f} ms; {c['threads']} threads, entry under {c['cache_root']}"
               + (f"; BYPASSED {c['bypassed']}x (no room)" if c["bypassed"] else ""))
+    if "model_load" in res:
+        m = res["model_load"]
+        print(f"load_model {m['checkpoint']} ({m['weight_bytes'] / GiB:.2f} GiB, {m['dtype']}): from files "
+              f"{m['plain_gbps']:.2f} GB/s, cache fill {m['fill_gbps']:.2f} GB/s, cache hit {m['hit_gbps']:.2f} GB/s")
     if "per_gib" in res:
         print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in res["per_gib"].items()))
     if args.json:

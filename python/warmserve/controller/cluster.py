@@ -7,7 +7,8 @@
 
 The controller runs on an asyncio loop in a background thread; local workers are child processes (one per GPU, or
 CPU workers when there is none), and workers on other hosts join with
-`warmserve worker --controller <Cluster.endpoint>` (bind the cluster to a reachable address for that).
+`warmserve worker --controller <Cluster.endpoint>` (bind the cluster to a reachable address for that). With
+``ray_address`` the workers are Ray actors instead, on every node of that Ray cluster (controller/ray_launch.py).
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ class Cluster:
         start_timeout_s: float = 120.0,
         config: ClusterConfig | None = None,
         log_dir: str | None = None,
+        ray_address: str | None = None,
     ):
         """Start a cluster serving ``models`` (checkpoint paths or ModelSpecs).
 
         devices: local devices, one worker each ("cuda:0", "cpu:0", ...); None = one per GPU, or ``cpu_workers``
         CPU workers when there is no GPU. remote_workers: how many workers on other hosts to wait for (they connect
-        to ``bind``). ``config`` overrides every other argument.
+        to ``bind``). ``config`` overrides every other argument. ray_address: start the workers on that Ray cluster
+        ("auto": the one this machine belongs to; needs the ray extra), one per GPU or ``cpu_workers`` per node
+        without GPUs, on every node, instead of local devices (``devices`` must then be None).
         """
         if config is None:
             if isinstance(models, (str, ModelSpec)):
@@ -83,9 +87,14 @@ class Cluster:
         from warmserve.controller.serve import read_history
 
         history = read_history(config.controller.history_path) if config.controller.history_path else None
+        if ray_address is not None:
+            from warmserve.controller.ray_launch import start_ray_cluster
+
+            starting = start_ray_cluster(config, ray_address, history=history, log_dir=log_dir)
+        else:
+            starting = start_cluster(config, history=history, log_dir=log_dir)
         try:
-            self.controller = self._run(start_cluster(config, history=history, log_dir=log_dir),
-                                        config.worker_start_timeout_s + 30)
+            self.controller = self._run(starting, config.worker_start_timeout_s + 30)
         except BaseException:
             self._finalizer()
             raise

@@ -41,9 +41,6 @@ def local_midnight(t: float) -> float:
 CLOCK_DAYS_BACK = 7
 #: Planned engine restarts listed in /stats (the latest; the histogram counts them all).
 ENGINE_STARTS_KEPT = 200
-#: How long a replaced worker's process gets to exit after SIGTERM before it is killed, seconds (its loop checks
-#: for the signal every 50 ms when idle, and it holds nothing: no instance, prewarm or request).
-REPLACE_STOP_GRACE_S = 5.0
 
 
 def policy_clock_origin(now_unix_s: float, history: dict | None) -> float:
@@ -439,7 +436,10 @@ class Controller:
         try:
             t0 = time.monotonic()
             self.hub.retire(old, "a fresh engine process replaces it")
-            await asyncio.to_thread(_stop, old.proc, REPLACE_STOP_GRACE_S)
+            # SIGKILL, not a graceful exit: it holds nothing (no instance, prewarm or request), the kernel and the
+            # GPU driver free its memory at exit, and SIGTERM's orderly teardown (pool, interpreter) took ~0.5 s
+            # here, a cost a vanilla autoscaler's start does not pay (its old engine exited at scale-in).
+            await asyncio.to_thread(_kill, old.proc)
             t1 = time.monotonic()
             proc = self.local_procs[ident] = self.local_spawn[ident]()
             deadline = t1 + self.config.worker_start_timeout_s
@@ -553,18 +553,6 @@ def _kill(proc) -> None:
     """Stop a process that should be gone (a lost worker) and reap it."""
     if proc.poll() is None:
         proc.kill()
-    proc.wait()
-
-
-def _stop(proc, grace_s: float) -> None:
-    """Stop a worker process on purpose: SIGTERM (it frees its pool and exits), SIGKILL after ``grace_s``."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace_s)
-            return
-        except Exception:  # subprocess.TimeoutExpired: kill it
-            proc.kill()
     proc.wait()
 
 

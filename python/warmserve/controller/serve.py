@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-workers", type=int, default=None, help="CPU workers when there is no GPU (default 2)")
     p.add_argument("--remote-workers", type=int, default=None,
                    help="workers on other hosts to wait for (they run `warmserve worker --controller ADDR`)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="start the workers on an existing Ray cluster (pip install 'warmserve[ray]'): one per GPU, or "
+                        "--cpu-workers per node without GPUs, on every node; ADDRESS: its head (HOST:6379), "
+                        "default the cluster this machine belongs to. Nodes on other hosts need --bind on a "
+                        "reachable address")
     p.add_argument("--bind", default=None,
                    help="ZeroMQ address workers connect to (default tcp://127.0.0.1:0: loopback only)")
     p.add_argument("--policy", default=None, help="policy by name (default warmserve); `warmserve simulate --help` "
@@ -139,8 +144,10 @@ def read_history(path: str) -> dict:
     return {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
 
 
-async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -> None:
-    """Run until SIGINT/SIGTERM, then drain: in-flight requests finish, new ones get 503."""
+async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
+                ray_address: str | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then drain: in-flight requests finish, new ones get 503. ``ray_address``: start
+    the workers on that Ray cluster ("auto": the one this machine belongs to) instead of as local processes."""
     from aiohttp import web
 
     from warmserve.controller.api import Api
@@ -152,7 +159,12 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None) -
     history = read_history(cfg.controller.history_path) if cfg.controller.history_path else None
     _say(f"starting workers and loading {len(cfg.models)} model(s): "
          f"{', '.join(m.name or os.path.basename(m.path.rstrip('/')) for m in cfg.models)}")
-    controller = await start_cluster(cfg, history=history, log_dir=log_dir)
+    if ray_address is not None:
+        from warmserve.controller.ray_launch import start_ray_cluster
+
+        controller = await start_ray_cluster(cfg, ray_address, history=history, log_dir=log_dir)
+    else:
+        controller = await start_cluster(cfg, history=history, log_dir=log_dir)
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests)
     # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation
     # is aborted on its worker), streaming or not; aiohttp leaves handlers running by default.
@@ -205,7 +217,7 @@ def main(args) -> int:
         print(f"warmserve serve: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(cfg, log_dir=args.log_dir))
+        asyncio.run(serve(cfg, log_dir=args.log_dir, ray_address=getattr(args, "ray", None)))
     except (WarmServeError, OSError, ValueError) as e:
         # Startup failures (a worker that cannot start, a port in use, a bad checkpoint) read as one line.
         print(f"warmserve serve: {type(e).__name__}: {e}", file=sys.stderr)

@@ -7,6 +7,12 @@ corpus generated from a fixed seed; weights come from a torch generator seeded b
 with the same arguments produces the same bytes, and an up-to-date directory is skipped.
 
 Every demo model's KV block (256 tokens x all layers x K and V, float32) is a whole number of 2 MiB pages.
+
+GPU-sized demos (`warmserve models demo --size 1b|7b`, SIZED_MODELS): a Llama-3.2-1B-shaped and a
+Llama-3-8B-shaped checkpoint (7.0B parameters with the demo's 8192-token vocabulary) in bfloat16, with weights
+drawn on the target device (a GPU when there is one) and written shard by shard (2 GiB safetensors shards), so
+the 14 GB of the 7b take seconds of generation and the disk's write time. They are not part of DEMO_MODELS:
+`warmserve models demo` with no --size writes exactly what it wrote before.
 """
 
 from __future__ import annotations
@@ -80,6 +86,17 @@ DEMO_MODELS: dict[str, DemoSpec] = {
 }
 #: The two small models tests use (one per architecture).
 SMALL_MODELS = ("llama-20m", "qwen2-30m")
+
+#: GPU-sized demos by --size: (directory name, spec). Shapes of Llama-3.2-1B (untied, 1.0B parameters) and
+#: Llama-3-8B (7.0B parameters with this vocabulary); bf16 KV blocks of 8 and 32 MiB (whole pages).
+SIZED_MODELS: dict[str, tuple[str, DemoSpec]] = {
+    "1b": ("llama-1b", DemoSpec("llama", 2048, 8192, 16, 32, 8, rope_theta=5e5, max_position_embeddings=8192)),
+    "7b": ("llama-7b", DemoSpec("llama", 4096, 14336, 32, 32, 8, rope_theta=5e5, max_position_embeddings=8192)),
+}
+#: Dtype on disk of the sized demos.
+SIZED_DTYPE = "bfloat16"
+#: Shard size of the sized demos (bytes): few files, each written as soon as its tensors are drawn.
+SIZED_SHARD_BYTES = 2 << 30
 
 ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 
@@ -231,14 +248,51 @@ def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype):
         yield name, t.to(dtype)
 
 
+def device_random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype, device: str):
+    """Like random_weights (same distributions) but drawn on `device` from its own generator, one tensor at a
+    time, and returned on the CPU: a GPU draws the 7b's 7e9 values in well under a second."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    for name, shape in hf_tensor_shapes(cfg).items():
+        t = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+        if name.endswith("norm.weight"):
+            t.mul_(0.1).add_(1.0)
+        elif name.endswith(".bias"):
+            t.mul_(0.05)
+        elif "embed_tokens" not in name:
+            t.mul_(0.02)
+        yield name, t.to(dtype).cpu()
+        del t
+
+
+def plan_shards(cfg: ModelConfig, esize: int, shard_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in checkpoint order: a shard is closed when the next tensor would pass
+    shard_bytes (a tensor larger than that gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for tname, shape in hf_tensor_shapes(cfg).items():
+        nbytes = esize
+        for d in shape:
+            nbytes *= d
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tname)
+        size += nbytes
+    return shards
+
+
 def _fingerprint(cfg: dict, dtype: str) -> str:
     blob = json.dumps({"config": cfg, "dtype": dtype, "format": 2}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "float32", tokenizer=None,
-                     shard_bytes: int = SHARD_BYTES) -> str:
-    """Write one random-weight checkpoint for an arbitrary Llama-family config.json dict; returns its path."""
+                     shard_bytes: int = SHARD_BYTES, device: str | None = None) -> str:
+    """Write one random-weight checkpoint for an arbitrary Llama-family config.json dict; returns its path.
+
+    device: None draws the weights with the CPU generator of random_weights (the bytes every demo has had);
+    "cuda" or "cpu" uses device_random_weights (other bytes, same distributions; fast on a GPU). Each shard is
+    written as soon as its tensors are drawn, so memory holds one shard at a time."""
     from safetensors.torch import save_file
 
     path = os.path.join(out_dir, name)
@@ -255,29 +309,26 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
             os.remove(os.path.join(path, f))
     cfg = ModelConfig.from_dict(cfg_dict)
     tdtype = DTYPES[dtype]
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for tname, t in random_weights(cfg, zlib.crc32(name.encode()), tdtype):
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][tname] = t
-        size += nbytes
+    seed = zlib.crc32(name.encode())
+    weights = random_weights(cfg, seed, tdtype) if device is None else device_random_weights(cfg, seed, tdtype, device)
+    plan = plan_shards(cfg, torch.empty((), dtype=tdtype).element_size(), shard_bytes)
     meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(path, "model.safetensors"), metadata=meta)
-    else:
-        weight_map, total = {}, 0
-        for k, shard in enumerate(shards):
-            fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(path, fname), metadata=meta)
-            for tname, t in shard.items():
-                weight_map[tname] = fname
-                total += t.numel() * t.element_size()
+    weight_map, total = {}, 0
+    for k, names in enumerate(plan):
+        shard = {}
+        for tname in names:
+            got, t = next(weights)
+            assert got == tname, (got, tname)  # both walk hf_tensor_shapes in order
+            shard[tname] = t
+            total += t.numel() * t.element_size()
+        fname = "model.safetensors" if len(plan) == 1 else f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
+        save_file(shard, os.path.join(path, fname), metadata=meta)
+        weight_map.update((tname, fname) for tname in names)
+        del shard
+    if len(plan) > 1:
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-        del weight_map
+    del weight_map
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg_dict, f, indent=2)
     with open(os.path.join(path, "generation_config.json"), "w") as f:
@@ -296,6 +347,9 @@ def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "floa
     """Write the demo checkpoints (all, or `names`) under out_dir; returns name -> directory."""
     out_dir = out_dir or default_demo_dir()
     names = list(DEMO_MODELS) if names is None else list(names)
+    sized = {SIZED_MODELS[k][0]: k for k in SIZED_MODELS}
+    out = {n: write_sized_demo(sized[n], out_dir) for n in names if n in sized}  # by name too (bench --models)
+    names = [n for n in names if n not in sized]
     unknown = [n for n in names if n not in DEMO_MODELS]
     if unknown:
         from warmserve.errors import UnknownModelError
@@ -305,7 +359,6 @@ def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "floa
         from warmserve.errors import InvalidArgumentError
         raise InvalidArgumentError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}", dtype=dtype)
     tok = None
-    out = {}
     for n in names:
         cfg = config_dict(DEMO_MODELS[n], dtype)
         path = os.path.join(out_dir, n)
@@ -316,8 +369,24 @@ def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "floa
     return out
 
 
+def write_sized_demo(size: str, out_dir: str | None = None, device: str | None = None) -> str:
+    """Write the GPU-sized demo `size` ("1b" or "7b", SIZED_MODELS) in bf16; returns its directory. device:
+    where the weights are drawn (default: cuda when torch sees a GPU, else cpu; the bytes differ between the
+    two, the distributions do not). Skipped when up to date."""
+    if size not in SIZED_MODELS:
+        from warmserve.errors import UnknownModelError
+        raise UnknownModelError(f"unknown demo size {size!r}: choose from {', '.join(SIZED_MODELS)}", names=[size])
+    name, spec = SIZED_MODELS[size]
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = config_dict(spec, SIZED_DTYPE)
+    return write_checkpoint(out_dir or default_demo_dir(), name, cfg,
+                            SIZED_DTYPE, shard_bytes=SIZED_SHARD_BYTES, device=device)
+
+
 def spec_summary(name: str) -> dict:
-    spec = DEMO_MODELS[name]
+    sized = {n: spec for n, spec in SIZED_MODELS.values()}
+    spec = sized[name] if name in sized else DEMO_MODELS[name]
     cfg = ModelConfig.from_dict(config_dict(spec))
     return {"name": name, "architecture": cfg.architecture, "params": cfg.num_params(), **asdict(spec)}
 
@@ -328,13 +397,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help=f"output directory (default {default_demo_dir()}; $WARMSERVE_HOME/demo)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of: {' '.join(DEMO_MODELS)}")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype on disk")
+    parser.add_argument("--size", default=None, choices=list(SIZED_MODELS),
+                        help="write one GPU-sized demo instead (bf16: 1b = Llama-3.2-1B shape, 7b = Llama-3-8B shape)")
+    parser.add_argument("--device", default=None, help="with --size: where to draw the weights (default: cuda if "
+                        "available, else cpu)")
 
 
 def main(args) -> int:
     import time
 
     t0 = time.perf_counter()
-    paths = write_demo_models(args.out, args.models, args.dtype)
+    if getattr(args, "size", None):
+        paths = {SIZED_MODELS[args.size][0]: write_sized_demo(args.size, args.out, getattr(args, "device", None))}
+    else:
+        paths = write_demo_models(args.out, args.models, args.dtype)
     for n, p in paths.items():
         s = spec_summary(n)
         print(f"{n:<12} {s['architecture']:<20} {s['params'] / 1e6:6.1f}M params  {p}")

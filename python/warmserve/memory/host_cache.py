@@ -191,10 +191,16 @@ class HostCheckpointCache:
         return _CachedLoadJob(job, progress, self, fills, used)
 
     def close(self) -> None:
-        """Let go of this process's mappings (and DMA registrations). The entries stay for other workers."""
+        """Let go of this process's mappings (and DMA registrations). The entries stay for other workers. An entry
+        a running load still reads is let go of when that load ends (never unregistered under a DMA)."""
         with self._mu:
             entries, self._entries = list(self._entries.values()), {}
-        for e in entries:
+            idle = []
+            for e in entries:
+                e.stale = True
+                if not e.users:
+                    idle.append(e)
+        for e in idle:
             e.release()
 
     def __enter__(self) -> HostCheckpointCache:

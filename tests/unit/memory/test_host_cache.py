@@ -203,3 +203,58 @@ def test_only_file_sources(cache, hpool):
     s = hpool.create_slot(PAGE, "x")
     with pytest.raises(InvalidArgumentError, match="file path"):
         cache.load(s, [(b"abc", 0, 0, 3)])
+
+
+#: The cuda path on csrc/testing/fake_libcuda.c (device memory is host memory there, so bytes can be read back):
+#: the entry is registered once, every copy into the slot is a DMA from registered memory (none from a staging
+#: buffer), for the fill and for hits, and close() unregisters it.
+FAKE_CUDA = r"""
+import ctypes, sys
+from warmserve.memory import PagePool
+from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+fake = ctypes.CDLL("libcuda.so.1")
+fake.fake_cuda_stat.restype = ctypes.c_long
+st = fake.fake_cuda_stat
+REGS, FROM_REGISTERED, FROM_OTHER = 5, 6, 7
+root, path = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+n, PB = len(data) - 100, 64 << 10
+with PagePool(-(-n // PB) * PB, backend="cuda", page_bytes=PB) as pool, \
+        HostCheckpointCache(HostCacheConfig(root=root, capacity_bytes=1 << 30, chunk_bytes=256 << 10)) as cache:
+    for expect in ("fills", "hits"):
+        s = pool.create_slot(n, expect)
+        cache.load(s, [(path, 100, 0, n)]).wait()
+        assert ctypes.string_at(s.base_address, n) == data[100:], expect
+        assert cache.stats()[expect] == 1 and st(REGS) == 1, (cache.stats(), st(REGS))
+        s.close()
+    assert st(FROM_REGISTERED) >= 2 * (n // (256 << 10)) and st(FROM_OTHER) == 0, (st(FROM_REGISTERED), st(FROM_OTHER))
+    s = pool.create_slot(n, "plain")  # a plain load of the same file goes through the staging buffers
+    s.load([(path, 100, 0, n)]).wait()
+    assert st(FROM_OTHER) > 0 and ctypes.string_at(s.base_address, n) == data[100:]
+    s.close()
+assert st(REGS) == 0, st(REGS)  # cache.close() unregistered the entry
+print("fake cuda cache OK")
+"""
+
+
+def test_cuda_path_dmas_from_the_registered_entry_on_a_fake_driver(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from warmserve.memory import cuda_compiled
+
+    root_dir = Path(__file__).resolve().parents[3]
+    cuda_h = next((d for d in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda")
+                   if d and (Path(d) / "include" / "cuda.h").exists()), None)
+    if not cuda_compiled() or cuda_h is None or shutil.which("cc") is None:
+        pytest.skip("needs the cuda backend compiled in, cuda.h and a C compiler")
+    lib = tmp_path / "libcuda.so.1"
+    subprocess.run(["cc", "-std=c11", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{cuda_h}/include",
+                    str(root_dir / "csrc/testing/fake_libcuda.c"), "-o", str(lib)], check=True)
+    path = tmp_path / "ckpt.bin"
+    write(path, 3 * MiB + 100, 10)
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    r = subprocess.run([sys.executable, "-c", FAKE_CUDA, str(tmp_path / "cache"), str(path)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fake cuda cache OK" in r.stdout

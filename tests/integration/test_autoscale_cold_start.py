@@ -1,0 +1,174 @@
+"""Live `autoscale` starts a new engine process for a cold start, as vanilla autoscaling does: the GPU's local worker
+process is replaced by a fresh one (same device, same GPU id, nothing failed), and the measured start is in the
+controller's stats and metrics. `warmserve`'s prewarm hits stay in-process; remote workers fall back to loading
+into their running process."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from warmserve import Cluster
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+from warmserve.policy.config import PolicyConfig
+
+MODELS = ("llama-20m", "qwen2-30m")
+#: A fresh process imports torch and the engine and creates its page pool: far above the 35-130 ms a load into a
+#: running worker takes on this machine, so a start above this cannot have been an in-process load.
+FRESH_PROCESS_FLOOR_S = 0.4
+
+
+def _paths():
+    from warmserve.engine.demo import write_demo_models
+
+    return write_demo_models(None, MODELS)
+
+
+def _config(policy: str, *, history_path: str = "", cpu_workers: int = 2, bind: str = "tcp://127.0.0.1:0",
+            remote_workers: int = 0) -> ClusterConfig:
+    paths = _paths()
+    return ClusterConfig(
+        models=tuple(ModelSpec(path=paths[m]) for m in MODELS), cpu_workers=cpu_workers,
+        cpu_worker_memory_bytes=768 << 20, cpu_worker_threads=1, remote_workers=remote_workers,
+        controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=30), tick_s=0.2,
+                                    heartbeat_interval_s=0.2, worker_timeout_s=2.0, history_path=history_path))
+
+
+def _pids(c: Cluster) -> dict[int, int]:
+    """Policy GPU id -> pid of the worker process now serving it."""
+    return {w.gpu_id: w.pid for w in list(c.controller.hub.workers.values()) if w.ready}
+
+
+def _burst(c: Cluster, model: str, n: int) -> list:
+    with ThreadPoolExecutor(n) as pool:
+        futs = [pool.submit(c.generate, model, f"burst {i}", max_tokens=4, temperature=0, timeout_s=120)
+                for i in range(n)]
+        return [f.result() for f in futs]
+
+
+def test_autoscale_cold_start_starts_a_new_worker_process_and_answers_every_request():
+    with Cluster(None, config=_config("autoscale")) as c:
+        before = _pids(c)
+        assert len(before) == 2
+        outs = _burst(c, "llama-20m", 8)
+        assert all(o.completion_tokens >= 1 for o in outs), outs
+        st = c.stats()
+        starts = st["engine_starts"]
+        assert starts and all(s["model"] == "llama-20m" for s in starts), starts
+        after = _pids(c)
+        # GPU ids are stable for the driver: the same ones, each now served by some process.
+        assert set(after) == set(before) == {w["gpu_id"] for w in st["workers"]}
+        for s in starts:
+            assert s["new_pid"] != s["old_pid"] and s["old_pid"] == before[s["gpu_id"]], (s, before)
+            assert after[s["gpu_id"]] == s["new_pid"], (s, after)
+            assert s["start_s"] > FRESH_PROCESS_FLOOR_S, s
+            assert s["stop_s"] >= 0
+        # The instance runs in the fresh process, on the GPU the policy placed it on.
+        inst = [i for i in st["instances"] if i["model"] == "llama-20m"]
+        assert inst and all(i["ready"] for i in inst)
+        assert st["prewarm_misses"]["llama-20m"] >= 1 and st["prewarm_hits"]["llama-20m"] == 0
+        m = c.controller.metrics
+        assert m.engine_start.count() == len(starts)
+        assert m.workers_lost.get() == 0, "a planned replacement is not a worker loss"
+        assert m.rerouted.get(model="llama-20m") == 0
+        # The replaced process is gone, not left running beside its successor.
+        for s in starts:
+            with pytest.raises(ProcessLookupError):
+                os.kill(s["old_pid"], 0)
+        # The cluster still serves both models afterwards.
+        assert all(o.completion_tokens >= 1 for o in _burst(c, "qwen2-30m", 4))
+        assert all(o.completion_tokens >= 1 for o in _burst(c, "llama-20m", 2))
+        assert c.controller.metrics.workers_lost.get() == 0
+
+
+def test_a_fresh_process_that_dies_at_start_loses_its_gpu_and_no_request(tmp_path):
+    """Each worker's first fresh process exits at once: that GPU is lost after all (the ordinary restart brings the
+    worker back as a new GPU, with back-off) and the burst is still answered in full, by a later start."""
+    with Cluster(None, config=_config("autoscale")) as c:
+        ctl = c.controller
+        failed = []
+
+        def failing_once(ident, real):
+            def spawn():
+                if ident not in failed:
+                    failed.append(ident)
+                    return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+                return real()
+            return spawn
+
+        before = _pids(c)
+        for ident, real in list(ctl.local_spawn.items()):
+            ctl.local_spawn[ident] = failing_once(ident, real)
+        outs = _burst(c, "llama-20m", 6)
+        assert all(o.completion_tokens >= 1 for o in outs), outs
+        st = c.stats()
+        assert failed and ctl.metrics.workers_lost.get() == len(failed)
+        assert ctl.metrics.rerouted.get(model="llama-20m") == 0
+        lost = set(before) - {w["gpu_id"] for w in st["workers"]}
+        assert len(lost) == len(failed), (before, st["workers"])
+        assert st["engine_starts"], "a later cold start got its fresh process"
+        assert all(s["gpu_id"] not in lost for s in st["engine_starts"])
+
+
+def test_warmserve_prewarm_hit_restarts_nothing(tmp_path):
+    """History says qwen2-30m is busy now: its weights are prewarmed into a running worker, the first request
+    starts from that prewarm, and no worker process is replaced."""
+    now = time.time()
+    rows = ["model,window_start_s,avg,peak"]
+    for t in range(int(now - 2 * 86400), int(now - 30), 30):
+        rows += [f"qwen2-30m,{t},8,40", f"llama-20m,{t},0,0"]
+    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
+    with Cluster(None, config=_config("warmserve", history_path=str(tmp_path / "history.csv"))) as c:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pw = c.stats()["prewarms"]
+            if pw and all(p["progress"] >= 1.0 for p in pw):
+                break
+            time.sleep(0.2)
+        assert pw and {p["model"] for p in pw} == {"qwen2-30m"}, pw
+        before = _pids(c)
+        outs = _burst(c, "qwen2-30m", 4)
+        assert all(o.completion_tokens >= 1 for o in outs)
+        st = c.stats()
+        assert st["prewarm_hits"]["qwen2-30m"] >= 1, st
+        assert _pids(c) == before
+        assert st["engine_starts"] == [] and c.controller.metrics.engine_start.count() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_autoscale_on_a_remote_worker_loads_into_its_running_process(tmp_path):
+    """The controller cannot start a remote worker's process: the cold start falls back to loading into it."""
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "remote.log", "wb")
+    remote = subprocess.Popen(
+        [sys.executable, "-m", "warmserve", "worker", "--controller", endpoint, "--device", "cpu", "--memory-gib",
+         "0.75", "--threads", "1", "--heartbeat-interval-s", "0.2", "--exit-with-parent"],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log.close()
+    try:
+        with Cluster(None, config=_config("autoscale", cpu_workers=0, bind=endpoint, remote_workers=1)) as c:
+            before = _pids(c)
+            assert list(before.values()) == [remote.pid]
+            outs = _burst(c, "llama-20m", 4)
+            assert all(o.completion_tokens >= 1 for o in outs)
+            st = c.stats()
+            assert st["prewarm_misses"]["llama-20m"] >= 1
+            assert st["engine_starts"] == [] and _pids(c) == before and remote.poll() is None
+    finally:
+        if remote.poll() is None:
+            remote.terminate()
+            try:
+                remote.wait(10)
+            except subprocess.TimeoutExpired:
+                remote.kill()
+                remote.wait()

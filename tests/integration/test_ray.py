@@ -1,0 +1,208 @@
+"""`warmserve serve --ray` on a two-node Ray cluster on this machine: workers start as actors on both nodes, a burst
+of requests is answered, and a worker actor's process killed with SIGKILL is noticed (Ray reports the actor dead)
+and replaced while requests keep being answered.
+
+Ray binds the machine's outward address whatever it is told, so the test re-runs itself inside private network and
+PID namespaces (`unshare --net --pid`): there the only interface is loopback, Ray binds 127.0.0.1, and when the
+test ends (or is killed at its time limit) every process it started, Ray's included, ends with the namespace.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import serving
+
+#: Set inside the namespaces: the test body runs there.
+INSIDE_ENV = "WARMSERVE_TEST_RAY_INSIDE"
+#: The whole run inside the namespaces (Ray up, serve, bursts, kill and replacement, shutdown), seconds.
+INSIDE_LIMIT_S = 90
+MODELS = ("llama-20m", "qwen2-30m")
+NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+pytestmark = pytest.mark.slow
+
+
+def _cannot_run() -> str:
+    """Why this machine cannot run the test, or ""."""
+    if importlib.util.find_spec("ray") is None:
+        return "ray is not installed (pip install 'warmserve[ray]')"
+    if os.geteuid() != 0:
+        return "needs root: the Ray cluster runs in a private network namespace (unshare --net)"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "needs unshare (util-linux) and ip (iproute2) for a private network namespace"
+    probe = subprocess.run([*NAMESPACES, "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot make private network and PID namespaces here: {probe.stderr.strip()[:200]}"
+    return ""
+
+
+def test_serve_on_a_two_node_ray_cluster_replaces_a_killed_worker_actor(tmp_path):
+    if os.environ.get(INSIDE_ENV):
+        _inside(tmp_path)
+        return
+    why = _cannot_run()
+    if why:
+        pytest.skip(why)
+    serving.demo_paths(MODELS)  # written out here, so the timed run inside only reads them
+    cmd = [*NAMESPACES, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-s",
+           f"{__file__}::test_serve_on_a_two_node_ray_cluster_replaces_a_killed_worker_actor",
+           "--basetemp", str(tmp_path / "inside")]
+    try:
+        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1"}, capture_output=True, text=True,
+                           timeout=INSIDE_LIMIT_S + 30, cwd=os.path.dirname(__file__))
+    except subprocess.TimeoutExpired as e:  # unshare is killed, and with it every process in the namespaces
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail(f"the run inside the namespaces passed {INSIDE_LIMIT_S + 30} s:\n{out[-4000:]}")
+    assert r.returncode == 0, f"inside the namespaces:\n{r.stdout[-6000:]}\n{r.stderr[-2000:]}"
+    print(r.stdout[-1500:])
+
+
+# ------------------------------------------------------------------------------------------------ inside
+
+def _inside(tmp) -> None:
+    t0 = time.monotonic()
+    deadline = t0 + INSIDE_LIMIT_S
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    from ray.cluster_utils import Cluster
+
+    times = {}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    proc = None
+    try:
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        times["ray_up_s"] = time.monotonic() - t0
+        proc, url = _start(tmp, cluster.address, deadline)
+        times["serving_s"] = time.monotonic() - t0
+        log = tmp / "serve.log"
+
+        _, st = serving.get_json(url + "/stats")
+        nodes = [n for n in st["nodes"] if n["alive"]]
+        assert len(nodes) == 2, st["nodes"]
+        for n in nodes:  # one CPU worker per node, each registered
+            assert [w["ready"] for w in n["workers"]] == [True], n
+        ids = {w["worker_id"] for w in st["workers"] if w["ready"]}
+        assert ids == {n["workers"][0]["worker_id"] for n in nodes}
+        assert len({serving_host(i) for i in ids}) == 2, ids  # two servers to the policy
+
+        # A bounded burst across both models: every request answered.
+        burst = _burst(url, 12, "first")
+        assert all(ok for ok, _ in burst), [why for ok, why in burst if not ok]
+        times["first_burst_s"] = time.monotonic() - t0
+
+        # SIGKILL the worker actor's process on the second node (its pid is the actor's: it runs the worker).
+        victim = nodes[1]["workers"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        t_kill = time.monotonic()
+        answered, failed, replaced = 0, [], None
+        while time.monotonic() < min(deadline - 15, t_kill + 45):
+            ok, why = _ask(url, MODELS[answered % 2], f"while replacing {answered}")
+            answered += ok
+            if not ok:
+                failed.append(why)
+            _, st = serving.get_json(url + "/stats")
+            slot = next(w for n in st["nodes"] for w in n["workers"] if w["worker_id"] == victim["worker_id"])
+            if slot["starts"] == 2 and slot["ready"] and slot["pid"] != victim["pid"]:
+                replaced = slot
+                break
+            time.sleep(0.2)
+        assert replaced is not None, f"not replaced within {time.monotonic() - t_kill:.0f} s:\n" \
+                                     f"{log.read_text()[-3000:]}"
+        times["replaced_after_kill_s"] = time.monotonic() - t_kill
+        assert not failed and answered >= 1, (answered, failed)
+        assert replaced["actor_id"] != victim["actor_id"]
+        # Ray's account of the killed actor's end (whichever of Ray and the heartbeat noticed first).
+        assert replaced["last_exit"], replaced
+        assert serving.counter(url, "warmserve_workers_lost") >= 1
+
+        burst = _burst(url, 12, "after")
+        assert all(ok for ok, _ in burst), [why for ok, why in burst if not ok]
+        _, st = serving.get_json(url + "/stats")
+        assert sum(w["ready"] for w in st["workers"]) == 2
+
+        assert serving.stop(proc) == 0, log.read_text()[-3000:]
+        proc = None
+        times["stopped_s"] = time.monotonic() - t0
+        _check_ray_given_back(cluster.address)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cluster.shutdown()
+    times["total_s"] = time.monotonic() - t0
+    print("ray test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
+
+
+def serving_host(worker_id: str) -> str:
+    from warmserve.controller.workers import host_of
+
+    return host_of(worker_id)
+
+
+def _start(tmp, address: str, deadline: float):
+    paths = serving.demo_paths(MODELS)
+    cfg = tmp / "cluster.toml"
+    cfg.write_text(
+        "cpu_workers = 1\ncpu_worker_memory_bytes = 805306368\ncpu_worker_threads = 1\nworker_start_timeout_s = 60\n"
+        + "".join(f'[[models]]\npath = "{paths[m]}"\n' for m in MODELS)
+        + "[policy]\nwindow_s = 30\n[controller]\ntick_s = 0.2\nheartbeat_interval_s = 0.2\nworker_timeout_s = 2.0\n"
+        "drain_timeout_s = 10\nrestart_backoff_s = 0.2\n[server]\nport = 0\n")
+    log = open(tmp / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--ray", address,
+                             "--log-level", "INFO", "--log-dir", str(tmp / "logs")],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    log.close()
+    ready, _, _ = select.select([proc.stdout], [], [], max(1.0, deadline - time.monotonic() - 40))
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        proc.wait()
+        pytest.fail("`warmserve serve --ray` did not start:\n" + (tmp / "serve.log").read_text()[-4000:])
+    return proc, json.loads(line)["serving"]
+
+
+def _ask(url: str, model: str, prompt: str) -> tuple[bool, str]:
+    """One completion; (answered with at least one token, what went wrong otherwise)."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0}).encode()
+    req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            out = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return False, f"HTTP {e.code}: {e.read()[:300]!r}"
+    except OSError as e:
+        return False, f"{type(e).__name__}: {e}"
+    return out["usage"]["completion_tokens"] >= 1, json.dumps(out)[:300]
+
+
+def _burst(url: str, n: int, tag: str) -> list[tuple[bool, str]]:
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: _ask(url, MODELS[i % 2], f"{tag} {i}"), range(n)))
+
+
+def _check_ray_given_back(address: str) -> None:
+    """After the server stopped, its actors and placement groups are gone: every CPU is free again."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    try:
+        deadline = time.monotonic() + 10
+        while ray.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0) == 4, ray.available_resources()
+    finally:
+        ray.shutdown()
