@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = ("paper_conv", "paper_code", "artifact_conv", "artifact_code")
@@ -74,15 +73,31 @@ def headline():
                 r35 = ratio_p99(cs)
             mr = "-"
             pol = main["policies"]
-            if "max_rate_under_slo_rps" in pol.get("shared", {}) and pol["shared"]["max_rate_under_slo_rps"]:
-                mr = f"{pol['warmserve']['max_rate_under_slo_rps'] / pol['shared']['max_rate_under_slo_rps']:.2f}x " \
-                     f"({pol['warmserve']['max_rate_under_slo_rps']:.1f} / {pol['shared']['max_rate_under_slo_rps']:.1f})"
+            srch = load(p + var + "_search")
+            sp = srch["policies"] if srch else {}
+            if sp.get("shared", {}).get("max_rate_under_slo_rps"):
+                mr = f"{sp['warmserve']['max_rate_under_slo_rps'] / sp['shared']['max_rate_under_slo_rps']:.2f}x " \
+                     f"({sp['warmserve']['max_rate_under_slo_rps']:.1f} / {sp['shared']['max_rate_under_slo_rps']:.1f})"
             wd = gd = "-"
             if "dedicated" in pol:
                 wd = fr(ratio_p99(main, "warmserve", "dedicated"))
                 gd = f"{pol['warmserve']['gpu_seconds'] / pol['dedicated']['gpu_seconds']:.2f}x"
             print(f"| {p.replace('_', '-')} | {label} | {fr(ratio_p99(main))} | {fr(r35)} | "
                   f"{fr(ratio_p99(cap)) if cap else '-'} | {mr} | {wd} | {gd} |")
+    print()
+
+
+def option_table(names):
+    """warmserve and the other policy of each option run (autoscale or dedicated), medians over the seeds."""
+    print("| run | policy | p99 | p99 per seed 0/1/2 | SLO | starts (cold) | GPU-s |")
+    print("|---|---|---|---|---|---|---|")
+    for n in names:
+        d = load(n)
+        if d is None:
+            continue
+        for name, s in d["policies"].items():
+            print(f"| {n} | {name} | {f(s['ttft_p99_s'])} | {per_seed(s)} | {f(s['slo_attainment'])} | "
+                  f"{s['instance_starts']:.0f} ({s['starts_cold']:.0f}) | {s['gpu_seconds']:.0f} |")
     print()
 
 
@@ -114,6 +129,9 @@ def sweep_table(doc):
 def main():
     print("## headline\n")
     headline()
+    print("## option runs\n")
+    option_table(["paper_code_cs35", "paper_code_cs35_preempt60", "paper_code_cs35_nopreempt", "paper_code_idle0",
+                  "artifact_code_idle0", "paper_conv_idle0", "artifact_conv_idle0"])
     for p in PRESETS:
         doc = load(p)
         if doc:
@@ -124,7 +142,7 @@ def main():
             if d:
                 print(f"## {p}{var}\n")
                 variant_table(d)
-        for var in ("_sweep", "_burst4_sweep"):
+        for var in ("_sweep", "_burst4_sweep", "_cap32_sweep"):
             d = load(p + var)
             if d:
                 print(f"## {p}{var}\n")

@@ -22,6 +22,7 @@ import functools
 import ipaddress
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -29,7 +30,7 @@ import time
 
 from warmserve.config import ClusterConfig
 from warmserve.controller.controller import Controller
-from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, register
+from warmserve.errors import InvalidArgumentError, WarmServeError, register
 from warmserve.extras import require
 
 log = logging.getLogger("warmserve.controller")
@@ -39,6 +40,9 @@ NODE_REFRESH_S = 2.0
 #: How long kill() and wait() with no timeout wait for Ray to confirm an actor's end, seconds (a Popen would wait
 #: forever; an actor on a node that vanished may never be confirmed).
 END_CONFIRM_S = 30.0
+#: How long the Ray head given as HOST:PORT gets to accept a TCP connection before connecting is given up, seconds
+#: (ray.init retries an unreachable head for minutes).
+HEAD_PROBE_TIMEOUT_S = 5.0
 #: The returncode of a worker whose actor Ray reports dead (its process or node gone): Ray gives a reason, not a
 #: status; the reason is in RayWorkerProcess.exit_reason.
 ACTOR_DIED_STATUS = -1
@@ -141,8 +145,10 @@ class _WorkerActor:
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 2)
             os.close(fd)
+        keys = None
         if curve is not None:
-            # The controller's public key and this worker's secret key, written where the worker reads them.
+            # The controller's public key and this worker's secret key, written where the worker reads them (a
+            # private directory, removed when the worker exits).
             keys = tempfile.mkdtemp(prefix="warmserve-curve-")
             paths = []
             for name, data in zip(("server.key", "worker.key_secret"), curve):
@@ -155,7 +161,11 @@ class _WorkerActor:
 
         parser = argparse.ArgumentParser(prog="warmserve worker")
         worker_main.add_arguments(parser)
-        return worker_main.main(parser.parse_args(argv))
+        try:
+            return worker_main.main(parser.parse_args(argv))
+        finally:
+            if keys is not None:
+                shutil.rmtree(keys, ignore_errors=True)
 
 
 class RayWorkerProcess:
@@ -164,7 +174,7 @@ class RayWorkerProcess:
     def __init__(self, actor, run_ref, slot: WorkerSlot):
         self.actor = actor
         self.slot = slot
-        self.actor_id = actor._actor_id.hex()
+        self.actor_id = actor._actor_id.hex()  # the handle has no public accessor; the id is only shown
         #: Ray completes it when ``run`` returns (the worker exited) or fails it when the actor dies.
         self._done: concurrent.futures.Future = run_ref.future()
         self.returncode: int | None = None
@@ -252,6 +262,7 @@ class RayLauncher:
         if ray.is_initialized():  # a program that is a Ray driver already: use its connection, leave it open
             log.info("using this process's Ray connection")
         else:
+            self._probe_head()
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -264,6 +275,21 @@ class RayLauncher:
         self._nodes = ray.nodes()
         self._refresher = threading.Thread(target=self._refresh_nodes, name="warmserve-ray-nodes", daemon=True)
         self._refresher.start()
+
+    def _probe_head(self) -> None:
+        """A head given as HOST:PORT must accept a connection now: say so at once rather than after Ray's retries."""
+        import socket
+
+        host, sep, port = self.address.rpartition(":")
+        if not sep or "://" in self.address or not port.isdigit():
+            return  # "auto", or a ray:// client address: Ray finds or checks it
+        try:
+            socket.create_connection((host, int(port)), timeout=HEAD_PROBE_TIMEOUT_S).close()
+        except OSError as e:
+            raise RayClusterError(
+                f"the Ray head at {self.address} does not accept connections ({e}): check the address "
+                f"(`ray status` on the head prints it) or start the cluster (`ray start --head`)",
+                address=self.address) from None
 
     def alive_nodes(self) -> list[RayNode]:
         return [RayNode(node_id=n["NodeID"], address=n["NodeManagerAddress"],
@@ -427,11 +453,11 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
         raise InvalidArgumentError(
             f"devices {list(cfg.devices)} name local devices, but with Ray every node's GPUs (or CPU workers) are "
             f"used: leave devices out", devices=list(cfg.devices))
+    models = [controller_model(s) for s in cfg.models]  # a bad checkpoint is refused before Ray is involved
     launcher = RayLauncher(ray_address)
     launcher.connect()
     controller = None
     try:
-        models = [controller_model(s) for s in cfg.models]
         controller = RayController(cfg, models, history=history)
         controller.launcher = launcher
         endpoint = await controller.start()

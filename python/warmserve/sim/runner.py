@@ -84,7 +84,8 @@ def _point(runs: list[RunResult], scale: float, seeds: list[int]) -> dict:
     att = [r.summary["slo_attainment"] for r in runs]
     return {"rate_scale": scale,
             "offered_rate_rps": sum(r.summary["offered_rate_rps"] for r in runs) / len(runs),
-            "ttft_p99_s": statistics.median(p99), "ttft_p50_s": statistics.median(r.summary["ttft_p50_s"] for r in runs),
+            "ttft_p99_s": statistics.median(p99),
+            "ttft_p50_s": statistics.median(r.summary["ttft_p50_s"] for r in runs),
             "slo_attainment": sum(att) / len(att),
             "gpu_seconds": statistics.median(r.summary["gpu_seconds"] for r in runs),
             "unanswered": statistics.median(r.summary["unanswered"] for r in runs),
