@@ -1,6 +1,13 @@
-"""Time-sharing an over-subscribed cluster: which instances a model that waits with no instance (and finds no
-free GPUs) may take GPUs from. The policy (``core.Policy._preempt_for``) decides whether to, and keeps the
-freed GPUs for that model."""
+"""Taking GPUs from other models when a model's demand cannot be met from free GPUs. Two rules, both choosing
+an aligned group of tp GPUs on one server (the groups instances are placed on); the policy
+(``core.Policy._reclaim_for`` / ``_preempt_for``) stops the chosen instances and keeps the freed GPUs for the
+model that wanted them:
+
+- reclaim (``reclaim_victims``): from instances that are not their model's last ready one, when their models
+  stay at least as well served as the wanting model will be (any model short of instances, in order of
+  deficit);
+- time-sharing (``preemption_victims``): a model that waits with no instance may take even a last instance,
+  once it has served ``preempt_after_s`` and the waiting model's load clearly exceeds the harm."""
 
 from __future__ import annotations
 
@@ -63,3 +70,63 @@ def _group_victims(board: Board, group: list[int], on_gpu: dict, model: str, now
                 return []
             victims[inst.instance_id] = inst
     return [victims[i] for i in sorted(victims)]
+
+
+def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float, have: dict[str, int],
+                    demand: dict[str, float], stopping: set[str], served_s: float,
+                    reserved: set[int]) -> tuple[float, list[InstanceState]] | None:
+    """(share met after, instances) of the aligned group of tp GPUs on one server whose instances ``model``,
+    short of instances, may take; None when no group qualifies. The rule (GPUs arbitrated by unmet demand):
+
+    - ``demand[m]``: the instances m's load asks for (``Policy._wanted``'s scale-out figure, unrounded: in-flight
+      plus queued load over 0.8 x B, or its prefill backlog over 0.8 x its per-instance budget); ``have[m]``:
+      its instances (starting or serving, not draining) after this decision so far. have / demand is the share
+      of m's demand that is met; the scale-out fires for a model whose share is below 1.
+    - A group qualifies when each of its GPUs is idle or held only by instances of other models that are ready,
+      not draining, not in ``stopping`` and ready for ``served_s`` (the §5 minimum lifetime), none of its GPUs
+      is in ``reserved`` (freed for another model), and it holds at least one instance. Per model v losing k
+      instances there: v keeps at least one ready instance (a last instance is the time-sharing rule's, with its
+      own wait and load test), and v's share after the loss, (have[v] - k) / demand[v], is at least ``model``'s
+      share after its gain, (have[model] + 1) / demand[model]. No constant: a move never turns the order of the
+      two shares around, so under unchanged load the reverse move never qualifies (no thrashing), and an
+      instance whose model's load stays below the scale-out threshold without it (share after >= 1) always
+      qualifies for a model that is short (share after <= 1).
+    - Among qualifying groups: the highest lowest share after the loss (the loss that hurts least), then the
+      fewest instances stopped, then the fewest requests in flight on them (they drain sooner), then the
+      lowest server and GPU."""
+    tp = state.models[model].tp
+    gain = (have[model] + 1) / demand[model]
+    on_gpu: dict[int, list[InstanceState]] = {}
+    ready: dict[str, int] = {}
+    for inst in state.instances.values():
+        if inst.instance_id in stopping:
+            continue
+        for g in inst.gpus:
+            on_gpu.setdefault(g, []).append(inst)
+        if inst.ready and not inst.draining:
+            ready[inst.model] = ready.get(inst.model, 0) + 1
+    best = None
+    for srv in state.servers:
+        gpus = list(srv.gpu_ids)
+        for start in range(0, len(gpus) - tp + 1, tp):
+            group = gpus[start:start + tp]
+            if reserved.intersection(group):
+                continue
+            victims = _group_victims(board, group, on_gpu, model, now_s, served_s)
+            if not victims:
+                continue
+            lost: dict[str, int] = {}
+            for v in victims:
+                lost[v.model] = lost.get(v.model, 0) + 1
+            after = min(_share(have[m] - n, demand[m]) for m, n in lost.items())
+            if after < gain or any(ready.get(m, 0) - n < 1 for m, n in lost.items()):
+                continue
+            key = (-after, len(victims), sum(v.in_flight for v in victims), srv.server_id, start)
+            if best is None or key < best[0]:
+                best = (key, victims)
+    return None if best is None else (-best[0][0], best[1])
+
+
+def _share(instances: int, demand: float) -> float:
+    """Share of a demand (instances) that ``instances`` meet; a model that asks for nothing is fully served."""
+    return instances / demand if demand > 0 else float("inf")

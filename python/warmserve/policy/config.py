@@ -70,6 +70,11 @@ class PolicyConfig:
     #: (14-35 s, PAPER.md), so that a swap never spends more of the GPUs' time starting than serving. inf: never
     #: (such a model waits until GPUs free up on their own).
     preempt_after_s: float = 30.0
+    #: A model left short of instances with no free GPUs takes GPUs from other models' instances when those
+    #: models stay at least as well served (share of their scale-out demand met) as it will be, never a model's
+    #: last ready instance (``arbitration.reclaim_victims``). False: only a model with no instance takes GPUs
+    #: (time-sharing, below), as before this rule.
+    reclaim_gpus: bool = True
     #: Stop a quiet model's last instance once its load has been 0 for load_window_s even while GPUs are free
     #: (the paper's §5 rule: hundreds of cold starts in 20 minutes on bursty traces). False: only when another
     #: model wants GPUs that are not free.

@@ -9,7 +9,7 @@ import numpy as np
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims
+from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims, reclaim_victims
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.forecast import ModelForecaster, paper_next_batch
@@ -40,12 +40,15 @@ class Policy:
         #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
         #: it gets GPUs among models whose demand is equally unmet.
         self._starved_since: dict[str, float] = {}
-        #: Instances stopped so that a starving model gets their GPUs: never revived while they drain.
+        #: Instances stopped so that another model gets their GPUs (reclaimed or time-shared): not revived while
+        #: they drain and that model still waits for the GPUs (else their model would take them straight back).
         self._preempted: set[str] = set()
-        #: Model -> the instances stopped for it: no further preemption for it while they drain.
+        #: Model -> the instances stopped for it: no further reclaim or preemption for it while they drain.
         self._preempting: dict[str, set[str]] = {}
-        #: Model -> the GPUs those instances free: no other model starts there until it has an instance.
+        #: Model -> the GPUs those instances free: no other model starts there until the model has more
+        #: instances than it had then (``_reserved_base``) or no longer wants more.
         self._reserved: dict[str, tuple[int, ...]] = {}
+        self._reserved_base: dict[str, int] = {}
         self._meters: dict[str, WindowMeter] = {}
         self._inflight: dict[str, int] = {m: 0 for m in self.models}
         self._exact = False
@@ -204,7 +207,7 @@ class Policy:
             cap = self.cfg.max_instances_per_model
             if ((not cap or len(insts) < cap) and self._idle_group(state, now_s, self.models[model].tp)
                     and not self._someone_starving(state, model)):
-                act = self._start(self._board(state), model)
+                act = self._start_outside_reservations(self._board(state), model)
                 if act is not None:
                     return act
         if best is None:
@@ -342,19 +345,19 @@ class Policy:
     def _autoscale(self, state: ClusterState, now_s: float, avg5: dict, board: Board, out: list) -> None:
         """§5 scaling, with GPUs arbitrated by unmet demand: draining instances are revived before new ones
         start; new ones go one at a time to the model whose demand is least met (then the longest starved);
-        a quiet model's last instance stops only when another model wants GPUs that are not free; a model that
-        waits with no instance and finds no GPUs takes those of instances that served preempt_after_s."""
+        a quiet model's last instance stops only when another model wants GPUs that are not free; a model left
+        short takes GPUs from instances whose models stay at least as well served (``arbitration.
+        reclaim_victims``), and one that waits with no instance and finds none there takes those of instances
+        that served preempt_after_s (time-sharing)."""
         cfg = self.cfg
         active: dict[str, list[InstanceState]] = {m: [] for m in self.models}
         draining: dict[str, list[InstanceState]] = {m: [] for m in self.models}
         for inst in state.instances.values():
             (draining if inst.draining else active)[inst.model].append(inst)
         self._preempted &= state.instances.keys()
-        for m in list(self._reserved):  # served (or no longer waiting): the GPUs it was freed are anyone's
-            if active[m] or not state.queued(m):
-                del self._reserved[m]
         want_out: dict[str, int] = {}
         keep: dict[str, int] = {}
+        demand: dict[str, float] = {}
         for m in sorted(self.models):
             pf = self._load_avg(m, now_s, self._prefill_backlog_s(state, m), self._prefill_load)
             queued = state.queued(m)
@@ -363,11 +366,12 @@ class Policy:
             target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
             if cfg.max_instances_per_model:
                 target = min(target, cfg.max_instances_per_model)
-            want_out[m], keep[m] = target, math.ceil(k)
+            want_out[m], keep[m], demand[m] = target, math.ceil(k), o
             if queued and not any(i.ready for i in active[m]):
                 self._starved_since.setdefault(m, now_s)
             else:
                 self._starved_since.pop(m, None)
+        self._release_reservations(state, active, want_out)
         have = {m: len(active[m]) for m in self.models}
         for m in sorted(self.models):  # 1. revive: it still runs, so there is nothing to start or load
             for inst in sorted(draining[m], key=lambda i: (-i.in_flight, i.instance_id)):
@@ -392,10 +396,44 @@ class Policy:
                 stopped |= inst.in_flight == 0
         if stopped and wanted:  # idle GPUs were freed this tick: the wanting models may start at once
             wanted = self._allocate(board, have, {m: want_out[m] for m in wanted}, out)
-        for m in sorted(wanted, key=lambda m: (self._starved_since.get(m, math.inf), m)):
-            if have[m] == 0 and m in self._starved_since:  # 4. time-share an over-subscribed cluster
-                if self._preempt_for(state, m, now_s, avg5, board, out):
-                    self._allocate(board, have, {m: want_out[m]}, out)
+        # 4. GPUs for models left short, least-met demand first: reclaimed from models that stay as well served;
+        # for a model with no instance and nothing to reclaim, time-shared (a last instance may go)
+        for m in sorted(wanted, key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
+            found, freed = self._reclaim_for(state, m, now_s, have, demand, board, out)
+            if not found and have[m] == 0 and m in self._starved_since:
+                freed = self._preempt_for(state, m, now_s, avg5, board, out)
+            if freed:
+                self._allocate(board, have, {m: want_out[m]}, out)
+
+    def _release_reservations(self, state: ClusterState, active: dict, want_out: dict) -> None:
+        """GPUs freed for a model become anyone's once it has more instances than when they were freed, or no
+        longer wants more (a model that had none: none of its requests waits). The instances stopped for it that
+        still drain may then be revived by their own model."""
+        for m in list(self._reserved):
+            n, base = len(active[m]), self._reserved_base.get(m, 0)
+            if n > base or not (want_out[m] > n if n else state.queued(m)):
+                del self._reserved[m]
+                self._reserved_base.pop(m, None)
+                self._preempted -= self._preempting.pop(m, set())
+
+    def _reclaim_for(self, state: ClusterState, model: str, now_s: float, have: dict, demand: dict, board: Board,
+                     out: list) -> tuple[bool, bool]:
+        """Reclaim (``arbitration.reclaim_victims``): stop the instances on the GPU group whose loss leaves their
+        models best served, if they stay at least as well served as ``model`` will be, and reserve the group for
+        ``model``. Returns (whether instances were stopped, whether the group is free at once: nothing was in
+        flight there); draining ones free it on a later tick. One reclaim in flight per model: its victims drain
+        and the new instance shows in the load before the next (their share rule uses that load)."""
+        if not self.cfg.reclaim_gpus or self._preempting.get(model, set()) & state.instances.keys():
+            return False, False
+        stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
+        elsewhere = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+        got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
+                              elsewhere)
+        if got is None:
+            return False, False
+        for v in got[1]:
+            have[v.model] -= 1
+        return True, self._take_gpus(state, model, got[1], have[model], now_s, board, out)
 
     def _allocate(self, board: Board, have: dict, want: dict, out: list) -> set[str]:
         """Start instances one at a time, each to the model whose demand is least met (have / want; ties: the
@@ -458,13 +496,20 @@ class Policy:
                                  max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s))
         if got is None or avg5[model] <= PREEMPT_LOAD_RATIO * got[0]:
             return False
+        return self._take_gpus(state, model, got[1], 0, now_s, board, out)
+
+    def _take_gpus(self, state: ClusterState, model: str, victims: list, base: int, now_s: float, board: Board,
+                   out: list) -> bool:
+        """Stop ``victims`` for ``model`` (which has ``base`` instances) and reserve their GPUs for it; returns
+        whether they are free at once."""
         freed = True
-        for v in got[1]:
+        for v in victims:
             self._preempted.add(v.instance_id)
             self._stop(state, v, now_s, board, out)
             freed &= v.in_flight == 0
-        self._preempting[model] = {v.instance_id for v in got[1]}
-        self._reserved[model] = tuple(sorted({g for v in got[1] for g in v.gpus}))
+        self._preempting[model] = {v.instance_id for v in victims}
+        self._reserved[model] = tuple(sorted({g for v in victims for g in v.gpus}))
+        self._reserved_base[model] = base
         return freed
 
     def kv_free_target(self, inst: InstanceState) -> int:
