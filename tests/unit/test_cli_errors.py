@@ -1,5 +1,3 @@
-import pytest
-
 from warmserve import errors
 from warmserve.cli import COMMANDS, main
 

@@ -511,7 +511,7 @@ def main(args) -> int:
     for s in res["skipped"]:
         print(f"  skipped {s}")
     if "move_vs_memcpy" in res:
-        mv, pg = res["move_vs_memcpy"], res["per_gib"]
+        mv = res["move_vs_memcpy"]
         print(f"move 1 GiB {mv['move_ms']:.3f} ms vs memcpy {mv['memcpy_ms']:.1f} ms: {mv['ratio']:.0f}x (goal >= 30x)")
     if "load_vs_memcpy_bandwidth" in res:
         ld = res["load_vs_memcpy_bandwidth"]

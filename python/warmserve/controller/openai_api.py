@@ -212,7 +212,7 @@ def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     for i, m in enumerate(req.messages):
         if m.role not in CHAT_ROLES:
             why = ("tool calling is not supported" if m.role in ("tool", "function")
-                   else f"it is not a chat role")
+                   else "it is not a chat role")
             raise _bad(f"messages[{i}].role {m.role!r} is not accepted ({why}): use one of {', '.join(CHAT_ROLES)}",
                        "messages")
     if req.top_logprobs is not None and not req.logprobs:

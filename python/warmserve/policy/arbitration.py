@@ -73,8 +73,8 @@ def _group_victims(board: Board, group: list[int], on_gpu: dict, model: str, now
 
 
 def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float, have: dict[str, int],
-                    demand: dict[str, float], stopping: set[str], served_s: float,
-                    reserved: set[int]) -> tuple[float, list[InstanceState]] | None:
+                    demand: dict[str, float], stopping: set[str], served_s: float, reserved: set[int],
+                    band: float) -> tuple[float, list[InstanceState]] | None:
     """(share met after, instances) of the aligned group of tp GPUs on one server whose instances ``model``,
     short of instances, may take; None when no group qualifies. The rule (GPUs arbitrated by unmet demand):
 
@@ -86,16 +86,26 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
       not draining, not in ``stopping`` and ready for ``served_s`` (the §5 minimum lifetime), none of its GPUs
       is in ``reserved`` (freed for another model), and it holds at least one instance. Per model v losing k
       instances there: v keeps at least one ready instance (a last instance is the time-sharing rule's, with its
-      own wait and load test), and v's share after the loss, (have[v] - k) / demand[v], is at least ``model``'s
-      share after its gain, (have[model] + 1) / demand[model]. No constant: a move never turns the order of the
-      two shares around, so under unchanged load the reverse move never qualifies (no thrashing), and an
-      instance whose model's load stays below the scale-out threshold without it (share after >= 1) always
-      qualifies for a model that is short (share after <= 1).
+      own wait and load test); v's share now, have[v] / demand[v], is at least ``band`` times ``model``'s,
+      have[model] / demand[model] (a clear imbalance, below); and v's share after the loss,
+      (have[v] - k) / demand[v], is at least ``model``'s after its gain, (have[model] + 1) / demand[model] (the
+      move never turns the order of the two around, so under unchanged load the reverse move never qualifies).
+    - ``band``: the policy passes scale_out_threshold / scale_in_threshold (0.8 / 0.5 = 1.6), the §5 band that
+      keeps one model from flapping between n and n + 1 instances (one is added above 0.8 x B per instance,
+      removed below 0.5 x B: nothing happens while its share of demand met is between 1 and 1.6). Between two
+      models it reads: GPUs move only while one's load per instance, relative to its capacity, is more than
+      0.8 / 0.5 times the other's. With few instances the order condition is the stricter one (1 -> 2 against
+      2 -> 1 needs a 4x imbalance); with many it is not (11 against 10 instances passes it at an imbalance of
+      one instance in ten), and the band keeps such models from swapping GPUs on every fluctuation of their 5 s
+      loads. Loads are in-flight counts, which grow when a model loses capacity (its requests take longer), so
+      GPUs still move back when a victim's load rises afterwards: each move waits for its victims to drain and
+      for the §5 minimum lifetime.
     - Among qualifying groups: the highest lowest share after the loss (the loss that hurts least), then the
       fewest instances stopped, then the fewest requests in flight on them (they drain sooner), then the
       lowest server and GPU."""
     tp = state.models[model].tp
     gain = (have[model] + 1) / demand[model]
+    now = band * have[model] / demand[model]
     on_gpu: dict[int, list[InstanceState]] = {}
     ready: dict[str, int] = {}
     for inst in state.instances.values():
@@ -119,7 +129,8 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
             for v in victims:
                 lost[v.model] = lost.get(v.model, 0) + 1
             after = min(_share(have[m] - n, demand[m]) for m, n in lost.items())
-            if after < gain or any(ready.get(m, 0) - n < 1 for m, n in lost.items()):
+            if (after < gain or any(_share(have[m], demand[m]) < now for m in lost)
+                    or any(ready.get(m, 0) - n < 1 for m, n in lost.items())):
                 continue
             key = (-after, len(victims), sum(v.in_flight for v in victims), srv.server_id, start)
             if best is None or key < best[0]:

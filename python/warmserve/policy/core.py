@@ -190,8 +190,9 @@ class Policy:
         in-flight requests, when below B; else a draining instance taken back into service; else a new instance
         (one creation in flight per model, and none while another model waits with no instance at all: the tick
         gives GPUs in order of unmet demand, so GPUs freed for a model that waited longer are not taken here by
-        another's request); else, while the new one starts or when there is no GPU for one, the least-loaded
-        ready instance takes the overflow unless ``route_cap_per_instance`` caps it; else None (it waits)."""
+        another's request; nor on GPUs reclaimed for another model); else, while the new one starts or when
+        there is no GPU for one, the least-loaded ready instance takes the overflow unless
+        ``route_cap_per_instance`` caps it; else None (it waits)."""
         self._model(model)
         B = self.cfg.instance_capacity
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
@@ -427,8 +428,9 @@ class Policy:
             return False, False
         stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
         elsewhere = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+        band = self.cfg.scale_out_threshold / self.cfg.scale_in_threshold
         got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
-                              elsewhere)
+                              elsewhere, band)
         if got is None:
             return False, False
         for v in got[1]:

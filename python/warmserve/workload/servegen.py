@@ -161,7 +161,6 @@ def sample_arrivals(series: ClientWindows, start_s: float, end_s: float, rate_sc
     iat = np.where(gam, rng.gamma(shape, 1.0), rng.weibull(shape)) * scale
     iat = np.maximum(iat, 1e-12)
     ends = np.cumsum(n)
-    starts = ends - n
     csum = np.cumsum(iat)
     base = np.concatenate([[0.0], csum[ends[:-1] - 1]])
     total = csum[ends - 1] - base

@@ -3,8 +3,6 @@
 A crash or a hang must not take the test run with it: each reproduction runs in a child interpreter under a
 timeout and prints what it saw; the test checks the exit status and that output."""
 
-import ctypes
-import mmap
 import subprocess
 import sys
 import textwrap
@@ -13,7 +11,7 @@ import pytest
 import torch
 
 from warmserve import _C
-from warmserve.errors import DriverError, InvalidArgumentError, OutOfMemoryError, SlotUnusableError
+from warmserve.errors import DriverError, InvalidArgumentError, SlotUnusableError
 from warmserve.memory import PagePool
 
 PAGE = 4096
@@ -116,7 +114,7 @@ def test_closing_a_pool_leaves_pinned_pages_and_frees_the_rest():
 # ---------------------------------------------------------------- item 3: create_slot sizes
 def test_create_slot_with_a_huge_or_overflowing_size_is_a_typed_error_not_a_hang():
     mem_total = int(open("/proc/meminfo").read().split("MemTotal:")[1].split()[0]) * 1024
-    out = run_child(f"""
+    out = run_child("""
         pool = PagePool(16 * PAGE, page_bytes=PAGE)
         for size in (2**64 - 1, 2**63, 2**47 + 1):
             try:

@@ -254,3 +254,94 @@ def test_gpus_freed_for_a_waiting_model_are_not_taken_back_by_its_victims():
     d.request_finished("b", "ib", 43.0)
     d.tick(44.0)
     assert [i.gpus for i in _of(st, "c")] == [(0, 1)]
+
+
+# ---- reclaim: a model short of instances takes GPUs from models that stay better served ----------------------
+
+def _reclaim_case(**cfg):
+    """artifact-conv at 2x rate in miniature: the tp-2 model `big` has one instance and 100 requests in flight
+    (it asks for 100 / (0.8 x 32) = 3.9 instances); `a` holds four GPUs for a load of 60 (it asks for 2.3, and
+    keeps four: 60 is above 0.5 x B x 3); `b` holds two for a load of 48; no GPU is free."""
+    models = [ModelInfo("big", 20 * GiB, 2, 1 << 19)] + [ModelInfo(n, 10 * GiB, 1, 1 << 19) for n in "ab"]
+    st = ClusterState.uniform(1, models, gpus_per_server=8, gpu_bytes=40 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
+    d = instant_driver(pol, st)
+    d.apply(A.StartInstance("big1", "big", (0, 1)), 0.0)
+    for k, g in enumerate((2, 3, 4, 5)):
+        d.apply(A.StartInstance(f"a{k}", "a", (g,)), 0.0)
+    d.apply(A.StartInstance("b0", "b", (6,)), 0.0)
+    d.apply(A.StartInstance("b1", "b", (7,)), 0.0)
+    _fill(d, st, "big", 100, 50.0)
+    _fill(d, st, "a", 60, 50.0)
+    _fill(d, st, "b", 48, 50.0)
+    assert st.instances["big1"].in_flight == 100 and len(st.instances) == 7
+    return d, st
+
+
+def _finish_all(d, st, instance_id, now):
+    for _ in range(st.instances[instance_id].in_flight):
+        d.request_finished(st.instances[instance_id].model, instance_id, now)
+
+
+def test_a_model_short_of_instances_takes_gpus_from_a_model_that_stays_better_served():
+    """Before the fix `big` never got a second instance (only a model with no instance took GPUs): its 100
+    requests stayed on one instance for good, as the 70B's did in artifact-conv at 2x rate (84 s median TTFT)."""
+    d, st = _reclaim_case()
+    d.tick(50.0)
+    # shares of demand met: big 1 / 3.9 = 0.26, a 4 / 2.3 = 1.7 (> 1.6 x 0.26), a after losing a pair
+    # 2 / 2.3 = 0.85 >= big's 2 / 3.9 = 0.51 after its gain. GPUs 6, 7 hold both of b's instances: not b.
+    # Both a pairs are equal; the first (GPUs 2, 3) is taken.
+    assert [i for i in ("a0", "a1", "a2", "a3") if st.instances[i].draining] == ["a0", "a1"]
+    assert not any(st.instances[i].draining for i in ("b0", "b1", "big1"))
+    assert d.policy._reserved == {"big": (2, 3)}
+    assert len(_of(st, "big")) == 1  # a0, a1 drain first (15 requests each)
+    _finish_all(d, st, "a0", 51.0)
+    _finish_all(d, st, "a1", 51.0)
+    d.tick(52.0)
+    assert sorted(i.gpus for i in _of(st, "big")) == [(0, 1), (2, 3)]
+    assert sorted(i.instance_id for i in _of(st, "a")) == ["a2", "a3"]
+    d0, st0 = _reclaim_case(reclaim_gpus=False)  # the rule off: what the policy did before
+    for t in range(50, 120, 5):
+        d0.tick(float(t))
+    assert len(_of(st0, "big")) == 1 and not any(i.draining for i in st0.instances.values())
+
+
+def test_reclaim_never_takes_a_last_instance_only_the_no_instance_rule_does():
+    """`b` is short (100 requests on one instance); `a`'s one instance is nearly idle: reclaim leaves it. When `c`
+    waits with no instance at all, time-sharing (after preempt_after_s, load > 2 x the harm) may take it."""
+    d, st = _driver(n_gpus=2, names="abc", name="warmserve")
+    d.apply(A.StartInstance("ia", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("ib", "b", (1,)), 0.0)
+    _fill(d, st, "a", 1, 0.0)
+    _fill(d, st, "b", 100, 0.0)
+    for t in range(10, 100, 10):
+        d.tick(float(t))
+        assert not any(i.draining for i in st.instances.values()) and len(st.instances) == 2
+    st.queues["c"].extend(f"c{k}" for k in range(5))  # c: load 5 > 2 x a's 1 (doubled: its last instance)
+    for t in range(100, 106):  # c's 5 s load average reaches 5 (it was 0 before its requests came)
+        d.tick(float(t))
+    assert st.instances["ia"].draining and not st.instances["ib"].draining
+    d.request_finished("a", "ia", 106.0)
+    d.tick(107.0)
+    assert [i.gpus for i in _of(st, "c")] == [(0,)]
+
+
+def test_a_reclaimed_instance_is_not_taken_back_while_the_model_it_went_to_needs_it():
+    d, st = _reclaim_case()
+    d.tick(50.0)
+    assert st.instances["a0"].draining and st.instances["a1"].draining
+    _fill(d, st, "a", 60, 50.5, start=60)  # a's load jumps: its two serving instances fill past B
+    assert st.instances["a0"].draining and st.instances["a1"].draining  # not revived for a
+    _finish_all(d, st, "a0", 51.0)
+    _finish_all(d, st, "a1", 51.0)
+    _fill(d, st, "a", 5, 51.0, start=120)  # GPUs 2, 3 are idle now, but kept for big: a's route starts nothing
+    assert sorted(i.instance_id for i in _of(st, "a")) == ["a2", "a3"]
+    d.tick(52.0)
+    assert sorted(i.gpus for i in _of(st, "big")) == [(0, 1), (2, 3)]
+    # loads unchanged from here (a: 125 in flight on 2 instances, share 2 / 4.9 = 0.41; big 2 / 3.9 = 0.51): a
+    # is short now, but taking back a big GPU pair would leave big 1 / 3.9 = 0.26 below a's 3 / 4.9 after, and
+    # one of b's would leave b 1 / 1.9 = 0.53 below 0.61; big's next pair would take a's or b's last instance
+    for t in range(53, 120, 3):
+        d.tick(float(t))
+        assert not any(i.draining for i in st.instances.values())
+    assert len(_of(st, "big")) == 2 and len(_of(st, "a")) == 2 and len(_of(st, "b")) == 2
