@@ -1,0 +1,100 @@
+"""What the controller tests share: a scripted peer on a real ZeroMQ socket that speaks warmserve.protocol as a
+worker would (each test scripts how it answers), a controller with fast ticks, and the demo model's description."""
+
+import asyncio
+import time
+
+import zmq
+import zmq.asyncio
+
+from warmserve import protocol as P
+from warmserve.config import ClusterConfig, ControllerConfig
+from warmserve.controller.controller import Controller
+from warmserve.errors import WarmServeError
+from warmserve.policy.config import policy_config_from_dict
+
+MODEL = "llama-20m"
+
+
+class Peer:
+    """A scripted worker: answers Prewarm/Activate/GetStats/Generate as told, records what it got."""
+
+    def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7),
+                 curve=None):
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        if curve is not None:  # (server public key, own public key, own secret key)
+            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = curve
+        self.sock.setsockopt(zmq.ROUTING_ID, wid.encode())
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.wid, self.fail_prewarm, self.tokens = wid, fail_prewarm, tokens
+        self.got: list = []
+        self.silent = False
+        self.hold_generate = False
+        self.hold_activate = False
+        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.beats = asyncio.get_running_loop().create_task(self.beat())
+
+    async def beat(self):
+        while True:  # a worker's heartbeats; a silent peer stops them
+            await asyncio.sleep(0.05)
+            if not self.silent:
+                await self.send(P.Heartbeat(time_s=time.time()))
+
+    async def send(self, msg):
+        await self.sock.send(P.encode(msg))
+
+    async def run(self):
+        await self.send(P.Hello(worker_id=self.wid, device="cpu", pid=1, capacity_bytes=1 << 30,
+                                page_bytes=2 << 20))
+        while True:
+            msg = P.decode_request(await self.sock.recv())
+            self.got.append(msg)
+            if self.silent:
+                continue
+            if isinstance(msg, P.GetStats):
+                await self.send(P.Stats(id=msg.id, worker_id=self.wid, device="cpu", pid=1, uptime_s=1.0,
+                                        pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30},
+                                        models=[], instances=[], in_flight=0))
+            elif isinstance(msg, P.Prewarm):
+                if self.fail_prewarm:
+                    await self.send(P.Error.of(msg.id, WarmServeError("disk on fire")))
+                else:
+                    await self.send(P.Prewarmed(id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048,
+                                                load_s=0.0))
+            elif isinstance(msg, P.Activate) and not self.hold_activate:
+                await self.send(P.Activated(id=msg.id, name=msg.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
+            elif isinstance(msg, P.SetKvTarget):  # answered as a worker does: the instance's KV after the change
+                await self.send(P.KvTargetSet(id=msg.id, model=msg.model, kv=P.KvStats(
+                    kv_blocks_total=8, kv_blocks_mapped=msg.free_blocks, kv_blocks_free=msg.free_blocks,
+                    kv_free_target=msg.free_blocks, block_tokens=256)))
+            elif isinstance(msg, (P.Evict, P.Deactivate, P.Abort, P.Shutdown)):
+                await self.send(P.Ok(id=msg.id))
+            elif isinstance(msg, P.Generate) and not self.hold_generate:
+                for t in self.tokens[:-1]:
+                    await self.send(P.Tokens(id=msg.id, token_ids=[t]))
+                await self.send(P.Tokens(id=msg.id, token_ids=[self.tokens[-1]], finished=True, finish_reason="length"))
+
+    def close(self):
+        self.task.cancel()
+        self.beats.cancel()
+        self.sock.close(0)
+
+
+def make_controller(model, policy_options=(), **ctl) -> Controller:
+    pc = policy_config_from_dict({"window_s": 30, **dict(policy_options)})
+    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 0.5,
+                             "policy_config": pc, **ctl})
+    return Controller(ClusterConfig(models=(model.spec,), controller=cc), [model])
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def collect(req):
+    out = []
+    async for t in req:
+        out += t
+    return out
