@@ -247,7 +247,8 @@ class Controller:
         req = Req(self._next_rid, model, prompt_ids, sampling, self.cc.request_timeout_s)
         req._abort_cb = self._abort
         self.metrics.prompt_tokens.inc(len(prompt_ids), model=model)
-        self.driver.submit(model, req, self.now_s())
+        # The prompt's length is the prefill load the policy scales on until the first token is out.
+        self.driver.submit(model, req, self.now_s(), prompt_tokens=len(prompt_ids))
         return req
 
     def _abort(self, req: Req) -> None:
@@ -270,7 +271,10 @@ class Controller:
             req = w.gens.get(msg.id)
             if req is None:
                 return
+            first = req.first_token_s is None
             req.push(msg.token_ids, msg.logprobs, msg.prompt_logprobs)
+            if first:
+                self.driver.prefill_done(req, self.now_s())
             if msg.finished:
                 req.end_s = time.monotonic()
                 self._end_gen(w, msg.id)

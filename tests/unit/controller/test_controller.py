@@ -316,3 +316,49 @@ def test_http_limit_gives_429_with_the_reason(model):
         peer.close()
 
     run(main())
+
+
+def test_prompt_tokens_count_as_prefill_load_until_the_first_token(model):
+    """The live controller feeds the policy's prefill-aware scale-out: a request's prompt counts while it waits
+    and while its instance prefills, and stops counting once its first token is out."""
+
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        peer.hold_activate = True  # the instance is starting: the request waits in the queue
+        req = c.submit_nowait(MODEL, list(range(1, 41)), SamplingParams(max_tokens=3))
+        assert c.state.queued_prompt_tokens[MODEL] == 40
+        peer.hold_generate = True
+
+        async def received(kind):
+            for _ in range(300):
+                got = [m for m in peer.got if isinstance(m, kind)]
+                if got:
+                    return got[0]
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"the peer never got a {kind.__name__}")
+
+        act = await received(P.Activate)
+        peer.hold_activate = False
+        await peer.send(P.Activated(id=act.id, name=act.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
+        for _ in range(200):  # routed: the tokens move onto the instance, prefilling
+            await asyncio.sleep(0.01)
+            if c.state.queued_prompt_tokens[MODEL] == 0:
+                break
+        inst = next(iter(c.state.instances.values()))
+        assert c.state.queued_prompt_tokens[MODEL] == 0 and inst.prefill_tokens_pending == 40
+        gen = await received(P.Generate)
+        await peer.send(P.Tokens(id=gen.id, token_ids=[5]))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if inst.prefill_tokens_pending == 0:
+                break
+        assert inst.prefill_tokens_pending == 0
+        await peer.send(P.Tokens(id=gen.id, token_ids=[6], finished=True, finish_reason="length"))
+        assert await collect(req) == [5, 6]
+        await c.close()
+        peer.close()
+
+    run(main())
