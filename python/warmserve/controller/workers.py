@@ -247,17 +247,22 @@ class WorkerHub:
 
     # ------------------------------------------------------------------------------------------------ liveness
 
-    def lose(self, w: WorkerRecord, why: str) -> None:
-        if not w.alive:
-            return
+    @staticmethod
+    def _take_down(w: WorkerRecord, what: str, why: str) -> None:
+        """Mark ``w`` gone and fail the calls still waiting on it."""
         w.alive = False
         w.ready = False
-        log.warning("%r lost: %s", w, why)
-        err = WorkerLostError(f"{w!r} was lost ({why})", worker_id=w.worker_id)
+        err = WorkerLostError(f"{w!r} was {what} ({why})", worker_id=w.worker_id)
         for fut, _ in list(w.calls.values()):
             if not fut.done():
                 fut.set_exception(err)
         w.calls.clear()
+
+    def lose(self, w: WorkerRecord, why: str) -> None:
+        if not w.alive:
+            return
+        log.warning("%r lost: %s", w, why)
+        self._take_down(w, "lost", why)
         self.on_lost(w, why)
 
     def retire(self, w: WorkerRecord, why: str) -> None:
@@ -266,14 +271,8 @@ class WorkerHub:
         dropped until a process under its routing id says Hello."""
         if not w.alive:
             return
-        w.alive = False
-        w.ready = False
         log.info("%r retired: %s", w, why)
-        err = WorkerLostError(f"{w!r} was retired ({why})", worker_id=w.worker_id)
-        for fut, _ in list(w.calls.values()):
-            if not fut.done():
-                fut.set_exception(err)
-        w.calls.clear()
+        self._take_down(w, "retired", why)
         if self.workers.get(w.ident) is w:
             del self.workers[w.ident]
 
