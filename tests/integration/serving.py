@@ -1,5 +1,6 @@
 """Helpers for tests that run `warmserve serve` as a subprocess and look at it only from outside: HTTP (/stats,
-/metrics) and the process table (its local workers are its children). Not a test module."""
+/metrics) and the process table (its local workers are its children); and for tests that run a `warmserve.Cluster`
+in-process on the same demo models. Not a test module."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 
 MODELS = ("llama-20m", "qwen2-30m")
 
@@ -22,21 +24,33 @@ def demo_paths(models=MODELS) -> dict[str, str]:
     return write_demo_models(None, models)
 
 
-def start(tmp_path, *, models=MODELS, controller_toml: str = "", args=()) -> tuple[subprocess.Popen, str]:
-    """`warmserve serve` on two CPU workers (one thread each); returns the process and its base URL."""
+#: The [controller] table every `warmserve serve` test starts from: fast ticks and heartbeats, so that a lost
+#: worker is noticed (and restarted) within seconds on the 2-core test machine.
+SERVE_CONTROLLER = {"tick_s": 0.2, "heartbeat_interval_s": 0.2, "worker_timeout_s": 2.0, "drain_timeout_s": 10,
+                    "restart_backoff_s": 0.2}
+
+
+def start(tmp_path, *, models=MODELS, cpu_workers: int = 2, cpu_worker_memory_bytes: int = 805306368,
+          cluster_toml: str = "", log_level: str = "INFO", args=(), start_timeout_s: float = 180.0,
+          **controller) -> tuple[subprocess.Popen, str]:
+    """`warmserve serve` on CPU workers (one thread each) with the demo `models`; returns the process and its base
+    URL. `cluster_toml` adds top-level lines; `controller` overrides SERVE_CONTROLLER keys (None leaves a key out,
+    to its default). Its stderr goes to tmp_path/serve.log, its logs under tmp_path/logs."""
     paths = demo_paths(models)
+    table = {k: v for k, v in {**SERVE_CONTROLLER, **controller}.items() if v is not None}
     cfg = tmp_path / "cluster.toml"
     cfg.write_text(
-        "cpu_workers = 2\ncpu_worker_memory_bytes = 805306368\ncpu_worker_threads = 1\n"
+        f"cpu_workers = {cpu_workers}\ncpu_worker_memory_bytes = {cpu_worker_memory_bytes}\ncpu_worker_threads = 1\n"
+        + cluster_toml
         + "".join(f'[[models]]\npath = "{paths[m]}"\n' for m in models)
-        + "[policy]\nwindow_s = 30\n[controller]\ntick_s = 0.2\nheartbeat_interval_s = 0.2\nworker_timeout_s = 2.0\n"
-        "drain_timeout_s = 10\nrestart_backoff_s = 0.2\n" + controller_toml + "[server]\nport = 0\n")
+        + "[policy]\nwindow_s = 30\n[controller]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
+        + "[server]\nport = 0\n")
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
-                             "INFO", "--log-dir", str(tmp_path / "logs"), *args],
+                             log_level, "--log-dir", str(tmp_path / "logs"), *args],
                             stdout=subprocess.PIPE, stderr=log, text=True)
     log.close()
-    ready, _, _ = select.select([proc.stdout], [], [], 180)
+    ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
     line = proc.stdout.readline() if ready else ""
     if not line:
         proc.kill()
@@ -45,15 +59,33 @@ def start(tmp_path, *, models=MODELS, controller_toml: str = "", args=()) -> tup
     return proc, json.loads(line)["serving"]
 
 
-def stop(proc: subprocess.Popen) -> int:
+def stop(proc: subprocess.Popen, timeout_s: float = 40.0) -> int:
+    """SIGINT (a drain, then a clean exit), SIGKILL after timeout_s seconds; returns the exit status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=40)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def server_fixture(name: str, *, stop_timeout_s: float = 40.0, **start_kwargs):
+    """A module-scoped pytest fixture yielding (url, process, its tmp dir) of start(tmp, **start_kwargs), in a fresh
+    tmp dir called `name`; afterwards it stops the server and fails unless it exited with 0. Assign it to the
+    module-level name the tests ask for (`server = serving.server_fixture(...)`)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        tmp = tmp_path_factory.mktemp(name)
+        proc, url = start(tmp, **start_kwargs)
+        yield url, proc, tmp
+        rc = stop(proc, stop_timeout_s)
+        assert rc == 0, (tmp / "serve.log").read_text()[-3000:]
+
+    return server
 
 
 def get_json(url: str):
@@ -65,18 +97,13 @@ def get_json(url: str):
 
 
 def metrics(url: str) -> dict[tuple, float]:
-    """/metrics as {(name, ((label, value), ...)): value}."""
+    """/metrics as {(sample name, ((label, value), ...) sorted): value}, read with prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
         text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, labels = head.partition("{")
-        pairs = tuple(sorted(tuple(p.split("=", 1)) for p in labels.rstrip("}").split(",") if "=" in p))
-        out[(name, tuple((k, v.strip('"')) for k, v in pairs))] = float(value)
-    return out
+    return {(s.name, tuple(sorted(s.labels.items()))): float(s.value)
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def counter(url: str, name: str) -> float:
@@ -125,3 +152,67 @@ def wait_idle(url: str, timeout_s: float = 20.0) -> list[str]:
         if not bad or time.monotonic() > deadline:
             return bad
         time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------ in-process Cluster
+
+@contextmanager
+def demo_cluster(tmp_path_factory=None, *, models=MODELS, cpu_workers: int = 2,
+                 cpu_worker_memory_bytes: int = 768 << 20, remote_workers: int = 0, **controller_overrides):
+    """A `warmserve.Cluster` on CPU workers (one thread each) with the demo `models`, closed on exit. Its controller
+    ticks and heartbeats every 0.2 s, declares a worker lost after 2 s and plans on a 30 s window;
+    `controller_overrides` are further ControllerConfig fields. With tmp_path_factory, its logs go to a fresh
+    directory there."""
+    from warmserve import Cluster
+    from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+    from warmserve.policy.config import PolicyConfig
+
+    paths = demo_paths(models)
+    controller = {"policy_config": PolicyConfig(window_s=30), "tick_s": 0.2, "heartbeat_interval_s": 0.2,
+                  "worker_timeout_s": 2.0, **controller_overrides}
+    cfg = ClusterConfig(
+        models=tuple(ModelSpec(path=paths[m]) for m in models), cpu_workers=cpu_workers,
+        cpu_worker_memory_bytes=cpu_worker_memory_bytes, cpu_worker_threads=1, remote_workers=remote_workers,
+        controller=ControllerConfig(**controller))
+    log_dir = str(tmp_path_factory.mktemp("logs")) if tmp_path_factory is not None else None
+    c = Cluster(None, config=cfg, log_dir=log_dir)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def cluster_fixture(**demo_cluster_kwargs):
+    """A module-scoped pytest fixture yielding demo_cluster(tmp_path_factory, **demo_cluster_kwargs); assign it
+    to the module-level name the tests ask for (`cluster = serving.cluster_fixture(...)`)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def cluster(tmp_path_factory):
+        with demo_cluster(tmp_path_factory, **demo_cluster_kwargs) as c:
+            yield c
+
+    return cluster
+
+
+def write_history(path, busy: str, idle: str) -> None:
+    """A load-history CSV for the last two days, one row per 30 s window up to 30 s ago: `busy` at
+    avg 8 / peak 40, `idle` at 0 / 0. The policy's history prediction then prewarms `busy` at once."""
+    now_s = time.time()
+    rows = ["model,window_start_s,avg,peak"]
+    for t in range(int(now_s - 2 * 86400), int(now_s - 30), 30):
+        rows += [f"{busy},{t},8,40", f"{idle},{t},0,0"]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def wait_prewarmed(c, timeout_s: float) -> list[dict]:
+    """Polls c.stats() until every prewarm it lists has finished loading (progress 1.0) or timeout_s passes;
+    returns the last list of prewarms (empty if none started)."""
+    deadline = time.monotonic() + timeout_s
+    pw = []
+    while time.monotonic() < deadline:
+        pw = c.stats()["prewarms"]
+        if pw and all(p["progress"] >= 1.0 for p in pw):
+            break
+        time.sleep(0.2)
+    return pw

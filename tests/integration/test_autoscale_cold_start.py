@@ -7,35 +7,17 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from warmserve import Cluster
-from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
-from warmserve.policy.config import PolicyConfig
 
-MODELS = ("llama-20m", "qwen2-30m")
+import serving
+
 #: A fresh process imports torch and the engine and creates its page pool: far above the 35-130 ms a load into a
 #: running worker takes on this machine, so a start above this cannot have been an in-process load.
 FRESH_PROCESS_FLOOR_S = 0.4
-
-
-def _paths():
-    from warmserve.engine.demo import write_demo_models
-
-    return write_demo_models(None, MODELS)
-
-
-def _config(policy: str, *, history_path: str = "", cpu_workers: int = 2, bind: str = "tcp://127.0.0.1:0",
-            remote_workers: int = 0) -> ClusterConfig:
-    paths = _paths()
-    return ClusterConfig(
-        models=tuple(ModelSpec(path=paths[m]) for m in MODELS), cpu_workers=cpu_workers,
-        cpu_worker_memory_bytes=768 << 20, cpu_worker_threads=1, remote_workers=remote_workers,
-        controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=30), tick_s=0.2,
-                                    heartbeat_interval_s=0.2, worker_timeout_s=2.0, history_path=history_path))
 
 
 def _pids(c: Cluster) -> dict[int, int]:
@@ -51,7 +33,7 @@ def _burst(c: Cluster, model: str, n: int) -> list:
 
 
 def test_autoscale_cold_start_starts_a_new_worker_process_and_answers_every_request():
-    with Cluster(None, config=_config("autoscale")) as c:
+    with serving.demo_cluster(policy="autoscale") as c:
         before = _pids(c)
         assert len(before) == 2
         outs = _burst(c, "llama-20m", 8)
@@ -88,7 +70,7 @@ def test_autoscale_cold_start_starts_a_new_worker_process_and_answers_every_requ
 def test_a_fresh_process_that_dies_at_start_loses_its_gpu_and_no_request(tmp_path):
     """Each worker's first fresh process exits at once: that GPU is lost after all (the ordinary restart brings the
     worker back as a new GPU, with back-off) and the burst is still answered in full, by a later start."""
-    with Cluster(None, config=_config("autoscale")) as c:
+    with serving.demo_cluster(policy="autoscale") as c:
         ctl = c.controller
         failed = []
 
@@ -117,18 +99,9 @@ def test_a_fresh_process_that_dies_at_start_loses_its_gpu_and_no_request(tmp_pat
 def test_warmserve_prewarm_hit_restarts_nothing(tmp_path):
     """History says qwen2-30m is busy now: its weights are prewarmed into a running worker, the first request
     starts from that prewarm, and no worker process is replaced."""
-    now = time.time()
-    rows = ["model,window_start_s,avg,peak"]
-    for t in range(int(now - 2 * 86400), int(now - 30), 30):
-        rows += [f"qwen2-30m,{t},8,40", f"llama-20m,{t},0,0"]
-    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
-    with Cluster(None, config=_config("warmserve", history_path=str(tmp_path / "history.csv"))) as c:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pw = c.stats()["prewarms"]
-            if pw and all(p["progress"] >= 1.0 for p in pw):
-                break
-            time.sleep(0.2)
+    serving.write_history(tmp_path / "history.csv", "qwen2-30m", "llama-20m")
+    with serving.demo_cluster(policy="warmserve", history_path=str(tmp_path / "history.csv")) as c:
+        pw = serving.wait_prewarmed(c, 60)
         assert pw and {p["model"] for p in pw} == {"qwen2-30m"}, pw
         before = _pids(c)
         outs = _burst(c, "qwen2-30m", 4)
@@ -156,7 +129,7 @@ def test_autoscale_on_a_remote_worker_loads_into_its_running_process(tmp_path):
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
     log.close()
     try:
-        with Cluster(None, config=_config("autoscale", cpu_workers=0, bind=endpoint, remote_workers=1)) as c:
+        with serving.demo_cluster(policy="autoscale", cpu_workers=0, bind=endpoint, remote_workers=1) as c:
             before = _pids(c)
             assert list(before.values()) == [remote.pid]
             outs = _burst(c, "llama-20m", 4)

@@ -6,30 +6,14 @@ import os
 import signal
 import time
 
-import pytest
-
-from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.errors import WorkerLostError
-from warmserve.policy.config import PolicyConfig
+
+import serving
 
 MODEL = "llama-20m"
 BOUND_S = 60.0
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from warmserve import Cluster
-    from warmserve.engine.demo import write_demo_models
-
-    path = write_demo_models(None, [MODEL])[MODEL]
-    cfg = ClusterConfig(
-        models=(ModelSpec(path=path),), cpu_workers=2, cpu_worker_memory_bytes=512 << 20, cpu_worker_threads=1,
-        controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2, heartbeat_interval_s=0.2,
-                                    worker_timeout_s=2.0, drain_timeout_s=5),
-    )
-    c = Cluster(None, config=cfg, log_dir=str(tmp_path_factory.mktemp("logs")))
-    yield c
-    c.close()
+cluster = serving.cluster_fixture(models=(MODEL,), cpu_worker_memory_bytes=512 << 20, drain_timeout_s=5)
 
 
 def test_kill_worker_under_load(cluster):

@@ -7,14 +7,12 @@ declared it lost during the first 2,048-token prefill chunk and every request fa
 
 import asyncio
 import json
-import select
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
+
+import serving
 
 aiohttp = pytest.importorskip("aiohttp")
 
@@ -29,34 +27,12 @@ WORKER_TIMEOUT_S = 0.6
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from warmserve.engine.demo import write_demo_models
-
     tmp = tmp_path_factory.mktemp("long-prompt")
-    path = write_demo_models(None, [MODEL])[MODEL]
-    cfg = tmp / "cluster.toml"
-    cfg.write_text(
-        "cpu_workers = 1\ncpu_worker_memory_bytes = 536870912\ncpu_worker_threads = 1\n"
-        f'[[models]]\npath = "{path}"\n'
-        f"[policy]\nwindow_s = 30\n[controller]\ntick_s = 0.2\nheartbeat_interval_s = {HEARTBEAT_S}\n"
-        f"worker_timeout_s = {WORKER_TIMEOUT_S}\ndrain_timeout_s = 5\n"
-        "[server]\nport = 0\n")
-    log = tmp / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
-                             "WARNING", "--log-dir", str(tmp / "logs")],
-                            stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)
-    ready, _, _ = select.select([proc.stdout], [], [], 120)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        proc.wait()
-        pytest.fail("server did not start: " + log.read_text()[-3000:])
-    yield json.loads(line)["serving"], log
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    proc, url = serving.start(tmp, models=(MODEL,), cpu_workers=1, cpu_worker_memory_bytes=536870912,
+                              log_level="WARNING", start_timeout_s=120, heartbeat_interval_s=HEARTBEAT_S,
+                              worker_timeout_s=WORKER_TIMEOUT_S, drain_timeout_s=5, restart_backoff_s=None)
+    yield url, tmp / "serve.log"
+    serving.stop(proc, timeout_s=30)
 
 
 async def _stream(session, url: str, prompt, max_tokens: int) -> dict:

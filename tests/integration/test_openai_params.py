@@ -9,23 +9,18 @@ import urllib.request
 
 import pytest
 
-from test_server import MODELS, _demo_paths, start_server, stop_server
+import serving
 
 openai = pytest.importorskip("openai")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-MODEL = MODELS[0]  # llama-20m
+MODEL = serving.MODELS[0]  # llama-20m
 PROMPT_IDS = [5, 77, 301, 12, 9, 150, 4]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("params")
-    proc, url = start_server(tmp)
-    yield url, proc, tmp
-    stop_server(proc)
-    assert proc.returncode == 0, (tmp / "serve.log").read_text()[-3000:]
+server = serving.server_fixture("params", stop_timeout_s=30, log_level="WARNING", start_timeout_s=120,
+                                restart_backoff_s=None)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def hf():
     transformers.logging.set_verbosity_error()
-    path = _demo_paths()[MODEL]
+    path = serving.demo_paths()[MODEL]
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     return model, tok

@@ -14,7 +14,6 @@ import concurrent.futures
 import importlib.util
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -165,30 +164,14 @@ def serving_host(worker_id: str) -> str:
 def _start(tmp, address: str, deadline: float):
     import zmq.auth
 
-    paths = serving.demo_paths(MODELS)
     keys = tmp / "keys"
     keys.mkdir()
     zmq.auth.create_certificates(str(keys), "server")
     (keys / "workers").mkdir()
-    cfg = tmp / "cluster.toml"
-    cfg.write_text(
-        "cpu_workers = 1\ncpu_worker_memory_bytes = 805306368\ncpu_worker_threads = 1\nworker_start_timeout_s = 60\n"
-        + "".join(f'[[models]]\npath = "{paths[m]}"\n' for m in MODELS)
-        + "[policy]\nwindow_s = 30\n[controller]\ntick_s = 0.2\nheartbeat_interval_s = 0.2\nworker_timeout_s = 2.0\n"
-        "drain_timeout_s = 10\nrestart_backoff_s = 0.2\n[server]\nport = 0\n")
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--ray", address,
-                             "--curve-dir", str(keys), "--log-level", "INFO", "--log-dir", str(tmp / "logs")],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    log.close()
     # What follows the start takes about 5 s here (burst, kill and replacement, stop): the rest is the start's.
-    ready, _, _ = select.select([proc.stdout], [], [], max(1.0, deadline - time.monotonic() - 30))
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        proc.wait()
-        pytest.fail("`warmserve serve --ray` did not start:\n" + (tmp / "serve.log").read_text()[-4000:])
-    return proc, json.loads(line)["serving"]
+    return serving.start(tmp, cpu_workers=1, cluster_toml="worker_start_timeout_s = 60\n",
+                         args=("--ray", address, "--curve-dir", str(keys)),
+                         start_timeout_s=max(1.0, deadline - time.monotonic() - 30))
 
 
 def _ask(url: str, model: str, prompt: str) -> tuple[bool, str]:

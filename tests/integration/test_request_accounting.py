@@ -6,31 +6,15 @@ each worker's pool is back to its free pages: no KV block used, no page that no 
 import asyncio
 import time
 
-import pytest
-
 from warmserve import protocol as P
-from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.controller.views import pages_by_role
 from warmserve.errors import InvalidArgumentError, PromptTooLongError, WarmServeError
-from warmserve.policy.config import PolicyConfig
+
+import serving
 
 MODEL = "llama-20m"
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from warmserve import Cluster
-    from warmserve.engine.demo import write_demo_models
-
-    path = write_demo_models(None, [MODEL])[MODEL]
-    cfg = ClusterConfig(
-        models=(ModelSpec(path=path),), cpu_workers=2, cpu_worker_memory_bytes=512 << 20, cpu_worker_threads=1,
-        controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2, heartbeat_interval_s=0.2,
-                                    worker_timeout_s=2.0, drain_timeout_s=5),
-    )
-    c = Cluster(None, config=cfg, log_dir=str(tmp_path_factory.mktemp("logs")))
-    yield c
-    c.close()
+cluster = serving.cluster_fixture(models=(MODEL,), cpu_worker_memory_bytes=512 << 20, drain_timeout_s=5)
 
 
 async def _drive(ctl) -> dict:

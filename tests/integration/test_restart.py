@@ -16,13 +16,7 @@ import serving
 openai = pytest.importorskip("openai")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("restart")
-    proc, url = serving.start(tmp)
-    yield url, proc, tmp
-    rc = serving.stop(proc)
-    assert rc == 0, (tmp / "serve.log").read_text()[-3000:]
+server = serving.server_fixture("restart")
 
 
 def _ask(url: str, model: str, prompt: str, max_tokens: int = 4):
@@ -49,8 +43,10 @@ def test_a_killed_local_worker_is_restarted_and_the_cluster_is_back_to_full_capa
         answered += _ask(url, serving.MODELS[answered % 2], f"still there {answered}").usage.completion_tokens >= 1
         _, st = serving.get_json(url + "/stats")
         ready = [w for w in st["workers"] if w["ready"]]
-        # /stats lists live workers only: the dead one is gone, its restart joined under the same id.
-        if len(st["workers"]) == 2 and len(ready) == 2 and all(w["alive"] for w in st["workers"]):
+        # /stats lists live workers only: the dead one is gone, its restart joined under the same worker id and a
+        # new GPU id. Until the loss is noticed the old record still looks ready, so wait for the new GPU id.
+        renewed = {w["gpu_id"] for w in st["workers"]} != {w["gpu_id"] for w in before["workers"]}
+        if renewed and len(st["workers"]) == 2 and len(ready) == 2 and all(w["alive"] for w in st["workers"]):
             back = True
             break
         time.sleep(0.2)

@@ -11,58 +11,13 @@ import urllib.request
 
 import pytest
 
+import serving
+
 openai = pytest.importorskip("openai")
 
-MODELS = ("llama-20m", "qwen2-30m")
 
-
-def _demo_paths():
-    from warmserve.engine.demo import write_demo_models
-
-    return write_demo_models(None, MODELS)
-
-
-def start_server(tmp_path, extra_toml: str = "", args=()):
-    paths = _demo_paths()
-    cfg = tmp_path / "cluster.toml"
-    models = "".join(f'[[models]]\npath = "{paths[m]}"\n' for m in MODELS)
-    cfg.write_text(
-        "cpu_workers = 2\ncpu_worker_memory_bytes = 805306368\ncpu_worker_threads = 1\n" + extra_toml + models +
-        "[policy]\nwindow_s = 30\n[controller]\ntick_s = 0.2\nheartbeat_interval_s = 0.2\nworker_timeout_s = 2.0\n"
-        "drain_timeout_s = 10\n"
-        "[server]\nport = 0\n")
-    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
-                             "WARNING", "--log-dir", str(tmp_path / "logs"), *args],
-                            stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "wb"), text=True)
-    import select
-
-    ready, _, _ = select.select([proc.stdout], [], [], 120)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError("server did not start: " + (tmp_path / "serve.log").read_text()[-3000:])
-    info = json.loads(line)
-    return proc, info["serving"]
-
-
-def stop_server(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    proc, url = start_server(tmp)
-    yield url, proc
-    stop_server(proc)
-    assert proc.returncode == 0, (tmp / "serve.log").read_text()[-3000:]
+server = serving.server_fixture("serve", stop_timeout_s=30, log_level="WARNING", start_timeout_s=120,
+                                restart_backoff_s=None)
 
 
 @pytest.fixture
@@ -80,13 +35,13 @@ def post_raw(url: str, body: bytes, headers=None):
 
 
 def test_models_and_health(server, client):
-    assert sorted(m.id for m in client.models.list().data) == sorted(MODELS)
+    assert sorted(m.id for m in client.models.list().data) == sorted(serving.MODELS)
     with urllib.request.urlopen(server[0] + "/health", timeout=10) as r:
         h = json.loads(r.read())
     assert h["ok"] and h["workers"] == 2
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", serving.MODELS)
 def test_chat_and_completions_both_ways(client, model):
     msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
     r = client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0)
@@ -116,12 +71,13 @@ def test_chat_and_completions_both_ways(client, model):
 
 
 def test_stop_string_and_max_tokens(client):
-    base = client.completions.create(model=MODELS[0], prompt="a b c", max_tokens=16, temperature=0)
+    base = client.completions.create(model=serving.MODELS[0], prompt="a b c", max_tokens=16, temperature=0)
     text = base.choices[0].text
     assert base.choices[0].finish_reason == "length" or base.usage.completion_tokens < 16
     if len(text.strip()) >= 2:
         stop = text.strip()[1:3] if len(text.strip()) >= 3 else text.strip()[-1]
-        cut = client.completions.create(model=MODELS[0], prompt="a b c", max_tokens=16, temperature=0, stop=[stop])
+        cut = client.completions.create(model=serving.MODELS[0], prompt="a b c", max_tokens=16, temperature=0,
+                                        stop=[stop])
         assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].text
         assert text.startswith(cut.choices[0].text)
 
@@ -138,17 +94,17 @@ def test_unknown_model_is_404(client, server):
 def test_malformed_json_is_400(server):
     status, body = post_raw(server[0] + "/v1/chat/completions", b'{"model": "llama-20m", "messages": [')
     assert status == 400 and "JSON" in body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
-    status, body = post_raw(server[0] + "/v1/completions", json.dumps({"model": MODELS[0], "prompt": "x",
+    status, body = post_raw(server[0] + "/v1/completions", json.dumps({"model": serving.MODELS[0], "prompt": "x",
                                                                         "max_tokens": "many"}).encode())
     assert status == 400 and body["error"]["param"] == "max_tokens"
 
 
 def test_prompt_over_context_is_400(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=MODELS[0], prompt="hello " * 5000, max_tokens=4)
+        client.completions.create(model=serving.MODELS[0], prompt="hello " * 5000, max_tokens=4)
     assert "context" in e.value.body["message"] and "tokens" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODELS[1], messages=[{"role": "user", "content": "word " * 9000}])
+        client.chat.completions.create(model=serving.MODELS[1], messages=[{"role": "user", "content": "word " * 9000}])
 
 
 def test_32_concurrent_clients_all_answered(server):
@@ -156,7 +112,7 @@ def test_32_concurrent_clients_all_answered(server):
         c = openai.AsyncOpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0, timeout=120)
 
         async def one(i):
-            model = MODELS[i % 2]
+            model = serving.MODELS[i % 2]
             if i % 4 < 2:
                 r = await c.chat.completions.create(model=model, max_tokens=8, seed=i,
                                                     messages=[{"role": "user", "content": f"request {i}"}])
@@ -180,7 +136,7 @@ def test_32_concurrent_clients_all_answered(server):
 
 
 def test_metrics_after_traffic(server, client):
-    client.completions.create(model=MODELS[0], prompt="count me", max_tokens=3)
+    client.completions.create(model=serving.MODELS[0], prompt="count me", max_tokens=3)
     with urllib.request.urlopen(server[0] + "/metrics", timeout=10) as r:
         text = r.read().decode()
     for series in ("warmserve_ttft_seconds_bucket", "warmserve_tpot_seconds_count", "warmserve_queue_length",
@@ -192,7 +148,7 @@ def test_metrics_after_traffic(server, client):
     with urllib.request.urlopen(server[0] + "/stats", timeout=10) as r:
         stats = json.loads(r.read())
     assert len(stats["workers"]) == 2 and all(w["alive"] for w in stats["workers"])
-    assert {i["model"] for i in stats["instances"]} <= set(MODELS)
+    assert {i["model"] for i in stats["instances"]} <= set(serving.MODELS)
 
 
 def test_remote_worker_joins_with_controller_flag(tmp_path):
@@ -210,10 +166,10 @@ def test_remote_worker_joins_with_controller_flag(tmp_path):
                                "--heartbeat-interval-s", "0.2"],
                               stderr=open(tmp_path / "worker.log", "wb"))
     try:
-        path = _demo_paths()[MODELS[0]]
+        path = serving.demo_paths()[serving.MODELS[0]]
         with Cluster([path], cpu_workers=0, remote_workers=1, bind=addr, start_timeout_s=90) as c:
             assert c.endpoint == addr
-            out = c.generate(MODELS[0], "hello from afar", max_tokens=4, temperature=0)
+            out = c.generate(serving.MODELS[0], "hello from afar", max_tokens=4, temperature=0)
             assert out.completion_tokens >= 1
             assert [w["worker_id"] for w in c.stats()["workers"]] == ["otherhost-1-cpu0"]
         assert worker.poll() is None  # a remote worker outlives the controller, ready for the next one
@@ -224,15 +180,15 @@ def test_remote_worker_joins_with_controller_flag(tmp_path):
 
 def test_sigint_drains_running_requests(server):
     """Runs last: SIGINT lets a running stream finish, refuses new requests, and the server exits cleanly."""
-    url, proc = server
+    url, proc, _ = server
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
-    stream = client.completions.create(model=MODELS[0], prompt="drain me", max_tokens=48, stream=True,
+    stream = client.completions.create(model=serving.MODELS[0], prompt="drain me", max_tokens=48, stream=True,
                                        temperature=0)
     chunks = [next(iter(stream))]
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     with pytest.raises((openai.APIStatusError, openai.APIConnectionError)) as e:
-        client.completions.create(model=MODELS[0], prompt="too late", max_tokens=2)
+        client.completions.create(model=serving.MODELS[0], prompt="too late", max_tokens=2)
     if isinstance(e.value, openai.APIStatusError):
         assert e.value.status_code == 503
     chunks += list(stream)
@@ -245,29 +201,9 @@ def test_sigint_drains_running_requests(server):
 def test_history_file_prewarms_real_workers_and_the_burst_hits(tmp_path):
     """A load history saying qwen2-30m is busy at this time of day: the first plan loads its weights into the real
     workers' pools before any request; its first request then starts from that prewarm (a hit, no cold load)."""
-    from warmserve import Cluster
-    from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
-    from warmserve.policy.config import PolicyConfig
-
-    paths = _demo_paths()
-    now = time.time()
-    rows = ["model,window_start_s,avg,peak"]
-    for t in range(int(now - 2 * 86400), int(now - 30), 30):
-        rows.append(f"qwen2-30m,{t},8,40")
-        rows.append(f"llama-20m,{t},0,0")
-    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
-    cfg = ClusterConfig(
-        models=tuple(ModelSpec(path=paths[m]) for m in MODELS), cpu_workers=2, cpu_worker_memory_bytes=768 << 20,
-        cpu_worker_threads=1,
-        controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2, heartbeat_interval_s=0.2,
-                                    worker_timeout_s=2.0, history_path=str(tmp_path / "history.csv")))
-    with Cluster(None, config=cfg) as c:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            pw = c.stats()["prewarms"]
-            if pw and all(p["progress"] >= 1.0 for p in pw):
-                break
-            time.sleep(0.2)
+    serving.write_history(tmp_path / "history.csv", "qwen2-30m", "llama-20m")
+    with serving.demo_cluster(history_path=str(tmp_path / "history.csv")) as c:
+        pw = serving.wait_prewarmed(c, 30)
         assert pw and {p["model"] for p in pw} == {"qwen2-30m"}, pw
         worker = pw[0]["worker"]
         for _ in range(50):  # the worker's own Stats (pushed with its heartbeats) say so too

@@ -40,13 +40,7 @@ WEIGHTS = {"completion": 6, "chat_stream": 5, "completion_stream": 3, "at_contex
            "bad_temperature": 2, "hang_up_stream": 3, "hang_up_plain": 2}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("soak")
-    proc, url = serving.start(tmp)
-    yield url, proc, tmp
-    rc = serving.stop(proc)
-    assert rc == 0, (tmp / "serve.log").read_text()[-3000:]
+server = serving.server_fixture("soak")
 
 
 def _body(kind: str, rng: random.Random) -> tuple[str, bytes]:

@@ -184,7 +184,8 @@ class Controller:
                     fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
         # Local workers get Shutdown and a moment to free their pools; remote ones stay up for the next controller.
         waits = []
-        for w in self.hub.workers.values():
+        # Copies: a send that fails takes its worker out of the table (and may start a restart) at once.
+        for w in list(self.hub.workers.values()):
             if w.alive and w.proc is not None:
                 waits.append(self.hub.start_call(w, P.Shutdown(id=self.hub.next_id())))
         if waits:
@@ -194,7 +195,7 @@ class Controller:
         await asyncio.gather(*self._tasks, *self._bg, return_exceptions=True)
         # Every local process, registered or not (a restart may have started one that never said Hello).
         registered = {w.ident for w in self.hub.workers.values() if w.alive}
-        for ident, proc in self.local_procs.items():
+        for ident, proc in list(self.local_procs.items()):
             await asyncio.to_thread(_reap, proc, ident in registered)
         self.hub.close()
 
