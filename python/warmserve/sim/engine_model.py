@@ -310,19 +310,24 @@ class BatchEngines:
         self.push(t + dt, inst)
         return True
 
+    def _finish_due(self, inst: EngineInst, t: float) -> None:
+        """Complete the running requests whose last step is done at the instance's progress."""
+        run = inst.running
+        lim = inst.progress + 1e-9
+        while run and run[0][0] <= lim:
+            _, rid = heapq.heappop(run)
+            inst.ctx_base -= inst.ctx_of.pop(rid, 0.0)
+            self._complete(inst, rid, t)
+        if not run:
+            inst.ctx_base = 0.0  # no drift of rounding errors into the next batch
+
     def _chunk_done(self, inst: EngineInst, t: float) -> None:
         """A chunked step ended: the running batch made one step, the chunks were prefilled."""
         inst.t_last = t
         run = inst.running
         if run:
             inst.progress += 1.0
-            lim = inst.progress + 1e-9
-            while run and run[0][0] <= lim:
-                _, rid = heapq.heappop(run)
-                inst.ctx_base -= inst.ctx_of.pop(rid, 0.0)
-                self._complete(inst, rid, t)
-            if not run:
-                inst.ctx_base = 0.0
+            self._finish_due(inst, t)
         for rid, k in inst.chunk:
             inst.pf_left[rid] -= k
             if inst.pf_left[rid] > 0:
@@ -368,13 +373,7 @@ class BatchEngines:
             # the batch has not changed since this event was pushed, so its first finisher is done exactly
             if run and inst.progress < run[0][0]:
                 inst.progress = run[0][0]
-            lim = inst.progress + 1e-9
-            while run and run[0][0] <= lim:
-                _, rid = heapq.heappop(run)
-                inst.ctx_base -= inst.ctx_of.pop(rid, 0.0)
-                self._complete(inst, rid, t)
-            if not run:
-                inst.ctx_base = 0.0  # no drift of rounding errors into the next batch
+            self._finish_due(inst, t)
         if inst.st.instance_id in self.insts:
             self.schedule(inst, t)
 
