@@ -58,3 +58,18 @@ def require_authenticated_bind(endpoint: str, *, authenticated: bool, insecure: 
         f"--insecure on a network you trust",
         endpoint=endpoint,
     )
+
+
+def curve_server(ctx, sock, public: bytes, secret: bytes, clients_dir: str):
+    """Make ``sock`` a CURVE server with the key pair (``public``, ``secret``) that lets in only clients whose
+    public certificates are in ``clients_dir``. ZAP requests are answered by an authenticator thread of ``ctx``,
+    returned started: the caller stops it when the socket closes."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=clients_dir)
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_server = True
+    return auth

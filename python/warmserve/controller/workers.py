@@ -21,7 +21,7 @@ import zmq
 
 from warmserve import protocol as P
 from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError
-from warmserve.security import require_authenticated_bind
+from warmserve.security import curve_server, require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")
 
@@ -318,7 +318,6 @@ def _curve_server(ctx, sock, curve_dir: str):
     import tempfile
 
     import zmq.auth
-    from zmq.auth.thread import ThreadAuthenticator
 
     secret = os.path.join(curve_dir, "server.key_secret")
     if not os.path.isfile(secret):
@@ -335,12 +334,7 @@ def _curve_server(ctx, sock, curve_dir: str):
     os.makedirs(local_dir)
     local_pub, local_secret = zmq.auth.create_certificates(local_dir, "local")
     shutil.copy(local_pub, allowed)
-    auth = ThreadAuthenticator(ctx)
-    auth.start()
-    auth.configure_curve(domain="*", location=allowed)
-    sock.curve_secretkey = secret_key
-    sock.curve_publickey = public
-    sock.curve_server = True
+    auth = curve_server(ctx, sock, public, secret_key, allowed)
     server_public = os.path.join(curve_dir, "server.key")
     return auth, local_secret, server_public, allowed
 

@@ -54,7 +54,7 @@ import zmq
 
 from .. import errors
 from .. import protocol as P
-from ..security import require_authenticated_bind
+from ..security import curve_server, require_authenticated_bind
 from .core import WorkerCore
 
 log = logging.getLogger("warmserve.worker")
@@ -388,7 +388,6 @@ def _curve_server(ctx, sock, secret_key: str | None, clients_dir: str):
     """CURVE on a bound worker: its secret certificate, and only clients whose public certificates sit in
     ``clients_dir`` are let in (ZAP, answered by an authenticator thread of this context)."""
     import zmq.auth
-    from zmq.auth.thread import ThreadAuthenticator
 
     if not secret_key:
         raise errors.InvalidArgumentError(
@@ -399,13 +398,7 @@ def _curve_server(ctx, sock, secret_key: str | None, clients_dir: str):
     public, secret = zmq.auth.load_certificate(secret_key)
     if secret is None:
         raise errors.InvalidArgumentError(f"{secret_key} holds no secret key: pass the .key_secret file")
-    auth = ThreadAuthenticator(ctx)
-    auth.start()
-    auth.configure_curve(domain="*", location=clients_dir)
-    sock.curve_secretkey = secret
-    sock.curve_publickey = public
-    sock.curve_server = True
-    return auth
+    return curve_server(ctx, sock, public, secret, clients_dir)
 
 
 def _close(thread, pipe, sock, auth, ctx, link_end=None) -> None:
