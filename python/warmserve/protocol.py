@@ -181,6 +181,9 @@ class Prewarm(_Msg):
     #: Name the model is known by; defaults to the directory's base name.
     name: str = ""
     dtype: str = "auto"
+    #: Tensor-parallel split: load only shard ``rank`` of a ``tp``-way instance (engine/parallel.py has the rules).
+    tp: int = 1
+    rank: int = 0
 
 
 class Evict(_Msg):
@@ -206,6 +209,9 @@ class Activate(_Msg):
     kv_target_free_blocks: int | None = None
     #: The engine's limits; None: the worker's own.
     engine: EngineConfig | None = None
+    #: A tensor-parallel shard (Prewarm ``tp`` > 1) runs in this process group, joined ahead (``JoinGroup``); its
+    #: rank in the group is the shard's. Rank 0 (the leader) takes the requests and drives the other ranks.
+    group_id: str = ""
 
 
 class Deactivate(_Msg):
@@ -266,6 +272,58 @@ class Shutdown(_Msg):
     id: int
 
 
+class HostGroupStore(_Msg):
+    """Host the rendezvous store of the process groups this worker leads (one per worker, started on the first
+    call, loopback only: a tensor-parallel group never spans two machines). Answered by ``GroupStoreHosted``."""
+
+    id: int
+
+
+class JoinGroup(_Msg):
+    """Join process group ``group_id`` as ``rank`` of ``world_size``, meeting at the store rank 0's worker hosts
+    on this machine (``HostGroupStore``). The rendezvous runs in the background; answered by ``GroupJoined`` once
+    every rank is in (the communicator is then built, ahead of any instance that will use it)."""
+
+    id: int
+    group_id: str
+    rank: int
+    world_size: int
+    store_port: int
+    #: Seconds a collective of the group, and the rendezvous itself, waits for the other ranks.
+    timeout_s: float = 30.0
+
+
+class LeaveGroup(_Msg):
+    """Drop process group ``group_id`` (a member was lost: the group cannot run collectives again). Answered by
+    ``Ok``; an instance still bound to it is deactivated first."""
+
+    id: int
+    group_id: str
+
+
+class RankAdd(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A request the leader of a tensor-parallel instance admitted, for the other ranks to admit identically."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+
+
+class RankStep(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the leader of a tensor-parallel instance tells the other ranks before each engine step, through the
+    group itself (never a socket): the requests added and aborted since the last step, in order, and whether to
+    step. The ranks' schedulers then take the same decisions, so their collectives line up."""
+
+    #: The leader's step counter when it sent this (a follower checks its own against it).
+    step: int = 0
+    adds: list[RankAdd] = []
+    aborts: list[str] = []
+    #: Run one engine step after applying the changes (False: a keep-alive while the instance is idle).
+    run: bool = False
+    #: The instance stops: the ranks close their engines.
+    stop: bool = False
+
+
 # ---------------------------------------------------------------- replies and events (worker -> client)
 
 
@@ -290,6 +348,19 @@ class Error(_Msg):
 
     def exception(self) -> errors.WarmServeError:
         return errors.from_wire({"type": self.type, "message": self.message, "fields": self.fields})
+
+
+class GroupStoreHosted(_Msg):
+    id: int
+    #: Loopback port of the store.
+    port: int
+
+
+class GroupJoined(_Msg):
+    id: int
+    group_id: str
+    #: Seconds the rendezvous and communicator set-up took on this rank.
+    setup_s: float
 
 
 class PrewarmProgress(_Msg):
@@ -387,6 +458,9 @@ class ModelState(msgspec.Struct, omit_defaults=True):
     max_context: int = 0
     #: Physical page ids of the weights, only with ``GetStats(pages=True)``.
     physical_pages: list[int] = []
+    #: Tensor-parallel shard held: rank of tp (tp 1: the whole model).
+    tp: int = 1
+    rank: int = 0
 
 
 class WorkerInstance(msgspec.Struct, omit_defaults=True):
@@ -400,6 +474,9 @@ class WorkerInstance(msgspec.Struct, omit_defaults=True):
     shared: bool = False
     #: Pool pages the instance's mapped KV blocks hold.
     kv_pages: int = 0
+    #: Tensor-parallel instance: the process group it runs in, and this worker's rank there.
+    group_id: str = ""
+    rank: int = 0
 
 
 class PoolStats(msgspec.Struct, omit_defaults=True):
@@ -439,6 +516,8 @@ class Stats(_Msg):
     models: list[ModelState]
     instances: list[WorkerInstance]
     in_flight: int
+    #: Process groups this worker has joined (``JoinGroup``), ready for tensor-parallel instances.
+    groups: list[str] = []
 
 
 class Hello(_Msg):
@@ -453,12 +532,14 @@ class Hello(_Msg):
     id: int = 0
 
 
-Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, GetStats, Heartbeat, Shutdown]
+Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, GetStats, Heartbeat, Shutdown,
+                HostGroupStore, JoinGroup, LeaveGroup]
 Reply = Union[
-    Ok, Error, PrewarmProgress, Prewarmed, Evicted, Activated, Deactivated, Tokens, KvTargetSet, Stats, Heartbeat, Hello
+    Ok, Error, PrewarmProgress, Prewarmed, Evicted, Activated, Deactivated, Tokens, KvTargetSet, Stats, Heartbeat, Hello,
+    GroupStoreHosted, GroupJoined,
 ]
 #: Messages that end a request (everything but progress events, unfinished Tokens and Heartbeat).
-FINAL = (Ok, Error, Prewarmed, Evicted, Activated, Deactivated, KvTargetSet, Stats)
+FINAL = (Ok, Error, Prewarmed, Evicted, Activated, Deactivated, KvTargetSet, Stats, GroupStoreHosted, GroupJoined)
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)

@@ -19,6 +19,7 @@ from warmserve.config import ClusterConfig
 from warmserve.controller import views
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
+from warmserve.controller.groups import GroupManager
 from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
@@ -73,15 +74,10 @@ class Controller:
                  policy_config: PolicyConfig | None = None):
         if not models:
             raise InvalidArgumentError("a cluster needs at least one model")
-        for m in models:
-            if m.spec.tp != 1:
-                raise InvalidArgumentError(
-                    f"model {m.name!r}: tp={m.spec.tp}, but live workers hold one device each and tensor-parallel "
-                    f"instances are not supported yet: use tp=1", tp=m.spec.tp)
         self.config = config
         self.cc = config.controller
         self.models: dict[str, ControllerModel] = {m.name: m for m in models}
-        infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=1, kv_bytes_per_token=m.kv_bytes_per_token)
+        infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=m.spec.tp, kv_bytes_per_token=m.kv_bytes_per_token)
                  for m in models]
         self.policy_config = policy_config or self.cc.policy_config
         now_unix = time.time()
@@ -94,6 +90,8 @@ class Controller:
         self.metrics = ControllerMetrics()
         self.metrics.registry.collectors.append(lambda: views.collect(self))
         self.executor = LiveExecutor(self)
+        #: Process groups of tensor-parallel instances, built ahead on aligned GPU blocks (controller/groups.py).
+        self.groups = GroupManager(self)
         self.driver = PolicyDriver(self.policy, ClusterState(servers=[], gpus=[], models={i.name: i for i in infos}),
                                    self.executor)
         #: The driver's state (instances, prewarms, queues, GPUs), read by the views.
@@ -209,9 +207,10 @@ class Controller:
         t.add_done_callback(self._bg.discard)
         return t
 
-    def activate_message(self, model: str, kv_blocks: int | None, shared: bool) -> P.Activate:
-        """The Activate that turns ``model``'s loaded weights on a worker into an instance."""
-        return P.Activate(id=self.hub.next_id(), name=model, kv_blocks=kv_blocks, shared=shared,
+    def activate_message(self, model: str, kv_blocks: int | None, shared: bool, group_id: str = "") -> P.Activate:
+        """The Activate that turns ``model``'s loaded weights on a worker into an instance (a shard of a
+        tensor-parallel one in process group ``group_id``)."""
+        return P.Activate(id=self.hub.next_id(), name=model, kv_blocks=kv_blocks, shared=shared, group_id=group_id,
                           engine=self.config.engine.resolved(self.policy_config.instance_capacity))
 
     # ------------------------------------------------------------------------------------------- requests
@@ -318,6 +317,8 @@ class Controller:
                 await self.hub.call(w, P.Deactivate(id=self.hub.next_id(), name=inst.name), CALL_TIMEOUT_S)
             for m in stats.models:
                 await self.hub.call(w, P.Evict(id=self.hub.next_id(), name=m.name), LOAD_TIMEOUT_S)
+            for gid in stats.groups:
+                await self.hub.call(w, P.LeaveGroup(id=self.hub.next_id(), group_id=gid), CALL_TIMEOUT_S)
         except WarmServeError as e:
             self.hub.lose(w, f"could not be admitted: {e}")
             return
@@ -338,17 +339,34 @@ class Controller:
         (w.gpu_id,) = self.driver.add_gpus(w.host, [w.capacity_bytes])
         self.by_gpu[w.gpu_id] = w
         self.worker_event.set()
+        self.groups.prewarm()  # communicators of tensor-parallel instances, while the workers are idle
         self.driver.route_all(self.now_s())
 
     def _on_lost(self, w: WorkerRecord, why: str) -> None:
         self.metrics.workers_lost.inc()
         now = self.now_s()
-        for iid in [i for i, inst in self.instances.items() if inst.worker is w]:
-            del self.instances[iid]
-        for pid in [p for p, pw in self.prewarms.items() if pw.worker is w]:
-            del self.prewarms[pid]
+        # Requests of tensor-parallel instances that lost a rank here run on their rank 0 elsewhere: they end (or
+        # start over) here too, as if that worker were lost; its group tells it to stop (groups.lost).
+        # The survivors of its groups leave them first (which stops the instances bound there), then drop the
+        # shards of the instances, prewarms and kept weights that spanned the lost worker (one socket each: in order).
+        self.groups.lost(w)
+        gens = dict(w.gens)
+        evict = self.executor._evict_all
+        for iid in [i for i, inst in self.instances.items() if w in inst.workers]:
+            inst = self.instances.pop(iid)
+            others = [x for x in inst.workers if x is not w]
+            for other in others:
+                for gid, req in list(other.gens.items()):
+                    if req.instance_id == iid:
+                        gens[(other.worker_id, gid)] = other.gens.pop(gid)
+            evict(others, inst.model)
+        for pid in [p for p, pw in self.prewarms.items() if w in pw.workers]:
+            pw = self.prewarms.pop(pid)
+            evict([x for x in pw.workers if x is not w], pw.model)
+        for k in [k for k in self.driver.kept.values() if len(k.gpus) > 1 and w.gpu_id in k.gpus]:
+            evict([self.by_gpu.get(g) for g in k.gpus if g != w.gpu_id], k.model)
         requeue = []
-        for gid, req in list(w.gens.items()):
+        for gid, req in list(gens.items()):
             if req.generated == 0 and not req.done:
                 requeue.append(req)
                 req.worker = req.instance_id = None
@@ -519,6 +537,7 @@ class Controller:
                 continue
             try:
                 if self.gpu_workers:
+                    self.groups.prewarm()
                     self.driver.tick(self.now_s())
                 # Also with no worker (all restarting): waiting requests still time out.
                 self._expire()

@@ -4,7 +4,8 @@ Every send to a worker happens synchronously, in the order the driver applies th
 them in that order (ZeroMQ keeps per-peer order). The only waits are a start's load and activation (and, for a
 cold start without a warm engine, a fresh worker process first: ``_fresh_engine``), run as tasks.
 A live worker holds one device: one policy GPU, whose id (``WorkerRecord.gpu_id``) never changes, even when its
-process is replaced by a fresh one.
+process is replaced by a fresh one. A tensor-parallel instance (or prewarm) on GPUs ``gpus`` has one shard per
+worker, rank i on the i-th GPU of ``gpus``; rank 0's worker (the leader) takes its requests (worker/tp.py).
 """
 
 from __future__ import annotations
@@ -54,24 +55,54 @@ def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
 
 
 class LiveInstance:
-    """An instance as the controller tracks it on its worker."""
+    """An instance as the controller tracks it on its workers (one per rank; ``worker`` is rank 0's)."""
 
-    __slots__ = ("iid", "model", "worker", "ready")
+    __slots__ = ("iid", "model", "workers", "ready", "group_id")
 
-    def __init__(self, iid: str, model: str, worker: WorkerRecord):
-        self.iid, self.model, self.worker = iid, model, worker
+    def __init__(self, iid: str, model: str, workers: list[WorkerRecord]):
+        self.iid, self.model, self.workers = iid, model, workers
         self.ready = False
+        #: The process group of a tensor-parallel instance ("" at tp = 1).
+        self.group_id = ""
+
+    @property
+    def worker(self) -> WorkerRecord:
+        return self.workers[0]
+
+    @worker.setter
+    def worker(self, w: WorkerRecord) -> None:
+        self.workers[0] = w
 
 
 class LivePrewarm:
-    """A prewarm (or a cold start's load) as the controller tracks it on its worker."""
+    """A prewarm (or a cold start's load) as the controller tracks it on its workers (one shard per rank)."""
 
-    __slots__ = ("pid", "model", "worker", "loaded", "fut")
+    __slots__ = ("pid", "model", "workers", "loaded", "futs")
 
-    def __init__(self, pid: str, model: str, worker: WorkerRecord):
-        self.pid, self.model, self.worker = pid, model, worker
+    def __init__(self, pid: str, model: str, workers: list[WorkerRecord]):
+        self.pid, self.model, self.workers = pid, model, workers
         self.loaded = False
-        self.fut: asyncio.Future | None = None  # the Prewarm call's final reply
+        #: Each rank's Prewarm call's final reply.
+        self.futs: list[asyncio.Future] = []
+
+    @property
+    def worker(self) -> WorkerRecord:
+        return self.workers[0]
+
+    def start(self, ctl, on_progress=None) -> None:
+        """Send the Prewarm of every rank's shard (rank i to workers[i])."""
+        m, hub, tp = ctl.models[self.model], ctl.hub, len(self.workers)
+        self.futs = [hub.start_call(w, P.Prewarm(id=hub.next_id(), path=m.spec.path, name=m.name, dtype=m.spec.dtype,
+                                                 tp=tp, rank=r if tp > 1 else 0),
+                                    on_progress=on_progress)
+                     for r, w in enumerate(self.workers)]
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until every shard is loaded; raises the first failure."""
+        for fut in self.futs:
+            reply = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            if isinstance(reply, P.Error):
+                raise reply.exception()
 
 
 def outcome_of(error: BaseException) -> str:
@@ -97,10 +128,14 @@ class LiveExecutor:
         #: Workers (by id) already logged as unable to start a fresh engine process (remote ones): logged once.
         self._in_process_noted: set[str] = set()
 
-    def _worker(self, gpus: tuple[int, ...]) -> WorkerRecord:
-        if len(gpus) != 1:
-            raise InvalidArgumentError(f"the live controller runs tp=1 only; the policy asked for GPUs {gpus}")
-        return self.ctl.by_gpu[gpus[0]]
+    def _workers(self, gpus: tuple[int, ...]) -> list[WorkerRecord]:
+        """The workers of ``gpus``, rank order (the policy's order of the GPU set, kept for its whole life)."""
+        return [self.ctl.by_gpu[g] for g in gpus]
+
+    def _evict_all(self, workers, model: str) -> None:
+        for w in workers:
+            if w is not None and w.alive:
+                self._fire(w, P.Evict(id=self.ctl.hub.next_id(), name=model))
 
     def _fire(self, w: WorkerRecord, msg, on_reply=None) -> None:
         fire(self.ctl.hub, w, msg, on_reply)
@@ -111,7 +146,7 @@ class LiveExecutor:
         """KV block counts of running instances from the workers' latest stats (pushed with their heartbeats)."""
         driver = self.ctl.driver
         for iid, inst in self.instances.items():
-            stats = inst.worker.stats
+            stats = inst.worker.stats  # rank 0's: every rank holds the same KV blocks
             if not inst.ready or stats is None:
                 continue
             for i in stats.instances:
@@ -124,16 +159,39 @@ class LiveExecutor:
     # ---- prewarms ---------------------------------------------------------------------------------------
 
     def load_prewarm(self, p: PrewarmState, now_s: float) -> None:
-        pw = self.prewarms[p.prewarm_id] = LivePrewarm(p.prewarm_id, p.model, self._worker(p.gpus))
+        pw = self.prewarms[p.prewarm_id] = LivePrewarm(p.prewarm_id, p.model, self._workers(p.gpus))
         driver = self.ctl.driver
-        m = self.ctl.models[pw.model]
+        # Progress of the rank 0 shard stands for all: the ranks load shards of one size side by side.
 
         def progress(msg: P.PrewarmProgress):
             if msg.total_bytes:
                 driver.prewarm_progress(pw.pid, min(0.999, msg.loaded_bytes / msg.total_bytes))
 
-        msg = P.Prewarm(id=self.ctl.hub.next_id(), path=m.spec.path, name=m.name, dtype=m.spec.dtype)
-        pw.fut = self.ctl.hub.start_call(pw.worker, msg, on_progress=progress)
+        pw.start(self.ctl, progress)
+
+        async def outcome():
+            try:
+                await pw.wait(LOAD_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if pw.pid in driver.state.prewarms and all(w.alive for w in pw.workers):
+                    log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.workers, e)
+                    driver.prewarm_failed(pw.pid)
+                    self.prewarms.pop(pw.pid, None)
+                    self._evict_all(pw.workers, pw.model)  # the shards that did load
+                return
+            pw.loaded = True
+            if pw.pid in driver.state.prewarms:
+                driver.prewarm_loaded(pw.pid)
+
+        if len(pw.futs) == 1:
+            self._one_done(pw, driver)
+        else:
+            self.ctl._spawn(outcome())
+
+    def _one_done(self, pw: LivePrewarm, driver) -> None:
+        """A whole-model prewarm: its outcome from the one reply, in the reply's callback (no task)."""
 
         def done(fut: asyncio.Future):
             exc = fut.exception() if not fut.cancelled() else None
@@ -148,33 +206,34 @@ class LiveExecutor:
                 driver.prewarm_failed(pw.pid)
                 self.prewarms.pop(pw.pid, None)
 
-        pw.fut.add_done_callback(done)
+        pw.futs[0].add_done_callback(done)
 
     def keep_prewarm(self, p: PrewarmState, kept: KeptWeights, now_s: float) -> None:
         # a stopped instance's weights, still on the worker (Deactivate keeps them): nothing to copy
-        pw = self.prewarms[p.prewarm_id] = LivePrewarm(p.prewarm_id, p.model, self._worker(p.gpus))
+        pw = self.prewarms[p.prewarm_id] = LivePrewarm(p.prewarm_id, p.model, self._workers(p.gpus))
         pw.loaded = True
 
     def drop_prewarm(self, p: PrewarmState, evicted: bool, now_s: float) -> None:
         pw = self.prewarms.pop(p.prewarm_id, None)
-        if pw is not None and pw.worker.alive:
-            self._fire(pw.worker, P.Evict(id=self.ctl.hub.next_id(), name=pw.model))
+        if pw is not None:
+            self._evict_all(pw.workers, pw.model)
 
     def drop_kept(self, kept: KeptWeights, now_s: float) -> None:
-        w = self.ctl.by_gpu.get(kept.gpus[0])
-        if w is not None and w.alive:
-            self._fire(w, P.Evict(id=self.ctl.hub.next_id(), name=kept.model))
+        self._evict_all([self.ctl.by_gpu.get(g) for g in kept.gpus], kept.model)
 
     # ---- instances --------------------------------------------------------------------------------------
 
     def start_instance(self, inst: InstanceState, act: A.StartInstance, p: PrewarmState | None,
                        now_s: float) -> None:
         pw = self.prewarms.pop(p.prewarm_id, None) if p is not None else None
-        rec = self.instances[inst.instance_id] = LiveInstance(inst.instance_id, inst.model, self._worker(inst.gpus))
+        rec = self.instances[inst.instance_id] = LiveInstance(inst.instance_id, inst.model, self._workers(inst.gpus))
         (self.ctl.metrics.prewarm_hits if pw is not None else self.ctl.metrics.prewarm_misses).inc(model=inst.model)
         self.ctl._spawn(self._start(rec, pw, act))
 
     async def _start(self, inst: LiveInstance, pw: LivePrewarm | None, act: A.StartInstance) -> None:
+        if len(inst.workers) > 1:
+            await self._start_tp(inst, pw, act)
+            return
         ctl, w = self.ctl, inst.worker
         hub = ctl.hub
         loaded = False
@@ -184,14 +243,10 @@ class LiveExecutor:
                 if inst.iid not in ctl.driver.state.instances:  # stopped while its engine started
                     return
             if pw is None:
-                pw = LivePrewarm(act.instance_id, act.model, w)
-                m = ctl.models[act.model]
-                pw.fut = hub.start_call(w, P.Prewarm(id=hub.next_id(), path=m.spec.path, name=m.name,
-                                                     dtype=m.spec.dtype))
+                pw = LivePrewarm(act.instance_id, act.model, [w])
+                pw.start(ctl)
             if not pw.loaded:
-                reply = await asyncio.wait_for(asyncio.shield(pw.fut), LOAD_TIMEOUT_S)
-                if isinstance(reply, P.Error):
-                    raise reply.exception()
+                await pw.wait(LOAD_TIMEOUT_S)
             loaded = True
             kv_blocks, shared = None, act.kv_fraction < 1.0
             if shared:
@@ -208,6 +263,40 @@ class LiveExecutor:
         log.info("instance %s of %s ready on %r (%s)", inst.iid, inst.model, w,
                  "prewarm hit" if act.prewarm_id else "cold load")
         k = int(reply.kv_blocks)
+        ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
+
+    async def _start_tp(self, inst: LiveInstance, pw: LivePrewarm | None, act: A.StartInstance) -> None:
+        """Start a tensor-parallel instance: its group (prewarmed, or built now), every rank's shard (prewarmed,
+        or loaded now), then every rank's activation at once (they meet in the group). A cold start loads into
+        the running workers: a fresh engine process per rank is not built (tp > 1 under `autoscale` is therefore
+        "engine prewarmed")."""
+        ctl = self.ctl
+        loaded = False
+        try:
+            group = await ctl.groups.ensure(tuple(act.gpus))
+            if inst.iid not in ctl.driver.state.instances:
+                return
+            if pw is None:
+                pw = LivePrewarm(act.instance_id, act.model, list(inst.workers))
+                pw.start(ctl)
+            if not pw.loaded:
+                await pw.wait(LOAD_TIMEOUT_S)
+            loaded = True
+            inst.group_id = group.group_id
+            replies = await asyncio.gather(*(
+                ctl.hub.call(w, ctl.activate_message(act.model, None, False, group.group_id), CALL_TIMEOUT_S)
+                for w in inst.workers))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._failed(inst, e, loaded)
+            return
+        if inst.iid not in ctl.driver.state.instances:
+            return
+        inst.ready = True
+        k = int(replies[0].kv_blocks)
+        log.info("instance %s of %s ready on %r in group %s (%s)", inst.iid, inst.model, inst.workers,
+                 group.group_id, "prewarm hit" if act.prewarm_id else "cold load")
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
 
     async def _fresh_engine(self, inst: LiveInstance) -> WorkerRecord:
@@ -248,22 +337,29 @@ class LiveExecutor:
     def _failed(self, inst: LiveInstance, e: BaseException, loaded: bool) -> None:
         log.warning("instance %s of %s on %r failed to start: %s", inst.iid, inst.model, inst.worker, e)
         self.instances.pop(inst.iid, None)
-        if loaded and inst.worker.alive:
-            # The weights got loaded: drop them, so the worker's memory matches the state again.
-            self._fire(inst.worker, P.Evict(id=self.ctl.hub.next_id(), name=inst.model))
+        if loaded:
+            # The weights got loaded: drop them, so the workers' memory matches the state again (an Evict after
+            # a half-done activation is refused while that rank runs: deactivate first).
+            for w in inst.workers:
+                if w.alive and len(inst.workers) > 1:
+                    self._fire(w, P.Deactivate(id=self.ctl.hub.next_id(), name=inst.model))
+            self._evict_all(inst.workers, inst.model)
         self.ctl.driver.instance_failed(inst.iid, self.ctl.now_s(), e)
 
     def stop_instance(self, inst: InstanceState, now_s: float) -> None:
         rec = self.instances.pop(inst.instance_id, None)
-        if rec is not None and rec.worker.alive:
-            # Deactivate keeps the weights resident: a Prewarm that keeps them takes them as they are; otherwise
-            # the driver drops them (drop_kept) at the end of the next tick.
-            self._fire(rec.worker, P.Deactivate(id=self.ctl.hub.next_id(), name=rec.model))
+        if rec is None:
+            return
+        # Deactivate keeps the weights resident: a Prewarm that keeps them takes them as they are; otherwise
+        # the driver drops them (drop_kept) at the end of the next tick. Rank 0 first: it tells the others to stop.
+        for w in rec.workers:
+            if w.alive:
+                self._fire(w, P.Deactivate(id=self.ctl.hub.next_id(), name=rec.model))
 
     def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
         rec = self.instances.get(inst.instance_id)
-        if rec is None or not rec.ready:
-            return
+        if rec is None or not rec.ready or len(rec.workers) > 1:
+            return  # a tensor-parallel instance's KV is fixed at activation (worker/tp.py)
         inst.kv_blocks_mapped = min(inst.kv_blocks_total, inst.kv_blocks_used + free_blocks)
         driver, iid = self.ctl.driver, inst.instance_id
         self._fire(rec.worker, P.SetKvTarget(id=self.ctl.hub.next_id(), model=rec.model, free_blocks=free_blocks),

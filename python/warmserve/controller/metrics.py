@@ -113,6 +113,9 @@ class ControllerMetrics:
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Queued requests re-routed after a worker loss.",
                                 ("model",))
         self.workers_lost = Counter(r, "warmserve_workers_lost", "Workers declared lost.")
+        self.tp_groups_built = Counter(r, "warmserve_tp_groups_built", "Process groups of tensor-parallel "
+                                       "instances built, ahead of use (prewarmed) or on a start's path (on_demand).",
+                                       ("path",))
         self.engine_start = Histogram(r, "warmserve_engine_start_seconds", "A fresh local worker process started "
                                       "for a cold start without a warm engine (autoscale), from its spawn until "
                                       "it is admitted and can load weights.")

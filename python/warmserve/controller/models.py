@@ -61,6 +61,13 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
     layers = int(cfg.get("num_hidden_layers", 1))
     heads = int(cfg.get("num_attention_heads", 1))
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    inter = int(cfg.get("intermediate_size", heads))
+    if spec.tp > 1 and (heads % spec.tp or kv_heads % spec.tp or inter % spec.tp):
+        ok = [t for t in (1, 2, 4, 8) if not (heads % t or kv_heads % t or inter % t)]
+        raise InvalidArgumentError(
+            f"model {spec.name!r}: tp={spec.tp} does not split {heads} attention heads, {kv_heads} KV heads and an "
+            f"intermediate size of {inter} evenly (each rank holds whole heads): use tp in {ok}",
+            tp=spec.tp, num_heads=heads, num_kv_heads=kv_heads, intermediate_size=inter, valid_tp=ok)
     head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", heads)) // heads)
     dtype = spec.dtype if spec.dtype != "auto" else str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
     if spec.dtype != "auto" and spec.dtype in DTYPE_BYTES:

@@ -28,12 +28,14 @@ def stats(ctl) -> dict:
     return {
         "workers": workers,
         "instances": [{"instance_id": i, "model": st.model, "worker": ctl.instances[i].worker.worker_id,
-                       "ready": st.ready, "in_flight": st.in_flight, "draining": st.draining,
+                       "workers": [w.worker_id for w in ctl.instances[i].workers], "gpus": list(st.gpus),
+                       "group_id": ctl.instances[i].group_id, "ready": st.ready, "in_flight": st.in_flight, "draining": st.draining,
                        "kv_blocks_total": st.kv_blocks_total, "kv_blocks_mapped": st.kv_blocks_mapped}
                       for i, st in state.instances.items() if i in ctl.instances],
         "prewarms": [{"prewarm_id": p, "model": st.model, "worker": ctl.prewarms[p].worker.worker_id,
                       "progress": st.progress} for p, st in state.prewarms.items() if p in ctl.prewarms],
         "queued": {m: len(q) for m, q in state.queues.items()},
+        "tp_groups": ctl.groups.views(),
         "prewarm_hits": {m: ctl.metrics.prewarm_hits.get(model=m) for m in ctl.models},
         "prewarm_misses": {m: ctl.metrics.prewarm_misses.get(model=m) for m in ctl.models},
     }

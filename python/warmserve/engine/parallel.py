@@ -55,6 +55,15 @@ from warmserve.errors import InvalidArgumentError, register
 
 #: How long a collective (and the group's rendezvous) waits for the other ranks before it fails.
 DEFAULT_TIMEOUT_S = 60.0
+#: Every group is local to one machine (placement never spans servers), so ranks meet on loopback.
+LOOPBACK = "127.0.0.1"
+
+
+def host_store(timeout_s: float = DEFAULT_TIMEOUT_S):
+    """A rendezvous store on a free loopback port (``.port``), for the groups whose rank 0 is this process; it
+    must outlive their rendezvous. One store serves any number of groups (``ParallelGroup.join`` prefixes)."""
+    return dist.TCPStore(LOOPBACK, 0, is_master=True, wait_for_workers=False,
+                         timeout=datetime.timedelta(seconds=timeout_s))
 
 
 @register
@@ -167,6 +176,10 @@ class ParallelGroup:
         self.world_size = world_size
         self.group = group
         self._owns_default = owns_default
+        #: The name the group was built under (``join``); "" for the default group.
+        self.group_id = ""
+        #: Where its collectives' tensors live (CPU for gloo).
+        self.device = torch.device("cpu")
 
     @classmethod
     def init(cls, rank: int, world_size: int, address: str, port: int, backend: str | None = None,
@@ -183,9 +196,51 @@ class ParallelGroup:
                                 world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
         return cls(rank, world_size, None, owns_default=True)
 
+    @classmethod
+    def join(cls, group_id: str, rank: int, world_size: int, store_port: int, device: torch.device | str = "cpu",
+             timeout_s: float = DEFAULT_TIMEOUT_S) -> "ParallelGroup":
+        """Build a process group of its own (not torch's default group: a worker belongs to several, built ahead
+        of the instances that will use them, and to new ones after a peer is replaced), meeting at the loopback
+        store on ``store_port`` (``host_store``) under the prefix ``group_id``. Blocks until every rank is in, at
+        most timeout_s. gloo on CPU, NCCL on CUDA devices. Loopback only: a group never spans two machines."""
+        dev = torch.device(device)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = dist.PrefixStore(f"{group_id}/", dist.TCPStore(LOOPBACK, int(store_port), is_master=False,
+                                                               timeout=timeout))
+        if dev.type == "cuda":
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
+        else:
+            opts = dist.ProcessGroupGloo._Options()
+            opts._timeout = timeout
+            # Gloo picks the interface the host name resolves to unless told; the group is local, so loopback.
+            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=LOOPBACK)]
+            pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
+        out = cls(rank, world_size, pg)
+        out.group_id, out.device = group_id, dev
+        # One collective now, so the connections exist before an instance needs them (the "prewarmed
+        # communicator": NCCL, too, connects lazily on its first collective).
+        out.all_reduce(torch.zeros(1, device=dev))
+        return out
+
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum t over the ranks, in place; returns t."""
         dist.all_reduce(t, group=self.group)
+        return t
+
+    def min_int(self, x: int) -> int:
+        """The smallest of every rank's x."""
+        t = torch.tensor([int(x)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+        return int(t.item())
+
+    def broadcast(self, t: torch.Tensor, root: int = 0) -> torch.Tensor:
+        """Rank root's t, into t on every rank (same shape and dtype everywhere); returns t."""
+        if self.group is None:
+            dist.broadcast(t, src=root)
+        else:  # a group of its own (join): dist.broadcast would read src as a rank of the default group
+            self.group.broadcast(t, root).wait()
         return t
 
     def all_gather(self, t: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -204,5 +259,5 @@ class ParallelGroup:
         return f"ParallelGroup(rank {self.rank} of {self.world_size})"
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "TensorParallelError", "Shard", "ParallelGroup", "valid_tp", "shard_config",
+__all__ = ["DEFAULT_TIMEOUT_S", "LOOPBACK", "host_store", "TensorParallelError", "Shard", "ParallelGroup", "valid_tp", "shard_config",
            "vocab_range", "shard_of"]

@@ -76,19 +76,37 @@ class SyncClientBase:
 
     # ------------------------------------------------------------------ the worker's operations
 
-    def prewarm(self, path: str, name: str = "", dtype: str = "auto", *, timeout_s: float = 600.0,
+    def prewarm(self, path: str, name: str = "", dtype: str = "auto", *, tp: int = 1, rank: int = 0,
+                timeout_s: float = 600.0,
                 on_progress: Callable[[P.PrewarmProgress], None] | None = None) -> P.Prewarmed:
-        return self._call(P.Prewarm(id=self._new_id(), path=str(path), name=name, dtype=dtype), timeout_s,
-                          on_event=on_progress)
+        """Load a checkpoint (tp > 1: only shard ``rank`` of a ``tp``-way split) into a new slot."""
+        return self._call(P.Prewarm(id=self._new_id(), path=str(path), name=name, dtype=dtype, tp=tp, rank=rank),
+                          timeout_s, on_event=on_progress)
 
     def evict(self, name: str, *, timeout_s: float | None = None) -> P.Evicted:
         return self._call(P.Evict(id=self._new_id(), name=name), timeout_s)
 
     def activate(self, name: str, kv_blocks: int | None = None, shared: bool = False, *,
                  kv_target_free_blocks: int | None = None, engine: P.EngineConfig | None = None,
-                 timeout_s: float | None = None) -> P.Activated:
+                 group_id: str = "", timeout_s: float | None = None) -> P.Activated:
+        """Turn a prewarmed model into an instance; a tensor-parallel shard runs in ``group_id`` (every rank's
+        activation must be sent at about the same time: they meet in the group)."""
         return self._call(P.Activate(id=self._new_id(), name=name, kv_blocks=kv_blocks, shared=shared,
-                                     kv_target_free_blocks=kv_target_free_blocks, engine=engine), timeout_s)
+                                     kv_target_free_blocks=kv_target_free_blocks, engine=engine,
+                                     group_id=group_id), timeout_s)
+
+    def host_group_store(self, *, timeout_s: float | None = None) -> int:
+        """The loopback port of the store at which the groups this worker leads meet."""
+        return self._call(P.HostGroupStore(id=self._new_id()), timeout_s).port
+
+    def join_group(self, group_id: str, rank: int, world_size: int, store_port: int, *, group_timeout_s: float = 30.0,
+                   timeout_s: float | None = None) -> P.GroupJoined:
+        """Join a process group; returns once every rank is in (call it for every rank at about the same time)."""
+        return self._call(P.JoinGroup(id=self._new_id(), group_id=group_id, rank=rank, world_size=world_size,
+                                      store_port=store_port, timeout_s=group_timeout_s), timeout_s)
+
+    def leave_group(self, group_id: str, *, timeout_s: float | None = None) -> None:
+        self._call(P.LeaveGroup(id=self._new_id(), group_id=group_id), timeout_s)
 
     def deactivate(self, name: str, *, timeout_s: float | None = None) -> P.Deactivated:
         return self._call(P.Deactivate(id=self._new_id(), name=name), timeout_s)

@@ -8,15 +8,22 @@ thread): loads copy in the memory manager's C++ threads and are polled here, nev
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
+
+import msgspec
 
 from .. import errors
 from .. import protocol as P
 from ..errors import ModelStateError
 from ..geometry import pages_for
+from .tp import GroupTable, ShardRoles
+
+log = logging.getLogger("warmserve.worker")
 
 Peer = Hashable
 Emit = Callable[[Peer, Any], None]
@@ -33,6 +40,9 @@ class _Model:
     origin: tuple | None = None
     loaded_bytes: int = 0
     total_bytes: int = 0
+    #: Tensor-parallel shard held (rank of tp; tp 1: the whole model).
+    tp: int = 1
+    rank: int = 0
     reported_bytes: int = -1
     reported_at_s: float = 0.0
     started_s: float = 0.0
@@ -45,6 +55,14 @@ class _Instance:
     shared: bool
     #: engine request id -> (peer, request id)
     requests: dict[str, tuple] = field(default_factory=dict)
+    #: Tensor-parallel: this rank's role (tp.Leader on rank 0, tp.Follower elsewhere); None at tp = 1.
+    tp: Any = None
+    #: The group of a tensor-parallel instance failed: why (its requests were answered with it).
+    broken: BaseException | None = None
+
+    @property
+    def follower(self) -> bool:
+        return self.tp is not None and not hasattr(self.tp, "added")
 
 
 def _weight_pages(lm, page_bytes: int) -> int:
@@ -61,11 +79,13 @@ def _as_typed(exc: BaseException) -> BaseException:
     return exc
 
 
-class WorkerCore:
+class WorkerCore(ShardRoles):
     """All state of one worker. ``pool`` is a ``warmserve.memory.PagePool``; ``emit(peer, msg)`` sends a reply."""
 
     #: Seconds between two progress events of one load.
     progress_interval_s = 0.1
+    #: The record of a running instance (for ShardRoles, which lives in worker/tp.py).
+    Instance = _Instance
 
     def __init__(self, pool, *, device: str, worker_id: str, emit: Emit, engine: P.EngineConfig | None = None):
         """``engine``: the limits of instances activated without their own (``Activate.engine``)."""
@@ -82,6 +102,8 @@ class WorkerCore:
         self.started_s = time.monotonic()
         self._next_rid = 0
         self._rr = 0  # round-robin start among shared instances
+        #: Process groups for tensor-parallel instances (worker/tp.py).
+        self.groups = GroupTable(device, lambda peer, msg: self.emit(peer, msg))  # emit is replaced by servers
 
     # ------------------------------------------------------------------ dispatch
 
@@ -98,17 +120,20 @@ class WorkerCore:
             self.emit(peer, P.Error.of(getattr(msg, "id", -1), _as_typed(e)))
 
     def busy(self) -> bool:
-        """Engines have work: the caller should tick again at once."""
-        return bool(self.generations) or any(i.engine.has_unfinished() for i in self.instances.values())
+        """Engines have work: the caller should tick again at once. (A follower's engine steps on its own thread.)"""
+        return bool(self.generations) or any(i.engine.has_unfinished() for i in self.instances.values()
+                                             if not i.follower and i.broken is None)
 
     def loading(self) -> bool:
-        """Loads run in the loader's threads: tick now and then, without spinning a core they need."""
-        return any(m.state == "loading" for m in self.models.values())
+        """Loads and group joins run on other threads: tick now and then, without spinning a core they need."""
+        return any(m.state == "loading" for m in self.models.values()) or self.groups.joining()
 
     def tick(self) -> bool:
         """Advance loads and step every running instance once; True while engines have work left."""
         self._poll_loads()
+        self.groups.poll()
         self._step_instances()
+        self._tp_housekeeping()
         return self.busy()
 
     def drop_peer(self, peer: Peer) -> int:
@@ -119,7 +144,7 @@ class WorkerCore:
             inst = self.instances.get(name)
             if inst is not None:
                 inst.requests.pop(rid, None)
-                inst.engine.abort(rid)
+                self._engine_abort(inst, rid)
         return len(dropped)
 
     def close(self) -> None:
@@ -127,7 +152,7 @@ class WorkerCore:
         for key in list(self.generations):
             self._finish_aborted(key)
         for inst in list(self.instances.values()):
-            inst.engine.close()
+            self._close_instance(inst, wait_s=1.0)
         self.instances.clear()
         for m in list(self.models.values()):
             if m.state == "loading":
@@ -157,9 +182,11 @@ class WorkerCore:
             raise errors.InvalidArgumentError(
                 f"no checkpoint at {path} (config.json missing) on worker {self.worker_id}", path=path
             )
-        m = _Model(name=name, path=path, state="loading", origin=(peer, msg.id), started_s=time.monotonic())
-        # Raises OutOfMemoryError at once, with the numbers, when the weights cannot fit the free pages.
-        m.job = load_model(path, self.pool, dtype=msg.dtype, name=name)
+        m = _Model(name=name, path=path, state="loading", origin=(peer, msg.id), started_s=time.monotonic(),
+                   tp=msg.tp, rank=msg.rank)
+        # Raises OutOfMemoryError at once, with the numbers, when the weights cannot fit the free pages, and
+        # TensorParallelError when the model does not split tp ways.
+        m.job = load_model(path, self.pool, dtype=msg.dtype, name=name, tp=msg.tp, rank=msg.rank)
         self.models[name] = m
 
     def _evict(self, peer, msg: P.Evict) -> None:
@@ -205,6 +232,13 @@ class WorkerCore:
                     f"instance with shared=True and a kv_blocks share",
                     model=m.name, running=running,
                 )
+        if m.lm.tp > 1:
+            self._activate_shard(peer, msg, m)
+            return
+        if msg.group_id:
+            raise errors.InvalidArgumentError(
+                f"model {m.name!r} on worker {self.worker_id} is a whole model (tp 1): it runs in no group; "
+                f"drop group_id, or prewarm a shard (Prewarm tp > 1)", model=m.name, group_id=msg.group_id)
         if msg.shared and msg.kv_blocks is None:
             raise errors.InvalidArgumentError(
                 f"a shared instance needs a fixed KV share: pass kv_blocks for {m.name!r}", model=m.name
@@ -226,24 +260,50 @@ class WorkerCore:
 
     def _deactivate(self, peer, msg: P.Deactivate) -> None:
         inst = self._instance(msg.name)
+        if inst.follower and inst.tp.running:
+            # Answered once the leader's stop (or the group's failure) ends the follower's loop: _tp_housekeeping.
+            inst.tp.deactivate = (peer, msg.id)
+            return
         aborted = [key for key, (name, _) in self.generations.items() if name == inst.name]
         for key in aborted:
             self._finish_aborted(key)
-        inst.engine.close()
-        del self.instances[inst.name]
-        self.models[inst.name].state = "prewarmed"
+        self._close_instance(inst)
         self.emit(peer, P.Deactivated(id=msg.id, name=inst.name, aborted=len(aborted)))
+
+    def _close_instance(self, inst: _Instance, wait_s: float = 0.0) -> None:
+        """Close an instance's engine (a leader tells its followers to stop first) and keep its weights."""
+        if inst.tp is not None and not inst.follower and inst.broken is None:
+            try:
+                inst.tp.send(inst.engine.num_steps, stop=True)
+            except Exception as e:  # a rank is gone already: nobody to tell
+                log.info("stop of tensor-parallel instance %s not delivered: %s", inst.name, e)
+        if inst.follower:
+            inst.tp.closing = True
+            if wait_s and not inst.tp.join(wait_s):
+                log.warning("tensor-parallel follower of %s still waits for its leader; closing anyway", inst.name)
+        inst.engine.close()
+        self.instances.pop(inst.name, None)
+        if inst.name in self.models:
+            self.models[inst.name].state = "prewarmed"
 
     def _generate(self, peer, msg: P.Generate) -> None:
         key = (peer, msg.id)
         if key in self.generations:
             raise errors.ProtocolError(f"request id {msg.id} is already in flight from this peer", request_id=msg.id)
         inst = self._instance(msg.model)
+        sampling = msg.sampling
+        if inst.tp is not None:
+            self._check_leader(inst)
+            if not sampling.greedy and sampling.seed is None:
+                # Every rank samples from the same all-gathered logits: the same seed gives the same token.
+                sampling = msgspec.structs.replace(sampling, seed=random.getrandbits(63))
         rid = str(self._next_rid)
         self._next_rid += 1
         # The engine checks the prompt: empty, token ids outside the vocabulary, prompt + max_tokens over the
         # context (PromptTooLongError with the numbers).
-        inst.engine.add_request(rid, msg.prompt_ids, msg.sampling)
+        inst.engine.add_request(rid, msg.prompt_ids, sampling)
+        if inst.tp is not None:
+            inst.tp.added(rid, msg.prompt_ids, sampling)
         inst.requests[rid] = key
         self.generations[key] = (inst.name, rid)
 
@@ -255,6 +315,10 @@ class WorkerCore:
 
     def _set_kv_target(self, peer, msg: P.SetKvTarget) -> None:
         inst = self._instance(msg.model)
+        if inst.tp is not None:
+            raise errors.InvalidArgumentError(
+                f"{msg.model!r} is a tensor-parallel instance: its KV cache is fixed at activation (its ranks must "
+                "map the same blocks), so it takes no KV target", model=msg.model)
         if msg.free_blocks < 0:
             raise errors.InvalidArgumentError(
                 f"free_blocks must be >= 0, got {msg.free_blocks}", free_blocks=msg.free_blocks
@@ -264,6 +328,21 @@ class WorkerCore:
 
     def _stats(self, peer, msg: P.GetStats) -> None:
         self.emit(peer, self.stats(msg.id, pages=msg.pages))
+
+    def _host_group_store(self, peer, msg: P.HostGroupStore) -> None:
+        self.emit(peer, P.GroupStoreHosted(id=msg.id, port=self.groups.host_store()))
+
+    def _join_group(self, peer, msg: P.JoinGroup) -> None:
+        self.groups.join(peer, msg)
+
+    def _leave_group(self, peer, msg: P.LeaveGroup) -> None:
+        for inst in [i for i in self.instances.values() if i.tp is not None and i.tp.group.group_id == msg.group_id]:
+            self._tp_failed(inst, errors.WorkerLostError(
+                f"group {msg.group_id!r} was dropped: a rank of the instance of {inst.name!r} is gone",
+                group_id=msg.group_id))
+            self._close_instance(inst, wait_s=0.0 if inst.follower and inst.tp.running else 1.0)
+        self.groups.leave(msg.group_id)
+        self.emit(peer, P.Ok(id=msg.id))
 
     def _heartbeat(self, peer, msg: P.Heartbeat) -> None:
         """Liveness is tracked by the transport; nothing to answer."""
@@ -276,7 +355,8 @@ class WorkerCore:
     _HANDLERS = {
         P.Prewarm: _prewarm, P.Evict: _evict, P.Activate: _activate, P.Deactivate: _deactivate,
         P.Generate: _generate, P.Abort: _abort, P.SetKvTarget: _set_kv_target, P.GetStats: _stats,
-        P.Heartbeat: _heartbeat, P.Shutdown: _shutdown,
+        P.Heartbeat: _heartbeat, P.Shutdown: _shutdown, P.HostGroupStore: _host_group_store,
+        P.JoinGroup: _join_group, P.LeaveGroup: _leave_group,
     }
 
     # ------------------------------------------------------------------ stats
@@ -286,7 +366,7 @@ class WorkerCore:
         models = []
         for m in self.models.values():
             st = P.ModelState(name=m.name, path=m.path, state=m.state, loaded_bytes=m.loaded_bytes,
-                              total_bytes=m.total_bytes)
+                              total_bytes=m.total_bytes, tp=m.tp, rank=m.rank)
             if m.lm is not None:
                 st.weight_bytes = int(m.lm.weight_bytes)
                 st.pages = _weight_pages(m.lm, page_bytes)
@@ -299,11 +379,13 @@ class WorkerCore:
             kv = i.engine.kv_stats()
             pages_per_block = pages_for(int(self.models[i.name].lm.kv_bytes_per_block), page_bytes)
             instances.append(P.WorkerInstance(name=i.name, in_flight=len(i.requests), kv=kv, shared=i.shared,
-                                              kv_pages=kv.kv_blocks_mapped * pages_per_block))
+                                              kv_pages=kv.kv_blocks_mapped * pages_per_block,
+                                              group_id=i.tp.group.group_id if i.tp is not None else "",
+                                              rank=i.tp.group.rank if i.tp is not None else 0))
         return P.Stats(
             id=id, worker_id=self.worker_id, device=self.device, pid=os.getpid(),
             uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,
-            instances=instances, in_flight=len(self.generations),
+            instances=instances, in_flight=len(self.generations), groups=sorted(self.groups.groups),
         )
 
     def pool_stats(self) -> P.PoolStats:
@@ -352,12 +434,22 @@ class WorkerCore:
                     ))
 
     def _step_instances(self) -> None:
-        live = [i for i in self.instances.values() if i.requests or i.engine.has_unfinished()]
+        live = [i for i in self.instances.values()
+                if not i.follower and i.broken is None and (i.requests or i.engine.has_unfinished())]
         if not live:
             return
         # Shared instances take turns, one engine step each, so none starves the others.
         self._rr = (self._rr + 1) % len(live)
         for inst in live[self._rr:] + live[: self._rr]:
+            if inst.tp is not None:
+                try:
+                    inst.tp.send(inst.engine.num_steps, run=True)
+                    outputs = inst.engine.step()
+                except Exception as e:  # a rank is gone: the instance cannot step again
+                    self._tp_failed(inst, e)
+                    continue
+                self._emit_outputs(inst, outputs)
+                continue
             try:
                 outputs = inst.engine.step()
             except Exception as e:  # an engine failure fails its requests, not the worker
@@ -370,20 +462,23 @@ class WorkerCore:
                         pass
                 inst.requests.clear()
                 continue
-            for out in outputs:
-                key = inst.requests.get(out.request_id)
-                if key is None:  # aborted here already
-                    continue
-                if out.finished:
-                    del inst.requests[out.request_id]
-                    self.generations.pop(key, None)
-                self.emit(key[0], P.Tokens(
-                    id=key[1], token_ids=list(out.token_ids), finished=bool(out.finished),
-                    finish_reason=out.finish_reason if out.finished else None,
-                    num_prompt_tokens=int(out.num_prompt_tokens), num_output_tokens=int(out.num_output_tokens),
-                    logprobs=out.logprobs or [],
-                    prompt_logprobs=out.prompt_logprobs or [],
-                ))
+            self._emit_outputs(inst, outputs)
+
+    def _emit_outputs(self, inst: _Instance, outputs) -> None:
+        for out in outputs:
+            key = inst.requests.get(out.request_id)
+            if key is None:  # aborted here already
+                continue
+            if out.finished:
+                del inst.requests[out.request_id]
+                self.generations.pop(key, None)
+            self.emit(key[0], P.Tokens(
+                id=key[1], token_ids=list(out.token_ids), finished=bool(out.finished),
+                finish_reason=out.finish_reason if out.finished else None,
+                num_prompt_tokens=int(out.num_prompt_tokens), num_output_tokens=int(out.num_output_tokens),
+                logprobs=out.logprobs or [],
+                prompt_logprobs=out.prompt_logprobs or [],
+            ))
 
     # ------------------------------------------------------------------ helpers
 
@@ -394,8 +489,12 @@ class WorkerCore:
         name, rid = entry
         inst = self.instances[name]
         inst.requests.pop(rid, None)
-        inst.engine.abort(rid)
+        self._engine_abort(inst, rid)
         self.emit(key[0], P.Tokens(id=key[1], token_ids=[], finished=True, finish_reason="abort"))
+
+    def _engine_abort(self, inst: _Instance, rid: str) -> None:
+        if inst.engine.abort(rid) and inst.tp is not None and inst.broken is None:
+            inst.tp.aborted(rid)  # the other ranks abort it before their next step, as the leader did
 
     def _model(self, name: str) -> _Model:
         m = self.models.get(name)

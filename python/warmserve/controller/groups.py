@@ -1,0 +1,142 @@
+"""Process groups for tensor-parallel instances, built ahead on the GPU groups the placement can produce.
+
+Building a group costs a rendezvous and the communicator's set-up (gloo's connections on CPU; NCCL's on GPUs,
+which the paper measures in seconds and prewarms for the same reason). Laminar placement puts a ``tp``-way
+instance on an aligned block of ``tp`` GPUs of one server in the common case, so those blocks are few: the
+controller builds a group for each of them while the workers are idle (``prewarm``), and activating an instance
+there binds a group that exists. Any other GPU set (an unaligned group, or a block whose worker was replaced) gets
+its group on demand (``ensure``), with the set-up on the start's critical path; both are counted
+(``warmserve_tp_groups_built_total{path}``) and timed (``setup_s`` per group, in ``/stats``).
+
+A group dies with any of its workers: ``lost`` drops it and tells the surviving members to leave it (which stops
+an instance still bound to it on their side); the next ``prewarm`` builds it again once the block is whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from warmserve import protocol as P
+from warmserve.errors import WorkerLostError
+
+log = logging.getLogger("warmserve.controller")
+
+#: Longest a group's rendezvous may take, seconds (every rank's worker is on this machine's loopback).
+JOIN_TIMEOUT_S = 30.0
+
+
+class GroupRecord:
+    """One process group: its GPUs (rank i on gpus[i]), its workers, and whether every rank has joined."""
+
+    __slots__ = ("group_id", "gpus", "workers", "ready", "task", "path", "setup_s")
+
+    def __init__(self, group_id: str, gpus: tuple[int, ...], workers: list, path: str):
+        self.group_id, self.gpus, self.workers, self.path = group_id, gpus, workers, path
+        self.ready = False
+        self.task: asyncio.Task | None = None
+        #: Seconds from the first request to the last rank's GroupJoined.
+        self.setup_s: float | None = None
+
+    def view(self) -> dict:
+        return {"group_id": self.group_id, "gpus": list(self.gpus), "ready": self.ready, "path": self.path,
+                "setup_s": self.setup_s}
+
+
+class GroupManager:
+    """The controller's process groups, by GPU set. ``ctl``: the Controller (hub, workers by GPU, clock)."""
+
+    def __init__(self, ctl):
+        self.ctl = ctl
+        self.groups: dict[tuple[int, ...], GroupRecord] = {}
+        self._epoch = 0
+
+    def tp_sizes(self) -> set[int]:
+        return {m.spec.tp for m in self.ctl.models.values() if m.spec.tp > 1}
+
+    def prewarm(self) -> None:
+        """Start a group for every aligned block of every served tp on every server whose workers are all ready.
+        Cheap when nothing is missing: called on each policy tick."""
+        sizes = self.tp_sizes()
+        if not sizes:
+            return
+        st = self.ctl.state
+        for srv in st.servers:
+            ids = [g for g in srv.gpu_ids if not st.gpus[g].gone]
+            for tp in sizes:
+                for k in range(0, len(ids) - tp + 1, tp):
+                    gpus = tuple(ids[k:k + tp])
+                    if gpus not in self.groups and self._workers(gpus) is not None:
+                        self._build(gpus, "prewarmed")
+
+    async def ensure(self, gpus: tuple[int, ...]) -> GroupRecord:
+        """The ready group of ``gpus`` (ranks in this order), built now if none exists or is being built."""
+        rec = self.groups.get(gpus)
+        if rec is None:
+            rec = self._build(gpus, "on_demand")
+        await asyncio.shield(rec.task)
+        if not rec.ready:
+            raise WorkerLostError(f"the process group of GPUs {list(gpus)} could not be built: a worker is gone",
+                                  gpus=list(gpus))
+        return rec
+
+    def lost(self, w) -> None:
+        """Worker ``w`` is gone: every group it was in is dead; its other members leave it."""
+        for gpus, rec in list(self.groups.items()):
+            if w not in rec.workers:
+                continue
+            del self.groups[gpus]
+            if rec.task is not None and not rec.task.done():
+                rec.task.cancel()
+            for other in rec.workers:
+                if other is not w and other.alive:
+                    self._fire(other, P.LeaveGroup(id=self.ctl.hub.next_id(), group_id=rec.group_id))
+
+    def views(self) -> list[dict]:
+        return [rec.view() for rec in self.groups.values()]
+
+    # ---- internals ----------------------------------------------------------------------------------------
+
+    def _workers(self, gpus):
+        ws = [self.ctl.by_gpu.get(g) for g in gpus]
+        return ws if all(w is not None and w.alive and w.ready for w in ws) else None
+
+    def _build(self, gpus: tuple[int, ...], path: str) -> GroupRecord:
+        self._epoch += 1
+        gid = f"tp{len(gpus)}-g{'-'.join(map(str, gpus))}-e{self._epoch}"
+        ws = self._workers(gpus) or [self.ctl.by_gpu.get(g) for g in gpus]
+        rec = self.groups[gpus] = GroupRecord(gid, gpus, ws, path)
+        rec.task = self.ctl._spawn(self._join(rec))
+        return rec
+
+    async def _join(self, rec: GroupRecord) -> None:
+        hub, loop = self.ctl.hub, asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            if any(w is None or not w.alive for w in rec.workers):
+                raise WorkerLostError(f"a worker of GPUs {list(rec.gpus)} is gone", gpus=list(rec.gpus))
+            port = (await hub.call(rec.workers[0], P.HostGroupStore(id=hub.next_id()), JOIN_TIMEOUT_S)).port
+            await asyncio.gather(*(
+                hub.call(w, P.JoinGroup(id=hub.next_id(), group_id=rec.group_id, rank=r, world_size=len(rec.gpus),
+                                        store_port=port), JOIN_TIMEOUT_S + 5)
+                for r, w in enumerate(rec.workers)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("process group %s on GPUs %s not built: %s", rec.group_id, list(rec.gpus), e)
+            if self.groups.get(rec.gpus) is rec:
+                del self.groups[rec.gpus]
+            for w in rec.workers:
+                if w is not None and w.alive:
+                    self._fire(w, P.LeaveGroup(id=hub.next_id(), group_id=rec.group_id))
+            return
+        rec.setup_s = loop.time() - t0
+        rec.ready = True
+        self.ctl.metrics.tp_groups_built.inc(path=rec.path)
+        log.info("process group %s ready on GPUs %s (%s, %.3f s)", rec.group_id, list(rec.gpus), rec.path,
+                 rec.setup_s)
+
+    def _fire(self, w, msg) -> None:
+        from warmserve.controller.executor import fire
+
+        fire(self.ctl.hub, w, msg)

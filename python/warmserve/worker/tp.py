@@ -1,0 +1,327 @@
+"""Tensor-parallel instances on workers: process groups built ahead, and ranks that step in lockstep.
+
+A ``tp``-way instance is one shard per worker, each in its own worker process (one per device). Rank 0's worker is
+the *leader*: it takes the instance's requests from the controller like any instance and streams their tokens.
+The other ranks are *followers*: they receive no request. Before each engine step the leader broadcasts, through
+the instance's own process group, a ``protocol.RankStep`` that lists the requests it added and aborted since the
+last step (msgspec bytes in a uint8 tensor: the same struct vocabulary as the sockets, and no pickle). Every rank
+applies the same changes in the same order to an engine with the same KV blocks, so their schedulers take the
+same steps and the model's collectives line up; the logits are all-gathered, so every rank samples the same token
+(a sampled request gets its seed from the leader when it has none).
+
+Why the KV cache of a tensor-parallel instance is fixed when it activates: a rank's scheduler preempts when its
+KV cache cannot grow, and a rank whose pool is fuller would preempt where the others do not. So activation takes
+the smallest block count every rank can map now (one all-reduce), maps all of it, and the cache neither grows nor
+shrinks afterwards (``SetKvTarget`` is refused for such instances).
+
+A follower steps on a thread of its own, blocked in the broadcast between steps (torch releases the GIL there),
+so its worker's main thread goes on serving prewarms, stats and heartbeats. While idle the leader sends a
+keep-alive every ``KEEPALIVE_S``, well inside the group's timeout; a rank whose peer died sees its next
+collective fail at once (gloo reports the closed connection), and the instance ends with ``WorkerLostError``.
+
+Process groups are built ahead (``JoinGroup``), while the workers are idle: the controller asks for one per
+aligned GPU group the placement can produce, so activating a tensor-parallel instance binds a group that exists
+(the paper prewarms its NCCL communicators the same way). Each group's rendezvous runs on a thread; the store it
+meets at is hosted by rank 0's worker, on loopback (a group never spans two machines).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .. import errors
+from .. import protocol as P
+from ..errors import WarmServeError, register
+from ..geometry import pages_for
+
+log = logging.getLogger("warmserve.worker")
+
+#: Seconds between keep-alive broadcasts of an idle leader (the group's timeout, 30 s by default, must exceed it).
+KEEPALIVE_S = 1.0
+
+_plan_decoder = None
+
+
+@register
+class RanksDivergedError(WarmServeError):
+    """The ranks of a tensor-parallel instance stopped taking the same steps (a bug): the instance ends."""
+
+
+def _decoder():
+    global _plan_decoder
+    if _plan_decoder is None:
+        import msgspec
+
+        _plan_decoder = msgspec.msgpack.Decoder(P.RankStep)
+    return _plan_decoder
+
+
+def send_plan(group, plan: P.RankStep) -> None:
+    """Broadcast ``plan`` from rank 0: its length first, then its bytes."""
+    import torch
+
+    data = P.encode(plan)
+    group.broadcast(torch.tensor([len(data)], dtype=torch.int64))
+    group.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+def recv_plan(group) -> P.RankStep:
+    """The plan rank 0 broadcast (``send_plan``); blocks until it comes, at most the group's timeout."""
+    import torch
+
+    n = group.broadcast(torch.zeros(1, dtype=torch.int64))
+    buf = group.broadcast(torch.empty(int(n.item()), dtype=torch.uint8))
+    return _decoder().decode(buf.numpy().tobytes())
+
+
+def lost(name: str, group, e: BaseException) -> errors.WorkerLostError:
+    """The typed error of a tensor-parallel instance whose group failed (a rank's worker is gone, or silent)."""
+    return errors.WorkerLostError(
+        f"the tensor-parallel instance of {name!r} (group {group.group_id}, {group.world_size} ranks) lost a rank: "
+        f"{type(e).__name__}: {e}; the instance stopped: retry the request", model=name, group_id=group.group_id)
+
+
+class Leader:
+    """Rank 0 of a running tensor-parallel instance: collects what the other ranks must replay."""
+
+    def __init__(self, group):
+        self.group = group
+        self.adds: list[P.RankAdd] = []
+        self.aborts: list[str] = []
+        self.last_sent_s = time.monotonic()
+
+    def added(self, request_id: str, prompt_ids: list[int], sampling: P.SamplingParams) -> None:
+        self.adds.append(P.RankAdd(request_id=request_id, prompt_ids=list(prompt_ids), sampling=sampling))
+
+    def aborted(self, request_id: str) -> None:
+        self.aborts.append(request_id)
+
+    def send(self, step: int, *, run: bool = False, stop: bool = False) -> None:
+        """Tell the other ranks what changed (and to step, or stop). Raises the group's error if a rank is gone."""
+        plan = P.RankStep(step=step, adds=self.adds, aborts=self.aborts, run=run, stop=stop)
+        self.adds, self.aborts = [], []
+        self.last_sent_s = time.monotonic()
+        send_plan(self.group, plan)
+
+    def idle_due(self, now_s: float) -> bool:
+        return now_s - self.last_sent_s >= KEEPALIVE_S
+
+
+class Follower:
+    """Rank > 0 of a running tensor-parallel instance: replays the leader's plans on its own thread."""
+
+    def __init__(self, name: str, group, engine, on_exit: Callable[[], None] | None = None):
+        self.name, self.group, self.engine = name, group, engine
+        #: Why the loop ended, when it ended on an error (the group failed, or the plans diverged).
+        self.error: BaseException | None = None
+        #: Set before the worker closes the engine: the loop must not step it again.
+        self.closing = False
+        #: (peer, request id) of a Deactivate answered once the loop has ended.
+        self.deactivate: tuple | None = None
+        self.steps = 0
+        self._thread = threading.Thread(target=self._loop, name=f"tp-follower-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout_s: float) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        eng = self.engine
+        try:
+            while not self.closing:
+                plan = recv_plan(self.group)
+                if self.closing or plan.stop:
+                    return
+                for a in plan.adds:
+                    eng.add_request(a.request_id, a.prompt_ids, a.sampling)
+                for rid in plan.aborts:
+                    eng.abort(rid)
+                if plan.run:
+                    if plan.step != eng.num_steps:
+                        raise RanksDivergedError(
+                            f"rank {self.group.rank} of {self.name!r} is at step {eng.num_steps}, the leader at "
+                            f"{plan.step}: the ranks diverged", leader_step=plan.step, step=eng.num_steps)
+                    eng.step()
+                    self.steps += 1
+        except Exception as e:  # the group failed (a rank is gone) or the ranks diverged: the instance is over
+            self.error = e if isinstance(e, errors.WarmServeError) else lost(self.name, self.group, e)
+            log.warning("tensor-parallel follower of %s stopped: %s", self.name, self.error)
+
+
+class GroupTable:
+    """The process groups a worker belongs to, the store it hosts for those it leads, and joins in progress."""
+
+    def __init__(self, device: str, emit):
+        self.device = device
+        self.emit = emit
+        self.groups: dict[str, object] = {}
+        self._store = None
+        #: group id -> (thread, result box, peer, request id, start time)
+        self._joins: dict[str, tuple] = {}
+
+    def host_store(self) -> int:
+        from ..engine.parallel import host_store
+
+        if self._store is None:
+            self._store = host_store()
+        return int(self._store.port)
+
+    def join(self, peer, msg: P.JoinGroup) -> None:
+        if msg.group_id in self.groups or msg.group_id in self._joins:
+            raise errors.ModelStateError(f"this worker is already in (or joining) group {msg.group_id!r}: leave it "
+                                         "first", group_id=msg.group_id)
+        if not 0 <= msg.rank < msg.world_size or msg.world_size < 2:
+            raise errors.InvalidArgumentError(
+                f"rank {msg.rank} of {msg.world_size}: a group has 2 or more ranks, numbered from 0",
+                rank=msg.rank, world_size=msg.world_size)
+        if not 0 < msg.timeout_s <= 3600 or not 0 < msg.store_port < 65536:
+            raise errors.InvalidArgumentError(
+                f"timeout_s {msg.timeout_s} (0-3600 s) or store_port {msg.store_port} out of range",
+                timeout_s=msg.timeout_s, store_port=msg.store_port)
+        box: dict = {}
+
+        def run():
+            from ..engine.parallel import ParallelGroup
+
+            try:
+                box["group"] = ParallelGroup.join(msg.group_id, msg.rank, msg.world_size, msg.store_port,
+                                                  self.device, msg.timeout_s)
+            except Exception as e:  # answered to the asker from poll()
+                box["error"] = e
+
+        t = threading.Thread(target=run, name=f"join-{msg.group_id}", daemon=True)
+        self._joins[msg.group_id] = (t, box, peer, msg.id, time.perf_counter())
+        t.start()
+
+    def poll(self) -> None:
+        for gid, (t, box, peer, rid, t0) in list(self._joins.items()):
+            if t.is_alive():
+                continue
+            del self._joins[gid]
+            if "group" in box:
+                self.groups[gid] = box["group"]
+                self.emit(peer, P.GroupJoined(id=rid, group_id=gid, setup_s=time.perf_counter() - t0))
+            else:
+                e = box.get("error")
+                self.emit(peer, P.Error.of(rid, errors.WorkerLostError(
+                    f"could not join group {gid!r}: {type(e).__name__}: {e}; a rank did not come (its worker is "
+                    "gone or slow): the controller builds the group again when its workers are back",
+                    group_id=gid)))
+
+    def get(self, group_id: str):
+        g = self.groups.get(group_id)
+        if g is None:
+            raise errors.ModelStateError(
+                f"this worker is not in group {group_id!r} (it is in {sorted(self.groups)}): JoinGroup first",
+                group_id=group_id, groups=sorted(self.groups))
+        return g
+
+    def leave(self, group_id: str) -> None:
+        self.groups.pop(group_id, None)
+
+    def joining(self) -> bool:
+        return bool(self._joins)
+
+
+class ShardRoles:
+    """The tensor-parallel part of ``worker.core.WorkerCore`` (a mixin: same state, same thread)."""
+
+    def _activate_shard(self, peer, msg: P.Activate, m) -> None:
+        """Activate this worker's shard of a tensor-parallel instance: every rank runs this at about the same time
+        (the controller sends the ranks' Activates together), meeting in two all-reduces of the group."""
+        from ..engine.engine import DEFAULT_MAX_NUM_SEQS, Engine
+
+        if msg.shared:
+            raise errors.InvalidArgumentError(
+                f"{m.name!r} is a tensor-parallel shard: it runs alone on its workers, not shared", model=m.name)
+        group = self.groups.get(msg.group_id)
+        if group.world_size != m.lm.tp or group.rank != m.lm.tp_rank:
+            raise errors.InvalidArgumentError(
+                f"worker {self.worker_id} holds shard {m.lm.tp_rank} of {m.lm.tp} of {m.name!r}, but is rank "
+                f"{group.rank} of {group.world_size} in group {msg.group_id!r}: activate each shard in the group "
+                "where its rank is the shard's", model=m.name, tp=m.lm.tp, tp_rank=m.lm.tp_rank,
+                group_rank=group.rank, group_size=group.world_size)
+        loaded_before = self._bytes_loaded()
+        t0 = time.perf_counter()
+        ec = msg.engine or self.engine_config
+        page_bytes = self._page_bytes()
+        block_pages = pages_for(int(m.lm.kv_bytes_per_block), page_bytes)
+        can = min(int(m.lm.kv_capacity_blocks), int(self.pool.free_bytes) // (block_pages * page_bytes))
+        for cap in (msg.kv_blocks, ec.max_kv_blocks or None):
+            if cap is not None:
+                can = min(can, int(cap))
+        # The ranks' KV caches must be the same size (see worker/tp.py): the smallest any rank can map now.
+        kv_blocks = group.min_int(can)
+        if kv_blocks < 1:
+            raise errors.OutOfMemoryError(
+                f"a rank of {m.name!r} cannot map one KV block of {block_pages} pages (this worker: {can} blocks, "
+                f"{int(self.pool.free_bytes)} bytes free): free memory on the group's workers",
+                model=m.name, free_bytes=int(self.pool.free_bytes), kv_blocks=can)
+        m.lm.bind_group(group)
+        engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=None,
+                        max_batch_tokens=ec.max_batch_tokens, max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+                        map_blocks_per_step=ec.kv_map_blocks_per_step)
+        engine.kv.grow(kv_blocks)
+        # A load running beside this one may have taken pages meanwhile: all ranks succeed or none does.
+        if group.min_int(int(engine.kv.num_mapped == kv_blocks)) != 1:
+            mapped = engine.kv.num_mapped
+            engine.close()
+            raise errors.OutOfMemoryError(
+                f"a rank of {m.name!r} could not map its {kv_blocks} KV blocks (this worker mapped {mapped}): "
+                "retry when the group's workers have room", model=m.name, kv_blocks=kv_blocks, mapped=mapped)
+        activate_s = time.perf_counter() - t0
+        inst = self.Instance(name=m.name, engine=engine, shared=False)
+        inst.tp = Leader(group) if group.rank == 0 else Follower(m.name, group, engine)
+        self.instances[m.name] = inst
+        m.state = "running"
+        self.emit(peer, P.Activated(id=msg.id, name=m.name, kv_blocks=kv_blocks, activate_s=activate_s,
+                                    copied_bytes=self._bytes_loaded() - loaded_before))
+
+    def _check_leader(self, inst) -> None:
+        if inst.follower:
+            raise errors.ModelStateError(
+                f"worker {self.worker_id} holds rank {inst.tp.group.rank} of the tensor-parallel instance of "
+                f"{inst.name!r}: send its requests to rank 0's worker", model=inst.name, rank=inst.tp.group.rank)
+        if inst.broken is not None:
+            raise errors.WorkerLostError(
+                f"the tensor-parallel instance of {inst.name!r} on worker {self.worker_id} lost a rank "
+                f"({inst.broken}); deactivate it", model=inst.name)
+
+    def _tp_failed(self, inst, e: BaseException) -> None:
+        """A leader's group failed: answer its requests with the typed error; the instance takes no more."""
+        err = e if isinstance(e, errors.WarmServeError) else lost(inst.name, inst.tp.group, e)
+        inst.broken = err
+        log.warning("tensor-parallel instance %s stopped: %s", inst.name, err)
+        for rid, key in list(inst.requests.items()):
+            self.generations.pop(key, None)
+            self.emit(key[0], P.Error.of(key[1], err))
+            inst.engine.abort(rid)
+        inst.requests.clear()
+
+    def _tp_housekeeping(self) -> None:
+        """Keep-alives of idle leaders; followers whose loop ended (answer a pending Deactivate)."""
+        now = time.monotonic()
+        for inst in list(self.instances.values()):
+            if inst.tp is None or inst.broken is not None:
+                continue
+            if inst.follower:
+                if not inst.tp.running:
+                    inst.broken = inst.tp.error or errors.WorkerLostError("stopped by its leader")
+                    if inst.tp.deactivate is not None:
+                        peer, rid = inst.tp.deactivate
+                        self._close_instance(inst)
+                        self.emit(peer, P.Deactivated(id=rid, name=inst.name, aborted=0))
+            elif not inst.requests and not inst.engine.has_unfinished() and inst.tp.idle_due(now):
+                try:
+                    inst.tp.send(inst.engine.num_steps)
+                except Exception as e:  # a rank is gone
+                    self._tp_failed(inst, e)
+

@@ -1,0 +1,116 @@
+"""A tensor-parallel model served by `warmserve serve` on two CPU workers, seen from outside: answered through the
+OpenAI client with the tokens of tp = 1, its process group built ahead of the instance, and the loss of a rank
+under load (every request ends, the cluster rebuilds the group on the restarted worker and serves again)."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import serving
+
+openai = pytest.importorskip("openai")
+
+MODEL = "llama-20m"
+
+server = serving.server_fixture("tp-serve", models=(MODEL,), tp={MODEL: 2}, cpu_workers=2)
+
+
+def _client(url: str, timeout_s: float = 60):
+    return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=timeout_s)
+
+
+def _reference(prompt_ids: list[int], max_tokens: int) -> list[int]:
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.memory import PagePool
+
+    pool = PagePool(256 << 20, backend="host")
+    lm = load_model(serving.demo_paths((MODEL,))[MODEL], pool).wait()
+    try:
+        with Engine(lm) as eng:
+            return eng.generate([prompt_ids], SamplingParams(max_tokens=max_tokens, ignore_eos=True))[0]
+    finally:
+        lm.close()
+        pool.close()
+
+
+def test_a_tp2_model_is_served_through_the_openai_client_in_a_prewarmed_group(server):
+    url, proc, tmp = server
+    client = _client(url)
+    prompt = [5, 17, 300, 42, 7, 9]
+    out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0,
+                                    extra_body={"ignore_eos": True})
+    assert out.usage.completion_tokens == 8
+    from warmserve.engine.tokenizer import Tokenizer
+
+    # The same tokens as the whole model at tp = 1 (greedy), as text.
+    assert out.choices[0].text == Tokenizer(serving.demo_paths((MODEL,))[MODEL]).decode(_reference(prompt, 8))
+    _, st = serving.get_json(url + "/stats")
+    (inst,) = [i for i in st["instances"] if i["ready"]]
+    assert len(inst["workers"]) == 2 and len(set(inst["workers"])) == 2 and inst["group_id"]
+    groups = {g["group_id"]: g for g in st["tp_groups"]}
+    assert groups[inst["group_id"]]["ready"] and groups[inst["group_id"]]["path"] == "prewarmed"
+    assert serving.counter(url, "warmserve_tp_groups_built") >= 1
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                          temperature=0.8, seed=3)
+    assert chat.usage.completion_tokens >= 1
+
+
+def test_killing_a_rank_under_load_ends_every_request_and_the_group_comes_back(server):
+    url, proc, tmp = server
+    _, st = serving.get_json(url + "/stats")
+    (inst,) = [i for i in st["instances"] if i["ready"]]
+    by_id = {w["worker_id"]: w for w in st["workers"]}
+    follower = by_id[inst["workers"][1]]
+    pids = serving.worker_pids(proc.pid)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def ask(i: int):
+        try:
+            r = _client(url, 90).completions.create(model=MODEL, prompt=f"load {i}", max_tokens=300, temperature=0,
+                                                    extra_body={"ignore_eos": True})
+            results.append(f"ok {r.usage.completion_tokens}")
+        except openai.APIError as e:  # the expected outcome for requests that had started on the lost rank
+            results.append(f"error {type(e).__name__}: {e}")
+        except BaseException as e:  # anything else fails the test in its own thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _, st = serving.get_json(url + "/stats")
+        if sum(i["in_flight"] for i in st["instances"]) >= 2:
+            break
+        time.sleep(0.05)
+    # The follower's process: the worker whose id names its pid.
+    victim = [p for p in pids if f"-{p}" in follower["worker_id"] or str(p) in follower["worker_id"]]
+    victim = victim[0] if victim else pids[-1]
+    os.kill(victim, signal.SIGKILL)
+    t_kill = time.monotonic()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a request hung after a rank was killed"
+    assert not errors, errors
+    assert len(results) == 4, results
+    # Every request ended within seconds of the loss, either answered or with a clear error.
+    assert time.monotonic() - t_kill < 60
+
+    # The worker is restarted, the group rebuilt on the new GPU set, and the model is served again.
+    deadline = time.monotonic() + 90
+    answered = None
+    while time.monotonic() < deadline:
+        try:
+            answered = _client(url, 30).completions.create(model=MODEL, prompt="back?", max_tokens=3, temperature=0)
+            break
+        except openai.APIError:
+            time.sleep(0.5)
+    assert answered is not None and answered.usage.completion_tokens >= 1, (tmp / "serve.log").read_text()[-3000:]
+    _, st = serving.get_json(url + "/stats")
+    assert any(g["ready"] for g in st["tp_groups"])
+    assert serving.counter(url, "warmserve_workers_lost") == 1
+    assert serving.wait_idle(url) == []

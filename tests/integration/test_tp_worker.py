@@ -1,0 +1,159 @@
+"""Tensor-parallel instances on real `warmserve worker` processes: a process group built ahead, a tp-2 prewarm
+activated with no copy on both ranks, tokens equal to tp = 1, and the loss of a rank under load.
+
+Each rank is its own worker process with its own page pool, driven over ZeroMQ by one client per worker. Calls
+that meet in the group (join, activate) are sent to both workers from two threads; their results (and any
+exception) come back to the test's thread through the futures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from warmserve import errors
+from warmserve import protocol as P
+from warmserve.worker import WorkerClient, spawn_local_worker
+
+GREEDY = P.SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+MODEL = "llama-20m"
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    from warmserve.engine.demo import write_demo_models
+
+    return write_demo_models(str(tmp_path_factory.mktemp("models")), (MODEL,))[MODEL]
+
+
+def _spawn(n: int):
+    return [spawn_local_worker("cpu", memory_gib=0.25, threads=1, peer_timeout_s=5.0) for _ in range(n)]
+
+
+def _both(fn0, fn1, timeout_s: float = 60.0):
+    """Run two calls at once (they meet in a collective); their results, or the first exception, here."""
+    with ThreadPoolExecutor(2) as pool:
+        f0, f1 = pool.submit(fn0), pool.submit(fn1)
+        return f0.result(timeout_s), f1.result(timeout_s)
+
+
+def _reference(path: str, prompts: list[list[int]]) -> list[list[int]]:
+    """Greedy tokens of the whole model (tp = 1), in this process."""
+    from warmserve.engine import Engine, load_model
+    from warmserve.memory import PagePool
+
+    pool = PagePool(256 << 20, backend="host")
+    lm = load_model(path, pool).wait()
+    try:
+        with Engine(lm) as eng:
+            return eng.generate(prompts, GREEDY)
+    finally:
+        lm.close()
+        pool.close()
+
+
+def _group(clients, gid: str) -> list[P.GroupJoined]:
+    port = clients[0].host_group_store()
+    return list(_both(lambda: clients[0].join_group(gid, 0, 2, port), lambda: clients[1].join_group(gid, 1, 2, port)))
+
+
+def _start(clients, path: str, gid: str) -> list[P.Activated]:
+    for r, c in enumerate(clients):
+        c.prewarm(path, MODEL, tp=2, rank=r)
+    return list(_both(lambda: clients[0].activate(MODEL, group_id=gid),
+                      lambda: clients[1].activate(MODEL, group_id=gid)))
+
+
+def _close(procs):
+    for proc, endpoint in procs:
+        if proc.poll() is None:
+            try:
+                with WorkerClient(endpoint) as c:
+                    c.shutdown(timeout_s=10)
+                proc.wait(timeout=10)
+            except Exception:  # already going down; make sure it is gone
+                proc.kill()
+                proc.wait(10)
+
+
+def test_tp2_instance_matches_tp1_activates_without_copy_and_stops_cleanly(model_path):
+    procs = _spawn(2)
+    clients = [WorkerClient(ep) for _, ep in procs]
+    try:
+        joined = _group(clients, "tp2-a")
+        assert all(j.group_id == "tp2-a" and j.setup_s > 0 for j in joined)
+        assert clients[1].stats().groups == ["tp2-a"]
+        acts = _start(clients, model_path, "tp2-a")
+        # A prewarm of a tp model is a prewarm of every shard: activation copies nothing on either rank.
+        assert [a.copied_bytes for a in acts] == [0, 0]
+        assert acts[0].kv_blocks == acts[1].kv_blocks >= 1
+
+        prompts = [[1, 5, 9, 200, 17], list(range(3, 40)), [7] * 300]
+        streams = [clients[0].generate(MODEL, p, GREEDY) for p in prompts]
+        got = [s.collect()[0] for s in streams]
+        assert got == _reference(model_path, prompts)
+
+        # A sampled request without a seed: the leader gives every rank the same one, so nothing diverges.
+        sampled = clients[0].generate(MODEL, [3, 4, 5], P.SamplingParams(max_tokens=8, temperature=1.0,
+                                                                         ignore_eos=True)).collect()
+        assert len(sampled[0]) == 8
+        # Requests go to rank 0; the follower refuses them with the fix in the message.
+        with pytest.raises(errors.ModelStateError, match="rank 0"):
+            clients[1].generate(MODEL, [1, 2, 3], GREEDY).collect()
+        with pytest.raises(errors.InvalidArgumentError, match="fixed at activation"):
+            clients[0].set_kv_target(MODEL, 2)
+
+        follower = clients[1].stats().instances
+        assert [(i.name, i.group_id, i.rank) for i in follower] == [(MODEL, "tp2-a", 1)]
+        # Stop: the leader first (it tells the follower), then the follower answers once its loop ended.
+        clients[0].deactivate(MODEL)
+        assert clients[1].deactivate(MODEL, timeout_s=30).name == MODEL
+        # The group outlives the instance: a second activation binds it again, with no new rendezvous.
+        acts = _both(lambda: clients[0].activate(MODEL, group_id="tp2-a"),
+                     lambda: clients[1].activate(MODEL, group_id="tp2-a"))
+        assert [a.copied_bytes for a in acts] == [0, 0]
+        assert clients[0].generate(MODEL, prompts[0], GREEDY).collect()[0] == got[0]
+    finally:
+        for c in clients:
+            c.close()
+        _close(procs)
+
+
+def test_killing_a_rank_under_load_ends_every_request_and_the_group(model_path):
+    procs = _spawn(2)
+    clients = [WorkerClient(ep) for _, ep in procs]
+    try:
+        _group(clients, "tp2-b")
+        _start(clients, model_path, "tp2-b")
+        long = P.SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+        streams = [clients[0].generate(MODEL, [1 + i, 2, 3], long) for i in range(4)]
+        first = next(iter(streams[0]))  # the instance is running
+        assert first.token_ids
+        os.kill(procs[1][0].pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        ended = []
+        for s in streams:
+            try:
+                s.collect()
+                ended.append("finished")
+            except errors.WorkerLostError as e:
+                assert "lost a rank" in str(e)
+                ended.append("lost")
+        # Nothing hangs: every request ended, at once (gloo sees the closed connection), most with the error.
+        assert time.monotonic() - t0 < 20
+        assert "lost" in ended
+        # The broken instance takes no request; after LeaveGroup the model is prewarmed again on rank 0.
+        with pytest.raises(errors.WorkerLostError):
+            clients[0].generate(MODEL, [1, 2], GREEDY).collect()
+        clients[0].leave_group("tp2-b")
+        st = clients[0].stats()
+        assert st.instances == [] and st.groups == []
+        assert [(m.name, m.state, m.tp, m.rank) for m in st.models] == [(MODEL, "prewarmed", 2, 0)]
+    finally:
+        for c in clients:
+            c.close()
+        _close(procs)
