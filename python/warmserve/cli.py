@@ -24,6 +24,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "placement"): ("warmserve.bench.placement", "planning time and prewarm survival, laminar vs round-robin"),
     ("bench", "overhead"): ("warmserve.bench.overhead", "per-request overhead the controller adds"),
     ("bench", "replay"): ("warmserve.bench.replay", "replay a trace against a live cluster, per policy"),
+    ("bench", "tp"): ("warmserve.bench.tp", "tensor-parallel start: communicator prewarmed vs built on demand"),
 }
 
 

@@ -114,3 +114,8 @@ def test_killing_a_rank_under_load_ends_every_request_and_the_group_comes_back(s
     assert any(g["ready"] for g in st["tp_groups"])
     assert serving.counter(url, "warmserve_workers_lost") == 1
     assert serving.wait_idle(url) == []
+
+
+def test_serve_refuses_a_tp_wider_than_its_machines(tmp_path):
+    with pytest.raises(RuntimeError, match=r"needs tp=2 workers on one machine, but the widest machine has 1"):
+        serving.start(tmp_path, models=(MODEL,), tp={MODEL: 2}, cpu_workers=1, start_timeout_s=120)

@@ -157,3 +157,18 @@ def test_killing_a_rank_under_load_ends_every_request_and_the_group(model_path):
         for c in clients:
             c.close()
         _close(procs)
+
+
+def test_bench_tp_measures_every_path_side_by_side(tmp_path):
+    import argparse
+
+    from warmserve.bench import tp as bench_tp
+
+    p = argparse.ArgumentParser()
+    bench_tp.add_arguments(p)
+    res = bench_tp.run(p.parse_args(["--repeats", "1", "--memory-gib", "0.25"]))
+    med = res["median_s"]
+    assert set(med) == {"group_setup_s", "group_setup_rank_s", "activate_prewarmed_group_s",
+                        "activate_on_demand_group_s", "cold_start_s", "first_token_s", "tp1_activate_s"}
+    assert all(v > 0 for v in med.values())
+    assert res["on_demand_over_prewarmed"] > 0 and res["cold_over_prewarmed"] > 0

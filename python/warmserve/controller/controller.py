@@ -160,6 +160,14 @@ class Controller:
                 await asyncio.wait_for(self.worker_event.wait(), min(left, 0.2))
             except asyncio.TimeoutError:
                 pass
+        widest = max((len([g for g in s.gpu_ids if not self.state.gpus[g].gone]) for s in self.state.servers),
+                     default=0)
+        for m in self.models.values():
+            if m.spec.tp > widest:
+                raise InvalidArgumentError(
+                    f"model {m.name!r} needs tp={m.spec.tp} workers on one machine, but the widest machine has "
+                    f"{widest}: start more workers per machine (cpu_workers, or one per GPU) or lower its tp",
+                    model=m.name, tp=m.spec.tp, workers_per_machine=widest)
         # The policy's first tick sees the whole initial cluster: static layouts (dedicated, shared) place once.
         self.policy_running = True
 

@@ -283,8 +283,13 @@ class WorkerCore(ShardRoles):
                 log.warning("tensor-parallel follower of %s still waits for its leader; closing anyway", inst.name)
         inst.engine.close()
         self.instances.pop(inst.name, None)
-        if inst.name in self.models:
-            self.models[inst.name].state = "prewarmed"
+        m = self.models.get(inst.name)
+        if m is not None:
+            m.state = "prewarmed"
+            if inst.tp is not None:
+                # Unbind the group, so a LeaveGroup frees it then (gloo's teardown takes milliseconds), not the
+                # next activation that binds another group.
+                m.lm.parallel = None
 
     def _generate(self, peer, msg: P.Generate) -> None:
         key = (peer, msg.id)

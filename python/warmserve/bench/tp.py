@@ -1,0 +1,177 @@
+"""`warmserve bench tp`: what a tensor-parallel start costs, with its communicator prewarmed and without.
+
+On ``--tp`` real worker processes of this machine (CPU: gloo over loopback; ``--device cuda`` with one worker
+per GPU: NCCL), side by side in one run, ``--repeats`` times each, medians reported:
+
+- **group set-up**: a new process group (store, rendezvous, the first collective that opens the connections):
+  what an instance pays on its critical path when its communicator is not built ahead;
+- **activation, group prewarmed**: every rank's prewarmed shard turned into a running instance in a group that
+  exists (the warmserve path: the controller builds groups for aligned GPU blocks while workers are idle);
+- **activation, group on demand**: the same with a new group first (set-up + activation, measured as one);
+- **cold start**: the shards loaded (from the page cache) and activated in a new group;
+- **tp = 1**: one worker's activation of the whole model, for scale;
+- **first token**: a one-token prompt answered by the running tp instance (greedy), per path.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from warmserve import protocol as P
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", default="llama-20m", help="demo model name or checkpoint directory (default llama-20m)")
+    p.add_argument("--tp", type=int, default=2, help="ranks (worker processes) of the instance (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (one worker per GPU: cuda:0 .. cuda:tp-1)")
+    p.add_argument("--repeats", type=int, default=7, help="runs of each path (default 7)")
+    p.add_argument("--memory-gib", type=float, default=0.5, help="pool of each CPU worker, GiB (default 0.5)")
+    p.add_argument("--kv-blocks", type=int, default=8, help="KV blocks each activation maps (default 8)")
+    p.add_argument("--json", metavar="PATH", help="write the results here")
+
+
+def _model_path(name: str) -> str:
+    import os
+
+    if os.path.isdir(name):
+        return name
+    from warmserve.engine.demo import write_demo_models
+
+    return write_demo_models(None, (name,))[name]
+
+
+def run(args) -> dict:
+    from warmserve.worker import WorkerClient, spawn_local_worker
+
+    if args.tp < 2 or args.repeats < 1:
+        raise SystemExit("--tp must be >= 2 and --repeats >= 1")
+    path = _model_path(args.model)
+    devices = [f"cuda:{r}" for r in range(args.tp)] if args.device == "cuda" else ["cpu"] * args.tp
+    mem = None if args.device == "cuda" else args.memory_gib
+    procs = [spawn_local_worker(d, memory_gib=mem, threads=1) for d in devices]
+    clients = [WorkerClient(ep) for _, ep in procs]
+    pool = ThreadPoolExecutor(args.tp)
+    name = "m"
+    epoch = [0]
+    greedy = P.SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+
+    def each(fn):
+        """fn(rank, client) on every rank at once; wall seconds and results."""
+        t0 = time.perf_counter()
+        out = [f.result(300) for f in [pool.submit(fn, r, c) for r, c in enumerate(clients)]]
+        return time.perf_counter() - t0, out
+
+    def new_group() -> tuple[str, float, list[float]]:
+        epoch[0] += 1
+        gid = f"bench-{epoch[0]}"
+        t0 = time.perf_counter()
+        port = clients[0].host_group_store()
+        _, joined = each(lambda r, c: c.join_group(gid, r, args.tp, port))
+        return gid, time.perf_counter() - t0, [j.setup_s for j in joined]
+
+    # A fixed KV size, so each activation maps the same pages and the group's share of the cost shows.
+    engine = P.EngineConfig(max_kv_blocks=args.kv_blocks)
+
+    def activate(gid: str) -> float:
+        wall, acts = each(lambda r, c: c.activate(name, group_id=gid, engine=engine))
+        assert all(a.copied_bytes == 0 for a in acts), "activation copied weights"
+        return wall
+
+    def first_token() -> float:
+        t0 = time.perf_counter()
+        toks, _ = clients[0].generate(name, [1], greedy).collect()
+        assert len(toks) == 1
+        return time.perf_counter() - t0
+
+    def stop(gid: str | None = None) -> None:
+        clients[0].deactivate(name)
+        for c in clients[1:]:
+            c.deactivate(name, timeout_s=60)
+        if gid is not None:
+            for c in clients:
+                c.leave_group(gid)
+
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "group_setup_s", "group_setup_rank_s", "activate_prewarmed_group_s", "activate_on_demand_group_s",
+        "cold_start_s", "first_token_s", "tp1_activate_s")}
+    try:
+        each(lambda r, c: c.prewarm(path, name, tp=args.tp, rank=r))
+        gid, setup, per_rank = new_group()  # the prewarmed group (built once, like the controller's)
+        for i in range(args.repeats):
+            g2, s2, pr = new_group()
+            rows["group_setup_s"].append(s2)
+            rows["group_setup_rank_s"].append(max(pr))
+            for c in clients:
+                c.leave_group(g2)
+            # Alternate which path goes first, so neither always runs on a warmer machine.
+            for path_ in (("prewarmed", "on_demand") if i % 2 == 0 else ("on_demand", "prewarmed")):
+                if path_ == "prewarmed":
+                    rows["activate_prewarmed_group_s"].append(activate(gid))
+                    rows["first_token_s"].append(first_token())
+                    stop()
+                else:
+                    t0 = time.perf_counter()
+                    g3, _, _ = new_group()
+                    activate(g3)
+                    rows["activate_on_demand_group_s"].append(time.perf_counter() - t0)
+                    stop(g3)
+        for c in clients:
+            c.evict(name)
+        for i in range(args.repeats):
+            t0 = time.perf_counter()
+            each(lambda r, c: c.prewarm(path, name, tp=args.tp, rank=r))
+            activate(gid)
+            rows["cold_start_s"].append(time.perf_counter() - t0)
+            stop()
+            for c in clients:
+                c.evict(name)
+        clients[0].prewarm(path, name)
+        for i in range(args.repeats):
+            t0 = time.perf_counter()
+            clients[0].activate(name)
+            rows["tp1_activate_s"].append(time.perf_counter() - t0)
+            clients[0].deactivate(name)
+        clients[0].evict(name)
+    finally:
+        for c, (proc, _) in zip(clients, procs):
+            try:
+                c.shutdown(timeout_s=10)
+            except Exception:  # already gone: kill below
+                pass
+            c.close()
+            if proc.poll() is None:
+                proc.kill()
+        pool.shutdown()
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    import os
+    import platform
+
+    return {"model": os.path.basename(os.path.normpath(path)), "tp": args.tp, "device": args.device,
+            "repeats": args.repeats, "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+            "median_s": med, "runs_s": rows,
+            "on_demand_over_prewarmed": med["activate_on_demand_group_s"] / med["activate_prewarmed_group_s"],
+            "cold_over_prewarmed": med["cold_start_s"] / med["activate_prewarmed_group_s"]}
+
+
+def main(args) -> int:
+    res = run(args)
+    med = res["median_s"]
+    print(f"\n{res['model']} tp={res['tp']} on {res['device']} workers, medians of {res['repeats']} runs")
+    for k, label in (("group_setup_s", "group set-up (store, rendezvous, first collective)"),
+                     ("group_setup_rank_s", "  of which inside the slowest rank"),
+                     ("activate_prewarmed_group_s", "activation, group prewarmed"),
+                     ("activate_on_demand_group_s", "activation, group built on demand"),
+                     ("cold_start_s", "cold start (load shards + activate)"),
+                     ("first_token_s", "first token from the running tp instance"),
+                     ("tp1_activate_s", "tp = 1 activation (one worker)")):
+        print(f"{label:<54}{med[k] * 1e3:>10.2f} ms")
+    print(f"on demand / prewarmed: {res['on_demand_over_prewarmed']:.2f}x   "
+          f"cold / prewarmed: {res['cold_over_prewarmed']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
