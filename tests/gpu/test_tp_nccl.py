@@ -1,0 +1,69 @@
+"""Tensor parallelism over NCCL: tp = 2 (and 4) on real `warmserve worker` processes, one per GPU, against tp = 1
+on the same checkpoint. Skipped without as many GPUs. The CPU twin (gloo) is tests/integration/test_tp_worker.py."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 NVIDIA GPUs")]
+
+from warmserve import protocol as P  # noqa: E402
+
+GREEDY = P.SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+MODEL = "qwen2-30m"  # 8 heads, 4 KV heads: splits 2 and 4 ways
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    from warmserve.engine.demo import write_demo_models
+
+    return write_demo_models(str(tmp_path_factory.mktemp("models")), (MODEL,))[MODEL]
+
+
+def _reference(path: str, prompts):
+    from warmserve.engine import Engine, load_model
+    from warmserve.memory import PagePool
+
+    with PagePool(1 << 30, backend="cuda", device=0) as pool:
+        lm = load_model(path, pool).wait()
+        try:
+            with Engine(lm) as eng:
+                return eng.generate(prompts, GREEDY)
+        finally:
+            lm.close()
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_nccl_tp_matches_tp1_and_activates_without_copy(model_path, tp):
+    if torch.cuda.device_count() < tp:
+        pytest.skip(f"needs {tp} GPUs")
+    from warmserve.worker import WorkerClient, spawn_local_worker
+
+    procs = [spawn_local_worker(f"cuda:{r}") for r in range(tp)]
+    clients = [WorkerClient(ep) for _, ep in procs]
+    pool = ThreadPoolExecutor(tp)
+
+    def each(fn):
+        return [f.result(300) for f in [pool.submit(fn, r, c) for r, c in enumerate(clients)]]
+
+    try:
+        port = clients[0].host_group_store()
+        joined = each(lambda r, c: c.join_group("nccl", r, tp, port, group_timeout_s=120, timeout_s=180))
+        print(f"NCCL group of {tp}: set-up {max(j.setup_s for j in joined):.3f} s")
+        each(lambda r, c: c.prewarm(model_path, MODEL, tp=tp, rank=r))
+        acts = each(lambda r, c: c.activate(MODEL, group_id="nccl", timeout_s=180))
+        assert [a.copied_bytes for a in acts] == [0] * tp
+        prompts = [[1, 5, 9, 200, 17], list(range(3, 300))]
+        got = [clients[0].generate(MODEL, p, GREEDY).collect()[0] for p in prompts]
+        assert got == _reference(model_path, prompts)
+    finally:
+        for c, (proc, _) in zip(clients, procs):
+            try:
+                c.shutdown(timeout_s=20)
+            except Exception:  # already gone
+                proc.kill()
+            c.close()
+        pool.shutdown()
