@@ -104,11 +104,20 @@ def test_tp2_instance_matches_tp1_activates_without_copy_and_stops_cleanly(model
         # Requests go to rank 0; the follower refuses them with the fix in the message.
         with pytest.raises(errors.ModelStateError, match="rank 0"):
             clients[1].generate(MODEL, [1, 2, 3], GREEDY).collect()
-        with pytest.raises(errors.InvalidArgumentError, match="fixed at activation"):
-            clients[0].set_kv_target(MODEL, 2)
+        with pytest.raises(errors.ModelStateError, match="rank 0"):
+            clients[1].set_kv_target(MODEL, 2)
 
-        follower = clients[1].stats().instances
-        assert [(i.name, i.group_id, i.rank) for i in follower] == [(MODEL, "tp2-a", 1)]
+        # The KV reservation: the leader passes a new target on in order; both ranks map the same blocks.
+        lead_kv = clients[0].set_kv_target(MODEL, 1).kv
+        assert lead_kv.kv_free_target == 1 and lead_kv.kv_blocks_free <= 1
+        clients[0].generate(MODEL, prompts[2], GREEDY).collect()  # a step: the follower has the target too
+        clients[0].set_kv_target(MODEL, 3)
+        clients[0].generate(MODEL, prompts[0], GREEDY).collect()  # grows back, together
+        (lead,) = clients[0].stats().instances
+        (follow,) = clients[1].stats().instances
+        assert (follow.group_id, follow.rank) == ("tp2-a", 1)
+        assert lead.kv.kv_free_target == follow.kv.kv_free_target == 3
+        assert lead.kv.kv_blocks_mapped == follow.kv.kv_blocks_mapped == 3
         # Stop: the leader first (it tells the follower), then the follower answers once its loop ended.
         clients[0].deactivate(MODEL)
         assert clients[1].deactivate(MODEL, timeout_s=30).name == MODEL

@@ -358,8 +358,8 @@ class LiveExecutor:
 
     def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
         rec = self.instances.get(inst.instance_id)
-        if rec is None or not rec.ready or len(rec.workers) > 1:
-            return  # a tensor-parallel instance's KV is fixed at activation (worker/tp.py)
+        if rec is None or not rec.ready:
+            return  # to rank 0 only: it passes the target on to the other ranks (worker/tp.py)
         inst.kv_blocks_mapped = min(inst.kv_blocks_total, inst.kv_blocks_used + free_blocks)
         driver, iid = self.ctl.driver, inst.instance_id
         self._fire(rec.worker, P.SetKvTarget(id=self.ctl.hub.next_id(), model=rec.model, free_blocks=free_blocks),

@@ -146,6 +146,41 @@ class Scheduler:
             budget -= n
         return prefills + decodes
 
+    def blocks_wanted(self) -> int:
+        """KV blocks the next ``schedule()`` would allocate if the cache had them (preemption aside), counted
+        without allocating: what a cache that maps only ahead of a step (a tensor-parallel shard, worker/tp.py)
+        must map first. Follows ``schedule``'s order and token budget."""
+        bt = self.kv.block_tokens
+
+        def short(seq: Sequence, upto_tokens: int) -> int:
+            return max(0, -(-upto_tokens // bt) - len(seq.blocks))
+
+        budget, want, decoding = self.max_batch_tokens, 0, set()
+        for seq in self.running:
+            if seq.status != RUNNING or seq.num_computed != seq.length - 1:
+                continue
+            if budget <= 0:
+                break
+            want += short(seq, seq.length)
+            budget -= 1
+            decoding.add(id(seq))
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.num_computed < seq.length - 1 and id(seq) not in decoding:
+                n = min(seq.length - seq.num_computed, budget)
+                want += short(seq, seq.num_computed + n)
+                budget -= n
+        admitted = len(self.running)
+        for seq in self.waiting:
+            if budget <= 0 or admitted >= self.max_num_seqs:
+                break
+            n = min(seq.length - seq.num_computed, budget)
+            want += short(seq, seq.num_computed + n)
+            budget -= n
+            admitted += 1
+        return want
+
     def finish(self, seq: Sequence, reason: str, stop_reason=None) -> None:
         seq.status = FINISHED
         seq.finish_reason = reason

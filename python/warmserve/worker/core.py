@@ -274,7 +274,7 @@ class WorkerCore(ShardRoles):
         """Close an instance's engine (a leader tells its followers to stop first) and keep its weights."""
         if inst.tp is not None and not inst.follower and inst.broken is None:
             try:
-                inst.tp.send(inst.engine.num_steps, stop=True)
+                inst.tp.send(inst.engine, stop=True)
             except Exception as e:  # a rank is gone already: nobody to tell
                 log.info("stop of tensor-parallel instance %s not delivered: %s", inst.name, e)
         if inst.follower:
@@ -321,14 +321,14 @@ class WorkerCore(ShardRoles):
     def _set_kv_target(self, peer, msg: P.SetKvTarget) -> None:
         inst = self._instance(msg.model)
         if inst.tp is not None:
-            raise errors.InvalidArgumentError(
-                f"{msg.model!r} is a tensor-parallel instance: its KV cache is fixed at activation (its ranks must "
-                "map the same blocks), so it takes no KV target", model=msg.model)
+            self._check_leader(inst)  # the leader passes the target on to the other ranks, in order
         if msg.free_blocks < 0:
             raise errors.InvalidArgumentError(
                 f"free_blocks must be >= 0, got {msg.free_blocks}", free_blocks=msg.free_blocks
             )
         inst.engine.set_kv_target_free_blocks(msg.free_blocks)
+        if inst.tp is not None:
+            inst.tp.kv_target(msg.free_blocks)
         self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=inst.engine.kv_stats()))
 
     def _stats(self, peer, msg: P.GetStats) -> None:
@@ -448,7 +448,7 @@ class WorkerCore(ShardRoles):
         for inst in live[self._rr:] + live[: self._rr]:
             if inst.tp is not None:
                 try:
-                    inst.tp.send(inst.engine.num_steps, run=True)
+                    inst.tp.send(inst.engine, run=True)
                     outputs = inst.engine.step()
                 except Exception as e:  # a rank is gone: the instance cannot step again
                     self._tp_failed(inst, e)

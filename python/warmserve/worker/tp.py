@@ -9,10 +9,13 @@ applies the same changes in the same order to an engine with the same KV blocks,
 same steps and the model's collectives line up; the logits are all-gathered, so every rank samples the same token
 (a sampled request gets its seed from the leader when it has none).
 
-Why the KV cache of a tensor-parallel instance is fixed when it activates: a rank's scheduler preempts when its
-KV cache cannot grow, and a rank whose pool is fuller would preempt where the others do not. So activation takes
-the smallest block count every rank can map now (one all-reduce), maps all of it, and the cache neither grows nor
-shrinks afterwards (``SetKvTarget`` is refused for such instances).
+Why KV blocks are mapped together: a rank's scheduler preempts when its KV cache cannot grow, and a rank whose
+pool is fuller would preempt where the others do not. So no rank maps a block on its own (``BudgetMapper``
+refuses any map outside a budget, so the engine's lazy mapping never happens): before each plan is applied every
+rank computes the same want (its engine state is the same), the ranks agree on how many they can all map (one
+all-reduce of each rank's free pages), and each maps exactly that many (``grow_together``). Shrinking (a lower KV
+target) unmaps free blocks beyond the target, the same blocks on every rank. So the KV reservation works as for
+tp = 1: ``SetKvTarget`` goes to the leader, which applies it and passes it on in order with the requests.
 
 A follower steps on a thread of its own, blocked in the broadcast between steps (torch releases the GIL there),
 so its worker's main thread goes on serving prewarms, stats and heartbeats. While idle the leader sends a
@@ -35,7 +38,6 @@ from typing import Callable
 from .. import errors
 from .. import protocol as P
 from ..errors import WarmServeError, register
-from ..geometry import pages_for
 
 log = logging.getLogger("warmserve.worker")
 
@@ -84,27 +86,82 @@ def lost(name: str, group, e: BaseException) -> errors.WorkerLostError:
         f"{type(e).__name__}: {e}; the instance stopped: retry the request", model=name, group_id=group.group_id)
 
 
+class BudgetMapper:
+    """The KV block mapper of a tensor-parallel shard: maps only within the budget the ranks agreed on."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        #: Blocks this rank may still map (set by grow_together, 0 otherwise).
+        self.budget = 0
+
+    def map_block(self, b: int) -> None:
+        if self.budget <= 0:
+            # KVCache takes this as "no page free": the same answer on every rank.
+            raise errors.OutOfMemoryError("a tensor-parallel shard maps KV blocks only together with its ranks")
+        self.inner.map_block(b)
+        self.budget -= 1
+
+    def unmap_block(self, b: int) -> None:
+        self.inner.unmap_block(b)
+
+    def mappable(self) -> int:
+        """Blocks this rank's pool could map now."""
+        slot = self.inner.slot
+        return int(slot.pool.free_bytes) // (self.inner.pages * slot.page_bytes)
+
+
+def grow_together(engine, group) -> int:
+    """Map the same number of KV blocks on every rank (see the module's docstring); every rank calls it at the same
+    point, with the same engine state. Returns blocks mapped."""
+    kv = engine.kv
+    # The reservation (throttled, as KVCache.grow is), or at once what the next step needs (an engine of its own
+    # would map that lazily while scheduling).
+    short = engine.scheduler.blocks_wanted() - kv.num_free_mapped
+    want = min(kv.total_blocks - kv.num_mapped,
+               max(min(kv.map_blocks_per_step, kv.target_free_blocks - kv.num_free_mapped), short))
+    if want <= 0:  # the same on every rank: no collective
+        return 0
+    n = group.min_int(min(want, kv.mapper.mappable()))
+    if n <= 0:
+        return 0
+    kv.mapper.budget, target = n, kv.target_free_blocks
+    kv.target_free_blocks = max(target, kv.num_free_mapped + n)  # grow() maps up to the target only
+    try:
+        got = kv.grow(n)
+    finally:
+        kv.mapper.budget, kv.target_free_blocks = 0, target
+    if group.min_int(int(got == n)) != 1:  # a load beside it took the pages meanwhile
+        raise RanksDivergedError(f"rank {group.rank} mapped {got} of the {n} KV blocks its ranks agreed on: the "
+                                 "instance stops", agreed=n, mapped=got)
+    return got
+
+
 class Leader:
-    """Rank 0 of a running tensor-parallel instance: collects what the other ranks must replay."""
+    """Rank 0 of a running tensor-parallel instance: collects what the other ranks must replay, in order."""
 
     def __init__(self, group):
         self.group = group
-        self.adds: list[P.RankAdd] = []
-        self.aborts: list[str] = []
+        self.events: list = []
         self.last_sent_s = time.monotonic()
 
     def added(self, request_id: str, prompt_ids: list[int], sampling: P.SamplingParams) -> None:
-        self.adds.append(P.RankAdd(request_id=request_id, prompt_ids=list(prompt_ids), sampling=sampling))
+        self.events.append(P.RankAdd(request_id=request_id, prompt_ids=list(prompt_ids), sampling=sampling))
 
     def aborted(self, request_id: str) -> None:
-        self.aborts.append(request_id)
+        self.events.append(P.RankAbort(request_id=request_id))
 
-    def send(self, step: int, *, run: bool = False, stop: bool = False) -> None:
-        """Tell the other ranks what changed (and to step, or stop). Raises the group's error if a rank is gone."""
-        plan = P.RankStep(step=step, adds=self.adds, aborts=self.aborts, run=run, stop=stop)
-        self.adds, self.aborts = [], []
+    def kv_target(self, free_blocks: int) -> None:
+        self.events.append(P.RankKvTarget(free_blocks=int(free_blocks)))
+
+    def send(self, engine, *, run: bool = False, stop: bool = False) -> None:
+        """Tell the other ranks what changed (and to step, or stop), then map KV blocks with them. Raises the
+        group's error if a rank is gone."""
+        plan = P.RankStep(step=engine.num_steps, events=self.events, run=run, stop=stop)
+        self.events = []
         self.last_sent_s = time.monotonic()
         send_plan(self.group, plan)
+        if not stop:
+            grow_together(engine, self.group)
 
     def idle_due(self, now_s: float) -> bool:
         return now_s - self.last_sent_s >= KEEPALIVE_S
@@ -140,10 +197,14 @@ class Follower:
                 plan = recv_plan(self.group)
                 if self.closing or plan.stop:
                     return
-                for a in plan.adds:
-                    eng.add_request(a.request_id, a.prompt_ids, a.sampling)
-                for rid in plan.aborts:
-                    eng.abort(rid)
+                for ev in plan.events:
+                    if isinstance(ev, P.RankAdd):
+                        eng.add_request(ev.request_id, ev.prompt_ids, ev.sampling)
+                    elif isinstance(ev, P.RankAbort):
+                        eng.abort(ev.request_id)
+                    else:
+                        eng.set_kv_target_free_blocks(ev.free_blocks)
+                grow_together(eng, self.group)
                 if plan.run:
                     if plan.step != eng.num_steps:
                         raise RanksDivergedError(
@@ -252,31 +313,30 @@ class ShardRoles:
         loaded_before = self._bytes_loaded()
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
-        page_bytes = self._page_bytes()
-        block_pages = pages_for(int(m.lm.kv_bytes_per_block), page_bytes)
-        can = min(int(m.lm.kv_capacity_blocks), int(self.pool.free_bytes) // (block_pages * page_bytes))
+        can = int(m.lm.kv_capacity_blocks)
         for cap in (msg.kv_blocks, ec.max_kv_blocks or None):
             if cap is not None:
                 can = min(can, int(cap))
-        # The ranks' KV caches must be the same size (see worker/tp.py): the smallest any rank can map now.
+        # The ranks' KV caches must have the same size (see worker/tp.py): the smallest ceiling of any rank.
         kv_blocks = group.min_int(can)
         if kv_blocks < 1:
-            raise errors.OutOfMemoryError(
-                f"a rank of {m.name!r} cannot map one KV block of {block_pages} pages (this worker: {can} blocks, "
-                f"{int(self.pool.free_bytes)} bytes free): free memory on the group's workers",
-                model=m.name, free_bytes=int(self.pool.free_bytes), kv_blocks=can)
+            raise errors.InvalidArgumentError(
+                f"a rank of {m.name!r} allows no KV block (this worker: {can}): raise kv_blocks / max_kv_blocks",
+                model=m.name, kv_blocks=can)
         m.lm.bind_group(group)
-        engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=None,
+        # No block is mapped by the engine itself (target 0, then the budget mapper): grow_together maps them.
+        engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=0,
                         max_batch_tokens=ec.max_batch_tokens, max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
                         map_blocks_per_step=ec.kv_map_blocks_per_step)
-        engine.kv.grow(kv_blocks)
-        # A load running beside this one may have taken pages meanwhile: all ranks succeed or none does.
-        if group.min_int(int(engine.kv.num_mapped == kv_blocks)) != 1:
-            mapped = engine.kv.num_mapped
+        try:
+            engine.kv.mapper = BudgetMapper(engine.kv.mapper)
+            target = msg.kv_target_free_blocks
+            engine.set_kv_target_free_blocks(kv_blocks if target is None else target)
+            grow_together(engine, group)
+        except BaseException:
             engine.close()
-            raise errors.OutOfMemoryError(
-                f"a rank of {m.name!r} could not map its {kv_blocks} KV blocks (this worker mapped {mapped}): "
-                "retry when the group's workers have room", model=m.name, kv_blocks=kv_blocks, mapped=mapped)
+            m.lm.parallel = None
+            raise
         activate_s = time.perf_counter() - t0
         inst = self.Instance(name=m.name, engine=engine, shared=False)
         inst.tp = Leader(group) if group.rank == 0 else Follower(m.name, group, engine)
@@ -321,7 +381,7 @@ class ShardRoles:
                         self.emit(peer, P.Deactivated(id=rid, name=inst.name, aborted=0))
             elif not inst.requests and not inst.engine.has_unfinished() and inst.tp.idle_due(now):
                 try:
-                    inst.tp.send(inst.engine.num_steps)
+                    inst.tp.send(inst.engine)
                 except Exception as e:  # a rank is gone
                     self._tp_failed(inst, e)
 

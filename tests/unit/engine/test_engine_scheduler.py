@@ -195,3 +195,31 @@ def test_pool_running_out_of_pages_preempts_and_still_finishes(lm, tiny_dir):
             m.close()
         assert small.free_pages == small.total_pages
     assert got == want
+
+
+def test_blocks_wanted_counts_what_the_next_schedule_allocates(lm):
+    """The count a tensor-parallel shard maps ahead of each step (worker/tp.py): exactly what schedule() then
+    takes, at every step of a mixed run (new prefills, chunked prefills, decodes crossing block boundaries)."""
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    with Engine(lm, max_batch_tokens=300) as eng:
+        taken = []
+        allocate = eng.kv.allocate
+
+        def counting():
+            b = allocate()
+            if b is not None:
+                taken.append(b)
+            return b
+
+        eng.kv.allocate = counting
+        for i, p in enumerate(_prompts(5, 230, seed=3)):
+            eng.add_request(str(i), p, params)
+        steps_with_blocks = 0
+        while eng.has_unfinished():
+            wanted = eng.scheduler.blocks_wanted()
+            taken.clear()
+            eng.step()
+            assert eng.scheduler.num_preemptions == 0
+            assert len(taken) == wanted
+            steps_with_blocks += wanted > 0
+        assert steps_with_blocks > 5
