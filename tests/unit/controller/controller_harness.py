@@ -69,7 +69,11 @@ class Peer:
                 await self.send(P.KvTargetSet(id=msg.id, model=msg.model, kv=P.KvStats(
                     kv_blocks_total=8, kv_blocks_mapped=msg.free_blocks, kv_blocks_free=msg.free_blocks,
                     kv_free_target=msg.free_blocks, block_tokens=256)))
-            elif isinstance(msg, (P.Evict, P.Deactivate, P.Abort, P.Shutdown)):
+            elif isinstance(msg, P.HostGroupStore):
+                await self.send(P.GroupStoreHosted(id=msg.id, port=29999))
+            elif isinstance(msg, P.JoinGroup):
+                await self.send(P.GroupJoined(id=msg.id, group_id=msg.group_id, setup_s=0.001))
+            elif isinstance(msg, (P.Evict, P.Deactivate, P.Abort, P.Shutdown, P.LeaveGroup)):
                 await self.send(P.Ok(id=msg.id))
             elif isinstance(msg, P.Generate) and not self.hold_generate:
                 for t in self.tokens[:-1]:

@@ -1,0 +1,95 @@
+"""The controller drives a tensor-parallel model through scripted workers on real sockets: its group is built when
+the workers join (before any request), each rank gets its own shard and the same group, requests go to rank 0
+only, and the loss of a rank stops the instance on the other rank and drops its shard there."""
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from warmserve import protocol as P
+from warmserve.config import ModelSpec
+from warmserve.controller.models import controller_model
+from warmserve.errors import InvalidArgumentError, TimeoutError_
+from warmserve.protocol import SamplingParams
+
+from controller_harness import Peer, collect, make_controller, run
+
+
+@pytest.fixture(scope="module")
+def tp_model(model):
+    return dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name=model.name, tp=2))
+
+
+def _of(peer, kind):
+    return [m for m in peer.got if isinstance(m, kind)]
+
+
+def test_a_tp2_model_gets_its_group_ahead_one_shard_per_rank_and_requests_on_rank_0(tp_model):
+    async def main():
+        c = make_controller(tp_model)
+        ep = await c.start()
+        peers = [Peer(ep, "host-1-cpu0"), Peer(ep, "host-1-cpu1")]
+        await c.wait_for_workers(2, 5)
+        for _ in range(100):  # the group is built once both workers are in, before any request
+            if c.groups.groups and all(r.ready for r in c.groups.groups.values()):
+                break
+            await asyncio.sleep(0.02)
+        (grp,) = c.groups.groups.values()
+        assert grp.ready and grp.path == "prewarmed" and grp.gpus == (0, 1)
+        assert len(_of(peers[0], P.HostGroupStore)) == 1 and not _of(peers[1], P.HostGroupStore)
+        assert [(j.rank, j.world_size, j.store_port) for p in peers for j in _of(p, P.JoinGroup)] == \
+            [(0, 2, 29999), (1, 2, 29999)]
+
+        assert await collect(c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]
+        assert [(m.tp, m.rank) for p in peers for m in _of(p, P.Prewarm)] == [(2, 0), (2, 1)]
+        acts = [a for p in peers for a in _of(p, P.Activate)]
+        assert len(acts) == 2 and {a.group_id for a in acts} == {grp.group_id}
+        assert len(_of(peers[0], P.Generate)) == 1 and not _of(peers[1], P.Generate)
+        (inst,) = c.stats()["instances"]
+        assert inst["gpus"] == [0, 1] and inst["group_id"] == grp.group_id and len(inst["workers"]) == 2
+        assert c.metrics.tp_groups_built.get(path="prewarmed") == 1
+        await c.close(drain=False)
+        for p in peers:
+            p.close()
+
+    run(main())
+
+
+def test_losing_a_rank_stops_the_instance_on_the_other_and_requeues_what_had_not_started(tp_model):
+    async def main():
+        c = make_controller(tp_model, request_timeout_s=1.5)
+        ep = await c.start()
+        peers = [Peer(ep, "host-1-cpu0"), Peer(ep, "host-1-cpu1")]
+        await c.wait_for_workers(2, 5)
+        peers[0].hold_generate = True  # rank 0 holds the request: it is in flight when rank 1 goes
+        req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=3))
+        while not _of(peers[0], P.Generate):
+            await asyncio.sleep(0.01)
+        gid = next(iter(c.groups.groups.values())).group_id
+        peers[1].silent = True
+        while c.metrics.workers_lost.get() < 1:
+            await asyncio.sleep(0.02)
+        # Rank 0 leaves the dead group (which stops the instance there) and then drops its shard, in that order.
+        for _ in range(50):
+            if _of(peers[0], P.Evict):
+                break
+            await asyncio.sleep(0.02)
+        kinds = [type(m).__name__ for m in peers[0].got if isinstance(m, (P.LeaveGroup, P.Evict))]
+        assert kinds[:2] == ["LeaveGroup", "Evict"], kinds
+        assert _of(peers[0], P.LeaveGroup)[0].group_id == gid
+        assert not c.instances and not c.groups.groups
+        # The request had not streamed: it went back to the queue, where no 2-GPU group is left: it times out.
+        assert req.reroutes == 1
+        with pytest.raises(TimeoutError_):
+            await collect(req)
+        await c.close(drain=False)
+        for p in peers:
+            p.close()
+
+    run(main())
+
+
+def test_a_tp_that_does_not_split_the_model_is_refused_with_the_sizes_that_do(model):
+    with pytest.raises(InvalidArgumentError, match=r"tp=4 does not split 6 attention heads.*use tp in \[1, 2\]"):
+        controller_model(ModelSpec(path=model.spec.path, tp=4))
