@@ -354,25 +354,12 @@ class Controller:
         self.metrics.workers_lost.inc()
         now = self.now_s()
         # Requests of tensor-parallel instances that lost a rank here run on their rank 0 elsewhere: they end (or
-        # start over) here too, as if that worker were lost; its group tells it to stop (groups.lost).
-        # The survivors of its groups leave them first (which stops the instances bound there), then drop the
-        # shards of the instances, prewarms and kept weights that spanned the lost worker (one socket each: in order).
-        self.groups.lost(w)
-        gens = dict(w.gens)
-        evict = self.executor._evict_all
+        # start over) as if they ran here.
+        gens = {**w.gens, **self.groups.lost(w)}
         for iid in [i for i, inst in self.instances.items() if w in inst.workers]:
-            inst = self.instances.pop(iid)
-            others = [x for x in inst.workers if x is not w]
-            for other in others:
-                for gid, req in list(other.gens.items()):
-                    if req.instance_id == iid:
-                        gens[(other.worker_id, gid)] = other.gens.pop(gid)
-            evict(others, inst.model)
+            del self.instances[iid]
         for pid in [p for p, pw in self.prewarms.items() if w in pw.workers]:
-            pw = self.prewarms.pop(pid)
-            evict([x for x in pw.workers if x is not w], pw.model)
-        for k in [k for k in self.driver.kept.values() if len(k.gpus) > 1 and w.gpu_id in k.gpus]:
-            evict([self.by_gpu.get(g) for g in k.gpus if g != w.gpu_id], k.model)
+            del self.prewarms[pid]
         requeue = []
         for gid, req in list(gens.items()):
             if req.generated == 0 and not req.done:

@@ -80,8 +80,13 @@ class GroupManager:
                                   gpus=list(gpus))
         return rec
 
-    def lost(self, w) -> None:
-        """Worker ``w`` is gone: every group it was in is dead; its other members leave it."""
+    def lost(self, w) -> dict:
+        """Worker ``w`` is gone: every group it was in is dead. The other members leave those groups first (which
+        stops the instances bound there), then drop the shards of the instances, prewarms and kept weights that
+        spanned ``w`` (one socket per worker: in that order). Returns the requests of those instances that ran on
+        their rank 0 elsewhere, taken off that worker, by (worker id, request id): the caller ends them (or starts
+        them over) with ``w``'s own."""
+        ctl = self.ctl
         for gpus, rec in list(self.groups.items()):
             if w not in rec.workers:
                 continue
@@ -89,8 +94,24 @@ class GroupManager:
             if rec.task is not None and not rec.task.done():
                 rec.task.cancel()
             for other in rec.workers:
-                if other is not w and other.alive:
-                    self._fire(other, P.LeaveGroup(id=self.ctl.hub.next_id(), group_id=rec.group_id))
+                if other is not w and other is not None and other.alive:
+                    self._fire(other, P.LeaveGroup(id=ctl.hub.next_id(), group_id=rec.group_id))
+        gens = {}
+        evict = ctl.executor._evict_all
+        for iid in [i for i, inst in ctl.instances.items() if w in inst.workers and len(inst.workers) > 1]:
+            inst = ctl.instances.pop(iid)
+            others = [x for x in inst.workers if x is not w]
+            for other in others:
+                for gid, req in list(other.gens.items()):
+                    if req.instance_id == iid:
+                        gens[(other.worker_id, gid)] = other.gens.pop(gid)
+            evict(others, inst.model)
+        for pid in [p for p, pw in ctl.prewarms.items() if w in pw.workers and len(pw.workers) > 1]:
+            pw = ctl.prewarms.pop(pid)
+            evict([x for x in pw.workers if x is not w], pw.model)
+        for k in [k for k in ctl.driver.kept.values() if len(k.gpus) > 1 and w.gpu_id in k.gpus]:
+            evict([ctl.by_gpu.get(g) for g in k.gpus if g != w.gpu_id], k.model)
+        return gens
 
     def views(self) -> list[dict]:
         return [rec.view() for rec in self.groups.values()]
