@@ -5,13 +5,14 @@
 # Writes machine.txt, build.log, tests-gpu.txt (+ .xml), kernels.{json,txt,png} (bench/gpu_kernels.py),
 # switch-cuda.{json,txt,png}, switch-cache-cuda.{json,txt} (host checkpoint cache vs pinned host-to-device
 # bandwidth), demo.txt and model-load-cuda-{1b,7b}.{json,txt} (the GPU-sized demos: load_model from files vs
-# through the host checkpoint cache),
+# through the host checkpoint cache), graphs-cuda.{json,txt} (bench/gpu_graphs.py: CUDA graphs of the decode step,
+# capture time and memory at prewarm, decode with graphs vs eager at batch 1 and 16, TTFT of a prewarm hit),
 # engine-cuda.{json,txt,png}, switch-host.{json,txt} when time is left, and summary.txt into the results folder.
 # The GPU-sized demo checkpoints (1b, and 7b when time allows; 2 GB and 14 GB of disk) go to $WARMSERVE_DEMO_DIR
 # (default $TMPDIR/warmserve-gpu-demo, outside the results folder).
 #
 # Usage: bench/gpu.sh [RESULTS_DIR]   (default: $OUT, else bench/gpu-results)
-#   WARMSERVE_GPU_PARTS=build,tests,switch,demo,engine   the parts to run (bench/switch/gpu.sh and
+#   WARMSERVE_GPU_PARTS=build,tests,switch,demo,graphs,engine   the parts to run (bench/switch/gpu.sh and
 #                                                   bench/engine/gpu.sh run a subset)
 # Offline: installs nothing from the network. What is missing is installed from wheels placed in bench/wheels/
 # (git-ignored: e.g. `pip download msgspec pyzmq ... -d bench/wheels` on a machine with network), and the script
@@ -19,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${1:-${OUT:-bench/gpu-results}}"
-PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,demo,engine},"
+PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,demo,graphs,engine},"
 DEMO_DIR=${WARMSERVE_DEMO_DIR:-${TMPDIR:-/tmp}/warmserve-gpu-demo}  # never under RESULTS: that folder is copied back
 BUDGET_S=${WARMSERVE_GPU_BUDGET_S:-470}
 WHEELS=bench/wheels
@@ -141,6 +142,18 @@ if want demo; then
       --repeats 3 --json "$RESULTS/model-load-cuda-$size.json" > "$RESULTS/model-load-cuda-$size.txt" 2>&1
     summary "load_model $size via host cache: rc=$? in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/model-load-cuda-$size.txt")"
   done
+fi
+
+# 3d. CUDA graphs of the decode step (issue 13 item 2) on the 1b demo when it was written (else llama-90m, written
+#     here): capture at prewarm (time, memory), decode with graphs vs eager at batch 1 and 16, TTFT of a prewarm hit.
+if want graphs; then
+  t0=$(date +%s)
+  if [ -f "$DEMO_DIR/llama-1b/config.json" ]; then src=(--checkpoint "$DEMO_DIR/llama-1b"); else src=(--demo llama-90m); fi
+  timeout 120 $PY bench/gpu_graphs.py "$RESULTS/graphs-cuda" "${src[@]}" --demo-dir "$DEMO_DIR" --repeats 3 \
+    > "$RESULTS/graphs-cuda.log" 2>&1
+  rc=$?
+  summary "bench graphs: rc=$rc in $(($(date +%s) - t0)) s (graphs-cuda.{json,txt})"
+  if [ $rc -eq 0 ]; then sed 's/^/  /' "$RESULTS/graphs-cuda.txt" | tee -a "$RESULTS/summary.txt"; else tail -5 "$RESULTS/graphs-cuda.log"; fi
 fi
 
 # 4. The engine with the cuda memory backend against transformers, in what is left (at least 60 s): the 1b demo

@@ -3,7 +3,8 @@
 Decode attention of one layer (32 query heads, 8 KV heads, head_dim 128, bfloat16, 256-token blocks scattered
 over the cache) at batch 1/16/64 and contexts 512..32768: the torch path (write with index_copy, gather the
 context with index_select, SDPA) against write_kv + paged_attention; then the block copies of switching (1 GiB
-as 512 blocks of 2 MiB: copy_blocks against torch indexing; copy_bytes against Tensor.copy_). Times are medians
+as 512 blocks of 2 MiB: copy_blocks against torch indexing; copy_bytes against Tensor.copy_), and prefill chunks
+with cached context (torch path, the one-row-per-query kernel, the tiled kernel). Times are medians
 of CUDA-event-timed repeats after a warm-up. Run by bench/gpu.sh; usage: python bench/gpu_kernels.py OUT_PREFIX
 (writes OUT_PREFIX.json, .txt and .png).
 """
@@ -69,6 +70,53 @@ def decode_case(batch: int, ctx: int) -> dict:
                 kernel_kv_read_gbps=kv_bytes / t_kern / 1e6, max_abs_diff=err)
 
 
+#: Prefill chunks with cached context: (query rows, cached tokens before them), one sequence.
+PREFILL_CASES = [(512, 1536), (512, 7680), (2048, 2048)]
+
+
+def prefill_case(n: int, cached: int) -> dict:
+    """Attention of one chunk of n rows over cached + n keys (K/V already written): the torch path (gather the
+    context, SDPA with a mask) against the one-row-per-query kernel (paged_attention, what the engine runs now)
+    and the tiled kernel (prefill_attention)."""
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(1)
+    ctx = cached + n
+    nb = math.ceil(ctx / BLOCK)
+    rpb = 2 * BLOCK
+    cache = torch.randn((nb + 1) * rpb, KV_HEADS * HEAD_DIM, device=dev, dtype=DTYPE, generator=g)
+    table = torch.randperm(nb + 1, device=dev, generator=g)[:nb]
+    q = torch.randn(n, HEADS, HEAD_DIM, device=dev, dtype=DTYPE, generator=g)
+    scale = HEAD_DIM ** -0.5
+    ar = torch.arange(ctx, device=dev)
+    rows = table[ar // BLOCK] * rpb + ar % BLOCK
+    mask = ar[None, :] <= torch.arange(cached, ctx, device=dev)[:, None]
+    bt = table.to(torch.int32)[None, :]
+    row_seq = torch.zeros(n, dtype=torch.int32, device=dev)
+    row_len = torch.arange(cached + 1, ctx + 1, dtype=torch.int32, device=dev)
+    tiles = kernels.prefill_tiles([(0, n)], dev)
+    kw = dict(k_off=0, v_off=BLOCK, rows_per_block=rpb, block_tokens=BLOCK, scale=scale)
+
+    def torch_path():
+        ks = cache.index_select(0, rows).view(ctx, KV_HEADS, HEAD_DIM).transpose(0, 1)[None]
+        vs = cache.index_select(0, rows + BLOCK).view(ctx, KV_HEADS, HEAD_DIM).transpose(0, 1)[None]
+        return torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1)[None], ks, vs, attn_mask=mask,
+                                                                scale=scale, enable_gqa=True)[0].transpose(0, 1)
+
+    def rows_kernel():
+        return kernels.paged_attention(q, cache, bt, row_seq, row_len, max_len=ctx, **kw)
+
+    def tiled_kernel():
+        return kernels.prefill_attention(q, cache, bt, row_seq, row_len, tiles, **kw)
+
+    ref = torch_path().float()
+    errs = {name: (fn().float() - ref).abs().max().item() for name, fn in (("rows", rows_kernel),
+                                                                           ("tiled", tiled_kernel))}
+    t_torch, t_rows, t_tiled = timed(torch_path), timed(rows_kernel), timed(tiled_kernel)
+    return dict(rows=n, cached=cached, torch_ms=t_torch, rows_kernel_ms=t_rows, tiled_kernel_ms=t_tiled,
+                tiled_vs_rows=t_rows / t_tiled, tiled_vs_torch=t_torch / t_tiled,
+                max_abs_diff_rows=errs["rows"], max_abs_diff_tiled=errs["tiled"])
+
+
 def copy_cases() -> list[dict]:
     dev = "cuda"
     n, block = 512, 2 << 20
@@ -93,8 +141,13 @@ def main(prefix: str) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     decode = [decode_case(b, c) for b, c in CASES]
     copies = copy_cases()
+    try:  # last: the tiled kernel is new, and a fault here must not cost the figures above
+        prefill = [prefill_case(n, c) for n, c in PREFILL_CASES]
+        prefill_error = None
+    except Exception as e:
+        prefill, prefill_error = [], f"{type(e).__name__}: {e}"
     res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, dtype=str(DTYPE), heads=HEADS,
-               kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_tokens=BLOCK, decode=decode, copies=copies,
+               kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_tokens=BLOCK, decode=decode, prefill=prefill, prefill_error=prefill_error, copies=copies,
                definitions="median ms of CUDA-event-timed calls of attend() (one layer: K/V write + attention); "
                            "kernel_kv_read_gbps = K+V bytes of the context / kernel time (bytes read, lower bound)")
     with open(prefix + ".json", "w") as f:
@@ -103,6 +156,13 @@ def main(prefix: str) -> None:
              "batch context  torch_ms  kernel_ms  speedup  kernel_GB/s  max_abs_diff"]
     lines += [f"{d['batch']:5d} {d['context']:7d} {d['torch_ms']:9.3f} {d['kernel_ms']:10.3f} {d['speedup']:7.2f}x "
               f"{d['kernel_kv_read_gbps']:11.0f} {d['max_abs_diff']:12.2e}" for d in decode]
+    lines += ["prefill chunk (one sequence): rows cached  torch_ms  rows_kernel_ms  tiled_kernel_ms  tiled_vs_rows  "
+              "max_abs_diff_tiled"]
+    lines += [f"{p['rows']:5d} {p['cached']:6d} {p['torch_ms']:9.3f} {p['rows_kernel_ms']:15.3f} "
+              f"{p['tiled_kernel_ms']:16.3f} {p['tiled_vs_rows']:13.2f}x {p['max_abs_diff_tiled']:18.2e}"
+              for p in prefill]
+    if prefill_error:
+        lines.append(f"prefill cases FAILED: {prefill_error}")
     lines += [f"{c['op']}: kernel {c['kernel_ms']:.3f} ms ({c['kernel_gbps']:.0f} GB/s read+write), torch "
               f"{c['torch_ms']:.3f} ms" for c in copies]
     text = "\n".join(lines)

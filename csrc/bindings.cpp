@@ -221,6 +221,11 @@ PYBIND11_MODULE(_C, m) {
       py::arg("head_dim"), py::arg("rows_per_block"), py::arg("block_tokens"), py::arg("k_off"), py::arg("v_off"),
       py::arg("window"), py::arg("scale"), py::arg("split_tokens"), py::arg("n_splits"), py::arg("workspace"),
       py::arg("dtype"), py::arg("stream"), nogil());
+  m.def("kernel_prefill_attention", &kernels::prefill_attention, py::arg("q"), py::arg("out"), py::arg("cache"),
+        py::arg("block_tables"), py::arg("table_stride"), py::arg("row_seq"), py::arg("row_len"), py::arg("tiles"),
+        py::arg("n_tiles"), py::arg("n_heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("rows_per_block"),
+        py::arg("block_tokens"), py::arg("k_off"), py::arg("v_off"), py::arg("window"), py::arg("scale"),
+        py::arg("dtype"), py::arg("stream"), nogil());
   m.def("kernel_copy_blocks", &kernels::copy_blocks, py::arg("dst"), py::arg("src"), py::arg("src_idx"),
         py::arg("dst_idx"), py::arg("n"), py::arg("block_bytes"), py::arg("stream"), nogil());
   m.def("kernel_copy_bytes", &kernels::copy_bytes, py::arg("dst"), py::arg("src"), py::arg("nbytes"),

@@ -22,7 +22,8 @@ bool compiled();  // kernels.cu was built into this module
 int device_count();
 
 // cache[(rows[i] + k_off) * row_elems ...] = k[i], and likewise v at v_off, for i < n_tokens.
-// k, v: [n_tokens, row_elems] contiguous; rows: int64 [n_tokens] on the device (layer-0 K rows).
+// k, v: [n_tokens, row_elems] contiguous; rows: int64 [n_tokens] on the device (layer-0 K rows); a negative
+// row writes nothing (the padding rows of a CUDA graph's batch bucket).
 void write_kv(uintptr_t cache, uintptr_t k, uintptr_t v, uintptr_t rows, int64_t n_tokens, int64_t row_elems,
               int64_t k_off, int64_t v_off, int dtype, uintptr_t stream);
 
@@ -50,6 +51,17 @@ struct PagedAttention {
 // Decode (one query row per sequence) and prefill chunks with cached context (one query row per token, its
 // row_len = its position + 1) are the same computation: each query row attends over its own visible prefix.
 void paged_attention(const PagedAttention& a);
+
+// Prefill chunks with cached context, tiled: one thread block per (tile of up to kPrefillTileRows query rows, query
+// head) walks the visible keys in tiles staged in shared memory with an online softmax, so a key is read from the
+// pages once per tile instead of once per query row. q, out, cache, block_tables, row_seq, row_len as
+// PagedAttention (no split); tiles: int32 [n_tiles, 2] = (first query row, rows), the rows of one tile being one
+// sequence's consecutive positions (row_len ascending by one). Keys 0..row_len-1 (within the window) are visible.
+constexpr int kPrefillTileRows = 16;
+void prefill_attention(uintptr_t q, uintptr_t out, uintptr_t cache, uintptr_t block_tables, int64_t table_stride,
+                       uintptr_t row_seq, uintptr_t row_len, uintptr_t tiles, int64_t n_tiles, int n_heads,
+                       int kv_heads, int head_dim, int64_t rows_per_block, int block_tokens, int64_t k_off,
+                       int64_t v_off, int window, float scale, int dtype, uintptr_t stream);
 
 // Copies whole blocks of block_bytes: dst[dst_idx[i]] = src[src_idx[i]] for i < n (int64 indices on the device).
 // No dst block may be a src block of another pair (the copies run concurrently).

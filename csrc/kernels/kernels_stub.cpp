@@ -19,6 +19,10 @@ void write_kv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int6
   unavailable();
 }
 void paged_attention(const PagedAttention&) { unavailable(); }
+void prefill_attention(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int,
+                       int, int, int64_t, int, int64_t, int64_t, int, float, int, uintptr_t) {
+  unavailable();
+}
 void copy_blocks(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t) { unavailable(); }
 void copy_bytes(uintptr_t, uintptr_t, int64_t, uintptr_t) { unavailable(); }
 }  // namespace kernels

@@ -157,6 +157,32 @@ def test_decode_long_context_split(dtype, split_tokens):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_style_fixed_split_over_a_far_longer_max_len(dtype):
+    """As a CUDA graph calls it (engine/graphs.py): max_len and the split fixed for the longest context the slot
+    allows, far beyond these sequences, so most splits are empty and take the early exit."""
+    s = make_step(dtype, decode_lens=(3, 300, 41), heads=8, kv_heads=2, head_dim=64, block_tokens=256, pad_rows=0)
+    s["max_len"] = 65536
+    check(s, split_tokens=kernels.default_split_tokens(3, 8, 65536))
+    check(s, split_tokens=256)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_write_kv_skips_negative_rows(dtype):
+    """A graph's padding rows carry write row -1: nothing is written for them."""
+    s = make_step(dtype, decode_lens=(5, 40, 17))
+    rows = s["meta"].write_rows.clone()
+    rows[1] = -1
+    cache = s["cache"].clone()
+    kernels.write_kv(cache, s["k"], s["v"], rows, s["k_off"], s["v_off"])
+    want = s["cache"].clone()
+    keep = torch.tensor([0, 2], device=DEV)
+    want.index_copy_(0, rows[keep] + s["k_off"], s["k"][keep].reshape(2, -1))
+    want.index_copy_(0, rows[keep] + s["v_off"], s["v"][keep].reshape(2, -1))
+    torch.cuda.synchronize()
+    assert torch.equal(cache, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefill_with_cached_context(dtype):
     """Chunks with cached context (one crossing block boundaries), a fresh chunk, and decodes in one step."""
     check(make_step(dtype, chunks=((0, 12), (40, 25), (7, 1)), decode_lens=(9, 64)))

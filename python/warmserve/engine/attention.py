@@ -56,7 +56,8 @@ class DecodeBatch:
 class PagedMeta:
     """A step as the CUDA kernels read it: the query rows they compute (decode rows and chunks with cached
     context), each with its sequence's block table and its number of visible keys."""
-    #: int64 [M]: rows of the flat layout the kernels compute.
+    #: int64 [M]: rows of the flat layout the kernels compute, ascending and unique (so M == N means all rows,
+    #: in order: attend() then skips the gather and scatter of q and the output).
     rows: torch.Tensor
     #: int32 [S, W]: block ids of each such sequence in token order (padded with its first block).
     block_tables: torch.Tensor
@@ -70,6 +71,8 @@ class PagedMeta:
     block_tokens: int
     #: Sliding window in tokens; 0 = none.
     window: int
+    #: Keys per split of the attention kernel; None = chosen from max_len (engine/graphs.py fixes it per bucket).
+    split_tokens: int | None = None
 
 
 @dataclass
@@ -129,11 +132,18 @@ def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
     else:
         cache.index_copy_(0, meta.write_rows + k_off, k.reshape(n_rows, -1))
         cache.index_copy_(0, meta.write_rows + v_off, v.reshape(n_rows, -1))
+    if p is not None and p.rows.shape[0] == n_rows:
+        # Every row is the kernels' (a decode-only step, or a CUDA graph's): no gather, no scatter.
+        o = kernels.paged_attention(q.contiguous(), cache, p.block_tables, p.row_seq, p.row_len, k_off=k_off,
+                                    v_off=v_off, rows_per_block=p.rows_per_block, block_tokens=p.block_tokens,
+                                    scale=scale, window=p.window, max_len=p.max_len, split_tokens=p.split_tokens)
+        return o.view(n_rows, n_heads * head_dim)
     out = torch.empty(n_rows, n_heads, head_dim, dtype=q.dtype, device=q.device)
     if p is not None and p.rows.numel():
         o = kernels.paged_attention(q.index_select(0, p.rows), cache, p.block_tables, p.row_seq, p.row_len,
                                     k_off=k_off, v_off=v_off, rows_per_block=p.rows_per_block,
-                                    block_tokens=p.block_tokens, scale=scale, window=p.window, max_len=p.max_len)
+                                    block_tokens=p.block_tokens, scale=scale, window=p.window, max_len=p.max_len,
+                                    split_tokens=p.split_tokens)
         out.index_copy_(0, p.rows, o)
     prefills = meta.prefills
     i = 0

@@ -12,6 +12,7 @@ sees token ids, and whoever detokenizes (the controller's text stream) cuts the 
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import weakref
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask, kernels_usable, paged_meta
+from warmserve.engine.graphs import DecodeGraphs, activate_decode_graphs, resolve_cuda_graphs
 from warmserve.engine.kv_cache import KVCache
 from warmserve.engine.model import Model
 from warmserve.engine.sampler import logprobs, sample
@@ -31,6 +33,8 @@ from warmserve.protocol import KvStats, SamplingParams, TokenLogprobs
 DEFAULT_TARGET_FREE_BLOCKS = 8
 #: Sequences one instance runs at once when nobody says (the policy's default instance_capacity, B).
 DEFAULT_MAX_NUM_SEQS = 32
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,16 +60,23 @@ class StepOutput:
 class Engine:
     def __init__(self, lm, kv_blocks: int | None = None, max_batch_tokens: int = 2048,
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
-                 target_free_blocks: int | None = DEFAULT_TARGET_FREE_BLOCKS, map_blocks_per_step: int = 16):
+                 target_free_blocks: int | None = DEFAULT_TARGET_FREE_BLOCKS, map_blocks_per_step: int = 16,
+                 cuda_graphs: bool | None = None):
         """Activate a prewarmed LoadedModel.
 
         kv_blocks caps the KV cache (a fixed share); None = as many blocks as the slot's reservation holds (the
         pool's size), each mapped only when the pool has the pages. target_free_blocks: free blocks kept mapped
         ahead of demand (None = all of them, like an engine that takes all memory up front); blocks beyond it
-        are unmapped after each step, so an idle instance holds little KV and prewarming keeps its room."""
+        are unmapped after each step, so an idle instance holds little KV and prewarming keeps its room.
+        cuda_graphs: decode steps replay CUDA graphs (engine/graphs.py): None = where they can run (a CUDA device
+        with the kernels, tp = 1; off on the CPU), True = required (BackendUnavailableError where they cannot
+        run), False = never. Graphs captured while the model was prewarmed (capture_decode_graphs) are used as
+        they are; buckets they lack are captured here (``graph_capture_s``)."""
         if max_batch_tokens < 1 or max_num_seqs < 1:
             raise InvalidArgumentError(f"max_batch_tokens ({max_batch_tokens}) and max_num_seqs ({max_num_seqs}) "
                                        "must be >= 1")
+        use_graphs, why = resolve_cuda_graphs(cuda_graphs, device=lm.device, tp=lm.config.tp,
+                                              kernels_ok=kernels_usable(lm.device, lm.dtype, lm.config.head_dim))
         params = lm._activate(self)
         try:
             kv_region, total_blocks, mapper = lm._kv_region(kv_blocks)
@@ -78,6 +89,17 @@ class Engine:
         self.lm = lm
         self._init(model, kv, lm.tokenizer, lm.max_context, max_batch_tokens, max_num_seqs)
         self._finalizer = weakref.finalize(self, Engine._release, kv, weakref.ref(lm), id(self))
+        self.graphs_off_reason = why
+        if use_graphs:
+            try:
+                self.graphs, self.graph_capture_s = activate_decode_graphs(lm, model, kv, max_num_seqs)
+            except Exception as e:
+                if cuda_graphs:
+                    self.close()
+                    raise
+                # Graphs are an optimisation: where capture fails, the engine runs every step eagerly.
+                self.graphs_off_reason = f"capture failed: {type(e).__name__}: {e}"
+                log.warning("engine of %r runs without CUDA graphs: %s", lm.name, self.graphs_off_reason)
 
     def _init(self, model, kv, tokenizer, max_context, max_batch_tokens, max_num_seqs):
         self.model = model
@@ -99,6 +121,14 @@ class Engine:
         #: When set, each step keeps the logits it sampled from in last_logits (request id -> [vocab] float32).
         self.record_logits = False
         self.last_logits: dict[str, torch.Tensor] = {}
+        #: The decode-step CUDA graphs this engine replays (None: every step runs eagerly).
+        self.graphs: DecodeGraphs | None = None
+        #: Why graphs are off (None while they are on).
+        self.graphs_off_reason: str | None = "not set up"
+        #: Seconds this activation spent capturing graphs (0 when the prewarm had captured them all).
+        self.graph_capture_s = 0.0
+        #: Steps run by replaying a graph.
+        self.num_graph_steps = 0
         self.kv.grow()
 
     # ---- requests ------------------------------------------------------------------------------------------------
@@ -179,6 +209,14 @@ class Engine:
         return outputs
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:
+        g = self.graphs
+        if g is not None and len(chunks) <= g.max_batch and all(self._graphable(c) for c in chunks):
+            logits = g.run([(self._token(c.seq, c.start), c.start, c.seq.blocks) for c in chunks])
+            self.num_graph_steps += 1
+            sampled = [c for c in chunks if c.samples]
+            if len(sampled) < len(chunks):
+                logits = logits[torch.tensor([i for i, c in enumerate(chunks) if c.samples], device=self.device)]
+            return self._sample(chunks, sampled, logits if sampled else None)
         T = self.kv.block_tokens
         rpb = self.kv.rows_per_block
         dev = self.device
@@ -236,9 +274,26 @@ class Engine:
             if c.samples:
                 rows.append(r - 1)
                 sampled.append(c)
+        logits = self.model.logits(hidden[torch.tensor(rows, device=dev)]) if sampled else None
+        return self._sample(chunks, sampled, logits)
+
+    @staticmethod
+    def _graphable(c: ScheduledChunk) -> bool:
+        """A one-token chunk past position 0 whose hidden state nothing but sampling needs (prompt_logprobs of a
+        one-token prompt chunk need it, so that step runs eagerly)."""
+        return (c.n == 1 and c.start > 0
+                and (c.seq.params.prompt_logprobs is None or c.start >= len(c.seq.prompt) - 1))
+
+    @staticmethod
+    def _token(seq: Sequence, i: int) -> int:
+        n = len(seq.prompt)
+        return seq.prompt[i] if i < n else seq.output[i - n]
+
+    def _sample(self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk],
+                logits: torch.Tensor | None) -> list[StepOutput]:
+        """Sample the chunks that reach their sequence's end (logits: one row each), then advance every chunk."""
         outputs = []
         if sampled:
-            logits = self.model.logits(hidden[torch.tensor(rows, device=dev)])
             seqs = [c.seq for c in sampled]
             toks = sample(logits, [s.params for s in seqs], [s.generator for s in seqs],
                           [(s.prompt, s.output) for s in seqs])
@@ -321,6 +376,7 @@ class Engine:
         self._aborted = []
         self.closed = True
         self._finalizer()
+        self.graphs = None  # they stay with the prewarmed model (engine/graphs.py) for its next activation
         self.model = None
         self.kv = None
         self.scheduler = None

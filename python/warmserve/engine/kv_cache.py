@@ -30,6 +30,11 @@ def block_layout(cfg, dtype: torch.dtype, block_tokens: int = geometry.KV_BLOCK_
     return block_tokens * per_token, padded
 
 
+def layer_offsets(num_layers: int, block_tokens: int) -> list[tuple[int, int]]:
+    """(K, V) row offset of each layer inside a block (the layout above; engine/attention.py)."""
+    return [((2 * i) * block_tokens, (2 * i + 1) * block_tokens) for i in range(num_layers)]
+
+
 class KVCache:
     """Block bookkeeping plus the row view of the cache. `mapper` maps/unmaps one block's pages (None: all resident)."""
 
@@ -47,7 +52,7 @@ class KVCache:
         self.rows = region.view(-1, row)
         self.rows_per_block = region.shape[1] // row
         #: (K, V) row offset of each layer inside a block.
-        self.layer_offsets = [((2 * i) * block_tokens, (2 * i + 1) * block_tokens) for i in range(cfg.num_layers)]
+        self.layer_offsets = layer_offsets(cfg.num_layers, block_tokens)
         self.mapped = [mapper is None] * total_blocks
         self._free: list[int] = list(range(total_blocks)) if mapper is None else []  # mapped and free (min-heap)
         self._unmapped: list[int] = [] if mapper is None else list(range(total_blocks))  # min-heap

@@ -12,17 +12,13 @@ offset t of block b, layer l, K (s=0) or V (s=1) is row ``b * rows_per_block + (
 Attention kernels take one query row per (sequence, position): ``row_seq[i]`` is the block-table row of query i,
 ``row_len[i]`` its number of visible keys (its position + 1); a decode step has one row per sequence
 (``decode_attention``), a prefill chunk with cached context one row per chunk token (``prefill_rows`` builds the
-two vectors). The context is split into ``split_tokens`` pieces combined by a second kernel (flash-decoding), so
+two vectors; ``prefill_attention`` computes such chunks tiled, 16 query rows per thread block, so each key is read
+once per tile, not once per row). The context is split into ``split_tokens`` pieces combined by a second kernel (flash-decoding), so
 one long sequence still spreads over the GPU. For CUDA-graph capture pass ``split_tokens`` and ``max_len``
 explicitly: the default derives the split from ``max_len``, and computing that from ``row_len`` syncs.
 
-CUDA graphs of the decode step (issue 13, item 2; designed, NOT implemented or run yet). Per batch-size bucket
-(1, 2, 4, ..., max_num_seqs), while the model is prewarmed: static input buffers (token ids, positions, write
-rows, PagedMeta with block tables of a fixed width = the slot's total KV blocks, row_len), max_len and
-split_tokens fixed at the bucket's context cap, one warm-up run on a side stream, then ``torch.cuda.graph``
-around Model.forward. Replaying needs only copies into the static buffers (padding rows write a scratch block).
-Graphs stay valid while KV blocks map and unmap because the slot's virtual addresses never move; a graph must
-be dropped before its slot closes. The graph pool's memory and the capture time are to be measured per bucket.
+CUDA graphs of the decode step (issue 13, item 2) capture these kernels: engine/graphs.py passes ``split_tokens``
+and ``max_len`` fixed per batch bucket, and its padding rows carry write row -1, which ``write_kv`` skips.
 """
 
 from __future__ import annotations
@@ -92,8 +88,8 @@ def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, write_rows: 
              v_off: int) -> None:
     """cache[write_rows + k_off] = k and cache[write_rows + v_off] = v (the rows of one layer's K and V).
     cache [rows, kv_heads*head_dim]; k, v [N, kv_heads, head_dim] (or [N, kv_heads*head_dim]); write_rows int64 [N]
-    (layer-0 K rows, as AttnMeta.write_rows). Rows are not bounds-checked on the device: they come from the
-    engine's block tables."""
+    (layer-0 K rows, as AttnMeta.write_rows); a negative row writes nothing (a CUDA graph's padding rows). Rows
+    are not bounds-checked on the device: they come from the engine's block tables."""
     dev = _require(cache, k, v, write_rows)
     _index(write_rows, torch.int64, "write_rows")
     n = write_rows.shape[0]
@@ -175,6 +171,53 @@ def prefill_rows(chunks: list[tuple[int, int, int]], device) -> tuple[torch.Tens
         seq += [s] * n
         lens += range(start + 1, start + n + 1)
     return (torch.tensor(seq, dtype=torch.int32).to(device), torch.tensor(lens, dtype=torch.int32).to(device))
+
+
+#: Query rows per tile of prefill_attention (kPrefillTileRows in csrc/kernels/kernels.h).
+PREFILL_TILE_ROWS = 16
+
+
+def prefill_tiles(chunks, device) -> torch.Tensor:
+    """int32 [n_tiles, 2] (first row, rows) for prefill_attention: each chunk (first row, n), n rows of one sequence
+    at consecutive positions, cut into tiles of at most PREFILL_TILE_ROWS rows."""
+    tiles = [(r + i, min(PREFILL_TILE_ROWS, n - i)) for r, n in chunks for i in range(0, n, PREFILL_TILE_ROWS)]
+    return torch.tensor(tiles or [[0, 0]], dtype=torch.int32)[:len(tiles)].to(device)
+
+
+def prefill_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
+                      row_len: torch.Tensor, tiles: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int,
+                      block_tokens: int, scale: float, window: int = 0) -> torch.Tensor:
+    """Attention of prefill rows over the paged cache, tiled (kernels.h prefill_attention): q [N, H, D] as
+    paged_attention, with tiles int32 [n_tiles, 2] from prefill_tiles (every row in exactly one tile, a tile's
+    rows one sequence's consecutive positions; not checked on the device). Returns [N, H, D]; rows in no tile
+    are left uninitialised. The K/V of the chunk must already be written (write_kv)."""
+    dev = _require(q, cache, block_tables, row_seq, row_len, tiles)
+    _index(row_seq, torch.int32, "row_seq")
+    _index(row_len, torch.int32, "row_len")
+    if tiles.dtype != torch.int32 or tiles.dim() != 2 or tiles.shape[1] != 2:
+        raise InvalidArgumentError(f"tiles must be int32 [n_tiles, 2], got {tiles.dtype} {tuple(tiles.shape)}")
+    if q.dim() != 3 or cache.dim() != 2 or block_tables.dim() != 2 or block_tables.dtype != torch.int32:
+        raise InvalidArgumentError(f"expected q [N, H, D], cache [rows, kv_heads*D], block_tables int32 [S, B]; got "
+                                   f"{tuple(q.shape)}, {tuple(cache.shape)}, {tuple(block_tables.shape)} "
+                                   f"{block_tables.dtype}")
+    n_rows, n_heads, head_dim = q.shape
+    if head_dim % 32 or not 32 <= head_dim <= 256:
+        raise InvalidArgumentError(f"head_dim must be a multiple of 32 in [32, 256], got {head_dim}",
+                                   head_dim=head_dim)
+    if cache.shape[1] % head_dim or n_heads % (cache.shape[1] // head_dim) or q.dtype != cache.dtype:
+        raise InvalidArgumentError(f"cache rows of {cache.shape[1]} {cache.dtype} elements do not hold whole "
+                                   f"{head_dim}-element heads dividing {n_heads} {q.dtype} query heads")
+    if row_seq.shape[0] != n_rows or row_len.shape[0] != n_rows:
+        raise InvalidArgumentError(f"row_seq and row_len must have {n_rows} entries, got {row_seq.shape[0]} and "
+                                   f"{row_len.shape[0]}", rows=n_rows)
+    out = torch.empty_like(q)
+    with torch.cuda.device(dev):
+        _C.kernel_prefill_attention(
+            q.data_ptr(), out.data_ptr(), cache.data_ptr(), block_tables.data_ptr(), block_tables.shape[1],
+            row_seq.data_ptr(), row_len.data_ptr(), tiles.data_ptr(), tiles.shape[0], n_heads,
+            cache.shape[1] // head_dim, head_dim, int(rows_per_block), int(block_tokens), int(k_off), int(v_off),
+            int(window), float(scale), _dtype_code(q), _stream(dev))
+    return out
 
 
 def copy_blocks(dst: torch.Tensor, src: torch.Tensor, src_blocks, dst_blocks) -> None:

@@ -23,7 +23,8 @@ def test_not_available_without_gpu():
 
 
 @no_gpu
-@pytest.mark.parametrize("call", ["write_kv", "decode_attention", "paged_attention", "copy_blocks", "copy_bytes"])
+@pytest.mark.parametrize("call", ["write_kv", "decode_attention", "paged_attention", "prefill_attention", "copy_blocks",
+                                  "copy_bytes"])
 def test_kernels_raise_typed_error(call):
     cache = torch.zeros(64, 128)
     q = torch.zeros(2, 4, 64)
@@ -37,6 +38,9 @@ def test_kernels_raise_typed_error(call):
         "paged_attention": lambda: kernels.paged_attention(
             q, cache, torch.zeros(1, 1, dtype=torch.int32), i32, i32 + 1, k_off=0, v_off=16, rows_per_block=32,
             block_tokens=16, scale=0.125),
+        "prefill_attention": lambda: kernels.prefill_attention(
+            q, cache, torch.zeros(1, 1, dtype=torch.int32), i32, i32 + 1, kernels.prefill_tiles([(0, 2)], "cpu"),
+            k_off=0, v_off=16, rows_per_block=32, block_tokens=16, scale=0.125),
         "copy_blocks": lambda: kernels.copy_blocks(cache.view(4, -1), cache.view(4, -1), [0], [1]),
         "copy_bytes": lambda: kernels.copy_bytes(cache, torch.ones_like(cache)),
     }
@@ -70,6 +74,12 @@ def test_prefill_rows():
     seq, lens = kernels.prefill_rows([(0, 0, 2), (3, 5, 3)], "cpu")
     assert seq.tolist() == [0, 0, 3, 3, 3] and lens.tolist() == [1, 2, 6, 7, 8]
     assert seq.dtype == lens.dtype == torch.int32
+
+
+def test_prefill_tiles_cut_chunks_into_16_row_tiles():
+    t = kernels.prefill_tiles([(0, 9), (9, 40), (49, 16), (65, 1)], "cpu")
+    assert t.dtype == torch.int32 and t.tolist() == [[0, 9], [9, 16], [25, 16], [41, 8], [49, 16], [65, 1]]
+    assert kernels.PREFILL_TILE_ROWS == 16 and kernels.prefill_tiles([], "cpu").shape == (0, 2)
 
 
 def test_default_split_tokens():

@@ -1,0 +1,198 @@
+"""CUDA graphs of the decode step (engine/graphs.py, issue 13 item 2) on one GPU: what capturing costs, what
+replaying gains, and the time to first token of a prewarm hit with the graphs ready.
+
+1. Load the checkpoint into a cuda slot (prewarm), then ``capture_decode_graphs(lm, max_num_seqs)`` before any
+   Engine exists: capture time (warm-up included, per bucket) and memory (torch's reserved bytes, the driver's
+   free bytes before and after).
+2. Time to first token of a prewarm hit (``Engine(lm)`` + one 16-token prefill + its first token, then the first
+   decode step, a graph replay), median of the repeats; beside it the same with graphs off, and once with the
+   graphs dropped first so the activation captures them itself.
+3. Decode with graphs against eager at batch 1 and 16 (64-token prompts, 64 new tokens, greedy, ignore_eos):
+   tokens/s = batch x 63 / the time of the decode steps (CUDA-synchronised), median of the repeats, graphs and
+   eager alternating; whether both produced the same tokens. Batch 1 against the HBM roofline: weight bytes /
+   the HBM bandwidth a device-to-device copy reaches in the same run (bytes read + written per second).
+
+Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
+Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine.graphs import capture_decode_graphs, graphs_for, release_decode_graphs
+from warmserve.memory import PagePool
+
+GiB = 1 << 30
+
+
+def copy_bandwidth_Bps(nbytes: int = GiB) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), median of 5 after a warm-up."""
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(5):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    return 2 * nbytes / statistics.median(times)
+
+
+def prompts(vocab: int, batch: int, n: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for _ in range(batch)]
+
+
+def ttft(lm, repeats: int, **kw) -> dict:
+    """Median activation, first token and first decode step (seconds) of a 16-token request."""
+    p = prompts(lm.config.vocab_size, 1, 16, seed=1)[0]
+    act, first, second = [], [], []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with Engine(lm, target_free_blocks=1, **kw) as eng:
+            t1 = time.perf_counter()
+            eng.add_request("t", p, SamplingParams(max_tokens=2, ignore_eos=True))
+            out = eng.step()
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            assert out and out[0].token_ids
+            eng.step()
+            torch.cuda.synchronize()
+            t3 = time.perf_counter()
+            graphed = eng.num_graph_steps
+        act.append(t1 - t0)
+        first.append(t2 - t0)
+        second.append(t3 - t2)
+    return {"activation_s": statistics.median(act), "ttft_s": statistics.median(first),
+            "first_decode_step_s": statistics.median(second), "decode_steps_graphed": graphed}
+
+
+def decode_run(lm, batch: int, prompt_tokens: int, new_tokens: int, graphs: bool, max_num_seqs: int):
+    """(decode seconds, tokens by request, steps replayed) of one run: prefill step, then the decode steps."""
+    with Engine(lm, max_num_seqs=max_num_seqs, max_batch_tokens=max(2048, batch * prompt_tokens),
+                target_free_blocks=2 * batch, cuda_graphs=None if graphs else False) as eng:
+        if graphs and eng.graphs is None:
+            raise RuntimeError(f"graphs asked for but off: {eng.graphs_off_reason}")
+        for i, p in enumerate(prompts(lm.config.vocab_size, batch, prompt_tokens, seed=2)):
+            eng.add_request(str(i), p, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
+        toks = {}
+        for o in eng.step():
+            toks.setdefault(o.request_id, []).extend(o.token_ids)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        while eng.has_unfinished():
+            for o in eng.step():
+                toks.setdefault(o.request_id, []).extend(o.token_ids)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, toks, eng.num_graph_steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", help="output prefix (writes OUT.json and OUT.txt)")
+    ap.add_argument("--checkpoint", help="checkpoint directory (e.g. the 1b demo)")
+    ap.add_argument("--demo", default="llama-90m", help="small demo model written to --demo-dir when no checkpoint")
+    ap.add_argument("--demo-dir", default="/tmp/warmserve-gpu-demo")
+    ap.add_argument("--pool-gib", type=float, default=8.0)
+    ap.add_argument("--max-num-seqs", type=int, default=32)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    path = a.checkpoint
+    if not path:
+        from warmserve.engine.demo import write_demo_models
+
+        path = write_demo_models(a.demo_dir, names=[a.demo])[a.demo]
+    torch.backends.cuda.matmul.allow_tf32 = True
+    res = {"machine": f"{torch.cuda.get_device_name(0)}; torch {torch.__version__} (cuda {torch.version.cuda}); "
+                      f"{platform.platform()}", "checkpoint": path, "max_num_seqs": a.max_num_seqs}
+    bw = copy_bandwidth_Bps()
+    res["copy_bandwidth_GBps"] = bw / 1e9
+    with PagePool(int(a.pool_gib * GiB) // (2 << 20) * (2 << 20), backend="cuda") as pool:
+        t0 = time.perf_counter()
+        lm = load_model(path, pool).wait()
+        res["load_s"] = time.perf_counter() - t0
+        res["model"] = lm.name
+        res["dtype"] = str(lm.dtype).replace("torch.", "")
+        res["weight_bytes"] = int(lm.weight_bytes)
+        try:
+            g = capture_decode_graphs(lm, a.max_num_seqs)  # the prewarm hook: no Engine yet
+            st = g.stats
+            res["capture"] = {"buckets": list(st.buckets), "capture_s": st.capture_s, "warmup_s": st.warmup_s,
+                              "bucket_capture_s": {str(k): v for k, v in sorted(st.bucket_capture_s.items())},
+                              "pool_reserved_bytes": st.pool_reserved_bytes, "device_bytes": st.device_bytes,
+                              "static_input_bytes": st.static_input_bytes}
+            res["ttft_prewarm_hit_graphs_ready"] = ttft(lm, a.repeats)
+            res["ttft_prewarm_hit_eager"] = ttft(lm, a.repeats, cuda_graphs=False)
+            release_decode_graphs(lm)
+            res["ttft_capture_at_activation"] = ttft(lm, 1)  # this activation captures; the graphs stay
+            assert graphs_for(lm) is not None
+            res["decode"] = []
+            for batch in a.batches:
+                runs = {"graphs": [], "eager": []}
+                toks, replayed = {}, {}
+                decode_run(lm, batch, a.prompt_tokens, a.new_tokens, True, a.max_num_seqs)  # warm-up
+                for _ in range(a.repeats):
+                    for mode in ("graphs", "eager"):
+                        s, toks[mode], replayed[mode] = decode_run(lm, batch, a.prompt_tokens, a.new_tokens,
+                                                             mode == "graphs", a.max_num_seqs)
+                        runs[mode].append(s)
+                n = batch * (a.new_tokens - 1)
+                row = {"batch": batch, "new_tokens": a.new_tokens, "prompt_tokens": a.prompt_tokens,
+                       "graph_steps_per_run": replayed["graphs"], "eager_run_graph_steps": replayed["eager"],
+                       "same_tokens": toks["graphs"] == toks["eager"]}
+                for mode, ts in runs.items():
+                    s = statistics.median(ts)
+                    row[f"decode_tok_s_{mode}"] = n / s
+                    row[f"step_ms_{mode}"] = s / (a.new_tokens - 1) * 1e3
+                row["speedup"] = row["decode_tok_s_graphs"] / row["decode_tok_s_eager"]
+                if batch == 1:
+                    roof_s = lm.weight_bytes / bw  # a step reads every weight once; bw: bytes moved per second
+                    row["hbm_roofline_step_ms"] = roof_s * 1e3
+                    row["fraction_of_roofline_graphs"] = roof_s * 1e3 / row["step_ms_graphs"]
+                res["decode"].append(row)
+        finally:
+            release_decode_graphs(lm)
+            lm.close()
+    with open(a.out + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    lines = [f"machine: {res['machine']}", f"model: {res['model']} ({res['dtype']}, "
+             f"{res['weight_bytes'] / 1e9:.2f} GB of weights); copy bandwidth {res['copy_bandwidth_GBps']:.0f} GB/s"]
+    c = res["capture"]
+    lines.append(f"capture at prewarm: buckets {c['buckets']} in {c['capture_s'] * 1e3:.1f} ms (warm-up "
+                 f"{c['warmup_s'] * 1e3:.1f} ms); pool {c['pool_reserved_bytes'] / 2**20:.1f} MiB reserved, device "
+                 f"{c['device_bytes'] / 2**20:.1f} MiB, static inputs {c['static_input_bytes'] / 2**10:.0f} KiB x 2")
+    for key in ("ttft_prewarm_hit_graphs_ready", "ttft_prewarm_hit_eager", "ttft_capture_at_activation"):
+        t = res[key]
+        lines.append(f"{key}: activation {t['activation_s'] * 1e3:.1f} ms, TTFT {t['ttft_s'] * 1e3:.1f} ms, first "
+                     f"decode step {t['first_decode_step_s'] * 1e3:.2f} ms (graphed steps {t['decode_steps_graphed']})")
+    for r in res["decode"]:
+        extra = ""
+        if "hbm_roofline_step_ms" in r:
+            extra = (f"; roofline {r['hbm_roofline_step_ms']:.3f} ms/step, graphs at "
+                     f"{r['fraction_of_roofline_graphs'] * 100:.0f}% of it")
+        lines.append(f"decode batch {r['batch']}: graphs {r['decode_tok_s_graphs']:.0f} tok/s "
+                     f"({r['step_ms_graphs']:.2f} ms/step), eager {r['decode_tok_s_eager']:.0f} tok/s "
+                     f"({r['step_ms_eager']:.2f} ms/step): {r['speedup']:.2f}x; same tokens: {r['same_tokens']}{extra}")
+    with open(a.out + ".txt", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
