@@ -184,6 +184,9 @@ class Prewarm(_Msg):
     #: Tensor-parallel split: load only shard ``rank`` of a ``tp``-way instance (engine/parallel.py has the rules).
     tp: int = 1
     rank: int = 0
+    #: Largest batch the instances of this model will run (EngineConfig.max_num_seqs): the decode CUDA graphs
+    #: captured while it is prewarmed cover up to it; 0: the worker's own.
+    max_num_seqs: int = 0
 
 
 class Evict(_Msg):
@@ -390,6 +393,8 @@ class Prewarmed(_Msg):
     pages: int
     max_context: int
     load_s: float
+    #: Seconds spent capturing the decode CUDA graphs after the load (0: none, e.g. on CPU).
+    graphs_capture_s: float = 0.0
 
 
 class Evicted(_Msg):

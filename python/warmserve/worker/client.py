@@ -77,11 +77,12 @@ class SyncClientBase:
     # ------------------------------------------------------------------ the worker's operations
 
     def prewarm(self, path: str, name: str = "", dtype: str = "auto", *, tp: int = 1, rank: int = 0,
-                timeout_s: float = 600.0,
+                max_num_seqs: int = 0, timeout_s: float = 600.0,
                 on_progress: Callable[[P.PrewarmProgress], None] | None = None) -> P.Prewarmed:
-        """Load a checkpoint (tp > 1: only shard ``rank`` of a ``tp``-way split) into a new slot."""
-        return self._call(P.Prewarm(id=self._new_id(), path=str(path), name=name, dtype=dtype, tp=tp, rank=rank),
-                          timeout_s, on_event=on_progress)
+        """Load a checkpoint (tp > 1: only shard ``rank`` of a ``tp``-way split) into a new slot; on a GPU, capture
+        its decode CUDA graphs for batches up to ``max_num_seqs`` (0: the worker's engine config)."""
+        return self._call(P.Prewarm(id=self._new_id(), path=str(path), name=name, dtype=dtype, tp=tp, rank=rank,
+                                    max_num_seqs=max_num_seqs), timeout_s, on_event=on_progress)
 
     def evict(self, name: str, *, timeout_s: float | None = None) -> P.Evicted:
         return self._call(P.Evict(id=self._new_id(), name=name), timeout_s)

@@ -43,6 +43,8 @@ class _Model:
     #: Tensor-parallel shard held (rank of tp; tp 1: the whole model).
     tp: int = 1
     rank: int = 0
+    #: Largest batch its instances will run (Prewarm.max_num_seqs; 0: the worker's engine config).
+    max_num_seqs: int = 0
     reported_bytes: int = -1
     reported_at_s: float = 0.0
     started_s: float = 0.0
@@ -158,11 +160,11 @@ class WorkerCore(ShardRoles):
             if m.state == "loading":
                 m.job.cancel()
                 try:
-                    m.job.wait(30.0).close()  # a load that finished before cancel() reached it
+                    self._close_model(m.job.wait(30.0))  # a load that finished before cancel() reached it
                 except Exception:  # cancelled loads end in CancelledError; anything else is moot at close
                     pass
             elif m.lm is not None:
-                m.lm.close()
+                self._close_model(m.lm)
         self.models.clear()
 
     # ------------------------------------------------------------------ requests
@@ -183,7 +185,7 @@ class WorkerCore(ShardRoles):
                 f"no checkpoint at {path} (config.json missing) on worker {self.worker_id}", path=path
             )
         m = _Model(name=name, path=path, state="loading", origin=(peer, msg.id), started_s=time.monotonic(),
-                   tp=msg.tp, rank=msg.rank)
+                   tp=msg.tp, rank=msg.rank, max_num_seqs=msg.max_num_seqs)
         # Raises OutOfMemoryError at once, with the numbers, when the weights cannot fit the free pages, and
         # TensorParallelError when the model does not split tp ways.
         m.job = load_model(path, self.pool, dtype=msg.dtype, name=name, tp=msg.tp, rank=msg.rank)
@@ -205,12 +207,12 @@ class WorkerCore(ShardRoles):
                 if m.origin is not None:
                     self.emit(m.origin[0], P.Error.of(m.origin[1], _as_typed(e)))
             else:  # the load finished before cancel() reached it: it holds pages, drop them
-                lm.close()
+                self._close_model(lm)
                 if m.origin is not None:
                     self.emit(m.origin[0], P.Error.of(m.origin[1], errors.CancelledError(
                         f"prewarm of {m.name!r} was cancelled by an Evict", model=m.name)))
         else:
-            m.lm.close()
+            self._close_model(m.lm)
         del self.models[m.name]
         self.emit(peer, P.Evicted(id=msg.id, name=m.name, freed_bytes=int(self.pool.free_bytes) - free_before))
 
@@ -431,12 +433,33 @@ class WorkerCore(ShardRoles):
                     self.emit(m.origin[0], P.Error.of(m.origin[1], _as_typed(err)))
             elif lm is not None:
                 m.lm, m.job, m.state = lm, None, "prewarmed"
+                load_s = time.monotonic() - m.started_s
+                capture_s = self._capture_graphs(m)
                 if m.origin is not None:
                     self.emit(m.origin[0], P.Prewarmed(
                         id=m.origin[1], name=m.name, weight_bytes=int(lm.weight_bytes),
                         pages=_weight_pages(lm, self._page_bytes()), max_context=int(lm.max_context),
-                        load_s=time.monotonic() - m.started_s,
+                        load_s=load_s, graphs_capture_s=capture_s,
                     ))
+
+    def _capture_graphs(self, m: _Model) -> float:
+        """Capture the decode CUDA graphs of a model just prewarmed (engine/graphs.py), so an instance activated
+        from it starts with them ready; nothing on CPU or for a tensor-parallel shard. Seconds spent (it runs on
+        this thread: other instances' steps wait that long)."""
+        from ..engine.engine import DEFAULT_MAX_NUM_SEQS
+        from ..engine.graphs import prewarm_decode_graphs
+
+        n = m.max_num_seqs or self.engine_config.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+        g = prewarm_decode_graphs(m.lm, n)
+        return float(g.stats.capture_s) if g is not None else 0.0
+
+    @staticmethod
+    def _close_model(lm) -> None:
+        """Evict a model's weights, and its decode graphs first (their memory is not the pool's)."""
+        from ..engine.graphs import release_decode_graphs
+
+        release_decode_graphs(lm)
+        lm.close()
 
     def _step_instances(self) -> None:
         live = [i for i in self.instances.values()
