@@ -180,6 +180,8 @@ class ParallelGroup:
         self.group_id = ""
         #: Where its collectives' tensors live (CPU for gloo).
         self.device = torch.device("cpu")
+        #: A gloo group over the same ranks for control messages (``join``); None: ``group`` carries them.
+        self.cpu_group = None
 
     @classmethod
     def init(cls, rank: int, world_size: int, address: str, port: int, backend: str | None = None,
@@ -205,23 +207,28 @@ class ParallelGroup:
         most timeout_s. gloo on CPU, NCCL on CUDA devices. Loopback only: a group never spans two machines."""
         dev = torch.device(device)
         timeout = datetime.timedelta(seconds=timeout_s)
-        store = dist.PrefixStore(f"{group_id}/", dist.TCPStore(LOOPBACK, int(store_port), is_master=False,
-                                                               timeout=timeout))
+        tcp = dist.TCPStore(LOOPBACK, int(store_port), is_master=False, timeout=timeout)
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = timeout
+        # Gloo picks the interface the host name resolves to unless told; the group is local, so loopback.
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=LOOPBACK)]
+        # The control group: small CPU messages (the leader's plans, agreed counts) never go through NCCL, which
+        # takes device tensors only; on CPU it is also the data group.
+        cpu = dist.ProcessGroupGloo(dist.PrefixStore(f"{group_id}/cpu/", tcp), rank, world_size, opts)
+        pg = cpu
         if dev.type == "cuda":
-            opts = dist.ProcessGroupNCCL.Options()
-            opts._timeout = timeout
-            pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
-        else:
-            opts = dist.ProcessGroupGloo._Options()
-            opts._timeout = timeout
-            # Gloo picks the interface the host name resolves to unless told; the group is local, so loopback.
-            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=LOOPBACK)]
-            pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
+            # NCCL binds a communicator to the calling thread's current device, and this runs on a thread of its
+            # own (whose current device is 0 whatever the worker's is).
+            torch.cuda.set_device(dev)
+            nccl_opts = dist.ProcessGroupNCCL.Options()
+            nccl_opts._timeout = timeout
+            pg = dist.ProcessGroupNCCL(dist.PrefixStore(f"{group_id}/nccl/", tcp), rank, world_size, nccl_opts)
         out = cls(rank, world_size, pg)
-        out.group_id, out.device = group_id, dev
+        out.group_id, out.device, out.cpu_group = group_id, dev, cpu
         # One collective now, so the connections exist before an instance needs them (the "prewarmed
         # communicator": NCCL, too, connects lazily on its first collective).
         out.all_reduce(torch.zeros(1, device=dev))
+        out.min_int(0)
         return out
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -230,17 +237,18 @@ class ParallelGroup:
         return t
 
     def min_int(self, x: int) -> int:
-        """The smallest of every rank's x."""
-        t = torch.tensor([int(x)], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+        """The smallest of every rank's x (over the CPU control group)."""
+        t = torch.tensor([int(x)], dtype=torch.int64, device="cpu" if self.cpu_group is not None else self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_group or self.group)
         return int(t.item())
 
     def broadcast(self, t: torch.Tensor, root: int = 0) -> torch.Tensor:
-        """Rank root's t, into t on every rank (same shape and dtype everywhere); returns t."""
-        if self.group is None:
-            dist.broadcast(t, src=root)
+        """Rank root's t, into t on every rank (same shape and dtype everywhere; a CPU tensor for a group built
+        by ``join``); returns t."""
+        if self.cpu_group is None:
+            dist.broadcast(t, src=root, group=self.group)
         else:  # a group of its own (join): dist.broadcast would read src as a rank of the default group
-            self.group.broadcast(t, root).wait()
+            self.cpu_group.broadcast(t, root).wait()
         return t
 
     def all_gather(self, t: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -193,6 +193,10 @@ class Follower:
     def _loop(self) -> None:
         eng = self.engine
         try:
+            if self.group.device.type == "cuda":  # a new thread's current device is 0, not the worker's
+                import torch
+
+                torch.cuda.set_device(self.group.device)
             while not self.closing:
                 plan = recv_plan(self.group)
                 if self.closing or plan.stop:
