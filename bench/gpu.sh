@@ -7,12 +7,13 @@
 # bandwidth), demo.txt and model-load-cuda-{1b,7b}.{json,txt} (the GPU-sized demos: load_model from files vs
 # through the host checkpoint cache), graphs-cuda.{json,txt} (bench/gpu_graphs.py: CUDA graphs of the decode step,
 # capture time and memory at prewarm, decode with graphs vs eager at batch 1 and 16, TTFT of a prewarm hit),
-# engine-cuda.{json,txt,png}, switch-host.{json,txt} when time is left, and summary.txt into the results folder.
+# engine-cuda.{json,txt,png}, tp-cuda.{json,txt} (with 2+ GPUs: a tp-2 start, NCCL group prewarmed vs on demand),
+# switch-host.{json,txt} when time is left, and summary.txt into the results folder.
 # The GPU-sized demo checkpoints (1b, and 7b when time allows; 2 GB and 14 GB of disk) go to $WARMSERVE_DEMO_DIR
 # (default $TMPDIR/warmserve-gpu-demo, outside the results folder).
 #
 # Usage: bench/gpu.sh [RESULTS_DIR]   (default: $OUT, else bench/gpu-results)
-#   WARMSERVE_GPU_PARTS=build,tests,switch,demo,graphs,engine   the parts to run (bench/switch/gpu.sh and
+#   WARMSERVE_GPU_PARTS=build,tests,switch,demo,graphs,engine,tp   the parts to run (bench/switch/gpu.sh and
 #                                                   bench/engine/gpu.sh run a subset)
 # Offline: installs nothing from the network. What is missing is installed from wheels placed in bench/wheels/
 # (git-ignored: e.g. `pip download msgspec pyzmq ... -d bench/wheels` on a machine with network), and the script
@@ -20,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${1:-${OUT:-bench/gpu-results}}"
-PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,demo,graphs,engine},"
+PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,demo,graphs,engine,tp},"
 DEMO_DIR=${WARMSERVE_DEMO_DIR:-${TMPDIR:-/tmp}/warmserve-gpu-demo}  # never under RESULTS: that folder is copied back
 BUDGET_S=${WARMSERVE_GPU_BUDGET_S:-470}
 WHEELS=bench/wheels
@@ -166,6 +167,20 @@ if want engine; then
     --demo-dir "$DEMO_DIR" --models $ENGINE_MODELS \
     --json "$RESULTS/engine-cuda.json" > "$RESULTS/engine-cuda.txt" 2>&1
   summary "bench engine (cuda): rc=$? in $(($(date +%s) - t0)) s (124 = cut at the time budget)"
+fi
+
+# 4b. Tensor parallelism over NCCL (issue 14), only on a machine with 2 or more GPUs: a tp-2 start with its
+#     communicator prewarmed vs built on demand vs cold (tests/gpu/test_tp_nccl.py ran with the tests).
+if want tp; then
+  ngpu=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  if [ "${ngpu:-0}" -ge 2 ] && [ "$(left)" -gt 60 ]; then
+    t0=$(date +%s)
+    timeout 90 $PY -m warmserve bench tp --device cuda --tp 2 --model qwen2-30m --repeats 5 \
+      --json "$RESULTS/tp-cuda.json" > "$RESULTS/tp-cuda.txt" 2>&1
+    summary "bench tp (NCCL, tp 2): rc=$? in $(($(date +%s) - t0)) s: $(tail -2 "$RESULTS/tp-cuda.txt" | head -1)"
+  else
+    summary "bench tp: skipped ($ngpu GPU(s) visible, or no time left)"
+  fi
 fi
 
 # 5. The host backend on the same machine for comparison, if time is left.
