@@ -175,7 +175,7 @@ if want tp; then
   ngpu=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
   if [ "${ngpu:-0}" -ge 2 ] && [ "$(left)" -gt 60 ]; then
     t0=$(date +%s)
-    timeout 90 $PY -m warmserve bench tp --device cuda --tp 2 --model qwen2-30m --repeats 5 \
+    timeout 90 $PY -m warmserve bench tp --device cuda --tp 2 --model qwen2-30m --repeats 5 --memory-gib 4 \
       --json "$RESULTS/tp-cuda.json" > "$RESULTS/tp-cuda.txt" 2>&1
     summary "bench tp (NCCL, tp 2): rc=$? in $(($(date +%s) - t0)) s: $(tail -2 "$RESULTS/tp-cuda.txt" | head -1)"
   else

@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tp", type=int, default=2, help="ranks (worker processes) of the instance (default 2)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (one worker per GPU: cuda:0 .. cuda:tp-1)")
     p.add_argument("--repeats", type=int, default=7, help="runs of each path (default 7)")
-    p.add_argument("--memory-gib", type=float, default=0.5, help="pool of each CPU worker, GiB (default 0.5)")
+    p.add_argument("--memory-gib", type=float, default=0.5, help="page pool of each worker, GiB (default 0.5)")
     p.add_argument("--kv-blocks", type=int, default=8, help="KV blocks each activation maps (default 8)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
 
@@ -50,7 +50,7 @@ def run(args) -> dict:
         raise SystemExit("--tp must be >= 2 and --repeats >= 1")
     path = _model_path(args.model)
     devices = [f"cuda:{r}" for r in range(args.tp)] if args.device == "cuda" else ["cpu"] * args.tp
-    mem = None if args.device == "cuda" else args.memory_gib
+    mem = args.memory_gib
     procs = [spawn_local_worker(d, memory_gib=mem, threads=1) for d in devices]
     clients = [WorkerClient(ep) for _, ep in procs]
     pool = ThreadPoolExecutor(args.tp)
