@@ -115,7 +115,12 @@ def _failing_rank(rank: int, world: int, port: int, path: str) -> None:
     with PagePool(128 << 20, backend="host", prefault=False) as pool:
         lm = load_model(path, pool, tp=4 if rank == 1 else world, rank=rank).wait()
         lm.bind_group(group)
-        Engine(lm).generate([[1, 2, 3]], SamplingParams(max_tokens=2))
+        try:
+            Engine(lm).generate([[1, 2, 3]], SamplingParams(max_tokens=2))
+        except RuntimeError:
+            # Rank 0's collective fails once rank 1 is gone (gloo: "Connection closed by peer"). It returns, so the
+            # error the test sees is rank 1's own, whichever process the spawn context looks at first.
+            return
 
 
 def test_tp2_logits_match_tp1_on_prefill_and_decode_with_shards_in_their_own_slots(demo_dir, odd_dir, pool, tmp_path):
