@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Cluster": "warmserve.controller.cluster",
     "ModelSpec": "warmserve.config",
+    "SamplingParams": "warmserve.protocol",
+    "Completion": "warmserve.controller.cluster",
 }
 
 
@@ -22,4 +24,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'warmserve' has no attribute {name!r}")
 
 
-__all__ = ["Cluster", "ModelSpec", "__version__"]
+__all__ = ["Cluster", "Completion", "ModelSpec", "SamplingParams", "__version__"]

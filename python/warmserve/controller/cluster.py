@@ -35,6 +35,12 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    #: One ``protocol.TokenLogprobs`` per token of token_ids, when the sampling asked for ``logprobs``; else empty.
+    logprobs: tuple = ()
+
+
+#: The sampling keywords of generate()/stream() and their defaults (the OpenAI API's temperature of 1).
+_KEYWORDS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": None}
 
 
 class Cluster:
@@ -119,44 +125,60 @@ class Cluster:
     def models(self) -> list[str]:
         return self.controller.model_names()
 
-    def _prepare(self, model: str, prompt, max_tokens, temperature, top_p, seed, stop, messages):
+    def _prepare(self, model: str, prompt, params, max_tokens, temperature, top_p, seed, stop, messages):
         """Runs in the caller's thread, so tokenising a long prompt never stalls the controller's loop."""
         m = self.controller.model(model)
-        s = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), seed=seed,
-                           stop=stop_strings(stop))
+        if params is None:
+            s = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), seed=seed,
+                               stop=stop_strings(stop))
+        else:
+            given = {k: v for k, v in dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                           stop=stop).items() if v != _KEYWORDS[k]}
+            if not isinstance(params, SamplingParams) or given:
+                raise InvalidArgumentError(
+                    f"pass the sampling either as params=warmserve.SamplingParams(...) or as keywords, not both "
+                    f"(also given: {sorted(given)})" if given else
+                    f"params must be a warmserve.SamplingParams, not {type(params).__name__}", param="params")
+            s = params
         msgs = [dict(x) for x in messages] if messages is not None else None
         ids = prepare(m, prompt, msgs, max_tokens=s.max_tokens)
         return m, ids, s
 
     # ----------------------------------------------------------------------------------------------- public
 
-    def generate(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int | None = None, stop=None, messages=None, timeout_s: float | None = None) -> Completion:
-        """Generate a completion of ``prompt`` (text or token ids), or of a chat given as ``messages``."""
+    def generate(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int = 16,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, stop=None, messages=None,
+                 timeout_s: float | None = None) -> Completion:
+        """Generate a completion of ``prompt`` (text or token ids), or of a chat given as ``messages``. Sampling:
+        the keywords, or ``params`` (a ``warmserve.SamplingParams``: every option the engine has, logprobs,
+        penalties, stop token ids, ..., the same object the HTTP API builds)."""
         self._check()
-        m, ids, s = self._prepare(model, prompt, max_tokens, temperature, top_p, seed, stop, messages)
+        m, ids, s = self._prepare(model, prompt, params, max_tokens, temperature, top_p, seed, stop, messages)
         return self._run(self._collect(m, ids, s), timeout_s)
 
-    async def agenerate(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0,
-                        top_p: float = 1.0, seed: int | None = None, stop=None, messages=None) -> Completion:
+    async def agenerate(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int = 16,
+                        temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, stop=None,
+                        messages=None) -> Completion:
         """generate() for asyncio code: awaits without blocking the caller's event loop (the prompt is prepared
         on a worker thread, the generation runs on the controller's loop)."""
         self._check()
-        m, ids, s = await asyncio.to_thread(self._prepare, model, prompt, max_tokens, temperature, top_p, seed, stop,
-                                            messages)
+        m, ids, s = await asyncio.to_thread(self._prepare, model, prompt, params, max_tokens, temperature, top_p,
+                                            seed, stop, messages)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._collect(m, ids, s), self._loop))
 
     async def _collect(self, m, ids, s) -> Completion:
         gen = TextGeneration(self.controller.submit_nowait(m.name, ids, s), m.tokenizer.decode, s.stop)
         text = await gen.collect()
+        lps = tuple(lp for _, _, lp in gen.take_logprobs()) if s.logprobs is not None else ()
         return Completion(text=text, token_ids=list(gen.text.ids), finish_reason=gen.finish_reason or "stop",
-                          prompt_tokens=len(ids), completion_tokens=gen.completion_tokens)
+                          prompt_tokens=len(ids), completion_tokens=gen.completion_tokens, logprobs=lps)
 
-    def stream(self, model: str, prompt="", *, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
-               seed: int | None = None, stop=None, messages=None) -> "TextIterator":
+    def stream(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int = 16,
+               temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, stop=None,
+               messages=None) -> "TextIterator":
         """Text pieces as they are generated: ``for piece in c.stream(...)`` or ``async for piece in ...``."""
         self._check()
-        m, ids, s = self._prepare(model, prompt, max_tokens, temperature, top_p, seed, stop, messages)
+        m, ids, s = self._prepare(model, prompt, params, max_tokens, temperature, top_p, seed, stop, messages)
         return TextIterator(self, m, ids, s)
 
     def stats(self) -> dict:

@@ -1,0 +1,36 @@
+"""`warmserve.Cluster` takes the one `SamplingParams` the HTTP API builds (every engine option, logprobs
+included) as well as its keywords, and refuses a mix of both."""
+
+import math
+
+import pytest
+
+import warmserve
+from warmserve.errors import InvalidArgumentError
+
+import serving
+
+MODEL = "llama-20m"
+
+cluster = serving.cluster_fixture(models=(MODEL,), cpu_workers=1, cpu_worker_memory_bytes=512 << 20)
+
+
+def test_params_flow_to_the_engine_with_logprobs(cluster):
+    params = warmserve.SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=2)
+    out = cluster.generate(MODEL, [5, 17, 300], params=params)
+    assert isinstance(out, warmserve.Completion)
+    assert out.completion_tokens == 6 and len(out.logprobs) == 6
+    for tid, lp in zip(out.token_ids, out.logprobs):
+        assert lp.logprob <= 0 and not math.isnan(lp.logprob)
+        assert len(lp.top_ids) == 2 and lp.top_logprobs[0] >= lp.top_logprobs[1]
+        assert lp.top_ids[0] == tid and lp.top_logprobs[0] == lp.logprob  # greedy: the most likely token
+    same = cluster.generate(MODEL, [5, 17, 300], max_tokens=6, temperature=0)
+    assert same.token_ids == out.token_ids and same.logprobs == ()
+    assert "".join(cluster.stream(MODEL, [5, 17, 300], params=params)) == out.text
+
+
+def test_params_and_keywords_together_are_refused(cluster):
+    with pytest.raises(InvalidArgumentError, match=r"not both \(also given: \['max_tokens'\]\)"):
+        cluster.generate(MODEL, "x", params=warmserve.SamplingParams(), max_tokens=3)
+    with pytest.raises(InvalidArgumentError, match="must be a warmserve.SamplingParams"):
+        cluster.generate(MODEL, "x", params={"max_tokens": 3})
