@@ -181,3 +181,30 @@ def test_bench_tp_measures_every_path_side_by_side(tmp_path):
                         "activate_on_demand_group_s", "cold_start_s", "first_token_s", "tp1_activate_s"}
     assert all(v > 0 for v in med.values())
     assert res["on_demand_over_prewarmed"] > 0 and res["cold_over_prewarmed"] > 0
+
+
+def test_a_rank_that_cannot_activate_fails_every_rank_at_once(model_path):
+    procs = _spawn(2)
+    clients = [WorkerClient(ep) for _, ep in procs]
+    try:
+        _group(clients, "tp2-c")
+        clients[0].prewarm(model_path, MODEL, tp=2, rank=0)  # rank 1 has no shard
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            f0 = pool.submit(lambda: clients[0].activate(MODEL, group_id="tp2-c"))
+            f1 = pool.submit(lambda: clients[1].activate(MODEL, group_id="tp2-c"))
+            with pytest.raises(errors.UnknownModelError):
+                f1.result(60)
+            with pytest.raises(errors.ModelStateError, match="another rank"):
+                f0.result(60)
+        assert time.monotonic() - t0 < 10  # not the group's 30 s timeout
+        # The group is still in step: with the shard there, both ranks activate and serve.
+        clients[1].prewarm(model_path, MODEL, tp=2, rank=1)
+        acts = _both(lambda: clients[0].activate(MODEL, group_id="tp2-c"),
+                     lambda: clients[1].activate(MODEL, group_id="tp2-c"))
+        assert [a.copied_bytes for a in acts] == [0, 0]
+        assert len(clients[0].generate(MODEL, [1, 2, 3], GREEDY).collect()[0]) == GREEDY.max_tokens
+    finally:
+        for c in clients:
+            c.close()
+        _close(procs)

@@ -219,28 +219,14 @@ class WorkerCore(ShardRoles):
     def _activate(self, peer, msg: P.Activate) -> None:
         from ..engine.engine import DEFAULT_MAX_NUM_SEQS, Engine
 
-        m = self._model(msg.name)
-        if m.state != "prewarmed":
-            raise ModelStateError(
-                f"model {m.name!r} is {m.state} on worker {self.worker_id}; only a prewarmed model can be activated",
-                model=m.name, state=m.state,
-            )
-        if self.instances:
-            running = sorted(self.instances)
-            exclusive = [n for n, i in self.instances.items() if not i.shared]
-            if not msg.shared or exclusive:
-                raise ModelStateError(
-                    f"worker {self.worker_id} already runs {running}; deactivate it first, or activate every "
-                    f"instance with shared=True and a kv_blocks share",
-                    model=m.name, running=running,
-                )
-        if m.lm.tp > 1:
-            self._activate_shard(peer, msg, m)
-            return
         if msg.group_id:
+            self._activate_shard(peer, msg)
+            return
+        m = self._activatable(msg)
+        if m.lm.tp > 1:
             raise errors.InvalidArgumentError(
-                f"model {m.name!r} on worker {self.worker_id} is a whole model (tp 1): it runs in no group; "
-                f"drop group_id, or prewarm a shard (Prewarm tp > 1)", model=m.name, group_id=msg.group_id)
+                f"model {m.name!r} on worker {self.worker_id} is shard {m.lm.tp_rank} of {m.lm.tp}: activate it in "
+                "its process group (Activate.group_id)", model=m.name, tp=m.lm.tp)
         if msg.shared and msg.kv_blocks is None:
             raise errors.InvalidArgumentError(
                 f"a shared instance needs a fixed KV share: pass kv_blocks for {m.name!r}", model=m.name
@@ -259,6 +245,25 @@ class WorkerCore(ShardRoles):
             id=msg.id, name=m.name, kv_blocks=engine.kv_stats().kv_blocks_total, activate_s=activate_s,
             copied_bytes=self._bytes_loaded() - loaded_before,
         ))
+
+    def _activatable(self, msg: P.Activate) -> _Model:
+        """The prewarmed model an Activate names, if this worker may run it now."""
+        m = self._model(msg.name)
+        if m.state != "prewarmed":
+            raise ModelStateError(
+                f"model {m.name!r} is {m.state} on worker {self.worker_id}; only a prewarmed model can be activated",
+                model=m.name, state=m.state,
+            )
+        if self.instances:
+            running = sorted(self.instances)
+            exclusive = [n for n, i in self.instances.items() if not i.shared]
+            if not msg.shared or exclusive or msg.group_id:
+                raise ModelStateError(
+                    f"worker {self.worker_id} already runs {running}; deactivate it first, or activate every "
+                    f"instance with shared=True and a kv_blocks share (tensor-parallel shards run alone)",
+                    model=m.name, running=running,
+                )
+        return m
 
     def _deactivate(self, peer, msg: P.Deactivate) -> None:
         inst = self._instance(msg.name)

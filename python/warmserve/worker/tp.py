@@ -299,46 +299,65 @@ class GroupTable:
 class ShardRoles:
     """The tensor-parallel part of ``worker.core.WorkerCore`` (a mixin: same state, same thread)."""
 
-    def _activate_shard(self, peer, msg: P.Activate, m) -> None:
-        """Activate this worker's shard of a tensor-parallel instance: every rank runs this at about the same time
-        (the controller sends the ranks' Activates together), meeting in two all-reduces of the group."""
+    def _activate_shard(self, peer, msg: P.Activate) -> None:
+        """Activate this worker's shard of a tensor-parallel instance. Every rank runs this at about the same time
+        (the controller sends the ranks' Activates together) and meets the others in the same collectives whatever
+        happens here: a rank that cannot activate still takes part, with a "no", so every rank fails at once
+        instead of waiting out the group's timeout in a collective the failed rank never joins."""
         from ..engine.engine import DEFAULT_MAX_NUM_SEQS, Engine
 
-        if msg.shared:
-            raise errors.InvalidArgumentError(
-                f"{m.name!r} is a tensor-parallel shard: it runs alone on its workers, not shared", model=m.name)
-        group = self.groups.get(msg.group_id)
-        if group.world_size != m.lm.tp or group.rank != m.lm.tp_rank:
-            raise errors.InvalidArgumentError(
-                f"worker {self.worker_id} holds shard {m.lm.tp_rank} of {m.lm.tp} of {m.name!r}, but is rank "
-                f"{group.rank} of {group.world_size} in group {msg.group_id!r}: activate each shard in the group "
-                "where its rank is the shard's", model=m.name, tp=m.lm.tp, tp_rank=m.lm.tp_rank,
-                group_rank=group.rank, group_size=group.world_size)
+        group = self.groups.get(msg.group_id)  # without the group there is no one to tell
         loaded_before = self._bytes_loaded()
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
-        can = int(m.lm.kv_capacity_blocks)
-        for cap in (msg.kv_blocks, ec.max_kv_blocks or None):
-            if cap is not None:
-                can = min(can, int(cap))
+        m, can, local = None, -1, None
+        try:
+            m = self._activatable(msg)
+            if msg.shared:
+                raise errors.InvalidArgumentError(
+                    f"{m.name!r} is a tensor-parallel shard: it runs alone on its workers, not shared", model=m.name)
+            if group.world_size != m.lm.tp or group.rank != m.lm.tp_rank:
+                raise errors.InvalidArgumentError(
+                    f"worker {self.worker_id} holds shard {m.lm.tp_rank} of {m.lm.tp} of {m.name!r}, but is rank "
+                    f"{group.rank} of {group.world_size} in group {msg.group_id!r}: activate each shard in the "
+                    "group where its rank is the shard's", model=m.name, tp=m.lm.tp, tp_rank=m.lm.tp_rank,
+                    group_rank=group.rank, group_size=group.world_size)
+            can = int(m.lm.kv_capacity_blocks)
+            for cap in (msg.kv_blocks, ec.max_kv_blocks or None):
+                if cap is not None:
+                    can = min(can, int(cap))
+        except Exception as e:  # told to the other ranks (a -1 below), then raised here
+            local = e
         # The ranks' KV caches must have the same size (see worker/tp.py): the smallest ceiling of any rank.
         kv_blocks = group.min_int(can)
+        if local is not None:
+            raise local
         if kv_blocks < 1:
-            raise errors.InvalidArgumentError(
-                f"a rank of {m.name!r} allows no KV block (this worker: {can}): raise kv_blocks / max_kv_blocks",
-                model=m.name, kv_blocks=can)
-        m.lm.bind_group(group)
-        # No block is mapped by the engine itself (target 0, then the budget mapper): grow_together maps them.
-        engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=0,
-                        max_batch_tokens=ec.max_batch_tokens, max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
-                        map_blocks_per_step=ec.kv_map_blocks_per_step)
+            raise errors.ModelStateError(
+                f"another rank of {msg.name!r} in group {msg.group_id!r} could not activate its shard (see its "
+                "worker's answer), or allows no KV block", model=msg.name, group_id=msg.group_id)
+        engine = None
         try:
+            m.lm.bind_group(group)
+            # No block is mapped by the engine itself (target 0, then the budget mapper): grow_together maps them.
+            engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=0,
+                            max_batch_tokens=ec.max_batch_tokens,
+                            max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+                            map_blocks_per_step=ec.kv_map_blocks_per_step)
             engine.kv.mapper = BudgetMapper(engine.kv.mapper)
             target = msg.kv_target_free_blocks
             engine.set_kv_target_free_blocks(kv_blocks if target is None else target)
+        except Exception as e:
+            local = e
+        try:
+            if group.min_int(int(local is None)) != 1:
+                raise local or errors.ModelStateError(
+                    f"another rank of {msg.name!r} could not start its engine (see its worker's answer)",
+                    model=msg.name, group_id=msg.group_id)
             grow_together(engine, group)
         except BaseException:
-            engine.close()
+            if engine is not None:
+                engine.close()
             m.lm.parallel = None
             raise
         activate_s = time.perf_counter() - t0
