@@ -87,6 +87,40 @@ def headline():
     print()
 
 
+def max_rate_table():
+    """Max rate under the SLO: P_search (warmserve as shipped, co-serving off; shared), P_search_coserve (warmserve
+    with coserve_tpot_s=0.1) and P_search_floor{0,05,1} (warmserve with reclaim_floor_share 0 / 0.5 / 1): the
+    mean offered rate over the seeds of the highest passing search point."""
+    print("| preset | warmserve | shared | ratio | co-serving on | ratio | reclaim floor 0 / 0.5 / 1 |")
+    print("|---|---|---|---|---|---|---|")
+    for p in PRESETS:
+        a, c = load(p + "_search"), load(p + "_search_coserve")
+        if a is None:
+            continue
+        w = a["policies"]["warmserve"]["max_rate_under_slo_rps"]
+        sh = a["policies"]["shared"]["max_rate_under_slo_rps"]
+        n = c["policies"]["warmserve"]["max_rate_under_slo_rps"] if c else None
+        fl = [load(f"{p}_search_floor{t}") for t in ("0", "05", "1")]
+        fls = " / ".join(f"{d['policies']['warmserve']['max_rate_under_slo_rps']:.1f}" if d else "-" for d in fl)
+        print(f"| {p.replace('_', '-')} | {w:.1f} | {sh:.1f} | **{w / sh:.2f}x** | {f(n, 1)} | "
+              f"{'-' if n is None else f'{n / sh:.2f}x'} | {fls} |")
+    print()
+
+
+def floor_table():
+    """warmserve at 2x (artifact-conv) and 4x (artifact-code) rate for each reclaim floor share (medians)."""
+    print("| run | floor 0 (before) | 0.5 | 0.8 (default) | 1 |")
+    print("|---|---|---|---|---|")
+    for run, base in (("artifact-conv x2", "artifact_conv_x2"), ("artifact-code x4", "artifact_code_x4")):
+        cells = []
+        for t in ("_floor0", "_floor05", "_seeds" if base.endswith("x2") else "", "_floor1"):
+            d = load(base + t)
+            s = d["policies"]["warmserve"] if d else None
+            cells.append(f"{s['ttft_p99_s']:.2f} s / {s['slo_attainment']:.3f}" if s else "-")
+        print(f"| {run}: P99 / SLO | " + " | ".join(cells) + " |")
+    print()
+
+
 def option_table(names):
     """warmserve and the other policy of each option run (autoscale or dedicated), medians over the seeds."""
     print("| run | policy | p99 | p99 per seed 0/1/2 | SLO | starts (cold) | GPU-s |")
@@ -127,6 +161,10 @@ def sweep_table(doc):
 
 
 def main():
+    print("## max rate under the SLO\n")
+    max_rate_table()
+    print("## reclaim floor\n")
+    floor_table()
     print("## headline\n")
     headline()
     print("## option runs\n")

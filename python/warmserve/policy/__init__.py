@@ -92,8 +92,11 @@ prefill time, tokens x prefill_s / 1024, against 0.8 x (ttft_target_prefills - 1
 GPUs arbitrated by unmet demand: draining instances revived first, new ones one at a time to the model whose
 demand is least met, a quiet model's last instance stopped only when another model wants GPUs that are not
 free, and a model waiting with no instance and no free GPUs taking, after ``preempt_after_s``, those of the
-instances whose loss hurts least when its load is twice their harm, ``policy.arbitration``; new instances
-placed by §4, packed so that free GPUs stay in whole blocks), sets KV targets (§6; growth evicts the
+instances whose loss hurts least when its load is twice their harm, ``policy.arbitration``; a model left
+short taking (reclaim) a GPU group from models that keep ``reclaim_floor_share`` of their demand met; new
+instances placed by §4, packed so that free GPUs stay in whole blocks; with ``coserve_tpot_s`` > 0 (off by
+default), light models' first instances share GPU groups and split out when they burst, ``policy.coserve``;
+the load signals and KV targets live in ``policy.signals``), sets KV targets (§6; growth evicts the
 lowest-score prewarm on the GPU first), and, at each window start and every ``replan_s``, forecasts the window
 now under way from the windows before it (``policy.history`` keeps them), plans replicas (§2) and places them
 laminarly (§3), evicting lower-score prewarms where needed.

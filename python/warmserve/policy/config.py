@@ -79,6 +79,29 @@ class PolicyConfig:
     #: (the paper's §5 rule: hundreds of cold starts in 20 minutes on bursty traces). False: only when another
     #: model wants GPUs that are not free.
     idle_to_zero: bool = False
+    #: The reclaim rule (above) takes GPUs only from models that keep at least this share of their demand met
+    #: after the loss (``arbitration.reclaim_victims``, ``floor``). Default 0.8, the §5 trigger level
+    #: (scale_out_threshold): the victims' remaining instances carry at most B requests each. 0: the rule before
+    #: (any model that stays at least as well served as the taker gives GPUs; when several models were short at
+    #: once GPUs passed back and forth). A policy choice; bench/simulate/README.md shows 0, 0.5, 0.8 and 1.
+    reclaim_floor_share: float = 0.8
+    #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
+    #: a shared GPU group may reach (one decode step of each co-resident model, time-sharing), seconds; models
+    #: join while the round stays within this x scale_in_threshold / scale_out_threshold and split out above it.
+    #: 0 (the default): off, every instance has its GPUs to itself, as in the paper. Off by default because,
+    #: measured, it lowers the max rate under the SLO (paper-code 8.3 -> 5.7 rps, seeds 0-2; bench/simulate/
+    #: README.md) and can starve a co-served model when the cluster fills before it splits out. The value to use
+    #: when on, 0.1 s: the TPOT SLO DistServe (Zhong et al., OSDI 2024, Table 1) sets for its chatbot workload.
+    coserve_tpot_s: float = 0.0
+    #: Most models one co-serving GPU group hosts (fewer where their weights would pass 80% of a GPU). Policy
+    #: choice: two 7B models leave each 22.5 of a 72 GB pool for KV (about 44k tokens, 30 sequences of 1.5k).
+    coserve_max_models: int = 2
+    #: KV tokens per running sequence the co-serving rule plans a decode step with, tokens: the paper's prompts are
+    #: cut to 1024 tokens (PAPER.md), a sequence reads its prompt plus what it generated.
+    coserve_context_tokens: int = 1024
+    #: Bytes/s a decode step reads device memory at, for the co-serving rule's step prediction: H100 SXM peak HBM
+    #: 3.35 TB/s (NVIDIA datasheet) x 0.68 achievable (measured, ``sim.costmodel.HBM_ACHIEVABLE_FRACTION``).
+    decode_read_bytes_per_s: float = 3.35e12 * 0.68
 
     def __post_init__(self):
         if self.instance_capacity < 1:
@@ -100,6 +123,14 @@ class PolicyConfig:
             raise InvalidArgumentError(
                 f"ttft_target_prefills must be 0 (off) or > 1 (the target includes the request's own prefill), "
                 f"got {self.ttft_target_prefills}")
+        if not 0 <= self.reclaim_floor_share <= 1:
+            raise InvalidArgumentError(f"reclaim_floor_share must be in [0, 1], got {self.reclaim_floor_share}")
+        if (self.coserve_tpot_s < 0 or self.coserve_max_models < 1 or self.coserve_context_tokens < 0
+                or not self.decode_read_bytes_per_s > 0):
+            raise InvalidArgumentError(
+                f"need coserve_tpot_s >= 0, coserve_max_models >= 1, coserve_context_tokens >= 0 and "
+                f"decode_read_bytes_per_s > 0; got {self.coserve_tpot_s}, {self.coserve_max_models}, "
+                f"{self.coserve_context_tokens}, {self.decode_read_bytes_per_s}")
         if self.placement not in ("laminar", "round-robin"):
             raise InvalidArgumentError(f"placement must be 'laminar' or 'round-robin', got {self.placement!r}")
 

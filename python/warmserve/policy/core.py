@@ -12,18 +12,16 @@ from warmserve.policy import actions as A
 from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims, reclaim_victims
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
+from warmserve.policy.coserve import CoServing
 from warmserve.policy.forecast import ModelForecaster, paper_next_batch
 from warmserve.policy.history import History
 from warmserve.policy.placement import Board
 from warmserve.policy.planner import plan_model
+from warmserve.policy.signals import PREFILL_PROFILE_TOKENS, LoadSignals  # noqa: F401 (re-exported for tests)
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
-#: Prompt tokens ``ModelInfo.prefill_s`` is the prefill time of (the paper's prompts are cut to 1024 tokens, and
-#: ``sim.simulator.model_infos`` profiles a 1024-token prefill): per-token prefill time = prefill_s / this.
-PREFILL_PROFILE_TOKENS = 1024
 
-
-class Policy:
+class Policy(LoadSignals):
     """WarmServe's policy and its ablations; the static baselines subclass it."""
 
     def __init__(self, name: str, models: list[ModelInfo], config: PolicyConfig, history=None):
@@ -50,6 +48,9 @@ class Policy:
         self._reserved: dict[str, tuple[int, ...]] = {}
         self._reserved_base: dict[str, int] = {}
         self._meters: dict[str, WindowMeter] = {}
+        #: Co-serving of light models (None: off).
+        self._co = CoServing(config, self.models) if config.coserve_tpot_s > 0 else None
+        self._fc_window: tuple[int, dict[str, float]] | None = None  # (window, forecast average per model)
         self._inflight: dict[str, int] = {m: 0 for m in self.models}
         self._exact = False
         self._scores: dict[str, float] = {}
@@ -111,28 +112,6 @@ class Policy:
         self._n += 1
         return f"{model}/{kind}{self._n}"
 
-    def _load_avg(self, model: str, now_s: float, value: float, series: dict | None = None) -> float:
-        """Time-weighted mean of the sampled load over the last load_window_s (a step function). ``series``:
-        which sampled series (default: the in-flight load)."""
-        q = (self._load if series is None else series)[model]
-        if not q or q[-1][1] != value:  # a step function: an unchanged value needs no new sample
-            q.append((now_s, value))
-        lo = now_s - self.cfg.load_window_s
-        while len(q) > 1 and q[1][0] <= lo:
-            q.popleft()
-        t_prev, v_prev = q[0]
-        start = max(t_prev, lo)
-        if len(q) == 1 or now_s <= start:
-            return value
-        # only the oldest sample can start before the window (the loop above drops the others)
-        area, t_prev = 0.0, start
-        for i in range(1, len(q)):
-            t, v = q[i]
-            area += v_prev * (t - t_prev)
-            t_prev, v_prev = t, v
-        area += v_prev * (now_s - t_prev)  # the last value holds until now
-        return area / (now_s - start)
-
     def forecast(self, model: str, window_index: int) -> tuple[float, float]:
         """(avg, peak) forecast of window ``window_index`` from the windows before it (NaN: no data)."""
         a, p = self.forecast_all(window_index, [model])
@@ -165,6 +144,15 @@ class Policy:
         with np.errstate(invalid="ignore"):
             peak = np.where(np.isnan(peak), peak, np.fmax(peak, avg))
         return avg, peak
+
+    def _window_forecast(self, now_s: float) -> dict[str, float]:
+        """The average in-flight forecast of the current window per model (0 where unknown), once per window."""
+        w = math.floor(now_s / self.cfg.window_s)
+        if self._fc_window is None or self._fc_window[0] != w:
+            names = sorted(self.models)
+            avg = self.forecast_all(w, names)[0]
+            self._fc_window = (w, {m: float(a) for m, a in zip(names, avg) if not math.isnan(a)})
+        return self._fc_window[1]
 
     def _start(self, board: Board, model: str) -> A.StartInstance | None:
         got = board.choose_for_instance(model)
@@ -206,9 +194,11 @@ class Policy:
                 return A.ReviveInstance(inst.instance_id)
         if all(i.ready for i in insts):
             cap = self.cfg.max_instances_per_model
-            if ((not cap or len(insts) < cap) and self._idle_group(state, now_s, self.models[model].tp)
+            if ((not cap or len(insts) < cap) and (self._idle_group(state, now_s, self.models[model].tp)
+                                                   or (self._co is not None and not insts
+                                                       and self._co.could_join(state, model)))
                     and not self._someone_starving(state, model)):
-                act = self._start_outside_reservations(self._board(state), model)
+                act = self._start_outside_reservations(state, self._board(state), model)
                 if act is not None:
                     return act
         if best is None:
@@ -295,54 +285,6 @@ class Policy:
                 continue  # it was lost with its GPUs, not drained: no weights are left to keep
             self._keep_weights(iid, model, gpus, board, out)
 
-    def _record(self, state: ClusterState, now_s: float) -> dict[str, float]:
-        """Sample the load (for autoscaling) and the concurrency (for forecast windows); returns the 5 s loads."""
-        load = {m: 0 for m in self.models}
-        seen = {m: 0 for m in self.models}
-        for inst in state.instances.values():
-            seen[inst.model] += inst.in_flight
-            if not inst.draining:
-                load[inst.model] += inst.in_flight
-        for m, q in state.queues.items():
-            if m in load and q:
-                load[m] += len(q)
-                seen[m] += len(q)
-        avg5 = {m: self._load_avg(m, now_s, load[m]) for m in sorted(self.models)}
-        if not self._exact:
-            for m in sorted(self.models):
-                self._meter_set(m, now_s, seen[m])
-        else:
-            for m in sorted(self._meters):
-                self._meter_set(m, now_s, self._inflight[m])
-        return avg5
-
-    def prefill_budget_s(self, model: str) -> float:
-        """Seconds of prefill backlog one instance may hold while a request arriving behind it still meets the
-        TTFT target: (ttft_target_prefills - 1) x the model's prefill time (its own prefill is the 1). 0: off."""
-        k = self.cfg.ttft_target_prefills
-        return (k - 1.0) * self.models[model].prefill_s if k > 0 else 0.0
-
-    def _prefill_backlog_s(self, state: ClusterState, model: str) -> float:
-        """Prefill time of the model's backlog (prompt tokens waiting or routed and not yet prefilled), seconds:
-        tokens x prefill_s / PREFILL_PROFILE_TOKENS (prefill is compute-bound, about linear in tokens)."""
-        return state.prefill_backlog_tokens(model) * self.models[model].prefill_s / PREFILL_PROFILE_TOKENS
-
-    def _wanted(self, m: str, load: float, prefill_s: float, queued: int) -> tuple[float, float]:
-        """(instances to scale out to, instances to scale in to) for a load (in-flight + queued requests) and a
-        prefill backlog (seconds), both averaged over load_window_s. In-flight (§5): out to ceil(load / 0.8 / B)
-        when load > 0.8 x B x instances, in to ceil(load / 0.5 / B); prefill, with the same thresholds over
-        the per-instance budget: out to ceil(backlog / (0.8 x budget)), never in below ceil(backlog / (0.5 x
-        budget)). At least one instance while requests wait."""
-        cfg, B = self.cfg, self.cfg.instance_capacity
-        out, keep = load / cfg.scale_out_threshold / B, load / cfg.scale_in_threshold / B
-        budget = self.prefill_budget_s(m)
-        if budget > 0:
-            out = max(out, prefill_s / cfg.scale_out_threshold / budget)
-            keep = max(keep, prefill_s / cfg.scale_in_threshold / budget)
-        if queued:
-            out, keep = max(out, 1.0), max(keep, 1.0)
-        return out, keep
-
     def _autoscale(self, state: ClusterState, now_s: float, avg5: dict, board: Board, out: list) -> None:
         """§5 scaling, with GPUs arbitrated by unmet demand: draining instances are revived before new ones
         start; new ones go one at a time to the model whose demand is least met (then the longest starved);
@@ -359,10 +301,12 @@ class Policy:
         want_out: dict[str, int] = {}
         keep: dict[str, int] = {}
         demand: dict[str, float] = {}
+        raw: dict[str, tuple[float, float]] = {}  # the demand figures without the floor for waiting requests
         for m in sorted(self.models):
             pf = self._load_avg(m, now_s, self._prefill_backlog_s(state, m), self._prefill_load)
             queued = state.queued(m)
             o, k = self._wanted(m, avg5[m], pf, queued)
+            raw[m] = self._wanted(m, avg5[m], pf, 0)
             n = len(active[m])
             target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
             if cfg.max_instances_per_model:
@@ -373,30 +317,57 @@ class Policy:
             else:
                 self._starved_since.pop(m, None)
         self._release_reservations(state, active, want_out)
+        co = self._co
+        if co is not None:  # co-serving's view of the loads; a host over its TPOT target splits a model out
+            fc = self._window_forecast(now_s)
+            co.update(state, {m: r[0] for m, r in raw.items()}, {m: r[1] for m, r in raw.items()},
+                      {m: max(avg5[m], fc.get(m, 0.0)) for m in self.models})
+            co.split(state, active, want_out)
         have = {m: len(active[m]) for m in self.models}
         for m in sorted(self.models):  # 1. revive: it still runs, so there is nothing to start or load
             for inst in sorted(draining[m], key=lambda i: (-i.in_flight, i.instance_id)):
                 if have[m] >= want_out[m]:
                     break
-                if inst.instance_id in self._preempted:
-                    continue
+                if inst.instance_id in self._preempted or (co is not None and inst.instance_id in co.ids):
+                    continue  # a co-served instance stopped went for a dedicated one (or scaled in)
                 out.append(A.ReviveInstance(inst.instance_id))
                 self._retain.pop(inst.instance_id, None)
                 have[m] += 1
-        wanted = self._allocate(board, have, want_out, out)  # 2. new instances, least-met demand first
+        wanted = self._allocate(state, board, have, want_out, out)  # 2. new instances, least-met demand first
+        retired = set()
+        if co is not None:  # co-served instances replaced by dedicated ones (and the reverse) stop
+            for inst in co.retire(state, {a.instance_id for a in out if type(a) is A.StopInstance}):
+                self._stop(state, inst, now_s, board, out)
+                have[inst.model] -= 1
+                retired.add(inst.instance_id)
         stopped = False
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m]
             if target == 0 and not (wanted - {m}) and not cfg.idle_to_zero:
                 target = 1
-            old = [i for i in active[m] if i.ready and now_s - i.ready_s >= cfg.min_lifetime_s]
-            old.sort(key=lambda i: (i.in_flight, i.instance_id))
+            if co is not None and m in co.merging:
+                continue  # it runs its old instance and the co-served one replacing it: retire() ends that
+            old = [i for i in active[m] if i.ready and now_s - i.ready_s >= cfg.min_lifetime_s
+                   and i.instance_id not in retired]
+            # co-served instances first: a model that needs fewer keeps its own GPUs
+            old.sort(key=lambda i: (co is None or i.instance_id not in co.ids, i.in_flight, i.instance_id))
             for inst in old[: max(0, have[m] - target)]:
                 self._stop(state, inst, now_s, board, out)
                 have[m] -= 1
                 stopped |= inst.in_flight == 0
         if stopped and wanted:  # idle GPUs were freed this tick: the wanting models may start at once
-            wanted = self._allocate(board, have, {m: want_out[m] for m in wanted}, out)
+            wanted = self._allocate(state, board, have, {m: want_out[m] for m in wanted}, out)
+        if co is not None and wanted:  # GPUs are wanted: a quiet model with GPUs to itself moves onto a host
+            reserved = {g for gpus in self._reserved.values() for g in gpus}
+            tps = {self.models[w].tp for w in wanted}
+            for m, iid in co.merge_candidates(state, now_s, cfg.min_lifetime_s):
+                if m in wanted or not co.frees_group_for(state, board, state.instances[iid].gpus, tps):
+                    continue
+                act = co.join(state, board, m, reserved, new_host=False, new_id=self._new_id)
+                if act is not None:
+                    out.append(act)
+                    co.merging_into(m, iid, act.instance_id)
+                    break
         # 4. GPUs for models left short, least-met demand first: reclaimed from models that stay as well served;
         # for a model with no instance and nothing to reclaim, time-shared (a last instance may go)
         for m in sorted(wanted, key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
@@ -404,7 +375,7 @@ class Policy:
             if not found and have[m] == 0 and m in self._starved_since:
                 freed = self._preempt_for(state, m, now_s, avg5, board, out)
             if freed:
-                self._allocate(board, have, {m: want_out[m]}, out)
+                self._allocate(state, board, have, {m: want_out[m]}, out)
 
     def _release_reservations(self, state: ClusterState, active: dict, want_out: dict) -> None:
         """GPUs freed for a model become anyone's once it has more instances than when they were freed, or no
@@ -430,21 +401,21 @@ class Policy:
         elsewhere = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
         band = self.cfg.scale_out_threshold / self.cfg.scale_in_threshold
         got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
-                              elsewhere, band)
+                              elsewhere, band, self.cfg.reclaim_floor_share)
         if got is None:
             return False, False
         for v in got[1]:
             have[v.model] -= 1
         return True, self._take_gpus(state, model, got[1], have[model], now_s, board, out)
 
-    def _allocate(self, board: Board, have: dict, want: dict, out: list) -> set[str]:
+    def _allocate(self, state: ClusterState, board: Board, have: dict, want: dict, out: list) -> set[str]:
         """Start instances one at a time, each to the model whose demand is least met (have / want; ties: the
         longest starved, then the most wanted); returns the models left short because no GPUs fit them."""
         short = {m for m in want if want[m] > have[m]}
         wanted = set()
         while short:
             m = min(short, key=lambda m: (have[m] / want[m], self._starved_since.get(m, math.inf), -want[m], m))
-            act = self._start_outside_reservations(board, m)
+            act = self._start_outside_reservations(state, board, m)
             if act is None:
                 short.discard(m)
                 wanted.add(m)
@@ -455,9 +426,15 @@ class Policy:
                 short.discard(m)
         return wanted
 
-    def _start_outside_reservations(self, board: Board, model: str) -> A.StartInstance | None:
+    def _start_outside_reservations(self, state: ClusterState, board: Board, model: str) -> A.StartInstance | None:
         """``_start``, on GPUs not freed for another model: those count as busy for this choice (else the
-        victims of a preemption, waiting in turn, would take back the GPUs one by one as they drain)."""
+        victims of a preemption, waiting in turn, would take back the GPUs one by one as they drain). With
+        co-serving, a light model's first instance joins a host (or opens one) instead (``coserve``)."""
+        if self._co is not None and not any(not i.draining for i in self._instances_of(state).get(model, ())):
+            reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+            act = self._co.join(state, board, model, reserved, new_host=not reserved, new_id=self._new_id)
+            if act is not None:
+                return act
         held = []
         for other, gpus in self._reserved.items():
             if other == model:
@@ -513,42 +490,6 @@ class Policy:
         self._reserved[model] = tuple(sorted({g for v in victims for g in v.gpus}))
         self._reserved_base[model] = base
         return freed
-
-    def kv_free_target(self, inst: InstanceState) -> int:
-        """Free KV blocks to keep mapped (§6): total * in_flight / B, at least min_free_kv_blocks; everything
-        when KV reservation is off."""
-        if not self.cfg.kv_reservation:
-            return max(0, inst.kv_blocks_total - inst.kv_blocks_used)
-        want = math.ceil(inst.kv_blocks_total * inst.in_flight / self.cfg.instance_capacity)
-        return max(0, min(max(want, self.cfg.min_free_kv_blocks), inst.kv_blocks_total - inst.kv_blocks_used))
-
-    def _kv_targets(self, state: ClusterState, board: Board, out: list) -> None:
-        stopping = {a.instance_id for a in out if isinstance(a, A.StopInstance)}
-        for iid in sorted(state.instances):
-            inst = state.instances[iid]
-            if not inst.ready or inst.draining or iid in stopping or inst.kv_blocks_total <= 0:
-                continue
-            block = self.models[inst.model].kv_block_bytes
-            free = self.kv_free_target(inst)
-            delta = inst.kv_blocks_used + free - inst.kv_blocks_mapped
-            if delta > 0:  # load rose: take pages back, evicting the lowest-score prewarms on these GPUs first
-                can = min(self._room_blocks(board, g, block) for g in inst.gpus)
-                delta = min(delta, can)
-                free = inst.kv_blocks_mapped + delta - inst.kv_blocks_used
-                for g in inst.gpus:
-                    for pid in board.take_bytes(g, delta * block) or []:
-                        self._scores.pop(pid, None)
-                        out.append(A.Evict(pid, "kv"))
-            elif delta < 0:
-                board.release_instance(inst.gpus, -delta * block)
-            if delta != 0 or inst.kv_free_target != free:
-                out.append(A.SetKvTarget(iid, max(free, 0)))
-
-    @staticmethod
-    def _room_blocks(board: Board, gpu: int, block: int) -> int:
-        s, k = board.local[gpu]
-        room = int(board.free[s, k]) + sum(r.shard_bytes for r in board.by_server[s].values() if r.mask >> k & 1)
-        return max(0, room // block)
 
     def _plan(self, state: ClusterState, window: int, board: Board, out: list) -> None:
         B = self.cfg.instance_capacity

@@ -214,8 +214,9 @@ class Simulator:
                     pbar.update(t - last_pbar)
                     last_pbar = t
         end = max(self.now, end_arrivals)
-        for inst in list(self.insts.values()):
-            self.gpu_seconds += (end - max(inst.st.created_s, self.clock0)) * len(inst.st.gpus)
+        for g, n in enumerate(self.gpu_holders):
+            if n:
+                self.gpu_seconds += max(end - max(self.gpu_held_since[g], self.clock0), 0.0)
         if pbar is not None:
             pbar.update(max(end - last_pbar, 0.0))
         return self._result(end)
@@ -238,7 +239,11 @@ class Simulator:
                                     max_batched_tokens=0 if fluid else self.cost.limits.max_batched_tokens,
                                     chunked_prefill_tokens=0 if fluid else cfg.chunked_prefill_tokens)
         self.insts = self.engines.insts
+        #: GPU time held by instances over the replayed span: a GPU counts once however many (co-served or
+        #: colocated) instances it holds, from when the first starts to when the last leaves
         self.gpu_seconds = 0.0
+        self.gpu_holders = [0] * len(st.gpus)
+        self.gpu_held_since = [0.0] * len(st.gpus)
         self.starts = {"total": 0, "hit": 0, "loading": 0, "cold": 0}
         self.evictions = 0
         self.now = self.clock0 - max(self.warmup_s, 0.0)
@@ -350,6 +355,13 @@ class Simulator:
         c = self.mcost[m]
         gpus = ist.gpus
         inst = self.engines.add(ist, m, c, info.shard_bytes, info.kv_block_bytes, now_s)
+        for g in gpus:
+            while len(self.gpu_holders) <= g:  # GPUs that joined after the start
+                self.gpu_holders.append(0)
+                self.gpu_held_since.append(0.0)
+            if not self.gpu_holders[g]:
+                self.gpu_held_since[g] = now_s
+            self.gpu_holders[g] += 1
         self.starts["total"] += 1
         if p is not None:  # its shard bytes now belong to the instance
             ld = self.loading.pop(p.prewarm_id, None)
@@ -394,7 +406,10 @@ class Simulator:
         st = inst.st
         self.engines.remove(inst, t)
         # GPU time is measured over the replayed span only (the warm-up is not counted)
-        self.gpu_seconds += max(t - max(st.created_s, self.clock0), 0.0) * len(st.gpus)
+        for g in st.gpus:
+            self.gpu_holders[g] -= 1
+            if not self.gpu_holders[g]:
+                self.gpu_seconds += max(t - max(self.gpu_held_since[g], self.clock0), 0.0)
 
     def set_kv_target(self, ist: InstanceState, free_blocks: int, now_s: float) -> None:
         inst = self.insts.get(ist.instance_id)

@@ -126,8 +126,9 @@ def test_a_request_the_wire_cannot_carry_ends_and_leaves_nothing_in_flight(model
     run(main())
 
 
-@pytest.mark.parametrize("fault", ["queue_timeout", "every_worker_lost"])
-def test_stream_that_fails_before_its_first_token_gets_a_real_status(model, fault):
+@pytest.mark.parametrize("fault,options", [("queue_timeout", ()), ("every_worker_lost", ()),
+                                           ("every_worker_lost", (("coserve_tpot_s", 0.1),))])
+def test_stream_that_fails_before_its_first_token_gets_a_real_status(model, fault, options):
     """Nothing streamed yet: the client gets 504 (queue timeout) or 503 (every worker lost) with the OpenAI error
     body, not a 200 followed by an SSE error event; nothing stays queued or in flight."""
     from aiohttp.test_utils import TestClient, TestServer
@@ -135,7 +136,8 @@ def test_stream_that_fails_before_its_first_token_gets_a_real_status(model, faul
     from warmserve.controller.api import Api
 
     async def main():
-        c = make_controller(model, request_timeout_s=0.5)
+        # With co-serving on, routing after the last GPU is lost must cope with no GPU (it once raised there).
+        c = make_controller(model, options, request_timeout_s=0.5)
         ep = await c.start()
         peer = Peer(ep)
         await c.wait_for_workers(1, 5)

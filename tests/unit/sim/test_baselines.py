@@ -82,3 +82,15 @@ def test_colocated_instances_time_share_their_gpu():
     both = sim.finish[0] - sim.first[0]
     one = alone.finish[0] - alone.first[0]
     assert 1.8 * one < both <= 2 * one + 1e-9
+
+
+def test_a_gpu_shared_by_instances_counts_once_in_gpu_seconds():
+    """Two models colocated on the only GPU: the run holds one GPU, not two (before the fix GPU-seconds summed
+    instances x GPUs, and `shared` on paper-code reported 28,844 GPU-s on 16 GPUs over 1,200 s)."""
+    names = ["a", "b"]
+    tr = Trace(names, np.array([0.0, 0.0]), np.array([0, 1], np.int32), np.full(2, 100), np.full(2, 201))
+    cfg = SimConfig(n_servers=1, gpus_per_server=1, warmup_s=0.0, drain_s=600)
+    served = [ServedModel("a", "llama2-7b"), ServedModel("b", "llama2-7b")]
+    r = simulate(Workload("two", tr, Trace.empty(names), 20.0), served, "shared", config=cfg)
+    assert r.summary["gpu_seconds"] == pytest.approx(r.summary["end_s"], rel=1e-6)
+    assert r.summary["gpu_utilization"] <= 1.0 + 1e-9

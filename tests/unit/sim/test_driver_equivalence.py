@@ -10,8 +10,11 @@ readiness, load and draining, prewarms, queues, lost GPUs) is what the simulator
 equal action for action.
 """
 
+from dataclasses import replace
+
 import numpy as np
 
+from warmserve.policy.config import PolicyConfig
 from warmserve.policy.driver import PolicyDriver, instant_driver
 from warmserve.sim.config import SimConfig
 from warmserve.sim.presets import paper_preset
@@ -117,9 +120,20 @@ def _scenario():
 
 
 def test_simulator_and_instant_executor_take_the_same_decisions():
+    _same_decisions()
+
+
+def test_same_decisions_with_light_models_co_served():
+    """Co-serving on: light models start co-served (kv_fraction < 1); the same decisions, action for action."""
+    starts = _same_decisions(PolicyConfig(coserve_tpot_s=0.1))
+    assert any(a.kv_fraction < 1 for a in starts)
+
+
+def _same_decisions(policy_config=None):
     p, w = _scenario()
+    cfg = p.config if policy_config is None else replace(p.config, policy_config=policy_config)
     losses = [(150.0, (0, 1))]  # a worker with two GPUs dies mid-burst
-    sim = Simulator(w, p.models, "warmserve", config=p.config, gpu_losses=losses)
+    sim = Simulator(w, p.models, "warmserve", config=cfg, gpu_losses=losses)
     tap = PolicyTap(sim.policy)
     sim.driver = RecordingDriver(tap, sim.state, sim)
     result = sim.run()
@@ -138,7 +152,7 @@ def test_simulator_and_instant_executor_take_the_same_decisions():
     assert any(set(i[2]) & {0, 1} for i in before[0])  # the lost GPUs carried a serving instance
     assert result.summary["completed"] > 0
 
-    fresh = Simulator(w, p.models, "warmserve", config=p.config)  # a new policy and state, built the same way
+    fresh = Simulator(w, p.models, "warmserve", config=cfg)  # a new policy and state, built the same way
     replay = PolicyTap(fresh.policy, replay=tap.seen)
     driver = instant_driver(replay, fresh.state, start_ready=False)
     for name, args, kwargs in calls:
@@ -146,3 +160,4 @@ def test_simulator_and_instant_executor_take_the_same_decisions():
     assert len(replay.log) == len(tap.log)
     for k, (a, b) in enumerate(zip(tap.log, replay.log)):
         assert a == b, f"decision {k} differs"
+    return starts

@@ -1,0 +1,310 @@
+"""Co-serving light models on one GPU group (beyond the paper; issue 11, "a universal worker that serves several
+light models at once").
+
+The paper gives every instance its GPUs to itself, so with 7 models on 16 GPUs the models that one instance
+carries with room to spare (the "light" ones) hold GPUs a demand-proportional static layout gives to the busy
+ones. Here a light model's instance may share its GPU group with other light models of the same tensor-parallel
+degree (a "host": GPUs whose instances were all started co-served), as MuxServe colocates models, but decided
+online from the same load signals as the §5 scaling:
+
+- light: the model's scale-out demand (``Policy._wanted``, without the floor of one instance while requests wait)
+  is below one instance: its in-flight load is under 0.8 x B and its prefill backlog under 0.8 x its budget;
+- the round: co-resident instances time-share the GPUs, so a token of each waits for one decode step of every
+  busy co-resident. The predicted round is the sum of their decode steps, each at its predicted batch (the
+  larger of its 5 s load and the forecast of the window), from what the policy knows of a model
+  (``ModelInfo``) and two planning figures (``PolicyConfig.decode_read_bytes_per_s``,
+  ``coserve_context_tokens``); ``step_s`` gives the formula;
+- join: a light model's *first* instance goes to a host whose round, with it, stays within
+  ``coserve_tpot_s`` x scale_in_threshold / scale_out_threshold (the §5 band, 0.5 / 0.8), best fit first; with no
+  such host it opens one on idle GPUs (others may join later). Memory: at most ``models_per_host`` shards (at most
+  ``coserve_max_models``, and weights within 80% of a GPU, as in the `shared` baseline); KV is elastic: each
+  co-served instance may map up to what ``models_per_host`` shards leave (``kv_fraction``), from the shared pool,
+  as its load needs;
+- split (it bursts): a host whose round exceeds ``coserve_tpot_s`` marks its costliest model, and a co-served
+  model that is no longer light scales out as any model does; its new instance is dedicated (an instance of a
+  model that has one already never co-serves). Once a dedicated instance of the model is ready, its co-served
+  instance is stopped (it drains): the model "turns into" a dedicated instance;
+- merge: while another model is short of GPUs that are not free, a model whose load is below the scale-in
+  threshold (0.5 x B: the §5 band again) and that runs one dedicated instance starts a co-served one on a host that
+  fits it; once that is ready its dedicated instance stops, and its GPUs go to the model short of them.
+
+Everything here is pure: it reads the state and the policy's load figures and returns decisions."""
+
+from __future__ import annotations
+
+from warmserve.policy import actions as A
+from warmserve.policy.config import PolicyConfig
+from warmserve.policy.placement import MAX_GPUS_PER_SERVER, Board
+from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, kv_blocks_for
+
+#: Share of a GPU's pool the weights of a host's models may take together (the rest is KV): the `shared`
+#: baseline's rule (``baselines.plan_shared``: weights up to 80% of memory).
+WEIGHT_SHARE_PER_HOST = 0.8
+
+
+class CoServing:
+    """The co-serving decisions of one policy object (``core.Policy._co``)."""
+
+    def __init__(self, cfg: PolicyConfig, models: dict[str, ModelInfo]):
+        self.cfg = cfg
+        self.models = models
+        #: Instances started co-served (kv_fraction < 1) that may still be in the state.
+        self.ids: set[str] = set()
+        #: Models whose co-served instance is to become a dedicated one (their host's round is over target).
+        self.splitting: set[str] = set()
+        #: Model -> (its instance to stop, the co-served instance started to replace it): the first stops once the
+        #: second is ready.
+        self.merging: dict[str, tuple[str, str]] = {}
+        #: Host GPUs -> models that joined it since the last tick (not in the state until the driver applies them).
+        self.pending: dict[tuple[int, ...], set[str]] = {}
+        #: Per model, from the last tick: scale-out demand (instances, no floor), scale-in demand, predicted batch.
+        self.out: dict[str, float] = {}
+        self.keep: dict[str, float] = {}
+        self.batch: dict[str, float] = {}
+
+    # ---- the model ----------------------------------------------------------------------------------------
+
+    def step_s(self, model: str, batch: float) -> float:
+        """Predicted decode step of ``model`` at ``batch`` running sequences, seconds: the memory-bound step of
+        ``sim.costmodel.CostModel.decode_step_s``, from what the policy knows: max(the profiled step, the weight
+        shard over the read bandwidth) + batch x context tokens x its KV bytes per token (per GPU) over the
+        read bandwidth."""
+        m = self.models[model]
+        r = self.cfg.decode_read_bytes_per_s
+        kv = batch * self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp / r
+        return max(m.decode_s_per_token, m.weight_bytes / m.tp / r) + kv
+
+    def models_per_host(self, model: str, gpu_bytes: int) -> int:
+        """How many models a host of ``model``'s kind holds: coserve_max_models, fewer where their shards would
+        take more than WEIGHT_SHARE_PER_HOST of a GPU (< 2: the model never co-serves)."""
+        shard = self.models[model].shard_bytes
+        return min(self.cfg.coserve_max_models, int(WEIGHT_SHARE_PER_HOST * gpu_bytes // shard))
+
+    def kv_fraction(self, model: str, gpu_bytes: int) -> float:
+        """KV share of a co-served instance (``StartInstance.kv_fraction``): an equal part of what a full host's
+        shards leave, so that a full host's caches all fit at once (the live worker's shared activation takes a
+        fixed share); within it the cache is mapped as the load needs (``_kv_targets``), the rest stays in the
+        GPU's pool for prewarms. As a share of what the instance's own shard leaves; below 1 (a shared
+        activation)."""
+        shard = self.models[model].shard_bytes
+        k = self.models_per_host(model, gpu_bytes)
+        return max(0.01, min(0.99, (gpu_bytes - k * shard) / k / (gpu_bytes - shard)))
+
+    def host_models(self, gpus: tuple[int, ...], insts) -> set[str]:
+        """The models a host serves: its instances that take requests, and those joined since the last tick."""
+        return {i.model for i in insts if not i.draining} | self.pending.get(gpus, set())
+
+    def round_s(self, names) -> float:
+        """Predicted decode round of a host serving ``names``: one step of each at its predicted batch."""
+        return sum(self.step_s(m, self.batch.get(m, 0.0)) for m in names)
+
+    def light(self, model: str) -> bool:
+        return self.out.get(model, 0.0) < 1.0
+
+    def kv_fits(self, model: str, gpu_bytes: int, share: float) -> bool:
+        """Whether the model's predicted batch, at coserve_context_tokens each, needs at most ``share`` of the KV
+        bytes (per GPU) its co-served instance may hold (the engine admits a request only with room for its KV)."""
+        m = self.models[model]
+        cap = self.kv_fraction(model, gpu_bytes) * (gpu_bytes - m.shard_bytes)
+        need = self.batch.get(model, 0.0) * self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp
+        return need <= share * cap
+
+    # ---- reading the state --------------------------------------------------------------------------------
+
+    def hosts(self, state: ClusterState) -> dict[tuple[int, ...], list[InstanceState]]:
+        """GPU groups that hold only co-served instances, with them (draining ones included: they still run)."""
+        groups: dict[tuple[int, ...], list[InstanceState]] = {}
+        other: set[int] = set()
+        for inst in state.instances.values():
+            if inst.instance_id in self.ids:
+                groups.setdefault(tuple(inst.gpus), []).append(inst)
+            else:
+                other.update(inst.gpus)
+        return {g: v for g, v in groups.items() if not other.intersection(g)}
+
+    # ---- decisions ----------------------------------------------------------------------------------------
+
+    def update(self, state: ClusterState, out: dict[str, float], keep: dict[str, float],
+               batch: dict[str, float]) -> None:
+        """A tick begins: the loads it decides on. Ids of instances no longer in the state are forgotten here
+        (not later in the tick: its own StartInstances reach the state only once the driver applies them)."""
+        self.ids &= state.instances.keys()
+        self.out, self.keep, self.batch = out, keep, batch
+        self.pending = {}
+
+    def could_join(self, state: ClusterState, model: str) -> bool:
+        """A cheap first test of ``join`` on existing hosts (route() builds no Board when it fails)."""
+        m = self.models[model]
+        if not self.light(model):
+            return False
+        live = [g.total_bytes for g in state.gpus if not g.gone]
+        if not live:  # every GPU is lost: nothing to join
+            return False
+        k = self.models_per_host(model, min(live))
+        return k >= 2 and any(len(g) == m.tp and model not in self.host_models(g, v) and len(self.host_models(g, v)) < k
+                              for g, v in self.hosts(state).items())
+
+    def join(self, state: ClusterState, board: Board, model: str, reserved: set[int], *, new_host: bool,
+             new_id) -> A.StartInstance | None:
+        """A co-served instance of ``model`` on the best-fitting host (the one whose round with it is the longest
+        within the join target), or, with ``new_host``, on idle GPUs as a new host; None when neither fits.
+        Updates ``board`` (the GPUs' memory, and busy for a new host). ``reserved``: GPUs kept for other models.
+        A model co-serves only while, after it joins, an idle group of its tp remains to split out to: a host in
+        a full cluster could not split when a model bursts."""
+        m = self.models[model]
+        gpu_bytes = min((g.total_bytes for g in state.gpus if not g.gone), default=0)
+        k = self.models_per_host(model, gpu_bytes) if gpu_bytes else 0
+        if k < 2 or not self.light(model) or self.idle_groups(board, m.tp, reserved) < (2 if new_host else 1):
+            return None
+        band = self.cfg.scale_in_threshold / self.cfg.scale_out_threshold
+        target = self.cfg.coserve_tpot_s * band
+        frac = self.kv_fraction(model, gpu_bytes)
+        best = None
+        for gpus, insts in self.hosts(state).items():
+            names = self.host_models(gpus, insts)
+            if len(gpus) != m.tp or reserved.intersection(gpus) or model in names or len(names) >= k:
+                continue
+            if any(i.model == model for i in insts) or any(g not in board.local for g in gpus):
+                continue
+            r = self.round_s(names | {model})
+            # room for its shard and its whole KV share (its mapping may grow to it), beside the residents' shards
+            # and whole shares and the prewarms there: exact for a host whose instances still start, too (the
+            # board counts such a GPU as full)
+            need = m.shard_bytes + kv_blocks_for(state, model, gpus, frac) * m.kv_block_bytes
+            if r > target or any(self._room(state, board, g, insts) < need for g in gpus) \
+                    or not self.kv_fits(model, gpu_bytes, band):
+                continue
+            key = (-r, gpus)
+            if best is None or key < best[0]:
+                best = (key, gpus)
+        if best is not None:
+            gpus = best[1]
+            for g in gpus:
+                s, c = board.local[g]
+                board.inst_count[s, c] += 1
+            act = A.StartInstance(new_id(model, "i"), model, gpus, kv_fraction=frac, warm_engine=self.cfg.warm_engine)
+            self.pending.setdefault(gpus, set()).add(model)
+        elif new_host and self.step_s(model, self.batch.get(model, 0.0)) <= target \
+                and self.kv_fits(model, gpu_bytes, band):
+            got = board.choose_for_instance(model)
+            if got is None:
+                return None
+            gpus, used, evicted = got
+            act = A.StartInstance(new_id(model, "i"), model, gpus, prewarm_id=used, evict=tuple(evicted),
+                                  kv_fraction=frac, warm_engine=self.cfg.warm_engine)
+        else:
+            return None
+        self.ids.add(act.instance_id)
+        return act
+
+    def _room(self, state: ClusterState, board: Board, gpu: int, insts) -> int:
+        """Bytes of ``gpu`` not promised: less the host's instances' shards and whole KV shares (and those that
+        joined since the last tick, at their share) and the prewarms there."""
+        used = 0
+        for i in insts:
+            mi = self.models[i.model]
+            used += mi.shard_bytes + i.kv_blocks_total * mi.kv_block_bytes
+        total = state.gpus[gpu].total_bytes
+        for name in self.pending.get(tuple(insts[0].gpus), ()):
+            mi = self.models[name]
+            used += mi.shard_bytes + kv_blocks_for(state, name, insts[0].gpus,
+                                                   self.kv_fraction(name, total)) * mi.kv_block_bytes
+        s, k = board.local[gpu]
+        used += sum(r.shard_bytes for r in board.by_server[s].values() if r.mask >> k & 1)
+        return total - used
+
+    @staticmethod
+    def idle_groups(board: Board, tp: int, reserved: set[int]) -> int:
+        """Aligned groups of tp GPUs with no instance and none kept for another model."""
+        n = 0
+        for s in range(board.n_servers):
+            for start in range(0, MAX_GPUS_PER_SERVER - tp + 1, tp):
+                cols = range(start, start + tp)
+                if all(board.gpu_ids[s, k] >= 0 and int(board.gpu_ids[s, k]) not in reserved and not board.busy[s, k]
+                       for k in cols):
+                    n += 1
+        return n
+
+    def split(self, state: ClusterState, active: dict[str, list[InstanceState]], want_out: dict[str, int]) -> None:
+        """Hosts over the TPOT target: their costliest model not yet splitting is marked; a marked model asks
+        for one instance more than it runs (a dedicated one), until its co-served instance is retired."""
+        self.splitting &= {i.model for i in state.instances.values() if i.instance_id in self.ids}
+        for gpus, insts in self.hosts(state).items():
+            live = [i for i in insts if not i.draining]
+            names = self.host_models(gpus, live)
+            if len(names) < 2 or any(i.model in self.splitting for i in live):
+                continue  # one split per host at a time: the round is re-read once it is done
+            gpu_bytes = state.gpus[gpus[0]].total_bytes
+            short = [i for i in live if not self.kv_fits(i.model, gpu_bytes, 1.0)]  # its batch outgrew its share
+            if short or self.round_s(names) > self.cfg.coserve_tpot_s:
+                worst = max(short or live, key=lambda i: (self.step_s(i.model, self.batch.get(i.model, 0.0)),
+                                                          i.instance_id))
+                self.splitting.add(worst.model)
+        for m in self.splitting:
+            want_out[m] = max(want_out[m], len(active[m]) + 1)
+
+    def retire(self, state: ClusterState, stopping: set[str]) -> list[InstanceState]:
+        """Instances to stop now: a co-served instance whose model (splitting, or no longer light) has a ready
+        dedicated instance; a merging model's old instance once its co-served replacement is ready."""
+        out = []
+        by_model: dict[str, list[InstanceState]] = {}
+        for inst in state.instances.values():
+            if not inst.draining and inst.instance_id not in stopping:
+                by_model.setdefault(inst.model, []).append(inst)
+        for m in sorted(self.merging):
+            old, new = self.merging[m]
+            mine = {i.instance_id: i for i in by_model.get(m, ())}
+            if old not in mine or new not in mine:
+                del self.merging[m]  # one of them went (scaled in, lost): nothing left to finish
+            elif mine[new].ready:
+                out.append(mine[old])
+                del self.merging[m]
+        for m, insts in sorted(by_model.items()):
+            if m in self.merging:
+                continue
+            co = [i for i in insts if i.instance_id in self.ids]
+            ded = [i for i in insts if i.instance_id not in self.ids]
+            if co and any(i.ready for i in ded) and (m in self.splitting or not self.light(m)):
+                out.extend(i for i in co if i.ready)
+                self.splitting.discard(m)
+        return out
+
+    def merge_candidates(self, state: ClusterState, now_s: float, min_age_s: float) -> list[tuple[str, str]]:
+        """(model, instance) pairs that may move onto a host, freeing the instance's GPUs: the model is below the
+        scale-in threshold and runs one instance, ready and past the minimum lifetime, that has its GPUs to itself
+        (dedicated, or co-served alone on its host); not merging already; quietest first."""
+        by_model: dict[str, list[InstanceState]] = {}
+        on_gpu: dict[int, int] = {}
+        for inst in state.instances.values():
+            for g in inst.gpus:
+                on_gpu[g] = on_gpu.get(g, 0) + 1
+            if not inst.draining:
+                by_model.setdefault(inst.model, []).append(inst)
+        out = []
+        for m, insts in by_model.items():
+            if len(insts) != 1 or m in self.merging or m in self.splitting or self.keep.get(m, 0.0) > 1.0 \
+                    or not self.light(m):
+                continue
+            i = insts[0]
+            if not i.ready or now_s - i.ready_s < min_age_s or any(on_gpu[g] > 1 for g in i.gpus):
+                continue
+            out.append((self.batch.get(m, 0.0), m, i.instance_id))
+        return [(m, iid) for _, m, iid in sorted(out)]
+
+    @staticmethod
+    def frees_group_for(state: ClusterState, board: Board, gpus, tps) -> bool:
+        """Whether freeing ``gpus`` completes an aligned group of one of ``tps`` (the wanting models' degrees)
+        whose other GPUs are idle: only then does a merge give a model short of GPUs a place to start."""
+        mine = set(gpus)
+        for srv in state.servers:
+            ids = list(srv.gpu_ids)
+            for tp in tps:
+                for start in range(0, len(ids) - tp + 1, tp):
+                    group = ids[start:start + tp]
+                    if mine.intersection(group) and all(
+                            g in mine or (g in board.local and not board.busy[board.local[g]]) for g in group):
+                        return True
+        return False
+
+    def merging_into(self, model: str, old_id: str, new_id: str) -> None:
+        self.merging[model] = (old_id, new_id)

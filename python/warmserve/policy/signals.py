@@ -1,0 +1,128 @@
+"""The load signals and KV targets of ``core.Policy`` (a mixin, kept apart so that core.py stays readable): the 5 s
+load averages the §5 scaling reads, the prefill backlog trigger (issue 11), the scale-out/in figures, and the §6
+KV targets of running instances."""
+
+from __future__ import annotations
+
+import math
+
+from warmserve.policy import actions as A
+from warmserve.policy.placement import Board
+from warmserve.policy.state import ClusterState, InstanceState
+
+#: Prompt tokens ``ModelInfo.prefill_s`` is the prefill time of (the paper's prompts are cut to 1024 tokens, and
+#: ``sim.simulator.model_infos`` profiles a 1024-token prefill): per-token prefill time = prefill_s / this.
+PREFILL_PROFILE_TOKENS = 1024
+
+
+class LoadSignals:
+    """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``_load``, ``_prefill_load``, ``_exact``,
+    ``_inflight``, ``_meter_set`` and ``_meters``."""
+
+    def _load_avg(self, model: str, now_s: float, value: float, series: dict | None = None) -> float:
+        """Time-weighted mean of the sampled load over the last load_window_s (a step function). ``series``:
+        which sampled series (default: the in-flight load)."""
+        q = (self._load if series is None else series)[model]
+        if not q or q[-1][1] != value:  # a step function: an unchanged value needs no new sample
+            q.append((now_s, value))
+        lo = now_s - self.cfg.load_window_s
+        while len(q) > 1 and q[1][0] <= lo:
+            q.popleft()
+        t_prev, v_prev = q[0]
+        start = max(t_prev, lo)
+        if len(q) == 1 or now_s <= start:
+            return value
+        # only the oldest sample can start before the window (the loop above drops the others)
+        area, t_prev = 0.0, start
+        for i in range(1, len(q)):
+            t, v = q[i]
+            area += v_prev * (t - t_prev)
+            t_prev, v_prev = t, v
+        area += v_prev * (now_s - t_prev)  # the last value holds until now
+        return area / (now_s - start)
+
+
+    def _record(self, state: ClusterState, now_s: float) -> dict[str, float]:
+        """Sample the load (for autoscaling) and the concurrency (for forecast windows); returns the 5 s loads."""
+        load = {m: 0 for m in self.models}
+        seen = {m: 0 for m in self.models}
+        for inst in state.instances.values():
+            seen[inst.model] += inst.in_flight
+            if not inst.draining:
+                load[inst.model] += inst.in_flight
+        for m, q in state.queues.items():
+            if m in load and q:
+                load[m] += len(q)
+                seen[m] += len(q)
+        avg5 = {m: self._load_avg(m, now_s, load[m]) for m in sorted(self.models)}
+        if not self._exact:
+            for m in sorted(self.models):
+                self._meter_set(m, now_s, seen[m])
+        else:
+            for m in sorted(self._meters):
+                self._meter_set(m, now_s, self._inflight[m])
+        return avg5
+
+    def prefill_budget_s(self, model: str) -> float:
+        """Seconds of prefill backlog one instance may hold while a request arriving behind it still meets the
+        TTFT target: (ttft_target_prefills - 1) x the model's prefill time (its own prefill is the 1). 0: off."""
+        k = self.cfg.ttft_target_prefills
+        return (k - 1.0) * self.models[model].prefill_s if k > 0 else 0.0
+
+    def _prefill_backlog_s(self, state: ClusterState, model: str) -> float:
+        """Prefill time of the model's backlog (prompt tokens waiting or routed and not yet prefilled), seconds:
+        tokens x prefill_s / PREFILL_PROFILE_TOKENS (prefill is compute-bound, about linear in tokens)."""
+        return state.prefill_backlog_tokens(model) * self.models[model].prefill_s / PREFILL_PROFILE_TOKENS
+
+    def _wanted(self, m: str, load: float, prefill_s: float, queued: int) -> tuple[float, float]:
+        """(instances to scale out to, instances to scale in to) for a load (in-flight + queued requests) and a
+        prefill backlog (seconds), both averaged over load_window_s. In-flight (§5): out to ceil(load / 0.8 / B)
+        when load > 0.8 x B x instances, in to ceil(load / 0.5 / B); prefill, with the same thresholds over
+        the per-instance budget: out to ceil(backlog / (0.8 x budget)), never in below ceil(backlog / (0.5 x
+        budget)). At least one instance while requests wait."""
+        cfg, B = self.cfg, self.cfg.instance_capacity
+        out, keep = load / cfg.scale_out_threshold / B, load / cfg.scale_in_threshold / B
+        budget = self.prefill_budget_s(m)
+        if budget > 0:
+            out = max(out, prefill_s / cfg.scale_out_threshold / budget)
+            keep = max(keep, prefill_s / cfg.scale_in_threshold / budget)
+        if queued:
+            out, keep = max(out, 1.0), max(keep, 1.0)
+        return out, keep
+
+
+    def kv_free_target(self, inst: InstanceState) -> int:
+        """Free KV blocks to keep mapped (§6): total * in_flight / B, at least min_free_kv_blocks; everything
+        when KV reservation is off."""
+        if not self.cfg.kv_reservation:
+            return max(0, inst.kv_blocks_total - inst.kv_blocks_used)
+        want = math.ceil(inst.kv_blocks_total * inst.in_flight / self.cfg.instance_capacity)
+        return max(0, min(max(want, self.cfg.min_free_kv_blocks), inst.kv_blocks_total - inst.kv_blocks_used))
+
+    def _kv_targets(self, state: ClusterState, board: Board, out: list) -> None:
+        stopping = {a.instance_id for a in out if isinstance(a, A.StopInstance)}
+        for iid in sorted(state.instances):
+            inst = state.instances[iid]
+            if not inst.ready or inst.draining or iid in stopping or inst.kv_blocks_total <= 0:
+                continue
+            block = self.models[inst.model].kv_block_bytes
+            free = self.kv_free_target(inst)
+            delta = inst.kv_blocks_used + free - inst.kv_blocks_mapped
+            if delta > 0:  # load rose: take pages back, evicting the lowest-score prewarms on these GPUs first
+                can = min(self._room_blocks(board, g, block) for g in inst.gpus)
+                delta = min(delta, can)
+                free = inst.kv_blocks_mapped + delta - inst.kv_blocks_used
+                for g in inst.gpus:
+                    for pid in board.take_bytes(g, delta * block) or []:
+                        self._scores.pop(pid, None)
+                        out.append(A.Evict(pid, "kv"))
+            elif delta < 0:
+                board.release_instance(inst.gpus, -delta * block)
+            if delta != 0 or inst.kv_free_target != free:
+                out.append(A.SetKvTarget(iid, max(free, 0)))
+
+    @staticmethod
+    def _room_blocks(board: Board, gpu: int, block: int) -> int:
+        s, k = board.local[gpu]
+        room = int(board.free[s, k]) + sum(r.shard_bytes for r in board.by_server[s].values() if r.mask >> k & 1)
+        return max(0, room // block)

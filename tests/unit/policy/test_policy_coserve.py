@@ -1,0 +1,134 @@
+"""Co-serving of light models (``policy.coserve``, issue 11): light models share a GPU while their predicted
+decode round stays within the TPOT target, a model that bursts turns into a dedicated instance, and a quiet one
+moves onto a host when another model wants its GPU. All through the real driver (instant executor)."""
+
+import pytest
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy.driver import instant_driver
+from warmserve.policy.state import ClusterState, ModelInfo
+
+GiB = 1 << 30
+
+
+def _7b(name):
+    """Llama-2 7B as the policy knows it: 13.5 GB, tp 1, 0.5 MiB of KV per token, 35 ms prefill, 15 ms step."""
+    return ModelInfo(name, 13_500_000_000, 1, 524_288, 0.035, 0.015)
+
+
+def _driver(n_gpus=4, names="abc", **cfg):
+    cfg.setdefault("coserve_tpot_s", 0.1)  # on (off by default: bench/simulate/README.md says why)
+    models = [_7b(n) for n in names]
+    st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
+    return instant_driver(pol, st), st
+
+
+def _of(st, model, draining=False):
+    return [i for i in st.instances.values() if i.model == model and i.draining == draining]
+
+
+def _start_light(d, st):
+    """`a` and `b` each get a request (and the policy a tick, so that it has seen their loads)."""
+    d.submit("a", "a0", 0.0)
+    d.tick(0.5)
+    d.submit("b", "b0", 1.0)
+    d.tick(1.5)
+
+
+def test_light_models_share_a_gpu_with_a_kv_share_each():
+    d, st = _driver()
+    _start_light(d, st)
+    (ia,), (ib,) = _of(st, "a"), _of(st, "b")
+    assert ia.gpus == ib.gpus  # one GPU serves both
+    assert ia.instance_id in d.policy._co.ids and ib.instance_id in d.policy._co.ids
+    # each may hold an equal part of what two 13.5 GB shards leave: (72 GiB - 27 GB) / 2 of the 72 GiB - 13.5 GB
+    # its own shard leaves (the live worker's shared activation takes such a fixed share)
+    room = 72 * GiB - st.models["a"].shard_bytes
+    share = (72 * GiB - 2 * st.models["a"].shard_bytes) / 2
+    assert ia.kv_blocks_total * st.models["a"].kv_block_bytes == pytest.approx(share, rel=0.02)
+    assert ia.kv_blocks_total * st.models["a"].kv_block_bytes < room
+    assert sum(st.models[i.model].shard_bytes + i.kv_blocks_total * st.models[i.model].kv_block_bytes
+               for i in (ia, ib)) <= 72 * GiB
+
+
+def test_without_co_serving_or_when_the_round_would_pass_the_target_each_model_has_its_own_gpu():
+    for cfg in (dict(coserve_tpot_s=0.0), dict(coserve_tpot_s=0.02)):  # 0.02 x 0.5 / 0.8 < one 15 ms step
+        d, st = _driver(**cfg)
+        _start_light(d, st)
+        (ia,), (ib,) = _of(st, "a"), _of(st, "b")
+        assert ia.gpus != ib.gpus
+        assert d.policy._co is None or not d.policy._co.ids
+
+
+def test_a_model_that_bursts_turns_into_a_dedicated_instance():
+    d, st = _driver()
+    _start_light(d, st)
+    (co_b,) = _of(st, "b")
+    for k in range(40):  # 41 in flight: 41 / (0.8 x 32) = 1.6 instances, no longer light
+        d.submit("b", f"b{k + 1}", 2.0)
+    for t in range(2, 10):
+        d.tick(float(t))
+    ded = [i for i in _of(st, "b") if i.instance_id not in d.policy._co.ids]
+    assert ded and all(i.gpus != co_b.gpus for i in ded)  # a dedicated instance on a GPU of its own
+    assert st.instances[co_b.instance_id].draining  # the co-served one drains (it keeps its requests)
+    assert not any(i.draining for i in _of(st, "a"))
+
+
+def test_a_host_over_the_tpot_target_splits_its_costliest_model_out():
+    """Predicted round: 15 ms + batch x 1024 tokens x 0.5 MiB / 2.278 TB/s per model. With 25 in flight each
+    (light: below 0.8 x 32) the round is 2 x 20.9 ms = 42 ms; a target of 0.04 s is passed."""
+    d, st = _driver(coserve_tpot_s=0.1)
+    _start_light(d, st)
+    host = _of(st, "a")[0].gpus
+    d.policy._co.cfg = PolicyConfig(replan_s=1e9, window_s=1e6, coserve_tpot_s=0.04)  # the target drops
+    for k in range(24):
+        d.submit("a", f"a{k + 1}", 2.0)
+        d.submit("b", f"b{k + 1}", 2.0)
+    for t in range(2, 10):
+        d.tick(float(t))
+    moved = [m for m in "ab" if any(i.gpus != host for i in _of(st, m))]
+    assert len(moved) == 1  # one of them went to a GPU of its own, the other stays
+
+
+def test_co_serving_knobs_are_checked():
+    with pytest.raises(InvalidArgumentError):
+        PolicyConfig(coserve_tpot_s=-1.0)
+    with pytest.raises(InvalidArgumentError):
+        PolicyConfig(coserve_max_models=0)
+    with pytest.raises(InvalidArgumentError):
+        PolicyConfig(decode_read_bytes_per_s=0.0)
+    with pytest.raises(InvalidArgumentError):
+        PolicyConfig(reclaim_floor_share=1.5)
+
+
+def test_a_quiet_model_moves_onto_a_host_when_that_frees_a_group_another_model_wants():
+    """Three servers of 4 GPUs. `big` (tp 4) has one instance on server 0 and 120 requests (it asks for 4.7);
+    server 1 has only `a`'s instance (GPU 4, one request) and three idle GPUs; `b` is co-served on GPU 8.
+    `a` moves beside `b`, and once its own instance has drained, `big` starts on GPUs 4-7. (A merge needs an
+    idle GPU of the merging model's tp to remain, to split out to later: on a full cluster none happens.)"""
+    from warmserve.policy import actions as A
+
+    models = [_7b("a"), _7b("b"), ModelInfo("big", 138_000_000_000, 4, 327_680, 0.1, 0.03)]
+    st = ClusterState.uniform(3, models, gpus_per_server=4, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models,
+                      config=PolicyConfig(replan_s=1e9, window_s=1e6, coserve_tpot_s=0.1))
+    d = instant_driver(pol, st)
+    co = pol._co
+    d.apply(A.StartInstance("big0", "big", (0, 1, 2, 3)), 0.0)
+    d.apply(A.StartInstance("a0", "a", (4,)), 0.0)
+    d.apply(A.StartInstance("b0", "b", (8,), kv_fraction=0.3), 0.0)
+    co.ids.add("b0")
+    d.submit("a", "a-r", 10.0)
+    d.submit("b", "b-r", 10.0)
+    for k in range(120):
+        d.submit("big", f"big{k}", 10.0)
+    d.tick(10.0)
+    moved = [i for i in _of(st, "a") if i.instance_id != "a0"]
+    assert [i.gpus for i in moved] == [(8,)] and moved[0].instance_id in co.ids  # beside b
+    d.tick(11.0)  # the co-served one is ready (instant executor): a's own instance stops
+    assert st.instances["a0"].draining  # it still has its request; GPU 4 frees once that ends
+    d.request_finished("a", "a0", 12.0)
+    d.tick(13.0)
+    assert (4, 5, 6, 7) in [i.gpus for i in _of(st, "big")]
