@@ -109,17 +109,8 @@ def default_split_tokens(n_rows: int, n_heads: int, max_len: int) -> int:
     return max(1, math.ceil(max_len / splits))
 
 
-def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
-                    row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
-                    scale: float, window: int = 0, max_len: int | None = None,
-                    split_tokens: int | None = None) -> torch.Tensor:
-    """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
-    block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
-    (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
-    cache's kv_heads = cache.shape[1] // D. head_dim must be a multiple of 32, at most 256."""
-    dev = _require(q, cache, block_tables, row_seq, row_len)
-    _index(row_seq, torch.int32, "row_seq")
-    _index(row_len, torch.int32, "row_len")
+def _attention_shapes(q, cache, block_tables, row_seq, row_len) -> tuple[int, int, int]:
+    """(rows, query heads, head size) of an attention call, after checking the shapes both kernels need."""
     if q.dim() != 3 or cache.dim() != 2 or block_tables.dim() != 2 or block_tables.dtype != torch.int32:
         raise InvalidArgumentError(f"expected q [N, H, D], cache [rows, kv_heads*D], block_tables int32 [S, B]; got "
                                    f"{tuple(q.shape)}, {tuple(cache.shape)}, {tuple(block_tables.shape)} "
@@ -134,6 +125,21 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
     if row_seq.shape[0] != n_rows or row_len.shape[0] != n_rows:
         raise InvalidArgumentError(f"row_seq and row_len must have {n_rows} entries, got {row_seq.shape[0]} and "
                                    f"{row_len.shape[0]}", rows=n_rows)
+    return n_rows, n_heads, head_dim
+
+
+def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
+                    row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
+                    scale: float, window: int = 0, max_len: int | None = None,
+                    split_tokens: int | None = None) -> torch.Tensor:
+    """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
+    block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
+    (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
+    cache's kv_heads = cache.shape[1] // D. head_dim must be a multiple of 32, at most 256."""
+    dev = _require(q, cache, block_tables, row_seq, row_len)
+    _index(row_seq, torch.int32, "row_seq")
+    _index(row_len, torch.int32, "row_len")
+    n_rows, n_heads, head_dim = _attention_shapes(q, cache, block_tables, row_seq, row_len)
     kv_heads = cache.shape[1] // head_dim
     out = torch.empty_like(q)
     if n_rows == 0:
@@ -196,20 +202,7 @@ def prefill_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.
     _index(row_len, torch.int32, "row_len")
     if tiles.dtype != torch.int32 or tiles.dim() != 2 or tiles.shape[1] != 2:
         raise InvalidArgumentError(f"tiles must be int32 [n_tiles, 2], got {tiles.dtype} {tuple(tiles.shape)}")
-    if q.dim() != 3 or cache.dim() != 2 or block_tables.dim() != 2 or block_tables.dtype != torch.int32:
-        raise InvalidArgumentError(f"expected q [N, H, D], cache [rows, kv_heads*D], block_tables int32 [S, B]; got "
-                                   f"{tuple(q.shape)}, {tuple(cache.shape)}, {tuple(block_tables.shape)} "
-                                   f"{block_tables.dtype}")
-    n_rows, n_heads, head_dim = q.shape
-    if head_dim % 32 or not 32 <= head_dim <= 256:
-        raise InvalidArgumentError(f"head_dim must be a multiple of 32 in [32, 256], got {head_dim}",
-                                   head_dim=head_dim)
-    if cache.shape[1] % head_dim or n_heads % (cache.shape[1] // head_dim) or q.dtype != cache.dtype:
-        raise InvalidArgumentError(f"cache rows of {cache.shape[1]} {cache.dtype} elements do not hold whole "
-                                   f"{head_dim}-element heads dividing {n_heads} {q.dtype} query heads")
-    if row_seq.shape[0] != n_rows or row_len.shape[0] != n_rows:
-        raise InvalidArgumentError(f"row_seq and row_len must have {n_rows} entries, got {row_seq.shape[0]} and "
-                                   f"{row_len.shape[0]}", rows=n_rows)
+    n_rows, n_heads, head_dim = _attention_shapes(q, cache, block_tables, row_seq, row_len)
     out = torch.empty_like(q)
     with torch.cuda.device(dev):
         _C.kernel_prefill_attention(
