@@ -30,11 +30,12 @@ SERVE_CONTROLLER = {"tick_s": 0.2, "heartbeat_interval_s": 0.2, "worker_timeout_
                     "restart_backoff_s": 0.2}
 
 
-def start(tmp_path, *, models=MODELS, tp: dict | None = None, cpu_workers: int = 2, cpu_worker_memory_bytes: int = 805306368,
+def start(tmp_path, *, models=MODELS, tp: dict | None = None, policy: dict | None = None, cpu_workers: int = 2, cpu_worker_memory_bytes: int = 805306368,
           cluster_toml: str = "", log_level: str = "INFO", args=(), start_timeout_s: float = 180.0,
           **controller) -> tuple[subprocess.Popen, str]:
     """`warmserve serve` on CPU workers (one thread each) with the demo `models`; returns the process and its base
-    URL. `tp`: model -> tensor-parallel degree (1 if absent). `cluster_toml` adds top-level lines; `controller` overrides SERVE_CONTROLLER keys (None leaves a key out,
+    URL. `tp`: model -> tensor-parallel degree (1 if absent); `policy`: more [policy] keys. `cluster_toml` adds
+    top-level lines; `controller` overrides SERVE_CONTROLLER keys (None leaves a key out,
     to its default). Its stderr goes to tmp_path/serve.log, its logs under tmp_path/logs."""
     paths = demo_paths(models)
     table = {k: v for k, v in {**SERVE_CONTROLLER, **controller}.items() if v is not None}
@@ -43,7 +44,8 @@ def start(tmp_path, *, models=MODELS, tp: dict | None = None, cpu_workers: int =
         f"cpu_workers = {cpu_workers}\ncpu_worker_memory_bytes = {cpu_worker_memory_bytes}\ncpu_worker_threads = 1\n"
         + cluster_toml
         + "".join(f'[[models]]\npath = "{paths[m]}"\ntp = {(tp or {}).get(m, 1)}\n' for m in models)
-        + "[policy]\nwindow_s = 30\n[controller]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
+        + "[policy]\nwindow_s = 30\n" + "".join(f"{k} = {v}\n" for k, v in (policy or {}).items())
+        + "[controller]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
         + "[server]\nport = 0\n")
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
