@@ -1,0 +1,61 @@
+"""Co-serving live: light models share a worker (one GPU) through the same driver and policy as in the simulator
+(policy/coserve.py; `coserve_tpot_s` turns it on). Three light demo models on two CPU workers, rounds of
+concurrent requests: at some point two models run on one worker as shared instances, every request is
+answered, and the cluster ends idle with every pool whole."""
+
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+
+import serving
+
+openai = pytest.importorskip("openai")
+
+MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
+
+server = serving.server_fixture("coserve", models=MODELS, cpu_workers=2, policy={"coserve_tpot_s": 0.1})
+
+
+def test_light_models_share_a_worker_and_every_request_is_answered(server):
+    url, proc, tmp = server
+    samples: list[dict] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def poll():
+        try:
+            while not done.is_set():
+                _, st = serving.get_json(url + "/stats")
+                on_gpu: dict[int, list[str]] = {}
+                for inst in st["instances"]:
+                    for g in inst["gpus"]:
+                        on_gpu.setdefault(g, []).append(inst["model"])
+                samples.append(on_gpu)
+                time.sleep(0.1)
+        except BaseException as e:  # reaches the test's thread below
+            errors.append(e)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+    def ask(i: int) -> int:
+        r = client.completions.create(model=MODELS[i % 3], prompt=f"hello {i}", max_tokens=8, temperature=0)
+        return r.usage.completion_tokens
+
+    try:
+        answered = []
+        for _ in range(3):
+            with cf.ThreadPoolExecutor(3) as pool:
+                answered += list(pool.map(ask, range(24)))
+            time.sleep(1.5)
+    finally:
+        done.set()
+        poller.join(30)
+    assert not errors, errors
+    assert len(answered) == 72 and all(n == 8 for n in answered)
+    shared = [s for s in samples if any(len(models) > 1 for models in s.values())]
+    assert shared, f"no two models ever shared a worker in {len(samples)} samples"
+    assert serving.wait_idle(url) == []
