@@ -9,7 +9,8 @@ instance took them: ``send`` came later than the arrival) more than half the SLO
 GPUs held (instances x tp, starting and draining included) sampled every tick: mean, min, max, and the mean
 number of instances sharing a GPU with another instance ("co"); busy: the mean share of the instance-time its
 engine spent in prefill / decode; reclaims: GPU groups moved between models by ``reclaim_victims`` over the
-whole run, warm-up included. One seeded simulation per policy, no search."""
+whole run, warm-up included; instances stopped over the replayed span by the rule that stopped them (scale-in,
+reclaim, time-sharing; "last instance": the model had no other). One seeded simulation per policy, no search."""
 
 from __future__ import annotations
 
@@ -69,19 +70,42 @@ def diagnose(preset_name: str, policy: str, rate_scale: float, seed: int, option
     sim.driver.tick = tick
     moves = [0]
     reclaim = getattr(sim.policy, "_reclaim_for", None)
+    stops: dict[str, int] = defaultdict(int)  # instances stopped over the replayed span, by the rule that stopped them
+    why = ["scale-in"]
     if reclaim is not None:
         def counted(*a, **k):
-            got = reclaim(*a, **k)
+            why[0] = "reclaim"
+            try:
+                got = reclaim(*a, **k)
+            finally:
+                why[0] = "scale-in"
             moves[0] += bool(got[0])
             return got
 
         sim.policy._reclaim_for = counted
+        preempt, stop = sim.policy._preempt_for, sim.policy._stop
+
+        def preempt_counted(*a, **k):
+            why[0] = "time-sharing"
+            try:
+                return preempt(*a, **k)
+            finally:
+                why[0] = "scale-in"
+
+        def stop_counted(state, inst, now_s, board, out):
+            if now_s >= sim.clock0:
+                last = sum(1 for i in state.instances.values() if i.model == inst.model and not i.draining) == 1
+                stops[why[0] + (" (last instance)" if last else "")] += 1
+            return stop(state, inst, now_s, board, out)
+
+        sim.policy._preempt_for, sim.policy._stop = preempt_counted, stop_counted
     r = sim.run()
     r.summary["offered_rate_rps"] = len(w.trace) / w.duration_s
     k = sim.n_warm
     out = {"policy": policy, "summary": {x: r.summary[x] for x in ("slo_attainment", "ttft_p99_s", "offered_rate_rps",
                                                                    "instance_starts", "gpu_seconds")},
-           "shared_gpus_mean": float(np.mean(shared_t)) if shared_t else 0.0, "reclaims": moves[0], "models": {}}
+           "shared_gpus_mean": float(np.mean(shared_t)) if shared_t else 0.0, "reclaims": moves[0],
+           "stops": dict(sorted(stops.items())), "models": {}}
     for mi, m in enumerate(sim.names):
         info = sim.infos[mi]
         slo = sim.cfg.ttft_slo_s or sim.cfg.slo_scale * info.prefill_s
@@ -129,6 +153,9 @@ def main():
         print(f"{pol} @ {s['offered_rate_rps']:.1f} rps: SLO {s['slo_attainment']:.4f}, P99 {s['ttft_p99_s']:.2f} s, "
               f"starts {s['instance_starts']}, GPU-s {s['gpu_seconds']:.0f}, GPUs shared (mean) "
               f"{d['shared_gpus_mean']:.1f}, reclaims {d['reclaims']} (warm-up included)")
+        if d["stops"]:
+            print("  instances stopped (replayed span), by rule: "
+                  + ", ".join(f"{k} {v}" for k, v in d["stops"].items()))
         print(f"  {'model':<13}{'reqs':>6}{'SLO':>7}{'miss':>6}{'queued':>7}{'eng.wait':>9}{'p99':>7}"
               f"{'GPUs mean/min/max':>19}{'pf/dec busy':>13}")
         for m, v in d["models"].items():

@@ -94,8 +94,11 @@ demand is least met, a quiet model's last instance stopped only when another mod
 free, and a model waiting with no instance and no free GPUs taking, after ``preempt_after_s``, those of the
 instances whose loss hurts least when its load is twice their harm, ``policy.arbitration``; a model left
 short taking (reclaim) a GPU group from models that keep ``reclaim_floor_share`` of their demand met; new
-instances placed by §4, packed so that free GPUs stay in whole blocks; with ``coserve_tpot_s`` > 0 (off by
-default), light models' first instances share GPU groups and split out when they burst, ``policy.coserve``;
+instances placed by §4, packed so that free GPUs stay in whole blocks; while the cluster is over-subscribed
+(the models with demand need more GPUs, one instance each, than are live; or always, ``coserve_always``), light
+models' first instances share GPU groups within the ``coserve_tpot_s`` round, a quiet model with steady demand
+keeps its instance there instead of going to zero, and a model that outgrows its host splits out (time-sharing
+GPUs when none are free), ``policy.coserve``;
 the load signals and KV targets live in ``policy.signals``), sets KV targets (§6; growth evicts the
 lowest-score prewarm on the GPU first), and, at each window start and every ``replan_s``, forecasts the window
 now under way from the windows before it (``policy.history`` keeps them), plans replicas (§2) and places them

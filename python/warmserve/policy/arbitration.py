@@ -7,7 +7,8 @@ model that wanted them:
   stay at least as well served as the wanting model will be (any model short of instances, in order of
   deficit);
 - time-sharing (``preemption_victims``): a model that waits with no instance may take even a last instance,
-  once it has served ``preempt_after_s`` and the waiting model's load clearly exceeds the harm."""
+  once it has served ``preempt_after_s`` and the waiting model's load clearly exceeds the harm; so may a model
+  that outgrew its co-serving host (``coserve``), but not the last instance of a model no host could take."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ PREEMPT_LOAD_RATIO = 2.0
 
 
 def preemption_victims(state: ClusterState, board: Board, model: str, now_s: float, load: dict[str, float],
-                       stopping: set[str], served_s: float) -> tuple[float, list[InstanceState]] | None:
+                       stopping: set[str], served_s: float,
+                       keep_last=None) -> tuple[float, list[InstanceState]] | None:
     """(harm, instances) of the aligned group of tp GPUs on one server that ``model`` could take at least harm,
     or None. A group qualifies when each of its GPUs is idle or held only by other models' instances that are
     ready, not draining and have served ``served_s`` since they became ready, and holds at least one of them.
     Harm: each instance's share of its model's ``load`` (load / the model's instances), doubled for a model's
     last instance (its requests wait for a start instead of moving to a sibling). ``stopping``: instances
     stopped earlier in the same decision (the board has freed their GPUs already, or they drain); a GPU where
-    the board holds something the state does not (an instance started this round) does not qualify."""
+    the board holds something the state does not (an instance started this round) does not qualify.
+    ``keep_last``: models (a set) whose last instance is not taken (None: any model's may be)."""
     tp = state.models[model].tp
     on_gpu: dict[int, list[InstanceState]] = {}
     count: dict[str, int] = {}
@@ -49,6 +52,8 @@ def preemption_victims(state: ClusterState, board: Board, model: str, now_s: flo
             lost: dict[str, int] = {}
             for v in victims:
                 lost[v.model] = lost.get(v.model, 0) + 1
+            if keep_last is not None and any(n >= count[m] and m in keep_last for m, n in lost.items()):
+                continue
             harm = sum(load[m] / count[m] * n * (2.0 if n >= count[m] else 1.0) for m, n in lost.items())
             key = (harm, srv.server_id, start)
             if best is None or key < best[0]:

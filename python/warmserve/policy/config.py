@@ -88,14 +88,22 @@ class PolicyConfig:
     #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
     #: a shared GPU group may reach (one decode step of each co-resident model, time-sharing), seconds; models
     #: join while the round stays within this x scale_in_threshold / scale_out_threshold and split out above it.
-    #: 0 (the default): off, every instance has its GPUs to itself, as in the paper. Off by default because,
-    #: measured, it lowers the max rate under the SLO (paper-code 8.3 -> 5.7 rps, seeds 0-2; bench/simulate/
-    #: README.md) and can starve a co-served model when the cluster fills before it splits out. The value to use
-    #: when on, 0.1 s: the TPOT SLO DistServe (Zhong et al., OSDI 2024, Table 1) sets for its chatbot workload.
-    coserve_tpot_s: float = 0.0
-    #: Most models one co-serving GPU group hosts (fewer where their weights would pass 80% of a GPU). Policy
-    #: choice: two 7B models leave each 22.5 of a 72 GB pool for KV (about 44k tokens, 30 sequences of 1.5k).
-    coserve_max_models: int = 2
+    #: 0.1 s: the TPOT SLO DistServe (Zhong et al., OSDI 2024, Table 1) sets for its chatbot workload. 0: never
+    #: co-serve (every instance has its GPUs to itself, as in the paper). Co-serving engages only while the
+    #: cluster is over-subscribed (``coserve.CoServing.update``: the models with demand need more GPUs, one
+    #: instance each, than are live), unless coserve_always.
+    coserve_tpot_s: float = 0.1
+    #: Co-serve light models even when every model with demand could have GPUs of its own. Off by default
+    #: because, measured, it lowers the max rate under the SLO where GPUs suffice (paper-code 8.3 -> 5.6 rps,
+    #: seeds 0-2, 2 models per host; bench/simulate/README.md, the 07:05 update): time-sharing costs TTFT, and it
+    #: frees GPUs only where none are short.
+    coserve_always: bool = False
+    #: Most models one co-serving GPU group hosts, over the memory rule (``coserve.CoServing.models_per_host``:
+    #: weights within 80% of a GPU, as `shared` packs them, and each resident's KV share holding
+    #: scale_in_threshold x B sequences of coserve_context_tokens; on a 72 GB pool that is 3 Llama-2 7B or 13B
+    #: models at B = 32). Policy choice: 4, the most 7B shards (13.5 GB) within 80% of 72 GB, so that the memory
+    #: rule decides for the paper's models; 2 was the first cut (bench/simulate/README.md shows both).
+    coserve_max_models: int = 4
     #: KV tokens per running sequence the co-serving rule plans a decode step with, tokens: the paper's prompts are
     #: cut to 1024 tokens (PAPER.md), a sequence reads its prompt plus what it generated.
     coserve_context_tokens: int = 1024

@@ -192,12 +192,14 @@ class Policy(LoadSignals):
             if inst.draining and inst.ready and inst.instance_id not in self._preempted:
                 self._retain.pop(inst.instance_id, None)
                 return A.ReviveInstance(inst.instance_id)
-        if all(i.ready for i in insts):
-            cap = self.cfg.max_instances_per_model
-            if ((not cap or len(insts) < cap) and (self._idle_group(state, now_s, self.models[model].tp)
-                                                   or (self._co is not None and not insts
-                                                       and self._co.could_join(state, model)))
-                    and not self._someone_starving(state, model)):
+        cap = self.cfg.max_instances_per_model
+        if all(i.ready for i in insts) and (not cap or len(insts) < cap):
+            if not insts and self._co is not None and self._co.could_join(state, model):
+                # a host's spare room, not idle GPUs: no model waiting for GPUs loses anything by it
+                act = self._co_join(state, self._board(state), model)
+                if act is not None:
+                    return act
+            if self._idle_group(state, now_s, self.models[model].tp) and not self._someone_starving(state, model):
                 act = self._start_outside_reservations(state, self._board(state), model)
                 if act is not None:
                     return act
@@ -323,6 +325,8 @@ class Policy(LoadSignals):
             co.update(state, {m: r[0] for m, r in raw.items()}, {m: r[1] for m, r in raw.items()},
                       {m: max(avg5[m], fc.get(m, 0.0)) for m in self.models})
             co.split(state, active, want_out)
+            for m in co.splitting:  # it asks for one dedicated instance more than it runs, whatever its load
+                demand[m] = max(demand[m], want_out[m])
         have = {m: len(active[m]) for m in self.models}
         for m in sorted(self.models):  # 1. revive: it still runs, so there is nothing to start or load
             for inst in sorted(draining[m], key=lambda i: (-i.in_flight, i.instance_id)):
@@ -343,7 +347,8 @@ class Policy(LoadSignals):
         stopped = False
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m]
-            if target == 0 and not (wanted - {m}) and not cfg.idle_to_zero:
+            if target == 0 and ((not (wanted - {m}) and not cfg.idle_to_zero)
+                                or (co is not None and co.keeps_last(state, m, active[m]))):
                 target = 1
             if co is not None and m in co.merging:
                 continue  # it runs its old instance and the co-served one replacing it: retire() ends that
@@ -363,17 +368,22 @@ class Policy(LoadSignals):
             for m, iid in co.merge_candidates(state, now_s, cfg.min_lifetime_s):
                 if m in wanted or not co.frees_group_for(state, board, state.instances[iid].gpus, tps):
                     continue
-                act = co.join(state, board, m, reserved, new_host=False, new_id=self._new_id)
+                act = co.join(state, board, m, reserved, new_host=False, new_id=self._new_id, merge=True)
                 if act is not None:
+                    for pid in act.evict:
+                        self._scores.pop(pid, None)
                     out.append(act)
                     co.merging_into(m, iid, act.instance_id)
                     break
         # 4. GPUs for models left short, least-met demand first: reclaimed from models that stay as well served;
-        # for a model with no instance and nothing to reclaim, time-shared (a last instance may go)
+        # for a model with no instance and nothing to reclaim, time-shared (a last instance may go); so for a
+        # model that outgrew its host (a co-served instance holds a fixed KV share and shares its GPUs' time: it
+        # is no instance of its own, and with no GPU to split out to it would queue for ever)
         for m in sorted(wanted, key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
             found, freed = self._reclaim_for(state, m, now_s, have, demand, board, out)
-            if not found and have[m] == 0 and m in self._starved_since:
-                freed = self._preempt_for(state, m, now_s, avg5, board, out)
+            if not found and ((have[m] == 0 and m in self._starved_since)
+                              or (co is not None and co.outgrown(m, active[m]))):
+                freed = self._preempt_for(state, m, now_s, avg5, board, out, have[m])
             if freed:
                 self._allocate(state, board, have, {m: want_out[m]}, out)
 
@@ -431,8 +441,7 @@ class Policy(LoadSignals):
         victims of a preemption, waiting in turn, would take back the GPUs one by one as they drain). With
         co-serving, a light model's first instance joins a host (or opens one) instead (``coserve``)."""
         if self._co is not None and not any(not i.draining for i in self._instances_of(state).get(model, ())):
-            reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
-            act = self._co.join(state, board, model, reserved, new_host=not reserved, new_id=self._new_id)
+            act = self._co_join(state, board, model, new_host=True)
             if act is not None:
                 return act
         held = []
@@ -450,6 +459,14 @@ class Policy(LoadSignals):
             for loc in held:
                 board.busy[loc] = board.inst_count[loc] > 0
 
+    def _co_join(self, state: ClusterState, board: Board, model: str, new_host: bool = False):
+        """``CoServing.join`` for ``model``, off the GPUs kept for other models (a new host only when none are)."""
+        reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+        act = self._co.join(state, board, model, reserved, new_host=new_host and not reserved, new_id=self._new_id)
+        for pid in act.evict if act is not None else ():
+            self._scores.pop(pid, None)
+        return act
+
     def _stop(self, state: ClusterState, inst: InstanceState, now_s: float, board: Board, out: list) -> None:
         """Stop ``inst``; one with nothing in flight frees its GPUs on the board at once (the driver stops it
         when it applies the action), where its weights stay as a prewarm when the policy keeps them."""
@@ -463,19 +480,23 @@ class Policy(LoadSignals):
             self._retain[inst.instance_id] = (inst.model, tuple(inst.gpus), now_s)
 
     def _preempt_for(self, state: ClusterState, model: str, now_s: float, avg5: dict, board: Board,
-                     out: list) -> bool:
+                     out: list, base: int = 0) -> bool:
         """Time-share: stop the instances on the GPUs whose loss hurts least (``arbitration.preemption_victims``)
         when ``model``'s load is PREEMPT_LOAD_RATIO times their harm, and reserve those GPUs for it. Returns
         whether they were freed at once (nothing was in flight there); draining ones free them on a later tick,
-        where this model, having waited longest, comes first. Nothing happens while earlier victims drain."""
+        where this model, having waited longest, comes first. Nothing happens while earlier victims drain.
+        ``base``: the model's instances (co-served ones, for a model that outgrew its host; else 0)."""
         if self._preempting.get(model, set()) & state.instances.keys():
             return False
         stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
+        keep_last = None
+        if base:  # it outgrew its host: it has an instance; it leaves no model without one that no host could take
+            keep_last = {m for m in self.models if not self._co.could_join(state, m)}
         got = preemption_victims(state, board, model, now_s, avg5, stopping,
-                                 max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s))
+                                 max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s), keep_last)
         if got is None or avg5[model] <= PREEMPT_LOAD_RATIO * got[0]:
             return False
-        return self._take_gpus(state, model, got[1], 0, now_s, board, out)
+        return self._take_gpus(state, model, got[1], base, now_s, board, out)
 
     def _take_gpus(self, state: ClusterState, model: str, victims: list, base: int, now_s: float, board: Board,
                    out: list) -> bool:

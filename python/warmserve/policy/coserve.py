@@ -16,8 +16,8 @@ online from the same load signals as the §5 scaling:
   ``coserve_context_tokens``); ``step_s`` gives the formula;
 - join: a light model's *first* instance goes to a host whose round, with it, stays within
   ``coserve_tpot_s`` x scale_in_threshold / scale_out_threshold (the §5 band, 0.5 / 0.8), best fit first; with no
-  such host it opens one on idle GPUs (others may join later). Memory: at most ``models_per_host`` shards (at most
-  ``coserve_max_models``, and weights within 80% of a GPU, as in the `shared` baseline); KV is elastic: each
+  such host it opens one on idle GPUs (others may join later). Memory: at most ``models_per_host`` shards (weights
+  within 80% of a GPU, as in the `shared` baseline, each beside a KV share for 0.5 x B sequences); KV is elastic: each
   co-served instance may map up to what ``models_per_host`` shards leave (``kv_fraction``), from the shared pool,
   as its load needs;
 - split (it bursts): a host whose round exceeds ``coserve_tpot_s`` marks its costliest model, and a co-served
@@ -27,6 +27,15 @@ online from the same load signals as the §5 scaling:
 - merge: while another model is short of GPUs that are not free, a model whose load is below the scale-in
   threshold (0.5 x B: the §5 band again) and that runs one dedicated instance starts a co-served one on a host that
   fits it; once that is ready its dedicated instance stops, and its GPUs go to the model short of them.
+
+When (``update``): only while the cluster is over-subscribed, i.e. the models with demand need more GPUs for one
+instance each than are live (or always, ``coserve_always``). Where every model fits on GPUs of its own (the
+paper's 7- and 4-model presets) nothing here acts and the policy is the paper's. Over-subscribed, the rules
+that keep GPUs free to split out to are dropped (there are none; the alternative is no instance): a model with
+no instance joins a host (up to the TPOT target, evicting prewarms there) instead of waiting for another model's
+GPUs; a quiet model with steady demand keeps its instance instead of going to zero (``keeps_last``); a model
+that outgrows its host and finds no GPU takes GPUs by time-sharing, as a model with no instance does
+(``outgrown``).
 
 Everything here is pure: it reads the state and the policy's load figures and returns decisions."""
 
@@ -61,6 +70,10 @@ class CoServing:
         self.out: dict[str, float] = {}
         self.keep: dict[str, float] = {}
         self.batch: dict[str, float] = {}
+        #: Whether the cluster is over-subscribed (``update``), and whether co-serving is engaged: models join
+        #: and merge onto hosts only while it is (hosts already running keep splitting and retiring either way).
+        self.oversubscribed = False
+        self.active = cfg.coserve_always
 
     # ---- the model ----------------------------------------------------------------------------------------
 
@@ -75,10 +88,16 @@ class CoServing:
         return max(m.decode_s_per_token, m.weight_bytes / m.tp / r) + kv
 
     def models_per_host(self, model: str, gpu_bytes: int) -> int:
-        """How many models a host of ``model``'s kind holds: coserve_max_models, fewer where their shards would
-        take more than WEIGHT_SHARE_PER_HOST of a GPU (< 2: the model never co-serves)."""
-        shard = self.models[model].shard_bytes
-        return min(self.cfg.coserve_max_models, int(WEIGHT_SHARE_PER_HOST * gpu_bytes // shard))
+        """How many models a host of ``model``'s kind holds (< 2: the model never co-serves): as many as fit with
+        their shards within WEIGHT_SHARE_PER_HOST of a GPU and, beside each shard, a KV share that holds
+        scale_in_threshold x B sequences of coserve_context_tokens (the load below which §5 scales a model in: a
+        co-served model runs at most about that, it joins below the §5 band of it and splits out above it,
+        ``kv_fits``); at most coserve_max_models."""
+        m, cfg = self.models[model], self.cfg
+        shard = m.shard_bytes
+        kv = cfg.scale_in_threshold * cfg.instance_capacity * cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp
+        return min(cfg.coserve_max_models, int(WEIGHT_SHARE_PER_HOST * gpu_bytes // shard),
+                   int(gpu_bytes // (shard + kv)))
 
     def kv_fraction(self, model: str, gpu_bytes: int) -> float:
         """KV share of a co-served instance (``StartInstance.kv_fraction``): an equal part of what a full host's
@@ -127,15 +146,24 @@ class CoServing:
     def update(self, state: ClusterState, out: dict[str, float], keep: dict[str, float],
                batch: dict[str, float]) -> None:
         """A tick begins: the loads it decides on. Ids of instances no longer in the state are forgotten here
-        (not later in the tick: its own StartInstances reach the state only once the driver applies them)."""
+        (not later in the tick: its own StartInstances reach the state only once the driver applies them).
+
+        Over-subscribed: the models with demand (a predicted batch above 0: load in the last load window, or a
+        forecast for this window) need more GPUs, one instance of each at its tp, than are live. Then some model
+        can have an instance only by sharing GPUs or by taking another's (a start, a stop, a cold cache for
+        both), so co-serving engages; where every model with demand fits on GPUs of its own it stays off
+        (unless ``coserve_always``), and the policy is the paper's."""
         self.ids &= state.instances.keys()
         self.out, self.keep, self.batch = out, keep, batch
         self.pending = {}
+        live = sum(1 for g in state.gpus if not g.gone)
+        self.oversubscribed = sum(self.models[m].tp for m, b in batch.items() if b > 0) > live
+        self.active = self.cfg.coserve_always or self.oversubscribed
 
     def could_join(self, state: ClusterState, model: str) -> bool:
         """A cheap first test of ``join`` on existing hosts (route() builds no Board when it fails)."""
         m = self.models[model]
-        if not self.light(model):
+        if not self.active or not self.light(model):
             return False
         live = [g.total_bytes for g in state.gpus if not g.gone]
         if not live:  # every GPU is lost: nothing to join
@@ -145,18 +173,27 @@ class CoServing:
                               for g, v in self.hosts(state).items())
 
     def join(self, state: ClusterState, board: Board, model: str, reserved: set[int], *, new_host: bool,
-             new_id) -> A.StartInstance | None:
+             new_id, merge: bool = False) -> A.StartInstance | None:
         """A co-served instance of ``model`` on the best-fitting host (the one whose round with it is the longest
         within the join target), or, with ``new_host``, on idle GPUs as a new host; None when neither fits.
         Updates ``board`` (the GPUs' memory, and busy for a new host). ``reserved``: GPUs kept for other models.
-        A model co-serves only while, after it joins, an idle group of its tp remains to split out to: a host in
-        a full cluster could not split when a model bursts."""
+        Only while engaged (``active``). Where GPUs suffice, a model co-serves only while, after it joins, an idle
+        group of its tp remains to split out to (a host in a full cluster could not split when a model bursts);
+        over-subscribed, none is required: the alternative is no instance at all, and a model that bursts there
+        splits out as any model scales out (reclaim, merges of quiet models, time-sharing). ``merge``: the model
+        runs a dedicated instance and moves here to free its GPUs (it joins within the §5 band, below)."""
         m = self.models[model]
         gpu_bytes = min((g.total_bytes for g in state.gpus if not g.gone), default=0)
         k = self.models_per_host(model, gpu_bytes) if gpu_bytes else 0
-        if k < 2 or not self.light(model) or self.idle_groups(board, m.tp, reserved) < (2 if new_host else 1):
+        spare = 0 if self.oversubscribed else (2 if new_host else 1)
+        if k < 2 or not self.active or not self.light(model) or self.idle_groups(board, m.tp, reserved) < spare:
             return None
+        # the §5 band below the split target keeps a model from joining and splitting back and forth; over-
+        # subscribed, a model with no instance (not a merge) joins up to the target itself: its alternative is
+        # no instance at all, i.e. waiting for time-sharing (preempt_after_s) and taking another model's GPUs
         band = self.cfg.scale_in_threshold / self.cfg.scale_out_threshold
+        if self.oversubscribed and not merge:
+            band = 1.0
         target = self.cfg.coserve_tpot_s * band
         frac = self.kv_fraction(model, gpu_bytes)
         best = None
@@ -168,21 +205,27 @@ class CoServing:
                 continue
             r = self.round_s(names | {model})
             # room for its shard and its whole KV share (its mapping may grow to it), beside the residents' shards
-            # and whole shares and the prewarms there: exact for a host whose instances still start, too (the
-            # board counts such a GPU as full)
+            # and whole shares: exact for a host whose instances still start, too (the board counts such a GPU as
+            # full); prewarms there are evicted for it, lowest score first (a model served beats a copy kept for a
+            # scale-out that may come)
             need = m.shard_bytes + kv_blocks_for(state, model, gpus, frac) * m.kv_block_bytes
-            if r > target or any(self._room(state, board, g, insts) < need for g in gpus) \
-                    or not self.kv_fits(model, gpu_bytes, band):
+            if r > target or not self.kv_fits(model, gpu_bytes, band):
                 continue
-            key = (-r, gpus)
+            evict = self._evictions(state, board, gpus, insts, need)
+            if evict is None:
+                continue
+            key = (bool(evict), -r, gpus)  # best fit among hosts that evict nothing, if any
             if best is None or key < best[0]:
-                best = (key, gpus)
+                best = (key, gpus, evict)
         if best is not None:
-            gpus = best[1]
+            _, gpus, evict = best
+            for pid in evict:
+                board.remove(pid)
             for g in gpus:
                 s, c = board.local[g]
                 board.inst_count[s, c] += 1
-            act = A.StartInstance(new_id(model, "i"), model, gpus, kv_fraction=frac, warm_engine=self.cfg.warm_engine)
+            act = A.StartInstance(new_id(model, "i"), model, gpus, evict=tuple(evict), kv_fraction=frac,
+                                  warm_engine=self.cfg.warm_engine)
             self.pending.setdefault(gpus, set()).add(model)
         elif new_host and self.step_s(model, self.batch.get(model, 0.0)) <= target \
                 and self.kv_fits(model, gpu_bytes, band):
@@ -212,6 +255,25 @@ class CoServing:
         s, k = board.local[gpu]
         used += sum(r.shard_bytes for r in board.by_server[s].values() if r.mask >> k & 1)
         return total - used
+
+    def _evictions(self, state: ClusterState, board: Board, gpus, insts, need: int) -> list[str] | None:
+        """Prewarms on the host's GPUs to evict (lowest score first) so that each has ``need`` bytes not promised;
+        None when even evicting them all is not enough."""
+        evict: list[str] = []
+        for g in gpus:
+            s, k = board.local[g]
+            room = self._room(state, board, g, insts) + sum(
+                board.by_server[s][p].shard_bytes for p in evict if board.by_server[s][p].mask >> k & 1)
+            reps = sorted((r for r in board.by_server[s].values() if r.mask >> k & 1 and r.prewarm_id not in evict),
+                          key=lambda r: (r.score, r.prewarm_id))
+            for r in reps:
+                if room >= need:
+                    break
+                evict.append(r.prewarm_id)
+                room += r.shard_bytes
+            if room < need:
+                return None
+        return evict
 
     @staticmethod
     def idle_groups(board: Board, tp: int, reserved: set[int]) -> int:
@@ -272,7 +334,9 @@ class CoServing:
     def merge_candidates(self, state: ClusterState, now_s: float, min_age_s: float) -> list[tuple[str, str]]:
         """(model, instance) pairs that may move onto a host, freeing the instance's GPUs: the model is below the
         scale-in threshold and runs one instance, ready and past the minimum lifetime, that has its GPUs to itself
-        (dedicated, or co-served alone on its host); not merging already; quietest first."""
+        (dedicated, or co-served alone on its host); not merging already; quietest first. None unless engaged."""
+        if not self.active:
+            return []
         by_model: dict[str, list[InstanceState]] = {}
         on_gpu: dict[int, int] = {}
         for inst in state.instances.values():
@@ -305,6 +369,23 @@ class CoServing:
                             g in mine or (g in board.local and not board.busy[board.local[g]]) for g in group):
                         return True
         return False
+
+    def outgrown(self, model: str, insts: list[InstanceState]) -> bool:
+        """Whether ``model`` runs only co-served instances (at least one) and wants a dedicated one: it is marked to
+        split, or no longer light (its load asks for an instance or more of its own)."""
+        live = [i for i in insts if not i.draining]
+        return bool(live) and all(i.instance_id in self.ids for i in live) \
+            and (model in self.splitting or not self.light(model))
+
+    def keeps_last(self, state: ClusterState, model: str, insts: list[InstanceState]) -> bool:
+        """Whether ``model``'s last instance stays although its load has been 0 for the load window: while engaged
+        and the model has demand (its window forecast is above 0), when that instance is co-served (stopping it
+        frees only a share of a host) or the model could join a host (a merge, not a stop, then frees its GPUs
+        for a model that wants them). Stopping it would only start it again at its next request, on GPUs that
+        another model must then lose (measured: 236 such stops in 20 minutes, paper-conv with 12 models)."""
+        if not self.active or self.batch.get(model, 0.0) <= 0:
+            return False
+        return all(i.instance_id in self.ids for i in insts) or self.could_join(state, model)
 
     def merging_into(self, model: str, old_id: str, new_id: str) -> None:
         self.merging[model] = (old_id, new_id)

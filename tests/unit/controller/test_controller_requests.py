@@ -127,7 +127,7 @@ def test_a_request_the_wire_cannot_carry_ends_and_leaves_nothing_in_flight(model
 
 
 @pytest.mark.parametrize("fault,options", [("queue_timeout", ()), ("every_worker_lost", ()),
-                                           ("every_worker_lost", (("coserve_tpot_s", 0.1),))])
+                                           ("every_worker_lost", (("coserve_always", True),))])
 def test_stream_that_fails_before_its_first_token_gets_a_real_status(model, fault, options):
     """Nothing streamed yet: the client gets 504 (queue timeout) or 503 (every worker lost) with the OpenAI error
     body, not a 200 followed by an SSE error event; nothing stays queued or in flight."""

@@ -18,7 +18,7 @@ def _7b(name):
 
 
 def _driver(n_gpus=4, names="abc", **cfg):
-    cfg.setdefault("coserve_tpot_s", 0.1)  # on (off by default: bench/simulate/README.md says why)
+    cfg.setdefault("coserve_always", True)  # on with GPUs to spare (by default only over-subscribed: README says why)
     models = [_7b(n) for n in names]
     st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=72 * GiB)
     pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
@@ -43,10 +43,12 @@ def test_light_models_share_a_gpu_with_a_kv_share_each():
     (ia,), (ib,) = _of(st, "a"), _of(st, "b")
     assert ia.gpus == ib.gpus  # one GPU serves both
     assert ia.instance_id in d.policy._co.ids and ib.instance_id in d.policy._co.ids
-    # each may hold an equal part of what two 13.5 GB shards leave: (72 GiB - 27 GB) / 2 of the 72 GiB - 13.5 GB
-    # its own shard leaves (the live worker's shared activation takes such a fixed share)
+    # a host holds 3: 72 GiB // (13.5 GB + 0.5 x 32 sequences x 1024 tokens x 0.5 MiB); each may hold an equal
+    # part of what three 13.5 GB shards leave, (72 GiB - 40.5 GB) / 3 of the 72 GiB - 13.5 GB its own shard
+    # leaves (the live worker's shared activation takes such a fixed share)
+    assert d.policy._co.models_per_host("a", 72 * GiB) == 3
     room = 72 * GiB - st.models["a"].shard_bytes
-    share = (72 * GiB - 2 * st.models["a"].shard_bytes) / 2
+    share = (72 * GiB - 3 * st.models["a"].shard_bytes) / 3
     assert ia.kv_blocks_total * st.models["a"].kv_block_bytes == pytest.approx(share, rel=0.02)
     assert ia.kv_blocks_total * st.models["a"].kv_block_bytes < room
     assert sum(st.models[i.model].shard_bytes + i.kv_blocks_total * st.models[i.model].kv_block_bytes
@@ -82,7 +84,8 @@ def test_a_host_over_the_tpot_target_splits_its_costliest_model_out():
     d, st = _driver(coserve_tpot_s=0.1)
     _start_light(d, st)
     host = _of(st, "a")[0].gpus
-    d.policy._co.cfg = PolicyConfig(replan_s=1e9, window_s=1e6, coserve_tpot_s=0.04)  # the target drops
+    d.policy._co.cfg = PolicyConfig(replan_s=1e9, window_s=1e6, coserve_tpot_s=0.04,
+                                    coserve_always=True)  # the target drops
     for k in range(24):
         d.submit("a", f"a{k + 1}", 2.0)
         d.submit("b", f"b{k + 1}", 2.0)
@@ -113,7 +116,7 @@ def test_a_quiet_model_moves_onto_a_host_when_that_frees_a_group_another_model_w
     models = [_7b("a"), _7b("b"), ModelInfo("big", 138_000_000_000, 4, 327_680, 0.1, 0.03)]
     st = ClusterState.uniform(3, models, gpus_per_server=4, gpu_bytes=72 * GiB)
     pol = make_policy("warmserve", models=models,
-                      config=PolicyConfig(replan_s=1e9, window_s=1e6, coserve_tpot_s=0.1))
+                      config=PolicyConfig(replan_s=1e9, window_s=1e6, coserve_always=True))
     d = instant_driver(pol, st)
     co = pol._co
     d.apply(A.StartInstance("big0", "big", (0, 1, 2, 3)), 0.0)

@@ -82,7 +82,7 @@ def run(name, loads, seed=0, **cfg):
 @given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=5), min_size=1, max_size=14))
 def test_invariants_hold_under_random_load(loads):
     run("warmserve", loads)
-    run("warmserve", loads, coserve_tpot_s=0.1)  # light models co-served: they share GPUs only with each other
+    run("warmserve", loads, coserve_always=True)  # light models co-served: they share GPUs only with each other
 
 
 def test_every_policy_runs_a_day_segment():

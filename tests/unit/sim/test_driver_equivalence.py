@@ -104,9 +104,9 @@ class PolicyTap:
         return acts
 
 
-def _scenario():
+def _scenario(n_gpus=8):
     p = paper_preset("conv", total_rate_rps=3.0, n_models=3, history_days=1,
-                     config=SimConfig(n_servers=1, gpus_per_server=8))
+                     config=SimConfig(n_servers=1, gpus_per_server=n_gpus))
     w = p.build(1.0, 3)
     w.duration_s = 240.0
     tr = w.trace
@@ -125,12 +125,19 @@ def test_simulator_and_instant_executor_take_the_same_decisions():
 
 def test_same_decisions_with_light_models_co_served():
     """Co-serving on: light models start co-served (kv_fraction < 1); the same decisions, action for action."""
-    starts = _same_decisions(PolicyConfig(coserve_tpot_s=0.1))
+    starts = _same_decisions(PolicyConfig(coserve_always=True))
     assert any(a.kv_fraction < 1 for a in starts)
 
 
-def _same_decisions(policy_config=None):
-    p, w = _scenario()
+def test_same_decisions_on_an_over_subscribed_cluster():
+    """Four GPUs for a 7B, a 13B and a 70B (seven GPUs for one instance each): co-serving engages by itself, the
+    70B time-shares; the same decisions, action for action."""
+    starts = _same_decisions(n_gpus=4)
+    assert any(a.kv_fraction < 1 for a in starts)
+
+
+def _same_decisions(policy_config=None, n_gpus=8):
+    p, w = _scenario(n_gpus)
     cfg = p.config if policy_config is None else replace(p.config, policy_config=policy_config)
     losses = [(150.0, (0, 1))]  # a worker with two GPUs dies mid-burst
     sim = Simulator(w, p.models, "warmserve", config=cfg, gpu_losses=losses)
