@@ -58,7 +58,7 @@ def test_a_tp2_model_gets_its_group_ahead_one_shard_per_rank_and_requests_on_ran
 
 def test_losing_a_rank_stops_the_instance_on_the_other_and_requeues_what_had_not_started(tp_model):
     async def main():
-        c = make_controller(tp_model, request_timeout_s=1.5)
+        c = make_controller(tp_model, request_timeout_s=3.0)
         ep = await c.start()
         peers = [Peer(ep, "host-1-cpu0"), Peer(ep, "host-1-cpu1")]
         await c.wait_for_workers(2, 5)
@@ -71,7 +71,7 @@ def test_losing_a_rank_stops_the_instance_on_the_other_and_requeues_what_had_not
         while c.metrics.workers_lost.get() < 1:
             await asyncio.sleep(0.02)
         # Rank 0 leaves the dead group (which stops the instance there) and then drops its shard, in that order.
-        for _ in range(50):
+        for _ in range(500):  # up to 10 s: the suite may share the cores with other work
             if _of(peers[0], P.Evict):
                 break
             await asyncio.sleep(0.02)
