@@ -14,6 +14,8 @@ import serving
 openai = pytest.importorskip("openai")
 
 MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
+#: Their contexts (max_position_embeddings of the demo checkpoints), tokens.
+CONTEXT = {"llama-20m": 2048, "qwen2-30m": 4096, "llama-90m": 4096}
 
 server = serving.server_fixture("coserve", models=MODELS, cpu_workers=2, policy={"coserve_tpot_s": 0.1})
 
@@ -45,11 +47,19 @@ def test_light_models_share_a_worker_and_every_request_is_answered(server):
         r = client.completions.create(model=MODELS[i % 3], prompt=f"hello {i}", max_tokens=8, temperature=0)
         return r.usage.completion_tokens
 
+    def at_limit(model: str) -> int:
+        # prompt + max_tokens = the model's whole context: a co-served instance's KV share must hold it
+        r = client.completions.create(model=model, prompt=[7] * (CONTEXT[model] - 4), max_tokens=4, temperature=0,
+                                      extra_body={"ignore_eos": True})
+        return r.usage.completion_tokens
+
     try:
         answered = []
-        for _ in range(3):
+        for rnd in range(3):
             with cf.ThreadPoolExecutor(3) as pool:
                 answered += list(pool.map(ask, range(24)))
+                if rnd == 1:
+                    assert list(pool.map(at_limit, MODELS)) == [4, 4, 4]
             time.sleep(1.5)
     finally:
         done.set()

@@ -17,6 +17,7 @@ import time
 from warmserve import protocol as P
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, WorkerLostError
+from warmserve.geometry import KV_BLOCK_TOKENS, blocks_for_tokens
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights
 from warmserve.policy.state import InstanceState, PrewarmState, kv_blocks_for
@@ -251,7 +252,10 @@ class LiveExecutor:
             loaded = True
             kv_blocks, shared = None, act.kv_fraction < 1.0
             if shared:
-                kv_blocks = max(1, kv_blocks_for(ctl.driver.state, act.model, act.gpus, act.kv_fraction))
+                # A share never below one request at the model's full context: the API accepts such a request, so
+                # a co-served instance must be able to run it (the engine refuses what its KV cap cannot hold).
+                full = blocks_for_tokens(ctl.models[act.model].max_context, KV_BLOCK_TOKENS)
+                kv_blocks = max(full, kv_blocks_for(ctl.driver.state, act.model, act.gpus, act.kv_fraction))
             reply = await hub.call(w, ctl.activate_message(act.model, kv_blocks, shared), CALL_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
