@@ -304,41 +304,6 @@ class LeaveGroup(_Msg):
     group_id: str
 
 
-class RankAdd(msgspec.Struct, frozen=True, omit_defaults=True, tag=True):
-    """A request the leader of a tensor-parallel instance admitted, for the other ranks to admit identically."""
-
-    request_id: str
-    prompt_ids: list[int]
-    sampling: SamplingParams
-
-
-class RankAbort(msgspec.Struct, frozen=True, tag=True):
-    """A request the leader aborted (its KV blocks are freed on every rank)."""
-
-    request_id: str
-
-
-class RankKvTarget(msgspec.Struct, frozen=True, tag=True):
-    """The instance's target of free KV blocks changed (``SetKvTarget`` on the leader)."""
-
-    free_blocks: int
-
-
-class RankStep(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What the leader of a tensor-parallel instance tells the other ranks before each engine step, through the
-    group itself (never a socket): what changed since the last step, in the order the leader applied it, and
-    whether to step. The ranks' engines then hold the same state, so their schedulers take the same decisions
-    and their collectives line up."""
-
-    #: The leader's step counter when it sent this (a follower checks its own against it).
-    step: int = 0
-    events: list[Union[RankAdd, RankAbort, RankKvTarget]] = []
-    #: Run one engine step after applying the changes (False: a keep-alive while the instance is idle).
-    run: bool = False
-    #: The instance stops: the ranks close their engines.
-    stop: bool = False
-
-
 # ---------------------------------------------------------------- replies and events (worker -> client)
 
 

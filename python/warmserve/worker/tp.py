@@ -33,7 +33,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Union
+
+import msgspec
 
 from .. import errors
 from .. import protocol as P
@@ -43,6 +45,45 @@ log = logging.getLogger("warmserve.worker")
 
 #: Seconds between keep-alive broadcasts of an idle leader (the group's timeout, 30 s by default, must exceed it).
 KEEPALIVE_S = 1.0
+
+# The plan a leader broadcasts before each step. Not socket messages (they travel through the group, between the
+# ranks of one instance), so they live here rather than in protocol.py; msgspec structs all the same.
+
+
+class RankAdd(msgspec.Struct, frozen=True, omit_defaults=True, tag=True):
+    """A request the leader of a tensor-parallel instance admitted, for the other ranks to admit identically."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: P.SamplingParams
+
+
+class RankAbort(msgspec.Struct, frozen=True, tag=True):
+    """A request the leader aborted (its KV blocks are freed on every rank)."""
+
+    request_id: str
+
+
+class RankKvTarget(msgspec.Struct, frozen=True, tag=True):
+    """The instance's target of free KV blocks changed (``SetKvTarget`` on the leader)."""
+
+    free_blocks: int
+
+
+class RankStep(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the leader of a tensor-parallel instance tells the other ranks before each engine step, through the
+    group itself (never a socket): what changed since the last step, in the order the leader applied it, and
+    whether to step. The ranks' engines then hold the same state, so their schedulers take the same decisions
+    and their collectives line up."""
+
+    #: The leader's step counter when it sent this (a follower checks its own against it).
+    step: int = 0
+    events: list[Union[RankAdd, RankAbort, RankKvTarget]] = []
+    #: Run one engine step after applying the changes (False: a keep-alive while the instance is idle).
+    run: bool = False
+    #: The instance stops: the ranks close their engines.
+    stop: bool = False
+
 
 _plan_decoder = None
 
@@ -55,13 +96,11 @@ class RanksDivergedError(WarmServeError):
 def _decoder():
     global _plan_decoder
     if _plan_decoder is None:
-        import msgspec
-
-        _plan_decoder = msgspec.msgpack.Decoder(P.RankStep)
+        _plan_decoder = msgspec.msgpack.Decoder(RankStep)
     return _plan_decoder
 
 
-def send_plan(group, plan: P.RankStep) -> None:
+def send_plan(group, plan: RankStep) -> None:
     """Broadcast ``plan`` from rank 0: its length first, then its bytes."""
     import torch
 
@@ -70,7 +109,7 @@ def send_plan(group, plan: P.RankStep) -> None:
     group.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
 
-def recv_plan(group) -> P.RankStep:
+def recv_plan(group) -> RankStep:
     """The plan rank 0 broadcast (``send_plan``); blocks until it comes, at most the group's timeout."""
     import torch
 
@@ -145,18 +184,18 @@ class Leader:
         self.last_sent_s = time.monotonic()
 
     def added(self, request_id: str, prompt_ids: list[int], sampling: P.SamplingParams) -> None:
-        self.events.append(P.RankAdd(request_id=request_id, prompt_ids=list(prompt_ids), sampling=sampling))
+        self.events.append(RankAdd(request_id=request_id, prompt_ids=list(prompt_ids), sampling=sampling))
 
     def aborted(self, request_id: str) -> None:
-        self.events.append(P.RankAbort(request_id=request_id))
+        self.events.append(RankAbort(request_id=request_id))
 
     def kv_target(self, free_blocks: int) -> None:
-        self.events.append(P.RankKvTarget(free_blocks=int(free_blocks)))
+        self.events.append(RankKvTarget(free_blocks=int(free_blocks)))
 
     def send(self, engine, *, run: bool = False, stop: bool = False) -> None:
         """Tell the other ranks what changed (and to step, or stop), then map KV blocks with them. Raises the
         group's error if a rank is gone."""
-        plan = P.RankStep(step=engine.num_steps, events=self.events, run=run, stop=stop)
+        plan = RankStep(step=engine.num_steps, events=self.events, run=run, stop=stop)
         self.events = []
         self.last_sent_s = time.monotonic()
         send_plan(self.group, plan)
@@ -202,9 +241,9 @@ class Follower:
                 if self.closing or plan.stop:
                     return
                 for ev in plan.events:
-                    if isinstance(ev, P.RankAdd):
+                    if isinstance(ev, RankAdd):
                         eng.add_request(ev.request_id, ev.prompt_ids, ev.sampling)
-                    elif isinstance(ev, P.RankAbort):
+                    elif isinstance(ev, RankAbort):
                         eng.abort(ev.request_id)
                     else:
                         eng.set_kv_target_free_blocks(ev.free_blocks)
