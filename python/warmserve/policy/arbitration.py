@@ -21,6 +21,20 @@ from warmserve.policy.state import ClusterState, InstanceState
 PREEMPT_LOAD_RATIO = 2.0
 
 
+def _occupancy(state: ClusterState, stopping: set[str], counted) -> tuple[dict[int, list[InstanceState]],
+                                                                          dict[str, int]]:
+    """The instances on each GPU, and per model how many pass ``counted``, leaving out those in ``stopping``."""
+    on_gpu: dict[int, list[InstanceState]] = {}
+    count: dict[str, int] = {}
+    for inst in state.instances.values():
+        if inst.instance_id in stopping:
+            continue
+        for g in inst.gpus:
+            on_gpu.setdefault(g, []).append(inst)
+        if counted(inst):
+            count[inst.model] = count.get(inst.model, 0) + 1
+    return on_gpu, count
+
 def preemption_victims(state: ClusterState, board: Board, model: str, now_s: float, load: dict[str, float],
                        stopping: set[str], served_s: float,
                        keep_last=None) -> tuple[float, list[InstanceState]] | None:
@@ -33,15 +47,7 @@ def preemption_victims(state: ClusterState, board: Board, model: str, now_s: flo
     the board holds something the state does not (an instance started this round) does not qualify.
     ``keep_last``: models (a set) whose last instance is not taken (None: any model's may be)."""
     tp = state.models[model].tp
-    on_gpu: dict[int, list[InstanceState]] = {}
-    count: dict[str, int] = {}
-    for inst in state.instances.values():
-        if inst.instance_id in stopping:
-            continue
-        for g in inst.gpus:
-            on_gpu.setdefault(g, []).append(inst)
-        if not inst.draining:
-            count[inst.model] = count.get(inst.model, 0) + 1
+    on_gpu, count = _occupancy(state, stopping, lambda inst: not inst.draining)
     best = None
     for srv in state.servers:
         gpus = list(srv.gpu_ids)
@@ -117,15 +123,7 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
     tp = state.models[model].tp
     gain = (have[model] + 1) / demand[model]
     now = band * have[model] / demand[model]
-    on_gpu: dict[int, list[InstanceState]] = {}
-    ready: dict[str, int] = {}
-    for inst in state.instances.values():
-        if inst.instance_id in stopping:
-            continue
-        for g in inst.gpus:
-            on_gpu.setdefault(g, []).append(inst)
-        if inst.ready and not inst.draining:
-            ready[inst.model] = ready.get(inst.model, 0) + 1
+    on_gpu, ready = _occupancy(state, stopping, lambda inst: inst.ready and not inst.draining)
     best = None
     for srv in state.servers:
         gpus = list(srv.gpu_ids)
