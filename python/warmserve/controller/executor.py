@@ -134,7 +134,7 @@ class LiveExecutor:
         """The workers of ``gpus``, rank order (the policy's order of the GPU set, kept for its whole life)."""
         return [self.ctl.by_gpu[g] for g in gpus]
 
-    def _evict_all(self, workers, model: str) -> None:
+    def evict_all(self, workers, model: str) -> None:
         for w in workers:
             if w is not None and w.alive:
                 self._fire(w, P.Evict(id=self.ctl.hub.next_id(), name=model))
@@ -181,7 +181,7 @@ class LiveExecutor:
                     log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.workers, e)
                     driver.prewarm_failed(pw.pid)
                     self.prewarms.pop(pw.pid, None)
-                    self._evict_all(pw.workers, pw.model)  # the shards that did load
+                    self.evict_all(pw.workers, pw.model)  # the shards that did load
                 return
             pw.loaded = True
             if pw.pid in driver.state.prewarms:
@@ -218,10 +218,10 @@ class LiveExecutor:
     def drop_prewarm(self, p: PrewarmState, evicted: bool, now_s: float) -> None:
         pw = self.prewarms.pop(p.prewarm_id, None)
         if pw is not None:
-            self._evict_all(pw.workers, pw.model)
+            self.evict_all(pw.workers, pw.model)
 
     def drop_kept(self, kept: KeptWeights, now_s: float) -> None:
-        self._evict_all([self.ctl.by_gpu.get(g) for g in kept.gpus], kept.model)
+        self.evict_all([self.ctl.by_gpu.get(g) for g in kept.gpus], kept.model)
 
     # ---- instances --------------------------------------------------------------------------------------
 
@@ -348,7 +348,7 @@ class LiveExecutor:
             for w in inst.workers:
                 if w.alive and len(inst.workers) > 1:
                     self._fire(w, P.Deactivate(id=self.ctl.hub.next_id(), name=inst.model))
-            self._evict_all(inst.workers, inst.model)
+            self.evict_all(inst.workers, inst.model)
         self.ctl.driver.instance_failed(inst.iid, self.ctl.now_s(), e)
 
     def stop_instance(self, inst: InstanceState, now_s: float) -> None:

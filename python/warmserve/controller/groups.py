@@ -97,7 +97,7 @@ class GroupManager:
                 if other is not w and other is not None and other.alive:
                     self._fire(other, P.LeaveGroup(id=ctl.hub.next_id(), group_id=rec.group_id))
         gens = {}
-        evict = ctl.executor._evict_all
+        evict = ctl.executor.evict_all
         for iid in [i for i, inst in ctl.instances.items() if w in inst.workers and len(inst.workers) > 1]:
             inst = ctl.instances.pop(iid)
             others = [x for x in inst.workers if x is not w]
