@@ -1,4 +1,4 @@
-"""Print the README's markdown tables from the JSON files the benchmark commands wrote.
+"""Print PAPER_EXPERIMENT.md's markdown tables from the JSON files the benchmark commands wrote.
 
     python bench/simulate/tables.py            # run from the repository root
 """

@@ -252,6 +252,14 @@ class SetKvTarget(_Msg):
     free_blocks: int
 
 
+class Dedicate(_Msg):
+    """A shared instance, now alone on its worker (its co-residents left), becomes the worker's one instance: its
+    KV cap rises to all the slot holds and other instances may no longer join. Answered by ``KvTargetSet``."""
+
+    id: int
+    model: str
+
+
 class GetStats(_Msg):
     """Ask for ``Stats``; ``pages=True`` adds each model's physical weight page ids (for zero-copy checks)."""
 
@@ -514,8 +522,8 @@ class Hello(_Msg):
     id: int = 0
 
 
-Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, GetStats, Heartbeat, Shutdown,
-                HostGroupStore, JoinGroup, LeaveGroup]
+Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, Dedicate, GetStats, Heartbeat,
+                Shutdown, HostGroupStore, JoinGroup, LeaveGroup]
 Reply = Union[
     Ok, Error, PrewarmProgress, Prewarmed, Evicted, Activated, Deactivated, Tokens, KvTargetSet, Stats, Heartbeat, Hello,
     GroupStoreHosted, GroupJoined,

@@ -10,7 +10,9 @@ GPUs held (instances x tp, starting and draining included) sampled every tick: m
 number of instances sharing a GPU with another instance ("co"); busy: the mean share of the instance-time its
 engine spent in prefill / decode; reclaims: GPU groups moved between models by ``reclaim_victims`` over the
 whole run, warm-up included; instances stopped over the replayed span by the rule that stopped them (scale-in,
-reclaim, time-sharing; "last instance": the model had no other). One seeded simulation per policy, no search."""
+reclaim, time-sharing; "last instance": the model had no other); in-place conversions: co-served instances
+dedicated where they stand (``Dedicate``) and the co-residents moved off their hosts for them (``vacate``). One
+seeded simulation per policy, no search."""
 
 from __future__ import annotations
 
@@ -99,13 +101,29 @@ def diagnose(preset_name: str, policy: str, rate_scale: float, seed: int, option
             return stop(state, inst, now_s, board, out)
 
         sim.policy._preempt_for, sim.policy._stop = preempt_counted, stop_counted
+    converted = {"dedicated": 0, "moves": 0}  # in-place conversions of co-served hosts (warm-up included)
+    dedicate, vacate = sim.dedicate_instance, getattr(sim.policy, "_vacate", None)
+
+    def dedicate_counted(ist, now_s):
+        converted["dedicated"] += 1
+        return dedicate(ist, now_s)
+
+    sim.dedicate_instance = dedicate_counted
+    if vacate is not None:
+        def vacate_counted(state, board, model, out):
+            n = len(out)
+            got = vacate(state, board, model, out)
+            converted["moves"] += len(out) - n  # warm-up included (the policy call has no clock)
+            return got
+
+        sim.policy._vacate = vacate_counted
     r = sim.run()
     r.summary["offered_rate_rps"] = len(w.trace) / w.duration_s
     k = sim.n_warm
     out = {"policy": policy, "summary": {x: r.summary[x] for x in ("slo_attainment", "ttft_p99_s", "offered_rate_rps",
                                                                    "instance_starts", "gpu_seconds")},
            "shared_gpus_mean": float(np.mean(shared_t)) if shared_t else 0.0, "reclaims": moves[0],
-           "stops": dict(sorted(stops.items())), "models": {}}
+           "stops": dict(sorted(stops.items())), "converted": converted, "models": {}}
     for mi, m in enumerate(sim.names):
         info = sim.infos[mi]
         slo = sim.cfg.ttft_slo_s or sim.cfg.slo_scale * info.prefill_s
@@ -153,6 +171,9 @@ def main():
         print(f"{pol} @ {s['offered_rate_rps']:.1f} rps: SLO {s['slo_attainment']:.4f}, P99 {s['ttft_p99_s']:.2f} s, "
               f"starts {s['instance_starts']}, GPU-s {s['gpu_seconds']:.0f}, GPUs shared (mean) "
               f"{d['shared_gpus_mean']:.1f}, reclaims {d['reclaims']} (warm-up included)")
+        c = d["converted"]
+        print(f"  in-place conversions (warm-up included): {c['dedicated']} instances dedicated, {c['moves']} "
+              "co-residents moved for them")
         if d["stops"]:
             print("  instances stopped (replayed span), by rule: "
                   + ", ".join(f"{k} {v}" for k, v in d["stops"].items()))

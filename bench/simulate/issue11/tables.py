@@ -1,5 +1,5 @@
-"""Print the markdown tables of bench/simulate/README.md's "Where warmserve wins" section from the JSON files the
-commands there wrote (run from anywhere: python bench/simulate/issue11/tables.py)."""
+"""Print the markdown tables of bench/simulate/ISSUE11_ROUNDS.md (the former "Where warmserve wins" section) from
+the JSON files the commands there wrote (run from anywhere: python bench/simulate/issue11/tables.py)."""
 
 from __future__ import annotations
 

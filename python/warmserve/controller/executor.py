@@ -265,8 +265,8 @@ class LiveExecutor:
         if inst.iid not in ctl.driver.state.instances:  # lost or stopped while starting
             return
         inst.ready = True
-        log.info("instance %s of %s ready on %r (%s)", inst.iid, inst.model, w,
-                 "prewarm hit" if act.prewarm_id else "cold load")
+        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w,
+                 "prewarm hit" if act.prewarm_id else "cold load", f", co-served, KV share {kv_blocks}" if shared else "")
         k = int(reply.kv_blocks)
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
 
@@ -369,6 +369,18 @@ class LiveExecutor:
         driver, iid = self.ctl.driver, inst.instance_id
         self._fire(rec.worker, P.SetKvTarget(id=self.ctl.hub.next_id(), model=rec.model, free_blocks=free_blocks),
                    on_reply=lambda r: driver.set_kv(iid, **kv_counts(r.kv)))
+
+    def dedicate_instance(self, inst: InstanceState, now_s: float) -> None:
+        rec = self.instances.get(inst.instance_id)
+        if rec is None or not rec.ready or len(rec.workers) > 1:
+            return  # a tensor-parallel instance is never co-served
+        driver, iid, metrics = self.ctl.driver, inst.instance_id, self.ctl.metrics
+
+        def dedicated(r: P.KvTargetSet) -> None:
+            driver.set_kv(iid, **kv_counts(r.kv))
+            metrics.dedicated.inc(model=r.model)
+
+        self._fire(rec.worker, P.Dedicate(id=self.ctl.hub.next_id(), model=rec.model), on_reply=dedicated)
 
     # ---- requests ---------------------------------------------------------------------------------------
 

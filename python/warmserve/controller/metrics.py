@@ -113,6 +113,9 @@ class ControllerMetrics:
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Queued requests re-routed after a worker loss.",
                                 ("model",))
         self.workers_lost = Counter(r, "warmserve_workers_lost", "Workers declared lost.")
+        self.dedicated = Counter(r, "warmserve_instances_dedicated", "Co-served instances turned into dedicated "
+                                 "ones in place (their co-residents left; the KV cap rose, nothing was copied).",
+                                 ("model",))
         self.tp_groups_built = Counter(r, "warmserve_tp_groups_built", "Process groups of tensor-parallel "
                                        "instances built, ahead of use (prewarmed) or on a start's path (on_demand).",
                                        ("path",))

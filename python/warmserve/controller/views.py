@@ -30,7 +30,8 @@ def stats(ctl) -> dict:
         "instances": [{"instance_id": i, "model": st.model, "worker": ctl.instances[i].worker.worker_id,
                        "workers": [w.worker_id for w in ctl.instances[i].workers], "gpus": list(st.gpus),
                        "group_id": ctl.instances[i].group_id, "ready": st.ready, "in_flight": st.in_flight, "draining": st.draining,
-                       "kv_blocks_total": st.kv_blocks_total, "kv_blocks_mapped": st.kv_blocks_mapped}
+                       "kv_blocks_total": st.kv_blocks_total, "kv_blocks_mapped": st.kv_blocks_mapped,
+                       "shared": _shared(ctl.instances[i].worker, st.model)}
                       for i, st in state.instances.items() if i in ctl.instances],
         "prewarms": [{"prewarm_id": p, "model": st.model, "worker": ctl.prewarms[p].worker.worker_id,
                       "progress": st.progress} for p, st in state.prewarms.items() if p in ctl.prewarms],
@@ -39,6 +40,11 @@ def stats(ctl) -> dict:
         "prewarm_hits": {m: ctl.metrics.prewarm_hits.get(model=m) for m in ctl.models},
         "prewarm_misses": {m: ctl.metrics.prewarm_misses.get(model=m) for m in ctl.models},
     }
+
+
+def _shared(w, model: str) -> bool:
+    """Whether the worker runs the model as a shared (co-served) instance, as its latest stats say."""
+    return any(x.name == model and x.shared for x in (w.stats.instances if w.stats is not None else ()))
 
 
 def collect(ctl) -> None:

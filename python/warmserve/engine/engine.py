@@ -195,6 +195,19 @@ class Engine:
         self.kv.grow()
         return self.kv_stats()
 
+    def raise_kv_cap(self, kv_blocks: int | None = None) -> KvStats:
+        """Let the KV cache grow to ``kv_blocks`` (None: all the slot's reservation holds): a co-served instance's
+        fixed share becomes a dedicated instance's whole cache (its co-residents have left). Running requests are
+        untouched; new blocks are mapped as the target and the load ask."""
+        self._check_open()
+        region, total, _ = self.lm._kv_region(kv_blocks)
+        if total < self.kv.total_blocks:
+            raise InvalidArgumentError(f"the KV cap is {self.kv.total_blocks} blocks; {total} would lower it",
+                                       kv_blocks=total, total_blocks=self.kv.total_blocks)
+        self.kv.extend(region, total)
+        self.kv.grow()
+        return self.kv_stats()
+
     # ---- the loop ------------------------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         self._check_open()

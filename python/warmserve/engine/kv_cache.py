@@ -135,6 +135,28 @@ class KVCache:
             n += 1
         return n
 
+    def extend(self, region: torch.Tensor, total_blocks: int) -> None:
+        """Raise the cap to ``total_blocks`` over ``region``: a longer view of the same reserved range (the same
+        base address, so blocks in use and the CUDA graphs' baked addresses stay valid). The new blocks start
+        unmapped; they are mapped as the target and the load ask. Lowering the cap is not supported."""
+        if total_blocks < self.total_blocks or region.shape[0] != total_blocks:
+            raise InvalidArgumentError(
+                f"a KV cap of {self.total_blocks} blocks can only grow, over a region of exactly that many rows "
+                f"(asked {total_blocks}, region of {region.shape[0]})", total_blocks=total_blocks)
+        rows = region.view(-1, self.rows.shape[1])
+        if rows.data_ptr() != self.rows.data_ptr():
+            raise InvalidArgumentError("the grown KV region must start where the cache does (same reserved range)")
+        added = range(self.total_blocks, total_blocks)
+        self.rows = rows
+        self.mapped.extend(self.mapper is None for _ in added)
+        if self.mapper is None:
+            for b in added:
+                heapq.heappush(self._free, b)
+        else:
+            for b in added:
+                heapq.heappush(self._unmapped, b)
+        self.total_blocks = total_blocks
+
     def release_all(self) -> None:
         """Unmap every mapped block (the cache must be empty)."""
         if self.num_used:

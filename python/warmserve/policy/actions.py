@@ -82,6 +82,16 @@ class ReviveInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class Dedicate:
+    """A co-served instance (started with ``kv_fraction`` < 1), now alone on its GPUs, becomes a dedicated one in
+    place: the driver raises its ``kv_blocks_total`` to what a dedicated instance holds (kv_fraction 1) and the
+    executor lifts the engine's KV cap. Nothing is copied, no request waits (the worker "turns into" an instance
+    of the model that burst)."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetKvTarget:
     """Keep ``free_blocks`` free KV blocks mapped beyond those in use (so mapped = used + free_blocks, capped at
     kv_blocks_total). Shrinking returns pages to the GPU pool for prewarms; growing maps pages that the policy has
@@ -101,4 +111,5 @@ class Route:
     request_id: str | int | None = None
 
 
-Action = Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | ReviveInstance | SetKvTarget | Route
+Action = (Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | ReviveInstance | Dedicate | SetKvTarget
+          | Route)

@@ -83,7 +83,7 @@ class PolicyConfig:
     #: after the loss (``arbitration.reclaim_victims``, ``floor``). Default 0.8, the §5 trigger level
     #: (scale_out_threshold): the victims' remaining instances carry at most B requests each. 0: the rule before
     #: (any model that stays at least as well served as the taker gives GPUs; when several models were short at
-    #: once GPUs passed back and forth). A policy choice; bench/simulate/README.md shows 0, 0.5, 0.8 and 1.
+    #: once GPUs passed back and forth). A policy choice; bench/simulate/ISSUE11_ROUNDS.md shows 0, 0.5, 0.8 and 1.
     reclaim_floor_share: float = 0.8
     #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
     #: a shared GPU group may reach (one decode step of each co-resident model, time-sharing), seconds; models
@@ -95,14 +95,14 @@ class PolicyConfig:
     coserve_tpot_s: float = 0.1
     #: Co-serve light models even when every model with demand could have GPUs of its own. Off by default
     #: because, measured, it lowers the max rate under the SLO where GPUs suffice (paper-code 8.3 -> 5.6 rps,
-    #: seeds 0-2, 2 models per host; bench/simulate/README.md, the 07:05 update): time-sharing costs TTFT, and it
+    #: seeds 0-2, 2 models per host; bench/simulate/OVERSUBSCRIBED.md, the first cut): time-sharing costs TTFT, and it
     #: frees GPUs only where none are short.
     coserve_always: bool = False
     #: Most models one co-serving GPU group hosts, over the memory rule (``coserve.CoServing.models_per_host``:
     #: weights within 80% of a GPU, as `shared` packs them, and each resident's KV share holding
     #: scale_in_threshold x B sequences of coserve_context_tokens; on a 72 GB pool that is 3 Llama-2 7B or 13B
     #: models at B = 32). Policy choice: 4, the most 7B shards (13.5 GB) within 80% of 72 GB, so that the memory
-    #: rule decides for the paper's models; 2 was the first cut (bench/simulate/README.md shows both).
+    #: rule decides for the paper's models; 2 was the first cut (bench/simulate/OVERSUBSCRIBED.md shows both).
     coserve_max_models: int = 4
     #: KV tokens per running sequence the co-serving rule plans a decode step with, tokens: the paper's prompts are
     #: cut to 1024 tokens (PAPER.md), a sequence reads its prompt plus what it generated.

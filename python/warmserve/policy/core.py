@@ -324,6 +324,7 @@ class Policy(LoadSignals):
             fc = self._window_forecast(now_s)
             co.update(state, {m: r[0] for m, r in raw.items()}, {m: r[1] for m, r in raw.items()},
                       {m: max(avg5[m], fc.get(m, 0.0)) for m in self.models})
+            out.extend(co.dedications(state))  # alone on its host and outgrown: dedicated in place, nothing starts
             co.split(state, active, want_out)
             for m in co.splitting:  # it asks for one dedicated instance more than it runs, whatever its load
                 demand[m] = max(demand[m], want_out[m])
@@ -362,6 +363,11 @@ class Policy(LoadSignals):
                 stopped |= inst.in_flight == 0
         if stopped and wanted:  # idle GPUs were freed this tick: the wanting models may start at once
             wanted = self._allocate(state, board, have, {m: want_out[m] for m in wanted}, out)
+        if co is not None:  # a model that outgrew its host and finds no GPUs: the host converts in place (its
+            # co-residents move to other hosts), before merges or reclaims take GPUs from anyone for it
+            for m in sorted(wanted):
+                if co.outgrown(m, active[m]) and self._vacate(state, board, m, out):
+                    wanted.discard(m)
         if co is not None and wanted:  # GPUs are wanted: a quiet model with GPUs to itself moves onto a host
             reserved = {g for gpus in self._reserved.values() for g in gpus}
             tps = {self.models[w].tp for w in wanted}
@@ -466,6 +472,16 @@ class Policy(LoadSignals):
         for pid in act.evict if act is not None else ():
             self._scores.pop(pid, None)
         return act
+
+    def _vacate(self, state: ClusterState, board: Board, model: str, out: list) -> bool:
+        """``CoServing.vacate`` for ``model`` (off the GPUs kept for other models); whether anything moves."""
+        reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+        acts = self._co.vacate(state, board, model, reserved, self._new_id)
+        for act in acts:
+            for pid in act.evict:
+                self._scores.pop(pid, None)
+        out.extend(acts)
+        return bool(acts)
 
     def _stop(self, state: ClusterState, inst: InstanceState, now_s: float, board: Board, out: list) -> None:
         """Stop ``inst``; one with nothing in flight frees its GPUs on the board at once (the driver stops it

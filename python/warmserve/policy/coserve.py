@@ -64,6 +64,8 @@ class CoServing:
         #: Model -> (its instance to stop, the co-served instance started to replace it): the first stops once the
         #: second is ready.
         self.merging: dict[str, tuple[str, str]] = {}
+        #: Host GPUs -> the model it turns into a dedicated instance of (``vacate``): nobody joins it meanwhile.
+        self.converting: dict[tuple[int, ...], str] = {}
         #: Host GPUs -> models that joined it since the last tick (not in the state until the driver applies them).
         self.pending: dict[tuple[int, ...], set[str]] = {}
         #: Per model, from the last tick: scale-out demand (instances, no floor), scale-in demand, predicted batch.
@@ -74,6 +76,8 @@ class CoServing:
         #: and merge onto hosts only while it is (hosts already running keep splitting and retiring either way).
         self.oversubscribed = False
         self.active = cfg.coserve_always
+        #: From the last tick: the GPUs the models with demand need for one instance each.
+        self.demand_gpus = 0
 
     # ---- the model ----------------------------------------------------------------------------------------
 
@@ -154,16 +158,26 @@ class CoServing:
         both), so co-serving engages; where every model with demand fits on GPUs of its own it stays off
         (unless ``coserve_always``), and the policy is the paper's."""
         self.ids &= state.instances.keys()
+        hosted = {(tuple(i.gpus), i.model) for i in state.instances.values() if i.instance_id in self.ids}
+        self.converting = {g: m for g, m in self.converting.items() if (g, m) in hosted}
         self.out, self.keep, self.batch = out, keep, batch
         self.pending = {}
         live = sum(1 for g in state.gpus if not g.gone)
-        self.oversubscribed = sum(self.models[m].tp for m, b in batch.items() if b > 0) > live
+        self.demand_gpus = sum(self.models[m].tp for m, b in batch.items() if b > 0)
+        self.oversubscribed = self.demand_gpus > live
         self.active = self.cfg.coserve_always or self.oversubscribed
+
+    def over_with(self, state: ClusterState, model: str) -> bool:
+        """Over-subscribed, counting ``model`` as a model with demand: one whose first requests came after the last
+        tick (it is asked about because a request of it waits) is not in that tick's figures."""
+        live = sum(1 for g in state.gpus if not g.gone)
+        return self.oversubscribed or (self.batch.get(model, 0.0) <= 0
+                                       and self.demand_gpus + self.models[model].tp > live)
 
     def could_join(self, state: ClusterState, model: str) -> bool:
         """A cheap first test of ``join`` on existing hosts (route() builds no Board when it fails)."""
         m = self.models[model]
-        if not self.active or not self.light(model):
+        if not (self.active or self.over_with(state, model)) or not self.light(model):
             return False
         live = [g.total_bytes for g in state.gpus if not g.gone]
         if not live:  # every GPU is lost: nothing to join
@@ -173,7 +187,7 @@ class CoServing:
                               for g, v in self.hosts(state).items())
 
     def join(self, state: ClusterState, board: Board, model: str, reserved: set[int], *, new_host: bool,
-             new_id, merge: bool = False) -> A.StartInstance | None:
+             new_id, merge: bool = False, vacating: bool = False) -> A.StartInstance | None:
         """A co-served instance of ``model`` on the best-fitting host (the one whose round with it is the longest
         within the join target), or, with ``new_host``, on idle GPUs as a new host; None when neither fits.
         Updates ``board`` (the GPUs' memory, and busy for a new host). ``reserved``: GPUs kept for other models.
@@ -181,25 +195,29 @@ class CoServing:
         group of its tp remains to split out to (a host in a full cluster could not split when a model bursts);
         over-subscribed, none is required: the alternative is no instance at all, and a model that bursts there
         splits out as any model scales out (reclaim, merges of quiet models, time-sharing). ``merge``: the model
-        runs a dedicated instance and moves here to free its GPUs (it joins within the §5 band, below)."""
+        runs a dedicated instance and moves here to free its GPUs (it joins within the §5 band, below).
+        ``vacating``: the model moves off a host that another of its models turns into a dedicated instance
+        (``vacate``): no idle group is required (there is none: that is why the host converts in place)."""
         m = self.models[model]
         gpu_bytes = min((g.total_bytes for g in state.gpus if not g.gone), default=0)
         k = self.models_per_host(model, gpu_bytes) if gpu_bytes else 0
-        spare = 0 if self.oversubscribed else (2 if new_host else 1)
-        if k < 2 or not self.active or not self.light(model) or self.idle_groups(board, m.tp, reserved) < spare:
+        over = self.over_with(state, model)
+        spare = 0 if over or vacating else (2 if new_host else 1)
+        if k < 2 or not (self.active or over or vacating) or not self.light(model) or self.idle_groups(board, m.tp, reserved) < spare:
             return None
         # the §5 band below the split target keeps a model from joining and splitting back and forth; over-
         # subscribed, a model with no instance (not a merge) joins up to the target itself: its alternative is
         # no instance at all, i.e. waiting for time-sharing (preempt_after_s) and taking another model's GPUs
         band = self.cfg.scale_in_threshold / self.cfg.scale_out_threshold
-        if self.oversubscribed and not merge:
+        if over and not merge:
             band = 1.0
         target = self.cfg.coserve_tpot_s * band
         frac = self.kv_fraction(model, gpu_bytes)
         best = None
         for gpus, insts in self.hosts(state).items():
             names = self.host_models(gpus, insts)
-            if len(gpus) != m.tp or reserved.intersection(gpus) or model in names or len(names) >= k:
+            if len(gpus) != m.tp or reserved.intersection(gpus) or model in names or len(names) >= k \
+                    or gpus in self.converting:
                 continue
             if any(i.model == model for i in insts) or any(g not in board.local for g in gpus):
                 continue
@@ -304,6 +322,52 @@ class CoServing:
                 self.splitting.add(worst.model)
         for m in self.splitting:
             want_out[m] = max(want_out[m], len(active[m]) + 1)
+
+    def dedications(self, state: ClusterState) -> list[A.Dedicate]:
+        """Hosts left with one instance, whose model outgrew co-serving (marked to split, or no longer light), and
+        nothing else on the GPUs (a draining co-resident still holds its KV): that instance becomes the model's
+        dedicated instance in place (``A.Dedicate``): no start, no copy, no GPUs taken from anyone. A light one
+        stays co-served (models may join it)."""
+        out = []
+        for gpus, insts in self.hosts(state).items():
+            if len(insts) != 1 or self.pending.get(gpus):
+                continue
+            inst = insts[0]
+            if inst.ready and not inst.draining and (inst.model in self.splitting or not self.light(inst.model)) \
+                    and inst.model not in self.merging:
+                self.ids.discard(inst.instance_id)
+                self.splitting.discard(inst.model)
+                self.converting.pop(gpus, None)
+                out.append(A.Dedicate(inst.instance_id))
+        return out
+
+    def vacate(self, state: ClusterState, board: Board, model: str, reserved: set[int], new_id) -> list[A.StartInstance]:
+        """In-place conversion, where ``model`` outgrew its host and no GPUs are free for a dedicated instance:
+        the host's other models move, each to another host that fits it (``join``, as a merge: its instance
+        here stops once the new one is ready), so that ``model`` is left alone on the host and ``dedications``
+        turns it into a dedicated instance. Each move that fits is made (one that does not leaves the host
+        shared, but with a shorter round). Nothing while a move off this host is still under way."""
+        mine = [i for i in state.instances.values() if i.model == model and i.instance_id in self.ids
+                and not i.draining]
+        if len(mine) != 1:
+            return []
+        gpus = tuple(mine[0].gpus)
+        insts = self.hosts(state).get(gpus, [])
+        others = sorted((i for i in insts if i.model != model and not i.draining),
+                        key=lambda i: (-self.batch.get(i.model, 0.0), i.instance_id))
+        if not others or any(i.model in self.merging for i in others):
+            return []
+        out = []
+        self.converting[gpus] = model
+        for inst in others:
+            act = self.join(state, board, inst.model, reserved | set(gpus), new_host=False, new_id=new_id,
+                            vacating=True)
+            if act is not None:
+                out.append(act)
+                self.merging_into(inst.model, inst.instance_id, act.instance_id)
+        if not out:
+            del self.converting[gpus]
+        return out
 
     def retire(self, state: ClusterState, stopping: set[str]) -> list[InstanceState]:
         """Instances to stop now: a co-served instance whose model (splitting, or no longer light) has a ready

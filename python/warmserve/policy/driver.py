@@ -70,6 +70,10 @@ class Executor(Protocol):
     def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
         """Map or unmap KV pages so that ``free_blocks`` blocks stay mapped beyond those in use."""
 
+    def dedicate_instance(self, inst: InstanceState, now_s: float) -> None:
+        """``inst`` (co-served, alone on its GPUs now) is dedicated: lift its KV cap to ``inst.kv_blocks_total``
+        (raised by the driver already; an executor may report the measured figure with ``set_kv``)."""
+
     def send(self, request, inst: InstanceState, now_s: float) -> None:
         """Run ``request`` on ``inst``; report ``request_finished`` when it ends."""
 
@@ -292,6 +296,11 @@ class PolicyDriver:
             inst = st.instances.get(act.instance_id)
             if inst is not None:  # it may have drained and stopped since the policy looked
                 inst.draining = False
+        elif kind is A.Dedicate:
+            inst = st.instances.get(act.instance_id)
+            if inst is not None and not inst.draining:
+                inst.kv_blocks_total = max(inst.kv_blocks_total, kv_blocks_for(st, inst.model, inst.gpus))
+                ex.dedicate_instance(inst, now_s)
         elif kind is A.SetKvTarget:
             inst = st.instances.get(act.instance_id)
             if inst is not None:
@@ -481,6 +490,9 @@ class InstantExecutor:
     def stop_instance(self, inst: InstanceState, now_s: float) -> None:
         self.log.append(("stop_instance", inst.instance_id))
         self.running.pop(inst.instance_id, None)
+
+    def dedicate_instance(self, inst: InstanceState, now_s: float) -> None:
+        self.log.append(("dedicate_instance", inst.instance_id))
 
     def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
         inst.kv_blocks_mapped = min(inst.kv_blocks_total, inst.kv_blocks_used + free_blocks)

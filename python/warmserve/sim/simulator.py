@@ -416,6 +416,11 @@ class Simulator:
         if inst is not None and inst.ready:
             self.engines.remap(inst)
 
+    def dedicate_instance(self, ist: InstanceState, now_s: float) -> None:
+        inst = self.insts.get(ist.instance_id)
+        if inst is not None and inst.ready:  # the engine admits against kv_blocks_total, raised by the driver
+            self.engines.remap(inst)
+
     def send(self, rid: int, ist: InstanceState, now_s: float) -> None:
         self.engines.admit(self.insts[ist.instance_id], rid, now_s)
 

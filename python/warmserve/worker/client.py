@@ -126,6 +126,9 @@ class SyncClientBase:
     def set_kv_target(self, model: str, free_blocks: int, *, timeout_s: float | None = None) -> P.KvTargetSet:
         return self._call(P.SetKvTarget(id=self._new_id(), model=model, free_blocks=free_blocks), timeout_s)
 
+    def dedicate(self, model: str, *, timeout_s: float | None = None) -> P.KvTargetSet:
+        return self._call(P.Dedicate(id=self._new_id(), model=model), timeout_s)
+
     def stats(self, pages: bool = False, *, timeout_s: float | None = None) -> P.Stats:
         return self._call(P.GetStats(id=self._new_id(), pages=pages), timeout_s)
 
@@ -479,6 +482,9 @@ class AsyncWorkerClient:
 
     async def set_kv_target(self, model: str, free_blocks: int, *, timeout_s: float | None = None) -> P.KvTargetSet:
         return await self._call(P.SetKvTarget(id=self._new_id(), model=model, free_blocks=free_blocks), timeout_s)
+
+    async def dedicate(self, model: str, *, timeout_s: float | None = None) -> P.KvTargetSet:
+        return await self._call(P.Dedicate(id=self._new_id(), model=model), timeout_s)
 
     async def stats(self, pages: bool = False, *, timeout_s: float | None = None) -> P.Stats:
         return await self._call(P.GetStats(id=self._new_id(), pages=pages), timeout_s)

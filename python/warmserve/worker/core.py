@@ -338,6 +338,18 @@ class WorkerCore(ShardRoles):
             inst.tp.kv_target(msg.free_blocks)
         self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=inst.engine.kv_stats()))
 
+    def _dedicate(self, peer, msg: P.Dedicate) -> None:
+        inst = self._instance(msg.model)
+        others = sorted(n for n in self.instances if n != inst.name)
+        if not inst.shared or others:
+            raise ModelStateError(
+                f"only a shared instance alone on its worker becomes dedicated; {inst.name!r} on worker "
+                f"{self.worker_id} is {'shared' if inst.shared else 'dedicated already'}, beside {others}: "
+                "deactivate the others first", model=inst.name, running=others)
+        kv = inst.engine.raise_kv_cap(None)
+        inst.shared = False
+        self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=kv))
+
     def _stats(self, peer, msg: P.GetStats) -> None:
         self.emit(peer, self.stats(msg.id, pages=msg.pages))
 
@@ -366,7 +378,7 @@ class WorkerCore(ShardRoles):
 
     _HANDLERS = {
         P.Prewarm: _prewarm, P.Evict: _evict, P.Activate: _activate, P.Deactivate: _deactivate,
-        P.Generate: _generate, P.Abort: _abort, P.SetKvTarget: _set_kv_target, P.GetStats: _stats,
+        P.Generate: _generate, P.Abort: _abort, P.SetKvTarget: _set_kv_target, P.Dedicate: _dedicate, P.GetStats: _stats,
         P.Heartbeat: _heartbeat, P.Shutdown: _shutdown, P.HostGroupStore: _host_group_store,
         P.JoinGroup: _join_group, P.LeaveGroup: _leave_group,
     }

@@ -215,3 +215,29 @@ def test_checkpoint_errors_cross_the_wire_as_themselves():
     err = CheckpointError("bad file", path="/x")
     back = from_wire(err.to_wire())
     assert type(back) is CheckpointError and back.path == "/x" and isinstance(back, ValueError)
+
+
+def test_raising_the_kv_cap_keeps_the_cache_in_place_and_refuses_to_lower_it(demo_dir, pool):
+    """Engine.raise_kv_cap (a co-served instance dedicated in place): the longer view starts at the same address
+    (blocks in use and CUDA graphs stay valid), running sequences finish as they would have, and the new blocks are
+    mapped only as needed."""
+    lm = load_model(demo_dir["llama-20m"], pool).wait()
+    try:
+        first = Engine(lm)
+        ref = first.generate([[1, 2, 3]], SamplingParams(max_tokens=12, ignore_eos=True))
+        first.close()
+        eng = Engine(lm, kv_blocks=1)
+        base = eng.kv.rows.data_ptr()
+        eng.add_request("r", [1, 2, 3], SamplingParams(max_tokens=12, ignore_eos=True))
+        outs = eng.step()
+        mapped = eng.kv.num_mapped
+        stats = eng.raise_kv_cap()
+        assert stats.kv_blocks_total == lm.kv_capacity_blocks > 1
+        assert eng.kv.rows.data_ptr() == base and eng.kv.num_mapped >= mapped
+        while eng.has_unfinished():
+            outs += eng.step()
+        assert [t for o in outs for t in o.token_ids] == ref[0]
+        with pytest.raises(InvalidArgumentError, match="lower"):
+            eng.raise_kv_cap(1)
+    finally:
+        lm.close()

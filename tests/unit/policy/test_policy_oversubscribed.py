@@ -8,7 +8,7 @@ import numpy as np
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
 from warmserve.policy.driver import instant_driver
-from warmserve.policy.state import ClusterState, ModelInfo
+from warmserve.policy.state import ClusterState, ModelInfo, kv_blocks_for
 
 GiB = 1 << 30
 DAY = 86400.0
@@ -125,3 +125,68 @@ def test_a_model_that_outgrew_its_host_leaves_no_model_without_an_instance_no_ho
     assert got is not None and [v.instance_id for v in got[1]] == ["big0"]
     assert preemption_victims(st, board, "a", 100.0, load, set(), 30.0, keep_last={"big"}) is None
     assert preemption_victims(st, board, "a", 100.0, load, set(), 30.0, keep_last={"a"}) is not None
+
+
+def _hosts(gpus_per_server, placed, burst="a", in_flight=30):
+    """Light 7B models co-served as ``placed`` (instance id -> (model, gpu)), steady demand for every one of them
+    (the cluster is over-subscribed), then ``in_flight`` requests of ``burst``: its load asks for an instance of
+    its own (30 in flight > 0.8 x B = 25.6), and no GPU is free for one. Returns the driver, state, policy, and the
+    time of the burst."""
+    names = sorted({m for m, _ in placed.values()})
+    models = [_7b(n) for n in names]
+    st = ClusterState.uniform(1, models, gpus_per_server=gpus_per_server, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9), history=_steady_history(names))
+    d = instant_driver(pol, st)
+    t0 = 2 * DAY
+    frac = pol._co.kv_fraction(names[0], 72 * GiB)
+    for iid, (m, g) in placed.items():
+        d.apply(A.StartInstance(iid, m, (g,), kv_fraction=frac), t0)
+        pol._co.ids.add(iid)
+    d.tick(t0)
+    for k in range(in_flight):
+        d.submit(burst, f"{burst}{k}", t0 + 0.5)
+    return d, st, pol, t0
+
+
+def test_a_model_alone_on_its_host_that_outgrew_it_becomes_dedicated_in_place():
+    """A co-served instance alone on its GPU whose model bursts: before, the model asked for a dedicated instance
+    elsewhere (none free: time-sharing after 30 s) while its own instance kept a fixed KV share of a host. Now the
+    instance is dedicated where it stands: its KV cap rises to a dedicated instance's, nothing starts or stops."""
+    d, st, pol, t0 = _hosts(2, {"a0": ("a", 0), "b0": ("b", 1), "c0": ("c", 1)})
+    before = st.instances["a0"].kv_blocks_total
+    for s in range(1, 7):  # the 5 s load window fills
+        d.tick(t0 + s)
+    log = d.executor.log
+    assert ("dedicate_instance", "a0") in log
+    a0 = st.instances["a0"]
+    assert a0.kv_blocks_total > before and a0.kv_blocks_total == kv_blocks_for(st, "a", (0,))
+    assert "a0" not in pol._co.ids and not a0.draining
+    assert [i for i in st.instances.values() if i.model == "a"] == [a0]
+    assert not [e for e in log if e[0] == "start_instance" and e[1].startswith("a/")]
+
+
+def test_a_bursting_model_with_no_gpu_free_turns_its_host_into_its_dedicated_instance():
+    """Two hosts on two GPUs: a and b on GPU 0, c on GPU 1. a bursts and no GPU is free for a dedicated instance
+    of it: b moves to c's host (a new co-served instance; its old one stops once that one is ready), then a's
+    instance, alone on GPU 0, is dedicated in place. a never waits for a start, and nobody loses an instance."""
+    d, st, pol, t0 = _hosts(2, {"a0": ("a", 0), "b0": ("b", 0), "c0": ("c", 1)})
+    for s in range(1, 8):
+        d.tick(t0 + s)
+    log = d.executor.log
+    assert ("dedicate_instance", "a0") in log and "b0" not in st.instances
+    live = {i.model: i for i in st.instances.values() if not i.draining}
+    assert sorted(live) == ["a", "b", "c"]
+    assert live["a"].instance_id == "a0" and live["a"].kv_blocks_total == kv_blocks_for(st, "a", (0,))
+    assert live["b"].gpus == (1,) and live["b"].instance_id in pol._co.ids and live["c"].instance_id == "c0"
+    assert not [e for e in log if e[0] == "start_instance" and e[1].startswith("a/")]
+    assert not any(st.queues.values())
+
+
+def test_a_host_whose_co_residents_have_nowhere_to_go_stays_shared():
+    """The same burst with one GPU: b cannot move (no other host), so nothing converts and b keeps its
+    instance; a keeps serving co-served (and asks for GPUs as before)."""
+    d, st, pol, t0 = _hosts(1, {"a0": ("a", 0), "b0": ("b", 0)})
+    for s in range(1, 8):
+        d.tick(t0 + s)
+    assert ("dedicate_instance", "a0") not in d.executor.log
+    assert {i.instance_id for i in st.instances.values() if not i.draining} == {"a0", "b0"}

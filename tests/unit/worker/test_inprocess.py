@@ -160,6 +160,37 @@ def test_shared_instances_interleave_with_fixed_kv_shares(worker, tiny_models):
     assert all(i.shared for i in st.instances)
 
 
+def test_a_shared_instance_left_alone_becomes_dedicated_with_its_requests_running(worker, tiny_models):
+    """Dedicate (a co-served host converting in place): refused while another instance runs beside it; once
+    alone, the running request goes on untouched, the KV cap rises from the share to all the slot holds (a
+    request the share could not hold is now accepted), and no other instance may join any more."""
+    for name in ("tiny-llama", "tiny-qwen2"):
+        worker.prewarm(tiny_models[name])
+    worker.activate("tiny-llama", kv_blocks=1, shared=True)
+    worker.activate("tiny-qwen2", kv_blocks=1, shared=True)
+    with pytest.raises(ModelStateError, match="alone"):
+        worker.dedicate("tiny-llama")
+    worker.deactivate("tiny-qwen2")
+    sp = P.SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    stream = iter(worker.generate("tiny-llama", [1, 2, 3], sp))
+    n = len(next(stream).token_ids)
+    long = P.SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True)  # 300 tokens: 2 blocks of 256
+    with pytest.raises(errors.PromptTooLongError, match="KV blocks"):
+        worker.generate("tiny-llama", list(range(1, 201)), long).collect()
+    got = worker.dedicate("tiny-llama")
+    assert got.kv.kv_blocks_total > 1 and got.kv.kv_blocks_used >= 1
+    n += sum(len(ev.token_ids) for ev in stream)
+    assert n == 40
+    ids, last = worker.generate("tiny-llama", list(range(1, 201)), long).collect()
+    assert len(ids) == 100 and last.finish_reason == "length"
+    (inst,) = worker.stats().instances
+    assert not inst.shared and inst.kv.kv_blocks_total == got.kv.kv_blocks_total
+    with pytest.raises(ModelStateError, match="already runs"):
+        worker.activate("tiny-qwen2", kv_blocks=1, shared=True)
+    with pytest.raises(ModelStateError, match="dedicated already"):
+        worker.dedicate("tiny-llama")
+
+
 def test_kv_target_hands_pages_back_and_takes_them_again(worker, tiny_models):
     worker.prewarm(tiny_models["tiny-llama"])
     worker.activate("tiny-llama", kv_blocks=16)
