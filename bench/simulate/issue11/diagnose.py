@@ -11,7 +11,8 @@ number of instances sharing a GPU with another instance ("co"); busy: the mean s
 engine spent in prefill / decode; reclaims: GPU groups moved between models by ``reclaim_victims`` over the
 whole run, warm-up included; instances stopped over the replayed span by the rule that stopped them (scale-in,
 reclaim, time-sharing; "last instance": the model had no other); in-place conversions: co-served instances
-dedicated where they stand (``Dedicate``) and the co-residents moved off their hosts for them (``vacate``). One
+dedicated where they stand (``Dedicate``), the co-residents moved off their hosts for them (``vacate``), and
+co-served replicas of models that outgrew their host (``replica``). One
 seeded simulation per policy, no search."""
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def diagnose(preset_name: str, policy: str, rate_scale: float, seed: int, option
             return stop(state, inst, now_s, board, out)
 
         sim.policy._preempt_for, sim.policy._stop = preempt_counted, stop_counted
-    converted = {"dedicated": 0, "moves": 0}  # in-place conversions of co-served hosts (warm-up included)
+    converted = {"dedicated": 0, "moves": 0, "replicas": 0}  # co-served hosts converted, replicas (warm-up included)
     dedicate, vacate = sim.dedicate_instance, getattr(sim.policy, "_vacate", None)
+    replica = getattr(sim.policy, "_co_replica", None)
 
     def dedicate_counted(ist, now_s):
         converted["dedicated"] += 1
@@ -117,6 +119,13 @@ def diagnose(preset_name: str, policy: str, rate_scale: float, seed: int, option
             return got
 
         sim.policy._vacate = vacate_counted
+    if replica is not None:
+        def replica_counted(*a, **k):
+            got = replica(*a, **k)
+            converted["replicas"] += got
+            return got
+
+        sim.policy._co_replica = replica_counted
     r = sim.run()
     r.summary["offered_rate_rps"] = len(w.trace) / w.duration_s
     k = sim.n_warm
@@ -173,7 +182,7 @@ def main():
               f"{d['shared_gpus_mean']:.1f}, reclaims {d['reclaims']} (warm-up included)")
         c = d["converted"]
         print(f"  in-place conversions (warm-up included): {c['dedicated']} instances dedicated, {c['moves']} "
-              "co-residents moved for them")
+              f"co-residents moved for them; {c['replicas']} co-served replicas started")
         if d["stops"]:
             print("  instances stopped (replayed span), by rule: "
                   + ", ".join(f"{k} {v}" for k, v in d["stops"].items()))

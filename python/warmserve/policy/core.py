@@ -387,6 +387,8 @@ class Policy(LoadSignals):
         # is no instance of its own, and with no GPU to split out to it would queue for ever)
         for m in sorted(wanted, key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
             found, freed = self._reclaim_for(state, m, now_s, have, demand, board, out)
+            if not found and co is not None and co.outgrown(m, active[m]) and self._co_replica(state, board, m, out):
+                continue  # one more co-served instance on another host, before taking anyone's GPUs
             if not found and ((have[m] == 0 and m in self._starved_since)
                               or (co is not None and co.outgrown(m, active[m]))):
                 freed = self._preempt_for(state, m, now_s, avg5, board, out, have[m])
@@ -472,6 +474,18 @@ class Policy(LoadSignals):
         for pid in act.evict if act is not None else ():
             self._scores.pop(pid, None)
         return act
+
+    def _co_replica(self, state: ClusterState, board: Board, model: str, out: list) -> bool:
+        """``CoServing.replica`` for ``model`` (off the GPUs kept for other models); whether one starts."""
+        reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+        stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
+        act = self._co.replica(state, board, model, reserved, self._new_id, stopping)
+        if act is None:
+            return False
+        for pid in act.evict:
+            self._scores.pop(pid, None)
+        out.append(act)
+        return True
 
     def _vacate(self, state: ClusterState, board: Board, model: str, out: list) -> bool:
         """``CoServing.vacate`` for ``model`` (off the GPUs kept for other models); whether anything moves."""

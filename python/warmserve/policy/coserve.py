@@ -21,9 +21,14 @@ online from the same load signals as the §5 scaling:
   co-served instance may map up to what ``models_per_host`` shards leave (``kv_fraction``), from the shared pool,
   as its load needs;
 - split (it bursts): a host whose round exceeds ``coserve_tpot_s`` marks its costliest model, and a co-served
-  model that is no longer light scales out as any model does; its new instance is dedicated (an instance of a
-  model that has one already never co-serves). Once a dedicated instance of the model is ready, its co-served
-  instance is stopped (it drains): the model "turns into" a dedicated instance;
+  model that is no longer light scales out as any model does; its new instance is dedicated (a model that runs
+  an instance already co-serves another only as a replica, below). Once a dedicated instance of the model is
+  ready, its co-served instance is stopped (it drains): the model "turns into" a dedicated instance;
+- convert in place (no GPUs for the dedicated instance): the host's other models move to other hosts that fit
+  them (``vacate``; each as a merge below), and once the bursting model's instance is alone on its GPUs it is
+  dedicated where it stands (``dedications``, ``A.Dedicate``: its KV cap rises, nothing is copied);
+- replica (neither GPUs nor a host to convert): one more co-served instance of the model on another host, sized
+  for its share of the model's batch (``replica``); a model's copies split its batch (``share``);
 - merge: while another model is short of GPUs that are not free, a model whose load is below the scale-in
   threshold (0.5 x B: the §5 band again) and that runs one dedicated instance starts a co-served one on a host that
   fits it; once that is ready its dedicated instance stops, and its GPUs go to the model short of them.
@@ -40,6 +45,8 @@ that outgrows its host and finds no GPU takes GPUs by time-sharing, as a model w
 Everything here is pure: it reads the state and the policy's load figures and returns decisions."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from warmserve.policy import actions as A
 from warmserve.policy.config import PolicyConfig
@@ -76,6 +83,8 @@ class CoServing:
         #: and merge onto hosts only while it is (hosts already running keep splitting and retiring either way).
         self.oversubscribed = False
         self.active = cfg.coserve_always
+        #: Per model, its co-served instances taking requests (several: ``replica``), from the last tick.
+        self.copies: Counter[str] = Counter()
         #: From the last tick: the GPUs the models with demand need for one instance each.
         self.demand_gpus = 0
 
@@ -117,19 +126,28 @@ class CoServing:
         """The models a host serves: its instances that take requests, and those joined since the last tick."""
         return {i.model for i in insts if not i.draining} | self.pending.get(gpus, set())
 
-    def round_s(self, names) -> float:
-        """Predicted decode round of a host serving ``names``: one step of each at its predicted batch."""
-        return sum(self.step_s(m, self.batch.get(m, 0.0)) for m in names)
+    def share(self, model: str) -> float:
+        """The predicted batch of one co-served instance of ``model``: its batch over its co-served copies (routing
+        sends each request to the least loaded instance)."""
+        return self.batch.get(model, 0.0) / max(1, self.copies.get(model, 0))
+
+    def round_s(self, names, batch: dict[str, float] | None = None) -> float:
+        """Predicted decode round of a host serving ``names``: one step of each at its predicted batch per copy
+        (``batch`` overrides it for some: a new replica's share of its model's batch)."""
+        batch = batch or {}
+        return sum(self.step_s(m, batch.get(m, self.share(m))) for m in names)
 
     def light(self, model: str) -> bool:
         return self.out.get(model, 0.0) < 1.0
 
-    def kv_fits(self, model: str, gpu_bytes: int, share: float) -> bool:
-        """Whether the model's predicted batch, at coserve_context_tokens each, needs at most ``share`` of the KV
-        bytes (per GPU) its co-served instance may hold (the engine admits a request only with room for its KV)."""
+    def kv_fits(self, model: str, gpu_bytes: int, share: float, batch: float | None = None) -> bool:
+        """Whether the model's predicted batch (or ``batch``), at coserve_context_tokens each, needs at most
+        ``share`` of the KV bytes (per GPU) its co-served instance may hold (the engine admits a request only with
+        room for its KV)."""
         m = self.models[model]
         cap = self.kv_fraction(model, gpu_bytes) * (gpu_bytes - m.shard_bytes)
-        need = self.batch.get(model, 0.0) * self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp
+        b = self.share(model) if batch is None else batch
+        need = b * self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp
         return need <= share * cap
 
     # ---- reading the state --------------------------------------------------------------------------------
@@ -161,6 +179,7 @@ class CoServing:
         hosted = {(tuple(i.gpus), i.model) for i in state.instances.values() if i.instance_id in self.ids}
         self.converting = {g: m for g, m in self.converting.items() if (g, m) in hosted}
         self.out, self.keep, self.batch = out, keep, batch
+        self.copies = Counter(i.model for i in state.instances.values() if i.instance_id in self.ids and not i.draining)
         self.pending = {}
         live = sum(1 for g in state.gpus if not g.gone)
         self.demand_gpus = sum(self.models[m].tp for m, b in batch.items() if b > 0)
@@ -187,7 +206,7 @@ class CoServing:
                               for g, v in self.hosts(state).items())
 
     def join(self, state: ClusterState, board: Board, model: str, reserved: set[int], *, new_host: bool,
-             new_id, merge: bool = False, vacating: bool = False) -> A.StartInstance | None:
+             new_id, merge: bool = False, vacating: bool = False, replicas: int = 0) -> A.StartInstance | None:
         """A co-served instance of ``model`` on the best-fitting host (the one whose round with it is the longest
         within the join target), or, with ``new_host``, on idle GPUs as a new host; None when neither fits.
         Updates ``board`` (the GPUs' memory, and busy for a new host). ``reserved``: GPUs kept for other models.
@@ -197,14 +216,19 @@ class CoServing:
         splits out as any model scales out (reclaim, merges of quiet models, time-sharing). ``merge``: the model
         runs a dedicated instance and moves here to free its GPUs (it joins within the §5 band, below).
         ``vacating``: the model moves off a host that another of its models turns into a dedicated instance
-        (``vacate``): no idle group is required (there is none: that is why the host converts in place)."""
+        (``vacate``): no idle group is required (there is none: that is why the host converts in place).
+        ``replicas``: the model runs that many co-served instances, outgrew them, and finds no GPUs and no host to
+        convert: one more co-served instance on another host (``replica``), sized for its share of the model's
+        batch (batch / (replicas + 1)), not for the whole."""
         m = self.models[model]
         gpu_bytes = min((g.total_bytes for g in state.gpus if not g.gone), default=0)
         k = self.models_per_host(model, gpu_bytes) if gpu_bytes else 0
         over = self.over_with(state, model)
-        spare = 0 if over or vacating else (2 if new_host else 1)
-        if k < 2 or not (self.active or over or vacating) or not self.light(model) or self.idle_groups(board, m.tp, reserved) < spare:
+        spare = 0 if over or vacating or replicas else (2 if new_host else 1)
+        if k < 2 or not (self.active or over or vacating) or not (self.light(model) or replicas) \
+                or self.idle_groups(board, m.tp, reserved) < spare:
             return None
+        mine = {model: self.batch.get(model, 0.0) / (replicas + 1)}
         # the §5 band below the split target keeps a model from joining and splitting back and forth; over-
         # subscribed, a model with no instance (not a merge) joins up to the target itself: its alternative is
         # no instance at all, i.e. waiting for time-sharing (preempt_after_s) and taking another model's GPUs
@@ -221,13 +245,13 @@ class CoServing:
                 continue
             if any(i.model == model for i in insts) or any(g not in board.local for g in gpus):
                 continue
-            r = self.round_s(names | {model})
+            r = self.round_s(names | {model}, mine)
             # room for its shard and its whole KV share (its mapping may grow to it), beside the residents' shards
             # and whole shares: exact for a host whose instances still start, too (the board counts such a GPU as
             # full); prewarms there are evicted for it, lowest score first (a model served beats a copy kept for a
             # scale-out that may come)
             need = m.shard_bytes + kv_blocks_for(state, model, gpus, frac) * m.kv_block_bytes
-            if r > target or not self.kv_fits(model, gpu_bytes, band):
+            if r > target or not self.kv_fits(model, gpu_bytes, band, mine[model]):
                 continue
             evict = self._evictions(state, board, gpus, insts, need)
             if evict is None:
@@ -245,7 +269,7 @@ class CoServing:
             act = A.StartInstance(new_id(model, "i"), model, gpus, evict=tuple(evict), kv_fraction=frac,
                                   warm_engine=self.cfg.warm_engine)
             self.pending.setdefault(gpus, set()).add(model)
-        elif new_host and self.step_s(model, self.batch.get(model, 0.0)) <= target \
+        elif new_host and not replicas and self.step_s(model, self.batch.get(model, 0.0)) <= target \
                 and self.kv_fits(model, gpu_bytes, band):
             got = board.choose_for_instance(model)
             if got is None:
@@ -309,6 +333,9 @@ class CoServing:
         """Hosts over the TPOT target: their costliest model not yet splitting is marked; a marked model asks
         for one instance more than it runs (a dedicated one), until its co-served instance is retired."""
         self.splitting &= {i.model for i in state.instances.values() if i.instance_id in self.ids}
+        for m in sorted(self.splitting):
+            if self.copies.get(m, 0) >= 2 and self.fits_everywhere(state, m):
+                self.splitting.discard(m)  # its replicas carry it within the target: nothing more to split
         for gpus, insts in self.hosts(state).items():
             live = [i for i in insts if not i.draining]
             names = self.host_models(gpus, live)
@@ -317,8 +344,7 @@ class CoServing:
             gpu_bytes = state.gpus[gpus[0]].total_bytes
             short = [i for i in live if not self.kv_fits(i.model, gpu_bytes, 1.0)]  # its batch outgrew its share
             if short or self.round_s(names) > self.cfg.coserve_tpot_s:
-                worst = max(short or live, key=lambda i: (self.step_s(i.model, self.batch.get(i.model, 0.0)),
-                                                          i.instance_id))
+                worst = max(short or live, key=lambda i: (self.step_s(i.model, self.share(i.model)), i.instance_id))
                 self.splitting.add(worst.model)
         for m in self.splitting:
             want_out[m] = max(want_out[m], len(active[m]) + 1)
@@ -368,6 +394,32 @@ class CoServing:
         if not out:
             del self.converting[gpus]
         return out
+
+    def fits_everywhere(self, state: ClusterState, model: str) -> bool:
+        """Whether every host serving ``model`` stays within the TPOT target, and each of its copies' batch within
+        its KV share, with its batch spread over its copies."""
+        for gpus, insts in self.hosts(state).items():
+            names = self.host_models(gpus, insts)
+            if model in names and (self.round_s(names) > self.cfg.coserve_tpot_s
+                                   or not self.kv_fits(model, state.gpus[gpus[0]].total_bytes, 1.0)):
+                return False
+        return True
+
+    def replica(self, state: ClusterState, board: Board, model: str, reserved: set[int], new_id,
+                stopping: set[str]) -> A.StartInstance | None:
+        """One more co-served instance of a model that outgrew its (only co-served) instances and found neither GPUs
+        nor a host to convert (``vacate``): on another host whose round stays within the target with the model's
+        share of its batch (``join`` with ``replicas``). Requests then spread over its instances (``route``: the
+        least loaded). As `shared` gives a popular model several colocated replicas, but decided online."""
+        live = [i for i in state.instances.values() if i.model == model and not i.draining]
+        if not live or any(i.instance_id not in self.ids for i in live) or not self.active \
+                or not all(i.ready for i in live) or self.fits_everywhere(state, model):
+            return None
+        for gpus, insts in self.hosts(state).items():
+            staying = {i.model for i in insts if not i.draining and i.instance_id not in stopping}
+            if model in staying and (gpus in self.converting or staying == {model}):
+                return None  # its host converts in place (or is about to be dedicated): no replica for it
+        return self.join(state, board, model, reserved, new_host=False, new_id=new_id, replicas=len(live))
 
     def retire(self, state: ClusterState, stopping: set[str]) -> list[InstanceState]:
         """Instances to stop now: a co-served instance whose model (splitting, or no longer light) has a ready

@@ -190,3 +190,38 @@ def test_a_host_whose_co_residents_have_nowhere_to_go_stays_shared():
         d.tick(t0 + s)
     assert ("dedicate_instance", "a0") not in d.executor.log
     assert {i.instance_id for i in st.instances.values() if not i.draining} == {"a0", "b0"}
+
+
+def test_a_co_served_replica_is_sized_for_its_share_and_stops_once_the_copies_carry_the_model():
+    """CoServing.replica, the decision itself (the module is pure: the state and the load figures in, decisions
+    out): a, co-served with b on GPU 0, carries 30 sequences, past its KV share there (22 of 1024 tokens), and its
+    host cannot convert. One more co-served instance goes to c's host, sized for half of a's batch (15 fit); with
+    two copies a fits everywhere and no third is asked for; none while a is about to be dedicated in place."""
+    from warmserve.policy.placement import Board
+
+    models = [_7b(n) for n in "abc"]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9))
+    d, co = instant_driver(pol, st), pol._co
+    frac = co.kv_fraction("a", 72 * GiB)
+    for iid, m, g in (("a0", "a", 0), ("b0", "b", 0), ("c0", "c", 1)):
+        d.apply(A.StartInstance(iid, m, (g,), kv_fraction=frac), 0.0)
+        co.ids.add(iid)
+    loads = dict(out={"a": 1.17, "b": 0.3, "c": 0.04}, keep={"a": 1.9, "b": 0.5, "c": 0.06},
+                 batch={"a": 30.0, "b": 8.0, "c": 1.0})
+    co.update(st, **loads)
+    assert co.oversubscribed and not co.fits_everywhere(st, "a")
+    ids = iter(range(100))
+    act = co.replica(st, Board(st, {}), "a", set(), lambda m, k: f"{m}/{k}{next(ids)}", set())
+    assert act is not None and act.gpus == (1,) and act.kv_fraction < 1 and act.instance_id in co.ids
+    assert co.round_s({"a", "c"}, {"a": 15.0}) <= co.cfg.coserve_tpot_s and co.kv_fits("a", 72 * GiB, 1.0, 15.0)
+    d.apply(act, 1.0)
+    co.update(st, **loads)
+    assert co.copies["a"] == 2 and co.share("a") == 15.0 and co.fits_everywhere(st, "a")
+    assert co.replica(st, Board(st, {}), "a", set(), lambda m, k: "x", set()) is None
+    # b about to stop: a would be alone on GPU 0 (dedicated next tick), so no replica is started for it
+    co.ids.discard(act.instance_id)
+    del st.instances[act.instance_id]
+    co.update(st, **loads)
+    assert co.replica(st, Board(st, {}), "a", set(), lambda m, k: "x", {"b0"}) is None
+    assert co.replica(st, Board(st, {}), "a", set(), lambda m, k: "y", set()) is not None  # b stays: it may
