@@ -376,8 +376,7 @@ class Policy(LoadSignals):
                     continue
                 act = co.join(state, board, m, reserved, new_host=False, new_id=self._new_id, merge=True)
                 if act is not None:
-                    for pid in act.evict:
-                        self._scores.pop(pid, None)
+                    self._co_started([act])
                     out.append(act)
                     co.merging_into(m, iid, act.instance_id)
                     break
@@ -467,33 +466,36 @@ class Policy(LoadSignals):
             for loc in held:
                 board.busy[loc] = board.inst_count[loc] > 0
 
+    def _held_for_others(self, model: str) -> set[int]:
+        """GPUs freed for models other than ``model`` (reclaim, time-sharing): co-serving places nothing there."""
+        return {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+
+    def _co_started(self, acts) -> None:
+        """Co-served starts decided: the prewarms they evict leave the plan's scores."""
+        for act in acts:
+            for pid in act.evict:
+                self._scores.pop(pid, None)
+
     def _co_join(self, state: ClusterState, board: Board, model: str, new_host: bool = False):
         """``CoServing.join`` for ``model``, off the GPUs kept for other models (a new host only when none are)."""
-        reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+        reserved = self._held_for_others(model)
         act = self._co.join(state, board, model, reserved, new_host=new_host and not reserved, new_id=self._new_id)
-        for pid in act.evict if act is not None else ():
-            self._scores.pop(pid, None)
+        self._co_started([act] if act is not None else [])
         return act
 
     def _co_replica(self, state: ClusterState, board: Board, model: str, out: list) -> bool:
         """``CoServing.replica`` for ``model`` (off the GPUs kept for other models); whether one starts."""
-        reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
         stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
-        act = self._co.replica(state, board, model, reserved, self._new_id, stopping)
-        if act is None:
-            return False
-        for pid in act.evict:
-            self._scores.pop(pid, None)
-        out.append(act)
-        return True
+        act = self._co.replica(state, board, model, self._held_for_others(model), self._new_id, stopping)
+        acts = [act] if act is not None else []
+        self._co_started(acts)
+        out.extend(acts)
+        return bool(acts)
 
     def _vacate(self, state: ClusterState, board: Board, model: str, out: list) -> bool:
         """``CoServing.vacate`` for ``model`` (off the GPUs kept for other models); whether anything moves."""
-        reserved = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
-        acts = self._co.vacate(state, board, model, reserved, self._new_id)
-        for act in acts:
-            for pid in act.evict:
-                self._scores.pop(pid, None)
+        acts = self._co.vacate(state, board, model, self._held_for_others(model), self._new_id)
+        self._co_started(acts)
         out.extend(acts)
         return bool(acts)
 
