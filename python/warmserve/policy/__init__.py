@@ -66,7 +66,9 @@ What the driver does:
   with ``kv_blocks_total`` from ``state.kv_blocks_for`` (``kv_fraction`` of the memory after its shard) and
   starts it (``executor.start_instance``). ``StopInstance`` sets ``draining`` (``ReviveInstance`` clears it);
   once ``in_flight`` is 0 the instance leaves the state, its weights are kept on its GPUs (``driver.kept``) and ``executor.stop_instance``
-  frees the rest. ``SetKvTarget`` sets ``kv_free_target`` (``executor.set_kv_target`` maps to used + free).
+  frees the rest. ``Dedicate`` raises a co-served instance's ``kv_blocks_total`` to a dedicated one's
+  (``executor.dedicate_instance`` lifts the engine's KV cap in place). ``SetKvTarget`` sets ``kv_free_target``
+  (``executor.set_kv_target`` maps to used + free).
   ``Route`` (in tick's list) sends the model's oldest waiting request. Placing anything on GPUs that hold kept
   weights drops those first.
 - **GPUs**: ``state.gpus[i].gpu_id == i`` for the life of the cluster. A lost GPU stays in ``state.gpus``
