@@ -187,6 +187,13 @@ class Policy(LoadSignals):
         ready = [i for i in insts if i.ready]
         best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
         if best is not None and best.in_flight < B:
+            budget = self.prefill_budget_s(model)
+            if budget > 0 and all(i.ready for i in insts) and self._idle_group(state, now_s, self.models[model].tp) \
+                    and self._prefill_backlog_s(state, model) > budget * len(ready) \
+                    and not self._someone_starving(state, model):
+                act = self._start_outside_reservations(state, self._board(state), model)
+                if act is not None:
+                    return act
             return A.Route(model, best.instance_id, request_id)
         for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
             if inst.draining and inst.ready and inst.instance_id not in self._preempted:
