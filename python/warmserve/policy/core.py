@@ -175,7 +175,8 @@ class Policy(LoadSignals):
     def route(self, state: ClusterState, model: str, now_s: float,
               request_id=None) -> A.Route | A.StartInstance | A.ReviveInstance | None:
         """Where one request goes (§5, with this project's arbitration): the ready instance with the fewest
-        in-flight requests, when below B; else a draining instance taken back into service; else a new instance
+        in-flight requests, when below B and the prefill backlog within the budget of the ready ones (a burst of
+        long prompts does not wait for the tick's 5 s average); else a draining instance revived; else a new one
         (one creation in flight per model, and none while another model waits with no instance at all: the tick
         gives GPUs in order of unmet demand, so GPUs freed for a model that waited longer are not taken here by
         another's request; nor on GPUs reclaimed for another model); else, while the new one starts or when
@@ -186,14 +187,9 @@ class Policy(LoadSignals):
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
         ready = [i for i in insts if i.ready]
         best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
-        if best is not None and best.in_flight < B:
-            budget = self.prefill_budget_s(model)
-            if budget > 0 and all(i.ready for i in insts) and self._idle_group(state, now_s, self.models[model].tp) \
-                    and self._prefill_backlog_s(state, model) > budget * len(ready) \
-                    and not self._someone_starving(state, model):
-                act = self._start_outside_reservations(state, self._board(state), model)
-                if act is not None:
-                    return act
+        budget = self.prefill_budget_s(model)
+        if best is not None and best.in_flight < B and not (
+                budget > 0 and self._prefill_backlog_s(state, model) > budget * len(ready)):
             return A.Route(model, best.instance_id, request_id)
         for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
             if inst.draining and inst.ready and inst.instance_id not in self._preempted:
