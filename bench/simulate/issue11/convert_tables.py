@@ -14,7 +14,7 @@ SCALES = (("0.25", "025"), ("0.35", "035"), ("0.5", "05"), ("0.75", "075"))
 
 
 def main() -> None:
-    print("| preset, rate scale | warmserve before | warmserve with in-place conversion |")
+    print("| preset, rate scale | warmserve before (commit 1b4bb55) | warmserve now (conversion, replicas, route-time prefill trigger) |")
     print("|---|---|---|")
     for kind in ("conv", "code"):
         for scale, tag in SCALES:
@@ -25,7 +25,7 @@ def main() -> None:
             b, a = before["policies"]["warmserve"], after["policies"]["warmserve"]
             print(f"| paper-{kind} x{scale} ({a['offered_rate_rps']:.1f} rps) | {_cell(b)} | {_cell(a)} |")
     print()
-    print("| preset | max rate under the SLO, rps: warmserve before / with conversion / shared | ratio to shared |")
+    print("| preset | max rate under the SLO, rps: warmserve before / now / shared | ratio to shared |")
     print("|---|---|---|")
     for kind in ("conv", "code"):
         before, after = _load(f"paper_{kind}_m12_search"), _load(f"paper_{kind}_m12_search_convert")
