@@ -63,7 +63,8 @@ class PolicyConfig:
     route_cap_per_instance: int = 0
     #: TTFT the policy plans for, as a multiple of the model's 1024-token prefill time (ModelInfo.prefill_s):
     #: the simulator's default TTFT SLO (sim.config.SimConfig.slo_scale). The prefill backlog one instance may
-    #: hold is this target less one prefill (the arriving request's own). 0 turns the prefill trigger off.
+    #: hold is this target less one prefill (the arriving request's own): past it, the tick scales out and route()
+    #: treats the request as overflow (a revived or new instance). 0 turns both prefill triggers off.
     ttft_target_prefills: float = 10.0
     #: An instance serves at least this long before a model that has no instance and no free GPUs may take its
     #: GPUs (time-sharing an over-subscribed cluster), seconds. As long as a published vLLM engine start
