@@ -187,7 +187,7 @@ class Policy(LoadSignals):
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
         ready = [i for i in insts if i.ready]
         best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
-        budget = self.prefill_budget_s(model)
+        budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
         if best is not None and best.in_flight < B and not (
                 budget > 0 and self._prefill_backlog_s(state, model) > budget * len(ready)):
             return A.Route(model, best.instance_id, request_id)

@@ -79,9 +79,9 @@ def test_withdrawn_failed_and_requeued_requests_release_or_move_their_tokens():
 # ---- the prefill trigger ----------------------------------------------------------------------------------
 
 def _prefill_case(**cfg):
-    """`a` with 4 requests in flight (far below 0.8 x B) whose prompts take 1.0 s to prefill, 0.25 s each; the
-    first goes to its one instance, and route() starts one more whenever the backlog passes the budget of the
-    instances it has (0.315 s each; off with ttft_target_prefills=0): one request on each of 4 instances."""
+    """`a` with 4 requests in flight (far below 0.8 x B) whose prompts take 1.0 s to prefill, 0.25 s each (with
+    ``route_prefill_overflow``, route() starts one more instance whenever the backlog passes the budget of those it
+    has, 0.315 s each: one request on each of 4 instances; `autoscale`, the default here, has it off: 4 on one)."""
     d, st = _driver(n_gpus=8, **cfg)
     d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
     tokens = round(1.0 / PREFILL_S * PREFILL_PROFILE_TOKENS / 4)
@@ -93,11 +93,14 @@ def _prefill_case(**cfg):
 
 def test_route_starts_an_instance_when_the_prefill_backlog_passes_the_budget_of_those_running():
     """Between ticks: a burst of long prompts is not left to queue behind one instance's prefills until the next
-    tick's 5 s average sees it (paper-code: max rate under the SLO 8.31 -> 9.06 rps, bench/simulate)."""
-    d, st = _prefill_case()
+    tick's 5 s average sees it (paper-code: max rate under the SLO 8.31 -> 9.06 rps, bench/simulate). Off with
+    route_prefill_overflow=False, and for `autoscale` (its cold starts would come after the burst)."""
+    d, st = _prefill_case(name="warmserve")
     assert sorted(i.in_flight for i in _of(st, "a")) == [1, 1, 1, 1]
-    d, st = _prefill_case(ttft_target_prefills=0.0)
-    assert [i.in_flight for i in _of(st, "a")] == [4]
+    for off in (dict(name="warmserve", route_prefill_overflow=False), dict(name="warmserve", ttft_target_prefills=0.0),
+                dict(name="autoscale")):
+        d, st = _prefill_case(**off)
+        assert [i.in_flight for i in _of(st, "a")] == [4], off
 
 
 def test_a_prefill_backlog_scales_out_with_few_requests_in_flight():
