@@ -113,3 +113,8 @@ class Route:
 
 Action = (Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | ReviveInstance | Dedicate | SetKvTarget
           | Route)
+
+
+def stopping(actions) -> set[str]:
+    """Ids of the instances that ``actions`` (a tick's list so far) stop."""
+    return {a.instance_id for a in actions if type(a) is StopInstance}

@@ -189,7 +189,7 @@ class Policy(LoadSignals):
         best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
         budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
         if best is not None and best.in_flight < B and not (
-                budget > 0 and self._prefill_backlog_s(state, model) > budget * len(ready)):
+                budget > 0 and self._prefill_backlog_s(state, model, insts) > budget * len(ready)):
             return A.Route(model, best.instance_id, request_id)
         for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
             if inst.draining and inst.ready and inst.instance_id not in self._preempted:
@@ -308,7 +308,7 @@ class Policy(LoadSignals):
         demand: dict[str, float] = {}
         raw: dict[str, tuple[float, float]] = {}  # the demand figures without the floor for waiting requests
         for m in sorted(self.models):
-            pf = self._load_avg(m, now_s, self._prefill_backlog_s(state, m), self._prefill_load)
+            pf = self._load_avg(m, now_s, self._prefill_backlog_s(state, m, active[m]), self._prefill_load)
             queued = state.queued(m)
             o, k = self._wanted(m, avg5[m], pf, queued)
             raw[m] = self._wanted(m, avg5[m], pf, 0)
@@ -344,7 +344,7 @@ class Policy(LoadSignals):
         wanted = self._allocate(state, board, have, want_out, out)  # 2. new instances, least-met demand first
         retired = set()
         if co is not None:  # co-served instances replaced by dedicated ones (and the reverse) stop
-            for inst in co.retire(state, {a.instance_id for a in out if type(a) is A.StopInstance}):
+            for inst in co.retire(state, A.stopping(out)):
                 self._stop(state, inst, now_s, board, out)
                 have[inst.model] -= 1
                 retired.add(inst.instance_id)
@@ -417,7 +417,7 @@ class Policy(LoadSignals):
         and the new instance shows in the load before the next (their share rule uses that load)."""
         if not self.cfg.reclaim_gpus or self._preempting.get(model, set()) & state.instances.keys():
             return False, False
-        stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
+        stopping = A.stopping(out)
         elsewhere = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
         band = self.cfg.scale_out_threshold / self.cfg.scale_in_threshold
         got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
@@ -488,7 +488,7 @@ class Policy(LoadSignals):
 
     def _co_replica(self, state: ClusterState, board: Board, model: str, out: list) -> bool:
         """``CoServing.replica`` for ``model`` (off the GPUs kept for other models); whether one starts."""
-        stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
+        stopping = A.stopping(out)
         act = self._co.replica(state, board, model, self._held_for_others(model), self._new_id, stopping)
         acts = [act] if act is not None else []
         self._co_started(acts)
@@ -523,7 +523,7 @@ class Policy(LoadSignals):
         ``base``: the model's instances (co-served ones, for a model that outgrew its host; else 0)."""
         if self._preempting.get(model, set()) & state.instances.keys():
             return False
-        stopping = {a.instance_id for a in out if type(a) is A.StopInstance}
+        stopping = A.stopping(out)
         keep_last = None
         if base:  # it outgrew its host: it has an instance; it leaves no model without one that no host could take
             keep_last = {m for m in self.models if not self._co.could_join(state, m)}
@@ -550,7 +550,7 @@ class Policy(LoadSignals):
     def _plan(self, state: ClusterState, window: int, board: Board, out: list) -> None:
         B = self.cfg.instance_capacity
         running = {m: 0 for m in self.models}
-        stopping = {a.instance_id for a in out if isinstance(a, A.StopInstance)}
+        stopping = A.stopping(out)
         for inst in state.instances.values():
             if not inst.draining and inst.instance_id not in stopping:
                 running[inst.model] += 1

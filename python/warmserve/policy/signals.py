@@ -69,10 +69,12 @@ class LoadSignals:
         k = self.cfg.ttft_target_prefills
         return (k - 1.0) * self.models[model].prefill_s if k > 0 else 0.0
 
-    def _prefill_backlog_s(self, state: ClusterState, model: str) -> float:
+    def _prefill_backlog_s(self, state: ClusterState, model: str, taking=None) -> float:
         """Prefill time of the model's backlog (prompt tokens waiting or routed and not yet prefilled), seconds:
-        tokens x prefill_s / PREFILL_PROFILE_TOKENS (prefill is compute-bound, about linear in tokens)."""
-        return state.prefill_backlog_tokens(model) * self.models[model].prefill_s / PREFILL_PROFILE_TOKENS
+        tokens x prefill_s / PREFILL_PROFILE_TOKENS (prefill is compute-bound, about linear in tokens).
+        ``taking``: the model's instances that take requests, if known (``ClusterState.prefill_backlog_tokens``)."""
+        tokens = state.prefill_backlog_tokens(model, taking)
+        return tokens * self.models[model].prefill_s / PREFILL_PROFILE_TOKENS
 
     def _wanted(self, m: str, load: float, prefill_s: float, queued: int) -> tuple[float, float]:
         """(instances to scale out to, instances to scale in to) for a load (in-flight + queued requests) and a
@@ -100,7 +102,7 @@ class LoadSignals:
         return max(0, min(max(want, self.cfg.min_free_kv_blocks), inst.kv_blocks_total - inst.kv_blocks_used))
 
     def _kv_targets(self, state: ClusterState, board: Board, out: list) -> None:
-        stopping = {a.instance_id for a in out if isinstance(a, A.StopInstance)}
+        stopping = A.stopping(out)
         for iid in sorted(state.instances):
             inst = state.instances[iid]
             if not inst.ready or inst.draining or iid in stopping or inst.kv_blocks_total <= 0:

@@ -193,11 +193,13 @@ class ClusterState:
         q = self.queues.get(model)
         return len(q) if q is not None else 0
 
-    def prefill_backlog_tokens(self, model: str) -> int:
+    def prefill_backlog_tokens(self, model: str, taking=None) -> int:
         """Prompt tokens of ``model`` not yet prefilled: waiting in its queue or routed to one of its instances
-        that still takes requests (a draining instance's backlog is served where it is)."""
-        pending = sum(i.prefill_tokens_pending for i in self.instances.values() if i.model == model and not i.draining)
-        return self.queued_prompt_tokens.get(model, 0) + pending
+        that still takes requests (a draining instance's backlog is served where it is). ``taking``: those
+        instances, where the caller has them (the policy's per-model index), instead of a scan of every instance."""
+        if taking is None:
+            taking = (i for i in self.instances.values() if i.model == model and not i.draining)
+        return self.queued_prompt_tokens.get(model, 0) + sum(i.prefill_tokens_pending for i in taking)
 
     def busy_gpus(self) -> set[int]:
         """GPUs that carry an instance (starting, serving or draining)."""
