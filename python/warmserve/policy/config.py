@@ -71,6 +71,16 @@ class PolicyConfig:
     #: `autoscale`, its best setting: its starts take an engine initialisation (14 s and more), arrive after the
     #: burst and hold GPUs (paper-code, seeds 0-2: P99 32.3 s without, 47.7 s with it; bench/simulate).
     route_prefill_overflow: bool = True
+    #: The tick scales in on the 5 s averages, but never below the instances the prefill backlog of this moment
+    #: needs: route() may have just started instances for a burst that the average has barely seen, and the
+    #: scale-in would stop the one holding the burst's first prompts (it alone is past the minimum lifetime).
+    #: Off for `autoscale`, its best setting (paper-code, seeds 0-2: P99 32.3 s without, 73.1 s with it; its
+    #: instances held for a backlog keep GPUs from the cold starts of other models; bench/simulate).
+    scale_in_floor_now: bool = True
+    #: Move light instances off a tensor-parallel model's loaded prewarm onto loaded prewarms of their own (hits:
+    #: an activation each) when no GPU group of its size is idle, so that its next scale-out has somewhere to
+    #: start (``arbitration.relocations``). Needs ``prewarm``.
+    defragment: bool = True
     #: An instance serves at least this long before a model that has no instance and no free GPUs may take its
     #: GPUs (time-sharing an over-subscribed cluster), seconds. As long as a published vLLM engine start
     #: (14-35 s, PAPER.md), so that a swap never spends more of the GPUs' time starting than serving. inf: never

@@ -9,19 +9,19 @@ import numpy as np
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims, reclaim_victims
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.coserve import CoServing
 from warmserve.policy.forecast import ModelForecaster, paper_next_batch
 from warmserve.policy.history import History
+from warmserve.policy.moves import GpuMoves
 from warmserve.policy.placement import Board
 from warmserve.policy.planner import plan_model
 from warmserve.policy.signals import PREFILL_PROFILE_TOKENS, LoadSignals  # noqa: F401 (re-exported for tests)
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
 
-class Policy(LoadSignals):
+class Policy(LoadSignals, GpuMoves):
     """WarmServe's policy and its ablations; the static baselines subclass it."""
 
     def __init__(self, name: str, models: list[ModelInfo], config: PolicyConfig, history=None):
@@ -41,6 +41,8 @@ class Policy(LoadSignals):
         #: Instances stopped so that another model gets their GPUs (reclaimed or time-shared): not revived while
         #: they drain and that model still waits for the GPUs (else their model would take them straight back).
         self._preempted: set[str] = set()
+        #: Instances being moved by ``_defragment``: replacement id -> the id of the instance it replaces.
+        self._moving: dict[str, str] = {}
         #: Model -> the instances stopped for it: no further reclaim or preemption for it while they drain.
         self._preempting: dict[str, set[str]] = {}
         #: Model -> the GPUs those instances free: no other model starts there until the model has more
@@ -260,6 +262,8 @@ class Policy(LoadSignals):
         if self.cfg.prewarm and self.cfg.retain_stopped:
             self._retain_drained(state, now_s, board, out)
         self._autoscale(state, now_s, avg5, board, out)
+        if self.cfg.prewarm and self.cfg.defragment:
+            self._defragment(state, now_s, board, out)
         self._kv_targets(state, board, out)
         window = math.floor(now_s / self.cfg.window_s)
         if self.cfg.prewarm and (window != self._plan_window or now_s - self._plan_s >= self.cfg.replan_s):
@@ -308,9 +312,12 @@ class Policy(LoadSignals):
         demand: dict[str, float] = {}
         raw: dict[str, tuple[float, float]] = {}  # the demand figures without the floor for waiting requests
         for m in sorted(self.models):
-            pf = self._load_avg(m, now_s, self._prefill_backlog_s(state, m, active[m]), self._prefill_load)
+            pf_now = self._prefill_backlog_s(state, m, active[m])
+            pf = self._load_avg(m, now_s, pf_now, self._prefill_load)
             queued = state.queued(m)
             o, k = self._wanted(m, avg5[m], pf, queued)
+            if cfg.scale_in_floor_now:  # never below what the backlog of now needs
+                k = max(k, self._wanted(m, 0.0, pf_now, 0)[1])
             raw[m] = self._wanted(m, avg5[m], pf, 0)
             n = len(active[m])
             target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
@@ -349,6 +356,7 @@ class Policy(LoadSignals):
                 have[inst.model] -= 1
                 retired.add(inst.instance_id)
         stopped = False
+        moving = {state.instances[i].model for i in self._moving if i in state.instances}
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m]
             if target == 0 and ((not (wanted - {m}) and not cfg.idle_to_zero)
@@ -356,6 +364,8 @@ class Policy(LoadSignals):
                 target = 1
             if co is not None and m in co.merging:
                 continue  # it runs its old instance and the co-served one replacing it: retire() ends that
+            if m in moving:
+                continue  # the same for an instance that _defragment moves
             old = [i for i in active[m] if i.ready and now_s - i.ready_s >= cfg.min_lifetime_s
                    and i.instance_id not in retired]
             # co-served instances first: a model that needs fewer keeps its own GPUs
@@ -407,26 +417,6 @@ class Policy(LoadSignals):
                 del self._reserved[m]
                 self._reserved_base.pop(m, None)
                 self._preempted -= self._preempting.pop(m, set())
-
-    def _reclaim_for(self, state: ClusterState, model: str, now_s: float, have: dict, demand: dict, board: Board,
-                     out: list) -> tuple[bool, bool]:
-        """Reclaim (``arbitration.reclaim_victims``): stop the instances on the GPU group whose loss leaves their
-        models best served, if they stay at least as well served as ``model`` will be, and reserve the group for
-        ``model``. Returns (whether instances were stopped, whether the group is free at once: nothing was in
-        flight there); draining ones free it on a later tick. One reclaim in flight per model: its victims drain
-        and the new instance shows in the load before the next (their share rule uses that load)."""
-        if not self.cfg.reclaim_gpus or self._preempting.get(model, set()) & state.instances.keys():
-            return False, False
-        stopping = A.stopping(out)
-        elsewhere = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
-        band = self.cfg.scale_out_threshold / self.cfg.scale_in_threshold
-        got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
-                              elsewhere, band, self.cfg.reclaim_floor_share)
-        if got is None:
-            return False, False
-        for v in got[1]:
-            have[v.model] -= 1
-        return True, self._take_gpus(state, model, got[1], have[model], now_s, board, out)
 
     def _allocate(self, state: ClusterState, board: Board, have: dict, want: dict, out: list) -> set[str]:
         """Start instances one at a time, each to the model whose demand is least met (have / want; ties: the
@@ -513,39 +503,6 @@ class Policy(LoadSignals):
                 self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
         elif retain:
             self._retain[inst.instance_id] = (inst.model, tuple(inst.gpus), now_s)
-
-    def _preempt_for(self, state: ClusterState, model: str, now_s: float, avg5: dict, board: Board,
-                     out: list, base: int = 0) -> bool:
-        """Time-share: stop the instances on the GPUs whose loss hurts least (``arbitration.preemption_victims``)
-        when ``model``'s load is PREEMPT_LOAD_RATIO times their harm, and reserve those GPUs for it. Returns
-        whether they were freed at once (nothing was in flight there); draining ones free them on a later tick,
-        where this model, having waited longest, comes first. Nothing happens while earlier victims drain.
-        ``base``: the model's instances (co-served ones, for a model that outgrew its host; else 0)."""
-        if self._preempting.get(model, set()) & state.instances.keys():
-            return False
-        stopping = A.stopping(out)
-        keep_last = None
-        if base:  # it outgrew its host: it has an instance; it leaves no model without one that no host could take
-            keep_last = {m for m in self.models if not self._co.could_join(state, m)}
-        got = preemption_victims(state, board, model, now_s, avg5, stopping,
-                                 max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s), keep_last)
-        if got is None or avg5[model] <= PREEMPT_LOAD_RATIO * got[0]:
-            return False
-        return self._take_gpus(state, model, got[1], base, now_s, board, out)
-
-    def _take_gpus(self, state: ClusterState, model: str, victims: list, base: int, now_s: float, board: Board,
-                   out: list) -> bool:
-        """Stop ``victims`` for ``model`` (which has ``base`` instances) and reserve their GPUs for it; returns
-        whether they are free at once."""
-        freed = True
-        for v in victims:
-            self._preempted.add(v.instance_id)
-            self._stop(state, v, now_s, board, out)
-            freed &= v.in_flight == 0
-        self._preempting[model] = {v.instance_id for v in victims}
-        self._reserved[model] = tuple(sorted({g for v in victims for g in v.gpus}))
-        self._reserved_base[model] = base
-        return freed
 
     def _plan(self, state: ClusterState, window: int, board: Board, out: list) -> None:
         B = self.cfg.instance_capacity

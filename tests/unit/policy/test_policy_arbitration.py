@@ -115,6 +115,24 @@ def test_a_prefill_backlog_scales_out_with_few_requests_in_flight():
     assert len(_of(st, "a")) == 1
 
 
+def test_the_tick_does_not_scale_in_below_the_backlog_of_now_that_route_just_started_instances_for():
+    """A quiet model (10 ticks with no load) gets a burst: route() starts 3 instances at once. The next tick's 5 s
+    average has barely seen the burst; before, it scaled in to one and stopped i1 (the only one past its minimum
+    lifetime), the instance that held the first request's backlog (paper-code, seed 0 at 9.9 rps: the 70B's
+    first instance stopped the moment its second became ready, mid-burst). ``scale_in_floor_now=False`` (as
+    for `autoscale`): the rule before."""
+    for floor in (True, False):
+        d, st = _driver(n_gpus=8, name="warmserve", scale_in_floor_now=floor)
+        d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+        for t in range(90, 100):
+            d.tick(float(t))
+        _fill(d, st, "a", 4, 100.0, tokens=round(1.0 / PREFILL_S * PREFILL_PROFILE_TOKENS / 4))
+        assert len(_of(st, "a")) == 4
+        for t in (100.5, 101.0, 102.0, 103.0, 104.0, 105.0, 106.0):
+            d.tick(t)
+        assert [i.instance_id for i in _of(st, "a") if i.draining] == ([] if floor else ["i1"])
+
+
 def test_a_prefill_backlog_keeps_instances_from_scaling_in():
     d, st = _prefill_case()
     d.tick(100.0)

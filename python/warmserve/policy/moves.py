@@ -1,0 +1,104 @@
+"""Moving GPUs between models, for ``core.Policy`` (a mixin, kept apart so that core.py stays readable): reclaim
+and time-sharing stop instances so that a model short of GPUs gets theirs (``arbitration.reclaim_victims`` /
+``preemption_victims``); defragmenting moves light instances, make before break, so that a tensor-parallel model
+finds a whole group of idle GPUs on one server (``arbitration.relocations``)."""
+
+from __future__ import annotations
+
+from warmserve.policy import actions as A
+from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims, reclaim_victims, relocations
+from warmserve.policy.placement import Board
+from warmserve.policy.state import ClusterState
+
+
+class GpuMoves:
+    """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``_co``, ``_reserved``, ``_reserved_base``,
+    ``_preempted``, ``_preempting``, ``_moving``, ``_stop`` and ``_start_outside_reservations``."""
+
+    def _defragment(self, state: ClusterState, now_s: float, board: Board, out: list) -> None:
+        """``arbitration.relocations``, make before break: each instance to move gets its replacement started
+        (``_start``: a hit where its model has a loaded prewarm) and stops once that one serves; meanwhile both
+        take requests. A stopped one is not revived (route() would bring it back). One move at a time."""
+        for new_id, old_id in list(self._moving.items()):
+            new, old = state.instances.get(new_id), state.instances.get(old_id)
+            if new is None or old is None or old.draining:
+                del self._moving[new_id]
+            elif new.ready:
+                del self._moving[new_id]
+                self._preempted.add(old_id)
+                self._stop(state, old, now_s, board, out)
+        if self._moving:
+            return
+        reserved = {g for gpus in self._reserved.values() for g in gpus}
+        fixed = A.stopping(out)  # and co-serving's merges in flight: they move those models already
+        if self._co is not None and self._co.merging:
+            fixed |= {i.instance_id for i in state.instances.values() if i.model in self._co.merging}
+        got = relocations(state, board, now_s, self.cfg.min_lifetime_s, fixed, reserved)
+        if got is None:
+            return
+        _, server, mask, victims = got
+        held = [(server, k) for k in range(len(board.busy[server])) if mask >> k & 1 and not board.busy[server, k]]
+        for loc in held:  # the GPUs being cleared are not where the moved instances go
+            board.busy[loc] = True
+        try:
+            for v in victims:
+                act = self._start_outside_reservations(state, board, v.model)
+                if act is not None:
+                    out.append(act)
+                    self._moving[act.instance_id] = v.instance_id
+        finally:
+            for loc in held:
+                board.busy[loc] = False
+
+    def _reclaim_for(self, state: ClusterState, model: str, now_s: float, have: dict, demand: dict, board: Board,
+                     out: list) -> tuple[bool, bool]:
+        """Reclaim (``arbitration.reclaim_victims``): stop the instances on the GPU group whose loss leaves their
+        models best served, if they stay at least as well served as ``model`` will be, and reserve the group for
+        ``model``. Returns (whether instances were stopped, whether the group is free at once: nothing was in
+        flight there); draining ones free it on a later tick. One reclaim in flight per model: its victims drain
+        and the new instance shows in the load before the next (their share rule uses that load)."""
+        if not self.cfg.reclaim_gpus or self._preempting.get(model, set()) & state.instances.keys():
+            return False, False
+        stopping = A.stopping(out)
+        elsewhere = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
+        band = self.cfg.scale_out_threshold / self.cfg.scale_in_threshold
+        got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
+                              elsewhere, band, self.cfg.reclaim_floor_share)
+        if got is None:
+            return False, False
+        for v in got[1]:
+            have[v.model] -= 1
+        return True, self._take_gpus(state, model, got[1], have[model], now_s, board, out)
+
+    def _preempt_for(self, state: ClusterState, model: str, now_s: float, avg5: dict, board: Board,
+                     out: list, base: int = 0) -> bool:
+        """Time-share: stop the instances on the GPUs whose loss hurts least (``arbitration.preemption_victims``)
+        when ``model``'s load is PREEMPT_LOAD_RATIO times their harm, and reserve those GPUs for it. Returns
+        whether they were freed at once (nothing was in flight there); draining ones free them on a later tick,
+        where this model, having waited longest, comes first. Nothing happens while earlier victims drain.
+        ``base``: the model's instances (co-served ones, for a model that outgrew its host; else 0)."""
+        if self._preempting.get(model, set()) & state.instances.keys():
+            return False
+        stopping = A.stopping(out)
+        keep_last = None
+        if base:  # it outgrew its host: it has an instance; it leaves no model without one that no host could take
+            keep_last = {m for m in self.models if not self._co.could_join(state, m)}
+        got = preemption_victims(state, board, model, now_s, avg5, stopping,
+                                 max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s), keep_last)
+        if got is None or avg5[model] <= PREEMPT_LOAD_RATIO * got[0]:
+            return False
+        return self._take_gpus(state, model, got[1], base, now_s, board, out)
+
+    def _take_gpus(self, state: ClusterState, model: str, victims: list, base: int, now_s: float, board: Board,
+                   out: list) -> bool:
+        """Stop ``victims`` for ``model`` (which has ``base`` instances) and reserve their GPUs for it; returns
+        whether they are free at once."""
+        freed = True
+        for v in victims:
+            self._preempted.add(v.instance_id)
+            self._stop(state, v, now_s, board, out)
+            freed &= v.in_flight == 0
+        self._preempting[model] = {v.instance_id for v in victims}
+        self._reserved[model] = tuple(sorted({g for v in victims for g in v.gpus}))
+        self._reserved_base[model] = base
+        return freed

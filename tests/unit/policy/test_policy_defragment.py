@@ -1,0 +1,54 @@
+"""Defragmenting (``arbitration.relocations``): when a tensor-parallel model's next instance finds enough idle GPUs
+in the cluster but not on one server, light instances move (make before break) so that one server has them.
+Through the real driver and policy."""
+
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy import actions as A
+from warmserve.policy.driver import instant_driver
+from warmserve.policy.state import ClusterState, ModelInfo
+
+GiB = 1 << 30
+
+
+def _cluster(**cfg):
+    """Three servers of 4 GPUs. Server 0: `big` (tp 4) serves. Server 1: `a` on GPU 4, `b` on GPU 5, GPUs 6-7
+    idle. Server 2: `c` on GPU 8, GPUs 9-11 idle, `big` prewarmed on 8-11. Five GPUs idle, at most 3 on a
+    server. Each instance has a request in flight; starts wait for the test's ``instance_ready``."""
+    models = [ModelInfo("big", 40 * GiB, 4, 1 << 19, prefill_s=0.1), ModelInfo("a", 10 * GiB, 1, 1 << 19),
+              ModelInfo("b", 10 * GiB, 1, 1 << 19), ModelInfo("c", 10 * GiB, 1, 1 << 19)]
+    st = ClusterState.uniform(3, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
+    d = instant_driver(pol, st, start_ready=False)
+    d.apply(A.Prewarm("pbig", "big", (8, 9, 10, 11), 100.0), 0.0)
+    for iid, m, gpus in (("big1", "big", (0, 1, 2, 3)), ("a1", "a", (4,)), ("b1", "b", (5,)), ("c1", "c", (8,))):
+        d.apply(A.StartInstance(iid, m, gpus), 0.0)
+        d.instance_ready(iid, 0.0)
+        d.submit(m, f"{iid}-r", 1.0)
+    pol._plan_window = 0  # the test's prewarm stands: no plan runs
+    return d, st
+
+
+def test_a_light_instance_moves_make_before_break_so_the_big_model_finds_a_server_with_room():
+    d, st = _cluster()
+    d.tick(100.0)
+    (new,) = [i for i in st.instances.values() if i.model == "c" and i.instance_id != "c1"]
+    assert new.gpus[0] in (6, 7) and not new.ready  # the fewest moves: c1 off server 2, onto server 1
+    d.tick(100.5)
+    assert not st.instances["c1"].draining  # it serves until its replacement does
+    d.instance_ready(new.instance_id, 101.0)  # the driver ticks: c1 stops, and drains its request
+    assert st.instances["c1"].draining
+    d.request_finished("c", "c1", 102.0)
+    assert "c1" not in st.instances and d.policy._idle_group(st, 102.0, 4)
+    for k in range(40):  # a burst for `big`, past B on its instance: the next one is a hit on server 2
+        d.submit("big", f"big-{k}", 103.0)
+    assert sorted(i.gpus for i in st.instances.values() if i.model == "big") == [(0, 1, 2, 3), (8, 9, 10, 11)]
+    assert "pbig" not in st.prewarms
+
+
+def test_nothing_moves_with_the_option_off_or_before_the_minimum_lifetime():
+    for case, now in ((dict(defragment=False), 100.0), ({}, 4.0)):
+        d, st = _cluster(**case)
+        d.tick(now)
+        assert sorted(i.instance_id for i in st.instances.values()) == ["a1", "b1", "big1", "c1"], case
+        assert not any(i.draining for i in st.instances.values())
+        assert not d.policy._idle_group(st, now, 4)
