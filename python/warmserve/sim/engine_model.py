@@ -249,7 +249,7 @@ class BatchEngines:
                 inst.phase = PREFILL
                 if old == IDLE:
                     self._reslow(inst, t)
-                self.push(t + self.cost.prefill_s(inst.cost, tokens) * inst.slow, inst)
+                self.push(t + self.cost.prefill_batch_s(inst.cost, [self.prompt[r] for r in batch]) * inst.slow, inst)
                 return
         if inst.running:
             inst.phase = DECODE
@@ -304,9 +304,10 @@ class BatchEngines:
             self._reslow(inst, t)
         c = inst.cost
         if n:
-            dt = self._span_s(inst, 1.0) + (self.cost.prefill_s(c, tokens) - self.cost.prefill_s(c, 0)) * inst.slow
+            dt = self._span_s(inst, 1.0) + (self.cost.prefill_batch_s(c, [k for _, k in chunk])
+                                            - self.cost.prefill_s(c, 0)) * inst.slow
         else:
-            dt = self.cost.prefill_s(c, tokens) * inst.slow
+            dt = self.cost.prefill_batch_s(c, [k for _, k in chunk]) * inst.slow
         self.push(t + dt, inst)
         return True
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.sim.costmodel import (ENGINE_INIT_RANGE_S, SCHEMA, CostModel, EngineLimits, GpuType, ModelCost)
+from warmserve.sim.costmodel import (ENGINE_INIT_RANGE_S, SCHEMA, CostModel, EngineLimits, GpuType, ModelCost,
+                                    prefill_fixed_s)
 
 
 def test_decode_step_with_kv_read_matches_hand_computed_step():
@@ -147,3 +148,23 @@ def test_engine_limits_are_the_artifacts_and_refuse_zero():
         (256, 256, 2048, 100_000)
     with pytest.raises(InvalidArgumentError, match="max_running_seqs"):
         EngineLimits(max_running_seqs=0)
+
+
+def test_a_batch_of_prompts_pays_each_prompts_measured_time_and_the_fixed_part_once():
+    """A measured table is one sequence per step, superlinear from attention; a batch of sequences attends within
+    each. Table (tokens, s): 16 -> 20 ms, 64 -> 35 ms, 256 -> 100 ms, 512 -> 250 ms.
+      fixed part    = 20 ms - 16 x (35 - 20) / (64 - 16) ms = 15 ms
+      128 tokens    = 35 + 64 x (100 - 35) / (256 - 64) ms = 56.667 ms
+      4 x 128       = 4 x 56.667 - 3 x 15 = 181.667 ms (read at their total, 512 tokens: 250 ms)
+    One sequence is its table time; the paper's linear form (no table) is the total's, as before."""
+    c = ModelCost(1e9, 1, 1024, 0.0, 0.0, 0.01, prefill_table=((16, 0.02), (64, 0.035), (256, 0.1), (512, 0.25)))
+    cm = CostModel()
+    assert prefill_fixed_s(c.prefill_table) == pytest.approx(0.015)
+    assert cm.prefill_batch_s(c, [128] * 4) == pytest.approx(4 * (0.035 + 64 * 0.065 / 192) - 3 * 0.015)
+    assert cm.prefill_batch_s(c, [128] * 4) == pytest.approx(0.181667, abs=1e-6)
+    assert cm.prefill_s(c, 512) == pytest.approx(0.25)
+    assert cm.prefill_batch_s(c, [300]) == pytest.approx(cm.prefill_s(c, 300))
+    slow = CostModel(gpu=GpuType(compute_scale=2.0))
+    assert slow.prefill_batch_s(c, [128] * 4) == pytest.approx(2 * 0.181667, abs=1e-6)
+    c7 = cm.cost("llama2-7b")
+    assert cm.prefill_batch_s(c7, [100, 200, 700]) == pytest.approx(cm.prefill_s(c7, 1000))

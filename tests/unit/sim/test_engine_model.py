@@ -83,6 +83,19 @@ def test_prefill_batch_is_limited_by_max_batched_tokens():
     assert first[0] == first[1] and first[2] > first[1] and first[2] == first[3]
 
 
+def test_a_prefill_batch_of_short_prompts_costs_each_prompt_not_their_total():
+    """With a measured table (``warmserve calibrate``), four 128-token prompts prefilled together take
+    4 x 56.667 ms - 3 x the 15 ms fixed part = 181.667 ms (the table read at 512 tokens: 250 ms)."""
+    base = CostModel()
+    table = ((16, 0.02), (64, 0.035), (256, 0.1), (512, 0.25))
+    cost = replace(base, models={**base.models, MODEL: replace(base.cost(MODEL), prefill_table=table)})
+    sim, _ = _run([0.0] * 4, 128, 2, cost=cost)
+    first = np.asarray(sim.first)
+    assert (first == first[0]).all()
+    ready = 13.5e9 / 32e9 + 0.1  # warm engine: load at 32 GB/s + activation (as above)
+    assert first[0] - ready == pytest.approx(0.181667, abs=1e-6)
+
+
 def test_autoscale_cold_start_is_a_fresh_vllm_engine_with_a_fast_loader():
     """TTFT of the first request = engine init (14 s) + weights from host memory at ServerlessLLM's rate
     (16.06 GB / 0.7 s) + prefill; no KV page mapping."""
