@@ -6,7 +6,9 @@ and 3 bisections resolve about 9%), for telling policy changes apart near the ra
         --policy-option defragment=false
 
 Per rate: the mean SLO attainment over the seeds, in how many seeds it reaches the 0.99 target, and the mean and
-median P99 TTFT. Runs two seeds at a time (the build VM has 2 cores)."""
+median P99 TTFT. Runs two seeds at a time (the build VM has 2 cores). With ``--plot PNG --from LABEL=JSON ...``
+it draws grids written earlier instead: mean SLO attainment and mean P99 TTFT against offered rate, one column
+per preset, one line per label."""
 
 from __future__ import annotations
 
@@ -44,14 +46,24 @@ def _seeds(text: str) -> list[int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS))
     p.add_argument("--policy", default="warmserve")
-    p.add_argument("--rate-scales", required=True, help="comma-separated rate scales")
+    p.add_argument("--rate-scales", help="comma-separated rate scales")
     p.add_argument("--seeds", default="0-5", help="'0-5' or '0,1,2'")
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--plot", default=None, metavar="PNG", help="draw the grids of --from instead of running")
+    p.add_argument("--from", dest="sources", action="append", default=[], metavar="LABEL=JSON",
+                   help="with --plot: a grid written by --json, drawn as LABEL (repeat)")
     a = p.parse_args()
+    if a.plot:
+        if not a.sources or any("=" not in x for x in a.sources):
+            p.error("--plot needs one --from LABEL=JSON or more")
+        plot(a.plot, [tuple(x.split("=", 1)) for x in a.sources])
+        return
+    if not a.preset or not a.rate_scales:
+        p.error("--preset and --rate-scales are required (unless --plot)")
     scales = [float(x) for x in a.rate_scales.split(",")]
     seeds = _seeds(a.seeds)
     jobs = [(a.preset, a.policy, s, seed, tuple(a.policy_option)) for s in scales for seed in seeds]
@@ -70,6 +82,39 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def plot(path: str, sources: list[tuple[str, str]]) -> None:
+    """Mean SLO attainment (with the 0.99 target) and mean P99 TTFT against offered rate, one column per preset,
+    one line per label."""
+    from warmserve.extras import pyplot
+
+    plt = pyplot("the SLO-grid plot")
+    grids: dict[str, list[tuple[str, list[dict]]]] = {}
+    for label, file in sources:
+        with open(file) as f:
+            rows = json.load(f)
+        grids.setdefault(rows[0]["preset"], []).append((label, rows))
+    fig, axes = plt.subplots(2, len(grids), figsize=(5.5 * len(grids), 7), squeeze=False)
+    for col, (preset, runs) in enumerate(sorted(grids.items())):
+        rate = PRESETS[preset]().base_rate_rps
+        top, bottom = axes[0][col], axes[1][col]
+        for label, rows in runs:
+            x = [r["rate_scale"] * rate for r in rows]
+            top.plot(x, [r["slo_mean"] for r in rows], "o-", label=label)
+            bottom.plot(x, [r["p99_mean_s"] for r in rows], "o-", label=label)
+        seeds = runs[0][1][0]["seeds"]
+        top.axhline(TARGET, color="grey", ls=":", lw=1)
+        top.set_title(f"{preset}, mean over seeds {seeds[0]}-{seeds[-1]}")
+        top.set_ylabel("SLO attainment")
+        bottom.set_ylabel("P99 TTFT, s")
+        bottom.set_xlabel("offered rate, rps (rate scale x the preset's 24 rps)")
+        for ax in (top, bottom):
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
