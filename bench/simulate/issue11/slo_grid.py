@@ -27,8 +27,8 @@ TARGET = 0.99
 
 
 def _one(job: tuple) -> tuple[float, float]:
-    preset_name, policy, rate_scale, seed, options = job
-    preset = PRESETS[preset_name]()
+    preset_name, policy, rate_scale, seed, options, burst_cv = job
+    preset = PRESETS[preset_name](**({"burst_cv": burst_cv} if burst_cv else {}))
     if options:
         cfg = dataclasses.replace(preset.config,
                                   policy_config=parse_policy_options(options, preset.config.policy_config))
@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--rate-scales", help="comma-separated rate scales")
     p.add_argument("--seeds", default="0-5", help="'0-5' or '0,1,2'")
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--burst-cv", type=float, default=None, help="the preset's burst CV (default: as traced)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--plot", default=None, metavar="PNG", help="draw the grids of --from instead of running")
@@ -66,14 +67,15 @@ def main() -> None:
         p.error("--preset and --rate-scales are required (unless --plot)")
     scales = [float(x) for x in a.rate_scales.split(",")]
     seeds = _seeds(a.seeds)
-    jobs = [(a.preset, a.policy, s, seed, tuple(a.policy_option)) for s in scales for seed in seeds]
+    jobs = [(a.preset, a.policy, s, seed, tuple(a.policy_option), a.burst_cv) for s in scales for seed in seeds]
     with ProcessPoolExecutor(a.workers) as ex:
         res = list(ex.map(_one, jobs))
     rows = []
     for i, s in enumerate(scales):
         part = res[i * len(seeds):(i + 1) * len(seeds)]
         slo, p99 = [x for x, _ in part], [y for _, y in part]
-        row = {"preset": a.preset, "policy": a.policy, "options": a.policy_option, "rate_scale": s, "seeds": seeds,
+        row = {"preset": a.preset, "policy": a.policy, "options": a.policy_option, "burst_cv": a.burst_cv,
+               "rate_scale": s, "seeds": seeds,
                "slo_mean": float(np.mean(slo)), "seeds_meeting_target": int(sum(x >= TARGET for x in slo)),
                "p99_mean_s": float(np.mean(p99)), "p99_median_s": float(np.median(p99)), "slo": slo, "p99_s": p99}
         rows.append(row)

@@ -170,7 +170,8 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
     A move qualifies when every instance on the GPUs to clear is of a model of smaller tp, ready for ``served_s``
     (the §5 minimum lifetime), not draining or in ``stopping``, alone on its GPUs, and all of them fit on idle
     GPUs elsewhere (off ``reserved``, off the cleared ones). The policy starts each moved instance's replacement
-    first and stops the old one only once the new one serves, so no model loses capacity. Among qualifying
+    first (off other models' prewarms) and stops the old one only once the new one serves, so no model loses
+    capacity and no prewarm is evicted. Among qualifying
     moves: the fewest instances moved, then the fewest requests in flight on them, then the server holding the
     model's loaded prewarm (its start there is a hit), then the lowest server. One model per call (a tick)."""
     idle = Board._pack(~board.busy)
@@ -220,14 +221,27 @@ def _to_move(state: ClusterState, board: Board, server: int, busy_mask: int, on_
     return [victims[i] for i in sorted(victims)] or None
 
 
+def others_prewarms(board: Board, model: str) -> np.ndarray:
+    """Per server, the mask of GPUs that hold a prewarm of a model other than ``model``."""
+    out = np.zeros(board.n_servers, dtype=np.int64)
+    for s, reps in enumerate(board.by_server):
+        for r in reps.values():
+            if r.model != model:
+                out[s] |= r.mask
+    return out
+
+
 def _fits_elsewhere(state: ClusterState, board: Board, idle: np.ndarray, server: int, cleared: int,
                     victims: list[InstanceState]) -> bool:
-    """Whether the victims, largest tp first, each find tp idle GPUs on one server off the cleared ones."""
+    """Whether the victims, largest tp first, each find tp idle GPUs on one server off the cleared ones and off
+    other models' prewarms (a move that evicted them would turn those models' next scale-outs into cold loads:
+    paper-conv at burst CV 4, seed 0, 40 of 41 moves evicted one, and P99 TTFT went from 3.6 to 7.1 s)."""
     left = idle.copy()
     left[server] &= ~cleared
     for v in sorted(victims, key=lambda v: -len(v.gpus)):
         gm = GROUPS[len(v.gpus)]
-        fits = (left[:, None] & gm[None, :]) == gm[None, :]
+        room = left & ~others_prewarms(board, v.model)
+        fits = (room[:, None] & gm[None, :]) == gm[None, :]
         if not fits.any():
             return False
         s, k = divmod(int(np.argmax(fits)), len(gm))

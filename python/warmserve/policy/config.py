@@ -77,9 +77,10 @@ class PolicyConfig:
     #: Off for `autoscale`, its best setting (paper-code, seeds 0-2: P99 32.3 s without, 73.1 s with it; its
     #: instances held for a backlog keep GPUs from the cold starts of other models; bench/simulate).
     scale_in_floor_now: bool = True
-    #: Move light instances off a tensor-parallel model's loaded prewarm onto loaded prewarms of their own (hits:
-    #: an activation each) when no GPU group of its size is idle, so that its next scale-out has somewhere to
-    #: start (``arbitration.relocations``). Needs ``prewarm``.
+    #: When a serving tensor-parallel model finds no group of its size idle on any server but the cluster has that
+    #: many idle GPUs, move light instances (make before break, never onto another model's prewarm) so that one
+    #: server has the group: its next scale-out has somewhere to start (``arbitration.relocations``,
+    #: ``moves.GpuMoves._defragment``). Needs ``prewarm``.
     defragment: bool = True
     #: An instance serves at least this long before a model that has no instance and no free GPUs may take its
     #: GPUs (time-sharing an over-subscribed cluster), seconds. As long as a published vLLM engine start

@@ -6,7 +6,8 @@ finds a whole group of idle GPUs on one server (``arbitration.relocations``)."""
 from __future__ import annotations
 
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims, reclaim_victims, relocations
+from warmserve.policy.arbitration import (PREEMPT_LOAD_RATIO, others_prewarms, preemption_victims, reclaim_victims,
+                                         relocations)
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState
 
@@ -37,18 +38,22 @@ class GpuMoves:
         if got is None:
             return
         _, server, mask, victims = got
-        held = [(server, k) for k in range(len(board.busy[server])) if mask >> k & 1 and not board.busy[server, k]]
-        for loc in held:  # the GPUs being cleared are not where the moved instances go
-            board.busy[loc] = True
-        try:
-            for v in victims:
-                act = self._start_outside_reservations(state, board, v.model)
-                if act is not None:
-                    out.append(act)
-                    self._moving[act.instance_id] = v.instance_id
-        finally:
+        for v in victims:
+            # not on the GPUs being cleared, nor on other models' prewarms (the start would evict them)
+            off = others_prewarms(board, v.model)
+            off[server] |= mask
+            held = [(s, k) for s in range(board.n_servers) for k in range(len(board.busy[s]))
+                    if int(off[s]) >> k & 1 and not board.busy[s, k]]
             for loc in held:
-                board.busy[loc] = False
+                board.busy[loc] = True
+            try:
+                act = self._start_outside_reservations(state, board, v.model)
+            finally:
+                for loc in held:
+                    board.busy[loc] = False
+            if act is not None:
+                out.append(act)
+                self._moving[act.instance_id] = v.instance_id
 
     def _reclaim_for(self, state: ClusterState, model: str, now_s: float, have: dict, demand: dict, board: Board,
                      out: list) -> tuple[bool, bool]:

@@ -10,16 +10,19 @@ from warmserve.policy.state import ClusterState, ModelInfo
 GiB = 1 << 30
 
 
-def _cluster(**cfg):
+def _cluster(others_prewarmed=(6,), **cfg):
     """Three servers of 4 GPUs. Server 0: `big` (tp 4) serves. Server 1: `a` on GPU 4, `b` on GPU 5, GPUs 6-7
-    idle. Server 2: `c` on GPU 8, GPUs 9-11 idle, `big` prewarmed on 8-11. Five GPUs idle, at most 3 on a
-    server. Each instance has a request in flight; starts wait for the test's ``instance_ready``."""
+    idle, `a` prewarmed on the GPUs in ``others_prewarmed``. Server 2: `c` on GPU 8, GPUs 9-11 idle, `big`
+    prewarmed on 8-11. Five GPUs idle, at most 3 on a server. Each instance has a request in flight; starts wait
+    for the test's ``instance_ready``."""
     models = [ModelInfo("big", 40 * GiB, 4, 1 << 19, prefill_s=0.1), ModelInfo("a", 10 * GiB, 1, 1 << 19),
               ModelInfo("b", 10 * GiB, 1, 1 << 19), ModelInfo("c", 10 * GiB, 1, 1 << 19)]
     st = ClusterState.uniform(3, models, gpus_per_server=4, gpu_bytes=40 * GiB)
     pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
     d = instant_driver(pol, st, start_ready=False)
     d.apply(A.Prewarm("pbig", "big", (8, 9, 10, 11), 100.0), 0.0)
+    for g in others_prewarmed:
+        d.apply(A.Prewarm(f"pa{g}", "a", (g,), 1.0), 0.0)
     for iid, m, gpus in (("big1", "big", (0, 1, 2, 3)), ("a1", "a", (4,)), ("b1", "b", (5,)), ("c1", "c", (8,))):
         d.apply(A.StartInstance(iid, m, gpus), 0.0)
         d.instance_ready(iid, 0.0)
@@ -32,7 +35,8 @@ def test_a_light_instance_moves_make_before_break_so_the_big_model_finds_a_serve
     d, st = _cluster()
     d.tick(100.0)
     (new,) = [i for i in st.instances.values() if i.model == "c" and i.instance_id != "c1"]
-    assert new.gpus[0] in (6, 7) and not new.ready  # the fewest moves: c1 off server 2, onto server 1
+    # the fewest moves: c1 off server 2, onto server 1, and not onto a's prewarm (it would be evicted)
+    assert new.gpus == (7,) and not new.ready and "pa6" in st.prewarms
     d.tick(100.5)
     assert not st.instances["c1"].draining  # it serves until its replacement does
     d.instance_ready(new.instance_id, 101.0)  # the driver ticks: c1 stops, and drains its request
@@ -45,8 +49,8 @@ def test_a_light_instance_moves_make_before_break_so_the_big_model_finds_a_serve
     assert "pbig" not in st.prewarms
 
 
-def test_nothing_moves_with_the_option_off_or_before_the_minimum_lifetime():
-    for case, now in ((dict(defragment=False), 100.0), ({}, 4.0)):
+def test_nothing_moves_with_the_option_off_before_the_minimum_lifetime_or_onto_another_models_prewarm():
+    for case, now in ((dict(defragment=False), 100.0), ({}, 4.0), (dict(others_prewarmed=(6, 7)), 100.0)):
         d, st = _cluster(**case)
         d.tick(now)
         assert sorted(i.instance_id for i in st.instances.values()) == ["a1", "b1", "big1", "c1"], case
