@@ -10,9 +10,8 @@ model that wanted them:
   once it has served ``preempt_after_s`` and the waiting model's load clearly exceeds the harm; so may a model
   that outgrew its co-serving host (``coserve``), but not the last instance of a model no host could take.
 
-A third rule moves instances without stopping any model: ``relocations`` (defragmenting) moves the instances
-that sit on a tensor-parallel model's loaded prewarm onto loaded prewarms of their own elsewhere, so that the
-prewarm can become an instance when that model bursts."""
+A third rule moves instances without stopping any model: ``relocations`` (defragmenting) moves light instances
+so that a serving tensor-parallel model finds a whole group of idle GPUs on one server for its next scale-out."""
 
 from __future__ import annotations
 
@@ -161,8 +160,8 @@ def _share(instances: int, demand: float) -> float:
 def relocations(state: ClusterState, board: Board, now_s: float, served_s: float, stopping: set[str],
                 reserved: set[int]) -> tuple[str, int, int, list[InstanceState]] | None:
     """(model, server, GPU mask, instances): move these instances elsewhere so that ``model`` (tp >= 2, with an
-    instance now) finds the tp GPUs of the mask on ``server`` idle for its next scale-out; None when it has them already, or when no move
-    qualifies. Why: with light instances spread over both servers, the idle GPUs of a cluster are often enough for
+    instance now) finds the tp GPUs of the mask on ``server`` idle for its next scale-out; None when it has them
+    already, or when no move qualifies. Why: with light instances spread over both servers, the idle GPUs of a cluster are often enough for
     one more tensor-parallel instance but split between servers (paper-code at 9.9 rps, seed 0: at t = 45-48 s
     the 70B's prefill backlog passed its budget with GPUs 2, 8, 9 and 15 idle, and it could start a second
     instance only at 49 s, by reclaiming five light instances; 116 of its 128 misses came from that burst).
@@ -171,9 +170,9 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
     (the §5 minimum lifetime), not draining or in ``stopping``, alone on its GPUs, and all of them fit on idle
     GPUs elsewhere (off ``reserved``, off the cleared ones). The policy starts each moved instance's replacement
     first (off other models' prewarms) and stops the old one only once the new one serves, so no model loses
-    capacity and no prewarm is evicted. Among qualifying
-    moves: the fewest instances moved, then the fewest requests in flight on them, then the server holding the
-    model's loaded prewarm (its start there is a hit), then the lowest server. One model per call (a tick)."""
+    capacity and no prewarm is evicted. Among qualifying moves: the fewest instances moved, then the fewest
+    requests in flight on them, then the server holding the model's loaded prewarm (its start there is a hit),
+    then the lowest server. One model per call (a tick)."""
     idle = Board._pack(~board.busy)
     for g in reserved:
         loc = board.local.get(g)  # None: a lost GPU
@@ -188,11 +187,12 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
                 bin(int(x)).count("1") for x in idle) < tp:
             continue
         hit_servers = {r.server for srv in board.by_server for r in srv.values() if r.model == model and r.loaded}
+        others: dict[str, np.ndarray] = {}  # others_prewarms per victim model, computed once per call
         best = None
         for s in range(board.n_servers):
             for mask in gm.tolist():
                 victims = _to_move(state, board, s, mask & ~int(idle[s]), on_gpu, tp, now_s, served_s)
-                if victims is None or not _fits_elsewhere(state, board, idle, s, mask, victims):
+                if victims is None or not _fits_elsewhere(board, idle, s, mask, victims, others):
                     continue
                 key = (len(victims), sum(v.in_flight for v in victims), s not in hit_servers, s, mask)
                 if best is None or key < best[0]:
@@ -231,8 +231,8 @@ def others_prewarms(board: Board, model: str) -> np.ndarray:
     return out
 
 
-def _fits_elsewhere(state: ClusterState, board: Board, idle: np.ndarray, server: int, cleared: int,
-                    victims: list[InstanceState]) -> bool:
+def _fits_elsewhere(board: Board, idle: np.ndarray, server: int, cleared: int, victims: list[InstanceState],
+                    others: dict[str, np.ndarray]) -> bool:
     """Whether the victims, largest tp first, each find tp idle GPUs on one server off the cleared ones and off
     other models' prewarms (a move that evicted them would turn those models' next scale-outs into cold loads:
     paper-conv at burst CV 4, seed 0, 40 of 41 moves evicted one, and P99 TTFT went from 3.6 to 7.1 s)."""
@@ -240,7 +240,9 @@ def _fits_elsewhere(state: ClusterState, board: Board, idle: np.ndarray, server:
     left[server] &= ~cleared
     for v in sorted(victims, key=lambda v: -len(v.gpus)):
         gm = GROUPS[len(v.gpus)]
-        room = left & ~others_prewarms(board, v.model)
+        if v.model not in others:
+            others[v.model] = others_prewarms(board, v.model)
+        room = left & ~others[v.model]
         fits = (room[:, None] & gm[None, :]) == gm[None, :]
         if not fits.any():
             return False

@@ -436,23 +436,22 @@ class Policy(LoadSignals, GpuMoves):
                 short.discard(m)
         return wanted
 
-    def _start_outside_reservations(self, state: ClusterState, board: Board, model: str) -> A.StartInstance | None:
+    def _start_outside_reservations(self, state: ClusterState, board: Board, model: str,
+                                    off=()) -> A.StartInstance | None:
         """``_start``, on GPUs not freed for another model: those count as busy for this choice (else the
-        victims of a preemption, waiting in turn, would take back the GPUs one by one as they drain). With
-        co-serving, a light model's first instance joins a host (or opens one) instead (``coserve``)."""
+        victims of a preemption, waiting in turn, would take back the GPUs one by one as they drain), and so do
+        the GPU ids in ``off``. With co-serving, a light model's first instance joins a host (or opens one)
+        instead (``coserve``)."""
         if self._co is not None and not any(not i.draining for i in self._instances_of(state).get(model, ())):
             act = self._co_join(state, board, model, new_host=True)
             if act is not None:
                 return act
         held = []
-        for other, gpus in self._reserved.items():
-            if other == model:
-                continue
-            for g in gpus:
-                loc = board.local.get(g)
-                if loc is not None and not board.busy[loc]:
-                    board.busy[loc] = True
-                    held.append(loc)
+        for g in self._held_for_others(model).union(off):
+            loc = board.local.get(g)
+            if loc is not None and not board.busy[loc]:
+                board.busy[loc] = True
+                held.append(loc)
         try:
             return self._start(board, model)
         finally:

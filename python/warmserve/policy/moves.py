@@ -42,15 +42,8 @@ class GpuMoves:
             # not on the GPUs being cleared, nor on other models' prewarms (the start would evict them)
             off = others_prewarms(board, v.model)
             off[server] |= mask
-            held = [(s, k) for s in range(board.n_servers) for k in range(len(board.busy[s]))
-                    if int(off[s]) >> k & 1 and not board.busy[s, k]]
-            for loc in held:
-                board.busy[loc] = True
-            try:
-                act = self._start_outside_reservations(state, board, v.model)
-            finally:
-                for loc in held:
-                    board.busy[loc] = False
+            act = self._start_outside_reservations(
+                state, board, v.model, off=[g for s in range(board.n_servers) for g in board.gpus_of(s, int(off[s]))])
             if act is not None:
                 out.append(act)
                 self._moving[act.instance_id] = v.instance_id

@@ -311,16 +311,11 @@ class CostModel:
         287 ms, this form 313 ms, prefill_s(1280) 389 ms; 8 x 128: 225 / 252 / 299 ms; qwen2-30m 10 x 128: 524 /
         535 / 662 ms (bench/replay/README.md, "Simulated prefill of a batch"). With the paper's linear form (no
         table) it equals prefill_s of the total."""
-        n = total = 0
-        t = 0.0
-        for length in lengths:
-            n += 1
-            total += length
-            t += self.prefill_s(c, length)
-        if not c.prefill_table:
-            return self.prefill_s(c, total)
-        return t - max(n - 1, 0) * prefill_fixed_s(c.prefill_table) * self.gpu.compute_scale if n else \
-            self.prefill_s(c, 0)
+        lengths = list(lengths)
+        if not c.prefill_table or not lengths:
+            return self.prefill_s(c, sum(lengths))
+        fixed_s = prefill_fixed_s(c.prefill_table) * self.gpu.compute_scale
+        return sum(self.prefill_s(c, n) for n in lengths) - (len(lengths) - 1) * fixed_s
 
     def decode_step_s(self, c: ModelCost, batch: int, context_tokens: int | None = None) -> float:
         """Seconds of one decode step of ``batch`` running sequences.
