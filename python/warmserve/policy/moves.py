@@ -14,7 +14,8 @@ from warmserve.policy.state import ClusterState
 
 class GpuMoves:
     """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``_co``, ``_reserved``, ``_reserved_base``,
-    ``_preempted``, ``_preempting``, ``_moving``, ``_stop`` and ``_start_outside_reservations``."""
+    ``_preempted``, ``_preempting``, ``_moving``, ``_stop``, ``_held_for_others`` and
+    ``_start_outside_reservations``."""
 
     def _defragment(self, state: ClusterState, now_s: float, board: Board, out: list) -> None:
         """``arbitration.relocations``, make before break: each instance to move gets its replacement started
@@ -58,10 +59,9 @@ class GpuMoves:
         if not self.cfg.reclaim_gpus or self._preempting.get(model, set()) & state.instances.keys():
             return False, False
         stopping = A.stopping(out)
-        elsewhere = {g for other, gpus in self._reserved.items() if other != model for g in gpus}
         band = self.cfg.scale_out_threshold / self.cfg.scale_in_threshold
         got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
-                              elsewhere, band, self.cfg.reclaim_floor_share)
+                              self._held_for_others(model), band, self.cfg.reclaim_floor_share)
         if got is None:
             return False, False
         for v in got[1]:

@@ -439,14 +439,6 @@ class Board:
             s, k = divmod(i, len(gm))
             best = (None, s, int(gm[k]), None)
         _, s, mask, used = best
-        return self._take_for_instance(s, mask, used)
-
-    def choose_prewarm_for_instance(self, prewarm_id: str) -> tuple[tuple[int, ...], str, list[str]]:
-        """``choose_for_instance`` with the prewarm named (the caller checked that its GPUs are idle)."""
-        r = self.reps[prewarm_id]
-        return self._take_for_instance(r.server, r.mask, prewarm_id)
-
-    def _take_for_instance(self, s: int, mask: int, used: str | None) -> tuple[tuple[int, ...], str | None, list[str]]:
         evicted = [r.prewarm_id for r in list(self.by_server[s].values()) if r.mask & mask and r.prewarm_id != used]
         for pid in evicted:
             self.remove(pid)
