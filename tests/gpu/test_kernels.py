@@ -275,20 +275,21 @@ def demo(tmp_path_factory):
     return write_demo_models(str(tmp_path_factory.mktemp("demo")), names=SMALL_MODELS)
 
 
-@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
-def test_engine_kernel_path_matches_torch_path(name, demo):
+def engine_against_torch_path(path, tiled: bool):
     """The engine with use_kernels (set by default on CUDA) against the same engine on the torch path: same
-    greedy tokens, logits within 1e-3, with chunked prefill (max_batch_tokens=48) so chunks have cached context."""
+    greedy tokens, logits within 1e-3, with chunked prefill (max_batch_tokens=48) so chunks have cached context.
+    tiled: those chunks go through the tiled prefill kernel, else through paged_attention row by row."""
     from warmserve.engine import Engine, SamplingParams, load_model
     from warmserve.memory import PagePool
 
     results = {}
     with PagePool(1 << 30, backend="cuda") as pool:
         for use in (True, False):
-            lm = load_model(demo[name], pool).wait()
+            lm = load_model(path, pool).wait()
             eng = Engine(lm, max_batch_tokens=48)
             assert eng.use_kernels  # float32, head_dim a multiple of 32, kernels available
             eng.use_kernels = use
+            eng.tiled_prefill = tiled
             eng.record_logits = True
             for i, n in enumerate((3, 17, 64, 261)):
                 prompt = torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
@@ -306,3 +307,10 @@ def test_engine_kernel_path_matches_torch_path(name, demo):
     assert results[True][0] == results[False][0]
     for rid, mine in results[True][1].items():
         torch.testing.assert_close(mine, results[False][1][rid], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
+def test_engine_kernel_path_matches_torch_path(name, demo):
+    """Chunks with cached context through paged_attention; test_prefill_kernel.py runs them through the tiled
+    kernel (a file of its own, see there)."""
+    engine_against_torch_path(demo[name], tiled=False)

@@ -15,7 +15,8 @@ from warmserve.memory import kernels  # noqa: E402
 if torch.cuda.is_available() and not kernels.kernels_compiled():
     pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
 
-from test_kernels import DEV, TOL, _no_tf32, make_step, run_torch  # noqa: E402,F401  (the fixture applies here too)
+from test_kernels import (DEV, TOL, _no_tf32, demo, engine_against_torch_path, make_step,  # noqa: E402,F401
+                          run_torch)  # (the fixtures apply here too)
 
 
 def check_prefill(s, chunks):
@@ -56,3 +57,10 @@ def test_tiled_prefill_sliding_window_and_engine_blocks(dtype):
     chunks = ((1000, 64), (255, 2))
     check_prefill(make_step(dtype, chunks=chunks, heads=8, kv_heads=2, head_dim=128, block_tokens=256, pad_rows=0),
                   chunks)
+
+
+@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
+def test_engine_runs_chunks_with_cached_context_through_the_tiled_kernel(name, demo):
+    """The engine's default kernel path (Engine.tiled_prefill): chunked prefill's chunks through the tiled kernel,
+    decodes beside them through paged_attention, against the torch path."""
+    engine_against_torch_path(demo[name], tiled=True)

@@ -11,8 +11,9 @@ over the strided per-layer view.
 
 On CUDA with the kernels of warmserve.memory.kernels (csrc/kernels) available, the engine sets ``AttnMeta.paged``
 instead of the gather indices: K/V are written by one kernel and decode rows and chunks with cached context
-attend straight from the pages (no gathered copy of the context); fresh prefill chunks still take SDPA over
-their own K/V. This torch path stays the CPU implementation and the reference tests/gpu/test_kernels.py checks
+attend straight from the pages (no gathered copy of the context): decode rows through paged_attention, chunks of
+2+ rows through the tiled prefill kernel (``Engine.tiled_prefill``); fresh prefill chunks still take SDPA over
+their own K/V (flash attention, faster there than the tiled kernel's scalar loop). This torch path stays the CPU implementation and the reference tests/gpu/test_kernels.py checks
 the kernels against.
 """
 
@@ -73,6 +74,13 @@ class PagedMeta:
     window: int
     #: Keys per split of the attention kernel; None = chosen from max_len (engine/graphs.py fixes it per bucket).
     split_tokens: int | None = None
+    #: int32 [n_tiles, 2] (first position in ``rows``, rows): the chunks of 2+ rows, which the tiled prefill
+    #: kernel computes (each key read once per tile of 16 rows, not once per row); None: every row is
+    #: paged_attention's.
+    tiles: torch.Tensor | None = None
+    #: With tiles: int64 positions in ``rows`` of the one-row chunks (decodes), which paged_attention computes
+    #: (split over long contexts); None when there are none.
+    single: torch.Tensor | None = None
 
 
 @dataclass
@@ -92,22 +100,49 @@ def kernels_usable(device, dtype: torch.dtype, head_dim: int) -> bool:
 
 
 def paged_meta(chunks: list[tuple[int, int, int, list[int]]], block_tokens: int, rows_per_block: int, window: int,
-               device) -> PagedMeta:
+               device, tiled: bool = False) -> PagedMeta:
     """PagedMeta of the chunks (row, start, n, blocks) the kernels compute: n query tokens at positions
-    start..start+n-1 of a sequence whose cache blocks are `blocks`, its K/V written in the same step."""
-    rows, seq, lens, tables = [], [], [], []
+    start..start+n-1 of a sequence whose cache blocks are `blocks`, its K/V written in the same step. tiled: the
+    chunks of 2+ rows go to the tiled prefill kernel (PagedMeta.tiles), the one-row ones to paged_attention."""
+    rows, seq, lens, tables, multi, single = [], [], [], [], [], []
     for i, (row, start, n, blocks) in enumerate(chunks):
+        if n > 1:
+            multi.append((len(rows), n))
+        else:
+            single.append(len(rows))
         rows += range(row, row + n)
         seq += [i] * n
         lens += range(start + 1, start + n + 1)
         tables.append(list(blocks[:math.ceil((start + n) / block_tokens)]))
     width = max((len(t) for t in tables), default=1)
     bt = [t + [t[0]] * (width - len(t)) for t in tables] or [[0]]
-    return PagedMeta(torch.tensor(rows, dtype=torch.int64, device=device),
+    meta = PagedMeta(torch.tensor(rows, dtype=torch.int64, device=device),
                      torch.tensor(bt, dtype=torch.int32, device=device),
                      torch.tensor(seq, dtype=torch.int32, device=device),
                      torch.tensor(lens, dtype=torch.int32, device=device), max(lens, default=0), rows_per_block,
                      block_tokens, window)
+    if tiled and multi:
+        meta.tiles = kernels.prefill_tiles(multi, device)
+        if single:
+            meta.single = torch.tensor(single, dtype=torch.int64, device=device)
+    return meta
+
+
+def _paged_attend(p: PagedMeta, q: torch.Tensor, cache: torch.Tensor, k_off: int, v_off: int,
+                  scale: float) -> torch.Tensor:
+    """The kernels' attention of p's rows (q holds exactly those rows, in p.rows order): [M, H, D]."""
+    geometry = dict(k_off=k_off, v_off=v_off, rows_per_block=p.rows_per_block, block_tokens=p.block_tokens,
+                    scale=scale, window=p.window)
+    if p.tiles is None:
+        return kernels.paged_attention(q, cache, p.block_tables, p.row_seq, p.row_len, max_len=p.max_len,
+                                       split_tokens=p.split_tokens, **geometry)
+    o = kernels.prefill_attention(q, cache, p.block_tables, p.row_seq, p.row_len, p.tiles, **geometry)
+    if p.single is not None:
+        s = p.single
+        o.index_copy_(0, s, kernels.paged_attention(
+            q.index_select(0, s), cache, p.block_tables, p.row_seq.index_select(0, s),
+            p.row_len.index_select(0, s), max_len=p.max_len, split_tokens=p.split_tokens, **geometry))
+    return o
 
 
 def causal_mask(n: int, start: int, window: int, device) -> torch.Tensor:
@@ -134,17 +169,10 @@ def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
         cache.index_copy_(0, meta.write_rows + v_off, v.reshape(n_rows, -1))
     if p is not None and p.rows.shape[0] == n_rows:
         # Every row is the kernels' (a decode-only step, or a CUDA graph's): no gather, no scatter.
-        o = kernels.paged_attention(q.contiguous(), cache, p.block_tables, p.row_seq, p.row_len, k_off=k_off,
-                                    v_off=v_off, rows_per_block=p.rows_per_block, block_tokens=p.block_tokens,
-                                    scale=scale, window=p.window, max_len=p.max_len, split_tokens=p.split_tokens)
-        return o.view(n_rows, n_heads * head_dim)
+        return _paged_attend(p, q.contiguous(), cache, k_off, v_off, scale).view(n_rows, n_heads * head_dim)
     out = torch.empty(n_rows, n_heads, head_dim, dtype=q.dtype, device=q.device)
     if p is not None and p.rows.numel():
-        o = kernels.paged_attention(q.index_select(0, p.rows), cache, p.block_tables, p.row_seq, p.row_len,
-                                    k_off=k_off, v_off=v_off, rows_per_block=p.rows_per_block,
-                                    block_tokens=p.block_tokens, scale=scale, window=p.window, max_len=p.max_len,
-                                    split_tokens=p.split_tokens)
-        out.index_copy_(0, p.rows, o)
+        out.index_copy_(0, p.rows, _paged_attend(p, q.index_select(0, p.rows), cache, k_off, v_off, scale))
     prefills = meta.prefills
     i = 0
     while i < len(prefills):

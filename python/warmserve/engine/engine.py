@@ -115,6 +115,9 @@ class Engine:
         self.device = model.device
         #: Attention through the CUDA kernels (engine/attention.py) where they run; False: the torch path.
         self.use_kernels = kernels_usable(self.device, model.dtype, self.cfg.head_dim)
+        #: With use_kernels: chunks of 2+ rows with cached context (chunked prefill) through the tiled prefill
+        #: kernel, which reads each key once per 16 query rows; False: one paged_attention row each.
+        self.tiled_prefill = True
         self.eos = set(self.cfg.eos_token_ids) or set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.closed = False
         self.num_steps = 0
@@ -275,7 +278,7 @@ class Engine:
                 mask &= ar[None, :] > (lens[:, None] - 1 - window)
             decode = DecodeBatch(row - len(dec), rows_idx.view(-1).to(dev), mask[:, None, None, :].to(dev))
         meta = AttnMeta(torch.tensor(wrows, device=dev), prefills, decode,
-                        None if paged is None else paged_meta(paged, T, rpb, window, dev))
+                        None if paged is None else paged_meta(paged, T, rpb, window, dev, self.tiled_prefill))
         hidden = self.model.forward(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta,
                                     self.kv.rows, self.kv.layer_offsets)
         rows, sampled = [], []
