@@ -81,6 +81,8 @@ class PagedMeta:
     #: With tiles: int64 positions in ``rows`` of the one-row chunks (decodes), which paged_attention computes
     #: (split over long contexts); None when there are none.
     single: torch.Tensor | None = None
+    #: The largest row_len among the one-row chunks (their paged_attention call's max_len).
+    single_max_len: int = 0
 
 
 @dataclass
@@ -125,6 +127,7 @@ def paged_meta(chunks: list[tuple[int, int, int, list[int]]], block_tokens: int,
         meta.tiles = kernels.prefill_tiles(multi, device)
         if single:
             meta.single = torch.tensor(single, dtype=torch.int64, device=device)
+            meta.single_max_len = max(lens[i] for i in single)
     return meta
 
 
@@ -141,7 +144,7 @@ def _paged_attend(p: PagedMeta, q: torch.Tensor, cache: torch.Tensor, k_off: int
         s = p.single
         o.index_copy_(0, s, kernels.paged_attention(
             q.index_select(0, s), cache, p.block_tables, p.row_seq.index_select(0, s),
-            p.row_len.index_select(0, s), max_len=p.max_len, split_tokens=p.split_tokens, **geometry))
+            p.row_len.index_select(0, s), max_len=p.single_max_len, split_tokens=p.split_tokens, **geometry))
     return o
 
 

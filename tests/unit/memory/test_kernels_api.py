@@ -113,11 +113,50 @@ def _contract_paged_attention(q, cache, bt, row_seq, row_len, *, k_off, v_off, r
     return out
 
 
+def _contract_prefill_attention(q, cache, bt, row_seq, row_len, tiles, **kw):
+    """The tiled kernel's contract: the rows of each tile (one sequence's consecutive positions, at most 16) as
+    paged_attention computes them; a row in no tile is left uninitialised, here NaN, so a gap shows in the logits."""
+    out = torch.full_like(q, float("nan"))
+    for first, n in tiles.tolist():
+        rows = slice(first, first + n)
+        assert 1 <= n <= kernels.PREFILL_TILE_ROWS and len(set(row_seq[rows].tolist())) == 1
+        assert row_len[rows].tolist() == list(range(int(row_len[first]), int(row_len[first]) + n))
+        out[rows] = _contract_paged_attention(q[rows], cache, bt, row_seq[rows], row_len[rows],
+                                              max_len=int(row_len[rows].max()), **kw)
+        _CALLED_ROWS["prefill_attention"] += n
+    return out
+
+
+_CALLED_ROWS = {"paged_attention": 0, "prefill_attention": 0}
+
+
+def _counted_paged_attention(q, *args, **kw):
+    _CALLED_ROWS["paged_attention"] += q.shape[0]
+    return _contract_paged_attention(q, *args, **kw)
+
+
+def test_paged_meta_tiles_the_chunks_of_several_rows_and_leaves_one_row_chunks_to_paged_attention():
+    from warmserve.engine.attention import paged_meta
+
+    chunks = [(0, 40, 20, [3, 4]), (20, 7, 1, [5]), (21, 0, 3, [6]), (24, 90, 1, [7, 8])]
+    m = paged_meta(chunks, 64, 10, 0, "cpu", tiled=True)
+    assert m.rows.tolist() == list(range(25)) and m.max_len == 91
+    assert m.tiles.tolist() == [[0, 16], [16, 4], [21, 3]]  # positions in rows; 20 rows cut at 16
+    assert m.single.tolist() == [20, 24] and m.single_max_len == 91
+    untiled = paged_meta(chunks, 64, 10, 0, "cpu")
+    assert untiled.tiles is None and untiled.single is None
+    decodes = paged_meta([(0, 5, 1, [1]), (1, 9, 1, [2])], 64, 10, 0, "cpu", tiled=True)
+    assert decodes.tiles is None  # nothing to tile: one paged_attention call, as a CUDA graph replays it
+
+
+@pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "rows"])
 @pytest.mark.parametrize("spec_name", ["gqa", "window"])
-def test_engine_kernel_wiring_against_contract(spec_name, tmp_path, monkeypatch):
+def test_engine_kernel_wiring_against_contract(spec_name, tiled, tmp_path, monkeypatch):
     """The engine's kernel path (PagedMeta built in Engine._run, attend's kernel branch) with the kernels replaced
     by their contract in torch gives the torch path's tokens and logits: chunked prefill with cached context,
-    decodes, GQA, a sliding window. The kernels themselves meet the contract on a GPU (tests/gpu/test_kernels.py)."""
+    decodes, GQA, a sliding window; with Engine.tiled_prefill, chunks of 2+ rows through the tiled kernel and the
+    decodes beside them through paged_attention. The kernels themselves meet the contract on a GPU
+    (tests/gpu/test_kernels.py, tests/gpu/test_prefill_kernel.py)."""
     from warmserve.engine import Engine, SamplingParams, load_model
     from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
     from warmserve.memory import PagePool
@@ -126,13 +165,17 @@ def test_engine_kernel_wiring_against_contract(spec_name, tmp_path, monkeypatch)
             "window": DemoSpec("mistral", 64, 128, 2, 4, 1, sliding_window=24, vocab_size=512)}[spec_name]
     path = write_checkpoint(str(tmp_path), spec_name, config_dict(spec), tokenizer=build_tokenizer(512))
     monkeypatch.setattr(kernels, "write_kv", _contract_write_kv)
-    monkeypatch.setattr(kernels, "paged_attention", _contract_paged_attention)
+    monkeypatch.setattr(kernels, "paged_attention", _counted_paged_attention)
+    monkeypatch.setattr(kernels, "prefill_attention", _contract_prefill_attention)
+    monkeypatch.setitem(_CALLED_ROWS, "paged_attention", 0)
+    monkeypatch.setitem(_CALLED_ROWS, "prefill_attention", 0)
     results = {}
     with PagePool(256 << 20) as pool:
         for use in (False, True):
             lm = load_model(path, pool).wait()
             eng = Engine(lm, max_batch_tokens=40)
             eng.use_kernels = use
+            eng.tiled_prefill = tiled
             eng.record_logits = True
             for i, n in enumerate((3, 30, 70)):
                 prompt = torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
@@ -147,6 +190,9 @@ def test_engine_kernel_wiring_against_contract(spec_name, tmp_path, monkeypatch)
             eng.close()
             lm.close()
             results[use] = toks, {k: torch.stack(v) for k, v in logits.items()}
+    assert _CALLED_ROWS["paged_attention"] > 0
+    assert (_CALLED_ROWS["prefill_attention"] > 0) == tiled
     assert results[True][0] == results[False][0]
     for rid, mine in results[True][1].items():
+        assert not mine.isnan().any()
         torch.testing.assert_close(mine, results[False][1][rid], atol=1e-4, rtol=1e-4)
