@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="warmserve " + " ".join(words), description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words):])
-    return int(module.main(args) or 0)
+    from warmserve.errors import InvalidArgumentError
+
+    try:
+        return int(module.main(args) or 0)
+    except InvalidArgumentError as e:  # the caller's mistake: its message names the fix, a traceback adds nothing
+        print(f"warmserve {' '.join(words)}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -71,3 +71,33 @@ def test_simulate_cli_cold_start_and_engine_model_flags(tmp_path):
         assert rc == 0
         p99[" ".join(flags)] = json.loads(out.read_text())["policies"]["autoscale"]["ttft_p99_s"]
     assert p99["--cold-start-s 35"] > p99["--cold-start-s 14"]
+
+
+def test_simulate_cli_searches_the_max_rate_at_several_slo_targets_over_the_same_runs(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = cli.main(["simulate", "--workload", "paper-code", "--models", "3", "--duration-s", "120", "--rate", "3",
+                   "--policy", "warmserve,shared", "--slo-target", "0.99,0.9", "--search-iters", "1", "--quiet",
+                   "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    for s in doc["policies"].values():
+        by = s["max_rate_by_slo_target"]
+        assert set(by) == {"0.99", "0.9"} and by["0.9"] >= by["0.99"] == s["max_rate_under_slo_rps"]
+        assert s["slo_target"] == 0.99
+        scales = [t["rate_scale"] for t in s["rate_search"]]
+        assert len(scales) == len(set(scales))  # the second search reused the first one's runs
+        for t in s["rate_search"]:  # each target's rate: the highest one tried that meets it
+            for target in (0.99, 0.9):
+                if t["slo_attainment"] >= target:
+                    assert by[str(target)] >= t["offered_rate_rps"] - 1e-9
+    ws, sh = (doc["policies"][p]["max_rate_by_slo_target"] for p in ("warmserve", "shared"))
+    for t in ("0.99", "0.9"):
+        if sh[t]:
+            assert doc["ratios"][f"max_rate_warmserve_over_shared_at_slo_target_{t}"] == pytest.approx(ws[t] / sh[t])
+    assert "at target 0.9:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0", "x"])
+def test_simulate_cli_refuses_an_slo_target_outside_0_to_1(bad, capsys):
+    assert cli.main(["simulate", "--slo-target", bad, "--no-search", "--quiet"]) == 2
+    assert "--slo-target" in capsys.readouterr().err

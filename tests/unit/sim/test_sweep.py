@@ -59,11 +59,9 @@ def test_highest_rate_meeting_stops_at_the_first_failing_rate():
 
 
 def test_sweep_rejects_bad_scales_and_band(capsys):
-    from warmserve.errors import InvalidArgumentError
-
-    with pytest.raises(InvalidArgumentError):
-        cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "60", "--rate", "2", "--policy",
-                  "warmserve", "--sweep-rate", "0,1", "--quiet"])
-    with pytest.raises(InvalidArgumentError):
-        cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "60", "--rate", "2", "--policy",
-                  "autoscale", "--sweep-rate", "1", "--cold-start-band", "35", "--quiet"])
+    assert cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "60", "--rate", "2", "--policy",
+                     "warmserve", "--sweep-rate", "0,1", "--quiet"]) == 2
+    assert "rate scales must be > 0" in capsys.readouterr().err
+    assert cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "60", "--rate", "2", "--policy",
+                     "autoscale", "--sweep-rate", "1", "--cold-start-band", "35", "--quiet"]) == 2
+    assert "--cold-start-band '35'" in capsys.readouterr().err
