@@ -88,7 +88,9 @@ class Peer:
 
 def make_controller(model, policy_options=(), **ctl) -> Controller:
     pc = policy_config_from_dict({"window_s": 30, **dict(policy_options)})
-    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 0.5,
+    # Peers beat from this process's event loop: a loop held up under CI load once let 0.5 s of silence pass and
+    # lost a worker a test needed (twice, in two tests), so 1.5 s; the tests that silence a peer wait for that.
+    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 1.5,
                              "policy_config": pc, **ctl})
     return Controller(ClusterConfig(models=(model.spec,), controller=cc), [model])
 

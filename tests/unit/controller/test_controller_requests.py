@@ -137,8 +137,8 @@ def test_stream_that_fails_before_its_first_token_gets_a_real_status(model, faul
 
     async def main():
         # With co-serving on, routing after the last GPU is lost must cope with no GPU (it once raised there).
-        # The queue timeout must fire first in one case and never in the other: the harness declares a worker lost
-        # after 0.5 s of silence, so a 0.5 s request timeout raced it (a CI run answered 504 where 503 was due).
+        # The queue timeout must fire first in one case and never in the other: a 0.5 s request timeout raced the
+        # harness's loss detection when that was 0.5 s too (a CI run answered 504 where 503 was due).
         c = make_controller(model, options, request_timeout_s=0.5 if fault == "queue_timeout" else 10.0)
         ep = await c.start()
         peer = Peer(ep)
