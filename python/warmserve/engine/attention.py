@@ -13,8 +13,8 @@ On CUDA with the kernels of warmserve.memory.kernels (csrc/kernels) available, t
 instead of the gather indices: K/V are written by one kernel and decode rows and chunks with cached context
 attend straight from the pages (no gathered copy of the context): decode rows through paged_attention, chunks of
 2+ rows through the tiled prefill kernel (``Engine.tiled_prefill``); fresh prefill chunks still take SDPA over
-their own K/V (flash attention, faster there than the tiled kernel's scalar loop). This torch path stays the CPU implementation and the reference tests/gpu/test_kernels.py checks
-the kernels against.
+their own K/V (flash attention, faster there than the tiled kernel's scalar loop). This torch path stays the CPU
+implementation and the reference tests/gpu/test_kernels.py checks the kernels against.
 """
 
 from __future__ import annotations
