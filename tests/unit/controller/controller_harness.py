@@ -86,10 +86,27 @@ class Peer:
         self.sock.close(0)
 
 
+async def peers_in_order(c: Controller, endpoint: str, *wids: str) -> list[Peer]:
+    """Peers admitted one after another, so that the i-th gets GPU id i. Two peers started together say Hello over
+    two sockets, which the controller may read in either order; a test that expects the first one to be rank 0 of
+    a group then waits for a message that goes to the other (a CI run hung so)."""
+    peers = []
+    for i, wid in enumerate(wids[:-1]):
+        peers.append(Peer(endpoint, wid))
+        for _ in range(250):  # admitted (ready), not c.wait_for_workers: that one also starts the policy
+            if sum(w.ready for w in c.hub.workers.values()) > i:
+                break
+            await asyncio.sleep(0.02)
+    peers.append(Peer(endpoint, wids[-1]))
+    await c.wait_for_workers(len(wids), 5)
+    assert [c.by_gpu[g].ident.decode() for g in range(len(wids))] == list(wids)
+    return peers
+
+
 def make_controller(model, policy_options=(), **ctl) -> Controller:
     pc = policy_config_from_dict({"window_s": 30, **dict(policy_options)})
-    # Peers beat from this process's event loop: a loop held up under CI load once let 0.5 s of silence pass and
-    # lost a worker a test needed (twice, in two tests), so 1.5 s; the tests that silence a peer wait for that.
+    # Peers beat from this process's event loop, which CI load can hold up for a while: 1.5 s of silence before a
+    # worker is lost leaves a margin that 0.5 s did not; the tests that silence a peer wait for it.
     cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 1.5,
                              "policy_config": pc, **ctl})
     return Controller(ClusterConfig(models=(model.spec,), controller=cc), [model])

@@ -13,7 +13,7 @@ from warmserve.controller.models import controller_model
 from warmserve.errors import InvalidArgumentError, TimeoutError_
 from warmserve.protocol import SamplingParams
 
-from controller_harness import Peer, collect, make_controller, run
+from controller_harness import collect, make_controller, peers_in_order, run
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,7 @@ def test_a_tp2_model_gets_its_group_ahead_one_shard_per_rank_and_requests_on_ran
     async def main():
         c = make_controller(tp_model)
         ep = await c.start()
-        peers = [Peer(ep, "host-1-cpu0"), Peer(ep, "host-1-cpu1")]
-        await c.wait_for_workers(2, 5)
+        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")  # peers[0] is GPU 0, rank 0
         for _ in range(100):  # the group is built once both workers are in, before any request
             if c.groups.groups and all(r.ready for r in c.groups.groups.values()):
                 break
@@ -62,8 +61,7 @@ def test_losing_a_rank_stops_the_instance_on_the_other_and_requeues_what_had_not
         # before it times out.
         c = make_controller(tp_model, request_timeout_s=6.0)
         ep = await c.start()
-        peers = [Peer(ep, "host-1-cpu0"), Peer(ep, "host-1-cpu1")]
-        await c.wait_for_workers(2, 5)
+        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")  # peers[0] is GPU 0, rank 0
         peers[0].hold_generate = True  # rank 0 holds the request: it is in flight when rank 1 goes
         req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=3))
         while not _of(peers[0], P.Generate):
