@@ -66,6 +66,12 @@ class PolicyConfig:
     #: hold is this target less one prefill (the arriving request's own): past it, the tick scales out and route()
     #: treats the request as overflow (a revived or new instance, ``route_prefill_overflow``). 0 turns both off.
     ttft_target_prefills: float = 10.0
+    #: The prefill budget counts the decode steps a continuously batching engine runs between prefills: a backlog
+    #: of b prefill-seconds clears in b x (prefill_s + decode_s_per_token) / prefill_s (``signals.prefill_budget_s``:
+    #: 6.0-6.8 prefills of budget for the paper's models, not 9). False: (ttft_target_prefills - 1) x prefill_s, the
+    #: rule before. Off for `autoscale`, its best setting: earlier scale-outs are cold starts that arrive after the
+    #: burst (paper-code, seeds 0-2: P99 32.3 s without, 43.6 s with it; bench/simulate/ISSUE11_ROUNDS.md).
+    prefill_budget_decode_stretch: bool = True
     #: route() treats a request whose model's prefill backlog is past its ready instances' budget as overflow, as
     #: one finding every instance at B: a burst of long prompts does not wait for the tick's 5 s average. Off for
     #: `autoscale`, its best setting: its starts take an engine initialisation (14 s and more), arrive after the

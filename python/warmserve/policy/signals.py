@@ -65,9 +65,19 @@ class LoadSignals:
 
     def prefill_budget_s(self, model: str) -> float:
         """Seconds of prefill backlog one instance may hold while a request arriving behind it still meets the
-        TTFT target: (ttft_target_prefills - 1) x the model's prefill time (its own prefill is the 1). 0: off."""
+        TTFT target T = ttft_target_prefills x p (p: the model's prefill time). A continuously batching engine
+        decodes its running batch in every step it prefills in, so a backlog of b prefill-seconds clears in
+        b x (p + d) / p, d the decode step (PAPER.md's planning profile: 35 + 15, 70 + 20, 100 + 30 ms for 7B,
+        13B, 70B). The last request's own prefill is stretched the same way: (b + p) x (p + d) / p <= T gives
+        b <= T x p / (p + d) - p. Without ``prefill_budget_decode_stretch``: (ttft_target_prefills - 1) x p. 0: off."""
         k = self.cfg.ttft_target_prefills
-        return (k - 1.0) * self.models[model].prefill_s if k > 0 else 0.0
+        if k <= 0:
+            return 0.0
+        info = self.models[model]
+        p, d = info.prefill_s, info.decode_s_per_token
+        if not self.cfg.prefill_budget_decode_stretch:
+            return (k - 1.0) * p
+        return max(0.0, k * p * p / (p + d) - p)
 
     def _prefill_backlog_s(self, state: ClusterState, model: str, taking=None) -> float:
         """Prefill time of the model's backlog (prompt tokens waiting or routed and not yet prefilled), seconds:

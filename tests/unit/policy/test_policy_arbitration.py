@@ -15,10 +15,13 @@ from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30
 PREFILL_S = 0.035  # the paper's 7B prefill (1024 tokens)
+DECODE_S = 0.015  # the paper's 7B decode step
+#: a 7B's prefill budget: 10 x 35 ms x 35 / (35 + 15) - 35 ms (signals.prefill_budget_s)
+BUDGET_S = 0.21
 
 
 def _driver(n_gpus=4, names="ab", name="autoscale", start_ready=True, **cfg):
-    models = [ModelInfo(n, 10 * GiB, 1, 1 << 19, prefill_s=PREFILL_S) for n in names]
+    models = [ModelInfo(n, 10 * GiB, 1, 1 << 19, prefill_s=PREFILL_S, decode_s_per_token=DECODE_S) for n in names]
     st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=40 * GiB)
     pol = make_policy(name, models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
     return instant_driver(pol, st, start_ready=start_ready), st
@@ -78,13 +81,17 @@ def test_withdrawn_failed_and_requeued_requests_release_or_move_their_tokens():
 
 # ---- the prefill trigger ----------------------------------------------------------------------------------
 
+#: prompt tokens of one request whose prefill takes 0.8 x a budget (168 ms): one fits an instance, two do not
+TOKENS_08 = round(0.8 * BUDGET_S / PREFILL_S * PREFILL_PROFILE_TOKENS)
+
+
 def _prefill_case(**cfg):
-    """`a` with 4 requests in flight (far below 0.8 x B) whose prompts take 1.0 s to prefill, 0.25 s each (with
+    """`a` with 4 requests in flight (far below 0.8 x B) whose prompts take 3.2 budgets to prefill, 0.8 each (with
     ``route_prefill_overflow``, route() starts one more instance whenever the backlog passes the budget of those it
-    has, 0.315 s each: one request on each of 4 instances; `autoscale`, the default here, has it off: 4 on one)."""
+    has: one request on each of 4 instances; `autoscale`, the default here, has it off: 4 on one)."""
     d, st = _driver(n_gpus=8, **cfg)
     d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
-    tokens = round(1.0 / PREFILL_S * PREFILL_PROFILE_TOKENS / 4)
+    tokens = TOKENS_08
     _fill(d, st, "a", 4, 100.0, tokens=tokens)
     insts = _of(st, "a")
     assert sum(i.in_flight for i in insts) == 4 and sum(i.prefill_tokens_pending for i in insts) == 4 * tokens
@@ -103,14 +110,19 @@ def test_route_starts_an_instance_when_the_prefill_backlog_passes_the_budget_of_
         assert [i.in_flight for i in _of(st, "a")] == [4], off
 
 
+#: warmserve's tick alone (route() not starting instances between ticks)
+TICK_ONLY = dict(name="warmserve", route_prefill_overflow=False)
+
+
 def test_a_prefill_backlog_scales_out_with_few_requests_in_flight():
-    d, st = _prefill_case()
+    d, st = _prefill_case(**TICK_ONLY)
     d.tick(100.0)
-    # backlog 1.0 s over a budget of (10 - 1) x 35 ms per instance: ceil(1.0 / (0.8 x 0.315)) = 4 instances
-    budget = (10 - 1) * PREFILL_S
-    assert d.policy.prefill_budget_s("a") == pytest.approx(budget)
-    assert len(_of(st, "a")) == math.ceil(1.0 / (0.8 * budget)) == 4
-    d, st = _prefill_case(ttft_target_prefills=0.0)  # the triggers off: in-flight load alone holds at one
+    # backlog 3.2 budgets: ceil(3.2 / 0.8) = 4 instances
+    assert d.policy.prefill_budget_s("a") == pytest.approx(BUDGET_S)
+    # autoscale's budget counts no decode steps (its best setting): (10 - 1) x 35 ms
+    assert _driver()[0].policy.prefill_budget_s("a") == pytest.approx(9 * PREFILL_S)
+    assert len(_of(st, "a")) == math.ceil(4 * TOKENS_08 / PREFILL_PROFILE_TOKENS * PREFILL_S / (0.8 * BUDGET_S)) == 4
+    d, st = _prefill_case(ttft_target_prefills=0.0, **TICK_ONLY)  # the triggers off: in-flight load alone: one
     d.tick(100.0)
     assert len(_of(st, "a")) == 1
 
@@ -126,7 +138,7 @@ def test_the_tick_does_not_scale_in_below_the_backlog_of_now_that_route_just_sta
         d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
         for t in range(90, 100):
             d.tick(float(t))
-        _fill(d, st, "a", 4, 100.0, tokens=round(1.0 / PREFILL_S * PREFILL_PROFILE_TOKENS / 4))
+        _fill(d, st, "a", 4, 100.0, tokens=TOKENS_08)
         assert len(_of(st, "a")) == 4
         for t in (100.5, 101.0, 102.0, 103.0, 104.0, 105.0, 106.0):
             d.tick(t)
@@ -134,10 +146,10 @@ def test_the_tick_does_not_scale_in_below_the_backlog_of_now_that_route_just_sta
 
 
 def test_a_prefill_backlog_keeps_instances_from_scaling_in():
-    d, st = _prefill_case()
+    d, st = _prefill_case(**TICK_ONLY)
     d.tick(100.0)
     assert len(_of(st, "a")) == 4
-    d.tick(110.0)  # in-flight load 4 alone would scale in to one; the backlog still wants ceil(1.0 / 0.1575) > 4
+    d.tick(110.0)  # in-flight load 4 alone would scale in to one; the backlog still wants ceil(3.2 / 0.5) > 4
     assert len(_of(st, "a")) == 4
     for r in ("a0", "a1", "a2", "a3"):
         d.prefill_done(r, 111.0)
