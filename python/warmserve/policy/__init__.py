@@ -91,7 +91,7 @@ finished forecast windows, keeps the weights of stopped instances that have drai
 (a ``Prewarm`` with ``kept_from``; for an instance stopped with nothing in flight, right after its
 ``StopInstance`` in the same list), autoscales (§5, plus a prefill trigger: the 5 s average of the backlog's
 prefill time, tokens x prefill_s / 1024, against 0.8 x the per-instance budget ``prefill_budget_s``: the TTFT
-target of ttft_target_prefills prefills, less the request's own, with decode steps between the prefills;
+target of ttft_target_prefills prefills, less the request's own;
 GPUs arbitrated by unmet demand: draining instances revived first, new ones one at a time to the model whose
 demand is least met, a quiet model's last instance stopped only when another model wants GPUs that are not
 free, and a model waiting with no instance and no free GPUs taking, after ``preempt_after_s``, those of the

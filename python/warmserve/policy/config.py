@@ -68,10 +68,13 @@ class PolicyConfig:
     ttft_target_prefills: float = 10.0
     #: The prefill budget counts the decode steps a continuously batching engine runs between prefills: a backlog
     #: of b prefill-seconds clears in b x (prefill_s + decode_s_per_token) / prefill_s (``signals.prefill_budget_s``:
-    #: 6.0-6.8 prefills of budget for the paper's models, not 9). False: (ttft_target_prefills - 1) x prefill_s, the
-    #: rule before. Off for `autoscale`, its best setting: earlier scale-outs are cold starts that arrive after the
-    #: burst (paper-code, seeds 0-2: P99 32.3 s without, 43.6 s with it; bench/simulate/ISSUE11_ROUNDS.md).
-    prefill_budget_decode_stretch: bool = True
+    #: 6.0-6.8 prefills of budget for the paper's models, not 9). Off by default (the budget is then
+    #: (ttft_target_prefills - 1) x prefill_s): measured, it raises SLO attainment near the max rate on three presets
+    #: of four over six seeds, but near conv's capacity every model then asks for more than the cluster has, the
+    #: reclaim floor finds no model to take GPUs from, and one model's engine queue ran to 21 s (artifact-conv,
+    #: seed 0 at 40.1 rps); it also costs `autoscale` (P99 32.3 s without, 43.6 s with it, paper-code).
+    #: bench/simulate/ISSUE11_ROUNDS.md, 15:40 update.
+    prefill_budget_decode_stretch: bool = False
     #: route() treats a request whose model's prefill backlog is past its ready instances' budget as overflow, as
     #: one finding every instance at B: a burst of long prompts does not wait for the tick's 5 s average. Off for
     #: `autoscale`, its best setting: its starts take an engine initialisation (14 s and more), arrive after the

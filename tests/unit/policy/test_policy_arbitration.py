@@ -16,8 +16,8 @@ from warmserve.policy.state import ClusterState, ModelInfo
 GiB = 1 << 30
 PREFILL_S = 0.035  # the paper's 7B prefill (1024 tokens)
 DECODE_S = 0.015  # the paper's 7B decode step
-#: a 7B's prefill budget: 10 x 35 ms x 35 / (35 + 15) - 35 ms (signals.prefill_budget_s)
-BUDGET_S = 0.21
+#: a 7B's prefill budget: (10 - 1) x 35 ms (signals.prefill_budget_s)
+BUDGET_S = 0.315
 
 
 def _driver(n_gpus=4, names="ab", name="autoscale", start_ready=True, **cfg):
@@ -81,8 +81,8 @@ def test_withdrawn_failed_and_requeued_requests_release_or_move_their_tokens():
 
 # ---- the prefill trigger ----------------------------------------------------------------------------------
 
-#: prompt tokens of one request whose prefill takes 0.8 x a budget (168 ms): one fits an instance, two do not
-TOKENS_08 = round(0.8 * BUDGET_S / PREFILL_S * PREFILL_PROFILE_TOKENS)
+#: prompt tokens of one request whose prefill takes 0.8 x a budget (252 ms): one fits an instance, two do not
+TOKENS_08 = int(0.8 * BUDGET_S / PREFILL_S * PREFILL_PROFILE_TOKENS)  # rounded down: just under 0.8
 
 
 def _prefill_case(**cfg):
@@ -119,8 +119,9 @@ def test_a_prefill_backlog_scales_out_with_few_requests_in_flight():
     d.tick(100.0)
     # backlog 3.2 budgets: ceil(3.2 / 0.8) = 4 instances
     assert d.policy.prefill_budget_s("a") == pytest.approx(BUDGET_S)
-    # autoscale's budget counts no decode steps (its best setting): (10 - 1) x 35 ms
-    assert _driver()[0].policy.prefill_budget_s("a") == pytest.approx(9 * PREFILL_S)
+    # with a decode step between prefills (opt-in): 10 x 35 ms x 35 / (35 + 15) - 35 ms
+    stretched = _driver(prefill_budget_decode_stretch=True)[0].policy
+    assert stretched.prefill_budget_s("a") == pytest.approx(0.21)
     assert len(_of(st, "a")) == math.ceil(4 * TOKENS_08 / PREFILL_PROFILE_TOKENS * PREFILL_S / (0.8 * BUDGET_S)) == 4
     d, st = _prefill_case(ttft_target_prefills=0.0, **TICK_ONLY)  # the triggers off: in-flight load alone: one
     d.tick(100.0)
