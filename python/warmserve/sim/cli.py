@@ -232,7 +232,8 @@ def main(args) -> int:
                     out["autoscale"]["per_seed"][str(sd)]["ttft_p99_s"] / ws["per_seed"][str(sd)]["ttft_p99_s"]
                     for sd in seeds]
         if "shared" in out and out["shared"].get("max_rate_under_slo_rps"):
-            ratios["max_rate_warmserve_over_shared"] = ws.get("max_rate_under_slo_rps", 0) / out["shared"]["max_rate_under_slo_rps"]
+            ratios["max_rate_warmserve_over_shared"] = (ws.get("max_rate_under_slo_rps", 0)
+                                                        / out["shared"]["max_rate_under_slo_rps"])
         sh = out.get("shared", {}).get("max_rate_by_slo_target", {})
         for t, rate in ws.get("max_rate_by_slo_target", {}).items():
             if sh.get(t):
