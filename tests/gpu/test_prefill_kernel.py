@@ -1,7 +1,7 @@
 """The tiled prefill attention kernel (kernels.prefill_attention, csrc/kernels) against the torch path of
 engine/attention.py, on a real GPU (skipped without). Same steps, tolerances and helpers as test_kernels.py; a
-file of its own, run after the others, because the kernel has not run on a GPU yet: were it to fault, the
-sticky CUDA error would not take the other files' results with it."""
+file of its own, which bench/gpu.sh runs in a pytest process of its own after the others, because the kernel has
+not run on a GPU yet: were it to fault, the sticky CUDA error would not take the other files' results with it."""
 
 from __future__ import annotations
 
