@@ -81,6 +81,9 @@ class PagedMeta:
     #: With tiles: int64 positions in ``rows`` of the one-row chunks (decodes), which paged_attention computes
     #: (split over long contexts); None when there are none.
     single: torch.Tensor | None = None
+    #: row_seq and row_len of those rows, taken once per step rather than once per layer.
+    single_seq: torch.Tensor | None = None
+    single_len: torch.Tensor | None = None
     #: The largest row_len among the one-row chunks (their paged_attention call's max_len).
     single_max_len: int = 0
 
@@ -127,6 +130,8 @@ def paged_meta(chunks: list[tuple[int, int, int, list[int]]], block_tokens: int,
         meta.tiles = kernels.prefill_tiles(multi, device)
         if single:
             meta.single = torch.tensor(single, dtype=torch.int64, device=device)
+            meta.single_seq = torch.tensor([seq[i] for i in single], dtype=torch.int32, device=device)
+            meta.single_len = torch.tensor([lens[i] for i in single], dtype=torch.int32, device=device)
             meta.single_max_len = max(lens[i] for i in single)
     return meta
 
@@ -143,8 +148,8 @@ def _paged_attend(p: PagedMeta, q: torch.Tensor, cache: torch.Tensor, k_off: int
     if p.single is not None:
         s = p.single
         o.index_copy_(0, s, kernels.paged_attention(
-            q.index_select(0, s), cache, p.block_tables, p.row_seq.index_select(0, s),
-            p.row_len.index_select(0, s), max_len=p.single_max_len, split_tokens=p.split_tokens, **geometry))
+            q.index_select(0, s), cache, p.block_tables, p.single_seq, p.single_len, max_len=p.single_max_len,
+            split_tokens=p.split_tokens, **geometry))
     return o
 
 

@@ -143,6 +143,7 @@ def test_paged_meta_tiles_the_chunks_of_several_rows_and_leaves_one_row_chunks_t
     assert m.rows.tolist() == list(range(25)) and m.max_len == 91
     assert m.tiles.tolist() == [[0, 16], [16, 4], [21, 3]]  # positions in rows; 20 rows cut at 16
     assert m.single.tolist() == [20, 24] and m.single_max_len == 91
+    assert m.single_seq.tolist() == [1, 3] and m.single_len.tolist() == [8, 91]
     untiled = paged_meta(chunks, 64, 10, 0, "cpu")
     assert untiled.tiles is None and untiled.single is None
     decodes = paged_meta([(0, 5, 1, [1]), (1, 9, 1, [2])], 64, 10, 0, "cpu", tiled=True)
