@@ -64,9 +64,10 @@ def main() -> int:
                 continue
             out.append(got)
             for pol, r in got["policies"].items():
-                stored = "-" if r["stored_sim_p99_s"] is None else f"{r['stored_sim_p50_s']:.3f} / {r['stored_sim_p99_s']:.3f}"
-                print(f"{os.path.basename(path)} {pol}: live {r['live_p50_s']:.3f} / {r['live_p99_s']:.3f} s, twin stored "
-                      f"{stored}, twin now {r['sim_p50_s']:.3f} / {r['sim_p99_s']:.3f} s "
+                stored = ("-" if r["stored_sim_p99_s"] is None
+                          else f"{r['stored_sim_p50_s']:.3f} / {r['stored_sim_p99_s']:.3f}")
+                print(f"{os.path.basename(path)} {pol}: live {r['live_p50_s']:.3f} / {r['live_p99_s']:.3f} s, "
+                      f"twin stored {stored}, twin now {r['sim_p50_s']:.3f} / {r['sim_p99_s']:.3f} s "
                       f"({r['sim_over_live_p50']:.2f}x / {r['sim_over_live_p99']:.2f}x)")
     if a.json:
         with open(a.json, "w") as f:

@@ -161,10 +161,11 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
                 reserved: set[int]) -> tuple[str, int, int, list[InstanceState]] | None:
     """(model, server, GPU mask, instances): move these instances elsewhere so that ``model`` (tp >= 2, with an
     instance now) finds the tp GPUs of the mask on ``server`` idle for its next scale-out; None when it has them
-    already, or when no move qualifies. Why: with light instances spread over both servers, the idle GPUs of a cluster are often enough for
-    one more tensor-parallel instance but split between servers (paper-code at 9.9 rps, seed 0: at t = 45-48 s
-    the 70B's prefill backlog passed its budget with GPUs 2, 8, 9 and 15 idle, and it could start a second
-    instance only at 49 s, by reclaiming five light instances; 116 of its 128 misses came from that burst).
+    already, or when no move qualifies. Why: with light instances spread over both servers, the idle GPUs of a
+    cluster are often enough for one more tensor-parallel instance but split between servers (paper-code at 9.9
+    rps, seed 0: at t = 45-48 s the 70B's prefill backlog passed its budget with GPUs 2, 8, 9 and 15 idle, and it
+    could start a second instance only at 49 s, by reclaiming five light instances; 116 of its 128 misses came
+    from that burst).
 
     A move qualifies when every instance on the GPUs to clear is of a model of smaller tp, ready for ``served_s``
     (the §5 minimum lifetime), not draining or in ``stopping``, alone on its GPUs, and all of them fit on idle

@@ -43,7 +43,6 @@ A served model is matched to a profile entry by its own name first, then by its 
 
 from __future__ import annotations
 
-
 import json
 from dataclasses import dataclass, field, replace
 
