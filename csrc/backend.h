@@ -32,6 +32,8 @@ class Backend {
   virtual bool huge_pages() const { return false; }
   // Host: map/unmap/move carry page tables along (mremap) instead of rebuilding them with page faults.
   virtual bool moves_page_tables() const { return false; }
+  // Pages per physical allocation: one cuMemMap can cover a run of pages only inside one allocation (stats).
+  virtual uint64_t pages_per_allocation() const { return 1; }
   virtual int dlpack_device_type() const = 0;  // kDLCPU = 1, kDLCUDA = 2
   virtual int device() const { return 0; }
 

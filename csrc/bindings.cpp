@@ -289,6 +289,7 @@ PYBIND11_MODULE(_C, m) {
              d["device"] = p.backend->device();
              d["huge_pages"] = p.backend->huge_pages();
              d["moves_page_tables"] = p.backend->moves_page_tables();
+             d["pages_per_allocation"] = p.backend->pages_per_allocation();
              d["page_bytes"] = pb;
              d["total_pages"] = p.backend->total_pages();
              d["free_pages"] = v[0];

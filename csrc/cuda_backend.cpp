@@ -1,5 +1,7 @@
-// CUDA backend over the driver's virtual memory API. Physical memory is a few large cuMemCreate allocations
-// ("chunks", 1 GiB each at most) made when the pool is created, carved into pages: pool page id i is bytes
+// CUDA backend over the driver's virtual memory API. Physical memory is cuMemCreate allocations ("chunks") made
+// when the pool is created: 1 GiB each, carved into pages, where the driver maps from inside an allocation (a
+// non-zero cuMemMap offset, probed once per pool); else one per page (the driver API documents the offset as
+// "currently must be zero", and an H200 with driver 580 refused it). Pool page id i is bytes
 // [(i % chunk_pages) * page, +page) of chunk i / chunk_pages. A slot is one cuMemAddressReserve range. map = one
 // cuMemMap per run of pages adjacent in one chunk (the pool's free list hands out such runs) plus ONE
 // cuMemSetAccess over the whole range (it may span several mappings); fewer driver calls per byte (issue 13).
@@ -7,10 +9,10 @@
 // backend records every run it mapped (runs_); unmapping part of a run unmaps all of it and maps the rest again
 // at once, its contents intact (the physical pages never leave). The rest of a cut run is thus briefly unmapped:
 // no kernel may use those neighbouring pages concurrently with that unmap (the engine launches and unmaps on one
-// thread; KV blocks are mapped one map call each, so freeing a block never cuts a run). Earlier design, measured
-// on an H200, driver 13.0: one cuMemCreate and cuMemMap per page, 512 pages map+access 13 ms, unmap 9 ms. The
-// chunked design has NOT been measured on a GPU yet. libcuda is opened with dlopen when a cuda pool is first
-// made, so the same build imports on machines without a driver.
+// thread; KV blocks are mapped one map call each, so freeing a block never cuts a run). Measured on an H200,
+// driver 580 / CUDA 13.0 (2026-11-28), one allocation per page (the driver refused the offset): per GiB, map +
+// one access call 12.1 ms, unmap 7.6 ms. libcuda is opened with dlopen when a cuda pool is first made, so the
+// same build imports on machines without a driver.
 #include "backend.h"
 #include "errors.h"
 
@@ -239,21 +241,44 @@ class CudaBackend : public Backend {
     size_t free_b = 0, total_b = 0;
     WS_CU(a.p_cuMemGetInfo(&free_b, &total_b));
     if (capacity > free_b) throw oom(capacity, free_b, total_b);
-    chunk_pages_ = std::max<uint64_t>(1, std::min<uint64_t>(total_pages_, kChunkBytes / page_bytes));
+    std::memset(&access_, 0, sizeof access_);
+    access_.location = prop_.location;
+    access_.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    make_chunks(std::max<uint64_t>(1, std::min<uint64_t>(total_pages_, kChunkBytes / page_bytes)));
+    if (chunk_pages_ > 1 && !offset_map_works()) {
+      // The driver API documents cuMemMap's offset as "currently must be zero", and an H200 with driver 580 /
+      // CUDA 13.0 answers CUDA_ERROR_NOT_SUPPORTED (measured, 2026-11-28): one allocation per page, as before.
+      close_pages();
+      make_chunks(1);
+    }
+  }
+  // total_pages_ pages as allocations of `pages` pages each (the last one may be shorter).
+  void make_chunks(uint64_t pages) {
+    const Api& a = api();
+    chunk_pages_ = pages;
+    chunks_.reserve((total_pages_ + pages - 1) / pages);
     for (uint64_t i = 0; i < total_pages_; i += chunk_pages_) {
       CUmemGenericAllocationHandle h;
-      CUresult cr = a.p_cuMemCreate(&h, std::min(chunk_pages_, total_pages_ - i) * page_bytes, &prop_, 0);
+      CUresult cr = a.p_cuMemCreate(&h, std::min(chunk_pages_, total_pages_ - i) * page_bytes_, &prop_, 0);
       if (cr != CUDA_SUCCESS) {
         close_pages();
+        size_t free_b = 0, total_b = 0;
         a.p_cuMemGetInfo(&free_b, &total_b);
-        if (cr == CUDA_ERROR_OUT_OF_MEMORY) throw oom(capacity, free_b, total_b);
+        if (cr == CUDA_ERROR_OUT_OF_MEMORY) throw oom(total_pages_ * page_bytes_, free_b, total_b);
         throw cu_error("cuMemCreate", cr);
       }
       chunks_.push_back(h);
     }
-    std::memset(&access_, 0, sizeof access_);
-    access_.location = prop_.location;
-    access_.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  }
+  // Whether this driver maps a page from inside an allocation (a non-zero cuMemMap offset): one probe mapping.
+  bool offset_map_works() {
+    const Api& a = api();
+    CUdeviceptr p = 0;
+    if (a.p_cuMemAddressReserve(&p, page_bytes_, 0, 0, 0) != CUDA_SUCCESS) return false;
+    bool ok = a.p_cuMemMap(p, page_bytes_, page_bytes_, chunks_[0], 0) == CUDA_SUCCESS;
+    if (ok) ok = a.p_cuMemUnmap(p, page_bytes_) == CUDA_SUCCESS;
+    a.p_cuMemAddressFree(p, page_bytes_);
+    return ok;
   }
   // The Pool outlives its slots (each holds it), so every reservation is freed before the context goes.
   ~CudaBackend() override {
@@ -262,6 +287,7 @@ class CudaBackend : public Backend {
   }
 
   std::string name() const override { return "cuda"; }
+  uint64_t pages_per_allocation() const override { return chunk_pages_; }
   int dlpack_device_type() const override { return 2; }
   int device() const override { return device_; }
 

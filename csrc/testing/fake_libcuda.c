@@ -4,7 +4,9 @@
  * It enforces the rules of the real driver the backend depends on: cuMemUnmap must name exactly one range one
  * cuMemMap mapped ("the entire contiguous address range that was mapped to"), a range is never mapped twice,
  * cuMemSetAccess needs every page of its range mapped (and only then makes it readable), offsets and sizes are
- * multiples of the granularity. Never built into warmserve; the test compiles it with cc. */
+ * multiples of the granularity. With FAKE_CUDA_NO_OFFSET set it also refuses a non-zero cuMemMap offset with
+ * CUDA_ERROR_NOT_SUPPORTED, as an H200 with driver 580 did. Never built into warmserve; the test compiles it
+ * with cc. */
 #define _GNU_SOURCE
 #include <cuda.h>
 #include <stdint.h>
@@ -91,6 +93,7 @@ CUresult cuMemMap(CUdeviceptr p, size_t size, size_t off, CUmemGenericAllocation
   ++n_map_calls;
   uintptr_t va = (uintptr_t)p;
   if (!size || size % GRAN || off % GRAN || va % GRAN || n_maps == MAX_MAPS) return CUDA_ERROR_INVALID_VALUE;
+  if (off && getenv("FAKE_CUDA_NO_OFFSET")) return CUDA_ERROR_NOT_SUPPORTED;
   off_t end = lseek((int)h, 0, SEEK_END);  /* the allocation's size */
   if (end < 0 || off + size > (size_t)end) return CUDA_ERROR_INVALID_VALUE;
   for (int i = 0; i < n_maps; ++i)

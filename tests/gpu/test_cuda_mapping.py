@@ -1,5 +1,5 @@
-"""The cuda backend's chunked mapping on a real GPU (issue 13): pages carved from 1 GiB allocations, one cuMemMap
-per run of adjacent pages, a partial unmap that cuts a run maps the rest again with its contents, and the cost of a
+"""The cuda backend's mapping on a real GPU (issue 13): pages carved from 1 GiB allocations where the driver maps
+from inside one (else one allocation per page), one cuMemMap per run of adjacent pages, a partial unmap that cuts a run maps the rest again with its contents, and the cost of a
 1 GiB move and a 1 GiB give-back (goal: <= 5 ms each on an H100; printed, asserted only loosely)."""
 
 import time
@@ -32,7 +32,10 @@ def test_run_mapping_and_cut_keep_contents():
         s = pool.create_slot(16 * PAGE_BYTES, "s")
         c0 = pool.stats()["backend_calls"]
         s.map(0, 8)
-        assert pool.stats()["backend_calls"] - c0 == 2  # one cuMemMap + one cuMemSetAccess for 8 pages
+        # One cuMemMap per run inside one allocation (one per page where the driver allows no offset), then one
+        # cuMemSetAccess over the whole range.
+        maps = 1 if pool.stats()["pages_per_allocation"] >= 8 else 8
+        assert pool.stats()["backend_calls"] - c0 == maps + 1
         for i in range(8):
             fill(s, i, 1, i + 1)
         torch.cuda.synchronize()

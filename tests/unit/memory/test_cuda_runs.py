@@ -34,6 +34,7 @@ SCENARIO = textwrap.dedent("""
 
     pool = PagePool(32 * PB, backend="cuda", page_bytes=PB)
     assert st(CREATE_CALLS) == 1, st(CREATE_CALLS)  # 32 pages carved from one allocation
+    assert pool.stats()["pages_per_allocation"] == 32
     s = pool.create_slot(16 * PB, "s")
     base = s.base_address
     m0, a0 = st(MAP_CALLS), st(ACCESS_CALLS)
@@ -86,11 +87,54 @@ SCENARIO = textwrap.dedent("""
 """)
 
 
-def test_runs_on_fake_driver(tmp_path):
+# A driver that maps no page from inside an allocation (a non-zero offset: CUDA_ERROR_NOT_SUPPORTED, as an H200
+# with driver 580 answered): the pool finds out with one probe and makes one allocation per page.
+NO_OFFSET_SCENARIO = textwrap.dedent("""
+    import ctypes
+    from warmserve.memory import PagePool
+    fake = ctypes.CDLL("libcuda.so.1")
+    fake.fake_cuda_stat.restype = ctypes.c_long
+    MAPS, MAP_CALLS, UNMAP_CALLS, ACCESS_CALLS, CREATE_CALLS = range(5)
+    st = fake.fake_cuda_stat
+    PB = 64 << 10
+
+    pool = PagePool(32 * PB, backend="cuda", page_bytes=PB)
+    assert st(CREATE_CALLS) == 1 + 32 and pool.stats()["pages_per_allocation"] == 1, st(CREATE_CALLS)
+    s = pool.create_slot(16 * PB, "s")
+    base = s.base_address
+    m0, a0 = st(MAP_CALLS), st(ACCESS_CALLS)
+    s.map(0, 8)
+    assert (st(MAP_CALLS) - m0, st(ACCESS_CALLS) - a0, st(MAPS)) == (8, 1, 8)  # a map per page, one access call
+    for i in range(8):
+        ctypes.memset(base + i * PB, i + 1, PB)
+    u0 = st(UNMAP_CALLS)
+    s.unmap(3, 2)
+    assert st(UNMAP_CALLS) - u0 == 2 and s.mapped_ranges() == [(0, 3), (5, 3)] and st(MAPS) == 6
+    t = pool.create_slot(16 * PB, "t")
+    s.move_pages(5, 3, t, 0)
+    for i in range(3):
+        assert ctypes.string_at(t.base_address + i * PB, PB) == bytes([6 + i]) * PB, i
+    t.close(force=False)
+    s.close(force=False)
+    assert st(MAPS) == 0 and pool.free_pages == 32
+    pool.close()
+    print("fake driver scenario OK")
+""")
+
+
+def run_on_fake_driver(tmp_path, scenario: str, **env_extra: str) -> None:
     lib = tmp_path / "libcuda.so.1"
     subprocess.run(["cc", "-std=c11", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{CUDA_H}/include",
                     str(ROOT / "csrc/testing/fake_libcuda.c"), "-o", str(lib)], check=True)
-    env = dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    r = subprocess.run([sys.executable, "-c", SCENARIO], env=env, capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}", **env_extra)
+    r = subprocess.run([sys.executable, "-c", scenario], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fake driver scenario OK" in r.stdout
+
+
+def test_runs_on_fake_driver(tmp_path):
+    run_on_fake_driver(tmp_path, SCENARIO)
+
+
+def test_one_allocation_per_page_where_the_driver_maps_no_offset(tmp_path):
+    run_on_fake_driver(tmp_path, NO_OFFSET_SCENARIO, FAKE_CUDA_NO_OFFSET="1")
