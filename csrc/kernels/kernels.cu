@@ -10,6 +10,7 @@
 #include <cfloat>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "../errors.h"
 #include "kernels.h"
@@ -51,12 +52,34 @@ __global__ void write_rows_kernel(U* __restrict__ cache, const U* __restrict__ k
   for (int64_t j = threadIdx.x; j < units; j += blockDim.x) dst[j] = src[j];
 }
 
-// ---- paged attention: grid (n_rows, n_heads, n_splits), kWarps warps; each warp walks keys t = lo + warp,
-// lo + warp + kWarps, ... with an online softmax (running max m, sum l, accumulator acc); lanes split head_dim
-// in a strided way (element lane + 32 i) so one key row is read coalesced. Then the warps are merged in shared
-// memory. With one split the block writes the normalised output; else it writes (acc, m, l) to the workspace and
+// ---- paged attention: grid (n_rows, n_heads, n_splits), kWarps warps; each warp walks kKeys keys at a time
+// (keys t = lo + kKeys (warp + kWarps i) + j) with an online softmax (running max m, sum l, accumulator acc).
+// Lanes split head_dim into contiguous runs of VPL elements, read with the widest aligned vector loads, so one key
+// row is one coalesced read. The kKeys keys' loads are issued together and their dot products reduced together:
+// with one key at a time a warp waits out a load, a 5-step shuffle and an exp per key, and a 32k-token decode ran
+// at 150 GB/s on an H200 (bench/gpu_kernels.py, 2026-11-28). Then the warps are merged in shared memory. With one
+// split the block writes the normalised output; else it writes (acc, m, l) to the workspace and
 // reduce_splits_kernel merges the splits (flash-decoding).
 constexpr int kWarps = 4;
+constexpr int kKeys = 4;
+
+// n consecutive elements at p (p aligned to the largest power of two dividing n * sizeof(T), up to 16 bytes) as
+// float, through vector loads of that width.
+template <class T, int N>
+__device__ __forceinline__ void load_run(const T* __restrict__ p, float (&out)[N]) {
+  constexpr int bytes = N * int(sizeof(T));
+  constexpr int w = bytes % 16 == 0 ? 16 : bytes % 8 == 0 ? 8 : bytes % 4 == 0 ? 4 : int(sizeof(T));
+  constexpr int per = w / int(sizeof(T));  // elements per load
+  using V = typename std::conditional<w == 16, int4,
+            typename std::conditional<w == 8, int2, typename std::conditional<w == 4, int, T>::type>::type>::type;
+#pragma unroll
+  for (int i = 0; i < N / per; ++i) {
+    V v = reinterpret_cast<const V*>(p)[i];
+    const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+    for (int k = 0; k < per; ++k) out[i * per + k] = to_f(e[k]);
+  }
+}
 
 template <class T, int VPL>  // VPL = head_dim / 32 values per lane
 __global__ void __launch_bounds__(kWarps * 32)
@@ -86,29 +109,47 @@ __global__ void __launch_bounds__(kWarps * 32)
     return;
   }
 
-  const T* qp = reinterpret_cast<const T*>(a.q) + (int64_t(row) * a.n_heads + h) * D;
   float q[VPL], acc[VPL];
+  load_run<T, VPL>(reinterpret_cast<const T*>(a.q) + rh * D + lane * VPL, q);
 #pragma unroll
-  for (int i = 0; i < VPL; ++i) {
-    q[i] = to_f(qp[lane + 32 * i]) * a.scale;
-    acc[i] = 0.f;
-  }
+  for (int i = 0; i < VPL; ++i) q[i] *= a.scale, acc[i] = 0.f;
   float m = -FLT_MAX, l = 0.f;  // -FLT_MAX, not -inf: exp(m - m_new) stays finite when a warp sees no key
-  for (int t = lo + warp; t < hi; t += kWarps) {
-    const int64_t blk = table[t / a.block_tokens];
-    const int64_t r = blk * a.rows_per_block + (t % a.block_tokens);
-    const T* kp = cache + (r + a.k_off) * row_elems + int64_t(kvh) * D;
-    const T* vp = cache + (r + a.v_off) * row_elems + int64_t(kvh) * D;
-    float s = 0.f;
+  for (int base = lo + warp * kKeys; base < hi; base += kWarps * kKeys) {
+    float kv[kKeys][VPL], vv[kKeys][VPL], s[kKeys];
 #pragma unroll
-    for (int i = 0; i < VPL; ++i) s += q[i] * to_f(kp[lane + 32 * i]);
+    for (int j = 0; j < kKeys; ++j) {
+      const int t = min(base + j, hi - 1);  // a key past hi loads key hi - 1 again and is masked below
+      const int64_t blk = table[t / a.block_tokens];
+      const int64_t r = blk * a.rows_per_block + (t % a.block_tokens);
+      const int64_t off = int64_t(kvh) * D + lane * VPL;
+      load_run<T, VPL>(cache + (r + a.k_off) * row_elems + off, kv[j]);
+      load_run<T, VPL>(cache + (r + a.v_off) * row_elems + off, vv[j]);
+    }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const float m_new = fmaxf(m, s);
-    const float c = __expf(m - m_new), p = __expf(s - m_new);
-    l = l * c + p;
+    for (int j = 0; j < kKeys; ++j) {
+      s[j] = 0.f;
 #pragma unroll
-    for (int i = 0; i < VPL; ++i) acc[i] = acc[i] * c + p * to_f(vp[lane + 32 * i]);
+      for (int i = 0; i < VPL; ++i) s[j] += q[i] * kv[j][i];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+      for (int j = 0; j < kKeys; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
+    float m_new = m;
+#pragma unroll
+    for (int j = 0; j < kKeys; ++j)
+      if (base + j < hi) m_new = fmaxf(m_new, s[j]);
+    const float c = __expf(m - m_new);
+    l *= c;
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) acc[i] *= c;
+#pragma unroll
+    for (int j = 0; j < kKeys; ++j) {
+      const float p = base + j < hi ? __expf(s[j] - m_new) : 0.f;
+      l += p;
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) acc[i] += p * vv[j][i];
+    }
     m = m_new;
   }
 
@@ -116,7 +157,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ float sm_acc[kWarps][VPL * 32];
   if (lane == 0) sm_m[warp] = m, sm_l[warp] = l;
 #pragma unroll
-  for (int i = 0; i < VPL; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
+  for (int i = 0; i < VPL; ++i) sm_acc[warp][lane * VPL + i] = acc[i];
   __syncthreads();
   float M = -FLT_MAX;
   for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w]);

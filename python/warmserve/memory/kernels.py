@@ -31,8 +31,9 @@ from warmserve import _C
 from warmserve.errors import BackendUnavailableError, InvalidArgumentError
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-#: Query rows x heads x splits the default split aims at: two waves of an H100's 132 SMs.
-_TARGET_BLOCKS = 264
+#: Query rows x heads x splits the default split aims at: eight 128-thread blocks on each of an H100's (and
+#: H200's) 132 SMs. At two per SM a 32k-token decode kept too few loads in flight (150 GB/s on an H200, 2026-11-28).
+_TARGET_BLOCKS = 1056
 #: Smallest default split (keys): below this a split's fixed cost outweighs the parallelism it adds.
 _MIN_SPLIT_TOKENS = 256
 

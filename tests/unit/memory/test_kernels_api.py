@@ -84,8 +84,9 @@ def test_prefill_tiles_cut_chunks_into_16_row_tiles():
 
 def test_default_split_tokens():
     assert kernels.default_split_tokens(1, 8, 100) == 100  # short context: one split
-    s = kernels.default_split_tokens(1, 8, 32768)  # one long sequence: split so 8 heads fill ~264 blocks
+    s = kernels.default_split_tokens(1, 32, 32768)  # one long sequence: split so 32 heads fill ~1056 blocks
     assert 256 <= s and -(-32768 // s) == 33
+    assert kernels.default_split_tokens(1, 8, 32768) == 256  # 132 splits wanted; none shorter than 256 keys
     assert kernels.default_split_tokens(64, 32, 32768) == 32768  # a big batch fills the GPU unsplit
 
 
