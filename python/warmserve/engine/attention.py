@@ -10,11 +10,12 @@ each layer adds its constant. Gathering rows with index_select is ~30x faster on
 over the strided per-layer view.
 
 On CUDA with the kernels of warmserve.memory.kernels (csrc/kernels) available, the engine sets ``AttnMeta.paged``
-instead of the gather indices: K/V are written by one kernel and decode rows and chunks with cached context
-attend straight from the pages (no gathered copy of the context): decode rows through paged_attention, chunks of
-2+ rows through the tiled prefill kernel (``Engine.tiled_prefill``); fresh prefill chunks still take SDPA over
-their own K/V (flash attention, faster there than the tiled kernel's scalar loop). This torch path stays the CPU
-implementation and the reference tests/gpu/test_kernels.py checks the kernels against.
+instead of the gather indices: K/V are written by one kernel and decode rows attend straight from the pages
+through paged_attention (no gathered copy of the context). Chunks of 2+ rows with cached context (chunked
+prefill) take the route ``Engine.cached_prefill`` names: by default the gather and SDPA below (flash attention on
+tensor cores), or the tiled prefill kernel, or paged_attention row by row. Fresh prefill chunks take SDPA over
+their own K/V. This torch path stays the CPU implementation and the reference tests/gpu/test_kernels.py checks
+the kernels against.
 """
 
 from __future__ import annotations

@@ -151,14 +151,14 @@ def test_paged_meta_tiles_the_chunks_of_several_rows_and_leaves_one_row_chunks_t
     assert decodes.tiles is None  # nothing to tile: one paged_attention call, as a CUDA graph replays it
 
 
-@pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "rows"])
+@pytest.mark.parametrize("route", ["sdpa", "tiled", "rows"])
 @pytest.mark.parametrize("spec_name", ["gqa", "window"])
-def test_engine_kernel_wiring_against_contract(spec_name, tiled, tmp_path, monkeypatch):
+def test_engine_kernel_wiring_against_contract(spec_name, route, tmp_path, monkeypatch):
     """The engine's kernel path (PagedMeta built in Engine._run, attend's kernel branch) with the kernels replaced
     by their contract in torch gives the torch path's tokens and logits: chunked prefill with cached context,
-    decodes, GQA, a sliding window; with Engine.tiled_prefill, chunks of 2+ rows through the tiled kernel and the
-    decodes beside them through paged_attention. The kernels themselves meet the contract on a GPU
-    (tests/gpu/test_kernels.py, tests/gpu/test_prefill_kernel.py)."""
+    decodes, GQA, a sliding window; each Engine.cached_prefill route of the chunks of 2+ rows (gather + SDPA, the
+    tiled kernel, paged_attention row by row) with the decodes beside them through paged_attention. The kernels
+    themselves meet the contract on a GPU (tests/gpu/test_kernels.py, tests/gpu/test_prefill_kernel.py)."""
     from warmserve.engine import Engine, SamplingParams, load_model
     from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
     from warmserve.memory import PagePool
@@ -177,7 +177,7 @@ def test_engine_kernel_wiring_against_contract(spec_name, tiled, tmp_path, monke
             lm = load_model(path, pool).wait()
             eng = Engine(lm, max_batch_tokens=40)
             eng.use_kernels = use
-            eng.tiled_prefill = tiled
+            eng.cached_prefill = route
             eng.record_logits = True
             for i, n in enumerate((3, 30, 70)):
                 prompt = torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
@@ -193,8 +193,27 @@ def test_engine_kernel_wiring_against_contract(spec_name, tiled, tmp_path, monke
             lm.close()
             results[use] = toks, {k: torch.stack(v) for k, v in logits.items()}
     assert _CALLED_ROWS["paged_attention"] > 0
-    assert (_CALLED_ROWS["prefill_attention"] > 0) == tiled
+    assert (_CALLED_ROWS["prefill_attention"] > 0) == (route == "tiled")
     assert results[True][0] == results[False][0]
     for rid, mine in results[True][1].items():
         assert not mine.isnan().any()
         torch.testing.assert_close(mine, results[False][1][rid], atol=1e-4, rtol=1e-4)
+
+
+def test_engine_refuses_an_unknown_cached_prefill_route(tmp_path):
+    from warmserve.engine import Engine, load_model
+    from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
+    from warmserve.errors import InvalidArgumentError
+    from warmserve.memory import PagePool
+
+    path = write_checkpoint(str(tmp_path), "m", config_dict(DemoSpec("llama", 64, 128, 2, 4, 2, vocab_size=512)),
+                            tokenizer=build_tokenizer(512))
+    with PagePool(64 << 20) as pool:
+        lm = load_model(path, pool).wait()
+        eng = Engine(lm)
+        assert eng.cached_prefill == "sdpa"
+        with pytest.raises(InvalidArgumentError, match="sdpa, tiled, rows"):
+            eng.cached_prefill = "flash"
+        assert eng.cached_prefill == "sdpa"
+        eng.close()
+        lm.close()
