@@ -7,17 +7,21 @@
 # switch-cuda.{json,txt,png}, switch-cache-cuda.{json,txt} (host checkpoint cache vs pinned host-to-device
 # bandwidth), demo.txt and model-load-cuda-{1b,7b}.{json,txt} (the GPU-sized demos: load_model from files vs
 # through the host checkpoint cache), graphs-cuda.{json,txt} (bench/gpu_graphs.py: CUDA graphs of the decode step,
-# capture time and memory at prewarm, decode with graphs vs eager at batch 1 and 16, TTFT of a prewarm hit),
+# capture time and memory at prewarm, decode with graphs vs eager at batch 1 and 16, TTFT of a prewarm hit;
+# graphs-cuda-7b.* on the 7b),
 # engine-cuda.{json,txt,png}, tp-cuda.{json,txt} (with 2+ GPUs: a tp-2 start, NCCL group prewarmed vs on demand),
 # switch-host.{json,txt} when time is left, and summary.txt into the results folder.
 # The GPU-sized demo checkpoints (1b, and 7b when time allows; 2 GB and 14 GB of disk) go to $WARMSERVE_DEMO_DIR
 # (default $TMPDIR/warmserve-gpu-demo, outside the results folder).
 #
 # Usage: bench/gpu.sh [RESULTS_DIR]   (default: $OUT, else bench/gpu-results)
+#   SKBUILD_CMAKE_ARGS=-DWARMSERVE_CUDA_ARCHS=90 and WARMSERVE_CUDA_ARCHS=90: build for the one GPU at hand (an
+#                                                   H100/H200: one architecture compiled instead of two)
 #   WARMSERVE_GPU_PARTS=build,tests,switch,demo,graphs,engine,tp   the parts to run (bench/switch/gpu.sh and
 #                                                   bench/engine/gpu.sh run a subset)
 # Offline: installs nothing from the network. What is missing is installed from wheels placed in bench/wheels/
-# (git-ignored: e.g. `pip download msgspec pyzmq ... -d bench/wheels` on a machine with network), and the script
+# (git-ignored: e.g. `pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
+# msgspec pyzmq -d bench/wheels` on a machine with network, for the GPU machine's Python), and the script
 # says what it found missing and what is still missing after that.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -96,8 +100,8 @@ print("cuda backend compiled:", cuda_compiled(), "| kernels compiled:", kernels_
 PY
 
 # 2. tests/gpu, then the memory unit tests on this machine (a failure does not stop the run).
-#    The tiled prefill kernel has never run on a GPU: its file runs in a process of its own, after the others, so
-#    a fault there (a sticky CUDA error) cannot take their results with it.
+#    The tiled prefill kernel's file runs in a process of its own, after the others, so a fault there (a sticky
+#    CUDA error) cannot take their results with it.
 if want tests; then
   t0=$(date +%s)
   timeout 170 $PY -m pytest -q -rP -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_prefill_kernel.py \
@@ -155,15 +159,22 @@ if want demo; then
 fi
 
 # 3d. CUDA graphs of the decode step (issue 13 item 2) on the 1b demo when it was written (else llama-90m, written
-#     here): capture at prewarm (time, memory), decode with graphs vs eager at batch 1 and 16, TTFT of a prewarm hit.
+#     here), then on the 7b when it was (the goal: TTFT of a prewarm hit <= 50 ms): capture at prewarm (time,
+#     memory), decode with graphs vs eager at batch 1 and 16, TTFT of a prewarm hit.
 if want graphs; then
-  t0=$(date +%s)
-  if [ -f "$DEMO_DIR/llama-1b/config.json" ]; then src=(--checkpoint "$DEMO_DIR/llama-1b"); else src=(--demo llama-90m); fi
-  timeout 120 $PY bench/gpu_graphs.py "$RESULTS/graphs-cuda" "${src[@]}" --demo-dir "$DEMO_DIR" --repeats 3 \
-    > "$RESULTS/graphs-cuda.log" 2>&1
-  rc=$?
-  summary "bench graphs: rc=$rc in $(($(date +%s) - t0)) s (graphs-cuda.{json,txt})"
-  if [ $rc -eq 0 ]; then sed 's/^/  /' "$RESULTS/graphs-cuda.txt" | tee -a "$RESULTS/summary.txt"; else tail -5 "$RESULTS/graphs-cuda.log"; fi
+  for size in 1b 7b; do
+    out=graphs-cuda; [ "$size" = 7b ] && out=graphs-cuda-7b
+    if [ -f "$DEMO_DIR/llama-$size/config.json" ]; then src=(--checkpoint "$DEMO_DIR/llama-$size")
+    elif [ "$size" = 1b ]; then src=(--demo llama-90m); else continue; fi
+    [ "$(left)" -lt 120 ] && { summary "bench graphs $size: skipped ($(left) s left)"; continue; }
+    t0=$(date +%s)
+    timeout 120 $PY bench/gpu_graphs.py "$RESULTS/$out" "${src[@]}" --demo-dir "$DEMO_DIR" --repeats 3 \
+      > "$RESULTS/$out.log" 2>&1
+    rc=$?
+    summary "bench graphs ($size): rc=$rc in $(($(date +%s) - t0)) s ($out.{json,txt})"
+    if [ $rc -eq 0 ]; then sed 's/^/  /' "$RESULTS/$out.txt" | tee -a "$RESULTS/summary.txt"
+    else tail -5 "$RESULTS/$out.log"; fi
+  done
 fi
 
 # 4. The engine with the cuda memory backend against transformers, in what is left (at least 60 s): the 1b demo

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -106,7 +107,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="checkpoint directory (e.g. the 1b demo)")
     ap.add_argument("--demo", default="llama-90m", help="small demo model written to --demo-dir when no checkpoint")
     ap.add_argument("--demo-dir", default="/tmp/warmserve-gpu-demo")
-    ap.add_argument("--pool-gib", type=float, default=8.0)
+    ap.add_argument("--pool-gib", type=float, default=None,
+                    help="GPU memory pool (default: the checkpoint's safetensors bytes + 6 GiB for KV and activations)")
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--prompt-tokens", type=int, default=64)
@@ -121,6 +123,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     res = {"machine": f"{torch.cuda.get_device_name(0)}; torch {torch.__version__} (cuda {torch.version.cuda}); "
                       f"{platform.platform()}", "checkpoint": path, "max_num_seqs": a.max_num_seqs}
+    if a.pool_gib is None:
+        weights = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
+        a.pool_gib = weights / GiB + 6
     bw = copy_bandwidth_Bps()
     res["copy_bandwidth_GBps"] = bw / 1e9
     with PagePool(int(a.pool_gib * GiB) // (2 << 20) * (2 << 20), backend="cuda") as pool:
