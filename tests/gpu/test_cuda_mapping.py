@@ -1,6 +1,7 @@
 """The cuda backend's mapping on a real GPU (issue 13): pages carved from 1 GiB allocations where the driver maps
-from inside one (else one allocation per page), one cuMemMap per run of adjacent pages, a partial unmap that cuts a run maps the rest again with its contents, and the cost of a
-1 GiB move and a 1 GiB give-back (goal: <= 5 ms each on an H100; printed, asserted only loosely)."""
+from inside one (else one allocation per page), one cuMemMap per run of adjacent pages, a partial unmap that cuts
+a run maps the rest again with its contents, and the cost of a 1 GiB move and a 1 GiB give-back (goal: <= 5 ms
+each on an H100; printed, asserted only loosely)."""
 
 import time
 

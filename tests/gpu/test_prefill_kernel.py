@@ -61,6 +61,6 @@ def test_tiled_prefill_sliding_window_and_engine_blocks(dtype):
 
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_runs_chunks_with_cached_context_through_the_tiled_kernel(name, demo):
-    """The engine's kernel path with Engine.cached_prefill = "tiled": chunked prefill's chunks through the tiled kernel,
-    decodes beside them through paged_attention, against the torch path."""
+    """The engine's kernel path with Engine.cached_prefill = "tiled": chunked prefill's chunks through the tiled
+    kernel, decodes beside them through paged_attention, against the torch path."""
     engine_against_torch_path(demo[name], "tiled")
