@@ -230,6 +230,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dst_idx"), py::arg("n"), py::arg("block_bytes"), py::arg("stream"), nogil());
   m.def("kernel_copy_bytes", &kernels::copy_bytes, py::arg("dst"), py::arg("src"), py::arg("nbytes"),
         py::arg("stream"), nogil());
+  m.def("kernel_add_rms_norm", &kernels::add_rms_norm, py::arg("x"), py::arg("res"), py::arg("w"), py::arg("out"),
+        py::arg("h_out"), py::arg("n_rows"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("stream"),
+        nogil());
+  m.def("kernel_silu_mul", &kernels::silu_mul, py::arg("gu"), py::arg("out"), py::arg("n_rows"), py::arg("inter"),
+        py::arg("dtype"), py::arg("stream"), nogil());
+  m.def("kernel_rope_qkv", &kernels::rope_qkv, py::arg("qkv"), py::arg("cos"), py::arg("sin"), py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("n_rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
+        py::arg("dtype"), py::arg("stream"), nogil());
 
   py::class_<Pool, std::shared_ptr<Pool>>(m, "Pool")
       .def(py::init(&make_pool), py::arg("capacity_bytes"), py::arg("backend"), py::arg("page_bytes"),

@@ -70,5 +70,17 @@ void copy_blocks(uintptr_t dst, uintptr_t src, uintptr_t src_idx, uintptr_t dst_
 // nbytes from src to dst on the device (a tensor between slots when remapping is not possible).
 void copy_bytes(uintptr_t dst, uintptr_t src, int64_t nbytes, uintptr_t stream);
 
+// ---- the small operations of a decoder layer, fused (layer_kernels.cu); every tensor [n_rows, ...] contiguous.
+// out = w * rms_norm(h) with h = x, or h = x + res written to h_out when res is not 0 (the residual add before a
+// norm). x, res, out, h_out: [n_rows, hidden]; w: [hidden].
+void add_rms_norm(uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t out, uintptr_t h_out, int64_t n_rows,
+                  int64_t hidden, float eps, int dtype, uintptr_t stream);
+// out = silu(gu[:, :inter]) * gu[:, inter:]; gu [n_rows, 2 inter], out [n_rows, inter].
+void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dtype, uintptr_t stream);
+// qkv [n_rows, (heads + 2 kv_heads) head_dim] -> q [n_rows, heads, head_dim] and k [n_rows, kv_heads, head_dim]
+// rotated by cos, sin [n_rows, head_dim] (rotate_half layout), v [n_rows, kv_heads, head_dim] copied.
+void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t k, uintptr_t v, int64_t n_rows,
+              int heads, int kv_heads, int head_dim, int dtype, uintptr_t stream);
+
 }  // namespace kernels
 }  // namespace ws

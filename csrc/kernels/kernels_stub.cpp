@@ -25,5 +25,13 @@ void prefill_attention(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, uint
 }
 void copy_blocks(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t) { unavailable(); }
 void copy_bytes(uintptr_t, uintptr_t, int64_t, uintptr_t) { unavailable(); }
+void add_rms_norm(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, float, int, uintptr_t) {
+  unavailable();
+}
+void silu_mul(uintptr_t, uintptr_t, int64_t, int64_t, int, uintptr_t) { unavailable(); }
+void rope_qkv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int, int, int, int,
+              uintptr_t) {
+  unavailable();
+}
 }  // namespace kernels
 }  // namespace ws

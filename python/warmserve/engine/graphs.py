@@ -215,7 +215,7 @@ class DecodeGraphs:
         params = lm.slot.tensors({n: (off, shape, lm.dtype) for n, (off, shape) in lm.layout.items()}, pinned=False)
         if cfg.tie_word_embeddings:
             params["lm_head"] = params["embed"]
-        self.model = Model(cfg, params)
+        self.model = Model(cfg, params, fused_kernels=lm.fused_kernels)
         region, total, _ = lm._kv_region(None)
         row = cfg.num_kv_heads * cfg.head_dim
         self.cache = region.view(-1, row)
@@ -314,6 +314,8 @@ class DecodeGraphs:
                 or kv.rows.dtype != self.cache.dtype or kv.rows_per_block != self.rows_per_block
                 or kv.block_tokens != self.block_tokens or kv.rows.shape[0] > self.cache.shape[0]):
             return "the engine's KV cache is not the range the graphs were captured over"
+        if model.fused_kernels != self.model.fused_kernels:
+            return f"fused_kernels is {model.fused_kernels}, the graphs were captured with {self.model.fused_kernels}"
         mine = self.model.params
         for name, t in model.params.items():
             if name not in mine or mine[name].data_ptr() != t.data_ptr() or mine[name].shape != t.shape:

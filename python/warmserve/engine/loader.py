@@ -109,6 +109,10 @@ class LoadedModel:
         self.tp_rank = tp_rank
         #: The tensor-parallel group the shard runs in once activated (bind_group); None at tp = 1.
         self.parallel: ParallelGroup | None = None
+        #: Run each layer's small operations as fused CUDA kernels (Model.fused_kernels) in the engines and decode
+        #: graphs of this model (set before activating or capturing). Off by default: the kernels have not yet run
+        #: on a GPU (tests/gpu/test_layer_kernels.py checks them there; bench/gpu_graphs.py times both).
+        self.fused_kernels = False
         self.hf_config: dict = cfg.raw
         self.generation_config: dict = generation_config
         self.slot = slot

@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from warmserve.engine.attention import AttnMeta, attend
+from warmserve.engine.attention import AttnMeta, attend, kernels_usable
 from warmserve.engine.config import ModelConfig
 from warmserve.engine.parallel import ParallelGroup, vocab_range
 from warmserve.engine.rope import Rope, apply_rope
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import BackendUnavailableError, InvalidArgumentError
+from warmserve.memory import kernels
 
 # HF name suffixes of each fused group, in the order they are laid out back to back.
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -62,8 +63,10 @@ def fuse_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, 
 
 
 class Model:
-    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None):
-        """parallel: the group of a tensor-parallel rank: required when cfg.tp > 1, None at tp = 1."""
+    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None,
+                 fused_kernels: bool = False):
+        """parallel: the group of a tensor-parallel rank: required when cfg.tp > 1, None at tp = 1.
+        fused_kernels: see the attribute (LoadedModel.fused_kernels passes it)."""
         if cfg.tp != (parallel.world_size if parallel is not None else 1):
             raise InvalidArgumentError(
                 f"a {cfg.tp}-way shard runs with a process group of {cfg.tp} ranks, got "
@@ -91,44 +94,69 @@ class Model:
             self.vocab_start, self.vocab_stop, _ = vocab_range(cfg.vocab_size, cfg.tp, self.parallel.rank)
         self.rope = Rope(cfg, self.dtype, self.device)
         self.scale = cfg.head_dim ** -0.5
+        #: The small operations of a layer (residual add + norm, rotary + head split, silu * up) as one fused CUDA
+        #: kernel each (memory/kernels.py, csrc/kernels/layer_kernels.cu) instead of about 20 torch kernels a
+        #: layer.
+        self.fused_kernels = fused_kernels
+        if fused_kernels and not kernels_usable(self.device, self.dtype, cfg.head_dim):
+            raise BackendUnavailableError(
+                f"fused_kernels needs the CUDA kernels, a GPU and float32/16 or bfloat16 weights with a head_dim "
+                f"multiple of 32 in [32, 256]; this model is {self.dtype} on {self.device}, head_dim "
+                f"{cfg.head_dim}. Fix: set LoadedModel.fused_kernels = False", device=str(self.device))
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 then scale in the model dtype, as the reference does.
         y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.cfg.rms_norm_eps)
         return w * y.to(x.dtype)
 
+    def _add_rms(self, h: torch.Tensor, res: torch.Tensor | None, w: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
+        """(the norm of h + res, h + res); res None: of h itself."""
+        if self.fused_kernels:
+            return kernels.add_rms_norm(h, w, self.cfg.rms_norm_eps, res)
+        if res is not None:
+            h = h + res
+        return self._rms(h, w), h
+
+    def _qkv_heads(self, qkv: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        if self.fused_kernels:
+            return kernels.rope_qkv(qkv, cos, sin, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        n, q_size, kv_size = qkv.shape[0], cfg.q_size, cfg.kv_size
+        q = qkv[:, :q_size].view(n, cfg.num_heads, cfg.head_dim)
+        k = qkv[:, q_size:q_size + kv_size].view(n, cfg.num_kv_heads, cfg.head_dim)
+        v = qkv[:, q_size + kv_size:].view(n, cfg.num_kv_heads, cfg.head_dim)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
+        if self.fused_kernels:
+            return kernels.silu_mul(gu)
+        g, u = gu.chunk(2, dim=-1)
+        return F.silu(g) * u
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMeta, cache: torch.Tensor,
                 layer_offsets: list[tuple[int, int]]) -> torch.Tensor:
         """Hidden states [N, hidden] after the final norm. cache: the KV rows; layer_offsets[i] = (K, V) row
-        offsets of layer i (see attention.py)."""
-        cfg = self.cfg
-        n = input_ids.shape[0]
-        q_size, kv_size = cfg.q_size, cfg.kv_size
+        offsets of layer i (see attention.py). Each residual add happens in the norm after it (``_add_rms``), so
+        that fused_kernels makes the two one launch."""
         par = self.parallel
         h = F.embedding(input_ids, self.embed) if par is None else self._embed_shard(input_ids)
         cos, sin = self.rope.cos_sin(positions)
+        res = None  # the last sublayer's output, not yet added into h
         for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
-            x = self._rms(h, ln1)
-            qkv = F.linear(x, qkv_w, qkv_b)
-            q = qkv[:, :q_size].view(n, cfg.num_heads, cfg.head_dim)
-            k = qkv[:, q_size:q_size + kv_size].view(n, cfg.num_kv_heads, cfg.head_dim)
-            v = qkv[:, q_size + kv_size:].view(n, cfg.num_kv_heads, cfg.head_dim)
-            q = apply_rope(q, cos, sin)
-            k = apply_rope(k, cos, sin)
+            x, h = self._add_rms(h, res, ln1)
+            q, k, v = self._qkv_heads(F.linear(x, qkv_w, qkv_b), cos, sin)
             a = attend(meta, q, k, v, cache, *layer_offsets[i], self.scale)
             o = F.linear(a, o_w, o_b)
             if par is not None:
                 par.all_reduce(o)
-            h = h + o
-            x = self._rms(h, ln2)
-            gu = F.linear(x, gu_w, gu_b)
-            g, u = gu.chunk(2, dim=-1)
-            d = F.linear(F.silu(g) * u, down_w, down_b)
+            x, h = self._add_rms(h, o, ln2)
+            res = F.linear(self._silu_mul(F.linear(x, gu_w, gu_b)), down_w, down_b)
             if par is not None:
-                par.all_reduce(d)
-            h = h + d
-        return self._rms(h, self.norm)
+                par.all_reduce(res)
+        return self._add_rms(h, res, self.norm)[0]
 
     def _embed_shard(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Ids outside this rank's vocabulary rows embed as zeros, so the sum over ranks is the one real row.

@@ -254,3 +254,58 @@ def copy_bytes(dst: torch.Tensor, src: torch.Tensor) -> None:
                                    "bytes")
     with torch.cuda.device(dev):
         _C.kernel_copy_bytes(dst.data_ptr(), src.data_ptr(), n, _stream(dev))
+
+
+# ---- the small operations of a decoder layer, fused (csrc/kernels/layer_kernels.cu). Each rounds to the model's
+# dtype where the torch ops it replaces do (engine/model.py), so Model.fused_kernels changes the launches, not the
+# arithmetic beyond the order of the norm's float32 sum.
+
+def add_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float,
+                 res: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w * rms_norm(h), h) for h = x, or h = x + res (the residual add before a norm, one launch for both).
+    x, res [N, hidden]; w [hidden]."""
+    dev = _require(x, w, *([res] if res is not None else []))
+    n, hidden = x.shape
+    if w.shape != (hidden,) or w.dtype != x.dtype or (res is not None and (res.shape != x.shape
+                                                                           or res.dtype != x.dtype)):
+        raise InvalidArgumentError(f"add_rms_norm needs w [{hidden}] and res {tuple(x.shape)} of {x.dtype}; got w "
+                                   f"{tuple(w.shape)} {w.dtype}" + ("" if res is None else f", res {tuple(res.shape)}"
+                                                                     f" {res.dtype}"))
+    out = torch.empty_like(x)
+    h = x if res is None else torch.empty_like(x)
+    with torch.cuda.device(dev):
+        _C.kernel_add_rms_norm(x.data_ptr(), 0 if res is None else res.data_ptr(), w.data_ptr(), out.data_ptr(),
+                               0 if res is None else h.data_ptr(), n, hidden, float(eps), _dtype_code(x), _stream(dev))
+    return out, h
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u for g, u = gu.chunk(2, -1): gu [N, 2 inter] -> [N, inter]."""
+    dev = _require(gu)
+    n, two = gu.shape
+    if two % 2:
+        raise InvalidArgumentError(f"silu_mul needs an even last dimension, got {two}", shape=tuple(gu.shape))
+    out = torch.empty(n, two // 2, dtype=gu.dtype, device=gu.device)
+    with torch.cuda.device(dev):
+        _C.kernel_silu_mul(gu.data_ptr(), out.data_ptr(), n, two // 2, _dtype_code(gu), _stream(dev))
+    return out
+
+
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
+             head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k rotated (engine/rope.py apply_rope) and v, each contiguous [N, heads or kv_heads, head_dim], from
+    qkv [N, (heads + 2 kv_heads) head_dim]; cos, sin [N, 1, head_dim] (Rope.cos_sin)."""
+    dev = _require(qkv, cos, sin)
+    n = qkv.shape[0]
+    if (qkv.shape[1] != (heads + 2 * kv_heads) * head_dim or cos.numel() != n * head_dim
+            or sin.numel() != n * head_dim or not cos.dtype == sin.dtype == qkv.dtype):
+        raise InvalidArgumentError(f"rope_qkv needs qkv [{n}, {(heads + 2 * kv_heads) * head_dim}] and cos/sin of "
+                                   f"{n * head_dim} {qkv.dtype} elements; got {tuple(qkv.shape)}, "
+                                   f"{tuple(cos.shape)} {cos.dtype}, {tuple(sin.shape)} {sin.dtype}")
+    q = torch.empty(n, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty(n, kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    v = torch.empty_like(k)
+    with torch.cuda.device(dev):
+        _C.kernel_rope_qkv(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                           n, heads, kv_heads, head_dim, _dtype_code(qkv), _stream(dev))
+    return q, k, v

@@ -1,0 +1,139 @@
+// The small per-layer operations of a decoder step, fused (kernels.h: add_rms_norm, silu_mul, rope_qkv). Each one
+// replaces several torch kernels, and at batch 1 a step is mostly such launches: on an H200 the 1b demo's decode
+// step took 1.85 ms with CUDA graphs against 0.48 ms of weight reads (bench/engine/README.md, 2026-11-28), about
+// 30 kernels a layer of which 7 are matmuls. Each kernel rounds to the element type where the torch ops of
+// engine/model.py do (a float32 value rounded once per torch op), so the results match those ops' up to the order
+// of one float32 sum (the norm's mean of squares).
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace ws {
+namespace kernels {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+// One block per row. v = x (+ res, rounded to T: torch's h + o); h_out = v when res is given; out = w * T(v *
+// rsqrt(mean(v^2) + eps)), the product rounded to T (engine/model.py: rms_norm in float32, .to(dtype), w *).
+template <class T>
+__global__ void __launch_bounds__(kNormThreads)
+    add_rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
+                        T* __restrict__ out, T* __restrict__ h_out, int64_t hidden, float eps) {
+  const int64_t base = int64_t(blockIdx.x) * hidden;
+  float ss = 0.f;
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
+    float v = to_f(x[base + j]);
+    if (res) {
+      const T h = from_f<T>(v + to_f(res[base + j]));
+      h_out[base + j] = h;
+      v = to_f(h);
+    }
+    ss += v * v;
+  }
+  __shared__ float part[kNormThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < kNormThreads / 32; ++i) total += part[i];
+  const float r = rsqrtf(total / float(hidden) + eps);
+  const T* src = res ? h_out : x;  // each thread reads back only what it wrote itself
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x)
+    out[base + j] = from_f<T>(to_f(w[j]) * to_f(from_f<T>(to_f(src[base + j]) * r)));
+}
+
+// out[r, j] = T(T(silu(g)) * u) with g = gu[r, j], u = gu[r, inter + j] (gu.chunk(2, -1); F.silu(g) * u).
+template <class T>
+__global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, int64_t n, int64_t inter) {
+  const int64_t total = n * inter, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t r = i / inter, j = i % inter;
+    const float g = to_f(gu[r * 2 * inter + j]);
+    const T s = from_f<T>(g / (1.f + expf(-g)));  // expf, not __expf: torch's silu uses the exact one
+    out[i] = from_f<T>(to_f(s) * to_f(gu[r * 2 * inter + inter + j]));
+  }
+}
+
+// grid (tokens, heads + 2 kv_heads), head_dim threads: block (r, hh) reads head hh of token r's qkv row; query and
+// key heads are rotated (engine/rope.py apply_rope: T(T(x cos) + T(rotate_half(x) sin))), value heads copied, each
+// into its own contiguous tensor.
+template <class T>
+__global__ void rope_qkv_kernel(const T* __restrict__ qkv, const T* __restrict__ cos, const T* __restrict__ sin,
+                                T* __restrict__ q, T* __restrict__ k, T* __restrict__ v, int heads, int kv_heads) {
+  const int D = blockDim.x, d = threadIdx.x, half = D / 2;
+  const int64_t r = blockIdx.x;
+  const int hh = blockIdx.y;
+  const T* src = qkv + (r * (heads + 2 * kv_heads) + hh) * D;
+  if (hh >= heads + kv_heads) {
+    v[(r * kv_heads + hh - heads - kv_heads) * D + d] = src[d];
+    return;
+  }
+  const float x = to_f(src[d]);
+  const float rot = d < half ? -to_f(src[d + half]) : to_f(src[d - half]);
+  // _rn intrinsics: nvcc would otherwise fuse a product and the sum into one FMA (one rounding where torch has two)
+  const T a = from_f<T>(__fmul_rn(x, to_f(cos[r * D + d])));
+  const T b = from_f<T>(__fmul_rn(rot, to_f(sin[r * D + d])));
+  T* dst = hh < heads ? q + (r * heads + hh) * D : k + (r * kv_heads + hh - heads) * D;
+  dst[d] = from_f<T>(__fadd_rn(to_f(a), to_f(b)));
+}
+
+// Calls f with a value of the element type of dtype (f is a generic lambda that launches the kernel for it).
+template <class F>
+void dispatch(int dtype, const char* what, F f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); break;
+    case kFloat16: f(__half{}); break;
+    case kBFloat16: f(__nv_bfloat16{}); break;
+    default: throw invalid(std::string(what) + ": unknown dtype code " + std::to_string(dtype));
+  }
+}
+
+}  // namespace
+
+void add_rms_norm(uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t out, uintptr_t h_out, int64_t n_rows,
+                  int64_t hidden, float eps, int dtype, uintptr_t stream) {
+  if (n_rows <= 0) return;
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  dispatch(dtype, "add_rms_norm", [&](auto tag) {
+    using T = decltype(tag);
+    add_rms_norm_kernel<T><<<unsigned(n_rows), kNormThreads, 0, st>>>(
+        reinterpret_cast<const T*>(x), reinterpret_cast<const T*>(res), reinterpret_cast<const T*>(w),
+        reinterpret_cast<T*>(out), reinterpret_cast<T*>(h_out), hidden, eps);
+  });
+  check_launch("add_rms_norm_kernel launch");
+}
+
+void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dtype, uintptr_t stream) {
+  if (n_rows <= 0) return;
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const int64_t blocks = std::min<int64_t>((n_rows * inter + 255) / 256, 65535);
+  dispatch(dtype, "silu_mul", [&](auto tag) {
+    using T = decltype(tag);
+    silu_mul_kernel<T><<<unsigned(blocks), 256, 0, st>>>(reinterpret_cast<const T*>(gu), reinterpret_cast<T*>(out),
+                                                         n_rows, inter);
+  });
+  check_launch("silu_mul_kernel launch");
+}
+
+void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t k, uintptr_t v, int64_t n_rows,
+              int heads, int kv_heads, int head_dim, int dtype, uintptr_t stream) {
+  if (n_rows <= 0) return;
+  if (head_dim % 2 || head_dim < 2 || head_dim > 1024)
+    throw invalid("rope_qkv: head_dim must be even and at most 1024, got " + std::to_string(head_dim));
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const dim3 grid(unsigned(n_rows), unsigned(heads + 2 * kv_heads));
+  dispatch(dtype, "rope_qkv", [&](auto tag) {
+    using T = decltype(tag);
+    rope_qkv_kernel<T><<<grid, head_dim, 0, st>>>(
+        reinterpret_cast<const T*>(qkv), reinterpret_cast<const T*>(cos), reinterpret_cast<const T*>(sin),
+        reinterpret_cast<T*>(q), reinterpret_cast<T*>(k), reinterpret_cast<T*>(v), heads, kv_heads);
+  });
+  check_launch("rope_qkv_kernel launch");
+}
+
+}  // namespace kernels
+}  // namespace ws

@@ -1,0 +1,107 @@
+"""The fused layer kernels (kernels.add_rms_norm, rope_qkv, silu_mul; csrc/kernels/layer_kernels.cu) against the
+torch ops of engine/model.py they replace, and an engine with LoadedModel.fused_kernels (decode graphs included)
+against one without, on a real GPU (skipped without). Written without a GPU: bench/gpu.sh runs this file in a
+pytest process of its own, so a fault here cannot take the other files' results with it."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+
+import torch.nn.functional as F  # noqa: E402
+
+from warmserve.engine.rope import apply_rope  # noqa: E402
+from warmserve.memory import kernels  # noqa: E402
+
+if torch.cuda.is_available() and not kernels.kernels_compiled():
+    pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
+
+from test_kernels import DEV, TOL, _no_tf32, demo  # noqa: E402,F401  (the fixtures apply here too)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _randn(*shape, dtype, seed):
+    return torch.randn(*shape, generator=torch.Generator(DEV).manual_seed(seed), device=DEV).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,hidden", [(1, 2048), (7, 4096), (33, 896), (3, 5120)])
+@pytest.mark.parametrize("with_res", [False, True])
+def test_add_rms_norm_matches_the_torch_ops(dtype, rows, hidden, with_res):
+    x = _randn(rows, hidden, dtype=dtype, seed=1)
+    res = _randn(rows, hidden, dtype=dtype, seed=2) if with_res else None
+    w = _randn(hidden, dtype=dtype, seed=3)
+    out, h = kernels.add_rms_norm(x, w, 1e-5, res)
+    h_t = x + res if with_res else x
+    out_t = w * F.rms_norm(h_t.float(), (hidden,), eps=1e-5).to(dtype)
+    torch.cuda.synchronize()
+    assert torch.equal(h, h_t)  # one rounded add, as torch's
+    torch.testing.assert_close(out, out_t, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,inter", [(1, 5632), (16, 11008), (5, 4864)])
+def test_silu_mul_matches_the_torch_ops(dtype, rows, inter):
+    gu = _randn(rows, 2 * inter, dtype=dtype, seed=4) * 4
+    g, u = gu.chunk(2, dim=-1)
+    out = kernels.silu_mul(gu)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, F.silu(g) * u, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(32, 8, 128), (14, 2, 64), (4, 4, 256), (2, 1, 32)])
+@pytest.mark.parametrize("rows", [1, 19])
+def test_rope_qkv_matches_the_torch_ops(dtype, heads, kv_heads, head_dim, rows):
+    qkv = _randn(rows, (heads + 2 * kv_heads) * head_dim, dtype=dtype, seed=5)
+    pos = torch.randint(0, 8192, (rows,), generator=torch.Generator(DEV).manual_seed(6), device=DEV)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device=DEV).float() / head_dim))
+    freqs = pos.float()[:, None] * inv[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    cos, sin = emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
+    q, k, v = kernels.rope_qkv(qkv, cos, sin, heads, kv_heads, head_dim)
+    qt, kt, vt = qkv.view(rows, heads + 2 * kv_heads, head_dim).split([heads, kv_heads, kv_heads], dim=1)
+    torch.cuda.synchronize()
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    assert torch.equal(v, vt)
+    # each product and the sum rounded to the dtype, as apply_rope's three torch ops: equal, not merely close
+    assert torch.equal(q, apply_rope(qt, cos, sin)) and torch.equal(k, apply_rope(kt, cos, sin))
+
+
+def _engine_run(path, fused: bool):
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.memory import PagePool
+
+    with PagePool(1 << 30, backend="cuda") as pool:
+        lm = load_model(path, pool).wait()
+        lm.fused_kernels = fused
+        eng = Engine(lm, max_batch_tokens=48)
+        assert eng.graphs is not None  # decode steps replay graphs captured with the setting
+        eng.record_logits = True
+        for i, n in enumerate((3, 17, 64, 261)):
+            prompt = torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
+            eng.add_request(str(i), prompt.tolist(), SamplingParams(max_tokens=6, ignore_eos=True))
+        toks, logits = {}, {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                toks.setdefault(o.request_id, []).extend(o.token_ids)
+            for rid, row in eng.last_logits.items():
+                logits.setdefault(rid, []).append(row)
+            eng.last_logits = {}
+        graph_steps = eng.num_graph_steps
+        eng.close()
+        lm.close()
+    return toks, {k: torch.stack(v) for k, v in logits.items()}, graph_steps
+
+
+@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
+def test_engine_with_fused_kernels_matches_the_unfused_engine(name, demo):
+    toks, logits, graph_steps = _engine_run(demo[name], True)
+    ref_toks, ref_logits, _ = _engine_run(demo[name], False)
+    assert graph_steps > 0
+    assert toks == ref_toks
+    for rid, mine in logits.items():
+        torch.testing.assert_close(mine, ref_logits[rid], atol=1e-3, rtol=1e-3)

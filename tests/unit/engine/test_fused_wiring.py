@@ -1,0 +1,91 @@
+"""Model.fused_kernels on the CPU: the model's wiring of the fused layer kernels (residual add + norm, rotary +
+head split, silu * up; memory/kernels.py) with the kernels replaced by their contracts written in torch. Same
+tokens and logits as the unfused forward: each residual reaches the right norm, the last one the final norm, the
+heads their rotation. The kernels meet their contracts on a GPU (tests/gpu/test_layer_kernels.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine import model as model_module
+from warmserve.engine.rope import apply_rope
+from warmserve.memory import PagePool, kernels
+
+from conftest import TINY
+
+CALLS = {"add_rms_norm": 0, "rope_qkv": 0, "silu_mul": 0}
+
+
+def contract_add_rms_norm(x, w, eps, res=None):
+    CALLS["add_rms_norm"] += 1
+    h = x if res is None else x + res
+    return w * F.rms_norm(h.float(), (h.shape[-1],), eps=eps).to(h.dtype), h
+
+
+def contract_rope_qkv(qkv, cos, sin, heads, kv_heads, head_dim):
+    CALLS["rope_qkv"] += 1
+    n = qkv.shape[0]
+    q, k, v = qkv.view(n, heads + 2 * kv_heads, head_dim).split([heads, kv_heads, kv_heads], dim=1)
+    return apply_rope(q, cos, sin).contiguous(), apply_rope(k, cos, sin).contiguous(), v.contiguous()
+
+
+def contract_silu_mul(gu):
+    CALLS["silu_mul"] += 1
+    g, u = gu.chunk(2, dim=-1)
+    return F.silu(g) * u
+
+
+@pytest.mark.parametrize("name", ["tiny-bias", "tiny-mistral"])
+def test_fused_forward_matches_the_unfused_one(name, tiny_dir, monkeypatch):
+    monkeypatch.setattr(kernels, "add_rms_norm", contract_add_rms_norm)
+    monkeypatch.setattr(kernels, "rope_qkv", contract_rope_qkv)
+    monkeypatch.setattr(kernels, "silu_mul", contract_silu_mul)
+    monkeypatch.setattr(model_module, "kernels_usable", lambda *a: True)
+    spec = TINY[name]
+    results = {}
+    with PagePool(64 << 20) as pool:
+        for fused in (False, True):
+            for key in CALLS:
+                CALLS[key] = 0
+            lm = load_model(tiny_dir[name], pool).wait()
+            lm.fused_kernels = fused
+            eng = Engine(lm, max_batch_tokens=40)
+            eng.record_logits = True
+            for i, n in enumerate((3, 30, 70)):
+                prompt = torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                eng.add_request(str(i), prompt, SamplingParams(max_tokens=5, ignore_eos=True))
+            toks, logits = {}, {}
+            while eng.has_unfinished():
+                for o in eng.step():
+                    toks.setdefault(o.request_id, []).extend(o.token_ids)
+                for rid, row in eng.last_logits.items():
+                    logits.setdefault(rid, []).append(row)
+                eng.last_logits = {}
+            steps = eng.num_steps
+            eng.close()
+            lm.close()
+            results[fused] = toks, {k: torch.stack(v) for k, v in logits.items()}
+            # one norm per sublayer plus the final one, one rotation and one silu * up per layer, every step
+            layers = spec.num_hidden_layers
+            expect = {"add_rms_norm": (2 * layers + 1) * steps, "rope_qkv": layers * steps,
+                      "silu_mul": layers * steps}
+            assert CALLS == (expect if fused else dict.fromkeys(CALLS, 0))
+    assert results[True][0] == results[False][0]
+    for rid, mine in results[True][1].items():
+        torch.testing.assert_close(mine, results[False][1][rid], atol=0, rtol=0)
+
+
+def test_fused_kernels_without_a_gpu_are_refused_with_the_fix(tiny_dir):
+    from warmserve.errors import BackendUnavailableError
+
+    with PagePool(64 << 20) as pool:
+        lm = load_model(tiny_dir["tiny-bias"], pool).wait()
+        lm.fused_kernels = True
+        with pytest.raises(BackendUnavailableError, match="fused_kernels = False"):
+            Engine(lm)
+        lm.fused_kernels = False
+        Engine(lm).close()  # the refused activation left nothing behind
+        lm.close()
