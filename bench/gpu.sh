@@ -2,8 +2,9 @@
 # Everything GPU-side of warmserve on one NVIDIA GPU (budget: under 8 minutes on one H100): build the package (the
 # cuda backend and the CUDA kernels), the nvcc compile check, tests/gpu (kernel numerics against the torch path,
 # graph replay, the cuda memory core, the engine against transformers), then the switch and engine benchmarks.
-# Writes machine.txt, build.log, tests-gpu.txt (+ .xml), tests-gpu-prefill.txt (+ .xml: the tiled prefill
-# kernel, in a process of its own), kernels.{json,txt,png} (bench/gpu_kernels.py),
+# Writes machine.txt, build.log, tests-gpu.txt (+ .xml), tests-gpu-{prefill_kernel,layer_kernels}.txt (+ .xml: the
+# tiled prefill kernel and the fused layer kernels, each in a process of its own), kernels.{json,txt,png}
+# (bench/gpu_kernels.py),
 # switch-cuda.{json,txt,png}, switch-cache-cuda.{json,txt} (host checkpoint cache vs pinned host-to-device
 # bandwidth), demo.txt and model-load-cuda-{1b,7b}.{json,txt} (the GPU-sized demos: load_model from files vs
 # through the host checkpoint cache), graphs-cuda.{json,txt} (bench/gpu_graphs.py: CUDA graphs of the decode step,
@@ -14,7 +15,9 @@
 # The GPU-sized demo checkpoints (1b, and 7b when time allows; 2 GB and 14 GB of disk) go to $WARMSERVE_DEMO_DIR
 # (default $TMPDIR/warmserve-gpu-demo, outside the results folder).
 #
-# Usage: bench/gpu.sh [RESULTS_DIR]   (default: $OUT, else bench/gpu-results)
+# Usage: bench/gpu.sh [RESULTS_DIR]   (default: bench/gpu-results). When $OUT is set (a device machine whose $OUT
+#   comes back, a few files at most), the results folder is also packed into $OUT/gpu-results.tgz beside a copy of
+#   summary.txt, at exit or when stopped by a timeout.
 #   SKBUILD_CMAKE_ARGS=-DWARMSERVE_CUDA_ARCHS=90 and WARMSERVE_CUDA_ARCHS=90: build for the one GPU at hand (an
 #                                                   H100/H200: one architecture compiled instead of two)
 #   WARMSERVE_GPU_PARTS=build,tests,switch,demo,graphs,engine,tp   the parts to run (bench/switch/gpu.sh and
@@ -25,7 +28,7 @@
 # says what it found missing and what is still missing after that.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RESULTS="${1:-${OUT:-bench/gpu-results}}"
+RESULTS="${1:-bench/gpu-results}"
 PARTS=",${WARMSERVE_GPU_PARTS:-build,tests,switch,demo,graphs,engine,tp},"
 DEMO_DIR=${WARMSERVE_DEMO_DIR:-${TMPDIR:-/tmp}/warmserve-gpu-demo}  # never under RESULTS: that folder is copied back
 BUDGET_S=${WARMSERVE_GPU_BUDGET_S:-470}
@@ -39,6 +42,12 @@ left() { echo $((BUDGET_S - ($(date +%s) - start))); }
 want() { [[ "$PARTS" == *",$1,"* ]]; }
 summary() { echo "$*" | tee -a "$RESULTS/summary.txt"; }
 : > "$RESULTS/summary.txt"
+pack() {
+  [ -n "${OUT:-}" ] && [ -d "$OUT" ] || return 0
+  tar czf "$OUT/gpu-results.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")" && cp "$RESULTS/summary.txt" "$OUT/"
+}
+trap pack EXIT
+trap 'exit 143' TERM INT
 machine=$($PY - <<'PY' 2>&1
 import platform
 import torch
@@ -100,21 +109,23 @@ print("cuda backend compiled:", cuda_compiled(), "| kernels compiled:", kernels_
 PY
 
 # 2. tests/gpu, then the memory unit tests on this machine (a failure does not stop the run).
-#    The tiled prefill kernel's file runs in a process of its own, after the others, so a fault there (a sticky
-#    CUDA error) cannot take their results with it.
+#    The tiled prefill kernel's and the fused layer kernels' files run in processes of their own, after the others,
+#    so a fault there (a sticky CUDA error) cannot take their results with it.
 if want tests; then
   t0=$(date +%s)
   timeout 170 $PY -m pytest -q -rP -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_prefill_kernel.py \
-    --junitxml="$RESULTS/tests-gpu.xml" > "$RESULTS/tests-gpu.txt" 2>&1
+    --ignore=tests/gpu/test_layer_kernels.py --junitxml="$RESULTS/tests-gpu.xml" > "$RESULTS/tests-gpu.txt" 2>&1
   rc=$?
   summary "tests/gpu: rc=$rc in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/tests-gpu.txt")"
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/tests-gpu.txt" | head -20 | tee -a "$RESULTS/summary.txt"
-  t0=$(date +%s)
-  timeout 60 $PY -m pytest -q -rP -p no:cacheprovider tests/gpu/test_prefill_kernel.py \
-    --junitxml="$RESULTS/tests-gpu-prefill.xml" > "$RESULTS/tests-gpu-prefill.txt" 2>&1
-  rc=$?
-  summary "tests/gpu/test_prefill_kernel.py: rc=$rc in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/tests-gpu-prefill.txt")"
-  [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/tests-gpu-prefill.txt" | head -20 | tee -a "$RESULTS/summary.txt"
+  for f in prefill_kernel layer_kernels; do
+    t0=$(date +%s)
+    timeout 90 $PY -m pytest -q -rP -p no:cacheprovider "tests/gpu/test_$f.py" \
+      --junitxml="$RESULTS/tests-gpu-$f.xml" > "$RESULTS/tests-gpu-$f.txt" 2>&1
+    rc=$?
+    summary "tests/gpu/test_$f.py: rc=$rc in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/tests-gpu-$f.txt")"
+    [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/tests-gpu-$f.txt" | head -20 | tee -a "$RESULTS/summary.txt"
+  done
 fi
 
 # 3. The kernels against the torch path (decode attention, block copies): bench/gpu_kernels.py, ~30 s.
