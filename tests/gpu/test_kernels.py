@@ -293,23 +293,14 @@ def engine_against_torch_path(path, route: str):
             assert eng.use_kernels  # float32, head_dim a multiple of 32, kernels available
             eng.use_kernels = use
             eng.cached_prefill = route
-            eng.record_logits = True
-            for i, n in enumerate((3, 17, 64, 261)):
-                prompt = torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
-                eng.add_request(str(i), prompt.tolist(), SamplingParams(max_tokens=6, ignore_eos=True))
-            toks, logits = {}, {}
-            while eng.has_unfinished():
-                for o in eng.step():
-                    toks.setdefault(o.request_id, []).extend(o.token_ids)
-                for rid, row in eng.last_logits.items():
-                    logits.setdefault(rid, []).append(row.cpu())
-                eng.last_logits = {}
+            prompts = [torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                       for n in (3, 17, 64, 261)]
+            results[use] = eng.generate_with_logits(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
             eng.close()
             lm.close()
-            results[use] = toks, {k: torch.stack(v) for k, v in logits.items()}
     assert results[True][0] == results[False][0]
-    for rid, mine in results[True][1].items():
-        torch.testing.assert_close(mine, results[False][1][rid], atol=1e-3, rtol=1e-3)
+    for mine, ref in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("route", ["sdpa", "rows"])

@@ -80,21 +80,13 @@ def _engine_run(path, fused: bool):
         lm.fused_kernels = fused
         eng = Engine(lm, max_batch_tokens=48)
         assert eng.graphs is not None  # decode steps replay graphs captured with the setting
-        eng.record_logits = True
-        for i, n in enumerate((3, 17, 64, 261)):
-            prompt = torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
-            eng.add_request(str(i), prompt.tolist(), SamplingParams(max_tokens=6, ignore_eos=True))
-        toks, logits = {}, {}
-        while eng.has_unfinished():
-            for o in eng.step():
-                toks.setdefault(o.request_id, []).extend(o.token_ids)
-            for rid, row in eng.last_logits.items():
-                logits.setdefault(rid, []).append(row)
-            eng.last_logits = {}
+        prompts = [torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                   for n in (3, 17, 64, 261)]
+        toks, logits = eng.generate_with_logits(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
         graph_steps = eng.num_graph_steps
         eng.close()
         lm.close()
-    return toks, {k: torch.stack(v) for k, v in logits.items()}, graph_steps
+    return toks, logits, graph_steps
 
 
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
@@ -103,5 +95,5 @@ def test_engine_with_fused_kernels_matches_the_unfused_engine(name, demo):
     ref_toks, ref_logits, _ = _engine_run(demo[name], False)
     assert graph_steps > 0
     assert toks == ref_toks
-    for rid, mine in logits.items():
-        torch.testing.assert_close(mine, ref_logits[rid], atol=1e-3, rtol=1e-3)
+    for mine, ref in zip(logits, ref_logits):
+        torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)

@@ -382,10 +382,24 @@ class Engine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[list[int]]:
         """Run prompts to completion (a convenience over add_request/step); returns each one's output ids."""
+        return self._generate(prompts, params, False)[0]
+
+    def generate_with_logits(self, prompts: list[list[int]],
+                             params: SamplingParams | None = None) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """generate(), and for each prompt the float32 logits its tokens were sampled from ([tokens, vocab]): what
+        numerics checks compare (record_logits is on for the run)."""
+        was, self.record_logits = self.record_logits, True
+        try:
+            return self._generate(prompts, params, True)
+        finally:
+            self.record_logits = was
+
+    def _generate(self, prompts, params, logits: bool):
         ids = [f"gen-{next(self._arrivals)}-{i}" for i in range(len(prompts))]
         for rid, p in zip(ids, prompts):
             self.add_request(rid, p, params)
         out = {rid: [] for rid in ids}
+        rows = {rid: [] for rid in ids}
         pending = set(ids)
         while pending:
             for o in self.step():
@@ -393,7 +407,12 @@ class Engine:
                     out[o.request_id] += o.token_ids
                     if o.finished:
                         pending.discard(o.request_id)
-        return [out[r] for r in ids]
+            if logits:
+                for rid, row in self.last_logits.items():
+                    if rid in rows:
+                        rows[rid].append(row)
+                self.last_logits = {}
+        return [out[r] for r in ids], [torch.stack(rows[r]) for r in ids] if logits else None
 
     # ---- lifetime ------------------------------------------------------------------------------------------------
     def _check_open(self):

@@ -47,6 +47,19 @@ def test_preemption_by_recompute_gives_the_same_tokens(lm):
     assert got == want
 
 
+def test_generate_with_logits_gives_the_logits_each_token_was_sampled_from(lm):
+    prompts = _prompts(3, 20)
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    with Engine(lm) as eng:
+        want = eng.generate(prompts, params)
+        toks, logits = eng.generate_with_logits(prompts, params)
+        assert not eng.record_logits  # set for the run only
+    assert toks == want
+    for t, lg in zip(toks, logits):
+        assert lg.shape == (6, 512) and lg.dtype == torch.float32
+        assert lg.argmax(-1).tolist() == t  # greedy: each token is its row's argmax
+
+
 def test_streaming_batches_prefill_with_decode_and_counts(lm):
     with Engine(lm, max_batch_tokens=64) as eng:
         eng.add_request("a", _prompts(1, 20)[0], SamplingParams(max_tokens=10, ignore_eos=True))

@@ -53,29 +53,20 @@ def test_fused_forward_matches_the_unfused_one(name, tiny_dir, monkeypatch):
             lm = load_model(tiny_dir[name], pool).wait()
             lm.fused_kernels = fused
             eng = Engine(lm, max_batch_tokens=40)
-            eng.record_logits = True
-            for i, n in enumerate((3, 30, 70)):
-                prompt = torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
-                eng.add_request(str(i), prompt, SamplingParams(max_tokens=5, ignore_eos=True))
-            toks, logits = {}, {}
-            while eng.has_unfinished():
-                for o in eng.step():
-                    toks.setdefault(o.request_id, []).extend(o.token_ids)
-                for rid, row in eng.last_logits.items():
-                    logits.setdefault(rid, []).append(row)
-                eng.last_logits = {}
+            prompts = [torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                       for n in (3, 30, 70)]
+            results[fused] = eng.generate_with_logits(prompts, SamplingParams(max_tokens=5, ignore_eos=True))
             steps = eng.num_steps
             eng.close()
             lm.close()
-            results[fused] = toks, {k: torch.stack(v) for k, v in logits.items()}
             # one norm per sublayer plus the final one, one rotation and one silu * up per layer, every step
             layers = spec.num_hidden_layers
             expect = {"add_rms_norm": (2 * layers + 1) * steps, "rope_qkv": layers * steps,
                       "silu_mul": layers * steps}
             assert CALLS == (expect if fused else dict.fromkeys(CALLS, 0))
     assert results[True][0] == results[False][0]
-    for rid, mine in results[True][1].items():
-        torch.testing.assert_close(mine, results[False][1][rid], atol=0, rtol=0)
+    for mine, ref in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(mine, ref, atol=0, rtol=0)
 
 
 def test_fused_kernels_without_a_gpu_are_refused_with_the_fix(tiny_dir):

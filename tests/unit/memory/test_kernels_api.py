@@ -178,26 +178,17 @@ def test_engine_kernel_wiring_against_contract(spec_name, route, tmp_path, monke
             eng = Engine(lm, max_batch_tokens=40)
             eng.use_kernels = use
             eng.cached_prefill = route
-            eng.record_logits = True
-            for i, n in enumerate((3, 30, 70)):
-                prompt = torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
-                eng.add_request(str(i), prompt, SamplingParams(max_tokens=5, ignore_eos=True))
-            toks, logits = {}, {}
-            while eng.has_unfinished():
-                for o in eng.step():
-                    toks.setdefault(o.request_id, []).extend(o.token_ids)
-                for rid, row in eng.last_logits.items():
-                    logits.setdefault(rid, []).append(row)
-                eng.last_logits = {}
+            prompts = [torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                       for n in (3, 30, 70)]
+            results[use] = eng.generate_with_logits(prompts, SamplingParams(max_tokens=5, ignore_eos=True))
             eng.close()
             lm.close()
-            results[use] = toks, {k: torch.stack(v) for k, v in logits.items()}
     assert _CALLED_ROWS["paged_attention"] > 0
     assert (_CALLED_ROWS["prefill_attention"] > 0) == (route == "tiled")
     assert results[True][0] == results[False][0]
-    for rid, mine in results[True][1].items():
+    for mine, ref in zip(results[True][1], results[False][1]):
         assert not mine.isnan().any()
-        torch.testing.assert_close(mine, results[False][1][rid], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mine, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_engine_refuses_an_unknown_cached_prefill_route(tmp_path):
