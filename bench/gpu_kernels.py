@@ -66,8 +66,21 @@ def decode_case(batch: int, ctx: int) -> dict:
     err = (attend(kern_meta, q, k, v, cache, 0, BLOCK, scale).float()
            - attend(torch_meta, q, k, v, cache, 0, BLOCK, scale).float()).abs().max().item()
     kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
-    return dict(batch=batch, context=ctx, torch_ms=t_torch, kernel_ms=t_kern, speedup=t_torch / t_kern,
-                kernel_kv_read_gbps=kv_bytes / t_kern / 1e6, max_abs_diff=err)
+    out = dict(batch=batch, context=ctx, torch_ms=t_torch, kernel_ms=t_kern, speedup=t_torch / t_kern,
+               kernel_kv_read_gbps=kv_bytes / t_kern / 1e6, max_abs_diff=err)
+    # The attention call alone, per query head against GQA-shared (one block per KV head; not yet run on a GPU
+    # when written, so a failure is recorded instead of raised).
+    try:
+        def att(gqa):
+            return kernels.paged_attention(q, cache, paged.block_tables, paged.row_seq, paged.row_len, k_off=0,
+                                           v_off=BLOCK, rows_per_block=rpb, block_tokens=BLOCK, scale=scale,
+                                           max_len=ctx, gqa_shared=gqa)
+        t_head, t_gqa = timed(lambda: att(False)), timed(lambda: att(True))
+        out.update(attention_ms=t_head, gqa_shared_ms=t_gqa, gqa_shared_speedup=t_head / t_gqa,
+                   gqa_shared_max_abs_diff=(att(True).float() - att(False).float()).abs().max().item())
+    except Exception as e:  # noqa: BLE001
+        out["gqa_shared_error"] = f"{type(e).__name__}: {e}"
+    return out
 
 
 #: Prefill chunks with cached context: (query rows, cached tokens before them), one sequence.
@@ -156,6 +169,10 @@ def main(prefix: str) -> None:
              "batch context  torch_ms  kernel_ms  speedup  kernel_GB/s  max_abs_diff"]
     lines += [f"{d['batch']:5d} {d['context']:7d} {d['torch_ms']:9.3f} {d['kernel_ms']:10.3f} {d['speedup']:7.2f}x "
               f"{d['kernel_kv_read_gbps']:11.0f} {d['max_abs_diff']:12.2e}" for d in decode]
+    lines += ["attention alone: batch context  per_head_ms  gqa_shared_ms  speedup  max_abs_diff"]
+    lines += [f"{d['batch']:5d} {d['context']:7d} {d['attention_ms']:12.3f} {d['gqa_shared_ms']:14.3f} "
+              f"{d['gqa_shared_speedup']:7.2f}x {d['gqa_shared_max_abs_diff']:12.2e}" if "gqa_shared_ms" in d
+              else f"{d['batch']:5d} {d['context']:7d} GQA-shared FAILED: {d['gqa_shared_error']}" for d in decode]
     lines += ["prefill chunk (one sequence): rows cached  torch_ms  rows_kernel_ms  tiled_kernel_ms  tiled_vs_rows  "
               "max_abs_diff_tiled"]
     lines += [f"{p['rows']:5d} {p['cached']:6d} {p['torch_ms']:9.3f} {p['rows_kernel_ms']:15.3f} "

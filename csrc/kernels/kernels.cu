@@ -63,6 +63,22 @@ __device__ __forceinline__ void load_run(const T* __restrict__ p, float (&out)[N
   }
 }
 
+// The keys one split of one query row attends over, [lo, hi) (empty past the row's end or before its window),
+// and its sequence's block table.
+struct KeyRange {
+  const int32_t* table;
+  int lo, hi;
+};
+__device__ __forceinline__ KeyRange key_range(const PagedAttention& a, int row, int split) {
+  const int len = reinterpret_cast<const int32_t*>(a.row_len)[row];
+  const int seq = reinterpret_cast<const int32_t*>(a.row_seq)[row];
+  KeyRange r{reinterpret_cast<const int32_t*>(a.block_tables) + int64_t(seq) * a.table_stride,
+             split * a.split_tokens, 0};
+  r.hi = min(len, r.lo + a.split_tokens);
+  if (a.window > 0) r.lo = max(r.lo, len - a.window);
+  return r;
+}
+
 template <class T, int VPL>  // VPL = head_dim / 32 values per lane
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_kernel(PagedAttention a) {
@@ -72,13 +88,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int group = a.n_heads / a.kv_heads;
   const int kvh = h / group;
   const int64_t row_elems = int64_t(a.kv_heads) * D;
-  const int len = reinterpret_cast<const int32_t*>(a.row_len)[row];
-  const int seq = reinterpret_cast<const int32_t*>(a.row_seq)[row];
-  const int32_t* table = reinterpret_cast<const int32_t*>(a.block_tables) + int64_t(seq) * a.table_stride;
+  const KeyRange kr = key_range(a, row, split);
+  const int32_t* table = kr.table;
+  const int lo = kr.lo, hi = kr.hi;
   const T* cache = reinterpret_cast<const T*>(a.cache);
-  int lo = split * a.split_tokens;
-  int hi = min(len, lo + a.split_tokens);
-  if (a.window > 0) lo = max(lo, len - a.window);
   const int64_t rh = int64_t(row) * a.n_heads + h;
   if (lo >= hi && a.n_splits > 1) {
     // A split past the sequence's end (CUDA graphs fix the split count for the longest context, so most splits
@@ -167,6 +180,134 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (threadIdx.x == 0) ws[D] = M, ws[D + 1] = L;
 }
 
+// ---- paged attention, GQA-shared (PagedAttention.gqa_shared): grid (n_rows, kv_heads, n_splits); the block of a
+// KV head computes all G = n_heads / kv_heads query heads of its group, so each key and value row is read once per
+// group instead of once per query head. Otherwise as paged_attention_kernel (same key order per warp, same split
+// workspace layout, so reduce_splits_kernel merges either). Built for G in {2, 4, 8} and head_dim 64 or 128; other
+// shapes take paged_attention_kernel. Written without a GPU (2026-11-28): tests/gpu/test_kernels.py checks it.
+template <class T, int VPL, int G>
+__global__ void __launch_bounds__(kWarps * 32)
+    paged_attention_gqa_kernel(PagedAttention a) {
+  constexpr int kK = G >= 8 ? 2 : kKeys;  // keys per warp step: fewer with 8 heads, to stay in registers
+  const int row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int D = VPL * 32;
+  const int64_t row_elems = int64_t(a.kv_heads) * D;
+  const KeyRange kr = key_range(a, row, split);
+  const int32_t* table = kr.table;
+  const int lo = kr.lo, hi = kr.hi;
+  const T* cache = reinterpret_cast<const T*>(a.cache);
+  const int64_t rh0 = int64_t(row) * a.n_heads + int64_t(kvh) * G;  // the group's first query head
+  if (lo >= hi && a.n_splits > 1) {  // an empty split (see paged_attention_kernel): uniform over the block
+    if (threadIdx.x < G) {
+      float* ws = reinterpret_cast<float*>(a.workspace) + ((rh0 + threadIdx.x) * a.n_splits + split) * (D + 2);
+      ws[D] = -FLT_MAX, ws[D + 1] = 0.f;
+    }
+    return;
+  }
+  float q[G][VPL], acc[G][VPL], m[G], l[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    load_run<T, VPL>(reinterpret_cast<const T*>(a.q) + (rh0 + g) * D + lane * VPL, q[g]);
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) q[g][i] *= a.scale, acc[g][i] = 0.f;
+    m[g] = -FLT_MAX, l[g] = 0.f;
+  }
+  for (int base = lo + warp * kK; base < hi; base += kWarps * kK) {
+    float kv[kK][VPL], vv[kK][VPL];
+#pragma unroll
+    for (int j = 0; j < kK; ++j) {
+      const int t = min(base + j, hi - 1);  // a key past hi loads key hi - 1 again and is masked below
+      const int64_t r = int64_t(table[t / a.block_tokens]) * a.rows_per_block + (t % a.block_tokens);
+      const int64_t off = int64_t(kvh) * D + lane * VPL;
+      load_run<T, VPL>(cache + (r + a.k_off) * row_elems + off, kv[j]);
+      load_run<T, VPL>(cache + (r + a.v_off) * row_elems + off, vv[j]);
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float s[kK];
+#pragma unroll
+      for (int j = 0; j < kK; ++j) {
+        s[j] = 0.f;
+#pragma unroll
+        for (int i = 0; i < VPL; ++i) s[j] += q[g][i] * kv[j][i];
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int j = 0; j < kK; ++j) s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
+      float m_new = m[g];
+#pragma unroll
+      for (int j = 0; j < kK; ++j)
+        if (base + j < hi) m_new = fmaxf(m_new, s[j]);
+      const float c = __expf(m[g] - m_new);
+      l[g] *= c;
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) acc[g][i] *= c;
+#pragma unroll
+      for (int j = 0; j < kK; ++j) {
+        const float p = base + j < hi ? __expf(s[j] - m_new) : 0.f;
+        l[g] += p;
+#pragma unroll
+        for (int i = 0; i < VPL; ++i) acc[g][i] += p * vv[j][i];
+      }
+      m[g] = m_new;
+    }
+  }
+
+  __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
+  __shared__ float sm_acc[kWarps][G][VPL * 32];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) sm_m[warp][g] = m[g], sm_l[warp][g] = l[g];
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) sm_acc[warp][g][lane * VPL + i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int g = 0; g < G; ++g) {
+    float M = -FLT_MAX;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w][g]);
+    float L = 0.f, wgt[kWarps];
+    for (int w = 0; w < kWarps; ++w) {
+      wgt[w] = sm_l[w][g] > 0.f ? __expf(sm_m[w][g] - M) : 0.f;  // a warp with no key has l == 0
+      L += sm_l[w][g] * wgt[w];
+    }
+    const int64_t rh = rh0 + g;
+    if (a.n_splits == 1) {
+      T* op = reinterpret_cast<T*>(a.out) + rh * D;
+      const float inv = L > 0.f ? 1.f / L : 0.f;
+      for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float x = 0.f;
+        for (int w = 0; w < kWarps; ++w) x += sm_acc[w][g][d] * wgt[w];
+        op[d] = from_f<T>(x * inv);
+      }
+      continue;
+    }
+    float* ws = reinterpret_cast<float*>(a.workspace) + (rh * a.n_splits + split) * (D + 2);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+      float x = 0.f;
+      for (int w = 0; w < kWarps; ++w) x += sm_acc[w][g][d] * wgt[w];
+      ws[d] = x;
+    }
+    if (threadIdx.x == 0) ws[D] = M, ws[D + 1] = L;
+  }
+}
+
+// Launches the GQA-shared kernel when it is built for this shape; false: the caller takes paged_attention_kernel.
+template <class T>
+bool launch_gqa(const PagedAttention& a, cudaStream_t st) {
+  const int group = a.n_heads / a.kv_heads, vpl = a.head_dim / 32;
+  const dim3 grid(unsigned(a.n_rows), unsigned(a.kv_heads), unsigned(a.n_splits));
+#define WS_GQA(v, g)                                                                 \
+  if (vpl == v && group == g) {                                                      \
+    paged_attention_gqa_kernel<T, v, g><<<grid, kWarps * 32, 0, st>>>(a);            \
+    return true;                                                                     \
+  }
+  WS_GQA(2, 2) WS_GQA(2, 4) WS_GQA(2, 8) WS_GQA(4, 2) WS_GQA(4, 4) WS_GQA(4, 8)
+#undef WS_GQA
+  return false;
+}
+
 // grid (n_rows, n_heads), head_dim threads: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 template <class T>
 __global__ void reduce_splits_kernel(PagedAttention a) {
@@ -192,11 +333,13 @@ template <class T>
 void launch_attention(const PagedAttention& a) {
   dim3 grid(unsigned(a.n_rows), unsigned(a.n_heads), unsigned(a.n_splits));
   cudaStream_t st = reinterpret_cast<cudaStream_t>(a.stream);
-  switch (a.head_dim / 32) {
+  if (!a.gqa_shared || !launch_gqa<T>(a, st)) {
+    switch (a.head_dim / 32) {
 #define WS_CASE(v) \
   case v: paged_attention_kernel<T, v><<<grid, kWarps * 32, 0, st>>>(a); break;
-    WS_CASE(1) WS_CASE(2) WS_CASE(3) WS_CASE(4) WS_CASE(5) WS_CASE(6) WS_CASE(7) WS_CASE(8)
+      WS_CASE(1) WS_CASE(2) WS_CASE(3) WS_CASE(4) WS_CASE(5) WS_CASE(6) WS_CASE(7) WS_CASE(8)
 #undef WS_CASE
+    }
   }
   check_launch("paged_attention_kernel launch");
   if (a.n_splits > 1) {

@@ -45,6 +45,7 @@ struct PagedAttention {
   int split_tokens = 0;          // keys per split (flash-decoding); n_splits = ceil(max_len / split_tokens)
   int n_splits = 1;
   uintptr_t workspace = 0;       // float32 [n_rows * n_heads * n_splits * (head_dim + 2)] when n_splits > 1
+  bool gqa_shared = false;       // one block per KV head computes its query heads (each key read once per group)
   int dtype = kFloat32;
   uintptr_t stream = 0;
 };

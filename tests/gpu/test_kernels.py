@@ -109,19 +109,19 @@ def run_torch(s, dtype=None):
     return out.view_as(s["q"]), cache
 
 
-def run_kernels(s, cache=None, split_tokens=None):
+def run_kernels(s, cache=None, split_tokens=None, gqa_shared=False):
     cache = s["cache"].clone() if cache is None else cache
     kernels.write_kv(cache, s["k"], s["v"], s["meta"].write_rows, s["k_off"], s["v_off"])
     out = kernels.paged_attention(
         s["q"], cache, s["block_tables"], s["row_seq"], s["row_len"], k_off=s["k_off"], v_off=s["v_off"],
         rows_per_block=s["rows_per_block"], block_tokens=s["block_tokens"], scale=s["scale"], window=s["window"],
-        max_len=s["max_len"], split_tokens=split_tokens)
+        max_len=s["max_len"], split_tokens=split_tokens, gqa_shared=gqa_shared)
     return out, cache
 
 
-def check(s, split_tokens=None):
+def check(s, split_tokens=None, gqa_shared=False):
     dtype = s["q"].dtype
-    out_k, cache_k = run_kernels(s, split_tokens=split_tokens)
+    out_k, cache_k = run_kernels(s, split_tokens=split_tokens, gqa_shared=gqa_shared)
     out_t, cache_t = run_torch(s)
     torch.cuda.synchronize()
     assert torch.equal(cache_k, cache_t)  # write_kv wrote exactly the rows attend() wrote
@@ -166,6 +166,23 @@ def test_graph_style_fixed_split_over_a_far_longer_max_len(dtype):
     s["max_len"] = 65536
     check(s, split_tokens=kernels.default_split_tokens(3, 8, 65536))
     check(s, split_tokens=256)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 4, 64), (8, 2, 64), (16, 2, 64), (16, 4, 128), (16, 8, 128),
+                                                     (8, 8, 64), (4, 1, 96)])
+def test_gqa_shared_kernel(dtype, heads, kv_heads, head_dim):
+    """paged_attention(gqa_shared=True): one block per KV head (built for groups of 2, 4 and 8 at head_dim 64 and
+    128; the last two shapes take the per-head kernel). Decodes, chunks with cached context, a long context over
+    several splits, a graph-style fixed split with empty splits, a sliding window."""
+    shape = dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    check(make_step(dtype, decode_lens=(1, 2, 16, 17, 33, 100), chunks=((0, 12), (40, 25)), **shape), gqa_shared=True)
+    long = make_step(dtype, decode_lens=(3000, 7, 513), block_tokens=256, pad_rows=0, **shape)
+    check(long, gqa_shared=True)
+    long["max_len"] = 65536
+    check(long, split_tokens=kernels.default_split_tokens(3, kv_heads, 65536), gqa_shared=True)
+    check(make_step(dtype, chunks=((30, 20),), decode_lens=(100, 5, 64), window=24, **shape), split_tokens=32,
+          gqa_shared=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -132,11 +132,13 @@ def _attention_shapes(q, cache, block_tables, row_seq, row_len) -> tuple[int, in
 def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
                     row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
                     scale: float, window: int = 0, max_len: int | None = None,
-                    split_tokens: int | None = None) -> torch.Tensor:
+                    split_tokens: int | None = None, gqa_shared: bool = False) -> torch.Tensor:
     """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
     block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
     (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
-    cache's kv_heads = cache.shape[1] // D. head_dim must be a multiple of 32, at most 256."""
+    cache's kv_heads = cache.shape[1] // D. head_dim must be a multiple of 32, at most 256. gqa_shared: one thread
+    block per KV head computes its group's query heads, reading each key once per group (built for groups of 2,
+    4 or 8 and head_dim 64 or 128, other shapes ignore it; not yet run on a GPU, so off by default)."""
     dev = _require(q, cache, block_tables, row_seq, row_len)
     _index(row_seq, torch.int32, "row_seq")
     _index(row_len, torch.int32, "row_len")
@@ -147,8 +149,8 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
         return out
     if max_len is None:
         max_len = int(row_len.max().item())  # a device sync: pass max_len on hot paths and under graph capture
-    if split_tokens is None:
-        split_tokens = default_split_tokens(n_rows, n_heads, max_len)
+    if split_tokens is None:  # the GQA-shared kernel has one block per KV head: it wants more splits
+        split_tokens = default_split_tokens(n_rows, kv_heads if gqa_shared else n_heads, max_len)
     n_splits = max(1, math.ceil(max_len / split_tokens))
     work = None
     if n_splits > 1:
@@ -158,7 +160,7 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
             q.data_ptr(), out.data_ptr(), cache.data_ptr(), block_tables.data_ptr(), block_tables.shape[1],
             row_seq.data_ptr(), row_len.data_ptr(), n_rows, n_heads, kv_heads, head_dim, int(rows_per_block),
             int(block_tokens), int(k_off), int(v_off), int(window), float(scale), int(split_tokens), n_splits,
-            0 if work is None else work.data_ptr(), _dtype_code(q), _stream(dev))
+            0 if work is None else work.data_ptr(), _dtype_code(q), _stream(dev), bool(gqa_shared))
     return out
 
 
