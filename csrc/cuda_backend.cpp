@@ -244,20 +244,21 @@ class CudaBackend : public Backend {
     std::memset(&access_, 0, sizeof access_);
     access_.location = prop_.location;
     access_.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    make_chunks(std::max<uint64_t>(1, std::min<uint64_t>(total_pages_, kChunkBytes / page_bytes)));
+    chunk_pages_ = std::max<uint64_t>(1, std::min<uint64_t>(total_pages_, kChunkBytes / page_bytes));
+    add_chunks(chunk_pages_);  // the first allocation only: the probe maps from it
     if (chunk_pages_ > 1 && !offset_map_works()) {
       // The driver API documents cuMemMap's offset as "currently must be zero", and an H200 with driver 580 /
       // CUDA 13.0 answers CUDA_ERROR_NOT_SUPPORTED (measured, 2026-11-28): one allocation per page, as before.
       close_pages();
-      make_chunks(1);
+      chunk_pages_ = 1;
     }
+    add_chunks(total_pages_);
   }
-  // total_pages_ pages as allocations of `pages` pages each (the last one may be shorter).
-  void make_chunks(uint64_t pages) {
+  // Allocations of chunk_pages_ pages each (the last one may be shorter) until they hold the first `upto` pages.
+  void add_chunks(uint64_t upto) {
     const Api& a = api();
-    chunk_pages_ = pages;
-    chunks_.reserve((total_pages_ + pages - 1) / pages);
-    for (uint64_t i = 0; i < total_pages_; i += chunk_pages_) {
+    chunks_.reserve((total_pages_ + chunk_pages_ - 1) / chunk_pages_);
+    for (uint64_t i = chunks_.size() * chunk_pages_; i < upto; i += chunk_pages_) {
       CUmemGenericAllocationHandle h;
       CUresult cr = a.p_cuMemCreate(&h, std::min(chunk_pages_, total_pages_ - i) * page_bytes_, &prop_, 0);
       if (cr != CUDA_SUCCESS) {
