@@ -22,6 +22,7 @@
 #                                                   H100/H200: one architecture compiled instead of two)
 #   WARMSERVE_GPU_PARTS=build,tests,switch,demo,graphs,engine,tp   the parts to run (bench/switch/gpu.sh and
 #                                                   bench/engine/gpu.sh run a subset)
+#   WARMSERVE_DEMO_SIZES="1b 7b"                    the GPU-sized demos to write (the 7b only with 4 minutes left)
 # Offline: installs nothing from the network. What is missing is installed from wheels placed in bench/wheels/
 # (git-ignored: e.g. `pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
 # msgspec pyzmq -d bench/wheels` on a machine with network, for the GPU machine's Python), and the script
@@ -139,7 +140,7 @@ fi
 if want switch; then
   t0=$(date +%s)
   timeout $(( $(left) > 200 ? 120 : 60 )) $PY -m warmserve bench switch --backend cuda --sizes-gib 1,4,10 \
-    --parts activation,move,load --repeats 5 --json "$RESULTS/switch-cuda.json" --plot "$RESULTS/switch-cuda.png" \
+    --parts activation,move,load --page-mib 8,32 --repeats 5 --json "$RESULTS/switch-cuda.json" --plot "$RESULTS/switch-cuda.png" \
     > "$RESULTS/switch-cuda.txt" 2>&1
   summary "bench switch (cuda): rc=$? in $(($(date +%s) - t0)) s"
   # Issue 13 item 3: load from the host checkpoint cache (registered /dev/shm entry, DMA on 4 streams) vs a pinned
@@ -154,7 +155,7 @@ fi
 #     more than 4 minutes are left; then load_model of each from its files vs through the host checkpoint cache.
 ENGINE_MODELS="${WARMSERVE_ENGINE_MODELS:-llama-20m llama-90m}"
 if want demo; then
-  for size in 1b 7b; do
+  for size in ${WARMSERVE_DEMO_SIZES:-1b 7b}; do
     [ "$size" = 7b ] && [ "$(left)" -lt 240 ] && { summary "demo 7b: skipped ($(left) s left)"; continue; }
     t0=$(date +%s)
     timeout 150 $PY -m warmserve models demo --size $size --out "$DEMO_DIR" >> "$RESULTS/demo.txt" 2>&1

@@ -7,11 +7,13 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
 2. Time to first token of a prewarm hit (``Engine(lm)`` + one 16-token prefill + its first token, then the first
    decode step, a graph replay), median of the repeats; beside it the same with graphs off, and once with the
    graphs dropped first so the activation captures them itself.
-3. Decode with graphs against eager at batch 1 and 16 (64-token prompts, 64 new tokens, greedy, ignore_eos):
+3. Decode with graphs against eager at batch 1 and 16 (LoadedModel.fused_kernels as loaded: on) (64-token prompts, 64 new tokens, greedy, ignore_eos):
    tokens/s = batch x 63 / the time of the decode steps (CUDA-synchronised), median of the repeats, graphs and
    eager alternating; whether both produced the same tokens. Batch 1 against the HBM roofline: weight bytes /
    the HBM bandwidth a device-to-device copy reaches in the same run (bytes read + written per second).
 4. The same decode with graphs, each layer's small operations fused (LoadedModel.fused_kernels) against unfused.
+5. Where a batch-1 decode step's time goes: torch.profiler over eager steps, fused and unfused: kernels per step,
+   their summed device time (what a graph replay cannot go below) and the ten costliest kernels.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -106,7 +108,7 @@ def fused_vs_unfused(lm, a, bw: float) -> list[dict] | dict:
     """4. Decode with graphs, each layer's small operations fused (LoadedModel.fused_kernels) against unfused,
     alternating (each switch captures the graphs again at activation, outside the timed steps). The fused kernels
     had not run on a GPU when this was written: a failure is recorded, not raised, so the figures above stay."""
-    out = []
+    out, before = [], lm.fused_kernels
     try:
         for batch in a.batches:
             runs, toks = {"fused": [], "unfused": []}, {}
@@ -125,8 +127,39 @@ def fused_vs_unfused(lm, a, bw: float) -> list[dict] | dict:
     except Exception as e:  # noqa: BLE001 (reported in the results instead)
         return {"error": f"{type(e).__name__}: {e}"}
     finally:
-        lm.fused_kernels = False
+        lm.fused_kernels = before
     return out
+
+
+def kernel_profile(lm, a, fused: bool, steps: int = 8) -> dict:
+    """5. The CUDA kernels of `steps` eager batch-1 decode steps (torch.profiler): per step, how many and their
+    summed device time; the ten costliest by device time. A failure is recorded, not raised."""
+    from torch.profiler import ProfilerActivity, profile
+
+    before = lm.fused_kernels
+    try:
+        lm.fused_kernels = fused
+        with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=False) as eng:
+            eng.add_request("0", prompts(lm.config.vocab_size, 1, a.prompt_tokens, seed=3)[0],
+                            SamplingParams(max_tokens=steps + 3, ignore_eos=True))
+            for _ in range(2):  # the prefill and one decode step, outside the profile
+                eng.step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    eng.step()
+                torch.cuda.synchronize()
+        rows = [(e.self_device_time_total, e.count, e.key) for e in prof.key_averages()
+                if e.device_type == torch.autograd.DeviceType.CUDA]  # kernels, copies, memsets; not CPU ops
+        rows.sort(reverse=True)
+        return {"fused": fused, "steps": steps, "kernels_per_step": sum(r[1] for r in rows) / steps,
+                "device_ms_per_step": sum(r[0] for r in rows) / steps / 1e3,
+                "top": [{"kernel": k[:100], "calls_per_step": n / steps, "us_per_step": us / steps}
+                        for us, n, k in rows[:10]]}
+    except Exception as e:  # noqa: BLE001 (reported in the results instead)
+        return {"fused": fused, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        lm.fused_kernels = before
 
 
 def main() -> None:
@@ -200,6 +233,7 @@ def main() -> None:
                     row["fraction_of_roofline_graphs"] = roof_s * 1e3 / row["step_ms_graphs"]
                 res["decode"].append(row)
             res["fused"] = fused_vs_unfused(lm, a, bw)
+            res["profile"] = [kernel_profile(lm, a, fused) for fused in (False, True)]
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -232,6 +266,14 @@ def main() -> None:
         lines.append(f"fused layer kernels, decode batch {r['batch']} with graphs: {r['step_ms_fused']:.2f} ms/step "
                      f"against {r['step_ms_unfused']:.2f} unfused: {r['speedup']:.2f}x; same tokens: "
                      f"{r['same_tokens']}{extra}")
+    for p in res.get("profile", []):
+        name = "fused" if p["fused"] else "unfused"
+        if "error" in p:
+            lines.append(f"profile ({name}): FAILED: {p['error']}")
+            continue
+        lines.append(f"profile ({name}), eager decode batch 1: {p['kernels_per_step']:.0f} kernels a step, "
+                     f"{p['device_ms_per_step']:.3f} ms of device time a step; costliest:")
+        lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

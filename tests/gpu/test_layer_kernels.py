@@ -28,7 +28,7 @@ def _randn(*shape, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,hidden", [(1, 2048), (7, 4096), (33, 896), (3, 5120)])
+@pytest.mark.parametrize("rows,hidden", [(1, 2048), (7, 4096), (33, 896), (3, 5120), (2, 1001), (2, 16384), (1, 20480)])
 @pytest.mark.parametrize("with_res", [False, True])
 def test_add_rms_norm_matches_the_torch_ops(dtype, rows, hidden, with_res):
     x = _randn(rows, hidden, dtype=dtype, seed=1)

@@ -54,6 +54,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
     p.add_argument("--parts", default="activation,move,load,cache",
                    help="comma-separated subset of: activation, move, load, cache, model (needs --checkpoint)")
+    p.add_argument("--page-mib", default="2", help="comma-separated page sizes (MiB, multiples of 2) for the move "
+                   "part's per-GiB figures besides the pool's 2 MiB (e.g. 8,32)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder for the model part")
     p.add_argument("--cache-gib", type=float, default=1.0, help="bytes loaded through the host checkpoint cache")
     p.add_argument("--cache-root", default="/dev/shm",
@@ -233,13 +235,24 @@ def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict
 
 
 def move_and_primitives(args, dev: Device) -> dict:
+    """Parts 2 and 4 at the pool's 2 MiB pages, then again at each larger --page-mib (by_page_bytes): on a GPU
+    every page costs driver calls, so the per-GiB figures show what page size a millisecond target needs."""
+    sizes = sorted({int(x) for x in str(args.page_mib).split(",") if x.strip()} | {2})
+    out = _move_and_primitives(args, dev, 2 * MiB)
+    if len(sizes) > 1:
+        out["by_page_bytes"] = {str(m * MiB): out["per_gib"] if m == 2 else
+                                _move_and_primitives(args, dev, m * MiB)["per_gib"] for m in sizes}
+    return out
+
+
+def _move_and_primitives(args, dev: Device, page_bytes: int) -> dict:
     from warmserve.memory import PagePool
 
     import torch
 
-    n = GiB // (2 * MiB)
+    n = GiB // page_bytes
     out = {}
-    with PagePool(2 * GiB, backend=args.backend, device=args.device) as pool:
+    with PagePool(2 * GiB, backend=args.backend, device=args.device, page_bytes=page_bytes) as pool:
         a = pool.create_slot(GiB, "a")
         b = pool.create_slot(GiB, "b")
         a.map(0, n)
@@ -531,6 +544,9 @@ def main(args) -> int:
               f"{m['plain_gbps']:.2f} GB/s, cache fill {m['fill_gbps']:.2f} GB/s, cache hit {m['hit_gbps']:.2f} GB/s")
     if "per_gib" in res:
         print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in res["per_gib"].items()))
+    for page, per_gib in res.get("by_page_bytes", {}).items():
+        print(f"per GiB at {int(page) // MiB} MiB pages: "
+              + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in per_gib.items()))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

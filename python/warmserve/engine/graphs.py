@@ -168,7 +168,8 @@ def decode_body(model: Model, packed: torch.Tensor, cache: torch.Tensor, layer_o
     cfg = model.cfg
     meta = AttnMeta(packed[:, 2].long().contiguous(), [], None, PagedMeta(
         arange, packed[:, HEAD_COLUMNS:].contiguous(), row_seq, packed[:, 3].contiguous(), max_len, rows_per_block,
-        block_tokens, cfg.sliding_window or 0, kernels.default_split_tokens(b, cfg.num_heads, max_len)))
+        block_tokens, cfg.sliding_window or 0, kernels.default_split_tokens(
+            b, kernels.split_heads(b, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), max_len)))
     hidden = model.forward(packed[:, 0].long(), packed[:, 1].long(), meta, cache, layer_offsets)
     return model.logits(hidden)
 

@@ -110,6 +110,25 @@ def default_split_tokens(n_rows: int, n_heads: int, max_len: int) -> int:
     return max(1, math.ceil(max_len / splits))
 
 
+def gqa_shared_built(n_heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether paged_attention(gqa_shared=True) has a kernel for this shape (csrc/kernels/kernels.cu launch_gqa:
+    groups of 2, 4 or 8 query heads per KV head at head_dim 64 or 128); other shapes take the per-head kernel."""
+    return kv_heads > 0 and n_heads % kv_heads == 0 and n_heads // kv_heads in (2, 4, 8) and head_dim in (64, 128)
+
+
+def uses_gqa_shared(n_rows: int, n_heads: int, kv_heads: int, head_dim: int, gqa_shared: bool = True) -> bool:
+    """Whether paged_attention runs the GQA-shared kernel: asked, built for the shape, and 2+ query rows. A
+    single row has too few blocks to share: the 1b demo's batch-1 decode took 14 us a layer with it against 8.4 us
+    with the per-head kernel on an H200 (bench/gpu_graphs.py part 5, 2026-11-28)."""
+    return gqa_shared and n_rows >= 2 and gqa_shared_built(n_heads, kv_heads, head_dim)
+
+
+def split_heads(n_rows: int, n_heads: int, kv_heads: int, head_dim: int, gqa_shared: bool = True) -> int:
+    """The heads the attention grid has one block each for (default_split_tokens' n_heads): the KV heads where
+    the GQA-shared kernel runs, else the query heads."""
+    return kv_heads if uses_gqa_shared(n_rows, n_heads, kv_heads, head_dim, gqa_shared) else n_heads
+
+
 def _attention_shapes(q, cache, block_tables, row_seq, row_len) -> tuple[int, int, int]:
     """(rows, query heads, head size) of an attention call, after checking the shapes both kernels need."""
     if q.dim() != 3 or cache.dim() != 2 or block_tables.dim() != 2 or block_tables.dtype != torch.int32:
@@ -132,13 +151,15 @@ def _attention_shapes(q, cache, block_tables, row_seq, row_len) -> tuple[int, in
 def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
                     row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
                     scale: float, window: int = 0, max_len: int | None = None,
-                    split_tokens: int | None = None, gqa_shared: bool = False) -> torch.Tensor:
+                    split_tokens: int | None = None, gqa_shared: bool = True) -> torch.Tensor:
     """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
     block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
     (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
     cache's kv_heads = cache.shape[1] // D. head_dim must be a multiple of 32, at most 256. gqa_shared: one thread
-    block per KV head computes its group's query heads, reading each key once per group (built for groups of 2,
-    4 or 8 and head_dim 64 or 128, other shapes ignore it; not yet run on a GPU, so off by default)."""
+    block per KV head computes its group's query heads, reading each key once per group (gqa_shared_built's
+    shapes; others take the per-head kernel). On an H200 at 32/8 heads x 128 in bfloat16 it took 0.55-0.86x the
+    per-head kernel's time from batch 1 at 4k tokens to batch 64 (bench/gpu_kernels.py, 2026-11-28), hence the
+    default; at batch 1 and 512 tokens both take about 50 us a call, mostly the launch."""
     dev = _require(q, cache, block_tables, row_seq, row_len)
     _index(row_seq, torch.int32, "row_seq")
     _index(row_len, torch.int32, "row_len")
@@ -149,6 +170,7 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
         return out
     if max_len is None:
         max_len = int(row_len.max().item())  # a device sync: pass max_len on hot paths and under graph capture
+    gqa_shared = uses_gqa_shared(n_rows, n_heads, kv_heads, head_dim, gqa_shared)
     if split_tokens is None:  # the GQA-shared kernel has one block per KV head: it wants more splits
         split_tokens = default_split_tokens(n_rows, kv_heads if gqa_shared else n_heads, max_len)
     n_splits = max(1, math.ceil(max_len / split_tokens))

@@ -82,6 +82,19 @@ def test_prefill_tiles_cut_chunks_into_16_row_tiles():
     assert kernels.PREFILL_TILE_ROWS == 16 and kernels.prefill_tiles([], "cpu").shape == (0, 2)
 
 
+def test_gqa_shared_kernel_only_for_its_built_shapes_and_several_rows():
+    assert kernels.uses_gqa_shared(16, 32, 8, 128)  # groups of 4 at head_dim 128: built
+    assert kernels.uses_gqa_shared(2, 16, 8, 64)
+    assert not kernels.uses_gqa_shared(1, 32, 8, 128)  # one row: the per-head kernel (more blocks, less latency)
+    assert not kernels.uses_gqa_shared(16, 32, 8, 128, gqa_shared=False)
+    assert not kernels.uses_gqa_shared(16, 32, 2, 128)  # a group of 16: not built
+    assert not kernels.uses_gqa_shared(16, 4, 1, 96)  # head_dim 96: not built
+    assert not kernels.uses_gqa_shared(16, 8, 8, 64)  # no grouping
+    # the grid's heads, which the split is chosen for (engine/graphs.py fixes it per bucket with this)
+    assert kernels.split_heads(16, 32, 8, 128) == 8
+    assert kernels.split_heads(1, 32, 8, 128) == 32
+
+
 def test_default_split_tokens():
     assert kernels.default_split_tokens(1, 8, 100) == 100  # short context: one split
     s = kernels.default_split_tokens(1, 32, 32768)  # one long sequence: split so 32 heads fill ~1056 blocks
