@@ -5,9 +5,12 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
    Engine exists: capture time (warm-up included, per bucket) and memory (torch's reserved bytes, the driver's
    free bytes before and after).
 2. Time to first token of a prewarm hit (``Engine(lm)`` + one 16-token prefill + its first token, then the first
-   decode step, a graph replay), median of the repeats; beside it the same with graphs off, and once with the
-   graphs dropped first so the activation captures them itself.
-3. Decode with graphs against eager at batch 1 and 16 (LoadedModel.fused_kernels as loaded: on) (64-token prompts, 64 new tokens, greedy, ignore_eos):
+   decode step, a graph replay), median of the repeats and each in order (a 7b run of 2 repeats had a median of
+   470 ms against 14.5 ms for the eager runs after it: the process's first prefill pays a first-use cost, likely
+   CUDA's lazy loading of the prefill kernels); beside it the same with graphs off, and once with the graphs
+   dropped first so the activation captures them itself.
+3. Decode with graphs against eager at batch 1 and 16, LoadedModel.fused_kernels as loaded (64-token prompts, 64
+   new tokens, greedy, ignore_eos):
    tokens/s = batch x 63 / the time of the decode steps (CUDA-synchronised), median of the repeats, graphs and
    eager alternating; whether both produced the same tokens. Batch 1 against the HBM roofline: weight bytes /
    the HBM bandwidth a device-to-device copy reaches in the same run (bytes read + written per second).
@@ -81,7 +84,8 @@ def ttft(lm, repeats: int, **kw) -> dict:
         first.append(t2 - t0)
         second.append(t3 - t2)
     return {"activation_s": statistics.median(act), "ttft_s": statistics.median(first),
-            "first_decode_step_s": statistics.median(second), "decode_steps_graphed": graphed}
+            "first_decode_step_s": statistics.median(second), "decode_steps_graphed": graphed,
+            "ttft_s_each": first}  # in order: the first call in the process pays a first-use cost
 
 
 def decode_run(lm, batch: int, prompt_tokens: int, new_tokens: int, graphs: bool, max_num_seqs: int):
@@ -248,7 +252,8 @@ def main() -> None:
     for key in ("ttft_prewarm_hit_graphs_ready", "ttft_prewarm_hit_eager", "ttft_capture_at_activation"):
         t = res[key]
         lines.append(f"{key}: activation {t['activation_s'] * 1e3:.1f} ms, TTFT {t['ttft_s'] * 1e3:.1f} ms, first "
-                     f"decode step {t['first_decode_step_s'] * 1e3:.2f} ms (graphed steps {t['decode_steps_graphed']})")
+                     f"decode step {t['first_decode_step_s'] * 1e3:.2f} ms (graphed steps {t['decode_steps_graphed']}); "
+                     f"TTFT of each, in order: {', '.join(f'{x * 1e3:.1f}' for x in t['ttft_s_each'])} ms")
     for r in res["decode"]:
         extra = ""
         if "hbm_roofline_step_ms" in r:
