@@ -124,6 +124,15 @@ class PolicyConfig:
     #: seeds 0-2, 2 models per host; bench/simulate/OVERSUBSCRIBED.md, the first cut): time-sharing costs TTFT, and it
     #: frees GPUs only where none are short.
     coserve_always: bool = False
+    #: Give GPUs back by co-serving (beyond the paper): a quiet model (load below scale_in_threshold x B, one
+    #: instance with GPUs to itself) moves onto a co-serving host even when no other model wants GPUs, so its
+    #: GPUs go idle: the merge rule below (``core.Policy``, step 3) without its "another model is short of GPUs"
+    #: condition. The first such move opens a host on idle GPUs only when another quiet model of the same tp could
+    #: follow it (a lone move frees nothing). Engages co-serving as coserve_always does. For an operator who
+    #: counts GPU-seconds (with idle_to_zero). Off by default: measured with idle_to_zero on the four presets
+    #: (seeds 0-2), it saved at most 0.5% of the GPU-seconds on conv at a P99 of 1.26 s instead of 0.18 s, and
+    #: cost code 2-5% more (merged models burst and split out again); bench/simulate/ISSUE11_ROUNDS.md.
+    consolidate: bool = False
     #: Most models one co-serving GPU group hosts, over the memory rule (``coserve.CoServing.models_per_host``:
     #: weights within 80% of a GPU, as `shared` packs them, and each resident's KV share holding
     #: scale_in_threshold x B sequences of coserve_context_tokens; on a 72 GB pool that is 3 Llama-2 7B or 13B
@@ -165,6 +174,10 @@ class PolicyConfig:
                 f"need coserve_tpot_s >= 0, coserve_max_models >= 1, coserve_context_tokens >= 0 and "
                 f"decode_read_bytes_per_s > 0; got {self.coserve_tpot_s}, {self.coserve_max_models}, "
                 f"{self.coserve_context_tokens}, {self.decode_read_bytes_per_s}")
+        if self.consolidate and self.coserve_tpot_s <= 0:
+            raise InvalidArgumentError("consolidate moves quiet models onto co-serving hosts: it needs "
+                                       f"coserve_tpot_s > 0, got {self.coserve_tpot_s}. Fix: set coserve_tpot_s "
+                                       "(0.1 by default) or consolidate = false")
         if self.placement not in ("laminar", "round-robin"):
             raise InvalidArgumentError(f"placement must be 'laminar' or 'round-robin', got {self.placement!r}")
 

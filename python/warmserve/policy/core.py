@@ -381,13 +381,18 @@ class Policy(LoadSignals, GpuMoves):
             for m in sorted(wanted):
                 if co.outgrown(m, active[m]) and self._vacate(state, board, m, out):
                     wanted.discard(m)
-        if co is not None and wanted:  # GPUs are wanted: a quiet model with GPUs to itself moves onto a host
+        if co is not None and (wanted or cfg.consolidate):  # GPUs are wanted (or the operator wants them back:
+            # consolidate): a quiet model with GPUs to itself moves onto a host
             reserved = {g for gpus in self._reserved.values() for g in gpus}
             tps = {self.models[w].tp for w in wanted}
-            for m, iid in co.merge_candidates(state, now_s, cfg.min_lifetime_s):
-                if m in wanted or not co.frees_group_for(state, board, state.instances[iid].gpus, tps):
+            quiet = co.merge_candidates(state, now_s, cfg.min_lifetime_s)
+            for m, iid in quiet:
+                if m in wanted or (wanted and not co.frees_group_for(state, board, state.instances[iid].gpus, tps)):
                     continue
-                act = co.join(state, board, m, reserved, new_host=False, new_id=self._new_id, merge=True)
+                # consolidating: a new host only where another quiet model of the tp can follow (moving alone
+                # onto other idle GPUs frees nothing)
+                new_host = not wanted and any(o != m and self.models[o].tp == self.models[m].tp for o, _ in quiet)
+                act = co.join(state, board, m, reserved, new_host=new_host, new_id=self._new_id, merge=True)
                 if act is not None:
                     self._co_started([act])
                     out.append(act)

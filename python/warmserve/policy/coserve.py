@@ -82,7 +82,7 @@ class CoServing:
         #: Whether the cluster is over-subscribed (``update``), and whether co-serving is engaged: models join
         #: and merge onto hosts only while it is (hosts already running keep splitting and retiring either way).
         self.oversubscribed = False
-        self.active = cfg.coserve_always
+        self.active = cfg.coserve_always or cfg.consolidate
         #: Per model, its co-served instances taking requests (several: ``replica``), from the last tick.
         self.copies: Counter[str] = Counter()
         #: From the last tick: the GPUs the models with demand need for one instance each.
@@ -184,7 +184,7 @@ class CoServing:
         live = sum(1 for g in state.gpus if not g.gone)
         self.demand_gpus = sum(self.models[m].tp for m, b in batch.items() if b > 0)
         self.oversubscribed = self.demand_gpus > live
-        self.active = self.cfg.coserve_always or self.oversubscribed
+        self.active = self.cfg.coserve_always or self.cfg.consolidate or self.oversubscribed
 
     def over_with(self, state: ClusterState, model: str) -> bool:
         """Over-subscribed, counting ``model`` as a model with demand: one whose first requests came after the last

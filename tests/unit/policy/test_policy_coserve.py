@@ -135,3 +135,39 @@ def test_a_quiet_model_moves_onto_a_host_when_that_frees_a_group_another_model_w
     d.request_finished("a", "a0", 12.0)
     d.tick(13.0)
     assert (4, 5, 6, 7) in [i.gpus for i in _of(st, "big")]
+
+
+@pytest.mark.parametrize("consolidate", [False, True])
+def test_consolidate_moves_quiet_models_onto_one_host_with_no_model_short_of_gpus(consolidate):
+    """One server of 4 GPUs, `a` on GPU 0 and `b` on GPU 1, one request each, no other model: with consolidate the
+    first quiet model opens a host on an idle GPU (the other can follow it), the second joins it, and both own
+    instances stop: 2 GPUs held become 1. Without it (co-serving engaged all the same) nothing moves."""
+    from warmserve.policy import actions as A
+
+    models = [_7b("a"), _7b("b")]
+    st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(
+        replan_s=1e9, window_s=1e6, coserve_always=True, consolidate=consolidate))
+    d = instant_driver(pol, st)
+    d.apply(A.StartInstance("a0", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("b0", "b", (1,)), 0.0)
+    d.submit("a", "a-r", 10.0)
+    d.submit("b", "b-r", 10.0)
+    for t in range(10, 16):
+        d.tick(float(t))
+    if not consolidate:
+        assert {i.instance_id for i in st.instances.values()} == {"a0", "b0"}
+        return
+    (na,), (nb,) = _of(st, "a"), _of(st, "b")
+    assert na.gpus == nb.gpus and na.gpus[0] in (2, 3)  # one host, opened on an idle GPU
+    assert {na.instance_id, nb.instance_id} <= pol._co.ids
+    assert st.instances["a0"].draining and st.instances["b0"].draining  # each keeps its request until it ends
+    d.request_finished("a", "a0", 16.0)
+    d.request_finished("b", "b0", 16.0)
+    d.tick(17.0)
+    assert {g for i in st.instances.values() for g in i.gpus} == set(na.gpus)
+
+
+def test_consolidate_needs_co_serving():
+    with pytest.raises(InvalidArgumentError, match="coserve_tpot_s"):
+        PolicyConfig(consolidate=True, coserve_tpot_s=0.0)
