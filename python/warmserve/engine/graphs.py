@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from warmserve.engine.attention import AttnMeta, PagedMeta, kernels_usable
+from warmserve.engine.attention import AttnMeta, PagedMeta, PrefillChunk, kernels_usable, paged_meta
 from warmserve.engine.kv_cache import layer_offsets
 from warmserve.engine.model import Model
 from warmserve.errors import BackendUnavailableError, ClosedError, InvalidArgumentError
@@ -174,6 +174,24 @@ def decode_body(model: Model, packed: torch.Tensor, cache: torch.Tensor, layer_o
     return model.logits(hidden)
 
 
+def warm_prefill(model: Model, cache: torch.Tensor, layer_offs, block_tokens: int, rows_per_block: int,
+                 tokens: int = 16) -> None:
+    """One fresh prefill of ``tokens`` tokens through ``model`` on the kernel path, as Engine._run builds it, with
+    every K/V write row -1 (write_kv skips it), so ``cache`` is left as it was. Why: a prefill runs kernels the
+    decode graphs never touch (SDPA over the prompt), and their first use in a process pays a one-time setup. On an
+    H200 the 7b demo's first prewarm-hit TTFT in a process was >= 925 ms, the ones after 14.5 ms
+    (bench/engine/README.md); run at prewarm, this moves that cost off the first request, if that is its cause (not
+    yet measured on a GPU)."""
+    dev = cache.device
+    window = model.cfg.sliding_window or 0
+    tokens = min(tokens, window) if window else tokens  # a fresh chunk (Engine._run): no longer than the window
+    meta = AttnMeta(torch.full((tokens,), -1, dtype=torch.int64, device=dev), [PrefillChunk(0, tokens, 0)], None,
+                    paged_meta([], block_tokens, rows_per_block, window, dev))
+    hidden = model.forward(torch.zeros(tokens, dtype=torch.long, device=dev), torch.arange(tokens, device=dev), meta,
+                           cache, layer_offs)
+    model.logits(hidden[-1:])
+
+
 @dataclass
 class GraphStats:
     """What capturing cost, summed over every capture of one DecodeGraphs."""
@@ -278,6 +296,8 @@ class DecodeGraphs:
             with torch.cuda.stream(self._stream):
                 for b in sorted({new[0], new[-1]}):
                     self._body(b, scratch)
+                if not self._graphs:  # the model's first capture, at prewarm: its prefill's kernels too
+                    warm_prefill(self.model, scratch, self.layer_offsets, self.block_tokens, self.rows_per_block)
             self._stream.synchronize()
             del scratch
             st.warmup_s += time.perf_counter() - t0

@@ -185,3 +185,46 @@ def test_graph_body_gives_the_engines_decode_logits(demo_dir, pool, monkeypatch)
             assert [c.start for c in chunks] == [257, 47, 10]
     finally:
         lm.close()
+
+
+@pytest.mark.parametrize("name", ["tiny-bias", "tiny-mistral"])
+def test_the_prefill_warm_up_at_prewarm_runs_the_prefill_path_and_writes_no_kv(name, tiny_dir, monkeypatch):
+    """warm_prefill (run by the first capture, at prewarm): the kernel path's fresh prefill, every K/V write row -1.
+    With write_kv replaced by its contract (negative rows skipped, as the kernel does: tests/gpu/test_kernels.py),
+    each layer writes once, nothing lands in the cache (one block's rows, as at capture), and the prompt's
+    attention runs (SDPA, fresh chunk)."""
+    import torch.nn.functional as F
+
+    from warmserve.engine import Engine, load_model
+    from warmserve.engine import attention
+    from warmserve.engine.graphs import warm_prefill
+    from warmserve.memory import PagePool, kernels
+
+    writes, sdpa = [], []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def write_kv(cache, k, v, rows, k_off, v_off):
+        writes.append(rows.clone())
+        keep = rows >= 0
+        cache[rows[keep] + k_off] = k[keep].flatten(1)
+        cache[rows[keep] + v_off] = v[keep].flatten(1)
+
+    def counted_sdpa(q, *a, **kw):
+        sdpa.append(q.shape[-2])
+        return real_sdpa(q, *a, **kw)
+
+    monkeypatch.setattr(kernels, "write_kv", write_kv)
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counted_sdpa)
+    with PagePool(64 << 20) as pool:
+        lm = load_model(tiny_dir[name], pool).wait()
+        with Engine(lm) as eng:
+            # one block's rows, as the capture's scratch cache (the slot's KV range is mapped only in part)
+            cache = torch.randn(eng.kv.rows_per_block, eng.kv.rows.shape[1], dtype=eng.kv.rows.dtype)
+            before = cache.clone()
+            warm_prefill(eng.model, cache, eng.kv.layer_offsets, lm.block_tokens, eng.kv.rows_per_block)
+            assert torch.equal(cache, before)
+        lm.close()
+    layers = lm.config.num_layers
+    assert len(writes) == layers and all(bool((r == -1).all()) for r in writes)
+    window = lm.config.sliding_window or 0
+    assert sdpa == [min(16, window) if window else 16] * layers
