@@ -156,7 +156,7 @@ void dispatch(int dtype, const char* what, F f) {
 
 void add_rms_norm(uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t out, uintptr_t h_out, int64_t n_rows,
                   int64_t hidden, float eps, int dtype, uintptr_t stream) {
-  if (n_rows <= 0) return;
+  if (n_rows <= 0 || hidden <= 0) return;  // nothing to normalise (and no block of 0 threads to launch)
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const bool aligned = ((x | res | w | out | h_out) % 16) == 0;
   dispatch(dtype, "add_rms_norm", [&](auto tag) {

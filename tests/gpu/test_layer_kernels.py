@@ -43,6 +43,23 @@ def test_add_rms_norm_matches_the_torch_ops(dtype, rows, hidden, with_res):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_of_rows_not_16_byte_aligned_takes_the_element_loop(dtype):
+    """Views one element into a buffer: the vector kernel needs 16-byte aligned rows, so the launch falls back to
+    the one-element-at-a-time kernel, with the same results."""
+    rows, hidden = 3, 2048
+    buf = _randn(rows * hidden + 1, dtype=dtype, seed=7)
+    rbuf = _randn(rows * hidden + 1, dtype=dtype, seed=8)
+    x, res = buf[1:].view(rows, hidden), rbuf[1:].view(rows, hidden)
+    assert x.data_ptr() % 16 and x.is_contiguous()
+    w = _randn(hidden, dtype=dtype, seed=3)
+    out, h = kernels.add_rms_norm(x, w, 1e-5, res)
+    h_t = x + res
+    torch.cuda.synchronize()
+    assert torch.equal(h, h_t)
+    torch.testing.assert_close(out, w * F.rms_norm(h_t.float(), (hidden,), eps=1e-5).to(dtype), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,inter", [(1, 5632), (16, 11008), (5, 4864)])
 def test_silu_mul_matches_the_torch_ops(dtype, rows, inter):
     gu = _randn(rows, 2 * inter, dtype=dtype, seed=4) * 4

@@ -238,6 +238,8 @@ def move_and_primitives(args, dev: Device) -> dict:
     """Parts 2 and 4 at the pool's 2 MiB pages, then again at each larger --page-mib (by_page_bytes): on a GPU
     every page costs driver calls, so the per-GiB figures show what page size a millisecond target needs."""
     sizes = sorted({int(x) for x in str(args.page_mib).split(",") if x.strip()} | {2})
+    if sizes[0] < 2 or any(m % 2 for m in sizes):
+        raise SystemExit(f"--page-mib: page sizes must be positive multiples of 2 MiB, got {args.page_mib!r}")
     out = _move_and_primitives(args, dev, 2 * MiB)
     if len(sizes) > 1:
         out["by_page_bytes"] = {str(m * MiB): out["per_gib"] if m == 2 else

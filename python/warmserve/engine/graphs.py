@@ -296,7 +296,8 @@ class DecodeGraphs:
             with torch.cuda.stream(self._stream):
                 for b in sorted({new[0], new[-1]}):
                     self._body(b, scratch)
-                if not self._graphs:  # the model's first capture, at prewarm: its prefill's kernels too
+                if not self._graphs:  # the model's first capture (at prewarm, or at activation when the prewarm
+                    # captured none, where it adds one 16-token prefill to the activation): its prefill's kernels
                     warm_prefill(self.model, scratch, self.layer_offsets, self.block_tokens, self.rows_per_block)
             self._stream.synchronize()
             del scratch

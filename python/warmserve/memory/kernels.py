@@ -116,14 +116,18 @@ def gqa_shared_built(n_heads: int, kv_heads: int, head_dim: int) -> bool:
     return kv_heads > 0 and n_heads % kv_heads == 0 and n_heads // kv_heads in (2, 4, 8) and head_dim in (64, 128)
 
 
-def uses_gqa_shared(n_rows: int, n_heads: int, kv_heads: int, head_dim: int, gqa_shared: bool = True) -> bool:
-    """Whether paged_attention runs the GQA-shared kernel: asked, built for the shape, and 2+ query rows. A
-    single row has too few blocks to share: the 1b demo's batch-1 decode took 14 us a layer with it against 8.4 us
-    with the per-head kernel on an H200 (bench/gpu_graphs.py part 5, 2026-11-28)."""
-    return gqa_shared and n_rows >= 2 and gqa_shared_built(n_heads, kv_heads, head_dim)
+def uses_gqa_shared(n_rows: int, n_heads: int, kv_heads: int, head_dim: int, gqa_shared: bool | None = None) -> bool:
+    """Whether paged_attention runs the GQA-shared kernel: where built for the shape, and by default (None) for
+    2+ query rows; True: for any rows; False: never. A single row has too few blocks to share at short contexts:
+    the 1b demo's batch-1 decode took 14 us a layer with it against 8.4 us with the per-head kernel on an H200
+    (bench/gpu_graphs.py part 5, 2026-11-28). Beyond 4k tokens it wins at batch 1 too (0.96-0.85x the time,
+    bench/gpu_kernels.py), but a CUDA graph's bucket of 1 does not know its context, so the rule is by rows."""
+    if gqa_shared is False or not gqa_shared_built(n_heads, kv_heads, head_dim):
+        return False
+    return gqa_shared is True or n_rows >= 2
 
 
-def split_heads(n_rows: int, n_heads: int, kv_heads: int, head_dim: int, gqa_shared: bool = True) -> int:
+def split_heads(n_rows: int, n_heads: int, kv_heads: int, head_dim: int, gqa_shared: bool | None = None) -> int:
     """The heads the attention grid has one block each for (default_split_tokens' n_heads): the KV heads where
     the GQA-shared kernel runs, else the query heads."""
     return kv_heads if uses_gqa_shared(n_rows, n_heads, kv_heads, head_dim, gqa_shared) else n_heads
@@ -151,15 +155,15 @@ def _attention_shapes(q, cache, block_tables, row_seq, row_len) -> tuple[int, in
 def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
                     row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
                     scale: float, window: int = 0, max_len: int | None = None,
-                    split_tokens: int | None = None, gqa_shared: bool = True) -> torch.Tensor:
+                    split_tokens: int | None = None, gqa_shared: bool | None = None) -> torch.Tensor:
     """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
     block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
     (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
     cache's kv_heads = cache.shape[1] // D. head_dim must be a multiple of 32, at most 256. gqa_shared: one thread
     block per KV head computes its group's query heads, reading each key once per group (gqa_shared_built's
-    shapes; others take the per-head kernel). On an H200 at 32/8 heads x 128 in bfloat16 it took 0.55-0.86x the
-    per-head kernel's time from batch 1 at 4k tokens to batch 64 (bench/gpu_kernels.py, 2026-11-28), hence the
-    default; at batch 1 and 512 tokens both take about 50 us a call, mostly the launch."""
+    shapes; others take the per-head kernel); None: for 2+ rows (uses_gqa_shared). On an H200 at 32/8 heads x 128
+    in bfloat16 it took 0.56-0.85x the per-head kernel's time at batch 16 and 64 (bench/gpu_kernels.py,
+    2026-11-28), hence the default."""
     dev = _require(q, cache, block_tables, row_seq, row_len)
     _index(row_seq, torch.int32, "row_seq")
     _index(row_len, torch.int32, "row_len")

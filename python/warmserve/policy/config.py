@@ -127,11 +127,13 @@ class PolicyConfig:
     #: Give GPUs back by co-serving (beyond the paper): a quiet model (load below scale_in_threshold x B, one
     #: instance with GPUs to itself) moves onto a co-serving host even when no other model wants GPUs, so its
     #: GPUs go idle: the merge rule below (``core.Policy``, step 3) without its "another model is short of GPUs"
-    #: condition. The first such move opens a host on idle GPUs only when another quiet model of the same tp could
-    #: follow it (a lone move frees nothing). Engages co-serving as coserve_always does. For an operator who
-    #: counts GPU-seconds (with idle_to_zero). Off by default: measured with idle_to_zero on the four presets
-    #: (seeds 0-2), it saved at most 0.5% of the GPU-seconds on conv at a P99 of 1.26 s instead of 0.18 s, and
-    #: cost code 2-5% more (merged models burst and split out again); bench/simulate/ISSUE11_ROUNDS.md.
+    #: condition. The first such move opens a host on idle GPUs only when another quiet model of the same tp
+    #: could share it (``CoServing.could_pair``; a lone move frees nothing). Engages co-serving as
+    #: coserve_always does. For an operator who counts GPU-seconds (with idle_to_zero). Off by default: measured
+    #: with idle_to_zero on the four presets
+    #: (seeds 0-2), it saved at most 1.3% of the GPU-seconds on conv at a P99 of 2.11 s instead of 0.18 s, and
+    #: cost code 3-6% more (0.536 -> 0.569x and 0.540 -> 0.555x of dedicated: merged models burst and split out
+    #: again); bench/simulate/ISSUE11_ROUNDS.md.
     consolidate: bool = False
     #: Most models one co-serving GPU group hosts, over the memory rule (``coserve.CoServing.models_per_host``:
     #: weights within 80% of a GPU, as `shared` packs them, and each resident's KV share holding

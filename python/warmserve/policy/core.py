@@ -389,9 +389,12 @@ class Policy(LoadSignals, GpuMoves):
             for m, iid in quiet:
                 if m in wanted or (wanted and not co.frees_group_for(state, board, state.instances[iid].gpus, tps)):
                     continue
-                # consolidating: a new host only where another quiet model of the tp can follow (moving alone
-                # onto other idle GPUs frees nothing)
-                new_host = not wanted and any(o != m and self.models[o].tp == self.models[m].tp for o, _ in quiet)
+                # consolidating: a new host only for a dedicated instance, and only where another quiet dedicated
+                # model of the tp could follow it there (moving alone onto other idle GPUs frees nothing: a host
+                # nobody can join would move its model back and forth every min_lifetime_s)
+                new_host = not wanted and iid not in co.ids and any(
+                    o != m and oid not in co.ids and self.models[o].tp == self.models[m].tp
+                    and co.could_pair(state, m, o) for o, oid in quiet)
                 act = co.join(state, board, m, reserved, new_host=new_host, new_id=self._new_id, merge=True)
                 if act is not None:
                     self._co_started([act])

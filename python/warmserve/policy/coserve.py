@@ -503,5 +503,15 @@ class CoServing:
             return False
         return all(i.instance_id in self.ids for i in insts) or self.could_join(state, model)
 
+    def could_pair(self, state: ClusterState, model: str, other: str) -> bool:
+        """Whether ``model`` and ``other`` could share a host as merges do: the host holds two such shards, their
+        round stays within the merge band of the TPOT target, and each one's batch fits its KV share there."""
+        gpu_bytes = min((g.total_bytes for g in state.gpus if not g.gone), default=0)
+        if not gpu_bytes or min(self.models_per_host(model, gpu_bytes), self.models_per_host(other, gpu_bytes)) < 2:
+            return False
+        band = self.cfg.scale_in_threshold / self.cfg.scale_out_threshold
+        return self.round_s({model, other}) <= self.cfg.coserve_tpot_s * band \
+            and self.kv_fits(model, gpu_bytes, band) and self.kv_fits(other, gpu_bytes, band)
+
     def merging_into(self, model: str, old_id: str, new_id: str) -> None:
         self.merging[model] = (old_id, new_id)

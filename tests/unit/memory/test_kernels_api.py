@@ -87,6 +87,8 @@ def test_gqa_shared_kernel_only_for_its_built_shapes_and_several_rows():
     assert kernels.uses_gqa_shared(2, 16, 8, 64)
     assert not kernels.uses_gqa_shared(1, 32, 8, 128)  # one row: the per-head kernel (more blocks, less latency)
     assert not kernels.uses_gqa_shared(16, 32, 8, 128, gqa_shared=False)
+    assert kernels.uses_gqa_shared(1, 32, 8, 128, gqa_shared=True)  # forced (bench/gpu_kernels.py at batch 1)
+    assert not kernels.uses_gqa_shared(1, 32, 8, 96, gqa_shared=True)  # but never where it is not built
     assert not kernels.uses_gqa_shared(16, 32, 2, 128)  # a group of 16: not built
     assert not kernels.uses_gqa_shared(16, 4, 1, 96)  # head_dim 96: not built
     assert not kernels.uses_gqa_shared(16, 8, 8, 64)  # no grouping

@@ -171,3 +171,26 @@ def test_consolidate_moves_quiet_models_onto_one_host_with_no_model_short_of_gpu
 def test_consolidate_needs_co_serving():
     with pytest.raises(InvalidArgumentError, match="coserve_tpot_s"):
         PolicyConfig(consolidate=True, coserve_tpot_s=0.0)
+
+
+def test_consolidate_opens_no_host_that_the_other_quiet_model_could_not_join():
+    """A pair whose round passes the merge band (each alone is within it): consolidating would open a host for
+    `a` that `b` cannot join, then move `a` on again every min_lifetime_s. Nothing moves; both keep their GPU."""
+    from warmserve.policy import actions as A
+
+    models = [_7b("a"), _7b("b")]
+    st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(
+        replan_s=1e9, window_s=1e6, coserve_always=True, consolidate=True, coserve_tpot_s=0.035))
+    assert not pol._co.could_pair(st, "a", "b")  # 2 x 15 ms + KV reads > 0.035 x 0.5 / 0.8
+    d = instant_driver(pol, st)
+    d.apply(A.StartInstance("a0", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("b0", "b", (1,)), 0.0)
+    for t in range(10, 60):
+        for m in "ab":
+            d.submit(m, f"{m}{t}", float(t))
+        d.tick(t + 0.2)
+        for i in list(st.instances.values()):
+            for _ in range(i.in_flight):
+                d.request_finished(i.model, i.instance_id, t + 0.5)
+    assert {i.instance_id for i in st.instances.values()} == {"a0", "b0"}
