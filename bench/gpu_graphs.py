@@ -15,8 +15,9 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
    eager alternating; whether both produced the same tokens. Batch 1 against the HBM roofline: weight bytes /
    the HBM bandwidth a device-to-device copy reaches in the same run (bytes read + written per second).
 4. The same decode with graphs, each layer's small operations fused (LoadedModel.fused_kernels) against unfused.
-5. Where a batch-1 decode step's time goes: torch.profiler over eager steps, fused and unfused: kernels per step,
-   their summed device time (what a graph replay cannot go below) and the ten costliest kernels.
+5. Where a batch-1 decode step's time goes: torch.profiler over eager steps, fused and unfused, and over graph
+   replays (fused): kernels per step, their summed device time, the ten costliest kernels, and the device's idle
+   time split into gaps inside a replay (< 20 us) and gaps between steps (the host's work).
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -135,15 +136,32 @@ def fused_vs_unfused(lm, a, bw: float) -> list[dict] | dict:
     return out
 
 
-def kernel_profile(lm, a, fused: bool, steps: int = 8) -> dict:
-    """5. The CUDA kernels of `steps` eager batch-1 decode steps (torch.profiler): per step, how many and their
-    summed device time; the ten costliest by device time. A failure is recorded, not raised."""
+def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.0) -> tuple[float, float]:
+    """(summed idle microseconds between device activities shorter than ``between_steps_us``, and the summed longer
+    ones) over (start, end) spans: inside a graph replay kernels follow each other within a few microseconds; a
+    longer gap is the host's work between two steps."""
+    short = long = 0.0
+    end = None
+    for s, e in sorted(spans):
+        if end is not None and s > end:
+            if s - end < between_steps_us:
+                short += s - end
+            else:
+                long += s - end
+        end = e if end is None else max(end, e)
+    return short, long
+
+
+def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False) -> dict:
+    """5. The CUDA kernels of `steps` batch-1 decode steps (torch.profiler), eager or graph replays: per step, how
+    many and their summed device time; the ten costliest by device time; with graphs, the device's idle time
+    split into gaps inside a replay (< 20 us) and between steps. A failure is recorded, not raised."""
     from torch.profiler import ProfilerActivity, profile
 
     before = lm.fused_kernels
     try:
         lm.fused_kernels = fused
-        with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=False) as eng:
+        with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=None if graphs else False) as eng:
             eng.add_request("0", prompts(lm.config.vocab_size, 1, a.prompt_tokens, seed=3)[0],
                             SamplingParams(max_tokens=steps + 3, ignore_eos=True))
             for _ in range(2):  # the prefill and one decode step, outside the profile
@@ -156,10 +174,15 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8) -> dict:
         rows = [(e.self_device_time_total, e.count, e.key) for e in prof.key_averages()
                 if e.device_type == torch.autograd.DeviceType.CUDA]  # kernels, copies, memsets; not CPU ops
         rows.sort(reverse=True)
-        return {"fused": fused, "steps": steps, "kernels_per_step": sum(r[1] for r in rows) / steps,
-                "device_ms_per_step": sum(r[0] for r in rows) / steps / 1e3,
-                "top": [{"kernel": k[:100], "calls_per_step": n / steps, "us_per_step": us / steps}
-                        for us, n, k in rows[:10]]}
+        out = {"fused": fused, "graphs": graphs, "steps": steps, "kernels_per_step": sum(r[1] for r in rows) / steps,
+               "device_ms_per_step": sum(r[0] for r in rows) / steps / 1e3,
+               "top": [{"kernel": k[:100], "calls_per_step": n / steps, "us_per_step": us / steps}
+                       for us, n, k in rows[:10]]}
+        spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
+                 if e.device_type == torch.autograd.DeviceType.CUDA]
+        short, long = idle_gaps_us(spans)
+        out.update(gaps_in_replay_us_per_step=short / steps, gaps_between_steps_us_per_step=long / max(steps - 1, 1))
+        return out
     except Exception as e:  # noqa: BLE001 (reported in the results instead)
         return {"fused": fused, "error": f"{type(e).__name__}: {e}"}
     finally:
@@ -238,6 +261,7 @@ def main() -> None:
                 res["decode"].append(row)
             res["fused"] = fused_vs_unfused(lm, a, bw)
             res["profile"] = [kernel_profile(lm, a, fused) for fused in (False, True)]
+            res["profile"].append(kernel_profile(lm, a, True, graphs=True))  # where a replayed step's time goes
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -272,12 +296,14 @@ def main() -> None:
                      f"against {r['step_ms_unfused']:.2f} unfused: {r['speedup']:.2f}x; same tokens: "
                      f"{r['same_tokens']}{extra}")
     for p in res.get("profile", []):
-        name = "fused" if p["fused"] else "unfused"
+        name = ("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
         if "error" in p:
             lines.append(f"profile ({name}): FAILED: {p['error']}")
             continue
-        lines.append(f"profile ({name}), eager decode batch 1: {p['kernels_per_step']:.0f} kernels a step, "
-                     f"{p['device_ms_per_step']:.3f} ms of device time a step; costliest:")
+        lines.append(f"profile ({name}), decode batch 1: {p['kernels_per_step']:.0f} kernels a step, "
+                     f"{p['device_ms_per_step']:.3f} ms of device time a step, idle "
+                     f"{p['gaps_in_replay_us_per_step']:.0f} us in gaps < 20 us and "
+                     f"{p['gaps_between_steps_us_per_step']:.0f} us between steps; costliest:")
         lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
