@@ -1,0 +1,40 @@
+"""`warmserve bench switch --parts move --page-mib ...` on the host backend: the per-GiB figures at the pool's 2 MiB
+pages and again at each larger page size (the GPU run reads the driver's cost per call off these), and a bad page
+size refused before any pool is made."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from warmserve.bench import switch
+
+
+def _args(**kw) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    switch.add_arguments(p)
+    a = p.parse_args([])
+    a.__dict__.update(repeats=1, **kw)
+    return a
+
+
+def test_move_part_measures_each_page_size_beside_the_pools_own():
+    a = _args(page_mib="8")
+    res = switch.move_and_primitives(a, switch.Device("host", 0))
+    assert set(res["by_page_bytes"]) == {str(2 << 20), str(8 << 20)}
+    assert res["by_page_bytes"][str(2 << 20)] is res["per_gib"]  # the 2 MiB run is the headline's, not a rerun
+    for per_gib in res["by_page_bytes"].values():
+        assert per_gib["map_ms"] > 0 and per_gib["unmap_ms"] > 0 and per_gib["move_ms"] > 0
+    assert res["move_vs_memcpy"]["bytes"] == 1 << 30
+
+
+def test_default_is_the_pools_page_size_alone():
+    res = switch.move_and_primitives(_args(), switch.Device("host", 0))
+    assert "by_page_bytes" not in res and res["per_gib"]["move_ms"] > 0
+
+
+@pytest.mark.parametrize("bad", ["0", "3", "-2"])
+def test_page_sizes_that_are_not_whole_2_mib_multiples_are_refused(bad):
+    with pytest.raises(SystemExit, match="--page-mib"):
+        switch.move_and_primitives(_args(page_mib=bad), switch.Device("host", 0))
