@@ -176,7 +176,8 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
         max_len = int(row_len.max().item())  # a device sync: pass max_len on hot paths and under graph capture
     gqa_shared = uses_gqa_shared(n_rows, n_heads, kv_heads, head_dim, gqa_shared)
     if split_tokens is None:  # the GQA-shared kernel has one block per KV head: it wants more splits
-        split_tokens = default_split_tokens(n_rows, kv_heads if gqa_shared else n_heads, max_len)
+        split_tokens = default_split_tokens(n_rows, split_heads(n_rows, n_heads, kv_heads, head_dim, gqa_shared),
+                                            max_len)
     n_splits = max(1, math.ceil(max_len / split_tokens))
     work = None
     if n_splits > 1:

@@ -193,15 +193,26 @@ class CoServing:
         return self.oversubscribed or (self.batch.get(model, 0.0) <= 0
                                        and self.demand_gpus + self.models[model].tp > live)
 
+    @staticmethod
+    def gpu_bytes(state: ClusterState) -> int:
+        """Memory of the smallest live GPU, the one every host rule is sized for; 0 when every GPU is lost."""
+        return min((g.total_bytes for g in state.gpus if not g.gone), default=0)
+
+    @property
+    def merge_band(self) -> float:
+        """Share of the TPOT target a merge (or a join on GPUs that suffice) may fill: the §5 band,
+        scale_in_threshold / scale_out_threshold, so that a model does not join and split back and forth."""
+        return self.cfg.scale_in_threshold / self.cfg.scale_out_threshold
+
     def could_join(self, state: ClusterState, model: str) -> bool:
         """A cheap first test of ``join`` on existing hosts (route() builds no Board when it fails)."""
         m = self.models[model]
         if not (self.active or self.over_with(state, model)) or not self.light(model):
             return False
-        live = [g.total_bytes for g in state.gpus if not g.gone]
-        if not live:  # every GPU is lost: nothing to join
+        gpu_bytes = self.gpu_bytes(state)
+        if not gpu_bytes:  # every GPU is lost: nothing to join
             return False
-        k = self.models_per_host(model, min(live))
+        k = self.models_per_host(model, gpu_bytes)
         return k >= 2 and any(len(g) == m.tp and model not in self.host_models(g, v) and len(self.host_models(g, v)) < k
                               for g, v in self.hosts(state).items())
 
@@ -221,7 +232,7 @@ class CoServing:
         convert: one more co-served instance on another host (``replica``), sized for its share of the model's
         batch (batch / (replicas + 1)), not for the whole."""
         m = self.models[model]
-        gpu_bytes = min((g.total_bytes for g in state.gpus if not g.gone), default=0)
+        gpu_bytes = self.gpu_bytes(state)
         k = self.models_per_host(model, gpu_bytes) if gpu_bytes else 0
         over = self.over_with(state, model)
         spare = 0 if over or vacating or replicas else (2 if new_host else 1)
@@ -232,9 +243,7 @@ class CoServing:
         # the §5 band below the split target keeps a model from joining and splitting back and forth; over-
         # subscribed, a model with no instance (not a merge) joins up to the target itself: its alternative is
         # no instance at all, i.e. waiting for time-sharing (preempt_after_s) and taking another model's GPUs
-        band = self.cfg.scale_in_threshold / self.cfg.scale_out_threshold
-        if over and not merge:
-            band = 1.0
+        band = 1.0 if over and not merge else self.merge_band
         target = self.cfg.coserve_tpot_s * band
         frac = self.kv_fraction(model, gpu_bytes)
         best = None
@@ -506,10 +515,10 @@ class CoServing:
     def could_pair(self, state: ClusterState, model: str, other: str) -> bool:
         """Whether ``model`` and ``other`` could share a host as merges do: the host holds two such shards, their
         round stays within the merge band of the TPOT target, and each one's batch fits its KV share there."""
-        gpu_bytes = min((g.total_bytes for g in state.gpus if not g.gone), default=0)
+        gpu_bytes = self.gpu_bytes(state)
         if not gpu_bytes or min(self.models_per_host(model, gpu_bytes), self.models_per_host(other, gpu_bytes)) < 2:
             return False
-        band = self.cfg.scale_in_threshold / self.cfg.scale_out_threshold
+        band = self.merge_band
         return self.round_s({model, other}) <= self.cfg.coserve_tpot_s * band \
             and self.kv_fits(model, gpu_bytes, band) and self.kv_fits(other, gpu_bytes, band)
 
