@@ -140,7 +140,7 @@ fi
 if want switch; then
   t0=$(date +%s)
   timeout $(( $(left) > 200 ? 120 : 60 )) $PY -m warmserve bench switch --backend cuda --sizes-gib 1,4,10 \
-    --parts activation,move,load --page-mib 8,32 --repeats 5 --json "$RESULTS/switch-cuda.json" --plot "$RESULTS/switch-cuda.png" \
+    --parts activation,move,load,kv --page-mib 8,32 --repeats 5 --json "$RESULTS/switch-cuda.json" --plot "$RESULTS/switch-cuda.png" \
     > "$RESULTS/switch-cuda.txt" 2>&1
   summary "bench switch (cuda): rc=$? in $(($(date +%s) - t0)) s"
   # Issue 13 item 3: load from the host checkpoint cache (registered /dev/shm entry, DMA on 4 streams) vs a pinned

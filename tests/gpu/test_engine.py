@@ -97,3 +97,32 @@ def test_cuda_bfloat16_conversion_runs(demo, pool):
             assert len(eng.generate([[5, 6, 7]], SamplingParams(max_tokens=8, ignore_eos=True))[0]) == 8
     finally:
         lm.close()
+
+
+@pytest.mark.parametrize("page_mib", [8, 32])
+def test_larger_pages_give_the_same_tokens_and_every_kv_page_back(demo, pool, page_mib):
+    """KV blocks sharing cuda pages (KVPageMapper; llama-90m's 6 MiB blocks also lie across two 8 MiB pages): the
+    same greedy tokens as on 2 MiB pages, and a KV target of 0 leaves only the weights mapped."""
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.memory import PagePool
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 8192, (n,), generator=g).tolist() for n in (3, 300, 700)]
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    ref = load_model(demo["llama-90m"], pool).wait()
+    try:
+        with Engine(ref, cuda_graphs=False) as eng:
+            want = eng.generate(prompts, params)
+    finally:
+        ref.close()
+    with PagePool(1 << 30, backend="cuda", page_bytes=page_mib << 20) as big:
+        lm = load_model(demo["llama-90m"], big).wait()
+        try:
+            with Engine(lm, cuda_graphs=False, target_free_blocks=2) as eng:
+                got = eng.generate(prompts, params)
+                eng.set_kv_target_free_blocks(0)
+                weight_pages = lm.weight_region_bytes // big.page_bytes
+                assert lm.slot.mapped_pages == weight_pages and eng.kv.mapper.pages_mapped == 0
+        finally:
+            lm.close()
+    assert got == want

@@ -75,3 +75,33 @@ def test_a_client_without_the_keys_gets_nothing_through(curve_worker):
 def test_bad_engine_flags_stop_the_worker_before_it_starts():
     with pytest.raises(errors.WarmServeError, match="max_num_seqs must be an integer >= 0"):
         spawn_local_worker("cpu", 0.05, 1, ready_timeout_s=60, extra_args=("--max-num-seqs", "-1"))
+
+
+def test_a_worker_with_8_mib_pages_serves_and_counts_its_kv_pages(tmp_path):
+    from warmserve.engine.demo import write_demo_models
+
+    path = write_demo_models(None, [MODEL])[MODEL]
+    proc, endpoint = spawn_local_worker("cpu", 0.25, 1, log_path=str(tmp_path / "worker.log"),
+                                        extra_args=("--page-mib", "8"))
+    c = WorkerClient(endpoint)
+    try:
+        assert c.stats().pool.page_bytes == 8 << 20
+        c.prewarm(path, MODEL)
+        c.activate(MODEL)
+        toks = [t for ev in c.generate(MODEL, list(range(11, 311)), P.SamplingParams(max_tokens=3))
+                for t in ev.token_ids]
+        assert len(toks) == 3
+        st = c.stats()
+        inst, = st.instances
+        # llama-20m's KV blocks are 2 MiB: four to an 8 MiB page
+        assert inst.kv_pages == -(-inst.kv.kv_blocks_mapped // 4) >= 1
+        assert st.pool.pages_by_tag[f"instance:{MODEL}"] == st.models[0].pages + inst.kv_pages
+    finally:
+        c.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_a_page_size_that_is_not_a_multiple_of_2_mib_stops_the_worker_before_it_starts():
+    with pytest.raises(errors.WarmServeError, match="--page-mib must be a positive multiple of 2, got 3"):
+        spawn_local_worker("cpu", 0.05, 1, ready_timeout_s=60, extra_args=("--page-mib", "3"))

@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from warmserve.bench.switch_kv import kv_give_back, page_sizes
+
 GiB = 1 << 30
 MiB = 1 << 20
 #: KV pages an activation maps right away (the instance's first KV blocks).
@@ -53,9 +55,9 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", default=None, help="write a PNG of activation vs cold load here")
     p.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
     p.add_argument("--parts", default="activation,move,load,cache",
-                   help="comma-separated subset of: activation, move, load, cache, model (needs --checkpoint)")
+                   help="comma-separated subset of: activation, move, load, cache, model (needs --checkpoint), kv")
     p.add_argument("--page-mib", default="2", help="comma-separated page sizes (MiB, multiples of 2) for the move "
-                   "part's per-GiB figures besides the pool's 2 MiB (e.g. 8,32)")
+                   "and kv parts' per-GiB figures besides the pool's 2 MiB (e.g. 8,32)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder for the model part")
     p.add_argument("--cache-gib", type=float, default=1.0, help="bytes loaded through the host checkpoint cache")
     p.add_argument("--cache-root", default="/dev/shm",
@@ -237,13 +239,11 @@ def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict
 def move_and_primitives(args, dev: Device) -> dict:
     """Parts 2 and 4 at the pool's 2 MiB pages, then again at each larger --page-mib (by_page_bytes): on a GPU
     every page costs driver calls, so the per-GiB figures show what page size a millisecond target needs."""
-    sizes = sorted({int(x) for x in str(args.page_mib).split(",") if x.strip()} | {2})
-    if sizes[0] < 2 or any(m % 2 for m in sizes):
-        raise SystemExit(f"--page-mib: page sizes must be positive multiples of 2 MiB, got {args.page_mib!r}")
+    sizes = page_sizes(args.page_mib)
     out = _move_and_primitives(args, dev, 2 * MiB)
     if len(sizes) > 1:
-        out["by_page_bytes"] = {str(m * MiB): out["per_gib"] if m == 2 else
-                                _move_and_primitives(args, dev, m * MiB)["per_gib"] for m in sizes}
+        out["by_page_bytes"] = {str(p): out["per_gib"] if p == 2 * MiB else
+                                _move_and_primitives(args, dev, p)["per_gib"] for p in sizes}
     return out
 
 
@@ -489,9 +489,9 @@ def main(args) -> int:
     with open("/proc/meminfo") as f:
         avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
     parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
-    unknown = parts - {"activation", "move", "load", "cache", "model"}
+    unknown = parts - {"activation", "move", "load", "cache", "model", "kv"}
     if unknown:
-        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from activation, move, load, cache, model")
+        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from activation, move, load, cache, model, kv")
     if "model" in parts and not args.checkpoint:
         raise SystemExit("--parts model needs --checkpoint DIR (e.g. one written by `warmserve models demo --size 1b`)")
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
@@ -511,6 +511,8 @@ def main(args) -> int:
             res["cache_vs_pinned_bandwidth"] = cache_bandwidth(args, dev, workdir)
         if "model" in parts:
             res["model_load"] = model_load(args, dev, workdir)
+        if "kv" in parts:
+            res["kv_give_back"] = kv_give_back(args, dev, timed, med_ms)
     goals = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8,
              "cache_vs_pinned_bandwidth": 0.8}
     res["goals"] = goals
@@ -549,6 +551,11 @@ def main(args) -> int:
     for page, per_gib in res.get("by_page_bytes", {}).items():
         print(f"per GiB at {int(page) // MiB} MiB pages: "
               + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in per_gib.items()))
+    for size, r in res.get("kv_give_back", {}).items():
+        for page, x in r["by_page_bytes"].items():
+            print(f"KV of the {size} ({r['block_bytes'] // MiB} MiB blocks) at {int(page) // MiB} MiB pages, per GiB: "
+                  f"grow {x['grow_ms']:.3f} ms, give back {x['give_back_ms']:.3f} ms ({x['map_ops']} maps, "
+                  f"{x['unmap_ops']} unmaps, {x['backend_calls']} backend calls a round)")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

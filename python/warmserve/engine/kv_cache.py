@@ -1,10 +1,14 @@
 """The paged KV cache: blocks of `block_tokens` tokens, each covering every layer's K and V contiguously.
 
 A block is laid out [layers, 2 (K, V), block_tokens, kv_heads, head_dim] and padded to a whole number of 2 MiB
-pages, so every block maps and unmaps on its own (the demo models need no padding: their blocks are exact page
-multiples). The cache spans `total_blocks` in its slot's address range, but only mapped blocks have pages
-behind them: blocks are mapped lazily on growth, and free blocks beyond `target_free_blocks` are unmapped, their
-pages going back to the pool (PAPER.md §6, both directions).
+units (geometry.PAGE_BYTES; the demo models need no padding: their blocks are exact multiples). The cache spans
+`total_blocks` in its slot's address range, but only mapped blocks have pages behind them: blocks are mapped
+lazily on growth, and free blocks beyond `target_free_blocks` are unmapped, their pages going back to the pool
+(PAPER.md §6, both directions).
+
+The pool's page may be larger than the 2 MiB unit (on a GPU each page costs driver calls, so a 1 GiB give-back
+takes 8.4 ms at 2 MiB pages and 0.48 ms at 32 MiB on an H200: bench/switch/README.md). Then several blocks share
+a page, or a block spans two: `KVPageMapper` maps a page with the first block on it and unmaps it with the last.
 
 Allocation takes the lowest free index first, so the mapped set stays compact and shrinking takes the highest.
 """
@@ -28,6 +32,64 @@ def block_layout(cfg, dtype: torch.dtype, block_tokens: int = geometry.KV_BLOCK_
     row = cfg.num_kv_heads * cfg.head_dim * esize
     padded = geometry.kv_block_bytes(per_token, block_tokens=block_tokens, page_bytes=page_bytes, row_bytes=row)
     return block_tokens * per_token, padded
+
+
+class KVPageMapper:
+    """Maps and unmaps the slot pages under KV blocks: block ``b`` is bytes ``[offset_bytes + b * block_bytes,
+    + block_bytes)`` of the slot, and a page stays mapped while any mapped block lies on it (counted per page)."""
+
+    def __init__(self, slot, offset_bytes: int, block_bytes: int):
+        if offset_bytes % slot.page_bytes or block_bytes <= 0:
+            raise InvalidArgumentError(f"KV blocks of {block_bytes} bytes at {offset_bytes}: the region must start on "
+                                       f"a page ({slot.page_bytes} bytes)", offset_bytes=offset_bytes)
+        self.slot = slot
+        self.offset_bytes = offset_bytes
+        self.block_bytes = block_bytes
+        self._blocks_on: dict[int, int] = {}  # slot page -> mapped blocks lying on it
+
+    @property
+    def pages_mapped(self) -> int:
+        """Slot pages the mapped blocks hold."""
+        return len(self._blocks_on)
+
+    def pages_of(self, b: int) -> range:
+        """The slot pages block ``b`` lies on."""
+        start = self.offset_bytes + b * self.block_bytes
+        return range(start // self.slot.page_bytes, (start + self.block_bytes - 1) // self.slot.page_bytes + 1)
+
+    def map_block(self, b: int) -> None:
+        """Map the pages of block ``b`` that no other mapped block holds (OutOfMemoryError, with nothing mapped,
+        when the pool has too few free pages)."""
+        pages = self.pages_of(b)
+        # Only a block's first and last page can be shared with a neighbour, so its new pages are one run.
+        new = [p for p in pages if p not in self._blocks_on]
+        if new:
+            self.slot.map(new[0], len(new))
+        for p in pages:
+            self._blocks_on[p] = self._blocks_on.get(p, 0) + 1
+
+    def unmap_block(self, b: int) -> None:
+        """Unmap the pages of block ``b`` that no other mapped block lies on (they go back to the pool)."""
+        pages = self.pages_of(b)
+        gone = [p for p in pages if self._blocks_on[p] == 1]
+        if gone:
+            self.slot.unmap(gone[0], len(gone))
+        for p in pages:
+            if self._blocks_on[p] == 1:
+                del self._blocks_on[p]
+            else:
+                self._blocks_on[p] -= 1
+
+    def mappable(self) -> int:
+        """Blocks the pool's free pages can surely take, whichever blocks are mapped next (a lower bound when pages
+        are shared: it counts no room left on pages already mapped)."""
+        page = self.slot.page_bytes
+        free_pages = int(self.slot.pool.free_bytes) // page
+        if self.block_bytes % page == 0:  # whole pages, none shared (the region starts on a page)
+            return free_pages // (self.block_bytes // page)
+        if page % self.block_bytes == 0:  # whole blocks to a page, none across two
+            return free_pages * (page // self.block_bytes)
+        return free_pages // (-(-self.block_bytes // page) + 1)  # at worst one more page than its size
 
 
 def layer_offsets(num_layers: int, block_tokens: int) -> list[tuple[int, int]]:

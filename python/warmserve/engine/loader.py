@@ -38,7 +38,7 @@ from warmserve.engine.attention import kernels_usable
 from warmserve.engine.checkpoint import CheckpointError, TensorInfo, read_tensors
 from warmserve.engine.config import DTYPES, ModelConfig
 from warmserve.engine.demo import hf_tensor_shapes
-from warmserve.engine.kv_cache import block_layout
+from warmserve.engine.kv_cache import KVPageMapper, block_layout
 from warmserve.geometry import KV_BLOCK_TOKENS, align_up
 from warmserve.engine.model import hf_groups
 from warmserve.engine.parallel import ParallelGroup, Shard, shard_config, shard_of
@@ -124,7 +124,8 @@ class LoadedModel:
         self.weight_bytes = weight_bytes
         self.weight_region_bytes = weight_region_bytes
         self.block_tokens = KV_BLOCK_TOKENS
-        _, self.kv_bytes_per_block = block_layout(cfg, dtype, KV_BLOCK_TOKENS, slot.page_bytes)
+        # Blocks are whole 2 MiB units whatever the pool's page (KVPageMapper shares larger pages between blocks).
+        _, self.kv_bytes_per_block = block_layout(cfg, dtype, KV_BLOCK_TOKENS)
         #: Longest prompt + output (tokens).
         self.max_context = max_context or cfg.max_position_embeddings
         self.tokenizer = tokenizer
@@ -197,7 +198,7 @@ class LoadedModel:
         total = cap if kv_blocks is None else kv_blocks
         elems = self.kv_bytes_per_block // _esize(self.dtype)
         region = self.slot.tensor(self.weight_region_bytes, (total, elems), self.dtype, pinned=False)
-        return region, total, _SlotBlockMapper(self.slot, self.weight_region_bytes, self.kv_bytes_per_block)
+        return region, total, KVPageMapper(self.slot, self.weight_region_bytes, self.kv_bytes_per_block)
 
     def close(self) -> None:
         """Evict: stop a running engine, unmap every page of the slot at once (back to the pool)."""
@@ -217,19 +218,6 @@ class LoadedModel:
         state = "closed" if self.closed else ("active" if self.active else "prewarmed")
         shard = f", shard {self.tp_rank} of {self.tp}" if self.tp > 1 else ""
         return f"LoadedModel({self.name!r}, {fmt_bytes(self.weight_bytes)}{shard}, {state})"
-
-
-class _SlotBlockMapper:
-    def __init__(self, slot, kv_offset_bytes: int, block_bytes: int):
-        self.slot = slot
-        self.first_page = kv_offset_bytes // slot.page_bytes
-        self.pages = block_bytes // slot.page_bytes
-
-    def map_block(self, b: int) -> None:
-        self.slot.map(self.first_page + b * self.pages, self.pages)
-
-    def unmap_block(self, b: int) -> None:
-        self.slot.unmap(self.first_page + b * self.pages, self.pages)
 
 
 class ModelLoad:

@@ -401,9 +401,9 @@ class WorkerCore(ShardRoles):
         instances = []
         for i in self.instances.values():
             kv = i.engine.kv_stats()
-            pages_per_block = pages_for(int(self.models[i.name].lm.kv_bytes_per_block), page_bytes)
+            mapper = i.engine.kv.mapper
             instances.append(P.WorkerInstance(name=i.name, in_flight=len(i.requests), kv=kv, shared=i.shared,
-                                              kv_pages=kv.kv_blocks_mapped * pages_per_block,
+                                              kv_pages=mapper.pages_mapped if mapper is not None else 0,
                                               group_id=i.tp.group.group_id if i.tp is not None else "",
                                               rank=i.tp.group.rank if i.tp is not None else 0))
         return P.Stats(

@@ -19,11 +19,12 @@ _PEER = b"inprocess"
 
 class InProcessWorker(SyncClientBase):
     """A worker in this process. Pass ``pool`` to share one (the caller keeps owning it), or let it make its own
-    from ``device`` and ``memory_gib`` (closed with the worker; ``prefault=False`` skips touching every host page
-    up front, for short-lived pools)."""
+    from ``device``, ``memory_gib`` and ``page_mib`` (closed with the worker; ``prefault=False`` skips touching every
+    host page up front, for short-lived pools)."""
 
     def __init__(self, device: str = "cpu", memory_gib: float = 1.0, *, pool=None, threads: int | None = None,
-                 worker_id: str = "inprocess", prefault: bool = True, default_timeout_s: float = 60.0):
+                 worker_id: str = "inprocess", prefault: bool = True, default_timeout_s: float = 60.0,
+                 page_mib: int = 2):
         super().__init__()
         self.default_timeout_s = default_timeout_s
         if threads:
@@ -34,7 +35,7 @@ class InProcessWorker(SyncClientBase):
         if owned:
             from .main import build_pool
 
-            pool = build_pool(device, memory_gib, prefault=prefault)
+            pool = build_pool(device, memory_gib, prefault=prefault, page_mib=page_mib)
         self.pool = pool
         # A weak reference: the finalizer holds the core, and the core must not keep this object alive.
         self.core = WorkerCore(pool, device=device, worker_id=worker_id, emit=_weak_emit(self))

@@ -17,6 +17,7 @@ import sys
 from .. import errors
 from .. import protocol as P
 from ..errors import GiB
+from ..geometry import PAGE_BYTES
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
 
@@ -29,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (a host-memory slice) or cuda:N")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="page-pool size in GiB (default: 4 on cpu, 90%% of free GPU memory on cuda)")
+    p.add_argument("--page-mib", type=int, default=PAGE_BYTES >> 20,
+                   help="page size of the pool in MiB, a multiple of 2 (default 2). Larger pages cost fewer driver "
+                   "calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
     p.add_argument("--worker-id", default=None, help="name of this worker (default HOST-PID-DEVICE)")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0,
@@ -90,12 +94,16 @@ def engine_config(args: argparse.Namespace) -> P.EngineConfig:
     return P.EngineConfig(**given)
 
 
-def build_pool(device: str, memory_gib: float | None, prefault: bool = True):
+def build_pool(device: str, memory_gib: float | None, prefault: bool = True, page_mib: int = PAGE_BYTES >> 20):
     """The page pool of a device: all pages created now, so that later only map and unmap happen (and, with
-    prefault, touched now on the host, so no load pays for first touches)."""
-    from ..memory import PAGE_BYTES, PagePool
+    prefault, touched now on the host, so no load pays for first touches). Pages of ``page_mib`` MiB."""
+    from ..memory import PagePool
 
     check_device(device)
+    if page_mib < 2 or page_mib % 2:
+        raise errors.InvalidArgumentError(f"--page-mib must be a positive multiple of 2, got {page_mib}",
+                                          page_mib=page_mib)
+    page = page_mib << 20
     index = 0
     if device == "cpu":
         capacity = int((4.0 if memory_gib is None else memory_gib) * GiB)
@@ -108,15 +116,15 @@ def build_pool(device: str, memory_gib: float | None, prefault: bool = True):
             capacity = int(free * 0.9)
         else:
             capacity = int(memory_gib * GiB)
-    pages = capacity // PAGE_BYTES  # whole pages: a budget in GiB rarely is a multiple of 2 MiB
+    pages = capacity // page  # whole pages: a budget in GiB rarely is a multiple of the page
     if pages < 1:
         raise errors.InvalidArgumentError(
-            f"a pool of {capacity} bytes holds no {PAGE_BYTES >> 20} MiB page: raise --memory-gib",
-            capacity_bytes=capacity, page_bytes=PAGE_BYTES,
+            f"a pool of {capacity} bytes holds no {page_mib} MiB page: raise --memory-gib or lower --page-mib",
+            capacity_bytes=capacity, page_bytes=page,
         )
     if device == "cpu":
-        return PagePool(pages * PAGE_BYTES, backend="host", device=0, prefault=prefault)
-    return PagePool(pages * PAGE_BYTES, backend="cuda", device=index)
+        return PagePool(pages * page, backend="host", device=0, page_bytes=page, prefault=prefault)
+    return PagePool(pages * page, backend="cuda", device=index, page_bytes=page)
 
 
 def prewarm_engine(device: str, threads: int | None) -> None:
@@ -152,7 +160,7 @@ def serve(args: argparse.Namespace) -> int:
     from .server import WorkerServer
 
     prewarm_engine(args.device, args.threads)
-    pool = build_pool(args.device, args.memory_gib)
+    pool = build_pool(args.device, args.memory_gib, page_mib=args.page_mib)
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{args.device.replace(':', '')}"
     core = WorkerCore(pool, device=args.device, worker_id=worker_id, emit=lambda peer, msg: None, engine=engine)
     server = WorkerServer(

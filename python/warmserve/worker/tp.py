@@ -144,9 +144,12 @@ class BudgetMapper:
         self.inner.unmap_block(b)
 
     def mappable(self) -> int:
-        """Blocks this rank's pool could map now."""
-        slot = self.inner.slot
-        return int(slot.pool.free_bytes) // (self.inner.pages * slot.page_bytes)
+        """Blocks this rank's pool could surely map now."""
+        return self.inner.mappable()
+
+    @property
+    def pages_mapped(self) -> int:
+        return self.inner.pages_mapped
 
 
 def grow_together(engine, group) -> int:

@@ -1,0 +1,134 @@
+"""KV blocks on pool pages larger than a block, or not a multiple of it (KVPageMapper), on real host slots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine.kv_cache import KVPageMapper
+from warmserve.errors import OutOfMemoryError
+from warmserve.memory import PagePool
+
+MiB = 1 << 20
+
+
+def _mapped_pages(slot) -> set[int]:
+    return {p for start, n in slot.mapped_ranges() for p in range(start, start + n)}
+
+
+def test_blocks_share_a_page_which_goes_back_with_the_last_of_them():
+    with PagePool(64 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as pool:
+        slot = pool.create_slot(64 * MiB, "kv")
+        m = KVPageMapper(slot, 8 * MiB, 2 * MiB)  # 4 blocks to a page, after one page of "weights"
+        m.map_block(0)
+        assert _mapped_pages(slot) == {1} and m.pages_mapped == 1
+        for b in (1, 2, 3):
+            m.map_block(b)
+        assert _mapped_pages(slot) == {1} and pool.free_pages == 7  # no map call for the page's other blocks
+        m.map_block(4)
+        assert _mapped_pages(slot) == {1, 2}
+        for b in (0, 1, 2):
+            m.unmap_block(b)
+        assert _mapped_pages(slot) == {1, 2}  # block 3 still lies on page 1
+        m.unmap_block(3)
+        assert _mapped_pages(slot) == {2} and pool.free_pages == 7
+        m.unmap_block(4)
+        assert _mapped_pages(slot) == set() and pool.free_pages == 8
+
+
+def test_a_block_across_two_pages_holds_both_and_a_neighbour_keeps_the_shared_one():
+    with PagePool(64 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as pool:
+        slot = pool.create_slot(64 * MiB, "kv")
+        m = KVPageMapper(slot, 0, 6 * MiB)  # block 1 is bytes 6-12 MiB: pages 0 and 1
+        assert list(m.pages_of(1)) == [0, 1]
+        m.map_block(1)
+        assert _mapped_pages(slot) == {0, 1}
+        m.map_block(0)
+        m.map_block(2)  # bytes 12-18 MiB: page 1 (shared) and page 2 (new)
+        assert _mapped_pages(slot) == {0, 1, 2}
+        m.unmap_block(1)
+        assert _mapped_pages(slot) == {0, 1, 2}
+        m.unmap_block(0)
+        assert _mapped_pages(slot) == {1, 2}
+        m.unmap_block(2)
+        assert _mapped_pages(slot) == set()
+
+
+def test_a_block_the_pool_cannot_hold_maps_nothing():
+    with PagePool(16 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as pool:
+        slot = pool.create_slot(64 * MiB, "kv")
+        m = KVPageMapper(slot, 0, 6 * MiB)
+        m.map_block(0)
+        m.map_block(1)  # pages 0, 1: the pool is full
+        with pytest.raises(OutOfMemoryError):
+            m.map_block(2)  # needs page 2 as well as the shared page 1
+        assert _mapped_pages(slot) == {0, 1} and m.pages_mapped == 2
+        m.unmap_block(1)
+        assert _mapped_pages(slot) == {0}  # the failed map left no count behind on page 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(block_units=st.sampled_from([1, 2, 3, 4, 5, 8]), page_units=st.sampled_from([1, 2, 4, 8]),
+       ops=st.lists(st.tuples(st.booleans(), st.integers(0, 15)), max_size=40))
+def test_mapped_pages_are_exactly_those_under_mapped_blocks(block_units, page_units, ops):
+    """Any order of map and unmap: the slot maps exactly the pages under mapped blocks, the pool counts them, and
+    `mappable()` blocks always fit."""
+    block, page = block_units * 2 * MiB, page_units * 2 * MiB
+    total_pages = 48 // page_units
+    with PagePool(total_pages * page, backend="host", page_bytes=page, prefault=False) as pool:
+        slot = pool.create_slot(16 * block + 2 * page, "kv")
+        m = KVPageMapper(slot, page, block)
+        mapped: set[int] = set()
+        for want, b in ops:
+            if want and b not in mapped:
+                try:
+                    m.map_block(b)
+                    mapped.add(b)
+                except OutOfMemoryError:
+                    pass
+            elif not want and b in mapped:
+                m.unmap_block(b)
+                mapped.discard(b)
+            under = {p for x in mapped for p in m.pages_of(x)}
+            assert _mapped_pages(slot) == under and m.pages_mapped == len(under)
+            assert pool.free_pages == total_pages - len(under)
+        room = [b for b in range(16) if b not in mapped][:m.mappable()]
+        for b in room:
+            m.map_block(b)
+
+
+def _prompts(n, length, vocab=512):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (length + 7 * i,), generator=g).tolist() for i in range(n)]
+
+
+@pytest.mark.parametrize("page_mib", [8, 6])
+def test_an_engine_on_larger_pages_generates_the_same_tokens_and_gives_every_kv_page_back(tiny_dir, pool, page_mib):
+    """tiny-linear's 2 MiB blocks, four (or three) to a page: the same greedy tokens as on the 2 MiB pool, and a
+    KV target of 0 after the requests leaves only the weights mapped."""
+    prompts, params = _prompts(5, 300), SamplingParams(max_tokens=30, ignore_eos=True)
+    ref = load_model(tiny_dir["tiny-linear"], pool).wait()
+    try:
+        with Engine(ref) as eng:
+            want = eng.generate(prompts, params)
+    finally:
+        ref.close()
+    with PagePool(96 * MiB, backend="host", page_bytes=page_mib * MiB, prefault=False) as big:
+        lm = load_model(tiny_dir["tiny-linear"], big).wait()
+        try:
+            assert lm.kv_bytes_per_block == 2 * MiB and lm.weight_region_bytes % big.page_bytes == 0
+            weight_pages = lm.weight_region_bytes // big.page_bytes
+            with Engine(lm, target_free_blocks=3) as eng:
+                got = eng.generate(prompts, params)
+                st_ = eng.kv_stats()
+                kv_pages = lm.slot.mapped_pages - weight_pages
+                assert kv_pages == eng.kv.mapper.pages_mapped == -(-st_.kv_blocks_mapped * 2 // page_mib)
+                eng.set_kv_target_free_blocks(0)
+                assert lm.slot.mapped_pages == weight_pages and eng.kv.mapper.pages_mapped == 0
+                assert big.free_pages == big.total_pages - weight_pages
+        finally:
+            lm.close()
+    assert got == want and all(len(t) == 30 for t in want)
