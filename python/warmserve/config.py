@@ -122,6 +122,10 @@ class ClusterConfig:
     cpu_worker_memory_bytes: int = 0
     #: Torch threads per CPU worker; 0 shares the machine's cores among the workers.
     cpu_worker_threads: int = 0
+    #: Page size of every started worker's pool, bytes: a multiple of 2 MiB. On a GPU each page costs driver calls
+    #: when mapped (a 1 GiB give-back took 8.4 ms at 2 MiB pages and 0.48 ms at 32 MiB on an H200:
+    #: bench/switch/README.md); KV blocks share larger pages, which then grow and shrink the cache in steps of a page.
+    worker_page_bytes: int = 2 << 20
     #: Remote workers (joining with `warmserve worker --controller`) to wait for before serving.
     remote_workers: int = 0
     #: Seconds to wait for workers to come up and register.
@@ -133,6 +137,9 @@ class ClusterConfig:
     def __post_init__(self):
         if self.cpu_workers < 0 or self.remote_workers < 0:
             raise ValueError("ClusterConfig: cpu_workers and remote_workers must be >= 0")
+        if self.worker_page_bytes <= 0 or self.worker_page_bytes % (2 << 20):
+            raise ValueError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
+                             f"({2 << 20}), got {self.worker_page_bytes}")
         for d in self.devices:
             kind, _, idx = d.partition(":")
             if kind not in ("cpu", "cuda") or not idx.isdigit():

@@ -105,3 +105,21 @@ def test_a_worker_with_8_mib_pages_serves_and_counts_its_kv_pages(tmp_path):
 def test_a_page_size_that_is_not_a_multiple_of_2_mib_stops_the_worker_before_it_starts():
     with pytest.raises(errors.WarmServeError, match="--page-mib must be a positive multiple of 2, got 3"):
         spawn_local_worker("cpu", 0.05, 1, ready_timeout_s=60, extra_args=("--page-mib", "3"))
+
+
+def test_a_cluster_starts_its_workers_with_the_configured_page_size(tmp_path_factory):
+    import serving
+
+    with serving.demo_cluster(tmp_path_factory, models=(MODEL,), cpu_workers=1, cpu_worker_memory_bytes=512 << 20,
+                              worker_page_bytes=8 << 20) as c:
+        out = c.generate(MODEL, list(range(5, 600)), max_tokens=4, temperature=0)
+        assert out.completion_tokens == 4
+        workers = c.stats()["workers"]
+        assert [w["pool"]["page_bytes"] for w in workers] == [8 << 20]
+
+
+def test_a_page_size_that_is_not_a_multiple_of_2_mib_is_refused_in_the_cluster_config():
+    from warmserve.config import ClusterConfig
+
+    with pytest.raises(ValueError, match="worker_page_bytes must be a positive multiple of 2 MiB"):
+        ClusterConfig(worker_page_bytes=3 << 20)

@@ -92,7 +92,7 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
             spawn = controller.local_spawn[wid.encode()] = functools.partial(
                 spawn_worker, connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
-                curve=controller.hub.local_curve)
+                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes)
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         await controller.wait_for_workers(len(devices) + cfg.remote_workers, cfg.worker_start_timeout_s,

@@ -345,7 +345,8 @@ class RayLauncher:
                 timeout_s=timeout_s)
 
     def spawn(self, slot: WorkerSlot, connect: str, *, memory_bytes: int, heartbeat_interval_s: float,
-              log_dir: str | None = None, curve: tuple[str, str] | None = None) -> RayWorkerProcess:
+              log_dir: str | None = None, curve: tuple[str, str] | None = None,
+              page_bytes: int = 2 << 20) -> RayWorkerProcess:
         """Start the worker of ``slot`` as an actor in its bundle; returns at once (Ray starts it)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -353,7 +354,7 @@ class RayLauncher:
         gpu = slot.device.startswith("cuda")
         argv = ["--controller", connect, "--device", slot.device, "--worker-id", slot.worker_id,
                 "--heartbeat-interval-s", str(heartbeat_interval_s),
-                "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s))]
+                "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)), "--page-mib", str(page_bytes >> 20)]
         env = {}
         if not gpu:
             argv += ["--memory-gib", f"{memory_bytes / (1 << 30):.4f}", "--threads", str(slot.threads)]
@@ -477,7 +478,7 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
             spawn = controller.local_spawn[ident] = functools.partial(
                 launcher.spawn, slot, connect, memory_bytes=mem,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
-                curve=controller.hub.local_curve)
+                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes)
             procs[ident] = spawn()
         controller.local_procs = dict(procs)
         left = max(1.0, cfg.worker_start_timeout_s - (time.monotonic() - t0))

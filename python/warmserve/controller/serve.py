@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="most KV blocks one instance may hold (default 0: as many as the pool maps)")
     p.add_argument("--cpu-worker-threads", type=int, default=None,
                    help="torch threads per CPU worker (default: the cores shared among the workers)")
+    p.add_argument("--worker-page-mib", type=int, default=None,
+                   help="page size of each started worker's pool, MiB, a multiple of 2 (default 2; larger pages "
+                        "cost fewer driver calls per GiB on GPUs: bench/switch/README.md)")
     p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
     p.add_argument("--curve-dir", default=None, help="directory of ZeroMQ CURVE keys; turns on CURVE to workers")
     p.add_argument("--insecure", action="store_true",
@@ -98,6 +101,8 @@ def build_config(args) -> ClusterConfig:
             engine[flag] = getattr(args, flag)
     if args.cpu_worker_threads is not None:
         top["cpu_worker_threads"] = args.cpu_worker_threads
+    if args.worker_page_mib is not None:
+        top["worker_page_bytes"] = args.worker_page_mib << 20
     if args.model:
         specs = []
         for m in args.model:

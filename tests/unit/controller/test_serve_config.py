@@ -24,10 +24,11 @@ def test_flags_override_the_file(tmp_path, monkeypatch):
     assert cfg.controller.bind == "tcp://0.0.0.0:5555" and cfg.server.api_key == ""
     f.write_text("models: [a]\npolicy: {instance_capacity: 8}\nengine: {max_batch_tokens: 512}\n")
     cfg = serve.build_config(parse("--config", str(f), "--window-s", "30", "--policy-option", "min_lifetime_s=2",
-                                   "--max-num-seqs", "4", "--cpu-worker-threads", "1"))
+                                   "--max-num-seqs", "4", "--cpu-worker-threads", "1", "--worker-page-mib", "32"))
     pc = cfg.controller.policy_config
     assert (pc.instance_capacity, pc.window_s, pc.min_lifetime_s) == (8, 30.0, 2.0)  # flags over the file's table
     assert (cfg.engine.max_num_seqs, cfg.engine.max_batch_tokens, cfg.cpu_worker_threads) == (4, 512, 1)
+    assert cfg.worker_page_bytes == 32 << 20 and serve.build_config(parse()).worker_page_bytes == 2 << 20
     monkeypatch.setenv("WARMSERVE_API_KEY", "k")
     assert serve.build_config(parse()).server.api_key == "k"
     assert serve.build_config(parse()).models == ()  # the demo models are chosen when serving starts
