@@ -18,6 +18,9 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
 5. Where a batch-1 decode step's time goes: torch.profiler over eager steps, fused and unfused, and over graph
    replays (fused): kernels per step, their summed device time, the ten costliest kernels, and the device's idle
    time split into gaps inside a replay (< 20 us) and gaps between steps (the host's work).
+6. Decode with graphs under cuBLAS against cuBLASLt (torch.backends.cuda.preferred_blas_library), alternating: at
+   batch 1 cuBLAS's split-K GEMVs add a reduce kernel to some matmuls (part 5 on an H200); cuBLASLt's heuristics
+   may choose other kernels. Each switch drops the graphs, so the next activation captures them anew.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -133,6 +136,33 @@ def fused_vs_unfused(lm, a, bw: float) -> list[dict] | dict:
         return {"error": f"{type(e).__name__}: {e}"}
     finally:
         lm.fused_kernels = before
+    return out
+
+
+def blas_libraries(lm, a) -> list[dict] | dict:
+    """6. Decode with graphs under each BLAS library torch can prefer, alternating (module docstring). A failure is
+    recorded, not raised."""
+    before = torch.backends.cuda.preferred_blas_library()
+    out = []
+    try:
+        for batch in a.batches:
+            runs, toks = {"cublas": [], "cublaslt": []}, {}
+            for _ in range(a.repeats + 1):  # the first round warms up both
+                for lib in runs:
+                    torch.backends.cuda.preferred_blas_library(lib)
+                    release_decode_graphs(lm)  # captured again by the run's activation, with this library
+                    s, toks[lib], _ = decode_run(lm, batch, a.prompt_tokens, a.new_tokens, True, a.max_num_seqs)
+                    runs[lib].append(s)
+            row = {"batch": batch, "same_tokens": toks["cublas"] == toks["cublaslt"]}
+            for lib, ts in runs.items():
+                row[f"step_ms_{lib}"] = statistics.median(ts[1:]) / (a.new_tokens - 1) * 1e3
+            row["speedup_cublaslt"] = row["step_ms_cublas"] / row["step_ms_cublaslt"]
+            out.append(row)
+    except Exception as e:  # noqa: BLE001 (reported in the results instead)
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        torch.backends.cuda.preferred_blas_library(before)
+        release_decode_graphs(lm)
     return out
 
 
@@ -262,6 +292,7 @@ def main() -> None:
             res["fused"] = fused_vs_unfused(lm, a, bw)
             res["profile"] = [kernel_profile(lm, a, fused) for fused in (False, True)]
             res["profile"].append(kernel_profile(lm, a, True, graphs=True))  # where a replayed step's time goes
+            res["blas"] = blas_libraries(lm, a)
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -305,6 +336,12 @@ def main() -> None:
                      f"{p['gaps_in_replay_us_per_step']:.0f} us in gaps < 20 us and "
                      f"{p['gaps_between_steps_us_per_step']:.0f} us between steps; costliest:")
         lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
+    blas = res.get("blas", [])
+    if isinstance(blas, dict):
+        lines.append(f"BLAS libraries: FAILED: {blas['error']}")
+    for r in blas:
+        lines.append(f"decode batch {r['batch']} with graphs: cuBLAS {r['step_ms_cublas']:.3f} ms/step, cuBLASLt "
+                     f"{r['step_ms_cublaslt']:.3f}: {r['speedup_cublaslt']:.2f}x; same tokens: {r['same_tokens']}")
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
