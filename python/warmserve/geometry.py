@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 
-#: Physical page of the memory manager's pool (csrc): every mapping is a whole number of these.
+#: Physical page of the memory manager's pool (csrc) by default, and the unit KV blocks are padded to: every
+#: mapping is a whole number of these. A pool may use larger pages (a multiple of this); KV blocks then share them
+#: (engine/kv_cache.KVPageMapper), and planning here keeps this unit.
 PAGE_BYTES = 2 << 20
 #: Tokens per KV block (PAPER.md §6): one block covers every layer's K and V, so blocks map onto whole pages.
 KV_BLOCK_TOKENS = 256
