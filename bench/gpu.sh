@@ -180,7 +180,7 @@ if want graphs; then
     elif [ "$size" = 1b ]; then src=(--demo llama-90m); else continue; fi
     [ "$(left)" -lt 120 ] && { summary "bench graphs $size: skipped ($(left) s left)"; continue; }
     t0=$(date +%s)
-    timeout 120 $PY bench/gpu_graphs.py "$RESULTS/$out" "${src[@]}" --demo-dir "$DEMO_DIR" --repeats 3 \
+    timeout 150 $PY bench/gpu_graphs.py "$RESULTS/$out" "${src[@]}" --demo-dir "$DEMO_DIR" --repeats 3 \
       > "$RESULTS/$out.log" 2>&1
     rc=$?
     summary "bench graphs ($size): rc=$rc in $(($(date +%s) - t0)) s ($out.{json,txt})"
