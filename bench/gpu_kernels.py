@@ -4,8 +4,9 @@ Decode attention of one layer (32 query heads, 8 KV heads, head_dim 128, bfloat1
 over the cache) at batch 1/16/64 and contexts 512..32768: the torch path (write with index_copy, gather the
 context with index_select, SDPA) against write_kv + paged_attention; then the block copies of switching (1 GiB
 as 512 blocks of 2 MiB: copy_blocks against torch indexing; copy_bytes against Tensor.copy_), and prefill chunks
-with cached context (torch path, the one-row-per-query kernel, the tiled kernel). Times are medians
-of CUDA-event-timed repeats after a warm-up. Run by bench/gpu.sh; usage: python bench/gpu_kernels.py OUT_PREFIX
+with cached context (torch path, the one-row-per-query kernel, the tiled kernel), and the per-head attention
+kernel with 4, 8 and 16 warps a block at small batches (WARPS_CASES, timed from CUDA graph replays). Times are
+medians of CUDA-event-timed repeats after a warm-up. Run by bench/gpu.sh; usage: python bench/gpu_kernels.py OUT_PREFIX
 (writes OUT_PREFIX.json, .txt and .png).
 """
 
@@ -83,6 +84,57 @@ def decode_case(batch: int, ctx: int) -> dict:
     return out
 
 
+#: Warps of the per-head kernel at small batches: (batch, context, head_dim); head_dim 64 is the 1b demo's shape
+#: (32 / 8 heads), 128 the 7b's. A batch-1 decode at a short context is a chain of dependent rounds of keys, and
+#: more warps put more keys in flight per round (bench/engine/README.md, the 1b's 8.4 us a layer).
+WARPS_CASES = [(1, 70, 64), (1, 300, 64), (1, 2000, 64), (4, 300, 64), (1, 70, 128), (1, 2000, 128)]
+#: The longest context a CUDA graph's split is fixed for in these cases (engine/graphs.py fixes it per bucket).
+GRAPH_MAX_LEN = 8192
+
+
+def graph_timed(fn, calls: int = 20, repeats: int = 10) -> float:
+    """Median milliseconds per call of fn() replayed from a CUDA graph of `calls` calls: at a few microseconds a
+    kernel, timing eager calls would time the host's launch and Python instead; a decode graph replays them."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # allocations and lazy loading outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return timed(graph.replay, repeats) / calls
+
+
+def warps_case(batch: int, ctx: int, head_dim: int) -> dict:
+    """Ms per call of paged_attention (per-head kernel, replayed from a graph) with 4, 8 and 16 warps, the split
+    as an eager step picks it (max_len = the context) and as a graph fixes it (max_len = GRAPH_MAX_LEN); the
+    largest difference from 4 warps' output."""
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(1)
+    nb = math.ceil(ctx / BLOCK)
+    rpb = 2 * BLOCK
+    cache = torch.randn((batch * nb + 1) * rpb, KV_HEADS * head_dim, device=dev, dtype=DTYPE, generator=g)
+    tables = torch.randperm(batch * nb, device=dev, generator=g).view(batch, nb).to(torch.int32)
+    q = torch.randn(batch, HEADS, head_dim, device=dev, dtype=DTYPE, generator=g)
+    seq = torch.arange(batch, device=dev, dtype=torch.int32)
+    lens = torch.full((batch,), ctx, device=dev, dtype=torch.int32)
+    out = dict(batch=batch, context=ctx, head_dim=head_dim)
+    for label, max_len in (("eager", ctx), ("graph", GRAPH_MAX_LEN)):
+        split = kernels.default_split_tokens(batch, HEADS, max_len)
+
+        def att(w):
+            return kernels.paged_attention(q, cache, tables, seq, lens, k_off=0, v_off=BLOCK, rows_per_block=rpb,
+                                           block_tokens=BLOCK, scale=head_dim ** -0.5, max_len=max_len,
+                                           split_tokens=split, gqa_shared=False, warps=w)
+        ref = att(4).float()
+        for w in (4, 8, 16):
+            out[f"{label}_ms_w{w}"] = graph_timed(lambda: att(w))
+            out[f"{label}_max_abs_diff_w{w}"] = (att(w).float() - ref).abs().max().item()
+    return out
+
+
 #: Prefill chunks with cached context: (query rows, cached tokens before them), one sequence.
 PREFILL_CASES = [(512, 1536), (512, 7680), (2048, 2048)]
 
@@ -154,6 +206,10 @@ def main(prefix: str) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     decode = [decode_case(b, c) for b, c in CASES]
     copies = copy_cases()
+    try:  # the wider per-head kernels had not run on a GPU when written: a failure is recorded, not raised
+        warps, warps_error = [warps_case(*c) for c in WARPS_CASES], None
+    except Exception as e:  # noqa: BLE001
+        warps, warps_error = [], f"{type(e).__name__}: {e}"
     try:  # last: the tiled kernel is new, and a fault here must not cost the figures above
         prefill = [prefill_case(n, c) for n, c in PREFILL_CASES]
         prefill_error = None
@@ -161,6 +217,7 @@ def main(prefix: str) -> None:
         prefill, prefill_error = [], f"{type(e).__name__}: {e}"
     res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, dtype=str(DTYPE), heads=HEADS,
                kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_tokens=BLOCK, decode=decode, prefill=prefill, prefill_error=prefill_error, copies=copies,
+               warps=warps, warps_error=warps_error,
                definitions="median ms of CUDA-event-timed calls of attend() (one layer: K/V write + attention); "
                            "kernel_kv_read_gbps = K+V bytes of the context / kernel time (bytes read, lower bound)")
     with open(prefix + ".json", "w") as f:
@@ -173,6 +230,13 @@ def main(prefix: str) -> None:
     lines += [f"{d['batch']:5d} {d['context']:7d} {d['attention_ms']:12.3f} {d['gqa_shared_ms']:14.3f} "
               f"{d['gqa_shared_speedup']:7.2f}x {d['gqa_shared_max_abs_diff']:12.2e}" if "gqa_shared_ms" in d
               else f"{d['batch']:5d} {d['context']:7d} GQA-shared FAILED: {d['gqa_shared_error']}" for d in decode]
+    lines += ["per-head kernel by warps (ms; eager split | graph split, max_len 8192): batch context head_dim  "
+              "w4 w8 w16 | w4 w8 w16"]
+    lines += [f"{w['batch']:5d} {w['context']:7d} {w['head_dim']:8d}  "
+              + " ".join(f"{w[f'eager_ms_w{n}']:.4f}" for n in (4, 8, 16)) + " | "
+              + " ".join(f"{w[f'graph_ms_w{n}']:.4f}" for n in (4, 8, 16)) for w in warps]
+    if warps_error:
+        lines.append(f"warps cases FAILED: {warps_error}")
     lines += ["prefill chunk (one sequence): rows cached  torch_ms  rows_kernel_ms  tiled_kernel_ms  tiled_vs_rows  "
               "max_abs_diff_tiled"]
     lines += [f"{p['rows']:5d} {p['cached']:6d} {p['torch_ms']:9.3f} {p['rows_kernel_ms']:15.3f} "

@@ -34,8 +34,9 @@ __global__ void write_rows_kernel(U* __restrict__ cache, const U* __restrict__ k
   for (int64_t j = threadIdx.x; j < units; j += blockDim.x) dst[j] = src[j];
 }
 
-// ---- paged attention: grid (n_rows, n_heads, n_splits), kWarps warps; each warp walks kKeys keys at a time
-// (keys t = lo + kKeys (warp + kWarps i) + j) with an online softmax (running max m, sum l, accumulator acc).
+// ---- paged attention: grid (n_rows, n_heads, n_splits), W warps (kWarps by default; PagedAttention.warps); each
+// warp walks kKeys keys at a time (keys t = lo + kKeys (warp + W i) + j) with an online softmax (running max m,
+// sum l, accumulator acc).
 // Lanes split head_dim into contiguous runs of VPL elements, read with the widest aligned vector loads, so one key
 // row is one coalesced read. The kKeys keys' loads are issued together and their dot products reduced together:
 // with one key at a time a warp waits out a load, a 5-step shuffle and an exp per key, and a 32k-token decode ran
@@ -79,8 +80,8 @@ __device__ __forceinline__ KeyRange key_range(const PagedAttention& a, int row, 
   return r;
 }
 
-template <class T, int VPL>  // VPL = head_dim / 32 values per lane
-__global__ void __launch_bounds__(kWarps * 32)
+template <class T, int VPL, int W>  // VPL = head_dim / 32 values per lane; W warps (PagedAttention.warps)
+__global__ void __launch_bounds__(W * 32)
     paged_attention_kernel(PagedAttention a) {
   const int row = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -109,7 +110,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int i = 0; i < VPL; ++i) q[i] *= a.scale, acc[i] = 0.f;
   float m = -FLT_MAX, l = 0.f;  // -FLT_MAX, not -inf: exp(m - m_new) stays finite when a warp sees no key
-  for (int base = lo + warp * kKeys; base < hi; base += kWarps * kKeys) {
+  for (int base = lo + warp * kKeys; base < hi; base += W * kKeys) {
     float kv[kKeys][VPL], vv[kKeys][VPL], s[kKeys];
 #pragma unroll
     for (int j = 0; j < kKeys; ++j) {
@@ -148,16 +149,16 @@ __global__ void __launch_bounds__(kWarps * 32)
     m = m_new;
   }
 
-  __shared__ float sm_m[kWarps], sm_l[kWarps];
-  __shared__ float sm_acc[kWarps][VPL * 32];
+  __shared__ float sm_m[W], sm_l[W];
+  __shared__ float sm_acc[W][VPL * 32];
   if (lane == 0) sm_m[warp] = m, sm_l[warp] = l;
 #pragma unroll
   for (int i = 0; i < VPL; ++i) sm_acc[warp][lane * VPL + i] = acc[i];
   __syncthreads();
   float M = -FLT_MAX;
-  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w]);
-  float L = 0.f, wgt[kWarps];
-  for (int w = 0; w < kWarps; ++w) {
+  for (int w = 0; w < W; ++w) M = fmaxf(M, sm_m[w]);
+  float L = 0.f, wgt[W];
+  for (int w = 0; w < W; ++w) {
     wgt[w] = sm_l[w] > 0.f ? __expf(sm_m[w] - M) : 0.f;  // a warp with no key has l == 0
     L += sm_l[w] * wgt[w];
   }
@@ -166,7 +167,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const float inv = L > 0.f ? 1.f / L : 0.f;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
       float x = 0.f;
-      for (int w = 0; w < kWarps; ++w) x += sm_acc[w][d] * wgt[w];
+      for (int w = 0; w < W; ++w) x += sm_acc[w][d] * wgt[w];
       op[d] = from_f<T>(x * inv);
     }
     return;
@@ -174,7 +175,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   float* ws = reinterpret_cast<float*>(a.workspace) + (rh * a.n_splits + split) * (D + 2);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float x = 0.f;
-    for (int w = 0; w < kWarps; ++w) x += sm_acc[w][d] * wgt[w];
+    for (int w = 0; w < W; ++w) x += sm_acc[w][d] * wgt[w];
     ws[d] = x;
   }
   if (threadIdx.x == 0) ws[D] = M, ws[D + 1] = L;
@@ -331,153 +332,42 @@ __global__ void reduce_splits_kernel(PagedAttention a) {
 }
 
 template <class T>
+void launch_reduce(const PagedAttention& a, cudaStream_t st) {
+  if (a.n_splits <= 1) return;
+  reduce_splits_kernel<T><<<dim3(unsigned(a.n_rows), unsigned(a.n_heads)), a.head_dim, 0, st>>>(a);
+  check_launch("reduce_splits_kernel launch");
+}
+
+template <class T>
 void launch_attention(const PagedAttention& a) {
   dim3 grid(unsigned(a.n_rows), unsigned(a.n_heads), unsigned(a.n_splits));
   cudaStream_t st = reinterpret_cast<cudaStream_t>(a.stream);
   if (!a.gqa_shared || !launch_gqa<T>(a, st)) {
-    switch (a.head_dim / 32) {
+    const int w = a.warps ? a.warps : kWarps;
+    const int vpl = a.head_dim / 32;
+    // More warps put more keys in flight per round: a short context is a chain of dependent rounds (a 70-token
+    // batch-1 decode took 8.4 us a layer with 4 warps on an H200, bench/gpu_graphs.py part 5). Built for head_dim
+    // 64 and 128; kernels.py checks the shape first.
+#define WS_WIDE(v, n)                                                              \
+  if (vpl == v && w == n) {                                                        \
+    paged_attention_kernel<T, v, n><<<grid, n * 32, 0, st>>>(a);                   \
+    check_launch("paged_attention_kernel launch");                                 \
+    launch_reduce<T>(a, st);                                                       \
+    return;                                                                        \
+  }
+    WS_WIDE(2, 8) WS_WIDE(2, 16) WS_WIDE(4, 8) WS_WIDE(4, 16)
+#undef WS_WIDE
+    if (w != kWarps) throw invalid("paged_attention: " + std::to_string(w) + " warps are built for head_dim 64 and "
+                                   "128 only, got head_dim " + std::to_string(a.head_dim));
+    switch (vpl) {
 #define WS_CASE(v) \
-  case v: paged_attention_kernel<T, v><<<grid, kWarps * 32, 0, st>>>(a); break;
+  case v: paged_attention_kernel<T, v, kWarps><<<grid, kWarps * 32, 0, st>>>(a); break;
       WS_CASE(1) WS_CASE(2) WS_CASE(3) WS_CASE(4) WS_CASE(5) WS_CASE(6) WS_CASE(7) WS_CASE(8)
 #undef WS_CASE
     }
   }
   check_launch("paged_attention_kernel launch");
-  if (a.n_splits > 1) {
-    reduce_splits_kernel<T><<<dim3(unsigned(a.n_rows), unsigned(a.n_heads)), a.head_dim, 0, st>>>(a);
-    check_launch("reduce_splits_kernel launch");
-  }
-}
-
-// ---- prefill attention, tiled (kernels.h): grid (n_tiles, n_heads), 128 threads. Shared memory holds the tile's
-// queries (scaled, float), one key tile and one value tile (kKeys keys, float; the key rows padded by one element so
-// the 32 keys a warp scores sit in 32 different banks) and the tile's scores. Per key tile: stage K and V (coalesced
-// along head_dim), score kPrefillTileRows x kKeys pairs, update each row's running max m, sum l and rescale factor c
-// (one warp per row), then acc = acc * c + P V, each thread owning kPrefillTileRows * D / 128 outputs. A masked
-// score is -FLT_MAX (real scores are finite and far above it).
-constexpr int kPrefillThreads = 128;
-
-template <class T, int VPL>
-__global__ void __launch_bounds__(kPrefillThreads)
-    prefill_attention_kernel(const T* __restrict__ q, T* __restrict__ out, const T* __restrict__ cache,
-                             const int32_t* __restrict__ block_tables, int64_t table_stride,
-                             const int32_t* __restrict__ row_seq, const int32_t* __restrict__ row_len,
-                             const int32_t* __restrict__ tiles, int n_heads, int kv_heads, int64_t rows_per_block,
-                             int block_tokens, int64_t k_off, int64_t v_off, int window, float scale) {
-  constexpr int D = VPL * 32;
-  constexpr int R = kPrefillTileRows;
-  constexpr int kKeys = D <= 128 ? 32 : 8;  // keeps the static shared memory under 48 KiB up to D = 256
-  constexpr int kPer = R * D / kPrefillThreads;
-  __shared__ float sq[R][D];
-  __shared__ float sk[kKeys][D + 1];
-  __shared__ float sv[kKeys][D];
-  __shared__ float ss[R][kKeys];
-  __shared__ float sm[R], sl[R], sc[R];
-  __shared__ int slen[R];
-
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, h = blockIdx.y;
-  const int first = tiles[2 * blockIdx.x], m = min(tiles[2 * blockIdx.x + 1], R);  // rows past R: not computed
-  if (m <= 0) return;  // an empty tile (uniform over the block)
-  const int kvh = h / (n_heads / kv_heads);
-  const int64_t row_elems = int64_t(kv_heads) * D;
-  const int32_t* table = block_tables + int64_t(row_seq[first]) * table_stride;
-  if (tid < R) {
-    slen[tid] = tid < m ? row_len[first + tid] : 0;
-    sm[tid] = -FLT_MAX, sl[tid] = 0.f, sc[tid] = 1.f;
-  }
-  for (int e = tid; e < R * D; e += kPrefillThreads) {
-    const int i = e / D, d = e % D;
-    sq[i][d] = i < m ? to_f(q[(int64_t(first + i) * n_heads + h) * D + d]) * scale : 0.f;
-  }
-  __syncthreads();
-  const int hi = slen[m - 1];  // the tile's last row sees the most keys
-  const int lo = window > 0 ? max(0, slen[0] - window) : 0;
-  float acc[kPer];
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) acc[k] = 0.f;
-
-  for (int t0 = lo; t0 < hi; t0 += kKeys) {
-    for (int e = tid; e < kKeys * D; e += kPrefillThreads) {
-      const int j = e / D, d = e % D, t = t0 + j;
-      float kx = 0.f, vx = 0.f;
-      if (t < hi) {
-        const int64_t r = int64_t(table[t / block_tokens]) * rows_per_block + t % block_tokens;
-        kx = to_f(cache[(r + k_off) * row_elems + int64_t(kvh) * D + d]);
-        vx = to_f(cache[(r + v_off) * row_elems + int64_t(kvh) * D + d]);
-      }
-      sk[j][d] = kx;
-      sv[j][d] = vx;
-    }
-    __syncthreads();
-    for (int e = tid; e < R * kKeys; e += kPrefillThreads) {
-      const int i = e / kKeys, j = e % kKeys, t = t0 + j, len = slen[i];
-      float s = -FLT_MAX;
-      if (i < m && t < len && (window <= 0 || t >= len - window)) {
-        s = 0.f;
-#pragma unroll 8
-        for (int d = 0; d < D; ++d) s += sq[i][d] * sk[j][d];
-      }
-      ss[i][j] = s;
-    }
-    __syncthreads();
-    for (int i = warp; i < R; i += kPrefillThreads / 32) {
-      const float s = lane < kKeys ? ss[i][lane] : -FLT_MAX;
-      float mx = s;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_old = sm[i], m_new = fmaxf(m_old, mx);
-      const float p = s > -FLT_MAX ? __expf(s - m_new) : 0.f;
-      float sum = p;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane < kKeys) ss[i][lane] = p;
-      if (lane == 0) {
-        const float c = __expf(m_old - m_new);  // 1 while no key was seen (both -FLT_MAX); l is 0 then anyway
-        sc[i] = c, sl[i] = sl[i] * c + sum, sm[i] = m_new;
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      const int e = tid + k * kPrefillThreads, i = e / D, d = e % D;
-      float x = acc[k] * sc[i];
-#pragma unroll 8
-      for (int j = 0; j < kKeys; ++j) x += ss[i][j] * sv[j][d];
-      acc[k] = x;
-    }
-    __syncthreads();  // the next key tile overwrites sk, sv and ss
-  }
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int e = tid + k * kPrefillThreads, i = e / D, d = e % D;
-    if (i < m) {
-      const float l = sl[i];
-      out[(int64_t(first + i) * n_heads + h) * D + d] = from_f<T>(l > 0.f ? acc[k] / l : 0.f);
-    }
-  }
-}
-
-template <class T>
-void launch_prefill(uintptr_t q, uintptr_t out, uintptr_t cache, uintptr_t block_tables, int64_t table_stride,
-                    uintptr_t row_seq, uintptr_t row_len, uintptr_t tiles, int64_t n_tiles, int n_heads, int kv_heads,
-                    int head_dim, int64_t rows_per_block, int block_tokens, int64_t k_off, int64_t v_off, int window,
-                    float scale, cudaStream_t st) {
-  const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(n_heads));
-  switch (head_dim / 32) {
-#define WS_CASE(v)                                                                                                  \
-  case v:                                                                                                          \
-    prefill_attention_kernel<T, v><<<grid, kPrefillThreads, 0, st>>>(                                              \
-        reinterpret_cast<const T*>(q), reinterpret_cast<T*>(out), reinterpret_cast<const T*>(cache),               \
-        reinterpret_cast<const int32_t*>(block_tables), table_stride, reinterpret_cast<const int32_t*>(row_seq),   \
-        reinterpret_cast<const int32_t*>(row_len), reinterpret_cast<const int32_t*>(tiles), n_heads, kv_heads,     \
-        rows_per_block, block_tokens, k_off, v_off, window, scale);                                                \
-    break;
-    WS_CASE(1) WS_CASE(2) WS_CASE(3) WS_CASE(4) WS_CASE(5) WS_CASE(6) WS_CASE(7) WS_CASE(8)
-#undef WS_CASE
-    default: throw invalid("prefill_attention: head_dim must be a multiple of 32 in [32, 256], got " +
-                           std::to_string(head_dim));
-  }
-  check_launch("prefill_attention_kernel launch");
+  launch_reduce<T>(a, st);
 }
 
 __global__ void copy_blocks_kernel(int4* __restrict__ dst, const int4* __restrict__ src,
@@ -542,23 +432,6 @@ void paged_attention(const PagedAttention& a) {
     case kFloat16: launch_attention<__half>(a); break;
     case kBFloat16: launch_attention<__nv_bfloat16>(a); break;
     default: throw invalid("paged_attention: unknown dtype code " + std::to_string(a.dtype));
-  }
-}
-
-void prefill_attention(uintptr_t q, uintptr_t out, uintptr_t cache, uintptr_t block_tables, int64_t table_stride,
-                       uintptr_t row_seq, uintptr_t row_len, uintptr_t tiles, int64_t n_tiles, int n_heads,
-                       int kv_heads, int head_dim, int64_t rows_per_block, int block_tokens, int64_t k_off,
-                       int64_t v_off, int window, float scale, int dtype, uintptr_t stream) {
-  if (n_tiles <= 0) return;
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  switch (dtype) {
-#define WS_ARGS q, out, cache, block_tables, table_stride, row_seq, row_len, tiles, n_tiles, n_heads, kv_heads, head_dim, \
-                rows_per_block, block_tokens, k_off, v_off, window, scale, st
-    case kFloat32: launch_prefill<float>(WS_ARGS); break;
-    case kFloat16: launch_prefill<__half>(WS_ARGS); break;
-    case kBFloat16: launch_prefill<__nv_bfloat16>(WS_ARGS); break;
-#undef WS_ARGS
-    default: throw invalid("prefill_attention: unknown dtype code " + std::to_string(dtype));
   }
 }
 

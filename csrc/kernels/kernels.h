@@ -46,6 +46,7 @@ struct PagedAttention {
   int n_splits = 1;
   uintptr_t workspace = 0;       // float32 [n_rows * n_heads * n_splits * (head_dim + 2)] when n_splits > 1
   bool gqa_shared = false;       // one block per KV head computes its query heads (each key read once per group)
+  int warps = 0;                 // warps per block of the per-head kernel: 0 = 4; 8 or 16 at head_dim 64 or 128
   int dtype = kFloat32;
   uintptr_t stream = 0;
 };

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, attend, causal_mask  # noqa: E402
 from warmserve.memory import kernels  # noqa: E402
+from warmserve.errors import InvalidArgumentError  # noqa: E402
 
 if torch.cuda.is_available() and not kernels.kernels_compiled():
     pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
@@ -109,19 +110,19 @@ def run_torch(s, dtype=None):
     return out.view_as(s["q"]), cache
 
 
-def run_kernels(s, cache=None, split_tokens=None, gqa_shared=False):
+def run_kernels(s, cache=None, split_tokens=None, gqa_shared=False, warps=None):
     cache = s["cache"].clone() if cache is None else cache
     kernels.write_kv(cache, s["k"], s["v"], s["meta"].write_rows, s["k_off"], s["v_off"])
     out = kernels.paged_attention(
         s["q"], cache, s["block_tables"], s["row_seq"], s["row_len"], k_off=s["k_off"], v_off=s["v_off"],
         rows_per_block=s["rows_per_block"], block_tokens=s["block_tokens"], scale=s["scale"], window=s["window"],
-        max_len=s["max_len"], split_tokens=split_tokens, gqa_shared=gqa_shared)
+        max_len=s["max_len"], split_tokens=split_tokens, gqa_shared=gqa_shared, warps=warps)
     return out, cache
 
 
-def check(s, split_tokens=None, gqa_shared=False):
+def check(s, split_tokens=None, gqa_shared=False, warps=None):
     dtype = s["q"].dtype
-    out_k, cache_k = run_kernels(s, split_tokens=split_tokens, gqa_shared=gqa_shared)
+    out_k, cache_k = run_kernels(s, split_tokens=split_tokens, gqa_shared=gqa_shared, warps=warps)
     out_t, cache_t = run_torch(s)
     torch.cuda.synchronize()
     assert torch.equal(cache_k, cache_t)  # write_kv wrote exactly the rows attend() wrote
@@ -183,6 +184,28 @@ def test_gqa_shared_kernel(dtype, heads, kv_heads, head_dim):
     check(long, split_tokens=kernels.default_split_tokens(3, kv_heads, 65536), gqa_shared=True)
     check(make_step(dtype, chunks=((30, 20),), decode_lens=(100, 5, 64), window=24, **shape), split_tokens=32,
           gqa_shared=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("warps", [8, 16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_per_head_kernel_with_more_warps(dtype, warps, head_dim):
+    """paged_attention(warps=8 or 16): decodes (contexts shorter than one round of keys too), chunks with cached
+    context, several splits with empty ones, a sliding window."""
+    shape = dict(heads=8, kv_heads=2, head_dim=head_dim)
+    check(make_step(dtype, decode_lens=(1, 2, 16, 17, 33, 100), chunks=((0, 12), (40, 25)), **shape), warps=warps)
+    long = make_step(dtype, decode_lens=(3000, 7, 513), block_tokens=256, pad_rows=0, **shape)
+    check(long, warps=warps)
+    long["max_len"] = 65536
+    check(long, split_tokens=kernels.default_split_tokens(3, 8, 65536), warps=warps)
+    check(make_step(dtype, chunks=((30, 20),), decode_lens=(100, 5, 64), window=24, **shape), split_tokens=32,
+          warps=warps)
+
+
+def test_more_warps_at_an_unbuilt_head_dim_is_refused():
+    s = make_step(torch.float32, decode_lens=(5,), heads=4, kv_heads=1, head_dim=96)
+    with pytest.raises(InvalidArgumentError, match="warps must be 4, or 8 or 16 at head_dim 64 or 128"):
+        run_kernels(s, warps=8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -155,7 +155,8 @@ def _attention_shapes(q, cache, block_tables, row_seq, row_len) -> tuple[int, in
 def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
                     row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
                     scale: float, window: int = 0, max_len: int | None = None,
-                    split_tokens: int | None = None, gqa_shared: bool | None = None) -> torch.Tensor:
+                    split_tokens: int | None = None, gqa_shared: bool | None = None,
+                    warps: int | None = None) -> torch.Tensor:
     """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
     block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
     (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
@@ -163,12 +164,17 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
     block per KV head computes its group's query heads, reading each key once per group (gqa_shared_built's
     shapes; others take the per-head kernel); None: for 2+ rows (uses_gqa_shared). On an H200 at 32/8 heads x 128
     in bfloat16 it took 0.56-0.85x the per-head kernel's time at batch 16 and 64 (bench/gpu_kernels.py,
-    2026-11-28), hence the default."""
+    2026-11-28), hence the default. warps: of the per-head kernel's block, 4 (None), or 8 or 16 at head_dim 64 and
+    128: more keys in flight per round, for short contexts with few blocks (bench/gpu_kernels.py measures them;
+    ignored where the GQA-shared kernel runs)."""
     dev = _require(q, cache, block_tables, row_seq, row_len)
     _index(row_seq, torch.int32, "row_seq")
     _index(row_len, torch.int32, "row_len")
     n_rows, n_heads, head_dim = _attention_shapes(q, cache, block_tables, row_seq, row_len)
     kv_heads = cache.shape[1] // head_dim
+    if warps not in (None, 4) and not (warps in (8, 16) and head_dim in (64, 128)):
+        raise InvalidArgumentError(f"warps must be 4, or 8 or 16 at head_dim 64 or 128; got {warps} at head_dim "
+                                   f"{head_dim}", warps=warps, head_dim=head_dim)
     out = torch.empty_like(q)
     if n_rows == 0:
         return out
@@ -187,7 +193,7 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
             q.data_ptr(), out.data_ptr(), cache.data_ptr(), block_tables.data_ptr(), block_tables.shape[1],
             row_seq.data_ptr(), row_len.data_ptr(), n_rows, n_heads, kv_heads, head_dim, int(rows_per_block),
             int(block_tokens), int(k_off), int(v_off), int(window), float(scale), int(split_tokens), n_splits,
-            0 if work is None else work.data_ptr(), _dtype_code(q), _stream(dev), bool(gqa_shared))
+            0 if work is None else work.data_ptr(), _dtype_code(q), _stream(dev), bool(gqa_shared), int(warps or 0))
     return out
 
 
