@@ -10,7 +10,8 @@ The pool's page may be larger than the 2 MiB unit (on a GPU each page costs driv
 takes 8.4 ms at 2 MiB pages and 0.48 ms at 32 MiB on an H200: bench/switch/README.md). Then several blocks share
 a page, or a block spans two: `KVPageMapper` maps a page with the first block on it and unmaps it with the last.
 
-Allocation takes the lowest free index first, so the mapped set stays compact and shrinking takes the highest.
+Allocation takes the lowest free index first, so the mapped set stays compact and shrinking takes the highest
+(first those whose pages no block in use holds, when blocks share pages).
 """
 
 from __future__ import annotations
@@ -80,16 +81,31 @@ class KVPageMapper:
             else:
                 self._blocks_on[p] -= 1
 
-    def mappable(self) -> int:
-        """Blocks the pool's free pages can surely take, whichever blocks are mapped next (a lower bound when pages
-        are shared: it counts no room left on pages already mapped)."""
-        page = self.slot.page_bytes
-        free_pages = int(self.slot.pool.free_bytes) // page
-        if self.block_bytes % page == 0:  # whole pages, none shared (the region starts on a page)
-            return free_pages // (self.block_bytes // page)
-        if page % self.block_bytes == 0:  # whole blocks to a page, none across two
-            return free_pages * (page // self.block_bytes)
-        return free_pages // (-(-self.block_bytes // page) + 1)  # at worst one more page than its size
+    def mappable(self, blocks) -> int:
+        """How many of ``blocks``, mapped in this order, the pool's free pages take: a page the mapped blocks hold,
+        or that an earlier one of ``blocks`` takes, costs nothing again (the same answer on every tensor-parallel
+        rank with the same state)."""
+        free_pages = int(self.slot.pool.free_bytes) // self.slot.page_bytes
+        taken: set[int] = set()
+        n = 0
+        for b in blocks:
+            new = [p for p in self.pages_of(b) if p not in self._blocks_on and p not in taken]
+            if len(taken) + len(new) > free_pages:
+                break
+            taken.update(new)
+            n += 1
+        return n
+
+    def frees_pages(self, b: int, free: set[int]) -> bool:
+        """Whether unmapping block ``b`` with the other blocks of ``free`` (mapped blocks nobody uses) gives pages
+        back: some page of ``b`` holds no mapped block outside ``free``."""
+        return any(self._blocks_on[p] == sum(1 for x in self._blocks_at(p) if x in free) for p in self.pages_of(b))
+
+    def _blocks_at(self, page: int) -> range:
+        """The blocks that lie on slot page ``page`` (mapped or not)."""
+        start = page * self.slot.page_bytes - self.offset_bytes
+        end = start + self.slot.page_bytes
+        return range(max(0, start // self.block_bytes), max(0, -(-end // self.block_bytes)))
 
 
 def layer_offsets(num_layers: int, block_tokens: int) -> list[tuple[int, int]]:
@@ -148,6 +164,10 @@ class KVCache:
             heapq.heappush(self._free, b)
         self.num_used -= len(blocks)
 
+    def next_unmapped(self, n: int) -> list[int]:
+        """The ``n`` blocks mapping would take next (the lowest unmapped first)."""
+        return heapq.nsmallest(n, self._unmapped)
+
     def _map_one(self) -> int | None:
         if not self._unmapped or self.mapper is None:
             return None
@@ -168,14 +188,18 @@ class KVCache:
         self.shrink()
 
     def shrink(self) -> int:
-        """Unmap free blocks beyond the target, highest index first; returns blocks unmapped."""
+        """Unmap free blocks beyond the target, highest index first (after those that give pages back); returns
+        blocks unmapped."""
         if self.mapper is None:
             return 0
         extra = len(self._free) - self.target_free_blocks
         if extra <= 0:
             return 0
-        victims = sorted(self._free)[-extra:]
-        keep = sorted(self._free)[:-extra]
+        # Blocks on pages that no block in use holds go first, so pages shared by several blocks go back whole
+        # (with blocks of a page each, every free block qualifies and this is highest index first).
+        free = set(self._free)
+        order = sorted(self._free, key=lambda b: (self.mapper.frees_pages(b, free), b))
+        victims, keep = order[-extra:], order[:-extra]
         for b in victims:
             self.mapper.unmap_block(b)
             self.mapped[b] = False

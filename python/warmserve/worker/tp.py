@@ -143,9 +143,12 @@ class BudgetMapper:
     def unmap_block(self, b: int) -> None:
         self.inner.unmap_block(b)
 
-    def mappable(self) -> int:
-        """Blocks this rank's pool could surely map now."""
-        return self.inner.mappable()
+    def mappable(self, blocks) -> int:
+        """How many of ``blocks``, mapped in order, this rank's pool could map now."""
+        return self.inner.mappable(blocks)
+
+    def frees_pages(self, b: int, free: set[int]) -> bool:
+        return self.inner.frees_pages(b, free)
 
     @property
     def pages_mapped(self) -> int:
@@ -163,7 +166,7 @@ def grow_together(engine, group) -> int:
                max(min(kv.map_blocks_per_step, kv.target_free_blocks - kv.num_free_mapped), short))
     if want <= 0:  # the same on every rank: no collective
         return 0
-    n = group.min_int(min(want, kv.mapper.mappable()))
+    n = group.min_int(kv.mapper.mappable(kv.next_unmapped(want)))
     if n <= 0:
         return 0
     kv.mapper.budget, target = n, kv.target_free_blocks

@@ -75,7 +75,7 @@ def test_a_block_the_pool_cannot_hold_maps_nothing():
        ops=st.lists(st.tuples(st.booleans(), st.integers(0, 15)), max_size=40))
 def test_mapped_pages_are_exactly_those_under_mapped_blocks(block_units, page_units, ops):
     """Any order of map and unmap: the slot maps exactly the pages under mapped blocks, the pool counts them, and
-    `mappable()` blocks always fit."""
+    `mappable(blocks)` says exactly how many of the blocks fit, in order."""
     block, page = block_units * 2 * MiB, page_units * 2 * MiB
     total_pages = 48 // page_units
     with PagePool(total_pages * page, backend="host", page_bytes=page, prefault=False) as pool:
@@ -95,9 +95,13 @@ def test_mapped_pages_are_exactly_those_under_mapped_blocks(block_units, page_un
             under = {p for x in mapped for p in m.pages_of(x)}
             assert _mapped_pages(slot) == under and m.pages_mapped == len(under)
             assert pool.free_pages == total_pages - len(under)
-        room = [b for b in range(16) if b not in mapped][:m.mappable()]
-        for b in room:
+        rest = [b for b in range(16) if b not in mapped]
+        k = m.mappable(rest)
+        for b in rest[:k]:
             m.map_block(b)
+        if k < len(rest):  # exact: the next one does not fit
+            with pytest.raises(OutOfMemoryError):
+                m.map_block(rest[k])
 
 
 def _prompts(n, length, vocab=512):
@@ -132,3 +136,26 @@ def test_an_engine_on_larger_pages_generates_the_same_tokens_and_gives_every_kv_
         finally:
             lm.close()
     assert got == want and all(len(t) == 30 for t in want)
+
+
+def test_shrinking_gives_back_the_page_no_block_in_use_holds():
+    """Blocks 4 and 5 in use on page 1, blocks 0-3 (page 0) and 6-7 free, a KV target of 2: unmapping the highest
+    free blocks (2, 3, 6, 7) would give no page back; the cache unmaps 0-3 and page 0 goes back."""
+    from warmserve.engine import ModelConfig
+    from warmserve.engine.demo import config_dict
+    from warmserve.engine.kv_cache import KVCache
+
+    from conftest import TINY
+
+    cfg = ModelConfig.from_dict(config_dict(TINY["tiny-linear"]))
+    with PagePool(64 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as pool:
+        slot = pool.create_slot(64 * MiB, "kv")
+        region = slot.tensor(0, (8, (2 * MiB) // 4), torch.float32, pinned=False)
+        kv = KVCache(cfg, region, 8, 256, KVPageMapper(slot, 0, 2 * MiB), target_free_blocks=0)
+        got = [kv.allocate() for _ in range(8)]
+        assert got == list(range(8)) and _mapped_pages(slot) == {0, 1}
+        kv.free([0, 1, 2, 3, 6, 7])
+        kv.set_target_free_blocks(2)
+        assert _mapped_pages(slot) == {1} and pool.free_pages == 7
+        assert kv.num_free_mapped == 2 and kv.num_used == 2
+        del region
