@@ -116,6 +116,8 @@ def test_a_cluster_starts_its_workers_with_the_configured_page_size(tmp_path_fac
         assert out.completion_tokens == 4
         workers = c.stats()["workers"]
         assert [w["pool"]["page_bytes"] for w in workers] == [8 << 20]
+        # The policy counts the weights in the workers' pages (llama-20m's 74 MiB hold 80 MiB of 8 MiB pages).
+        assert c.controller.driver.state.models[MODEL].shard_bytes == 80 << 20
 
 
 def test_a_page_size_that_is_not_a_multiple_of_2_mib_is_refused_in_the_cluster_config():

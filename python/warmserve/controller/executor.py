@@ -30,9 +30,11 @@ LOAD_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 60.0
 
 
-def kv_counts(kv: P.KvStats) -> dict[str, int]:
-    """An instance's KV block counts as a worker reports them, as ``PolicyDriver.set_kv`` takes them."""
-    return {"total": kv.kv_blocks_total, "used": kv.kv_blocks_used, "mapped": kv.kv_blocks_mapped}
+def kv_counts(kv: P.KvStats, held_blocks: int = 0) -> dict[str, int]:
+    """An instance's KV block counts as a worker reports them, as ``PolicyDriver.set_kv`` takes them. held_blocks:
+    the blocks' worth of the pool pages its KV holds, counted as mapped when more (with pages larger than a block,
+    a page stays mapped while any block on it is)."""
+    return {"total": kv.kv_blocks_total, "used": kv.kv_blocks_used, "mapped": max(kv.kv_blocks_mapped, held_blocks)}
 
 
 def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
@@ -151,9 +153,11 @@ class LiveExecutor:
             stats = inst.worker.stats  # rank 0's: every rank holds the same KV blocks
             if not inst.ready or stats is None:
                 continue
+            block = driver.state.models[inst.model].kv_block_bytes
             for i in stats.instances:
                 if i.name == inst.model:
-                    driver.set_kv(iid, **kv_counts(i.kv))
+                    held = -(-i.kv_pages * stats.pool.page_bytes // block) if block else 0
+                    driver.set_kv(iid, **kv_counts(i.kv, held))
 
     def settle(self, now_s: float) -> None:
         pass

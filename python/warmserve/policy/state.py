@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.geometry import PAGE_BYTES, kv_block_bytes, shard_bytes  # noqa: F401 (PAGE_BYTES: for tests)
+from warmserve.geometry import PAGE_BYTES, kv_block_bytes, shard_bytes
 
 #: Host-to-device bandwidth in the cold-start cost c_m (PAPER.md §2), bytes per second.
 H2D_BYTES_PER_S = 32e9
@@ -33,7 +33,9 @@ class ModelInfo:
     prefill_s: float = 0.05
     #: Latency profile: time per generated token (one decode step), seconds.
     decode_s_per_token: float = 0.02
-    #: Bytes one GPU holds for this model's weights (one shard), 2 MiB aligned. Derived.
+    #: Page of the workers' pools, bytes (a multiple of 2 MiB): a worker maps the weights in whole pages.
+    page_bytes: int = PAGE_BYTES
+    #: Bytes one GPU holds for this model's weights (one shard), aligned to page_bytes. Derived.
     shard_bytes: int = field(init=False, repr=False, compare=False)
     #: Bytes one KV block (KV_BLOCK_TOKENS tokens, all layers) takes on each GPU of an instance, 2 MiB aligned.
     #: Derived.
@@ -47,7 +49,10 @@ class ModelInfo:
                 f"model {self.name!r}: weight_bytes must be > 0, got {self.weight_bytes}", weight_bytes=self.weight_bytes
             )
         # Stored rather than computed per use: the planner reads them for every GPU it looks at.
-        object.__setattr__(self, "shard_bytes", shard_bytes(self.weight_bytes, self.tp))
+        if self.page_bytes <= 0 or self.page_bytes % PAGE_BYTES:
+            raise InvalidArgumentError(f"model {self.name!r}: page_bytes must be a positive multiple of {PAGE_BYTES}, "
+                                       f"got {self.page_bytes}", page_bytes=self.page_bytes)
+        object.__setattr__(self, "shard_bytes", shard_bytes(self.weight_bytes, self.tp, self.page_bytes))
         object.__setattr__(self, "kv_block_bytes", kv_block_bytes(self.kv_bytes_per_token, self.tp))
 
     @property

@@ -13,6 +13,24 @@ def test_sizes_are_page_aligned_and_cold_start_is_shard_over_32_gbps():
     assert m.cold_start_s == pytest.approx(13e9 / 32e9, rel=1e-6)
 
 
+def test_weights_are_counted_in_the_workers_pages():
+    """A worker maps the weight region in whole pool pages: with 32 MiB pages 74 MiB of weights hold 96 MiB."""
+    assert ModelInfo("x", weight_bytes=74 << 20).shard_bytes == 74 << 20
+    assert ModelInfo("x", weight_bytes=74 << 20, page_bytes=32 << 20).shard_bytes == 96 << 20
+    with pytest.raises(InvalidArgumentError, match="page_bytes must be a positive multiple"):
+        ModelInfo("x", 1, page_bytes=3 << 20)
+
+
+def test_kv_pages_held_count_as_mapped_blocks():
+    from warmserve import protocol as P
+    from warmserve.controller.executor import kv_counts
+
+    kv = P.KvStats(kv_blocks_total=100, kv_blocks_used=3, kv_blocks_mapped=3)
+    assert kv_counts(kv) == {"total": 100, "used": 3, "mapped": 3}
+    assert kv_counts(kv, held_blocks=4)["mapped"] == 4  # one 8 MiB page under three 2 MiB blocks
+    assert kv_counts(kv, held_blocks=2)["mapped"] == 3
+
+
 def test_bad_model_and_config_are_value_errors():
     with pytest.raises(InvalidArgumentError):
         ModelInfo("x", 1, tp=3)
