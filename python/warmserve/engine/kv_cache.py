@@ -53,6 +53,16 @@ class KVPageMapper:
         """Slot pages the mapped blocks hold."""
         return len(self._blocks_on)
 
+    @property
+    def blocks_per_page(self) -> int:
+        """Blocks to a page where several share each and none lies across two (compaction moves those); else 0."""
+        page = self.slot.page_bytes
+        return page // self.block_bytes if page > self.block_bytes and page % self.block_bytes == 0 else 0
+
+    def mapped_pages(self) -> list[int]:
+        """The slot pages mapped blocks hold."""
+        return list(self._blocks_on)
+
     def pages_of(self, b: int) -> range:
         """The slot pages block ``b`` lies on."""
         start = self.offset_bytes + b * self.block_bytes
@@ -99,9 +109,9 @@ class KVPageMapper:
     def frees_pages(self, b: int, free: set[int]) -> bool:
         """Whether unmapping block ``b`` with the other blocks of ``free`` (mapped blocks nobody uses) gives pages
         back: some page of ``b`` holds no mapped block outside ``free``."""
-        return any(self._blocks_on[p] == sum(1 for x in self._blocks_at(p) if x in free) for p in self.pages_of(b))
+        return any(self._blocks_on[p] == sum(1 for x in self.blocks_at(p) if x in free) for p in self.pages_of(b))
 
-    def _blocks_at(self, page: int) -> range:
+    def blocks_at(self, page: int) -> range:
         """The blocks that lie on slot page ``page`` (mapped or not)."""
         start = page * self.slot.page_bytes - self.offset_bytes
         end = start + self.slot.page_bytes
@@ -137,6 +147,7 @@ class KVCache:
         self.num_used = 0
         self.target_free_blocks = total_blocks if target_free_blocks is None else target_free_blocks
         self.map_blocks_per_step = map_blocks_per_step
+        self._compact_idle = None  # the state in which compact() last found nothing to move
 
     # ---- counts --------------------------------------------------------------------------------------------------
     @property
@@ -179,6 +190,56 @@ class KVCache:
         heapq.heappop(self._unmapped)
         self.mapped[b] = True
         return b
+
+    def compact(self, max_moves: int) -> dict[int, int]:
+        """Move blocks in use off the mapped pages that hold the fewest of them into unused blocks of pages that
+        stay, while more pages are mapped than the blocks in use and the free target need; only where whole
+        blocks share pages (KVPageMapper.blocks_per_page), at most ``max_moves`` blocks. Copies their K and V and
+        returns {old block: new block}: the sequence holding each must take the new id. The old blocks are free
+        after it, so shrink() gives their pages back. Blocks are handed out lowest first, so sequences decoding
+        side by side interleave theirs, and one long sequence can otherwise keep a page for each of its blocks."""
+        m = self.mapper
+        k = m.blocks_per_page if isinstance(m, KVPageMapper) else 0
+        excess = m.pages_mapped - -(-(self.num_used + self.target_free_blocks) // k) if k else 0
+        # A state that had nothing to move (pages that hold only free blocks) is not searched again each step.
+        state = (m.pages_mapped, self.num_used, self.num_mapped, self.target_free_blocks) if k else None
+        if excess <= 0 or max_moves <= 0 or state == self._compact_idle:
+            return {}
+        free = set(self._free)
+        used, room = {}, {}
+        for p in m.mapped_pages():
+            blocks = [b for b in m.blocks_at(p) if b < self.total_blocks]
+            used[p] = [b for b in blocks if self.mapped[b] and b not in free]
+            room[p] = [b for b in blocks if not self.mapped[b] or b in free]
+        order = sorted(used, key=lambda p: (len(used[p]), -p))  # the sparsest first, the highest page first
+        moves: dict[int, int] = {}
+        sources: set[int] = set()
+        taken: set[int] = set()
+        for p in order:
+            if excess <= 0 or len(moves) + len(used[p]) > max_moves:
+                break
+            dst = [b for q in reversed(order) if q != p and q not in sources for b in room[q] if b not in taken]
+            if len(dst) < len(used[p]):
+                break
+            moves.update(zip(used[p], dst))
+            taken.update(dst[:len(used[p])])
+            sources.add(p)
+            excess -= 1
+        if not moves:
+            self._compact_idle = state
+            return {}
+        for b in moves.values():
+            if not self.mapped[b]:
+                m.map_block(b)  # its page is mapped: no pool page is taken
+                self.mapped[b] = True
+        view = self.rows.view(self.total_blocks, -1)
+        dev = self.rows.device
+        view[torch.tensor(list(moves.values()), device=dev)] = view[torch.tensor(list(moves), device=dev)]
+        self._unmapped = [b for b in self._unmapped if b not in taken]
+        self._free = [b for b in self._free if b not in taken] + list(moves)
+        heapq.heapify(self._unmapped)
+        heapq.heapify(self._free)
+        return moves
 
     # ---- target --------------------------------------------------------------------------------------------------
     def set_target_free_blocks(self, n: int) -> None:

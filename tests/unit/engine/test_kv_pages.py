@@ -159,3 +159,36 @@ def test_shrinking_gives_back_the_page_no_block_in_use_holds():
         assert _mapped_pages(slot) == {1} and pool.free_pages == 7
         assert kv.num_free_mapped == 2 and kv.num_used == 2
         del region
+
+
+def test_compaction_moves_a_long_sequence_onto_few_pages_and_keeps_its_tokens(tiny_dir, pool):
+    """Four sequences decoding side by side interleave their 2 MiB blocks over 8 MiB pages; when three finish,
+    the long one holds a block on each page. Compaction moves its blocks together (copying their K/V), the pages
+    go back, and its tokens are those of a run on 2 MiB pages."""
+    prompts = _prompts(4, 8)
+    params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in (1100, 700, 700, 700)]
+    ref = load_model(tiny_dir["tiny-linear"], pool).wait()
+    try:
+        with Engine(ref) as eng:
+            want = [eng.generate([p], q)[0] for p, q in zip(prompts, params)]
+    finally:
+        ref.close()
+    with PagePool(96 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as big:
+        lm = load_model(tiny_dir["tiny-linear"], big).wait()
+        try:
+            with Engine(lm, target_free_blocks=0) as eng:
+                for i, (p, q) in enumerate(zip(prompts, params)):
+                    eng.add_request(str(i), p, q)
+                got, spread = {}, 0
+                while eng.has_unfinished():
+                    for o in eng.step():
+                        got.setdefault(o.request_id, []).extend(o.token_ids)
+                    long = eng.scheduler.running[0].blocks if len(eng.scheduler.running) == 1 else None
+                    if long is not None:
+                        pages = {eng.kv.mapper.pages_of(b)[0] for b in long}
+                        spread = max(spread, len(pages))
+                        assert eng.kv.mapper.pages_mapped == len(pages) == -(-len(long) // 4), (long, pages)
+                assert spread and eng.kv.mapper.pages_mapped == 0
+        finally:
+            lm.close()
+    assert [got[str(i)] for i in range(4)] == want
