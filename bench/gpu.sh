@@ -2,8 +2,8 @@
 # Everything GPU-side of warmserve on one NVIDIA GPU (budget: under 8 minutes on one H100): build the package (the
 # cuda backend and the CUDA kernels), the nvcc compile check, tests/gpu (kernel numerics against the torch path,
 # graph replay, the cuda memory core, the engine against transformers), then the switch and engine benchmarks.
-# Writes machine.txt, build.log, tests-gpu.txt (+ .xml), tests-gpu-{prefill_kernel,layer_kernels}.txt (+ .xml: the
-# tiled prefill kernel and the fused layer kernels, each in a process of its own), kernels.{json,txt,png}
+# Writes machine.txt, build.log, tests-gpu.txt (+ .xml), tests-gpu-{prefill_kernel,layer_kernels,gemv}.txt (+ .xml:
+# the tiled prefill kernel, the fused layer kernels and gemv, each in a process of its own), kernels.{json,txt,png}
 # (bench/gpu_kernels.py),
 # switch-cuda.{json,txt,png}, switch-cache-cuda.{json,txt} (host checkpoint cache vs pinned host-to-device
 # bandwidth), demo.txt and model-load-cuda-{1b,7b}.{json,txt} (the GPU-sized demos: load_model from files vs
@@ -110,16 +110,17 @@ print("cuda backend compiled:", cuda_compiled(), "| kernels compiled:", kernels_
 PY
 
 # 2. tests/gpu, then the memory unit tests on this machine (a failure does not stop the run).
-#    The tiled prefill kernel's and the fused layer kernels' files run in processes of their own, after the others,
-#    so a fault there (a sticky CUDA error) cannot take their results with it.
+#    The tiled prefill kernel's, the fused layer kernels' and the gemv kernel's files run in processes of their own,
+#    after the others, so a fault there (a sticky CUDA error) cannot take their results with it.
 if want tests; then
   t0=$(date +%s)
   timeout 170 $PY -m pytest -q -rP -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_prefill_kernel.py \
-    --ignore=tests/gpu/test_layer_kernels.py --junitxml="$RESULTS/tests-gpu.xml" > "$RESULTS/tests-gpu.txt" 2>&1
+    --ignore=tests/gpu/test_layer_kernels.py --ignore=tests/gpu/test_gemv.py --junitxml="$RESULTS/tests-gpu.xml" \
+    > "$RESULTS/tests-gpu.txt" 2>&1
   rc=$?
   summary "tests/gpu: rc=$rc in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/tests-gpu.txt")"
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/tests-gpu.txt" | head -20 | tee -a "$RESULTS/summary.txt"
-  for f in prefill_kernel layer_kernels; do
+  for f in prefill_kernel layer_kernels gemv; do
     t0=$(date +%s)
     timeout 90 $PY -m pytest -q -rP -p no:cacheprovider "tests/gpu/test_$f.py" \
       --junitxml="$RESULTS/tests-gpu-$f.xml" > "$RESULTS/tests-gpu-$f.txt" 2>&1

@@ -21,6 +21,8 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
 6. Decode with graphs under cuBLAS against cuBLASLt (torch.backends.cuda.preferred_blas_library), alternating: at
    batch 1 cuBLAS's split-K GEMVs add a reduce kernel to some matmuls (part 5 on an H200); cuBLASLt's heuristics
    may choose other kernels. Each switch drops the graphs, so the next activation captures them anew.
+7. Decode with graphs, matmuls of 1 to 4 rows through warmserve's gemv kernel (LoadedModel.gemv_kernel) against
+   cuBLAS, alternating; batch 1 against the roofline.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -166,6 +168,32 @@ def blas_libraries(lm, a) -> list[dict] | dict:
     return out
 
 
+def gemv_vs_cublas(lm, a, bw: float) -> list[dict] | dict:
+    """7. Decode with graphs, LoadedModel.gemv_kernel on against off, alternating (each switch captures the graphs
+    again at activation). Not run on a GPU when written: a failure is recorded, not raised."""
+    out, before = [], lm.gemv_kernel
+    try:
+        for batch in a.batches:
+            runs, toks = {"gemv": [], "cublas": []}, {}
+            for _ in range(a.repeats + 1):  # the first round warms up (and captures) both
+                for mode in runs:
+                    lm.gemv_kernel = mode == "gemv"
+                    s, toks[mode], _ = decode_run(lm, batch, a.prompt_tokens, a.new_tokens, True, a.max_num_seqs)
+                    runs[mode].append(s)
+            row = {"batch": batch, "same_tokens": toks["gemv"] == toks["cublas"]}
+            for mode, ts in runs.items():
+                row[f"step_ms_{mode}"] = statistics.median(ts[1:]) / (a.new_tokens - 1) * 1e3
+            row["speedup"] = row["step_ms_cublas"] / row["step_ms_gemv"]
+            if batch == 1:
+                row["fraction_of_roofline_gemv"] = lm.weight_bytes / bw * 1e3 / row["step_ms_gemv"]
+            out.append(row)
+    except Exception as e:  # noqa: BLE001 (reported in the results instead)
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        lm.gemv_kernel = before
+    return out
+
+
 def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.0) -> tuple[float, float]:
     """(summed idle microseconds between device activities shorter than ``between_steps_us``, and the summed longer
     ones) over (start, end) spans: inside a graph replay kernels follow each other within a few microseconds; a
@@ -182,15 +210,15 @@ def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.
     return short, long
 
 
-def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False) -> dict:
+def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gemv: bool = False) -> dict:
     """5. The CUDA kernels of `steps` batch-1 decode steps (torch.profiler), eager or graph replays: per step, how
     many and their summed device time; the ten costliest by device time; with graphs, the device's idle time
     split into gaps inside a replay (< 20 us) and between steps. A failure is recorded, not raised."""
     from torch.profiler import ProfilerActivity, profile
 
-    before = lm.fused_kernels
+    before = lm.fused_kernels, lm.gemv_kernel
     try:
-        lm.fused_kernels = fused
+        lm.fused_kernels, lm.gemv_kernel = fused, gemv
         with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=None if graphs else False) as eng:
             eng.add_request("0", prompts(lm.config.vocab_size, 1, a.prompt_tokens, seed=3)[0],
                             SamplingParams(max_tokens=steps + 3, ignore_eos=True))
@@ -204,7 +232,8 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False) -> 
         rows = [(e.self_device_time_total, e.count, e.key) for e in prof.key_averages()
                 if e.device_type == torch.autograd.DeviceType.CUDA]  # kernels, copies, memsets; not CPU ops
         rows.sort(reverse=True)
-        out = {"fused": fused, "graphs": graphs, "steps": steps, "kernels_per_step": sum(r[1] for r in rows) / steps,
+        out = {"fused": fused, "graphs": graphs, "gemv": gemv, "steps": steps,
+               "kernels_per_step": sum(r[1] for r in rows) / steps,
                "device_ms_per_step": sum(r[0] for r in rows) / steps / 1e3,
                "top": [{"kernel": k[:100], "calls_per_step": n / steps, "us_per_step": us / steps}
                        for us, n, k in rows[:10]]}
@@ -214,9 +243,9 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False) -> 
         out.update(gaps_in_replay_us_per_step=short / steps, gaps_between_steps_us_per_step=long / max(steps - 1, 1))
         return out
     except Exception as e:  # noqa: BLE001 (reported in the results instead)
-        return {"fused": fused, "error": f"{type(e).__name__}: {e}"}
+        return {"fused": fused, "gemv": gemv, "error": f"{type(e).__name__}: {e}"}
     finally:
-        lm.fused_kernels = before
+        lm.fused_kernels, lm.gemv_kernel = before
 
 
 def main() -> None:
@@ -293,6 +322,8 @@ def main() -> None:
             res["profile"] = [kernel_profile(lm, a, fused) for fused in (False, True)]
             res["profile"].append(kernel_profile(lm, a, True, graphs=True))  # where a replayed step's time goes
             res["blas"] = blas_libraries(lm, a)
+            res["gemv"] = gemv_vs_cublas(lm, a, bw)
+            res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True))
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -327,7 +358,8 @@ def main() -> None:
                      f"against {r['step_ms_unfused']:.2f} unfused: {r['speedup']:.2f}x; same tokens: "
                      f"{r['same_tokens']}{extra}")
     for p in res.get("profile", []):
-        name = ("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
+        name = (("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
+                + (", gemv" if p.get("gemv") else ""))
         if "error" in p:
             lines.append(f"profile ({name}): FAILED: {p['error']}")
             continue
@@ -342,6 +374,15 @@ def main() -> None:
     for r in blas:
         lines.append(f"decode batch {r['batch']} with graphs: cuBLAS {r['step_ms_cublas']:.3f} ms/step, cuBLASLt "
                      f"{r['step_ms_cublaslt']:.3f}: {r['speedup_cublaslt']:.2f}x; same tokens: {r['same_tokens']}")
+    gemv = res.get("gemv", [])
+    if isinstance(gemv, dict):
+        lines.append(f"gemv kernel: FAILED: {gemv['error']}")
+    for r in gemv:
+        extra = (f"; {r['fraction_of_roofline_gemv'] * 100:.0f}% of the roofline"
+                 if "fraction_of_roofline_gemv" in r else "")
+        lines.append(f"gemv kernel, decode batch {r['batch']} with graphs: {r['step_ms_gemv']:.3f} ms/step against "
+                     f"{r['step_ms_cublas']:.3f} with cuBLAS: {r['speedup']:.2f}x; same tokens: {r['same_tokens']}"
+                     f"{extra}")
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -235,6 +235,9 @@ PYBIND11_MODULE(_C, m) {
         nogil());
   m.def("kernel_silu_mul", &kernels::silu_mul, py::arg("gu"), py::arg("out"), py::arg("n_rows"), py::arg("inter"),
         py::arg("dtype"), py::arg("stream"), nogil());
+  m.def("kernel_gemv", &kernels::gemv, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("n_rows"),
+        py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("stream"), nogil());
+  m.attr("KERNEL_GEMV_MAX_ROWS") = kernels::kGemvMaxRows;
   m.def("kernel_rope_qkv", &kernels::rope_qkv, py::arg("qkv"), py::arg("cos"), py::arg("sin"), py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("n_rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
         py::arg("dtype"), py::arg("stream"), nogil());

@@ -84,5 +84,12 @@ void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dt
 void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t k, uintptr_t v, int64_t n_rows,
               int heads, int kv_heads, int head_dim, int dtype, uintptr_t stream);
 
+// ---- matrix times a few vectors (gemv_kernels.cu): y[m, n] = sum_k x[m, k] w[n, k] (+ b[n]) for m < n_rows <=
+// kGemvMaxRows, as F.linear computes it at decode batch sizes, with no split-K reduce kernel. x [n_rows, k], w [n, k],
+// y [n_rows, n] contiguous; b [n] or 0. k * element size a multiple of 16 bytes and x, w 16-byte aligned.
+constexpr int kGemvMaxRows = 4;
+void gemv(uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype,
+          uintptr_t stream);
+
 }  // namespace kernels
 }  // namespace ws

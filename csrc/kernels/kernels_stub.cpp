@@ -33,5 +33,6 @@ void rope_qkv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, 
               uintptr_t) {
   unavailable();
 }
+void gemv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int, uintptr_t) { unavailable(); }
 }  // namespace kernels
 }  // namespace ws

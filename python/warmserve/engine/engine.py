@@ -85,7 +85,7 @@ class Engine:
             kv_region, total_blocks, mapper = lm._kv_region(kv_blocks)
             kv = KVCache(lm.config, kv_region, total_blocks, lm.block_tokens, mapper,
                          target_free_blocks, map_blocks_per_step)
-            model = Model(lm.config, params, lm.parallel, fused_kernels=lm.fused_kernels)
+            model = Model(lm.config, params, lm.parallel, fused_kernels=lm.fused_kernels, gemv=lm.gemv_kernel)
         except BaseException:
             lm._deactivate(self)
             raise

@@ -119,6 +119,9 @@ class LoadedModel:
         #: the 1b demo's decode step with graphs took 1.49 ms fused against 1.89 unfused at batch 1, 1.67 against
         #: 2.37 at batch 16 (bench/gpu_graphs.py, 2026-11-28; tests/gpu/test_layer_kernels.py checks the numerics).
         self.fused_kernels = kernels_usable(self.device, dtype, cfg.head_dim)
+        #: Run matmuls of 1 to 4 rows (batch-1 to 4 decode steps) with the gemv kernel instead of cuBLAS (Model.gemv).
+        #: Off: not yet measured on a GPU (bench/gpu_graphs.py part 7 compares them; tests/gpu checks the numerics).
+        self.gemv_kernel = False
         self.layout = layout
         #: Bytes of weights (sum of tensors) and of their page-rounded region (the KV cache starts after it).
         self.weight_bytes = weight_bytes

@@ -64,9 +64,9 @@ def fuse_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, 
 
 class Model:
     def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None,
-                 fused_kernels: bool = False):
+                 fused_kernels: bool = False, gemv: bool = False):
         """parallel: the group of a tensor-parallel rank: required when cfg.tp > 1, None at tp = 1.
-        fused_kernels: see the attribute (LoadedModel.fused_kernels passes it)."""
+        fused_kernels, gemv: see the attributes (LoadedModel.fused_kernels and .gemv_kernel pass them)."""
         if cfg.tp != (parallel.world_size if parallel is not None else 1):
             raise InvalidArgumentError(
                 f"a {cfg.tp}-way shard runs with a process group of {cfg.tp} ranks, got "
@@ -98,6 +98,10 @@ class Model:
         #: kernel each (memory/kernels.py, csrc/kernels/layer_kernels.cu) instead of about 20 torch kernels a
         #: layer.
         self.fused_kernels = fused_kernels
+        #: Matmuls of 1 to kernels.GEMV_MAX_ROWS rows as one warp-per-feature kernel each (memory/kernels.py gemv)
+        #: instead of cuBLAS's, which at batch 1 splits some over K and adds a reduce kernel. Off unless asked:
+        #: written without a GPU at hand, for bench/gpu_graphs.py to measure against cuBLAS.
+        self.gemv = gemv and self.device.type == "cuda"
         if fused_kernels and not kernels_usable(self.device, self.dtype, cfg.head_dim):
             raise BackendUnavailableError(
                 f"fused_kernels needs the CUDA kernels, a GPU and float32/16 or bfloat16 weights with a head_dim "
@@ -129,6 +133,11 @@ class Model:
         v = qkv[:, q_size + kv_size:].view(n, cfg.num_kv_heads, cfg.head_dim)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.gemv and kernels.gemv_usable(x, w):
+            return kernels.gemv(x, w, b)
+        return F.linear(x, w, b)
+
     def _silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         if self.fused_kernels:
             return kernels.silu_mul(gu)
@@ -147,13 +156,13 @@ class Model:
         res = None  # the last sublayer's output, not yet added into h
         for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
             x, h = self._add_rms(h, res, ln1)
-            q, k, v = self._qkv_heads(F.linear(x, qkv_w, qkv_b), cos, sin)
+            q, k, v = self._qkv_heads(self._linear(x, qkv_w, qkv_b), cos, sin)
             a = attend(meta, q, k, v, cache, *layer_offsets[i], self.scale)
-            o = F.linear(a, o_w, o_b)
+            o = self._linear(a, o_w, o_b)
             if par is not None:
                 par.all_reduce(o)
             x, h = self._add_rms(h, o, ln2)
-            res = F.linear(self._silu_mul(F.linear(x, gu_w, gu_b)), down_w, down_b)
+            res = self._linear(self._silu_mul(self._linear(x, gu_w, gu_b)), down_w, down_b)
             if par is not None:
                 par.all_reduce(res)
         return self._add_rms(h, res, self.norm)[0]
@@ -169,7 +178,7 @@ class Model:
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, vocab] float32 logits (on every rank of a tensor-parallel instance)."""
-        out = F.linear(hidden, self.lm_head)
+        out = self._linear(hidden, self.lm_head, None)
         if self.parallel is not None:
             out = self.parallel.all_gather(out)[:, :self.cfg.vocab_size]
         return out.float()

@@ -344,3 +344,33 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int
         _C.kernel_rope_qkv(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                            n, heads, kv_heads, head_dim, _dtype_code(qkv), _stream(dev))
     return q, k, v
+
+
+# ---- matrix times a few vectors (csrc/kernels/gemv_kernels.cu): F.linear at decode batch sizes, no split-K reduce.
+#: Most rows gemv takes (the kernel is built for 1 to this many).
+GEMV_MAX_ROWS = 4
+
+
+def gemv_usable(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether gemv(x, w) runs here: x [1..GEMV_MAX_ROWS, k] and w [n, k] contiguous on one GPU in one float dtype,
+    rows of whole 16-byte vectors, 16-byte aligned. No device sync; cheap enough for every matmul of a step."""
+    return (x.is_cuda and x.dim() == 2 and w.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_ROWS
+            and x.shape[1] == w.shape[1] and x.dtype == w.dtype and x.dtype in _DTYPES and x.device == w.device
+            and x.is_contiguous() and w.is_contiguous() and (x.shape[1] * x.element_size()) % 16 == 0
+            and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0 and kernels_compiled())
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, b) for x of 1 to GEMV_MAX_ROWS rows, one kernel (gemv_usable says where it runs): [rows, n]
+    in x's dtype, float32 accumulation."""
+    dev = _require(x, w, *(() if b is None else (b,)))
+    if not gemv_usable(x, w) or (b is not None and (b.shape != (w.shape[0],) or b.dtype != w.dtype)):
+        raise InvalidArgumentError(
+            f"gemv needs x [1..{GEMV_MAX_ROWS}, k], w [n, k] and b [n] of one dtype, rows of whole 16-byte vectors; "
+            f"got x {tuple(x.shape)} {x.dtype}, w {tuple(w.shape)} {w.dtype}, b "
+            f"{None if b is None else (tuple(b.shape), b.dtype)}. Fix: use F.linear", x_shape=tuple(x.shape))
+    y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+    with torch.cuda.device(dev):
+        _C.kernel_gemv(x.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), x.shape[0],
+                       x.shape[1], w.shape[0], _dtype_code(x), _stream(dev))
+    return y

@@ -223,3 +223,15 @@ def test_engine_refuses_an_unknown_cached_prefill_route(tmp_path):
         assert eng.cached_prefill == "sdpa"
         eng.close()
         lm.close()
+
+
+def test_gemv_rows_limit_is_the_kernels():
+    assert kernels.GEMV_MAX_ROWS == _C.KERNEL_GEMV_MAX_ROWS
+
+
+@no_gpu
+def test_gemv_is_not_usable_on_host_tensors_and_says_why():
+    x, w = torch.zeros(1, 64), torch.ones(8, 64)
+    assert kernels.gemv_usable(x, w) is False  # the model then takes F.linear
+    with pytest.raises(BackendUnavailableError, match="Fix:"):
+        kernels.gemv(x, w)

@@ -1,0 +1,85 @@
+"""The gemv kernel (kernels.gemv; csrc/kernels/gemv_kernels.cu) against F.linear, and an engine with
+LoadedModel.gemv_kernel (decode graphs included) against one without, on a real GPU (skipped without). Written
+without a GPU: bench/gpu.sh runs this file in a pytest process of its own, so a fault here cannot take the other
+files' results with it."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+
+import torch.nn.functional as F  # noqa: E402
+
+from warmserve.errors import InvalidArgumentError  # noqa: E402
+from warmserve.memory import kernels  # noqa: E402
+
+if torch.cuda.is_available() and not kernels.kernels_compiled():
+    pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
+
+from test_kernels import DEV, _no_tf32, demo  # noqa: E402,F401  (the fixtures apply here too)
+
+#: Against float64 on the same inputs: one rounding of the output to the dtype, plus float32 sums in another order.
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-3, rtol=2e-3),
+       torch.bfloat16: dict(atol=1e-2, rtol=1e-2)}
+
+
+def _randn(*shape, dtype, seed, scale=1.0):
+    return (torch.randn(*shape, generator=torch.Generator(DEV).manual_seed(seed), device=DEV) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("k,n", [(2048, 3072), (8192, 2048), (2048, 16384), (64, 24), (2048, 128256), (24, 7)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_float64(dtype, rows, k, n, bias):
+    if (k * torch.empty((), dtype=dtype).element_size()) % 16:
+        pytest.skip("rows of whole 16-byte vectors only")
+    x = _randn(rows, k, dtype=dtype, seed=1)
+    w = _randn(n, k, dtype=dtype, seed=2, scale=k ** -0.5)
+    b = _randn(n, dtype=dtype, seed=3) if bias else None
+    assert kernels.gemv_usable(x, w)
+    y = kernels.gemv(x, w, b)
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    torch.cuda.synchronize()
+    assert y.shape == (rows, n) and y.dtype == dtype
+    torch.testing.assert_close(y.double(), ref, **TOL[dtype])
+
+
+def test_gemv_refuses_what_it_does_not_take():
+    w = torch.zeros(8, 24, device=DEV, dtype=torch.bfloat16)
+    assert not kernels.gemv_usable(torch.zeros(5, 24, device=DEV, dtype=torch.bfloat16), w)  # 5 rows
+    assert not kernels.gemv_usable(torch.zeros(1, 20, device=DEV, dtype=torch.bfloat16), torch.zeros(
+        8, 20, device=DEV, dtype=torch.bfloat16))  # 40-byte rows
+    assert not kernels.gemv_usable(torch.zeros(1, 24, device=DEV), w)  # dtypes differ
+    with pytest.raises(InvalidArgumentError, match="Fix: use F.linear"):
+        kernels.gemv(torch.zeros(5, 24, device=DEV, dtype=torch.bfloat16), w)
+
+
+def _engine_run(path, gemv: bool):
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.memory import PagePool
+
+    with PagePool(1 << 30, backend="cuda") as pool:
+        lm = load_model(path, pool).wait()
+        lm.gemv_kernel = gemv
+        eng = Engine(lm, max_batch_tokens=48)
+        assert eng.graphs is not None and eng.model.gemv == gemv  # decode graphs captured with the setting
+        prompts = [torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                   for n in (3, 17, 64)]  # three decodes: graph buckets of 1 to 4 rows take the kernel
+        toks, logits = eng.generate_with_logits(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
+        graph_steps = eng.num_graph_steps
+        eng.close()
+        lm.close()
+    return toks, logits, graph_steps
+
+
+@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
+def test_engine_with_gemv_matches_the_engine_without(name, demo):
+    toks, logits, graph_steps = _engine_run(demo[name], True)
+    ref_toks, ref_logits, _ = _engine_run(demo[name], False)
+    assert graph_steps > 0
+    for mine, ref in zip(logits, ref_logits):
+        torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)
+    assert toks == ref_toks
