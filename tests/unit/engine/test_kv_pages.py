@@ -142,12 +142,10 @@ def test_shrinking_gives_back_the_page_no_block_in_use_holds():
     """Blocks 4 and 5 in use on page 1, blocks 0-3 (page 0) and 6-7 free, a KV target of 2: unmapping the highest
     free blocks (2, 3, 6, 7) would give no page back; the cache unmaps 0-3 and page 0 goes back."""
     from warmserve.engine import ModelConfig
-    from warmserve.engine.demo import config_dict
+    from warmserve.engine.demo import DemoSpec, config_dict
     from warmserve.engine.kv_cache import KVCache
 
-    from conftest import TINY
-
-    cfg = ModelConfig.from_dict(config_dict(TINY["tiny-linear"]))
+    cfg = ModelConfig.from_dict(config_dict(DemoSpec("llama", 64, 128, 2, 4, 2, vocab_size=512)))
     with PagePool(64 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as pool:
         slot = pool.create_slot(64 * MiB, "kv")
         region = slot.tensor(0, (8, (2 * MiB) // 4), torch.float32, pinned=False)
