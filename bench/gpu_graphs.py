@@ -114,84 +114,86 @@ def decode_run(lm, batch: int, prompt_tokens: int, new_tokens: int, graphs: bool
         return time.perf_counter() - t0, toks, eng.num_graph_steps
 
 
-def fused_vs_unfused(lm, a, bw: float) -> list[dict] | dict:
-    """4. Decode with graphs, each layer's small operations fused (LoadedModel.fused_kernels) against unfused,
-    alternating (each switch captures the graphs again at activation, outside the timed steps). The fused kernels
-    had not run on a GPU when this was written: a failure is recorded, not raised, so the figures above stay."""
-    out, before = [], lm.fused_kernels
-    try:
-        for batch in a.batches:
-            runs, toks = {"fused": [], "unfused": []}, {}
-            for _ in range(a.repeats + 1):  # the first round warms up (and captures) both
-                for mode in runs:
-                    lm.fused_kernels = mode == "fused"
-                    s, toks[mode], _ = decode_run(lm, batch, a.prompt_tokens, a.new_tokens, True, a.max_num_seqs)
-                    runs[mode].append(s)
-            row = {"batch": batch, "same_tokens": toks["fused"] == toks["unfused"]}
-            for mode, ts in runs.items():
-                row[f"step_ms_{mode}"] = statistics.median(ts[1:]) / (a.new_tokens - 1) * 1e3
-            row["speedup"] = row["step_ms_unfused"] / row["step_ms_fused"]
-            if batch == 1:
-                row["fraction_of_roofline_fused"] = lm.weight_bytes / bw * 1e3 / row["step_ms_fused"]
-            out.append(row)
-    except Exception as e:  # noqa: BLE001 (reported in the results instead)
-        return {"error": f"{type(e).__name__}: {e}"}
-    finally:
-        lm.fused_kernels = before
-    return out
-
-
-def blas_libraries(lm, a) -> list[dict] | dict:
-    """6. Decode with graphs under each BLAS library torch can prefer, alternating (module docstring). A failure is
-    recorded, not raised."""
-    before = torch.backends.cuda.preferred_blas_library()
+def alternate(lm, a, bw: float, setups: dict, baseline: str) -> list[dict] | dict:
+    """Decode with graphs under each setting of ``setups`` (name -> a function that applies it), alternating, per
+    batch: the median ms a step of each after a warm-up round (which also captures the graphs each needs), whether
+    the first two gave the same tokens, the speedup of each over ``baseline``, and at batch 1 the fraction of the
+    roofline. Settings written before a GPU was at hand can fail: the failure is recorded, not raised, so the
+    figures of the other parts stay."""
     out = []
     try:
         for batch in a.batches:
-            runs, toks = {"cublas": [], "cublaslt": []}, {}
-            for _ in range(a.repeats + 1):  # the first round warms up both
-                for lib in runs:
-                    torch.backends.cuda.preferred_blas_library(lib)
-                    release_decode_graphs(lm)  # captured again by the run's activation, with this library
-                    s, toks[lib], _ = decode_run(lm, batch, a.prompt_tokens, a.new_tokens, True, a.max_num_seqs)
-                    runs[lib].append(s)
-            row = {"batch": batch, "same_tokens": toks["cublas"] == toks["cublaslt"]}
-            for lib, ts in runs.items():
-                row[f"step_ms_{lib}"] = statistics.median(ts[1:]) / (a.new_tokens - 1) * 1e3
-            row["speedup_cublaslt"] = row["step_ms_cublas"] / row["step_ms_cublaslt"]
+            runs, toks = {name: [] for name in setups}, {}
+            for _ in range(a.repeats + 1):
+                for name, setup in setups.items():
+                    setup()
+                    s, toks[name], _ = decode_run(lm, batch, a.prompt_tokens, a.new_tokens, True, a.max_num_seqs)
+                    runs[name].append(s)
+            first, second = list(setups)[:2]
+            row = {"batch": batch, "same_tokens": toks[first] == toks[second]}
+            for name, ts in runs.items():
+                row[f"step_ms_{name}"] = statistics.median(ts[1:]) / (a.new_tokens - 1) * 1e3
+            for name in setups:
+                if name != baseline:
+                    row[f"speedup_{name}"] = row[f"step_ms_{baseline}"] / row[f"step_ms_{name}"]
+                    if batch == 1:
+                        row[f"fraction_of_roofline_{name}"] = lm.weight_bytes / bw * 1e3 / row[f"step_ms_{name}"]
             out.append(row)
     except Exception as e:  # noqa: BLE001 (reported in the results instead)
         return {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def alternate_lines(rows: list[dict] | dict, what: str, name: str, baseline: str) -> list[str]:
+    """Text lines of alternate()'s rows: ``name`` against ``baseline``."""
+    if isinstance(rows, dict):
+        return [f"{what}: FAILED: {rows['error']}"]
+    out = []
+    for r in rows:
+        roof = r.get(f"fraction_of_roofline_{name}")
+        out.append(f"{what}, decode batch {r['batch']} with graphs: {name} {r[f'step_ms_{name}']:.3f} ms/step against "
+                   f"{baseline} {r[f'step_ms_{baseline}']:.3f}: {r[f'speedup_{name}']:.2f}x; same tokens: "
+                   f"{r['same_tokens']}" + (f"; {roof * 100:.0f}% of the roofline" if roof else ""))
+    return out
+
+
+def fused_vs_unfused(lm, a, bw: float) -> list[dict] | dict:
+    """4. Decode with graphs, each layer's small operations fused (LoadedModel.fused_kernels) against unfused
+    (each switch captures the graphs again at activation, outside the timed steps)."""
+    before = lm.fused_kernels
+    try:
+        return alternate(lm, a, bw, {"fused": lambda: setattr(lm, "fused_kernels", True),
+                                     "unfused": lambda: setattr(lm, "fused_kernels", False)}, "unfused")
+    finally:
+        lm.fused_kernels = before
+
+
+def blas_libraries(lm, a, bw: float) -> list[dict] | dict:
+    """6. Decode with graphs under each BLAS library torch can prefer (module docstring). Each switch drops the
+    graphs: the run's activation captures them again, with that library's kernels."""
+    before = torch.backends.cuda.preferred_blas_library()
+
+    def prefer(lib):
+        def setup():
+            torch.backends.cuda.preferred_blas_library(lib)
+            release_decode_graphs(lm)
+        return setup
+
+    try:
+        return alternate(lm, a, bw, {"cublas": prefer("cublas"), "cublaslt": prefer("cublaslt")}, "cublas")
     finally:
         torch.backends.cuda.preferred_blas_library(before)
         release_decode_graphs(lm)
-    return out
 
 
 def gemv_vs_cublas(lm, a, bw: float) -> list[dict] | dict:
-    """7. Decode with graphs, LoadedModel.gemv_kernel on against off, alternating (each switch captures the graphs
-    again at activation). Not run on a GPU when written: a failure is recorded, not raised."""
-    out, before = [], lm.gemv_kernel
+    """7. Decode with graphs, LoadedModel.gemv_kernel on against off (each switch captures the graphs again)."""
+    before = lm.gemv_kernel
     try:
-        for batch in a.batches:
-            runs, toks = {"gemv": [], "cublas": []}, {}
-            for _ in range(a.repeats + 1):  # the first round warms up (and captures) both
-                for mode in runs:
-                    lm.gemv_kernel = mode == "gemv"
-                    s, toks[mode], _ = decode_run(lm, batch, a.prompt_tokens, a.new_tokens, True, a.max_num_seqs)
-                    runs[mode].append(s)
-            row = {"batch": batch, "same_tokens": toks["gemv"] == toks["cublas"]}
-            for mode, ts in runs.items():
-                row[f"step_ms_{mode}"] = statistics.median(ts[1:]) / (a.new_tokens - 1) * 1e3
-            row["speedup"] = row["step_ms_cublas"] / row["step_ms_gemv"]
-            if batch == 1:
-                row["fraction_of_roofline_gemv"] = lm.weight_bytes / bw * 1e3 / row["step_ms_gemv"]
-            out.append(row)
-    except Exception as e:  # noqa: BLE001 (reported in the results instead)
-        return {"error": f"{type(e).__name__}: {e}"}
+        return alternate(lm, a, bw, {"gemv": lambda: setattr(lm, "gemv_kernel", True),
+                                     "cublas": lambda: setattr(lm, "gemv_kernel", False)}, "cublas")
     finally:
         lm.gemv_kernel = before
-    return out
 
 
 def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.0) -> tuple[float, float]:
@@ -321,7 +323,7 @@ def main() -> None:
             res["fused"] = fused_vs_unfused(lm, a, bw)
             res["profile"] = [kernel_profile(lm, a, fused) for fused in (False, True)]
             res["profile"].append(kernel_profile(lm, a, True, graphs=True))  # where a replayed step's time goes
-            res["blas"] = blas_libraries(lm, a)
+            res["blas"] = blas_libraries(lm, a, bw)
             res["gemv"] = gemv_vs_cublas(lm, a, bw)
             res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True))
         finally:
@@ -348,15 +350,7 @@ def main() -> None:
         lines.append(f"decode batch {r['batch']}: graphs {r['decode_tok_s_graphs']:.0f} tok/s "
                      f"({r['step_ms_graphs']:.2f} ms/step), eager {r['decode_tok_s_eager']:.0f} tok/s "
                      f"({r['step_ms_eager']:.2f} ms/step): {r['speedup']:.2f}x; same tokens: {r['same_tokens']}{extra}")
-    fused = res.get("fused", [])
-    if isinstance(fused, dict):
-        lines.append(f"fused layer kernels: FAILED: {fused['error']}")
-    for r in fused:
-        extra = (f"; {r['fraction_of_roofline_fused'] * 100:.0f}% of the roofline"
-                 if "fraction_of_roofline_fused" in r else "")
-        lines.append(f"fused layer kernels, decode batch {r['batch']} with graphs: {r['step_ms_fused']:.2f} ms/step "
-                     f"against {r['step_ms_unfused']:.2f} unfused: {r['speedup']:.2f}x; same tokens: "
-                     f"{r['same_tokens']}{extra}")
+    lines += alternate_lines(res.get("fused", []), "fused layer kernels", "fused", "unfused")
     for p in res.get("profile", []):
         name = (("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
                 + (", gemv" if p.get("gemv") else ""))
@@ -368,21 +362,8 @@ def main() -> None:
                      f"{p['gaps_in_replay_us_per_step']:.0f} us in gaps < 20 us and "
                      f"{p['gaps_between_steps_us_per_step']:.0f} us between steps; costliest:")
         lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
-    blas = res.get("blas", [])
-    if isinstance(blas, dict):
-        lines.append(f"BLAS libraries: FAILED: {blas['error']}")
-    for r in blas:
-        lines.append(f"decode batch {r['batch']} with graphs: cuBLAS {r['step_ms_cublas']:.3f} ms/step, cuBLASLt "
-                     f"{r['step_ms_cublaslt']:.3f}: {r['speedup_cublaslt']:.2f}x; same tokens: {r['same_tokens']}")
-    gemv = res.get("gemv", [])
-    if isinstance(gemv, dict):
-        lines.append(f"gemv kernel: FAILED: {gemv['error']}")
-    for r in gemv:
-        extra = (f"; {r['fraction_of_roofline_gemv'] * 100:.0f}% of the roofline"
-                 if "fraction_of_roofline_gemv" in r else "")
-        lines.append(f"gemv kernel, decode batch {r['batch']} with graphs: {r['step_ms_gemv']:.3f} ms/step against "
-                     f"{r['step_ms_cublas']:.3f} with cuBLAS: {r['speedup']:.2f}x; same tokens: {r['same_tokens']}"
-                     f"{extra}")
+    lines += alternate_lines(res.get("blas", []), "BLAS library", "cublaslt", "cublas")
+    lines += alternate_lines(res.get("gemv", []), "gemv kernel", "gemv", "cublas")
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

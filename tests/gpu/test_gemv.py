@@ -18,7 +18,7 @@ from warmserve.memory import kernels  # noqa: E402
 if torch.cuda.is_available() and not kernels.kernels_compiled():
     pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
 
-from test_kernels import DEV, _no_tf32, demo  # noqa: E402,F401  (the fixtures apply here too)
+from test_kernels import DEV, _no_tf32, demo, engine_run  # noqa: E402,F401  (the fixtures apply here too)
 
 #: Against float64 on the same inputs: one rounding of the output to the dtype, plus float32 sums in another order.
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-3, rtol=2e-3),
@@ -57,28 +57,11 @@ def test_gemv_refuses_what_it_does_not_take():
         kernels.gemv(torch.zeros(5, 24, device=DEV, dtype=torch.bfloat16), w)
 
 
-def _engine_run(path, gemv: bool):
-    from warmserve.engine import Engine, SamplingParams, load_model
-    from warmserve.memory import PagePool
-
-    with PagePool(1 << 30, backend="cuda") as pool:
-        lm = load_model(path, pool).wait()
-        lm.gemv_kernel = gemv
-        eng = Engine(lm, max_batch_tokens=48)
-        assert eng.graphs is not None and eng.model.gemv == gemv  # decode graphs captured with the setting
-        prompts = [torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
-                   for n in (3, 17, 64)]  # three decodes: graph buckets of 1 to 4 rows take the kernel
-        toks, logits = eng.generate_with_logits(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
-        graph_steps = eng.num_graph_steps
-        eng.close()
-        lm.close()
-    return toks, logits, graph_steps
-
-
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_with_gemv_matches_the_engine_without(name, demo):
-    toks, logits, graph_steps = _engine_run(demo[name], True)
-    ref_toks, ref_logits, _ = _engine_run(demo[name], False)
+    # three prompts: the decode graphs' buckets of 1 to 4 rows take the kernel
+    toks, logits, graph_steps = engine_run(demo[name], (3, 17, 64), gemv_kernel=True)
+    ref_toks, ref_logits, _ = engine_run(demo[name], (3, 17, 64), gemv_kernel=False)
     assert graph_steps > 0
     for mine, ref in zip(logits, ref_logits):
         torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)

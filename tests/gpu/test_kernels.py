@@ -38,6 +38,30 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = old
 
 
+def engine_run(path, lens=(3, 17, 64, 261), **settings):
+    """(tokens, logits, graph steps) of an engine over ``path`` on a cuda pool with LoadedModel attributes
+    ``settings`` (e.g. fused_kernels=False), whose decode steps replay graphs captured with them: greedy, 6 new
+    tokens for prompts of ``lens`` tokens."""
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.memory import PagePool
+
+    with PagePool(1 << 30, backend="cuda") as pool:
+        lm = load_model(path, pool).wait()
+        for name, value in settings.items():
+            setattr(lm, name, value)
+        eng = Engine(lm, max_batch_tokens=48)
+        assert eng.graphs is not None
+        model_names = {"fused_kernels": "fused_kernels", "gemv_kernel": "gemv"}  # LoadedModel -> Model attribute
+        assert all(getattr(eng.model, model_names[k]) == v for k, v in settings.items())
+        prompts = [torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                   for n in lens]
+        toks, logits = eng.generate_with_logits(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
+        graph_steps = eng.num_graph_steps
+        eng.close()
+        lm.close()
+    return toks, logits, graph_steps
+
+
 def make_step(dtype, *, decode_lens=(), chunks=(), layers=2, kv_heads=2, heads=8, head_dim=64, block_tokens=16,
               pad_rows=3, window=0, layer=1, seed=0):
     """A random step. decode_lens: context length of each decode sequence (its new token included); chunks:

@@ -18,7 +18,7 @@ from warmserve.memory import kernels  # noqa: E402
 if torch.cuda.is_available() and not kernels.kernels_compiled():
     pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
 
-from test_kernels import DEV, TOL, _no_tf32, demo  # noqa: E402,F401  (the fixtures apply here too)
+from test_kernels import DEV, TOL, _no_tf32, demo, engine_run  # noqa: E402,F401  (the fixtures apply here too)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -88,28 +88,10 @@ def test_rope_qkv_matches_the_torch_ops(dtype, heads, kv_heads, head_dim, rows):
     assert torch.equal(q, apply_rope(qt, cos, sin)) and torch.equal(k, apply_rope(kt, cos, sin))
 
 
-def _engine_run(path, fused: bool):
-    from warmserve.engine import Engine, SamplingParams, load_model
-    from warmserve.memory import PagePool
-
-    with PagePool(1 << 30, backend="cuda") as pool:
-        lm = load_model(path, pool).wait()
-        lm.fused_kernels = fused
-        eng = Engine(lm, max_batch_tokens=48)
-        assert eng.graphs is not None  # decode steps replay graphs captured with the setting
-        prompts = [torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
-                   for n in (3, 17, 64, 261)]
-        toks, logits = eng.generate_with_logits(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
-        graph_steps = eng.num_graph_steps
-        eng.close()
-        lm.close()
-    return toks, logits, graph_steps
-
-
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_with_fused_kernels_matches_the_unfused_engine(name, demo):
-    toks, logits, graph_steps = _engine_run(demo[name], True)
-    ref_toks, ref_logits, _ = _engine_run(demo[name], False)
+    toks, logits, graph_steps = engine_run(demo[name], fused_kernels=True)
+    ref_toks, ref_logits, _ = engine_run(demo[name], fused_kernels=False)
     assert graph_steps > 0
     assert toks == ref_toks
     for mine, ref in zip(logits, ref_logits):
