@@ -17,7 +17,7 @@ import time
 from warmserve import protocol as P
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, WorkerLostError
-from warmserve.geometry import KV_BLOCK_TOKENS, blocks_for_tokens
+from warmserve.geometry import KV_BLOCK_TOKENS, PAGE_BYTES, blocks_for_tokens
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights
 from warmserve.policy.state import InstanceState, PrewarmState, kv_blocks_for
@@ -30,11 +30,13 @@ LOAD_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 60.0
 
 
-def kv_counts(kv: P.KvStats, held_blocks: int = 0) -> dict[str, int]:
-    """An instance's KV block counts as a worker reports them, as ``PolicyDriver.set_kv`` takes them. held_blocks:
-    the blocks' worth of the pool pages its KV holds, counted as mapped when more (with pages larger than a block,
-    a page stays mapped while any block on it is)."""
-    return {"total": kv.kv_blocks_total, "used": kv.kv_blocks_used, "mapped": max(kv.kv_blocks_mapped, held_blocks)}
+def kv_counts(kv: P.KvStats, blocks_per_page: int = 1, held_blocks: int = 0) -> dict[str, int]:
+    """An instance's KV block counts as a worker reports them, as ``PolicyDriver.set_kv`` takes them. With pages of
+    several blocks (ModelInfo.kv_blocks_per_page) a page stays mapped while any block on it is, so mapped counts
+    whole pages of blocks, or held_blocks (the blocks' worth of the pages the worker reports) when more."""
+    pages = -(-kv.kv_blocks_mapped // blocks_per_page) * blocks_per_page
+    return {"total": kv.kv_blocks_total, "used": kv.kv_blocks_used,
+            "mapped": min(max(pages, held_blocks), max(kv.kv_blocks_total, kv.kv_blocks_mapped))}
 
 
 def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
@@ -153,11 +155,13 @@ class LiveExecutor:
             stats = inst.worker.stats  # rank 0's: every rank holds the same KV blocks
             if not inst.ready or stats is None:
                 continue
-            block = driver.state.models[inst.model].kv_block_bytes
+            model = driver.state.models[inst.model]
             for i in stats.instances:
                 if i.name == inst.model:
-                    held = -(-i.kv_pages * stats.pool.page_bytes // block) if block else 0
-                    driver.set_kv(iid, **kv_counts(i.kv, held))
+                    # (at the default page every block is whole pages of its own: its count is exact)
+                    held = (-(-i.kv_pages * stats.pool.page_bytes // model.kv_block_bytes)
+                            if stats.pool.page_bytes > PAGE_BYTES else 0)
+                    driver.set_kv(iid, **kv_counts(i.kv, model.kv_blocks_per_page, held))
 
     def settle(self, now_s: float) -> None:
         pass
@@ -371,17 +375,19 @@ class LiveExecutor:
             return  # to rank 0 only: it passes the target on to the other ranks (worker/tp.py)
         inst.kv_blocks_mapped = min(inst.kv_blocks_total, inst.kv_blocks_used + free_blocks)
         driver, iid = self.ctl.driver, inst.instance_id
+        k = driver.state.models[inst.model].kv_blocks_per_page
         self._fire(rec.worker, P.SetKvTarget(id=self.ctl.hub.next_id(), model=rec.model, free_blocks=free_blocks),
-                   on_reply=lambda r: driver.set_kv(iid, **kv_counts(r.kv)))
+                   on_reply=lambda r: driver.set_kv(iid, **kv_counts(r.kv, k)))
 
     def dedicate_instance(self, inst: InstanceState, now_s: float) -> None:
         rec = self.instances.get(inst.instance_id)
         if rec is None or not rec.ready or len(rec.workers) > 1:
             return  # a tensor-parallel instance is never co-served
         driver, iid, metrics = self.ctl.driver, inst.instance_id, self.ctl.metrics
+        k = driver.state.models[inst.model].kv_blocks_per_page
 
         def dedicated(r: P.KvTargetSet) -> None:
-            driver.set_kv(iid, **kv_counts(r.kv))
+            driver.set_kv(iid, **kv_counts(r.kv, k))
             metrics.dedicated.inc(model=r.model)
 
         self._fire(rec.worker, P.Dedicate(id=self.ctl.hub.next_id(), model=rec.model), on_reply=dedicated)

@@ -221,10 +221,10 @@ class Engine:
         if chunks:
             outputs += self._run(chunks)
             self.num_steps += 1
+        self.kv.shrink()  # first: the free blocks beyond the target leave room that compaction fills
         moved = self.kv.compact(self.kv.map_blocks_per_step)
         for seq in self.scheduler.running if moved else ():
             seq.blocks = [moved.get(b, b) for b in seq.blocks]
-        self.kv.shrink()
         self.kv.grow()
         return outputs
 

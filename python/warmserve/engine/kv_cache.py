@@ -192,51 +192,63 @@ class KVCache:
         return b
 
     def compact(self, max_moves: int) -> dict[int, int]:
-        """Move blocks in use off the mapped pages that hold the fewest of them into unused blocks of pages that
-        stay, while more pages are mapped than the blocks in use and the free target need; only where whole
-        blocks share pages (KVPageMapper.blocks_per_page), at most ``max_moves`` blocks. Copies their K and V and
-        returns {old block: new block}: the sequence holding each must take the new id. The old blocks are free
-        after it, so shrink() gives their pages back. Blocks are handed out lowest first, so sequences decoding
-        side by side interleave theirs, and one long sequence can otherwise keep a page for each of its blocks."""
+        """Empty the mapped pages that hold the fewest mapped blocks into unmapped room on pages that stay, while
+        more pages are mapped than the blocks in use and the free ones kept (up to the target) need; only where
+        whole blocks share pages (KVPageMapper.blocks_per_page), at most ``max_moves`` blocks in use a call. A block
+        in use is copied (K and V) to its new place; a free one is mapped there instead, with nothing to copy. The
+        emptied pages go back to the pool now. Returns {old block: new block} of the blocks in use: the sequence
+        holding each must take the new id. Blocks are handed out lowest first, so sequences decoding side by side
+        interleave theirs, and one long sequence could otherwise keep a page for each of its blocks."""
         m = self.mapper
         k = m.blocks_per_page if isinstance(m, KVPageMapper) else 0
-        excess = m.pages_mapped - -(-(self.num_used + self.target_free_blocks) // k) if k else 0
-        # A state that had nothing to move (pages that hold only free blocks) is not searched again each step.
-        state = (m.pages_mapped, self.num_used, self.num_mapped, self.target_free_blocks) if k else None
-        if excess <= 0 or max_moves <= 0 or state == self._compact_idle:
+        kept = self.num_used + min(len(self._free), self.target_free_blocks)
+        excess = m.pages_mapped - -(-kept // k) if k else 0
+        if excess <= 0 or max_moves <= 0:
+            return {}
+        # A layout that had nothing to move is not searched again each step.
+        state = (tuple(sorted(m.mapped_pages())), self.num_used, len(self._free), self.target_free_blocks)
+        if state == self._compact_idle:
             return {}
         free = set(self._free)
-        used, room = {}, {}
+        used, spare, room = {}, {}, {}
         for p in m.mapped_pages():
             blocks = [b for b in m.blocks_at(p) if b < self.total_blocks]
             used[p] = [b for b in blocks if self.mapped[b] and b not in free]
-            room[p] = [b for b in blocks if not self.mapped[b] or b in free]
-        order = sorted(used, key=lambda p: (len(used[p]), -p))  # the sparsest first, the highest page first
-        moves: dict[int, int] = {}
+            spare[p] = [b for b in blocks if b in free]
+            room[p] = [b for b in blocks if not self.mapped[b]]
+        order = sorted(used, key=lambda p: (len(used[p]) + len(spare[p]), len(used[p]), -p))  # the emptiest first
+        moves: dict[int, int] = {}  # blocks in use: copied
+        remaps: dict[int, int] = {}  # free blocks: mapped elsewhere
         sources: set[int] = set()
         taken: set[int] = set()
         for p in order:
             if excess <= 0 or len(moves) + len(used[p]) > max_moves:
                 break
             dst = [b for q in reversed(order) if q != p and q not in sources for b in room[q] if b not in taken]
-            if len(dst) < len(used[p]):
+            movers = used[p] + spare[p]
+            if len(dst) < len(movers):
                 break
             moves.update(zip(used[p], dst))
-            taken.update(dst[:len(used[p])])
+            remaps.update(zip(spare[p], dst[len(used[p]):]))
+            taken.update(dst[:len(movers)])
             sources.add(p)
             excess -= 1
-        if not moves:
+        if not sources:
             self._compact_idle = state
             return {}
-        for b in moves.values():
-            if not self.mapped[b]:
-                m.map_block(b)  # its page is mapped: no pool page is taken
-                self.mapped[b] = True
-        view = self.rows.view(self.total_blocks, -1)
-        dev = self.rows.device
-        view[torch.tensor(list(moves.values()), device=dev)] = view[torch.tensor(list(moves), device=dev)]
-        self._unmapped = [b for b in self._unmapped if b not in taken]
-        self._free = [b for b in self._free if b not in taken] + list(moves)
+        for b in taken:
+            m.map_block(b)  # its page is mapped: no pool page is taken
+            self.mapped[b] = True
+        if moves:
+            view = self.rows.view(self.total_blocks, -1)
+            dev = self.rows.device
+            view[torch.tensor(list(moves.values()), device=dev)] = view[torch.tensor(list(moves), device=dev)]
+        gone = set(moves) | set(remaps)
+        for b in gone:  # after the copy: the device reads them before an unmap, which waits for it (Backend.drain)
+            m.unmap_block(b)
+            self.mapped[b] = False
+        self._unmapped = [b for b in self._unmapped if b not in taken] + list(gone)
+        self._free = [b for b in self._free if b not in gone] + list(remaps.values())
         heapq.heapify(self._unmapped)
         heapq.heapify(self._free)
         return moves

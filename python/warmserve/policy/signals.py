@@ -117,9 +117,15 @@ class LoadSignals:
             inst = state.instances[iid]
             if not inst.ready or inst.draining or iid in stopping or inst.kv_blocks_total <= 0:
                 continue
-            block = self.models[inst.model].kv_block_bytes
+            block, k = self.models[inst.model].kv_block_bytes, self.models[inst.model].kv_blocks_per_page
             free = self.kv_free_target(inst)
+            if k > 1:  # the engine maps whole pages of k blocks: ask for whole pages
+                free = min(-(-(inst.kv_blocks_used + free) // k) * k, inst.kv_blocks_total) - inst.kv_blocks_used
             delta = inst.kv_blocks_used + free - inst.kv_blocks_mapped
+            if k > 1 and delta < 0 and inst.kv_free_target == free:
+                # Pages held past the target by blocks in use spread over them: the engine compacts them itself
+                # (KVCache.compact); asking again, or counting them as given back, would repeat at every tick.
+                delta = 0
             if delta > 0:  # load rose: take pages back, evicting the lowest-score prewarms on these GPUs first
                 can = min(self._room_blocks(board, g, block) for g in inst.gpus)
                 delta = min(delta, can)

@@ -40,6 +40,9 @@ class ModelInfo:
     #: Bytes one KV block (KV_BLOCK_TOKENS tokens, all layers) takes on each GPU of an instance, 2 MiB aligned.
     #: Derived.
     kv_block_bytes: int = field(init=False, repr=False, compare=False)
+    #: KV blocks one page holds where pages are larger than blocks and whole blocks share them (1 otherwise): an
+    #: engine maps whole pages, so its mapped blocks are counted in whole pages. Derived.
+    kv_blocks_per_page: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.tp not in (1, 2, 4, 8):
@@ -54,6 +57,8 @@ class ModelInfo:
                                        f"got {self.page_bytes}", page_bytes=self.page_bytes)
         object.__setattr__(self, "shard_bytes", shard_bytes(self.weight_bytes, self.tp, self.page_bytes))
         object.__setattr__(self, "kv_block_bytes", kv_block_bytes(self.kv_bytes_per_token, self.tp))
+        shares = self.page_bytes > self.kv_block_bytes and self.page_bytes % self.kv_block_bytes == 0
+        object.__setattr__(self, "kv_blocks_per_page", self.page_bytes // self.kv_block_bytes if shares else 1)
 
     @property
     def cold_start_s(self) -> float:

@@ -190,3 +190,46 @@ def test_compaction_moves_a_long_sequence_onto_few_pages_and_keeps_its_tokens(ti
         finally:
             lm.close()
     assert [got[str(i)] for i in range(4)] == want
+
+
+def test_compaction_packs_the_free_blocks_the_target_keeps_too():
+    """Four 2 MiB blocks to an 8 MiB page, a free target of 3: block 4 (page 1) in use, blocks 0-2 (page 0)
+    free. One page holds them all: compaction copies block 4 into page 0's room and gives page 1 back (the
+    free blocks kept page 0 mapped, and shrinking alone has nothing beyond the target to unmap)."""
+    from warmserve.engine import ModelConfig
+    from warmserve.engine.demo import DemoSpec, config_dict
+    from warmserve.engine.kv_cache import KVCache
+
+    cfg = ModelConfig.from_dict(config_dict(DemoSpec("llama", 64, 128, 2, 4, 2, vocab_size=512)))
+    with PagePool(64 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as pool:
+        slot = pool.create_slot(64 * MiB, "kv")
+        region = slot.tensor(0, (16, (2 * MiB) // 4), torch.float32, pinned=False)
+        kv = KVCache(cfg, region, 16, 256, KVPageMapper(slot, 0, 2 * MiB), target_free_blocks=3)
+
+        def step():  # the tail of Engine.step
+            kv.shrink()
+            moved = kv.compact(16)
+            kv.grow()
+            return moved
+
+        step()
+        x = [kv.allocate()]
+        step()
+        y = [kv.allocate() for _ in range(3)]
+        step()
+        seq = [kv.allocate()]
+        step()
+        region.view(16, -1)[seq[0]] = 7.0  # what the sequence wrote
+        kv.free(y)
+        step()
+        kv.free(x)
+        moved = {}
+        for _ in range(3):
+            moved.update(step())
+        assert set(moved) == {4} and kv.mapper.pages_mapped == 1 == -(-(kv.num_used + 3) // 4)
+        assert kv.num_used == 1 and kv.num_free_mapped == 3 and pool.free_pages == 7
+        assert bool((region.view(16, -1)[moved[4]] == 7.0).all())  # the K/V came along
+        kv.free([moved[4]])
+        kv.set_target_free_blocks(0)
+        assert kv.mapper.pages_mapped == 0
+        del region

@@ -27,8 +27,13 @@ def test_kv_pages_held_count_as_mapped_blocks():
 
     kv = P.KvStats(kv_blocks_total=100, kv_blocks_used=3, kv_blocks_mapped=3)
     assert kv_counts(kv) == {"total": 100, "used": 3, "mapped": 3}
-    assert kv_counts(kv, held_blocks=4)["mapped"] == 4  # one 8 MiB page under three 2 MiB blocks
-    assert kv_counts(kv, held_blocks=2)["mapped"] == 3
+    assert kv_counts(kv, 4)["mapped"] == 4  # three 2 MiB blocks hold at least one 8 MiB page
+    assert kv_counts(kv, 4, held_blocks=8)["mapped"] == 8  # the worker says two pages (blocks spread over them)
+    assert kv_counts(kv, 1, held_blocks=2)["mapped"] == 3
+    m = ModelInfo("x", 1, kv_bytes_per_token=8192, page_bytes=8 << 20)  # 2 MiB blocks
+    assert (m.kv_block_bytes, m.kv_blocks_per_page) == (2 << 20, 4)
+    assert ModelInfo("x", 1, kv_bytes_per_token=8192).kv_blocks_per_page == 1
+    assert ModelInfo("x", 1, kv_bytes_per_token=24576, page_bytes=8 << 20).kv_blocks_per_page == 1  # 6 MiB
 
 
 def test_bad_model_and_config_are_value_errors():
