@@ -347,13 +347,15 @@ class Engine:
 
     def _prompt_logprobs(self, c: ScheduledChunk, hidden: torch.Tensor, row: int) -> None:
         """Log-probabilities of the prompt tokens this chunk predicts (position j predicts token j + 1), once: a
-        chunk recomputed after a preemption finds them already there."""
+        chunk recomputed after a preemption finds some or all of them already there (its chunks need not start
+        where the first run's did) and computes the rest."""
         seq = c.seq
         end = min(c.start + c.n, len(seq.prompt) - 1)
-        if c.start != len(seq.prompt_logprobs) or end <= c.start:
+        have = len(seq.prompt_logprobs)
+        if not c.start <= have < end:
             return
         k = seq.params.prompt_logprobs
-        for a in range(c.start, end, self.PROMPT_LOGPROBS_ROWS):
+        for a in range(have, end, self.PROMPT_LOGPROBS_ROWS):
             b = min(end, a + self.PROMPT_LOGPROBS_ROWS)
             lg = self.model.logits(hidden[row + a - c.start:row + b - c.start])
             seq.prompt_logprobs += logprobs(lg, seq.prompt[a + 1:b + 1], [k] * (b - a))

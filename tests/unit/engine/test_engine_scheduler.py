@@ -210,6 +210,45 @@ def test_pool_running_out_of_pages_preempts_and_still_finishes(lm, tiny_dir):
     assert got == want
 
 
+def test_prompt_logprobs_survive_a_preemption_in_the_middle_of_a_chunked_prefill(lm, tiny_dir):
+    """Room for 3 blocks and steps of 40 tokens: the 300-token prompt is prefilled in chunks shifted by the other
+    request's decodes, preempted when that one needs a block, and prefilled again in chunks that start elsewhere.
+    It still gets one prompt logprob per prompt token after the first, equal to an unpreempted run's (it used to
+    wait for a chunk starting exactly where the kept ones ended, and returned 264 of 299)."""
+    from warmserve.memory import PagePool
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (250, 300)]
+    params = SamplingParams(max_tokens=20, ignore_eos=True, prompt_logprobs=1)
+
+    def run(eng):
+        for i, p in enumerate(prompts):
+            eng.add_request(str(i), p, params)
+        out = {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                if o.prompt_logprobs is not None:
+                    out[o.request_id] = o.prompt_logprobs
+        return out
+
+    with Engine(lm, max_batch_tokens=40) as eng:
+        want = run(eng)
+        assert eng.kv_stats().num_preemptions == 0
+    pages = lm.weight_region_bytes // lm.slot.page_bytes + 3 * lm.kv_bytes_per_block // lm.slot.page_bytes
+    with PagePool(pages * lm.slot.page_bytes) as small:
+        m = load_model(tiny_dir["tiny-linear"], small).wait()
+        try:
+            with Engine(m, max_batch_tokens=40) as eng:
+                got = run(eng)
+                assert eng.kv_stats().num_preemptions > 0
+        finally:
+            m.close()
+    for i, p in enumerate(prompts):
+        assert len(got[str(i)]) == len(want[str(i)]) == len(p) - 1
+        for a, b in zip(got[str(i)], want[str(i)]):
+            assert a.top_ids == b.top_ids and abs(a.logprob - b.logprob) < 1e-4
+
+
 def test_blocks_wanted_counts_what_the_next_schedule_allocates(lm):
     """The count a tensor-parallel shard maps ahead of each step (worker/tp.py): exactly what schedule() then
     takes, at every step of a mixed run (new prefills, chunked prefills, decodes crossing block boundaries)."""
