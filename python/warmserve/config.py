@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.geometry import is_page_size
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.protocol import EngineConfig
 
@@ -137,7 +138,7 @@ class ClusterConfig:
     def __post_init__(self):
         if self.cpu_workers < 0 or self.remote_workers < 0:
             raise ValueError("ClusterConfig: cpu_workers and remote_workers must be >= 0")
-        if self.worker_page_bytes <= 0 or self.worker_page_bytes % (2 << 20):
+        if not is_page_size(self.worker_page_bytes):
             raise ValueError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
                              f"({2 << 20}), got {self.worker_page_bytes}")
         for d in self.devices:

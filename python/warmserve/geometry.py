@@ -24,6 +24,11 @@ def align_up(n: int | float, to: int = PAGE_BYTES) -> int:
     return int(math.ceil(n / to)) * to
 
 
+def is_page_size(nbytes: int) -> bool:
+    """Whether a pool's page may be ``nbytes`` long: a positive multiple of PAGE_BYTES."""
+    return nbytes > 0 and nbytes % PAGE_BYTES == 0
+
+
 def pages_for(nbytes: int | float, page_bytes: int = PAGE_BYTES) -> int:
     """Whole pages that hold ``nbytes``."""
     return int(math.ceil(nbytes / page_bytes))
@@ -56,5 +61,5 @@ def shard_bytes(weight_bytes: int | float, tp: int = 1, page_bytes: int = PAGE_B
     return align_up(weight_bytes / tp, page_bytes)
 
 
-__all__ = ["PAGE_BYTES", "KV_BLOCK_TOKENS", "DTYPE_BYTES", "align_up", "pages_for", "kv_bytes_per_token",
-           "blocks_for_tokens", "kv_block_bytes", "shard_bytes"]
+__all__ = ["PAGE_BYTES", "KV_BLOCK_TOKENS", "DTYPE_BYTES", "align_up", "is_page_size", "pages_for",
+           "kv_bytes_per_token", "blocks_for_tokens", "kv_block_bytes", "shard_bytes"]

@@ -11,6 +11,7 @@ pages several blocks share one (``engine.kv_cache.KVPageMapper``). This part tim
 from __future__ import annotations
 
 from warmserve.errors import GiB
+from warmserve.geometry import is_page_size
 
 MiB = 1 << 20
 
@@ -18,7 +19,7 @@ MiB = 1 << 20
 def page_sizes(arg: str) -> list[int]:
     """--page-mib as bytes, with the 2 MiB unit always first (the reference)."""
     sizes = sorted({int(x) for x in str(arg).split(",") if x.strip()} | {2})
-    if sizes[0] < 2 or any(m % 2 for m in sizes):
+    if not all(is_page_size(m << 20) for m in sizes):
         raise SystemExit(f"--page-mib: page sizes must be positive multiples of 2 MiB, got {arg!r}")
     return [m * MiB for m in sizes]
 

@@ -17,7 +17,7 @@ import time
 from warmserve import protocol as P
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, WorkerLostError
-from warmserve.geometry import KV_BLOCK_TOKENS, PAGE_BYTES, blocks_for_tokens
+from warmserve.geometry import KV_BLOCK_TOKENS, PAGE_BYTES, align_up, blocks_for_tokens, pages_for
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights
 from warmserve.policy.state import InstanceState, PrewarmState, kv_blocks_for
@@ -34,7 +34,7 @@ def kv_counts(kv: P.KvStats, blocks_per_page: int = 1, held_blocks: int = 0) -> 
     """An instance's KV block counts as a worker reports them, as ``PolicyDriver.set_kv`` takes them. With pages of
     several blocks (ModelInfo.kv_blocks_per_page) a page stays mapped while any block on it is, so mapped counts
     whole pages of blocks, or held_blocks (the blocks' worth of the pages the worker reports) when more."""
-    pages = -(-kv.kv_blocks_mapped // blocks_per_page) * blocks_per_page
+    pages = align_up(kv.kv_blocks_mapped, blocks_per_page)
     return {"total": kv.kv_blocks_total, "used": kv.kv_blocks_used,
             "mapped": min(max(pages, held_blocks), max(kv.kv_blocks_total, kv.kv_blocks_mapped))}
 
@@ -159,7 +159,7 @@ class LiveExecutor:
             for i in stats.instances:
                 if i.name == inst.model:
                     # (at the default page every block is whole pages of its own: its count is exact)
-                    held = (-(-i.kv_pages * stats.pool.page_bytes // model.kv_block_bytes)
+                    held = (pages_for(i.kv_pages * stats.pool.page_bytes, model.kv_block_bytes)
                             if stats.pool.page_bytes > PAGE_BYTES else 0)
                     driver.set_kv(iid, **kv_counts(i.kv, model.kv_blocks_per_page, held))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from warmserve.geometry import align_up
 from warmserve.policy import actions as A
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, InstanceState
@@ -120,7 +121,7 @@ class LoadSignals:
             block, k = self.models[inst.model].kv_block_bytes, self.models[inst.model].kv_blocks_per_page
             free = self.kv_free_target(inst)
             if k > 1:  # the engine maps whole pages of k blocks: ask for whole pages
-                free = min(-(-(inst.kv_blocks_used + free) // k) * k, inst.kv_blocks_total) - inst.kv_blocks_used
+                free = min(align_up(inst.kv_blocks_used + free, k), inst.kv_blocks_total) - inst.kv_blocks_used
             delta = inst.kv_blocks_used + free - inst.kv_blocks_mapped
             if k > 1 and delta < 0 and inst.kv_free_target == free:
                 # Pages held past the target by blocks in use spread over them: the engine compacts them itself

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.geometry import PAGE_BYTES, kv_block_bytes, shard_bytes
+from warmserve.geometry import PAGE_BYTES, is_page_size, kv_block_bytes, shard_bytes
 
 #: Host-to-device bandwidth in the cold-start cost c_m (PAPER.md §2), bytes per second.
 H2D_BYTES_PER_S = 32e9
@@ -52,7 +52,7 @@ class ModelInfo:
                 f"model {self.name!r}: weight_bytes must be > 0, got {self.weight_bytes}", weight_bytes=self.weight_bytes
             )
         # Stored rather than computed per use: the planner reads them for every GPU it looks at.
-        if self.page_bytes <= 0 or self.page_bytes % PAGE_BYTES:
+        if not is_page_size(self.page_bytes):
             raise InvalidArgumentError(f"model {self.name!r}: page_bytes must be a positive multiple of {PAGE_BYTES}, "
                                        f"got {self.page_bytes}", page_bytes=self.page_bytes)
         object.__setattr__(self, "shard_bytes", shard_bytes(self.weight_bytes, self.tp, self.page_bytes))

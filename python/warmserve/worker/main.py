@@ -17,7 +17,7 @@ import sys
 from .. import errors
 from .. import protocol as P
 from ..errors import GiB
-from ..geometry import PAGE_BYTES
+from ..geometry import PAGE_BYTES, is_page_size
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
 
@@ -100,7 +100,7 @@ def build_pool(device: str, memory_gib: float | None, prefault: bool = True, pag
     from ..memory import PagePool
 
     check_device(device)
-    if page_mib < 2 or page_mib % 2:
+    if not is_page_size(page_mib << 20):
         raise errors.InvalidArgumentError(f"--page-mib must be a positive multiple of 2, got {page_mib}",
                                           page_mib=page_mib)
     page = page_mib << 20
