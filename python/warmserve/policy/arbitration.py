@@ -158,7 +158,7 @@ def _share(instances: int, demand: float) -> float:
 
 
 def relocations(state: ClusterState, board: Board, now_s: float, served_s: float, stopping: set[str],
-                reserved: set[int]) -> tuple[str, int, int, list[InstanceState]] | None:
+                reserved: set[int], over_prewarms: bool = False) -> tuple[str, int, int, list[InstanceState]] | None:
     """(model, server, GPU mask, instances): move these instances elsewhere so that ``model`` (tp >= 2, with an
     instance now) finds the tp GPUs of the mask on ``server`` idle for its next scale-out; None when it has them
     already, or when no move qualifies. Why: with light instances spread over both servers, the idle GPUs of a
@@ -169,9 +169,10 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
 
     A move qualifies when every instance on the GPUs to clear is of a model of smaller tp, ready for ``served_s``
     (the §5 minimum lifetime), not draining or in ``stopping``, alone on its GPUs, and all of them fit on idle
-    GPUs elsewhere (off ``reserved``, off the cleared ones). The policy starts each moved instance's replacement
-    first (off other models' prewarms) and stops the old one only once the new one serves, so no model loses
-    capacity and no prewarm is evicted. Among qualifying moves: the fewest instances moved, then the fewest
+    GPUs elsewhere (off ``reserved``, off the cleared ones, off other models' prewarms; with ``over_prewarms``,
+    prewarms that score below ``model``'s best replica and ``model``'s own replicas do not count). The policy
+    starts each moved instance's replacement first (off those prewarms) and stops the old one only once the new
+    one serves, so no model loses capacity and no prewarm that counts is evicted. Among qualifying moves: the fewest instances moved, then the fewest
     requests in flight on them, then the server holding the model's loaded prewarm (its start there is a hit),
     then the lowest server. One model per call (a tick)."""
     idle = Board._pack(~board.busy)
@@ -193,7 +194,8 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
         for s in range(board.n_servers):
             for mask in gm.tolist():
                 victims = _to_move(state, board, s, mask & ~int(idle[s]), on_gpu, tp, now_s, served_s)
-                if victims is None or not _fits_elsewhere(board, idle, s, mask, victims, others):
+                if victims is None or not _fits_elsewhere(board, idle, s, mask, victims, others,
+                                                          model if over_prewarms else None):
                     continue
                 key = (len(victims), sum(v.in_flight for v in victims), s not in hit_servers, s, mask)
                 if best is None or key < best[0]:
@@ -222,18 +224,23 @@ def _to_move(state: ClusterState, board: Board, server: int, busy_mask: int, on_
     return [victims[i] for i in sorted(victims)] or None
 
 
-def others_prewarms(board: Board, model: str) -> np.ndarray:
-    """Per server, the mask of GPUs that hold a prewarm of a model other than ``model``."""
+def others_prewarms(board: Board, model: str, clearing_for: str | None = None) -> np.ndarray:
+    """Per server, the mask of GPUs that hold a prewarm of a model other than ``model``. ``clearing_for``: the
+    model GPUs are being cleared for (``PolicyConfig.defragment_over_prewarms``): its own replicas and those that
+    score below its best one do not count."""
     out = np.zeros(board.n_servers, dtype=np.int64)
+    top = -np.inf
+    if clearing_for is not None:
+        top = max((r.score for rs in board.by_server for r in rs.values() if r.model == clearing_for), default=0.0)
     for s, reps in enumerate(board.by_server):
         for r in reps.values():
-            if r.model != model:
+            if r.model != model and r.model != clearing_for and r.score >= top:
                 out[s] |= r.mask
     return out
 
 
 def _fits_elsewhere(board: Board, idle: np.ndarray, server: int, cleared: int, victims: list[InstanceState],
-                    others: dict[str, np.ndarray]) -> bool:
+                    others: dict[str, np.ndarray], clearing_for: str | None = None) -> bool:
     """Whether the victims, largest tp first, each find tp idle GPUs on one server off the cleared ones and off
     other models' prewarms (a move that evicted them would turn those models' next scale-outs into cold loads:
     paper-conv at burst CV 4, seed 0, 40 of 41 moves evicted one, and P99 TTFT went from 3.6 to 7.1 s)."""
@@ -242,7 +249,7 @@ def _fits_elsewhere(board: Board, idle: np.ndarray, server: int, cleared: int, v
     for v in sorted(victims, key=lambda v: -len(v.gpus)):
         gm = GROUPS[len(v.gpus)]
         if v.model not in others:
-            others[v.model] = others_prewarms(board, v.model)
+            others[v.model] = others_prewarms(board, v.model, clearing_for)
         room = left & ~others[v.model]
         fits = (room[:, None] & gm[None, :]) == gm[None, :]
         if not fits.any():

@@ -86,11 +86,27 @@ class PolicyConfig:
     #: Off for `autoscale`, its best setting (paper-code, seeds 0-2: P99 32.3 s without, 73.1 s with it; its
     #: instances held for a backlog keep GPUs from the cold starts of other models; bench/simulate).
     scale_in_floor_now: bool = True
+    #: The tick scales out to what the prefill backlog of this moment needs as well as to what the averages over
+    #: load_window_s need: a burst of long prompts gets its instances, and the GPUs of quiet models' last
+    #: instances, at the next tick rather than once the 5 s average has risen. Not while the cluster is
+    #: over-subscribed (``coserve.CoServing.oversubscribed``; with co-serving off, always): there it set models
+    #: taking GPUs from one another (paper-conv, 12 models at x0.5, seed 2: SLO 0.993 -> 0.914). Off by default,
+    #: an operator's choice: measured, it raises paper-code's max rate at a 0.98 SLO target from 16.1 to 23.7 rps
+    #: (`shared`: 12.8) and cuts its P99 at x1 from 1.30 to 1.14 s, but with burst CV 4 the quiet models' last
+    #: instances stop 3x as often and code's P99 grows (paper-code 1.83 -> 2.37 s);
+    #: bench/simulate/ISSUE11_ROUNDS.md, "A later session (23:00 UTC)".
+    scale_out_now: bool = False
     #: When a serving tensor-parallel model finds no group of its size idle on any server but the cluster has that
     #: many idle GPUs, move light instances (make before break, never onto another model's prewarm) so that one
     #: server has the group: its next scale-out has somewhere to start (``arbitration.relocations``,
     #: ``moves.GpuMoves._defragment``). Needs ``prewarm``.
     defragment: bool = True
+    #: Defragmenting may move a light instance onto GPUs whose prewarms all score below the tensor-parallel
+    #: model's best replica (evicting them: worth less than that model's next start), and onto that model's own
+    #: replicas on GPUs that other instances hold (a replica there can serve only once all of them stop). Without
+    #: it, a low-score 7B prewarm on the one idle GPU kept the 70B from a whole server for the first burst of
+    #: paper-code (x0.62, seed 0); bench/simulate/ISSUE11_ROUNDS.md, "A later session (23:00 UTC)".
+    defragment_over_prewarms: bool = True
     #: An instance serves at least this long before a model that has no instance and no free GPUs may take its
     #: GPUs (time-sharing an over-subscribed cluster), seconds. As long as a published vLLM engine start
     #: (14-35 s, PAPER.md), so that a swap never spends more of the GPUs' time starting than serving. inf: never

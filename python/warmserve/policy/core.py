@@ -311,6 +311,7 @@ class Policy(LoadSignals, GpuMoves):
         keep: dict[str, int] = {}
         demand: dict[str, float] = {}
         raw: dict[str, tuple[float, float]] = {}  # the demand figures without the floor for waiting requests
+        o_now: dict[str, float] = {}
         for m in sorted(self.models):
             pf_now = self._prefill_backlog_s(state, m, active[m])
             pf = self._load_avg(m, now_s, pf_now, self._prefill_load)
@@ -318,6 +319,8 @@ class Policy(LoadSignals, GpuMoves):
             o, k = self._wanted(m, avg5[m], pf, queued)
             if cfg.scale_in_floor_now:  # never below what the backlog of now needs
                 k = max(k, self._wanted(m, 0.0, pf_now, 0)[1])
+            if cfg.scale_out_now:  # and to what the backlog of now needs (applied below)
+                o_now[m] = self._wanted(m, 0.0, pf_now, 0)[0]
             raw[m] = self._wanted(m, avg5[m], pf, 0)
             n = len(active[m])
             target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
@@ -338,6 +341,15 @@ class Policy(LoadSignals, GpuMoves):
             co.split(state, active, want_out)
             for m in co.splitting:  # it asks for one dedicated instance more than it runs, whatever its load
                 demand[m] = max(demand[m], want_out[m])
+        # the backlog of now, where every model with demand has GPUs of its own (over-subscribed, it set models
+        # taking GPUs from one another: paper-conv, 12 models at x0.5, seed 2)
+        if o_now and not (co is not None and co.oversubscribed):
+            for m, o in o_now.items():
+                if o > max(demand[m], len(active[m])):
+                    demand[m] = o
+                    want_out[m] = max(want_out[m], math.ceil(o))
+                    if cfg.max_instances_per_model:
+                        want_out[m] = min(want_out[m], cfg.max_instances_per_model)
         have = {m: len(active[m]) for m in self.models}
         for m in sorted(self.models):  # 1. revive: it still runs, so there is nothing to start or load
             for inst in sorted(draining[m], key=lambda i: (-i.in_flight, i.instance_id)):

@@ -35,13 +35,15 @@ class GpuMoves:
         fixed = A.stopping(out)  # and co-serving's merges in flight: they move those models already
         if self._co is not None and self._co.merging:
             fixed |= {i.instance_id for i in state.instances.values() if i.model in self._co.merging}
-        got = relocations(state, board, now_s, self.cfg.min_lifetime_s, fixed, reserved)
+        over = self.cfg.defragment_over_prewarms
+        got = relocations(state, board, now_s, self.cfg.min_lifetime_s, fixed, reserved, over)
         if got is None:
             return
-        _, server, mask, victims = got
+        model, server, mask, victims = got
         for v in victims:
-            # not on the GPUs being cleared, nor on other models' prewarms (the start would evict them)
-            off = others_prewarms(board, v.model)
+            # not on the GPUs being cleared, nor on other models' prewarms (the start would evict them), but for
+            # those worth less than the cleared model's next start (defragment_over_prewarms)
+            off = others_prewarms(board, v.model, model if over else None)
             off[server] |= mask
             act = self._start_outside_reservations(
                 state, board, v.model, off=[g for s in range(board.n_servers) for g in board.gpus_of(s, int(off[s]))])

@@ -146,6 +146,58 @@ def test_the_tick_does_not_scale_in_below_the_backlog_of_now_that_route_just_sta
         assert [i.instance_id for i in _of(st, "a") if i.draining] == ([] if floor else ["i1"])
 
 
+def _burst_after_quiet(n_gpus=2, names="ab", **cfg):
+    """`a` and `b` each serve one instance, quiet for 10 ticks; then a burst of 4 prompts of 0.8 budgets each
+    reaches `a` (route() not starting instances between ticks)."""
+    d, st = _driver(n_gpus=n_gpus, names=names, **TICK_ONLY, **cfg)
+    d.apply(A.StartInstance("ia", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("ib", "b", (1,)), 0.0)
+    for t in range(90, 100):
+        d.tick(float(t))
+    _fill(d, st, "a", 4, 100.0, tokens=TOKENS_08)
+    return d, st
+
+
+def test_scale_out_now_gives_a_burst_the_gpus_of_a_quiet_models_last_instance_at_the_next_tick():
+    """The 5 s average has barely seen the burst (one sample of 3.2 budgets against five of none): without
+    ``scale_out_now`` the tick keeps one instance of `a` and `b` keeps its GPU; with it, `a` wants
+    ceil(3.2 / 0.8) = 4 instances, `b`'s idle last instance stops for it and `a` starts on that GPU (paper-code at
+    x0.62, seed 0: the 70B's first burst; bench/simulate/ISSUE11_ROUNDS.md)."""
+    for now_rule in (False, True):
+        d, st = _burst_after_quiet(scale_out_now=now_rule)
+        d.tick(100.0)
+        assert [i.gpus for i in _of(st, "a")] == ([(0,), (1,)] if now_rule else [(0,)]), now_rule
+        assert [i.instance_id for i in _of(st, "b")] == ([] if now_rule else ["ib"]), now_rule
+
+
+def test_scale_out_now_changes_nothing_while_the_cluster_is_over_subscribed():
+    """`a` and `b` (tp 1) and `big` serve on 4 GPUs; `c` (tp 2) waits with none: 5 GPUs of demand on 4, co-serving
+    engaged. `b` is quiet and gives its GPU up for `c`. A burst for `a` must not take that GPU: the backlog of now
+    does not set models taking GPUs from one another here (paper-conv, 12 models at x0.5, seed 2: SLO attainment
+    0.993 -> 0.914 when it did)."""
+    small = dict(prefill_s=PREFILL_S, decode_s_per_token=DECODE_S)
+    models = [ModelInfo("a", 10 * GiB, 1, 1 << 19, **small), ModelInfo("b", 10 * GiB, 1, 1 << 19, **small),
+              ModelInfo("big", 30 * GiB, 2, 1 << 19, prefill_s=0.07),
+              ModelInfo("c", 30 * GiB, 2, 1 << 19, prefill_s=0.07)]
+    held = {}
+    for now_rule in (False, True):
+        st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+        pol = make_policy("warmserve", models=models, config=PolicyConfig(
+            replan_s=1e9, window_s=1e6, route_prefill_overflow=False, scale_out_now=now_rule))
+        d = instant_driver(pol, st)
+        for iid, m, gpus in (("ia", "a", (0,)), ("ib", "b", (1,)), ("ibig", "big", (2, 3))):
+            d.apply(A.StartInstance(iid, m, gpus), 0.0)
+        for m in ("a", "big", "c"):
+            _fill(d, st, m, 1, 90.0)
+        for t in range(90, 100):
+            d.tick(float(t))
+        _fill(d, st, "a", 4, 100.0, start=1, tokens=TOKENS_08)
+        d.tick(100.0)
+        assert pol._co.oversubscribed
+        held[now_rule] = sorted((i.model, i.gpus) for i in st.instances.values())
+    assert held[True] == held[False] == [("a", (0,)), ("big", (2, 3))]
+
+
 def test_a_prefill_backlog_keeps_instances_from_scaling_in():
     d, st = _prefill_case(**TICK_ONLY)
     d.tick(100.0)

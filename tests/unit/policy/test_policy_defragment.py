@@ -10,11 +10,11 @@ from warmserve.policy.state import ClusterState, ModelInfo
 GiB = 1 << 30
 
 
-def _cluster(others_prewarmed=(6,), **cfg):
+def _cluster(others_prewarmed=(6,), others_score=1.0, **cfg):
     """Three servers of 4 GPUs. Server 0: `big` (tp 4) serves. Server 1: `a` on GPU 4, `b` on GPU 5, GPUs 6-7
-    idle, `a` prewarmed on the GPUs in ``others_prewarmed``. Server 2: `c` on GPU 8, GPUs 9-11 idle, `big`
-    prewarmed on 8-11. Five GPUs idle, at most 3 on a server. Each instance has a request in flight; starts wait
-    for the test's ``instance_ready``."""
+    idle, `a` prewarmed on the GPUs in ``others_prewarmed`` (score ``others_score``). Server 2: `c` on GPU 8, GPUs
+    9-11 idle, `big` prewarmed on 8-11 (score 100). Five GPUs idle, at most 3 on a server. Each instance has a
+    request in flight; starts wait for the test's ``instance_ready``."""
     models = [ModelInfo("big", 40 * GiB, 4, 1 << 19, prefill_s=0.1), ModelInfo("a", 10 * GiB, 1, 1 << 19),
               ModelInfo("b", 10 * GiB, 1, 1 << 19), ModelInfo("c", 10 * GiB, 1, 1 << 19)]
     st = ClusterState.uniform(3, models, gpus_per_server=4, gpu_bytes=40 * GiB)
@@ -22,7 +22,7 @@ def _cluster(others_prewarmed=(6,), **cfg):
     d = instant_driver(pol, st, start_ready=False)
     d.apply(A.Prewarm("pbig", "big", (8, 9, 10, 11), 100.0), 0.0)
     for g in others_prewarmed:
-        d.apply(A.Prewarm(f"pa{g}", "a", (g,), 1.0), 0.0)
+        d.apply(A.Prewarm(f"pa{g}", "a", (g,), others_score), 0.0)
     for iid, m, gpus in (("big1", "big", (0, 1, 2, 3)), ("a1", "a", (4,)), ("b1", "b", (5,)), ("c1", "c", (8,))):
         d.apply(A.StartInstance(iid, m, gpus), 0.0)
         d.instance_ready(iid, 0.0)
@@ -50,9 +50,31 @@ def test_a_light_instance_moves_make_before_break_so_the_big_model_finds_a_serve
 
 
 def test_nothing_moves_with_the_option_off_before_the_minimum_lifetime_or_onto_another_models_prewarm():
-    for case, now in ((dict(defragment=False), 100.0), ({}, 4.0), (dict(others_prewarmed=(6, 7)), 100.0)):
+    for case, now in ((dict(defragment=False), 100.0), ({}, 4.0),
+                      (dict(others_prewarmed=(6, 7), defragment_over_prewarms=False), 100.0)):
         d, st = _cluster(**case)
         d.tick(now)
         assert sorted(i.instance_id for i in st.instances.values()) == ["a1", "b1", "big1", "c1"], case
         assert not any(i.draining for i in st.instances.values())
         assert not d.policy._idle_group(st, now, 4)
+
+
+def test_a_move_may_evict_a_prewarm_that_scores_below_the_big_models_best_replica():
+    """Both idle GPUs of server 1 hold `a`'s prewarm (score 1, below `big`'s 100): c1 moves onto one of them and
+    the start evicts it (``defragment_over_prewarms``, the default). Without it nothing moved: paper-code at x0.62,
+    seed 0, a 7B prewarm on the one idle GPU kept the 70B from a whole server for its first burst."""
+    d, st = _cluster(others_prewarmed=(6, 7))
+    d.tick(100.0)
+    (new,) = [i for i in st.instances.values() if i.model == "c" and i.instance_id != "c1"]
+    assert new.gpus in ((6,), (7,)) and f"pa{new.gpus[0]}" not in st.prewarms and "pbig" in st.prewarms
+
+
+def test_a_prewarm_scoring_above_the_big_model_still_blocks_but_its_own_replica_on_busy_gpus_does_not():
+    """`a`'s prewarms outrank `big`'s replica: c1 may not go there. Server 1 is cleared instead, `a` and `b`
+    moving onto server 2's idle GPUs under `big`'s own replica, which could serve only once c1 left too. With the
+    option off, that replica blocked them as well, and nothing moved."""
+    d, st = _cluster(others_prewarmed=(6, 7), others_score=1000.0)
+    d.tick(100.0)
+    moved = sorted((i.model, i.gpus) for i in st.instances.values() if i.instance_id not in ("a1", "b1", "big1", "c1"))
+    assert [m for m, _ in moved] == ["a", "b"] and all(g[0] in (9, 10, 11) for _, g in moved)
+    assert "pa6" in st.prewarms and "pa7" in st.prewarms
