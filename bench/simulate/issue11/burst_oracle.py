@@ -6,8 +6,9 @@ prefill ends (``CostModel.prefill_s`` of its prompt). Two ways of sending reques
 - ``pooled``: one queue, the next request to the instance free first (late binding);
 - ``pinned``: each request goes, when it arrives, to the instance whose queue clears first (what a router that
   sends at once does: requests stay where they were sent when an instance joins).
-Decode steps between prefills are left out, in the policy's favour, so these are lower bounds on the misses of
-any policy whose instances join at those times.
+Decode steps between prefills are left out, in the policy's favour: a policy whose instances join at those
+times and serve each instance's requests in order misses at least about this many (the pinned choice is greedy,
+so for it this is an estimate, not a bound).
 
     python bench/simulate/issue11/burst_oracle.py --preset paper-code --model llama2-70b-a --rate-scale 0.62 \\
         --joins 0,0 --joins 0,47,50 --joins 0,46,49 --joins 0,45,47 --window 30,70
@@ -44,9 +45,8 @@ def misses(reqs: list[tuple[float, float]], joins: list[float], slo_s: float, po
            window: tuple[float, float] = (float("-inf"), float("inf"))) -> int:
     """Requests in ``window`` whose first token comes later than ``slo_s`` after they arrive, with instance k
     serving from ``joins[k]`` on. ``reqs`` in arrival order."""
-    free = sorted(joins)
-    if pooled:
-        heapq.heapify(free)
+    joins = sorted(joins)
+    free = list(joins)  # when each instance is next free; a sorted list is a heap
     n = 0
     for t, p in reqs:
         if pooled:
@@ -54,8 +54,8 @@ def misses(reqs: list[tuple[float, float]], joins: list[float], slo_s: float, po
             heapq.heappush(free, done)
         else:
             k = min((k for k in range(len(free)) if joins[k] <= t), key=lambda k: max(free[k], t), default=None)
-            if k is None:  # no instance yet: it waits for the first to join
-                k = min(range(len(free)), key=lambda k: joins[k])
+            if k is None:  # no instance yet: the one whose queue clears first once it joins
+                k = min(range(len(free)), key=lambda k: free[k])
             done = max(free[k], t) + p
             free[k] = done
         n += window[0] <= t < window[1] and done - t > slo_s

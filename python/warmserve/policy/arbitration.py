@@ -172,9 +172,9 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
     GPUs elsewhere (off ``reserved``, off the cleared ones, off other models' prewarms; with ``over_prewarms``,
     prewarms that score below ``model``'s best replica and ``model``'s own replicas do not count). The policy
     starts each moved instance's replacement first (off those prewarms) and stops the old one only once the new
-    one serves, so no model loses capacity and no prewarm that counts is evicted. Among qualifying moves: the fewest instances moved, then the fewest
-    requests in flight on them, then the server holding the model's loaded prewarm (its start there is a hit),
-    then the lowest server. One model per call (a tick)."""
+    one serves, so no model loses capacity and no prewarm that counts is evicted. Among qualifying moves: the
+    fewest instances moved, then the fewest requests in flight on them, then the server holding the model's loaded
+    prewarm (its start there is a hit), then the lowest server. One model per call (a tick)."""
     idle = Board._pack(~board.busy)
     for g in reserved:
         loc = board.local.get(g)  # None: a lost GPU
@@ -190,12 +190,12 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
             continue
         hit_servers = {r.server for srv in board.by_server for r in srv.values() if r.model == model and r.loaded}
         others: dict[str, np.ndarray] = {}  # others_prewarms per victim model, computed once per call
+        clearing_for, top = (model, best_score(board, model)) if over_prewarms else (None, -np.inf)
         best = None
         for s in range(board.n_servers):
             for mask in gm.tolist():
                 victims = _to_move(state, board, s, mask & ~int(idle[s]), on_gpu, tp, now_s, served_s)
-                if victims is None or not _fits_elsewhere(board, idle, s, mask, victims, others,
-                                                          model if over_prewarms else None):
+                if victims is None or not _fits_elsewhere(board, idle, s, mask, victims, others, clearing_for, top):
                     continue
                 key = (len(victims), sum(v.in_flight for v in victims), s not in hit_servers, s, mask)
                 if best is None or key < best[0]:
@@ -224,14 +224,16 @@ def _to_move(state: ClusterState, board: Board, server: int, busy_mask: int, on_
     return [victims[i] for i in sorted(victims)] or None
 
 
-def others_prewarms(board: Board, model: str, clearing_for: str | None = None) -> np.ndarray:
+def best_score(board: Board, model: str) -> float:
+    """The highest score among ``model``'s prewarmed replicas (0 with none)."""
+    return max((r.score for rs in board.by_server for r in rs.values() if r.model == model), default=0.0)
+
+
+def others_prewarms(board: Board, model: str, clearing_for: str | None = None, top: float = -np.inf) -> np.ndarray:
     """Per server, the mask of GPUs that hold a prewarm of a model other than ``model``. ``clearing_for``: the
     model GPUs are being cleared for (``PolicyConfig.defragment_over_prewarms``): its own replicas and those that
-    score below its best one do not count."""
+    score below ``top`` (its ``best_score``, taken once before any move evicts a replica) do not count."""
     out = np.zeros(board.n_servers, dtype=np.int64)
-    top = -np.inf
-    if clearing_for is not None:
-        top = max((r.score for rs in board.by_server for r in rs.values() if r.model == clearing_for), default=0.0)
     for s, reps in enumerate(board.by_server):
         for r in reps.values():
             if r.model != model and r.model != clearing_for and r.score >= top:
@@ -240,16 +242,17 @@ def others_prewarms(board: Board, model: str, clearing_for: str | None = None) -
 
 
 def _fits_elsewhere(board: Board, idle: np.ndarray, server: int, cleared: int, victims: list[InstanceState],
-                    others: dict[str, np.ndarray], clearing_for: str | None = None) -> bool:
+                    others: dict[str, np.ndarray], clearing_for: str | None = None, top: float = -np.inf) -> bool:
     """Whether the victims, largest tp first, each find tp idle GPUs on one server off the cleared ones and off
     other models' prewarms (a move that evicted them would turn those models' next scale-outs into cold loads:
-    paper-conv at burst CV 4, seed 0, 40 of 41 moves evicted one, and P99 TTFT went from 3.6 to 7.1 s)."""
+    paper-conv at burst CV 4, seed 0, 40 of 41 moves evicted one, and P99 TTFT went from 3.6 to 7.1 s), as
+    ``others_prewarms`` counts them."""
     left = idle.copy()
     left[server] &= ~cleared
     for v in sorted(victims, key=lambda v: -len(v.gpus)):
         gm = GROUPS[len(v.gpus)]
         if v.model not in others:
-            others[v.model] = others_prewarms(board, v.model, clearing_for)
+            others[v.model] = others_prewarms(board, v.model, clearing_for, top)
         room = left & ~others[v.model]
         fits = (room[:, None] & gm[None, :]) == gm[None, :]
         if not fits.any():

@@ -97,7 +97,8 @@ class PolicyConfig:
     #: bench/simulate/ISSUE11_ROUNDS.md, "A later session (23:00 UTC)".
     scale_out_now: bool = False
     #: When a serving tensor-parallel model finds no group of its size idle on any server but the cluster has that
-    #: many idle GPUs, move light instances (make before break, never onto another model's prewarm) so that one
+    #: many idle GPUs, move light instances (make before break, not onto another model's prewarm but as
+    #: defragment_over_prewarms allows) so that one
     #: server has the group: its next scale-out has somewhere to start (``arbitration.relocations``,
     #: ``moves.GpuMoves._defragment``). Needs ``prewarm``.
     defragment: bool = True

@@ -342,14 +342,14 @@ class Policy(LoadSignals, GpuMoves):
             for m in co.splitting:  # it asks for one dedicated instance more than it runs, whatever its load
                 demand[m] = max(demand[m], want_out[m])
         # the backlog of now, where every model with demand has GPUs of its own (over-subscribed, it set models
-        # taking GPUs from one another: paper-conv, 12 models at x0.5, seed 2)
+        # taking GPUs from one another: paper-conv, 12 models at x0.5, seed 2). GPUs reserved for a model were
+        # released above on its averaged demand: the backlog of now does not hold them.
         if o_now and not (co is not None and co.oversubscribed):
+            cap = cfg.max_instances_per_model or math.inf
             for m, o in o_now.items():
                 if o > max(demand[m], len(active[m])):
                     demand[m] = o
-                    want_out[m] = max(want_out[m], math.ceil(o))
-                    if cfg.max_instances_per_model:
-                        want_out[m] = min(want_out[m], cfg.max_instances_per_model)
+                    want_out[m] = max(want_out[m], min(math.ceil(o), cap))
         have = {m: len(active[m]) for m in self.models}
         for m in sorted(self.models):  # 1. revive: it still runs, so there is nothing to start or load
             for inst in sorted(draining[m], key=lambda i: (-i.in_flight, i.instance_id)):

@@ -5,9 +5,11 @@ finds a whole group of idle GPUs on one server (``arbitration.relocations``)."""
 
 from __future__ import annotations
 
+import math
+
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import (PREEMPT_LOAD_RATIO, others_prewarms, preemption_victims, reclaim_victims,
-                                         relocations)
+from warmserve.policy.arbitration import (PREEMPT_LOAD_RATIO, best_score, others_prewarms, preemption_victims,
+                                         reclaim_victims, relocations)
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState
 
@@ -40,10 +42,12 @@ class GpuMoves:
         if got is None:
             return
         model, server, mask, victims = got
+        # the threshold relocations() used, taken before a start below evicts one of the model's replicas
+        clearing_for, top = (model, best_score(board, model)) if over else (None, -math.inf)
         for v in victims:
             # not on the GPUs being cleared, nor on other models' prewarms (the start would evict them), but for
             # those worth less than the cleared model's next start (defragment_over_prewarms)
-            off = others_prewarms(board, v.model, model if over else None)
+            off = others_prewarms(board, v.model, clearing_for, top)
             off[server] |= mask
             act = self._start_outside_reservations(
                 state, board, v.model, off=[g for s in range(board.n_servers) for g in board.gpus_of(s, int(off[s]))])

@@ -18,6 +18,8 @@ def test_three_half_second_prefills_at_once_miss_a_1_s_slo_once_on_one_instance(
     assert BO.misses(reqs, [0.0, 0.2], 1.0, pooled=True) == 0
     assert BO.misses(reqs, [0.0, 0.2], 1.0, pooled=False) == 1
     assert BO.misses(reqs, [0.0], 1.0, pooled=True, window=(1.0, 2.0)) == 0  # none arrived in the window
+    for pooled in (True, False):  # the join times in any order (found in review: unsorted ones were misread)
+        assert BO.misses(reqs, [0.2, 0.0], 1.0, pooled) == BO.misses(reqs, [0.0, 0.2], 1.0, pooled)
 
 
 def test_on_a_preset_instances_that_join_earlier_miss_fewer_of_the_first_burst():

@@ -77,4 +77,28 @@ def test_a_prewarm_scoring_above_the_big_model_still_blocks_but_its_own_replica_
     d.tick(100.0)
     moved = sorted((i.model, i.gpus) for i in st.instances.values() if i.instance_id not in ("a1", "b1", "big1", "c1"))
     assert [m for m, _ in moved] == ["a", "b"] and all(g[0] in (9, 10, 11) for _, g in moved)
-    assert "pa6" in st.prewarms and "pa7" in st.prewarms
+    assert "pa6" in st.prewarms and "pa7" in st.prewarms and "pbig" not in st.prewarms  # the price of the move
+
+
+def test_every_move_of_a_relocation_uses_the_threshold_taken_before_the_first_start():
+    """Server 1: `a` on 4, `b` on 5, `e` prewarmed on 6 and 7 (score 1000). Server 2: `c` on 8, `d` on 9, `big`
+    prewarmed on 8-11 (score 100), `e` on 11 (score 1). Server 1 is cleared: `a` onto 10, `b` onto 11. `a`'s start
+    evicts `big`'s replica; before, `b`'s move then took `big`'s best score as 0, counted `e`'s prewarm on 11 and
+    found no GPU: `a` had moved for nothing and `big` had lost its replica (found in review)."""
+    models = [ModelInfo("big", 40 * GiB, 4, 1 << 19, prefill_s=0.1)] + [
+        ModelInfo(m, 10 * GiB, 1, 1 << 19) for m in "abcde"]
+    st = ClusterState.uniform(3, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6))
+    d = instant_driver(pol, st, start_ready=False)
+    d.apply(A.Prewarm("pbig", "big", (8, 9, 10, 11), 100.0), 0.0)
+    for pid, g, score in (("pe6", 6, 1000.0), ("pe7", 7, 1000.0), ("pe11", 11, 1.0)):
+        d.apply(A.Prewarm(pid, "e", (g,), score), 0.0)
+    for iid, m, gpus in (("big1", "big", (0, 1, 2, 3)), ("a1", "a", (4,)), ("b1", "b", (5,)), ("c1", "c", (8,)),
+                         ("d1", "d", (9,))):
+        d.apply(A.StartInstance(iid, m, gpus), 0.0)
+        d.instance_ready(iid, 0.0)
+        d.submit(m, f"{iid}-r", 1.0)
+    pol._plan_window = 0
+    d.tick(100.0)
+    moved = sorted((i.model, i.gpus) for i in st.instances.values() if "/" in i.instance_id)
+    assert moved == [("a", (10,)), ("b", (11,))]
