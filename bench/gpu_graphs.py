@@ -157,15 +157,20 @@ def alternate_lines(rows: list[dict] | dict, what: str, name: str, baseline: str
     return out
 
 
+def _on_against_off(lm, a, bw: float, attr: str, on: str, off: str) -> list[dict] | dict:
+    """``alternate`` between the LoadedModel flag ``attr`` set (run ``on``) and clear (run ``off``, the reference);
+    the flag is put back as it was."""
+    before = getattr(lm, attr)
+    try:
+        return alternate(lm, a, bw, {on: lambda: setattr(lm, attr, True), off: lambda: setattr(lm, attr, False)}, off)
+    finally:
+        setattr(lm, attr, before)
+
+
 def fused_vs_unfused(lm, a, bw: float) -> list[dict] | dict:
     """4. Decode with graphs, each layer's small operations fused (LoadedModel.fused_kernels) against unfused
     (each switch captures the graphs again at activation, outside the timed steps)."""
-    before = lm.fused_kernels
-    try:
-        return alternate(lm, a, bw, {"fused": lambda: setattr(lm, "fused_kernels", True),
-                                     "unfused": lambda: setattr(lm, "fused_kernels", False)}, "unfused")
-    finally:
-        lm.fused_kernels = before
+    return _on_against_off(lm, a, bw, "fused_kernels", "fused", "unfused")
 
 
 def blas_libraries(lm, a, bw: float) -> list[dict] | dict:
@@ -188,12 +193,7 @@ def blas_libraries(lm, a, bw: float) -> list[dict] | dict:
 
 def gemv_vs_cublas(lm, a, bw: float) -> list[dict] | dict:
     """7. Decode with graphs, LoadedModel.gemv_kernel on against off (each switch captures the graphs again)."""
-    before = lm.gemv_kernel
-    try:
-        return alternate(lm, a, bw, {"gemv": lambda: setattr(lm, "gemv_kernel", True),
-                                     "cublas": lambda: setattr(lm, "gemv_kernel", False)}, "cublas")
-    finally:
-        lm.gemv_kernel = before
+    return _on_against_off(lm, a, bw, "gemv_kernel", "gemv", "cublas")
 
 
 def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.0) -> tuple[float, float]:

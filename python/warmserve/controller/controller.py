@@ -436,9 +436,8 @@ class Controller:
             self.restarting.discard(ident)
 
     def can_replace(self, w: WorkerRecord) -> bool:
-        """Whether ``w``'s process may be replaced by a fresh one: a local worker, not being replaced already, nor
-        being restarted (a cold start that replaced the process ``_restart`` had just spawned killed it: the
-        restart counted it lost and spawned again, two processes under one routing id; CI, under load)."""
+        """Whether ``w``'s process may be replaced by a fresh one: a local worker, not being replaced or restarted
+        (a cold start once killed the process ``_restart`` had just spawned: two processes under one id, CI)."""
         return (w.alive and w.proc is not None and w.ident in self.local_spawn and w.ident not in self.replacing
                 and w.ident not in self.restarting and w in self.gpu_workers)
 
