@@ -317,10 +317,12 @@ class Policy(LoadSignals, GpuMoves):
             pf = self._load_avg(m, now_s, pf_now, self._prefill_load)
             queued = state.queued(m)
             o, k = self._wanted(m, avg5[m], pf, queued)
-            if cfg.scale_in_floor_now:  # never below what the backlog of now needs
-                k = max(k, self._wanted(m, 0.0, pf_now, 0)[1])
-            if cfg.scale_out_now:  # and to what the backlog of now needs (applied below)
-                o_now[m] = self._wanted(m, 0.0, pf_now, 0)[0]
+            if cfg.scale_in_floor_now or cfg.scale_out_now:  # what the backlog of this moment needs
+                now_out, now_keep = self._wanted(m, 0.0, pf_now, 0)
+                if cfg.scale_in_floor_now:  # never scale in below it
+                    k = max(k, now_keep)
+                if cfg.scale_out_now:  # scale out to it (applied below)
+                    o_now[m] = now_out
             raw[m] = self._wanted(m, avg5[m], pf, 0)
             n = len(active[m])
             target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
