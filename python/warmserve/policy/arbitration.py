@@ -158,10 +158,11 @@ def _share(instances: int, demand: float) -> float:
 
 
 def relocations(state: ClusterState, board: Board, now_s: float, served_s: float, stopping: set[str],
-                reserved: set[int], over_prewarms: bool = False) -> tuple[str, int, int, list[InstanceState]] | None:
-    """(model, server, GPU mask, instances): move these instances elsewhere so that ``model`` (tp >= 2, with an
-    instance now) finds the tp GPUs of the mask on ``server`` idle for its next scale-out; None when it has them
-    already, or when no move qualifies. Why: with light instances spread over both servers, the idle GPUs of a
+                reserved: set[int],
+                over_prewarms: bool = False) -> tuple[str, int, int, list[InstanceState], dict[str, np.ndarray]] | None:
+    """(model, server, GPU mask, instances, off-limits): move these instances elsewhere so that ``model`` (tp >= 2,
+    with an instance now) finds the tp GPUs of the mask on ``server`` idle for its next scale-out; None when it has
+    them already, or when no move qualifies. Why: with light instances spread over both servers, the idle GPUs of a
     cluster are often enough for one more tensor-parallel instance but split between servers (paper-code at 9.9
     rps, seed 0: at t = 45-48 s the 70B's prefill backlog passed its budget with GPUs 2, 8, 9 and 15 idle, and it
     could start a second instance only at 49 s, by reclaiming five light instances; 116 of its 128 misses came
@@ -174,7 +175,9 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
     starts each moved instance's replacement first (off those prewarms) and stops the old one only once the new
     one serves, so no model loses capacity and no prewarm that counts is evicted. Among qualifying moves: the
     fewest instances moved, then the fewest requests in flight on them, then the server holding the model's loaded
-    prewarm (its start there is a hit), then the lowest server. One model per call (a tick)."""
+    prewarm (its start there is a hit), then the lowest server. One model per call (a tick). Off-limits: per
+    victim model, the prewarms the moves were checked against (``others_prewarms``), for the starts to avoid: taken
+    before any start evicts a replica of ``model`` and so lowers its best score."""
     idle = Board._pack(~board.busy)
     for g in reserved:
         loc = board.local.get(g)  # None: a lost GPU
@@ -201,7 +204,7 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
                 if best is None or key < best[0]:
                     best = (key, victims)
         if best is not None:
-            return model, best[0][3], best[0][4], best[1]
+            return model, best[0][3], best[0][4], best[1], {v.model: others[v.model] for v in best[1]}
     return None
 
 

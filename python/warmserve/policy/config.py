@@ -98,9 +98,8 @@ class PolicyConfig:
     scale_out_now: bool = False
     #: When a serving tensor-parallel model finds no group of its size idle on any server but the cluster has that
     #: many idle GPUs, move light instances (make before break, not onto another model's prewarm but as
-    #: defragment_over_prewarms allows) so that one
-    #: server has the group: its next scale-out has somewhere to start (``arbitration.relocations``,
-    #: ``moves.GpuMoves._defragment``). Needs ``prewarm``.
+    #: defragment_over_prewarms allows) so that one server has the group: its next scale-out has somewhere to
+    #: start (``arbitration.relocations``, ``moves.GpuMoves._defragment``). Needs ``prewarm``.
     defragment: bool = True
     #: Defragmenting may move a light instance onto GPUs whose prewarms all score below the tensor-parallel
     #: model's best replica (evicting them: worth less than that model's next start), and onto that model's own

@@ -5,11 +5,8 @@ finds a whole group of idle GPUs on one server (``arbitration.relocations``)."""
 
 from __future__ import annotations
 
-import math
-
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import (PREEMPT_LOAD_RATIO, best_score, others_prewarms, preemption_victims,
-                                         reclaim_victims, relocations)
+from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims, reclaim_victims, relocations
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState
 
@@ -37,17 +34,15 @@ class GpuMoves:
         fixed = A.stopping(out)  # and co-serving's merges in flight: they move those models already
         if self._co is not None and self._co.merging:
             fixed |= {i.instance_id for i in state.instances.values() if i.model in self._co.merging}
-        over = self.cfg.defragment_over_prewarms
-        got = relocations(state, board, now_s, self.cfg.min_lifetime_s, fixed, reserved, over)
+        got = relocations(state, board, now_s, self.cfg.min_lifetime_s, fixed, reserved,
+                          self.cfg.defragment_over_prewarms)
         if got is None:
             return
-        model, server, mask, victims = got
-        # the threshold relocations() used, taken before a start below evicts one of the model's replicas
-        clearing_for, top = (model, best_score(board, model)) if over else (None, -math.inf)
+        _, server, mask, victims, off_limits = got
         for v in victims:
-            # not on the GPUs being cleared, nor on other models' prewarms (the start would evict them), but for
-            # those worth less than the cleared model's next start (defragment_over_prewarms)
-            off = others_prewarms(board, v.model, clearing_for, top)
+            # not on the GPUs being cleared, nor on the prewarms the move was checked against (the start would
+            # evict them; defragment_over_prewarms leaves out those worth less than the cleared model's next start)
+            off = off_limits[v.model].copy()
             off[server] |= mask
             act = self._start_outside_reservations(
                 state, board, v.model, off=[g for s in range(board.n_servers) for g in board.gpus_of(s, int(off[s]))])
