@@ -65,6 +65,10 @@ class ControllerConfig:
     request_timeout_s: float = 120.0
     #: On shutdown, in-flight requests get this long to finish before they are aborted, seconds.
     drain_timeout_s: float = 30.0
+    #: A request that was running on this many workers that were lost fails (WorkerLostError) instead of starting
+    #: over once more: a request that kills its worker (by memory, say) must not take every worker down in turn.
+    #: Until then it starts over elsewhere, after the tokens it had streamed (Generate.output_ids).
+    max_worker_losses_per_request: int = 2
     #: Directory holding ZeroMQ CURVE keys (server.key_secret, workers' *.key public files); "" disables CURVE.
     curve_dir: str = ""
     #: Accept a worker socket bound to a non-loopback address with no CURVE (any host could join as a worker).
@@ -88,6 +92,9 @@ class ControllerConfig:
             )
         if self.max_queue < 1:
             raise ValueError(f"ControllerConfig.max_queue must be >= 1, got {self.max_queue}")
+        if self.max_worker_losses_per_request < 1:
+            raise ValueError(f"ControllerConfig.max_worker_losses_per_request must be >= 1 (1: a request fails with "
+                             f"its first lost worker), got {self.max_worker_losses_per_request}")
         from warmserve.policy import POLICY_NAMES
 
         if self.policy not in POLICY_NAMES:

@@ -231,6 +231,10 @@ class Generate(_Msg):
     model: str
     prompt_ids: list[int]
     sampling: SamplingParams = msgspec.field(default_factory=SamplingParams)
+    #: Tokens the request generated already, elsewhere (a resumption: its instance stopped or was lost). They
+    #: count as its output (max_tokens, penalties, stop ids); the engine computes their KV with the prompt's
+    #: and streams only what follows them.
+    output_ids: list[int] = []
 
 
 class Abort(_Msg):

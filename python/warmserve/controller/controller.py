@@ -2,9 +2,8 @@
 the live executor (``controller.executor``): requests are queued and routed by the driver, the driver's actions
 become worker messages, and what the workers report goes back to the driver. This module holds the life cycle,
 the loops, worker membership and request submission; ``controller.views`` the health, stats and metrics views.
-
-Each worker is one policy GPU. Its GPU id is given when it is admitted and kept for the life of the controller:
-a lost worker's GPU is marked gone (never renumbered), and a worker that joins later gets a new id.
+Each worker is one policy GPU, its id kept for the controller's life: a lost worker's GPU is marked gone (never
+renumbered), and a worker that joins later gets a new id.
 """
 
 from __future__ import annotations
@@ -279,9 +278,7 @@ class Controller:
             req = w.gens.get(msg.id)
             if req is None:
                 return
-            first = req.first_token_s is None
-            req.push(msg.token_ids, msg.logprobs, msg.prompt_logprobs)
-            if first:
+            if req.push(msg.token_ids, msg.logprobs, msg.prompt_logprobs):  # no longer the instance's prefill load
                 self.driver.prefill_done(req, self.now_s())
             if msg.finished:
                 req.end_s = time.monotonic()
@@ -353,26 +350,29 @@ class Controller:
     def _on_lost(self, w: WorkerRecord, why: str) -> None:
         self.metrics.workers_lost.inc()
         now = self.now_s()
-        # Requests of tensor-parallel instances that lost a rank here run on their rank 0 elsewhere: they end (or
-        # start over) as if they ran here.
+        # Requests of tensor-parallel instances that lost a rank here ran on their rank 0 elsewhere: the same fate.
         gens = {**w.gens, **self.groups.lost(w)}
         for iid in [i for i, inst in self.instances.items() if w in inst.workers]:
             del self.instances[iid]
         for pid in [p for p, pw in self.prewarms.items() if w in pw.workers]:
             del self.prewarms[pid]
         requeue = []
-        for gid, req in list(gens.items()):
-            if req.generated == 0 and not req.done:
+        for req in sorted(gens.values(), key=lambda r: r.rid):  # oldest first; each starts over after its tokens
+            req.reroutes += 1
+            if not req.done and req.reroutes < self.cc.max_worker_losses_per_request:
                 requeue.append(req)
-                req.worker = req.instance_id = None
-                req.reroutes += 1
+                req.requeued(self.cc.request_timeout_s)
                 self.metrics.rerouted.inc(model=req.model)
-            else:
-                req.fail(WorkerLostError(
-                    f"{w!r} was lost ({why}) after this request had streamed {req.generated} tokens; it cannot be "
-                    f"resumed elsewhere: retry the request", worker_id=w.worker_id, generated_tokens=req.generated))
-                self.driver.request_finished(req.model, req.instance_id, now, route=False, request=req)
-                self._request_done(req, "worker_lost")
+                if req.generated:
+                    self.metrics.resumed.inc(model=req.model, why="worker_lost")
+                continue
+            req.fail(WorkerLostError(
+                f"{w!r} was lost ({why}): workers lost under this request: {req.reroutes} (after {req.generated} "
+                f"tokens), so it is not started over again in case it is what kills them; retry it, or raise "
+                f"controller.max_worker_losses_per_request", worker_id=w.worker_id, generated_tokens=req.generated,
+                workers_lost=req.reroutes))
+            self.driver.request_finished(req.model, req.instance_id, now, route=False, request=req)
+            self._request_done(req, "worker_lost")
         w.gens.clear()
         if w in self.gpu_workers:
             self.gpu_workers.remove(w)
@@ -385,7 +385,7 @@ class Controller:
             self._spawn(self._restart(w))
         if w.gpu_id is not None:
             # Re-routed requests go to the front of their queue: they are the oldest.
-            self.driver.lose_gpus([w.gpu_id], now, [(req.model, req) for req in requeue])
+            self.driver.lose_gpus([w.gpu_id], now, [(r.model, r, len(r.prompt_ids) + r.generated) for r in requeue])
         if not any(x.ready for x in self.gpu_workers) and not self.restarting:
             # Nothing left to serve them: say so now rather than at the request timeout.
             for model in self.models:

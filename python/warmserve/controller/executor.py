@@ -399,7 +399,8 @@ class LiveExecutor:
         hub = self.ctl.hub
         gid = hub.next_id()
         try:
-            data = P.encode(P.Generate(id=gid, model=req.model, prompt_ids=req.prompt_ids, sampling=req.sampling))
+            data = P.encode(P.Generate(id=gid, model=req.model, prompt_ids=req.prompt_ids, sampling=req.sampling,
+                                       output_ids=req.token_ids))
         except (OverflowError, TypeError, ValueError) as e:
             # The wire cannot carry it (a token id beyond 64 bits, a value of the wrong type): it ends here, and
             # the instance's in-flight count (raised by the driver before this call) with it.
@@ -410,11 +411,29 @@ class LiveExecutor:
             return
         req.worker, req.instance_id, req.gid = w, inst.instance_id, gid
         req.sent_s = time.monotonic()
+        req.prefilling = True
         w.gens[gid] = req
         try:
             hub.send(w, data)
         except WorkerLostError:
             pass  # the loss (Controller._on_lost) re-queued it
+
+    def migrate_requests(self, inst: InstanceState, now_s: float) -> list:
+        rec = self.instances.get(inst.instance_id)
+        if rec is None:
+            return []
+        w, hub = rec.worker, self.ctl.hub
+        moved = sorted((req for req in w.gens.values() if req.instance_id == inst.instance_id), key=lambda r: r.rid)
+        for req in moved:
+            # Off the worker at once: tokens it still sends for this Generate are dropped (w.gens no longer has
+            # it), and the resumption generates them again after those the client has.
+            del w.gens[req.gid]
+            if w.alive:
+                self._fire(w, P.Abort(id=hub.next_id(), request_id=req.gid))
+            req.requeued(self.ctl.cc.request_timeout_s)
+            if req.generated:
+                self.ctl.metrics.resumed.inc(model=req.model, why="migrated")
+        return [(req, len(req.prompt_ids) + req.generated) for req in moved]
 
     def fail(self, req, error: BaseException, now_s: float) -> None:
         req.fail(error)

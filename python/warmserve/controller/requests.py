@@ -20,7 +20,7 @@ class Req:
     __slots__ = (
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s", "_waiter",
-        "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason",
+        "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason", "token_ids", "prefilling",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
@@ -33,6 +33,10 @@ class Req:
         self.first_token_s: float | None = None
         self.last_token_s: float | None = None
         self.generated = 0
+        #: Every token id streamed so far: a resumption elsewhere (``protocol.Generate.output_ids``) starts after them.
+        self.token_ids: list[int] = []
+        #: Its last Generate has not answered with a token yet (its prefill counts as the instance's load).
+        self.prefilling = False
         self.finish_reason: str | None = None
         self.error: WarmServeError | None = None
         self.worker = None          # the WorkerRecord it runs on, None while queued
@@ -65,9 +69,10 @@ class Req:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def push(self, token_ids: list[int], logprobs=None, prompt_logprobs=None) -> None:
+    def push(self, token_ids: list[int], logprobs=None, prompt_logprobs=None) -> bool:
+        """Tokens from its worker. True when they are the first of its last Generate (its prefill is done)."""
         if self.done or not token_ids:
-            return
+            return False
         if logprobs:
             self.logprobs.extend(logprobs)
         if prompt_logprobs:
@@ -77,7 +82,16 @@ class Req:
             self.first_token_s = now
         self.last_token_s = now
         self.generated += len(token_ids)
+        self.token_ids.extend(token_ids)
         self._put(token_ids)
+        first, self.prefilling = self.prefilling, False
+        return first
+
+    def requeued(self, timeout_s: float) -> None:
+        """It left its worker to start over elsewhere: it waits in its model's queue again, for up to
+        ``timeout_s`` from now (not from its arrival: a long generation must not time out for having run)."""
+        self.worker = self.instance_id = None
+        self.deadline_s = time.monotonic() + timeout_s
 
     def finish(self, reason: str) -> None:
         if self.done:

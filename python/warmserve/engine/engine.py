@@ -136,7 +136,12 @@ class Engine:
         self.kv.grow()
 
     # ---- requests ------------------------------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None) -> None:
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
+                    output_token_ids=()) -> None:
+        """Queue a request. ``output_token_ids``: tokens it generated already (a resumption elsewhere): they are
+        its output so far (max_tokens, penalties and stop ids count them), recomputed with the prompt as a
+        preempted sequence is, and not reported again. Greedy sampling continues exactly as it would have;
+        seeded sampling draws afresh from the seed."""
         self._check_open()
         params = params or SamplingParams()
         if request_id in self.seqs:
@@ -144,7 +149,11 @@ class Engine:
         prompt = [int(t) for t in prompt_token_ids]
         if not prompt:
             raise InvalidArgumentError("the prompt is empty: send at least one token", request_id=request_id)
-        bad = [t for t in prompt if not 0 <= t < self.cfg.vocab_size]
+        done = [int(t) for t in output_token_ids]
+        if len(done) >= params.max_tokens:
+            raise InvalidArgumentError(f"a resumption with {len(done)} tokens out and max_tokens {params.max_tokens} "
+                                       f"has nothing left to generate", request_id=request_id)
+        bad = [t for t in prompt + done if not 0 <= t < self.cfg.vocab_size]
         if bad:
             raise InvalidArgumentError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})",
                                        request_id=request_id)
@@ -165,6 +174,10 @@ class Engine:
             gen = torch.Generator(device="cpu").manual_seed(params.seed if params.seed is not None
                                                             else self._rng.getrandbits(63))
         seq = Sequence(request_id, prompt, params, next(self._arrivals), gen)
+        if done:
+            seq.output, seq.num_reported = done, len(done)
+            if params.logprobs is not None:  # reported with those tokens already: placeholders keep the indices
+                seq.logprobs = [None] * len(done)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
 

@@ -42,7 +42,7 @@ The executor reports back (it implements ``driver.Executor`` and calls these whe
     driver.set_kv(iid, total=..., used=..., mapped=...)                            # measured KV blocks
     driver.prefill_done(request, now_s)        # its first token is out: its prompt no longer counts as prefill load
     driver.request_finished(model, iid, now_s, request=...)                        # routes the model's queue
-    driver.lose_gpus(gpu_ids, now_s, requeue=[(model, request), ...])              # a worker died
+    driver.lose_gpus(gpu_ids, now_s, requeue=[(model, request, prompt_tokens), ...])  # a worker died
 
 What the driver does:
 
@@ -66,7 +66,9 @@ What the driver does:
   with ``kv_blocks_total`` from ``state.kv_blocks_for`` (``kv_fraction`` of the memory after its shard) and
   starts it (``executor.start_instance``). ``StopInstance`` sets ``draining`` (``ReviveInstance`` clears it);
   once ``in_flight`` is 0 the instance leaves the state, its weights are kept on its GPUs (``driver.kept``) and ``executor.stop_instance``
-  frees the rest. ``Dedicate`` raises a co-served instance's ``kv_blocks_total`` to a dedicated one's
+  frees the rest. ``Migrate`` stops it at once: ``executor.migrate_requests`` takes its requests off it and they
+  go to the front of the model's queue, each counting as prefill load its prompt and the tokens it has out (its
+  next instance prefills both and goes on). ``Dedicate`` raises a co-served instance's ``kv_blocks_total`` to a dedicated one's
   (``executor.dedicate_instance`` lifts the engine's KV cap in place). ``SetKvTarget`` sets ``kv_free_target``
   (``executor.set_kv_target`` maps to used + free).
   ``Route`` (in tick's list) sends the model's oldest waiting request. Placing anything on GPUs that hold kept
@@ -96,7 +98,9 @@ GPUs arbitrated by unmet demand: draining instances revived first, new ones one 
 demand is least met, a quiet model's last instance stopped only when another model wants GPUs that are not
 free, and a model waiting with no instance and no free GPUs taking, after ``preempt_after_s``, those of the
 instances whose loss hurts least when its load is twice their harm, ``policy.arbitration``; a model left
-short taking (reclaim) a GPU group from models that keep ``reclaim_floor_share`` of their demand met; new
+short taking (reclaim) a GPU group from models that keep ``reclaim_floor_share`` of their demand met; draining
+instances with at most ``migrate_max_in_flight`` requests handing them to their model's other instances so that
+their GPUs are free at once while a model wants GPUs (not while over-subscribed); new
 instances placed by §4, packed so that free GPUs stay in whole blocks; while the cluster is over-subscribed
 (the models with demand need more GPUs, one instance each, than are live; or always, ``coserve_always``), light
 models' first instances share GPU groups within the ``coserve_tpot_s`` round, a quiet model with steady demand

@@ -74,6 +74,16 @@ class StopInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class Migrate:
+    """Stop the instance now and move every request in flight on it to the front of its model's queue, oldest
+    first, to be routed again (vLLM's recompute preemption, across instances): a request that has tokens out
+    already keeps them, and its next instance prefills its prompt and those tokens before it goes on. The GPUs
+    are free at once instead of when its longest generation ends."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReviveInstance:
     """Take a draining instance (StopInstance applied, requests still in flight) back into service: the driver
     clears ``draining``; the instance never stopped, so there is nothing for an executor to do."""
@@ -111,10 +121,10 @@ class Route:
     request_id: str | int | None = None
 
 
-Action = (Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | ReviveInstance | Dedicate | SetKvTarget
-          | Route)
+Action = (Prewarm | CancelPrewarm | Evict | StartInstance | StopInstance | Migrate | ReviveInstance | Dedicate
+          | SetKvTarget | Route)
 
 
 def stopping(actions) -> set[str]:
     """Ids of the instances that ``actions`` (a tick's list so far) stop."""
-    return {a.instance_id for a in actions if type(a) is StopInstance}
+    return {a.instance_id for a in actions if type(a) is StopInstance or type(a) is Migrate}

@@ -11,7 +11,9 @@ model that wanted them:
   that outgrew its co-serving host (``coserve``), but not the last instance of a model no host could take.
 
 A third rule moves instances without stopping any model: ``relocations`` (defragmenting) moves light instances
-so that a serving tensor-parallel model finds a whole group of idle GPUs on one server for its next scale-out."""
+so that a serving tensor-parallel model finds a whole group of idle GPUs on one server for its next scale-out.
+A fourth moves requests: ``migrations`` picks draining instances whose few requests their model's other
+instances can take, so that their GPUs are free at once for a model that wants them."""
 
 from __future__ import annotations
 
@@ -39,6 +41,31 @@ def _occupancy(state: ClusterState, stopping: set[str], counted) -> tuple[dict[i
         if counted(inst):
             count[inst.model] = count.get(inst.model, 0) + 1
     return on_gpu, count
+
+def migrations(state: ClusterState, stopping: set[str], capacity: int, max_in_flight: int,
+               skip=frozenset()) -> list[InstanceState]:
+    """Instances that drain (or stop in ``stopping``) with 1 to ``max_in_flight`` requests in flight, which the
+    model's ready instances that stay take within ``capacity`` (B) requests each; fewest in flight first.
+    Moving their requests (``actions.Migrate``) frees their GPUs now rather than when the longest generation
+    on them ends. Left out: instances in ``skip`` and those sharing a GPU with another instance (moving them
+    frees no GPU)."""
+    room: dict[str, int] = {}
+    on_gpu: dict[int, int] = {}
+    for inst in state.instances.values():
+        for g in inst.gpus:
+            on_gpu[g] = on_gpu.get(g, 0) + 1
+        if inst.ready and not inst.draining and inst.instance_id not in stopping:
+            room[inst.model] = room.get(inst.model, 0) + max(0, capacity - inst.in_flight)
+    out = []
+    for inst in sorted(state.instances.values(), key=lambda i: (i.in_flight, i.instance_id)):
+        if (not (inst.draining or inst.instance_id in stopping) or not inst.ready or inst.instance_id in skip
+                or not 0 < inst.in_flight <= max_in_flight or any(on_gpu[g] > 1 for g in inst.gpus)
+                or room.get(inst.model, 0) < inst.in_flight):
+            continue
+        room[inst.model] -= inst.in_flight
+        out.append(inst)
+    return out
+
 
 def preemption_victims(state: ClusterState, board: Board, model: str, now_s: float, load: dict[str, float],
                        stopping: set[str], served_s: float,

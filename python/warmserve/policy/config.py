@@ -96,6 +96,16 @@ class PolicyConfig:
     #: instances stop 3x as often and code's P99 grows (paper-code 1.83 -> 2.37 s);
     #: bench/simulate/ISSUE11_ROUNDS.md, "A later session (23:00 UTC)".
     scale_out_now: bool = False
+    #: While a model wants GPUs that are not free, a draining instance with at most this many requests in flight
+    #: hands them to its model's other ready instances (``actions.Migrate``: each is prefilled again there,
+    #: prompt and tokens so far, and goes on), so that its GPUs are free at once instead of when its longest
+    #: generation ends (``arbitration.migrations``). Not while the cluster is over-subscribed (there it moved
+    #: GPUs between models back and forth: paper-conv, 12 models at x0.5, SLO 0.993 -> 0.988). 0: never.
+    #: Default 8, a quarter of B: what the other instances prefill again stays a small share of their batch.
+    #: Measured over 0-32 (bench/simulate/ISSUE11_ROUNDS.md, "Moving requests off draining instances"): paper-code
+    #: P99 1.30 s at 0, 1.08 s from 8 on; at burst CV 4 paper-conv 5.58 s at 0, 3.62 s at 8, 2.42 s at 32.
+    #: Off for `autoscale`, its best setting on paper-code (P99 32.3 s without, 43.8 s with it).
+    migrate_max_in_flight: int = 8
     #: When a serving tensor-parallel model finds no group of its size idle on any server but the cluster has that
     #: many idle GPUs, move light instances (make before break, not onto another model's prewarm but as
     #: defragment_over_prewarms allows) so that one server has the group: its next scale-out has somewhere to
@@ -176,6 +186,9 @@ class PolicyConfig:
             raise InvalidArgumentError(f"window_s and load_window_s must be > 0, got {self.window_s}, {self.load_window_s}")
         if self.forecaster not in FORECASTERS:
             raise InvalidArgumentError(f"forecaster must be one of {FORECASTERS}, got {self.forecaster!r}")
+        if self.migrate_max_in_flight < 0:
+            raise InvalidArgumentError(f"migrate_max_in_flight must be >= 0 (0: never migrate), got "
+                                       f"{self.migrate_max_in_flight}")
         if self.route_cap_per_instance < 0 or self.ttft_target_prefills < 0 or self.preempt_after_s < 0:
             raise InvalidArgumentError(
                 f"route_cap_per_instance, ttft_target_prefills and preempt_after_s must be >= 0, got "

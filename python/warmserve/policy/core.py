@@ -9,6 +9,7 @@ import numpy as np
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
+from warmserve.policy.arbitration import migrations
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.coserve import CoServing
@@ -388,6 +389,12 @@ class Policy(LoadSignals, GpuMoves):
                 self._stop(state, inst, now_s, board, out)
                 have[m] -= 1
                 stopped |= inst.in_flight == 0
+        if wanted and cfg.migrate_max_in_flight and not (co is not None and co.oversubscribed):  # draining instances hand their few requests over
+            skip = co.ids if co is not None else ()
+            for inst in migrations(state, A.stopping(out), cfg.instance_capacity, cfg.migrate_max_in_flight, skip):
+                out.append(A.Migrate(inst.instance_id))
+                board.stop_instance(inst.gpus, min(state.gpus[g].total_bytes for g in inst.gpus))
+                stopped = True
         if stopped and wanted:  # idle GPUs were freed this tick: the wanting models may start at once
             wanted = self._allocate(state, board, have, {m: want_out[m] for m in wanted}, out)
         if co is not None:  # a model that outgrew its host and finds no GPUs: the host converts in place (its

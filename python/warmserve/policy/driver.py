@@ -67,6 +67,11 @@ class Executor(Protocol):
     def stop_instance(self, inst: InstanceState, now_s: float) -> None:
         """``inst`` has drained and left the state: free its GPUs, leaving its weights resident (kept)."""
 
+    def migrate_requests(self, inst: InstanceState, now_s: float) -> list:
+        """Take every request in flight off ``inst`` (it stops running them; ``stop_instance`` follows) and return
+        them, oldest first, as (request, prompt tokens its resumption prefills: its prompt and the tokens it has
+        out). A later ``send`` of such a request resumes it after those tokens."""
+
     def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
         """Map or unmap KV pages so that ``free_blocks`` blocks stay mapped beyond those in use."""
 
@@ -227,6 +232,17 @@ class PolicyDriver:
             if inst is not None:
                 inst.prefill_tokens_pending = max(0, inst.prefill_tokens_pending - entry[0])
 
+    def _requeue(self, model: str, moved) -> None:
+        """(request, prompt tokens) pairs that start over go to the front of ``model``'s queue, oldest first;
+        their prompt tokens count as waiting prefill load again."""
+        q = self.state.queues[model]
+        for req, tokens in reversed(list(moved)):
+            self._forget_prefill(model, req)
+            if tokens:
+                self._prefill[req] = [tokens, None]
+                self.state.queued_prompt_tokens[model] = self.state.queued_prompt_tokens.get(model, 0) + tokens
+            q.appendleft(req)
+
     def _drop_prefill_of(self, instance_ids: set) -> None:
         """Instances left the state: requests still counted on them are gone with them."""
         if self._prefill:
@@ -290,6 +306,15 @@ class PolicyDriver:
             inst = st.instances.get(act.instance_id)
             if inst is not None:
                 inst.draining = True
+                if inst.in_flight <= 0:
+                    self._finish_stop(inst, now_s)
+        elif kind is A.Migrate:
+            inst = st.instances.get(act.instance_id)
+            if inst is not None:
+                inst.draining = True
+                moved = ex.migrate_requests(inst, now_s)
+                inst.in_flight -= len(moved)
+                self._requeue(inst.model, moved)
                 if inst.in_flight <= 0:
                     self._finish_stop(inst, now_s)
         elif kind is A.ReviveInstance:
@@ -413,15 +438,23 @@ class PolicyDriver:
     def lose_gpus(self, gpu_ids, now_s: float, requeue=()) -> None:
         """GPUs were lost with everything on them. Their instances, prewarms and kept weights leave the state
         (the executor has nothing left to release); the GPUs stay in ``state.gpus`` marked ``gone`` (ids of the
-        others do not move). ``requeue``: (model, request) pairs that were running there and may start over
-        elsewhere, oldest first: they go to the front of their queues. Requests that cannot start over are the
-        executor's to end (``request_finished`` with their instance)."""
+        others do not move). ``requeue``: requests that were running there and start over elsewhere, oldest first, as
+        (model, request) (its prompt tokens wait again as submitted) or (model, request, prompt tokens) (a
+        resumption's: its prompt and the tokens it has out): they go to the front of their queues. Requests that
+        cannot start over are the executor's to end (``request_finished`` with their instance)."""
         st = self.state
         lost = set(gpu_ids)
         gone = [i for i, inst in st.instances.items() if lost.intersection(inst.gpus)]
         for iid in gone:
             del st.instances[iid]
-        for model, req in requeue:  # back in the queue: their prompt tokens wait again
+        requeue = list(requeue)
+        for model, req, *tokens in requeue:  # back in the queue: their prompt tokens wait again
+            if tokens:
+                self._forget_prefill(model, req)
+                if tokens[0]:
+                    self._prefill[req] = [tokens[0], None]
+                    st.queued_prompt_tokens[model] = st.queued_prompt_tokens.get(model, 0) + tokens[0]
+                continue
             entry = self._prefill.get(req) if self._prefill else None
             if entry is not None and entry[1] is not None:
                 entry[1] = None
@@ -436,7 +469,7 @@ class PolicyDriver:
             gpu.gone = True
             srv = st.servers[gpu.server_id]
             srv.gpu_ids = tuple(x for x in srv.gpu_ids if x != g)
-        for model, req in reversed(list(requeue)):
+        for model, req, *_ in reversed(requeue):
             st.queues[model].appendleft(req)
         self.route_all(now_s)
 
@@ -490,6 +523,13 @@ class InstantExecutor:
     def stop_instance(self, inst: InstanceState, now_s: float) -> None:
         self.log.append(("stop_instance", inst.instance_id))
         self.running.pop(inst.instance_id, None)
+
+    def migrate_requests(self, inst: InstanceState, now_s: float) -> list:
+        """The newest ``inst.in_flight`` requests sent to it (the caller finishes requests oldest first), with no
+        tokens out (nothing runs here)."""
+        self.log.append(("migrate_requests", inst.instance_id))
+        sent = self.running.pop(inst.instance_id, [])
+        return [(r, 0) for r in sent[len(sent) - max(inst.in_flight, 0):]]
 
     def dedicate_instance(self, inst: InstanceState, now_s: float) -> None:
         self.log.append(("dedicate_instance", inst.instance_id))

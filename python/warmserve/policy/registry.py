@@ -27,7 +27,7 @@ POLICIES: dict[str, PolicyVariant] = {
     "warmserve": PolicyVariant(Policy, {}, "forecast prewarming, laminar placement, KV reservation (the paper)"),
     "autoscale": PolicyVariant(Policy, dict(prewarm=False, kv_reservation=False, warm_engine=False,
                                             coserve_tpot_s=0.0, route_prefill_overflow=False,
-                                            scale_in_floor_now=False),
+                                            scale_in_floor_now=False, migrate_max_in_flight=0),
                                "reactive autoscaling, no prewarming, engine started cold"),
     "shared": PolicyVariant(StaticPolicy, dict(prewarm=False, kv_reservation=False),
                             "static colocation of every model with fixed KV shares"),

@@ -42,9 +42,10 @@ def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
 
 
 def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens, slo_s, *, duration_s, end_s,
-              gpu_seconds, starts, evictions, unanswered_ttft_s, n_gpus) -> RunResult:
+              gpu_seconds, starts, evictions, unanswered_ttft_s, n_gpus, migrated=0) -> RunResult:
     """Turn per-request times (NaN: never happened) into the run's statistics. A request without a first token
-    counts as ``unanswered_ttft_s``; one without a finish counts as dropped."""
+    counts as ``unanswered_ttft_s``; one without a finish counts as dropped. ``migrated``: requests moved off an
+    instance to be resumed on another (``actions.Migrate``)."""
     answered = ~np.isnan(first_s)
     ttft = np.where(answered, first_s - arrival_s, unanswered_ttft_s)
     done = ~np.isnan(finish_s)
@@ -62,6 +63,7 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
         "starts_from_loading_prewarm": starts["loading"],
         "starts_cold": starts["cold"],
         "evictions": evictions,
+        "requests_migrated": int(migrated),
         "gpu_seconds": float(gpu_seconds),
         "gpu_utilization": float(gpu_seconds / max(n_gpus * max(end_s, duration_s), 1e-9)),
         "duration_s": float(duration_s),

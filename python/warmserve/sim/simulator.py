@@ -233,7 +233,11 @@ class Simulator:
         self.link_hold = [0.0] * len(st.gpus)
         self.loading: dict[str, tuple[float, float]] = {}  # prewarm id -> (load start, load end)
         fluid = cfg.engine_model == "fluid"
-        self.engines = BatchEngines(self.cost, self.max_batch, self.prompt, self.output, self.blocks,
+        # the engines' view of each request: a resumed one (migrated, or its GPU lost) prefills its prompt and the
+        # tokens it had out, then generates the rest; self.prompt and self.output stay as the trace has them
+        self.eng_prompt, self.eng_output = list(self.prompt), list(self.output)
+        self.migrated = 0
+        self.engines = BatchEngines(self.cost, self.max_batch, self.eng_prompt, self.eng_output, self.blocks,
                                     [g.total_bytes for g in st.gpus], self.gpu_used, self._push_inst,
                                     self._first_token, self._complete, kv_read=not fluid,
                                     max_batched_tokens=0 if fluid else self.cost.limits.max_batched_tokens,
@@ -258,7 +262,8 @@ class Simulator:
     # -- reports from the engines -------------------------------------------------------------------------
 
     def _first_token(self, rid: int, t: float) -> None:
-        self.first[rid] = t
+        if math.isnan(self.first[rid]):  # a resumed request's first token came out before
+            self.first[rid] = t
         self.driver.prefill_done(rid, t)  # its prompt no longer counts as prefill load
 
     def _complete(self, inst: EngineInst, rid: int, t: float) -> None:
@@ -274,22 +279,36 @@ class Simulator:
             del self.loading[pid]
 
     def _lose(self, gpus: tuple[int, ...], t: float) -> None:
-        """GPUs fail: instances on them stop with their requests, prewarms there are gone."""
+        """GPUs fail: instances on them stop with their requests, which start over elsewhere (those with tokens
+        out resume after them, as the live controller resumes them); prewarms there are gone."""
         lost = set(gpus)
         requeue = []
         for inst in [e for e in self.insts.values() if lost.intersection(e.st.gpus)]:
-            for rid in self.engines.drop_requests(inst):
-                if math.isnan(self.first[rid]):
-                    requeue.append(rid)
-                else:  # it streamed tokens already: it cannot start over, it ends unanswered
-                    self.open_reqs -= 1
-                    self.driver.request_finished(inst.st.model, None, t, route=False, request=rid)
+            requeue += self._take(inst, t)
             self._remove(inst, t)
         for p in self.state.prewarms.values():
             if lost.intersection(p.gpus):
                 self._release_prewarm(p)
         requeue.sort()  # oldest first
-        self.driver.lose_gpus(gpus, t, [(self.names[self.req_model[r]], r) for r in requeue])
+        self.driver.lose_gpus(gpus, t, [(self.names[self.req_model[r]], r, n) for r, n in requeue])
+
+    def _take(self, inst: EngineInst, t: float) -> list[tuple[int, int]]:
+        """Every request off ``inst``, each as (request, prompt tokens its resumption prefills)."""
+        out = []
+        for rid, gen in self.engines.drop_requests(inst, t):
+            if gen:
+                self.eng_prompt[rid] += gen
+                self.eng_output[rid] -= gen
+            out.append((rid, self.eng_prompt[rid]))
+        return out
+
+    def migrate_requests(self, ist: InstanceState, now_s: float) -> list:
+        inst = self.insts.get(ist.instance_id)
+        if inst is None:
+            return []
+        moved = sorted(self._take(inst, now_s))  # oldest first
+        self.migrated += len(moved)
+        return moved
 
     # -- the executor -------------------------------------------------------------------------------------
 
@@ -440,7 +459,7 @@ class Simulator:
         slo = np.array([self.cfg.ttft_slo_s or self.cfg.slo_scale * i.prefill_s for i in self.infos])
         return summarize(self.policy_name, self.names, arr, first, fin, mdl, out, slo[mdl] if len(mdl) else slo[:0],
                          duration_s=self.workload.duration_s, end_s=end - t0, gpu_seconds=self.gpu_seconds,
-                         starts=dict(self.starts), evictions=self.evictions,
+                         starts=dict(self.starts), evictions=self.evictions, migrated=self.migrated,
                          unanswered_ttft_s=self.cfg.unanswered_ttft_s, n_gpus=len(self.state.gpus))
 
 

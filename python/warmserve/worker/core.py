@@ -313,9 +313,9 @@ class WorkerCore(ShardRoles):
         self._next_rid += 1
         # The engine checks the prompt: empty, token ids outside the vocabulary, prompt + max_tokens over the
         # context (PromptTooLongError with the numbers).
-        inst.engine.add_request(rid, msg.prompt_ids, sampling)
+        inst.engine.add_request(rid, msg.prompt_ids, sampling, msg.output_ids)
         if inst.tp is not None:
-            inst.tp.added(rid, msg.prompt_ids, sampling)
+            inst.tp.added(rid, msg.prompt_ids, sampling, msg.output_ids)
         inst.requests[rid] = key
         self.generations[key] = (inst.name, rid)
 

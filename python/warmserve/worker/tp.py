@@ -56,6 +56,8 @@ class RankAdd(msgspec.Struct, frozen=True, omit_defaults=True, tag=True):
     request_id: str
     prompt_ids: list[int]
     sampling: P.SamplingParams
+    #: Tokens a resumed request had out already (``protocol.Generate.output_ids``).
+    output_ids: list[int] = []
 
 
 class RankAbort(msgspec.Struct, frozen=True, tag=True):
@@ -189,8 +191,9 @@ class Leader:
         self.events: list = []
         self.last_sent_s = time.monotonic()
 
-    def added(self, request_id: str, prompt_ids: list[int], sampling: P.SamplingParams) -> None:
-        self.events.append(RankAdd(request_id=request_id, prompt_ids=list(prompt_ids), sampling=sampling))
+    def added(self, request_id: str, prompt_ids: list[int], sampling: P.SamplingParams, output_ids=()) -> None:
+        self.events.append(RankAdd(request_id=request_id, prompt_ids=list(prompt_ids), sampling=sampling,
+                                   output_ids=list(output_ids)))
 
     def aborted(self, request_id: str) -> None:
         self.events.append(RankAbort(request_id=request_id))
@@ -248,7 +251,7 @@ class Follower:
                     return
                 for ev in plan.events:
                     if isinstance(ev, RankAdd):
-                        eng.add_request(ev.request_id, ev.prompt_ids, ev.sampling)
+                        eng.add_request(ev.request_id, ev.prompt_ids, ev.sampling, ev.output_ids)
                     elif isinstance(ev, RankAbort):
                         eng.abort(ev.request_id)
                     else:

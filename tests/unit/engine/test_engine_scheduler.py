@@ -47,6 +47,26 @@ def test_preemption_by_recompute_gives_the_same_tokens(lm):
     assert got == want
 
 
+def test_a_resumption_goes_on_after_the_tokens_it_had_out(lm):
+    """A request resumed elsewhere (protocol.Generate.output_ids) with its first 12 tokens: the engine recomputes
+    them with the prompt, reports only what follows, with one logprob per new token, and stops at max_tokens
+    counting them."""
+    prompts = _prompts(2, 50)
+    params = SamplingParams(max_tokens=30, ignore_eos=True, logprobs=1)
+    with Engine(lm) as eng:
+        want = eng.generate(prompts, params)
+    with Engine(lm) as eng:
+        for i, p in enumerate(prompts):
+            eng.add_request(str(i), p, params, want[i][:12])
+        outs, steps = _drain(eng)
+        for o in (o for step in steps for o in step):
+            assert len(o.logprobs) == len(o.token_ids)
+            assert o.num_output_tokens <= 30
+        with pytest.raises(InvalidArgumentError, match="nothing left to generate"):
+            eng.add_request("done", prompts[0], params, want[0])
+    assert [outs[str(i)] for i in range(2)] == [w[12:] for w in want]
+
+
 def test_generate_with_logits_gives_the_logits_each_token_was_sampled_from(lm):
     prompts = _prompts(3, 20)
     params = SamplingParams(max_tokens=6, ignore_eos=True)

@@ -133,3 +133,33 @@ def test_gpu_ids_survive_a_loss_and_a_stopped_instance_on_a_lost_gpu_keeps_nothi
             d.submit("b", f"b{k}", 103.0 + k)
         d.tick(103.0 + k)
     assert not any(1 in i.gpus for i in st.instances.values())
+
+
+def test_migrate_stops_the_instance_at_once_and_its_requests_start_over_first_in_the_queue():
+    d, st = _setup()
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("i2", "a", (1,)), 0.0)
+    for r in ("r1", "r2", "r3"):
+        d.submit("a", r, 1.0, prompt_tokens=100)
+    assert d.executor.running == {"i1": ["r1", "r3"], "i2": ["r2"]}  # least loaded first
+    st.instances["i2"].draining = True  # nowhere to go at once: the moved requests wait, oldest first
+    d.submit("a", "r4", 1.5)
+    d.apply(A.Migrate("i1"), 2.0)
+    assert "i1" not in st.instances and "i1" in d.kept  # stopped now, its weights kept
+    assert ("migrate_requests", "i1") in d.executor.log and ("stop_instance", "i1") in d.executor.log
+    assert list(st.queues["a"]) == ["r1", "r3", "r4"]
+    st.instances["i2"].draining = False
+    d.route("a", 3.0)
+    assert st.queued("a") == 0 and d.executor.running["i2"] == ["r2", "r1", "r3", "r4"]
+    assert st.instances["i2"].in_flight == 4
+
+
+def test_requests_resumed_after_a_loss_count_the_tokens_they_prefill_again():
+    d, st = _setup()
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    d.submit("a", "r1", 1.0, prompt_tokens=100)
+    d.prefill_done("r1", 1.1)
+    d.lose_gpus([0], 2.0, requeue=[("a", "r1", 130)])  # 100 prompt tokens + 30 streamed
+    assert list(st.queues["a"]) in (["r1"], [])  # routed again at once when another instance can take it
+    pending = st.queued_prompt_tokens["a"] + sum(i.prefill_tokens_pending for i in st.instances.values())
+    assert pending == 130

@@ -106,17 +106,20 @@ def test_co_serving_knobs_are_checked():
         PolicyConfig(reclaim_floor_share=1.5)
 
 
-def test_a_quiet_model_moves_onto_a_host_when_that_frees_a_group_another_model_wants():
+@pytest.mark.parametrize("migrate", [0, 8])
+def test_a_quiet_model_moves_onto_a_host_when_that_frees_a_group_another_model_wants(migrate):
     """Three servers of 4 GPUs. `big` (tp 4) has one instance on server 0 and 120 requests (it asks for 4.7);
     server 1 has only `a`'s instance (GPU 4, one request) and three idle GPUs; `b` is co-served on GPU 8.
-    `a` moves beside `b`, and once its own instance has drained, `big` starts on GPUs 4-7. (A merge needs an
-    idle GPU of the merging model's tp to remain, to split out to later: on a full cluster none happens.)"""
+    `a` moves beside `b`, and once its own instance has drained (or, with migration, at once: its request moves
+    to the co-served instance), `big` starts on GPUs 4-7. (A merge needs an idle GPU of the merging model's tp to
+    remain, to split out to later: on a full cluster none happens.)"""
     from warmserve.policy import actions as A
 
     models = [_7b("a"), _7b("b"), ModelInfo("big", 138_000_000_000, 4, 327_680, 0.1, 0.03)]
     st = ClusterState.uniform(3, models, gpus_per_server=4, gpu_bytes=72 * GiB)
     pol = make_policy("warmserve", models=models,
-                      config=PolicyConfig(replan_s=1e9, window_s=1e6, coserve_always=True))
+                      config=PolicyConfig(replan_s=1e9, window_s=1e6, coserve_always=True,
+                                          migrate_max_in_flight=migrate))
     d = instant_driver(pol, st)
     co = pol._co
     d.apply(A.StartInstance("big0", "big", (0, 1, 2, 3)), 0.0)
@@ -131,9 +134,12 @@ def test_a_quiet_model_moves_onto_a_host_when_that_frees_a_group_another_model_w
     moved = [i for i in _of(st, "a") if i.instance_id != "a0"]
     assert [i.gpus for i in moved] == [(8,)] and moved[0].instance_id in co.ids  # beside b
     d.tick(11.0)  # the co-served one is ready (instant executor): a's own instance stops
-    assert st.instances["a0"].draining  # it still has its request; GPU 4 frees once that ends
-    d.request_finished("a", "a0", 12.0)
-    d.tick(13.0)
+    if migrate:
+        assert "a0" not in st.instances and d.executor.running[moved[0].instance_id] == ["a-r"]
+    else:
+        assert st.instances["a0"].draining  # it still has its request; GPU 4 frees once that ends
+        d.request_finished("a", "a0", 12.0)
+        d.tick(13.0)
     assert (4, 5, 6, 7) in [i.gpus for i in _of(st, "big")]
 
 

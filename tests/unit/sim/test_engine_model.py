@@ -141,3 +141,30 @@ def test_chunked_prefill_splits_the_prompt_and_mixes_decode_steps():
     per_token = cost.prefill_s(c, 1) - cost.prefill_s(c, 0)
     assert sim2.first[1] - 5.0 > 2 * 0.015 + 1000 * per_token - 1e-9
     assert sim2.first[1] - 5.0 < 2 * 0.015 + 1000 * per_token + 0.015 + 0.002  # at most one step in progress
+
+
+def test_requests_on_a_lost_gpu_resume_after_their_tokens_on_another_instance():
+    """Three 1000-token prompts decode 200 tokens on the first of two instances; its GPU is lost at t = 2 s. They
+    keep their first-token times, and the other instance prefills each prompt with the g tokens it had out
+    (one at the prefill and one per whole decode step done by then), then runs the 199 - g steps left."""
+    cost = CostModel()
+    c = cost.cost(MODEL)
+    config = SimConfig(n_servers=1, gpus_per_server=2, drain_s=600, warmup_s=0.0)
+    base = Simulator(_workload([0.0] * 3, 1000, 200), [ServedModel(MODEL)], "dedicated", config=config)
+    base.run()
+    sim = Simulator(_workload([0.0] * 3, 1000, 200), [ServedModel(MODEL)], "dedicated", config=config,
+                    gpu_losses=[(2.0, (0,))])
+    r = sim.run()
+    assert sim.first == base.first  # the first tokens came out before the loss
+    assert r.summary["completed"] == 3 and r.summary["unanswered"] == 0
+    kv_s = c.kv_bytes_per_token / cost.gpu.decode_read_bytes_per_s
+
+    def steps(prompt, n):  # n decode steps of the batch of 3, from its first token on
+        return [cost.decode_step_s(c, 3, 0) + kv_s * 3 * (prompt + 1 + k) for k in range(n)]
+
+    done = np.cumsum(steps(1000, 199))
+    g = 1 + int(np.searchsorted(done, 2.0 - base.first[0], side="right"))
+    assert 1 < g < 200
+    want = 2.0 + cost.prefill_batch_s(c, [1000 + g] * 3) + sum(steps(1000 + g, 199 - g))
+    assert sim.finish == pytest.approx([want] * 3, rel=1e-9)
+    assert sim.finish[0] > base.finish[0]  # the prompt and g tokens prefilled again

@@ -1,0 +1,60 @@
+"""Moving requests off a draining instance (``arbitration.migrations``, ``actions.Migrate``): while a model wants
+GPUs that are not free, a draining instance whose few requests its model's other instances can take hands them
+over, and its GPUs go to the wanting model in the same tick. Through the real driver."""
+
+import pytest
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy import actions as A
+from warmserve.policy.driver import instant_driver
+from warmserve.policy.state import ClusterState, ModelInfo
+
+GiB = 1 << 30
+
+
+def _cluster(load_on_sibling=0, **cfg):
+    """3 GPUs: model a on GPUs 0 and 1 (the instance holding a's one request drains), b on GPU 2 with 60
+    requests: b wants more instances and no GPU is free."""
+    models = [ModelInfo(n, 10 * GiB, 1, 1 << 19, prefill_s=0.035, decode_s_per_token=0.015) for n in "ab"]
+    st = ClusterState.uniform(1, models, gpus_per_server=3, gpu_bytes=40 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))
+    d = instant_driver(pol, st)
+    for iid, m, g in (("a1", "a", 0), ("a2", "a", 1), ("b1", "b", 2)):
+        d.apply(A.StartInstance(iid, m, (g,)), 0.0)
+    d.submit("a", "x", 0.0)
+    (draining,) = [i for i in st.instances.values() if i.model == "a" and i.in_flight]
+    sibling = next(i for i in st.instances.values() if i.model == "a" and i is not draining)
+    sibling.in_flight += load_on_sibling  # requests the test does not follow
+    d.apply(A.StopInstance(draining.instance_id), 0.0)
+    for k in range(60):
+        d.submit("b", f"b{k}", 0.0)
+    t = 0.0
+    while t < 6.0 and ("migrate_requests", draining.instance_id) not in d.executor.log:
+        t += 0.5
+        d.tick(t)
+    return d, st, draining, sibling
+
+
+def test_a_draining_instance_hands_its_request_over_and_its_gpu_goes_to_the_wanting_model():
+    d, st, draining, sibling = _cluster(migrate_max_in_flight=4)
+    assert ("migrate_requests", draining.instance_id) in d.executor.log
+    assert draining.instance_id not in st.instances
+    assert "x" in d.executor.running[sibling.instance_id]  # resumed on a's other instance
+    b = [i for i in st.instances.values() if i.model == "b"]
+    assert len(b) >= 2 and any(i.gpus == draining.gpus for i in b)  # the freed GPU serves b at once
+
+
+def test_no_migration_when_off_or_when_the_other_instances_have_no_room():
+    d, st, draining, _ = _cluster(migrate_max_in_flight=0)
+    assert draining.instance_id in st.instances and draining.draining  # it drains as before
+    assert not any(k == "migrate_requests" for k, _ in d.executor.log)
+    B = PolicyConfig().instance_capacity
+    d, st, draining, _ = _cluster(load_on_sibling=B, migrate_max_in_flight=4)
+    assert draining.instance_id in st.instances
+    assert not any(k == "migrate_requests" for k, _ in d.executor.log)
+
+
+def test_migrate_max_in_flight_must_not_be_negative():
+    with pytest.raises(InvalidArgumentError, match="migrate_max_in_flight"):
+        PolicyConfig(migrate_max_in_flight=-1)
