@@ -65,9 +65,10 @@ class ControllerConfig:
     request_timeout_s: float = 120.0
     #: On shutdown, in-flight requests get this long to finish before they are aborted, seconds.
     drain_timeout_s: float = 30.0
-    #: A request that was running on this many workers that were lost fails (WorkerLostError) instead of starting
-    #: over once more: a request that kills its worker (by memory, say) must not take every worker down in turn.
-    #: Until then it starts over elsewhere, after the tokens it had streamed (Generate.output_ids).
+    #: A request that was on this many workers that were lost (running there, or sent) fails (WorkerLostError)
+    #: instead of starting over once more: a request that kills its worker (by memory, say) must not take every
+    #: worker down in turn. Until then it starts over elsewhere, after the tokens it had streamed
+    #: (Generate.output_ids).
     max_worker_losses_per_request: int = 2
     #: Directory holding ZeroMQ CURVE keys (server.key_secret, workers' *.key public files); "" disables CURVE.
     curve_dir: str = ""

@@ -543,8 +543,8 @@ class Controller:
     def _expire(self) -> None:
         now = time.monotonic()
         for model, q in self.state.queues.items():
-            while q and q[0].deadline_s < now:
-                req = q[0]
+            # the whole queue: a request that started over (requeued) sits at its front with a later deadline
+            for req in [r for r in q if r.deadline_s < now]:
                 self.driver.withdraw(model, req, self.now_s())
                 err = TimeoutError_(
                     f"no instance of {model!r} could take the request within {self.cc.request_timeout_s:.0f} s; "
@@ -553,7 +553,7 @@ class Controller:
                 self._request_done(req, "timeout")
         for w in list(self.gpu_workers):  # an Abort that cannot be sent loses its worker (and edits the list)
             for gid, req in list(w.gens.items()):
-                last = req.last_token_s or req.arrival_s
+                last = max(req.last_token_s or req.arrival_s, req.sent_s or 0.0)  # sent again: counts from then
                 if not req.done and now - last > self.cc.request_timeout_s:
                     req.fail(TimeoutError_(f"{w!r} produced no token for {self.cc.request_timeout_s:.0f} s",
                                            timeout_s=self.cc.request_timeout_s))

@@ -422,18 +422,17 @@ class LiveExecutor:
         rec = self.instances.get(inst.instance_id)
         if rec is None:
             return []
-        w, hub = rec.worker, self.ctl.hub
+        w = rec.worker
         moved = sorted((req for req in w.gens.values() if req.instance_id == inst.instance_id), key=lambda r: r.rid)
         for req in moved:
-            # Off the worker at once: tokens it still sends for this Generate are dropped (w.gens no longer has
-            # it), and the resumption generates them again after those the client has.
+            # Off the worker's table at once: tokens it still sends for this Generate are dropped, and the
+            # resumption generates them again after those the client has. No Abort: the Deactivate of the stop
+            # that follows ends them on the worker (and nothing is sent from here, see Executor).
             del w.gens[req.gid]
-            if w.alive:
-                self._fire(w, P.Abort(id=hub.next_id(), request_id=req.gid))
             req.requeued(self.ctl.cc.request_timeout_s)
             if req.generated:
                 self.ctl.metrics.resumed.inc(model=req.model, why="migrated")
-        return [(req, len(req.prompt_ids) + req.generated) for req in moved]
+        return [(req, len(req.prompt_ids) + req.generated if req.generated else None) for req in moved]
 
     def fail(self, req, error: BaseException, now_s: float) -> None:
         req.fail(error)

@@ -112,9 +112,9 @@ class ControllerMetrics:
         self.prewarm_misses = Counter(r, "warmserve_prewarm_misses", "Instances started with a cold load.", ("model",))
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Requests started over after a worker loss.",
                                 ("model",))
-        self.resumed = Counter(r, "warmserve_resumed_requests", "Requests that had streamed tokens, started over on "
-                               "another instance after them, by why: migrated (their instance stopped for a model "
-                               "that wanted its GPUs) or worker_lost.", ("model", "why"))
+        self.resumed = Counter(r, "warmserve_resumed_requests", "Requests that had streamed tokens and left their "
+                               "instance to go on elsewhere after them, by why: migrated (the instance stopped for a "
+                               "model that wanted its GPUs) or worker_lost.", ("model", "why"))
         self.workers_lost = Counter(r, "warmserve_workers_lost", "Workers declared lost.")
         self.dedicated = Counter(r, "warmserve_instances_dedicated", "Co-served instances turned into dedicated "
                                  "ones in place (their co-residents left; the KV cap rose, nothing was copied).",

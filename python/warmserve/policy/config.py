@@ -99,8 +99,10 @@ class PolicyConfig:
     #: While a model wants GPUs that are not free, a draining instance with at most this many requests in flight
     #: hands them to its model's other ready instances (``actions.Migrate``: each is prefilled again there,
     #: prompt and tokens so far, and goes on), so that its GPUs are free at once instead of when its longest
-    #: generation ends (``arbitration.migrations``). Not while the cluster is over-subscribed (there it moved
-    #: GPUs between models back and forth: paper-conv, 12 models at x0.5, SLO 0.993 -> 0.988). 0: never.
+    #: generation ends (``arbitration.migrations``), and only where that frees an aligned group a wanting model can
+    #: start on. Not while co-serving finds the cluster over-subscribed (there it moved GPUs between models back
+    #: and forth: paper-conv, 12 models at x0.5, SLO 0.993 -> 0.988); with co-serving off nothing tells that, and
+    #: it applies whenever the rule holds. 0: never.
     #: Default 8, a quarter of B: what the other instances prefill again stays a small share of their batch.
     #: Measured over 0-32 (bench/simulate/ISSUE11_ROUNDS.md, "Moving requests off draining instances"): paper-code
     #: P99 1.30 s at 0, 1.08 s from 8 on; at burst CV 4 paper-conv 5.58 s at 0, 3.62 s at 8, 2.42 s at 32.

@@ -68,9 +68,11 @@ class Executor(Protocol):
         """``inst`` has drained and left the state: free its GPUs, leaving its weights resident (kept)."""
 
     def migrate_requests(self, inst: InstanceState, now_s: float) -> list:
-        """Take every request in flight off ``inst`` (it stops running them; ``stop_instance`` follows) and return
+        """Take every request in flight off ``inst`` (``stop_instance`` follows: it stops running them) and return
         them, oldest first, as (request, prompt tokens its resumption prefills: its prompt and the tokens it has
-        out). A later ``send`` of such a request resumes it after those tokens."""
+        out; None: its prompt as submitted, when it has none out). A later ``send`` of such a request resumes it
+        after those tokens. Nothing may be sent to a worker here: a failed send would lose the worker in the
+        middle of the driver's call."""
 
     def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
         """Map or unmap KV pages so that ``free_blocks`` blocks stay mapped beyond those in use."""
@@ -233,15 +235,26 @@ class PolicyDriver:
                 inst.prefill_tokens_pending = max(0, inst.prefill_tokens_pending - entry[0])
 
     def _requeue(self, model: str, moved) -> None:
-        """(request, prompt tokens) pairs that start over go to the front of ``model``'s queue, oldest first;
-        their prompt tokens count as waiting prefill load again."""
-        q = self.state.queues[model]
-        for req, tokens in reversed(list(moved)):
+        """(request, prompt tokens) pairs that start over go to the front of ``model``'s queue, in the order
+        given (oldest first); their prompt tokens count as waiting prefill load. ``None`` tokens: the request's
+        prompt as submitted, still counted (it had no token out)."""
+        queued = self.state.queued_prompt_tokens
+        for req, tokens in moved:
+            entry = self._prefill.get(req) if self._prefill else None
+            if tokens is None:
+                if entry is None or entry[1] is None:
+                    continue
+                inst = self.state.instances.get(entry[1])
+                if inst is not None:
+                    inst.prefill_tokens_pending = max(0, inst.prefill_tokens_pending - entry[0])
+                entry[1] = None
+                queued[model] = queued.get(model, 0) + entry[0]
+                continue
             self._forget_prefill(model, req)
             if tokens:
                 self._prefill[req] = [tokens, None]
-                self.state.queued_prompt_tokens[model] = self.state.queued_prompt_tokens.get(model, 0) + tokens
-            q.appendleft(req)
+                queued[model] = queued.get(model, 0) + tokens
+        self.state.queues[model].extendleft(reversed([req for req, _ in moved]))
 
     def _drop_prefill_of(self, instance_ids: set) -> None:
         """Instances left the state: requests still counted on them are gone with them."""
@@ -310,12 +323,11 @@ class PolicyDriver:
                     self._finish_stop(inst, now_s)
         elif kind is A.Migrate:
             inst = st.instances.get(act.instance_id)
-            if inst is not None:
+            if inst is not None:  # stopped now: the executor hands every request it runs back
                 inst.draining = True
-                moved = ex.migrate_requests(inst, now_s)
-                inst.in_flight -= len(moved)
-                self._requeue(inst.model, moved)
-                if inst.in_flight <= 0:
+                self._requeue(inst.model, list(ex.migrate_requests(inst, now_s)))
+                inst.in_flight = 0
+                if st.instances.get(inst.instance_id) is inst:  # a loss while taking them off removed it
                     self._finish_stop(inst, now_s)
         elif kind is A.ReviveInstance:
             inst = st.instances.get(act.instance_id)
@@ -447,18 +459,11 @@ class PolicyDriver:
         gone = [i for i, inst in st.instances.items() if lost.intersection(inst.gpus)]
         for iid in gone:
             del st.instances[iid]
-        requeue = list(requeue)
+        by_model: dict[str, list] = {}
         for model, req, *tokens in requeue:  # back in the queue: their prompt tokens wait again
-            if tokens:
-                self._forget_prefill(model, req)
-                if tokens[0]:
-                    self._prefill[req] = [tokens[0], None]
-                    st.queued_prompt_tokens[model] = st.queued_prompt_tokens.get(model, 0) + tokens[0]
-                continue
-            entry = self._prefill.get(req) if self._prefill else None
-            if entry is not None and entry[1] is not None:
-                entry[1] = None
-                st.queued_prompt_tokens[model] = st.queued_prompt_tokens.get(model, 0) + entry[0]
+            by_model.setdefault(model, []).append((req, tokens[0] if tokens else None))
+        for model, moved in by_model.items():
+            self._requeue(model, moved)
         self._drop_prefill_of(set(gone))
         for pid in [p for p, pw in st.prewarms.items() if lost.intersection(pw.gpus)]:
             del st.prewarms[pid]
@@ -469,8 +474,6 @@ class PolicyDriver:
             gpu.gone = True
             srv = st.servers[gpu.server_id]
             srv.gpu_ids = tuple(x for x in srv.gpu_ids if x != g)
-        for model, req, *_ in reversed(requeue):
-            st.queues[model].appendleft(req)
         self.route_all(now_s)
 
     def live_gpus(self) -> list[int]:
@@ -525,11 +528,11 @@ class InstantExecutor:
         self.running.pop(inst.instance_id, None)
 
     def migrate_requests(self, inst: InstanceState, now_s: float) -> list:
-        """The newest ``inst.in_flight`` requests sent to it (the caller finishes requests oldest first), with no
-        tokens out (nothing runs here)."""
+        """The newest ``inst.in_flight`` requests sent to it (the caller finishes requests oldest first); nothing
+        runs here, so none has tokens out: each waits with its prompt as counted (None)."""
         self.log.append(("migrate_requests", inst.instance_id))
         sent = self.running.pop(inst.instance_id, [])
-        return [(r, 0) for r in sent[len(sent) - max(inst.in_flight, 0):]]
+        return [(r, None) for r in sent[len(sent) - max(inst.in_flight, 0):]]
 
     def dedicate_instance(self, inst: InstanceState, now_s: float) -> None:
         self.log.append(("dedicate_instance", inst.instance_id))

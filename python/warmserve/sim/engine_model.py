@@ -389,13 +389,14 @@ class BatchEngines:
     def drop_requests(self, inst: EngineInst, t: float) -> list[tuple[int, int]]:
         """Every request on the instance (waiting, in prefill, running), for a lost or migrated instance, with the
         tokens each has out (0 before its first); it stops. A running request's tokens are counted at the
-        instance's progress at ``t``: one at its prefill and one a whole decode step (a step under way is lost)."""
+        instance's progress at ``t``: one at its prefill and one a whole decode step (a step under way is lost),
+        at most all but its last (one whose last step ended at ``t`` but whose event has not run yet)."""
         if inst.phase == DECODE:
             self._advance(inst, t)
         p = inst.progress + 1e-9
         out = self.output
         rids = [(rid, 0) for rid in inst.waiting] + [(rid, 0) for rid in inst.pf_batch] + [
-            (rid, out[rid] - math.ceil(f - p)) for f, rid in sorted(inst.running)]
+            (rid, out[rid] - max(math.ceil(f - p), 1)) for f, rid in sorted(inst.running)]
         inst.waiting.clear()
         inst.pf_batch = []
         inst.pf_tokens = 0

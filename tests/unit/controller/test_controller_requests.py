@@ -2,6 +2,7 @@
 requests the wire cannot carry, failures before the first token, and that nothing is left in flight."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -222,6 +223,59 @@ def test_a_running_request_the_worker_never_ends_is_not_left_in_flight(model, ho
         assert any(isinstance(m, P.Abort) for m in peer.got)
         st = next(iter(c.state.instances.values()))
         assert st.in_flight == 0 and not c.gpu_workers[0].gens and c._open_requests() == 0
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_a_request_sent_after_waiting_has_the_whole_timeout_on_its_worker(model):
+    """A request that waited in the queue while its instance started has request_timeout_s on its worker from
+    when it was sent, not from its arrival (a request that started over elsewhere waits so too)."""
+    async def main():
+        c = make_controller(model, request_timeout_s=0.6)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        peer.hold_activate = peer.hold_generate = True
+        req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+        while not (act := next((m for m in peer.got if isinstance(m, P.Activate)), None)):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.45)
+        await peer.send(P.Activated(id=act.id, name=act.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
+        while not c.gpu_workers[0].gens:
+            await asyncio.sleep(0.01)
+        t_sent = time.monotonic()
+        with pytest.raises(WarmServeError, match="produced no token"):
+            await collect(req)
+        assert time.monotonic() - t_sent >= 0.6 - 0.06  # one tick of slack
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
+
+
+def test_a_request_behind_one_that_started_over_still_times_out_in_the_queue(model):
+    """A request that starts over (a migration, a lost worker) goes to the front of its queue with a fresh
+    deadline; the older requests behind it still time out at their own."""
+    async def main():
+        c = make_controller(model, request_timeout_s=0.5)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        peer.hold_activate = True  # the instance never becomes ready: requests wait
+        old = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+        t_old = time.monotonic()
+        await asyncio.sleep(0.2)
+        front = c.submit_nowait(MODEL, [2], SamplingParams(max_tokens=3))
+        q = c.state.queues[MODEL]
+        q.remove(front)
+        q.appendleft(front)  # where a request that started over waits
+        with pytest.raises(WarmServeError, match="could take the request within"):
+            await collect(old)
+        assert time.monotonic() - t_old < 0.5 + 0.15 and not front.done
+        with pytest.raises(WarmServeError, match="could take the request within"):
+            await collect(front)
         await c.close(drain=False)
         peer.close()
 

@@ -43,6 +43,11 @@ def test_a_draining_instance_hands_its_request_over_and_its_gpu_goes_to_the_want
     assert "x" in d.executor.running[sibling.instance_id]  # resumed on a's other instance
     b = [i for i in st.instances.values() if i.model == "b"]
     assert len(b) >= 2 and any(i.gpus == draining.gpus for i in b)  # the freed GPU serves b at once
+    # its weights were kept where they were (then evicted for b's start), never loaded again
+    log = d.executor.log
+    k = log.index(("migrate_requests", draining.instance_id))
+    assert log[k + 1] == ("stop_instance", draining.instance_id) and log[k + 2][0] == "keep_prewarm"
+    assert not any(kind == "load_prewarm" for kind, _ in log[k:])
 
 
 def test_no_migration_when_off_or_when_the_other_instances_have_no_room():
@@ -58,3 +63,23 @@ def test_no_migration_when_off_or_when_the_other_instances_have_no_room():
 def test_migrate_max_in_flight_must_not_be_negative():
     with pytest.raises(InvalidArgumentError, match="migrate_max_in_flight"):
         PolicyConfig(migrate_max_in_flight=-1)
+
+
+def test_no_migration_when_the_freed_gpu_gives_the_wanting_model_no_group():
+    """4 GPUs: a on GPUs 0 and 1 (the one on GPU 0 drains with a request), b (tp 2) on GPUs 2-3 wants a second
+    group. Freeing GPU 0 completes no aligned pair (GPU 1 serves a), so the request stays where it runs."""
+    models = [ModelInfo("a", 10 * GiB, 1, 1 << 19, prefill_s=0.035, decode_s_per_token=0.015),
+              ModelInfo("b", 20 * GiB, 2, 1 << 19, prefill_s=0.07, decode_s_per_token=0.02)]
+    st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6))
+    d = instant_driver(pol, st)
+    for iid, m, g in (("a1", "a", (0,)), ("a2", "a", (1,)), ("b1", "b", (2, 3))):
+        d.apply(A.StartInstance(iid, m, g), 0.0)
+    d.submit("a", "x", 0.0)
+    (busy,) = [i for i in st.instances.values() if i.model == "a" and i.in_flight]
+    d.apply(A.StopInstance(busy.instance_id), 0.0)
+    for k in range(60):
+        d.submit("b", f"b{k}", 0.0)
+    for t in range(1, 13):
+        d.tick(t * 0.5)
+    assert busy.instance_id in st.instances and not any(k == "migrate_requests" for k, _ in d.executor.log)
