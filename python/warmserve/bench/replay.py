@@ -233,9 +233,11 @@ def engine_start_summary(starts: list) -> dict:
 
 
 def parse_prewarm_metrics(text: str) -> dict:
-    out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0}
+    """Prewarm hits and misses and requests migrated (``warmserve_migrated_requests``), summed over models."""
+    out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0, "migrated_requests": 0.0}
     for line in text.splitlines():
-        m = re.match(r"warmserve_(prewarm_hits|prewarm_misses)(?:_total)?(\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
+        m = re.match(r"warmserve_(prewarm_hits|prewarm_misses|migrated_requests)(?:_total)?(\{[^}]*\})?\s+"
+                     r"([0-9.eE+-]+)$", line)
         if m:
             out[m.group(1)] += float(m.group(3))
     return out
@@ -274,7 +276,8 @@ def summarize(outs, duration_s: float, metrics: dict | None) -> tuple[dict, dict
         total = metrics["prewarm_hits"] + metrics["prewarm_misses"]
         s.update({"instance_starts": int(total), "starts_from_prewarm": int(metrics["prewarm_hits"]),
                   "starts_cold": int(metrics["prewarm_misses"]),
-                  "prewarm_hit_rate": metrics["prewarm_hits"] / total if total else 0.0})
+                  "prewarm_hit_rate": metrics["prewarm_hits"] / total if total else 0.0,
+                  "requests_migrated": int(metrics.get("migrated_requests", 0))})
     errors = sorted({o.error for o in outs if o.error})[:5]
     if errors:
         s["error_samples"] = errors
@@ -382,7 +385,8 @@ def _table(rows: dict, cols) -> str:
 LIVE_COLS = [("policy", "", ""), ("reqs", "requests", "{}"), ("answered", "answered", "{}"),
              ("failed", "dropped", "{}"), ("TTFT p50", "ttft_p50_s", "{:.3f}"), ("p99", "ttft_p99_s", "{:.3f}"),
              ("TPOT p50", "tpot_p50_s", "{:.4f}"), ("e2e p50", "e2e_p50_s", "{:.3f}"), ("e2e p99", "e2e_p99_s", "{:.3f}"),
-             ("starts", "instance_starts", "{}"), ("hit", "prewarm_hit_rate", "{:.2f}")]
+             ("starts", "instance_starts", "{}"), ("hit", "prewarm_hit_rate", "{:.2f}"),
+             ("moved", "requests_migrated", "{}")]
 
 
 def validation(live: dict, sim: dict) -> dict:

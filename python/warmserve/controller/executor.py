@@ -430,6 +430,7 @@ class LiveExecutor:
             # that follows ends them on the worker (and nothing is sent from here, see Executor).
             del w.gens[req.gid]
             req.requeued(self.ctl.cc.request_timeout_s)
+            self.ctl.metrics.migrated.inc(model=req.model)
             if req.generated:
                 self.ctl.metrics.resumed.inc(model=req.model, why="migrated")
         return [(req, len(req.prompt_ids) + req.generated if req.generated else None) for req in moved]

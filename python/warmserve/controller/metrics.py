@@ -112,6 +112,9 @@ class ControllerMetrics:
         self.prewarm_misses = Counter(r, "warmserve_prewarm_misses", "Instances started with a cold load.", ("model",))
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Requests started over after a worker loss.",
                                 ("model",))
+        self.migrated = Counter(r, "warmserve_migrated_requests", "Requests moved off an instance the policy stopped "
+                                "at once for a model that wanted its GPUs (Migrate), to start over elsewhere.",
+                                ("model",))
         self.resumed = Counter(r, "warmserve_resumed_requests", "Requests that had streamed tokens and left their "
                                "instance to go on elsewhere after them, by why: migrated (the instance stopped for a "
                                "model that wanted its GPUs) or worker_lost.", ("model", "why"))

@@ -42,6 +42,21 @@ def _occupancy(state: ClusterState, stopping: set[str], counted) -> tuple[dict[i
             count[inst.model] = count.get(inst.model, 0) + 1
     return on_gpu, count
 
+def freed_group(state: ClusterState, board: Board, gpus, tps) -> tuple[int, ...] | None:
+    """The first aligned group of one of ``tps`` (GPU ids, on one server) that freeing ``gpus`` completes: it holds
+    some of them and its other GPUs are idle on ``board``; None when there is none."""
+    mine = set(gpus)
+    for srv in state.servers:
+        ids = list(srv.gpu_ids)
+        for tp in sorted(tps):
+            for start in range(0, len(ids) - tp + 1, tp):
+                group = ids[start:start + tp]
+                if mine.intersection(group) and all(
+                        g in mine or (g in board.local and not board.busy[board.local[g]]) for g in group):
+                    return tuple(group)
+    return None
+
+
 def migrations(state: ClusterState, stopping: set[str], capacity: int, max_in_flight: int,
                skip=frozenset()) -> list[InstanceState]:
     """Instances that drain (or stop in ``stopping``) with 1 to ``max_in_flight`` requests in flight, which the
@@ -64,6 +79,29 @@ def migrations(state: ClusterState, stopping: set[str], capacity: int, max_in_fl
             continue
         room[inst.model] -= inst.in_flight
         out.append(inst)
+    return out
+
+
+def migration_plan(state: ClusterState, board: Board, stopping: set[str], capacity: int, max_in_flight: int,
+                   tps, need: int, skip=frozenset()) -> list[InstanceState]:
+    """The draining instances to move requests off (``migrations``' candidates, fewest in flight first): those
+    whose GPUs complete an aligned group of one of ``tps`` (the wanting models' degrees) with idle GPUs or with
+    other candidates on their server, up to ``need`` groups. Their GPUs are freed on ``board``."""
+    pending: dict[int, list[InstanceState]] = {}  # server -> candidates that complete no group yet
+    out = []
+    for inst in migrations(state, stopping, capacity, max_in_flight, skip):
+        if need <= 0:
+            break
+        waiting = pending.setdefault(state.gpus[inst.gpus[0]].server_id, [])
+        waiting.append(inst)
+        group = freed_group(state, board, [g for w in waiting for g in w.gpus], tps)
+        if group is None:
+            continue
+        for moved in [w for w in waiting if set(w.gpus) & set(group)]:
+            waiting.remove(moved)
+            board.stop_instance(moved.gpus, min(state.gpus[g].total_bytes for g in moved.gpus))
+            out.append(moved)
+        need -= 1
     return out
 
 

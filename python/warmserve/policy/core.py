@@ -9,7 +9,7 @@ import numpy as np
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import migrations
+from warmserve.policy.arbitration import migration_plan
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.coserve import CoServing
@@ -390,7 +390,8 @@ class Policy(LoadSignals, GpuMoves):
                 have[m] -= 1
                 stopped |= inst.in_flight == 0
         if wanted and cfg.migrate_max_in_flight and not (co is not None and co.oversubscribed):
-            stopped |= self._migrate(state, board, wanted, out)
+            need = sum(max(0, want_out[m] - have[m]) for m in wanted)
+            stopped |= self._migrate(state, board, wanted, need, out)
         if stopped and wanted:  # idle GPUs were freed this tick: the wanting models may start at once
             wanted = self._allocate(state, board, have, {m: want_out[m] for m in wanted}, out)
         if co is not None:  # a model that outgrew its host and finds no GPUs: the host converts in place (its
@@ -432,29 +433,19 @@ class Policy(LoadSignals, GpuMoves):
             if freed:
                 self._allocate(state, board, have, {m: want_out[m]}, out)
 
-    def _migrate(self, state: ClusterState, board: Board, wanted: set[str], out: list) -> bool:
-        """Draining instances hand their few requests to their models' other instances (``arbitration.
-        migrations``), where that frees an aligned group a wanting model can start on (with idle GPUs, or with the
-        GPUs of the others taken so far): their GPUs are free at once, their weights kept there as a prewarm
-        (the wanting model's start may evict it). Returns whether any GPU was freed."""
-        tps = {self.models[m].tp for m in wanted}
-        skip = self._co.ids if self._co is not None else ()
-        pending, freeing = [], set()
-        found = False
-        for inst in migrations(state, A.stopping(out), self.cfg.instance_capacity, self.cfg.migrate_max_in_flight,
-                               skip):
-            pending.append(inst)
-            freeing.update(inst.gpus)
-            if not CoServing.frees_group_for(state, board, freeing, tps):
-                continue
-            for moved in pending:
-                out.append(A.Migrate(moved.instance_id))
-                board.stop_instance(moved.gpus, min(state.gpus[g].total_bytes for g in moved.gpus))
-                self._retain.pop(moved.instance_id, None)
-                if self.cfg.prewarm and self.cfg.retain_stopped:
-                    self._keep_weights(moved.instance_id, moved.model, moved.gpus, board, out)
-            pending, freeing, found = [], set(), True
-        return found
+    def _migrate(self, state: ClusterState, board: Board, wanted: set[str], need: int, out: list) -> bool:
+        """Draining instances hand their requests over where that gives a wanting model a group to start on
+        (``arbitration.migration_plan``, up to ``need`` groups); their weights stay as a prewarm (the wanting
+        model's start may evict it). Returns whether any GPU was freed."""
+        moved = migration_plan(state, board, A.stopping(out), self.cfg.instance_capacity,
+                               self.cfg.migrate_max_in_flight, {self.models[m].tp for m in wanted}, need,
+                               self._co.ids if self._co is not None else ())
+        for inst in moved:
+            out.append(A.Migrate(inst.instance_id))
+            self._retain.pop(inst.instance_id, None)
+            if self.cfg.prewarm and self.cfg.retain_stopped:
+                self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
+        return bool(moved)
 
     def _release_reservations(self, state: ClusterState, active: dict, want_out: dict) -> None:
         """GPUs freed for a model become anyone's once it has more instances than when they were freed, or no

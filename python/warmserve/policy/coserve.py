@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections import Counter
 
 from warmserve.policy import actions as A
+from warmserve.policy.arbitration import freed_group
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER, Board
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, kv_blocks_for
@@ -484,16 +485,7 @@ class CoServing:
     def frees_group_for(state: ClusterState, board: Board, gpus, tps) -> bool:
         """Whether freeing ``gpus`` completes an aligned group of one of ``tps`` (the wanting models' degrees)
         whose other GPUs are idle: only then does a merge give a model short of GPUs a place to start."""
-        mine = set(gpus)
-        for srv in state.servers:
-            ids = list(srv.gpu_ids)
-            for tp in tps:
-                for start in range(0, len(ids) - tp + 1, tp):
-                    group = ids[start:start + tp]
-                    if mine.intersection(group) and all(
-                            g in mine or (g in board.local and not board.busy[board.local[g]]) for g in group):
-                        return True
-        return False
+        return freed_group(state, board, gpus, tps) is not None
 
     def outgrown(self, model: str, insts: list[InstanceState]) -> bool:
         """Whether ``model`` runs only co-served instances (at least one) and wants a dedicated one: it is marked to

@@ -83,3 +83,21 @@ def test_no_migration_when_the_freed_gpu_gives_the_wanting_model_no_group():
     for t in range(1, 13):
         d.tick(t * 0.5)
     assert busy.instance_id in st.instances and not any(k == "migrate_requests" for k, _ in d.executor.log)
+
+
+def test_only_the_instances_that_complete_a_group_move_and_no_more_groups_than_wanted():
+    """Two servers of 4 GPUs, `b` (tp 2) wants GPUs. a1 drains with 1 request on GPU 0 (GPU 1 serves a2); a3 drains
+    with 2 on GPU 4 beside idle GPU 5; a4 drains with 2 on GPU 6 beside idle GPU 7. Only a3 moves for one group
+    wanted (a1's GPU completes no pair); both a3 and a4 for two."""
+    from warmserve.policy.arbitration import migration_plan
+    from warmserve.policy.placement import Board
+    from warmserve.policy.state import InstanceState
+
+    models = [ModelInfo("a", 10 * GiB, 1, 1 << 19), ModelInfo("b", 20 * GiB, 2, 1 << 19)]
+    for need, want in ((1, ["a3"]), (2, ["a3", "a4"])):
+        st = ClusterState.uniform(2, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+        for iid, g, n, drains in (("a1", 0, 1, True), ("a2", 1, 0, False), ("a3", 4, 2, True), ("a4", 6, 2, True),
+                                  ("b1", 2, 8, False), ("b1x", 3, 0, False)):
+            st.instances[iid] = InstanceState(iid, "a" if iid[0] == "a" else "b", (g,), 0.0, 0.0, n, drains)
+        moved = migration_plan(st, Board(st), set(), 32, 8, {2}, need)
+        assert [i.instance_id for i in moved] == want
