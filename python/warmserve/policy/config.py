@@ -105,8 +105,8 @@ class PolicyConfig:
     #: it applies whenever the rule holds. 0: never.
     #: Default 8, a quarter of B: what the other instances prefill again stays a small share of their batch.
     #: Measured over 0-32 (bench/simulate/ISSUE11_ROUNDS.md, "Moving requests off draining instances"): paper-code
-    #: P99 1.30 s at 0, 1.08 s from 8 on; at burst CV 4 paper-conv 5.58 s at 0, 3.62 s at 8, 2.42 s at 32.
-    #: Off for `autoscale`, its best setting on paper-code (P99 32.3 s without, 43.8 s with it).
+    #: P99 1.30 s at 0, 1.16 s from 8 on; at burst CV 4 paper-conv 5.58 s at 0, 2.35 s at 8, 2.34 s at 32.
+    #: Off for `autoscale`, its best setting as traced (paper-code P99 32.3 s without, 58.7 s with it).
     migrate_max_in_flight: int = 8
     #: When a serving tensor-parallel model finds no group of its size idle on any server but the cluster has that
     #: many idle GPUs, move light instances (make before break, not onto another model's prewarm but as
