@@ -42,6 +42,7 @@ def _occupancy(state: ClusterState, stopping: set[str], counted) -> tuple[dict[i
             count[inst.model] = count.get(inst.model, 0) + 1
     return on_gpu, count
 
+
 def freed_group(state: ClusterState, board: Board, gpus, tps) -> tuple[int, ...] | None:
     """The first aligned group of one of ``tps`` (GPU ids, on one server) that freeing ``gpus`` completes: it holds
     some of them and its other GPUs are idle on ``board``; None when there is none."""

@@ -327,7 +327,7 @@ class PolicyDriver:
                 inst.draining = True
                 self._requeue(inst.model, list(ex.migrate_requests(inst, now_s)))
                 inst.in_flight = 0
-                if st.instances.get(inst.instance_id) is inst:  # a loss while taking them off removed it
+                if st.instances.get(inst.instance_id) is inst:  # an executor that lost the worker meanwhile
                     self._finish_stop(inst, now_s)
         elif kind is A.ReviveInstance:
             inst = st.instances.get(act.instance_id)

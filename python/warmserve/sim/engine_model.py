@@ -395,7 +395,7 @@ class BatchEngines:
             self._advance(inst, t)
         p = inst.progress + 1e-9
         out = self.output
-        rids = [(rid, 0) for rid in inst.waiting] + [(rid, 0) for rid in inst.pf_batch] + [
+        taken = [(rid, 0) for rid in inst.waiting] + [(rid, 0) for rid in inst.pf_batch] + [
             (rid, out[rid] - max(math.ceil(f - p), 1)) for f, rid in sorted(inst.running)]
         inst.waiting.clear()
         inst.pf_batch = []
@@ -405,7 +405,7 @@ class BatchEngines:
         inst.running = []
         inst.ctx_of.clear()
         inst.ctx_base = 0.0
-        return rids
+        return taken
 
     def _reslow(self, inst: EngineInst, t: float) -> None:
         """An instance turned busy or idle: instances sharing a GPU with it get a new time share."""
