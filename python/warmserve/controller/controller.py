@@ -385,7 +385,7 @@ class Controller:
             self._spawn(self._restart(w))
         if w.gpu_id is not None:
             # Re-routed requests go to the front of their queue: they are the oldest.
-            self.driver.lose_gpus([w.gpu_id], now, [(r.model, r, len(r.prompt_ids) + r.generated) for r in requeue])
+            self.driver.lose_gpus([w.gpu_id], now, [(r.model, r, r.resume_prompt_tokens) for r in requeue])
         if not any(x.ready for x in self.gpu_workers) and not self.restarting:
             # Nothing left to serve them: say so now rather than at the request timeout.
             for model in self.models:

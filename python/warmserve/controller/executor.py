@@ -433,7 +433,7 @@ class LiveExecutor:
             self.ctl.metrics.migrated.inc(model=req.model)
             if req.generated:
                 self.ctl.metrics.resumed.inc(model=req.model, why="migrated")
-        return [(req, len(req.prompt_ids) + req.generated if req.generated else None) for req in moved]
+        return [(req, req.resume_prompt_tokens) for req in moved]
 
     def fail(self, req, error: BaseException, now_s: float) -> None:
         req.fail(error)

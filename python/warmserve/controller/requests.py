@@ -87,6 +87,12 @@ class Req:
         first, self.prefilling = self.prefilling, False
         return first
 
+    @property
+    def resume_prompt_tokens(self) -> int | None:
+        """The prompt tokens its next instance prefills (``PolicyDriver`` prefill load): its prompt and the tokens
+        it has out; None with none out (its prompt, as the driver counts it already)."""
+        return len(self.prompt_ids) + self.generated if self.generated else None
+
     def requeued(self, timeout_s: float) -> None:
         """It left its worker to start over elsewhere: it waits in its model's queue again, for up to
         ``timeout_s`` from now (not from its arrival: a long generation must not time out for having run)."""

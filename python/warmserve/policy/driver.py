@@ -452,7 +452,8 @@ class PolicyDriver:
         (the executor has nothing left to release); the GPUs stay in ``state.gpus`` marked ``gone`` (ids of the
         others do not move). ``requeue``: requests that were running there and start over elsewhere, oldest first, as
         (model, request) (its prompt tokens wait again as submitted) or (model, request, prompt tokens) (a
-        resumption's: its prompt and the tokens it has out): they go to the front of their queues. Requests that
+        resumption's: its prompt and the tokens it has out; None: as submitted): they go to the front of their
+        queues. Requests that
         cannot start over are the executor's to end (``request_finished`` with their instance)."""
         st = self.state
         lost = set(gpu_ids)
