@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -19,10 +20,11 @@ import tempfile
 #: replay arguments a twin must repeat to rebuild the same workload and cluster (the --reuse-live check)
 _FLAGS = ("policy", "cpu_workers", "models", "duration_s", "time_scale", "rate", "start_lead_s", "drain_s", "start_s",
           "profile", "checkpoints", "history_days", "pre_s", "window_s", "sim_compute_scale", "sim_size",
+          "sim_host_cores",
           "max_prompt_tokens", "max_output_tokens", "seed")
 
 
-def twin(path: str, out_dir: str) -> dict | None:
+def twin(path: str, out_dir: str, extra: list[str] = ()) -> dict | None:
     with open(path) as f:
         live = json.load(f)
     a = live.get("args") or {}
@@ -33,6 +35,7 @@ def twin(path: str, out_dir: str) -> dict | None:
     for k in _FLAGS:
         if a.get(k) is not None:
             cmd += ["--" + k.replace("_", "-"), str(a[k])]
+    cmd += list(extra)  # later options win: these override the live run's
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"{path}: the twin failed:\n{r.stderr[-2000:]}")
@@ -45,7 +48,7 @@ def twin(path: str, out_dir: str) -> dict | None:
                    "stored_sim_p50_s": old.get("sim_ttft_p50_s"), "stored_sim_p99_s": old.get("sim_ttft_p99_s"),
                    "sim_p50_s": v["sim_ttft_p50_s"], "sim_p99_s": v["sim_ttft_p99_s"],
                    "sim_over_live_p50": v["sim_over_live_p50"], "sim_over_live_p99": v["sim_over_live_p99"]}
-    return {"file": path, "policies": rows,
+    return {"file": path, "twin_args": list(extra), "policies": rows,
             "stored_sim_ratio": live.get("ratios", {}).get("sim_p99_ttft_autoscale_over_warmserve"),
             "sim_ratio": now["ratios"].get("sim_p99_ttft_autoscale_over_warmserve")}
 
@@ -54,11 +57,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="JSON files of live replays (warmserve bench replay --json)")
     p.add_argument("--json", default=None, help="write the comparison here")
+    p.add_argument("--twin-args", default="",
+                   help="more `warmserve bench replay` options for every twin, overriding the live run's (e.g. "
+                        "'--sim-host-cores 0' or '--profile other.json')")
     a = p.parse_args()
     out = []
     with tempfile.TemporaryDirectory() as d:
         for path in a.files:
-            got = twin(path, d)
+            got = twin(path, d, shlex.split(a.twin_args))
             if got is None:
                 print(f"{path}: skipped (a twin-only run, or no live TTFTs)")
                 continue

@@ -17,10 +17,13 @@ Per demo model, in this process, on a host page pool like a CPU worker's, with t
   bandwidth ``fast_load_bytes_per_s``: what the simulator charges an ``autoscale`` cold start
   (``CostModel.vllm_cold_start_s``).
 
-With ``--parallel N`` the same measurement then runs in N processes at once (as N CPU workers sharing the
-machine's cores would), and ``gpu.compute_scale`` becomes the median ratio of their prefill/decode times to the
-lone process's: the slowdown when every worker computes at once (an upper bound for a partly idle cluster).
-The lone-process tables stay in the profile; the contended ones are kept under ``parallel``.
+CPU workers on one machine share its cores: ``gpu.host_cores`` (the cores this process may run on / torch
+threads) is the simulator's contention term, a step taking max(1, busy workers / host_cores) times its lone time
+(``GpuType.host_slowdown``). With ``--parallel N`` the same measurement also runs in N processes at once (as N CPU
+workers all computing), and the median ratio of their prefill/decode times to the lone process's is reported
+beside what the host term charges for N (``parallel.slowdown``, ``parallel.host_term_slowdown``), and N fresh
+engine processes are started at once (``parallel.fresh_engine``). The lone-process tables stay in the profile and
+``gpu.compute_scale`` stays 1; the contended tables are kept under ``parallel``.
 
 Medians over ``--repeats``. The schema is ``warmserve.sim.costmodel``'s (version 1).
 """
@@ -28,6 +31,7 @@ Medians over ``--repeats``. The schema is ``warmserve.sim.costmodel``'s (version
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -184,28 +188,38 @@ def _fresh_engine_child(spec_json: str) -> None:
         print(json.dumps({"load_s": loads}), flush=True)
 
 
-def measure_fresh_engine(paths: dict, pool_bytes: int, threads: int, repeats: int) -> dict:
+def measure_fresh_engine(paths: dict, pool_bytes: int, threads: int, repeats: int, at_once: int = 1) -> dict:
     """Start a fresh engine process ``repeats`` times, as a vanilla autoscaler does for each cold start: the time
     from spawning it until it is ready to load weights (interpreter start, imports, page pool: ``init_s``), and the
-    time it then takes to load each checkpoint (``load_s`` per model, from the page cache). Medians, seconds."""
+    time it then takes to load each checkpoint (``load_s`` per model, from the page cache). Medians, seconds.
+    ``at_once`` > 1: that many processes are spawned together each time (``init_s_runs`` lists every one)."""
     import subprocess
+    from concurrent.futures import ThreadPoolExecutor
 
     spec = json.dumps({"threads": threads, "pool_bytes": int(pool_bytes), "paths": dict(paths)})
     code = f"from warmserve.bench.calibrate import _fresh_engine_child; _fresh_engine_child({spec!r})"
     inits, loads = [], {n: [] for n in paths}
+
+    def ready_after(proc, t0: float) -> float:
+        first = proc.stdout.readline()
+        t = time.perf_counter() - t0
+        return t if first.strip() else math.nan
+
     for _ in range(repeats):
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        first = proc.stdout.readline()
-        t_ready = time.perf_counter() - t0
-        rest, err = proc.communicate()
-        if proc.returncode or not first.strip():
-            raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err[-500:]}")
-        inits.append(t_ready)
-        for n, v in json.loads(rest.strip().splitlines()[-1])["load_s"].items():
-            loads[n].append(v)
-    return {"init_s": statistics.median(inits), "init_s_runs": inits,
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(at_once)]
+        # one reader per process, so each one's ready time is taken when it says so, not after the others'
+        with ThreadPoolExecutor(at_once) as ex:
+            ready = list(ex.map(lambda p: ready_after(p, t0), procs))
+        for proc, t_ready in zip(procs, ready):
+            rest, err = proc.communicate()
+            if proc.returncode or t_ready != t_ready:
+                raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err[-500:]}")
+            inits.append(t_ready)
+            for n, v in json.loads(rest.strip().splitlines()[-1])["load_s"].items():
+                loads[n].append(v)
+    return {"init_s": statistics.median(inits), "init_s_runs": inits, "at_once": at_once,
             "load_s": {n: statistics.median(v) for n, v in loads.items()}}
 
 
@@ -226,7 +240,7 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict 
     prof = {
         "schema": SCHEMA,
         "gpu": {"name": f"cpu-worker-{threads}t", "memory_bytes": float(memory_bytes), "pool_fraction": 1.0,
-                "h2d_bytes_per_s": bw, "compute_scale": 1.0},
+                "h2d_bytes_per_s": bw, "compute_scale": 1.0, "host_cores": host_cores(threads)},
         "engine_start_s": fixed_s,
         "tp_init_s": 0.0,
         "activation_s": activation,
@@ -241,6 +255,13 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict 
     if fresh is not None:
         prof["measured_fresh_engine"] = dict(fresh, load_fit=fresh_fit)
     return prof
+
+
+def host_cores(threads: int) -> float:
+    """How many CPU workers of ``threads`` torch threads this machine's cores run at full speed at once (the
+    cores this process may run on / threads): ``GpuType.host_cores``, the simulator's contention term."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores / threads
 
 
 def measure_parallel(args, names) -> dict:
@@ -318,10 +339,23 @@ def main(args) -> int:
             for n, m in run["models"].items():
                 for key in ("prefill_table", "decode_table"):
                     ratios += [b[1] / a[1] for a, b in zip(prof["models"][n][key], m[key]) if a[1] > 0]
-        prof["gpu"]["compute_scale"] = float(np.median(ratios))
-        prof["parallel"]["compute_scale"] = prof["gpu"]["compute_scale"]
-        print(f"{args.parallel} processes at once: prefill/decode {prof['gpu']['compute_scale']:.2f}x the lone "
-              f"process's time (gpu.compute_scale)", file=sys.stderr)
+        # the profile keeps compute_scale 1: the simulator's host term (host_cores) charges contention by how many
+        # devices are busy at each moment; this measurement checks that term at its all-busy end
+        from warmserve.sim.costmodel import CostModel
+
+        measured = float(np.median(ratios))
+        predicted = CostModel.from_profile(prof).gpu.host_slowdown(args.parallel)
+        prof["parallel"]["slowdown"] = measured
+        prof["parallel"]["host_term_slowdown"] = predicted
+        print(f"{args.parallel} processes at once: prefill/decode {measured:.2f}x the lone process's time; the "
+              f"simulator's host term (host_cores {prof['gpu']['host_cores']:g}) charges {predicted:.2f}x",
+              file=sys.stderr)
+        if fresh is not None:
+            many = measure_fresh_engine(paths, pool_bytes, args.threads, args.repeats, at_once=args.parallel)
+            ratio = many["init_s"] / fresh["init_s"]
+            prof["parallel"]["fresh_engine"] = dict(many, slowdown=ratio)
+            print(f"{args.parallel} fresh engine processes at once: ready in {many['init_s']:.2f} s (median; "
+                  f"{ratio:.2f}x a lone one's; the host term charges {predicted:.2f}x)", file=sys.stderr)
     prof["machine"]["wall_s"] = time.perf_counter() - t0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -79,6 +79,9 @@ def add_arguments(p) -> None:
                    help="cost-model entry every simulated model behaves like (e.g. llama2-7b with --profile H100-80GB)")
     p.add_argument("--sim-compute-scale", type=float, default=None,
                    help="override the profile's gpu.compute_scale for the simulated twin (e.g. workers / cores)")
+    p.add_argument("--sim-host-cores", type=float, default=None,
+                   help="override the profile's gpu.host_cores for the simulated twin: cores the CPU workers share "
+                        "(a step takes max(1, busy workers / cores) times its lone time); 0: no such term")
     p.add_argument("--reuse-live", default=None, metavar="JSON",
                    help="take the live results from this earlier --json of the same workload; run only the simulator")
     p.add_argument("--json", default=None, help="write results here")
@@ -443,6 +446,8 @@ def main(args) -> int:
         cost = CostModel.from_profile(args.profile) if args.profile else None
     if cost is not None and args.sim_compute_scale:
         cost = replace(cost, gpu=replace(cost.gpu, compute_scale=args.sim_compute_scale))
+    if cost is not None and args.sim_host_cores is not None:
+        cost = replace(cost, gpu=replace(cost.gpu, host_cores=args.sim_host_cores))
     served_sim = [ServedModel(n, args.sim_size or c) for n, c in served]
     if cost is None and not args.endpoint:
         # the history's in-flight windows need request latencies, which come from the profile
@@ -482,7 +487,8 @@ def main(args) -> int:
     if sim:
         print(f"simulated (same workload, profile {args.profile}"
               + (f", models as {args.sim_size}" if args.sim_size else "")
-              + (f", compute x{args.sim_compute_scale}" if args.sim_compute_scale else "") + "):")
+              + (f", compute x{args.sim_compute_scale}" if args.sim_compute_scale else "")
+              + (f", {cost.gpu.host_cores:g} host cores" if cost is not None and cost.gpu.host_cores else "") + "):")
         print(_table(sim, LIVE_COLS))
         val = validation(live, sim)
         print("sim vs live TTFT:")

@@ -11,7 +11,8 @@ that lacks them keeps the defaults, so every earlier profile loads unchanged):
       "schema": "warmserve.sim.profile/1",
       "gpu": {"name": "H100-80GB", "memory_bytes": 80e9, "pool_fraction": 0.9, "h2d_bytes_per_s": 32e9,
               "compute_scale": 1.0,
-              "hbm_bytes_per_s": 3.35e12, "hbm_achievable_fraction": 0.68},   # added: decode's KV-read term
+              "hbm_bytes_per_s": 3.35e12, "hbm_achievable_fraction": 0.68,    # added: decode's KV-read term
+              "host_cores": 0},               # added: cores a server's CPU workers share (0: GPUs, none)
       "engine_start_s": 6.0,          # start an engine from scratch: process, imports, CUDA context, profiling
       "tp_init_s": 2.0,               # extra for building tensor-parallel communicators (tp > 1, cold engine)
       "activation_s": 0.1,            # turn a fully prewarmed replica into a serving instance
@@ -130,6 +131,10 @@ class GpuType:
     hbm_bytes_per_s: float = H100_SXM_HBM_BYTES_PER_S
     #: share of ``hbm_bytes_per_s`` a memory-bound decode step achieves (HBM_ACHIEVABLE_FRACTION), 0 < x <= 1
     hbm_achievable_fraction: float = HBM_ACHIEVABLE_FRACTION
+    #: compute cores one server's devices share, for CPU workers (`warmserve calibrate` writes the cores the
+    #: process may run on); a step on a server with n busy devices takes max(1, n / host_cores) times as long.
+    #: 0: the devices share no compute (GPUs), no such term
+    host_cores: float = 0.0
 
     def __post_init__(self):
         if not self.hbm_bytes_per_s > 0 or not 0 < self.hbm_achievable_fraction <= 1:
@@ -137,10 +142,20 @@ class GpuType:
                 f"GPU {self.name!r}: hbm_bytes_per_s {self.hbm_bytes_per_s} must be > 0 and hbm_achievable_fraction "
                 f"{self.hbm_achievable_fraction} in (0, 1] (range shown in results: {HBM_ACHIEVABLE_FRACTION_RANGE})",
                 gpu=self.name)
+        if not self.host_cores >= 0:
+            raise InvalidArgumentError(f"GPU {self.name!r}: host_cores {self.host_cores} must be >= 0 (cores a "
+                                       f"server's CPU workers share; 0 for GPUs, which share no compute)",
+                                       gpu=self.name)
 
     @property
     def pool_bytes(self) -> int:
         return int(self.memory_bytes * self.pool_fraction)
+
+    def host_slowdown(self, busy: int) -> float:
+        """How many times longer compute takes on a server with ``busy`` devices computing at once: their one
+        torch thread each shares ``host_cores`` cores evenly (processor sharing), max(1, busy / host_cores); 1
+        where devices share no compute (``host_cores`` 0)."""
+        return max(1.0, busy / self.host_cores) if self.host_cores else 1.0
 
     @property
     def decode_read_bytes_per_s(self) -> float:
@@ -471,7 +486,8 @@ class CostModel:
             "schema": SCHEMA,
             "gpu": {"name": g.name, "memory_bytes": g.memory_bytes, "pool_fraction": g.pool_fraction,
                     "h2d_bytes_per_s": g.h2d_bytes_per_s, "compute_scale": g.compute_scale,
-                    "hbm_bytes_per_s": g.hbm_bytes_per_s, "hbm_achievable_fraction": g.hbm_achievable_fraction},
+                    "hbm_bytes_per_s": g.hbm_bytes_per_s, "hbm_achievable_fraction": g.hbm_achievable_fraction,
+                    "host_cores": g.host_cores},
             "engine_start_s": self.engine_start_s, "tp_init_s": self.tp_init_s, "activation_s": self.activation_s,
             "kv_map_s_per_gib": self.kv_map_s_per_gib, "engine_init_s": self.engine_init_s,
             "fast_load_bytes_per_s": self.fast_load_bytes_per_s,

@@ -12,7 +12,12 @@ running request advances one token per step; the context grows by n tokens a ste
 linearly in progress and the time of a run of steps is integrated exactly (``_span_s``, ``_steps_in``).
 
 Instances sharing a GPU (the `shared` baseline) time-share it: each iteration takes as many times longer as
-there are busy instances on its busiest GPU (``_reslow``). KV blocks for prompt + output (``KV_BLOCK_TOKENS``
+there are busy instances on its busiest GPU (``_reslow``). CPU workers also share their server's cores
+(``GpuType.host_cores``, from `warmserve calibrate`): an iteration then takes ``host_slowdown(n)`` times longer
+again, n the server's devices with a busy instance (GPUs share no compute: the term is 1). A fresh engine
+process starting there computes too (``start_engine``, phase ``STARTING``): it counts as busy, and its start
+stretches as the factor changes. A decode run or a start is re-timed whenever its factor changes; a prefill
+iteration keeps the factor it started with. KV blocks for prompt + output (``KV_BLOCK_TOKENS``
 tokens each) are reserved at admission, so a request is never preempted: vLLM admits on the prompt's blocks and
 preempts (recomputes) the newest request when the cache fills, so this admits somewhat fewer sequences than vLLM
 when KV memory binds and never pays a recomputation. An instance maps KV pages up to the policy's target and
@@ -38,7 +43,7 @@ from collections import deque
 from warmserve.policy.state import InstanceState
 from warmserve.sim.costmodel import CostModel, ModelCost
 
-IDLE, DECODE, PREFILL = 0, 1, 2
+IDLE, DECODE, PREFILL, STARTING = 0, 1, 2, 3
 #: the engine models ``SimConfig.engine_model`` may name (see the module doc)
 ENGINE_MODELS = ("vllm", "fluid")
 
@@ -48,7 +53,7 @@ class EngineInst:
 
     __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
                  "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
-                 "pf_tokens", "wake", "pf_left", "chunk")
+                 "pf_tokens", "wake", "pf_left", "chunk", "init_left")
 
     def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
         self.st = st
@@ -79,6 +84,8 @@ class EngineInst:
         #: chunked prefill: prompt tokens each admitted request still has to prefill, and this step's chunks
         self.pf_left: dict[int, int] = {}
         self.chunk: list[tuple[int, int]] = []
+        #: a fresh engine process starting on CPU workers (``STARTING``): seconds of lone-process start left
+        self.init_left = 0.0
 
 
 class BatchEngines:
@@ -90,8 +97,11 @@ class BatchEngines:
 
     def __init__(self, cost: CostModel, max_batch: int, prompt: list[int], output: list[int], blocks: list[int],
                  gpu_total: list[int], gpu_used: list[int], push, on_first, on_complete, *, kv_read: bool = True,
-                 max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0):
+                 max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0, gpus_per_server: int = 0,
+                 on_started=None):
         self.cost = cost
+        #: devices per server, for the cores a server's CPU workers share (``GpuType.host_cores``); 0: one server
+        self.gpus_per_server = gpus_per_server or max(len(gpu_total), 1)
         #: most running sequences per engine (vLLM --max-num-seqs)
         self.max_batch = max_batch
         #: decode steps read the batch's KV cache (False: the "fluid" model's context-free step)
@@ -106,6 +116,8 @@ class BatchEngines:
         self.gpu_total, self.gpu_used = gpu_total, gpu_used
         self.gpu_insts: list[list[EngineInst]] = [[] for _ in gpu_total]
         self.push, self.on_first, self.on_complete = push, on_first, on_complete
+        #: ``on_started(inst, t)``: a fresh engine process begun by ``start_engine`` is up
+        self.on_started = on_started
         self.insts: dict[str, EngineInst] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -120,6 +132,17 @@ class BatchEngines:
                 self.gpu_insts.append([])
             self.gpu_insts[g].append(inst)
         return inst
+
+    def start_engine(self, inst: EngineInst, work_s: float, t: float) -> None:
+        """A fresh engine process starts for ``inst`` on CPU workers: ``work_s`` seconds as a lone process
+        (interpreter, imports), stretched by its server's host factor as it changes; it computes, so it counts
+        as a busy device meanwhile. ``on_started`` follows."""
+        inst.phase = STARTING
+        inst.init_left = work_s
+        inst.t_last = t
+        self._reslow(inst, t)
+        inst.version += 1
+        self.push(t + work_s * inst.slow, inst)
 
     def ready(self, inst: EngineInst, t: float) -> None:
         inst.ready = True
@@ -357,6 +380,12 @@ class BatchEngines:
         """The instance's current iteration ended at ``t``: a prefill (first tokens) or a decode run up to its
         first finisher (or a step boundary after an arrival, ``wake``). Finished requests are reported; the next
         iteration is scheduled."""
+        if inst.phase == STARTING:
+            inst.phase = IDLE
+            inst.init_left = 0.0
+            self._reslow(inst, t)
+            self.on_started(inst, t)
+            return
         if inst.wake:
             inst.wake = False
             self._advance(inst, t)
@@ -407,19 +436,54 @@ class BatchEngines:
         inst.ctx_base = 0.0
         return taken
 
-    def _reslow(self, inst: EngineInst, t: float) -> None:
-        """An instance turned busy or idle: instances sharing a GPU with it get a new time share."""
+    def host_busy(self, gpu: int) -> int:
+        """Devices computing on ``gpu``'s server: those with a busy instance (a fresh engine starting included)."""
+        per = self.gpus_per_server
+        s = gpu // per
         gi = self.gpu_insts
+        return sum(1 for g in range(s * per, min((s + 1) * per, len(gi))) if any(x.phase != IDLE for x in gi[g]))
+
+    def _reslow(self, inst: EngineInst, t: float) -> None:
+        """An instance turned busy or idle: instances sharing a GPU with it get a new time share, and where CPU
+        workers share their server's cores, every instance on its server a new host factor."""
+        gi = self.gpu_insts
+        if self.cost.gpu.host_cores:
+            self._reslow_servers({g // self.gpus_per_server for g in inst.st.gpus}, t, inst)
+            return
         if all(len(gi[g]) <= 1 for g in inst.st.gpus):
             inst.slow = 1
             return
         affected = {id(o): o for g in inst.st.gpus for o in gi[g]}
         affected[id(inst)] = inst
-        for o in affected.values():
-            busy = max(sum(1 for x in gi[g] if x.phase != IDLE) for g in o.st.gpus)
-            new = max(busy, 1)
+        self._set_slow(affected.values(), t, inst)
+
+    def _reslow_servers(self, servers: set[int], t: float, inst: EngineInst | None) -> None:
+        per = self.gpus_per_server
+        gi = self.gpu_insts
+        affected = {id(o): o for s in servers for g in range(s * per, min((s + 1) * per, len(gi))) for o in gi[g]}
+        if inst is not None:
+            affected[id(inst)] = inst
+        self._set_slow(affected.values(), t, inst)
+
+    def _set_slow(self, insts, t: float, inst: EngineInst | None) -> None:
+        """Each of ``insts`` runs at its GPU's time share (busy instances on its busiest GPU) times its server's
+        host factor; a decode run whose pace changed is re-timed (``inst``, whose own iteration is being chosen,
+        is not pushed here)."""
+        gi = self.gpu_insts
+        gpu = self.cost.gpu
+        for o in insts:
+            new = max(max(sum(1 for x in gi[g] if x.phase != IDLE) for g in o.st.gpus), 1)
+            if gpu.host_cores:
+                # a tensor-parallel group stays within one server, so its first GPU names the server
+                new *= gpu.host_slowdown(self.host_busy(o.st.gpus[0]))
             if new != o.slow:
-                if o.phase == DECODE and o is not inst:
+                if o.phase == STARTING and o is not inst:
+                    o.init_left -= (t - o.t_last) / o.slow
+                    o.t_last = t
+                    o.slow = new
+                    o.version += 1
+                    self.push(t + max(o.init_left, 0.0) * new, o)
+                elif o.phase == DECODE and o is not inst:
                     self._advance(o, t)
                     o.slow = new
                     o.version += 1

@@ -241,7 +241,8 @@ class Simulator:
                                     [g.total_bytes for g in st.gpus], self.gpu_used, self._push_inst,
                                     self._first_token, self._complete, kv_read=not fluid,
                                     max_batched_tokens=0 if fluid else self.cost.limits.max_batched_tokens,
-                                    chunked_prefill_tokens=0 if fluid else cfg.chunked_prefill_tokens)
+                                    chunked_prefill_tokens=0 if fluid else cfg.chunked_prefill_tokens,
+                                    gpus_per_server=cfg.gpus_per_server, on_started=self._engine_up)
         self.insts = self.engines.insts
         #: GPU time held by instances over the replayed span: a GPU counts once however many (co-served or
         #: colocated) instances it holds, from when the first starts to when the last leaves
@@ -406,8 +407,13 @@ class Simulator:
                 # vanilla vLLM started fresh, weights by a fast loader (ServerlessLLM): engine initialisation and
                 # tensor-parallel set-up, then the weights from host memory (vllm_cold_start_s); vLLM allocates its
                 # KV cache inside initialisation, so no page mapping is charged
-                begin = now_s + self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c)
-                begin = max([begin] + [self.link_free[g] for g in gpus])
+                init_s = self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c)
+                if self.cost.gpu.host_cores:
+                    # a fresh CPU engine process computes until it is up (interpreter, imports), sharing its
+                    # server's cores with the busy devices: its start stretches with them (_engine_up follows)
+                    self.engines.start_engine(inst, init_s, now_s)
+                    return
+                begin = max([now_s + init_s] + [self.link_free[g] for g in gpus])
                 loaded = ready = begin + self.cost.fast_load_s(c)
             for g in gpus:
                 self.link_free[g] = loaded
@@ -420,6 +426,16 @@ class Simulator:
             # its weights stay where they were but leave the memory accounting: a Prewarm that keeps them (the
             # driver tells keep_prewarm) counts them again, and otherwise they are evicted
             self._remove(inst, now_s)
+
+    def _engine_up(self, inst: EngineInst, t: float) -> None:
+        """A fresh engine process on CPU workers is up (``BatchEngines.start_engine``): it loads the weights over
+        its link, as a fresh vLLM engine's fast loader does, and is ready."""
+        gpus = inst.st.gpus
+        loaded = max([t] + [self.link_free[g] for g in gpus]) + self.cost.fast_load_s(inst.cost)
+        for g in gpus:
+            self.link_free[g] = loaded
+            self.link_hold[g] = max(self.link_hold[g], loaded)
+        self._push(loaded, _EV_READY, inst, inst.version)
 
     def _remove(self, inst: EngineInst, t: float) -> None:
         st = inst.st

@@ -168,3 +168,12 @@ def test_a_batch_of_prompts_pays_each_prompts_measured_time_and_the_fixed_part_o
     assert slow.prefill_batch_s(c, [128] * 4) == pytest.approx(2 * 0.181667, abs=1e-6)
     c7 = cm.cost("llama2-7b")
     assert cm.prefill_batch_s(c7, [100, 200, 700]) == pytest.approx(cm.prefill_s(c7, 1000))
+
+
+def test_host_cores_charge_busy_cpu_workers_by_processor_sharing():
+    assert [GpuType(host_cores=2).host_slowdown(n) for n in (0, 1, 2, 3, 4)] == [1, 1, 1, 1.5, 2]
+    assert GpuType().host_slowdown(16) == 1  # GPUs share no compute
+    with pytest.raises(InvalidArgumentError, match="host_cores"):
+        GpuType(host_cores=-1)
+    prof = CostModel(gpu=GpuType(host_cores=2.5)).to_profile()
+    assert CostModel.from_profile(prof).gpu.host_cores == 2.5

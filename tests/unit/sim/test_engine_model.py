@@ -168,3 +168,49 @@ def test_requests_on_a_lost_gpu_resume_after_their_tokens_on_another_instance():
     want = 2.0 + cost.prefill_batch_s(c, [1000 + g] * 3) + sum(steps(1000 + g, 199 - g))
     assert sim.finish == pytest.approx([want] * 3, rel=1e-9)
     assert sim.finish[0] > base.finish[0]  # the prompt and g tokens prefilled again
+
+
+def _two_models(arrivals, models, prompt, output, policy, host_cores, engine_model="fluid"):
+    names = [MODEL, "copy-7b"]
+    n = len(arrivals)
+    tr = Trace(names, np.asarray(arrivals, float), np.asarray(models, np.int32), np.full(n, prompt),
+               np.asarray(output))
+    w = Workload("hand", tr, Trace.empty(names), float(max(arrivals)) + 1.0)
+    cost = CostModel(gpu=GpuType(host_cores=host_cores))
+    config = SimConfig(n_servers=1, gpus_per_server=2, drain_s=600, warmup_s=0.0, engine_model=engine_model)
+    sim = Simulator(w, [ServedModel(MODEL), ServedModel("copy-7b", MODEL)], policy, config=config, cost=cost)
+    return sim, sim.run()
+
+
+def test_cpu_workers_sharing_one_core_each_run_at_half_speed_while_both_compute():
+    """Two devices on one server with one core between them (``host_cores`` 1): model A decodes 200 flat 15 ms
+    steps; while model B's request runs on the other device (a prefill at half speed, then one decode step at
+    half speed), A's run goes at half speed too, so A ends half of B's busy time later. With two cores (or none
+    modelled, 0) both run as if alone."""
+    c = CostModel().cost(MODEL)
+    args = ([0.0, 1.0], [0, 1], 1000, [201, 2], "dedicated")
+    alone, _ = _two_models(*args, host_cores=0)
+    two, _ = _two_models(*args, host_cores=2)
+    one, r = _two_models(*args, host_cores=1)
+    assert two.first == alone.first and two.finish == alone.finish
+    assert r.summary["completed"] == 2
+    prefill = CostModel().prefill_s(c, 1000)
+    assert alone.first[1] == pytest.approx(1.0 + prefill, abs=1e-9)
+    assert one.first[1] == pytest.approx(1.0 + 2 * prefill, abs=1e-9)
+    b_busy = 2 * prefill + 2 * 0.015
+    assert one.finish[1] == pytest.approx(1.0 + b_busy, abs=1e-9)
+    assert alone.finish[0] - alone.first[0] == pytest.approx(200 * 0.015, abs=1e-9)
+    assert one.finish[0] == pytest.approx(alone.finish[0] + b_busy / 2, abs=1e-9)
+
+
+def test_fresh_engines_starting_together_share_the_cores():
+    """Under ``autoscale`` two models' first requests start two fresh engine processes at once on a server with
+    one core: they share it, so each 14 s start (lone) takes 28 s; with two cores each takes 14 s. Weights then
+    load at the fast loader's rate and the prompts are prefilled; on one core the two prefills overlap, the first
+    keeping the factor it started with (1, alone) and the second, started beside it, at half speed."""
+    c = CostModel().cost(MODEL)
+    load, prefill = CostModel().fast_load_s(c), CostModel().prefill_s(c, 1000)
+    two, _ = _two_models([0.0, 0.0], [0, 1], 1000, [2, 2], "autoscale", host_cores=2)
+    one, _ = _two_models([0.0, 0.0], [0, 1], 1000, [2, 2], "autoscale", host_cores=1)
+    assert two.first == pytest.approx([14.0 + load + prefill] * 2, abs=1e-9)
+    assert sorted(one.first) == pytest.approx([28.0 + load + prefill, 28.0 + load + 2 * prefill], abs=1e-9)
