@@ -188,37 +188,57 @@ def _fresh_engine_child(spec_json: str) -> None:
         print(json.dumps({"load_s": loads}), flush=True)
 
 
+#: longest a fresh engine process may take to say it is ready, or then to load every checkpoint, seconds
+FRESH_ENGINE_TIMEOUT_S = 300.0
+
+
 def measure_fresh_engine(paths: dict, pool_bytes: int, threads: int, repeats: int, at_once: int = 1) -> dict:
     """Start a fresh engine process ``repeats`` times, as a vanilla autoscaler does for each cold start: the time
     from spawning it until it is ready to load weights (interpreter start, imports, page pool: ``init_s``), and the
     time it then takes to load each checkpoint (``load_s`` per model, from the page cache). Medians, seconds.
     ``at_once`` > 1: that many processes are spawned together each time (``init_s_runs`` lists every one)."""
+    import selectors
     import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+    import tempfile
 
     spec = json.dumps({"threads": threads, "pool_bytes": int(pool_bytes), "paths": dict(paths)})
     code = f"from warmserve.bench.calibrate import _fresh_engine_child; _fresh_engine_child({spec!r})"
     inits, loads = [], {n: [] for n in paths}
-
-    def ready_after(proc, t0: float) -> float:
-        first = proc.stdout.readline()
-        t = time.perf_counter() - t0
-        return t if first.strip() else math.nan
-
     for _ in range(repeats):
+        # stderr to files, so a child that writes much of it never blocks on a full pipe
+        errs = [tempfile.TemporaryFile("w+") for _ in range(at_once)]
         t0 = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(at_once)]
-        # one reader per process, so each one's ready time is taken when it says so, not after the others'
-        with ThreadPoolExecutor(at_once) as ex:
-            ready = list(ex.map(lambda p: ready_after(p, t0), procs))
-        for proc, t_ready in zip(procs, ready):
-            rest, err = proc.communicate()
-            if proc.returncode or t_ready != t_ready:
-                raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err[-500:]}")
-            inits.append(t_ready)
-            for n, v in json.loads(rest.strip().splitlines()[-1])["load_s"].items():
-                loads[n].append(v)
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=e, text=True)
+                 for e in errs]
+        try:
+            # each one's ready time is taken when its line comes, whichever process says so first
+            ready = [math.nan] * at_once
+            with selectors.DefaultSelector() as sel:
+                for i, proc in enumerate(procs):
+                    sel.register(proc.stdout, selectors.EVENT_READ, i)
+                while sel.get_map():
+                    events = sel.select(timeout=max(t0 + FRESH_ENGINE_TIMEOUT_S - time.perf_counter(), 0.0))
+                    if not events:
+                        raise RuntimeError(f"fresh engine processes not ready after {FRESH_ENGINE_TIMEOUT_S:.0f} s")
+                    for key, _ in events:
+                        line = procs[key.data].stdout.readline()
+                        ready[key.data] = time.perf_counter() - t0 if line.strip() else math.nan
+                        sel.unregister(key.fileobj)
+            for proc, t_ready, err in zip(procs, ready, errs):
+                rest, _ = proc.communicate(timeout=FRESH_ENGINE_TIMEOUT_S)
+                if proc.returncode or math.isnan(t_ready):
+                    err.seek(0)
+                    raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err.read()[-500:]}")
+                inits.append(t_ready)
+                for n, v in json.loads(rest.strip().splitlines()[-1])["load_s"].items():
+                    loads[n].append(v)
+        finally:
+            for proc in procs:  # none is left behind when one fails
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for e in errs:
+                e.close()
     return {"init_s": statistics.median(inits), "init_s_runs": inits, "at_once": at_once,
             "load_s": {n: statistics.median(v) for n, v in loads.items()}}
 
@@ -259,9 +279,10 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict 
 
 def host_cores(threads: int) -> float:
     """How many CPU workers of ``threads`` torch threads this machine's cores run at full speed at once (the
-    cores this process may run on / threads): ``GpuType.host_cores``, the simulator's contention term."""
+    cores this process may run on / threads, at least 1: a lone worker with more threads than cores was measured
+    that way): ``GpuType.host_cores``, the simulator's contention term."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores / threads
+    return max(1.0, cores / threads)
 
 
 def measure_parallel(args, names) -> dict:

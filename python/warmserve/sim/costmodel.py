@@ -131,9 +131,9 @@ class GpuType:
     hbm_bytes_per_s: float = H100_SXM_HBM_BYTES_PER_S
     #: share of ``hbm_bytes_per_s`` a memory-bound decode step achieves (HBM_ACHIEVABLE_FRACTION), 0 < x <= 1
     hbm_achievable_fraction: float = HBM_ACHIEVABLE_FRACTION
-    #: compute cores one server's devices share, for CPU workers (`warmserve calibrate` writes the cores the
-    #: process may run on); a step on a server with n busy devices takes max(1, n / host_cores) times as long.
-    #: 0: the devices share no compute (GPUs), no such term
+    #: how many busy devices one server's shared cores run at full speed at once, for CPU workers (`warmserve
+    #: calibrate` writes its cores / each worker's torch threads, at least 1); a step on a server with n busy
+    #: devices takes max(1, n / host_cores) times as long. 0: the devices share no compute (GPUs), no such term
     host_cores: float = 0.0
 
     def __post_init__(self):

@@ -31,7 +31,7 @@ does not depend on the context (the paper's flat 15/20/30 ms).
 N tokens: the running batch's decode tokens first, prompt chunks (oldest first) in the rest.
 
 The interface the simulator uses is small (``add``, ``ready``, ``admit``, ``event``, ``remove``, ``retry_held``,
-``remap``, ``drop_requests``).
+``remap``, ``drop_requests``, ``start_engine``).
 """
 
 from __future__ import annotations
@@ -97,11 +97,11 @@ class BatchEngines:
 
     def __init__(self, cost: CostModel, max_batch: int, prompt: list[int], output: list[int], blocks: list[int],
                  gpu_total: list[int], gpu_used: list[int], push, on_first, on_complete, *, kv_read: bool = True,
-                 max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0, gpus_per_server: int = 0,
-                 on_started=None):
+                 max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0, server_gpus=None, on_started=None):
         self.cost = cost
-        #: devices per server, for the cores a server's CPU workers share (``GpuType.host_cores``); 0: one server
-        self.gpus_per_server = gpus_per_server or max(len(gpu_total), 1)
+        #: ``server_gpus(g)``: the GPUs of ``g``'s server, whose CPU workers share its cores
+        #: (``GpuType.host_cores``); None: every GPU on one server
+        self.server_gpus = server_gpus or (lambda g: range(len(self.gpu_insts)))
         #: most running sequences per engine (vLLM --max-num-seqs)
         self.max_batch = max_batch
         #: decode steps read the batch's KV cache (False: the "fluid" model's context-free step)
@@ -376,16 +376,16 @@ class BatchEngines:
         inst.ctx_of[rid] = c
         inst.ctx_base += c
 
-    def event(self, inst: EngineInst, t: float) -> None:
+    def event(self, inst: EngineInst, t: float) -> bool:
         """The instance's current iteration ended at ``t``: a prefill (first tokens) or a decode run up to its
         first finisher (or a step boundary after an arrival, ``wake``). Finished requests are reported; the next
-        iteration is scheduled."""
+        iteration is scheduled. False: it was a fresh engine's start that ended (``on_started``), no iteration."""
         if inst.phase == STARTING:
             inst.phase = IDLE
             inst.init_left = 0.0
             self._reslow(inst, t)
             self.on_started(inst, t)
-            return
+            return False
         if inst.wake:
             inst.wake = False
             self._advance(inst, t)
@@ -406,6 +406,7 @@ class BatchEngines:
             self._finish_due(inst, t)
         if inst.st.instance_id in self.insts:
             self.schedule(inst, t)
+        return True
 
     def _complete(self, inst: EngineInst, rid: int, t: float) -> None:
         inst.kv_used -= self.blocks[rid]
@@ -438,17 +439,15 @@ class BatchEngines:
 
     def host_busy(self, gpu: int) -> int:
         """Devices computing on ``gpu``'s server: those with a busy instance (a fresh engine starting included)."""
-        per = self.gpus_per_server
-        s = gpu // per
         gi = self.gpu_insts
-        return sum(1 for g in range(s * per, min((s + 1) * per, len(gi))) if any(x.phase != IDLE for x in gi[g]))
+        return sum(1 for g in self.server_gpus(gpu) if g < len(gi) and any(x.phase != IDLE for x in gi[g]))
 
     def _reslow(self, inst: EngineInst, t: float) -> None:
         """An instance turned busy or idle: instances sharing a GPU with it get a new time share, and where CPU
         workers share their server's cores, every instance on its server a new host factor."""
         gi = self.gpu_insts
         if self.cost.gpu.host_cores:
-            self._reslow_servers({g // self.gpus_per_server for g in inst.st.gpus}, t, inst)
+            self._reslow_servers(inst.st.gpus, t, inst)
             return
         if all(len(gi[g]) <= 1 for g in inst.st.gpus):
             inst.slow = 1
@@ -457,22 +456,23 @@ class BatchEngines:
         affected[id(inst)] = inst
         self._set_slow(affected.values(), t, inst)
 
-    def _reslow_servers(self, servers: set[int], t: float, inst: EngineInst | None) -> None:
-        per = self.gpus_per_server
+    def _reslow_servers(self, gpus, t: float, inst: EngineInst | None) -> None:
+        """Every instance on the servers of ``gpus`` (and ``inst``) gets its pace again."""
         gi = self.gpu_insts
-        affected = {id(o): o for s in servers for g in range(s * per, min((s + 1) * per, len(gi))) for o in gi[g]}
+        affected = {id(o): o for gpu in gpus for g in self.server_gpus(gpu) if g < len(gi) for o in gi[g]}
         if inst is not None:
             affected[id(inst)] = inst
         self._set_slow(affected.values(), t, inst)
 
     def _set_slow(self, insts, t: float, inst: EngineInst | None) -> None:
-        """Each of ``insts`` runs at its GPU's time share (busy instances on its busiest GPU) times its server's
-        host factor; a decode run whose pace changed is re-timed (``inst``, whose own iteration is being chosen,
-        is not pushed here)."""
+        """Each of ``insts`` runs at its GPU's time share (instances iterating on its busiest GPU) times its
+        server's host factor; a decode run or an engine start whose pace changed is re-timed (``inst``, whose own
+        iteration is being chosen, is not pushed here). A fresh engine starting competes for the server's cores,
+        not for its GPU: it counts in the host factor only."""
         gi = self.gpu_insts
         gpu = self.cost.gpu
         for o in insts:
-            new = max(max(sum(1 for x in gi[g] if x.phase != IDLE) for g in o.st.gpus), 1)
+            new = max(max(sum(1 for x in gi[g] if x.phase not in (IDLE, STARTING)) for g in o.st.gpus), 1)
             if gpu.host_cores:
                 # a tensor-parallel group stays within one server, so its first GPU names the server
                 new *= gpu.host_slowdown(self.host_busy(o.st.gpus[0]))

@@ -6,12 +6,14 @@ runs: it carries the driver's actions out with durations from the cost model and
 
 - a cold instance of a policy without prewarmed engines (``autoscale``): a fresh vanilla vLLM engine with a fast
   checkpoint loader, ``CostModel.vllm_cold_start_s`` (engine initialisation, tensor-parallel set-up, weights from
-  host memory at the ServerlessLLM rate; its KV cache is allocated inside initialisation, no VMM mapping); a
+  host memory at the ServerlessLLM rate; its KV cache is allocated inside initialisation, no VMM mapping; on CPU
+  workers sharing their server's cores, ``GpuType.host_cores``, the start part stretches with the server's busy
+  devices, ``BatchEngines.start_engine``, then ``_engine_up`` loads the weights); a
   cold instance in a prewarmed engine: the weight load over the host-to-device link + the activation; a prewarm
   hit: the activation time; a prewarm still loading: the rest of its load + the activation.
 - each instance's engine: ``sim.engine_model.BatchEngines`` (vLLM-like continuous batching: admission up to the
   engine's sequence limit and the KV blocks mapped, decode steps that read the batch's KV cache, GPUs
-  time-shared by colocated instances).
+  time-shared by colocated instances, CPU workers slowed by sharing their server's cores).
 - one host-to-device link per GPU copies one shard at a time; a dropped prewarm that was still queued or copying
   frees the link for whatever is left (``_free_link``).
 - a stopped instance's weights stay on its GPUs until the driver drops them (they no longer count as used memory
@@ -190,8 +192,7 @@ class Simulator:
             if t == t_ev:
                 _, _, kind, obj, ver = heapq.heappop(heap)
                 if kind == _EV_INST:
-                    if obj.version == ver:
-                        self.engines.event(obj, t)
+                    if obj.version == ver and self.engines.event(obj, t):
                         name = names[obj.mi]
                         if queues[name]:
                             driver.route(name, t)
@@ -242,7 +243,8 @@ class Simulator:
                                     self._first_token, self._complete, kv_read=not fluid,
                                     max_batched_tokens=0 if fluid else self.cost.limits.max_batched_tokens,
                                     chunked_prefill_tokens=0 if fluid else cfg.chunked_prefill_tokens,
-                                    gpus_per_server=cfg.gpus_per_server, on_started=self._engine_up)
+                                    server_gpus=lambda g: st.servers[st.gpus[g].server_id].gpu_ids,
+                                    on_started=self._engine_up)
         self.insts = self.engines.insts
         #: GPU time held by instances over the replayed span: a GPU counts once however many (co-served or
         #: colocated) instances it holds, from when the first starts to when the last leaves
@@ -407,13 +409,13 @@ class Simulator:
                 # vanilla vLLM started fresh, weights by a fast loader (ServerlessLLM): engine initialisation and
                 # tensor-parallel set-up, then the weights from host memory (vllm_cold_start_s); vLLM allocates its
                 # KV cache inside initialisation, so no page mapping is charged
-                init_s = self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c)
                 if self.cost.gpu.host_cores:
                     # a fresh CPU engine process computes until it is up (interpreter, imports), sharing its
                     # server's cores with the busy devices: its start stretches with them (_engine_up follows)
-                    self.engines.start_engine(inst, init_s, now_s)
+                    self.engines.start_engine(inst, self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c), now_s)
                     return
-                begin = max([now_s + init_s] + [self.link_free[g] for g in gpus])
+                begin = now_s + self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c)
+                begin = max([begin] + [self.link_free[g] for g in gpus])
                 loaded = ready = begin + self.cost.fast_load_s(c)
             for g in gpus:
                 self.link_free[g] = loaded

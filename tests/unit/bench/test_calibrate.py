@@ -77,3 +77,29 @@ def test_measure_fresh_engine_times_a_new_process(tmp_path):
     # a new interpreter importing torch cannot be ready in under 0.2 s; a load from the page cache is well under it
     assert fresh["init_s"] > 0.2 and len(fresh["init_s_runs"]) == 1
     assert 0 < fresh["load_s"]["llama-20m"] < fresh["init_s"]
+
+
+@pytest.mark.slow
+def test_fresh_engines_started_together_each_report_their_own_ready_time():
+    from warmserve.engine.demo import write_demo_models
+
+    paths = write_demo_models(None, ["llama-20m"])
+    fresh = C.measure_fresh_engine(paths, 256 << 20, 1, 1, at_once=2)
+    assert fresh["at_once"] == 2 and len(fresh["init_s_runs"]) == 2
+    assert all(t > 0.2 for t in fresh["init_s_runs"])
+
+
+def test_a_fresh_engine_process_that_fails_at_start_is_an_error(monkeypatch):
+    monkeypatch.setattr(C.sys, "executable", "/bin/false")
+    with pytest.raises(RuntimeError, match="fresh engine process failed"):
+        C.measure_fresh_engine({}, 256 << 20, 1, 1, at_once=2)
+
+
+def test_the_profile_says_how_many_workers_the_cores_carry():
+    m = {"weight_bytes": 75e6, "tp": 1, "kv_bytes_per_token": 49152, "prefill_table": [[16, 0.02], [256, 0.2]],
+         "decode_table": [[1, 0.01], [8, 0.03]], "measured": {"load_s": 0.04, "activation_s": 0.002}}
+    cores = C.host_cores(1)
+    assert cores >= 1
+    assert CostModel.from_profile(C.build_profile({"llama-20m": m}, 1 << 30, 1)).gpu.host_cores == cores
+    # a worker with more threads than the cores was measured that way alone: never a factor above 1 for it
+    assert C.host_cores(1024) == 1.0

@@ -170,7 +170,7 @@ def test_requests_on_a_lost_gpu_resume_after_their_tokens_on_another_instance():
     assert sim.finish[0] > base.finish[0]  # the prompt and g tokens prefilled again
 
 
-def _two_models(arrivals, models, prompt, output, policy, host_cores, engine_model="fluid"):
+def _two_models(arrivals, models, prompt, output, policy, host_cores, engine_model="fluid", gpu_losses=()):
     names = [MODEL, "copy-7b"]
     n = len(arrivals)
     tr = Trace(names, np.asarray(arrivals, float), np.asarray(models, np.int32), np.full(n, prompt),
@@ -178,7 +178,8 @@ def _two_models(arrivals, models, prompt, output, policy, host_cores, engine_mod
     w = Workload("hand", tr, Trace.empty(names), float(max(arrivals)) + 1.0)
     cost = CostModel(gpu=GpuType(host_cores=host_cores))
     config = SimConfig(n_servers=1, gpus_per_server=2, drain_s=600, warmup_s=0.0, engine_model=engine_model)
-    sim = Simulator(w, [ServedModel(MODEL), ServedModel("copy-7b", MODEL)], policy, config=config, cost=cost)
+    sim = Simulator(w, [ServedModel(MODEL), ServedModel("copy-7b", MODEL)], policy, config=config, cost=cost,
+                    gpu_losses=gpu_losses)
     return sim, sim.run()
 
 
@@ -214,3 +215,16 @@ def test_fresh_engines_starting_together_share_the_cores():
     one, _ = _two_models([0.0, 0.0], [0, 1], 1000, [2, 2], "autoscale", host_cores=1)
     assert two.first == pytest.approx([14.0 + load + prefill] * 2, abs=1e-9)
     assert sorted(one.first) == pytest.approx([28.0 + load + prefill, 28.0 + load + 2 * prefill], abs=1e-9)
+
+
+def test_a_fresh_engine_lost_while_starting_gives_its_share_of_the_cores_back():
+    """The two fresh engines above share one core; the first's GPU is lost at 5 s, 2.5 s into each one's 14 s
+    start. The second then has 11.5 s of its start left and runs alone: up at 16.5 s, not 28 s. The lost one's
+    request waits for a GPU and is answered by the end."""
+    c = CostModel().cost(MODEL)
+    load, prefill = CostModel().fast_load_s(c), CostModel().prefill_s(c, 1000)
+    sim, r = _two_models([0.0, 0.0], [0, 1], 1000, [2, 2], "autoscale", host_cores=1, gpu_losses=[(5.0, (0,))])
+    assert r.summary["completed"] == 2 and r.summary["unanswered"] == 0
+    lost = 0 if sim.first[0] > sim.first[1] else 1
+    assert sim.first[1 - lost] == pytest.approx(16.5 + load + prefill, abs=1e-9)
+    assert sim.first[lost] > sim.first[1 - lost]
