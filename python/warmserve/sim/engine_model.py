@@ -447,24 +447,17 @@ class BatchEngines:
         workers share their server's cores, every instance on its server a new host factor."""
         gi = self.gpu_insts
         if self.cost.gpu.host_cores:
-            self._reslow_servers(inst.st.gpus, t, inst)
-            return
-        if all(len(gi[g]) <= 1 for g in inst.st.gpus):
+            gpus = [g for gpu in inst.st.gpus for g in self.server_gpus(gpu) if g < len(gi)]
+        elif all(len(gi[g]) <= 1 for g in inst.st.gpus):
             inst.slow = 1
             return
-        affected = {id(o): o for g in inst.st.gpus for o in gi[g]}
+        else:
+            gpus = inst.st.gpus
+        affected = {id(o): o for g in gpus for o in gi[g]}
         affected[id(inst)] = inst
         self._set_slow(affected.values(), t, inst)
 
-    def _reslow_servers(self, gpus, t: float, inst: EngineInst | None) -> None:
-        """Every instance on the servers of ``gpus`` (and ``inst``) gets its pace again."""
-        gi = self.gpu_insts
-        affected = {id(o): o for gpu in gpus for g in self.server_gpus(gpu) if g < len(gi) for o in gi[g]}
-        if inst is not None:
-            affected[id(inst)] = inst
-        self._set_slow(affected.values(), t, inst)
-
-    def _set_slow(self, insts, t: float, inst: EngineInst | None) -> None:
+    def _set_slow(self, insts, t: float, inst: EngineInst) -> None:
         """Each of ``insts`` runs at its GPU's time share (instances iterating on its busiest GPU) times its
         server's host factor; a decode run or an engine start whose pace changed is re-timed (``inst``, whose own
         iteration is being chosen, is not pushed here). A fresh engine starting competes for the server's cores,
