@@ -446,8 +446,12 @@ class BatchEngines:
         """An instance turned busy or idle: instances sharing a GPU with it get a new time share, and where CPU
         workers share their server's cores, every instance on its server a new host factor."""
         gi = self.gpu_insts
+        host = 1.0
         if self.cost.gpu.host_cores:
-            gpus = [g for gpu in inst.st.gpus for g in self.server_gpus(gpu) if g < len(gi)]
+            # a tensor-parallel group stays within one server, so its first GPU names the server, and every
+            # instance affected is on that server: one host factor for all
+            gpus = [g for g in self.server_gpus(inst.st.gpus[0]) if g < len(gi)]
+            host = self.cost.gpu.host_slowdown(self.host_busy(inst.st.gpus[0]))
         elif all(len(gi[g]) <= 1 for g in inst.st.gpus):
             inst.slow = 1
             return
@@ -455,20 +459,18 @@ class BatchEngines:
             gpus = inst.st.gpus
         affected = {id(o): o for g in gpus for o in gi[g]}
         affected[id(inst)] = inst
-        self._set_slow(affected.values(), t, inst)
+        self._set_slow(affected.values(), t, inst, host)
 
-    def _set_slow(self, insts, t: float, inst: EngineInst) -> None:
-        """Each of ``insts`` runs at its GPU's time share (instances iterating on its busiest GPU) times its
-        server's host factor; a decode run or an engine start whose pace changed is re-timed (``inst``, whose own
+    def _set_slow(self, insts, t: float, inst: EngineInst, host: float) -> None:
+        """Each of ``insts`` runs at its GPU's time share (instances iterating on its busiest GPU) times their
+        server's host factor ``host``; a decode run or an engine start whose pace changed is re-timed (``inst``, whose own
         iteration is being chosen, is not pushed here). A fresh engine starting competes for the server's cores,
         not for its GPU: it counts in the host factor only."""
         gi = self.gpu_insts
-        gpu = self.cost.gpu
         for o in insts:
             new = max(max(sum(1 for x in gi[g] if x.phase not in (IDLE, STARTING)) for g in o.st.gpus), 1)
-            if gpu.host_cores:
-                # a tensor-parallel group stays within one server, so its first GPU names the server
-                new *= gpu.host_slowdown(self.host_busy(o.st.gpus[0]))
+            if host != 1.0:
+                new *= host
             if new != o.slow:
                 if o.phase == STARTING and o is not inst:
                     o.init_left -= (t - o.t_last) / o.slow

@@ -385,42 +385,47 @@ class Simulator:
                 self.gpu_held_since[g] = now_s
             self.gpu_holders[g] += 1
         self.starts["total"] += 1
-        if p is not None:  # its shard bytes now belong to the instance
-            ld = self.loading.pop(p.prewarm_id, None)
-            if ld is None or ld[1] <= now_s:
-                self.starts["hit"] += 1
-                ready = now_s + self.cost.activation_s
-            else:
-                self.starts["loading"] += 1
-                ready = ld[1] + self.cost.activation_s
-                for g in gpus:  # the copy now serves an instance: it can no longer be dropped
-                    self.link_hold[g] = max(self.link_hold[g], ld[1])
-        else:
+        if p is None:
             self.starts["cold"] += 1
             for g in gpus:
                 self.gpu_used[g] += info.shard_bytes
             if act.warm_engine:
                 # a prewarmed engine loads the weights over the host-to-device link, then activates them; it
                 # maps KV pages lazily while it serves (PAPER.md section 7)
-                begin = max([now_s] + [self.link_free[g] for g in gpus])
-                loaded = begin + self.cost.load_s(c)
-                ready = loaded + self.cost.activation_s
+                self._load(inst, now_s, self.cost.load_s(c), self.cost.activation_s)
+            elif self.cost.gpu.host_cores:
+                # vanilla vLLM started fresh (below), as a CPU engine process: it computes until it is up
+                # (interpreter, imports), sharing its server's cores with the busy devices, so its start stretches
+                # with them; then it loads (_engine_up)
+                self.engines.start_engine(inst, self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c), now_s)
             else:
                 # vanilla vLLM started fresh, weights by a fast loader (ServerlessLLM): engine initialisation and
                 # tensor-parallel set-up, then the weights from host memory (vllm_cold_start_s); vLLM allocates its
                 # KV cache inside initialisation, so no page mapping is charged
-                if self.cost.gpu.host_cores:
-                    # a fresh CPU engine process computes until it is up (interpreter, imports), sharing its
-                    # server's cores with the busy devices: its start stretches with them (_engine_up follows)
-                    self.engines.start_engine(inst, self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c), now_s)
-                    return
-                begin = now_s + self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c)
-                begin = max([begin] + [self.link_free[g] for g in gpus])
-                loaded = ready = begin + self.cost.fast_load_s(c)
-            for g in gpus:
-                self.link_free[g] = loaded
-                self.link_hold[g] = max(self.link_hold[g], loaded)
+                self._load(inst, now_s + self.cost.vllm_cold_start_s(c) - self.cost.fast_load_s(c),
+                           self.cost.fast_load_s(c))
+            return
+        # its shard bytes now belong to the instance
+        ld = self.loading.pop(p.prewarm_id, None)
+        if ld is None or ld[1] <= now_s:
+            self.starts["hit"] += 1
+            ready = now_s + self.cost.activation_s
+        else:
+            self.starts["loading"] += 1
+            ready = ld[1] + self.cost.activation_s
+            for g in gpus:  # the copy now serves an instance: it can no longer be dropped
+                self.link_hold[g] = max(self.link_hold[g], ld[1])
         self._push(ready, _EV_READY, inst, inst.version)
+
+    def _load(self, inst: EngineInst, not_before_s: float, copy_s: float, then_s: float = 0.0) -> None:
+        """A cold instance's weights are copied over its GPUs' links, from ``not_before_s`` or when the links are
+        free, taking them until the copy ends; the instance is ready ``then_s`` later (its activation)."""
+        gpus = inst.st.gpus
+        loaded = max([not_before_s] + [self.link_free[g] for g in gpus]) + copy_s
+        for g in gpus:
+            self.link_free[g] = loaded
+            self.link_hold[g] = max(self.link_hold[g], loaded)
+        self._push(loaded + then_s, _EV_READY, inst, inst.version)
 
     def stop_instance(self, ist: InstanceState, now_s: float) -> None:
         inst = self.insts.get(ist.instance_id)
@@ -432,12 +437,7 @@ class Simulator:
     def _engine_up(self, inst: EngineInst, t: float) -> None:
         """A fresh engine process on CPU workers is up (``BatchEngines.start_engine``): it loads the weights over
         its link, as a fresh vLLM engine's fast loader does, and is ready."""
-        gpus = inst.st.gpus
-        loaded = max([t] + [self.link_free[g] for g in gpus]) + self.cost.fast_load_s(inst.cost)
-        for g in gpus:
-            self.link_free[g] = loaded
-            self.link_hold[g] = max(self.link_hold[g], loaded)
-        self._push(loaded, _EV_READY, inst, inst.version)
+        self._load(inst, t, self.cost.fast_load_s(inst.cost))
 
     def _remove(self, inst: EngineInst, t: float) -> None:
         st = inst.st
