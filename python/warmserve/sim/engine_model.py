@@ -16,8 +16,9 @@ there are busy instances on its busiest GPU (``_reslow``). CPU workers also shar
 (``GpuType.host_cores``, from `warmserve calibrate`): an iteration then takes ``host_slowdown(n)`` times longer
 again, n the server's devices with a busy instance (GPUs share no compute: the term is 1). A fresh engine
 process starting there computes too (``start_engine``, phase ``STARTING``): it counts as busy, and its start
-stretches as the factor changes. A decode run or a start is re-timed whenever its factor changes; a prefill
-iteration keeps the factor it started with. KV blocks for prompt + output (``KV_BLOCK_TOKENS``
+stretches as the factor changes. A decode run or a start is re-timed whenever its factor changes, and so is a
+prefill iteration where cores are shared; on a time-shared GPU a prefill iteration keeps the factor it started
+with (the `shared` baseline's figures were measured under that rule). KV blocks for prompt + output (``KV_BLOCK_TOKENS``
 tokens each) are reserved at admission, so a request is never preempted: vLLM admits on the prompt's blocks and
 preempts (recomputes) the newest request when the cache fills, so this admits somewhat fewer sequences than vLLM
 when KV memory binds and never pays a recomputation. An instance maps KV pages up to the policy's target and
@@ -53,7 +54,7 @@ class EngineInst:
 
     __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
                  "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
-                 "pf_tokens", "wake", "pf_left", "chunk", "init_left")
+                 "pf_tokens", "wake", "pf_left", "chunk", "work_left")
 
     def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
         self.st = st
@@ -84,8 +85,9 @@ class EngineInst:
         #: chunked prefill: prompt tokens each admitted request still has to prefill, and this step's chunks
         self.pf_left: dict[int, int] = {}
         self.chunk: list[tuple[int, int]] = []
-        #: a fresh engine process starting on CPU workers (``STARTING``): seconds of lone-process start left
-        self.init_left = 0.0
+        #: seconds of lone-process work left (at slow 1) in a fresh engine's start (``STARTING``) or, where CPU
+        #: workers share cores, in the prefill iteration under way; ``t_last`` is when it was last counted
+        self.work_left = 0.0
 
 
 class BatchEngines:
@@ -138,11 +140,9 @@ class BatchEngines:
         (interpreter, imports), stretched by its server's host factor as it changes; it computes, so it counts
         as a busy device meanwhile. ``on_started`` follows."""
         inst.phase = STARTING
-        inst.init_left = work_s
-        inst.t_last = t
         self._reslow(inst, t)
         inst.version += 1
-        self.push(t + work_s * inst.slow, inst)
+        self._push_work(inst, work_s, t)
 
     def ready(self, inst: EngineInst, t: float) -> None:
         inst.ready = True
@@ -272,7 +272,7 @@ class BatchEngines:
                 inst.phase = PREFILL
                 if old == IDLE:
                     self._reslow(inst, t)
-                self.push(t + self.cost.prefill_batch_s(inst.cost, [self.prompt[r] for r in batch]) * inst.slow, inst)
+                self._push_work(inst, self.cost.prefill_batch_s(inst.cost, [self.prompt[r] for r in batch]), t)
                 return
         if inst.running:
             inst.phase = DECODE
@@ -331,8 +331,15 @@ class BatchEngines:
                                             - self.cost.prefill_s(c, 0)) * inst.slow
         else:
             dt = self.cost.prefill_batch_s(c, [k for _, k in chunk]) * inst.slow
-        self.push(t + dt, inst)
+        self._push_work(inst, dt / inst.slow, t, dt)
         return True
+
+    def _push_work(self, inst: EngineInst, work_s: float, t: float, dt: float | None = None) -> None:
+        """Push the end of ``work_s`` lone-process seconds from ``t``, ``dt`` = ``work_s`` x ``inst.slow`` (a
+        start or a prefill iteration, re-timed by ``_set_slow`` when the pace changes)."""
+        inst.work_left = work_s
+        inst.t_last = t
+        self.push(t + (work_s * inst.slow if dt is None else dt), inst)
 
     def _finish_due(self, inst: EngineInst, t: float) -> None:
         """Complete the running requests whose last step is done at the instance's progress."""
@@ -382,7 +389,7 @@ class BatchEngines:
         iteration is scheduled. False: it was a fresh engine's start that ended (``on_started``), no iteration."""
         if inst.phase == STARTING:
             inst.phase = IDLE
-            inst.init_left = 0.0
+            inst.work_left = 0.0
             self._reslow(inst, t)
             self.on_started(inst, t)
             return False
@@ -472,12 +479,12 @@ class BatchEngines:
             if host != 1.0:
                 new *= host
             if new != o.slow:
-                if o.phase == STARTING and o is not inst:
-                    o.init_left -= (t - o.t_last) / o.slow
+                if o is not inst and (o.phase == STARTING or o.phase == PREFILL and self.cost.gpu.host_cores):
+                    o.work_left -= (t - o.t_last) / o.slow
                     o.t_last = t
                     o.slow = new
                     o.version += 1
-                    self.push(t + max(o.init_left, 0.0) * new, o)
+                    self.push(t + max(o.work_left, 0.0) * new, o)
                 elif o.phase == DECODE and o is not inst:
                     self._advance(o, t)
                     o.slow = new

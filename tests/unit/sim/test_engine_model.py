@@ -207,14 +207,28 @@ def test_cpu_workers_sharing_one_core_each_run_at_half_speed_while_both_compute(
 def test_fresh_engines_starting_together_share_the_cores():
     """Under ``autoscale`` two models' first requests start two fresh engine processes at once on a server with
     one core: they share it, so each 14 s start (lone) takes 28 s; with two cores each takes 14 s. Weights then
-    load at the fast loader's rate and the prompts are prefilled; on one core the two prefills overlap, the first
-    keeping the factor it started with (1, alone) and the second, started beside it, at half speed."""
+    load at the fast loader's rate and the prompts are prefilled; on one core the two prefills, which start at
+    the same instant, both run at half speed (the first is re-timed when the second starts)."""
     c = CostModel().cost(MODEL)
     load, prefill = CostModel().fast_load_s(c), CostModel().prefill_s(c, 1000)
     two, _ = _two_models([0.0, 0.0], [0, 1], 1000, [2, 2], "autoscale", host_cores=2)
     one, _ = _two_models([0.0, 0.0], [0, 1], 1000, [2, 2], "autoscale", host_cores=1)
     assert two.first == pytest.approx([14.0 + load + prefill] * 2, abs=1e-9)
-    assert sorted(one.first) == pytest.approx([28.0 + load + prefill, 28.0 + load + 2 * prefill], abs=1e-9)
+    assert one.first == pytest.approx([28.0 + load + 2 * prefill] * 2, abs=1e-9)
+
+
+def test_a_prefill_under_way_is_re_timed_when_the_cores_get_busier_or_freer():
+    """One core for two devices, both instances up by 1 s: model A's prompt (prefill p alone) arrives at 1 s;
+    model B's arrives p / 2 later on the other device. From then both run at half speed: A's last half takes p,
+    so A's first token is out at 1 s + 1.5 p, by when B has done p / 2 of its own; B's last half then runs alone,
+    out at 1 s + 2 p. (A prefill keeping the factor it started with would give 1 s + p and 1 s + 2.5 p.) On a
+    time-shared GPU, where `shared` runs, it still does."""
+    p = CostModel().prefill_s(CostModel().cost(MODEL), 1000)
+    one, r = _two_models([1.0, 1.0 + p / 2], [0, 1], 1000, [1, 1], "dedicated", host_cores=1)
+    assert r.summary["completed"] == 2
+    assert one.first == pytest.approx([1.0 + 1.5 * p, 1.0 + 2.0 * p], abs=1e-9)
+    two, _ = _two_models([1.0, 1.0 + p / 2], [0, 1], 1000, [1, 1], "dedicated", host_cores=2)
+    assert two.first == pytest.approx([1.0 + p, 1.0 + 1.5 * p], abs=1e-9)
 
 
 def test_a_fresh_engine_lost_while_starting_gives_its_share_of_the_cores_back():
