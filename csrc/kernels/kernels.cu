@@ -364,6 +364,7 @@ void launch_attention(const PagedAttention& a) {
   case v: paged_attention_kernel<T, v, kWarps><<<grid, kWarps * 32, 0, st>>>(a); break;
       WS_CASE(1) WS_CASE(2) WS_CASE(3) WS_CASE(4) WS_CASE(5) WS_CASE(6) WS_CASE(7) WS_CASE(8)
 #undef WS_CASE
+      default: throw invalid("paged_attention: no kernel for head_dim " + std::to_string(a.head_dim));
     }
   }
   check_launch("paged_attention_kernel launch");
@@ -427,6 +428,18 @@ void write_kv(uintptr_t cache, uintptr_t k, uintptr_t v, uintptr_t rows, int64_t
 
 void paged_attention(const PagedAttention& a) {
   if (a.n_rows <= 0) return;
+  // kernels.py checks these too; a direct caller of the binding must not get a silent wrong answer instead: a
+  // head_dim that is no multiple of 32 picks the kernel of a smaller one, split_tokens 0 makes every split empty,
+  // and the grid's z (splits) is capped at 65535.
+  if (a.head_dim % 32 != 0 || a.head_dim < 32 || a.head_dim > 256)
+    throw invalid("paged_attention: head_dim must be a multiple of 32 in [32, 256], got " +
+                  std::to_string(a.head_dim));
+  if (a.kv_heads <= 0 || a.n_heads % a.kv_heads != 0)
+    throw invalid("paged_attention: " + std::to_string(a.n_heads) + " query heads are no multiple of " +
+                  std::to_string(a.kv_heads) + " KV heads");
+  if (a.split_tokens <= 0 || a.n_splits < 1 || a.n_splits > 65535)
+    throw invalid("paged_attention: need split_tokens > 0 and 1 <= n_splits <= 65535, got " +
+                  std::to_string(a.split_tokens) + " and " + std::to_string(a.n_splits));
   switch (a.dtype) {
     case kFloat32: launch_attention<float>(a); break;
     case kFloat16: launch_attention<__half>(a); break;

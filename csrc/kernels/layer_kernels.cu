@@ -185,7 +185,7 @@ void add_rms_norm(uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t out, uintpt
 }
 
 void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dtype, uintptr_t stream) {
-  if (n_rows <= 0) return;
+  if (n_rows <= 0 || inter <= 0) return;  // nothing to do, and a grid of 0 blocks is an invalid launch
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const int64_t blocks = std::min<int64_t>((n_rows * inter + 255) / 256, 65535);
   dispatch(dtype, "silu_mul", [&](auto tag) {

@@ -166,7 +166,8 @@ def test_write_kv_matches_index_copy(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 8, 64), (8, 2, 64), (16, 4, 128), (4, 1, 96)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 8, 64), (8, 2, 64), (16, 4, 128), (4, 1, 96), (4, 2, 256),
+                                                     (2, 2, 32)])
 def test_decode_attention_gqa(dtype, heads, kv_heads, head_dim):
     check(make_step(dtype, decode_lens=(1, 2, 16, 17, 33, 100), heads=heads, kv_heads=kv_heads, head_dim=head_dim))
 
@@ -195,10 +196,10 @@ def test_graph_style_fixed_split_over_a_far_longer_max_len(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 4, 64), (8, 2, 64), (16, 2, 64), (16, 4, 128), (16, 8, 128),
-                                                     (8, 8, 64), (4, 1, 96)])
+                                                     (16, 2, 128), (8, 8, 64), (4, 1, 96)])
 def test_gqa_shared_kernel(dtype, heads, kv_heads, head_dim):
     """paged_attention(gqa_shared=True): one block per KV head (built for groups of 2, 4 and 8 at head_dim 64 and
-    128; the last two shapes take the per-head kernel). Decodes, chunks with cached context, a long context over
+    128, the group of 8 at 128 being the largest footprint; the last two shapes take the per-head kernel). Decodes, chunks with cached context, a long context over
     several splits, a graph-style fixed split with empty splits, a sliding window."""
     shape = dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     check(make_step(dtype, decode_lens=(1, 2, 16, 17, 33, 100), chunks=((0, 12), (40, 25)), **shape), gqa_shared=True)
@@ -224,6 +225,15 @@ def test_per_head_kernel_with_more_warps(dtype, warps, head_dim):
     check(long, split_tokens=kernels.default_split_tokens(3, 8, 65536), warps=warps)
     check(make_step(dtype, chunks=((30, 20),), decode_lens=(100, 5, 64), window=24, **shape), split_tokens=32,
           warps=warps)
+
+
+def test_a_split_the_grid_cannot_hold_is_refused_with_the_fix():
+    s = make_step(torch.float32, decode_lens=(5,), heads=4, kv_heads=1, head_dim=64)
+    with pytest.raises(InvalidArgumentError, match="split_tokens must be >= 1"):
+        run_kernels(s, split_tokens=0)
+    s["max_len"] = 70000
+    with pytest.raises(InvalidArgumentError, match="pass split_tokens >= 2"):
+        run_kernels(s, split_tokens=1)
 
 
 def test_more_warps_at_an_unbuilt_head_dim_is_refused():
@@ -287,15 +297,16 @@ def test_cache_in_a_cuda_slot():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_copy_blocks_compact_and_relocate(dtype):
+@pytest.mark.parametrize("row_elems", [4096 + 8, 4097])  # 16-byte rows (the int4 path) and not (the byte path)
+def test_copy_blocks_compact_and_relocate(dtype, row_elems):
     g = torch.Generator().manual_seed(3)
-    region = torch.randn(16, 4096 + 8, generator=g).to(DEV, dtype)  # rows not a multiple of 16 bytes in bf16
+    region = torch.randn(16, row_elems, generator=g).to(DEV, dtype)
     ref = region.clone()
     kernels.copy_blocks(region, region, [10, 7, 12], [0, 1, 2])  # compaction inside one region
     ref[[0, 1, 2]] = ref[[10, 7, 12]]
     torch.cuda.synchronize()
     assert torch.equal(region, ref)
-    other = torch.zeros(5, 4096 + 8, dtype=dtype, device=DEV)
+    other = torch.zeros(5, row_elems, dtype=dtype, device=DEV)
     kernels.copy_blocks(other, region, torch.tensor([3, 4], device=DEV), torch.tensor([4, 0], device=DEV))
     torch.cuda.synchronize()
     assert torch.equal(other[4], region[3]) and torch.equal(other[0], region[4])

@@ -294,7 +294,9 @@ class DecodeGraphs:
             scratch = torch.zeros(self.rows_per_block, self.cache.shape[1], dtype=self.cache.dtype, device=dev)
             self._stream.wait_stream(cur)
             with torch.cuda.stream(self._stream):
-                for b in sorted({new[0], new[-1]}):
+                # every bucket: with lazy module loading a kernel instantiation first used inside a capture
+                # (gemv_kernel's per batch size) would load there, which older drivers reject
+                for b in new:
                     self._body(b, scratch)
                 if not self._graphs:  # the model's first capture (at prewarm, or at activation when the prewarm
                     # captured none, where it adds one 16-token prefill to the activation): its prefill's kernels

@@ -103,6 +103,10 @@ def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, write_rows: 
                            int(v_off), _dtype_code(cache), _stream(dev))
 
 
+#: splits of one attention call at most: they are the launch grid's z dimension, which CUDA caps at 65535
+MAX_SPLITS = 65535
+
+
 def default_split_tokens(n_rows: int, n_heads: int, max_len: int) -> int:
     """Keys per split: enough splits that rows x heads x splits fills the GPU, none shorter than 256 keys."""
     want = max(1, math.ceil(_TARGET_BLOCKS / max(1, n_rows * n_heads)))
@@ -184,7 +188,13 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
     if split_tokens is None:  # the GQA-shared kernel has one block per KV head: it wants more splits
         split_tokens = default_split_tokens(n_rows, split_heads(n_rows, n_heads, kv_heads, head_dim, gqa_shared),
                                             max_len)
+    if split_tokens < 1:
+        raise InvalidArgumentError(f"split_tokens must be >= 1, got {split_tokens}", split_tokens=split_tokens)
     n_splits = max(1, math.ceil(max_len / split_tokens))
+    if n_splits > MAX_SPLITS:
+        raise InvalidArgumentError(
+            f"{n_splits} splits of {split_tokens} tokens over max_len {max_len} exceed the grid's {MAX_SPLITS}: "
+            f"pass split_tokens >= {math.ceil(max_len / MAX_SPLITS)}", split_tokens=split_tokens, max_len=max_len)
     work = None
     if n_splits > 1:
         work = torch.empty(n_rows * n_heads * n_splits * (head_dim + 2), dtype=torch.float32, device=dev)

@@ -62,6 +62,22 @@ def test_raw_launch_without_driver_is_typed():
         _C.kernel_write_kv(0, 0, 0, 0, 1, 64, 0, 16, 0, 0)
 
 
+@pytest.mark.skipif(not _C.kernels_compiled(), reason="a stub build refuses every call as unavailable")
+@pytest.mark.parametrize("head_dim,split_tokens,n_splits,heads,kv_heads,match", [
+    (80, 256, 1, 4, 1, "head_dim must be a multiple of 32"),  # would run the head_dim 64 kernel on 80
+    (288, 256, 1, 4, 1, "head_dim must be a multiple of 32"),  # no kernel: nothing would run, no error
+    (64, 0, 1, 4, 1, "split_tokens > 0"),  # every split empty: zeros out
+    (64, 256, 70000, 4, 1, "n_splits <= 65535"),  # past the grid's z limit
+    (64, 256, 1, 6, 4, "no multiple of 4 KV heads")])
+def test_the_raw_attention_binding_refuses_shapes_it_has_no_kernel_for_before_any_launch(
+        head_dim, split_tokens, n_splits, heads, kv_heads, match):
+    """kernels.py checks shapes first; a direct caller of the binding gets a typed error too, not a silent wrong
+    answer (found in review). The checks come before any CUDA call, so they hold on this machine."""
+    with pytest.raises(InvalidArgumentError, match=match):
+        _C.kernel_paged_attention(0, 0, 0, 0, 1, 0, 0, 1, heads, kv_heads, head_dim, 1, 256, 0, 0, 0, 1.0,
+                                  split_tokens, n_splits, 0, 0, 0, False, 0)
+
+
 def test_copy_blocks_rejects_overlap_before_launch():
     t = torch.zeros(4, 32)
     with pytest.raises(InvalidArgumentError, match="rounds"):
