@@ -64,6 +64,14 @@ class Backend {
   // rollback could not unmap a range whose pages the pool takes back). The slot must never map there nor release
   // them. Taken (and cleared) by the pool after each operation, with the pool mutex held.
   virtual std::vector<std::pair<uintptr_t, uint64_t>> take_holes() { return {}; }
+  // The range (address, pages) an unmap or move of n pages at addr unmaps for a while: the range itself, or more
+  // where the driver can only unmap whole mappings (cuda: the runs overlapping it go whole and their other pages
+  // are mapped again), so the pool can refuse when a live pinned view sits on one of those other pages.
+  virtual std::pair<uintptr_t, uint64_t> cut_extent(uintptr_t addr, uint64_t n) const { return {addr, n}; }
+  // Frees a slot's whole reservation, holes included, at its close. Default: around the holes, never over one
+  // (host: a hole was freed and another mmap may own it now).
+  virtual void release_reservation(uintptr_t addr, uint64_t n_pages,
+                                   std::vector<std::pair<uintptr_t, uint64_t>> holes);
   virtual std::unique_ptr<Copier> copier() = 0;
   // Frees the physical pages (after every slot has unmapped); reservations can still be released after.
   virtual void close_pages() = 0;

@@ -424,6 +424,22 @@ class CudaBackend : public Backend {
     if (r != CUDA_SUCCESS) holes_.emplace_back(va, n * page_bytes_);
   }
   std::vector<std::pair<uintptr_t, uint64_t>> take_holes() override { return std::exchange(holes_, {}); }
+  // cuMemAddressFree takes exactly what cuMemAddressReserve returned ("the size must match"), so the reservation
+  // goes in one call; a hole in it is reserved, unmapped space that nothing else can own.
+  void release_reservation(uintptr_t addr, uint64_t n_pages, std::vector<std::pair<uintptr_t, uint64_t>>) override {
+    release(addr, n_pages);
+  }
+  std::pair<uintptr_t, uint64_t> cut_extent(uintptr_t addr, uint64_t n) const override {
+    const uintptr_t end = addr + n * page_bytes_;
+    uintptr_t lo = addr, hi = end;
+    auto it = runs_.upper_bound(addr);
+    if (it != runs_.begin() && std::prev(it)->first + std::prev(it)->second.n * page_bytes_ > addr) --it;
+    for (; it != runs_.end() && it->first < end; ++it) {
+      lo = std::min(lo, it->first);
+      hi = std::max(hi, it->first + it->second.n * page_bytes_);
+    }
+    return {lo, (hi - lo) / page_bytes_};
+  }
 
   void close_pages() override {
     if (chunks_.empty()) return;

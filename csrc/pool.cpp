@@ -209,16 +209,18 @@ void Slot::absorb_holes_locked(Slot* other) {
   }
 }
 
-void Slot::release_locked() {
-  uint64_t pb = page_bytes();
-  std::vector<std::pair<uintptr_t, uint64_t>> hs = holes;
-  std::sort(hs.begin(), hs.end());
-  uintptr_t at = base, end = base + n_pages * pb;
-  for (auto& [a, len] : hs) {  // never munmap a hole: another mmap may own it now
-    if (a > at) pool->backend->release(at, (a - at) / pb);
+void Slot::release_locked() { pool->backend->release_reservation(base, n_pages, holes); }
+
+void Backend::release_reservation(uintptr_t addr, uint64_t n_pages,
+                                  std::vector<std::pair<uintptr_t, uint64_t>> holes) {
+  const uint64_t pb = page_bytes();
+  std::sort(holes.begin(), holes.end());
+  uintptr_t at = addr, end = addr + n_pages * pb;
+  for (auto& [a, len] : holes) {  // never munmap a hole: another mmap may own it now
+    if (a > at) release(at, (a - at) / pb);
     at = std::max<uintptr_t>(at, a + len);
   }
-  if (end > at) pool->backend->release(at, (end - at) / pb);
+  if (end > at) release(at, (end - at) / pb);
 }
 
 void Slot::check_range(uint64_t off, uint64_t n, const char* what) const {
@@ -236,6 +238,24 @@ void Slot::check_unpinned(uint64_t off, uint64_t n, const char* what) const {
                   tag + "': page " + std::to_string(i) + " is held by " + std::to_string(pins[i]) +
                   " live pinned tensor view(s) or running load(s). Fix: drop the tensors (del t), wait for the "
                   "load, or make the views with pinned=False");
+      throw e;
+    }
+}
+
+void Slot::check_cut_unpinned(uint64_t off, uint64_t n, const char* what) const {
+  check_unpinned(off, n, what);
+  const uint64_t pb = page_bytes();
+  const auto [lo, count] = pool->backend->cut_extent(base + off * pb, n);
+  const uint64_t first = (lo - base) / pb, last = std::min<uint64_t>(first + count, n_pages);
+  for (uint64_t i = first; i < last; ++i)
+    if ((i < off || i >= off + n) && pins[i]) {
+      Error e(ErrorKind::ViewsAlive,
+              std::string(what) + " of pages [" + std::to_string(off) + ", " + std::to_string(off + n) + ") of slot '" +
+                  tag + "': page " + std::to_string(i) + " shares one driver mapping (pages [" +
+                  std::to_string(first) + ", " + std::to_string(last) + ")) with them, which the driver unmaps only "
+                  "whole, and is held by " + std::to_string(pins[i]) + " live pinned tensor view(s) or running "
+                  "load(s): it would be unmapped for a while under them. Fix: drop those tensors (del t) or wait for "
+                  "the load first, or unmap the whole mapping");
       throw e;
     }
 }
@@ -316,7 +336,7 @@ void Slot::unmap(uint64_t off, uint64_t n) {
     if (table[i] < 0)
       throw invalid("unmap of pages [" + std::to_string(off) + ", " + std::to_string(off + n) + ") of slot '" + tag +
                     "': page " + std::to_string(i) + " is not mapped (double unmap?)");
-  check_unpinned(off, n, "unmap");
+  check_cut_unpinned(off, n, "unmap");
   unmap_locked(off, n);
   if (!holes.empty()) throw unusable_error();  // the pages are back in the pool; the slot is not usable
 }
@@ -336,7 +356,7 @@ void Slot::move_to(uint64_t off, uint64_t n, Slot& dst, uint64_t dst_off) {
     if (dst.table[i] >= 0)
       throw invalid("move_pages: destination page " + std::to_string(i) + " of slot '" + dst.tag +
                     "' is already mapped");
-  check_unpinned(off, n, "move_pages (source)");
+  check_cut_unpinned(off, n, "move_pages (source)");
   dst.check_unpinned(dst_off, n, "move_pages (destination)");
   uint64_t pb = page_bytes();
   std::vector<uint64_t> ids(n);
@@ -402,14 +422,15 @@ void Slot::shrink(uint64_t n) {
   std::vector<uint64_t> top;  // the n highest mapped pages
   for (uint64_t i = n_pages; i-- > 0 && top.size() < n;)
     if (table[i] >= 0) top.push_back(i);
-  for (uint64_t i : top) check_unpinned(i, 1, "shrink");
-  size_t k = 0;  // top is descending: unmap it run by run
-  while (k < top.size()) {
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // top is descending: (first page, pages) of each run of it
+  for (size_t k = 0; k < top.size();) {
     size_t m = k + 1;
     while (m < top.size() && top[m] + 1 == top[m - 1]) ++m;
-    unmap_locked(top[m - 1], m - k);
+    runs.emplace_back(top[m - 1], m - k);
     k = m;
   }
+  for (auto [first, count] : runs) check_cut_unpinned(first, count, "shrink");  // all checked before any unmap
+  for (auto [first, count] : runs) unmap_locked(first, count);
   if (!holes.empty()) throw unusable_error();
 }
 

@@ -102,6 +102,9 @@ struct Slot {
   void check_open_locked() const;
   void check_range(uint64_t off, uint64_t n, const char* what) const;
   void check_unpinned(uint64_t off, uint64_t n, const char* what) const;
+  // check_unpinned over what unmapping pages [off, off + n) touches (Backend::cut_extent): on cuda, the other
+  // pages of the driver mappings it cuts are unmapped for a while too.
+  void check_cut_unpinned(uint64_t off, uint64_t n, const char* what) const;
   void map_locked(uint64_t off, uint64_t n, bool populate);
   void unmap_locked(uint64_t off, uint64_t n);
   void unmap_all_locked();

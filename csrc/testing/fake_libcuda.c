@@ -4,9 +4,11 @@
  * It enforces the rules of the real driver the backend depends on: cuMemUnmap must name exactly one range one
  * cuMemMap mapped ("the entire contiguous address range that was mapped to"), a range is never mapped twice,
  * cuMemSetAccess needs every page of its range mapped (and only then makes it readable), offsets and sizes are
- * multiples of the granularity. With FAKE_CUDA_NO_OFFSET set it also refuses a non-zero cuMemMap offset with
- * CUDA_ERROR_NOT_SUPPORTED, as an H200 with driver 580 did. Never built into warmserve; the test compiles it
- * with cc. */
+ * multiples of the granularity, cuMemAddressFree takes exactly a range cuMemAddressReserve returned ("the size
+ * must match"; a wrong one is refused and counted). With FAKE_CUDA_NO_OFFSET set it also refuses a non-zero
+ * cuMemMap offset with CUDA_ERROR_NOT_SUPPORTED, as an H200 with driver 580 did; fake_cuda_fail_maps(n) makes the
+ * next n cuMemMap calls fail (out of memory), fake_cuda_fail_host_registers(n) the next n cuMemHostRegister
+ * calls. Never built into warmserve; the test compiles it with cc. */
 #define _GNU_SOURCE
 #include <cuda.h>
 #include <stdint.h>
@@ -20,6 +22,14 @@
 static struct { uintptr_t va; size_t n; } maps[MAX_MAPS];
 static int n_maps;
 static long n_map_calls, n_unmap_calls, n_access_calls, n_create_calls;
+/* Reservations (cuMemAddressReserve), and cuMemAddressFree calls that named no reservation exactly. */
+#define MAX_RES 4096
+static struct { uintptr_t va; size_t n; } res[MAX_RES];
+static int n_res;
+static long n_bad_frees;
+static int fail_maps, fail_host_registers;
+void fake_cuda_fail_maps(int n) { fail_maps = n; }
+void fake_cuda_fail_host_registers(int n) { fail_host_registers = n; }
 /* Host memory registered with cuMemHostRegister, and host-to-device copies by whether their source lies inside
  * a registered range (a DMA straight from it) or not (from a staging buffer). */
 #define MAX_REGS 64
@@ -36,6 +46,8 @@ long fake_cuda_stat(int which) {
     case 5: return n_regs;
     case 6: return n_copies_registered;
     case 7: return n_copies_other;
+    case 8: return n_res;
+    case 9: return n_bad_frees;
     default: return n_create_calls;
   }
 }
@@ -83,10 +95,21 @@ CUresult cuMemAddressReserve(CUdeviceptr* p, size_t size, size_t align, CUdevice
   uintptr_t a = ((uintptr_t)m + align - 1) / align * align;
   if (a > (uintptr_t)m) munmap(m, a - (uintptr_t)m);
   munmap((char*)a + size, (uintptr_t)m + size + align - (a + size));
+  if (n_res == MAX_RES) return CUDA_ERROR_OUT_OF_MEMORY;
+  res[n_res].va = a, res[n_res].n = size, ++n_res;
   *p = (CUdeviceptr)a;
   return CUDA_SUCCESS;
 }
-CUresult cuMemAddressFree(CUdeviceptr p, size_t size) { munmap((void*)(uintptr_t)p, size); return CUDA_SUCCESS; }
+CUresult cuMemAddressFree(CUdeviceptr p, size_t size) {
+  for (int i = 0; i < n_res; ++i)
+    if (res[i].va == (uintptr_t)p && res[i].n == size) {
+      munmap((void*)(uintptr_t)p, size);
+      res[i] = res[--n_res];
+      return CUDA_SUCCESS;
+    }
+  ++n_bad_frees;
+  return CUDA_ERROR_INVALID_VALUE;
+}
 
 CUresult cuMemMap(CUdeviceptr p, size_t size, size_t off, CUmemGenericAllocationHandle h, unsigned long long f) {
   (void)f;
@@ -94,6 +117,10 @@ CUresult cuMemMap(CUdeviceptr p, size_t size, size_t off, CUmemGenericAllocation
   uintptr_t va = (uintptr_t)p;
   if (!size || size % GRAN || off % GRAN || va % GRAN || n_maps == MAX_MAPS) return CUDA_ERROR_INVALID_VALUE;
   if (off && getenv("FAKE_CUDA_NO_OFFSET")) return CUDA_ERROR_NOT_SUPPORTED;
+  if (fail_maps > 0) {
+    --fail_maps;
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
   off_t end = lseek((int)h, 0, SEEK_END);  /* the allocation's size */
   if (end < 0 || off + size > (size_t)end) return CUDA_ERROR_INVALID_VALUE;
   for (int i = 0; i < n_maps; ++i)
@@ -137,6 +164,10 @@ CUresult cuMemcpyHtoDAsync(CUdeviceptr d, const void* s, size_t n, CUstream st) 
 /* The real driver refuses a range overlapping a registered one; so does this one. */
 CUresult cuMemHostRegister(void* p, size_t n, unsigned f) {
   (void)f;
+  if (fail_host_registers > 0) {
+    --fail_host_registers;
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
   for (int i = 0; i < n_regs; ++i)
     if ((uintptr_t)p < regs[i].p + regs[i].n && regs[i].p < (uintptr_t)p + n)
       return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;

@@ -172,13 +172,19 @@ class HostCheckpointCache:
                     specs += [(p, 0, None, fo, so, n) for fo, so, n in by_path[p]]
                     continue
                 used.append(entry)
+                if lock_fd is not None:  # before anything that can raise: the handler below aborts the fill (its
+                    fills.append((entry, lock_fd))  # lock and .fill file), which other workers would wait 600 s on
+                for fo, so, n in by_path[p]:  # a hit reads the entry by pointer, where nothing else checks bounds
+                    if fo < 0 or n < 0 or fo + n > entry.size:
+                        raise InvalidArgumentError(
+                            f"cache load source ({p!r}, {fo}, {so}, {n}): bytes [{fo}, {fo + n}) are outside the "
+                            f"file's {entry.size} bytes", path=p, file_offset=fo, nbytes=n)
                 if cuda:
                     entry.register(device)
                 if lock_fd is None:
                     specs += [(None, entry.ptr, entry.arr, fo, so, n, 0, entry.pinned) for fo, so, n in by_path[p]]
                     self._count(hits=1, bytes_from_cache=sum(n for _, _, n in by_path[p]))
                 else:
-                    fills.append((entry, lock_fd))
                     _fill_gaps(p, entry, by_path[p])
                     specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in by_path[p]]
                     self._count(fills=1, bytes_filled=entry.size)
@@ -395,10 +401,20 @@ class _CachedLoadJob(LoadJob):
         except TimeoutError_:
             raise  # still running: nothing to settle yet
         except BaseException:
+            # the load's own error ends it; a progress callback that raised or an interrupt in the poll does
+            # not: its copies may still read the entries, which must not be unregistered under a DMA
+            self._stop()
             self._settle(ok=False)
             raise
         self._settle(ok=True)
         return n
+
+    def _stop(self) -> None:
+        """Cancel the job if it still runs and wait until it has ended (its rollback included)."""
+        if not self._job.finished:
+            self._job.cancel()
+            while not self._job.wait_for(1.0):
+                pass
 
     def _settle(self, ok: bool) -> None:
         if self._settled:
@@ -414,13 +430,12 @@ class _CachedLoadJob(LoadJob):
                                + ([e for e in filled] if ok else []))
 
     def __del__(self):
-        # Dropped without wait(): the C++ job is cancelled and joined when its own handle goes; a fill it was
-        # doing must not be published half done, and its lock must go (the next worker fills again).
-        if not self._settled and self._fills:
-            for entry, lock_fd in self._fills:
-                _unlink(entry.path[: -len(".bin")] + ".fill")
-                os.close(lock_fd)
-            self._settled = True
+        # Dropped without wait(): a fill the job was doing must not be published half done, its lock must go (the
+        # next worker fills again), and the entries it read are let go of (their users count, and for entries
+        # made stale meanwhile their mapping and DMA registration), once the job has stopped reading them.
+        if not self._settled:
+            self._stop()
+            self._settle(ok=False)
 
 
 def _flock(fd: int, timeout_s: float, what: str) -> None:

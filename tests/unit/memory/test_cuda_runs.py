@@ -122,6 +122,56 @@ NO_OFFSET_SCENARIO = textwrap.dedent("""
 """)
 
 
+# Found in review (never seen on a GPU): a slot whose cut run could not be mapped again (a hole) freed its
+# reservation in pieces around the hole, which cuMemAddressFree refuses (the size must match the reservation), so
+# the range leaked; and unmapping pages beside a live pinned view in the same run unmapped the view's page too
+# for a while (the run goes whole), under a running load's DMA or a tensor in use.
+HOLE_AND_PIN_SCENARIO = textwrap.dedent("""
+    import ctypes
+    from warmserve.errors import ViewsAliveError
+    from warmserve.memory import PagePool
+    fake = ctypes.CDLL("libcuda.so.1")
+    fake.fake_cuda_stat.restype = ctypes.c_long
+    st = fake.fake_cuda_stat
+    MAPS, RESERVATIONS, BAD_FREES = 0, 8, 9
+    PB = 64 << 10
+
+    pool = PagePool(32 * PB, backend="cuda", page_bytes=PB)
+    r0 = st(RESERVATIONS)
+    s = pool.create_slot(16 * PB, "s")
+    assert st(RESERVATIONS) == r0 + 1
+    s.map(0, 8)  # one run
+    # a pinned view of page 6 (the DLPack capsule a tensor would wrap; torch cannot wrap cuda memory here)
+    view = s._slot.dlpack(6 * PB, PB, True)
+    try:
+        s.unmap(3, 2)
+        raise AssertionError("unmapping pages 3-4 cut the run under the pinned page 6")
+    except ViewsAliveError as e:
+        assert "page 6 shares one driver mapping" in str(e), e
+    assert s.mapped_ranges() == [(0, 8)] and st(MAPS) == 1  # nothing moved
+    try:
+        s.shrink(1)  # page 7: its run holds page 6 too
+        raise AssertionError("shrink cut the run under the pinned page 6")
+    except ViewsAliveError:
+        pass
+    del view
+    s.unmap(3, 2)  # no view left: the run is cut, [0,3) and [5,8) mapped again
+    assert s.mapped_ranges() == [(0, 3), (5, 3)] and st(MAPS) == 2
+
+    fake.fake_cuda_fail_maps(1)  # the next cut cannot map [0,2) again: a hole
+    try:
+        s.unmap(2, 1)
+    except Exception:
+        pass  # the slot is unusable now; only close is left
+    s.close(force=True)
+    del s  # the reservation goes with the last handle
+    assert st(BAD_FREES) == 0, st(BAD_FREES)
+    assert st(RESERVATIONS) == r0, (st(RESERVATIONS), r0)  # the reservation went whole, hole included
+    pool.close()
+    print("fake driver scenario OK")
+""")
+
+
 def run_on_fake_driver(tmp_path, scenario: str, **env_extra: str) -> None:
     lib = tmp_path / "libcuda.so.1"
     subprocess.run(["cc", "-std=c11", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{CUDA_H}/include",
@@ -134,6 +184,10 @@ def run_on_fake_driver(tmp_path, scenario: str, **env_extra: str) -> None:
 
 def test_runs_on_fake_driver(tmp_path):
     run_on_fake_driver(tmp_path, SCENARIO)
+
+
+def test_a_slot_with_a_hole_frees_its_whole_reservation_and_no_cut_unmaps_a_pinned_page(tmp_path):
+    run_on_fake_driver(tmp_path, HOLE_AND_PIN_SCENARIO)
 
 
 def test_one_allocation_per_page_where_the_driver_maps_no_offset(tmp_path):

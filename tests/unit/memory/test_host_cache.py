@@ -199,6 +199,40 @@ def test_a_cancelled_fill_is_deleted(tmp_path, cache, hpool):
         assert s.mapped_pages == 0
 
 
+def test_a_source_outside_the_file_is_refused_for_a_fill_and_for_a_hit(tmp_path, cache, hpool):
+    """A hit reads the entry by pointer, where the C++ loader cannot check bounds (found in review): the range is
+    checked against the file first, on a fill and on a hit, and the fill is let go of (no .fill, lock free)."""
+    path, n = str(tmp_path / "ckpt.bin"), MiB
+    data = write(path, n, 11)
+    s = hpool.create_slot(2 * n, "x")
+    with pytest.raises(InvalidArgumentError, match="outside the file"):
+        cache.load(s, [(path, 4096, 0, n)])  # a fill: one page past the end
+    assert not [x for x in os.listdir(cache.config.root) if x.endswith((".fill", ".bin"))]
+    cache.load(s, [(path, 0, 0, n)]).wait()  # fills (its lock was let go)
+    with pytest.raises(InvalidArgumentError, match="outside the file"):
+        cache.load(s, [(path, n - 10, n, 4096)])  # a hit
+    assert slot_bytes(s, 0, n) == data and cache.stats()["fills"] == 1  # a refused fill is not counted
+
+
+def test_a_cached_load_dropped_without_wait_lets_go_of_its_entries(tmp_path, cache, hpool):
+    """Found in review: a job dropped without wait() deleted its fill but kept the entry's users count and mapping
+    (and on cuda its DMA registration) for the life of the process. Now it stops the job, then lets go of both."""
+    import gc
+
+    path, n = str(tmp_path / "ckpt.bin"), MiB
+    data = write(path, n, 12)
+    s = hpool.create_slot(n, "x")
+    job = cache.load(s, [(path, 0, 0, n)])
+    entry = job._fills[0][0]
+    del job
+    gc.collect()
+    assert entry.users == 0 and entry.mm is None
+    assert not [x for x in os.listdir(cache.config.root) if x.endswith((".fill", ".bin"))]
+    t = hpool.create_slot(n, "y")
+    cache.load(t, [(path, 0, 0, n)]).wait()  # fills again: nothing of the dropped one is left in the way
+    assert slot_bytes(t, 0, n) == data
+
+
 def test_only_file_sources(cache, hpool):
     s = hpool.create_slot(PAGE, "x")
     with pytest.raises(InvalidArgumentError, match="file path"):
@@ -237,7 +271,35 @@ print("fake cuda cache OK")
 """
 
 
-def test_cuda_path_dmas_from_the_registered_entry_on_a_fake_driver(tmp_path):
+#: Found in review: a fill whose cuMemHostRegister failed kept its lock and .fill file (the entry was registered
+#: before the fill was recorded for the abort), so every other worker waited lock_timeout_s for it.
+FAKE_CUDA_REGISTER_FAILS = r"""
+import ctypes, os, sys
+from warmserve.errors import DriverError
+from warmserve.memory import PagePool
+from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+fake = ctypes.CDLL("libcuda.so.1")
+root, path = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+n, PB = len(data), 64 << 10
+with PagePool(-(-n // PB) * PB, backend="cuda", page_bytes=PB) as pool, \
+        HostCheckpointCache(HostCacheConfig(root=root, capacity_bytes=1 << 30, lock_timeout_s=5.0)) as cache:
+    s = pool.create_slot(n, "s")
+    fake.fake_cuda_fail_host_registers(1)
+    try:
+        cache.load(s, [(path, 0, 0, n)])
+        raise AssertionError("the registration did not fail")
+    except DriverError:
+        pass
+    assert not [x for x in os.listdir(root) if x.endswith((".fill", ".bin"))], os.listdir(root)
+    cache.load(s, [(path, 0, 0, n)]).wait()  # the lock was let go: no 5 s wait, no TimeoutError
+    assert ctypes.string_at(s.base_address, n) == data and cache.stats()["fills"] == 1, cache.stats()
+    s.close()
+print("fake cuda cache OK")
+"""
+
+
+def _run_on_fake_driver(tmp_path, scenario: str, nbytes: int) -> None:
     import shutil
     from pathlib import Path
 
@@ -252,9 +314,17 @@ def test_cuda_path_dmas_from_the_registered_entry_on_a_fake_driver(tmp_path):
     subprocess.run(["cc", "-std=c11", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{cuda_h}/include",
                     str(root_dir / "csrc/testing/fake_libcuda.c"), "-o", str(lib)], check=True)
     path = tmp_path / "ckpt.bin"
-    write(path, 3 * MiB + 100, 10)
+    write(path, nbytes, 10)
     env = dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    r = subprocess.run([sys.executable, "-c", FAKE_CUDA, str(tmp_path / "cache"), str(path)], env=env,
+    r = subprocess.run([sys.executable, "-c", scenario, str(tmp_path / "cache"), str(path)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fake cuda cache OK" in r.stdout
+
+
+def test_cuda_path_dmas_from_the_registered_entry_on_a_fake_driver(tmp_path):
+    _run_on_fake_driver(tmp_path, FAKE_CUDA, 3 * MiB + 100)
+
+
+def test_a_fill_whose_dma_registration_fails_lets_go_of_its_lock_on_a_fake_driver(tmp_path):
+    _run_on_fake_driver(tmp_path, FAKE_CUDA_REGISTER_FAILS, 2 * MiB)
