@@ -51,11 +51,14 @@ class Backend {
   virtual void move(uintptr_t src, uintptr_t dst, const uint64_t* ids, uint64_t n) = 0;
   // Waits for device work that may still read or write pages about to be unmapped or moved (cuda: queued
   // kernels). Called WITHOUT the pool mutex: a device-wide wait under it would stall every thread of the process.
-  virtual void drain() {}
+  // captures: first wait for CUDA graph captures on other threads to end (wait_for_captures); false where the
+  // caller may hold the GIL (a capture on another Python thread needs it: waiting could deadlock, and such a
+  // capture then fails and its engine runs eagerly).
+  virtual void drain(bool captures = true) { (void)captures; }
   // For close paths, which must go on (a context with a sticky error from a faulted kernel still has to close).
-  void drain_quietly() noexcept {
+  void drain_quietly(bool captures = true) noexcept {
     try {
-      drain();
+      drain(captures);
     } catch (...) {
     }
   }
@@ -89,6 +92,13 @@ bool cuda_compiled();
 // every context of the process; the device's primary context stays retained for the life of the process). The
 // memory may be a shared file mapping (the host checkpoint cache in /dev/shm). true: this call registered it and
 // the caller unregisters it before unmapping; false: it was registered already. Thread-safe; needs no pool.
+// CUDA graph captures under way in this process (engine/graphs.py brackets each one). Synchronizing a context
+// while any of its streams captures is invalid whatever the capture mode (CUDA programming guide, "Prohibited and
+// unhandled operations": it invalidates the capture), so CudaBackend::drain waits for them to end first. Called
+// on the capturing thread itself, that would wait for itself: wait_for_captures throws there instead.
+void capture_enter();
+void capture_exit();
+void wait_for_captures(const char* what);
 bool cuda_host_register(uintptr_t ptr, uint64_t n, int device);
 void cuda_host_unregister(uintptr_t ptr, int device);
 

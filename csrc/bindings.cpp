@@ -12,6 +12,9 @@
 // pages; when it drops a slot's last reference, ~Slot unmaps and releases the slot, and on cuda first waits for
 // the device's queued work) and view creation; neither waits for another lock or for Python. Kernel launches
 // (kernels.h) release the GIL too: a launch blocks when the stream's queue is full, and cudaMemcpyAsync may wait.
+// A drain (cuda: a context synchronize, before an unmap or a move) waits for CUDA graph captures on other threads
+// to end (cuda_capture_enter / _exit, backend.h); it runs with the GIL released, except in ~Slot from a DLPack
+// deleter, which therefore does not wait for captures (a capture needs the GIL to go on).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -189,6 +192,10 @@ PYBIND11_MODULE(_C, m) {
         "page-lock host memory for DMA (cuMemHostRegister, portable); True when this call registered it");
   m.def("cuda_host_unregister", &cuda_host_unregister, py::arg("ptr"), py::arg("device"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("cuda_capture_enter", &capture_enter, py::call_guard<py::gil_scoped_release>(),
+        "a CUDA graph capture begins on this thread: pool drains (context synchronizes) wait until it ends");
+  m.def("cuda_capture_exit", &capture_exit, py::call_guard<py::gil_scoped_release>(),
+        "the capture begun by cuda_capture_enter on this thread ended");
   m.def("_debug_fail_after", &debug_fail_after, py::arg("op"), py::arg("k"),
         "TEST-ONLY: make the k-th next host-backend call of op (mmap, mremap, protect, noreplace) fail; k=0 "
         "disarms (see backend.h)");

@@ -339,7 +339,8 @@ class CudaBackend : public Backend {
   // cuMemUnmap/cuMemRelease do not wait for kernels still using the range (a kernel that touches it after the
   // unmap faults, and the fault kills the context), so the pool calls drain() first, outside its mutex: torch
   // drops a tensor while the kernels that use it may still be queued.
-  void drain() override {
+  void drain(bool captures) override {
+    if (captures) wait_for_captures("drain before an unmap or a move");  // outside the pool mutex, like drain
     CtxScope c(ctx_);
     WS_CU(api().p_cuCtxSynchronize());
   }

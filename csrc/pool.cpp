@@ -1,7 +1,11 @@
 #include "pool.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <new>
+#include <set>
+#include <thread>
 
 #include "loader.h"
 
@@ -168,7 +172,8 @@ std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t re
 Slot::~Slot() {
   if (!pool) return;
   // Nothing else references this slot any more (views and loads hold it): reading `mapped` needs no lock.
-  if (mapped) pool->backend->drain_quietly();
+  // With the GIL held where a DLPack deleter drops the last reference: no wait for captures (Backend::drain).
+  if (mapped) pool->backend->drain_quietly(false);
   std::lock_guard<std::mutex> g(pool->mu);
   try {
     if (mapped) unmap_all_locked();  // also the pages a closed pool left mapped under this slot's last views
@@ -207,6 +212,35 @@ void Slot::absorb_holes_locked(Slot* other) {
     if (h.first >= base && h.first < base + n_pages * pb) holes.push_back(h);
     else if (other) other->holes.push_back(h);
   }
+}
+
+namespace {
+std::mutex capture_mu;
+std::condition_variable capture_cv;
+std::multiset<std::thread::id> capturing;  // a thread per capture under way (a thread may nest none, but count)
+}  // namespace
+
+void capture_enter() {
+  std::lock_guard<std::mutex> g(capture_mu);
+  capturing.insert(std::this_thread::get_id());
+}
+
+void capture_exit() {
+  {
+    std::lock_guard<std::mutex> g(capture_mu);
+    auto it = capturing.find(std::this_thread::get_id());
+    if (it != capturing.end()) capturing.erase(it);
+  }
+  capture_cv.notify_all();
+}
+
+void wait_for_captures(const char* what) {
+  std::unique_lock<std::mutex> l(capture_mu);
+  if (capturing.count(std::this_thread::get_id()))
+    throw invalid(std::string(what) + " on a thread that is capturing a CUDA graph: it would synchronize the "
+                  "context under its own capture (invalid) and wait for itself. Fix: drop tensors and close engines "
+                  "before the capture, or after it (engine/graphs.py disables the garbage collector meanwhile)");
+  capture_cv.wait(l, [] { return capturing.empty(); });
 }
 
 void Slot::release_locked() { pool->backend->release_reservation(base, n_pages, holes); }

@@ -388,6 +388,9 @@ class Activated(_Msg):
     activate_s: float
     #: Bytes the pool's loaders wrote during activation: 0 is the proof of a zero-copy switch.
     copied_bytes: int
+    #: Seconds of activate_s spent capturing decode CUDA graphs: 0 where the prewarm's graphs served as they were
+    #: (or where none run: CPU, tensor-parallel shards).
+    graphs_capture_s: float = 0.0
 
 
 class Deactivated(_Msg):

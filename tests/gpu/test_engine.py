@@ -43,6 +43,8 @@ def test_cuda_logits_and_greedy_match_transformers(name, demo, pool):
     try:
         with Engine(lm) as eng:
             assert eng.model.embed.is_cuda
+            # where graphs can run here, a capture that failed would leave only the eager path compared below
+            assert not (eng.graphs_off_reason or "").startswith("capture failed"), eng.graphs_off_reason
             eng.record_logits = True
             for i, p in enumerate(prompts):
                 eng.add_request(str(i), p, SamplingParams(max_tokens=64, ignore_eos=True))
@@ -53,6 +55,7 @@ def test_cuda_logits_and_greedy_match_transformers(name, demo, pool):
                 for rid, row in eng.last_logits.items():
                     logits.setdefault(rid, []).append(row)
                 eng.last_logits = {}
+            assert eng.graphs is None or eng.num_graph_steps > 0  # the decode steps compared were replayed
     finally:
         lm.close()
     for i, p in enumerate(prompts):

@@ -51,6 +51,7 @@ CUDA kernels (csrc/kernels).
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import time
 import weakref
@@ -62,6 +63,7 @@ import torch
 from warmserve.engine.attention import AttnMeta, PagedMeta, PrefillChunk, kernels_usable, paged_meta
 from warmserve.engine.kv_cache import layer_offsets
 from warmserve.engine.model import Model
+from warmserve import _C
 from warmserve.errors import BackendUnavailableError, ClosedError, InvalidArgumentError
 from warmserve.memory import kernels
 
@@ -86,6 +88,13 @@ def decode_buckets(max_num_seqs: int, max_batch: int | None = None) -> tuple[int
         b *= 2
     out.append(top)
     return tuple(out)
+
+
+def covers(buckets: tuple[int, ...], max_num_seqs: int) -> bool:
+    """Whether graphs captured for ``buckets`` serve an engine of ``max_num_seqs`` sequences as they are: every
+    batch it can run up to MAX_GRAPH_BATCH has a bucket (a larger one pads; decode_buckets of a smaller
+    max_num_seqs, e.g. 24 after a prewarm for 32, need not be captured again)."""
+    return bool(buckets) and buckets[-1] >= min(max_num_seqs, MAX_GRAPH_BATCH)
 
 
 def bucket_for(n: int, buckets: tuple[int, ...]) -> int | None:
@@ -281,8 +290,9 @@ class DecodeGraphs:
         new = sorted({int(b) for b in buckets} - set(self._graphs), reverse=True)
         if not new:
             return
-        if new[0] > MAX_GRAPH_BATCH:
-            raise InvalidArgumentError(f"bucket {new[0]} exceeds MAX_GRAPH_BATCH = {MAX_GRAPH_BATCH}", bucket=new[0])
+        if new[0] > self.packed.shape[0]:  # the input buffer's rows, sized when these graphs were made
+            raise InvalidArgumentError(f"bucket {new[0]} exceeds the {self.packed.shape[0]} rows these graphs were "
+                                       f"made for (MAX_GRAPH_BATCH then)", bucket=new[0])
         dev = self.device
         st = self.stats
         t0 = time.perf_counter()
@@ -306,18 +316,30 @@ class DecodeGraphs:
             st.warmup_s += time.perf_counter() - t0
             free0 = torch.cuda.mem_get_info(dev)[0]
             reserved0 = torch.cuda.memory_reserved(dev)
-            for b in new:
-                t = time.perf_counter()
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.stream(self._stream):
-                    g.capture_begin(pool=self._pool, capture_error_mode="thread_local")
-                    try:
-                        out = self._body(b, self.cache)
-                    finally:
-                        g.capture_end()
-                self._graphs[b] = g
-                self._logits[b] = out
-                st.bucket_capture_s[b] = time.perf_counter() - t
+            # Nothing may synchronize the context while a stream captures (it invalidates the capture): pool drains
+            # on other threads wait for _C.cuda_capture_exit, and the garbage collector, whose finalizers close
+            # engines (an unmap, so a drain) on this very thread, is off meanwhile.
+            gc.collect()
+            gc_on = gc.isenabled()
+            gc.disable()
+            _C.cuda_capture_enter()
+            try:
+                for b in new:
+                    t = time.perf_counter()
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.stream(self._stream):
+                        g.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+                        try:
+                            out = self._body(b, self.cache)
+                        finally:
+                            g.capture_end()
+                    self._graphs[b] = g
+                    self._logits[b] = out
+                    st.bucket_capture_s[b] = time.perf_counter() - t
+            finally:
+                _C.cuda_capture_exit()
+                if gc_on:
+                    gc.enable()
             cur.wait_stream(self._stream)
             torch.cuda.synchronize(dev)
             st.pool_reserved_bytes += torch.cuda.memory_reserved(dev) - reserved0
@@ -448,7 +470,7 @@ def activate_decode_graphs(lm, model: Model, kv, max_num_seqs: int) -> tuple[Dec
     if g is not None and g.matches(model, kv) is not None:
         release_decode_graphs(lm)
         g = None
-    if g is not None and set(decode_buckets(max_num_seqs)) <= set(g.buckets):
+    if g is not None and covers(g.buckets, max_num_seqs):
         return g, 0.0
     t0 = time.perf_counter()
     g = capture_decode_graphs(lm, max_num_seqs)

@@ -243,7 +243,7 @@ class WorkerCore(ShardRoles):
         m.state = "running"
         self.emit(peer, P.Activated(
             id=msg.id, name=m.name, kv_blocks=engine.kv_stats().kv_blocks_total, activate_s=activate_s,
-            copied_bytes=self._bytes_loaded() - loaded_before,
+            copied_bytes=self._bytes_loaded() - loaded_before, graphs_capture_s=engine.graph_capture_s,
         ))
 
     def _activatable(self, msg: P.Activate) -> _Model:

@@ -10,7 +10,7 @@ import torch
 
 from warmserve.engine.attention import paged_meta
 from warmserve.engine.graphs import (HEAD_COLUMNS, MAX_GRAPH_BATCH, DecodeGraphs, bucket_for, capture_decode_graphs,
-                                     decode_buckets, graphs_for, pack_decode_inputs, prewarm_decode_graphs,
+                                     covers, decode_buckets, graphs_for, pack_decode_inputs, prewarm_decode_graphs,
                                      resolve_cuda_graphs, table_width)
 from warmserve.errors import BackendUnavailableError, InvalidArgumentError
 
@@ -33,6 +33,15 @@ def test_a_batch_pads_to_the_next_bucket_and_runs_eagerly_past_the_largest():
     assert bucket_for(21, b) is None
     with pytest.raises(InvalidArgumentError):
         bucket_for(0, b)
+
+
+def test_a_prewarms_graphs_serve_an_engine_of_fewer_sequences_as_they_are():
+    """Found in review: an engine of 24 sequences after a prewarm for 32 captured a bucket 24 at activation, and
+    through the worker (prewarm for 8, activation at the default 32) every activation captured again. The graphs
+    serve any engine whose batches all have a bucket; a larger max_num_seqs still needs its own."""
+    assert covers(decode_buckets(32), 24) and covers(decode_buckets(32), 32) and covers(decode_buckets(8), 1)
+    assert not covers(decode_buckets(8), 32) and not covers((), 1)
+    assert covers(decode_buckets(10_000), 10_000)  # batches past MAX_GRAPH_BATCH run eagerly anyway
 
 
 def test_table_width_covers_the_longest_context_within_the_kv_capacity():

@@ -172,6 +172,64 @@ HOLE_AND_PIN_SCENARIO = textwrap.dedent("""
 """)
 
 
+# Found in review: a pool drain (a context synchronize, before an unmap or a move) on one thread while another
+# thread captures a CUDA graph invalidates that capture. The drain now waits for captures to end
+# (_C.cuda_capture_enter / _exit, which engine/graphs.py brackets each capture with), and on the capturing thread
+# itself it is refused (it would wait for itself).
+CAPTURE_SCENARIO = textwrap.dedent("""
+    import threading
+    from warmserve import _C
+    from warmserve.errors import InvalidArgumentError
+    from warmserve.memory import PagePool
+    PB = 64 << 10
+
+    pool = PagePool(32 * PB, backend="cuda", page_bytes=PB)
+    s = pool.create_slot(16 * PB, "s")
+    s.map(0, 8)
+    entered, release, done, errors = threading.Event(), threading.Event(), threading.Event(), []
+
+    def capture():
+        _C.cuda_capture_enter()
+        entered.set()
+        release.wait(10)
+        _C.cuda_capture_exit()
+
+    def unmap():
+        try:
+            s.unmap(0, 2)
+            done.set()
+        except BaseException as e:
+            errors.append(e)
+
+    c = threading.Thread(target=capture)
+    c.start()
+    assert entered.wait(10)
+    u = threading.Thread(target=unmap)
+    u.start()
+    assert not done.wait(0.5), "the unmap did not wait for the capture on the other thread"
+    assert s.mapped_ranges() == [(0, 8)]
+    release.set()
+    c.join()
+    assert done.wait(10), errors
+    u.join()
+    assert not errors and s.mapped_ranges() == [(2, 6)], (errors, s.mapped_ranges())
+
+    _C.cuda_capture_enter()  # on the capturing thread itself: refused before anything is unmapped
+    try:
+        s.unmap(2, 1)
+        raise AssertionError("an unmap on the capturing thread went ahead")
+    except InvalidArgumentError as e:
+        assert "capturing a CUDA graph" in str(e), e
+    finally:
+        _C.cuda_capture_exit()
+    assert s.mapped_ranges() == [(2, 6)]
+    s.unmap(2, 1)  # after the capture: as usual
+    s.close(force=False)
+    pool.close()
+    print("fake driver scenario OK")
+""")
+
+
 def run_on_fake_driver(tmp_path, scenario: str, **env_extra: str) -> None:
     lib = tmp_path / "libcuda.so.1"
     subprocess.run(["cc", "-std=c11", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{CUDA_H}/include",
@@ -188,6 +246,10 @@ def test_runs_on_fake_driver(tmp_path):
 
 def test_a_slot_with_a_hole_frees_its_whole_reservation_and_no_cut_unmaps_a_pinned_page(tmp_path):
     run_on_fake_driver(tmp_path, HOLE_AND_PIN_SCENARIO)
+
+
+def test_a_drain_waits_for_a_graph_capture_on_another_thread_and_is_refused_on_its_own(tmp_path):
+    run_on_fake_driver(tmp_path, CAPTURE_SCENARIO)
 
 
 def test_one_allocation_per_page_where_the_driver_maps_no_offset(tmp_path):
