@@ -128,7 +128,8 @@ if want build; then
     tail -30 "$RESULTS/build.log" | tee -a "$RESULTS/summary.txt"
     # which kernel source fails, file by file (the build stops at the first), then the package without the kernels:
     # the cuda backend, the switch and engine benchmarks and the eager path still run
-    run 120 bench/gpu_compile_check.sh 2>&1 | tee -a "$RESULTS/summary.txt"
+    run 120 bench/gpu_compile_check.sh > "$RESULTS/compile-check.txt" 2>&1  # not in a pipeline: run's trap
+    tee -a "$RESULTS/summary.txt" < "$RESULTS/compile-check.txt"             # needs it in this shell
     t0=$(date +%s)
     if SKBUILD_CMAKE_ARGS="${SKBUILD_CMAKE_ARGS:-} -DWARMSERVE_NO_KERNELS=ON" \
         run 240 $PY -m pip install --no-build-isolation --no-deps -e . > "$RESULTS/build-no-kernels.log" 2>&1; then

@@ -51,7 +51,7 @@ class Backend {
   virtual void move(uintptr_t src, uintptr_t dst, const uint64_t* ids, uint64_t n) = 0;
   // Waits for device work that may still read or write pages about to be unmapped or moved (cuda: queued
   // kernels). Called WITHOUT the pool mutex: a device-wide wait under it would stall every thread of the process.
-  // captures: first wait for CUDA graph captures on other threads to end (wait_for_captures); false where the
+  // captures: first wait for CUDA graph captures on other threads to end (drain_begin); false where the
   // caller may hold the GIL (a capture on another Python thread needs it: waiting could deadlock, and such a
   // capture then fails and its engine runs eagerly).
   virtual void drain(bool captures = true) { (void)captures; }
@@ -94,11 +94,13 @@ bool cuda_compiled();
 // the caller unregisters it before unmapping; false: it was registered already. Thread-safe; needs no pool.
 // CUDA graph captures under way in this process (engine/graphs.py brackets each one). Synchronizing a context
 // while any of its streams captures is invalid whatever the capture mode (CUDA programming guide, "Prohibited and
-// unhandled operations": it invalidates the capture), so CudaBackend::drain waits for them to end first. Called
-// on the capturing thread itself, that would wait for itself: wait_for_captures throws there instead.
+// unhandled operations": it invalidates the capture), so CudaBackend::drain brackets its synchronize with
+// drain_begin (waits until no capture runs; a capture waits in capture_enter until no drain runs) and drain_end.
+// On the capturing thread itself drain_begin would wait for itself: it throws there instead.
 void capture_enter();
 void capture_exit();
-void wait_for_captures(const char* what);
+void drain_begin(const char* what);
+void drain_end();
 bool cuda_host_register(uintptr_t ptr, uint64_t n, int device);
 void cuda_host_unregister(uintptr_t ptr, int device);
 

@@ -267,7 +267,7 @@ PYBIND11_MODULE(_C, m) {
         std::lock_guard<std::mutex> g(p.mu);
         return p.closed;
       })
-      .def("close", &Pool::close, nogil())
+      .def("close", [](Pool& p) { p.close(true); }, nogil())
       .def(
           "pages_by_tag",
           [](Pool& p) {

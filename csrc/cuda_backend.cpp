@@ -340,7 +340,16 @@ class CudaBackend : public Backend {
   // unmap faults, and the fault kills the context), so the pool calls drain() first, outside its mutex: torch
   // drops a tensor while the kernels that use it may still be queued.
   void drain(bool captures) override {
-    if (captures) wait_for_captures("drain before an unmap or a move");  // outside the pool mutex, like drain
+    struct Bracket {  // drain_begin ... drain_end around the synchronize, also when it throws
+      bool on;
+      ~Bracket() {
+        if (on) drain_end();
+      }
+    } bracket{false};
+    if (captures) {
+      drain_begin("drain before an unmap or a move");  // outside the pool mutex, like drain itself
+      bracket.on = true;
+    }
     CtxScope c(ctx_);
     WS_CU(api().p_cuCtxSynchronize());
   }

@@ -296,6 +296,11 @@ void LoadJob::finish() {
         while (m < job_pages_.size() && job_pages_[m] == job_pages_[m - 1] + 1 && slot_->table[job_pages_[m]] >= 0 &&
                !slot_->pins[job_pages_[m]])
           ++m;
+        if (slot_->pinned_beside(pg, m - k) >= 0) {  // the run shares a driver mapping with a pinned page: kept
+          n_kept_pages_ += m - k;
+          k = m;
+          continue;
+        }
         try {
           slot_->unmap_locked(pg, m - k);
         } catch (const Error&) {  // left mapped: the slot stays consistent, the pages stay the slot's

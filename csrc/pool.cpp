@@ -89,7 +89,7 @@ Pool::Pool(std::unique_ptr<Backend> b) : backend(std::move(b)) { free.reset(back
 
 Pool::~Pool() {
   try {
-    close();
+    close(false);  // possibly with the GIL held (the last reference from a slot or a view): no capture wait
   } catch (...) {
   }
 }
@@ -98,8 +98,12 @@ void Pool::check_open() const {
   if (closed) throw Error(ErrorKind::Closed, "the page pool is closed");
 }
 
-void Pool::close() {
-  backend->drain_quietly();  // outside mu (Backend::drain): device work still using pages about to be unmapped
+void Pool::close(bool captures) {
+  {
+    std::lock_guard<std::mutex> g(mu);
+    if (closed) return;  // nothing to drain for: a closed pool unmaps nothing more here
+  }
+  backend->drain_quietly(captures);  // outside mu (Backend::drain): device work still using pages about to go
   std::vector<std::shared_ptr<Slot>> keep;  // declared before the lock, so destroyed after it (~Slot takes mu)
   std::unique_lock<std::mutex> l(mu);
   if (closed) return;
@@ -217,11 +221,15 @@ void Slot::absorb_holes_locked(Slot* other) {
 namespace {
 std::mutex capture_mu;
 std::condition_variable capture_cv;
-std::multiset<std::thread::id> capturing;  // a thread per capture under way (a thread may nest none, but count)
+std::multiset<std::thread::id> capturing;  // a thread per capture under way
+int draining = 0;                          // drains between drain_begin and drain_end
 }  // namespace
 
 void capture_enter() {
-  std::lock_guard<std::mutex> g(capture_mu);
+  // not while a drain runs: it checked for captures before its synchronize, and one beginning now would fall
+  // under that synchronize all the same
+  std::unique_lock<std::mutex> l(capture_mu);
+  capture_cv.wait(l, [] { return draining == 0; });
   capturing.insert(std::this_thread::get_id());
 }
 
@@ -234,13 +242,22 @@ void capture_exit() {
   capture_cv.notify_all();
 }
 
-void wait_for_captures(const char* what) {
+void drain_begin(const char* what) {
   std::unique_lock<std::mutex> l(capture_mu);
   if (capturing.count(std::this_thread::get_id()))
     throw invalid(std::string(what) + " on a thread that is capturing a CUDA graph: it would synchronize the "
                   "context under its own capture (invalid) and wait for itself. Fix: drop tensors and close engines "
                   "before the capture, or after it (engine/graphs.py disables the garbage collector meanwhile)");
   capture_cv.wait(l, [] { return capturing.empty(); });
+  ++draining;
+}
+
+void drain_end() {
+  {
+    std::lock_guard<std::mutex> g(capture_mu);
+    --draining;
+  }
+  capture_cv.notify_all();
 }
 
 void Slot::release_locked() { pool->backend->release_reservation(base, n_pages, holes); }
@@ -276,22 +293,35 @@ void Slot::check_unpinned(uint64_t off, uint64_t n, const char* what) const {
     }
 }
 
-void Slot::check_cut_unpinned(uint64_t off, uint64_t n, const char* what) const {
-  check_unpinned(off, n, what);
+std::pair<uint64_t, uint64_t> Slot::cut_pages(uint64_t off, uint64_t n) const {
   const uint64_t pb = page_bytes();
   const auto [lo, count] = pool->backend->cut_extent(base + off * pb, n);
-  const uint64_t first = (lo - base) / pb, last = std::min<uint64_t>(first + count, n_pages);
+  const uintptr_t end = std::min<uintptr_t>(lo + count * pb, base + n_pages * pb);  // runs never cross a slot,
+  const uint64_t first = lo > base ? (lo - base) / pb : 0;                          // but clamp all the same
+  return {std::min(first, off), std::max<uint64_t>(end > base ? (end - base) / pb : 0, off + n)};
+}
+
+int64_t Slot::pinned_beside(uint64_t off, uint64_t n) const {
+  const auto [first, last] = cut_pages(off, n);
   for (uint64_t i = first; i < last; ++i)
-    if ((i < off || i >= off + n) && pins[i]) {
-      Error e(ErrorKind::ViewsAlive,
-              std::string(what) + " of pages [" + std::to_string(off) + ", " + std::to_string(off + n) + ") of slot '" +
-                  tag + "': page " + std::to_string(i) + " shares one driver mapping (pages [" +
-                  std::to_string(first) + ", " + std::to_string(last) + ")) with them, which the driver unmaps only "
-                  "whole, and is held by " + std::to_string(pins[i]) + " live pinned tensor view(s) or running "
-                  "load(s): it would be unmapped for a while under them. Fix: drop those tensors (del t) or wait for "
-                  "the load first, or unmap the whole mapping");
-      throw e;
-    }
+    if ((i < off || i >= off + n) && pins[i]) return int64_t(i);
+  return -1;
+}
+
+void Slot::check_cut_unpinned(uint64_t off, uint64_t n, const char* what) const {
+  check_unpinned(off, n, what);
+  const int64_t p = pinned_beside(off, n);
+  if (p < 0) return;
+  const uint64_t i = uint64_t(p);
+  const auto [first, last] = cut_pages(off, n);
+  Error e(ErrorKind::ViewsAlive,
+          std::string(what) + " of pages [" + std::to_string(off) + ", " + std::to_string(off + n) + ") of slot '" +
+              tag + "': page " + std::to_string(i) + " shares one driver mapping (pages [" + std::to_string(first) +
+              ", " + std::to_string(last) + ")) with them, which the driver unmaps only whole, and is held by " +
+              std::to_string(pins[i]) + " live pinned tensor view(s) or running load(s): it would be unmapped for a "
+              "while under them. Fix: drop those tensors (del t) or wait for the load first, or unmap the whole "
+              "mapping");
+  throw e;
 }
 
 void Slot::map_locked(uint64_t off, uint64_t n, bool populate) {
@@ -516,7 +546,7 @@ void Slot::unmap_unpinned_locked() {
     if (table[i] < 0 || pins[i]) { ++i; continue; }
     uint64_t j = i;
     while (j < n_pages && table[j] >= 0 && !pins[j]) ++j;
-    unmap_locked(i, j - i);
+    if (pinned_beside(i, j - i) < 0) unmap_locked(i, j - i);  // else it stays until the view goes (~Slot)
     i = j;
   }
 }

@@ -59,7 +59,9 @@ struct Pool : std::enable_shared_from_this<Pool> {
   // that no live pinned view covers. Pages under live views stay mapped until their slot's last view goes
   // (~Slot unmaps them); the physical pages are freed now if none remains mapped, else by the ~Slot that
   // unmaps the last one.
-  void close();
+  // captures: whether the drain first waits for CUDA graph captures on other threads (Backend::drain); ~Pool
+  // passes false, as it may run with the GIL held.
+  void close(bool captures = true);
   // With mu held: frees the physical pages once the pool is closed and none is mapped any more (idempotent).
   void close_pages_if_unused_locked();
   // With mu held: cancels the loads into `only` (every load when null) and waits until they have finished.
@@ -105,6 +107,10 @@ struct Slot {
   // check_unpinned over what unmapping pages [off, off + n) touches (Backend::cut_extent): on cuda, the other
   // pages of the driver mappings it cuts are unmapped for a while too.
   void check_cut_unpinned(uint64_t off, uint64_t n, const char* what) const;
+  // The pages [first, last) an unmap of [off, off + n) unmaps for a while (Backend::cut_extent, within the slot),
+  // and the first of them outside [off, off + n) that is pinned (-1: none).
+  std::pair<uint64_t, uint64_t> cut_pages(uint64_t off, uint64_t n) const;
+  int64_t pinned_beside(uint64_t off, uint64_t n) const;
   void map_locked(uint64_t off, uint64_t n, bool populate);
   void unmap_locked(uint64_t off, uint64_t n);
   void unmap_all_locked();

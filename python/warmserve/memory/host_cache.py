@@ -387,6 +387,10 @@ class HostCheckpointCache:
                 e.release()
 
 
+#: How long a cached load dropped without wait() is waited for in its finalizer after it was cancelled, seconds.
+_DEL_STOP_TIMEOUT_S = 30.0
+
+
 class _CachedLoadJob(LoadJob):
     """A LoadJob that publishes the cache entries it filled when it ends well, and deletes them otherwise."""
 
@@ -409,12 +413,16 @@ class _CachedLoadJob(LoadJob):
         self._settle(ok=True)
         return n
 
-    def _stop(self) -> None:
-        """Cancel the job if it still runs and wait until it has ended (its rollback included)."""
+    def _stop(self, timeout_s: float | None = None) -> bool:
+        """Cancel the job if it still runs and wait until it has ended (its rollback included), at most
+        ``timeout_s``; False when it had not ended by then."""
         if not self._job.finished:
             self._job.cancel()
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
             while not self._job.wait_for(1.0):
-                pass
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+        return True
 
     def _settle(self, ok: bool) -> None:
         if self._settled:
@@ -434,8 +442,16 @@ class _CachedLoadJob(LoadJob):
         # next worker fills again), and the entries it read are let go of (their users count, and for entries
         # made stale meanwhile their mapping and DMA registration), once the job has stopped reading them.
         if not self._settled:
-            self._stop()
-            self._settle(ok=False)
+            # bounded: a finalizer may run anywhere, and a cancelled job ends within a chunk's copy. One that has
+            # not ended keeps its entries (registered and mapped: a leak, not a DMA from unregistered memory), but
+            # its fill is never published and its lock goes, so the next worker fills again.
+            if self._stop(timeout_s=_DEL_STOP_TIMEOUT_S):
+                self._settle(ok=False)
+                return
+            self._settled = True
+            for entry, lock_fd in self._fills:
+                _unlink(entry.path[: -len(".bin")] + ".fill")
+                os.close(lock_fd)
 
 
 def _flock(fd: int, timeout_s: float, what: str) -> None:
