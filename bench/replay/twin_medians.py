@@ -1,8 +1,9 @@
-"""The simulated twin against repeated live runs of one workload: the median of their TTFT P50 / P99 and their
+r"""The simulated twin against repeated live runs of one workload: the median of their TTFT P50 / P99 and their
 spread, beside the twin (which is the same for every run of a workload: the twin is seeded, live is not).
 
-    python bench/replay/twin_medians.py bench/replay/twins_host_cores.json bench/replay/twins_host_cores_quiet_profile.json
-    python bench/replay/twin_medians.py bench/replay/twins_host_cores.json --runs 'results_fresh_ts015_run[3-7].json'
+    python bench/replay/twin_medians.py bench/replay/twins_host_cores.json \
+        bench/replay/twins_host_cores_quiet_profile.json
+    python bench/replay/twin_medians.py bench/replay/twins_host_cores.json --runs 'results_fresh_ts015_run[3-8].json'
 
 Input: files written by ``retwin.py --json``. Runs are grouped by their replay arguments (all but where results
 were written), so only runs of the same workload, cluster and profile are put together. ``--runs`` keeps the

@@ -199,8 +199,9 @@ def test_graph_style_fixed_split_over_a_far_longer_max_len(dtype):
                                                      (16, 2, 128), (8, 8, 64), (4, 1, 96)])
 def test_gqa_shared_kernel(dtype, heads, kv_heads, head_dim):
     """paged_attention(gqa_shared=True): one block per KV head (built for groups of 2, 4 and 8 at head_dim 64 and
-    128, the group of 8 at 128 being the largest footprint; the last two shapes take the per-head kernel). Decodes, chunks with cached context, a long context over
-    several splits, a graph-style fixed split with empty splits, a sliding window."""
+    128, the group of 8 at 128 being the largest footprint; the last two shapes take the per-head kernel).
+    Decodes, chunks with cached context, a long context over several splits, a graph-style fixed split with empty
+    splits, a sliding window."""
     shape = dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     check(make_step(dtype, decode_lens=(1, 2, 16, 17, 33, 100), chunks=((0, 12), (40, 25)), **shape), gqa_shared=True)
     long = make_step(dtype, decode_lens=(3000, 7, 513), block_tokens=256, pad_rows=0, **shape)

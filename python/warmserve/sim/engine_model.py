@@ -18,11 +18,11 @@ again, n the server's devices with a busy instance (GPUs share no compute: the t
 process starting there computes too (``start_engine``, phase ``STARTING``): it counts as busy, and its start
 stretches as the factor changes. A decode run or a start is re-timed whenever its factor changes, and so is a
 prefill iteration where cores are shared; on a time-shared GPU a prefill iteration keeps the factor it started
-with (the `shared` baseline's figures were measured under that rule). KV blocks for prompt + output (``KV_BLOCK_TOKENS``
-tokens each) are reserved at admission, so a request is never preempted: vLLM admits on the prompt's blocks and
-preempts (recomputes) the newest request when the cache fills, so this admits somewhat fewer sequences than vLLM
-when KV memory binds and never pays a recomputation. An instance maps KV pages up to the policy's target and
-grows the mapping from free GPU memory when a request needs it.
+with (the `shared` baseline's figures were measured under that rule). KV blocks for prompt + output
+(``KV_BLOCK_TOKENS`` tokens each) are reserved at admission, so a request is never preempted: vLLM admits on the
+prompt's blocks and preempts (recomputes) the newest request when the cache fills, so this admits somewhat fewer
+sequences than vLLM when KV memory binds and never pays a recomputation. An instance maps KV pages up to the
+policy's target and grows the mapping from free GPU memory when a request needs it.
 
 ``ENGINE_MODELS``: "vllm" (the above) or "fluid", the simulator's earlier model kept for comparison: the batch
 capped at the policy's planning capacity B instead of the engine's limits, no token budget and a decode step that
