@@ -60,10 +60,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from warmserve import _C
 from warmserve.engine.attention import AttnMeta, PagedMeta, PrefillChunk, kernels_usable, paged_meta
 from warmserve.engine.kv_cache import layer_offsets
 from warmserve.engine.model import Model
-from warmserve import _C
 from warmserve.errors import BackendUnavailableError, ClosedError, InvalidArgumentError
 from warmserve.memory import kernels
 
