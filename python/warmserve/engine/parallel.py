@@ -161,6 +161,14 @@ def shard_of(name: str, cfg: ModelConfig, tp: int, rank: int) -> Shard | None:
     return Shard(dim, rank * n, (rank + 1) * n, n)
 
 
+def indexed_device(device: torch.device | str) -> torch.device:
+    """The device with its index: a bare "cuda" (what `warmserve worker --device cuda` takes) is GPU 0, as the
+    worker's own start-up sets it (worker/main.py, prewarm_engine). torch.cuda.set_device refuses a CUDA device
+    without an index, and a group's threads set it (found in review: every join on a bare "cuda" worker failed)."""
+    dev = torch.device(device)
+    return torch.device("cuda", 0) if dev.type == "cuda" and dev.index is None else dev
+
+
 class ParallelGroup:
     """This process's place in a tensor-parallel group, and the collectives the model runs through it."""
 
@@ -205,7 +213,7 @@ class ParallelGroup:
         of the instances that will use them, and to new ones after a peer is replaced), meeting at the loopback
         store on ``store_port`` (``host_store``) under the prefix ``group_id``. Blocks until every rank is in, at
         most timeout_s. gloo on CPU, NCCL on CUDA devices. Loopback only: a group never spans two machines."""
-        dev = torch.device(device)
+        dev = indexed_device(device)
         timeout = datetime.timedelta(seconds=timeout_s)
         tcp = dist.TCPStore(LOOPBACK, int(store_port), is_master=False, timeout=timeout)
         opts = dist.ProcessGroupGloo._Options()

@@ -218,3 +218,13 @@ def test_shards_hold_the_checkpoint_slices_and_need_their_group(odd_dir, pool, d
             assert not lm.active
         finally:
             lm.close()
+
+
+def test_a_bare_cuda_device_means_gpu_0_for_a_group():
+    """Found in review: a group joined on `--device cuda` called torch.cuda.set_device on a device without an
+    index, which torch refuses, so every join of such a worker failed. A group's device always has its index."""
+    from warmserve.engine.parallel import indexed_device
+
+    assert indexed_device("cuda") == torch.device("cuda", 0)
+    assert indexed_device(torch.device("cuda", 3)) == torch.device("cuda", 3)
+    assert indexed_device("cpu") == torch.device("cpu")
