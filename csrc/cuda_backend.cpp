@@ -394,6 +394,13 @@ class CudaBackend : public Backend {
     if (r == CUDA_SUCCESS) runs_.erase(va);
     return r;
   }
+  // The first run that ends past addr: the one covering addr, else the first after it (runs_.end(): none).
+  // Iterating on from it stays valid while unmap_run erases the runs passed (std::map keeps other iterators).
+  auto first_run_over(uintptr_t addr) const {  // a const_iterator of runs_
+    auto it = runs_.upper_bound(addr);
+    if (it != runs_.begin() && std::prev(it)->first + std::prev(it)->second.n * page_bytes_ > addr) --it;
+    return it;
+  }
   // Unmaps pages [addr, addr + n pages): every run overlapping it goes whole (cuMemUnmap cannot cut a mapping)
   // and the parts of those runs outside the range are mapped again. Every run is tried; done[k] says which
   // pages went (a page no run covers is not mapped: done); the first error is returned. A part that cannot be
@@ -401,11 +408,7 @@ class CudaBackend : public Backend {
   CUresult unmap_range(uintptr_t addr, uint64_t n, std::vector<uint8_t>& done) {
     const uintptr_t end = addr + n * page_bytes_;
     done.assign(n, 1);
-    auto it = runs_.upper_bound(addr);
-    if (it != runs_.begin()) {
-      auto prev = std::prev(it);
-      if (prev->first + prev->second.n * page_bytes_ > addr) it = prev;
-    }
+    auto it = first_run_over(addr);
     CUresult first_err = CUDA_SUCCESS;
     while (it != runs_.end() && it->first < end) {
       const uintptr_t va = it->first;
@@ -442,9 +445,7 @@ class CudaBackend : public Backend {
   std::pair<uintptr_t, uint64_t> cut_extent(uintptr_t addr, uint64_t n) const override {
     const uintptr_t end = addr + n * page_bytes_;
     uintptr_t lo = addr, hi = end;
-    auto it = runs_.upper_bound(addr);
-    if (it != runs_.begin() && std::prev(it)->first + std::prev(it)->second.n * page_bytes_ > addr) --it;
-    for (; it != runs_.end() && it->first < end; ++it) {
+    for (auto it = first_run_over(addr); it != runs_.end() && it->first < end; ++it) {
       lo = std::min(lo, it->first);
       hi = std::max(hi, it->first + it->second.n * page_bytes_);
     }

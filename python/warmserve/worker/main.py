@@ -135,8 +135,9 @@ def prewarm_engine(device: str, threads: int | None) -> None:
     import warmserve.engine  # noqa: F401  (the import is the prewarming)
 
     if device.startswith("cuda"):
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        torch.cuda.set_device(index)
+        from warmserve.engine.parallel import indexed_device
+
+        torch.cuda.set_device(indexed_device(device))
         torch.zeros(1, device=device)  # creates the CUDA context now, not on the first request
 
 
