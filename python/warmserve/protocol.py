@@ -351,8 +351,11 @@ class GroupStoreHosted(_Msg):
 class GroupJoined(_Msg):
     id: int
     group_id: str
-    #: Seconds the rendezvous and communicator set-up took on this rank.
+    #: Seconds from the JoinGroup's arrival to the group being ready on this rank: the rendezvous and the
+    #: communicators' set-up, and any wait for the joins that came before it (they run one at a time).
     setup_s: float
+    #: The backend of the group's collectives: "gloo" (CPU tensors) or "nccl" (CUDA devices).
+    backend: str = ""
 
 
 class PrewarmProgress(_Msg):

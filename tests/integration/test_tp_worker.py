@@ -85,7 +85,7 @@ def test_tp2_instance_matches_tp1_activates_without_copy_and_stops_cleanly(model
     clients = [WorkerClient(ep) for _, ep in procs]
     try:
         joined = _group(clients, "tp2-a")
-        assert all(j.group_id == "tp2-a" and j.setup_s > 0 for j in joined)
+        assert all(j.group_id == "tp2-a" and j.setup_s > 0 and j.backend == "gloo" for j in joined)
         assert clients[1].stats().groups == ["tp2-a"]
         acts = _start(clients, model_path, "tp2-a")
         # A prewarm of a tp model is a prewarm of every shard: activation copies nothing on either rank.
@@ -206,5 +206,44 @@ def test_a_rank_that_cannot_activate_fails_every_rank_at_once(model_path):
         assert len(clients[0].generate(MODEL, [1, 2, 3], GREEDY).collect()[0]) == GREEDY.max_tokens
     finally:
         for c in clients:
+            c.close()
+        _close(procs)
+
+
+def test_a_worker_joins_its_groups_one_at_a_time_in_the_order_they_came(model_path):
+    """NCCL needs every rank to build its communicators in the same order, so a worker queues its joins. A join
+    whose peer never comes holds the next one until its own timeout; a queued join that is left is answered at
+    once."""
+    procs = _spawn(2)
+    clients = [WorkerClient(ep) for _, ep in procs]
+    extra = [WorkerClient(procs[0][1]) for _ in range(2)]  # more callers of rank 0's worker, one per thread
+    try:
+        port = clients[0].host_group_store()
+        with ThreadPoolExecutor(4) as pool:
+            stuck = pool.submit(lambda: clients[0].join_group("stuck", 0, 2, port, group_timeout_s=3.0))
+            time.sleep(0.5)  # "stuck" came first
+            g0 = pool.submit(lambda: extra[0].join_group("g", 0, 2, port))
+            g1 = pool.submit(lambda: clients[1].join_group("g", 1, 2, port))
+            time.sleep(0.5)
+            left = pool.submit(lambda: extra[1].join_group("left", 0, 2, port))
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            clients[1].leave_group("left")  # a no-op there: rank 1's worker never heard of it
+            with WorkerClient(procs[0][1]) as c:
+                c.leave_group("left")
+            with pytest.raises(errors.ModelStateError, match="left before this worker's turn"):
+                left.result(10)
+            assert time.monotonic() - t0 < 2  # answered at once, not after "stuck" and "g"
+            with pytest.raises(errors.WorkerLostError, match="could not join group 'stuck'"):
+                stuck.result(20)
+            joined = [g0.result(30), g1.result(30)]
+        # Rank 0's worker began "g" only after "stuck" timed out; rank 1's waited in the rendezvous meanwhile.
+        assert joined[0].setup_s >= 2.0 and joined[1].setup_s >= 2.0
+        assert clients[0].stats().groups == ["g"] and clients[1].stats().groups == ["g"]
+        # The group works: a tp-2 instance activates in it.
+        acts = _start(clients, model_path, "g")
+        assert [a.copied_bytes for a in acts] == [0, 0]
+    finally:
+        for c in clients + extra:
             c.close()
         _close(procs)

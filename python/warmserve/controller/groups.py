@@ -137,10 +137,17 @@ class GroupManager:
             if any(w is None or not w.alive for w in rec.workers):
                 raise WorkerLostError(f"a worker of GPUs {list(rec.gpus)} is gone", gpus=list(rec.gpus))
             port = (await hub.call(rec.workers[0], P.HostGroupStore(id=hub.next_id()), JOIN_TIMEOUT_S)).port
-            await asyncio.gather(*(
-                hub.call(w, P.JoinGroup(id=hub.next_id(), group_id=rec.group_id, rank=r, world_size=len(rec.gpus),
-                                        store_port=port), JOIN_TIMEOUT_S + 5)
-                for r, w in enumerate(rec.workers)))
+            # Sent to every member here, with no await between: each worker joins its groups one at a time in the
+            # order they came (worker/tp.py, GroupTable), and NCCL needs that order to be the same on every worker.
+            msgs = [P.JoinGroup(id=hub.next_id(), group_id=rec.group_id, rank=r, world_size=len(rec.gpus),
+                                store_port=port) for r in range(len(rec.workers))]
+            futs = [hub.start_call(w, m) for w, m in zip(rec.workers, msgs)]
+            try:
+                await asyncio.gather(*(hub.wait(w, m, f, JOIN_TIMEOUT_S + 5)
+                                       for w, m, f in zip(rec.workers, msgs, futs)))
+            finally:
+                for w, m in zip(rec.workers, msgs):
+                    w.calls.pop(m.id, None)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -190,6 +190,9 @@ class ParallelGroup:
         self.device = torch.device("cpu")
         #: A gloo group over the same ranks for control messages (``join``); None: ``group`` carries them.
         self.cpu_group = None
+        #: The backend of the collectives on the model's tensors: "gloo" or "nccl".
+        self.backend = str(group.name() if group is not None
+                           else dist.get_backend() if dist.is_initialized() else "gloo").lower()
 
     @classmethod
     def init(cls, rank: int, world_size: int, address: str, port: int, backend: str | None = None,
@@ -197,14 +200,25 @@ class ParallelGroup:
         """Join (as ``rank`` of ``world_size``) the default process group that rank 0 hosts at address:port over
         TCP. backend: "gloo" or "nccl"; None picks NCCL for a CUDA device, gloo otherwise. Every collective, and
         the rendezvous itself, fails after timeout_s rather than waiting forever for a rank that died."""
+        dev = indexed_device(device)
         if backend is None:
-            backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+            backend = "nccl" if dev.type == "cuda" else "gloo"
         if dist.is_initialized():
             raise InvalidArgumentError("this process already belongs to a default process group: wrap it with "
                                        "ParallelGroup(rank, world_size) instead", backend=dist.get_backend())
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # NCCL binds the communicator to the current device
         dist.init_process_group(backend, init_method=f"tcp://{address}:{int(port)}", rank=rank,
-                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(rank, world_size, None, owns_default=True)
+                                world_size=world_size, timeout=timeout)
+        out = cls(rank, world_size, None, owns_default=True)
+        out.device = dev
+        if backend == "nccl":
+            # NCCL takes device tensors only, so the control messages (min_int, the leader's plans) need a gloo
+            # group over the same ranks, as join builds (found in review: before, min_int sent a CPU tensor through
+            # NCCL, which refuses it). Every rank calls new_group, in the same order: it is itself collective.
+            out.cpu_group = dist.new_group(backend="gloo", timeout=timeout)
+        return out
 
     @classmethod
     def join(cls, group_id: str, rank: int, world_size: int, store_port: int, device: torch.device | str = "cpu",
@@ -246,9 +260,15 @@ class ParallelGroup:
 
     def min_int(self, x: int) -> int:
         """The smallest of every rank's x (over the CPU control group)."""
-        t = torch.tensor([int(x)], dtype=torch.int64, device="cpu" if self.cpu_group is not None else self.device)
+        return self.min_ints([x])[0]
+
+    def min_ints(self, xs: list[int]) -> list[int]:
+        """The smallest of every rank's value at each position of xs (one collective, over the CPU control
+        group; every rank passes as many values)."""
+        t = torch.tensor([int(x) for x in xs], dtype=torch.int64,
+                         device="cpu" if self.cpu_group is not None else self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_group or self.group)
-        return int(t.item())
+        return [int(v) for v in t.tolist()]
 
     def broadcast(self, t: torch.Tensor, root: int = 0) -> torch.Tensor:
         """Rank root's t, into t on every rank (same shape and dtype everywhere; a CPU tensor for a group built

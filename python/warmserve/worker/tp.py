@@ -9,11 +9,17 @@ applies the same changes in the same order to an engine with the same KV blocks,
 same steps and the model's collectives line up; the logits are all-gathered, so every rank samples the same token
 (a sampled request gets its seed from the leader when it has none).
 
+After applying a plan every rank says whether it could, in one all-reduce over the group's gloo control group
+(``grow_together``, which carries the KV agreement below in the same message): a rank that fails alone (an
+exception in ``add_request``, a step counter out of line) stops every rank at once with a typed error, instead
+of leaving the others in the step's collectives, which NCCL never fails on its own (its watchdog ends the whole
+worker after the timeout).
+
 Why KV blocks are mapped together: a rank's scheduler preempts when its KV cache cannot grow, and a rank whose
 pool is fuller would preempt where the others do not. So no rank maps a block on its own (``BudgetMapper``
-refuses any map outside a budget, so the engine's lazy mapping never happens): before each plan is applied every
-rank computes the same want (its engine state is the same), the ranks agree on how many they can all map (one
-all-reduce of each rank's free pages), and each maps exactly that many (``grow_together``). Shrinking (a lower KV
+refuses any map outside a budget, so the engine's lazy mapping never happens): once a plan is applied every rank
+computes the same want (its engine state is the same), the ranks agree on how many they can all map (the
+all-reduce above carries each rank's count), and each maps exactly that many (``grow_together``). Shrinking (a lower KV
 target) unmaps free blocks beyond the target, the same blocks on every rank. So the KV reservation works as for
 tp = 1: ``SetKvTarget`` goes to the leader, which applies it and passes it on in order with the requests.
 
@@ -24,12 +30,14 @@ collective fail at once (gloo reports the closed connection), and the instance e
 
 Process groups are built ahead (``JoinGroup``), while the workers are idle: the controller asks for one per
 aligned GPU group the placement can produce, so activating a tensor-parallel instance binds a group that exists
-(the paper prewarms its NCCL communicators the same way). Each group's rendezvous runs on a thread; the store it
-meets at is hosted by rank 0's worker, on loopback (a group never spans two machines).
+(the paper prewarms its NCCL communicators the same way). A worker joins its groups one at a time on a thread, in
+the order the controller sent them (``GroupTable``); the store a group meets at is hosted by rank 0's worker, on
+loopback (a group never spans two machines).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -157,18 +165,30 @@ class BudgetMapper:
         return self.inner.pages_mapped
 
 
-def grow_together(engine, group) -> int:
-    """Map the same number of KV blocks on every rank (see the module's docstring); every rank calls it at the same
-    point, with the same engine state. Returns blocks mapped."""
+def grow_together(engine, group, error: BaseException | None = None) -> int:
+    """Agree that every rank applied the plan, then map the same number of KV blocks on every rank (see the
+    module's docstring); every rank calls it at the same point, with the same engine state. error: why this rank
+    could not apply the plan (it still takes part, so no rank is left alone in a collective). Raises ``error``
+    here, RanksDivergedError on the other ranks. Returns blocks mapped."""
     kv = engine.kv
-    # The reservation (throttled, as KVCache.grow is), or at once what the next step needs (an engine of its own
-    # would map that lazily while scheduling).
-    short = engine.scheduler.blocks_wanted() - kv.num_free_mapped
-    want = min(kv.total_blocks - kv.num_mapped,
-               max(min(kv.map_blocks_per_step, kv.target_free_blocks - kv.num_free_mapped), short))
-    if want <= 0:  # the same on every rank: no collective
-        return 0
-    n = group.min_int(kv.mapper.mappable(kv.next_unmapped(want)))
+    can = 0
+    if error is None:
+        # The reservation (throttled, as KVCache.grow is), or at once what the next step needs (an engine of its
+        # own would map that lazily while scheduling).
+        short = engine.scheduler.blocks_wanted() - kv.num_free_mapped
+        want = min(kv.total_blocks - kv.num_mapped,
+                   max(min(kv.map_blocks_per_step, kv.target_free_blocks - kv.num_free_mapped), short))
+        if want > 0:  # the same on every rank
+            can = kv.mapper.mappable(kv.next_unmapped(want))
+    # One collective per plan, on the CPU control group, even with nothing to map: a rank that failed alone would
+    # otherwise leave the others in the step's collectives, which NCCL never fails but its watchdog ends the
+    # whole worker for (found in review). It carries the map count too, so a plan that maps costs no more.
+    ok, n = group.min_ints([int(error is None), can])
+    if error is not None:
+        raise error
+    if ok != 1:
+        raise RanksDivergedError(f"another rank of group {group.group_id} could not apply the leader's plan (its "
+                                 "worker logs why): the instance stops", group_id=group.group_id)
     if n <= 0:
         return 0
     kv.mapper.budget, target = n, kv.target_free_blocks
@@ -238,6 +258,21 @@ class Follower:
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
+    def _apply(self, plan: RankStep) -> None:
+        """The leader's changes, in its order; and the step counters must agree before a step."""
+        eng = self.engine
+        for ev in plan.events:
+            if isinstance(ev, RankAdd):
+                eng.add_request(ev.request_id, ev.prompt_ids, ev.sampling, ev.output_ids)
+            elif isinstance(ev, RankAbort):
+                eng.abort(ev.request_id)
+            else:
+                eng.set_kv_target_free_blocks(ev.free_blocks)
+        if plan.run and plan.step != eng.num_steps:
+            raise RanksDivergedError(
+                f"rank {self.group.rank} of {self.name!r} is at step {eng.num_steps}, the leader at {plan.step}: "
+                "the ranks diverged", leader_step=plan.step, step=eng.num_steps)
+
     def _loop(self) -> None:
         eng = self.engine
         try:
@@ -249,19 +284,13 @@ class Follower:
                 plan = recv_plan(self.group)
                 if self.closing or plan.stop:
                     return
-                for ev in plan.events:
-                    if isinstance(ev, RankAdd):
-                        eng.add_request(ev.request_id, ev.prompt_ids, ev.sampling, ev.output_ids)
-                    elif isinstance(ev, RankAbort):
-                        eng.abort(ev.request_id)
-                    else:
-                        eng.set_kv_target_free_blocks(ev.free_blocks)
-                grow_together(eng, self.group)
+                local = None
+                try:
+                    self._apply(plan)
+                except Exception as e:  # told to the other ranks in grow_together, then raised there
+                    local = e
+                grow_together(eng, self.group, local)
                 if plan.run:
-                    if plan.step != eng.num_steps:
-                        raise RanksDivergedError(
-                            f"rank {self.group.rank} of {self.name!r} is at step {eng.num_steps}, the leader at "
-                            f"{plan.step}: the ranks diverged", leader_step=plan.step, step=eng.num_steps)
                     eng.step()
                     self.steps += 1
         except Exception as e:  # the group failed (a rank is gone) or the ranks diverged: the instance is over
@@ -270,15 +299,26 @@ class Follower:
 
 
 class GroupTable:
-    """The process groups a worker belongs to, the store it hosts for those it leads, and joins in progress."""
+    """The process groups a worker belongs to, the store it hosts for those it leads, and joins queued or running.
+
+    Joins run one at a time, in the order they came. NCCL builds a communicator collectively, and two ranks that
+    share GPUs must build theirs in the same order (found in review: groups built at once on threads of their own
+    could reach two GPUs in different orders); the controller sends a group's JoinGroups to all its workers at
+    once, so every worker receives any two groups in the same order, and the earliest group still pending has
+    every member at its head. The price: a join whose peer never comes holds the ones behind it up to its timeout.
+    """
 
     def __init__(self, device: str, emit):
         self.device = device
         self.emit = emit
         self.groups: dict[str, object] = {}
         self._store = None
-        #: group id -> (thread, result box, peer, request id, start time)
-        self._joins: dict[str, tuple] = {}
+        #: Joins waiting their turn, in arrival order: (peer, JoinGroup, arrival time).
+        self._queue: collections.deque = collections.deque()
+        #: The join under way: (peer, JoinGroup, arrival time, thread, result box); None when none is.
+        self._running: tuple | None = None
+        #: Groups left while their join ran: built, then dropped.
+        self._left: set[str] = set()
 
     def host_store(self) -> int:
         from ..engine.parallel import host_store
@@ -288,7 +328,7 @@ class GroupTable:
         return int(self._store.port)
 
     def join(self, peer, msg: P.JoinGroup) -> None:
-        if msg.group_id in self.groups or msg.group_id in self._joins:
+        if msg.group_id in self.groups or msg.group_id in self._pending():
             raise errors.ModelStateError(f"this worker is already in (or joining) group {msg.group_id!r}: leave it "
                                          "first", group_id=msg.group_id)
         if not 0 <= msg.rank < msg.world_size or msg.world_size < 2:
@@ -299,6 +339,17 @@ class GroupTable:
             raise errors.InvalidArgumentError(
                 f"timeout_s {msg.timeout_s} (0-3600 s) or store_port {msg.store_port} out of range",
                 timeout_s=msg.timeout_s, store_port=msg.store_port)
+        self._queue.append((peer, msg, time.perf_counter()))
+        self._start_next()
+
+    def _pending(self) -> list[str]:
+        run = [self._running[1].group_id] if self._running is not None else []
+        return run + [m.group_id for _, m, _ in self._queue]
+
+    def _start_next(self) -> None:
+        if self._running is not None or not self._queue:
+            return
+        peer, msg, t0 = self._queue.popleft()
         box: dict = {}
 
         def run():
@@ -311,23 +362,29 @@ class GroupTable:
                 box["error"] = e
 
         t = threading.Thread(target=run, name=f"join-{msg.group_id}", daemon=True)
-        self._joins[msg.group_id] = (t, box, peer, msg.id, time.perf_counter())
+        self._running = (peer, msg, t0, t, box)
         t.start()
 
     def poll(self) -> None:
-        for gid, (t, box, peer, rid, t0) in list(self._joins.items()):
-            if t.is_alive():
-                continue
-            del self._joins[gid]
-            if "group" in box:
-                self.groups[gid] = box["group"]
-                self.emit(peer, P.GroupJoined(id=rid, group_id=gid, setup_s=time.perf_counter() - t0))
-            else:
-                e = box.get("error")
-                self.emit(peer, P.Error.of(rid, errors.WorkerLostError(
-                    f"could not join group {gid!r}: {type(e).__name__}: {e}; a rank did not come (its worker is "
-                    "gone or slow): the controller builds the group again when its workers are back",
-                    group_id=gid)))
+        if self._running is None or self._running[3].is_alive():
+            return
+        peer, msg, t0, _, box = self._running
+        self._running = None
+        gid = msg.group_id
+        if gid in self._left:
+            self._left.discard(gid)
+            self.emit(peer, P.Error.of(msg.id, errors.ModelStateError(
+                f"group {gid!r} was left while this worker joined it: it is dropped", group_id=gid)))
+        elif "group" in box:
+            self.groups[gid] = box["group"]
+            self.emit(peer, P.GroupJoined(id=msg.id, group_id=gid, setup_s=time.perf_counter() - t0,
+                                          backend=box["group"].backend))
+        else:
+            e = box.get("error")
+            self.emit(peer, P.Error.of(msg.id, errors.WorkerLostError(
+                f"could not join group {gid!r}: {type(e).__name__}: {e}; a rank did not come (its worker is "
+                "gone or slow): the controller builds the group again when its workers are back", group_id=gid)))
+        self._start_next()
 
     def get(self, group_id: str):
         g = self.groups.get(group_id)
@@ -338,10 +395,17 @@ class GroupTable:
         return g
 
     def leave(self, group_id: str) -> None:
+        """Leave a group, or give up joining it: a queued join is answered now, one under way when it ends."""
         self.groups.pop(group_id, None)
+        for item in [q for q in self._queue if q[1].group_id == group_id]:
+            self._queue.remove(item)
+            self.emit(item[0], P.Error.of(item[1].id, errors.ModelStateError(
+                f"group {group_id!r} was left before this worker's turn to join it", group_id=group_id)))
+        if self._running is not None and self._running[1].group_id == group_id:
+            self._left.add(group_id)
 
     def joining(self) -> bool:
-        return bool(self._joins)
+        return self._running is not None or bool(self._queue)
 
 
 class ShardRoles:

@@ -83,6 +83,8 @@ def _rank_main(rank: int, world: int, port: int, jobs: list[tuple[str, str, int]
     from warmserve.memory import PagePool
 
     group = ParallelGroup.init(rank, world, "127.0.0.1", port, timeout_s=60)
+    # gloo on CPU carries the control messages itself; NCCL would get a gloo group beside it (cpu_group)
+    assert (group.backend, group.device, group.cpu_group) == ("gloo", torch.device("cpu"), None)
     out = {}
     try:
         with PagePool(256 << 20, backend="host", prefault=False) as pool:
