@@ -287,8 +287,10 @@ class Controller:
                 self._request_done(req, msg.finish_reason or "stop")
         elif isinstance(msg, P.Error):
             req = w.gens.get(msg.id)
-            if req is None:
-                log.warning("%r: error for unknown request %d: %s", w, msg.id, msg.message)
+            if req is None:  # moved already (a lost rank's other requests), or a bug
+                log.info("%r: error for a request not on it (%d): %s", w, msg.id, msg.message)
+                return
+            if self.groups.rank_lost(w, req, msg.exception()):
                 return
             self._end_gen(w, msg.id)
             req.fail(msg.exception())

@@ -62,13 +62,15 @@ def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
 class LiveInstance:
     """An instance as the controller tracks it on its workers (one per rank; ``worker`` is rank 0's)."""
 
-    __slots__ = ("iid", "model", "workers", "ready", "group_id")
+    __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost")
 
     def __init__(self, iid: str, model: str, workers: list[WorkerRecord]):
         self.iid, self.model, self.workers = iid, model, workers
         self.ready = False
         #: The process group of a tensor-parallel instance ("" at tp = 1).
         self.group_id = ""
+        #: Its rank 0 reported a lost rank (groups.GroupManager.rank_lost): its requests move as after a loss.
+        self.rank_lost = False
 
     @property
     def worker(self) -> WorkerRecord:
@@ -430,9 +432,9 @@ class LiveExecutor:
             # that follows ends them on the worker (and nothing is sent from here, see Executor).
             del w.gens[req.gid]
             req.requeued(self.ctl.cc.request_timeout_s)
-            self.ctl.metrics.migrated.inc(model=req.model)
+            (self.ctl.metrics.rerouted if rec.rank_lost else self.ctl.metrics.migrated).inc(model=req.model)
             if req.generated:
-                self.ctl.metrics.resumed.inc(model=req.model, why="migrated")
+                self.ctl.metrics.resumed.inc(model=req.model, why="rank_lost" if rec.rank_lost else "migrated")
         return [(req, req.resume_prompt_tokens) for req in moved]
 
     def fail(self, req, error: BaseException, now_s: float) -> None:

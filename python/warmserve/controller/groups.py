@@ -19,6 +19,7 @@ import logging
 
 from warmserve import protocol as P
 from warmserve.errors import WorkerLostError
+from warmserve.policy import actions as A
 
 log = logging.getLogger("warmserve.controller")
 
@@ -113,6 +114,32 @@ class GroupManager:
             evict([ctl.by_gpu.get(g) for g in k.gpus if g != w.gpu_id], k.model)
         return gens
 
+    def rank_lost(self, w, req, error: BaseException) -> bool:
+        """Rank 0's worker ``w`` answered ``req`` with ``error``. If that is a WorkerLostError of a tensor-parallel
+        instance the driver still runs, the instance lost a rank, but the controller may see that rank's worker
+        lost only later, or never (ranks that stopped in step stay up): found in review, such requests failed where
+        a lost worker's start over. Now every request of the instance starts over elsewhere after its tokens
+        (``actions.Migrate``, which also stops the instance), each loss counted against
+        ``max_worker_losses_per_request`` as a worker loss is. Returns True then; False: the caller fails ``req``."""
+        ctl = self.ctl
+        live = ctl.instances.get(req.instance_id)
+        if (not isinstance(error, WorkerLostError) or live is None or len(live.workers) < 2
+                or req.instance_id not in ctl.driver.state.instances):
+            return False
+        now = ctl.now_s()
+        live.rank_lost = True
+        for gid, r in [(g, r) for g, r in w.gens.items() if r.instance_id == req.instance_id]:
+            r.reroutes += 1
+            if r.reroutes >= ctl.cc.max_worker_losses_per_request:
+                del w.gens[gid]
+                r.fail(error)
+                ctl.driver.request_finished(r.model, r.instance_id, now, route=False, request=r)
+                ctl._request_done(r, "worker_lost")
+        log.warning("instance %s of %s lost a rank (%s): its requests start over elsewhere", req.instance_id,
+                    req.model, error)
+        ctl.driver.apply(A.Migrate(req.instance_id), now)
+        return True
+
     def views(self) -> list[dict]:
         return [rec.view() for rec in self.groups.values()]
 
@@ -141,7 +168,11 @@ class GroupManager:
             # order they came (worker/tp.py, GroupTable), and NCCL needs that order to be the same on every worker.
             msgs = [P.JoinGroup(id=hub.next_id(), group_id=rec.group_id, rank=r, world_size=len(rec.gpus),
                                 store_port=port) for r in range(len(rec.workers))]
-            futs = [hub.start_call(w, m) for w, m in zip(rec.workers, msgs)]
+            futs = []
+            for w, m in zip(rec.workers, msgs):
+                futs.append(hub.start_call(w, m))
+                if futs[-1].done():  # the send found the worker gone (and lost() ran): tell no one else to join
+                    break
             try:
                 await asyncio.gather(*(hub.wait(w, m, f, JOIN_TIMEOUT_S + 5)
                                        for w, m, f in zip(rec.workers, msgs, futs)))

@@ -156,6 +156,7 @@ class WorkerCore(ShardRoles):
         for inst in list(self.instances.values()):
             self._close_instance(inst, wait_s=1.0)
         self.instances.clear()
+        self.groups.close()
         for m in list(self.models.values()):
             if m.state == "loading":
                 m.job.cancel()
@@ -365,6 +366,10 @@ class WorkerCore(ShardRoles):
                 f"group {msg.group_id!r} was dropped: a rank of the instance of {inst.name!r} is gone",
                 group_id=msg.group_id))
             self._close_instance(inst, wait_s=0.0 if inst.follower and inst.tp.running else 1.0)
+            if inst.follower and inst.tp.deactivate is not None:  # _tp_housekeeping no longer sees the instance
+                dpeer, rid = inst.tp.deactivate
+                inst.tp.deactivate = None
+                self.emit(dpeer, P.Deactivated(id=rid, name=inst.name, aborted=0))
         self.groups.leave(msg.group_id)
         self.emit(peer, P.Ok(id=msg.id))
 

@@ -173,13 +173,16 @@ def grow_together(engine, group, error: BaseException | None = None) -> int:
     kv = engine.kv
     can = 0
     if error is None:
-        # The reservation (throttled, as KVCache.grow is), or at once what the next step needs (an engine of its
-        # own would map that lazily while scheduling).
-        short = engine.scheduler.blocks_wanted() - kv.num_free_mapped
-        want = min(kv.total_blocks - kv.num_mapped,
-                   max(min(kv.map_blocks_per_step, kv.target_free_blocks - kv.num_free_mapped), short))
-        if want > 0:  # the same on every rank
-            can = kv.mapper.mappable(kv.next_unmapped(want))
+        try:
+            # The reservation (throttled, as KVCache.grow is), or at once what the next step needs (an engine of
+            # its own would map that lazily while scheduling).
+            short = engine.scheduler.blocks_wanted() - kv.num_free_mapped
+            want = min(kv.total_blocks - kv.num_mapped,
+                       max(min(kv.map_blocks_per_step, kv.target_free_blocks - kv.num_free_mapped), short))
+            if want > 0:  # the same on every rank
+                can = kv.mapper.mappable(kv.next_unmapped(want))
+        except Exception as e:  # told to the other ranks below, like a plan this rank could not apply
+            error = e
     # One collective per plan, on the CPU control group, even with nothing to map: a rank that failed alone would
     # otherwise leave the others in the step's collectives, which NCCL never fails but its watchdog ends the
     # whole worker for (found in review). It carries the map count too, so a plan that maps costs no more.
@@ -193,13 +196,18 @@ def grow_together(engine, group, error: BaseException | None = None) -> int:
         return 0
     kv.mapper.budget, target = n, kv.target_free_blocks
     kv.target_free_blocks = max(target, kv.num_free_mapped + n)  # grow() maps up to the target only
+    failed = None
     try:
         got = kv.grow(n)
+    except Exception as e:  # still takes part in the check below, so no rank waits for it
+        got, failed = -1, e
     finally:
         kv.mapper.budget, kv.target_free_blocks = 0, target
-    if group.min_int(int(got == n)) != 1:  # a load beside it took the pages meanwhile
-        raise RanksDivergedError(f"rank {group.rank} mapped {got} of the {n} KV blocks its ranks agreed on: the "
-                                 "instance stops", agreed=n, mapped=got)
+    if group.min_int(int(got == n)) != 1:  # a load beside it took the pages meanwhile, or a map failed
+        if failed is not None:
+            raise failed
+        raise RanksDivergedError(f"rank {group.rank} mapped {got} of the {n} KV blocks its ranks agreed on (or "
+                                 "another rank could not map them): the instance stops", agreed=n, mapped=got)
     return got
 
 
@@ -282,7 +290,11 @@ class Follower:
                 torch.cuda.set_device(self.group.device)
             while not self.closing:
                 plan = recv_plan(self.group)
-                if self.closing or plan.stop:
+                if plan.stop:
+                    return
+                if self.closing:  # closed here (LeaveGroup, shutdown): say so, so the leader stops at once
+                    grow_together(eng, self.group, errors.ModelStateError(
+                        f"rank {self.group.rank} of {self.name!r} was closed on its worker"))
                     return
                 local = None
                 try:
@@ -362,8 +374,8 @@ class GroupTable:
                 box["error"] = e
 
         t = threading.Thread(target=run, name=f"join-{msg.group_id}", daemon=True)
+        t.start()  # before _running is set: a thread that cannot start fails this JoinGroup once, in join()
         self._running = (peer, msg, t0, t, box)
-        t.start()
 
     def poll(self) -> None:
         if self._running is None or self._running[3].is_alive():
@@ -406,6 +418,16 @@ class GroupTable:
 
     def joining(self) -> bool:
         return self._running is not None or bool(self._queue)
+
+    def close(self) -> None:
+        """The worker is closing: answer the joins still queued or under way (the groups are dropped)."""
+        pending = list(self._queue) + ([self._running[:3]] if self._running is not None else [])
+        self._queue.clear()
+        self._running = None
+        for peer, msg, _ in pending:
+            self.emit(peer, P.Error.of(msg.id, errors.ModelStateError(
+                f"the worker closed before it joined group {msg.group_id!r}", group_id=msg.group_id)))
+        self.groups.clear()
 
 
 class ShardRoles:

@@ -90,6 +90,41 @@ def test_losing_a_rank_stops_the_instance_on_the_other_and_requeues_what_had_not
     run(main())
 
 
+def test_a_lost_rank_reported_by_rank_0_starts_its_requests_over_after_their_tokens(tp_model):
+    """Found in review: rank 0 answers every request of an instance that lost a rank with WorkerLostError at once,
+    before the controller sees any worker lost (or never: ranks that stopped in step stay up), and the requests
+    failed where a lost worker's start over. Now they go on elsewhere after their tokens; no worker is lost."""
+    from warmserve.errors import WorkerLostError
+
+    async def main():
+        c = make_controller(tp_model, request_timeout_s=10.0)
+        ep = await c.start()
+        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
+        peers[0].hold_generate = True
+        req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=4))
+        while not _of(peers[0], P.Generate):
+            await asyncio.sleep(0.01)
+        (gen,) = _of(peers[0], P.Generate)
+        first = c.stats()["instances"][0]["instance_id"]
+        await peers[0].send(P.Tokens(id=gen.id, token_ids=[9]))
+        await peers[0].send(P.Error.of(gen.id, WorkerLostError("the tensor-parallel instance lost a rank")))
+        peers[0].hold_generate = False  # the next instance answers
+        assert await collect(req) == [9, 5, 6, 7]
+        assert req.reroutes == 1 and req.finish_reason == "length"
+        resumed = _of(peers[0], P.Generate)[1]
+        assert resumed.output_ids == [9] and resumed.prompt_ids == [1, 2]
+        assert c.metrics.resumed.get(model=tp_model.name, why="rank_lost") == 1
+        assert c.metrics.workers_lost.get() == 0
+        # The broken instance was stopped on both ranks; another one serves.
+        assert all(any(d.name == tp_model.name for d in _of(p, P.Deactivate)) for p in peers)
+        assert [i["instance_id"] for i in c.stats()["instances"]] != [first]
+        await c.close(drain=False)
+        for p in peers:
+            p.close()
+
+    run(main())
+
+
 def test_a_tp_that_does_not_split_the_model_is_refused_with_the_sizes_that_do(model):
     with pytest.raises(InvalidArgumentError, match=r"tp=4 does not split 6 attention heads.*use tp in \[1, 2\]"):
         controller_model(ModelSpec(path=model.spec.path, tp=4))
