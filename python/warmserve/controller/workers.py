@@ -238,10 +238,14 @@ class WorkerHub:
             if isinstance(msg, P.PrewarmProgress):
                 if on_progress is not None:
                     on_progress(msg)
-            elif not fut.done():
-                if isinstance(msg, P.Stats):
-                    w.stats = msg
-                fut.set_result(msg)
+            else:
+                # The final reply: the entry goes now, or a call nobody awaits (executor.fire) would keep it
+                # until the worker is lost (found in review: one per fired Evict, Deactivate, LeaveGroup).
+                del w.calls[msg.id]
+                if not fut.done():
+                    if isinstance(msg, P.Stats):
+                        w.stats = msg
+                    fut.set_result(msg)
             return
         self.on_event(w, msg)
 

@@ -402,3 +402,29 @@ def test_kv_pages_a_worker_holds_count_as_mapped_blocks(model, used, mapped):
         peer.close()
 
     run(main())
+
+
+def test_a_fired_call_leaves_no_entry_once_its_worker_answers(model):
+    """Found in review: a control request sent with executor.fire (Evict, Deactivate, LeaveGroup) kept its entry
+    in the worker's table of calls until the worker was lost, one more per request over a server's life."""
+    from warmserve.controller.executor import fire
+
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = Peer(ep)
+        await c.wait_for_workers(1, 5)
+        w = c.by_gpu[0]
+        replies = []
+        for _ in range(3):
+            fire(c.hub, w, P.LeaveGroup(id=c.hub.next_id(), group_id="none"), on_reply=replies.append)
+        for _ in range(200):
+            if len(replies) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert [type(r).__name__ for r in replies] == ["Ok"] * 3
+        assert w.calls == {}
+        await c.close(drain=False)
+        peer.close()
+
+    run(main())
