@@ -23,7 +23,7 @@ from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, caus
 from warmserve.engine.graphs import DecodeGraphs, activate_decode_graphs, resolve_cuda_graphs
 from warmserve.engine.kv_cache import KVCache
 from warmserve.engine.model import Model
-from warmserve.engine.sampler import logprobs, sample
+from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
 from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
 from warmserve.geometry import blocks_for_tokens
@@ -140,8 +140,8 @@ class Engine:
                     output_token_ids=()) -> None:
         """Queue a request. ``output_token_ids``: tokens it generated already (a resumption elsewhere): they are
         its output so far (max_tokens, penalties and stop ids count them), recomputed with the prompt as a
-        preempted sequence is, and not reported again. Greedy sampling continues exactly as it would have;
-        seeded sampling draws afresh from the seed."""
+        preempted sequence is, and not reported again. Greedy and seeded sampling continue exactly as they would
+        have (a seeded draw depends on the seed and the token's index only: sampler.draw_seed)."""
         self._check_open()
         params = params or SamplingParams()
         if request_id in self.seqs:
@@ -169,11 +169,11 @@ class Engine:
                 f"{need} tokens need {blocks_needed} KV blocks but this instance has {self.kv.total_blocks}: "
                 "shorten the request or give the instance more KV blocks",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=self.kv.total_blocks)
-        gen = None
+        gen, seed = None, 0
         if not params.greedy:
-            gen = torch.Generator(device="cpu").manual_seed(params.seed if params.seed is not None
-                                                            else self._rng.getrandbits(63))
-        seq = Sequence(request_id, prompt, params, next(self._arrivals), gen)
+            gen = torch.Generator(device="cpu")  # seeded before each draw (_sample)
+            seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        seq = Sequence(request_id, prompt, params, next(self._arrivals), gen, seed=seed)
         if done:
             seq.output, seq.num_reported = done, len(done)
             if params.logprobs is not None:  # reported with those tokens already: placeholders keep the indices
@@ -344,6 +344,9 @@ class Engine:
         outputs = []
         if sampled:
             seqs = [c.seq for c in sampled]
+            for s in seqs:
+                if s.generator is not None:
+                    s.generator.manual_seed(draw_seed(s.seed, len(s.output)))
             toks = sample(logits, [s.params for s in seqs], [s.generator for s in seqs],
                           [(s.prompt, s.output) for s in seqs])
             lps = logprobs(logits, toks, [s.params.logprobs for s in seqs])

@@ -2,7 +2,9 @@
 requests draw from their own generator; log-probabilities of the chosen tokens and their top alternatives.
 
 A seeded request gives the same tokens whatever else is in its batch: its draws come from a generator only it
-uses, one draw per token.
+uses, one draw per token. Draw k is seeded from the request's seed and k alone (``draw_seed``), so a request
+resumed elsewhere after k tokens (protocol.Generate.output_ids) goes on with draw k, the tokens it would have
+given unmoved, instead of repeating its first draws.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def penalize(logits: torch.Tensor, p: SamplingParams, prompt: Sequence[int], out
         vals = logits[seen]
         logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
     return logits
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def draw_seed(seed: int, index: int) -> int:
+    """The seed of draw ``index`` (0: the first output token) of a request seeded with ``seed``: splitmix64's
+    finaliser of the two, so neighbouring draws and neighbouring seeds get unrelated streams."""
+    z = (int(seed) + 0x9E3779B97F4A7C15 * (int(index) + 1)) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],

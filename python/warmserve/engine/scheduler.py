@@ -27,6 +27,8 @@ class Sequence:
     params: SamplingParams
     arrival: int
     generator: torch.Generator | None = None
+    #: The seed its draws come from (sampler.draw_seed); unused when greedy.
+    seed: int = 0
     output: list[int] = field(default_factory=list)
     status: str = WAITING
     #: Tokens whose K/V is in the cache.

@@ -67,6 +67,21 @@ def test_a_resumption_goes_on_after_the_tokens_it_had_out(lm):
     assert [outs[str(i)] for i in range(2)] == [w[12:] for w in want]
 
 
+def test_a_seeded_resumption_goes_on_with_the_draws_it_would_have_made(lm):
+    """Found in review: a seeded request resumed elsewhere after k tokens drew again from its seed, so its next
+    tokens repeated its first draws' noise. Now draw k depends on the seed and k alone."""
+    prompts = _prompts(2, 40)
+    params = [SamplingParams(max_tokens=24, temperature=1.0, seed=s, ignore_eos=True) for s in (7, 2**63 + 5)]
+    with Engine(lm) as eng:
+        want = [eng.generate([p], sp)[0] for p, sp in zip(prompts, params)]
+    assert want[0] != want[1]
+    with Engine(lm) as eng:
+        for i, (p, sp) in enumerate(zip(prompts, params)):
+            eng.add_request(str(i), p, sp, want[i][:9])
+        outs, _ = _drain(eng)
+    assert [outs[str(i)] for i in range(2)] == [w[9:] for w in want]
+
+
 def test_generate_with_logits_gives_the_logits_each_token_was_sampled_from(lm):
     prompts = _prompts(3, 20)
     params = SamplingParams(max_tokens=6, ignore_eos=True)
