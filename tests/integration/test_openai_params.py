@@ -273,3 +273,28 @@ def test_serve_says_what_it_does_and_when_it_is_ready(server, client):
     lines = [line for text in logs for line in text.splitlines() if line.startswith("warmserve worker ")]
     assert len(lines) == 2 and all(", connecting to the controller at tcp://" in x and " on host " in x
                                    for x in lines), lines
+
+
+def test_a_chat_without_max_tokens_may_run_to_the_end_of_the_context(client):
+    """Found in review: a chat without max_tokens stopped at 16 tokens (the legacy completions default), and a
+    prompt within 16 tokens of the context was refused over a max_tokens the client never sent. As OpenAI's chat
+    and vLLM do, it now runs to the end of the context."""
+    ctx = 2048  # llama-20m's max_position_embeddings
+
+    def prompt_tokens(words: int) -> int:
+        msgs = [{"role": "user", "content": "w " * words}]
+        return client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=1).usage.prompt_tokens
+
+    words = 100
+    per_word = (prompt_tokens(words + 100) - prompt_tokens(words)) / 100
+    words = int(words + (ctx - 6 - prompt_tokens(words)) / per_word)
+    while prompt_tokens(words) > ctx - 3:
+        words -= 1
+    left = ctx - prompt_tokens(words)
+    assert 3 <= left < 16
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "w " * words}],
+                                       temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == left and r.choices[0].finish_reason == "length"
+    short = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=0,
+                                           max_tokens=3, extra_body={"ignore_eos": True})
+    assert short.usage.completion_tokens == 3  # an explicit max_tokens still rules

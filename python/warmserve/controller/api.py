@@ -16,7 +16,7 @@ from warmserve.controller import openai_api as oa
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare
 from warmserve.controller.metrics import CONTENT_TYPE
-from warmserve.errors import WarmServeError
+from warmserve.errors import InvalidArgumentError, WarmServeError
 from warmserve.protocol import SEED_MAX
 
 log = logging.getLogger("warmserve.controller")
@@ -51,7 +51,7 @@ class Api:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/v1/models/{name}", self.model)
+        app.router.add_get("/v1/models/{name:.+}", self.model)  # Hugging Face names have a "/" in them
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/stats", self.stats)
@@ -140,10 +140,15 @@ class Api:
         request[_INFO]["model"] = req.model
         model = self.controller.model(req.model)
         ids = await aprepare(model, messages=oa.chat_dicts(req), max_tokens=sampling.max_tokens)
+        sampling = oa.chat_max_tokens(req, sampling, model.max_context, len(ids))
         return await self._generate(request, "chat", req, model, ids, sampling)
 
     async def _generate(self, request, kind, req, model, ids, sampling):
         n = req.n
+        if n > self.max_concurrent:  # a 429 would tell the client to retry what can never be admitted
+            raise InvalidArgumentError(
+                f"n={n} choices are more than the {self.max_concurrent} requests this server runs at once: lower n "
+                f"or raise server.max_concurrent_requests", param="n", limit=self.max_concurrent)
         if self.active + n > self.max_concurrent:
             raise TooManyRequestsError(
                 f"{self.active} requests are in flight, the limit is {self.max_concurrent}: retry later "

@@ -23,6 +23,16 @@ def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\nassistant:"
 
 
+def check_max_tokens(model, max_tokens: int) -> None:
+    """Refuse a max_tokens that leaves no room for a prompt, naming it (found in review: max_tokens 1e30 was
+    refused as a prompt "more than the 0 tokens" the context left)."""
+    if max_tokens >= model.max_context:
+        raise PromptTooLongError(
+            f"max_tokens {max_tokens} leaves no room for a prompt in this model's context of {model.max_context} "
+            f"tokens: ask for fewer than {model.max_context} (prompt + max_tokens must fit)",
+            param="max_tokens", max_tokens=max_tokens, max_context=model.max_context)
+
+
 def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") -> None:
     """Refuse a prompt that cannot fit the model's context together with the tokens asked for."""
     ctx = model.max_context
@@ -54,13 +64,12 @@ def check_chars(model, chars: int, max_tokens: int, param: str = "prompt") -> No
 
 
 def _chat_text(model, messages: list[dict]) -> str | list[int]:
-    """The chat template from the tokenizer's config when it has one, a plain 'role: text' layout otherwise."""
+    """The chat template from the tokenizer's config when it has one, a plain 'role: text' layout otherwise. A
+    template that refuses the messages raises (a 400 naming why: found in review, such chats were sent as plain
+    text instead, and answered with nonsense)."""
     apply = getattr(model.tokenizer, "apply_chat_template", None)
     if apply is not None:
-        try:
-            out = apply(messages, add_generation_prompt=True)
-        except (ValueError, KeyError, LookupError, NotImplementedError):
-            out = None
+        out = apply(messages, add_generation_prompt=True)
         if out is not None:
             return out
     return plain_chat_prompt(messages)
@@ -84,6 +93,7 @@ def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_token
     """Token ids of a prompt (text or token ids) or of a chat (``messages``: role/content dicts), checked against
     the model's vocabulary and context. Runs where it is called: ``aprepare`` keeps long texts off the loop."""
     param = "prompt" if messages is None else "messages"
+    check_max_tokens(model, max_tokens)
     if messages is not None:
         text = _chat_text(model, messages)
         ids = _check_ids(model, text, param) if isinstance(text, list) else _encode(model, text, max_tokens, param)
@@ -105,6 +115,7 @@ async def aprepare(model, prompt=None, messages: list[dict] | None = None, *, ma
     """``prepare`` for the event loop: a text over INLINE_TOKENIZE_CHARS is checked against the model's context
     by its size first, then rendered and tokenised on a worker thread."""
     size = _text_size(prompt, messages)
+    check_max_tokens(model, max_tokens)
     if size <= INLINE_TOKENIZE_CHARS:
         return prepare(model, prompt, messages, max_tokens=max_tokens)
     check_chars(model, size, max_tokens, "prompt" if messages is None else "messages")
@@ -155,7 +166,8 @@ class TextGeneration:
 
     @property
     def completion_tokens(self) -> int:
-        return self.req.generated
+        """Tokens of the output: those generated, up to the stop string when one ended it."""
+        return min(self.req.generated, self.text.tokens_to_stop()) if self.text.stopped else self.req.generated
 
     def __aiter__(self):
         return self
@@ -267,5 +279,5 @@ class Choices:
             g.abort()
 
 
-__all__ = ["TextGeneration", "Choices", "prepare", "aprepare", "check_prompt", "check_chars", "plain_chat_prompt",
-           "INLINE_TOKENIZE_CHARS"]
+__all__ = ["TextGeneration", "Choices", "prepare", "aprepare", "check_max_tokens", "check_prompt", "check_chars",
+           "plain_chat_prompt", "INLINE_TOKENIZE_CHARS"]

@@ -18,7 +18,8 @@ import msgspec
 from warmserve.errors import InvalidArgumentError, WarmServeError
 from warmserve.protocol import SamplingParams, stop_strings
 
-#: max_tokens when a request does not say (OpenAI's legacy completions default).
+#: max_tokens of a completion that does not say (OpenAI's legacy completions default). A chat that does not say
+#: may run to the end of the model's context, as OpenAI's chat and vLLM let it (``chat_max_tokens``).
 DEFAULT_MAX_TOKENS = 16
 
 
@@ -219,7 +220,17 @@ def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
         raise _bad("top_logprobs needs logprobs=true", "top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     mt = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    return req, _sampling(req, mt, logprobs)
+    # Without a limit, 1 while the prompt is checked against the context; chat_max_tokens gives the rest.
+    return req, _sampling(req, 1 if mt is None else mt, logprobs)
+
+
+def chat_max_tokens(req: ChatRequest, sampling: SamplingParams, max_context: int, prompt_tokens: int) -> SamplingParams:
+    """The chat's sampling with its max_tokens: as asked, or, when the request sets none, what the model's
+    context leaves after the prompt (found in review: a chat without max_tokens stopped at 16 tokens, and a
+    prompt within 16 tokens of the context was refused over a max_tokens the client never sent)."""
+    if req.max_completion_tokens is not None or req.max_tokens is not None:
+        return sampling
+    return msgspec.structs.replace(sampling, max_tokens=max(1, max_context - prompt_tokens))
 
 
 def message_text(m: ChatMessage) -> str:

@@ -18,6 +18,7 @@ class TextStream:
         self.text = ""          # decoded text so far, cut at a stop string once one is seen
         self.emitted = 0        # characters of self.text already handed out
         self.stopped = False    # a stop string was found: the caller should end the request
+        self.stop_len = 0       # characters of the stop string found (cut away after self.text)
         self._prefix = 0        # ids[_prefix:_read] were decoded last time: the context window
         self._read = 0          # ids[:_read] are in self.text
 
@@ -53,10 +54,23 @@ class TextStream:
             start = max(0, self.emitted - self._hold)
             cut = min((i for i in (self.text.find(s, start) for s in self.stop) if i >= 0), default=-1)
             if cut >= 0:
+                self.stop_len = min(len(s) for s in self.stop if self.text.find(s, start) == cut)
                 self.text = self.text[:cut]
                 self.stopped = True
                 return self._take(len(self.text))
         return self._take(safe_upto)
+
+    def tokens_to_stop(self) -> int:
+        """Tokens up to the one that completed the stop string (all of them if none was found): the tokens
+        generated as far as the text goes. Tokens that came after it in the same push are not the output's (found
+        in review: usage counted them). Decodes a few prefixes, once, at the end of a request."""
+        k = len(self.ids)
+        if not self.stopped:
+            return k
+        need = len(self.text) + self.stop_len
+        while k > 1 and len(self._decode(self.ids[:k - 1])) >= need:
+            k -= 1
+        return k
 
     def _take(self, upto: int) -> str:
         if upto <= self.emitted:

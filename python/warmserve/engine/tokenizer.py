@@ -1,7 +1,12 @@
 """Tokenizer: a checkpoint's tokenizer.json through the `tokenizers` library, with its chat template.
 
-The chat template comes from tokenizer_config.json (a Jinja template, rendered with jinja2 when installed);
-without one, messages are joined as "role: content" lines ending with "assistant:".
+The chat template comes from tokenizer_config.json (a string, or a list of named templates of which "default" is
+used) or from chat_template.jinja beside it, and is rendered as Hugging Face's ``apply_chat_template`` renders it:
+jinja2's immutable sandbox, blocks trimmed, loop controls, variables a template tests but nobody passed
+(``tools``, ``message.tool_calls``) undefined and false, ``raise_exception``, ``strftime_now`` and a ``tojson``
+that keeps non-ASCII text. A template that refuses the messages (``raise_exception``, e.g. a system message a
+model has no role for) is the client's error, not a reason to send another prompt. Without a template, messages
+are joined as "role: content" lines ending with "assistant:".
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class Tokenizer:
             bos_tok = bos_tok.get("content")
         self.bos_token: str | None = bos_tok
         self.eos_token: str | None = eos_tok
-        self.chat_template: str | None = self.config.get("chat_template")
+        self.chat_template: str | None = _pick_template(self.config.get("chat_template"), self.dir)
         self._template = None
         self._max_token_chars: int | None = None
 
@@ -75,21 +80,59 @@ class Tokenizer:
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise InvalidArgumentError(f"a chat message needs 'role' and 'content', got {m!r}")
-        if self.chat_template:
+        if not self.chat_template:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+            return text + ("assistant:" if add_generation_prompt else "")
+        import jinja2
+
+        if self._template is None:
             try:
-                import jinja2
-            except ImportError:
-                jinja2 = None
-            if jinja2 is not None:
-                if self._template is None:
-                    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-                    env.globals["raise_exception"] = _raise_template_error
-                    self._template = env.from_string(self.chat_template)
-                return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                             bos_token=self.bos_token or "", eos_token=self.eos_token or "")
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-        return text + ("assistant:" if add_generation_prompt else "")
+                self._template = _environment().from_string(self.chat_template)
+            except jinja2.TemplateError as e:
+                raise InvalidArgumentError(f"this model's chat template does not parse ({type(e).__name__}: {e}): "
+                                           f"fix chat_template in {self.dir}", param="messages") from None
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        except jinja2.TemplateError as e:
+            raise InvalidArgumentError(f"this model's chat template could not render these messages "
+                                       f"({type(e).__name__}: {e})", param="messages") from None
+
+
+def _pick_template(value, directory: str) -> str | None:
+    """The chat template: tokenizer_config.json's string, or the "default" one of its list of named templates;
+    else chat_template.jinja in the checkpoint (where newer checkpoints keep it)."""
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    if isinstance(value, str) and value:
+        return value
+    path = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return f.read() or None
+    return None
+
+
+def _environment():
+    import datetime
+
+    import jinja2
+    import jinja2.ext
+    import jinja2.sandbox
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_template_error
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # jinja2's own tojson escapes HTML characters; chat templates want the plain JSON text, as Hugging Face's has
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def _raise_template_error(msg: str):
-    raise InvalidArgumentError(f"chat template: {msg}")
+    raise InvalidArgumentError(f"this model's chat template refuses these messages: {msg}", param="messages")

@@ -127,6 +127,11 @@ def test_text_generation_cuts_at_a_stop_string_and_aborts(model):
     text, gen, aborted, r = asyncio.run(go())
     assert text == "one two" and gen.text.text == "one two"
     assert gen.finish_reason == "stop" and aborted == [r] and r.done
+    # Every token came in one burst: usage counts those through the stop string, not those after it (found in
+    # review: it counted all of them).
+    through = len(tok.encode("one two three"))
+    assert ids[:through] == tok.encode("one two three")
+    assert r.generated == len(ids) > through and gen.completion_tokens == through
 
 
 def test_text_generation_ends_with_the_request_and_raises_its_error(model):

@@ -75,3 +75,47 @@ def test_a_seed_beyond_64_bits_is_a_400_before_any_work():
             assert err["param"] == "seed" and "64 bits" in err["message"]
 
     run(go)
+
+
+class OneModel(Models):
+    """The stand-in with one real model description (the demo checkpoint's tokenizer and context), named as on the
+    Hub; nothing is ever generated (every request here is refused before)."""
+
+    def __init__(self, model):
+        self._m = model
+
+    def model_names(self):
+        return ["org/llama-20m"]
+
+    def model(self, name):
+        if name != "org/llama-20m":
+            return super().model(name)
+        return self._m
+
+
+def _run_with(model, coro_fn, **kw):
+    async def main():
+        async with TestClient(TestServer(Api(OneModel(model), **kw).app())) as c:
+            return await coro_fn(c)
+
+    return asyncio.run(main())
+
+
+def test_requests_that_can_never_run_are_400_naming_the_parameter(model):
+    """Found in review: n above the server's concurrency got a 429 ("retry later") forever, and a huge max_tokens
+    was refused as a prompt too long for "the 0 tokens" left."""
+    chat = {"model": "org/llama-20m", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def go(c):
+        r = await c.post("/v1/chat/completions", json={**chat, "n": 3, "max_tokens": 2})
+        err = (await r.json())["error"]
+        assert r.status == 400 and err["param"] == "n" and "max_concurrent_requests" in err["message"]
+        for body in ({**chat, "max_tokens": 10 ** 30}, {"model": "org/llama-20m", "prompt": "hi", "max_tokens": 2048}):
+            path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+            r = await c.post(path, json=body)
+            err = (await r.json())["error"]
+            assert r.status == 400 and err["param"] == "max_tokens" and "2048" in err["message"], err
+        r = await c.get("/v1/models/org/llama-20m")  # a Hugging Face name, with its "/"
+        assert r.status == 200 and (await r.json())["id"] == "llama-20m"
+
+    _run_with(model, go, max_concurrent_requests=2)

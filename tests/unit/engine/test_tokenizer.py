@@ -1,0 +1,95 @@
+"""Chat templates rendered as Hugging Face renders them: each template here is rendered by this tokenizer and by
+transformers' AutoTokenizer from the same checkpoint directory, and the prompts must be the same text. Found in
+review: templates that test variables nobody passes (Qwen2.5's and Qwen3's `tools`) failed every chat with a 500,
+a list of named templates failed too, and chat_template.jinja was ignored."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from warmserve.controller.frontend import prepare
+from warmserve.engine.tokenizer import Tokenizer
+from warmserve.errors import InvalidArgumentError
+
+transformers = pytest.importorskip("transformers")
+
+# The shape of Qwen2.5's template: tools and tool calls tested but not passed, tojson, a loop control.
+TOOLS_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.tool_calls %}{% continue %}{% endif %}"
+    "<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+# The shape of Gemma's: no system role.
+NO_SYSTEM_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "<start_of_turn>{{ message['role'] }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+MSGS = [{"role": "user", "content": "naïve café ✓"}, {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "again"}]
+
+
+def _checkpoint(tmp_path, demo_dir, template=None, jinja_file=None) -> str:
+    src = demo_dir["qwen2-30m"]
+    for name in ("tokenizer.json", "config.json", "generation_config.json"):
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), tmp_path / name)
+    with open(os.path.join(src, "tokenizer_config.json")) as f:
+        cfg = json.load(f)
+    cfg.pop("chat_template", None)
+    if template is not None:
+        cfg["chat_template"] = template
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    if jinja_file is not None:
+        (tmp_path / "chat_template.jinja").write_text(jinja_file)
+    return str(tmp_path)
+
+
+def _theirs(path: str, msgs) -> str:
+    return transformers.AutoTokenizer.from_pretrained(path).apply_chat_template(msgs, tokenize=False,
+                                                                                add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("where", ["string", "named list", "jinja file"])
+def test_templates_render_as_transformers_renders_them(tmp_path, demo_dir, where):
+    if where == "string":
+        path = _checkpoint(tmp_path, demo_dir, TOOLS_TEMPLATE)
+    elif where == "named list":
+        path = _checkpoint(tmp_path, demo_dir, [{"name": "default", "template": TOOLS_TEMPLATE},
+                                                {"name": "tool_use", "template": "{{ raise_exception('no') }}"}])
+    else:
+        path = _checkpoint(tmp_path, demo_dir, jinja_file=TOOLS_TEMPLATE)
+    ours = Tokenizer(path).apply_chat_template(MSGS)
+    assert ours == _theirs(path, MSGS)
+    assert ours.startswith("<|im_start|>user\nnaïve café ✓<|im_end|>") and ours.endswith("<|im_start|>assistant")
+
+
+def test_a_template_that_refuses_the_messages_is_the_clients_error(tmp_path, demo_dir):
+    path = _checkpoint(tmp_path, demo_dir, NO_SYSTEM_TEMPLATE)
+    tok = Tokenizer(path)
+    assert tok.apply_chat_template(MSGS) == _theirs(path, MSGS)
+    msgs = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
+    with pytest.raises(InvalidArgumentError, match="System role not supported") as e:
+        tok.apply_chat_template(msgs)
+    assert e.value.param == "messages"
+
+    class Model:  # what the front end reads of a model
+        tokenizer, max_context, max_token_chars = tok, 2048, tok.max_token_chars
+
+    # Not sent on as a plain "role: text" prompt, which the model would answer with nonsense: a 400.
+    with pytest.raises(InvalidArgumentError, match="System role not supported"):
+        prepare(Model(), messages=msgs, max_tokens=4)
+
+
+def test_a_template_that_does_not_parse_names_the_file_to_fix(tmp_path, demo_dir):
+    path = _checkpoint(tmp_path, demo_dir, "{% for m in messages %}{{ m.content }")
+    with pytest.raises(InvalidArgumentError, match="does not parse.*fix chat_template"):
+        Tokenizer(path).apply_chat_template(MSGS)
