@@ -312,3 +312,84 @@ def test_worker_joins_a_controller_router_over_curve_and_serves_it(tmp_path):
         router.close()
         auth.stop()
         ctx.term()
+
+
+def test_a_worker_says_hello_again_to_a_controller_that_came_back():
+    """Found in review: once a send to its controller failed (the controller went away), a connected worker only
+    pushed Stats, which a new controller drops from a worker it does not know: it never rejoined."""
+    import subprocess
+    import sys
+
+    import zmq
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "warmserve", "worker", "--controller", f"tcp://127.0.0.1:{port}", "--device", "cpu",
+         "--memory-gib", "0.1", "--threads", "1", "--worker-id", "w-back", "--heartbeat-interval-s", "0.2",
+         "--exit-with-parent"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def first(sock, kind, within_s):
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            assert proc.poll() is None
+            if sock.poll(100):
+                ident, data = sock.recv_multipart()
+                m = P.decode_reply(data)
+                if isinstance(m, kind):
+                    return ident, m
+        raise AssertionError(f"no {kind.__name__} within {within_s} s")
+
+    try:
+        ident, _ = first(router, P.Hello, 60)
+        router.send_multipart([ident, P.encode(P.GetStats(id=5))])
+        first(router, P.Stats, 10)
+        router.close()  # the controller goes: the worker's next pushes fail
+        time.sleep(1.0)
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(f"tcp://127.0.0.1:{port}")  # and comes back at the same address
+        ident, hello = first(router, P.Hello, 10)
+        assert ident == b"w-back" and hello.worker_id == "w-back"
+        router.send_multipart([ident, P.encode(P.Shutdown(id=6))])
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        router.close()
+        ctx.term()
+
+
+def test_a_worker_whose_spawner_died_while_it_started_exits():
+    """Found in review: a worker took its parent's pid once started (imports, the pool: seconds), so one whose
+    spawner was killed meanwhile (`warmserve serve` stopped during start-up) saw pid 1 as its parent and ran for
+    ever. Spawners now pass their own pid."""
+    import subprocess
+    import sys
+
+    spawner = ("import os, subprocess, sys; "
+               "p = subprocess.Popen([sys.executable, '-m', 'warmserve', 'worker', '--bind', 'tcp://127.0.0.1:0', "
+               "'--device', 'cpu', '--memory-gib', '0.05', '--threads', '1', '--exit-with-parent', str(os.getpid())], "
+               "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, "
+               "start_new_session=True); print(p.pid, flush=True)")
+    out = subprocess.run([sys.executable, "-c", spawner], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])  # the spawner has exited: its worker is still starting
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"  # a zombie nobody reaps has exited
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert not alive(), "the worker outlived its spawner"
+    finally:
+        if alive():
+            os.kill(pid, signal.SIGKILL)

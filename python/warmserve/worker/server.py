@@ -82,7 +82,7 @@ class WorkerServer:
         hwm: int = 100_000,
         max_messages_per_drain: int = 256,
         max_message_bytes: int = 64 << 20,
-        exit_with_parent: bool = False,
+        exit_with_parent: bool | int = False,
         curve_server_key: str | None = None,
         curve_secret_key: str | None = None,
         curve_clients_dir: str | None = None,
@@ -143,7 +143,16 @@ class WorkerServer:
         self._thread = threading.Thread(target=self._link.run, name="worker-link", daemon=True)
         self._finalizer = weakref.finalize(self, _close, self._thread, self._pipe, sock, self._auth, self.ctx,
                                            link_end)
-        self.parent_pid = os.getppid() if exit_with_parent else None
+        # exit_with_parent: True (the parent at this moment) or the pid the parent must have: a spawner passes its
+        # own, since this runs seconds after the process began (imports, the pool), and a parent that died
+        # meanwhile has left pid 1 or a subreaper here, which would look like a live parent for ever (found in
+        # review: workers outlived a `warmserve serve` stopped during start-up).
+        if exit_with_parent is None or exit_with_parent is False:
+            self.parent_pid = None
+        elif exit_with_parent is True or exit_with_parent == 0:
+            self.parent_pid = os.getppid()
+        else:
+            self.parent_pid = int(exit_with_parent)
         self.malformed = 0
         core.emit = self._send
 
@@ -331,8 +340,6 @@ class _Link:
         for peer, seen in list(self.last_seen.items()):
             if now - seen > self.peer_timeout_s:
                 self._gone(peer, f"silent for {now - seen:.0f} s")
-                if not self.routed:
-                    self.controller_heard = False
                 continue
             # Connected, the engine loop's Stats pushes are the heartbeats while it turns; a long step needs ours.
             if self.routed or now - self.engine_turn_s > self.heartbeat_interval_s:
@@ -361,8 +368,12 @@ class _Link:
             self._controller_unreachable = False
 
     def _gone(self, peer: bytes, why: str) -> None:
-        """Tell the engine loop to abort the peer's generations (it owns them)."""
+        """Tell the engine loop to abort the peer's generations (it owns them). A connected worker whose
+        controller is gone says Hello again each heartbeat until one answers: the controller takes nothing else
+        from a worker it does not know (found in review: after a failed send it only pushed Stats, forever)."""
         self.last_seen.pop(peer, None)
+        if not self.routed:
+            self.controller_heard = False
         self._backlog.append([_GONE, peer, why.encode()])
         self._flush()
 
