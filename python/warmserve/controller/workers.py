@@ -351,7 +351,7 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
         sys.executable, "-m", "warmserve", "worker", "--controller", controller,
         "--device", "cpu" if device.startswith("cpu") else device,
         "--worker-id", worker_id, "--heartbeat-interval-s", str(heartbeat_interval_s),
-        "--exit-with-parent", "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
+        "--exit-with-parent", str(os.getpid()), "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
         "--page-mib", str(page_bytes >> 20),
     ]
     if curve is not None:

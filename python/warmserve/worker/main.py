@@ -57,7 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=None, help="most tokens one engine step computes")
     p.add_argument("--max-kv-blocks", type=int, default=None,
                    help="most KV blocks one instance may hold (default 0: as many as the pool maps)")
-    p.add_argument("--exit-with-parent", action="store_true", help="shut down when the parent process exits")
+    p.add_argument("--exit-with-parent", nargs="?", type=int, const=0, default=None, metavar="PID",
+                   help="shut down when the parent process exits; PID: the parent it must have (a spawner passes "
+                        "its own pid, so a worker whose parent died while it started exits too)")
     p.add_argument("--log-level", default="WARNING")
 
 

@@ -45,7 +45,7 @@ def spawn_local_worker(
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "warmserve", "worker", "--bind", bind, "--device", device, "--ready-fd", str(w),
            "--heartbeat-interval-s", str(heartbeat_interval_s), "--peer-timeout-s", str(peer_timeout_s),
-           "--exit-with-parent"]
+           "--exit-with-parent", str(os.getpid())]
     if memory_gib is not None:
         cmd += ["--memory-gib", str(memory_gib)]
     if threads is not None:
