@@ -34,3 +34,23 @@ def test_params_and_keywords_together_are_refused(cluster):
         cluster.generate(MODEL, "x", params=warmserve.SamplingParams(), max_tokens=3)
     with pytest.raises(InvalidArgumentError, match="must be a warmserve.SamplingParams"):
         cluster.generate(MODEL, "x", params={"max_tokens": 3})
+
+
+def test_a_generate_that_times_out_is_aborted_on_its_worker(cluster):
+    """Found in review: generate(timeout_s=...) raised the built-in TimeoutError and left the generation running
+    to max_tokens, holding its sequence and KV blocks."""
+    import time
+
+    from warmserve.errors import TimeoutError_
+
+    params = warmserve.SamplingParams(max_tokens=1500, temperature=0.0, ignore_eos=True)
+    with pytest.raises(TimeoutError_, match="cancelled"):
+        cluster.generate(MODEL, [5, 17, 300], params=params, timeout_s=0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = cluster.stats()
+        if all(i["in_flight"] == 0 for i in st["instances"]) and not any(st["queued"].values()):
+            break
+        time.sleep(0.1)
+    assert all(i["in_flight"] == 0 for i in st["instances"]), st["instances"]
+    assert len(cluster.generate(MODEL, [5], max_tokens=3, temperature=0).token_ids) == 3  # and it serves on

@@ -14,6 +14,7 @@ CPU workers when there is none), and workers on other hosts join with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import weakref
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.policy.config import PolicyConfig
 from warmserve.controller.frontend import TextGeneration, prepare
-from warmserve.errors import ClosedError, InvalidArgumentError
+from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_
 from warmserve.protocol import SamplingParams, stop_strings
 
 
@@ -40,6 +41,8 @@ class Completion:
 
 
 #: The sampling keywords of generate()/stream() and their defaults (the OpenAI API's temperature of 1).
+#: How long a cancelled call waits for its work's own clean-up (an abort sent, workers of a failed start stopped).
+CANCEL_WAIT_S = 30.0
 _KEYWORDS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": None}
 
 
@@ -110,7 +113,28 @@ class Cluster:
     # ----------------------------------------------------------------------------------------------- plumbing
 
     def _run(self, coro, timeout_s: float | None = None):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+        """Run ``coro`` on the controller's loop and wait for it. If the wait ends early (``timeout_s``, Ctrl-C),
+        the coroutine is cancelled and its own clean-up has run when this raises (found in review: a timed-out
+        generate ran on to max_tokens, and an interrupted start left its workers running)."""
+        done = threading.Event()
+
+        async def guarded():
+            try:
+                return await coro
+            finally:
+                done.set()
+
+        fut = asyncio.run_coroutine_threadsafe(guarded(), self._loop)
+        try:
+            return fut.result(timeout_s)
+        except BaseException as e:
+            if not fut.done():
+                fut.cancel()
+                done.wait(CANCEL_WAIT_S)
+            if isinstance(e, concurrent.futures.TimeoutError):
+                raise TimeoutError_(f"no result within {timeout_s:g} s: the work was cancelled (a generation is "
+                                    "aborted on its worker); raise timeout_s", timeout_s=timeout_s) from None
+            raise
 
     def _check(self):
         if self._closed:
@@ -260,16 +284,25 @@ async def _acall(fn):
 def _shutdown(loop, thread, controller) -> None:
     if loop.is_closed():
         return
-    if controller is not None and thread.is_alive():
-        try:
-            asyncio.run_coroutine_threadsafe(controller.close(drain=True), loop).result(
-                controller.cc.drain_timeout_s + 30)
-        except Exception:  # the loop may already be stopping at interpreter exit; workers exit with their parent
-            pass
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    if not thread.is_alive():
-        loop.close()
+    try:
+        if controller is not None and thread.is_alive():
+            closing = asyncio.run_coroutine_threadsafe(controller.close(drain=True), loop)
+            try:
+                closing.result(controller.cc.drain_timeout_s + 30)
+            except Exception:  # the loop may already be stopping at interpreter exit; workers exit with their parent
+                pass
+            except BaseException:
+                # A second Ctrl-C while requests drain: stop waiting for them, let the close stop the workers, then
+                # let the interrupt through (found in review: it left the controller and its workers running,
+                # with this finalizer already spent).
+                loop.call_soon_threadsafe(controller.end_drain)
+                concurrent.futures.wait([closing], timeout=CANCEL_WAIT_S + 10)
+                raise
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()
 
 
 __all__ = ["Cluster", "Completion", "TextIterator"]

@@ -103,6 +103,7 @@ class Controller:
         self.by_gpu: dict[int, WorkerRecord] = {}
         self.hub: WorkerHub | None = None
         self.closing = False
+        self._drain_until_s = 0.0  # a draining close waits for requests until then (end_drain cuts it)
         self._tasks: list[asyncio.Task] = []
         self._bg: set[asyncio.Task] = set()
         self._next_rid = 0
@@ -170,14 +171,18 @@ class Controller:
         # The policy's first tick sees the whole initial cluster: static layouts (dedicated, shared) place once.
         self.policy_running = True
 
+    def end_drain(self) -> None:
+        """A close waiting for requests to finish stops waiting and goes on (a second Ctrl-C)."""
+        self._drain_until_s = 0.0
+
     async def close(self, drain: bool = True) -> None:
         """Refuse new requests, let in-flight ones finish (up to drain_timeout_s), then stop the workers."""
         if self.closing:
             return
         self.closing = True
         if drain:
-            deadline = time.monotonic() + self.cc.drain_timeout_s
-            while self._open_requests() and time.monotonic() < deadline:
+            self._drain_until_s = time.monotonic() + self.cc.drain_timeout_s
+            while self._open_requests() and time.monotonic() < self._drain_until_s:
                 await asyncio.sleep(0.05)
         for m in self.models:
             self.driver.fail_waiting(m, OverloadedError("the server is shutting down; the request was not started"),

@@ -14,11 +14,11 @@ that lacks them keeps the defaults, so every earlier profile loads unchanged):
               "hbm_bytes_per_s": 3.35e12, "hbm_achievable_fraction": 0.68,    # added: decode's KV-read term
               "host_cores": 0},               # added: cores a server's CPU workers share (0: GPUs, none)
       "engine_start_s": 6.0,          # start an engine from scratch: process, imports, CUDA context, profiling
-      "tp_init_s": 2.0,               # extra for building tensor-parallel communicators (tp > 1, cold engine)
+      "tp_init_s": 0.0,               # extra for building tensor-parallel communicators (tp > 1, cold engine)
       "activation_s": 0.1,            # turn a fully prewarmed replica into a serving instance
       "kv_map_s_per_gib": 0.02,       # map KV-cache pages (0.2 s per 10 GB, PAPER.md section 7)
       "engine_init_s": 14.0,          # added: vLLM engine initialisation (profiling, KV cache, graph capture)
-      "fast_load_bytes_per_s": 2.294e10,  # added: ServerlessLLM-style load from host memory, per GPU
+      "fast_load_bytes_per_s": 0,     # added: a fast loader from host memory, per GPU (0: at h2d_bytes_per_s)
       "engine_limits": {"max_running_seqs": 256, "block_size_tokens": 256, "max_model_len_tokens": 2048,
                         "max_batched_tokens": 100000},                         # added: vLLM's engine limits
       "models": {
@@ -34,7 +34,8 @@ that lacks them keeps the defaults, so every earlier profile loads unchanged):
 
 Cold starts in ``warmserve simulate``: a policy without prewarmed engines (``autoscale``) pays
 ``vllm_cold_start_s``, a fresh vanilla vLLM engine with a fast checkpoint loader, from published figures:
-``engine_init_s`` (14-35 s, ``ENGINE_INIT_RANGE_S``) + ``tp_init_s`` + weights at ``fast_load_bytes_per_s``; a
+``engine_init_s`` (14-35 s, ``ENGINE_INIT_RANGE_S``) + ``tp_init_s`` (0) + weights at ``fast_load_bytes_per_s``
+(the host-to-device link, as warmserve's loads); a
 prewarmed engine loading weights cold pays ``load_s`` + ``activation_s``. ``engine_s`` (``engine_start_s``, 6 s,
 an earlier uncited assumption) is no longer charged by the simulator; ``with_cold_start_s`` sets the engine part
 of both (``--cold-start-s``).
@@ -79,8 +80,10 @@ HBM_ACHIEVABLE_FRACTION_RANGE = (0.54, 1.0)
 #: vLLM engine initialisation of an 8B-class model before it serves (memory-profiling pass, KV cache allocation,
 #: CUDA graph capture), weight loading excluded: 14-35 s (PAPER.md, "Published engine figures"; e.g. vLLM issue
 #: #20264 logs "init engine (profile, create kv cache, warmup model) took 34.11 seconds" for a 3.4 GiB Llama-3.2
-#: model with torch.compile and graph capture). The default is the low end: it favours the autoscaling
-#: baseline, and the paper's artifact runs vLLM with enforce-eager (no graph capture), which sits at that end.
+#: model with torch.compile and graph capture). The default is the published low end, which favours the
+#: autoscaling baseline. No published figure for an eager start (no graph capture, as the paper's artifact runs
+#: vLLM) was found: it may be shorter, so results are also shown down to 0 s of engine initialisation (weights
+#: only), the bound no vanilla engine start can beat (bench/simulate/README.md).
 ENGINE_INIT_RANGE_S = (14.0, 35.0)
 ENGINE_INIT_S = ENGINE_INIT_RANGE_S[0]
 #: the engine start ``warmserve simulate`` has charged so far (process, imports, CUDA context, profiling). No
@@ -88,9 +91,10 @@ ENGINE_INIT_S = ENGINE_INIT_RANGE_S[0]
 #: reproducible until the engine model switches to ``vllm_cold_start_s``
 LEGACY_ENGINE_START_S = 6.0
 #: building tensor-parallel communicators for a cold engine with tp > 1. No published measurement of this part
-#: on its own was found; 2 s is the simulator's earlier assumption, a parameter (a profile or `warmserve
-#: calibrate` sets it; calibrate writes 0 for CPU workers, which have no communicators)
-TP_INIT_S = 2.0
+#: on its own was found, so it is 0 (an audit found the earlier, unsourced 2 s charged to `autoscale` alone):
+#: in the baseline's favour, as warmserve's prewarmed communicators get no credit in the simulator either. A
+#: profile or `warmserve calibrate` sets it (calibrate writes 0 for CPU workers, which have no communicators).
+TP_INIT_S = 0.0
 #: host-to-device copy bandwidth the paper uses for its cold-start cost c_m (PAPER.md section 2: "32 GB/s
 #: host-to-device bandwidth")
 PAPER_H2D_BYTES_PER_S = 32 * GB
@@ -100,7 +104,9 @@ LLAMA31_8B_WEIGHT_BYTES = 16.06e9
 #: figures")
 SERVERLESSLLM_8B_LOAD_S = 0.7
 #: the effective per-GPU load bandwidth that implies: 16.06 GB / 0.7 s = 22.9 GB/s (below the 32 GB/s link
-#: figure: it is end-to-end, checkpoint format and loader overheads included)
+#: figure: it is end-to-end, checkpoint format and loader overheads included). Not the default: an audit found
+#: `autoscale` loading at it while warmserve's own loads ran at the link figure, so both now load at the link
+#: (``CostModel.fast_load_bytes_per_s`` 0), which favours the baseline; a profile can set this figure instead.
 FAST_LOAD_BYTES_PER_S = LLAMA31_8B_WEIGHT_BYTES / SERVERLESSLLM_8B_LOAD_S
 #: naive remapping with the CUDA VMM API: 0.2 s per 10 GB (PAPER.md section 7), i.e. 0.0215 s per GiB.
 #: ``CostModel.kv_map_s_per_gib`` defaults to 0.02 (that figure read per GiB, 7% low), kept for today's numbers
@@ -293,8 +299,10 @@ class CostModel:
     kv_map_s_per_gib: float = 0.02
     #: seconds of vLLM engine initialisation in ``vllm_cold_start_s`` (ENGINE_INIT_S, range ENGINE_INIT_RANGE_S)
     engine_init_s: float = ENGINE_INIT_S
-    #: bytes/s per GPU a fast checkpoint loader reads weights from host memory at (FAST_LOAD_BYTES_PER_S)
-    fast_load_bytes_per_s: float = FAST_LOAD_BYTES_PER_S
+    #: bytes/s per GPU a fast checkpoint loader reads weights from host memory at; 0: the GPU's host-to-device
+    #: link (``gpu.h2d_bytes_per_s``), the rate warmserve's own loads get (FAST_LOAD_BYTES_PER_S: the published
+    #: end-to-end ServerlessLLM figure, slower)
+    fast_load_bytes_per_s: float = 0.0
     #: the vLLM engine limits an engine model admits and batches under
     limits: EngineLimits = EngineLimits()
 
@@ -399,7 +407,7 @@ class CostModel:
 
     def fast_load_s(self, c: ModelCost) -> float:
         """Load one shard from host memory with a fast checkpoint loader (ServerlessLLM); shards in parallel."""
-        return c.weight_bytes / c.tp / self.fast_load_bytes_per_s
+        return c.weight_bytes / c.tp / (self.fast_load_bytes_per_s or self.gpu.h2d_bytes_per_s)
 
     def vllm_cold_start_s(self, c: ModelCost) -> float:
         """A fresh vanilla vLLM engine with a fast loader, from request to ready: engine initialisation, the

@@ -97,11 +97,11 @@ def test_a_prefill_batch_of_short_prompts_costs_each_prompt_not_their_total():
 
 
 def test_autoscale_cold_start_is_a_fresh_vllm_engine_with_a_fast_loader():
-    """TTFT of the first request = engine init (14 s) + weights from host memory at ServerlessLLM's rate
-    (16.06 GB / 0.7 s) + prefill; no KV page mapping."""
+    """TTFT of the first request = engine init (14 s) + weights from host memory at the link's 32 GB/s (as
+    warmserve's loads) + prefill; no KV page mapping."""
     prompt = 1024
     sim, _ = _run([0.0], prompt, 2, policy="autoscale")
-    load = 13.5e9 / (16.06e9 / 0.7)
+    load = 13.5e9 / 32e9
     assert sim.first[0] == pytest.approx(14.0 + load + 0.035, abs=1e-9)
     assert CostModel().vllm_cold_start_s(CostModel().cost(MODEL)) == pytest.approx(14.0 + load)
     sim35, _ = _run([0.0], prompt, 2, policy="autoscale", cost=CostModel().with_cold_start_s(35.0))
