@@ -213,6 +213,9 @@ void LoadJob::mapper() {
     } catch (const Error& e) {
       if (!cancel_) fail(e);  // cancelled meanwhile (Pool::close): a closed pool is no failure of the load
       return;
+    } catch (const std::exception& e) {  // bad_alloc growing the page list: a failed load, not std::terminate
+      if (!cancel_) fail(Error(ErrorKind::Driver, std::string("the load's mapping failed: ") + e.what()));
+      return;
     }
     (void)pb;
     i = end;
@@ -264,8 +267,16 @@ void LoadJob::copier_loop() {
 
 void LoadJob::run() {
   std::vector<std::thread> copiers;
-  for (int t = 0; t < threads_; ++t) copiers.emplace_back([this] { copier_loop(); });
-  mapper();
+  try {
+    for (int t = 0; t < threads_; ++t) copiers.emplace_back([this] { copier_loop(); });
+  } catch (const std::exception& e) {
+    // No thread to be had (EAGAIN under a pids or process limit, ENOMEM for a stack): the load fails with the
+    // reason, and the copiers already started stop at the cancel (found in review: std::system_error escaped
+    // this thread's function, and std::terminate ended the worker).
+    fail(Error(ErrorKind::Driver, std::string("the load could not start its copier threads (") + e.what() +
+                                      "): lower threads or raise the process's thread limit"));
+  }
+  if (!cancel_) mapper();
   for (auto& t : copiers) t.join();
   finish();
 }

@@ -183,12 +183,23 @@ Slot::~Slot() {
     if (mapped) unmap_all_locked();  // also the pages a closed pool left mapped under this slot's last views
   } catch (...) {
   }
-  pool->close_pages_if_unused_locked();
   pool->slots.erase(id);
   try {
     release_locked();
   } catch (...) {
   }
+  // Pages a failed unmap left in the table: nothing references this slot any more, and its reservation is gone
+  // (or, in a hole, is never reused), so nobody reaches them through it: back to the pool, whose count would
+  // otherwise stay short for good (found in review).
+  std::vector<uint64_t> left;
+  for (uint64_t i = 0; i < n_pages; ++i)
+    if (table[i] >= 0) left.push_back(uint64_t(table[i]));
+  if (!left.empty()) {
+    pool->free.give(left);
+    pool->pages_unmapped += left.size();
+    mapped = 0;
+  }
+  pool->close_pages_if_unused_locked();
 }
 
 void Slot::check_open_locked() const {

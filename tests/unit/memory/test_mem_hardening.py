@@ -3,6 +3,7 @@
 A crash or a hang must not take the test run with it: each reproduction runs in a child interpreter under a
 timeout and prints what it saw; the test checks the exit status and that output."""
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -320,3 +321,48 @@ def test_a_rollback_that_cannot_unmap_makes_the_slot_unusable():
     c.map(0, 3)
     assert sorted(c.physical_pages(0, 3)) == [1, 3, 5]
     p.close()
+
+
+def test_a_slot_dropped_after_its_unmap_failed_gives_its_pages_back():
+    # Found in review: ~Slot (a slot dropped without close, e.g. by the garbage collector) swallowed a failed
+    # unmap and released the reservation, but never gave the pages still in its table back: the pool stayed
+    # short of them for the rest of its life.
+    p = PagePool(8 * PAGE, page_bytes=PAGE, prefault=False)
+    s = p.create_slot(8 * PAGE, "dropped")
+    s.map(0, 4)
+    assert p.free_pages == 4
+    _C._debug_fail_after("protect_hard", 1)  # the unmap's PROT_NONE over the mapped run fails
+    del s
+    gc.collect()
+    _C._debug_fail_after("protect_hard", 0)
+    assert p.free_pages == 8
+    t = p.create_slot(8 * PAGE, "next")
+    t.map(0, 8)  # every page maps again
+    assert sorted(t.physical_pages(0, 8)) == list(range(8))
+    p.close()
+
+
+def test_a_load_that_cannot_start_its_threads_fails_and_the_process_lives():
+    # Found in review: a copier thread that could not be created (a pids or process limit, no memory for its
+    # stack) threw std::system_error out of the load's own thread: std::terminate ended the whole worker.
+    out = run_child("""
+        import resource
+        from warmserve.errors import DriverError
+        n = 4 << 20
+        pool = PagePool(n, page_bytes=PAGE)
+        s = pool.create_slot(n, "w")
+        path = big_file(n)
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        # room for the load's own thread and a few copiers, not for 64 stacks of 8 MiB
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (48 << 20), resource.RLIM_INFINITY))
+        try:
+            s.load([(path, 0, 0, n)], threads=64).wait()
+            print("loaded")
+        except DriverError as e:
+            print("DriverError", "thread" in str(e))
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        s.load([(path, 0, 0, n)], threads=2).wait()  # the slot and pool still work
+        print("again", int(s.tensor(0, (1,), torch.uint8)[0]))
+    """)
+    assert out == ["DriverError", "True", "again", "5"], out  # "loaded": the limit did not bite here
