@@ -206,7 +206,8 @@ class Engine:
         return self.kv.stats(self.scheduler.num_preemptions)
 
     def set_kv_target_free_blocks(self, n: int) -> KvStats:
-        """Keep n free blocks mapped: unmap the rest now (pages back to the pool), map up to n over the next steps."""
+        """Keep n free blocks mapped: unmap the rest now (pages back to the pool), map up to n over the next steps
+        (or, idle on a worker, its next ticks)."""
         self._check_open()
         self.kv.set_target_free_blocks(n)
         self.kv.grow()

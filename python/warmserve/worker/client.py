@@ -28,11 +28,16 @@ def _raise_if_error(msg):
 
 
 class TokenStream:
-    """The ``Tokens`` events of one generation, as an iterator; ``abort()`` ends it early."""
+    """The ``Tokens`` events of one generation, as an iterator; ``abort()`` ends it early (its last event, "abort",
+    still comes), ``close()`` (or leaving a ``with`` block) ends it and drops what is left. A stream dropped
+    unfinished is aborted by its client's next call (found in review: its generation ran on to max_tokens, its
+    events piling up in the client)."""
 
     def __init__(self, client: "SyncClientBase", id: int, timeout_s: float):
         self.client, self.id, self.timeout_s = client, id, timeout_s
         self.done = False
+        # Not a send from here: a finalizer may run on another thread, and a client is not thread-safe.
+        self._abandoned = weakref.finalize(self, client._abandoned.append, id)
 
     def __iter__(self) -> Iterator[P.Tokens]:
         # Several iterators may take turns over one stream (next(iter(s)) and later list(s)): nothing is dropped
@@ -40,16 +45,32 @@ class TokenStream:
         while not self.done:
             msg = self.client._next(self.id, self.timeout_s)
             if isinstance(msg, P.Error) or (isinstance(msg, P.Tokens) and msg.finished):
-                self.done = True
-                self.client._forget(self.id)
+                self._end()
             if isinstance(msg, P.Tokens):
                 yield msg
             else:
                 _raise_if_error(msg)
 
+    def _end(self) -> None:
+        self.done = True
+        self._abandoned.detach()
+        self.client._forget(self.id)
+
     def abort(self) -> None:
         if not self.done:
             self.client.abort(self.id)
+
+    def close(self) -> None:
+        """Stop the generation if it still runs; nothing more comes from this stream."""
+        if not self.done:
+            self._end()
+            self.client.abort(self.id)
+
+    def __enter__(self) -> "TokenStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def collect(self) -> tuple[list[int], P.Tokens]:
         """All generated token ids and the final event."""
@@ -73,6 +94,8 @@ class SyncClientBase:
     def __init__(self):
         self._next_id = 1
         self._inbox: dict[int, collections.deque] = {}
+        #: Generations whose streams were dropped unfinished (TokenStream's finalizer): aborted by the next call.
+        self._abandoned: list[int] = []
 
     # ------------------------------------------------------------------ the worker's operations
 
@@ -115,6 +138,7 @@ class SyncClientBase:
     def generate(self, model: str, prompt_ids: list[int], sampling: P.SamplingParams | None = None, *,
                  timeout_s: float | None = None) -> TokenStream:
         """Start a generation; iterate the returned stream for its ``Tokens`` (errors raise while iterating)."""
+        self._abort_abandoned()
         id = self._new_id()
         self._inbox[id] = collections.deque()
         self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.SamplingParams()))
@@ -142,7 +166,16 @@ class SyncClientBase:
         self._next_id += 1
         return id
 
+    def _abort_abandoned(self) -> None:
+        """Abort the generations of streams dropped unfinished: sent, not waited for (their answers are dropped)."""
+        while self._abandoned:
+            rid = self._abandoned.pop()
+            if rid in self._inbox:
+                self._forget(rid)
+                self._send(P.Abort(id=self._new_id(), request_id=rid))
+
     def _call(self, msg, timeout_s: float | None, on_event=None):
+        self._abort_abandoned()
         self._inbox[msg.id] = collections.deque()
         try:
             self._send(msg)

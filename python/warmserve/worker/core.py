@@ -135,8 +135,17 @@ class WorkerCore(ShardRoles):
         self._poll_loads()
         self.groups.poll()
         self._step_instances()
+        self._grow_idle()
         self._tp_housekeeping()
         return self.busy()
+
+    def _grow_idle(self) -> None:
+        """Idle instances map KV blocks toward their target too, as steps do for busy ones (throttled alike), so
+        the headroom reserved for a burst is there when it comes (found in review: an idle instance stayed at one
+        step's worth until its first request). Tensor-parallel ones grow together on their leader's plans."""
+        for inst in self.instances.values():
+            if inst.tp is None and not inst.engine.has_unfinished():
+                inst.engine.kv.grow()
 
     def drop_peer(self, peer: Peer) -> int:
         """Abort the generations of a peer that went away (no reply: nobody listens). Returns how many."""

@@ -212,6 +212,41 @@ def test_kv_target_hands_pages_back_and_takes_them_again(worker, tiny_models):
     assert st.pool.free_bytes < free_low
 
 
+def test_a_stream_dropped_unfinished_is_aborted_and_forgotten(worker, tiny_models):
+    """Found in review: a stream left after its first event ran on to max_tokens on the worker, and its events
+    piled up in the client for ever. Now the client's next call aborts it; close() and `with` end one at once."""
+    import gc
+
+    worker.prewarm(tiny_models["tiny-llama"])
+    worker.activate("tiny-llama")
+    long = P.SamplingParams(max_tokens=400, ignore_eos=True)
+    s = worker.generate("tiny-llama", [1, 2, 3], long)
+    assert next(iter(s)).token_ids
+    del s
+    gc.collect()
+    with worker.generate("tiny-llama", [4, 5], long) as s2:
+        assert next(iter(s2)).token_ids
+    for _ in range(20):  # the aborts land as the worker turns
+        worker.core.tick()
+    assert worker.stats().in_flight == 0 and not worker.core.generations
+    assert list(worker._inbox) == [] and s2.done
+
+
+def test_an_idle_instance_maps_its_kv_target_without_a_request(worker, tiny_models):
+    """Found in review: mapping toward a raised target happened only in engine steps (a step's worth at a time), so
+    an idle instance kept the headroom reserved for a burst unmapped until the burst's first request."""
+    worker.prewarm(tiny_models["tiny-llama"])
+    worker.activate("tiny-llama", kv_blocks=64, kv_target_free_blocks=0)
+    first = worker.set_kv_target("tiny-llama", 40).kv
+    assert first.kv_blocks_free < 40  # one step's worth at once, the rest over the next ticks
+    for _ in range(50):  # the worker's loop turns while idle (every 50 ms at most in `warmserve worker`)
+        worker.core.tick()
+        kv = worker.stats().instances[0].kv
+        if kv.kv_blocks_free >= 40:
+            break
+    assert kv.kv_blocks_free == kv.kv_blocks_mapped == 40 and kv.kv_blocks_used == 0
+
+
 def test_evict_during_a_load_cancels_it_and_rolls_back(worker, tiny_models):
     free0 = worker.stats().pool.free_bytes
     prewarm = P.Prewarm(id=worker._new_id(), path=tiny_models["tiny-deep"])
