@@ -61,6 +61,8 @@ class _Instance:
     tp: Any = None
     #: The group of a tensor-parallel instance failed: why (its requests were answered with it).
     broken: BaseException | None = None
+    #: The engine configuration's cap on KV blocks it was activated under (None: the slot's whole reservation).
+    max_kv_blocks: int | None = None
 
     @property
     def follower(self) -> bool:
@@ -241,6 +243,10 @@ class WorkerCore(ShardRoles):
             raise errors.InvalidArgumentError(
                 f"a shared instance needs a fixed KV share: pass kv_blocks for {m.name!r}", model=m.name
             )
+        if msg.kv_target_free_blocks is not None and msg.kv_target_free_blocks < 0:
+            raise errors.InvalidArgumentError(
+                f"kv_target_free_blocks must be >= 0, got {msg.kv_target_free_blocks}",
+                kv_target_free_blocks=msg.kv_target_free_blocks)
         loaded_before = self._bytes_loaded()
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
@@ -249,7 +255,8 @@ class WorkerCore(ShardRoles):
                         max_batch_tokens=ec.max_batch_tokens, max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
                         map_blocks_per_step=ec.kv_map_blocks_per_step)
         activate_s = time.perf_counter() - t0
-        self.instances[m.name] = _Instance(name=m.name, engine=engine, shared=msg.shared)
+        self.instances[m.name] = _Instance(name=m.name, engine=engine, shared=msg.shared,
+                                           max_kv_blocks=ec.max_kv_blocks or None)
         m.state = "running"
         self.emit(peer, P.Activated(
             id=msg.id, name=m.name, kv_blocks=engine.kv_stats().kv_blocks_total, activate_s=activate_s,
@@ -356,7 +363,10 @@ class WorkerCore(ShardRoles):
                 f"only a shared instance alone on its worker becomes dedicated; {inst.name!r} on worker "
                 f"{self.worker_id} is {'shared' if inst.shared else 'dedicated already'}, beside {others}: "
                 "deactivate the others first", model=inst.name, running=others)
-        kv = inst.engine.raise_kv_cap(None)
+        # Up to the engine configuration's cap, as a dedicated activation would have it (found in review: the
+        # whole slot, past max_kv_blocks).
+        cap = inst.max_kv_blocks
+        kv = inst.engine.raise_kv_cap(None if cap is None else max(cap, inst.engine.kv.total_blocks))
         inst.shared = False
         self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=kv))
 

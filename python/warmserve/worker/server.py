@@ -191,7 +191,10 @@ class WorkerServer:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval_s
-                self._beat()
+                try:
+                    self._beat()
+                except Exception:  # as for tick: a failed Stats must not end the worker (found in review)
+                    log.exception("worker heartbeat failed")
         # Abort what is left (SIGTERM) while the link can still tell the peers, then stop the link.
         self.core.close()
         self.close()

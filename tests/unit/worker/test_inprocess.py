@@ -212,6 +212,17 @@ def test_kv_target_hands_pages_back_and_takes_them_again(worker, tiny_models):
     assert st.pool.free_bytes < free_low
 
 
+def test_a_dedicated_instance_keeps_the_engine_configurations_kv_cap(worker, tiny_models):
+    """Found in review: turning a shared instance into a dedicated one raised its KV cap to the whole slot, past
+    the max_kv_blocks of the engine configuration it was activated under. Also: a negative KV target is refused
+    at activation, as SetKvTarget refuses it."""
+    worker.prewarm(tiny_models["tiny-llama"])
+    with pytest.raises(errors.InvalidArgumentError, match="kv_target_free_blocks"):
+        worker.activate("tiny-llama", kv_blocks=4, shared=True, kv_target_free_blocks=-3)
+    worker.activate("tiny-llama", kv_blocks=4, shared=True, engine=P.EngineConfig(max_kv_blocks=8))
+    assert worker.dedicate("tiny-llama").kv.kv_blocks_total == 8
+
+
 def test_a_stream_dropped_unfinished_is_aborted_and_forgotten(worker, tiny_models):
     """Found in review: a stream left after its first event ran on to max_tokens on the worker, and its events
     piled up in the client for ever. Now the client's next call aborts it; close() and `with` end one at once."""
