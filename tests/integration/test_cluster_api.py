@@ -54,3 +54,20 @@ def test_a_generate_that_times_out_is_aborted_on_its_worker(cluster):
         time.sleep(0.1)
     assert all(i["in_flight"] == 0 for i in st["instances"]), st["instances"]
     assert len(cluster.generate(MODEL, [5], max_tokens=3, temperature=0).token_ids) == 3  # and it serves on
+
+
+def test_messages_are_checked_as_the_http_api_checks_them(cluster):
+    """Found in review: the Python API sent a list of content parts as its Python repr, took role "tool" and an
+    empty list, and dropped a prompt given with messages, where the HTTP API answers 400."""
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    plain = [{"role": "user", "content": "hi"}]
+    assert cluster.generate(MODEL, messages=parts, max_tokens=3, temperature=0).token_ids == \
+        cluster.generate(MODEL, messages=plain, max_tokens=3, temperature=0).token_ids
+    for bad, param in (([{"role": "tool", "content": "x"}], "messages"), ([], "messages"),
+                       ([{"content": "no role"}], "messages")):
+        with pytest.raises(InvalidArgumentError) as e:
+            cluster.generate(MODEL, messages=bad, max_tokens=2)
+        assert e.value.param == param
+    with pytest.raises(InvalidArgumentError, match="not both") as e:
+        cluster.generate(MODEL, "a prompt", messages=plain, max_tokens=2)
+    assert e.value.param == "prompt"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.policy.config import PolicyConfig
 from warmserve.controller.frontend import TextGeneration, prepare
+from warmserve.controller.openai_api import messages_from
 from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_
 from warmserve.protocol import SamplingParams, stop_strings
 
@@ -60,6 +61,7 @@ class Cluster:
         window_s: float = 300.0,
         history_path: str = "",
         curve_dir: str = "",
+        insecure: bool = False,
         start_timeout_s: float = 120.0,
         config: ClusterConfig | None = None,
         log_dir: str | None = None,
@@ -69,7 +71,8 @@ class Cluster:
 
         devices: local devices, one worker each ("cuda:0", "cpu:0", ...); None = one per GPU, or ``cpu_workers``
         CPU workers when there is no GPU. remote_workers: how many workers on other hosts to wait for (they connect
-        to ``bind``). ``config`` overrides every other argument. ray_address: start the workers on that Ray cluster
+        to ``bind``: with ``curve_dir`` for keys, or ``insecure=True`` on a trusted network, as `warmserve serve
+        --insecure`). ``config`` overrides every other argument. ray_address: start the workers on that Ray cluster
         ("auto": the one this machine belongs to; needs the ray extra), one per GPU or ``cpu_workers`` per node
         without GPUs, on every node, instead of local devices (``devices`` must then be None).
         """
@@ -82,7 +85,7 @@ class Cluster:
                 cpu_worker_memory_bytes=cpu_worker_memory_bytes, remote_workers=remote_workers,
                 worker_start_timeout_s=start_timeout_s,
                 controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=window_s),
-                                            history_path=history_path, curve_dir=curve_dir),
+                                            history_path=history_path, curve_dir=curve_dir, insecure=insecure),
             )
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
@@ -164,7 +167,11 @@ class Cluster:
                     f"(also given: {sorted(given)})" if given else
                     f"params must be a warmserve.SamplingParams, not {type(params).__name__}", param="params")
             s = params
-        msgs = [dict(x) for x in messages] if messages is not None else None
+        msgs = None
+        if messages is not None:
+            if prompt not in ("", None):
+                raise InvalidArgumentError("pass a prompt or messages, not both", param="prompt")
+            msgs = messages_from(messages)
         ids = prepare(m, prompt, msgs, max_tokens=s.max_tokens)
         return m, ids, s
 

@@ -208,14 +208,7 @@ def _one_prompt(p):
 
 def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     req = _decode(body, ChatRequest)
-    if not req.messages:
-        raise _bad("messages must not be empty", "messages")
-    for i, m in enumerate(req.messages):
-        if m.role not in CHAT_ROLES:
-            why = ("tool calling is not supported" if m.role in ("tool", "function")
-                   else "it is not a chat role")
-            raise _bad(f"messages[{i}].role {m.role!r} is not accepted ({why}): use one of {', '.join(CHAT_ROLES)}",
-                       "messages")
+    _check_messages(req.messages)
     if req.top_logprobs is not None and not req.logprobs:
         raise _bad("top_logprobs needs logprobs=true", "top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -247,8 +240,30 @@ def message_text(m: ChatMessage) -> str:
     return "".join(parts)
 
 
+def _check_messages(messages: list[ChatMessage]) -> None:
+    if not messages:
+        raise _bad("messages must not be empty", "messages")
+    for i, m in enumerate(messages):
+        if m.role not in CHAT_ROLES:
+            why = ("tool calling is not supported" if m.role in ("tool", "function")
+                   else "it is not a chat role")
+            raise _bad(f"messages[{i}].role {m.role!r} is not accepted ({why}): use one of {', '.join(CHAT_ROLES)}",
+                       "messages")
+
+
 def chat_dicts(req: ChatRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": message_text(m)} for m in req.messages]
+
+
+def messages_from(messages) -> list[dict[str, str]]:
+    """Chat messages given as dicts (the Python API), checked as the HTTP API checks them: roles, text content
+    (parts keep their text), not empty (found in review: the Python API sent a list of parts as its repr)."""
+    try:
+        msgs = msgspec.convert(list(messages), list[ChatMessage])
+    except (msgspec.ValidationError, TypeError) as e:
+        raise _bad(f"messages must be a list of {{'role': ..., 'content': ...}} dicts: {e}", "messages") from None
+    _check_messages(msgs)
+    return [{"role": m.role, "content": message_text(m)} for m in msgs]
 
 
 # ---------------------------------------------------------------------------------------------------- responses
