@@ -83,9 +83,11 @@ class ControllerConfig:
 
     def __post_init__(self):
         for f in ("tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s", "restart_backoff_s",
-                  "restart_backoff_cap_s"):
+                  "restart_backoff_cap_s", "restart_reset_s"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"ControllerConfig.{f} must be > 0, got {getattr(self, f)}")
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"ControllerConfig.drain_timeout_s must be >= 0 seconds, got {self.drain_timeout_s}")
         if self.worker_timeout_s < 2 * self.heartbeat_interval_s:
             raise ValueError(
                 f"ControllerConfig.worker_timeout_s ({self.worker_timeout_s}) must be at least twice "
@@ -115,6 +117,12 @@ class ServerConfig:
     api_key: str = ""
     #: Requests in flight over HTTP beyond which new ones get 429.
     max_concurrent_requests: int = 1024
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"ServerConfig.port must be in 0-65535 (0: a free one), got {self.port}")
+        if self.max_concurrent_requests < 1:
+            raise ValueError(f"ServerConfig.max_concurrent_requests must be >= 1, got {self.max_concurrent_requests}")
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,9 @@ class ClusterConfig:
     def __post_init__(self):
         if self.cpu_workers < 0 or self.remote_workers < 0:
             raise ValueError("ClusterConfig: cpu_workers and remote_workers must be >= 0")
+        if self.worker_start_timeout_s <= 0:
+            raise ValueError(f"ClusterConfig: worker_start_timeout_s must be > 0 seconds, got "
+                             f"{self.worker_start_timeout_s}")
         if not is_page_size(self.worker_page_bytes):
             raise ValueError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
                              f"({2 << 20}), got {self.worker_page_bytes}")
@@ -168,8 +179,15 @@ def _build(cls, data: dict, where: str):
     for k, v in data.items():
         if isinstance(v, list):
             v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-        if isinstance(v, int) and not isinstance(v, bool) and isinstance(fields[k].default, float):
+        default = fields[k].default
+        if isinstance(v, int) and not isinstance(v, bool) and isinstance(default, float):
             v = float(v)
+        # The type of the field's default, checked here: a value of another type ("2" for a count, a string of
+        # seconds) failed later with a bare TypeError naming no key (found in review).
+        kind = type(default) if default is not dataclasses.MISSING and default is not None else None
+        if kind in (bool, int, float, str) and (type(v) is not kind):
+            what = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
+            raise ValueError(f"config {where}: {k} must be {what}, got {v!r}")
         out[k] = v
     return cls(**out)
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 
 import msgspec
@@ -158,24 +159,55 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     from warmserve.controller.api import Api
     from warmserve.controller.launch import start_cluster, with_defaults
 
+    # The HTTP port first: one in use is an error now, not after every worker has started (found in review). It
+    # listens from here; connections wait in its backlog until the site serves them.
+    listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=1024,
+                                    family=socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
     if not cfg.models:
         _say("no models named (--model, --config): writing the demo checkpoints if absent (first run: ~20 s)")
-    cfg = with_defaults(cfg)
-    history = read_history(cfg.controller.history_path) if cfg.controller.history_path else None
+    try:
+        cfg = with_defaults(cfg)
+        history = read_history(cfg.controller.history_path) if cfg.controller.history_path else None
+    except BaseException:
+        listener.close()
+        raise
+    # Signals from here on: a SIGTERM or Ctrl-C during start-up stops the start and its workers (found in review:
+    # the default handlers ended the controller on the spot, and workers still starting ran on).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     _say(f"starting workers and loading {len(cfg.models)} model(s): "
          f"{', '.join(m.name or os.path.basename(m.path.rstrip('/')) for m in cfg.models)}")
     if ray_address is not None:
         from warmserve.controller.ray_launch import start_ray_cluster
 
-        controller = await start_ray_cluster(cfg, ray_address, history=history, log_dir=log_dir)
+        starting = asyncio.ensure_future(start_ray_cluster(cfg, ray_address, history=history, log_dir=log_dir))
     else:
-        controller = await start_cluster(cfg, history=history, log_dir=log_dir)
+        starting = asyncio.ensure_future(start_cluster(cfg, history=history, log_dir=log_dir))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():  # stopped while starting: the start's own clean-up stops what it began
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            listener.close()
+    if starting.cancelled():
+        _say("stopped while starting")
+        return
+    try:
+        controller = starting.result()
+    except BaseException:
+        listener.close()
+        raise
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests)
     # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation
     # is aborted on its worker), streaming or not; aiohttp leaves handlers running by default.
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024)
+    site = web.SockSite(runner, listener)
     try:
         await site.start()
     except OSError:
@@ -189,10 +221,6 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
 
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     # One machine-readable line: scripts and tests wait for it instead of sleeping.
     print(json.dumps({"serving": f"http://{cfg.server.host}:{port}", "workers_endpoint": controller.hub.endpoint,
                       "models": controller.model_names()}), flush=True)

@@ -1,0 +1,82 @@
+"""`warmserve serve` stopped or refused while it starts: a port in use is an error before any worker starts, and
+a SIGTERM during start-up leaves no worker behind (found in review: the port was tried only once every worker was
+up, and workers still starting outlived a controller stopped by SIGTERM)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import serving
+
+MODEL = serving.MODELS[0]
+
+
+def _serve(port: int, workers: int = 2) -> subprocess.Popen:
+    path = serving.demo_paths((MODEL,))[MODEL]
+    return subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--model", path, "--port", str(port),
+                             "--cpu-workers", str(workers), "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie nobody reaps has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_a_port_in_use_is_refused_before_any_worker_starts():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        t0 = time.monotonic()
+        proc = _serve(held.getsockname()[1])
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "in use" in err, err[-2000:]
+    assert "starting workers" not in err
+    assert time.monotonic() - t0 < 30
+
+
+def test_sigterm_while_starting_stops_every_worker():
+    proc = _serve(0)
+    try:
+        deadline = time.monotonic() + 60
+        kids = []
+        while not kids and time.monotonic() < deadline:  # a worker process exists: the start is under way
+            kids = [k for k in _children(proc.pid) if "worker" in open(f"/proc/{k}/cmdline").read()]
+            time.sleep(0.05)
+        assert kids, "no worker was started"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(k) for k in kids), "a worker outlived the stopped start"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for k in _children(proc.pid):
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
