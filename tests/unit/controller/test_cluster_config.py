@@ -73,3 +73,18 @@ def test_policy_options_parse_in_one_place():
 def test_engine_max_num_seqs_defaults_to_the_policy_capacity():
     assert EngineConfig().resolved(12).max_num_seqs == 12
     assert EngineConfig(max_num_seqs=5).resolved(12).max_num_seqs == 5
+
+
+def test_values_of_the_wrong_type_or_range_name_their_key():
+    """Found in review: `cpu_workers: "2"` or `tick_s: "0.5"` in a config file failed with a bare TypeError that
+    named no key, and a port of 70000 was taken until the server tried to listen."""
+    from warmserve.config import cluster_config_from_dict
+
+    for data, key in (({"cpu_workers": "2"}, "cpu_workers"), ({"controller": {"tick_s": "0.5"}}, "tick_s"),
+                      ({"server": {"port": 70000}}, "port"), ({"controller": {"drain_timeout_s": -1}}, "drain"),
+                      ({"worker_start_timeout_s": -5}, "worker_start_timeout_s"),
+                      ({"controller": {"insecure": "yes"}}, "insecure")):
+        with pytest.raises(ValueError, match=key):
+            cluster_config_from_dict(data)
+    cfg = cluster_config_from_dict({"cpu_workers": 3, "controller": {"tick_s": 1}, "server": {"port": 0}})
+    assert (cfg.cpu_workers, cfg.controller.tick_s, cfg.server.port) == (3, 1.0, 0)
