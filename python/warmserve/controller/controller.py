@@ -415,7 +415,8 @@ class Controller:
                 await asyncio.to_thread(_kill, proc)
                 n = self._restarts.get(ident, 0)
                 self._restarts[ident] = n + 1
-                delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** n)
+                # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
+                delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** min(n, 60))
                 log.warning("restarting %r in %.1f s (restart %d in a row)", lost, delay, n + 1)
                 await asyncio.sleep(delay)
                 spawn = self.local_spawn.get(ident)
