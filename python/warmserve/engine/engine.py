@@ -122,6 +122,8 @@ class Engine:
         self.eos = set(self.cfg.eos_token_ids) or set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.closed = False
         self.num_steps = 0
+        #: Requests wait and none could start at the last step (no KV block to be had): see step().
+        self.stalled = False
         #: When set, each step keeps the logits it sampled from in last_logits (request id -> [vocab] float32).
         self.record_logits = False
         self.last_logits: dict[str, torch.Tensor] = {}
@@ -232,6 +234,8 @@ class Engine:
         outputs = [self._output(s, []) for s in self._aborted]
         self._aborted = []
         chunks = self.scheduler.schedule()
+        # another step now would do the same (a worker retries it on its idle turns)
+        self.stalled = not chunks and not self.scheduler.running and bool(self.scheduler.waiting)
         if chunks:
             outputs += self._run(chunks)
             self.num_steps += 1

@@ -124,9 +124,11 @@ class WorkerCore(ShardRoles):
             self.emit(peer, P.Error.of(getattr(msg, "id", -1), _as_typed(e)))
 
     def busy(self) -> bool:
-        """Engines have work: the caller should tick again at once. (A follower's engine steps on its own thread.)"""
-        return bool(self.generations) or any(i.engine.has_unfinished() for i in self.instances.values()
-                                             if not i.follower and i.broken is None)
+        """Engines have work they can do: the caller should tick again at once. (A follower's engine steps on its
+        own thread.) An engine whose requests wait for KV blocks none can have is retried on the idle turns, not in
+        a spin of a whole core (found in review: a shared instance starved of pages did that)."""
+        return any(i.engine.has_unfinished() and not i.engine.stalled
+                   for i in self.instances.values() if not i.follower and i.broken is None)
 
     def loading(self) -> bool:
         """Loads and group joins run on other threads: tick now and then, without spinning a core they need."""
