@@ -203,6 +203,33 @@ def test_async_client_streams_many_requests_at_once(worker_proc, client, models)
     assert st.in_flight == 0
 
 
+def test_async_streams_dropped_or_closed_early_are_aborted(worker_proc, client, models):
+    """Found in review: an async stream left after its first event ran on to max_tokens on the worker, its events
+    piling up in the client. Now the client's next call aborts it; `async with` and close() end one at once."""
+    import gc
+
+    client.prewarm(models["llama-20m"])
+    client.activate("llama-20m")
+    long = P.SamplingParams(max_tokens=1500, ignore_eos=True)
+
+    async def run():
+        async with AsyncWorkerClient(worker_proc[1]) as ac:
+            s = await ac.generate("llama-20m", [1, 2, 3], long)
+            assert (await s.__aiter__().__anext__()).token_ids
+            del s
+            gc.collect()
+            async with await ac.generate("llama-20m", [4, 5], long) as s2:
+                assert (await s2.__aiter__().__anext__()).token_ids
+            for _ in range(50):
+                if (await ac.stats()).in_flight == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return (await ac.stats()).in_flight, dict(ac._queues)
+
+    in_flight, queues = asyncio.run(run())
+    assert in_flight == 0 and queues == {}
+
+
 def test_a_client_that_vanishes_has_its_generations_aborted(worker_proc, client, models):
     client.prewarm(models["llama-20m"])
     client.activate("llama-20m")

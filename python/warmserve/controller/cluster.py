@@ -41,9 +41,9 @@ class Completion:
     logprobs: tuple = ()
 
 
-#: The sampling keywords of generate()/stream() and their defaults (the OpenAI API's temperature of 1).
 #: How long a cancelled call waits for its work's own clean-up (an abort sent, workers of a failed start stopped).
 CANCEL_WAIT_S = 30.0
+#: The sampling keywords of generate()/stream() and their defaults (the OpenAI API's temperature of 1).
 _KEYWORDS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": None}
 
 

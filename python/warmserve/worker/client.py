@@ -330,11 +330,13 @@ def _close_zmq(sock, ctx) -> None:
 
 
 class AsyncTokenStream:
-    """``async for ev in stream``: the ``Tokens`` events of one generation."""
+    """``async for ev in stream``: the ``Tokens`` events of one generation. As ``TokenStream``: ``await close()``
+    (or ``async with``) ends it early, and one dropped unfinished is aborted by its client's next call."""
 
     def __init__(self, client: "AsyncWorkerClient", id: int, queue: asyncio.Queue, timeout_s: float):
         self.client, self.id, self.queue, self.timeout_s = client, id, queue, timeout_s
         self.done = False
+        self._abandoned = weakref.finalize(self, client._abandoned.append, id)
 
     def __aiter__(self) -> AsyncIterator[P.Tokens]:
         return self._iter()
@@ -344,20 +346,35 @@ class AsyncTokenStream:
             try:
                 msg = await self.client._get(self.queue, self.id, self.timeout_s)
             except errors.WorkerLostError:
-                self.done = True
-                self.client._queues.pop(self.id, None)
+                self._end()
                 raise
             if isinstance(msg, P.Error) or (isinstance(msg, P.Tokens) and msg.finished):
-                self.done = True  # only the end of the request forgets it: an abandoned iterator drops nothing
-                self.client._queues.pop(self.id, None)
+                self._end()  # only the end of the request forgets it: an abandoned iterator drops nothing
             if isinstance(msg, P.Tokens):
                 yield msg
             else:
                 _raise_if_error(msg)
 
+    def _end(self) -> None:
+        self.done = True
+        self._abandoned.detach()
+        self.client._queues.pop(self.id, None)
+
     async def abort(self) -> None:
         if not self.done:
             await self.client.abort(self.id)
+
+    async def close(self) -> None:
+        """Stop the generation if it still runs; nothing more comes from this stream."""
+        if not self.done:
+            self._end()
+            await self.client.abort(self.id)
+
+    async def __aenter__(self) -> "AsyncTokenStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
 
     async def collect(self) -> tuple[list[int], P.Tokens]:
         ids: list[int] = []
@@ -388,6 +405,8 @@ class AsyncWorkerClient:
         self.hwm = hwm
         self._next_id = 1
         self._queues: dict[int, asyncio.Queue] = {}
+        #: Generations whose streams were dropped unfinished (AsyncTokenStream's finalizer): aborted by the next call.
+        self._abandoned: list[int] = []
         self._sock = None
         self._tasks: list[asyncio.Task] = []
         self._lost: errors.WarmServeError | None = None
@@ -468,8 +487,16 @@ class AsyncWorkerClient:
         self._next_id += 1
         return id
 
+    async def _abort_abandoned(self) -> None:
+        """As SyncClientBase._abort_abandoned: streams dropped unfinished are aborted, their answers dropped."""
+        while self._abandoned:
+            rid = self._abandoned.pop()
+            if self._queues.pop(rid, None) is not None:
+                await self._send(P.Abort(id=self._new_id(), request_id=rid))
+
     async def _call(self, msg, timeout_s: float | None, on_event=None):
         await self._ensure()
+        await self._abort_abandoned()
         q = self._open(msg.id)
         try:
             await self._send(msg)
@@ -505,6 +532,7 @@ class AsyncWorkerClient:
                        timeout_s: float | None = None) -> AsyncTokenStream:
         """Send a generation and return its stream at once (``async for`` it; errors raise while iterating)."""
         await self._ensure()
+        await self._abort_abandoned()
         id = self._new_id()
         q = self._open(id)
         await self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.SamplingParams()))
