@@ -144,12 +144,15 @@ class WorkerCore(ShardRoles):
         return self.busy()
 
     def _grow_idle(self) -> None:
-        """Idle instances map KV blocks toward their target too, as steps do for busy ones (throttled alike), so
-        the headroom reserved for a burst is there when it comes (found in review: an idle instance stayed at one
-        step's worth until its first request). Tensor-parallel ones grow together on their leader's plans."""
+        """Idle instances map KV blocks toward a target set for them (the controller's KV reservation) too, as
+        steps do for busy ones (throttled alike), so the headroom reserved for a burst is there when it comes
+        (found in review: an idle instance stayed at one step's worth until its first request). Not toward "all
+        of them" (an Activate without a target): idle, that would take every free page from the prewarms in a
+        second. Tensor-parallel ones grow together on their leader's plans."""
         for inst in self.instances.values():
-            if inst.tp is None and not inst.engine.has_unfinished():
-                inst.engine.kv.grow()
+            kv = inst.engine.kv
+            if inst.tp is None and kv.target_free_blocks < kv.total_blocks and not inst.engine.has_unfinished():
+                kv.grow()
 
     def drop_peer(self, peer: Peer) -> int:
         """Abort the generations of a peer that went away (no reply: nobody listens). Returns how many."""
