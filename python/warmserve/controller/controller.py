@@ -544,31 +544,9 @@ class Controller:
                     self.groups.prewarm()
                     self.driver.tick(self.now_s())
                 # Also with no worker (all restarting): waiting requests still time out.
-                self._expire()
+                self.executor.expire_requests()
             except Exception:  # a policy bug must not stop serving; it is logged with its trace
                 log.exception("policy tick failed")
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for model, q in self.state.queues.items():
-            # the whole queue: a request that started over (requeued) sits at its front with a later deadline
-            for req in [r for r in q if r.deadline_s < now]:
-                self.driver.withdraw(model, req, self.now_s())
-                err = TimeoutError_(
-                    f"no instance of {model!r} could take the request within {self.cc.request_timeout_s:.0f} s; "
-                    f"retry later or add workers", timeout_s=self.cc.request_timeout_s)
-                req.fail(err)
-                self._request_done(req, "timeout")
-        for w in list(self.gpu_workers):  # an Abort that cannot be sent loses its worker (and edits the list)
-            for gid, req in list(w.gens.items()):
-                last = max(req.last_token_s or req.arrival_s, req.sent_s or 0.0)  # sent again: counts from then
-                if not req.done and now - last > self.cc.request_timeout_s:
-                    req.fail(TimeoutError_(f"{w!r} produced no token for {self.cc.request_timeout_s:.0f} s",
-                                           timeout_s=self.cc.request_timeout_s))
-                    self._end_gen(w, gid)  # not left to the worker's answer, as in _abort
-                    self._request_done(req, "timeout")
-                    if w.alive:
-                        fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
 
     # ------------------------------------------------------------------------------------------- views
 

@@ -16,7 +16,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.controller.workers import WorkerRecord
-from warmserve.errors import InvalidArgumentError, WorkerLostError
+from warmserve.errors import InvalidArgumentError, TimeoutError_, WorkerLostError
 from warmserve.geometry import KV_BLOCK_TOKENS, PAGE_BYTES, align_up, blocks_for_tokens, pages_for
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights
@@ -436,6 +436,31 @@ class LiveExecutor:
             if req.generated:
                 self.ctl.metrics.resumed.inc(model=req.model, why="rank_lost" if rec.rank_lost else "migrated")
         return [(req, req.resume_prompt_tokens) for req in moved]
+
+    def expire_requests(self) -> None:
+        """Fail what waited too long: queued requests past their deadline, and requests sent to a worker that
+        produced no token for ``request_timeout_s`` (aborted there)."""
+        ctl = self.ctl
+        now = time.monotonic()
+        for model, q in ctl.state.queues.items():
+            # the whole queue: a request that started over (requeued) sits at its front with a later deadline
+            for req in [r for r in q if r.deadline_s < now]:
+                ctl.driver.withdraw(model, req, ctl.now_s())
+                err = TimeoutError_(
+                    f"no instance of {model!r} could take the request within {ctl.cc.request_timeout_s:.0f} s; "
+                    f"retry later or add workers", timeout_s=ctl.cc.request_timeout_s)
+                req.fail(err)
+                ctl._request_done(req, "timeout")
+        for w in list(ctl.gpu_workers):  # an Abort that cannot be sent loses its worker (and edits the list)
+            for gid, req in list(w.gens.items()):
+                last = max(req.last_token_s or req.arrival_s, req.sent_s or 0.0)  # sent again: counts from then
+                if not req.done and now - last > ctl.cc.request_timeout_s:
+                    req.fail(TimeoutError_(f"{w!r} produced no token for {ctl.cc.request_timeout_s:.0f} s",
+                                           timeout_s=ctl.cc.request_timeout_s))
+                    ctl._end_gen(w, gid)  # not left to the worker's answer, as in _abort
+                    ctl._request_done(req, "timeout")
+                    if w.alive:
+                        fire(ctl.hub, w, P.Abort(id=ctl.hub.next_id(), request_id=gid))
 
     def fail(self, req, error: BaseException, now_s: float) -> None:
         req.fail(error)
