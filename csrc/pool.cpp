@@ -130,14 +130,19 @@ void Pool::close_pages_if_unused_locked() {
 }
 
 void Pool::cancel_jobs_locked(std::unique_lock<std::mutex>& l, const Slot* only) {
-  auto pending = [&] {
+  // Cancels on every check, not once: a load started while mu is released here (Slot::close waits with the slot
+  // still open) would otherwise run to its end and hold the close up, without bound if loads keep coming (found
+  // in review). cancel() takes the job's own mutex: order pool mu -> job mu; it is idempotent.
+  auto cancel_pending = [&] {
+    bool any = false;
     for (LoadJob* j : jobs)
-      if (!only || j->slot() == only) return true;
-    return false;
+      if (!only || j->slot() == only) {
+        j->cancel();
+        any = true;
+      }
+    return any;
   };
-  for (LoadJob* j : jobs)
-    if (!only || j->slot() == only) j->cancel();  // takes the job's own mutex: order pool mu -> job mu
-  jobs_cv.wait(l, [&] { return !pending(); });  // each job's finish() rolls back (with mu) and leaves `jobs`
+  jobs_cv.wait(l, [&] { return !cancel_pending(); });  // each job's finish() rolls back (with mu) and leaves `jobs`
 }
 
 // ---------------------------------------------------------------- slots
@@ -204,7 +209,7 @@ Slot::~Slot() {
 
 void Slot::check_open_locked() const {
   pool->check_open();
-  if (closed) throw Error(ErrorKind::Closed, "slot '" + tag + "' is closed");
+  if (closed || closing) throw Error(ErrorKind::Closed, "slot '" + tag + "' is " + (closed ? "closed" : "closing"));
   if (!holes.empty()) throw unusable_error();
 }
 
@@ -467,7 +472,11 @@ void Slot::move_to(uint64_t off, uint64_t n, Slot& dst, uint64_t dst_off) {
 void Slot::close(bool force) {
   pool->backend->drain_quietly();  // outside the mutex (Backend::drain)
   std::unique_lock<std::mutex> l(pool->mu);
-  if (!closed && !pool->closed) pool->cancel_jobs_locked(l, this);  // releases mu while the loads roll back
+  if (!closed && !pool->closed) {
+    closing = true;  // a load (or map) started while mu is released below is refused (check_open_locked)
+    pool->cancel_jobs_locked(l, this);  // releases mu while the loads roll back
+    closing = false;  // mu is held from here on; a close refused below (pinned pages) leaves the slot usable
+  }
   if (closed || pool->closed) {
     closed = true;
     return;

@@ -82,6 +82,7 @@ struct Slot {
   std::vector<uint32_t> pins;       // live pinned views / running loads per slot page
   uint64_t mapped = 0;
   bool closed = false;
+  bool closing = false;             // close() waits for its loads to roll back: no new operation starts
   // Parts of the reservation a failed host operation left in an unknown state (Backend::take_holes): the slot
   // then refuses every operation (SlotUnusable) but close, and never maps into or releases these ranges.
   std::vector<std::pair<uintptr_t, uint64_t>> holes;

@@ -366,3 +366,41 @@ def test_a_load_that_cannot_start_its_threads_fails_and_the_process_lives():
         print("again", int(s.tensor(0, (1,), torch.uint8)[0]))
     """)
     assert out == ["DriverError", "True", "again", "5"], out  # "loaded": the limit did not bite here
+
+
+def test_closing_a_slot_refuses_loads_started_while_it_waits():
+    # Found in review: Slot.close cancelled the loads running when it began, then waited for the slot's loads with
+    # the pool unlocked; a load started meanwhile was not cancelled, so a thread starting loads in a loop could
+    # hold the close up without bound. Now such a load is refused ("closing") and close returns. (The race did not
+    # show on this machine with the old build, whose close also returned here: the test checks the new refusal.)
+    out = run_child("""
+        from warmserve.errors import WarmServeError
+        n = 16 << 20
+        pool = PagePool(2 * n, page_bytes=PAGE)
+        s = pool.create_slot(n, "w")
+        path = big_file(n)
+        stop, seen = threading.Event(), []
+        def loads():
+            while not stop.is_set():
+                try:
+                    s.load([(path, 0, 0, n)], threads=1, chunk_bytes=PAGE).wait()
+                except WarmServeError as e:
+                    seen.append(type(e).__name__)
+                    if type(e).__name__ == "ClosedError":
+                        return
+        ts = [threading.Thread(target=loads) for _ in range(4)]  # one of them nearly always has a load running
+        for t in ts:
+            t.start()
+        time.sleep(0.3)
+        closer = threading.Thread(target=s.close)
+        t0 = time.monotonic()
+        closer.start()
+        closer.join(20)
+        print("closed" if not closer.is_alive() else "stuck", time.monotonic() - t0 < 10)
+        stop.set()
+        for t in ts:
+            t.join(20)
+        print("loaders", "done" if not any(t.is_alive() for t in ts) else "stuck", "ClosedError" in seen)
+        print("free", pool.free_pages == pool.total_pages)
+    """)
+    assert out == ["closed", "True", "loaders", "done", "True", "free", "True"], out
