@@ -130,19 +130,16 @@ void Pool::close_pages_if_unused_locked() {
 }
 
 void Pool::cancel_jobs_locked(std::unique_lock<std::mutex>& l, const Slot* only) {
-  // Cancels on every check, not once: a load started while mu is released here (Slot::close waits with the slot
-  // still open) would otherwise run to its end and hold the close up, without bound if loads keep coming (found
-  // in review). cancel() takes the job's own mutex: order pool mu -> job mu; it is idempotent.
-  auto cancel_pending = [&] {
-    bool any = false;
+  // No job joins while this waits with mu released: a LoadJob checks its slot (closing) or the pool (closed) and
+  // registers in `jobs` under one hold of mu, and both flags are set before this runs.
+  auto pending = [&] {
     for (LoadJob* j : jobs)
-      if (!only || j->slot() == only) {
-        j->cancel();
-        any = true;
-      }
-    return any;
+      if (!only || j->slot() == only) return true;
+    return false;
   };
-  jobs_cv.wait(l, [&] { return !cancel_pending(); });  // each job's finish() rolls back (with mu) and leaves `jobs`
+  for (LoadJob* j : jobs)
+    if (!only || j->slot() == only) j->cancel();  // takes the job's own mutex: order pool mu -> job mu
+  jobs_cv.wait(l, [&] { return !pending(); });  // each job's finish() rolls back (with mu) and leaves `jobs`
 }
 
 // ---------------------------------------------------------------- slots
