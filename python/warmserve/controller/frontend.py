@@ -84,9 +84,9 @@ def _check_ids(model, ids: list[int], param: str) -> list[int]:
     return ids
 
 
-def _encode(model, text: str, max_tokens: int, param: str) -> list[int]:
+def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: bool) -> list[int]:
     check_chars(model, len(text), max_tokens, param)
-    return list(model.tokenizer.encode(text))
+    return list(model.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
 def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int) -> list[int]:
@@ -96,9 +96,13 @@ def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_token
     check_max_tokens(model, max_tokens)
     if messages is not None:
         text = _chat_text(model, messages)
-        ids = _check_ids(model, text, param) if isinstance(text, list) else _encode(model, text, max_tokens, param)
+        # The template writes any BOS itself, so the rendered text is tokenised as is (as transformers'
+        # apply_chat_template and vLLM's chat endpoint do); a completion prompt gets the tokenizer's own special
+        # tokens (Llama's BOS from tokenizer.json's post-processor), as vLLM's completions endpoint gives it.
+        ids = (_check_ids(model, text, param) if isinstance(text, list)
+               else _encode(model, text, max_tokens, param, add_special_tokens=False))
     elif isinstance(prompt, str):
-        ids = _encode(model, prompt, max_tokens, param)
+        ids = _encode(model, prompt, max_tokens, param, add_special_tokens=True)
     else:
         ids = _check_ids(model, prompt or [], param)
     check_prompt(model, ids, max_tokens, param)

@@ -62,7 +62,7 @@ def test_huge_text_is_refused_by_size_before_tokenising(model):
     class Untouchable:
         vocab_size = model.tokenizer.vocab_size
 
-        def encode(self, text):
+        def encode(self, text, add_special_tokens=False):
             raise AssertionError("tokenised a prompt that its size already rules out")
 
     guarded = type(model)(spec=model.spec, tokenizer=Untouchable(), max_context=model.max_context,
@@ -86,11 +86,11 @@ def test_long_text_is_tokenised_off_the_event_loop(model):
     class Recording:
         vocab_size = real.vocab_size
 
-        def encode(self, t):
+        def encode(self, t, add_special_tokens=False):
             import threading
 
             seen["thread"] = threading.current_thread()
-            return real.encode(t)
+            return real.encode(t, add_special_tokens=add_special_tokens)
 
     m = type(model)(spec=model.spec, tokenizer=Recording(), max_context=100_000, weight_bytes=model.weight_bytes,
                     kv_bytes_per_token=model.kv_bytes_per_token, max_token_chars=model.max_token_chars)

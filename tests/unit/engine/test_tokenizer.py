@@ -93,3 +93,31 @@ def test_a_template_that_does_not_parse_names_the_file_to_fix(tmp_path, demo_dir
     path = _checkpoint(tmp_path, demo_dir, "{% for m in messages %}{{ m.content }")
     with pytest.raises(InvalidArgumentError, match="does not parse.*fix chat_template"):
         Tokenizer(path).apply_chat_template(MSGS)
+
+
+def test_a_completion_prompt_gets_the_tokenizers_bos_and_a_chat_does_not_get_it_twice(tmp_path, demo_dir):
+    """Found in review: completion prompts were tokenised without the tokenizer's special tokens, so a Llama
+    checkpoint (whose tokenizer.json adds BOS in its post-processor) was fed prompts with no BOS. The ids must be
+    those transformers gives: ``tok(prompt)`` for a completion, ``apply_chat_template(tokenize=True)`` for a
+    chat whose template writes the BOS itself."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import processors
+
+    path = _checkpoint(tmp_path, demo_dir, "{{ bos_token }}" + TOOLS_TEMPLATE)
+    hf = HFTokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    bos = hf.token_to_id("<|endoftext|>")
+    hf.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
+                                                      special_tokens=[("<|endoftext|>", bos)])
+    hf.save(os.path.join(path, "tokenizer.json"))
+    tok = Tokenizer(path)
+
+    class Model:
+        tokenizer, max_context, max_token_chars = tok, 2048, tok.max_token_chars
+
+    theirs = transformers.AutoTokenizer.from_pretrained(path)
+    ids = prepare(Model(), "naïve café", max_tokens=4)
+    assert ids[0] == bos and ids == theirs("naïve café").input_ids
+    chat = prepare(Model(), messages=MSGS, max_tokens=4)
+    ref = theirs.apply_chat_template(MSGS, tokenize=True, add_generation_prompt=True)
+    ref = ref["input_ids"] if isinstance(ref, dict) or hasattr(ref, "keys") else ref
+    assert chat == list(ref) and chat[0] == bos and chat[1] != bos
