@@ -92,6 +92,10 @@ class PromptTooLongError(InvalidArgumentError):
     """The prompt (plus max_tokens) does not fit the model's context."""
 
 
+class UnservableModelError(InvalidArgumentError):
+    """A model that no instance could serve on the cluster's GPUs (``ClusterState.unservable``)."""
+
+
 class ModelStateError(InvalidArgumentError):
     """A model is on a worker but in the wrong state for the request (loading, running, not running)."""
 

@@ -186,6 +186,17 @@ class PolicyConfig:
             )
         if self.window_s <= 0 or self.load_window_s <= 0:
             raise InvalidArgumentError(f"window_s and load_window_s must be > 0, got {self.window_s}, {self.load_window_s}")
+        if self.window_s < 86400 and abs(86400 / self.window_s - round(86400 / self.window_s)) > 1e-9:
+            per_day = 86400 / self.window_s
+            near = min((d for d in range(1, 86401) if 86400 % d == 0), key=lambda d: abs(d - self.window_s))
+            raise InvalidArgumentError(
+                f"window_s {self.window_s} does not divide a day ({per_day:.3f} windows): the daily season would "
+                f"drift by {abs(round(per_day) * self.window_s - 86400):.0f} s a day. Fix: a divisor of 86400, "
+                f"e.g. {near} (or a day or more: no daily season)")
+        if self.residual_windows < 1 or self.max_instances_per_model < 0:
+            raise InvalidArgumentError(
+                f"need residual_windows >= 1 (the forecast's correction averages them) and max_instances_per_model "
+                f">= 0 (0: no limit); got {self.residual_windows} and {self.max_instances_per_model}")
         if self.forecaster not in FORECASTERS:
             raise InvalidArgumentError(f"forecaster must be one of {FORECASTERS}, got {self.forecaster!r}")
         if self.migrate_max_in_flight < 0:

@@ -90,8 +90,10 @@ class Policy(LoadSignals, GpuMoves):
     def _meter_set(self, model: str, now_s: float, value: float) -> None:
         meter = self._meters.get(model)
         if meter is None:
-            self._meters[model] = WindowMeter(self.cfg.window_s, now_s, value)
-            return
+            # Nothing was in flight before the first event (or the first tick, when polled): a meter made with
+            # the new value would book it from the window's start (found in review: one 0.5 s request at the
+            # end of a window recorded an average of 1.0 there, 600x the truth).
+            meter = self._meters[model] = WindowMeter(self.cfg.window_s, now_s, 0.0)
         for start, avg, peak in meter.set(now_s, value):
             self.observe_window(model, start, avg, peak)
 
@@ -194,8 +196,12 @@ class Policy(LoadSignals, GpuMoves):
         if best is not None and best.in_flight < B and not (
                 budget > 0 and self._prefill_backlog_s(state, model, insts) > budget * len(ready)):
             return A.Route(model, best.instance_id, request_id)
+        co_ids = self._co.ids if self._co is not None else ()
         for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
-            if inst.draining and inst.ready and inst.instance_id not in self._preempted:
+            # not one the tick stopped for another's sake, nor a co-served one retired for a dedicated one (the
+            # tick's revive skips both; found in review: route() revived it and the next tick stopped it again)
+            if inst.draining and inst.ready and inst.instance_id not in self._preempted \
+                    and inst.instance_id not in co_ids:
                 self._retain.pop(inst.instance_id, None)
                 return A.ReviveInstance(inst.instance_id)
         cap = self.cfg.max_instances_per_model
@@ -377,8 +383,9 @@ class Policy(LoadSignals, GpuMoves):
             if target == 0 and ((not (wanted - {m}) and not cfg.idle_to_zero)
                                 or (co is not None and co.keeps_last(state, m, active[m]))):
                 target = 1
-            if co is not None and m in co.merging:
-                continue  # it runs its old instance and the co-served one replacing it: retire() ends that
+            if co is not None and (m in co.merging or m in co.splitting):
+                continue  # it runs its old instance and the one replacing it: retire() ends that once the new
+                # one is ready (found in review: a split stopped the co-served instance, its only ready one, at once)
             if m in moving:
                 continue  # the same for an instance that _defragment moves
             old = [i for i in active[m] if i.ready and now_s - i.ready_s >= cfg.min_lifetime_s

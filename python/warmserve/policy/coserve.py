@@ -268,14 +268,17 @@ class CoServing:
                 continue
             key = (bool(evict), -r, gpus)  # best fit among hosts that evict nothing, if any
             if best is None or key < best[0]:
-                best = (key, gpus, evict)
+                best = (key, gpus, evict, need)
         if best is not None:
-            _, gpus, evict = best
+            _, gpus, evict, need = best
             for pid in evict:
                 board.remove(pid)
             for g in gpus:
                 s, c = board.local[g]
                 board.inst_count[s, c] += 1
+                # charged here, so this tick's plan does not place a prewarm in the bytes promised to the joiner
+                # (found in review: a 40 GiB GPU was promised 50 GiB)
+                board.free[s, c] = max(0, board.free[s, c] - need)
             act = A.StartInstance(new_id(model, "i"), model, gpus, evict=tuple(evict), kv_fraction=frac,
                                   warm_engine=self.cfg.warm_engine)
             self.pending.setdefault(gpus, set()).add(model)

@@ -302,12 +302,13 @@ class PolicyDriver:
             if p is not None:  # a failed load may have removed it since the policy looked
                 ex.drop_prewarm(p, kind is A.Evict, now_s)
         elif kind is A.StartInstance:
+            if self._backoff_until and self._backing_off(act.model, now_s):
+                return  # its last start failed moments ago; the policy asks again on a later tick (before the
+                # evictions: found in review, a refused start dropped the prewarms it would have replaced)
             for pid in act.evict:
                 p = st.prewarms.pop(pid, None)
                 if p is not None:
                     ex.drop_prewarm(p, True, now_s)
-            if self._backoff_until and self._backing_off(act.model, now_s):
-                return  # its last start failed moments ago; the policy asks again on a later tick
             gpus = tuple(act.gpus)
             self._drop_kept_on(gpus, now_s)
             pw = st.prewarms.pop(act.prewarm_id, None) if act.prewarm_id is not None else None

@@ -20,9 +20,11 @@ class GpuMoves:
         """``arbitration.relocations``, make before break: each instance to move gets its replacement started
         (``_start``: a hit where its model has a loaded prewarm) and stops once that one serves; meanwhile both
         take requests. A stopped one is not revived (route() would bring it back). One move at a time."""
+        stopped = A.stopping(out)  # this tick's reclaim may have stopped the old one already (found in review:
+        # it was stopped twice, its GPU counted idle twice, and a prewarm placed under the new owner's instance)
         for new_id, old_id in list(self._moving.items()):
             new, old = state.instances.get(new_id), state.instances.get(old_id)
-            if new is None or old is None or old.draining:
+            if new is None or old is None or old.draining or old_id in stopped:
                 del self._moving[new_id]
             elif new.ready:
                 del self._moving[new_id]

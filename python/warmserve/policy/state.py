@@ -211,6 +211,26 @@ class ClusterState:
             taking = (i for i in self.instances.values() if i.model == model and not i.draining)
         return self.queued_prompt_tokens.get(model, 0) + sum(i.prefill_tokens_pending for i in taking)
 
+    def unservable(self) -> dict[str, str]:
+        """Models no instance could serve on these GPUs, each with why: its tensor-parallel degree exceeds every
+        server's live GPUs, or no server has ``tp`` GPUs each with room for its shard and one KV block. Empty
+        when every model can be served (found in review: such a model got instances with no KV cache, or none,
+        and its requests waited for ever with no error)."""
+        out = {}
+        for name, m in sorted(self.models.items()):
+            sizes = [sorted((self.gpus[g].total_bytes for g in s.gpu_ids if not self.gpus[g].gone), reverse=True)
+                     for s in self.servers]
+            widest = max((len(z) for z in sizes), default=0)
+            need = m.shard_bytes + m.kv_block_bytes
+            if widest < m.tp:
+                out[name] = (f"tp {m.tp} needs {m.tp} GPUs on one server; the largest server has {widest}: "
+                             f"give the cluster a server with {m.tp} GPUs or lower the model's tp")
+            elif not any(len(z) >= m.tp and z[m.tp - 1] >= need for z in sizes):
+                out[name] = (f"each of its {m.tp} GPU(s) needs {need} bytes (a {m.shard_bytes}-byte shard and one "
+                             f"{m.kv_block_bytes}-byte KV block); the largest has {max(max(z, default=0) for z in sizes)}:"
+                             f" raise tp or use larger GPUs")
+        return out
+
     def busy_gpus(self) -> set[int]:
         """GPUs that carry an instance (starting, serving or draining)."""
         return {g for inst in self.instances.values() for g in inst.gpus}

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import InvalidArgumentError, UnservableModelError
 from warmserve.geometry import blocks_for_tokens
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights, PolicyDriver
@@ -113,6 +113,10 @@ class Simulator:
         self.midx = {n: i for i, n in enumerate(names)}
         self.state = ClusterState.uniform(config.n_servers, self.infos, gpus_per_server=config.gpus_per_server,
                                           gpu_bytes=self.cost.gpu.pool_bytes)
+        bad = self.state.unservable()
+        if bad:
+            raise UnservableModelError("; ".join(f"model {m!r} cannot be served: {why}" for m, why in bad.items()),
+                                       models=sorted(bad))
         pcfg = config.policy_config
         if config.engine_model not in ENGINE_MODELS:
             raise InvalidArgumentError(f"engine model {config.engine_model!r}: choose one of {ENGINE_MODELS}",

@@ -95,6 +95,10 @@ def test_failed_starts_back_off_then_fail_the_waiting_requests():
     assert not st.instances  # backing off: no new start yet
     d.tick(0.1)
     assert not st.instances  # nor from a tick's StartInstance
+    d.apply(A.Prewarm("pb", "b", (1,), 1.0), 0.1)
+    d.apply(A.StartInstance("i-refused", "a", (1,), evict=("pb",)), 0.1)
+    assert "i-refused" not in st.instances and "pb" in st.prewarms  # a refused start evicts nothing
+    d.apply(A.Evict("pb", "test"), 0.1)
     for n in range(2, START_ATTEMPTS + 1):
         d.route("a", 10.0 * n)
         (iid,) = st.instances

@@ -6,6 +6,7 @@ import pytest
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy import actions as A
 from warmserve.policy.driver import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo
 
@@ -93,6 +94,66 @@ def test_a_host_over_the_tpot_target_splits_its_costliest_model_out():
         d.tick(float(t))
     moved = [m for m in "ab" if any(i.gpus != host for i in _of(st, m))]
     assert len(moved) == 1  # one of them went to a GPU of its own, the other stays
+
+
+def test_a_split_keeps_the_co_served_instance_serving_until_its_dedicated_one_is_ready():
+    """Found in review: a model split off its host had its co-served instance, its only ready one, stopped in the
+    tick that started the dedicated one (scale-in counted the start), so it had no instance serving until that
+    start was done. The co-served one must stop only once the dedicated one is ready (``retire``)."""
+    models = [ModelInfo(n, 10 * GiB, 1, 1 << 19, decode_s_per_token=0.06) for n in "ab"]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=80 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, coserve_always=True))
+    d = instant_driver(pol, st, start_ready=False)
+    for iid, m in (("a1", "a"), ("b1", "b")):
+        d.apply(A.StartInstance(iid, m, (0,), kv_fraction=0.4), 0.0)
+        d.instance_ready(iid, 0.0)
+        pol._co.ids.add(iid)
+    pol._plan_window = 0
+    for k in range(5):
+        d.submit("a", f"a{k}", 10.0)
+    d.submit("b", "b0", 10.0)
+    for t in (11.0, 12.0, 13.0):
+        d.tick(t)
+        assert any(i.ready and not i.draining for i in _of(st, "a")), t
+    new = [i for i in _of(st, "a") if i.instance_id != "a1"]
+    assert len(new) == 1 and not new[0].ready and new[0].gpus == (1,)
+    d.instance_ready(new[0].instance_id, 14.0)
+    d.tick(15.0)
+    assert st.instances["a1"].draining  # retired once the dedicated one serves (its 5 requests finish there)
+    # a burst past B on the dedicated one does not bring the retired co-served one back through route() (found
+    # in review: it did, and the next tick stopped it again); the tick's own revive skips it too
+    for k in range(40):
+        d.submit("a", f"x{k}", 16.0)
+    assert st.instances["a1"].draining
+
+
+def test_a_join_is_charged_so_the_same_ticks_plan_puts_no_prewarm_in_its_bytes():
+    """Found in review: a model joining a host was not charged to the tick's board, so the plan that followed
+    placed a prewarm of another model in the bytes promised to the joiner (50 GiB on a 40 GiB GPU)."""
+    import numpy as np
+
+    models = [ModelInfo(n, 10 * GiB, 1, 1 << 19) for n in "abc"]
+    st = ClusterState.uniform(1, models, gpus_per_server=3, gpu_bytes=40 * GiB)
+    hist = {"c": (np.arange(0, 3000, 300.0), np.full(10, 70.0), np.full(10, 70.0))}  # c wants 3 replicas
+    pol = make_policy("warmserve", models=models, history=hist,
+                      config=PolicyConfig(coserve_always=True, window_s=300.0, replan_s=1e9))
+    d = instant_driver(pol, st, start_ready=False)
+    d.apply(A.StartInstance("a1", "a", (0,), kv_fraction=1 / 3), 2900.0)
+    d.instance_ready("a1", 2900.0)
+    pol._co.ids.add("a1")
+    d.set_kv("a1", used=0, mapped=8)
+    d.apply(A.Prewarm("pc", "c", (1,), 1.0), 2900.0)
+    d.apply(A.Prewarm("pc2", "c", (2,), 1.0), 2900.0)
+    st.queues["b"].append("rb")
+    acts = pol.tick(st, 3000.0)
+    assert any(type(a) is A.StartInstance and a.model == "b" and a.gpus == (0,) for a in acts)  # b joins a's host
+    for a in acts:
+        d.apply(a, 3000.0)
+    m = st.models
+    promised = sum(m[i.model].shard_bytes + i.kv_blocks_total * m[i.model].kv_block_bytes
+                   for i in st.instances.values() if 0 in i.gpus)
+    prewarmed = sum(m[p.model].shard_bytes for p in st.prewarms.values() if 0 in p.gpus)
+    assert promised + prewarmed <= st.gpus[0].total_bytes
 
 
 def test_co_serving_knobs_are_checked():

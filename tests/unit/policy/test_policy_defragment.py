@@ -102,3 +102,28 @@ def test_every_move_of_a_relocation_uses_the_threshold_taken_before_the_first_st
     d.tick(100.0)
     moved = sorted((i.model, i.gpus) for i in st.instances.values() if "/" in i.instance_id)
     assert moved == [("a", (10,)), ("b", (11,))]
+
+
+def test_a_move_whose_old_instance_reclaim_stopped_this_tick_is_not_stopped_again():
+    """Found in review: with a move in flight (`new` replacing `old`) and `new` ready, reclaim stopped `old` for a
+    model waiting with no instance, then the move stopped it again: its GPU counted idle twice and got a prewarm of
+    `old`'s model under the waiting model's new instance."""
+    models = [ModelInfo("x", 10 * GiB, 1, 1 << 19), ModelInfo("y", 10 * GiB, 1, 1 << 19)]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=40 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, coserve_tpot_s=0))
+    d = instant_driver(pol, st, start_ready=False)
+    d.apply(A.StartInstance("old", "x", (0,)), 0.0)
+    d.instance_ready("old", 0.0)
+    d.apply(A.StartInstance("new", "x", (1,)), 0.0)
+    pol._plan_window = 0
+    pol._moving["new"] = "old"
+    d.tick(50.0)
+    st.queues["y"].append("r1")  # y waits with no instance and no free GPU
+    st.instances["new"].ready_s = 100.0
+    acts = pol.tick(st, 100.0)
+    assert sum(type(a) is A.StopInstance and a.instance_id == "old" for a in acts) == 1
+    for a in acts:
+        d.apply(a, 100.0)
+    on_gpu0 = [i.model for i in st.instances.values() if 0 in i.gpus and not i.draining]
+    assert not [p for p in st.prewarms.values() if 0 in p.gpus and p.model == "x"] or "y" not in on_gpu0
+    assert all(b >= 0 for b in st.free_bytes_on())

@@ -45,6 +45,15 @@ def test_bad_model_and_config_are_value_errors():
         PolicyConfig(scale_in_threshold=0.9)
     with pytest.raises(ValueError):
         make_policy("nope", models=[ModelInfo("x", 1)])
+    # found in review: each was accepted and then broke things silently (no forecast where history lacks the
+    # slot; a model never started; a daily season 120 s off each day)
+    with pytest.raises(InvalidArgumentError, match="residual_windows >= 1"):
+        PolicyConfig(residual_windows=0)
+    with pytest.raises(InvalidArgumentError, match="max_instances_per_model"):
+        PolicyConfig(max_instances_per_model=-1)
+    with pytest.raises(InvalidArgumentError, match="does not divide a day.*drift by 120 s.*e.g. 432"):
+        PolicyConfig(window_s=420)
+    assert PolicyConfig(window_s=450).window_s == 450 and PolicyConfig(window_s=1e6).window_s == 1e6
 
 
 def test_actions_are_frozen_and_hashable():

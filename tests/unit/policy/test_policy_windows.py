@@ -51,6 +51,18 @@ def test_request_events_make_exact_windows():
     assert h.avg[r, 0] == pytest.approx((10 + 40 + 30) / 300) and h.peak[r, 0] == 2
 
 
+def test_the_first_event_of_a_model_is_not_booked_from_its_windows_start():
+    """Found in review: a model's first request made its meter as if it had been in flight since the window
+    began, so a 0.5 s request at the end of window 0 recorded an average of 1.0 (the truth: 0.5 / 300)."""
+    pol = make_policy("warmserve", models=M, config=PolicyConfig(prewarm=False))
+    pol.on_request_start("a", 299.0)
+    pol.on_request_done("a", 299.5)
+    pol.on_request_start("a", 301.0)  # closes window 0
+    h = pol._hist
+    r = h.index["a"]
+    assert h.avg[r, 0] == pytest.approx(0.5 / 300) and h.peak[r, 0] == 1
+
+
 def test_reactive_plans_from_the_last_window_and_warmserve_from_the_forecast():
     t, avg, peak = seasonal(2)
     avg2, peak2 = avg.copy(), peak.copy()

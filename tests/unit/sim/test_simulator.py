@@ -76,10 +76,10 @@ def test_every_request_completes_or_is_dropped(policy):
 
 
 def test_unfinished_requests_are_dropped_and_count_999():
-    """A cluster too small for the 70B model (tp 4 on 2 GPUs) never answers it."""
+    """An engine start longer than the run (10^6 s) answers nothing: every request is dropped at the end."""
     p, w = _small_preset()
-    cfg = SimConfig(n_servers=1, gpus_per_server=2, drain_s=5.0)
-    r = simulate(w, p.models, "autoscale", config=cfg)
+    cfg = SimConfig(n_servers=1, gpus_per_server=4, drain_s=5.0)
+    r = simulate(w, p.models, "autoscale", config=cfg, cost=CostModel.for_gpu(cfg.gpu).with_cold_start_s(1e6))
     big = r.per_model["llama2-70b-a"]
     assert big["completed"] == 0 and big["dropped"] == big["requests"] > 0
     assert big["ttft_p50_s"] == 999.0
@@ -198,3 +198,29 @@ def test_prewarm_of_a_just_removed_instance_keeps_its_weights_without_a_copy():
     assert "i-late" not in d.kept
     d.apply(A.Prewarm("p-late", "llama2-7b", (0,), 1.0, kept_from="i-late"), t)
     assert sim.loading["p-late"][1] > t and sim.state.prewarms["p-late"].progress < 1.0
+
+
+@pytest.mark.parametrize("policy", ["warmserve", "dedicated", "autoscale"])
+def test_a_model_no_server_can_hold_is_an_error_not_a_silent_queue(policy):
+    """Found in review: a tp-4 model on 2-GPU servers was never started (under warmserve its requests waited to
+    the end); the simulator now refuses the set-up, naming the model and the fix."""
+    from warmserve.errors import UnservableModelError
+
+    w = _poisson_workload(1.0, 5, 64, 8, model="llama2-70b")
+    with pytest.raises(UnservableModelError, match="llama2-70b.*tp 4.*largest server has 2"):
+        Simulator(w, [ServedModel("llama2-70b")], policy, config=SimConfig(n_servers=2, gpus_per_server=2))
+
+
+def test_unservable_names_a_shard_larger_than_any_gpu_and_nothing_else():
+    from warmserve.policy.state import ClusterState, ModelInfo
+
+    GiB = 1 << 30
+    models = [ModelInfo("huge", 100 * GiB, 1, 1 << 19), ModelInfo("a", 10 * GiB, 1, 1 << 19),
+              ModelInfo("big4", 120 * GiB, 4, 1 << 19)]
+    st = ClusterState.uniform(2, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+    bad = st.unservable()
+    assert list(bad) == ["huge"] and "raise tp or use larger GPUs" in bad["huge"]
+    st.gpus[3].gone = True  # server 0 keeps 3 live GPUs, server 1 still has 4
+    assert list(st.unservable()) == ["huge"]
+    st.gpus[7].gone = True
+    assert sorted(st.unservable()) == ["big4", "huge"]
