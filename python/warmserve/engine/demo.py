@@ -282,7 +282,8 @@ def plan_shards(cfg: ModelConfig, esize: int, shard_bytes: int) -> list[list[str
 
 
 def _fingerprint(cfg: dict, dtype: str) -> str:
-    blob = json.dumps({"config": cfg, "dtype": dtype, "format": 2}, sort_keys=True).encode()
+    # format 3: generation_config.json also ends a generation at <|im_end|>
+    blob = json.dumps({"config": cfg, "dtype": dtype, "format": 3}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -331,10 +332,13 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
     del weight_map
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg_dict, f, indent=2)
-    with open(os.path.join(path, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": cfg_dict.get("bos_token_id"), "eos_token_id": cfg_dict.get("eos_token_id"),
-                   "do_sample": False}, f, indent=2)
     tok = tokenizer if tokenizer is not None else build_tokenizer(min(VOCAB_SIZE, cfg.vocab_size))
+    # The chat template ends every turn with <|im_end|>, so a generation ends there too, as Qwen2's own
+    # generation_config.json lists both <|im_end|> and <|endoftext|> (found in review: a chat ran past its turn).
+    eos_ids = [cfg_dict.get("eos_token_id"), tok.token_to_id("<|im_end|>")]
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": cfg_dict.get("bos_token_id"),
+                   "eos_token_id": [i for i in eos_ids if i is not None], "do_sample": False}, f, indent=2)
     tok.save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump(tokenizer_config(), f, indent=2)
