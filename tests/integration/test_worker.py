@@ -269,6 +269,38 @@ def test_a_killed_worker_is_reported_lost_not_waited_for(models):
     assert asyncio.run(ask_the_dead()) < 3.0
 
 
+def test_a_paused_worker_is_lost_while_silent_and_served_again_once_heard(models):
+    """Found in review: the async client, once it had reported a worker lost, refused every later call even after
+    the worker was heard again (the sync client recovers). SIGSTOP makes it silent; SIGCONT brings it back."""
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.25, threads=1)
+
+    async def pause_and_resume():
+        async with AsyncWorkerClient(endpoint, heartbeat_interval_s=0.2, worker_timeout_s=1.0) as ac:
+            await ac.stats(timeout_s=10)
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(errors.WorkerLostError):
+                    await ac.stats(timeout_s=10)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 10.0
+            while True:
+                try:
+                    return await ac.stats(timeout_s=2)
+                except errors.WorkerLostError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+    try:
+        assert asyncio.run(pause_and_resume()).in_flight == 0
+        with WorkerClient(endpoint, worker_timeout_s=2.0) as c:
+            assert c.stats().in_flight == 0
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
 def test_spawn_failure_carries_the_workers_own_error():
     with pytest.raises(errors.WorkerLostError, match="--device must be cpu or cuda"):
         spawn_local_worker("tpu:0", memory_gib=0.1)

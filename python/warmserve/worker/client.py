@@ -431,6 +431,8 @@ class AsyncWorkerClient:
         while True:
             data = await self._sock.recv()
             self._last_heard = time.monotonic()
+            self._lost = None  # heard again (a worker that was paused or cut off): new calls go through, as the
+            # sync client's do; calls that failed with the loss stay failed (found in review: lost for good)
             try:
                 msg = P.decode_reply(data)
             except errors.ProtocolError:
