@@ -100,14 +100,29 @@ void Pool::check_open() const {
 
 void Pool::close(bool captures) {
   {
-    std::lock_guard<std::mutex> g(mu);
-    if (closed) return;  // nothing to drain for: a closed pool unmaps nothing more here
+    // Closed already, or closing in another thread: wait for that close to finish (found in review: a second
+    // caller returned while the first still waited for loads to roll back, its pages still mapped).
+    std::unique_lock<std::mutex> l(mu);
+    if (closed) {
+      jobs_cv.wait(l, [&] { return close_done; });
+      return;
+    }
   }
   backend->drain_quietly(captures);  // outside mu (Backend::drain): device work still using pages about to go
   std::vector<std::shared_ptr<Slot>> keep;  // declared before the lock, so destroyed after it (~Slot takes mu)
   std::unique_lock<std::mutex> l(mu);
-  if (closed) return;
+  if (closed) {
+    jobs_cv.wait(l, [&] { return close_done; });
+    return;
+  }
   closed = true;  // from here on: no new slots, maps, views or loads; running loads stop at their next step
+  struct Done {  // however this ends (close_pages may throw), callers waiting above are let go, with mu held
+    Pool& p;
+    ~Done() {
+      p.close_done = true;
+      p.jobs_cv.notify_all();
+    }
+  } done{*this};
   cancel_jobs_locked(l, nullptr);
   for (auto& [id, w] : slots)
     if (auto s = w.lock()) keep.push_back(std::move(s));

@@ -48,6 +48,7 @@ struct Pool : std::enable_shared_from_this<Pool> {
   std::map<uint64_t, std::weak_ptr<Slot>> slots;
   uint64_t next_slot_id = 1;
   bool closed = false;
+  bool close_done = false;  // the close() that set `closed` has finished (signalled on jobs_cv, with mu)
   // stats
   uint64_t n_map = 0, n_unmap = 0, n_move = 0, pages_mapped = 0, pages_unmapped = 0, pages_moved = 0;
   std::atomic<uint64_t> bytes_loaded{0};
@@ -60,7 +61,8 @@ struct Pool : std::enable_shared_from_this<Pool> {
   // (~Slot unmaps them); the physical pages are freed now if none remains mapped, else by the ~Slot that
   // unmaps the last one.
   // captures: whether the drain first waits for CUDA graph captures on other threads (Backend::drain); ~Pool
-  // passes false, as it may run with the GIL held.
+  // passes false, as it may run with the GIL held. A second caller while the first is still closing waits for it,
+  // so every close() returns with the pool closed.
   void close(bool captures = true);
   // With mu held: frees the physical pages once the pool is closed and none is mapped any more (idempotent).
   void close_pages_if_unused_locked();

@@ -177,6 +177,37 @@ def test_pool_close_in_cpp_cancels_and_joins_running_loads():
     assert out[:2] == ["True", "cancelled"] and out[2:] == ["False", "refused"]
 
 
+def test_a_second_pool_close_returns_only_once_the_first_has_finished():
+    """Found in review: a close() that came while another thread's close() waited for loads to roll back returned
+    at once, with the load still running and its pages still mapped. Each close() must return with the load
+    finished and every page back in the free list."""
+    out = run_child("""
+        n = 64 << 20
+        path = big_file(n)
+        early = 0
+        for _ in range(8):
+            pool = PagePool(n, page_bytes=PAGE)
+            s = pool.create_slot(n, "w")
+            job = s.load([(path, 0, 0, n)], threads=1, chunk_bytes=PAGE)
+            while not s.is_mapped(0):
+                time.sleep(0.0005)
+            seen = []
+            go = threading.Barrier(2)
+            def closer():
+                go.wait()
+                pool._pool.close()
+                seen.append(job.done)
+            ts = [threading.Thread(target=closer) for _ in range(2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+            early += seen.count(False)
+        print(early)
+    """)
+    assert out == ["0"]
+
+
 def test_slot_close_cancels_its_own_loads_only(tmp_path):
     n = 16 << 20
     path = tmp_path / "w.bin"
