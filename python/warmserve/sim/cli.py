@@ -145,9 +145,10 @@ def _table(rows: dict) -> str:
     cols = [("policy", "{}"), ("ttft_mean_s", "{:.3f}"), ("ttft_p50_s", "{:.3f}"), ("ttft_p90_s", "{:.3f}"),
             ("ttft_p99_s", "{:.3f}"), ("tpot_p50_s", "{:.4f}"), ("slo_attainment", "{:.3f}"),
             ("throughput_rps", "{:.2f}"), ("prewarm_hit_rate", "{:.2f}"), ("gpu_seconds", "{:.0f}"),
-            ("dropped", "{}"), ("max_rate_under_slo_rps", "{:.2f}")]
-    head = ["policy", "TTFT mean", "p50", "p90", "p99", "TPOT p50", "SLO", "thr rps", "hit", "GPU-s", "dropped",
-            "max rps@SLO"]
+            ("gpu_seconds_holding", "{:.0f}"), ("dropped", "{}"), ("max_rate_under_slo_rps", "{:.2f}")]
+    # GPU-s: GPUs serving an instance; GPU-s held: GPUs holding anything, prewarmed weights included
+    head = ["policy", "TTFT mean", "p50", "p90", "p99", "TPOT p50", "SLO", "thr rps", "hit", "GPU-s", "GPU-s held",
+            "dropped", "max rps@SLO"]
     lines = [head]
     for name, s in rows.items():
         lines.append([name] + [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for k, f in cols[1:]])

@@ -42,7 +42,8 @@ def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
 
 
 def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens, slo_s, *, duration_s, end_s,
-              gpu_seconds, starts, evictions, unanswered_ttft_s, n_gpus, migrated=0) -> RunResult:
+              gpu_seconds, starts, evictions, unanswered_ttft_s, n_gpus, migrated=0,
+              gpu_seconds_holding=None) -> RunResult:
     """Turn per-request times (NaN: never happened) into the run's statistics. A request without a first token
     counts as ``unanswered_ttft_s``; one without a finish counts as dropped. ``migrated``: requests moved off an
     instance to be resumed on another (``actions.Migrate``)."""
@@ -65,6 +66,8 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
         "evictions": evictions,
         "requests_migrated": int(migrated),
         "gpu_seconds": float(gpu_seconds),
+        # GPUs holding prewarmed or kept weights counted too (the simulator's tick-sampled figure)
+        "gpu_seconds_holding": float(gpu_seconds if gpu_seconds_holding is None else gpu_seconds_holding),
         "gpu_utilization": float(gpu_seconds / max(n_gpus * max(end_s, duration_s), 1e-9)),
         "duration_s": float(duration_s),
         "end_s": float(end_s),

@@ -224,3 +224,15 @@ def test_unservable_names_a_shard_larger_than_any_gpu_and_nothing_else():
     assert list(st.unservable()) == ["huge"]
     st.gpus[7].gone = True
     assert sorted(st.unservable()) == ["big4", "huge"]
+
+
+def test_gpu_seconds_holding_counts_gpus_that_hold_only_prewarms():
+    """The audit's second GPU-time figure: GPUs holding prewarmed weights count too. With no prewarms
+    (`dedicated`) it equals gpu_seconds; warmserve's prewarms make it larger, and no figure passes every GPU
+    for the whole run."""
+    p, w = _small_preset()
+    ded = simulate(w, p.models, "dedicated", config=p.config).summary
+    ws = simulate(w, p.models, "warmserve", config=p.config).summary
+    assert ded["gpu_seconds_holding"] == pytest.approx(ded["gpu_seconds"], rel=1e-3)
+    n_gpus = p.config.n_servers * p.config.gpus_per_server
+    assert ws["gpu_seconds"] < ws["gpu_seconds_holding"] <= n_gpus * ws["end_s"] + 1e-6
