@@ -233,17 +233,26 @@ class BatchEngines:
             inst.progress += self._steps_in(inst, t - inst.t_last)
         inst.t_last = t
 
+    def _to_step_end_s(self, inst: EngineInst) -> float:
+        """Seconds to the end of the decode step under way (0 when not decoding). Every running request joined at
+        a step's end, so steps end where the first finisher's steps do: at progress f0 - k, k whole."""
+        if inst.phase != DECODE or not inst.running:
+            return 0.0
+        d = (inst.running[0][0] - inst.progress) % 1.0
+        return 0.0 if d < 1e-9 or d > 1.0 - 1e-9 else self._span_s(inst, d)
+
     def admit(self, inst: EngineInst, rid: int, t: float) -> None:
-        """``rid`` joins the instance's waiting queue. An idle or decoding engine schedules at once, but through
-        an event at ``t``, after the current driver call: requests routed at the same instant (a queue drained
-        when the instance turned ready) are then prefilled together, as vLLM's scheduler takes everything that
-        waits at its next step."""
+        """``rid`` joins the instance's waiting queue. An idle engine schedules at once, a decoding one at the end
+        of the step under way (vLLM schedules between steps; found in review: the prefill cut into the step,
+        understating TTFT by up to a step), through an event after the current driver call: requests routed at the
+        same instant (a queue drained when the instance turned ready) are then prefilled together, as vLLM's
+        scheduler takes everything that waits at its next step."""
         inst.waiting.append(rid)
         if inst.ready and inst.phase != PREFILL and not inst.wake:
             self._advance(inst, t)
             inst.wake = True
             inst.version += 1
-            self.push(t, inst)
+            self.push(t + self._to_step_end_s(inst), inst)
 
     def schedule(self, inst: EngineInst, t: float) -> None:
         """Choose the instance's next iteration and push the event that ends it."""
@@ -385,7 +394,7 @@ class BatchEngines:
 
     def event(self, inst: EngineInst, t: float) -> bool:
         """The instance's current iteration ended at ``t``: a prefill (first tokens) or a decode run up to its
-        first finisher (or a step boundary after an arrival, ``wake``). Finished requests are reported; the next
+        first finisher (or the end of the step under way after an arrival, ``wake``). Finished requests are reported; the next
         iteration is scheduled. False: it was a fresh engine's start that ended (``on_started``), no iteration."""
         if inst.phase == STARTING:
             inst.phase = IDLE
@@ -396,6 +405,10 @@ class BatchEngines:
         if inst.wake:
             inst.wake = False
             self._advance(inst, t)
+            run = inst.running
+            if run and abs(inst.progress - run[0][0]) < 1e-6:
+                inst.progress = run[0][0]  # the step that ended was the first finisher's last
+            self._finish_due(inst, t)
         elif inst.phase == PREFILL and self.chunked_prefill_tokens:
             self._chunk_done(inst, t)
         elif inst.phase == PREFILL:
@@ -489,8 +502,11 @@ class BatchEngines:
                     self._advance(o, t)
                     o.slow = new
                     o.version += 1
-                    # a pending step boundary (``wake``) stays at t; otherwise the first finisher at the new pace
-                    dt = self._span_s(o, o.running[0][0] - o.progress) if o.running and not o.wake else 0.0
+                    # the end of the step under way for a pending ``wake``, else the first finisher, at the new pace
+                    if o.wake:
+                        dt = self._to_step_end_s(o)
+                    else:
+                        dt = self._span_s(o, o.running[0][0] - o.progress) if o.running else 0.0
                     self.push(t + max(dt, 0.0), o)
                 else:
                     if o is inst and o.phase == DECODE:

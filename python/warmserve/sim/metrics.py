@@ -66,7 +66,7 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
         "evictions": evictions,
         "requests_migrated": int(migrated),
         "gpu_seconds": float(gpu_seconds),
-        # GPUs holding prewarmed or kept weights counted too (the simulator's tick-sampled figure)
+        # GPUs holding prewarmed weights counted too (the simulator's tick-sampled figure)
         "gpu_seconds_holding": float(gpu_seconds if gpu_seconds_holding is None else gpu_seconds_holding),
         "gpu_utilization": float(gpu_seconds / max(n_gpus * max(end_s, duration_s), 1e-9)),
         "duration_s": float(duration_s),

@@ -48,6 +48,28 @@ def test_decode_step_matches_hand_computed_time_for_batch_and_context():
     assert sum(steps) == pytest.approx(0.15463, abs=1e-5)  # 10 x 15 ms + about 0.46 ms of KV reads per step
 
 
+def test_a_request_arriving_mid_step_is_prefilled_when_the_step_ends():
+    """Found in review: a request routed while a batch decoded was prefilled at once, cutting into the step under
+    way (vLLM schedules between steps), so its TTFT was short by the rest of that step. Two requests decode
+    together (1000 prompt, long output); the third arrives 40% into the decode's 20th step. Its TTFT is the rest
+    of that step plus its own prefill, each step computed by hand as above."""
+    prompt = 1000
+    read_bps = 3.35e12 * 0.68
+
+    def step(k):  # decode step k of the batch of 2
+        return 0.015 + 2 * (prompt + 1 + k) * 524288 / read_bps
+
+    sim0, _ = _run([0.0, 0.0], prompt, 200)
+    t0 = sim0.first[0]
+    ends = t0 + np.cumsum([step(k) for k in range(30)])
+    arrive = float(ends[18] + 0.4 * step(19))  # 40% into step 19 (0-based), which ends at ends[19]
+    sim, _ = _run([0.0, 0.0, arrive], prompt, 200)
+    prefill = 0.1 * 0.035 + 0.9 * 0.035 / 1024 * prompt
+    assert sim.first[0] == t0
+    assert sim.first[2] - arrive == pytest.approx(ends[19] - arrive + prefill, rel=1e-6)
+    assert sim.first[2] - arrive > prefill + 0.5 * step(19)  # before: prefill only
+
+
 def test_fluid_engine_model_keeps_the_flat_step():
     prompt, output = 1000, 11
     sim, _ = _run([0.0, 0.0], prompt, output, engine_model="fluid")
