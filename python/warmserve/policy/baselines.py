@@ -97,14 +97,30 @@ class StaticPolicy(Policy):
 
 
 def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict) -> tuple[tuple[int, int], ...]:
-    """Groups per tp class in proportion to the class's demand x tp (the layout without a search)."""
-    n_gpus = sum(1 for g in state.gpus if not g.gone)
+    """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
+    the groups whose weight room (80% of a GPU, as ``plan_shared`` packs) holds one shard of each of its models
+    (found in review: one 4-GPU group for two 70B copies whose demand was low left the second without an
+    instance)."""
+    live = [g for g in state.gpus if not g.gone]
+    n_gpus = len(live)
+    gpu_bytes = min((g.total_bytes for g in live), default=0)
     classes: dict[int, list[str]] = {}
     for m in order:
         classes.setdefault(models[m].tp, []).append(m)
     weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
     total = sum(weight.values())
-    return tuple((tp, max(1, int(n_gpus * weight[tp] / total // tp))) for tp in sorted(classes, reverse=True))
+
+    def least(tp: int) -> int:  # first-fit of the class's shards, largest first, into groups of 80% of a GPU
+        rooms: list[float] = []
+        for shard in sorted((models[m].shard_bytes for m in classes[tp]), reverse=True):
+            k = next((i for i, r in enumerate(rooms) if shard <= r), None)
+            if k is None:
+                rooms.append(0.8 * gpu_bytes)
+                k = len(rooms) - 1
+            rooms[k] -= shard
+        return max(1, len(rooms))
+
+    return tuple((tp, max(least(tp), int(n_gpus * weight[tp] / total // tp))) for tp in sorted(classes, reverse=True))
 
 
 def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dict,

@@ -29,15 +29,27 @@ def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
 def _circular_stretch(src: Trace, offset_s: float, length_s: float, rate_rps: float,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Arrivals (relative, in [0, length_s)) and source row indices of a stretch of a one-model trace read
-    circularly from ``offset_s``, thinned or overlaid with copies from spread offsets to reach ``rate_rps``."""
+    circularly from ``offset_s``, thinned, or overlaid with copies read from spread offsets, to ``rate_rps`` on
+    average over the stretch. Each copy is thinned by its own density (found in review: thinning by the whole
+    trace's mean rate gave stretches of uneven density uneven loads, breaking the power law's order). Copies are
+    other parts of the trace, so a model above the trace's rate sums independent stretches, whose bursts partly
+    average out (bench/simulate/README.md, "Presets", gives the measured burstiness)."""
     period = float(src.arrival_s[-1]) + 1e-6
-    f = rate_rps / max(len(src) / period, 1e-12)
-    copies = max(1, math.ceil(f))
-    keep_p = f / copies
+    if length_s > period:
+        raise ValueError(f"a stretch of {length_s:.0f} s is longer than the trace ({period:.0f} s): ask for a "
+                         f"shorter duration_s")
+    wanted = rate_rps * length_s
+    copies = max(1, math.ceil(rate_rps / max(len(src) / period, 1e-12)))
+    while True:
+        offs = [(offset_s + j * period / copies) % period for j in range(copies)]
+        rels = [(src.arrival_s - o) % period for o in offs]
+        counts = [int(np.count_nonzero(r < length_s)) for r in rels]
+        if min(counts) * copies >= wanted or copies > 64:
+            break
+        copies += 1  # a sparse stretch cannot carry its share of the rate: one copy more
     ts, idx = [], []
-    for j in range(copies):
-        o = (offset_s + j * period / copies) % period
-        rel = (src.arrival_s - o) % period
+    for rel, n in zip(rels, counts):
+        keep_p = min(1.0, wanted / copies / max(n, 1))
         pick = np.nonzero((rel < length_s) & (rng.random(len(rel)) < keep_p))[0]
         ts.append(rel[pick])
         idx.append(pick)
@@ -61,13 +73,15 @@ def regamma(arrival_s: np.ndarray, start_s: float, end_s: float, cv: float, rng:
     return np.minimum(t, np.nextafter(end_s, start_s))
 
 
-def _segments(duration_s: float, pre_s: float, history_days: int, day_s: float):
-    """(start, end) of every span a model needs, replay first: then the pre-replay stretch, then earlier days."""
+def _segments(duration_s: float, pre_s: float, history_days: int, day_s: float, history_pre: bool = True):
+    """(start, end) of every span a model needs, replay first: then the pre-replay stretch, then earlier days
+    (each from ``pre_s`` before the slot with ``history_pre``, else the slot only)."""
     segs = [(0.0, duration_s)]
     if pre_s > 0:
         segs.append((-pre_s, 0.0))
+    lead = pre_s if history_pre else 0.0
     for k in range(1, history_days + 1):
-        segs.append((-k * day_s - pre_s, -k * day_s + duration_s))
+        segs.append((-k * day_s - lead, -k * day_s + duration_s))
     return segs
 
 
@@ -106,10 +120,14 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     """The paper's recipe on an Azure 2023 trace (``kind`` "conv" or "code").
 
     Model i gets share (i+1)^-alpha of the total rate (``total_rate_rps``, default: the trace's own mean rate,
-    times ``rate_scale``). Each model replays a different stretch of the trace (offsets spread by the golden
-    ratio, read circularly); its history days use the stretches before it. The trace covers under an hour,
-    so with many models or long history the stretches overlap: the shape of the load repeats, the requests
-    drawn do not. Prompts are cut to ``max_prompt_tokens``.
+    times ``rate_scale``), on average over each stretch. Each model replays a different stretch of the trace
+    (offsets spread by the golden ratio from a rotation the seed draws, read circularly), after ``pre_s`` of
+    warm-up just before it. The trace covers under an hour, so it has no earlier days: a model's history days
+    are the same slot read from the rest of the trace, disjoint from its replay and warm-up (found in review:
+    they overlapped the replay, so the forecasts saw the measured load minutes early), and overlapping one
+    another, and read backwards in time (a model above the trace's rate overlays copies from all over it): they
+    carry the model's rate level and the trace's burst statistics, not a view of the replay.
+    Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens``.
     """
     src = load_azure(kind, path)
     names = list(model_names) if model_names else [f"{kind}-{i}" for i in range(n_models)]
@@ -121,15 +139,36 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     shares = power_law_shares(n_models, alpha)
     rng = np.random.default_rng(seed)
     period = float(src.arrival_s[-1])
+    rest = period - duration_s - pre_s  # the trace outside a model's warm-up and replay
+    if history_days and rest < duration_s:
+        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after "
+                         f"{pre_s:.0f} s of warm-up leaves {max(rest, 0):.0f} s for history days of "
+                         f"{duration_s:.0f} s: shorten duration_s or pre_s, or pass history_days=0")
+    if not history_days and duration_s + pre_s > period:
+        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after "
+                         f"{pre_s:.0f} s of warm-up does not fit; shorten duration_s or pre_s")
     phi = (math.sqrt(5) - 1) / 2
+    rot = rng.random() * period  # each seed replays its own stretches
     parts = []
-    segs = _segments(duration_s, pre_s, history_days, day_s)
+    segs = _segments(duration_s, pre_s, history_days, day_s, history_pre=False)
     for i, name in enumerate(names):
-        base = (i * phi * period) % period
-        # stretch j of this model: j=0 replayed, later ones earlier in the trace (read circularly)
-        for j, (a, b) in enumerate(segs):
-            off = base + (a if j < 2 else -j * (duration_s + pre_s))
+        base = (rot + i * phi * period) % period
+        # the replay and its warm-up just before it; history days from the rest of the trace, [base + duration_s,
+        # base - pre_s) read circularly, at offsets spread by the golden ratio
+        for a, b in segs:
+            k = round(-a / day_s)  # 0: the replay or its warm-up; k: the k-th day before
+            if k == 0:
+                off = base + a
+            else:
+                room = rest - duration_s
+                off = base + duration_s + (((k - 1) * phi * room) % room if room > 0 else 0.0)
             t, idx = _circular_stretch(src, off, b - a, total * shares[i], rng)
+            if k:
+                # read backwards: a model above the trace's rate overlays copies from all over the trace, its
+                # replay among them, so only a reversed history shows no window of the replay at a fixed lead
+                rev = np.minimum((b - a) - t, np.nextafter(b - a, 0.0))
+                order = np.argsort(rev, kind="stable")
+                t, idx = rev[order], idx[order]
             if burst_cv is not None:
                 t = regamma(t, 0.0, b - a, burst_cv, rng)
             parts.append(Trace([name], t + a, np.zeros(len(t), np.int32),

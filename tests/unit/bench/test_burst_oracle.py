@@ -22,8 +22,12 @@ def test_three_half_second_prefills_at_once_miss_a_1_s_slo_once_on_one_instance(
         assert BO.misses(reqs, [0.2, 0.0], 1.0, pooled) == BO.misses(reqs, [0.0, 0.2], 1.0, pooled)
 
 
-def test_on_a_preset_instances_that_join_earlier_miss_fewer_of_the_first_burst():
+def test_on_a_preset_instances_that_join_earlier_miss_fewer_of_its_busiest_burst():
+    import numpy as np
+
     reqs, slo, n_all = BO.requests_of("paper-code", "llama2-70b-a", 0.62, 0)
     assert slo == 1.0 and 0 < len(reqs) < n_all
-    late, early = (BO.misses(reqs, joins, slo, pooled=False) for joins in ([0.0, 47.0, 50.0], [0.0, 45.0, 47.0]))
+    counts = np.histogram([r[0] for r in reqs], bins=np.arange(0.0, 1201.0, 10.0))[0]
+    t = 10.0 * int(counts.argmax())  # the start of its busiest 10 s
+    late, early = (BO.misses(reqs, joins, slo, pooled=False) for joins in ([0.0, t + 3, t + 6], [0.0, t - 2, t]))
     assert late > early

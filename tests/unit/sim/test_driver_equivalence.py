@@ -107,7 +107,8 @@ class PolicyTap:
 def _scenario(n_gpus=8):
     p = paper_preset("conv", total_rate_rps=3.0, n_models=3, history_days=1,
                      config=SimConfig(n_servers=1, gpus_per_server=n_gpus))
-    w = p.build(1.0, 3)
+    w = p.build(1.0, 6)  # a seed whose scenario has what the checks need (a start from a prewarm, an instance on
+    # the GPUs lost, co-serving on 4 GPUs): a coverage choice, checked by the asserts; the decisions are compared
     w.duration_s = 240.0
     tr = w.trace
     keep = tr.arrival_s < w.duration_s

@@ -99,3 +99,72 @@ def test_servegen_aggregates_hit_the_requested_total_rate():
     w = servegen_workload(4, include_aggregates=True, total_rate_rps=30.0, history_days=1, seed=2)
     assert w.models[:3] == ["m-large", "m-mid", "m-small"]
     assert len(w.trace) / w.duration_s == pytest.approx(30.0, rel=0.15)
+
+
+def _numbered_trace(tmp_path, n=3600):
+    """An Azure-layout trace of one request a second whose prompt length is its row number: rows can be told
+    apart wherever the recipe puts them."""
+    from datetime import datetime, timedelta
+
+    t0 = datetime(2023, 11, 16, 18, 17, 0)
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    lines += [f"{(t0 + timedelta(seconds=i)).strftime('%Y-%m-%d %H:%M:%S')}.5,{i + 1},1" for i in range(n)]
+    p = tmp_path / "numbered.csv"
+    p.write_text("\n".join(lines))
+    return str(p)
+
+
+def _parts(w, m):
+    """(replay, warm-up, [history day 1, 2, ...]) of model m: (times, row numbers)."""
+    tr, h = w.trace, w.history
+    rep = (tr.arrival_s[tr.model == m], tr.prompt_tokens[tr.model == m])
+    hm = h.model == m
+    pre = (h.arrival_s >= -w.warmup_s) & hm
+    days = []
+    for k in range(1, 4):
+        sel = hm & (h.arrival_s >= -k * 86400 - 1) & (h.arrival_s < -k * 86400 + w.duration_s)
+        days.append((h.arrival_s[sel] + k * 86400, h.prompt_tokens[sel]))
+    return rep, (h.arrival_s[pre], h.prompt_tokens[pre]), days
+
+
+def test_history_days_never_show_the_replay(tmp_path):
+    """Found in review: history day k was read 1800 k s before the replay in a trace of under an hour, i.e.
+    98-328 s after it once read circularly, so the forecasts saw the measured load minutes early. A model at or
+    below the trace's rate now takes its history days from rows outside its replay and warm-up; a model above it
+    (whose copies span the whole trace) has rows in both, but at no fixed lead (read backwards)."""
+    path = _numbered_trace(tmp_path)
+    w = paper_workload("code", 3, alpha=0.0, total_rate_rps=2.4, seed=0, path=path, max_prompt_tokens=10**6)
+    for m in range(3):  # 0.8 rps each, one copy of the 1 rps trace
+        rep, pre, days = _parts(w, m)
+        seen = set(rep[1]) | set(pre[1])
+        for t, ids in days:
+            assert len(ids) > 0.5 * len(rep[1]) and not seen & set(ids)
+    w = paper_workload("code", 2, alpha=0.0, total_rate_rps=6.0, seed=0, path=path, max_prompt_tokens=10**6)
+    for m in range(2):  # 3 rps each: three copies, spanning the trace
+        rep, _, days = _parts(w, m)
+        when = dict(zip(rep[1].tolist(), rep[0].tolist()))
+        for t, ids in days:
+            leads = np.round([tt - when[i] for tt, i in zip(t, ids.tolist()) if i in when])
+            assert len(leads) > 100
+            assert np.unique(leads, return_counts=True)[1].max() < 0.05 * len(leads)  # no lead shows much
+
+
+def test_each_model_gets_its_power_law_share_and_each_seed_its_own_stretches():
+    """Found in review: thinning by the whole trace's mean rate gave dense stretches more than their share (one
+    model of paper-code got 1.31x its share, another 0.50x), and every seed replayed the same stretches."""
+    for kind in ("code", "conv"):
+        w = paper_workload(kind, 7, alpha=1.0, total_rate_rps=24.0, seed=0)
+        got = np.bincount(w.trace.model, minlength=7) / len(w.trace)
+        assert got / power_law_shares(7, 1.0) == pytest.approx(np.ones(7), abs=0.08)
+    a = paper_workload("code", 4, total_rate_rps=12.0, seed=0).trace
+    b = paper_workload("code", 4, total_rate_rps=12.0, seed=1).trace
+    same = np.isin(b.arrival_s, a.arrival_s).mean()
+    assert same < 0.05
+
+
+def test_a_replay_longer_than_the_trace_leaves_room_for_history_or_is_refused():
+    with pytest.raises(ValueError, match="covers .* history days"):
+        paper_workload("code", 2, duration_s=1800.0, history_days=1)
+    with pytest.raises(ValueError, match="does not fit"):
+        paper_workload("code", 2, duration_s=3600.0, history_days=0)
+    assert paper_workload("code", 2, duration_s=3000.0, pre_s=300.0, history_days=0).duration_s == 3000.0
