@@ -120,7 +120,17 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
             rooms[k] -= shard
         return max(1, len(rooms))
 
-    return tuple((tp, max(least(tp), int(n_gpus * weight[tp] / total // tp))) for tp in sorted(classes, reverse=True))
+    floor = {tp: least(tp) for tp in classes}
+    want = {tp: max(floor[tp], int(n_gpus * weight[tp] / total // tp)) for tp in classes}
+    # a class raised to its floor takes GPUs from the others (found in review: the floors came on top of the
+    # shares, and the last class planned absorbed the excess): the class furthest above its share gives first
+    while sum(tp * g for tp, g in want.items()) > n_gpus:
+        over = [tp for tp in classes if want[tp] > floor[tp]]
+        if not over:
+            break  # the floors alone do not fit: plan_shared names the model left out
+        tp = max(over, key=lambda c: (c * want[c] - n_gpus * weight[c] / total, c))
+        want[tp] -= 1
+    return tuple((tp, want[tp]) for tp in sorted(classes, reverse=True))
 
 
 def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dict,

@@ -217,10 +217,10 @@ class ClusterState:
         when every model can be served (found in review: such a model got instances with no KV cache, or none,
         and its requests waited for ever with no error)."""
         out = {}
+        sizes = [sorted((self.gpus[g].total_bytes for g in s.gpu_ids if not self.gpus[g].gone), reverse=True)
+                 for s in self.servers]
+        widest = max((len(z) for z in sizes), default=0)
         for name, m in sorted(self.models.items()):
-            sizes = [sorted((self.gpus[g].total_bytes for g in s.gpu_ids if not self.gpus[g].gone), reverse=True)
-                     for s in self.servers]
-            widest = max((len(z) for z in sizes), default=0)
             need = m.shard_bytes + m.kv_block_bytes
             if widest < m.tp:
                 out[name] = (f"tp {m.tp} needs {m.tp} GPUs on one server; the largest server has {widest}: "

@@ -88,7 +88,8 @@ def artifact_preset(kind: str, *, total_rate_rps: float | None = None, alpha: fl
 
 def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, total_rate_rps: float | None = None,
                  recipe: str = "servegen", config: SimConfig | None = None) -> Preset:
-    """A big cluster (8 GPUs per server) under the ServeGen recipe (or the paper's, on conv)."""
+    """A big cluster (8 GPUs per server) under the ServeGen recipe (or the paper's, on conv: its trace covers
+    under an hour, so with history that recipe takes a ``duration_s`` of at most about 1450 s and refuses more)."""
     models = mixed_models(n_models)
     names = [m.name for m in models]
     rate = total_rate_rps if total_rate_rps is not None else 1.0 * n_gpus

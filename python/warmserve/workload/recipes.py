@@ -26,33 +26,40 @@ def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
     return w / w.sum()
 
 
-def _circular_stretch(src: Trace, offset_s: float, length_s: float, rate_rps: float,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Arrivals (relative, in [0, length_s)) and source row indices of a stretch of a one-model trace read
-    circularly from ``offset_s``, thinned, or overlaid with copies read from spread offsets, to ``rate_rps`` on
-    average over the stretch. Each copy is thinned by its own density (found in review: thinning by the whole
-    trace's mean rate gave stretches of uneven density uneven loads, breaking the power law's order). Copies are
-    other parts of the trace, so a model above the trace's rate sums independent stretches, whose bursts partly
-    average out (bench/simulate/README.md, "Presets", gives the measured burstiness)."""
-    period = float(src.arrival_s[-1]) + 1e-6
-    if length_s > period:
-        raise ValueError(f"a stretch of {length_s:.0f} s is longer than the trace ({period:.0f} s): ask for a "
-                         f"shorter duration_s")
-    wanted = rate_rps * length_s
-    copies = max(1, math.ceil(rate_rps / max(len(src) / period, 1e-12)))
+def _circular_stretch(arrival_s: np.ndarray, period_s: float, offset_s: float, length_s: float, rate_rps: float,
+                      rng: np.random.Generator, split_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Arrivals (relative, in [0, length_s)) and row indices of a stretch of a one-model trace (``arrival_s`` in
+    [0, period_s), sorted) read circularly from ``offset_s`` (wrapping as often as ``length_s`` needs), thinned,
+    or overlaid with copies read from spread offsets, to ``rate_rps`` on average: over [0, split_s) and over
+    [split_s, length_s) each (a warm-up and its replay), every row the copies cover there kept with one
+    probability, so the stretch's own density sets it (found in review: thinning by the whole trace's mean rate
+    gave stretches of uneven density uneven loads, breaking the power law's order). Copies are other parts of
+    the trace, so a model above the trace's rate sums independent stretches, whose bursts partly average out
+    (bench/simulate/README.md, "Presets", gives the measured burstiness)."""
+    n = len(arrival_s)
+    if n == 0 or period_s <= 0:
+        raise ValueError("an empty trace cannot be replayed")
+    pieces = [(0.0, split_s), (split_s, length_s)] if 0.0 < split_s < length_s else [(0.0, length_s)]
+    wraps = math.ceil(length_s / period_s)
+    copies = max(1, math.ceil(rate_rps / (n / period_s)))
     while True:
-        offs = [(offset_s + j * period / copies) % period for j in range(copies)]
-        rels = [(src.arrival_s - o) % period for o in offs]
-        counts = [int(np.count_nonzero(r < length_s)) for r in rels]
-        if min(counts) * copies >= wanted or copies > 64:
+        rels = []
+        for j in range(copies):
+            r = (arrival_s - (offset_s + j * period_s / copies)) % period_s
+            rels.append(np.concatenate([r + w * period_s for w in range(wraps)]))
+        covered = [sum(int(np.count_nonzero((r >= a) & (r < b))) for r in rels) for a, b in pieces]
+        if all(c >= rate_rps * (b - a) for c, (a, b) in zip(covered, pieces)):
             break
-        copies += 1  # a sparse stretch cannot carry its share of the rate: one copy more
+        copies += 1  # a sparse stretch cannot carry its share of the rate: one copy more (each adds rows)
+    rows = np.tile(np.arange(n), wraps)
     ts, idx = [], []
-    for rel, n in zip(rels, counts):
-        keep_p = min(1.0, wanted / copies / max(n, 1))
-        pick = np.nonzero((rel < length_s) & (rng.random(len(rel)) < keep_p))[0]
+    for rel in rels:
+        keep = np.zeros(len(rel))
+        for c, (a, b) in zip(covered, pieces):
+            keep[(rel >= a) & (rel < b)] = rate_rps * (b - a) / c
+        pick = np.nonzero(rng.random(len(rel)) < keep)[0]
         ts.append(rel[pick])
-        idx.append(pick)
+        idx.append(rows[pick])
     t = np.concatenate(ts)
     i = np.concatenate(idx)
     order = np.argsort(t, kind="stable")
@@ -73,15 +80,13 @@ def regamma(arrival_s: np.ndarray, start_s: float, end_s: float, cv: float, rng:
     return np.minimum(t, np.nextafter(end_s, start_s))
 
 
-def _segments(duration_s: float, pre_s: float, history_days: int, day_s: float, history_pre: bool = True):
-    """(start, end) of every span a model needs, replay first: then the pre-replay stretch, then earlier days
-    (each from ``pre_s`` before the slot with ``history_pre``, else the slot only)."""
+def _segments(duration_s: float, pre_s: float, history_days: int, day_s: float):
+    """(start, end) of every span a model needs, replay first: then the pre-replay stretch, then earlier days."""
     segs = [(0.0, duration_s)]
     if pre_s > 0:
         segs.append((-pre_s, 0.0))
-    lead = pre_s if history_pre else 0.0
     for k in range(1, history_days + 1):
-        segs.append((-k * day_s - lead, -k * day_s + duration_s))
+        segs.append((-k * day_s - pre_s, -k * day_s + duration_s))
     return segs
 
 
@@ -122,11 +127,12 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     Model i gets share (i+1)^-alpha of the total rate (``total_rate_rps``, default: the trace's own mean rate,
     times ``rate_scale``), on average over each stretch. Each model replays a different stretch of the trace
     (offsets spread by the golden ratio from a rotation the seed draws, read circularly), after ``pre_s`` of
-    warm-up just before it. The trace covers under an hour, so it has no earlier days: a model's history days
-    are the same slot read from the rest of the trace, disjoint from its replay and warm-up (found in review:
-    they overlapped the replay, so the forecasts saw the measured load minutes early), and overlapping one
-    another, and read backwards in time (a model above the trace's rate overlays copies from all over it): they
-    carry the model's rate level and the trace's burst statistics, not a view of the replay.
+    warm-up read on from just before it. The trace covers under an hour, so it has no earlier days: a model's
+    history days (warm-up lead and slot) are read from the rest of the trace, disjoint from its replay and
+    warm-up (found in review: they overlapped the replay, so the forecasts saw the measured load minutes early),
+    as a loop of its own (the days overlap one another), and backwards in time (a model above the trace's rate
+    overlays copies from all over it): they carry the model's rate level and the trace's burst statistics, not a
+    view of the replay.
     Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens``.
     """
     src = load_azure(kind, path)
@@ -138,41 +144,53 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
         raise ValueError(f"total rate must be > 0, got {total} rps")
     shares = power_law_shares(n_models, alpha)
     rng = np.random.default_rng(seed)
-    period = float(src.arrival_s[-1])
-    rest = period - duration_s - pre_s  # the trace outside a model's warm-up and replay
+    period = float(src.arrival_s[-1]) + 1e-6
+    span = pre_s + duration_s  # a model's warm-up and replay: one stretch, so the load carries on across t = 0
+    rest = period - span  # the trace outside it, where its history days come from
+    if span > period:
+        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after {pre_s:.0f} s "
+                         f"of warm-up does not fit: shorten duration_s or pre_s")
     if history_days and rest < duration_s:
-        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after "
-                         f"{pre_s:.0f} s of warm-up leaves {max(rest, 0):.0f} s for history days of "
+        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after {pre_s:.0f} s "
+                         f"of warm-up leaves {rest:.0f} s of it for history days, which need at least "
                          f"{duration_s:.0f} s: shorten duration_s or pre_s, or pass history_days=0")
-    if not history_days and duration_s + pre_s > period:
-        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after "
-                         f"{pre_s:.0f} s of warm-up does not fit; shorten duration_s or pre_s")
     phi = (math.sqrt(5) - 1) / 2
     rot = rng.random() * period  # each seed replays its own stretches
     parts = []
-    segs = _segments(duration_s, pre_s, history_days, day_s, history_pre=False)
+    segs = _segments(duration_s, pre_s, history_days, day_s)
+
+    def add(name, t, idx, a):
+        parts.append(Trace([name], t + a, np.zeros(len(t), np.int32),
+                           np.minimum(src.prompt_tokens[idx], max_prompt_tokens), src.output_tokens[idx]))
+
     for i, name in enumerate(names):
         base = (rot + i * phi * period) % period
-        # the replay and its warm-up just before it; history days from the rest of the trace, [base + duration_s,
-        # base - pre_s) read circularly, at offsets spread by the golden ratio
-        for a, b in segs:
-            k = round(-a / day_s)  # 0: the replay or its warm-up; k: the k-th day before
-            if k == 0:
-                off = base + a
-            else:
-                room = rest - duration_s
-                off = base + duration_s + (((k - 1) * phi * room) % room if room > 0 else 0.0)
-            t, idx = _circular_stretch(src, off, b - a, total * shares[i], rng)
-            if k:
-                # read backwards: a model above the trace's rate overlays copies from all over the trace, its
-                # replay among them, so only a reversed history shows no window of the replay at a fixed lead
-                rev = np.minimum((b - a) - t, np.nextafter(b - a, 0.0))
-                order = np.argsort(rev, kind="stable")
-                t, idx = rev[order], idx[order]
+        rate = total * shares[i]
+        t, idx = _circular_stretch(src.arrival_s, period, base - pre_s, span, rate, rng, split_s=pre_s)
+        if burst_cv is not None:  # the warm-up and the replay each keep their number of arrivals
+            t = np.concatenate([regamma(t[t < pre_s], 0.0, pre_s, burst_cv, rng),
+                                regamma(t[t >= pre_s], pre_s, span, burst_cv, rng)])
+        add(name, t, idx, -pre_s)
+        if not history_days:
+            continue
+        # history days: the rest of the trace, [base + duration_s, base - pre_s), as a loop of its own, read at
+        # offsets spread by the golden ratio and backwards in time
+        rel = (src.arrival_s - (base + duration_s)) % period
+        inside = np.nonzero(rel < rest)[0]
+        order = np.argsort(rel[inside], kind="stable")
+        sub_t, sub_i = rel[inside][order], inside[order]
+        for k in range(1, history_days + 1):
+            t, j = _circular_stretch(sub_t, rest, ((k - 1) * phi * rest) % rest, span, rate, rng,
+                                     split_s=duration_s)  # read backwards below: the slot first
+            # backwards: a model above the trace's rate overlays copies from all over the trace, its replay among
+            # them, so only a reversed history shows no window of the replay at a fixed lead
+            rev = np.minimum(span - t, np.nextafter(span, 0.0))
+            back = np.argsort(rev, kind="stable")
+            t, idx = rev[back], sub_i[j[back]]
             if burst_cv is not None:
-                t = regamma(t, 0.0, b - a, burst_cv, rng)
-            parts.append(Trace([name], t + a, np.zeros(len(t), np.int32),
-                               np.minimum(src.prompt_tokens[idx], max_prompt_tokens), src.output_tokens[idx]))
+                t = np.concatenate([regamma(t[t < pre_s], 0.0, pre_s, burst_cv, rng),
+                                    regamma(t[t >= pre_s], pre_s, span, burst_cv, rng)])
+            add(name, t, idx, -k * day_s - pre_s)
     meta = {"recipe": "paper", "kind": kind, "alpha": alpha, "total_rate_rps": total, "burst_cv": burst_cv,
             "shares": shares.tolist(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
             "source": "Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC-BY 4.0)"}

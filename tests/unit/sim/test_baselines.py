@@ -94,3 +94,26 @@ def test_a_gpu_shared_by_instances_counts_once_in_gpu_seconds():
     r = simulate(Workload("two", tr, Trace.empty(names), 20.0), served, "shared", config=cfg)
     assert r.summary["gpu_seconds"] == pytest.approx(r.summary["end_s"], rel=1e-6)
     assert r.summary["gpu_utilization"] <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_the_default_layout_gives_each_class_the_groups_its_shards_need_within_the_cluster(alpha):
+    """Two 70B copies need two 4-GPU groups (their shards do not fit one), whatever their demand (found in review:
+    one group left the second without an instance); the groups that floor adds come out of the other classes
+    (found in review of that fix: 12 models on 16 GPUs asked for 20 GPUs at alpha 2)."""
+    from warmserve.policy.baselines import default_groups
+    from warmserve.policy.state import ClusterState
+    from warmserve.sim.costmodel import CostModel
+    from warmserve.sim.presets import paper_models
+    from warmserve.sim.simulator import model_infos
+
+    infos = model_infos(paper_models(12), CostModel())
+    st = ClusterState.uniform(2, infos, gpus_per_server=8, gpu_bytes=CostModel().gpu.pool_bytes)
+    models = {m.name: m for m in infos}
+    order = [m.name for m in infos]
+    demand = {m: (i + 1.0) ** -alpha for i, m in enumerate(order)}
+    groups = dict(default_groups(st, models, order, demand))
+    assert groups[4] >= 2 and all(n >= 1 for n in groups.values())
+    assert sum(tp * n for tp, n in groups.items()) <= 16
+    placed = {m for _, hosted in plan_shared(st, models, order, demand) for m, _ in hosted}
+    assert placed == set(models)

@@ -41,7 +41,7 @@ def test_sweep_writes_json_per_policy_with_rising_rates_and_a_plot(tmp_path, cap
 
 def test_a_longer_cold_start_never_shortens_autoscale_p99_in_the_band(tmp_path):
     out = tmp_path / "sweep.json"
-    assert cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "120", "--rate", "4",
+    assert cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "120", "--rate", "6",
                      "--policy", "autoscale", "--seeds", "0", "--sweep-rate", "1", "--burst-cv", "4",
                      "--quiet", "--json", str(out)]) == 0
     band = json.loads(out.read_text())["sweep"]["policies"]["autoscale"]["cold_start_band"]

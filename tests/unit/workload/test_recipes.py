@@ -168,3 +168,24 @@ def test_a_replay_longer_than_the_trace_leaves_room_for_history_or_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         paper_workload("code", 2, duration_s=3600.0, history_days=0)
     assert paper_workload("code", 2, duration_s=3000.0, pre_s=300.0, history_days=0).duration_s == 3000.0
+
+
+def test_the_warm_up_leads_into_the_replay_and_history_days_cover_the_warm_up_too(tmp_path):
+    """Found in review of the fix above: history days had dropped the warm-up's lead (no forecast during the
+    warm-up), and the warm-up and replay were drawn apart (a jump in the load at t = 0). Now the warm-up reads on
+    into the replay (trace rows in order across t = 0) and each history day covers the lead and the slot."""
+    path = _numbered_trace(tmp_path)
+    w = paper_workload("code", 3, alpha=0.0, total_rate_rps=2.4, seed=0, path=path, max_prompt_tokens=10**6)
+    for m in range(3):
+        rep, pre, days = _parts(w, m)
+        assert 0 < rep[1][0] - pre[1][-1] <= 10 or rep[1][0] + 3600 - pre[1][-1] <= 10  # the next rows on
+        h = w.history.arrival_s[w.history.model == m]
+        for k in (1, 2, 3):
+            lead = h[(h >= -k * 86400 - 600) & (h < -k * 86400)]
+            assert len(lead) > 0.5 * len(pre[1])
+
+
+def test_a_rate_far_above_the_traces_is_delivered():
+    """Found in review: copies stopped at 64, so rates above about 60x the trace's fell 4-13% short."""
+    w = paper_workload("code", 1, total_rate_rps=2.57 * 80, seed=0, history_days=0, pre_s=0.0, duration_s=600.0)
+    assert len(w.trace) / 600.0 == pytest.approx(2.57 * 80, rel=0.02)
