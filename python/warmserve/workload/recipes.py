@@ -128,11 +128,13 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     times ``rate_scale``), on average over each stretch. Each model replays a different stretch of the trace
     (offsets spread by the golden ratio from a rotation the seed draws, read circularly), after ``pre_s`` of
     warm-up read on from just before it. The trace covers under an hour, so it has no earlier days: a model's
-    history days (warm-up lead and slot) are read from the rest of the trace, disjoint from its replay and
-    warm-up (found in review: they overlapped the replay, so the forecasts saw the measured load minutes early),
-    as a loop of its own (the days overlap one another), and backwards in time (a model above the trace's rate
-    overlays copies from all over it): they carry the model's rate level and the trace's burst statistics, not a
-    view of the replay.
+    history days (warm-up lead and slot) are read from the rest of the trace (found in review: they overlapped
+    the replay, so the forecasts saw the measured load minutes early), as a loop of its own (the days overlap one
+    another), and backwards in time: a model whose replay needs a second copy (a rate above the trace's, or a
+    locally sparse stretch: 18 of 105 models at or below the trace's rate over the presets' seeds 0-2) overlays
+    copies from all over the trace, its history region among them, so such a model shares rows with its history,
+    but at no fixed lead (the most common 1 s lead holds under 1% of the shared rows). History days carry the
+    model's rate level and the trace's burst statistics, not a view of the replay.
     Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens``.
     """
     src = load_azure(kind, path)

@@ -129,9 +129,10 @@ def _parts(w, m):
 
 def test_history_days_never_show_the_replay(tmp_path):
     """Found in review: history day k was read 1800 k s before the replay in a trace of under an hour, i.e.
-    98-328 s after it once read circularly, so the forecasts saw the measured load minutes early. A model at or
-    below the trace's rate now takes its history days from rows outside its replay and warm-up; a model above it
-    (whose copies span the whole trace) has rows in both, but at no fixed lead (read backwards)."""
+    98-328 s after it once read circularly, so the forecasts saw the measured load minutes early. A model whose
+    stretch alone carries its rate (here: below the even trace's rate) now takes its history days from rows
+    outside its replay and warm-up; a model above it (whose copies span the whole trace) has rows in both, but at
+    no fixed lead (read backwards)."""
     path = _numbered_trace(tmp_path)
     w = paper_workload("code", 3, alpha=0.0, total_rate_rps=2.4, seed=0, path=path, max_prompt_tokens=10**6)
     for m in range(3):  # 0.8 rps each, one copy of the 1 rps trace
