@@ -3,6 +3,7 @@
 
     python bench/simulate/issue11/autoscale_migrate.py --preset paper-conv --burst-cv 4 --migrate 0,8
     python bench/simulate/issue11/autoscale_migrate.py --preset paper-code --cold-start-s 35 --burst-cv 4 --migrate 8
+    python bench/simulate/issue11/autoscale_migrate.py --preset paper-code --migrate 0 --scale-in-floor-now true
 
 Prints, per value, the median P99 TTFT and the mean SLO attainment over the seeds (as `warmserve simulate`).
 """
@@ -20,9 +21,11 @@ from warmserve.sim.presets import PRESETS
 from warmserve.sim.simulator import Simulator
 
 
-def run(preset_name: str, k: int, seeds, burst_cv: float | None, cold_start_s: float | None) -> dict:
+def run(preset_name: str, k: int, seeds, burst_cv: float | None, cold_start_s: float | None,
+        floor_now: bool | None = None) -> dict:
     base = registry.POLICIES["autoscale"]
-    registry.POLICIES["autoscale"] = replace(base, overrides={**base.overrides, "migrate_max_in_flight": k})
+    extra = {} if floor_now is None else {"scale_in_floor_now": floor_now}
+    registry.POLICIES["autoscale"] = replace(base, overrides={**base.overrides, "migrate_max_in_flight": k, **extra})
     try:
         preset = PRESETS[preset_name](**({"burst_cv": burst_cv} if burst_cv else {}))
         cost = CostModel.for_gpu(preset.config.gpu)
@@ -44,15 +47,20 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--burst-cv", type=float, default=None)
     ap.add_argument("--cold-start-s", type=float, default=None)
+    ap.add_argument("--scale-in-floor-now", choices=["true", "false"], default=None,
+                    help="also set autoscale's scale_in_floor_now (default: its registered setting, off)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = []
     for k in (int(x) for x in args.migrate.split(",")):
-        r = run(args.preset, k, seeds, args.burst_cv, args.cold_start_s)
+        floor_now = None if args.scale_in_floor_now is None else args.scale_in_floor_now == "true"
+        r = run(args.preset, k, seeds, args.burst_cv, args.cold_start_s, floor_now)
+        if floor_now is not None:
+            r["scale_in_floor_now"] = floor_now
         out.append(r)
         print(f"{args.preset} burst_cv={args.burst_cv} cold_start_s={args.cold_start_s} autoscale "
-              f"migrate_max_in_flight={k}: P99 TTFT {r['ttft_p99_s']:.2f} s, SLO {r['slo_attainment']:.4f}, "
+              f"scale_in_floor_now={args.scale_in_floor_now or 'registered'} migrate_max_in_flight={k}: P99 TTFT {r['ttft_p99_s']:.2f} s, SLO {r['slo_attainment']:.4f}, "
               f"moved {r['requests_migrated']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
