@@ -35,7 +35,7 @@ def _circular_stretch(arrival_s: np.ndarray, period_s: float, offset_s: float, l
     probability, so the stretch's own density sets it (found in review: thinning by the whole trace's mean rate
     gave stretches of uneven density uneven loads, breaking the power law's order). Copies are other parts of
     the trace, so a model above the trace's rate sums independent stretches, whose bursts partly average out
-    (bench/simulate/README.md, "Presets", gives the measured burstiness)."""
+    (bench/simulate/README.md, "Presets")."""
     n = len(arrival_s)
     if n == 0 or period_s <= 0:
         raise ValueError("an empty trace cannot be replayed")
