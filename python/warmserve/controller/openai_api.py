@@ -135,6 +135,10 @@ def _decode(body: bytes, cls):
         param = text.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in text else None
         raise _bad(f"invalid request: {text}", param) from None
     except msgspec.DecodeError as e:
+        try:  # msgspec 0.23 reports bad UTF-8 as a DecodeError ("Invalid UTF-8 encoded string"); 0.22 raised
+            body.decode("utf-8")  # UnicodeDecodeError: either way the client is told where and how
+        except UnicodeDecodeError as bad:
+            raise _bad(_utf8_message(body, bad)) from None
         raise _bad(f"malformed JSON in the request body: {e}") from None
     except UnicodeDecodeError as e:
         raise _bad(_utf8_message(body, e)) from None
