@@ -53,8 +53,8 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = []
+    floor_now = None if args.scale_in_floor_now is None else args.scale_in_floor_now == "true"
     for k in (int(x) for x in args.migrate.split(",")):
-        floor_now = None if args.scale_in_floor_now is None else args.scale_in_floor_now == "true"
         r = run(args.preset, k, seeds, args.burst_cv, args.cold_start_s, floor_now)
         if floor_now is not None:
             r["scale_in_floor_now"] = floor_now

@@ -9,6 +9,11 @@ from __future__ import annotations
 import json
 import os
 
+from autoscale_best import CELLS  # this folder's script: cell -> (file suffix, burst CV, engine start)
+
+#: the P99 rows' labels, per cell of autoscale_best.CELLS
+LABELS = {"traced_14s": "as traced, 14 s engine start", "traced_35s": "as traced, 35 s",
+          "traced_0s": "as traced, 0 s (weights only)", "cv4_14s": "burst CV 4, 14 s", "cv4_35s": "burst CV 4, 35 s"}
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = ("paper_conv", "paper_code", "artifact_conv", "artifact_code")
 TARGETS = ("0.99", "0.98", "0.95")
@@ -39,12 +44,9 @@ def best_autoscale() -> dict:
 
 
 def p99_rows(best: dict) -> list[list[str]]:
-    cells = [("as traced, 14 s engine start", "", "traced_14s"), ("as traced, 35 s", "_cs35", "traced_35s"),
-             ("as traced, 0 s (weights only)", "_cs0", "traced_0s"), ("burst CV 4, 14 s", "_burst4", "cv4_14s"),
-             ("burst CV 4, 35 s", "_burst4_cs35", "cv4_35s")]
     rows = []
-    for label, suffix, cell in cells:
-        row = [f"P99 TTFT autoscale / warmserve, {label}: registered autoscale; **its best of 4 settings**"]
+    for cell, (suffix, _, _) in CELLS.items():
+        row = [f"P99 TTFT autoscale / warmserve, {LABELS[cell]}: registered autoscale; **its best of 4 settings**"]
         for p in PRESETS:
             reg = ratio(pol(p + suffix, "autoscale", "ttft_p99_s"), pol(p + suffix, "warmserve", "ttft_p99_s"))
             b = best.get((p, cell))
@@ -102,20 +104,17 @@ def plot(path: str, best: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    starts = (0.0, 14.0, 35.0)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, (title, cells) in zip(axes, (("as traced", ("_cs0", "", "_cs35")), ("burst CV 4", (None, "_burst4", "_burst4_cs35")))):
-        names = {"_cs0": "traced_0s", "": "traced_14s", "_cs35": "traced_35s", "_burst4": "cv4_14s",
-                 "_burst4_cs35": "cv4_35s"}
+    for ax, (title, cv) in zip(axes, (("as traced", None), ("burst CV 4", 4.0))):
         for p, colour in zip(PRESETS, ("C0", "C1", "C2", "C3")):
             xs, reg, bst = [], [], []
-            for x, suffix in zip(starts, cells):
-                if suffix is None:
-                    continue
+            # in order of the engine start (None: the cost model's 14 s)
+            for x, cell, suffix, cell_cv in sorted((14.0 if st is None else st, c, sf, v)
+                                                   for c, (sf, v, st) in CELLS.items()):
                 a, w = pol(p + suffix, "autoscale", "ttft_p99_s"), pol(p + suffix, "warmserve", "ttft_p99_s")
-                if a is None or w is None:
+                if cell_cv != cv or a is None or w is None:
                     continue
-                b = best.get((p, names[suffix]))
+                b = best.get((p, cell))
                 xs.append(x)
                 reg.append(a / w)
                 bst.append(b["ratio_best"] if b else a / w)

@@ -18,6 +18,11 @@ from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState
 
 
+#: Share of a GPU the weights of a `shared` group may take; the rest is KV cache (``plan_shared`` packs to it and
+#: ``default_groups`` sizes each class's floor by it).
+WEIGHT_SHARE = 0.8
+
+
 class UnplacedModelError(InvalidArgumentError):
     """A static layout leaves a model without an instance: its requests would never be answered."""
 
@@ -110,12 +115,12 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
     weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
     total = sum(weight.values())
 
-    def least(tp: int) -> int:  # first-fit of the class's shards, largest first, into groups of 80% of a GPU
+    def least(tp: int) -> int:  # first-fit of the class's shards, largest first, into groups' weight room
         rooms: list[float] = []
         for shard in sorted((models[m].shard_bytes for m in classes[tp]), reverse=True):
             k = next((i for i, r in enumerate(rooms) if shard <= r), None)
             if k is None:
-                rooms.append(0.8 * gpu_bytes)
+                rooms.append(WEIGHT_SHARE * gpu_bytes)
                 k = len(rooms) - 1
             rooms[k] -= shard
         return max(1, len(rooms))
@@ -193,7 +198,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             reps[m] += 1
         hosted: list[list[str]] = [[] for _ in gs]
         load = [0.0] * len(gs)
-        room = [0.8 * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
+        room = [WEIGHT_SHARE * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
         # every model's first replica before any model's extra ones, so extra replicas of a popular model never
         # take the room a model needs for its only instance
         todo = sorted(((k > 0, demand[m] / reps[m], m) for m in ms for k in range(reps[m])),
@@ -213,7 +218,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
                 raise UnplacedModelError(
                     f"shared layout: model {m!r} gets no instance: its {models[m].shard_bytes / 1e9:.1f} GB shard "
                     f"does not fit beside the models on any of the {len(gs)} {tp}-GPU group(s) (weights may take "
-                    f"80% of {gpu_bytes / 1e9:.1f} GB per GPU): give the tp-{tp} class more groups, or let the "
+                    f"{WEIGHT_SHARE:.0%} of {gpu_bytes / 1e9:.1f} GB per GPU): give the tp-{tp} class more groups, or let the "
                     f"layout search choose", model=m, tp=tp, groups=len(gs))
         for g, fit in zip(gs, hosted):
             if not fit:
