@@ -162,6 +162,9 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     segs = _segments(duration_s, pre_s, history_days, day_s)
 
     def add(name, t, idx, a):
+        if burst_cv is not None:  # the lead (warm-up) and the slot each keep their number of arrivals
+            t = np.concatenate([regamma(t[t < pre_s], 0.0, pre_s, burst_cv, rng),
+                                regamma(t[t >= pre_s], pre_s, span, burst_cv, rng)])
         parts.append(Trace([name], t + a, np.zeros(len(t), np.int32),
                            np.minimum(src.prompt_tokens[idx], max_prompt_tokens), src.output_tokens[idx]))
 
@@ -169,9 +172,6 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
         base = (rot + i * phi * period) % period
         rate = total * shares[i]
         t, idx = _circular_stretch(src.arrival_s, period, base - pre_s, span, rate, rng, split_s=pre_s)
-        if burst_cv is not None:  # the warm-up and the replay each keep their number of arrivals
-            t = np.concatenate([regamma(t[t < pre_s], 0.0, pre_s, burst_cv, rng),
-                                regamma(t[t >= pre_s], pre_s, span, burst_cv, rng)])
         add(name, t, idx, -pre_s)
         if not history_days:
             continue
@@ -189,9 +189,6 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
             rev = np.minimum(span - t, np.nextafter(span, 0.0))
             back = np.argsort(rev, kind="stable")
             t, idx = rev[back], sub_i[j[back]]
-            if burst_cv is not None:
-                t = np.concatenate([regamma(t[t < pre_s], 0.0, pre_s, burst_cv, rng),
-                                    regamma(t[t >= pre_s], pre_s, span, burst_cv, rng)])
             add(name, t, idx, -k * day_s - pre_s)
     meta = {"recipe": "paper", "kind": kind, "alpha": alpha, "total_rate_rps": total, "burst_cv": burst_cv,
             "shares": shares.tolist(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
