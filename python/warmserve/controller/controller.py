@@ -114,9 +114,9 @@ class Controller:
         self.local_procs: dict = {}
         #: Routing id -> a no-argument callable that starts that local worker's process again (set by launch).
         self.local_spawn: dict = {}
-        #: Routing ids of local workers being restarted (from their loss until the new process is admitted), and
-        #: their restarts in a row (for the back-off).
-        self.restarting: set[bytes] = set()
+        #: Routing ids of local workers being restarted (from their loss until the new process is admitted), each
+        #: with the future ``_admit`` resolves with the admitted record; and their restarts in a row (back-off).
+        self.restarting: dict[bytes, asyncio.Future] = {}
         self._restarts: dict[bytes, int] = {}
         #: Routing id -> (the record being replaced, the future of its successor's record), for local workers whose
         #: process is being replaced on purpose (``replace_worker``).
@@ -335,7 +335,9 @@ class Controller:
             self.hub.lose(w, f"could not be admitted: {e}")
             return
         w.ready = True
-        self.restarting.discard(w.ident)
+        back = self.restarting.pop(w.ident, None)
+        if back is not None and not back.done():
+            back.set_result(w)
         planned = self.replacing.get(w.ident)
         if planned is not None and not planned[1].done():
             # The successor of a worker replaced on purpose: the same device, under the same GPU id.
@@ -387,9 +389,8 @@ class Controller:
         # new GPU id; the loss is counted in workers_lost and logged with its reason.
         if self.hub.workers.get(w.ident) is w:
             del self.hub.workers[w.ident]
-        if w.proc is not None and not self.closing and w.ident not in self.restarting:
-            self.restarting.add(w.ident)
-            self._spawn(self._restart(w))
+        if w.proc is not None:
+            self._restart_later(w)
         if w.gpu_id is not None:
             # Re-routed requests go to the front of their queue: they are the oldest.
             self.driver.lose_gpus([w.gpu_id], now, [(r.model, r, r.resume_prompt_tokens) for r in requeue])
@@ -400,11 +401,17 @@ class Controller:
                     f"every worker is lost (the last: {w!r}, {why}); retry when workers rejoin",
                     worker_id=w.worker_id), now)
 
-    async def _restart(self, lost: WorkerRecord) -> None:
-        """Start a lost local worker again, under the same routing id, until one is admitted (or the controller
-        closes). Attempt n waits min(restart_backoff_cap_s, restart_backoff_s * 2**n) first; the count resets
-        once a worker has stayed up restart_reset_s. What the lost one held was re-placed by the driver; the new
-        process joins empty, as a new GPU."""
+    def _restart_later(self, lost: WorkerRecord) -> None:
+        """Restart a lost local worker unless the controller closes or a restart under its routing id runs."""
+        if not self.closing and lost.ident not in self.restarting:
+            back = self.restarting[lost.ident] = asyncio.get_running_loop().create_future()
+            self._spawn(self._restart(lost, back))
+
+    async def _restart(self, lost: WorkerRecord, back: asyncio.Future) -> None:
+        """Start a lost local worker again, under the same routing id, until one is admitted (``back`` resolved by
+        ``_admit``) or the controller closes. Attempt n waits min(restart_backoff_cap_s, restart_backoff_s * 2**n)
+        first; the count resets once a worker has stayed up restart_reset_s. What the lost one held was re-placed
+        by the driver; the new process joins empty, as a new GPU."""
         ident, cc = lost.ident, self.cc
         if time.monotonic() - lost.joined_s >= cc.restart_reset_s:
             self._restarts.pop(ident, None)
@@ -420,7 +427,7 @@ class Controller:
                 log.warning("restarting %r in %.1f s (restart %d in a row)", lost, delay, n + 1)
                 await asyncio.sleep(delay)
                 spawn = self.local_spawn.get(ident)
-                if self.closing or spawn is None:
+                if self.closing or spawn is None or back.done():  # done: the last one joined after its deadline
                     return
                 try:
                     proc = self.local_procs[ident] = spawn()
@@ -429,23 +436,29 @@ class Controller:
                     continue
                 deadline = time.monotonic() + self.config.worker_start_timeout_s
                 joined = False
-                while not self.closing and proc.poll() is None and time.monotonic() < deadline:
+                while not (self.closing or back.done()) and proc.poll() is None and time.monotonic() < deadline:
                     w = self.hub.workers.get(ident)
                     mine = w is not None and w.proc is proc
-                    if mine and w.ready:
-                        log.info("%r is back (process %d)", w, w.pid)
-                        return
                     if joined and not (mine and w.alive):
                         break  # it said Hello, then was lost while being admitted (its record is gone)
                     joined = joined or mine
-                    await asyncio.sleep(0.1)
+                    await asyncio.wait({back}, timeout=0.1)
+                if back.done():
+                    # Admitted, whatever came after: the restart ended there, and a cold start's replace_worker may
+                    # have retired that record and killed its process at once. Polling for a ready record missed it
+                    # and spawned a second process under the id, whose Hello lost the replacement (CI flake).
+                    log.info("%r is back (process %d)", back.result(), back.result().pid)
+                    return
                 log.warning("restarted %r did not join (status %s)", lost, proc.poll())
         finally:
-            self.restarting.discard(ident)
+            # Only this restart's own entry: after its admission a new loss may have started the next restart.
+            if self.restarting.get(ident) is back:
+                del self.restarting[ident]
 
     def can_replace(self, w: WorkerRecord) -> bool:
         """Whether ``w``'s process may be replaced by a fresh one: a local worker, not being replaced or restarted
-        (a cold start once killed the process ``_restart`` had just spawned: two processes under one id, CI)."""
+        (a cold start once killed the process ``_restart`` had just spawned: two processes under one id, CI). A
+        restart ends at its worker's admission, so its process may be replaced from then on."""
         return (w.alive and w.proc is not None and w.ident in self.local_spawn and w.ident not in self.replacing
                 and w.ident not in self.restarting and w in self.gpu_workers)
 
@@ -520,9 +533,7 @@ class Controller:
             del self.by_gpu[old.gpu_id]
         if proc is not None:
             old.proc = proc  # what _restart stops first
-        if not self.closing and ident not in self.restarting:
-            self.restarting.add(ident)
-            self._spawn(self._restart(old))
+        self._restart_later(old)
         if old.gpu_id is not None:
             self.driver.lose_gpus([old.gpu_id], self.now_s())
 

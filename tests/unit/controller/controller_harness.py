@@ -20,7 +20,7 @@ class Peer:
     """A scripted worker: answers Prewarm/Activate/GetStats/Generate as told, records what it got."""
 
     def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7),
-                 curve=None):
+                 curve=None, pid: int = 1):
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         if curve is not None:  # (server public key, own public key, own secret key)
@@ -28,7 +28,7 @@ class Peer:
         self.sock.setsockopt(zmq.ROUTING_ID, wid.encode())
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
-        self.wid, self.fail_prewarm, self.tokens = wid, fail_prewarm, tokens
+        self.wid, self.fail_prewarm, self.tokens, self.pid = wid, fail_prewarm, tokens, pid
         self.got: list = []
         self.silent = False
         self.hold_generate = False
@@ -46,7 +46,7 @@ class Peer:
         await self.sock.send(P.encode(msg))
 
     async def run(self):
-        await self.send(P.Hello(worker_id=self.wid, device="cpu", pid=1, capacity_bytes=1 << 30,
+        await self.send(P.Hello(worker_id=self.wid, device="cpu", pid=self.pid, capacity_bytes=1 << 30,
                                 page_bytes=2 << 20))
         while True:
             msg = P.decode_request(await self.sock.recv())
@@ -54,7 +54,7 @@ class Peer:
             if self.silent:
                 continue
             if isinstance(msg, P.GetStats):
-                await self.send(P.Stats(id=msg.id, worker_id=self.wid, device="cpu", pid=1, uptime_s=1.0,
+                await self.send(P.Stats(id=msg.id, worker_id=self.wid, device="cpu", pid=self.pid, uptime_s=1.0,
                                         pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30},
                                         models=[], instances=[], in_flight=0))
             elif isinstance(msg, P.Prewarm):
