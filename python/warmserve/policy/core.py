@@ -193,8 +193,10 @@ class Policy(LoadSignals, GpuMoves):
         ready = [i for i in insts if i.ready]
         best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
         budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
+        # the budget leaves out the arriving request's own prefill (one profiled p), which the backlog counts too
         if best is not None and best.in_flight < B and not (
-                budget > 0 and self._prefill_backlog_s(state, model, insts) > budget * len(ready)):
+                budget > 0 and self._prefill_backlog_s(state, model, insts)
+                > budget * len(ready) + self.models[model].prefill_s):
             return A.Route(model, best.instance_id, request_id)
         co_ids = self._co.ids if self._co is not None else ()
         for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
@@ -533,7 +535,7 @@ class Policy(LoadSignals, GpuMoves):
 
     def _vacate(self, state: ClusterState, board: Board, model: str, out: list) -> bool:
         """``CoServing.vacate`` for ``model`` (off the GPUs kept for other models); whether anything moves."""
-        acts = self._co.vacate(state, board, model, self._held_for_others(model), self._new_id)
+        acts = self._co.vacate(state, board, model, self._held_for_others(model), self._new_id, A.stopping(out))
         self._co_started(acts)
         out.extend(acts)
         return bool(acts)

@@ -178,8 +178,9 @@ class CoServing:
         (unless ``coserve_always``), and the policy is the paper's."""
         self.ids &= state.instances.keys()
         hosted = {(tuple(i.gpus), i.model) for i in state.instances.values() if i.instance_id in self.ids}
-        self.converting = {g: m for g, m in self.converting.items() if (g, m) in hosted}
         self.out, self.keep, self.batch = out, keep, batch
+        self.converting = {g: m for g, m in self.converting.items() if (g, m) in hosted
+                           and (m in self.splitting or not self.light(m))}
         self.copies = Counter(i.model for i in state.instances.values() if i.instance_id in self.ids and not i.draining)
         self.pending = {}
         live = sum(1 for g in state.gpus if not g.gone)
@@ -303,7 +304,10 @@ class CoServing:
             mi = self.models[i.model]
             used += mi.shard_bytes + i.kv_blocks_total * mi.kv_block_bytes
         total = state.gpus[gpu].total_bytes
+        here = {i.model for i in insts}
         for name in self.pending.get(tuple(insts[0].gpus), ()):
+            if name in here:  # joined through route() since the tick: already counted among the host's instances
+                continue
             mi = self.models[name]
             used += mi.shard_bytes + kv_blocks_for(state, name, insts[0].gpus,
                                                    self.kv_fraction(name, total)) * mi.kv_block_bytes
@@ -347,6 +351,9 @@ class CoServing:
         for one instance more than it runs (a dedicated one), until its co-served instance is retired."""
         self.splitting &= {i.model for i in state.instances.values() if i.instance_id in self.ids}
         for m in sorted(self.splitting):
+            if self.light(m) and self.fits_everywhere(state, m):
+                self.splitting.discard(m)  # its hosts are back within the target: no split
+                continue
             if self.copies.get(m, 0) >= 2 and self.fits_everywhere(state, m):
                 self.splitting.discard(m)  # its replicas carry it within the target: nothing more to split
         for gpus, insts in self.hosts(state).items():
@@ -360,7 +367,8 @@ class CoServing:
                 worst = max(short or live, key=lambda i: (self.step_s(i.model, self.share(i.model)), i.instance_id))
                 self.splitting.add(worst.model)
         for m in self.splitting:
-            want_out[m] = max(want_out[m], len(active[m]) + 1)
+            if not any(i.instance_id not in self.ids for i in active[m]):  # no dedicated one started yet
+                want_out[m] = max(want_out[m], len(active[m]) + 1)
 
     def dedications(self, state: ClusterState) -> list[A.Dedicate]:
         """Hosts left with one instance, whose model outgrew co-serving (marked to split, or no longer light), and
@@ -380,7 +388,8 @@ class CoServing:
                 out.append(A.Dedicate(inst.instance_id))
         return out
 
-    def vacate(self, state: ClusterState, board: Board, model: str, reserved: set[int], new_id) -> list[A.StartInstance]:
+    def vacate(self, state: ClusterState, board: Board, model: str, reserved: set[int], new_id,
+               stopping=frozenset()) -> list[A.StartInstance]:
         """In-place conversion, where ``model`` outgrew its host and no GPUs are free for a dedicated instance:
         the host's other models move, each to another host that fits it (``join``, as a merge: its instance
         here stops once the new one is ready), so that ``model`` is left alone on the host and ``dedications``
@@ -394,7 +403,9 @@ class CoServing:
         insts = self.hosts(state).get(gpus, [])
         others = sorted((i for i in insts if i.model != model and not i.draining),
                         key=lambda i: (-self.batch.get(i.model, 0.0), i.instance_id))
-        if not others or any(i.model in self.merging for i in others):
+        # ``stopping``: instances this tick already stops (a move that retire finished): moving them again would
+        # start a duplicate copy
+        if not others or any(i.model in self.merging or i.instance_id in stopping for i in others):
             return []
         out = []
         self.converting[gpus] = model
