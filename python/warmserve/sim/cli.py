@@ -19,7 +19,8 @@ from warmserve.policy.config import parse_policy_options
 from warmserve.sim.config import SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.plot import plot_ttft_cdf
-from warmserve.sim.presets import ARTIFACT_ALPHA, PAPER_ALPHA, Preset, artifact_preset, paper_preset, scale_preset
+from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, Preset, artifact_preset, cluster_shape, paper_preset,
+                                   scale_preset)
 from warmserve.sim.runner import max_rate_under_slo, policy_names, rate_sweep, run_once
 
 PRESET_NAMES = ("paper-conv", "paper-code", "artifact-conv", "artifact-code", "scale")
@@ -58,6 +59,10 @@ def add_arguments(p):
                    help=f"power-law exponent of the per-model rate split (default: {PAPER_ALPHA:g} for paper "
                         f"presets, {ARTIFACT_ALPHA:g} for artifact ones)")
     p.add_argument("--duration-s", type=float, default=None, help="replayed span, seconds (paper: 1200)")
+    p.add_argument("--start-hour", type=float, default=20.0,
+                   help="--workload servegen: the replay's start on ServeGen's last day, hours after midnight")
+    p.add_argument("--history-days", type=int, default=2,
+                   help="--workload servegen: earlier days of history the forecasts see (ServeGen has 14)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (e.g. 0,1,2): every number is the median over them, the search "
@@ -93,7 +98,8 @@ def build_preset(args) -> Preset:
     kind = args.preset or args.workload
     if kind in ("paper-conv", "paper-code", "artifact-conv", "artifact-code"):
         if args.preset is None and args.gpus != 16:
-            cfg = replace(cfg, n_servers=max(1, args.gpus // 8), gpus_per_server=min(8, args.gpus))
+            servers, per_server = cluster_shape(args.gpus)
+            cfg = replace(cfg, n_servers=servers, gpus_per_server=per_server)
         else:
             cfg = replace(cfg, n_servers=2, gpus_per_server=8)
         kw = {"config": cfg, "burst_cv": args.burst_cv}
@@ -107,9 +113,11 @@ def build_preset(args) -> Preset:
             p = _rewrap(p, args)
         return p
     if kind in ("servegen", "scale"):
-        cfg = replace(cfg, n_servers=max(1, args.gpus // 8), gpus_per_server=min(8, args.gpus))
+        servers, per_server = cluster_shape(args.gpus)
+        cfg = replace(cfg, n_servers=servers, gpus_per_server=per_server)
         return scale_preset(args.gpus, args.models or 32, duration_s=args.duration_s or 3600.0,
-                            total_rate_rps=args.rate, recipe="servegen", config=cfg)
+                            total_rate_rps=args.rate, recipe="servegen", config=cfg, start_hour=args.start_hour,
+                            history_days=args.history_days)
     raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code, artifact-conv, "
                      f"artifact-code or servegen")
 

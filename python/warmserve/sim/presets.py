@@ -7,7 +7,7 @@ from typing import Callable
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.sim.config import ServedModel, SimConfig
-from warmserve.workload.recipes import paper_workload, servegen_workload
+from warmserve.workload.recipes import DAY_S, SERVEGEN_LAST_DAY_S, paper_workload, servegen_workload
 from warmserve.workload.request import Workload
 
 #: the paper's models: Llama-2 7B/13B/70B at tp 1/2/4; copies ranked by the power law in this interleaved order,
@@ -86,18 +86,34 @@ def artifact_preset(kind: str, *, total_rate_rps: float | None = None, alpha: fl
                         history_days=history_days, config=config, name="artifact")
 
 
+def cluster_shape(n_gpus: int) -> tuple[int, int]:
+    """(servers, GPUs per server) for ``n_gpus``: 8 GPUs per server, or one smaller server."""
+    if n_gpus < 1 or (n_gpus > 8 and n_gpus % 8):
+        raise InvalidArgumentError(f"--gpus {n_gpus}: servers hold 8 GPUs, so give 1-8 or a multiple of 8 "
+                                   f"(e.g. {max(8, n_gpus // 8 * 8)} or {(n_gpus // 8 + 1) * 8})", gpus=n_gpus)
+    return max(1, n_gpus // 8), min(8, n_gpus)
+
+
 def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, total_rate_rps: float | None = None,
-                 recipe: str = "servegen", config: SimConfig | None = None) -> Preset:
+                 recipe: str = "servegen", config: SimConfig | None = None, start_hour: float = 20.0,
+                 history_days: int = 2) -> Preset:
     """A big cluster (8 GPUs per server) under the ServeGen recipe (or the paper's, on conv: its trace covers
-    under an hour, so with history that recipe takes a ``duration_s`` of at most about 1450 s and refuses more)."""
+    under an hour, so with history that recipe takes a ``duration_s`` of at most about 1450 s and refuses more).
+    ServeGen only: ``start_hour`` is the replay's start on ServeGen's last day (hours after its midnight),
+    ``history_days`` the earlier days the forecasts see."""
+    if recipe == "servegen" and not (0.0 <= start_hour and start_hour * 3600.0 + duration_s <= DAY_S):
+        raise InvalidArgumentError(f"start hour {start_hour:g} with {duration_s:g} s of replay runs past the end of "
+                                   f"ServeGen's last day: start between 0 and {(DAY_S - duration_s) / 3600:g} h",
+                                   start_hour=start_hour)
     models = mixed_models(n_models)
     names = [m.name for m in models]
     rate = total_rate_rps if total_rate_rps is not None else 1.0 * n_gpus
 
     def build(rate_scale: float = 1.0, seed: int = 0) -> Workload:
         if recipe == "servegen":
-            w = servegen_workload(n_models, total_rate_rps=rate * rate_scale, duration_s=duration_s,
-                                  history_days=2, seed=seed, include_aggregates=False,
+            w = servegen_workload(n_models, start_s=SERVEGEN_LAST_DAY_S + start_hour * 3600.0,
+                                  total_rate_rps=rate * rate_scale, duration_s=duration_s,
+                                  history_days=history_days, seed=seed, include_aggregates=False,
                                   max_prompt_tokens=4096, repeat_days=6)
             rename = dict(zip(w.models, names))
             w.trace.models = [rename[m] for m in w.trace.models]
@@ -106,7 +122,8 @@ def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, tota
         return paper_workload("conv", n_models, total_rate_rps=rate, rate_scale=rate_scale, duration_s=duration_s,
                               model_names=names, seed=seed, history_days=2)
 
-    cfg = config or SimConfig(n_servers=max(1, n_gpus // 8), gpus_per_server=min(8, n_gpus))
+    servers, per_server = cluster_shape(n_gpus)
+    cfg = config or SimConfig(n_servers=servers, gpus_per_server=per_server)
     return Preset(f"scale-{n_gpus}x{n_models}", cfg, models, build, rate)
 
 

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from warmserve.errors import InvalidArgumentError
 from warmserve.workload.azure import load_azure
 from warmserve.workload.request import Trace, Workload
 from warmserve.workload import servegen as sg
@@ -21,7 +22,7 @@ DAY_S = 86400.0
 def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
     """Share of model i proportional to (i+1)^-alpha, summing to 1."""
     if n_models < 1:
-        raise ValueError(f"need at least one model, got n_models={n_models}")
+        raise InvalidArgumentError(f"need at least one model, got n_models={n_models}")
     w = (np.arange(n_models) + 1.0) ** -float(alpha)
     return w / w.sum()
 
@@ -73,7 +74,7 @@ def regamma(arrival_s: np.ndarray, start_s: float, end_s: float, cv: float, rng:
     if n == 0:
         return arrival_s
     if cv <= 0:
-        raise ValueError(f"burst cv must be > 0, got {cv}")
+        raise InvalidArgumentError(f"burst cv must be > 0, got {cv}")
     shape = 1.0 / (cv * cv)
     iat = rng.gamma(shape, 1.0, n + 1)
     t = np.cumsum(iat)[:n] / iat.sum() * (end_s - start_s) + start_s
@@ -99,7 +100,7 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     """Merge the parts; ``time_scale`` stretches each segment around its day offset, so history stays on
     whole days (the forecasts' daily season) while the load inside a segment plays faster or slower."""
     if time_scale <= 0:
-        raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        raise InvalidArgumentError(f"time_scale must be > 0, got {time_scale}")
     if time_scale != 1.0:
         for p in parts:
             if len(p):
@@ -140,22 +141,22 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     src = load_azure(kind, path)
     names = list(model_names) if model_names else [f"{kind}-{i}" for i in range(n_models)]
     if len(names) != n_models:
-        raise ValueError(f"model_names has {len(names)} names for n_models={n_models}")
+        raise InvalidArgumentError(f"model_names has {len(names)} names for n_models={n_models}")
     total = (src.rate_rps() if total_rate_rps is None else float(total_rate_rps)) * rate_scale
     if total <= 0:
-        raise ValueError(f"total rate must be > 0, got {total} rps")
+        raise InvalidArgumentError(f"total rate must be > 0, got {total} rps")
     shares = power_law_shares(n_models, alpha)
     rng = np.random.default_rng(seed)
     period = float(src.arrival_s[-1]) + 1e-6
     span = pre_s + duration_s  # a model's warm-up and replay: one stretch, so the load carries on across t = 0
     rest = period - span  # the trace outside it, where its history days come from
     if span > period:
-        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after {pre_s:.0f} s "
-                         f"of warm-up does not fit: shorten duration_s or pre_s")
+        raise InvalidArgumentError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after "
+                                   f"{pre_s:.0f} s of warm-up does not fit: shorten duration_s or pre_s")
     if history_days and rest < duration_s:
-        raise ValueError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after {pre_s:.0f} s "
-                         f"of warm-up leaves {rest:.0f} s of it for history days, which need at least "
-                         f"{duration_s:.0f} s: shorten duration_s or pre_s, or pass history_days=0")
+        raise InvalidArgumentError(f"the {kind} trace covers {period:.0f} s: a replay of {duration_s:.0f} s after "
+                                   f"{pre_s:.0f} s of warm-up leaves {rest:.0f} s of it for history days, which need "
+                                   f"at least {duration_s:.0f} s: shorten duration_s or pre_s, or pass history_days=0")
     phi = (math.sqrt(5) - 1) / 2
     rot = rng.random() * period  # each seed replays its own stretches
     parts = []
@@ -199,6 +200,10 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs)
 
 
+#: the start of ServeGen's last (14th) day, seconds after its first midnight
+SERVEGEN_LAST_DAY_S = 13 * DAY_S
+
+
 def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS, path: str | None = None,
                     include_aggregates: bool = False, repeat_days: int = 0) -> list[sg.ClientWindows]:
     """The largest client series of the given ServeGen models, round-robin over models (so every model is
@@ -218,8 +223,9 @@ def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
                 out.append(by_model[m][k])
         k += 1
     if len(out) < n_models and not repeat_days:
-        raise ValueError(f"ServeGen data has {len(out)} series for models {models}, asked for {n_models}: "
-                         f"pass path= to the full client windows file, allow repeat_days, or ask for fewer models")
+        raise InvalidArgumentError(f"ServeGen data has {len(out)} series for models {models}, asked for {n_models}: "
+                                   f"pass path= to the full client windows file, allow repeat_days, or ask for "
+                                   f"fewer models")
     base, k = list(out), 1
     while len(out) < n_models and k <= repeat_days:
         # the same client k days earlier: a distinct, equally real load pattern
@@ -228,8 +234,8 @@ def servegen_series(n_models: int, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
                                         s.shape, s.scale, day_shift=k))
         k += 1
     if len(out) < n_models:
-        raise ValueError(f"ServeGen data has {len(base)} series (x{repeat_days + 1} with day shifts) for models "
-                         f"{models}, asked for {n_models}")
+        raise InvalidArgumentError(f"ServeGen data has {len(base)} series (x{repeat_days + 1} with day shifts) for "
+                                   f"models {models}, asked for {n_models}")
     return out[:n_models]
 
 
@@ -242,8 +248,8 @@ def _aggregate(model: str, clients: list[sg.ClientWindows]) -> sg.ClientWindows:
     return sg.ClientWindows(model, -1, *(c[order] for c in cols))
 
 
-def servegen_workload(n_models: int = 32, *, start_s: float = 13 * DAY_S + 20 * 3600, duration_s: float = 1200.0,
-                      pre_s: float = 600.0, history_days: int = 7, total_rate_rps: float | None = None,
+def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_S + 20 * 3600,
+                      duration_s: float = 1200.0, pre_s: float = 600.0, history_days: int = 7, total_rate_rps: float | None = None,
                       rate_scale: float = 1.0, max_prompt_tokens: int | None = None, burst_cv: float | None = None,
                       time_scale: float = 1.0, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
                       include_aggregates: bool = False, seed: int = 0, path: str | None = None,
@@ -258,8 +264,9 @@ def servegen_workload(n_models: int = 32, *, start_s: float = 13 * DAY_S + 20 * 
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
     shift = max((s.day_shift for s in series), default=0)
     if start_s - (history_days + shift) * DAY_S - pre_s < 0:
-        raise ValueError(f"start_s={start_s} leaves no room for {history_days} history days and pre_s={pre_s}: "
-                         f"start at day {history_days} or later")
+        raise InvalidArgumentError(f"start_s={start_s} leaves no room for {history_days} history days (+{shift} "
+                                   f"days of shifted series) and pre_s={pre_s}: start at day {history_days + shift} "
+                                   f"or later, or give fewer history days")
     # expected total rate over the replayed span: windows without a row carry no traffic; an aggregate series
     # has one row per client and window, so rates are summed per window slot
     lo_slot = math.floor((start_s - sg.WINDOW_S) / sg.WINDOW_S) + 1

@@ -102,3 +102,8 @@ def test_simulate_cli_searches_the_max_rate_at_several_slo_targets_over_the_same
 def test_simulate_cli_refuses_an_slo_target_outside_0_to_1(bad, capsys):
     assert cli.main(["simulate", "--slo-target", bad, "--no-search", "--quiet"]) == 2
     assert "--slo-target" in capsys.readouterr().err
+
+
+def test_simulate_cli_refuses_a_gpu_count_it_would_have_rounded(capsys):
+    assert cli.main(["simulate", "--workload", "servegen", "--gpus", "20", "--no-search", "--quiet"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err

@@ -5,7 +5,8 @@ import pytest
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.sim.costmodel import CostModel
-from warmserve.sim.presets import PRESETS, artifact_preset, paper_preset
+from warmserve.sim.presets import PRESETS, artifact_preset, paper_preset, scale_preset
+from warmserve.workload.recipes import SERVEGEN_LAST_DAY_S
 
 
 def test_artifact_preset_is_two_7b_one_13b_one_70b_filling_half_the_cluster():
@@ -55,3 +56,18 @@ def test_cli_alpha_defaults_to_the_presets_own(tmp_path):
     assert pap.alpha == 1.0
     over = build_preset(SimpleNamespace(**base, preset="artifact-conv", alpha=2.0))
     assert over.alpha == 2.0 and over.build(1.0, 0).meta["alpha"] == 2.0
+
+
+@pytest.mark.parametrize("gpus", [0, 12, 20])
+def test_a_gpu_count_servers_cannot_hold_is_refused_not_rounded(gpus):
+    with pytest.raises(InvalidArgumentError, match="multiple of 8"):
+        scale_preset(gpus, 4)
+
+
+def test_a_servegen_replay_starts_at_the_hour_asked_and_stays_within_the_data():
+    w = scale_preset(8, 4, duration_s=600.0, start_hour=9.5).build(1.0, 0)
+    assert w.meta["start_s"] == SERVEGEN_LAST_DAY_S + 9.5 * 3600
+    with pytest.raises(InvalidArgumentError, match="past the end"):
+        scale_preset(8, 4, duration_s=1200.0, start_hour=23.8)
+    with pytest.raises(InvalidArgumentError, match="history days"):
+        scale_preset(8, 4, duration_s=600.0, history_days=14).build(1.0, 0)
