@@ -375,6 +375,7 @@ class Policy(LoadSignals, GpuMoves):
         retired = set()
         if co is not None:  # co-served instances replaced by dedicated ones (and the reverse) stop
             for inst in co.retire(state, A.stopping(out)):
+                self._preempted.add(inst.instance_id)  # never revived: it would take back the GPUs a merge freed
                 self._stop(state, inst, now_s, board, out)
                 have[inst.model] -= 1
                 retired.add(inst.instance_id)

@@ -285,7 +285,14 @@ class CoServing:
             self.pending.setdefault(gpus, set()).add(model)
         elif new_host and not replicas and self.step_s(model, self.batch.get(model, 0.0)) <= target \
                 and self.kv_fits(model, gpu_bytes, band):
-            got = board.choose_for_instance(model)
+            held = [board.local[g] for g in reserved if g in board.local and not board.busy[board.local[g]]]
+            for loc in held:  # GPUs kept for other models count as busy for this choice (as in
+                board.busy[loc] = True  # Policy._start_outside_reservations)
+            try:
+                got = board.choose_for_instance(model)
+            finally:
+                for loc in held:
+                    board.busy[loc] = board.inst_count[loc] > 0
             if got is None:
                 return None
             gpus, used, evicted = got
@@ -459,8 +466,12 @@ class CoServing:
             if old not in mine or new not in mine:
                 del self.merging[m]  # one of them went (scaled in, lost): nothing left to finish
             elif mine[new].ready:
-                out.append(mine[old])
                 del self.merging[m]
+                if old in self.ids or (self.light(m) and m not in self.splitting):
+                    out.append(mine[old])
+                # else it outgrew co-serving while it moved: the move is called off, it keeps its dedicated
+                # instance and the co-served one is retired below (as a split's); retiring the old one here too
+                # stopped both
         for m, insts in sorted(by_model.items()):
             if m in self.merging:
                 continue
