@@ -1,7 +1,8 @@
 """The controller: the only writer of cluster state. It runs the policy driver (``warmserve.policy.driver``) with
 the live executor (``controller.executor``): requests are queued and routed by the driver, the driver's actions
 become worker messages, and what the workers report goes back to the driver. This module holds the life cycle,
-the loops, worker membership and request submission; ``controller.views`` the health, stats and metrics views.
+the loops, worker membership and request submission; ``controller.restarts`` the restarts of lost local workers
+and the planned replacements of their processes; ``controller.views`` the health, stats and metrics views.
 Each worker is one policy GPU, its id kept for the controller's life: a lost worker's GPU is marked gone (never
 renumbered), and a worker that joins later gets a new id.
 """
@@ -22,6 +23,7 @@ from warmserve.controller.groups import GroupManager
 from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
+from warmserve.controller.restarts import WorkerRestarts
 from warmserve.controller.workers import WorkerHub, WorkerRecord, host_of
 from warmserve.errors import InvalidArgumentError, TimeoutError_, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import PolicyConfig, make_policy
@@ -68,7 +70,7 @@ def history_on_clock(history: dict | None, origin_s: float, models) -> dict | No
     return out
 
 
-class Controller:
+class Controller(WorkerRestarts):
     def __init__(self, config: ClusterConfig, models: list[ControllerModel], *, history: dict | None = None,
                  policy_config: PolicyConfig | None = None):
         if not models:
@@ -216,8 +218,15 @@ class Controller:
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
         self._bg.add(t)
-        t.add_done_callback(self._bg.discard)
+        t.add_done_callback(self._bg_done)
         return t
+
+    def _bg_done(self, t: asyncio.Task) -> None:
+        # Logged when it happens: otherwise only "Task exception was never retrieved", whenever the task is collected.
+        self._bg.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task %s failed", getattr(t.get_coro(), "__qualname__", t.get_name()),
+                      exc_info=t.exception())
 
     def activate_message(self, model: str, kv_blocks: int | None, shared: bool, group_id: str = "") -> P.Activate:
         """The Activate that turns ``model``'s loaded weights on a worker into an instance (a shard of a
@@ -360,6 +369,8 @@ class Controller:
         self.metrics.workers_lost.inc()
         now = self.now_s()
         # Requests of tensor-parallel instances that lost a rank here ran on their rank 0 elsewhere: the same fate.
+        # groups.lost sends nothing (its sends wait until this handling is over), so no other loss can route
+        # requests to w's instances meanwhile: w.gens, taken first, is all of w's.
         gens = {**w.gens, **self.groups.lost(w)}
         for iid in [i for i, inst in self.instances.items() if w in inst.workers]:
             del self.instances[iid]
@@ -394,148 +405,14 @@ class Controller:
         if w.gpu_id is not None:
             # Re-routed requests go to the front of their queue: they are the oldest.
             self.driver.lose_gpus([w.gpu_id], now, [(r.model, r, r.resume_prompt_tokens) for r in requeue])
-        if not any(x.ready for x in self.gpu_workers) and not self.restarting:
+        # A worker being replaced comes back, as a restarting one does (submit_nowait counts both): found in review,
+        # a remote worker lost while a local one's fresh engine started failed the requests waiting for it.
+        if not any(x.ready for x in self.gpu_workers) and not self.restarting and not self.replacing:
             # Nothing left to serve them: say so now rather than at the request timeout.
             for model in self.models:
                 self.driver.fail_waiting(model, NoWorkersError(
                     f"every worker is lost (the last: {w!r}, {why}); retry when workers rejoin",
                     worker_id=w.worker_id), now)
-
-    def _restart_later(self, lost: WorkerRecord) -> None:
-        """Restart a lost local worker unless the controller closes or a restart under its routing id runs."""
-        if not self.closing and lost.ident not in self.restarting:
-            back = self.restarting[lost.ident] = asyncio.get_running_loop().create_future()
-            self._spawn(self._restart(lost, back))
-
-    async def _restart(self, lost: WorkerRecord, back: asyncio.Future) -> None:
-        """Start a lost local worker again, under the same routing id, until one is admitted (``back`` resolved by
-        ``_admit``) or the controller closes. Attempt n waits min(restart_backoff_cap_s, restart_backoff_s * 2**n)
-        first; the count resets once a worker has stayed up restart_reset_s. What the lost one held was re-placed
-        by the driver; the new process joins empty, as a new GPU."""
-        ident, cc = lost.ident, self.cc
-        if time.monotonic() - lost.joined_s >= cc.restart_reset_s:
-            self._restarts.pop(ident, None)
-        proc = lost.proc
-        try:
-            while not self.closing:
-                # A silent worker may still be running: stop it first, so its memory and device are free.
-                await asyncio.to_thread(_kill, proc)
-                n = self._restarts.get(ident, 0)
-                self._restarts[ident] = n + 1
-                # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
-                delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** min(n, 60))
-                log.warning("restarting %r in %.1f s (restart %d in a row)", lost, delay, n + 1)
-                await asyncio.sleep(delay)
-                spawn = self.local_spawn.get(ident)
-                if self.closing or spawn is None or back.done():  # done: the last one joined after its deadline
-                    return
-                try:
-                    proc = self.local_procs[ident] = spawn()
-                except OSError as e:
-                    log.error("could not restart %r: %s", lost, e)
-                    continue
-                deadline = time.monotonic() + self.config.worker_start_timeout_s
-                joined = False
-                while not (self.closing or back.done()) and proc.poll() is None and time.monotonic() < deadline:
-                    w = self.hub.workers.get(ident)
-                    mine = w is not None and w.proc is proc
-                    if joined and not (mine and w.alive):
-                        break  # it said Hello, then was lost while being admitted (its record is gone)
-                    joined = joined or mine
-                    await asyncio.wait({back}, timeout=0.1)
-                if back.done():
-                    # Admitted, whatever came after: the restart ended there, and a cold start's replace_worker may
-                    # have retired that record and killed its process at once. Polling for a ready record missed it
-                    # and spawned a second process under the id, whose Hello lost the replacement (CI flake).
-                    log.info("%r is back (process %d)", back.result(), back.result().pid)
-                    return
-                log.warning("restarted %r did not join (status %s)", lost, proc.poll())
-        finally:
-            # Only this restart's own entry: after its admission a new loss may have started the next restart.
-            if self.restarting.get(ident) is back:
-                del self.restarting[ident]
-
-    def can_replace(self, w: WorkerRecord) -> bool:
-        """Whether ``w``'s process may be replaced by a fresh one: a local worker, not being replaced or restarted
-        (a cold start once killed the process ``_restart`` had just spawned: two processes under one id, CI). A
-        restart ends at its worker's admission, so its process may be replaced from then on."""
-        return (w.alive and w.proc is not None and w.ident in self.local_spawn and w.ident not in self.replacing
-                and w.ident not in self.restarting and w in self.gpu_workers)
-
-    async def replace_worker(self, old: WorkerRecord, model: str = "") -> WorkerRecord:
-        """Replace a local worker's process with a fresh one on the same device, as a vanilla autoscaler starts a
-        new engine for a cold start: the old process is stopped, a new one spawned (interpreter, torch, engine
-        import, page pool) and admitted under the same routing id and the same GPU id. Planned, not a loss: the
-        caller has checked that the worker holds nothing (no instance, prewarm or request), so nothing is failed or
-        re-routed and the driver's state does not change. Returns the new record; raises WorkerLostError (and
-        treats the GPU as lost, restarting it the ordinary way) when the new process does not come up."""
-        ident, gid = old.ident, old.gpu_id
-        joined = asyncio.get_running_loop().create_future()
-        self.replacing[ident] = (old, joined)
-        proc = None
-        try:
-            t0 = time.monotonic()
-            self.hub.retire(old, "a fresh engine process replaces it")
-            # SIGKILL, not a graceful exit: it holds nothing (no instance, prewarm or request), the kernel and the
-            # GPU driver free its memory at exit, and SIGTERM's orderly teardown (pool, interpreter) took ~0.5 s
-            # here, a cost a vanilla autoscaler's start does not pay (its old engine exited at scale-in). A CPU
-            # worker's successor starts at once (the kernel frees the old host pool meanwhile: 0.15-0.35 s here);
-            # a GPU worker's waits for the exit, since its pool is sized from the device memory then free.
-            old.proc.kill()
-            if old.device.startswith("cpu"):
-                self._spawn(asyncio.to_thread(old.proc.wait))
-            else:
-                await asyncio.to_thread(old.proc.wait)
-            t1 = time.monotonic()
-            proc = self.local_procs[ident] = self.local_spawn[ident]()
-            deadline = t1 + self.config.worker_start_timeout_s
-            while not joined.done():
-                if self.closing:
-                    raise WorkerLostError(f"the controller closed while {old!r} was being replaced",
-                                          worker_id=old.worker_id)
-                if proc.poll() is not None:
-                    raise WorkerLostError(f"the fresh process of {old!r} exited with status {proc.returncode} "
-                                          f"before it was admitted; see its log", worker_id=old.worker_id,
-                                          status=proc.returncode)
-                if time.monotonic() > deadline:
-                    raise WorkerLostError(f"the fresh process of {old!r} was not admitted within "
-                                          f"{self.config.worker_start_timeout_s:.0f} s (worker_start_timeout_s)",
-                                          worker_id=old.worker_id)
-                await asyncio.wait({joined}, timeout=0.05)
-        except BaseException as e:
-            self._replace_failed(old, proc, e)
-            raise
-        finally:
-            self.replacing.pop(ident, None)
-        new = joined.result()
-        start_s, stop_s = time.monotonic() - t1, t1 - t0
-        self.metrics.engine_start.observe(start_s)
-        self.engine_starts.append({"gpu_id": gid, "model": model, "worker_id": new.worker_id, "old_pid": old.pid,
-                                   "new_pid": new.pid, "stop_s": round(stop_s, 4), "start_s": round(start_s, 4)})
-        log.info("%r: fresh engine process %d (was %d) in %.2f s (old one stopped in %.2f s)", new, new.pid,
-                 old.pid, start_s, stop_s)
-        return new
-
-    def _replace_failed(self, old: WorkerRecord, proc, error: BaseException) -> None:
-        """A replacement that did not come up: its GPU is lost after all (whatever was starting there fails with
-        it), and the worker is restarted with back-off as a new GPU, like any lost local worker."""
-        log.warning("replacing %r failed: %s", old, error)
-        ident = old.ident
-        w = self.hub.workers.get(ident)
-        if w is not None and w.proc is proc:
-            self.hub.retire(w, "its replacement failed")
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        self.metrics.workers_lost.inc()
-        if old in self.gpu_workers:
-            self.gpu_workers.remove(old)
-        if self.by_gpu.get(old.gpu_id) is old:
-            del self.by_gpu[old.gpu_id]
-        if proc is not None:
-            old.proc = proc  # what _restart stops first
-        self._restart_later(old)
-        if old.gpu_id is not None:
-            self.driver.lose_gpus([old.gpu_id], self.now_s())
 
     # ------------------------------------------------------------------------------------------- loops
 
@@ -543,7 +420,12 @@ class Controller:
         while True:
             await asyncio.sleep(self.cc.heartbeat_interval_s)
             # Workers push their Stats (pages, KV blocks) with every heartbeat of theirs; nothing to poll.
-            self.hub.beat(time.monotonic(), self.cc.worker_timeout_s)
+            try:
+                self.hub.beat(time.monotonic(), self.cc.worker_timeout_s)
+            except Exception:
+                # A loss's handling reaches the policy (route_all): found in review, one bug there ended the
+                # heartbeats for good, and with them the detection of every later loss. Logged with its trace.
+                log.exception("heartbeat failed")
 
     async def _policy_loop(self) -> None:
         while True:
@@ -570,13 +452,6 @@ class Controller:
         out = views.stats(self)
         out["engine_starts"] = list(self.engine_starts)
         return out
-
-
-def _kill(proc) -> None:
-    """Stop a process that should be gone (a lost worker) and reap it."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 def _reap(proc, graceful: bool = True) -> None:

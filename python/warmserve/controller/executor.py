@@ -453,6 +453,10 @@ class LiveExecutor:
                 ctl._request_done(req, "timeout")
         for w in list(ctl.gpu_workers):  # an Abort that cannot be sent loses its worker (and edits the list)
             for gid, req in list(w.gens.items()):
+                if w.gens.get(gid) is not req:
+                    # Moved by a loss of w that an Abort of this loop caused (requeued, w.gens cleared): failing it
+                    # here ended a request still queued, and _end_gen raised KeyError (found in review).
+                    continue
                 last = max(req.last_token_s or req.arrival_s, req.sent_s or 0.0)  # sent again: counts from then
                 if not req.done and now - last > ctl.cc.request_timeout_s:
                     req.fail(TimeoutError_(f"{w!r} produced no token for {ctl.cc.request_timeout_s:.0f} s",

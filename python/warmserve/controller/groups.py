@@ -9,7 +9,8 @@ its group on demand (``ensure``), with the set-up on the start's critical path; 
 (``warmserve_tp_groups_built_total{path}``) and timed (``setup_s`` per group, in ``/stats``).
 
 A group dies with any of its workers: ``lost`` drops it and tells the surviving members to leave it (which stops
-an instance still bound to it on their side); the next ``prewarm`` builds it again once the block is whole.
+an instance still bound to it on their side); the next ``prewarm`` builds it again once the block is whole. A worker
+whose process is replaced on purpose (a fresh engine) leaves its groups the same way (``drop``).
 """
 
 from __future__ import annotations
@@ -86,19 +87,17 @@ class GroupManager:
         stops the instances bound there), then drop the shards of the instances, prewarms and kept weights that
         spanned ``w`` (one socket per worker: in that order). Returns the requests of those instances that ran on
         their rank 0 elsewhere, taken off that worker, by (worker id, request id): the caller ends them (or starts
-        them over) with ``w``'s own."""
+        them over) with ``w``'s own.
+
+        Nothing is sent from here: the LeaveGroups and Evicts go out once the caller's handling of the loss is over
+        (``call_soon``, in the order above). A send that fails loses its worker at once, and that nested loss, found
+        in review, routed its requests to ``w``'s instances (still in the driver's state) after the caller had taken
+        ``w``'s requests: they were dropped with ``w``, never answered. Messages the caller sends meanwhile go first:
+        Generates to live instances (a start's Prewarm and Activate are sent from its task, after these)."""
         ctl = self.ctl
-        for gpus, rec in list(self.groups.items()):
-            if w not in rec.workers:
-                continue
-            del self.groups[gpus]
-            if rec.task is not None and not rec.task.done():
-                rec.task.cancel()
-            for other in rec.workers:
-                if other is not w and other is not None and other.alive:
-                    self._fire(other, P.LeaveGroup(id=ctl.hub.next_id(), group_id=rec.group_id))
-        gens = {}
-        evict = ctl.executor.evict_all
+        later = asyncio.get_running_loop().call_soon
+        self.drop(w)
+        gens, evict = {}, ctl.executor.evict_all
         for iid in [i for i, inst in ctl.instances.items() if w in inst.workers and len(inst.workers) > 1]:
             inst = ctl.instances.pop(iid)
             others = [x for x in inst.workers if x is not w]
@@ -106,13 +105,28 @@ class GroupManager:
                 for gid, req in list(other.gens.items()):
                     if req.instance_id == iid:
                         gens[(other.worker_id, gid)] = other.gens.pop(gid)
-            evict(others, inst.model)
+            later(evict, others, inst.model)
         for pid in [p for p, pw in ctl.prewarms.items() if w in pw.workers and len(pw.workers) > 1]:
             pw = ctl.prewarms.pop(pid)
-            evict([x for x in pw.workers if x is not w], pw.model)
+            later(evict, [x for x in pw.workers if x is not w], pw.model)
         for k in [k for k in ctl.driver.kept.values() if len(k.gpus) > 1 and w.gpu_id in k.gpus]:
-            evict([ctl.by_gpu.get(g) for g in k.gpus if g != w.gpu_id], k.model)
+            later(evict, [ctl.by_gpu.get(g) for g in k.gpus if g != w.gpu_id], k.model)
         return gens
+
+    def drop(self, w) -> None:
+        """Drop every group ``w`` is in (built, or being built); their other members are told to leave them once
+        the caller's handling is over (see ``lost``). The next ``prewarm`` builds them again once every GPU of the
+        block has a ready worker."""
+        later = asyncio.get_running_loop().call_soon
+        for gpus, rec in list(self.groups.items()):
+            if w not in rec.workers:
+                continue
+            del self.groups[gpus]
+            if rec.task is not None and not rec.task.done():
+                rec.task.cancel()
+            for other in rec.workers:
+                if other is not w and other is not None:
+                    later(self._leave, other, rec.group_id)
 
     def rank_lost(self, w, req, error: BaseException) -> bool:
         """Rank 0's worker ``w`` answered ``req`` with ``error``. If that is a WorkerLostError of a tensor-parallel
@@ -194,6 +208,10 @@ class GroupManager:
         self.ctl.metrics.tp_groups_built.inc(path=rec.path)
         log.info("process group %s ready on GPUs %s (%s, %.3f s)", rec.group_id, list(rec.gpus), rec.path,
                  rec.setup_s)
+
+    def _leave(self, w, group_id: str) -> None:
+        if w.alive:
+            self._fire(w, P.LeaveGroup(id=self.ctl.hub.next_id(), group_id=group_id))
 
     def _fire(self, w, msg) -> None:
         from warmserve.controller.executor import fire

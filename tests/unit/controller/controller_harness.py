@@ -1,7 +1,9 @@
 """What the controller tests share: a scripted peer on a real ZeroMQ socket that speaks warmserve.protocol as a
-worker would (each test scripts how it answers), a controller with fast ticks, and the demo model's description."""
+worker would (each test scripts how it answers), a child process to stand for a local worker's process, a
+controller with fast ticks, and the demo model's description."""
 
 import asyncio
+import subprocess
 import time
 
 import zmq
@@ -84,6 +86,18 @@ class Peer:
         self.task.cancel()
         self.beats.cancel()
         self.sock.close(0)
+
+
+class WorkerProc(subprocess.Popen):
+    """A child process standing for a local worker, whose scripted peer goes silent when it is killed, as a
+    worker's socket closes with it."""
+
+    peer: Peer | None = None
+
+    def kill(self):
+        if self.peer is not None:
+            self.peer.close()
+        super().kill()
 
 
 async def peers_in_order(c: Controller, endpoint: str, *wids: str) -> list[Peer]:

@@ -5,20 +5,9 @@ import asyncio
 import subprocess
 import sys
 
-from controller_harness import MODEL, Peer, make_controller, run
+from controller_harness import MODEL, Peer, WorkerProc, make_controller, run
 
 WID = "host-1-cpu0"
-
-
-class WorkerProc(subprocess.Popen):
-    """A child process whose scripted peer goes silent when it is killed, as a worker's socket closes with it."""
-
-    peer: Peer | None = None
-
-    def kill(self):
-        if self.peer is not None:
-            self.peer.close()
-        super().kill()
 
 
 def test_a_restarted_worker_replaced_the_moment_it_is_admitted_stays_one_process(model):
