@@ -7,7 +7,8 @@ start hours, each cell over the same seeds.
 
 Every cell is ``warmserve simulate --workload servegen --models M --gpus G --rate R --duration-s D
 --start-hour H --history-days 7 --seeds 0,1,2 --no-search`` with the policies above; the script only loops.
-Beside the runs it prints how predictable the replayed series are: per series, the correlation of a window's
+P99 TTFT is the median over the seeds, SLO attainment and the prewarm hit rate their means (as the max-rate
+search judges a rate). Beside the runs it prints how predictable the replayed series are: per series, the correlation of a window's
 rate with the previous window's (what `reactive` bets on) and with the same window of the previous day (what a
 daily forecast adds).
 """
@@ -63,7 +64,7 @@ def cell(gpus: int, hour: float, args, seeds) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpus", default="16,20,24,32")
+    ap.add_argument("--gpus", default="16,24,32", help="cluster sizes (8 GPUs per server)")
     ap.add_argument("--hours", default="20,9.5,13,22", help="replay start hours on ServeGen's last day")
     ap.add_argument("--models", type=int, default=16)
     ap.add_argument("--rate", type=float, default=8.0, help="total request rate, requests/s, at every size")
