@@ -189,11 +189,19 @@ class Controller(WorkerRestarts):
         for m in self.models:
             self.driver.fail_waiting(m, OverloadedError("the server is shutting down; the request was not started"),
                                      self.now_s())
+        # Every request is taken off its worker before the first Abort goes out. Found in review: an Abort that
+        # cannot be sent loses its worker, and that loss started over the worker's requests not failed yet (sent
+        # to another worker during the shutdown) and counted one failed already as lost with the worker.
+        aborts = []
         for w in list(self.hub.workers.values()):
-            for gid, req in list(w.gens.items()):
+            for gid, req in w.gens.items():
                 req.fail(OverloadedError("the server shut down before the request finished"))
                 if w.alive and w.proc is None:  # a remote worker stays up: free the request's KV blocks now
-                    fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
+                    aborts.append((w, gid))
+            w.gens.clear()
+        for w, gid in aborts:
+            if w.alive:
+                fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
         # Local workers get Shutdown and a moment to free their pools; remote ones stay up for the next controller.
         waits = []
         # Copies: a send that fails takes its worker out of the table (and may start a restart) at once.
@@ -366,7 +374,11 @@ class Controller(WorkerRestarts):
         self.driver.route_all(self.now_s())
 
     def _on_lost(self, w: WorkerRecord, why: str) -> None:
-        self.metrics.workers_lost.inc()
+        planned = self.replacing.get(w.ident)
+        if planned is None or planned[0] is w or planned[1].done():
+            # Not counted here: the fresh process of a planned replacement, lost while being admitted. Its loss
+            # fails the replacement, whose _replace_failed counts the GPU lost (found in review: counted twice).
+            self.metrics.workers_lost.inc()
         now = self.now_s()
         # Requests of tensor-parallel instances that lost a rank here ran on their rank 0 elsewhere: the same fate.
         # groups.lost sends nothing (its sends wait until this handling is over), so no other loss can route

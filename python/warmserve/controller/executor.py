@@ -112,6 +112,14 @@ class LivePrewarm:
             if isinstance(reply, P.Error):
                 raise reply.exception()
 
+    def holders(self) -> list[WorkerRecord]:
+        """The workers that may hold a shard of it: all but those whose Prewarm was answered with an error (nothing
+        was loaded there). A load still under way counts: an Evict cancels it (worker/core.py, _evict)."""
+        if not self.futs:  # kept weights (keep_prewarm): resident, no load of its own
+            return list(self.workers)
+        return [w for w, f in zip(self.workers, self.futs)
+                if not (f.done() and not f.cancelled() and f.exception() is None and isinstance(f.result(), P.Error))]
+
 
 def outcome_of(error: BaseException) -> str:
     """The ``outcome`` label of a request that ended with ``error``, for the request counter."""
@@ -203,9 +211,23 @@ class LiveExecutor:
             self.ctl._spawn(outcome())
 
     def _one_done(self, pw: LivePrewarm, driver) -> None:
-        """A whole-model prewarm: its outcome from the one reply, in the reply's callback (no task)."""
+        """A whole-model prewarm: its outcome from the one reply, in the reply's callback (no task), or a failure
+        after LOAD_TIMEOUT_S without one. Found in review: with no bound (a tp > 1 prewarm's task has had one), a
+        load that never answered, its worker up, stayed reserved in the driver's state for good. A load that
+        timed out is evicted (the Evict cancels it on the worker), as a failed tp > 1 prewarm's shards are."""
+        first = pw.futs[0]
+
+        def expire():
+            # (a late reply finds it done, and is dropped: workers.WorkerHub._dispatch)
+            if not first.done() and not self.ctl.closing:
+                first.set_exception(TimeoutError_(
+                    f"{pw.worker!r} did not load {pw.model!r} within {LOAD_TIMEOUT_S:.0f} s", timeout_s=LOAD_TIMEOUT_S,
+                    worker_id=pw.worker.worker_id))
+
+        timer = asyncio.get_running_loop().call_later(LOAD_TIMEOUT_S, expire)
 
         def done(fut: asyncio.Future):
+            timer.cancel()
             exc = fut.exception() if not fut.cancelled() else None
             reply = None if exc is not None or fut.cancelled() else fut.result()
             if isinstance(reply, P.Error):
@@ -217,8 +239,9 @@ class LiveExecutor:
                 log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.worker, exc)
                 driver.prewarm_failed(pw.pid)
                 self.prewarms.pop(pw.pid, None)
+                self.evict_all(pw.holders(), pw.model)  # none after an error reply; the load after a timeout
 
-        pw.futs[0].add_done_callback(done)
+        first.add_done_callback(done)
 
     def keep_prewarm(self, p: PrewarmState, kept: KeptWeights, now_s: float) -> None:
         # a stopped instance's weights, still on the worker (Deactivate keeps them): nothing to copy
@@ -270,7 +293,7 @@ class LiveExecutor:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self._failed(inst, e, loaded)
+            self._failed(inst, e, pw, loaded)
             return
         if inst.iid not in ctl.driver.state.instances:  # lost or stopped while starting
             return
@@ -304,7 +327,7 @@ class LiveExecutor:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self._failed(inst, e, loaded)
+            self._failed(inst, e, pw, loaded)
             return
         if inst.iid not in ctl.driver.state.instances:
             return
@@ -349,16 +372,30 @@ class LiveExecutor:
             return "a stopped instance's weights are kept on its GPU"
         return None
 
-    def _failed(self, inst: LiveInstance, e: BaseException, loaded: bool) -> None:
+    def _failed(self, inst: LiveInstance, e: BaseException, pw: LivePrewarm | None, loaded: bool) -> None:
+        """A start failed. ``pw``: the load it made or took (None: none went out); ``loaded``: every shard of it
+        loaded (the Activate may have gone out)."""
         log.warning("instance %s of %s on %r failed to start: %s", inst.iid, inst.model, inst.worker, e)
-        self.instances.pop(inst.iid, None)
+        ours = self.instances.pop(inst.iid, None) is not None
         if loaded:
-            # The weights got loaded: drop them, so the workers' memory matches the state again (an Evict after
-            # a half-done activation is refused while that rank runs: deactivate first).
+            # The weights got loaded: drop them, so the workers' memory matches the state again. An Evict is refused
+            # while the model runs there, so deactivate first where the Activate may have run: every rank after a
+            # tensor-parallel start (a half-done activation), and a tp = 1 worker that did not answer in time (it
+            # activates on, and runs the instance once done). Found in review: that tp = 1 case got only the Evict,
+            # refused, and the instance ran on with its KV cache while the driver had the GPU free (and the
+            # model's next Prewarm there was refused). After an answer (an error) nothing runs at tp = 1.
+            unanswered = isinstance(e, TimeoutError_)
             for w in inst.workers:
-                if w.alive and len(inst.workers) > 1:
+                if w.alive and (len(inst.workers) > 1 or unanswered):
                     self._fire(w, P.Deactivate(id=self.ctl.hub.next_id(), name=inst.model))
             self.evict_all(inst.workers, inst.model)
+        elif pw is not None and ours:
+            # A load went out (this start's, or the prewarm's it took) and did not end well on every shard: drop
+            # what may be there (a shard that loaded, a load still under way: the Evict cancels it). Found in
+            # review: a load that timed out was left to finish, its weights on the worker unknown to the driver.
+            # (A record taken already was a loss's, which evicted the survivors, or a stop's, whose weights the
+            # driver keeps.)
+            self.evict_all(pw.holders(), inst.model)
         self.ctl.driver.instance_failed(inst.iid, self.ctl.now_s(), e)
 
     def stop_instance(self, inst: InstanceState, now_s: float) -> None:

@@ -10,7 +10,8 @@ its group on demand (``ensure``), with the set-up on the start's critical path; 
 
 A group dies with any of its workers: ``lost`` drops it and tells the surviving members to leave it (which stops
 an instance still bound to it on their side); the next ``prewarm`` builds it again once the block is whole. A worker
-whose process is replaced on purpose (a fresh engine) leaves its groups the same way (``drop``).
+whose process is replaced on purpose (a fresh engine) leaves its groups the same way (``drop``), and so do the
+members of a group whose instance reported a lost rank with every worker up (``rank_lost``).
 """
 
 from __future__ import annotations
@@ -117,16 +118,8 @@ class GroupManager:
         """Drop every group ``w`` is in (built, or being built); their other members are told to leave them once
         the caller's handling is over (see ``lost``). The next ``prewarm`` builds them again once every GPU of the
         block has a ready worker."""
-        later = asyncio.get_running_loop().call_soon
-        for gpus, rec in list(self.groups.items()):
-            if w not in rec.workers:
-                continue
-            del self.groups[gpus]
-            if rec.task is not None and not rec.task.done():
-                rec.task.cancel()
-            for other in rec.workers:
-                if other is not w and other is not None:
-                    later(self._leave, other, rec.group_id)
+        for rec in [rec for rec in self.groups.values() if w in rec.workers]:
+            self._forget(rec, but=w)
 
     def rank_lost(self, w, req, error: BaseException) -> bool:
         """Rank 0's worker ``w`` answered ``req`` with ``error``. If that is a WorkerLostError of a tensor-parallel
@@ -134,7 +127,13 @@ class GroupManager:
         lost only later, or never (ranks that stopped in step stay up): found in review, such requests failed where
         a lost worker's start over. Now every request of the instance starts over elsewhere after its tokens
         (``actions.Migrate``, which also stops the instance), each loss counted against
-        ``max_worker_losses_per_request`` as a worker loss is. Returns True then; False: the caller fails ``req``."""
+        ``max_worker_losses_per_request`` as a worker loss is. Returns True then; False: the caller fails ``req``.
+
+        The instance's group goes too, its members told to leave it: a rank reports a lost rank when a collective
+        in the group failed, and a gloo group whose collective failed (a rank silent past the group's timeout, its
+        worker still up) fails every later one. Found in review: the group stayed ready, so the next start on that
+        block activated in it, failed there, and after 3 such failures the model's waiting requests failed. The
+        next start builds a new group (``ensure``), or the next ``prewarm`` does."""
         ctl = self.ctl
         live = ctl.instances.get(req.instance_id)
         if (not isinstance(error, WorkerLostError) or live is None or len(live.workers) < 2
@@ -151,13 +150,28 @@ class GroupManager:
                 ctl._request_done(r, "worker_lost")
         log.warning("instance %s of %s lost a rank (%s): its requests start over elsewhere", req.instance_id,
                     req.model, error)
-        ctl.driver.apply(A.Migrate(req.instance_id), now)
+        ctl.driver.apply(A.Migrate(req.instance_id), now)  # (its Deactivates go out now: before the LeaveGroups)
+        rec = next((r for r in self.groups.values() if r.group_id == live.group_id), None)
+        if rec is not None:
+            self._forget(rec)
         return True
 
     def views(self) -> list[dict]:
         return [rec.view() for rec in self.groups.values()]
 
     # ---- internals ----------------------------------------------------------------------------------------
+
+    def _forget(self, rec: GroupRecord, but=None) -> None:
+        """Take ``rec`` out of the table (its build cancelled); its members but ``but`` are told to leave it once
+        the caller's handling is over (a send that fails loses its worker: see ``lost``)."""
+        if self.groups.get(rec.gpus) is rec:
+            del self.groups[rec.gpus]
+        if rec.task is not None and not rec.task.done():
+            rec.task.cancel()
+        later = asyncio.get_running_loop().call_soon
+        for other in rec.workers:
+            if other is not but and other is not None:
+                later(self._leave, other, rec.group_id)
 
     def _workers(self, gpus):
         ws = [self.ctl.by_gpu.get(g) for g in gpus]

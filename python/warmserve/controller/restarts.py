@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 
 from warmserve.controller.workers import WorkerRecord
@@ -90,7 +91,8 @@ class WorkerRestarts:
         import, page pool) and admitted under the same routing id and the same GPU id. Planned, not a loss: the
         caller has checked that the worker holds nothing (no instance, prewarm or request), so nothing is failed or
         re-routed and the driver's state does not change. Returns the new record; raises WorkerLostError (and
-        treats the GPU as lost, restarting it the ordinary way) when the new process does not come up."""
+        treats the GPU as lost, restarting it the ordinary way) when the new process does not come up, or a GPU
+        worker's old one does not exit (``_exited``)."""
         ident, gid = old.ident, old.gpu_id
         joined = asyncio.get_running_loop().create_future()
         self.replacing[ident] = (old, joined)
@@ -111,7 +113,7 @@ class WorkerRestarts:
             if old.device.startswith("cpu"):
                 self._spawn(asyncio.to_thread(old.proc.wait))
             else:
-                await asyncio.to_thread(old.proc.wait)
+                await self._exited(old)
             t1 = time.monotonic()
             proc = self.local_procs[ident] = self.local_spawn[ident]()
             deadline = t1 + self.config.worker_start_timeout_s
@@ -141,6 +143,20 @@ class WorkerRestarts:
         log.info("%r: fresh engine process %d (was %d) in %.2f s (old one stopped in %.2f s)", new, new.pid,
                  old.pid, start_s, stop_s)
         return new
+
+    async def _exited(self, old: WorkerRecord) -> None:
+        """Wait for the killed process of ``old`` to exit, at most worker_start_timeout_s; raises WorkerLostError
+        after that. Found in review: the wait had no bound, and a process that SIGKILL does not end (stuck in the GPU
+        driver, in uninterruptible sleep) held the start for good, and with it every later start of its model (one
+        creation in flight per model). Its GPU is then lost (``_replace_failed``); the restart that follows waits
+        for the exit before it starts anything on the device."""
+        limit = self.config.worker_start_timeout_s
+        try:
+            await asyncio.to_thread(old.proc.wait, limit)
+        except subprocess.TimeoutExpired:
+            raise WorkerLostError(f"the process {old.pid} of {old!r} did not exit within {limit:.0f} s of SIGKILL "
+                                  f"(worker_start_timeout_s): its device is not free", worker_id=old.worker_id,
+                                  pid=old.pid) from None
 
     def _replace_failed(self, old: WorkerRecord, proc, error: BaseException) -> None:
         """A replacement that did not come up: its GPU is lost after all (whatever was starting there fails with

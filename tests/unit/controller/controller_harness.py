@@ -3,6 +3,7 @@ worker would (each test scripts how it answers), a child process to stand for a 
 controller with fast ticks, and the demo model's description."""
 
 import asyncio
+import dataclasses
 import subprocess
 import time
 
@@ -10,9 +11,9 @@ import zmq
 import zmq.asyncio
 
 from warmserve import protocol as P
-from warmserve.config import ClusterConfig, ControllerConfig
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.controller.controller import Controller
-from warmserve.errors import WarmServeError
+from warmserve.errors import CancelledError, ModelStateError, UnknownModelError, WarmServeError
 from warmserve.policy.config import policy_config_from_dict
 
 MODEL = "llama-20m"
@@ -22,7 +23,7 @@ class Peer:
     """A scripted worker: answers Prewarm/Activate/GetStats/Generate as told, records what it got."""
 
     def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7),
-                 curve=None, pid: int = 1):
+                 curve=None, pid: int = 1, device: str = "cpu"):
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         if curve is not None:  # (server public key, own public key, own secret key)
@@ -30,7 +31,7 @@ class Peer:
         self.sock.setsockopt(zmq.ROUTING_ID, wid.encode())
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
-        self.wid, self.fail_prewarm, self.tokens, self.pid = wid, fail_prewarm, tokens, pid
+        self.wid, self.fail_prewarm, self.tokens, self.pid, self.device = wid, fail_prewarm, tokens, pid, device
         self.got: list = []
         self.silent = False
         self.hold_generate = False
@@ -48,44 +49,130 @@ class Peer:
         await self.sock.send(P.encode(msg))
 
     async def run(self):
-        await self.send(P.Hello(worker_id=self.wid, device="cpu", pid=self.pid, capacity_bytes=1 << 30,
+        await self.send(P.Hello(worker_id=self.wid, device=self.device, pid=self.pid, capacity_bytes=1 << 30,
                                 page_bytes=2 << 20))
         while True:
             msg = P.decode_request(await self.sock.recv())
             self.got.append(msg)
-            if self.silent:
-                continue
-            if isinstance(msg, P.GetStats):
-                await self.send(P.Stats(id=msg.id, worker_id=self.wid, device="cpu", pid=self.pid, uptime_s=1.0,
-                                        pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30},
-                                        models=[], instances=[], in_flight=0))
-            elif isinstance(msg, P.Prewarm):
-                if self.fail_prewarm:
-                    await self.send(P.Error.of(msg.id, WarmServeError("disk on fire")))
-                else:
-                    await self.send(P.Prewarmed(id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048,
-                                                load_s=0.0))
-            elif isinstance(msg, P.Activate) and not self.hold_activate:
-                await self.send(P.Activated(id=msg.id, name=msg.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
-            elif isinstance(msg, P.SetKvTarget):  # answered as a worker does: the instance's KV after the change
-                await self.send(P.KvTargetSet(id=msg.id, model=msg.model, kv=P.KvStats(
-                    kv_blocks_total=8, kv_blocks_mapped=msg.free_blocks, kv_blocks_free=msg.free_blocks,
-                    kv_free_target=msg.free_blocks, block_tokens=256)))
-            elif isinstance(msg, P.HostGroupStore):
-                await self.send(P.GroupStoreHosted(id=msg.id, port=29999))
-            elif isinstance(msg, P.JoinGroup):
-                await self.send(P.GroupJoined(id=msg.id, group_id=msg.group_id, setup_s=0.001))
-            elif isinstance(msg, (P.Evict, P.Deactivate, P.Abort, P.Shutdown, P.LeaveGroup)):
-                await self.send(P.Ok(id=msg.id))
-            elif isinstance(msg, P.Generate) and not self.hold_generate:
-                for t in self.tokens[:-1]:
-                    await self.send(P.Tokens(id=msg.id, token_ids=[t]))
-                await self.send(P.Tokens(id=msg.id, token_ids=[self.tokens[-1]], finished=True, finish_reason="length"))
+            if not self.silent:
+                await self.handle(msg)
+
+    async def handle(self, msg):
+        """Answer one request (messages are handled one at a time, in order, as a worker's main thread does)."""
+        if isinstance(msg, P.GetStats):
+            await self.send(P.Stats(id=msg.id, worker_id=self.wid, device="cpu", pid=self.pid, uptime_s=1.0,
+                                    pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30},
+                                    models=[], instances=[], in_flight=0))
+        elif isinstance(msg, P.Prewarm):
+            if self.fail_prewarm:
+                await self.send(P.Error.of(msg.id, WarmServeError("disk on fire")))
+            else:
+                await self.send(P.Prewarmed(id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048,
+                                            load_s=0.0))
+        elif isinstance(msg, P.Activate) and not self.hold_activate:
+            await self.send(P.Activated(id=msg.id, name=msg.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
+        elif isinstance(msg, P.SetKvTarget):  # answered as a worker does: the instance's KV after the change
+            await self.send(P.KvTargetSet(id=msg.id, model=msg.model, kv=P.KvStats(
+                kv_blocks_total=8, kv_blocks_mapped=msg.free_blocks, kv_blocks_free=msg.free_blocks,
+                kv_free_target=msg.free_blocks, block_tokens=256)))
+        elif isinstance(msg, P.HostGroupStore):
+            await self.send(P.GroupStoreHosted(id=msg.id, port=29999))
+        elif isinstance(msg, P.JoinGroup):
+            await self.send(P.GroupJoined(id=msg.id, group_id=msg.group_id, setup_s=0.001))
+        elif isinstance(msg, (P.Evict, P.Deactivate, P.Abort, P.Shutdown, P.LeaveGroup)):
+            await self.send(P.Ok(id=msg.id))
+        elif isinstance(msg, P.Generate) and not self.hold_generate:
+            for t in self.tokens[:-1]:
+                await self.send(P.Tokens(id=msg.id, token_ids=[t]))
+            await self.send(P.Tokens(id=msg.id, token_ids=[self.tokens[-1]], finished=True, finish_reason="length"))
 
     def close(self):
         self.task.cancel()
         self.beats.cancel()
         self.sock.close(0)
+
+
+class GroupPeer(Peer):
+    """As a real worker: an Activate in a group it never joined is refused (worker/tp.py, GroupTable.get)."""
+
+    def __init__(self, *a, **k):
+        self.joined = set()
+        super().__init__(*a, **k)
+
+    async def send(self, msg):
+        if isinstance(msg, P.GroupJoined):
+            self.joined.add(msg.group_id)
+        if isinstance(msg, P.Activated):
+            act = next(m for m in reversed(self.got) if isinstance(m, P.Activate) and m.id == msg.id)
+            if act.group_id and act.group_id not in self.joined:
+                msg = P.Error.of(msg.id, ModelStateError(f"this worker is not in group {act.group_id!r}"))
+        await super().send(msg)
+
+
+class TablePeer(Peer):
+    """A scripted worker that keeps a worker's model table as worker/core.py does: name -> "loading", "prewarmed"
+    or "running". A Prewarm of a model it holds is refused; an Evict of a running model is refused (deactivate it
+    first) and of a loading one cancels the load (its Prewarm is answered with CancelledError); an Activate of a
+    model that is not prewarmed and a Deactivate of one that is not running are refused.
+
+    ``load_s``: how long a load takes, on the side (None: it never ends: a hung load). ``activate_s``: how long
+    each of the next activations takes, one entry each; a real worker activates on its main thread, so the
+    messages after an Activate wait for it (this peer reads nothing meanwhile)."""
+
+    def __init__(self, *a, load_s: float | None = 0.0, activate_s=(), **k):
+        self.models: dict[str, str] = {}
+        self.load_s, self.activate_s = load_s, list(activate_s)
+        self._loads: dict[str, tuple] = {}  # name -> (the Prewarm's id, its timer)
+        super().__init__(*a, **k)
+
+    async def handle(self, msg):
+        name = getattr(msg, "name", None)
+        state = self.models.get(name)
+        if isinstance(msg, P.Prewarm):
+            if state is not None:
+                await self.send(P.Error.of(msg.id, ModelStateError(f"model {name!r} is already {state}")))
+                return
+            self.models[name] = "loading"
+            later = None if self.load_s is None else asyncio.get_running_loop().call_later(
+                self.load_s, self._loaded, msg)
+            self._loads[name] = (msg.id, later)
+        elif isinstance(msg, P.Evict):
+            if state is None:
+                await self.send(P.Error.of(msg.id, UnknownModelError(f"model {name!r} is not on this worker")))
+            elif state == "running":
+                await self.send(P.Error.of(msg.id, ModelStateError(f"model {name!r} is running; deactivate it "
+                                                                   "before evicting")))
+            else:
+                if state == "loading":
+                    pid, later = self._loads.pop(name)
+                    if later is not None:
+                        later.cancel()
+                    await self.send(P.Error.of(pid, CancelledError(f"prewarm of {name!r} was cancelled by an Evict")))
+                del self.models[name]
+                await self.send(P.Ok(id=msg.id))
+        elif isinstance(msg, P.Activate):
+            if state != "prewarmed":
+                await self.send(P.Error.of(msg.id, ModelStateError(f"model {name!r} is {state}")))
+                return
+            if self.activate_s:
+                await asyncio.sleep(self.activate_s.pop(0))
+            self.models[name] = "running"
+            await self.send(P.Activated(id=msg.id, name=name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
+        elif isinstance(msg, P.Deactivate):
+            if state != "running":
+                await self.send(P.Error.of(msg.id, ModelStateError(f"model {name!r} is not running")))
+                return
+            self.models[name] = "prewarmed"
+            await self.send(P.Ok(id=msg.id))
+        else:
+            await super().handle(msg)
+
+    def _loaded(self, msg: P.Prewarm) -> None:
+        if self._loads.get(msg.name, (None,))[0] == msg.id:
+            del self._loads[msg.name]
+            self.models[msg.name] = "prewarmed"
+            asyncio.get_running_loop().create_task(self.send(P.Prewarmed(
+                id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048, load_s=self.load_s)))
 
 
 class WorkerProc(subprocess.Popen):
@@ -100,21 +187,31 @@ class WorkerProc(subprocess.Popen):
         super().kill()
 
 
-async def peers_in_order(c: Controller, endpoint: str, *wids: str) -> list[Peer]:
+async def peers_in_order(c: Controller, endpoint: str, *wids: str, peer_cls=None) -> list[Peer]:
     """Peers admitted one after another, so that the i-th gets GPU id i. Two peers started together say Hello over
     two sockets, which the controller may read in either order; a test that expects the first one to be rank 0 of
     a group then waits for a message that goes to the other (a CI run hung so)."""
+    peer_cls = peer_cls or Peer
     peers = []
     for i, wid in enumerate(wids[:-1]):
-        peers.append(Peer(endpoint, wid))
+        peers.append(peer_cls(endpoint, wid))
         for _ in range(250):  # admitted (ready), not c.wait_for_workers: that one also starts the policy
             if sum(w.ready for w in c.hub.workers.values()) > i:
                 break
             await asyncio.sleep(0.02)
-    peers.append(Peer(endpoint, wids[-1]))
+    peers.append(peer_cls(endpoint, wids[-1]))
     await c.wait_for_workers(len(wids), 5)
     assert [c.by_gpu[g].ident.decode() for g in range(len(wids))] == list(wids)
     return peers
+
+
+def two_models(model, policy, pc=None, **cc):
+    """Models a (tp=1) and b (tp=2) of the demo checkpoint."""
+    a = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="a"))
+    b = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="b", tp=2))
+    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 1.5, "policy": policy,
+                             "policy_config": policy_config_from_dict({"window_s": 30, **(pc or {})}), **cc})
+    return Controller(ClusterConfig(models=(a.spec, b.spec), controller=cc), [a, b])
 
 
 def make_controller(model, policy_options=(), worker_page_bytes: int = 2 << 20, **ctl) -> Controller:
@@ -135,3 +232,19 @@ async def collect(req):
     async for t in req:
         out += t
     return out
+
+
+async def until(cond, timeout_s: float, step_s: float = 0.02) -> bool:
+    """Whether ``cond()`` held within ``timeout_s``."""
+    for _ in range(int(timeout_s / step_s)):
+        if cond():
+            return True
+        await asyncio.sleep(step_s)
+    return cond()
+
+
+def stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()

@@ -9,30 +9,10 @@ import subprocess
 import sys
 
 from warmserve import protocol as P
-from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
-from warmserve.controller.controller import Controller
-from warmserve.errors import ModelStateError
-from warmserve.policy.config import policy_config_from_dict
 from warmserve.protocol import SamplingParams
 
-from controller_harness import MODEL, Peer, WorkerProc, collect, make_controller, peers_in_order, run
-
-
-class GroupPeer(Peer):
-    """As a real worker: an Activate in a group it never joined is refused (worker/tp.py, GroupTable.get)."""
-
-    def __init__(self, *a, **k):
-        self.joined = set()
-        super().__init__(*a, **k)
-
-    async def send(self, msg):
-        if isinstance(msg, P.GroupJoined):
-            self.joined.add(msg.group_id)
-        if isinstance(msg, P.Activated):
-            act = next(m for m in reversed(self.got) if isinstance(m, P.Activate) and m.id == msg.id)
-            if act.group_id and act.group_id not in self.joined:
-                msg = P.Error.of(msg.id, ModelStateError(f"this worker is not in group {act.group_id!r}"))
-        await super().send(msg)
+from controller_harness import (MODEL, GroupPeer, Peer, WorkerProc, collect, make_controller, peers_in_order, run, stop,
+                                two_models, until)
 
 
 class SlowAdmissionPeer(Peer):
@@ -44,31 +24,6 @@ class SlowAdmissionPeer(Peer):
         if isinstance(msg, P.Stats) and msg.id:
             await asyncio.sleep(self.stats_delay_s)
         await super().send(msg)
-
-
-def two_models(model, policy, pc=None, **cc):
-    """Models a (tp=1) and b (tp=2) of the demo checkpoint."""
-    a = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="a"))
-    b = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name="b", tp=2))
-    cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 1.5, "policy": policy,
-                             "policy_config": policy_config_from_dict({"window_s": 30, **(pc or {})}), **cc})
-    return Controller(ClusterConfig(models=(a.spec, b.spec), controller=cc), [a, b])
-
-
-async def until(cond, timeout_s: float, step_s: float = 0.02) -> bool:
-    """Whether ``cond()`` held within ``timeout_s``."""
-    for _ in range(int(timeout_s / step_s)):
-        if cond():
-            return True
-        await asyncio.sleep(step_s)
-    return cond()
-
-
-def stop(procs) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
 
 
 def test_a_worker_replaced_by_a_fresh_engine_leaves_its_tp_groups(model):
