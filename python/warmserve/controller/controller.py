@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import subprocess
 import time
 
 from warmserve import protocol as P
@@ -481,4 +482,7 @@ def _reap(proc, graceful: bool = True) -> None:
         proc.wait(timeout=5.0)
     except Exception:
         proc.kill()
-        proc.wait()
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:  # stuck in the GPU driver: waiting on would hang the shutdown for good
+            log.warning("worker process %d did not exit after SIGKILL; left behind", proc.pid)

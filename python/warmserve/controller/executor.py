@@ -377,7 +377,9 @@ class LiveExecutor:
         loaded (the Activate may have gone out)."""
         log.warning("instance %s of %s on %r failed to start: %s", inst.iid, inst.model, inst.worker, e)
         ours = self.instances.pop(inst.iid, None) is not None
-        if loaded:
+        # (A record taken already was a loss's, which evicted the survivors, or a stop's, whose weights the driver
+        # keeps: a later start of the model may run from them, which a Deactivate and Evict here would end.)
+        if loaded and ours:
             # The weights got loaded: drop them, so the workers' memory matches the state again. An Evict is refused
             # while the model runs there, so deactivate first where the Activate may have run: every rank after a
             # tensor-parallel start (a half-done activation), and a tp = 1 worker that did not answer in time (it
@@ -393,8 +395,6 @@ class LiveExecutor:
             # A load went out (this start's, or the prewarm's it took) and did not end well on every shard: drop
             # what may be there (a shard that loaded, a load still under way: the Evict cancels it). Found in
             # review: a load that timed out was left to finish, its weights on the worker unknown to the driver.
-            # (A record taken already was a loss's, which evicted the survivors, or a stop's, whose weights the
-            # driver keeps.)
             self.evict_all(pw.holders(), inst.model)
         self.ctl.driver.instance_failed(inst.iid, self.ctl.now_s(), e)
 

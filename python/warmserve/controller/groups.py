@@ -93,8 +93,10 @@ class GroupManager:
         Nothing is sent from here: the LeaveGroups and Evicts go out once the caller's handling of the loss is over
         (``call_soon``, in the order above). A send that fails loses its worker at once, and that nested loss, found
         in review, routed its requests to ``w``'s instances (still in the driver's state) after the caller had taken
-        ``w``'s requests: they were dropped with ``w``, never answered. Messages the caller sends meanwhile go first:
-        Generates to live instances (a start's Prewarm and Activate are sent from its task, after these)."""
+        ``w``'s requests: they were dropped with ``w``, never answered. What the caller sends in the same step goes
+        first (Generates to live instances; in a tick, the tick's other actions). A late LeaveGroup cannot end a newer
+        group (it names the group by its build's id), and placement puts no second copy of a model where it runs, so
+        a late Evict finds no newer load of the model on these workers."""
         ctl = self.ctl
         later = asyncio.get_running_loop().call_soon
         self.drop(w)

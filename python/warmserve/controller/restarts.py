@@ -37,7 +37,8 @@ class WorkerRestarts:
         try:
             while not self.closing:
                 # A silent worker may still be running: stop it first, so its memory and device are free.
-                await asyncio.to_thread(_kill, proc)
+                if not await self._gone(proc):
+                    return
                 n = self._restarts.get(ident, 0)
                 self._restarts[ident] = n + 1
                 # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
@@ -158,6 +159,19 @@ class WorkerRestarts:
                                   f"(worker_start_timeout_s): its device is not free", worker_id=old.worker_id,
                                   pid=old.pid) from None
 
+    async def _gone(self, proc) -> bool:
+        """Kill ``proc`` (a lost worker's process) and wait until it has exited; False if the controller closes
+        first. Polled, not a blocking wait: a process SIGKILL does not end (stuck in the GPU driver) held a thread,
+        the restart and the controller's exit for good (found in review); nothing starts on its device meanwhile."""
+        if proc.poll() is None:
+            proc.kill()
+        while proc.poll() is None:
+            if self.closing:
+                log.warning("process %d did not exit after SIGKILL; the controller closes without it", proc.pid)
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     def _replace_failed(self, old: WorkerRecord, proc, error: BaseException) -> None:
         """A replacement that did not come up: its GPU is lost after all (whatever was starting there fails with
         it), and the worker is restarted with back-off as a new GPU, like any lost local worker."""
@@ -178,10 +192,3 @@ class WorkerRestarts:
         self._restart_later(old)
         if old.gpu_id is not None:
             self.driver.lose_gpus([old.gpu_id], self.now_s())
-
-
-def _kill(proc) -> None:
-    """Stop a process that should be gone (a lost worker) and reap it."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()

@@ -262,11 +262,14 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     ``total_rate_rps`` rescales all series together so the replayed span's expected total rate is that value.
     """
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
+    if history_days < 0:
+        raise InvalidArgumentError(f"history_days must be >= 0, got {history_days}")
     shift = max((s.day_shift for s in series), default=0)
     if start_s - (history_days + shift) * DAY_S - pre_s < 0:
         raise InvalidArgumentError(f"start_s={start_s} leaves no room for {history_days} history days (+{shift} "
-                                   f"days of shifted series) and pre_s={pre_s}: start at day {history_days + shift} "
-                                   f"or later, or give fewer history days")
+                                   f"days of shifted series) and pre_s={pre_s:g} s of warm-up: it needs start_s >= "
+                                   f"{(history_days + shift) * DAY_S + pre_s:.0f}; start later or give fewer history "
+                                   f"days")
     # expected total rate over the replayed span: windows without a row carry no traffic; an aggregate series
     # has one row per client and window, so rates are summed per window slot
     lo_slot = math.floor((start_s - sg.WINDOW_S) / sg.WINDOW_S) + 1

@@ -287,8 +287,10 @@ def test_a_close_whose_abort_loses_a_worker_sends_nothing_elsewhere(model):
             gone.close()  # its socket goes: a send to it fails (ROUTER_MANDATORY) once the disconnect is seen
             await asyncio.sleep(0.3)
             sent = sum(isinstance(m, P.Generate) for m in other.got)
+            assert c.metrics.workers_lost.get() == 0  # the loss comes from close()'s own Abort
             await c.close(drain=False)
             await asyncio.sleep(0.2)
+            assert c.metrics.workers_lost.get() == 1
             assert sum(isinstance(m, P.Generate) for m in other.got) == sent, "a request was sent on during close"
             assert c.metrics.rerouted.get(model=MODEL) == 0
             assert c.metrics.requests.get(model=MODEL, outcome="worker_lost") == 0
