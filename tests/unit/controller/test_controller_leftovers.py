@@ -223,6 +223,40 @@ def test_a_replaced_process_that_does_not_exit_fails_the_start(model):
     run(main())
 
 
+class UnkillableProc(StuckProc):
+    """A StuckProc that SIGTERM does not end either."""
+
+    def terminate(self):
+        if not self.stuck:
+            super().terminate()
+
+
+def test_a_process_that_never_exits_does_not_hold_the_controller_s_close(model):
+    """A lost worker's process that SIGKILL does not end: its restart waited in a thread for good, and close() too
+    (the shutdown hung). Now the restart gives up when the controller closes and close() leaves the process."""
+    async def main():
+        c = make_controller(model, policy="autoscale", restart_backoff_s=0.02)
+        ep = await c.start()
+        wid = "host-1-gpu0"
+        p = UnkillableProc([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+        p.peer = Peer(ep, wid, pid=p.pid, device="cuda:0")
+        c.local_spawn[wid.encode()] = lambda: None  # never reached: the restart waits for the exit first
+        c.local_procs[wid.encode()] = p
+        try:
+            await c.wait_for_workers(1, 5)
+            p.peer.close()
+            c.hub.lose(c.hub.workers[wid.encode()], "test: gone silent")  # its restart kills it: it stays
+            assert await until(lambda: c.restarting, 2)
+            await asyncio.sleep(0.3)
+            await asyncio.wait_for(c.close(drain=False), 15)  # hung for good before
+            assert p.poll() is None and not c.restarting
+        finally:
+            p.release()
+            p.wait()
+
+    run(main())
+
+
 class RefusedAdmissionPeer(Peer):
     """A worker whose admission fails (its answer to the admission's GetStats is an error)."""
 
