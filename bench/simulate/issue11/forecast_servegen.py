@@ -30,10 +30,13 @@ POLICIES = ("warmserve", "reactive", "engine-prewarm-only")
 
 
 def predictability(n_models: int, days: int = 14) -> list[dict]:
-    """Per replayed series (as scale_preset picks them): lag-1 window and lag-1 day correlation of the rate."""
+    """Per distinct replayed series (as scale_preset picks them; a day-shifted copy of one counts once): lag-1
+    window and lag-1 day correlation of the rate."""
     per_day = int(DAY_S // WINDOW_S)
     out = []
     for s in servegen_series(n_models, repeat_days=6)[:n_models]:
+        if s.day_shift:  # a client's own series again, days earlier (beyond the distinct ones): counted once
+            continue
         y = np.zeros(days * per_day)
         i = (np.asarray(s.t_s) // WINDOW_S).astype(int)
         ok = (i >= 0) & (i < len(y))
