@@ -5,6 +5,7 @@ controller with fast ticks, and the demo model's description."""
 import asyncio
 import dataclasses
 import subprocess
+import sys
 import time
 
 import zmq
@@ -185,6 +186,18 @@ class WorkerProc(subprocess.Popen):
         if self.peer is not None:
             self.peer.close()
         super().kill()
+
+
+def sleeper(cls=WorkerProc) -> WorkerProc:
+    """A real child process (it sleeps) standing for a local worker's; its scripted Peer speaks for it."""
+    return cls([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+
+
+def add_local_worker(c: Controller, wid: str, spawn) -> None:
+    """Make ``spawn`` the starter of local worker ``wid``'s process (what a restart or a replacement calls) and
+    start its first process, as launch does."""
+    c.local_spawn[wid.encode()] = spawn
+    c.local_procs[wid.encode()] = spawn()
 
 
 async def peers_in_order(c: Controller, endpoint: str, *wids: str, peer_cls=None) -> list[Peer]:

@@ -5,7 +5,6 @@ failure leaves on a worker can be read), and real child processes standing for l
 import asyncio
 import dataclasses
 import subprocess
-import sys
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
@@ -17,8 +16,8 @@ from warmserve.policy import actions as A
 from warmserve.policy.config import policy_config_from_dict
 from warmserve.protocol import SamplingParams
 
-from controller_harness import (MODEL, GroupPeer, Peer, TablePeer, WorkerProc, collect, make_controller,
-                                peers_in_order, run, stop, until)
+from controller_harness import (MODEL, GroupPeer, Peer, TablePeer, WorkerProc, add_local_worker, collect,
+                                make_controller, peers_in_order, run, sleeper, stop, until)
 
 
 class BreakingGroupPeer(GroupPeer):
@@ -199,13 +198,12 @@ def test_a_replaced_process_that_does_not_exit_fails_the_start(model):
 
         def spawn():
             cls = WorkerProc if procs else StuckProc
-            p = cls([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+            p = sleeper(cls)
             p.peer = Peer(ep, wid, pid=p.pid, device="cuda:0")
             procs.append(p)
             return p
 
-        c.local_spawn[wid.encode()] = spawn
-        c.local_procs[wid.encode()] = spawn()
+        add_local_worker(c, wid, spawn)
         try:
             await c.wait_for_workers(1, 5)
             req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))  # cold start: the process is replaced
@@ -238,7 +236,7 @@ def test_a_process_that_never_exits_does_not_hold_the_controller_s_close(model):
         c = make_controller(model, policy="autoscale", restart_backoff_s=0.02)
         ep = await c.start()
         wid = "host-1-gpu0"
-        p = UnkillableProc([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+        p = sleeper(UnkillableProc)
         p.peer = Peer(ep, wid, pid=p.pid, device="cuda:0")
         c.local_spawn[wid.encode()] = lambda: None  # never reached: the restart waits for the exit first
         c.local_procs[wid.encode()] = p
@@ -277,13 +275,12 @@ def test_a_replacement_lost_while_admitted_counts_one_loss(model):
         procs, wid = [], "host-1-cpu0"
 
         def spawn():
-            p = WorkerProc([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+            p = sleeper()
             p.peer = (RefusedAdmissionPeer if len(procs) == 1 else Peer)(ep, wid, pid=p.pid)
             procs.append(p)
             return p
 
-        c.local_spawn[wid.encode()] = spawn
-        c.local_procs[wid.encode()] = spawn()
+        add_local_worker(c, wid, spawn)
         try:
             await c.wait_for_workers(1, 5)
             req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))  # cold start: the process is replaced

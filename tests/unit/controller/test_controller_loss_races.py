@@ -5,14 +5,12 @@ processes standing for local workers (controller_harness.WorkerProc)."""
 import asyncio
 import dataclasses
 import logging
-import subprocess
-import sys
 
 from warmserve import protocol as P
 from warmserve.protocol import SamplingParams
 
-from controller_harness import (MODEL, GroupPeer, Peer, WorkerProc, collect, make_controller, peers_in_order, run, stop,
-                                two_models, until)
+from controller_harness import (MODEL, GroupPeer, Peer, add_local_worker, collect, make_controller, peers_in_order, run,
+                                sleeper, stop, two_models, until)
 
 
 class SlowAdmissionPeer(Peer):
@@ -38,7 +36,7 @@ def test_a_worker_replaced_by_a_fresh_engine_leaves_its_tp_groups(model):
 
         def spawner(wid):
             def spawn():
-                p = WorkerProc([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+                p = sleeper()
                 p.peer = GroupPeer(ep, wid, pid=p.pid)
                 procs.append(p)
                 return p
@@ -46,8 +44,7 @@ def test_a_worker_replaced_by_a_fresh_engine_leaves_its_tp_groups(model):
 
         try:
             for i, wid in enumerate(["host-1-cpu0", "host-1-cpu1"]):  # admitted in order: GPU ids 0, 1
-                c.local_spawn[wid.encode()] = spawner(wid)
-                c.local_procs[wid.encode()] = c.local_spawn[wid.encode()]()
+                add_local_worker(c, wid, spawner(wid))
                 await until(lambda: sum(w.ready for w in c.hub.workers.values()) > i, 5)
             await c.wait_for_workers(2, 5)
             await until(lambda: c.groups.groups and all(r.ready for r in c.groups.groups.values()), 4)
@@ -76,7 +73,7 @@ def test_a_remote_loss_while_a_fresh_engine_starts_fails_no_waiting_request(mode
         procs, loop, wid = [], asyncio.get_running_loop(), "host-1-cpu0"
 
         def spawn():
-            p = WorkerProc([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+            p = sleeper()
             if not procs:
                 p.peer = Peer(ep, wid, pid=p.pid)
             else:  # the fresh engine comes up in 2.5 s (a GPU engine: tens of seconds)
@@ -84,8 +81,7 @@ def test_a_remote_loss_while_a_fresh_engine_starts_fails_no_waiting_request(mode
             procs.append(p)
             return p
 
-        c.local_spawn[wid.encode()] = spawn
-        c.local_procs[wid.encode()] = spawn()
+        add_local_worker(c, wid, spawn)
         remote = None
         try:
             await c.wait_for_workers(1, 5)
@@ -231,7 +227,7 @@ def test_a_restarted_worker_that_says_hello_near_its_deadline_is_admitted_not_ki
             p.peer.stats_delay_s = delay_s
 
         def spawn():
-            p = WorkerProc([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+            p = sleeper()
             if not procs:
                 peer_of(p, 0.0)
             else:  # Hello 1 s before the deadline; the admission's GetStats answered 1 s after it
@@ -239,8 +235,7 @@ def test_a_restarted_worker_that_says_hello_near_its_deadline_is_admitted_not_ki
             procs.append(p)
             return p
 
-        c.local_spawn[wid.encode()] = spawn
-        c.local_procs[wid.encode()] = spawn()
+        add_local_worker(c, wid, spawn)
         try:
             await c.wait_for_workers(1, 5)
             procs[0].kill()  # the heartbeat loop's poll finds it exited: lost, and restarted

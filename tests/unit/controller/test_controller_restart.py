@@ -2,10 +2,8 @@
 processes stand for the worker processes, and a scripted peer per process speaks for it over ZeroMQ."""
 
 import asyncio
-import subprocess
-import sys
 
-from controller_harness import MODEL, Peer, WorkerProc, make_controller, run
+from controller_harness import MODEL, Peer, WorkerProc, make_controller, run, sleeper
 
 WID = "host-1-cpu0"
 
@@ -20,7 +18,7 @@ def test_a_restarted_worker_replaced_the_moment_it_is_admitted_stays_one_process
         procs: list[WorkerProc] = []
 
         def spawn():
-            p = WorkerProc([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+            p = sleeper()
             p.peer = Peer(ep, WID, pid=p.pid)
             procs.append(p)
             return p
