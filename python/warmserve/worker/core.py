@@ -169,8 +169,12 @@ class WorkerCore(ShardRoles):
         """Abort everything and free every page (Shutdown, or the end of an in-process worker)."""
         for key in list(self.generations):
             self._finish_aborted(key)
-        for inst in list(self.instances.values()):
-            self._close_instance(inst, wait_s=1.0)
+        # A follower whose thread still steps after a second keeps its engine and weights (never closed under a
+        # step; the process's exit frees them); its pending Deactivates are answered all the same.
+        left = [i for i in list(self.instances.values()) if not self._close_instance(i, wait_s=1.0)]
+        for inst in left:
+            log.warning("tensor-parallel follower of %s still steps: its engine is left open", inst.name)
+            self._answer_deactivates(inst)
         self.instances.clear()
         self.groups.close()
         for m in list(self.models.values()):
@@ -180,7 +184,10 @@ class WorkerCore(ShardRoles):
                     self._close_model(m.job.wait(30.0))  # a load that finished before cancel() reached it
                 except Exception:  # cancelled loads end in CancelledError; anything else is moot at close
                     pass
-            elif m.lm is not None:
+                if m.origin is not None:
+                    self.emit(m.origin[0], P.Error.of(m.origin[1], errors.CancelledError(
+                        f"prewarm of {m.name!r} was cancelled: the worker closed", model=m.name)))
+            elif m.lm is not None and m.name not in {i.name for i in left}:
                 self._close_model(m.lm)
         self.models.clear()
 
@@ -291,7 +298,7 @@ class WorkerCore(ShardRoles):
         inst = self._instance(msg.name)
         if inst.follower and inst.tp.running:
             # Answered once the leader's stop (or the group's failure) ends the follower's loop: _tp_housekeeping.
-            inst.tp.deactivate = (peer, msg.id)
+            inst.tp.deactivates.append((peer, msg.id))
             return
         aborted = [key for key, (name, _) in self.generations.items() if name == inst.name]
         for key in aborted:
@@ -299,18 +306,20 @@ class WorkerCore(ShardRoles):
         self._close_instance(inst)
         self.emit(peer, P.Deactivated(id=msg.id, name=inst.name, aborted=len(aborted)))
 
-    def _close_instance(self, inst: _Instance, wait_s: float = 0.0) -> None:
-        """Close an instance's engine (a leader tells its followers to stop first) and keep its weights."""
+    def _close_instance(self, inst: _Instance, wait_s: float = 0.0) -> bool:
+        """Close an instance's engine (a leader tells its followers to stop first) and keep its weights. A
+        follower's engine is never closed under a step of its thread (waits wait_s at most): False then, and the
+        instance stays listed, its model running (nothing binds or maps them) until _tp_housekeeping closes it
+        once the thread has ended (at the leader's next plan, which it answers as a lost rank)."""
         if inst.tp is not None and not inst.follower and inst.broken is None:
             try:
                 inst.tp.send(inst.engine, stop=True)
             except Exception as e:  # a rank is gone already: nobody to tell
                 log.info("stop of tensor-parallel instance %s not delivered: %s", inst.name, e)
-        if inst.follower:
-            inst.tp.closing = True
-            if wait_s and not inst.tp.join(wait_s):
-                log.warning("tensor-parallel follower of %s still waits for its leader; closing anyway", inst.name)
-        inst.engine.close()
+        if not inst.follower:
+            inst.engine.close()
+        elif not inst.tp.close_engine(wait_s):
+            return False
         self.instances.pop(inst.name, None)
         m = self.models.get(inst.name)
         if m is not None:
@@ -319,6 +328,8 @@ class WorkerCore(ShardRoles):
                 # Unbind the group, so a LeaveGroup frees it then (gloo's teardown takes milliseconds), not the
                 # next activation that binds another group.
                 m.lm.parallel = None
+        self._answer_deactivates(inst)
+        return True
 
     def _generate(self, peer, msg: P.Generate) -> None:
         key = (peer, msg.id)
@@ -389,11 +400,7 @@ class WorkerCore(ShardRoles):
             self._tp_failed(inst, errors.WorkerLostError(
                 f"group {msg.group_id!r} was dropped: a rank of the instance of {inst.name!r} is gone",
                 group_id=msg.group_id))
-            self._close_instance(inst, wait_s=0.0 if inst.follower and inst.tp.running else 1.0)
-            if inst.follower and inst.tp.deactivate is not None:  # _tp_housekeeping no longer sees the instance
-                dpeer, rid = inst.tp.deactivate
-                inst.tp.deactivate = None
-                self.emit(dpeer, P.Deactivated(id=rid, name=inst.name, aborted=0))
+            self._close_instance(inst)  # a follower mid-step: closed by _tp_housekeeping once its thread ends
         self.groups.leave(msg.group_id)
         self.emit(peer, P.Ok(id=msg.id))
 

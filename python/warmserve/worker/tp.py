@@ -165,6 +165,10 @@ class BudgetMapper:
         return self.inner.pages_mapped
 
 
+class _RankClosed(errors.ModelStateError):
+    """This follower was closed on its worker (LeaveGroup, shutdown): its leader sees a lost rank."""
+
+
 def grow_together(engine, group, error: BaseException | None = None) -> int:
     """Agree that every rank applied the plan, then map the same number of KV blocks on every rank (see the
     module's docstring); every rank calls it at the same point, with the same engine state. error: why this rank
@@ -186,9 +190,13 @@ def grow_together(engine, group, error: BaseException | None = None) -> int:
     # One collective per plan, on the CPU control group, even with nothing to map: a rank that failed alone would
     # otherwise leave the others in the step's collectives, which NCCL never fails but its watchdog ends the
     # whole worker for (found in review). It carries the map count too, so a plan that maps costs no more.
-    ok, n = group.min_ints([int(error is None), can])
+    # 1: applied; 0: could not (the ranks diverged); -1: this rank was closed on its worker (a lost rank).
+    ok, n = group.min_ints([1 if error is None else -1 if isinstance(error, _RankClosed) else 0, can])
     if error is not None:
         raise error
+    if ok == -1:
+        raise errors.WorkerLostError(f"a rank of group {group.group_id} was closed on its worker: the instance "
+                                     "stops", group_id=group.group_id)
     if ok != 1:
         raise RanksDivergedError(f"another rank of group {group.group_id} could not apply the leader's plan (its "
                                  "worker logs why): the instance stops", group_id=group.group_id)
@@ -250,11 +258,15 @@ class Follower:
         self.name, self.group, self.engine = name, group, engine
         #: Why the loop ended, when it ended on an error (the group failed, or the plans diverged).
         self.error: BaseException | None = None
-        #: Set before the worker closes the engine: the loop must not step it again.
+        #: Set before the worker closes the engine: the loop must not touch it again.
         self.closing = False
-        #: (peer, request id) of a Deactivate answered once the loop has ended.
-        self.deactivate: tuple | None = None
+        #: (peer, request id) of each Deactivate answered once the loop has ended.
+        self.deactivates: list[tuple] = []
         self.steps = 0
+        #: Held by the loop while it touches the engine (apply, grow, step); the worker closes the engine only
+        #: holding it (close_engine), never under a step (found in review: a LeaveGroup mid-step unmapped the KV
+        #: pages under the running forward, SIGSEGV).
+        self.lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=f"tp-follower-{name}", daemon=True)
         self._thread.start()
 
@@ -265,6 +277,19 @@ class Follower:
     def join(self, timeout_s: float) -> bool:
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
+
+    def close_engine(self, wait_s: float = 0.0) -> bool:
+        """Stop the loop from touching the engine again and close it, unless the loop is stepping it now (waits
+        at most wait_s for that step): False then, and the engine is still open; it is closed after the loop
+        ends (it ends at the leader's next plan, telling the leader this rank was closed, or when the group fails)."""
+        self.closing = True
+        if not (self.lock.acquire(timeout=wait_s) if wait_s > 0 else self.lock.acquire(blocking=False)):
+            return False
+        try:
+            self.engine.close()
+        finally:
+            self.lock.release()
+        return True
 
     def _apply(self, plan: RankStep) -> None:
         """The leader's changes, in its order; and the step counters must agree before a step."""
@@ -288,23 +313,29 @@ class Follower:
                 import torch
 
                 torch.cuda.set_device(self.group.device)
-            while not self.closing:
+            while True:  # a close between two plans is told to the leader with the next one
                 plan = recv_plan(self.group)
                 if plan.stop:
                     return
-                if self.closing:  # closed here (LeaveGroup, shutdown): say so, so the leader stops at once
-                    grow_together(eng, self.group, errors.ModelStateError(
-                        f"rank {self.group.rank} of {self.name!r} was closed on its worker"))
-                    return
-                local = None
+                with self.lock:
+                    if not self.closing:
+                        local = None
+                        try:
+                            self._apply(plan)
+                        except Exception as e:  # told to the other ranks in grow_together, then raised there
+                            local = e
+                        grow_together(eng, self.group, local)
+                        if plan.run:
+                            eng.step()
+                            self.steps += 1
+                        continue
+                # Closed on this worker (LeaveGroup, shutdown): say so, so the leader stops at once with a lost rank
+                # (grow_together does not touch the engine of a rank that reports an error).
                 try:
-                    self._apply(plan)
-                except Exception as e:  # told to the other ranks in grow_together, then raised there
-                    local = e
-                grow_together(eng, self.group, local)
-                if plan.run:
-                    eng.step()
-                    self.steps += 1
+                    grow_together(eng, self.group, _RankClosed(f"rank {self.group.rank} of {self.name!r} was "
+                                                               "closed on its worker"))
+                except _RankClosed:
+                    return
         except Exception as e:  # the group failed (a rank is gone) or the ranks diverged: the instance is over
             self.error = e if isinstance(e, errors.WarmServeError) else lost(self.name, self.group, e)
             log.warning("tensor-parallel follower of %s stopped: %s", self.name, self.error)
@@ -512,6 +543,12 @@ class ShardRoles:
                 f"the tensor-parallel instance of {inst.name!r} on worker {self.worker_id} lost a rank "
                 f"({inst.broken}); deactivate it", model=inst.name)
 
+    def _answer_deactivates(self, inst) -> None:
+        """A follower's Deactivates that waited for its loop to end (all of them: a second one too)."""
+        while inst.follower and inst.tp.deactivates:
+            peer, rid = inst.tp.deactivates.pop(0)
+            self.emit(peer, P.Deactivated(id=rid, name=inst.name, aborted=0))
+
     def _tp_failed(self, inst, e: BaseException) -> None:
         """A leader's group failed: answer its requests with the typed error; the instance takes no more."""
         err = e if isinstance(e, errors.WarmServeError) else lost(inst.name, inst.tp.group, e)
@@ -524,19 +561,18 @@ class ShardRoles:
         inst.requests.clear()
 
     def _tp_housekeeping(self) -> None:
-        """Keep-alives of idle leaders; followers whose loop ended (answer a pending Deactivate)."""
+        """Keep-alives of idle leaders; followers whose loop ended: closed if a close waited for that (LeaveGroup
+        mid-step) or a Deactivate did (answered)."""
         now = time.monotonic()
         for inst in list(self.instances.values()):
-            if inst.tp is None or inst.broken is not None:
-                continue
             if inst.follower:
                 if not inst.tp.running:
-                    inst.broken = inst.tp.error or errors.WorkerLostError("stopped by its leader")
-                    if inst.tp.deactivate is not None:
-                        peer, rid = inst.tp.deactivate
+                    if inst.broken is None:
+                        inst.broken = inst.tp.error or errors.WorkerLostError("stopped by its leader")
+                    if inst.tp.closing or inst.tp.deactivates:
                         self._close_instance(inst)
-                        self.emit(peer, P.Deactivated(id=rid, name=inst.name, aborted=0))
-            elif not inst.requests and not inst.engine.has_unfinished() and inst.tp.idle_due(now):
+            elif (inst.tp is not None and inst.broken is None and not inst.requests
+                  and not inst.engine.has_unfinished() and inst.tp.idle_due(now)):
                 try:
                     inst.tp.send(inst.engine)
                 except Exception as e:  # a rank is gone

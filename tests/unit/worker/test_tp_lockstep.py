@@ -71,3 +71,53 @@ def test_a_follower_that_cannot_apply_a_plan_stops_every_rank_at_once(ranks):
     lead.deactivate(MODEL)
     follow.deactivate(MODEL)
     assert lead.stats().instances == [] and follow.stats().instances == []
+
+
+def _tick_until(worker, done, timeout_s: float = 10.0) -> None:
+    """Tick an in-process worker (as its server loop does) until done() or the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        worker.core.tick()
+        time.sleep(0.01)
+
+
+def test_every_deactivate_a_running_follower_waits_with_is_answered(ranks):
+    lead, follow = ranks
+    got = []
+    follow.core.emit = lambda peer, msg: got.append(msg)
+    # Two Deactivates while the follower's thread runs: each waits for the leader's stop (found in review: the
+    # second overwrote the first, which was never answered).
+    follow.core.handle(b"ctl", P.Deactivate(id=901, name=MODEL))
+    follow.core.handle(b"ctl", P.Deactivate(id=902, name=MODEL))
+    assert got == []
+    lead.deactivate(MODEL)
+    _tick_until(follow, lambda: len(got) >= 2)
+    assert sorted((type(m).__name__, m.id) for m in got) == [("Deactivated", 901), ("Deactivated", 902)]
+    assert follow.core.instances == {} and follow.core.models[MODEL].state == "prewarmed"
+
+
+def test_a_follower_left_mid_step_is_closed_only_once_its_thread_is_out_of_the_engine(ranks):
+    lead, follow = ranks
+    f_inst = follow.core.instances[MODEL]
+    got = []
+    with f_inst.tp.lock:  # as the follower's thread holds it while it steps
+        follow.leave_group("g")
+        # Not closed under the step: the instance stays, its model running, so nothing binds or maps them.
+        assert not f_inst.engine.closed and follow.core.instances[MODEL] is f_inst
+        with pytest.raises(errors.ModelStateError):
+            follow.activate(MODEL)
+        follow.core.emit = lambda peer, msg: got.append(msg)
+        follow.core.handle(b"ctl", P.Deactivate(id=903, name=MODEL))  # answered once the engine is closed
+        follow.core.tick()
+        assert got == [] and not f_inst.engine.closed
+    t0 = time.monotonic()
+    # The leader's next plan ends the follower's loop, which tells it this rank was closed: a lost rank.
+    with pytest.raises(errors.WorkerLostError):
+        lead.generate(MODEL, [1, 2, 3], GREEDY).collect()
+    assert time.monotonic() - t0 < GROUP_TIMEOUT_S / 2
+    assert f_inst.tp.join(5.0)
+    _tick_until(follow, lambda: not follow.core.instances)
+    assert f_inst.engine.closed and [(type(m).__name__, m.id) for m in got] == [("Deactivated", 903)]
+    st = follow.core.stats()
+    assert st.instances == [] and [m.state for m in st.models] == ["prewarmed"]
+    assert st.pool.free_pages + sum(m.pages for m in st.models) == st.pool.total_pages  # no KV page left mapped
