@@ -281,6 +281,21 @@ class KVCache:
         heapq.heapify(self._free)
         return len(victims)
 
+    def unmap_free(self, blocks: list[int]) -> None:
+        """Unmap these free mapped blocks now, whatever the target (pages back to the pool): a tensor-parallel
+        rank that mapped more than the others could gives its surplus back, so every rank holds the same blocks."""
+        drop = set(blocks)
+        bad = sorted(drop - set(self._free)) if self.mapper is not None else sorted(drop)
+        if bad:
+            raise InvalidArgumentError(f"{len(bad)} KV blocks (first {bad[:5]}) are not free mapped blocks of a paged "
+                                       "cache: only those can be unmapped (free them first)", blocks=bad[:16])
+        for b in drop:
+            self.mapper.unmap_block(b)
+            self.mapped[b] = False
+            heapq.heappush(self._unmapped, b)
+        self._free = [b for b in self._free if b not in drop]
+        heapq.heapify(self._free)
+
     def grow(self, max_blocks: int | None = None) -> int:
         """Map free blocks up to the target, at most max_blocks (default map_blocks_per_step) per call: mapping
         is throttled so it does not stall a step. Stops quietly when the pool has no free page."""

@@ -19,7 +19,9 @@ Why KV blocks are mapped together: a rank's scheduler preempts when its KV cache
 pool is fuller would preempt where the others do not. So no rank maps a block on its own (``BudgetMapper``
 refuses any map outside a budget, so the engine's lazy mapping never happens): once a plan is applied every rank
 computes the same want (its engine state is the same), the ranks agree on how many they can all map (the
-all-reduce above carries each rank's count), and each maps exactly that many (``grow_together``). Shrinking (a lower KV
+all-reduce above carries each rank's count), and each maps that many (``grow_together``). A rank whose pool lost
+pages since it counted them (a load beside it) maps fewer: then every rank keeps the fewest any mapped, the same
+first blocks, and unmaps the rest. Shrinking (a lower KV
 target) unmaps free blocks beyond the target, the same blocks on every rank. So the KV reservation works as for
 tp = 1: ``SetKvTarget`` goes to the leader, which applies it and passes it on in order with the requests.
 
@@ -173,7 +175,7 @@ def grow_together(engine, group, error: BaseException | None = None) -> int:
     """Agree that every rank applied the plan, then map the same number of KV blocks on every rank (see the
     module's docstring); every rank calls it at the same point, with the same engine state. error: why this rank
     could not apply the plan (it still takes part, so no rank is left alone in a collective). Raises ``error``
-    here, RanksDivergedError on the other ranks. Returns blocks mapped."""
+    here, RanksDivergedError on the other ranks. Returns blocks mapped (the same on every rank)."""
     kv = engine.kv
     can = 0
     if error is None:
@@ -202,6 +204,7 @@ def grow_together(engine, group, error: BaseException | None = None) -> int:
                                  "worker logs why): the instance stops", group_id=group.group_id)
     if n <= 0:
         return 0
+    blocks = kv.next_unmapped(n)  # what grow() maps, in this order, on every rank
     kv.mapper.budget, target = n, kv.target_free_blocks
     kv.target_free_blocks = max(target, kv.num_free_mapped + n)  # grow() maps up to the target only
     failed = None
@@ -211,12 +214,21 @@ def grow_together(engine, group, error: BaseException | None = None) -> int:
         got, failed = -1, e
     finally:
         kv.mapper.budget, kv.target_free_blocks = 0, target
-    if group.min_int(int(got == n)) != 1:  # a load beside it took the pages meanwhile, or a map failed
-        if failed is not None:
-            raise failed
-        raise RanksDivergedError(f"rank {group.rank} mapped {got} of the {n} KV blocks its ranks agreed on (or "
-                                 "another rank could not map them): the instance stops", agreed=n, mapped=got)
-    return got
+    # A load beside this rank (a prewarm's loader thread) may have taken pages since it counted them: it maps
+    # fewer, and stopped quietly where the pool ran out. The ranks keep the fewest any of them mapped (the same
+    # first blocks everywhere) and the others unmap the rest, so the instance serves on with the smaller cache
+    # and grows again on later plans (found in review: the instance ended with RanksDivergedError).
+    ok, least = group.min_ints([int(failed is None), got])
+    if failed is not None:
+        raise failed
+    if ok != 1:
+        raise RanksDivergedError(f"another rank of group {group.group_id} failed mapping the {n} KV blocks its "
+                                 "ranks agreed on (its worker logs why): the instance stops", agreed=n)
+    if got > least:
+        kv.unmap_free(blocks[least:got])
+        log.info("rank %d of group %s mapped %d of %d KV blocks, another rank %d (its pool ran short): gave %d "
+                 "back", group.rank, group.group_id, got, n, least, got - least)
+    return least
 
 
 class Leader:
