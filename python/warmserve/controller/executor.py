@@ -62,11 +62,13 @@ def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
 class LiveInstance:
     """An instance as the controller tracks it on its workers (one per rank; ``worker`` is rank 0's)."""
 
-    __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost")
+    __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost", "activating")
 
     def __init__(self, iid: str, model: str, workers: list[WorkerRecord]):
         self.iid, self.model, self.workers = iid, model, workers
         self.ready = False
+        #: Its Activate has gone out (a stop must deactivate it from then on).
+        self.activating = False
         #: The process group of a tensor-parallel instance ("" at tp = 1).
         self.group_id = ""
         #: Its rank 0 reported a lost rank (groups.GroupManager.rank_lost): its requests move as after a loss.
@@ -143,6 +145,9 @@ class LiveExecutor:
         self.prewarms: dict[str, LivePrewarm] = {}
         #: Workers (by id) already logged as unable to start a fresh engine process (remote ones): logged once.
         self._in_process_noted: set[str] = set()
+        #: The load of each start still under way, by instance id: a prewarm that keeps a stopped start's weights
+        #: takes it over (keep_prewarm).
+        self._loads: dict[str, LivePrewarm] = {}
 
     def _workers(self, gpus: tuple[int, ...]) -> list[WorkerRecord]:
         """The workers of ``gpus``, rank order (the policy's order of the GPU set, kept for its whole life)."""
@@ -188,27 +193,31 @@ class LiveExecutor:
                 driver.prewarm_progress(pw.pid, min(0.999, msg.loaded_bytes / msg.total_bytes))
 
         pw.start(self.ctl, progress)
+        self._watch(pw)
 
-        async def outcome():
-            try:
-                await pw.wait(LOAD_TIMEOUT_S)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if pw.pid in driver.state.prewarms and all(w.alive for w in pw.workers):
-                    log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.workers, e)
-                    driver.prewarm_failed(pw.pid)
-                    self.prewarms.pop(pw.pid, None)
-                    self.evict_all(pw.workers, pw.model)  # the shards that did load
-                return
-            pw.loaded = True
-            if pw.pid in driver.state.prewarms:
-                driver.prewarm_loaded(pw.pid)
-
+    def _watch(self, pw: LivePrewarm) -> None:
+        """Report the outcome of a prewarm's load (``pw.futs``) to the driver."""
         if len(pw.futs) == 1:
-            self._one_done(pw, driver)
+            self._one_done(pw, self.ctl.driver)
         else:
-            self.ctl._spawn(outcome())
+            self.ctl._spawn(self._outcome(pw, self.ctl.driver))
+
+    async def _outcome(self, pw: LivePrewarm, driver) -> None:
+        """A tensor-parallel prewarm's outcome, once every shard is loaded or one failed."""
+        try:
+            await pw.wait(LOAD_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if pw.pid in driver.state.prewarms and all(w.alive for w in pw.workers):
+                log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.workers, e)
+                driver.prewarm_failed(pw.pid)
+                self.prewarms.pop(pw.pid, None)
+                self.evict_all(pw.workers, pw.model)  # the shards that did load
+            return
+        pw.loaded = True
+        if pw.pid in driver.state.prewarms:
+            driver.prewarm_loaded(pw.pid)
 
     def _one_done(self, pw: LivePrewarm, driver) -> None:
         """A whole-model prewarm: its outcome from the one reply, in the reply's callback (no task), or a failure
@@ -246,7 +255,15 @@ class LiveExecutor:
     def keep_prewarm(self, p: PrewarmState, kept: KeptWeights, now_s: float) -> None:
         # a stopped instance's weights, still on the worker (Deactivate keeps them): nothing to copy
         pw = self.prewarms[p.prewarm_id] = LivePrewarm(p.prewarm_id, p.model, self._workers(p.gpus))
-        pw.loaded = True
+        load = self._loads.get(kept.instance_id)
+        if load is not None and load.futs:
+            # Stopped before its load ended: the weights are there once that load is, and its outcome is this
+            # prewarm's. A start from it waits for it: taken as loaded, its Activate reached a worker still loading
+            # and was refused.
+            pw.futs = load.futs
+            self._watch(pw)
+        else:
+            pw.loaded = True
 
     def drop_prewarm(self, p: PrewarmState, evicted: bool, now_s: float) -> None:
         pw = self.prewarms.pop(p.prewarm_id, None)
@@ -265,10 +282,22 @@ class LiveExecutor:
         (self.ctl.metrics.prewarm_hits if pw is not None else self.ctl.metrics.prewarm_misses).inc(model=inst.model)
         self.ctl._spawn(self._start(rec, pw, act))
 
+    def _withdrawn(self, inst: LiveInstance) -> bool:
+        """Whether the driver no longer wants the starting ``inst``: stopped, or lost with a worker (either takes its
+        record). What it loaded is then the driver's: kept weights (dropped at the end of the tick, or kept as a
+        prewarm), or evicted with the loss."""
+        return self.instances.get(inst.iid) is not inst or inst.iid not in self.ctl.driver.state.instances
+
     async def _start(self, inst: LiveInstance, pw: LivePrewarm | None, act: A.StartInstance) -> None:
-        if len(inst.workers) > 1:
-            await self._start_tp(inst, pw, act)
-            return
+        try:
+            if len(inst.workers) > 1:
+                await self._start_tp(inst, pw, act)
+            else:
+                await self._start_one(inst, pw, act)
+        finally:
+            self._loads.pop(inst.iid, None)
+
+    async def _start_one(self, inst: LiveInstance, pw: LivePrewarm | None, act: A.StartInstance) -> None:
         ctl, w = self.ctl, inst.worker
         hub = ctl.hub
         loaded = False
@@ -280,15 +309,22 @@ class LiveExecutor:
             if pw is None:
                 pw = LivePrewarm(act.instance_id, act.model, [w])
                 pw.start(ctl)
+            self._loads[inst.iid] = pw
             if not pw.loaded:
                 await pw.wait(LOAD_TIMEOUT_S)
             loaded = True
+            if self._withdrawn(inst):
+                # Found in review: the Activate went out regardless, and a start stopped while it loaded ran on the
+                # worker, unrouted, where the driver kept its weights as a prewarm (or had them evicted).
+                log.info("instance %s of %s: not activated, withdrawn while it loaded", inst.iid, inst.model)
+                return
             kv_blocks, shared = None, act.kv_fraction < 1.0
             if shared:
                 # A share never below one request at the model's full context: the API accepts such a request, so
                 # a co-served instance must be able to run it (the engine refuses what its KV cap cannot hold).
                 full = blocks_for_tokens(ctl.models[act.model].max_context, KV_BLOCK_TOKENS)
                 kv_blocks = max(full, kv_blocks_for(ctl.driver.state, act.model, act.gpus, act.kv_fraction))
+            inst.activating = True
             reply = await hub.call(w, ctl.activate_message(act.model, kv_blocks, shared), CALL_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
@@ -317,10 +353,15 @@ class LiveExecutor:
             if pw is None:
                 pw = LivePrewarm(act.instance_id, act.model, list(inst.workers))
                 pw.start(ctl)
+            self._loads[inst.iid] = pw
             if not pw.loaded:
                 await pw.wait(LOAD_TIMEOUT_S)
             loaded = True
+            if self._withdrawn(inst):  # as in _start_one; a rank lost meanwhile left the others a group without it
+                log.info("instance %s of %s: not activated, withdrawn while it loaded", inst.iid, inst.model)
+                return
             inst.group_id = group.group_id
+            inst.activating = True
             replies = await asyncio.gather(*(
                 ctl.hub.call(w, ctl.activate_message(act.model, None, False, group.group_id), CALL_TIMEOUT_S)
                 for w in inst.workers))
@@ -375,8 +416,11 @@ class LiveExecutor:
     def _failed(self, inst: LiveInstance, e: BaseException, pw: LivePrewarm | None, loaded: bool) -> None:
         """A start failed. ``pw``: the load it made or took (None: none went out); ``loaded``: every shard of it
         loaded (the Activate may have gone out)."""
-        log.warning("instance %s of %s on %r failed to start: %s", inst.iid, inst.model, inst.worker, e)
         ours = self.instances.pop(inst.iid, None) is not None
+        # (not ours: stopped or lost while it started, and ended by that, e.g. its load cancelled by the Evict of
+        # the weights the stop kept; nothing failed)
+        log.log(logging.WARNING if ours else logging.INFO, "instance %s of %s on %r %s: %s", inst.iid, inst.model,
+                inst.worker, "failed to start" if ours else "ended while it started", e)
         # (A record taken already was a loss's, which evicted the survivors, or a stop's, whose weights the driver
         # keeps: a later start of the model may run from them, which a Deactivate and Evict here would end.)
         if loaded and ours:
@@ -400,8 +444,8 @@ class LiveExecutor:
 
     def stop_instance(self, inst: InstanceState, now_s: float) -> None:
         rec = self.instances.pop(inst.instance_id, None)
-        if rec is None:
-            return
+        if rec is None or not rec.activating:
+            return  # still starting: it sends no Activate now (_withdrawn), and the worker has nothing to deactivate
         # Deactivate keeps the weights resident: a Prewarm that keeps them takes them as they are; otherwise
         # the driver drops them (drop_kept) at the end of the next tick. Rank 0 first: it tells the others to stop.
         for w in rec.workers:

@@ -112,7 +112,10 @@ class WorkerRestarts:
             # a GPU worker's waits for the exit, since its pool is sized from the device memory then free.
             old.proc.kill()
             if old.device.startswith("cpu"):
-                self._spawn(asyncio.to_thread(old.proc.wait))
+                # Reaped by polling (_gone), logged when late. Found in review: a thread's unbounded wait held, for
+                # a process SIGKILL does not end (uninterruptible sleep), a default-executor thread until it
+                # exited, and asyncio.run's shutdown of that executor waited for it: the controller's exit hung.
+                self._spawn(self._gone(old.proc, f"the replaced process of {old!r}"))
             else:
                 await self._exited(old)
             t1 = time.monotonic()
@@ -159,16 +162,24 @@ class WorkerRestarts:
                                   f"(worker_start_timeout_s): its device is not free", worker_id=old.worker_id,
                                   pid=old.pid) from None
 
-    async def _gone(self, proc) -> bool:
-        """Kill ``proc`` (a lost worker's process) and wait until it has exited; False if the controller closes
-        first. Polled, not a blocking wait: a process SIGKILL does not end (stuck in the GPU driver) held a thread,
-        the restart and the controller's exit for good (found in review); nothing starts on its device meanwhile."""
+    async def _gone(self, proc, what: str = "a lost worker's process") -> bool:
+        """Kill ``proc`` (``what``: a lost worker's process, or a replaced one's) and wait until it has exited; False
+        if the controller closes first. Polled, not a blocking wait: a process SIGKILL does not end (stuck in the GPU
+        driver) held a thread, the restart and the controller's exit for good (found in review); nothing starts on
+        its device meanwhile. Logged once when it has not exited within worker_start_timeout_s."""
         if proc.poll() is None:
             proc.kill()
+        limit = self.config.worker_start_timeout_s
+        late_s: float | None = time.monotonic() + limit
         while proc.poll() is None:
             if self.closing:
                 log.warning("process %d did not exit after SIGKILL; the controller closes without it", proc.pid)
                 return False
+            if late_s is not None and time.monotonic() >= late_s:
+                late_s = None
+                log.warning("%s (process %d) did not exit within %.0f s of SIGKILL (worker_start_timeout_s): it is "
+                            "stuck in the kernel (a device driver, a hung mount), and its memory stays taken until "
+                            "it exits; see the host's kernel log", what, proc.pid, limit)
             await asyncio.sleep(0.1)
         return True
 
