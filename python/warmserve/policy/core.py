@@ -413,7 +413,7 @@ class Policy(LoadSignals, GpuMoves):
             # consolidate): a quiet model with GPUs to itself moves onto a host
             reserved = {g for gpus in self._reserved.values() for g in gpus}
             tps = {self.models[w].tp for w in wanted}
-            quiet = co.merge_candidates(state, now_s, cfg.min_lifetime_s)
+            quiet = co.merge_candidates(state, now_s, cfg.min_lifetime_s, A.stopping(out))
             for m, iid in quiet:
                 if m in wanted or (wanted and not co.frees_group_for(state, board, state.instances[iid].gpus, tps)):
                     continue
@@ -548,6 +548,8 @@ class Policy(LoadSignals, GpuMoves):
         retain = self.cfg.prewarm and self.cfg.retain_stopped
         if inst.in_flight == 0:
             board.stop_instance(inst.gpus, min(state.gpus[g].total_bytes for g in inst.gpus))
+            if self._co is not None:  # its GPUs are idle on the board: no host for this tick's joins
+                self._co.stopped_idle.add(inst.instance_id)
             if retain:
                 self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
         elif retain:

@@ -76,6 +76,10 @@ class CoServing:
         self.converting: dict[tuple[int, ...], str] = {}
         #: Host GPUs -> models that joined it since the last tick (not in the state until the driver applies them).
         self.pending: dict[tuple[int, ...], set[str]] = {}
+        #: Instances this tick stopped with nothing in flight (``Policy._stop``): the driver removes them as it
+        #: applies the tick, so they are on no host any more (a host left with none is idle GPUs, which the same
+        #: tick may give to a dedicated instance).
+        self.stopped_idle: set[str] = set()
         #: Per model, from the last tick: scale-out demand (instances, no floor), scale-in demand, predicted batch.
         self.out: dict[str, float] = {}
         self.keep: dict[str, float] = {}
@@ -154,10 +158,15 @@ class CoServing:
     # ---- reading the state --------------------------------------------------------------------------------
 
     def hosts(self, state: ClusterState) -> dict[tuple[int, ...], list[InstanceState]]:
-        """GPU groups that hold only co-served instances, with them (draining ones included: they still run)."""
+        """GPU groups that hold only co-served instances, with them (draining ones included: they still run; those
+        this tick stopped with nothing in flight, ``stopped_idle``, left out: found in review, a merge joined a host
+        whose only instance the same tick had stopped and whose GPU it had given to a dedicated instance, 60 GiB of
+        weights beside the joiner's 13.5 GB on a 72 GiB GPU)."""
         groups: dict[tuple[int, ...], list[InstanceState]] = {}
         other: set[int] = set()
         for inst in state.instances.values():
+            if inst.instance_id in self.stopped_idle:
+                continue
             if inst.instance_id in self.ids:
                 groups.setdefault(tuple(inst.gpus), []).append(inst)
             else:
@@ -183,6 +192,7 @@ class CoServing:
                            and (m in self.splitting or not self.light(m))}
         self.copies = Counter(i.model for i in state.instances.values() if i.instance_id in self.ids and not i.draining)
         self.pending = {}
+        self.stopped_idle = set()
         live = sum(1 for g in state.gpus if not g.gone)
         self.demand_gpus = sum(self.models[m].tp for m, b in batch.items() if b > 0)
         self.oversubscribed = self.demand_gpus > live
@@ -482,23 +492,30 @@ class CoServing:
                 self.splitting.discard(m)
         return out
 
-    def merge_candidates(self, state: ClusterState, now_s: float, min_age_s: float) -> list[tuple[str, str]]:
+    def merge_candidates(self, state: ClusterState, now_s: float, min_age_s: float,
+                         stopping=frozenset()) -> list[tuple[str, str]]:
         """(model, instance) pairs that may move onto a host, freeing the instance's GPUs: the model is below the
         scale-in threshold and runs one instance, ready and past the minimum lifetime, that has its GPUs to itself
-        (dedicated, or co-served alone on its host); not merging already; quietest first. None unless engaged."""
+        (dedicated, or co-served alone on its host); not merging already, and none of its instances stopped by
+        this tick already (``stopping``: scaled in, retired; found in review: a model scaled to zero joined a host,
+        or opened one from the weights its stop had just kept, in the same tick's merge, and was stopped again a
+        few ticks later); quietest first. None unless engaged."""
         if not self.active:
             return []
         by_model: dict[str, list[InstanceState]] = {}
         on_gpu: dict[int, int] = {}
+        changing: set[str] = set()
         for inst in state.instances.values():
             for g in inst.gpus:
                 on_gpu[g] = on_gpu.get(g, 0) + 1
-            if not inst.draining:
+            if inst.instance_id in stopping:
+                changing.add(inst.model)
+            elif not inst.draining:
                 by_model.setdefault(inst.model, []).append(inst)
         out = []
         for m, insts in by_model.items():
-            if len(insts) != 1 or m in self.merging or m in self.splitting or self.keep.get(m, 0.0) > 1.0 \
-                    or not self.light(m):
+            if len(insts) != 1 or m in changing or m in self.merging or m in self.splitting \
+                    or self.keep.get(m, 0.0) > 1.0 or not self.light(m):
                 continue
             i = insts[0]
             if not i.ready or now_s - i.ready_s < min_age_s or any(on_gpu[g] > 1 for g in i.gpus):
