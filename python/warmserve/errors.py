@@ -112,6 +112,12 @@ class WorkerLostError(WarmServeError):
     http_status = 503
 
 
+class EngineError(WarmServeError):
+    """Work of a worker's own failed for a reason that is not the request's (an engine bug, corrupted state): the
+    requests it concerned end with this error, the worker goes on. Fields: model, cause (the original exception's
+    type)."""
+
+
 class TimeoutError_(WarmServeError, TimeoutError):
     """An operation did not finish within its timeout_s."""
 
@@ -123,7 +129,7 @@ _BY_NAME = {
     for cls in (
         WarmServeError, InvalidArgumentError, OutOfMemoryError, MappingLimitError, DriverError,
         BackendUnavailableError, ClosedError, CancelledError, ViewsAliveError, UnknownModelError,
-        PromptTooLongError, ModelStateError, ProtocolError, WorkerLostError, TimeoutError_,
+        PromptTooLongError, ModelStateError, ProtocolError, WorkerLostError, EngineError, TimeoutError_,
     )
 }
 

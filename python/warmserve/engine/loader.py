@@ -14,6 +14,10 @@ copy; no intermediate copy in Python). A tensor whose checkpoint dtype differs f
 be copied byte for byte: it is converted per tensor after the copy phase, from a memory map of the file into
 its slot view (one tensor at a time, so the extra memory is at most one tensor in the checkpoint's dtype).
 
+That finishing work (conversions, strided slices, the tokenizer) runs on the load's own Python thread, never in
+``wait``: a worker polls its loads with ``wait(0.0)`` on the thread that steps its other models, and converting
+a large checkpoint there stopped every engine for seconds (found in review).
+
 Tensor parallelism (``load_model(..., tp=, rank=)``): each rank's slot holds only its shard, laid out the same way
 (fused groups of the rank's slices, page-aligned weight region, then the rank's own KV blocks); engine/parallel.py
 has the rules. Only the rank's slice of each tensor is read. A slice along dim 0 (column-parallel q/k/v and
@@ -29,6 +33,8 @@ import contextlib
 import gc
 import json
 import os
+import threading
+import time
 import weakref
 
 import numpy as np
@@ -42,10 +48,12 @@ from warmserve.engine.kv_cache import KVPageMapper, block_layout
 from warmserve.geometry import KV_BLOCK_TOKENS, align_up
 from warmserve.engine.model import hf_groups
 from warmserve.engine.parallel import ParallelGroup, Shard, shard_config, shard_of
-from warmserve.errors import (CancelledError, InvalidArgumentError, OutOfMemoryError, ViewsAliveError,
-                              fmt_bytes)
+from warmserve.errors import (CancelledError, InvalidArgumentError, OutOfMemoryError, TimeoutError_,
+                              ViewsAliveError, fmt_bytes)
 
 ALIGN_BYTES = 256
+#: How often ModelLoad.wait wakes to report progress (and let Ctrl-C through).
+_POLL_S = 0.05
 
 
 def _esize(dtype: torch.dtype) -> int:
@@ -224,7 +232,11 @@ class LoadedModel:
 
 
 class ModelLoad:
-    """A load in flight: ``wait()`` returns the LoadedModel; ``cancel()`` stops it and frees its pages."""
+    """A load in flight: ``wait()`` returns the LoadedModel; ``cancel()`` stops it and frees its pages.
+
+    The copies run in the memory manager's C++ threads; a Python thread of the load's own waits for them, then
+    converts, slices and zeroes what they could not copy and reads the tokenizer. ``wait`` only waits for that
+    thread (``wait(0.0)`` costs a check) and reports progress on the caller's thread, as before."""
 
     def __init__(self, name, path, cfg, slot, dtype, layout, placed, weight_bytes, region, progress, tp_rank=0,
                  host_cache=None):
@@ -248,21 +260,32 @@ class ModelLoad:
                 data = _shard_numel(ti.shape, sh, padded=False) * _esize(dtype)
                 self._pads.append((off + data, _shard_numel(ti.shape, sh, padded=True) * _esize(dtype) - data))
         self._progress_cb = progress
+        self._reported = -1
+        #: Bytes converted so far (written by the finishing thread, read by ``progress``).
         self._converted = 0
         self._convert_total = sum(_shard_numel(ti.shape, sh, padded=False) * _esize(dtype)
                                   for ti, _, sh in self._convert)
         self._result: LoadedModel | None = None
         self._cancelled = False
+        #: Set by cancel(): the finishing thread stops before its next tensor.
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
+        self._extras: tuple | None = None  # (tokenizer, generation config)
         if not sources:
             self._job = None
         elif host_cache is not None:
-            self._job = host_cache.load(slot, sources, progress=self._on_progress)
+            self._job = host_cache.load(slot, sources)
         else:
-            self._job = slot.load(sources, progress=self._on_progress)
-
-    def _on_progress(self, done: int, total: int) -> None:
-        if self._progress_cb is not None:
-            self._progress_cb(done + self._converted, total + self._convert_total)
+            self._job = slot.load(sources)
+        # Not a daemon: an interpreter exiting mid-load waits for it rather than unmap the pool under a copy.
+        self._finisher = threading.Thread(target=self._finish, name=f"load:{name}", daemon=False)
+        try:
+            self._finisher.start()
+        except BaseException:
+            if self._job is not None:
+                self._job.cancel()
+            raise
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -274,41 +297,86 @@ class ModelLoad:
     def done(self) -> bool:
         return self._result is not None or self._cancelled
 
+    def _report(self) -> None:
+        done, total = self.progress
+        if self._progress_cb is not None and done != self._reported:
+            self._reported = done
+            self._progress_cb(done, total)
+
     def cancel(self) -> None:
         if self._result is not None or self._cancelled:
             return
         self._cancelled = True
+        self._stop.set()
         if self._job is not None:
             self._job.cancel()
-            try:
-                self._job.wait()
-            except Exception:
-                pass
+        # Bounded: the job's rollback ends it, a conversion stops after the tensor it is on. Only then may the
+        # slot close: the thread writes into views of it.
+        self._finisher.join()
         self.slot.close()
 
     def wait(self, timeout_s: float | None = None) -> LoadedModel:
+        """The LoadedModel once the load has ended. Raises CancelledError, the load's own error (the slot is then
+        closed), or TimeoutError_ after timeout_s (the load goes on); ``wait(0.0)`` never blocks."""
         if self._result is not None:
             return self._result
         if self._cancelled:
             raise CancelledError(f"the load of {self.name!r} was cancelled", model=self.name)
         try:
-            if self._job is not None:
-                self._job.wait(timeout_s)
-            self._convert_rest()
-        except Exception as e:
-            from warmserve.errors import TimeoutError_
-            if not isinstance(e, TimeoutError_):
-                self._cancelled = True
-                self.slot.close(force=True)
+            self._await_finisher(timeout_s)
+        except TimeoutError_:
             raise
+        except Exception:  # a progress callback that raised: stop the thread before closing what it writes into
+            self._cancelled = True
+            self._stop.set()
+            if self._job is not None:
+                self._job.cancel()
+            self._finisher.join()
+            self.slot.close(force=True)
+            raise
+        if self._error is not None:
+            self._cancelled = True
+            self.slot.close(force=True)
+            raise self._error
+        tokenizer, gen_config = self._extras
         self._result = LoadedModel(self.name, self.path, self.cfg, self.slot, self.dtype, self._layout,
-                                   self._weight_bytes, self._region, _tokenizer(self.path), _gen_config(self.path),
-                                   tp_rank=self._tp_rank)
+                                   self._weight_bytes, self._region, tokenizer, gen_config, tp_rank=self._tp_rank)
         return self._result
+
+    def _await_finisher(self, timeout_s: float | None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            step = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+            finished = self._finished.wait(step) if step > 0 else self._finished.is_set()
+            self._report()
+            if finished:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                done, total = self.progress
+                raise TimeoutError_(
+                    f"load of {self.name!r} not finished after {timeout_s} s ({done} of {total} bytes): wait "
+                    "longer or cancel()", timeout_s=timeout_s, done_bytes=done, total_bytes=total)
+
+    def _finish(self) -> None:
+        """The load's thread: wait for the copies, then do what they could not (its errors go to wait)."""
+        try:
+            if self._job is not None:
+                self._job.wait()
+            self._convert_rest()
+            self._extras = (_tokenizer(self.path), _gen_config(self.path))
+        except BaseException as e:
+            self._error = e
+        finally:
+            self._finished.set()
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise CancelledError(f"the load of {self.name!r} was cancelled", model=self.name)
 
     def _convert_rest(self) -> None:
         if not self._convert and not self._pads:
             return
+        self._check_stop()
         # the copy phase mapped only the pages under its own tensors: fill the gaps of the weight region
         pb = self.slot.page_bytes
         need = self._region // pb
@@ -320,6 +388,7 @@ class ModelLoad:
         with contextlib.ExitStack() as files:
             opened = {}  # path -> safetensors handle, for slices
             for ti, off, sh in self._convert:
+                self._check_stop()
                 if sh is None:
                     # copy-on-write: a writable buffer for torch that never touches the file
                     mm = np.memmap(ti.path, dtype=np.uint8, mode="c", offset=ti.file_offset, shape=(ti.nbytes,))
@@ -336,7 +405,6 @@ class ModelLoad:
                 dst.copy_(src)
                 del dst, src, mm
                 self._converted += _shard_numel(ti.shape, sh, padded=False) * _esize(self.dtype)
-                self._on_progress(*(self._job.progress if self._job is not None else (0, 0)))
         for off, nbytes in self._pads:
             pad = self.slot.tensor(off, (nbytes,), torch.uint8)
             pad.zero_()

@@ -3,7 +3,8 @@
 ``handle(peer, msg)`` applies one request and ``tick()`` advances everything that runs in the background (loads,
 engine steps); both answer through ``emit(peer, reply)``. The socket server and the in-process client drive the
 same object, so the logic is tested without sockets. Everything here runs on one thread (the worker's main
-thread): loads copy in the memory manager's C++ threads and are polled here, never waited for.
+thread): loads copy in the memory manager's C++ threads and convert on a thread of their own (engine/loader.py),
+and are polled here, never waited for. ``tick`` and its stages are in worker/background.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import msgspec
 from .. import errors
 from .. import protocol as P
 from ..errors import ModelStateError
-from ..geometry import pages_for
+from .background import BackgroundWork, as_typed, weight_pages
 from .tp import GroupTable, ShardRoles
 
 log = logging.getLogger("warmserve.worker")
@@ -63,27 +64,15 @@ class _Instance:
     broken: BaseException | None = None
     #: The engine configuration's cap on KV blocks it was activated under (None: the slot's whole reservation).
     max_kv_blocks: int | None = None
+    #: Monotonic time before which its idle KV growth is not tried again (it failed: BackgroundWork._grow_idle).
+    grow_retry_s: float = 0.0
 
     @property
     def follower(self) -> bool:
         return self.tp is not None and not hasattr(self.tp, "added")
 
 
-def _weight_pages(lm, page_bytes: int) -> int:
-    """Pages under the weights (their region is page-rounded; the KV cache starts after it)."""
-    return pages_for(int(getattr(lm, "weight_region_bytes", lm.weight_bytes)), page_bytes)
-
-
-def _as_typed(exc: BaseException) -> BaseException:
-    """Caller mistakes the engine reports as plain ValueError travel as InvalidArgumentError."""
-    if isinstance(exc, errors.WarmServeError):
-        return exc
-    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
-        return errors.InvalidArgumentError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-class WorkerCore(ShardRoles):
+class WorkerCore(BackgroundWork, ShardRoles):
     """All state of one worker. ``pool`` is a ``warmserve.memory.PagePool``; ``emit(peer, msg)`` sends a reply."""
 
     #: Seconds between two progress events of one load.
@@ -121,7 +110,7 @@ class WorkerCore(ShardRoles):
                 )
             handler(self, peer, msg)
         except Exception as e:  # every request gets an answer; a bug in one must not stop the worker
-            self.emit(peer, P.Error.of(getattr(msg, "id", -1), _as_typed(e)))
+            self.emit(peer, P.Error.of(getattr(msg, "id", -1), as_typed(e)))
 
     def busy(self) -> bool:
         """Engines have work they can do: the caller should tick again at once. (A follower's engine steps on its
@@ -133,26 +122,6 @@ class WorkerCore(ShardRoles):
     def loading(self) -> bool:
         """Loads and group joins run on other threads: tick now and then, without spinning a core they need."""
         return any(m.state == "loading" for m in self.models.values()) or self.groups.joining()
-
-    def tick(self) -> bool:
-        """Advance loads and step every running instance once; True while engines have work left."""
-        self._poll_loads()
-        self.groups.poll()
-        self._step_instances()
-        self._grow_idle()
-        self._tp_housekeeping()
-        return self.busy()
-
-    def _grow_idle(self) -> None:
-        """Idle instances map KV blocks toward a target set for them (the controller's KV reservation) too, as
-        steps do for busy ones (throttled alike), so the headroom reserved for a burst is there when it comes
-        (found in review: an idle instance stayed at one step's worth until its first request). Not toward "all
-        of them" (an Activate without a target): idle, that would take every free page from the prewarms in a
-        second. Tensor-parallel ones grow together on their leader's plans."""
-        for inst in self.instances.values():
-            kv = inst.engine.kv
-            if inst.tp is None and kv.target_free_blocks < kv.total_blocks and not inst.engine.has_unfinished():
-                kv.grow()
 
     def drop_peer(self, peer: Peer) -> int:
         """Abort the generations of a peer that went away (no reply: nobody listens). Returns how many."""
@@ -229,7 +198,7 @@ class WorkerCore(ShardRoles):
                 lm = m.job.wait(60.0)
             except Exception as e:  # normally CancelledError; either way the prewarm's asker learns the outcome
                 if m.origin is not None:
-                    self.emit(m.origin[0], P.Error.of(m.origin[1], _as_typed(e)))
+                    self.emit(m.origin[0], P.Error.of(m.origin[1], as_typed(e)))
             else:  # the load finished before cancel() reached it: it holds pages, drop them
                 self._close_model(lm)
                 if m.origin is not None:
@@ -429,7 +398,7 @@ class WorkerCore(ShardRoles):
                               total_bytes=m.total_bytes, tp=m.tp, rank=m.rank)
             if m.lm is not None:
                 st.weight_bytes = int(m.lm.weight_bytes)
-                st.pages = _weight_pages(m.lm, page_bytes)
+                st.pages = weight_pages(m.lm, page_bytes)
                 st.max_context = int(m.lm.max_context)
                 if pages:
                     st.physical_pages = [int(p) for p in m.lm.slot.physical_pages(0, st.pages)]
@@ -457,109 +426,6 @@ class WorkerCore(ShardRoles):
 
     def _bytes_loaded(self) -> int:
         return int(self.pool.stats()["bytes_loaded"])
-
-    # ------------------------------------------------------------------ background work
-
-    def _poll_loads(self) -> None:
-        now = time.monotonic()
-        for m in list(self.models.values()):
-            if m.state != "loading":
-                continue
-            lm = err = None
-            try:
-                lm = m.job.wait(0.0)  # finishes the load if its copies are done; never blocks
-            except errors.TimeoutError_:
-                pass
-            except Exception as e:  # the load failed (out of memory, bad checkpoint): tell who asked
-                err = e
-            done = lm is not None or err is not None
-            m.loaded_bytes, m.total_bytes = (int(x) for x in m.job.progress)
-            if m.origin is not None and m.loaded_bytes != m.reported_bytes and (
-                done or now - m.reported_at_s >= self.progress_interval_s
-            ):
-                m.reported_bytes, m.reported_at_s = m.loaded_bytes, now
-                self.emit(m.origin[0], P.PrewarmProgress(
-                    id=m.origin[1], name=m.name, loaded_bytes=m.loaded_bytes, total_bytes=m.total_bytes))
-            if err is not None:
-                del self.models[m.name]
-                if m.origin is not None:
-                    self.emit(m.origin[0], P.Error.of(m.origin[1], _as_typed(err)))
-            elif lm is not None:
-                m.lm, m.job, m.state = lm, None, "prewarmed"
-                load_s = time.monotonic() - m.started_s
-                capture_s = self._capture_graphs(m)
-                if m.origin is not None:
-                    self.emit(m.origin[0], P.Prewarmed(
-                        id=m.origin[1], name=m.name, weight_bytes=int(lm.weight_bytes),
-                        pages=_weight_pages(lm, self._page_bytes()), max_context=int(lm.max_context),
-                        load_s=load_s, graphs_capture_s=capture_s,
-                    ))
-
-    def _capture_graphs(self, m: _Model) -> float:
-        """Capture the decode CUDA graphs of a model just prewarmed (engine/graphs.py), so an instance activated
-        from it starts with them ready; nothing on CPU or for a tensor-parallel shard. Seconds spent (it runs on
-        this thread: other instances' steps wait that long)."""
-        from ..engine.engine import DEFAULT_MAX_NUM_SEQS
-        from ..engine.graphs import prewarm_decode_graphs
-
-        n = m.max_num_seqs or self.engine_config.max_num_seqs or DEFAULT_MAX_NUM_SEQS
-        g = prewarm_decode_graphs(m.lm, n)
-        return float(g.stats.capture_s) if g is not None else 0.0
-
-    @staticmethod
-    def _close_model(lm) -> None:
-        """Evict a model's weights, and its decode graphs first (their memory is not the pool's)."""
-        from ..engine.graphs import release_decode_graphs
-
-        release_decode_graphs(lm)
-        lm.close()
-
-    def _step_instances(self) -> None:
-        live = [i for i in self.instances.values()
-                if not i.follower and i.broken is None and (i.requests or i.engine.has_unfinished())]
-        if not live:
-            return
-        # Shared instances take turns, one engine step each, so none starves the others.
-        self._rr = (self._rr + 1) % len(live)
-        for inst in live[self._rr:] + live[: self._rr]:
-            if inst.tp is not None:
-                try:
-                    inst.tp.send(inst.engine, run=True)
-                    outputs = inst.engine.step()
-                except Exception as e:  # a rank is gone: the instance cannot step again
-                    self._tp_failed(inst, e)
-                    continue
-                self._emit_outputs(inst, outputs)
-                continue
-            try:
-                outputs = inst.engine.step()
-            except Exception as e:  # an engine failure fails its requests, not the worker
-                for rid, key in list(inst.requests.items()):
-                    self.generations.pop(key, None)
-                    self.emit(key[0], P.Error.of(key[1], _as_typed(e)))
-                    try:
-                        inst.engine.abort(rid)
-                    except Exception:  # the engine is broken already; its requests are answered
-                        pass
-                inst.requests.clear()
-                continue
-            self._emit_outputs(inst, outputs)
-
-    def _emit_outputs(self, inst: _Instance, outputs) -> None:
-        for out in outputs:
-            key = inst.requests.get(out.request_id)
-            if key is None:  # aborted here already
-                continue
-            if out.finished:
-                del inst.requests[out.request_id]
-                self.generations.pop(key, None)
-            self.emit(key[0], P.Tokens(
-                id=key[1], token_ids=list(out.token_ids), finished=bool(out.finished),
-                finish_reason=out.finish_reason if out.finished else None,
-                num_prompt_tokens=int(out.num_prompt_tokens), num_output_tokens=int(out.num_output_tokens),
-                logprobs=out.logprobs or [],
-                prompt_logprobs=out.prompt_logprobs or [],
-            ))
 
     # ------------------------------------------------------------------ helpers
 
