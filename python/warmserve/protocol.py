@@ -28,6 +28,10 @@ class _Msg(msgspec.Struct, tag=True, tag_field="msg", omit_defaults=True):
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
 #: Most alternatives ("top logprobs") returned per token: OpenAI's chat limit and vLLM's default max_logprobs.
 MAX_TOP_LOGPROBS = 20
+#: Temperatures below this are greedy, as in vLLM: logits / 1e-40 overflow float32 (found in review: it failed a batch).
+GREEDY_TEMPERATURE = 1e-5
+#: Smallest repetition_penalty: seen tokens' logits are divided by it, and 1e-39 overflowed float32 the same way.
+MIN_REPETITION_PENALTY = 0.01
 
 
 def _bad(message: str, param: str, **fields) -> errors.InvalidArgumentError:
@@ -45,7 +49,10 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
 
     #: Most new tokens to generate (>= 1).
     max_tokens: int = 16
-    #: Softmax temperature in [0, 2]; 0 = greedy (argmax).
+    #: max_tokens is the server's (a chat that set none gets the context left after its prompt): an engine whose KV
+    #: cap holds less lowers it to what fits (ending with "length") where a client's own is refused (PromptTooLong).
+    max_tokens_defaulted: bool = False
+    #: Softmax temperature in [0, 2]; below GREEDY_TEMPERATURE (0 included) = greedy (argmax).
     temperature: float = 0.0
     #: Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p, in (0, 1] (1 = all).
     top_p: float = 1.0
@@ -65,7 +72,7 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     #: Subtracted from a token's logit once per time it is already in the output, in [-2, 2] (OpenAI's definition).
     frequency_penalty: float = 0.0
     #: Tokens already in the prompt or the output get positive logits divided, negative ones multiplied, by this,
-    #: in (0, 2]; 1 = off (CTRL's penalty, as transformers and vLLM define it).
+    #: in [MIN_REPETITION_PENALTY, 2]; 1 = off (CTRL's penalty, as transformers and vLLM define it).
     repetition_penalty: float = 1.0
     #: Log-probabilities returned per generated token: None = none; k in [0, MAX_TOP_LOGPROBS] = the chosen token's
     #: and the k most likely tokens'. They are of the model's own distribution (log-softmax of its logits), before
@@ -99,9 +106,11 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
             v = getattr(self, name)
             if not -2.0 <= v <= 2.0:
                 raise _bad(f"{name} must be in [-2, 2], got {v}", name, **{name: v})
-        if not 0.0 < self.repetition_penalty <= 2.0:
-            raise _bad(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}", "repetition_penalty",
-                       repetition_penalty=self.repetition_penalty)
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= 2.0:
+            raise _bad(f"repetition_penalty must be in [{MIN_REPETITION_PENALTY}, 2] (1 = off), got "
+                       f"{self.repetition_penalty}",
+                       "repetition_penalty", repetition_penalty=self.repetition_penalty,
+                       min_repetition_penalty=MIN_REPETITION_PENALTY)
         for name in ("logprobs", "prompt_logprobs"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= MAX_TOP_LOGPROBS:
@@ -110,7 +119,7 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
     @property
     def penalized(self) -> bool:

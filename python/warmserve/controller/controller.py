@@ -303,6 +303,16 @@ class Controller(WorkerRestarts):
                 return
             if req.push(msg.token_ids, msg.logprobs, msg.prompt_logprobs):  # no longer the instance's prefill load
                 self.driver.prefill_done(req, self.now_s())
+            if msg.finished and msg.finish_reason == "abort":
+                # Not ours: _abort takes a request off w.gens before its Abort goes out, so that answer finds none
+                # here. A worker ends requests unasked only on its way out (SIGTERM: a container stop, a pod
+                # eviction; worker/main.py closes its core, which aborts everything it runs). Found in review: the
+                # client got a 200 with part of its text and finish_reason "abort", which the OpenAI API does not
+                # have, where a SIGKILL had the request resume elsewhere. Now it is the same loss: every request of
+                # w starts over after its tokens, and a local worker is restarted.
+                self.hub.lose(w, f"it aborted request {msg.id}, which the controller did not abort: it is "
+                                 f"shutting down")
+                return
             if msg.finished:
                 req.end_s = time.monotonic()
                 self._end_gen(w, msg.id)

@@ -17,6 +17,7 @@ import random
 import weakref
 from dataclasses import dataclass
 
+import msgspec
 import torch
 
 from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask, kernels_usable, paged_meta
@@ -152,6 +153,8 @@ class Engine:
         if not prompt:
             raise InvalidArgumentError("the prompt is empty: send at least one token", request_id=request_id)
         done = [int(t) for t in output_token_ids]
+        if params.max_tokens_defaulted:
+            params = self._fit_defaulted(params, len(prompt), len(done))
         if len(done) >= params.max_tokens:
             raise InvalidArgumentError(f"a resumption with {len(done)} tokens out and max_tokens {params.max_tokens} "
                                        f"has nothing left to generate", request_id=request_id)
@@ -182,6 +185,15 @@ class Engine:
                 seq.logprobs = [None] * len(done)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
+
+    def _fit_defaulted(self, params: SamplingParams, prompt_tokens: int, done_tokens: int) -> SamplingParams:
+        """A max_tokens the server filled in (SamplingParams.max_tokens_defaulted) lowered to what this instance
+        holds, its context and its KV cap: the request ends with "length" there. Left as it is when not one more
+        token fits, so that add_request refuses it with the numbers."""
+        room = min(self.max_context, self.kv.total_blocks * self.kv.block_tokens) - prompt_tokens
+        if done_tokens < room < params.max_tokens:
+            return msgspec.structs.replace(params, max_tokens=room)
+        return params
 
     def abort(self, request_id: str) -> bool:
         """Stop a request; its StepOutput (finish_reason "abort") comes with the next step. False if unknown."""

@@ -9,6 +9,7 @@ given unmoved, instead of repeating its first draws.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -77,8 +78,26 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
             continue
         row = filter_logits(logits[i].cpu() / p.temperature, p.top_k, p.top_p)  # CPU: generators live there
         probs = row.softmax(-1)
+        if not _drawable(probs):
+            # multinomial would raise, and the step with it for every request of the batch (found in review): this
+            # row takes its most likely token instead; its neighbours draw as they would alone.
+            out[i] = _argmax_finite(logits[i])
+            continue
         out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
     return out
+
+
+def _drawable(probs: torch.Tensor) -> bool:
+    """What torch.multinomial accepts: finite probabilities with a positive sum. A softmax is never negative nor
+    infinite, and a NaN anywhere makes the sum NaN, so one reduction tells."""
+    total = float(probs.sum())
+    return math.isfinite(total) and total > 0.0
+
+
+def _argmax_finite(row: torch.Tensor) -> int:
+    """The most likely token of a row that may hold NaN or +-inf (NaN never wins; argmax alone picks it)."""
+    row = torch.nan_to_num(row.float(), nan=float("-inf"))
+    return int(row.argmax().item())
 
 
 def logprobs(logits: torch.Tensor, tokens: list[int], tops: list[int | None]) -> list[TokenLogprobs | None]:
