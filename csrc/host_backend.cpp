@@ -366,7 +366,15 @@ class HostBackend : public Backend {
       }
     };
     std::vector<std::thread> ts;
-    for (unsigned t = 1; t < n_threads; ++t) ts.emplace_back(work);
+    try {
+      ts.reserve(n_threads);
+      for (unsigned t = 1; t < n_threads; ++t) ts.emplace_back(work);
+    } catch (const std::exception&) {
+      // No thread to be had (EAGAIN under a pids or process limit, ENOMEM for a stack under an address-space
+      // limit): only speed is lost, as the threads share `next` and this thread's work() takes what they leave
+      // (found in review: std::system_error left here with a joinable thread in ts, and std::terminate ended the
+      // worker; with none started it surfaced as an untyped RuntimeError).
+    }
     work();
     for (auto& t : ts) t.join();
   }

@@ -17,12 +17,15 @@ Allocation takes the lowest free index first, so the mapped set stays compact an
 from __future__ import annotations
 
 import heapq
+import logging
 
 import torch
 
 from warmserve import geometry
-from warmserve.errors import InvalidArgumentError, OutOfMemoryError
+from warmserve.errors import InvalidArgumentError, OutOfMemoryError, WarmServeError
 from warmserve.protocol import KvStats
+
+log = logging.getLogger(__name__)
 
 
 def block_layout(cfg, dtype: torch.dtype, block_tokens: int = geometry.KV_BLOCK_TOKENS,
@@ -198,7 +201,8 @@ class KVCache:
         in use is copied (K and V) to its new place; a free one is mapped there instead, with nothing to copy. The
         emptied pages go back to the pool now. Returns {old block: new block} of the blocks in use: the sequence
         holding each must take the new id. Blocks are handed out lowest first, so sequences decoding side by side
-        interleave theirs, and one long sequence could otherwise keep a page for each of its blocks."""
+        interleave theirs, and one long sequence could otherwise keep a page for each of its blocks. Once the copy
+        has landed it does not raise: a source whose unmap fails stays a mapped free block (logged)."""
         m = self.mapper
         k = m.blocks_per_page if isinstance(m, KVPageMapper) else 0
         kept = self.num_used + min(len(self._free), self.target_free_blocks)
@@ -236,21 +240,39 @@ class KVCache:
         if not sources:
             self._compact_idle = state
             return {}
-        for b in taken:
-            m.map_block(b)  # its page is mapped: no pool page is taken
-            self.mapped[b] = True
+        # The lists follow each map, copy and unmap as it lands, so a failure part way leaves every block on the
+        # list its pages say (a block on _free with no pages under it is a SIGSEGV for the next sequence).
+        done: list[int] = []
+        try:
+            for b in taken:
+                m.map_block(b)  # its page is mapped: no pool page is taken
+                self.mapped[b] = True
+                done.append(b)
+        finally:
+            now = set(done)
+            self._unmapped = [b for b in self._unmapped if b not in now]
+            self._free += done  # free until the copy below lands in them
+            heapq.heapify(self._unmapped)
+            heapq.heapify(self._free)
         if moves:
             view = self.rows.view(self.total_blocks, -1)
             dev = self.rows.device
             view[torch.tensor(list(moves.values()), device=dev)] = view[torch.tensor(list(moves), device=dev)]
-        gone = set(moves) | set(remaps)
-        for b in gone:  # after the copy: the device reads them before an unmap, which waits for it (Backend.drain)
-            m.unmap_block(b)
-            self.mapped[b] = False
-        self._unmapped = [b for b in self._unmapped if b not in taken] + list(gone)
-        self._free = [b for b in self._free if b not in gone] + list(remaps.values())
-        heapq.heapify(self._unmapped)
-        heapq.heapify(self._free)
+        # From here the caller's sequences take the new ids, so compaction cannot fail any more: a source that
+        # will not unmap stays a mapped free block (a later shrink gives it back, or reports the error).
+        dsts = set(moves.values())
+        self._free = [b for b in self._free if b not in dsts] + list(moves)
+        gone: list[int] = []
+        try:
+            for b in list(moves) + list(remaps):  # after the copy: the device reads them before an unmap, which
+                m.unmap_block(b)  # waits for it (Backend.drain)
+                self.mapped[b] = False
+                gone.append(b)
+        except WarmServeError as e:
+            log.warning("KV compaction kept %d block(s) mapped that failed to unmap: %s",
+                        len(moves) + len(remaps) - len(gone), e)
+        finally:
+            self._forget_unmapped(gone)
         return moves
 
     # ---- target --------------------------------------------------------------------------------------------------
@@ -272,14 +294,7 @@ class KVCache:
         # (with blocks of a page each, every free block qualifies and this is highest index first).
         free = set(self._free)
         order = sorted(self._free, key=lambda b: (self.mapper.frees_pages(b, free), b))
-        victims, keep = order[-extra:], order[:-extra]
-        for b in victims:
-            self.mapper.unmap_block(b)
-            self.mapped[b] = False
-            heapq.heappush(self._unmapped, b)
-        self._free = keep
-        heapq.heapify(self._free)
-        return len(victims)
+        return self._unmap_free(order[-extra:])
 
     def unmap_free(self, blocks: list[int]) -> None:
         """Unmap these free mapped blocks now, whatever the target (pages back to the pool): a tensor-parallel
@@ -289,12 +304,29 @@ class KVCache:
         if bad:
             raise InvalidArgumentError(f"{len(bad)} KV blocks (first {bad[:5]}) are not free mapped blocks of a paged "
                                        "cache: only those can be unmapped (free them first)", blocks=bad[:16])
-        for b in drop:
-            self.mapper.unmap_block(b)
-            self.mapped[b] = False
-            heapq.heappush(self._unmapped, b)
+        self._unmap_free(list(drop))
+
+    def _unmap_free(self, blocks: list[int]) -> int:
+        """Unmap free mapped blocks, moving each from _free to _unmapped as its unmap succeeds: one that fails
+        part way leaves the rest mapped and free (never an unmapped block on _free, which the next sequence would
+        be given and write through: SIGSEGV). Returns blocks unmapped."""
+        gone: list[int] = []
+        try:
+            for b in blocks:
+                self.mapper.unmap_block(b)
+                self.mapped[b] = False
+                gone.append(b)
+        finally:
+            self._forget_unmapped(gone)
+        return len(gone)
+
+    def _forget_unmapped(self, gone: list[int]) -> None:
+        """Move blocks just unmapped from _free to _unmapped."""
+        drop = set(gone)
         self._free = [b for b in self._free if b not in drop]
+        self._unmapped += gone
         heapq.heapify(self._free)
+        heapq.heapify(self._unmapped)
 
     def grow(self, max_blocks: int | None = None) -> int:
         """Map free blocks up to the target, at most max_blocks (default map_blocks_per_step) per call: mapping
@@ -335,13 +367,10 @@ class KVCache:
         """Unmap every mapped block (the cache must be empty)."""
         if self.num_used:
             raise InvalidArgumentError(f"{self.num_used} KV blocks still in use", used_blocks=self.num_used)
-        if self.mapper is not None:
-            for b in range(self.total_blocks):
-                if self.mapped[b]:
-                    self.mapper.unmap_block(b)
-                    self.mapped[b] = False
-            self._unmapped = list(range(self.total_blocks))
-        self._free = []
+        if self.mapper is None:
+            self._free = []
+            return
+        self._unmap_free([b for b in range(self.total_blocks) if self.mapped[b]])
 
     def stats(self, num_preemptions: int = 0) -> KvStats:
         return KvStats(

@@ -26,7 +26,9 @@ are never deleted (removing one while another worker is about to lock it would l
 
 Eviction. Least recently used first (each use sets the entry's atime), until the entries and fills in progress
 fit ``capacity_bytes``. Evicting unlinks the entry: workers that have it mapped keep using their mapping (the
-memory is freed when the last one unmaps), and let go of it the next time they look it up. A checkpoint file
+memory is freed when the last one unmaps), and let go of it the next time they look it up, also when it has been
+filled again since (a new file under the same name: mappings are checked by inode). A fill whose lock nobody
+holds was left by a worker that died mid-fill: eviction unlinks it (``stats()["orphans"]``). A checkpoint file
 larger than the whole budget, or one the tmpfs has no room for, is loaded straight from the file (counted in
 ``stats()["bypassed"]``).
 
@@ -76,6 +78,10 @@ class _Entry:
 
     def __init__(self, key: str, path: str, size: int, fd: int):
         self.key, self.path, self.size = key, path, size
+        st = os.fstat(fd)
+        # Which file this mapping is: a worker that evicts and fills the entry again makes a new file under the
+        # same name and size, and this process must not go on serving (and holding) the deleted one.
+        self.file_id = (st.st_dev, st.st_ino)
         # MAP_POPULATE: the page tables are built in one pass now rather than by a fault per 4 KiB in the copy
         # (the DMA registration would fault them in anyway).
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
@@ -121,13 +127,14 @@ class HostCheckpointCache:
         os.makedirs(config.root, exist_ok=True)
         self._mu = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0,
+        self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0, "orphans": 0,
                        "bytes_from_cache": 0, "bytes_filled": 0}
 
     # ---------------------------------------------------------------- queries
     def stats(self) -> dict:
         """This process's counters: hits (entries mapped without reading the file), fills, bypassed (loaded
-        straight from the file), evicted and invalidated (entries this process unlinked), bytes_from_cache,
+        straight from the file), evicted and invalidated (entries this process unlinked), orphans (fills of dead
+        workers this process unlinked), bytes_from_cache,
         bytes_filled; and usage_bytes (all workers' entries) and capacity_bytes."""
         with self._mu:
             out = dict(self._stats)
@@ -151,30 +158,35 @@ class HostCheckpointCache:
     def load(self, slot, sources: Iterable[tuple], *, progress: Callable[[int, int], None] | None = None) -> LoadJob:
         """Like ``slot.load`` for file sources (path, file_offset, slot_byte_offset, nbytes), through the cache.
         Returns at once with a running LoadJob; ``wait()`` publishes the entries it filled."""
-        by_path: dict[str, list[tuple[int, int, int]]] = {}
-        order = []
+        # Grouped by cache key, not by spelling: "x.bin", "./x.bin" and a symlink to it are one entry, whose fill
+        # lock a second group would wait on while this same load holds it (lock_timeout_s, then TimeoutError_).
+        by_key: dict[str, list[tuple[int, int, int]]] = {}
+        order: list[tuple[str, str, os.stat_result]] = []  # (key, the path as first given, its stat)
         for i, src in enumerate(sources):
             if not isinstance(src, tuple) or len(src) != 4 or not isinstance(src[0], (str, os.PathLike)):
                 raise InvalidArgumentError(f"cache load source {i} must be (path, file_offset, slot_byte_offset, "
                                            "nbytes) with a file path")
             p = os.fspath(src[0])
-            if p not in by_path:
-                by_path[p] = []
-                order.append(p)
-            by_path[p].append(tuple(int(x) for x in src[1:]))
+            st = os.stat(p)
+            key = self._key(os.path.realpath(p), st)
+            if key not in by_key:
+                by_key[key] = []
+                order.append((key, p, st))
+            by_key[key].append(tuple(int(x) for x in src[1:]))
         cuda = slot.pool.backend == "cuda"
         device = slot.pool.device
         specs, fills, used = [], [], []
         try:
-            for p in order:
-                entry, lock_fd = self._acquire(p)
+            for key, p, st in order:
+                ranges = by_key[key]
+                entry, lock_fd = self._acquire(p, key, st.st_size)
                 if entry is None:  # bypassed: straight from the file
-                    specs += [(p, 0, None, fo, so, n) for fo, so, n in by_path[p]]
+                    specs += [(p, 0, None, fo, so, n) for fo, so, n in ranges]
                     continue
                 used.append(entry)
                 if lock_fd is not None:  # before anything that can raise: the handler below aborts the fill (its
                     fills.append((entry, lock_fd))  # lock and .fill file), which other workers would wait 600 s on
-                for fo, so, n in by_path[p]:  # a hit reads the entry by pointer, where nothing else checks bounds
+                for fo, so, n in ranges:  # a hit reads the entry by pointer, where nothing else checks bounds
                     if fo < 0 or n < 0 or fo + n > entry.size:
                         raise InvalidArgumentError(
                             f"cache load source ({p!r}, {fo}, {so}, {n}): bytes [{fo}, {fo + n}) are outside the "
@@ -182,11 +194,11 @@ class HostCheckpointCache:
                 if cuda:
                     entry.register(device)
                 if lock_fd is None:
-                    specs += [(None, entry.ptr, entry.arr, fo, so, n, 0, entry.pinned) for fo, so, n in by_path[p]]
-                    self._count(hits=1, bytes_from_cache=sum(n for _, _, n in by_path[p]))
+                    specs += [(None, entry.ptr, entry.arr, fo, so, n, 0, entry.pinned) for fo, so, n in ranges]
+                    self._count(hits=1, bytes_from_cache=sum(n for _, _, n in ranges))
                 else:
-                    _fill_gaps(p, entry, by_path[p])
-                    specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in by_path[p]]
+                    _fill_gaps(p, entry, ranges)
+                    specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in ranges]
                     self._count(fills=1, bytes_filled=entry.size)
             job = slot._slot.load(specs, self.config.threads, self.config.chunk_bytes)
         except BaseException:
@@ -254,13 +266,14 @@ class HostCheckpointCache:
             if e is None:
                 return None
             try:
-                alive = os.stat(bin_path).st_size == e.size
+                st = os.stat(bin_path)
+                alive = (st.st_dev, st.st_ino) == e.file_id
             except FileNotFoundError:
                 alive = False
             if alive:
                 e.users += 1
                 return e
-            del self._entries[key]  # evicted by some worker: let go of it once no load reads it
+            del self._entries[key]  # evicted (maybe filled again) by some worker: let go once no load reads it
             e.stale = True
             if e.users:
                 return None
@@ -286,10 +299,8 @@ class HostCheckpointCache:
             e.users += 1
         return e
 
-    def _acquire(self, path: str) -> tuple[_Entry | None, int | None]:
+    def _acquire(self, path: str, key: str, size: int) -> tuple[_Entry | None, int | None]:
         """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed."""
-        st = os.stat(path)
-        key = self._key(os.path.realpath(path), st)
         root = self.config.root
         bin_path = os.path.join(root, key + ".bin")
         for _ in range(2):  # a hit can race with an eviction: look once more after it
@@ -305,7 +316,7 @@ class HostCheckpointCache:
                     os.close(lock_fd)
                     self._touch(bin_path)
                     return e, None
-                fill = self._start_fill(key, path, st.st_size, lock_fd)
+                fill = self._start_fill(key, path, size, lock_fd)
             except BaseException:
                 os.close(lock_fd)
                 raise
@@ -350,6 +361,11 @@ class HostCheckpointCache:
         entries = self._scan()
         used = sum(size for _, size, _ in entries)
         for name, size, _ in entries:
+            if name == keep + ".fill":  # a dead worker's, as we hold its lock: the fill about to start truncates it
+                used -= size
+            elif name.endswith(".fill") and self._reclaim_orphan_fill(name):
+                used -= size
+        for name, size, _ in entries:
             if name.startswith(path_hash + "-") and name.endswith(".bin") and not name.startswith(keep):
                 _unlink(os.path.join(root, name))
                 used -= size
@@ -363,12 +379,33 @@ class HostCheckpointCache:
             used -= size
             self._count(evicted=1)
 
+    def _reclaim_orphan_fill(self, fill_name: str) -> bool:
+        """Unlink a fill whose lock nobody holds (its worker died mid-fill: a live fill holds the lock until it is
+        published or deleted), which would otherwise count against the budget forever. Non-blocking, as the index
+        lock is held here and a fill takes its own lock before the index lock: waiting would invert that order."""
+        key = fill_name[: -len(".fill")]
+        fd = os.open(os.path.join(self.config.root, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # being filled
+            _unlink(os.path.join(self.config.root, fill_name))
+            self._count(orphans=1)
+            return True
+        finally:
+            os.close(fd)  # drops the flock
+
     def _publish(self, entry: _Entry, lock_fd: int) -> None:
         fill_path = entry.path[: -len(".bin")] + ".fill"
         os.rename(fill_path, entry.path)
         self._touch(entry.path)
         with self._mu:
-            self._entries.setdefault(entry.key, entry)
+            if self._entries.setdefault(entry.key, entry) is not entry:
+                # another thread of this process mapped the published file between the rename and here: that
+                # mapping serves the entry, this one is let go of (and its DMA registration undone) when the load
+                # that filled it is done with it (_done_with)
+                entry.stale = True
         os.close(lock_fd)
 
     def _abort_fill(self, entry: _Entry, lock_fd: int) -> None:
