@@ -27,6 +27,12 @@ _T0 = web.RequestKey("warmserve_t0", float)
 #: What the access log line reports about a request (model, tokens, TTFT, id), filled in by its handler.
 _INFO = web.RequestKey("warmserve_info", dict)
 access_log = logging.getLogger("warmserve.access")
+#: The response header with the request's id: the id of its access-log line, and of a generation's body.
+REQUEST_ID_HEADER = "x-request-id"
+#: Retry-After of a 429 or 503 refusal (overload, no worker yet): seconds a client should wait before retrying.
+RETRY_AFTER_S = 1
+#: The status logged for a request whose client hung up before its answer (nginx's "client closed request").
+CLIENT_CLOSED = 499
 
 
 def _json(status: int, body: dict) -> web.Response:
@@ -35,7 +41,29 @@ def _json(status: int, body: dict) -> web.Response:
 
 def _error(e: BaseException) -> web.Response:
     status, body = oa.error_from_exception(e)
-    return _json(status, body)
+    resp = _json(status, body)
+    if status in (429, 503):
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return resp
+
+
+def _key_matches(header: str, key: str) -> bool:
+    """Whether an Authorization header carries ``key`` as a Bearer token, compared in constant time. The
+    scheme is case-insensitive (RFC 9110 §11.1). The header is compared as the bytes that came (aiohttp decodes
+    them as UTF-8 with surrogateescape): found in review, a non-UTF-8 byte in it was a 400 and a logged traceback
+    instead of a 401."""
+    scheme, _, given = header.strip().partition(" ")
+    given = given.strip() if scheme.lower() == "bearer" else ""
+    try:
+        raw = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(raw, key.encode())
+
+
+def _prefixed(rid: str, prefix: str) -> str:
+    """The request id ``req-...`` with another prefix (``cmpl``, ``chatcmpl``): the same id as the API names it."""
+    return prefix + rid[rid.index("-"):]
 
 
 class Api:
@@ -60,13 +88,12 @@ class Api:
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         request[_T0] = time.monotonic()
-        request[_INFO] = {}
+        # One id per request, assigned first: every response carries it (REQUEST_ID_HEADER), so does the access
+        # log line, and a generation's body as its own id (found in review: no id ever reached the client).
+        info = request[_INFO] = {"id": oa.new_id("req")}
         try:
             if self.api_key and (request.path.startswith("/v1/") or request.path == "/stats"):
-                # The scheme is case-insensitive (RFC 9110 §11.1): "bearer" and "BEARER" are "Bearer".
-                scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-                given = given.strip() if scheme.lower() == "bearer" else ""
-                if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+                if not _key_matches(request.headers.get("Authorization", ""), self.api_key):
                     raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
             resp = await handler(request)
         except web.HTTPException as e:
@@ -76,33 +103,35 @@ class Api:
         except WarmServeError as e:
             resp = _error(e)
         except (ConnectionError, asyncio.CancelledError):
+            # The client hung up (aiohttp cancels its handler): the request is still logged (found in review:
+            # such requests were missing from the access log), then the cancellation goes on.
+            self._log(request, CLIENT_CLOSED)
             raise
         except Exception as e:  # a bug: the client still gets an OpenAI-shaped 500, the log gets the trace
-            rid = request[_INFO].setdefault("id", oa.new_id("req"))
-            log.exception("%s %s failed (request %s)", request.method, request.path, rid)
+            log.exception("%s %s failed (request %s)", request.method, request.path, info["id"])
             resp = _error(e)
-        self._log(request, resp)
+        if not resp.prepared:  # a stream sent its headers, the id among them, when it began
+            resp.headers[REQUEST_ID_HEADER] = info["id"]
+        self._log(request, resp.status)
         return resp
 
-    def _log(self, request: web.Request, resp) -> None:
-        """The access-log line, and the rejection counter for an error status."""
+    def _log(self, request: web.Request, status: int) -> None:
+        """The access-log line, and the rejection counter for an error status (not for a client that left)."""
         info = request[_INFO]
-        status = info.get("status", resp.status)
+        status = info.get("status", status)
         route = request.match_info.route.resource
         route = route.canonical if route is not None else "unmatched"  # not the raw path: bounded label values
-        if status >= 400 and status != 499:
+        if status >= 400 and status != CLIENT_CLOSED:
             metrics = getattr(self.controller, "metrics", None)
             if metrics is not None:
                 metrics.rejected_request(status, route)
-            if info.get("id") is None:
-                info["id"] = oa.new_id("req")
         ttft = info.get("ttft_s")
         access_log.info(
             '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s total_ms=%.1f id=%s',
             request.method, request.path, info.get("model", "-"), status, info.get("prompt_tokens", "-"),
             info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
-            (time.monotonic() - request[_T0]) * 1e3, info.get("id") or "-")
-        if status >= 500 and status != 499:
+            (time.monotonic() - request[_T0]) * 1e3, info["id"])
+        if status >= 500:
             log.warning("%s %s answered %d (request %s)", request.method, request.path, status, info["id"])
 
     # ------------------------------------------------------------------------------------------- simple routes
@@ -139,7 +168,9 @@ class Api:
         req, sampling = oa.parse_chat(await request.read())
         request[_INFO]["model"] = req.model
         model = self.controller.model(req.model)
-        ids = await aprepare(model, messages=oa.chat_dicts(req), max_tokens=sampling.max_tokens)
+        ids = await aprepare(model, messages=oa.chat_dicts(req), max_tokens=sampling.max_tokens,
+                             max_tokens_param="max_completion_tokens" if req.max_completion_tokens is not None
+                             else "max_tokens")
         sampling = oa.chat_max_tokens(req, sampling, model.max_context, len(ids))
         return await self._generate(request, "chat", req, model, ids, sampling)
 
@@ -154,6 +185,7 @@ class Api:
                 f"{self.active} requests are in flight, the limit is {self.max_concurrent}: retry later "
                 f"or raise server.max_concurrent_requests", active=self.active, limit=self.max_concurrent)
         info = request[_INFO]
+        rid = info["id"] = _prefixed(info["id"], "cmpl" if kind == "completion" else "chatcmpl")
         info.update(model=model.name, prompt_tokens=len(ids))
         # echo (completions): the prompt's text, as sent or decoded from its token ids, before each choice's text.
         prefix = "" if kind == "chat" or not req.echo else (
@@ -167,8 +199,6 @@ class Api:
                 handle = await self.controller.submit(model.name, ids, _choice_sampling(sampling, i))
                 gens.append(TextGeneration(handle, model.tokenizer.decode, sampling.stop))
             choices = Choices(gens)
-            rid = oa.new_id("cmpl" if kind == "completion" else "chatcmpl")
-            info["id"] = rid
             if req.stream:
                 return await self._stream(request, kind, req, model, choices, ids, rid, prefix,
                                           sampling.logprobs is not None)
@@ -215,7 +245,8 @@ class Api:
             first = None
         except WarmServeError as e:
             return _error(e)
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                       REQUEST_ID_HEADER: rid})
         await resp.prepare(request)
         decode = model.tokenizer.decode
         offsets = [len(prefix)] * len(choices.gens)  # completions' text_offset of each choice's next token
@@ -269,8 +300,8 @@ class Api:
                 await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, len(prompt_ids),
                                                        choices.completion_tokens)))
             await resp.write(oa.SSE_DONE)
-        except (ConnectionResetError, ConnectionError):
-            request[_INFO]["status"] = 499  # nginx's "client closed request", for the access log only
+        except ConnectionError:
+            request[_INFO]["status"] = CLIENT_CLOSED  # for the access log only
         finally:
             choices.abort()
         return resp

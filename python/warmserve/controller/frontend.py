@@ -8,6 +8,8 @@ ends the text where it begins and aborts the request, so its worker stops genera
 from __future__ import annotations
 
 import asyncio
+import bisect
+import operator
 
 from warmserve.controller.textstream import TextStream
 from warmserve.errors import InvalidArgumentError, PromptTooLongError
@@ -15,6 +17,9 @@ from warmserve.errors import InvalidArgumentError, PromptTooLongError
 #: Prompts (text) longer than this many characters are tokenised on a worker thread, not on the event loop,
 #: where a long one would stall every other request (HF tokenizers take about 1 s per 10 MB of text).
 INLINE_TOKENIZE_CHARS = 8192
+#: Chats of more messages than this are rendered through their template on a worker thread: a template costs per
+#: message, so a chat of 400k empty messages stalled the loop for seconds though it had no text (found in review).
+INLINE_CHAT_MESSAGES = 64
 
 
 def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
@@ -23,14 +28,15 @@ def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\nassistant:"
 
 
-def check_max_tokens(model, max_tokens: int) -> None:
-    """Refuse a max_tokens that leaves no room for a prompt, naming it (found in review: max_tokens 1e30 was
-    refused as a prompt "more than the 0 tokens" the context left)."""
+def check_max_tokens(model, max_tokens: int, param: str = "max_tokens") -> None:
+    """Refuse a max_tokens that leaves no room for a prompt, naming it as the client did (``param``: a chat's
+    max_completion_tokens) (found in review: max_tokens 1e30 was refused as a prompt "more than the 0 tokens" the
+    context left)."""
     if max_tokens >= model.max_context:
         raise PromptTooLongError(
-            f"max_tokens {max_tokens} leaves no room for a prompt in this model's context of {model.max_context} "
-            f"tokens: ask for fewer than {model.max_context} (prompt + max_tokens must fit)",
-            param="max_tokens", max_tokens=max_tokens, max_context=model.max_context)
+            f"{param} {max_tokens} leaves no room for a prompt in this model's context of {model.max_context} "
+            f"tokens: ask for fewer than {model.max_context} (prompt + {param} must fit)",
+            param=param, max_tokens=max_tokens, max_context=model.max_context)
 
 
 def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") -> None:
@@ -43,7 +49,7 @@ def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") 
             f"or lower max_tokens",
             param=param, prompt_tokens=len(ids), max_tokens=max_tokens, max_context=ctx,
         )
-    if not ids:
+    if len(ids) == 0:  # not `not ids`: the Python API may pass a numpy array
         raise InvalidArgumentError("the prompt is empty after tokenization; send some text", param=param)
 
 
@@ -75,13 +81,21 @@ def _chat_text(model, messages: list[dict]) -> str | list[int]:
     return plain_chat_prompt(messages)
 
 
-def _check_ids(model, ids: list[int], param: str) -> list[int]:
-    ids = [int(t) for t in ids]
+def _check_ids(model, ids: list, param: str) -> list[int]:
+    """The token ids as ints, each checked against the vocabulary. Call it once the list's length is known to
+    fit the context: it walks every item."""
+    try:
+        out = [operator.index(t) for t in ids]  # ints of any kind (numpy's too), not floats or strings
+    except TypeError:
+        out = None
+    if out is None or any(type(t) is bool for t in ids):
+        raise InvalidArgumentError(f"{param} must be a string or a list of token ids (non-negative integers)",
+                                   param=param)
     vocab = getattr(model.tokenizer, "vocab_size", None)
-    if ids and vocab and (max(ids) >= vocab or min(ids) < 0):
-        bad = max(ids) if max(ids) >= vocab else min(ids)
+    if out and vocab and (max(out) >= vocab or min(out) < 0):
+        bad = max(out) if max(out) >= vocab else min(out)
         raise InvalidArgumentError(f"token id {bad} is outside the vocabulary [0, {vocab})", param=param)
-    return ids
+    return out
 
 
 def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: bool) -> list[int]:
@@ -89,24 +103,34 @@ def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: b
     return list(model.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
-def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int) -> list[int]:
+def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int,
+            max_tokens_param: str = "max_tokens") -> list[int]:
     """Token ids of a prompt (text or token ids) or of a chat (``messages``: role/content dicts), checked against
-    the model's vocabulary and context. Runs where it is called: ``aprepare`` keeps long texts off the loop."""
+    the model's vocabulary and context (``max_tokens_param``: what the client called max_tokens). Runs where it is
+    called: ``aprepare`` keeps long texts off the loop."""
     param = "prompt" if messages is None else "messages"
-    check_max_tokens(model, max_tokens)
+    check_max_tokens(model, max_tokens, max_tokens_param)
     if messages is not None:
         text = _chat_text(model, messages)
         # The template writes any BOS itself, so the rendered text is tokenised as is (as transformers'
         # apply_chat_template and vLLM's chat endpoint do); a completion prompt gets the tokenizer's own special
         # tokens (Llama's BOS from tokenizer.json's post-processor), as vLLM's completions endpoint gives it.
-        ids = (_check_ids(model, text, param) if isinstance(text, list)
-               else _encode(model, text, max_tokens, param, add_special_tokens=False))
+        if isinstance(text, list):
+            return _checked_ids(model, text, max_tokens, param)
+        ids = _encode(model, text, max_tokens, param, add_special_tokens=False)
     elif isinstance(prompt, str):
         ids = _encode(model, prompt, max_tokens, param, add_special_tokens=True)
     else:
-        ids = _check_ids(model, prompt or [], param)
+        return _checked_ids(model, [] if prompt is None else prompt, max_tokens, param)
     check_prompt(model, ids, max_tokens, param)
     return ids
+
+
+def _checked_ids(model, ids: list, max_tokens: int, param: str) -> list[int]:
+    # The length first: a list of millions of ids is refused at once, not walked item by item (found in review:
+    # 3.5M ids were checked one by one on the event loop before their count was compared with the context).
+    check_prompt(model, ids, max_tokens, param)
+    return _check_ids(model, ids, param)
 
 
 def _text_size(prompt, messages) -> int:
@@ -115,15 +139,25 @@ def _text_size(prompt, messages) -> int:
     return len(prompt) if isinstance(prompt, str) else 0
 
 
-async def aprepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int) -> list[int]:
-    """``prepare`` for the event loop: a text over INLINE_TOKENIZE_CHARS is checked against the model's context
-    by its size first, then rendered and tokenised on a worker thread."""
-    size = _text_size(prompt, messages)
-    check_max_tokens(model, max_tokens)
-    if size <= INLINE_TOKENIZE_CHARS:
-        return prepare(model, prompt, messages, max_tokens=max_tokens)
-    check_chars(model, size, max_tokens, "prompt" if messages is None else "messages")
-    return await asyncio.to_thread(prepare, model, prompt, messages, max_tokens=max_tokens)
+def _prepare_sized(model, prompt, messages, max_tokens: int, max_tokens_param: str) -> list[int]:
+    """``prepare``, refusing first a text whose size alone rules it out (before any template or tokenizer)."""
+    check_chars(model, _text_size(prompt, messages), max_tokens, "prompt" if messages is None else "messages")
+    return prepare(model, prompt, messages, max_tokens=max_tokens, max_tokens_param=max_tokens_param)
+
+
+async def aprepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int,
+                   max_tokens_param: str = "max_tokens") -> list[int]:
+    """``prepare`` for the event loop: a text over INLINE_TOKENIZE_CHARS, or a chat of more than
+    INLINE_CHAT_MESSAGES messages, is checked against the model's context by its size, then rendered and
+    tokenised, on a worker thread."""
+    check_max_tokens(model, max_tokens, max_tokens_param)
+    if messages is None:
+        inline = not isinstance(prompt, str) or len(prompt) <= INLINE_TOKENIZE_CHARS
+    else:
+        inline = len(messages) <= INLINE_CHAT_MESSAGES and _text_size(None, messages) <= INLINE_TOKENIZE_CHARS
+    if inline:
+        return prepare(model, prompt, messages, max_tokens=max_tokens, max_tokens_param=max_tokens_param)
+    return await asyncio.to_thread(_prepare_sized, model, prompt, messages, max_tokens, max_tokens_param)
 
 
 class TextGeneration:
@@ -140,25 +174,26 @@ class TextGeneration:
         self._decode = decode
         self._ended = False
         self._lp_taken = 0   # tokens whose logprobs were handed out by take_logprobs
-        self._lp_chars = 0   # characters of those tokens' texts
 
     def take_logprobs(self) -> list[tuple[int, str, object]]:
         """(token id, token text, ``protocol.TokenLogprobs``) of the tokens received since the last call, for a
-        request whose sampling asked for logprobs. After a stop string, only the tokens that begin before it (the
-        text that was cut away has no tokens here). Each token's text is its own decode, so the texts of a
-        word split over tokens may differ in spacing from the text (as OpenAI's tokens do)."""
+        request whose sampling asked for logprobs: while it runs, those whose text begins in what has been handed
+        out (text held back as the possible start of a stop string keeps its tokens back too); after a stop string,
+        those that begin before it; after any other end, all. So the streamed logprobs add up to the non-streamed
+        ones (found in review: streams listed the tokens of a stop string that was then cut away). Each token's
+        text is its own decode, so the texts of a word split over tokens may differ in spacing from the text (as
+        OpenAI's tokens do)."""
+        t = self.text
+        if t.stopped:
+            end = bisect.bisect_left(t.starts, len(t.text))
+        elif self._ended:
+            end = len(t.ids)
+        else:
+            end = bisect.bisect_left(t.starts, t.emitted)
         lps = self.req.logprobs
-        out = []
-        end = min(len(lps), len(self.text.ids))
-        while self._lp_taken < end:
-            i = self._lp_taken
-            if self.text.stopped and self._lp_chars >= len(self.text.text):
-                break
-            tid = self.text.ids[i]
-            piece = self._decode([tid])
-            out.append((tid, piece, lps[i]))
-            self._lp_chars += len(piece)
-            self._lp_taken += 1
+        end = min(end, len(lps), len(t.ids))
+        out = [(t.ids[i], self._decode([t.ids[i]]), lps[i]) for i in range(self._lp_taken, end)]
+        self._lp_taken = max(self._lp_taken, end)
         return out
 
     @property
@@ -284,4 +319,4 @@ class Choices:
 
 
 __all__ = ["TextGeneration", "Choices", "prepare", "aprepare", "check_max_tokens", "check_prompt", "check_chars",
-           "plain_chat_prompt", "INLINE_TOKENIZE_CHARS"]
+           "plain_chat_prompt", "INLINE_TOKENIZE_CHARS", "INLINE_CHAT_MESSAGES"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from warmserve.errors import InvalidArgumentError, WarmServeError
-from warmserve.protocol import SamplingParams, stop_strings
+from warmserve.errors import InvalidArgumentError, PromptTooLongError, UnknownModelError, WarmServeError
+from warmserve.protocol import MAX_TOP_LOGPROBS, SamplingParams, stop_strings
 
 #: max_tokens of a completion that does not say (OpenAI's legacy completions default). A chat that does not say
 #: may run to the end of the model's context, as OpenAI's chat and vLLM let it (``chat_max_tokens``).
@@ -52,6 +52,9 @@ UNSUPPORTED = {
     "guided_choice": lambda v: v is None,
     "guided_grammar": lambda v: v is None,
 }
+
+#: Largest token id a request may name: ids travel as 64-bit integers to the workers.
+MAX_TOKEN_ID = (1 << 63) - 1
 
 #: Chat roles a prompt can be built from ("developer" is the newer name of "system").
 CHAT_ROLES = ("system", "developer", "user", "assistant")
@@ -162,6 +165,11 @@ def _refuse_unsupported(req) -> None:
         raise _bad(f"n must be in [1, {MAX_N}], got {req.n}", "n")
     if req.best_of is not None and req.best_of != req.n:
         raise _bad(f"best_of={req.best_of} is not supported (only best_of == n, {req.n}): leave it out", "best_of")
+    if req.stream_options is not None and not req.stream:
+        raise _bad("stream_options is only allowed with stream=true: leave it out or stream", "stream_options")
+    big = [t for t in req.stop_token_ids or () if t > MAX_TOKEN_ID]
+    if big:  # it would fail later, on the way to a worker, blamed on the prompt (found in review)
+        raise _bad(f"stop_token_ids must be token ids in [0, {MAX_TOKEN_ID}], got {big[0]}", "stop_token_ids")
 
 
 def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
@@ -189,12 +197,9 @@ def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
     return req, _sampling(req, req.max_tokens, req.logprobs, prompt_logprobs)
 
 
-def _is_ids(x) -> bool:
-    return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in x)
-
-
 def _one_prompt(p):
-    """The prompt as a string or a list of token ids."""
+    """The prompt as a string or a list (of token ids: its items are checked by the front end once its length is
+    known to fit the model's context, so a list of millions is not walked first)."""
     if isinstance(p, str):
         return p
     if not p:
@@ -205,7 +210,7 @@ def _one_prompt(p):
         p = p[0]
         if isinstance(p, str):
             return p
-    if not _is_ids(p) or not p:
+    if not isinstance(p, list) or not p:
         raise _bad("prompt must be a string or a list of token ids (non-negative integers)", "prompt")
     return p
 
@@ -213,6 +218,13 @@ def _one_prompt(p):
 def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     req = _decode(body, ChatRequest)
     _check_messages(req.messages)
+    # Named as the client named them (found in review: a bad max_completion_tokens was reported as max_tokens,
+    # a bad top_logprobs as logprobs).
+    if req.max_completion_tokens is not None and req.max_completion_tokens < 1:
+        raise _bad(f"max_completion_tokens must be an integer >= 1, got {req.max_completion_tokens}",
+                   "max_completion_tokens")
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise _bad(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}", "top_logprobs")
     if req.top_logprobs is not None and not req.logprobs:
         raise _bad("top_logprobs needs logprobs=true", "top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -227,7 +239,9 @@ def chat_max_tokens(req: ChatRequest, sampling: SamplingParams, max_context: int
     prompt within 16 tokens of the context was refused over a max_tokens the client never sent)."""
     if req.max_completion_tokens is not None or req.max_tokens is not None:
         return sampling
-    return msgspec.structs.replace(sampling, max_tokens=max(1, max_context - prompt_tokens))
+    # Marked as the server's: an instance whose KV cache holds less than the context lowers it to what fits
+    # (found in review: it refused the chat with a 400 over a limit the client never sent).
+    return msgspec.structs.replace(sampling, max_tokens=max(1, max_context - prompt_tokens), max_tokens_defaulted=True)
 
 
 def message_text(m: ChatMessage) -> str:
@@ -382,9 +396,15 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 # ------------------------------------------------------------------------------------------------------- errors
 
+#: OpenAI's error code of a prompt that does not fit the model's context.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+#: What a client may call the limit on generated tokens: a PromptTooLongError naming one of them is about the
+#: limit alone (it leaves no room for any prompt), not about the prompt's length.
+MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
+
 _TYPE_BY_STATUS = {
     400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
-    404: ("invalid_request_error", "model_not_found"), 405: ("invalid_request_error", "method_not_allowed"),
+    404: ("invalid_request_error", None), 405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "request_too_large"), 429: ("rate_limit_error", "rate_limit_exceeded"),
     503: ("server_error", "service_unavailable"), 504: ("server_error", "timeout"),
 }
@@ -400,6 +420,10 @@ def error_from_exception(e: BaseException) -> tuple[int, dict]:
     if isinstance(e, WarmServeError):
         status = e.http_status
         code = getattr(e, "code", None)
+        if isinstance(e, UnknownModelError):
+            code = "model_not_found"  # only a model: an unknown route is a 404 without a code, as OpenAI's
+        elif isinstance(e, PromptTooLongError) and getattr(e, "param", None) not in MAX_TOKENS_PARAMS:
+            code = CONTEXT_LENGTH_EXCEEDED  # the prompt (not max_tokens alone) does not fit: clients match on it
         return status, error_body(status, e.message, getattr(e, "param", None), code if isinstance(code, str) else None)
     if isinstance(e, ValueError):
         return 400, error_body(400, str(e))

@@ -15,6 +15,9 @@ class TextStream:
         self.stop = tuple(stop)
         self._hold = max((len(s) for s in self.stop), default=1) - 1
         self.ids: list[int] = []
+        #: Where each decoded token's text begins in the text (non-decreasing; ids past len(starts) are not in
+        #: the text yet): which tokens lie before a stop string or before what has been handed out.
+        self.starts: list[int] = []
         self.text = ""          # decoded text so far, cut at a stop string once one is seen
         self.emitted = 0        # characters of self.text already handed out
         self.stopped = False    # a stop string was found: the caller should end the request
@@ -45,9 +48,26 @@ class TextStream:
         # A multi-byte character split across tokens decodes as U+FFFD until its last byte arrives.
         if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
             return False
+        self._place(len(self.text), len(self.text) + len(after) - len(before))
         self.text += after[len(before):]
         self._prefix, self._read = self._read, len(self.ids)
         return True
+
+    def _place(self, begin: int, end: int) -> None:
+        """Record where the tokens ids[_read:] begin, their text spanning [begin, end). The first begins at
+        ``begin``; each next one after the characters its predecessor adds, decoded with one token of context
+        (so a leading space or a merge comes out as in the whole text: linear cost, not a prefix decode per token).
+        A trailing U+FFFD is a character still incomplete, which belongs to the token that completes it."""
+        pos = begin
+        self.starts.append(pos)
+        for k in range(self._read + 1, len(self.ids)):
+            ctx = self.ids[max(0, k - 2):k - 1]
+            adds = self._chars(ctx + self.ids[k - 1:k]) - self._chars(ctx)
+            pos = min(end, pos + max(0, adds))
+            self.starts.append(pos)
+
+    def _chars(self, ids: list[int]) -> int:
+        return len(self._decode(ids).rstrip("\ufffd")) if ids else 0
 
     def _check_stop(self, safe_upto: int) -> str:
         if self.stop:

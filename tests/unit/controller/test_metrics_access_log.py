@@ -57,6 +57,6 @@ def test_one_access_line_per_request_and_errors_carry_a_request_id(caplog):
     assert lines[1].startswith("POST /v1/completions model=nope status=404 ")
     for field in ("prompt_tokens=", "completion_tokens=", "ttft_ms=", "total_ms="):
         assert all(field in line for line in lines)
-    assert " id=req-" in lines[1] and " id=req-" in lines[2] and lines[0].endswith(" id=-")
+    assert all(" id=req-" in line for line in lines) and len({line.split(" id=")[1] for line in lines}) == 3
     bug = [r for r in caplog.records if r.name == "warmserve.controller" and r.levelno >= logging.ERROR]
     assert bug and lines[2].split(" id=")[1] in bug[0].getMessage()

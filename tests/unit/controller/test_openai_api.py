@@ -71,7 +71,7 @@ def test_bad_completion_requests_are_400(raw, param):
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"response_format": {"type": "json_schema"}}, "response_format"),
     ({"top_logprobs": 3}, "top_logprobs"),
-    ({"logprobs": True, "top_logprobs": 21}, "logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
 ])
@@ -108,7 +108,8 @@ def test_bad_chat_requests_are_400():
 def test_error_mapping():
     cases = [
         (UnknownModelError("no such model", param="model"), 404, "model_not_found"),
-        (PromptTooLongError("too long"), 400, None),
+        (PromptTooLongError("too long", param="prompt"), 400, "context_length_exceeded"),
+        (PromptTooLongError("max_tokens leaves no room", param="max_tokens"), 400, None),
         (OverloadedError("busy"), 503, "service_unavailable"),
         (TooManyRequestsError("slow down"), 429, "rate_limit_exceeded"),
         (WorkerLostError("gone"), 503, "service_unavailable"),

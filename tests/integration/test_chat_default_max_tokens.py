@@ -1,0 +1,42 @@
+"""`warmserve serve` whose instances hold fewer KV tokens than the model's context (--max-kv-blocks 1: 256 tokens
+of llama-20m's 2048): a chat that sets no max_tokens runs to what the instance holds (found in review: a 400 over
+the max_tokens the server had filled in), and one that asks for more than fits is still refused, saying why."""
+
+import json
+import urllib.error
+import urllib.request
+
+import serving
+
+MODEL = "llama-20m"
+KV_TOKENS = 256
+
+server = serving.server_fixture("chat-default-max-tokens", models=(MODEL,), cpu_workers=1,
+                                args=("--max-kv-blocks", "1"))
+
+
+def _chat(url: str, **extra):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "ignore_eos": True, **extra}
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_chat_without_max_tokens_runs_to_the_kv_cap(server):
+    url, _, _ = server
+    status, out = _chat(url)
+    assert status == 200, out
+    usage = out["usage"]
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == KV_TOKENS
+
+
+def test_an_explicit_max_tokens_over_the_kv_cap_is_refused(server):
+    url, _, _ = server
+    status, out = _chat(url, max_tokens=1000)
+    assert status == 400, out
+    assert "KV blocks" in out["error"]["message"]
