@@ -2,7 +2,7 @@
 tokenizer and context: the request id on every response and log line, error codes and parameter names, a quiet
 401 for a non-UTF-8 key, Retry-After on overload, oversized prompts refused by their length, and the access line
 of a request whose client hung up. The controller behind it is a stand-in whose requests are real ``Req`` objects
-that never get a token (generation through the real controller: tests/integration/test_openai_review.py)."""
+that never get a token (generation through the real controller: tests/integration/test_openai_ids_and_logprobs.py)."""
 
 import asyncio
 import logging
