@@ -77,13 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="warmserve " + " ".join(words), description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words):])
-    from warmserve.errors import InvalidArgumentError
+    from warmserve.errors import InvalidArgumentError, WarmServeError
 
+    command = f"warmserve {' '.join(words)}"
     try:
         return int(module.main(args) or 0)
     except InvalidArgumentError as e:  # the caller's mistake: its message names the fix, a traceback adds nothing
-        print(f"warmserve {' '.join(words)}: {e}", file=sys.stderr)
+        print(f"{command}: {e}", file=sys.stderr)
         return 2
+    # Found in review: an unknown demo model, an --out that cannot be written or an unreadable key file ended in a
+    # traceback. Errors raised on purpose, and a file or value the command line named, read as one line; one the
+    # caller must fix (a value, a name: an HTTP 4xx) exits 2, one met while running exits 1.
+    except (WarmServeError, OSError, ValueError) as e:
+        print(f"{command}: {type(e).__name__}: {e}", file=sys.stderr)
+        caller = isinstance(e, ValueError) or 400 <= getattr(e, "http_status", 500) < 500
+        return 2 if caller else 1
 
 
 if __name__ == "__main__":

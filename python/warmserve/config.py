@@ -9,6 +9,8 @@ tables; ``cluster_config_from_dict`` is its one parser.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
@@ -31,14 +33,17 @@ class ModelSpec:
     dtype: str = "auto"
 
     def __post_init__(self):
+        if not isinstance(self.path, str) or not self.path:
+            raise InvalidArgumentError(f"ModelSpec.path must be a checkpoint directory (a non-empty string), got "
+                                       f"{self.path!r}", path=repr(self.path))
+        object.__setattr__(self, "path", os.path.expanduser(self.path))
         if not self.name:
-            import os
-
             object.__setattr__(self, "name", os.path.basename(os.path.normpath(self.path)))
         if self.tp not in (1, 2, 4, 8):
-            raise ValueError(f"ModelSpec {self.name!r}: tp must be 1, 2, 4 or 8, got {self.tp}")
+            raise InvalidArgumentError(f"ModelSpec {self.name!r}: tp must be 1, 2, 4 or 8, got {self.tp}", tp=self.tp)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"ModelSpec {self.name!r}: dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+            raise InvalidArgumentError(f"ModelSpec {self.name!r}: dtype must be auto, float32, bfloat16 or float16, "
+                                       f"got {self.dtype!r}", dtype=self.dtype)
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,28 @@ class ControllerConfig:
     restart_reset_s: float = 60.0
 
     def __post_init__(self):
+        # NaN passes every comparison and inf a `> 0`: both are refused here, or a tick of NaN seconds spins the
+        # policy loop and a drain of inf never ends (found in review).
         for f in ("tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s", "restart_backoff_s",
                   "restart_backoff_cap_s", "restart_reset_s"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"ControllerConfig.{f} must be > 0, got {getattr(self, f)}")
-        if self.drain_timeout_s < 0:
-            raise ValueError(f"ControllerConfig.drain_timeout_s must be >= 0 seconds, got {self.drain_timeout_s}")
+            if not _finite(getattr(self, f)) or getattr(self, f) <= 0:
+                raise InvalidArgumentError(f"ControllerConfig.{f} must be a finite number > 0 seconds, got "
+                                           f"{getattr(self, f)!r}", key=f)
+        if not _finite(self.drain_timeout_s) or self.drain_timeout_s < 0:
+            raise InvalidArgumentError(f"ControllerConfig.drain_timeout_s must be a finite number >= 0 seconds, got "
+                                       f"{self.drain_timeout_s!r}", key="drain_timeout_s")
+        for f in ("window_s", "load_window_s"):
+            v = getattr(self.policy_config, f, None)
+            if not _finite(v):
+                raise InvalidArgumentError(f"PolicyConfig.{f} must be a finite number of seconds, got {v!r}", key=f)
+        check_endpoint(self.bind, "ControllerConfig.bind", listen=True)
+        # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it
+        # was read as a directory named "~").
+        for f in ("history_path", "curve_dir"):
+            if not isinstance(getattr(self, f), str):
+                raise InvalidArgumentError(f"ControllerConfig.{f} must be a path (a string), got "
+                                           f"{getattr(self, f)!r}", key=f)
+            object.__setattr__(self, f, os.path.expanduser(getattr(self, f)))
         if self.worker_timeout_s < 2 * self.heartbeat_interval_s:
             raise ValueError(
                 f"ControllerConfig.worker_timeout_s ({self.worker_timeout_s}) must be at least twice "
@@ -100,7 +121,7 @@ class ControllerConfig:
                              f"its first lost worker), got {self.max_worker_losses_per_request}")
         from warmserve.policy import POLICY_NAMES
 
-        if self.policy not in POLICY_NAMES:
+        if not isinstance(self.policy, str) or self.policy not in POLICY_NAMES:
             raise InvalidArgumentError(f"ControllerConfig.policy: unknown policy {self.policy!r}; choose one of "
                                        f"{', '.join(POLICY_NAMES)}", policy=self.policy)
 
@@ -119,10 +140,16 @@ class ServerConfig:
     max_concurrent_requests: int = 1024
 
     def __post_init__(self):
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"ServerConfig.port must be in 0-65535 (0: a free one), got {self.port}")
+        # An empty host makes the socket listen on every interface (found in review): say 0.0.0.0 to mean that.
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise InvalidArgumentError(f"ServerConfig.host must name an interface (127.0.0.1; 0.0.0.0 for every "
+                                       f"interface), got {self.host!r}", key="host")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InvalidArgumentError(f"ServerConfig.port must be in 0-65535 (0: a free one), got {self.port!r}",
+                                       key="port")
         if self.max_concurrent_requests < 1:
-            raise ValueError(f"ServerConfig.max_concurrent_requests must be >= 1, got {self.max_concurrent_requests}")
+            raise InvalidArgumentError(f"ServerConfig.max_concurrent_requests must be >= 1, got "
+                                       f"{self.max_concurrent_requests}", key="max_concurrent_requests")
 
 
 @dataclass(frozen=True)
@@ -152,29 +179,79 @@ class ClusterConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
 
     def __post_init__(self):
-        if self.cpu_workers < 0 or self.remote_workers < 0:
-            raise ValueError("ClusterConfig: cpu_workers and remote_workers must be >= 0")
-        if self.worker_start_timeout_s <= 0:
-            raise ValueError(f"ClusterConfig: worker_start_timeout_s must be > 0 seconds, got "
-                             f"{self.worker_start_timeout_s}")
+        # One model or device given alone is a one-item list: a string was iterated character by character
+        # (found in review: devices="cpu:0" was refused as device 'c', models="/ckpt" as models '/', 'c', ...).
+        models = (self.models,) if isinstance(self.models, (str, ModelSpec)) else self.models
+        devices = (self.devices,) if isinstance(self.devices, str) else self.devices
+        try:
+            models, devices = tuple(models), tuple(devices)
+        except TypeError:
+            raise InvalidArgumentError(f"ClusterConfig: models and devices must be lists, got {self.models!r} and "
+                                       f"{self.devices!r}") from None
+        models = tuple(ModelSpec(path=m) if isinstance(m, str) else m for m in models)
+        for i, m in enumerate(models):
+            if not isinstance(m, ModelSpec):
+                raise InvalidArgumentError(f"ClusterConfig: models[{i}] must be a checkpoint path or a ModelSpec, "
+                                           f"got {m!r}", key="models")
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "devices", devices)
+        for f in ("cpu_workers", "remote_workers", "cpu_worker_memory_bytes", "cpu_worker_threads"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidArgumentError(f"ClusterConfig: {f} must be a whole number >= 0 (0: the default), got "
+                                           f"{v!r}", key=f)
+        if not _finite(self.worker_start_timeout_s) or self.worker_start_timeout_s <= 0:
+            raise InvalidArgumentError(f"ClusterConfig: worker_start_timeout_s must be a finite number > 0 seconds, "
+                                       f"got {self.worker_start_timeout_s!r}", key="worker_start_timeout_s")
         if not is_page_size(self.worker_page_bytes):
-            raise ValueError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
-                             f"({2 << 20}), got {self.worker_page_bytes}")
+            raise InvalidArgumentError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
+                                       f"({2 << 20}), got {self.worker_page_bytes}", key="worker_page_bytes")
         for d in self.devices:
-            kind, _, idx = d.partition(":")
+            kind, _, idx = d.partition(":") if isinstance(d, str) else ("", "", "")
             if kind not in ("cpu", "cuda") or not idx.isdigit():
-                raise ValueError(f"ClusterConfig: device {d!r} must look like 'cuda:0' or 'cpu:0'")
+                raise InvalidArgumentError(f"ClusterConfig: device {d!r} must look like 'cuda:0' or 'cpu:0'",
+                                           key="devices")
         names = [m.name for m in self.models]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"ClusterConfig: model names must be unique, {sorted(dup)} repeat; set ModelSpec.name")
+            raise InvalidArgumentError(f"ClusterConfig: model names must be unique, {sorted(dup)} repeat; set "
+                                       f"ModelSpec.name", key="models")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_endpoint(endpoint, what: str, *, listen: bool) -> None:
+    """A ZeroMQ address ``tcp://HOST:PORT`` (or ipc://, inproc://), checked before any socket is made: ZeroMQ
+    answers "Invalid argument" naming no flag, and takes a port beyond 65535 modulo 65536 (found in review:
+    tcp://127.0.0.1:99999 bound port 34463). ``listen``: a bind, where port 0 or * picks a free one."""
+    fix = "e.g. tcp://127.0.0.1:5555" + (" (port 0: a free one)" if listen else "")
+    if not isinstance(endpoint, str):
+        raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}")
+    scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme in ("ipc", "inproc") and rest:
+        return
+    host, colon, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not colon or not host:
+        raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}",
+                                   endpoint=endpoint)
+    if listen and port == "*":
+        return
+    low = 0 if listen else 1
+    if not port.isdigit() or not low <= int(port) <= 65535:
+        raise InvalidArgumentError(f"{what}: port {port!r} of {endpoint!r} must be a number in {low}-65535; {fix}",
+                                   endpoint=endpoint)
+    if not listen and host == "*":
+        raise InvalidArgumentError(f"{what}: {endpoint!r} names no host to connect to; {fix}", endpoint=endpoint)
 
 
 def _build(cls, data: dict, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"config {where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+        raise InvalidArgumentError(f"config {where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}",
+                                   unknown=sorted(unknown))
     out = {}
     for k, v in data.items():
         if isinstance(v, list):
@@ -187,7 +264,9 @@ def _build(cls, data: dict, where: str):
         kind = type(default) if default is not dataclasses.MISSING and default is not None else None
         if kind in (bool, int, float, str) and (type(v) is not kind):
             what = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
-            raise ValueError(f"config {where}: {k} must be {what}, got {v!r}")
+            raise InvalidArgumentError(f"config {where}: {k} must be {what}, got {v!r}", key=k)
+        if kind is float and not math.isfinite(v):
+            raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r}", key=k)
         out[k] = v
     return cls(**out)
 
@@ -198,40 +277,95 @@ def _engine(data: dict) -> EngineConfig:
     known = set(EngineConfig.__struct_fields__)
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"config [engine]: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        raise InvalidArgumentError(f"config [engine]: unknown keys {sorted(unknown)}; known: {sorted(known)}",
+                                   unknown=sorted(unknown))
     try:
         return msgspec.convert(data, EngineConfig)
     except msgspec.ValidationError as e:
         raise InvalidArgumentError(f"config [engine]: {e}") from None
 
 
+def _table(value, where: str) -> dict:
+    """A table of the config (absent: empty); anything else is refused naming it, not fed to dict()."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"config {where} must be a table of keys, got {value!r}", key=where)
+    return dict(value)
+
+
+def _policy_table(value, where: str) -> PolicyConfig:
+    table = _table(value, where)
+    for k, v in table.items():
+        # Checked before PolicyConfig sees it: its own checks answer NaN with "cannot convert float NaN to integer".
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r}", key=k)
+    return policy_config_from_dict(table, where=where)
+
+
+def _flatten(data, where: str = "config") -> dict:
+    """The file's content as one table of top-level keys: a [cluster] table's keys join the top level (found in
+    review: its models were dropped for the top level's empty list, and the demo models served instead); a
+    lone string for ``models`` is a one-item list."""
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(f"{where} must hold a table of keys (models, devices, [controller], [policy], "
+                                   f"[engine], [server]), got {type(data).__name__} {data!r:.80}")
+    data = dict(data)
+    cluster = _table(data.pop("cluster", None), "[cluster]")
+    both = sorted(set(cluster) & set(data))
+    if both:
+        raise InvalidArgumentError(f"config: {both} given both at the top level and in [cluster]; keep one",
+                                   keys=both)
+    data.update(cluster)
+    if isinstance(data.get("models"), str):
+        data["models"] = [data["models"]]
+    return data
+
+
 def cluster_config_from_dict(data: dict) -> ClusterConfig:
     """Build a ClusterConfig from the parsed content of a TOML or YAML file: top-level cluster keys (models,
-    devices, cpu_workers, ...) and the tables controller, policy, engine and server. ``policy`` is either the
-    policy's name (a string) or the [policy] table of PolicyConfig fields (then the name goes in
-    [controller] policy)."""
-    data = dict(data or {})
+    devices, cpu_workers, ...; or the same in a [cluster] table) and the tables controller, policy, engine and
+    server. ``policy`` is either the policy's name (a string) or the [policy] table of PolicyConfig fields (then
+    the name goes in [controller] policy)."""
+    data = _flatten(data or {})
     models = []
-    for i, m in enumerate(data.pop("models", []) or []):
-        models.append(ModelSpec(path=m) if isinstance(m, str) else _build(ModelSpec, dict(m), f"models[{i}]"))
-    ctl = dict(data.pop("controller", {}) or {})
+    listed = data.pop("models", None)
+    if listed is not None and not isinstance(listed, (list, tuple)):
+        raise InvalidArgumentError(f"config: models must be a list of checkpoint paths or tables with a path, got "
+                                   f"{listed!r}", key="models")
+    for i, m in enumerate(listed or ()):
+        if isinstance(m, str):
+            models.append(ModelSpec(path=m))
+        elif isinstance(m, dict) and isinstance(m.get("path"), str):
+            models.append(_build(ModelSpec, dict(m), f"models[{i}]"))
+        else:
+            raise InvalidArgumentError(
+                f"config: models[{i}] must be a checkpoint path or a table with a path (path = \"/ckpt/m\", name, "
+                f"tp, dtype), got {m!r}", key=f"models[{i}]")
+    ctl = _table(data.pop("controller", None), "[controller]")
+    if "policy_config" in ctl:
+        ctl["policy_config"] = _policy_table(ctl["policy_config"], "[controller] policy_config")
     if isinstance(data.get("policy"), dict):
-        ctl["policy_config"] = policy_config_from_dict(data.pop("policy"))
+        if "policy_config" in ctl:
+            raise InvalidArgumentError("config: the policy's knobs are given both as [policy] and as [controller] "
+                                       "policy_config; keep the [policy] table", key="policy")
+        ctl["policy_config"] = _policy_table(data.pop("policy"), "[policy]")
     elif "policy" in data:
+        # Found in review: a top-level policy name silently overrode [controller] policy.
+        if "policy" in ctl:
+            raise InvalidArgumentError(f"config: the policy is named twice, policy = {data['policy']!r} at the top "
+                                       f"level and {ctl['policy']!r} in [controller]; keep [controller] policy",
+                                       key="policy")
         ctl["policy"] = data.pop("policy")
     controller = _build(ControllerConfig, ctl, "[controller]")
-    engine = _engine(dict(data.pop("engine", {}) or {}))
-    server = _build(ServerConfig, dict(data.pop("server", {}) or {}), "[server]")
-    cluster = dict(data.pop("cluster", {}) or {})
-    cluster.update(data)
-    cluster.update(models=models, controller=controller, engine=engine, server=server)
-    return _build(ClusterConfig, cluster, "[cluster]")
+    engine = _engine(_table(data.pop("engine", None), "[engine]"))
+    server = _build(ServerConfig, _table(data.pop("server", None), "[server]"), "[server]")
+    data.update(models=tuple(models), controller=controller, engine=engine, server=server)
+    return _build(ClusterConfig, data, "top level")
 
 
 def load_config(path: str) -> ClusterConfig:
     """Read a cluster configuration file: TOML (.toml) or YAML (.yaml/.yml)."""
-    import os
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
@@ -239,34 +373,40 @@ def load_config(path: str) -> ClusterConfig:
         import tomllib
 
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise InvalidArgumentError(f"config file {path!r} is not valid TOML: {e}", path=path) from None
     elif ext in (".yaml", ".yml"):
         import yaml
 
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise InvalidArgumentError(f"config file {path!r} is not valid YAML: {e}", path=path) from None
+        data = {} if data is None else data
     else:
-        raise ValueError(f"config file {path!r}: use a .toml, .yaml or .yml file")
+        raise InvalidArgumentError(f"config file {path!r}: use a .toml, .yaml or .yml file", path=path)
+    data = _flatten(data, f"config file {path!r}")
     base = os.path.dirname(os.path.abspath(path))
-    for m in data.get("models", []) or []:
-        # Relative checkpoint paths are relative to the config file, not to wherever the server starts.
-        if isinstance(m, dict) and "path" in m and not os.path.isabs(os.path.expanduser(m["path"])):
-            m["path"] = os.path.join(base, m["path"])
-    ctl = data.get("controller") or {}
-    for key in ("history_path", "curve_dir"):  # files named in the config are relative to it, too
-        if ctl.get(key) and not os.path.isabs(os.path.expanduser(ctl[key])):
-            ctl[key] = os.path.join(base, ctl[key])
-    data["models"] = [
-        os.path.join(base, m) if isinstance(m, str) and not os.path.isabs(os.path.expanduser(m)) else m
-        for m in data.get("models", []) or []
-    ]
+
+    def here(p):  # relative paths are relative to the config file, not to wherever the server starts
+        return os.path.join(base, p) if isinstance(p, str) and p and not os.path.isabs(os.path.expanduser(p)) else p
+
+    if isinstance(data.get("models"), list):
+        data["models"] = [dict(m, path=here(m["path"])) if isinstance(m, dict) and "path" in m else here(m)
+                          for m in data["models"]]
+    if isinstance(data.get("controller"), dict):
+        data["controller"] = dict(data["controller"])
+        for key in ("history_path", "curve_dir"):
+            if key in data["controller"]:
+                data["controller"][key] = here(data["controller"][key])
     return cluster_config_from_dict(data)
 
 
 def default_demo_dir() -> str:
     """Where `warmserve models demo` writes and `warmserve serve` looks: $WARMSERVE_HOME/demo, else
     ~/.cache/warmserve/demo."""
-    import os
-
     home = os.environ.get("WARMSERVE_HOME")
     return os.path.join(home, "demo") if home else os.path.join(os.path.expanduser("~"), ".cache", "warmserve", "demo")

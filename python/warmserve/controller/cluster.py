@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
+import numbers
 import threading
 import weakref
 from dataclasses import dataclass
@@ -43,7 +45,9 @@ class Completion:
 
 #: How long a cancelled call waits for its work's own clean-up (an abort sent, workers of a failed start stopped).
 CANCEL_WAIT_S = 30.0
-#: The sampling keywords of generate()/stream() and their defaults (the OpenAI API's temperature of 1).
+#: The sampling keywords of generate()/stream() and their defaults (the OpenAI API's temperature of 1). The
+#: signatures default them to None, so that one given explicitly is told from one left out (found in review:
+#: params=SamplingParams(max_tokens=2) with max_tokens=16 dropped the 16 silently, as the default's value).
 _KEYWORDS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": None}
 
 
@@ -80,8 +84,13 @@ class Cluster:
             if isinstance(models, (str, ModelSpec)):
                 models = [models]
             specs = tuple(m if isinstance(m, ModelSpec) else ModelSpec(path=str(m)) for m in models)
+            if isinstance(window_s, bool) or not isinstance(window_s, numbers.Real) or not math.isfinite(window_s):
+                raise InvalidArgumentError(f"window_s must be a finite number of seconds, got {window_s!r}",
+                                           param="window_s")
+            # One device given alone is a one-item list (found in review: "cpu:0" was iterated per character).
             config = ClusterConfig(
-                models=specs, devices=tuple(devices or ()), cpu_workers=cpu_workers,
+                models=specs, devices=(devices,) if isinstance(devices, str) else tuple(devices or ()),
+                cpu_workers=cpu_workers,
                 cpu_worker_memory_bytes=cpu_worker_memory_bytes, remote_workers=remote_workers,
                 worker_start_timeout_s=start_timeout_s,
                 controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=window_s),
@@ -89,6 +98,10 @@ class Cluster:
             )
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
+        from warmserve.controller.serve import check_local_devices, read_history
+
+        if ray_address is None:
+            check_local_devices(config.devices)
         self.config = config
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="warmserve-controller", daemon=True)
@@ -96,7 +109,6 @@ class Cluster:
         self._closed = False
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, None)
         from warmserve.controller.launch import start_cluster
-        from warmserve.controller.serve import read_history
 
         history = read_history(config.controller.history_path) if config.controller.history_path else None
         if ray_address is not None:
@@ -127,7 +139,7 @@ class Cluster:
             finally:
                 done.set()
 
-        fut = asyncio.run_coroutine_threadsafe(guarded(), self._loop)
+        fut = self._submit(guarded(), coro)
         try:
             return fut.result(timeout_s)
         except BaseException as e:
@@ -143,6 +155,22 @@ class Cluster:
         if self._closed:
             raise ClosedError("this Cluster is closed")
 
+    def _submit(self, coro, *inner) -> concurrent.futures.Future:
+        """Schedule ``coro`` on the controller's loop. Once the loop has stopped (the cluster closed), ClosedError,
+        with ``coro`` (and the ``inner`` coroutines it would have awaited) closed unrun. Found in review: a stream
+        read after close() raised "Event loop is closed" and left "coroutine was never awaited" warnings."""
+        # A stopped loop's thread has ended: a coroutine handed to it then would never run, and its caller would
+        # wait for ever.
+        if not self._loop.is_closed() and self._thread.is_alive():
+            try:
+                return asyncio.run_coroutine_threadsafe(coro, self._loop)
+            except RuntimeError:  # closed between the check and the call
+                pass
+        for c in (coro, *inner):
+            c.close()
+        raise ClosedError("this Cluster is closed: its controller and workers have stopped; start a new Cluster",
+                          closed=True)
+
     @property
     def endpoint(self) -> str:
         """The ZeroMQ address workers on other hosts connect to (`warmserve worker --controller ...`)."""
@@ -155,12 +183,15 @@ class Cluster:
     def _prepare(self, model: str, prompt, params, max_tokens, temperature, top_p, seed, stop, messages):
         """Runs in the caller's thread, so tokenising a long prompt never stalls the controller's loop."""
         m = self.controller.model(model)
+        _check_prompt(prompt)
+        keywords = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
         if params is None:
-            s = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), seed=seed,
-                               stop=stop_strings(stop))
+            k = {name: _KEYWORDS[name] if v is None else v for name, v in keywords.items()}
+            _check_sampling(k)
+            s = SamplingParams(max_tokens=k["max_tokens"], temperature=float(k["temperature"]),
+                               top_p=float(k["top_p"]), seed=k["seed"], stop=stop_strings(k["stop"]))
         else:
-            given = {k: v for k, v in dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                           stop=stop).items() if v != _KEYWORDS[k]}
+            given = {name: v for name, v in keywords.items() if v is not None}
             if not isinstance(params, SamplingParams) or given:
                 raise InvalidArgumentError(
                     f"pass the sampling either as params=warmserve.SamplingParams(...) or as keywords, not both "
@@ -177,25 +208,26 @@ class Cluster:
 
     # ----------------------------------------------------------------------------------------------- public
 
-    def generate(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int = 16,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, stop=None, messages=None,
-                 timeout_s: float | None = None) -> Completion:
+    def generate(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
+                 messages=None, timeout_s: float | None = None) -> Completion:
         """Generate a completion of ``prompt`` (text or token ids), or of a chat given as ``messages``. Sampling:
-        the keywords, or ``params`` (a ``warmserve.SamplingParams``: every option the engine has, logprobs,
-        penalties, stop token ids, ..., the same object the HTTP API builds)."""
+        the keywords (defaults: max_tokens 16, temperature 1, top_p 1), or ``params`` (a
+        ``warmserve.SamplingParams``: every option the engine has, logprobs, penalties, stop token ids, ..., the
+        same object the HTTP API builds), not both."""
         self._check()
         m, ids, s = self._prepare(model, prompt, params, max_tokens, temperature, top_p, seed, stop, messages)
         return self._run(self._collect(m, ids, s), timeout_s)
 
-    async def agenerate(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int = 16,
-                        temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, stop=None,
-                        messages=None) -> Completion:
+    async def agenerate(self, model: str, prompt="", *, params: SamplingParams | None = None,
+                        max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                        seed: int | None = None, stop=None, messages=None) -> Completion:
         """generate() for asyncio code: awaits without blocking the caller's event loop (the prompt is prepared
         on a worker thread, the generation runs on the controller's loop)."""
         self._check()
         m, ids, s = await asyncio.to_thread(self._prepare, model, prompt, params, max_tokens, temperature, top_p,
                                             seed, stop, messages)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._collect(m, ids, s), self._loop))
+        return await asyncio.wrap_future(self._submit(self._collect(m, ids, s)))
 
     async def _collect(self, m, ids, s) -> Completion:
         gen = TextGeneration(self.controller.submit_nowait(m.name, ids, s), m.tokenizer.decode, s.stop)
@@ -204,8 +236,8 @@ class Cluster:
         return Completion(text=text, token_ids=list(gen.text.ids), finish_reason=gen.finish_reason or "stop",
                           prompt_tokens=len(ids), completion_tokens=gen.completion_tokens, logprobs=lps)
 
-    def stream(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int = 16,
-               temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, stop=None,
+    def stream(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int | None = None,
+               temperature: float | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
                messages=None) -> "TextIterator":
         """Text pieces as they are generated: ``for piece in c.stream(...)`` or ``async for piece in ...``."""
         self._check()
@@ -263,8 +295,7 @@ class TextIterator:
             self._abort()
 
     async def _anext_impl(self):
-        fut = asyncio.run_coroutine_threadsafe(self._next(), self._c._loop)
-        return await asyncio.wrap_future(fut)
+        return await asyncio.wrap_future(self._c._submit(self._next()))
 
     def __aiter__(self):
         return self._agen()
@@ -282,6 +313,32 @@ class TextIterator:
     def _abort(self):
         if self._gen is not None and not self._gen.req.done and not self._c._closed:
             self._c._loop.call_soon_threadsafe(self._gen.abort)
+
+
+def _check_prompt(prompt) -> None:
+    """Found in review: bytes were taken as token ids (b"hello" as ids 104, 101, ...), and a number failed with a
+    bare TypeError from len()."""
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise InvalidArgumentError("prompt must be text or a list of token ids, not bytes: decode it first "
+                                   "(prompt.decode())", param="prompt")
+    if prompt is not None and not isinstance(prompt, (str, list, tuple)):
+        raise InvalidArgumentError(f"prompt must be text or a list of token ids, got {type(prompt).__name__} "
+                                   f"{prompt!r:.40}", param="prompt")
+
+
+def _check_sampling(k: dict) -> None:
+    """The keywords' types, named (found in review: temperature="hot" and seed="1" failed with bare errors)."""
+    for name in ("temperature", "top_p"):
+        v = k[name]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise InvalidArgumentError(f"{name} must be a number, got {type(v).__name__} {v!r:.40}", param=name)
+    for name in ("max_tokens", "seed"):
+        v = k[name]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+            raise InvalidArgumentError(f"{name} must be a whole number, got {type(v).__name__} {v!r:.40}",
+                                       param=name)
+        if v is not None:
+            k[name] = int(v)
 
 
 async def _acall(fn):

@@ -12,14 +12,18 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import threading
 
 import msgspec
 
 from warmserve.config import ClusterConfig, ModelSpec, load_config
+from warmserve.errors import InvalidArgumentError
 
 log = logging.getLogger("warmserve.controller")
 
@@ -93,6 +97,15 @@ def build_config(args) -> ClusterConfig:
     options = list(args.policy_option)
     if args.window_s is not None:
         options.insert(0, f"window_s={args.window_s}")
+    for option in options:
+        # PolicyConfig answers a NaN window with "cannot convert float NaN to integer", naming nothing.
+        key, _, text = option.partition("=")
+        try:
+            bad = not math.isfinite(float(text))
+        except ValueError:
+            bad = False
+        if bad:
+            raise InvalidArgumentError(f"policy option {key}: {text} is not a finite number", option=key)
     if args.insecure:
         ctl["insecure"] = True
     if options:
@@ -150,55 +163,75 @@ def read_history(path: str) -> dict:
     return {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
 
 
+#: Connections the HTTP socket queues before they are accepted (the kernel caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 1024
+
+
+class _Stopped(Exception):
+    """A SIGINT or SIGTERM came while the server was starting."""
+
+
 async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
                 ray_address: str | None = None) -> None:
-    """Run until SIGINT/SIGTERM, then drain: in-flight requests finish, new ones get 503. ``ray_address``: start
-    the workers on that Ray cluster ("auto": the one this machine belongs to) instead of as local processes."""
+    """Run until SIGINT/SIGTERM, then drain: in-flight requests finish, new ones get 503; a second signal stops
+    the drain. ``ray_address``: start the workers on that Ray cluster ("auto": the one this machine belongs to)
+    instead of as local processes."""
     from aiohttp import web
 
     from warmserve.controller.api import Api
     from warmserve.controller.launch import start_cluster, with_defaults
 
+    if ray_address is None:
+        check_local_devices(cfg.devices)
     # The HTTP port first: one in use is an error now, not after every worker has started (found in review). It
     # listens from here; connections wait in its backlog until the site serves them.
-    listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=1024,
+    listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=LISTEN_BACKLOG,
                                     family=socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
-    if not cfg.models:
-        _say("no models named (--model, --config): writing the demo checkpoints if absent (first run: ~20 s)")
-    try:
-        cfg = with_defaults(cfg)
-        history = read_history(cfg.controller.history_path) if cfg.controller.history_path else None
-    except BaseException:
-        listener.close()
-        raise
     # Signals from here on: a SIGTERM or Ctrl-C during start-up stops the start and its workers (found in review:
-    # the default handlers ended the controller on the spot, and workers still starting ran on).
+    # the default handlers ended the controller on the spot, and workers still starting ran on; a Ctrl-C while the
+    # demo checkpoints were written read as their writer failing, with its KeyboardInterrupt traceback). Once
+    # stopping, a second one ends the drain (found in review: it did nothing, and shutdown took drain_timeout_s).
     stop = asyncio.Event()
+    signals = 0
+    controller = None
+
+    def on_signal():
+        nonlocal signals
+        signals += 1
+        stop.set()
+        if signals > 1 and controller is not None:
+            controller.end_drain()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    _say(f"starting workers and loading {len(cfg.models)} model(s): "
-         f"{', '.join(m.name or os.path.basename(m.path.rstrip('/')) for m in cfg.models)}")
-    if ray_address is not None:
-        from warmserve.controller.ray_launch import start_ray_cluster
+        loop.add_signal_handler(sig, on_signal)
+    if not cfg.models:
+        _say("no models named (--model, --config): writing the demo checkpoints if absent (first run: ~20 s)")
 
-        starting = asyncio.ensure_future(start_ray_cluster(cfg, ray_address, history=history, log_dir=log_dir))
-    else:
-        starting = asyncio.ensure_future(start_cluster(cfg, history=history, log_dir=log_dir))
-    stopping = asyncio.ensure_future(stop.wait())
+    def prepare():
+        ready_cfg = with_defaults(cfg)
+        path = ready_cfg.controller.history_path
+        return ready_cfg, (read_history(path) if path else None)
+
     try:
-        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not starting.done():  # stopped while starting: the start's own clean-up stops what it began
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-            listener.close()
-    if starting.cancelled():
+        # The demo writer and the workers are child processes in the terminal's process group: a Ctrl-C stops
+        # them too, and their failure, a moment before the signal reaches this loop, is the stop's.
+        cfg, history = await _unless_stopped(_in_daemon_thread(prepare), stop, grace_s=1.0)
+        if stop.is_set():
+            raise _Stopped()
+        _say(f"starting workers and loading {len(cfg.models)} model(s): "
+             f"{', '.join(m.name or os.path.basename(m.path.rstrip('/')) for m in cfg.models)}")
+        if ray_address is not None:
+            from warmserve.controller.ray_launch import start_ray_cluster
+
+            starting = start_ray_cluster(cfg, ray_address, history=history, log_dir=log_dir)
+        else:
+            starting = start_cluster(cfg, history=history, log_dir=log_dir)
+        controller = await _unless_stopped(starting, stop, grace_s=1.0)
+    except _Stopped:
+        listener.close()
         _say("stopped while starting")
         return
-    try:
-        controller = starting.result()
     except BaseException:
         listener.close()
         raise
@@ -207,7 +240,8 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     # is aborted on its worker), streaming or not; aiohttp leaves handlers running by default.
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    site = web.SockSite(runner, listener)
+    # SockSite listens again with its own backlog (aiohttp's default 128): the listener's must be passed on.
+    site = web.SockSite(runner, listener, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError:
@@ -229,9 +263,96 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     if ready is not None:
         ready(port, controller)
     await stop.wait()
-    log.info("shutting down: draining in-flight requests (up to %.0f s)", cfg.controller.drain_timeout_s)
-    await controller.close(drain=True)
+    _say(f"shutting down: draining in-flight requests up to {cfg.controller.drain_timeout_s:g} s; Ctrl-C again to "
+         f"stop now")
+    closing = asyncio.ensure_future(controller.close(drain=True))
+    await asyncio.sleep(0)  # the close has set its drain deadline: a second signal from here on cuts it short
+    if signals > 1:
+        controller.end_drain()
+    await closing
     await runner.cleanup()
+
+
+async def _unless_stopped(work, stop: asyncio.Event, grace_s: float = 0.0):
+    """``work``'s result, or _Stopped once ``stop`` is set first (``work`` is then cancelled, and its own clean-up
+    has run). A failure of ``work`` followed within ``grace_s`` seconds by the stop is the stop's."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if grace_s and task.done() and not task.cancelled() and task.exception() is not None:
+            await asyncio.wait([stopping], timeout=grace_s)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()  # done even if a stop came with it: the caller stops it the ordinary way
+    if stop.is_set():
+        if not task.cancelled():
+            task.exception()  # retrieved: the stop caused it
+        raise _Stopped()
+    return task.result()
+
+
+async def _in_daemon_thread(fn):
+    """``fn()`` on a daemon thread: a stop need not wait for it, nor the interpreter's exit (a demo checkpoint
+    writer it runs goes on alone, or got the same Ctrl-C)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(ok: bool, value) -> None:
+        if not fut.done():
+            fut.set_result(value) if ok else fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            value, ok = fn(), True
+        except BaseException as e:
+            value, ok = e, False
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:  # the loop has closed: nobody waits for it any more
+            pass
+
+    threading.Thread(target=run, name="warmserve-serve-prepare", daemon=True).start()
+    return await fut
+
+
+def check_local_devices(devices) -> None:
+    """Refuse a cuda:N this machine has not got, before any worker starts (found in review: each worker failed
+    inside torch, "module 'torch._C' has no attribute '_cuda_setDevice'"). Without torch, which the controller
+    never imports: only when the answer is certain (CUDA_VISIBLE_DEVICES hides every GPU, no NVIDIA driver at all,
+    or nvidia-smi's count); otherwise the worker checks its device itself."""
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if not cuda:
+        return
+    from warmserve.controller.launch import visible_gpus
+
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None and cvd.strip() in ("", "-1"):
+        visible = 0
+    elif shutil.which("nvidia-smi") is not None:
+        visible = visible_gpus()
+    elif not any(n.startswith("nvidia") for n in _listdir("/dev")) and not os.path.exists("/dev/dxg"):
+        visible = 0
+    else:
+        return
+    top = max(int(d.partition(":")[2] or 0) for d in cuda)
+    if visible == 0:
+        raise InvalidArgumentError(f"devices {', '.join(cuda)}: no CUDA device visible on this machine; use cpu:N "
+                                   f"devices (or name none: CPU workers)", devices=list(cuda))
+    if top >= visible:
+        raise InvalidArgumentError(f"devices: cuda:{top} asked for, but only {visible} CUDA device(s) are visible "
+                                   f"(cuda:0 to cuda:{visible - 1}); check CUDA_VISIBLE_DEVICES", visible=visible)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _say(what: str) -> None:

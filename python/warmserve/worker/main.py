@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -60,13 +61,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-with-parent", nargs="?", type=int, const=0, default=None, metavar="PID",
                    help="shut down when the parent process exits; PID: the parent it must have (a spawner passes "
                         "its own pid, so a worker whose parent died while it started exits too)")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", default="WARNING", type=str.upper,
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                   help="what goes to stderr (default WARNING)")
 
 
 def check_device(device: str) -> None:
     ok = device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     if not ok:
         raise errors.InvalidArgumentError(f"--device must be cpu or cuda:N, got {device!r}", device=device)
+
+
+def check_cuda(device: str) -> None:
+    """A CUDA device that this process can see (imports torch). Found in review: cuda:0 on a machine without CUDA
+    failed inside torch with "module 'torch._C' has no attribute '_cuda_setDevice'"."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise errors.InvalidArgumentError(f"--device {device}: no CUDA device visible (torch.cuda.is_available() is "
+                                          "False); use --device cpu", device=device)
+    if index >= count:
+        raise errors.InvalidArgumentError(f"--device {device}: only {count} CUDA device(s) visible (cuda:0 to "
+                                          f"cuda:{count - 1}); check CUDA_VISIBLE_DEVICES", device=device,
+                                          visible=count)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What the flags can be checked for before torch is imported and the pool made (seconds of work)."""
+    from ..config import check_endpoint
+
+    check_device(args.device)
+    # Found in review: a heartbeat interval of 0 busy-looped a core; NaN passes every comparison.
+    for flag in ("heartbeat_interval_s", "peer_timeout_s"):
+        v = getattr(args, flag)
+        if not math.isfinite(v) or v <= 0:
+            raise errors.InvalidArgumentError(f"--{flag.replace('_', '-')} must be a finite number > 0 seconds, "
+                                              f"got {v}", **{flag: v})
+    if args.memory_gib is not None and (not math.isfinite(args.memory_gib) or args.memory_gib <= 0):
+        raise errors.InvalidArgumentError(f"--memory-gib must be a finite number > 0, got {args.memory_gib}",
+                                          memory_gib=args.memory_gib)
+    if args.controller is not None:
+        check_endpoint(args.controller, "--controller", listen=False)
+    if args.bind is not None:
+        check_endpoint(args.bind, "--bind", listen=True)
+    for flag in ("curve_server_key", "curve_secret_key"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            raise errors.InvalidArgumentError(f"--{flag.replace('_', '-')} {path}: no such file (a certificate "
+                                              "zmq.auth.create_certificates wrote)", path=path)
+    if args.curve_clients_dir is not None and not os.path.isdir(args.curve_clients_dir):
+        raise errors.InvalidArgumentError(f"--curve-clients-dir {args.curve_clients_dir}: no such directory",
+                                          path=args.curve_clients_dir)
 
 
 def check_security(args: argparse.Namespace) -> None:
@@ -156,12 +205,13 @@ def serve(args: argparse.Namespace) -> int:
     if args.threads:
         # Before torch is imported, so its thread pools start at this size.
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    check_device(args.device)
+    check_args(args)
     check_security(args)
     engine = engine_config(args)
     from .core import WorkerCore
     from .server import WorkerServer
 
+    check_cuda(args.device)
     prewarm_engine(args.device, args.threads)
     pool = build_pool(args.device, args.memory_gib, page_mib=args.page_mib)
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{args.device.replace(':', '')}"
