@@ -4,7 +4,8 @@ model with fixed KV shares). Both lay out all their instances on the first tick 
 `shared`'s layout is ``plan_shared`` of a ``SharedLayout``: how many GPU groups each tensor-parallel class gets
 and how many models a group hosts at most. Without one (``StaticPolicy.layout`` None) the classes get GPUs in
 proportion to their demand x tp and groups host two models; the simulator sets ``layout`` to the best of a
-search (``warmserve.sim.shared_search``), as MuxServe chooses its placement by searching with a cost model."""
+search (``warmserve.sim.shared_search``), as MuxServe chooses its placement by searching with a cost model, and
+gives `dedicated` the search's best one-model-per-group layout where that serves its run better than its own."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class StaticPolicy(Policy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._placed = False
-        #: `shared` only: the layout to lay out (None: the demand-proportional default); set before the first tick
+        #: the layout to lay out, set before the first tick: `shared`'s (None: the demand-proportional default);
+        #: `dedicated` lays one out too where given (one model per group, ``plan_shared``), else its own
         self.layout: SharedLayout | None = None
 
     def route(self, state: ClusterState, model: str, now_s: float, request_id=None):
@@ -70,7 +72,7 @@ class StaticPolicy(Policy):
         demand = self._demand()
         order = sorted(self.models, key=lambda m: (-self.models[m].tp, -demand[m], m))
         out: list = []
-        if self.name == "dedicated":
+        if self.name == "dedicated" and self.layout is None:
             count = {m: 0 for m in self.models}
             for m in order:  # one instance each first, biggest tp first so groups pack
                 act = self._start(board, m)
@@ -97,7 +99,8 @@ class StaticPolicy(Policy):
         out = []
         for gpus, hosted in plan_shared(state, self.models, order, demand, layout):
             for m, frac in hosted:
-                out.append(A.StartInstance(self._new_id(m, "i"), m, gpus, kv_fraction=frac, warm_engine=True))
+                out.append(A.StartInstance(self._new_id(m, "i"), m, gpus, kv_fraction=frac,
+                                           warm_engine=True if self.name == "shared" else self.cfg.warm_engine))
         return out
 
 

@@ -55,8 +55,10 @@ class SimConfig:
     #: no published figure (PAPER.md states none); a flat 2 s SLO is shown beside it (``--ttft-slo-s 2``,
     #: bench/simulate/paper_*_slo2s.json)
     slo_scale: float = 10.0
-    #: what an unanswered request counts as in TTFT statistics, seconds
-    unanswered_ttft_s: float = 999.0
+    #: what an unanswered request counts as in TTFT statistics, seconds; None: the time from its arrival to the
+    #: end of the run (drain included), never less than a late answer's (was a fixed 999 s, less than the ~1800 s
+    #: a late answer can take)
+    unanswered_ttft_s: float | None = None
     #: replay the history's last ``warmup_s`` (unmeasured) before t=0; None: the workload's own warm-up
     warmup_s: float | None = None
     #: the policy's knobs (a policy's name may override some of them; see warmserve.policy.POLICY_NAMES)

@@ -22,7 +22,11 @@ with (the `shared` baseline's figures were measured under that rule). KV blocks 
 (``KV_BLOCK_TOKENS`` tokens each) are reserved at admission, so a request is never preempted: vLLM admits on the
 prompt's blocks and preempts (recomputes) the newest request when the cache fills, so this admits somewhat fewer
 sequences than vLLM when KV memory binds and never pays a recomputation. An instance maps KV pages up to the
-policy's target and grows the mapping from free GPU memory when a request needs it.
+policy's target and grows the mapping from free GPU memory when a request needs it; the pages mapped while
+admitting cost ``CostModel.kv_map_s_per_gib`` per GiB (per GPU, the GPUs mapping in parallel), added to the
+prefill iteration that admitted the request (found in review: the mapping was instant), for an engine that maps
+lazily (``EngineInst.lazy_map``: warmserve's prewarmed engines; a vanilla vLLM engine allocates its cache inside
+its initialisation).
 
 ``ENGINE_MODELS``: "vllm" (the above) or "fluid", the simulator's earlier model kept for comparison: the batch
 capped at the policy's planning capacity B instead of the engine's limits, no token budget and a decode step that
@@ -42,7 +46,7 @@ import math
 from collections import deque
 
 from warmserve.policy.state import InstanceState
-from warmserve.sim.costmodel import CostModel, ModelCost
+from warmserve.sim.costmodel import GIB, CostModel, ModelCost
 
 IDLE, DECODE, PREFILL, STARTING = 0, 1, 2, 3
 #: the engine models ``SimConfig.engine_model`` may name (see the module doc)
@@ -54,7 +58,7 @@ class EngineInst:
 
     __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
                  "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
-                 "pf_tokens", "wake", "pf_left", "chunk", "work_left")
+                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s")
 
     def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
         self.st = st
@@ -88,6 +92,11 @@ class EngineInst:
         #: seconds of lone-process work left (at slow 1) in a fresh engine's start (``STARTING``) or, where CPU
         #: workers share cores, in the prefill iteration under way; ``t_last`` is when it was last counted
         self.work_left = 0.0
+        #: its KV pages are mapped on demand, each mapping at admission charged to the prefill (a warm engine);
+        #: False: allocated with the engine (vanilla vLLM), uncharged
+        self.lazy_map = True
+        #: seconds of KV mapping done while admitting, owed by the next prefill iteration
+        self.map_s = 0.0
 
 
 class BatchEngines:
@@ -99,8 +108,12 @@ class BatchEngines:
 
     def __init__(self, cost: CostModel, max_batch: int, prompt: list[int], output: list[int], blocks: list[int],
                  gpu_total: list[int], gpu_used: list[int], push, on_first, on_complete, *, kv_read: bool = True,
-                 max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0, server_gpus=None, on_started=None):
+                 max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0, server_gpus=None, on_started=None,
+                 kv_map_s_per_gib: float | None = None):
         self.cost = cost
+        #: seconds per GiB (per GPU) a lazily mapping engine pays for KV pages mapped while admitting; None: the
+        #: cost model's ``kv_map_s_per_gib``
+        self.kv_map_s_per_byte = (cost.kv_map_s_per_gib if kv_map_s_per_gib is None else kv_map_s_per_gib) / GIB
         #: ``server_gpus(g)``: the GPUs of ``g``'s server, whose CPU workers share its cores
         #: (``GpuType.host_cores``); None: every GPU on one server
         self.server_gpus = server_gpus or (lambda g: range(len(self.gpu_insts)))
@@ -281,7 +294,9 @@ class BatchEngines:
                 inst.phase = PREFILL
                 if old == IDLE:
                     self._reslow(inst, t)
-                self._push_work(inst, self.cost.prefill_batch_s(inst.cost, [self.prompt[r] for r in batch]), t)
+                map_s, inst.map_s = inst.map_s, 0.0
+                self._push_work(inst, self.cost.prefill_batch_s(inst.cost, [self.prompt[r] for r in batch]) + map_s,
+                                t)
                 return
         if inst.running:
             inst.phase = DECODE
@@ -297,7 +312,10 @@ class BatchEngines:
         """Reserve KV blocks for ``rid`` (prompt + output), growing the mapping if need be; False: no room."""
         need = self.blocks[rid]
         if inst.kv_used + need > inst.st.kv_blocks_mapped:
+            before = inst.st.kv_blocks_mapped
             self.remap(inst, need)
+            if inst.lazy_map and inst.st.kv_blocks_mapped > before:
+                inst.map_s += (inst.st.kv_blocks_mapped - before) * inst.block_bytes * self.kv_map_s_per_byte
             if inst.kv_used + need > inst.st.kv_blocks_mapped:
                 return False
         inst.kv_used += need
@@ -340,6 +358,8 @@ class BatchEngines:
                                             - self.cost.prefill_s(c, 0)) * inst.slow
         else:
             dt = self.cost.prefill_batch_s(c, [k for _, k in chunk]) * inst.slow
+        dt += inst.map_s * inst.slow
+        inst.map_s = 0.0
         self._push_work(inst, dt / inst.slow, t, dt)
         return True
 

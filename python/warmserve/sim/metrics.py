@@ -14,7 +14,7 @@ class RunResult:
     summary: dict
     #: per model: the same numbers, for the models that received requests
     per_model: dict = field(default_factory=dict)
-    #: TTFT of every measured request (unanswered ones as ``unanswered_ttft_s``), for CDF plots
+    #: TTFT of every measured request (unanswered ones as ``summarize`` counts them), for CDF plots
     ttft_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
@@ -42,13 +42,17 @@ def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
 
 
 def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens, slo_s, *, duration_s, end_s,
-              gpu_seconds, starts, evictions, unanswered_ttft_s, n_gpus, migrated=0,
+              gpu_seconds, starts, evictions, n_gpus, unanswered_ttft_s=None, migrated=0,
               gpu_seconds_holding=None) -> RunResult:
     """Turn per-request times (NaN: never happened) into the run's statistics. A request without a first token
-    counts as ``unanswered_ttft_s``; one without a finish counts as dropped. ``migrated``: requests moved off an
+    counts as waiting until the end of the run, ``end_s`` - its arrival (found in review: a fixed 999 s was less
+    than a late answer can take, up to ~1800 s with the drain, so dropping a request scored better than answering
+    it late), or as ``unanswered_ttft_s`` where one is given (the live replay's twin matches its live side's
+    convention); one without a finish counts as dropped. ``migrated``: requests moved off an
     instance to be resumed on another (``actions.Migrate``)."""
     answered = ~np.isnan(first_s)
-    ttft = np.where(answered, first_s - arrival_s, unanswered_ttft_s)
+    unanswered = end_s - arrival_s if unanswered_ttft_s is None else unanswered_ttft_s
+    ttft = np.where(answered, first_s - arrival_s, unanswered)
     done = ~np.isnan(finish_s)
     multi = done & (output_tokens > 1)
     tpot_all = np.full(len(arrival_s), np.nan)

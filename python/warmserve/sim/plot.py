@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 
-def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float = 999.0) -> None:
+def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float | None = None) -> None:
     """One line per curve on a log-TTFT axis. ``curves`` holds (label, ttft_s array, line style, colour or None).
+    ``unanswered_ttft_s``: what an unanswered request counts as, for the axis label (None: the simulator's rule,
+    until the end of the run).
 
     TTFTs are floored at 1 ms so that the log axis shows requests answered faster than that."""
     import matplotlib
@@ -20,7 +22,8 @@ def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float = 999.
         x = np.sort(np.maximum(np.asarray(data, float), 1e-3))
         ax.plot(x, np.arange(1, len(x) + 1) / len(x), style, color=color, label=label, lw=1.5)
     ax.set_xscale("log")
-    ax.set_xlabel(f"TTFT (s, log scale; unanswered = {unanswered_ttft_s:.0f} s)")
+    unanswered = "until the end of the run" if unanswered_ttft_s is None else f"{unanswered_ttft_s:.0f} s"
+    ax.set_xlabel(f"TTFT (s, log scale; unanswered = {unanswered})")
     ax.set_ylabel("fraction of requests")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
