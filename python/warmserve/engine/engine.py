@@ -26,7 +26,7 @@ from warmserve.engine.kv_cache import KVCache
 from warmserve.engine.model import Model
 from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
-from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
+from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError, fmt_bytes
 from warmserve.geometry import blocks_for_tokens
 from warmserve.protocol import KvStats, SamplingParams, TokenLogprobs
 
@@ -68,10 +68,12 @@ class Engine:
                  cuda_graphs: bool | None = None):
         """Activate a prewarmed LoadedModel.
 
-        kv_blocks caps the KV cache (a fixed share); None = as many blocks as the slot's reservation holds (the
-        pool's size), each mapped only when the pool has the pages. target_free_blocks: free blocks kept mapped
-        ahead of demand (None = all of them, like an engine that takes all memory up front); blocks beyond it
-        are unmapped after each step, so an idle instance holds little KV and prewarming keeps its room.
+        kv_blocks caps the KV cache (a fixed share); None = all the model can have (LoadedModel.kv_capacity_blocks:
+        what the pool's pages hold after its weights), each mapped only when the pool has the pages. A request
+        needing more blocks than the cap, or than the pool holds after the weights, is refused (max_kv_blocks).
+        target_free_blocks: free blocks kept mapped ahead of demand (None = all of them, like an engine that takes
+        all memory up front); blocks beyond it are unmapped after each step, so an idle instance holds little KV
+        and prewarming keeps its room.
         cuda_graphs: decode steps replay CUDA graphs (engine/graphs.py): None = where they can run (a CUDA device
         with the kernels, tp = 1; off on the CPU), True = required (BackendUnavailableError where they cannot
         run), False = never. Graphs captured while the model was prewarmed (capture_decode_graphs) are used as
@@ -91,8 +93,15 @@ class Engine:
             lm._deactivate(self)
             raise
         self.lm = lm
-        self._init(model, kv, lm.tokenizer, lm.max_context, max_batch_tokens, max_num_seqs)
+        # Before the first block is mapped (_init grows the cache): a failure there gives what it mapped back to
+        # the pool and deactivates the model, instead of leaving blocks in the slot that every later activation's
+        # map overlaps (found in review).
         self._finalizer = weakref.finalize(self, Engine._release, kv, weakref.ref(lm), id(self))
+        try:
+            self._init(model, kv, lm.tokenizer, lm.max_context, max_batch_tokens, max_num_seqs)
+        except BaseException:
+            self._finalizer()
+            raise
         self.graphs_off_reason = why
         if use_graphs:
             try:
@@ -169,11 +178,22 @@ class Engine:
                 f"{self.max_context} tokens: shorten the prompt or lower max_tokens",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, max_context=self.max_context)
         blocks_needed = blocks_for_tokens(need, self.kv.block_tokens)
-        if blocks_needed > self.kv.total_blocks:
+        cap = self.max_kv_blocks
+        if blocks_needed > cap:
+            # A request past the cap could never get its blocks: it would wait (or hold a half prefill) forever.
+            pool = self.lm.slot.pool
+            if cap == self.lm.kv_pool_blocks:
+                why = (f"all that its pool of {fmt_bytes(pool.total_bytes)} holds after "
+                       f"{fmt_bytes(self.lm.weight_region_bytes)} of weights")
+                fix = "serve the model from a larger pool"
+            else:
+                why, fix = "its KV share", "give the instance more KV blocks (kv_blocks)"
             raise PromptTooLongError(
-                f"{need} tokens need {blocks_needed} KV blocks but this instance has {self.kv.total_blocks}: "
-                "shorten the request or give the instance more KV blocks",
-                prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=self.kv.total_blocks)
+                f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} = {need} tokens need "
+                f"{blocks_needed} KV blocks of {self.kv.block_tokens} tokens, but this instance holds at most {cap} "
+                f"({why}): shorten the prompt, lower max_tokens or {fix}",
+                prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=cap,
+                blocks_needed=blocks_needed)
         gen, seed = None, 0
         if not params.greedy:
             gen = torch.Generator(device="cpu")  # seeded before each draw (_sample)
@@ -190,7 +210,7 @@ class Engine:
         """A max_tokens the server filled in (SamplingParams.max_tokens_defaulted) lowered to what this instance
         holds, its context and its KV cap: the request ends with "length" there. Left as it is when not one more
         token fits, so that add_request refuses it with the numbers."""
-        room = min(self.max_context, self.kv.total_blocks * self.kv.block_tokens) - prompt_tokens
+        room = min(self.max_context, self.max_kv_blocks * self.kv.block_tokens) - prompt_tokens
         if done_tokens < room < params.max_tokens:
             return msgspec.structs.replace(params, max_tokens=room)
         return params
@@ -203,6 +223,12 @@ class Engine:
         self.scheduler.finish(seq, "abort")
         self._aborted.append(seq)
         return True
+
+    @property
+    def max_kv_blocks(self) -> int:
+        """The most KV blocks one request can have: the cache's cap, and no more than the pool's pages hold after
+        the weights (a share may be larger; those blocks could never all be mapped)."""
+        return min(self.kv.total_blocks, self.lm.kv_pool_blocks)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self._aborted)
@@ -246,8 +272,9 @@ class Engine:
         outputs = [self._output(s, []) for s in self._aborted]
         self._aborted = []
         chunks = self.scheduler.schedule()
-        # another step now would do the same (a worker retries it on its idle turns)
-        self.stalled = not chunks and not self.scheduler.running and bool(self.scheduler.waiting)
+        # Nothing could run: another step now would do the same until blocks come free elsewhere (a worker
+        # retries it on its idle turns instead of spinning a core on it).
+        self.stalled = not chunks and self.scheduler.has_unfinished()
         if chunks:
             outputs += self._run(chunks)
             self.num_steps += 1

@@ -149,8 +149,16 @@ class LoadedModel:
 
     @property
     def kv_capacity_blocks(self) -> int:
-        """KV blocks the slot's reservation can hold after the weights."""
-        return (self.slot.reserved_bytes - self.weight_region_bytes) // self.kv_bytes_per_block
+        """KV blocks this model can ever have: what the slot's reservation holds after the weights, and no more than
+        the pool's pages hold after them. The reservation alone counts the whole pool (load_model's default), so a
+        request admitted on it could need blocks that never exist and wait forever (found in review)."""
+        reserved = (self.slot.reserved_bytes - self.weight_region_bytes) // self.kv_bytes_per_block
+        return min(reserved, self.kv_pool_blocks)
+
+    @property
+    def kv_pool_blocks(self) -> int:
+        """KV blocks the pool's pages hold after this model's weights (the cap no KV share can pass)."""
+        return (self.slot.pool.total_bytes - self.weight_region_bytes) // self.kv_bytes_per_block
 
     @property
     def tp(self) -> int:
@@ -201,12 +209,21 @@ class LoadedModel:
             self.slot.tag = f"prewarm:{self.name}"
 
     def _kv_region(self, kv_blocks: int | None):
-        cap = self.kv_capacity_blocks
-        if kv_blocks is not None and not 1 <= kv_blocks <= cap:
+        """(region, blocks, mapper) of a KV cache of ``kv_blocks`` (None: all the model can have). A share may
+        pass what the pool holds after the weights (the slot's range has room for it); the engine then admits no
+        request larger than what the pool holds (Engine.add_request)."""
+        reserved = (self.slot.reserved_bytes - self.weight_region_bytes) // self.kv_bytes_per_block
+        if kv_blocks is not None and not 1 <= kv_blocks <= reserved:
             raise InvalidArgumentError(
-                f"kv_blocks={kv_blocks}: this slot holds 1 to {cap} KV blocks of {fmt_bytes(self.kv_bytes_per_block)}",
-                kv_blocks=kv_blocks, capacity_blocks=cap)
-        total = cap if kv_blocks is None else kv_blocks
+                f"kv_blocks={kv_blocks}: this slot holds 1 to {reserved} KV blocks of "
+                f"{fmt_bytes(self.kv_bytes_per_block)}", kv_blocks=kv_blocks, capacity_blocks=reserved)
+        total = self.kv_capacity_blocks if kv_blocks is None else kv_blocks
+        if total < 1:
+            raise OutOfMemoryError(
+                f"model {self.name!r} has room for no KV block of {fmt_bytes(self.kv_bytes_per_block)}: its pool of "
+                f"{fmt_bytes(self.slot.pool.total_bytes)} holds its {fmt_bytes(self.weight_region_bytes)} of weights "
+                "and less than a block more: use a larger pool", model=self.name,
+                asked_bytes=self.kv_bytes_per_block, total_bytes=self.slot.pool.total_bytes)
         elems = self.kv_bytes_per_block // _esize(self.dtype)
         region = self.slot.tensor(self.weight_region_bytes, (total, elems), self.dtype, pinned=False)
         return region, total, KVPageMapper(self.slot, self.weight_region_bytes, self.kv_bytes_per_block)

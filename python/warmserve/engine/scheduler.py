@@ -2,9 +2,11 @@
 
 Each step spends a token budget: first one token for every running sequence that is decoding, then prompt
 chunks of waiting (or partly prefilled) sequences in arrival order, so a long prompt is prefilled over several
-steps while others keep decoding. When the KV cache has no block for a decoding sequence, the youngest running
-sequence is preempted: its blocks are freed and it goes back to the head of the queue to be recomputed from
-its prompt plus what it has generated so far.
+steps while others keep decoding. When the KV cache has no block for a running sequence (decoding, or part way
+through its prefill), the youngest running sequence is preempted, down to that one itself: its blocks are freed
+and it goes back to the head of the queue to be recomputed from its prompt plus what it has generated so far. A
+preempted sequence starts again only when it can have blocks for all of that at once, and a step that preempted
+admits nobody new.
 """
 
 from __future__ import annotations
@@ -105,39 +107,80 @@ class Scheduler:
         self.kv.free(seq.blocks)
         seq.blocks = []
 
+    def _make_room(self, seq: Sequence, upto_tokens: int, scheduled: list[ScheduledChunk]) -> tuple[bool, int]:
+        """Give ``seq`` blocks up to ``upto_tokens``, preempting the youngest running sequence while the cache has
+        none, down to ``seq`` itself. A victim that ``scheduled`` holds a chunk of loses it. Returns (whether seq
+        got them, tokens of budget the lost chunks give back)."""
+        refund = 0
+        while not self._ensure_blocks(seq, upto_tokens):
+            victim = self.running[-1]
+            for c in scheduled:
+                if c.seq is victim:
+                    scheduled.remove(c)
+                    refund += c.n
+                    break
+            self._preempt(victim)
+            if victim is seq:
+                return False, refund
+        return True, refund
+
+    def _admit_tokens(self, seq: Sequence, n: int) -> int:
+        """Tokens a waiting sequence needs blocks for to start with a chunk of n: a preempted one needs all of
+        them, so it starts again only when it can reach where it was. Otherwise one whose pages another instance
+        holds would recompute the same chunks, preempt itself again, and so on for as long as they are held."""
+        return seq.length if seq.preemptions else seq.num_computed + n
+
+    def _can_have(self, blocks: int) -> bool:
+        """Whether the cache could give this many more blocks now, counted without mapping any: a preempted
+        sequence waiting for its whole length would otherwise map it and give it back at every step. (A
+        tensor-parallel shard's mapper maps nothing while scheduling, so there it takes the free blocks alone
+        whatever its pool says: every rank answers the same.)"""
+        kv = self.kv
+        short = blocks - kv.num_free_mapped
+        return short <= 0 or (kv.mapper is not None and kv.mapper.mappable(kv.next_unmapped(short)) >= short)
+
     def schedule(self) -> list[ScheduledChunk]:
         budget = self.max_batch_tokens
         decodes: list[ScheduledChunk] = []
         prefills: list[ScheduledChunk] = []
+        preempted = self.num_preemptions
         # 1. decodes, oldest first; preempt the youngest when the cache is full
         for seq in list(self.running):
             if seq.status != RUNNING or seq.num_computed != seq.length - 1:
                 continue
             if budget <= 0:
                 break
-            while not self._ensure_blocks(seq, seq.length):
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            if seq.status != RUNNING:
+            ok, refund = self._make_room(seq, seq.length, decodes)
+            budget += refund
+            if not ok:
                 break
             decodes.append(ScheduledChunk(seq, seq.num_computed, 1))
             budget -= 1
-        # 2. unfinished prefills of running sequences, then new ones from the queue
-        for seq in self.running:
+        # 2. unfinished prefills of running sequences: one the cache has no block for preempts too (the youngest
+        # first, itself last), or half-prefilled sequences that hold blocks and wait for more would never end
+        # when the pool is shared (found in review: two instances on one pool, each holding half a prefill)
+        for seq in list(self.running):
             if budget <= 0:
                 break
+            if seq.status != RUNNING:
+                continue  # preempted just now for an older one
             if seq.num_computed < seq.length - 1 and not any(c.seq is seq for c in decodes):
                 n = min(seq.length - seq.num_computed, budget)
-                if not self._ensure_blocks(seq, seq.num_computed + n):
+                ok, refund = self._make_room(seq, seq.num_computed + n, decodes)
+                budget += refund
+                if not ok:
                     break
                 prefills.append(ScheduledChunk(seq, seq.num_computed, n))
                 budget -= n
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        # 3. new ones from the queue, unless this step preempted: the blocks just freed are for those running
+        while self.num_preemptions == preempted and self.waiting and budget > 0 \
+                and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             n = min(seq.length - seq.num_computed, budget)
-            if not self._ensure_blocks(seq, seq.num_computed + n):
+            upto = self._admit_tokens(seq, n)
+            if seq.preemptions and not self._can_have(-(-upto // self.kv.block_tokens) - len(seq.blocks)):
+                break
+            if not self._ensure_blocks(seq, upto):
                 self.kv.free(seq.blocks)
                 seq.blocks = []
                 break
@@ -178,7 +221,7 @@ class Scheduler:
             if budget <= 0 or admitted >= self.max_num_seqs:
                 break
             n = min(seq.length - seq.num_computed, budget)
-            want += short(seq, seq.num_computed + n)
+            want += short(seq, self._admit_tokens(seq, n))
             budget -= n
             admitted += 1
         return want
