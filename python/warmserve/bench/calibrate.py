@@ -311,6 +311,9 @@ def measure_parallel(args, names) -> dict:
 
 
 def main(args) -> int:
+    from warmserve.outputs import check_output
+
+    check_output("--out", args.out)  # before minutes of measuring, not after them
     import torch
 
     from warmserve.engine.demo import DEMO_MODELS, write_demo_models
@@ -378,7 +381,6 @@ def main(args) -> int:
             print(f"{args.parallel} fresh engine processes at once: ready in {many['init_s']:.2f} s (median; "
                   f"{ratio:.2f}x a lone one's; the host term charges {predicted:.2f}x)", file=sys.stderr)
     prof["machine"]["wall_s"] = time.perf_counter() - t0
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(prof, f, indent=1)
     print(f"{'model':<12} " + " ".join(f"pf{n:>5}" for n in prefill_tokens) + "  "

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import PAGE_BYTES, align_up
 
 GiB = 1 << 30
@@ -336,15 +337,33 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+def check_args(args) -> None:
+    """What would otherwise fail after minutes of measuring: counts taken a median over, the outputs."""
+    from warmserve.outputs import check_at_least, check_output, check_plot
+
+    check_at_least("--repeats", args.repeats)
+    if not args.batches:
+        raise InvalidArgumentError("--batches: give at least one batch size, e.g. --batches 1 16", flag="--batches")
+    check_at_least("--batches", min(args.batches))
+    check_output("--json", args.json)
+    if args.json:
+        png = plot_path(args.json)
+        check_plot("--json", png, f"{args.json} (it draws {png} beside it)")
+
+
+def plot_path(json_path: str) -> str:
+    return os.path.splitext(json_path)[0] + ".png"
+
+
 def main(args) -> int:
+    check_args(args)
     t0 = time.perf_counter()
     results = run(args)
     results["wall_s"] = time.perf_counter() - t0
     print(table(results))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-        plot(results, os.path.splitext(args.json)[0] + ".png")
+        plot(results, plot_path(args.json))
         print(f"wrote {args.json}")
     return 0

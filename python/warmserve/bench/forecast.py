@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -192,13 +193,22 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    from warmserve.outputs import check_at_least, check_output, check_plot
+
+    check_at_least("--clients", args.clients, 0)
+    check_output("--json", args.json)  # before the minute of fitting, not after it
+    check_plot("--plot", args.plot)
     traces = args.traces or default_traces()
     t_all = time.perf_counter()
     series, out_tokens = load_series(traces, args.clients)
     n = DAYS * PERIOD
     start = n - EVAL_DAYS * PERIOD
     rows, curves = [], {}
-    for name, s in series.items():
+    # progress on stderr, so stdout stays the table
+    print(f"forecast: {len(series)} series from {traces}, {len(ALL_METHODS)} methods each", file=sys.stderr,
+          flush=True)
+    for i, (name, s) in enumerate(series.items()):
+        t_series = time.perf_counter()
         disp = s["disp"] if args.dispersion == "cv" else np.ones_like(s["rate"])
         avg, peak = to_concurrency(s["rate"], disp, out_tokens[s["model"]], PROFILES[s["model"]])
         pa, fa = evaluate(avg, start)
@@ -219,6 +229,8 @@ def main(args) -> int:
             }
         rows.append(row)
         curves[name] = (peak[start:], {m: pp[m][start:] for m in ("paper", "auto")})
+        print(f"forecast: [{i + 1}/{len(series)}] {name}: {time.perf_counter() - t_series:.1f} s, peak MRE auto "
+              f"{row['methods']['auto']['peak_mre']:.1%}", file=sys.stderr, flush=True)
     cols = ["paper", "holt-winters", "stl", "last-value", "auto", "seasonal-naive"]
     print("peak MRE per series (10-minute windows, 7 days, one window ahead); avg MRE of `auto` and of `paper`")
     print(f"{'series':<16} {'acf24':>5} " + " ".join(f"{c[:12]:>12}" for c in cols) + f" {'avg auto':>9} {'avg paper':>9}")
@@ -250,7 +262,6 @@ def main(args) -> int:
            "traces": os.path.abspath(traces), "dispersion": args.dispersion, "window_s": WINDOW_S, "eval_days": EVAL_DAYS, "series": rows,
            "summary": summary, "goal_peak_mre": 0.073, "wall_s": time.perf_counter() - t_all}
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1, default=float)
     if args.plot:
@@ -278,7 +289,6 @@ def _plot(path: str, curves: dict, rows: list) -> None:
     np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper right")
     np.atleast_1d(axes)[-1].set_xlabel("days (last two of the evaluation)")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

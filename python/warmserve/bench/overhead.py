@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+from warmserve.errors import InvalidArgumentError
+
 MODEL = "llama-20m"
 #: One token in, one token out: the least engine work a real request can ask for.
 PROMPT = "a"
@@ -109,13 +111,29 @@ def start_server(tmp: str, model_path: str) -> tuple[subprocess.Popen, str]:
         f.write(f'cpu_workers = 1\ncpu_worker_memory_bytes = 536870912\ncpu_worker_threads = 1\n'
                 f'[[models]]\npath = "{model_path}"\n[controller]\nmax_queue = 4096\n[server]\nport = 0\n'
                 f'max_concurrent_requests = 4096\n')
-    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", cfg, "--log-level", "WARNING"],
-                            stdout=subprocess.PIPE, stderr=open(os.path.join(tmp, "serve.log"), "wb"), text=True)
-    line = proc.stdout.readline()
-    if not line:
+    with open(os.path.join(tmp, "serve.log"), "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", cfg, "--log-level",
+                                 "WARNING"], stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("warmserve serve did not start: "
+                               + open(os.path.join(tmp, "serve.log")).read()[-2000:])
+        return proc, json.loads(line)["serving"]
+    except BaseException:  # Ctrl-C while it starts included: no server outlives the benchmark
+        stop_server(proc)
+        raise
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
         proc.wait()
-        raise RuntimeError("warmserve serve did not start: " + open(os.path.join(tmp, "serve.log")).read()[-2000:])
-    return proc, json.loads(line)["serving"]
+    if proc.stdout:
+        proc.stdout.close()
 
 
 def http_once(conn, body: bytes) -> tuple[float, float, float]:
@@ -219,21 +237,29 @@ def throughput(mode: str, target: str, prompt_ids, concurrency: int, duration_s:
 
 
 def run(args) -> dict:
+    from warmserve.engine.demo import write_demo_models
+
+    model_path = write_demo_models(None, [MODEL])[MODEL]
+    print("measuring the controller's parts in-process ...", flush=True)
+    parts = micro_parts(model_path)
+    # the cluster's config and logs: gone when the run ends, however it ends (Ctrl-C included)
+    with tempfile.TemporaryDirectory(prefix="warmserve-overhead-") as tmp:
+        print("starting warmserve serve (1 CPU worker) and a bare worker ...", flush=True)
+        server, url = start_server(tmp, model_path)
+        try:
+            return _measure(args, server, url, model_path, parts, tmp)
+        finally:
+            stop_server(server)
+
+
+def _measure(args, server, url: str, model_path: str, parts: dict, tmp: str) -> dict:
     import http.client
     import urllib.parse
 
     from warmserve import protocol as P
-    from warmserve.engine.demo import write_demo_models
     from warmserve.worker.client import WorkerClient
     from warmserve.worker.spawn import spawn_local_worker
 
-    model_path = write_demo_models(None, [MODEL])[MODEL]
-    tmp = tempfile.mkdtemp(prefix="warmserve-overhead-")
-    print("measuring the controller's parts in-process ...", flush=True)
-    parts = micro_parts(model_path)
-
-    print("starting warmserve serve (1 CPU worker) and a bare worker ...", flush=True)
-    server, url = start_server(tmp, model_path)
     wproc, endpoint = spawn_local_worker("cpu", memory_gib=0.5, threads=1, log_path=os.path.join(tmp, "worker.log"))
     client = WorkerClient(endpoint)
     try:
@@ -285,8 +311,6 @@ def run(args) -> dict:
         client.close()
         wproc.terminate()
         wproc.wait()
-        server.terminate()
-        server.wait(timeout=60)
 
     s = {k: summary_ms(v) for k, v in lat.items()}
     added = s["added"]
@@ -331,7 +355,26 @@ def plot(res: dict, path: str) -> None:
     plt.close(fig)
 
 
+def check_args(args) -> None:
+    """What would otherwise fail only after the server started and the requests ran."""
+    from warmserve.outputs import check_at_least, check_output, check_plot
+
+    check_at_least("--requests", args.requests)
+    check_at_least("--concurrency", args.concurrency)
+    check_at_least("--client-procs", args.client_procs)
+    if not args.duration_s > 0:
+        raise InvalidArgumentError(f"--duration-s {args.duration_s}: must be > 0 seconds", flag="--duration-s")
+    check_output("--json", args.json)
+    check_plot("--plot" if args.plot else "--json", plot_path(args),
+               None if args.plot else f"{args.json} (it draws {plot_path(args)} beside it)")
+
+
+def plot_path(args) -> str | None:
+    return args.plot or (os.path.splitext(args.json)[0] + ".png" if args.json else None)
+
+
 def main(args) -> int:
+    check_args(args)
     res = run(args)
     s, a = res["latency"], res["added_by_controller"]
     print()
@@ -356,9 +399,8 @@ def main(args) -> int:
         out = {k: v for k, v in res.items() if k != "_raw_s"}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
-        plot_path = args.plot or os.path.splitext(args.json)[0] + ".png"
-        plot(res, plot_path)
-        print(f"wrote {args.json} and {plot_path}")
-    elif args.plot:
-        plot(res, args.plot)
+    if plot_path(args):
+        plot(res, plot_path(args))
+    if args.json:
+        print(f"wrote {args.json} and {plot_path(args)}")
     return 0

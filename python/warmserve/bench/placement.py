@@ -182,6 +182,10 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    from warmserve.outputs import check_at_least, check_output
+
+    check_at_least("--repeats", args.repeats)  # a median over none fails only after the first size's rounds
+    check_output("--json", args.json)
     t_start = time.perf_counter()
     res: dict = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_implementation()} "
                             f"{platform.python_version()}", "planning": [], "survival": []}
@@ -208,7 +212,6 @@ def main(args) -> int:
                   f"{r['destroyed_share']:>7.1%} {r['prewarm_hit_rate']:>8.1%} {r['server_rounds_not_laminar']:>11}")
     res["wall_s"] = time.perf_counter() - t_start
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     return 0

@@ -418,10 +418,15 @@ def plot_cdf(live: dict, sim: dict, path: str, title: str) -> None:
 
 
 def main(args) -> int:
+    from warmserve.outputs import check_output, check_output_folder, check_plot
     from warmserve.sim.config import ServedModel
     from warmserve.sim.costmodel import CostModel
 
     t0 = time.perf_counter()
+    check_output("--json", args.json)  # before the replays, which take minutes per policy
+    check_plot("--plot", args.plot)
+    if not args.endpoint and not args.reuse_live:
+        check_output_folder("--log-dir", log_folder(args))
     policies = [p for p in args.policy.split(",") if p]
     if not args.endpoint:
         from warmserve.policy import POLICY_NAMES
@@ -453,7 +458,7 @@ def main(args) -> int:
         # the history's in-flight windows need request latencies, which come from the profile
         print("warmserve bench replay: no --profile: the clusters get no forecast history and there is no "
               "simulated twin; run `warmserve calibrate --out P.json` and pass --profile P.json", file=sys.stderr)
-    log_dir = args.log_dir or os.path.join(os.path.dirname(os.path.abspath(args.json or "replay.json")), "logs")
+    log_dir = log_folder(args)
     print(f"workload: {w.name}, {len(served)} models, {len(reqs)} requests over {w.duration_s:.0f} s "
           f"({len(reqs) / w.duration_s:.2f} rps; trace {args.duration_s:.0f} s x time scale {args.time_scale}), "
           f"history {len(w.history)} requests over {args.history_days} earlier days", file=sys.stderr)
@@ -503,7 +508,6 @@ def main(args) -> int:
     wall = time.perf_counter() - t0
     print(f"wall {wall:.0f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
                             "history_requests": len(w.history), "meta": w.meta},
                "cluster": {"endpoint": args.endpoint, "cpu_workers": args.cpu_workers,
@@ -519,6 +523,11 @@ def main(args) -> int:
         plot_cdf(live_ttft, sim_ttft, args.plot,
                  f"TTFT CDF, {w.name} replay ({len(reqs) / w.duration_s:.2f} rps, {args.cpu_workers} CPU workers)")
     return 0
+
+
+def log_folder(args) -> str:
+    """--log-dir, or logs/ beside --json (beside replay.json in the working folder without one)."""
+    return args.log_dir or os.path.join(os.path.dirname(os.path.abspath(args.json or "replay.json")), "logs")
 
 
 def _jsonable(x):

@@ -484,16 +484,22 @@ def plot(res: dict, path: str) -> None:
 
 
 def main(args) -> int:
+    from warmserve.outputs import check_at_least, check_output, check_plot
+
     sizes = [float(x) for x in str(args.sizes_gib).split(",") if x.strip()]
-    dev = Device(args.backend, args.device)
-    with open("/proc/meminfo") as f:
-        avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
     parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
     unknown = parts - {"activation", "move", "load", "cache", "model", "kv"}
     if unknown:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from activation, move, load, cache, model, kv")
     if "model" in parts and not args.checkpoint:
         raise SystemExit("--parts model needs --checkpoint DIR (e.g. one written by `warmserve models demo --size 1b`)")
+    check_at_least("--repeats", args.repeats)  # medians over none fail only after the first parts ran
+    check_output("--json", args.json)
+    if "activation" in parts:  # the plot shows that part alone: without it nothing is drawn
+        check_plot("--plot", args.plot)
+    dev = Device(args.backend, args.device)
+    with open("/proc/meminfo") as f:
+        avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
     with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
         for size in sizes if "activation" in parts else []:
@@ -557,7 +563,6 @@ def main(args) -> int:
                   f"grow {x['grow_ms']:.3f} ms, give back {x['give_back_ms']:.3f} ms ({x['map_ops']} maps, "
                   f"{x['unmap_ops']} unmaps, {x['backend_calls']} backend calls a round)")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
     if args.plot and res["activation_vs_cold_load"]:

@@ -157,6 +157,9 @@ def run(args) -> dict:
 
 
 def main(args) -> int:
+    from warmserve.outputs import check_output
+
+    check_output("--json", args.json)  # before the workers start, not after their runs
     res = run(args)
     med = res["median_s"]
     print(f"\n{res['model']} tp={res['tp']} on {res['device']} workers, medians of {res['repeats']} runs")

@@ -233,12 +233,32 @@ def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
+#: std of the final norm's gain in a model with a tied embedding (see final_norm_gain)
+TIED_FINAL_NORM_STD = 0.02
+
+
+def final_norm_gain(cfg: ModelConfig) -> tuple[float, float]:
+    """(mean, std) of the final norm's weight. Near 1 like every norm, except under a tied embedding: there the
+    unit-scale embedding is the output head too, and the final norm's gain is the only factor between the hidden
+    state and the logits. Near 1 it left logits with a std of 23, led by the input token's own row (its square is
+    positive under a positive gain), and greedy decoding repeated one token forever. Zero-mean, std 0.02, the head
+    E x gain has the untied demos' 0.02 head scale (logits about as spread as llama-20m's) and no pull towards the
+    input token."""
+    return (0.0, TIED_FINAL_NORM_STD) if cfg.tie_word_embeddings else (1.0, 0.1)
+
+
+def _norm_gain(cfg: ModelConfig, name: str) -> tuple[float, float]:
+    return final_norm_gain(cfg) if name == "model.norm.weight" else (1.0, 0.1)
+
+
 def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype):
-    """Yields (name, tensor): normal(0, 0.02) matrices, norms near 1, small biases; float32 draws, then cast."""
+    """Yields (name, tensor): normal(0, 0.02) matrices, norms near 1 (the final one see final_norm_gain), small
+    biases; float32 draws, then cast."""
     g = torch.Generator().manual_seed(seed)
     for name, shape in hf_tensor_shapes(cfg).items():
         if name.endswith("norm.weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+            mean, std = _norm_gain(cfg, name)
+            t = mean + std * torch.randn(shape, generator=g)
         elif name.endswith(".bias"):
             t = 0.05 * torch.randn(shape, generator=g)
         elif "embed_tokens" in name:
@@ -255,7 +275,8 @@ def device_random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype, devic
     for name, shape in hf_tensor_shapes(cfg).items():
         t = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
         if name.endswith("norm.weight"):
-            t.mul_(0.1).add_(1.0)
+            mean, std = _norm_gain(cfg, name)
+            t.mul_(std).add_(mean)
         elif name.endswith(".bias"):
             t.mul_(0.05)
         elif "embed_tokens" not in name:
@@ -282,8 +303,11 @@ def plan_shards(cfg: ModelConfig, esize: int, shard_bytes: int) -> list[list[str
 
 
 def _fingerprint(cfg: dict, dtype: str) -> str:
-    # format 3: generation_config.json also ends a generation at <|im_end|>
-    blob = json.dumps({"config": cfg, "dtype": dtype, "format": 3}, sort_keys=True).encode()
+    # format 3: generation_config.json also ends a generation at <|im_end|>; format 4, tied embeddings only (the
+    # others' bytes did not change, so their checkpoints, the 14 GB sized ones among them, are not rewritten): the
+    # final norm's gain of final_norm_gain
+    fmt = 4 if cfg.get("tie_word_embeddings") else 3
+    blob = json.dumps({"config": cfg, "dtype": dtype, "format": fmt}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

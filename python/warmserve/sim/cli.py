@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import replace
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.outputs import check_output, check_plot
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.sim.config import SimConfig
@@ -35,9 +35,11 @@ def add_arguments(p):
                    help="paper-conv/paper-code: the paper's experiment (2x8 GPUs, 7 Llama-2 7B/13B/70B copies, "
                         "Azure trace, power-law split, alpha 1); artifact-conv/artifact-code: the authors' released "
                         "setup (4 models: 7B x2, 13B, 70B; alpha 0.5); scale: --gpus x --models under --workload")
-    p.add_argument("--workload", default="paper-conv",
-                   help="paper-conv | paper-code (Azure 2023, the paper's recipe) | servegen (when no --preset)")
-    p.add_argument("--models", type=int, default=None, help="number of models (default: 7 for paper presets)")
+    p.add_argument("--workload", default=None,
+                   help="paper-conv | paper-code (Azure 2023, the paper's recipe) | servegen, when no --preset "
+                        "(default paper-conv); with --preset scale: servegen (default) or paper-conv")
+    p.add_argument("--models", type=int, default=None,
+                   help="number of models, at least 1 (default: 7 for paper presets, 32 for servegen and scale)")
     p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
     p.add_argument("--gpu", default="H100-80GB", help="GPU type of the cost model: H100-80GB or A100-80GB")
     p.add_argument("--profile", default=None, help="measured cost profile JSON (see warmserve.sim.costmodel)")
@@ -95,7 +97,9 @@ def build_preset(args) -> Preset:
                     engine_model=args.engine_model, shared_search=not args.no_shared_search,
                     chunked_prefill_tokens=args.chunked_prefill_tokens,
                     policy_config=parse_policy_options(args.policy_option))
-    kind = args.preset or args.workload
+    if args.models is not None and args.models < 1:
+        raise InvalidArgumentError(f"--models {args.models}: give at least 1 model", flag="--models")
+    kind = args.preset or args.workload or "paper-conv"
     if kind in ("paper-conv", "paper-code", "artifact-conv", "artifact-code"):
         if args.preset is None and args.gpus != 16:
             servers, per_server = cluster_shape(args.gpus)
@@ -105,7 +109,7 @@ def build_preset(args) -> Preset:
         kw = {"config": cfg, "burst_cv": args.burst_cv}
         if args.alpha is not None:
             kw["alpha"] = args.alpha
-        if args.models:
+        if args.models is not None:
             kw["n_models"] = args.models
         family, _, trace = kind.partition("-")
         p = (artifact_preset if family == "artifact" else paper_preset)(trace, total_rate_rps=args.rate, **kw)
@@ -113,13 +117,28 @@ def build_preset(args) -> Preset:
             p = _rewrap(p, args)
         return p
     if kind in ("servegen", "scale"):
+        recipe = _scale_recipe(args.workload) if args.preset == "scale" else "servegen"
         servers, per_server = cluster_shape(args.gpus)
         cfg = replace(cfg, n_servers=servers, gpus_per_server=per_server)
-        return scale_preset(args.gpus, args.models or 32, duration_s=args.duration_s or 3600.0,
-                            total_rate_rps=args.rate, recipe="servegen", config=cfg, start_hour=args.start_hour,
+        # the paper's conv trace covers under an hour: its recipe gets the paper's 1200 s span by default
+        duration_s = args.duration_s or (3600.0 if recipe == "servegen" else 1200.0)
+        return scale_preset(args.gpus, 32 if args.models is None else args.models, duration_s=duration_s,
+                            total_rate_rps=args.rate, recipe=recipe, config=cfg, start_hour=args.start_hour,
                             history_days=args.history_days)
     raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code, artifact-conv, "
                      f"artifact-code or servegen")
+
+
+#: --workload values --preset scale replays: scale_preset's recipes (its paper recipe runs on the conv trace only)
+SCALE_RECIPES = {None: "servegen", "servegen": "servegen", "paper-conv": "paper"}
+
+
+def _scale_recipe(workload: str | None) -> str:
+    if workload not in SCALE_RECIPES:
+        raise InvalidArgumentError(f"--preset scale --workload {workload}: the scale preset replays servegen or "
+                                   f"paper-conv (its paper recipe has the conv trace only); drop --preset scale "
+                                   f"to run {workload} on --gpus", flag="--workload")
+    return SCALE_RECIPES[workload]
 
 
 def _rewrap(p: Preset, args) -> Preset:
@@ -176,14 +195,8 @@ def main(args) -> int:
     if bad:
         print(f"warmserve simulate: unknown policies {bad}: choose from {', '.join(known)}", file=sys.stderr)
         return 2
-    if args.plot:  # before a long run, not after it
-        from warmserve.extras import MissingExtraError, require
-
-        try:
-            require("matplotlib", "--plot")
-        except MissingExtraError as e:
-            print(f"warmserve simulate: {e}", file=sys.stderr)
-            return 2
+    check_output("--json", args.json)  # before a long run, not after it
+    check_plot("--plot", args.plot)
     preset = build_preset(args)
     cost = CostModel.for_gpu(args.gpu)
     if args.profile:
@@ -251,7 +264,6 @@ def main(args) -> int:
         print(f"{k}: " + (", ".join(f"{x:.2f}x" for x in v) if isinstance(v, list) else f"{v:.2f}x"))
     print(f"wall {wall:.1f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         doc = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models],
                "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
                            "gpu": cost.gpu.name},
@@ -310,7 +322,6 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     print("\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines))
     print(f"wall {wall:.1f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         doc = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models], "alpha": preset.alpha,
                "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
                            "gpu": cost.gpu.name},

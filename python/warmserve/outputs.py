@@ -1,0 +1,98 @@
+"""Output paths of the long-running commands (`calibrate`, `simulate`, `bench ...`), checked before the run.
+
+Each of them measures or simulates for minutes and writes its files at the end, so a path it cannot write (a file
+where a folder should be, a folder where the file should be, no permission, a read-only file system) or a plot it
+cannot draw (matplotlib missing) must be refused before the work starts, not found after it. The checks create
+the output's folder, as writing it would have.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.extras import MissingExtraError, require
+
+
+class PlotUnavailableError(InvalidArgumentError, MissingExtraError):
+    """A plot was asked for but matplotlib is not installed. An InvalidArgumentError, so the command line says it in
+    one line; a MissingExtraError, so callers that catch those still do. Fields: flag, path, module, extra."""
+
+
+def _refuse(flag: str, path: str, why: str, fix: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"{flag} {path}: {why}; {fix}", flag=flag, path=path)
+
+
+def _make_folder(flag: str, path: str, folder: str) -> None:
+    """``folder`` made (with its parents) and writable, or InvalidArgumentError naming ``flag`` and ``path``."""
+    probe = folder
+    while not os.path.exists(probe):  # the nearest part of the path that exists decides what went wrong
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise _refuse(flag, path, f"{probe} is a file, not a folder", "choose a path under a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise _refuse(flag, path, f"cannot create the folder {folder} ({e.strerror})",
+                      "choose a folder you can write") from None
+    # a real file, not os.access: root passes access() on a read-only file system, and ACLs can say no
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".warmserve-write-check-")
+    except OSError as e:
+        raise _refuse(flag, path, f"cannot write in {folder} ({e.strerror})", "choose a folder you can write") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output(flag: str, path: str | None) -> None:
+    """Before a run that writes ``path`` at its end: its folder exists (made here) and a file can be written in it,
+    and ``path`` is not a folder. None: nothing to check. InvalidArgumentError naming ``flag`` and ``path``."""
+    if not path:
+        return
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise _refuse(flag, path, "is a folder", f"give a file path, e.g. {os.path.join(path, 'out.json')}")
+    _make_folder(flag, path, os.path.dirname(full))
+    if os.path.exists(full) and not os.access(full, os.W_OK):
+        raise _refuse(flag, path, "the file exists and is not writable", "choose another path or fix its mode")
+
+
+def check_output_folder(flag: str, path: str | None) -> None:
+    """Like check_output for an output folder (logs): made here, and writable."""
+    if not path:
+        return
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise _refuse(flag, path, "is a file, not a folder", "give a folder")
+    _make_folder(flag, path, full)
+
+
+def check_plot(flag: str, path: str | None, what: str | None = None) -> None:
+    """check_output for a plot, and matplotlib importable and able to write ``path``'s format (by its extension).
+    ``what`` names the plot in the message when the option's own path is not the plot's (`bench engine --json`
+    draws a PNG beside the JSON)."""
+    if not path:
+        return
+    check_output(flag, path)
+    asked = f"{flag} {what or path}"
+    try:
+        require("matplotlib", asked)
+    except MissingExtraError as e:
+        raise PlotUnavailableError(str(e), flag=flag, path=path, module=e.module, extra=e.extra) from None
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise _refuse(flag, path, f"matplotlib cannot write .{ext} files",
+                      f"end the name with one of {', '.join('.' + f for f in sorted(formats))}")
+
+
+def check_at_least(flag: str, value, least=1) -> None:
+    """A count the run divides by or takes a median over: at least ``least``, before the run starts."""
+    if value is not None and value < least:
+        raise InvalidArgumentError(f"{flag} {value}: must be at least {least}", flag=flag, value=value)
+
+
+__all__ = ["PlotUnavailableError", "check_output", "check_output_folder", "check_plot", "check_at_least"]

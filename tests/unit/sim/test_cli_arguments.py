@@ -1,0 +1,51 @@
+"""`warmserve simulate` options it used to ignore or reinterpret silently: --models 0 ran the preset's 7 models, and
+--preset scale replayed ServeGen whatever --workload said."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from warmserve import cli
+
+SMALL = ["--duration-s", "60", "--rate", "2", "--policy", "warmserve", "--no-search", "--quiet"]
+
+
+@pytest.mark.parametrize("models", ["0", "-3"])
+@pytest.mark.parametrize("workload", ["paper-code", "servegen"])
+def test_a_model_count_below_one_is_refused(models, workload, capsys):
+    rc = cli.main(["simulate", "--workload", workload, "--gpus", "8", "--models", models] + SMALL)
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert f"--models {models}" in err and "at least 1" in err, err
+
+
+def _workload(tmp_path, *flags) -> dict:
+    out = tmp_path / "r.json"
+    assert cli.main(["simulate", "--preset", "scale", "--gpus", "8", "--models", "2", *flags] + SMALL
+                    + ["--json", str(out)]) == 0
+    return json.loads(out.read_text())["workload"]["meta"]
+
+
+def test_the_scale_preset_replays_the_workload_asked_for(tmp_path):
+    assert _workload(tmp_path)["recipe"] == "servegen"  # its default, as before
+    assert _workload(tmp_path, "--workload", "servegen")["recipe"] == "servegen"
+    meta = _workload(tmp_path, "--workload", "paper-conv")
+    assert (meta["recipe"], meta["kind"]) == ("paper", "conv")
+
+
+@pytest.mark.parametrize("workload", ["paper-code", "artifact-conv"])
+def test_the_scale_preset_refuses_a_workload_it_cannot_replay(workload, capsys):
+    rc = cli.main(["simulate", "--preset", "scale", "--workload", workload, "--gpus", "8", "--models", "2"] + SMALL)
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert f"--workload {workload}" in err and "--preset scale" in err, err
+
+
+def test_the_scale_preset_gives_the_paper_recipe_the_papers_span_by_default(tmp_path):
+    """The conv trace covers under an hour: the scale preset's 3600 s default would not fit it."""
+    out = tmp_path / "r.json"
+    assert cli.main(["simulate", "--preset", "scale", "--workload", "paper-conv", "--gpus", "8", "--models", "2",
+                     "--rate", "2", "--policy", "warmserve", "--no-search", "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["workload"]["duration_s"] == 1200.0
