@@ -57,6 +57,8 @@ CLI_MISTAKES = [
     (("serve", "--bind", "tcp://127.0.0.1:99999", "--port", "0"), 2, "must be a number in 0-65535"),
     (("serve", "--host", "", "--port", "0"), 2, "host must name an interface"),
     (("serve", "--window-s", "nan", "--port", "0"), 2, "window_s: nan is not a finite number"),
+    (("serve", "--window-s", "60", "--policy-option", "window_s=300", "--port", "0"), 2,
+     "--window-s and --policy-option window_s=... both set the forecast window"),
 ]
 
 

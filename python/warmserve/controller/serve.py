@@ -96,6 +96,10 @@ def build_config(args) -> ClusterConfig:
             ctl[field] = getattr(args, flag)
     options = list(args.policy_option)
     if args.window_s is not None:
+        if any(o.partition("=")[0].strip() == "window_s" for o in options):
+            # found in review: the --policy-option, applied after, silently won over --window-s
+            raise InvalidArgumentError("--window-s and --policy-option window_s=... both set the forecast window: "
+                                       "give one", option="window_s")
         options.insert(0, f"window_s={args.window_s}")
     for option in options:
         # PolicyConfig answers a NaN window with "cannot convert float NaN to integer", naming nothing.
