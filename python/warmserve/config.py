@@ -33,6 +33,8 @@ class ModelSpec:
     dtype: str = "auto"
 
     def __post_init__(self):
+        if isinstance(self.path, os.PathLike):  # a pathlib.Path is a path as much as its text is
+            object.__setattr__(self, "path", os.fspath(self.path))
         if not isinstance(self.path, str) or not self.path:
             raise InvalidArgumentError(f"ModelSpec.path must be a checkpoint directory (a non-empty string), got "
                                        f"{self.path!r}", path=repr(self.path))
@@ -181,14 +183,14 @@ class ClusterConfig:
     def __post_init__(self):
         # One model or device given alone is a one-item list: a string was iterated character by character
         # (found in review: devices="cpu:0" was refused as device 'c', models="/ckpt" as models '/', 'c', ...).
-        models = (self.models,) if isinstance(self.models, (str, ModelSpec)) else self.models
+        models = (self.models,) if isinstance(self.models, (str, os.PathLike, ModelSpec)) else self.models
         devices = (self.devices,) if isinstance(self.devices, str) else self.devices
         try:
             models, devices = tuple(models), tuple(devices)
         except TypeError:
             raise InvalidArgumentError(f"ClusterConfig: models and devices must be lists, got {self.models!r} and "
                                        f"{self.devices!r}") from None
-        models = tuple(ModelSpec(path=m) if isinstance(m, str) else m for m in models)
+        models = tuple(ModelSpec(path=m) if isinstance(m, (str, os.PathLike)) else m for m in models)
         for i, m in enumerate(models):
             if not isinstance(m, ModelSpec):
                 raise InvalidArgumentError(f"ClusterConfig: models[{i}] must be a checkpoint path or a ModelSpec, "
@@ -294,12 +296,29 @@ def _table(value, where: str) -> dict:
     return dict(value)
 
 
+#: Policy fields whose documentation gives inf a meaning (policy/config.py: preempt_after_s, "inf: never"). Any
+#: other refuses it: a window, lifetime or wait of inf never ends. Every field refuses NaN.
+POLICY_INF_FIELDS = frozenset({"preempt_after_s"})
+
+
+def policy_number_ok(key: str, value) -> bool:
+    """False for a NaN in any policy field, and for inf in one that gives it no meaning (POLICY_INF_FIELDS).
+    Checked before PolicyConfig sees it: its own checks answer NaN with "cannot convert float NaN to integer"."""
+    if not isinstance(value, float) or math.isfinite(value):
+        return True
+    return not math.isnan(value) and key in POLICY_INF_FIELDS
+
+
+#: Said with a refused policy number.
+POLICY_INF_HINT = f"only {', '.join(sorted(POLICY_INF_FIELDS))} takes inf"
+
+
 def _policy_table(value, where: str) -> PolicyConfig:
     table = _table(value, where)
     for k, v in table.items():
-        # Checked before PolicyConfig sees it: its own checks answer NaN with "cannot convert float NaN to integer".
-        if isinstance(v, float) and not math.isfinite(v):
-            raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r}", key=k)
+        if not policy_number_ok(k, v):
+            raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r} ({POLICY_INF_HINT})",
+                                       key=k)
     return policy_config_from_dict(table, where=where)
 
 

@@ -17,6 +17,8 @@ import asyncio
 import concurrent.futures
 import math
 import numbers
+import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -81,7 +83,7 @@ class Cluster:
         without GPUs, on every node, instead of local devices (``devices`` must then be None).
         """
         if config is None:
-            if isinstance(models, (str, ModelSpec)):
+            if isinstance(models, (str, os.PathLike, ModelSpec)):
                 models = [models]
             specs = tuple(m if isinstance(m, ModelSpec) else ModelSpec(path=str(m)) for m in models)
             if isinstance(window_s, bool) or not isinstance(window_s, numbers.Real) or not math.isfinite(window_s):
@@ -200,7 +202,7 @@ class Cluster:
             s = params
         msgs = None
         if messages is not None:
-            if prompt not in ("", None):
+            if not (prompt is None or isinstance(prompt, str) and not prompt):  # `in ("", None)` fails on arrays
                 raise InvalidArgumentError("pass a prompt or messages, not both", param="prompt")
             msgs = messages_from(messages)
         ids = prepare(m, prompt, msgs, max_tokens=s.max_tokens)
@@ -321,6 +323,14 @@ def _check_prompt(prompt) -> None:
     if isinstance(prompt, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError("prompt must be text or a list of token ids, not bytes: decode it first "
                                    "(prompt.decode())", param="prompt")
+    np = sys.modules.get("numpy")  # an array can only come from a numpy that is imported already
+    if np is not None and isinstance(prompt, np.ndarray):
+        # The token ids frontend.prepare takes (found in review: refused here, though it takes them).
+        if prompt.ndim != 1 or prompt.dtype.kind not in "iu":
+            raise InvalidArgumentError(f"a numpy prompt must be a 1-D array of integer token ids, got shape "
+                                       f"{prompt.shape} of {prompt.dtype}: pass ids.ravel().astype(int) or a "
+                                       "list", param="prompt")
+        return
     if prompt is not None and not isinstance(prompt, (str, list, tuple)):
         raise InvalidArgumentError(f"prompt must be text or a list of token ids, got {type(prompt).__name__} "
                                    f"{prompt!r:.40}", param="prompt")

@@ -12,17 +12,17 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 
 import msgspec
 
-from warmserve.config import ClusterConfig, ModelSpec, load_config
+from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, load_config, policy_number_ok
 from warmserve.errors import InvalidArgumentError
 
 log = logging.getLogger("warmserve.controller")
@@ -104,12 +104,14 @@ def build_config(args) -> ClusterConfig:
     for option in options:
         # PolicyConfig answers a NaN window with "cannot convert float NaN to integer", naming nothing.
         key, _, text = option.partition("=")
+        key = key.strip()
         try:
-            bad = not math.isfinite(float(text))
+            value = float(text)
         except ValueError:
-            bad = False
-        if bad:
-            raise InvalidArgumentError(f"policy option {key}: {text} is not a finite number", option=key)
+            continue
+        if not policy_number_ok(key, value):
+            raise InvalidArgumentError(f"policy option {key}: {text.strip()} is not a finite number "
+                                       f"({POLICY_INF_HINT})", option=key)
     if args.insecure:
         ctl["insecure"] = True
     if options:
@@ -324,21 +326,28 @@ async def _in_daemon_thread(fn):
     return await fut
 
 
+#: Seconds check_local_devices waits for `nvidia-smi -L` before it leaves the check to the workers.
+NVIDIA_SMI_TIMEOUT_S = 10.0
+
+
 def check_local_devices(devices) -> None:
     """Refuse a cuda:N this machine has not got, before any worker starts (found in review: each worker failed
     inside torch, "module 'torch._C' has no attribute '_cuda_setDevice'"). Without torch, which the controller
     never imports: only when the answer is certain (CUDA_VISIBLE_DEVICES hides every GPU, no NVIDIA driver at all,
-    or nvidia-smi's count); otherwise the worker checks its device itself."""
+    or nvidia-smi's count); otherwise (nvidia-smi fails or times out: a busy or wedged driver says nothing about
+    the devices) the worker checks its device itself."""
     cuda = [d for d in devices if d.startswith("cuda")]
     if not cuda:
         return
-    from warmserve.controller.launch import visible_gpus
-
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None and cvd.strip() in ("", "-1"):
         visible = 0
     elif shutil.which("nvidia-smi") is not None:
-        visible = visible_gpus()
+        visible = _nvidia_smi_gpus()
+        if visible is None:
+            return
+        if cvd is not None:
+            visible = min(visible, len([d for d in cvd.split(",") if d.strip()]))
     elif not any(n.startswith("nvidia") for n in _listdir("/dev")) and not os.path.exists("/dev/dxg"):
         visible = 0
     else:
@@ -350,6 +359,19 @@ def check_local_devices(devices) -> None:
     if top >= visible:
         raise InvalidArgumentError(f"devices: cuda:{top} asked for, but only {visible} CUDA device(s) are visible "
                                    f"(cuda:0 to cuda:{visible - 1}); check CUDA_VISIBLE_DEVICES", visible=visible)
+
+
+def _nvidia_smi_gpus() -> int | None:
+    """The GPUs `nvidia-smi -L` lists, or None when it gives no answer (it failed or timed out). launch.visible_gpus
+    takes no answer as 0, right for choosing devices, but here it refused cuda:N on a machine that has it (found
+    in review)."""
+    try:
+        proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU "))
 
 
 def _listdir(path: str) -> list[str]:

@@ -22,11 +22,11 @@ import torch
 
 from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask, kernels_usable, paged_meta
 from warmserve.engine.graphs import DecodeGraphs, activate_decode_graphs, resolve_cuda_graphs
-from warmserve.engine.kv_cache import KVCache
+from warmserve.engine.kv_cache import KVCache, KVPageMapper
 from warmserve.engine.model import Model
 from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
-from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError, fmt_bytes
+from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError, WarmServeError, fmt_bytes
 from warmserve.geometry import blocks_for_tokens
 from warmserve.protocol import KvStats, SamplingParams, TokenLogprobs
 
@@ -39,6 +39,9 @@ DEFAULT_TARGET_FREE_BLOCKS = 8
 DEFAULT_MAX_NUM_SEQS = 32
 
 log = logging.getLogger(__name__)
+
+#: Per page pool, the open engines whose KV blocks are mapped from it page by page (Engine.pool_starved).
+_ON_POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -73,7 +76,9 @@ class Engine:
         needing more blocks than the cap, or than the pool holds after the weights, is refused (max_kv_blocks).
         target_free_blocks: free blocks kept mapped ahead of demand (None = all of them, like an engine that takes
         all memory up front); blocks beyond it are unmapped after each step, so an idle instance holds little KV
-        and prewarming keeps its room.
+        and prewarming keeps its room. While an engine on the same pool is stalled for want of blocks (this one
+        included), the target counts as 0: the free blocks go back to the pool after each step and none are
+        mapped ahead (``pool_starved``).
         cuda_graphs: decode steps replay CUDA graphs (engine/graphs.py): None = where they can run (a CUDA device
         with the kernels, tp = 1; off on the CPU), True = required (BackendUnavailableError where they cannot
         run), False = never. Graphs captured while the model was prewarmed (capture_decode_graphs) are used as
@@ -145,7 +150,14 @@ class Engine:
         self.graph_capture_s = 0.0
         #: Steps run by replaying a graph.
         self.num_graph_steps = 0
-        self.kv.grow()
+        # The pool whose neighbours' headroom this engine may take and give (pool_starved); not a tensor-parallel
+        # shard's: its ranks map together, each taking the same decision from the same engine state (a
+        # neighbour's is not), and a follower steps on a thread of its own.
+        self._pool = kv.mapper.slot.pool if isinstance(kv.mapper, KVPageMapper) and self.lm.config.tp == 1 else None
+        if not self.pool_starved:
+            self.kv.grow()
+        if self._pool is not None:
+            _ON_POOL.setdefault(self._pool, weakref.WeakSet()).add(self)
 
     # ---- requests ------------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
@@ -271,6 +283,8 @@ class Engine:
         self._check_open()
         outputs = [self._output(s, []) for s in self._aborted]
         self._aborted = []
+        if self.stalled:
+            self._take_back_headroom()
         chunks = self.scheduler.schedule()
         # Nothing could run: another step now would do the same until blocks come free elsewhere (a worker
         # retries it on its idle turns instead of spinning a core on it).
@@ -278,12 +292,54 @@ class Engine:
         if chunks:
             outputs += self._run(chunks)
             self.num_steps += 1
-        self.kv.shrink()  # first: the free blocks beyond the target leave room that compaction fills
+        # The free blocks go back while an engine on this pool can run nothing, and none are mapped ahead:
+        # headroom is what it may lack (pool_starved).
+        starved = self.pool_starved
+        if starved:
+            self._give_back_free_blocks()
+        else:
+            self.kv.shrink()  # first: the free blocks beyond the target leave room that compaction fills
         moved = self.kv.compact(self.kv.map_blocks_per_step)
         for seq in self.scheduler.running if moved else ():
             seq.blocks = [moved.get(b, b) for b in seq.blocks]
-        self.kv.grow()
+        if not starved:
+            self.kv.grow()
         return outputs
+
+    def _neighbours(self):
+        """The open engines on this engine's page pool (itself included), or None (see _init)."""
+        return _ON_POOL.get(self._pool) if self._pool is not None else None
+
+    @property
+    def pool_starved(self) -> bool:
+        """An engine on this engine's page pool (this one included) could run nothing at its last step for want of
+        KV blocks. Free mapped blocks are then headroom that may be all it lacks: a preempted sequence comes back
+        only with blocks for its whole length, and engines that kept their free blocks mapped (any
+        target_free_blocks > 0) over an empty pool waited forever, each counting its own few (found in review).
+        So until it runs, no engine on the pool keeps free blocks mapped or maps any ahead of its own steps."""
+        # Not one left stalled with nothing to run any more (all aborted, then never stepped again: a broken
+        # instance): it would keep every neighbour from its headroom for good.
+        return any(e.stalled and not e.closed and e.scheduler.has_unfinished() for e in self._neighbours() or ())
+
+    def _take_back_headroom(self) -> None:
+        """Before a stalled engine schedules again: the free blocks its neighbours keep mapped go back to the pool
+        for it to map. They are taken here, not left to the neighbours' own steps, because an idle instance is not
+        stepped (a worker only grows its headroom, after the steps of its tick)."""
+        for e in list(self._neighbours() or ()):
+            if e is not self and not e.closed:
+                try:
+                    e._give_back_free_blocks()
+                except WarmServeError as err:  # they stay mapped and free: the neighbour's fault, not this step's
+                    log.warning("a stalled engine of %r could not take back the free KV blocks of %r: %s",
+                                self.lm.name, e.lm.name, err)
+
+    def _give_back_free_blocks(self) -> None:
+        kv = self.kv
+        target, kv.target_free_blocks = kv.target_free_blocks, 0
+        try:
+            kv.shrink()
+        finally:
+            kv.target_free_blocks = target
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:
         g = self.graphs
@@ -492,6 +548,9 @@ class Engine:
             self.abort(rid)
         self._aborted = []
         self.closed = True
+        neighbours = self._neighbours()
+        if neighbours is not None:
+            neighbours.discard(self)
         self._finalizer()
         self.graphs = None  # they stay with the prewarmed model (engine/graphs.py) for its next activation
         self.model = None

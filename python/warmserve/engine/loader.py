@@ -35,6 +35,7 @@ import json
 import os
 import threading
 import time
+import traceback
 import weakref
 
 import numpy as np
@@ -295,11 +296,16 @@ class ModelLoad:
             self._job = host_cache.load(slot, sources)
         else:
             self._job = slot.load(sources)
-        # Not a daemon: an interpreter exiting mid-load waits for it rather than unmap the pool under a copy.
+        # Not a daemon: an interpreter exiting mid-load waits for it rather than unmap the pool under a copy. It is
+        # told to stop first (_stop_live_loads), so the wait is the tensor it is on, not the rest of the checkpoint.
         self._finisher = threading.Thread(target=self._finish, name=f"load:{name}", daemon=False)
+        with _LIVE_LOCK:
+            _LIVE_LOADS.add(self)
         try:
             self._finisher.start()
         except BaseException:
+            with _LIVE_LOCK:
+                _LIVE_LOADS.discard(self)
             if self._job is not None:
                 self._job.cancel()
             raise
@@ -382,8 +388,13 @@ class ModelLoad:
             self._convert_rest()
             self._extras = (_tokenizer(self.path), _gen_config(self.path))
         except BaseException as e:
+            # The frames the error passed through hold their locals, a slot view among them when a copy into it
+            # failed: kept with the error, it made cancel()'s close raise ViewsAliveError. Their lines stay.
+            _clear_frames(e)
             self._error = e
         finally:
+            with _LIVE_LOCK:
+                _LIVE_LOADS.discard(self)
             self._finished.set()
 
     def _check_stop(self) -> None:
@@ -426,6 +437,38 @@ class ModelLoad:
             pad = self.slot.tensor(off, (nbytes,), torch.uint8)
             pad.zero_()
             del pad
+
+
+#: Loads whose finishing thread runs (ModelLoad._finish): told to stop when the interpreter exits.
+_LIVE_LOADS: weakref.WeakSet = weakref.WeakSet()
+#: Guards _LIVE_LOADS: a finishing thread leaves it while the exit handler walks it.
+_LIVE_LOCK = threading.Lock()
+
+
+def _stop_live_loads() -> None:
+    """Before the interpreter joins its non-daemon threads (a Ctrl-C in wait(), any exit without cancel()): each
+    load's copies are cancelled and its thread stops after the tensor it is on (found in review: the exit waited
+    until the whole checkpoint was copied and converted). The slots are not closed here: the threads may still
+    write into them until they end, and the pool's own finalizer frees the pages after."""
+    with _LIVE_LOCK:
+        loads = list(_LIVE_LOADS)
+    for load in loads:
+        load._stop.set()
+        if load._job is not None:
+            load._job.cancel()
+
+
+# Run by threading._shutdown before it joins non-daemon threads; atexit handlers would run only after that join.
+threading._register_atexit(_stop_live_loads)
+
+
+def _clear_frames(e: BaseException) -> None:
+    """Drop the locals of the finished frames of ``e``'s traceback, and of the errors chained to it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        e = e.__cause__ or e.__context__
 
 
 def _file_range(ti: TensorInfo, sh: Shard | None) -> tuple[int, int] | None:

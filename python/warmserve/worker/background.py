@@ -209,12 +209,14 @@ class BackgroundWork:
         (found in review: an idle instance stayed at one step's worth until its first request). Not toward "all
         of them" (an Activate without a target): idle, that would take every free page from the prewarms in a
         second. Tensor-parallel ones grow together on their leader's plans. A growth that fails (a driver
-        error: a full pool only stops it) is headroom missed, not a request failed: tried again later."""
+        error: a full pool only stops it) is headroom missed, not a request failed: tried again later. None while
+        a neighbour on the pool is starved (``Engine.pool_starved``): it takes that headroom back at its step, and
+        growing it again each idle turn only mapped and unmapped the same pages."""
         now = time.monotonic()
         for inst in list(self.instances.values()):
             kv = inst.engine.kv
             if (inst.tp is None and kv.target_free_blocks < kv.total_blocks and not inst.engine.has_unfinished()
-                    and now >= inst.grow_retry_s):
+                    and now >= inst.grow_retry_s and not inst.engine.pool_starved):
                 try:
                     kv.grow()
                 except Exception:

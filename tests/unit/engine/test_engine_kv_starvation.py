@@ -20,6 +20,9 @@ from warmserve.memory import PagePool
 
 #: Rounds of steps within which every test here finishes when nothing hangs (each needs a few dozen).
 MAX_ROUNDS = 400
+#: Free KV blocks the engines keep mapped ahead: none, fewer than a request needs, more than the pool holds (live
+#: instances never run with 0: the engine's default is 8, the policy's SetKvTarget at least 1).
+TARGETS = [0, 2, 8]
 
 
 @pytest.fixture
@@ -100,18 +103,20 @@ def test_a_kv_share_past_what_the_pool_holds_admits_no_request_past_the_pool(tin
             m.close()
 
 
-def test_a_request_waiting_for_pages_another_model_holds_keeps_no_blocks_and_says_stalled(tiny_dir, ref_lm):
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_request_waiting_for_pages_another_model_holds_keeps_no_blocks_and_says_stalled(tiny_dir, ref_lm, target):
     """The request fits the pool less its own weights, but a prewarmed model holds a block's worth of its pages.
     Its chunked prefill runs out part way: it gives its blocks back and waits, stalled (it held 4 blocks and said
-    stalled=False forever), without recomputing the same chunks again and again; once that model is evicted it
-    finishes with a roomy run's tokens."""
+    stalled=False forever), without recomputing the same chunks again and again, and keeps none of them mapped as
+    headroom (with a target > 0 they stayed mapped); once that model is evicted it finishes with a roomy run's
+    tokens."""
     wb, bb = ref_lm.weight_region_bytes, ref_lm.kv_bytes_per_block
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     with PagePool(2 * wb + 4 * bb) as small:
         ma = load_model(tiny_dir["tiny-linear"], small).wait()
         mb = load_model(tiny_dir["tiny-linear"], small).wait()
         try:
-            with Engine(ma, max_batch_tokens=256, target_free_blocks=0) as eng:
+            with Engine(ma, max_batch_tokens=256, target_free_blocks=target) as eng:
                 need = eng.kv.total_blocks  # all the blocks the pool would hold without mb
                 assert need * bb > 4 * bb
                 prompt = _prompt(need * 256 - 10)
@@ -136,10 +141,12 @@ def test_a_request_waiting_for_pages_another_model_holds_keeps_no_blocks_and_say
             mb.close()
 
 
-def test_two_instances_on_one_pool_with_half_done_prefills_both_finish(tiny_dir, ref_lm):
+@pytest.mark.parametrize("target", TARGETS)
+def test_two_instances_on_one_pool_with_half_done_prefills_both_finish(tiny_dir, ref_lm, target):
     """Two instances on one pool with room for 4 blocks, each with a 3-block request prefilled 256 tokens a step:
     both held 2 blocks and waited for a third forever. One now gives its blocks back; both finish with the tokens
-    of a roomy run."""
+    of a roomy run, whatever free blocks they keep mapped ahead (with a target > 0 the preempted one's blocks
+    stayed mapped on its engine, or the other kept them as headroom, and one or both waited forever)."""
     wb, bb = ref_lm.weight_region_bytes, ref_lm.kv_bytes_per_block
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     prompts = [_prompt(700, seed) for seed in (0, 1)]
@@ -147,7 +154,7 @@ def test_two_instances_on_one_pool_with_half_done_prefills_both_finish(tiny_dir,
     with PagePool(2 * wb + 4 * bb) as small:
         models = [load_model(tiny_dir["tiny-linear"], small).wait() for _ in prompts]
         try:
-            engines = [Engine(m, max_batch_tokens=256, target_free_blocks=0) for m in models]
+            engines = [Engine(m, max_batch_tokens=256, target_free_blocks=target) for m in models]
             outs: list[dict] = [{} for _ in engines]
             for eng, p in zip(engines, prompts):
                 eng.add_request("r", p, params)
@@ -165,8 +172,39 @@ def test_two_instances_on_one_pool_with_half_done_prefills_both_finish(tiny_dir,
                 m.close()
 
 
+@pytest.mark.parametrize("target", [2, 8])
+def test_an_idle_instances_headroom_goes_to_a_stalled_neighbour_on_its_pool(tiny_dir, ref_lm, target):
+    """Instance A keeps `target` free blocks mapped ahead and is never stepped (a worker only grows an idle
+    instance's headroom); instance B on the same pool needs 3 of the pool's 4 blocks. B takes A's free blocks back
+    once it stalls and finishes with a roomy run's tokens (it waited forever: A's headroom was never given back)."""
+    wb, bb = ref_lm.weight_region_bytes, ref_lm.kv_bytes_per_block
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    prompt = _prompt(700, seed=3)
+    want = _reference(ref_lm, prompt, params)
+    with PagePool(2 * wb + 4 * bb) as small:
+        ma, mb = (load_model(tiny_dir["tiny-linear"], small).wait() for _ in range(2))
+        try:
+            with Engine(ma, target_free_blocks=target) as idle, \
+                    Engine(mb, max_batch_tokens=256, target_free_blocks=target) as eng:
+                held = idle.kv.num_free_mapped
+                assert held == min(target, 4)
+                eng.add_request("r", prompt, params)
+                out: dict = {}
+                for _ in range(MAX_ROUNDS):
+                    if not eng.has_unfinished():
+                        break
+                    _step(eng, out)
+                assert out == {"r": want}, (f"free blocks mapped: idle {idle.kv.num_free_mapped}, stalled "
+                                            f"{eng.kv.num_free_mapped}; pool pages free {small.free_pages}")
+                assert idle.kv.num_free_mapped < held
+        finally:
+            ma.close()
+            mb.close()
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("seed", [0, 1, 5, 6])  # seeds whose instances meet half-done prefills
-def test_instances_stepped_in_turn_on_a_tight_pool_give_a_roomy_runs_tokens(tiny_dir, ref_lm, seed):
+def test_instances_stepped_in_turn_on_a_tight_pool_give_a_roomy_runs_tokens(tiny_dir, ref_lm, seed, target):
     """Random requests (greedy, seeded, with prompt logprobs) on 2 or 3 instances of one pool with room for the
     largest request and little more, small token budgets: preemptions of half-done prefills happen, every request
     ends with the tokens and prompt logprobs of a roomy run, and no step that ran nothing says it is not stalled."""
@@ -188,7 +226,7 @@ def test_instances_stepped_in_turn_on_a_tight_pool_give_a_roomy_runs_tokens(tiny
         models = [load_model(tiny_dir["tiny-linear"], small).wait() for _ in range(n_eng)]
         try:
             engines = [Engine(m, max_batch_tokens=rng.choice([17, 64, 256, 300]), max_num_seqs=rng.randint(1, 3),
-                              target_free_blocks=0) for m in models]
+                              target_free_blocks=target) for m in models]
             outs: list[dict] = [{} for _ in engines]
             plps = {}
             for e, rid, p, sp in reqs:

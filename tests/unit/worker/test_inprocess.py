@@ -212,24 +212,6 @@ def test_kv_target_hands_pages_back_and_takes_them_again(worker, tiny_models):
     assert st.pool.free_bytes < free_low
 
 
-def test_a_request_starved_of_kv_pages_waits_without_spinning_and_runs_once_pages_come(worker, tiny_models):
-    """Found in review: a co-served instance whose neighbour held every page kept its request waiting with the
-    worker's loop turning at once, a whole core, for as long as it waited. Now it is retried on idle turns."""
-    worker.prewarm(tiny_models["tiny-llama"])
-    worker.prewarm(tiny_models["tiny-qwen2"])
-    worker.activate("tiny-llama", kv_blocks=4, shared=True, kv_target_free_blocks=0)
-    worker.activate("tiny-qwen2", kv_blocks=128, shared=True, kv_target_free_blocks=127)
-    for _ in range(40):  # the neighbour maps its target while idle, until the pool has no page left
-        worker.core.tick()
-    assert worker.stats().pool.free_bytes == 0
-    s = worker.generate("tiny-llama", [1, 2, 3], P.SamplingParams(max_tokens=4, ignore_eos=True))
-    for _ in range(3):
-        worker.core.tick()
-    assert worker.stats().in_flight == 1 and not worker.core.busy()  # waiting, and not a reason to spin
-    worker.set_kv_target("tiny-qwen2", 0)  # the neighbour gives its free pages back
-    assert len(s.collect()[0]) == 4
-
-
 def test_a_dedicated_instance_keeps_the_engine_configurations_kv_cap(worker, tiny_models):
     """Found in review: turning a shared instance into a dedicated one raised its KV cap to the whole slot, past
     the max_kv_blocks of the engine configuration it was activated under. Also: a negative KV target is refused

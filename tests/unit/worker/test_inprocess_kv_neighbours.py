@@ -1,0 +1,61 @@
+"""Co-served instances on one worker's pool and the KV blocks they keep mapped ahead (engine.Engine.pool_starved),
+through InProcessWorker: the real pool, engine and checkpoints. Found in review: a request waited forever while an
+idle neighbour kept its free blocks mapped as headroom (the worker never steps an idle instance, it only grows its
+headroom), and a request starved of pages must still wait without spinning the worker's loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmserve import protocol as P
+from warmserve.worker import InProcessWorker
+
+pytestmark = pytest.mark.slow
+
+GREEDY4 = P.SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+
+
+def _free_blocks(worker, name: str) -> int:
+    return next(i.kv.kv_blocks_free for i in worker.stats().instances if i.name == name)
+
+
+def test_a_request_takes_the_free_blocks_an_idle_neighbour_keeps_mapped(tiny_models):
+    with InProcessWorker("cpu", memory_gib=0.25) as worker:
+        worker.prewarm(tiny_models["tiny-llama"])
+        worker.prewarm(tiny_models["tiny-qwen2"])
+        worker.activate("tiny-llama", kv_blocks=4, shared=True, kv_target_free_blocks=0)
+        worker.activate("tiny-qwen2", kv_blocks=128, shared=True, kv_target_free_blocks=127)
+        for _ in range(40):  # the neighbour maps its target while idle, until the pool has no page left
+            worker.core.tick()
+        assert worker.stats().pool.free_bytes == 0
+        held = _free_blocks(worker, "tiny-qwen2")
+        s = worker.generate("tiny-llama", [1, 2, 3], GREEDY4)
+        for _ in range(20):  # the idle neighbour keeps growing toward its target between the steps
+            worker.core.tick()
+            if not worker.stats().in_flight:
+                break
+        assert not worker.stats().in_flight, "the request waits for pages its idle neighbour keeps as headroom"
+        tokens = s.collect()[0]
+        assert len(tokens) == 4 and _free_blocks(worker, "tiny-qwen2") < held
+        for _ in range(40):  # its own headroom comes back once nobody on the pool waits
+            worker.core.tick()
+        assert worker.stats().pool.free_bytes == 0
+        worker.set_kv_target("tiny-qwen2", 0)
+        assert worker.generate("tiny-llama", [1, 2, 3], GREEDY4).collect()[0] == tokens
+
+
+def test_a_request_starved_of_pages_a_prewarm_holds_waits_without_spinning_and_runs_once_they_come(tiny_models):
+    """The pool holds exactly three prewarmed models' weights (14 + 10 + 19 pages): an instance activated there
+    has no KV page, and no neighbour keeps any as headroom. Its request waits, and the worker does not call that
+    busy; once a prewarm is evicted it runs."""
+    with InProcessWorker("cpu", memory_gib=43 / 512) as worker:
+        for name in ("tiny-llama", "tiny-qwen2", "tiny-deep"):
+            worker.prewarm(tiny_models[name])
+        assert worker.stats().pool.free_bytes == 0
+        worker.activate("tiny-llama", kv_blocks=4, shared=True, kv_target_free_blocks=0)
+        s = worker.generate("tiny-llama", [1, 2, 3], GREEDY4)
+        for _ in range(5):
+            worker.core.tick()
+        assert worker.stats().in_flight == 1 and not worker.core.busy()
+        worker.evict("tiny-deep")
+        assert len(s.collect()[0]) == 4
