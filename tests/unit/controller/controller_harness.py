@@ -188,6 +188,24 @@ class WorkerProc(subprocess.Popen):
         super().kill()
 
 
+class StuckProc(WorkerProc):
+    """A local worker's process that SIGKILL does not end until ``release()`` (in uninterruptible sleep: stuck in
+    the GPU driver, or a read from a hung network mount). Its scripted peer goes silent at the kill."""
+
+    stuck = True
+
+    def kill(self):
+        if not self.stuck:
+            super().kill()
+        elif self.peer is not None:
+            self.peer.close()
+
+    def release(self):
+        self.stuck = False
+        if self.poll() is None:
+            subprocess.Popen.kill(self)
+
+
 def sleeper(cls=WorkerProc) -> WorkerProc:
     """A real child process (it sleeps) standing for a local worker's; its scripted Peer speaks for it."""
     return cls([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)

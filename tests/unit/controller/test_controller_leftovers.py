@@ -4,7 +4,6 @@ failure leaves on a worker can be read), and real child processes standing for l
 
 import asyncio
 import dataclasses
-import subprocess
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
@@ -16,7 +15,7 @@ from warmserve.policy import actions as A
 from warmserve.policy.config import policy_config_from_dict
 from warmserve.protocol import SamplingParams
 
-from controller_harness import (MODEL, GroupPeer, Peer, TablePeer, WorkerProc, add_local_worker, collect,
+from controller_harness import (MODEL, GroupPeer, Peer, StuckProc, TablePeer, WorkerProc, add_local_worker, collect,
                                 make_controller, peers_in_order, run, sleeper, stop, until)
 
 
@@ -167,23 +166,6 @@ def test_a_prewarm_that_never_loads_is_given_up(model, monkeypatch):
             peer.close()
 
     run(main())
-
-
-class StuckProc(WorkerProc):
-    """A local worker's process that SIGKILL does not end until ``release()`` (stuck in the GPU driver: a process
-    in uninterruptible sleep dies only when the driver lets it go). Its scripted peer goes silent at the kill."""
-
-    stuck = True
-
-    def kill(self):
-        if not self.stuck:
-            super().kill()
-        elif self.peer is not None:
-            self.peer.close()
-
-    def release(self):
-        self.stuck = False
-        subprocess.Popen.kill(self)
 
 
 def test_a_replaced_process_that_does_not_exit_fails_the_start(model):

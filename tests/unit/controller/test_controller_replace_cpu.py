@@ -12,27 +12,9 @@ import time
 
 from warmserve import protocol as P
 
-from controller_harness import MODEL, Peer, WorkerProc, add_local_worker, make_controller, run, stop, until
+from controller_harness import MODEL, Peer, StuckProc, WorkerProc, add_local_worker, make_controller, run, stop, until
 
 WID = "host-1-cpu0"
-
-
-class StuckProc(WorkerProc):
-    """A local worker's process that SIGKILL does not end until ``release()`` (in uninterruptible sleep: a read
-    from a hung network mount). It exits by itself after ``life_s``. Its scripted peer goes silent at the kill."""
-
-    stuck = True
-
-    def kill(self):
-        if not self.stuck:
-            super().kill()
-        elif self.peer is not None:
-            self.peer.close()
-
-    def release(self):
-        self.stuck = False
-        if self.poll() is None:
-            subprocess.Popen.kill(self)
 
 
 class ExitingPeer(Peer):
@@ -45,7 +27,18 @@ class ExitingPeer(Peer):
 
 
 def child(cls, life_s: float, code: str = ""):
+    """A child process of class cls (a StuckProc exits by itself after ``life_s``)."""
     return cls([sys.executable, "-c", f"import signal, time\n{code}\ntime.sleep({life_s})"], stdin=subprocess.DEVNULL)
+
+
+def spawner(ep, procs: list, peer_cls, make_proc):
+    """A local worker's starter: each call starts make_proc() with a peer_cls peer speaking for it, kept in procs."""
+    def spawn():
+        p = make_proc()
+        p.peer = peer_cls(ep, WID, pid=p.pid)
+        procs.append(p)
+        return p
+    return spawn
 
 
 def test_a_replaced_cpu_process_that_sigkill_does_not_end_holds_no_thread(model, caplog):
@@ -62,13 +55,8 @@ def test_a_replaced_cpu_process_that_sigkill_does_not_end_holds_no_thread(model,
         c.config = dataclasses.replace(c.config, worker_start_timeout_s=0.5)
         ep = await c.start()
 
-        def spawn():
-            p = child(WorkerProc if procs else StuckProc, 8.0)
-            p.peer = ExitingPeer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
-
-        add_local_worker(c, WID, spawn)
+        add_local_worker(c, WID, spawner(ep, procs, ExitingPeer,
+                                         lambda: child(WorkerProc if procs else StuckProc, 8.0)))
         try:
             assert await until(lambda: any(w.ready for w in c.gpu_workers), 5)
             old = c.hub.workers[WID.encode()]
@@ -101,13 +89,8 @@ def test_a_cpu_worker_whose_old_process_ignores_sigterm_and_is_stopped_is_replac
         ep = await c.start()
         procs: list[WorkerProc] = []
 
-        def spawn():
-            p = child(WorkerProc, 30.0, "signal.signal(signal.SIGTERM, signal.SIG_IGN)")
-            p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
-
-        add_local_worker(c, WID, spawn)
+        ignores_sigterm = "signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+        add_local_worker(c, WID, spawner(ep, procs, Peer, lambda: child(WorkerProc, 30.0, ignores_sigterm)))
         try:
             assert await until(lambda: any(w.ready for w in c.gpu_workers), 5)
             os.kill(procs[0].pid, signal.SIGSTOP)

@@ -3,6 +3,7 @@ prewarm): scripted peers on real ZeroMQ sockets that keep a worker's model table
 what the start leaves on the worker can be read."""
 
 import asyncio
+import contextlib
 import dataclasses
 
 from warmserve import protocol as P
@@ -34,6 +35,31 @@ async def _ready_workers(c: Controller, n: int) -> None:
     assert await until(lambda: sum(w.ready for w in c.gpu_workers) >= n, 5)
 
 
+@contextlib.asynccontextmanager
+async def _one_worker(model, peer_cls, load_s: float):
+    """A started controller with one admitted scripted worker (peer_cls, loads taking load_s), closed at the end."""
+    c = make_controller(model)
+    ep = await c.start()
+    peer = peer_cls(ep, "host-1-cpu0", load_s=load_s)
+    try:
+        await _ready_workers(c, 1)
+        yield c, peer
+    finally:
+        await c.close(drain=False)
+        peer.close()
+
+
+async def _stop_while_loading(c: Controller, peer) -> float:
+    """Start i-1 (a cold load into the running worker), then, while it loads, stop it (scaled in: nothing in flight,
+    it stops at once) keeping its weights as prewarm p-1. Returns the time of the stop."""
+    c.driver.apply(A.StartInstance("i-1", MODEL, (0,)), c.now_s())
+    assert await until(lambda: peer.models == {MODEL: "loading"}, 1)
+    now = c.now_s()
+    c.driver.apply(A.StopInstance("i-1"), now)
+    c.driver.apply(A.Prewarm("p-1", MODEL, (0,), 1.0, kept_from="i-1"), now)
+    return now
+
+
 def _activates(peer) -> int:
     return sum(isinstance(m, P.Activate) for m in peer.got)
 
@@ -43,16 +69,8 @@ def test_a_start_stopped_while_it_loads_is_not_activated(model):
     wanted: stopped meanwhile, its weights kept as a prewarm (Prewarm kept_from), the model ran on the worker while
     the driver held a prewarm there, and the start made from that prewarm was refused (the model is running)."""
     async def main():
-        c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep, "host-1-cpu0", load_s=0.6)
-        try:
-            await _ready_workers(c, 1)
-            c.driver.apply(A.StartInstance("i-1", MODEL, (0,)), c.now_s())  # a cold load into the running worker
-            assert await until(lambda: peer.models == {MODEL: "loading"}, 1)
-            now = c.now_s()
-            c.driver.apply(A.StopInstance("i-1"), now)  # scaled in while it loads: nothing in flight, stops at once
-            c.driver.apply(A.Prewarm("p-1", MODEL, (0,), 1.0, kept_from="i-1"), now)
+        async with _one_worker(model, TablePeer, 0.6) as (c, peer):
+            await _stop_while_loading(c, peer)
             assert "p-1" in c.state.prewarms and "i-1" not in c.state.instances
             await asyncio.sleep(0.9)  # past the end of the load
             assert _activates(peer) == 0 and peer.models == {MODEL: "prewarmed"}, peer.models
@@ -61,9 +79,6 @@ def test_a_start_stopped_while_it_loads_is_not_activated(model):
             assert await until(lambda: "i-2" in c.state.instances and c.state.instances["i-2"].ready, 2), \
                 "the start from the kept prewarm failed"
             assert peer.models == {MODEL: "running"}
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 
@@ -72,23 +87,12 @@ def test_a_start_taken_from_a_kept_prewarm_waits_for_the_load_it_inherited(model
     """The kept prewarm of a start stopped mid-load counted as loaded: a start made from it before the load ended
     sent its Activate at once, which the worker refused (still loading), and the start failed."""
     async def main():
-        c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep, "host-1-cpu0", load_s=0.6)
-        try:
-            await _ready_workers(c, 1)
-            c.driver.apply(A.StartInstance("i-1", MODEL, (0,)), c.now_s())
-            assert await until(lambda: peer.models == {MODEL: "loading"}, 1)
-            now = c.now_s()
-            c.driver.apply(A.StopInstance("i-1"), now)
-            c.driver.apply(A.Prewarm("p-1", MODEL, (0,), 1.0, kept_from="i-1"), now)
+        async with _one_worker(model, TablePeer, 0.6) as (c, peer):
+            now = await _stop_while_loading(c, peer)
             c.driver.apply(A.StartInstance("i-2", MODEL, (0,), prewarm_id="p-1"), now)  # the load still runs
             assert await until(lambda: "i-2" in c.state.instances and c.state.instances["i-2"].ready, 2), \
                 "the start from the kept prewarm failed"
             assert _activates(peer) == 1 and peer.models == {MODEL: "running"}
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 
@@ -97,21 +101,10 @@ def test_a_kept_prewarm_whose_inherited_load_fails_leaves_the_state(model):
     """The kept prewarm of a start stopped mid-load stayed in the driver's state as loaded when that load failed:
     reserved memory with nothing behind it, until a start from it failed."""
     async def main():
-        c = make_controller(model)
-        ep = await c.start()
-        peer = FailingLoadPeer(ep, "host-1-cpu0", load_s=0.4)
-        try:
-            await _ready_workers(c, 1)
-            c.driver.apply(A.StartInstance("i-1", MODEL, (0,)), c.now_s())
-            assert await until(lambda: peer.models == {MODEL: "loading"}, 1)
-            now = c.now_s()
-            c.driver.apply(A.StopInstance("i-1"), now)
-            c.driver.apply(A.Prewarm("p-1", MODEL, (0,), 1.0, kept_from="i-1"), now)
+        async with _one_worker(model, FailingLoadPeer, 0.4) as (c, peer):
+            await _stop_while_loading(c, peer)
             assert await until(lambda: "p-1" not in c.state.prewarms, 2), "the failed load's prewarm stays"
             assert "p-1" not in c.prewarms and peer.models == {} and _activates(peer) == 0
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 

@@ -32,6 +32,15 @@ def _cache(pool, blocks: int, target: int):
     return slot, region, KVCache(CFG, region, blocks, 256, KVPageMapper(slot, 0, BLOCK), target_free_blocks=target)
 
 
+def _freed_cache(pool, used: int, fail_unmap, k: int):
+    """A 16-block cache that handed out ``used`` blocks and took them back, its k-th unmap from now set to fail."""
+    slot, region, kv = _cache(pool, 16, target=16)
+    got = [kv.allocate() for _ in range(used)]
+    kv.free(got)
+    fail_unmap(k)
+    return slot, region, kv
+
+
 def _assert_consistent(kv: KVCache, slot) -> None:
     free, unmapped = set(kv._free), set(kv._unmapped)
     assert not free & unmapped, f"blocks both free-mapped and unmapped: {sorted(free & unmapped)}"
@@ -71,10 +80,7 @@ def test_a_shrink_whose_second_unmap_fails_keeps_the_first_off_the_free_list(pag
 
 def test_unmap_free_that_fails_part_way_keeps_the_lists_true(fail_unmap):
     with PagePool(64 * MiB, backend="host", page_bytes=2 * MiB, prefault=False) as pool:
-        slot, region, kv = _cache(pool, 16, target=16)
-        got = [kv.allocate() for _ in range(8)]
-        kv.free(got)
-        fail_unmap(3)
+        slot, region, kv = _freed_cache(pool, 8, fail_unmap, 3)
         with pytest.raises(WarmServeError):
             kv.unmap_free([4, 5, 6, 7])
         _assert_consistent(kv, slot)
@@ -85,10 +91,7 @@ def test_unmap_free_that_fails_part_way_keeps_the_lists_true(fail_unmap):
 
 def test_release_all_that_fails_part_way_keeps_the_lists_true(fail_unmap):
     with PagePool(64 * MiB, backend="host", page_bytes=2 * MiB, prefault=False) as pool:
-        slot, region, kv = _cache(pool, 16, target=16)
-        got = [kv.allocate() for _ in range(6)]
-        kv.free(got)
-        fail_unmap(4)
+        slot, region, kv = _freed_cache(pool, 6, fail_unmap, 4)
         with pytest.raises(WarmServeError):
             kv.release_all()
         _assert_consistent(kv, slot)

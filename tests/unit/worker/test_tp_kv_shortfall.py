@@ -7,12 +7,11 @@ same size on every rank. Two in-process workers with real gloo groups, real shar
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from warmserve import protocol as P
-from warmserve.worker import InProcessWorker
+
+from test_tp_lockstep import tp2_workers
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +26,8 @@ LEFT_PAGES = 3
 @pytest.fixture
 def ranks(tiny_models):
     """Rank 0 and rank 1 of a running tp-2 instance of tiny-llama holding few KV blocks, in-process workers."""
-    workers = [InProcessWorker("cpu", memory_gib=0.125, prefault=False, worker_id=f"rank{r}") for r in range(2)]
-    try:
-        port = workers[0].host_group_store()
-        with ThreadPoolExecutor(2) as pool:
-            # Both calls meet in the group: one thread each; a failure on either thread is raised here.
-            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=20.0)
-                      for r, w in enumerate(workers)]:
-                f.result(60)
-            for r, w in enumerate(workers):
-                w.prewarm(tiny_models[MODEL], MODEL, tp=2, rank=r)
-            for f in [pool.submit(w.activate, MODEL, group_id="g", kv_target_free_blocks=START_FREE_BLOCKS)
-                      for w in workers]:
-                f.result(60)
+    with tp2_workers(tiny_models, 20.0, kv_target_free_blocks=START_FREE_BLOCKS) as workers:
         yield workers
-    finally:
-        for w in workers:
-            w.close()
 
 
 def _kv(worker):

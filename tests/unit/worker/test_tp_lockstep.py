@@ -4,6 +4,7 @@ group's timeout. The same code runs in `warmserve worker` processes (tests/integ
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,25 +22,33 @@ MODEL = "tiny-llama"  # 4 heads, 2 KV heads: splits 2 ways
 GROUP_TIMEOUT_S = 20.0
 
 
-@pytest.fixture
-def ranks(tiny_models):
-    """Rank 0 and rank 1 of a running tp-2 instance of tiny-llama, each an in-process worker."""
+@contextlib.contextmanager
+def tp2_workers(tiny_models, group_timeout_s: float = GROUP_TIMEOUT_S, **activate):
+    """Rank 0 and rank 1 of a running tp-2 instance of tiny-llama, each an in-process worker (activated with
+    ``activate``), closed at the end. Shared with test_tp_kv_shortfall.py."""
     workers = [InProcessWorker("cpu", memory_gib=0.125, prefault=False, worker_id=f"rank{r}") for r in range(2)]
     try:
         port = workers[0].host_group_store()
         with ThreadPoolExecutor(2) as pool:
             # Both calls meet in the group: one thread each; a failure on either thread is raised here.
-            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=GROUP_TIMEOUT_S)
+            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=group_timeout_s)
                       for r, w in enumerate(workers)]:
                 f.result(60)
             for r, w in enumerate(workers):
                 w.prewarm(tiny_models[MODEL], MODEL, tp=2, rank=r)
-            for f in [pool.submit(w.activate, MODEL, group_id="g") for w in workers]:
+            for f in [pool.submit(w.activate, MODEL, group_id="g", **activate) for w in workers]:
                 f.result(60)
         yield workers
     finally:
         for w in workers:
             w.close()
+
+
+@pytest.fixture
+def ranks(tiny_models):
+    """Rank 0 and rank 1 of a running tp-2 instance of tiny-llama, each an in-process worker."""
+    with tp2_workers(tiny_models) as workers:
+        yield workers
 
 
 def test_the_ranks_step_together_and_answer_as_one_model(ranks):
