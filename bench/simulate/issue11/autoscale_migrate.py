@@ -22,9 +22,10 @@ from warmserve.sim.simulator import Simulator
 
 
 def run(preset_name: str, k: int, seeds, burst_cv: float | None, cold_start_s: float | None,
-        floor_now: bool | None = None) -> dict:
+        floor_now: bool | None = None, options: dict | None = None) -> dict:
+    """options: further policy options set over the registered ones (autoscale_best.py's load windows)."""
     base = registry.POLICIES["autoscale"]
-    extra = {} if floor_now is None else {"scale_in_floor_now": floor_now}
+    extra = ({} if floor_now is None else {"scale_in_floor_now": floor_now}) | (options or {})
     registry.POLICIES["autoscale"] = replace(base, overrides={**base.overrides, "migrate_max_in_flight": k, **extra})
     try:
         preset = PRESETS[preset_name](**({"burst_cv": burst_cv} if burst_cv else {}))
@@ -37,6 +38,7 @@ def run(preset_name: str, k: int, seeds, burst_cv: float | None, cold_start_s: f
         registry.POLICIES["autoscale"] = base
     return {"migrate_max_in_flight": k, "ttft_p99_s": statistics.median(r["ttft_p99_s"] for r in rows),
             "slo_attainment": statistics.mean(r["slo_attainment"] for r in rows),
+            "gpu_seconds": statistics.median(r["gpu_seconds"] for r in rows),
             "requests_migrated": [r["requests_migrated"] for r in rows]}
 
 
