@@ -8,22 +8,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from warmserve.memory import PagePool
 from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
 
+from test_host_cache import MiB, _run_on_fake_driver, write  # this folder's checkpoint writer and fake driver
+
 PAGE = 4096
-MiB = 1 << 20
-
-
-def write(path, nbytes: int, seed: int) -> bytes:
-    data = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
-    with open(path, "wb") as f:
-        f.write(data)
-    return data
 
 
 def mappings_of(root: str) -> list[str]:
@@ -182,22 +175,4 @@ print("fake cuda cache OK")
 
 
 def test_a_publish_that_finds_the_entry_mapped_by_another_thread_unregisters_its_own_on_a_fake_driver(tmp_path):
-    import shutil
-    from pathlib import Path
-
-    from warmserve.memory import cuda_compiled
-
-    root_dir = Path(__file__).resolve().parents[3]
-    cuda_h = next((d for d in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda")
-                   if d and (Path(d) / "include" / "cuda.h").exists()), None)
-    if not cuda_compiled() or cuda_h is None or shutil.which("cc") is None:
-        pytest.skip("needs the cuda backend compiled in, cuda.h and a C compiler")
-    lib = tmp_path / "libcuda.so.1"
-    subprocess.run(["cc", "-std=c11", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{cuda_h}/include",
-                    str(root_dir / "csrc/testing/fake_libcuda.c"), "-o", str(lib)], check=True)
-    path = tmp_path / "ckpt.bin"
-    write(path, 2 * MiB, 10)
-    env = dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    r = subprocess.run([sys.executable, "-c", FAKE_CUDA_PUBLISH_RACE, str(tmp_path / "cache"), str(path)], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "fake cuda cache OK" in r.stdout, (r.stdout + r.stderr)[-1500:]
+    _run_on_fake_driver(tmp_path, FAKE_CUDA_PUBLISH_RACE, 2 * MiB)
