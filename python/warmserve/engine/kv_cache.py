@@ -94,6 +94,10 @@ class KVPageMapper:
             else:
                 self._blocks_on[p] -= 1
 
+    def new_pages(self, b: int) -> int:
+        """Pool pages mapping block ``b`` would take: its pages that no mapped block holds yet."""
+        return sum(1 for p in self.pages_of(b) if p not in self._blocks_on)
+
     def mappable(self, blocks) -> int:
         """How many of ``blocks``, mapped in this order, the pool's free pages take: a page the mapped blocks hold,
         or that an earlier one of ``blocks`` takes, costs nothing again (the same answer on every tensor-parallel
@@ -204,7 +208,9 @@ class KVCache:
         interleave theirs, and one long sequence could otherwise keep a page for each of its blocks. Once the copy
         has landed it does not raise: a source whose unmap fails stays a mapped free block (logged)."""
         m = self.mapper
-        k = m.blocks_per_page if isinstance(m, KVPageMapper) else 0
+        # Asked of the mapper, not its type: a tensor-parallel shard's wraps a KVPageMapper (worker/tp.py,
+        # BudgetMapper), and its cache must give pages back as one on a single device does.
+        k = getattr(m, "blocks_per_page", 0)
         kept = self.num_used + min(len(self._free), self.target_free_blocks)
         excess = m.pages_mapped - -(-kept // k) if k else 0
         if excess <= 0 or max_moves <= 0:

@@ -193,6 +193,14 @@ class ParallelGroup:
         #: The backend of the collectives on the model's tensors: "gloo" or "nccl".
         self.backend = str(group.name() if group is not None
                            else dist.get_backend() if dist.is_initialized() else "gloo").lower()
+        #: Collectives (data and control alike) this rank started and returned from. Ranks in step have the same
+        #: counts, so a rank whose step raised can tell the others where (failed_together); one started that did
+        #: not return failed inside the group.
+        self.ops_started = 0
+        self.ops_done = 0
+        #: A store every rank reaches outside the group's collectives (``join`` keeps its rendezvous store); None
+        #: for a group from ``init``, whose ranks then cannot agree on a failed step (the instance ends).
+        self.store = None
 
     @classmethod
     def init(cls, rank: int, world_size: int, address: str, port: int, backend: str | None = None,
@@ -247,6 +255,7 @@ class ParallelGroup:
             pg = dist.ProcessGroupNCCL(dist.PrefixStore(f"{group_id}/nccl/", tcp), rank, world_size, nccl_opts)
         out = cls(rank, world_size, pg)
         out.group_id, out.device, out.cpu_group = group_id, dev, cpu
+        out.store = dist.PrefixStore(f"{group_id}/side/", tcp)
         # One collective now, so the connections exist before an instance needs them (the "prewarmed
         # communicator": NCCL, too, connects lazily on its first collective).
         out.all_reduce(torch.zeros(1, device=dev))
@@ -255,7 +264,9 @@ class ParallelGroup:
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum t over the ranks, in place; returns t."""
+        self.ops_started += 1
         dist.all_reduce(t, group=self.group)
+        self.ops_done += 1
         return t
 
     def min_int(self, x: int) -> int:
@@ -267,23 +278,48 @@ class ParallelGroup:
         group; every rank passes as many values)."""
         t = torch.tensor([int(x) for x in xs], dtype=torch.int64,
                          device="cpu" if self.cpu_group is not None else self.device)
+        self.ops_started += 1
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_group or self.group)
+        self.ops_done += 1
         return [int(v) for v in t.tolist()]
 
     def broadcast(self, t: torch.Tensor, root: int = 0) -> torch.Tensor:
         """Rank root's t, into t on every rank (same shape and dtype everywhere; a CPU tensor for a group built
         by ``join``); returns t."""
+        self.ops_started += 1
         if self.cpu_group is None:
             dist.broadcast(t, src=root, group=self.group)
         else:  # a group of its own (join): dist.broadcast would read src as a rank of the default group
             self.cpu_group.broadcast(t, root).wait()
+        self.ops_done += 1
         return t
 
     def all_gather(self, t: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Every rank's t (same shape on each), concatenated along dim in rank order."""
         parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        self.ops_started += 1
         dist.all_gather(parts, t.contiguous(), group=self.group)
+        self.ops_done += 1
         return torch.cat(parts, dim=dim)
+
+    def failed_together(self, what: str, wait_s: float) -> bool:
+        """This rank's work between collectives (an engine step) just raised (``what``: the exception's type, left
+        in the store for a post-mortem): whether every rank raised after the same collectives, so none waits in one
+        and the group can go on. Each rank says where through the store, never through the group, where a rank
+        left waiting in a collective would take the message for its own. False when a rank did not say the same
+        within wait_s (it waits in a collective, or did not fail), when this rank failed inside a collective (the
+        group itself failed), or without a store. The counts are the same on every rank in step and grow between
+        two failures (the leader's plan comes between steps), so a key is never reused."""
+        if self.store is None or self.ops_started != self.ops_done:
+            return False
+        key = f"failed-after-{self.ops_done}"
+        try:
+            self.store.set(f"{key}/{self.rank}", what)
+            self.store.wait([f"{key}/{r}" for r in range(self.world_size) if r != self.rank],
+                            datetime.timedelta(seconds=wait_s))
+        except Exception:  # the store's timeout, or its host (rank 0's worker) is gone: not together
+            return False
+        return True
 
     def close(self) -> None:
         """Leave the default group if ``init`` joined it. Idempotent."""

@@ -22,6 +22,7 @@ import traceback
 from .. import errors
 from .. import protocol as P
 from ..geometry import pages_for
+from .tp import lost
 
 log = logging.getLogger("warmserve.worker")
 
@@ -165,10 +166,19 @@ class BackgroundWork:
                 if inst.tp is not None:
                     try:
                         inst.tp.send(inst.engine, run=True)
-                        outputs = inst.engine.step()
-                    except Exception as e:  # a rank is gone: the instance cannot step again
+                    except Exception as e:  # a rank is gone, or the ranks diverged: the instance cannot step again
                         self._tp_failed(inst, e)
                         continue
+                    try:
+                        outputs = inst.engine.step()
+                    except Exception as e:
+                        # Failed on every rank alike, it is an engine failure as at tp = 1, answered below, and the
+                        # group serves on (found in review: it was answered as a lost worker, whose instance the
+                        # controller stops). Else a rank may wait in the step's collectives: the group is gone.
+                        if not inst.tp.step_failed_together(e):
+                            self._tp_failed(inst, lost(inst.name, inst.tp.group, e))
+                            continue
+                        raise
                 else:
                     outputs = inst.engine.step()
                 self._emit_outputs(inst, outputs)

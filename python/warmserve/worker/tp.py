@@ -16,19 +16,24 @@ of leaving the others in the step's collectives, which NCCL never fails on its o
 worker after the timeout).
 
 Why KV blocks are mapped together: a rank's scheduler preempts when its KV cache cannot grow, and a rank whose
-pool is fuller would preempt where the others do not. So no rank maps a block on its own (``BudgetMapper``
-refuses any map outside a budget, so the engine's lazy mapping never happens): once a plan is applied every rank
-computes the same want (its engine state is the same), the ranks agree on how many they can all map (the
-all-reduce above carries each rank's count), and each maps that many (``grow_together``). A rank whose pool lost
-pages since it counted them (a load beside it) maps fewer: then every rank keeps the fewest any mapped, the same
-first blocks, and unmaps the rest. Shrinking (a lower KV
-target) unmaps free blocks beyond the target, the same blocks on every rank. So the KV reservation works as for
-tp = 1: ``SetKvTarget`` goes to the leader, which applies it and passes it on in order with the requests.
+pool is fuller would preempt where the others do not. So no rank takes pages on its own (``BudgetMapper``
+refuses a map that takes pages outside a budget, so the engine's lazy mapping never does): once a plan is
+applied every rank computes the same want (its engine state is the same), the ranks agree on how many they can
+all map (the all-reduce above carries each rank's count), and each maps that many (``grow_together``). A rank
+whose pool lost pages since it counted them (a load beside it) maps fewer: then every rank keeps the fewest any
+mapped, the same first blocks, and unmaps the rest. Shrinking (a lower KV target) unmaps free blocks beyond the
+target, and compaction moves blocks in use off the pages it can empty, the same blocks on every rank. So the KV
+reservation works as for tp = 1: ``SetKvTarget`` goes to the leader, which passes it on with the requests.
 
 A follower steps on a thread of its own, blocked in the broadcast between steps (torch releases the GIL there),
 so its worker's main thread goes on serving prewarms, stats and heartbeats. While idle the leader sends a
 keep-alive every ``KEEPALIVE_S``, well inside the group's timeout; a rank whose peer died sees its next
 collective fail at once (gloo reports the closed connection), and the instance ends with ``WorkerLostError``.
+An engine step that raises on every rank at the same point (an engine bug: the same code over the same state)
+fails its requests with ``EngineError`` as at tp = 1, and the group serves on; the ranks learn that they failed
+together through the group's store (``ParallelGroup.failed_together``), never through the group, in which a rank
+still waiting in one of the step's collectives would take the message for its own. A step that raised on some
+ranks only ends the instance as one that lost a rank.
 
 Process groups are built ahead (``JoinGroup``), while the workers are idle: the controller asks for one per
 aligned GPU group the placement can produce, so activating a tensor-parallel instance binds a group that exists
@@ -43,6 +48,7 @@ import collections
 import logging
 import threading
 import time
+import traceback
 from typing import Callable, Union
 
 import msgspec
@@ -55,6 +61,9 @@ log = logging.getLogger("warmserve.worker")
 
 #: Seconds between keep-alive broadcasts of an idle leader (the group's timeout, 30 s by default, must exceed it).
 KEEPALIVE_S = 1.0
+#: Seconds a rank whose engine step raised waits for the others to say theirs raised at the same point
+#: (ParallelGroup.failed_together): the same code over the same state fails within milliseconds on every rank.
+STEP_FAILURE_WAIT_S = 2.0
 
 # The plan a leader broadcasts before each step. Not socket messages (they travel through the group, between the
 # ranks of one instance), so they live here rather than in protocol.py; msgspec structs all the same.
@@ -138,7 +147,11 @@ def lost(name: str, group, e: BaseException) -> errors.WorkerLostError:
 
 
 class BudgetMapper:
-    """The KV block mapper of a tensor-parallel shard: maps only within the budget the ranks agreed on."""
+    """The KV block mapper of a tensor-parallel shard: takes pool pages only within the budget the ranks agreed
+    on. A block whose pages are mapped already (blocks sharing a page) takes none, and the ranks' pages are the
+    same, so every rank maps it alike, budget or not: KVCache.compact moves blocks in use into such room, which is
+    how a shard gives back the pages they are spread over (found in review: compaction asked for a KVPageMapper,
+    and a tensor-parallel instance kept those pages for good after its target was lowered)."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -146,25 +159,18 @@ class BudgetMapper:
         self.budget = 0
 
     def map_block(self, b: int) -> None:
-        if self.budget <= 0:
+        takes = self.inner.new_pages(b) > 0
+        if takes and self.budget <= 0:
             # KVCache takes this as "no page free": the same answer on every rank.
             raise errors.OutOfMemoryError("a tensor-parallel shard maps KV blocks only together with its ranks")
         self.inner.map_block(b)
-        self.budget -= 1
+        self.budget -= int(takes)
 
-    def unmap_block(self, b: int) -> None:
-        self.inner.unmap_block(b)
-
-    def mappable(self, blocks) -> int:
-        """How many of ``blocks``, mapped in order, this rank's pool could map now."""
-        return self.inner.mappable(blocks)
-
-    def frees_pages(self, b: int, free: set[int]) -> bool:
-        return self.inner.frees_pages(b, free)
-
-    @property
-    def pages_mapped(self) -> int:
-        return self.inner.pages_mapped
+    def __getattr__(self, name: str):
+        # Everything else (unmapping, counting, what compaction asks) is the inner mapper's.
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 class _RankClosed(errors.ModelStateError):
@@ -262,6 +268,11 @@ class Leader:
     def idle_due(self, now_s: float) -> bool:
         return now_s - self.last_sent_s >= KEEPALIVE_S
 
+    def step_failed_together(self, e: BaseException) -> bool:
+        """The leader's engine step raised ``e``: whether every rank's raised at the same point (see Follower._step),
+        so the group takes the next plan; False: a rank may wait in the step's collectives, the instance is over."""
+        return self.group.failed_together(type(e).__name__, STEP_FAILURE_WAIT_S)
+
 
 class Follower:
     """Rank > 0 of a running tensor-parallel instance: replays the leader's plans on its own thread."""
@@ -318,6 +329,19 @@ class Follower:
                 f"rank {self.group.rank} of {self.name!r} is at step {eng.num_steps}, the leader at {plan.step}: "
                 "the ranks diverged", leader_step=plan.step, step=eng.num_steps)
 
+    def _step(self) -> None:
+        """One engine step. One that raised on every rank at the same point (an engine bug hits them alike) the
+        leader answers with EngineError, as at tp = 1, and its aborts come with the next plan; one that did not
+        may leave a rank in the step's collectives: raised here, the instance is over."""
+        try:
+            self.engine.step()
+        except Exception as e:
+            if not self.group.failed_together(type(e).__name__, STEP_FAILURE_WAIT_S):
+                raise
+            log.error("rank %d of %r: a step failed on every rank; the leader fails its requests\n%s",
+                      self.group.rank, self.name, traceback.format_exc())
+        self.steps += 1
+
     def _loop(self) -> None:
         eng = self.engine
         try:
@@ -338,8 +362,7 @@ class Follower:
                             local = e
                         grow_together(eng, self.group, local)
                         if plan.run:
-                            eng.step()
-                            self.steps += 1
+                            self._step()
                         continue
                 # Closed on this worker (LeaveGroup, shutdown): say so, so the leader stops at once with a lost rank
                 # (grow_together does not touch the engine of a rank that reports an error).
