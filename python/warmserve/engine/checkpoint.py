@@ -49,23 +49,43 @@ def read_header(path: str) -> dict[str, TensorInfo]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: header is not JSON ({e})", path=path) from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is JSON {type(header).__name__}, not an object mapping tensor names to "
+                              "entries (not a safetensors file, or a damaged one)", path=path)
     data_start = 8 + n
     out = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        dt = ST_DTYPES.get(meta.get("dtype"))
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: tensor {name}'s entry is {meta!r}, not an object with dtype, shape and "
+                                  "data_offsets", path=path, tensor=name)
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in meta]
+        if missing:
+            raise CheckpointError(f"{path}: tensor {name}'s entry lacks {', '.join(missing)}", path=path, tensor=name,
+                                  missing=missing)
+        dt = ST_DTYPES.get(meta["dtype"]) if isinstance(meta["dtype"], str) else None
         if dt is None:
-            raise CheckpointError(f"{path}: tensor {name} has dtype {meta.get('dtype')!r}; supported: {', '.join(ST_DTYPES)}",
-                                  path=path, tensor=name)
-        shape = tuple(int(d) for d in meta["shape"])
-        begin, end = (int(x) for x in meta["data_offsets"])
+            raise CheckpointError(f"{path}: tensor {name} has dtype {meta['dtype']!r}; supported: "
+                                  f"{', '.join(ST_DTYPES)}", path=path, tensor=name)
+        shape, offsets = meta["shape"], meta["data_offsets"]
+        if not _int_list(shape) or min(shape, default=0) < 0 or not _int_list(offsets) or len(offsets) != 2 \
+                or offsets[0] < 0:
+            raise CheckpointError(f"{path}: tensor {name} has shape {shape!r} and data_offsets {offsets!r}; they must "
+                                  "be lists of non-negative integers (data_offsets: [begin, end])", path=path,
+                                  tensor=name)
+        shape = tuple(shape)
+        begin, end = offsets
         nbytes = math.prod(shape) * torch.empty((), dtype=dt).element_size()
         if end - begin != nbytes or data_start + end > size:
             raise CheckpointError(f"{path}: tensor {name} byte range [{begin}, {end}) is inconsistent with shape "
                                   f"{list(shape)} or the file size {size}", path=path, tensor=name)
         out[name] = TensorInfo(name, path, dt, shape, data_start + begin, nbytes)
     return out
+
+
+def _int_list(x) -> bool:
+    return isinstance(x, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in x)
 
 
 def safetensors_files(path: str) -> list[str]:
@@ -110,5 +130,11 @@ def read_tensors(path: str) -> dict[str, TensorInfo]:
     """All tensors of the checkpoint in directory `path` (one file or shards)."""
     out: dict[str, TensorInfo] = {}
     for f in safetensors_files(path):
-        out.update(read_header(f))
+        for name, info in read_header(f).items():
+            if name in out:
+                # the two copies may differ; taking either one silently would hide a broken (re-)sharding
+                raise CheckpointError(f"{path}: tensor {name} is in both {os.path.basename(out[name].path)} and "
+                                      f"{os.path.basename(f)}; keep it in one shard", path=path, tensor=name,
+                                      files=[out[name].path, f])
+            out[name] = info
     return out

@@ -16,6 +16,9 @@ from warmserve.errors import InvalidArgumentError, register
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+#: rope parameters each rope type cannot do without (transformers' required keys, less the ones it fills in).
+ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+                 "yarn": ("factor",)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -126,13 +129,21 @@ class ModelConfig:
                                         rope_type=rope_type)
         if float(rope.pop("partial_rotary_factor", 1.0)) != 1.0:
             raise UnsupportedModelError("partial_rotary_factor below 1 is not supported", rope_params=rope)
+        max_pos = int(cfg.get("max_position_embeddings", 2048))
+        if rope_type in ("llama3", "yarn") and rope.get("original_max_position_embeddings") is None:
+            # as transformers fills it; Hub configs of both kinds often leave it out
+            rope["original_max_position_embeddings"] = max_pos
+        _check_rope_params(rope_type, rope)
 
         sliding = 0
         if cfg.get("sliding_window") and (arch == "MistralForCausalLM" or cfg.get("use_sliding_window")):
             sliding = int(cfg["sliding_window"])
-            if arch == "Qwen2ForCausalLM" and int(cfg.get("max_window_layers", 0)) < int(cfg["num_hidden_layers"]):
-                raise UnsupportedModelError("Qwen2 sliding window on only some layers is not supported",
-                                            max_window_layers=cfg.get("max_window_layers"))
+            if arch == "Qwen2ForCausalLM" and not _qwen2_all_layers_slide(cfg):
+                sliding = 0
+
+        # Only transformers' Llama reads attention_bias/mlp_bias; Qwen2 has a fixed q/k/v bias and Mistral none,
+        # whatever its config.json says (its checkpoints hold no such tensors).
+        llama_attn_bias = arch == "LlamaForCausalLM" and bool(cfg.get("attention_bias", False))
 
         eos = (generation_config or {}).get("eos_token_id", cfg.get("eos_token_id"))
         eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
@@ -149,14 +160,14 @@ class ModelConfig:
             num_heads=n_heads,
             num_kv_heads=n_kv,
             head_dim=head_dim,
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            max_position_embeddings=max_pos,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_type=rope_type,
             rope_params=tuple(sorted((k, v) for k, v in rope.items() if v is not None)),
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
-            o_bias=arch != "Qwen2ForCausalLM" and bool(cfg.get("attention_bias", False)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            qkv_bias=arch == "Qwen2ForCausalLM" or llama_attn_bias,
+            o_bias=llama_attn_bias,
+            mlp_bias=arch == "LlamaForCausalLM" and bool(cfg.get("mlp_bias", False)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             sliding_window=sliding,
             torch_dtype=dtype,
@@ -178,3 +189,47 @@ class ModelConfig:
             with open(gen_path) as f:
                 gen = json.load(f)
         return cls.from_dict(cfg, gen)
+
+
+def _qwen2_all_layers_slide(cfg: dict) -> bool:
+    """Whether every layer of a Qwen2 model with a sliding window uses it (False: none does). As transformers
+    reads it: ``layer_types`` when present, else layer i slides when i >= max_window_layers (default 28). The
+    engine has one window for all layers, so a mix is refused."""
+    n_layers = int(cfg["num_hidden_layers"])
+    mwl = cfg.get("max_window_layers")
+    mwl = 28 if mwl is None else int(mwl)
+    kinds = cfg.get("layer_types")
+    if kinds is None:
+        kinds = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
+    elif not isinstance(kinds, list) or len(kinds) != n_layers:
+        raise UnsupportedModelError(f"layer_types must list one attention kind per layer ({n_layers}); got {kinds!r}",
+                                    layer_types=kinds, num_hidden_layers=n_layers)
+    unknown = sorted(set(kinds) - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise UnsupportedModelError(f"layer_types {unknown} are not supported: use full_attention or "
+                                    "sliding_attention", layer_types=kinds)
+    if len(set(kinds)) > 1:
+        sliding_layers = [i for i, k in enumerate(kinds) if k == "sliding_attention"]
+        raise UnsupportedModelError(
+            f"Qwen2 sliding window on only some layers ({len(sliding_layers)} of {n_layers}, from "
+            f"{'layer_types' if cfg.get('layer_types') is not None else f'max_window_layers={mwl}'}) is not "
+            "supported: the engine runs one attention kind on every layer; set max_window_layers to 0 (all slide) "
+            "or to num_hidden_layers (none), or use_sliding_window to false",
+            max_window_layers=mwl, layer_types=cfg.get("layer_types"), sliding_layers=sliding_layers)
+    return kinds[0] == "sliding_attention" if kinds else False
+
+
+def _check_rope_params(rope_type: str, rope: dict) -> None:
+    """Refuse a rope_scaling that lacks a parameter its formula needs, or has a non-number there, while the config
+    is read (otherwise the engine would fail with a bare TypeError after the weights were loaded)."""
+    missing = [k for k in ROPE_REQUIRED.get(rope_type, ()) if rope.get(k) is None]
+    if missing:
+        raise UnsupportedModelError(
+            f"rope_scaling of type {rope_type!r} lacks {', '.join(missing)}: add "
+            f"{'them' if len(missing) > 1 else 'it'} to rope_scaling (or rope_parameters) in config.json",
+            rope_type=rope_type, missing=missing)
+    bad = {k: rope[k] for k in (*ROPE_REQUIRED.get(rope_type, ()), "original_max_position_embeddings")
+           if k in rope and (isinstance(rope[k], bool) or not isinstance(rope[k], (int, float)))}
+    if bad:
+        raise UnsupportedModelError(f"rope_scaling of type {rope_type!r} has non-numeric {bad}: these must be numbers",
+                                    rope_type=rope_type, rope_params=bad)

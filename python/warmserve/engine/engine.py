@@ -389,7 +389,11 @@ class Engine:
             table = torch.tensor([c.seq.blocks[:nb] + [c.seq.blocks[0]] * (nb - len(c.seq.blocks[:nb])) for c in dec],
                                  dtype=torch.long)
             ar = torch.arange(S)
-            rows_idx = table[:, ar // T] * rpb + ar % T
+            # Padding columns of the shorter sequences read the sequence's last written row (masked all the
+            # same): an unwritten row holds whatever its reused page held, and a NaN/Inf there poisons the
+            # masked softmax row (0 * NaN in the weighted sum of V) however it is masked.
+            at = torch.minimum(ar[None, :], lens[:, None] - 1)
+            rows_idx = table.gather(1, at // T) * rpb + at % T
             mask = ar[None, :] < lens[:, None]
             if window:
                 mask &= ar[None, :] > (lens[:, None] - 1 - window)

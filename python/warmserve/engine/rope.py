@@ -30,7 +30,7 @@ def inv_freq_and_scale(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
         return inv / float(p("factor")), 1.0
     if kind == "llama3":
         factor, low, high = float(p("factor")), float(p("low_freq_factor")), float(p("high_freq_factor"))
-        old_ctx = float(p("original_max_position_embeddings"))
+        old_ctx = float(p("original_max_position_embeddings") or cfg.max_position_embeddings)
         wavelen = 2 * math.pi / inv
         smooth = (old_ctx / wavelen - low) / (high - low)
         mid = (1 - smooth) * inv / factor + smooth * inv
