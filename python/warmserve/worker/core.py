@@ -22,7 +22,8 @@ from .. import errors
 from .. import protocol as P
 from ..errors import ModelStateError
 from .background import BackgroundWork, as_typed, weight_pages
-from .tp import GroupTable, ShardRoles
+from .tp import ShardRoles
+from .tp_groups import GroupTable
 
 log = logging.getLogger("warmserve.worker")
 

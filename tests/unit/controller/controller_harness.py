@@ -94,7 +94,7 @@ class Peer:
 
 
 class GroupPeer(Peer):
-    """As a real worker: an Activate in a group it never joined is refused (worker/tp.py, GroupTable.get)."""
+    """As a real worker: an Activate in a group it never joined is refused (worker/tp_groups.py, GroupTable.get)."""
 
     def __init__(self, *a, **k):
         self.joined = set()
