@@ -44,6 +44,11 @@ def local_midnight(t: float) -> float:
 CLOCK_DAYS_BACK = 7
 #: Planned engine restarts listed in /stats (the latest; the histogram counts them all).
 ENGINE_STARTS_KEPT = 200
+#: How long a local worker's first process found exited with no Hello seen is given for its Hello to be read before
+#: the start fails, seconds.
+EXIT_GRACE_S = 0.5
+#: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.
+REAP_WAIT_S = 5.0
 
 
 def policy_clock_origin(now_unix_s: float, history: dict | None) -> float:
@@ -144,10 +149,20 @@ class Controller(WorkerRestarts):
         return self.hub.endpoint
 
     async def wait_for_workers(self, n: int, timeout_s: float, procs=()) -> None:
+        """Wait until ``n`` workers are admitted, at most ``timeout_s``. ``procs``: local workers' first processes;
+        one that exits before it said Hello ends the wait at once (it cannot start: see its log). One that said
+        Hello and then died is being restarted (``_restart``), which may still make the deadline: found in review,
+        such a loss (an OOM while a slower worker still started) aborted the whole start."""
         deadline = time.monotonic() + timeout_s
+        idents = {id(p): ident for ident, p in self.local_procs.items()}
+        exited_s: dict[int, float] = {}
         while sum(w.ready for w in self.hub.workers.values()) < n:
             for p in procs:
-                if p.poll() is not None:
+                if p.poll() is None or self._said_hello(p, idents.get(id(p))):
+                    continue
+                # A moment's grace: its Hello, sent just before it died, may still wait in the socket unread.
+                first_s = exited_s.setdefault(id(p), time.monotonic())
+                if time.monotonic() - first_s >= EXIT_GRACE_S:
                     raise WorkerLostError(
                         f"a local worker exited with status {p.returncode} before it registered; see its log",
                         status=p.returncode)
@@ -174,15 +189,36 @@ class Controller(WorkerRestarts):
         # The policy's first tick sees the whole initial cluster: static layouts (dedicated, shared) place once.
         self.policy_running = True
 
+    def _said_hello(self, proc, ident: bytes | None) -> bool:
+        """Whether the local worker process ``proc`` (under routing id ``ident``) has said Hello: it has a record,
+        or its loss (which drops the record) started a restart, under way or whose process took its place in
+        ``local_procs``."""
+        if ident is None:
+            return False
+        w = self.hub.workers.get(ident)
+        return ((w is not None and w.proc is proc) or ident in self.restarting
+                or self.local_procs.get(ident) is not proc)
+
     def end_drain(self) -> None:
         """A close waiting for requests to finish stops waiting and goes on (a second Ctrl-C)."""
         self._drain_until_s = 0.0
 
     async def close(self, drain: bool = True) -> None:
-        """Refuse new requests, let in-flight ones finish (up to drain_timeout_s), then stop the workers."""
+        """Refuse new requests, let in-flight ones finish (up to drain_timeout_s), then stop the workers. The
+        workers' socket is closed (its port free again) whatever fails on the way."""
         if self.closing:
             return
         self.closing = True
+        if self.hub is None:  # never started, or its bind failed (which leaves nothing behind)
+            return
+        try:
+            await self._close_workers(drain)
+        finally:
+            for t in self._tasks + list(self._bg):
+                t.cancel()
+            self.hub.close()
+
+    async def _close_workers(self, drain: bool) -> None:
         if drain:
             self._drain_until_s = time.monotonic() + self.cc.drain_timeout_s
             while self._open_requests() and time.monotonic() < self._drain_until_s:
@@ -214,11 +250,17 @@ class Controller(WorkerRestarts):
         for t in self._tasks + list(self._bg):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._bg, return_exceptions=True)
-        # Every local process, registered or not (a restart may have started one that never said Hello).
+        # Every local process, registered or not (a restart may have started one that never said Hello), all at
+        # once: an actor whose end Ray never confirms takes 2 * REAP_WAIT_S, or more with a graceful wait.
         registered = {w.ident for w in self.hub.workers.values() if w.alive}
-        for ident, proc in list(self.local_procs.items()):
-            await asyncio.to_thread(_reap, proc, ident in registered)
-        self.hub.close()
+        procs = list(self.local_procs.items())
+        ends = await asyncio.gather(*(asyncio.to_thread(_reap, proc, ident in registered) for ident, proc in procs),
+                                    return_exceptions=True)
+        for (ident, _), end in zip(procs, ends):
+            # One that cannot be reaped must not keep the others, or the socket, from being closed (found in review:
+            # a Ray worker's process, which had no pid, aborted the close and left the port bound).
+            if isinstance(end, BaseException):
+                log.error("stopping the process of worker %r failed", ident.decode(errors="replace"), exc_info=end)
 
     def _open_requests(self) -> int:
         return sum(len(q) for q in self.state.queues.values()) + sum(
@@ -481,7 +523,7 @@ def _reap(proc, graceful: bool = True) -> None:
     """Wait for a local worker told to shut down (``graceful``); stop it when it does not."""
     if graceful:
         try:
-            proc.wait(timeout=5.0)
+            proc.wait(timeout=REAP_WAIT_S)
             return
         except Exception:  # still running after Shutdown: stop it
             pass
@@ -489,10 +531,11 @@ def _reap(proc, graceful: bool = True) -> None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=5.0)
+        proc.wait(timeout=REAP_WAIT_S)
     except Exception:
         proc.kill()
         try:
-            proc.wait(timeout=5.0)
+            proc.wait(timeout=REAP_WAIT_S)
         except subprocess.TimeoutExpired:  # stuck in the GPU driver: waiting on would hang the shutdown for good
-            log.warning("worker process %d did not exit after SIGKILL; left behind", proc.pid)
+            # %s: a Ray worker's pid is None until its Hello
+            log.warning("worker process %s did not exit after SIGKILL; left behind", getattr(proc, "pid", None))

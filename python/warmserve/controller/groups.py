@@ -27,6 +27,10 @@ log = logging.getLogger("warmserve.controller")
 
 #: Longest a group's rendezvous may take, seconds (every rank's worker is on this machine's loopback).
 JOIN_TIMEOUT_S = 30.0
+#: A GPU set whose group could not be built is prewarmed again after GROUP_RETRY_S * 2**(failures - 1) seconds, at
+#: most GROUP_RETRY_CAP_S, until a build succeeds or a worker of the set changes (a fresh process on one of its GPUs).
+GROUP_RETRY_S = 1.0
+GROUP_RETRY_CAP_S = 60.0
 
 
 class GroupRecord:
@@ -53,6 +57,11 @@ class GroupManager:
         self.ctl = ctl
         self.groups: dict[tuple[int, ...], GroupRecord] = {}
         self._epoch = 0
+        #: GPU set -> (builds failed in a row, when prewarm may try again (loop time), the workers they failed with).
+        #: Found in review: a build that failed at once (an NCCL init error) was tried again on every policy tick,
+        #: for ever, each try a warning and a LeaveGroup to every member.
+        self.failures: dict[tuple[int, ...], tuple[int, float, list]] = {}
+        self.retry_s, self.retry_cap_s = GROUP_RETRY_S, GROUP_RETRY_CAP_S
 
     def tp_sizes(self) -> set[int]:
         return {m.spec.tp for m in self.ctl.models.values() if m.spec.tp > 1}
@@ -69,15 +78,32 @@ class GroupManager:
             for tp in sizes:
                 for k in range(0, len(ids) - tp + 1, tp):
                     gpus = tuple(ids[k:k + tp])
-                    if gpus not in self.groups and self._workers(gpus) is not None:
+                    if gpus in self.groups:
+                        continue
+                    ws = self._workers(gpus)
+                    if ws is not None and not self._backing_off(gpus, ws):
                         self._build(gpus, "prewarmed")
+
+    def _backing_off(self, gpus: tuple[int, ...], ws: list) -> bool:
+        """Whether the group of ``gpus`` failed to build lately with these very workers ``ws``: prewarm waits."""
+        failed = self.failures.get(gpus)
+        if failed is None:
+            return False
+        _, retry_at, with_ws = failed
+        if len(with_ws) != len(ws) or any(a is not b for a, b in zip(with_ws, ws)):
+            del self.failures[gpus]  # a fresh process on one of its GPUs: what failed may be gone with the old one
+            return False
+        return asyncio.get_running_loop().time() < retry_at
 
     async def ensure(self, gpus: tuple[int, ...]) -> GroupRecord:
         """The ready group of ``gpus`` (ranks in this order), built now if none exists or is being built."""
         rec = self.groups.get(gpus)
         if rec is None:
             rec = self._build(gpus, "on_demand")
-        await asyncio.shield(rec.task)
+        # wait, not shield: a build cancelled (_forget: a member lost while rank 0 hosted the store) is a build
+        # not done, below, while this caller's own cancellation still raises here. Found in review: shield passed
+        # the build's cancellation on, and the tp start's task ended as 'cancelled', failing and logging nothing.
+        await asyncio.wait({rec.task})
         if not rec.ready:
             raise WorkerLostError(f"the process group of GPUs {list(gpus)} could not be built: a worker is gone",
                                   gpus=list(gpus))
@@ -122,6 +148,8 @@ class GroupManager:
         block has a ready worker."""
         for rec in [rec for rec in self.groups.values() if w in rec.workers]:
             self._forget(rec, but=w)
+        for gpus in [g for g, (_, _, ws) in self.failures.items() if w in ws]:
+            del self.failures[gpus]  # its GPU is gone, or gets a fresh process: a build there starts afresh
 
     def rank_lost(self, w, req, error: BaseException) -> bool:
         """Rank 0's worker ``w`` answered ``req`` with ``error``. If that is a WorkerLostError of a tensor-parallel
@@ -195,7 +223,7 @@ class GroupManager:
                 raise WorkerLostError(f"a worker of GPUs {list(rec.gpus)} is gone", gpus=list(rec.gpus))
             port = (await hub.call(rec.workers[0], P.HostGroupStore(id=hub.next_id()), JOIN_TIMEOUT_S)).port
             # Sent to every member here, with no await between: each worker joins its groups one at a time in the
-            # order they came (worker/tp.py, GroupTable), and NCCL needs that order to be the same on every worker.
+            # order they came (worker/tp_groups.py, GroupTable), and NCCL needs that order to be the same on every worker.
             msgs = [P.JoinGroup(id=hub.next_id(), group_id=rec.group_id, rank=r, world_size=len(rec.gpus),
                                 store_port=port) for r in range(len(rec.workers))]
             futs = []
@@ -212,7 +240,11 @@ class GroupManager:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.warning("process group %s on GPUs %s not built: %s", rec.group_id, list(rec.gpus), e)
+            n = self.failures.get(rec.gpus, (0,))[0] + 1
+            delay_s = min(self.retry_cap_s, self.retry_s * 2 ** min(n - 1, 60))
+            self.failures[rec.gpus] = (n, loop.time() + delay_s, list(rec.workers))
+            log.warning("process group %s on GPUs %s not built (%d failed in a row; prewarmed again in %.0f s at the "
+                        "earliest): %s", rec.group_id, list(rec.gpus), n, delay_s, e)
             if self.groups.get(rec.gpus) is rec:
                 del self.groups[rec.gpus]
             for w in rec.workers:
@@ -221,6 +253,7 @@ class GroupManager:
             return
         rec.setup_s = loop.time() - t0
         rec.ready = True
+        self.failures.pop(rec.gpus, None)
         self.ctl.metrics.tp_groups_built.inc(path=rec.path)
         log.info("process group %s ready on GPUs %s (%s, %.3f s)", rec.group_id, list(rec.gpus), rec.path,
                  rec.setup_s)

@@ -78,14 +78,15 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     """Start the controller, spawn the local workers and wait until every expected worker has registered."""
     models = [controller_model(s) for s in cfg.models]
     controller = Controller(cfg, models, history=history)
-    endpoint = await controller.start()
     devices = local_devices(cfg)
     mem = cpu_worker_memory_bytes(cfg, models)
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
     procs = []
-    connect = endpoint.replace("0.0.0.0", "127.0.0.1").replace("tcp://*:", "tcp://127.0.0.1:")
     host = socket.gethostname()
     try:
+        # In here: whatever fails once the socket is bound closes it (a bind that fails leaves nothing itself).
+        endpoint = await controller.start()
+        connect = endpoint.replace("0.0.0.0", "127.0.0.1").replace("tcp://*:", "tcp://127.0.0.1:")
         for i, dev in enumerate(devices):
             wid = f"{host}-{os.getpid()}w{i}-{dev.replace(':', '')}"
             # Kept by the controller: a local worker that dies is started again the same way (Controller._restart).

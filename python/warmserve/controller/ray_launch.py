@@ -30,6 +30,7 @@ import time
 
 from warmserve.config import ClusterConfig
 from warmserve.controller.controller import Controller
+from warmserve.controller.restarts import WorkerGoneForGoodError
 from warmserve.errors import InvalidArgumentError, WarmServeError, register
 from warmserve.extras import require
 
@@ -51,6 +52,12 @@ ACTOR_DIED_STATUS = -1
 @register
 class RayClusterError(WarmServeError):
     """The Ray cluster cannot be reached, or cannot hold the workers asked of it."""
+
+
+@register
+class RayNodeGoneError(RayClusterError, WorkerGoneForGoodError):
+    """A worker's Ray node is no longer alive: its placement-group bundle, pinned to that node, can never be placed
+    again (a node that rejoins is a new node), so the worker is not started again. Fields: node_id, worker_id."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +185,9 @@ class RayWorkerProcess:
         #: Ray completes it when ``run`` returns (the worker exited) or fails it when the actor dies.
         self._done: concurrent.futures.Future = run_ref.future()
         self.returncode: int | None = None
+        #: The worker's process id on its node, from its Hello (``RayController``); None until then. Read where a
+        #: Popen's pid is (the controller's logs of a process that does not end).
+        self.pid: int | None = None
         #: Why it ended: the worker's exit status, or Ray's account of the actor's death.
         self.exit_reason = ""
         self._released = False
@@ -347,7 +357,15 @@ class RayLauncher:
     def spawn(self, slot: WorkerSlot, connect: str, *, memory_bytes: int, heartbeat_interval_s: float,
               log_dir: str | None = None, curve: tuple[str, str] | None = None,
               page_bytes: int = 2 << 20) -> RayWorkerProcess:
-        """Start the worker of ``slot`` as an actor in its bundle; returns at once (Ray starts it)."""
+        """Start the worker of ``slot`` as an actor in its bundle; returns at once (Ray starts it). Raises
+        RayNodeGoneError when the slot's node is no longer alive (the node table as last read, every
+        NODE_REFRESH_S): an actor pinned there would wait for its bundle for ever."""
+        if slot.node.node_id not in {n["NodeID"] for n in self._nodes if n.get("Alive")}:
+            raise RayNodeGoneError(
+                f"the Ray node {slot.node.node_id[:8]} ({slot.node.address}) of worker {slot.worker_id} is no longer "
+                f"alive, and its placement-group bundle cannot move: the worker is not started again. Restart the "
+                f"server to place workers on the nodes alive now", node_id=slot.node.node_id,
+                worker_id=slot.worker_id)
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -435,6 +453,12 @@ class RayController(Controller):
         out["nodes"] = self.launcher.nodes_view(self.hub.workers)
         return out
 
+    def _on_hello(self, ident: bytes, hello) -> None:
+        super()._on_hello(ident, hello)
+        proc = self.local_procs.get(ident)
+        if isinstance(proc, RayWorkerProcess):  # the record just made holds it as its process
+            proc.pid = hello.pid
+
     async def close(self, drain: bool = True) -> None:
         try:
             await super().close(drain)
@@ -494,5 +518,5 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
     return controller
 
 
-__all__ = ["RayClusterError", "RayController", "RayLauncher", "RayNode", "RayWorkerProcess", "WorkerSlot",
-           "connect_address", "plan_slots", "start_ray_cluster"]
+__all__ = ["RayClusterError", "RayController", "RayNodeGoneError", "RayLauncher", "RayNode", "RayWorkerProcess",
+           "WorkerSlot", "connect_address", "plan_slots", "start_ray_cluster"]

@@ -11,9 +11,16 @@ import subprocess
 import time
 
 from warmserve.controller.workers import WorkerRecord
-from warmserve.errors import WorkerLostError
+from warmserve.controller.errors import NoWorkersError
+from warmserve.errors import WarmServeError, WorkerLostError, register
 
 log = logging.getLogger("warmserve.controller")
+
+
+@register
+class WorkerGoneForGoodError(WarmServeError):
+    """A local worker's starter (``Controller.local_spawn``) cannot start it again, ever: the place it ran in is gone
+    for good (its Ray node died, and a node that comes back is a new node). Its restart gives up on it."""
 
 
 class WorkerRestarts:
@@ -50,8 +57,14 @@ class WorkerRestarts:
                     return
                 try:
                     proc = self.local_procs[ident] = spawn()
-                except OSError as e:
-                    log.error("could not restart %r: %s", lost, e)
+                except WorkerGoneForGoodError as e:
+                    self._give_up(lost, back, e)
+                    return
+                except Exception:
+                    # Any failure, not only OSError: Ray's launcher raises Ray's own errors (its GCS restarting),
+                    # and found in review, one of those ended this task for good and the worker never came back.
+                    # The next try waits out the back-off like a process that did not join.
+                    log.exception("could not restart %r (restart %d in a row); trying again", lost, n + 1)
                     continue
                 deadline = time.monotonic() + self.config.worker_start_timeout_s
                 joined = False
@@ -71,13 +84,27 @@ class WorkerRestarts:
                     # Admitted, whatever came after: the restart ended there, and a cold start's replace_worker may
                     # have retired that record and killed its process at once. Polling for a ready record missed it
                     # and spawned a second process under the id, whose Hello lost the replacement (CI flake).
-                    log.info("%r is back (process %d)", back.result(), back.result().pid)
+                    log.info("%r is back (process %s)", back.result(), back.result().pid)
                     return
                 log.warning("restarted %r did not join (status %s)", lost, proc.poll())
         finally:
             # Only this restart's own entry: after its admission a new loss may have started the next restart.
             if self.restarting.get(ident) is back:
                 del self.restarting[ident]
+
+    def _give_up(self, lost: WorkerRecord, back: asyncio.Future, error: WorkerGoneForGoodError) -> None:
+        """Stop restarting ``lost`` for good: its starter and last process are dropped (nothing restarts it again,
+        close reaps nothing of it), and with no worker left or coming back the waiting requests fail now."""
+        log.error("%r is not restarted any more: %s", lost, error)
+        self.local_spawn.pop(lost.ident, None)
+        self.local_procs.pop(lost.ident, None)
+        if self.restarting.get(lost.ident) is back:
+            del self.restarting[lost.ident]
+        if not any(x.ready for x in self.gpu_workers) and not self.restarting and not self.replacing:
+            for model in self.models:
+                self.driver.fail_waiting(model, NoWorkersError(
+                    f"every worker is lost and {lost!r} cannot be started again ({error}); retry when workers "
+                    f"rejoin", worker_id=lost.worker_id), self.now_s())
 
     def can_replace(self, w: WorkerRecord) -> bool:
         """Whether ``w``'s process may be replaced by a fresh one: a local worker, not being replaced or restarted
@@ -173,11 +200,11 @@ class WorkerRestarts:
         late_s: float | None = time.monotonic() + limit
         while proc.poll() is None:
             if self.closing:
-                log.warning("process %d did not exit after SIGKILL; the controller closes without it", proc.pid)
+                log.warning("process %s did not exit after SIGKILL; the controller closes without it", proc.pid)
                 return False
             if late_s is not None and time.monotonic() >= late_s:
                 late_s = None
-                log.warning("%s (process %d) did not exit within %.0f s of SIGKILL (worker_start_timeout_s): it is "
+                log.warning("%s (process %s) did not exit within %.0f s of SIGKILL (worker_start_timeout_s): it is "
                             "stuck in the kernel (a device driver, a hung mount), and its memory stays taken until "
                             "it exits; see the host's kernel log", what, proc.pid, limit)
             await asyncio.sleep(0.1)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from warmserve import protocol as P
-from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError
+from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError
 from warmserve.security import curve_server, require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")
@@ -79,21 +79,33 @@ class WorkerHub:
         # which costs more than the send itself on the per-request path.
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        # A worker that restarts with the same id takes over its routing id instead of being refused.
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.auth = None
         #: For local workers when CURVE is on: (--curve-server-key, --curve-secret-key) files.
         self.local_curve: tuple[str, str] | None = None
         self._curve_tmp = None
-        if curve_dir:
-            self.auth, local_secret, server_public, self._curve_tmp = _curve_server(self.ctx, self.sock, curve_dir)
-            self.local_curve = (server_public, local_secret)
-        self.sock.bind(bind)
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        # Whatever fails from here on (the bind, above all: a port in use) leaves nothing behind. Found in review:
+        # a raw ZMQError, with the authenticator's thread, the context and a temp dir holding a fresh secret key
+        # left over.
+        try:
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.sock.setsockopt(zmq.SNDHWM, 100_000)
+            self.sock.setsockopt(zmq.RCVHWM, 100_000)
+            # A worker that restarts with the same id takes over its routing id instead of being refused.
+            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if curve_dir:
+                self.auth, local_secret, server_public, self._curve_tmp = _curve_server(self.ctx, self.sock,
+                                                                                        curve_dir)
+                self.local_curve = (server_public, local_secret)
+            try:
+                self.sock.bind(bind)
+            except zmq.ZMQError as e:
+                raise _bind_error(bind, e) from None
+            self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException:
+            self._release()
+            _close_sock(self.sock, self.ctx)
+            raise
         self.workers: dict[bytes, WorkerRecord] = {}
         self.on_hello, self.on_event, self.on_lost = on_hello, on_event, on_lost
         self._next_id = 1
@@ -297,6 +309,15 @@ class WorkerHub:
                 pass
 
     def close(self) -> None:
+        # Here too, not only when recv_loop ends: a close that failed half-way closes the socket before that task
+        # has run its cancellation, and a reader left on a closed (and reusable) descriptor outlives the socket.
+        if self._loop is not None and not self.sock.closed and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._release()
+        self._finalizer()
+
+    def _release(self) -> None:
+        """Stop the authenticator and remove the local workers' keys."""
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
@@ -305,12 +326,26 @@ class WorkerHub:
 
             shutil.rmtree(self._curve_tmp, ignore_errors=True)
             self._curve_tmp = None
-        self._finalizer()
 
 
 def _close_sock(sock, ctx) -> None:
     sock.close(0)
     ctx.term()
+
+
+def _bind_error(bind: str, e: zmq.ZMQError) -> InvalidArgumentError:
+    """The typed error of a worker socket that cannot bind ``bind``, with the fix for its cause."""
+    import errno
+
+    if e.errno == errno.EADDRINUSE:
+        fix = ("another process holds that port (an earlier warmserve still running?): pick another port "
+               "(--bind tcp://HOST:PORT; port 0 picks a free one) or stop that process")
+    elif e.errno == errno.EADDRNOTAVAIL:
+        fix = "the host is no address of this machine: bind one of its addresses, or tcp://0.0.0.0:PORT for all"
+    else:
+        fix = "bind an endpoint such as tcp://127.0.0.1:PORT (port 0 picks a free one)"
+    return InvalidArgumentError(f"the controller's worker socket cannot bind {bind}: {zmq.strerror(e.errno)}; {fix}",
+                                endpoint=bind, errno=e.errno)
 
 
 def _curve_server(ctx, sock, curve_dir: str):
@@ -332,13 +367,17 @@ def _curve_server(ctx, sock, curve_dir: str):
     public, secret_key = zmq.auth.load_certificate(secret)
     # The allowed keys: the user's workers/ directory, untouched, plus our local workers' key, in a private copy.
     allowed = tempfile.mkdtemp(prefix="warmserve-curve-")
-    for f in glob.glob(os.path.join(curve_dir, "workers", "*.key")):
-        shutil.copy(f, allowed)
-    local_dir = os.path.join(allowed, "local")
-    os.makedirs(local_dir)
-    local_pub, local_secret = zmq.auth.create_certificates(local_dir, "local")
-    shutil.copy(local_pub, allowed)
-    auth = curve_server(ctx, sock, public, secret_key, allowed)
+    try:
+        for f in glob.glob(os.path.join(curve_dir, "workers", "*.key")):
+            shutil.copy(f, allowed)
+        local_dir = os.path.join(allowed, "local")
+        os.makedirs(local_dir)
+        local_pub, local_secret = zmq.auth.create_certificates(local_dir, "local")
+        shutil.copy(local_pub, allowed)
+        auth = curve_server(ctx, sock, public, secret_key, allowed)
+    except BaseException:
+        shutil.rmtree(allowed, ignore_errors=True)  # it holds a secret key made just now
+        raise
     server_public = os.path.join(curve_dir, "server.key")
     return auth, local_secret, server_public, allowed
 
