@@ -17,10 +17,14 @@ history (per-window in-flight load, Unix times placed so the replay starts at t 
 replays open-loop over HTTP (``warmserve.workload.replay_client``), the controller's /metrics give the prewarm
 hits, and the server is shut down. With ``--profile`` (from `warmserve calibrate`) the same workload runs
 through the simulator (1 server x ``--cpu-workers`` devices) with the same policy, history and window.
+
+The cluster starts ahead of t = 0 (``--start-lead-s``) and books the windows it waits through as idle: t = 0 goes
+on the policy's window grid and history and twin show those windows idle too (``warmserve.bench.replay_setup``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import json
@@ -34,18 +38,25 @@ from dataclasses import replace
 
 import numpy as np
 
-from warmserve.errors import InvalidArgumentError
+from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_reuse, history_rows,
+                                          idle_windows, plan_live_history, policy_options, with_idle_lead)
+from warmserve.errors import TimeoutError_, WarmServeError
+from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.metrics import pct
 from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest, replay, synthetic_prompts
 
-#: demo checkpoints the served models are copies of, in order (model i serves CHECKPOINTS[i % len])
-CHECKPOINTS = ("llama-20m", "qwen2-30m", "llama-90m")
 #: what an unanswered request counts as in TTFT statistics (the simulator's convention)
 UNANSWERED_TTFT_S = 999.0
 
 
 def add_arguments(p) -> None:
     p.add_argument("--policy", default="warmserve,autoscale", help="comma-separated policies, run in turn")
+    p.add_argument("--policy-option", action="append", default=[], metavar="[POLICY:]KEY=VALUE",
+                   help="a PolicyConfig field for the cluster's policy and the twin's (repeatable; without POLICY: "
+                        "every policy). Times (" + ", ".join(TRACE_TIME_OPTIONS) + ") are trace seconds, "
+                        "scaled by --time-scale like --window-s; unset ones keep their defaults in wall seconds. "
+                        "A field the policy's name fixes (e.g. autoscale's prewarm) is refused; window_s is "
+                        "--window-s")
     p.add_argument("--models", type=int, default=6, help="served models (ServeGen client series)")
     p.add_argument("--checkpoints", default=",".join(CHECKPOINTS),
                    help="demo checkpoints the models are copies of, round-robin")
@@ -59,7 +70,8 @@ def add_arguments(p) -> None:
                    help="replay start in ServeGen time, seconds from day 0 midnight (default: the recipe's)")
     p.add_argument("--max-prompt-tokens", type=int, default=128)
     p.add_argument("--max-output-tokens", type=int, default=16)
-    p.add_argument("--window-s", type=float, default=300.0, help="forecast window at time scale 1, seconds")
+    p.add_argument("--window-s", type=float, default=300.0,
+                   help="forecast window at time scale 1, seconds; window x --time-scale must divide a day")
     p.add_argument("--drain-s", type=float, default=60.0,
                    help="after the last arrival, how long answers may still come, seconds")
     p.add_argument("--seed", type=int, default=0)
@@ -73,7 +85,9 @@ def add_arguments(p) -> None:
                    help="cost profile (warmserve calibrate) for the simulated twin; H100-80GB or A100-80GB: the "
                         "paper's GPU latency model instead")
     p.add_argument("--start-lead-s", type=float, default=60.0,
-                   help="the history's t = 0 is this long after a cluster's launch; the replay waits for it")
+                   help="the history's t = 0 is at least this long after a cluster's launch, on the policy's window "
+                        "grid: ceil(lead / window) + 1 windows after the launch's window, which the history and "
+                        "the twin show idle (as the waiting cluster records them); the replay waits for it")
     p.add_argument("--log-dir", default=None, help="server and worker logs (default: next to --json, or a temp dir)")
     p.add_argument("--sim-size", default=None,
                    help="cost-model entry every simulated model behaves like (e.g. llama2-7b with --profile H100-80GB)")
@@ -83,7 +97,8 @@ def add_arguments(p) -> None:
                    help="override the profile's gpu.host_cores for the simulated twin: cores the CPU workers share "
                         "(a step takes max(1, busy workers / cores) times its lone time); 0: no such term")
     p.add_argument("--reuse-live", default=None, metavar="JSON",
-                   help="take the live results from this earlier --json of the same workload; run only the simulator")
+                   help="take the live results from this earlier --json of the same workload (every workload and "
+                        "cluster argument must match); run only the simulator")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--plot", default=None, help="write a TTFT CDF plot (PNG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -95,14 +110,13 @@ def build_workload(args):
     """The scaled ServeGen workload with served-model names, and the served (name, checkpoint) pairs."""
     from warmserve.workload.recipes import servegen_workload
 
-    if args.time_scale <= 0 or args.rate <= 0 or args.duration_s <= 0 or args.models < 1:
-        raise InvalidArgumentError("--time-scale, --rate, --duration-s and --models must be > 0")
+    check_args(args)
     kw = {} if args.start_s is None else {"start_s": args.start_s}
     # the recipe's rate is over trace time; compressing time by s multiplies it by 1/s
     w = servegen_workload(args.models, duration_s=args.duration_s, pre_s=args.pre_s, history_days=args.history_days,
                           total_rate_rps=args.rate * args.time_scale, time_scale=args.time_scale,
                           max_prompt_tokens=args.max_prompt_tokens, seed=args.seed, repeat_days=6, **kw)
-    ckpts = [c for c in args.checkpoints.split(",") if c]
+    ckpts = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
     # the busiest series get the cheapest checkpoints, so the cluster's compute goes furthest
     busy = np.bincount(w.trace.model, minlength=len(w.models)) + 1e-3 * np.bincount(w.history.model,
                                                                                       minlength=len(w.models))
@@ -128,31 +142,20 @@ def replay_requests(w, vocab_size: int, seed: int) -> list[ReplayRequest]:
             for t, m, p, o in zip(tr.arrival_s.tolist(), tr.model.tolist(), prompts, tr.output_tokens.tolist())]
 
 
-def history_rows(w, served_sim, cost, window_s: float, t0_unix: float) -> list[tuple]:
-    """(model, window_start_s in Unix time, avg, peak): the simulator's own history windows, moved so that the
-    trace's t = 0 falls at ``t0_unix``. Missing (NaN) windows are left out."""
-    from warmserve.sim.simulator import history_windows
-
-    rows = []
-    for m, (starts, avg, peak) in history_windows(w, served_sim, cost, 0.0, window_s).items():
-        for s, a, pk in zip(starts, avg, peak):
-            if np.isfinite(a) and np.isfinite(pk):
-                rows.append((m, t0_unix + (float(s) - w.clock0_s), float(a), float(pk)))
-    return rows
-
-
 # --------------------------------------------------------------------------------------------------- cluster
 
 class LiveCluster:
     """`warmserve serve` in a child process with one policy; ``url`` once it printed its serving line."""
 
     def __init__(self, policy: str, served: list[tuple[str, str]], *, cpu_workers: int, history_path: str,
-                 window_s: float, log_dir: str, start_timeout_s: float = 300.0):
+                 window_s: float, log_dir: str, start_timeout_s: float = 300.0, policy_options: dict | None = None):
         from warmserve.engine.demo import write_demo_models
 
         paths = write_demo_models(None, sorted({c for _, c in served}))
         cmd = [sys.executable, "-m", "warmserve", "serve", "--port", "0", "--policy", policy, "--cpu-workers",
-               str(cpu_workers), "--window-s", str(window_s), "--log-dir", log_dir, "--log-level", "WARNING"]
+               str(cpu_workers), "--window-s", repr(window_s), "--log-dir", log_dir, "--log-level", "WARNING"]
+        for k, v in (policy_options or {}).items():
+            cmd += ["--policy-option", f"{k}={v}"]
         if history_path:
             cmd += ["--history", history_path]
         for name, ckpt in served:
@@ -178,9 +181,23 @@ class LiveCluster:
             line = self.proc.stdout.readline()
             if line.startswith("{") and '"serving"' in line:
                 return json.loads(line)["serving"]
+        exited = self.proc.poll() is not None
         self.close()
-        raise RuntimeError(f"warmserve serve did not come up within {timeout_s:.0f} s (exit code "
-                           f"{self.proc.returncode}); see {self.log_path}")
+        if exited:
+            raise WarmServeError(f"warmserve serve exited with code {self.proc.returncode} before it served: "
+                                 f"{self.log_tail() or '(its log is empty)'} (log: {self.log_path})",
+                                 exit_code=self.proc.returncode, log_path=self.log_path)
+        raise TimeoutError_(f"warmserve serve did not come up within {timeout_s:.0f} s: stopped; see {self.log_path}",
+                            timeout_s=timeout_s, log_path=self.log_path)
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last non-empty lines of the child's log (where its error is), joined with " | "."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                text = [ln.strip() for ln in f.read()[-20000:].splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
 
     def metrics(self) -> dict | None:
         return fetch_prewarm_metrics(self.url)
@@ -299,31 +316,38 @@ def _bar(total: int, desc: str, enabled: bool):
     return progress_bar(enabled, total=total, desc=desc, unit="req", leave=False, dynamic_ncols=True)
 
 
-def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim) -> tuple:
+def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim, options: dict | None = None) -> tuple:
     window_s = args.window_s * args.time_scale
-    lead = args.start_lead_s
     t_launch = time.time()
-    hist_path = ""
-    if cost is not None and len(w.history) and not args.endpoint:
-        os.makedirs(log_dir, exist_ok=True)
-        hist_path = os.path.join(log_dir, f"history-{policy}.csv")
-        with open(hist_path, "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(["model", "window_start_s", "avg", "peak"])
-            wr.writerows(history_rows(w, served_sim, cost, window_s, t_launch + lead))
+    t0_unix, hist_path = t_launch, ""
+    if not args.endpoint:
+        t0_unix, rows = plan_live_history(w, served_sim, cost, args, t_launch)
+        if rows:
+            os.makedirs(log_dir, exist_ok=True)
+            hist_path = os.path.join(log_dir, f"history-{policy}.csv")
+            with open(hist_path, "w", newline="") as f:
+                wr = csv.writer(f)
+                wr.writerow(["model", "window_start_s", "avg", "peak"])
+                wr.writerows(rows)
     cluster = engine_starts = None
+    start_lag_s = 0.0
     try:
         if args.endpoint:
             url, policy_label = args.endpoint, policy
         else:
             cluster = LiveCluster(policy, served, cpu_workers=args.cpu_workers, history_path=hist_path,
-                                  window_s=window_s, log_dir=log_dir)
+                                  window_s=window_s, log_dir=log_dir, policy_options=options)
             url, policy_label = cluster.url, policy
         before = fetch_prewarm_metrics(url) if cluster is None else None
-        wait = t_launch + lead - time.time()
-        start_lag_s = max(0.0, -wait)
-        if wait > 0 and cluster is not None:
-            time.sleep(wait)
+        if cluster is not None:
+            wait = t0_unix - time.time()
+            start_lag_s = max(0.0, -wait)
+            if wait > 0:
+                time.sleep(wait)
+            else:
+                print(f"warmserve bench replay: {policy}: the cluster came up {start_lag_s:.1f} s after the replay's "
+                      f"t = 0, so the replay runs that late against the policy's windows and history: raise "
+                      f"--start-lead-s (now {args.start_lead_s:g} s)", file=sys.stderr)
         bar = _bar(len(reqs), f"{policy_label}", not args.quiet)
         cfg = ClientConfig(url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY", "") if args.endpoint else "",
                            drain_s=args.drain_s)
@@ -340,35 +364,42 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim)
             cluster.close()
     s, per_model, ttft = summarize(outs, w.duration_s, metrics)
     s["start_lag_s"] = start_lag_s
+    if options:
+        s["policy_options"] = dict(options)
     if engine_starts is not None:
         s.update(engine_start_summary(engine_starts))
     s["per_model"] = per_model
     return s, ttft
 
 
-def twin_config(cpu_workers: int, window_s: float, drain_s: float):
+def twin_config(cpu_workers: int, window_s: float, drain_s: float, policy_config: PolicyConfig | None = None,
+                warmup_s: float = 0.0):
     """The simulated twin of the live CPU cluster: what it runs, not the GPU engine model's defaults. The live
     controller fills an engine's max_num_seqs in from the policy's instance capacity (``EngineConfig.resolved``:
     B sequences, not vLLM's 256) and its scheduler runs decodes first and prompt chunks in the rest of a
-    ``max_batch_tokens`` step (chunked prefill); the policy ticks as often as the controller's."""
+    ``max_batch_tokens`` step (chunked prefill); the policy ticks as often as the controller's. ``warmup_s``: the
+    twin's clock starts that long before t = 0 (``with_idle_lead``)."""
     from warmserve.config import ControllerConfig
-    from warmserve.policy.config import PolicyConfig
     from warmserve.protocol import EngineConfig
     from warmserve.sim.config import SimConfig
 
-    pcfg = PolicyConfig(window_s=window_s)
+    pcfg = replace(policy_config or PolicyConfig(), window_s=window_s)
     engine = EngineConfig().resolved(pcfg.instance_capacity)
-    return SimConfig(n_servers=1, gpus_per_server=cpu_workers, warmup_s=0.0, drain_s=drain_s,
+    return SimConfig(n_servers=1, gpus_per_server=cpu_workers, warmup_s=warmup_s, drain_s=drain_s,
                      tick_s=ControllerConfig().tick_s, unanswered_ttft_s=UNANSWERED_TTFT_S,
                      max_num_seqs=engine.max_num_seqs, chunked_prefill_tokens=engine.max_batch_tokens,
                      policy_config=pcfg)
 
 
-def run_sim(policy: str, w, served_sim, args, cost) -> tuple:
+def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None) -> tuple:
+    """The twin of ``run_live``: the same workload, idle lead, history, window and policy options."""
     from warmserve.sim.runner import resolve
     from warmserve.sim.simulator import simulate
 
-    cfg = twin_config(args.cpu_workers, args.window_s * args.time_scale, args.drain_s)
+    window_s = args.window_s * args.time_scale
+    w, warmup_s = with_idle_lead(w, window_s, idle_windows(args))
+    pcfg = policy_config_from_dict(options or {}, PolicyConfig(window_s=window_s), where="--policy-option")
+    cfg = twin_config(args.cpu_workers, window_s, args.drain_s, pcfg, warmup_s)
     base, cfg = resolve(policy, cfg)
     r = simulate(w, served_sim, base, config=cfg, cost=cost)
     s = dict(r.summary)
@@ -423,6 +454,7 @@ def main(args) -> int:
     from warmserve.sim.costmodel import CostModel
 
     t0 = time.perf_counter()
+    check_args(args)
     check_output("--json", args.json)  # before the replays, which take minutes per policy
     check_plot("--plot", args.plot)
     if not args.endpoint and not args.reuse_live:
@@ -436,6 +468,7 @@ def main(args) -> int:
             print(f"warmserve bench replay: unknown policies {bad}: choose from {', '.join(POLICY_NAMES)}",
                   file=sys.stderr)
             return 2
+    options = policy_options(args, policies)
     w, served = build_workload(args)
     reqs = replay_requests(w, args.vocab_size, args.seed)
     if args.served_names:
@@ -462,67 +495,81 @@ def main(args) -> int:
     print(f"workload: {w.name}, {len(served)} models, {len(reqs)} requests over {w.duration_s:.0f} s "
           f"({len(reqs) / w.duration_s:.2f} rps; trace {args.duration_s:.0f} s x time scale {args.time_scale}), "
           f"history {len(w.history)} requests over {args.history_days} earlier days", file=sys.stderr)
+    n_idle = idle_windows(args)
+    if cost is not None and not args.endpoint and 0 < args.pre_s <= n_idle * args.window_s:
+        print(f"warmserve bench replay: the cluster idles through the {n_idle} windows before t = 0 "
+              f"({n_idle * args.window_s * args.time_scale:g} s), which cover all of the --pre-s history: raise "
+              f"--pre-s above {n_idle * args.window_s:g} or lower --start-lead-s", file=sys.stderr)
     live, live_ttft, sim, sim_ttft = {}, {}, {}, {}
     earlier = None
     if args.reuse_live:
         with open(args.reuse_live) as f:
             earlier = json.load(f)
-        if earlier["workload"]["requests"] != len(reqs):
-            print(f"warmserve bench replay: {args.reuse_live} replayed {earlier['workload']['requests']} requests, "
-                  f"this workload has {len(reqs)}: pass the same workload options", file=sys.stderr)
-            return 2
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        check_reuse(earlier, args.reuse_live, args, policies, options, len(reqs), vars(parser.parse_args([])))
     for p in policies:
         if earlier is not None:
             live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier.get("ttft_s", {}).get(p, []), float)
         else:
-            live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim)
+            live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim, options[p])
         s = live[p]
         print(f"{p}: live p50/p99 TTFT {s['ttft_p50_s']:.3f}/{s['ttft_p99_s']:.3f} s, answered {s['answered']}/"
               f"{s['requests']}, outcomes {s['outcomes']}", file=sys.stderr)
         if cost is not None and not args.endpoint:
-            sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost)
+            sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost, options[p])
+        if args.json:  # after each policy: an error in a later one keeps what this one took minutes to measure
+            write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0)
     print(f"{w.name}: {len(served)} models on {args.cpu_workers} CPU workers, {len(reqs)} requests over "
           f"{w.duration_s:.0f} s ({len(reqs) / w.duration_s:.2f} rps), seed {args.seed}")
     print("live:")
     print(_table(live, LIVE_COLS))
-    ratios = {}
-    if "warmserve" in live and "autoscale" in live and live["warmserve"]["ttft_p99_s"] > 0:
-        ratios["p99_ttft_autoscale_over_warmserve"] = live["autoscale"]["ttft_p99_s"] / live["warmserve"]["ttft_p99_s"]
-    val = {}
+    ratios, val = _ratios(live, sim), validation(live, sim)
     if sim:
         print(f"simulated (same workload, profile {args.profile}"
               + (f", models as {args.sim_size}" if args.sim_size else "")
               + (f", compute x{args.sim_compute_scale}" if args.sim_compute_scale else "")
               + (f", {cost.gpu.host_cores:g} host cores" if cost is not None and cost.gpu.host_cores else "") + "):")
         print(_table(sim, LIVE_COLS))
-        val = validation(live, sim)
         print("sim vs live TTFT:")
         for p, r in val.items():
             print(f"  {p:<12} p50 live {r['live_ttft_p50_s']:.3f} sim {r['sim_ttft_p50_s']:.3f} "
                   f"({r['sim_over_live_p50']:.2f}x)  p99 live {r['live_ttft_p99_s']:.3f} sim {r['sim_ttft_p99_s']:.3f} "
                   f"({r['sim_over_live_p99']:.2f}x)  {'within' if r['within_25pct'] else 'OUTSIDE'} 25%")
-        if "warmserve" in sim and "autoscale" in sim and sim["warmserve"]["ttft_p99_s"] > 0:
-            ratios["sim_p99_ttft_autoscale_over_warmserve"] = sim["autoscale"]["ttft_p99_s"] / sim["warmserve"]["ttft_p99_s"]
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     wall = time.perf_counter() - t0
     print(f"wall {wall:.0f} s")
     if args.json:
-        doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
-                            "history_requests": len(w.history), "meta": w.meta},
-               "cluster": {"endpoint": args.endpoint, "cpu_workers": args.cpu_workers,
-                           "models": [list(m) for m in served]},
-               "args": {k: v for k, v in vars(args).items() if k != "api_key"},
-               "policies": live, "simulated": {"policies": sim} if sim else None, "validation": val,
-               "ratios": ratios, "wall_s": wall,
-               "ttft_s": {p: np.round(x, 4).tolist() for p, x in live_ttft.items()},
-               "sim_ttft_s": {p: np.round(x, 4).tolist() for p, x in sim_ttft.items()}}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, default=_jsonable)
+        write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall)
     if args.plot:
         plot_cdf(live_ttft, sim_ttft, args.plot,
                  f"TTFT CDF, {w.name} replay ({len(reqs) / w.duration_s:.2f} rps, {args.cpu_workers} CPU workers)")
     return 0
+
+
+def _ratios(live: dict, sim: dict) -> dict:
+    ratios = {}
+    if "warmserve" in live and "autoscale" in live and live["warmserve"]["ttft_p99_s"] > 0:
+        ratios["p99_ttft_autoscale_over_warmserve"] = live["autoscale"]["ttft_p99_s"] / live["warmserve"]["ttft_p99_s"]
+    if "warmserve" in sim and "autoscale" in sim and sim["warmserve"]["ttft_p99_s"] > 0:
+        ratios["sim_p99_ttft_autoscale_over_warmserve"] = sim["autoscale"]["ttft_p99_s"] / sim["warmserve"]["ttft_p99_s"]
+    return ratios
+
+
+def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s: float) -> None:
+    """The --json document of the policies run so far."""
+    doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
+                        "history_requests": len(w.history), "idle_lead_windows": idle_windows(args), "meta": w.meta},
+           "cluster": {"endpoint": args.endpoint, "cpu_workers": args.cpu_workers,
+                       "models": [list(m) for m in served]},
+           "args": {k: v for k, v in vars(args).items() if k != "api_key"},
+           "policies": live, "simulated": {"policies": sim} if sim else None, "validation": validation(live, sim),
+           "ratios": _ratios(live, sim), "wall_s": wall_s,
+           "ttft_s": {p: np.round(x, 4).tolist() for p, x in live_ttft.items()},
+           "sim_ttft_s": {p: np.round(x, 4).tolist() for p, x in sim_ttft.items()}}
+    with open(args.json, "w") as f:
+        json.dump(doc, f, indent=1, default=_jsonable)
 
 
 def log_folder(args) -> str:
@@ -540,5 +587,6 @@ def _jsonable(x):
     return str(x)
 
 
-__all__ = ["build_workload", "replay_requests", "history_rows", "summarize", "validation", "parse_prewarm_metrics",
-           "LiveCluster", "twin_config", "main"]
+__all__ = ["CHECKPOINTS", "build_workload", "replay_requests", "history_rows", "plan_live_history", "with_idle_lead",
+           "summarize", "validation", "parse_prewarm_metrics", "policy_options", "check_args", "LiveCluster",
+           "twin_config", "run_sim", "main"]

@@ -270,15 +270,13 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
                                    f"days of shifted series) and pre_s={pre_s:g} s of warm-up: it needs start_s >= "
                                    f"{(history_days + shift) * DAY_S + pre_s:.0f}; start later or give fewer history "
                                    f"days")
-    # expected total rate over the replayed span: windows without a row carry no traffic; an aggregate series
-    # has one row per client and window, so rates are summed per window slot
-    lo_slot = math.floor((start_s - sg.WINDOW_S) / sg.WINDOW_S) + 1
-    hi_slot = math.ceil((start_s + duration_s) / sg.WINDOW_S) - 1
-    n_slots = max(hi_slot - lo_slot + 1, 1)
+    # expected total rate over the replayed span: each window's rate counts for the part of the span it covers
+    # (a window half inside brings half its requests), windows without a row carry no traffic, and an aggregate
+    # series' rows (one per client and window) add up
     expected = 0.0
     for s in series:
-        m = (s.t_s > start_s - sg.WINDOW_S) & (s.t_s < start_s + duration_s)
-        expected += float(s.rate_rps[m].sum()) / n_slots
+        overlap = np.minimum(s.t_s + sg.WINDOW_S, start_s + duration_s) - np.maximum(s.t_s, start_s)
+        expected += float((s.rate_rps * np.clip(overlap, 0.0, None)).sum()) / duration_s
     scale = rate_scale * (total_rate_rps / expected if total_rate_rps is not None and expected > 0 else 1.0)
     pmfs = sg.load_length_pmfs(pmf_path)
     rng = np.random.default_rng(seed)

@@ -7,8 +7,9 @@ client would slow down with the server and hide its queueing). Each request stre
 ids (vLLM and warmserve take them), so a request carries exactly the trace's prompt length.
 
 Every request ends in exactly one outcome: ``ok``, ``http_error`` (a status >= 400 before streaming),
-``stream_error`` (an error event in the stream), ``error`` (connection refused or reset) or ``unanswered``
-(still running when the replay's deadline passed; cancelled then). Nothing is dropped silently.
+``stream_error`` (an error event in the stream), ``error`` (connection refused or reset, or an answer this client
+cannot read: the exception's type and text are kept) or ``unanswered`` (still running when the replay's deadline
+passed; cancelled then). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -87,8 +88,6 @@ def synthetic_prompts(lengths, vocab_size: int, seed: int = 0) -> list[list[int]
 
 
 async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o: Outcome, t0: float) -> None:
-    import aiohttp
-
     body = {"model": r.model, "prompt": r.prompt, "max_tokens": int(r.max_tokens), "stream": True,
             "temperature": cfg.temperature, "stream_options": {"include_usage": True}, **cfg.extra_body}
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
@@ -113,9 +112,10 @@ async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o
                         if data == b"[DONE]":
                             continue
                         msg = json.loads(data)
-                        if "error" in msg:
+                        err = msg.get("error")  # OpenAI's {"message": ...}, or plain text (TGI and others)
+                        if err is not None:
                             o.status = "stream_error"
-                            o.error = str(msg["error"].get("message", msg["error"]))[:300]
+                            o.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
                             o.end_s = now
                             return
                         for ch in msg.get("choices") or ():
@@ -127,7 +127,7 @@ async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o
                             if ch.get("finish_reason"):
                                 o.finish_reason = ch["finish_reason"]
                         if msg.get("usage"):
-                            o.completion_tokens = int(msg["usage"].get("completion_tokens", 0))
+                            o.completion_tokens = int(msg["usage"].get("completion_tokens") or 0)
             o.end_s = time.perf_counter() - t0
             if o.first_s != o.first_s:  # an answer with no text at all: the end is its first token
                 o.first_s = o.end_s
@@ -135,7 +135,7 @@ async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o
     except asyncio.CancelledError:
         o.status = "unanswered"
         raise
-    except (aiohttp.ClientError, OSError, ValueError) as e:
+    except Exception as e:  # a connection refused or reset, or an answer of a shape this client cannot read
         o.status = "error"
         o.error = f"{type(e).__name__}: {e}"[:300]
         o.end_s = time.perf_counter() - t0

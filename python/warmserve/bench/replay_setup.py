@@ -1,0 +1,226 @@
+"""The set-up of `warmserve bench replay` (``warmserve.bench.replay``): its arguments checked up front, the
+per-policy options, the --reuse-live check, and where the trace's t = 0 and the history go on a live cluster.
+
+A live cluster starts ahead of t = 0 (--start-lead-s) and its policy books every window it waits through with no
+load, over whatever the history said of it (``policy.core.Policy._meter_set``: the first tick makes the window
+meter, which closes each window it passes). So t = 0 is put on the policy's window grid, ``idle_windows``
+windows after the launch's window, the history's requests in those windows are dropped and the history handed
+to the cluster says they were idle, and the twin's clock starts at the first of them with nothing to replay:
+live and twin forecast the first replayed window from the same history, whatever the instant of the launch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy.config import PolicyConfig, policy_config_from_dict
+
+#: demo checkpoints the served models are copies of, in order (model i serves CHECKPOINTS[i % len])
+CHECKPOINTS = ("llama-20m", "qwen2-30m", "llama-90m")
+#: PolicyConfig fields given in trace seconds and scaled by --time-scale: its *_s fields but window_s (that is
+#: --window-s), coserve_tpot_s (a decode step's latency, which compressing the trace's time does not shorten) and
+#: the *_per_s rates.
+TRACE_TIME_OPTIONS = tuple(sorted(f.name for f in dataclasses.fields(PolicyConfig) if f.name.endswith("_s")
+                                  and not f.name.endswith("_per_s") and f.name not in ("window_s", "coserve_tpot_s")))
+#: The arguments that make the workload and the live cluster: --reuse-live refuses an earlier run that differs.
+WORKLOAD_ARGS = ("models", "checkpoints", "cpu_workers", "duration_s", "time_scale", "rate", "history_days", "pre_s",
+                 "start_s", "max_prompt_tokens", "max_output_tokens", "window_s", "drain_s", "seed", "vocab_size",
+                 "start_lead_s", "endpoint", "served_names")
+#: History window starts are written this far inside their window: a Unix time near 1.7e9 s carries ~2e-7 s of
+#: precision, enough for the controller's floor(start / window) to fall one window short of a start on the edge.
+GRID_NUDGE_S = 1e-3
+
+
+def check_args(args) -> None:
+    """Refuse, each with its fix, the values the run would otherwise fail on later (in a traceback, or in the
+    `serve` child after minutes of earlier policies)."""
+    def flag(k):
+        return "--" + k.replace("_", "-")
+
+    for k, lo in (("time_scale", 0), ("rate", 0), ("duration_s", 0), ("window_s", 0), ("pre_s", None),
+                  ("drain_s", None), ("start_lead_s", None)):
+        v = getattr(args, k)
+        if not math.isfinite(v) or v < 0 or (lo is not None and v <= lo):
+            raise InvalidArgumentError(f"{flag(k)} must be a finite number {'> 0' if lo is not None else '>= 0'}, "
+                                       f"got {v:g}", option=k)
+    for k, lo in (("models", 1), ("cpu_workers", 1), ("history_days", 0), ("max_prompt_tokens", 1),
+                  ("max_output_tokens", 1), ("vocab_size", 4)):
+        if getattr(args, k) < lo:
+            raise InvalidArgumentError(f"{flag(k)} must be >= {lo}, got {getattr(args, k)}", option=k)
+    ckpts = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
+    if not ckpts:
+        raise InvalidArgumentError(f"--checkpoints {args.checkpoints!r} names no checkpoint: give demo checkpoints, "
+                                   f"e.g. --checkpoints {','.join(CHECKPOINTS)}")
+    if not args.endpoint:
+        from warmserve.engine.demo import DEMO_MODELS, SIZED_MODELS
+
+        known = list(DEMO_MODELS) + [n for n, _ in SIZED_MODELS.values()]
+        unknown = [c for c in ckpts if c not in known]
+        if unknown:
+            raise InvalidArgumentError(f"--checkpoints: unknown demo checkpoints {unknown}; choose from "
+                                       f"{', '.join(known)}", checkpoints=unknown)
+    w = args.window_s * args.time_scale
+    if w < 86400 and abs(86400 / w - round(86400 / w)) > 1e-9:
+        # the policy refuses such a window (its daily season would drift); say which time scales work instead
+        fit = [float(f"{d / args.window_s:.6g}") for d in range(1, 86401) if 86400 % d == 0]
+        fit = [t for t in fit if abs(86400 / (t * args.window_s) - round(86400 / (t * args.window_s))) <= 1e-9]
+        near = min(fit, key=lambda t: abs(t - args.time_scale))
+        raise InvalidArgumentError(
+            f"--window-s {args.window_s:g} x --time-scale {args.time_scale:g} = {w:g} s windows, which do not divide "
+            f"a day ({86400 / w:.3f} a day): the policy's daily season would drift. Fix: --time-scale {near:g}, or "
+            f"a --window-s whose product with the time scale divides 86400", window_s=w)
+
+
+def policy_options(args, policies: list[str]) -> dict[str, dict[str, str]]:
+    """Per policy, the --policy-option fields as the cluster's policy gets them (KEY -> VALUE text, times in wall
+    seconds). A ``POLICY:`` prefix wins over the same field given for every policy."""
+    from warmserve.config import POLICY_INF_HINT, policy_number_ok
+    from warmserve.policy.registry import POLICIES
+
+    if args.policy_option and args.endpoint:
+        raise InvalidArgumentError("--policy-option sets a warmserve cluster's policy; with --endpoint there is none: "
+                                   "drop it")
+    common: dict[str, str] = {}
+    only: dict[str, dict[str, str]] = {p: {} for p in policies}
+    for item in args.policy_option:
+        head, sep, value = item.partition("=")
+        pol, colon, key = head.rpartition(":")
+        pol, key, value = pol.strip(), key.strip(), value.strip()
+        if not sep or not key:
+            raise InvalidArgumentError(f"--policy-option {item!r}: write [POLICY:]KEY=VALUE, e.g. "
+                                       f"autoscale:load_window_s=60")
+        if key == "window_s":
+            raise InvalidArgumentError("--policy-option window_s: give the forecast window as --window-s (trace "
+                                       "seconds, scaled by --time-scale)", option=key)
+        if colon and pol not in only:
+            raise InvalidArgumentError(f"--policy-option {item!r}: {pol!r} is not one of the policies run "
+                                       f"(--policy {','.join(policies)})", policy=pol)
+        if key in TRACE_TIME_OPTIONS:
+            try:
+                value = repr(float(value) * args.time_scale)
+            except ValueError:
+                raise InvalidArgumentError(f"--policy-option {item!r}: {key} is a time in trace seconds, not "
+                                           f"{value!r}", option=key) from None
+        (only[pol] if colon else common)[key] = value
+    out = {}
+    for p in policies:
+        opts = {**common, **only[p]}
+        cfg = policy_config_from_dict(opts, PolicyConfig(window_s=args.window_s * args.time_scale),
+                                      where=f"--policy-option (policy {p})")
+        for k in opts:  # what the `serve` child would refuse, refused before any policy runs
+            if not policy_number_ok(k, getattr(cfg, k)):
+                raise InvalidArgumentError(f"--policy-option {k}={opts[k]}: must be a finite number "
+                                           f"({POLICY_INF_HINT})", option=k)
+        fixed = POLICIES[p].overrides if p in POLICIES else {}
+        clash = sorted(k for k in opts if k in fixed and getattr(cfg, k) != fixed[k])
+        if clash:
+            raise InvalidArgumentError(
+                f"--policy-option {', '.join(f'{k}={opts[k]}' for k in clash)}: policy {p} fixes "
+                f"{', '.join(f'{k}={fixed[k]!r}' for k in clash)} over any option (policy/registry.py), so the "
+                f"option would be ignored. Fix: drop it, or prefix it with the other policies "
+                f"(e.g. {next((q for q in policies if q != p), 'warmserve')}:{clash[0]}=...)", policy=p, options=clash)
+        out[p] = opts
+    return out
+
+
+def check_reuse(earlier: dict, path: str, args, policies: list[str], options: dict, n_requests: int,
+                defaults: dict) -> None:
+    """Refuse live figures from a run of another workload or cluster, naming every argument that differs.
+    ``defaults``: the command's defaults, for arguments an older run's JSON does not list."""
+    import argparse
+
+    then = argparse.Namespace(**{**defaults, **(earlier.get("args") or {})})
+    diff = [f"--{k.replace('_', '-')} {getattr(then, k)!r} there, {getattr(args, k)!r} here" for k in WORKLOAD_ARGS
+            if getattr(then, k) != getattr(args, k)]
+    missing = [p for p in policies if p not in (earlier.get("policies") or {})]
+    if missing:
+        diff.append(f"no live results for {missing} there")
+    else:
+        try:
+            opts = policy_options(then, policies)
+        except InvalidArgumentError as e:
+            opts = {p: f"unusable ({e})" for p in policies}
+        diff += [f"--policy-option for {p}: {opts[p]} there, {options[p]} here" for p in policies
+                 if opts[p] != options[p]]
+    if (earlier.get("workload") or {}).get("requests") != n_requests:
+        diff.append(f"{(earlier.get('workload') or {}).get('requests')} requests there, {n_requests} here")
+    if diff:
+        raise InvalidArgumentError(f"--reuse-live {path} is another workload or cluster: {'; '.join(diff)}. Fix: "
+                                   f"pass the arguments of that run (its \"args\"), or run live again",
+                                   differ=diff)
+
+
+# --------------------------------------------------------------------------------------------------- idle lead
+
+def history_rows(w, served_sim, cost, window_s: float, t0_unix: float, warmup_s: float = 0.0,
+                 idle_windows: int = 0) -> list[tuple]:
+    """(model, window_start_s in Unix time, avg, peak): the simulator's own history windows before the warm-up,
+    moved so that the trace's t = 0 falls at ``t0_unix``, then ``idle_windows`` windows of no load for every
+    model just before the window of t = 0. Missing (NaN) windows are left out."""
+    from warmserve.sim.simulator import history_windows
+
+    rows = []
+    for m, (starts, avg, peak) in history_windows(w, served_sim, cost, warmup_s, window_s).items():
+        for s, a, pk in zip(starts, avg, peak):
+            if np.isfinite(a) and np.isfinite(pk):
+                rows.append((m, t0_unix + (float(s) - w.clock0_s) + GRID_NUDGE_S, float(a), float(pk)))
+    j = math.floor(w.clock0_s / window_s + 1e-9)
+    for i in range(j - idle_windows, j):
+        rows += [(s.name, t0_unix + (i * window_s - w.clock0_s) + GRID_NUDGE_S, 0.0, 0.0) for s in served_sim]
+    return rows
+
+
+def idle_windows(args) -> int:
+    """Windows the cluster waits through before the one t = 0 falls in: the launch's window and enough more that
+    t = 0 is at least --start-lead-s after the launch (it can be up to a window more)."""
+    return 1 + math.ceil(args.start_lead_s / (args.window_s * args.time_scale) - 1e-9)
+
+
+def with_idle_lead(w, window_s: float, n_idle: int):
+    """The workload as the live cluster meets it, and the twin's warm-up that makes the simulator meet it alike:
+    (workload, warmup_s). The cluster idles through the ``n_idle`` windows before the window of t = 0 and its
+    policy books them with no load (over what any history said), so the history's requests there are dropped;
+    the twin's clock starts at the first of them, with nothing to replay."""
+    j = math.floor(w.clock0_s / window_s + 1e-9)
+    idle_from = (j - n_idle) * window_s - w.clock0_s  # trace seconds, < 0
+    history = w.history.select(w.history.arrival_s < idle_from)
+    # a hair short, so that the twin's first tick lands inside the first idle window, never at the end of the one
+    # before it (which the twin would then book as idle too)
+    return replace(w, history=history), -idle_from - 1e-6
+
+
+def replay_start(t_launch_unix: float, clock0_s: float, window_s: float, n_idle: int,
+                 earliest_rel_s: float | None = None) -> float:
+    """Unix time of the trace's t = 0 for a cluster launched at ``t_launch_unix``: ``n_idle`` windows after the
+    launch's window on the policy's grid (windows counted from its clock origin, a local midnight, as the
+    controller counts them), at the offset t = 0 has in its window in the simulator. ``earliest_rel_s``: the
+    earliest history window start, seconds from t = 0 (history older than a week moves the origin)."""
+    from warmserve.controller.controller import policy_clock_origin
+
+    phase = clock0_s - math.floor(clock0_s / window_s + 1e-9) * window_s
+    origin = policy_clock_origin(t_launch_unix, None)
+    for _ in range(3):  # the origin depends on the history's placement, which depends on the origin
+        t0 = origin + (math.floor((t_launch_unix - origin) / window_s) + n_idle) * window_s + max(phase, 0.0)
+        hist = None if earliest_rel_s is None else {"": (np.array([t0 + earliest_rel_s]),) * 3}
+        now = policy_clock_origin(t_launch_unix, hist)
+        if now == origin:
+            break
+        origin = now
+    return t0
+
+
+def plan_live_history(w, served_sim, cost, args, t_launch_unix: float) -> tuple[float, list[tuple]]:
+    """(t0_unix, history rows) for a cluster launched at ``t_launch_unix``: t = 0 on the policy's grid after the
+    idle lead, the history (none without a cost model) ending where the idle windows begin and those windows
+    idle, as ``run_sim`` gives the twin."""
+    window_s = args.window_s * args.time_scale
+    n_idle = idle_windows(args)
+    w, warmup_s = with_idle_lead(w, window_s, n_idle)
+    rel = [] if cost is None else history_rows(w, served_sim, cost, window_s, 0.0, warmup_s, n_idle)
+    t0 = replay_start(t_launch_unix, w.clock0_s, window_s, n_idle, min((r[1] for r in rel), default=None))
+    return t0, [(m, t0 + s, a, pk) for m, s, a, pk in rel]
