@@ -8,6 +8,8 @@ and more would set: Knative's KPA averages over a 60 s stable window before it s
 within seconds and cold-started again (603 starts in 20 minutes on paper-code, seed 0).
 
     python bench/simulate/issue11/autoscale_best.py --json bench/simulate/issue11/autoscale_best.json
+    # after a change to warmserve alone: autoscale's settings from the earlier file, warmserve's figures anew
+    python bench/simulate/issue11/autoscale_best.py --reuse bench/simulate/issue11/autoscale_best.json --json ...
 
 warmserve's P99 is read from the headline files of each cell (``P.json``, ``P_cs35.json``, ``P_cs0.json``,
 ``P_burst4.json``, ``P_burst4_cs35.json`` in this folder), which hold the registered autoscale too: a check
@@ -102,12 +104,27 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="write P99 against GPU-seconds per setting here (png)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    ap.add_argument("--reuse", default=None, metavar="JSON",
+                    help="take autoscale's settings from this earlier output instead of running them, and only "
+                         "read warmserve's figures from the headline files again (after a change to warmserve "
+                         "alone); the registered setting must still reproduce each file's autoscale figure")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {(p, n): [pool.submit(one, p, n, seeds, st) for st in SETTINGS] for p, n in cells}
-        rows = [cell(p, n, [f.result() for f in futs[(p, n)]]) for p, n in cells]
+    if args.reuse:
+        with open(args.reuse) as f:
+            earlier = json.load(f)
+        if earlier["seeds"] != seeds:
+            raise SystemExit(f"--reuse {args.reuse}: seeds {earlier['seeds']}, not {seeds}")
+        by_cell = {(r["preset"], r["cell"]): r["settings"] for r in earlier["rows"]}
+        missing = [c for c in cells if c not in by_cell]
+        if missing:
+            raise SystemExit(f"--reuse {args.reuse} lacks the cells {missing}")
+        rows = [cell(p, n, by_cell[(p, n)]) for p, n in cells]
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futs = {(p, n): [pool.submit(one, p, n, seeds, st) for st in SETTINGS] for p, n in cells}
+            rows = [cell(p, n, [f.result() for f in futs[(p, n)]]) for p, n in cells]
     print("| preset | cell | warmserve P99 s | autoscale P99 s, registered / best (setting) | ratio registered | "
           "ratio best | its GPU-s / warmserve's | ratio, best within warmserve's GPU-s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -244,22 +244,7 @@ def main(args) -> int:
           f"({len(workload.trace) / workload.duration_s:.2f} rps), seeds {seeds}"
           + (" (medians)" if len(seeds) > 1 else ""))
     print(_table(out))
-    ratios = {}
-    if "warmserve" in out:
-        ws = out["warmserve"]
-        if "autoscale" in out and ws["ttft_p99_s"] > 0:
-            ratios["p99_ttft_autoscale_over_warmserve"] = out["autoscale"]["ttft_p99_s"] / ws["ttft_p99_s"]
-            if len(seeds) > 1:
-                ratios["p99_ttft_autoscale_over_warmserve_per_seed"] = [
-                    out["autoscale"]["per_seed"][str(sd)]["ttft_p99_s"] / ws["per_seed"][str(sd)]["ttft_p99_s"]
-                    for sd in seeds]
-        if "shared" in out and out["shared"].get("max_rate_under_slo_rps"):
-            ratios["max_rate_warmserve_over_shared"] = (ws.get("max_rate_under_slo_rps", 0)
-                                                        / out["shared"]["max_rate_under_slo_rps"])
-        sh = out.get("shared", {}).get("max_rate_by_slo_target", {})
-        for t, rate in ws.get("max_rate_by_slo_target", {}).items():
-            if sh.get(t):
-                ratios[f"max_rate_warmserve_over_shared_at_slo_target_{t}"] = rate / sh[t]
+    ratios = ratios_of(out, seeds)
     for k, v in ratios.items():
         print(f"{k}: " + (", ".join(f"{x:.2f}x" for x in v) if isinstance(v, list) else f"{v:.2f}x"))
     print(f"wall {wall:.1f} s")
@@ -337,3 +322,26 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
         plot_rate_sweep(sweep, args.plot, f"{preset.name}: P99 TTFT and SLO attainment vs offered rate "
                                           f"(seeds {','.join(map(str, seeds))}{extra})")
     return 0
+
+
+def ratios_of(out: dict, seeds: list[int]) -> dict:
+    """The headline ratios of one run's per-policy results ``out`` (the JSON's ``policies``): P99 TTFT autoscale /
+    warmserve (per seed too, over several seeds) and max rate under the SLO warmserve / shared (per SLO target)."""
+    ratios = {}
+    if "warmserve" not in out:
+        return ratios
+    ws = out["warmserve"]
+    if "autoscale" in out and ws["ttft_p99_s"] > 0:
+        ratios["p99_ttft_autoscale_over_warmserve"] = out["autoscale"]["ttft_p99_s"] / ws["ttft_p99_s"]
+        if len(seeds) > 1:
+            ratios["p99_ttft_autoscale_over_warmserve_per_seed"] = [
+                out["autoscale"]["per_seed"][str(sd)]["ttft_p99_s"] / ws["per_seed"][str(sd)]["ttft_p99_s"]
+                for sd in seeds]
+    if "shared" in out and out["shared"].get("max_rate_under_slo_rps"):
+        ratios["max_rate_warmserve_over_shared"] = (ws.get("max_rate_under_slo_rps", 0)
+                                                    / out["shared"]["max_rate_under_slo_rps"])
+    sh = out.get("shared", {}).get("max_rate_by_slo_target", {})
+    for t, rate in ws.get("max_rate_by_slo_target", {}).items():
+        if sh.get(t):
+            ratios[f"max_rate_warmserve_over_shared_at_slo_target_{t}"] = rate / sh[t]
+    return ratios

@@ -1,0 +1,56 @@
+"""Replace some policies' entries of a simulator JSON by those of a later run of the same workload, and recompute
+the file's ratios: after a change to warmserve alone, its slow searches are run again for warmserve only
+(``warmserve simulate ... --policy warmserve``) while `shared`'s searched figures, which that change cannot move,
+are kept. Refuses runs that differ in anything but their policies (preset, models, cluster, workload, seeds).
+The output records which entries came from which file (``merged``).
+
+    python bench/simulate/issue11/merge_policies.py --base P_search_targets.json --take new.json --policy warmserve \
+        --json P_search_targets.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from warmserve.sim.cli import ratios_of
+
+
+def merge(base: dict, later: dict, policies: list[str], later_name: str) -> dict:
+    for key in ("preset", "models", "cluster", "workload"):
+        if base.get(key) != later.get(key):
+            raise SystemExit(f"the runs differ in {key!r}: {base.get(key)!r} against {later.get(key)!r}")
+    seeds = {p: v.get("seeds") for p, v in base["policies"].items()}
+    for p in policies:
+        if p not in later["policies"]:
+            raise SystemExit(f"{later_name} has no policy {p!r} (it has {sorted(later['policies'])})")
+        if seeds.get(p, later["policies"][p].get("seeds")) != later["policies"][p].get("seeds"):
+            raise SystemExit(f"{p}: seeds {seeds.get(p)} in the base, {later['policies'][p].get('seeds')} later")
+    out = dict(base)
+    out["policies"] = {**base["policies"], **{p: later["policies"][p] for p in policies}}
+    out["merged"] = {**base.get("merged", {}), **{p: later_name for p in policies}}
+    any_seeds = next(iter(later["policies"].values())).get("seeds") or [0]
+    out["ratios"] = ratios_of(out["policies"], any_seeds)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", required=True, help="the earlier run's JSON")
+    ap.add_argument("--take", required=True, help="the later run's JSON, of the same workload")
+    ap.add_argument("--policy", required=True, help="comma-separated policies whose entries the later run gives")
+    ap.add_argument("--json", required=True, help="write the merged JSON here (may be --base)")
+    args = ap.parse_args()
+    with open(args.base) as f:
+        base = json.load(f)
+    with open(args.take) as f:
+        later = json.load(f)
+    out = merge(base, later, [p for p in args.policy.split(",") if p], args.take)
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+    for k, v in out["ratios"].items():
+        print(f"{k}: " + (", ".join(f"{x:.2f}x" for x in v) if isinstance(v, list) else f"{v:.2f}x"))
+
+
+if __name__ == "__main__":
+    main()

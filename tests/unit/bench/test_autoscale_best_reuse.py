@@ -1,0 +1,37 @@
+"""bench/simulate/issue11/autoscale_best.py --reuse: autoscale's settings taken from the committed output and
+warmserve's figures read again from the committed headline files give the committed output back (the evidence is
+consistent), and a reuse file lacking a cell is refused."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parents[3] / "bench" / "simulate" / "issue11"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(HERE / "autoscale_best.py"), *args], cwd=HERE, capture_output=True,
+                          text=True)
+
+
+def test_reuse_of_the_committed_file_reproduces_it(tmp_path):
+    out = tmp_path / "again.json"
+    r = _run("--reuse", str(HERE / "autoscale_best.json"), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text()) == json.loads((HERE / "autoscale_best.json").read_text())
+
+
+def test_reuse_lacking_a_cell_is_refused(tmp_path):
+    doc = json.loads((HERE / "autoscale_best.json").read_text())
+    doc["rows"] = [r for r in doc["rows"] if not (r["preset"] == "paper-code" and r["cell"] == "traced_14s")]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(doc))
+    r = _run("--reuse", str(partial), "--json", str(tmp_path / "x.json"))
+    assert r.returncode != 0 and "lacks the cells" in r.stderr and "paper-code" in r.stderr
+
+
+def test_reuse_with_other_seeds_is_refused(tmp_path):
+    r = _run("--reuse", str(HERE / "autoscale_best.json"), "--seeds", "0,1", "--json", str(tmp_path / "x.json"))
+    assert r.returncode != 0 and "seeds" in r.stderr
