@@ -68,8 +68,12 @@ def curve_server(ctx, sock, public: bytes, secret: bytes, clients_dir: str):
 
     auth = ThreadAuthenticator(ctx)
     auth.start()
-    auth.configure_curve(domain="*", location=clients_dir)
-    sock.curve_secretkey = secret
-    sock.curve_publickey = public
-    sock.curve_server = True
+    try:
+        auth.configure_curve(domain="*", location=clients_dir)
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+    except BaseException:
+        auth.stop()  # the caller never gets it to stop: its thread would outlive the socket
+        raise
     return auth

@@ -174,3 +174,21 @@ def test_curve_options_that_do_not_fit_the_mode_are_refused(argv, match):
     with pytest.raises(errors.InvalidArgumentError, match=match):
         check_security(p.parse_args(argv))
     check_security(p.parse_args(argv[:2] + ["--insecure"]))  # the same place, told --insecure: accepted
+
+
+def test_curve_server_that_fails_stops_its_authenticator_thread(tmp_path):
+    """A socket that cannot take the keys (here: closed) fails curve_server, and the authenticator thread it
+    started does not outlive the call (found in review: nobody was left to stop it)."""
+    from warmserve.security import curve_server
+
+    public, secret = zmq.curve_keypair()
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.close()
+        before = threading.active_count()
+        with pytest.raises(zmq.ZMQError):
+            curve_server(ctx, sock, public, secret, str(tmp_path))
+        assert threading.active_count() == before
+    finally:
+        ctx.destroy(linger=0)  # a leaked authenticator still holds a socket: term() would wait for it
