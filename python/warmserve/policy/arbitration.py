@@ -100,7 +100,7 @@ def migration_plan(state: ClusterState, board: Board, stopping: set[str], capaci
             continue
         for moved in [w for w in waiting if set(w.gpus) & set(group)]:
             waiting.remove(moved)
-            board.stop_instance(moved.gpus, min(state.gpus[g].total_bytes for g in moved.gpus))
+            board.stop_instance(moved.gpus)
             out.append(moved)
         need -= 1
     return out

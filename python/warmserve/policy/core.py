@@ -124,7 +124,7 @@ class Policy(LoadSignals, GpuMoves):
 
     def forecast_all(self, window_index: int, models: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(avg, peak) forecasts of window ``window_index`` for ``models`` (default: all, sorted); NaN where a
-        model has no data. The peak forecast is never below the average one."""
+        model has no data. The peak forecast is never below the average one (a missing peak is the average)."""
         h = self._hist
         names = sorted(self.models) if models is None else models
         rows = np.array([h.index[m] for m in names], dtype=np.int64)
@@ -146,8 +146,7 @@ class Policy(LoadSignals, GpuMoves):
                 fa, fp = self._fc[names[k]]
                 avg[k] = fa.predict(h.avg[rows[k], :window_index])
                 peak[k] = fp.predict(h.peak[rows[k], :window_index])
-        with np.errstate(invalid="ignore"):
-            peak = np.where(np.isnan(peak), peak, np.fmax(peak, avg))
+        peak = np.fmax(peak, avg)  # fmax takes the known one of the two: found in review, a NaN peak crashed plans
         return avg, peak
 
     def _window_forecast(self, now_s: float) -> dict[str, float]:
@@ -513,9 +512,9 @@ class Policy(LoadSignals, GpuMoves):
         return {g for other, gpus in self._reserved.items() if other != model for g in gpus}
 
     def _co_started(self, acts) -> None:
-        """Co-served starts decided: the prewarms they evict leave the plan's scores."""
+        """Co-served starts decided: the prewarms they evict (or start from) leave the plan's scores."""
         for act in acts:
-            for pid in act.evict:
+            for pid in (*act.evict, act.prewarm_id):
                 self._scores.pop(pid, None)
 
     def _co_join(self, state: ClusterState, board: Board, model: str, new_host: bool = False):
@@ -547,7 +546,7 @@ class Policy(LoadSignals, GpuMoves):
         out.append(A.StopInstance(inst.instance_id))
         retain = self.cfg.prewarm and self.cfg.retain_stopped
         if inst.in_flight == 0:
-            board.stop_instance(inst.gpus, min(state.gpus[g].total_bytes for g in inst.gpus))
+            board.stop_instance(inst.gpus)
             if self._co is not None:  # its GPUs are idle on the board: no host for this tick's joins
                 self._co.stopped_idle.add(inst.instance_id)
             if retain:

@@ -274,15 +274,20 @@ class CoServing:
             need = m.shard_bytes + kv_blocks_for(state, model, gpus, frac) * m.kv_block_bytes
             if r > target or not self.kv_fits(model, gpu_bytes, band, mine[model]):
                 continue
-            evict = self._evictions(state, board, gpus, insts, need)
+            # the model's own replica exactly there becomes the start's weights (a hit); one that meets the
+            # GPUs otherwise goes (found in review: it stayed, a second copy beside the instance's weights)
+            s, mask = board.mask_of(gpus)
+            own = [p.prewarm_id for p in board.by_server[s].values() if p.model == model and p.mask & mask]
+            use = next((p for p in own if board.reps[p].mask == mask), None)
+            evict = self._evictions(state, board, gpus, insts, need, use, [p for p in own if p != use])
             if evict is None:
                 continue
-            key = (bool(evict), -r, gpus)  # best fit among hosts that evict nothing, if any
+            key = (bool(evict), use is None, -r, gpus)  # best fit among hosts that evict nothing, if any
             if best is None or key < best[0]:
-                best = (key, gpus, evict, need)
+                best = (key, gpus, evict, need, use)
         if best is not None:
-            _, gpus, evict, need = best
-            for pid in evict:
+            _, gpus, evict, need, use = best
+            for pid in evict + ([use] if use is not None else []):
                 board.remove(pid)
             for g in gpus:
                 s, c = board.local[g]
@@ -290,8 +295,9 @@ class CoServing:
                 # charged here, so this tick's plan does not place a prewarm in the bytes promised to the joiner
                 # (found in review: a 40 GiB GPU was promised 50 GiB)
                 board.free[s, c] = max(0, board.free[s, c] - need)
-            act = A.StartInstance(new_id(model, "i"), model, gpus, evict=tuple(evict), kv_fraction=frac,
-                                  warm_engine=self.cfg.warm_engine)
+            board.note_instance(model, gpus)
+            act = A.StartInstance(new_id(model, "i"), model, gpus, prewarm_id=use, evict=tuple(evict),
+                                  kv_fraction=frac, warm_engine=self.cfg.warm_engine)
             self.pending.setdefault(gpus, set()).add(model)
         elif new_host and not replicas and self.step_s(model, self.batch.get(model, 0.0)) <= target \
                 and self.kv_fits(model, gpu_bytes, band):
@@ -332,15 +338,19 @@ class CoServing:
         used += sum(r.shard_bytes for r in board.by_server[s].values() if r.mask >> k & 1)
         return total - used
 
-    def _evictions(self, state: ClusterState, board: Board, gpus, insts, need: int) -> list[str] | None:
-        """Prewarms on the host's GPUs to evict (lowest score first) so that each has ``need`` bytes not promised;
-        None when even evicting them all is not enough."""
-        evict: list[str] = []
+    def _evictions(self, state: ClusterState, board: Board, gpus, insts, need: int, use: str | None = None,
+                   forced=()) -> list[str] | None:
+        """Prewarms on the host's GPUs to evict (``forced`` ones, then the lowest score first) so that each has
+        ``need`` bytes not promised; None when even evicting them all is not enough. ``use``: a prewarm the start
+        takes as its weights (its bytes count as room; never evicted)."""
+        evict: list[str] = list(forced)
         for g in gpus:
             s, k = board.local[g]
             room = self._room(state, board, g, insts) + sum(
-                board.by_server[s][p].shard_bytes for p in evict if board.by_server[s][p].mask >> k & 1)
-            reps = sorted((r for r in board.by_server[s].values() if r.mask >> k & 1 and r.prewarm_id not in evict),
+                board.by_server[s][p].shard_bytes for p in evict + [use] if p is not None
+                and board.by_server[s][p].mask >> k & 1)
+            reps = sorted((r for r in board.by_server[s].values() if r.mask >> k & 1 and r.prewarm_id not in evict
+                           and r.prewarm_id != use),
                           key=lambda r: (r.score, r.prewarm_id))
             for r in reps:
                 if room >= need:

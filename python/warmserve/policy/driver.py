@@ -10,11 +10,13 @@ methods. See the ``warmserve.policy`` docstring for the whole contract.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError, WorkerLostError
+from warmserve.errors import (InvalidArgumentError, UnknownModelError, UnservableModelError, WarmServeError,
+                              WorkerLostError)
 from warmserve.policy import actions as A
+from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 from warmserve.policy.state import ClusterState, GpuState, InstanceState, PrewarmState, ServerState, kv_blocks_for
 
 #: Consecutive failed starts of a model after which its waiting requests fail with the reason.
@@ -27,8 +29,9 @@ START_BACKOFF_CAP_S = 5.0
 @dataclass(frozen=True, slots=True)
 class KeptWeights:
     """Weights a stopped instance left resident on its GPUs: a ``Prewarm`` with ``kept_from=instance_id`` takes
-    them with no copy; the driver drops them at the end of the tick that follows (or when something else is
-    placed on those GPUs)."""
+    them with no copy, and so does a cold ``StartInstance`` of the same model on exactly those GPUs (route() may
+    start one before the next tick); the driver drops them at the end of the tick that follows (or when something
+    else is placed on those GPUs)."""
 
     instance_id: str
     model: str
@@ -100,8 +103,15 @@ class PolicyDriver:
             state.queues.setdefault(m, deque())
         #: Weights stopped instances left on their GPUs, by instance id.
         self.kept: dict[str, KeptWeights] = {}
-        #: Server key (a host name, or the server id) -> index in state.servers.
-        self._server_of: dict = {s.server_id: i for i, s in enumerate(state.servers)}
+        #: Whether a cold start of a model on its own kept weights is made a hit: only for a policy that prewarms
+        #: weights. A vanilla autoscaler's (and engine-prewarm-only's) stopped engine takes its weights with it.
+        self._hits_on_kept = bool(getattr(getattr(policy, "cfg", None), "prewarm", False))
+        #: Server key (a host name, or the server id) -> indices in state.servers: a host with more GPUs than one
+        #: server entry holds (MAX_GPUS_PER_SERVER, what the placement handles) has several entries.
+        self._server_of: dict = {s.server_id: [i] for i, s in enumerate(state.servers)}
+        #: Models a GPU loss left with no server that could run them -> why: their requests fail at once (found
+        #: in review: they queued for ever) until GPUs join that serve them again.
+        self._unservable: dict[str, str] = {}
         self._ticked = False
         #: Model -> time before which no new start is tried (after a failed one), and consecutive failures.
         self._backoff_until: dict[str, float] = {}
@@ -175,6 +185,12 @@ class PolicyDriver:
         the loop."""
         q = self.state.queues[model]
         st = self.state
+        if self._unservable and q and model in self._unservable:
+            err = UnservableModelError(f"model {model!r} cannot be served since GPUs were lost: "
+                                       f"{self._unservable[model]}", model=model)
+            err.http_status = 503  # the cluster's state, not the request: it may serve again once GPUs rejoin
+            self.fail_waiting(model, err, now_s)
+            return
         created = False
         while q:
             if self._backoff_until and self._backing_off(model, now_s):
@@ -310,8 +326,17 @@ class PolicyDriver:
                 if p is not None:
                     ex.drop_prewarm(p, True, now_s)
             gpus = tuple(act.gpus)
+            kept = None
+            if act.prewarm_id is None and self.kept and self._hits_on_kept:  # its own weights: a hit, not a load
+                kept = next((k for k in self.kept.values() if k.model == act.model and k.gpus == gpus), None)
+                if kept is not None:
+                    del self.kept[kept.instance_id]
             self._drop_kept_on(gpus, now_s)
             pw = st.prewarms.pop(act.prewarm_id, None) if act.prewarm_id is not None else None
+            if kept is not None:
+                pw = PrewarmState(f"{act.instance_id}/kept", act.model, gpus, 1.0, 0.0)
+                ex.keep_prewarm(pw, kept, now_s)
+                act = replace(act, prewarm_id=pw.prewarm_id)
             inst = st.instances[act.instance_id] = InstanceState(
                 act.instance_id, act.model, gpus, created_s=now_s,
                 kv_blocks_total=kv_blocks_for(st, act.model, gpus, act.kv_fraction))
@@ -433,19 +458,26 @@ class PolicyDriver:
 
     def add_gpus(self, server_key, capacities_bytes: list[int]) -> list[int]:
         """GPUs joined on the server ``server_key`` (a new key: a new server). Returns their ids: the next free
-        ones, ``len(state.gpus)`` onwards (ids are never reused). The caller routes the queues next
+        ones, ``len(state.gpus)`` onwards (ids are never reused). Each goes to the key's first server entry with
+        fewer than MAX_GPUS_PER_SERVER live GPUs, else to a new entry of the key (found in review: a ninth GPU made
+        every later tick raise); an instance or prewarm never spans two entries. The caller routes the queues next
         (``route_all``), once it can reach the new GPUs by these ids."""
         st = self.state
-        s = self._server_of.get(server_key)
-        if s is None:
-            s = self._server_of[server_key] = len(st.servers)
-            st.servers.append(ServerState(s, ()))
+        entries = self._server_of.setdefault(server_key, [])
         ids = []
         for cap in capacities_bytes:
+            s = next((i for i in entries if len(st.servers[i].gpu_ids) < MAX_GPUS_PER_SERVER), None)
+            if s is None:
+                s = len(st.servers)
+                entries.append(s)
+                st.servers.append(ServerState(s, ()))
             g = len(st.gpus)
             st.gpus.append(GpuState(g, s, int(cap)))
+            st.servers[s].gpu_ids = st.servers[s].gpu_ids + (g,)
             ids.append(g)
-        st.servers[s].gpu_ids = st.servers[s].gpu_ids + tuple(ids)
+        if self._unservable:
+            now = st.unservable()
+            self._unservable = {m: why for m, why in self._unservable.items() if m in now}
         return ids
 
     def lose_gpus(self, gpu_ids, now_s: float, requeue=()) -> None:
@@ -455,9 +487,12 @@ class PolicyDriver:
         (model, request) (its prompt tokens wait again as submitted) or (model, request, prompt tokens) (a
         resumption's: its prompt and the tokens it has out; None: as submitted): they go to the front of their
         queues. Requests that
-        cannot start over are the executor's to end (``request_finished`` with their instance)."""
+        cannot start over are the executor's to end (``request_finished`` with their instance). A model the loss
+        leaves with no server that could run it (``ClusterState.unservable``) has its waiting requests failed with
+        ``UnservableModelError``, and so has every later one, until ``add_gpus`` makes it servable again."""
         st = self.state
         lost = set(gpu_ids)
+        before = st.unservable()
         gone = [i for i, inst in st.instances.items() if lost.intersection(inst.gpus)]
         for iid in gone:
             del st.instances[iid]
@@ -476,6 +511,7 @@ class PolicyDriver:
             gpu.gone = True
             srv = st.servers[gpu.server_id]
             srv.gpu_ids = tuple(x for x in srv.gpu_ids if x != g)
+        self._unservable.update((m, why) for m, why in st.unservable().items() if m not in before)
         self.route_all(now_s)
 
     def live_gpus(self) -> list[int]:

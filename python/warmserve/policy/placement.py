@@ -23,7 +23,6 @@ from warmserve.policy.state import ClusterState, ModelInfo
 
 MAX_GPUS_PER_SERVER = 8
 TPS = (1, 2, 4, 8)
-_BIG = 1e18
 
 
 def _groups(tp: int) -> np.ndarray:
@@ -70,6 +69,17 @@ def _pack_key(idle: np.ndarray, tp: int) -> np.ndarray:
         touch = (gm >> k) & 1
         blocks |= np.where(touch[None, :] == 1, left & _BLOCK4[k], 0)
     return (~ALIGNED[tp])[None, :] * 1000.0 + _POP[blocks & 0xFF] * 10.0 + _POP[left & 0xFF]
+
+
+def _lexmin(feasible: np.ndarray, *keys: np.ndarray) -> int:
+    """Flat index of the feasible entry whose keys are smallest, compared in order; ties: the lowest index."""
+    idx = np.flatnonzero(feasible)
+    for key in keys:
+        if len(idx) == 1:
+            break
+        col = key.ravel()[idx]
+        idx = idx[col == col.min()]
+    return int(idx[0])
 
 
 def is_laminar(masks: list[int]) -> bool:
@@ -126,9 +136,15 @@ class Board:
         free = np.full((n, MAX_GPUS_PER_SERVER), -1, dtype=np.int64)  # a missing GPU never has room
         total = np.array([g.total_bytes for g in state.gpus], dtype=np.int64)
         free[exists] = total[self.gpu_ids[exists]]
+        #: Each GPU's pool size: what an idle GPU offers once its instances are gone.
+        self.total = free.copy()
         self.busy = np.zeros((n, MAX_GPUS_PER_SERVER), dtype=bool)
         self.busy[~exists] = True
         self.inst_count = np.zeros((n, MAX_GPUS_PER_SERVER), dtype=np.int64)
+        #: Model -> server -> mask of GPUs where an instance of the model runs: no replica of it goes there (a
+        #: second copy of its weights, useless for a scale-out since the GPUs are busy, would also keep the
+        #: instance's own weights from staying as a prewarm when it stops).
+        self.inst_masks: dict[str, dict[int, int]] = {}
         for inst in state.instances.values():
             m = self.models[inst.model]
             b = m.shard_bytes + inst.kv_blocks_mapped * m.kv_block_bytes
@@ -139,6 +155,7 @@ class Board:
                     free[s, k] = min(free[s, k], 0)
                 self.busy[s, k] = True
                 self.inst_count[s, k] += 1
+            self.note_instance(inst.model, inst.gpus)
         self.free = free
         self.share = np.zeros((n, MAX_GPUS_PER_SERVER))  # sum over replicas on the GPU of score / tp
         self.maxscore = np.zeros((n, MAX_GPUS_PER_SERVER))
@@ -241,11 +258,20 @@ class Board:
             self.maxscore[r.server, k] = max((o.score for o in srv.values() if o.mask >> k & 1), default=0.0)
 
     def _model_rows(self, model: str) -> np.ndarray:
-        """Per server, the mask of GPUs holding a replica of ``model``."""
+        """Per server, the mask of GPUs holding a replica or an instance of ``model`` (no replica of it goes
+        there)."""
         rows = np.zeros(self.n_servers, dtype=np.int64)
         for s, m in self.model_masks.get(model, {}).items():
             rows[s] = m
+        for s, m in self.inst_masks.get(model, {}).items():
+            rows[s] |= m
         return rows
+
+    def note_instance(self, model: str, gpus) -> None:
+        """An instance of ``model`` runs (or starts) on ``gpus``: no replica of the model is placed there."""
+        s, mask = self.mask_of(gpus)
+        mm = self.inst_masks.setdefault(model, {})
+        mm[s] = mm.get(s, 0) | mask
 
     @staticmethod
     def _pack(b: np.ndarray) -> np.ndarray:
@@ -294,22 +320,22 @@ class Board:
         if not feasible.any():
             return None
         # Master groups first (the replica outranks everything on its GPUs), then groups on idle GPUs, then the
-        # least overlapped score. Overlap counts each replica's score spread evenly over its GPUs.
+        # least overlapped score. Overlap counts each replica's score spread evenly over its GPUs. Compared in
+        # that order, not summed into one key (found in review: at 1e18 a float step is 128, and the overlap
+        # tie-break vanished among non-master groups); ties go to the first group.
         nonmaster = self._pack(self.maxscore > score)
         nm = (nonmaster[:, None] & gm[None, :]) != 0
         busy = _POP[(self._pack(self.busy)[:, None] & gm[None, :])]
         overlap = self.share @ GROUP_BITS[tp].T
-        key = nm * _BIG + busy * 1e12 + overlap
-        key = np.where(feasible, key, np.inf)
-        i = int(np.argmin(key))
+        i = _lexmin(feasible, nm, busy, overlap)
         s, k = divmod(i, len(gm))
         return s, int(gm[k])
 
     def _best_group_with_eviction(self, m: ModelInfo, score: float):
         """Cheapest group (by evicted score) that evicting only lower-score replicas makes feasible."""
-        # Nothing changed since a search for the same size (and the same model, or any model with no replica)
-        # failed at a higher score: this one fails too (fewer replicas are below it).
-        key = (m.tp, m.shard_bytes, m.name if m.name in self.model_masks else None)
+        # Nothing changed since a search for the same size (and the same model, or any model with no replica and
+        # no instance) failed at a higher score: this one fails too (fewer replicas are below it).
+        key = (m.tp, m.shard_bytes, m.name if m.name in self.model_masks or m.name in self.inst_masks else None)
         failed = self._evict_failed.get(key)
         if failed is not None and failed[0] == self.version and score <= failed[1]:
             return None
@@ -431,11 +457,18 @@ class Board:
             fits = ((idle[:, None] & gm[None, :]) == gm[None, :])
             if not fits.any():
                 return None
-            # Fewest prewarmed models first (§4); among equals, pack: an aligned group in the aligned block and
-            # server with the fewest idle GPUs left, so that free GPUs stay in whole blocks a large-tp model can use.
-            key = (self.nrep @ GROUP_BITS[m.tp].T) * 1e12 + _pack_key(idle, m.tp) * 1e6 \
-                + self.share @ GROUP_BITS[m.tp].T
-            i = int(np.argmin(np.where(fits, key, np.inf)))
+            # Fewest prewarmed models first (§4): each replica that meets the group is evicted whole, so it counts
+            # once whatever its tp (found in review: counted 1/tp per GPU, a tp-1 start evicted a whole tp-4
+            # replica rather than a tp-1 one); among equals, pack: an aligned group in the aligned block and server
+            # with the fewest idle GPUs left, so that free GPUs stay in whole blocks a large-tp model can use; then
+            # the least score evicted (as steps 1-2 weigh theirs).
+            hit = np.zeros((self.n_servers, len(gm)))
+            lost = np.zeros((self.n_servers, len(gm)))
+            for r in self.reps.values():
+                meets = (gm & r.mask) != 0
+                hit[r.server] += meets
+                lost[r.server] += meets * r.score
+            i = _lexmin(fits, hit, _pack_key(idle, m.tp), lost)
             s, k = divmod(i, len(gm))
             best = (None, s, int(gm[k]), None)
         _, s, mask, used = best
@@ -448,20 +481,30 @@ class Board:
         self.busy[s, cols] = True
         self.inst_count[s, cols] += 1
         self.free[s, cols] = 0  # its KV cache takes the rest until a KV target says otherwise
-        return self.gpus_of(s, mask), used, evicted
+        gpus = self.gpus_of(s, mask)
+        self.note_instance(model, gpus)
+        return gpus, used, evicted
 
-    def stop_instance(self, gpus, total_bytes: int) -> None:
-        """An instance on ``gpus`` is gone: the GPUs are idle again with ``total_bytes`` less their prewarms."""
+    def stop_instance(self, gpus, total_bytes: int | None = None) -> None:
+        """An instance on ``gpus`` is gone: a GPU with no other instance is idle again with its pool size less its
+        prewarms. ``total_bytes``: that size where the caller gives one for all the GPUs; None: each GPU's own
+        (found in review: the smallest GPU's size for all of them understated the larger ones)."""
+        self.version += 1  # room appeared: a remembered failed eviction search may succeed now
         for g in gpus:
             s, k = self.local[g]
             self.inst_count[s, k] -= 1
             if self.inst_count[s, k] <= 0:
                 self.inst_count[s, k] = 0
                 self.busy[s, k] = False
-                self.free[s, k] = total_bytes - sum(r.shard_bytes for r in self.by_server[s].values() if r.mask >> k & 1)
+                total = int(self.total[s, k]) if total_bytes is None else total_bytes
+                self.free[s, k] = total - sum(r.shard_bytes for r in self.by_server[s].values() if r.mask >> k & 1)
+                for mm in self.inst_masks.values():
+                    if s in mm:
+                        mm[s] &= ~(1 << k)
 
     def release_instance(self, gpus, freed_bytes: int) -> None:
         """An instance on ``gpus`` stops (or shrinks its KV cache): its bytes go back to the pool."""
+        self.version += 1  # room appeared: a remembered failed eviction search may succeed now
         for g in gpus:
             s, k = self.local[g]
             self.free[s, k] += freed_bytes

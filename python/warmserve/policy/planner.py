@@ -20,7 +20,9 @@ class Candidate:
 def replica_counts(avg: float, peak: float, running: int, capacity: int) -> tuple[int, int]:
     """(n_foundation, n_burst) for forecasts of average and peak in-flight requests.
 
-    n_f = max(ceil(avg / B) - running, 0); n_b = max(ceil(peak / B) - running - n_f, 0)."""
+    n_f = max(ceil(avg / B) - running, 0); n_b = max(ceil(peak / B) - running - n_f, 0). A missing (NaN) average
+    counts as 0, a missing peak as the average."""
+    avg, peak = _known(avg, peak)
     n_f = max(math.ceil(avg / capacity) - running, 0)
     n_b = max(math.ceil(peak / capacity) - running - n_f, 0)
     return n_f, n_b
@@ -39,7 +41,15 @@ def replica_scores(n_f: int, n_b: int, cold_start_s: float, avg: float, peak: fl
     return out
 
 
+def _known(avg: float, peak: float) -> tuple[float, float]:
+    """NaN forecasts as replica_counts takes them (found in review: a NaN peak with a known average crashed the
+    plan in math.ceil)."""
+    avg = 0.0 if math.isnan(avg) else avg
+    return avg, avg if math.isnan(peak) else peak
+
+
 def plan_model(model: str, avg: float, peak: float, running: int, capacity: int, cold_start_s: float) -> list[Candidate]:
+    avg, peak = _known(avg, peak)
     n_f, n_b = replica_counts(avg, peak, running, capacity)
     scores = replica_scores(n_f, n_b, cold_start_s, avg, peak)
     return [Candidate(model, i, i >= n_f, s) for i, s in enumerate(scores)]
