@@ -13,8 +13,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from warmserve.errors import (InvalidArgumentError, UnknownModelError, UnservableModelError, WarmServeError,
-                              WorkerLostError)
+from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import actions as A
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 from warmserve.policy.state import ClusterState, GpuState, InstanceState, PrewarmState, ServerState, kv_blocks_for
@@ -109,9 +108,6 @@ class PolicyDriver:
         #: Server key (a host name, or the server id) -> indices in state.servers: a host with more GPUs than one
         #: server entry holds (MAX_GPUS_PER_SERVER, what the placement handles) has several entries.
         self._server_of: dict = {s.server_id: [i] for i, s in enumerate(state.servers)}
-        #: Models a GPU loss left with no server that could run them -> why: their requests fail at once (found
-        #: in review: they queued for ever) until GPUs join that serve them again.
-        self._unservable: dict[str, str] = {}
         self._ticked = False
         #: Model -> time before which no new start is tried (after a failed one), and consecutive failures.
         self._backoff_until: dict[str, float] = {}
@@ -185,12 +181,6 @@ class PolicyDriver:
         the loop."""
         q = self.state.queues[model]
         st = self.state
-        if self._unservable and q and model in self._unservable:
-            err = UnservableModelError(f"model {model!r} cannot be served since GPUs were lost: "
-                                       f"{self._unservable[model]}", model=model)
-            err.http_status = 503  # the cluster's state, not the request: it may serve again once GPUs rejoin
-            self.fail_waiting(model, err, now_s)
-            return
         created = False
         while q:
             if self._backoff_until and self._backing_off(model, now_s):
@@ -475,9 +465,6 @@ class PolicyDriver:
             st.gpus.append(GpuState(g, s, int(cap)))
             st.servers[s].gpu_ids = st.servers[s].gpu_ids + (g,)
             ids.append(g)
-        if self._unservable:
-            now = st.unservable()
-            self._unservable = {m: why for m, why in self._unservable.items() if m in now}
         return ids
 
     def lose_gpus(self, gpu_ids, now_s: float, requeue=()) -> None:
@@ -487,12 +474,9 @@ class PolicyDriver:
         (model, request) (its prompt tokens wait again as submitted) or (model, request, prompt tokens) (a
         resumption's: its prompt and the tokens it has out; None: as submitted): they go to the front of their
         queues. Requests that
-        cannot start over are the executor's to end (``request_finished`` with their instance). A model the loss
-        leaves with no server that could run it (``ClusterState.unservable``) has its waiting requests failed with
-        ``UnservableModelError``, and so has every later one, until ``add_gpus`` makes it servable again."""
+        cannot start over are the executor's to end (``request_finished`` with their instance)."""
         st = self.state
         lost = set(gpu_ids)
-        before = st.unservable()
         gone = [i for i, inst in st.instances.items() if lost.intersection(inst.gpus)]
         for iid in gone:
             del st.instances[iid]
@@ -511,7 +495,6 @@ class PolicyDriver:
             gpu.gone = True
             srv = st.servers[gpu.server_id]
             srv.gpu_ids = tuple(x for x in srv.gpu_ids if x != g)
-        self._unservable.update((m, why) for m, why in st.unservable().items() if m not in before)
         self.route_all(now_s)
 
     def live_gpus(self) -> list[int]:

@@ -1,13 +1,11 @@
 """Driver and planning faults found in review (``policy.driver``, ``policy.planner``): a host that outgrows one
-server entry, a NaN peak forecast, kept weights a cold start of the same model dropped, and requests of a model a
-GPU loss made unservable."""
+server entry, a NaN peak forecast, and kept weights a cold start of the same model dropped."""
 
 import math
 
 import numpy as np
 import pytest
 
-from warmserve.errors import UnservableModelError
 from warmserve.policy import make_policy
 from warmserve.policy import actions as A
 from warmserve.policy.driver import InstantExecutor, PolicyDriver, instant_driver
@@ -93,20 +91,3 @@ def test_a_cold_start_on_its_own_kept_weights_is_a_hit_where_the_policy_prewarms
         assert pw is not None and pw.loaded and act.prewarm_id == pw.prewarm_id
     else:
         assert pw is None and act.prewarm_id is None and [x for x in ex.log[n:] if x[0] == "drop_kept"]
-
-
-def test_requests_of_a_model_a_gpu_loss_made_unservable_fail_until_gpus_rejoin():
-    big = _m("big", 138, tp=8)
-    st = ClusterState.uniform(1, [big])
-    d, ex = _driver([big], st)
-    d.submit("big", "r0", 10.0)
-    d.tick(10.5)
-    d.lose_gpus([3], 11.0, requeue=[("big", "r0")])
-    assert [r for r, _ in ex.failed] == ["r0"] and isinstance(ex.failed[0][1], UnservableModelError)
-    assert ex.failed[0][1].http_status == 503
-    d.submit("big", "r1", 12.0)
-    d.tick(12.5)
-    assert [r for r, _ in ex.failed] == ["r0", "r1"] and st.queued("big") == 0
-    d.add_gpus(0, [72 * GiB])  # the lost GPU's worker is back
-    d.submit("big", "r2", 13.0)
-    assert len(ex.failed) == 2 and st.instances
