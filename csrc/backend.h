@@ -106,10 +106,11 @@ void cuda_host_unregister(uintptr_t ptr, int device);
 
 // TEST-ONLY fault injection for the host backend (warmserve._C._debug_fail_after): make the k-th next call of
 // op fail as the kernel would (k = 0 disarms). ops: "mmap" (a page run mapped from the memfd), "mremap" (a
-// page-table move), "protect" (the PROT_NONE mmap that restores a reservation; fails with ENOMEM, so the
-// munmap + MAP_FIXED_NOREPLACE fallback runs), "noreplace" (that fallback's mmap, as if another thread's mmap
-// had taken the range), "protect_hard" (that PROT_NONE mmap fails with EINVAL: no fallback, the range stays
-// mapped). Process-wide; never used outside tests.
+// page-table move; it unmaps its destination before it fails, as the kernel can), "protect" (the PROT_NONE mmap
+// that restores a reservation; fails with ENOMEM, so the munmap + MAP_FIXED_NOREPLACE fallback runs), "noreplace"
+// (a MAP_FIXED_NOREPLACE mmap that fills a freed range again: that fallback's, or the one after a failed mremap,
+// as if another thread's mmap had taken the range), "protect_hard" (that PROT_NONE mmap fails with EINVAL: no
+// fallback, the range stays mapped). Process-wide; never used outside tests.
 void debug_fail_after(const std::string& op, int64_t k);
 
 }  // namespace ws

@@ -327,7 +327,12 @@ class CudaBackend : public Backend {
       r = a.p_cuMemSetAccess(CUdeviceptr(addr), n * page_bytes_, &access_, 1);  // one call for the whole range
       if (r == CUDA_SUCCESS) return;
     }
-    for (uintptr_t va : mapped) unmap_run(va);
+    // A run that cannot be unmapped again still maps pages the pool takes back (they would show through two
+    // slots): a hole, so the slot is refused from now on (found in review: the result was ignored).
+    for (uintptr_t va : mapped) {
+      const uint64_t len = runs_.at(va).n * page_bytes_;
+      if (unmap_run(va) != CUDA_SUCCESS) holes_.emplace_back(va, len);
+    }
     if (r == CUDA_ERROR_OUT_OF_MEMORY) {  // the pages exist already: this is the driver's own memory running out
       size_t free_b = 0, total_b = 0;
       a.p_cuMemGetInfo(&free_b, &total_b);
@@ -372,7 +377,10 @@ class CudaBackend : public Backend {
     for (uint64_t k = 0; k < n;) {
       uint64_t j = k;
       while (j < n && !done[j]) ++j;
-      if (j > k) unmap_range(dst + k * page_bytes_, j - k, undone);
+      // A dst page that stays mapped is also at src, where the table keeps it: a hole (as in map's rollback).
+      if (j > k && unmap_range(dst + k * page_bytes_, j - k, undone) != CUDA_SUCCESS)
+        for (uint64_t q = 0; q < j - k; ++q)
+          if (!undone[q]) holes_.emplace_back(dst + (k + q) * page_bytes_, page_bytes_);
       k = j + 1;
     }
     throw partial(cu_error("cuMemUnmap", r), done);

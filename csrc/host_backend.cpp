@@ -207,13 +207,17 @@ class HostBackend : public Backend {
       uintptr_t dst = addr + i * page_bytes_;
       uint64_t len = (j - i) * page_bytes_;
       // From the park: page tables travel with the pages, so the slot needs no page faults.
-      bool ok = remap(park_ + ids[i] * page_bytes_, dst, len);
-      if (!ok) ok = map_from_fd(dst, len, ids[i], populate);
+      Remap r = remap(park_ + ids[i] * page_bytes_, dst, len);
+      bool ok = r == Remap::Moved;
+      // A failed mremap may have unmapped dst: made PROT_NONE again first, so the MAP_FIXED below only ever lands
+      // on this slot's own reservation. settle() false: a hole now (recorded), never touched again.
+      bool ours = ok || r == Remap::Skipped || settle(dst, len);
+      if (!ok && ours) ok = map_from_fd(dst, len, ids[i], populate);
       if (!ok) {
         int err = errno;
-        // The failed run's own range: a failed mremap may have unmapped it (a hole, recorded by protect_none); a
-        // failed mmap leaves it as it was (the kernel checks the mapping count before it touches the range).
-        protect_none(dst, len);
+        // The failed run's own range (a failed mmap leaves it as it was: the kernel checks the mapping count
+        // before it touches the range).
+        if (ours) protect_none(dst, len);
         if (i) {  // all or nothing
           try {
             unmap(addr, ids, i);
@@ -232,7 +236,9 @@ class HostBackend : public Backend {
     // simply dropped by the PROT_NONE below, its contents stay in the memfd.
     for (uint64_t i = 0; i < n;) {
       uint64_t j = run_end(ids, i, n);
-      remap(addr + i * page_bytes_, park_ + ids[i] * page_bytes_, (j - i) * page_bytes_);
+      uintptr_t to = park_ + ids[i] * page_bytes_;
+      if (remap(addr + i * page_bytes_, to, (j - i) * page_bytes_) == Remap::Failed)
+        restore_park(to, (j - i) * page_bytes_, ids[i]);
       i = j;
     }
     // A hole (the range got unreserved) still means unmapped: the pages are no longer in the slot.
@@ -244,11 +250,13 @@ class HostBackend : public Backend {
       uint64_t j = run_end(ids, i, n);
       uintptr_t s = src + i * page_bytes_, d = dst + i * page_bytes_;
       uint64_t len = (j - i) * page_bytes_;
-      bool ok = remap(s, d, len);
-      if (!ok) ok = map_from_fd(d, len, ids[i], false);
+      Remap r = remap(s, d, len);
+      bool ok = r == Remap::Moved;
+      bool ours = ok || r == Remap::Skipped || settle(d, len);  // as in map()
+      if (!ok && ours) ok = map_from_fd(d, len, ids[i], false);
       if (!ok) {  // the source is still mapped (remap keeps it): only the destination needs undoing
         int err = errno;
-        protect_none(d, len);  // the failed run's own range, as in map()
+        if (ours) protect_none(d, len);  // the failed run's own range, as in map()
         if (i) untrust_unless(protect_none(dst, i * page_bytes_), dst, i * page_bytes_);  // runs moved before it
         throw mmap_error("moving", err, n * page_bytes_);
       }
@@ -266,7 +274,16 @@ class HostBackend : public Backend {
   std::vector<std::pair<uintptr_t, uint64_t>> take_holes() override { return std::move(holes_); }
 
   void close_pages() override {
-    if (park_) ::munmap((void*)park_, total_pages_ * page_bytes_);
+    if (park_) {  // around the park's holes (restore_park): another mmap may own them now
+      std::sort(park_holes_.begin(), park_holes_.end());
+      uintptr_t at = park_, end = park_ + total_pages_ * page_bytes_;
+      for (auto& [a, len] : park_holes_) {
+        if (a > at) ::munmap((void*)at, a - at);
+        at = std::max<uintptr_t>(at, a + len);
+      }
+      if (end > at) ::munmap((void*)at, end - at);
+    }
+    park_holes_.clear();
     park_ = 0;
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
@@ -292,6 +309,7 @@ class HostBackend : public Backend {
     return aligned;
   }
 
+  // Only over a range this backend owns (a reservation, or the park): MAP_FIXED replaces whatever is there.
   bool map_from_fd(uintptr_t dst, uint64_t len, uint64_t first_id, bool populate) {
     ++calls;
     if (injected(kFaultMmap)) return errno = ENOMEM, false;
@@ -316,27 +334,79 @@ class HostBackend : public Backend {
     else if (::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED, -1, 0) != MAP_FAILED) return Prot::Ok;
     if (errno != ENOMEM) return Prot::Failed;
     // At vm.max_map_count mmap refuses everything, even a call that would lower the count. munmap does not:
-    // free the range first, then fill the hole (NOREPLACE: never over something another thread put there).
+    // free the range first, then fill the hole.
     int err = errno;
     if (::munmap((void*)addr, len) != 0) return errno = err, Prot::Failed;
+    return fill_hole(addr, len);
+  }
+  // [addr, addr+len) of a reservation is unmapped: PROT_NONE again, never over what another thread's mmap may have
+  // put there meanwhile; else a hole for good (holes_).
+  Prot fill_hole(uintptr_t addr, uint64_t len) {
+    ++calls;
+    int err = errno;
     if (!injected(kFaultNoreplace) &&
-        ::mmap((void*)addr, len, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0) == (void*)addr)
-      return Prot::Ok;
+        mmap_noreplace(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0))
+      return errno = err, Prot::Ok;
     holes_.push_back({addr, len});
-    return Prot::Hole;
+    return errno = err, Prot::Hole;
+  }
+  // MAP_FIXED_NOREPLACE, which kernels before 4.17 take as a mere hint: a mapping placed elsewhere is undone.
+  static bool mmap_noreplace(uintptr_t addr, uint64_t len, int prot, int flags, int fd, off_t off) {
+    void* p = ::mmap((void*)addr, len, prot, flags | MAP_FIXED_NOREPLACE, fd, off);
+    if (p == (void*)addr) return true;
+    if (p != MAP_FAILED) {
+      ::munmap(p, len);
+      errno = EEXIST;
+    }
+    return false;
+  }
+  // After a failed remap into [addr, addr+len) of a reservation: the kernel unmaps a MREMAP_FIXED destination
+  // before checks that can still fail (RLIMIT_AS, a mapping that cannot move), so the range is either as it was
+  // (all of it mapped) or unmapped, and another thread's mmap may take it at any moment. True: the reservation is
+  // whole again; false: a hole (recorded), which nothing here may map over or unmap.
+  bool settle(uintptr_t addr, uint64_t len) { return fully_mapped(addr, len) || fill_hole(addr, len) == Prot::Ok; }
+  // msync(MS_ASYNC) writes nothing back (Linux 2.6.19+); it fails with ENOMEM where part of the range is unmapped.
+  static bool fully_mapped(uintptr_t addr, uint64_t len) {
+    int err = errno;
+    bool all = ::msync((void*)addr, len, MS_ASYNC) == 0;
+    errno = err;
+    return all;
+  }
+  // The same after a failed remap into the park (unmap): found in review, the park kept the hole, a later mmap of
+  // the process (malloc, torch) landed in it, and the next map of that page moved the foreign memory into a slot
+  // (and zeroed the foreign allocation); close_pages unmapped it. The run is mapped from the memfd again; if that
+  // fails the hole stays the process's, for good: no more remaps (pages map from the memfd, which is always
+  // correct), and close_pages unmaps around it.
+  void restore_park(uintptr_t at, uint64_t len, uint64_t first_id) {
+    if (fully_mapped(at, len)) return;
+    ++calls;
+    int err = errno;
+    if (!injected(kFaultNoreplace) &&
+        mmap_noreplace(at, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, (off_t)(first_id * page_bytes_))) {
+      errno = err;
+      return;
+    }
+    park_holes_.push_back({at, len});
+    remap_ok_ = false;
+    errno = err;
   }
 
   // Moves a mapping and its page tables from src to dst (mremap with MREMAP_DONTUNMAP: src stays a mapping of
-  // the same memfd range, without page tables). False when the kernel cannot (before 5.13, or hugetlb): the
-  // callers then map from the memfd, which is always correct, only slower.
-  bool remap(uintptr_t src, uintptr_t dst, uint64_t len) {
-    if (!remap_ok_) return false;
+  // the same memfd range, without page tables). Skipped where the kernel cannot (before 5.13, or hugetlb): the
+  // callers then map from the memfd, which is always correct, only slower. Failed: src is as it was, dst may be
+  // unmapped (settle, restore_park).
+  enum class Remap { Moved, Skipped, Failed };
+  Remap remap(uintptr_t src, uintptr_t dst, uint64_t len) {
+    if (!remap_ok_) return Remap::Skipped;
     ++calls;
-    if (injected(kFaultMremap)) return errno = ENOMEM, false;
+    if (injected(kFaultMremap)) {  // as the kernel fails past its unmap of the destination
+      ::munmap((void*)dst, len);
+      return errno = ENOMEM, Remap::Failed;
+    }
     void* p = ::mremap((void*)src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, (void*)dst);
-    if (p != MAP_FAILED) return true;
+    if (p != MAP_FAILED) return Remap::Moved;
     if (errno == EINVAL) remap_ok_ = false;
-    return false;
+    return Remap::Failed;
   }
 
   // The park: every page of the pool mapped once, in order, with its page tables filled at creation. Pages are
@@ -382,6 +452,7 @@ class HostBackend : public Backend {
   uintptr_t park_ = 0;
   bool remap_ok_ = true;
   std::vector<std::pair<uintptr_t, uint64_t>> holes_;  // see take_holes and untrust (guarded by the pool mutex)
+  std::vector<std::pair<uintptr_t, uint64_t>> park_holes_;  // restore_park (guarded by the pool mutex)
 
  private:
   int fd_ = -1;

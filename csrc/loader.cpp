@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstring>
 #include <map>
-#include <set>
 
 namespace ws {
 namespace {
@@ -26,99 +25,112 @@ void pread_all(int fd, char* p, uint64_t off, uint64_t n) {
 
 }  // namespace
 
+LoadJob::OwnedFds::~OwnedFds() {
+  for (int fd : fds) ::close(fd);
+}
+
 LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int threads, uint64_t chunk_bytes)
     : slot_(std::move(slot)), sources_(std::move(sources)), threads_(std::max(1, threads)) {
-  if (chunk_bytes == 0) throw invalid("chunk_bytes must be positive");
+  if (chunk_bytes < kMinChunkBytes)
+    throw invalid("chunk_bytes=" + std::to_string(chunk_bytes) + " is below the minimum of " +
+                  std::to_string(kMinChunkBytes) + " bytes (every chunk is a piece of work with its own bookkeeping). "
+                  "Fix: chunk_bytes >= " + std::to_string(kMinChunkBytes) + "; the default is 8 MiB");
+  uint64_t n_pieces = 0, asked = 0;  // counted before anything is allocated or opened
+  for (const Source& s : sources_) {
+    n_pieces += s.nbytes / chunk_bytes + (s.nbytes % chunk_bytes != 0);
+    asked = asked + s.nbytes < asked ? UINT64_MAX : asked + s.nbytes;  // only for the message
+    if (n_pieces > kMaxPieces) break;  // no overflow, however many sources
+  }
+  if (n_pieces > kMaxPieces)
+    throw invalid("load into slot '" + slot_->tag + "' in chunks of " + fmt_bytes(chunk_bytes) + " is more than " +
+                  std::to_string(kMaxPieces) + " pieces (" + fmt_bytes(asked) +
+                  " or more). Fix: a larger chunk_bytes (" + fmt_bytes(asked / kMaxPieces + 1) + " or more), or "
+                  "several loads");
   Pool& pool = *slot_->pool;
   const uint64_t pb = slot_->page_bytes();
   const uint64_t reserved = slot_->n_pages * pb;
-  std::map<std::string, size_t> opened;  // path -> first source using it: one descriptor per file
-  auto close_fds = [&] {
-    for (size_t i = 0; i < fds_.size(); ++i)
-      if (fds_[i] >= 0 && opened[sources_[i].path] == i) ::close(fds_[i]);
-    fds_.clear();
-  };
-  // Open and check every source before anything is mapped.
-  for (size_t i = 0; i < sources_.size(); ++i) {
-    const Source& s = sources_[i];
-    int fd = -1;
-    if (!s.path.empty() && opened.count(s.path)) {
-      fd = fds_[opened[s.path]];
-      struct stat st;
-      if (::fstat(fd, &st) == 0 && uint64_t(st.st_size) < s.src_offset + s.nbytes) {
-        close_fds();
-        throw invalid("load source " + std::to_string(i) + ": " + s.path + " has " + std::to_string(st.st_size) +
-                      " bytes, the range ends at " + std::to_string(s.src_offset + s.nbytes));
+  // Host memory for the bookkeeping (the pieces, the page list: 8 bytes a page) running out is a typed error;
+  // the descriptors opened so far close with owned_fds_ whatever leaves this constructor.
+  try {
+    fds_.reserve(sources_.size());
+    owned_fds_.fds.reserve(sources_.size());  // a descriptor is owned the moment it is opened: no push may throw
+    pieces_.reserve(n_pieces);
+    std::map<std::string, int> opened;  // path -> its descriptor: one per file
+    // Open and check every source before anything is mapped.
+    for (size_t i = 0; i < sources_.size(); ++i) {
+      const Source& s = sources_[i];
+      int fd = -1;
+      if (!s.path.empty()) {
+        auto it = opened.find(s.path);
+        if (it != opened.end()) {
+          fd = it->second;
+        } else {
+          fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
+          if (fd < 0) {
+            int err = errno;
+            throw invalid("load source " + std::to_string(i) + ": cannot open " + s.path + ": " + std::strerror(err));
+          }
+          owned_fds_.fds.push_back(fd);
+          opened[s.path] = fd;
+        }
+        struct stat st;
+        if (::fstat(fd, &st) == 0 && uint64_t(st.st_size) < s.src_offset + s.nbytes)
+          throw invalid("load source " + std::to_string(i) + ": " + s.path + " has " + std::to_string(st.st_size) +
+                        " bytes, the range ends at " + std::to_string(s.src_offset + s.nbytes));
+      } else if (s.fill_ptr) {
+        throw invalid("load source " + std::to_string(i) + ": a cache fill (fill_ptr) needs a file source");
+      } else if (s.ptr == 0 && s.nbytes) {
+        throw invalid("load source " + std::to_string(i) + ": null buffer");
       }
-    } else if (!s.path.empty()) {
-      fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) {
-        int err = errno;
-        close_fds();
-        throw invalid("load source " + std::to_string(i) + ": cannot open " + s.path + ": " + std::strerror(err));
+      fds_.push_back(fd);
+      if (s.slot_offset > reserved || s.nbytes > reserved - s.slot_offset)
+        throw invalid("load source " + std::to_string(i) + ": slot bytes [" + std::to_string(s.slot_offset) + ", " +
+                      std::to_string(s.slot_offset + s.nbytes) + ") are outside slot '" + slot_->tag + "' (" +
+                      std::to_string(reserved) + " bytes reserved)");
+      total_ += s.nbytes;
+      // Cut into pieces that copier threads take in slot order, each no larger than chunk_bytes.
+      for (uint64_t o = 0; o < s.nbytes; o += chunk_bytes) {
+        uint64_t n = std::min(chunk_bytes, s.nbytes - o);
+        pieces_.push_back({i, s.src_offset + o, s.slot_offset + o, n, 0});
       }
-      struct stat st;
-      if (::fstat(fd, &st) == 0 && uint64_t(st.st_size) < s.src_offset + s.nbytes) {
-        ::close(fd);
-        close_fds();
-        throw invalid("load source " + std::to_string(i) + ": " + s.path + " has " + std::to_string(st.st_size) +
-                      " bytes, the range ends at " + std::to_string(s.src_offset + s.nbytes));
-      }
-    } else if (s.fill_ptr) {
-      close_fds();
-      throw invalid("load source " + std::to_string(i) + ": a cache fill (fill_ptr) needs a file source");
-    } else if (s.ptr == 0 && s.nbytes) {
-      close_fds();
-      throw invalid("load source " + std::to_string(i) + ": null buffer");
     }
-    if (!s.path.empty() && !opened.count(s.path)) opened[s.path] = i;
-    fds_.push_back(fd);
-    if (s.slot_offset > reserved || s.nbytes > reserved - s.slot_offset) {
-      close_fds();
-      throw invalid("load source " + std::to_string(i) + ": slot bytes [" + std::to_string(s.slot_offset) + ", " +
-                    std::to_string(s.slot_offset + s.nbytes) + ") are outside slot '" + slot_->tag + "' (" +
-                    std::to_string(reserved) + " bytes reserved)");
+    std::sort(pieces_.begin(), pieces_.end(),
+              [](const Piece& a, const Piece& b) { return a.slot_offset < b.slot_offset; });
+    for (const Piece& p : pieces_)
+      for (uint64_t pg = p.slot_offset / pb; pg <= (p.slot_offset + p.n - 1) / pb; ++pg) pages_.push_back(pg);
+    std::sort(pages_.begin(), pages_.end());
+    pages_.erase(std::unique(pages_.begin(), pages_.end()), pages_.end());
+    for (Piece& p : pieces_) {
+      uint64_t last = (p.slot_offset + p.n - 1) / pb;
+      p.ready_index = uint64_t(std::lower_bound(pages_.begin(), pages_.end(), last) - pages_.begin());
     }
-    total_ += s.nbytes;
-    // Cut into pieces that copier threads take in slot order, each no larger than chunk_bytes.
-    for (uint64_t o = 0; o < s.nbytes; o += chunk_bytes) {
-      uint64_t n = std::min(chunk_bytes, s.nbytes - o);
-      pieces_.push_back({i, s.src_offset + o, s.slot_offset + o, n, 0});
-    }
-  }
-  std::sort(pieces_.begin(), pieces_.end(), [](const Piece& a, const Piece& b) { return a.slot_offset < b.slot_offset; });
-  for (const Piece& p : pieces_)
-    for (uint64_t pg = p.slot_offset / pb; pg <= (p.slot_offset + p.n - 1) / pb; ++pg) pages_.push_back(pg);
-  std::sort(pages_.begin(), pages_.end());
-  pages_.erase(std::unique(pages_.begin(), pages_.end()), pages_.end());
-  for (Piece& p : pieces_) {
-    uint64_t last = (p.slot_offset + p.n - 1) / pb;
-    p.ready_index = uint64_t(std::lower_bound(pages_.begin(), pages_.end(), last) - pages_.begin());
+  } catch (const std::bad_alloc&) {
+    Error e(ErrorKind::OutOfMemory, "load into slot '" + slot_->tag + "' of " + fmt_bytes(asked) + " in " +
+                                        std::to_string(n_pieces) + " pieces: the host memory for its bookkeeping (" +
+                                        fmt_bytes(n_pieces * sizeof(Piece)) + " of pieces, 8 bytes a page of the "
+                                        "range) cannot be allocated. Fix: free host memory, or a larger chunk_bytes");
+    e.asked_bytes = n_pieces * sizeof(Piece);
+    throw e;
   }
   {
     std::lock_guard<std::mutex> g(pool.mu);
-    try {
-      slot_->check_open_locked();
-      uint64_t missing = 0;
-      for (uint64_t pg : pages_) missing += slot_->table[pg] < 0;
-      if (missing > pool.free.size()) {
-        Error e(ErrorKind::OutOfMemory,
-                "load into slot '" + slot_->tag + "' needs " + std::to_string(missing) + " more pages (" +
-                    fmt_bytes(missing * pb) + "), " + fmt_bytes(pool.free.size() * pb) + " of " +
-                    fmt_bytes(pool.backend->total_pages() * pb) +
-                    " free. Fix: unmap or close idle slots (pool.pages_by_tag()), or a larger capacity_bytes");
-        e.asked_bytes = missing * pb;
-        e.free_bytes = pool.free.size() * pb;
-        e.total_bytes = pool.backend->total_pages() * pb;
-        throw e;
-      }
-      // Pinned while the job runs: nobody can unmap or move a page under the copy.
-      for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, +1);
-      pool.jobs.insert(this);
-    } catch (...) {
-      close_fds();
-      throw;
+    slot_->check_open_locked();
+    uint64_t missing = 0;
+    for (uint64_t pg : pages_) missing += slot_->table[pg] < 0;
+    if (missing > pool.free.size()) {
+      Error e(ErrorKind::OutOfMemory,
+              "load into slot '" + slot_->tag + "' needs " + std::to_string(missing) + " more pages (" +
+                  fmt_bytes(missing * pb) + "), " + fmt_bytes(pool.free.size() * pb) + " of " +
+                  fmt_bytes(pool.backend->total_pages() * pb) +
+                  " free. Fix: unmap or close idle slots (pool.pages_by_tag()), or a larger capacity_bytes");
+      e.asked_bytes = missing * pb;
+      e.free_bytes = pool.free.size() * pb;
+      e.total_bytes = pool.backend->total_pages() * pb;
+      throw e;
     }
+    // Pinned while the job runs: nobody can unmap or move a page under the copy.
+    for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, +1);
+    pool.jobs.insert(this);
   }
   try {
     driver_ = std::thread([this] { run(); });
@@ -127,17 +139,13 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
     for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, -1);
     pool.jobs.erase(this);
     pool.jobs_cv.notify_all();
-    close_fds();
     throw;
   }
 }
 
 LoadJob::~LoadJob() {
   cancel();
-  join();
-  std::set<int> closed;
-  for (int fd : fds_)
-    if (fd >= 0 && closed.insert(fd).second) ::close(fd);
+  join();  // the copiers are done with fds_ before owned_fds_ closes them
 }
 
 void LoadJob::join() {

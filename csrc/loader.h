@@ -31,11 +31,17 @@ struct Source {
   bool pinned = false;
 };
 
+// chunk_bytes bounds: each piece costs a Piece and a trip through the copier loop, so a tiny chunk turns a large
+// load into more pieces than memory holds (found in review: chunk_bytes=1 asked for a Piece per byte). Python
+// (memory/pool.py) checks the minimum too.
+constexpr uint64_t kMinChunkBytes = 1024;
+constexpr uint64_t kMaxPieces = 1ull << 20;
+
 class LoadJob {
  public:
   enum class State { Running, Done, Failed, Cancelled };
   // Validates everything, pins the destination pages and starts the threads; throws on bad arguments or when
-  // the pool cannot hold the pages that are not mapped yet.
+  // the pool cannot hold the pages that are not mapped yet. Whatever it throws, the files it opened are closed.
   LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int threads, uint64_t chunk_bytes);
   ~LoadJob();
   void cancel() {
@@ -70,9 +76,20 @@ class LoadJob {
   void finish();
   std::string kept_note() const;
 
+  // The descriptors this job opened, each once (sources of one file share it), closed with the job. A member, so
+  // that a constructor that throws anything (bad_alloc too) closes them (found in review: only Error did).
+  struct OwnedFds {
+    std::vector<int> fds;
+    OwnedFds() = default;
+    OwnedFds(const OwnedFds&) = delete;
+    OwnedFds& operator=(const OwnedFds&) = delete;
+    ~OwnedFds();
+  };
+
   std::shared_ptr<Slot> slot_;
   std::vector<Source> sources_;
-  std::vector<int> fds_;
+  OwnedFds owned_fds_;
+  std::vector<int> fds_;  // per source: its file's descriptor (in owned_fds_), or -1 for a buffer
   std::vector<uint64_t> pages_;  // slot pages touched, ascending
   std::vector<Piece> pieces_;
   std::vector<uint64_t> job_pages_;  // pages this job mapped: rolled back on failure

@@ -482,7 +482,11 @@ void Slot::move_to(uint64_t off, uint64_t n, Slot& dst, uint64_t dst_off) {
 }
 
 void Slot::close(bool force) {
-  pool->backend->drain_quietly();  // outside the mutex (Backend::drain)
+  try {  // outside the mutex (Backend::drain)
+    pool->backend->drain();
+  } catch (const Error& e) {  // a sticky context error must not stop a close; a capture on this thread does, as
+    if (e.kind == ErrorKind::InvalidArgument) throw;  // in unmap: undrained, it would unmap under queued kernels
+  }
   std::unique_lock<std::mutex> l(pool->mu);
   if (!closed && !pool->closed) {
     closing = true;  // a load (or map) started while mu is released below is refused (check_open_locked)

@@ -14,6 +14,9 @@ from warmserve.memory.loader import LoadJob
 
 #: A load is cut into pieces of this many bytes that copier threads take in slot order.
 LOAD_CHUNK_BYTES = 8 << 20
+#: The smallest piece a load accepts (csrc/loader.h kMinChunkBytes): every piece has its own bookkeeping, and a
+#: few-byte chunk asked for more of it than host memory holds (found in review: chunk_bytes=1).
+MIN_LOAD_CHUNK_BYTES = 1 << 10
 
 
 def cuda_compiled() -> bool:
@@ -214,7 +217,8 @@ class Slot:
         destination that are not mapped are mapped (and populated) by a C++ thread ahead of the copier threads;
         the destination is pinned until the load ends. If it fails or is cancelled, the pages it mapped are unmapped
         again, except those a pinned view made meanwhile covers (``job.pages_kept``). progress(done_bytes,
-        total_bytes) is called from the thread that waits."""
+        total_bytes) is called from the thread that waits. chunk_bytes: the largest piece a copier thread takes, at
+        least MIN_LOAD_CHUNK_BYTES, and at most 2**20 pieces a load (InvalidArgumentError otherwise)."""
         specs = []
         for i, src in enumerate(sources):
             if not isinstance(src, tuple) or len(src) != 4:
@@ -235,12 +239,17 @@ class Slot:
             threads = 1 if self._pool.backend == "cuda" else 2
         _count("threads", threads, positive=True)
         _count("chunk_bytes", chunk_bytes, positive=True)
+        if chunk_bytes < MIN_LOAD_CHUNK_BYTES:
+            raise InvalidArgumentError(
+                f"chunk_bytes={chunk_bytes} is below the minimum of {MIN_LOAD_CHUNK_BYTES} bytes. Fix: chunk_bytes >= "
+                f"{MIN_LOAD_CHUNK_BYTES}; the default is {fmt_bytes(LOAD_CHUNK_BYTES)}")
         return LoadJob(self._slot.load(specs, threads, chunk_bytes), progress)
 
     def close(self, force: bool = False) -> None:
         """Cancel this slot's running loads (C++ waits for their rollback) and unmap everything (pages back to the
         pool). ViewsAliveError while pinned views are alive unless force (stale views then fault on access).
-        The one operation a slot that raised SlotUnusableError still accepts. Idempotent."""
+        The one operation a slot that raised SlotUnusableError still accepts. Idempotent. On a thread capturing a
+        CUDA graph it raises InvalidArgumentError and changes nothing, as unmap does there."""
         self._slot.close(force=bool(force))
 
     def __enter__(self) -> Slot:
