@@ -363,7 +363,10 @@ class HostBackend : public Backend {
   // After a failed remap into [addr, addr+len) of a reservation: the kernel unmaps a MREMAP_FIXED destination
   // before checks that can still fail (RLIMIT_AS, a mapping that cannot move), so the range is either as it was
   // (all of it mapped) or unmapped, and another thread's mmap may take it at any moment. True: the reservation is
-  // whole again; false: a hole (recorded), which nothing here may map over or unmap.
+  // whole again; false: a hole (recorded), which nothing here may map over or unmap. Left open (a review found
+  // it): msync tells "mapped", not "mapped by us", so another thread's mmap that takes the freed range in the
+  // microseconds between the failed remap and this check passes for ours. Telling them apart needs
+  // /proc/self/maps, read on every failed remap; those follow an address-space limit or memory pressure, rare.
   bool settle(uintptr_t addr, uint64_t len) { return fully_mapped(addr, len) || fill_hole(addr, len) == Prot::Ok; }
   // msync(MS_ASYNC) writes nothing back (Linux 2.6.19+); it fails with ENOMEM where part of the range is unmapped.
   static bool fully_mapped(uintptr_t addr, uint64_t len) {

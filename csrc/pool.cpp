@@ -486,6 +486,7 @@ void Slot::close(bool force) {
     pool->backend->drain();
   } catch (const Error& e) {  // a sticky context error must not stop a close; a capture on this thread does, as
     if (e.kind == ErrorKind::InvalidArgument) throw;  // in unmap: undrained, it would unmap under queued kernels
+  } catch (...) {  // anything else (bad_alloc): the close goes on, as it did with drain_quietly
   }
   std::unique_lock<std::mutex> l(pool->mu);
   if (!closed && !pool->closed) {

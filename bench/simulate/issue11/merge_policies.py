@@ -1,11 +1,13 @@
 """Replace some policies' entries of a simulator JSON by those of a later run of the same workload, and recompute
 the file's ratios: after a change to warmserve alone, its slow searches are run again for warmserve only
 (``warmserve simulate ... --policy warmserve``) while `shared`'s searched figures, which that change cannot move,
-are kept. Refuses runs that differ in anything but their policies (preset, models, cluster, workload, seeds).
+are kept. Refuses runs that differ in anything but their policies: preset, models, cluster, workload, seeds, and
+every recorded argument (``"args"``: cost profile, cold start, policy options, SLO, ...); a file that records no
+arguments is merged only with ``--assume-same-options``.
 The output records which entries came from which file (``merged``).
 
     python bench/simulate/issue11/merge_policies.py --base P_search_targets.json --take new.json --policy warmserve \
-        --json P_search_targets.json
+        --json P_search_targets.json [--assume-same-options]
 """
 
 from __future__ import annotations
@@ -16,10 +18,25 @@ import json
 from warmserve.sim.cli import ratios_of
 
 
-def merge(base: dict, later: dict, policies: list[str], later_name: str) -> dict:
+#: Recorded arguments (``sim.cli.run_args``) two merged runs may differ in: which policies ran.
+MAY_DIFFER = ("policy",)
+
+
+def merge(base: dict, later: dict, policies: list[str], later_name: str, assume_same_options: bool = False) -> dict:
     for key in ("preset", "models", "cluster", "workload"):
         if base.get(key) != later.get(key):
             raise SystemExit(f"the runs differ in {key!r}: {base.get(key)!r} against {later.get(key)!r}")
+    if "args" in base and "args" in later:
+        a, b = ({k: v for k, v in d["args"].items() if k not in MAY_DIFFER} for d in (base, later))
+        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if differ:
+            raise SystemExit("the runs differ in their options: "
+                             + ", ".join(f"{k} {a.get(k)!r} against {b.get(k)!r}" for k in differ))
+    elif not assume_same_options:
+        # Found in review: a run with another cost profile (e.g. a cheaper KV mapping) has the same preset,
+        # cluster and workload, and merged silently. Outputs written before "args" cannot show their options.
+        raise SystemExit("a run records no arguments (written before sim.cli.run_args): only with "
+                         "--assume-same-options, where the caller knows both ran the same command but --policy")
     seeds = {p: v.get("seeds") for p, v in base["policies"].items()}
     for p in policies:
         if p not in later["policies"]:
@@ -40,12 +57,15 @@ def main() -> None:
     ap.add_argument("--take", required=True, help="the later run's JSON, of the same workload")
     ap.add_argument("--policy", required=True, help="comma-separated policies whose entries the later run gives")
     ap.add_argument("--json", required=True, help="write the merged JSON here (may be --base)")
+    ap.add_argument("--assume-same-options", action="store_true",
+                    help="merge even where a file records no arguments (written before they were recorded): the "
+                         "caller vouches that both ran the same command but --policy")
     args = ap.parse_args()
     with open(args.base) as f:
         base = json.load(f)
     with open(args.take) as f:
         later = json.load(f)
-    out = merge(base, later, [p for p in args.policy.split(",") if p], args.take)
+    out = merge(base, later, [p for p in args.policy.split(",") if p], args.take, args.assume_same_options)
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
     for k, v in out["ratios"].items():

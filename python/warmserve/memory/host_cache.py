@@ -53,6 +53,7 @@ import numpy as np
 from warmserve import _C
 from warmserve.errors import InvalidArgumentError, TimeoutError_, fmt_bytes
 from warmserve.memory.loader import LoadJob
+from warmserve.memory.pool import MIN_LOAD_CHUNK_BYTES
 
 _POLL_S = 0.01
 
@@ -120,9 +121,12 @@ class HostCheckpointCache:
     def __init__(self, config: HostCacheConfig = HostCacheConfig()):
         if config.capacity_bytes <= 0:
             raise InvalidArgumentError(f"capacity_bytes must be positive, not {config.capacity_bytes}")
-        if config.threads <= 0 or config.chunk_bytes <= 0:
-            raise InvalidArgumentError(f"threads ({config.threads}) and chunk_bytes ({config.chunk_bytes}) must be "
-                                       "positive")
+        if config.threads <= 0:
+            raise InvalidArgumentError(f"threads must be positive, not {config.threads}")
+        if config.chunk_bytes < MIN_LOAD_CHUNK_BYTES:  # the loader refuses it at every load (found in review)
+            raise InvalidArgumentError(f"chunk_bytes {config.chunk_bytes} is below the loader's minimum of "
+                                       f"{MIN_LOAD_CHUNK_BYTES} bytes: use at least that (default {32 << 20})",
+                                       chunk_bytes=config.chunk_bytes)
         self.config = config
         os.makedirs(config.root, exist_ok=True)
         self._mu = threading.Lock()

@@ -254,7 +254,7 @@ def main(args) -> int:
                            "gpu": cost.gpu.name},
                "workload": {"requests": len(workload.trace), "duration_s": workload.duration_s,
                             "meta": workload.meta},
-               "policies": out, "ratios": ratios, "wall_s": wall}
+               "args": run_args(args), "policies": out, "ratios": ratios, "wall_s": wall}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1, default=float)
     if args.plot:
@@ -311,7 +311,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
                "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
                            "gpu": cost.gpu.name},
                "base_rate_rps": preset.base_rate_rps, "burst_cv": args.burst_cv,
-               "policy_options": list(args.policy_option), "sweep": sweep, "wall_s": wall}
+               "policy_options": list(args.policy_option), "args": run_args(args), "sweep": sweep, "wall_s": wall}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1, default=float)
     if args.plot:
@@ -345,3 +345,13 @@ def ratios_of(out: dict, seeds: list[int]) -> dict:
         if sh.get(t):
             ratios[f"max_rate_warmserve_over_shared_at_slo_target_{t}"] = rate / sh[t]
     return ratios
+
+
+#: Arguments that only say where the output goes: everything else recorded in the JSON's "args" changes the run.
+OUTPUT_ARGS = ("json", "plot", "quiet")
+
+
+def run_args(args) -> dict:
+    """The command's arguments as the JSON records them (``"args"``), so that two outputs can be told to come
+    from the same simulation options (bench/simulate/issue11/merge_policies.py)."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in OUTPUT_ARGS and not callable(v)}

@@ -29,12 +29,19 @@ def runs(tmp_path_factory):
     both = _simulate(tmp, "both", "--policy", "warmserve,autoscale")
     ws_b64 = _simulate(tmp, "ws", "--policy", "warmserve", "--policy-option", "instance_capacity=64")
     other = _simulate(tmp, "other", "--policy", "warmserve", "--rate-scale", "2")
-    return both, ws_b64, other
+    profile = tmp / "kv_map_free.json"
+    profile.write_text(json.dumps({"schema": "warmserve.sim.profile/1", "kv_map_s_per_gib": 0.0}))
+    cheaper = _simulate(tmp, "cheaper", "--policy", "warmserve", "--profile", str(profile))
+    return both, ws_b64, other, cheaper
 
 
 def test_the_later_entry_replaces_the_earlier_and_the_ratio_follows(runs):
-    both, ws_b64, _ = runs
-    out = MP.merge(both, ws_b64, ["warmserve"], "ws.json")
+    both, ws_b64, *_ = runs
+    assert both["args"]["policy"] == "warmserve,autoscale" and "json" not in both["args"]
+    # the policy option differs, so the runs' recorded arguments do: refused unless the caller says so
+    with pytest.raises(SystemExit, match="policy_option"):
+        MP.merge(both, ws_b64, ["warmserve"], "ws.json")
+    out = MP.merge(both, {**ws_b64, "args": {**ws_b64["args"], "policy_option": []}}, ["warmserve"], "ws.json")
     assert out["policies"]["warmserve"] == ws_b64["policies"]["warmserve"]
     assert out["policies"]["autoscale"] == both["policies"]["autoscale"]
     assert out["merged"] == {"warmserve": "ws.json"}
@@ -45,9 +52,20 @@ def test_the_later_entry_replaces_the_earlier_and_the_ratio_follows(runs):
     assert same["ratios"] == both["ratios"] and same["policies"] == both["policies"]
 
 
-def test_a_run_of_another_workload_or_without_the_policy_is_refused(runs):
-    both, ws_b64, other = runs
+def test_a_run_of_another_workload_cost_or_without_the_policy_is_refused(runs):
+    both, ws_b64, other, cheaper = runs
     with pytest.raises(SystemExit, match="workload"):
         MP.merge(both, other, ["warmserve"], "other.json")
+    # found in review: a cheaper KV mapping (another --profile) has the same workload and merged silently
+    with pytest.raises(SystemExit, match="profile"):
+        MP.merge(both, cheaper, ["warmserve"], "cheaper.json")
     with pytest.raises(SystemExit, match="no policy 'autoscale'"):
-        MP.merge(both, ws_b64, ["autoscale"], "ws.json")
+        MP.merge(both, {**ws_b64, "args": both["args"]}, ["autoscale"], "ws.json")
+
+
+def test_a_file_that_records_no_arguments_is_merged_only_when_the_caller_vouches(runs):
+    both, *_ = runs
+    old = {k: v for k, v in both.items() if k != "args"}
+    with pytest.raises(SystemExit, match="--assume-same-options"):
+        MP.merge(old, both, ["warmserve"], "both.json")
+    assert MP.merge(old, both, ["warmserve"], "both.json", assume_same_options=True)["policies"] == both["policies"]

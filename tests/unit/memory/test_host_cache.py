@@ -328,3 +328,14 @@ def test_cuda_path_dmas_from_the_registered_entry_on_a_fake_driver(tmp_path):
 
 def test_a_fill_whose_dma_registration_fails_lets_go_of_its_lock_on_a_fake_driver(tmp_path):
     _run_on_fake_driver(tmp_path, FAKE_CUDA_REGISTER_FAILS, 2 * MiB)
+
+
+def test_a_chunk_size_the_loader_refuses_is_refused_by_the_config(tmp_path):
+    """Found in review: chunk_bytes below the loader's minimum built a cache whose every fill then failed."""
+    from warmserve.memory.pool import MIN_LOAD_CHUNK_BYTES
+
+    with pytest.raises(InvalidArgumentError, match="minimum"):
+        HostCheckpointCache(HostCacheConfig(root=str(tmp_path), capacity_bytes=1 << 30,
+                                            chunk_bytes=MIN_LOAD_CHUNK_BYTES - 1))
+    HostCheckpointCache(HostCacheConfig(root=str(tmp_path), capacity_bytes=1 << 30,
+                                        chunk_bytes=MIN_LOAD_CHUNK_BYTES)).close()
