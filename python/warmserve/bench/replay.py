@@ -20,6 +20,8 @@ through the simulator (1 server x ``--cpu-workers`` devices) with the same polic
 
 The cluster starts ahead of t = 0 (``--start-lead-s``) and books the windows it waits through as idle: t = 0 goes
 on the policy's window grid and history and twin show those windows idle too (``warmserve.bench.replay_setup``).
+``--warmup-s`` replays the trace's last seconds before t = 0 after that lead, unmeasured (a "warmup" block of
+its own), and the twin replays them as its warm-up.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import asyncio
 import csv
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -38,12 +39,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_reuse, history_rows,
-                                          idle_windows, plan_live_history, policy_options, with_idle_lead)
+from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_reuse, counters_between,
+                                          engine_start_summary, fetch_engine_starts, fetch_prewarm_metrics,
+                                          history_rows, idle_windows, live_schedule, parse_prewarm_metrics,
+                                          plan_live_history, policy_options, replay_marked, split_outcomes,
+                                          starts_after, trace_requests, warmup_span_s, warmup_trace, with_idle_lead)
 from warmserve.errors import TimeoutError_, WarmServeError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.metrics import pct
-from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest, replay, synthetic_prompts
+from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest
 
 #: what an unanswered request counts as in TTFT statistics (the simulator's convention)
 UNANSWERED_TTFT_S = 999.0
@@ -88,6 +92,11 @@ def add_arguments(p) -> None:
                    help="the history's t = 0 is at least this long after a cluster's launch, on the policy's window "
                         "grid: ceil(lead / window) + 1 windows after the launch's window, which the history and "
                         "the twin show idle (as the waiting cluster records them); the replay waits for it")
+    p.add_argument("--warmup-s", type=float, default=0.0,
+                   help="replay the trace's last SECONDS (trace seconds, <= --pre-s) before t = 0 too, after the idle "
+                        "lead and left out of every statistic (reported apart, \"warmup\"), so a policy meets t = 0 "
+                        "with the instances that load left it; the twin replays them as its warm-up and the history "
+                        "ends before them. 0: none")
     p.add_argument("--log-dir", default=None, help="server and worker logs (default: next to --json, or a temp dir)")
     p.add_argument("--sim-size", default=None,
                    help="cost-model entry every simulated model behaves like (e.g. llama2-7b with --profile H100-80GB)")
@@ -136,10 +145,13 @@ def build_workload(args):
 
 
 def replay_requests(w, vocab_size: int, seed: int) -> list[ReplayRequest]:
-    tr = w.trace
-    prompts = synthetic_prompts(tr.prompt_tokens, vocab_size, seed)
-    return [ReplayRequest(float(t), tr.models[m], p, int(o))
-            for t, m, p, o in zip(tr.arrival_s.tolist(), tr.model.tolist(), prompts, tr.output_tokens.tolist())]
+    return trace_requests(w.trace, vocab_size, seed)
+
+
+def warmup_requests(w, vocab_size: int, seed: int, warmup_s: float) -> list[ReplayRequest]:
+    """The warm-up's requests, [-warmup_s, 0) on the workload's clock; their prompts come from a stream of their
+    own, so the measured requests stay as they are without a warm-up."""
+    return trace_requests(warmup_trace(w, warmup_s), vocab_size, (seed, 1)) if warmup_s > 0 else []
 
 
 # --------------------------------------------------------------------------------------------------- cluster
@@ -215,54 +227,6 @@ class LiveCluster:
         self._log.close()
 
 
-def fetch_prewarm_metrics(url: str) -> dict | None:
-    """Prewarm hits and misses (summed over models) from a warmserve server's /metrics; None from a server
-    that has no such metrics (another OpenAI-compatible server)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=30) as r:
-            text = r.read().decode()
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    return parse_prewarm_metrics(text) if "warmserve_prewarm_" in text else None
-
-
-def fetch_engine_starts(url: str) -> list | None:
-    """The fresh engine processes a warmserve server started for cold starts without a warm engine (`autoscale`),
-    from its /stats (``engine_starts``: stop_s, start_s per start); None from a server without them."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=30) as r:
-            return json.loads(r.read()).get("engine_starts")
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
-        return None
-
-
-def engine_start_summary(starts: list) -> dict:
-    """Count and median/max of the fresh engine processes' start (spawn to admitted) and the old ones' stop."""
-    out = {"engine_starts": len(starts)}
-    for k in ("start_s", "stop_s"):
-        x = np.array([e[k] for e in starts], float)
-        out[f"engine_{k.split('_')[0]}_p50_s"] = pct(x, 50) if len(x) else float("nan")
-        out[f"engine_{k.split('_')[0]}_max_s"] = float(x.max()) if len(x) else float("nan")
-    return out
-
-
-def parse_prewarm_metrics(text: str) -> dict:
-    """Prewarm hits and misses and requests migrated (``warmserve_migrated_requests``), summed over models."""
-    out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0, "migrated_requests": 0.0}
-    for line in text.splitlines():
-        m = re.match(r"warmserve_(prewarm_hits|prewarm_misses|migrated_requests)(?:_total)?(\{[^}]*\})?\s+"
-                     r"([0-9.eE+-]+)$", line)
-        if m:
-            out[m.group(1)] += float(m.group(3))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------- statistics
 
 def _stats(outs, duration_s: float) -> dict:
@@ -316,8 +280,12 @@ def _bar(total: int, desc: str, enabled: bool):
     return progress_bar(enabled, total=total, desc=desc, unit="req", leave=False, dynamic_ncols=True)
 
 
-def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim, options: dict | None = None) -> tuple:
+def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim, options: dict | None = None,
+             warm: list | None = None) -> tuple:
+    """One policy live: (summary, TTFTs) of the measured requests ``reqs``; the warm-up's ``warm`` (--warmup-s)
+    are sent first and summarized apart (``summary["warmup"]``), with the server's counters read at t = 0."""
     window_s = args.window_s * args.time_scale
+    warm_s, warm = warmup_span_s(args), warm or []
     t_launch = time.time()
     t0_unix, hist_path = t_launch, ""
     if not args.endpoint:
@@ -340,18 +308,21 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
             url, policy_label = cluster.url, policy
         before = fetch_prewarm_metrics(url) if cluster is None else None
         if cluster is not None:
-            wait = t0_unix - time.time()
+            wait = t0_unix - warm_s - time.time()  # the replay starts with its warm-up
             start_lag_s = max(0.0, -wait)
             if wait > 0:
                 time.sleep(wait)
             else:
                 print(f"warmserve bench replay: {policy}: the cluster came up {start_lag_s:.1f} s after the replay's "
-                      f"t = 0, so the replay runs that late against the policy's windows and history: raise "
+                      f"start, so the replay runs that late against the policy's windows and history: raise "
                       f"--start-lead-s (now {args.start_lead_s:g} s)", file=sys.stderr)
-        bar = _bar(len(reqs), f"{policy_label}", not args.quiet)
+        bar = _bar(len(warm) + len(reqs), f"{policy_label}", not args.quiet)
         cfg = ClientConfig(url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY", "") if args.endpoint else "",
                            drain_s=args.drain_s)
-        outs = asyncio.run(replay(cfg, reqs, progress=(lambda o: bar.update(1)) if bar is not None else None))
+        outs, at_t0 = asyncio.run(replay_marked(
+            cfg, live_schedule(warm, reqs, warm_s), warm_s,
+            lambda: (fetch_prewarm_metrics(url), fetch_engine_starts(url) if cluster is not None else None),
+            progress=(lambda o: bar.update(1)) if bar is not None else None))
         if bar is not None:
             bar.close()
         metrics = cluster.metrics() if cluster is not None else fetch_prewarm_metrics(url)
@@ -362,6 +333,14 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
     finally:
         if cluster is not None:
             cluster.close()
+    warm_outs, outs = split_outcomes(outs, len(warm), warm_s)
+    warmup = None
+    if warm_s > 0:
+        # the measured span's starts are those after t = 0; a fresh cluster's counters start at zero
+        m0, e0 = at_t0 if at_t0 is not None else (None, None)
+        m0_rel = counters_between(m0, before if cluster is None else {})
+        metrics, engine_starts = counters_between(metrics, m0_rel), starts_after(engine_starts, e0)
+        warmup = warmup_summary(warm_outs, args, m0_rel, e0)
     s, per_model, ttft = summarize(outs, w.duration_s, metrics)
     s["start_lag_s"] = start_lag_s
     if options:
@@ -369,7 +348,25 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
     if engine_starts is not None:
         s.update(engine_start_summary(engine_starts))
     s["per_model"] = per_model
+    if warmup is not None:
+        s["warmup"] = warmup
     return s, ttft
+
+
+def warmup_summary(outs, args, metrics: dict | None, engine_starts: list | None) -> dict:
+    """The warm-up's own figures: every request's outcome (they are real requests) and the starts before t = 0
+    (None where the server's counters could not be read at t = 0: then the measured span has none either)."""
+    s = _stats(outs, warmup_span_s(args))
+    s.update(trace_s=args.warmup_s, span_s=warmup_span_s(args), unanswered=s["requests"] - s["answered"],
+             accounted=sum(s["outcomes"].values()) == s["requests"])
+    if metrics is not None:
+        s.update(instance_starts=int(metrics["prewarm_hits"] + metrics["prewarm_misses"]),
+                 starts_from_prewarm=int(metrics["prewarm_hits"]))
+    else:
+        s["instance_starts"] = None
+    if engine_starts is not None:
+        s["engine_starts"] = len(engine_starts)
+    return s
 
 
 def twin_config(cpu_workers: int, window_s: float, drain_s: float, policy_config: PolicyConfig | None = None,
@@ -392,12 +389,12 @@ def twin_config(cpu_workers: int, window_s: float, drain_s: float, policy_config
 
 
 def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None) -> tuple:
-    """The twin of ``run_live``: the same workload, idle lead, history, window and policy options."""
+    """The twin of ``run_live``: the same workload, idle lead, warm-up, history, window and policy options."""
     from warmserve.sim.runner import resolve
     from warmserve.sim.simulator import simulate
 
     window_s = args.window_s * args.time_scale
-    w, warmup_s = with_idle_lead(w, window_s, idle_windows(args))
+    w, warmup_s = with_idle_lead(w, window_s, idle_windows(args), warmup_span_s(args))
     pcfg = policy_config_from_dict(options or {}, PolicyConfig(window_s=window_s), where="--policy-option")
     cfg = twin_config(args.cpu_workers, window_s, args.drain_s, pcfg, warmup_s)
     base, cfg = resolve(policy, cfg)
@@ -405,6 +402,9 @@ def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None)
     s = dict(r.summary)
     s["answered"] = s["requests"] - s.get("unanswered", 0)
     s["per_model"] = r.per_model
+    if args.warmup_s > 0:
+        # the simulator counts its starts over its whole clock, the warm-up's included
+        s["warmup"] = {"requests": len(w.history.span(-warmup_s, 0.0)), "starts_counted_with_measured": True}
     return s, r.ttft_s
 
 
@@ -471,10 +471,11 @@ def main(args) -> int:
     options = policy_options(args, policies)
     w, served = build_workload(args)
     reqs = replay_requests(w, args.vocab_size, args.seed)
+    warm = warmup_requests(w, args.vocab_size, args.seed, warmup_span_s(args))
     if args.served_names:
         names = [n for n in args.served_names.split(",") if n]
         to = {m: names[i % len(names)] for i, m in enumerate(w.models)}
-        reqs = [replace(r, model=to[r.model]) for r in reqs]
+        reqs, warm = ([replace(r, model=to[r.model]) for r in x] for x in (reqs, warm))
     if not reqs:
         print("warmserve bench replay: the workload has no requests: raise --rate or --duration-s", file=sys.stderr)
         return 2
@@ -494,12 +495,14 @@ def main(args) -> int:
     log_dir = log_folder(args)
     print(f"workload: {w.name}, {len(served)} models, {len(reqs)} requests over {w.duration_s:.0f} s "
           f"({len(reqs) / w.duration_s:.2f} rps; trace {args.duration_s:.0f} s x time scale {args.time_scale}), "
-          f"history {len(w.history)} requests over {args.history_days} earlier days", file=sys.stderr)
+          f"history {len(w.history)} requests over {args.history_days} earlier days"
+          + (f", {len(warm)} of them replayed as the warm-up" if args.warmup_s > 0 else ""), file=sys.stderr)
     n_idle = idle_windows(args)
-    if cost is not None and not args.endpoint and 0 < args.pre_s <= n_idle * args.window_s:
-        print(f"warmserve bench replay: the cluster idles through the {n_idle} windows before t = 0 "
-              f"({n_idle * args.window_s * args.time_scale:g} s), which cover all of the --pre-s history: raise "
-              f"--pre-s above {n_idle * args.window_s:g} or lower --start-lead-s", file=sys.stderr)
+    if cost is not None and not args.endpoint and 0 < args.pre_s <= n_idle * args.window_s + args.warmup_s:
+        print(f"warmserve bench replay: the cluster idles through the {n_idle} windows before the replay "
+              f"({n_idle * args.window_s * args.time_scale:g} s), which with the warm-up cover all of the --pre-s "
+              f"history: raise --pre-s above {n_idle * args.window_s + args.warmup_s:g} or lower --start-lead-s",
+              file=sys.stderr)
     live, live_ttft, sim, sim_ttft = {}, {}, {}, {}
     earlier = None
     if args.reuse_live:
@@ -512,14 +515,15 @@ def main(args) -> int:
         if earlier is not None:
             live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier.get("ttft_s", {}).get(p, []), float)
         else:
-            live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim, options[p])
+            live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim, options[p], warm)
         s = live[p]
         print(f"{p}: live p50/p99 TTFT {s['ttft_p50_s']:.3f}/{s['ttft_p99_s']:.3f} s, answered {s['answered']}/"
-              f"{s['requests']}, outcomes {s['outcomes']}", file=sys.stderr)
+              f"{s['requests']}, outcomes {s['outcomes']}"
+              + (f"; warm-up outcomes {s['warmup']['outcomes']}" if "warmup" in s else ""), file=sys.stderr)
         if cost is not None and not args.endpoint:
             sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost, options[p])
         if args.json:  # after each policy: an error in a later one keeps what this one took minutes to measure
-            write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0)
+            write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0, warm)
     print(f"{w.name}: {len(served)} models on {args.cpu_workers} CPU workers, {len(reqs)} requests over "
           f"{w.duration_s:.0f} s ({len(reqs) / w.duration_s:.2f} rps), seed {args.seed}")
     print("live:")
@@ -541,7 +545,7 @@ def main(args) -> int:
     wall = time.perf_counter() - t0
     print(f"wall {wall:.0f} s")
     if args.json:
-        write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall)
+        write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall, warm)
     if args.plot:
         plot_cdf(live_ttft, sim_ttft, args.plot,
                  f"TTFT CDF, {w.name} replay ({len(reqs) / w.duration_s:.2f} rps, {args.cpu_workers} CPU workers)")
@@ -557,7 +561,7 @@ def _ratios(live: dict, sim: dict) -> dict:
     return ratios
 
 
-def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s: float) -> None:
+def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s: float, warm=()) -> None:
     """The --json document of the policies run so far."""
     doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
                         "history_requests": len(w.history), "idle_lead_windows": idle_windows(args), "meta": w.meta},
@@ -568,6 +572,8 @@ def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s:
            "ratios": _ratios(live, sim), "wall_s": wall_s,
            "ttft_s": {p: np.round(x, 4).tolist() for p, x in live_ttft.items()},
            "sim_ttft_s": {p: np.round(x, 4).tolist() for p, x in sim_ttft.items()}}
+    if args.warmup_s > 0:
+        doc["workload"].update(warmup_requests=len(warm), warmup_span_s=warmup_span_s(args))
     with open(args.json, "w") as f:
         json.dump(doc, f, indent=1, default=_jsonable)
 

@@ -1,5 +1,6 @@
 """The set-up of `warmserve bench replay` (``warmserve.bench.replay``): its arguments checked up front, the
-per-policy options, the --reuse-live check, and where the trace's t = 0 and the history go on a live cluster.
+per-policy options, the --reuse-live check, where the trace's t = 0 and the history go on a live cluster, the
+warm-up's replay, and the server's counters.
 
 A live cluster starts ahead of t = 0 (--start-lead-s) and its policy books every window it waits through with no
 load, over whatever the history said of it (``policy.core.Policy._meter_set``: the first tick makes the window
@@ -7,18 +8,26 @@ meter, which closes each window it passes). So t = 0 is put on the policy's wind
 windows after the launch's window, the history's requests in those windows are dropped and the history handed
 to the cluster says they were idle, and the twin's clock starts at the first of them with nothing to replay:
 live and twin forecast the first replayed window from the same history, whatever the instant of the launch.
+
+With --warmup-s the trace's last seconds before t = 0 are replayed too, unmeasured, as a cluster in its steady
+state would have met them: the idle lead then comes before the warm-up (its start is what goes on the grid), the
+history ends where the idle windows begin (the warm-up's windows are live load, never history as well), and the
+twin replays the same requests as its own warm-up (``SimConfig.warmup_s``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
+from warmserve.sim.metrics import pct
 
 #: demo checkpoints the served models are copies of, in order (model i serves CHECKPOINTS[i % len])
 CHECKPOINTS = ("llama-20m", "qwen2-30m", "llama-90m")
@@ -30,7 +39,7 @@ TRACE_TIME_OPTIONS = tuple(sorted(f.name for f in dataclasses.fields(PolicyConfi
 #: The arguments that make the workload and the live cluster: --reuse-live refuses an earlier run that differs.
 WORKLOAD_ARGS = ("models", "checkpoints", "cpu_workers", "duration_s", "time_scale", "rate", "history_days", "pre_s",
                  "start_s", "max_prompt_tokens", "max_output_tokens", "window_s", "drain_s", "seed", "vocab_size",
-                 "start_lead_s", "endpoint", "served_names")
+                 "start_lead_s", "endpoint", "served_names", "warmup_s")
 #: History window starts are written this far inside their window: a Unix time near 1.7e9 s carries ~2e-7 s of
 #: precision, enough for the controller's floor(start / window) to fall one window short of a start on the edge.
 GRID_NUDGE_S = 1e-3
@@ -43,7 +52,7 @@ def check_args(args) -> None:
         return "--" + k.replace("_", "-")
 
     for k, lo in (("time_scale", 0), ("rate", 0), ("duration_s", 0), ("window_s", 0), ("pre_s", None),
-                  ("drain_s", None), ("start_lead_s", None)):
+                  ("drain_s", None), ("start_lead_s", None), ("warmup_s", None)):
         v = getattr(args, k)
         if not math.isfinite(v) or v < 0 or (lo is not None and v <= lo):
             raise InvalidArgumentError(f"{flag(k)} must be a finite number {'> 0' if lo is not None else '>= 0'}, "
@@ -52,6 +61,10 @@ def check_args(args) -> None:
                   ("max_output_tokens", 1), ("vocab_size", 4)):
         if getattr(args, k) < lo:
             raise InvalidArgumentError(f"{flag(k)} must be >= {lo}, got {getattr(args, k)}", option=k)
+    if args.warmup_s > args.pre_s:
+        raise InvalidArgumentError(f"--warmup-s {args.warmup_s:g} is longer than the --pre-s {args.pre_s:g} s of "
+                                   f"trace before t = 0 that the workload holds: raise --pre-s to at least "
+                                   f"{args.warmup_s:g} or shorten --warmup-s", option="warmup_s")
     ckpts = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
     if not ckpts:
         raise InvalidArgumentError(f"--checkpoints {args.checkpoints!r} names no checkpoint: give demo checkpoints, "
@@ -158,10 +171,11 @@ def check_reuse(earlier: dict, path: str, args, policies: list[str], options: di
 # --------------------------------------------------------------------------------------------------- idle lead
 
 def history_rows(w, served_sim, cost, window_s: float, t0_unix: float, warmup_s: float = 0.0,
-                 idle_windows: int = 0) -> list[tuple]:
+                 idle_windows: int = 0, live_warmup_s: float = 0.0) -> list[tuple]:
     """(model, window_start_s in Unix time, avg, peak): the simulator's own history windows before the warm-up,
     moved so that the trace's t = 0 falls at ``t0_unix``, then ``idle_windows`` windows of no load for every
-    model just before the window of t = 0. Missing (NaN) windows are left out."""
+    model just before the window of t = -``live_warmup_s`` (where the replayed warm-up starts). Missing (NaN)
+    windows are left out."""
     from warmserve.sim.simulator import history_windows
 
     rows = []
@@ -169,43 +183,60 @@ def history_rows(w, served_sim, cost, window_s: float, t0_unix: float, warmup_s:
         for s, a, pk in zip(starts, avg, peak):
             if np.isfinite(a) and np.isfinite(pk):
                 rows.append((m, t0_unix + (float(s) - w.clock0_s) + GRID_NUDGE_S, float(a), float(pk)))
-    j = math.floor(w.clock0_s / window_s + 1e-9)
+    j = math.floor((w.clock0_s - live_warmup_s) / window_s + 1e-9)
     for i in range(j - idle_windows, j):
         rows += [(s.name, t0_unix + (i * window_s - w.clock0_s) + GRID_NUDGE_S, 0.0, 0.0) for s in served_sim]
     return rows
 
 
 def idle_windows(args) -> int:
-    """Windows the cluster waits through before the one t = 0 falls in: the launch's window and enough more that
-    t = 0 is at least --start-lead-s after the launch (it can be up to a window more)."""
+    """Windows the cluster waits through before the one the replay (its warm-up, if any) starts in: the
+    launch's window and enough more that the replay starts at least --start-lead-s after the launch (it can be
+    up to a window more)."""
     return 1 + math.ceil(args.start_lead_s / (args.window_s * args.time_scale) - 1e-9)
 
 
-def with_idle_lead(w, window_s: float, n_idle: int):
+def warmup_span_s(args) -> float:
+    """--warmup-s on the workload's (wall) clock: the replayed warm-up is [-warmup_span_s, 0)."""
+    return args.warmup_s * args.time_scale
+
+
+def with_idle_lead(w, window_s: float, n_idle: int, live_warmup_s: float = 0.0):
     """The workload as the live cluster meets it, and the twin's warm-up that makes the simulator meet it alike:
-    (workload, warmup_s). The cluster idles through the ``n_idle`` windows before the window of t = 0 and its
-    policy books them with no load (over what any history said), so the history's requests there are dropped;
-    the twin's clock starts at the first of them, with nothing to replay."""
-    j = math.floor(w.clock0_s / window_s + 1e-9)
-    idle_from = (j - n_idle) * window_s - w.clock0_s  # trace seconds, < 0
-    history = w.history.select(w.history.arrival_s < idle_from)
+    (workload, warmup_s). The cluster idles through the ``n_idle`` windows before the window where the replay
+    starts (t = -``live_warmup_s``) and its policy books them with no load (over what any history said), so the
+    history's requests from the first of them up to the replay's start are dropped; the twin's clock starts at
+    the first of them, with nothing to replay before the live warm-up's requests, which the history keeps."""
+    j = math.floor((w.clock0_s - live_warmup_s) / window_s + 1e-9)
+    idle_from = (j - n_idle) * window_s - w.clock0_s  # trace seconds, < -live_warmup_s
+    a = w.history.arrival_s
+    history = w.history.select((a < idle_from) | (a >= -live_warmup_s) if live_warmup_s > 0 else a < idle_from)
     # a hair short, so that the twin's first tick lands inside the first idle window, never at the end of the one
     # before it (which the twin would then book as idle too)
     return replace(w, history=history), -idle_from - 1e-6
 
 
+def warmup_trace(w, live_warmup_s: float):
+    """The history's requests the live replay sends as its warm-up, [-live_warmup_s, 0): the twin's warm-up
+    (``with_idle_lead``'s workload from its clock start to t = 0) is exactly these."""
+    return w.history.span(-live_warmup_s, 0.0)
+
+
 def replay_start(t_launch_unix: float, clock0_s: float, window_s: float, n_idle: int,
-                 earliest_rel_s: float | None = None) -> float:
-    """Unix time of the trace's t = 0 for a cluster launched at ``t_launch_unix``: ``n_idle`` windows after the
-    launch's window on the policy's grid (windows counted from its clock origin, a local midnight, as the
-    controller counts them), at the offset t = 0 has in its window in the simulator. ``earliest_rel_s``: the
-    earliest history window start, seconds from t = 0 (history older than a week moves the origin)."""
+                 earliest_rel_s: float | None = None, live_warmup_s: float = 0.0) -> float:
+    """Unix time of the trace's t = 0 for a cluster launched at ``t_launch_unix``: the replay's start
+    (t = -``live_warmup_s``) ``n_idle`` windows after the launch's window on the policy's grid (windows counted
+    from its clock origin, a local midnight, as the controller counts them), at the offset it has in its window
+    in the simulator. ``earliest_rel_s``: the earliest history window start, seconds from t = 0 (history older
+    than a week moves the origin)."""
     from warmserve.controller.controller import policy_clock_origin
 
-    phase = clock0_s - math.floor(clock0_s / window_s + 1e-9) * window_s
+    c = clock0_s - live_warmup_s
+    phase = c - math.floor(c / window_s + 1e-9) * window_s
     origin = policy_clock_origin(t_launch_unix, None)
     for _ in range(3):  # the origin depends on the history's placement, which depends on the origin
-        t0 = origin + (math.floor((t_launch_unix - origin) / window_s) + n_idle) * window_s + max(phase, 0.0)
+        t0 = origin + (math.floor((t_launch_unix - origin) / window_s) + n_idle) * window_s + max(phase, 0.0) \
+            + live_warmup_s
         hist = None if earliest_rel_s is None else {"": (np.array([t0 + earliest_rel_s]),) * 3}
         now = policy_clock_origin(t_launch_unix, hist)
         if now == origin:
@@ -215,12 +246,127 @@ def replay_start(t_launch_unix: float, clock0_s: float, window_s: float, n_idle:
 
 
 def plan_live_history(w, served_sim, cost, args, t_launch_unix: float) -> tuple[float, list[tuple]]:
-    """(t0_unix, history rows) for a cluster launched at ``t_launch_unix``: t = 0 on the policy's grid after the
-    idle lead, the history (none without a cost model) ending where the idle windows begin and those windows
-    idle, as ``run_sim`` gives the twin."""
+    """(t0_unix, history rows) for a cluster launched at ``t_launch_unix``: the replay's start (its warm-up's,
+    t0_unix - ``warmup_span_s``) on the policy's grid after the idle lead, the history (none without a cost
+    model) ending where the idle windows begin and those windows idle, as ``run_sim`` gives the twin."""
     window_s = args.window_s * args.time_scale
     n_idle = idle_windows(args)
-    w, warmup_s = with_idle_lead(w, window_s, n_idle)
-    rel = [] if cost is None else history_rows(w, served_sim, cost, window_s, 0.0, warmup_s, n_idle)
-    t0 = replay_start(t_launch_unix, w.clock0_s, window_s, n_idle, min((r[1] for r in rel), default=None))
+    warm_s = warmup_span_s(args)
+    w, warmup_s = with_idle_lead(w, window_s, n_idle, warm_s)
+    rel = [] if cost is None else history_rows(w, served_sim, cost, window_s, 0.0, warmup_s, n_idle, warm_s)
+    t0 = replay_start(t_launch_unix, w.clock0_s, window_s, n_idle, min((r[1] for r in rel), default=None), warm_s)
     return t0, [(m, t0 + s, a, pk) for m, s, a, pk in rel]
+
+
+# --------------------------------------------------------------------------------------------------- warm-up replay
+
+def trace_requests(tr, vocab_size: int, seed) -> list:
+    """The client's requests of a trace (arrivals as the trace has them), with synthetic prompts."""
+    from warmserve.workload.replay_client import ReplayRequest, synthetic_prompts
+
+    prompts = synthetic_prompts(tr.prompt_tokens, vocab_size, seed)
+    return [ReplayRequest(float(t), tr.models[m], p, int(o))
+            for t, m, p, o in zip(tr.arrival_s.tolist(), tr.model.tolist(), prompts, tr.output_tokens.tolist())]
+
+
+def live_schedule(warm: list, reqs: list, live_warmup_s: float) -> list:
+    """What the client sends, in order: the warm-up's requests (arrivals in [-live_warmup_s, 0)) then the
+    measured ones, every arrival counted from the replay's start, t = -live_warmup_s."""
+    if not warm and live_warmup_s == 0:
+        return reqs
+    return [replace(r, arrival_s=r.arrival_s + live_warmup_s) for r in [*warm, *reqs]]
+
+
+def split_outcomes(outs: list, n_warm: int, live_warmup_s: float) -> tuple[list, list]:
+    """(warm-up outcomes, measured outcomes) of a ``live_schedule`` replay, their times moved back to seconds from
+    t = 0 (a warm-up request's arrival is < 0) and the measured ones indexed from 0, as without a warm-up."""
+    if n_warm == 0 and live_warmup_s == 0:
+        return [], outs
+
+    def back(o, k):
+        return replace(o, index=o.index - k, arrival_s=o.arrival_s - live_warmup_s, sent_s=o.sent_s - live_warmup_s,
+                       first_s=o.first_s - live_warmup_s, end_s=o.end_s - live_warmup_s)
+
+    return [back(o, 0) for o in outs[:n_warm]], [back(o, n_warm) for o in outs[n_warm:]]
+
+
+async def replay_marked(cfg, requests: list, mark_s: float, on_mark, progress=None) -> tuple[list, object]:
+    """``replay_client.replay`` of ``requests``, and what ``on_mark()`` (run in a thread, e.g. the server's
+    counters) returned ``mark_s`` seconds after the replay's start: (outcomes, mark); no mark when mark_s <= 0."""
+    import asyncio
+
+    from warmserve.workload.replay_client import replay
+
+    async def mark():
+        await asyncio.sleep(mark_s)
+        return await asyncio.to_thread(on_mark)
+
+    task = asyncio.create_task(mark()) if mark_s > 0 else None
+    outs = await replay(cfg, requests, progress=progress)
+    return outs, (await task if task is not None else None)
+
+
+# --------------------------------------------------------------------------------------------------- server counters
+
+def fetch_prewarm_metrics(url: str) -> dict | None:
+    """Prewarm hits and misses (summed over models) from a warmserve server's /metrics; None from a server
+    that has no such metrics (another OpenAI-compatible server)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=30) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return parse_prewarm_metrics(text) if "warmserve_prewarm_" in text else None
+
+
+def fetch_engine_starts(url: str) -> list | None:
+    """The fresh engine processes a warmserve server started for cold starts without a warm engine (`autoscale`),
+    from its /stats (``engine_starts``: stop_s, start_s per start); None from a server without them."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=30) as r:
+            return json.loads(r.read()).get("engine_starts")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+
+
+def engine_start_summary(starts: list) -> dict:
+    """Count and median/max of the fresh engine processes' start (spawn to admitted) and the old ones' stop."""
+    out = {"engine_starts": len(starts)}
+    for k in ("start_s", "stop_s"):
+        x = np.array([e[k] for e in starts], float)
+        out[f"engine_{k.split('_')[0]}_p50_s"] = pct(x, 50) if len(x) else float("nan")
+        out[f"engine_{k.split('_')[0]}_max_s"] = float(x.max()) if len(x) else float("nan")
+    return out
+
+
+def parse_prewarm_metrics(text: str) -> dict:
+    """Prewarm hits and misses and requests migrated (``warmserve_migrated_requests``), summed over models."""
+    out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0, "migrated_requests": 0.0}
+    for line in text.splitlines():
+        m = re.match(r"warmserve_(prewarm_hits|prewarm_misses|migrated_requests)(?:_total)?(\{[^}]*\})?\s+"
+                     r"([0-9.eE+-]+)$", line)
+        if m:
+            out[m.group(1)] += float(m.group(3))
+    return out
+
+
+def counters_between(later: dict | None, earlier: dict | None) -> dict | None:
+    """Counter increments from ``earlier`` to ``later`` (None where either is unknown)."""
+    if later is None or earlier is None:
+        return None
+    return {k: later[k] - earlier.get(k, 0.0) for k in later}
+
+
+def starts_after(later: list | None, earlier: list | None) -> list | None:
+    """The engine starts in ``later`` (a server's /stats list) that ``earlier`` did not list yet, told apart by
+    the fresh process's pid (the list is capped, so counts alone could mislead)."""
+    if later is None or earlier is None:
+        return None
+    seen = {e.get("new_pid") for e in earlier}
+    return [e for e in later if e.get("new_pid") not in seen]
