@@ -3,33 +3,19 @@ it waits through with no load. The history handed to it and the simulated twin m
 the instant of the launch: the forecast of the first replayed window is the same with and without the lead's
 idle ticks, and the same as the twin's. Mirrors run_live + Controller.__init__ + Policy.tick without processes."""
 
-import argparse
 import math
-import os
 
 import numpy as np
 import pytest
 
+from replay_harness import LAUNCH_UNIX, PROFILE, replay_args, replay_setup
 from warmserve.bench import replay as R
 
-PROFILE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "bench", "replay", "profile_cpu.json")
-LAUNCH_UNIX = 1_700_000_000.0
-
-
-def _args(*extra):
-    p = argparse.ArgumentParser()
-    R.add_arguments(p)
-    return p.parse_args(list(extra))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    from warmserve.sim.config import ServedModel
-    from warmserve.sim.costmodel import CostModel
-
-    a = _args("--time-scale", "0.15", "--rate", "0.8", "--duration-s", "1200", "--start-lead-s", "40")
-    w, served = R.build_workload(a)
-    return a, w, [ServedModel(n, c) for n, c in served], CostModel.from_profile(PROFILE)
+    return replay_setup("--time-scale", "0.15", "--rate", "0.8", "--duration-s", "1200", "--start-lead-s", "40")
 
 
 def _live_policy(a, w, served_sim, cost, t_launch, startup_s):
@@ -125,7 +111,7 @@ def test_history_starts_sit_inside_their_windows():
     from warmserve.sim.config import ServedModel
     from warmserve.sim.costmodel import CostModel
 
-    a = _args("--time-scale", "0.15", "--rate", "0.8", "--duration-s", "300", "--start-lead-s", "0")
+    a = replay_args("--time-scale", "0.15", "--rate", "0.8", "--duration-s", "300", "--start-lead-s", "0")
     w, served = R.build_workload(a)
     ss = [ServedModel(n, c) for n, c in served]
     t0, rows = R.plan_live_history(w, ss, CostModel.from_profile(PROFILE), a, LAUNCH_UNIX + 0.3)

@@ -5,38 +5,24 @@ the history ends, where the warm-up goes on the policy's grid, what the twin rep
 processes; one tiny real run checks that the warm-up is answered, left out of the measured figures and reported
 apart."""
 
-import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from replay_harness import LAUNCH_UNIX, PROFILE, replay_args, replay_setup
 from warmserve.bench import replay as R
 from warmserve.errors import InvalidArgumentError
 
-PROFILE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "bench", "replay", "profile_cpu.json")
-LAUNCH_UNIX = 1_700_000_000.0
 WORKLOAD = ["--time-scale", "0.15", "--rate", "0.8", "--duration-s", "1200", "--start-lead-s", "40"]
-
-
-def _args(*extra):
-    p = argparse.ArgumentParser()
-    R.add_arguments(p)
-    return p.parse_args(list(extra))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    from warmserve.sim.config import ServedModel
-    from warmserve.sim.costmodel import CostModel
-
-    a = _args(*WORKLOAD, "--warmup-s", "150")
-    w, served = R.build_workload(a)
-    return a, w, [ServedModel(n, c) for n, c in served], CostModel.from_profile(PROFILE)
+    return replay_setup(*WORKLOAD, "--warmup-s", "150")
 
 
 def test_warmup_is_the_trace_just_before_t0_and_the_twin_replays_the_same_requests(setup):
@@ -53,7 +39,7 @@ def test_warmup_is_the_trace_just_before_t0_and_the_twin_replays_the_same_reques
     assert [len(r.prompt) for r in warm] == h.prompt_tokens[in_span].tolist()
     assert [r.max_tokens for r in warm] == h.output_tokens[in_span].tolist()
     # the measured requests are the same with and without a warm-up
-    plain_w, _ = R.build_workload(_args(*WORKLOAD))
+    plain_w, _ = R.build_workload(replay_args(*WORKLOAD))
     assert R.replay_requests(w, a.vocab_size, a.seed) == R.replay_requests(plain_w, a.vocab_size, a.seed)
 
     wl, twin_warm_s = R.with_idle_lead(w, window_s, R.idle_windows(a), warm_s)
@@ -157,22 +143,22 @@ def test_schedule_sends_the_warmup_first_and_the_split_gives_times_from_t0():
 
 def test_warmup_longer_than_the_pre_history_and_negative_ones_are_refused():
     with pytest.raises(InvalidArgumentError, match="raise --pre-s to at least 700"):
-        R.check_args(_args(*WORKLOAD, "--warmup-s", "700"))
+        R.check_args(replay_args(*WORKLOAD, "--warmup-s", "700"))
     with pytest.raises(InvalidArgumentError, match="--warmup-s must be a finite number >= 0"):
-        R.check_args(_args(*WORKLOAD, "--warmup-s", "-1"))
+        R.check_args(replay_args(*WORKLOAD, "--warmup-s", "-1"))
 
 
 def test_reuse_live_takes_warmup_as_part_of_the_workload(tmp_path):
-    a = _args(*WORKLOAD, "--warmup-s", "150")
+    a = replay_args(*WORKLOAD, "--warmup-s", "150")
     w, _ = R.build_workload(a)
     n = len(w.trace)
     pol = {"ttft_p50_s": 1.0, "ttft_p99_s": 2.0, "answered": n, "requests": n, "outcomes": {"ok": n}}
     path = tmp_path / "earlier.json"
     path.write_text(json.dumps({"workload": {"requests": n}, "args": vars(a), "policies": {"autoscale": pol}}))
     with pytest.raises(InvalidArgumentError, match="--warmup-s 150.0 there, 0.0 here"):
-        R.main(_args(*WORKLOAD, "--policy", "autoscale", "--quiet", "--reuse-live", str(path)))
+        R.main(replay_args(*WORKLOAD, "--policy", "autoscale", "--quiet", "--reuse-live", str(path)))
     out = tmp_path / "again.json"
-    assert R.main(_args(*WORKLOAD, "--warmup-s", "150", "--policy", "autoscale", "--quiet", "--reuse-live",
+    assert R.main(replay_args(*WORKLOAD, "--warmup-s", "150", "--policy", "autoscale", "--quiet", "--reuse-live",
                         str(path), "--json", str(out))) == 0
     assert json.loads(out.read_text())["workload"]["warmup_requests"] > 0
 
