@@ -21,7 +21,7 @@ import tempfile
 _FLAGS = ("policy", "cpu_workers", "models", "duration_s", "time_scale", "rate", "start_lead_s", "drain_s", "start_s",
           "profile", "checkpoints", "history_days", "pre_s", "window_s", "sim_compute_scale", "sim_size",
           "sim_host_cores",
-          "max_prompt_tokens", "max_output_tokens", "seed")
+          "max_prompt_tokens", "max_output_tokens", "seed", "vocab_size", "warmup_s", "served_names")
 
 
 def twin(path: str, out_dir: str, extra: list[str] = ()) -> dict | None:
@@ -35,6 +35,8 @@ def twin(path: str, out_dir: str, extra: list[str] = ()) -> dict | None:
     for k in _FLAGS:
         if a.get(k) is not None:
             cmd += ["--" + k.replace("_", "-"), str(a[k])]
+    for opt in a.get("policy_option") or ():  # repeatable: one flag each (found: a run with options was refused)
+        cmd += ["--policy-option", opt]
     cmd += list(extra)  # later options win: these override the live run's
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
