@@ -17,11 +17,11 @@ import subprocess
 import sys
 import tempfile
 
-#: replay arguments a twin must repeat to rebuild the same workload and cluster (the --reuse-live check)
-_FLAGS = ("policy", "cpu_workers", "models", "duration_s", "time_scale", "rate", "start_lead_s", "drain_s", "start_s",
-          "profile", "checkpoints", "history_days", "pre_s", "window_s", "sim_compute_scale", "sim_size",
-          "sim_host_cores",
-          "max_prompt_tokens", "max_output_tokens", "seed", "vocab_size", "warmup_s", "served_names")
+from warmserve.bench.replay_setup import WORKLOAD_ARGS
+
+#: replay arguments a twin must repeat: those the --reuse-live check compares (one list, so that a new workload
+#: argument reaches the twin too), the policies, and the twin's own (its cost profile and scaling)
+_FLAGS = ("policy", *WORKLOAD_ARGS, "profile", "sim_compute_scale", "sim_size", "sim_host_cores")
 
 
 def twin(path: str, out_dir: str, extra: list[str] = ()) -> dict | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from warmserve.sim.cli import ratios_of
+from warmserve.sim.cli import print_ratios, ratios_of
 
 
 #: Recorded arguments (``sim.cli.run_args``) two merged runs may differ in: which policies ran.
@@ -68,8 +68,7 @@ def main() -> None:
     out = merge(base, later, [p for p in args.policy.split(",") if p], args.take, args.assume_same_options)
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
-    for k, v in out["ratios"].items():
-        print(f"{k}: " + (", ".join(f"{x:.2f}x" for x in v) if isinstance(v, list) else f"{v:.2f}x"))
+    print_ratios(out["ratios"])
 
 
 if __name__ == "__main__":

@@ -462,12 +462,13 @@ class Board:
             # replica rather than a tp-1 one); among equals, pack: an aligned group in the aligned block and server
             # with the fewest idle GPUs left, so that free GPUs stay in whole blocks a large-tp model can use; then
             # the least score evicted (as steps 1-2 weigh theirs).
+            reps = list(self.reps.values())
+            meets = (np.array([r.mask for r in reps], dtype=np.int64).reshape(-1, 1) & gm[None, :]) != 0
+            where = np.array([r.server for r in reps], dtype=np.int64)
             hit = np.zeros((self.n_servers, len(gm)))
             lost = np.zeros((self.n_servers, len(gm)))
-            for r in self.reps.values():
-                meets = (gm & r.mask) != 0
-                hit[r.server] += meets
-                lost[r.server] += meets * r.score
+            np.add.at(hit, where, meets)  # unbuffered, in replica order: repeated servers all count
+            np.add.at(lost, where, meets * np.array([r.score for r in reps]).reshape(-1, 1))
             i = _lexmin(fits, hit, _pack_key(idle, m.tp), lost)
             s, k = divmod(i, len(gm))
             best = (None, s, int(gm[k]), None)

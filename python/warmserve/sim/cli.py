@@ -245,8 +245,7 @@ def main(args) -> int:
           + (" (medians)" if len(seeds) > 1 else ""))
     print(_table(out))
     ratios = ratios_of(out, seeds)
-    for k, v in ratios.items():
-        print(f"{k}: " + (", ".join(f"{x:.2f}x" for x in v) if isinstance(v, list) else f"{v:.2f}x"))
+    print_ratios(ratios)
     print(f"wall {wall:.1f} s")
     if args.json:
         doc = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models],
@@ -345,6 +344,12 @@ def ratios_of(out: dict, seeds: list[int]) -> dict:
         if sh.get(t):
             ratios[f"max_rate_warmserve_over_shared_at_slo_target_{t}"] = rate / sh[t]
     return ratios
+
+
+def print_ratios(ratios: dict) -> None:
+    """One line per ratio, as `warmserve simulate` prints them (a per-seed list comma-separated)."""
+    for k, v in ratios.items():
+        print(f"{k}: " + (", ".join(f"{x:.2f}x" for x in v) if isinstance(v, list) else f"{v:.2f}x"))
 
 
 #: Arguments that only say where the output goes: everything else recorded in the JSON's "args" changes the run.
