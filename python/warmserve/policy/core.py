@@ -190,14 +190,18 @@ class Policy(LoadSignals, GpuMoves):
         B = self.cfg.instance_capacity
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
         ready = [i for i in insts if i.ready]
-        best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
+        co_ids = self._co.ids if self._co is not None else ()
+        co_cap = self._co.seq_capacity(model, self._co.gpu_bytes(state)) if any(
+            i.instance_id in co_ids for i in ready) else B
+        # a co-served instance takes no more than its KV share holds, overflow included (CoServing.seq_capacity)
+        room = [i for i in ready if i.in_flight < (min(B, co_cap) if i.instance_id in co_ids else B)]
+        best = min(room, key=lambda i: (i.in_flight, i.instance_id), default=None)
         budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
         # the budget leaves out the arriving request's own prefill (one profiled p), which the backlog counts too
-        if best is not None and best.in_flight < B and not (
+        if best is not None and not (
                 budget > 0 and self._prefill_backlog_s(state, model, insts)
                 > budget * len(ready) + self.models[model].prefill_s):
             return A.Route(model, best.instance_id, request_id)
-        co_ids = self._co.ids if self._co is not None else ()
         for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
             # not one the tick stopped for another's sake, nor a co-served one retired for a dedicated one (the
             # tick's revive skips both; found in review: route() revived it and the next tick stopped it again)
@@ -216,6 +220,8 @@ class Policy(LoadSignals, GpuMoves):
                 act = self._start_outside_reservations(state, self._board(state), model)
                 if act is not None:
                     return act
+        over = [i for i in ready if i.instance_id not in co_ids or i.in_flight < co_cap]
+        best = min(over, key=lambda i: (i.in_flight, i.instance_id), default=None)
         if best is None:
             return None
         rcap = self.cfg.route_cap_per_instance

@@ -142,6 +142,17 @@ class CoServing:
         batch = batch or {}
         return sum(self.step_s(m, batch.get(m, self.share(m))) for m in names)
 
+    def seq_capacity(self, model: str, gpu_bytes: int) -> int:
+        """Requests one co-served instance of ``model`` takes at most (routing, ``Policy.route``): the sequences of
+        coserve_context_tokens its KV share holds, at least 1. Past it a request would wait in that engine's queue,
+        where no instance started later can take it over (found in review: paper-conv with 12 models, seed 1, a
+        burst of the busiest 7B queued 114 requests behind a co-served instance's ~14 running ones for 50 s, and
+        they stayed there when four dedicated instances came up); in the driver's queue it goes to the first
+        instance with room."""
+        m = self.models[model]
+        cap = self.kv_fraction(model, gpu_bytes) * (gpu_bytes - m.shard_bytes)
+        return max(1, int(cap // (self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp)))
+
     def light(self, model: str) -> bool:
         return self.out.get(model, 0.0) < 1.0
 

@@ -145,3 +145,24 @@ def test_route_admits_a_request_whose_prefill_ends_within_the_ttft_target():
         d.submit("a", f"r{k}", 1.0, prompt_tokens=1024)
     assert list(st.instances) == ["i1"]  # was a second instance for the last one
     assert st.instances["i1"].in_flight == budget_prefills + 1
+
+
+def test_a_co_served_instance_takes_no_more_requests_than_its_kv_share_holds():
+    # one GPU, two co-served models: a burst of a finds no GPU for a dedicated instance. Its requests past what
+    # the co-served instance's KV share holds wait in the driver's queue (was: all 60 routed there as overflow,
+    # where they stayed queued inside that engine even after an instance of a's own came up)
+    d, st, pol = _cluster("ab", 1, [("a1", "a", (0,), True), ("b1", "b", (0,), True)], kv=1 << 19)
+    # its KV share (of what its shard leaves) over sequences of coserve_context_tokens, 0.5 MiB a token
+    cap = int(pol._co.kv_fraction("a", 80 * GiB) * 70 * GiB // (1024 * (1 << 19)))
+    assert 1 <= cap < 32
+    for k in range(60):
+        d.submit("a", f"a{k}", 1.0)
+    assert st.instances["a1"].in_flight == cap
+    assert len(st.queues["a"]) == 60 - cap
+    # a GPU joins: a's dedicated instance takes the queued requests
+    d.add_gpus("another server", [80 * GiB])
+    for t in range(2, 6):
+        d.tick(float(t))
+    (ded,) = [i for i in _live(st, "a") if i.instance_id != "a1"]
+    assert ded.in_flight == 60 - cap and not st.queues["a"]
+    assert pol._co.seq_capacity("a", 80 * GiB) == cap
