@@ -225,7 +225,7 @@ class TextGeneration:
                 self._ended = True
                 self.req.abort()
                 raise
-            piece = self.text.push(tokens)
+            piece = self.text.push(tokens, stop_token=self._engine_stopped())
             if self.text.stopped:
                 self._ended = True
                 self.req.abort("stop")  # ended as asked: counted as "stop", not as an abort
@@ -233,6 +233,15 @@ class TextGeneration:
             if piece:
                 return piece
         raise StopAsyncIteration
+
+    def _engine_stopped(self) -> bool:
+        """The tokens just taken are the request's last, and their last is the EOS or stop token id that ended it
+        on its engine. Exact, not a guess at the token: the engine ends a request with "stop" only on such a token,
+        which it reports as the final one (engine.py), and the controller pushes that final event's tokens and ends
+        the request in one step, so a request found ended here has had every token taken, up to that one. The
+        front end's own "stop" (a stop string) ends it only after its text stream stopped, taking nothing more."""
+        r = self.req
+        return r.done and r.error is None and r.finish_reason == "stop" and not self.text.stopped
 
     async def collect(self) -> str:
         """All of the text (the iteration run to its end)."""

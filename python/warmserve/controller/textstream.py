@@ -24,11 +24,22 @@ class TextStream:
         self.stop_len = 0       # characters of the stop string found (cut away after self.text)
         self._prefix = 0        # ids[_prefix:_read] were decoded last time: the context window
         self._read = 0          # ids[:_read] are in self.text
+        self.ended = False      # finish() ran: no more text comes
 
-    def push(self, ids) -> str:
-        """Add generated token ids; return the text that is now safe to hand out."""
-        if self.stopped:
+    def push(self, ids, stop_token: bool = False) -> str:
+        """Add generated token ids; return the text that is now safe to hand out.
+
+        ``stop_token``: these are the generation's last ids, and the last of them is the EOS or stop token id that
+        ended it. It is one of the generation's tokens (kept in ``ids``, counted) but its text is not the output's,
+        as vLLM leaves it out (found in review: a stop_token_ids id, or an EOS the tokenizer does not mark special,
+        came back as text); the rest of the text comes out now, as from ``finish``."""
+        if self.stopped or self.ended:
             return ""
+        if stop_token and len(ids):
+            ids = list(ids)
+            out = self.push(ids[:-1]) + self.finish()
+            self.ids.append(ids[-1])
+            return out
         self.ids.extend(ids)
         if not self._advance(final=False):
             return ""
@@ -37,9 +48,10 @@ class TextStream:
     def finish(self) -> str:
         """The rest of the text, once no more tokens will come."""
         out = ""
-        if not self.stopped:
+        if not self.stopped and not self.ended:
             self._advance(final=True)
             out = self._check_stop(len(self.text))
+        self.ended = True
         return out + self._take(len(self.text))
 
     def _advance(self, final: bool) -> bool:
@@ -72,9 +84,12 @@ class TextStream:
     def _check_stop(self, safe_upto: int) -> str:
         if self.stop:
             start = max(0, self.emitted - self._hold)
-            cut = min((i for i in (self.text.find(s, start) for s in self.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                self.stop_len = min(len(s) for s in self.stop if self.text.find(s, start) == cut)
+            # The match that ends first (then the one that starts first) is the one a token-by-token reader sees
+            # complete first: so the cut depends on the text alone, not on how many tokens a slow reader had
+            # coalesced into this push (found in review: with "bc" and "abcd", a burst cut at "abcd").
+            found = [(i + len(s), i, len(s)) for s in self.stop for i in (self.text.find(s, start),) if i >= 0]
+            if found:
+                _, cut, self.stop_len = min(found)
                 self.text = self.text[:cut]
                 self.stopped = True
                 return self._take(len(self.text))
@@ -88,7 +103,9 @@ class TextStream:
         if not self.stopped:
             return k
         need = len(self.text) + self.stop_len
-        while k > 1 and len(self._decode(self.ids[:k - 1])) >= need:
+        # Complete characters only: a prefix ending inside a multi-byte character decodes with a U+FFFD that is
+        # not text yet, and counting it stopped the walk before the token that completed the stop string.
+        while k > 1 and self._chars(self.ids[:k - 1]) >= need:
             k -= 1
         return k
 

@@ -4,8 +4,8 @@ Activation (``Engine(lm)``) copies no weight byte: the model reads zero-copy vie
 cache continues in the same slot after the weights, mapped lazily (the first step runs before all of it is
 mapped). ``close()`` deactivates: the KV pages go back to the pool and the weights stay, prewarmed.
 
-Outputs are token ids. EOS and stop-token ids are included in ``token_ids`` as the final token of a request
-(callers detokenize with skip_special_tokens). Stop strings (``SamplingParams.stop``) are not the engine's: it
+Outputs are token ids. EOS and stop-token ids are included in ``token_ids`` as the final token of a request,
+finish reason "stop" (the controller's text stream leaves that token out of the text, as vLLM does). Stop strings (``SamplingParams.stop``) are not the engine's: it
 sees token ids, and whoever detokenizes (the controller's text stream) cuts the text and aborts the request.
 """
 
@@ -134,7 +134,9 @@ class Engine:
         #: Attention through the CUDA kernels (engine/attention.py) where they run; False: the torch path.
         self.use_kernels = kernels_usable(self.device, model.dtype, self.cfg.head_dim)
         self.cached_prefill = "sdpa"
-        self.eos = set(self.cfg.eos_token_ids) or set(getattr(tokenizer, "eos_token_ids", ()) or ())
+        # The union, as vLLM stops on both: the model's config names one EOS, the tokenizer's eos_token may name
+        # another (a chat fine-tune's turn end).
+        self.eos = set(self.cfg.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.closed = False
         self.num_steps = 0
         #: Requests wait and none could start at the last step (no KV block to be had): see step().

@@ -34,10 +34,15 @@ class Tokenizer:
         eos_tok = self.config.get("eos_token")
         if isinstance(eos_tok, dict):
             eos_tok = eos_tok.get("content")
-        if not ids and eos_tok and self._tok.token_to_id(eos_tok) is not None:
-            ids = [self._tok.token_to_id(eos_tok)]
-        #: Token ids that end a generation.
-        self.eos_token_ids: tuple[int, ...] = tuple(int(i) for i in ids)
+        ids = [int(i) for i in ids]
+        # The tokenizer's own eos_token ends a generation too, beside the configs' ids (as vLLM stops on both): a
+        # chat fine-tune names its turn end there while config.json still says the base model's EOS (found in
+        # review: such a model ran past its turn to max_tokens).
+        own = self._tok.token_to_id(eos_tok) if isinstance(eos_tok, str) and eos_tok else None
+        if own is not None and own not in ids:
+            ids.append(own)
+        #: Token ids that end a generation: generation_config.json's (else config.json's) and eos_token's.
+        self.eos_token_ids: tuple[int, ...] = tuple(ids)
         bos_tok = self.config.get("bos_token")
         if isinstance(bos_tok, dict):
             bos_tok = bos_tok.get("content")
