@@ -53,10 +53,18 @@ def add_arguments(p):
                    help="vllm engine model: chunked prefill with this many tokens per step (e.g. 512); 0: off")
     p.add_argument("--no-shared-search", action="store_true",
                    help="shared: its demand-proportional layout instead of the searched one")
-    p.add_argument("--rate", type=float, default=None, help="total request rate at scale 1, requests/s")
+    p.add_argument("--rate", type=float, default=None,
+                   help="total request rate at rate scale 1, requests per second of trace time, before "
+                        "--time-scale (default: 24 for the paper and artifact presets, 1 per GPU for servegen and "
+                        "scale); the replay offers rate x --rate-scale / --time-scale requests per simulated "
+                        "second (`warmserve bench replay --rate` is per second of the replay instead)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the request rate")
-    p.add_argument("--time-scale", type=float, default=1.0, help="stretch (>1) or compress (<1) time")
-    p.add_argument("--burst-cv", type=float, default=None, help="re-draw inter-arrivals from a Gamma with this CV")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply every time of the workload by this (history stays on whole days): < 1 "
+                        "compresses, the same requests in less time (--rate / this many per second), > 1 stretches")
+    p.add_argument("--burst-cv", type=float, default=None,
+                   help="re-draw inter-arrivals from a Gamma with this CV (servegen: within each 10-minute window, "
+                        "so its count stays)")
     p.add_argument("--alpha", type=float, default=None,
                    help=f"power-law exponent of the per-model rate split (default: {PAPER_ALPHA:g} for paper "
                         f"presets, {ARTIFACT_ALPHA:g} for artifact ones)")
@@ -99,6 +107,12 @@ def build_preset(args) -> Preset:
                     policy_config=parse_policy_options(args.policy_option))
     if args.models is not None and args.models < 1:
         raise InvalidArgumentError(f"--models {args.models}: give at least 1 model", flag="--models")
+    if not args.time_scale > 0:
+        raise InvalidArgumentError(f"--time-scale {args.time_scale:g}: give a factor > 0 (1: as traced)",
+                                   flag="--time-scale")
+    if args.burst_cv is not None and not args.burst_cv > 0:
+        raise InvalidArgumentError(f"--burst-cv {args.burst_cv:g}: give a CV > 0 (1: Poisson), or leave it out for "
+                                   f"the trace's own inter-arrivals", flag="--burst-cv")
     kind = args.preset or args.workload or "paper-conv"
     if kind in ("paper-conv", "paper-code", "artifact-conv", "artifact-code"):
         if args.preset is None and args.gpus != 16:
@@ -120,11 +134,15 @@ def build_preset(args) -> Preset:
         recipe = _scale_recipe(args.workload) if args.preset == "scale" else "servegen"
         servers, per_server = cluster_shape(args.gpus)
         cfg = replace(cfg, n_servers=servers, gpus_per_server=per_server)
+        if recipe == "servegen" and args.alpha is not None:
+            raise InvalidArgumentError(f"--alpha {args.alpha:g}: the servegen workload has no power-law split (each "
+                                       f"client series keeps its own published rate); drop --alpha", flag="--alpha")
         # the paper's conv trace covers under an hour: its recipe gets the paper's 1200 s span by default
         duration_s = args.duration_s or (3600.0 if recipe == "servegen" else 1200.0)
         return scale_preset(args.gpus, 32 if args.models is None else args.models, duration_s=duration_s,
                             total_rate_rps=args.rate, recipe=recipe, config=cfg, start_hour=args.start_hour,
-                            history_days=args.history_days)
+                            history_days=args.history_days, burst_cv=args.burst_cv, time_scale=args.time_scale,
+                            alpha=args.alpha)
     raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code, artifact-conv, "
                      f"artifact-code or servegen")
 

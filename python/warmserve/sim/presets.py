@@ -96,11 +96,13 @@ def cluster_shape(n_gpus: int) -> tuple[int, int]:
 
 def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, total_rate_rps: float | None = None,
                  recipe: str = "servegen", config: SimConfig | None = None, start_hour: float = 20.0,
-                 history_days: int = 2) -> Preset:
+                 history_days: int = 2, burst_cv: float | None = None, time_scale: float = 1.0,
+                 alpha: float | None = None) -> Preset:
     """A big cluster (8 GPUs per server) under the ServeGen recipe (or the paper's, on conv: its trace covers
     under an hour, so with history that recipe takes a ``duration_s`` of at most about 1450 s and refuses more).
     ServeGen only: ``start_hour`` is the replay's start on ServeGen's last day (hours after its midnight),
-    ``history_days`` the earlier days the forecasts see."""
+    ``history_days`` the earlier days the forecasts see. ``burst_cv`` and ``time_scale`` as the recipes take them;
+    ``alpha``: the paper recipe's power-law split (its default when None; the ServeGen recipe has none)."""
     if recipe == "servegen" and not (0.0 <= start_hour and start_hour * 3600.0 + duration_s <= DAY_S):
         raise InvalidArgumentError(f"start hour {start_hour:g} with {duration_s:g} s of replay runs past the end of "
                                    f"ServeGen's last day: start between 0 and {(DAY_S - duration_s) / 3600:g} h",
@@ -114,17 +116,19 @@ def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, tota
             w = servegen_workload(n_models, start_s=SERVEGEN_LAST_DAY_S + start_hour * 3600.0,
                                   total_rate_rps=rate * rate_scale, duration_s=duration_s,
                                   history_days=history_days, seed=seed, include_aggregates=False,
-                                  max_prompt_tokens=4096, repeat_days=6)
+                                  max_prompt_tokens=4096, repeat_days=6, burst_cv=burst_cv, time_scale=time_scale)
             rename = dict(zip(w.models, names))
             w.trace.models = [rename[m] for m in w.trace.models]
             w.history.models = list(w.trace.models)
             return w
         return paper_workload("conv", n_models, total_rate_rps=rate, rate_scale=rate_scale, duration_s=duration_s,
-                              model_names=names, seed=seed, history_days=2)
+                              model_names=names, seed=seed, history_days=2, burst_cv=burst_cv,
+                              time_scale=time_scale, **({} if alpha is None else {"alpha": alpha}))
 
     servers, per_server = cluster_shape(n_gpus)
     cfg = config or SimConfig(n_servers=servers, gpus_per_server=per_server)
-    return Preset(f"scale-{n_gpus}x{n_models}", cfg, models, build, rate)
+    return Preset(f"scale-{n_gpus}x{n_models}", cfg, models, build, rate,
+                  **({} if alpha is None else {"alpha": alpha}))
 
 
 PRESETS = {

@@ -7,7 +7,8 @@ import numpy as np
 
 def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_s: float,
                         window_s: float = 300.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Windows tiling [t0_s, t1_s): (window starts, time-weighted average in-flight, peak in-flight).
+    """Windows tiling [t0_s, t1_s): (window starts, time-weighted average in-flight, peak in-flight). A last
+    window cut short by t1_s averages over its part before t1_s.
 
     ``start_s``/``end_s``: when each request entered and left the system (arrival and completion).
     """
@@ -17,8 +18,9 @@ def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_
         return starts, np.zeros(0), np.zeros(0)
     start_s = np.asarray(start_s, np.float64)
     end_s = np.maximum(np.asarray(end_s, np.float64), start_s)
-    # breakpoints: every arrival (+1), every departure (-1), and every window boundary (0)
-    bounds = t0_s + window_s * np.arange(nw + 1)
+    # breakpoints: every arrival (+1), every departure (-1), every window boundary and t1_s (0): the last window
+    # may end at t1_s, before a whole window_s
+    bounds = np.append(t0_s + window_s * np.arange(nw), t1_s)
     t = np.concatenate([start_s, end_s, bounds])
     d = np.concatenate([np.ones(len(start_s)), -np.ones(len(end_s)), np.zeros(nw + 1)])
     order = np.lexsort((-d, t))  # at equal times, arrivals before departures: a peak counts both
@@ -34,4 +36,5 @@ def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_
     area = np.bincount(w, weights=seg_lvl[inside] * seg_len[inside], minlength=nw)
     peak = np.zeros(nw)
     np.maximum.at(peak, w, seg_lvl[inside])
-    return starts, area / window_s, peak
+    length = np.minimum(starts + window_s, t1_s) - starts
+    return starts, area / length, peak

@@ -3,11 +3,16 @@
 Both return a ``Workload`` whose ``trace`` covers [0, duration_s) and whose ``history`` holds, for every model,
 the same slot of ``history_days`` earlier days plus the ``pre_s`` seconds just before t=0: what the forecasts
 learn from. Everything is drawn from one seeded ``numpy.random.Generator``, so a seed fixes the workload.
+
+Rates in a workload's ``meta`` (``total_rate_rps``, ``expected_rate_rps``) are requests per second of trace
+time, before ``time_scale``; ``meta["offered_rate_rps"]`` is the rate the replay offers per second of its own
+clock (that rate / ``time_scale``: compressing time keeps the requests and shortens the span).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,9 +101,12 @@ def _anchor(a: float, day_s: float) -> float:
     return -round(-a / day_s) * day_s if a < -day_s / 2 else 0.0
 
 
-def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta, segs) -> Workload:
+def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta, segs, trace_rate_rps,
+            known=None) -> Workload:
     """Merge the parts; ``time_scale`` stretches each segment around its day offset, so history stays on
-    whole days (the forecasts' daily season) while the load inside a segment plays faster or slower."""
+    whole days (the forecasts' daily season) while the load inside a segment plays faster or slower.
+    ``trace_rate_rps``: the replay's rate per second of trace time; ``known``: the history's known pieces as
+    (start of their segment, start, end), default every segment but the replay whole."""
     if time_scale <= 0:
         raise InvalidArgumentError(f"time_scale must be > 0, got {time_scale}")
     if time_scale != 1.0:
@@ -109,10 +117,11 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     full = Trace.concat(models, parts)
     replay = full.select(full.arrival_s >= 0)
     history = full.select(full.arrival_s < 0)
-    meta = dict(meta, time_scale=time_scale)
+    # the recipes' rates are per second of trace time; compressing time by s offers 1/s times as many per second
+    meta = dict(meta, time_scale=time_scale, offered_rate_rps=trace_rate_rps / time_scale)
     spans = []
-    for a, b in segs[1:]:  # every segment but the replay, stretched like its arrivals
-        d = _anchor(a, day_s)
+    for s0, a, b in known if known is not None else [(a, a, b) for a, b in segs[1:]]:
+        d = _anchor(s0, day_s)  # stretched like its segment's arrivals
         spans.append((d + (a - d) * time_scale, d + (b - d) * time_scale))
     return Workload(name, replay, history, duration_s * time_scale, day_s, meta, warmup_s=pre_s * time_scale,
                     clock0_s=clock0_s, history_spans=sorted(spans))
@@ -197,7 +206,7 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     # the Azure trace starts at 18:17 local time: replay from 18:15 (on the 5-minute window grid the forecasts
     # use); whole days before it leave room for the history
     clock0 = (history_days + 1) * day_s + 18 * 3600 + 15 * 60
-    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs)
+    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs, total)
 
 
 #: the start of ServeGen's last (14th) day, seconds after its first midnight
@@ -248,6 +257,140 @@ def _aggregate(model: str, clients: list[sg.ClientWindows]) -> sg.ClientWindows:
     return sg.ClientWindows(model, -1, *(c[order] for c in cols))
 
 
+def _clock(t_s: float) -> str:
+    """ServeGen time (seconds from day 0's midnight) as "day D HH:MM"."""
+    d, r = divmod(float(t_s), DAY_S)
+    return f"day {int(d)} {int(r // 3600):02d}:{int(r % 3600 // 60):02d}"
+
+
+@dataclass
+class _SeriesData:
+    """Where one series' ServeGen model has data: [lo_s, hi_s), and its gap windows' starts (shifted with the
+    series)."""
+
+    series: sg.ClientWindows
+    lo_s: float
+    hi_s: float
+    gaps_s: np.ndarray
+
+
+def _series_data(series: list[sg.ClientWindows]) -> list[_SeriesData]:
+    gaps, spans = sg.data_gaps(), sg.data_spans()
+    out = []
+    for s in series:
+        shift = s.day_shift * DAY_S
+        if s.model in spans:
+            lo, hi = spans[s.model]
+            out.append(_SeriesData(s, lo + shift, hi + shift, gaps[s.model] + shift))
+        else:  # a model the rates file does not know (a custom path=): its own windows bound it, no known gaps
+            out.append(_SeriesData(s, float(s.t_s.min()), float(s.t_s.max()) + sg.WINDOW_S, np.zeros(0)))
+    return out
+
+
+def _gap_run(gaps_s: np.ndarray, t_s: float) -> tuple[float, float]:
+    """The run of consecutive gap windows that holds the window starting at ``t_s``: [start, end)."""
+    i = j = int(np.searchsorted(gaps_s, t_s))
+    while i > 0 and gaps_s[i - 1] == gaps_s[i] - sg.WINDOW_S:
+        i -= 1
+    while j + 1 < len(gaps_s) and gaps_s[j + 1] == gaps_s[j] + sg.WINDOW_S:
+        j += 1
+    return float(gaps_s[i]), float(gaps_s[j]) + sg.WINDOW_S
+
+
+def _replay_problem(data: list[_SeriesData], start_s: float, duration_s: float, pre_s: float,
+                    history_days: int) -> tuple[str, dict] | None:
+    """Why a replay from ``start_s`` cannot be built from these series (a message and its numbers), or None."""
+    a, b = start_s - pre_s, start_s + duration_s  # the replay and its warm-up: both are replayed
+    shift = max(d.series.day_shift for d in data)
+    if a - (history_days + shift) * DAY_S < 0:
+        return (f"it leaves no room for {history_days} history days (+{shift} days of shifted series)",
+                {"needs_start_s": (history_days + shift) * DAY_S + pre_s})
+    for d in data:
+        name = d.series.name + (f", its data shifted {d.series.day_shift} days" if d.series.day_shift else "")
+        first = a - history_days * DAY_S
+        if first < d.lo_s or b > d.hi_s:
+            return (f"ServeGen model {d.series.model} has data from {_clock(d.lo_s)} to {_clock(d.hi_s)} only (series "
+                    f"{name}), and the replay with its history needs {_clock(first)} to {_clock(b)}",
+                    {"model": d.series.model, "data_span_s": (d.lo_s, d.hi_s)})
+        k = int(np.searchsorted(d.gaps_s, a - sg.WINDOW_S, side="right"))
+        if k < len(d.gaps_s) and d.gaps_s[k] < b:
+            g0, g1 = _gap_run(d.gaps_s, d.gaps_s[k])
+            return (f"ServeGen model {d.series.model} has a data gap from {_clock(g0)} to {_clock(g1)} (all its "
+                    f"clients 0 or nearly: missing data, SOURCES.md; series {name}), inside the replay's "
+                    f"{_clock(a)} to {_clock(b)} (warm-up included)", {"model": d.series.model, "gap_s": (g0, g1)})
+    if not any(((d.series.t_s + sg.WINDOW_S > start_s) & (d.series.t_s < b)).any() for d in data):
+        have = [(float(d.series.t_s.min()), float(d.series.t_s.max()) + sg.WINDOW_S) for d in data]
+        lo, hi = min(x for x, _ in have), max(y for _, y in have)
+        return (f"the {len(data)} series have no request from {_clock(start_s)} to {_clock(b)}: their windows with "
+                f"traffic span {_clock(lo)} to {_clock(hi)}", {"traffic_span_s": (lo, hi)})
+    return None
+
+
+def _check_replay(data: list[_SeriesData], start_s: float, duration_s: float, pre_s: float,
+                  history_days: int) -> None:
+    """Raise InvalidArgumentError, with the nearest start on the same 10-minute phase that works, when the replay
+    (warm-up included) runs outside a chosen model's data, into one of its data gaps (replayed as zero traffic,
+    which it is not), or over no traffic at all (an empty workload)."""
+    why = _replay_problem(data, start_s, duration_s, pre_s, history_days)
+    if why is None:
+        return
+    msg, fields = why
+    fix = None
+    for k in range(1, int(15 * DAY_S / sg.WINDOW_S)):
+        for c in (start_s + k * sg.WINDOW_S, start_s - k * sg.WINDOW_S):
+            if c >= 0 and _replay_problem(data, c, duration_s, pre_s, history_days) is None:
+                fix = c
+                break
+        if fix is not None:
+            break
+    hint = (f"start elsewhere, e.g. start_s={fix:.0f} ({_clock(fix)}; replay to {_clock(fix + duration_s)})"
+            if fix is not None else f"no start fits: choose other models, or fewer history days than {history_days}")
+    raise InvalidArgumentError(f"servegen_workload start_s={start_s:.0f} ({_clock(start_s)}), duration_s="
+                               f"{duration_s:g}, pre_s={pre_s:g}: {msg}; {hint}", start_s=start_s,
+                               suggested_start_s=fix, **fields)
+
+
+def _history_holes(data: list[_SeriesData], start_s: float, segs) -> list[tuple[float, float, float]]:
+    """Pieces of the history segments (relative to ``start_s``) inside a data gap of any chosen series, as
+    (start of their segment, start, end), merged and sorted."""
+    holes = []
+    for a, b in segs[1:]:
+        cut = []
+        for d in data:
+            for g in d.gaps_s[(d.gaps_s + sg.WINDOW_S > start_s + a) & (d.gaps_s < start_s + b)]:
+                cut.append((float(max(g - start_s, a)), float(min(g + sg.WINDOW_S - start_s, b))))
+        for lo, hi in sorted(cut):
+            if holes and holes[-1][0] == a and lo <= holes[-1][2]:
+                holes[-1] = (a, holes[-1][1], max(holes[-1][2], hi))
+            else:
+                holes.append((a, lo, hi))
+    return holes
+
+
+def _known_pieces(segs, holes) -> list[tuple[float, float, float]]:
+    """The history segments minus the holes, as (start of their segment, start, end)."""
+    out = []
+    for a, b in segs[1:]:
+        t = a
+        for s0, lo, hi in holes:
+            if s0 == a:
+                if lo > t:
+                    out.append((a, t, lo))
+                t = max(t, hi)
+        if t < b:
+            out.append((a, t, b))
+    return out
+
+
+def _regamma_windows(t: np.ndarray, a: float, b: float, cv: float, rng: np.random.Generator,
+                     start_s: float) -> np.ndarray:
+    """``regamma`` within each ServeGen window of [a, b) (relative to ``start_s``): the burstiness changes, every
+    window keeps its count, so the published rate profile stays (one regamma over the span flattened it)."""
+    bounds = np.concatenate([[a], sg.window_edges(start_s + a, start_s + b) - start_s, [b]])
+    pieces = np.split(t, np.searchsorted(t, bounds[1:-1], side="left"))
+    return np.concatenate([regamma(p, lo, hi, cv, rng) for p, lo, hi in zip(pieces, bounds[:-1], bounds[1:])])
+
+
 def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_S + 20 * 3600,
                       duration_s: float = 1200.0, pre_s: float = 600.0, history_days: int = 7, total_rate_rps: float | None = None,
                       rate_scale: float = 1.0, max_prompt_tokens: int | None = None, burst_cv: float | None = None,
@@ -260,6 +403,13 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
 
     ``start_s`` is the replay start in ServeGen time (t=0 is local midnight of day 0; default day 13, 20:00).
     ``total_rate_rps`` rescales all series together so the replayed span's expected total rate is that value.
+    ``burst_cv`` re-draws inter-arrivals within each 10-minute window (its count kept).
+
+    ServeGen's data gaps (windows in which all of a model's clients are 0 or nearly, ``servegen.data_gaps``) are
+    missing data: a replay (warm-up included) that touches one of a chosen series' gaps is refused with a start
+    that works, and history windows in one are left out of the history and of ``history_spans`` (unknown, not
+    zero) for every model, since the spans are the workload's, not per model (``meta["history_gaps_s"]``).
+    A replay outside a chosen model's data, or over no traffic at all, is refused the same way.
     """
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
     if history_days < 0:
@@ -270,6 +420,8 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
                                    f"days of shifted series) and pre_s={pre_s:g} s of warm-up: it needs start_s >= "
                                    f"{(history_days + shift) * DAY_S + pre_s:.0f}; start later or give fewer history "
                                    f"days")
+    data = _series_data(series)
+    _check_replay(data, start_s, duration_s, pre_s, history_days)
     # expected total rate over the replayed span: each window's rate counts for the part of the span it covers
     # (a window half inside brings half its requests), windows without a row carry no traffic, and an aggregate
     # series' rows (one per client and window) add up
@@ -281,21 +433,27 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     pmfs = sg.load_length_pmfs(pmf_path)
     rng = np.random.default_rng(seed)
     names = [s.name for s in series]
+    segs = _segments(duration_s, pre_s, history_days, DAY_S)
+    holes = _history_holes(data, start_s, segs)
     parts = []
     for s in series:
         inp, out = pmfs.get((s.model, "input_tokens")), pmfs.get((s.model, "output_tokens"))
         if inp is None or out is None:
             raise ValueError(f"no input/output token PMF for ServeGen model {s.model!r}")
-        for a, b in _segments(duration_s, pre_s, history_days, DAY_S):
+        for a, b in segs:
             t = sg.sample_arrivals(s, start_s + a, start_s + b, scale, rng) - start_s
             if burst_cv is not None:
-                t = regamma(t, a, b, burst_cv, rng)
+                t = _regamma_windows(t, a, b, burst_cv, rng, start_s)
             p = inp.sample(rng, len(t))
             if max_prompt_tokens:
                 p = np.minimum(p, max_prompt_tokens)
-            parts.append(Trace([s.name], t, np.zeros(len(t), np.int32), p, out.sample(rng, len(t))))
+            tr = Trace([s.name], t, np.zeros(len(t), np.int32), p, out.sample(rng, len(t)))
+            missing = np.zeros(len(t), bool)
+            for _, lo, hi in holes:
+                missing |= (t >= lo) & (t < hi)
+            parts.append(tr.select(~missing) if missing.any() else tr)
     meta = {"recipe": "servegen", "series": names, "start_s": start_s, "rate_scale": scale, "burst_cv": burst_cv,
-            "seed": seed, "expected_rate_rps": expected * scale,
+            "seed": seed, "expected_rate_rps": expected * scale, "history_gaps_s": [[lo, hi] for _, lo, hi in holes],
             "source": "ServeGen (Xiang et al., arXiv:2505.09999; Apache-2.0), Alibaba Bailian"}
-    segs = _segments(duration_s, pre_s, history_days, DAY_S)
-    return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta, segs)
+    return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta, segs,
+                   expected * scale, known=_known_pieces(segs, holes))

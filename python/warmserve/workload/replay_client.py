@@ -8,8 +8,8 @@ ids (vLLM and warmserve take them), so a request carries exactly the trace's pro
 
 Every request ends in exactly one outcome: ``ok``, ``http_error`` (a status >= 400 before streaming),
 ``stream_error`` (an error event in the stream), ``error`` (connection refused or reset, or an answer this client
-cannot read: the exception's type and text are kept) or ``unanswered`` (still running when the replay's deadline
-passed; cancelled then). Nothing is dropped silently.
+cannot read, a 200 with no SSE event among them: the exception's type and text are kept) or ``unanswered``
+(still running when the replay's deadline passed; cancelled then). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -87,6 +87,62 @@ def synthetic_prompts(lengths, vocab_size: int, seed: int = 0) -> list[list[int]
     return [rng.integers(3, vocab_size, int(n)).tolist() for n in lengths]
 
 
+class _EventError(Exception):
+    """An error event in the stream: the server's message."""
+
+
+def _on_data(data: bytes, o: Outcome, now: float) -> None:
+    """One SSE ``data:`` payload: the first text's time, the finish reason, the usage count."""
+    if data == b"[DONE]":
+        return
+    msg = json.loads(data)
+    err = msg.get("error")  # OpenAI's {"message": ...}, or plain text (TGI and others)
+    if err is not None:
+        raise _EventError(str(err.get("message", err) if isinstance(err, dict) else err)[:300])
+    for ch in msg.get("choices") or ():
+        text = ch.get("text")
+        if text is None:
+            text = (ch.get("delta") or {}).get("content")
+        if text and o.first_s != o.first_s:
+            o.first_s = now
+        if ch.get("finish_reason"):
+            o.finish_reason = ch["finish_reason"]
+    if msg.get("usage"):
+        o.completion_tokens = int(msg["usage"].get("completion_tokens") or 0)
+
+
+def _data_lines(event: bytes):
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            yield line[5:].strip()
+
+
+class _SSEEvents:
+    """Splits a byte stream into SSE events. Lines end in LF, CRLF or CR (the SSE spec allows all three;
+    sse-starlette frames with CRLF): they are turned into LF, holding back a CR that ends a chunk until the next
+    byte shows whether an LF follows it."""
+
+    def __init__(self):
+        self.buf = b""
+        self.cr = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self.cr:
+            chunk = b"\r" + chunk
+        self.cr = chunk.endswith(b"\r")
+        if self.cr:
+            chunk = chunk[:-1]
+        self.buf += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *events, self.buf = self.buf.split(b"\n\n")
+        return events
+
+    def close(self) -> bytes:
+        """What is left at the end of the stream: a last event without its blank line."""
+        rest = self.buf + (b"\n" if self.cr else b"")
+        self.buf, self.cr = b"", False
+        return rest
+
+
 async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o: Outcome, t0: float) -> None:
     body = {"model": r.model, "prompt": r.prompt, "max_tokens": int(r.max_tokens), "stream": True,
             "temperature": cfg.temperature, "stream_options": {"include_usage": True}, **cfg.extra_body}
@@ -99,39 +155,31 @@ async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o
                 o.error = f"HTTP {resp.status}: {(await resp.text())[:300]}"
                 o.end_s = time.perf_counter() - t0
                 return
-            buf = b""
+            sse = _SSEEvents()
+            n_data = 0
+            head = b""  # the answer's start, for the error when it holds no event
             async for chunk in resp.content.iter_any():
                 now = time.perf_counter() - t0
-                buf += chunk
-                while b"\n\n" in buf:
-                    event, buf = buf.split(b"\n\n", 1)
-                    for line in event.split(b"\n"):
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            continue
-                        msg = json.loads(data)
-                        err = msg.get("error")  # OpenAI's {"message": ...}, or plain text (TGI and others)
-                        if err is not None:
-                            o.status = "stream_error"
-                            o.error = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-                            o.end_s = now
-                            return
-                        for ch in msg.get("choices") or ():
-                            text = ch.get("text")
-                            if text is None:
-                                text = (ch.get("delta") or {}).get("content")
-                            if text and o.first_s != o.first_s:
-                                o.first_s = now
-                            if ch.get("finish_reason"):
-                                o.finish_reason = ch["finish_reason"]
-                        if msg.get("usage"):
-                            o.completion_tokens = int(msg["usage"].get("completion_tokens") or 0)
+                head = (head + chunk)[:300] if len(head) < 300 else head
+                for event in sse.feed(chunk):
+                    for data in _data_lines(event):
+                        n_data += 1
+                        _on_data(data, o, now)
             o.end_s = time.perf_counter() - t0
+            for data in _data_lines(sse.close()):  # a server that ends without the last blank line
+                n_data += 1
+                _on_data(data, o, o.end_s)
+            if not n_data:  # a 200 that streamed no event: the client read none of it, so it is no answer
+                o.status = "error"
+                o.error = f"no SSE data event in the HTTP {resp.status} answer: {head[:200]!r}"
+                return
             if o.first_s != o.first_s:  # an answer with no text at all: the end is its first token
                 o.first_s = o.end_s
             o.status = "ok"
+    except _EventError as e:
+        o.status = "stream_error"
+        o.error = str(e)
+        o.end_s = time.perf_counter() - t0
     except asyncio.CancelledError:
         o.status = "unanswered"
         raise

@@ -2,9 +2,9 @@
 10-minute arrival rates over 14 days, with fitted inter-arrival distributions and token-length PMFs.
 
 Arrivals are generated as ServeGen does: in each 10-minute window a client with rate r sends n = r x 600
-requests whose inter-arrival times are drawn from the window's fitted Gamma or Weibull and rescaled so that the n
-requests fill the window. The package vendors the largest clients of each model; pass ``path=`` to use the full
-``servegen_client_windows.csv.gz``.
+requests whose inter-arrival times (n + 1 of them: the last runs from the last request to the window's end) are
+drawn from the window's fitted Gamma or Weibull and rescaled so that they fill the window. The package vendors
+the largest clients of each model; pass ``path=`` to use the full ``servegen_client_windows.csv.gz``.
 """
 
 from __future__ import annotations
@@ -154,18 +154,59 @@ def sample_arrivals(series: ClientWindows, start_s: float, end_s: float, rate_sc
     if not keep.any():
         return np.zeros(0)
     t0, n = t0[keep], n[keep]
-    shape = np.repeat(series.shape[lo:hi][keep], n)
-    scale = np.repeat(series.scale[lo:hi][keep], n)
-    gam = np.repeat(series.is_gamma[lo:hi][keep], n)
-    shape = np.maximum(shape, 1e-3)
+    # n + 1 gaps per window, the last one after the window's last request: normalising n gaps instead put that
+    # request exactly on the window's end, so every series fired at once on each 600 s boundary (and the one on
+    # a segment's end fell outside it)
+    g = n + 1
+    shape = np.repeat(np.maximum(series.shape[lo:hi][keep], 1e-3), g)
+    scale = np.repeat(series.scale[lo:hi][keep], g)
+    gam = np.repeat(series.is_gamma[lo:hi][keep], g)
     iat = np.where(gam, rng.gamma(shape, 1.0), rng.weibull(shape)) * scale
     iat = np.maximum(iat, 1e-12)
-    ends = np.cumsum(n)
+    ends = np.cumsum(g)
     csum = np.cumsum(iat)
     base = np.concatenate([[0.0], csum[ends[:-1] - 1]])
     total = csum[ends - 1] - base
-    w = np.repeat(np.arange(len(n)), n)
-    rel = (csum - base[w]) / total[w]  # in (0, 1]: the last request lands at the window's end
-    arr = t0[w] + rel * WINDOW_S
+    w = np.repeat(np.arange(len(g)), g)
+    last = np.zeros(len(iat), bool)
+    last[ends - 1] = True  # the closing gap of each window: no request there
+    w = w[~last]
+    rel = (csum[~last] - base[w]) / total[w]  # in (0, 1)
+    arr = np.minimum(t0[w] + rel * WINDOW_S, np.nextafter(t0[w] + WINDOW_S, t0[w]))
     arr = arr[(arr >= start_s) & (arr < end_s)]
     return np.sort(arr)
+
+
+def window_edges(start_s: float, end_s: float) -> np.ndarray:
+    """ServeGen window boundaries strictly inside (start_s, end_s)."""
+    first = (np.floor(start_s / WINDOW_S) + 1) * WINDOW_S
+    return np.arange(first, end_s, WINDOW_S) if first < end_s else np.zeros(0)
+
+
+#: A model-level window below this share of the model's median rate is missing data, as in
+#: warmserve.bench.forecast: the windows at exactly 0 and the partial ones at their edges (and one 2-hour stretch
+#: of m-mid at 0.05-1% of its usual rate)
+GAP_SHARE = 0.05
+
+
+@functools.lru_cache(maxsize=4)
+def _gaps_and_spans(path: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+    gaps, spans = {}, {}
+    for m, (t, rate, _) in load_model_rates(path).items():
+        gaps[m] = t[rate < GAP_SHARE * np.median(rate)]
+        spans[m] = (float(t.min()), float(t.max()) + WINDOW_S)
+    return gaps, spans
+
+
+def data_gaps(path: str | None = None) -> dict[str, np.ndarray]:
+    """Per ServeGen model: starts of the windows where the model's data is missing (m-mid 102, m-small 37): all
+    its clients at 0, or a sliver of its usual rate (``GAP_SHARE``), while its data goes on around them.
+    SOURCES.md reads the zeros as gaps in the published data, to treat as missing, not as a quiet spell: m-mid
+    runs at ~1900 requests/s and drops to 0 for up to 3.8 hours."""
+    return _gaps_and_spans(os.path.abspath(path or data_path("servegen_model_rates_10min.csv")))[0]
+
+
+def data_spans(path: str | None = None) -> dict[str, tuple[float, float]]:
+    """Per ServeGen model: [first window start, last window end) of its published data, seconds from day 0's
+    midnight (the language models 14 days, deepseek-r1 and mm-image day 0 only)."""
+    return _gaps_and_spans(os.path.abspath(path or data_path("servegen_model_rates_10min.csv")))[1]

@@ -65,8 +65,8 @@ def test_a_gpu_count_servers_cannot_hold_is_refused_not_rounded(gpus):
 
 
 def test_a_servegen_replay_starts_at_the_hour_asked_and_stays_within_the_data():
-    w = scale_preset(8, 4, duration_s=600.0, start_hour=9.5).build(1.0, 0)
-    assert w.meta["start_s"] == SERVEGEN_LAST_DAY_S + 9.5 * 3600
+    w = scale_preset(8, 4, duration_s=600.0, start_hour=10.5).build(1.0, 0)
+    assert w.meta["start_s"] == SERVEGEN_LAST_DAY_S + 10.5 * 3600
     with pytest.raises(InvalidArgumentError, match="past the end"):
         scale_preset(8, 4, duration_s=1200.0, start_hour=23.8)
     with pytest.raises(InvalidArgumentError, match="history days"):

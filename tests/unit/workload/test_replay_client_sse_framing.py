@@ -1,0 +1,79 @@
+"""The replay client against a real local SSE server that frames events with CRLF or CR (the SSE spec allows both;
+sse-starlette uses CRLF) or ends without the last blank line, and one that answers 200 without any event. Found in
+review: events were split on LF LF only, so such streams parsed nothing and came back "ok" with the whole latency
+as TTFT and 0 tokens."""
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from warmserve.workload.replay_client import ClientConfig, ReplayRequest, replay
+
+TOKENS = 5
+GAP_S = 0.1
+# (line end, event end, the last event's blank line sent)
+FRAMES = {"lf": (b"\n", b"\n\n", True), "crlf": (b"\r\n", b"\r\n\r\n", True), "cr": (b"\r", b"\r\r", True),
+          "crlf-no-last-blank": (b"\r\n", b"\r\n\r\n", False)}
+
+
+def _events(eol: bytes) -> list[bytes]:
+    evs = [b"event: completion" + eol + b"data: " + json.dumps({"choices": [{"text": f"t{i}", "index": 0}]}).encode()
+           for i in range(TOKENS)]
+    evs.append(b"data: " + json.dumps({"choices": [], "usage": {"completion_tokens": TOKENS}}).encode())
+    return evs + [b"data: [DONE]"]
+
+
+async def _handler(request):
+    body = await request.json()
+    if body["model"] == "not-sse":
+        return web.json_response({"choices": [{"text": "hello"}], "usage": {"completion_tokens": 1}})
+    eol, end, last_blank = FRAMES[body["model"]]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    evs = _events(eol)
+    for i, ev in enumerate(evs):
+        await asyncio.sleep(GAP_S)
+        msg = ev + (end if i + 1 < len(evs) or last_blank else eol)
+        cut = len(ev) + 1  # a chunk ends between a CR and its LF: the client must not split a line there
+        await resp.write(msg[:cut])
+        await asyncio.sleep(0.01)
+        await resp.write(msg[cut:])
+    await resp.write_eof()
+    return resp
+
+
+def test_crlf_cr_and_unterminated_streams_parse_and_an_eventless_200_is_an_error():
+    async def go():
+        app = web.Application()
+        app.router.add_post("/v1/completions", _handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            reqs = [ReplayRequest(0.0, m, [5, 6, 7], TOKENS) for m in [*FRAMES, "not-sse"]]
+            return await replay(ClientConfig(f"http://127.0.0.1:{runner.addresses[0][1]}", drain_s=10.0), reqs)
+        finally:
+            await runner.cleanup()
+
+    outs = {o.model: o for o in asyncio.run(go())}
+    for name in FRAMES:
+        o = outs[name]
+        assert o.status == "ok" and o.completion_tokens == TOKENS, (name, o)
+        # the first token came after one gap, the end after all of them: TTFT is not the whole latency
+        assert o.ttft_s < 3 * GAP_S < o.end_s - o.arrival_s, (name, o)
+        assert o.tpot_s == o.tpot_s, (name, o)
+    bad = outs["not-sse"]
+    assert bad.status == "error" and "no SSE data event" in bad.error and "hello" in bad.error, bad
+
+
+def test_events_split_the_same_whatever_the_chunks():
+    from warmserve.workload.replay_client import _SSEEvents
+
+    stream = b"".join(ev + b"\r\n\r\n" for ev in _events(b"\r\n"))
+    want = [ev.replace(b"\r\n", b"\n") for ev in _events(b"\r\n")]
+    for size in (1, 2, 3, 7, len(stream)):
+        sse = _SSEEvents()
+        got = [ev for i in range(0, len(stream), size) for ev in sse.feed(stream[i:i + size])]
+        assert got == want and sse.close() == b"", size
