@@ -68,7 +68,7 @@ def cell(gpus: int, hour: float, args, seeds) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", default="16,24,32", help="cluster sizes (8 GPUs per server)")
-    ap.add_argument("--hours", default="20,9.5,13,22", help="replay start hours on ServeGen's last day")
+    ap.add_argument("--hours", default="20,10.5,13,22", help="replay start hours on ServeGen's last day")
     ap.add_argument("--models", type=int, default=16)
     ap.add_argument("--rate", type=float, default=8.0, help="total request rate, requests/s, at every size")
     ap.add_argument("--duration-s", type=float, default=1200.0)
