@@ -225,6 +225,18 @@ class WorkerHub:
             if w is not None and w.alive and msg.pid != w.pid:
                 # Same id, new process (a restart took the routing id over): the old one's state is gone.
                 self.lose(w, f"restarted as process {msg.pid}")
+            elif w is not None and w.ready:
+                # The same process says Hello again only after it gave up on this controller (a send failed: its
+                # connection was reset, or its queue full; or we were silent past its --peer-timeout-s): it aborted
+                # our generations unanswered, and what was in flight either way went with the connection. Found in
+                # review: ignored, its requests waited out request_timeout_s. Its Hellos from before it heard us
+                # all arrive before it is ready (the admission's replies follow them on the one connection), so
+                # the Hello of a ready worker is always this one. The loss of all it had, as any loss: its requests
+                # start over elsewhere; a local worker is restarted, a remote one admitted again (cleaned) now.
+                self.lose(w, "it said Hello again: it gave up on the controller, its connection broken for a "
+                             "moment, and aborted the requests running there")
+                if w.proc is not None:
+                    return
             if w is None or not w.alive:
                 self.on_hello(ident, msg)
             else:

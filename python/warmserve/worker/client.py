@@ -1,5 +1,6 @@
 """Clients of a worker: ``WorkerClient`` (sync, ZeroMQ DEALER), ``AsyncWorkerClient`` (asyncio, same methods,
-awaited) and, in ``inprocess.py``, ``InProcessWorker`` (sync, no sockets, same methods as ``WorkerClient``).
+awaited; in ``async_client.py``) and, in ``inprocess.py``, ``InProcessWorker`` (sync, no sockets, same methods as
+``WorkerClient``).
 
 Every request gets a fresh id; replies are routed by id into per-request inboxes, so many generations can stream
 at once on one socket. A request that fails comes back as its typed error (``errors.from_wire``), raised here.
@@ -8,14 +9,13 @@ Silence from the worker for ``worker_timeout_s`` (it sends heartbeats every seco
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import os
 import time
 import weakref
-from typing import AsyncIterator, Callable, Iterator
+from typing import Callable, Iterator
 
 import zmq
-import zmq.asyncio
 
 from .. import errors
 from .. import protocol as P
@@ -96,6 +96,8 @@ class SyncClientBase:
         self._inbox: dict[int, collections.deque] = {}
         #: Generations whose streams were dropped unfinished (TokenStream's finalizer): aborted by the next call.
         self._abandoned: list[int] = []
+        #: When the current wait for a reply began (monotonic s): the worker's silence counts from no earlier.
+        self._waiting_since_s = 0.0
 
     # ------------------------------------------------------------------ the worker's operations
 
@@ -192,6 +194,7 @@ class SyncClientBase:
         """The next message for request ``id``, pumping until one comes or ``timeout_s`` passes."""
         box = self._inbox[id]
         deadline = time.monotonic() + timeout_s
+        self._waiting_since_s = time.monotonic()
         while not box:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -250,6 +253,7 @@ class WorkerClient(SyncClientBase):
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.RCVHWM, hwm)
         _curve(self._sock, curve_server_key, curve_secret_key)
+        _stable_routing_id(self._sock)
         self._sock.connect(endpoint)
         self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
         self._last_heard = time.monotonic()
@@ -294,12 +298,16 @@ class WorkerClient(SyncClientBase):
                 except errors.ProtocolError:
                     continue  # a worker of another version: nothing here can be matched to it
                 self._dispatch(msg)
-        elif time.monotonic() - self._last_heard > self.worker_timeout_s:
-            raise errors.WorkerLostError(
-                f"worker at {self.endpoint} silent for {time.monotonic() - self._last_heard:.1f} s "
-                f"(limit {self.worker_timeout_s} s)",
-                endpoint=self.endpoint, silent_s=time.monotonic() - self._last_heard,
-            )
+        else:
+            # Only the time spent listening counts: this client reads (and hears heartbeats) only inside a call, so
+            # after it sat idle its last message heard is old although the worker is alive (found in review: a call
+            # answered after a second failed once the client had been idle for worker_timeout_s).
+            silent_s = time.monotonic() - max(self._last_heard, self._waiting_since_s)
+            if silent_s > self.worker_timeout_s:
+                raise errors.WorkerLostError(
+                    f"worker at {self.endpoint} silent for {silent_s:.1f} s (limit {self.worker_timeout_s} s)",
+                    endpoint=self.endpoint, silent_s=silent_s,
+                )
 
     def close(self) -> None:
         self._finalizer()
@@ -321,256 +329,25 @@ def _curve(sock, server_key: str | None, secret_key: str | None) -> None:
     _curve_client(sock, server_key, secret_key)
 
 
+def _stable_routing_id(sock) -> None:
+    """A routing id of our own, kept across reconnections: a worker that dropped this client's generations when its
+    connection broke (a reset, a message over its size limit) knows it when it hears from it again, and answers
+    each with WorkerLostError (worker/server.py). Under the id the worker's ROUTER makes up, the reconnected client
+    was a stranger and waited out its timeouts (found in review). Random, so no other client takes it over; never
+    a leading zero byte (ZeroMQ keeps those for its own)."""
+    sock.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
+
+
 def _close_zmq(sock, ctx) -> None:
     sock.close(linger=0)
     ctx.term()
 
 
-# ====================================================================== asyncio
+def __getattr__(name: str):
+    # The asyncio client moved to async_client.py (this module grew past its size); its old import path still
+    # works, loaded on first use so that neither module imports the other while it loads.
+    if name in ("AsyncTokenStream", "AsyncWorkerClient"):
+        from . import async_client
 
-
-class AsyncTokenStream:
-    """``async for ev in stream``: the ``Tokens`` events of one generation. As ``TokenStream``: ``await close()``
-    (or ``async with``) ends it early, and one dropped unfinished is aborted by its client's next call."""
-
-    def __init__(self, client: "AsyncWorkerClient", id: int, queue: asyncio.Queue, timeout_s: float):
-        self.client, self.id, self.queue, self.timeout_s = client, id, queue, timeout_s
-        self.done = False
-        self._abandoned = weakref.finalize(self, client._abandoned.append, id)
-
-    def __aiter__(self) -> AsyncIterator[P.Tokens]:
-        return self._iter()
-
-    async def _iter(self):
-        while not self.done:
-            try:
-                msg = await self.client._get(self.queue, self.id, self.timeout_s)
-            except errors.WorkerLostError:
-                self._end()
-                raise
-            if isinstance(msg, P.Error) or (isinstance(msg, P.Tokens) and msg.finished):
-                self._end()  # only the end of the request forgets it: an abandoned iterator drops nothing
-            if isinstance(msg, P.Tokens):
-                yield msg
-            else:
-                _raise_if_error(msg)
-
-    def _end(self) -> None:
-        self.done = True
-        self._abandoned.detach()
-        self.client._queues.pop(self.id, None)
-
-    async def abort(self) -> None:
-        if not self.done:
-            await self.client.abort(self.id)
-
-    async def close(self) -> None:
-        """Stop the generation if it still runs; nothing more comes from this stream."""
-        if not self.done:
-            self._end()
-            await self.client.abort(self.id)
-
-    async def __aenter__(self) -> "AsyncTokenStream":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    async def collect(self) -> tuple[list[int], P.Tokens]:
-        ids: list[int] = []
-        last = None
-        async for ev in self:
-            ids.extend(ev.token_ids)
-            last = ev
-        return ids, last
-
-
-class AsyncWorkerClient:
-    """asyncio client of one worker: the methods of ``WorkerClient``, awaited (``await generate(...)`` sends the
-    request and returns an ``AsyncTokenStream``).
-
-    A receiver task reads the socket and routes replies by id; a heartbeat task keeps the worker aware of us
-    and fails every waiting request with ``WorkerLostError`` when the worker has been silent too long.
-    """
-
-    def __init__(self, endpoint: str, *, heartbeat_interval_s: float = 1.0, worker_timeout_s: float = 10.0,
-                 hwm: int = 100_000, default_timeout_s: float = 60.0, curve_server_key: str | None = None,
-                 curve_secret_key: str | None = None):
-        """The CURVE certificate files as for ``WorkerClient``."""
-        self.endpoint = endpoint
-        self._curve_keys = (curve_server_key, curve_secret_key)
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.worker_timeout_s = worker_timeout_s
-        self.default_timeout_s = default_timeout_s
-        self.hwm = hwm
-        self._next_id = 1
-        self._queues: dict[int, asyncio.Queue] = {}
-        #: Generations whose streams were dropped unfinished (AsyncTokenStream's finalizer): aborted by the next call.
-        self._abandoned: list[int] = []
-        self._sock = None
-        self._tasks: list[asyncio.Task] = []
-        self._lost: errors.WarmServeError | None = None
-        self.last_heartbeat: P.Heartbeat | None = None
-
-    async def _ensure(self) -> None:
-        if self._sock is not None:
-            return
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, self.hwm)
-        self._sock.setsockopt(zmq.RCVHWM, self.hwm)
-        _curve(self._sock, *self._curve_keys)
-        self._sock.connect(self.endpoint)
-        self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
-        self._last_heard = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._receiver()), loop.create_task(self._heartbeats())]
-
-    async def _receiver(self) -> None:
-        while True:
-            data = await self._sock.recv()
-            self._last_heard = time.monotonic()
-            self._lost = None  # heard again (a worker that was paused or cut off): new calls go through, as the
-            # sync client's do; calls that failed with the loss stay failed (found in review: lost for good)
-            try:
-                msg = P.decode_reply(data)
-            except errors.ProtocolError:
-                continue  # a worker of another version: its replies cannot be matched anyway
-            if isinstance(msg, P.Heartbeat):
-                self.last_heartbeat = msg
-                continue
-            q = self._queues.get(msg.id)
-            if q is not None:
-                q.put_nowait(msg)
-
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
-            silent_s = time.monotonic() - self._last_heard
-            if silent_s > self.worker_timeout_s:
-                self._lost = errors.WorkerLostError(
-                    f"worker at {self.endpoint} silent for {silent_s:.1f} s (limit {self.worker_timeout_s} s)",
-                    endpoint=self.endpoint, silent_s=silent_s,
-                )
-                for q in self._queues.values():
-                    q.put_nowait(self._lost)
-            await self._send(P.Heartbeat(time_s=time.time()))
-
-    async def _send(self, msg) -> None:
-        try:
-            await self._sock.send(P.encode(msg), zmq.NOBLOCK)
-        except zmq.Again:
-            raise errors.WorkerLostError(
-                f"worker at {self.endpoint} is not taking messages ({self.hwm} queued)", endpoint=self.endpoint
-            ) from None
-
-    async def _get(self, q: asyncio.Queue, id: int, timeout_s: float):
-        try:
-            msg = await asyncio.wait_for(q.get(), timeout_s)
-        except asyncio.TimeoutError:
-            raise errors.TimeoutError_(
-                f"no answer to request {id} within {timeout_s:.1f} s: raise timeout_s or check the worker",
-                timeout_s=timeout_s, request_id=id,
-            ) from None
-        if isinstance(msg, errors.WarmServeError):
-            raise msg
-        return msg
-
-    def _open(self, id: int) -> asyncio.Queue:
-        if self._lost is not None:
-            raise self._lost
-        q: asyncio.Queue = asyncio.Queue()
-        self._queues[id] = q
-        return q
-
-    def _new_id(self) -> int:
-        id = self._next_id
-        self._next_id += 1
-        return id
-
-    async def _abort_abandoned(self) -> None:
-        """As SyncClientBase._abort_abandoned: streams dropped unfinished are aborted, their answers dropped."""
-        while self._abandoned:
-            rid = self._abandoned.pop()
-            if self._queues.pop(rid, None) is not None:
-                await self._send(P.Abort(id=self._new_id(), request_id=rid))
-
-    async def _call(self, msg, timeout_s: float | None, on_event=None):
-        await self._ensure()
-        await self._abort_abandoned()
-        q = self._open(msg.id)
-        try:
-            await self._send(msg)
-            while True:
-                reply = await self._get(q, msg.id, timeout_s or self.default_timeout_s)
-                if P.is_final(reply):
-                    return _raise_if_error(reply)
-                if on_event is not None:
-                    on_event(reply)
-        finally:
-            self._queues.pop(msg.id, None)
-
-    # ------------------------------------------------------------------ the worker's operations
-
-    async def prewarm(self, path: str, name: str = "", dtype: str = "auto", *, timeout_s: float = 600.0,
-                      on_progress=None) -> P.Prewarmed:
-        return await self._call(P.Prewarm(id=self._new_id(), path=str(path), name=name, dtype=dtype), timeout_s,
-                                on_event=on_progress)
-
-    async def evict(self, name: str, *, timeout_s: float | None = None) -> P.Evicted:
-        return await self._call(P.Evict(id=self._new_id(), name=name), timeout_s)
-
-    async def activate(self, name: str, kv_blocks: int | None = None, shared: bool = False, *,
-                       kv_target_free_blocks: int | None = None, engine: P.EngineConfig | None = None,
-                       timeout_s: float | None = None) -> P.Activated:
-        return await self._call(P.Activate(id=self._new_id(), name=name, kv_blocks=kv_blocks, shared=shared,
-                                           kv_target_free_blocks=kv_target_free_blocks, engine=engine), timeout_s)
-
-    async def deactivate(self, name: str, *, timeout_s: float | None = None) -> P.Deactivated:
-        return await self._call(P.Deactivate(id=self._new_id(), name=name), timeout_s)
-
-    async def generate(self, model: str, prompt_ids: list[int], sampling: P.SamplingParams | None = None, *,
-                       timeout_s: float | None = None) -> AsyncTokenStream:
-        """Send a generation and return its stream at once (``async for`` it; errors raise while iterating)."""
-        await self._ensure()
-        await self._abort_abandoned()
-        id = self._new_id()
-        q = self._open(id)
-        await self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.SamplingParams()))
-        return AsyncTokenStream(self, id, q, timeout_s or self.default_timeout_s)
-
-    async def abort(self, request_id: int, *, timeout_s: float | None = None) -> None:
-        await self._call(P.Abort(id=self._new_id(), request_id=request_id), timeout_s)
-
-    async def set_kv_target(self, model: str, free_blocks: int, *, timeout_s: float | None = None) -> P.KvTargetSet:
-        return await self._call(P.SetKvTarget(id=self._new_id(), model=model, free_blocks=free_blocks), timeout_s)
-
-    async def dedicate(self, model: str, *, timeout_s: float | None = None) -> P.KvTargetSet:
-        return await self._call(P.Dedicate(id=self._new_id(), model=model), timeout_s)
-
-    async def stats(self, pages: bool = False, *, timeout_s: float | None = None) -> P.Stats:
-        return await self._call(P.GetStats(id=self._new_id(), pages=pages), timeout_s)
-
-    async def shutdown(self, *, timeout_s: float | None = None) -> None:
-        await self._call(P.Shutdown(id=self._new_id()), timeout_s)
-
-    async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: PERF203  (a cancelled task re-raises on await)
-                pass
-        self._tasks = []
-        if self._sock is not None:
-            self._finalizer()
-            self._sock = None
-
-    async def __aenter__(self):
-        await self._ensure()
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.close()
+        return getattr(async_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

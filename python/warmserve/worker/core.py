@@ -124,8 +124,9 @@ class WorkerCore(BackgroundWork, ShardRoles):
         """Loads and group joins run on other threads: tick now and then, without spinning a core they need."""
         return any(m.state == "loading" for m in self.models.values()) or self.groups.joining()
 
-    def drop_peer(self, peer: Peer) -> int:
-        """Abort the generations of a peer that went away (no reply: nobody listens). Returns how many."""
+    def drop_peer(self, peer: Peer) -> list[int]:
+        """Abort the generations of a peer that went away (no reply: nobody listens). Returns their request ids
+        (the server tells the peer if it comes back)."""
         dropped = [key for key in self.generations if key[0] == peer]
         for key in dropped:
             name, rid = self.generations.pop(key)
@@ -133,7 +134,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
             if inst is not None:
                 inst.requests.pop(rid, None)
                 self._engine_abort(inst, rid)
-        return len(dropped)
+        return [key[1] for key in dropped]
 
     def close(self) -> None:
         """Abort everything and free every page (Shutdown, or the end of an in-process worker)."""
@@ -178,6 +179,10 @@ class WorkerCore(BackgroundWork, ShardRoles):
             raise errors.InvalidArgumentError(
                 f"no checkpoint at {path} (config.json missing) on worker {self.worker_id}", path=path
             )
+        if msg.max_num_seqs < 0:  # found in review: accepted, a negative batch size for the GPU's decode graphs
+            raise errors.InvalidArgumentError(
+                f"max_num_seqs must be >= 0 (0: the worker's engine config), got {msg.max_num_seqs}",
+                max_num_seqs=msg.max_num_seqs)
         m = _Model(name=name, path=path, state="loading", origin=(peer, msg.id), started_s=time.monotonic(),
                    tp=msg.tp, rank=msg.rank, max_num_seqs=msg.max_num_seqs)
         # Raises OutOfMemoryError at once, with the numbers, when the weights cannot fit the free pages, and

@@ -138,6 +138,29 @@ def check_security(args: argparse.Namespace) -> None:
                                insecure=args.insecure, who="warmserve worker --bind", fix=BIND_FIX)
 
 
+def check_bind(endpoint: str) -> None:
+    """A tcp endpoint this worker cannot bind (a port in use) fails now, before torch and the pool (seconds of
+    work), with a typed error: found in review, a raw ZMQError traceback after all of that. A throwaway socket
+    binds it and lets it go; WorkerServer's own bind fails the same way should another process take it
+    meanwhile. Not ipc: binding a path takes it over from the process that holds it."""
+    if not endpoint.startswith("tcp://"):
+        return
+    import zmq
+
+    from .server import bind_error
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as e:
+        raise bind_error(endpoint, e) from None
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
 def engine_config(args: argparse.Namespace) -> P.EngineConfig:
     """The engine limits given by flags (the others at their defaults); a bad value is refused before startup."""
     given = {f: getattr(args, f) for f in ("max_num_seqs", "max_batch_tokens", "max_kv_blocks")
@@ -207,6 +230,8 @@ def serve(args: argparse.Namespace) -> int:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     check_args(args)
     check_security(args)
+    if not args.controller:
+        check_bind(args.bind or DEFAULT_BIND)
     engine = engine_config(args)
     from .core import WorkerCore
     from .server import WorkerServer

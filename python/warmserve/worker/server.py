@@ -39,6 +39,19 @@ past ``hwm`` messages, or that is gone, has its generations aborted); the pipe t
 at most ``max_messages_per_drain`` messages are read between two engine steps. A peer silent for
 ``peer_timeout_s`` has its generations aborted, so a dead client does not hold KV blocks. A malformed message
 gets a ``ProtocolError`` reply and the loop goes on.
+
+A peer given up on is told once it is heard again. A connection that breaks for a moment (a reset, a message over
+the size limit, which ZeroMQ answers by closing it) is re-made at once by the peer's socket, so the peer never
+learns that its generations were aborted here: it waited out its timeouts (found in review). Nothing can reach a
+peer that is gone, and the first message from it after is the first moment it can be told, so:
+
+- bound: the worker keeps the ids it aborted for each peer it gave up on (``_MAX_DROPPED_PEERS`` peers at most),
+  and answers each with ``WorkerLostError`` when that peer speaks again. A client keeps its routing id across
+  reconnections for this (``client._stable_routing_id``);
+- connected: the link says ``Hello`` as soon as it hears the controller again, before the message it heard goes
+  on to the engine (so the Hello comes before any reply to it), and the controller takes a Hello from a worker it
+  has admitted as the loss of everything it had there (controller/workers.py). A Hello rather than an error per
+  request: messages in flight both ways were lost with the connection too, which only starting over settles.
 """
 
 from __future__ import annotations
@@ -68,6 +81,8 @@ BIND_FIX = ("pass --curve-secret-key (this worker's certificate) and --curve-cli
             "of the clients allowed)")
 #: Seconds the link waits for its last replies (Shutdown's Ok) to leave when it stops.
 _FLUSH_S = 1.0
+#: Peers whose aborted generation ids a bound worker keeps to tell them (the oldest is forgotten past this).
+_MAX_DROPPED_PEERS = 1024
 
 
 class WorkerServer:
@@ -109,9 +124,16 @@ class WorkerServer:
             if self.routed:
                 # Fail loudly (EHOSTUNREACH) instead of silently dropping replies to a peer that is gone.
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                # A client keeps its routing id when it reconnects: if it does so before this side has seen its
+                # old connection end, the new one takes the id over. Without this, ZeroMQ leaves the new connection
+                # unattached for good, even once the old one is gone: the client hung (tried here).
+                sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
                 if curve_clients_dir:
                     self._auth = _curve_server(self.ctx, sock, curve_secret_key, curve_clients_dir)
-                sock.bind(bind)
+                try:
+                    sock.bind(bind)
+                except zmq.ZMQError as e:
+                    raise bind_error(bind, e) from None
                 self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             else:
                 sock.setsockopt(zmq.ROUTING_ID, core.worker_id.encode())
@@ -154,6 +176,8 @@ class WorkerServer:
         else:
             self.parent_pid = int(exit_with_parent)
         self.malformed = 0
+        #: Bound: peer -> (why it was given up on, the request ids of its generations aborted then), oldest first.
+        self._dropped: collections.OrderedDict[bytes, tuple[str, list[int]]] = collections.OrderedDict()
         core.emit = self._send
 
     def hello(self) -> P.Hello:
@@ -207,10 +231,10 @@ class WorkerServer:
                 return
             op, peer = frames[0], frames[1]
             if op == _GONE:
-                n = self.core.drop_peer(peer)
-                if n:
-                    log.warning("peer %r %s: aborted %d generations", peer, frames[2].decode(), n)
+                self._drop_peer(peer, frames[2].decode())
                 continue
+            if peer in self._dropped:
+                self._tell_dropped(peer)
             payload = frames[2:]
             if len(payload) != 1:
                 self._malformed(peer, b"".join(payload), f"{len(payload)} frames, expected 1")
@@ -223,6 +247,25 @@ class WorkerServer:
             self.core.handle(peer, msg)
             if self.core.stopping:
                 return
+
+    def _drop_peer(self, peer: bytes, why: str) -> None:
+        ids = self.core.drop_peer(peer)
+        if not ids:
+            return
+        log.warning("peer %r %s: aborted %d generations", peer, why, len(ids))
+        if self.routed:
+            _, before = self._dropped.pop(peer, ("", []))
+            self._dropped[peer] = (why, before + ids)
+            while len(self._dropped) > _MAX_DROPPED_PEERS:
+                self._dropped.popitem(last=False)
+
+    def _tell_dropped(self, peer: bytes) -> None:
+        why, ids = self._dropped.pop(peer)
+        wid = self.core.worker_id
+        for id in ids:
+            self._send(peer, P.Error.of(id, errors.WorkerLostError(
+                f"worker {wid} aborted request {id}: it gave up on this client ({why}); the connection was re-made "
+                f"since, so send the request again", request_id=id, worker_id=wid)))
 
     def _malformed(self, peer, data: bytes, why) -> None:
         self.malformed += 1
@@ -268,6 +311,8 @@ class _Link:
         self.engine_turn_s = time.monotonic()
         self.in_flight = 0
         self._controller_unreachable = False
+        #: Connected: the controller was given up on (its generations aborted) and has not had a Hello since.
+        self._owe_hello = False
         #: Messages for the engine that the pipe (full at hwm) has not taken yet, in order: at most one request
         #: (no more are read meanwhile) and the peers given up on meanwhile.
         self._backlog: collections.deque[list[bytes]] = collections.deque()
@@ -322,6 +367,8 @@ class _Link:
             else:
                 peer, payload = _CONTROLLER, frames
                 self.controller_heard = True
+                if self._owe_hello:  # now, not at the next beat: see the module's docstring
+                    self._say_hello()
             self.last_seen[peer] = time.monotonic()
             self._backlog.append([_MSG, peer, *payload])
             if not self._flush():
@@ -339,7 +386,7 @@ class _Link:
 
     def _beat(self, now: float) -> None:
         if not self.routed and not self.controller_heard:
-            self._send_out(_CONTROLLER, P.encode(self.hello))
+            self._say_hello()
         for peer, seen in list(self.last_seen.items()):
             if now - seen > self.peer_timeout_s:
                 self._gone(peer, f"silent for {now - seen:.0f} s")
@@ -348,7 +395,12 @@ class _Link:
             if self.routed or now - self.engine_turn_s > self.heartbeat_interval_s:
                 self._send_out(peer, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
 
-    def _send_out(self, peer: bytes, data: bytes) -> None:
+    def _say_hello(self) -> None:
+        if self._send_out(_CONTROLLER, P.encode(self.hello)):
+            self._owe_hello = False
+
+    def _send_out(self, peer: bytes, data: bytes) -> bool:
+        """Send without blocking; False when it failed (the peer is given up on if it was known)."""
         try:
             if self.routed:
                 self.sock.send_multipart([peer, data], zmq.NOBLOCK)
@@ -367,8 +419,9 @@ class _Link:
             if self.routed or self.controller_heard or peer in self.last_seen:
                 self._gone(peer, f"unreachable ({e.strerror})")
             self._controller_unreachable = not self.routed
-        else:
-            self._controller_unreachable = False
+            return False
+        self._controller_unreachable = False
+        return True
 
     def _gone(self, peer: bytes, why: str) -> None:
         """Tell the engine loop to abort the peer's generations (it owns them). A connected worker whose
@@ -377,8 +430,24 @@ class _Link:
         self.last_seen.pop(peer, None)
         if not self.routed:
             self.controller_heard = False
+            self._owe_hello = True
         self._backlog.append([_GONE, peer, why.encode()])
         self._flush()
+
+
+def bind_error(bind: str, e: zmq.ZMQError) -> errors.InvalidArgumentError:
+    """The typed error of a worker that cannot bind ``bind``, with the fix for its cause (as the controller's)."""
+    import errno
+
+    if e.errno == errno.EADDRINUSE:
+        fix = ("another process holds that port (an earlier worker still running?): pick another port (--bind "
+               "tcp://HOST:PORT; port 0 picks a free one) or stop that process")
+    elif e.errno == errno.EADDRNOTAVAIL:
+        fix = "the host is no address of this machine: bind one of its addresses, or tcp://0.0.0.0:PORT for all"
+    else:
+        fix = "bind an endpoint such as tcp://127.0.0.1:PORT (port 0 picks a free one)"
+    return errors.InvalidArgumentError(f"the worker cannot bind {bind}: {zmq.strerror(e.errno)}; {fix}",
+                                       endpoint=bind, errno=e.errno)
 
 
 def _curve_client(sock, server_key: str, secret_key: str | None) -> None:
