@@ -143,15 +143,25 @@ class Cluster:
 
         fut = self._submit(guarded(), coro)
         try:
-            return fut.result(timeout_s)
-        except BaseException as e:
-            if not fut.done():
-                fut.cancel()
-                done.wait(CANCEL_WAIT_S)
-            if isinstance(e, concurrent.futures.TimeoutError):
-                raise TimeoutError_(f"no result within {timeout_s:g} s: the work was cancelled (a generation is "
-                                    "aborted on its worker); raise timeout_s", timeout_s=timeout_s) from None
+            concurrent.futures.wait((fut,), _wait_limit_s(timeout_s))
+        except BaseException:  # Ctrl-C
+            self._cancel(fut, done)
             raise
+        # Only a wait that ran out is the caller's timeout. Found in review: any TimeoutError the work raised (a
+        # queue timeout, a worker start's: TimeoutError_ is a TimeoutError, as concurrent.futures' is) was
+        # rewritten as this one, with timeout_s=None failing to format.
+        if not fut.done() and self._cancel(fut, done):
+            raise TimeoutError_(f"no result within {timeout_s:g} s: the work was cancelled (a generation is "
+                                "aborted on its worker); raise timeout_s", timeout_s=timeout_s)
+        return fut.result()
+
+    @staticmethod
+    def _cancel(fut: concurrent.futures.Future, done: threading.Event) -> bool:
+        """Cancel the work of ``fut`` and wait for its clean-up; False when it had ended already."""
+        if not fut.cancel():
+            return False
+        done.wait(CANCEL_WAIT_S)
+        return True
 
     def _check(self):
         if self._closed:
@@ -216,8 +226,10 @@ class Cluster:
         """Generate a completion of ``prompt`` (text or token ids), or of a chat given as ``messages``. Sampling:
         the keywords (defaults: max_tokens 16, temperature 1, top_p 1), or ``params`` (a
         ``warmserve.SamplingParams``: every option the engine has, logprobs, penalties, stop token ids, ..., the
-        same object the HTTP API builds), not both."""
+        same object the HTTP API builds), not both. timeout_s: how long to wait for the whole completion (None or
+        math.inf: no limit); when it runs out the generation is aborted and TimeoutError_ raised."""
         self._check()
+        timeout_s = _check_timeout(timeout_s)
         m, ids, s = self._prepare(model, prompt, params, max_tokens, temperature, top_p, seed, stop, messages)
         return self._run(self._collect(m, ids, s), timeout_s)
 
@@ -289,15 +301,39 @@ class TextIterator:
     def __iter__(self):
         try:
             while True:
-                piece = self._c._run(self._next())
+                try:
+                    piece = self._c._run(self._next())
+                except ClosedError as e:
+                    piece = self._rest(e)
                 if piece is None:
                     return
                 yield piece
         finally:
             self._abort()
 
+    def _rest(self, closed: ClosedError) -> str | None:
+        """The next piece of a generation that ended before its cluster closed (``close()`` lets running requests
+        finish): the text left unread, taken here, the controller's loop having stopped. Found in review: a stream
+        read after close() lost that text to a ClosedError. ``closed`` is raised for one still running or never
+        submitted."""
+        gen = self._gen
+        if gen is None or not gen.req.done or self._c._thread.is_alive():
+            raise closed
+        # Nothing of an ended request's iteration waits (its tokens and end are queued), so one step runs it whole.
+        step = self._next()
+        try:
+            step.send(None)
+        except StopIteration as end:
+            return end.value
+        step.close()
+        raise closed
+
     async def _anext_impl(self):
-        return await asyncio.wrap_future(self._c._submit(self._next()))
+        try:
+            fut = self._c._submit(self._next())
+        except ClosedError as e:
+            return self._rest(e)
+        return await asyncio.wrap_future(fut)
 
     def __aiter__(self):
         return self._agen()
@@ -334,6 +370,33 @@ def _check_prompt(prompt) -> None:
     if prompt is not None and not isinstance(prompt, (str, list, tuple)):
         raise InvalidArgumentError(f"prompt must be text or a list of token ids, got {type(prompt).__name__} "
                                    f"{prompt!r:.40}", param="prompt")
+
+
+#: Waits longer than this have no limit: threading's waits overflow long before (found in review:
+#: generate(timeout_s=1e12) raised OverflowError, and inf too, after the request had gone out).
+LONGEST_WAIT_S = 365 * 86400.0
+
+
+def _wait_limit_s(timeout_s: float | None) -> float | None:
+    return None if timeout_s is None or timeout_s >= LONGEST_WAIT_S else max(0.0, timeout_s)
+
+
+def _check_timeout(timeout_s) -> float | None:
+    """A caller's timeout_s as seconds, None for no limit (None or inf). Found in review: nan timed out at once
+    and inf raised OverflowError."""
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real):
+        raise InvalidArgumentError(f"timeout_s must be a number of seconds or None (no limit), got "
+                                   f"{type(timeout_s).__name__} {timeout_s!r:.40}", param="timeout_s")
+    try:
+        t = float(timeout_s)
+    except OverflowError:  # an int beyond a float's range
+        t = math.inf if timeout_s > 0 else -math.inf
+    if not t > 0:
+        raise InvalidArgumentError(f"timeout_s must be above 0 seconds, got {timeout_s!r:.40}: pass None or "
+                                   f"math.inf for no limit", param="timeout_s")
+    return None if t == math.inf else t
 
 
 def _check_sampling(k: dict) -> None:

@@ -28,6 +28,7 @@ from warmserve.controller.restarts import WorkerRestarts
 from warmserve.controller.workers import WorkerHub, WorkerRecord, host_of
 from warmserve.errors import InvalidArgumentError, TimeoutError_, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy.baselines import UnplacedModelError
 from warmserve.policy.driver import PolicyDriver
 from warmserve.policy.state import ClusterState, ModelInfo
 
@@ -125,6 +126,9 @@ class Controller(WorkerRestarts):
         #: Routing ids of local workers being restarted (from their loss until the new process is admitted), each
         #: with the future ``_admit`` resolves with the admitted record; and their restarts in a row (back-off).
         self.restarting: dict[bytes, asyncio.Future] = {}
+        #: Routing id -> worker id of each worker lost and not admitted again since (a local one is restarted under
+        #: its routing id; a remote one comes back when a worker with its id joins): the lost workers gauge.
+        self.lost_workers: dict[bytes, str] = {}
         self._restarts: dict[bytes, int] = {}
         #: Routing id -> (the record being replaced, the future of its successor's record), for local workers whose
         #: process is being replaced on purpose (``replace_worker``).
@@ -187,7 +191,18 @@ class Controller(WorkerRestarts):
                     f"{widest}: start more workers per machine (cpu_workers, or one per GPU) or lower its tp",
                     model=m.name, tp=m.spec.tp, workers_per_machine=widest)
         # The policy's first tick sees the whole initial cluster: static layouts (dedicated, shared) place once.
+        # It runs here, so that a layout that leaves a model without an instance (UnplacedModelError) refuses the
+        # start: found in review, it was logged by the policy loop, and that model's requests waited until they
+        # timed out, for good.
         self.policy_running = True
+        try:
+            if self.gpu_workers:  # (none expected: the first to join starts the ticks, as in the policy loop)
+                self.groups.prewarm()
+                self.driver.tick(self.now_s())
+        except UnplacedModelError:
+            raise
+        except Exception:  # as in the policy loop: any other bug there must not stop serving
+            log.exception("policy tick failed")
 
     def _said_hello(self, proc, ident: bytes | None) -> bool:
         """Whether the local worker process ``proc`` (under routing id ``ident``) has said Hello: it has a record,
@@ -232,7 +247,9 @@ class Controller(WorkerRestarts):
         aborts = []
         for w in list(self.hub.workers.values()):
             for gid, req in w.gens.items():
-                req.fail(OverloadedError("the server shut down before the request finished"))
+                if not req.done:  # counted as the queued ones failed above are (found in review: these were not)
+                    req.fail(OverloadedError("the server shut down before the request finished"))
+                    self._request_done(req, "error")
                 if w.alive and w.proc is None:  # a remote worker stays up: free the request's KV blocks now
                     aborts.append((w, gid))
             w.gens.clear()
@@ -318,7 +335,6 @@ class Controller(WorkerRestarts):
         self._next_rid += 1
         req = Req(self._next_rid, model, prompt_ids, sampling, self.cc.request_timeout_s)
         req._abort_cb = self._abort
-        self.metrics.prompt_tokens.inc(len(prompt_ids), model=model)
         # The prompt's length is the prefill load the policy scales on until the first token is out.
         self.driver.submit(model, req, self.now_s(), prompt_tokens=len(prompt_ids))
         return req
@@ -405,6 +421,7 @@ class Controller(WorkerRestarts):
             self.hub.lose(w, f"could not be admitted: {e}")
             return
         w.ready = True
+        self.lost_workers.pop(w.ident, None)
         back = self.restarting.pop(w.ident, None)
         if back is not None and not back.done():
             back.set_result(w)
@@ -432,6 +449,7 @@ class Controller(WorkerRestarts):
             # Not counted here: the fresh process of a planned replacement, lost while being admitted. Its loss
             # fails the replacement, whose _replace_failed counts the GPU lost (found in review: counted twice).
             self.metrics.workers_lost.inc()
+        self.lost_workers[w.ident] = w.worker_id
         now = self.now_s()
         # Requests of tensor-parallel instances that lost a rank here ran on their rank 0 elsewhere: the same fate.
         # groups.lost sends nothing (its sends wait until this handling is over), so no other loss can route
@@ -501,10 +519,14 @@ class Controller(WorkerRestarts):
                 if self.gpu_workers:
                     self.groups.prewarm()
                     self.driver.tick(self.now_s())
-                # Also with no worker (all restarting): waiting requests still time out.
-                self.executor.expire_requests()
             except Exception:  # a policy bug must not stop serving; it is logged with its trace
                 log.exception("policy tick failed")
+            # Apart from the tick: found in review, a tick that kept failing kept waiting requests from ever timing
+            # out. Also with no worker (all restarting).
+            try:
+                self.executor.expire_requests()
+            except Exception:
+                log.exception("expiring requests failed")
 
     # ------------------------------------------------------------------------------------------- views
 

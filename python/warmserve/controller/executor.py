@@ -499,7 +499,10 @@ class LiveExecutor:
         try:
             hub.send(w, data)
         except WorkerLostError:
-            pass  # the loss (Controller._on_lost) re-queued it
+            return  # the loss (Controller._on_lost) re-queued it
+        # Counted here, as sent: found in review, counted at submit, requests that never reached an instance (timed
+        # out or aborted while queued) were counted, and a resumption's prefill of its prompt and tokens was not.
+        self.ctl.metrics.prompt_tokens.inc(len(req.prompt_ids) + len(req.token_ids), model=req.model)
 
     def migrate_requests(self, inst: InstanceState, now_s: float) -> list:
         rec = self.instances.get(inst.instance_id)

@@ -105,7 +105,8 @@ class ControllerMetrics:
         self.rejected = Counter(r, "warmserve_rejected_requests", "HTTP requests answered with an error status, "
                                 "by status and route.", ("status", "route"))
         self.tokens = Counter(r, "warmserve_generation_tokens", "Tokens generated (decode).", ("model",))
-        self.prompt_tokens = Counter(r, "warmserve_prompt_tokens", "Prompt tokens sent to instances (prefill).",
+        self.prompt_tokens = Counter(r, "warmserve_prompt_tokens", "Prompt tokens sent to instances (prefill), "
+                                     "with a resumed request's tokens generated before.",
                                      ("model",))
         self.prewarm_hits = Counter(r, "warmserve_prewarm_hits", "Instances started from a prewarmed replica.",
                                     ("model",))
@@ -135,7 +136,8 @@ class ControllerMetrics:
         self.instances = Gauge(r, "warmserve_instances", "Running instances.", ("model",))
         self.prewarmed = Gauge(r, "warmserve_prewarmed_replicas", "Prewarmed weight sets resident on workers.",
                                ("model",))
-        self.workers = Gauge(r, "warmserve_workers", "Workers by state.", ("state",))
+        self.workers = Gauge(r, "warmserve_workers", "Workers by state: ready, or lost and not back yet.",
+                             ("state",))
         self.pages = Gauge(r, "warmserve_worker_pages", "Pages of each worker's pool by role.", ("worker", "role"))
         self.kv_usage = Gauge(r, "warmserve_kv_cache_usage_ratio", "KV blocks holding tokens / KV blocks the "
                               "instance can hold (0..1), per running instance.", ("worker", "model"))

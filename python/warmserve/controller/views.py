@@ -61,7 +61,8 @@ def collect(ctl) -> None:
         m.prewarmed.set(sum(1 for p in ctl.prewarms.values() if p.model == name and p.loaded), model=name)
     ws = list(ctl.hub.workers.values()) if ctl.hub else []
     m.workers.set(sum(w.ready for w in ws), state="ready")
-    m.workers.set(sum(not w.alive for w in ws), state="lost")
+    # Not the records of lost workers: a loss drops its record at once (found in review: this read 0 always).
+    m.workers.set(len(ctl.lost_workers.keys() | ctl.restarting.keys()), state="lost")
     for w in ws:
         if w.alive and w.stats is not None:
             for role, pages in pages_by_role(w.stats, ctl.models).items():

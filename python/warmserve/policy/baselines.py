@@ -79,6 +79,18 @@ class StaticPolicy(Policy):
                 if act is not None:
                     out.append(act)
                     count[m] += 1
+            unplaced = [m for m in order if count[m] == 0]
+            if unplaced:
+                # Found in review: left out silently, and that model's requests waited until they timed out.
+                n_gpus = sum(1 for g in state.gpus if not g.gone)
+                free = n_gpus - sum(len(a.gpus) for a in out)
+                raise UnplacedModelError(
+                    f"dedicated layout: models {unplaced} get no instance: each model needs GPUs of its own, and "
+                    f"the {n_gpus} GPUs (one per worker) hold {len(out)} instances of the others, {free} left free "
+                    f"(too few or too small for tp {[self.models[m].tp for m in unplaced]}, shards of "
+                    f"{[round(self.models[m].shard_bytes / 1e9, 2) for m in unplaced]} GB): add GPUs (workers), "
+                    f"serve fewer models, or use policy 'shared' (it colocates models)",
+                    model=unplaced[0], models=unplaced, gpus=n_gpus, free_gpus=free)
             while True:  # then the rest to whichever model has the most demand per instance
                 ranked = sorted(self.models, key=lambda m: (-demand[m] / max(count[m], 1) if count[m] else -math.inf, m))
                 added = False
