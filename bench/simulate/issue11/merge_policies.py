@@ -22,10 +22,30 @@ from warmserve.sim.cli import print_ratios, ratios_of
 MAY_DIFFER = ("policy",)
 
 
+#: Workload meta fields recorded since some runs were written, each derived from fields both runs have: a run
+#: without one is compared as if it had recorded it.
+#: (the paper recipe records its trace-time rate as total_rate_rps, the ServeGen one as expected_rate_rps)
+DERIVED_META = {"offered_rate_rps": lambda m: m.get("total_rate_rps", m.get("expected_rate_rps"))
+                / m.get("time_scale", 1.0)}
+
+
+def _with_derived(workload):
+    if not isinstance(workload, dict) or not isinstance(workload.get("meta"), dict):
+        return workload
+    meta = dict(workload["meta"])
+    for k, f in DERIVED_META.items():
+        if k not in meta and ("total_rate_rps" in meta or "expected_rate_rps" in meta):
+            meta[k] = f(meta)
+    return {**workload, "meta": meta}
+
+
 def merge(base: dict, later: dict, policies: list[str], later_name: str, assume_same_options: bool = False) -> dict:
     for key in ("preset", "models", "cluster", "workload"):
-        if base.get(key) != later.get(key):
-            raise SystemExit(f"the runs differ in {key!r}: {base.get(key)!r} against {later.get(key)!r}")
+        a, b = base.get(key), later.get(key)
+        if key == "workload":
+            a, b = _with_derived(a), _with_derived(b)
+        if a != b:
+            raise SystemExit(f"the runs differ in {key!r}: {a!r} against {b!r}")
     if "args" in base and "args" in later:
         a, b = ({k: v for k, v in d["args"].items() if k not in MAY_DIFFER} for d in (base, later))
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -69,3 +69,15 @@ def test_a_file_that_records_no_arguments_is_merged_only_when_the_caller_vouches
     with pytest.raises(SystemExit, match="--assume-same-options"):
         MP.merge(old, both, ["warmserve"], "both.json")
     assert MP.merge(old, both, ["warmserve"], "both.json", assume_same_options=True)["policies"] == both["policies"]
+
+
+def test_a_file_written_before_the_offered_rate_was_recorded_is_the_same_workload(runs):
+    both, *_ = runs
+    meta = both["workload"]["meta"]
+    assert meta["offered_rate_rps"] == pytest.approx(meta["expected_rate_rps"] / meta["time_scale"])
+    old = {**both, "workload": {**both["workload"], "meta": {k: v for k, v in meta.items() if k != "offered_rate_rps"}}}
+    assert MP.merge(old, both, ["warmserve"], "both.json")["policies"] == both["policies"]
+    # a recorded rate that does not follow from the others is a difference
+    wrong = {**both, "workload": {**both["workload"], "meta": {**meta, "offered_rate_rps": 2 * meta["offered_rate_rps"]}}}
+    with pytest.raises(SystemExit, match="workload"):
+        MP.merge(old, wrong, ["warmserve"], "wrong.json")
