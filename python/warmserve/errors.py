@@ -43,6 +43,21 @@ class InvalidArgumentError(WarmServeError, ValueError):
     http_status = 400
 
 
+def bind_error(who: str, bind: str, errno_: int, reason: str) -> InvalidArgumentError:
+    """The typed error of a socket ``who`` (e.g. "the worker") cannot bind ``bind`` to, with the fix for its cause
+    (``errno_``, ``reason``: the bind's errno and its text, zmq.strerror)."""
+    import errno
+
+    if errno_ == errno.EADDRINUSE:
+        fix = ("another process holds that port (an earlier warmserve still running?): pick another port "
+               "(--bind tcp://HOST:PORT; port 0 picks a free one) or stop that process")
+    elif errno_ == errno.EADDRNOTAVAIL:
+        fix = "the host is no address of this machine: bind one of its addresses, or tcp://0.0.0.0:PORT for all"
+    else:
+        fix = "bind an endpoint such as tcp://127.0.0.1:PORT (port 0 picks a free one)"
+    return InvalidArgumentError(f"{who} cannot bind {bind}: {reason}; {fix}", endpoint=bind, errno=errno_)
+
+
 class OutOfMemoryError(WarmServeError, MemoryError):
     """Not enough free pages (or host memory) for what was asked."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from warmserve import protocol as P
-from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError
+from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")
@@ -347,17 +347,7 @@ def _close_sock(sock, ctx) -> None:
 
 def _bind_error(bind: str, e: zmq.ZMQError) -> InvalidArgumentError:
     """The typed error of a worker socket that cannot bind ``bind``, with the fix for its cause."""
-    import errno
-
-    if e.errno == errno.EADDRINUSE:
-        fix = ("another process holds that port (an earlier warmserve still running?): pick another port "
-               "(--bind tcp://HOST:PORT; port 0 picks a free one) or stop that process")
-    elif e.errno == errno.EADDRNOTAVAIL:
-        fix = "the host is no address of this machine: bind one of its addresses, or tcp://0.0.0.0:PORT for all"
-    else:
-        fix = "bind an endpoint such as tcp://127.0.0.1:PORT (port 0 picks a free one)"
-    return InvalidArgumentError(f"the controller's worker socket cannot bind {bind}: {zmq.strerror(e.errno)}; {fix}",
-                                endpoint=bind, errno=e.errno)
+    return bind_error("the controller's worker socket", bind, e.errno, zmq.strerror(e.errno))
 
 
 def _curve_server(ctx, sock, curve_dir: str):

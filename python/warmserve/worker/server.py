@@ -437,17 +437,7 @@ class _Link:
 
 def bind_error(bind: str, e: zmq.ZMQError) -> errors.InvalidArgumentError:
     """The typed error of a worker that cannot bind ``bind``, with the fix for its cause (as the controller's)."""
-    import errno
-
-    if e.errno == errno.EADDRINUSE:
-        fix = ("another process holds that port (an earlier worker still running?): pick another port (--bind "
-               "tcp://HOST:PORT; port 0 picks a free one) or stop that process")
-    elif e.errno == errno.EADDRNOTAVAIL:
-        fix = "the host is no address of this machine: bind one of its addresses, or tcp://0.0.0.0:PORT for all"
-    else:
-        fix = "bind an endpoint such as tcp://127.0.0.1:PORT (port 0 picks a free one)"
-    return errors.InvalidArgumentError(f"the worker cannot bind {bind}: {zmq.strerror(e.errno)}; {fix}",
-                                       endpoint=bind, errno=e.errno)
+    return errors.bind_error("the worker", bind, e.errno, zmq.strerror(e.errno))
 
 
 def _curve_client(sock, server_key: str, secret_key: str | None) -> None:

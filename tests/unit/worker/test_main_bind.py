@@ -25,6 +25,6 @@ def test_a_port_in_use_is_refused_with_a_typed_error_before_the_slow_set_up():
     assert r.returncode == 2, said
     assert "Traceback" not in r.stderr
     assert said == [f"warmserve worker: InvalidArgumentError: the worker cannot bind tcp://127.0.0.1:{port}: "
-                    "Address already in use; another process holds that port (an earlier worker still running?): "
+                    "Address already in use; another process holds that port (an earlier warmserve still running?): "
                     "pick another port (--bind tcp://HOST:PORT; port 0 picks a free one) or stop that process"]
     assert "torch" not in imported
