@@ -219,3 +219,14 @@ def wait_prewarmed(c, timeout_s: float) -> list[dict]:
             break
         time.sleep(0.2)
     return pw
+
+
+def write_slow_tiny_llama(folder: str, name: str = "tiny-llama") -> str:
+    """A Llama checkpoint of 8 layers x 256 wide (random weights, 1024-token vocabulary) in ``folder``: small to
+    write, yet slow enough per token on CPU that a generation is still running when a test cuts or pauses its
+    worker. Returns its path."""
+    from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
+
+    spec = DemoSpec(model_type="llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8,
+                    num_attention_heads=4, num_key_value_heads=2, vocab_size=1024)
+    return write_checkpoint(folder, name, config_dict(spec), tokenizer=build_tokenizer(1024))

@@ -11,6 +11,7 @@ import time
 import pytest
 import zmq
 
+from serving import write_slow_tiny_llama
 from tcp_proxy import CuttableProxy
 from warmserve import errors
 from warmserve import protocol as P
@@ -24,12 +25,7 @@ MODEL = "tiny-llama"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
-    from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
-
-    spec = DemoSpec(model_type="llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8,
-                    num_attention_heads=4, num_key_value_heads=2, vocab_size=1024)
-    return write_checkpoint(str(tmp_path_factory.mktemp("models")), MODEL, config_dict(spec),
-                            tokenizer=build_tokenizer(1024))
+    return write_slow_tiny_llama(str(tmp_path_factory.mktemp("models")), MODEL)
 
 
 @pytest.fixture(scope="module")
