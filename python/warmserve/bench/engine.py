@@ -2,13 +2,17 @@
 
 Side by side in one run, per demo model, on the same checkpoint and thread count:
 - prefill and decode tokens/s of our engine (weights in a memory-manager slot) and of transformers'
-  ``generate()`` (greedy, its default dynamic KV cache), at batch 1 and 16, the two alternating run by run.
+  ``generate()`` (greedy, its default dynamic KV cache), at batch 1 and 16, the two alternating run by run,
+  both in the dtype our engine loaded (the checkpoint's: float32 for the small demos, bfloat16 for the 1b/7b).
   Prefill time = the time to the first token (for generate(), when its streamer receives it); decode tokens/s =
   (batch x (new tokens - 1)) / (total time - prefill time).
 - time to first token (TTFT) of one request when the model is prewarmed (activation: Engine over the resident
   weights), when it needs a cold load in a running process (load_model + activation), and when it needs a new
   process (spawned `python -c` that imports torch and warmserve, creates a pool, loads and runs one token).
-  Ratios are speedups: ``ttft_prewarmed_vs_cold_load`` = cold-load TTFT / prewarmed TTFT.
+  Ratios are speedups: ``ttft_prewarmed_vs_cold_load`` = cold-load TTFT / prewarmed TTFT. One cold load and
+  first token come first and are left out of the medians, so the timed cold loads do not carry the process's
+  first-use costs (lazy imports, the first kernels), which the prewarmed side, always measured after a load,
+  never pays.
 Medians over --repeats. The checkpoint files are in the OS page cache for every case (the cold cases measure
 load and process start, not the disk).
 """
@@ -137,12 +141,21 @@ def throughput_pair(lm, hf, batch: int, prompt_tokens: int, new_tokens: int, rep
     return ours, theirs
 
 
-def _hf_model(path: str, device: str):
-    import torch
+def _hf_model(path: str, device: str, dtype=None):
+    """transformers' model of ``path`` in ``dtype`` (None: the checkpoint's, as our loader's "auto"), so the
+    comparison runs both engines on the same bytes per weight."""
     import transformers
 
+    from warmserve.engine.config import ModelConfig
+    from warmserve.engine.loader import resolve_dtype
+
     transformers.logging.set_verbosity_error()
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    dtype = resolve_dtype(dtype, ModelConfig.from_dir(path))
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _rates(batch, prompt_tokens, new_tokens, ttfts, totals) -> dict:
@@ -165,6 +178,13 @@ def ttft_cases(path: str, name: str, pool, repeats: int, threads: int, device: s
             _sync(device)
             assert out and out[0].token_ids
 
+    # Left out of the medians: the process's first load pays first-use costs no later load (nor a prewarmed
+    # request, always measured after a load) pays.
+    t0 = time.perf_counter()
+    lm = load_model(path, pool, name=name).wait()
+    first_token(lm)
+    first_cold = time.perf_counter() - t0
+    lm.close()
     cold, warm = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -176,7 +196,9 @@ def ttft_cases(path: str, name: str, pool, repeats: int, threads: int, device: s
             first_token(lm)
             warm.append(time.perf_counter() - t0)
         lm.close()
-    out = {"ttft_prewarmed_s": statistics.median(warm), "ttft_cold_load_s": statistics.median(cold)}
+    out = {"ttft_prewarmed_s": statistics.median(warm), "ttft_cold_load_s": statistics.median(cold),
+           "ttft_prewarmed_s_each": warm, "ttft_cold_load_s_each": cold,
+           "ttft_first_cold_load_s_excluded": first_cold}
     out["ttft_prewarmed_vs_cold_load"] = out["ttft_cold_load_s"] / out["ttft_prewarmed_s"]
     if new_process:
         runs = [_new_process_ttft(path, pool.total_bytes, threads, device) for _ in range(max(1, repeats - 1))]
@@ -220,15 +242,10 @@ def _new_process_ttft(path: str, pool_bytes: int, threads: int, device: str) -> 
 def run(args) -> dict:
     import torch
 
-    from warmserve.engine import load_model
-    from warmserve.engine.config import ModelConfig
     from warmserve.engine.demo import write_demo_models
-    from warmserve.engine.kv_cache import block_layout
-    from warmserve.memory import PagePool
 
     torch.set_num_threads(args.threads)
     device = args.device
-    backend = "cuda" if device.startswith("cuda") else "host"
     paths = write_demo_models(args.demo_dir, names=args.models)
     results = {"machine": _machine(device, args.threads), "args": {k: v for k, v in vars(args).items() if k != "func"},
                "definitions": {
@@ -236,25 +253,46 @@ def run(args) -> dict:
                    "decode_tok_s": "batch x (new tokens - 1) / (total time - time to first token)",
                    "decode_speedup_bN": "ours decode tokens/s / transformers generate() decode tokens/s at batch N: "
                                         "the median over repeats of the ratio within each adjacent pair of runs",
-                   "ttft_prewarmed_vs_cold_load": "TTFT with a cold load in a running process / TTFT prewarmed",
+                   "dtype_ours, dtype_transformers": "the weights' dtype in each engine (the checkpoint's)",
+                   "ttft_prewarmed_vs_cold_load": "TTFT with a cold load in a running process / TTFT prewarmed; "
+                                                  "after one cold load and first token left out "
+                                                  "(ttft_first_cold_load_s_excluded)",
                    "ttft_prewarmed_vs_new_process": "TTFT in a new process / TTFT prewarmed"},
                "models": {}}
     for name in args.models:
-        path = paths[name]
-        cfg = ModelConfig.from_dir(path)
-        _, block_bytes = block_layout(cfg, torch.float32)
-        blocks = max(args.batches) * (-(-(args.prompt_tokens + args.new_tokens) // 256)) + 4
-        weight_region = align_up(cfg.num_params() * 4) + (16 << 20)
-        pool = PagePool(_pool_bytes(weight_region, block_bytes, blocks), backend=backend)
+        results["models"][name] = measure_model(name, paths[name], args)
+    return results
+
+
+def measure_model(name: str, path: str, args) -> dict:
+    """Every figure of one checkpoint: the TTFT cases, then throughput against transformers per batch size."""
+    import torch
+
+    from warmserve.engine import load_model
+    from warmserve.engine.config import ModelConfig
+    from warmserve.engine.kv_cache import block_layout
+    from warmserve.memory import PagePool
+
+    device = args.device
+    backend = "cuda" if device.startswith("cuda") else "host"
+    cfg = ModelConfig.from_dir(path)
+    _, block_bytes = block_layout(cfg, torch.float32)  # float32 bounds every dtype's block and weights from above
+    blocks = max(args.batches) * (-(-(args.prompt_tokens + args.new_tokens) // 256)) + 4
+    weight_region = align_up(cfg.num_params() * 4) + (16 << 20)
+    with PagePool(_pool_bytes(weight_region, block_bytes, blocks), backend=backend) as pool:
         r = {"params": cfg.num_params(), "architecture": cfg.architecture}
         print(f"[{name}] {cfg.num_params() / 1e6:.0f}M params", flush=True)
         r.update(ttft_cases(path, name, pool, args.repeats, args.threads, device, not args.no_new_process))
         lm = load_model(path, pool).wait()
-        hf = None if args.no_hf else _hf_model(path, device)
+        hf = None if args.no_hf else _hf_model(path, device, lm.dtype)
+        r["dtype_ours"] = _dtype_name(lm.dtype)
+        if hf is not None:
+            r["dtype_transformers"] = _dtype_name(next(hf.parameters()).dtype)
         for b in args.batches:
             rep = args.repeats if b * cfg.num_params() < 2e9 else min(2, args.repeats)
             o, h = throughput_pair(lm, hf, b, args.prompt_tokens, args.new_tokens, rep, device)
             r[f"ours_b{b}"] = o
+            r[f"repeats_b{b}"] = rep
             if h is not None:
                 r[f"hf_b{b}"] = h
                 r[f"prefill_speedup_b{b}"] = o.pop("prefill_speedup")
@@ -263,9 +301,7 @@ def run(args) -> dict:
                   flush=True)
         del hf
         lm.close()
-        pool.close()
-        results["models"][name] = r
-    return results
+    return r
 
 
 def _machine(device: str, threads: int) -> dict:
@@ -289,12 +325,15 @@ def _machine(device: str, threads: int) -> dict:
 
 
 def table(results: dict) -> str:
-    rows = [f"{'model':<12} {'params':>7} {'b':>3} {'prefill tok/s':>14} {'(hf)':>9} {'decode tok/s':>13} {'(hf)':>9} {'decode x':>9}"]
+    rows = [f"{'model':<12} {'params':>7} {'dtype (hf)':>19} {'b':>3} {'prefill tok/s':>14} {'(hf)':>9} "
+            f"{'decode tok/s':>13} {'(hf)':>9} {'decode x':>9}"]
     for name, r in results["models"].items():
         for key in sorted(k for k in r if k.startswith("ours_b")):
             b = key[6:]
             o, h = r[key], r.get(f"hf_b{b}", {})
-            rows.append(f"{name:<12} {r['params'] / 1e6:6.0f}M {b:>3} {o['prefill_tok_s']:14.0f} {h.get('prefill_tok_s', float('nan')):9.0f} "
+            dt = f"{r.get('dtype_ours', '?')} ({r.get('dtype_transformers', '-')})"
+            rows.append(f"{name:<12} {r['params'] / 1e6:6.0f}M {dt:>19} {b:>3} {o['prefill_tok_s']:14.0f} "
+                        f"{h.get('prefill_tok_s', float('nan')):9.0f} "
                         f"{o['decode_tok_s']:13.1f} {h.get('decode_tok_s', float('nan')):9.1f} "
                         f"{r.get(f'decode_speedup_b{b}', float('nan')):8.2f}x")
     rows.append("")

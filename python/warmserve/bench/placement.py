@@ -6,7 +6,8 @@
 2. Survival. The same forecasts and the same sequence of scale-ups (models drawn by their forecast peak) run
    under laminar and under round-robin placement; after each round of scale-ups the plan is redone. The share
    of prewarmed replicas destroyed by other models' scale-ups (evicted because an instance of another model took
-   one of their GPUs), and the share of scale-ups served by a prewarm, are counted.
+   one of their GPUs), and the share of scale-ups served from resident weights, are counted: a planned prewarm,
+   or the model's own weights that a stopped instance kept on the same GPUs (the driver makes that start a hit).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.driver import InstantExecutor, PolicyDriver, instant_driver
 from warmserve.policy.placement import is_laminar
 from warmserve.policy.state import ClusterState, ModelInfo
 
@@ -123,6 +124,19 @@ def plan_time(n_gpus: int, n_models: int, repeats: int, seed: int = 0) -> dict:
     }
 
 
+class _StartCounter(InstantExecutor):
+    """Counts the starts the driver made from resident weights, whatever the action asked (a cold start onto the
+    model's own kept weights is a hit that the action does not show)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hits = 0
+
+    def start_instance(self, inst, act, prewarm, now_s) -> None:
+        super().start_instance(inst, act, prewarm, now_s)
+        self.hits += prewarm is not None
+
+
 VARIANTS = {  # placement -> (policy name, config overrides)
     "laminar": ("warmserve", {}),
     "round-robin": ("round-robin-placement", {}),
@@ -133,14 +147,15 @@ VARIANTS = {  # placement -> (policy name, config overrides)
 def survival(placement: str, n_gpus: int, n_models: int, rounds: int, seeds=(1, 2, 3), load_frac: float = 1.0) -> dict:
     """Plan, then n_gpus / 8 scale-ups of models drawn by forecast peak; repeat ``rounds`` times per seed."""
     name, over = VARIANTS[placement]
-    placed = destroyed = ups = hits = nonlaminar = 0
+    placed = destroyed = ups = hits = kept_hits = nonlaminar = 0
     for seed in seeds:
         models = make_models(n_models)
         hist = make_history(models, n_gpus, days=2, seed=seed, load_frac=load_frac)
         state = ClusterState.uniform(n_gpus // 8, models, gpu_bytes=72 << 30)
         pol = make_policy(name, models=models, history=hist,
                           config=PolicyConfig(replan_s=1e9, kv_reservation=False, **over))
-        driver = instant_driver(pol, state)
+        counter = _StartCounter()
+        driver = counter.attach(PolicyDriver(pol, state, counter))
         rng = np.random.default_rng(seed + 100)
         peaks = np.array([hist[m.name][2][-PERIOD:].mean() for m in models])
         p = peaks / peaks.sum()
@@ -165,12 +180,16 @@ def survival(placement: str, n_gpus: int, n_models: int, rounds: int, seeds=(1, 
                 if not isinstance(act, A.StartInstance):
                     continue
                 ups += 1
-                hits += act.prewarm_id is not None
                 destroyed += sum(1 for pid in act.evict if state.prewarms[pid].model != m)
+                before = counter.hits
                 driver.apply(act, now)
+                hit = counter.hits > before
+                hits += hit
+                kept_hits += hit and act.prewarm_id is None
     return {"placement": placement, "gpus": n_gpus, "models": n_models, "seeds": len(seeds), "rounds": rounds,
             "prewarms_placed": placed, "destroyed_by_other_models": destroyed,
             "destroyed_share": destroyed / max(placed, 1), "scale_ups": ups, "prewarm_hit_rate": hits / max(ups, 1),
+            "kept_weight_hits": kept_hits,
             "server_rounds_not_laminar": nonlaminar}
 
 
@@ -201,7 +220,7 @@ def main(args) -> int:
               f"{r['instances']:>9} {r['busy_gpus']:>9} {r['idle_plan_ms']:>9.1f} {r['idle_prewarms_placed']:>9}")
     print()
     print(f"{'placement':>18} {'GPUs':>5} {'models':>6} {'prewarms':>8} {'destroyed':>9} {'share':>7} "
-          f"{'hit rate':>8} {'not laminar':>11}")
+          f"{'hit rate':>8} {'(kept)':>6} {'not laminar':>11}")
     for g, m in [(16, 8), (128, 64)]:
         if g > args.max_gpus:
             continue
@@ -209,7 +228,8 @@ def main(args) -> int:
             r = survival(placement, g, m, args.rounds)
             res["survival"].append(r)
             print(f"{placement:>18} {g:>5} {m:>6} {r['prewarms_placed']:>8} {r['destroyed_by_other_models']:>9} "
-                  f"{r['destroyed_share']:>7.1%} {r['prewarm_hit_rate']:>8.1%} {r['server_rounds_not_laminar']:>11}")
+                  f"{r['destroyed_share']:>7.1%} {r['prewarm_hit_rate']:>8.1%} {r['kept_weight_hits']:>6} "
+                  f"{r['server_rounds_not_laminar']:>11}")
     res["wall_s"] = time.perf_counter() - t_start
     if args.json:
         with open(args.json, "w") as f:

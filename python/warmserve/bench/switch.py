@@ -17,8 +17,9 @@
    `warmserve models demo --size 1b` one) straight from its files (page cache) vs through the host checkpoint
    cache (the fill, then hits), in GB/s of weights.
 
-Medians over repeats. The checkpoint is random bf16 weights in a Llama-like layout (hidden 2048, 9 tensors per
-layer), as many layers as the size asks for.
+Medians over repeats; how many each figure had is in its part's "repeats" (activation takes at least 15, cold
+loads, fills and model loads at most 3, moves twice --repeats: both directions). The checkpoint is random bf16
+weights in a Llama-like layout (hidden 2048, 9 tensors per layer), as many layers as the size asks for.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict
             slot.tag = "prewarm:model"
 
         # Activation is cheap: more repeats, so the median is not one scheduler hiccup on a busy machine.
-        act = timed(lambda: activate(prewarm), max(15, args.repeats), dev, teardown=lambda: deactivate(prewarm))
+        n_act, n_cold = max(15, args.repeats), max(2, min(args.repeats, 3))
+        act = timed(lambda: activate(prewarm), n_act, dev, teardown=lambda: deactivate(prewarm))
         act_map, act_views = med_ms(parts["map"]), med_ms(parts["views"])
         # One check that the views really are the file's bytes (outside the timing).
         activate(prewarm)
@@ -229,11 +231,12 @@ def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict
             views.clear()
             slots.pop("s").close()
 
-        cold_s = timed(cold, max(2, min(args.repeats, 3)), dev, teardown=drop)
+        cold_s = timed(cold, n_cold, dev, teardown=drop)
     os.unlink(path)
     a, c = med_ms(act), med_ms(cold_s)
     return {"size_gib": size_gib, "weights_bytes": nbytes, "tensors": len(layout), "activation_ms": a,
-            "activation_map_kv_ms": act_map, "activation_views_ms": act_views, "cold_load_ms": c, "ratio": c / a}
+            "activation_map_kv_ms": act_map, "activation_views_ms": act_views, "cold_load_ms": c, "ratio": c / a,
+            "repeats": {"activation": n_act, "cold_load": n_cold}}
 
 
 def move_and_primitives(args, dev: Device) -> dict:
@@ -276,7 +279,8 @@ def _move_and_primitives(args, dev: Device, page_bytes: int) -> dict:
             moves += timed(lambda: b.move_pages(0, n, a, 0), 1, dev)
         assert a.physical_pages(0, n) == ids
         out["move_vs_memcpy"] = {"bytes": GiB, "move_ms": med_ms(moves), "memcpy_ms": med_ms(copy),
-                                 "ratio": med_ms(copy) / med_ms(moves)}
+                                 "ratio": med_ms(copy) / med_ms(moves),
+                                 "repeats": {"move": len(moves), "memcpy": len(copy)}}
         a.unmap(0, n)
         per_gib = {"map_ms": med_ms(timed(lambda: a.map(0, n), args.repeats, dev, teardown=lambda: a.unmap(0, n)))}
         per_gib["unmap_ms"] = med_ms(timed(lambda: a.unmap(0, n), args.repeats, dev, setup=lambda: a.map(0, n)))
@@ -295,6 +299,9 @@ def _move_and_primitives(args, dev: Device, page_bytes: int) -> dict:
             per_gib["first_touch_ms"] = med_ms(first)
             per_gib["touch_again_ms"] = med_ms(again)
         out["per_gib"] = per_gib
+        out["per_gib_repeats"] = {"map": args.repeats, "unmap": args.repeats, "move": len(moves)}
+        if not dev.cuda:
+            out["per_gib_repeats"].update(first_touch=len(first), touch_again=len(again))
     return out
 
 
@@ -327,7 +334,8 @@ def load_bandwidth(args, dev: Device, workdir: str) -> dict:
     os.unlink(path)
     gbs = lambda xs: GiB / statistics.median(xs) / 1e9  # noqa: E731
     return {"bytes": GiB, "memcpy_gbps": gbs(copy), "load_buffer_gbps": gbs(buf), "load_file_gbps": gbs(fil),
-            "ratio": gbs(buf) / gbs(copy), "ratio_file": gbs(fil) / gbs(copy)}
+            "ratio": gbs(buf) / gbs(copy), "ratio_file": gbs(fil) / gbs(copy),
+            "repeats": {"memcpy": len(copy), "load_buffer": len(buf), "load_file": len(fil)}}
 
 
 def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
@@ -397,7 +405,9 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
             "pinned_copy_gbps" if dev.cuda else "memcpy_gbps": gbs(copy), "load_from_cache_gbps": gbs(hit),
             "fill_from_file_gbps": gbs(fill), "first_hit_in_process_ms": first_hit_s * 1e3,
             "ratio": gbs(hit) / gbs(copy), "ratio_fill": gbs(fill) / gbs(copy),
-            "hits": stats["hits"], "fills": stats["fills"], "bypassed": stats["bypassed"]}
+            "hits": stats["hits"], "fills": stats["fills"], "bypassed": stats["bypassed"],
+            "repeats": {"fill_from_file": len(fill), "first_hit_in_process": 1, "copy": len(copy),
+                        "load_from_cache": len(hit)}}
 
 
 def model_load(args, dev: Device, workdir: str) -> dict:
@@ -441,7 +451,8 @@ def model_load(args, dev: Device, workdir: str) -> dict:
         shutil.rmtree(root, ignore_errors=True)
     gbs = lambda xs: out["weight_bytes"] / statistics.median(xs) / 1e9  # noqa: E731
     out.update(plain_gbps=gbs(plain), fill_gbps=gbs(fill), hit_gbps=gbs(hits), plain_s=plain, fill_s=fill,
-               hit_s=hits, cache_hits=st["hits"], cache_fills=st["fills"], cache_bypassed=st["bypassed"])
+               hit_s=hits, cache_hits=st["hits"], cache_fills=st["fills"], cache_bypassed=st["bypassed"],
+               repeats={"plain": len(plain), "fill": len(fill), "hit": len(hits)})
     return out
 
 
@@ -483,6 +494,11 @@ def plot(res: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _n(part: dict, *names: str) -> str:
+    """The repeats behind a part's figures, in the order named: "15/3"."""
+    return "/".join(str(part["repeats"][k]) for k in names)
+
+
 def main(args) -> int:
     from warmserve.outputs import check_at_least, check_output, check_plot
 
@@ -519,41 +535,49 @@ def main(args) -> int:
             res["model_load"] = model_load(args, dev, workdir)
         if "kv" in parts:
             res["kv_give_back"] = kv_give_back(args, dev, timed, med_ms)
+            for r in res["kv_give_back"].values():
+                r["repeats"] = {"grow": args.repeats, "give_back": args.repeats}
     goals = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8,
              "cache_vs_pinned_bandwidth": 0.8}
     res["goals"] = goals
 
     print(f"warmserve bench switch: backend={args.backend}, {res['machine'].get('gpu', res['machine'].get('cpu', '?'))}, "
-          f"{res['machine']['cpus']} cpus, median of {args.repeats}")
+          f"{res['machine']['cpus']} cpus, medians (n = repeats behind each)")
     if res["activation_vs_cold_load"]:
         print(f"{'weights':>8} {'tensors':>8} {'activate ms':>12} {'(map KV':>8} {'views)':>7} {'cold load ms':>13} "
-              f"{'ratio':>8}")
+              f"{'ratio':>8} {'n act/cold':>10}")
     for r in res["activation_vs_cold_load"]:
         print(f"{r['size_gib']:>6g}Gi {r['tensors']:>8} {r['activation_ms']:>12.3f} {r['activation_map_kv_ms']:>8.3f} "
-              f"{r['activation_views_ms']:>7.3f} {r['cold_load_ms']:>13.1f} {r['ratio']:>7.0f}x")
+              f"{r['activation_views_ms']:>7.3f} {r['cold_load_ms']:>13.1f} {r['ratio']:>7.0f}x "
+              f"{_n(r, 'activation', 'cold_load'):>10}")
     for s in res["skipped"]:
         print(f"  skipped {s}")
     if "move_vs_memcpy" in res:
         mv = res["move_vs_memcpy"]
-        print(f"move 1 GiB {mv['move_ms']:.3f} ms vs memcpy {mv['memcpy_ms']:.1f} ms: {mv['ratio']:.0f}x (goal >= 30x)")
+        print(f"move 1 GiB {mv['move_ms']:.3f} ms vs memcpy {mv['memcpy_ms']:.1f} ms: {mv['ratio']:.0f}x (goal >= 30x; "
+              f"n {_n(mv, 'move', 'memcpy')})")
     if "load_vs_memcpy_bandwidth" in res:
         ld = res["load_vs_memcpy_bandwidth"]
         print(f"load {ld['load_buffer_gbps']:.2f} GB/s (file {ld['load_file_gbps']:.2f}) vs memcpy {ld['memcpy_gbps']:.2f}"
-              f" GB/s: {ld['ratio']:.2f} (file {ld['ratio_file']:.2f}; goal >= 0.8)")
+              f" GB/s: {ld['ratio']:.2f} (file {ld['ratio_file']:.2f}; goal >= 0.8; "
+              f"n {_n(ld, 'load_buffer', 'load_file', 'memcpy')})")
     if "cache_vs_pinned_bandwidth" in res:
         c = res["cache_vs_pinned_bandwidth"]
         ref = "pinned H2D" if dev.cuda else "memcpy"
         print(f"host cache: load {c['load_from_cache_gbps']:.2f} GB/s vs {ref} "
               f"{c.get('pinned_copy_gbps', c.get('memcpy_gbps')):.2f} GB/s: {c['ratio']:.2f} (goal >= 0.8); "
               f"fill from file {c['fill_from_file_gbps']:.2f} GB/s ({c['ratio_fill']:.2f}); first hit in a process "
-              f"{c['first_hit_in_process_ms']:.0f} ms; {c['threads']} threads, entry under {c['cache_root']}"
+              f"{c['first_hit_in_process_ms']:.0f} ms; {c['threads']} threads, entry under {c['cache_root']}; "
+              f"n hit/copy/fill {_n(c, 'load_from_cache', 'copy', 'fill_from_file')}"
               + (f"; BYPASSED {c['bypassed']}x (no room)" if c["bypassed"] else ""))
     if "model_load" in res:
         m = res["model_load"]
         print(f"load_model {m['checkpoint']} ({m['weight_bytes'] / GiB:.2f} GiB, {m['dtype']}): from files "
-              f"{m['plain_gbps']:.2f} GB/s, cache fill {m['fill_gbps']:.2f} GB/s, cache hit {m['hit_gbps']:.2f} GB/s")
+              f"{m['plain_gbps']:.2f} GB/s, cache fill {m['fill_gbps']:.2f} GB/s, cache hit {m['hit_gbps']:.2f} GB/s "
+              f"(n {_n(m, 'plain', 'fill', 'hit')})")
     if "per_gib" in res:
-        print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in res["per_gib"].items()))
+        print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms (n {res['per_gib_repeats'][k[:-3]]})"
+                                      for k, v in res["per_gib"].items()))
     for page, per_gib in res.get("by_page_bytes", {}).items():
         print(f"per GiB at {int(page) // MiB} MiB pages: "
               + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in per_gib.items()))
@@ -561,7 +585,8 @@ def main(args) -> int:
         for page, x in r["by_page_bytes"].items():
             print(f"KV of the {size} ({r['block_bytes'] // MiB} MiB blocks) at {int(page) // MiB} MiB pages, per GiB: "
                   f"grow {x['grow_ms']:.3f} ms, give back {x['give_back_ms']:.3f} ms ({x['map_ops']} maps, "
-                  f"{x['unmap_ops']} unmaps, {x['backend_calls']} backend calls a round)")
+                  f"{x['unmap_ops']} unmaps, {x['backend_calls']} backend calls a round; "
+                  f"n {_n(r, 'grow', 'give_back')})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
