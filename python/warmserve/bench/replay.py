@@ -402,9 +402,16 @@ def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None)
     s = dict(r.summary)
     s["answered"] = s["requests"] - s.get("unanswered", 0)
     s["per_model"] = r.per_model
+    # the simulator counts the starts before t = 0 (its clock starts at the idle lead) apart, as "warmup"
+    wu = s.pop("warmup", None)
     if args.warmup_s > 0:
-        # the simulator counts its starts over its whole clock, the warm-up's included
-        s["warmup"] = {"requests": len(w.history.span(-warmup_s, 0.0)), "starts_counted_with_measured": True}
+        s["warmup"] = wu  # the live run reads its counters at t = 0 too
+    elif wu is not None:
+        # the live run without a warm-up counts every start since its launch, the idle lead's included
+        for k in ("instance_starts", "starts_from_prewarm", "starts_from_loading_prewarm", "starts_cold",
+                  "evictions", "requests_migrated"):
+            s[k] += wu[k]
+        s["prewarm_hit_rate"] = s["starts_from_prewarm"] / s["instance_starts"] if s["instance_starts"] else 0.0
     return s, r.ttft_s
 
 

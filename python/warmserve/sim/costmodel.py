@@ -20,7 +20,7 @@ that lacks them keeps the defaults, so every earlier profile loads unchanged):
       "engine_init_s": 14.0,          # added: vLLM engine initialisation (profiling, KV cache, graph capture)
       "fast_load_bytes_per_s": 0,     # added: a fast loader from host memory, per GPU (0: at h2d_bytes_per_s)
       "engine_limits": {"max_running_seqs": 256, "block_size_tokens": 256, "max_model_len_tokens": 2048,
-                        "max_batched_tokens": 100000},                         # added: vLLM's engine limits
+                        "max_batched_tokens": 100000},    # added: vLLM's engine limits (block size: 256 only)
       "models": {
         "<model name or size key, e.g. llama2-7b>": {
           "weight_bytes": 13.5e9, "tp": 1, "kv_bytes_per_token": 524288,
@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.geometry import KV_BLOCK_TOKENS
 
 SCHEMA = "warmserve.sim.profile/1"
 GB = 1e9
@@ -189,8 +190,9 @@ class EngineLimits:
 
     #: most sequences running in one engine at once (vLLM --max-num-seqs)
     max_running_seqs: int = 256
-    #: tokens per KV-cache block (vLLM --block-size; one block covers all layers, PAPER.md section 6)
-    block_size_tokens: int = 256
+    #: tokens per KV-cache block (vLLM --block-size; one block covers all layers, PAPER.md section 6); fixed at
+    #: ``geometry.KV_BLOCK_TOKENS``, the block the simulator's admission, the policy and the engine all size by
+    block_size_tokens: int = KV_BLOCK_TOKENS
     #: longest prompt + output of one sequence (vLLM --max-model-len)
     max_model_len_tokens: int = 2048
     #: most tokens one engine step processes, prefill and decode together (vLLM --max-num-batched-tokens)
@@ -201,6 +203,14 @@ class EngineLimits:
             if int(getattr(self, k)) < 1:
                 raise InvalidArgumentError(f"engine limit {k} is {getattr(self, k)}: it must be at least 1",
                                            **{k: getattr(self, k)})
+        if int(self.block_size_tokens) != KV_BLOCK_TOKENS:
+            # found in review: a profile's other block size was taken and ignored, admission kept reserving
+            # 256-token blocks (geometry's, which the policy's KV accounting and the engine's mapping share)
+            raise InvalidArgumentError(
+                f"engine limit block_size_tokens is {self.block_size_tokens}: the simulator sizes KV blocks at "
+                f"geometry.KV_BLOCK_TOKENS = {KV_BLOCK_TOKENS} tokens everywhere; remove the key from the profile's "
+                f"engine_limits or set it to {KV_BLOCK_TOKENS}", block_size_tokens=self.block_size_tokens,
+                expected=KV_BLOCK_TOKENS)
 
 
 @dataclass(frozen=True)

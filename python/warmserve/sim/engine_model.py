@@ -164,24 +164,40 @@ class BatchEngines:
         self.schedule(inst, t)
 
     def remove(self, inst: EngineInst, t: float) -> None:
-        """The instance is gone: its weights and mapped KV blocks leave the GPUs' memory."""
+        """The instance is gone: its weights and mapped KV blocks leave the GPUs' memory, and its busy neighbours
+        get their time share back at once (their decode runs re-timed)."""
         st = inst.st
         self.insts.pop(st.instance_id, None)
+        inst.version += 1
+        if inst.phase != IDLE:
+            # re-timed while it is still listed on its GPUs, idle: ``_reslow`` skips its neighbours when it finds
+            # it alone on them (found in review: removed first, a lone survivor kept half speed until it idled)
+            inst.phase = IDLE
+            self._reslow(inst, t)
         b = inst.shard + st.kv_blocks_mapped * inst.block_bytes
         for g in st.gpus:
             self.gpu_used[g] -= b
             self.gpu_insts[g].remove(inst)
         st.kv_blocks_mapped = 0
-        inst.version += 1
-        if inst.phase != IDLE:
-            inst.phase = IDLE
-            self._reslow(inst, t)
 
     def retry_held(self, t: float) -> None:
-        """Requests held back for KV memory get another chance (prewarms may have been evicted)."""
+        """Requests held back for KV memory get another chance (prewarms may have been evicted): an idle engine
+        schedules now, a decoding one at the end of its step under way once its oldest waiting request fits
+        (found in review: only idle ones were woken, so a decoding one held it until its first finisher)."""
         for inst in self.insts.values():
-            if inst.waiting and inst.ready and inst.phase == IDLE:
+            if not (inst.waiting and inst.ready):
+                continue
+            if inst.phase == IDLE:
                 self.schedule(inst, t)
+            elif inst.phase == DECODE and not inst.wake and self._fits(inst, inst.waiting[0]):
+                self._wake(inst, t)
+
+    def _fits(self, inst: EngineInst, rid: int) -> bool:
+        """``rid`` would be admitted now: a sequence slot is free and its KV blocks fit in the mapping as ``_take``
+        may grow it (up to the policy's total, from free memory)."""
+        s = inst.st
+        room = max(s.kv_blocks_mapped, min(s.kv_blocks_total, s.kv_blocks_mapped + self.free_blocks(inst)))
+        return len(inst.running) < self.max_batch and inst.kv_used + self.blocks[rid] <= room
 
     # -- KV memory ----------------------------------------------------------------------------------------
 
@@ -262,10 +278,14 @@ class BatchEngines:
         scheduler takes everything that waits at its next step."""
         inst.waiting.append(rid)
         if inst.ready and inst.phase != PREFILL and not inst.wake:
-            self._advance(inst, t)
-            inst.wake = True
-            inst.version += 1
-            self.push(t + self._to_step_end_s(inst), inst)
+            self._wake(inst, t)
+
+    def _wake(self, inst: EngineInst, t: float) -> None:
+        """Schedule the instance at the end of its decode step under way (now when it is idle)."""
+        self._advance(inst, t)
+        inst.wake = True
+        inst.version += 1
+        self.push(t + self._to_step_end_s(inst), inst)
 
     def schedule(self, inst: EngineInst, t: float) -> None:
         """Choose the instance's next iteration and push the event that ends it."""

@@ -93,7 +93,8 @@ class Simulator:
 
     ``gpu_losses``: (time, GPU ids) pairs, the time in seconds on the workload's clock (0: the start of the
     replayed trace); at that time the GPUs are lost with everything on them, as when a worker dies: requests
-    that had no token yet start over elsewhere, the others end unanswered."""
+    that had no token yet start over elsewhere, the others resume elsewhere after the tokens they had out
+    (``_lose``)."""
 
     def __init__(self, workload: Workload, served: list[ServedModel], policy_name: str, *,
                  config: SimConfig = SimConfig(), cost: CostModel | None = None, progress=None, gpu_losses=()):
@@ -268,7 +269,6 @@ class Simulator:
         # the engines' view of each request: a resumed one (migrated, or its GPU lost) prefills its prompt and the
         # tokens it had out, then generates the rest; self.prompt and self.output stay as the trace has them
         self.eng_prompt, self.eng_output = list(self.prompt), list(self.output)
-        self.migrated = 0
         self.engines = BatchEngines(self.cost, self.max_batch, self.eng_prompt, self.eng_output, self.blocks,
                                     [g.total_bytes for g in st.gpus], self.gpu_used, self._push_inst,
                                     self._first_token, self._complete, kv_read=not fluid,
@@ -291,9 +291,19 @@ class Simulator:
         #: gpu_seconds, which counts GPUs holding only prewarms as idle
         self.gpu_seconds_holding = 0.0
         self._holding = (self.clock0 - max(self.warmup_s, 0.0), 0)
-        self.starts = {"total": 0, "hit": 0, "loading": 0, "cold": 0}
-        self.evictions = 0
+        #: starts, evictions and migrated requests of the measured span ([clock0, end), as gpu_seconds) and of
+        #: the unmeasured warm-up, apart (found in review: the warm-up's were counted with the measured span's,
+        #: so `shared`'s layout counted as starts of the replay and the hit rate mixed both)
+        self.counts = {"measured": self._no_counts(), "warmup": self._no_counts()}
         self.now = self.clock0 - max(self.warmup_s, 0.0)
+
+    @staticmethod
+    def _no_counts() -> dict:
+        return {"total": 0, "hit": 0, "loading": 0, "cold": 0, "evictions": 0, "migrated": 0}
+
+    def _counts(self, now_s: float) -> dict:
+        """The counters an event at ``now_s`` adds to: the measured span's, or the warm-up's before clock0."""
+        return self.counts["measured" if now_s >= self.clock0 else "warmup"]
 
     def _sample_holding(self, t: float) -> None:
         last_t, n = self._holding
@@ -359,7 +369,7 @@ class Simulator:
         if inst is None:
             return []
         moved = sorted(self._take(inst, now_s))  # oldest first
-        self.migrated += len(moved)
+        self._counts(now_s)["migrated"] += len(moved)
         return moved
 
     # -- the executor -------------------------------------------------------------------------------------
@@ -390,7 +400,7 @@ class Simulator:
 
     def drop_prewarm(self, p: PrewarmState, evicted: bool, now_s: float) -> None:
         self._release_prewarm(p)
-        self.evictions += evicted
+        self._counts(now_s)["evictions"] += evicted
 
     def _release_prewarm(self, p: PrewarmState) -> None:
         b = self.state.models[p.model].shard_bytes
@@ -433,9 +443,10 @@ class Simulator:
             if not self.gpu_holders[g]:
                 self.gpu_held_since[g] = now_s
             self.gpu_holders[g] += 1
-        self.starts["total"] += 1
+        counts = self._counts(now_s)
+        counts["total"] += 1
         if p is None:
-            self.starts["cold"] += 1
+            counts["cold"] += 1
             inst.lazy_map = act.warm_engine  # vanilla vLLM allocates its KV cache inside its initialisation
             for g in gpus:
                 self.gpu_used[g] += info.shard_bytes
@@ -458,10 +469,10 @@ class Simulator:
         # its shard bytes now belong to the instance
         ld = self.loading.pop(p.prewarm_id, None)
         if ld is None or ld[1] <= now_s:
-            self.starts["hit"] += 1
+            counts["hit"] += 1
             ready = now_s + self.cost.activation_s
         else:
-            self.starts["loading"] += 1
+            counts["loading"] += 1
             ready = ld[1] + self.cost.activation_s
             for g in gpus:  # the copy now serves an instance: it can no longer be dropped
                 self.link_hold[g] = max(self.link_hold[g], ld[1])
@@ -525,11 +536,18 @@ class Simulator:
         mdl = np.asarray(self.req_model[k:], dtype=np.int32)
         out = np.asarray(self.output[k:], dtype=np.int64)
         slo = np.array([self.cfg.ttft_slo_s or self.cfg.slo_scale * i.prefill_s for i in self.infos])
-        return summarize(self.policy_name, self.names, arr, first, fin, mdl, out, slo[mdl] if len(mdl) else slo[:0],
-                         duration_s=self.workload.duration_s, end_s=end - t0, gpu_seconds=self.gpu_seconds,
-                         gpu_seconds_holding=self.gpu_seconds_holding,
-                         starts=dict(self.starts), evictions=self.evictions, migrated=self.migrated,
-                         unanswered_ttft_s=self.cfg.unanswered_ttft_s, n_gpus=len(self.state.gpus))
+        c = self.counts["measured"]
+        r = summarize(self.policy_name, self.names, arr, first, fin, mdl, out, slo[mdl] if len(mdl) else slo[:0],
+                      duration_s=self.workload.duration_s, end_s=end - t0, gpu_seconds=self.gpu_seconds,
+                      gpu_seconds_holding=self.gpu_seconds_holding, starts=c, evictions=c["evictions"],
+                      migrated=c["migrated"], unanswered_ttft_s=self.cfg.unanswered_ttft_s,
+                      n_gpus=len(self.state.gpus))
+        if self.warmup_s > 0:
+            w = self.counts["warmup"]
+            r.summary["warmup"] = {"requests": k, "instance_starts": w["total"], "starts_from_prewarm": w["hit"],
+                                   "starts_from_loading_prewarm": w["loading"], "starts_cold": w["cold"],
+                                   "evictions": w["evictions"], "requests_migrated": w["migrated"]}
+        return r
 
 
 def simulate(workload: Workload, served: list[ServedModel], policy: str, *, config: SimConfig = SimConfig(),

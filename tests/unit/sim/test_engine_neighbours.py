@@ -1,0 +1,117 @@
+"""The engine model's time-sharing when an instance leaves its GPU, and held requests on a decoding engine, driven
+through ``BatchEngines`` with an event heap as the simulator drives it (found in a review of the simulator)."""
+
+import heapq
+
+import pytest
+
+from warmserve.policy.state import InstanceState
+from warmserve.sim.costmodel import CostModel
+from warmserve.sim.engine_model import DECODE, BatchEngines
+
+MIB = 1 << 20
+
+
+class _Cluster:
+    """``BatchEngines`` over GPU 0 with its event heap; requests' first tokens and ends by time."""
+
+    def __init__(self, prompt, output, blocks, gpu_total, gpu_used, on_complete=None):
+        self.cost = CostModel()
+        self.c7 = self.cost.models["llama2-7b"]
+        self.heap, self.seq = [], 0
+        self.first, self.done = {}, {}
+        self.on_complete = on_complete
+
+        def push(t, inst):
+            self.seq += 1
+            heapq.heappush(self.heap, (t, self.seq, inst, inst.version))
+
+        def complete(inst, rid, t):
+            self.done[rid] = t
+            if self.on_complete is not None:
+                self.on_complete(inst, rid, t)
+
+        self.eng = BatchEngines(self.cost, 256, prompt, output, blocks, gpu_total, gpu_used, push,
+                                lambda rid, t: self.first.setdefault(rid, t), complete)
+
+    def start(self, name, kv_blocks_total, shard=0, block_bytes=MIB):
+        st = InstanceState(name, "m", (0,), created_s=0.0, kv_blocks_total=kv_blocks_total)
+        inst = self.eng.add(st, 0, self.c7, shard, block_bytes, 0.0)
+        self.eng.ready(inst, 0.0)
+        return inst
+
+    def run_until(self, t_end):
+        while self.heap and self.heap[0][0] <= t_end:
+            t, _, inst, ver = heapq.heappop(self.heap)
+            if ver == inst.version and inst.st.instance_id in self.eng.insts:
+                self.eng.event(inst, t)
+
+    def decode_s(self, prompt, output):
+        """A lone request's decode at full speed: step k reads prompt + 1 + k tokens."""
+        return sum(self.cost.decode_step_s(self.c7, 1, prompt + 1 + k) for k in range(output - 1))
+
+
+def test_a_busy_neighbour_gets_the_whole_gpu_back_when_an_instance_is_removed():
+    """Two instances decode on GPU 0, each at half speed; one is migrated off (its requests taken, then removed).
+    Before the fix the survivor kept half speed until it next idled: its 1000 tokens took ~30 s, not ~15.6 s."""
+    prompt, output = 100, 1000
+    cl = _Cluster([prompt] * 2, [output] * 2, [5] * 2, [72 * 10**9], [0])
+    a, b = cl.start("a", 1000), cl.start("b", 1000)
+    cl.eng.admit(a, 0, 0.0)
+    cl.eng.admit(b, 1, 0.0)
+    t_rm = 1.0
+    cl.run_until(t_rm)
+    assert a.phase == DECODE and a.slow == 2 and b.slow == 2
+    cl.eng.drop_requests(b, t_rm)
+    cl.eng.remove(b, t_rm)
+    assert a.slow == 1
+    cl.run_until(1e9)
+    # decode work done by t_rm at half speed, the rest at full speed (the model integrates progress exactly)
+    expected = t_rm + cl.decode_s(prompt, output) - (t_rm - cl.first[0]) / 2
+    assert cl.done[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_an_instance_stopped_after_its_last_request_frees_the_gpu_for_its_neighbour():
+    """The stop after a drain: the instance is removed inside its own last completion (the simulator's driver
+    stops a drained instance from ``request_finished``), still decoding. Its neighbour speeds up from then on."""
+    prompt = 100
+    outs = [1000, 200]
+    removed = {}
+    cl = _Cluster([prompt] * 2, outs, [5] * 2, [72 * 10**9], [0])
+
+    def stop_drained(inst, rid, t):
+        if inst.st.instance_id == "b":
+            cl.eng.remove(inst, t)
+            removed["t"] = t
+
+    cl.on_complete = stop_drained
+    a, b = cl.start("a", 1000), cl.start("b", 1000)
+    cl.eng.admit(a, 0, 0.0)
+    cl.eng.admit(b, 1, 0.0)
+    cl.run_until(1e9)
+    t_rm = removed["t"]
+    assert a.slow == 1
+    # both decoded at half speed from a's first token until b's end (b's prefill ran while a's was done)
+    expected = t_rm + cl.decode_s(prompt, outs[0]) - (t_rm - cl.first[0]) / 2
+    assert cl.done[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_decoding_engine_admits_a_held_request_once_memory_frees():
+    """GPU 0 has room for one request's KV (5 blocks); a prewarm holds the rest. The second request is held while
+    the first decodes for ~15 s; the prewarm leaves at 2 s and ``retry_held`` runs (the simulator's settle).
+    Before the fix only idle engines were woken, so the held request waited for the first one's end."""
+    prompt, output = 100, 1000
+    total, prewarm = 10 * MIB, 5 * MIB
+    used = [prewarm]
+    cl = _Cluster([prompt] * 2, [output] * 2, [5] * 2, [total], used)
+    a = cl.start("a", 10)
+    assert a.st.kv_blocks_mapped == 5
+    cl.eng.admit(a, 0, 0.0)
+    cl.eng.admit(a, 1, 1.0)
+    cl.run_until(2.0)
+    assert 1 not in cl.first and list(a.waiting) == [1] and a.phase == DECODE
+    used[0] -= prewarm  # the prewarm is evicted
+    cl.eng.retry_held(2.0)
+    cl.run_until(1e9)
+    # admitted at the end of the step under way, then prefilled: well under a second, not at request 0's end
+    assert 2.0 < cl.first[1] < 2.2 < cl.done[0]
