@@ -398,7 +398,7 @@ class Activated(_Msg):
     name: str
     kv_blocks: int
     activate_s: float
-    #: Bytes the pool's loaders wrote during activation: 0 is the proof of a zero-copy switch.
+    #: Bytes loaded into the model's own slot during activation: 0 is the proof of a zero-copy switch.
     copied_bytes: int
     #: Seconds of activate_s spent capturing decode CUDA graphs: 0 where the prewarm's graphs served as they were
     #: (or where none run: CPU, tensor-parallel shards).

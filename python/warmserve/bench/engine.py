@@ -146,11 +146,12 @@ def _hf_model(path: str, device: str, dtype=None):
     comparison runs both engines on the same bytes per weight."""
     import transformers
 
+    from warmserve.engine.checkpoint import read_tensors
     from warmserve.engine.config import ModelConfig
     from warmserve.engine.loader import resolve_dtype
 
     transformers.logging.set_verbosity_error()
-    dtype = resolve_dtype(dtype, ModelConfig.from_dir(path))
+    dtype = resolve_dtype(dtype, ModelConfig.from_dir(path), read_tensors(path))
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
 
 

@@ -15,6 +15,10 @@ import torch
 from warmserve.errors import InvalidArgumentError, register
 
 ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+#: Bytes per element of the safetensors dtypes the engine does not load: a checkpoint may carry such tensors that
+#: no layer reads (position_ids, masks, fp8 scales); their byte ranges are still checked against the file.
+OTHER_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+                     "I32": 4, "U32": 4, "I64": 8, "U64": 8, "C64": 8}
 #: Largest header we accept; real ones are a few hundred KiB.
 MAX_HEADER_BYTES = 100 << 20
 
@@ -29,11 +33,14 @@ class TensorInfo:
     name: str
     #: File holding the tensor.
     path: str
-    dtype: torch.dtype
+    #: None for a dtype outside ST_DTYPES: refused only when the model needs the tensor (loader.plan_layout).
+    dtype: torch.dtype | None
     shape: tuple[int, ...]
     #: Absolute byte offset of the tensor's data in the file.
     file_offset: int
     nbytes: int
+    #: The dtype as the file names it ("F32", "I64", ...).
+    st_dtype: str = ""
 
 
 def read_header(path: str) -> dict[str, TensorInfo]:
@@ -64,10 +71,10 @@ def read_header(path: str) -> dict[str, TensorInfo]:
         if missing:
             raise CheckpointError(f"{path}: tensor {name}'s entry lacks {', '.join(missing)}", path=path, tensor=name,
                                   missing=missing)
-        dt = ST_DTYPES.get(meta["dtype"]) if isinstance(meta["dtype"], str) else None
-        if dt is None:
-            raise CheckpointError(f"{path}: tensor {name} has dtype {meta['dtype']!r}; supported: "
-                                  f"{', '.join(ST_DTYPES)}", path=path, tensor=name)
+        if not isinstance(meta["dtype"], str):
+            raise CheckpointError(f"{path}: tensor {name} has dtype {meta['dtype']!r}, not a safetensors dtype name",
+                                  path=path, tensor=name)
+        dt = ST_DTYPES.get(meta["dtype"])
         shape, offsets = meta["shape"], meta["data_offsets"]
         if not _int_list(shape) or min(shape, default=0) < 0 or not _int_list(offsets) or len(offsets) != 2 \
                 or offsets[0] < 0:
@@ -76,11 +83,13 @@ def read_header(path: str) -> dict[str, TensorInfo]:
                                   tensor=name)
         shape = tuple(shape)
         begin, end = offsets
-        nbytes = math.prod(shape) * torch.empty((), dtype=dt).element_size()
-        if end - begin != nbytes or data_start + end > size:
+        esize = dt.itemsize if dt is not None else OTHER_DTYPE_BYTES.get(meta["dtype"])
+        # a dtype unknown here (sub-byte, or newer than this list) has no size to check: its range must fit the file
+        nbytes = end - begin if esize is None else math.prod(shape) * esize
+        if end < begin or end - begin != nbytes or data_start + end > size:
             raise CheckpointError(f"{path}: tensor {name} byte range [{begin}, {end}) is inconsistent with shape "
                                   f"{list(shape)} or the file size {size}", path=path, tensor=name)
-        out[name] = TensorInfo(name, path, dt, shape, data_start + begin, nbytes)
+        out[name] = TensorInfo(name, path, dt, shape, data_start + begin, nbytes, meta["dtype"])
     return out
 
 
@@ -138,3 +147,16 @@ def read_tensors(path: str) -> dict[str, TensorInfo]:
                                       files=[out[name].path, f])
             out[name] = info
     return out
+
+
+def checkpoint_dtype(tensors: dict[str, TensorInfo]) -> str:
+    """The dtype transformers gives a checkpoint whose config.json names none ("auto"): that of the first floating
+    tensor (fp8 aside: unknown here) in name order of the first shard file; float32 when it has none."""
+    if not tensors:
+        return "float32"
+    first = min(ti.path for ti in tensors.values())  # shard files sort as their names (safetensors_files)
+    for name in sorted(n for n, ti in tensors.items() if ti.path == first):
+        dt = tensors[name].dtype
+        if dt is not None and dt.is_floating_point:
+            return str(dt).replace("torch.", "")
+    return "float32"

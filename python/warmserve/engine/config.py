@@ -67,8 +67,9 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     #: Attention looks back at most this many tokens (Mistral / Qwen2 sliding window); 0 = unlimited.
     sliding_window: int = 0
-    #: Checkpoint dtype name ("float32", "bfloat16", "float16").
-    torch_dtype: str = "float32"
+    #: Checkpoint dtype name ("float32", "bfloat16", "float16"); None when config.json names none (dtype "auto"
+    #: then takes the checkpoint's first floating tensor's, as transformers does: loader.resolve_dtype).
+    torch_dtype: str | None = "float32"
     #: End-of-sequence token ids (config.json, overridden by generation_config.json).
     eos_token_ids: tuple[int, ...] = ()
     #: Beginning-of-sequence token id, -1 when none.
@@ -148,8 +149,9 @@ class ModelConfig:
         eos = (generation_config or {}).get("eos_token_id", cfg.get("eos_token_id"))
         eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
         bos = (generation_config or {}).get("bos_token_id", cfg.get("bos_token_id"))
-        dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32").replace("torch.", "")
-        if dtype not in DTYPES:
+        dtype = cfg.get("torch_dtype") or cfg.get("dtype")
+        dtype = None if dtype is None else str(dtype).replace("torch.", "")
+        if dtype is not None and dtype not in DTYPES:
             raise UnsupportedModelError(f"checkpoint dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}", dtype=dtype)
         return cls(
             architecture=arch,

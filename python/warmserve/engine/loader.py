@@ -11,8 +11,9 @@ for the weights plus a KV cache as large as the whole pool (reserving costs no m
 
 Bytes move from the files straight into the slot through ``slot.load`` (C++ threads map pages ahead of the
 copy; no intermediate copy in Python). A tensor whose checkpoint dtype differs from the requested dtype cannot
-be copied byte for byte: it is converted per tensor after the copy phase, from a memory map of the file into
-its slot view (one tensor at a time, so the extra memory is at most one tensor in the checkpoint's dtype).
+be copied byte for byte: it is converted per tensor after the copy phase, read from the file (readinto, a chunk
+of whole rows at a time, so the extra memory is at most 16 MiB or one row) and copied into its slot view. Not
+through a memory map: a file truncated during the load made that a SIGBUS of the whole worker.
 
 That finishing work (conversions, strided slices, the tokenizer) runs on the load's own Python thread, never in
 ``wait``: a worker polls its loads with ``wait(0.0)`` on the thread that steps its other models, and converting
@@ -23,8 +24,8 @@ Tensor parallelism (``load_model(..., tp=, rank=)``): each rank's slot holds onl
 has the rules. Only the rank's slice of each tensor is read. A slice along dim 0 (column-parallel q/k/v and
 gate/up, vocabulary rows) is one contiguous byte range of the file and goes through ``slot.load`` like a whole
 tensor; a slice along dim 1 (row-parallel o and down) is strided in the file, so it is read after the copy phase
-with safetensors' ``get_slice`` (the slice's bytes only, one tensor at a time) and copied into its slot view. Rows
-padding the last vocabulary shard are zeroed.
+like a conversion (whole rows, the slice's columns copied into its slot view). Rows padding the last vocabulary
+shard are zeroed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from warmserve.engine.attention import kernels_usable
-from warmserve.engine.checkpoint import CheckpointError, TensorInfo, read_tensors
+from warmserve.engine.checkpoint import ST_DTYPES, CheckpointError, TensorInfo, checkpoint_dtype, read_tensors
 from warmserve.engine.config import DTYPES, ModelConfig
 from warmserve.engine.demo import hf_tensor_shapes
 from warmserve.engine.kv_cache import KVPageMapper, block_layout
@@ -61,13 +62,22 @@ def _esize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def resolve_dtype(dtype, cfg: ModelConfig) -> torch.dtype:
+def resolve_dtype(dtype, cfg: ModelConfig, tensors: dict[str, TensorInfo] | None = None) -> torch.dtype:
+    """The dtype a load of `dtype` ("auto"/None: the checkpoint's) runs in. A config.json that names no dtype
+    takes the checkpoint's (`tensors`, from read_tensors), as transformers does; float32 without them."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
             raise InvalidArgumentError(f"dtype {dtype} is not supported: use one of {', '.join(DTYPES)}")
         return dtype
-    name = cfg.torch_dtype if dtype in (None, "auto") else str(dtype).replace("torch.", "")
+    if dtype in (None, "auto"):
+        name = cfg.torch_dtype or checkpoint_dtype(tensors or {})
+    else:
+        name = str(dtype).replace("torch.", "")
     if name not in DTYPES:
+        if dtype in (None, "auto"):  # config.json names none, and the checkpoint's tensors are float64
+            raise InvalidArgumentError(
+                f"the checkpoint's dtype is {name} (config.json names none), which the engine does not run: pass "
+                f"dtype as one of {', '.join(DTYPES)}", dtype=name)
         raise InvalidArgumentError(f"dtype {dtype!r} is not supported: use auto or one of {', '.join(DTYPES)}", dtype=str(dtype))
     return DTYPES[name]
 
@@ -81,6 +91,12 @@ def plan_layout(cfg: ModelConfig, tensors: dict[str, TensorInfo], dtype: torch.d
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s) config.json calls for, e.g. {missing[:3]}",
                               missing=missing[:10])
+    unloadable = [n for n in expected if tensors[n].dtype is None]
+    if unloadable:
+        n = unloadable[0]
+        raise CheckpointError(f"tensor {n} has dtype {tensors[n].st_dtype!r}, which the engine does not load "
+                              f"({len(unloadable)} such tensor(s) the model needs); supported: {', '.join(ST_DTYPES)}",
+                              tensor=n, dtype=tensors[n].st_dtype, tensors=unloadable[:10])
     for n, shape in expected.items():
         if tensors[n].shape != shape:
             raise CheckpointError(f"tensor {n} has shape {list(tensors[n].shape)}, config.json implies {list(shape)}",
@@ -414,30 +430,67 @@ class ModelLoad:
                 self.slot.map(page, min(start, need) - page)
             page = max(page, start + n)
         with contextlib.ExitStack() as files:
-            opened = {}  # path -> safetensors handle, for slices
+            opened = {}  # path -> file, read with readinto
+            buf = None  # one chunk of file bytes, reused
             for ti, off, sh in self._convert:
                 self._check_stop()
-                if sh is None:
-                    # copy-on-write: a writable buffer for torch that never touches the file
-                    mm = np.memmap(ti.path, dtype=np.uint8, mode="c", offset=ti.file_offset, shape=(ti.nbytes,))
-                    src = torch.frombuffer(memoryview(mm), dtype=ti.dtype).view(ti.shape)
-                else:
-                    if ti.path not in opened:
-                        from safetensors import safe_open
-
-                        opened[ti.path] = files.enter_context(safe_open(ti.path, framework="pt"))
-                    part = opened[ti.path].get_slice(ti.name)
-                    mm = None
-                    src = part[sh.start:sh.stop] if sh.dim == 0 else part[:, sh.start:sh.stop]
-                dst = self.slot.tensor(off, src.shape, self.dtype)
-                dst.copy_(src)
-                del dst, src, mm
+                if ti.path not in opened:
+                    opened[ti.path] = files.enter_context(open(ti.path, "rb", buffering=0))
+                buf = self._convert_one(opened[ti.path], ti, off, sh, buf)
                 self._converted += _shard_numel(ti.shape, sh, padded=False) * _esize(self.dtype)
+            del buf
         for off, nbytes in self._pads:
             pad = self.slot.tensor(off, (nbytes,), torch.uint8)
             pad.zero_()
             del pad
 
+
+    def _convert_one(self, f, ti: TensorInfo, off: int, sh: Shard | None, buf: torch.Tensor | None) -> torch.Tensor:
+        """Read the rank's part of `ti` from file `f` a chunk of whole rows at a time and copy it, converted, into
+        its slot view. Read into memory with readinto, not through a memory map of the file: a file truncated or
+        rewritten meanwhile (an in-place re-save opens it "wb") is then a short read and a CheckpointError, where
+        a mapping's access past the new end killed the process with SIGBUS (found in review). Returns the chunk
+        buffer for the next tensor."""
+        shape = ti.shape or (1,)
+        rows = shape[0]
+        row_bytes = ti.nbytes // rows if rows else 0
+        lo, hi = (sh.start, sh.stop) if sh is not None and sh.dim == 0 else (0, rows)
+        part = list(shape)
+        part[0] = hi - lo
+        if sh is not None and sh.dim == 1:
+            part[1] = sh.stop - sh.start
+        dst = self.slot.tensor(off, tuple(part), self.dtype)
+        if not row_bytes or hi <= lo:
+            return buf
+        step = max(1, min(hi - lo, _CONVERT_CHUNK_BYTES // row_bytes))
+        if buf is None or buf.numel() < step * row_bytes:
+            buf = torch.empty(step * row_bytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        for r in range(lo, hi, step):
+            self._check_stop()
+            k = min(step, hi - r)
+            n = k * row_bytes
+            at, got = ti.file_offset + r * row_bytes, 0
+            while got < n:
+                f.seek(at + got)
+                m = f.readinto(view[got:n])
+                if not m:
+                    raise CheckpointError(
+                        f"{ti.path} ended at byte {at + got}, inside tensor {ti.name} (bytes [{ti.file_offset}, "
+                        f"{ti.file_offset + ti.nbytes})): the file changed or was truncated during the load; load "
+                        "it again once it is complete", path=ti.path, tensor=ti.name, offset=at + got)
+                got += m
+            src = buf[:n].view(ti.dtype).view((k,) + tuple(shape[1:]))
+            if sh is not None and sh.dim == 1:
+                src = src[:, sh.start:sh.stop]
+            dst[r - lo:r - lo + k].copy_(src)
+            del src
+        del view, dst
+        return buf
+
+
+#: Bytes of the file a conversion reads at a time (whole rows; one row when a row is larger): its extra memory.
+_CONVERT_CHUNK_BYTES = 16 << 20
 
 #: Loads whose finishing thread runs (ModelLoad._finish): told to stop when the interpreter exits.
 _LIVE_LOADS: weakref.WeakSet = weakref.WeakSet()
@@ -520,8 +573,8 @@ def load_model(path: str, pool, dtype="auto", progress=None, name: str | None = 
     if not 0 <= rank < tp:
         raise InvalidArgumentError(f"rank {rank} is outside a {tp}-way split: use 0..{tp - 1}", rank=rank, tp=tp)
     name = name or os.path.basename(os.path.normpath(path))
-    dt = resolve_dtype(dtype, cfg)
     tensors = read_tensors(path)
+    dt = resolve_dtype(dtype, cfg, tensors)
     layout, placed, weight_bytes, region = plan_layout(cfg, tensors, dt, pool.page_bytes, tp, rank)
     if region > pool.free_bytes:
         raise OutOfMemoryError(

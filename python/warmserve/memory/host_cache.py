@@ -25,12 +25,13 @@ instead of reading the file. Eviction and the budget check run under one flock o
 are never deleted (removing one while another worker is about to lock it would let two fill the same entry).
 
 Eviction. Least recently used first (each use sets the entry's atime), until the entries and fills in progress
-fit ``capacity_bytes``. Evicting unlinks the entry: workers that have it mapped keep using their mapping (the
-memory is freed when the last one unmaps), and let go of it the next time they look it up, also when it has been
-filled again since (a new file under the same name: mappings are checked by inode). A fill whose lock nobody
-holds was left by a worker that died mid-fill: eviction unlinks it (``stats()["orphans"]``). A checkpoint file
-larger than the whole budget, or one the tmpfs has no room for, is loaded straight from the file (counted in
-``stats()["bypassed"]``).
+fit ``capacity_bytes``, never an entry the same load reads. Evicting unlinks the entry; the memory is freed when
+the last worker unmaps it: the evicting one at once (or when its loads reading it end), the others at the start
+of their next load (also when it has been filled again since: mappings are checked by inode). A fill whose lock
+nobody holds was left by a worker that died mid-fill: eviction unlinks it (``stats()["orphans"]``). A file larger
+than the budget, one that does not fit beside the fills in progress (not evictable: a sharded checkpoint's load
+starts every shard's fill) and the entries the load reads, or one the tmpfs has no room for, is loaded straight
+from the file (``stats()["bypassed"]``).
 
 Caveat. The key is the file's metadata, not its contents: a file rewritten in place with the same size, mtime
 and inode (``os.utime`` to the old time) is served from the cache as it was.
@@ -93,6 +94,7 @@ class _Entry:
         self.pinned = False
         self.users = 0  # running loads that read it (guarded by the cache's lock)
         self.stale = False  # unlinked by an eviction or an invalidation: release when no load uses it
+        self.epoch = 0  # HostCheckpointCache._epoch when its fill started: a close() since makes its publish stale
 
     def register(self, device: int) -> None:
         if self.pinned or not self.size:
@@ -131,15 +133,18 @@ class HostCheckpointCache:
         os.makedirs(config.root, exist_ok=True)
         self._mu = threading.Lock()
         self._entries: dict[str, _Entry] = {}
+        #: Counts close() calls: a fill started before one is not added to the mappings close() let go of.
+        self._epoch = 0
         self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0, "orphans": 0,
                        "bytes_from_cache": 0, "bytes_filled": 0}
 
     # ---------------------------------------------------------------- queries
     def stats(self) -> dict:
-        """This process's counters: hits (entries mapped without reading the file), fills, bypassed (loaded
-        straight from the file), evicted and invalidated (entries this process unlinked), orphans (fills of dead
-        workers this process unlinked), bytes_from_cache,
-        bytes_filled; and usage_bytes (all workers' entries) and capacity_bytes."""
+        """This process's counters: hits (entries mapped without reading the file), fills (entries filled and
+        published; a failed or cancelled fill is not one), bypassed (loaded straight from the file), evicted and
+        invalidated (entries this process unlinked), orphans (fills of dead workers this process unlinked),
+        bytes_from_cache, bytes_filled (of published fills); and usage_bytes (all workers' entries) and
+        capacity_bytes."""
         with self._mu:
             out = dict(self._stats)
         out["usage_bytes"] = self.usage_bytes()
@@ -179,11 +184,12 @@ class HostCheckpointCache:
             by_key[key].append(tuple(int(x) for x in src[1:]))
         cuda = slot.pool.backend == "cuda"
         device = slot.pool.device
+        self._sweep()
         specs, fills, used = [], [], []
         try:
             for key, p, st in order:
                 ranges = by_key[key]
-                entry, lock_fd = self._acquire(p, key, st.st_size)
+                entry, lock_fd = self._acquire(p, key, st.st_size, {e.key for e in used})
                 if entry is None:  # bypassed: straight from the file
                     specs += [(p, 0, None, fo, so, n) for fo, so, n in ranges]
                     continue
@@ -203,8 +209,7 @@ class HostCheckpointCache:
                 else:
                     _fill_gaps(p, entry, ranges)
                     specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in ranges]
-                    self._count(fills=1, bytes_filled=entry.size)
-            job = slot._slot.load(specs, self.config.threads, self.config.chunk_bytes)
+            job = slot._start_load(specs, self.config.threads, self.config.chunk_bytes)
         except BaseException:
             for entry, lock_fd in fills:
                 self._abort_fill(entry, lock_fd)
@@ -216,6 +221,7 @@ class HostCheckpointCache:
         """Let go of this process's mappings (and DMA registrations). The entries stay for other workers. An entry
         a running load still reads is let go of when that load ends (never unregistered under a DMA)."""
         with self._mu:
+            self._epoch += 1
             entries, self._entries = list(self._entries.values()), {}
             idle = []
             for e in entries:
@@ -277,12 +283,34 @@ class HostCheckpointCache:
             if alive:
                 e.users += 1
                 return e
-            del self._entries[key]  # evicted (maybe filled again) by some worker: let go once no load reads it
-            e.stale = True
-            if e.users:
-                return None
-        e.release()
+        self._let_go(key, e)  # evicted (maybe filled again) by some worker: let go once no load reads it
         return None
+
+    def _let_go(self, key: str, e: _Entry | None = None) -> None:
+        """Drop this process's mapping of entry `key` (only if it is `e`, when given), at once or when the last load
+        reading it ends: an unlinked entry's memory lives as long as a process maps it (found in review)."""
+        with self._mu:
+            cur = self._entries.get(key)
+            if cur is None or (e is not None and cur is not e):
+                return
+            del self._entries[key]
+            cur.stale = True
+            if cur.users:
+                return
+        cur.release()
+
+    def _sweep(self) -> None:
+        """Let go of this process's mappings of entries other workers have evicted (or filled again) since."""
+        with self._mu:
+            mapped = list(self._entries.items())
+        for key, e in mapped:
+            try:
+                st = os.stat(e.path)
+                alive = (st.st_dev, st.st_ino) == e.file_id
+            except FileNotFoundError:
+                alive = False
+            if not alive:
+                self._let_go(key, e)
 
     def _map_published(self, key: str, bin_path: str) -> _Entry | None:
         try:
@@ -303,8 +331,9 @@ class HostCheckpointCache:
             e.users += 1
         return e
 
-    def _acquire(self, path: str, key: str, size: int) -> tuple[_Entry | None, int | None]:
-        """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed."""
+    def _acquire(self, path: str, key: str, size: int, busy: set[str]) -> tuple[_Entry | None, int | None]:
+        """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed.
+        busy: keys of the entries the same load reads already (not evicted to make room for this one)."""
         root = self.config.root
         bin_path = os.path.join(root, key + ".bin")
         for _ in range(2):  # a hit can race with an eviction: look once more after it
@@ -320,7 +349,7 @@ class HostCheckpointCache:
                     os.close(lock_fd)
                     self._touch(bin_path)
                     return e, None
-                fill = self._start_fill(key, path, size, lock_fd)
+                fill = self._start_fill(key, path, size, busy)
             except BaseException:
                 os.close(lock_fd)
                 raise
@@ -331,7 +360,8 @@ class HostCheckpointCache:
             return fill, lock_fd
         raise AssertionError("unreachable")
 
-    def _start_fill(self, key: str, path: str, size: int, lock_fd: int) -> _Entry | None:
+    def _start_fill(self, key: str, path: str, size: int, busy: set[str]) -> _Entry | None:
+        """The entry `key` created and mapped for a fill, or None: loaded straight from the file."""
         root = self.config.root
         fill_path = os.path.join(root, key + ".fill")
         if size > self.config.capacity_bytes:
@@ -339,7 +369,8 @@ class HostCheckpointCache:
         glock = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             _flock(glock, self.config.lock_timeout_s, "the cache's index lock")
-            self._evict_locked(size, keep=key, path_hash=key.split("-")[0])
+            if not self._evict_locked(size, keep=key, path_hash=key.split("-")[0], busy=busy):
+                return None
             fd = os.open(fill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 if size:
@@ -356,12 +387,15 @@ class HostCheckpointCache:
             os.close(glock)  # closing the descriptor drops the flock
         with self._mu:
             e.users += 1
+            e.epoch = self._epoch
         return e
 
-    def _evict_locked(self, need: int, keep: str, path_hash: str) -> None:
+    def _evict_locked(self, need: int, keep: str, path_hash: str, busy: set[str]) -> bool:
         """With the index lock held: unlink entries of the same checkpoint path made from another version of the
-        file, then least recently used entries until `need` more bytes fit the budget."""
-        root = self.config.root
+        file, then least recently used entries until `need` more bytes fit the budget. False, evicting none of the
+        latter, when they cannot make room: fills in progress (this load's other shards, other workers') are not
+        evictable, nor are the entries in `busy`, and the budget is a bound on host memory, not a hint (found in
+        review: one load of a sharded checkpoint started every shard's fill and passed it)."""
         entries = self._scan()
         used = sum(size for _, size, _ in entries)
         for name, size, _ in entries:
@@ -371,17 +405,26 @@ class HostCheckpointCache:
                 used -= size
         for name, size, _ in entries:
             if name.startswith(path_hash + "-") and name.endswith(".bin") and not name.startswith(keep):
-                _unlink(os.path.join(root, name))
+                self._unlink_entry(name)
                 used -= size
                 self._count(invalidated=1)
         victims = sorted((t, name, size) for name, size, t in entries
-                         if name.endswith(".bin") and not name.startswith(path_hash + "-"))
+                         if name.endswith(".bin") and not name.startswith(path_hash + "-")
+                         and name[: -len(".bin")] not in busy)
+        if used - sum(size for _, _, size in victims) + need > self.config.capacity_bytes:
+            return False
         for _, name, size in victims:
             if used + need <= self.config.capacity_bytes:
                 break
-            _unlink(os.path.join(root, name))
+            self._unlink_entry(name)
             used -= size
             self._count(evicted=1)
+        return True
+
+    def _unlink_entry(self, name: str) -> None:
+        """Unlink a published entry (``<key>.bin``) and let go of this process's own mapping of it."""
+        _unlink(os.path.join(self.config.root, name))
+        self._let_go(name[: -len(".bin")])
 
     def _reclaim_orphan_fill(self, fill_name: str) -> bool:
         """Unlink a fill whose lock nobody holds (its worker died mid-fill: a live fill holds the lock until it is
@@ -405,7 +448,13 @@ class HostCheckpointCache:
         os.rename(fill_path, entry.path)
         self._touch(entry.path)
         with self._mu:
-            if self._entries.setdefault(entry.key, entry) is not entry:
+            self._stats["fills"] += 1
+            self._stats["bytes_filled"] += entry.size
+            if entry.epoch != self._epoch:
+                # close() ran during the fill: the cache let go of its mappings, and this one goes too (when the
+                # load that filled it is done with it, _done_with) instead of outliving the closed cache
+                entry.stale = True
+            elif self._entries.setdefault(entry.key, entry) is not entry:
                 # another thread of this process mapped the published file between the rename and here: that
                 # mapping serves the entry, this one is let go of (and its DMA registration undone) when the load
                 # that filled it is done with it (_done_with)
@@ -451,6 +500,11 @@ class _CachedLoadJob(LoadJob):
             self._stop()
             self._settle(ok=False)
             raise
+        if not self._settled:
+            # The C++ job keeps the entries' arrays it read from alive until it is dropped, and a mapping with a
+            # live array cannot be closed: a caller that keeps the finished job (a ModelLoad does) would keep
+            # every entry it read mapped after eviction. Its numbers stay; its references go first.
+            self._job = _Ended(self._job, n)
         self._settle(ok=True)
         return n
 
@@ -493,6 +547,19 @@ class _CachedLoadJob(LoadJob):
             for entry, lock_fd in self._fills:
                 _unlink(entry.path[: -len(".bin")] + ".fill")
                 os.close(lock_fd)
+
+
+class _Ended:
+    """What a finished C++ load job answers (LoadJob reads these), without its references to the buffers it read."""
+
+    finished = True
+
+    def __init__(self, job, result: int):
+        self.done_bytes, self.total_bytes = job.done_bytes, job.total_bytes
+        self.pages_mapped_by_job, self.pages_kept_by_views = job.pages_mapped_by_job, job.pages_kept_by_views
+        self.result = lambda: result
+        self.wait_for = lambda timeout_s: True
+        self.cancel = lambda: None
 
 
 def _flock(fd: int, timeout_s: float, what: str) -> None:

@@ -101,6 +101,7 @@ class Slot:
     def __init__(self, pool: PagePool, cslot):
         self._pool = pool  # the pool stays open while any of its slots is referenced
         self._slot = cslot
+        self._load_bytes = 0
 
     @property
     def tag(self) -> str:
@@ -121,6 +122,20 @@ class Slot:
     mapped_bytes = property(lambda self: self._slot.mapped_pages * self._slot.page_bytes)
     base_address = property(lambda self: self._slot.base_address, doc="virtual address of page 0")
     closed = property(lambda self: self._slot.closed)
+
+    @property
+    def load_bytes(self) -> int:
+        """Bytes of every load started into this slot (Slot.load and the host cache's), counted as each starts.
+        Per slot, unlike the pool's bytes_loaded: what a step on one model copied into it, whatever other slots'
+        loads finish meanwhile (a worker's Activated.copied_bytes)."""
+        return self._load_bytes
+
+    def _start_load(self, specs: list, threads: int, chunk_bytes: int):
+        """The C++ load of `specs` ((path, address, keep-alive, src_offset, slot_offset, nbytes[, fill address,
+        pinned]) tuples), counted in load_bytes."""
+        job = self._slot.load(specs, threads, chunk_bytes)
+        self._load_bytes += sum(int(spec[5]) for spec in specs)
+        return job
 
     def map(self, page_offset: int, n_pages: int) -> None:
         """Map n_pages free pool pages at page_offset. OutOfMemoryError when the pool has fewer free;
@@ -192,16 +207,18 @@ class Slot:
             if byte_offset % itemsize:
                 raise InvalidArgumentError(f"{name}: byte_offset={byte_offset} is not a multiple of its item size {itemsize}")
             spans.append((name, byte_offset, shape, dtype, math.prod(shape) * itemsize))
-        lo = min(s[1] for s in spans)
+        # The span starts on a multiple of every item size in the layout (item sizes are powers of two; rounding
+        # down stays on the page of the first tensor, so no other page is pinned): each tensor's offset inside it
+        # is then a whole number of its items. A span starting on an odd byte could not be viewed as wider items
+        # at all (found in review: a uint8 at 1 beside a float32 at 4 raised).
+        align = max(s[3].itemsize for s in spans)
+        lo = min(s[1] for s in spans) // align * align
         hi = max(s[1] + s[4] for s in spans)
         raw = torch.from_dlpack(self._slot.dlpack(lo, hi - lo, bool(pinned)))
         by_dtype = {}  # one typed view of the whole span per dtype, then one as_strided per tensor
         out = {}
         for name, off, shape, dtype, nbytes in spans:
             itemsize = dtype.itemsize
-            if (off - lo) % itemsize or lo % itemsize:
-                out[name] = raw[off - lo:off - lo + nbytes].view(dtype).view(shape)
-                continue
             if dtype not in by_dtype:
                 usable = (hi - lo) // itemsize * itemsize
                 by_dtype[dtype] = (raw[:usable].view(dtype),)
@@ -243,7 +260,7 @@ class Slot:
             raise InvalidArgumentError(
                 f"chunk_bytes={chunk_bytes} is below the minimum of {MIN_LOAD_CHUNK_BYTES} bytes. Fix: chunk_bytes >= "
                 f"{MIN_LOAD_CHUNK_BYTES}; the default is {fmt_bytes(LOAD_CHUNK_BYTES)}")
-        return LoadJob(self._slot.load(specs, threads, chunk_bytes), progress)
+        return LoadJob(self._start_load(specs, threads, chunk_bytes), progress)
 
     def close(self, force: bool = False) -> None:
         """Cancel this slot's running loads (C++ waits for their rollback) and unmap everything (pages back to the

@@ -234,7 +234,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
             raise errors.InvalidArgumentError(
                 f"kv_target_free_blocks must be >= 0, got {msg.kv_target_free_blocks}",
                 kv_target_free_blocks=msg.kv_target_free_blocks)
-        loaded_before = self._bytes_loaded()
+        loaded_before = self._bytes_loaded(m)
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
         kv_blocks = msg.kv_blocks if msg.kv_blocks is not None else (ec.max_kv_blocks or None)
@@ -247,7 +247,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
         m.state = "running"
         self.emit(peer, P.Activated(
             id=msg.id, name=m.name, kv_blocks=engine.kv_stats().kv_blocks_total, activate_s=activate_s,
-            copied_bytes=self._bytes_loaded() - loaded_before, graphs_capture_s=engine.graph_capture_s,
+            copied_bytes=self._bytes_loaded(m) - loaded_before, graphs_capture_s=engine.graph_capture_s,
         ))
 
     def _activatable(self, msg: P.Activate) -> _Model:
@@ -355,9 +355,11 @@ class WorkerCore(BackgroundWork, ShardRoles):
                 f"{self.worker_id} is {'shared' if inst.shared else 'dedicated already'}, beside {others}: "
                 "deactivate the others first", model=inst.name, running=others)
         # Up to the engine configuration's cap, as a dedicated activation would have it (found in review: the
-        # whole slot, past max_kv_blocks).
+        # whole slot, past max_kv_blocks), else all the pool holds after the weights; never below the share it
+        # has: a share may pass what the pool holds, and dedicating such an instance was refused as lowering it.
         cap = inst.max_kv_blocks
-        kv = inst.engine.raise_kv_cap(None if cap is None else max(cap, inst.engine.kv.total_blocks))
+        want = inst.engine.lm.kv_capacity_blocks if cap is None else cap
+        kv = inst.engine.raise_kv_cap(max(want, inst.engine.kv.total_blocks))
         inst.shared = False
         self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=kv))
 
@@ -430,8 +432,12 @@ class WorkerCore(BackgroundWork, ShardRoles):
     def _page_bytes(self) -> int:
         return int(self.pool.page_bytes)
 
-    def _bytes_loaded(self) -> int:
-        return int(self.pool.stats()["bytes_loaded"])
+    @staticmethod
+    def _bytes_loaded(m: _Model) -> int:
+        """Bytes loaded into the model's own slot so far: an activation's copies are the change in it. Not the
+        pool's counter, which also counts other models' loads (a prewarm that finished during the activation was
+        reported as copied by it: found in review)."""
+        return int(m.lm.slot.load_bytes)
 
     # ------------------------------------------------------------------ helpers
 

@@ -386,12 +386,12 @@ class ShardRoles:
         from ..engine.engine import DEFAULT_MAX_NUM_SEQS, Engine
 
         group = self.groups.get(msg.group_id)  # without the group there is no one to tell
-        loaded_before = self._bytes_loaded()
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
         m, can, local = None, -1, None
         try:
             m = self._activatable(msg)
+            loaded_before = self._bytes_loaded(m)
             if msg.shared:
                 raise errors.InvalidArgumentError(
                     f"{m.name!r} is a tensor-parallel shard: it runs alone on its workers, not shared", model=m.name)
@@ -445,7 +445,7 @@ class ShardRoles:
         self.instances[m.name] = inst
         m.state = "running"
         self.emit(peer, P.Activated(id=msg.id, name=m.name, kv_blocks=kv_blocks, activate_s=activate_s,
-                                    copied_bytes=self._bytes_loaded() - loaded_before))
+                                    copied_bytes=self._bytes_loaded(m) - loaded_before))
 
     def _check_leader(self, inst) -> None:
         if inst.follower:

@@ -47,8 +47,9 @@ except KeyboardInterrupt:
 
 
 def test_ctrl_c_during_wait_exits_after_the_tensors_the_loads_are_on(tmp_path):
-    # float32 on disk, loaded as bfloat16: every tensor is converted on the load's thread, 32 layers of them
-    path = write_checkpoint(str(tmp_path), "deep", config_dict(DemoSpec("llama", 256, 1024, 32, 4, 2, vocab_size=512)))
+    # float32 on disk, loaded as bfloat16: every tensor is converted on the load's thread, 64 layers of them (32
+    # finished too soon to interrupt once conversions read whole rows at a time)
+    path = write_checkpoint(str(tmp_path), "deep", config_dict(DemoSpec("llama", 256, 1024, 64, 4, 2, vocab_size=512)))
     proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(LOADS)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
