@@ -45,7 +45,8 @@ class InvalidArgumentError(WarmServeError, ValueError):
 
 def bind_error(who: str, bind: str, errno_: int, reason: str) -> InvalidArgumentError:
     """The typed error of a socket ``who`` (e.g. "the worker") cannot bind ``bind`` to, with the fix for its cause
-    (``errno_``, ``reason``: the bind's errno and its text, zmq.strerror)."""
+    (``errno_``, ``reason``: the bind's errno and its text, zmq.strerror: a ZMQError's own strerror names the
+    address again)."""
     import errno
 
     if errno_ == errno.EADDRINUSE:

@@ -20,6 +20,9 @@ import time
 import numpy as np
 
 from warmserve.policy.forecast import METHODS, mean_relative_error, one_step
+# a model-level window below GAP_SHARE of the model's median rate is missing data: the rule by which the ServeGen
+# recipe refuses replays
+from warmserve.workload.servegen import GAP_SHARE
 
 WINDOW_S = 600.0
 PERIOD = 144  # 10-minute windows per day
@@ -57,10 +60,6 @@ def _find(d: str, *names: str) -> str:
 def _open(p: str):
     return gzip.open(p, "rt", newline="") if p.endswith(".gz") else open(p, newline="")
 
-
-#: A model-level window below this share of the model's median rate is a partial-data window (they sit at the
-#: edges of the all-zero gaps, and one 2-hour stretch of m-mid runs at 0.05-1% of its usual rate).
-GAP_SHARE = 0.05
 
 
 def load_series(traces: str, n_clients: int) -> tuple[dict, dict]:

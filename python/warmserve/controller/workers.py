@@ -100,7 +100,7 @@ class WorkerHub:
             try:
                 self.sock.bind(bind)
             except zmq.ZMQError as e:
-                raise _bind_error(bind, e) from None
+                raise bind_error("the controller's worker socket", bind, e.errno, zmq.strerror(e.errno)) from None
             self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException:
             self._release()
@@ -343,11 +343,6 @@ class WorkerHub:
 def _close_sock(sock, ctx) -> None:
     sock.close(0)
     ctx.term()
-
-
-def _bind_error(bind: str, e: zmq.ZMQError) -> InvalidArgumentError:
-    """The typed error of a worker socket that cannot bind ``bind``, with the fix for its cause."""
-    return bind_error("the controller's worker socket", bind, e.errno, zmq.strerror(e.errno))
 
 
 def _curve_server(ctx, sock, curve_dir: str):

@@ -191,10 +191,11 @@ class Policy(LoadSignals, GpuMoves):
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
         ready = [i for i in insts if i.ready]
         co_ids = self._co.ids if self._co is not None else ()
-        co_cap = self._co.seq_capacity(model, self._co.gpu_bytes(state)) if any(
-            i.instance_id in co_ids for i in ready) else B
-        # a co-served instance takes no more than its KV share holds, overflow included (CoServing.seq_capacity)
-        room = [i for i in ready if i.in_flight < (min(B, co_cap) if i.instance_id in co_ids else B)]
+
+        def lim(inst, b):  # requests ``inst`` may hold: b; a co-served one no more than its KV share holds either
+            return min(b, self._co.route_cap(state, model)) if inst.instance_id in co_ids else b
+
+        room = [i for i in ready if i.in_flight < lim(i, B)]
         best = min(room, key=lambda i: (i.in_flight, i.instance_id), default=None)
         budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
         # the budget leaves out the arriving request's own prefill (one profiled p), which the backlog counts too
@@ -220,7 +221,7 @@ class Policy(LoadSignals, GpuMoves):
                 act = self._start_outside_reservations(state, self._board(state), model)
                 if act is not None:
                     return act
-        over = [i for i in ready if i.instance_id not in co_ids or i.in_flight < co_cap]
+        over = [i for i in ready if i.in_flight < lim(i, math.inf)]  # overflow, bar a co-served instance's cap
         best = min(over, key=lambda i: (i.in_flight, i.instance_id), default=None)
         if best is None:
             return None

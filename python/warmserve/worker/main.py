@@ -147,7 +147,7 @@ def check_bind(endpoint: str) -> None:
         return
     import zmq
 
-    from .server import bind_error
+    from warmserve.errors import bind_error
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -155,7 +155,7 @@ def check_bind(endpoint: str) -> None:
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as e:
-        raise bind_error(endpoint, e) from None
+        raise bind_error("the worker", endpoint, e.errno, zmq.strerror(e.errno)) from None
     finally:
         sock.close(linger=0)
         ctx.term()

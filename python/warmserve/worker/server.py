@@ -133,7 +133,7 @@ class WorkerServer:
                 try:
                     sock.bind(bind)
                 except zmq.ZMQError as e:
-                    raise bind_error(bind, e) from None
+                    raise errors.bind_error("the worker", bind, e.errno, zmq.strerror(e.errno)) from None
                 self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             else:
                 sock.setsockopt(zmq.ROUTING_ID, core.worker_id.encode())
@@ -433,11 +433,6 @@ class _Link:
             self._owe_hello = True
         self._backlog.append([_GONE, peer, why.encode()])
         self._flush()
-
-
-def bind_error(bind: str, e: zmq.ZMQError) -> errors.InvalidArgumentError:
-    """The typed error of a worker that cannot bind ``bind``, with the fix for its cause (as the controller's)."""
-    return errors.bind_error("the worker", bind, e.errno, zmq.strerror(e.errno))
 
 
 def _curve_client(sock, server_key: str, secret_key: str | None) -> None:

@@ -78,7 +78,7 @@ def regamma(arrival_s: np.ndarray, start_s: float, end_s: float, cv: float, rng:
     n = len(arrival_s)
     if n == 0:
         return arrival_s
-    if cv <= 0:
+    if not cv > 0:  # nan too
         raise InvalidArgumentError(f"burst cv must be > 0, got {cv}")
     shape = 1.0 / (cv * cv)
     iat = rng.gamma(shape, 1.0, n + 1)
@@ -107,7 +107,7 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     whole days (the forecasts' daily season) while the load inside a segment plays faster or slower.
     ``trace_rate_rps``: the replay's rate per second of trace time; ``known``: the history's known pieces as
     (start of their segment, start, end), default every segment but the replay whole."""
-    if time_scale <= 0:
+    if not time_scale > 0:  # nan too: it made an empty workload
         raise InvalidArgumentError(f"time_scale must be > 0, got {time_scale}")
     if time_scale != 1.0:
         for p in parts:

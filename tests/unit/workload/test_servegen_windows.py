@@ -55,3 +55,12 @@ def test_burst_cv_keeps_each_windows_count():
     t = bursty.trace.arrival_s[bursty.trace.model == busiest]
     iat = np.diff(t)[np.diff(t // sg.WINDOW_S) == 0]  # gaps within a window
     assert iat.std() / iat.mean() == pytest.approx(4.0, rel=0.3)
+
+
+@pytest.mark.parametrize("knob", [{"time_scale": float("nan")}, {"burst_cv": float("nan")}])
+def test_a_nan_time_scale_or_burst_cv_is_refused_not_an_empty_workload(knob):
+    from warmserve.errors import InvalidArgumentError
+    from warmserve.workload.recipes import paper_workload
+
+    with pytest.raises(InvalidArgumentError, match="must be > 0, got nan"):
+        paper_workload("conv", 2, duration_s=60.0, history_days=0, **knob)
