@@ -7,7 +7,8 @@ import json
 
 from aiohttp import web
 
-from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest, replay
+from completions_server import replay_against
+from warmserve.workload.replay_client import OUTCOMES, ReplayRequest
 
 BODIES = {
     "str-error": [{"error": "model overloaded"}],
@@ -34,19 +35,9 @@ async def _handler(request):
 
 def test_every_answer_shape_ends_in_one_outcome():
     async def go():
-        app = web.Application()
-        app.router.add_post("/v1/completions", _handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            reqs = [ReplayRequest(0.0, m, [5, 6, 7], 4) for m in BODIES]
-            done = []
-            outs = await replay(ClientConfig(f"http://127.0.0.1:{runner.addresses[0][1]}", drain_s=5.0), reqs,
-                                progress=done.append)
-        finally:
-            await runner.cleanup()
+        done = []
+        outs = await replay_against(_handler, [ReplayRequest(0.0, m, [5, 6, 7], 4) for m in BODIES], 5.0,
+                                    progress=done.append)
         return outs, done
 
     outs, done = asyncio.run(go())

@@ -8,7 +8,8 @@ import json
 
 from aiohttp import web
 
-from warmserve.workload.replay_client import ClientConfig, ReplayRequest, replay
+from completions_server import replay_against
+from warmserve.workload.replay_client import ReplayRequest
 
 TOKENS = 5
 GAP_S = 0.1
@@ -45,17 +46,8 @@ async def _handler(request):
 
 def test_crlf_cr_and_unterminated_streams_parse_and_an_eventless_200_is_an_error():
     async def go():
-        app = web.Application()
-        app.router.add_post("/v1/completions", _handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            reqs = [ReplayRequest(0.0, m, [5, 6, 7], TOKENS) for m in [*FRAMES, "not-sse"]]
-            return await replay(ClientConfig(f"http://127.0.0.1:{runner.addresses[0][1]}", drain_s=10.0), reqs)
-        finally:
-            await runner.cleanup()
+        return await replay_against(_handler, [ReplayRequest(0.0, m, [5, 6, 7], TOKENS) for m in [*FRAMES, "not-sse"]],
+                                    10.0)
 
     outs = {o.model: o for o in asyncio.run(go())}
     for name in FRAMES:
