@@ -195,14 +195,7 @@ class Controller(WorkerRestarts):
         # start: found in review, it was logged by the policy loop, and that model's requests waited until they
         # timed out, for good.
         self.policy_running = True
-        try:
-            if self.gpu_workers:  # (none expected: the first to join starts the ticks, as in the policy loop)
-                self.groups.prewarm()
-                self.driver.tick(self.now_s())
-        except UnplacedModelError:
-            raise
-        except Exception:  # as in the policy loop: any other bug there must not stop serving
-            log.exception("policy tick failed")
+        self._tick(raise_unplaced=True)
 
     def _said_hello(self, proc, ident: bytes | None) -> bool:
         """Whether the local worker process ``proc`` (under routing id ``ident``) has said Hello: it has a record,
@@ -510,17 +503,27 @@ class Controller(WorkerRestarts):
                 # heartbeats for good, and with them the detection of every later loss. Logged with its trace.
                 log.exception("heartbeat failed")
 
+    def _tick(self, raise_unplaced: bool = False) -> None:
+        """One policy tick over the workers there are (none: the first to join starts the ticks). A policy bug must
+        not stop serving: it is logged with its trace. ``raise_unplaced``: the start's first tick, where a layout
+        that leaves a model without an instance (UnplacedModelError) refuses the start."""
+        try:
+            if self.gpu_workers:
+                self.groups.prewarm()
+                self.driver.tick(self.now_s())
+        except UnplacedModelError:
+            if raise_unplaced:
+                raise
+            log.exception("policy tick failed")
+        except Exception:
+            log.exception("policy tick failed")
+
     async def _policy_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cc.tick_s)
             if not self.policy_running:
                 continue
-            try:
-                if self.gpu_workers:
-                    self.groups.prewarm()
-                    self.driver.tick(self.now_s())
-            except Exception:  # a policy bug must not stop serving; it is logged with its trace
-                log.exception("policy tick failed")
+            self._tick()
             # Apart from the tick: found in review, a tick that kept failing kept waiting requests from ever timing
             # out. Also with no worker (all restarting).
             try:
