@@ -16,6 +16,7 @@ import argparse
 import json
 
 from warmserve.sim.cli import print_ratios, ratios_of
+from warmserve.workload.recipes import offered_rate_rps
 
 
 #: Recorded arguments (``sim.cli.run_args``) two merged runs may differ in: which policies ran.
@@ -23,10 +24,8 @@ MAY_DIFFER = ("policy",)
 
 
 #: Workload meta fields recorded since some runs were written, each derived from fields both runs have: a run
-#: without one is compared as if it had recorded it.
-#: (the paper recipe records its trace-time rate as total_rate_rps, the ServeGen one as expected_rate_rps)
-DERIVED_META = {"offered_rate_rps": lambda m: m.get("total_rate_rps", m.get("expected_rate_rps"))
-                / m.get("time_scale", 1.0)}
+#: without one is compared as if it had recorded it (by the recipes' own rule).
+DERIVED_META = {"offered_rate_rps": offered_rate_rps}
 
 
 def _with_derived(workload):

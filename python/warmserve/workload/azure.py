@@ -2,6 +2,12 @@
 
 Each file is one service over about an hour: TIMESTAMP, ContextTokens, GeneratedTokens. Times are returned in
 seconds from the first request.
+
+TIMESTAMP is a wall-clock string with no zone (``2023-11-16 18:15:46.6805900``), and neither the dataset's doc
+("Invocation time") nor SOURCES.md names one. It is read as UTC: only time differences are used, and UTC is the
+one reading that does not depend on the machine (read in the local zone, before, a daylight-saving switch inside
+the hour under the machine's TZ moved every later request by an hour). On a machine in UTC the times are the same
+floats as before, so runs recorded there replay unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import functools
 import gzip
 import io
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -45,7 +51,8 @@ def _load(path: str, kind: str) -> Trace:
     ts, ctx, gen = [], [], []
     for row in csv.DictReader(io.StringIO(text)):
         base, _, frac = row["TIMESTAMP"].partition(".")
-        ts.append(datetime.strptime(base, "%Y-%m-%d %H:%M:%S").timestamp() + float("0." + (frac or "0")))
+        wall = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        ts.append(wall.timestamp() + float("0." + (frac or "0")))
         ctx.append(int(row["ContextTokens"]))
         gen.append(int(row["GeneratedTokens"]))
     t = np.asarray(ts)

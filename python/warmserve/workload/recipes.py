@@ -101,12 +101,23 @@ def _anchor(a: float, day_s: float) -> float:
     return -round(-a / day_s) * day_s if a < -day_s / 2 else 0.0
 
 
-def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta, segs, trace_rate_rps,
+def offered_rate_rps(meta: dict) -> float:
+    """``meta["offered_rate_rps"]`` derived from a workload's other meta fields: its rate per second of trace time
+    (the paper recipe's ``total_rate_rps``, the ServeGen one's ``expected_rate_rps``) over ``time_scale`` (1 when
+    not recorded). The one definition, so that runs recorded before the field can be given it the same way."""
+    for field in ("total_rate_rps", "expected_rate_rps"):
+        if field in meta:
+            return float(meta[field]) / float(meta.get("time_scale", 1.0))
+    raise InvalidArgumentError(f"workload meta has neither total_rate_rps nor expected_rate_rps (keys "
+                               f"{sorted(meta)}): not a recipe's meta, so no offered rate can be derived")
+
+
+def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta, segs,
             known=None) -> Workload:
     """Merge the parts; ``time_scale`` stretches each segment around its day offset, so history stays on
     whole days (the forecasts' daily season) while the load inside a segment plays faster or slower.
-    ``trace_rate_rps``: the replay's rate per second of trace time; ``known``: the history's known pieces as
-    (start of their segment, start, end), default every segment but the replay whole."""
+    ``meta`` holds the replay's rate per second of trace time (read by ``offered_rate_rps``); ``known``: the
+    history's known pieces as (start of their segment, start, end), default every segment but the replay whole."""
     if not time_scale > 0:  # nan too: it made an empty workload
         raise InvalidArgumentError(f"time_scale must be > 0, got {time_scale}")
     if time_scale != 1.0:
@@ -118,7 +129,8 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     replay = full.select(full.arrival_s >= 0)
     history = full.select(full.arrival_s < 0)
     # the recipes' rates are per second of trace time; compressing time by s offers 1/s times as many per second
-    meta = dict(meta, time_scale=time_scale, offered_rate_rps=trace_rate_rps / time_scale)
+    meta = dict(meta, time_scale=time_scale)
+    meta["offered_rate_rps"] = offered_rate_rps(meta)
     spans = []
     for s0, a, b in known if known is not None else [(a, a, b) for a, b in segs[1:]]:
         d = _anchor(s0, day_s)  # stretched like its segment's arrivals
@@ -203,10 +215,10 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     meta = {"recipe": "paper", "kind": kind, "alpha": alpha, "total_rate_rps": total, "burst_cv": burst_cv,
             "shares": shares.tolist(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
             "source": "Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC-BY 4.0)"}
-    # the Azure trace starts at 18:17 local time: replay from 18:15 (on the 5-minute window grid the forecasts
-    # use); whole days before it leave room for the history
+    # the Azure trace starts at 18:17 on its own clock (no zone given; azure.py reads it as UTC): replay from 18:15
+    # (on the 5-minute window grid the forecasts use); whole days before it leave room for the history
     clock0 = (history_days + 1) * day_s + 18 * 3600 + 15 * 60
-    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs, total)
+    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs)
 
 
 #: the start of ServeGen's last (14th) day, seconds after its first midnight
@@ -303,8 +315,9 @@ def _replay_problem(data: list[_SeriesData], start_s: float, duration_s: float, 
     a, b = start_s - pre_s, start_s + duration_s  # the replay and its warm-up: both are replayed
     shift = max(d.series.day_shift for d in data)
     if a - (history_days + shift) * DAY_S < 0:
-        return (f"it leaves no room for {history_days} history days (+{shift} days of shifted series)",
-                {"needs_start_s": (history_days + shift) * DAY_S + pre_s})
+        need = (history_days + shift) * DAY_S + pre_s
+        return (f"it leaves no room for {history_days} history days (+{shift} days of shifted series) and the "
+                f"warm-up before it, which need start_s >= {need:.0f}", {"needs_start_s": need})
     for d in data:
         name = d.series.name + (f", its data shifted {d.series.day_shift} days" if d.series.day_shift else "")
         first = a - history_days * DAY_S
@@ -329,8 +342,8 @@ def _replay_problem(data: list[_SeriesData], start_s: float, duration_s: float, 
 def _check_replay(data: list[_SeriesData], start_s: float, duration_s: float, pre_s: float,
                   history_days: int) -> None:
     """Raise InvalidArgumentError, with the nearest start on the same 10-minute phase that works, when the replay
-    (warm-up included) runs outside a chosen model's data, into one of its data gaps (replayed as zero traffic,
-    which it is not), or over no traffic at all (an empty workload)."""
+    (warm-up included) leaves no room for its history days, runs outside a chosen model's data, into one of its
+    data gaps (replayed as zero traffic, which it is not), or over no traffic at all (an empty workload)."""
     why = _replay_problem(data, start_s, duration_s, pre_s, history_days)
     if why is None:
         return
@@ -409,17 +422,12 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     missing data: a replay (warm-up included) that touches one of a chosen series' gaps is refused with a start
     that works, and history windows in one are left out of the history and of ``history_spans`` (unknown, not
     zero) for every model, since the spans are the workload's, not per model (``meta["history_gaps_s"]``).
-    A replay outside a chosen model's data, or over no traffic at all, is refused the same way.
+    A replay without room for its history days before it, outside a chosen model's data, or over no traffic at
+    all, is refused the same way.
     """
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
     if history_days < 0:
         raise InvalidArgumentError(f"history_days must be >= 0, got {history_days}")
-    shift = max((s.day_shift for s in series), default=0)
-    if start_s - (history_days + shift) * DAY_S - pre_s < 0:
-        raise InvalidArgumentError(f"start_s={start_s} leaves no room for {history_days} history days (+{shift} "
-                                   f"days of shifted series) and pre_s={pre_s:g} s of warm-up: it needs start_s >= "
-                                   f"{(history_days + shift) * DAY_S + pre_s:.0f}; start later or give fewer history "
-                                   f"days")
     data = _series_data(series)
     _check_replay(data, start_s, duration_s, pre_s, history_days)
     # expected total rate over the replayed span: each window's rate counts for the part of the span it covers
@@ -456,4 +464,4 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
             "seed": seed, "expected_rate_rps": expected * scale, "history_gaps_s": [[lo, hi] for _, lo, hi in holes],
             "source": "ServeGen (Xiang et al., arXiv:2505.09999; Apache-2.0), Alibaba Bailian"}
     return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta, segs,
-                   expected * scale, known=_known_pieces(segs, holes))
+                   known=_known_pieces(segs, holes))

@@ -5,7 +5,16 @@
 Azure 2023 CSVs are copied gzip-compressed (unchanged rows). From ServeGen the per-model 10-minute rates and the
 6-hour length stats are copied as they are; the per-client windows keep only the largest clients of each model
 (by requests over the whole span) with numbers rounded to 5 significant digits, and the length PMFs keep only
-input/output tokens with probabilities of at least 1e-6. Standard library only, deterministic output.
+input/output tokens, compacted by ``compact_pmf``. Standard library only, deterministic output.
+
+The PMF rule (``compact_pmf``): every length with probability of at least ``PMF_MIN_PROB`` (1e-6) is kept as
+published; the rest are merged into buckets on a log grid of ``PMF_BUCKETS_PER_OCTAVE`` (8) buckets per
+doubling of the length (lengths v with the same floor(8 log2 v); 0 on its own), each bucket placed at its
+entries' probability-weighted mean length, rounded to an integer, and carrying their summed probability (added
+to a kept length that it lands on). So each (model, field) keeps its total mass and its mean, to the rounding
+of each bucket's length to a whole token (a relative error under 1e-6 on the published data), and its spread
+to about 1e-4. Dropping the small entries outright had lost their mass from the long tails and left means
+0.5-10% low (deepseek-r1 input 10%, m-large input 4%). The grid adds about 130 rows to the 56,700 kept.
 """
 
 from __future__ import annotations
@@ -21,6 +30,33 @@ import sys
 TOP_CLIENTS = {"m-large": 24, "m-mid": 16, "m-small": 16, "deepseek-r1": 12, "mm-image": 8}
 PMF_FIELDS = ("input_tokens", "output_tokens")
 PMF_MIN_PROB = 1e-6
+PMF_BUCKETS_PER_OCTAVE = 8
+
+
+def _octave_bucket(value: int, per_octave: int) -> int:
+    """floor(per_octave * log2(value)) in integer arithmetic, so the grid is the same on every platform; -1 for 0."""
+    return (value ** per_octave).bit_length() - 1
+
+
+def compact_pmf(entries: list[tuple[int, float]], min_prob: float = PMF_MIN_PROB,
+                per_octave: int = PMF_BUCKETS_PER_OCTAVE) -> list[tuple[int, float]]:
+    """``(length, probability)`` pairs, sorted by length: those of at least ``min_prob`` as they are, the others
+    merged into log-grid buckets at their probability-weighted mean length (the module doc's rule)."""
+    out: dict[int, float] = collections.defaultdict(float)
+    buckets: dict[int, list[float]] = {}
+    for v, p in entries:
+        if v < 0:
+            raise ValueError(f"a token length must be >= 0, got {v}: the PMF file is not a token-length PMF")
+        if p >= min_prob:
+            out[v] += p
+        else:
+            b = buckets.setdefault(_octave_bucket(v, per_octave), [0.0, 0.0])
+            b[0] += p
+            b[1] += v * p
+    for mass, moment in buckets.values():
+        if mass > 0:
+            out[int(moment / mass + 0.5)] += mass
+    return sorted(out.items())
 
 
 def _gz_copy(src: str, dst: str) -> None:
@@ -58,9 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         g.write(("\n".join(lines) + "\n").encode())
     with gzip.open(os.path.join(sg, "servegen_length_pmf.csv.gz"), "rt", newline="") as f:
         rows = list(csv.reader(f))
+    groups: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for r in rows[1:]:
+        if r[2] in PMF_FIELDS:
+            groups.setdefault((r[0], r[1], r[2]), []).append((int(r[3]), float(r[4])))
     with gzip.GzipFile(os.path.join(out, "servegen_length_pmf_io.csv.gz"), "wb", mtime=0) as g:
         lines = [",".join(rows[0])]
-        lines += [",".join(r) for r in rows[1:] if r[2] in PMF_FIELDS and float(r[4]) >= PMF_MIN_PROB]
+        for key, entries in groups.items():
+            lines += [",".join((*key, str(v), f"{p:.6g}")) for v, p in compact_pmf(entries)]
         g.write(("\n".join(lines) + "\n").encode())
     return 0
 

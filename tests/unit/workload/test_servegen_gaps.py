@@ -70,3 +70,18 @@ def test_series_without_traffic_in_the_replay_are_refused_not_an_empty_workload(
     with pytest.raises(InvalidArgumentError, match="no request .* traffic span day 2 00:00 to day 2 01:00"):
         servegen_workload(1, models=("m-large",), path=str(path), start_s=5 * DAY_S, total_rate_rps=2.0,
                           history_days=1)
+
+
+def test_a_start_without_room_for_the_history_days_is_refused_with_a_start_that_works():
+    """Found in review: this case had its own older check ahead of the one that suggests a start, so its error
+    named the bound but no start_s to use (suggested_start_s missing)."""
+    early = 5 * DAY_S + 20 * 3600  # day 5 20:00: 7 history days and the warm-up reach back before day 0
+    with pytest.raises(InvalidArgumentError, match="no room for 7 history days") as e:
+        servegen_workload(6, start_s=early, history_days=7, seed=0)
+    fix = getattr(e.value, "suggested_start_s", None)
+    assert fix is not None, f"no start suggested: {e.value}"
+    need = 7 * DAY_S + 600.0
+    assert e.value.needs_start_s == need and f"start_s >= {need:.0f}" in str(e.value)
+    assert fix >= need and f"start_s={fix:.0f}" in str(e.value)
+    w = servegen_workload(6, start_s=fix, history_days=7, total_rate_rps=20.0, seed=0)
+    assert len(w.trace) > 0 and len(w.history_spans) > 0
