@@ -13,7 +13,7 @@ import zmq.asyncio
 
 from .. import errors
 from .. import protocol as P
-from .client import _close_zmq, _curve, _raise_if_error, _stable_routing_id
+from .client import _close_zmq, _curve, _raise_if_error, _stable_routing_id, stream_gap_error
 
 
 class AsyncTokenStream:
@@ -23,6 +23,8 @@ class AsyncTokenStream:
     def __init__(self, client: "AsyncWorkerClient", id: int, queue: asyncio.Queue, timeout_s: float):
         self.client, self.id, self.queue, self.timeout_s = client, id, queue, timeout_s
         self.done = False
+        #: ``Tokens.seq`` of the next event.
+        self._seq = 0
         self._abandoned = weakref.finalize(self, client._abandoned.append, id)
 
     def __aiter__(self) -> AsyncIterator[P.Tokens]:
@@ -39,6 +41,13 @@ class AsyncTokenStream:
                 self._end()
                 self.client._abandoned.append(self.id)
                 raise
+            if isinstance(msg, P.Tokens) and msg.seq != self._seq:
+                # Messages of the stream were lost with a connection re-made meanwhile (worker/server.py); the
+                # worker runs the generation on: aborted by the next call, as above.
+                self._end()
+                self.client._abandoned.append(self.id)
+                raise stream_gap_error(self.client.endpoint, self.id, self._seq, msg.seq)
+            self._seq += 1
             if isinstance(msg, P.Error) or (isinstance(msg, P.Tokens) and msg.finished):
                 self._end()  # only the end of the request forgets it: an abandoned iterator drops nothing
             if isinstance(msg, P.Tokens):

@@ -4,7 +4,9 @@ awaited; in ``async_client.py``) and, in ``inprocess.py``, ``InProcessWorker`` (
 
 Every request gets a fresh id; replies are routed by id into per-request inboxes, so many generations can stream
 at once on one socket. A request that fails comes back as its typed error (``errors.from_wire``), raised here.
-Silence from the worker for ``worker_timeout_s`` (it sends heartbeats every second) raises ``WorkerLostError``.
+Silence from the worker for ``worker_timeout_s`` (it sends heartbeats every second) raises ``WorkerLostError``,
+and so does a stream that skipped ``Tokens`` (``Tokens.seq``: a connection re-made lost them); its generation is
+aborted.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ def _raise_if_error(msg):
     return msg
 
 
+def stream_gap_error(where: str, id: int, expected_seq: int, got_seq: int) -> errors.WorkerLostError:
+    """The error of a generation whose stream skipped ``Tokens`` (``Tokens.seq`` is not the next one): its
+    connection broke and was re-made, and what it carried was lost (worker/server.py)."""
+    return errors.WorkerLostError(
+        f"the stream of request {id} from the worker at {where} lost {got_seq - expected_seq} Tokens message(s) "
+        f"(expected #{expected_seq}, got #{got_seq}): the connection broke and was re-made, losing what it carried; "
+        f"its generation is aborted on the worker: send the request again", endpoint=where, request_id=id,
+        expected_seq=expected_seq, got_seq=got_seq)
+
+
 class TokenStream:
     """The ``Tokens`` events of one generation, as an iterator; ``abort()`` ends it early (its last event, "abort",
     still comes), ``close()`` (or leaving a ``with`` block) ends it and drops what is left. A stream dropped
@@ -36,6 +48,8 @@ class TokenStream:
     def __init__(self, client: "SyncClientBase", id: int, timeout_s: float):
         self.client, self.id, self.timeout_s = client, id, timeout_s
         self.done = False
+        #: ``Tokens.seq`` of the next event.
+        self._seq = 0
         # Not a send from here: a finalizer may run on another thread, and a client is not thread-safe.
         self._abandoned = weakref.finalize(self, client._abandoned.append, id)
 
@@ -44,6 +58,9 @@ class TokenStream:
         # when one of them is abandoned, only when the request has ended.
         while not self.done:
             msg = self.client._next(self.id, self.timeout_s)
+            if isinstance(msg, P.Tokens) and msg.seq != self._seq:
+                self._gap(msg.seq)
+            self._seq += 1
             if isinstance(msg, P.Error) or (isinstance(msg, P.Tokens) and msg.finished):
                 self._end()
             if isinstance(msg, P.Tokens):
@@ -55,6 +72,19 @@ class TokenStream:
         self.done = True
         self._abandoned.detach()
         self.client._forget(self.id)
+
+    def _gap(self, got_seq: int) -> None:
+        """End the stream with the typed loss: the worker runs the generation on, so it is aborted now (sent, not
+        waited for, as an abandoned stream's is)."""
+        err = stream_gap_error(getattr(self.client, "endpoint", "in this process"), self.id, self._seq, got_seq)
+        self.done = True
+        self._abandoned.detach()
+        self.client._abandoned.append(self.id)
+        try:
+            self.client._abort_abandoned()
+        except errors.WorkerLostError as e:  # the Abort could not go out either: the gap is still what to report
+            raise err from e
+        raise err
 
     def abort(self) -> None:
         if not self.done:

@@ -37,12 +37,14 @@ class InProcessWorker(SyncClientBase):
 
             pool = build_pool(device, memory_gib, prefault=prefault, page_mib=page_mib)
         self.pool = pool
+        # Numbered as a server numbers them, so that streams here are read as a socket's are.
+        self._numbering = P.TokensNumbering()
         # A weak reference: the finalizer holds the core, and the core must not keep this object alive.
         self.core = WorkerCore(pool, device=device, worker_id=worker_id, emit=_weak_emit(self))
         self._finalizer = weakref.finalize(self, _close, self.core, pool if owned else None)
 
     def _emit(self, peer, msg) -> None:
-        self._dispatch(P.decode_reply(P.encode(msg)))
+        self._dispatch(P.decode_reply(P.encode(self._numbering.stamp(peer, msg))))
 
     def _send(self, msg) -> None:
         self.core.handle(_PEER, P.decode_request(P.encode(msg)))

@@ -52,6 +52,11 @@ peer that is gone, and the first message from it after is the first moment it ca
   on to the engine (so the Hello comes before any reply to it), and the controller takes a Hello from a worker it
   has admitted as the loss of everything it had there (controller/workers.py). A Hello rather than an error per
   request: messages in flight both ways were lost with the connection too, which only starting over settles.
+
+A connection can also be re-made with no send failing here (a client's new connection takes its routing id over
+before this side saw the old one go): what the old one carried is lost and nobody is told. Each generation's
+``Tokens`` are numbered as they are sent (``protocol.TokensNumbering``), so the reader sees the gap in the stream
+(the clients fail the request with ``WorkerLostError``) instead of text with tokens missing.
 """
 
 from __future__ import annotations
@@ -178,6 +183,7 @@ class WorkerServer:
         self.malformed = 0
         #: Bound: peer -> (why it was given up on, the request ids of its generations aborted then), oldest first.
         self._dropped: collections.OrderedDict[bytes, tuple[str, list[int]]] = collections.OrderedDict()
+        self._numbering = P.TokensNumbering()
         core.emit = self._send
 
     def hello(self) -> P.Hello:
@@ -250,6 +256,7 @@ class WorkerServer:
 
     def _drop_peer(self, peer: bytes, why: str) -> None:
         ids = self.core.drop_peer(peer)
+        self._numbering.forget(peer, ids)
         if not ids:
             return
         log.warning("peer %r %s: aborted %d generations", peer, why, len(ids))
@@ -288,7 +295,7 @@ class WorkerServer:
         if self._pipe.closed:  # after close(): nobody is left to read it
             return
         # Never blocks: the engine's end of the pipe has no high-water mark; the link applies the network's.
-        self._pipe.send_multipart([_SEND, peer, P.encode(msg)], zmq.NOBLOCK)
+        self._pipe.send_multipart([_SEND, peer, P.encode(self._numbering.stamp(peer, msg))], zmq.NOBLOCK)
 
     def close(self) -> None:
         """Let the link send what is queued (Shutdown's Ok) for up to a second, then close every socket."""

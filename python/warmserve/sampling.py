@@ -1,0 +1,127 @@
+"""Sampling parameters: how a request picks each next token and when it stops, and the log-probabilities it gets
+back. The one sampling type from HTTP parsing (or ``warmserve.Cluster``) through the controller and the wire
+(``protocol.Generate``, ``protocol.Tokens``, which re-exports these names) to the engine's sampler.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from . import errors
+
+#: Seeds must fit the sampler's generator (torch takes [-2**63, 2**64)) and MessagePack's 64-bit integers.
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+#: Most alternatives ("top logprobs") returned per token: OpenAI's chat limit and vLLM's default max_logprobs.
+MAX_TOP_LOGPROBS = 20
+#: Temperatures below this are greedy, as in vLLM: logits / 1e-40 overflow float32 (found in review: it failed a batch).
+GREEDY_TEMPERATURE = 1e-5
+#: Smallest repetition_penalty: seen tokens' logits are divided by it, and 1e-39 overflowed float32 the same way.
+MIN_REPETITION_PENALTY = 0.01
+
+
+def _bad(message: str, param: str, **fields) -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(message, param=param, **fields)
+
+
+class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How to pick each next token and when to stop: the one sampling type, from HTTP parsing (or
+    ``warmserve.Cluster``) through the controller and the wire to the engine's sampler.
+
+    Construction validates the ranges (raising ``InvalidArgumentError`` with the parameter and its value), also
+    when a worker decodes it off the wire. Temperature 0 (the default) is greedy; the OpenAI API's default of 1 is
+    applied where a request is parsed.
+    """
+
+    #: Most new tokens to generate (>= 1).
+    max_tokens: int = 16
+    #: max_tokens is the server's (a chat that set none gets the context left after its prompt): an engine whose KV
+    #: cap holds less lowers it to what fits (ending with "length") where a client's own is refused (PromptTooLong).
+    max_tokens_defaulted: bool = False
+    #: Softmax temperature in [0, 2]; below GREEDY_TEMPERATURE (0 included) = greedy (argmax).
+    temperature: float = 0.0
+    #: Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p, in (0, 1] (1 = all).
+    top_p: float = 1.0
+    #: Keep only the k most likely tokens (0 = no cut).
+    top_k: int = 0
+    #: Seed of this request's own generator, in [SEED_MIN, SEED_MAX]; None draws from the engine's generator.
+    seed: int | None = None
+    #: Strings that end the output where they begin (at most 4, non-empty). Owned by the controller's text
+    #: stream, which detokenizes; workers and the engine see token ids and ignore this field.
+    stop: tuple[str, ...] = ()
+    #: Token ids that end the request (finish_reason "stop"), besides the model's EOS; enforced by the engine.
+    stop_token_ids: tuple[int, ...] = ()
+    #: Keep generating past EOS until max_tokens.
+    ignore_eos: bool = False
+    #: Subtracted once from the logit of every token already in the output, in [-2, 2] (OpenAI's definition).
+    presence_penalty: float = 0.0
+    #: Subtracted from a token's logit once per time it is already in the output, in [-2, 2] (OpenAI's definition).
+    frequency_penalty: float = 0.0
+    #: Tokens already in the prompt or the output get positive logits divided, negative ones multiplied, by this,
+    #: in [MIN_REPETITION_PENALTY, 2]; 1 = off (CTRL's penalty, as transformers and vLLM define it).
+    repetition_penalty: float = 1.0
+    #: Log-probabilities returned per generated token: None = none; k in [0, MAX_TOP_LOGPROBS] = the chosen token's
+    #: and the k most likely tokens'. They are of the model's own distribution (log-softmax of its logits), before
+    #: temperature, penalties and top-k/top-p, as vLLM returns them by default.
+    logprobs: int | None = None
+    #: Log-probabilities of the prompt's tokens (each but the first, given the ones before it), with the k most
+    #: likely alternatives: None = none; k in [0, MAX_TOP_LOGPROBS]. Sent with the first generated token.
+    prompt_logprobs: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise _bad(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}", "max_tokens",
+                       max_tokens=self.max_tokens)
+        if not 0.0 <= self.temperature <= 2.0:
+            raise _bad(f"temperature must be in [0, 2], got {self.temperature}", "temperature",
+                       temperature=self.temperature)
+        if not 0.0 < self.top_p <= 1.0:
+            raise _bad(f"top_p must be in (0, 1], got {self.top_p}", "top_p", top_p=self.top_p)
+        if self.top_k < 0:
+            raise _bad(f"top_k must be >= 0, got {self.top_k}", "top_k", top_k=self.top_k)
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise _bad(f"seed must fit in 64 bits ([{SEED_MIN}, {SEED_MAX}]), got {self.seed}: send a smaller seed",
+                       "seed", seed=str(self.seed))
+        if len(self.stop) > 4:
+            raise _bad(f"at most 4 stop sequences, got {len(self.stop)}", "stop", stop_count=len(self.stop))
+        if any(not s for s in self.stop):
+            raise _bad("stop sequences must not be empty", "stop")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise _bad(f"stop_token_ids must be >= 0, got {list(self.stop_token_ids)}", "stop_token_ids")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not -2.0 <= v <= 2.0:
+                raise _bad(f"{name} must be in [-2, 2], got {v}", name, **{name: v})
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= 2.0:
+            raise _bad(f"repetition_penalty must be in [{MIN_REPETITION_PENALTY}, 2] (1 = off), got "
+                       f"{self.repetition_penalty}",
+                       "repetition_penalty", repetition_penalty=self.repetition_penalty,
+                       min_repetition_penalty=MIN_REPETITION_PENALTY)
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= MAX_TOP_LOGPROBS:
+                raise _bad(f"{name} (top alternatives per token) must be in [0, {MAX_TOP_LOGPROBS}], got {v}", name,
+                           **{name: v, "max_logprobs": MAX_TOP_LOGPROBS})
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty) or self.repetition_penalty != 1.0
+
+
+class TokenLogprobs(msgspec.Struct, frozen=True, array_like=True):
+    """Log-probabilities at one generated token (natural log, the model's distribution, see
+    ``SamplingParams.logprobs``); the token itself is the matching entry of ``Tokens.token_ids``."""
+
+    #: Of the generated token.
+    logprob: float
+    #: The most likely tokens at this position, most likely first, and their log-probabilities.
+    top_ids: list[int] = []
+    top_logprobs: list[float] = []
+
+
+def stop_strings(stop: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The ``stop`` argument as users give it (one string, a list, or None) as SamplingParams takes it."""
+    return () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
