@@ -46,7 +46,7 @@ from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check
                                           starts_after, trace_requests, warmup_span_s, warmup_trace, with_idle_lead)
 from warmserve.errors import TimeoutError_, WarmServeError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
-from warmserve.sim.metrics import pct
+from warmserve.sim.metrics import fold_warmup_starts, pct
 from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest
 
 #: what an unanswered request counts as in TTFT statistics (the simulator's convention)
@@ -399,19 +399,13 @@ def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None)
     cfg = twin_config(args.cpu_workers, window_s, args.drain_s, pcfg, warmup_s)
     base, cfg = resolve(policy, cfg)
     r = simulate(w, served_sim, base, config=cfg, cost=cost)
-    s = dict(r.summary)
+    # the simulator counts the starts before t = 0 (its clock starts at the idle lead) apart, as "warmup": kept so
+    # where the live run reads its counters at t = 0 too, folded in where it counts every start since its launch
+    s = dict(r.summary) if args.warmup_s > 0 else fold_warmup_starts(r.summary)
     s["answered"] = s["requests"] - s.get("unanswered", 0)
     s["per_model"] = r.per_model
-    # the simulator counts the starts before t = 0 (its clock starts at the idle lead) apart, as "warmup"
-    wu = s.pop("warmup", None)
     if args.warmup_s > 0:
-        s["warmup"] = wu  # the live run reads its counters at t = 0 too
-    elif wu is not None:
-        # the live run without a warm-up counts every start since its launch, the idle lead's included
-        for k in ("instance_starts", "starts_from_prewarm", "starts_from_loading_prewarm", "starts_cold",
-                  "evictions", "requests_migrated"):
-            s[k] += wu[k]
-        s["prewarm_hit_rate"] = s["starts_from_prewarm"] / s["instance_starts"] if s["instance_starts"] else 0.0
+        s["warmup"] = s.pop("warmup", None)  # last, where the live run has it
     return s, r.ttft_s
 
 

@@ -26,7 +26,8 @@ policy's target and grows the mapping from free GPU memory when a request needs 
 admitting cost ``CostModel.kv_map_s_per_gib`` per GiB (per GPU, the GPUs mapping in parallel), added to the
 prefill iteration that admitted the request (found in review: the mapping was instant), for an engine that maps
 lazily (``EngineInst.lazy_map``: warmserve's prewarmed engines; a vanilla vLLM engine allocates its cache inside
-its initialisation).
+its initialisation). A request whose prompt + output need more blocks than the instance can ever hold is refused
+when it is routed there (``admit``), as the live engine refuses it.
 
 ``ENGINE_MODELS``: "vllm" (the above) or "fluid", the simulator's earlier model kept for comparison: the batch
 capped at the policy's planning capacity B instead of the engine's limits, no token budget and a decode step that
@@ -194,10 +195,8 @@ class BatchEngines:
 
     def _fits(self, inst: EngineInst, rid: int) -> bool:
         """``rid`` would be admitted now: a sequence slot is free and its KV blocks fit in the mapping as ``_take``
-        may grow it (up to the policy's total, from free memory)."""
-        s = inst.st
-        room = max(s.kv_blocks_mapped, min(s.kv_blocks_total, s.kv_blocks_mapped + self.free_blocks(inst)))
-        return len(inst.running) < self.max_batch and inst.kv_used + self.blocks[rid] <= room
+        may grow it (``_room``)."""
+        return len(inst.running) < self.max_batch and inst.kv_used + self.blocks[rid] <= self._room(inst)
 
     # -- KV memory ----------------------------------------------------------------------------------------
 
@@ -205,15 +204,27 @@ class BatchEngines:
         free = min(self.gpu_total[g] - self.gpu_used[g] for g in inst.st.gpus)
         return max(free // inst.block_bytes, 0)
 
+    def max_blocks(self, inst: EngineInst) -> int:
+        """The most KV blocks one request can ever have on ``inst``, the live engine's ``Engine.max_kv_blocks``:
+        the policy's total for it, and no more than its GPUs hold after its weights shard."""
+        pool = min(self.gpu_total[g] for g in inst.st.gpus) - inst.shard
+        return min(inst.st.kv_blocks_total, max(pool // inst.block_bytes, 0))
+
+    def _room(self, inst: EngineInst) -> int:
+        """The most KV blocks ``inst``'s mapping can reach now: what it maps, grown up to the policy's total only
+        into free memory (the one growth rule of ``remap`` and ``_fits``)."""
+        s = inst.st
+        return max(s.kv_blocks_mapped, min(s.kv_blocks_total, s.kv_blocks_mapped + self.free_blocks(inst)))
+
     def remap(self, inst: EngineInst, need: int = 0) -> None:
         """Map KV blocks to the policy's target (used + free target, or everything), growing only into free
-        memory; ``need`` more blocks than in use are asked for by an admission."""
+        memory (``_room``); ``need`` more blocks than in use are asked for by an admission."""
         s = inst.st
         tgt = s.kv_blocks_total if s.kv_free_target is None else min(s.kv_blocks_total, inst.kv_used + s.kv_free_target)
         tgt = max(tgt, min(inst.kv_used + need, s.kv_blocks_total))
+        if tgt > s.kv_blocks_mapped:
+            tgt = min(tgt, self._room(inst))
         d = tgt - s.kv_blocks_mapped
-        if d > 0:
-            d = min(d, self.free_blocks(inst))
         if d:
             s.kv_blocks_mapped += d
             b = d * inst.block_bytes
@@ -270,15 +281,20 @@ class BatchEngines:
         d = (inst.running[0][0] - inst.progress) % 1.0
         return 0.0 if d < 1e-9 or d > 1.0 - 1e-9 else self._span_s(inst, d)
 
-    def admit(self, inst: EngineInst, rid: int, t: float) -> None:
+    def admit(self, inst: EngineInst, rid: int, t: float) -> bool:
         """``rid`` joins the instance's waiting queue. An idle engine schedules at once, a decoding one at the end
         of the step under way (vLLM schedules between steps; found in review: the prefill cut into the step,
         understating TTFT by up to a step), through an event after the current driver call: requests routed at the
         same instant (a queue drained when the instance turned ready) are then prefilled together, as vLLM's
-        scheduler takes everything that waits at its next step."""
+        scheduler takes everything that waits at its next step. False: refused, not queued: its prompt + output
+        need more KV blocks than the instance can ever hold (``max_blocks``), as the live engine refuses it
+        (``PromptTooLongError``; found in review: such a request waited in the queue until the run ended)."""
+        if self.blocks[rid] > self.max_blocks(inst):
+            return False
         inst.waiting.append(rid)
         if inst.ready and inst.phase != PREFILL and not inst.wake:
             self._wake(inst, t)
+        return True
 
     def _wake(self, inst: EngineInst, t: float) -> None:
         """Schedule the instance at the end of its decode step under way (now when it is idle)."""

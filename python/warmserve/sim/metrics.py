@@ -18,6 +18,33 @@ class RunResult:
     ttft_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+#: the summary's name of each counter of instance starts, evictions and moved requests (``Simulator.counts``'
+#: keys), in the summary's order
+START_FIELDS = {"total": "instance_starts", "hit": "starts_from_prewarm", "loading": "starts_from_loading_prewarm",
+                "cold": "starts_cold", "evictions": "evictions", "migrated": "requests_migrated"}
+
+
+def start_summary(counts: dict, *, hit_rate: bool = True) -> dict:
+    """The summary's fields of the counters ``counts`` (keyed as ``START_FIELDS``), after the prewarm hit rate (the
+    starts from a loaded prewarm over all starts) where ``hit_rate``: one naming for the run's summary, its warm-up
+    block and ``fold_warmup_starts``."""
+    out = {}
+    if hit_rate:
+        out["prewarm_hit_rate"] = (counts["hit"] / counts["total"]) if counts["total"] else 0.0
+    out.update((name, counts[k]) for k, name in START_FIELDS.items())
+    return out
+
+
+def fold_warmup_starts(summary: dict) -> dict:
+    """``summary`` with the counters of its warm-up block (``summary["warmup"]``) added to its own and the block
+    left out: the figures of a run counted from its launch, as a live run without a warm-up counts them."""
+    s = dict(summary)
+    wu = s.pop("warmup", None)
+    if wu is not None:
+        s.update(start_summary({k: s[name] + wu[name] for k, name in START_FIELDS.items()}))
+    return s
+
+
 def pct(x: np.ndarray, q: float) -> float:
     """The q-th percentile of x; NaN for no values (a policy that answered nothing has no TTFT percentile)."""
     return float(np.percentile(x, q)) if len(x) else float("nan")
@@ -43,13 +70,14 @@ def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
 
 def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens, slo_s, *, duration_s, end_s,
               gpu_seconds, starts, evictions, n_gpus, unanswered_ttft_s=None, migrated=0,
-              gpu_seconds_holding=None) -> RunResult:
+              gpu_seconds_holding=None, refused=0) -> RunResult:
     """Turn per-request times (NaN: never happened) into the run's statistics. A request without a first token
     counts as waiting until the end of the run, ``end_s`` - its arrival (found in review: a fixed 999 s was less
     than a late answer can take, up to ~1800 s with the drain, so dropping a request scored better than answering
     it late), or as ``unanswered_ttft_s`` where one is given (the live replay's twin matches its live side's
     convention); one without a finish counts as dropped. ``migrated``: requests moved off an
-    instance to be resumed on another (``actions.Migrate``)."""
+    instance to be resumed on another (``actions.Migrate``). ``refused``: requests an engine refused at once, too
+    large for its KV cache (``BatchEngines.admit``); they count as unanswered and dropped too."""
     answered = ~np.isnan(first_s)
     unanswered = end_s - arrival_s if unanswered_ttft_s is None else unanswered_ttft_s
     ttft = np.where(answered, first_s - arrival_s, unanswered)
@@ -62,13 +90,8 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
     summary = _stats(ttft, tpot_all[multi], ok, done, n, duration_s, end_s)
     summary.update({
         "unanswered": int((~answered).sum()),
-        "prewarm_hit_rate": (starts["hit"] / starts["total"]) if starts["total"] else 0.0,
-        "instance_starts": starts["total"],
-        "starts_from_prewarm": starts["hit"],
-        "starts_from_loading_prewarm": starts["loading"],
-        "starts_cold": starts["cold"],
-        "evictions": evictions,
-        "requests_migrated": int(migrated),
+        "refused": int(refused),
+        **start_summary({**starts, "evictions": evictions, "migrated": int(migrated)}),
         "gpu_seconds": float(gpu_seconds),
         # GPUs holding prewarmed weights counted too (the simulator's tick-sampled figure)
         "gpu_seconds_holding": float(gpu_seconds if gpu_seconds_holding is None else gpu_seconds_holding),

@@ -12,7 +12,9 @@ the simulator's cost model, analytically (a few milliseconds per candidate), the
    by demand); candidates that leave a model without an instance are skipped.
 3. Score: the largest multiple x of the workload's rates that every instance sustains. An instance of model m
    with KV fraction f and r replicas gets x lambda_m / r requests/s; at saturation it runs its largest batch
-   n = min(max running seqs, KV tokens / (prompt + output)), so each request costs it
+   n = min(max running seqs, KV tokens / (prompt + output)), its KV tokens the blocks the simulator gives it
+   (``policy.state.kv_blocks_for``: f of what its GPUs hold after its shard, whole page-padded blocks; plan_shared
+   made f of the room all of the group's shards leave), so each request costs it
    w = prefill_s(prompt) + output x decode_step_s(n, n x (prompt + output / 2)) / n seconds of its GPUs.
    Colocated instances time-share their GPUs (the engine model's interference model: an iteration takes as
    many times longer as there are busy instances on the GPU), so its load is
@@ -44,7 +46,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from warmserve.geometry import KV_BLOCK_TOKENS
 from warmserve.policy.baselines import SharedLayout, UnplacedModelError, default_groups, plan_shared
+from warmserve.policy.state import kv_blocks_for
 
 #: most group splits scored (x 3 colocation degrees); larger clusters search near the proportional split
 MAX_CANDIDATES = 400
@@ -99,18 +103,19 @@ def score(sim, plan, stats) -> float:
     """The largest rate multiple every instance of ``plan`` sustains (see the module doc, step 3)."""
     cost = sim.cost
     limits = cost.limits
-    gpu_bytes = cost.gpu.pool_bytes
     reps: dict[str, int] = {}
     for _, hosted in plan:
         for m, _ in hosted:
             reps[m] = reps.get(m, 0) + 1
     groups = []
-    for _, hosted in plan:
+    for gpus, hosted in plan:
         insts = []
         for m, frac in hosted:
             c = sim.mcost[sim.midx[m]]
             lam, p, o = stats[m]
-            kv_tokens = frac * (gpu_bytes - c.weight_bytes / c.tp) / (c.kv_bytes_per_token / c.tp)
+            # the driver's own rule: restated here per unpadded token, it credited a page-padded block's padding
+            # as room (a 3 MiB block takes 4 MiB)
+            kv_tokens = kv_blocks_for(sim.state, m, gpus, frac) * KV_BLOCK_TOKENS
             n = max(1, min(limits.max_running_seqs, int(kv_tokens // max(p + o, 1.0))))
             step = cost.decode_step_s(c, n, n * (p + o / 2))
             w = cost.prefill_s(c, int(p)) + o * step / n

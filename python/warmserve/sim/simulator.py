@@ -35,7 +35,7 @@ from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, Prewa
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.engine_model import ENGINE_MODELS, BatchEngines, EngineInst
-from warmserve.sim.metrics import RunResult, summarize
+from warmserve.sim.metrics import RunResult, start_summary, summarize
 from warmserve.workload.concurrency import concurrency_windows
 from warmserve.workload.request import Trace, Workload
 
@@ -295,6 +295,8 @@ class Simulator:
         #: the unmeasured warm-up, apart (found in review: the warm-up's were counted with the measured span's,
         #: so `shared`'s layout counted as starts of the replay and the hit rate mixed both)
         self.counts = {"measured": self._no_counts(), "warmup": self._no_counts()}
+        #: requests an engine refused, too large for its KV cache (``BatchEngines.admit``)
+        self.refused: list[int] = []
         self.now = self.clock0 - max(self.warmup_s, 0.0)
 
     @staticmethod
@@ -520,7 +522,12 @@ class Simulator:
             self.engines.remap(inst)
 
     def send(self, rid: int, ist: InstanceState, now_s: float) -> None:
-        self.engines.admit(self.insts[ist.instance_id], rid, now_s)
+        if not self.engines.admit(self.insts[ist.instance_id], rid, now_s):
+            # refused as the live controller fails a request its worker refused (PromptTooLongError): at once,
+            # unanswered; the driver's routing loop this is called from goes on with the queue
+            self.refused.append(rid)
+            self.open_reqs -= 1
+            self.driver.request_finished(ist.model, ist.instance_id, now_s, route=False, request=rid)
 
     def fail(self, rid: int, error: BaseException, now_s: float) -> None:
         self.open_reqs -= 1  # never answered
@@ -541,12 +548,10 @@ class Simulator:
                       duration_s=self.workload.duration_s, end_s=end - t0, gpu_seconds=self.gpu_seconds,
                       gpu_seconds_holding=self.gpu_seconds_holding, starts=c, evictions=c["evictions"],
                       migrated=c["migrated"], unanswered_ttft_s=self.cfg.unanswered_ttft_s,
-                      n_gpus=len(self.state.gpus))
+                      n_gpus=len(self.state.gpus), refused=sum(rid >= k for rid in self.refused))
         if self.warmup_s > 0:
-            w = self.counts["warmup"]
-            r.summary["warmup"] = {"requests": k, "instance_starts": w["total"], "starts_from_prewarm": w["hit"],
-                                   "starts_from_loading_prewarm": w["loading"], "starts_cold": w["cold"],
-                                   "evictions": w["evictions"], "requests_migrated": w["migrated"]}
+            r.summary["warmup"] = {"requests": k, "refused": sum(rid < k for rid in self.refused),
+                                   **start_summary(self.counts["warmup"], hit_rate=False)}
         return r
 
 

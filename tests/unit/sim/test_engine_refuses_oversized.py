@@ -1,0 +1,78 @@
+"""A request larger than its instance's whole KV cache is refused at once, as the live engine refuses it
+(``Engine.add_request``: PromptTooLongError when prompt + max_tokens need more blocks than ``max_kv_blocks``).
+Found in review: the simulated engine queued it for ever, so it waited until the run's end (drain included) and
+the run never ended early."""
+
+import math
+
+import numpy as np
+
+from warmserve.geometry import KV_BLOCK_TOKENS, blocks_for_tokens
+from warmserve.sim.config import ServedModel, SimConfig
+from warmserve.sim.costmodel import CostModel, GpuType
+from warmserve.sim.simulator import Simulator
+from warmserve.workload.request import Trace, Workload
+
+MODEL = "llama2-7b"
+#: a 16 GB GPU: its pool (90%, 14.4 GB) holds the 13.5 GB shard and 6 KV blocks of 128 MiB (256 tokens each)
+SMALL_GPU = GpuType(memory_bytes=16e9)
+CAP_BLOCKS = 6
+DRAIN_S = 600.0
+
+
+def _sim(prompts, outputs, arrivals, policy="dedicated", models=(MODEL,), which=None, gpu=SMALL_GPU):
+    n = len(arrivals)
+    names = list(models)
+    tr = Trace(names, np.asarray(arrivals, float), np.asarray(which or [0] * n, np.int32), np.asarray(prompts),
+               np.asarray(outputs))
+    w = Workload("hand", tr, Trace.empty(names), float(max(arrivals)) + 1.0)
+    config = SimConfig(n_servers=1, gpus_per_server=1, drain_s=DRAIN_S, warmup_s=0.0, shared_search=False)
+    served = [ServedModel(m, MODEL) for m in names]
+    return Simulator(w, served, policy, config=config, cost=CostModel(gpu=gpu))
+
+
+def test_cap_is_what_the_pool_holds_after_the_shard():
+    # the numbers the other tests rest on, by hand: (14.4e9 - 13.5e9 rounded up to 2 MiB pages) // 128 MiB
+    shard = math.ceil(13.5e9 / (2 << 20)) * (2 << 20)
+    assert (int(16e9 * 0.9) - shard) // (128 << 20) == CAP_BLOCKS
+    sim = _sim([100], [100], [0.0])
+    sim.run()
+    inst = next(iter(sim.state.instances.values()))
+    assert inst.kv_blocks_total == CAP_BLOCKS
+
+
+def test_oversized_request_is_refused_at_once_and_the_run_ends_with_the_rest():
+    # request 0 needs 8 blocks (1024 + 1024 tokens) of the 6 the instance can ever hold; request 1 fits exactly
+    # (1024 + 512 = 6 blocks) and request 2 is small
+    prompts, outputs = [1024, 1024, 200], [1024, 512, 50]
+    assert blocks_for_tokens(2048) == 8 and blocks_for_tokens(1536) == CAP_BLOCKS == 1536 // KV_BLOCK_TOKENS
+    sim = _sim(prompts, outputs, [0.0, 0.0, 0.5])
+    s = sim.run().summary
+    assert math.isnan(sim.first[0]) and math.isnan(sim.finish[0])
+    assert not math.isnan(sim.finish[1]) and not math.isnan(sim.finish[2])
+    inst = next(iter(sim.state.instances.values()))
+    assert inst.in_flight == 0 and inst.prefill_tokens_pending == 0  # the driver was told, its counts came down
+    # the run ends when the answered requests are done, not after the drain the held request waited for
+    assert s["end_s"] == max(sim.finish[1], sim.finish[2]) < DRAIN_S
+    assert s["refused"] == 1
+    assert s["completed"] == 2 and s["unanswered"] == 1 and s["dropped"] == 1
+
+
+def test_a_request_within_the_cap_is_not_refused():
+    sim = _sim([1024], [512], [0.0])
+    s = sim.run().summary
+    assert s["refused"] == 0 and s["completed"] == 1
+
+
+def test_cap_of_a_colocated_instance_is_its_kv_share():
+    # `shared` puts both models on one 40 GB GPU (pool 36 GB): the 9.0 GB the two 13.5 GB shards leave is split
+    # by demand (equal here), 4.5 GB = 33 blocks each; 36 blocks (9000 tokens) would fit the GPU's free KV memory
+    # but not the share, so the request is refused, as the live engine refuses one past its kv_blocks cap
+    big = GpuType(memory_bytes=40e9)
+    sim = _sim([8000, 100, 700], [1000, 100, 10], [0.0, 0.1, 0.2], policy="shared", models=("a", "b"),
+               which=[0, 1, 1], gpu=big)
+    s = sim.run().summary
+    assert sorted(i.kv_blocks_total for i in sim.state.instances.values()) == [33, 33]
+    assert blocks_for_tokens(9000) == 36 and (36e9 - 2 * 13.5e9) // (128 << 20) >= 36
+    assert math.isnan(sim.first[0]) and s["end_s"] < DRAIN_S
+    assert s["refused"] == 1 and s["completed"] == 2
