@@ -11,7 +11,9 @@ Methods:
   (the first day, a new model) falls back to the same weighted mean of the last observations.
 - ``holt-winters``: additive level + daily season. statsmodels fits the smoothing parameters and the initial
   state once a day on the last ``fit_days`` days (gaps filled with the prior); the same recursion then runs
-  window by window, so each forecast still uses every observation before it.
+  window by window, so each forecast still uses every observation before it. Where no fit can be made (a day
+  of fewer than 2 windows, fewer windows than ``min_fit_windows``, or statsmodels refusing the data) the
+  paper method stands in for that day (``fit_state``).
 - ``last-value``: the last window observed (persistence), the yardstick any forecaster has to beat.
 - ``stl``: STL (statsmodels) splits the last ``fit_days`` days into season and the rest once a day; the season
   repeats the last day, the rest follows simple exponential smoothing updated every window.
@@ -20,13 +22,33 @@ Missing windows never update a forecaster's state and never count in an error.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from typing import Callable
 
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 
+log = logging.getLogger(__name__)
+
 METHODS = ("paper", "holt-winters", "stl", "last-value")
+
+#: Fewest windows statsmodels' heuristic initialisation accepts (SimpleExpSmoothing, under STL, raises below it;
+#: seasonal ExponentialSmoothing wants 2 x (period // 2) more): a fit over fewer falls back to the paper method.
+#: With window_s >= 6 h four days hold 16 windows or less, so this, not the two days, decides.
+MIN_FIT_WINDOWS = 10
+
+
+def min_fit_windows(method: str, period: int) -> int:
+    """Fewest windows ``method`` is fitted on: two days, and what statsmodels' heuristic start needs."""
+    extra = 2 * (period // 2) if method == "holt-winters" else 0
+    return max(2 * period, MIN_FIT_WINDOWS + extra)
+
+
+#: What a fit can raise on data it cannot fit (statsmodels' checks, a singular system): the paper method
+#: stands in, as for a day with too little history.
+FIT_ERRORS = (ValueError, np.linalg.LinAlgError)
 
 
 def _weights(n: int) -> np.ndarray:
@@ -186,12 +208,25 @@ def _stl_fit(data: np.ndarray, period: int):
 _FITS = {"holt-winters": _hw_fit, "stl": _stl_fit}
 
 
-def fit_state(method: str, y: np.ndarray, period: int, r: int, fit_days: int):
-    """Fit ``method`` on the ``fit_days`` days before index ``r``; None when there are fewer than two days."""
+def fit_state(method: str, y: np.ndarray, period: int, r: int, fit_days: int,
+              on_error: Callable[[Exception], None] | None = None):
+    """Fit ``method`` on the ``fit_days`` days before index ``r``; None when no fit can be made: a day of fewer
+    than 2 windows (no season to fit), fewer than ``min_fit_windows``, no data, or a fit that raised one of
+    ``FIT_ERRORS`` or came out non-finite (passed to ``on_error``)."""
     lo = max(0, r - fit_days * period)
-    if r - lo < 2 * period or np.isnan(y[lo:r]).all():
+    if period < 2 or r - lo < min_fit_windows(method, period) or np.isnan(y[lo:r]).all():
         return None
-    return _FITS[method](fill_gaps(y[lo:r], period), period)
+    try:
+        state = _FITS[method](fill_gaps(y[lo:r], period), period)
+        alpha, gamma, level, season = state
+        if not (np.isfinite([alpha, gamma, level]).all() and np.isfinite(season).all()):
+            raise ValueError(f"{method} fit gave non-finite parameters (alpha {alpha}, gamma {gamma}, "
+                             f"level {level})")
+    except FIT_ERRORS as e:
+        if on_error is not None:
+            on_error(e)
+        return None
+    return state
 
 
 def run_state(state, y: np.ndarray, period: int, r: int, out: np.ndarray, lo: int, hi: int) -> None:
@@ -213,33 +248,44 @@ def run_state(state, y: np.ndarray, period: int, r: int, out: np.ndarray, lo: in
 
 
 def stat_one_step(method: str, y: np.ndarray, period: int, start: int = 0, fit_days: int = 4,
-                  n_resid: int = 10) -> np.ndarray:
+                  n_resid: int = 10, *, next_step: bool = True, fit=None) -> np.ndarray:
     """Holt-Winters or STL one-step forecasts, refitted at each day boundary (the paper method where a day
-    has less than two days of history behind it)."""
+    has no fit: see ``fit_state``). ``next_step=False``: no fit for f[len(y)] alone (NaN there), which a backtest
+    over [start, len(y)) never reads. ``fit``: stands in for ``fit_state`` (same arguments; a cache)."""
     y = np.asarray(y, dtype=np.float64)
     n = len(y)
+    fit = fit_state if fit is None else fit
     out = paper_one_step(y, period, start, n_resid)
     first = (start // period) * period
-    for r in range(first, n + 1, period):
-        state = fit_state(method, y, period, r, fit_days)
+    for r in range(first, n + 1 if next_step else n, period):
+        state = fit(method, y, period, r, fit_days)
         if state is not None:
             run_state(state, y, period, r, out, max(start, r), min(r + period, n + 1))
     out[:start] = np.nan
-    return np.maximum(out, 0.0)
+    out = np.maximum(out, 0.0)
+    if not next_step:
+        out[n] = np.nan
+    return out
 
 
 def one_step(method: str, y: np.ndarray, period: int, start: int = 0, *, fit_days: int = 4,
-             n_resid: int = 10) -> np.ndarray:
-    """One-step-ahead forecasts of ``y`` by ``method`` (see the module docstring)."""
+             n_resid: int = 10, next_step: bool = True, fit=None) -> np.ndarray:
+    """One-step-ahead forecasts of ``y`` by ``method`` (see the module docstring). ``next_step=False``:
+    f[len(y)] is NaN (saves a statistical fit where only the backtest is wanted); ``fit``: see
+    ``stat_one_step``."""
     if period < 1:
         raise InvalidArgumentError(f"period must be >= 1 window, got {period}", period=period)
     if method == "paper":
-        return paper_one_step(y, period, start, n_resid)
-    if method == "last-value":
-        return last_value_one_step(y, start)
-    if method in _FITS:
-        return stat_one_step(method, y, period, start, fit_days, n_resid)
-    raise InvalidArgumentError(f"unknown forecast method {method!r}; use one of {METHODS}", method=method)
+        f = paper_one_step(y, period, start, n_resid)
+    elif method == "last-value":
+        f = last_value_one_step(y, start)
+    elif method in _FITS:
+        return stat_one_step(method, y, period, start, fit_days, n_resid, next_step=next_step, fit=fit)
+    else:
+        raise InvalidArgumentError(f"unknown forecast method {method!r}; use one of {METHODS}", method=method)
+    if not next_step:
+        f[-1] = np.nan
+    return f
 
 
 def mean_relative_error(pred: np.ndarray, actual: np.ndarray) -> float:
@@ -251,12 +297,13 @@ def mean_relative_error(pred: np.ndarray, actual: np.ndarray) -> float:
     return float(np.mean(np.abs(pred[ok] - actual[ok]) / actual[ok]))
 
 
-def select_method(y: np.ndarray, period: int, lo: int, hi: int, methods=METHODS, preds=None) -> str:
+def select_method(y: np.ndarray, period: int, lo: int, hi: int, methods=METHODS, preds=None, *, fit=None) -> str:
     """The method with the lowest mean relative error on windows [lo, hi) of a rolling-origin backtest
-    (ties and no data: the first of ``methods``). ``preds`` may hold precomputed one-step forecasts."""
+    (ties and no data: the first of ``methods``). ``preds`` may hold precomputed one-step forecasts; ``fit``:
+    see ``stat_one_step``."""
     best, best_err = methods[0], np.inf
     for m in methods:
-        f = preds[m] if preds is not None else one_step(m, y[:hi], period, lo)
+        f = preds[m] if preds is not None else one_step(m, y[:hi], period, lo, next_step=False, fit=fit)
         err = mean_relative_error(f[lo:hi], y[lo:hi])
         if err < best_err:
             best, best_err = m, err
@@ -264,21 +311,49 @@ def select_method(y: np.ndarray, period: int, lo: int, hi: int, methods=METHODS,
 
 
 class ModelForecaster:
-    """Next-window forecasts for one series in a running system: fits refreshed once a day, cached."""
+    """Next-window forecasts for one series in a running system: fits refreshed once a day, cached.
 
-    def __init__(self, method: str, period: int, *, n_resid: int = 10, fit_days: int = 4):
+    A fit is kept while a later backtest of ``auto`` may ask for it again (the last two days' boundaries) and
+    reused there only if the windows it was fitted on are unchanged, so a backtest is ``one_step``'s and a day
+    boundary costs ``auto`` two fits, not five (found in review: seven, two of them wasted).
+    ``name`` (the model, say) labels the one warning a failing fit logs."""
+
+    def __init__(self, method: str, period: int, *, n_resid: int = 10, fit_days: int = 4, name: str = ""):
         if method not in METHODS + ("auto",):
             raise InvalidArgumentError(f"unknown forecast method {method!r}", method=method)
         self.method, self.period, self.n_resid, self.fit_days = method, period, n_resid, fit_days
-        self._fits: dict[tuple[str, int], object] = {}
+        self.name = name
+        #: (method, r) -> (the windows fitted on, the fitted state or None)
+        self._fits: dict[tuple[str, int], tuple[np.ndarray, object]] = {}
         self._chosen: dict[int, str] = {}
+        self._fit_failed = False
+
+    def _fit_error(self, e: Exception) -> None:
+        if not self._fit_failed:  # once per series: every backtest and every day would fail the same way
+            self._fit_failed = True
+            log.warning("forecast%s: a %s fit failed (%s: %s) with %d windows a day; the paper method stands in "
+                        "where it does (logged once)", f" of {self.name}" if self.name else "", self.method,
+                        type(e).__name__, e, self.period)
+
+    def _fit(self, method: str, y: np.ndarray, period: int, r: int, fit_days: int, *, stale_ok: bool = False):
+        """``fit_state`` through the cache. ``stale_ok``: reuse a fit at ``r`` even if windows before ``r`` changed
+        since (a plan may forecast the next day before the day's last window closed: the day's fit is made
+        then, once)."""
+        data = y[max(0, r - fit_days * period): r]
+        hit = self._fits.get((method, r))
+        if hit is not None and (stale_ok or np.array_equal(hit[0], data, equal_nan=True)):
+            return hit[1]
+        state = fit_state(method, y, period, r, fit_days, self._fit_error)
+        self._fits[(method, r)] = (data.copy(), state)
+        return state
 
     def _pick(self, y: np.ndarray, r: int) -> str:
         if self.method != "auto":
             return self.method
         if r not in self._chosen:  # backtest over the last two days (the bench shows one day is too noisy)
             lo = max(0, r - 2 * self.period)
-            self._chosen[r] = select_method(y, self.period, lo, r) if r - lo >= self.period // 2 else "paper"
+            self._chosen[r] = select_method(y, self.period, lo, r, fit=self._fit) \
+                if r - lo >= self.period // 2 else "paper"
         return self._chosen[r]
 
     def predict(self, y: np.ndarray) -> float:
@@ -288,15 +363,13 @@ class ModelForecaster:
         if n == 0 or np.isnan(y).all():
             return float("nan")
         r = (n // self.period) * self.period
+        # a backtest at r refits the two day boundaries before r: older fits are not asked for again
+        self._fits = {k: v for k, v in self._fits.items() if k[1] >= r - 2 * self.period}
         method = self._pick(y, r)
         if method == "last-value":
             return float(last_value_one_step(y, n)[n])
         if method != "paper":
-            key = (method, r)
-            if key not in self._fits:
-                self._fits = {k: v for k, v in self._fits.items() if k[1] == r}
-                self._fits[key] = fit_state(method, y, self.period, r, self.fit_days)
-            state = self._fits[key]
+            state = self._fit(method, y, self.period, r, self.fit_days, stale_ok=True)
             if state is not None:
                 out = np.full(n + 1, np.nan)
                 run_state(state, y, self.period, r, out, n, n + 1)

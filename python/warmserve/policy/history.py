@@ -1,12 +1,15 @@
-"""The forecast history: per model and window, the time-weighted average and peak of in-flight requests."""
+"""The forecast history: per model and window, the time-weighted average and peak of in-flight requests, and the
+live meter that feeds it from a (re)start on."""
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.policy.concurrency import WindowMeter
 
 
 class History:
@@ -44,7 +47,9 @@ class History:
         self.set(model, i, avg, peak)
 
     def load(self, model: str, window_start_s, avg, peak) -> None:
-        """``observe`` for many windows at once (equal-length arrays)."""
+        """``observe`` for many windows at once (equal-length arrays). Rows finer than the window (a 60 s file
+        under 300 s windows) are aggregated per window: the mean of their averages (rows taken as equal spans)
+        and the max of their peaks, NaN rows left out."""
         starts, avg, peak = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (window_start_s, avg, peak))
         if not (len(starts) == len(avg) == len(peak)):
             raise InvalidArgumentError(
@@ -54,10 +59,34 @@ class History:
         idx = np.floor(starts / self.window_s + 1e-9).astype(np.int64)
         if idx.min() < 0:
             raise InvalidArgumentError(f"history of {model!r}: window starts must be >= 0, got {starts.min()}")
+        uniq, inv = np.unique(idx, return_inverse=True)
+        if len(uniq) < len(idx):
+            ok = ~np.isnan(avg)
+            cnt = np.bincount(inv, weights=ok, minlength=len(uniq))
+            tot = np.bincount(inv, weights=np.where(ok, avg, 0.0), minlength=len(uniq))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                avg = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+            top = np.full(len(uniq), np.nan)
+            np.fmax.at(top, inv, peak)
+            idx, peak = uniq, top
         self.ensure(int(idx.max()) + 1)
         r = self.index[model]
         self.avg[r, idx], self.peak[r, idx] = avg, peak
         self.known[r] = max(self.known[r], int(idx.max()))
+
+    def merge_partial(self, model: str, i: int, avg_seen: float, peak_seen: float,
+                      seen_s: float) -> tuple[float, float]:
+        """The (avg, peak) to record for window ``i`` of which only the last ``seen_s`` seconds were measured (the
+        meter started mid-window), averaging ``avg_seen`` there. With no value for the window yet, the measured
+        span stands for the window. With one (the history file of the deployment before a restart), it stands
+        for the span not measured: avg = known x (1 - f) + avg_seen x f, f = seen_s / window_s, and the peak is
+        the larger, so a restart neither drops the window's load nor discards what the file knew of it."""
+        r = self.index[model]
+        old_avg = self.avg[r, i] if i < self.avg.shape[1] else math.nan
+        if math.isnan(old_avg):
+            return avg_seen, peak_seen
+        f = min(max(seen_s / self.window_s, 0.0), 1.0)
+        return old_avg * (1.0 - f) + avg_seen * f, float(np.fmax(self.peak[r, i], peak_seen))
 
     def mean_peak(self) -> dict[str, float]:
         """Mean peak over all known windows per model, 1 where there is none (how static layouts share GPUs)."""
@@ -67,3 +96,28 @@ class History:
             v = v[~np.isnan(v)]
             out[m] = float(v.mean()) if len(v) and v.mean() > 0 else 1.0
         return out
+
+
+class LiveWindowMeter(WindowMeter):
+    """A ``WindowMeter`` that knows when it started: the window it starts in is measured from then only, so its
+    average is taken over that span and handed to ``merge`` (``History.merge_partial`` for one model) rather than
+    divided by the whole window (found in review: a restart 4 minutes into a window booked 64 in flight as
+    12.8 and overwrote the history file's 64 for it, and the next forecasts fell 40%). It starts at 0 in
+    flight (nothing is known before it)."""
+
+    def __init__(self, window_s: float, now_s: float,
+                 merge: Callable[[int, float, float, float], tuple[float, float]]):
+        super().__init__(window_s, now_s, 0.0)
+        self._started_s: float | None = now_s
+        self._merge = merge
+
+    def advance(self, now_s: float) -> list[tuple[float, float, float]]:
+        closed = super().advance(now_s)
+        if closed and self._started_s is not None:
+            start_s, avg, peak = closed[0]
+            seen_s = start_s + self.window_s - self._started_s
+            if 0.0 < seen_s < self.window_s:
+                i = math.floor(start_s / self.window_s + 1e-9)
+                closed[0] = (start_s, *self._merge(i, avg * self.window_s / seen_s, peak, seen_s))
+            self._started_s = None
+        return closed

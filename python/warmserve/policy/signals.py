@@ -5,9 +5,11 @@ KV targets of running instances."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from warmserve.geometry import align_up
 from warmserve.policy import actions as A
+from warmserve.policy.history import LiveWindowMeter
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, InstanceState
 
@@ -17,8 +19,8 @@ PREFILL_PROFILE_TOKENS = 1024
 
 
 class LoadSignals:
-    """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``_load``, ``_prefill_load``, ``_exact``,
-    ``_inflight``, ``_meter_set`` and ``_meters``."""
+    """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``_hist``, ``_load``, ``_prefill_load``,
+    ``_exact``, ``_inflight``, ``_meter_set`` and ``_meters``."""
 
     def _load_avg(self, model: str, now_s: float, value: float, series: dict | None = None) -> float:
         """Time-weighted mean of the sampled load over the last load_window_s (a step function). ``series``:
@@ -56,12 +58,13 @@ class LoadSignals:
                 load[m] += len(q)
                 seen[m] += len(q)
         avg5 = {m: self._load_avg(m, now_s, load[m]) for m in sorted(self.models)}
-        if not self._exact:
-            for m in sorted(self.models):
-                self._meter_set(m, now_s, seen[m])
-        else:
-            for m in sorted(self._meters):
-                self._meter_set(m, now_s, self._inflight[m])
+        for m in sorted(self.models):
+            if m not in self._meters:
+                self._meters[m] = LiveWindowMeter(self.cfg.window_s, now_s, partial(self._hist.merge_partial, m))
+            # Exact (request events): every model's meter moves on too. Found in review: a model with no event
+            # yet had no meter, so its idle windows were recorded as missing, not 0, and its forecast kept
+            # yesterday's level.
+            self._meter_set(m, now_s, self._inflight[m] if self._exact else seen[m])
         return avg5
 
     def prefill_budget_s(self, model: str) -> float:
