@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from warmserve.controller import openai_api as oa
+from warmserve.controller import textstream
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare
 from warmserve.controller.metrics import CONTENT_TYPE
@@ -33,6 +34,16 @@ REQUEST_ID_HEADER = "x-request-id"
 RETRY_AFTER_S = 1
 #: The status logged for a request whose client hung up before its answer (nginx's "client closed request").
 CLIENT_CLOSED = 499
+#: Largest request body accepted; a larger one is a 413 that names this limit.
+MAX_BODY_BYTES = 16 << 20
+#: Characters a log line shows escaped (\x0a): C0 and C1 controls, DEL, and Unicode's line and paragraph separators.
+_UNPRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+                for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
+
+
+def _printable(text: str) -> str:
+    """``text`` for one log line: what could end the line or fake another is escaped."""
+    return text.translate(_UNPRINTABLE)
 
 
 def _json(status: int, body: dict) -> web.Response:
@@ -75,7 +86,7 @@ class Api:
         self.created = int(time.time())
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard], client_max_size=16 << 20)
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
@@ -96,6 +107,10 @@ class Api:
                 if not _key_matches(request.headers.get("Authorization", ""), self.api_key):
                     raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
             resp = await handler(request)
+        except web.HTTPRequestEntityTooLarge as e:  # found in review: the 413 did not say what the limit is
+            resp = _json(e.status, oa.error_body(
+                e.status, f"the request body is larger than the {MAX_BODY_BYTES} bytes ({MAX_BODY_BYTES >> 20} MiB) "
+                          f"this server accepts: send a smaller body"))
         except web.HTTPException as e:
             if e.status < 400:
                 raise
@@ -108,7 +123,7 @@ class Api:
             self._log(request, CLIENT_CLOSED)
             raise
         except Exception as e:  # a bug: the client still gets an OpenAI-shaped 500, the log gets the trace
-            log.exception("%s %s failed (request %s)", request.method, request.path, info["id"])
+            log.exception("%s %s failed (request %s)", request.method, _printable(request.rel_url.raw_path), info["id"])
             resp = _error(e)
         if not resp.prepared:  # a stream sent its headers, the id among them, when it began
             resp.headers[REQUEST_ID_HEADER] = info["id"]
@@ -116,23 +131,29 @@ class Api:
         return resp
 
     def _log(self, request: web.Request, status: int) -> None:
-        """The access-log line, and the rejection counter for an error status (not for a client that left)."""
+        """The access-log line, and the rejection counter for an error status (not for a client that left, nor for
+        /health's 503: a probe's answer while the server drains or has no worker, not a refused request; found in
+        review: each probe during a drain was a WARNING and a rejection). The path is logged as it came on the
+        wire, and it and the model (the client's text) with control characters escaped, so a client cannot write
+        lines of its own into the log (found in review: a %0A in the path did)."""
         info = request[_INFO]
         status = info.get("status", status)
         route = request.match_info.route.resource
         route = route.canonical if route is not None else "unmatched"  # not the raw path: bounded label values
-        if status >= 400 and status != CLIENT_CLOSED:
+        probe = route == "/health"
+        path = _printable(request.rel_url.raw_path)
+        if status >= 400 and status != CLIENT_CLOSED and not probe:
             metrics = getattr(self.controller, "metrics", None)
             if metrics is not None:
                 metrics.rejected_request(status, route)
         ttft = info.get("ttft_s")
         access_log.info(
             '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s total_ms=%.1f id=%s',
-            request.method, request.path, info.get("model", "-"), status, info.get("prompt_tokens", "-"),
+            request.method, path, _printable(info.get("model", "-")), status, info.get("prompt_tokens", "-"),
             info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
             (time.monotonic() - request[_T0]) * 1e3, info["id"])
-        if status >= 500:
-            log.warning("%s %s answered %d (request %s)", request.method, request.path, status, info["id"])
+        if status >= 500 and not probe:
+            log.warning("%s %s answered %d (request %s)", request.method, path, status, info["id"])
 
     # ------------------------------------------------------------------------------------------- simple routes
 
@@ -198,24 +219,25 @@ class Api:
             for i in range(n):
                 handle = await self.controller.submit(model.name, ids, _choice_sampling(sampling, i))
                 gens.append(TextGeneration(handle, model.tokenizer.decode, sampling.stop))
-            choices = Choices(gens)
+            want_logprobs = sampling.logprobs is not None
+            # Streamed, each piece's logprobs are taken with it; whole, all at the end.
+            choices = Choices(gens, logprobs=req.stream and want_logprobs)
             if req.stream:
-                return await self._stream(request, kind, req, model, choices, ids, rid, prefix,
-                                          sampling.logprobs is not None)
+                return await self._stream(request, kind, req, model, choices, ids, rid, prefix, want_logprobs)
             texts = await choices.collect()
             decode = model.tokenizer.decode
+            prompt_starts = textstream.token_starts(ids, decode) if prefix and want_logprobs else []
             items = []
             for i, (g, text) in enumerate(zip(gens, texts)):
                 lp = None
-                if sampling.logprobs is not None:
-                    entries = g.take_logprobs()
+                if want_logprobs:
+                    entries, starts = g.take_logprobs_and_offsets()
                     if kind == "chat":
-                        lp = oa.chat_logprobs(entries, decode)
-                    elif prefix:  # echo: the prompt's tokens first, then the choice's
+                        lp = oa.chat_logprobs(entries, decode, _token_bytes(model))
+                    else:  # echo: the prompt's tokens first, then the choice's
                         lp = oa.completion_logprobs(
-                            oa.prompt_logprob_entries(ids, g.req.prompt_logprobs, decode) + entries, decode, 0)
-                    else:
-                        lp = oa.completion_logprobs(entries, decode, 0)
+                            oa.prompt_logprob_entries(ids, g.req.prompt_logprobs, decode) + entries if prefix
+                            else entries, decode, _echoed(prompt_starts, prefix) + [len(prefix) + o for o in starts])
                 items.append((oa.completion_choice if kind == "completion" else oa.chat_choice)(
                     i, prefix + text, g.finish_reason, lp))
             body = (oa.completion_body if kind == "completion" else oa.chat_body)(
@@ -249,21 +271,20 @@ class Api:
                                                        REQUEST_ID_HEADER: rid})
         await resp.prepare(request)
         decode = model.tokenizer.decode
-        offsets = [len(prefix)] * len(choices.gens)  # completions' text_offset of each choice's next token
+        token_bytes = _token_bytes(model)
 
-        def chunk(i: int, delta: str, finish):
-            entries = choices.gens[i].take_logprobs() if want_logprobs else None
+        def chunk(i: int, delta: str, finish, taken):
+            entries, starts = taken if want_logprobs else (None, None)
             if kind == "completion":
-                lp = None
-                if want_logprobs:
-                    lp = oa.completion_logprobs(entries, decode, offsets[i])
-                    offsets[i] += sum(len(t) for _, t, _ in entries)
+                lp = oa.completion_logprobs(entries, decode, [len(prefix) + o for o in starts]) \
+                    if want_logprobs else None
                 return oa.sse(oa.completion_chunk(rid, model.name, created, delta, finish, index=i, logprobs=lp))
             d = {"content": delta} if delta or finish is None else {}
-            lp = oa.chat_logprobs(entries, decode) if want_logprobs else None
+            lp = oa.chat_logprobs(entries, decode, token_bytes) if want_logprobs else None
             return oa.sse(oa.chat_chunk(rid, model.name, created, d, finish, index=i, logprobs=lp))
 
         echoed = [not prefix] * len(choices.gens)
+        prompt_starts = textstream.token_starts(prompt_ids, decode) if prefix and want_logprobs else []
 
         def echo(i: int) -> bytes:
             """The echoed prompt of choice i, sent with its first event: its prompt logprobs come with its first
@@ -272,13 +293,14 @@ class Api:
             lp = None
             if want_logprobs:
                 lp = oa.completion_logprobs(oa.prompt_logprob_entries(prompt_ids, choices.gens[i].req.prompt_logprobs,
-                                                                      decode), decode, 0)
+                                                                      decode), decode, _echoed(prompt_starts, prefix))
             return oa.sse(oa.completion_chunk(rid, model.name, created, prefix, None, index=i, logprobs=lp))
 
         def event(ev) -> bytes:
-            i, piece = ev
+            i, piece, taken = ev
             head = b"" if echoed[i] else echo(i)
-            return head + (chunk(i, piece, None) if piece is not None else chunk(i, "", choices.gens[i].finish_reason))
+            return head + (chunk(i, piece, None, taken) if piece is not None
+                           else chunk(i, "", choices.gens[i].finish_reason, taken))
 
         try:
             for i in range(len(choices.gens) if kind == "chat" else 0):
@@ -305,6 +327,17 @@ class Api:
         finally:
             choices.abort()
         return resp
+
+
+def _token_bytes(model):
+    """The tokenizer's raw bytes of a token, when it has them (the engine's Tokenizer does)."""
+    return getattr(model.tokenizer, "token_bytes", None)
+
+
+def _echoed(prompt_starts: list[int], prefix: str) -> list[int]:
+    """Where the echoed prompt's tokens begin in the echoed text, which may be the client's own string rather
+    than the tokens' decode: never past its end."""
+    return [min(o, len(prefix)) for o in prompt_starts]
 
 
 def _choice_sampling(sampling, i: int):

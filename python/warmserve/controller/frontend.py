@@ -196,6 +196,17 @@ class TextGeneration:
         self._lp_taken = max(self._lp_taken, end)
         return out
 
+    def take_logprobs_and_offsets(self) -> tuple[list[tuple[int, str, object]], list[int]]:
+        """``take_logprobs()`` and where each of those tokens begins in the text (completions' ``text_offset``):
+        from the text stream's token starts, never past the text's end (found in review: offsets summed from each
+        token's own decode, one U+FFFD per byte of a split character, ran past the end of the text)."""
+        first = self._lp_taken
+        entries = self.take_logprobs()
+        t = self.text
+        end = len(t.text)
+        return entries, [min(t.starts[k], end) if k < len(t.starts) else end
+                         for k in range(first, first + len(entries))]
+
     @property
     def finish_reason(self) -> str | None:
         """"stop" (EOS, a stop token or a stop string), "length", "abort"; None while it runs."""
@@ -263,38 +274,43 @@ class TextGeneration:
 class Choices:
     """The ``n`` generations of one request (its choices) as one stream of events, in the order they come.
 
-    ``async for index, piece in choices``: a non-empty text piece of choice ``index``, or ``piece`` None when that
-    choice has ended (its ``finish_reason`` is set). An error of any choice is raised and ends all of them, as
-    does leaving the iteration (``abort()``).
+    ``async for index, piece, logprobs in choices``: a non-empty text piece of choice ``index``, or ``piece`` None
+    when that choice has ended (its ``finish_reason`` is set). With ``logprobs``, each event carries
+    ``take_logprobs_and_offsets()`` of its choice taken right after its piece, so the logprobs are that piece's
+    whenever the consumer gets to it (found in review: taken when a slow client's write was done, the first event
+    after a wait got the logprobs of every piece produced meanwhile, and those pieces none); None without. An
+    error of any choice is raised and ends all of them, as does leaving the iteration (``abort()``).
     """
 
-    def __init__(self, gens: list[TextGeneration]):
+    def __init__(self, gens: list[TextGeneration], logprobs: bool = False):
         self.gens = gens
+        self.logprobs = logprobs
         self._q: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
         self._left = len(gens)
 
     async def _pump(self, i: int, gen: TextGeneration) -> None:
+        taken = gen.take_logprobs_and_offsets if self.logprobs else lambda: None
         try:
             async for piece in gen:
-                self._q.put_nowait((i, piece, None))
-            self._q.put_nowait((i, None, None))
+                self._q.put_nowait((i, piece, taken(), None))
+            self._q.put_nowait((i, None, taken(), None))
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # handed to the consumer, raised in its task
-            self._q.put_nowait((i, None, e))
+            self._q.put_nowait((i, None, None, e))
 
     def __aiter__(self):
         return self
 
-    async def __anext__(self) -> tuple[int, str | None]:
+    async def __anext__(self) -> tuple[int, str | None, tuple[list, list[int]] | None]:
         if self._q is None:
             self._q = asyncio.Queue()
             self._tasks = [asyncio.ensure_future(self._pump(i, g)) for i, g in enumerate(self.gens)]
         if self._left == 0:
             raise StopAsyncIteration
         try:
-            i, piece, err = await self._q.get()
+            i, piece, taken, err = await self._q.get()
         except BaseException:
             self.abort()
             raise
@@ -303,7 +319,7 @@ class Choices:
             raise err
         if piece is None:
             self._left -= 1
-        return i, piece
+        return i, piece, taken
 
     async def collect(self) -> list[str]:
         """Each choice's whole text."""

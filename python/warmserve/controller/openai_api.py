@@ -145,6 +145,8 @@ def _decode(body: bytes, cls):
         raise _bad(f"malformed JSON in the request body: {e}") from None
     except UnicodeDecodeError as e:
         raise _bad(_utf8_message(body, e)) from None
+    except RecursionError:  # found in review: a 2 KB body of nested arrays was a 500 and a logged traceback
+        raise _bad("JSON nested too deeply in the request body: send a flatter JSON object") from None
 
 
 def _utf8_message(body: bytes, e: UnicodeDecodeError) -> str:
@@ -170,6 +172,9 @@ def _refuse_unsupported(req) -> None:
     big = [t for t in req.stop_token_ids or () if t > MAX_TOKEN_ID]
     if big:  # it would fail later, on the way to a worker, blamed on the prompt (found in review)
         raise _bad(f"stop_token_ids must be token ids in [0, {MAX_TOKEN_ID}], got {big[0]}", "stop_token_ids")
+    if req.top_k is not None and req.top_k > MAX_TOKEN_ID:  # the same, after a model was even cold-started for it
+        raise _bad(f"top_k must be at most {MAX_TOKEN_ID} (a top_k at least the vocabulary's size keeps every "
+                   f"token, as -1 and 0 do), got {req.top_k}", "top_k")
 
 
 def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
@@ -301,20 +306,30 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_logprobs(entries, decode, offset: int = 0) -> dict:
+def completion_logprobs(entries, decode, offsets: list[int]) -> dict:
     """The ``logprobs`` object of a completions choice (OpenAI's legacy layout) from ``TextGeneration
-    .take_logprobs()`` entries (``prompt_logprob_entries`` first, with echo); ``offset``: characters before the
-    first token's text."""
-    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    .take_logprobs()`` entries (``prompt_logprob_entries`` first, with echo); ``offsets``: where each entry's token
+    begins in the choice's text (``TextGeneration.take_logprobs_and_offsets``, ``textstream.token_starts``)."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": list(offsets)}
     for _, text, lp in entries:
         out["tokens"].append(text)
         # the prompt's first token has none (nothing before it): null, as OpenAI's echo gives it
         out["token_logprobs"].append(lp.logprob if lp is not None else None)
-        out["top_logprobs"].append({decode([t]): v for t, v in zip(lp.top_ids, lp.top_logprobs)}
-                                   if lp is not None else None)
-        out["text_offset"].append(offset)
-        offset += len(text)
+        out["top_logprobs"].append(_top_by_text(lp, decode) if lp is not None else None)
     return out
+
+
+def _top_by_text(lp, decode) -> dict[str, float]:
+    """The alternatives keyed by their decoded text, as vLLM keys them. Distinct tokens can share a text (bytes of
+    split characters all decode to U+FFFD, a special token to ""): the most likely of them keeps the key, so a
+    token's own entry is never lowered by a less likely namesake (found in review: the last, least likely, won),
+    and such a position lists fewer alternatives than asked for."""
+    top: dict[str, float] = {}
+    for t, v in zip(lp.top_ids, lp.top_logprobs):
+        key = decode([t])
+        if key not in top or v > top[key]:
+            top[key] = v
+    return top
 
 
 def prompt_logprob_entries(prompt_ids: list[int], lps: list, decode) -> list:
@@ -322,15 +337,20 @@ def prompt_logprob_entries(prompt_ids: list[int], lps: list, decode) -> list:
     return [(t, decode([t]), lps[i - 1] if 0 < i <= len(lps) else None) for i, t in enumerate(prompt_ids)]
 
 
-def _token(text: str, logprob: float) -> dict:
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+def _token(token_id: int, text: str, logprob: float, token_bytes) -> dict:
+    raw = token_bytes(token_id) if token_bytes is not None else text.encode("utf-8")
+    return {"token": text, "logprob": logprob, "bytes": list(raw)}
 
 
-def chat_logprobs(entries, decode) -> dict:
-    """The ``logprobs`` object of a chat choice from ``TextGeneration.take_logprobs()`` entries."""
-    return {"content": [{**_token(text, lp.logprob),
-                         "top_logprobs": [_token(decode([t]), v) for t, v in zip(lp.top_ids, lp.top_logprobs)]}
-                        for _, text, lp in entries], "refusal": None}
+def chat_logprobs(entries, decode, token_bytes=None) -> dict:
+    """The ``logprobs`` object of a chat choice from ``TextGeneration.take_logprobs()`` entries. ``token_bytes``
+    (the tokenizer's ``token_bytes``): each token's own bytes, so that the bytes of tokens that split a character
+    join into it, as OpenAI documents them (found in review: they were those of each token's decode, U+FFFD);
+    without it, the UTF-8 of each token's text."""
+    return {"content": [{**_token(tid, text, lp.logprob, token_bytes),
+                         "top_logprobs": [_token(t, decode([t]), v, token_bytes)
+                                          for t, v in zip(lp.top_ids, lp.top_logprobs)]}
+                        for tid, text, lp in entries], "refusal": None}
 
 
 def completion_choice(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> dict:

@@ -262,9 +262,10 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     gc.collect()
     gc.freeze()
     # One machine-readable line: scripts and tests wait for it instead of sleeping.
-    print(json.dumps({"serving": f"http://{cfg.server.host}:{port}", "workers_endpoint": controller.hub.endpoint,
+    url = http_url(cfg.server.host, port)
+    print(json.dumps({"serving": url, "workers_endpoint": controller.hub.endpoint,
                       "models": controller.model_names()}), flush=True)
-    _say(f"ready: OpenAI API at http://{cfg.server.host}:{port}/v1 serving {', '.join(controller.model_names())} "
+    _say(f"ready: OpenAI API at {url}/v1 serving {', '.join(controller.model_names())} "
          f"(metrics at /metrics); Ctrl-C stops")
     if ready is not None:
         ready(port, controller)
@@ -277,6 +278,12 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
         controller.end_drain()
     await closing
     await runner.cleanup()
+
+
+def http_url(host: str, port: int) -> str:
+    """The server's base URL: an IPv6 address in brackets (RFC 3986; found in review: http://::1:8432 was printed,
+    which no client parses)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _unless_stopped(work, stop: asyncio.Event, grace_s: float = 0.0):

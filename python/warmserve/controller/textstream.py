@@ -1,12 +1,19 @@
 """Token ids to text, incrementally: whole characters only, and stop strings cut where they begin.
 
 The controller detokenizes (workers see token ids), so stop strings are enforced here: the text that could be the
-start of a stop string is held back until it is known not to be one. Each push decodes only a short window of
-recent tokens (the previous step's tokens as context, so that merges and leading spaces at the window's edge come
-out as in a full decode), not the whole sequence: a long generation costs linear, not quadratic, time.
+start of a stop string is held back until it is known not to be one. Each token is decoded in a short window (the
+last tokens that added text as context, so that merges and leading spaces at the window's edge come out as in a
+full decode), not with the whole sequence: a long generation costs linear, not quadratic, time, and the text does
+not depend on how tokens were grouped into pushes.
 """
 
 from __future__ import annotations
+
+#: Most tokens one character's bytes can span (UTF-8's longest sequence is 4 bytes, a token holds at least one).
+MAX_CHAR_TOKENS = 4
+#: Most tokens a text ending in U+FFFD is held back for, waiting for the rest of a character: beyond one
+#: character's tokens, room for stray bytes before it and for tokens that each end inside the next character.
+HOLD_TOKENS = 4 * MAX_CHAR_TOKENS
 
 
 class TextStream:
@@ -22,8 +29,10 @@ class TextStream:
         self.emitted = 0        # characters of self.text already handed out
         self.stopped = False    # a stop string was found: the caller should end the request
         self.stop_len = 0       # characters of the stop string found (cut away after self.text)
-        self._prefix = 0        # ids[_prefix:_read] were decoded last time: the context window
-        self._read = 0          # ids[:_read] are in self.text
+        self._read = 0          # ids[_read:] are decoded after _ctx (the text of those that completed it is in)
+        self._ctx: list[int] = []  # the last tokens that added text: context for decoding ids[_read:]
+        self._base = 0          # characters of decode(_ctx + ids[_read:]) already in self.text
+        self._ctx_base = 0      # characters of decode(_ctx) already in self.text
         self.ended = False      # finish() ran: no more text comes
 
     def push(self, ids, stop_token: bool = False) -> str:
@@ -40,8 +49,11 @@ class TextStream:
             out = self.push(ids[:-1]) + self.finish()
             self.ids.append(ids[-1])
             return out
-        self.ids.extend(ids)
-        if not self._advance(final=False):
+        before = len(self.text)
+        for t in ids:  # one at a time: each decode covers a few tokens, whatever the size of the burst
+            self.ids.append(t)
+            self._advance(final=False)
+        if len(self.text) == before:
             return ""
         return self._check_stop(len(self.text) - self._hold)
 
@@ -54,29 +66,46 @@ class TextStream:
         self.ended = True
         return out + self._take(len(self.text))
 
-    def _advance(self, final: bool) -> bool:
-        before = self._decode(self.ids[self._prefix:self._read])
-        after = self._decode(self.ids[self._prefix:])
-        # A multi-byte character split across tokens decodes as U+FFFD until its last byte arrives.
-        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
-            return False
-        self._place(len(self.text), len(self.text) + len(after) - len(before))
-        self.text += after[len(before):]
-        self._prefix, self._read = self._read, len(self.ids)
-        return True
+    def _advance(self, final: bool) -> None:
+        """Put the tokens ids[_read:] in the text, decoded after the context (the last tokens that added text, so
+        that merges and leading spaces come out as in a full decode); each token begins where the text before it
+        ends. A text ending in U+FFFD may end in a character whose next byte is still to come (byte-fallback
+        decoders show one U+FFFD per byte of it), so that run waits, for at most HOLD_TOKENS tokens; the text
+        before it does not. Each decode covers the context and at most HOLD_TOKENS tokens: a run of tokens that add
+        no text (an EOS generated with ignore_eos, a skipped special token) or of stray bytes costs linear time
+        (found in review: each push decoded the whole run again, 4000 such tokens took 2.3 s)."""
+        self.starts.extend([len(self.text)] * (len(self.ids) - len(self.starts)))
+        pending = self.ids[self._read:]
+        if not pending:
+            return
+        after = self._decode(self._ctx + pending)
+        held = after.endswith("\ufffd") and not final and len(pending) < HOLD_TOKENS
+        usable = len(after.rstrip("\ufffd")) if held else len(after)
+        if usable > self._base:
+            self.text += after[self._base:usable]
+            self._base = usable
+        if held:
+            return
+        if len(pending) >= HOLD_TOKENS:
+            # A held run this long is stray bytes (or characters straddled by token after token): it is text as
+            # it is; the last tokens stay as context, each later decode repeating their text first.
+            self._rebase(pending[-MAX_CHAR_TOKENS:])
+        elif usable > self._ctx_base:
+            self._rebase(pending)
+        elif not self.text:
+            # No text yet: tokens that add none may still shape what follows (SentencePiece's first "\u2581" loses
+            # its space, a second one shows it), so the last few stay in the context. Once there is text, a token
+            # that adds none is a skipped special token, which a full decode leaves out too.
+            self._rebase((self._ctx + pending)[-MAX_CHAR_TOKENS:])
+        else:
+            self._read, self._base = len(self.ids), self._ctx_base
 
-    def _place(self, begin: int, end: int) -> None:
-        """Record where the tokens ids[_read:] begin, their text spanning [begin, end). The first begins at
-        ``begin``; each next one after the characters its predecessor adds, decoded with one token of context
-        (so a leading space or a merge comes out as in the whole text: linear cost, not a prefix decode per token).
-        A trailing U+FFFD is a character still incomplete, which belongs to the token that completes it."""
-        pos = begin
-        self.starts.append(pos)
-        for k in range(self._read + 1, len(self.ids)):
-            ctx = self.ids[max(0, k - 2):k - 1]
-            adds = self._chars(ctx + self.ids[k - 1:k]) - self._chars(ctx)
-            pos = min(end, pos + max(0, adds))
-            self.starts.append(pos)
+    def _rebase(self, ctx: list[int]) -> None:
+        """Decode what follows after ``ctx``, whose decode is text already handed to self.text (or, for bytes of a
+        character begun before it, U+FFFD that every longer decode repeats first)."""
+        self._ctx = ctx
+        self._base = self._ctx_base = len(self._decode(ctx))
+        self._read = len(self.ids)
 
     def _chars(self, ids: list[int]) -> int:
         return len(self._decode(ids).rstrip("\ufffd")) if ids else 0
@@ -115,3 +144,13 @@ class TextStream:
         out = self.text[self.emitted:upto]
         self.emitted = upto
         return out
+
+
+def token_starts(ids, decode) -> list[int]:
+    """Where each token of ``ids`` begins in their decoded text, never past its end (an echoed prompt's
+    ``text_offset``), decoding as a stream does: linear time."""
+    t = TextStream(decode)
+    t.push(ids)
+    t.finish()
+    end = len(t.text)
+    return [min(s, end) for s in t.starts]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from warmserve.errors import InvalidArgumentError
 
@@ -51,6 +52,7 @@ class Tokenizer:
         self.chat_template: str | None = _pick_template(self.config.get("chat_template"), self.dir)
         self._template = None
         self._max_token_chars: int | None = None
+        self._bytes: dict[int, bytes] = {}
 
     def _read_json(self, name: str) -> dict:
         p = os.path.join(self.dir, name)
@@ -80,6 +82,25 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (a chat logprob's ``bytes``): the UTF-8 of its decode when that is whole
+        text, else its vocabulary entry's raw bytes, for a token that holds part of a character (which decodes
+        alone as U+FFFD): SentencePiece's byte-fallback ``<0xNN>``, or byte-level BPE's entry mapped back through
+        GPT-2's byte-to-character table. Cached per id."""
+        raw = self._bytes.get(token_id)
+        if raw is None:
+            text = self.decode([token_id])
+            piece = self._tok.id_to_token(token_id) if "\ufffd" in text else None
+            byte = _BYTE_PIECE.fullmatch(piece) if piece is not None else None
+            if byte is not None:
+                raw = bytes([int(byte.group(1), 16)])
+            elif piece is not None and all(c in _BYTE_OF_CHAR for c in piece):
+                raw = bytes(_BYTE_OF_CHAR[c] for c in piece)
+            else:
+                raw = text.encode("utf-8")
+            self._bytes[token_id] = raw
+        return raw
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The prompt text for a chat; messages are {"role": ..., "content": ...} dicts."""
         for m in messages:
@@ -102,6 +123,22 @@ class Tokenizer:
         except jinja2.TemplateError as e:
             raise InvalidArgumentError(f"this model's chat template could not render these messages "
                                        f"({type(e).__name__}: {e})", param="messages") from None
+
+
+#: SentencePiece's byte-fallback tokens, one byte each.
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _byte_of_char() -> dict[str, int]:
+    """Byte-level BPE's vocabulary alphabet (GPT-2's bytes_to_unicode) inverted: printable bytes stand for
+    themselves, the others for the characters from U+0100 on, in byte order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    shifted = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + i): b for i, b in enumerate(shifted)}}
+
+
+_BYTE_OF_CHAR = _byte_of_char()
 
 
 def _pick_template(value, directory: str) -> str | None:
