@@ -429,6 +429,9 @@ class Hello(_Msg):
     capacity_bytes: int = 0
     page_bytes: int = 0
     id: int = 0
+    #: The machine it runs on (its host name, or --host-name): the controller's server for it, since tensor-parallel
+    #: groups never span two. "" from a worker before this field: the controller reads the server from its id.
+    host: str = ""
 
 
 Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, Dedicate, GetStats, Heartbeat,

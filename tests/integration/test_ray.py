@@ -11,6 +11,7 @@ test ends (or is killed at its time limit) every process it started, Ray's inclu
 from __future__ import annotations
 
 import concurrent.futures
+import glob
 import importlib.util
 import json
 import os
@@ -67,9 +68,12 @@ def test_serve_on_a_two_node_ray_cluster_replaces_a_killed_worker_actor(tmp_path
     # Ray's files (sessions, logs, sockets, the current cluster's address) in a directory of this run, not in
     # /tmp/ray where other Ray users on the machine look. Short: Ray's Unix socket paths must fit in 107 bytes.
     ray_tmp = tempfile.mkdtemp(prefix="wsray")
+    # The temp dir of every process inside (the workers' actors too), where leftovers are looked for.
+    inside_tmp = tmp_path / "tmp"
+    inside_tmp.mkdir()
     try:
-        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp}, capture_output=True,
-                           text=True, timeout=INSIDE_LIMIT_S, cwd=os.path.dirname(__file__))
+        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp, "TMPDIR": str(inside_tmp)},
+                           capture_output=True, text=True, timeout=INSIDE_LIMIT_S, cwd=os.path.dirname(__file__))
     except subprocess.TimeoutExpired as e:  # unshare is killed, and with it every process in the namespaces
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         pytest.fail(f"the run inside the namespaces passed {INSIDE_LIMIT_S} s:\n{out[-4000:]}")
@@ -136,6 +140,9 @@ def _inside(tmp) -> None:
         # Ray's account of the killed actor's end (whichever of Ray and the heartbeat noticed first).
         assert replaced["last_exit"], replaced
         assert serving.counter(url, "warmserve_workers_lost") >= 1
+        # The killed actor's CURVE keys went with it. Found in review: written to a temp dir removed only when the
+        # worker returned, they stayed on disk, a secret key among them.
+        assert _secret_keys_left() == [], _secret_keys_left()
 
         burst = _burst(url, 12, "after")
         assert all(ok for ok, _ in burst), [why for ok, why in burst if not ok]
@@ -145,6 +152,7 @@ def _inside(tmp) -> None:
         assert serving.stop(proc) == 0, log.read_text()[-3000:]
         proc = None
         times["stopped_s"] = time.monotonic() - t0
+        assert glob.glob(os.path.join(os.environ["TMPDIR"], "warmserve-curve-*")) == []
         _check_ray_given_back(cluster.address)
     finally:
         if proc is not None and proc.poll() is None:
@@ -153,6 +161,11 @@ def _inside(tmp) -> None:
         cluster.shutdown()
     times["total_s"] = time.monotonic() - t0
     print("ray test timings:", json.dumps({k: round(v, 1) for k, v in times.items()}))
+
+
+def _secret_keys_left() -> list[str]:
+    """Worker secret keys an actor wrote into the temp dir (the controller's own key dir holds none by that name)."""
+    return glob.glob(os.path.join(os.environ["TMPDIR"], "warmserve-curve-*", "worker.key_secret"))
 
 
 def serving_host(worker_id: str) -> str:

@@ -9,7 +9,8 @@ Ray's view of an actor feeds the controller's failure handling. Each actor is he
 has the part of ``subprocess.Popen`` the controller uses for its local workers (poll, wait, kill, terminate,
 returncode), so Ray workers are watched and restarted like local ones: an actor that dies (its process killed, its
 node lost) is seen through ``poll`` at the next heartbeat, and a new actor takes the same placement-group bundle
-under the same worker id.
+under the same worker id. A worker whose node Ray reports dead is not started again (its bundle cannot move). The
+plan (slots, bundles, the workers' address) is in ``ray_plan``.
 """
 
 from __future__ import annotations
@@ -17,21 +18,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import dataclasses
 import functools
-import ipaddress
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
 import time
+from typing import Callable
 
 from warmserve.config import ClusterConfig
 from warmserve.controller.controller import Controller
-from warmserve.controller.restarts import WorkerGoneForGoodError
-from warmserve.errors import InvalidArgumentError, WarmServeError, register
+from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, WorkerSlot, check_fits,
+                                          connect_address, node_key, plan_slots, unbracket)
+from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
 
 log = logging.getLogger("warmserve.controller")
@@ -49,96 +51,6 @@ HEAD_PROBE_TIMEOUT_S = 5.0
 ACTOR_DIED_STATUS = -1
 
 
-@register
-class RayClusterError(WarmServeError):
-    """The Ray cluster cannot be reached, or cannot hold the workers asked of it."""
-
-
-@register
-class RayNodeGoneError(RayClusterError, WorkerGoneForGoodError):
-    """A worker's Ray node is no longer alive: its placement-group bundle, pinned to that node, can never be placed
-    again (a node that rejoins is a new node), so the worker is not started again. Fields: node_id, worker_id."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RayNode:
-    """An alive Ray node, as read from ``ray.nodes()``."""
-
-    node_id: str
-    #: The address Ray reaches the node at (NodeManagerAddress): an IP address.
-    address: str
-    hostname: str
-    #: Logical CPUs and GPUs the node offers to Ray (its `Resources`).
-    cpus: float
-    gpus: int
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSlot:
-    """One worker's place: a bundle of its node's placement group, and what the worker is told."""
-
-    node: RayNode
-    #: Index of the bundle in the node's placement group.
-    bundle: int
-    #: The worker's --device: "cuda:0" (Ray makes the bundle's GPU the only visible one) or "cpu".
-    device: str
-    #: Worker id, also its ZeroMQ routing id: HOST-TAG-DEVICE, where HOST names the node (workers with the same
-    #: HOST are one server to the policy).
-    worker_id: str
-    #: torch threads of a CPU worker (0 for a GPU worker).
-    threads: int
-
-
-def node_key(node: RayNode) -> str:
-    """The server name of a node's workers: its host name and node id, since one host may run several nodes."""
-    return f"{node.hostname}.{node.node_id[:8]}"
-
-
-def plan_slots(nodes: list[RayNode], *, cpu_workers: int, cpu_worker_threads: int = 0, tag: str) -> list[WorkerSlot]:
-    """One slot per GPU of each node; on a node without GPUs, ``cpu_workers`` slots (at most one per logical CPU).
-    ``tag``: what makes this controller's worker ids its own (no "-"). A CPU worker's threads: cpu_worker_threads,
-    or the node's CPUs shared among its workers."""
-    slots = []
-    for node in nodes:
-        if node.gpus:
-            devices = [("cuda:0", f"gpu{j}") for j in range(node.gpus)]
-        else:
-            n = min(cpu_workers, int(node.cpus))
-            if n < cpu_workers:
-                log.warning("Ray node %s offers %g CPUs: %d CPU workers there instead of %d", node.node_id[:8],
-                            node.cpus, n, cpu_workers)
-            devices = [("cpu", f"cpu{j}") for j in range(n)]
-        threads = cpu_worker_threads or max(1, int(node.cpus) // max(1, len(devices)))
-        for j, (device, name) in enumerate(devices):
-            slots.append(WorkerSlot(node=node, bundle=j, device=device, worker_id=f"{node_key(node)}-{tag}-{name}",
-                                    threads=0 if device.startswith("cuda") else threads))
-    return slots
-
-
-def _ip_is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def connect_address(endpoint: str, driver_ip: str, nodes: list[RayNode]) -> str:
-    """The address workers on ``nodes`` connect to, from the endpoint the controller bound: a wildcard host becomes
-    the controller node's address. A loopback bind is refused when a node on another host would need to reach it."""
-    scheme, _, rest = endpoint.partition("://")
-    host, _, port = rest.rpartition(":")
-    if host in ("0.0.0.0", "*", "[::]", "::"):
-        host = driver_ip
-    if _ip_is_loopback(host):
-        far = sorted({n.address for n in nodes if n.address != driver_ip and not _ip_is_loopback(n.address)})
-        if far:
-            raise InvalidArgumentError(
-                f"the controller's worker socket is bound to {endpoint}, which Ray nodes at {', '.join(far)} cannot "
-                f"reach: bind a reachable address (--bind tcp://0.0.0.0:PORT) with --curve-dir DIR (or --insecure "
-                f"on a network you trust)", endpoint=endpoint, nodes=far)
-    return f"{scheme}://{host}:{port}"
-
-
 class _WorkerActor:
     """The Ray actor of one worker: runs `warmserve worker` in the actor's process until the worker exits. Its
     methods run on the process's main thread (an actor of one thread), where the worker sets its SIGTERM handler."""
@@ -152,17 +64,23 @@ class _WorkerActor:
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 2)
             os.close(fd)
-        keys = None
+        held, keys = [], None
         if curve is not None:
-            # The controller's public key and this worker's secret key, written where the worker reads them (a
-            # private directory, removed when the worker exits).
-            keys = tempfile.mkdtemp(prefix="warmserve-curve-")
             paths = []
             for name, data in zip(("server.key", "worker.key_secret"), curve):
-                path = os.path.join(keys, name)
-                with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
-                    f.write(data)
-                paths.append(path)
+                if hasattr(os, "memfd_create"):
+                    # In this process's memory only: gone with it however it ends. Found in review: files in a
+                    # temp dir removed when ``run`` returned stayed on disk, a secret key among them, whenever the
+                    # actor was killed (every planned replacement, every lost worker).
+                    fd = os.memfd_create(name)
+                    held.append(fd)
+                    os.write(fd, data)
+                    paths.append(f"/proc/self/fd/{fd}")
+                else:  # no memfd (not Linux): a private directory, removed when the worker exits
+                    keys = keys or tempfile.mkdtemp(prefix="warmserve-curve-")
+                    paths.append(os.path.join(keys, name))
+                    with open(os.open(paths[-1], os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                        f.write(data)
             argv = [*argv, "--curve-server-key", paths[0], "--curve-secret-key", paths[1]]
         from warmserve.worker import main as worker_main
 
@@ -171,6 +89,8 @@ class _WorkerActor:
         try:
             return worker_main.main(parser.parse_args(argv))
         finally:
+            for fd in held:
+                os.close(fd)
             if keys is not None:
                 shutil.rmtree(keys, ignore_errors=True)
 
@@ -178,9 +98,14 @@ class _WorkerActor:
 class RayWorkerProcess:
     """One worker's actor, with the part of ``subprocess.Popen`` that the controller uses for local workers."""
 
-    def __init__(self, actor, run_ref, slot: WorkerSlot):
+    def __init__(self, actor, run_ref, slot: WorkerSlot, node_alive: Callable[[str], bool] | None = None,
+                 log_path: str | None = None):
+        """``node_alive``: whether a Ray node (by id) is alive, as last read; None: not asked. ``log_path``: the
+        worker's log file on its node; None: its stderr goes to Ray's worker logs."""
         self.actor = actor
         self.slot = slot
+        self.log_path = log_path
+        self._node_alive = node_alive
         self.actor_id = actor._actor_id.hex()  # the handle has no public accessor; the id is only shown
         #: Ray completes it when ``run`` returns (the worker exited) or fails it when the actor dies.
         self._done: concurrent.futures.Future = run_ref.future()
@@ -194,11 +119,18 @@ class RayWorkerProcess:
         self._lock = threading.Lock()
 
     def poll(self) -> int | None:
-        if self.returncode is None and self._done.done():
-            self._settle()
+        if self.returncode is None:
+            if self._done.done():
+                self._settle()
+            elif self._node_alive is not None and not self._node_alive(self.slot.node.node_id):
+                # Ray fails the run of an actor whose node died, but not of one still waiting for its bundle there:
+                # found in review, a restart placed on a node that had just died waited out worker_start_timeout_s.
+                self._settle(f"its Ray node {self.slot.node.node_id[:8]} ({self.slot.node.address}) is gone")
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is not None:
+            return self.returncode
         try:
             self._done.result(END_CONFIRM_S if timeout is None else timeout)
         except concurrent.futures.TimeoutError:
@@ -215,20 +147,31 @@ class RayWorkerProcess:
         self._settle()
         return self.returncode
 
-    def _settle(self) -> None:
+    def _settle(self, gone: str = "") -> None:
+        """Record the end: the run's outcome, or ``gone`` (why it is taken as ended without one)."""
         with self._lock:
             if self.returncode is not None:
                 return
-            try:
-                self.returncode = int(self._done.result())
-                self.exit_reason = f"the worker exited with status {self.returncode}"
-            except Exception as e:  # ray.exceptions.RayActorError and kin: Ray saw the process or its node go
-                self.returncode = ACTOR_DIED_STATUS
-                self.exit_reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                if not self._released:
-                    log.warning("Ray reports the actor of worker %s dead: %s", self.slot.worker_id, self.exit_reason)
+            if gone:
+                self.returncode, self.exit_reason = ACTOR_DIED_STATUS, gone
+            else:
+                try:
+                    self.returncode = int(self._done.result())
+                    self.exit_reason = f"the worker exited with status {self.returncode}; {self._where_log()}"
+                except Exception as e:  # ray.exceptions.RayActorError and kin: Ray saw the process or its node go
+                    self.returncode = ACTOR_DIED_STATUS
+                    self.exit_reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            if self.returncode == ACTOR_DIED_STATUS and not self._released:
+                log.warning("Ray reports the actor of worker %s dead: %s", self.slot.worker_id, self.exit_reason)
         # A worker that exited leaves its actor alive: free the process and its bundle for the successor.
         self.kill()
+
+    def _where_log(self) -> str:
+        node = f"node {self.slot.node.node_id[:8]} ({self.slot.node.address})"
+        if self.log_path:
+            return f"its log: {self.log_path} on {node}"
+        return (f"its stderr is in Ray's worker logs on {node} (`ray logs actor --id {self.actor_id}`, or "
+                f"session_latest/logs/ in Ray's temp dir there)")
 
     def kill(self) -> None:
         import ray
@@ -263,6 +206,9 @@ class RayLauncher:
         self.previous: dict[str, RayWorkerProcess] = {}
         self.starts: dict[str, int] = {}
         self._nodes: list[dict] = []
+        #: Ids of the nodes alive at the last read; the lock: the refresher and spawn both read.
+        self._alive: set[str] = set()
+        self._nodes_lock = threading.Lock()
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._closed = False
@@ -282,24 +228,43 @@ class RayLauncher:
                     address=self.address) from None
             self._owns_connection = True
         self.driver_ip = ray.util.get_node_ip_address()
-        self._nodes = ray.nodes()
+        self._read_nodes()
         self._refresher = threading.Thread(target=self._refresh_nodes, name="warmserve-ray-nodes", daemon=True)
         self._refresher.start()
 
-    def _probe_head(self) -> None:
-        """A head given as HOST:PORT must accept a connection now: say so at once rather than after Ray's retries."""
-        import socket
+    def _head_address(self) -> str:
+        """The HOST:PORT ray.init will connect to, "" when Ray checks it itself (a ray:// client address). "auto"
+        is resolved as Ray does: RAY_ADDRESS, else the address the last `ray start` on this machine wrote (found in
+        review: a cluster that had crashed left that file behind, and ray.init waited on its dead head for ever),
+        else a running cluster's."""
+        address = self.address
+        if address == "auto":
+            try:
+                from ray._private.services import get_ray_address_from_environment
+            except ImportError:  # a Ray that moved it: ray.init resolves "auto" unchecked
+                return ""
+            try:
+                address = get_ray_address_from_environment("auto", None)
+            except ConnectionError as e:  # no cluster on this machine at all
+                raise RayClusterError(
+                    f"no Ray cluster to connect to ({e}): start one (`ray start --head` here, `ray start --address "
+                    f"HEAD:6379` on the other machines) or pass its address to --ray", address=self.address) from None
+        return "" if "://" in address else address
 
-        host, sep, port = self.address.rpartition(":")
-        if not sep or "://" in self.address or not port.isdigit():
-            return  # "auto", or a ray:// client address: Ray finds or checks it
+    def _probe_head(self) -> None:
+        """The head must accept a connection now: say so at once rather than after Ray's retries (for ever, for a
+        head that is gone)."""
+        address = self._head_address()
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            return
         try:
-            socket.create_connection((host, int(port)), timeout=HEAD_PROBE_TIMEOUT_S).close()
+            socket.create_connection((unbracket(host), int(port)), timeout=HEAD_PROBE_TIMEOUT_S).close()
         except OSError as e:
+            found = "" if address == self.address else f" (found for {self.address!r})"
             raise RayClusterError(
-                f"the Ray head at {self.address} does not accept connections ({e}): check the address "
-                f"(`ray status` on the head prints it) or start the cluster (`ray start --head`)",
-                address=self.address) from None
+                f"the Ray head at {address}{found} does not accept connections ({e}): check the address (`ray "
+                f"status` on the head prints it) or start the cluster (`ray start --head`)", address=address) from None
 
     def alive_nodes(self) -> list[RayNode]:
         return [RayNode(node_id=n["NodeID"], address=n["NodeManagerAddress"],
@@ -307,35 +272,44 @@ class RayLauncher:
                         cpus=float(n["Resources"].get("CPU", 0)), gpus=int(n["Resources"].get("GPU", 0)))
                 for n in self._nodes if n.get("Alive")]
 
-    def _refresh_nodes(self) -> None:
+    def node_alive(self, node_id: str) -> bool:
+        """Whether the node is alive in the node table as last read."""
+        return any(n["NodeID"] == node_id and n.get("Alive") for n in self._nodes)
+
+    def _read_nodes(self) -> None:
+        """Read the node table from Ray now, logging nodes that died since the last read."""
         import ray
 
-        alive = {n["NodeID"] for n in self._nodes if n.get("Alive")}
-        while not self._stop.wait(NODE_REFRESH_S):
-            try:
-                nodes = ray.nodes()
-            except Exception as e:  # the cluster's GCS may be restarting: keep the last view
-                log.debug("ray.nodes(): %s", e)
-                continue
+        try:
+            nodes = ray.nodes()
+        except Exception as e:  # the cluster's GCS may be restarting: keep the last view
+            log.debug("ray.nodes(): %s", e)
+            return
+        with self._nodes_lock:
             now = {n["NodeID"] for n in nodes if n.get("Alive")}
-            for gone in alive - now:
+            for gone in self._alive - now:
                 log.warning("Ray node %s is no longer alive", gone[:8])
-            alive, self._nodes = now, nodes
+            self._alive, self._nodes = now, nodes
+
+    def _refresh_nodes(self) -> None:
+        while not self._stop.wait(NODE_REFRESH_S):
+            self._read_nodes()
 
     def place(self, slots: list[WorkerSlot], timeout_s: float) -> None:
         """Reserve one placement group per node, each bundle on that node (by its node-id label), and wait until
-        Ray has placed them all."""
+        Ray has placed them all. Bundles a node cannot hold raise RayClusterError first (``check_fits``)."""
         import inspect
 
         import ray
         from ray.util import placement_group
 
+        check_fits(slots)
         by_node: dict[str, list[WorkerSlot]] = {}
         for s in slots:
             by_node.setdefault(s.node.node_id, []).append(s)
         labels = "bundle_label_selector" in inspect.signature(placement_group).parameters
         for node_id, mine in by_node.items():
-            bundles = [{"CPU": 1.0, "GPU": 1.0} if s.device.startswith("cuda") else {"CPU": 1.0} for s in mine]
+            bundles = [s.bundle_resources() for s in mine]
             if labels:
                 pg = placement_group(bundles, strategy="STRICT_PACK",
                                      bundle_label_selector=[{"ray.io/node-id": node_id}] * len(bundles))
@@ -358,9 +332,11 @@ class RayLauncher:
               log_dir: str | None = None, curve: tuple[str, str] | None = None,
               page_bytes: int = 2 << 20) -> RayWorkerProcess:
         """Start the worker of ``slot`` as an actor in its bundle; returns at once (Ray starts it). Raises
-        RayNodeGoneError when the slot's node is no longer alive (the node table as last read, every
-        NODE_REFRESH_S): an actor pinned there would wait for its bundle for ever."""
-        if slot.node.node_id not in {n["NodeID"] for n in self._nodes if n.get("Alive")}:
+        RayNodeGoneError when the slot's node is no longer alive: an actor pinned there would wait for its bundle
+        for ever. The node table is read now: found in review, the one read every NODE_REFRESH_S still showed a node
+        that had just died, and the restart placed there waited out worker_start_timeout_s."""
+        self._read_nodes()
+        if not self.node_alive(slot.node.node_id):
             raise RayNodeGoneError(
                 f"the Ray node {slot.node.node_id[:8]} ({slot.node.address}) of worker {slot.worker_id} is no longer "
                 f"alive, and its placement-group bundle cannot move: the worker is not started again. Restart the "
@@ -371,6 +347,7 @@ class RayLauncher:
 
         gpu = slot.device.startswith("cuda")
         argv = ["--controller", connect, "--device", slot.device, "--worker-id", slot.worker_id,
+                "--host-name", node_key(slot.node),
                 "--heartbeat-interval-s", str(heartbeat_interval_s),
                 "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)), "--page-mib", str(page_bytes >> 20)]
         env = {}
@@ -379,7 +356,7 @@ class RayLauncher:
             env = {"OMP_NUM_THREADS": str(slot.threads), "CUDA_VISIBLE_DEVICES": ""}
         keys = None
         if curve is not None:
-            keys = tuple(open(path, "rb").read() for path in curve)
+            keys = tuple(_read(path) for path in curve)
         log_path = os.path.join(log_dir, f"{slot.worker_id}.log") if log_dir else None
         actor_cls = ray.remote(_WorkerActor)
         actor = actor_cls.options(
@@ -387,7 +364,7 @@ class RayLauncher:
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.groups[slot.node.node_id],
                                                                  placement_group_bundle_index=slot.bundle),
         ).remote()
-        proc = RayWorkerProcess(actor, actor.run.remote(argv, env, keys, log_path), slot)
+        proc = RayWorkerProcess(actor, actor.run.remote(argv, env, keys, log_path), slot, self.node_alive, log_path)
         if slot.worker_id in self.current:
             self.previous[slot.worker_id] = self.current[slot.worker_id]
         self.current[slot.worker_id] = proc
@@ -464,6 +441,11 @@ class RayController(Controller):
             await super().close(drain)
         finally:
             await asyncio.to_thread(self.launcher.close)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, history=None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -59,10 +60,23 @@ class WorkerRecord:
         return f"worker {self.worker_id} ({self.device})"
 
 
+#: The worker ids warmserve makes: HOST-PID-DEVICE (`warmserve worker` with no --worker-id), HOST-PIDwN-DEVICE
+#: (`warmserve serve`'s local workers) and HOST-rPID-DEVICE (Ray's). The device part is one of ours (cpu, cuda0,
+#: gpu1), and the middle part digits, so an operator's own id such as gpu-node-1 or rack-a-w0 is not read as one.
+_DEFAULT_ID = re.compile(r"(?P<host>.+)-r?\d+(?:w\d+)?-(?:cpu|cuda|gpu)\d*")
+
+
 def host_of(worker_id: str) -> str:
-    """Workers name themselves HOST-PID-DEVICE by default; anything else is a server of its own."""
-    parts = worker_id.rsplit("-", 2)
-    return parts[0] if len(parts) == 3 else worker_id
+    """The server of a worker that did not say which (a Hello from before ``Hello.host``), read from the id forms
+    warmserve makes; any other id is a server of its own, since two workers put on one server wrongly may get a
+    tensor-parallel group across two machines (whose group store listens on loopback only)."""
+    m = _DEFAULT_ID.fullmatch(worker_id)
+    return m.group("host") if m else worker_id
+
+
+def server_of(hello: P.Hello) -> str:
+    """The key of the server (machine) a worker runs on: the host it says it is on, else what its id tells."""
+    return hello.host or host_of(hello.worker_id)
 
 
 class WorkerHub:
@@ -239,6 +253,11 @@ class WorkerHub:
                     return
             if w is None or not w.alive:
                 self.on_hello(ident, msg)
+                # The server comes from the Hello's host, not the id (an operator's --worker-id is free-form): set
+                # here, before the admission the callback scheduled puts the worker on a server.
+                rec = self.workers.get(ident)
+                if rec is not None and rec is not w:
+                    rec.host = server_of(msg)
             else:
                 w.last_seen_s = time.monotonic()
             return

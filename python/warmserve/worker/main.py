@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
     p.add_argument("--worker-id", default=None, help="name of this worker (default HOST-PID-DEVICE)")
+    p.add_argument("--host-name", default=None, metavar="NAME",
+                   help="the machine this worker runs on, as the controller groups workers into servers (workers "
+                        "of one may form tensor-parallel groups; default: this host's name)")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0,
                    help="seconds between heartbeats to peers (Stats pushes to a controller)")
     p.add_argument("--peer-timeout-s", type=float, default=30.0,
@@ -252,6 +255,7 @@ def serve(args: argparse.Namespace) -> int:
         curve_secret_key=args.curve_secret_key,
         curve_clients_dir=args.curve_clients_dir,
         insecure=args.insecure,
+        host_name=args.host_name or "",
     )
     if args.ready_fd is not None:
         import msgspec

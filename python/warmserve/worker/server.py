@@ -64,6 +64,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -107,13 +108,16 @@ class WorkerServer:
         curve_secret_key: str | None = None,
         curve_clients_dir: str | None = None,
         insecure: bool = False,
+        host_name: str = "",
     ):
+        """``host_name``: the machine it tells the controller it runs on (default: this host's name)."""
         if (bind is None) == (controller is None):
             raise errors.InvalidArgumentError("give exactly one of bind= (an endpoint) or controller= (an address)")
         if bind is not None:
             require_authenticated_bind(bind, authenticated=bool(curve_clients_dir), insecure=insecure,
                                        who="the worker", fix=BIND_FIX)
         self.core = core
+        self.host_name = host_name or socket.gethostname()
         self.heartbeat_interval_s = heartbeat_interval_s
         self.max_messages_per_drain = max_messages_per_drain
         self.ctx = zmq.Context()
@@ -190,7 +194,7 @@ class WorkerServer:
         pool = self.core.pool
         return P.Hello(
             worker_id=self.core.worker_id, device=self.core.device, pid=os.getpid(), endpoint=self.endpoint,
-            capacity_bytes=int(pool.total_bytes), page_bytes=int(pool.page_bytes),
+            capacity_bytes=int(pool.total_bytes), page_bytes=int(pool.page_bytes), host=self.host_name,
         )
 
     # ------------------------------------------------------------------ the engine loop

@@ -1,0 +1,113 @@
+"""A Ray node that dies with the only worker on it (the head runs none, a usual Ray setup): the worker is given up
+on once Ray marks the node dead, well within worker_start_timeout_s, and requests then fail at once with
+NoWorkersError. Found in review: the restart was placed on the dead node (a node table read up to 2 s before) and
+waited out worker_start_timeout_s, and then for ever (Ray never ends an actor still waiting for a bundle on a dead
+node), while requests waited.
+
+Runs in private network and PID namespaces, as tests/integration/test_ray.py does (Ray binds the machine's
+outward address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import serving
+from test_ray import INSIDE_ENV, NAMESPACES, _cannot_run
+
+#: The run inside the namespaces, seconds; the worker must be given up on within GIVE_UP_S of the node's death,
+#: far below WORKER_START_TIMEOUT_S.
+INSIDE_LIMIT_S = 80
+GIVE_UP_S = 20.0
+WORKER_START_TIMEOUT_S = 60.0
+#: Ray's node health checks: about 8 s to call a node dead (its default: about 15 s). The controller sees the
+#: worker's connection drop at once, so its restarts meet a node Ray still has alive, as on a real cluster.
+HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_timeout_ms": 500,
+          "health_check_failure_threshold": 16}
+MODEL = "llama-20m"
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast(tmp_path):
+    if os.environ.get(INSIDE_ENV):
+        asyncio.run(_inside())
+        return
+    why = _cannot_run()
+    if why:
+        pytest.skip(why)
+    serving.demo_paths((MODEL,))
+    cmd = [*NAMESPACES, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-s",
+           f"{__file__}::test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast",
+           "--basetemp", str(tmp_path / "inside")]
+    ray_tmp = tempfile.mkdtemp(prefix="wsray")
+    try:
+        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp}, capture_output=True,
+                           text=True, timeout=INSIDE_LIMIT_S, cwd=os.path.dirname(__file__))
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail(f"the run inside the namespaces passed {INSIDE_LIMIT_S} s:\n{out[-4000:]}")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, f"inside the namespaces:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    print(r.stdout[-800:])
+
+
+async def _inside() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    from ray.cluster_utils import Cluster
+
+    from warmserve import protocol as P
+    from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+    from warmserve.controller.errors import NoWorkersError
+    from warmserve.controller.ray_launch import node_key, start_ray_cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            "_system_config": HEALTH})
+    ctl = None
+    try:
+        node = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        cc = ControllerConfig(tick_s=0.2, heartbeat_interval_s=0.2, worker_timeout_s=2.0, drain_timeout_s=1,
+                              restart_backoff_s=0.2)
+        cfg = ClusterConfig(models=(ModelSpec(path=serving.demo_paths((MODEL,))[MODEL], name=MODEL),),
+                            cpu_workers=1, cpu_worker_memory_bytes=768 << 20, cpu_worker_threads=1,
+                            worker_start_timeout_s=WORKER_START_TIMEOUT_S, controller=cc)
+        ctl = await start_ray_cluster(cfg, cluster.address)
+        (slot,) = ctl.launcher.slots
+        (w,) = ctl.gpu_workers
+        # The worker's server is its node (its --host-name), not whatever its id may look like.
+        assert w.host == node_key(slot.node), (w.host, slot)
+
+        async def ask():
+            req = await ctl.submit(MODEL, [11, 12, 13], P.SamplingParams(max_tokens=2, ignore_eos=True))
+            return sum([len(t) async for t in req])
+
+        assert await asyncio.wait_for(ask(), 30) == 2
+
+        await asyncio.to_thread(cluster.remove_node, node, False)
+        t_kill = time.monotonic()
+        ident = slot.worker_id.encode()
+        while ident in ctl.local_spawn and time.monotonic() - t_kill < GIVE_UP_S:
+            await asyncio.sleep(0.2)
+        gave_up_s = time.monotonic() - t_kill
+        assert ident not in ctl.local_spawn, (
+            f"the worker of the dead node is still being restarted {gave_up_s:.0f} s after: "
+            f"{ctl.launcher.nodes_view(ctl.hub.workers)}")
+        t0 = time.monotonic()
+        with pytest.raises(NoWorkersError):
+            await asyncio.wait_for(ask(), 10)
+        assert time.monotonic() - t0 < 5
+        print(f"node death to give-up: {gave_up_s:.1f} s")
+    finally:
+        if ctl is not None:
+            await ctl.close(drain=False)
+        cluster.shutdown()
