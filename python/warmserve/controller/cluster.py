@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.policy.config import PolicyConfig
 from warmserve.controller.frontend import TextGeneration, prepare
+from warmserve.controller.loopgate import LoopGate
 from warmserve.controller.openai_api import messages_from
 from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_
 from warmserve.protocol import SamplingParams, stop_strings
@@ -106,10 +107,10 @@ class Cluster:
             check_local_devices(config.devices)
         self.config = config
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="warmserve-controller", daemon=True)
-        self._thread.start()
+        self._gate = LoopGate(self._loop, "warmserve-controller")  # runs the loop on a thread of its own
+        self._thread = self._gate.thread
         self._closed = False
-        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, None)
+        self._finalizer = weakref.finalize(self, _shutdown, self._gate, None)
         from warmserve.controller.launch import start_cluster
 
         history = read_history(config.controller.history_path) if config.controller.history_path else None
@@ -125,7 +126,7 @@ class Cluster:
             self._finalizer()
             raise
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, self.controller)
+        self._finalizer = weakref.finalize(self, _shutdown, self._gate, self.controller)
 
     # ----------------------------------------------------------------------------------------------- plumbing
 
@@ -168,20 +169,11 @@ class Cluster:
             raise ClosedError("this Cluster is closed")
 
     def _submit(self, coro, *inner) -> concurrent.futures.Future:
-        """Schedule ``coro`` on the controller's loop. Once the loop has stopped (the cluster closed), ClosedError,
-        with ``coro`` (and the ``inner`` coroutines it would have awaited) closed unrun. Found in review: a stream
-        read after close() raised "Event loop is closed" and left "coroutine was never awaited" warnings."""
-        # A stopped loop's thread has ended: a coroutine handed to it then would never run, and its caller would
-        # wait for ever.
-        if not self._loop.is_closed() and self._thread.is_alive():
-            try:
-                return asyncio.run_coroutine_threadsafe(coro, self._loop)
-            except RuntimeError:  # closed between the check and the call
-                pass
-        for c in (coro, *inner):
-            c.close()
-        raise ClosedError("this Cluster is closed: its controller and workers have stopped; start a new Cluster",
-                          closed=True)
+        """Schedule ``coro`` on the controller's loop. Once the close has begun to stop the loop, ClosedError, with
+        ``coro`` (and the ``inner`` coroutines it would have awaited) closed unrun; work the stopping loop leaves
+        unfinished ends in ClosedError too (controller/loopgate.py). Found in review: a stream read after close()
+        raised "Event loop is closed" and left "coroutine was never awaited" warnings."""
+        return self._gate.submit(coro, *inner)
 
     @property
     def endpoint(self) -> str:
@@ -317,7 +309,11 @@ class TextIterator:
         read after close() lost that text to a ClosedError. ``closed`` is raised for one still running or never
         submitted."""
         gen = self._gen
-        if gen is None or not gen.req.done or self._c._thread.is_alive():
+        # A close may be stopping the loop still (its gate shuts first): the request is read here once nothing of
+        # the loop runs any more. With the gate open, the ClosedError is the request's own.
+        gate = self._c._gate
+        if gen is None or gate.open or not gate.stopped.wait(CANCEL_WAIT_S) or not gen.req.done \
+                or self._c._thread.is_alive():
             raise closed
         # Nothing of an ended request's iteration waits (its tokens and end are queued), so one step runs it whole.
         step = self._next()
@@ -330,10 +326,12 @@ class TextIterator:
 
     async def _anext_impl(self):
         try:
-            fut = self._c._submit(self._next())
+            return await asyncio.wrap_future(self._c._submit(self._next()))
         except ClosedError as e:
+            gate = self._c._gate
+            if not gate.open:  # _rest's wait for the close to stop the loop, without blocking the caller's loop
+                await asyncio.to_thread(gate.stopped.wait, CANCEL_WAIT_S)
             return self._rest(e)
-        return await asyncio.wrap_future(fut)
 
     def __aiter__(self):
         return self._agen()
@@ -418,11 +416,12 @@ async def _acall(fn):
     return fn()
 
 
-def _shutdown(loop, thread, controller) -> None:
+def _shutdown(gate: LoopGate, controller) -> None:
+    loop = gate.loop
     if loop.is_closed():
         return
     try:
-        if controller is not None and thread.is_alive():
+        if controller is not None and gate.thread.is_alive():
             closing = asyncio.run_coroutine_threadsafe(controller.close(drain=True), loop)
             try:
                 closing.result(controller.cc.drain_timeout_s + 30)
@@ -436,10 +435,7 @@ def _shutdown(loop, thread, controller) -> None:
                 concurrent.futures.wait([closing], timeout=CANCEL_WAIT_S + 10)
                 raise
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        if not thread.is_alive():
-            loop.close()
+        gate.stop_loop(join_timeout_s=10)
 
 
 __all__ = ["Cluster", "Completion", "TextIterator"]

@@ -146,8 +146,15 @@ class ControllerMetrics:
         self.preemptions = Gauge(r, "warmserve_kv_preemptions", "Sequences preempted (KV full, recomputed later) "
                                  "since each running instance started.", ("worker", "model"))
 
+    def first_token(self, req) -> None:
+        """A request's first token arrived: its TTFT, observed now (as vLLM does), once per request. Found in
+        review: it was observed when the request ended, so /metrics scraped during a long generation had no TTFT
+        of the requests still generating."""
+        self.ttft.observe(req.first_token_s - req.arrival_s, model=req.model)
+
     def request_done(self, req, outcome: str, now_s: float | None = None) -> None:
-        """Count a request that ended: its outcome (a stop string's abort counts as "stop"), latency and tokens."""
+        """Count a request that ended: its outcome (a stop string's abort counts as "stop"), latency and tokens
+        (its TTFT was observed at its first token: ``first_token``)."""
         if outcome == "abort" and getattr(req, "abort_reason", "") == "stop":
             outcome = "stop"
         m = req.model
@@ -156,7 +163,6 @@ class ControllerMetrics:
         self.e2e.observe((end or (now_s if now_s is not None else time.monotonic())) - req.arrival_s,
                          model=m, outcome=outcome)
         if req.first_token_s is not None:
-            self.ttft.observe(req.first_token_s - req.arrival_s, model=m)
             self.tokens.inc(req.generated, model=m)
             if req.generated > 1:
                 self.tpot.observe((req.last_token_s - req.first_token_s) / (req.generated - 1), model=m)

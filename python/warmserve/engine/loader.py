@@ -301,7 +301,7 @@ class ModelLoad:
                                   for ti, _, sh in self._convert)
         self._result: LoadedModel | None = None
         self._cancelled = False
-        #: Set by cancel(): the finishing thread stops before its next tensor.
+        #: Set by cancel(): the finishing thread stops at its next chunk of a tensor (_CONVERT_CHUNK_BYTES).
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._error: BaseException | None = None
@@ -349,8 +349,9 @@ class ModelLoad:
         self._stop.set()
         if self._job is not None:
             self._job.cancel()
-        # Bounded: the job's rollback ends it, a conversion stops after the tensor it is on. Only then may the
-        # slot close: the thread writes into views of it.
+        # Bounded, whatever the tensors' size: the copies roll back after the piece they are on (LOAD_CHUNK_BYTES of
+        # memory/pool.py), a conversion stops after its chunk of rows. Only then may the slot close: the thread
+        # writes into views of it.
         self._finisher.join()
         self.slot.close()
 

@@ -42,21 +42,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import mmap
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-import numpy as np
-
-from warmserve import _C
-from warmserve.errors import InvalidArgumentError, TimeoutError_, fmt_bytes
+from warmserve.errors import InvalidArgumentError, TimeoutError_
+from warmserve.memory.cache_entry import CacheEntry, fill_gaps, flock_wait, unlink_if_there
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import MIN_LOAD_CHUNK_BYTES
-
-_POLL_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -75,48 +70,6 @@ class HostCacheConfig:
     lock_timeout_s: float = 600.0
 
 
-class _Entry:
-    """One cache file mapped in this process."""
-
-    def __init__(self, key: str, path: str, size: int, fd: int):
-        self.key, self.path, self.size = key, path, size
-        st = os.fstat(fd)
-        # Which file this mapping is: a worker that evicts and fills the entry again makes a new file under the
-        # same name and size, and this process must not go on serving (and holding) the deleted one.
-        self.file_id = (st.st_dev, st.st_ino)
-        # MAP_POPULATE: the page tables are built in one pass now rather than by a fault per 4 KiB in the copy
-        # (the DMA registration would fault them in anyway).
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        self.mm = mmap.mmap(fd, size, flags, mmap.PROT_READ | mmap.PROT_WRITE) if size else None
-        self.arr = np.frombuffer(self.mm, dtype=np.uint8) if size else np.zeros(0, np.uint8)
-        self.ptr = self.arr.ctypes.data if size else 0
-        self.registered_device: int | None = None  # this process registered it (and unregisters it)
-        self.pinned = False
-        self.users = 0  # running loads that read it (guarded by the cache's lock)
-        self.stale = False  # unlinked by an eviction or an invalidation: release when no load uses it
-        self.epoch = 0  # HostCheckpointCache._epoch when its fill started: a close() since makes its publish stale
-
-    def register(self, device: int) -> None:
-        if self.pinned or not self.size:
-            return
-        if _C.cuda_host_register(self.ptr, self.size, device):
-            self.registered_device = device
-        self.pinned = True
-
-    def release(self) -> None:
-        if self.registered_device is not None:
-            _C.cuda_host_unregister(self.ptr, self.registered_device)
-            self.registered_device = None
-        self.pinned = False
-        self.arr = None
-        if self.mm is not None:
-            try:
-                self.mm.close()
-            except BufferError:  # a load job's keep-alive still exports it: the mapping goes with that job
-                pass
-            self.mm = None
-
-
 class HostCheckpointCache:
     """Checkpoint files in shared host memory, loaded into slots by DMA (see the module docstring)."""
 
@@ -132,7 +85,7 @@ class HostCheckpointCache:
         self.config = config
         os.makedirs(config.root, exist_ok=True)
         self._mu = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, CacheEntry] = {}
         #: Counts close() calls: a fill started before one is not added to the mappings close() let go of.
         self._epoch = 0
         self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0, "orphans": 0,
@@ -207,7 +160,7 @@ class HostCheckpointCache:
                     specs += [(None, entry.ptr, entry.arr, fo, so, n, 0, entry.pinned) for fo, so, n in ranges]
                     self._count(hits=1, bytes_from_cache=sum(n for _, _, n in ranges))
                 else:
-                    _fill_gaps(p, entry, ranges)
+                    fill_gaps(p, entry, ranges)
                     specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in ranges]
             job = slot._start_load(specs, self.config.threads, self.config.chunk_bytes)
         except BaseException:
@@ -269,7 +222,7 @@ class HostCheckpointCache:
         except FileNotFoundError:
             pass
 
-    def _mapped(self, key: str, bin_path: str) -> _Entry | None:
+    def _mapped(self, key: str, bin_path: str) -> CacheEntry | None:
         """This process's mapping of a published entry, if it still names the file under bin_path."""
         with self._mu:
             e = self._entries.get(key)
@@ -286,7 +239,7 @@ class HostCheckpointCache:
         self._let_go(key, e)  # evicted (maybe filled again) by some worker: let go once no load reads it
         return None
 
-    def _let_go(self, key: str, e: _Entry | None = None) -> None:
+    def _let_go(self, key: str, e: CacheEntry | None = None) -> None:
         """Drop this process's mapping of entry `key` (only if it is `e`, when given), at once or when the last load
         reading it ends: an unlinked entry's memory lives as long as a process maps it (found in review)."""
         with self._mu:
@@ -312,13 +265,13 @@ class HostCheckpointCache:
             if not alive:
                 self._let_go(key, e)
 
-    def _map_published(self, key: str, bin_path: str) -> _Entry | None:
+    def _map_published(self, key: str, bin_path: str) -> CacheEntry | None:
         try:
             fd = os.open(bin_path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
-            e = _Entry(key, bin_path, os.fstat(fd).st_size, fd)
+            e = CacheEntry(key, bin_path, os.fstat(fd).st_size, fd)
         finally:
             os.close(fd)
         with self._mu:
@@ -331,7 +284,7 @@ class HostCheckpointCache:
             e.users += 1
         return e
 
-    def _acquire(self, path: str, key: str, size: int, busy: set[str]) -> tuple[_Entry | None, int | None]:
+    def _acquire(self, path: str, key: str, size: int, busy: set[str]) -> tuple[CacheEntry | None, int | None]:
         """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed.
         busy: keys of the entries the same load reads already (not evicted to make room for this one)."""
         root = self.config.root
@@ -343,7 +296,7 @@ class HostCheckpointCache:
                 return e, None
             lock_fd = os.open(os.path.join(root, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                _flock(lock_fd, self.config.lock_timeout_s, f"the cache entry of {path}")
+                flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry of {path}")
                 e = self._map_published(key, bin_path)  # filled by another worker while we waited
                 if e is not None:
                     os.close(lock_fd)
@@ -360,7 +313,7 @@ class HostCheckpointCache:
             return fill, lock_fd
         raise AssertionError("unreachable")
 
-    def _start_fill(self, key: str, path: str, size: int, busy: set[str]) -> _Entry | None:
+    def _start_fill(self, key: str, path: str, size: int, busy: set[str]) -> CacheEntry | None:
         """The entry `key` created and mapped for a fill, or None: loaded straight from the file."""
         root = self.config.root
         fill_path = os.path.join(root, key + ".fill")
@@ -368,14 +321,14 @@ class HostCheckpointCache:
             return None
         glock = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            _flock(glock, self.config.lock_timeout_s, "the cache's index lock")
+            flock_wait(glock, self.config.lock_timeout_s, "the cache's index lock")
             if not self._evict_locked(size, keep=key, path_hash=key.split("-")[0], busy=busy):
                 return None
             fd = os.open(fill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 if size:
                     os.posix_fallocate(fd, 0, size)
-                e = _Entry(key, os.path.join(root, key + ".bin"), size, fd)
+                e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd)
             except OSError as ex:
                 os.close(fd)
                 os.unlink(fill_path)
@@ -423,7 +376,7 @@ class HostCheckpointCache:
 
     def _unlink_entry(self, name: str) -> None:
         """Unlink a published entry (``<key>.bin``) and let go of this process's own mapping of it."""
-        _unlink(os.path.join(self.config.root, name))
+        unlink_if_there(os.path.join(self.config.root, name))
         self._let_go(name[: -len(".bin")])
 
     def _reclaim_orphan_fill(self, fill_name: str) -> bool:
@@ -437,13 +390,13 @@ class HostCheckpointCache:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False  # being filled
-            _unlink(os.path.join(self.config.root, fill_name))
+            unlink_if_there(os.path.join(self.config.root, fill_name))
             self._count(orphans=1)
             return True
         finally:
             os.close(fd)  # drops the flock
 
-    def _publish(self, entry: _Entry, lock_fd: int) -> None:
+    def _publish(self, entry: CacheEntry, lock_fd: int) -> None:
         fill_path = entry.path[: -len(".bin")] + ".fill"
         os.rename(fill_path, entry.path)
         self._touch(entry.path)
@@ -461,14 +414,14 @@ class HostCheckpointCache:
                 entry.stale = True
         os.close(lock_fd)
 
-    def _abort_fill(self, entry: _Entry, lock_fd: int) -> None:
-        _unlink(entry.path[: -len(".bin")] + ".fill")
+    def _abort_fill(self, entry: CacheEntry, lock_fd: int) -> None:
+        unlink_if_there(entry.path[: -len(".bin")] + ".fill")
         os.close(lock_fd)
         with self._mu:
             entry.users -= 1
         entry.release()
 
-    def _done_with(self, entries: list[_Entry]) -> None:
+    def _done_with(self, entries: list[CacheEntry]) -> None:
         for e in entries:
             with self._mu:
                 e.users -= 1
@@ -545,7 +498,7 @@ class _CachedLoadJob(LoadJob):
                 return
             self._settled = True
             for entry, lock_fd in self._fills:
-                _unlink(entry.path[: -len(".bin")] + ".fill")
+                unlink_if_there(entry.path[: -len(".bin")] + ".fill")
                 os.close(lock_fd)
 
 
@@ -560,49 +513,3 @@ class _Ended:
         self.result = lambda: result
         self.wait_for = lambda timeout_s: True
         self.cancel = lambda: None
-
-
-def _flock(fd: int, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise TimeoutError_(
-                    f"waited {timeout_s} s for {what}: another worker holds it (a fill of a large checkpoint from a "
-                    "slow disk?). Fix: raise HostCacheConfig.lock_timeout_s", timeout_s=timeout_s) from None
-            time.sleep(_POLL_S)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fill_gaps(path: str, entry: _Entry, ranges: list[tuple[int, int, int]]) -> None:
-    """Copy the file bytes no source covers (the safetensors header, padding) into the entry being filled."""
-    spans = sorted((fo, fo + n) for fo, _, n in ranges if n)
-    gaps, at = [], 0
-    for lo, hi in spans:
-        if lo > at:
-            gaps.append((at, lo))
-        at = max(at, hi)
-    if at < entry.size:
-        gaps.append((at, entry.size))
-    if not gaps:
-        return
-    with memoryview(entry.mm) as view, open(path, "rb", buffering=0) as f:
-        for lo, hi in gaps:
-            at = lo
-            while at < hi:  # one read returns at most about 2 GiB on Linux
-                f.seek(at)
-                got = f.readinto(view[at:hi])
-                if not got:
-                    raise InvalidArgumentError(
-                        f"{path} ended at {at} bytes, {entry.size} ({fmt_bytes(entry.size)}) expected (the file "
-                        "changed during the load?)", path=path, size_bytes=entry.size)
-                at += got

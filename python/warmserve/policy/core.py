@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 from collections import deque
 
-import numpy as np
-
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
 from warmserve.policy.arbitration import migration_plan
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.coserve import CoServing
-from warmserve.policy.forecast import ModelForecaster, paper_next_batch
+from warmserve.policy.demand import Demand
+from warmserve.policy.forecast import ModelForecaster
 from warmserve.policy.history import History
 from warmserve.policy.moves import GpuMoves
 from warmserve.policy.placement import Board
@@ -22,7 +21,7 @@ from warmserve.policy.signals import PREFILL_PROFILE_TOKENS, LoadSignals  # noqa
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
 
-class Policy(LoadSignals, GpuMoves):
+class Policy(Demand, LoadSignals, GpuMoves):
     """WarmServe's policy and its ablations; the static baselines subclass it."""
 
     def __init__(self, name: str, models: list[ModelInfo], config: PolicyConfig, history=None):
@@ -69,7 +68,7 @@ class Policy(LoadSignals, GpuMoves):
         for model, series in (history or {}).items():
             self.load_history(model, *series)
 
-    # ---- inputs -----------------------------------------------------------------------------------------
+    # ---- inputs (the windows and forecasts: demand.Demand) ------------------------------------------------
 
     def _model(self, model: str) -> ModelInfo:
         m = self.models.get(model)
@@ -77,86 +76,11 @@ class Policy(LoadSignals, GpuMoves):
             raise UnknownModelError(f"model {model!r} is not served; known: {sorted(self.models)}", model=model)
         return m
 
-    def observe_window(self, model: str, window_start_s: float, avg_concurrency: float, peak_concurrency: float) -> None:
-        """Record one window's time-weighted average and peak in-flight requests (NaN: missing)."""
-        self._model(model)
-        self._hist.observe(model, window_start_s, avg_concurrency, peak_concurrency)
-
-    def load_history(self, model: str, window_start_s, avg_concurrency, peak_concurrency) -> None:
-        """``observe_window`` for many windows at once (equal-length arrays)."""
-        self._model(model)
-        self._hist.load(model, window_start_s, avg_concurrency, peak_concurrency)
-
-    def _meter_set(self, model: str, now_s: float, value: float) -> None:
-        meter = self._meters.get(model)
-        if meter is None:
-            # Nothing was in flight before the first event (or the first tick, when polled): a meter made with
-            # the new value would book it from the window's start (found in review: one 0.5 s request at the
-            # end of a window recorded an average of 1.0 there, 600x the truth).
-            meter = self._meters[model] = WindowMeter(self.cfg.window_s, now_s, 0.0)
-        for start, avg, peak in meter.set(now_s, value):
-            self.observe_window(model, start, avg, peak)
-
-    def on_request_start(self, model: str, now_s: float) -> None:
-        """A request of ``model`` arrived (optional; gives exact window peaks)."""
-        self._model(model)
-        self._exact = True
-        self._inflight[model] += 1
-        self._meter_set(model, now_s, self._inflight[model])
-
-    def on_request_done(self, model: str, now_s: float) -> None:
-        """A request of ``model`` finished or was dropped."""
-        self._model(model)
-        self._exact = True
-        self._inflight[model] = max(0, self._inflight[model] - 1)
-        self._meter_set(model, now_s, self._inflight[model])
-
     # ---- helpers ----------------------------------------------------------------------------------------
 
     def _new_id(self, model: str, kind: str) -> str:
         self._n += 1
         return f"{model}/{kind}{self._n}"
-
-    def forecast(self, model: str, window_index: int) -> tuple[float, float]:
-        """(avg, peak) forecast of window ``window_index`` from the windows before it (NaN: no data)."""
-        a, p = self.forecast_all(window_index, [model])
-        return float(a[0]), float(p[0])
-
-    def forecast_all(self, window_index: int, models: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(avg, peak) forecasts of window ``window_index`` for ``models`` (default: all, sorted); NaN where a
-        model has no data. The peak forecast is never below the average one (a missing peak is the average)."""
-        h = self._hist
-        names = sorted(self.models) if models is None else models
-        rows = np.array([h.index[m] for m in names], dtype=np.int64)
-        avg, peak = np.full(len(names), np.nan), np.full(len(names), np.nan)
-        known = h.known[rows]
-        has = (known >= 0) & (window_index > 0)
-        if not has.any():
-            return avg, peak
-        h.ensure(window_index)
-        if not self.cfg.forecast:  # the reactive ablation: the last window seen stands for the next one
-            j = np.minimum(known, window_index - 1)
-            avg[has], peak[has] = h.avg[rows[has], j[has]], h.peak[rows[has], j[has]]
-        elif self.cfg.forecaster == "paper":
-            n = self.cfg.residual_windows
-            avg[has] = paper_next_batch(h.avg[rows[has], :window_index], self.period, n)
-            peak[has] = paper_next_batch(h.peak[rows[has], :window_index], self.period, n)
-        else:
-            for k in np.nonzero(has)[0]:
-                fa, fp = self._fc[names[k]]
-                avg[k] = fa.predict(h.avg[rows[k], :window_index])
-                peak[k] = fp.predict(h.peak[rows[k], :window_index])
-        peak = np.fmax(peak, avg)  # fmax takes the known one of the two: found in review, a NaN peak crashed plans
-        return avg, peak
-
-    def _window_forecast(self, now_s: float) -> dict[str, float]:
-        """The average in-flight forecast of the current window per model (0 where unknown), once per window."""
-        w = math.floor(now_s / self.cfg.window_s)
-        if self._fc_window is None or self._fc_window[0] != w:
-            names = sorted(self.models)
-            avg = self.forecast_all(w, names)[0]
-            self._fc_window = (w, {m: float(a) for m, a in zip(names, avg) if not math.isnan(a)})
-        return self._fc_window[1]
 
     def _start(self, board: Board, model: str) -> A.StartInstance | None:
         got = board.choose_for_instance(model)
