@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="HTTP interface (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $WARMSERVE_API_KEY, or no key)")
+                   help="require 'Authorization: Bearer KEY' (default: $WARMSERVE_API_KEY if set and not empty, "
+                        "else the config file's server.api_key, else no key)")
     p.add_argument("--model", action="append", default=None, metavar="PATH[=NAME]",
                    help="serve this checkpoint (repeatable); replaces the config's models")
     p.add_argument("--devices", default=None, help="comma-separated local devices (cuda:0,cuda:1 or cpu:0,cpu:1)")
@@ -87,7 +88,9 @@ def build_config(args) -> ClusterConfig:
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
-    key = args.api_key if args.api_key is not None else os.environ.get("WARMSERVE_API_KEY")
+    # Flag > environment > file. An empty $WARMSERVE_API_KEY (a container's default export) counts as unset:
+    # found in review, it replaced a config file's key with none and served without authentication, unwarned.
+    key = args.api_key if args.api_key is not None else (os.environ.get("WARMSERVE_API_KEY") or None)
     if key is not None:
         server["api_key"] = key
     for flag, field in (("bind", "bind"), ("policy", "policy"), ("history", "history_path"),

@@ -115,6 +115,11 @@ def build_preset(args) -> Preset:
                                    f"the trace's own inter-arrivals", flag="--burst-cv")
     kind = args.preset or args.workload or "paper-conv"
     if kind in ("paper-conv", "paper-code", "artifact-conv", "artifact-code"):
+        if args.preset is not None and args.gpus != 16:
+            # found in review: --gpus was silently dropped here (the presets are the paper's 2 x 8 GPUs)
+            raise InvalidArgumentError(f"--preset {args.preset} --gpus {args.gpus}: a preset runs the paper's 16 GPUs "
+                                       f"(2 x 8); for {args.gpus} GPUs give --workload {args.preset} --gpus "
+                                       f"{args.gpus} instead", flag="--gpus")
         if args.preset is None and args.gpus != 16:
             servers, per_server = cluster_shape(args.gpus)
             cfg = replace(cfg, n_servers=servers, gpus_per_server=per_server)

@@ -48,3 +48,15 @@ def test_history_csv_and_json(tmp_path):
         serve.read_history(str(tmp_path / "bad.csv"))
     with pytest.raises(FileNotFoundError):
         serve.read_history(str(tmp_path / "none.csv"))
+
+
+def test_an_empty_api_key_in_the_environment_keeps_the_files_key(tmp_path, monkeypatch):
+    """Found in review: WARMSERVE_API_KEY="" (a common container default) replaced the file's key with none, and
+    the server ran without authentication. Order: flag > non-empty environment > file."""
+    f = tmp_path / "c.toml"
+    f.write_text('[server]\napi_key = "from-file"\n')
+    monkeypatch.setenv("WARMSERVE_API_KEY", "")
+    assert serve.build_config(parse("--config", str(f))).server.api_key == "from-file"
+    monkeypatch.setenv("WARMSERVE_API_KEY", "from-env")
+    assert serve.build_config(parse("--config", str(f))).server.api_key == "from-env"
+    assert serve.build_config(parse("--config", str(f), "--api-key", "")).server.api_key == ""

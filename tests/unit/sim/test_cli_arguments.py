@@ -49,3 +49,11 @@ def test_the_scale_preset_gives_the_paper_recipe_the_papers_span_by_default(tmp_
     assert cli.main(["simulate", "--preset", "scale", "--workload", "paper-conv", "--gpus", "8", "--models", "2",
                      "--rate", "2", "--policy", "warmserve", "--no-search", "--quiet", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["workload"]["duration_s"] == 1200.0
+
+
+def test_gpus_with_a_paper_preset_is_refused_not_dropped(capsys):
+    """Found in review: --preset artifact-code --gpus 32 ran on the preset's 2 x 8 without a word."""
+    rc = cli.main(["simulate", "--preset", "artifact-code", "--gpus", "32"] + SMALL)
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "--gpus 32" in err and "--workload artifact-code --gpus 32" in err, err
