@@ -30,8 +30,8 @@ class Policy(Demand, LoadSignals, GpuMoves):
         self.models = {m.name: m for m in models}
         self.period = max(1, round(86400 / config.window_s))
         self._hist = History(sorted(self.models), config.window_s)
-        self._fc = {m: (ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows),
-                        ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows))
+        self._fc = {m: (ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows, name=m),
+                        ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows, name=m))
                     for m in self.models}
         self._load: dict[str, deque] = {m: deque() for m in self.models}
         self._prefill_load: dict[str, deque] = {m: deque() for m in self.models}

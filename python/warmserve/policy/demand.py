@@ -5,16 +5,20 @@ before it."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
-from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.forecast import paper_next_batch
+from warmserve.policy.history import LiveWindowMeter
 
 
 class Demand:
     """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``period``, ``_model``, ``_hist``, ``_fc``,
     ``_fc_window``, ``_meters``, ``_inflight`` and ``_exact``."""
+
+    #: When the policy got its first input (a tick or a request event), on the driver's clock; None before.
+    _first_input_s: float | None = None
 
     def observe_window(self, model: str, window_start_s: float, avg_concurrency: float, peak_concurrency: float) -> None:
         """Record one window's time-weighted average and peak in-flight requests (NaN: missing)."""
@@ -26,13 +30,23 @@ class Demand:
         self._model(model)
         self._hist.load(model, window_start_s, avg_concurrency, peak_concurrency)
 
+    def _live_meter(self, model: str, start_s: float) -> LiveWindowMeter:
+        """The meter of ``model``'s windows from ``start_s`` on (0 in flight then): the window it starts in is
+        averaged over the span from ``start_s`` and merged with the history's value for it."""
+        return LiveWindowMeter(self.cfg.window_s, start_s, partial(self._hist.merge_partial, model))
+
     def _meter_set(self, model: str, now_s: float, value: float) -> None:
+        if self._first_input_s is None:
+            self._first_input_s = now_s
         meter = self._meters.get(model)
         if meter is None:
-            # Nothing was in flight before the first event (or the first tick, when polled): a meter made with
-            # the new value would book it from the window's start (found in review: one 0.5 s request at the
-            # end of a window recorded an average of 1.0 there, 600x the truth).
-            meter = self._meters[model] = WindowMeter(self.cfg.window_s, now_s, 0.0)
+            # A request event before the first tick: the model was watched (idle, as no event came) since the
+            # policy's first input, and not before. A meter made with the new value would book it from the
+            # window's start (found in review: one 0.5 s request at the end of a window recorded an average of
+            # 1.0 there, 600x the truth); a plain one started now with 0 booked the unwatched part of the window
+            # as idle (found in review: 64 in flight for a window's last minute were booked as 12.8 and overwrote
+            # the history file's 64 for it, where a tick's meter merges with it).
+            meter = self._meters[model] = self._live_meter(model, self._first_input_s)
         for start, avg, peak in meter.set(now_s, value):
             self.observe_window(model, start, avg, peak)
 

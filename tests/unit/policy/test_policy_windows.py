@@ -55,6 +55,7 @@ def test_the_first_event_of_a_model_is_not_booked_from_its_windows_start():
     """Found in review: a model's first request made its meter as if it had been in flight since the window
     began, so a 0.5 s request at the end of window 0 recorded an average of 1.0 (the truth: 0.5 / 300)."""
     pol = make_policy("warmserve", models=M, config=PolicyConfig(prewarm=False))
+    pol.tick(ClusterState.uniform(1, M), 0.0)  # watched from 0: an event-only start is test_policy_demand_first_event's
     pol.on_request_start("a", 299.0)
     pol.on_request_done("a", 299.5)
     pol.on_request_start("a", 301.0)  # closes window 0
