@@ -5,11 +5,9 @@ KV targets of running instances."""
 from __future__ import annotations
 
 import math
-from functools import partial
 
 from warmserve.geometry import align_up
 from warmserve.policy import actions as A
-from warmserve.policy.history import LiveWindowMeter
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, InstanceState
 
@@ -60,7 +58,8 @@ class LoadSignals:
         avg5 = {m: self._load_avg(m, now_s, load[m]) for m in sorted(self.models)}
         for m in sorted(self.models):
             if m not in self._meters:
-                self._meters[m] = LiveWindowMeter(self.cfg.window_s, now_s, partial(self._hist.merge_partial, m))
+                # Watched since the policy's first input (a request event before this first tick: exact mode).
+                self._meters[m] = self._live_meter(m, now_s if self._first_input_s is None else self._first_input_s)
             # Exact (request events): every model's meter moves on too. Found in review: a model with no event
             # yet had no meter, so its idle windows were recorded as missing, not 0, and its forecast kept
             # yesterday's level.
