@@ -409,6 +409,10 @@ int device_count() {
 void write_kv(uintptr_t cache, uintptr_t k, uintptr_t v, uintptr_t rows, int64_t n_tokens, int64_t row_elems,
               int64_t k_off, int64_t v_off, int dtype, uintptr_t stream) {
   if (n_tokens <= 0) return;
+  // The element size decides how many bytes a row has; an unknown code would copy 2-byte rows of the wrong length.
+  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16)
+    throw invalid("write_kv: unknown dtype code " + std::to_string(dtype) + ". Fix: pass 0 (float32), 1 (float16) "
+                  "or 2 (bfloat16)");
   const int64_t esize = dtype == kFloat32 ? 4 : 2;
   const int64_t row_bytes = row_elems * esize;
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
@@ -430,21 +434,28 @@ void paged_attention(const PagedAttention& a) {
   if (a.n_rows <= 0) return;
   // kernels.py checks these too; a direct caller of the binding must not get a silent wrong answer instead: a
   // head_dim that is no multiple of 32 picks the kernel of a smaller one, split_tokens 0 makes every split empty,
-  // and the grid's z (splits) is capped at 65535.
+  // the grid's z (splits) is capped at 65535, and a bad head grouping or block_tokens 0 divides by zero.
   if (a.head_dim % 32 != 0 || a.head_dim < 32 || a.head_dim > 256)
     throw invalid("paged_attention: head_dim must be a multiple of 32 in [32, 256], got " +
-                  std::to_string(a.head_dim));
+                  std::to_string(a.head_dim) + ". Fix: pad the heads to a supported size or use the torch path");
   if (a.kv_heads <= 0 || a.n_heads % a.kv_heads != 0)
     throw invalid("paged_attention: " + std::to_string(a.n_heads) + " query heads are no multiple of " +
-                  std::to_string(a.kv_heads) + " KV heads");
+                  std::to_string(a.kv_heads) + " KV heads. Fix: pass kv_heads = cache row elements / head_dim, a "
+                  "divisor of n_heads");
+  if (a.block_tokens <= 0)
+    throw invalid("paged_attention: block_tokens must be >= 1, got " + std::to_string(a.block_tokens) +
+                  ". Fix: pass the cache's tokens per block (KVCache.block_tokens)");
   if (a.split_tokens <= 0 || a.n_splits < 1 || a.n_splits > 65535)
     throw invalid("paged_attention: need split_tokens > 0 and 1 <= n_splits <= 65535, got " +
-                  std::to_string(a.split_tokens) + " and " + std::to_string(a.n_splits));
+                  std::to_string(a.split_tokens) + " and " + std::to_string(a.n_splits) +
+                  ". Fix: pass n_splits = ceil(max_len / split_tokens), raising split_tokens past 65535 splits");
   switch (a.dtype) {
     case kFloat32: launch_attention<float>(a); break;
     case kFloat16: launch_attention<__half>(a); break;
     case kBFloat16: launch_attention<__nv_bfloat16>(a); break;
-    default: throw invalid("paged_attention: unknown dtype code " + std::to_string(a.dtype));
+    default:
+      throw invalid("paged_attention: unknown dtype code " + std::to_string(a.dtype) + ". Fix: pass 0 (float32), 1 "
+                    "(float16) or 2 (bfloat16)");
   }
 }
 

@@ -149,6 +149,20 @@ void prefill_attention(uintptr_t q, uintptr_t out, uintptr_t cache, uintptr_t bl
                        int kv_heads, int head_dim, int64_t rows_per_block, int block_tokens, int64_t k_off,
                        int64_t v_off, int window, float scale, int dtype, uintptr_t stream) {
   if (n_tiles <= 0) return;
+  // paged_attention's checks (kernels.cu), for a direct caller of the binding: a head_dim that is no multiple of 32
+  // picks the kernel of a smaller one (a wrong answer, no error), and the kernel divides by n_heads / kv_heads and
+  // reads KV head h / (n_heads / kv_heads) of a row, so a bad grouping divides by zero or reads past the row; it
+  // finds a key's block as t / block_tokens, so block_tokens 0 divides by zero.
+  if (head_dim % 32 != 0 || head_dim < 32 || head_dim > 256)
+    throw invalid("prefill_attention: head_dim must be a multiple of 32 in [32, 256], got " +
+                  std::to_string(head_dim) + ". Fix: pad the heads to a supported size or use the torch path");
+  if (kv_heads <= 0 || n_heads % kv_heads != 0)
+    throw invalid("prefill_attention: " + std::to_string(n_heads) + " query heads are no multiple of " +
+                  std::to_string(kv_heads) + " KV heads. Fix: pass kv_heads = cache row elements / head_dim, a "
+                  "divisor of n_heads");
+  if (block_tokens <= 0)
+    throw invalid("prefill_attention: block_tokens must be >= 1, got " + std::to_string(block_tokens) +
+                  ". Fix: pass the cache's tokens per block (KVCache.block_tokens)");
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   switch (dtype) {
 #define WS_ARGS q, out, cache, block_tables, table_stride, row_seq, row_len, tiles, n_tiles, n_heads, kv_heads, head_dim, \
@@ -157,7 +171,9 @@ void prefill_attention(uintptr_t q, uintptr_t out, uintptr_t cache, uintptr_t bl
     case kFloat16: launch_prefill<__half>(WS_ARGS); break;
     case kBFloat16: launch_prefill<__nv_bfloat16>(WS_ARGS); break;
 #undef WS_ARGS
-    default: throw invalid("prefill_attention: unknown dtype code " + std::to_string(dtype));
+    default:
+      throw invalid("prefill_attention: unknown dtype code " + std::to_string(dtype) + ". Fix: pass 0 (float32), 1 "
+                    "(float16) or 2 (bfloat16)");
   }
 }
 

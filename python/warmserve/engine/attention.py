@@ -20,7 +20,7 @@ the kernels against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import math
 
@@ -97,6 +97,23 @@ class AttnMeta:
     decode: DecodeBatch | None
     #: Set: the kernel path (its rows are in neither prefills nor decode); None: the torch path.
     paged: PagedMeta | None = None
+    #: The torch path's writes, worked out on the step's first layer (a device sync on CUDA, once a step):
+    #: (write rows, positions of those rows in the step) without the negative rows; positions None: every row.
+    _writes: tuple[torch.Tensor, torch.Tensor | None] | None = field(default=None, init=False, repr=False,
+                                                                     compare=False)
+
+    def torch_writes(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The torch path's (rows, positions) of write_rows, skipping a negative row as write_kv does (a CUDA
+        graph's padding rows and warm_prefill carry -1): sent to index_copy_ it would overwrite row -1 + k_off
+        of another block, or raise on layer 0."""
+        if self._writes is None:
+            keep = self.write_rows >= 0
+            if bool(keep.all()):
+                self._writes = (self.write_rows, None)
+            else:
+                at = keep.nonzero().squeeze(1)
+                self._writes = (self.write_rows.index_select(0, at), at)
+        return self._writes
 
 
 def kernels_usable(device, dtype: torch.dtype, head_dim: int) -> bool:
@@ -174,8 +191,12 @@ def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
     if p is not None:
         kernels.write_kv(cache, k.contiguous(), v.contiguous(), meta.write_rows, k_off, v_off)
     else:
-        cache.index_copy_(0, meta.write_rows + k_off, k.reshape(n_rows, -1))
-        cache.index_copy_(0, meta.write_rows + v_off, v.reshape(n_rows, -1))
+        rows, at = meta.torch_writes()
+        kw, vw = k.reshape(n_rows, -1), v.reshape(n_rows, -1)
+        if at is not None:
+            kw, vw = kw.index_select(0, at), vw.index_select(0, at)
+        cache.index_copy_(0, rows + k_off, kw)
+        cache.index_copy_(0, rows + v_off, vw)
     if p is not None and p.rows.shape[0] == n_rows:
         # Every row is the kernels' (a decode-only step, or a CUDA graph's): no gather, no scatter.
         return _paged_attend(p, q.contiguous(), cache, k_off, v_off, scale).view(n_rows, n_heads * head_dim)

@@ -156,6 +156,21 @@ def _attention_shapes(q, cache, block_tables, row_seq, row_len) -> tuple[int, in
     return n_rows, n_heads, head_dim
 
 
+def _check_geometry(call: str, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int) -> None:
+    """Refuses a block geometry the kernels would address past a block with (they find key t of a layer at row
+    table[t // block_tokens] * rows_per_block + off + t % block_tokens, unchecked on the device). Plain integers:
+    it runs before any CUDA call, so misuse is the same typed error with or without a GPU."""
+    if block_tokens < 1:
+        raise InvalidArgumentError(f"{call}: block_tokens must be >= 1, got {block_tokens}. Fix: pass the cache's "
+                                   "tokens per block (KVCache.block_tokens)", block_tokens=block_tokens)
+    for name, off in (("k_off", k_off), ("v_off", v_off)):
+        if off < 0 or off + block_tokens > rows_per_block:
+            raise InvalidArgumentError(
+                f"{call}: {name} {off} + block_tokens {block_tokens} must lie in a block of {rows_per_block} rows. "
+                "Fix: pass the layer's offsets from KVCache.layer_offsets and the cache's rows_per_block",
+                **{name: off}, block_tokens=block_tokens, rows_per_block=rows_per_block)
+
+
 def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, row_seq: torch.Tensor,
                     row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
                     scale: float, window: int = 0, max_len: int | None = None,
@@ -171,6 +186,8 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
     2026-11-28), hence the default. warps: of the per-head kernel's block, 4 (None), or 8 or 16 at head_dim 64 and
     128: more keys in flight per round, for short contexts with few blocks (bench/gpu_kernels.py measures them;
     ignored where the GQA-shared kernel runs)."""
+    _check_geometry("paged_attention", k_off=k_off, v_off=v_off, rows_per_block=rows_per_block,
+                    block_tokens=block_tokens)
     dev = _require(q, cache, block_tables, row_seq, row_len)
     _index(row_seq, torch.int32, "row_seq")
     _index(row_len, torch.int32, "row_len")
@@ -184,6 +201,13 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
         return out
     if max_len is None:
         max_len = int(row_len.max().item())  # a device sync: pass max_len on hot paths and under graph capture
+        # Here max_len is the longest row's visible keys, so checking it is free. A max_len passed in is only the
+        # split's bound (a CUDA graph fixes it beyond its tables, engine/graphs.py), so it is not checked.
+        if max_len > block_tables.shape[1] * block_tokens:
+            raise InvalidArgumentError(
+                f"paged_attention: a row sees {max_len} keys but block tables of {block_tables.shape[1]} blocks of "
+                f"{block_tokens} tokens hold {block_tables.shape[1] * block_tokens}. Fix: widen block_tables to "
+                f"{math.ceil(max_len / block_tokens)} blocks", max_len=max_len, table_width=block_tables.shape[1])
     gqa_shared = uses_gqa_shared(n_rows, n_heads, kv_heads, head_dim, gqa_shared)
     if split_tokens is None:  # the GQA-shared kernel has one block per KV head: it wants more splits
         split_tokens = default_split_tokens(n_rows, split_heads(n_rows, n_heads, kv_heads, head_dim, gqa_shared),
@@ -243,6 +267,8 @@ def prefill_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.
     paged_attention, with tiles int32 [n_tiles, 2] from prefill_tiles (every row in exactly one tile, a tile's
     rows one sequence's consecutive positions; not checked on the device). Returns [N, H, D]; rows in no tile
     are left uninitialised. The K/V of the chunk must already be written (write_kv)."""
+    _check_geometry("prefill_attention", k_off=k_off, v_off=v_off, rows_per_block=rows_per_block,
+                    block_tokens=block_tokens)
     dev = _require(q, cache, block_tables, row_seq, row_len, tiles)
     _index(row_seq, torch.int32, "row_seq")
     _index(row_len, torch.int32, "row_len")
