@@ -25,7 +25,7 @@ from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
 from warmserve.controller.restarts import WorkerRestarts
-from warmserve.controller.workers import WorkerHub, WorkerRecord, host_of
+from warmserve.controller.workers import WorkerHub, WorkerRecord, server_of
 from warmserve.errors import InvalidArgumentError, TimeoutError_, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.baselines import UnplacedModelError
@@ -136,6 +136,8 @@ class Controller(WorkerRestarts):
         #: The latest planned engine restarts (``replace_worker``), oldest first: gpu_id, model, pids, stop_s and
         #: start_s (seconds: the old process's exit; the new one's spawn until it was admitted).
         self.engine_starts: collections.deque = collections.deque(maxlen=ENGINE_STARTS_KEPT)
+        #: Streams seen skipping Tokens (``_on_event``), each the loss of its worker (also in workers_lost).
+        self.stream_gaps = 0
 
     # ------------------------------------------------------------------------------------------- life cycle
 
@@ -167,9 +169,11 @@ class Controller(WorkerRestarts):
                 # A moment's grace: its Hello, sent just before it died, may still wait in the socket unread.
                 first_s = exited_s.setdefault(id(p), time.monotonic())
                 if time.monotonic() - first_s >= EXIT_GRACE_S:
+                    ident = idents.get(id(p))
+                    wid = ident.decode(errors="replace") if ident is not None else "?"
                     raise WorkerLostError(
-                        f"a local worker exited with status {p.returncode} before it registered; see its log",
-                        status=p.returncode)
+                        f"local worker {wid} exited with status {p.returncode} before it registered: "
+                        f"{getattr(p, 'exit_reason', '') or 'see its log'}", worker_id=wid, status=p.returncode)
             left = deadline - time.monotonic()
             if left <= 0:
                 have = sum(w.ready for w in self.hub.workers.values())
@@ -350,8 +354,15 @@ class Controller(WorkerRestarts):
     def _on_event(self, w: WorkerRecord, msg) -> None:
         if isinstance(msg, P.Tokens):
             req = w.gens.get(msg.id)
-            if req is None:
+            if req is None:  # moved off w, or ended here first: its numbering goes with it
+                w.seqs.pop(msg.id, None)
                 return
+            expected = w.seqs.get(msg.id, 0)
+            # Lower: a worker from before Tokens.seq (all 0), which cannot tell.
+            if msg.seq > expected:
+                self._stream_gap(w, msg.id, expected, msg.seq)
+                return
+            w.seqs[msg.id] = expected + 1
             waited = req.first_token_s is None  # a resumed request had its first token on an earlier instance
             if req.push(msg.token_ids, msg.logprobs, msg.prompt_logprobs):  # no longer the instance's prefill load
                 self.driver.prefill_done(req, self.now_s())
@@ -383,8 +394,19 @@ class Controller(WorkerRestarts):
             req.fail(msg.exception())
             self._request_done(req, "error")
 
+    def _stream_gap(self, w: WorkerRecord, gid: int, expected: int, got: int) -> None:
+        """The stream of Generate ``gid`` on ``w`` skipped Tokens: w's connection was re-made (ZeroMQ reconnects
+        silently, and a reconnection taking the routing id over tells neither end) and what it carried is lost,
+        replies and requests alike. Found in review: the text came back with those tokens missing. Whatever was in
+        flight either way may be gone, so this is w's loss: its requests start over after the tokens they have,
+        and w, alive and connected again, is admitted again at once (cleaned, its generations aborted)."""
+        self.stream_gaps += 1
+        self.hub.rejoin(w, f"the stream of request {gid} lost {got - expected} Tokens message(s) (expected "
+                           f"#{expected}, got #{got}): its connection was re-made, losing what it carried")
+
     def _end_gen(self, w: WorkerRecord, gid: int) -> None:
         req = w.gens.pop(gid)
+        w.seqs.pop(gid, None)
         self.driver.request_finished(req.model, req.instance_id, self.now_s(), request=req)
 
     def _request_done(self, req: Req, outcome: str) -> None:
@@ -396,7 +418,7 @@ class Controller(WorkerRestarts):
     def _on_hello(self, ident: bytes, hello: P.Hello) -> None:
         w = WorkerRecord(worker_id=hello.worker_id, ident=ident, device=hello.device, pid=hello.pid,
                          capacity_bytes=hello.capacity_bytes, page_bytes=hello.page_bytes,
-                         host=host_of(hello.worker_id))
+                         host=server_of(hello))
         w.proc = self.local_procs.get(ident)
         self.hub.workers[ident] = w
         log.info("%r joined (%.1f GiB)", w, hello.capacity_bytes / (1 << 30))
@@ -479,14 +501,16 @@ class Controller(WorkerRestarts):
         # new GPU id; the loss is counted in workers_lost and logged with its reason.
         if self.hub.workers.get(w.ident) is w:
             del self.hub.workers[w.ident]
-        if w.proc is not None:
+        if w.proc is not None and not w.rejoins:  # a rejoining process lives on: it is admitted again at once
             self._restart_later(w)
         if w.gpu_id is not None:
             # Re-routed requests go to the front of their queue: they are the oldest.
             self.driver.lose_gpus([w.gpu_id], now, [(r.model, r, r.resume_prompt_tokens) for r in requeue])
         # A worker being replaced comes back, as a restarting one does (submit_nowait counts both): found in review,
-        # a remote worker lost while a local one's fresh engine started failed the requests waiting for it.
-        if not any(x.ready for x in self.gpu_workers) and not self.restarting and not self.replacing:
+        # a remote worker lost while a local one's fresh engine started failed the requests waiting for it. So does a
+        # rejoining one, admitted again right after this.
+        if (not any(x.ready for x in self.gpu_workers) and not self.restarting and not self.replacing
+                and not w.rejoins):
             # Nothing left to serve them: say so now rather than at the request timeout.
             for model in self.models:
                 self.driver.fail_waiting(model, NoWorkersError(

@@ -55,6 +55,13 @@ class WorkerRecord:
     calls: dict = field(default_factory=dict)
     #: The local process, when the controller spawned it.
     proc: subprocess.Popen | None = None
+    #: The ``Tokens.seq`` each of its generations sends next, by the id of its Generate (``Controller._on_event``):
+    #: one skipped is a stream that lost messages with its connection. A request sent or resumed gets a Generate of
+    #: a new id, so its numbering starts at 0 there.
+    seqs: dict = field(default_factory=dict)
+    #: Lost while its process lives on, its connection re-made (``WorkerHub.rejoin``): admitted again at once, never
+    #: restarted.
+    rejoins: bool = False
 
     def __repr__(self) -> str:
         return f"worker {self.worker_id} ({self.device})"
@@ -77,6 +84,12 @@ def host_of(worker_id: str) -> str:
 def server_of(hello: P.Hello) -> str:
     """The key of the server (machine) a worker runs on: the host it says it is on, else what its id tells."""
     return hello.host or host_of(hello.worker_id)
+
+
+def hello_of(w: WorkerRecord) -> P.Hello:
+    """The Hello ``w`` joined with, as far as the controller keeps it (its server in ``host``)."""
+    return P.Hello(worker_id=w.worker_id, device=w.device, pid=w.pid, capacity_bytes=w.capacity_bytes,
+                   page_bytes=w.page_bytes, host=w.host)
 
 
 class WorkerHub:
@@ -167,16 +180,19 @@ class WorkerHub:
 
     async def wait(self, w: WorkerRecord, msg, fut: asyncio.Future, timeout_s: float):
         """The final reply to a started call; an Error reply raises its typed error."""
+        # asyncio.wait, not wait_for: wait_for (before Python 3.12) returns the reply when it arrives in the same
+        # loop turn as a cancellation of the caller, which is then lost. Found in review: a close that cancelled
+        # an admission as its GetStats was answered waited out the admission's next call (60 s) on a worker gone.
         try:
-            reply = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except asyncio.TimeoutError:
-            raise TimeoutError_(
-                f"{w!r} did not answer {type(msg).__name__} within {timeout_s:.0f} s", timeout_s=timeout_s,
-                worker_id=w.worker_id,
-            ) from None
+            await asyncio.wait((fut,), timeout=timeout_s)
         finally:
             if fut.done():
                 w.calls.pop(msg.id, None)
+        if not fut.done():
+            raise TimeoutError_(
+                f"{w!r} did not answer {type(msg).__name__} within {timeout_s:.0f} s", timeout_s=timeout_s,
+                worker_id=w.worker_id)
+        reply = fut.result()
         if isinstance(reply, P.Error):
             raise reply.exception()
         return reply
@@ -246,18 +262,13 @@ class WorkerHub:
                 # review: ignored, its requests waited out request_timeout_s. Its Hellos from before it heard us
                 # all arrive before it is ready (the admission's replies follow them on the one connection), so
                 # the Hello of a ready worker is always this one. The loss of all it had, as any loss: its requests
-                # start over elsewhere; a local worker is restarted, a remote one admitted again (cleaned) now.
-                self.lose(w, "it said Hello again: it gave up on the controller, its connection broken for a "
-                             "moment, and aborted the requests running there")
-                if w.proc is not None:
-                    return
+                # start over elsewhere; the process, alive and connected again, is admitted again (cleaned) now,
+                # local or remote.
+                self.rejoin(w, "it said Hello again: it gave up on the controller, its connection broken for a "
+                               "moment, and aborted the requests running there", msg)
+                return
             if w is None or not w.alive:
                 self.on_hello(ident, msg)
-                # The server comes from the Hello's host, not the id (an operator's --worker-id is free-form): set
-                # here, before the admission the callback scheduled puts the worker on a server.
-                rec = self.workers.get(ident)
-                if rec is not None and rec is not w:
-                    rec.host = server_of(msg)
             else:
                 w.last_seen_s = time.monotonic()
             return
@@ -311,6 +322,18 @@ class WorkerHub:
         log.warning("%r lost: %s", w, why)
         self._take_down(w, "lost", why)
         self.on_lost(w, why)
+
+    def rejoin(self, w: WorkerRecord, why: str, hello: P.Hello | None = None) -> None:
+        """Lose ``w``, whose process lives on and whose connection was re-made (ZeroMQ reconnects by itself), then
+        admit it again at once under a new record: what it ran is lost either way (its requests start over, as
+        after any loss), but the process is sound. ``hello``: the Hello it said again; None: the one it joined with.
+        Found in review: a local worker's Hello again had its healthy process killed, and a new one spawned after
+        the restart back-off, counted as a restart in a row, where a remote one was admitted again at once."""
+        if not w.alive:
+            return
+        w.rejoins = True
+        self.lose(w, why)
+        self.on_hello(w.ident, hello if hello is not None else hello_of(w))
 
     def retire(self, w: WorkerRecord, why: str) -> None:
         """Take a worker out on purpose (its process is about to be replaced): like ``lose`` for its calls and the

@@ -1,0 +1,31 @@
+"""A local worker that cannot start (here: a memory budget it refuses, --memory-gib 0.0000) fails the cluster's
+start with an error that names it, its exit status and where to look. Found in review: "a local worker exited with
+status 2 before it registered; see its log", naming none of them, with several workers to choose from."""
+
+import os
+import socket
+
+import pytest
+
+import warmserve
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+from warmserve.errors import WorkerLostError
+from warmserve.policy.config import PolicyConfig
+
+import serving
+
+MODEL = "llama-20m"
+
+
+def test_a_local_worker_that_exits_before_it_registers_is_named_in_the_start_error(tmp_path):
+    path = serving.demo_paths((MODEL,))[MODEL]
+    cfg = ClusterConfig(models=(ModelSpec(path=path),), devices=("cpu:0",), cpu_worker_memory_bytes=1,
+                        cpu_worker_threads=1, worker_start_timeout_s=60,
+                        controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2,
+                                                    heartbeat_interval_s=0.2, worker_timeout_s=2.0))
+    with pytest.raises(WorkerLostError, match="before it registered") as e:
+        warmserve.Cluster(None, config=cfg, log_dir=str(tmp_path))
+    wid = f"{socket.gethostname()}-{os.getpid()}w0-cpu0"
+    assert e.value.worker_id == wid and wid in str(e.value), str(e.value)
+    assert e.value.status not in (None, 0) and f"status {e.value.status}" in str(e.value)
+    assert "see its log" in str(e.value)
