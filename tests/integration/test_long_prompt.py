@@ -105,7 +105,7 @@ def test_prompt_at_the_context_limit_keeps_the_worker_alive(server):
     assert " lost" not in log.read_text(), log.read_text()[-3000:]
 
 
-def test_a_bound_worker_keeps_its_clients_informed_during_a_long_prefill():
+def test_a_bound_worker_keeps_its_clients_informed_during_a_long_prefill(tmp_path):
     """The same on a worker reached directly (`--bind`): a client that gives up after WORKER_TIMEOUT_S of
     silence gets the whole answer (before, the worker was silent for a whole prefill step and the client raised
     WorkerLostError)."""
@@ -114,7 +114,8 @@ def test_a_bound_worker_keeps_its_clients_informed_during_a_long_prefill():
     from warmserve.worker import WorkerClient, spawn_local_worker
 
     path = write_demo_models(None, [MODEL])[MODEL]
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.5, threads=1, heartbeat_interval_s=HEARTBEAT_S)
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.5, threads=1, heartbeat_interval_s=HEARTBEAT_S,
+                                        log_path=str(tmp_path / "worker.log"))
     try:
         with WorkerClient(endpoint, heartbeat_interval_s=HEARTBEAT_S, worker_timeout_s=WORKER_TIMEOUT_S) as c:
             c.prewarm(path)

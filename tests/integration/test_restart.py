@@ -123,14 +123,18 @@ def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
         ("/v1/completions", {"model": model, "prompt": [7] * 2_500_000, "max_tokens": 4}),
     ]
     slowest = []
+    failed = []  # what ended the watcher: re-raised on the test's thread, where pytest sees it
     done = threading.Event()
 
     def watch():
-        while not done.is_set():
-            t = time.monotonic()
-            status = serving.get_json(url + "/health")[0]
-            slowest.append((time.monotonic() - t, status))  # checked on the test's thread
-            time.sleep(0.02)
+        try:
+            while not done.is_set():
+                t = time.monotonic()
+                status = serving.get_json(url + "/health")[0]
+                slowest.append((time.monotonic() - t, status))  # checked on the test's thread
+                time.sleep(0.02)
+        except BaseException as e:
+            failed.append(e)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -148,6 +152,8 @@ def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
     finally:
         done.set()
         watcher.join()
+    if failed:
+        raise failed[0]
     assert slowest and max(slowest)[0] < 1.0 and {st for _, st in slowest} == {200}, max(slowest)
 
 

@@ -30,8 +30,9 @@ def model_path(tmp_path_factory) -> str:
     return write_demo_models(str(tmp_path_factory.mktemp("models")), (MODEL,))[MODEL]
 
 
-def _spawn(n: int):
-    return [spawn_local_worker("cpu", memory_gib=0.25, threads=1, peer_timeout_s=5.0) for _ in range(n)]
+def _spawn(n: int, log_dir) -> list:
+    return [spawn_local_worker("cpu", memory_gib=0.25, threads=1, peer_timeout_s=5.0,
+                               log_path=str(log_dir / f"worker{i}.log")) for i in range(n)]
 
 
 def _both(fn0, fn1, timeout_s: float = 60.0):
@@ -80,8 +81,8 @@ def _close(procs):
                 proc.wait(10)
 
 
-def test_tp2_instance_matches_tp1_activates_without_copy_and_stops_cleanly(model_path):
-    procs = _spawn(2)
+def test_tp2_instance_matches_tp1_activates_without_copy_and_stops_cleanly(model_path, tmp_path):
+    procs = _spawn(2, tmp_path)
     clients = [WorkerClient(ep) for _, ep in procs]
     try:
         joined = _group(clients, "tp2-a")
@@ -136,8 +137,8 @@ def test_tp2_instance_matches_tp1_activates_without_copy_and_stops_cleanly(model
         _close(procs)
 
 
-def test_killing_a_rank_under_load_ends_every_request_and_the_group(model_path):
-    procs = _spawn(2)
+def test_killing_a_rank_under_load_ends_every_request_and_the_group(model_path, tmp_path):
+    procs = _spawn(2, tmp_path)
     clients = [WorkerClient(ep) for _, ep in procs]
     try:
         _group(clients, "tp2-b")
@@ -172,11 +173,14 @@ def test_killing_a_rank_under_load_ends_every_request_and_the_group(model_path):
         _close(procs)
 
 
-def test_bench_tp_measures_every_path_side_by_side(tmp_path):
+def test_bench_tp_measures_every_path_side_by_side(tmp_path, monkeypatch):
     import argparse
+    import tempfile
 
     from warmserve.bench import tp as bench_tp
 
+    # bench tp spawns its workers with their default log, a temporary file: kept under tmp_path, not left in /tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     p = argparse.ArgumentParser()
     bench_tp.add_arguments(p)
     res = bench_tp.run(p.parse_args(["--repeats", "1", "--memory-gib", "0.25"]))
@@ -187,8 +191,8 @@ def test_bench_tp_measures_every_path_side_by_side(tmp_path):
     assert res["on_demand_over_prewarmed"] > 0 and res["cold_over_prewarmed"] > 0
 
 
-def test_a_rank_that_cannot_activate_fails_every_rank_at_once(model_path):
-    procs = _spawn(2)
+def test_a_rank_that_cannot_activate_fails_every_rank_at_once(model_path, tmp_path):
+    procs = _spawn(2, tmp_path)
     clients = [WorkerClient(ep) for _, ep in procs]
     try:
         _group(clients, "tp2-c")
@@ -214,11 +218,11 @@ def test_a_rank_that_cannot_activate_fails_every_rank_at_once(model_path):
         _close(procs)
 
 
-def test_a_worker_joins_its_groups_one_at_a_time_in_the_order_they_came(model_path):
+def test_a_worker_joins_its_groups_one_at_a_time_in_the_order_they_came(model_path, tmp_path):
     """NCCL needs every rank to build its communicators in the same order, so a worker queues its joins. A join
     whose peer never comes holds the next one until its own timeout; a queued join that is left is answered at
     once."""
-    procs = _spawn(2)
+    procs = _spawn(2, tmp_path)
     clients = [WorkerClient(ep) for _, ep in procs]
     extra = [WorkerClient(procs[0][1]) for _ in range(2)]  # more callers of rank 0's worker, one per thread
     try:
@@ -253,10 +257,10 @@ def test_a_worker_joins_its_groups_one_at_a_time_in_the_order_they_came(model_pa
         _close(procs)
 
 
-def test_a_follower_deactivate_waiting_for_its_leader_is_answered_when_the_group_is_left(model_path):
+def test_a_follower_deactivate_waiting_for_its_leader_is_answered_when_the_group_is_left(model_path, tmp_path):
     """Found in review: a follower answers a Deactivate once its leader stops the instance; if the controller drops
     the group first (LeaveGroup), the instance was closed there and the Deactivate never answered."""
-    procs = _spawn(2)
+    procs = _spawn(2, tmp_path)
     clients = [WorkerClient(ep) for _, ep in procs]
     other = WorkerClient(procs[1][1])  # a second caller of rank 1's worker
     try:

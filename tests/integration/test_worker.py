@@ -33,8 +33,9 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def worker_proc():
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.5, threads=1, peer_timeout_s=5.0)
+def worker_proc(tmp_path_factory):
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.5, threads=1, peer_timeout_s=5.0,
+                                        log_path=str(tmp_path_factory.mktemp("worker") / "worker.log"))
     yield proc, endpoint
     if proc.poll() is None:
         with WorkerClient(endpoint) as c:
@@ -244,8 +245,8 @@ def test_a_client_that_vanishes_has_its_generations_aborted(worker_proc, client,
     assert st.in_flight == 0 and st.instances[0].kv.kv_blocks_used == 0
 
 
-def test_a_killed_worker_is_reported_lost_not_waited_for(models):
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.25, threads=1)
+def test_a_killed_worker_is_reported_lost_not_waited_for(models, tmp_path):
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.25, threads=1, log_path=str(tmp_path / "worker.log"))
     with WorkerClient(endpoint, worker_timeout_s=2.0) as c:
         c.prewarm(models["tiny-deep"])
         c.activate("tiny-deep")
@@ -269,10 +270,10 @@ def test_a_killed_worker_is_reported_lost_not_waited_for(models):
     assert asyncio.run(ask_the_dead()) < 3.0
 
 
-def test_a_paused_worker_is_lost_while_silent_and_served_again_once_heard(models):
+def test_a_paused_worker_is_lost_while_silent_and_served_again_once_heard(models, tmp_path):
     """Found in review: the async client, once it had reported a worker lost, refused every later call even after
     the worker was heard again (the sync client recovers). SIGSTOP makes it silent; SIGCONT brings it back."""
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.25, threads=1)
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.25, threads=1, log_path=str(tmp_path / "worker.log"))
 
     async def pause_and_resume():
         async with AsyncWorkerClient(endpoint, heartbeat_interval_s=0.2, worker_timeout_s=1.0) as ac:
@@ -301,9 +302,9 @@ def test_a_paused_worker_is_lost_while_silent_and_served_again_once_heard(models
         proc.wait(5)
 
 
-def test_spawn_failure_carries_the_workers_own_error():
+def test_spawn_failure_carries_the_workers_own_error(tmp_path):
     with pytest.raises(errors.WorkerLostError, match="--device must be cpu or cuda"):
-        spawn_local_worker("tpu:0", memory_gib=0.1)
+        spawn_local_worker("tpu:0", memory_gib=0.1, log_path=str(tmp_path / "worker.log"))
 
 
 def test_worker_joins_a_controller_router_over_curve_and_serves_it(tmp_path):

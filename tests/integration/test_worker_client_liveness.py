@@ -32,9 +32,10 @@ def _paused(pid: int, for_s: float) -> threading.Timer:
     return t
 
 
-def test_an_idle_client_measures_the_workers_silence_from_its_call():
+def test_an_idle_client_measures_the_workers_silence_from_its_call(tmp_path):
     # Heartbeats every minute: the worker is heard only when it answers, as one with a long --heartbeat-interval-s.
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.1, threads=1, heartbeat_interval_s=60.0)
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.1, threads=1, heartbeat_interval_s=60.0,
+                                        log_path=str(tmp_path / "worker.log"))
     try:
         c = WorkerClient(endpoint, heartbeat_interval_s=0.25, worker_timeout_s=2.0)
         time.sleep(2.5)  # idle past worker_timeout_s: nothing was heard meanwhile, nor listened for
@@ -55,8 +56,8 @@ def test_an_idle_client_measures_the_workers_silence_from_its_call():
             proc.wait()
 
 
-def test_an_async_stream_failed_by_the_workers_silence_is_aborted_when_it_is_heard_again(model):
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.2, threads=1)
+def test_an_async_stream_failed_by_the_workers_silence_is_aborted_when_it_is_heard_again(model, tmp_path):
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.2, threads=1, log_path=str(tmp_path / "worker.log"))
     try:
         asyncio.run(asyncio.wait_for(_stalled_stream(proc, endpoint, model), 90))
     finally:

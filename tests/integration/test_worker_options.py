@@ -72,9 +72,10 @@ def test_a_client_without_the_keys_gets_nothing_through(curve_worker):
         WorkerClient(endpoint, curve_secret_key=worker_public)
 
 
-def test_bad_engine_flags_stop_the_worker_before_it_starts():
+def test_bad_engine_flags_stop_the_worker_before_it_starts(tmp_path):
     with pytest.raises(errors.WarmServeError, match="max_num_seqs must be an integer >= 0"):
-        spawn_local_worker("cpu", 0.05, 1, ready_timeout_s=60, extra_args=("--max-num-seqs", "-1"))
+        spawn_local_worker("cpu", 0.05, 1, ready_timeout_s=60, extra_args=("--max-num-seqs", "-1"),
+                           log_path=str(tmp_path / "worker.log"))
 
 
 def test_a_worker_with_8_mib_pages_serves_and_counts_its_kv_pages(tmp_path):
@@ -102,9 +103,10 @@ def test_a_worker_with_8_mib_pages_serves_and_counts_its_kv_pages(tmp_path):
         proc.wait()
 
 
-def test_a_page_size_that_is_not_a_multiple_of_2_mib_stops_the_worker_before_it_starts():
+def test_a_page_size_that_is_not_a_multiple_of_2_mib_stops_the_worker_before_it_starts(tmp_path):
     with pytest.raises(errors.WarmServeError, match="--page-mib must be a positive multiple of 2, got 3"):
-        spawn_local_worker("cpu", 0.05, 1, ready_timeout_s=60, extra_args=("--page-mib", "3"))
+        spawn_local_worker("cpu", 0.05, 1, ready_timeout_s=60, extra_args=("--page-mib", "3"),
+                           log_path=str(tmp_path / "worker.log"))
 
 
 def test_a_cluster_starts_its_workers_with_the_configured_page_size(tmp_path_factory):

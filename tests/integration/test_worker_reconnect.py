@@ -29,8 +29,9 @@ def model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def worker():
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.2, threads=1)
+def worker(tmp_path_factory):
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.2, threads=1,
+                                        log_path=str(tmp_path_factory.mktemp("worker") / "worker.log"))
     yield proc, endpoint
     if proc.poll() is None:
         with WorkerClient(endpoint) as c:

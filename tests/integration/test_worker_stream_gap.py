@@ -126,7 +126,8 @@ class OneSidedCutProxy:
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     model = write_slow_tiny_llama(str(tmp_path_factory.mktemp("models")), MODEL)
-    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.2, threads=1)
+    proc, endpoint = spawn_local_worker("cpu", memory_gib=0.2, threads=1,
+                                        log_path=str(tmp_path_factory.mktemp("worker") / "worker.log"))
     with WorkerClient(endpoint) as c:
         c.prewarm(model)
         c.activate(MODEL)

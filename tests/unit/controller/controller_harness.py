@@ -14,14 +14,17 @@ import zmq.asyncio
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.controller.controller import Controller
-from warmserve.errors import CancelledError, ModelStateError, UnknownModelError, WarmServeError
+from warmserve.errors import CancelledError, InvalidArgumentError, ModelStateError, UnknownModelError, WarmServeError
 from warmserve.policy.config import policy_config_from_dict
 
 MODEL = "llama-20m"
 
 
 class Peer:
-    """A scripted worker: answers Prewarm/Activate/GetStats/Generate as told, records what it got."""
+    """A scripted worker: answers Prewarm/Activate/GetStats/Generate as told, records what it got. Its answers
+    are a real worker's (worker/core.py): Evicted and Deactivated, and the activations core._activatable refuses
+    are refused (a second instance unless every one is shared, a tensor-parallel shard beside any other, a running
+    model again); a Deactivate of an instance it does not run, and an Evict of one it runs, are refused."""
 
     def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7),
                  curve=None, pid: int = 1, device: str = "cpu"):
@@ -37,6 +40,7 @@ class Peer:
         self.silent = False
         self.hold_generate = False
         self.hold_activate = False
+        self.instances: dict[str, tuple[bool, str]] = {}  # running: name -> (shared, group_id)
         self.task = asyncio.get_running_loop().create_task(self.run())
         self.beats = asyncio.get_running_loop().create_task(self.beat())
 
@@ -71,7 +75,29 @@ class Peer:
                 await self.send(P.Prewarmed(id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048,
                                             load_s=0.0))
         elif isinstance(msg, P.Activate) and not self.hold_activate:
+            if (refused := self.refusal(msg)) is not None:
+                await self.send(P.Error.of(msg.id, refused))
+                return
+            self.instances[msg.name] = (msg.shared, msg.group_id)
             await self.send(P.Activated(id=msg.id, name=msg.name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
+        elif isinstance(msg, P.Deactivate):
+            if self.instances.pop(msg.name, None) is None:
+                await self.send(P.Error.of(msg.id, ModelStateError(f"model {msg.name!r} is not running")))
+            else:
+                await self.send(P.Deactivated(id=msg.id, name=msg.name, aborted=0))
+        elif isinstance(msg, P.Evict):
+            if msg.name in self.instances:
+                await self.send(P.Error.of(msg.id, ModelStateError(f"model {msg.name!r} is running; deactivate it "
+                                                                   "before evicting")))
+            else:
+                await self.send(P.Evicted(id=msg.id, name=msg.name, freed_bytes=2 << 20))
+        elif isinstance(msg, P.LeaveGroup):  # the group's instances are closed with it
+            for name in [n for n, (_, g) in self.instances.items() if g and g == msg.group_id]:
+                del self.instances[name]
+            await self.send(P.Ok(id=msg.id))
+        elif isinstance(msg, P.Shutdown):
+            self.instances.clear()
+            await self.send(P.Ok(id=msg.id))
         elif isinstance(msg, P.SetKvTarget):  # answered as a worker does: the instance's KV after the change
             await self.send(P.KvTargetSet(id=msg.id, model=msg.model, kv=P.KvStats(
                 kv_blocks_total=8, kv_blocks_mapped=msg.free_blocks, kv_blocks_free=msg.free_blocks,
@@ -80,12 +106,24 @@ class Peer:
             await self.send(P.GroupStoreHosted(id=msg.id, port=29999))
         elif isinstance(msg, P.JoinGroup):
             await self.send(P.GroupJoined(id=msg.id, group_id=msg.group_id, setup_s=0.001))
-        elif isinstance(msg, (P.Evict, P.Deactivate, P.Abort, P.Shutdown, P.LeaveGroup)):
+        elif isinstance(msg, P.Abort):
             await self.send(P.Ok(id=msg.id))
         elif isinstance(msg, P.Generate) and not self.hold_generate:
             for t in self.tokens[:-1]:
                 await self.send(P.Tokens(id=msg.id, token_ids=[t]))
             await self.send(P.Tokens(id=msg.id, token_ids=[self.tokens[-1]], finished=True, finish_reason="length"))
+
+    def refusal(self, msg: P.Activate) -> WarmServeError | None:
+        """Why a real worker refuses this Activate of a prewarmed model (core._activatable, tp._activate_shard),
+        or None."""
+        if msg.name in self.instances:
+            return ModelStateError(f"model {msg.name!r} is running; only a prewarmed model can be activated")
+        if msg.group_id and msg.shared:
+            return InvalidArgumentError(f"{msg.name!r} is a tensor-parallel shard: it runs alone, not shared")
+        exclusive = [n for n, (shared, _) in self.instances.items() if not shared]
+        if self.instances and (not msg.shared or exclusive or msg.group_id):
+            return ModelStateError(f"worker {self.wid} already runs {sorted(self.instances)}; deactivate it first")
+        return None
 
     def close(self):
         self.task.cancel()
@@ -106,6 +144,7 @@ class GroupPeer(Peer):
         if isinstance(msg, P.Activated):
             act = next(m for m in reversed(self.got) if isinstance(m, P.Activate) and m.id == msg.id)
             if act.group_id and act.group_id not in self.joined:
+                self.instances.pop(act.name, None)  # refused: nothing runs
                 msg = P.Error.of(msg.id, ModelStateError(f"this worker is not in group {act.group_id!r}"))
         await super().send(msg)
 
@@ -114,7 +153,8 @@ class TablePeer(Peer):
     """A scripted worker that keeps a worker's model table as worker/core.py does: name -> "loading", "prewarmed"
     or "running". A Prewarm of a model it holds is refused; an Evict of a running model is refused (deactivate it
     first) and of a loading one cancels the load (its Prewarm is answered with CancelledError); an Activate of a
-    model that is not prewarmed and a Deactivate of one that is not running are refused.
+    model that is not prewarmed, one a real worker cannot run beside its other instances (Peer.refusal), and a
+    Deactivate of one that is not running are refused.
 
     ``load_s``: how long a load takes, on the side (None: it never ends: a hung load). ``activate_s``: how long
     each of the next activations takes, one entry each; a real worker activates on its main thread, so the
@@ -150,23 +190,33 @@ class TablePeer(Peer):
                         later.cancel()
                     await self.send(P.Error.of(pid, CancelledError(f"prewarm of {name!r} was cancelled by an Evict")))
                 del self.models[name]
-                await self.send(P.Ok(id=msg.id))
+                await self.send(P.Evicted(id=msg.id, name=name, freed_bytes=2 << 20))
         elif isinstance(msg, P.Activate):
             if state != "prewarmed":
                 await self.send(P.Error.of(msg.id, ModelStateError(f"model {name!r} is {state}")))
                 return
+            if (refused := self.refusal(msg)) is not None:
+                await self.send(P.Error.of(msg.id, refused))
+                return
             if self.activate_s:
                 await asyncio.sleep(self.activate_s.pop(0))
             self.models[name] = "running"
+            self.instances[name] = (msg.shared, msg.group_id)
             await self.send(P.Activated(id=msg.id, name=name, kv_blocks=8, activate_s=0.0, copied_bytes=0))
         elif isinstance(msg, P.Deactivate):
             if state != "running":
                 await self.send(P.Error.of(msg.id, ModelStateError(f"model {name!r} is not running")))
                 return
             self.models[name] = "prewarmed"
-            await self.send(P.Ok(id=msg.id))
+            del self.instances[name]
+            await self.send(P.Deactivated(id=msg.id, name=name, aborted=0))
         else:
             await super().handle(msg)
+            if isinstance(msg, P.Shutdown):  # the worker closes everything
+                self.models.clear()
+            elif isinstance(msg, P.LeaveGroup):  # the group's instances closed: their models stay prewarmed
+                for n in [n for n, st in self.models.items() if st == "running" and n not in self.instances]:
+                    self.models[n] = "prewarmed"
 
     def _loaded(self, msg: P.Prewarm) -> None:
         if self._loads.get(msg.name, (None,))[0] == msg.id:

@@ -177,7 +177,10 @@ def test_heartbeats_go_on_after_a_policy_error_in_a_loss(model, caplog):
             raise RuntimeError("injected policy bug")
 
         c.policy.route = route
-        first, second = (p1, p2) if c.gpu_workers[0].gens else (p2, p1)
+        # by identity, not by position: the two Hellos arrive in either order, so gpu_workers[0] may be p2's (then
+        # the idle peer went silent, nothing was requeued, and the route was never called: a CI flake)
+        busy = next(w for w in c.gpu_workers if w.gens)
+        first, second = (p1, p2) if busy.ident == p1.wid.encode() else (p2, p1)
         first.silent = True  # lost after 1.5 s: its request is requeued and routed
         assert await until(lambda: c.policy.route is real, 4)
         second.silent = True  # a later loss is still seen

@@ -97,11 +97,13 @@ def test_a_slow_clients_stream_keeps_each_chunks_logprobs_with_its_text(model):
     def client(port):
         try:
             s = socket.socket()
+            s.settimeout(60)  # a server that stops writing fails the test instead of hanging it
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", port))
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-            assert produced.wait(60), "the tokens were never all produced"
+            # the loop sets it within 60 s, produced or not: then a refusal is read and shown, not a timeout
+            assert produced.wait(120), "the test's loop never let the client read"
             while chunk := s.recv(1 << 16):
                 got.append(chunk)
             s.close()
@@ -116,17 +118,22 @@ def test_a_slow_clients_stream_keeps_each_chunks_logprobs_with_its_text(model):
         await web.SockSite(runner, listener).start()
         th = threading.Thread(target=client, args=(listener.getsockname()[1],))
         th.start()
-        await ctl.produced.wait()
-        for _ in range(50):  # the pump takes what is queued: a few loop turns
-            await asyncio.sleep(0)
-        produced.set()
-        await asyncio.to_thread(th.join, 60)
-        await runner.cleanup()
+        try:  # bounded: a request the server refused is never produced, and the test must say so, not hang
+            await asyncio.wait_for(ctl.produced.wait(), 60)
+            for _ in range(50):  # the pump takes what is queued: a few loop turns
+                await asyncio.sleep(0)
+        except asyncio.TimeoutError:
+            errors.append(AssertionError("the stand-in controller never produced the tokens in 60 s"))
+        finally:
+            produced.set()  # lets the client read (and end) either way
+            await asyncio.to_thread(th.join, 60)
+            await runner.cleanup()
+        assert not th.is_alive(), "the client thread still reads after 60 s"
 
     asyncio.run(main())
-    assert not errors, errors
     raw = b"".join(got).decode()
     assert raw.startswith("HTTP/1.1 200"), raw[:300]
+    assert not errors, errors
     chunks = [c["choices"][0] for c in _events(raw) if c["choices"] and c["choices"][0]["logprobs"] is not None]
     assert len(chunks) > 1
     wrong = [(c["delta"].get("content", ""), "".join(e["token"] for e in c["logprobs"]["content"])) for c in chunks]

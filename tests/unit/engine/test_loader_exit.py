@@ -4,6 +4,8 @@ threads are not daemons, and the interpreter joined them while they copied and c
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from warmserve.engine.demo import DemoSpec, config_dict, write_checkpoint
 
 #: Loads at once, each of a checkpoint of many small tensors: a load stops between two of them.
 LOADS = 4
+#: The longest the child may take to say its next line (the full loads take ~5 s here): past it the child hangs.
+LINE_TIMEOUT_S = 60.0
 
 CHILD = r"""
 import atexit, os, sys, time
@@ -46,26 +50,53 @@ except KeyboardInterrupt:
 """
 
 
+class _Lines:
+    """The child's stdout line by line, each waited for at most LINE_TIMEOUT_S: a child that hangs fails the test
+    instead of hanging the run (a plain readline() has no timeout, and select() on a buffered text pipe misses the
+    lines its buffer already holds, so this reads the raw descriptor)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.fd, self.buf = proc.stdout.fileno(), b""
+
+    def next(self) -> str:
+        deadline = time.monotonic() + LINE_TIMEOUT_S
+        while b"\n" not in self.buf:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0 or not select.select([self.fd], [], [], left_s)[0]:
+                raise AssertionError(f"the child said nothing for {LINE_TIMEOUT_S} s (hung); so far: {self.buf!r}")
+            chunk = os.read(self.fd, 4096)
+            if not chunk:  # it exited: what is left, without a newline
+                line, self.buf = self.buf, b""
+                return line.decode()
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode() + "\n"
+
+
 def test_ctrl_c_during_wait_exits_after_the_tensors_the_loads_are_on(tmp_path):
     # float32 on disk, loaded as bfloat16: every tensor is converted on the load's thread, 64 layers of them (32
     # finished too soon to interrupt once conversions read whole rows at a time)
     path = write_checkpoint(str(tmp_path), "deep", config_dict(DemoSpec("llama", 256, 1024, 64, 4, 2, vocab_size=512)))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(LOADS)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    err_path = tmp_path / "child.err"
+    with open(err_path, "wb") as err_file:  # a file, not a pipe: a chatty child cannot block on a full pipe
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(LOADS)], stdout=subprocess.PIPE,
+                                stderr=err_file)
     try:
-        full_s = float(proc.stdout.readline().split()[1])
-        assert proc.stdout.readline() == "waiting\n"
+        lines = _Lines(proc)
+        full_s = float(lines.next().split()[1])
+        assert lines.next() == "waiting\n"
         proc.send_signal(signal.SIGINT)  # the user's Ctrl-C
-        said = proc.stdout.readline().split()
+        said = lines.next().split()
         assert said and said[0] == "interrupted", said
         interrupted_s, done = float(said[1]), float(said[2])
-        joined = proc.stdout.readline().split()
+        joined = lines.next().split()
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    err = proc.stderr.read()
+        proc.stdout.close()
+    err = err_path.read_text()
     assert proc.returncode == 130 and joined and joined[0] == "joined" and "Traceback" not in err, err[-3000:]
     left_s = (1 - done) * full_s
     assert left_s > 0.1, f"the loads were {done:.0%} done when interrupted: too little left to tell"

@@ -24,17 +24,20 @@ from warmserve.errors import CancelledError, ClosedError, InvalidArgumentError, 
 from warmserve.memory import PagePool
 PAGE = 4096
 def big_file(n, value=5):
-    path = os.path.join(tempfile.mkdtemp(), "w.bin")
+    fd, path = tempfile.mkstemp(suffix=".bin", dir=sys.argv[1])  # the test's tmp_path: gone with it
+    os.close(fd)
     np.full(n, value, dtype=np.uint8).tofile(path)
     return path
 """
 
 
-def run_child(body: str, timeout_s: float = 60) -> list[str]:
-    """Runs PRELUDE + body in a fresh interpreter; returns its stdout lines. Fails on a crash or a hang."""
+def run_child(body: str, timeout_s: float = 60, tmp_dir=None) -> list[str]:
+    """Runs PRELUDE + body in a fresh interpreter; returns its stdout lines. Fails on a crash or a hang.
+    tmp_dir: where the child's big_file() writes (a test's tmp_path; the child has none without it)."""
+    args = [] if tmp_dir is None else [str(tmp_dir)]
     try:
-        r = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)], capture_output=True, text=True,
-                           timeout=timeout_s)
+        r = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body), *args], capture_output=True,
+                           text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"child hung for {timeout_s} s; stdout so far: {e.stdout!r}")
     assert r.returncode == 0, f"child exited with {r.returncode} (negative: killed by that signal)\n{r.stdout}\n{r.stderr[-3000:]}"
@@ -49,7 +52,7 @@ def _disarm_faults():
 
 
 # ---------------------------------------------------------------- item 1: rollback respects pins
-def test_cancelled_load_keeps_the_pages_a_live_view_pins():
+def test_cancelled_load_keeps_the_pages_a_live_view_pins(tmp_path):
     out = run_child("""
         n = 64 << 20
         pool = PagePool(n, page_bytes=PAGE)
@@ -68,7 +71,7 @@ def test_cancelled_load_keeps_the_pages_a_live_view_pins():
         del v
         s.unmap(0, 1)  # the view is gone: the kept page unmaps like any other
         print(pool.free_pages == pool.total_pages)
-    """)
+    """, tmp_dir=tmp_path)
     assert out == ["True", "True", "True", "1", "1", "True"]
 
 
@@ -137,7 +140,7 @@ def test_create_slot_with_a_huge_or_overflowing_size_is_a_typed_error_not_a_hang
 
 
 # ---------------------------------------------------------------- item 4: close cancels and joins loads in C++
-def test_pool_close_in_cpp_cancels_and_joins_running_loads():
+def test_pool_close_in_cpp_cancels_and_joins_running_loads(tmp_path):
     out = run_child("""
         n = 32 << 20
         path = big_file(n)
@@ -173,11 +176,11 @@ def test_pool_close_in_cpp_cancels_and_joins_running_loads():
         pool2._pool.close()
         t.join(timeout=60)
         print(t.is_alive(), outcomes[-1])
-    """)
+    """, tmp_dir=tmp_path)
     assert out[:2] == ["True", "cancelled"] and out[2:] == ["False", "refused"]
 
 
-def test_a_second_pool_close_returns_only_once_the_first_has_finished():
+def test_a_second_pool_close_returns_only_once_the_first_has_finished(tmp_path):
     """Found in review: a close() that came while another thread's close() waited for loads to roll back returned
     at once, with the load still running and its pages still mapped. Each close() must return with the load
     finished and every page back in the free list."""
@@ -204,7 +207,7 @@ def test_a_second_pool_close_returns_only_once_the_first_has_finished():
                 t.join(60)
             early += seen.count(False)
         print(early)
-    """)
+    """, tmp_dir=tmp_path)
     assert out == ["0"]
 
 
@@ -373,7 +376,7 @@ def test_a_slot_dropped_after_its_unmap_failed_gives_its_pages_back():
     p.close()
 
 
-def test_a_load_that_cannot_start_its_threads_fails_and_the_process_lives():
+def test_a_load_that_cannot_start_its_threads_fails_and_the_process_lives(tmp_path):
     # Found in review: a copier thread that could not be created (a pids or process limit, no memory for its
     # stack) threw std::system_error out of the load's own thread: std::terminate ended the whole worker.
     out = run_child("""
@@ -395,11 +398,11 @@ def test_a_load_that_cannot_start_its_threads_fails_and_the_process_lives():
         resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         s.load([(path, 0, 0, n)], threads=2).wait()  # the slot and pool still work
         print("again", int(s.tensor(0, (1,), torch.uint8)[0]))
-    """)
+    """, tmp_dir=tmp_path)
     assert out == ["DriverError", "True", "again", "5"], out  # "loaded": the limit did not bite here
 
 
-def test_closing_a_slot_refuses_loads_started_while_it_waits():
+def test_closing_a_slot_refuses_loads_started_while_it_waits(tmp_path):
     # Found in review: Slot.close cancelled the loads running when it began, then waited for the slot's loads with
     # the pool unlocked; a load started meanwhile was not cancelled, so a thread starting loads in a loop could
     # hold the close up without bound. Now such a load is refused ("closing") and close returns. (The race did not
@@ -433,5 +436,5 @@ def test_closing_a_slot_refuses_loads_started_while_it_waits():
             t.join(20)
         print("loaders", "done" if not any(t.is_alive() for t in ts) else "stuck", "ClosedError" in seen)
         print("free", pool.free_pages == pool.total_pages)
-    """)
+    """, tmp_dir=tmp_path)
     assert out == ["closed", "True", "loaders", "done", "True", "free", "True"], out
