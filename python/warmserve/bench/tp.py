@@ -15,7 +15,9 @@ per GPU: NCCL), side by side in one run, ``--repeats`` times each, medians repor
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +36,6 @@ def add_arguments(p) -> None:
 
 
 def _model_path(name: str) -> str:
-    import os
-
     if os.path.isdir(name):
         return name
     from warmserve.engine.demo import write_demo_models
@@ -97,6 +97,7 @@ def run(args) -> dict:
     rows: dict[str, list[float]] = {k: [] for k in (
         "group_setup_s", "group_setup_rank_s", "activate_prewarmed_group_s", "activate_on_demand_group_s",
         "cold_start_s", "first_token_s", "tp1_activate_s")}
+    measured = False
     try:
         each(lambda r, c: c.prewarm(path, name, tp=args.tp, rank=r))
         gid, setup, per_rank = new_group()  # the prewarmed group (built once, like the controller's)
@@ -135,6 +136,7 @@ def run(args) -> dict:
             rows["tp1_activate_s"].append(time.perf_counter() - t0)
             clients[0].deactivate(name)
         clients[0].evict(name)
+        measured = True
     finally:
         for c, (proc, _) in zip(clients, procs):
             try:
@@ -144,9 +146,11 @@ def run(args) -> dict:
             c.close()
             if proc.poll() is None:
                 proc.kill()
+            if measured:  # the workers' logs are kept only to explain a failed run (found in review: left in /tmp)
+                with contextlib.suppress(OSError):
+                    os.unlink(proc.log_path)
         pool.shutdown()
     med = {k: statistics.median(v) for k, v in rows.items()}
-    import os
     import platform
 
     return {"model": os.path.basename(os.path.normpath(path)), "tp": args.tp, "device": args.device,
