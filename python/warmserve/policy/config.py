@@ -212,12 +212,16 @@ class PolicyConfig:
                 f"got {self.ttft_target_prefills}")
         if not 0 <= self.reclaim_floor_share <= 1:
             raise InvalidArgumentError(f"reclaim_floor_share must be in [0, 1], got {self.reclaim_floor_share}")
-        if (self.coserve_tpot_s < 0 or self.coserve_max_models < 1 or self.coserve_context_tokens < 0
-                or not self.decode_read_bytes_per_s > 0):
+        if self.coserve_tpot_s < 0 or self.coserve_max_models < 1 or not self.decode_read_bytes_per_s > 0:
             raise InvalidArgumentError(
-                f"need coserve_tpot_s >= 0, coserve_max_models >= 1, coserve_context_tokens >= 0 and "
-                f"decode_read_bytes_per_s > 0; got {self.coserve_tpot_s}, {self.coserve_max_models}, "
-                f"{self.coserve_context_tokens}, {self.decode_read_bytes_per_s}")
+                f"need coserve_tpot_s >= 0, coserve_max_models >= 1 and decode_read_bytes_per_s > 0; got "
+                f"{self.coserve_tpot_s}, {self.coserve_max_models}, {self.decode_read_bytes_per_s}")
+        if self.coserve_context_tokens < 1:
+            # route() divides a co-served instance's KV share by one sequence's KV (``CoServing.seq_capacity``)
+            raise InvalidArgumentError(
+                f"coserve_context_tokens must be >= 1 (the KV tokens of one running sequence), got "
+                f"{self.coserve_context_tokens}. Fix: a typical prompt plus output length, e.g. 1024 (the default)",
+                coserve_context_tokens=self.coserve_context_tokens)
         if self.consolidate and self.coserve_tpot_s <= 0:
             raise InvalidArgumentError("consolidate moves quiet models onto co-serving hosts: it needs "
                                        f"coserve_tpot_s > 0, got {self.coserve_tpot_s}. Fix: set coserve_tpot_s "

@@ -116,8 +116,14 @@ class Policy(Demand, LoadSignals, GpuMoves):
         ready = [i for i in insts if i.ready]
         co_ids = self._co.ids if self._co is not None else ()
 
-        def lim(inst, b):  # requests ``inst`` may hold: b; a co-served one no more than its KV share holds either
-            return min(b, self._co.route_cap(state, model)) if inst.instance_id in co_ids else b
+        rcap = self.cfg.route_cap_per_instance
+
+        def lim(inst, b):  # requests ``inst`` may hold: b, no more than the operator's cap (found in review: the
+            # cap was applied to the overflow alone, so a cap below B let each instance take B), and a co-served
+            # one no more than its KV share holds either
+            if rcap:
+                b = min(b, rcap)
+            return min(b, self._co.route_cap(state, model, inst)) if inst.instance_id in co_ids else b
 
         room = [i for i in ready if i.in_flight < lim(i, B)]
         best = min(room, key=lambda i: (i.in_flight, i.instance_id), default=None)
@@ -147,10 +153,7 @@ class Policy(Demand, LoadSignals, GpuMoves):
                     return act
         over = [i for i in ready if i.in_flight < lim(i, math.inf)]  # overflow, bar a co-served instance's cap
         best = min(over, key=lambda i: (i.in_flight, i.instance_id), default=None)
-        if best is None:
-            return None
-        rcap = self.cfg.route_cap_per_instance
-        return A.Route(model, best.instance_id, request_id) if not rcap or best.in_flight < rcap else None
+        return None if best is None else A.Route(model, best.instance_id, request_id)
 
     def _someone_starving(self, state: ClusterState, model: str) -> bool:
         """Whether a model other than ``model`` has requests waiting and no instance (not even a starting one)."""
@@ -325,9 +328,19 @@ class Policy(Demand, LoadSignals, GpuMoves):
                    and i.instance_id not in retired]
             # co-served instances first: a model that needs fewer keeps its own GPUs
             old.sort(key=lambda i: (co is None or i.instance_id not in co.ids, i.in_flight, i.instance_id))
+            gone = A.stopping(out)
+            serving = sum(1 for i in active[m] if i.ready and i.instance_id not in gone)
+            starting = any(not i.ready for i in active[m]) or any(
+                type(a) is A.StartInstance and a.model == m for a in out)
             for inst in old[: max(0, have[m] - target)]:
+                if starting and serving <= 1:
+                    # its last ready instance carries the model until a start is ready (found in review: with
+                    # scale_out_now, the tick that started two instances for a backlog stopped the one serving,
+                    # and every tick after it stopped it again while route() revived it)
+                    break
                 self._stop(state, inst, now_s, board, out)
                 have[m] -= 1
+                serving -= 1
                 stopped |= inst.in_flight == 0
         if wanted and cfg.migrate_max_in_flight and not (co is not None and co.oversubscribed):
             need = sum(max(0, want_out[m] - have[m]) for m in wanted)

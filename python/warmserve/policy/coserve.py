@@ -48,23 +48,21 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from warmserve.policy import actions as A
 from warmserve.policy.arbitration import freed_group
 from warmserve.policy.config import PolicyConfig
+from warmserve.policy.cosizing import HostSizing, kv_per_token
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER, Board
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, kv_blocks_for
 
-#: Share of a GPU's pool the weights of a host's models may take together (the rest is KV): the `shared`
-#: baseline's rule (``baselines.plan_shared``: weights up to 80% of memory).
-WEIGHT_SHARE_PER_HOST = 0.8
 
-
-class CoServing:
+class CoServing(HostSizing):
     """The co-serving decisions of one policy object (``core.Policy._co``)."""
 
     def __init__(self, cfg: PolicyConfig, models: dict[str, ModelInfo]):
-        self.cfg = cfg
-        self.models = models
+        super().__init__(cfg, models)
         #: Instances started co-served (kv_fraction < 1) that may still be in the state.
         self.ids: set[str] = set()
         #: Models whose co-served instance is to become a dedicated one (their host's round is over target).
@@ -80,8 +78,8 @@ class CoServing:
         #: applies the tick, so they are on no host any more (a host left with none is idle GPUs, which the same
         #: tick may give to a dedicated instance).
         self.stopped_idle: set[str] = set()
-        #: Per model, ``route_cap`` this tick.
-        self.caps: dict[str, int] = {}
+        #: Per model, ``route_cap`` (with the instance membership it was worked out for).
+        self.caps: dict[str, tuple[tuple, int]] = {}
         #: Per model, from the last tick: scale-out demand (instances, no floor), scale-in demand, predicted batch.
         self.out: dict[str, float] = {}
         self.keep: dict[str, float] = {}
@@ -95,39 +93,7 @@ class CoServing:
         #: From the last tick: the GPUs the models with demand need for one instance each.
         self.demand_gpus = 0
 
-    # ---- the model ----------------------------------------------------------------------------------------
-
-    def step_s(self, model: str, batch: float) -> float:
-        """Predicted decode step of ``model`` at ``batch`` running sequences, seconds: the memory-bound step of
-        ``sim.costmodel.CostModel.decode_step_s``, from what the policy knows: max(the profiled step, the weight
-        shard over the read bandwidth) + batch x context tokens x its KV bytes per token (per GPU) over the
-        read bandwidth."""
-        m = self.models[model]
-        r = self.cfg.decode_read_bytes_per_s
-        kv = batch * self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp / r
-        return max(m.decode_s_per_token, m.weight_bytes / m.tp / r) + kv
-
-    def models_per_host(self, model: str, gpu_bytes: int) -> int:
-        """How many models a host of ``model``'s kind holds (< 2: the model never co-serves): as many as fit with
-        their shards within WEIGHT_SHARE_PER_HOST of a GPU and, beside each shard, a KV share that holds
-        scale_in_threshold x B sequences of coserve_context_tokens (the load below which §5 scales a model in: a
-        co-served model runs at most about that, it joins below the §5 band of it and splits out above it,
-        ``kv_fits``); at most coserve_max_models."""
-        m, cfg = self.models[model], self.cfg
-        shard = m.shard_bytes
-        kv = cfg.scale_in_threshold * cfg.instance_capacity * cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp
-        return min(cfg.coserve_max_models, int(WEIGHT_SHARE_PER_HOST * gpu_bytes // shard),
-                   int(gpu_bytes // (shard + kv)))
-
-    def kv_fraction(self, model: str, gpu_bytes: int) -> float:
-        """KV share of a co-served instance (``StartInstance.kv_fraction``): an equal part of what a full host's
-        shards leave, so that a full host's caches all fit at once (the live worker's shared activation takes a
-        fixed share); within it the cache is mapped as the load needs (``_kv_targets``), the rest stays in the
-        GPU's pool for prewarms. As a share of what the instance's own shard leaves; below 1 (a shared
-        activation)."""
-        shard = self.models[model].shard_bytes
-        k = self.models_per_host(model, gpu_bytes)
-        return max(0.01, min(0.99, (gpu_bytes - k * shard) / k / (gpu_bytes - shard)))
+    # ---- the model (the step and a host's memory: ``cosizing.HostSizing``) ------------------------------------
 
     def host_models(self, gpus: tuple[int, ...], insts) -> set[str]:
         """The models a host serves: its instances that take requests, and those joined since the last tick."""
@@ -144,24 +110,21 @@ class CoServing:
         batch = batch or {}
         return sum(self.step_s(m, batch.get(m, self.share(m))) for m in names)
 
-    def seq_capacity(self, model: str, gpu_bytes: int) -> int:
-        """Requests one co-served instance of ``model`` takes at most (routing, ``Policy.route``): the sequences of
-        coserve_context_tokens its KV share holds, at least 1. Past it a request would wait in that engine's queue,
-        where no instance started later can take it over (found in review: paper-conv with 12 models, seed 1, a
-        burst of the busiest 7B queued 114 requests behind a co-served instance's ~14 running ones for 50 s, and
-        they stayed there when four dedicated instances came up); in the driver's queue it goes to the first
-        instance with room."""
-        m = self.models[model]
-        cap = self.kv_fraction(model, gpu_bytes) * (gpu_bytes - m.shard_bytes)
-        return max(1, int(cap // (self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp)))
-
-    def route_cap(self, state: ClusterState, model: str) -> int:
-        """``seq_capacity`` at the smallest live GPU, worked out once per model per tick: route() asks for every
-        request, and finding that GPU scans them all (about 40 us at 1,024 GPUs)."""
-        cap = self.caps.get(model)
-        if cap is None:
-            cap = self.caps[model] = self.seq_capacity(model, self.gpu_bytes(state))
-        return cap
+    def route_cap(self, state: ClusterState, model: str, inst: InstanceState | None = None) -> int:
+        """``seq_capacity`` of a co-served instance of ``model`` at its host's GPU size: ``inst``'s host, or without
+        it the smallest host among the model's co-served instances (found in review: sized by the smallest live
+        GPU, a small GPU joining the cluster made every co-served instance's cap divide by zero). Kept per model
+        while the instances stay the same: route() asks for every request."""
+        if inst is not None:
+            return self.seq_capacity(model, self.host_bytes(state, inst.gpus))
+        key = (id(state.instances), len(state.instances), next(reversed(state.instances), None))
+        got = self.caps.get(model)
+        if got is None or got[0] != key:
+            hosts = (state.instances.get(iid) for iid in self.ids)
+            gpu_bytes = min((self.host_bytes(state, i.gpus) for i in hosts if i is not None and i.model == model),
+                            default=0)
+            got = self.caps[model] = (key, self.seq_capacity(model, gpu_bytes))
+        return got[1]
 
     def light(self, model: str) -> bool:
         return self.out.get(model, 0.0) < 1.0
@@ -173,7 +136,7 @@ class CoServing:
         m = self.models[model]
         cap = self.kv_fraction(model, gpu_bytes) * (gpu_bytes - m.shard_bytes)
         b = self.share(model) if batch is None else batch
-        need = b * self.cfg.coserve_context_tokens * m.kv_bytes_per_token / m.tp
+        need = b * self.cfg.coserve_context_tokens * kv_per_token(m) / m.tp
         return need <= share * cap
 
     # ---- reading the state --------------------------------------------------------------------------------
@@ -227,11 +190,6 @@ class CoServing:
         return self.oversubscribed or (self.batch.get(model, 0.0) <= 0
                                        and self.demand_gpus + self.models[model].tp > live)
 
-    @staticmethod
-    def gpu_bytes(state: ClusterState) -> int:
-        """Memory of the smallest live GPU, the one every host rule is sized for; 0 when every GPU is lost."""
-        return min((g.total_bytes for g in state.gpus if not g.gone), default=0)
-
     @property
     def merge_band(self) -> float:
         """Share of the TPOT target a merge (or a join on GPUs that suffice) may fill: the §5 band,
@@ -243,12 +201,14 @@ class CoServing:
         m = self.models[model]
         if not (self.active or self.over_with(state, model)) or not self.light(model):
             return False
-        gpu_bytes = self.gpu_bytes(state)
-        if not gpu_bytes:  # every GPU is lost: nothing to join
-            return False
-        k = self.models_per_host(model, gpu_bytes)
-        return k >= 2 and any(len(g) == m.tp and model not in self.host_models(g, v) and len(self.host_models(g, v)) < k
-                              for g, v in self.hosts(state).items())
+        for g, v in self.hosts(state).items():
+            if len(g) != m.tp or any(state.gpus[x].gone for x in g):
+                continue
+            names = self.host_models(g, v)
+            k = self.models_per_host(model, self.host_bytes(state, g))  # < 2: the model is not co-served there
+            if model not in names and len(names) < k and k >= 2:
+                return True
+        return False
 
     def join(self, state: ClusterState, board: Board, model: str, reserved: set[int], *, new_host: bool,
              new_id, merge: bool = False, vacating: bool = False, replicas: int = 0) -> A.StartInstance | None:
@@ -264,13 +224,13 @@ class CoServing:
         (``vacate``): no idle group is required (there is none: that is why the host converts in place).
         ``replicas``: the model runs that many co-served instances, outgrew them, and finds no GPUs and no host to
         convert: one more co-served instance on another host (``replica``), sized for its share of the model's
-        batch (batch / (replicas + 1)), not for the whole."""
+        batch (batch / (replicas + 1)), not for the whole. Each host is sized by its own GPUs (``host_bytes``): a
+        GPU too small for 2 of the model's shards hosts none of its co-served instances."""
         m = self.models[model]
-        gpu_bytes = self.gpu_bytes(state)
-        k = self.models_per_host(model, gpu_bytes) if gpu_bytes else 0
+        sizes = self.fits_sizes(state, model)
         over = self.over_with(state, model)
         spare = 0 if over or vacating or replicas else (2 if new_host else 1)
-        if k < 2 or not (self.active or over or vacating) or not (self.light(model) or replicas) \
+        if not sizes or not (self.active or over or vacating) or not (self.light(model) or replicas) \
                 or self.idle_groups(board, m.tp, reserved) < spare:
             return None
         mine = {model: self.batch.get(model, 0.0) / (replicas + 1)}
@@ -279,15 +239,17 @@ class CoServing:
         # no instance at all, i.e. waiting for time-sharing (preempt_after_s) and taking another model's GPUs
         band = 1.0 if over and not merge else self.merge_band
         target = self.cfg.coserve_tpot_s * band
-        frac = self.kv_fraction(model, gpu_bytes)
         best = None
         for gpus, insts in self.hosts(state).items():
             names = self.host_models(gpus, insts)
-            if len(gpus) != m.tp or reserved.intersection(gpus) or model in names or len(names) >= k \
-                    or gpus in self.converting:
+            if len(gpus) != m.tp or reserved.intersection(gpus) or model in names or gpus in self.converting:
                 continue
             if any(i.model == model for i in insts) or any(g not in board.local for g in gpus):
                 continue
+            gpu_bytes = self.host_bytes(state, gpus)
+            if len(names) >= self.models_per_host(model, gpu_bytes):
+                continue
+            frac = self.kv_fraction(model, gpu_bytes)
             r = self.round_s(names | {model}, mine)
             # room for its shard and its whole KV share (its mapping may grow to it), beside the residents' shards
             # and whole shares: exact for a host whose instances still start, too (the board counts such a GPU as
@@ -306,9 +268,9 @@ class CoServing:
                 continue
             key = (bool(evict), use is None, -r, gpus)  # best fit among hosts that evict nothing, if any
             if best is None or key < best[0]:
-                best = (key, gpus, evict, need, use)
+                best = (key, gpus, evict, need, use, frac)
         if best is not None:
-            _, gpus, evict, need, use = best
+            _, gpus, evict, need, use, frac = best
             for pid in evict + ([use] if use is not None else []):
                 board.remove(pid)
             for g in gpus:
@@ -322,10 +284,16 @@ class CoServing:
                                   kv_fraction=frac, warm_engine=self.cfg.warm_engine)
             self.pending.setdefault(gpus, set()).add(model)
         elif new_host and not replicas and self.step_s(model, self.batch.get(model, 0.0)) <= target \
-                and self.kv_fits(model, gpu_bytes, band):
+                and any(self.kv_fits(model, b, band) for b in sizes):
             held = [board.local[g] for g in reserved if g in board.local and not board.busy[board.local[g]]]
-            for loc in held:  # GPUs kept for other models count as busy for this choice (as in
-                board.busy[loc] = True  # Policy._start_outside_reservations)
+            # GPUs kept for other models count as busy for this choice (as in Policy._start_outside_reservations),
+            # and so do those of a size that cannot host the model
+            small = [b for b in {g.total_bytes for g in state.gpus if not g.gone}
+                     if b not in sizes or not self.kv_fits(model, b, band)]
+            if small:
+                held += [(int(s), int(c)) for s, c in zip(*((~board.busy) & np.isin(board.total, small)).nonzero())]
+            for loc in held:
+                board.busy[loc] = True
             try:
                 got = board.choose_for_instance(model)
             finally:
@@ -335,7 +303,8 @@ class CoServing:
                 return None
             gpus, used, evicted = got
             act = A.StartInstance(new_id(model, "i"), model, gpus, prewarm_id=used, evict=tuple(evicted),
-                                  kv_fraction=frac, warm_engine=self.cfg.warm_engine)
+                                  kv_fraction=self.kv_fraction(model, self.host_bytes(state, gpus)),
+                                  warm_engine=self.cfg.warm_engine)
         else:
             return None
         self.ids.add(act.instance_id)
@@ -354,8 +323,8 @@ class CoServing:
             if name in here:  # joined through route() since the tick: already counted among the host's instances
                 continue
             mi = self.models[name]
-            used += mi.shard_bytes + kv_blocks_for(state, name, insts[0].gpus,
-                                                   self.kv_fraction(name, total)) * mi.kv_block_bytes
+            frac = self.kv_fraction(name, self.host_bytes(state, insts[0].gpus))  # as ``join`` sized it
+            used += mi.shard_bytes + kv_blocks_for(state, name, insts[0].gpus, frac) * mi.kv_block_bytes
         s, k = board.local[gpu]
         used += sum(r.shard_bytes for r in board.by_server[s].values() if r.mask >> k & 1)
         return total - used
@@ -410,7 +379,7 @@ class CoServing:
             names = self.host_models(gpus, live)
             if len(names) < 2 or any(i.model in self.splitting for i in live):
                 continue  # one split per host at a time: the round is re-read once it is done
-            gpu_bytes = state.gpus[gpus[0]].total_bytes
+            gpu_bytes = self.host_bytes(state, gpus)
             short = [i for i in live if not self.kv_fits(i.model, gpu_bytes, 1.0)]  # its batch outgrew its share
             if short or self.round_s(names) > self.cfg.coserve_tpot_s:
                 worst = max(short or live, key=lambda i: (self.step_s(i.model, self.share(i.model)), i.instance_id))
@@ -432,6 +401,7 @@ class CoServing:
             if inst.ready and not inst.draining and (inst.model in self.splitting or not self.light(inst.model)) \
                     and inst.model not in self.merging:
                 self.ids.discard(inst.instance_id)
+                self.caps.pop(inst.model, None)  # its host's size no longer bounds the model's co-served copies
                 self.splitting.discard(inst.model)
                 self.converting.pop(gpus, None)
                 out.append(A.Dedicate(inst.instance_id))
@@ -474,7 +444,7 @@ class CoServing:
         for gpus, insts in self.hosts(state).items():
             names = self.host_models(gpus, insts)
             if model in names and (self.round_s(names) > self.cfg.coserve_tpot_s
-                                   or not self.kv_fits(model, state.gpus[gpus[0]].total_bytes, 1.0)):
+                                   or not self.kv_fits(model, self.host_bytes(state, gpus), 1.0)):
                 return False
         return True
 

@@ -86,7 +86,11 @@ class GpuMoves:
             keep_last = {m for m in self.models if not self._co.could_join(state, m)}
         got = preemption_victims(state, board, model, now_s, avg5, stopping,
                                  max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s), keep_last)
-        if got is None or avg5[model] <= PREEMPT_LOAD_RATIO * got[0]:
+        # aged: the longer it has waited with no instance, the more harm its load outweighs (found in review: a
+        # model of low load waited for ever behind a steadily busy model's last instance, its requests unanswered)
+        waited_s = now_s - self._starved_since.get(model, now_s)
+        load = avg5[model] * max(1.0, waited_s / max(self.cfg.preempt_after_s, 1e-9))
+        if got is None or load <= PREEMPT_LOAD_RATIO * got[0]:
             return False
         return self._take_gpus(state, model, got[1], base, now_s, board, out)
 

@@ -439,12 +439,18 @@ class Board:
         """GPUs for a new instance of ``model``: its GPUs, the prewarm it consumes (or None: a cold load), and
         the other prewarms it evicts. Marks the GPUs busy and removes those replicas; None when no GPUs fit."""
         m = self.models[model]
+        # Idle GPUs whose pool holds the shard and one KV block: with mixed GPU sizes a smaller one would get an
+        # instance with no KV cache, its memory over-committed, and a real worker's start fails out of memory on
+        # it at every retry (found in review: a 10 GiB GPU chosen for a 13 GiB shard beside an idle 80 GiB one).
+        # Prewarms are placed where the shard alone fits, so steps 1-2 need the test too; the packing key below still
+        # counts every idle GPU (fragmentation is about all of them).
         idle = self._pack(~self.busy)
+        room = idle & self._pack(self.total >= m.shard_bytes + m.kv_block_bytes)
         best = None
         for loaded in (True, False):  # 1. a loaded prewarm on idle GPUs, 2. a loading one
             for s, mask in self.model_masks.get(model, {}).items():
                 for r in self.by_server[s].values():
-                    if r.model != model or r.loaded != loaded or (r.mask & ~int(idle[s])):
+                    if r.model != model or r.loaded != loaded or (r.mask & ~int(room[s])):
                         continue
                     damage = sum(o.score for o in self.by_server[s].values() if o is not r and o.mask & r.mask)
                     key = (damage, r.prewarm_id)
@@ -454,7 +460,7 @@ class Board:
                 break
         if best is None:  # 3. idle GPUs holding the fewest prewarmed replicas
             gm = GROUPS[m.tp]
-            fits = ((idle[:, None] & gm[None, :]) == gm[None, :])
+            fits = ((room[:, None] & gm[None, :]) == gm[None, :])
             if not fits.any():
                 return None
             # Fewest prewarmed models first (§4): each replica that meets the group is evicted whole, so it counts

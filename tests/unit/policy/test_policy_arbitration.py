@@ -325,6 +325,15 @@ def test_with_no_gpu_left_the_cap_makes_requests_wait():
         assert st.instances["i1"].in_flight == routed - (cap == 0)
 
 
+def test_the_route_cap_holds_below_b_too():
+    """A cap below B (instance_capacity) caps every route, not only the overflow (found in review: each instance
+    took B)."""
+    d, st = _driver(n_gpus=1, route_cap_per_instance=4)
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    _fill(d, st, "a", 20, 1.0)
+    assert st.instances["i1"].in_flight == 4 and st.queued("a") == 16
+
+
 def test_config_rejects_meaningless_values():
     with pytest.raises(InvalidArgumentError):
         PolicyConfig(route_cap_per_instance=-1)
@@ -470,3 +479,16 @@ def test_reclaim_takes_only_spare_gpus_so_short_models_do_not_pass_gpus_back_and
     d0.tick(50.0)
     moved = [i for i in st0.instances.values() if i.draining]
     assert len(moved) == 1 and moved[0].model == "a" and d0.policy._reserved == {"b": moved[0].gpus}
+
+
+def test_a_waiting_model_of_low_load_takes_gpus_once_it_has_waited_long_enough():
+    """The same load of 4 that is not clearly larger at first: its weight grows with its wait (waited /
+    preempt_after_s), so it is served after about preempt_after_s more instead of never (found in review: a model
+    of low load waited for ever behind a steadily busy model's last instance)."""
+    d, st = _oversubscribed()
+    st.queues["c"].extend(["c0", "c1", "c2", "c3"])
+    for t in (31.0, 40.0, 60.0):  # waiting since 31 s: under preempt_after_s (30 s), its load counts once
+        d.tick(t)
+        assert not any(i.draining for i in st.instances.values())
+    d.tick(62.0)  # waited 31 s: 4 x 31/30 > 2 x 2
+    assert st.instances["ib"].draining and not st.instances["ia"].draining

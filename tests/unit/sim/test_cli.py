@@ -60,15 +60,16 @@ def test_progress_bar_stops_at_its_total_when_the_drain_runs_past_it():
 
 
 def test_simulate_cli_cold_start_and_engine_model_flags(tmp_path):
-    """--cold-start-s sets the engine part of autoscale's cold starts: where bursts make it scale out (burst CV
-    4), a longer one delays first tokens; --engine-model fluid and --chunked-prefill-tokens run."""
+    """--cold-start-s sets the engine part of autoscale's cold starts: where it scales idle models to zero (the
+    paper's §5 rule) and bursts (CV 4) bring them back, a longer one delays first tokens; --engine-model fluid and
+    --chunked-prefill-tokens run."""
     p99 = {}
     for flags in (["--cold-start-s", "14"], ["--cold-start-s", "35"], ["--engine-model", "fluid"],
                   ["--chunked-prefill-tokens", "512"]):
         out = tmp_path / f"r{len(p99)}.json"
         rc = cli.main(["simulate", "--workload", "paper-code", "--models", "3", "--duration-s", "120", "--rate", "6",
-                       "--burst-cv", "4", "--policy", "autoscale", "--no-search", "--quiet", "--json", str(out)]
-                      + flags)
+                       "--burst-cv", "4", "--policy", "autoscale", "--policy-option", "idle_to_zero=true",
+                       "--no-search", "--quiet", "--json", str(out)] + flags)
         assert rc == 0
         p99[" ".join(flags)] = json.loads(out.read_text())["policies"]["autoscale"]["ttft_p99_s"]
     assert p99["--cold-start-s 35"] > p99["--cold-start-s 14"]

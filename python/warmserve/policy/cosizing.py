@@ -1,0 +1,89 @@
+"""Sizing rules of co-serving (``coserve``): a model's predicted decode step, how many models a host of a given GPU
+size holds, each one's KV share and the requests that share takes. Pure: they read the model, the policy's knobs
+and GPU sizes, and decide nothing (``coserve.CoServing`` decides with them)."""
+
+from __future__ import annotations
+
+from warmserve.policy.config import PolicyConfig
+from warmserve.policy.state import ClusterState, ModelInfo
+
+#: Share of a GPU's pool the weights of a host's models may take together (the rest is KV): the `shared`
+#: baseline's rule (``baselines.plan_shared``: weights up to 80% of memory).
+WEIGHT_SHARE_PER_HOST = 0.8
+
+
+def kv_per_token(m: ModelInfo) -> int:
+    """KV bytes a token of ``m`` takes, at least 1: ``ModelInfo.kv_bytes_per_token`` defaults to 0 (unknown), and
+    ``seq_capacity`` divides by it (found in review: a route() to a co-served instance raised ZeroDivisionError).
+    1 as ``geometry.kv_block_bytes`` plans an unknown size."""
+    return max(m.kv_bytes_per_token, 1)
+
+
+class HostSizing:
+    """What a co-serving host holds and how fast it steps, from what the policy knows of a model (``ModelInfo``)
+    and its planning figures (``PolicyConfig``): the pure sizing rules ``coserve.CoServing`` decides with."""
+
+    def __init__(self, cfg: PolicyConfig, models: dict[str, ModelInfo]):
+        self.cfg = cfg
+        self.models = models
+
+    def step_s(self, model: str, batch: float) -> float:
+        """Predicted decode step of ``model`` at ``batch`` running sequences, seconds: the memory-bound step of
+        ``sim.costmodel.CostModel.decode_step_s``, from what the policy knows: max(the profiled step, the weight
+        shard over the read bandwidth) + batch x context tokens x its KV bytes per token (per GPU) over the
+        read bandwidth."""
+        m = self.models[model]
+        r = self.cfg.decode_read_bytes_per_s
+        kv = batch * self.cfg.coserve_context_tokens * kv_per_token(m) / m.tp / r
+        return max(m.decode_s_per_token, m.weight_bytes / m.tp / r) + kv
+
+    def models_per_host(self, model: str, gpu_bytes: int) -> int:
+        """How many models a host of ``model``'s kind holds (< 2: the model never co-serves): as many as fit with
+        their shards within WEIGHT_SHARE_PER_HOST of a GPU and, beside each shard, a KV share that holds
+        scale_in_threshold x B sequences of coserve_context_tokens (the load below which §5 scales a model in: a
+        co-served model runs at most about that, it joins below the §5 band of it and splits out above it,
+        ``kv_fits``); at most coserve_max_models."""
+        m, cfg = self.models[model], self.cfg
+        shard = m.shard_bytes
+        kv = cfg.scale_in_threshold * cfg.instance_capacity * cfg.coserve_context_tokens * kv_per_token(m) / m.tp
+        return min(cfg.coserve_max_models, int(WEIGHT_SHARE_PER_HOST * gpu_bytes // shard),
+                   int(gpu_bytes // (shard + kv)))
+
+    def kv_fraction(self, model: str, gpu_bytes: int) -> float:
+        """KV share of a co-served instance (``StartInstance.kv_fraction``): an equal part of what a full host's
+        shards leave, so that a full host's caches all fit at once (the live worker's shared activation takes a
+        fixed share); within it the cache is mapped as the load needs (``_kv_targets``), the rest stays in the
+        GPU's pool for prewarms. As a share of what the instance's own shard leaves; below 1 (a shared
+        activation). A GPU that holds fewer than 2 shards hosts no co-served instance of the model (``join``); the
+        formula's value at k = 1, 0.99, keeps callers asking about such a GPU off a division by zero."""
+        shard = self.models[model].shard_bytes
+        k = self.models_per_host(model, gpu_bytes)
+        if k < 2:
+            return 0.99
+        return max(0.01, min(0.99, (gpu_bytes - k * shard) / k / (gpu_bytes - shard)))
+
+    def seq_capacity(self, model: str, gpu_bytes: int) -> int:
+        """Requests one co-served instance of ``model`` takes at most (routing, ``Policy.route``): the sequences of
+        coserve_context_tokens its KV share holds, at least 1. Past it a request would wait in that engine's queue,
+        where no instance started later can take it over (found in review: paper-conv with 12 models, seed 1, a
+        burst of the busiest 7B queued 114 requests behind a co-served instance's ~14 running ones for 50 s, and
+        they stayed there when four dedicated instances came up); in the driver's queue it goes to the first
+        instance with room."""
+        m = self.models[model]
+        cap = self.kv_fraction(model, gpu_bytes) * (gpu_bytes - m.shard_bytes)
+        return max(1, int(cap // (self.cfg.coserve_context_tokens * kv_per_token(m) / m.tp)))
+
+    @staticmethod
+    def gpu_bytes(state: ClusterState) -> int:
+        """Memory of the smallest live GPU (``could_pair``: a pair that fits there fits anywhere); 0 when every GPU
+        is lost."""
+        return min((g.total_bytes for g in state.gpus if not g.gone), default=0)
+
+    @staticmethod
+    def host_bytes(state: ClusterState, gpus) -> int:
+        """Memory a host on ``gpus`` is sized for: its smallest GPU's (as ``kv_blocks_for`` sizes its caches)."""
+        return min(state.gpus[g].total_bytes for g in gpus)
+
+    def fits_sizes(self, state: ClusterState, model: str) -> list[int]:
+        """The live GPU sizes on which ``model`` co-serves at all (a host there holds 2 of its shards or more)."""
+        return [b for b in {g.total_bytes for g in state.gpus if not g.gone} if self.models_per_host(model, b) >= 2]
