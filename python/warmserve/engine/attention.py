@@ -1,7 +1,8 @@
 """Attention over the paged KV cache, with torch SDPA (the same code on CPU and CUDA).
 
 One step's tokens are laid out flat: first the prefill chunks (each a run of rows of one sequence), then the
-decode rows (one per sequence). ``AttnMeta`` says where each row's K/V goes in the cache and which cache slots
+decode rows (one per sequence; on the torch path in ascending order of their keys, attending in groups of like
+lengths: ``decode_batches``). ``AttnMeta`` says where each row's K/V goes in the cache and which cache slots
 each query attends to; it is built once per step and shared by every layer.
 
 The cache is addressed as rows of [kv_heads * head_dim]: the token at offset t of block b, layer l, K (s=0) or V
@@ -46,12 +47,20 @@ class PrefillChunk:
 
 @dataclass
 class DecodeBatch:
-    #: First decode row in the flat layout; decode rows run to the end.
+    """Decode rows that attend together, each to S keys (its own, then padding: ``decode_batches``)."""
+    #: First row of the group in the flat layout.
     row: int
-    #: [B * S] cache rows (layer 0, K) of each sequence's context, padded with a valid row.
+    #: [B * S] cache rows (layer 0, K) of each row's keys, padded with a valid row.
     rows: torch.Tensor
-    #: [B, 1, 1, S] bool, True = attend.
-    mask: torch.Tensor
+    #: [B, 1, 1, S] bool, True = attend; None: no row has padding.
+    mask: torch.Tensor | None
+    #: Rows in the group (B); None: they run to the end of the layout.
+    n: int | None = None
+
+
+#: Padding a decode group may carry whatever its real keys (``decode_batches``): below it, a group of its own
+#: costs more in calls than the padding does.
+DECODE_PAD_SLACK_TOKENS = 256
 
 
 @dataclass
@@ -94,7 +103,8 @@ class AttnMeta:
     #: [N] cache row (layer 0, K) where each token's K/V is written.
     write_rows: torch.Tensor
     prefills: list[PrefillChunk]
-    decode: DecodeBatch | None
+    #: The torch path's decode groups (a DecodeBatch alone, as callers that build one pass it, is one group).
+    decode: list[DecodeBatch] | DecodeBatch | None
     #: Set: the kernel path (its rows are in neither prefills nor decode); None: the torch path.
     paged: PagedMeta | None = None
     #: The torch path's writes, worked out on the step's first layer (a device sync on CUDA, once a step):
@@ -152,6 +162,42 @@ def paged_meta(chunks: list[tuple[int, int, int, list[int]]], block_tokens: int,
             meta.single_len = torch.tensor([lens[i] for i in single], dtype=torch.int32, device=device)
             meta.single_max_len = max(lens[i] for i in single)
     return meta
+
+
+def decode_batches(rows: list[tuple[int, int, list[int]]], block_tokens: int, rows_per_block: int, window: int,
+                   device) -> list[DecodeBatch]:
+    """The torch path's decode rows, (flat row, keys up to and with its own token, cache blocks) each, one flat row
+    after the other in ascending order of the keys they attend to (all of them, or the last ``window``), as groups
+    padded to their longest. A group ends where the next row would make its padding exceed both its real keys and
+    DECODE_PAD_SLACK_TOKENS: one 7000-token context padded 31 short ones to its length, and the step with it 158x
+    (found in review). So a layer gathers at most twice the real keys, plus the slack once a group."""
+    keys = [min(n, window) if window else n for _, n, _ in rows]
+    out, i = [], 0
+    while i < len(rows):
+        j, real = i + 1, keys[i]
+        while j < len(rows) and (j + 1 - i) * keys[j] - real - keys[j] <= max(real + keys[j], DECODE_PAD_SLACK_TOKENS):
+            real += keys[j]
+            j += 1
+        out.append(_decode_batch(rows[i:j], keys[i:j], block_tokens, rows_per_block, device))
+        i = j
+    return out
+
+
+def _decode_batch(rows, keys: list[int], block_tokens: int, rows_per_block: int, device) -> DecodeBatch:
+    T = block_tokens
+    lens = torch.tensor([n for _, n, _ in rows])
+    width = torch.tensor(keys)
+    S = max(keys)
+    nb = -(-int(lens.max()) // T)
+    table = torch.tensor([b[:nb] + [b[0]] * (nb - len(b[:nb])) for _, _, b in rows], dtype=torch.long)
+    ar = torch.arange(S)
+    # Padding columns read the row's last written position (masked all the same): an unwritten row holds whatever
+    # its reused page held, and a NaN/Inf there poisons the masked softmax row (0 * NaN in the weighted sum of V)
+    # however it is masked.
+    pos = (lens - width)[:, None] + torch.minimum(ar[None, :], width[:, None] - 1)
+    idx = table.gather(1, pos // T) * rows_per_block + pos % T
+    mask = None if min(keys) == S else (ar[None, :] < width[:, None])[:, None, None, :].to(device)
+    return DecodeBatch(rows[0][0], idx.view(-1).to(device), mask, len(rows))
 
 
 def _paged_attend(p: PagedMeta, q: torch.Tensor, cache: torch.Tensor, k_off: int, v_off: int,
@@ -228,12 +274,12 @@ def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
         o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=c.mask, scale=scale, enable_gqa=True)
         out[c.row:c.row + c.n] = o[0].transpose(0, 1)
         i += 1
-    d = meta.decode
-    if d is not None:
-        b = n_rows - d.row
-        qd = q[d.row:].unsqueeze(2)  # [B, H, 1, D]
+    groups = meta.decode
+    for d in (groups,) if isinstance(groups, DecodeBatch) else groups or ():
+        b = n_rows - d.row if d.n is None else d.n
+        qd = q[d.row:d.row + b].unsqueeze(2)  # [B, H, 1, D]
         kd = cache.index_select(0, d.rows + k_off).view(b, -1, kvh, head_dim).transpose(1, 2)  # [B, KVH, S, D]
         vd = cache.index_select(0, d.rows + v_off).view(b, -1, kvh, head_dim).transpose(1, 2)
         o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=d.mask, scale=scale, enable_gqa=True)
-        out[d.row:] = o.squeeze(2)
+        out[d.row:d.row + b] = o.squeeze(2)
     return out.view(n_rows, n_heads * head_dim)

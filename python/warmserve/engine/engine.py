@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import msgspec
 import torch
 
-from warmserve.engine.attention import AttnMeta, DecodeBatch, PrefillChunk, causal_mask, kernels_usable, paged_meta
+from warmserve.engine.attention import AttnMeta, PrefillChunk, causal_mask, decode_batches, kernels_usable, paged_meta
 from warmserve.engine.graphs import DecodeGraphs, activate_decode_graphs, resolve_cuda_graphs
 from warmserve.engine.kv_cache import KVCache, KVPageMapper
 from warmserve.engine.model import Model
@@ -191,7 +191,8 @@ class Engine:
                 f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} = {need} exceeds the context of "
                 f"{self.max_context} tokens: shorten the prompt or lower max_tokens",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, max_context=self.max_context)
-        blocks_needed = blocks_for_tokens(need, self.kv.block_tokens)
+        # the last token sampled is never fed back, so it never has K/V
+        blocks_needed = blocks_for_tokens(need - 1, self.kv.block_tokens)
         cap = self.max_kv_blocks
         if blocks_needed > cap:
             # A request past the cap could never get its blocks: it would wait (or hold a half prefill) forever.
@@ -203,8 +204,9 @@ class Engine:
             else:
                 why, fix = "its KV share", "give the instance more KV blocks (kv_blocks)"
             raise PromptTooLongError(
-                f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} = {need} tokens need "
-                f"{blocks_needed} KV blocks of {self.kv.block_tokens} tokens, but this instance holds at most {cap} "
+                f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} - 1 (the last token has no K/V) "
+                f"= {need - 1} tokens need {blocks_needed} KV blocks of {self.kv.block_tokens} tokens, but this "
+                f"instance holds at most {cap} "
                 f"({why}): shorten the prompt, lower max_tokens or {fix}",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=cap,
                 blocks_needed=blocks_needed)
@@ -224,7 +226,7 @@ class Engine:
         """A max_tokens the server filled in (SamplingParams.max_tokens_defaulted) lowered to what this instance
         holds, its context and its KV cap: the request ends with "length" there. Left as it is when not one more
         token fits, so that add_request refuses it with the numbers."""
-        room = min(self.max_context, self.max_kv_blocks * self.kv.block_tokens) - prompt_tokens
+        room = min(self.max_context, self.max_kv_blocks * self.kv.block_tokens + 1) - prompt_tokens
         if done_tokens < room < params.max_tokens:
             return msgspec.structs.replace(params, max_tokens=room)
         return params
@@ -242,21 +244,25 @@ class Engine:
     def max_kv_blocks(self) -> int:
         """The most KV blocks one request can have: the cache's cap, and no more than the pool's pages hold after
         the weights (a share may be larger; those blocks could never all be mapped)."""
+        self._check_open()
         return min(self.kv.total_blocks, self.lm.kv_pool_blocks)
 
+    # A closed engine has no work: the worker's loops ask these of every instance it still lists.
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished() or bool(self._aborted)
+        return not self.closed and (self.scheduler.has_unfinished() or bool(self._aborted))
 
     @property
     def num_running(self) -> int:
-        return len(self.scheduler.running)
+        return 0 if self.closed else len(self.scheduler.running)
 
     @property
     def num_waiting(self) -> int:
-        return len(self.scheduler.waiting)
+        return 0 if self.closed else len(self.scheduler.waiting)
 
     # ---- KV ------------------------------------------------------------------------------------------------------
     def kv_stats(self) -> KvStats:
+        """Raises ClosedError once closed: its cache is gone (a worker answers a request for it with the error)."""
+        self._check_open()
         return self.kv.stats(self.scheduler.num_preemptions)
 
     def set_kv_target_free_blocks(self, n: int) -> KvStats:
@@ -356,9 +362,13 @@ class Engine:
         rpb = self.kv.rows_per_block
         dev = self.device
         window = self.cfg.sliding_window
-        # one-token chunks past position 0 run as decodes, whose rows must come last and contiguous
+        # one-token chunks past position 0 run as decodes, whose rows must come last and contiguous; on the torch
+        # path in ascending order of the keys they attend to, grouped by decode_batches
         is_dec = [c.n == 1 and c.start > 0 for c in chunks]
-        chunks = [c for c, d in zip(chunks, is_dec) if not d] + [c for c, d in zip(chunks, is_dec) if d]
+        dec_chunks = [c for c, d in zip(chunks, is_dec) if d]
+        if not self.use_kernels:
+            dec_chunks.sort(key=lambda c: min(c.start + 1, window) if window else c.start + 1)
+        chunks = [c for c, d in zip(chunks, is_dec) if not d] + dec_chunks
         ids, pos, wrows = [], [], []
         prefills: list[PrefillChunk] = []
         dec: list[ScheduledChunk] = []
@@ -383,23 +393,9 @@ class Engine:
                 prefills.append(PrefillChunk(row, c.n, c.start, (table[ctx // T] * rpb + ctx % T).to(dev),
                                              causal_mask(c.n, c.start, window, "cpu").to(dev)))
             row += c.n
-        decode = None
-        if dec:
-            lens = torch.tensor([c.start + 1 for c in dec])
-            S = int(lens.max())
-            nb = -(-S // T)
-            table = torch.tensor([c.seq.blocks[:nb] + [c.seq.blocks[0]] * (nb - len(c.seq.blocks[:nb])) for c in dec],
-                                 dtype=torch.long)
-            ar = torch.arange(S)
-            # Padding columns of the shorter sequences read the sequence's last written row (masked all the
-            # same): an unwritten row holds whatever its reused page held, and a NaN/Inf there poisons the
-            # masked softmax row (0 * NaN in the weighted sum of V) however it is masked.
-            at = torch.minimum(ar[None, :], lens[:, None] - 1)
-            rows_idx = table.gather(1, at // T) * rpb + at % T
-            mask = ar[None, :] < lens[:, None]
-            if window:
-                mask &= ar[None, :] > (lens[:, None] - 1 - window)
-            decode = DecodeBatch(row - len(dec), rows_idx.view(-1).to(dev), mask[:, None, None, :].to(dev))
+        first = row - len(dec)
+        decode = decode_batches([(first + i, c.start + 1, c.seq.blocks) for i, c in enumerate(dec)], T, rpb, window,
+                                dev)
         meta = AttnMeta(torch.tensor(wrows, device=dev), prefills, decode,
                         None if paged is None else paged_meta(paged, T, rpb, window, dev,
                                                                    self._cached_prefill == "tiled"))
@@ -523,23 +519,34 @@ class Engine:
 
     def _generate(self, prompts, params, logits: bool):
         ids = [f"gen-{next(self._arrivals)}-{i}" for i in range(len(prompts))]
-        for rid, p in zip(ids, prompts):
-            self.add_request(rid, p, params)
         out = {rid: [] for rid in ids}
         rows = {rid: [] for rid in ids}
-        pending = set(ids)
-        while pending:
-            for o in self.step():
-                if o.request_id in out:
-                    out[o.request_id] += o.token_ids
-                    if o.finished:
-                        pending.discard(o.request_id)
-            if logits:
-                for rid, row in self.last_logits.items():
-                    if rid in rows:
-                        rows[rid].append(row)
-                self.last_logits = {}
+        try:
+            for rid, p in zip(ids, prompts):
+                self.add_request(rid, p, params)
+            pending = set(ids)
+            while pending:
+                for o in self.step():
+                    if o.request_id in out:
+                        out[o.request_id] += o.token_ids
+                        if o.finished:
+                            pending.discard(o.request_id)
+                if logits:
+                    for rid, row in self.last_logits.items():
+                        if rid in rows:
+                            rows[rid].append(row)
+                    self.last_logits = {}
+        finally:
+            # A prompt refused part way (or a step that raised) left the others queued, holding KV blocks and
+            # giving outputs nobody asks for at later steps (found in review): they go, without an abort output.
+            self._drop([rid for rid in ids if rid in self.seqs])
         return [out[r] for r in ids], [torch.stack(rows[r]) for r in ids] if logits else None
+
+    def _drop(self, request_ids: list[str]) -> None:
+        if self.closed:
+            return
+        for rid in request_ids:
+            self.scheduler.finish(self.seqs.pop(rid), "abort")
 
     # ---- lifetime ------------------------------------------------------------------------------------------------
     def _check_open(self):

@@ -33,16 +33,17 @@ def _run(eng, rid):
 
 def test_a_defaulted_max_tokens_is_lowered_to_the_kv_cap_and_ends_with_length(lm):
     with Engine(lm, kv_blocks=1) as eng:
+        # K/V for cap tokens: the last one sampled never has any
         cap = eng.kv.total_blocks * eng.kv.block_tokens
         assert cap < lm.max_context
         params = SamplingParams(max_tokens=lm.max_context - len(PROMPT), max_tokens_defaulted=True, ignore_eos=True)
         eng.add_request("chat", PROMPT, params)
         toks, reason = _run(eng, "chat")
-        assert (len(toks), reason) == (cap - len(PROMPT), "length")
+        assert (len(toks), reason) == (cap + 1 - len(PROMPT), "length")
         # A resumption of it goes on to the same end.
         eng.add_request("again", PROMPT, params, toks[:5])
         more, reason = _run(eng, "again")
-        assert (len(more), reason) == (cap - len(PROMPT) - 5, "length")
+        assert (len(more), reason) == (cap + 1 - len(PROMPT) - 5, "length")
 
 
 def test_an_explicit_max_tokens_over_the_kv_cap_is_still_refused(lm):
