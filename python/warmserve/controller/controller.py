@@ -2,7 +2,8 @@
 the live executor (``controller.executor``): requests are queued and routed by the driver, the driver's actions
 become worker messages, and what the workers report goes back to the driver. This module holds the life cycle,
 the loops, worker membership and request submission; ``controller.restarts`` the restarts of lost local workers
-and the planned replacements of their processes; ``controller.views`` the health, stats and metrics views.
+and the planned replacements of their processes; ``controller.views`` the health, stats and metrics views;
+``controller.clock`` the policy's clock.
 Each worker is one policy GPU, its id kept for the controller's life: a lost worker's GPU is marked gone (never
 renumbered), and a worker that joins later gets a new id.
 """
@@ -18,6 +19,7 @@ import time
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig
 from warmserve.controller import views
+from warmserve.controller.clock import history_on_clock, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
 from warmserve.controller.groups import GroupManager
@@ -35,14 +37,6 @@ from warmserve.policy.state import ClusterState, ModelInfo
 log = logging.getLogger("warmserve.controller")
 
 
-def local_midnight(t: float) -> float:
-    """Unix time of the local midnight that starts the day of Unix time t."""
-    lt = time.localtime(t)
-    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
-
-
-#: Days before now where the policy's clock starts when no history reaches further back.
-CLOCK_DAYS_BACK = 7
 #: Planned engine restarts listed in /stats (the latest; the histogram counts them all).
 ENGINE_STARTS_KEPT = 200
 #: How long a local worker's first process found exited with no Hello seen is given for its Hello to be read before
@@ -50,31 +44,6 @@ ENGINE_STARTS_KEPT = 200
 EXIT_GRACE_S = 0.5
 #: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.
 REAP_WAIT_S = 5.0
-
-
-def policy_clock_origin(now_unix_s: float, history: dict | None) -> float:
-    """The policy's t = 0: a local midnight (so now_s % 86400 is the time of day) at or before every history
-    window and a week before now, so every window has a non-negative start."""
-    earliest = now_unix_s - CLOCK_DAYS_BACK * 86400
-    for starts, _, _ in (history or {}).values():
-        if len(starts):
-            earliest = min(earliest, float(min(starts)))
-    return local_midnight(earliest)
-
-
-def history_on_clock(history: dict | None, origin_s: float, models) -> dict | None:
-    """History windows (Unix-time starts) moved onto the policy's clock; models not served are left out."""
-    if not history:
-        return None
-    import numpy as np
-
-    out = {}
-    for m, (starts, avg, peak) in history.items():
-        if m not in models:
-            log.warning("history names model %r, which this cluster does not serve: ignored", m)
-            continue
-        out[m] = (np.asarray(starts, float) - origin_s, np.asarray(avg, float), np.asarray(peak, float))
-    return out
 
 
 class Controller(WorkerRestarts):
@@ -114,6 +83,7 @@ class Controller(WorkerRestarts):
         self.closing = False
         self._drain_until_s = 0.0  # a draining close waits for requests until then (end_drain cuts it)
         self._tasks: list[asyncio.Task] = []
+        self._loops: list[asyncio.Task] = []
         self._bg: set[asyncio.Task] = set()
         self._next_rid = 0
         self.worker_event: asyncio.Event | None = None
@@ -150,8 +120,9 @@ class Controller(WorkerRestarts):
         self.hub = WorkerHub(self.cc.bind, on_hello=self._on_hello, on_event=self._on_event, on_lost=self._on_lost,
                              curve_dir=self.cc.curve_dir, insecure=self.cc.insecure)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.hub.recv_loop()), loop.create_task(self._heartbeat_loop()),
-                       loop.create_task(self._policy_loop())]
+        #: The heartbeat and policy loops; ``_tasks``: those and the receiver.
+        self._loops = [loop.create_task(self._heartbeat_loop()), loop.create_task(self._policy_loop())]
+        self._tasks = [loop.create_task(self.hub.recv_loop()), *self._loops]
         return self.hub.endpoint
 
     async def wait_for_workers(self, n: int, timeout_s: float, procs=()) -> None:
@@ -233,7 +204,7 @@ class Controller(WorkerRestarts):
     async def _close_workers(self, drain: bool) -> None:
         if drain:
             self._drain_until_s = time.monotonic() + self.cc.drain_timeout_s
-            while self._open_requests() and time.monotonic() < self._drain_until_s:
+            while self._drainable() and time.monotonic() < self._drain_until_s:
                 await asyncio.sleep(0.05)
         for m in self.models:
             self.driver.fail_waiting(m, OverloadedError("the server is shutting down; the request was not started"),
@@ -253,6 +224,10 @@ class Controller(WorkerRestarts):
         for w, gid in aborts:
             if w.alive:
                 fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
+        # The loops end before the Shutdowns go out: found in review, a heartbeat (or a tick's Evict) sent after a
+        # worker had shut down failed, and logged it as lost ("send failed") during an orderly close.
+        for t in self._loops:
+            t.cancel()
         # Local workers get Shutdown and a moment to free their pools; remote ones stay up for the next controller.
         waits = []
         # Copies: a send that fails takes its worker out of the table (and may start a restart) at once.
@@ -279,6 +254,14 @@ class Controller(WorkerRestarts):
     def _open_requests(self) -> int:
         return sum(len(q) for q in self.state.queues.values()) + sum(
             len(w.gens) for w in self.hub.workers.values() if w.alive)
+
+    def _drainable(self) -> bool:
+        """Whether a draining close still has requests to wait for: some in flight, or some queued while a worker
+        is ready to serve them. Found in review: with the only worker restarting (a close stops restarts) or being
+        replaced, the close waited the whole drain_timeout_s for queued requests nothing could serve any more."""
+        if any(w.gens for w in self.hub.workers.values() if w.alive):
+            return True
+        return any(self.state.queues.values()) and any(w.ready for w in self.gpu_workers)
 
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)

@@ -209,11 +209,8 @@ class LiveExecutor:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if pw.pid in driver.state.prewarms and all(w.alive for w in pw.workers):
-                log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.workers, e)
-                driver.prewarm_failed(pw.pid)
-                self.prewarms.pop(pw.pid, None)
-                self.evict_all(pw.workers, pw.model)  # the shards that did load
+            if pw.pid in driver.state.prewarms:  # (a worker's loss takes it out of the state first, as a rule)
+                self._prewarm_failed(pw, pw.workers, e)  # evicts the shards that did load
             return
         pw.loaded = True
         if pw.pid in driver.state.prewarms:
@@ -244,13 +241,19 @@ class LiveExecutor:
             if exc is None:
                 pw.loaded = True
                 driver.prewarm_loaded(pw.pid)
-            elif pw.pid in driver.state.prewarms and pw.worker.alive:
-                log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.worker, exc)
-                driver.prewarm_failed(pw.pid)
-                self.prewarms.pop(pw.pid, None)
-                self.evict_all(pw.holders(), pw.model)  # none after an error reply; the load after a timeout
+            elif pw.pid in driver.state.prewarms:
+                self._prewarm_failed(pw, pw.holders(), exc)  # none after an error reply; the load after a timeout
 
         first.add_done_callback(done)
+
+    def _prewarm_failed(self, pw: LivePrewarm, holders, error: BaseException) -> None:
+        """A load that the driver still counts failed: it leaves the state, and what it may have loaded on
+        ``holders`` (those alive) is evicted. Its worker may be dead: found in review, a prewarm sent to a worker
+        lost a moment before (in the same policy tick) was left in the state, reserved on a gone GPU, for good."""
+        log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.workers, error)
+        self.ctl.driver.prewarm_failed(pw.pid)
+        self.prewarms.pop(pw.pid, None)
+        self.evict_all(holders, pw.model)
 
     def keep_prewarm(self, p: PrewarmState, kept: KeptWeights, now_s: float) -> None:
         # a stopped instance's weights, still on the worker (Deactivate keeps them): nothing to copy

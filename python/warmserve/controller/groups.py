@@ -20,7 +20,7 @@ import asyncio
 import logging
 
 from warmserve import protocol as P
-from warmserve.errors import WorkerLostError
+from warmserve.errors import WarmServeError, WorkerLostError, register
 from warmserve.policy import actions as A
 
 log = logging.getLogger("warmserve.controller")
@@ -33,10 +33,20 @@ GROUP_RETRY_S = 1.0
 GROUP_RETRY_CAP_S = 60.0
 
 
+@register
+class GroupBuildError(WarmServeError):
+    """A process group could not be built with every one of its workers up (a communicator's init error: NCCL,
+    gloo, a rendezvous that timed out). Not a worker loss: a start that needs the group fails with it, and counts
+    as a failed start of its model (``PolicyDriver.instance_failed``: back-off, then the waiting requests fail with
+    this cause). ``__cause__`` is the build's own error."""
+
+    http_status = 503
+
+
 class GroupRecord:
     """One process group: its GPUs (rank i on gpus[i]), its workers, and whether every rank has joined."""
 
-    __slots__ = ("group_id", "gpus", "workers", "ready", "task", "path", "setup_s")
+    __slots__ = ("group_id", "gpus", "workers", "ready", "task", "path", "setup_s", "error")
 
     def __init__(self, group_id: str, gpus: tuple[int, ...], workers: list, path: str):
         self.group_id, self.gpus, self.workers, self.path = group_id, gpus, workers, path
@@ -44,6 +54,8 @@ class GroupRecord:
         self.task: asyncio.Task | None = None
         #: Seconds from the first request to the last rank's GroupJoined.
         self.setup_s: float | None = None
+        #: Why its build failed (None: built, being built, or cancelled: a member was lost or replaced).
+        self.error: BaseException | None = None
 
     def view(self) -> dict:
         return {"group_id": self.group_id, "gpus": list(self.gpus), "ready": self.ready, "path": self.path,
@@ -57,10 +69,10 @@ class GroupManager:
         self.ctl = ctl
         self.groups: dict[tuple[int, ...], GroupRecord] = {}
         self._epoch = 0
-        #: GPU set -> (builds failed in a row, when prewarm may try again (loop time), the workers they failed with).
-        #: Found in review: a build that failed at once (an NCCL init error) was tried again on every policy tick,
-        #: for ever, each try a warning and a LeaveGroup to every member.
-        self.failures: dict[tuple[int, ...], tuple[int, float, list]] = {}
+        #: GPU set -> (builds failed in a row, when prewarm may try again (loop time), the workers they failed with,
+        #: the last build's error). Found in review: a build that failed at once (an NCCL init error) was tried
+        #: again on every policy tick, for ever, each try a warning and a LeaveGroup to every member.
+        self.failures: dict[tuple[int, ...], tuple[int, float, list, BaseException]] = {}
         self.retry_s, self.retry_cap_s = GROUP_RETRY_S, GROUP_RETRY_CAP_S
 
     def tp_sizes(self) -> set[int]:
@@ -89,25 +101,49 @@ class GroupManager:
         failed = self.failures.get(gpus)
         if failed is None:
             return False
-        _, retry_at, with_ws = failed
+        _, retry_at, with_ws, _ = failed
         if len(with_ws) != len(ws) or any(a is not b for a, b in zip(with_ws, ws)):
             del self.failures[gpus]  # a fresh process on one of its GPUs: what failed may be gone with the old one
             return False
         return asyncio.get_running_loop().time() < retry_at
 
     async def ensure(self, gpus: tuple[int, ...]) -> GroupRecord:
-        """The ready group of ``gpus`` (ranks in this order), built now if none exists or is being built."""
+        """The ready group of ``gpus`` (ranks in this order), built now if none exists or is being built. Raises
+        WorkerLostError when a member is gone, GroupBuildError when the build failed with every member up, or
+        failed lately with these very workers and its back-off has not run out (nothing is built then). Found in
+        review: every failure was reported as a lost worker, which the driver does not count against the model,
+        and each start built the group again, back-off or not (41 builds in 8 s, the requests waiting until
+        their timeout with no word of the cause)."""
         rec = self.groups.get(gpus)
         if rec is None:
+            ws = self._workers(gpus)
+            if ws is not None and self._backing_off(gpus, ws):
+                raise self._build_error(gpus)
             rec = self._build(gpus, "on_demand")
         # wait, not shield: a build cancelled (_forget: a member lost while rank 0 hosted the store) is a build
         # not done, below, while this caller's own cancellation still raises here. Found in review: shield passed
         # the build's cancellation on, and the tp start's task ended as 'cancelled', failing and logging nothing.
         await asyncio.wait({rec.task})
-        if not rec.ready:
+        if rec.ready:
+            return rec
+        if rec.error is None or any(w is None or not w.alive for w in rec.workers):
             raise WorkerLostError(f"the process group of GPUs {list(gpus)} could not be built: a worker is gone",
                                   gpus=list(gpus))
-        return rec
+        raise self._build_error(gpus, rec.error)
+
+    def _build_error(self, gpus: tuple[int, ...], error: BaseException | None = None) -> GroupBuildError:
+        """The typed error of a build of ``gpus`` that failed with every worker up (``error``; None: the last
+        build's, while its back-off runs)."""
+        n, retry_at, _, last = self.failures.get(gpus, (1, 0.0, [], error))
+        error = error if error is not None else last
+        wait_s = max(0.0, retry_at - asyncio.get_running_loop().time())
+        err = GroupBuildError(
+            f"the process group of GPUs {list(gpus)} could not be built with every worker up ({n} failed in a row; "
+            f"the next build in {wait_s:.1f} s at the earliest): {type(error).__name__}: {error}; see the workers' "
+            f"logs for the communicator's error (NCCL or gloo: network interface, ports, driver versions)",
+            gpus=list(gpus), failures=n, retry_in_s=round(wait_s, 3))
+        err.__cause__ = error
+        return err
 
     def lost(self, w) -> dict:
         """Worker ``w`` is gone: every group it was in is dead. The other members leave those groups first (which
@@ -148,7 +184,7 @@ class GroupManager:
         block has a ready worker."""
         for rec in [rec for rec in self.groups.values() if w in rec.workers]:
             self._forget(rec, but=w)
-        for gpus in [g for g, (_, _, ws) in self.failures.items() if w in ws]:
+        for gpus in [g for g, (_, _, ws, _) in self.failures.items() if w in ws]:
             del self.failures[gpus]  # its GPU is gone, or gets a fresh process: a build there starts afresh
 
     def rank_lost(self, w, req, error: BaseException) -> bool:
@@ -242,7 +278,8 @@ class GroupManager:
         except Exception as e:
             n = self.failures.get(rec.gpus, (0,))[0] + 1
             delay_s = min(self.retry_cap_s, self.retry_s * 2 ** min(n - 1, 60))
-            self.failures[rec.gpus] = (n, loop.time() + delay_s, list(rec.workers))
+            self.failures[rec.gpus] = (n, loop.time() + delay_s, list(rec.workers), e)
+            rec.error = e
             log.warning("process group %s on GPUs %s not built (%d failed in a row; prewarmed again in %.0f s at the "
                         "earliest): %s", rec.group_id, list(rec.gpus), n, delay_s, e)
             if self.groups.get(rec.gpus) is rec:

@@ -86,7 +86,8 @@ class WorkerRestarts:
                     # and spawned a second process under the id, whose Hello lost the replacement (CI flake).
                     log.info("%r is back (process %s)", back.result(), back.result().pid)
                     return
-                log.warning("restarted %r did not join (status %s)", lost, proc.poll())
+                if not self.closing:  # a close ends the wait: no failure to report
+                    log.warning("restarted %r did not join (status %s)", lost, proc.poll())
         finally:
             # Only this restart's own entry: after its admission a new loss may have started the next restart.
             if self.restarting.get(ident) is back:

@@ -136,7 +136,13 @@ class PolicyDriver:
             self._prefill[request] = [prompt_tokens, None]
             self.state.queued_prompt_tokens[model] = self.state.queued_prompt_tokens.get(model, 0) + prompt_tokens
         self.policy.on_request_start(model, now_s)
-        self.route(model, now_s)
+        try:
+            self.route(model, now_s)
+        except BaseException:
+            # The caller gets the error and never the request: found in review, one left queued (a policy bug
+            # raised in route) stayed there as a ghost, counted by the queue and the policy until it timed out.
+            self.withdraw(model, request, now_s)
+            raise
 
     def withdraw(self, model: str, request, now_s: float) -> bool:
         """Take a waiting request out of its queue (aborted, timed out); False when it is not waiting."""
@@ -292,6 +298,8 @@ class PolicyDriver:
             if q:
                 self._send(q.popleft(), act.instance_id, now_s)
         elif kind is A.Prewarm:
+            if self._any_gone(act.gpus):
+                return  # see _any_gone
             if act.prewarm_id in st.prewarms:
                 raise InvalidArgumentError(f"prewarm id {act.prewarm_id!r} exists already", prewarm=act.prewarm_id)
             p = st.prewarms[act.prewarm_id] = PrewarmState(act.prewarm_id, act.model, tuple(act.gpus), 0.0, act.score)
@@ -311,6 +319,11 @@ class PolicyDriver:
             if self._backoff_until and self._backing_off(act.model, now_s):
                 return  # its last start failed moments ago; the policy asks again on a later tick (before the
                 # evictions: found in review, a refused start dropped the prewarms it would have replaced)
+            if self._any_gone(act.gpus):
+                # Nothing is created, as while backing off: the waiting requests stay queued (route() stops at a
+                # start that created nothing) and the next tick places the start on live GPUs. Not counted as a
+                # failure of the model: a loss is not its fault (instance_failed, WorkerLostError).
+                return
             for pid in act.evict:
                 p = st.prewarms.pop(pid, None)
                 if p is not None:
@@ -361,6 +374,15 @@ class PolicyDriver:
                 ex.set_kv_target(inst, act.free_blocks, now_s)
         else:
             raise InvalidArgumentError(f"not a policy action: {act!r}", action=type(act).__name__)
+
+    def _any_gone(self, gpus) -> bool:
+        """Whether a GPU of ``gpus`` was lost since the policy chose them. An action of a tick is applied after the
+        actions before it, and applying one may lose a worker (a send that fails runs the loss handling,
+        ``lose_gpus``, in the middle of the tick). Found in review: a scale-in's StopInstance lost its worker that
+        way, and the Prewarm that kept its weights (the next action) was placed on the gone GPU; every later tick
+        then failed (no board has a gone GPU), for good."""
+        gs = self.state.gpus
+        return any(gs[g].gone for g in gpus)
 
     def _finish_stop(self, inst: InstanceState, now_s: float) -> None:
         del self.state.instances[inst.instance_id]
