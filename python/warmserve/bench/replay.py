@@ -31,26 +31,21 @@ import asyncio
 import csv
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import replace
 
 import numpy as np
 
+from warmserve.bench.replay_cluster import LiveCluster, exit_on_signals
 from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_reuse, counters_between,
                                           engine_start_summary, fetch_engine_starts, fetch_prewarm_metrics,
                                           history_rows, idle_windows, live_schedule, parse_prewarm_metrics,
                                           plan_live_history, policy_options, replay_marked, split_outcomes,
                                           starts_after, trace_requests, warmup_span_s, warmup_trace, with_idle_lead)
-from warmserve.errors import TimeoutError_, WarmServeError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.metrics import fold_warmup_starts, pct
 from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest
-
-#: what an unanswered request counts as in TTFT statistics (the simulator's convention)
-UNANSWERED_TTFT_S = 999.0
 
 
 def add_arguments(p) -> None:
@@ -154,85 +149,26 @@ def warmup_requests(w, vocab_size: int, seed: int, warmup_s: float) -> list[Repl
     return trace_requests(warmup_trace(w, warmup_s), vocab_size, (seed, 1)) if warmup_s > 0 else []
 
 
-# --------------------------------------------------------------------------------------------------- cluster
-
-class LiveCluster:
-    """`warmserve serve` in a child process with one policy; ``url`` once it printed its serving line."""
-
-    def __init__(self, policy: str, served: list[tuple[str, str]], *, cpu_workers: int, history_path: str,
-                 window_s: float, log_dir: str, start_timeout_s: float = 300.0, policy_options: dict | None = None):
-        from warmserve.engine.demo import write_demo_models
-
-        paths = write_demo_models(None, sorted({c for _, c in served}))
-        cmd = [sys.executable, "-m", "warmserve", "serve", "--port", "0", "--policy", policy, "--cpu-workers",
-               str(cpu_workers), "--window-s", repr(window_s), "--log-dir", log_dir, "--log-level", "WARNING"]
-        for k, v in (policy_options or {}).items():
-            cmd += ["--policy-option", f"{k}={v}"]
-        if history_path:
-            cmd += ["--history", history_path]
-        for name, ckpt in served:
-            cmd += ["--model", f"{paths[ckpt]}={name}"]
-        os.makedirs(log_dir, exist_ok=True)
-        self.log_path = os.path.join(log_dir, f"serve-{policy}.log")
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     start_new_session=True)
-        self.url = self._wait_ready(start_timeout_s)
-
-    def _wait_ready(self, timeout_s: float) -> str:
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if not sel.select(timeout=1.0):
-                continue
-            line = self.proc.stdout.readline()
-            if line.startswith("{") and '"serving"' in line:
-                return json.loads(line)["serving"]
-        exited = self.proc.poll() is not None
-        self.close()
-        if exited:
-            raise WarmServeError(f"warmserve serve exited with code {self.proc.returncode} before it served: "
-                                 f"{self.log_tail() or '(its log is empty)'} (log: {self.log_path})",
-                                 exit_code=self.proc.returncode, log_path=self.log_path)
-        raise TimeoutError_(f"warmserve serve did not come up within {timeout_s:.0f} s: stopped; see {self.log_path}",
-                            timeout_s=timeout_s, log_path=self.log_path)
-
-    def log_tail(self, lines: int = 3) -> str:
-        """The last non-empty lines of the child's log (where its error is), joined with " | "."""
-        try:
-            with open(self.log_path, errors="replace") as f:
-                text = [ln.strip() for ln in f.read()[-20000:].splitlines() if ln.strip()]
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
-
-    def metrics(self) -> dict | None:
-        return fetch_prewarm_metrics(self.url)
-
-    def close(self, timeout_s: float = 90.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self._log.close()
-
-
 # --------------------------------------------------------------------------------------------------- statistics
 
-def _stats(outs, duration_s: float) -> dict:
+def client_deadline_s(reqs, drain_s: float) -> float:
+    """When the client stops waiting for answers (``replay_client.replay``): the last arrival of ``reqs`` plus
+    ``drain_s``, on their clock (seconds from t = 0; a warm-up's arrivals are < 0)."""
+    return max((r.arrival_s for r in reqs), default=0.0) + drain_s
+
+
+def ttfts(outs, deadline_s: float) -> np.ndarray:
+    """Every outcome's TTFT; one without a first token counts as waited for until the client gave up,
+    ``deadline_s`` - its arrival: the simulator's rule (``sim.metrics.summarize``: the end of the run - its
+    arrival), so that a request never answered never scores better than one answered late (found in review: a
+    fixed 999 s did, where the client waits up to the last arrival + --drain-s, 1260 s by default)."""
+    return np.array([o.ttft_s if o.first_s == o.first_s else deadline_s - o.arrival_s for o in outs], float)
+
+
+def _stats(outs, duration_s: float, deadline_s: float) -> dict:
     n = len(outs)
     answered = np.array([o.first_s == o.first_s for o in outs], bool)
-    ttft = np.array([o.ttft_s if a else UNANSWERED_TTFT_S for o, a in zip(outs, answered)], float)
+    ttft = ttfts(outs, deadline_s)
     tpot = np.array([o.tpot_s for o in outs], float)
     tpot = tpot[np.isfinite(tpot)]
     ok = [o for o in outs if o.status == "ok"]
@@ -251,8 +187,10 @@ def _stats(outs, duration_s: float) -> dict:
     }
 
 
-def summarize(outs, duration_s: float, metrics: dict | None) -> tuple[dict, dict, np.ndarray]:
-    s = _stats(outs, duration_s)
+def summarize(outs, duration_s: float, metrics: dict | None, *, deadline_s: float) -> tuple[dict, dict, np.ndarray]:
+    """(summary, per model, TTFTs) of the replay's outcomes ``outs``; ``deadline_s``: when the client stopped
+    waiting for answers, seconds from t = 0 (``ttfts``)."""
+    s = _stats(outs, duration_s, deadline_s)
     s["unanswered"] = s["requests"] - s["answered"]
     s["accounted"] = sum(s["outcomes"].values()) == s["requests"]
     s["prewarm_hit_rate"] = None  # unknown: the server publishes no prewarm counters
@@ -267,9 +205,8 @@ def summarize(outs, duration_s: float, metrics: dict | None) -> tuple[dict, dict
         s["error_samples"] = errors
     per_model = {}
     for m in sorted({o.model for o in outs}):
-        per_model[m] = _stats([o for o in outs if o.model == m], duration_s)
-    ttft = np.array([o.ttft_s if o.first_s == o.first_s else UNANSWERED_TTFT_S for o in outs], float)
-    return s, per_model, ttft
+        per_model[m] = _stats([o for o in outs if o.model == m], duration_s, deadline_s)
+    return s, per_model, ttfts(outs, deadline_s)
 
 
 # --------------------------------------------------------------------------------------------------- runs
@@ -311,6 +248,9 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
             wait = t0_unix - warm_s - time.time()  # the replay starts with its warm-up
             start_lag_s = max(0.0, -wait)
             if wait > 0:
+                # a wait of up to two windows (10 min at the defaults) must not read as a hang
+                print(f"warmserve bench replay: {policy}: the cluster is up; it waits {wait:.0f} s for t = 0 on the "
+                      f"policy's {window_s:g} s window grid (--window-s, --start-lead-s)", file=sys.stderr)
                 time.sleep(wait)
             else:
                 print(f"warmserve bench replay: {policy}: the cluster came up {start_lag_s:.1f} s after the replay's "
@@ -334,14 +274,15 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
         if cluster is not None:
             cluster.close()
     warm_outs, outs = split_outcomes(outs, len(warm), warm_s)
+    deadline_s = client_deadline_s([*warm, *reqs], args.drain_s)
     warmup = None
     if warm_s > 0:
         # the measured span's starts are those after t = 0; a fresh cluster's counters start at zero
         m0, e0 = at_t0 if at_t0 is not None else (None, None)
         m0_rel = counters_between(m0, before if cluster is None else {})
         metrics, engine_starts = counters_between(metrics, m0_rel), starts_after(engine_starts, e0)
-        warmup = warmup_summary(warm_outs, args, m0_rel, e0)
-    s, per_model, ttft = summarize(outs, w.duration_s, metrics)
+        warmup = warmup_summary(warm_outs, args, m0_rel, e0, deadline_s)
+    s, per_model, ttft = summarize(outs, w.duration_s, metrics, deadline_s=deadline_s)
     s["start_lag_s"] = start_lag_s
     if options:
         s["policy_options"] = dict(options)
@@ -353,10 +294,11 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
     return s, ttft
 
 
-def warmup_summary(outs, args, metrics: dict | None, engine_starts: list | None) -> dict:
+def warmup_summary(outs, args, metrics: dict | None, engine_starts: list | None, deadline_s: float) -> dict:
     """The warm-up's own figures: every request's outcome (they are real requests) and the starts before t = 0
-    (None where the server's counters could not be read at t = 0: then the measured span has none either)."""
-    s = _stats(outs, warmup_span_s(args))
+    (None where the server's counters could not be read at t = 0: then the measured span has none either).
+    ``deadline_s``: the client's, which the warm-up's requests are waited for until too."""
+    s = _stats(outs, warmup_span_s(args), deadline_s)
     s.update(trace_s=args.warmup_s, span_s=warmup_span_s(args), unanswered=s["requests"] - s["answered"],
              accounted=sum(s["outcomes"].values()) == s["requests"])
     if metrics is not None:
@@ -375,7 +317,8 @@ def twin_config(cpu_workers: int, window_s: float, drain_s: float, policy_config
     controller fills an engine's max_num_seqs in from the policy's instance capacity (``EngineConfig.resolved``:
     B sequences, not vLLM's 256) and its scheduler runs decodes first and prompt chunks in the rest of a
     ``max_batch_tokens`` step (chunked prefill); the policy ticks as often as the controller's. ``warmup_s``: the
-    twin's clock starts that long before t = 0 (``with_idle_lead``)."""
+    twin's clock starts that long before t = 0 (``with_idle_lead``). An unanswered request counts as the
+    simulator counts it, waited for until the end of the run, as the live side counts it (``ttfts``)."""
     from warmserve.config import ControllerConfig
     from warmserve.protocol import EngineConfig
     from warmserve.sim.config import SimConfig
@@ -383,7 +326,7 @@ def twin_config(cpu_workers: int, window_s: float, drain_s: float, policy_config
     pcfg = replace(policy_config or PolicyConfig(), window_s=window_s)
     engine = EngineConfig().resolved(pcfg.instance_capacity)
     return SimConfig(n_servers=1, gpus_per_server=cpu_workers, warmup_s=warmup_s, drain_s=drain_s,
-                     tick_s=ControllerConfig().tick_s, unanswered_ttft_s=UNANSWERED_TTFT_S,
+                     tick_s=ControllerConfig().tick_s,
                      max_num_seqs=engine.max_num_seqs, chunked_prefill_tokens=engine.max_batch_tokens,
                      policy_config=pcfg)
 
@@ -446,10 +389,16 @@ def plot_cdf(live: dict, sim: dict, path: str, title: str) -> None:
     curves = []
     for i, (name, x) in enumerate(live.items()):
         curves += [(f"{name} (live)", x, "-", f"C{i}"), (f"{name} (sim)", sim.get(name), "--", f"C{i}")]
-    plot_ttft_cdf(curves, path, title, UNANSWERED_TTFT_S)
+    plot_ttft_cdf(curves, path, title)
 
 
 def main(args) -> int:
+    # a SIGTERM or SIGHUP ends the run through the clean-up that stops the `serve` child (``exit_on_signals``)
+    with exit_on_signals():
+        return _main(args)
+
+
+def _main(args) -> int:
     from warmserve.outputs import check_output, check_output_folder, check_plot
     from warmserve.sim.config import ServedModel
     from warmserve.sim.costmodel import CostModel
@@ -596,4 +545,4 @@ def _jsonable(x):
 
 __all__ = ["CHECKPOINTS", "build_workload", "replay_requests", "history_rows", "plan_live_history", "with_idle_lead",
            "summarize", "validation", "parse_prewarm_metrics", "policy_options", "check_args", "LiveCluster",
-           "twin_config", "run_sim", "main"]
+           "exit_on_signals", "twin_config", "run_sim", "main"]

@@ -69,6 +69,14 @@ def check_args(args) -> None:
     if not ckpts:
         raise InvalidArgumentError(f"--checkpoints {args.checkpoints!r} names no checkpoint: give demo checkpoints, "
                                    f"e.g. --checkpoints {','.join(CHECKPOINTS)}")
+    if args.served_names and not args.endpoint:
+        # found in review: the requests went out under these names to a cluster serving others (all HTTP 404)
+        raise InvalidArgumentError(f"--served-names {args.served_names!r} renames the requests for an --endpoint "
+                                   f"server; the cluster this run launches serves its own names: drop "
+                                   f"--served-names, or give --endpoint URL", option="served_names")
+    if args.served_names is not None and not [n for n in args.served_names.split(",") if n]:
+        raise InvalidArgumentError(f"--served-names {args.served_names!r} names no model: give the server's names, "
+                                   f"comma-separated", option="served_names")
     if not args.endpoint:
         from warmserve.engine.demo import DEMO_MODELS, SIZED_MODELS
 

@@ -218,6 +218,7 @@ def main(args) -> int:
     if bad:
         print(f"warmserve simulate: unknown policies {bad}: choose from {', '.join(known)}", file=sys.stderr)
         return 2
+    check_args(args)
     check_output("--json", args.json)  # before a long run, not after it
     check_plot("--plot", args.plot)
     preset = build_preset(args)
@@ -227,11 +228,12 @@ def main(args) -> int:
     if args.cold_start_s is not None:
         cost = cost.with_cold_start_s(args.cold_start_s)
     progress = not args.quiet
-    seeds = [int(x) for x in args.seeds.split(",") if x] if args.seeds else [args.seed]
+    seeds = parse_seeds(args)
     targets = _slo_targets(args.slo_target)
     if args.sweep_rate:
         return _sweep_main(args, preset, cost, policies, seeds, t0, targets[0])
     workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}
+    check_static_layouts(preset, policies, cost, workloads.values())
     workload = workloads[seeds[0]]
     results, out = {}, {}
     for pol in policies:
@@ -284,6 +286,78 @@ def main(args) -> int:
     return 0
 
 
+#: the policies that lay out every instance once, at their first tick (``policy.baselines.StaticPolicy``)
+STATIC_POLICIES = ("shared", "dedicated")
+
+
+def check_static_layouts(preset: Preset, policies: list[str], cost: CostModel, workloads) -> None:
+    """Raise the UnplacedModelError a static policy's run would end in, where its layout leaves a model without an
+    instance, before any run (found in review: `shared` failed after the other policies had run, and their
+    results were lost). Per workload: `shared`'s layout search (its candidates placed, none scored or simulated)
+    or, without the search, its own layout; `dedicated`'s own layout, which its run simulates either way
+    (``Simulator._choose_static_layout``). The max-rate search's other rate scales are not checked."""
+    from warmserve.sim.shared_search import placeable_layout
+    from warmserve.sim.simulator import Simulator
+
+    static = [p for p in STATIC_POLICIES if p in policies]
+    if not static:
+        return
+    for w in workloads:
+        for pol in static:
+            # the search off: a layout it would choose is not simulated here, only placed
+            sim = Simulator(w, preset.models, pol, config=replace(preset.config, shared_search=False), cost=cost)
+            if pol == "shared" and preset.config.shared_search:
+                placeable_layout(sim)
+            else:
+                sim.policy.tick(sim.state, sim.clock0)
+
+
+def check_args(args) -> None:
+    """Refuse, each naming its option, the values a run would otherwise replace or run on silently (found in
+    review: --duration-s 0 became the preset's 1200 s, a negative one ran no request and printed NaN, a negative
+    --ttft-slo-s was the SLO, --seeds "," ended in a traceback), and the options --sweep-rate does not take."""
+    import math
+
+    def bad(flag: str, value, want: str):
+        return InvalidArgumentError(f"{flag} {value:g}: {want}", flag=flag, value=value)
+
+    if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
+        raise bad("--duration-s", args.duration_s, "give a span > 0 seconds, or leave it out for the workload's own")
+    if not (math.isfinite(args.ttft_slo_s) and args.ttft_slo_s >= 0):
+        raise bad("--ttft-slo-s", args.ttft_slo_s, "give an SLO > 0 seconds, or 0 for per-model SLOs "
+                                                   "(--slo-scale x the model's 1024-token prefill time)")
+    for flag, v in (("--rate-scale", args.rate_scale), ("--slo-scale", args.slo_scale), ("--tick-s", args.tick_s),
+                    ("--rate", args.rate)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise bad(flag, v, "give a finite number > 0")
+    parse_seeds(args)
+    if args.sweep_rate:
+        if args.rate_scale != 1.0:
+            # the sweep's scales are the rate scales; one more factor on top of them was dropped without a word
+            raise InvalidArgumentError(f"--sweep-rate {args.sweep_rate} --rate-scale {args.rate_scale:g}: the sweep's "
+                                       f"scales are the rate scales; multiply them instead (or set --rate)",
+                                       flag="--rate-scale")
+        if len(_slo_targets(args.slo_target)) > 1:
+            raise InvalidArgumentError(f"--sweep-rate with --slo-target {args.slo_target}: a sweep judges its max "
+                                       f"swept rate at one target; give one (the sweep stores every point's SLO "
+                                       f"attainment, so other targets can be read off it)", flag="--slo-target")
+
+
+def parse_seeds(args) -> list[int]:
+    """--seeds as integers (at least one), or [--seed] without it."""
+    if not args.seeds:
+        return [args.seed]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2",
+                                   flag="--seeds") from None
+    if not seeds:
+        raise InvalidArgumentError(f"--seeds {args.seeds!r} names no seed: give comma-separated integers, e.g. "
+                                   f"0,1,2, or leave it out for --seed", flag="--seeds")
+    return seeds
+
+
 def _parse_floats(text: str, flag: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -309,6 +383,8 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
         if len(band) != 2 or not 0 <= band[0] <= band[1]:
             raise InvalidArgumentError(f"--cold-start-band {args.cold_start_band!r}: write LOW,HIGH seconds, "
                                        f"e.g. 14,35", flag="--cold-start-band")
+    if any(p in STATIC_POLICIES for p in policies) and scales and min(scales) > 0:  # else rate_sweep says why
+        check_static_layouts(preset, policies, cost, (preset.build(sc, sd) for sc in scales for sd in seeds))
     sweep = rate_sweep(preset, policies, scales, seeds=seeds, cost=cost, band_cold_start_s=band, target=target,
                        progress=not args.quiet)
     wall = time.perf_counter() - t0

@@ -74,8 +74,8 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
     """Turn per-request times (NaN: never happened) into the run's statistics. A request without a first token
     counts as waiting until the end of the run, ``end_s`` - its arrival (found in review: a fixed 999 s was less
     than a late answer can take, up to ~1800 s with the drain, so dropping a request scored better than answering
-    it late), or as ``unanswered_ttft_s`` where one is given (the live replay's twin matches its live side's
-    convention); one without a finish counts as dropped. ``migrated``: requests moved off an
+    it late), or as ``unanswered_ttft_s`` where a caller gives one (the live replay's twin no longer does: its live
+    side counts the same wait, to the client's deadline); one without a finish counts as dropped. ``migrated``: requests moved off an
     instance to be resumed on another (``actions.Migrate``). ``refused``: requests an engine refused at once, too
     large for its KV cache (``BatchEngines.admit``); they count as unanswered and dropped too."""
     answered = ~np.isnan(first_s)

@@ -158,13 +158,9 @@ def slo_key(summary: dict) -> tuple[float, float]:
     return (0.0 if math.isnan(slo) else slo, -math.inf if math.isnan(p99) else -p99)
 
 
-def search_shared_layout(sim, per_group_choices=None) -> tuple[SharedLayout, dict]:
-    """The best ``SharedLayout`` for ``sim``'s workload and cluster, and a record of the search (for reports).
-    ``per_group_choices``: the models per group tried (default ``PER_GROUP_CHOICES``); the shortlist is run with
-    ``sim``'s own static policy."""
-    t0 = time.perf_counter()
-    per_group_choices = per_group_choices or PER_GROUP_CHOICES
-    stats = workload_stats(sim)
+def _placed_candidates(sim, per_group_choices, stats):
+    """Every candidate layout (module doc, step 2) that gives every model an instance, as (layout, plan), in the
+    order the search scores them. Raises UnplacedModelError, naming the search, when none does."""
     models = sim.policy.models
     cost = sim.cost
     # demand weight: GPU-seconds per second each model asks for on its own instance at a moderate batch
@@ -179,19 +175,54 @@ def search_shared_layout(sim, per_group_choices=None) -> tuple[SharedLayout, dic
         classes.setdefault(models[m].tp, []).append(m)
     proportional = dict(default_groups(sim.state, models, order, demand))
     dem = tuple(sorted(demand.items()))
-    scored: list[tuple[tuple, SharedLayout]] = []
+    tried = placed = 0
     for groups in _splits(sim.state, classes, proportional):
         for per_group in per_group_choices:
             layout = SharedLayout(groups, per_group, dem)
+            tried += 1
             try:
                 plan = plan_shared(sim.state, models, order, demand, layout)
             except UnplacedModelError:
                 continue
-            x = score(sim, plan, stats)
-            scored.append(((x, -per_group, tuple(-n for _, n in groups)), layout))
-    if not scored:  # nothing fits every model: the default layout raises the error that says why
+            placed += 1
+            yield layout, plan
+    if placed:
+        return
+    # nothing fits every model: the default layout's error names a model left out, but its fix, "or let the layout
+    # search choose", is wrong where the search has run (found in review)
+    try:
         plan_shared(sim.state, models, order, demand, None)
-        raise AssertionError("unreachable: the default layout placed what no candidate could")
+    except UnplacedModelError as e:
+        n_gpus = sum(1 for g in sim.state.gpus if not g.gone)
+        what = (f"none of the {tried} layouts it tried gives every model an instance" if tried else
+                f"the {n_gpus} GPUs cannot give each tensor-parallel class (tp {sorted(classes, reverse=True)}) a "
+                f"group of its own")
+        raise UnplacedModelError(
+            f"shared layout search: {what}, nor does the demand-proportional layout (it leaves "
+            f"{e.fields.get('model')!r}, tp {e.fields.get('tp')}, without one): add GPUs, or serve fewer or smaller "
+            f"models", **e.fields, layouts_tried=tried, gpus=n_gpus) from e
+    raise AssertionError("unreachable: the default layout placed what no candidate could")
+
+
+def placeable_layout(sim, per_group_choices=None) -> SharedLayout:
+    """The first layout of the search's candidates that gives every model an instance (without scoring or
+    simulating any): whether ``search_shared_layout`` can place the run at all, checked before any run. Raises
+    UnplacedModelError as the search does."""
+    stats = workload_stats(sim)
+    return next(_placed_candidates(sim, per_group_choices or PER_GROUP_CHOICES, stats))[0]
+
+
+def search_shared_layout(sim, per_group_choices=None) -> tuple[SharedLayout, dict]:
+    """The best ``SharedLayout`` for ``sim``'s workload and cluster, and a record of the search (for reports).
+    ``per_group_choices``: the models per group tried (default ``PER_GROUP_CHOICES``); the shortlist is run with
+    ``sim``'s own static policy."""
+    t0 = time.perf_counter()
+    per_group_choices = per_group_choices or PER_GROUP_CHOICES
+    stats = workload_stats(sim)
+    scored: list[tuple[tuple, SharedLayout]] = []
+    for layout, plan in _placed_candidates(sim, per_group_choices, stats):
+        x = score(sim, plan, stats)
+        scored.append(((x, -layout.per_group, tuple(-n for _, n in layout.groups)), layout))
     scored.sort(key=lambda c: c[0], reverse=True)
     # one candidate per split: x is often bound by one class alone, so it ties across the colocation degrees of
     # a split, and the top few by x alone can all be one or two splits

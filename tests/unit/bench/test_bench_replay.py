@@ -119,12 +119,13 @@ def _o(i, model, status, first=None, end=None, tokens=0):
 def test_summarize_accounts_for_every_request():
     outs = [_o(0, "a", "ok", 1.5, 2.2, 8), _o(1, "a", "ok", 1.1, 1.1, 1), _o(2, "b", "unanswered"),
             _o(3, "b", "http_error", end=1.2)]
-    s, per_model, ttft = R.summarize(outs, 10.0, {"prewarm_hits": 3.0, "prewarm_misses": 1.0})
+    s, per_model, ttft = R.summarize(outs, 10.0, {"prewarm_hits": 3.0, "prewarm_misses": 1.0}, deadline_s=12.0)
     assert s["requests"] == 4 and s["answered"] == 2 and s["completed"] == 2 and s["dropped"] == 2
     assert s["outcomes"] == {"ok": 2, "http_error": 1, "stream_error": 0, "error": 0, "unanswered": 1}
     assert s["accounted"]
     assert s["prewarm_hit_rate"] == 0.75 and s["instance_starts"] == 4
-    assert sorted(ttft.tolist()) == pytest.approx([0.1, 0.5, R.UNANSWERED_TTFT_S, R.UNANSWERED_TTFT_S])
+    # no first token: waited for from the arrival (1.0) until the client's deadline
+    assert sorted(ttft.tolist()) == pytest.approx([0.1, 0.5, 11.0, 11.0])
     assert s["tpot_p50_s"] == pytest.approx(0.1)
     assert per_model["a"]["requests"] == 2 and per_model["b"]["answered"] == 0
     for k in ("ttft_p50_s", "ttft_p99_s", "requests", "answered"):
