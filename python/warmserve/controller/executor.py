@@ -15,6 +15,7 @@ import logging
 import time
 
 from warmserve import protocol as P
+from warmserve.controller.prewarms import LivePrewarm
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WorkerLostError
 from warmserve.geometry import KV_BLOCK_TOKENS, PAGE_BYTES, align_up, blocks_for_tokens, pages_for
@@ -81,46 +82,6 @@ class LiveInstance:
     @worker.setter
     def worker(self, w: WorkerRecord) -> None:
         self.workers[0] = w
-
-
-class LivePrewarm:
-    """A prewarm (or a cold start's load) as the controller tracks it on its workers (one shard per rank)."""
-
-    __slots__ = ("pid", "model", "workers", "loaded", "futs")
-
-    def __init__(self, pid: str, model: str, workers: list[WorkerRecord]):
-        self.pid, self.model, self.workers = pid, model, workers
-        self.loaded = False
-        #: Each rank's Prewarm call's final reply.
-        self.futs: list[asyncio.Future] = []
-
-    @property
-    def worker(self) -> WorkerRecord:
-        return self.workers[0]
-
-    def start(self, ctl, on_progress=None) -> None:
-        """Send the Prewarm of every rank's shard (rank i to workers[i])."""
-        m, hub, tp = ctl.models[self.model], ctl.hub, len(self.workers)
-        seqs = ctl.config.engine.resolved(ctl.policy_config.instance_capacity).max_num_seqs
-        self.futs = [hub.start_call(w, P.Prewarm(id=hub.next_id(), path=m.spec.path, name=m.name, dtype=m.spec.dtype,
-                                                 tp=tp, rank=r if tp > 1 else 0, max_num_seqs=seqs),
-                                    on_progress=on_progress)
-                     for r, w in enumerate(self.workers)]
-
-    async def wait(self, timeout_s: float) -> None:
-        """Until every shard is loaded; raises the first failure."""
-        for fut in self.futs:
-            reply = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-            if isinstance(reply, P.Error):
-                raise reply.exception()
-
-    def holders(self) -> list[WorkerRecord]:
-        """The workers that may hold a shard of it: all but those whose Prewarm was answered with an error (nothing
-        was loaded there). A load still under way counts: an Evict cancels it (worker/core.py, _evict)."""
-        if not self.futs:  # kept weights (keep_prewarm): resident, no load of its own
-            return list(self.workers)
-        return [w for w, f in zip(self.workers, self.futs)
-                if not (f.done() and not f.cancelled() and f.exception() is None and isinstance(f.result(), P.Error))]
 
 
 def outcome_of(error: BaseException) -> str:

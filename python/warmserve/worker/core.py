@@ -146,6 +146,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
         for inst in left:
             log.warning("tensor-parallel follower of %s still steps: its engine is left open", inst.name)
             self._answer_deactivates(inst)
+            self._refuse_evicts(inst)
         self.instances.clear()
         self.groups.close()
         for m in list(self.models.values()):
@@ -192,6 +193,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
 
     def _evict(self, peer, msg: P.Evict) -> None:
         m = self._model(msg.name)
+        if m.state == "running" and self._evict_when_closed(peer, msg):
+            return
         if m.state == "running":
             raise ModelStateError(
                 f"model {m.name!r} is running on worker {self.worker_id}; deactivate it before evicting",
@@ -304,6 +307,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
                 # next activation that binds another group.
                 m.lm.parallel = None
         self._answer_deactivates(inst)
+        self._evict_deferred(inst)
         return True
 
     def _generate(self, peer, msg: P.Generate) -> None:

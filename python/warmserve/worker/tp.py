@@ -284,6 +284,8 @@ class Follower:
         self.closing = False
         #: (peer, request id) of each Deactivate answered once the loop has ended.
         self.deactivates: list[tuple] = []
+        #: (peer, Evict) of each Evict applied once the engine is closed (ShardRoles._evict_when_closed).
+        self.evicts: list[tuple] = []
         self.steps = 0
         #: Held by the loop while it touches the engine (apply, grow, step); the worker closes the engine only
         #: holding it (close_engine), never under a step (found in review: a LeaveGroup mid-step unmapped the KV
@@ -462,6 +464,37 @@ class ShardRoles:
         while inst.follower and inst.tp.deactivates:
             peer, rid = inst.tp.deactivates.pop(0)
             self.emit(peer, P.Deactivated(id=rid, name=inst.name, aborted=0))
+
+    def _evict_when_closed(self, peer, msg: P.Evict) -> bool:
+        """Take an Evict of a follower's running shard whose stop was accepted (LeaveGroup, Deactivate) but is left
+        to its thread's end (the thread held the engine): applied once the engine is closed (``_evict_deferred``),
+        as those Deactivates are answered then; a follower whose thread has ended already is closed now. Refused
+        ("running"), such an Evict left the shard prewarmed once the thread ended, on a worker the controller held to
+        be empty, where every later start of the model was refused (a CI run after a rank of a tp = 2 instance was
+        killed under load: the survivor's LeaveGroup, then its Evict, while its thread stepped, is the likely way).
+        False: refused as for any running model (nothing asked it to stop)."""
+        inst = self.instances.get(msg.name)
+        if inst is None or not inst.follower or not (inst.tp.closing or inst.tp.deactivates or not inst.tp.running):
+            return False
+        inst.tp.evicts.append((peer, msg))
+        if not inst.tp.running:
+            self._close_instance(inst)  # applies it
+        return True
+
+    def _evict_deferred(self, inst) -> None:
+        """The Evicts that waited for a follower's engine to close (``_evict_when_closed``), now that it is."""
+        while inst.follower and inst.tp.evicts:
+            peer, msg = inst.tp.evicts.pop(0)
+            self.handle(peer, msg)
+
+    def _refuse_evicts(self, inst) -> None:
+        """The worker closes with a follower still stepping (its engine left open): its waiting Evicts are answered,
+        the shard going with the process."""
+        while inst.follower and inst.tp.evicts:
+            peer, msg = inst.tp.evicts.pop(0)
+            self.emit(peer, P.Error.of(msg.id, errors.ModelStateError(
+                f"the worker closed while the tensor-parallel follower of {inst.name!r} still stepped: its shard "
+                "is freed with the worker's process", model=inst.name, state="running")))
 
     def _tp_failed(self, inst, e: BaseException) -> None:
         """A leader's group failed: answer its requests with the typed error; the instance takes no more."""

@@ -1,0 +1,134 @@
+"""Loads of weights onto workers as the live executor tracks them (``LivePrewarm``: a prewarm, or a cold start's
+load; one shard per rank), and the healing of a worker that holds a copy of the model the controller does not know
+of (``prewarm_call``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from warmserve import protocol as P
+from warmserve.controller.workers import WorkerRecord
+from warmserve.errors import ModelStateError, UnknownModelError
+
+log = logging.getLogger("warmserve.controller")
+
+
+class LivePrewarm:
+    """A prewarm (or a cold start's load) as the controller tracks it on its workers (one shard per rank)."""
+
+    __slots__ = ("pid", "model", "workers", "loaded", "futs")
+
+    def __init__(self, pid: str, model: str, workers: list[WorkerRecord]):
+        self.pid, self.model, self.workers = pid, model, workers
+        self.loaded = False
+        #: Each rank's Prewarm call's final reply.
+        self.futs: list[asyncio.Future] = []
+
+    @property
+    def worker(self) -> WorkerRecord:
+        return self.workers[0]
+
+    def start(self, ctl, on_progress=None) -> None:
+        """Send the Prewarm of every rank's shard (rank i to workers[i])."""
+        m, hub, tp = ctl.models[self.model], ctl.hub, len(self.workers)
+        seqs = ctl.config.engine.resolved(ctl.policy_config.instance_capacity).max_num_seqs
+        self.futs = [prewarm_call(ctl, self, w, P.Prewarm(id=hub.next_id(), path=m.spec.path, name=m.name,
+                                                          dtype=m.spec.dtype, tp=tp, rank=r if tp > 1 else 0,
+                                                          max_num_seqs=seqs), on_progress)
+                     for r, w in enumerate(self.workers)]
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until every shard is loaded; raises the first failure."""
+        for fut in self.futs:
+            reply = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            if isinstance(reply, P.Error):
+                raise reply.exception()
+
+    def holders(self) -> list[WorkerRecord]:
+        """The workers that may hold a shard of it: all but those whose Prewarm was answered with an error (nothing
+        was loaded there). A load still under way counts: an Evict cancels it (worker/core.py, _evict)."""
+        if not self.futs:  # kept weights (keep_prewarm): resident, no load of its own
+            return list(self.workers)
+        return [w for w, f in zip(self.workers, self.futs)
+                if not (f.done() and not f.cancelled() and f.exception() is None and isinstance(f.result(), P.Error))]
+
+
+def tracked_copies(ctl, w: WorkerRecord, model: str) -> int:
+    """How many copies of ``model`` the driver counts on ``w``'s GPU: instances (starting or running), prewarms and
+    a stopped instance's kept weights. Placement puts one at most there: a load's own (its prewarm, or the start it
+    is for)."""
+    d, g = ctl.driver, w.gpu_id
+    return (sum(i.model == model and g in i.gpus for i in d.state.instances.values())
+            + sum(p.model == model and g in p.gpus for p in d.state.prewarms.values())
+            + sum(k.model == model and g in k.gpus for k in d.kept.values()))
+
+
+def _untracked_copy(ctl, pw: LivePrewarm, w: WorkerRecord, reply) -> str | None:
+    """The state of the copy of ``pw``'s model that refused its Prewarm on ``w`` ("prewarmed", "loading",
+    "running"), when the driver counts none there but ``pw`` itself (``tracked_copies``); None for any other reply."""
+    if not isinstance(reply, P.Error):
+        return None
+    exc = reply.exception()
+    if not isinstance(exc, ModelStateError) or getattr(exc, "model", None) != pw.model:
+        return None
+    state = getattr(exc, "state", None)
+    if state not in ("prewarmed", "loading", "running") or tracked_copies(ctl, w, pw.model) > 1:
+        return None
+    return state
+
+
+def prewarm_call(ctl, pw: LivePrewarm, w: WorkerRecord, msg: P.Prewarm, on_progress=None) -> asyncio.Future:
+    """Send ``msg`` (a shard of ``pw``) to ``w``; the future of its final reply, as ``WorkerHub.start_call``'s.
+
+    A Prewarm refused because ``w`` holds a copy of the model the controller does not count (a shard whose Evict
+    was refused or lost, a load it gave up on) makes the copy evicted there and the Prewarm sent once more: the
+    reply is then the second Prewarm's. Found in CI: after a rank of a tp = 2 instance was killed, the surviving
+    worker kept its shard while the driver held the GPU empty, and every start of the model there was refused
+    ("already prewarmed") for as long as the run lasted, every waiting request answered 503. An Evict refused too
+    (the copy runs an instance the controller does not know of) leaves the first refusal as the answer."""
+    hub = ctl.hub
+    out = asyncio.get_running_loop().create_future()
+    out.add_done_callback(lambda f: f.cancelled() or f.exception())  # as start_call's: read by whoever needs it
+
+    def relay(f: asyncio.Future) -> None:
+        if out.done():  # failed meanwhile (the load's time ran out: executor._one_done)
+            return
+        if f.cancelled():
+            out.cancel()
+        elif f.exception() is not None:
+            out.set_exception(f.exception())
+        else:
+            out.set_result(f.result())
+
+    def refused(f: asyncio.Future) -> None:
+        state = None if out.done() or f.cancelled() or f.exception() is not None else (
+            _untracked_copy(ctl, pw, w, f.result()))
+        if state is None:
+            relay(f)
+            return
+        log.warning("%r holds a copy of %s (%s) that the controller does not count: evicted there, and its "
+                    "prewarm %s sent again", w, pw.model, state, pw.pid)
+        evict = hub.start_call(w, P.Evict(id=hub.next_id(), name=pw.model))
+        evict.add_done_callback(lambda e: evicted(e, f))
+
+    def evicted(e: asyncio.Future, first: asyncio.Future) -> None:
+        if out.done():
+            return
+        if e.cancelled() or e.exception() is not None:  # the worker is lost: its loss ends the load's users
+            relay(first)
+            return
+        reply = e.result()
+        if not (isinstance(reply, P.Evicted)
+                or isinstance(reply, P.Error) and isinstance(reply.exception(), UnknownModelError)):  # gone already
+            log.warning("%r kept its copy of %s that the controller does not count: %s", w, pw.model,
+                        getattr(reply, "message", reply))
+            relay(first)
+            return
+        again = hub.start_call(w, msgspec.structs.replace(msg, id=hub.next_id()), on_progress=on_progress)
+        again.add_done_callback(relay)
+
+    hub.start_call(w, msg, on_progress=on_progress).add_done_callback(refused)
+    return out
