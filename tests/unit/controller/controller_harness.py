@@ -268,6 +268,21 @@ def add_local_worker(c: Controller, wid: str, spawn) -> None:
     c.local_procs[wid.encode()] = spawn()
 
 
+def scripted_local_worker(c: Controller, endpoint: str, wid: str) -> list[WorkerProc]:
+    """Local worker ``wid`` whose every process (the first, and each restart or replacement) is a sleeper with a
+    scripted Peer of its own; returns its processes, the first started already."""
+    procs: list[WorkerProc] = []
+
+    def spawn():
+        p = sleeper()
+        p.peer = Peer(endpoint, wid, pid=p.pid)
+        procs.append(p)
+        return p
+
+    add_local_worker(c, wid, spawn)
+    return procs
+
+
 async def peers_in_order(c: Controller, endpoint: str, *wids: str, peer_cls=None) -> list[Peer]:
     """Peers admitted one after another, so that the i-th gets GPU id i. Two peers started together say Hello over
     two sockets, which the controller may read in either order; a test that expects the first one to be rank 0 of

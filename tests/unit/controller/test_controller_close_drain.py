@@ -11,7 +11,7 @@ from warmserve import protocol as P
 from warmserve.controller.errors import OverloadedError
 from warmserve.protocol import SamplingParams
 
-from controller_harness import MODEL, Peer, WorkerProc, collect, make_controller, run, sleeper, until
+from controller_harness import MODEL, Peer, collect, make_controller, run, scripted_local_worker, sleeper, until
 
 WID = "host-1-cpu0"
 
@@ -22,16 +22,7 @@ def test_close_does_not_wait_out_the_drain_for_requests_no_worker_can_serve(mode
     async def main():
         c = make_controller(model, restart_backoff_s=30.0, drain_timeout_s=15.0)
         ep = await c.start()
-        procs: list[WorkerProc] = []
-
-        def spawn():
-            p = sleeper()
-            p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
-
-        c.local_spawn[WID.encode()] = spawn
-        c.local_procs[WID.encode()] = spawn()
+        procs = scripted_local_worker(c, ep, WID)
         try:
             await c.wait_for_workers(1, 5)
             assert await collect(c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]

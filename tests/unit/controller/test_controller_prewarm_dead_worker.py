@@ -6,7 +6,7 @@ import asyncio
 
 from warmserve.policy import actions as A
 
-from controller_harness import MODEL, Peer, WorkerProc, make_controller, run, sleeper, until
+from controller_harness import MODEL, make_controller, run, scripted_local_worker, until
 
 WID = "host-1-cpu0"
 
@@ -18,16 +18,7 @@ def test_a_prewarm_sent_to_a_worker_no_longer_alive_leaves_the_state(model):
     async def main():
         c = make_controller(model)
         ep = await c.start()
-        procs: list[WorkerProc] = []
-
-        def spawn():
-            p = sleeper()
-            p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
-
-        c.local_spawn[WID.encode()] = spawn
-        c.local_procs[WID.encode()] = spawn()
+        procs = scripted_local_worker(c, ep, WID)
         try:
             await c.wait_for_workers(1, 5)
             c.policy_running = False  # no tick: nothing but this test's action touches the prewarms

@@ -3,7 +3,7 @@ processes stand for the worker processes, and a scripted peer per process speaks
 
 import asyncio
 
-from controller_harness import MODEL, Peer, WorkerProc, make_controller, run, sleeper
+from controller_harness import MODEL, make_controller, run, scripted_local_worker
 
 WID = "host-1-cpu0"
 
@@ -15,17 +15,8 @@ def test_a_restarted_worker_replaced_the_moment_it_is_admitted_stays_one_process
     async def main():
         c = make_controller(model, restart_backoff_s=0.02)
         ep = await c.start()
-        procs: list[WorkerProc] = []
-
-        def spawn():
-            p = sleeper()
-            p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
-
+        procs = scripted_local_worker(c, ep, WID)
         ident = WID.encode()
-        c.local_spawn[ident] = spawn
-        c.local_procs[ident] = spawn()
         try:
             await c.wait_for_workers(1, 5)
             c.worker_event.clear()
