@@ -68,14 +68,16 @@ def tracked_copies(ctl, w: WorkerRecord, model: str) -> int:
 
 def _untracked_copy(ctl, pw: LivePrewarm, w: WorkerRecord, reply) -> str | None:
     """The state of the copy of ``pw``'s model that refused its Prewarm on ``w`` ("prewarmed", "loading",
-    "running"), when the driver counts none there but ``pw`` itself (``tracked_copies``); None for any other reply."""
+    "running"), when the driver counts none there but ``pw`` itself (``tracked_copies``); None for any other reply,
+    and when the driver no longer counts ``pw`` either (found in review: a load the driver dropped while its refusal
+    was in flight was sent again, and loaded a copy nobody tracked)."""
     if not isinstance(reply, P.Error):
         return None
     exc = reply.exception()
     if not isinstance(exc, ModelStateError) or getattr(exc, "model", None) != pw.model:
         return None
     state = getattr(exc, "state", None)
-    if state not in ("prewarmed", "loading", "running") or tracked_copies(ctl, w, pw.model) > 1:
+    if state not in ("prewarmed", "loading", "running") or tracked_copies(ctl, w, pw.model) != 1:
         return None
     return state
 
@@ -125,6 +127,9 @@ def prewarm_call(ctl, pw: LivePrewarm, w: WorkerRecord, msg: P.Prewarm, on_progr
                 or isinstance(reply, P.Error) and isinstance(reply.exception(), UnknownModelError)):  # gone already
             log.warning("%r kept its copy of %s that the controller does not count: %s", w, pw.model,
                         getattr(reply, "message", reply))
+            relay(first)
+            return
+        if tracked_copies(ctl, w, pw.model) != 1:  # the driver dropped the load while the Evict ran
             relay(first)
             return
         again = hub.start_call(w, msgspec.structs.replace(msg, id=hub.next_id()), on_progress=on_progress)

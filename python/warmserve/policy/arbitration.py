@@ -22,9 +22,11 @@ import numpy as np
 from warmserve.policy.placement import GROUPS, Board
 from warmserve.policy.state import ClusterState, InstanceState
 
-#: A model with no instance takes GPUs from others only when its load (in-flight + queued, 5 s average) is more
-#: than this many times the harm of stopping their instances (see ``preemption_victims``). Above 1 so that two
-#: models of equal load never swap GPUs back and forth; 2: the GPUs go to a model that needs them clearly more.
+#: A model with no instance takes GPUs from others only when its load (in-flight + queued, 5 s average, weighed by
+#: its wait: ``moves._preempt_for``) is more than this many times the harm of stopping their instances (see
+#: ``preemption_victims``). Above 1 so that two models of equal load do not swap GPUs back and forth at once (they
+#: time-share, a turn of about 4 x preempt_after_s each); 2: the GPUs go at once to a model that needs them clearly
+#: more.
 PREEMPT_LOAD_RATIO = 2.0
 
 

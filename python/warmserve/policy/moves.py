@@ -88,8 +88,12 @@ class GpuMoves:
                                  max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s), keep_last)
         # aged: the longer it has waited with no instance, the more harm its load outweighs (found in review: a
         # model of low load waited for ever behind a steadily busy model's last instance, its requests unanswered)
+        # (on the time scale of a turn, never under a second: found in review, preempt_after_s 0 multiplied a
+        # wait of one tick by 5e9 and swapped GPUs at every tick; two models of equal load now time-share one
+        # GPU, each turn about 4 x preempt_after_s, where one of them waited for ever before)
         waited_s = now_s - self._starved_since.get(model, now_s)
-        load = avg5[model] * max(1.0, waited_s / max(self.cfg.preempt_after_s, 1e-9))
+        turn_s = max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s, 1.0)
+        load = avg5[model] * max(1.0, waited_s / turn_s)
         if got is None or load <= PREEMPT_LOAD_RATIO * got[0]:
             return False
         return self._take_gpus(state, model, got[1], base, now_s, board, out)
