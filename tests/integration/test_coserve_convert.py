@@ -50,8 +50,8 @@ def test_a_bursting_co_served_model_turns_its_worker_into_its_dedicated_instance
     def load(k: int) -> None:
         try:
             while not stop.is_set():
-                if k < 12:
-                    answered.append(ask(BURST, 200) == 200)
+                if k < 12:  # a second or more each: twelve stay in flight until the load stops
+                    answered.append(ask(BURST, 100) == 100)
                 else:  # the others keep a light, steady demand
                     answered.append(ask((OTHER, THIRD)[k % 2]) == 8)
                     time.sleep(0.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -23,18 +24,41 @@ server = serving.server_fixture("params", stop_timeout_s=30, log_level="WARNING"
                                 restart_backoff_s=None)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The transformers references run in this process, on one torch thread as the server's CPU workers run: with
+    two on a 2-core machine that is busy otherwise, each small forward pass waits on the other thread (seconds a
+    test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _load_hf(path: str):
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    return model, tok
+
+
 @pytest.fixture(scope="module")
-def client(server):
+def hf_loading():
+    """transformers' model and tokenizer, loading on a thread while the server starts: each takes seconds, and
+    this process only waits for the server meanwhile. hf() hands them (or the load's exception) to the test."""
+    path = serving.demo_paths()[MODEL]  # written here, before the thread reads them and the server starts
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(_load_hf, path)
+
+
+@pytest.fixture(scope="module")
+def client(hf_loading, server):
     return openai.OpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def hf():
-    transformers.logging.set_verbosity_error()
-    path = serving.demo_paths()[MODEL]
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    return model, tok
+def hf(hf_loading):
+    return hf_loading.result(timeout=300)
 
 
 def _hf_greedy(model, prompt, steps, adjust=None):

@@ -24,7 +24,7 @@ def test_replay_tiny_workload(tmp_path):
     out = tmp_path / "replay.json"
     plot = tmp_path / "ttft.png"
     stdout = _run(["bench", "replay", "--policy", "warmserve", "--models", "2", "--checkpoints", "llama-20m",
-                   "--cpu-workers", "2", "--duration-s", "300", "--time-scale", "0.04", "--rate", "1.5",
+                   "--cpu-workers", "2", "--duration-s", "300", "--time-scale", "0.02", "--rate", "1.5",
                    "--max-prompt-tokens", "32", "--max-output-tokens", "4", "--start-lead-s", "0", "--drain-s", "20",
                    "--profile", str(prof), "--json", str(out), "--plot", str(plot), "--log-dir",
                    str(tmp_path / "logs"), "--quiet"], 150)

@@ -20,8 +20,9 @@ import serving
 
 aiohttp = pytest.importorskip("aiohttp")
 
-TRAFFIC_S = 40.0
-KILL_AT_S = 12.0
+TRAFFIC_S = 26.0
+#: Late enough that both models run, early enough that the restarted worker (~5 s) takes traffic again.
+KILL_AT_S = 10.0
 CLIENTS = 6
 RECOVER_S = 40.0
 #: (max_context, longest vocabulary entry in characters, vocab size) of the demo models.
@@ -124,7 +125,11 @@ async def _one(session, url: str, kind: str, rng: random.Random) -> tuple[str, o
 
 def test_soak_mixed_traffic_disconnects_and_a_killed_worker(server):
     url, proc, tmp = server
-    rng = random.Random(12)
+    # With this seed, every kind is among the first five requests of one client and the first eight of another
+    # (a client sends 20 to 60 in TRAFFIC_S on a 2-core machine, fewer the busier it is), so every kind runs
+    # however slow the machine; the rarest, a prompt at the context limit, comes third for two clients (one per
+    # model).
+    rng = random.Random(9429)
     kinds = [k for k, w in WEIGHTS.items() for _ in range(w)]
     results: list = []
     errors: list = []

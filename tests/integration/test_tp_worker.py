@@ -43,18 +43,26 @@ def _both(fn0, fn1, timeout_s: float = 60.0):
 
 
 def _reference(path: str, prompts: list[list[int]]) -> list[list[int]]:
-    """Greedy tokens of the whole model (tp = 1), in this process."""
+    """Greedy tokens of the whole model (tp = 1), in this process, on one torch thread as a CPU worker runs: with
+    two, on a 2-core machine that the workers keep busy, each op waits on the other thread (7-10 s, not 0.5 s)."""
+    import torch
+
     from warmserve.engine import Engine, load_model
     from warmserve.memory import PagePool
 
-    pool = PagePool(256 << 20, backend="host")
-    lm = load_model(path, pool).wait()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        with Engine(lm) as eng:
-            return eng.generate(prompts, GREEDY)
+        pool = PagePool(256 << 20, backend="host")
+        lm = load_model(path, pool).wait()
+        try:
+            with Engine(lm) as eng:
+                return eng.generate(prompts, GREEDY)
+        finally:
+            lm.close()
+            pool.close()
     finally:
-        lm.close()
-        pool.close()
+        torch.set_num_threads(threads)
 
 
 def _group(clients, gid: str) -> list[P.GroupJoined]:
