@@ -11,7 +11,7 @@ from warmserve import protocol as P
 from warmserve.controller.errors import OverloadedError
 from warmserve.protocol import SamplingParams
 
-from controller_harness import MODEL, Peer, collect, make_controller, run, scripted_local_worker, sleeper, until
+from controller_harness import MODEL, Peer, collect, make_controller, run, scripted_local_worker, sleeper, stop, until
 
 WID = "host-1-cpu0"
 
@@ -36,10 +36,7 @@ def test_close_does_not_wait_out_the_drain_for_requests_no_worker_can_serve(mode
             with pytest.raises(OverloadedError, match="shutting down"):
                 await collect(req)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
+            stop(procs)
             await c.close(drain=False)
 
     run(main())
@@ -105,10 +102,7 @@ def test_a_worker_that_exits_on_shutdown_is_not_lost_while_the_close_waits_for_t
             await asyncio.wait_for(c.close(), 10)
             assert c.metrics.workers_lost.get() == 0
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
+            stop(procs)
             await c.close(drain=False)
 
     run(main())

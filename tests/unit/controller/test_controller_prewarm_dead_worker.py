@@ -6,7 +6,7 @@ import asyncio
 
 from warmserve.policy import actions as A
 
-from controller_harness import MODEL, make_controller, run, scripted_local_worker, until
+from controller_harness import MODEL, make_controller, run, scripted_local_worker, stop, until
 
 WID = "host-1-cpu0"
 
@@ -33,10 +33,7 @@ def test_a_prewarm_sent_to_a_worker_no_longer_alive_leaves_the_state(model):
             new = await asyncio.wait_for(replacing, 5)
             assert c.by_gpu[0] is new and new.ready
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
+            stop(procs)
             await c.close(drain=False)
 
     run(main())

@@ -3,7 +3,7 @@ processes stand for the worker processes, and a scripted peer per process speaks
 
 import asyncio
 
-from controller_harness import MODEL, make_controller, run, scripted_local_worker
+from controller_harness import MODEL, make_controller, run, scripted_local_worker, stop
 
 WID = "host-1-cpu0"
 
@@ -34,10 +34,7 @@ def test_a_restarted_worker_replaced_the_moment_it_is_admitted_stays_one_process
             assert c.hub.workers[ident] is new and new.ready and new.proc is procs[2] and new.pid == procs[2].pid
             assert c.by_gpu[new.gpu_id] is new and [g.gone for g in c.state.gpus] == [True, False]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
+            stop(procs)
             await c.close(drain=False)
 
     run(main())
