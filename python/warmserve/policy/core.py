@@ -314,6 +314,9 @@ class Policy(Demand, LoadSignals, GpuMoves):
                 retired.add(inst.instance_id)
         stopped = False
         moving = {state.instances[i].model for i in self._moving if i in state.instances}
+        # read once: within the loop below only a model's own stops are added, and its serving count follows them
+        gone = A.stopping(out)
+        starts = {a.model for a in out if type(a) is A.StartInstance}
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m]
             if target == 0 and ((not (wanted - {m}) and not cfg.idle_to_zero)
@@ -328,10 +331,8 @@ class Policy(Demand, LoadSignals, GpuMoves):
                    and i.instance_id not in retired]
             # co-served instances first: a model that needs fewer keeps its own GPUs
             old.sort(key=lambda i: (co is None or i.instance_id not in co.ids, i.in_flight, i.instance_id))
-            gone = A.stopping(out)
             serving = sum(1 for i in active[m] if i.ready and i.instance_id not in gone)
-            starting = any(not i.ready for i in active[m]) or any(
-                type(a) is A.StartInstance and a.model == m for a in out)
+            starting = m in starts or any(not i.ready for i in active[m])
             for inst in old[: max(0, have[m] - target)]:
                 if starting and serving <= 1:
                     # its last ready instance carries the model until a start is ready (found in review: with

@@ -80,6 +80,8 @@ class CoServing(HostSizing):
         self.stopped_idle: set[str] = set()
         #: Per model, ``route_cap`` (with the instance membership it was worked out for).
         self.caps: dict[str, tuple[tuple, int]] = {}
+        #: ``seq_capacity`` per (model, GPU bytes): fixed for a policy's configuration.
+        self.caps_by_size: dict[tuple[str, int], int] = {}
         #: Per model, from the last tick: scale-out demand (instances, no floor), scale-in demand, predicted batch.
         self.out: dict[str, float] = {}
         self.keep: dict[str, float] = {}
@@ -115,8 +117,12 @@ class CoServing(HostSizing):
         it the smallest host among the model's co-served instances (found in review: sized by the smallest live
         GPU, a small GPU joining the cluster made every co-served instance's cap divide by zero). Kept per model
         while the instances stay the same: route() asks for every request."""
-        if inst is not None:
-            return self.seq_capacity(model, self.host_bytes(state, inst.gpus))
+        if inst is not None:  # per request: the figure depends on the model and the GPU size alone
+            size = self.host_bytes(state, inst.gpus)
+            cap = self.caps_by_size.get((model, size))
+            if cap is None:
+                cap = self.caps_by_size[model, size] = self.seq_capacity(model, size)
+            return cap
         key = (id(state.instances), len(state.instances), next(reversed(state.instances), None))
         got = self.caps.get(model)
         if got is None or got[0] != key:
