@@ -10,7 +10,7 @@ import pytest
 import warmserve
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.errors import InvalidArgumentError, TimeoutError_
-from warmserve.policy.baselines import UnplacedModelError
+from warmserve.policy.colocation import UnplacedModelError
 from warmserve.policy.config import PolicyConfig
 
 import serving

@@ -1,7 +1,7 @@
 """Co-serving live: light models share a worker (one GPU) through the same driver and policy as in the simulator
-(policy/coserve.py; `coserve_tpot_s` turns it on). Three light demo models on two CPU workers, rounds of
-concurrent requests: at some point two models run on one worker as shared instances, every request is
-answered, and the cluster ends idle with every pool whole."""
+(policy/coserve.py; `coserve_tpot_s` turns it on; the first tick's colocation is off here: test_colocation.py).
+Three light demo models on two CPU workers, rounds of concurrent requests: at some point two models run on one
+worker as shared instances, every request is answered, and the cluster ends idle with every pool whole."""
 
 import concurrent.futures as cf
 import threading
@@ -17,7 +17,8 @@ MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
 #: Their contexts (max_position_embeddings of the demo checkpoints), tokens.
 CONTEXT = {"llama-20m": 2048, "qwen2-30m": 4096, "llama-90m": 4096}
 
-server = serving.server_fixture("coserve", models=MODELS, cpu_workers=2, policy={"coserve_tpot_s": 0.1})
+server = serving.server_fixture("coserve", models=MODELS, cpu_workers=2,
+                                policy={"coserve_tpot_s": 0.1, "colocate_when_oversubscribed": "false"})
 
 
 def test_light_models_share_a_worker_and_every_request_is_answered(server):

@@ -20,7 +20,8 @@ BURST, OTHER, THIRD = "llama-20m", "qwen2-30m", "llama-90m"
 # per host, so that the third model opens a second host for the mover to join; co-serving from the first request.
 server = serving.server_fixture(
     "coserve-convert", models=(BURST, OTHER, THIRD), cpu_workers=2, cpu_worker_memory_bytes=1536 << 20,
-    policy={"instance_capacity": 4, "min_lifetime_s": 1.0, "coserve_max_models": 2, "coserve_always": "true"})
+    policy={"instance_capacity": 4, "min_lifetime_s": 1.0, "coserve_max_models": 2, "coserve_always": "true",
+            "colocate_when_oversubscribed": "false"})
 
 
 def _instances(url: str) -> list[dict]:

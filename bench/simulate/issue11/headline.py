@@ -181,22 +181,24 @@ def main() -> None:
     for r in p99_rows(best) + window_rows(best) + rate_rows() + dedicated_rows():
         print("| " + " | ".join(x if x.strip("-; ") else "-" for x in r) + " |")
     print()
-    print("| 12 models on 16 GPUs: SLO attainment / P99 TTFT | warmserve | shared | autoscale | file (issue11/) |")
-    print("|---|---|---|---|---|")
+    print("| 12 models on 16 GPUs: SLO attainment / P99 TTFT | warmserve | warmserve, rules only "
+          "(`colocate_when_oversubscribed=false`) | shared | autoscale | files (issue11/) |")
+    print("|---|---|---|---|---|---|")
     for kind in ("conv", "code"):
         for r in ("x025", "x05"):
-            name = f"paper_{kind}_m12_{r}_convert"
+            name, rules = f"paper_{kind}_m12_{r}_colocate", f"paper_{kind}_m12_{r}_rules"
             cells = []
-            for p in ("warmserve", "shared", "autoscale"):
-                a, q = pol(name, p, "slo_attainment"), pol(name, p, "ttft_p99_s")
+            for f, p in ((name, "warmserve"), (rules, "warmserve"), (name, "shared"), (name, "autoscale")):
+                a, q = pol(f, p, "slo_attainment"), pol(f, p, "ttft_p99_s")
                 cells.append("-" if a is None else f"{a:.3f} / {q:.2f} s")
-            print(f"| paper-{kind}, rate x{r[1:2]}.{r[2:]} | " + " | ".join(cells) + f" | `{name}.json` |")
-        name = f"paper_{kind}_m12_search_convert"
+            print(f"| paper-{kind}, rate x{r[1:2]}.{r[2:]} | " + " | ".join(cells) + f" | `{name}.json`, `{rules}.json` |")
+        name, rules = f"paper_{kind}_m12_search_colocate", f"paper_{kind}_m12_search_rules"
         w = pol(name, "warmserve", "max_rate_under_slo_rps")
+        o = pol(rules, "warmserve", "max_rate_under_slo_rps")
         s = pol(name, "shared", "max_rate_under_slo_rps")
-        mr = "-" if w is None or s is None else f"{w:.2f} / {s:.2f} rps: {w / s:.2f}x"
-        print(f"| paper-{kind}, max rate under the SLO, warmserve / shared | {mr} | | | `{name}.json` |")
-
+        cells = ["-" if v is None or s is None else f"{v:.2f} rps: {v / s:.2f}x `shared`" for v in (w, o)]
+        print(f"| paper-{kind}, max rate under the SLO | " + " | ".join(cells)
+              + f" | {'-' if s is None else f'{s:.2f} rps'} | | `{name}.json`, `{rules}.json` |")
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ from warmserve.controller.restarts import WorkerRestarts
 from warmserve.controller.workers import WorkerHub, WorkerRecord, server_of
 from warmserve.errors import InvalidArgumentError, TimeoutError_, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import PolicyConfig, make_policy
-from warmserve.policy.baselines import UnplacedModelError
+from warmserve.policy.colocation import UnplacedModelError
 from warmserve.policy.driver import PolicyDriver
 from warmserve.policy.state import ClusterState, ModelInfo
 

@@ -89,7 +89,9 @@ Ids: the policy picks every new instance and prewarm id (strings). ``PrewarmStat
 creation; the policy rescores its replicas each plan and keeps the current scores itself.
 
 What ``tick`` does, in order: records the load (in-flight + queued per model, averaged over 5 s), closes
-finished forecast windows, keeps the weights of stopped instances that have drained as prewarms on their GPUs
+finished forecast windows; where the models with forecast demand outnumber the GPUs (one instance each at its
+tp), lays out `shared`'s colocation weighted by the forecast at the first tick and does nothing more while it
+stands (``colocate_when_oversubscribed``; ``policy.colocation``); otherwise keeps the weights of stopped instances that have drained as prewarms on their GPUs
 (a ``Prewarm`` with ``kept_from``; for an instance stopped with nothing in flight, right after its
 ``StopInstance`` in the same list), autoscales (§5, plus a prefill trigger: the 5 s average of the backlog's
 prefill time, tokens x prefill_s / 1024, against 0.8 x the per-instance budget ``prefill_budget_s``: the TTFT
@@ -116,7 +118,7 @@ Policies by name (``POLICY_NAMES``, registered once in ``policy.registry``): ``w
 model with fixed KV shares; several instances per GPU), ``dedicated`` (fixed GPUs per model), and the ablations
 ``no-kv-reservation``, ``round-robin-placement``, ``reactive`` (plans prewarms from the last window instead of a
 forecast) and ``engine-prewarm-only`` (engines ahead, no weights prewarmed). ``shared`` and ``dedicated``
-(``policy.baselines``) lay out all their instances on the first tick and never change them; route() sends a
+(``policy.baselines``, their layouts from ``policy.colocation``) lay out all their instances on the first tick and never change them; route() sends a
 request to the model's least-loaded instance whatever its load, and returns None for a model that got no GPUs.
 
 Routing (``Policy.route``): the least-loaded ready instance below B; else a draining one revived; else a new

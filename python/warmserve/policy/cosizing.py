@@ -8,7 +8,7 @@ from warmserve.policy.config import PolicyConfig
 from warmserve.policy.state import ClusterState, ModelInfo
 
 #: Share of a GPU's pool the weights of a host's models may take together (the rest is KV): the `shared`
-#: baseline's rule (``baselines.plan_shared``: weights up to 80% of memory).
+#: baseline's rule (``colocation.plan_shared``: weights up to 80% of memory).
 WEIGHT_SHARE_PER_HOST = 0.8
 
 

@@ -96,6 +96,17 @@ class Demand:
         peak = np.fmax(peak, avg)  # fmax takes the known one of the two: found in review, a NaN peak crashed plans
         return avg, peak
 
+    def forecast_need(self, window: int) -> tuple[int, dict[str, float]]:
+        """GPUs the models with demand in ``window`` need for one instance each (a model with no forecast counts:
+        nothing says it is idle), and each model's weight in a colocation: its forecast peak in flight, the
+        history's mean peak where there is no forecast, at least 1 (a model laid out at all holds a request)."""
+        names = sorted(self.models)
+        f_avg, f_peak = self.forecast_all(window, names)
+        mean = self._hist.mean_peak()
+        need = sum(self.models[m].tp for m, a in zip(names, f_avg) if not a <= 0)
+        demand = {m: max(1.0, mean[m] if math.isnan(p) else float(p)) for m, p in zip(names, f_peak)}
+        return need, demand
+
     def _window_forecast(self, now_s: float) -> dict[str, float]:
         """The average in-flight forecast of the current window per model (0 where unknown), once per window."""
         w = math.floor(now_s / self.cfg.window_s)

@@ -8,7 +8,7 @@ the simulator's cost model, analytically (a few milliseconds per candidate), the
    laying out; steps 1-4 never read the measured span, step 5 does).
 2. Candidates: every split of the GPUs into tp-GPU groups per tensor-parallel class (the class with the
    smallest tp takes whatever GPUs are left), times at most 1, 2 or 3 models per group. Each candidate is
-   laid out by ``policy.baselines.plan_shared`` exactly as the policy will lay it out (replicas and KV shares
+   laid out by ``policy.colocation.plan_shared`` exactly as the policy will lay it out (replicas and KV shares
    by demand); candidates that leave a model without an instance are skipped.
 3. Score: the largest multiple x of the workload's rates that every instance sustains. An instance of model m
    with KV fraction f and r replicas gets x lambda_m / r requests/s; at saturation it runs its largest batch
@@ -47,7 +47,7 @@ from dataclasses import replace
 import numpy as np
 
 from warmserve.geometry import KV_BLOCK_TOKENS
-from warmserve.policy.baselines import SharedLayout, UnplacedModelError, default_groups, plan_shared
+from warmserve.policy.colocation import SharedLayout, UnplacedModelError, default_groups, plan_shared
 from warmserve.policy.state import kv_blocks_for
 
 #: most group splits scored (x 3 colocation degrees); larger clusters search near the proportional split

@@ -152,7 +152,7 @@ class Simulator:
         (found in review: its own layout, spare GPUs by mean peak concurrency, had a P99 of 7.77 s where the
         one-per-group layout of the same GPUs had 3.46 s on paper-code); ``shared_search`` False keeps both
         policies' own layouts."""
-        from warmserve.policy.baselines import UnplacedModelError
+        from warmserve.policy.colocation import UnplacedModelError
         from warmserve.sim.shared_search import search_shared_layout, simulate_layout, slo_key
 
         name = getattr(self.policy, "name", "")

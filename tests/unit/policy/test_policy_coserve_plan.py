@@ -200,9 +200,10 @@ def _live(st, m):
 # ---- random scenarios ------------------------------------------------------------------------------------------
 
 
-def _scenario(seed: int):
+def _scenario(seed: int, colocate: bool = False):
     """A small cluster, more light models than it has GPUs for one each, loads that burst, go quiet and come back;
-    a config drawn from the co-serving switches."""
+    a config drawn from the co-serving switches. ``colocate``: the first tick lays out the colocation
+    (``colocate_when_oversubscribed``) and the rules stand aside; off, the rules decide from the first tick."""
     rng = random.Random(seed)
     n7, n13 = rng.randint(3, 7), rng.randint(0, 2)
     models = [ModelInfo(f"s{k}", 13_500_000_000, 1, 524_288, 0.035, rng.choice((0.015, 0.03))) for k in range(n7)]
@@ -213,16 +214,17 @@ def _scenario(seed: int):
         min_lifetime_s=rng.choice((2.0, 5.0)), instance_capacity=rng.choice((8, 32)),
         coserve_always=rng.random() < 0.5, consolidate=rng.random() < 0.5, idle_to_zero=rng.random() < 0.5,
         migrate_max_in_flight=rng.choice((0, 4)), preempt_after_s=rng.choice((6.0, 30.0)),
-        coserve_max_models=rng.choice((2, 4)), coserve_tpot_s=rng.choice((0.05, 0.1)))
+        coserve_max_models=rng.choice((2, 4)), coserve_tpot_s=rng.choice((0.05, 0.1)),
+        colocate_when_oversubscribed=colocate)
     pol = make_policy("warmserve", models=models, config=cfg)
     start_ready = rng.random() < 0.5
     return rng, models, st, pol, instant_driver(pol, st, start_ready=start_ready), start_ready
 
 
-def _drive(seed: int, ticks: int = 80, steps: int = 10) -> tuple[list[str], int]:
+def _drive(seed: int, ticks: int = 80, steps: int = 10, colocate: bool = False) -> tuple[list[str], int]:
     """Runs one random scenario, ``steps`` rounds of events between ticks (arrivals, finishes, instances that
     become ready); returns what was wrong and how many actions were checked."""
-    rng, models, st, pol, d, start_ready = _scenario(seed)
+    rng, models, st, pol, d, start_ready = _scenario(seed, colocate)
     chk = Checked(pol)
     ex = d.executor
     rate = {m.name: rng.choice((0.0, 0.5, 2.0)) for m in models}  # requests per second
@@ -259,11 +261,23 @@ def test_random_ticks_keep_the_plan_invariants(seed):
     assert not errors, errors[:10]
 
 
-@pytest.mark.parametrize("cfg", [{}, {"consolidate": True, "idle_to_zero": True},
-                                 {"coserve_always": True, "min_lifetime_s": 2.0}], ids=["over", "consolidate", "always"])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_ticks_keep_the_plan_invariants_with_the_colocation(seed):
+    errors, n_actions = _drive(seed, colocate=True)
+    assert n_actions > 0
+    assert not errors, errors[:10]
+
+
+_RULES = {"colocate_when_oversubscribed": False}
+
+
+@pytest.mark.parametrize("cfg", [_RULES, {**_RULES, "consolidate": True, "idle_to_zero": True},
+                                 {**_RULES, "coserve_always": True, "min_lifetime_s": 2.0}, {}],
+                         ids=["over", "consolidate", "always", "colocation"])
 def test_a_simulated_workload_keeps_the_plan_invariants(cfg):
     """The simulator's paper recipe, 12 models on 8 GPUs at twice its rate for 5 minutes (over-subscribed: light
-    models co-serve), every tick's list and the state after it checked."""
+    models co-serve, by the rules or in the first tick's colocation), every tick's list and the state after it
+    checked."""
     sim_cfg = SimConfig(n_servers=1, gpus_per_server=8, policy_config=PolicyConfig(**cfg), drain_s=30.0,
                         warmup_s=0.0)
     preset = scale_preset(8, 12, duration_s=300.0, recipe="paper", config=sim_cfg)

@@ -65,7 +65,7 @@ def _two_co_served_then_small_gpu(names="ab"):
     (too small for one shard)."""
     ms = [_7b(n) for n in names]
     st = ClusterState.uniform(1, ms, gpus_per_server=1, gpu_bytes=72 * GiB)
-    pol = make_policy("warmserve", models=ms, config=PolicyConfig())
+    pol = make_policy("warmserve", models=ms, config=PolicyConfig(colocate_when_oversubscribed=False))
     d = instant_driver(pol, st)
     st.queues["a"].extend(["a0", "a1"])
     st.queues["b"].extend(["b0", "b1"])

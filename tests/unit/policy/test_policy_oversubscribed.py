@@ -1,7 +1,8 @@
 """An over-subscribed cluster (issue 11: more models with demand than GPUs for one instance each): co-serving
 engages by itself, a model short of an instance joins a host instead of waiting for GPUs, and a quiet model with
 steady demand keeps its instance instead of being scaled to zero and started again. All through the real driver
-(instant executor), with the default configuration."""
+(instant executor), with the default configuration but for the first tick's colocation, which would lay out
+every model at once (``colocate_when_oversubscribed``: test_policy_colocation.py), so that the rules decide."""
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def _run(n_gpus, names="abc", seconds=180, **cfg):
     waited in the driver's queue (no instance took it)."""
     models = [_7b(n) for n in names]
     st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=72 * GiB)
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, **cfg),
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False, **cfg),
                       history=_steady_history(names))
     d = instant_driver(pol, st)
     t0 = 2 * DAY
@@ -96,7 +97,7 @@ def test_a_splitting_model_with_no_load_of_its_own_does_not_break_the_tick():
     st = ClusterState.uniform(1, models, gpus_per_server=1, gpu_bytes=72 * GiB)
     hist = _steady_history("b")
     hist.update(_steady_history("a", avg=100.0))  # 100 x 1024 tokens x 0.5 MiB: far past a share of the pool
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9), history=hist)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False), history=hist)
     d = instant_driver(pol, st)
     d.apply(A.StartInstance("a0", "a", (0,), kv_fraction=0.3), 2 * DAY)
     d.apply(A.StartInstance("b0", "b", (0,), kv_fraction=0.3), 2 * DAY)
@@ -117,7 +118,7 @@ def test_a_model_that_outgrew_its_host_leaves_no_model_without_an_instance_no_ho
     big = ModelInfo("big", 138_000_000_000, 4, 327_680, 0.1, 0.03)
     models = [big, _7b("a")]
     st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=72 * GiB)
-    d = instant_driver(make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9)), st)
+    d = instant_driver(make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False)), st)
     d.apply(A.StartInstance("big0", "big", (0, 1, 2, 3)), 0.0)
     board = Board(st, {})
     load = {"big": 1.0, "a": 10.0}
@@ -135,7 +136,7 @@ def _hosts(gpus_per_server, placed, burst="a", in_flight=30):
     names = sorted({m for m, _ in placed.values()})
     models = [_7b(n) for n in names]
     st = ClusterState.uniform(1, models, gpus_per_server=gpus_per_server, gpu_bytes=72 * GiB)
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9), history=_steady_history(names))
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False), history=_steady_history(names))
     d = instant_driver(pol, st)
     t0 = 2 * DAY
     frac = pol._co.kv_fraction(names[0], 72 * GiB)
@@ -201,7 +202,7 @@ def test_a_co_served_replica_is_sized_for_its_share_and_stops_once_the_copies_ca
 
     models = [_7b(n) for n in "abc"]
     st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=72 * GiB)
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9))
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False))
     d, co = instant_driver(pol, st), pol._co
     frac = co.kv_fraction("a", 72 * GiB)
     for iid, m, g in (("a0", "a", 0), ("b0", "b", 0), ("c0", "c", 1)):

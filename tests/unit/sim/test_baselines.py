@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from warmserve.policy.baselines import SharedLayout, UnplacedModelError, plan_shared
+from warmserve.policy.colocation import SharedLayout, UnplacedModelError, plan_shared
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.presets import paper_preset
 from warmserve.sim.shared_search import score, workload_stats
@@ -101,7 +101,7 @@ def test_the_default_layout_gives_each_class_the_groups_its_shards_need_within_t
     """Two 70B copies need two 4-GPU groups (their shards do not fit one), whatever their demand (found in review:
     one group left the second without an instance); the groups that floor adds come out of the other classes
     (found in review of that fix: 12 models on 16 GPUs asked for 20 GPUs at alpha 2)."""
-    from warmserve.policy.baselines import default_groups
+    from warmserve.policy.colocation import default_groups
     from warmserve.policy.state import ClusterState
     from warmserve.sim.costmodel import CostModel
     from warmserve.sim.presets import paper_models
@@ -117,3 +117,4 @@ def test_the_default_layout_gives_each_class_the_groups_its_shards_need_within_t
     assert sum(tp * n for tp, n in groups.items()) <= 16
     placed = {m for _, hosted in plan_shared(st, models, order, demand) for m, _ in hosted}
     assert placed == set(models)
+

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from warmserve import cli
-from warmserve.policy.baselines import UnplacedModelError
+from warmserve.policy.colocation import UnplacedModelError
 from warmserve.sim.presets import cluster_shape, paper_preset
 from warmserve.sim.shared_search import search_shared_layout
 from warmserve.sim.simulator import Simulator

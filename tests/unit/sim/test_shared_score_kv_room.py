@@ -6,7 +6,7 @@ room, and a larger batch, than the simulated engine could ever run."""
 import numpy as np
 import pytest
 
-from warmserve.policy.baselines import plan_shared
+from warmserve.policy.colocation import plan_shared
 from warmserve.policy.state import kv_blocks_for
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.costmodel import CostModel, GpuType, ModelCost

@@ -1,0 +1,164 @@
+"""Static colocation of models on GPU groups (MuxServe-like): how many groups each tensor-parallel class gets, which
+models each group hosts and the KV share of each. Pure layout over a ``ClusterState``: `shared` and `dedicated`
+(``baselines.StaticPolicy``) lay it out once; warmserve lays it out where the models cannot each have GPUs of
+their own (``core.Policy._colocation``); the simulator's search (``sim.shared_search``) scores layouts with it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy.placement import Board
+from warmserve.policy.state import ClusterState
+
+
+#: Share of a GPU the weights of a `shared` group may take; the rest is KV cache (``plan_shared`` packs to it and
+#: ``default_groups`` sizes each class's floor by it).
+WEIGHT_SHARE = 0.8
+
+
+class UnplacedModelError(InvalidArgumentError):
+    """A static layout leaves a model without an instance: its requests would never be answered."""
+
+
+@dataclass(frozen=True)
+class SharedLayout:
+    """A `shared` layout: GPU groups per tensor-parallel class, and colocation."""
+
+    #: (tp, number of tp-GPU groups) per class of models with that tp
+    groups: tuple[tuple[int, int], ...]
+    #: most models one group hosts (1: none colocated); raised where a class has more models than groups
+    per_group: int = 2
+    #: (model, demand weight) pairs that replicas and KV shares follow; empty: the policy's history
+    demand: tuple[tuple[str, float], ...] = ()
+
+
+def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict) -> tuple[tuple[int, int], ...]:
+    """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
+    the groups whose weight room (80% of a GPU, as ``plan_shared`` packs) holds one shard of each of its models
+    (found in review: one 4-GPU group for two 70B copies whose demand was low left the second without an
+    instance)."""
+    live = [g for g in state.gpus if not g.gone]
+    n_gpus = len(live)
+    gpu_bytes = min((g.total_bytes for g in live), default=0)
+    classes: dict[int, list[str]] = {}
+    for m in order:
+        classes.setdefault(models[m].tp, []).append(m)
+    weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
+    total = sum(weight.values())
+
+    def least(tp: int) -> int:  # first-fit of the class's shards, largest first, into groups' weight room
+        rooms: list[float] = []
+        for shard in sorted((models[m].shard_bytes for m in classes[tp]), reverse=True):
+            k = next((i for i, r in enumerate(rooms) if shard <= r), None)
+            if k is None:
+                rooms.append(WEIGHT_SHARE * gpu_bytes)
+                k = len(rooms) - 1
+            rooms[k] -= shard
+        return max(1, len(rooms))
+
+    floor = {tp: least(tp) for tp in classes}
+    want = {tp: max(floor[tp], int(n_gpus * weight[tp] / total // tp)) for tp in classes}
+    # a class raised to its floor takes GPUs from the others (found in review: the floors came on top of the
+    # shares, and the last class planned absorbed the excess): the class furthest above its share gives first
+    while sum(tp * g for tp, g in want.items()) > n_gpus:
+        over = [tp for tp in classes if want[tp] > floor[tp]]
+        if not over:
+            break  # the floors alone do not fit: plan_shared names the model left out
+        tp = max(over, key=lambda c: (c * want[c] - n_gpus * weight[c] / total, c))
+        want[tp] -= 1
+    return tuple((tp, want[tp]) for tp in sorted(classes, reverse=True))
+
+
+def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dict,
+                layout: SharedLayout | None = None) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
+    """MuxServe-like static colocation: (GPU group, [(model, KV fraction)]) for every group used.
+
+    Each tp class gets ``layout.groups`` tp-GPU groups (default: ``default_groups``, then whatever GPUs are left
+    go to the class furthest below its share). Each group hosts up to ``per_group`` of its class's models (more
+    where the class has more models than groups; weights up to 80% of memory); every model gets one replica,
+    popular models more (largest remainder of demand), spread so that group loads even out; the memory the
+    weights leave is split among a group's models in proportion to their demand per replica. Raises
+    UnplacedModelError when a model gets no instance. Does not change ``state``."""
+    board = Board(state, laminar=True)
+    classes: dict[int, list[str]] = {}
+    for m in order:
+        classes.setdefault(models[m].tp, []).append(m)
+    fill_rest = layout is None
+    if layout is None:
+        layout = SharedLayout(default_groups(state, models, order, demand))
+    want = dict(layout.groups)
+    groups: dict[int, list[tuple[int, ...]]] = {tp: [] for tp in classes}
+
+    def take(tp: int) -> bool:
+        pick = board.choose_for_instance(classes[tp][0])
+        if pick is None:
+            return False
+        groups[tp].append(pick[0])
+        return True
+
+    for tp in sorted(classes, reverse=True):  # big groups first, so they find whole blocks
+        for _ in range(want.get(tp, 0)):
+            if not take(tp):
+                break
+    if fill_rest:
+        n_gpus = sum(1 for g in state.gpus if not g.gone)
+        weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
+        total = sum(weight.values())
+        quota = {tp: n_gpus * weight[tp] / total for tp in classes}
+        while True:  # the GPUs left: to the class furthest below its share that still fits
+            ranked = sorted(classes, key=lambda tp: (-(quota[tp] - len(groups[tp]) * tp) / tp, -tp))
+            if not any(take(tp) for tp in ranked):
+                break
+    out: list = []
+    gpu_bytes = min(g.total_bytes for g in state.gpus if not g.gone)
+    for tp, ms in classes.items():
+        gs = groups[tp]
+        if not gs:
+            raise UnplacedModelError(
+                f"shared layout: no {tp}-GPU group for models {ms} (groups asked: {want.get(tp, 0)}): give the "
+                f"tp-{tp} class a group, or let the layout search choose", model=ms[0], tp=tp)
+        per_group = max(min(layout.per_group, len(ms)), math.ceil(len(ms) / len(gs)))
+        slots = min(len(gs) * per_group, len(gs) * len(ms))
+        reps = {m: 1 for m in ms}  # every model once, the rest of the slots by demand (largest remainder)
+        d_total = sum(demand[m] for m in ms)
+        for _ in range(max(0, slots - len(ms))):
+            m = max((m for m in ms if reps[m] < len(gs)),
+                    key=lambda m: (demand[m] / d_total * slots - reps[m], m), default=None)
+            if m is None:
+                break
+            reps[m] += 1
+        hosted: list[list[str]] = [[] for _ in gs]
+        load = [0.0] * len(gs)
+        room = [WEIGHT_SHARE * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
+        # every model's first replica before any model's extra ones, so extra replicas of a popular model never
+        # take the room a model needs for its only instance
+        todo = sorted(((k > 0, demand[m] / reps[m], m) for m in ms for k in range(reps[m])),
+                      key=lambda x: (x[0], -x[1], x[2]))
+        for _, d, m in todo:
+            fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
+                    and models[m].shard_bytes <= room[k]]
+            if not fits:
+                continue
+            k = min(fits, key=lambda k: (load[k], k))
+            hosted[k].append(m)
+            load[k] += d
+            room[k] -= models[m].shard_bytes
+        placed = {m for fit in hosted for m in fit}
+        for m in ms:
+            if m not in placed:
+                raise UnplacedModelError(
+                    f"shared layout: model {m!r} gets no instance: its {models[m].shard_bytes / 1e9:.1f} GB shard "
+                    f"does not fit beside the models on any of the {len(gs)} {tp}-GPU group(s) (weights may take "
+                    f"{WEIGHT_SHARE:.0%} of {gpu_bytes / 1e9:.1f} GB per GPU): give the tp-{tp} class more groups, or let the "
+                    f"layout search choose", model=m, tp=tp, groups=len(gs))
+        for g, fit in zip(gs, hosted):
+            if not fit:
+                continue
+            kv = gpu_bytes - sum(models[m].shard_bytes for m in fit)
+            d_sum = sum(demand[m] / reps[m] for m in fit)
+            out.append((g, [(m, kv * (demand[m] / reps[m]) / d_sum / (gpu_bytes - models[m].shard_bytes))
+                            for m in fit]))
+    return out
+

@@ -1,0 +1,135 @@
+"""warmserve's colocation where models outnumber GPUs (``PolicyConfig.colocate_when_oversubscribed``): the first tick
+lays out `shared`'s colocation weighted by each model's forecast peak, and the rules stand aside while it stands;
+they take over once an instance of it is lost, GPUs change, or a window's forecast fits every model with demand on
+GPUs of its own. All through the real driver (instant executor)."""
+
+import numpy as np
+import pytest
+
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy import actions as A
+from warmserve.policy.driver import instant_driver
+from warmserve.policy.state import ClusterState, ModelInfo
+
+GiB = 1 << 30
+DAY = 86400.0
+HOUR = 3600.0
+
+
+def _7b(name):
+    """Llama-2 7B as the policy knows it: 13.5 GB, tp 1, 0.5 MiB of KV per token, 35 ms prefill, 15 ms step."""
+    return ModelInfo(name, 13_500_000_000, 1, 524_288, 0.035, 0.015)
+
+
+def _history(peaks: dict[str, float], quiet_after_hour: set[str] = frozenset()):
+    """Two days of hourly windows from t = 0: each model's peak in flight (the average half of it); the models in
+    ``quiet_after_hour`` have load only in the first hour of each day."""
+    t = np.arange(48) * HOUR
+    out = {}
+    for m, p in peaks.items():
+        peak = np.full(len(t), p)
+        if m in quiet_after_hour:
+            peak[(t % DAY) >= HOUR] = 0.0
+        out[m] = (t, peak / 2, peak)
+    return out
+
+
+def _cluster(peaks, n_gpus=2, policy="warmserve", quiet=frozenset(), **cfg):
+    models = [_7b(m) for m in peaks]
+    st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=72 * GiB)
+    pol = make_policy(policy, models=models, config=PolicyConfig(window_s=HOUR, replan_s=1e9, **cfg),
+                      history=_history(peaks, quiet))
+    return st, pol, instant_driver(pol, st)
+
+
+def _starts(acts):
+    return [a for a in acts if type(a) is A.StartInstance]
+
+
+def test_an_over_subscribed_cluster_is_laid_out_by_forecast_and_kept():
+    """Four models with steady load on two GPUs: one instance each, two per GPU, the busy model's KV share four
+    times its co-resident's (forecast peaks 16 and 4); a backlog later moves nothing."""
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0})
+    now = 2 * DAY
+    d.tick(now)
+    insts = list(st.instances.values())
+    assert sorted(i.model for i in insts) == ["a", "b", "c", "d"]
+    by_gpu: dict[tuple, list] = {}
+    for i in insts:
+        by_gpu.setdefault(i.gpus, []).append(i)
+    assert sorted(len(v) for v in by_gpu.values()) == [2, 2]
+    assert {i.instance_id for i in insts} <= pol._co.ids  # co-served hosts to the rules, once they decide
+    host_a = next(v for v in by_gpu.values() if any(i.model == "a" for i in v))
+    a = next(i for i in host_a if i.model == "a")
+    other = next(i for i in host_a if i.model != "a")
+    assert a.kv_blocks_total == pytest.approx(4 * other.kv_blocks_total, rel=0.02)
+    for k in range(200):  # a burst of a: it queues on its instance, nothing starts, stops or moves
+        d.submit("a", f"r{k}", now + 0.5)
+    acts: list = []
+    orig = pol.tick
+    pol.tick = lambda s, t: acts.extend(orig(s, t)) or []
+    for k in range(1, 30):
+        d.tick(now + k)
+    assert acts == []
+    assert a.in_flight == 200  # route sends the overflow to it, as `shared` does (no co-served cap)
+
+
+def test_the_rules_take_over_once_an_instance_of_it_is_lost():
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, n_gpus=3)
+    now = 2 * DAY
+    d.tick(now)
+    insts = list(st.instances.values())
+    assert {i.model for i in insts} == set("abcd") and len({i.gpus for i in insts}) == 3
+    only = next(i for i in insts if sum(j.model == i.model for j in insts) == 1)
+    d.lose_gpus(only.gpus, now + 1)
+    lost = [i.model for i in insts if i.gpus == only.gpus]
+    assert not any(i.model == only.model for i in st.instances.values())
+    for m in lost:
+        d.submit(m, f"{m}0", now + 1.5)
+    for k in range(2, 12):  # the lost models have no instance now: the rules give them one (joins or starts)
+        d.tick(now + k)
+    assert set(lost) <= {i.model for i in st.instances.values()}
+    assert all(not st.queues[m] for m in lost)
+
+
+def test_models_that_fit_on_gpus_of_their_own_are_left_to_the_rules():
+    """c and d are forecast idle this hour: a and b fit on the two GPUs, so nothing is laid out at the first tick
+    (the rules start instances as requests come)."""
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, quiet={"c", "d"})
+    d.tick(2 * DAY + 2 * HOUR)
+    assert not st.instances
+
+
+def test_a_window_whose_forecast_fits_gives_it_up():
+    """c and d have load only in the first hour of a day: laid out then (4 models, 2 GPUs); in the next hour a and
+    b fit on GPUs of their own, and the rules decide again (a burst of a now moves GPUs)."""
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, quiet={"c", "d"})
+    now = 2 * DAY
+    d.tick(now)
+    assert len(st.instances) == 4
+    for k in range(200):
+        d.submit("a", f"r{k}", now + HOUR + 0.5)
+    seen: list = []
+    orig = pol.tick
+    pol.tick = lambda s, t: (seen.append(orig(s, t)) or seen[-1])
+    for k in range(1, 40):
+        d.tick(now + HOUR + k)
+    assert any(seen), "the rules act on the burst once the colocation is given up"
+
+
+@pytest.mark.parametrize("policy,cfg", [("autoscale", {}), ("warmserve", {"colocate_when_oversubscribed": False})])
+def test_autoscale_and_the_switched_off_option_never_colocate(policy, cfg):
+    """The same cluster as the first test: nothing is laid out ahead of requests; instances start as they come."""
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, policy=policy, **cfg)
+    now = 2 * DAY
+    d.tick(now)
+    assert not st.instances
+    d.submit("a", "a0", now + 0.5)
+    d.tick(now + 1)
+    assert [i.model for i in st.instances.values()] == ["a"]
+
+
+def test_no_colocation_whose_kv_shares_cannot_hold_a_request_of_the_planning_context():
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, coserve_context_tokens=400_000)
+    d.tick(2 * DAY)
+    assert not st.instances
