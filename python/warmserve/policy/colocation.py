@@ -1,7 +1,7 @@
 """Static colocation of models on GPU groups (MuxServe-like): how many groups each tensor-parallel class gets, which
 models each group hosts and the KV share of each. Pure layout over a ``ClusterState``: `shared` and `dedicated`
 (``baselines.StaticPolicy``) lay it out once; warmserve lays it out where the models cannot each have GPUs of
-their own (``core.Policy._colocation``); the simulator's search (``sim.shared_search``) scores layouts with it."""
+their own (``colocating.Colocating``); the simulator's search (``sim.shared_search``) scores layouts with it."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
 
 
 def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dict,
-                layout: SharedLayout | None = None) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
+                layout: SharedLayout | None = None, *,
+                laminar: bool = True) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
     """MuxServe-like static colocation: (GPU group, [(model, KV fraction)]) for every group used.
 
     Each tp class gets ``layout.groups`` tp-GPU groups (default: ``default_groups``, then whatever GPUs are left
@@ -80,8 +81,9 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
     where the class has more models than groups; weights up to 80% of memory); every model gets one replica,
     popular models more (largest remainder of demand), spread so that group loads even out; the memory the
     weights leave is split among a group's models in proportion to their demand per replica. Raises
-    UnplacedModelError when a model gets no instance. Does not change ``state``."""
-    board = Board(state, laminar=True)
+    UnplacedModelError when a model gets no instance. Does not change ``state``. ``laminar``: the groups are chosen
+    by §3's laminar placement (False: round-robin, as the policy's ablation places)."""
+    board = Board(state, laminar=laminar)
     classes: dict[int, list[str]] = {}
     for m in order:
         classes.setdefault(models[m].tp, []).append(m)
@@ -160,5 +162,28 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             d_sum = sum(demand[m] / reps[m] for m in fit)
             out.append((g, [(m, kv * (demand[m] / reps[m]) / d_sum / (gpu_bytes - models[m].shard_bytes))
                             for m in fit]))
+    return out
+
+
+def floor_kv_shares(state: ClusterState, plan: list, min_blocks: dict[str, int]) -> list | None:
+    """``plan`` (as ``plan_shared`` returns it) with every model's KV share raised to hold at least
+    ``min_blocks[model]`` blocks, taken from its co-residents in proportion to what they hold above their own
+    floors; None where a group's KV room cannot hold every floor. A share by demand alone can be too small for one
+    request of a quiet model beside a busy one. Bytes per GPU; a model's fraction is of the GPU's memory after its
+    own shard, as ``state.kv_blocks_for`` reads it."""
+    out = []
+    for gpus, hosted in plan:
+        gpu_bytes = min(state.gpus[g].total_bytes for g in gpus)
+        room = {m: gpu_bytes - state.models[m].shard_bytes for m, _ in hosted}
+        # one block more than the floor: kv_blocks_for rounds each share down to whole blocks
+        floor = {m: (min_blocks[m] + 1) * state.models[m].kv_block_bytes for m, _ in hosted}
+        have = {m: frac * room[m] for m, frac in hosted}
+        if sum(floor.values()) > sum(have.values()):
+            return None
+        short = sum(max(0.0, floor[m] - have[m]) for m in have)
+        spare = {m: max(0.0, have[m] - floor[m]) for m in have}
+        total_spare = sum(spare.values())
+        new = {m: max(have[m], floor[m]) - (short * spare[m] / total_spare if total_spare else 0.0) for m in have}
+        out.append((gpus, [(m, new[m] / room[m]) for m, _ in hosted]))
     return out
 

@@ -155,15 +155,19 @@ class PolicyConfig:
     #: Where the models with demand cannot each have GPUs of their own (one instance of each at its tp needs more
     #: GPUs than are live; a model with no forecast counts), lay out `shared`'s colocation at the first tick
     #: (``colocation.plan_shared``: GPU groups per tp class, replicas and KV shares in proportion to each model's
-    #: forecast peak in flight for that window; no search, nothing read of the load to come) and keep it: the
-    #: rules stand aside while it stands, and take over, its colocated instances as co-served hosts, once one of
-    #: its instances is lost, GPUs join or leave, or a later window's forecast fits those models on GPUs of their
-    #: own. Beyond the paper: on over-subscribed clusters the online rules (co-serving at equal KV shares,
-    #: time-sharing) served less than the fixed layout. Measured (seeds 0-2, bench/simulate/README.md): 12 models
-    #: on 16 GPUs, max rate under the SLO paper-conv 10.10 -> 13.08 rps, paper-code 7.12 -> 8.46 (`shared`
-    #: searched on the replay itself: 14.26, 8.46); ServeGen, 16 models on 24 GPUs, P99 TTFT 0.37-0.62 s where
-    #: the rules gave 0.66-1.11 s. The forecast matters here: weighted by the last window instead (`reactive`),
-    #: ServeGen's P99 was 1.07-125 s. Off for `autoscale` (vanilla autoscaling lays nothing out ahead).
+    #: forecast peak in flight for that window, each share floored at one request of coserve_context_tokens; no
+    #: search, nothing read of the load to come) and keep it: the rules stand aside while it stands (route() may
+    #: still start an instance on GPUs it left idle), and take over, its colocated instances as co-served hosts
+    #: that each take what its own KV share holds, once one of its instances is lost, GPUs join or leave, or a
+    #: later window's forecast, from history reaching a day back, fits those models on GPUs of their own
+    #: (``colocating.Colocating``). Only with co-serving on (coserve_tpot_s > 0) and on an empty cluster. Beyond
+    #: the paper: on over-subscribed clusters the online rules (co-serving at equal KV shares, time-sharing)
+    #: served less than the fixed layout. Measured (seeds 0-2, bench/simulate/README.md): 12 models on 16 GPUs,
+    #: max rate under the SLO paper-conv 10.10 -> 13.08 rps, paper-code 7.12 -> 8.46 (`shared` searched on the
+    #: replay itself: 14.26, 8.46); ServeGen, 16 models on 24 GPUs, P99 TTFT 0.36-0.42 s at the three start hours
+    #: where it is laid out, where the rules gave 0.66-1.11 s. The forecast matters here: weighted by the last
+    #: window instead (`reactive`), P99 1.45 and 1.79 s at two of them (3.4x, 4.4x), 0.96x at the third. Off for
+    #: `autoscale` (vanilla autoscaling lays nothing out ahead).
     colocate_when_oversubscribed: bool = True
     #: Give GPUs back by co-serving (beyond the paper): a quiet model (load below scale_in_threshold x B, one
     #: instance with GPUs to itself) moves onto a co-serving host even when no other model wants GPUs, so its

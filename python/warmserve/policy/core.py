@@ -6,10 +6,9 @@ import math
 from collections import deque
 
 from warmserve.errors import UnknownModelError
-from warmserve.geometry import KV_BLOCK_TOKENS
 from warmserve.policy import actions as A
 from warmserve.policy.arbitration import migration_plan
-from warmserve.policy.colocation import UnplacedModelError, plan_shared
+from warmserve.policy.colocating import Colocating
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.coserve import CoServing
@@ -20,10 +19,10 @@ from warmserve.policy.moves import GpuMoves
 from warmserve.policy.placement import Board
 from warmserve.policy.planner import plan_model
 from warmserve.policy.signals import PREFILL_PROFILE_TOKENS, LoadSignals  # noqa: F401 (re-exported for tests)
-from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, kv_blocks_for
+from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
 
-class Policy(Demand, LoadSignals, GpuMoves):
+class Policy(Demand, LoadSignals, GpuMoves, Colocating):
     """WarmServe's policy and its ablations; the static baselines subclass it."""
 
     def __init__(self, name: str, models: list[ModelInfo], config: PolicyConfig, history=None):
@@ -67,11 +66,6 @@ class Policy(Demand, LoadSignals, GpuMoves):
         self._index_key: tuple | None = None
         self._kept: set[str] = set()  # prewarms holding a stopped instance's weights
         self._index: tuple[dict[str, list[InstanceState]], set[int]] = ({}, set())
-        #: The colocation laid out because the cluster is over-subscribed (``_colocation``): its instance ids (each
-        #: with whether it shares its GPUs), and the live GPUs it was laid out on; None until the first tick decides.
-        self._pinned: dict[str, bool] | None = None
-        self._pinned_gpus = 0
-        self._pinned_window = 0  # the forecast window the colocation was last checked against
         for model, series in (history or {}).items():
             self.load_history(model, *series)
 
@@ -132,7 +126,10 @@ class Policy(Demand, LoadSignals, GpuMoves):
             # one no more than its KV share holds either
             if rcap:
                 b = min(b, rcap)
-            return min(b, self._co.route_cap(state, model, inst)) if inst.instance_id in co_ids else b
+            if inst.instance_id not in co_ids:
+                return b
+            own = self._colocated_cap(inst)
+            return min(b, self._co.route_cap(state, model, inst) if own is None else own)
 
         room = [i for i in ready if i.in_flight < lim(i, B)]
         best = min(room, key=lambda i: (i.in_flight, i.instance_id), default=None)
@@ -225,48 +222,6 @@ class Policy(Demand, LoadSignals, GpuMoves):
             self._plan_window, self._plan_s = window, now_s
             self._plan(state, window, board, out)
         return out
-
-    def _colocation(self, state: ClusterState, now_s: float) -> list | None:
-        """``colocate_when_oversubscribed``: the tick's actions while the colocation stands (its layout at the first
-        tick, then none), None where the rules decide. Laid out at the first tick, on an empty cluster, when the
-        models with forecast demand need more GPUs than are live (one instance each at its tp); given up, for good,
-        when one of its instances is lost, GPUs join or leave, or a window's forecast says those models fit."""
-        live = sum(1 for g in state.gpus if not g.gone)
-        window = math.floor(now_s / self.cfg.window_s)
-        if self._pinned is None:
-            self._pinned, self._pinned_window = {}, window
-            need, demand = self.forecast_need(window)
-            if state.instances or need <= live:
-                return None
-            order = sorted(self.models, key=lambda m: (-self.models[m].tp, -demand[m], m))
-            try:
-                plan = plan_shared(state, self.models, order, demand)
-            except UnplacedModelError:
-                return None  # no colocation holds every model: the rules do what they can (time-sharing)
-            if any(kv_blocks_for(state, m, gpus, frac) * KV_BLOCK_TOKENS < self.cfg.coserve_context_tokens
-                   for gpus, hosted in plan for m, frac in hosted):
-                return None  # a KV share would not hold one request of the planning context
-            out = []
-            for gpus, hosted in plan:
-                for m, frac in hosted:
-                    out.append(A.StartInstance(self._new_id(m, "i"), m, gpus, kv_fraction=frac,
-                                               warm_engine=self.cfg.warm_engine))
-                    self._pinned[out[-1].instance_id] = len(hosted) > 1
-            if self._co is not None:  # instances that share GPUs are co-served hosts to the rules, once they decide
-                self._co.ids |= {i for i, shared in self._pinned.items() if shared}
-            self._pinned_gpus = live
-            return out
-        if not self._pinned:
-            return None
-        if window != self._pinned_window:
-            self._pinned_window = window
-            if self.forecast_need(window)[0] <= live:  # the rules can give every model GPUs of its own again
-                self._pinned = {}
-                return None
-        if live == self._pinned_gpus and self._pinned.keys() <= state.instances.keys():
-            return []
-        self._pinned = {}  # lost an instance (or it never started), or GPUs joined or left: the rules take over
-        return None
 
     def _keep_weights(self, instance_id: str, model: str, gpus, board: Board, out: list) -> None:
         """A stopped instance's GPUs are idle: keep its weights there as a prewarm (the next scale-out of the

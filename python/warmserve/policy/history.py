@@ -88,6 +88,14 @@ class History:
         f = min(max(seen_s / self.window_s, 0.0), 1.0)
         return old_avg * (1.0 - f) + avg_seen * f, float(np.fmax(self.peak[r, i], peak_seen))
 
+    def span_windows(self) -> int:
+        """Windows from the first to the last for which some model's load is known (0: none): how far back the
+        history reaches, whatever its gaps (a daily forecast has a prior once it reaches a day back)."""
+        if not self.avg.size:
+            return 0
+        seen = np.nonzero(~np.isnan(self.avg).all(axis=0))[0]
+        return int(seen[-1] - seen[0] + 1) if len(seen) else 0
+
     def mean_peak(self) -> dict[str, float]:
         """Mean peak over all known windows per model, 1 where there is none (how static layouts share GPUs)."""
         out = {}
