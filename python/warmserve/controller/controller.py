@@ -55,7 +55,7 @@ class Controller(WorkerRestarts):
         self.cc = config.controller
         self.models: dict[str, ControllerModel] = {m.name: m for m in models}
         infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=m.spec.tp, kv_bytes_per_token=m.kv_bytes_per_token,
-                           page_bytes=config.worker_page_bytes) for m in models]
+                           page_bytes=config.worker_page_bytes, max_context_tokens=m.max_context) for m in models]
         self.policy_config = policy_config or self.cc.policy_config
         now_unix = time.time()
         self._t0_mono = time.monotonic()

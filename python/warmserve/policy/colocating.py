@@ -45,10 +45,14 @@ class Colocating:
                 plan = plan_shared(state, self.models, order, demand, laminar=self.cfg.placement == "laminar")
             except UnplacedModelError:
                 return None  # no colocation holds every model: the rules do what they can (time-sharing)
-            blocks = {m: math.ceil(self.cfg.coserve_context_tokens / KV_BLOCK_TOKENS) for m in self.models}
+            # one request of the planning context, or of the longest the API accepts for the model where that is
+            # known and longer (found in review: the live executor raises a co-served share to the latter, taking
+            # nothing from the others, which over-committed the GPU)
+            blocks = {m: math.ceil(max(self.cfg.coserve_context_tokens, info.max_context_tokens) / KV_BLOCK_TOKENS)
+                      for m, info in self.models.items()}
             plan = floor_kv_shares(state, plan, blocks)
             if plan is None:
-                return None  # a group cannot hold one request of the planning context for each of its models
+                return None  # a group cannot hold one such request for each of its models
             out = []
             for gpus, hosted in plan:
                 for m, frac in hosted:
@@ -82,4 +86,4 @@ class Colocating:
         instance."""
         if inst.instance_id not in self._colocated:
             return None
-        return max(1, inst.kv_blocks_total * KV_BLOCK_TOKENS // self.cfg.coserve_context_tokens)
+        return max(1, inst.kv_blocks_total // math.ceil(self.cfg.coserve_context_tokens / KV_BLOCK_TOKENS))

@@ -35,6 +35,9 @@ class ModelInfo:
     decode_s_per_token: float = 0.02
     #: Page of the workers' pools, bytes (a multiple of 2 MiB): a worker maps the weights in whole pages.
     page_bytes: int = PAGE_BYTES
+    #: Longest request the API accepts for the model (prompt + output), tokens; 0: unknown. A KV share the policy
+    #: sizes holds at least one such request (the live executor raises a co-served share to it).
+    max_context_tokens: int = 0
     #: Bytes one GPU holds for this model's weights (one shard), aligned to page_bytes. Derived.
     shard_bytes: int = field(init=False, repr=False, compare=False)
     #: Bytes one KV block (KV_BLOCK_TOKENS tokens, all layers) takes on each GPU of an instance, 2 MiB aligned.

@@ -3,13 +3,17 @@ lays out `shared`'s colocation weighted by each model's forecast peak, and the r
 they take over once an instance of it is lost, GPUs change, or a window's forecast fits every model with demand on
 GPUs of its own. All through the real driver (instant executor)."""
 
+import random
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
+from warmserve.policy.colocation import floor_kv_shares
 from warmserve.policy.driver import instant_driver
-from warmserve.policy.state import ClusterState, ModelInfo
+from warmserve.policy.state import ClusterState, ModelInfo, kv_blocks_for
 
 GiB = 1 << 30
 DAY = 86400.0
@@ -192,6 +196,52 @@ def test_a_quiet_model_beside_a_busy_one_gets_a_share_that_holds_one_request():
     assert min(i.kv_blocks_total for i in insts) * 256 >= 1024
     a = max((i for i in insts if i.model == "a"), key=lambda i: i.kv_blocks_total)
     assert a.kv_blocks_total > 10 * min(i.kv_blocks_total for i in insts)
+    for g in range(2):  # the floors were taken from the co-residents: no GPU holds more than it has
+        on = [i for i in insts if g in i.gpus]
+        used = sum(st.models[i.model].shard_bytes + i.kv_blocks_total * st.models[i.model].kv_block_bytes for i in on)
+        assert used <= st.gpus[g].total_bytes
+
+
+def test_a_share_holds_the_longest_request_the_api_accepts_where_that_is_known():
+    """The live executor raises a co-served share to one request of the model's full context and takes nothing
+    from its co-residents (found in review: a floor at the planning context alone over-committed the GPU there)."""
+    peaks = {"a": 400.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    models = [replace(_7b(m), max_context_tokens=4096) for m in peaks]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(window_s=HOUR, replan_s=1e9),
+                      history=_history(peaks))
+    instant_driver(pol, st).tick(2 * DAY)
+    assert {i.model for i in st.instances.values()} == set(peaks)
+    assert min(i.kv_blocks_total for i in st.instances.values()) * 256 >= 4096
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_floored_shares_hold_their_floors_and_their_groups_total(seed):
+    """Random colocations (tp 1/2/4, mixed GPU sizes, skewed shares): after ``floor_kv_shares`` every share holds
+    its floor in whole blocks as ``kv_blocks_for`` counts them, and no group's KV grows."""
+    rng = random.Random(seed)
+    tp = rng.choice((1, 2, 4))
+    models = [ModelInfo(f"m{k}", rng.choice((7, 13, 30)) * 10**9 * tp // 4, tp, rng.choice((0, 131_072, 524_288)))
+              for k in range(rng.randint(2, 4))]
+    st = ClusterState.uniform(1, models, gpus_per_server=tp, gpu_bytes=rng.choice((40, 72, 80)) * GiB)
+    weights = [rng.choice((1e-3, 1.0, 50.0, 400.0)) for _ in models]
+    room = min(g.total_bytes for g in st.gpus) - sum(m.shard_bytes for m in models)
+    if room <= 0:
+        return
+    fracs = [room * w / sum(weights) / (min(g.total_bytes for g in st.gpus) - m.shard_bytes)
+             for m, w in zip(models, weights)]
+    gpus = tuple(range(tp))
+    floors = {m.name: rng.randint(1, 8) for m in models}
+    got = floor_kv_shares(st, [(gpus, [(m.name, f) for m, f in zip(models, fracs)])], floors)
+    need = sum((floors[m.name] + 1) * m.kv_block_bytes for m in models)
+    if got is None:
+        assert need > room
+        return
+    (_, hosted), = got
+    for m, f in hosted:
+        assert kv_blocks_for(st, m, gpus, f) >= floors[m]
+    total = sum(f * (min(g.total_bytes for g in st.gpus) - st.models[m].shard_bytes) for m, f in hosted)
+    assert total <= room * (1 + 1e-9)
 
 
 def test_once_given_up_its_instances_take_what_their_own_shares_hold():
