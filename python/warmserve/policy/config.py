@@ -155,7 +155,8 @@ class PolicyConfig:
     #: Where the models with demand cannot each have GPUs of their own (one instance of each at its tp needs more
     #: GPUs than are live; a model with no forecast counts), lay out `shared`'s colocation at the first tick
     #: (``colocation.plan_shared``: GPU groups per tp class, replicas and KV shares in proportion to each model's
-    #: forecast peak in flight for that window, each share floored at one request of coserve_context_tokens; no
+    #: forecast peak in flight for that window, each share floored at one request of coserve_context_tokens, or of
+    #: the model's longest accepted context where known (``ModelInfo.max_context_tokens``); no
     #: search, nothing read of the load to come) and keep it: the rules stand aside while it stands (route() may
     #: still start an instance on GPUs it left idle), and take over, its colocated instances as co-served hosts
     #: that each take what its own KV share holds, once one of its instances is lost, GPUs join or leave, or a

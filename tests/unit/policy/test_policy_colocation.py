@@ -133,12 +133,6 @@ def test_autoscale_and_the_switched_off_option_never_colocate(policy, cfg):
     assert [i.model for i in st.instances.values()] == ["a"]
 
 
-def test_no_colocation_whose_kv_shares_cannot_hold_a_request_of_the_planning_context():
-    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, coserve_context_tokens=400_000)
-    d.tick(2 * DAY)
-    assert not st.instances
-
-
 def test_a_fresh_cluster_keeps_it_through_an_idle_first_window():
     """No history: every model counts as having demand and the colocation is laid out. The first window, watched
     idle, forecast no demand at all, and the colocation was given up before the first request came (found in
@@ -179,8 +173,10 @@ def test_a_request_routed_before_the_first_tick_leaves_it_to_the_rules():
     assert [i.model for i in st.instances.values()] == ["a"]
 
 
-def test_co_serving_off_means_no_colocation():
-    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, coserve_tpot_s=0.0)
+@pytest.mark.parametrize("cfg", [{"coserve_context_tokens": 400_000}, {"coserve_tpot_s": 0.0}],
+                         ids=["shares-cannot-hold-a-request", "co-serving-off"])
+def test_no_colocation(cfg):
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, **cfg)
     d.tick(2 * DAY)
     assert not st.instances
 

@@ -117,4 +117,3 @@ def test_the_default_layout_gives_each_class_the_groups_its_shards_need_within_t
     assert sum(tp * n for tp, n in groups.items()) <= 16
     placed = {m for _, hosted in plan_shared(st, models, order, demand) for m, _ in hosted}
     assert placed == set(models)
-
