@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from warmserve.policy import actions as A
-from warmserve.policy.colocation import SharedLayout, UnplacedModelError, plan_shared
+from warmserve.policy.colocation import SharedLayout, UnplacedModelError, floored, plan_shared, starts
 from warmserve.policy.core import Policy
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState
@@ -86,9 +86,10 @@ class StaticPolicy(Policy):
         layout = self.layout
         if layout is not None and layout.demand:
             demand = {**demand, **dict(layout.demand)}
-        out = []
-        for gpus, hosted in plan_shared(state, self.models, order, demand, layout):
-            for m, frac in hosted:
-                out.append(A.StartInstance(self._new_id(m, "i"), m, gpus, kv_fraction=frac,
-                                           warm_engine=True if self.name == "shared" else self.cfg.warm_engine))
-        return out
+        # each share holds one request of the model's longest context, as warmserve's colocation floors them
+        # (found on a 2-hour ServeGen replay: a quiet model's share by demand refused its longest requests, which
+        # a dedicated instance serves)
+        plan = floored(state, plan_shared(state, self.models, order, demand, layout), self.models,
+                       self.cfg.coserve_context_tokens)
+        warm = True if self.name == "shared" else self.cfg.warm_engine
+        return [act for act, _ in starts(plan, lambda m: self._new_id(m, "i"), warm_engine=warm)]

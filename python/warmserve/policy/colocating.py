@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 
 from warmserve.geometry import KV_BLOCK_TOKENS
-from warmserve.policy import actions as A
-from warmserve.policy.colocation import UnplacedModelError, floor_kv_shares, plan_shared
+from warmserve.policy.colocation import UnplacedModelError, floor_kv_shares, plan_shared, request_blocks, starts
 from warmserve.policy.state import ClusterState, InstanceState
 
 
@@ -45,20 +44,13 @@ class Colocating:
                 plan = plan_shared(state, self.models, order, demand, laminar=self.cfg.placement == "laminar")
             except UnplacedModelError:
                 return None  # no colocation holds every model: the rules do what they can (time-sharing)
-            # one request of the planning context, or of the longest the API accepts for the model where that is
-            # known and longer (found in review: the live executor raises a co-served share to the latter, taking
-            # nothing from the others, which over-committed the GPU)
-            blocks = {m: math.ceil(max(self.cfg.coserve_context_tokens, info.max_context_tokens) / KV_BLOCK_TOKENS)
-                      for m, info in self.models.items()}
-            plan = floor_kv_shares(state, plan, blocks)
+            plan = floor_kv_shares(state, plan, request_blocks(self.models, self.cfg.coserve_context_tokens))
             if plan is None:
                 return None  # a group cannot hold one such request for each of its models
             out = []
-            for gpus, hosted in plan:
-                for m, frac in hosted:
-                    out.append(A.StartInstance(self._new_id(m, "i"), m, gpus, kv_fraction=frac,
-                                               warm_engine=self.cfg.warm_engine))
-                    self._pinned[out[-1].instance_id] = len(hosted) > 1
+            for act, shared in starts(plan, lambda m: self._new_id(m, "i"), warm_engine=self.cfg.warm_engine):
+                out.append(act)
+                self._pinned[act.instance_id] = shared
             # instances that share GPUs are co-served hosts to the rules, once they decide
             self._co.ids |= {i for i, shared in self._pinned.items() if shared}
             self._colocated = frozenset(self._pinned)

@@ -9,8 +9,10 @@ import math
 from dataclasses import dataclass
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.geometry import KV_BLOCK_TOKENS
+from warmserve.policy import actions as A
 from warmserve.policy.placement import Board
-from warmserve.policy.state import ClusterState
+from warmserve.policy.state import ClusterState, ModelInfo
 
 
 #: Share of a GPU the weights of a `shared` group may take; the rest is KV cache (``plan_shared`` packs to it and
@@ -187,3 +189,26 @@ def floor_kv_shares(state: ClusterState, plan: list, min_blocks: dict[str, int])
         out.append((gpus, [(m, new[m] / room[m]) for m, _ in hosted]))
     return out
 
+
+
+def request_blocks(models: dict[str, ModelInfo], context_tokens: int) -> dict[str, int]:
+    """KV blocks of the one request each model's share must hold (``floor_kv_shares``): one of ``context_tokens``
+    (the planning context, ``PolicyConfig.coserve_context_tokens``), or of the model's longest accepted context
+    where that is known and longer (found in review: the live executor raises a co-served share to the latter,
+    taking nothing from the others, which over-committed the GPU; and the simulator's shares refused the longest
+    requests of a quiet model)."""
+    return {m: math.ceil(max(context_tokens, info.max_context_tokens) / KV_BLOCK_TOKENS) for m, info in models.items()}
+
+
+def floored(state: ClusterState, plan: list, models: dict[str, ModelInfo], context_tokens: int) -> list:
+    """`shared`'s layout as laid out (``baselines.StaticPolicy``) and as its search scores it: ``plan`` with each
+    share floored at one request (``request_blocks``), or the shares by demand where a group cannot hold every
+    floor (its longest requests are then refused, as a share too small for them refuses them)."""
+    return floor_kv_shares(state, plan, request_blocks(models, context_tokens)) or plan
+
+
+def starts(plan: list, new_id, *, warm_engine: bool) -> list[tuple[A.StartInstance, bool]]:
+    """The instances of a layout (as ``plan_shared`` returns it), each with whether it shares its GPUs;
+    ``new_id(model)`` names each."""
+    return [(A.StartInstance(new_id(m), m, gpus, kv_fraction=frac, warm_engine=warm_engine), len(hosted) > 1)
+            for gpus, hosted in plan for m, frac in hosted]

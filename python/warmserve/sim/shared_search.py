@@ -9,7 +9,8 @@ the simulator's cost model, analytically (a few milliseconds per candidate), the
 2. Candidates: every split of the GPUs into tp-GPU groups per tensor-parallel class (the class with the
    smallest tp takes whatever GPUs are left), times at most 1, 2 or 3 models per group. Each candidate is
    laid out by ``policy.colocation.plan_shared`` exactly as the policy will lay it out (replicas and KV shares
-   by demand); candidates that leave a model without an instance are skipped.
+   by demand, each share floored at one of the model's longest requests: ``colocation.floored``); candidates
+   that leave a model without an instance are skipped.
 3. Score: the largest multiple x of the workload's rates that every instance sustains. An instance of model m
    with KV fraction f and r replicas gets x lambda_m / r requests/s; at saturation it runs its largest batch
    n = min(max running seqs, KV tokens / (prompt + output)), its KV tokens the blocks the simulator gives it
@@ -47,7 +48,7 @@ from dataclasses import replace
 import numpy as np
 
 from warmserve.geometry import KV_BLOCK_TOKENS
-from warmserve.policy.colocation import SharedLayout, UnplacedModelError, default_groups, plan_shared
+from warmserve.policy.colocation import SharedLayout, UnplacedModelError, default_groups, floored, plan_shared
 from warmserve.policy.state import kv_blocks_for
 
 #: most group splits scored (x 3 colocation degrees); larger clusters search near the proportional split
@@ -184,6 +185,7 @@ def _placed_candidates(sim, per_group_choices, stats):
                 plan = plan_shared(sim.state, models, order, demand, layout)
             except UnplacedModelError:
                 continue
+            plan = floored(sim.state, plan, models, sim.policy.cfg.coserve_context_tokens)
             placed += 1
             yield layout, plan
     if placed:

@@ -42,13 +42,36 @@ from warmserve.workload.request import Trace, Workload
 _EV_INST, _EV_READY, _EV_PREWARM, _EV_LOSS = 0, 1, 2, 3
 
 
-def model_infos(served: list[ServedModel], cost: CostModel) -> list[ModelInfo]:
-    """What the policy knows of each served model, from the cost model."""
+def model_infos(served: list[ServedModel], cost: CostModel,
+                max_context_tokens: dict[str, int] | None = None) -> list[ModelInfo]:
+    """What the policy knows of each served model, from the cost model; ``max_context_tokens`` per model as the
+    live controller passes its configured context (``longest_requests``)."""
     out = []
+    ctx = max_context_tokens or {}
     for s in served:
         c = cost.cost(s.name, s.size)
         out.append(ModelInfo(s.name, int(c.weight_bytes), c.tp, int(c.kv_bytes_per_token),
-                             prefill_s=cost.prefill_s(c, 1024), decode_s_per_token=cost.decode_step_s(c, 16)))
+                             prefill_s=cost.prefill_s(c, 1024), decode_s_per_token=cost.decode_step_s(c, 16),
+                             max_context_tokens=int(ctx.get(s.name, 0))))
+    return out
+
+
+def longest_requests(workload: Workload, warmup_s: float) -> dict[str, int]:
+    """Per model, the longest request (prompt + output tokens) the run sends it, warm-up included: the context an
+    operator configures (vLLM's ``--max-model-len``) so that no request of its traffic is refused, and what the
+    live controller passes the policy as ``ModelInfo.max_context_tokens``. A KV share the policy sizes holds one
+    such request (found in review: with no context known a colocated share held 1,024 tokens, and the longest
+    requests of a quiet model, which a dedicated instance serves, were refused)."""
+    warm = workload.history.span(-warmup_s, 0.0) if warmup_s > 0 else Trace.empty(workload.models)
+    out: dict[str, int] = {}
+    for tr in (warm, workload.trace):
+        if not len(tr):
+            continue
+        tokens = np.asarray(tr.prompt_tokens, dtype=np.int64) + np.asarray(tr.output_tokens, dtype=np.int64)
+        longest = np.zeros(len(workload.models), dtype=np.int64)
+        np.maximum.at(longest, np.asarray(tr.model), tokens)
+        for i, name in enumerate(workload.models):
+            out[name] = max(out.get(name, 0), int(longest[i]))
     return out
 
 
@@ -108,7 +131,9 @@ class Simulator:
         missing = set(workload.models) - set(names)
         if missing:
             raise ValueError(f"workload models {sorted(missing)} are not served: add them to the served models")
-        self.infos = model_infos(served, self.cost)
+        pcfg = config.policy_config
+        self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
+        self.infos = model_infos(served, self.cost, longest_requests(workload, self.warmup_s))
         self.mcost = [self.cost.cost(s.name, s.size) for s in served]
         self.names = names
         self.midx = {n: i for i, n in enumerate(names)}
@@ -118,7 +143,6 @@ class Simulator:
         if bad:
             raise UnservableModelError("; ".join(f"model {m!r} cannot be served: {why}" for m, why in bad.items()),
                                        models=sorted(bad))
-        pcfg = config.policy_config
         if config.engine_model not in ENGINE_MODELS:
             raise InvalidArgumentError(f"engine model {config.engine_model!r}: choose one of {ENGINE_MODELS}",
                                        engine_model=config.engine_model)
@@ -129,7 +153,6 @@ class Simulator:
         # the earlier "fluid" model capped the batch at the policy's B; the vLLM-like one at the engine's limit
         default_batch = pcfg.instance_capacity if config.engine_model == "fluid" else self.cost.limits.max_running_seqs
         self.max_batch = config.max_num_seqs or default_batch
-        self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
         self.clock0 = workload.clock0_s
         hist = history_windows(workload, served, self.cost, self.warmup_s, pcfg.window_s)
         self.policy = make_policy(policy_name, models=self.infos, config=pcfg, history=hist)

@@ -65,14 +65,32 @@ def test_a_request_within_the_cap_is_not_refused():
 
 
 def test_cap_of_a_colocated_instance_is_its_kv_share():
-    # `shared` puts both models on one 40 GB GPU (pool 36 GB): the 9.0 GB the two 13.5 GB shards leave is split
-    # by demand (equal here), 4.5 GB = 33 blocks each; 36 blocks (9000 tokens) would fit the GPU's free KV memory
-    # but not the share, so the request is refused, as the live engine refuses one past its kv_blocks cap
+    # `shared` puts both models on one 40 GB GPU (pool 36 GB): the 9.0 GB the two 13.5 GB shards leave holds 67
+    # blocks, too few for a floor of one 9,000-token request each (37 blocks with the one rounding kv_blocks_for
+    # takes), so the shares stay by demand (equal here), 4.5 GB = 33 blocks each; 36 blocks would fit the GPU's
+    # free KV memory but not the share, so both long requests are refused, as the live engine refuses one past its
+    # kv_blocks cap
     big = GpuType(memory_bytes=40e9)
-    sim = _sim([8000, 100, 700], [1000, 100, 10], [0.0, 0.1, 0.2], policy="shared", models=("a", "b"),
+    sim = _sim([8000, 100, 8000], [1000, 100, 1000], [0.0, 0.1, 0.2], policy="shared", models=("a", "b"),
                which=[0, 1, 1], gpu=big)
     s = sim.run().summary
     assert sorted(i.kv_blocks_total for i in sim.state.instances.values()) == [33, 33]
     assert blocks_for_tokens(9000) == 36 and (36e9 - 2 * 13.5e9) // (128 << 20) >= 36
-    assert math.isnan(sim.first[0]) and s["end_s"] < DRAIN_S
-    assert s["refused"] == 1 and s["completed"] == 2
+    assert math.isnan(sim.first[0]) and math.isnan(sim.first[2]) and s["end_s"] < DRAIN_S
+    assert s["refused"] == 2 and s["completed"] == 1
+
+
+def test_a_colocated_share_holds_the_models_longest_request():
+    # the same GPU, where only model a sends a long request: the simulator passes each model's longest request
+    # as its context (``longest_requests``), and `shared` floors a's share to hold it, taking from b's (found on
+    # a 2-hour ServeGen replay: a quiet model's share by demand refused its longest requests, which a dedicated
+    # instance serves); b keeps what its own 800-token request needs
+    big = GpuType(memory_bytes=40e9)
+    sim = _sim([8000, 100, 700], [1000, 100, 10], [0.0, 0.1, 0.2], policy="shared", models=("a", "b"),
+               which=[0, 1, 1], gpu=big)
+    assert {m.name: m.max_context_tokens for m in sim.infos} == {"a": 9000, "b": 710}
+    s = sim.run().summary
+    totals = {i.model: i.kv_blocks_total for i in sim.state.instances.values()}
+    assert totals["a"] >= blocks_for_tokens(9000) and totals["b"] >= blocks_for_tokens(710)
+    assert totals["a"] + totals["b"] <= 67
+    assert s["refused"] == 0 and s["completed"] == 3
