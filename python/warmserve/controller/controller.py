@@ -46,6 +46,17 @@ EXIT_GRACE_S = 0.5
 REAP_WAIT_S = 5.0
 
 
+
+def check_tp_fits(models, widest: int) -> None:
+    """Raises InvalidArgumentError for the first of ``models`` (``ControllerModel``) whose tp needs more workers on
+    one machine than ``widest``, the most any machine has."""
+    for m in models:
+        if m.spec.tp > widest:
+            raise InvalidArgumentError(
+                f"model {m.name!r} needs tp={m.spec.tp} workers on one machine, but the widest machine has "
+                f"{widest}: start more workers per machine (cpu_workers, or one per GPU) or lower its tp",
+                model=m.name, tp=m.spec.tp, workers_per_machine=widest)
+
 class Controller(WorkerRestarts):
     def __init__(self, config: ClusterConfig, models: list[ControllerModel], *, history: dict | None = None,
                  policy_config: PolicyConfig | None = None):
@@ -159,12 +170,7 @@ class Controller(WorkerRestarts):
                 pass
         widest = max((len([g for g in s.gpu_ids if not self.state.gpus[g].gone]) for s in self.state.servers),
                      default=0)
-        for m in self.models.values():
-            if m.spec.tp > widest:
-                raise InvalidArgumentError(
-                    f"model {m.name!r} needs tp={m.spec.tp} workers on one machine, but the widest machine has "
-                    f"{widest}: start more workers per machine (cpu_workers, or one per GPU) or lower its tp",
-                    model=m.name, tp=m.spec.tp, workers_per_machine=widest)
+        check_tp_fits(self.models.values(), widest)
         # The policy's first tick sees the whole initial cluster: static layouts (dedicated, shared) place once.
         # It runs here, so that a layout that leaves a model without an instance (UnplacedModelError) refuses the
         # start: found in review, it was logged by the policy loop, and that model's requests waited until they

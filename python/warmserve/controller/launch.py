@@ -14,7 +14,7 @@ import socket
 import subprocess
 
 from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir
-from warmserve.controller.controller import Controller
+from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
 from warmserve.errors import WarmServeError
@@ -77,8 +77,12 @@ def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[M
 async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None = None) -> Controller:
     """Start the controller, spawn the local workers and wait until every expected worker has registered."""
     models = [controller_model(s) for s in cfg.models]
-    controller = Controller(cfg, models, history=history)
     devices = local_devices(cfg)
+    if not cfg.remote_workers:
+        # every worker is one of these, on this machine: refused before any is spawned (the controller's own check
+        # runs once they have all registered, which took the whole start-up of every worker to refuse it)
+        check_tp_fits(models, len(devices))
+    controller = Controller(cfg, models, history=history)
     mem = cpu_worker_memory_bytes(cfg, models)
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
     procs = []

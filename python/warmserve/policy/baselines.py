@@ -60,7 +60,7 @@ class StaticPolicy(Policy):
             unplaced = [m for m in order if count[m] == 0]
             if unplaced:
                 # Found in review: left out silently, and that model's requests waited until they timed out.
-                n_gpus = sum(1 for g in state.gpus if not g.gone)
+                n_gpus = state.live_gpus()
                 free = n_gpus - sum(len(a.gpus) for a in out)
                 raise UnplacedModelError(
                     f"dedicated layout: models {unplaced} get no instance: each model needs GPUs of its own, and "

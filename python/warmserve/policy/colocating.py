@@ -32,7 +32,7 @@ class Colocating:
         of its instances is lost, GPUs join or leave, or a window's forecast, from history reaching a day back,
         says those models fit. A request routed before the first tick starts an instance, and then nothing is
         laid out. While it stands route() may still start an instance on GPUs it left idle."""
-        live = sum(1 for g in state.gpus if not g.gone)
+        live = state.live_gpus()
         window = math.floor(now_s / self.cfg.window_s)
         if self._pinned is None:
             self._pinned, self._pinned_window = {}, window

@@ -107,7 +107,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             if not take(tp):
                 break
     if fill_rest:
-        n_gpus = sum(1 for g in state.gpus if not g.gone)
+        n_gpus = state.live_gpus()
         weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
         total = sum(weight.values())
         quota = {tp: n_gpus * weight[tp] / total for tp in classes}

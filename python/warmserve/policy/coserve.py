@@ -184,7 +184,7 @@ class CoServing(HostSizing):
         self.pending = {}
         self.stopped_idle = set()
         self.caps = {}
-        live = sum(1 for g in state.gpus if not g.gone)
+        live = state.live_gpus()
         self.demand_gpus = sum(self.models[m].tp for m, b in batch.items() if b > 0)
         self.oversubscribed = self.demand_gpus > live
         self.active = self.cfg.coserve_always or self.cfg.consolidate or self.oversubscribed
@@ -192,7 +192,7 @@ class CoServing(HostSizing):
     def over_with(self, state: ClusterState, model: str) -> bool:
         """Over-subscribed, counting ``model`` as a model with demand: one whose first requests came after the last
         tick (it is asked about because a request of it waits) is not in that tick's figures."""
-        live = sum(1 for g in state.gpus if not g.gone)
+        live = state.live_gpus()
         return self.oversubscribed or (self.batch.get(model, 0.0) <= 0
                                        and self.demand_gpus + self.models[model].tp > live)
 

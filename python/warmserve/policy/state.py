@@ -238,6 +238,10 @@ class ClusterState:
         """GPUs that carry an instance (starting, serving or draining)."""
         return {g for inst in self.instances.values() for g in inst.gpus}
 
+    def live_gpus(self) -> int:
+        """GPUs not lost (``GpuState.gone``)."""
+        return sum(1 for g in self.gpus if not g.gone)
+
 
 def kv_blocks_for(state: ClusterState, model: str, gpus, kv_fraction: float = 1.0) -> int:
     """KV blocks an instance of ``model`` on ``gpus`` may hold: ``kv_fraction`` of the GPUs' memory after its

@@ -86,7 +86,7 @@ def workload_stats(sim) -> dict[str, tuple[float, float, float]]:
 
 def _splits(state, classes: dict[int, list[str]], proportional: dict[int, int]):
     """Group counts per class: every split that fits the live GPUs (smallest tp takes the rest)."""
-    n_gpus = sum(1 for g in state.gpus if not g.gone)
+    n_gpus = state.live_gpus()
     tps = sorted(classes, reverse=True)
     big, last = tps[:-1], tps[-1]
     ranges = [range(1, n_gpus // tp + 1) for tp in big]
@@ -195,7 +195,7 @@ def _placed_candidates(sim, per_group_choices, stats):
     try:
         plan_shared(sim.state, models, order, demand, None)
     except UnplacedModelError as e:
-        n_gpus = sum(1 for g in sim.state.gpus if not g.gone)
+        n_gpus = sim.state.live_gpus()
         what = (f"none of the {tried} layouts it tried gives every model an instance" if tried else
                 f"the {n_gpus} GPUs cannot give each tensor-parallel class (tp {sorted(classes, reverse=True)}) a "
                 f"group of its own")

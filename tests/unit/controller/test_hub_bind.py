@@ -49,3 +49,19 @@ def test_start_cluster_on_a_port_in_use_fails_with_the_typed_error(model, held_p
                         controller=ControllerConfig(bind=f"tcp://127.0.0.1:{held_port}"))
     with pytest.raises(InvalidArgumentError, match="pick another port"):
         asyncio.run(asyncio.wait_for(start_cluster(cfg), 20))
+
+
+def test_start_cluster_refuses_a_tp_wider_than_its_local_workers_before_spawning_any(model, monkeypatch):
+    """With no remote workers every worker is local, on this machine: a tp-2 model on one CPU worker is refused
+    before a worker process starts (the controller's check after registration is for clusters with remote ones)."""
+    import dataclasses
+
+    import warmserve.controller.launch as launch
+
+    spawned = []
+    monkeypatch.setattr(launch, "spawn_worker", lambda *a, **k: spawned.append(a))
+    spec = dataclasses.replace(model.spec, tp=2)
+    cfg = ClusterConfig(models=(spec,), cpu_workers=1, controller=ControllerConfig(bind="tcp://127.0.0.1:0"))
+    with pytest.raises(InvalidArgumentError, match="needs tp=2 workers on one machine, but the widest machine has 1"):
+        asyncio.run(asyncio.wait_for(start_cluster(cfg), 20))
+    assert spawned == []

@@ -221,9 +221,12 @@ def _scenario(seed: int, colocate: bool = False):
     return rng, models, st, pol, instant_driver(pol, st, start_ready=start_ready), start_ready
 
 
-def _drive(seed: int, ticks: int = 80, steps: int = 10, colocate: bool = False) -> tuple[list[str], int]:
+def _drive(seed: int, ticks: int = 80, steps: int = 10, colocate: bool = False,
+           lose_at: int | None = None) -> tuple[list[str], int]:
     """Runs one random scenario, ``steps`` rounds of events between ticks (arrivals, finishes, instances that
-    become ready); returns what was wrong and how many actions were checked."""
+    become ready); returns what was wrong and how many actions were checked (with ``lose_at``, in the ticks from
+    then on). ``lose_at``: before that tick the lowest GPU that carries an instance is lost (a colocation standing
+    then is given up to the rules)."""
     rng, models, st, pol, d, start_ready = _scenario(seed, colocate)
     chk = Checked(pol)
     if colocate:  # laid out only on an empty cluster: the first tick before any request
@@ -233,6 +236,10 @@ def _drive(seed: int, ticks: int = 80, steps: int = 10, colocate: bool = False) 
     errors: list[str] = []
     n_req = 0
     for t in range(1, ticks + 1):
+        if t == lose_at:
+            busy = sorted(st.busy_gpus())
+            if busy:
+                d.lose_gpus((busy[0],), t - 1.0)
         for m in rate:  # a phase change now and then: idle, a trickle, a burst
             if rng.random() < 0.06:
                 rate[m] = rng.choice((0.0, 0.0, 0.5, 2.0, 8.0, 30.0))
@@ -253,7 +260,7 @@ def _drive(seed: int, ticks: int = 80, steps: int = 10, colocate: bool = False) 
             errors += [f"t={now:.2f}: {e}" for e in state_errors(st, pol)]
         d.tick(float(t))
         errors += [f"t={t} after the tick: {e}" for e in state_errors(st, pol)]
-    return chk.errors + errors, sum(len(acts) for _, acts in chk.lists)
+    return chk.errors + errors, sum(len(acts) for t, acts in chk.lists if lose_at is None or t >= lose_at)
 
 
 @pytest.mark.parametrize("seed", sorted(set(range(20)) | {27, 110}))
@@ -271,6 +278,22 @@ def test_random_ticks_keep_the_plan_invariants_with_the_colocation(seed):
     rng, models, st, pol, d, start_ready = _scenario(seed, True)
     d.tick(0.0)
     assert pol._colocated  # laid out (the drive above starts the same way)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 5, 6])
+def test_random_ticks_keep_the_plan_invariants_once_the_colocation_is_given_up(seed):
+    """The same drives with a GPU lost a third of the way in: the colocation is given up, its instances become
+    co-served hosts to the rules, and the rules' moves from there keep every invariant (the drives above never
+    leave the colocation)."""
+    errors, n_actions = _drive(seed, colocate=True, lose_at=27)
+    assert n_actions > 0  # the rules acted after the loss
+    assert not errors, errors[:10]
+    rng, models, st, pol, d, start_ready = _scenario(seed, True)
+    d.tick(0.0)
+    assert pol._pinned  # it stands before the loss
+    d.lose_gpus((sorted(st.busy_gpus())[0],), 1.0)
+    d.tick(2.0)
+    assert pol._pinned == {} and pol._colocated  # given up at the next tick; its instances stay known
 
 
 _RULES = {"colocate_when_oversubscribed": False}
