@@ -165,9 +165,9 @@ class PolicyConfig:
     #: the paper: on over-subscribed clusters the online rules (co-serving at equal KV shares, time-sharing)
     #: served less than the fixed layout. Measured (seeds 0-2, bench/simulate/README.md): 12 models on 16 GPUs,
     #: max rate under the SLO paper-conv 10.10 -> 13.08 rps, paper-code 7.12 -> 8.46 (`shared` searched on the
-    #: replay itself: 14.26, 8.46); ServeGen, 16 models on 24 GPUs, P99 TTFT 0.36-0.42 s at the three start hours
+    #: replay itself: 14.26, 8.46); ServeGen, 16 models on 24 GPUs, P99 TTFT 0.35-0.42 s at the three start hours
     #: where it is laid out, where the rules gave 0.66-1.11 s. The forecast matters here: weighted by the last
-    #: window instead (`reactive`), P99 1.45 and 1.79 s at two of them (3.4x, 4.4x), 0.96x at the third. Off for
+    #: window instead (`reactive`), P99 0.66 and 1.79 s at two of them (1.6x, 4.5x), 0.97x at the third. Off for
     #: `autoscale` (vanilla autoscaling lays nothing out ahead).
     colocate_when_oversubscribed: bool = True
     #: Give GPUs back by co-serving (beyond the paper): a quiet model (load below scale_in_threshold x B, one

@@ -133,6 +133,17 @@ class Simulator:
             raise ValueError(f"workload models {sorted(missing)} are not served: add them to the served models")
         pcfg = config.policy_config
         self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
+        earliest = workload.clock0_s - max(self.warmup_s, 0.0)
+        if len(workload.history):
+            earliest = min(earliest, workload.clock0_s + float(np.min(workload.history.arrival_s)))
+        if earliest < 0:
+            # the policy's windows are counted from 0 (History refuses earlier ones; found while writing a test:
+            # a warm-up before 0 crashed the load meter with an IndexError at its first window)
+            raise InvalidArgumentError(
+                f"workload {workload.name!r}: its history and warm-up start at {earliest:.0f} s on the policy's "
+                f"clock, before 0 (clock0_s {workload.clock0_s:.0f}, warm-up {self.warmup_s:.0f} s): set the "
+                f"workload's clock0_s to at least {workload.clock0_s - earliest:.0f}",
+                clock0_s=workload.clock0_s, warmup_s=self.warmup_s)
         self.infos = model_infos(served, self.cost, longest_requests(workload, self.warmup_s))
         self.mcost = [self.cost.cost(s.name, s.size) for s in served]
         self.names = names
