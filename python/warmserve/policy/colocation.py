@@ -116,7 +116,12 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             if not any(take(tp) for tp in ranked):
                 break
     out: list = []
-    gpu_bytes = min(g.total_bytes for g in state.gpus if not g.gone)
+
+    def group_bytes(g) -> int:
+        # each group by its own smallest GPU (an instance's memory is that of its smallest GPU, kv_blocks_for),
+        # not the cluster's: a small GPU elsewhere shrank every share of a mixed fleet, or refused the layout
+        return min(state.gpus[i].total_bytes for i in g)
+
     for tp, ms in classes.items():
         gs = groups[tp]
         if not gs:
@@ -135,7 +140,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             reps[m] += 1
         hosted: list[list[str]] = [[] for _ in gs]
         load = [0.0] * len(gs)
-        room = [WEIGHT_SHARE * gpu_bytes] * len(gs)  # weights may take at most this much, the rest is KV
+        room = [WEIGHT_SHARE * group_bytes(g) for g in gs]  # weights may take at most this much, the rest is KV
         # every model's first replica before any model's extra ones, so extra replicas of a popular model never
         # take the room a model needs for its only instance
         todo = sorted(((k > 0, demand[m] / reps[m], m) for m in ms for k in range(reps[m])),
@@ -155,14 +160,15 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
                 raise UnplacedModelError(
                     f"shared layout: model {m!r} gets no instance: its {models[m].shard_bytes / 1e9:.1f} GB shard "
                     f"does not fit beside the models on any of the {len(gs)} {tp}-GPU group(s) (weights may take "
-                    f"{WEIGHT_SHARE:.0%} of {gpu_bytes / 1e9:.1f} GB per GPU): give the tp-{tp} class more groups, or let the "
-                    f"layout search choose", model=m, tp=tp, groups=len(gs))
+                    f"{WEIGHT_SHARE:.0%} of {max(group_bytes(g) for g in gs) / 1e9:.1f} GB per GPU at most): give the "
+                    f"tp-{tp} class more groups, or let the layout search choose", model=m, tp=tp, groups=len(gs))
         for g, fit in zip(gs, hosted):
             if not fit:
                 continue
-            kv = gpu_bytes - sum(models[m].shard_bytes for m in fit)
+            size = group_bytes(g)
+            kv = size - sum(models[m].shard_bytes for m in fit)
             d_sum = sum(demand[m] / reps[m] for m in fit)
-            out.append((g, [(m, kv * (demand[m] / reps[m]) / d_sum / (gpu_bytes - models[m].shard_bytes))
+            out.append((g, [(m, kv * (demand[m] / reps[m]) / d_sum / (size - models[m].shard_bytes))
                             for m in fit]))
     return out
 

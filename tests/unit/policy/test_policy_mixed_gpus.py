@@ -142,3 +142,26 @@ def test_models_with_unknown_kv_bytes_per_token_co_serve_and_route():
     assert all(i.instance_id in pol._co.ids for i in st.instances.values())
     co = pol._co
     assert co.seq_capacity("a", 72 * GiB) >= 1 and co.step_s("a", 10.0) > 0 and co.kv_fits("a", 72 * GiB, 1.0)
+
+
+def test_a_shared_layout_sizes_each_group_by_its_own_gpus():
+    """`shared`'s layout (``colocation.plan_shared``, also warmserve's colocation) on an 80 GiB and a 24 GiB GPU
+    with three 7Bs: the big GPU's weight room (80% of it) holds two 13.5 GB shards beside the small one's one.
+    Sized by the smallest GPU everywhere, as before, every group held one shard and the third model got no
+    instance (UnplacedModelError); and each group's KV shares add up to what its own GPU leaves."""
+    from warmserve.policy.colocation import plan_shared
+    from warmserve.policy.state import kv_blocks_for
+
+    models = [_7b(n) for n in "abc"]
+    st = _cluster([80 * GiB, 24 * GiB], models)
+    infos = {m.name: m for m in models}
+    demand = {"a": 3.0, "b": 2.0, "c": 1.0}
+    plan = plan_shared(st, infos, ["a", "b", "c"], demand)
+    hosted = {g: [m for m, _ in h] for g, h in plan}
+    assert sorted(len(v) for v in hosted.values()) == [1, 2] and hosted[(1,)] != [] and len(hosted[(0,)]) == 2
+    for gpus, h in plan:
+        size = st.gpus[gpus[0]].total_bytes
+        kv = size - sum(infos[m].shard_bytes for m, _ in h)
+        assert sum(f * (size - infos[m].shard_bytes) for m, f in h) == pytest.approx(kv)
+        for m, f in h:
+            assert kv_blocks_for(st, m, gpus, f) >= 1
