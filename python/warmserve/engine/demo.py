@@ -311,6 +311,14 @@ def _fingerprint(cfg: dict, dtype: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _stamp(path: str) -> str | None:
+    """The fingerprint a written checkpoint's stamp file holds (None: no stamp)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
+
 def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "float32", tokenizer=None,
                      shard_bytes: int = SHARD_BYTES, device: str | None = None) -> str:
     """Write one random-weight checkpoint for an arbitrary Llama-family config.json dict; returns its path.
@@ -324,7 +332,7 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
     cfg_dict = dict(cfg_dict, torch_dtype=dtype)
     stamp = os.path.join(path, ".warmserve-demo")
     fp = _fingerprint(cfg_dict, dtype)
-    if os.path.isfile(stamp) and open(stamp).read().strip() == fp:
+    if _stamp(stamp) == fp:
         return path
     os.makedirs(path, exist_ok=True)
     if os.path.exists(stamp):
@@ -391,7 +399,7 @@ def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "floa
         cfg = config_dict(DEMO_MODELS[n], dtype)
         path = os.path.join(out_dir, n)
         stamp = os.path.join(path, ".warmserve-demo")
-        if tok is None and not (os.path.isfile(stamp) and open(stamp).read().strip() == _fingerprint(cfg, dtype)):
+        if tok is None and _stamp(stamp) != _fingerprint(cfg, dtype):
             tok = build_tokenizer()
         out[n] = write_checkpoint(out_dir, n, cfg, dtype, tokenizer=tok)
     return out

@@ -123,9 +123,11 @@ def test_reuse_live_refuses_other_policy_options_and_missing_policies(tmp_path):
 def test_reuse_live_of_the_same_workload_runs(tmp_path):
     a = _args(*WORKLOAD)
     path = _earlier(tmp_path, a)
-    older = json.loads(open(path).read())
+    with open(path) as f:
+        older = json.load(f)
     del older["args"]["policy_option"], older["args"]["vocab_size"]  # a JSON from before those arguments
-    open(path, "w").write(json.dumps(older))
+    with open(path, "w") as f:
+        json.dump(older, f)
     out = tmp_path / "again.json"
     b = _args(*WORKLOAD, "--policy", "autoscale", "--quiet", "--reuse-live", path, "--json", str(out))
     assert R.main(b) == 0
@@ -205,6 +207,7 @@ def test_results_of_earlier_policies_are_written_before_a_later_one_fails(tmp_pa
         asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         th.join(10)
+        loop.close()  # else collected unclosed later, a ResourceWarning in another test
     doc = json.loads(out.read_text())
     assert list(doc["policies"]) == ["first"] and doc["policies"]["first"]["requests"] == n
     assert doc["policies"]["first"]["outcomes"]["ok"] == n and len(doc["ttft_s"]["first"]) == n

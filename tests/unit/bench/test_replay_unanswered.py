@@ -62,6 +62,7 @@ def server():
         asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         th.join(10)
+        loop.close()  # else collected unclosed later, a ResourceWarning in another test
 
 
 def test_live_unanswered_requests_count_until_the_clients_deadline(server, tmp_path):
