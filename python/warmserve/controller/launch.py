@@ -17,6 +17,7 @@ from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
+from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 from warmserve.errors import WarmServeError
 
 log = logging.getLogger("warmserve.controller")
@@ -81,7 +82,7 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     if not cfg.remote_workers:
         # every worker is one of these, on this machine: refused before any is spawned (the controller's own check
         # runs once they have all registered, which took the whole start-up of every worker to refuse it)
-        check_tp_fits(models, len(devices))
+        check_tp_fits(models, min(len(devices), MAX_GPUS_PER_SERVER))  # the driver's servers hold at most 8
     controller = Controller(cfg, models, history=history)
     mem = cpu_worker_memory_bytes(cfg, models)
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))

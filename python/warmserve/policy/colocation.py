@@ -38,12 +38,14 @@ class SharedLayout:
 
 def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict) -> tuple[tuple[int, int], ...]:
     """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
-    the groups whose weight room (80% of a GPU, as ``plan_shared`` packs) holds one shard of each of its models
+    the groups whose weight room (80% of the largest GPU, as ``plan_shared`` packs) holds one shard of each of its models
     (found in review: one 4-GPU group for two 70B copies whose demand was low left the second without an
     instance)."""
     live = [g for g in state.gpus if not g.gone]
     n_gpus = len(live)
-    gpu_bytes = min((g.total_bytes for g in live), default=0)
+    # a lower bound, by the largest GPU: sized by the smallest, a mixed fleet asked for more groups than it needs
+    # and the default layout was refused where a smaller count places every model (found in review)
+    gpu_bytes = max((g.total_bytes for g in live), default=0)
     classes: dict[int, list[str]] = {}
     for m in order:
         classes.setdefault(models[m].tp, []).append(m)

@@ -142,7 +142,7 @@ class Simulator:
             raise InvalidArgumentError(
                 f"workload {workload.name!r}: its history and warm-up start at {earliest:.0f} s on the policy's "
                 f"clock, before 0 (clock0_s {workload.clock0_s:.0f}, warm-up {self.warmup_s:.0f} s): set the "
-                f"workload's clock0_s to at least {workload.clock0_s - earliest:.0f}",
+                f"workload's clock0_s to at least {math.ceil(workload.clock0_s - earliest)}",
                 clock0_s=workload.clock0_s, warmup_s=self.warmup_s)
         self.infos = model_infos(served, self.cost, longest_requests(workload, self.warmup_s))
         self.mcost = [self.cost.cost(s.name, s.size) for s in served]

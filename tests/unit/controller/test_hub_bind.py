@@ -61,7 +61,7 @@ def test_start_cluster_refuses_a_tp_wider_than_its_local_workers_before_spawning
     spawned = []
     monkeypatch.setattr(launch, "spawn_worker", lambda *a, **k: spawned.append(a))
     spec = dataclasses.replace(model.spec, tp=2)
-    cfg = ClusterConfig(models=(spec,), cpu_workers=1, controller=ControllerConfig(bind="tcp://127.0.0.1:0"))
+    cfg = ClusterConfig(models=(spec,), devices=("cpu:0",), controller=ControllerConfig(bind="tcp://127.0.0.1:0"))
     with pytest.raises(InvalidArgumentError, match="needs tp=2 workers on one machine, but the widest machine has 1"):
         asyncio.run(asyncio.wait_for(start_cluster(cfg), 20))
     assert spawned == []

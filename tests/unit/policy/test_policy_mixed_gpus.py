@@ -165,3 +165,21 @@ def test_a_shared_layout_sizes_each_group_by_its_own_gpus():
         assert sum(f * (size - infos[m].shard_bytes) for m, f in h) == pytest.approx(kv)
         for m, f in h:
             assert kv_blocks_for(st, m, gpus, f) >= 1
+
+
+def test_the_default_shared_layout_counts_groups_by_the_largest_gpus():
+    """Four 80 GiB GPUs and one 24 GiB, two tp-2 models of 30 GB shards and three 7Bs: the layout without a search
+    asks each class for at least the groups its shards need. Counted by the smallest GPU (24 GiB, where no 30 GB
+    shard fits) it asked for two tp-2 groups and three tp-1 groups, five GPUs too many, and the layout was refused
+    (found in review); by the largest, every model gets an instance."""
+    from warmserve.policy.colocation import plan_shared
+
+    big = [ModelInfo(n, 60_000_000_000, 2, 819_200, 0.07, 0.02) for n in ("x", "y")]
+    small = [_7b(n) for n in "abc"]
+    st = _cluster([80 * GiB] * 4 + [24 * GiB], big + small)
+    infos = {m.name: m for m in big + small}
+    order = ["x", "y", "a", "b", "c"]
+    plan = plan_shared(st, infos, order, {m: 1.0 for m in infos})
+    assert {m for _, h in plan for m, _ in h} == set(infos)
+    for gpus, h in plan:
+        assert all(st.gpus[g].total_bytes * 0.8 >= sum(infos[m].shard_bytes for m, _ in h) for g in gpus)
