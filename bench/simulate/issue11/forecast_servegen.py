@@ -59,9 +59,9 @@ def cell(gpus: int, hour: float, args, seeds, policies=POLICIES) -> dict:
             "prewarm_hit_rate": statistics.mean(r.summary["prewarm_hit_rate"] for r in runs),
             "refused_per_seed": [r.summary["refused"] for r in runs],
             "ttft_p99_s_per_seed": [r.summary["ttft_p99_s"] for r in runs]}
-    print(f"  {gpus} GPUs, {hour:g} h: " + ", ".join(
-        f"{pol} P99 {v['ttft_p99_s']:.2f} s, refused {sum(v['refused_per_seed'])}" for pol, v in row["policies"].items()),
-        flush=True)
+    cells = (f"{pol} P99 {v['ttft_p99_s']:.2f} s, refused {sum(v['refused_per_seed'])}"
+             for pol, v in row["policies"].items())
+    print(f"  {gpus} GPUs, {hour:g} h: " + ", ".join(cells), flush=True)
     return row
 
 

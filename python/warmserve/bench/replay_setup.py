@@ -184,7 +184,7 @@ def history_rows(w, served_sim, cost, window_s: float, t0_unix: float, warmup_s:
     moved so that the trace's t = 0 falls at ``t0_unix``, then ``idle_windows`` windows of no load for every
     model just before the window of t = -``live_warmup_s`` (where the replayed warm-up starts). Missing (NaN)
     windows are left out."""
-    from warmserve.sim.simulator import history_windows
+    from warmserve.sim.inputs import history_windows
 
     rows = []
     for m, (starts, avg, peak) in history_windows(w, served_sim, cost, warmup_s, window_s).items():

@@ -46,7 +46,6 @@ EXIT_GRACE_S = 0.5
 REAP_WAIT_S = 5.0
 
 
-
 def check_tp_fits(models, widest: int) -> None:
     """Raises InvalidArgumentError for the first of ``models`` (``ControllerModel``) whose tp needs more workers on
     one machine than ``widest``, the most any machine has."""
@@ -56,6 +55,7 @@ def check_tp_fits(models, widest: int) -> None:
                 f"model {m.name!r} needs tp={m.spec.tp} workers on one machine, but the widest machine has "
                 f"{widest}: start more workers per machine (cpu_workers, or one per GPU) or lower its tp",
                 model=m.name, tp=m.spec.tp, workers_per_machine=widest)
+
 
 class Controller(WorkerRestarts):
     def __init__(self, config: ClusterConfig, models: list[ControllerModel], *, history: dict | None = None,

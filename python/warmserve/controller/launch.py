@@ -17,8 +17,8 @@ from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
-from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 from warmserve.errors import WarmServeError
+from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 
 log = logging.getLogger("warmserve.controller")
 

@@ -38,8 +38,8 @@ class SharedLayout:
 
 def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict) -> tuple[tuple[int, int], ...]:
     """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
-    the groups whose weight room (80% of the largest GPU, as ``plan_shared`` packs) holds one shard of each of its models
-    (found in review: one 4-GPU group for two 70B copies whose demand was low left the second without an
+    the groups whose weight room (80% of the largest GPU, as ``plan_shared`` packs) holds one shard of each of its
+    models (found in review: one 4-GPU group for two 70B copies whose demand was low left the second without an
     instance)."""
     live = [g for g in state.gpus if not g.gone]
     n_gpus = len(live)
@@ -196,7 +196,6 @@ def floor_kv_shares(state: ClusterState, plan: list, min_blocks: dict[str, int])
         new = {m: max(have[m], floor[m]) - (short * spare[m] / total_spare if total_spare else 0.0) for m in have}
         out.append((gpus, [(m, new[m] / room[m]) for m, _ in hosted]))
     return out
-
 
 
 def request_blocks(models: dict[str, ModelInfo], context_tokens: int) -> dict[str, int]:

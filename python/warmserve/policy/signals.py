@@ -12,7 +12,7 @@ from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, InstanceState
 
 #: Prompt tokens ``ModelInfo.prefill_s`` is the prefill time of (the paper's prompts are cut to 1024 tokens, and
-#: ``sim.simulator.model_infos`` profiles a 1024-token prefill): per-token prefill time = prefill_s / this.
+#: ``sim.inputs.model_infos`` profiles a 1024-token prefill): per-token prefill time = prefill_s / this.
 PREFILL_PROFILE_TOKENS = 1024
 
 

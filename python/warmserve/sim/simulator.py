@@ -31,84 +31,15 @@ from warmserve.errors import InvalidArgumentError, UnservableModelError
 from warmserve.geometry import blocks_for_tokens
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights, PolicyDriver
-from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, PrewarmState
+from warmserve.policy.state import ClusterState, InstanceState, PrewarmState
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.engine_model import ENGINE_MODELS, BatchEngines, EngineInst
+from warmserve.sim.inputs import check_clock, history_windows, longest_requests, model_infos
 from warmserve.sim.metrics import RunResult, start_summary, summarize
-from warmserve.workload.concurrency import concurrency_windows
 from warmserve.workload.request import Trace, Workload
 
 _EV_INST, _EV_READY, _EV_PREWARM, _EV_LOSS = 0, 1, 2, 3
-
-
-def model_infos(served: list[ServedModel], cost: CostModel,
-                max_context_tokens: dict[str, int] | None = None) -> list[ModelInfo]:
-    """What the policy knows of each served model, from the cost model; ``max_context_tokens`` per model as the
-    live controller passes its configured context (``longest_requests``)."""
-    out = []
-    ctx = max_context_tokens or {}
-    for s in served:
-        c = cost.cost(s.name, s.size)
-        out.append(ModelInfo(s.name, int(c.weight_bytes), c.tp, int(c.kv_bytes_per_token),
-                             prefill_s=cost.prefill_s(c, 1024), decode_s_per_token=cost.decode_step_s(c, 16),
-                             max_context_tokens=int(ctx.get(s.name, 0))))
-    return out
-
-
-def longest_requests(workload: Workload, warmup_s: float) -> dict[str, int]:
-    """Per model, the longest request (prompt + output tokens) the run sends it, warm-up included: the context an
-    operator configures (vLLM's ``--max-model-len``) so that no request of its traffic is refused, and what the
-    live controller passes the policy as ``ModelInfo.max_context_tokens``. A KV share the policy sizes holds one
-    such request (found in review: with no context known a colocated share held 1,024 tokens, and the longest
-    requests of a quiet model, which a dedicated instance serves, were refused)."""
-    warm = workload.history.span(-warmup_s, 0.0) if warmup_s > 0 else Trace.empty(workload.models)
-    out: dict[str, int] = {}
-    for tr in (warm, workload.trace):
-        if not len(tr):
-            continue
-        tokens = np.asarray(tr.prompt_tokens, dtype=np.int64) + np.asarray(tr.output_tokens, dtype=np.int64)
-        longest = np.zeros(len(workload.models), dtype=np.int64)
-        np.maximum.at(longest, np.asarray(tr.model), tokens)
-        for i, name in enumerate(workload.models):
-            out[name] = max(out.get(name, 0), int(longest[i]))
-    return out
-
-
-def history_windows(workload: Workload, served: list[ServedModel], cost: CostModel, warmup_s: float,
-                    window_s: float) -> dict:
-    """Forecast history per model: windows of in-flight load over the workload's history (before the warm-up),
-    with each request in flight for its uncontended latency. Windows with no data are NaN (missing)."""
-    h = workload.history
-    if not len(h):
-        return {}
-    clock0 = workload.clock0_s
-    out = {}
-    idx = {n: i for i, n in enumerate(h.models)}
-    for s in served:
-        if s.name not in idx:
-            continue
-        c = cost.cost(s.name, s.size)
-        m = (h.model == idx[s.name]) & (h.arrival_s < -warmup_s)
-        arr = h.arrival_s[m] + clock0
-        if not len(arr):
-            continue
-        lat = np.array([cost.prefill_s(c, int(p)) for p in h.prompt_tokens[m]]) \
-            + (h.output_tokens[m] - 1) * cost.decode_step_s(c, 16)
-        t0 = math.floor(arr.min() / window_s) * window_s
-        t1 = math.floor((clock0 - warmup_s) / window_s) * window_s
-        starts, avg, peak = concurrency_windows(arr, arr + lat, t0, t1, window_s)
-        if workload.history_spans:
-            # only windows inside the spans the history covers are known (quiet ones there are real zeros)
-            known = np.zeros(len(starts), bool)
-            for a, b in workload.history_spans:
-                known |= (starts >= a + clock0 - 1e-6) & (starts + window_s <= b + clock0 + 1e-6)
-        else:
-            counts = np.bincount(((arr - t0) // window_s).astype(np.int64), minlength=len(starts))[:len(starts)]
-            known = counts > 0
-        # absent windows are missing to the policy
-        out[s.name] = (starts[known], avg[known], peak[known])
-    return out
 
 
 class Simulator:
@@ -133,17 +64,7 @@ class Simulator:
             raise ValueError(f"workload models {sorted(missing)} are not served: add them to the served models")
         pcfg = config.policy_config
         self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
-        earliest = workload.clock0_s - max(self.warmup_s, 0.0)
-        if len(workload.history):
-            earliest = min(earliest, workload.clock0_s + float(np.min(workload.history.arrival_s)))
-        if earliest < 0:
-            # the policy's windows are counted from 0 (History refuses earlier ones; found while writing a test:
-            # a warm-up before 0 crashed the load meter with an IndexError at its first window)
-            raise InvalidArgumentError(
-                f"workload {workload.name!r}: its history and warm-up start at {earliest:.0f} s on the policy's "
-                f"clock, before 0 (clock0_s {workload.clock0_s:.0f}, warm-up {self.warmup_s:.0f} s): set the "
-                f"workload's clock0_s to at least {math.ceil(workload.clock0_s - earliest)}",
-                clock0_s=workload.clock0_s, warmup_s=self.warmup_s)
+        check_clock(workload, self.warmup_s)
         self.infos = model_infos(served, self.cost, longest_requests(workload, self.warmup_s))
         self.mcost = [self.cost.cost(s.name, s.size) for s in served]
         self.names = names

@@ -23,7 +23,7 @@ def _live_policy(a, w, served_sim, cost, t_launch, startup_s):
     from warmserve.controller.controller import history_on_clock, policy_clock_origin
     from warmserve.policy import make_policy
     from warmserve.policy.config import PolicyConfig
-    from warmserve.sim.simulator import model_infos
+    from warmserve.sim.inputs import model_infos
 
     window_s = a.window_s * a.time_scale
     t0_unix, rows = R.plan_live_history(w, served_sim, cost, a, t_launch)
@@ -39,7 +39,7 @@ def _live_policy(a, w, served_sim, cost, t_launch, startup_s):
 
 def _idle_ticks(pol, a, served_sim, cost, t_from, t_to, origin):
     from warmserve.policy.state import ClusterState
-    from warmserve.sim.simulator import model_infos
+    from warmserve.sim.inputs import model_infos
 
     state = ClusterState.uniform(1, model_infos(served_sim, cost), gpus_per_server=a.cpu_workers,
                                  gpu_bytes=cost.gpu.pool_bytes)

@@ -65,7 +65,7 @@ def _live_policy(a, w, served_sim, cost, t_launch, startup_s):
     from warmserve.controller.controller import history_on_clock, policy_clock_origin
     from warmserve.policy import make_policy
     from warmserve.policy.config import PolicyConfig
-    from warmserve.sim.simulator import model_infos
+    from warmserve.sim.inputs import model_infos
 
     t0_unix, rows = R.plan_live_history(w, served_sim, cost, a, t_launch)
     hist = {}
@@ -82,7 +82,8 @@ def _live_policy(a, w, served_sim, cost, t_launch, startup_s):
 @pytest.mark.parametrize("phase_s,startup_s", [(13.0, 5.0), (0.0, 20.0), (44.0, 40.0)])
 def test_idle_lead_comes_before_the_warmup_and_the_history_ends_where_it_begins(setup, phase_s, startup_s):
     from warmserve.policy.state import ClusterState
-    from warmserve.sim.simulator import Simulator, model_infos
+    from warmserve.sim.inputs import model_infos
+    from warmserve.sim.simulator import Simulator
 
     a, w, served_sim, cost = setup
     window_s = a.window_s * a.time_scale

@@ -111,7 +111,7 @@ def test_the_default_layout_gives_each_class_the_groups_its_shards_need_within_t
     from warmserve.policy.state import ClusterState
     from warmserve.sim.costmodel import CostModel
     from warmserve.sim.presets import paper_models
-    from warmserve.sim.simulator import model_infos
+    from warmserve.sim.inputs import model_infos
 
     infos = model_infos(paper_models(12), CostModel())
     st = ClusterState.uniform(2, infos, gpus_per_server=8, gpu_bytes=CostModel().gpu.pool_bytes)

@@ -151,7 +151,7 @@ def test_measured_profile_from_calibration_layout_drives_a_run():
 
 
 def test_forecast_history_covers_earlier_days_in_policy_time():
-    from warmserve.sim.simulator import history_windows
+    from warmserve.sim.inputs import history_windows
 
     p = paper_preset("conv", total_rate_rps=6.0, n_models=2, history_days=2)
     w = p.build(1.0, 0)
