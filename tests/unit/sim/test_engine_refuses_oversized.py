@@ -6,7 +6,6 @@ the run never ended early."""
 import math
 
 import numpy as np
-import pytest
 
 from warmserve.geometry import KV_BLOCK_TOKENS, blocks_for_tokens
 from warmserve.sim.config import ServedModel, SimConfig
@@ -96,18 +95,3 @@ def test_a_colocated_share_holds_the_models_longest_request():
     assert totals["a"] + totals["b"] <= 67
     assert s["refused"] == 0 and s["completed"] == 3
 
-
-def test_a_warm_up_before_the_policys_time_zero_is_refused_with_the_fix():
-    """The policy's load windows are counted from 0: a warm-up (or history) reaching before it crashed the load
-    meter with an IndexError at its first window. Refused up front, naming the clock0_s that fixes it."""
-    from warmserve.errors import InvalidArgumentError
-
-    tr = Trace([MODEL], np.array([0.0]), np.zeros(1, np.int32), np.array([100]), np.array([10]))
-    warm = Trace([MODEL], np.array([-30.0]), np.zeros(1, np.int32), np.array([100]), np.array([10]))
-    config = SimConfig(n_servers=1, gpus_per_server=1, warmup_s=60.0, shared_search=False)
-    with pytest.raises(InvalidArgumentError, match="clock0_s to at least 60"):
-        Simulator(Workload("hand", tr, warm, 1.0), [ServedModel(MODEL, MODEL)], "warmserve", config=config)
-    sim = Simulator(Workload("hand", tr, warm, 1.0, clock0_s=60.0), [ServedModel(MODEL, MODEL)], "warmserve",
-                    config=config)
-    s = sim.run().summary
-    assert s["completed"] == 1 and s["warmup"]["requests"] == 1

@@ -1,0 +1,42 @@
+"""sim/inputs.py: what the simulator derives from a workload before it runs (each model's context, the clock
+check). The KV floors these contexts feed are in test_engine_refuses_oversized.py and test_baselines.py."""
+
+import numpy as np
+import pytest
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.sim.config import ServedModel, SimConfig
+from warmserve.sim.inputs import longest_requests
+from warmserve.sim.simulator import Simulator
+from warmserve.workload.request import Trace, Workload
+
+MODEL = "llama2-7b"
+
+
+def test_longest_requests_are_per_model_by_name_with_the_warm_up_and_not_the_older_history():
+    """Trace model indices name the workload's models (not the served order); the warm-up span counts, history
+    older than it does not; a model with no request in either gets 0 (unknown: its floor is the planning
+    context)."""
+    names = ["b", "a", "idle"]
+    tr = Trace(names, np.array([0.0, 1.0, 2.0]), np.array([0, 1, 1], np.int32), np.array([100, 300, 50]),
+               np.array([10, 20, 5]))
+    hist = Trace(names, np.array([-500.0, -30.0]), np.array([1, 0], np.int32), np.array([5000, 900]),
+                 np.array([100, 100]))
+    w = Workload("hand", tr, hist, 3.0, clock0_s=1000.0)
+    assert longest_requests(w, 60.0) == {"b": 1000, "a": 320, "idle": 0}
+    assert longest_requests(w, 600.0) == {"b": 1000, "a": 5100, "idle": 0}
+    assert longest_requests(w, 0.0) == {"b": 110, "a": 320, "idle": 0}
+
+
+def test_a_warm_up_before_the_policys_time_zero_is_refused_with_the_fix():
+    """The policy's load windows are counted from 0: a warm-up (or history) reaching before it crashed the load
+    meter with an IndexError at its first window. Refused up front, naming the clock0_s that fixes it."""
+    tr = Trace([MODEL], np.array([0.0]), np.zeros(1, np.int32), np.array([100]), np.array([10]))
+    warm = Trace([MODEL], np.array([-30.0]), np.zeros(1, np.int32), np.array([100]), np.array([10]))
+    config = SimConfig(n_servers=1, gpus_per_server=1, warmup_s=60.0, shared_search=False)
+    with pytest.raises(InvalidArgumentError, match="clock0_s to at least 60"):
+        Simulator(Workload("hand", tr, warm, 1.0), [ServedModel(MODEL, MODEL)], "warmserve", config=config)
+    sim = Simulator(Workload("hand", tr, warm, 1.0, clock0_s=60.0), [ServedModel(MODEL, MODEL)], "warmserve",
+                    config=config)
+    s = sim.run().summary
+    assert s["completed"] == 1 and s["warmup"]["requests"] == 1
