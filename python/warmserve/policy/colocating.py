@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from warmserve.geometry import KV_BLOCK_TOKENS
+from warmserve.geometry import blocks_for_tokens
 from warmserve.policy.colocation import UnplacedModelError, floor_kv_shares, plan_shared, request_blocks, starts
 from warmserve.policy.state import ClusterState, InstanceState
 
@@ -78,4 +78,4 @@ class Colocating:
         instance."""
         if inst.instance_id not in self._colocated:
             return None
-        return max(1, inst.kv_blocks_total // math.ceil(self.cfg.coserve_context_tokens / KV_BLOCK_TOKENS))
+        return max(1, inst.kv_blocks_total // blocks_for_tokens(self.cfg.coserve_context_tokens))

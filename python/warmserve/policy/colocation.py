@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.geometry import KV_BLOCK_TOKENS
+from warmserve.geometry import blocks_for_tokens
 from warmserve.policy import actions as A
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, ModelInfo
@@ -204,7 +204,7 @@ def request_blocks(models: dict[str, ModelInfo], context_tokens: int) -> dict[st
     where that is known and longer (found in review: the live executor raises a co-served share to the latter,
     taking nothing from the others, which over-committed the GPU; and the simulator's shares refused the longest
     requests of a quiet model)."""
-    return {m: math.ceil(max(context_tokens, info.max_context_tokens) / KV_BLOCK_TOKENS) for m, info in models.items()}
+    return {m: blocks_for_tokens(max(context_tokens, info.max_context_tokens)) for m, info in models.items()}
 
 
 def floored(state: ClusterState, plan: list, models: dict[str, ModelInfo], context_tokens: int) -> list:
