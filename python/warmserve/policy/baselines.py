@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 from warmserve.policy import actions as A
-from warmserve.policy.colocation import SharedLayout, UnplacedModelError, floored, plan_shared, starts
+from warmserve.policy.colocation import (SharedLayout, UnplacedModelError, floored, placement_order, plan_shared,
+                                         starts)
 from warmserve.policy.core import Policy
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState
@@ -48,7 +49,7 @@ class StaticPolicy(Policy):
     def _layout(self, state: ClusterState, now_s: float) -> list:
         board = Board(state, laminar=True)
         demand = self._demand()
-        order = sorted(self.models, key=lambda m: (-self.models[m].tp, -demand[m], m))
+        order = placement_order(self.models, demand)
         out: list = []
         if self.name == "dedicated" and self.layout is None:
             count = {m: 0 for m in self.models}

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 from warmserve.geometry import blocks_for_tokens
-from warmserve.policy.colocation import UnplacedModelError, floor_kv_shares, plan_shared, request_blocks, starts
+from warmserve.policy.colocation import (UnplacedModelError, floor_kv_shares, placement_order, plan_shared,
+                                         request_blocks, starts)
 from warmserve.policy.state import ClusterState, InstanceState
 
 
@@ -39,7 +40,7 @@ class Colocating:
             need, demand = self.forecast_need(window)
             if state.instances or self._co is None or need <= live:
                 return None
-            order = sorted(self.models, key=lambda m: (-self.models[m].tp, -demand[m], m))
+            order = placement_order(self.models, demand)
             try:
                 plan = plan_shared(state, self.models, order, demand, laminar=self.cfg.placement == "laminar")
             except UnplacedModelError:

@@ -36,6 +36,12 @@ class SharedLayout:
     demand: tuple[tuple[str, float], ...] = ()
 
 
+def placement_order(models: dict, demand: dict) -> list[str]:
+    """The order layouts place models in: widest tensor-parallel class first (so its groups pack before the GPUs
+    fragment), then by demand, the name breaking ties so a layout is the same on every run."""
+    return sorted(models, key=lambda m: (-models[m].tp, -demand[m], m))
+
+
 def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict) -> tuple[tuple[int, int], ...]:
     """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
     the groups whose weight room (80% of the largest GPU, as ``plan_shared`` packs) holds one shard of each of its

@@ -48,7 +48,8 @@ from dataclasses import replace
 import numpy as np
 
 from warmserve.geometry import KV_BLOCK_TOKENS
-from warmserve.policy.colocation import SharedLayout, UnplacedModelError, default_groups, floored, plan_shared
+from warmserve.policy.colocation import (SharedLayout, UnplacedModelError, default_groups, floored,
+                                         placement_order, plan_shared)
 from warmserve.policy.state import kv_blocks_for
 
 #: most group splits scored (x 3 colocation degrees); larger clusters search near the proportional split
@@ -170,7 +171,7 @@ def _placed_candidates(sim, per_group_choices, stats):
         c = sim.mcost[sim.midx[m]]
         demand[m] = max(lam * (cost.prefill_s(c, int(p)) + o * cost.decode_step_s(c, 16, int(16 * (p + o / 2))) / 16),
                         1e-9)
-    order = sorted(models, key=lambda m: (-models[m].tp, -demand[m], m))
+    order = placement_order(models, demand)
     classes: dict[int, list[str]] = {}
     for m in order:
         classes.setdefault(models[m].tp, []).append(m)
