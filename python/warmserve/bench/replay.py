@@ -42,8 +42,9 @@ from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check
                                           engine_start_summary, fetch_engine_starts, fetch_prewarm_metrics,
                                           history_rows, idle_windows, live_schedule, parse_prewarm_metrics,
                                           plan_live_history, policy_options, replay_marked, split_outcomes,
-                                          starts_after, trace_requests, warmup_span_s, warmup_trace, with_idle_lead)
+                                          starts_after, trace_requests, warmup_span_s, with_idle_lead)
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
+from warmserve.sim.inputs import warmup_trace
 from warmserve.sim.metrics import fold_warmup_starts, pct
 from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest
 

@@ -224,12 +224,6 @@ def with_idle_lead(w, window_s: float, n_idle: int, live_warmup_s: float = 0.0):
     return replace(w, history=history), -idle_from - 1e-6
 
 
-def warmup_trace(w, live_warmup_s: float):
-    """The history's requests the live replay sends as its warm-up, [-live_warmup_s, 0): the twin's warm-up
-    (``with_idle_lead``'s workload from its clock start to t = 0) is exactly these."""
-    return w.history.span(-live_warmup_s, 0.0)
-
-
 def replay_start(t_launch_unix: float, clock0_s: float, window_s: float, n_idle: int,
                  earliest_rel_s: float | None = None, live_warmup_s: float = 0.0) -> float:
     """Unix time of the trace's t = 0 for a cluster launched at ``t_launch_unix``: the replay's start

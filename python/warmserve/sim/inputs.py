@@ -1,6 +1,6 @@
 """What the simulator derives from a workload before it runs, apart from the event loop: what the policy knows of
 each served model (``model_infos``, with each model's context from ``longest_requests``), the forecast history
-(``history_windows``), and the check that the run's clock starts at or after the policy's time 0
+(``history_windows``), the warm-up it replays (``warmup_trace``), and the check that the run's clock starts at or after the policy's time 0
 (``check_clock``)."""
 
 from __future__ import annotations
@@ -31,13 +31,19 @@ def model_infos(served: list[ServedModel], cost: CostModel,
     return out
 
 
-def longest_requests(workload: Workload, warmup_s: float) -> dict[str, int]:
+def warmup_trace(workload: Workload, warmup_s: float) -> Trace:
+    """The history's requests in [-warmup_s, 0): what the simulator replays before its clock reaches 0, and what the
+    live replay sends as its warm-up (so the twin's warm-up is exactly the live one's)."""
+    return workload.history.span(-warmup_s, 0.0) if warmup_s > 0 else Trace.empty(workload.models)
+
+
+def longest_requests(workload: Workload, warm: Trace) -> dict[str, int]:
     """Per model, the longest request (prompt + output tokens) the run sends it, warm-up included: the context an
     operator configures (vLLM's ``--max-model-len``) so that no request of its traffic is refused, and what the
     live controller passes the policy as ``ModelInfo.max_context_tokens``. A KV share the policy sizes holds one
     such request (found in review: with no context known a colocated share held 1,024 tokens, and the longest
-    requests of a quiet model, which a dedicated instance serves, were refused)."""
-    warm = workload.history.span(-warmup_s, 0.0) if warmup_s > 0 else Trace.empty(workload.models)
+    requests of a quiet model, which a dedicated instance serves, were refused). ``warm``: the run's warm-up
+    (``warmup_trace``)."""
     out: dict[str, int] = {}
     for tr in (warm, workload.trace):
         if not len(tr):

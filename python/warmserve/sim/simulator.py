@@ -35,9 +35,9 @@ from warmserve.policy.state import ClusterState, InstanceState, PrewarmState
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.engine_model import ENGINE_MODELS, BatchEngines, EngineInst
-from warmserve.sim.inputs import check_clock, history_windows, longest_requests, model_infos
+from warmserve.sim.inputs import check_clock, history_windows, longest_requests, model_infos, warmup_trace
 from warmserve.sim.metrics import RunResult, start_summary, summarize
-from warmserve.workload.request import Trace, Workload
+from warmserve.workload.request import Workload
 
 _EV_INST, _EV_READY, _EV_PREWARM, _EV_LOSS = 0, 1, 2, 3
 
@@ -65,7 +65,8 @@ class Simulator:
         pcfg = config.policy_config
         self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
         check_clock(workload, self.warmup_s)
-        self.infos = model_infos(served, self.cost, longest_requests(workload, self.warmup_s))
+        self._warm = warmup_trace(workload, self.warmup_s)
+        self.infos = model_infos(served, self.cost, longest_requests(workload, self._warm))
         self.mcost = [self.cost.cost(s.name, s.size) for s in served]
         self.names = names
         self.midx = {n: i for i, n in enumerate(names)}
@@ -127,7 +128,7 @@ class Simulator:
 
     def _build_requests(self):
         w = self.workload
-        warm = w.history.span(-self.warmup_s, 0.0) if self.warmup_s > 0 else Trace.empty(w.models)
+        warm = self._warm
         remap = np.array([self.midx[n] for n in w.models], dtype=np.int32)
         tr = w.trace
         self.n_warm = len(warm)

@@ -6,7 +6,7 @@ import pytest
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.sim.config import ServedModel, SimConfig
-from warmserve.sim.inputs import longest_requests
+from warmserve.sim.inputs import longest_requests, warmup_trace
 from warmserve.sim.simulator import Simulator
 from warmserve.workload.request import Trace, Workload
 
@@ -23,9 +23,9 @@ def test_longest_requests_are_per_model_by_name_with_the_warm_up_and_not_the_old
     hist = Trace(names, np.array([-500.0, -30.0]), np.array([1, 0], np.int32), np.array([5000, 900]),
                  np.array([100, 100]))
     w = Workload("hand", tr, hist, 3.0, clock0_s=1000.0)
-    assert longest_requests(w, 60.0) == {"b": 1000, "a": 320, "idle": 0}
-    assert longest_requests(w, 600.0) == {"b": 1000, "a": 5100, "idle": 0}
-    assert longest_requests(w, 0.0) == {"b": 110, "a": 320, "idle": 0}
+    assert longest_requests(w, warmup_trace(w, 60.0)) == {"b": 1000, "a": 320, "idle": 0}
+    assert longest_requests(w, warmup_trace(w, 600.0)) == {"b": 1000, "a": 5100, "idle": 0}
+    assert longest_requests(w, warmup_trace(w, 0.0)) == {"b": 110, "a": 320, "idle": 0}
 
 
 def test_a_warm_up_before_the_policys_time_zero_is_refused_with_the_fix():
