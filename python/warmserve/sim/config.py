@@ -16,10 +16,17 @@ class ServedModel:
     name: str
     #: cost-model key (e.g. "llama2-7b"); defaults to the name itself
     size: str = ""
+    #: longest prompt + output the model accepts, tokens (the live controller's ``max_context``, vLLM's
+    #: ``--max-model-len``); 0: the run's longest request to it (``sim.inputs.longest_requests``)
+    context_tokens: int = 0
 
     def __post_init__(self):
         if not self.size:
             object.__setattr__(self, "size", self.name)
+        if not isinstance(self.context_tokens, int) or self.context_tokens < 0:
+            raise InvalidArgumentError(f"ServedModel {self.name!r}: context_tokens must be a whole number of tokens "
+                                       f">= 0 (0: the run's longest request), got {self.context_tokens!r}",
+                                       context_tokens=repr(self.context_tokens))
 
 
 @dataclass(frozen=True)

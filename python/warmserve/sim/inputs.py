@@ -19,15 +19,16 @@ from warmserve.workload.request import Trace, Workload
 
 def model_infos(served: list[ServedModel], cost: CostModel,
                 max_context_tokens: dict[str, int] | None = None) -> list[ModelInfo]:
-    """What the policy knows of each served model, from the cost model; ``max_context_tokens`` per model as the
-    live controller passes its configured context (``longest_requests``)."""
+    """What the policy knows of each served model, from the cost model. Its context: the model's configured
+    ``ServedModel.context_tokens`` where set (as the live controller passes its checkpoint's), else
+    ``max_context_tokens`` per model (the run's longest requests, ``longest_requests``)."""
     out = []
     ctx = max_context_tokens or {}
     for s in served:
         c = cost.cost(s.name, s.size)
         out.append(ModelInfo(s.name, int(c.weight_bytes), c.tp, int(c.kv_bytes_per_token),
                              prefill_s=cost.prefill_s(c, 1024), decode_s_per_token=cost.decode_step_s(c, 16),
-                             max_context_tokens=int(ctx.get(s.name, 0))))
+                             max_context_tokens=int(s.context_tokens or ctx.get(s.name, 0))))
     return out
 
 

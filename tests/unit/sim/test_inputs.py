@@ -40,3 +40,16 @@ def test_a_warm_up_before_the_policys_time_zero_is_refused_with_the_fix():
                     config=config)
     s = sim.run().summary
     assert s["completed"] == 1 and s["warmup"]["requests"] == 1
+
+
+def test_a_served_models_configured_context_is_what_the_policy_knows_and_the_runs_longest_request_otherwise():
+    """The live replay's twin passes each model's checkpoint context (as the live controller does); without one the
+    policy gets the run's longest request to the model. A context that is not a whole number >= 0 is refused."""
+    tr = Trace(["a", "b"], np.array([0.0, 1.0]), np.array([0, 1], np.int32), np.array([300, 40]), np.array([20, 10]))
+    w = Workload("hand", tr, Trace.empty(["a", "b"]), 2.0)
+    served = [ServedModel("a", MODEL, context_tokens=4096), ServedModel("b", MODEL)]
+    sim = Simulator(w, served, "warmserve", config=SimConfig(n_servers=1, gpus_per_server=2, shared_search=False))
+    assert {i.name: i.max_context_tokens for i in sim.infos} == {"a": 4096, "b": 50}
+    for bad in (-1, 2.5):
+        with pytest.raises(InvalidArgumentError, match="context_tokens must be a whole number"):
+            ServedModel("a", MODEL, context_tokens=bad)
