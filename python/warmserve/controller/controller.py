@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import subprocess
 import time
@@ -67,7 +68,12 @@ class Controller(WorkerRestarts):
         self.models: dict[str, ControllerModel] = {m.name: m for m in models}
         infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=m.spec.tp, kv_bytes_per_token=m.kv_bytes_per_token,
                            page_bytes=config.worker_page_bytes, max_context_tokens=m.max_context) for m in models]
-        self.policy_config = policy_config or self.cc.policy_config
+        pcfg = policy_config or self.cc.policy_config
+        if pcfg.colocate_tp and any(m.spec.tp > 1 for m in models):
+            # the workers run a tensor-parallel shard alone (worker.tp refuses a shared activation): a layout that
+            # put one beside another model would fail at each of its activations
+            pcfg = dataclasses.replace(pcfg, colocate_tp=False)
+        self.policy_config = pcfg
         now_unix = time.time()
         self._t0_mono = time.monotonic()
         #: Unix time of the policy clock's t = 0; now_s() counts from it.

@@ -90,7 +90,7 @@ class StaticPolicy(Policy):
         # each share holds one request of the model's longest context, as warmserve's colocation floors them
         # (found on a 2-hour ServeGen replay: a quiet model's share by demand refused its longest requests, which
         # a dedicated instance serves)
-        plan = floored(state, plan_shared(state, self.models, order, demand, layout), self.models,
-                       self.cfg.coserve_context_tokens)
+        plan = plan_shared(state, self.models, order, demand, layout, colocate_tp=self.cfg.colocate_tp)
+        plan = floored(state, plan, self.models, self.cfg.coserve_context_tokens)
         warm = True if self.name == "shared" else self.cfg.warm_engine
         return [act for act, _ in starts(plan, lambda m: self._new_id(m, "i"), warm_engine=warm)]

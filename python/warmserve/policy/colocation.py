@@ -42,11 +42,12 @@ def placement_order(models: dict, demand: dict) -> list[str]:
     return sorted(models, key=lambda m: (-models[m].tp, -demand[m], m))
 
 
-def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict) -> tuple[tuple[int, int], ...]:
+def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict, *,
+                   colocate_tp: bool = True) -> tuple[tuple[int, int], ...]:
     """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
     the groups whose weight room (80% of the largest GPU, as ``plan_shared`` packs) holds one shard of each of its
     models (found in review: one 4-GPU group for two 70B copies whose demand was low left the second without an
-    instance)."""
+    instance); without ``colocate_tp``, at least one group per model of a tp > 1 class."""
     live = [g for g in state.gpus if not g.gone]
     n_gpus = len(live)
     # a lower bound, by the largest GPU: sized by the smallest, a mixed fleet asked for more groups than it needs
@@ -59,6 +60,8 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
     total = sum(weight.values())
 
     def least(tp: int) -> int:  # first-fit of the class's shards, largest first, into groups' weight room
+        if tp > 1 and not colocate_tp:
+            return len(classes[tp])
         rooms: list[float] = []
         for shard in sorted((models[m].shard_bytes for m in classes[tp]), reverse=True):
             k = next((i for i, r in enumerate(rooms) if shard <= r), None)
@@ -82,8 +85,8 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
 
 
 def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dict,
-                layout: SharedLayout | None = None, *,
-                laminar: bool = True) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
+                layout: SharedLayout | None = None, *, laminar: bool = True,
+                colocate_tp: bool = True) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
     """MuxServe-like static colocation: (GPU group, [(model, KV fraction)]) for every group used.
 
     Each tp class gets ``layout.groups`` tp-GPU groups (default: ``default_groups``, then whatever GPUs are left
@@ -92,14 +95,15 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
     popular models more (largest remainder of demand), spread so that group loads even out; the memory the
     weights leave is split among a group's models in proportion to their demand per replica. Raises
     UnplacedModelError when a model gets no instance. Does not change ``state``. ``laminar``: the groups are chosen
-    by §3's laminar placement (False: round-robin, as the policy's ablation places)."""
+    by §3's laminar placement (False: round-robin, as the policy's ablation places). ``colocate_tp`` False: a
+    tp > 1 group hosts one model (``PolicyConfig.colocate_tp``)."""
     board = Board(state, laminar=laminar)
     classes: dict[int, list[str]] = {}
     for m in order:
         classes.setdefault(models[m].tp, []).append(m)
     fill_rest = layout is None
     if layout is None:
-        layout = SharedLayout(default_groups(state, models, order, demand))
+        layout = SharedLayout(default_groups(state, models, order, demand, colocate_tp=colocate_tp))
     want = dict(layout.groups)
     groups: dict[int, list[tuple[int, ...]]] = {tp: [] for tp in classes}
 
@@ -136,7 +140,16 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             raise UnplacedModelError(
                 f"shared layout: no {tp}-GPU group for models {ms} (groups asked: {want.get(tp, 0)}): give the "
                 f"tp-{tp} class a group, or let the layout search choose", model=ms[0], tp=tp)
-        per_group = max(min(layout.per_group, len(ms)), math.ceil(len(ms) / len(gs)))
+        if tp > 1 and not colocate_tp:
+            if len(ms) > len(gs):
+                raise UnplacedModelError(
+                    f"shared layout: {len(ms)} tp-{tp} models {ms} on {len(gs)} {tp}-GPU group(s), and a "
+                    f"tensor-parallel model runs alone on its group here (colocate_tp is off: the live workers run a "
+                    f"tp shard alone): give the cluster {tp * (len(ms) - len(gs))} more GPUs, or serve fewer tp-{tp} "
+                    f"models", model=ms[len(gs)], tp=tp, groups=len(gs))
+            per_group = 1
+        else:
+            per_group = max(min(layout.per_group, len(ms)), math.ceil(len(ms) / len(gs)))
         slots = min(len(gs) * per_group, len(gs) * len(ms))
         reps = {m: 1 for m in ms}  # every model once, the rest of the slots by demand (largest remainder)
         d_total = sum(demand[m] for m in ms)

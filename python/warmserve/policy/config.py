@@ -170,6 +170,12 @@ class PolicyConfig:
     #: window instead (`reactive`), P99 0.66 and 1.79 s at two of them (1.6x, 4.5x), 0.97x at the third. Off for
     #: `autoscale` (vanilla autoscaling lays nothing out ahead).
     colocate_when_oversubscribed: bool = True
+    #: Whether a tensor-parallel model (tp > 1) may share its GPU group with other models: co-served, in
+    #: warmserve's colocation, in `shared`'s layout (MuxServe colocates such meshes, so the simulator does). Off:
+    #: each tp > 1 instance has its group to itself, and a layout that would need to colocate one is refused
+    #: (``colocation.UnplacedModelError``). The live workers run a tensor-parallel shard alone (``worker.tp``
+    #: refuses a shared activation), so `warmserve serve` turns it off where a model has tp > 1.
+    colocate_tp: bool = True
     #: Give GPUs back by co-serving (beyond the paper): a quiet model (load below scale_in_threshold x B, one
     #: instance with GPUs to itself) moves onto a co-serving host even when no other model wants GPUs, so its
     #: GPUs go idle: the merge rule below (``core.Policy``, step 3) without its "another model is short of GPUs"

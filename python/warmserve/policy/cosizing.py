@@ -42,8 +42,10 @@ class HostSizing:
         their shards within WEIGHT_SHARE_PER_HOST of a GPU and, beside each shard, a KV share that holds
         scale_in_threshold x B sequences of coserve_context_tokens (the load below which §5 scales a model in: a
         co-served model runs at most about that, it joins below the §5 band of it and splits out above it,
-        ``kv_fits``); at most coserve_max_models."""
+        ``kv_fits``); at most coserve_max_models. 1 for a tensor-parallel model unless ``colocate_tp``."""
         m, cfg = self.models[model], self.cfg
+        if m.tp > 1 and not cfg.colocate_tp:
+            return 1
         shard = m.shard_bytes
         kv = cfg.scale_in_threshold * cfg.instance_capacity * cfg.coserve_context_tokens * kv_per_token(m) / m.tp
         return min(cfg.coserve_max_models, int(WEIGHT_SHARE_PER_HOST * gpu_bytes // shard),

@@ -175,7 +175,8 @@ def _placed_candidates(sim, per_group_choices, stats):
     classes: dict[int, list[str]] = {}
     for m in order:
         classes.setdefault(models[m].tp, []).append(m)
-    proportional = dict(default_groups(sim.state, models, order, demand))
+    colocate_tp = sim.policy.cfg.colocate_tp
+    proportional = dict(default_groups(sim.state, models, order, demand, colocate_tp=colocate_tp))
     dem = tuple(sorted(demand.items()))
     tried = placed = 0
     for groups in _splits(sim.state, classes, proportional):
@@ -183,7 +184,7 @@ def _placed_candidates(sim, per_group_choices, stats):
             layout = SharedLayout(groups, per_group, dem)
             tried += 1
             try:
-                plan = plan_shared(sim.state, models, order, demand, layout)
+                plan = plan_shared(sim.state, models, order, demand, layout, colocate_tp=colocate_tp)
             except UnplacedModelError:
                 continue
             plan = floored(sim.state, plan, models, sim.policy.cfg.coserve_context_tokens)
@@ -194,7 +195,7 @@ def _placed_candidates(sim, per_group_choices, stats):
     # nothing fits every model: the default layout's error names a model left out, but its fix, "or let the layout
     # search choose", is wrong where the search has run (found in review)
     try:
-        plan_shared(sim.state, models, order, demand, None)
+        plan_shared(sim.state, models, order, demand, None, colocate_tp=colocate_tp)
     except UnplacedModelError as e:
         n_gpus = sim.state.live_gpus()
         what = (f"none of the {tried} layouts it tried gives every model an instance" if tried else

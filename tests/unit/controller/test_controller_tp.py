@@ -13,7 +13,7 @@ from warmserve.controller.models import controller_model
 from warmserve.errors import InvalidArgumentError, TimeoutError_
 from warmserve.protocol import SamplingParams
 
-from controller_harness import collect, make_controller, peers_in_order, run
+from controller_harness import collect, make_controller, peers_in_order, run, two_models
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,14 @@ def test_a_lost_rank_reported_by_rank_0_starts_its_requests_over_after_their_tok
 def test_a_tp_that_does_not_split_the_model_is_refused_with_the_sizes_that_do(model):
     with pytest.raises(InvalidArgumentError, match=r"tp=4 does not split 6 attention heads.*use tp in \[1, 2\]"):
         controller_model(ModelSpec(path=model.spec.path, tp=4))
+
+
+def test_with_a_tp2_model_the_live_policy_never_colocates_tensor_parallel_models(model):
+    """The workers run a tp shard alone (a shared activation of one is refused), so the live controller turns
+    ``PolicyConfig.colocate_tp`` off where a model has tp > 1 (the policies then never put such an instance beside
+    another: tests/unit/policy/test_policy_colocate_tp.py); with only tp-1 models it stays as configured."""
+    async def main():
+        for c, want in ((two_models(model, "shared"), False), (make_controller(model), True)):
+            assert c.policy_config.colocate_tp is want and c.policy.cfg.colocate_tp is want
+
+    run(main())

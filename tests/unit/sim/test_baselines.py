@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from warmserve.policy.colocation import SharedLayout, UnplacedModelError, floored, plan_shared
+from warmserve.policy.colocation import SharedLayout, UnplacedModelError, floored, placement_order, plan_shared
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.presets import paper_preset
 from warmserve.sim.shared_search import score, workload_stats
@@ -145,8 +145,7 @@ def test_the_search_scores_layouts_with_their_shares_floored():
     sim = Simulator(w, served, "shared", config=cfg, cost=CostModel(gpu=GpuType(memory_bytes=40e9)))
     rec, layout, models = sim.shared_search, sim.policy.layout, sim.policy.models
     demand = dict(layout.demand)
-    order = sorted(models, key=lambda m: (-models[m].tp, -demand[m], m))
-    plan = plan_shared(sim.state, models, order, demand, layout)
+    plan = plan_shared(sim.state, models, placement_order(models, demand), demand, layout)
     ctx = sim.policy.cfg.coserve_context_tokens
     assert floored(sim.state, plan, models, ctx) != plan  # the floor binds here
     assert rec["rate_multiple"] == pytest.approx(score(sim, floored(sim.state, plan, models, ctx), workload_stats(sim)))
