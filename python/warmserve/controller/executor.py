@@ -18,7 +18,7 @@ from warmserve import protocol as P
 from warmserve.controller.prewarms import LivePrewarm
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WorkerLostError
-from warmserve.geometry import KV_BLOCK_TOKENS, PAGE_BYTES, align_up, blocks_for_tokens, pages_for
+from warmserve.geometry import PAGE_BYTES, align_up, pages_for
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights
 from warmserve.policy.state import InstanceState, PrewarmState, kv_blocks_for
@@ -282,12 +282,9 @@ class LiveExecutor:
                 # worker, unrouted, where the driver kept its weights as a prewarm (or had them evicted).
                 log.info("instance %s of %s: not activated, withdrawn while it loaded", inst.iid, inst.model)
                 return
-            kv_blocks, shared = None, act.kv_fraction < 1.0
-            if shared:
-                # A share never below one request at the model's full context: the API accepts such a request, so
-                # a co-served instance must be able to run it (the engine refuses what its KV cap cannot hold).
-                full = blocks_for_tokens(ctl.models[act.model].max_context, KV_BLOCK_TOKENS)
-                kv_blocks = max(full, kv_blocks_for(ctl.driver.state, act.model, act.gpus, act.kv_fraction))
+            shared = act.kv_fraction < 1.0
+            # a share holds at least one request at the model's context (kv_blocks_for): the driver counted the same
+            kv_blocks = kv_blocks_for(ctl.driver.state, act.model, act.gpus, act.kv_fraction) if shared else None
             inst.activating = True
             reply = await hub.call(w, ctl.activate_message(act.model, kv_blocks, shared), CALL_TIMEOUT_S)
         except asyncio.CancelledError:

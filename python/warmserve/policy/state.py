@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.geometry import PAGE_BYTES, is_page_size, kv_block_bytes, shard_bytes
+from warmserve.geometry import PAGE_BYTES, blocks_for_tokens, is_page_size, kv_block_bytes, shard_bytes
 
 #: Host-to-device bandwidth in the cold-start cost c_m (PAPER.md §2), bytes per second.
 H2D_BYTES_PER_S = 32e9
@@ -245,7 +245,15 @@ class ClusterState:
 
 def kv_blocks_for(state: ClusterState, model: str, gpus, kv_fraction: float = 1.0) -> int:
     """KV blocks an instance of ``model`` on ``gpus`` may hold: ``kv_fraction`` of the GPUs' memory after its
-    own weights shard."""
+    own weights shard; a share (``kv_fraction`` < 1) never below one request at the model's context
+    (``ModelInfo.max_context_tokens``), nor above the whole room."""
     m = state.models[model]
     room = min(state.gpus[g].total_bytes for g in gpus) - m.shard_bytes
-    return max(0, int(room * kv_fraction) // m.kv_block_bytes)
+    blocks = max(0, int(room * kv_fraction) // m.kv_block_bytes)
+    if kv_fraction < 1.0:
+        # the API accepts a request at the model's full context, so a co-served instance must be able to run one
+        # (its engine refuses what its cap cannot hold). Applied here, for the driver, co-serving's room sums and
+        # the simulator alike: it was the live executor's alone, so live shares were larger than the policy had
+        # counted and the simulator's than live's
+        blocks = max(blocks, min(blocks_for_tokens(m.max_context_tokens), max(0, room) // m.kv_block_bytes))
+    return blocks

@@ -350,6 +350,8 @@ class BatchEngines:
         if inst.kv_used + need > inst.st.kv_blocks_mapped:
             before = inst.st.kv_blocks_mapped
             self.remap(inst, need)
+            if inst.kv_used + need > inst.st.kv_blocks_mapped and inst.kv_used == 0 and self._take_back(inst):
+                self.remap(inst, need)
             if inst.lazy_map and inst.st.kv_blocks_mapped > before:
                 inst.map_s += (inst.st.kv_blocks_mapped - before) * inst.block_bytes * self.kv_map_s_per_byte
             if inst.kv_used + need > inst.st.kv_blocks_mapped:
@@ -357,6 +359,23 @@ class BatchEngines:
         inst.kv_used += need
         inst.st.kv_blocks_used = inst.kv_used
         return True
+
+    def _take_back(self, inst: EngineInst) -> bool:
+        """An engine that holds no sequence and cannot map blocks for its next one takes back the free blocks the
+        engines sharing its GPUs keep mapped, as the live engine takes its neighbours' headroom when it can run
+        nothing (``Engine._take_back_headroom``; co-served shares raised to one request at the model's context,
+        ``kv_blocks_for``, may together pass what the GPU holds). True if any went back."""
+        freed = False
+        for g in inst.st.gpus:
+            for other in self.gpu_insts[g]:
+                spare = other.st.kv_blocks_mapped - other.kv_used
+                if other is inst or spare <= 0:
+                    continue
+                other.st.kv_blocks_mapped -= spare
+                for h in other.st.gpus:
+                    self.gpu_used[h] -= spare * other.block_bytes
+                freed = True
+        return freed
 
     def _schedule_chunk(self, inst: EngineInst, t: float, old: int) -> bool:
         """Chunked prefill: one engine step of the running batch's decode tokens plus prompt chunks, oldest

@@ -72,3 +72,27 @@ def test_memory_views(models):
 def test_every_policy_name_builds(models):
     for name in POLICY_NAMES:
         assert make_policy(name, models=models).name == name
+
+
+def test_a_kv_share_holds_one_request_at_the_models_context_and_no_more_than_the_room():
+    """A co-served share (kv_fraction < 1) never holds less than one request at the model's context: the API accepts
+    such a request. The floor was the live executor's alone, so the driver (and the simulator) counted smaller
+    shares than live ran; now the driver's instance holds it. A whole-GPU start is untouched, and the floor never
+    passes what the GPU has after the weights."""
+    from warmserve.geometry import blocks_for_tokens
+    from warmserve.policy.driver import instant_driver
+    from warmserve.policy.state import kv_blocks_for
+
+    m = ModelInfo("x", weight_bytes=1 << 30, kv_bytes_per_token=1 << 16, max_context_tokens=8192)
+    st = ClusterState.uniform(1, [m], gpus_per_server=1, gpu_bytes=9 << 30)
+    room_blocks = (8 << 30) // m.kv_block_bytes
+    assert blocks_for_tokens(8192) == 32 and room_blocks == 512
+    assert kv_blocks_for(st, "x", (0,), 0.01) == 32  # 0.01 of the room is 5 blocks: raised to the context's 32
+    assert kv_blocks_for(st, "x", (0,), 0.5) == 256  # above the floor: the share as given
+    assert kv_blocks_for(st, "x", (0,)) == room_blocks
+    wide = ModelInfo("w", weight_bytes=1 << 30, kv_bytes_per_token=1 << 16, max_context_tokens=1 << 30)
+    assert kv_blocks_for(ClusterState.uniform(1, [wide], gpus_per_server=1, gpu_bytes=9 << 30), "w", (0,), 0.01) \
+        == room_blocks
+    d = instant_driver(make_policy("shared", models=[m], config=PolicyConfig()), st)
+    d.apply(A.StartInstance("x/0", "x", (0,), kv_fraction=0.01), 0.0)
+    assert st.instances["x/0"].kv_blocks_total == 32
