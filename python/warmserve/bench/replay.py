@@ -400,7 +400,6 @@ def main(args) -> int:
 
 
 def _main(args) -> int:
-    from warmserve.engine.demo import DEMO_MODELS
     from warmserve.outputs import check_output, check_output_folder, check_plot
     from warmserve.sim.config import ServedModel
     from warmserve.sim.costmodel import CostModel
@@ -441,8 +440,12 @@ def _main(args) -> int:
         cost = replace(cost, gpu=replace(cost.gpu, host_cores=args.sim_host_cores))
     # the twin's policy knows each model's context as the live controller does, from its checkpoint's config (a
     # colocated KV share holds one request of it); an --endpoint server's is unknown: the run's longest request
-    served_sim = [ServedModel(n, args.sim_size or c, context_tokens=0 if args.endpoint or c not in DEMO_MODELS
-                              else DEMO_MODELS[c].max_position_embeddings) for n, c in served]
+    contexts = {}
+    if not args.endpoint:
+        from warmserve.engine.demo import demo_spec  # imports torch: not for an --endpoint run
+
+        contexts = {c: demo_spec(c).max_position_embeddings for _, c in served if demo_spec(c) is not None}
+    served_sim = [ServedModel(n, args.sim_size or c, context_tokens=contexts.get(c, 0)) for n, c in served]
     if cost is None and not args.endpoint:
         # the history's in-flight windows need request latencies, which come from the profile
         print("warmserve bench replay: no --profile: the clusters get no forecast history and there is no "

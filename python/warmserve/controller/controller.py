@@ -73,6 +73,8 @@ class Controller(WorkerRestarts):
             # the workers run a tensor-parallel shard alone (worker.tp refuses a shared activation): a layout that
             # put one beside another model would fail at each of its activations
             pcfg = dataclasses.replace(pcfg, colocate_tp=False)
+            log.info("colocate_tp off: the tensor-parallel models %s each run alone on their workers",
+                     sorted(m.name for m in models if m.spec.tp > 1))
         self.policy_config = pcfg
         now_unix = time.time()
         self._t0_mono = time.monotonic()

@@ -93,6 +93,16 @@ SIZED_MODELS: dict[str, tuple[str, DemoSpec]] = {
     "1b": ("llama-1b", DemoSpec("llama", 2048, 8192, 16, 32, 8, rope_theta=5e5, max_position_embeddings=8192)),
     "7b": ("llama-7b", DemoSpec("llama", 4096, 14336, 32, 32, 8, rope_theta=5e5, max_position_embeddings=8192)),
 }
+
+
+def demo_spec(name: str) -> DemoSpec | None:
+    """The spec of a demo checkpoint by its directory name, small (``DEMO_MODELS``) or sized (``SIZED_MODELS``);
+    None for a name that is neither."""
+    if name in DEMO_MODELS:
+        return DEMO_MODELS[name]
+    return next((spec for n, spec in SIZED_MODELS.values() if n == name), None)
+
+
 #: Dtype on disk of the sized demos.
 SIZED_DTYPE = "bfloat16"
 #: Shard size of the sized demos (bytes): few files, each written as soon as its tensors are drawn.

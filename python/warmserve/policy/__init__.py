@@ -63,7 +63,8 @@ What the driver does:
   instance whose weights are still on those GPUs, takes them at once with no copy (``executor.keep_prewarm``).
   ``CancelPrewarm``/``Evict`` delete it (``executor.drop_prewarm``). ``StartInstance`` drops the prewarms in
   ``evict``, takes ``prewarm_id``'s weights (the prewarm leaves the state), adds ``InstanceState(ready_s=None)``
-  with ``kv_blocks_total`` from ``state.kv_blocks_for`` (``kv_fraction`` of the memory after its shard) and
+  with ``kv_blocks_total`` from ``state.kv_blocks_for`` (``kv_fraction`` of the memory after its shard; a share
+  never below one request at the model's context) and
   starts it (``executor.start_instance``). ``StopInstance`` sets ``draining`` (``ReviveInstance`` clears it);
   once ``in_flight`` is 0 the instance leaves the state, its weights are kept on its GPUs (``driver.kept``) and ``executor.stop_instance``
   frees the rest. ``Migrate`` stops it at once: ``executor.migrate_requests`` takes its requests off it and they

@@ -86,7 +86,10 @@ class StaticPolicy(Policy):
                     return out
         layout = self.layout
         if layout is not None and layout.demand:
+            # the demand the layout was chosen for, and the order it was scored in (found in review: the order of
+            # the history's demand was kept, so the search's layout could be laid out in another order)
             demand = {**demand, **dict(layout.demand)}
+            order = placement_order(self.models, demand)
         # each share holds one request of the model's longest context, as warmserve's colocation floors them
         # (found on a 2-hour ServeGen replay: a quiet model's share by demand refused its longest requests, which
         # a dedicated instance serves)

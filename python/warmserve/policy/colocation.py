@@ -12,7 +12,7 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import blocks_for_tokens
 from warmserve.policy import actions as A
 from warmserve.policy.placement import Board
-from warmserve.policy.state import ClusterState, ModelInfo
+from warmserve.policy.state import ClusterState, ModelInfo, runs_alone
 
 
 #: Share of a GPU the weights of a `shared` group may take; the rest is KV cache (``plan_shared`` packs to it and
@@ -42,6 +42,14 @@ def placement_order(models: dict, demand: dict) -> list[str]:
     return sorted(models, key=lambda m: (-models[m].tp, -demand[m], m))
 
 
+def tp_classes(models: dict, order: list[str]) -> dict[int, list[str]]:
+    """The models by tensor-parallel degree, each class in ``order``."""
+    classes: dict[int, list[str]] = {}
+    for m in order:
+        classes.setdefault(models[m].tp, []).append(m)
+    return classes
+
+
 def default_groups(state: ClusterState, models: dict, order: list[str], demand: dict, *,
                    colocate_tp: bool = True) -> tuple[tuple[int, int], ...]:
     """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
@@ -53,14 +61,12 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
     # a lower bound, by the largest GPU: sized by the smallest, a mixed fleet asked for more groups than it needs
     # and the default layout was refused where a smaller count places every model (found in review)
     gpu_bytes = max((g.total_bytes for g in live), default=0)
-    classes: dict[int, list[str]] = {}
-    for m in order:
-        classes.setdefault(models[m].tp, []).append(m)
+    classes = tp_classes(models, order)
     weight = {tp: sum(demand[m] * tp for m in ms) for tp, ms in classes.items()}
     total = sum(weight.values())
 
     def least(tp: int) -> int:  # first-fit of the class's shards, largest first, into groups' weight room
-        if tp > 1 and not colocate_tp:
+        if runs_alone(tp, colocate_tp):
             return len(classes[tp])
         rooms: list[float] = []
         for shard in sorted((models[m].shard_bytes for m in classes[tp]), reverse=True):
@@ -98,9 +104,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
     by §3's laminar placement (False: round-robin, as the policy's ablation places). ``colocate_tp`` False: a
     tp > 1 group hosts one model (``PolicyConfig.colocate_tp``)."""
     board = Board(state, laminar=laminar)
-    classes: dict[int, list[str]] = {}
-    for m in order:
-        classes.setdefault(models[m].tp, []).append(m)
+    classes = tp_classes(models, order)
     fill_rest = layout is None
     if layout is None:
         layout = SharedLayout(default_groups(state, models, order, demand, colocate_tp=colocate_tp))
@@ -140,7 +144,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             raise UnplacedModelError(
                 f"shared layout: no {tp}-GPU group for models {ms} (groups asked: {want.get(tp, 0)}): give the "
                 f"tp-{tp} class a group, or let the layout search choose", model=ms[0], tp=tp)
-        if tp > 1 and not colocate_tp:
+        if runs_alone(tp, colocate_tp):
             if len(ms) > len(gs):
                 raise UnplacedModelError(
                     f"shared layout: {len(ms)} tp-{tp} models {ms} on {len(gs)} {tp}-GPU group(s), and a "
@@ -220,16 +224,17 @@ def floor_kv_shares(state: ClusterState, plan: list, min_blocks: dict[str, int])
 def request_blocks(models: dict[str, ModelInfo], context_tokens: int) -> dict[str, int]:
     """KV blocks of the one request each model's share must hold (``floor_kv_shares``): one of ``context_tokens``
     (the planning context, ``PolicyConfig.coserve_context_tokens``), or of the model's longest accepted context
-    where that is known and longer (found in review: the live executor raises a co-served share to the latter,
-    taking nothing from the others, which over-committed the GPU; and the simulator's shares refused the longest
-    requests of a quiet model)."""
+    where that is known and longer (found in review: ``state.kv_blocks_for`` raises a co-served share to the
+    latter, taking nothing from the others, which over-commits the GPU; and the simulator's shares refused the
+    longest requests of a quiet model)."""
     return {m: blocks_for_tokens(max(context_tokens, info.max_context_tokens)) for m, info in models.items()}
 
 
 def floored(state: ClusterState, plan: list, models: dict[str, ModelInfo], context_tokens: int) -> list:
     """`shared`'s layout as laid out (``baselines.StaticPolicy``) and as its search scores it: ``plan`` with each
-    share floored at one request (``request_blocks``), or the shares by demand where a group cannot hold every
-    floor (its longest requests are then refused, as a share too small for them refuses them)."""
+    share floored at one request (``request_blocks``), taken from the group's other shares, or the shares by demand
+    where a group cannot hold every floor (``kv_blocks_for`` then raises each to its floor all the same, and the
+    group's instances take turns for the memory they together lack, live and simulated)."""
     return floor_kv_shares(state, plan, request_blocks(models, context_tokens)) or plan
 
 

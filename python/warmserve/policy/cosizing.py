@@ -5,7 +5,7 @@ and GPU sizes, and decide nothing (``coserve.CoServing`` decides with them)."""
 from __future__ import annotations
 
 from warmserve.policy.config import PolicyConfig
-from warmserve.policy.state import ClusterState, ModelInfo
+from warmserve.policy.state import ClusterState, ModelInfo, runs_alone
 
 #: Share of a GPU's pool the weights of a host's models may take together (the rest is KV): the `shared`
 #: baseline's rule (``colocation.plan_shared``: weights up to 80% of memory).
@@ -44,7 +44,7 @@ class HostSizing:
         co-served model runs at most about that, it joins below the §5 band of it and splits out above it,
         ``kv_fits``); at most coserve_max_models. 1 for a tensor-parallel model unless ``colocate_tp``."""
         m, cfg = self.models[model], self.cfg
-        if m.tp > 1 and not cfg.colocate_tp:
+        if runs_alone(m.tp, cfg.colocate_tp):
             return 1
         shard = m.shard_bytes
         kv = cfg.scale_in_threshold * cfg.instance_capacity * cfg.coserve_context_tokens * kv_per_token(m) / m.tp

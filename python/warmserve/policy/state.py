@@ -36,7 +36,7 @@ class ModelInfo:
     #: Page of the workers' pools, bytes (a multiple of 2 MiB): a worker maps the weights in whole pages.
     page_bytes: int = PAGE_BYTES
     #: Longest request the API accepts for the model (prompt + output), tokens; 0: unknown. A KV share the policy
-    #: sizes holds at least one such request (the live executor raises a co-served share to it).
+    #: sizes holds at least one such request (``kv_blocks_for`` raises a co-served share to it).
     max_context_tokens: int = 0
     #: Bytes one GPU holds for this model's weights (one shard), aligned to page_bytes. Derived.
     shard_bytes: int = field(init=False, repr=False, compare=False)
@@ -241,6 +241,12 @@ class ClusterState:
     def live_gpus(self) -> int:
         """GPUs not lost (``GpuState.gone``)."""
         return sum(1 for g in self.gpus if not g.gone)
+
+
+def runs_alone(tp: int, colocate_tp: bool) -> bool:
+    """Whether an instance at tensor-parallel degree ``tp`` must have its GPU group to itself
+    (``PolicyConfig.colocate_tp`` off)."""
+    return tp > 1 and not colocate_tp
 
 
 def kv_blocks_for(state: ClusterState, model: str, gpus, kv_fraction: float = 1.0) -> int:

@@ -27,7 +27,10 @@ admitting cost ``CostModel.kv_map_s_per_gib`` per GiB (per GPU, the GPUs mapping
 prefill iteration that admitted the request (found in review: the mapping was instant), for an engine that maps
 lazily (``EngineInst.lazy_map``: warmserve's prewarmed engines; a vanilla vLLM engine allocates its cache inside
 its initialisation). A request whose prompt + output need more blocks than the instance can ever hold is refused
-when it is routed there (``admit``), as the live engine refuses it.
+when it is routed there (``admit``), as the live engine refuses it. Instances whose caps together pass what their
+GPUs hold (co-served shares raised to the model's context) take turns as the live engines on one pool do: one
+that holds no sequence and cannot map its next takes back its neighbours' free mapped blocks, and until it runs
+they map none ahead and give back what their finished requests free (``_take_back``).
 
 ``ENGINE_MODELS``: "vllm" (the above) or "fluid", the simulator's earlier model kept for comparison: the batch
 capped at the policy's planning capacity B instead of the engine's limits, no token budget and a decode step that
@@ -59,7 +62,7 @@ class EngineInst:
 
     __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
                  "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
-                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s")
+                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s", "stalled")
 
     def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
         self.st = st
@@ -98,6 +101,9 @@ class EngineInst:
         self.lazy_map = True
         #: seconds of KV mapping done while admitting, owed by the next prefill iteration
         self.map_s = 0.0
+        #: it holds no sequence and could not map blocks for its next (``_take``): until it runs, the engines on
+        #: its GPUs keep no free blocks mapped (``_starved_near``)
+        self.stalled = False
 
 
 class BatchEngines:
@@ -221,6 +227,8 @@ class BatchEngines:
         memory (``_room``); ``need`` more blocks than in use are asked for by an admission."""
         s = inst.st
         tgt = s.kv_blocks_total if s.kv_free_target is None else min(s.kv_blocks_total, inst.kv_used + s.kv_free_target)
+        if self._starved_near(inst):
+            tgt = inst.kv_used  # no headroom mapped ahead while a neighbour can run nothing (``_take_back``)
         tgt = max(tgt, min(inst.kv_used + need, s.kv_blocks_total))
         if tgt > s.kv_blocks_mapped:
             tgt = min(tgt, self._room(inst))
@@ -350,32 +358,47 @@ class BatchEngines:
         if inst.kv_used + need > inst.st.kv_blocks_mapped:
             before = inst.st.kv_blocks_mapped
             self.remap(inst, need)
-            if inst.kv_used + need > inst.st.kv_blocks_mapped and inst.kv_used == 0 and self._take_back(inst):
-                self.remap(inst, need)
+            if inst.kv_used + need > inst.st.kv_blocks_mapped and inst.kv_used == 0:
+                inst.stalled = True
+                if self._take_back(inst):
+                    self.remap(inst, need)
             if inst.lazy_map and inst.st.kv_blocks_mapped > before:
                 inst.map_s += (inst.st.kv_blocks_mapped - before) * inst.block_bytes * self.kv_map_s_per_byte
             if inst.kv_used + need > inst.st.kv_blocks_mapped:
                 return False
         inst.kv_used += need
         inst.st.kv_blocks_used = inst.kv_used
+        inst.stalled = False
         return True
 
     def _take_back(self, inst: EngineInst) -> bool:
-        """An engine that holds no sequence and cannot map blocks for its next one takes back the free blocks the
-        engines sharing its GPUs keep mapped, as the live engine takes its neighbours' headroom when it can run
-        nothing (``Engine._take_back_headroom``; co-served shares raised to one request at the model's context,
-        ``kv_blocks_for``, may together pass what the GPU holds). True if any went back."""
+        """An engine that holds no sequence and cannot map blocks for its next one (stalled) takes back the free
+        blocks the engines sharing its GPUs keep mapped; until it runs they map none ahead (``remap``) and give
+        back what their finished requests free (``_complete``, which wakes it). The live engine's rule
+        (``Engine.pool_starved``, ``_take_back_headroom``): co-served shares, each raised to one request at the
+        model's context (``kv_blocks_for``), may together pass what the GPU holds, and then take turns. True if
+        any went back."""
         freed = False
-        for g in inst.st.gpus:
-            for other in self.gpu_insts[g]:
-                spare = other.st.kv_blocks_mapped - other.kv_used
-                if other is inst or spare <= 0:
-                    continue
-                other.st.kv_blocks_mapped -= spare
-                for h in other.st.gpus:
-                    self.gpu_used[h] -= spare * other.block_bytes
-                freed = True
+        for other in self._neighbours(inst):
+            freed = self._give_back(other) or freed
         return freed
+
+    def _neighbours(self, inst: EngineInst):
+        return {id(o): o for g in inst.st.gpus for o in self.gpu_insts[g] if o is not inst}.values()
+
+    def _starved_near(self, inst: EngineInst) -> list[EngineInst]:
+        """The stalled engines on ``inst``'s GPUs that still have requests to run (one whose requests went has
+        nothing to wait for: it would keep its neighbours from their headroom for good)."""
+        return [o for o in self._neighbours(inst) if o.stalled and o.waiting and o.st.instance_id in self.insts]
+
+    def _give_back(self, inst: EngineInst) -> bool:
+        spare = inst.st.kv_blocks_mapped - inst.kv_used
+        if spare <= 0:
+            return False
+        inst.st.kv_blocks_mapped -= spare
+        for g in inst.st.gpus:
+            self.gpu_used[g] -= spare * inst.block_bytes
+        return True
 
     def _schedule_chunk(self, inst: EngineInst, t: float, old: int) -> bool:
         """Chunked prefill: one engine step of the running batch's decode tokens plus prompt chunks, oldest
@@ -507,7 +530,13 @@ class BatchEngines:
         inst.kv_used -= self.blocks[rid]
         s = inst.st
         s.kv_blocks_used = inst.kv_used
-        if s.kv_free_target is not None:
+        starved = self._starved_near(inst)
+        if starved:
+            self._give_back(inst)  # what the request held goes to the stalled neighbours, who try again now
+            for o in starved:
+                if o.ready and o.phase == IDLE:
+                    self.schedule(o, t)
+        elif s.kv_free_target is not None:
             self.remap(inst)
         self.on_complete(inst, rid, t)
 

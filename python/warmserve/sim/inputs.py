@@ -1,7 +1,7 @@
 """What the simulator derives from a workload before it runs, apart from the event loop: what the policy knows of
-each served model (``model_infos``, with each model's context from ``longest_requests``), the forecast history
-(``history_windows``), the warm-up it replays (``warmup_trace``), and the check that the run's clock starts at or after the policy's time 0
-(``check_clock``)."""
+each served model (``model_infos``, with each model's context: its configured one, else its longest request of
+the run, ``longest_requests``), the forecast history (``history_windows``), the warm-up it replays
+(``warmup_trace``), and the check that the run's clock starts at or after the policy's time 0 (``check_clock``)."""
 
 from __future__ import annotations
 

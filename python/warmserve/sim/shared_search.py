@@ -49,7 +49,7 @@ import numpy as np
 
 from warmserve.geometry import KV_BLOCK_TOKENS
 from warmserve.policy.colocation import (SharedLayout, UnplacedModelError, default_groups, floored,
-                                         placement_order, plan_shared)
+                                         placement_order, plan_shared, tp_classes)
 from warmserve.policy.state import kv_blocks_for
 
 #: most group splits scored (x 3 colocation degrees); larger clusters search near the proportional split
@@ -172,9 +172,7 @@ def _placed_candidates(sim, per_group_choices, stats):
         demand[m] = max(lam * (cost.prefill_s(c, int(p)) + o * cost.decode_step_s(c, 16, int(16 * (p + o / 2))) / 16),
                         1e-9)
     order = placement_order(models, demand)
-    classes: dict[int, list[str]] = {}
-    for m in order:
-        classes.setdefault(models[m].tp, []).append(m)
+    classes = tp_classes(models, order)
     colocate_tp = sim.policy.cfg.colocate_tp
     proportional = dict(default_groups(sim.state, models, order, demand, colocate_tp=colocate_tp))
     dem = tuple(sorted(demand.items()))

@@ -13,7 +13,7 @@ import torch
 from warmserve.engine import load_model
 from warmserve.engine.config import ModelConfig
 from warmserve.engine.demo import (DEMO_MODELS, SIZED_DTYPE, SIZED_MODELS, SIZED_SHARD_BYTES, DemoSpec, config_dict,
-                                   hf_tensor_shapes, plan_shards, write_checkpoint, write_demo_models)
+                                   demo_spec, hf_tensor_shapes, plan_shards, write_checkpoint, write_demo_models)
 from warmserve.engine.kv_cache import block_layout
 from warmserve.geometry import PAGE_BYTES
 from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
@@ -74,3 +74,12 @@ def test_write_demo_models_takes_sized_names(tmp_path, monkeypatch):
     monkeypatch.setattr("warmserve.engine.demo.write_sized_demo", lambda size, out: calls.append((size, out)) or "p")
     assert write_demo_models(str(tmp_path), names=["llama-1b"]) == {"llama-1b": "p"}
     assert calls == [("1b", str(tmp_path))]
+
+
+def test_a_demo_spec_is_found_by_its_directory_name_small_or_sized():
+    """What the live replay's twin reads each served checkpoint's context from (``max_position_embeddings``, the
+    live controller's ``max_context``): the sized demos by their directory names too (found in review: they got
+    none, and the twin fell back to the run's longest request)."""
+    assert demo_spec("llama-20m") is DEMO_MODELS["llama-20m"]
+    assert demo_spec("llama-7b") is SIZED_MODELS["7b"][1] and demo_spec("llama-7b").max_position_embeddings == 8192
+    assert demo_spec("7b") is None and demo_spec("nope") is None

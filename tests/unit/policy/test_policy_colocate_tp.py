@@ -54,17 +54,21 @@ def _shares(st) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.parametrize("first_tick", [True, False], ids=["first-tick colocation", "rules only"])
 @pytest.mark.parametrize("colocate_tp", [True, False])
-def test_warmserve_over_subscribed_colocates_tp_models_only_where_allowed(colocate_tp):
-    """Two tp-2 13Bs and three 7Bs with steady demand on 6 GPUs (7 needed for one instance each): the first tick's
-    colocation, then the rules, with every model's requests arriving. With colocate_tp a tp-2 instance shares its
-    group at some tick; without it none ever does, and every request is still served (the 7Bs share)."""
+def test_warmserve_over_subscribed_colocates_tp_models_only_where_allowed(colocate_tp, first_tick):
+    """Two tp-2 13Bs and three 7Bs with steady demand on 6 GPUs (7 needed for one instance each), with every
+    model's requests arriving: the first tick's colocation, or the co-serving rules alone (their guard is
+    ``CoSizing.models_per_host``; found in review: the colocation alone left it untested). With colocate_tp a tp-2
+    instance shares its group at some tick; without it none ever does, and the requests are still served (the
+    7Bs share)."""
     models = [_13b_tp2("t0"), _13b_tp2("t1"), _7b("a"), _7b("b"), _7b("c")]
     names = [m.name for m in models]
     st = ClusterState.uniform(1, models, gpus_per_server=6, gpu_bytes=72 * GiB)
     t = np.arange(2 * 288)
     hist = {n: (t * 300.0, np.full(len(t), 1.0), np.full(len(t), 2.0)) for n in names}
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(colocate_tp=colocate_tp), history=hist)
+    cfg = PolicyConfig(colocate_tp=colocate_tp, colocate_when_oversubscribed=first_tick)
+    pol = make_policy("warmserve", models=models, config=cfg, history=hist)
     d = instant_driver(pol, st)
     t0 = 2 * DAY
     shared_ticks, running, served = 0, [], 0

@@ -199,8 +199,8 @@ def test_a_quiet_model_beside_a_busy_one_gets_a_share_that_holds_one_request():
 
 
 def test_a_share_holds_the_longest_request_the_api_accepts_where_that_is_known():
-    """The live executor raises a co-served share to one request of the model's full context and takes nothing
-    from its co-residents (found in review: a floor at the planning context alone over-committed the GPU there)."""
+    """``kv_blocks_for`` raises a co-served share to one request of the model's full context and takes nothing from
+    its co-residents (found in review: a floor at the planning context alone over-committed the GPU there)."""
     peaks = {"a": 400.0, "b": 1.0, "c": 1.0, "d": 1.0}
     models = [replace(_7b(m), max_context_tokens=4096) for m in peaks]
     st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=72 * GiB)
