@@ -28,9 +28,12 @@ prefill iteration that admitted the request (found in review: the mapping was in
 lazily (``EngineInst.lazy_map``: warmserve's prewarmed engines; a vanilla vLLM engine allocates its cache inside
 its initialisation). A request whose prompt + output need more blocks than the instance can ever hold is refused
 when it is routed there (``admit``), as the live engine refuses it. Instances whose caps together pass what their
-GPUs hold (co-served shares raised to the model's context) take turns as the live engines on one pool do: one
-that holds no sequence and cannot map its next takes back its neighbours' free mapped blocks, and until it runs
-they map none ahead and give back what their finished requests free (``_take_back``).
+GPUs hold (co-served shares raised to the model's context) take turns after the live engines' rule for one pool:
+one that holds no sequence and cannot map its next takes back its neighbours' free mapped blocks, and until it
+runs they map none ahead and give back what their finished requests free (``_take_back``). Not modelled: live, a
+stalled engine gives back its own partial mapping too and is retried on its worker's idle turns (here it keeps
+what it mapped and is woken at once), and an engine without a policy target keeps 8 free blocks mapped ahead
+(``engine.DEFAULT_TARGET_FREE_BLOCKS``) where this one keeps its whole cap.
 
 ``ENGINE_MODELS``: "vllm" (the above) or "fluid", the simulator's earlier model kept for comparison: the batch
 capped at the policy's planning capacity B instead of the engine's limits, no token budget and a decode step that
@@ -40,7 +43,7 @@ does not depend on the context (the paper's flat 15/20/30 ms).
 N tokens: the running batch's decode tokens first, prompt chunks (oldest first) in the rest.
 
 The interface the simulator uses is small (``add``, ``ready``, ``admit``, ``event``, ``remove``, ``retry_held``,
-``remap``, ``drop_requests``, ``start_engine``).
+``remap``, ``drop_requests``, ``start_engine``); the KV memory part is ``engine_kv.KvMemory``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from collections import deque
 
 from warmserve.policy.state import InstanceState
 from warmserve.sim.costmodel import GIB, CostModel, ModelCost
+from warmserve.sim.engine_kv import KvMemory
 
 IDLE, DECODE, PREFILL, STARTING = 0, 1, 2, 3
 #: the engine models ``SimConfig.engine_model`` may name (see the module doc)
@@ -102,11 +106,11 @@ class EngineInst:
         #: seconds of KV mapping done while admitting, owed by the next prefill iteration
         self.map_s = 0.0
         #: it holds no sequence and could not map blocks for its next (``_take``): until it runs, the engines on
-        #: its GPUs keep no free blocks mapped (``_starved_near``)
+        #: its GPUs map none ahead and give back what their finished requests free (``_starved_near``)
         self.stalled = False
 
 
-class BatchEngines:
+class BatchEngines(KvMemory):
     """The engines of all instances of a simulated cluster, over shared GPU memory.
 
     ``push(t, inst)`` schedules ``event(inst, t)`` (the simulator drops it when ``inst.version`` moved on);
@@ -203,41 +207,6 @@ class BatchEngines:
         """``rid`` would be admitted now: a sequence slot is free and its KV blocks fit in the mapping as ``_take``
         may grow it (``_room``)."""
         return len(inst.running) < self.max_batch and inst.kv_used + self.blocks[rid] <= self._room(inst)
-
-    # -- KV memory ----------------------------------------------------------------------------------------
-
-    def free_blocks(self, inst: EngineInst) -> int:
-        free = min(self.gpu_total[g] - self.gpu_used[g] for g in inst.st.gpus)
-        return max(free // inst.block_bytes, 0)
-
-    def max_blocks(self, inst: EngineInst) -> int:
-        """The most KV blocks one request can ever have on ``inst``, the live engine's ``Engine.max_kv_blocks``:
-        the policy's total for it, and no more than its GPUs hold after its weights shard."""
-        pool = min(self.gpu_total[g] for g in inst.st.gpus) - inst.shard
-        return min(inst.st.kv_blocks_total, max(pool // inst.block_bytes, 0))
-
-    def _room(self, inst: EngineInst) -> int:
-        """The most KV blocks ``inst``'s mapping can reach now: what it maps, grown up to the policy's total only
-        into free memory (the one growth rule of ``remap`` and ``_fits``)."""
-        s = inst.st
-        return max(s.kv_blocks_mapped, min(s.kv_blocks_total, s.kv_blocks_mapped + self.free_blocks(inst)))
-
-    def remap(self, inst: EngineInst, need: int = 0) -> None:
-        """Map KV blocks to the policy's target (used + free target, or everything), growing only into free
-        memory (``_room``); ``need`` more blocks than in use are asked for by an admission."""
-        s = inst.st
-        tgt = s.kv_blocks_total if s.kv_free_target is None else min(s.kv_blocks_total, inst.kv_used + s.kv_free_target)
-        if self._starved_near(inst):
-            tgt = inst.kv_used  # no headroom mapped ahead while a neighbour can run nothing (``_take_back``)
-        tgt = max(tgt, min(inst.kv_used + need, s.kv_blocks_total))
-        if tgt > s.kv_blocks_mapped:
-            tgt = min(tgt, self._room(inst))
-        d = tgt - s.kv_blocks_mapped
-        if d:
-            s.kv_blocks_mapped += d
-            b = d * inst.block_bytes
-            for g in s.gpus:
-                self.gpu_used[g] += b
 
     # -- iterations ---------------------------------------------------------------------------------------
 
@@ -351,54 +320,6 @@ class BatchEngines:
         inst.phase = IDLE
         if old != IDLE:
             self._reslow(inst, t)
-
-    def _take(self, inst: EngineInst, rid: int) -> bool:
-        """Reserve KV blocks for ``rid`` (prompt + output), growing the mapping if need be; False: no room."""
-        need = self.blocks[rid]
-        if inst.kv_used + need > inst.st.kv_blocks_mapped:
-            before = inst.st.kv_blocks_mapped
-            self.remap(inst, need)
-            if inst.kv_used + need > inst.st.kv_blocks_mapped and inst.kv_used == 0:
-                inst.stalled = True
-                if self._take_back(inst):
-                    self.remap(inst, need)
-            if inst.lazy_map and inst.st.kv_blocks_mapped > before:
-                inst.map_s += (inst.st.kv_blocks_mapped - before) * inst.block_bytes * self.kv_map_s_per_byte
-            if inst.kv_used + need > inst.st.kv_blocks_mapped:
-                return False
-        inst.kv_used += need
-        inst.st.kv_blocks_used = inst.kv_used
-        inst.stalled = False
-        return True
-
-    def _take_back(self, inst: EngineInst) -> bool:
-        """An engine that holds no sequence and cannot map blocks for its next one (stalled) takes back the free
-        blocks the engines sharing its GPUs keep mapped; until it runs they map none ahead (``remap``) and give
-        back what their finished requests free (``_complete``, which wakes it). The live engine's rule
-        (``Engine.pool_starved``, ``_take_back_headroom``): co-served shares, each raised to one request at the
-        model's context (``kv_blocks_for``), may together pass what the GPU holds, and then take turns. True if
-        any went back."""
-        freed = False
-        for other in self._neighbours(inst):
-            freed = self._give_back(other) or freed
-        return freed
-
-    def _neighbours(self, inst: EngineInst):
-        return {id(o): o for g in inst.st.gpus for o in self.gpu_insts[g] if o is not inst}.values()
-
-    def _starved_near(self, inst: EngineInst) -> list[EngineInst]:
-        """The stalled engines on ``inst``'s GPUs that still have requests to run (one whose requests went has
-        nothing to wait for: it would keep its neighbours from their headroom for good)."""
-        return [o for o in self._neighbours(inst) if o.stalled and o.waiting and o.st.instance_id in self.insts]
-
-    def _give_back(self, inst: EngineInst) -> bool:
-        spare = inst.st.kv_blocks_mapped - inst.kv_used
-        if spare <= 0:
-            return False
-        inst.st.kv_blocks_mapped -= spare
-        for g in inst.st.gpus:
-            self.gpu_used[g] -= spare * inst.block_bytes
-        return True
 
     def _schedule_chunk(self, inst: EngineInst, t: float, old: int) -> bool:
         """Chunked prefill: one engine step of the running batch's decode tokens plus prompt chunks, oldest

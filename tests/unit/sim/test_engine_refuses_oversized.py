@@ -99,21 +99,21 @@ def test_a_colocated_share_holds_the_models_longest_request():
     assert s["refused"] == 0 and s["completed"] == 3
 
 
-
-def test_a_stalled_share_gets_its_turn_while_its_neighbour_stays_busy():
-    # the same two raised shares, a's requests arriving every 0.5 s from t = 60 to 400 (4,000 + 96 tokens: 17
+def test_a_stalled_share_gets_its_turn_while_its_neighbours_requests_keep_coming():
+    # the same two raised shares, a's requests arriving every 0.5 s from t = 60 to 400 (4,000 + 96 tokens: 16
     # blocks each), b's long request at t = 100. b holds nothing and cannot map its 36 blocks: it is stalled, so a
     # maps nothing ahead and gives back what each finished request freed, which wakes b (the live engine's
     # pool_starved rule). Taking back only when b retried, at a tick, found a's freed blocks already reused:
     # b's first token came at t = 691, after a's stream had ended (found in review).
+    assert blocks_for_tokens(4096) == 16
     arrivals = [0.0] + [60.0 + 0.5 * k for k in range(681)]
-    arrivals.insert(81, 100.0)  # 60 + 0.5 x 80 = 100: b's request right after a's of the same instant
+    arrivals.insert(81, 100.0)  # 60 + 0.5 x 80 = 100: b's request, sent just before a's of the same instant
     which = [0] * len(arrivals)
     which[81] = 1
     prompts = [8000 if m or k == 0 else 4000 for k, m in enumerate(which)]
     outputs = [1000 if m or k == 0 else 96 for k, m in enumerate(which)]
     sim = _sim(prompts, outputs, arrivals, policy="shared", models=("a", "b"), which=which,
                gpu=GpuType(memory_bytes=40e9))
-    sim.run()
+    s = sim.run().summary
     assert sorted(i.kv_blocks_total for i in sim.state.instances.values()) == [36, 36]
-    assert 100.0 <= sim.first[81] < 105.0
+    assert 100.0 <= sim.first[81] < 105.0 and s["refused"] == 0
