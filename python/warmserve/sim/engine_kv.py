@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 class KvMemory:
-    """Over ``gpu_total``/``gpu_used`` (bytes per GPU), ``gpu_insts`` (engines per GPU), ``insts``, ``blocks``
+    """Over ``gpu_total``/``gpu_used`` (bytes per GPU), ``gpu_insts`` (engines per GPU), ``stalled``, ``blocks``
     (KV blocks per request) and ``kv_map_s_per_byte``, which ``BatchEngines`` holds."""
 
     def free_blocks(self, inst: EngineInst) -> int:
@@ -55,7 +55,7 @@ class KvMemory:
             before = inst.st.kv_blocks_mapped
             self.remap(inst, need)
             if inst.kv_used + need > inst.st.kv_blocks_mapped and inst.kv_used == 0:
-                inst.stalled = True
+                self.stalled[inst] = None
                 if self._take_back(inst):
                     self.remap(inst, need)
             if inst.lazy_map and inst.st.kv_blocks_mapped > before:
@@ -64,7 +64,7 @@ class KvMemory:
                 return False
         inst.kv_used += need
         inst.st.kv_blocks_used = inst.kv_used
-        inst.stalled = False
+        self.stalled.pop(inst, None)
         return True
 
     def _take_back(self, inst: EngineInst) -> bool:
@@ -84,8 +84,12 @@ class KvMemory:
 
     def _starved_near(self, inst: EngineInst) -> list[EngineInst]:
         """The stalled engines on ``inst``'s GPUs that still have requests to run (one whose requests went has
-        nothing to wait for: it would keep its neighbours from their headroom for good)."""
-        return [o for o in self._neighbours(inst) if o.stalled and o.waiting and o.st.instance_id in self.insts]
+        nothing to wait for: it would keep its neighbours from their headroom for good), in the order they
+        stalled."""
+        if not self.stalled:  # the common case, on every remap and completion: nothing to look through
+            return []
+        gpus = set(inst.st.gpus)
+        return [o for o in self.stalled if o is not inst and o.waiting and gpus.intersection(o.st.gpus)]
 
     def _give_back(self, inst: EngineInst) -> bool:
         spare = inst.st.kv_blocks_mapped - inst.kv_used

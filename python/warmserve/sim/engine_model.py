@@ -66,7 +66,7 @@ class EngineInst:
 
     __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
                  "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
-                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s", "stalled")
+                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s")
 
     def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
         self.st = st
@@ -105,9 +105,6 @@ class EngineInst:
         self.lazy_map = True
         #: seconds of KV mapping done while admitting, owed by the next prefill iteration
         self.map_s = 0.0
-        #: it holds no sequence and could not map blocks for its next (``_take``): until it runs, the engines on
-        #: its GPUs map none ahead and give back what their finished requests free (``_starved_near``)
-        self.stalled = False
 
 
 class BatchEngines(KvMemory):
@@ -145,6 +142,9 @@ class BatchEngines(KvMemory):
         #: ``on_started(inst, t)``: a fresh engine process begun by ``start_engine`` is up
         self.on_started = on_started
         self.insts: dict[str, EngineInst] = {}
+        #: engines that hold no sequence and could not map blocks for their next (``_take``), in the order they
+        #: stalled: until each runs, the engines on its GPUs map none ahead (``KvMemory._starved_near``)
+        self.stalled: dict[EngineInst, None] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -179,6 +179,7 @@ class BatchEngines(KvMemory):
         get their time share back at once (their decode runs re-timed)."""
         st = inst.st
         self.insts.pop(st.instance_id, None)
+        self.stalled.pop(inst, None)
         inst.version += 1
         if inst.phase != IDLE:
             # re-timed while it is still listed on its GPUs, idle: ``_reslow`` skips its neighbours when it finds
