@@ -444,7 +444,7 @@ def _main(args) -> int:
     if not args.endpoint:
         from warmserve.engine.demo import demo_spec  # imports torch: not for an --endpoint run
 
-        contexts = {c: demo_spec(c).max_position_embeddings for _, c in served if demo_spec(c) is not None}
+        contexts = {c: spec.max_position_embeddings for _, c in served if (spec := demo_spec(c)) is not None}
     served_sim = [ServedModel(n, args.sim_size or c, context_tokens=contexts.get(c, 0)) for n, c in served]
     if cost is None and not args.endpoint:
         # the history's in-flight windows need request latencies, which come from the profile

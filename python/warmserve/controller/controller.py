@@ -69,12 +69,12 @@ class Controller(WorkerRestarts):
         infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=m.spec.tp, kv_bytes_per_token=m.kv_bytes_per_token,
                            page_bytes=config.worker_page_bytes, max_context_tokens=m.max_context) for m in models]
         pcfg = policy_config or self.cc.policy_config
-        if pcfg.colocate_tp and any(m.spec.tp > 1 for m in models):
+        wide = sorted(m.name for m in models if m.spec.tp > 1)
+        if pcfg.colocate_tp and wide:
             # the workers run a tensor-parallel shard alone (worker.tp refuses a shared activation): a layout that
             # put one beside another model would fail at each of its activations
             pcfg = dataclasses.replace(pcfg, colocate_tp=False)
-            log.info("colocate_tp off: the tensor-parallel models %s each run alone on their workers",
-                     sorted(m.name for m in models if m.spec.tp > 1))
+            log.info("colocate_tp off: the tensor-parallel models %s each run alone on their workers", wide)
         self.policy_config = pcfg
         now_unix = time.time()
         self._t0_mono = time.monotonic()
