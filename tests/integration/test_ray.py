@@ -37,7 +37,7 @@ INSIDE_BUDGET_S = 75
 MODELS = ("llama-20m", "qwen2-30m")
 NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs the machine to itself
 
 
 def _cannot_run() -> str:

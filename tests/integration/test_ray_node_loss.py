@@ -34,7 +34,7 @@ HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "he
           "health_check_failure_threshold": 16}
 MODEL = "llama-20m"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs the machine to itself
 
 
 def test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast(tmp_path):

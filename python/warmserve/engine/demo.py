@@ -17,6 +17,8 @@ the 14 GB of the 7b take seconds of generation and the disk's write time. They a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -336,14 +338,35 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
     device: None draws the weights with the CPU generator of random_weights (the bytes every demo has had);
     "cuda" or "cpu" uses device_random_weights (other bytes, same distributions; fast on a GPU). Each shard is
     written as soon as its tensors are drawn, so memory holds one shard at a time."""
-    from safetensors.torch import save_file
-
     path = os.path.join(out_dir, name)
     cfg_dict = dict(cfg_dict, torch_dtype=dtype)
     stamp = os.path.join(path, ".warmserve-demo")
     fp = _fingerprint(cfg_dict, dtype)
     if _stamp(stamp) == fp:
         return path
+    with _writer_lock(path):
+        if _stamp(stamp) != fp:  # another process may have written it while this one waited
+            _write_checkpoint(path, cfg_dict, dtype, tokenizer, shard_bytes, device, stamp, fp)
+    return path
+
+
+@contextlib.contextmanager
+def _writer_lock(path: str):
+    """One writer of a checkpoint directory at a time, across processes: two processes that find it missing (the
+    test suite's parallel workers, a benchmark started beside a server) would otherwise each delete the shards
+    the other is writing. An flock on a sibling file, released when the file closes (or its process dies)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_bytes: int, device: str | None,
+                      stamp: str, fp: str) -> None:
+    """write_checkpoint's writing, under its lock; the stamp last, so a reader never takes a half-written one."""
+    from safetensors.torch import save_file
+
+    name = os.path.basename(path)
     os.makedirs(path, exist_ok=True)
     if os.path.exists(stamp):
         os.remove(stamp)
@@ -386,7 +409,6 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
         json.dump(tokenizer_config(), f, indent=2)
     with open(stamp, "w") as f:
         f.write(fp)
-    return path
 
 
 def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "float32") -> dict[str, str]:

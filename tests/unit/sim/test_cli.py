@@ -78,8 +78,8 @@ def test_simulate_cli_cold_start_and_engine_model_flags(tmp_path):
 def test_simulate_cli_searches_the_max_rate_at_several_slo_targets_over_the_same_runs(tmp_path, capsys):
     out = tmp_path / "r.json"
     rc = cli.main(["simulate", "--workload", "paper-code", "--models", "3", "--duration-s", "120", "--rate", "3",
-                   "--policy", "warmserve,shared", "--slo-target", "0.99,0.9", "--search-iters", "1", "--quiet",
-                   "--json", str(out)])
+                   "--policy", "warmserve,shared", "--no-shared-search", "--slo-target", "0.99,0.9",
+                   "--search-iters", "1", "--quiet", "--json", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     for s in doc["policies"].values():

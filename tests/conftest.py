@@ -1,0 +1,49 @@
+"""The suite runs on pytest-xdist workers (README's test command: ``-n 2``); a test marked ``exclusive`` runs with
+no other test beside it.
+
+Why: the Ray tests start a two-node Ray cluster whose raylets must register within the test's budget, and on a
+loaded 2-core machine they do not ("0 of 1 workers registered within 60 s"). Each test's whole run (setup, with
+any module fixture it starts, call and teardown) holds a shared flock on one file, an exclusive test's holds it
+exclusively. A turnstile lock, taken by every test before that one and held by an exclusive test while it waits,
+keeps a stream of short tests on the other workers from starving it (writer preference). The main process makes
+the folder of the two lock files before it starts the workers (they inherit its environment) and removes it at
+the end. Without xdist nothing is locked."""
+
+import fcntl
+import os
+import shutil
+import tempfile
+
+import pytest
+
+LOCKS_ENV = "WARMSERVE_TEST_LOCKS"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the main process (xdist's workers carry their input)
+        config._warmserve_locks = os.environ[LOCKS_ENV] = tempfile.mkdtemp(prefix="warmserve-test-locks-")
+
+
+def pytest_unconfigure(config):
+    locks = getattr(config, "_warmserve_locks", None)
+    if locks:
+        shutil.rmtree(locks, ignore_errors=True)
+        os.environ.pop(LOCKS_ENV, None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    locks = os.environ.get(LOCKS_ENV)
+    # Only on xdist's workers: a pytest started by a test (the Ray tests re-run themselves in namespaces) inherits
+    # the environment, and would wait for ever on the lock its parent holds.
+    if not hasattr(item.config, "workerinput") or not locks:
+        yield
+        return
+    exclusive = item.get_closest_marker("exclusive") is not None
+    with open(os.path.join(locks, "turnstile"), "a") as turnstile, open(os.path.join(locks, "machine"), "a") as machine:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
