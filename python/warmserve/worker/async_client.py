@@ -13,7 +13,7 @@ import zmq.asyncio
 
 from .. import errors
 from .. import protocol as P
-from .client import _close_zmq, _curve, _raise_if_error, _stable_routing_id, stream_gap_error
+from .client import _close_zmq, _dealer, _raise_if_error, stream_gap_error
 
 
 class AsyncTokenStream:
@@ -115,14 +115,7 @@ class AsyncWorkerClient:
     async def _ensure(self) -> None:
         if self._sock is not None:
             return
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, self.hwm)
-        self._sock.setsockopt(zmq.RCVHWM, self.hwm)
-        _curve(self._sock, *self._curve_keys)
-        _stable_routing_id(self._sock)
-        self._sock.connect(self.endpoint)
+        self._ctx, self._sock = _dealer(zmq.asyncio.Context(), self.endpoint, self.hwm, *self._curve_keys)
         self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
         self._last_heard = time.monotonic()
         loop = asyncio.get_running_loop()

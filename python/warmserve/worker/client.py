@@ -277,14 +277,7 @@ class WorkerClient(SyncClientBase):
         self.heartbeat_interval_s = heartbeat_interval_s
         self.worker_timeout_s = worker_timeout_s
         self.default_timeout_s = default_timeout_s
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, hwm)
-        self._sock.setsockopt(zmq.RCVHWM, hwm)
-        _curve(self._sock, curve_server_key, curve_secret_key)
-        _stable_routing_id(self._sock)
-        self._sock.connect(endpoint)
+        self._ctx, self._sock = _dealer(zmq.Context(), endpoint, hwm, curve_server_key, curve_secret_key)
         self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
         self._last_heard = time.monotonic()
         self._last_sent = 0.0
@@ -366,6 +359,24 @@ def _stable_routing_id(sock) -> None:
     was a stranger and waited out its timeouts (found in review). Random, so no other client takes it over; never
     a leading zero byte (ZeroMQ keeps those for its own)."""
     sock.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
+
+
+def _dealer(ctx, endpoint: str, hwm: int, server_key: str | None, secret_key: str | None):
+    """``(ctx, socket)``: a client's DEALER on ``ctx``, connected to ``endpoint``. Closed with its context where
+    any step fails (bad CURVE arguments, an endpoint ZeroMQ refuses), which left an unclosed socket to the garbage
+    collector (a ResourceWarning in a later test)."""
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        _curve(sock, server_key, secret_key)
+        _stable_routing_id(sock)
+        sock.connect(endpoint)
+    except BaseException:
+        _close_zmq(sock, ctx)
+        raise
+    return ctx, sock
 
 
 def _close_zmq(sock, ctx) -> None:
