@@ -73,7 +73,8 @@ class Engine:
 
         kv_blocks caps the KV cache (a fixed share); None = all the model can have (LoadedModel.kv_capacity_blocks:
         what the pool's pages hold after its weights), each mapped only when the pool has the pages. A request
-        needing more blocks than the cap, or than the pool holds after the weights, is refused (max_kv_blocks).
+        needing more blocks than the cap, or than the pool holds after the weights (max_kv_blocks) and those of
+        the engines serving beside it, is refused.
         target_free_blocks: free blocks kept mapped ahead of demand (None = all of them, like an engine that takes
         all memory up front); blocks beyond it are unmapped after each step, so an idle instance holds little KV
         and prewarming keeps its room. While an engine on the same pool is stalled for want of blocks (this one
@@ -210,6 +211,14 @@ class Engine:
                 f"({why}): shorten the prompt, lower max_tokens or {fix}",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=cap,
                 blocks_needed=blocks_needed)
+        beside = self._blocks_beside_neighbours()
+        if beside and blocks_needed > beside[0]:  # it would wait at the queue's head for good, and all behind it
+            raise PromptTooLongError(
+                f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} - 1 = {need - 1} tokens need "
+                f"{blocks_needed} KV blocks, but beside the weights of {', '.join(beside[1])} on the same pool at "
+                f"most {beside[0]} are ever free: shorten the prompt, lower max_tokens or serve the model on a worker "
+                f"of its own", prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=beside[0],
+                blocks_needed=blocks_needed)
         gen, seed = None, 0
         if not params.greedy:
             gen = torch.Generator(device="cpu")  # seeded before each draw (_sample)
@@ -224,9 +233,12 @@ class Engine:
 
     def _fit_defaulted(self, params: SamplingParams, prompt_tokens: int, done_tokens: int) -> SamplingParams:
         """A max_tokens the server filled in (SamplingParams.max_tokens_defaulted) lowered to what this instance
-        holds, its context and its KV cap: the request ends with "length" there. Left as it is when not one more
-        token fits, so that add_request refuses it with the numbers."""
-        room = min(self.max_context, self.max_kv_blocks * self.kv.block_tokens + 1) - prompt_tokens
+        holds, its context and its KV cap (and what is ever free beside its neighbours' weights): the request ends
+        with "length" there. Left as it is when not one more token fits, so that add_request refuses it with the
+        numbers."""
+        beside = self._blocks_beside_neighbours()
+        cap = min(self.max_kv_blocks, beside[0]) if beside else self.max_kv_blocks
+        room = min(self.max_context, cap * self.kv.block_tokens + 1) - prompt_tokens
         if done_tokens < room < params.max_tokens:
             return msgspec.structs.replace(params, max_tokens=room)
         return params
@@ -317,6 +329,16 @@ class Engine:
     def _neighbours(self):
         """The open engines on this engine's page pool (itself included), or None (see _init)."""
         return _ON_POOL.get(self._pool) if self._pool is not None else None
+
+    def _blocks_beside_neighbours(self) -> tuple[int, list[str]] | None:
+        """(the most KV blocks this engine can ever map while the other engines on its pool serve, their names),
+        or None with no neighbour. A prewarm's weights do not count: the policy evicts it for room, not them."""
+        others = [e for e in self._neighbours() or () if e is not self and not e.closed]
+        if not others:
+            return None
+        weights = self.lm.weight_region_bytes + sum(e.lm.weight_region_bytes for e in others)
+        blocks = max(0, self.lm.slot.pool.total_bytes - weights) // self.lm.kv_bytes_per_block
+        return blocks, sorted(e.lm.name for e in others)
 
     @property
     def pool_starved(self) -> bool:

@@ -19,9 +19,11 @@ class KvMemory:
         return max(free // inst.block_bytes, 0)
 
     def max_blocks(self, inst: EngineInst) -> int:
-        """The most KV blocks one request can ever have on ``inst``, the live engine's ``Engine.max_kv_blocks``:
-        the policy's total for it, and no more than its GPUs hold after its weights shard."""
-        pool = min(self.gpu_total[g] for g in inst.st.gpus) - inst.shard
+        """The most KV blocks one request can ever have on ``inst``, as the live engine admits: the policy's total
+        for it (``Engine.max_kv_blocks``), and no more than its GPUs hold after its weights shard and those of the
+        engines beside it (``Engine._blocks_beside_neighbours``; prewarms do not count, the policy evicts them)."""
+        pool = min(self.gpu_total[g] - sum(o.shard for o in self.gpu_insts[g] if o is not inst)
+                   for g in inst.st.gpus) - inst.shard
         return min(inst.st.kv_blocks_total, max(pool // inst.block_bytes, 0))
 
     def _room(self, inst: EngineInst) -> int:

@@ -117,3 +117,19 @@ def test_a_stalled_share_gets_its_turn_while_its_neighbours_requests_keep_coming
     s = sim.run().summary
     assert sorted(i.kv_blocks_total for i in sim.state.instances.values()) == [36, 36]
     assert 100.0 <= sim.first[81] < 105.0 and s["refused"] == 0
+
+
+def test_a_request_that_never_fits_beside_the_other_models_weights_is_refused_and_the_queue_moves_on():
+    # the same 40 GB GPU: a's longest request (19,000 + 1,000 tokens, 79 blocks) sets its context, and `shared`
+    # raises a's share to hold it (within the 167 blocks its own shard leaves), but beside b's weights only 67
+    # blocks are ever free. It used to be admitted and to wait at the head of a's queue until the run ended, with
+    # a's next request behind it; it is refused now, as the live engine refuses it (Engine.add_request), and the
+    # others are answered
+    big = GpuType(memory_bytes=40e9)
+    sim = _sim([19000, 100, 100], [1000, 100, 100], [0.0, 0.1, 0.2], policy="shared", models=("a", "b"),
+               which=[0, 0, 1], gpu=big)
+    s = sim.run().summary
+    assert blocks_for_tokens(20000) == 79 and (36e9 - 2 * 13.5e9) // (128 << 20) == 67
+    assert {i.model: i.kv_blocks_total for i in sim.state.instances.values()}["a"] >= 79
+    assert s["refused"] == 1 and s["completed"] == 2 and math.isnan(sim.first[0])
+    assert s["end_s"] < DRAIN_S

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from warmserve import errors
 from warmserve import protocol as P
 from warmserve.worker import InProcessWorker
 
@@ -59,3 +60,33 @@ def test_a_request_starved_of_pages_a_prewarm_holds_waits_without_spinning_and_r
         assert worker.stats().in_flight == 1 and not worker.core.busy()
         worker.evict("tiny-deep")
         assert len(s.collect()[0]) == 4
+
+
+def test_a_request_that_never_fits_beside_a_serving_neighbour_is_refused_and_the_queue_moves_on(tiny_models):
+    """A pool of 30 pages: tiny-llama's weights take 14, tiny-qwen2's 10, so beside both at most 6 KV blocks are
+    ever free, while tiny-llama's own cap (what the pool holds after its weights alone) is 16. A request of 8
+    blocks used to be admitted on that cap and wait at the head of the queue for good, and every request after it;
+    it is refused with the numbers now and the next one runs; a server-filled max_tokens is lowered to fit. With the neighbour stopped the long one is taken, and
+    runs once its prewarmed weights are evicted."""
+    with InProcessWorker("cpu", memory_gib=30 / 512) as worker:
+        worker.prewarm(tiny_models["tiny-llama"])
+        worker.prewarm(tiny_models["tiny-qwen2"])
+        worker.activate("tiny-llama", kv_blocks=16, shared=True, kv_target_free_blocks=0)
+        worker.activate("tiny-qwen2", kv_blocks=2, shared=True, kv_target_free_blocks=0)
+        long = P.SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+        prompt = [1 + i % 1000 for i in range(7 * 256 + 100)]  # + 10 - 1 tokens: 8 blocks of 256
+        with pytest.raises(errors.PromptTooLongError, match="beside the weights of tiny-qwen2") as err:
+            worker.generate("tiny-llama", prompt, long).collect()
+        assert (err.value.kv_blocks, err.value.blocks_needed) == (6, 8)
+        ids, _ = worker.generate("tiny-llama", [1, 2, 3], GREEDY4).collect()
+        assert len(ids) == 4
+        # a max_tokens the server filled in (the context less the prompt) is lowered to what is ever free instead
+        defaulted = P.SamplingParams(max_tokens=2048 - 1500, max_tokens_defaulted=True, temperature=0.0,
+                                     ignore_eos=True)
+        ids, last = worker.generate("tiny-llama", prompt[:1500], defaulted).collect()
+        assert len(ids) == 6 * 256 + 1 - 1500 and last.finish_reason == "length"
+        worker.deactivate("tiny-qwen2")  # its weights stay, prewarmed: the request is taken, and waits for them
+        stream = worker.generate("tiny-llama", prompt, long)
+        worker.evict("tiny-qwen2")
+        ids, last = stream.collect()
+        assert len(ids) == 10 and last.finish_reason == "length"
