@@ -24,6 +24,7 @@ from warmserve.engine.attention import AttnMeta, PrefillChunk, causal_mask, deco
 from warmserve.engine.graphs import DecodeGraphs, activate_decode_graphs, resolve_cuda_graphs
 from warmserve.engine.kv_cache import KVCache, KVPageMapper
 from warmserve.engine.model import Model
+from warmserve.engine.pool_neighbours import PoolNeighbours
 from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
 from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError, WarmServeError, fmt_bytes
@@ -40,10 +41,6 @@ DEFAULT_MAX_NUM_SEQS = 32
 
 log = logging.getLogger(__name__)
 
-#: Per page pool, the open engines whose KV blocks are mapped from it page by page (Engine.pool_starved).
-_ON_POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 @dataclass
 class StepOutput:
     """What one step produced for one request."""
@@ -52,7 +49,7 @@ class StepOutput:
     #: Tokens new in this step (empty for an abort).
     token_ids: list[int]
     finished: bool
-    #: "stop" (EOS or a stop token), "length" (max_tokens) or "abort"; None while running.
+    #: "stop" (EOS or a stop token), "length" (max_tokens), "abort" or "error" (``error``); None while running.
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
@@ -62,9 +59,11 @@ class StepOutput:
     logprobs: list[TokenLogprobs] | None = None
     #: With a request's first token, when it asked for prompt_logprobs: one per prompt token after the first.
     prompt_logprobs: list[TokenLogprobs] | None = None
+    #: Why it ended without its tokens (finish_reason "error"): a worker answers the request with this error.
+    error: WarmServeError | None = None
 
 
-class Engine:
+class Engine(PoolNeighbours):
     def __init__(self, lm, kv_blocks: int | None = None, max_batch_tokens: int = 2048,
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
                  target_free_blocks: int | None = DEFAULT_TARGET_FREE_BLOCKS, map_blocks_per_step: int = 16,
@@ -159,8 +158,7 @@ class Engine:
         self._pool = kv.mapper.slot.pool if isinstance(kv.mapper, KVPageMapper) and self.lm.config.tp == 1 else None
         if not self.pool_starved:
             self.kv.grow()
-        if self._pool is not None:
-            _ON_POOL.setdefault(self._pool, weakref.WeakSet()).add(self)
+        self._join_pool()
 
     # ---- requests ------------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
@@ -309,6 +307,9 @@ class Engine:
         # Nothing could run: another step now would do the same until blocks come free elsewhere (a worker
         # retries it on its idle turns instead of spinning a core on it).
         self.stalled = not chunks and self.scheduler.has_unfinished()
+        if self.stalled:
+            outputs += self._refuse_never_fitting()
+            self.stalled = self.scheduler.has_unfinished()
         if chunks:
             outputs += self._run(chunks)
             self.num_steps += 1
@@ -325,51 +326,6 @@ class Engine:
         if not starved:
             self.kv.grow()
         return outputs
-
-    def _neighbours(self):
-        """The open engines on this engine's page pool (itself included), or None (see _init)."""
-        return _ON_POOL.get(self._pool) if self._pool is not None else None
-
-    def _blocks_beside_neighbours(self) -> tuple[int, list[str]] | None:
-        """(the most KV blocks this engine can ever map while the other engines on its pool serve, their names),
-        or None with no neighbour. A prewarm's weights do not count: the policy evicts it for room, not them."""
-        others = [e for e in self._neighbours() or () if e is not self and not e.closed]
-        if not others:
-            return None
-        weights = self.lm.weight_region_bytes + sum(e.lm.weight_region_bytes for e in others)
-        blocks = max(0, self.lm.slot.pool.total_bytes - weights) // self.lm.kv_bytes_per_block
-        return blocks, sorted(e.lm.name for e in others)
-
-    @property
-    def pool_starved(self) -> bool:
-        """An engine on this engine's page pool (this one included) could run nothing at its last step for want of
-        KV blocks. Free mapped blocks are then headroom that may be all it lacks: a preempted sequence comes back
-        only with blocks for its whole length, and engines that kept their free blocks mapped (any
-        target_free_blocks > 0) over an empty pool waited forever, each counting its own few (found in review).
-        So until it runs, no engine on the pool keeps free blocks mapped or maps any ahead of its own steps."""
-        # Not one left stalled with nothing to run any more (all aborted, then never stepped again: a broken
-        # instance): it would keep every neighbour from its headroom for good.
-        return any(e.stalled and not e.closed and e.scheduler.has_unfinished() for e in self._neighbours() or ())
-
-    def _take_back_headroom(self) -> None:
-        """Before a stalled engine schedules again: the free blocks its neighbours keep mapped go back to the pool
-        for it to map. They are taken here, not left to the neighbours' own steps, because an idle instance is not
-        stepped (a worker only grows its headroom, after the steps of its tick)."""
-        for e in list(self._neighbours() or ()):
-            if e is not self and not e.closed:
-                try:
-                    e._give_back_free_blocks()
-                except WarmServeError as err:  # they stay mapped and free: the neighbour's fault, not this step's
-                    log.warning("a stalled engine of %r could not take back the free KV blocks of %r: %s",
-                                self.lm.name, e.lm.name, err)
-
-    def _give_back_free_blocks(self) -> None:
-        kv = self.kv
-        target, kv.target_free_blocks = kv.target_free_blocks, 0
-        try:
-            kv.shrink()
-        finally:
-            kv.target_free_blocks = target
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:
         g = self.graphs
@@ -549,6 +505,8 @@ class Engine:
             pending = set(ids)
             while pending:
                 for o in self.step():
+                    if o.error is not None and o.request_id in out:
+                        raise o.error
                     if o.request_id in out:
                         out[o.request_id] += o.token_ids
                         if o.finished:

@@ -26,6 +26,18 @@ class KvMemory:
                    for g in inst.st.gpus) - inst.shard
         return min(inst.st.kv_blocks_total, max(pool // inst.block_bytes, 0))
 
+    def _refuse_never_fitting(self, inst: EngineInst, rid: int, t: float) -> bool:
+        """``rid``, at the head of ``inst``'s queue and refused blocks by ``_take``, can never get them: admitted
+        while fewer engines served on its GPUs, it leaves the queue unanswered (``on_refused``), as the live
+        engine ends it with a PromptTooLongError (``Engine._refuse_never_fitting``), where it waited at the head
+        for good with every request behind it. False: it may fit once blocks come free."""
+        if self.blocks[rid] <= self.max_blocks(inst):
+            return False
+        inst.waiting.popleft()
+        self.stalled.pop(inst, None)
+        self.on_refused(inst, rid, t)
+        return True
+
     def _room(self, inst: EngineInst) -> int:
         """The most KV blocks ``inst``'s mapping can reach now: what it maps, grown up to the policy's total only
         into free memory (the one growth rule of ``remap`` and ``_fits``)."""

@@ -117,7 +117,7 @@ class BatchEngines(KvMemory):
     def __init__(self, cost: CostModel, max_batch: int, prompt: list[int], output: list[int], blocks: list[int],
                  gpu_total: list[int], gpu_used: list[int], push, on_first, on_complete, *, kv_read: bool = True,
                  max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0, server_gpus=None, on_started=None,
-                 kv_map_s_per_gib: float | None = None):
+                 on_refused=None, kv_map_s_per_gib: float | None = None):
         self.cost = cost
         #: seconds per GiB (per GPU) a lazily mapping engine pays for KV pages mapped while admitting; None: the
         #: cost model's ``kv_map_s_per_gib``
@@ -139,6 +139,8 @@ class BatchEngines(KvMemory):
         self.gpu_total, self.gpu_used = gpu_total, gpu_used
         self.gpu_insts: list[list[EngineInst]] = [[] for _ in gpu_total]
         self.push, self.on_first, self.on_complete = push, on_first, on_complete
+        #: ``on_refused(inst, rid, t)``: a queued request ended unanswered, never to fit (``_refuse_never_fitting``)
+        self.on_refused = on_refused
         #: ``on_started(inst, t)``: a fresh engine process begun by ``start_engine`` is up
         self.on_started = on_started
         self.insts: dict[str, EngineInst] = {}
@@ -298,6 +300,8 @@ class BatchEngines(KvMemory):
                 if batch and tokens + self.prompt[rid] > budget:
                     break
                 if not self._take(inst, rid):
+                    if self._refuse_never_fitting(inst, rid, t):
+                        continue
                     break
                 inst.waiting.popleft()
                 batch.append(rid)
@@ -333,6 +337,8 @@ class BatchEngines(KvMemory):
         while inst.waiting and queued < budget and n + len(inst.pf_left) < self.max_batch:
             rid = inst.waiting[0]
             if not self._take(inst, rid):
+                if self._refuse_never_fitting(inst, rid, t):
+                    continue
                 break
             inst.waiting.popleft()
             inst.pf_left[rid] = self.prompt[rid]

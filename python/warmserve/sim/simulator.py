@@ -231,7 +231,7 @@ class Simulator:
                                     max_batched_tokens=0 if fluid else self.cost.limits.max_batched_tokens,
                                     chunked_prefill_tokens=0 if fluid else cfg.chunked_prefill_tokens,
                                     server_gpus=lambda g: st.servers[st.gpus[g].server_id].gpu_ids,
-                                    on_started=self._engine_up,
+                                    on_started=self._engine_up, on_refused=self._refused,
                                     # the earlier model is kept as it was measured: mapping uncharged
                                     kv_map_s_per_gib=0.0 if fluid else None)
         self.insts = self.engines.insts
@@ -481,9 +481,14 @@ class Simulator:
         if not self.engines.admit(self.insts[ist.instance_id], rid, now_s):
             # refused as the live controller fails a request its worker refused (PromptTooLongError): at once,
             # unanswered; the driver's routing loop this is called from goes on with the queue
-            self.refused.append(rid)
-            self.open_reqs -= 1
-            self.driver.request_finished(ist.model, ist.instance_id, now_s, route=False, request=rid)
+            self._refused(self.insts[ist.instance_id], rid, now_s)
+
+    def _refused(self, inst: EngineInst, rid: int, t: float) -> None:
+        """A request its engine refused, unanswered: at admission (``send``), or queued once it can never fit
+        beside the engines serving on its GPUs (``KvMemory._refuse_never_fitting``)."""
+        self.refused.append(rid)
+        self.open_reqs -= 1
+        self.driver.request_finished(inst.st.model, inst.st.instance_id, t, route=False, request=rid)
 
     def fail(self, rid: int, error: BaseException, now_s: float) -> None:
         self.open_reqs -= 1  # never answered

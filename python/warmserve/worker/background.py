@@ -205,6 +205,9 @@ class BackgroundWork:
             if out.finished:
                 del inst.requests[out.request_id]
                 self.generations.pop(key, None)
+            if out.error is not None:  # ended by the engine without its tokens (Engine._refuse_never_fitting)
+                self.emit(key[0], P.Error.of(key[1], out.error))
+                continue
             self.emit(key[0], P.Tokens(
                 id=key[1], token_ids=list(out.token_ids), finished=bool(out.finished),
                 finish_reason=out.finish_reason if out.finished else None,

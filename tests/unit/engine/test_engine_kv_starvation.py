@@ -283,3 +283,42 @@ def test_a_map_error_while_activating_gives_the_kv_blocks_back(tiny_dir, monkeyp
                 assert len(eng.generate([_prompt(20)], SamplingParams(max_tokens=3, ignore_eos=True))[0]) == 3
         finally:
             m.close()
+
+
+def test_a_waiting_request_a_new_neighbour_leaves_no_room_for_ends_with_the_numbers(tiny_dir, ref_lm):
+    """A request admitted while its engine was alone on the pool needs every block the pool holds after its
+    weights; then a second model starts serving there, and beside its weights that many blocks never come free.
+    The request used to wait at the head of the queue for good, with the one behind it; it ends now with a
+    PromptTooLongError that names the neighbour (StepOutput.error, which a worker answers with), and the next
+    request runs with a roomy run's tokens."""
+    wb, bb = ref_lm.weight_region_bytes, ref_lm.kv_bytes_per_block
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    with PagePool(2 * wb + 4 * bb) as small:
+        ma = load_model(tiny_dir["tiny-linear"], small).wait()
+        mb = load_model(tiny_dir["tiny-linear"], small).wait()
+        try:
+            with Engine(ma, target_free_blocks=0) as a:
+                blocks = a.max_kv_blocks
+                assert blocks == (wb + 4 * bb) // bb > 4
+                long, short = _prompt(blocks * 256 - 7), _prompt(100, 1)  # long: + 8 - 1 tokens, `blocks` blocks
+                want = _reference(ref_lm, short, params)
+                a.add_request("long", long, params)
+                a.add_request("short", short, params)
+                with Engine(mb, target_free_blocks=0):
+                    out, errors = {}, {}
+                    for _ in range(MAX_ROUNDS):
+                        if not a.has_unfinished():
+                            break
+                        for o in a.step():
+                            if o.error is not None:
+                                errors[o.request_id] = (o.finish_reason, o.error)
+                            else:
+                                out.setdefault(o.request_id, []).extend(o.token_ids)
+                    assert list(errors) == ["long"], f"waiting {a.num_waiting}, running {a.num_running}"
+                    reason, err = errors["long"]
+                    assert reason == "error" and isinstance(err, PromptTooLongError)
+                    assert (err.kv_blocks, err.blocks_needed) == (4, blocks) and "tiny-linear" in err.message
+                    assert out == {"short": want}
+        finally:
+            ma.close()
+            mb.close()

@@ -31,8 +31,10 @@ class _Cluster:
             if self.on_complete is not None:
                 self.on_complete(inst, rid, t)
 
+        self.refused = {}
         self.eng = BatchEngines(self.cost, 256, prompt, output, blocks, gpu_total, gpu_used, push,
-                                lambda rid, t: self.first.setdefault(rid, t), complete)
+                                lambda rid, t: self.first.setdefault(rid, t), complete,
+                                on_refused=lambda inst, rid, t: self.refused.setdefault(rid, t))
 
     def start(self, name, kv_blocks_total, shard=0, block_bytes=MIB):
         st = InstanceState(name, "m", (0,), created_s=0.0, kv_blocks_total=kv_blocks_total)
@@ -115,3 +117,26 @@ def test_a_decoding_engine_admits_a_held_request_once_memory_frees():
     cl.run_until(1e9)
     # admitted at the end of the step under way, then prefilled: well under a second, not at request 0's end
     assert 2.0 < cl.first[1] < 2.2 < cl.done[0]
+
+
+def test_a_queued_request_a_new_neighbour_leaves_no_room_for_is_refused_and_the_next_one_runs():
+    """A 100 MiB GPU: a's 40 MiB shard leaves it 60 blocks of 1 MiB. Request 1 (50 blocks) is admitted behind
+    request 0 (30 blocks) and waits for its blocks; then b starts there with a 30 MiB shard, and beside both
+    shards at most 30 blocks are ever free. At a's next schedule request 1 is refused (``on_refused``), as the
+    live engine ends it with a PromptTooLongError, and request 2 behind it runs; before, request 1 waited at the
+    head of a's queue for good, and request 2 behind it."""
+    gpu_used = [40 * MIB]
+    cl = _Cluster([100] * 3, [50, 50, 10], [30, 50, 5], [100 * MIB], gpu_used)
+    a = cl.start("a", 60, shard=40 * MIB)
+    assert cl.eng.max_blocks(a) == 60
+    cl.eng.admit(a, 0, 0.0)
+    assert cl.eng.admit(a, 1, 0.0)
+    cl.run_until(0.5)
+    assert 0 in cl.first and 1 not in cl.first
+    gpu_used[0] += 30 * MIB  # b's shard, as the simulator charges it when b starts
+    cl.start("b", 10, shard=30 * MIB)
+    assert cl.eng.max_blocks(a) == 30
+    assert cl.eng.admit(a, 2, 0.6)
+    cl.run_until(1e9)
+    assert list(cl.refused) == [1] and 0.6 <= cl.refused[1] < cl.done[0]  # at a's next schedule after b came
+    assert 2 in cl.done and 1 not in cl.first and not a.waiting and a not in cl.eng.stalled
