@@ -3,11 +3,11 @@ no other test beside it.
 
 Why: the Ray tests start a two-node Ray cluster whose raylets must register within the test's budget, and on a
 loaded 2-core machine they do not ("0 of 1 workers registered within 60 s"). Each test's whole run (setup, with
-any module fixture it starts, call and teardown) holds a shared flock on one file, an exclusive test's holds it
-exclusively. A turnstile lock, taken by every test before that one and held by an exclusive test while it waits,
-keeps a stream of short tests on the other workers from starving it (writer preference). The main process makes
-the folder of the two lock files before it starts the workers (they inherit its environment) and removes it at
-the end. Without xdist nothing is locked."""
+any module fixture it starts, call and teardown) holds a shared flock on one file, kept to the end of its module's
+tests (whose fixtures live that long); an exclusive test holds it exclusively. A turnstile lock, taken before that
+one and held by an exclusive test while it waits, keeps a stream of tests on the other workers from starving it
+(writer preference). The main process makes the folder of the two lock files before it starts the workers (they
+inherit its environment) and removes it at the end. Without xdist nothing is locked."""
 
 import fcntl
 import os
@@ -31,19 +31,54 @@ def pytest_unconfigure(config):
         os.environ.pop(LOCKS_ENV, None)
 
 
+#: The lock this xdist worker holds: (the open lock file, whether exclusive); kept across the tests of one module,
+#: so that the fixtures of a module (a server and its workers, heartbeating) never run beside an exclusive test.
+_held: tuple | None = None
+
+
+def _exclusive(item) -> bool:
+    return item.get_closest_marker("exclusive") is not None
+
+
+def _take(locks: str, exclusive: bool):
+    machine = open(os.path.join(locks, "machine"), "a")
+    with open(os.path.join(locks, "turnstile"), "a") as turnstile:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except BaseException:
+            machine.close()
+            raise
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+    return machine
+
+
+def _release() -> None:
+    global _held
+    if _held is not None:
+        _held[0].close()  # closing the file drops its flock
+        _held = None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    global _held
     locks = os.environ.get(LOCKS_ENV)
     # Only on xdist's workers: a pytest started by a test (the Ray tests re-run themselves in namespaces) inherits
     # the environment, and would wait for ever on the lock its parent holds.
     if not hasattr(item.config, "workerinput") or not locks:
         yield
         return
-    exclusive = item.get_closest_marker("exclusive") is not None
-    with open(os.path.join(locks, "turnstile"), "a") as turnstile, open(os.path.join(locks, "machine"), "a") as machine:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
+    exclusive = _exclusive(item)
+    if _held is not None and _held[1] != exclusive:
+        _release()
+    if _held is None:
+        _held = (_take(locks, exclusive), exclusive)
+    try:
         yield
+    finally:
+        # the module's fixtures are torn down within its last test's run (teardown knows nextitem): held till then
+        if (nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None)
+                or _exclusive(nextitem) != exclusive):
+            _release()

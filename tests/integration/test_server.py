@@ -178,9 +178,17 @@ def test_remote_worker_joins_with_controller_flag(tmp_path):
         worker.wait()
 
 
-def test_sigint_drains_running_requests(server):
-    """Runs last: SIGINT lets a running stream finish, refuses new requests, and the server exits cleanly."""
-    url, proc, _ = server
+def test_sigint_drains_running_requests(tmp_path):
+    """SIGINT lets a running stream finish, refuses new requests, and the server exits cleanly. On a server of its
+    own: the module's server may serve tests run after this one (pytest-xdist's workers take tests in any order)."""
+    proc, url = serving.start(tmp_path, log_level="WARNING", start_timeout_s=120, restart_backoff_s=None)
+    try:
+        _drain_on_sigint(url, proc)
+    finally:
+        serving.stop(proc, 30)
+
+
+def _drain_on_sigint(url, proc) -> None:
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
     stream = client.completions.create(model=serving.MODELS[0], prompt="drain me", max_tokens=48, stream=True,
                                        temperature=0)

@@ -2,7 +2,12 @@
 others: ``Engine`` mixes this in. Their KV caches map the pool's pages one by one, so an engine that can run
 nothing for want of pages takes back the free blocks its neighbours keep mapped (``pool_starved``), and a request
 that can never fit beside the neighbours' weights is refused, at admission or, when a neighbour came later, at
-the step that finds it stuck (``_refuse_never_fitting``)."""
+the step that finds it stuck (``_refuse_never_fitting``).
+
+What counts as a neighbour: an open engine on the pool, a draining one included (a request refused beside it might
+have fit once it stopped; the controller answers the client with the error and does not send the request to
+another instance); not a prewarm (the policy evicts it for room), nor a tensor-parallel shard, which keeps no
+place here (``_pool`` None: a request beside one is admitted and may wait for its pages)."""
 
 from __future__ import annotations
 

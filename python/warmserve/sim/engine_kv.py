@@ -21,7 +21,9 @@ class KvMemory:
     def max_blocks(self, inst: EngineInst) -> int:
         """The most KV blocks one request can ever have on ``inst``, as the live engine admits: the policy's total
         for it (``Engine.max_kv_blocks``), and no more than its GPUs hold after its weights shard and those of the
-        engines beside it (``Engine._blocks_beside_neighbours``; prewarms do not count, the policy evicts them)."""
+        engines beside it (``Engine._blocks_beside_neighbours``; prewarms do not count, the policy evicts them).
+        Every engine on the GPUs counts, one still starting or tensor-parallel too, where the live engine counts
+        activated tp = 1 engines on its pool only (a request it admits there may wait for the pages)."""
         pool = min(self.gpu_total[g] - sum(o.shard for o in self.gpu_insts[g] if o is not inst)
                    for g in inst.st.gpus) - inst.shard
         return min(inst.st.kv_blocks_total, max(pool // inst.block_bytes, 0))

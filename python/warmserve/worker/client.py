@@ -362,19 +362,22 @@ def _stable_routing_id(sock) -> None:
 
 
 def _dealer(ctx, endpoint: str, hwm: int, server_key: str | None, secret_key: str | None):
-    """``(ctx, socket)``: a client's DEALER on ``ctx``, connected to ``endpoint``. Closed with its context where
+    """``(ctx, socket)``: a client's DEALER on ``ctx``, connected to ``endpoint``. Closed, and ``ctx`` ended, where
     any step fails (bad CURVE arguments, an endpoint ZeroMQ refuses), which left an unclosed socket to the garbage
     collector (a ResourceWarning in a later test)."""
-    sock = ctx.socket(zmq.DEALER)
+    sock = None
     try:
+        sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
         _curve(sock, server_key, secret_key)
         _stable_routing_id(sock)
         sock.connect(endpoint)
-    except BaseException:
-        _close_zmq(sock, ctx)
+    except BaseException:  # the context too, where the socket itself could not be made (no descriptor left)
+        if sock is not None:
+            sock.close(linger=0)
+        ctx.term()
         raise
     return ctx, sock
 

@@ -4,6 +4,7 @@ controller with fast ticks, and the demo model's description."""
 
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -12,12 +13,24 @@ import zmq
 import zmq.asyncio
 
 from warmserve import protocol as P
-from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec, default_demo_dir
 from warmserve.controller.controller import Controller
 from warmserve.errors import CancelledError, InvalidArgumentError, ModelStateError, UnknownModelError, WarmServeError
 from warmserve.policy.config import policy_config_from_dict
 
 MODEL = "llama-20m"
+
+
+def demo_path(name: str = MODEL) -> str:
+    """The demo checkpoint's directory, written first if it is not there. Its stamp is written last, so a
+    checkpoint another test process is writing right now is not taken half-written (config.json comes before
+    the tokenizer's files); importing the writer costs torch, hence the look first."""
+    path = os.path.join(default_demo_dir(), name)
+    if not os.path.isfile(os.path.join(path, ".warmserve-demo")):
+        from warmserve.engine.demo import write_demo_models
+
+        path = write_demo_models(None, [name])[name]
+    return path
 
 
 class Peer:

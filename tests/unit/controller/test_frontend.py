@@ -2,7 +2,6 @@
 the one text iterator over a real controller request (Req) with its abort hook."""
 
 import asyncio
-import os
 import subprocess
 import sys
 
@@ -16,19 +15,14 @@ from warmserve.controller.requests import Req
 from warmserve.errors import InvalidArgumentError, PromptTooLongError, WarmServeError
 from warmserve.protocol import SamplingParams
 
+from controller_harness import demo_path
+
 MODEL = "llama-20m"
 
 
 @pytest.fixture(scope="module")
 def model():
-    home = os.environ.get("WARMSERVE_HOME")
-    path = os.path.join(home, "demo") if home else os.path.expanduser("~/.cache/warmserve/demo")
-    path = os.path.join(path, MODEL)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        from warmserve.engine.demo import write_demo_models
-
-        path = write_demo_models(None, [MODEL])[MODEL]
-    return controller_model(ModelSpec(path=path))
+    return controller_model(ModelSpec(path=demo_path(MODEL)))
 
 
 def test_cluster_api_does_not_import_aiohttp():

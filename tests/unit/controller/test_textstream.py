@@ -48,18 +48,11 @@ def test_split_utf8_waits_for_whole_character():
 def test_window_decode_matches_a_full_decode_with_a_real_tokenizer():
     """Incremental decoding over a short window gives exactly the text of one full decode (byte-level BPE,
     leading spaces, multi-byte characters split across tokens)."""
-    import os
-
     from warmserve.controller.models import load_tokenizer
 
-    home = os.environ.get("WARMSERVE_HOME")
-    path = os.path.join(os.path.join(home, "demo") if home else os.path.expanduser("~/.cache/warmserve/demo"),
-                        "llama-20m")
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        from warmserve.engine.demo import write_demo_models
+    from controller_harness import demo_path
 
-        path = write_demo_models(None, ["llama-20m"])["llama-20m"]
-    tok = load_tokenizer(path)
+    tok = load_tokenizer(demo_path("llama-20m"))
     text = "Hello, world! Ünïcödé text — with  double spaces, émojis 🙂🙂 and 中文字符 mixed in.\nNew line."
     ids = tok.encode(text)
     for step in (1, 2, 3):
