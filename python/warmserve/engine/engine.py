@@ -308,8 +308,10 @@ class Engine(PoolNeighbours):
         # retries it on its idle turns instead of spinning a core on it).
         self.stalled = not chunks and self.scheduler.has_unfinished()
         if self.stalled:
-            outputs += self._refuse_never_fitting()
-            self.stalled = self.scheduler.has_unfinished()
+            refused = self._refuse_never_fitting()
+            outputs += refused
+            # the requests behind a refused one may run: stepped again at once, not on the idle turns of a stall
+            self.stalled = self.scheduler.has_unfinished() and not refused
         if chunks:
             outputs += self._run(chunks)
             self.num_steps += 1

@@ -68,6 +68,8 @@ class KvMemory:
         """Reserve KV blocks for ``rid`` (prompt + output), growing the mapping if need be; False: no room."""
         need = self.blocks[rid]
         if inst.kv_used + need > inst.st.kv_blocks_mapped:
+            if need > self.max_blocks(inst):
+                return False  # it never fits (``_refuse_never_fitting``): nothing mapped, charged or taken back
             before = inst.st.kv_blocks_mapped
             self.remap(inst, need)
             if inst.kv_used + need > inst.st.kv_blocks_mapped and inst.kv_used == 0:

@@ -198,8 +198,8 @@ class BatchEngines(KvMemory):
         """Requests held back for KV memory get another chance (prewarms may have been evicted): an idle engine
         schedules now, a decoding one at the end of its step under way once its oldest waiting request fits
         (found in review: only idle ones were woken, so a decoding one held it until its first finisher)."""
-        for inst in self.insts.values():
-            if not (inst.waiting and inst.ready):
+        for inst in list(self.insts.values()):  # a refusal in ``schedule`` may stop a draining one
+            if not (inst.waiting and inst.ready) or inst.st.instance_id not in self.insts:
                 continue
             if inst.phase == IDLE:
                 self.schedule(inst, t)
@@ -301,6 +301,8 @@ class BatchEngines(KvMemory):
                     break
                 if not self._take(inst, rid):
                     if self._refuse_never_fitting(inst, rid, t):
+                        if inst.st.instance_id not in self.insts:
+                            return  # it was draining, and that was its last request: stopped
                         continue
                     break
                 inst.waiting.popleft()
@@ -338,6 +340,8 @@ class BatchEngines(KvMemory):
             rid = inst.waiting[0]
             if not self._take(inst, rid):
                 if self._refuse_never_fitting(inst, rid, t):
+                    if inst.st.instance_id not in self.insts:
+                        return True  # stopped (as in ``schedule``)
                     continue
                 break
             inst.waiting.popleft()

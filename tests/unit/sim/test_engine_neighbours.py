@@ -7,7 +7,7 @@ import pytest
 
 from warmserve.policy.state import InstanceState
 from warmserve.sim.costmodel import CostModel
-from warmserve.sim.engine_model import DECODE, BatchEngines
+from warmserve.sim.engine_model import DECODE, IDLE, BatchEngines
 
 MIB = 1 << 20
 
@@ -140,3 +140,21 @@ def test_a_queued_request_a_new_neighbour_leaves_no_room_for_is_refused_and_the_
     cl.run_until(1e9)
     assert list(cl.refused) == [1] and 0.6 <= cl.refused[1] < cl.done[0]  # at a's next schedule after b came
     assert 2 in cl.done and 1 not in cl.first and not a.waiting and a not in cl.eng.stalled
+
+
+def test_a_refusal_that_stops_a_draining_instance_while_held_requests_are_retried():
+    """a waits idle with its one request held for memory a prewarm takes (40 MiB); then b starts beside it, and
+    the request can never fit. Retried (``retry_held``, after prewarms were evicted), it is refused, and the driver
+    stops a, draining, whose last request that was (``on_refused`` here removes it as the simulator's driver does).
+    Found in review: the retry loop iterated over the engines it had just removed one from (RuntimeError)."""
+    gpu_used = [40 * MIB + 40 * MIB]  # a's shard and the prewarm
+    cl = _Cluster([100] * 3, [50] * 3, [50, 5, 5], [100 * MIB], gpu_used)
+    a = cl.start("a", 60, shard=40 * MIB)
+    assert cl.eng.admit(a, 0, 0.0)
+    cl.run_until(0.5)
+    assert a.phase == IDLE and list(a.waiting) == [0] and a in cl.eng.stalled
+    gpu_used[0] += 30 * MIB
+    cl.start("b", 10, shard=30 * MIB)
+    cl.eng.on_refused = lambda inst, rid, t: (cl.refused.setdefault(rid, t), cl.eng.remove(inst, t))
+    cl.eng.retry_held(0.6)
+    assert cl.refused == {0: 0.6} and "a" not in cl.eng.insts and a.st.kv_blocks_mapped == 0
