@@ -8,6 +8,7 @@ worker spun a core on them); an activation whose KV growth failed left its block
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -40,6 +41,20 @@ def _prompt(n, seed=0):
 def _reference(lm, prompt, params):
     with Engine(lm) as eng:
         return eng.generate([prompt], params)[0]
+
+
+@contextlib.contextmanager
+def _two_on_a_small_pool(tiny_dir, ref_lm):
+    """(pool, model a, model b): two copies of the tiny model loaded on a pool that holds both weights and 4 KV
+    blocks."""
+    with PagePool(2 * ref_lm.weight_region_bytes + 4 * ref_lm.kv_bytes_per_block) as small:
+        ma = load_model(tiny_dir["tiny-linear"], small).wait()
+        mb = load_model(tiny_dir["tiny-linear"], small).wait()
+        try:
+            yield small, ma, mb
+        finally:
+            ma.close()
+            mb.close()
 
 
 def _step(eng, out: dict) -> None:
@@ -110,35 +125,29 @@ def test_a_request_waiting_for_pages_another_model_holds_keeps_no_blocks_and_say
     stalled=False forever), without recomputing the same chunks again and again, and keeps none of them mapped as
     headroom (with a target > 0 they stayed mapped); once that model is evicted it finishes with a roomy run's
     tokens."""
-    wb, bb = ref_lm.weight_region_bytes, ref_lm.kv_bytes_per_block
+    bb = ref_lm.kv_bytes_per_block
     params = SamplingParams(max_tokens=8, ignore_eos=True)
-    with PagePool(2 * wb + 4 * bb) as small:
-        ma = load_model(tiny_dir["tiny-linear"], small).wait()
-        mb = load_model(tiny_dir["tiny-linear"], small).wait()
-        try:
-            with Engine(ma, max_batch_tokens=256, target_free_blocks=target) as eng:
-                need = eng.kv.total_blocks  # all the blocks the pool would hold without mb
-                assert need * bb > 4 * bb
-                prompt = _prompt(need * 256 - 10)
-                want = _reference(ref_lm, prompt, params)
-                eng.add_request("r", prompt, params)
-                out: dict = {}
-                for _ in range(need + 10):
-                    _step(eng, out)
-                ran = eng.num_steps
-                for _ in range(10):
-                    _step(eng, out)
-                assert eng.stalled and eng.num_steps == ran, "it recomputes chunks it cannot finish"
-                assert eng.kv.num_used == 0 and small.free_bytes == 4 * bb
-                mb.close()
-                for _ in range(MAX_ROUNDS):
-                    if not eng.has_unfinished():
-                        break
-                    _step(eng, out)
-                assert out == {"r": want}
-        finally:
-            ma.close()
+    with _two_on_a_small_pool(tiny_dir, ref_lm) as (small, ma, mb):
+        with Engine(ma, max_batch_tokens=256, target_free_blocks=target) as eng:
+            need = eng.kv.total_blocks  # all the blocks the pool would hold without mb
+            assert need * bb > 4 * bb
+            prompt = _prompt(need * 256 - 10)
+            want = _reference(ref_lm, prompt, params)
+            eng.add_request("r", prompt, params)
+            out: dict = {}
+            for _ in range(need + 10):
+                _step(eng, out)
+            ran = eng.num_steps
+            for _ in range(10):
+                _step(eng, out)
+            assert eng.stalled and eng.num_steps == ran, "it recomputes chunks it cannot finish"
+            assert eng.kv.num_used == 0 and small.free_bytes == 4 * bb
             mb.close()
+            for _ in range(MAX_ROUNDS):
+                if not eng.has_unfinished():
+                    break
+                _step(eng, out)
+            assert out == {"r": want}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -293,32 +302,26 @@ def test_a_waiting_request_a_new_neighbour_leaves_no_room_for_ends_with_the_numb
     request runs with a roomy run's tokens."""
     wb, bb = ref_lm.weight_region_bytes, ref_lm.kv_bytes_per_block
     params = SamplingParams(max_tokens=8, ignore_eos=True)
-    with PagePool(2 * wb + 4 * bb) as small:
-        ma = load_model(tiny_dir["tiny-linear"], small).wait()
-        mb = load_model(tiny_dir["tiny-linear"], small).wait()
-        try:
-            with Engine(ma, target_free_blocks=0) as a:
-                blocks = a.max_kv_blocks
-                assert blocks == (wb + 4 * bb) // bb > 4
-                long, short = _prompt(blocks * 256 - 7), _prompt(100, 1)  # long: + 8 - 1 tokens, `blocks` blocks
-                want = _reference(ref_lm, short, params)
-                a.add_request("long", long, params)
-                a.add_request("short", short, params)
-                with Engine(mb, target_free_blocks=0):
-                    out, errors = {}, {}
-                    for _ in range(MAX_ROUNDS):
-                        if not a.has_unfinished():
-                            break
-                        for o in a.step():
-                            if o.error is not None:
-                                errors[o.request_id] = (o.finish_reason, o.error)
-                            else:
-                                out.setdefault(o.request_id, []).extend(o.token_ids)
-                    assert list(errors) == ["long"], f"waiting {a.num_waiting}, running {a.num_running}"
-                    reason, err = errors["long"]
-                    assert reason == "error" and isinstance(err, PromptTooLongError)
-                    assert (err.kv_blocks, err.blocks_needed) == (4, blocks) and "tiny-linear" in err.message
-                    assert out == {"short": want}
-        finally:
-            ma.close()
-            mb.close()
+    with _two_on_a_small_pool(tiny_dir, ref_lm) as (small, ma, mb):
+        with Engine(ma, target_free_blocks=0) as a:
+            blocks = a.max_kv_blocks
+            assert blocks == (wb + 4 * bb) // bb > 4
+            long, short = _prompt(blocks * 256 - 7), _prompt(100, 1)  # long: + 8 - 1 tokens, `blocks` blocks
+            want = _reference(ref_lm, short, params)
+            a.add_request("long", long, params)
+            a.add_request("short", short, params)
+            with Engine(mb, target_free_blocks=0):
+                out, errors = {}, {}
+                for _ in range(MAX_ROUNDS):
+                    if not a.has_unfinished():
+                        break
+                    for o in a.step():
+                        if o.error is not None:
+                            errors[o.request_id] = (o.finish_reason, o.error)
+                        else:
+                            out.setdefault(o.request_id, []).extend(o.token_ids)
+                assert list(errors) == ["long"], f"waiting {a.num_waiting}, running {a.num_running}"
+                reason, err = errors["long"]
+                assert reason == "error" and isinstance(err, PromptTooLongError)
+                assert (err.kv_blocks, err.blocks_needed) == (4, blocks) and "tiny-linear" in err.message
+                assert out == {"short": want}
