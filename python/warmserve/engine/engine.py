@@ -175,8 +175,9 @@ class Engine(PoolNeighbours):
         if not prompt:
             raise InvalidArgumentError("the prompt is empty: send at least one token", request_id=request_id)
         done = [int(t) for t in output_token_ids]
+        beside = self._blocks_beside_neighbours()
         if params.max_tokens_defaulted:
-            params = self._fit_defaulted(params, len(prompt), len(done))
+            params = self._fit_defaulted(params, len(prompt), len(done), beside)
         if len(done) >= params.max_tokens:
             raise InvalidArgumentError(f"a resumption with {len(done)} tokens out and max_tokens {params.max_tokens} "
                                        f"has nothing left to generate", request_id=request_id)
@@ -209,7 +210,6 @@ class Engine(PoolNeighbours):
                 f"({why}): shorten the prompt, lower max_tokens or {fix}",
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=cap,
                 blocks_needed=blocks_needed)
-        beside = self._blocks_beside_neighbours()
         if beside and blocks_needed > beside[0]:  # it would wait at the queue's head for good, and all behind it
             raise PromptTooLongError(
                 f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} - 1 = {need - 1} tokens need "
@@ -229,12 +229,12 @@ class Engine(PoolNeighbours):
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
 
-    def _fit_defaulted(self, params: SamplingParams, prompt_tokens: int, done_tokens: int) -> SamplingParams:
+    def _fit_defaulted(self, params: SamplingParams, prompt_tokens: int, done_tokens: int,
+                       beside: tuple[int, list[str]] | None) -> SamplingParams:
         """A max_tokens the server filled in (SamplingParams.max_tokens_defaulted) lowered to what this instance
         holds, its context and its KV cap (and what is ever free beside its neighbours' weights): the request ends
         with "length" there. Left as it is when not one more token fits, so that add_request refuses it with the
-        numbers."""
-        beside = self._blocks_beside_neighbours()
+        numbers. ``beside``: ``_blocks_beside_neighbours()``."""
         cap = min(self.max_kv_blocks, beside[0]) if beside else self.max_kv_blocks
         room = min(self.max_context, cap * self.kv.block_tokens + 1) - prompt_tokens
         if done_tokens < room < params.max_tokens:

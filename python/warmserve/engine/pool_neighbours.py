@@ -86,7 +86,7 @@ class PoolNeighbours:
         if beside is None:
             return []
         out = []
-        for seq in [q for q in self.scheduler.waiting]:
+        for seq in list(self.scheduler.waiting):
             need = len(seq.prompt) + seq.params.max_tokens - 1
             blocks = blocks_for_tokens(need, self.kv.block_tokens)
             if blocks <= beside[0]:
