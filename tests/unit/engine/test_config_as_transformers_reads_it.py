@@ -14,7 +14,7 @@ from warmserve.engine import load_model
 from warmserve.engine.config import ModelConfig, UnsupportedModelError
 from warmserve.engine.demo import DemoSpec, config_dict, write_checkpoint
 
-from conftest import TINY_VOCAB
+from tiny_checkpoints import TINY_VOCAB
 from test_engine_numerics import _check_logits
 
 #: A window shorter than the 40-token prompt, so a window applied to the wrong layers changes the logits.

@@ -11,7 +11,7 @@ from warmserve.engine import Engine, SamplingParams, load_model
 from warmserve.engine.demo import DemoSpec, config_dict, write_checkpoint
 from warmserve.memory import PagePool
 
-from conftest import TINY_VOCAB
+from tiny_checkpoints import TINY_VOCAB
 
 #: A short prompt batched with one over a block boundary, so the short one's decode row has padding columns.
 LENGTHS = (5, 260)

@@ -8,7 +8,7 @@ import torch
 from warmserve.engine import Engine, SamplingParams, load_model
 from warmserve.engine.demo import SMALL_MODELS
 
-from conftest import TINY
+from tiny_checkpoints import TINY
 
 
 def _prompts(vocab: int, lengths, seed: int = 0) -> list[list[int]]:

@@ -14,7 +14,7 @@ from warmserve.engine import model as model_module
 from warmserve.engine.rope import apply_rope
 from warmserve.memory import PagePool, kernels
 
-from conftest import TINY
+from tiny_checkpoints import TINY
 
 CALLS = {"add_rms_norm": 0, "rope_qkv": 0, "silu_mul": 0}
 
