@@ -23,7 +23,8 @@ import numpy as np
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.driver import InstantExecutor, PolicyDriver, instant_driver
+from warmserve.policy.driver import PolicyDriver
+from warmserve.policy.instant import InstantExecutor, instant_driver
 from warmserve.policy.placement import is_laminar
 from warmserve.policy.state import ClusterState, ModelInfo
 

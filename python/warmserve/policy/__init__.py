@@ -80,7 +80,7 @@ What the driver does:
   lies on one server.
 
 Executors: the live controller (``controller.executor.LiveExecutor``, workers over ZeroMQ), the simulator
-(``sim.simulator.Simulator``, durations from a cost model) and ``driver.InstantExecutor`` (everything at once;
+(``sim.simulator.Simulator``, durations from a cost model) and ``instant.InstantExecutor`` (everything at once;
 tests and benchmarks).
 
 Memory: per GPU, ``total_bytes`` = weight shards of instances and prewarms + mapped KV blocks + free. Shards

@@ -6,7 +6,7 @@ the driver made 51."""
 from __future__ import annotations
 
 from warmserve.bench import placement
-from warmserve.policy.driver import InstantExecutor
+from warmserve.policy.instant import InstantExecutor
 
 
 def test_the_hit_rate_counts_every_start_the_driver_made_from_resident_weights(monkeypatch):

@@ -6,7 +6,8 @@ import pytest
 from warmserve.errors import InvalidArgumentError, WarmServeError, WorkerLostError
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.driver import START_ATTEMPTS, instant_driver
+from warmserve.policy.driver import START_ATTEMPTS
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30

@@ -5,7 +5,8 @@ import pytest
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.driver import InstantExecutor, PolicyDriver
+from warmserve.policy.driver import PolicyDriver
+from warmserve.policy.instant import InstantExecutor
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30

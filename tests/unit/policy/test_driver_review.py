@@ -8,7 +8,8 @@ import pytest
 
 from warmserve.policy import make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.driver import InstantExecutor, PolicyDriver, instant_driver
+from warmserve.policy.driver import PolicyDriver
+from warmserve.policy.instant import InstantExecutor, instant_driver
 from warmserve.policy.planner import plan_model, replica_counts
 from warmserve.policy.state import ClusterState, ModelInfo
 

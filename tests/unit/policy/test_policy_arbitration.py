@@ -10,7 +10,7 @@ from warmserve.errors import InvalidArgumentError, WarmServeError
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
 from warmserve.policy.core import PREFILL_PROFILE_TOKENS
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30

@@ -8,7 +8,7 @@ import pytest
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.colocation import UnplacedModelError, placement_order, plan_shared
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from warmserve.policy import POLICY_NAMES, PolicyConfig, make_policy
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.placement import is_laminar
 from warmserve.policy.state import ClusterState, ModelInfo
 

@@ -10,7 +10,7 @@ import pytest
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.coserve import CoServing
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, GpuState, ModelInfo, PrewarmState, ServerState
 

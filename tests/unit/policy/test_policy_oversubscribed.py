@@ -8,7 +8,7 @@ import numpy as np
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo, kv_blocks_for
 
 GiB = 1 << 30

@@ -4,7 +4,7 @@ GPUs (and a co-served start beside its own replica), and the room a stopped inst
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.core import Policy
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, GpuState, InstanceState, ModelInfo, PrewarmState, ServerState
 

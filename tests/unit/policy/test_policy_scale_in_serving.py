@@ -2,7 +2,7 @@
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
-from warmserve.policy.driver import instant_driver
+from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30

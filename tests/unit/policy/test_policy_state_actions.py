@@ -80,7 +80,7 @@ def test_a_kv_share_holds_one_request_at_the_models_context_and_no_more_than_the
     shares than live ran; now the driver's instance holds it. A whole-GPU start is untouched, and the floor never
     passes what the GPU has after the weights."""
     from warmserve.geometry import blocks_for_tokens
-    from warmserve.policy.driver import instant_driver
+    from warmserve.policy.instant import instant_driver
     from warmserve.policy.state import kv_blocks_for
 
     m = ModelInfo("x", weight_bytes=1 << 30, kv_bytes_per_token=1 << 16, max_context_tokens=8192)

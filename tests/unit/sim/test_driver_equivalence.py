@@ -15,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 
 from warmserve.policy.config import PolicyConfig
-from warmserve.policy.driver import PolicyDriver, instant_driver
+from warmserve.policy.driver import PolicyDriver
+from warmserve.policy.instant import instant_driver
 from warmserve.sim.config import SimConfig
 from warmserve.sim.presets import paper_preset
 from warmserve.sim.simulator import Simulator
