@@ -108,6 +108,14 @@ class PromptTooLongError(InvalidArgumentError):
     """The prompt (plus max_tokens) does not fit the model's context."""
 
 
+class NoRoomHereError(PromptTooLongError):
+    """The request fits its model but not the KV blocks the instance that refused it can ever hold: its KV share,
+    or what its pool ever frees beside the weights of the other engines serving there (a co-served instance). The
+    controller and the simulator send it on to an instance of the model that serves alone on its GPUs when there is
+    one (``PolicyDriver.reroute``); otherwise the client gets it (HTTP 400). Fields: prompt_tokens, max_tokens,
+    kv_blocks (what the instance holds at most), blocks_needed."""
+
+
 class UnservableModelError(InvalidArgumentError):
     """A model that no instance could serve on the cluster's GPUs (``ClusterState.unservable``)."""
 
@@ -145,7 +153,8 @@ _BY_NAME = {
     for cls in (
         WarmServeError, InvalidArgumentError, OutOfMemoryError, MappingLimitError, DriverError,
         BackendUnavailableError, ClosedError, CancelledError, ViewsAliveError, UnknownModelError,
-        PromptTooLongError, ModelStateError, ProtocolError, WorkerLostError, EngineError, TimeoutError_,
+        PromptTooLongError, NoRoomHereError, ModelStateError, ProtocolError, WorkerLostError, EngineError,
+        TimeoutError_,
     )
 }
 

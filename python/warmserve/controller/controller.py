@@ -29,7 +29,8 @@ from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
 from warmserve.controller.restarts import WorkerRestarts
 from warmserve.controller.workers import WorkerHub, WorkerRecord, server_of
-from warmserve.errors import InvalidArgumentError, TimeoutError_, UnknownModelError, WarmServeError, WorkerLostError
+from warmserve.errors import (InvalidArgumentError, NoRoomHereError, TimeoutError_, UnknownModelError, WarmServeError,
+                              WorkerLostError)
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.colocation import UnplacedModelError
 from warmserve.policy.driver import PolicyDriver
@@ -385,10 +386,21 @@ class Controller(WorkerRestarts):
             if req is None:  # moved already (a lost rank's other requests), or a bug
                 log.info("%r: error for a request not on it (%d): %s", w, msg.id, msg.message)
                 return
-            if self.groups.rank_lost(w, req, msg.exception()):
+            err = msg.exception()
+            if self.groups.rank_lost(w, req, err):
+                return
+            # No room on a co-served instance: on to an instance of the model that serves alone, if there is one.
+            # The driver's send puts it on that worker's table (and it may fail there); off w's after.
+            if isinstance(err, NoRoomHereError) and self.driver.reroute(req.model, req, req.instance_id,
+                                                                        self.now_s()):
+                w.gens.pop(msg.id, None)
+                w.seqs.pop(msg.id, None)
+                self.metrics.rerouted.inc(model=req.model)
+                if req.generated:
+                    self.metrics.resumed.inc(model=req.model, why="no_room")
                 return
             self._end_gen(w, msg.id)
-            req.fail(msg.exception())
+            req.fail(err)
             self._request_done(req, "error")
 
     def _stream_gap(self, w: WorkerRecord, gid: int, expected: int, got: int) -> None:

@@ -27,7 +27,8 @@ from warmserve.engine.model import Model
 from warmserve.engine.pool_neighbours import PoolNeighbours
 from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
-from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError, WarmServeError, fmt_bytes
+from warmserve.errors import (ClosedError, InvalidArgumentError, NoRoomHereError, PromptTooLongError,
+                              WarmServeError, fmt_bytes)
 from warmserve.geometry import blocks_for_tokens
 from warmserve.protocol import KvStats, SamplingParams, TokenLogprobs
 
@@ -200,10 +201,11 @@ class Engine(PoolNeighbours):
             if cap == self.lm.kv_pool_blocks:
                 why = (f"all that its pool of {fmt_bytes(pool.total_bytes)} holds after "
                        f"{fmt_bytes(self.lm.weight_region_bytes)} of weights")
-                fix = "serve the model from a larger pool"
-            else:
+                fix, error = "serve the model from a larger pool", PromptTooLongError
+            else:  # an instance with a larger share, or alone on its worker, may hold it
                 why, fix = "its KV share", "give the instance more KV blocks (kv_blocks)"
-            raise PromptTooLongError(
+                error = NoRoomHereError
+            raise error(
                 f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} - 1 (the last token has no K/V) "
                 f"= {need - 1} tokens need {blocks_needed} KV blocks of {self.kv.block_tokens} tokens, but this "
                 f"instance holds at most {cap} "
@@ -211,7 +213,7 @@ class Engine(PoolNeighbours):
                 prompt_tokens=len(prompt), max_tokens=params.max_tokens, kv_blocks=cap,
                 blocks_needed=blocks_needed)
         if beside and blocks_needed > beside[0]:  # it would wait at the queue's head for good, and all behind it
-            raise PromptTooLongError(
+            raise NoRoomHereError(
                 f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} - 1 = {need - 1} tokens need "
                 f"{blocks_needed} KV blocks, but beside the weights of {', '.join(beside[1])} on the same pool at "
                 f"most {beside[0]} are ever free: shorten the prompt, lower max_tokens or serve the model on a worker "

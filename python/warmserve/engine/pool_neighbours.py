@@ -5,16 +5,17 @@ that can never fit beside the neighbours' weights is refused, at admission or, w
 the step that finds it stuck (``_refuse_never_fitting``).
 
 What counts as a neighbour: an open engine on the pool, a draining one included (a request refused beside it might
-have fit once it stopped; the controller answers the client with the error and does not send the request to
-another instance); not a prewarm (the policy evicts it for room), nor a tensor-parallel shard, which keeps no
-place here (``_pool`` None: a request beside one is admitted and may wait for its pages)."""
+have fit once it stopped; the refusal is a ``NoRoomHereError``, which the controller sends on to an instance of
+the model that serves alone when there is one, and otherwise answers); not a prewarm (the policy evicts it for
+room), nor a tensor-parallel shard, which keeps no place here (``_pool`` None: a request beside one is admitted
+and may wait for its pages)."""
 
 from __future__ import annotations
 
 import logging
 import weakref
 
-from warmserve.errors import PromptTooLongError, WarmServeError
+from warmserve.errors import NoRoomHereError, WarmServeError
 from warmserve.geometry import blocks_for_tokens
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class PoolNeighbours:
             kv.target_free_blocks = target
 
     def _refuse_never_fitting(self) -> list:
-        """End the waiting requests that can no longer ever get their blocks, each with a PromptTooLongError
+        """End the waiting requests that can no longer ever get their blocks, each with a NoRoomHereError
         (``StepOutput.error``): admitted while the pool held fewer serving neighbours (or preempted since, as a
         preempted sequence needs its whole length again), they would wait at the head of the queue for good, and
         every request behind them (add_request refuses them when it knows at once)."""
@@ -94,7 +95,7 @@ class PoolNeighbours:
             self.seqs.pop(seq.request_id, None)
             self.scheduler.finish(seq, "error")
             o = self._output(seq, [])
-            o.error = PromptTooLongError(
+            o.error = NoRoomHereError(
                 f"request {seq.request_id!r}: {need} tokens need {blocks} KV blocks, but since "
                 f"{', '.join(beside[1])} started serving on the same memory at most {beside[0]} are ever free: "
                 f"shorten the prompt, lower max_tokens or serve the model on a worker of its own",

@@ -180,6 +180,35 @@ class PolicyDriver:
         if route:
             self.route(model, now_s)
 
+    def reroute(self, model: str, request, refused_on: str, now_s: float) -> bool:
+        """``request``, sent to instance ``refused_on``, was refused there for want of room (``NoRoomHereError``:
+        its KV share, or what its pool frees beside the weights of the instances co-served there): send it to the
+        least-loaded ready instance of ``model`` that serves alone on its GPUs (it holds whatever the model's
+        context allows), past any route cap, since the alternative is an error. Only from a refuser that shares a
+        GPU: an instance alone that refused has no better peer, so a request moves once at most. True when sent;
+        False (nothing changed): the caller fails it and calls ``request_finished``."""
+        st = self.state
+        inst = st.instances.get(refused_on)
+        if inst is None or not self._shares_gpus(inst):
+            return False
+        alone = [i for i in st.instances.values() if i.model == model and i is not inst and i.ready
+                 and not i.draining and not self._shares_gpus(i)]
+        target = min(alone, key=lambda i: (i.in_flight, i.instance_id), default=None)
+        if target is None:
+            return False
+        self._requeue(model, [(request, None)])  # its prompt counts as waiting again, and _send moves it on
+        self.state.queues[model].popleft()
+        inst.in_flight -= 1
+        if inst.draining and inst.in_flight <= 0:
+            self._finish_stop(inst, now_s)
+        self._send(request, target.instance_id, now_s)
+        return True
+
+    def _shares_gpus(self, inst: InstanceState) -> bool:
+        """Another instance serves (or starts, or drains) on one of ``inst``'s GPUs. Prewarms do not count: the
+        policy evicts them for room."""
+        return any(o is not inst and not set(o.gpus).isdisjoint(inst.gpus) for o in self.state.instances.values())
+
     def route(self, model: str, now_s: float) -> None:
         """Route ``model``'s waiting requests, oldest first, until the policy says wait. After one creation (a
         ``StartInstance``, or a ``ReviveInstance`` of a draining one) the loop goes on asking: ready instances

@@ -479,13 +479,17 @@ class Simulator:
 
     def send(self, rid: int, ist: InstanceState, now_s: float) -> None:
         if not self.engines.admit(self.insts[ist.instance_id], rid, now_s):
-            # refused as the live controller fails a request its worker refused (PromptTooLongError): at once,
+            # refused as a live worker refuses it (PromptTooLongError, NoRoomHereError): at once, sent on or
             # unanswered; the driver's routing loop this is called from goes on with the queue
             self._refused(self.insts[ist.instance_id], rid, now_s)
 
     def _refused(self, inst: EngineInst, rid: int, t: float) -> None:
-        """A request its engine refused, unanswered: at admission (``send``), or queued once it can never fit
-        beside the engines serving on its GPUs (``KvMemory._refuse_never_fitting``)."""
+        """A request its engine refused: at admission (``send``), or queued once it can never fit beside the
+        engines serving on its GPUs (``KvMemory._refuse_never_fitting``). Refused by an instance that shares its
+        GPUs, it goes on to one of the model's instances that serves alone, as the live controller sends on a
+        ``NoRoomHereError`` (``PolicyDriver.reroute``); otherwise it stays unanswered."""
+        if self.driver.reroute(inst.st.model, rid, inst.st.instance_id, t):
+            return
         self.refused.append(rid)
         self.open_reqs -= 1
         self.driver.request_finished(inst.st.model, inst.st.instance_id, t, route=False, request=rid)

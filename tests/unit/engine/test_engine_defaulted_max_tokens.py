@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from warmserve.engine import Engine, SamplingParams, load_model
-from warmserve.errors import PromptTooLongError
+from warmserve.errors import NoRoomHereError, PromptTooLongError
 from warmserve.protocol import Generate, decode_request, encode
 
 PROMPT = list(range(1, 11))
@@ -48,7 +48,7 @@ def test_a_defaulted_max_tokens_is_lowered_to_the_kv_cap_and_ends_with_length(lm
 
 def test_an_explicit_max_tokens_over_the_kv_cap_is_still_refused(lm):
     with Engine(lm, kv_blocks=1) as eng:
-        with pytest.raises(PromptTooLongError, match="KV blocks"):
+        with pytest.raises(NoRoomHereError, match="KV blocks"):  # its share: an instance alone would hold it
             eng.add_request("x", PROMPT, SamplingParams(max_tokens=lm.max_context - len(PROMPT)))
         # A defaulted one whose prompt alone leaves no room is refused with the numbers too.
         with pytest.raises(PromptTooLongError, match="KV blocks"):

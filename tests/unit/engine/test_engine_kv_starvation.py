@@ -16,7 +16,7 @@ import torch
 
 from warmserve import _C
 from warmserve.engine import Engine, SamplingParams, load_model
-from warmserve.errors import DriverError, PromptTooLongError
+from warmserve.errors import DriverError, NoRoomHereError, PromptTooLongError
 from warmserve.memory import PagePool
 
 #: Rounds of steps within which every test here finishes when nothing hangs (each needs a few dozen).
@@ -83,6 +83,7 @@ def test_a_request_needing_more_blocks_than_the_pool_holds_is_refused_with_the_n
                     eng.add_request("big", _prompt(4 * 256 - 10), params)
                 assert (err.value.blocks_needed, err.value.kv_blocks) == (4, 3)
                 assert "larger pool" in str(err.value)
+                assert type(err.value) is PromptTooLongError  # no instance on a pool this size would hold it
                 assert m.kv_capacity_blocks == eng.kv.total_blocks == 3
                 eng.add_request("fits", fits, params)
                 out: dict = {}
@@ -298,7 +299,7 @@ def test_a_waiting_request_a_new_neighbour_leaves_no_room_for_ends_with_the_numb
     """A request admitted while its engine was alone on the pool needs every block the pool holds after its
     weights; then a second model starts serving there, and beside its weights that many blocks never come free.
     The request used to wait at the head of the queue for good, with the one behind it; it ends now with a
-    PromptTooLongError that names the neighbour (StepOutput.error, which a worker answers with), and the next
+    NoRoomHereError that names the neighbour (StepOutput.error, which a worker answers with), and the next
     request runs with a roomy run's tokens."""
     wb, bb = ref_lm.weight_region_bytes, ref_lm.kv_bytes_per_block
     params = SamplingParams(max_tokens=8, ignore_eos=True)
@@ -322,6 +323,6 @@ def test_a_waiting_request_a_new_neighbour_leaves_no_room_for_ends_with_the_numb
                             out.setdefault(o.request_id, []).extend(o.token_ids)
                 assert list(errors) == ["long"], f"waiting {a.num_waiting}, running {a.num_running}"
                 reason, err = errors["long"]
-                assert reason == "error" and isinstance(err, PromptTooLongError)
+                assert reason == "error" and isinstance(err, NoRoomHereError)
                 assert (err.kv_blocks, err.blocks_needed) == (4, blocks) and "tiny-linear" in err.message
                 assert out == {"short": want}

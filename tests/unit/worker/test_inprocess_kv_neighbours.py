@@ -75,7 +75,7 @@ def test_a_request_that_never_fits_beside_a_serving_neighbour_is_refused_and_the
         worker.activate("tiny-qwen2", kv_blocks=2, shared=True, kv_target_free_blocks=0)
         long = P.SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
         prompt = [1 + i % 1000 for i in range(7 * 256 + 100)]  # + 10 - 1 tokens: 8 blocks of 256
-        with pytest.raises(errors.PromptTooLongError, match="beside the weights of tiny-qwen2") as err:
+        with pytest.raises(errors.NoRoomHereError, match="beside the weights of tiny-qwen2") as err:
             worker.generate("tiny-llama", prompt, long).collect()
         assert (err.value.kv_blocks, err.value.blocks_needed) == (6, 8)
         ids, _ = worker.generate("tiny-llama", [1, 2, 3], GREEDY4).collect()
@@ -96,7 +96,7 @@ def test_a_waiting_request_a_neighbour_activated_later_leaves_no_room_for_is_ans
     """A pool of 29 pages holding tiny-llama's weights (14) and tiny-qwen2's prewarm (10): an 8-block request
     fits tiny-llama's share of 15 and waits for the prewarm's pages, which the policy would evict. Then tiny-qwen2
     starts serving there instead, and beside both at most 5 blocks are ever free: the request used to wait for
-    good, with every request behind it; the worker answers it with the engine's PromptTooLongError now."""
+    good, with every request behind it; the worker answers it with the engine's NoRoomHereError now."""
     with InProcessWorker("cpu", memory_gib=29 / 512) as worker:
         worker.prewarm(tiny_models["tiny-llama"])
         worker.prewarm(tiny_models["tiny-qwen2"])
@@ -107,7 +107,7 @@ def test_a_waiting_request_a_neighbour_activated_later_leaves_no_room_for_is_ans
             worker.core.tick()
         assert worker.stats().in_flight == 1  # waiting for the prewarm's pages
         worker.activate("tiny-qwen2", kv_blocks=2, shared=True, kv_target_free_blocks=0)
-        with pytest.raises(errors.PromptTooLongError, match="since tiny-qwen2 started serving") as err:
+        with pytest.raises(errors.NoRoomHereError, match="since tiny-qwen2 started serving") as err:
             stream.collect()
         assert (err.value.kv_blocks, err.value.blocks_needed) == (5, 8)
         ids, _ = worker.generate("tiny-llama", [1, 2, 3], GREEDY4).collect()
