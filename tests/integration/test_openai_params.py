@@ -172,6 +172,12 @@ def test_echo_with_logprobs_gives_the_prompts_too(client, hf):
     streamed = [x for c in chunks for x in (c.choices[0].logprobs.token_logprobs if c.choices[0].logprobs else [])]
     assert streamed[0] is None and streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-6)
     assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    # max_tokens 0 scores the prompt alone, nothing generated (OpenAI's legacy completions; lm-eval's scoring)
+    s = client.completions.create(**_greedy(max_tokens=0, logprobs=1, echo=True))
+    assert s.choices[0].logprobs.tokens == [tok.decode([t]) for t in PROMPT_IDS]
+    assert s.choices[0].logprobs.token_logprobs[1:] == pytest.approx(want[:len(PROMPT_IDS) - 1], abs=2e-4)
+    assert s.usage.completion_tokens == 0 and s.choices[0].finish_reason == "length"
+    assert r.choices[0].text.startswith(s.choices[0].text) and len(s.choices[0].text) < len(r.choices[0].text)
 
 
 def _text_of(tok, ids):

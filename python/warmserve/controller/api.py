@@ -115,6 +115,8 @@ class Api:
             if e.status < 400:
                 raise
             resp = _json(e.status, oa.error_body(e.status, f"{e.reason}: {request.method} {request.path}"))
+            if "Allow" in e.headers:  # a 405 names the methods the path takes (RFC 9110; lost here before)
+                resp.headers["Allow"] = e.headers["Allow"]
         except WarmServeError as e:
             resp = _error(e)
         except (ConnectionError, asyncio.CancelledError):
@@ -208,9 +210,13 @@ class Api:
         info = request[_INFO]
         rid = info["id"] = _prefixed(info["id"], "cmpl" if kind == "completion" else "chatcmpl")
         info.update(model=model.name, prompt_tokens=len(ids))
-        # echo (completions): the prompt's text, as sent or decoded from its token ids, before each choice's text.
-        prefix = "" if kind == "chat" or not req.echo else (
-            req.prompt if isinstance(req.prompt, str) else model.tokenizer.decode(ids))
+        # echo (completions): the prompt's text, as sent or decoded from its token ids, before each choice's text;
+        # told by the flag, not by the text, which may be "" (special tokens only) while its logprobs are still due
+        echo = kind == "completion" and bool(req.echo)
+        prefix = "" if not echo else req.prompt if isinstance(req.prompt, str) else model.tokenizer.decode(ids)
+        # max_tokens 0 with echo scores the prompt (OpenAI's legacy completions, lm-eval's loglikelihood): the one
+        # token generated for it (parse_completion) is left out of the answer
+        score_only = echo and req.max_tokens == 0
         # n choices are n sequences of their own (the prompt's KV is computed once per choice), each with its own
         # seed when the request gives one, so that seeded choices differ and repeat.
         self.active += n
@@ -223,25 +229,27 @@ class Api:
             # Streamed, each piece's logprobs are taken with it; whole, all at the end.
             choices = Choices(gens, logprobs=req.stream and want_logprobs)
             if req.stream:
-                return await self._stream(request, kind, req, model, choices, ids, rid, prefix, want_logprobs)
+                return await self._stream(request, kind, req, model, choices, ids, rid, echo, prefix, want_logprobs)
             texts = await choices.collect()
             decode = model.tokenizer.decode
-            prompt_starts = textstream.token_starts(ids, decode) if prefix and want_logprobs else []
+            prompt_starts = textstream.token_starts(ids, decode) if echo and want_logprobs else []
             items = []
             for i, (g, text) in enumerate(zip(gens, texts)):
                 lp = None
                 if want_logprobs:
                     entries, starts = g.take_logprobs_and_offsets()
+                    if score_only:
+                        entries, starts = [], []
                     if kind == "chat":
                         lp = oa.chat_logprobs(entries, decode, _token_bytes(model))
                     else:  # echo: the prompt's tokens first, then the choice's
                         lp = oa.completion_logprobs(
-                            oa.prompt_logprob_entries(ids, g.req.prompt_logprobs, decode) + entries if prefix
+                            oa.prompt_logprob_entries(ids, g.req.prompt_logprobs, decode) + entries if echo
                             else entries, decode, _echoed(prompt_starts, prefix) + [len(prefix) + o for o in starts])
                 items.append((oa.completion_choice if kind == "completion" else oa.chat_choice)(
-                    i, prefix + text, g.finish_reason, lp))
+                    i, prefix if score_only else prefix + text, "length" if score_only else g.finish_reason, lp))
             body = (oa.completion_body if kind == "completion" else oa.chat_body)(
-                rid, model.name, "", "", len(ids), choices.completion_tokens, choices=items)
+                rid, model.name, "", "", len(ids), 0 if score_only else choices.completion_tokens, choices=items)
             resp = _json(200, body)
             handle = gens[0].req
             timing = handle.server_timing() if n == 1 else ""
@@ -257,7 +265,7 @@ class Api:
             _account(info, request, gens)
 
     async def _stream(self, request, kind, req, model, choices: Choices, prompt_ids: list[int], rid: str,
-                      prefix: str, want_logprobs: bool):
+                      echo: bool, prefix: str, want_logprobs: bool):
         created = int(time.time())
         # The status waits for the first piece of text: a failure before it (every worker lost, a queue timeout,
         # a worker's refusal) is a real HTTP status with the OpenAI error body, not an event after a 200.
@@ -283,8 +291,8 @@ class Api:
             lp = oa.chat_logprobs(entries, decode, token_bytes) if want_logprobs else None
             return oa.sse(oa.chat_chunk(rid, model.name, created, d, finish, index=i, logprobs=lp))
 
-        echoed = [not prefix] * len(choices.gens)
-        prompt_starts = textstream.token_starts(prompt_ids, decode) if prefix and want_logprobs else []
+        echoed = [not echo] * len(choices.gens)
+        prompt_starts = textstream.token_starts(prompt_ids, decode) if echo and want_logprobs else []
 
         def echo(i: int) -> bytes:
             """The echoed prompt of choice i, sent with its first event: its prompt logprobs come with its first

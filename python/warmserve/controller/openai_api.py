@@ -76,9 +76,10 @@ class _RequestCommon(msgspec.Struct, omit_defaults=True, kw_only=True):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
-    stream: bool = False
+    #: null is the default, as OpenAI's schema allows (``_nulls_to_defaults``)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int | None = 1
     best_of: int | None = None
     user: str | None = None
     # Not implemented: refused unless neutral (UNSUPPORTED).
@@ -105,7 +106,7 @@ class _RequestCommon(msgspec.Struct, omit_defaults=True, kw_only=True):
 class CompletionRequest(_RequestCommon, kw_only=True):
     #: A string, a list of token ids, or a one-element list of either (batches of several are refused).
     prompt: str | list[Any]
-    echo: bool = False
+    echo: bool | None = False
     #: Alternatives per token (0..MAX_TOP_LOGPROBS): the chosen token's logprob comes with any value.
     logprobs: int | None = None
 
@@ -125,6 +126,17 @@ class ChatRequest(_RequestCommon, kw_only=True):
 
 def _bad(message: str, param: str | None = None) -> InvalidArgumentError:
     return InvalidArgumentError(message, param=param)
+
+
+def _nulls_to_defaults(req) -> None:
+    """An explicit null for n, stream or echo means the default, as OpenAI's schema has them nullable and vLLM
+    takes them (found in review: a client that sends every default got a 400 on every request)."""
+    if req.n is None:
+        req.n = 1
+    if req.stream is None:
+        req.stream = False
+    if getattr(req, "echo", False) is None:
+        req.echo = False
 
 
 def _decode(body: bytes, cls):
@@ -196,10 +208,19 @@ def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs
 
 def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
     req = _decode(body, CompletionRequest)
+    _nulls_to_defaults(req)
     req.prompt = _one_prompt(req.prompt)
     # echo with logprobs: the prompt's tokens get theirs too (OpenAI's legacy completions; lm-eval's loglikelihood)
     prompt_logprobs = req.logprobs if req.echo else None
-    return req, _sampling(req, req.max_tokens, req.logprobs, prompt_logprobs)
+    max_tokens = req.max_tokens
+    if req.echo and max_tokens == 0:
+        # The prompt scored, nothing generated: one token is generated for its logprobs and left out of the
+        # answer (api.py), so the prompt must leave room for it in the context.
+        if req.stream:
+            raise _bad("max_tokens 0 with echo (the prompt scored, nothing generated) is answered whole: leave "
+                       "stream out", "stream")
+        max_tokens = 1
+    return req, _sampling(req, max_tokens, req.logprobs, prompt_logprobs)
 
 
 def _one_prompt(p):
@@ -222,6 +243,7 @@ def _one_prompt(p):
 
 def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     req = _decode(body, ChatRequest)
+    _nulls_to_defaults(req)
     _check_messages(req.messages)
     # Named as the client named them (found in review: a bad max_completion_tokens was reported as max_tokens,
     # a bad top_logprobs as logprobs).
@@ -259,7 +281,10 @@ def message_text(m: ChatMessage) -> str:
     for part in m.content:
         if part.get("type") != "text":
             raise _bad(f"content part of type {part.get('type')!r} is not supported; send text", "messages")
-        parts.append(str(part.get("text", "")))
+        text = part.get("text")
+        if not isinstance(text, str):  # found in review: a null became the text "None"
+            raise _bad(f"a text content part needs its 'text' as a string, got {type(text).__name__}", "messages")
+        parts.append(text)
     return "".join(parts)
 
 
@@ -315,7 +340,11 @@ def completion_logprobs(entries, decode, offsets: list[int]) -> dict:
         out["tokens"].append(text)
         # the prompt's first token has none (nothing before it): null, as OpenAI's echo gives it
         out["token_logprobs"].append(lp.logprob if lp is not None else None)
-        out["top_logprobs"].append(_top_by_text(lp, decode) if lp is not None else None)
+        top = None
+        if lp is not None:  # the token's own logprob always among them, as OpenAI documents (up to logprobs + 1)
+            top = _top_by_text(lp, decode)
+            top.setdefault(text, lp.logprob)
+        out["top_logprobs"].append(top)
     return out
 
 
