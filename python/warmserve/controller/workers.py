@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from warmserve import protocol as P
-from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
+from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")

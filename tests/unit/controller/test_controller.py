@@ -10,7 +10,7 @@ from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.controller.controller import Controller
 from warmserve.controller.errors import NoWorkersError, OverloadedError
-from warmserve.errors import UnknownModelError, WarmServeError, WorkerLostError
+from warmserve.errors import UnknownModelError, WarmServeError
 from warmserve.policy.config import policy_config_from_dict
 from warmserve.protocol import SamplingParams
 
