@@ -413,11 +413,15 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
 
     def _release_reservations(self, state: ClusterState, active: dict, want_out: dict) -> None:
         """GPUs freed for a model become anyone's once it has more instances than when they were freed, or no
-        longer wants more (a model that had none: none of its requests waits). The instances stopped for it that
-        still drain may then be revived by their own model."""
+        longer wants more (a model that had none: none of its requests waits), or one of them is lost (found in
+        review: the model could never start there, and the reservation kept the live ones from every other model
+        until its queue emptied). The instances stopped for it that still drain may then be revived by their own
+        model."""
+        gpus = state.gpus
         for m in list(self._reserved):
             n, base = len(active[m]), self._reserved_base.get(m, 0)
-            if n > base or not (want_out[m] > n if n else state.queued(m)):
+            if n > base or not (want_out[m] > n if n else state.queued(m)) \
+                    or any(gpus[g].gone for g in self._reserved[m]):
                 del self._reserved[m]
                 self._reserved_base.pop(m, None)
                 self._preempted -= self._preempting.pop(m, set())

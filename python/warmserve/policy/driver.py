@@ -118,6 +118,10 @@ class PolicyDriver:
         self._prefill: dict = {}
         for m in state.models:
             state.queued_prompt_tokens.setdefault(m, 0)
+        #: Actions being applied (nested: a route's start, a tick's list), and whether a GPU lost meanwhile wants
+        #: the queues routed once they are done (``apply``).
+        self._applying = 0
+        self._route_due = False
 
     # ---- requests -----------------------------------------------------------------------------------------
 
@@ -310,8 +314,13 @@ class PolicyDriver:
         applied in order; kept weights no Prewarm took are dropped; the executor settles; the queues are routed."""
         self._ticked = True
         self.executor.sync(now_s)
-        for act in self.policy.tick(self.state, now_s):
-            self.apply(act, now_s)
+        self._applying += 1
+        try:
+            for act in self.policy.tick(self.state, now_s):
+                self.apply(act, now_s)
+        finally:
+            self._applying -= 1
+        self._route_due = False  # the routing below is the one a loss during the actions wanted
         for kept in list(self.kept.values()):
             del self.kept[kept.instance_id]
             self.executor.drop_kept(kept, now_s)
@@ -319,7 +328,20 @@ class PolicyDriver:
         self.route_all(now_s)
 
     def apply(self, act, now_s: float) -> None:
-        """Carry out one policy action: update ``state`` and tell the executor."""
+        """Carry out one policy action: update ``state`` and tell the executor. A GPU lost while actions are
+        applied (``lose_gpus`` from a send that failed) routes the queues only once the outermost one is done:
+        found in review, routing at once started instances on the GPUs that the tick's next actions (or the start
+        being applied) were placing on, two dedicated instances on one GPU."""
+        self._applying += 1
+        try:
+            self._apply(act, now_s)
+        finally:
+            self._applying -= 1
+        if self._route_due and not self._applying:
+            self._route_due = False
+            self.route_all(now_s)
+
+    def _apply(self, act, now_s: float) -> None:
         st, ex = self.state, self.executor
         kind = type(act)
         if kind is A.Route:
@@ -364,6 +386,8 @@ class PolicyDriver:
                 if kept is not None:
                     del self.kept[kept.instance_id]
             self._drop_kept_on(gpus, now_s)
+            if self._any_gone(gpus):  # an eviction or a drop just lost the worker (its message could not be sent)
+                return
             pw = st.prewarms.pop(act.prewarm_id, None) if act.prewarm_id is not None else None
             if kept is not None:
                 pw = PrewarmState(f"{act.instance_id}/kept", act.model, gpus, 1.0, 0.0)
@@ -546,7 +570,10 @@ class PolicyDriver:
             gpu.gone = True
             srv = st.servers[gpu.server_id]
             srv.gpu_ids = tuple(x for x in srv.gpu_ids if x != g)
-        self.route_all(now_s)
+        if self._applying:
+            self._route_due = True  # see apply
+        else:
+            self.route_all(now_s)
 
     def live_gpus(self) -> list[int]:
         return [g.gpu_id for g in self.state.gpus if not g.gone]

@@ -22,9 +22,9 @@ class _LosesOnStop(InstantExecutor):
         self.driver.lose_gpus(inst.gpus, now_s)
 
 
-def _setup(executor):
+def _setup(executor, n_gpus=4):
     models = [ModelInfo("a", 10 * GiB, 1, 1 << 19), ModelInfo("b", 10 * GiB, 1, 1 << 19)]
-    st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+    st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=40 * GiB)
     pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6))
     return executor.attach(PolicyDriver(pol, st, executor)), st
 
@@ -59,6 +59,107 @@ def test_a_start_on_a_gpu_lost_earlier_in_the_tick_creates_nothing_and_its_reque
     d.tick(2.0)
     (inst,) = [i for i in st.instances.values() if i.model == "b"]
     assert not any(st.gpus[g].gone for g in inst.gpus)
+
+
+class _LosesOnEvict(InstantExecutor):
+    """A prewarm's eviction (or the drop of kept weights) loses its GPUs: the live executor's Evict goes to the
+    very worker a start is placed on, and a send that fails runs the loss handling inside the start's apply."""
+
+    def drop_prewarm(self, prewarm, evicted, now_s):
+        super().drop_prewarm(prewarm, evicted, now_s)
+        self.driver.lose_gpus(prewarm.gpus, now_s)
+
+    def drop_kept(self, kept, now_s):
+        super().drop_kept(kept, now_s)
+        self.driver.lose_gpus(kept.gpus, now_s)
+
+
+@pytest.mark.parametrize("what", ["a prewarm it evicts", "kept weights it drops"])
+def test_a_start_whose_eviction_loses_the_gpu_creates_nothing_there(what):
+    """Found in review: the start checked its GPUs before its evictions, and the instance was made on the GPU they
+    had just lost; requests went to it, and every later tick raised KeyError (no board has a gone GPU)."""
+    d, st = _setup(_LosesOnEvict())
+    if what == "a prewarm it evicts":
+        d.apply(A.Prewarm("pa", "a", (0,), 1.0), 0.0)
+        d.apply(A.StartInstance("ib", "b", (0,), evict=("pa",)), 1.0)
+    else:
+        d.apply(A.StartInstance("ia", "a", (0,)), 0.0)
+        d.apply(A.StopInstance("ia"), 0.5)  # its weights kept on GPU 0 until the tick's end
+        d.apply(A.StartInstance("ib", "b", (0,)), 1.0)
+    assert st.gpus[0].gone and "ib" not in st.instances and ("start_instance", "ib") not in d.executor.log
+    d.submit("b", "r1", 2.0)
+    d.tick(3.0)
+    (inst,) = [i for i in st.instances.values() if i.model == "b"]
+    assert 0 not in inst.gpus and d.executor.running[inst.instance_id] == ["r1"]
+
+
+class _Scripted:
+    """The real policy, but its next tick's actions are the given list."""
+
+    def __init__(self, policy, acts):
+        self._policy, self.acts = policy, acts
+
+    def tick(self, state, now_s):
+        acts, self.acts = self.acts, []
+        return acts
+
+    def __getattr__(self, name):
+        return getattr(self._policy, name)
+
+
+def test_a_loss_during_a_ticks_actions_routes_the_queues_only_after_them():
+    """A tick's StopInstance loses its GPU (1); the next action starts b on the idle GPU 0. Found in review: the
+    loss routed the queues at once, so route() started b on GPU 0 before the tick's own start, which then went
+    there too: two dedicated instances on one GPU, each sized to all of its KV."""
+    d, st = _setup(_LosesOnStop(), n_gpus=2)
+    d.apply(A.StartInstance("a/i1", "a", (1,)), 0.0)
+    st.queues["b"].extend(["r1", "r2"])  # b waits for GPUs (as when a tick frees them for it)
+    d.policy = _Scripted(d.policy, [A.StopInstance("a/i1"), A.StartInstance("b/i2", "b", (0,))])
+    d.tick(1.0)
+    assert st.gpus[1].gone
+    assert [i.instance_id for i in st.instances.values()] == ["b/i2"]
+    assert d.executor.running["b/i2"] == ["r1", "r2"]
+
+
+def test_gpus_reserved_for_a_model_are_released_when_one_of_them_is_lost():
+    """Time-sharing stopped a's instances on GPUs 0 and 1 for c (tp 2), and GPU 1 is then lost: c can start
+    nowhere. Found in review: the reservation stood until c's queue emptied, and a waited beside the idle GPU 0."""
+    models = [ModelInfo("a", 10 * GiB, 1, 1 << 19), ModelInfo("c", 20 * GiB, 2, 1 << 19)]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=40 * GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(
+        instance_capacity=2, window_s=60.0, replan_s=1e9, min_lifetime_s=1.0, preempt_after_s=2.0))
+    ex = InstantExecutor()
+    d = ex.attach(PolicyDriver(pol, st, ex))
+    t = 0.0
+    for i in range(8):  # a busy on both GPUs
+        d.submit("a", f"a{i}", t)
+    for _ in range(5):
+        t += 1.0
+        d.tick(t)
+    assert sorted(g for i in st.instances.values() for g in i.gpus) == [0, 1]
+    for iid in list(ex.running):  # a's burst ends, one request each stays
+        for r in ex.running[iid][1:]:
+            d.request_finished("a", iid, t, request=r)
+        ex.running[iid] = ex.running[iid][:1]
+    for i in range(4):
+        d.submit("c", f"c{i}", t)  # c waits with no instance
+    for _ in range(30):
+        t += 1.0
+        d.tick(t)
+        if pol._reserved:
+            break
+    assert pol._reserved == {"c": (0, 1)}
+    d.lose_gpus([1], t)
+    for iid in list(ex.running):  # a's requests there end with it; the one on GPU 0 finishes
+        for r in ex.running.pop(iid):
+            d.request_finished("a", iid, t, request=r)
+    d.submit("a", "late", t)
+    for _ in range(5):
+        t += 1.0
+        d.tick(t)
+    assert pol._reserved == {} and st.queued("a") == 0
+    (inst,) = [i for i in st.instances.values() if i.model == "a"]
+    assert inst.gpus == (0,) and "late" in ex.running[inst.instance_id]
 
 
 class _RouteRaises:
