@@ -273,8 +273,11 @@ class Engine(PoolNeighbours):
 
     # ---- KV ------------------------------------------------------------------------------------------------------
     def kv_stats(self) -> KvStats:
-        """Raises ClosedError once closed: its cache is gone (a worker answers a request for it with the error)."""
-        self._check_open()
+        """Raises ClosedError once closed and released: its cache is gone (a worker answers a request for it with
+        the error). A close whose release failed part way still reports the blocks it holds (``close``)."""
+        if self.kv is None:
+            self._check_open()
+            raise ClosedError("this engine was closed (deactivated): activate the model again")
         return self.kv.stats(self.scheduler.num_preemptions)
 
     def set_kv_target_free_blocks(self, n: int) -> KvStats:
@@ -538,17 +541,24 @@ class Engine(PoolNeighbours):
             raise ClosedError("this engine was closed (deactivated): activate the model again")
 
     def close(self) -> None:
-        """Deactivate: abort everything, unmap the KV pages (back to the pool), drop the weight views."""
-        if self.closed:
+        """Deactivate: abort everything, unmap the KV pages (back to the pool), drop the weight views. A release
+        that fails part way (a driver error unmapping a page) raises, and the next close() retries what is left
+        (found in review: the finalizer, dead after its first call, left the blocks mapped for good, so every later
+        activation of the model overlapped them)."""
+        if self.kv is None:
             return
-        for rid in list(self.seqs):
-            self.abort(rid)
-        self._aborted = []
-        self.closed = True
-        neighbours = self._neighbours()
-        if neighbours is not None:
-            neighbours.discard(self)
-        self._finalizer()
+        if not self.closed:
+            for rid in list(self.seqs):
+                self.abort(rid)
+            self._aborted = []
+            self.closed = True
+            neighbours = self._neighbours()
+            if neighbours is not None:
+                neighbours.discard(self)
+        if self._finalizer.alive:
+            self._finalizer()
+        else:  # its call raised: KVCache.release_all unmaps what is still mapped
+            Engine._release(self.kv, weakref.ref(self.lm), id(self))
         self.graphs = None  # they stay with the prewarmed model (engine/graphs.py) for its next activation
         self.model = None
         self.kv = None

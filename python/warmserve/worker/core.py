@@ -345,9 +345,14 @@ class WorkerCore(BackgroundWork, ShardRoles):
             raise errors.InvalidArgumentError(
                 f"free_blocks must be >= 0, got {msg.free_blocks}", free_blocks=msg.free_blocks
             )
-        inst.engine.set_kv_target_free_blocks(msg.free_blocks)
-        if inst.tp is not None:
-            inst.tp.kv_target(msg.free_blocks)
+        try:
+            inst.engine.set_kv_target_free_blocks(msg.free_blocks)
+        finally:
+            # The other ranks take the target whatever the leader's unmap did (found in review: one that failed
+            # part way kept it from them, and the ranks' caches went out of step); the leader's own shrink is
+            # retried after its next step.
+            if inst.tp is not None:
+                inst.tp.kv_target(msg.free_blocks)
         self.emit(peer, P.KvTargetSet(id=msg.id, model=inst.name, kv=inst.engine.kv_stats()))
 
     def _dedicate(self, peer, msg: P.Dedicate) -> None:

@@ -293,7 +293,14 @@ class WorkerServer:
             return
         if not self.routed and self._link.controller_heard:
             # The controller keeps its view of pages and KV current from these (they count as heartbeats).
-            self._send(_CONTROLLER, self.core.stats(0))
+            try:
+                stats = self.core.stats(0)
+            except Exception:
+                # Liveness does not hang on them: while the loop turns the link sends no heartbeat of its own
+                # (found in review: a Stats that failed at every beat had a live worker declared lost).
+                self._send(_CONTROLLER, P.Heartbeat(time_s=time.time(), in_flight=len(self.core.generations)))
+                raise
+            self._send(_CONTROLLER, stats)
 
     def _send(self, peer, msg) -> None:
         if self._pipe.closed:  # after close(): nobody is left to read it

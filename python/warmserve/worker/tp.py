@@ -388,6 +388,15 @@ class ShardRoles:
         from ..engine.engine import DEFAULT_MAX_NUM_SEQS, Engine
 
         group = self.groups.get(msg.group_id)  # without the group there is no one to tell
+        serving = sorted(n for n, i in self.instances.items() if i.tp is not None and i.tp.group is group)
+        if serving:
+            # Refused here, with no collective: the group's control channel carries the running instance's plans,
+            # and a vote on it put them out of step (found in review: a duplicate or retried Activate stalled the
+            # worker for the group's timeout, then the instance died on every rank).
+            raise errors.ModelStateError(
+                f"group {msg.group_id!r} serves the tensor-parallel instance of {serving[0]!r} on worker "
+                f"{self.worker_id}: deactivate it before activating another model there", model=msg.name,
+                group_id=msg.group_id, running=serving)
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
         m, can, local = None, -1, None

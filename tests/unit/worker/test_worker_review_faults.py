@@ -1,0 +1,147 @@
+"""Worker faults from a review (2026-11-30), each failing before its fix: a Deactivate whose KV unmap fails part way
+(the pool's fault injection: the host backend's PROT_NONE refused) left a closed engine listed, so every Stats
+failed, a connected worker sent no heartbeat and was declared lost, and the model could not be activated again; a
+Stats that fails no longer silences the worker; and in a tensor-parallel group that serves, an Activate is refused
+at once (it voted on the group's control channel and killed the running instance), and a SetKvTarget whose unmap
+fails on the leader still reaches the other ranks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import zmq
+
+from warmserve import _C, errors
+from warmserve import protocol as P
+from warmserve.memory import PagePool
+from warmserve.worker import InProcessWorker
+from warmserve.worker.core import WorkerCore
+from warmserve.worker.server import WorkerServer
+
+from test_tp_lockstep import MODEL as TP_MODEL
+from test_tp_lockstep import tp2_workers
+
+GREEDY = P.SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture
+def fail_unmap():
+    """fail_unmap(k): the k-th page unmap from now fails (a DriverError), in this whole process."""
+    yield lambda k: _C._debug_fail_after("protect_hard", k)
+    _C._debug_fail_after("protect_hard", 0)
+
+
+def test_a_deactivate_whose_unmap_fails_can_be_retried_and_leaves_the_worker_whole(tiny_models, fail_unmap):
+    with InProcessWorker("cpu", memory_gib=64 / 1024, prefault=False) as w:
+        w.prewarm(tiny_models["tiny-llama"])
+        w.activate("tiny-llama", kv_target_free_blocks=4)
+        want = w.generate("tiny-llama", [1, 2, 3], GREEDY).collect()[0]
+        fail_unmap(2)
+        with pytest.raises(errors.DriverError):
+            w.deactivate("tiny-llama")
+        st = w.stats()  # raised ClosedError at every call: the closed engine stayed listed
+        (inst,) = st.instances
+        assert inst.name == "tiny-llama" and inst.kv.kv_blocks_used == 0
+        with pytest.raises(errors.ClosedError):
+            w.generate("tiny-llama", [1, 2, 3], GREEDY).collect()
+        w.deactivate("tiny-llama")  # the retry unmaps what is left
+        st = w.stats(pages=True)
+        assert not st.instances and [m.state for m in st.models] == ["prewarmed"]
+        assert set(st.pool.pages_by_tag) - {"free"} == {"prewarm:tiny-llama"}
+        w.activate("tiny-llama", kv_target_free_blocks=4)  # "overlaps page 14, which is already mapped" before
+        assert w.generate("tiny-llama", [1, 2, 3], GREEDY).collect()[0] == want
+        w.deactivate("tiny-llama")
+        w.evict("tiny-llama")
+        pool = w.stats().pool
+        assert pool.free_bytes == pool.total_bytes
+
+
+def test_a_connected_worker_whose_stats_fail_still_sends_heartbeats():
+    """The controller hears a connected worker through its Stats pushes, and its link adds heartbeats only while
+    the engine loop stalls; a Stats that failed at every beat left the controller hearing nothing."""
+    ctx = zmq.Context()
+    ctl = ctx.socket(zmq.ROUTER)
+    ctl.setsockopt(zmq.LINGER, 0)
+    port = ctl.bind_to_random_port("tcp://127.0.0.1")
+    pool = PagePool(16 << 20, prefault=False)
+    core = WorkerCore(pool, device="cpu", worker_id="w1", emit=lambda peer, msg: None)
+    srv = WorkerServer(core, controller=f"tcp://127.0.0.1:{port}", heartbeat_interval_s=0.2)
+    errors_in_thread: list[BaseException] = []
+
+    def serve():
+        try:
+            srv.serve_forever()
+        except BaseException as e:  # reaches the test's thread below
+            errors_in_thread.append(e)
+
+    def heard(seconds: float) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if ctl.poll(int(left * 1000)):
+                _, data = ctl.recv_multipart()
+                name = type(P.decode_reply(data)).__name__
+                kinds[name] = kinds.get(name, 0) + 1
+        return kinds
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert "Hello" in heard(3.0)
+        ctl.send_multipart([b"w1", P.encode(P.GetStats(id=1))])  # the controller is heard: pushes begin
+        assert heard(1.5).get("Stats", 0) >= 2
+
+        def broken(*args, **kwargs):
+            raise errors.ClosedError("an engine closed under its Stats")
+
+        core.stats = broken
+        got = heard(1.5)
+        assert got.get("Heartbeat", 0) >= 3 and "Stats" not in got, got
+    finally:
+        core.stopping = True
+        t.join(10)
+        ctl.close(0)
+        ctx.term()
+        pool.close()
+    assert not t.is_alive() and not errors_in_thread, errors_in_thread
+
+
+@pytest.mark.slow
+def test_an_activate_in_a_group_that_serves_is_refused_at_once_and_the_instance_serves_on(tiny_models):
+    with tp2_workers(tiny_models, group_timeout_s=5.0) as (lead, follow):
+        want = lead.generate(TP_MODEL, [1, 2, 3, 4], GREEDY).collect()[0]
+        for w, name in ((lead, TP_MODEL), (follow, TP_MODEL), (lead, "no-such-model")):
+            t0 = time.monotonic()
+            with pytest.raises(errors.ModelStateError, match="serves the tensor-parallel instance"):
+                w.activate(name, group_id="g")
+            assert time.monotonic() - t0 < 2.0  # before: the group's whole timeout, then the instance was dead
+        end = time.monotonic() + 6.0  # past the group's timeout, the leader idle (its keep-alives): still in step
+        while time.monotonic() < end:
+            lead.core.tick()
+            time.sleep(0.05)
+        assert lead.generate(TP_MODEL, [1, 2, 3, 4], GREEDY).collect()[0] == want
+
+
+@pytest.mark.slow
+def test_a_kv_target_whose_unmap_fails_on_the_leader_still_reaches_the_other_ranks(tiny_models):
+    with tp2_workers(tiny_models, kv_target_free_blocks=6) as (lead, follow):
+        lead.generate(TP_MODEL, [1, 2, 3], GREEDY).collect()
+        engines = [w.core.instances[TP_MODEL].engine for w in (lead, follow)]
+        assert [e.kv_stats().kv_blocks_mapped for e in engines] == [6, 6]
+        mapper = engines[0].kv.mapper
+        real = mapper.unmap_block
+
+        def fails_once(block):
+            mapper.unmap_block = real
+            raise errors.DriverError("injected: an unmap the driver refused")
+
+        mapper.unmap_block = fails_once  # the leader's only
+        with pytest.raises(errors.DriverError):
+            lead.set_kv_target(TP_MODEL, 1)
+        want = lead.generate(TP_MODEL, [1, 2, 3], GREEDY).collect()[0]
+        assert len(want) == GREEDY.max_tokens
+        stats = [e.kv_stats() for e in engines]
+        assert [s.kv_free_target for s in stats] == [1, 1]  # the follower kept 6 before
+        assert stats[0].kv_blocks_mapped == stats[1].kv_blocks_mapped == 1
