@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import logging
 import subprocess
+import threading
 import time
 
 from warmserve import protocol as P
@@ -258,8 +259,11 @@ class Controller(WorkerRestarts):
         # once: an actor whose end Ray never confirms takes 2 * REAP_WAIT_S, or more with a graceful wait.
         registered = {w.ident for w in self.hub.workers.values() if w.alive}
         procs = list(self.local_procs.items())
-        ends = await asyncio.gather(*(asyncio.to_thread(_reap, proc, ident in registered) for ident, proc in procs),
-                                    return_exceptions=True)
+        if threading.main_thread().is_alive():
+            ends = await asyncio.gather(*(asyncio.to_thread(_reap, proc, ident in registered)
+                                          for ident, proc in procs), return_exceptions=True)
+        else:  # the interpreter exits (a Cluster never closed, closed by its finalizer): executors take no work
+            ends = [_reap_now(proc, ident in registered) for ident, proc in procs]  # now; they were told to stop
         for (ident, _), end in zip(procs, ends):
             # One that cannot be reaped must not keep the others, or the socket, from being closed (found in review:
             # a Ray worker's process, which had no pid, aborted the close and left the port bound).
@@ -578,6 +582,14 @@ class Controller(WorkerRestarts):
         out = views.stats(self)
         out["engine_starts"] = list(self.engine_starts)
         return out
+
+
+def _reap_now(proc, graceful: bool):
+    """``_reap`` on the calling thread: None, or the exception it raised."""
+    try:
+        return _reap(proc, graceful)
+    except Exception as e:
+        return e
 
 
 def _reap(proc, graceful: bool = True) -> None:
