@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from warmserve.config import ModelSpec
+from warmserve.engine.arch import UnsupportedModelError, architecture, check_weight_sizes
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import DTYPE_BYTES, kv_bytes_per_token
 
@@ -52,12 +53,26 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
             f"model {spec.name!r}: no checkpoint at {path} (config.json missing); run `warmserve models demo` "
             f"for the demo models or fix the path", path=path,
         )
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidArgumentError(f"model {spec.name!r}: {cfg_path} is not valid JSON ({e}): fix or re-download it",
+                                   path=cfg_path) from None
+    if not isinstance(cfg, dict):
+        raise InvalidArgumentError(f"model {spec.name!r}: {cfg_path} holds JSON {type(cfg).__name__}, not the "
+                                   "object of a Hugging Face config", path=cfg_path)
     cfg = cfg.get("text_config", cfg)
-    weight_bytes = sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if n.endswith(".safetensors"))
+    # What the workers could never run is refused here, at start, not after three failed starts per request.
+    try:
+        architecture(cfg)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"model {spec.name!r} ({path}): {e.message}", path=path, **e.fields) from None
+    files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
+    weight_bytes = sum(os.path.getsize(f) for f in files)
     if weight_bytes <= 0:
         raise InvalidArgumentError(f"model {spec.name!r}: no *.safetensors files in {path}", path=path)
+    check_weight_sizes(files)
     layers = int(cfg.get("num_hidden_layers", 1))
     heads = int(cfg.get("num_attention_heads", 1))
     kv_heads = int(cfg.get("num_key_value_heads") or heads)

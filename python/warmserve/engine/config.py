@@ -12,19 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from warmserve.errors import InvalidArgumentError, register
+from warmserve.engine.arch import UnsupportedModelError, architecture
+from warmserve.errors import InvalidArgumentError
 
-ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 #: rope parameters each rope type cannot do without (transformers' required keys, less the ones it fills in).
 ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
                  "yarn": ("factor",)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@register
-class UnsupportedModelError(InvalidArgumentError):
-    """A checkpoint's architecture or settings are outside what the engine implements."""
 
 
 @dataclass(frozen=True)
@@ -100,18 +95,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict, generation_config: dict | None = None) -> "ModelConfig":
-        archs = cfg.get("architectures") or []
-        arch = next((a for a in archs if a in ARCHITECTURES), None)
-        if arch is None:
-            model_type = cfg.get("model_type", "")
-            arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}.get(model_type)
-        if arch is None:
-            raise UnsupportedModelError(
-                f"architecture {archs or cfg.get('model_type')!r} is not supported: the engine runs {', '.join(ARCHITECTURES)}",
-                architectures=list(archs))
-        act = cfg.get("hidden_act", "silu")
-        if act not in ("silu", "swish"):
-            raise UnsupportedModelError(f"hidden_act {act!r} is not supported (SwiGLU with silu only)", hidden_act=act)
+        arch = architecture(cfg)
         n_heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         n_kv = int(cfg.get("num_key_value_heads") or n_heads)

@@ -1,0 +1,84 @@
+"""A checkpoint the workers could never run is refused when the controller reads it (``controller_model``), with
+the file and the fix, not found at the first request: found in review, an unsupported architecture or a truncated
+shard gave a server that said ready and answered every request with a 500 after three failed starts, and a
+malformed config.json a bare JSONDecodeError. Checked without torch (the controller does not import it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from warmserve.config import ModelSpec
+from warmserve.controller.models import controller_model
+from warmserve.engine.arch import UnsupportedModelError
+from warmserve.errors import InvalidArgumentError
+
+from controller_harness import demo_path
+
+
+def _checkpoint(tmp_path, name: str, config=None, config_text: str | None = None, weights: bytes | None = None):
+    """A copy of the demo checkpoint (its files linked) under ``name``, with config.json and/or the weights
+    replaced."""
+    src = demo_path()
+    dst = tmp_path / name
+    dst.mkdir()
+    for f in os.listdir(src):
+        if f.startswith("."):
+            continue
+        if f == "config.json" and (config is not None or config_text is not None):
+            (dst / f).write_text(config_text if config_text is not None else json.dumps(config))
+        elif f.endswith(".safetensors") and weights is not None:
+            continue
+        else:
+            os.symlink(os.path.join(src, f), dst / f)
+    if weights is not None:
+        (dst / "model.safetensors").write_bytes(weights)
+    return ModelSpec(path=str(dst), name=name)
+
+
+def _demo_config() -> dict:
+    with open(os.path.join(demo_path(), "config.json")) as f:
+        return json.load(f)
+
+
+def test_the_demo_checkpoint_passes(tmp_path):
+    assert controller_model(_checkpoint(tmp_path, "ok")).max_context > 0
+
+
+def test_an_architecture_the_engine_does_not_run_is_refused_at_start(tmp_path):
+    cfg = dict(_demo_config(), architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel.*is not supported") as e:
+        controller_model(_checkpoint(tmp_path, "gpt2", cfg))
+    assert "'gpt2'" in str(e.value) and e.value.path.endswith("gpt2")
+    with pytest.raises(UnsupportedModelError, match="hidden_act 'gelu'"):
+        controller_model(_checkpoint(tmp_path, "gelu", dict(_demo_config(), hidden_act="gelu")))
+
+
+def test_a_malformed_config_names_its_file(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="config.json is not valid JSON") as e:
+        controller_model(_checkpoint(tmp_path, "bad", config_text='{"a": 1\n"b": 2}'))
+    assert e.value.path.endswith("config.json")
+    with pytest.raises(InvalidArgumentError, match="not the object of a Hugging Face config"):
+        controller_model(_checkpoint(tmp_path, "list", config_text="[1, 2]"))
+
+
+def test_a_truncated_shard_is_refused_with_its_sizes(tmp_path):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
+    full = struct.pack("<Q", len(header)) + header + bytes(4000)
+    with pytest.raises(InvalidArgumentError, match="cut short") as e:
+        controller_model(_checkpoint(tmp_path, "cut", weights=full[:-1000]))
+    assert (e.value.size_bytes, e.value.needed_bytes) == (len(full) - 1000, len(full))
+    with pytest.raises(InvalidArgumentError, match="not a safetensors file"):
+        controller_model(_checkpoint(tmp_path, "junk", weights=b"\xff" * 16))
+
+
+def test_the_checks_import_no_torch():
+    code = ("import sys; import warmserve.controller.models, warmserve.engine.arch; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
