@@ -68,6 +68,7 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt_logprobs: int | None = None
 
     def __post_init__(self):
+        self._check_types()
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise _bad(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}", "max_tokens",
                        max_tokens=self.max_tokens)
@@ -102,6 +103,33 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
                 raise _bad(f"{name} (top alternatives per token) must be in [0, {MAX_TOP_LOGPROBS}], got {v}", name,
                            **{name: v, "max_logprobs": MAX_TOP_LOGPROBS})
 
+    def _check_types(self) -> None:
+        """Types, before the ranges: decoded off the wire msgspec checks them, but a SamplingParams made in Python
+        (``warmserve.Cluster``) is not (found in review: a stop list of ints gave a bare TypeError, a fractional
+        top_k reached a worker as a malformed message, and a lone stop string of 5 characters or more was counted
+        as that many stop sequences). A lone stop string is one stop sequence; lists become tuples."""
+        for name in ("max_tokens", "top_k", "seed", "logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise _bad(f"{name} must be an integer, got {v!r}", name)
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise _bad(f"{name} must be a number, got {v!r}", name)
+        for name in ("ignore_eos", "max_tokens_defaulted"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(f"{name} must be True or False, got {getattr(self, name)!r}", name)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) for s in stop):
+            raise _bad(f"stop must be a string or a list of strings, got {self.stop!r}", "stop")
+        ids = self.stop_token_ids
+        if not isinstance(ids, (tuple, list)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise _bad(f"stop_token_ids must be a list of token ids (integers), got {ids!r}", "stop_token_ids")
+        if type(self.stop) is not tuple:
+            msgspec.structs.force_setattr(self, "stop", tuple(stop))
+        if type(ids) is not tuple:
+            msgspec.structs.force_setattr(self, "stop_token_ids", tuple(ids))
+
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
@@ -124,4 +152,9 @@ class TokenLogprobs(msgspec.Struct, frozen=True, array_like=True):
 
 def stop_strings(stop: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """The ``stop`` argument as users give it (one string, a list, or None) as SamplingParams takes it."""
-    return () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    # anything else goes to SamplingParams as it is, to be refused with the parameter's name (not a bare TypeError)
+    return tuple(stop) if isinstance(stop, (list, tuple)) else stop
