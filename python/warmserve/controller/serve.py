@@ -153,14 +153,28 @@ def read_history(path: str) -> dict:
         raise FileNotFoundError(f"history file {path!r} does not exist")
     rows: dict[str, list[tuple[float, float, float]]] = {}
     if path.endswith(".json"):
-        with open(path) as f:
-            data = json.load(f)
+        shape = ('{model: {"window_start_s": [...], "avg": [...], "peak": [...]}}, lists of numbers of one length '
+                 'per model')
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"history {path} is not valid JSON ({e}); it holds {shape}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"history {path} holds JSON {type(data).__name__}; it must be {shape}")
         out = {}
         for model, d in data.items():
-            starts, avgs, peaks = (d.get("window_start_s") or d.get("start_s")), d["avg"], d["peak"]
-            if not len(starts) == len(avgs) == len(peaks):
-                raise ValueError(f"history {path}: model {model!r} has arrays of different lengths")
-            out[model] = (np.asarray(starts, float), np.asarray(avgs, float), np.asarray(peaks, float))
+            # found in review: a missing key or a list where the object should be was a bare KeyError/AttributeError
+            try:
+                starts = d.get("window_start_s") or d.get("start_s")
+                cols = [np.asarray(c, float) for c in (starts, d["avg"], d["peak"])]
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"history {path}: model {model!r} is not {shape} ({type(e).__name__}: {e})") \
+                    from None
+            if any(c.ndim != 1 for c in cols) or not len(cols[0]) == len(cols[1]) == len(cols[2]):
+                raise ValueError(f"history {path}: model {model!r} has arrays of different lengths or shapes; it "
+                                 f"must be {shape}")
+            out[model] = tuple(cols)
         return out
     with open(path, newline="") as f:
         for i, r in enumerate(csv.DictReader(f)):

@@ -50,6 +50,21 @@ def test_history_csv_and_json(tmp_path):
         serve.read_history(str(tmp_path / "none.csv"))
 
 
+@pytest.mark.parametrize("text, says", [
+    ('{"a": {"window_start_s": [0], "peak": [3]}}', "model 'a' is not"),  # no avg: a bare KeyError before
+    ('[{"a": 1}]', "holds JSON list"),  # AttributeError before
+    ('{"a": [1, 2]}', "model 'a' is not"),
+    ('{"a": {"window_start_s": [0, 1], "avg": ["x", 1], "peak": [3, 4]}}', "model 'a' is not"),
+    ('{"a": {"window_start_s": [0, 1], "avg": [1], "peak": [3, 4]}}', "different lengths"),
+    ('{"a": 1\n', "not valid JSON"),  # a bare JSONDecodeError, no file named, before
+])
+def test_a_malformed_json_history_is_one_error_naming_the_file_and_its_shape(tmp_path, text, says):
+    (tmp_path / "h.json").write_text(text)
+    with pytest.raises(ValueError, match=says) as e:
+        serve.read_history(str(tmp_path / "h.json"))
+    assert str(tmp_path / "h.json") in str(e.value)
+
+
 def test_an_empty_api_key_in_the_environment_keeps_the_files_key(tmp_path, monkeypatch):
     """Found in review: WARMSERVE_API_KEY="" (a common container default) replaced the file's key with none, and
     the server ran without authentication. Order: flag > non-empty environment > file."""
