@@ -101,6 +101,10 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
                 curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes)
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
+        if cfg.remote_workers:  # said, so that whoever starts them knows where (found in review: a silent wait)
+            log.warning("waiting up to %g s for %d remote worker(s): start each with `warmserve worker --controller "
+                        "%s` (this host's reachable address in place of a wildcard)", cfg.worker_start_timeout_s,
+                        cfg.remote_workers, endpoint)
         await controller.wait_for_workers(len(devices) + cfg.remote_workers, cfg.worker_start_timeout_s,
                                           procs=[p for _, p in procs])
     except BaseException:
