@@ -92,6 +92,18 @@ def test_a_cuda_device_without_cuda_is_refused_before_any_worker_starts():
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.parametrize("models, kw, param", [
+    (None, {}, "models"), (123, {}, "models"), ([None], {}, "models"), ({"a": 1}, {}, "models"),
+    (["x"], {"config": {"a": 1}}, "config"),
+])
+def test_models_and_config_of_the_wrong_type_are_typed_errors(models, kw, param):
+    """Found in review: None and 123 were bare TypeErrors, [None] looked for a checkpoint named "None", a dict as
+    config an AttributeError."""
+    with pytest.raises(InvalidArgumentError) as ei:
+        warmserve.Cluster(models, **kw)
+    assert ei.value.param == param
+
+
 def test_a_stream_read_after_close_raises_closed_error_and_leaves_no_coroutine():
     with serving.demo_cluster(models=(MODEL,), cpu_workers=1, cpu_worker_memory_bytes=512 << 20) as c:
         sync_stream = c.stream(MODEL, "hi", max_tokens=4)

@@ -83,10 +83,18 @@ class Cluster:
         ("auto": the one this machine belongs to; needs the ray extra), one per GPU or ``cpu_workers`` per node
         without GPUs, on every node, instead of local devices (``devices`` must then be None).
         """
+        if config is not None and not isinstance(config, ClusterConfig):
+            raise InvalidArgumentError(f"config must be a warmserve.config.ClusterConfig, got "
+                                       f"{type(config).__name__}: pass the other arguments instead", param="config")
         if config is None:
             if isinstance(models, (str, os.PathLike, ModelSpec)):
                 models = [models]
-            specs = tuple(m if isinstance(m, ModelSpec) else ModelSpec(path=str(m)) for m in models)
+            # found in review: None and 123 were bare TypeErrors, [None] looked for a checkpoint named "None"
+            if not isinstance(models, (list, tuple)) or not all(
+                    isinstance(m, (str, os.PathLike, ModelSpec)) for m in models):
+                raise InvalidArgumentError(f"models must be checkpoint paths or ModelSpecs (one, or a list), got "
+                                           f"{models!r:.80}", param="models")
+            specs = tuple(m if isinstance(m, ModelSpec) else ModelSpec(path=os.fspath(m)) for m in models)
             if isinstance(window_s, bool) or not isinstance(window_s, numbers.Real) or not math.isfinite(window_s):
                 raise InvalidArgumentError(f"window_s must be a finite number of seconds, got {window_s!r}",
                                            param="window_s")
