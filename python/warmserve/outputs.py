@@ -8,7 +8,9 @@ the output's folder, as writing it would have.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import tempfile
 
 from warmserve.errors import InvalidArgumentError
@@ -95,4 +97,31 @@ def check_at_least(flag: str, value, least=1) -> None:
         raise InvalidArgumentError(f"{flag} {value}: must be at least {least}", flag=flag, value=value)
 
 
-__all__ = ["PlotUnavailableError", "check_output", "check_output_folder", "check_plot", "check_at_least"]
+def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
+    """``json.dump(obj, f, **dump_kwargs)`` into ``path`` all at once: written to a temporary file in the same
+    folder, flushed to disk, then renamed onto ``path``. Found in review: an interrupt during a plain
+    ``open(path, "w")`` write left a truncated, invalid JSON where the previous results were (``bench replay
+    --reuse-live X.json --json X.json`` lost a 15-minute live run that way). A reader sees the old file or the new
+    one, never half of one; on any failure the temporary file is removed and ``path`` is as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # made as open(path, "w") makes a file (0666 less the umask), not 0600 as mkstemp would
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, **dump_kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):  # the result keeps the mode the old file had
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: no temporary file is left behind
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+__all__ = ["PlotUnavailableError", "write_json_atomic", "check_output", "check_output_folder", "check_plot",
+           "check_at_least"]

@@ -311,7 +311,7 @@ def measure_parallel(args, names) -> dict:
 
 
 def main(args) -> int:
-    from warmserve.outputs import check_output
+    from warmserve.outputs import check_output, write_json_atomic
 
     check_output("--out", args.out)  # before minutes of measuring, not after them
     import torch
@@ -330,6 +330,11 @@ def main(args) -> int:
               file=sys.stderr)
         return 2
     prefill_tokens, decode_batches = _ints(args.prefill_tokens), _ints(args.decode_batches)
+    from warmserve.bench.engine import check_fits_context
+
+    # before any model is measured: the longest prompt is timed with one token generated after it
+    check_fits_context("--prefill-tokens", max(prefill_tokens) + 1, names,
+                       f"{max(prefill_tokens)} (the largest) + 1 generated", "lower the largest --prefill-tokens")
     torch.set_num_threads(args.threads)
     paths = write_demo_models(args.demo_dir, names)
     weights = {n: sum(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p) if f.endswith(".safetensors"))
@@ -381,8 +386,7 @@ def main(args) -> int:
             print(f"{args.parallel} fresh engine processes at once: ready in {many['init_s']:.2f} s (median; "
                   f"{ratio:.2f}x a lone one's; the host term charges {predicted:.2f}x)", file=sys.stderr)
     prof["machine"]["wall_s"] = time.perf_counter() - t0
-    with open(args.out, "w") as f:
-        json.dump(prof, f, indent=1)
+    write_json_atomic(args.out, prof, indent=1)
     print(f"{'model':<12} " + " ".join(f"pf{n:>5}" for n in prefill_tokens) + "  "
           + " ".join(f"dec{b:>3}" for b in decode_batches) + "   (ms)")
     for n, m in prof["models"].items():

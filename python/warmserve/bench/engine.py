@@ -19,7 +19,6 @@ load and process start, not the disk).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -305,7 +304,9 @@ def measure_model(name: str, path: str, args) -> dict:
                 r[f"hf_b{b}"] = h
                 r[f"prefill_speedup_b{b}"] = o.pop("prefill_speedup")
                 r[f"decode_speedup_b{b}"] = o.pop("decode_speedup")
-            print(f"  b{b}: " + ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k.endswith(f"_b{b}") and isinstance(v, float)),
+            # found in review: with --no-hf only the speedups were printed, so every line read "b1: " and nothing
+            print(f"  b{b}: prefill {o['prefill_tok_s']:.3g} tok/s, decode {o['decode_tok_s']:.3g} tok/s"
+                  + "".join(f", {k}={v:.3g}" for k, v in r.items() if k.endswith(f"_b{b}") and isinstance(v, float)),
                   flush=True)
         del hf
         lm.close()
@@ -404,13 +405,36 @@ def check_args(args) -> None:
     from warmserve.outputs import check_at_least, check_output, check_plot
 
     check_at_least("--repeats", args.repeats)
+    # found in review: --threads 0 ended in torch's RuntimeError traceback from set_num_threads
+    check_at_least("--threads", args.threads)
     if not args.batches:
         raise InvalidArgumentError("--batches: give at least one batch size, e.g. --batches 1 16", flag="--batches")
     check_at_least("--batches", min(args.batches))
+    check_fits_context("--prompt-tokens + --new-tokens", args.prompt_tokens + args.new_tokens, args.models,
+                       f"{args.prompt_tokens} + {args.new_tokens}", "lower --prompt-tokens or --new-tokens")
     check_output("--json", args.json)
     if args.json:
         png = plot_path(args.json)
         check_plot("--json", png, f"{args.json} (it draws {png} beside it)")
+
+
+def check_fits_context(flags: str, tokens: int, models, value: str, fix: str) -> None:
+    """Every demo model in ``models`` takes ``tokens`` (a prompt and the tokens generated after it) within its
+    context, or InvalidArgumentError naming ``flags`` (given as ``value``), the first model that does not, its
+    context and ``fix``. Found in review: the engine refused the request only when that model's turn came, after the
+    models before it were measured, whose figures were then lost, and its message named no flag. The context is
+    the max_position_embeddings the demo's config.json is written with (``demo_spec``), read here before any
+    checkpoint is written (a sized demo takes minutes); a name that is no demo is left to ``write_demo_models``."""
+    from warmserve.engine.demo import demo_spec
+
+    for name in models:
+        spec = demo_spec(name)
+        if spec is not None and tokens > spec.max_position_embeddings:
+            raise InvalidArgumentError(
+                f"{flags} = {value} = {tokens} tokens, more than the context of {name} "
+                f"({spec.max_position_embeddings} tokens, its max_position_embeddings): {fix} by at least "
+                f"{tokens - spec.max_position_embeddings}, or leave {name} out of --models",
+                flag=flags, model=name, tokens=tokens, context_tokens=spec.max_position_embeddings)
 
 
 def plot_path(json_path: str) -> str:
@@ -424,8 +448,9 @@ def main(args) -> int:
     results["wall_s"] = time.perf_counter() - t0
     print(table(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        from warmserve.outputs import write_json_atomic
+
+        write_json_atomic(args.json, results, indent=2)
         plot(results, plot_path(args.json))
         print(f"wrote {args.json}")
     return 0

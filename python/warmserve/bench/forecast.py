@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import math
 import os
 import platform
@@ -192,7 +191,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from warmserve.outputs import check_at_least, check_output, check_plot
+    from warmserve.outputs import check_at_least, check_output, check_plot, write_json_atomic
 
     check_at_least("--clients", args.clients, 0)
     check_output("--json", args.json)  # before the minute of fitting, not after it
@@ -261,8 +260,7 @@ def main(args) -> int:
            "traces": os.path.abspath(traces), "dispersion": args.dispersion, "window_s": WINDOW_S, "eval_days": EVAL_DAYS, "series": rows,
            "summary": summary, "goal_peak_mre": 0.073, "wall_s": time.perf_counter() - t_all}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1, default=float)
+        write_json_atomic(args.json, res, indent=1, default=float)
     if args.plot:
         _plot(args.plot, curves, rows)
     return 0

@@ -396,9 +396,10 @@ def main(args) -> int:
     print(f"controller CPU per request: {th['controller_cpu_ms_per_request']:.3f} ms -> at most "
           f"{th['controller_capacity_req_per_s_per_core'] or 0:.0f} req/s per core (engine not the bottleneck)")
     if args.json:
+        from warmserve.outputs import write_json_atomic
+
         out = {k: v for k, v in res.items() if k != "_raw_s"}
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        write_json_atomic(args.json, out, indent=2)
     if plot_path(args):
         plot(res, plot_path(args))
     if args.json:

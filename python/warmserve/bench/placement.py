@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import platform
 import statistics
@@ -202,7 +201,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from warmserve.outputs import check_at_least, check_output
+    from warmserve.outputs import check_at_least, check_output, write_json_atomic
 
     check_at_least("--repeats", args.repeats)  # a median over none fails only after the first size's rounds
     check_output("--json", args.json)
@@ -233,8 +232,7 @@ def main(args) -> int:
                   f"{r['server_rounds_not_laminar']:>11}")
     res["wall_s"] = time.perf_counter() - t_start
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json_atomic(args.json, res, indent=1)
     return 0
 
 

@@ -43,6 +43,7 @@ from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check
                                           history_rows, idle_windows, live_schedule, parse_prewarm_metrics,
                                           plan_live_history, policy_options, replay_marked, split_outcomes,
                                           starts_after, trace_requests, warmup_span_s, with_idle_lead)
+from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.inputs import warmup_trace
 from warmserve.sim.metrics import fold_warmup_starts, pct
@@ -420,6 +421,8 @@ def _main(args) -> int:
                   file=sys.stderr)
             return 2
     options = policy_options(args, policies)
+    if args.endpoint and not args.reuse_live:
+        check_endpoint(args.endpoint, args.api_key or os.environ.get("OPENAI_API_KEY", ""))
     w, served = build_workload(args)
     reqs = replay_requests(w, args.vocab_size, args.seed)
     warm = warmup_requests(w, args.vocab_size, args.seed, warmup_span_s(args))
@@ -478,6 +481,17 @@ def _main(args) -> int:
         print(f"{p}: live p50/p99 TTFT {s['ttft_p50_s']:.3f}/{s['ttft_p99_s']:.3f} s, answered {s['answered']}/"
               f"{s['requests']}, outcomes {s['outcomes']}"
               + (f"; warm-up outcomes {s['warmup']['outcomes']}" if "warmup" in s else ""), file=sys.stderr)
+        if earlier is None and s["requests"] and not s["answered"]:
+            # found in review: a server that answered nothing (a wrong --served-names, a broken cluster) still
+            # gave a table of failures and exit status 0, after the whole replay of every policy
+            if args.json:
+                write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0, warm)
+            where = f"the server at {args.endpoint}" if args.endpoint else f"the cluster (its logs: {log_dir})"
+            print(f"warmserve bench replay: {p}: none of the {s['requests']} requests was answered; {where} said:\n"
+                  + "\n".join(f"  {e}" for e in s.get("error_samples", ["(no error text)"]))
+                  + "\nstopped before the next policy" + (f"; {args.json} holds the policies run" if args.json
+                                                          else ""), file=sys.stderr)
+            return 1
         if cost is not None and not args.endpoint:
             sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost, options[p])
         if args.json:  # after each policy: an error in a later one keeps what this one took minutes to measure
@@ -521,6 +535,8 @@ def _ratios(live: dict, sim: dict) -> dict:
 
 def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s: float, warm=()) -> None:
     """The --json document of the policies run so far."""
+    from warmserve.outputs import write_json_atomic
+
     doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
                         "history_requests": len(w.history), "idle_lead_windows": idle_windows(args), "meta": w.meta},
            "cluster": {"endpoint": args.endpoint, "cpu_workers": args.cpu_workers,
@@ -532,8 +548,40 @@ def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s:
            "sim_ttft_s": {p: np.round(x, 4).tolist() for p, x in sim_ttft.items()}}
     if args.warmup_s > 0:
         doc["workload"].update(warmup_requests=len(warm), warmup_span_s=warmup_span_s(args))
-    with open(args.json, "w") as f:
-        json.dump(doc, f, indent=1, default=_jsonable)
+    write_json_atomic(args.json, doc, indent=1, default=_jsonable)
+
+
+#: how long `bench replay --endpoint` waits for the server's answer to GET /v1/models before the replay, seconds
+ENDPOINT_CHECK_TIMEOUT_S = 5.0
+
+
+def check_endpoint(url: str, api_key: str = "", timeout_s: float = ENDPOINT_CHECK_TIMEOUT_S) -> None:
+    """An --endpoint that answers HTTP at all, asked GET {url}/v1/models, before a replay of minutes per policy
+    (found in review: a wrong URL replayed the whole trace, every request failing, and exited 0). An HTTP error
+    status is an answer, a server without that route, except 401/403: the key is refused, as every request would
+    be. InvalidArgumentError naming the URL and what went wrong."""
+    import urllib.error
+    import urllib.request
+
+    probe = url.rstrip("/") + "/v1/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    # no proxy from the environment: the replay's client (aiohttp, trust_env off) goes straight to the server too
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(probe, headers=headers), timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise InvalidArgumentError(f"--endpoint {url}: GET {probe} answered HTTP {e.code} ({e.reason}): the "
+                                       f"server refuses the key; pass --api-key (or set $OPENAI_API_KEY)",
+                                       flag="--api-key", endpoint=url, status=e.code) from None
+        print(f"warmserve bench replay: --endpoint {url}: GET {probe} answered HTTP {e.code} ({e.reason}); replaying "
+              f"anyway (requests go to {url.rstrip('/')}/v1/completions)", file=sys.stderr)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        why = getattr(e, "reason", None) or e
+        raise InvalidArgumentError(f"--endpoint {url}: GET {probe} got no HTTP answer ({why}; waited up to "
+                                   f"{timeout_s:g} s); give the base URL of a running OpenAI-compatible server, e.g. "
+                                   f"http://127.0.0.1:8000", flag="--endpoint", endpoint=url) from None
 
 
 def log_folder(args) -> str:

@@ -16,7 +16,6 @@ per GPU: NCCL), side by side in one run, ``--repeats`` times each, medians repor
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
 import time
@@ -161,7 +160,7 @@ def run(args) -> dict:
 
 
 def main(args) -> int:
-    from warmserve.outputs import check_output
+    from warmserve.outputs import check_output, write_json_atomic
 
     check_output("--json", args.json)  # before the workers start, not after their runs
     res = run(args)
@@ -178,7 +177,6 @@ def main(args) -> int:
     print(f"on demand / prewarmed: {res['on_demand_over_prewarmed']:.2f}x   "
           f"cold / prewarmed: {res['cold_over_prewarmed']:.2f}x")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json_atomic(args.json, res, indent=2)
         print(f"wrote {args.json}")
     return 0

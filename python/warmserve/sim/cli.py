@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import replace
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.outputs import check_output, check_plot
+from warmserve.outputs import check_output, check_plot, write_json_atomic
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.sim.config import SimConfig
@@ -210,7 +209,33 @@ def plot_cdf(results: dict, path: str, title: str) -> None:
     plot_ttft_cdf([(name, r.ttft_s, "-", None) for name, r in results.items()], path, title)
 
 
+class _Saved:
+    """What the --json holds so far, for the line an interrupt prints: the policies written, those still missing."""
+
+    def __init__(self, path: str | None):
+        self.path, self.done, self.missing = path, [], []
+
+    def line(self) -> str:
+        if not self.path:
+            return "no --json given, nothing saved"
+        if not self.done:
+            return f"nothing written to {self.path} (no policy had finished)"
+        return (f"{self.path} holds the finished policies {', '.join(self.done)}"
+                + (f" (marked partial, missing_policies: {', '.join(self.missing)})" if self.missing else ""))
+
+
 def main(args) -> int:
+    # found in review: Ctrl-C ended in a traceback and lost every policy run so far; now each finished policy is in
+    # --json (``_run_main``) and an interrupt says so in one line, with the shell's status for SIGINT
+    saved = _Saved(args.json)
+    try:
+        return _run_main(args, saved)
+    except KeyboardInterrupt:
+        print(f"warmserve simulate: interrupted; {saved.line()}", file=sys.stderr)
+        return 130
+
+
+def _run_main(args, saved: _Saved) -> int:
     t0 = time.perf_counter()
     policies = [p for p in args.policy.split(",") if p]
     known = policy_names()
@@ -236,6 +261,19 @@ def main(args) -> int:
     check_static_layouts(preset, policies, cost, workloads.values())
     workload = workloads[seeds[0]]
     results, out = {}, {}
+
+    def doc(wall_s: float) -> dict:
+        d = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models],
+             "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
+                         "gpu": cost.gpu.name},
+             "workload": {"requests": len(workload.trace), "duration_s": workload.duration_s,
+                          "meta": workload.meta},
+             "args": run_args(args), "policies": out, "ratios": ratios_of(out, seeds), "wall_s": wall_s}
+        missing = [p for p in policies if p not in out]
+        if missing:  # a run cut short (Ctrl-C, a later policy's error): not to be read as all of --policy
+            d["missing_policies"] = missing
+        return d
+
     for pol in policies:
         runs = [run_once(preset, pol, rate_scale=args.rate_scale, seed=sd, cost=cost, progress=progress,
                          workload=workloads[sd]) for sd in seeds]
@@ -263,6 +301,9 @@ def main(args) -> int:
               + (f", max rate under SLO {s['max_rate_under_slo_rps']:.2f} rps" if "max_rate_under_slo_rps" in s else "")
               + "".join(f"; at target {t}: {r:.2f} rps" for t, r in s.get("max_rate_by_slo_target", {}).items()),
               file=sys.stderr)
+        if args.json:  # after each policy, as `bench replay` does: an interrupt or a later error keeps this one
+            write_json_atomic(args.json, doc(time.perf_counter() - t0), indent=1, default=float)
+            saved.done, saved.missing = list(out), [p for p in policies if p not in out]
     wall = time.perf_counter() - t0
     print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
           f"{cost.gpu.name}, {len(workload.trace)} requests over {workload.duration_s:.0f} s "
@@ -273,14 +314,7 @@ def main(args) -> int:
     print_ratios(ratios)
     print(f"wall {wall:.1f} s")
     if args.json:
-        doc = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models],
-               "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
-                           "gpu": cost.gpu.name},
-               "workload": {"requests": len(workload.trace), "duration_s": workload.duration_s,
-                            "meta": workload.meta},
-               "args": run_args(args), "policies": out, "ratios": ratios, "wall_s": wall}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, default=float)
+        write_json_atomic(args.json, doc(wall), indent=1, default=float)
     if args.plot:
         plot_cdf(results, args.plot, f"TTFT CDF, {preset.name} ({len(workload.trace) / workload.duration_s:.1f} rps)")
     return 0
@@ -330,8 +364,14 @@ def check_args(args) -> None:
                     ("--rate", args.rate)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise bad(flag, v, "give a finite number > 0")
+    if args.alpha is not None and not math.isfinite(args.alpha):  # found in review: NaN failed deep in the recipe
+        raise bad("--alpha", args.alpha, "give a finite power-law exponent, e.g. 1 (the paper's)")
     parse_seeds(args)
     if args.sweep_rate:
+        scales = _parse_floats(args.sweep_rate, "--sweep-rate")
+        if not all(math.isfinite(x) for x in scales):  # nan, inf: "cannot convert float NaN to integer" later
+            raise InvalidArgumentError(f"--sweep-rate {args.sweep_rate}: give finite rate scales, e.g. 0.25,0.5,1,2,4",
+                                       flag="--sweep-rate", value=args.sweep_rate)
         if args.rate_scale != 1.0:
             # the sweep's scales are the rate scales; one more factor on top of them was dropped without a word
             raise InvalidArgumentError(f"--sweep-rate {args.sweep_rate} --rate-scale {args.rate_scale:g}: the sweep's "
@@ -410,8 +450,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
                            "gpu": cost.gpu.name},
                "base_rate_rps": preset.base_rate_rps, "burst_cv": args.burst_cv,
                "policy_options": list(args.policy_option), "args": run_args(args), "sweep": sweep, "wall_s": wall}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, default=float)
+        write_json_atomic(args.json, doc, indent=1, default=float)
     if args.plot:
         from warmserve.sim.plot import plot_rate_sweep
 

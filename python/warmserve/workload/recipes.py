@@ -28,6 +28,9 @@ def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
     """Share of model i proportional to (i+1)^-alpha, summing to 1."""
     if n_models < 1:
         raise InvalidArgumentError(f"need at least one model, got n_models={n_models}")
+    if not math.isfinite(alpha):  # NaN shares ended later in "cannot convert float NaN to integer"
+        raise InvalidArgumentError(f"alpha {alpha}: the power-law exponent must be a finite number, e.g. 1",
+                                   alpha=alpha)
     w = (np.arange(n_models) + 1.0) ** -float(alpha)
     return w / w.sum()
 
@@ -164,8 +167,9 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     if len(names) != n_models:
         raise InvalidArgumentError(f"model_names has {len(names)} names for n_models={n_models}")
     total = (src.rate_rps() if total_rate_rps is None else float(total_rate_rps)) * rate_scale
-    if total <= 0:
-        raise InvalidArgumentError(f"total rate must be > 0, got {total} rps")
+    if not (math.isfinite(total) and total > 0):  # NaN passes `total <= 0` and failed later, naming nothing
+        raise InvalidArgumentError(f"total rate must be a finite number > 0, got {total} rps (rate scale "
+                                   f"{rate_scale})", total_rate_rps=total, rate_scale=rate_scale)
     shares = power_law_shares(n_models, alpha)
     rng = np.random.default_rng(seed)
     period = float(src.arrival_s[-1]) + 1e-6
