@@ -103,7 +103,8 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     ``open(path, "w")`` write left a truncated, invalid JSON where the previous results were (``bench replay
     --reuse-live X.json --json X.json`` lost a 15-minute live run that way). A reader sees the old file or the new
     one, never half of one; on any failure the temporary file is removed and ``path`` is as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # a --json that is a symbolic link: its target is written, as open(path, "w") did
+    folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # made as open(path, "w") makes a file (0666 less the umask), not 0600 as mkstemp would
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -44,6 +44,8 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import PAGE_BYTES
 
 DEFAULT_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
+#: The prompt of each decode run's sequences, tokens.
+DECODE_PROMPT_TOKENS = 16
 
 
 def add_arguments(p) -> None:
@@ -126,7 +128,7 @@ def measure_model(path: str, name: str, pool, *, prefill_tokens, decode_batches,
         for b in decode_batches:
             params = SamplingParams(max_tokens=decode_steps + 2, ignore_eos=True)
             for i in range(b):
-                eng.add_request(f"d{b}-{i}", _prompt(cfg.vocab_size, 16, 1000 + i), params)
+                eng.add_request(f"d{b}-{i}", _prompt(cfg.vocab_size, DECODE_PROMPT_TOKENS, 1000 + i), params)
             eng.step()  # the prefill of all b
             ts = []
             for _ in range(decode_steps):
@@ -335,6 +337,10 @@ def main(args) -> int:
     # before any model is measured: the longest prompt is timed with one token generated after it
     check_fits_context("--prefill-tokens", max(prefill_tokens) + 1, names,
                        f"{max(prefill_tokens)} (the largest) + 1 generated", "lower the largest --prefill-tokens")
+    # and the decode runs: a prompt of DECODE_PROMPT_TOKENS, then --decode-steps + 2 tokens (found in review)
+    check_fits_context("--decode-steps", DECODE_PROMPT_TOKENS + args.decode_steps + 2, names,
+                       f"{DECODE_PROMPT_TOKENS} (the decode runs' prompt) + {args.decode_steps} + 2",
+                       "lower --decode-steps")
     torch.set_num_threads(args.threads)
     paths = write_demo_models(args.demo_dir, names)
     weights = {n: sum(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p) if f.endswith(".safetensors"))

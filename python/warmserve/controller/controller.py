@@ -14,7 +14,6 @@ import asyncio
 import collections
 import dataclasses
 import logging
-import subprocess
 import threading
 import time
 
@@ -28,7 +27,7 @@ from warmserve.controller.groups import GroupManager
 from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
-from warmserve.controller.restarts import WorkerRestarts
+from warmserve.controller.restarts import WorkerRestarts, reap, reap_now
 from warmserve.controller.workers import WorkerHub, WorkerRecord, server_of
 from warmserve.errors import (InvalidArgumentError, NoRoomHereError, TimeoutError_, UnknownModelError, WarmServeError,
                               WorkerLostError)
@@ -45,8 +44,6 @@ ENGINE_STARTS_KEPT = 200
 #: How long a local worker's first process found exited with no Hello seen is given for its Hello to be read before
 #: the start fails, seconds.
 EXIT_GRACE_S = 0.5
-#: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.
-REAP_WAIT_S = 5.0
 
 
 def check_tp_fits(models, widest: int) -> None:
@@ -260,10 +257,10 @@ class Controller(WorkerRestarts):
         registered = {w.ident for w in self.hub.workers.values() if w.alive}
         procs = list(self.local_procs.items())
         if threading.main_thread().is_alive():
-            ends = await asyncio.gather(*(asyncio.to_thread(_reap, proc, ident in registered)
+            ends = await asyncio.gather(*(asyncio.to_thread(reap, proc, ident in registered)
                                           for ident, proc in procs), return_exceptions=True)
         else:  # the interpreter exits (a Cluster never closed, closed by its finalizer): executors take no work
-            ends = [_reap_now(proc, ident in registered) for ident, proc in procs]  # now; they were told to stop
+            ends = [reap_now(proc, ident in registered) for ident, proc in procs]  # now; they were told to stop
         for (ident, _), end in zip(procs, ends):
             # One that cannot be reaped must not keep the others, or the socket, from being closed (found in review:
             # a Ray worker's process, which had no pid, aborted the close and left the port bound).
@@ -394,15 +391,19 @@ class Controller(WorkerRestarts):
             if self.groups.rank_lost(w, req, err):
                 return
             # No room on a co-served instance: on to an instance of the model that serves alone, if there is one.
-            # The driver's send puts it on that worker's table (and it may fail there); off w's after.
-            if isinstance(err, NoRoomHereError) and self.driver.reroute(req.model, req, req.instance_id,
-                                                                        self.now_s()):
-                w.gens.pop(msg.id, None)
-                w.seqs.pop(msg.id, None)
-                self.metrics.rerouted.inc(model=req.model)
-                if req.generated:
-                    self.metrics.resumed.inc(model=req.model, why="no_room")
-                return
+            # Off w's table first: the reroute may lose w (its stop's Deactivate), whose requests start over.
+            if isinstance(err, NoRoomHereError):
+                del w.gens[msg.id]
+                seq = w.seqs.pop(msg.id, None)
+                if self.driver.reroute(req.model, req, req.instance_id, self.now_s(),
+                                       prompt_tokens=req.resume_prompt_tokens):
+                    self.metrics.rerouted.inc(model=req.model)
+                    if req.generated:
+                        self.metrics.resumed.inc(model=req.model, why="no_room")
+                    return
+                w.gens[msg.id] = req  # nothing moved: it ends here below
+                if seq is not None:
+                    w.seqs[msg.id] = seq
             self._end_gen(w, msg.id)
             req.fail(err)
             self._request_done(req, "error")
@@ -582,33 +583,3 @@ class Controller(WorkerRestarts):
         out = views.stats(self)
         out["engine_starts"] = list(self.engine_starts)
         return out
-
-
-def _reap_now(proc, graceful: bool):
-    """``_reap`` on the calling thread: None, or the exception it raised."""
-    try:
-        return _reap(proc, graceful)
-    except Exception as e:
-        return e
-
-
-def _reap(proc, graceful: bool = True) -> None:
-    """Wait for a local worker told to shut down (``graceful``); stop it when it does not."""
-    if graceful:
-        try:
-            proc.wait(timeout=REAP_WAIT_S)
-            return
-        except Exception:  # still running after Shutdown: stop it
-            pass
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=REAP_WAIT_S)
-    except Exception:
-        proc.kill()
-        try:
-            proc.wait(timeout=REAP_WAIT_S)
-        except subprocess.TimeoutExpired:  # stuck in the GPU driver: waiting on would hang the shutdown for good
-            # %s: a Ray worker's pid is None until its Hello
-            log.warning("worker process %s did not exit after SIGKILL; left behind", getattr(proc, "pid", None))

@@ -62,12 +62,13 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
     if not isinstance(cfg, dict):
         raise InvalidArgumentError(f"model {spec.name!r}: {cfg_path} holds JSON {type(cfg).__name__}, not the "
                                    "object of a Hugging Face config", path=cfg_path)
-    cfg = cfg.get("text_config", cfg)
-    # What the workers could never run is refused here, at start, not after three failed starts per request.
+    # What the workers could never run is refused here, at start, not after three failed starts per request. The
+    # top level, as the workers read it (found in review: a multimodal config's text_config passed here).
     try:
         architecture(cfg)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"model {spec.name!r} ({path}): {e.message}", path=path, **e.fields) from None
+    cfg = cfg.get("text_config", cfg)
     files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
     weight_bytes = sum(os.path.getsize(f) for f in files)
     if weight_bytes <= 0:

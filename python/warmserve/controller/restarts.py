@@ -1,6 +1,7 @@
 """Restarts of lost local workers and planned replacements of their processes (a cold start's fresh engine): the
 part of the controller that starts worker processes again. ``WorkerRestarts`` is mixed into ``Controller``, whose
-``__init__`` sets up the state used here (``restarting``, ``_restarts``, ``replacing``, ``engine_starts``).
+``__init__`` sets up the state used here (``restarting``, ``_restarts``, ``replacing``, ``engine_starts``). Also
+how a local worker's process is stopped at the controller's close (``reap``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from warmserve.controller.errors import NoWorkersError
 from warmserve.errors import WarmServeError, WorkerLostError, register
 
 log = logging.getLogger("warmserve.controller")
+
+#: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.
+REAP_WAIT_S = 5.0
 
 
 @register
@@ -231,3 +235,33 @@ class WorkerRestarts:
         self._restart_later(old)
         if old.gpu_id is not None:
             self.driver.lose_gpus([old.gpu_id], self.now_s())
+
+
+def reap_now(proc, graceful: bool):
+    """``reap`` on the calling thread: None, or the exception it raised."""
+    try:
+        return reap(proc, graceful)
+    except Exception as e:
+        return e
+
+
+def reap(proc, graceful: bool = True) -> None:
+    """Wait for a local worker told to shut down (``graceful``); stop it when it does not."""
+    if graceful:
+        try:
+            proc.wait(timeout=REAP_WAIT_S)
+            return
+        except Exception:  # still running after Shutdown: stop it
+            pass
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=REAP_WAIT_S)
+    except Exception:
+        proc.kill()
+        try:
+            proc.wait(timeout=REAP_WAIT_S)
+        except subprocess.TimeoutExpired:  # stuck in the GPU driver: waiting on would hang the shutdown for good
+            # %s: a Ray worker's pid is None until its Hello
+            log.warning("worker process %s did not exit after SIGKILL; left behind", getattr(proc, "pid", None))

@@ -184,13 +184,16 @@ class PolicyDriver:
         if route:
             self.route(model, now_s)
 
-    def reroute(self, model: str, request, refused_on: str, now_s: float) -> bool:
+    def reroute(self, model: str, request, refused_on: str, now_s: float, *, prompt_tokens: int | None = None) -> bool:
         """``request``, sent to instance ``refused_on``, was refused there for want of room (``NoRoomHereError``:
         its KV share, or what its pool frees beside the weights of the instances co-served there): send it to the
         least-loaded ready instance of ``model`` that serves alone on its GPUs (it holds whatever the model's
         context allows), past any route cap, since the alternative is an error. Only from a refuser that shares a
         GPU: an instance alone that refused has no better peer, so a request moves once at most. True when sent;
-        False (nothing changed): the caller fails it and calls ``request_finished``."""
+        False (nothing changed): the caller fails it and calls ``request_finished``. ``prompt_tokens``: what its
+        next instance prefills when it had tokens out (its prompt and them), as ``lose_gpus``'s requeue takes it;
+        None: its prompt as submitted. The caller takes the request off the refuser's books first: the stop of a
+        draining refuser below may lose its worker, whose requests are started over."""
         st = self.state
         inst = st.instances.get(refused_on)
         if inst is None or not self._shares_gpus(inst):
@@ -200,12 +203,14 @@ class PolicyDriver:
         target = min(alone, key=lambda i: (i.in_flight, i.instance_id), default=None)
         if target is None:
             return False
-        self._requeue(model, [(request, None)])  # its prompt counts as waiting again, and _send moves it on
+        self._requeue(model, [(request, prompt_tokens)])  # its prompt counts as waiting again; _send moves it on
         self.state.queues[model].popleft()
         inst.in_flight -= 1
-        if inst.draining and inst.in_flight <= 0:
-            self._finish_stop(inst, now_s)
         self._send(request, target.instance_id, now_s)
+        # after the send (found in review: a stop that lost the refuser's worker started the request over, and it
+        # was sent twice), and only if the refuser is still there to stop
+        if st.instances.get(refused_on) is inst and inst.draining and inst.in_flight <= 0:
+            self._finish_stop(inst, now_s)
         return True
 
     def _shares_gpus(self, inst: InstanceState) -> bool:

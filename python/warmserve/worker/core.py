@@ -289,7 +289,9 @@ class WorkerCore(BackgroundWork, ShardRoles):
         follower's engine is never closed under a step of its thread (waits wait_s at most): False then, and the
         instance stays listed, its model running (nothing binds or maps them) until _tp_housekeeping closes it
         once the thread has ended (at the leader's next plan, which it answers as a lost rank)."""
-        if inst.tp is not None and not inst.follower and inst.broken is None:
+        # Not again when a close is retried (its release failed): the followers stopped at the first (found in
+        # review: the second stop plan waited out the group's timeout)
+        if inst.tp is not None and not inst.follower and inst.broken is None and not inst.engine.closed:
             try:
                 inst.tp.send(inst.engine, stop=True)
             except Exception as e:  # a rank is gone already: nobody to tell

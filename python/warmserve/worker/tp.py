@@ -58,6 +58,9 @@ from ..errors import WarmServeError, register
 
 log = logging.getLogger("warmserve.worker")
 
+#: How long an Activate in a group waits for the follower loop of the instance stopped there to end, seconds.
+HANDOVER_WAIT_S = 10.0
+
 #: Seconds between keep-alive broadcasts of an idle leader (the group's timeout, 30 s by default, must exceed it).
 KEEPALIVE_S = 1.0
 #: Seconds a rank whose engine step raised waits for the others to say theirs raised at the same point
@@ -388,6 +391,13 @@ class ShardRoles:
         from ..engine.engine import DEFAULT_MAX_NUM_SEQS, Engine
 
         group = self.groups.get(msg.group_id)  # without the group there is no one to tell
+        for inst in [i for i in self.instances.values() if i.follower and i.tp.group is group]:
+            if inst.tp.deactivates or inst.tp.closing:
+                # Its stop is on the way: the leader sends it before it votes on this activation, and a follower
+                # that read the Deactivate and this Activate in one drain still lists it (found in review: it
+                # refused, and the leader waited out the group's timeout). Its loop ends at that stop.
+                if inst.tp.join(HANDOVER_WAIT_S):
+                    self._close_instance(inst)
         serving = sorted(n for n, i in self.instances.items() if i.tp is not None and i.tp.group is group)
         if serving:
             # Refused here, with no collective: the group's control channel carries the running instance's plans,
@@ -527,7 +537,7 @@ class ShardRoles:
                         inst.broken = inst.tp.error or errors.WorkerLostError("stopped by its leader")
                     if inst.tp.closing or inst.tp.deactivates:
                         self._close_instance(inst)
-            elif (inst.tp is not None and inst.broken is None and not inst.requests
+            elif (inst.tp is not None and inst.broken is None and not inst.requests and not inst.engine.closed
                   and not inst.engine.has_unfinished() and inst.tp.idle_due(now)):
                 try:
                     inst.tp.send(inst.engine)

@@ -150,6 +150,12 @@ def test_calibrate_refuses_a_prefill_past_a_later_model_s_context_before_measuri
     for says in ("--prefill-tokens", "3000", "llama-20m", "2048"):
         assert says in err, (says, err)
     assert not out.exists()
+    # the decode runs too: a 16-token prompt, then --decode-steps + 2 (found in a review of the check)
+    rc, _, err = _run(["calibrate", "--out", str(out), "--models", "qwen2-30m,llama-20m", "--prefill-tokens", "16",
+                       "--no-fresh-engine", "--repeats", "1", "--decode-batches", "1", "--decode-steps", "2040"],
+                      capsys)
+    assert rc == 2 and "--decode-steps" in err and "llama-20m" in err and "2058" in err, err
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------------- bench switch

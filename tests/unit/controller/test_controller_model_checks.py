@@ -57,6 +57,10 @@ def test_an_architecture_the_engine_does_not_run_is_refused_at_start(tmp_path):
     assert "'gpt2'" in str(e.value) and e.value.path.endswith("gpt2")
     with pytest.raises(UnsupportedModelError, match="hidden_act 'gelu'"):
         controller_model(_checkpoint(tmp_path, "gelu", dict(_demo_config(), hidden_act="gelu")))
+    # a multimodal config, its language model in text_config: the workers read the top level, and refuse it
+    llava = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "text_config": _demo_config()}
+    with pytest.raises(UnsupportedModelError, match="LlavaForConditionalGeneration"):
+        controller_model(_checkpoint(tmp_path, "llava", llava))
 
 
 def test_a_malformed_config_names_its_file(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from warmserve.config import ClusterConfig, ControllerConfig
-from warmserve.controller import controller as controller_module
+from warmserve.controller import restarts as reap_module
 from warmserve.controller.ray_launch import (RayController, RayLauncher, RayNode, RayNodeGoneError, RayWorkerProcess,
                                              plan_slots)
 from warmserve.controller.restarts import WorkerGoneForGoodError
@@ -80,7 +80,7 @@ def test_a_ray_worker_whose_end_is_never_confirmed_is_waited_for_then_left_at_cl
 
 def test_close_with_a_ray_worker_never_confirmed_ends_and_frees_the_port(model, ray_kills, monkeypatch, caplog):
     """Found in review: _reap read the missing pid, close() raised and left the workers' socket bound."""
-    monkeypatch.setattr(controller_module, "REAP_WAIT_S", 0.2, raising=False)
+    monkeypatch.setattr(reap_module, "REAP_WAIT_S", 0.2)
 
     async def main():
         c = make_controller(model)
