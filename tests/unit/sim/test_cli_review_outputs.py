@@ -44,6 +44,11 @@ def test_write_json_atomic_writes_what_json_dump_writes(tmp_path):
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open(path, "w") made it, not mkstemp's 0600
     assert os.listdir(tmp_path) == ["r.json"]
+    # through a symbolic link: its target is written, the link stays (found in review: replaced by a plain file)
+    (tmp_path / "runs").mkdir()
+    os.symlink(path, tmp_path / "runs" / "latest.json")
+    write_json_atomic(str(tmp_path / "runs" / "latest.json"), {"new": 1})
+    assert (tmp_path / "runs" / "latest.json").is_symlink() and json.loads(path.read_text()) == {"new": 1}
 
 
 @pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
