@@ -113,6 +113,15 @@ def counter(url: str, name: str) -> float:
     return sum(v for (n, _), v in metrics(url).items() if n in (name, name + "_total"))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie nobody reaps has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def worker_pids(server_pid: int) -> list[int]:
     """The server's child processes (its local workers), from /proc."""
     kids = []

@@ -24,14 +24,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_cluster_never_closed_is_closed_quietly_at_exit_with_its_workers(tmp_path):
     path = serving.demo_paths((MODEL,))[MODEL]
     script = tmp_path / "unclosed.py"
@@ -45,6 +37,6 @@ def test_a_cluster_never_closed_is_closed_quietly_at_exit_with_its_workers(tmp_p
     assert workers, "the cluster started no worker process"
     assert "Traceback" not in out.stderr and "failed" not in out.stderr, out.stderr[-3000:]
     end = time.monotonic() + 10
-    while any(_alive(p) for p in workers) and time.monotonic() < end:
+    while any(serving.pid_alive(p) for p in workers) and time.monotonic() < end:
         time.sleep(0.1)
-    assert not any(_alive(p) for p in workers)
+    assert not any(serving.pid_alive(p) for p in workers)

@@ -36,14 +36,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie nobody reaps has exited
-    except FileNotFoundError:
-        return False
-
-
 def test_a_port_in_use_is_refused_before_any_worker_starts():
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -68,9 +60,9 @@ def test_sigterm_while_starting_stops_every_worker():
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
         deadline = time.monotonic() + 30
-        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        while any(serving.pid_alive(k) for k in kids) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(k) for k in kids), "a worker outlived the stopped start"
+        assert not any(serving.pid_alive(k) for k in kids), "a worker outlived the stopped start"
     finally:
         if proc.poll() is None:
             proc.kill()
