@@ -9,6 +9,7 @@ the output's folder, as writing it would have.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import tempfile
@@ -97,6 +98,21 @@ def check_at_least(flag: str, value, least=1) -> None:
         raise InvalidArgumentError(f"{flag} {value}: must be at least {least}", flag=flag, value=value)
 
 
+def parse_numbers(text, flag: str, *, positive: bool = False, example: str = "") -> list[float]:
+    """A flag's comma-separated numbers, each finite (and > 0 with ``positive``), or InvalidArgumentError naming
+    the flag (found in review: NaN or a size of -1 GiB ran, and failed or printed nonsense rows later)."""
+    eg = f", e.g. {example}" if example else ""
+    try:
+        values = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{flag} {text!r}: expected comma-separated numbers{eg}", flag=flag) from None
+    bad = [x for x in values if not math.isfinite(x) or (positive and x <= 0)]
+    if bad:
+        raise InvalidArgumentError(f"{flag} {text}: {', '.join(f'{x:g}' for x in bad)}: not a finite number"
+                                   f"{' > 0' if positive else ''}{eg}", flag=flag, value=bad)
+    return values
+
+
 def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     """``json.dump(obj, f, **dump_kwargs)`` into ``path`` all at once: written to a temporary file in the same
     folder, flushed to disk, then renamed onto ``path``. Found in review: an interrupt during a plain
@@ -124,5 +140,5 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
         raise
 
 
-__all__ = ["PlotUnavailableError", "write_json_atomic", "check_output", "check_output_folder", "check_plot",
+__all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "check_output", "check_output_folder", "check_plot",
            "check_at_least"]

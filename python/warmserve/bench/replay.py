@@ -38,12 +38,11 @@ from dataclasses import replace
 import numpy as np
 
 from warmserve.bench.replay_cluster import LiveCluster, exit_on_signals
-from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_reuse, counters_between,
-                                          engine_start_summary, fetch_engine_starts, fetch_prewarm_metrics,
-                                          history_rows, idle_windows, live_schedule, parse_prewarm_metrics,
+from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_endpoint, check_reuse,
+                                          counters_between, engine_start_summary, fetch_engine_starts,
+                                          fetch_prewarm_metrics, history_rows, idle_windows, live_schedule, parse_prewarm_metrics,
                                           plan_live_history, policy_options, replay_marked, split_outcomes,
                                           starts_after, trace_requests, warmup_span_s, with_idle_lead)
-from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.inputs import warmup_trace
 from warmserve.sim.metrics import fold_warmup_starts, pct
@@ -549,39 +548,6 @@ def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s:
     if args.warmup_s > 0:
         doc["workload"].update(warmup_requests=len(warm), warmup_span_s=warmup_span_s(args))
     write_json_atomic(args.json, doc, indent=1, default=_jsonable)
-
-
-#: how long `bench replay --endpoint` waits for the server's answer to GET /v1/models before the replay, seconds
-ENDPOINT_CHECK_TIMEOUT_S = 5.0
-
-
-def check_endpoint(url: str, api_key: str = "", timeout_s: float = ENDPOINT_CHECK_TIMEOUT_S) -> None:
-    """An --endpoint that answers HTTP at all, asked GET {url}/v1/models, before a replay of minutes per policy
-    (found in review: a wrong URL replayed the whole trace, every request failing, and exited 0). An HTTP error
-    status is an answer, a server without that route, except 401/403: the key is refused, as every request would
-    be. InvalidArgumentError naming the URL and what went wrong."""
-    import urllib.error
-    import urllib.request
-
-    probe = url.rstrip("/") + "/v1/models"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    # no proxy from the environment: the replay's client (aiohttp, trust_env off) goes straight to the server too
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(urllib.request.Request(probe, headers=headers), timeout=timeout_s):
-            return
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 403):
-            raise InvalidArgumentError(f"--endpoint {url}: GET {probe} answered HTTP {e.code} ({e.reason}): the "
-                                       f"server refuses the key; pass --api-key (or set $OPENAI_API_KEY)",
-                                       flag="--api-key", endpoint=url, status=e.code) from None
-        print(f"warmserve bench replay: --endpoint {url}: GET {probe} answered HTTP {e.code} ({e.reason}); replaying "
-              f"anyway (requests go to {url.rstrip('/')}/v1/completions)", file=sys.stderr)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        why = getattr(e, "reason", None) or e
-        raise InvalidArgumentError(f"--endpoint {url}: GET {probe} got no HTTP answer ({why}; waited up to "
-                                   f"{timeout_s:g} s); give the base URL of a running OpenAI-compatible server, e.g. "
-                                   f"http://127.0.0.1:8000", flag="--endpoint", endpoint=url) from None
 
 
 def log_folder(args) -> str:

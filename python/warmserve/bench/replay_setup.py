@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -372,3 +373,36 @@ def starts_after(later: list | None, earlier: list | None) -> list | None:
         return None
     seen = {e.get("new_pid") for e in earlier}
     return [e for e in later if e.get("new_pid") not in seen]
+
+
+#: how long `bench replay --endpoint` waits for the server's answer to GET /v1/models before the replay, seconds
+ENDPOINT_CHECK_TIMEOUT_S = 5.0
+
+
+def check_endpoint(url: str, api_key: str = "", timeout_s: float = ENDPOINT_CHECK_TIMEOUT_S) -> None:
+    """An --endpoint that answers HTTP at all, asked GET {url}/v1/models, before a replay of minutes per policy
+    (found in review: a wrong URL replayed the whole trace, every request failing, and exited 0). An HTTP error
+    status is an answer, a server without that route, except 401/403: the key is refused, as every request would
+    be. InvalidArgumentError naming the URL and what went wrong."""
+    import urllib.error
+    import urllib.request
+
+    probe = url.rstrip("/") + "/v1/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    # no proxy from the environment: the replay's client (aiohttp, trust_env off) goes straight to the server too
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(probe, headers=headers), timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise InvalidArgumentError(f"--endpoint {url}: GET {probe} answered HTTP {e.code} ({e.reason}): the "
+                                       f"server refuses the key; pass --api-key (or set $OPENAI_API_KEY)",
+                                       flag="--api-key", endpoint=url, status=e.code) from None
+        print(f"warmserve bench replay: --endpoint {url}: GET {probe} answered HTTP {e.code} ({e.reason}); replaying "
+              f"anyway (requests go to {url.rstrip('/')}/v1/completions)", file=sys.stderr)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        why = getattr(e, "reason", None) or e
+        raise InvalidArgumentError(f"--endpoint {url}: GET {probe} got no HTTP answer ({why}; waited up to "
+                                   f"{timeout_s:g} s); give the base URL of a running OpenAI-compatible server, e.g. "
+                                   f"http://127.0.0.1:8000", flag="--endpoint", endpoint=url) from None

@@ -37,7 +37,6 @@ import time
 import numpy as np
 
 from warmserve.bench.switch_kv import kv_give_back, page_sizes
-from warmserve.errors import InvalidArgumentError
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -500,42 +499,10 @@ def _n(part: dict, *names: str) -> str:
     return "/".join(str(part["repeats"][k]) for k in names)
 
 
-def parse_sizes_gib(text: str) -> list[float]:
-    """--sizes-gib as GiB, each a finite size > 0 (found in review: 0 and -1 were measured, as rows of a 0 and a
-    -1 GiB checkpoint that held one layer)."""
-    try:
-        sizes = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise InvalidArgumentError(f"--sizes-gib {text!r}: expected comma-separated sizes in GiB, e.g. 0.25,1,4",
-                                   flag="--sizes-gib") from None
-    bad = [x for x in sizes if not (math.isfinite(x) and x > 0)]
-    if bad:
-        raise InvalidArgumentError(f"--sizes-gib {text}: {', '.join(f'{x:g}' for x in bad)}: not a size > 0 GiB; give "
-                                   f"sizes > 0, e.g. 0.25,1,4", flag="--sizes-gib", value=bad)
-    return sizes
-
-
-def check_backend(backend: str, device: int) -> None:
-    """--backend cuda on a CUDA device this process can see, as `warmserve worker --device` checks it (found in
-    review: without a GPU, torch.cuda.set_device ended in an AttributeError traceback)."""
-    if backend != "cuda":
-        return
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise InvalidArgumentError("--backend cuda: no CUDA device visible (torch.cuda.is_available() is False); "
-                                   "use --backend host", flag="--backend", device=device, visible=0)
-    if not 0 <= device < count:
-        raise InvalidArgumentError(f"--device {device}: only {count} CUDA device(s) visible (0 to {count - 1}); give "
-                                   f"one of them, or check CUDA_VISIBLE_DEVICES", flag="--device", device=device,
-                                   visible=count)
-
-
 def main(args) -> int:
-    from warmserve.outputs import check_at_least, check_output, check_plot, write_json_atomic
+    from warmserve.outputs import check_at_least, check_output, check_plot, parse_numbers, write_json_atomic
 
-    sizes = parse_sizes_gib(args.sizes_gib)
+    sizes = parse_numbers(args.sizes_gib, "--sizes-gib", positive=True, example="0.25,1,4")  # sizes in GiB
     parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
     unknown = parts - {"activation", "move", "load", "cache", "model", "kv"}
     if unknown:
@@ -543,7 +510,10 @@ def main(args) -> int:
     if "model" in parts and not args.checkpoint:
         raise SystemExit("--parts model needs --checkpoint DIR (e.g. one written by `warmserve models demo --size 1b`)")
     check_at_least("--repeats", args.repeats)  # medians over none fail only after the first parts ran
-    check_backend(args.backend, args.device)
+    if args.backend == "cuda":  # found in review: without a GPU, torch.cuda.set_device's AttributeError traceback
+        from warmserve.worker.main import check_cuda
+
+        check_cuda(f"cuda:{args.device}", fix="use --backend host")
     check_output("--json", args.json)
     if "activation" in parts:  # the plot shows that part alone: without it nothing is drawn
         check_plot("--plot", args.plot)

@@ -75,9 +75,11 @@ def check_device(device: str) -> None:
         raise errors.InvalidArgumentError(f"--device must be cpu or cuda:N, got {device!r}", device=device)
 
 
-def check_cuda(device: str) -> None:
+def check_cuda(device: str, *, flag: str = "--device", fix: str = "use --device cpu") -> None:
     """A CUDA device that this process can see (imports torch). Found in review: cuda:0 on a machine without CUDA
-    failed inside torch with "module 'torch._C' has no attribute '_cuda_setDevice'"."""
+    failed inside torch with "module 'torch._C' has no attribute '_cuda_setDevice'". ``flag`` and ``fix``: how the
+    command that asks names the device, and what to use instead when there is no GPU (`bench switch`: its
+    --backend)."""
     if not device.startswith("cuda"):
         return
     import torch
@@ -85,12 +87,12 @@ def check_cuda(device: str) -> None:
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise errors.InvalidArgumentError(f"--device {device}: no CUDA device visible (torch.cuda.is_available() is "
-                                          "False); use --device cpu", device=device)
-    if index >= count:
-        raise errors.InvalidArgumentError(f"--device {device}: only {count} CUDA device(s) visible (cuda:0 to "
+        raise errors.InvalidArgumentError(f"{flag} {device}: no CUDA device visible (torch.cuda.is_available() is "
+                                          f"False); {fix}", device=device, flag=flag, visible=0)
+    if not 0 <= index < count:
+        raise errors.InvalidArgumentError(f"{flag} {device}: only {count} CUDA device(s) visible (cuda:0 to "
                                           f"cuda:{count - 1}); check CUDA_VISIBLE_DEVICES", device=device,
-                                          visible=count)
+                                          flag=flag, visible=count)
 
 
 def check_args(args: argparse.Namespace) -> None:
