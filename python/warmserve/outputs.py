@@ -140,5 +140,5 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
         raise
 
 
-__all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "check_output", "check_output_folder", "check_plot",
-           "check_at_least"]
+__all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "check_output", "check_output_folder",
+           "check_plot", "check_at_least"]

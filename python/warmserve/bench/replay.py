@@ -40,9 +40,10 @@ import numpy as np
 from warmserve.bench.replay_cluster import LiveCluster, exit_on_signals
 from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_endpoint, check_reuse,
                                           counters_between, engine_start_summary, fetch_engine_starts,
-                                          fetch_prewarm_metrics, history_rows, idle_windows, live_schedule, parse_prewarm_metrics,
-                                          plan_live_history, policy_options, replay_marked, split_outcomes,
-                                          starts_after, trace_requests, warmup_span_s, with_idle_lead)
+                                          fetch_prewarm_metrics, history_rows, idle_windows, live_schedule,
+                                          parse_prewarm_metrics, plan_live_history, policy_options, replay_marked,
+                                          split_outcomes, starts_after, trace_requests, warmup_span_s,
+                                          with_idle_lead)
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.inputs import warmup_trace
 from warmserve.sim.metrics import fold_warmup_starts, pct
