@@ -25,8 +25,15 @@ def test_params_flow_to_the_engine_with_logprobs(cluster):
         assert len(lp.top_ids) == 2 and lp.top_logprobs[0] >= lp.top_logprobs[1]
         assert lp.top_ids[0] == tid and lp.top_logprobs[0] == lp.logprob  # greedy: the most likely token
     same = cluster.generate(MODEL, [5, 17, 300], max_tokens=6, temperature=0)
-    assert same.token_ids == out.token_ids and same.logprobs == ()
+    assert same.token_ids == out.token_ids and same.logprobs == () and same.prompt_logprobs == ()
     assert "".join(cluster.stream(MODEL, [5, 17, 300], params=params)) == out.text
+    # the prompt's own (found in review: accepted, and nowhere in the result): one per token but the first, the
+    # prompt token itself among the alternatives where it is the most likely
+    scored = cluster.generate(MODEL, [5, 17, 300], params=warmserve.SamplingParams(max_tokens=1, prompt_logprobs=1))
+    assert len(scored.prompt_logprobs) == 2
+    for tid, lp in zip([17, 300], scored.prompt_logprobs):
+        assert lp.logprob <= 0 and not math.isnan(lp.logprob) and len(lp.top_ids) == 1
+        assert lp.top_logprobs[0] >= lp.logprob and (lp.top_ids[0] != tid or lp.top_logprobs[0] == lp.logprob)
 
 
 def test_params_and_keywords_together_are_refused(cluster):

@@ -44,6 +44,9 @@ class Completion:
     completion_tokens: int
     #: One ``protocol.TokenLogprobs`` per token of token_ids, when the sampling asked for ``logprobs``; else empty.
     logprobs: tuple = ()
+    #: One ``protocol.TokenLogprobs`` per prompt token but the first (it has nothing before it), when the sampling
+    #: asked for ``prompt_logprobs``; else empty.
+    prompt_logprobs: tuple = ()
 
 
 #: How long a cancelled call waits for its work's own clean-up (an abort sent, workers of a failed start stopped).
@@ -247,8 +250,11 @@ class Cluster:
         gen = TextGeneration(self.controller.submit_nowait(m.name, ids, s), m.tokenizer.decode, s.stop)
         text = await gen.collect()
         lps = tuple(lp for _, _, lp in gen.take_logprobs()) if s.logprobs is not None else ()
+        # found in review: asked for, they had nowhere to go in the result
+        plps = tuple(gen.req.prompt_logprobs) if s.prompt_logprobs is not None else ()
         return Completion(text=text, token_ids=list(gen.text.ids), finish_reason=gen.finish_reason or "stop",
-                          prompt_tokens=len(ids), completion_tokens=gen.completion_tokens, logprobs=lps)
+                          prompt_tokens=len(ids), completion_tokens=gen.completion_tokens, logprobs=lps,
+                          prompt_logprobs=plps)
 
     def stream(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int | None = None,
                temperature: float | None = None, top_p: float | None = None, seed: int | None = None, stop=None,

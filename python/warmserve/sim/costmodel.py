@@ -448,8 +448,16 @@ class CostModel:
         """Defaults (or ``base``) overridden by a profile JSON (see the module doc for the schema)."""
         d = path_or_dict
         if not isinstance(d, dict):
-            with open(d) as f:
-                d = json.load(f)
+            try:
+                with open(d) as f:
+                    d = json.load(f)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise InvalidArgumentError(f"profile {path_or_dict}: not valid JSON ({e}); write it with `warmserve "
+                                           f"calibrate --out`", path=str(path_or_dict)) from None
+            if not isinstance(d, dict):  # found in review: a list was an AttributeError traceback
+                raise InvalidArgumentError(f"profile {path_or_dict}: JSON {type(d).__name__}, not the object (schema "
+                                           f"{SCHEMA!r}) that `warmserve calibrate --out` writes",
+                                           path=str(path_or_dict))
         if d.get("schema") != SCHEMA:
             raise InvalidArgumentError(f"profile schema is {d.get('schema')!r}, expected {SCHEMA!r}",
                                        schema=d.get("schema"))

@@ -146,6 +146,16 @@ def test_profile_with_an_unknown_key_is_refused():
         CostModel.from_profile({"schema": SCHEMA, "gpu": {"hbm_achievable_fraction": 0.0}})
 
 
+@pytest.mark.parametrize("text, says", [("[1, 2]", "JSON list, not the object"), ("{", "not valid JSON")])
+def test_a_profile_file_that_is_no_profile_object_names_the_file(tmp_path, text, says):
+    """Found in review: a profile whose top level was a list ended in an AttributeError traceback."""
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(InvalidArgumentError, match=says) as e:
+        CostModel.from_profile(str(path))
+    assert str(path) in str(e.value) and "warmserve calibrate --out" in str(e.value)
+
+
 def test_engine_limits_are_the_artifacts_and_refuse_zero():
     lim = CostModel().limits
     assert (lim.max_running_seqs, lim.block_size_tokens, lim.max_model_len_tokens, lim.max_batched_tokens) == \
