@@ -210,18 +210,20 @@ def plot_cdf(results: dict, path: str, title: str) -> None:
 
 
 class _Saved:
-    """What the --json holds so far, for the line an interrupt prints: the policies written, those still missing."""
+    """What the --json holds so far, for the line an interrupt prints: the policies (or, of a --sweep-rate, the
+    rate scales) written, and those still missing."""
 
     def __init__(self, path: str | None):
-        self.path, self.done, self.missing = path, [], []
+        self.path, self.done, self.missing, self.unit = path, [], [], "policies"
 
     def line(self) -> str:
         if not self.path:
             return "no --json given, nothing saved"
         if not self.done:
-            return f"nothing written to {self.path} (no policy had finished)"
-        return (f"{self.path} holds the finished policies {', '.join(self.done)}"
-                + (f" (marked partial, missing_policies: {', '.join(self.missing)})" if self.missing else ""))
+            return f"nothing written to {self.path} (none of its {self.unit} had finished)"
+        key = "missing_" + self.unit.replace(" ", "_")
+        return (f"{self.path} holds the finished {self.unit} {', '.join(map(str, self.done))}"
+                + (f" (marked partial, {key}: {', '.join(map(str, self.missing))})" if self.missing else ""))
 
 
 def main(args) -> int:
@@ -256,7 +258,7 @@ def _run_main(args, saved: _Saved) -> int:
     seeds = parse_seeds(args)
     targets = _slo_targets(args.slo_target)
     if args.sweep_rate:
-        return _sweep_main(args, preset, cost, policies, seeds, t0, targets[0])
+        return _sweep_main(args, preset, cost, policies, seeds, t0, targets[0], saved)
     workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}
     check_static_layouts(preset, policies, cost, workloads.values())
     workload = workloads[seeds[0]]
@@ -405,7 +407,7 @@ def _slo_targets(text: str) -> list[float]:
 
 
 def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seeds: list[int], t0: float,
-                target: float) -> int:
+                target: float, saved: _Saved) -> int:
     """``--sweep-rate``: every policy at every rate scale; a table, the JSON and the two-panel plot."""
     scales = parse_numbers(args.sweep_rate, "--sweep-rate")
     band = None
@@ -416,8 +418,26 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
                                        f"e.g. 14,35", flag="--cold-start-band")
     if any(p in STATIC_POLICIES for p in policies) and scales and min(scales) > 0:  # else rate_sweep says why
         check_static_layouts(preset, policies, cost, (preset.build(sc, sd) for sc in scales for sd in seeds))
+    def doc(sweep: dict) -> dict:
+        d = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models], "alpha": preset.alpha,
+             "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
+                         "gpu": cost.gpu.name},
+             "base_rate_rps": preset.base_rate_rps, "burst_cv": args.burst_cv,
+             "policy_options": list(args.policy_option), "args": run_args(args), "sweep": sweep,
+             "wall_s": time.perf_counter() - t0}
+        missing = sorted(set(scales) - set(sweep["rate_scales"]))
+        if missing:  # a sweep cut short: not to be read as all of --sweep-rate
+            d["missing_rate_scales"] = missing
+        return d
+
+    def keep(partial: dict) -> None:  # after each rate scale, as the policy runs keep theirs
+        if args.json:
+            write_json_atomic(args.json, doc(partial), indent=1, default=float)
+            saved.done, saved.missing = partial["rate_scales"], sorted(set(scales) - set(partial["rate_scales"]))
+
+    saved.unit = "rate scales"
     sweep = rate_sweep(preset, policies, scales, seeds=seeds, cost=cost, band_cold_start_s=band, target=target,
-                       progress=not args.quiet)
+                       progress=not args.quiet, on_scale=keep)
     wall = time.perf_counter() - t0
     print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
           f"{cost.gpu.name}, rate sweep over scales {sweep['rate_scales']} of {preset.base_rate_rps:g} rps, seeds "
@@ -436,12 +456,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     print("\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines))
     print(f"wall {wall:.1f} s")
     if args.json:
-        doc = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models], "alpha": preset.alpha,
-               "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
-                           "gpu": cost.gpu.name},
-               "base_rate_rps": preset.base_rate_rps, "burst_cv": args.burst_cv,
-               "policy_options": list(args.policy_option), "args": run_args(args), "sweep": sweep, "wall_s": wall}
-        write_json_atomic(args.json, doc, indent=1, default=float)
+        write_json_atomic(args.json, {**doc(sweep), "wall_s": wall}, indent=1, default=float)
     if args.plot:
         from warmserve.sim.plot import plot_rate_sweep
 

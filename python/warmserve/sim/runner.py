@@ -105,8 +105,10 @@ def highest_rate_meeting(points: list[dict], target: float) -> float:
 
 def rate_sweep(preset: Preset, policies: list[str], scales: list[float], *, seeds: list[int],
                cost: CostModel | None = None, band_cold_start_s: tuple[float, float] | None = None,
-               target: float = 0.99, progress: bool = False) -> dict:
+               target: float = 0.99, progress: bool = False, on_scale=None) -> dict:
     """P99 TTFT and SLO attainment of every policy at every rate scale (ascending), each over ``seeds``.
+    ``on_scale(sweep)``: called after each rate scale with the sweep so far (its ``rate_scales`` those done), so
+    that a caller can keep what an interrupted sweep measured.
 
     With ``band_cold_start_s`` = (low, high), the policies of ``band_policies`` also run with the engine part of a
     cold start set to each end (``CostModel.with_cold_start_s``), stored under ``cold_start_band``. Workloads are
@@ -122,8 +124,19 @@ def rate_sweep(preset: Preset, policies: list[str], scales: list[float], *, seed
     bar = progress_bar(progress, total=n_runs, desc=f"sweep {preset.name}", unit="run", leave=False)
     out = {p: {"points": []} for p in policies}
     band = {p: {"cold_start_s": list(band_cold_start_s), "low": [], "high": []} for p in banded}
+
+    def sweep(done: list[float]) -> dict:
+        pols = {}
+        for p in policies:
+            pols[p] = {"points": out[p]["points"],
+                       "max_swept_rate_under_slo_rps": highest_rate_meeting(out[p]["points"], target)}
+            if p in band:
+                pols[p]["cold_start_band"] = band[p]
+        return {"rate_scales": done, "seeds": list(seeds), "slo_target": target,
+                "engine_init_s": cost.engine_init_s, "policies": pols}
+
     try:
-        for scale in scales:
+        for k, scale in enumerate(scales):
             workloads = {sd: preset.build(scale, sd) for sd in seeds}
             variants = [(p, cost, out[p]["points"]) for p in policies]
             for p in banded:
@@ -141,15 +154,12 @@ def rate_sweep(preset: Preset, policies: list[str], scales: list[float], *, seed
                     if bar is not None:
                         bar.update(1)
                 dest.append(_point(runs, scale, seeds))
+            if on_scale is not None:
+                on_scale(sweep(scales[:k + 1]))
     finally:
         if bar is not None:
             bar.close()
-    for p in policies:
-        out[p]["max_swept_rate_under_slo_rps"] = highest_rate_meeting(out[p]["points"], target)
-        if p in band:
-            out[p]["cold_start_band"] = band[p]
-    return {"rate_scales": scales, "seeds": list(seeds), "slo_target": target,
-            "engine_init_s": cost.engine_init_s, "policies": out}
+    return sweep(scales)
 
 
 def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, seed: int | list[int] = 0,

@@ -159,3 +159,28 @@ def test_the_recipe_refuses_a_non_finite_alpha_or_rate_scale():
         power_law_shares(3, float("nan"))
     with pytest.raises(InvalidArgumentError, match="finite number > 0, got nan"):
         paper_workload("conv", 2, duration_s=60.0, history_days=0, rate_scale=float("nan"))
+
+
+def test_ctrl_c_during_a_rate_sweep_keeps_the_rate_scales_done(tmp_path, monkeypatch, capsys):
+    """A --sweep-rate saves after each rate scale, as the policy runs after each policy (it wrote at the end only,
+    so an interrupt kept nothing)."""
+    from warmserve.sim import runner
+
+    out = tmp_path / "s.json"
+    real = runner.run_once
+
+    def run_once(preset, pol, *, rate_scale, **kw):
+        if rate_scale > 0.5:
+            raise KeyboardInterrupt()
+        return real(preset, pol, rate_scale=rate_scale, **kw)
+
+    monkeypatch.setattr(runner, "run_once", run_once)
+    rc = cli.main(["simulate", "--workload", "paper-code", "--models", "2", "--duration-s", "60", "--no-search",
+                   "--quiet", "--policy", "warmserve", "--sweep-rate", "1,0.5", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "rate scales 0.5" in last and "missing_rate_scales: 1.0" in last, last
+    doc = json.loads(out.read_text())
+    assert doc["sweep"]["rate_scales"] == [0.5] and doc["missing_rate_scales"] == [1.0]
+    assert [p["rate_scale"] for p in doc["sweep"]["policies"]["warmserve"]["points"]] == [0.5]
