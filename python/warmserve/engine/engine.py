@@ -275,9 +275,8 @@ class Engine(PoolNeighbours):
     def kv_stats(self) -> KvStats:
         """Raises ClosedError once closed and released: its cache is gone (a worker answers a request for it with
         the error). A close whose release failed part way still reports the blocks it holds (``close``)."""
-        if self.kv is None:
+        if self.kv is None:  # released: closed too
             self._check_open()
-            raise ClosedError("this engine was closed (deactivated): activate the model again")
         return self.kv.stats(self.scheduler.num_preemptions)
 
     def set_kv_target_free_blocks(self, n: int) -> KvStats:
