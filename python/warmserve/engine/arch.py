@@ -6,10 +6,7 @@ whole ones; these are the ones that need no tensor."""
 
 from __future__ import annotations
 
-import json
-import os
-import struct
-
+from warmserve.engine.safetensors_header import read_raw_header
 from warmserve.errors import InvalidArgumentError, register
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -37,27 +34,8 @@ def architecture(cfg: dict) -> str:
 
 
 def check_weight_sizes(files: list[str]) -> None:
-    """Each safetensors file holds the bytes its header promises (a copy or download cut short does not), or
-    InvalidArgumentError naming the file, its size and what the header needs."""
+    """Each safetensors file has a well-formed header and holds the bytes it promises (a copy or download cut
+    short does not), or CheckpointError (an InvalidArgumentError) naming the file and what is wrong: the worker's
+    own check (``safetensors_header.read_raw_header``), run here without torch."""
     for path in files:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            header = None
-            if 0 <= n <= size - 8:
-                try:
-                    header = json.loads(f.read(n))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    pass
-        if not isinstance(header, dict):
-            raise InvalidArgumentError(f"{path} is not a safetensors file (its {size} bytes hold no header): "
-                                       "copy or download it again", path=path, size_bytes=size)
-        ends = [m["data_offsets"][1] for k, m in header.items() if k != "__metadata__" and isinstance(m, dict)
-                and isinstance(m.get("data_offsets"), list) and len(m["data_offsets"]) == 2
-                and isinstance(m["data_offsets"][1], int)]
-        need = 8 + n + max(ends, default=0)
-        if need > size:
-            raise InvalidArgumentError(f"{path} is {size} bytes, but its header describes {need}: the file was cut "
-                                       "short (copy or download it again)", path=path, size_bytes=size,
-                                       needed_bytes=need)
+        read_raw_header(path)

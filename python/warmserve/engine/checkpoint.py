@@ -1,31 +1,22 @@
 """Reading a Hugging Face checkpoint's safetensors files without loading them: tensor names, dtypes, shapes and
-byte ranges, from each file's header (8-byte little-endian header length, then a JSON table whose
-``data_offsets`` are relative to the end of the header)."""
+byte ranges, from each file's header (read and checked by ``safetensors_header``, which needs no torch)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 from dataclasses import dataclass
 
 import torch
 
-from warmserve.errors import InvalidArgumentError, register
+from warmserve.engine.safetensors_header import CheckpointError, read_raw_header
 
+#: The dtypes the engine loads. A checkpoint may carry tensors of other dtypes that no layer reads (position_ids,
+#: masks, fp8 scales): their byte ranges are still checked against the file (safetensors_header.DTYPE_BYTES).
 ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-#: Bytes per element of the safetensors dtypes the engine does not load: a checkpoint may carry such tensors that
-#: no layer reads (position_ids, masks, fp8 scales); their byte ranges are still checked against the file.
-OTHER_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
-                     "I32": 4, "U32": 4, "I64": 8, "U64": 8, "C64": 8}
-#: Largest header we accept; real ones are a few hundred KiB.
-MAX_HEADER_BYTES = 100 << 20
 
-
-@register
-class CheckpointError(InvalidArgumentError):
-    """A checkpoint file is missing, malformed or does not match config.json."""
+__all__ = ["CheckpointError", "ST_DTYPES", "TensorInfo", "checkpoint_dtype", "read_header", "read_tensors",
+           "safetensors_files"]
 
 
 @dataclass(frozen=True)
@@ -44,57 +35,10 @@ class TensorInfo:
 
 
 def read_header(path: str) -> dict[str, TensorInfo]:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)", path=path)
-        (n,) = struct.unpack("<Q", head)
-        if n > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{path}: header length {n} does not fit the {size}-byte file", path=path)
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: header is not JSON ({e})", path=path) from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: header is JSON {type(header).__name__}, not an object mapping tensor names to "
-                              "entries (not a safetensors file, or a damaged one)", path=path)
-    data_start = 8 + n
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"{path}: tensor {name}'s entry is {meta!r}, not an object with dtype, shape and "
-                                  "data_offsets", path=path, tensor=name)
-        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in meta]
-        if missing:
-            raise CheckpointError(f"{path}: tensor {name}'s entry lacks {', '.join(missing)}", path=path, tensor=name,
-                                  missing=missing)
-        if not isinstance(meta["dtype"], str):
-            raise CheckpointError(f"{path}: tensor {name} has dtype {meta['dtype']!r}, not a safetensors dtype name",
-                                  path=path, tensor=name)
-        dt = ST_DTYPES.get(meta["dtype"])
-        shape, offsets = meta["shape"], meta["data_offsets"]
-        if not _int_list(shape) or min(shape, default=0) < 0 or not _int_list(offsets) or len(offsets) != 2 \
-                or offsets[0] < 0:
-            raise CheckpointError(f"{path}: tensor {name} has shape {shape!r} and data_offsets {offsets!r}; they must "
-                                  "be lists of non-negative integers (data_offsets: [begin, end])", path=path,
-                                  tensor=name)
-        shape = tuple(shape)
-        begin, end = offsets
-        esize = dt.itemsize if dt is not None else OTHER_DTYPE_BYTES.get(meta["dtype"])
-        # a dtype unknown here (sub-byte, or newer than this list) has no size to check: its range must fit the file
-        nbytes = end - begin if esize is None else math.prod(shape) * esize
-        if end < begin or end - begin != nbytes or data_start + end > size:
-            raise CheckpointError(f"{path}: tensor {name} byte range [{begin}, {end}) is inconsistent with shape "
-                                  f"{list(shape)} or the file size {size}", path=path, tensor=name)
-        out[name] = TensorInfo(name, path, dt, shape, data_start + begin, nbytes, meta["dtype"])
-    return out
-
-
-def _int_list(x) -> bool:
-    return isinstance(x, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in x)
+    """Every tensor of the safetensors file at `path`, checked as ``safetensors_header.read_raw_header`` checks
+    them (the controller's check at start is the same), with its torch dtype where the engine loads it."""
+    return {name: TensorInfo(name, path, ST_DTYPES.get(t.st_dtype), t.shape, t.file_offset, t.nbytes, t.st_dtype)
+            for name, t in read_raw_header(path).items()}
 
 
 def safetensors_files(path: str) -> list[str]:

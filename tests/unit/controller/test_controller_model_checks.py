@@ -81,6 +81,22 @@ def test_a_truncated_shard_is_refused_with_its_sizes(tmp_path):
         controller_model(_checkpoint(tmp_path, "junk", weights=b"\xff" * 16))
 
 
+@pytest.mark.parametrize("entry, words", [
+    ({"dtype": "F32", "shape": [1000], "data_offsets": [0, 3000]}, "inconsistent with shape"),
+    ({"dtype": "F32", "shape": [1000]}, "lacks data_offsets"),
+    ({"dtype": "F32", "shape": "1000", "data_offsets": [0, 4000]}, "lists of non-negative integers"),
+])
+def test_a_header_the_workers_refuse_is_refused_at_start(tmp_path, entry, words):
+    """The controller reads a header as the worker's load does (one torch-free reader, ``safetensors_header``): a
+    byte range that disagrees with its shape, an entry without offsets, a shape that is no list passed the size
+    check alone, and every request then failed at the workers."""
+    header = json.dumps({"w": entry}).encode()
+    weights = struct.pack("<Q", len(header)) + header + bytes(4000)
+    with pytest.raises(InvalidArgumentError, match=words) as e:
+        controller_model(_checkpoint(tmp_path, "bad", weights=weights))
+    assert e.value.path.endswith("model.safetensors") and e.value.tensor == "w"
+
+
 def test_the_checks_import_no_torch():
     code = ("import sys; import warmserve.controller.models, warmserve.engine.arch; "
             "print('torch' in sys.modules)")
