@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from warmserve.config import ModelSpec
-from warmserve.engine.arch import UnsupportedModelError, architecture, check_weight_sizes
+from warmserve.engine.arch import UnsupportedModelError, architecture, check_weight_sizes, config_value
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import DTYPE_BYTES, kv_bytes_per_token
 
@@ -65,7 +65,7 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
     # What the workers could never run is refused here, at start, not after three failed starts per request. The
     # top level, as the workers read it (found in review: a multimodal config's text_config passed here).
     try:
-        architecture(cfg)
+        arch = architecture(cfg)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"model {spec.name!r} ({path}): {e.message}", path=path, **e.fields) from None
     cfg = cfg.get("text_config", cfg)
@@ -95,7 +95,7 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         spec=ModelSpec(path=path, name=spec.name, tp=spec.tp, dtype=spec.dtype),
         tokenizer=tokenizer,
         max_token_chars=tokenizer.max_token_chars,
-        max_context=int(cfg.get("max_position_embeddings", 2048)),
+        max_context=int(config_value(cfg, "max_position_embeddings", arch)),
         weight_bytes=weight_bytes,
         kv_bytes_per_token=kv,
     )

@@ -33,6 +33,23 @@ def architecture(cfg: dict) -> str:
     return arch
 
 
+#: What transformers' configuration class of each architecture gives a key that config.json leaves out, where the
+#: classes differ (transformers 5.24 LlamaConfig, Qwen2Config, MistralConfig; found in review: a Mistral config
+#: without sliding_window attended over the whole context where transformers slides over 4096 tokens, and every
+#: missing context length was Llama's 2048).
+ARCH_DEFAULTS = {"LlamaForCausalLM": {"max_position_embeddings": 2048},
+                 "Qwen2ForCausalLM": {"max_position_embeddings": 32768, "sliding_window": 4096},
+                 "MistralForCausalLM": {"max_position_embeddings": 131072, "sliding_window": 4096}}
+
+
+def config_value(cfg: dict, key: str, arch: str | None = None):
+    """``cfg[key]``, or what transformers' class for the architecture (``arch``, else ``cfg``'s) gives it when
+    config.json leaves it out: None where that class has no default of its own here."""
+    if key in cfg:
+        return cfg[key]
+    return ARCH_DEFAULTS[arch or architecture(cfg)].get(key)
+
+
 def check_weight_sizes(files: list[str]) -> None:
     """Each safetensors file has a well-formed header and holds the bytes it promises (a copy or download cut
     short does not), or CheckpointError (an InvalidArgumentError) naming the file and what is wrong: the worker's

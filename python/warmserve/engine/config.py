@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from warmserve.engine.arch import UnsupportedModelError, architecture
+from warmserve.engine.arch import UnsupportedModelError, architecture, config_value
 from warmserve.errors import InvalidArgumentError
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -114,15 +114,18 @@ class ModelConfig:
                                         rope_type=rope_type)
         if float(rope.pop("partial_rotary_factor", 1.0)) != 1.0:
             raise UnsupportedModelError("partial_rotary_factor below 1 is not supported", rope_params=rope)
-        max_pos = int(cfg.get("max_position_embeddings", 2048))
+        max_pos = int(config_value(cfg, "max_position_embeddings", arch))
         if rope_type in ("llama3", "yarn") and rope.get("original_max_position_embeddings") is None:
             # as transformers fills it; Hub configs of both kinds often leave it out
             rope["original_max_position_embeddings"] = max_pos
         _check_rope_params(rope_type, rope)
 
         sliding = 0
-        if cfg.get("sliding_window") and (arch == "MistralForCausalLM" or cfg.get("use_sliding_window")):
-            sliding = int(cfg["sliding_window"])
+        # transformers' Mistral always slides, Qwen2 when use_sliding_window says so, Llama never (its attention
+        # reads no window, whatever config.json holds)
+        window = config_value(cfg, "sliding_window", arch)
+        if window and (arch == "MistralForCausalLM" or (arch == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"))):
+            sliding = int(window)
             if arch == "Qwen2ForCausalLM" and not _qwen2_all_layers_slide(cfg):
                 sliding = 0
 

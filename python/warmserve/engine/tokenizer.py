@@ -1,10 +1,11 @@
 """Tokenizer: a checkpoint's tokenizer.json through the `tokenizers` library, with its chat template.
 
-The chat template comes from tokenizer_config.json (a string, or a list of named templates of which "default" is
-used) or from chat_template.jinja beside it, and is rendered as Hugging Face's ``apply_chat_template`` renders it:
-jinja2's immutable sandbox, blocks trimmed, loop controls, variables a template tests but nobody passed
-(``tools``, ``message.tool_calls``) undefined and false, ``raise_exception``, ``strftime_now`` and a ``tojson``
-that keeps non-ASCII text. A template that refuses the messages (``raise_exception``, e.g. a system message a
+The chat template comes from chat_template.jinja beside tokenizer.json, else from tokenizer_config.json (a
+string, or a list of named templates of which "default" is used), and is rendered as Hugging Face's
+``apply_chat_template`` renders it: jinja2's immutable sandbox, blocks trimmed, loop controls, ``{% generation %}``
+blocks, ``tools`` and ``documents`` None, the named special tokens, variables a template tests but nobody passed
+(``message.tool_calls``) undefined and false, ``raise_exception``, ``strftime_now`` and a ``tojson`` that keeps
+non-ASCII text. A template that refuses the messages (``raise_exception``, e.g. a system message a
 model has no role for) is the client's error, not a reason to send another prompt. Without a template, messages
 are joined as "role: content" lines ending with "assistant:".
 
@@ -52,10 +53,13 @@ class Tokenizer:
             ids.append(own)
         #: Token ids that end a generation: generation_config.json's (else config.json's) and eos_token's.
         self.eos_token_ids: tuple[int, ...] = tuple(ids)
-        bos_tok = self.config.get("bos_token")
-        if isinstance(bos_tok, dict):
-            bos_tok = bos_tok.get("content")
-        self.bos_token: str | None = bos_tok
+        #: The named special tokens (bos_token, pad_token, ...) tokenizer_config.json sets, as text: in scope of the
+        #: chat template, as transformers renders it (found in review: only bos and eos were, so a template reading
+        #: pad_token rendered nothing).
+        self.special_tokens: dict[str, str] = {
+            k: v for k in SPECIAL_TOKEN_NAMES
+            if isinstance(v := _token_text(self.config.get(k)), str)}
+        self.bos_token: str | None = self.special_tokens.get("bos_token")
         self.eos_token: str | None = eos_tok
         self.chat_template: str | None = _pick_template(self.config.get("chat_template"), self.dir)
         self._template = None
@@ -139,8 +143,11 @@ class Tokenizer:
                 raise InvalidArgumentError(f"this model's chat template does not parse ({type(e).__name__}: {e}): "
                                            f"fix chat_template in {self.dir}", param="messages") from None
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+            # tools and documents None, not undefined, as transformers passes them: an undefined one passes a
+            # template's "tools is not none" (found in review: every plain chat got the tool section)
+            return self._template.render(**{"bos_token": "", "eos_token": "", **self.special_tokens},
+                                         messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+                                         documents=None)
         except jinja2.TemplateError as e:
             raise InvalidArgumentError(f"this model's chat template could not render these messages "
                                        f"({type(e).__name__}: {e})", param="messages") from None
@@ -255,18 +262,48 @@ _BYTE_OF_CHAR = _byte_of_char()
 
 
 def _pick_template(value, directory: str) -> str | None:
-    """The chat template: tokenizer_config.json's string, or the "default" one of its list of named templates;
-    else chat_template.jinja in the checkpoint (where newer checkpoints keep it)."""
-    if isinstance(value, list):
-        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
-        value = named.get("default")
-    if isinstance(value, str) and value:
-        return value
+    """The chat template: chat_template.jinja in the checkpoint (where newer checkpoints keep it; it wins over
+    tokenizer_config.json's, as in transformers: found in review, a template updated in the file alone was not
+    used), else tokenizer_config.json's string, or the "default" one of its list of named templates."""
     path = os.path.join(directory, "chat_template.jinja")
     if os.path.isfile(path):
         with open(path) as f:
-            return f.read() or None
-    return None
+            text = f.read()
+        if text:
+            return text
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) and value else None
+
+
+#: The named special tokens transformers puts in a chat template's scope (its SPECIAL_TOKENS_ATTRIBUTES).
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _token_text(entry) -> str | None:
+    """A special token's text from tokenizer_config.json: a string, or an AddedToken object's content."""
+    return entry.get("content") if isinstance(entry, dict) else entry
+
+
+def _generation_extension():
+    """The ``{% generation %}...{% endgeneration %}`` block of templates that mark assistant turns (transformers
+    uses it for assistant-token masks): its body rendered as is (found in review: such a template did not parse)."""
+    import jinja2.ext
+    import jinja2.nodes
+
+    class Generation(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    return Generation
 
 
 def _environment():
@@ -277,7 +314,8 @@ def _environment():
     import jinja2.sandbox
 
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=[jinja2.ext.loopcontrols])
+                                                       extensions=[jinja2.ext.loopcontrols,
+                                                                   _generation_extension()])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_template_error
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)

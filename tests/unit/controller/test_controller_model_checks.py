@@ -97,6 +97,15 @@ def test_a_header_the_workers_refuse_is_refused_at_start(tmp_path, entry, words)
     assert e.value.path.endswith("model.safetensors") and e.value.tensor == "w"
 
 
+def test_a_missing_context_length_is_the_architectures_default(tmp_path):
+    """As transformers fills it, and the workers do (``engine.arch.config_value``): Llama's 2048 was taken for
+    every architecture (found in review)."""
+    cfg = {k: v for k, v in _demo_config().items() if k != "max_position_embeddings"}
+    assert controller_model(_checkpoint(tmp_path, "llama", cfg)).max_context == 2048
+    cfg.update(architectures=["MistralForCausalLM"], model_type="mistral")
+    assert controller_model(_checkpoint(tmp_path, "mistral", cfg)).max_context == 131072
+
+
 def test_the_checks_import_no_torch():
     code = ("import sys; import warmserve.controller.models, warmserve.engine.arch; "
             "print('torch' in sys.modules)")

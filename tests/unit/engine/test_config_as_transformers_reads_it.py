@@ -97,3 +97,27 @@ def test_llama_still_reads_attention_bias_and_mlp_bias(tiny_dir):
     assert (c.qkv_bias, c.o_bias, c.mlp_bias) == (True, True, True)
     q = ModelConfig.from_dict(dict(config_dict(QWEN2), attention_bias=True, mlp_bias=True))
     assert (q.qkv_bias, q.o_bias, q.mlp_bias) == (True, False, False)
+
+
+@pytest.mark.parametrize("spec, fields", [
+    (DemoSpec("mistral", 64, 128, 2, 4, 1, vocab_size=TINY_VOCAB), {}),
+    (QWEN2, {"use_sliding_window": True, "max_window_layers": 0}),
+    (DemoSpec("llama", 64, 128, 2, 4, 2, vocab_size=TINY_VOCAB), {"use_sliding_window": True, "sliding_window": 16}),
+], ids=["mistral", "qwen2-sliding", "llama-with-a-window"])
+def test_keys_config_json_leaves_out_take_transformers_defaults_per_architecture(tmp_path, spec, fields):
+    """Found in review: a Mistral config without sliding_window attended over the whole context (transformers
+    slides over 4096 tokens), every missing max_position_embeddings was Llama's 2048 (Qwen2's is 32768,
+    Mistral's 131072), and a Llama config's window was applied, which transformers' Llama never reads."""
+    from transformers import AutoConfig
+
+    cfg = dict(config_dict(spec), **fields)
+    for key in ("sliding_window", "max_position_embeddings"):
+        if key not in fields:
+            cfg.pop(key, None)
+    path = write_checkpoint(str(tmp_path), "m", cfg)
+    ours, theirs = ModelConfig.from_dir(path), AutoConfig.from_pretrained(path)
+    assert ours.max_position_embeddings == theirs.max_position_embeddings
+    slides = spec.model_type != "llama"
+    assert ours.sliding_window == (theirs.sliding_window if slides else 0)
+    if slides:
+        assert ours.sliding_window == 4096

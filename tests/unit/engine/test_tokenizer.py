@@ -121,3 +121,35 @@ def test_a_completion_prompt_gets_the_tokenizers_bos_and_a_chat_does_not_get_it_
     ref = theirs.apply_chat_template(MSGS, tokenize=True, add_generation_prompt=True)
     ref = ref["input_ids"] if isinstance(ref, dict) or hasattr(ref, "keys") else ref
     assert chat == list(ref) and chat[0] == bos and chat[1] != bos
+
+
+# Found in review (each rendered differently from transformers, or not at all): a template marking assistant turns
+# with {% generation %} did not parse; tools and documents were undefined where transformers passes None (an
+# undefined one passes "is not none"); special tokens other than bos and eos were not in scope; and a
+# chat_template.jinja lost to tokenizer_config.json's template, where transformers gives the file priority.
+GENERATION_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}"
+    "{{ m['content'] }}{% endgeneration %}<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+NONE_GUARDED_TEMPLATE = (
+    "{% if tools is not none %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>{% endif %}"
+    "{% if documents is not none %}<docs/>{% endif %}{{ pad_token }}{{ unk_token }}|"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+
+
+@pytest.mark.parametrize("template, jinja_file, starts", [
+    (GENERATION_TEMPLATE, None, "<|im_start|>user\nnaïve"),
+    (NONE_GUARDED_TEMPLATE, None, "<pad><unk>|user: naïve"),
+    ("OLD{% for m in messages %}{{ m['content'] }}{% endfor %}", "NEW{% for m in messages %}<{{ m['role'] }}>"
+     "{{ m['content'] }}{% endfor %}", "NEW<user>naïve"),
+], ids=["generation-block", "tools-none-and-special-tokens", "jinja-file-first"])
+def test_templates_render_as_transformers_renders_them_found_in_review(tmp_path, demo_dir, template, jinja_file,
+                                                                       starts):
+    path = _checkpoint(tmp_path, demo_dir, template, jinja_file=jinja_file)
+    with open(os.path.join(path, "tokenizer_config.json")) as f:
+        cfg = json.load(f)
+    cfg.update(pad_token="<pad>", unk_token={"__type": "AddedToken", "content": "<unk>", "special": True})
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ours = Tokenizer(path).apply_chat_template(MSGS)
+    assert ours == _theirs(path, MSGS)
+    assert ours.startswith(starts), ours
