@@ -346,8 +346,13 @@ class CostModel:
         lengths = list(lengths)
         if not c.prefill_table or not lengths:
             return self.prefill_s(c, sum(lengths))
-        fixed_s = prefill_fixed_s(c.prefill_table) * self.gpu.compute_scale
-        return sum(self.prefill_s(c, n) for n in lengths) - (len(lengths) - 1) * fixed_s
+        return sum(self.prefill_s(c, n) for n in lengths) - (len(lengths) - 1) * self.prefill_fixed_part_s(c)
+
+    def prefill_fixed_part_s(self, c: ModelCost) -> float:
+        """The part of a prefill step that does not grow with its tokens (the table's, ``prefill_fixed_s``, or
+        ``prefill_base_s``), times ``gpu.compute_scale``: what a chunk beside a decode batch does not pay again."""
+        fixed = prefill_fixed_s(c.prefill_table) if c.prefill_table else c.prefill_base_s
+        return fixed * self.gpu.compute_scale
 
     def decode_step_s(self, c: ModelCost, batch: int, context_tokens: int | None = None) -> float:
         """Seconds of one decode step of ``batch`` running sequences.

@@ -165,6 +165,23 @@ def test_chunked_prefill_splits_the_prompt_and_mixes_decode_steps():
     assert sim2.first[1] - 5.0 < 2 * 0.015 + 1000 * per_token + 0.015 + 0.002  # at most one step in progress
 
 
+def test_a_chunk_beside_decode_pays_the_per_token_part_of_a_measured_table():
+    """With a measured table the fixed part is prefill_fixed_s (15 ms here), as prefill_batch_s splits a batch.
+    256-token steps: the first prompt alone, then the second in two chunks of 255 and 1 tokens, each beside one
+    decode token of the first: decode step + prefill(chunk) - 15 ms each (the 1-token chunk: the table's first
+    point, 20 ms, less 15). Found in review: the table's first point was taken off instead of its fixed part, so
+    each such step (the replay twin's) was 5 ms short here."""
+    base = CostModel()
+    table = ((16, 0.02), (64, 0.035), (256, 0.1), (512, 0.25))
+    cost = replace(base, models={**base.models, MODEL: replace(base.cost(MODEL), prefill_table=table)})
+    cost = replace(cost, kv_map_s_per_gib=0.0)  # the second prompt's KV pages mapped for free, to isolate the steps
+    sim, _ = _run([0.0, 0.0], 256, 20, cost=cost, chunked_prefill_tokens=256)
+    decode = [0.015 + ctx * 524288 / (3.35e12 * 0.68) for ctx in (257, 258)]  # one sequence's KV read
+    prefill_255 = 0.035 + (255 - 64) * (0.1 - 0.035) / (256 - 64)
+    assert sim.first[1] - sim.first[0] == pytest.approx(sum(decode) + (prefill_255 - 0.015) + (0.02 - 0.015),
+                                                        rel=1e-9)
+
+
 def test_requests_on_a_lost_gpu_resume_after_their_tokens_on_another_instance():
     """Three 1000-token prompts decode 200 tokens on the first of two instances; its GPU is lost at t = 2 s. They
     keep their first-token times, and the other instance prefills each prompt with the g tokens it had out
