@@ -319,7 +319,7 @@ class Controller(WorkerRestarts):
         self.model(model)
         if self.closing:
             raise OverloadedError("the server is shutting down and takes no new requests")
-        if not any(w.ready for w in self.gpu_workers) and not self.restarting and not self.replacing:
+        if not self._workers_serve_or_come():
             raise NoWorkersError(
                 "no live worker can serve requests right now; the controller waits for workers to (re)join",
                 workers=len(self.gpu_workers))
@@ -522,9 +522,8 @@ class Controller(WorkerRestarts):
             self.driver.lose_gpus([w.gpu_id], now, [(r.model, r, r.resume_prompt_tokens) for r in requeue])
         # A worker being replaced comes back, as a restarting one does (submit_nowait counts both): found in review,
         # a remote worker lost while a local one's fresh engine started failed the requests waiting for it. So does a
-        # rejoining one, admitted again right after this.
-        if (not any(x.ready for x in self.gpu_workers) and not self.restarting and not self.replacing
-                and not w.rejoins):
+        # rejoining one, admitted again right after this, and one being admitted.
+        if not self._workers_serve_or_come() and not w.rejoins:
             # Nothing left to serve them: say so now rather than at the request timeout.
             for model in self.models:
                 self.driver.fail_waiting(model, NoWorkersError(

@@ -30,6 +30,14 @@ class WorkerGoneForGoodError(WarmServeError):
 class WorkerRestarts:
     """Restart and replacement of local worker processes, on the Controller (``self``)."""
 
+    def _workers_serve_or_come(self) -> bool:
+        """Whether a worker serves, or one is on its way: restarting, being replaced, or admitted now (its Hello
+        came: a new worker joining, a rejoining one). Without one, waiting requests fail at once. Found in review:
+        admissions were not counted, so a request during a rejoin's admission got a 503, and the loss of the last
+        ready worker failed the requests a joining one was a moment from serving."""
+        return (any(w.ready for w in self.gpu_workers) or bool(self.restarting) or bool(self.replacing)
+                or any(w.alive and not w.ready for w in self.hub.workers.values()))
+
     def _restart_later(self, lost: WorkerRecord) -> None:
         """Restart a lost local worker unless the controller closes or a restart under its routing id runs."""
         if not self.closing and lost.ident not in self.restarting:
@@ -105,7 +113,7 @@ class WorkerRestarts:
         self.local_procs.pop(lost.ident, None)
         if self.restarting.get(lost.ident) is back:
             del self.restarting[lost.ident]
-        if not any(x.ready for x in self.gpu_workers) and not self.restarting and not self.replacing:
+        if not self._workers_serve_or_come():
             for model in self.models:
                 self.driver.fail_waiting(model, NoWorkersError(
                     f"every worker is lost and {lost!r} cannot be started again ({error}); retry when workers "

@@ -80,7 +80,9 @@ class Peer:
         if isinstance(msg, P.GetStats):
             await self.send(P.Stats(id=msg.id, worker_id=self.wid, device="cpu", pid=self.pid, uptime_s=1.0,
                                     pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30},
-                                    models=[], instances=[], in_flight=0))
+                                    models=[], in_flight=0, instances=[  # what it runs, as a worker's do
+                                        P.WorkerInstance(name=n, in_flight=0, shared=shared, group_id=g)
+                                        for n, (shared, g) in self.instances.items()]))
         elif isinstance(msg, P.Prewarm):
             if self.fail_prewarm:
                 await self.send(P.Error.of(msg.id, WarmServeError("disk on fire")))
