@@ -385,6 +385,7 @@ class Controller(WorkerRestarts):
         elif isinstance(msg, P.Error):
             req = w.gens.get(msg.id)
             if req is None:  # moved already (a lost rank's other requests), or a bug
+                w.seqs.pop(msg.id, None)  # its stream's last word (found in review: one entry leaked per request)
                 log.info("%r: error for a request not on it (%d): %s", w, msg.id, msg.message)
                 return
             err = msg.exception()

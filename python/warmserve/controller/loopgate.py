@@ -41,7 +41,17 @@ class LoopGate:
         self.thread.start()
 
     def _run(self) -> None:
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        except BaseException:
+            # The thread ends without stop_loop (a callback raised SystemExit): the gate shuts and what was handed
+            # in fails now (found in review: it waited until someone called stop_loop, or for ever)
+            with self._lock:
+                self._open = False
+                left = list(self._pending)
+            for fut in left:
+                _fail(fut)
+            raise
         if not self._open:  # stopped by stop_loop: what the loop left is unwound here, on the loop's own thread
             self._unwind()
 

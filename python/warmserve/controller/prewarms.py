@@ -41,11 +41,21 @@ class LivePrewarm:
                      for r, w in enumerate(self.workers)]
 
     async def wait(self, timeout_s: float) -> None:
-        """Until every shard is loaded; raises the first failure."""
-        for fut in self.futs:
-            reply = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-            if isinstance(reply, P.Error):
-                raise reply.exception()
+        """Until every shard is loaded, within ``timeout_s`` in all (asyncio.TimeoutError); raises the first failure
+        to arrive, whichever rank's. Found in review: the ranks were awaited in turn, each with the whole timeout,
+        so a rank refused at once was seen only after rank 0's load, and a load could wait tp x the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        pending = set(self.futs)  # the futures themselves are never cancelled here: others read them (holders)
+        while pending:
+            left_s = deadline - loop.time()
+            if left_s <= 0:
+                raise asyncio.TimeoutError(f"{len(pending)} shard(s) of {self.model!r} not loaded in {timeout_s:g} s")
+            done, pending = await asyncio.wait(pending, timeout=left_s, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                reply = fut.result()
+                if isinstance(reply, P.Error):
+                    raise reply.exception()
 
     def holders(self) -> list[WorkerRecord]:
         """The workers that may hold a shard of it: all but those whose Prewarm was answered with an error (nothing

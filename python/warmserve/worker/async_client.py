@@ -116,40 +116,50 @@ class AsyncWorkerClient:
         if self._sock is not None:
             return
         self._ctx, self._sock = _dealer(zmq.asyncio.Context(), self.endpoint, self.hwm, *self._curve_keys)
-        self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
         self._last_heard = time.monotonic()
+        self._lost = None  # a client used again after close() starts afresh, as before
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._receiver()), loop.create_task(self._heartbeats())]
+        # The tasks hold the client weakly (found in review: bound methods kept a client dropped without close()
+        # alive for the loop's life, heartbeating its worker for ever); its finalizer ends them with the socket.
+        ref = weakref.ref(self)
+        self._tasks = [loop.create_task(_receive_loop(ref, self._sock)),
+                       loop.create_task(_heartbeat_loop(ref, self.heartbeat_interval_s))]
+        self._finalizer = weakref.finalize(self, _end, list(self._tasks), self._sock, self._ctx)
 
-    async def _receiver(self) -> None:
-        while True:
-            data = await self._sock.recv()
-            self._last_heard = time.monotonic()
-            self._lost = None  # heard again (a worker that was paused or cut off): new calls go through, as the
-            # sync client's do; calls that failed with the loss stay failed (found in review: lost for good)
-            try:
-                msg = P.decode_reply(data)
-            except errors.ProtocolError:
-                continue  # a worker of another version: its replies cannot be matched anyway
-            if isinstance(msg, P.Heartbeat):
-                self.last_heartbeat = msg
-                continue
-            q = self._queues.get(msg.id)
-            if q is not None:
-                q.put_nowait(msg)
+    def _on_message(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+        self._lost = None  # heard again (a worker that was paused or cut off): new calls go through, as the
+        # sync client's do; calls that failed with the loss stay failed (found in review: lost for good)
+        try:
+            msg = P.decode_reply(data)
+        except errors.ProtocolError:
+            return  # a worker of another version: its replies cannot be matched anyway
+        if isinstance(msg, P.Heartbeat):
+            self.last_heartbeat = msg
+            return
+        q = self._queues.get(msg.id)
+        if q is not None:
+            q.put_nowait(msg)
 
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
-            silent_s = time.monotonic() - self._last_heard
-            if silent_s > self.worker_timeout_s:
-                self._lost = errors.WorkerLostError(
-                    f"worker at {self.endpoint} silent for {silent_s:.1f} s (limit {self.worker_timeout_s} s)",
-                    endpoint=self.endpoint, silent_s=silent_s,
-                )
-                for q in self._queues.values():
-                    q.put_nowait(self._lost)
+    async def _beat(self) -> None:
+        silent_s = time.monotonic() - self._last_heard
+        if silent_s > self.worker_timeout_s:
+            self._fail_waiting(errors.WorkerLostError(
+                f"worker at {self.endpoint} silent for {silent_s:.1f} s (limit {self.worker_timeout_s} s)",
+                endpoint=self.endpoint, silent_s=silent_s,
+            ))
+        try:
             await self._send(P.Heartbeat(time_s=time.time()))
+        except errors.WorkerLostError:
+            # Its queue is full (a worker not taking messages): the silence check above goes on beat by beat
+            # (found in review: this ended the task, so a dead worker's calls waited out their whole timeout)
+            pass
+
+    def _fail_waiting(self, error: errors.WarmServeError) -> None:
+        """Every call and stream waiting on this client gets ``error``; new calls too (``_open``)."""
+        self._lost = error
+        for q in self._queues.values():
+            q.put_nowait(error)
 
     async def _send(self, msg) -> None:
         try:
@@ -268,6 +278,11 @@ class AsyncWorkerClient:
         await self._call(P.Shutdown(id=self._new_id()), timeout_s)
 
     async def close(self) -> None:
+        """Stop the client; calls and streams still waiting fail at once with ``ClosedError`` (found in review:
+        they waited out their whole timeout for an answer nothing could bring)."""
+        if self._sock is not None:
+            self._fail_waiting(errors.ClosedError(f"the client of the worker at {self.endpoint} was closed",
+                                                  endpoint=self.endpoint))
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -286,3 +301,32 @@ class AsyncWorkerClient:
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+async def _receive_loop(ref, sock) -> None:
+    """A client's receiver: routes replies by id, holding the client only while it handles one."""
+    while True:
+        data = await sock.recv()
+        client = ref()
+        if client is None:
+            return
+        client._on_message(data)
+        del client
+
+
+async def _heartbeat_loop(ref, interval_s: float) -> None:
+    """A client's heartbeats and silence check, holding the client only while it beats."""
+    while True:
+        await asyncio.sleep(interval_s)
+        client = ref()
+        if client is None:
+            return
+        await client._beat()
+        del client
+
+
+def _end(tasks: list, sock, ctx) -> None:
+    """A client's finalizer (its close, or its collection): its tasks stop, then its socket and context close."""
+    for t in tasks:
+        t.cancel()
+    _close_zmq(sock, ctx)

@@ -57,7 +57,16 @@ class TokenStream:
         # Several iterators may take turns over one stream (next(iter(s)) and later list(s)): nothing is dropped
         # when one of them is abandoned, only when the request has ended.
         while not self.done:
-            msg = self.client._next(self.id, self.timeout_s)
+            try:
+                msg = self.client._next(self.id, self.timeout_s)
+            except errors.WorkerLostError:
+                # The worker may only have stalled: told nothing, it runs the generation on to max_tokens holding
+                # KV blocks (found in review; the async stream's fix). Aborted by the next call, as a stream dropped
+                # unfinished is (its inbox entry kept until then: the abort goes to the requests still listed).
+                self.done = True
+                self._abandoned.detach()
+                self.client._abandoned.append(self.id)
+                raise
             if isinstance(msg, P.Tokens) and msg.seq != self._seq:
                 self._gap(msg.seq)
             self._seq += 1

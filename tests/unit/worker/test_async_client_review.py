@@ -1,0 +1,77 @@
+"""The asyncio worker client, found in review: its heartbeat task ended for good the first time its send queue was
+full (so a dead worker's calls waited out their whole timeout, not the silence limit); close() left calls in flight
+waiting out their timeout; and a client dropped without close() was never collected (its tasks held it), its
+socket, context and heartbeats living as long as the loop. Against a port nobody serves: no worker answers."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import time
+import weakref
+
+import pytest
+
+from warmserve.errors import ClosedError, TimeoutError_, WorkerLostError
+from warmserve.worker.async_client import AsyncWorkerClient
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("hwm", [100_000, 1], ids=["room-in-the-queue", "queue-full"])
+def test_a_silent_worker_is_lost_within_the_silence_limit(hwm):
+    """hwm=1: nobody listens, so the call itself fills the queue and every heartbeat finds it full."""
+    async def main():
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=0.3,
+                              hwm=hwm)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(WorkerLostError):
+                await c.stats(timeout_s=4.0)
+            assert time.monotonic() - t0 < 2.0
+            assert not c._tasks[1].done()  # the heartbeat task beats on
+        finally:
+            await c.close()
+    asyncio.run(main())
+
+
+def test_close_fails_a_call_in_flight_at_once():
+    async def main():
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.1, worker_timeout_s=30.0)
+        call = asyncio.ensure_future(c.stats(timeout_s=8.0))
+        await asyncio.sleep(0.3)
+        await c.close()
+        done, _ = await asyncio.wait({call}, timeout=3.0)
+        if not done:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+        assert done, "the call still waited 3 s after close()"
+        with pytest.raises(ClosedError):
+            call.result()
+    asyncio.run(main())
+
+
+def test_a_dropped_client_is_collected_and_its_tasks_end():
+    async def main():
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=30.0)
+        with pytest.raises(TimeoutError_):
+            await c.stats(timeout_s=0.2)
+        ref, tasks, sock = weakref.ref(c), list(c._tasks), c._sock
+        del c
+        gc.collect()
+        await asyncio.sleep(0.3)
+        leaked, running = ref() is not None, [t for t in tasks if not t.done()]
+        for t in tasks:  # clean up whatever the assertion finds
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if ref() is not None:
+            await ref().close()
+        assert not leaked and not running and sock.closed, (leaked, len(running), sock.closed)
+    asyncio.run(main())
