@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import msgspec
 
@@ -175,15 +176,47 @@ def read_history(path: str) -> dict:
                 raise ValueError(f"history {path}: model {model!r} has arrays of different lengths or shapes; it "
                                  f"must be {shape}")
             out[model] = tuple(cols)
-        return out
-    with open(path, newline="") as f:
-        for i, r in enumerate(csv.DictReader(f)):
-            try:
-                start = float(r.get("window_start_s") or r["start_s"])
-                rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
-            except (KeyError, ValueError) as e:
-                raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak ({e})") from None
-    return {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
+    else:
+        with open(path, newline="") as f:
+            for i, r in enumerate(csv.DictReader(f)):
+                try:
+                    start = float(r.get("window_start_s") or r["start_s"])
+                    rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
+                except (KeyError, ValueError) as e:
+                    raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak ({e})") \
+                        from None
+        out = {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
+    for model, (starts, avg, peak) in out.items():
+        _check_history(path, model, starts, avg, peak, time.time())
+    return out
+
+
+#: How far back a history file may reach: the policy holds every window from its earliest on, per model.
+HISTORY_MAX_DAYS = 366
+
+
+def _check_history(path: str, model: str, starts, avg, peak, now_unix_s: float) -> None:
+    """Loads that are in-flight requests (>= 0, NaN where unknown) and starts that are Unix seconds of the last
+    HISTORY_MAX_DAYS days. Found in review: an inf load crashed every policy tick of its time slot, day after
+    day; starts in milliseconds sized the history for 190,000 years (89 GiB a model); starts counted from 0 put
+    the policy's clock in 1970."""
+    import numpy as np
+
+    bad = np.isinf(avg) | np.isinf(peak) | (avg < 0) | (peak < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"history {path}: model {model!r} has {int(bad.sum())} window(s) with an infinite or "
+                         f"negative load, e.g. avg {avg[k]}, peak {peak[k]} at window_start_s {starts[k]:.0f}: "
+                         "avg and peak are in-flight requests (>= 0; NaN where unknown)")
+    if not len(starts):
+        return
+    first, last = float(np.min(starts)), float(np.max(starts))
+    if not (np.isfinite(first) and np.isfinite(last)) or last > now_unix_s + 86400 \
+            or first < now_unix_s - HISTORY_MAX_DAYS * 86400:
+        raise ValueError(
+            f"history {path}: model {model!r} has windows from window_start_s {first:.0f} to {last:.0f}, where "
+            f"now is {now_unix_s:.0f}: starts must be Unix times in seconds within the last {HISTORY_MAX_DAYS} "
+            "days (milliseconds, or seconds counted from the trace's start, are not)")
 
 
 #: Connections the HTTP socket queues before they are accepted (the kernel caps it at net.core.somaxconn).

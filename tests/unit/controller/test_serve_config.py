@@ -1,4 +1,5 @@
 import argparse
+import time
 
 import numpy as np
 import pytest
@@ -34,13 +35,19 @@ def test_flags_override_the_file(tmp_path, monkeypatch):
     assert serve.build_config(parse()).models == ()  # the demo models are chosen when serving starts
 
 
+#: A window start of yesterday (history starts are Unix times of the last year)
+T0 = int(time.time()) // 86400 * 86400 - 86400
+
+
 def test_history_csv_and_json(tmp_path):
-    (tmp_path / "h.csv").write_text("model,window_start_s,avg,peak\nb,600,2,5\na,0,1,3\na,300,1.5,4\n")
+    (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\nb,{T0 + 600},2,5\na,{T0},1,3\n"
+                                    f"a,{T0 + 300},1.5,4\n")
     h = serve.read_history(str(tmp_path / "h.csv"))
     assert sorted(h) == ["a", "b"]
-    np.testing.assert_array_equal(h["a"][0], [0, 300])
+    np.testing.assert_array_equal(h["a"][0], [T0, T0 + 300])
     np.testing.assert_array_equal(h["a"][2], [3, 4])
-    (tmp_path / "h.json").write_text('{"a": {"window_start_s": [0, 300], "avg": [1, 1.5], "peak": [3, 4]}}')
+    (tmp_path / "h.json").write_text('{"a": {"window_start_s": [%d, %d], "avg": [1, 1.5], "peak": [3, 4]}}'
+                                     % (T0, T0 + 300))
     j = serve.read_history(str(tmp_path / "h.json"))
     np.testing.assert_array_equal(j["a"][1], h["a"][1])
     (tmp_path / "bad.csv").write_text("model,avg\na,1\n")
@@ -63,6 +70,34 @@ def test_a_malformed_json_history_is_one_error_naming_the_file_and_its_shape(tmp
     with pytest.raises(ValueError, match=says) as e:
         serve.read_history(str(tmp_path / "h.json"))
     assert str(tmp_path / "h.json") in str(e.value)
+
+
+@pytest.mark.parametrize("rows, says", [
+    (f"a,{T0},inf,3", "infinite or negative load"),  # forecast inf for its slot: every tick there crashed, daily
+    (f"a,{T0},1,-2", "infinite or negative load"),
+    (f"a,{T0 * 1000},1,3", "Unix times in seconds"),  # milliseconds: the history was sized for 190,000 years
+    ("a,0,1,3", "Unix times in seconds"),  # counted from the trace's start: the policy's clock went to 1970
+    (f"a,{T0 + 3 * 86400},1,3", "Unix times in seconds"),  # days ahead
+], ids=["inf", "negative", "milliseconds", "from-zero", "future"])
+def test_a_history_of_impossible_loads_or_times_is_refused_naming_the_model(tmp_path, rows, says):
+    """Found in review (forecasting): each was taken as it was."""
+    (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\na,{T0 - 300},1,2\n{rows}\n")
+    with pytest.raises(ValueError, match=says) as e:
+        serve.read_history(str(tmp_path / "h.csv"))
+    assert "model 'a'" in str(e.value)
+    (tmp_path / "ok.csv").write_text(f"model,window_start_s,avg,peak\na,{T0},nan,nan\n")  # unknown: fine
+    assert np.isnan(serve.read_history(str(tmp_path / "ok.csv"))["a"][1]).all()
+
+
+def test_the_policy_refuses_an_infinite_or_negative_history_too():
+    from warmserve.errors import InvalidArgumentError
+    from warmserve.policy import make_policy
+    from warmserve.policy.state import ModelInfo
+
+    models = [ModelInfo("a", 1 << 30, 1, 1 << 19)]
+    for bad in (np.inf, -1.0):
+        with pytest.raises(InvalidArgumentError, match="infinite or negative"):
+            make_policy("warmserve", models=models, history={"a": ([0.0, 300.0], [1.0, bad], [2.0, 2.0])})
 
 
 def test_an_empty_api_key_in_the_environment_keeps_the_files_key(tmp_path, monkeypatch):
