@@ -12,7 +12,7 @@ from warmserve.policy.colocating import Colocating
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.coserve import CoServing
-from warmserve.policy.demand import Demand
+from warmserve.policy.demand import FITS_PER_TICK, Demand
 from warmserve.policy.forecast import ModelForecaster
 from warmserve.policy.history import History
 from warmserve.policy.moves import GpuMoves
@@ -204,6 +204,12 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
 
     def tick(self, state: ClusterState, now_s: float) -> list:
         """Autoscale, set KV targets and (when due) plan prewarms. Returns actions to apply in order."""
+        self._fits_left = FITS_PER_TICK
+        out = self._tick(state, now_s)
+        self.fit_ahead(math.floor(now_s / self.cfg.window_s))
+        return out
+
+    def _tick(self, state: ClusterState, now_s: float) -> list:
         out: list = []
         avg5 = self._record(state, now_s)
         if self.cfg.colocate_when_oversubscribed:
@@ -529,7 +535,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         for k, m in enumerate(sorted(self.models)):
             info = self.models[m]
             avg, peak = float(f_avg[k]), float(f_peak[k])
-            cands = [] if math.isnan(avg) else plan_model(m, avg, peak, running[m], B, info.cold_start_s)
+            cands = [] if math.isnan(avg) else plan_model(m, avg, peak, running[m], B, info.cold_start_s,
+                                                          max_replicas=state.live_gpus() // info.tp)
             have = sorted(existing.get(m, []), key=lambda r: (not r.loaded, -r.score, r.prewarm_id))
             for c, r in zip(cands, have):
                 board.rescore(r.prewarm_id, c.score)

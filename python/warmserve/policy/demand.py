@@ -13,12 +13,46 @@ from warmserve.policy.forecast import paper_next_batch
 from warmserve.policy.history import LiveWindowMeter
 
 
+#: Statistical fits (one series' day under ``ModelForecaster``: 0.3-0.8 s each here, ``auto``'s pick a few of
+#: them) one policy tick may make. Found in review: with "stl" and 12 models the first tick of a day fitted all 24
+#: series at once, 8-12 s ("auto": 18 s) on the controller's event loop, where workers are lost after 3 s of
+#: silence. Until a series is fitted the paper forecast stands in; ``fit_ahead`` fits one a tick meanwhile.
+FITS_PER_TICK = 1
+
+
 class Demand:
     """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``period``, ``_model``, ``_hist``, ``_fc``,
     ``_fc_window``, ``_meters``, ``_inflight`` and ``_exact``."""
 
     #: When the policy got its first input (a tick or a request event), on the driver's clock; None before.
     _first_input_s: float | None = None
+    #: Fits this tick may still make (FITS_PER_TICK at each tick); None: no limit (before the first tick).
+    _fits_left: int | None = None
+
+    def _may_fit(self) -> bool:
+        if self._fits_left is None:
+            return True
+        if self._fits_left <= 0:
+            return False
+        self._fits_left -= 1
+        return True
+
+    def fit_ahead(self, window: int) -> None:
+        """Spend what is left of this tick's fits on the series whose fit for ``window``'s forecast is not made
+        yet, so forecasts are the statistical ones a few ticks after a day boundary, not at the plans after."""
+        if not self.cfg.forecast or self.cfg.forecaster == "paper":
+            return
+        h = self._hist
+        h.ensure(window)
+        for m in sorted(self.models):
+            r = h.index[m]
+            if h.known[r] < 0 or window <= 0:
+                continue
+            for fc, series in zip(self._fc[m], (h.avg, h.peak)):
+                if self._fits_left is not None and self._fits_left <= 0:
+                    return
+                if not fc.ready(window):
+                    fc.predict(series[r, :window], self._may_fit)
 
     def observe_window(self, model: str, window_start_s: float, avg_concurrency: float, peak_concurrency: float) -> None:
         """Record one window's time-weighted average and peak in-flight requests (NaN: missing)."""
@@ -91,8 +125,8 @@ class Demand:
         else:
             for k in np.nonzero(has)[0]:
                 fa, fp = self._fc[names[k]]
-                avg[k] = fa.predict(h.avg[rows[k], :window_index])
-                peak[k] = fp.predict(h.peak[rows[k], :window_index])
+                avg[k] = fa.predict(h.avg[rows[k], :window_index], self._may_fit)
+                peak[k] = fp.predict(h.peak[rows[k], :window_index], self._may_fit)
         peak = np.fmax(peak, avg)  # fmax takes the known one of the two: found in review, a NaN peak crashed plans
         return avg, peak
 

@@ -356,8 +356,15 @@ class ModelForecaster:
                 if r - lo >= self.period // 2 else "paper"
         return self._chosen[r]
 
-    def predict(self, y: np.ndarray) -> float:
-        """Forecast of y[len(y)]; NaN when there is no data at all."""
+    def ready(self, n: int) -> bool:
+        """Whether a forecast of y[n] needs no fit (the day's fit, and ``auto``'s pick, are made)."""
+        r = (n // self.period) * self.period
+        method = self.method if self.method != "auto" else self._chosen.get(r)
+        return method in ("paper", "last-value") or (method is not None and (method, r) in self._fits)
+
+    def predict(self, y: np.ndarray, may_fit: Callable[[], bool] | None = None) -> float:
+        """Forecast of y[len(y)]; NaN when there is no data at all. ``may_fit``: asked before a day's fit (or
+        ``auto``'s pick) is made; False: the paper forecast stands in until a later call may fit."""
         y = np.asarray(y, dtype=np.float64)
         n = len(y)
         if n == 0 or np.isnan(y).all():
@@ -365,6 +372,8 @@ class ModelForecaster:
         r = (n // self.period) * self.period
         # a backtest at r refits the two day boundaries before r: older fits are not asked for again
         self._fits = {k: v for k, v in self._fits.items() if k[1] >= r - 2 * self.period}
+        if may_fit is not None and not self.ready(n) and not may_fit():
+            return paper_next(y, self.period, self.n_resid)
         method = self._pick(y, r)
         if method == "last-value":
             return float(last_value_one_step(y, n)[n])
