@@ -86,6 +86,12 @@ class Simulator:
         # the earlier "fluid" model capped the batch at the policy's B; the vLLM-like one at the engine's limit
         default_batch = pcfg.instance_capacity if config.engine_model == "fluid" else self.cost.limits.max_running_seqs
         self.max_batch = config.max_num_seqs or default_batch
+        if workload.day_s != 86400.0:
+            # the policy's daily season is 86400 s (policy/core.py): a shorter "day" put its history days where the
+            # forecasts never looked (found in review: no forecast for the second window of a 7200 s day)
+            raise InvalidArgumentError(f"workload {workload.name!r} has a day of {workload.day_s:g} s; the policy's "
+                                       "forecasts take a day as 86400 s: build the workload with the default day_s",
+                                       day_s=workload.day_s)
         self.clock0 = workload.clock0_s
         hist = history_windows(workload, served, self.cost, self.warmup_s, pcfg.window_s)
         self.policy = make_policy(policy_name, models=self.infos, config=pcfg, history=hist)

@@ -53,3 +53,14 @@ def test_a_served_models_configured_context_is_what_the_policy_knows_and_the_run
     for bad in (-1, 2.5):
         with pytest.raises(InvalidArgumentError, match="context_tokens must be a whole number"):
             ServedModel("a", MODEL, context_tokens=bad)
+
+
+def test_a_workload_whose_day_is_not_86400_s_is_refused():
+    """Found in review: the policy's daily season is 86400 s, so a workload built with day_s 7200 put its history
+    days where the forecasts never looked, and its windows went without a forecast."""
+    from warmserve.workload.recipes import paper_workload
+
+    w = paper_workload("conv", 2, duration_s=600.0, pre_s=300.0, history_days=2, day_s=7200.0, seed=0)
+    with pytest.raises(InvalidArgumentError, match="day of 7200 s"):
+        Simulator(w, [ServedModel(n, "llama2-7b") for n in w.models], "warmserve",
+                  config=SimConfig(n_servers=1, gpus_per_server=2, shared_search=False))
