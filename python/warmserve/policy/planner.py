@@ -28,18 +28,17 @@ def replica_counts(avg: float, peak: float, running: int, capacity: int) -> tupl
     return n_f, n_b
 
 
-def replica_scores(n_f: int, n_b: int, cold_start_s: float, avg: float, peak: float,
-                   limit: int | None = None) -> list[float]:
+def replica_scores(n_f: int, n_b: int, cold_start_s: float, avg: float, peak: float) -> list[float]:
     """Scores of the n_f foundation then n_b burst replicas: exp(-i / n) * c_m for foundation replica i and
     exp(-(n_f + j) / n) * c_m * peak / avg for burst replica j (n = n_f + n_b, 0-based ranks). An average
-    under one request counts as one, so a model idle on average but with a forecast burst stays finite.
-    ``limit``: the first ``limit`` of them only (their scores as without it)."""
+    under one request counts as one, so a model idle on average but with a forecast burst stays finite."""
     n = n_f + n_b
     if n == 0:
         return []
     burstiness = peak / max(avg, 1.0)
-    k = n if limit is None else max(0, min(n, limit))
-    return [math.exp(-i / n) * cold_start_s * (1.0 if i < n_f else burstiness) for i in range(k)]
+    out = [math.exp(-i / n) * cold_start_s for i in range(n_f)]
+    out += [math.exp(-(n_f + j) / n) * cold_start_s * burstiness for j in range(n_b)]
+    return out
 
 
 def _known(avg: float, peak: float) -> tuple[float, float]:
@@ -49,14 +48,10 @@ def _known(avg: float, peak: float) -> tuple[float, float]:
     return avg, avg if math.isnan(peak) else peak
 
 
-def plan_model(model: str, avg: float, peak: float, running: int, capacity: int, cold_start_s: float,
-               max_replicas: int | None = None) -> list[Candidate]:
-    """The model's candidates, at most ``max_replicas`` of them: the most copies the cluster could place (one per
-    GPU group), scored as if all were wanted. Found in review: a forecast of 1e7 in flight (a history file in the
-    wrong unit) asked for 312k candidates, placed one by one, and a tick took 9 s."""
+def plan_model(model: str, avg: float, peak: float, running: int, capacity: int, cold_start_s: float) -> list[Candidate]:
     avg, peak = _known(avg, peak)
     if not (math.isfinite(avg) and math.isfinite(peak)):
         raise ValueError(f"forecast of {model!r} is not finite: avg {avg}, peak {peak}")
     n_f, n_b = replica_counts(avg, peak, running, capacity)
-    scores = replica_scores(n_f, n_b, cold_start_s, avg, peak, limit=max_replicas)
+    scores = replica_scores(n_f, n_b, cold_start_s, avg, peak)
     return [Candidate(model, i, i >= n_f, s) for i, s in enumerate(scores)]

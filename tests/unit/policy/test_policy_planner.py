@@ -34,25 +34,29 @@ def test_bigger_and_burstier_models_rank_first():
     assert [c.rank for c in big] == list(range(len(big)))
 
 
-def test_candidates_stop_at_the_copies_the_cluster_could_place():
-    """Found in review: a forecast of 1e7 in flight (a history file in the wrong unit) asked for 312k candidates,
-    placed one by one: a 9 s tick. Capped, the first ones keep the scores they have uncapped."""
-    whole = plan_model("m", 300, 600, 0, 32, 1.0)
-    capped = plan_model("m", 300, 600, 0, 32, 1.0, max_replicas=4)
-    assert capped == whole[:4] and len(whole) == 19
-    assert len(plan_model("m", 1e7, 1e7, 0, 32, 1.0, max_replicas=8)) == 8
+def test_a_forecast_that_is_not_finite_is_refused():
     with pytest.raises(ValueError, match="not finite"):
         plan_model("m", math.inf, math.inf, 0, 32, 1.0)
 
 
-def test_a_tick_with_a_huge_forecast_plans_no_more_than_the_gpus():
+def test_a_huge_forecast_tries_a_placement_once_per_change_of_the_board(monkeypatch):
+    """Found in review: a forecast of 1e7 in flight (a history in the wrong unit) tried its 312k candidates one by
+    one, a 9 s tick. A model's placement that failed is not tried again on an unchanged board (it would fail: the
+    scores only fall); every candidate still draws its id, so plans are as before."""
     from warmserve.policy import actions as A
     from warmserve.policy import make_policy
+    from warmserve.policy.placement import Board
     from warmserve.policy.state import ClusterState, ModelInfo
 
+    calls = []
+    real = Board.place
+    monkeypatch.setattr(Board, "place", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
     models = [ModelInfo("m", 10 << 30, 1, 1 << 19)]
     n = 2 * 288
-    hist = {"m": (np.arange(n) * 300.0, np.full(n, 1e7), np.full(n, 1e7))}
+    hist = {"m": (np.arange(n) * 300.0, np.full(n, 1e6), np.full(n, 1e6))}
     pol = make_policy("warmserve", models=models, history=hist)
     out = pol.tick(ClusterState.uniform(1, models), n * 300.0 + 1)
-    assert 0 < sum(isinstance(a, A.Prewarm) for a in out) <= 8  # one server of 8 GPUs
+    placed = sum(isinstance(a, A.Prewarm) for a in out)
+    assert placed == 8  # one server of 8 GPUs, one copy on each
+    assert len(calls) == placed + 1  # the ninth fails, and the other 31,241 are not tried
+    assert pol._n >= 1e6 / 32  # each drew its id
