@@ -81,7 +81,8 @@ class Controller(WorkerRestarts):
         self.clock_origin_s = policy_clock_origin(now_unix, history)
         self._t0_s = now_unix - self.clock_origin_s
         self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config,
-                                  history=history_on_clock(history, self.clock_origin_s, self.models))
+                                  history=history_on_clock(history, self.clock_origin_s, self.models,
+                                                           self.policy_config.window_s))
         self.metrics = ControllerMetrics()
         self.metrics.registry.collectors.append(lambda: views.collect(self))
         self.executor = LiveExecutor(self)

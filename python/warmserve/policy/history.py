@@ -49,8 +49,8 @@ class History:
     def load(self, model: str, window_start_s, avg, peak) -> None:
         """``observe`` for many windows at once (equal-length arrays). Rows finer than the window (a 60 s file
         under 300 s windows) are aggregated per window: the mean of their averages (rows taken as equal spans)
-        and the max of their peaks, NaN rows left out. Rows coarser than it (an hourly file) hold for each window
-        they span (``_spread``)."""
+        and the max of their peaks, NaN rows left out. A row coarser than the window fills its first window
+        only (``controller.clock.history_on_clock`` warns of such a file)."""
         starts, avg, peak = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (window_start_s, avg, peak))
         if not (len(starts) == len(avg) == len(peak)):
             raise InvalidArgumentError(
@@ -80,7 +80,6 @@ class History:
             top = np.full(len(uniq), np.nan)
             np.fmax.at(top, inv, peak)
             idx, peak = uniq, top
-        idx, avg, peak = _spread(idx, avg, peak)
         self.ensure(int(idx.max()) + 1)
         r = self.index[model]
         self.avg[r, idx], self.peak[r, idx] = avg, peak
@@ -116,23 +115,6 @@ class History:
             v = v[~np.isnan(v)]
             out[m] = float(v.mean()) if len(v) and v.mean() > 0 else 1.0
         return out
-
-
-def _spread(idx: np.ndarray, avg: np.ndarray, peak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows whose windows (distinct indices) are typically k > 1 apart, k the median step: each row's values for
-    the k windows from its own, up to the next row's (a gap of more than k stays a gap). Found in review: an hourly
-    file under 300 s windows filled 1 window in 12, so 11 of every 12 had no forecast and no prewarm. The peak is
-    the row's for each of its windows (what the file knows of them)."""
-    order = np.argsort(idx, kind="stable")
-    idx, avg, peak = idx[order], avg[order], peak[order]
-    if len(idx) < 2:
-        return idx, avg, peak
-    step = int(np.median(np.diff(idx)))
-    if step <= 1:
-        return idx, avg, peak
-    reps = np.minimum(step, np.append(np.diff(idx), step))
-    offset = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    return np.repeat(idx, reps) + offset, np.repeat(avg, reps), np.repeat(peak, reps)
 
 
 class LiveWindowMeter(WindowMeter):
