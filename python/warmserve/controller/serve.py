@@ -186,20 +186,19 @@ def read_history(path: str) -> dict:
                     raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak ({e})") \
                         from None
         out = {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
-    for model, (starts, avg, peak) in out.items():
-        _check_history(path, model, starts, avg, peak, time.time())
-    return out
+    return {model: _checked_history(path, model, *cols, time.time()) for model, cols in out.items()}
 
 
-#: How far back a history file may reach: the policy holds every window from its earliest on, per model.
+#: How far back a history file is read: the policy holds every window from its earliest on, per model.
 HISTORY_MAX_DAYS = 366
 
 
-def _check_history(path: str, model: str, starts, avg, peak, now_unix_s: float) -> None:
-    """Loads that are in-flight requests (>= 0, NaN where unknown) and starts that are Unix seconds of the last
-    HISTORY_MAX_DAYS days. Found in review: an inf load crashed every policy tick of its time slot, day after
-    day; starts in milliseconds sized the history for 190,000 years (89 GiB a model); starts counted from 0 put
-    the policy's clock in 1970."""
+def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float) -> tuple:
+    """The model's rows, less those older than HISTORY_MAX_DAYS (dropped with a warning: the forecasts look a few
+    days back), once its loads are in-flight requests (>= 0, NaN where unknown) and its starts Unix seconds up to
+    a day ahead. Found in review: an inf load crashed every policy tick of its time slot, day after day; starts in
+    milliseconds sized the history for 190,000 years (89 GiB a model); starts counted from 0 put the policy's
+    clock in 1970."""
     import numpy as np
 
     bad = np.isinf(avg) | np.isinf(peak) | (avg < 0) | (peak < 0)
@@ -209,14 +208,22 @@ def _check_history(path: str, model: str, starts, avg, peak, now_unix_s: float) 
                          f"negative load, e.g. avg {avg[k]}, peak {peak[k]} at window_start_s {starts[k]:.0f}: "
                          "avg and peak are in-flight requests (>= 0; NaN where unknown)")
     if not len(starts):
-        return
+        return starts, avg, peak
     first, last = float(np.min(starts)), float(np.max(starts))
-    if not (np.isfinite(first) and np.isfinite(last)) or last > now_unix_s + 86400 \
-            or first < now_unix_s - HISTORY_MAX_DAYS * 86400:
+    if not (np.isfinite(first) and np.isfinite(last)) or last > now_unix_s + 86400 or last < UNIX_2001_S:
         raise ValueError(
             f"history {path}: model {model!r} has windows from window_start_s {first:.0f} to {last:.0f}, where "
-            f"now is {now_unix_s:.0f}: starts must be Unix times in seconds within the last {HISTORY_MAX_DAYS} "
-            "days (milliseconds, or seconds counted from the trace's start, are not)")
+            f"now is {now_unix_s:.0f}: starts must be Unix times in seconds, none ahead of now (milliseconds, or "
+            "seconds counted from the trace's start, are not)")
+    keep = starts >= now_unix_s - HISTORY_MAX_DAYS * 86400
+    if not keep.all():
+        log.warning("history %s: model %r: %d window(s) older than %d days left out (the earliest from %.0f)",
+                    path, model, int((~keep).sum()), HISTORY_MAX_DAYS, first)
+    return starts[keep], avg[keep], peak[keep]
+
+
+#: Unix time of 2001-09-09: a history start before it is not a Unix time (seconds from a trace's start, say).
+UNIX_2001_S = 1e9
 
 
 #: Connections the HTTP socket queues before they are accepted (the kernel caps it at net.core.somaxconn).

@@ -34,6 +34,9 @@ class AsyncTokenStream:
         while not self.done:
             try:
                 msg = await self.client._get(self.queue, self.id, self.timeout_s)
+            except errors.ClosedError:
+                self._end()  # the client was closed: nothing to abort through it (found in review: it reopened)
+                raise
             except errors.WorkerLostError:
                 # The worker may only have stalled (paused, its link cut for a moment): told nothing, it runs the
                 # generation on to max_tokens holding KV blocks (found in review). Aborted by the next call, as a
@@ -326,7 +329,13 @@ async def _heartbeat_loop(ref, interval_s: float) -> None:
 
 
 def _end(tasks: list, sock, ctx) -> None:
-    """A client's finalizer (its close, or its collection): its tasks stop, then its socket and context close."""
-    for t in tasks:
-        t.cancel()
-    _close_zmq(sock, ctx)
+    """A client's finalizer (its close, or its collection): its tasks stop, then its socket and context close,
+    whatever the tasks' loop is (closed already at exit: its tasks cannot be cancelled, found in review)."""
+    try:
+        for t in tasks:
+            try:
+                t.cancel()
+            except RuntimeError:  # "Event loop is closed": nothing runs them any more
+                pass
+    finally:
+        _close_zmq(sock, ctx)

@@ -76,9 +76,8 @@ def test_a_malformed_json_history_is_one_error_naming_the_file_and_its_shape(tmp
     (f"a,{T0},inf,3", "infinite or negative load"),  # forecast inf for its slot: every tick there crashed, daily
     (f"a,{T0},1,-2", "infinite or negative load"),
     (f"a,{T0 * 1000},1,3", "Unix times in seconds"),  # milliseconds: the history was sized for 190,000 years
-    ("a,0,1,3", "Unix times in seconds"),  # counted from the trace's start: the policy's clock went to 1970
     (f"a,{T0 + 3 * 86400},1,3", "Unix times in seconds"),  # days ahead
-], ids=["inf", "negative", "milliseconds", "from-zero", "future"])
+], ids=["inf", "negative", "milliseconds", "future"])
 def test_a_history_of_impossible_loads_or_times_is_refused_naming_the_model(tmp_path, rows, says):
     """Found in review (forecasting): each was taken as it was."""
     (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\na,{T0 - 300},1,2\n{rows}\n")
@@ -87,6 +86,23 @@ def test_a_history_of_impossible_loads_or_times_is_refused_naming_the_model(tmp_
     assert "model 'a'" in str(e.value)
     (tmp_path / "ok.csv").write_text(f"model,window_start_s,avg,peak\na,{T0},nan,nan\n")  # unknown: fine
     assert np.isnan(serve.read_history(str(tmp_path / "ok.csv"))["a"][1]).all()
+
+
+def test_a_history_counted_from_zero_is_refused(tmp_path):
+    """Seconds from the trace's start, not Unix times: the policy's clock went to 1970 (found in review)."""
+    (tmp_path / "h.csv").write_text("model,window_start_s,avg,peak\na,0,1,3\na,300,1,3\n")
+    with pytest.raises(ValueError, match="Unix times in seconds"):
+        serve.read_history(str(tmp_path / "h.csv"))
+
+
+def test_rows_older_than_a_year_are_left_out_with_a_warning(tmp_path, caplog):
+    """Found in review of the check above: a file that had grown past a year stopped the controller starting."""
+    old = T0 - 400 * 86400
+    (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\na,{old},1,2\na,{T0},3,4\n")
+    with caplog.at_level("WARNING", logger="warmserve.controller"):
+        h = serve.read_history(str(tmp_path / "h.csv"))
+    np.testing.assert_array_equal(h["a"][0], [T0])
+    assert any("older than 366 days left out" in r.getMessage() for r in caplog.records)
 
 
 def test_the_policy_refuses_an_infinite_or_negative_history_too():

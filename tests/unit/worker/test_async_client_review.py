@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import sys
 import time
 import weakref
 
 import pytest
 
-from warmserve.errors import ClosedError, TimeoutError_, WorkerLostError
+from warmserve.errors import ClosedError, TimeoutError_, WarmServeError, WorkerLostError
 from warmserve.worker.async_client import AsyncWorkerClient
 
 
@@ -75,3 +76,75 @@ def test_a_dropped_client_is_collected_and_its_tasks_end():
             await ref().close()
         assert not leaked and not running and sock.closed, (leaked, len(running), sock.closed)
     asyncio.run(main())
+
+
+# Found in a review of the fixes above: a stream failed by close() reopened the client at its clean-up (an Abort
+# through it), and the finalizer, run after the loop had closed, raised before it closed the socket.
+def test_a_stream_failed_by_close_does_not_reopen_the_client():
+    async def main():
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=0.5,
+                              default_timeout_s=2.0)
+        stream = await c.generate("m", [1, 2, 3])
+        got = []
+
+        async def consume():
+            try:
+                async with stream:
+                    async for _ in stream:
+                        pass
+            except WarmServeError as e:
+                got.append(e)
+
+        t = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.1)
+        await c.close()
+        await asyncio.wait({t}, timeout=5.0)
+        reopened = c._sock is not None or bool(c._tasks)
+        await c.close()
+        assert not reopened, f"the closed client was reopened by its stream's clean-up; the caller got {got!r}"
+        assert got and isinstance(got[0], ClosedError), got
+    asyncio.run(main())
+
+
+def test_a_client_collected_after_its_loop_closed_closes_its_socket():
+    loop = asyncio.new_event_loop()
+    c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05)
+    loop.run_until_complete(c._ensure())
+    loop.run_until_complete(asyncio.sleep(0.1))
+    sock, ctx = c._sock, c._ctx
+    loop.close()  # as a test framework or a hand-run loop does, pending tasks left
+    errs = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: errs.append(u.exc_value)
+    try:
+        del c
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    try:
+        assert sock.closed and ctx.closed, (sock.closed, ctx.closed, errs)
+    finally:
+        if not sock.closed:
+            sock.close(linger=0)
+        if not ctx.closed:
+            ctx.term()
+
+
+def test_close_after_the_loop_closed_via_finalizer_at_exit_path():
+    """The same through the finalizer called directly (what atexit does for a client alive at exit)."""
+    loop = asyncio.new_event_loop()
+    c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05)
+    loop.run_until_complete(c._ensure())
+    sock, ctx = c._sock, c._ctx
+    loop.close()
+    try:
+        c._finalizer()
+    except RuntimeError:
+        pass
+    try:
+        assert sock.closed and ctx.closed, (sock.closed, ctx.closed)
+    finally:
+        if not sock.closed:
+            sock.close(linger=0)
+        if not ctx.closed:
+            ctx.term()
