@@ -74,7 +74,9 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
           opened[s.path] = fd;
         }
         struct stat st;
-        if (::fstat(fd, &st) == 0 && uint64_t(st.st_size) < s.src_offset + s.nbytes)
+        // compared so that src_offset + nbytes cannot wrap past 2^64 (found in review: it passed, and failed later
+        // as a driver error)
+        if (::fstat(fd, &st) == 0 && (s.nbytes > uint64_t(st.st_size) || s.src_offset > uint64_t(st.st_size) - s.nbytes))
           throw invalid("load source " + std::to_string(i) + ": " + s.path + " has " + std::to_string(st.st_size) +
                         " bytes, the range ends at " + std::to_string(s.src_offset + s.nbytes));
       } else if (s.fill_ptr) {
@@ -305,12 +307,34 @@ void LoadJob::finish() {
     if (!ok) {
       // Roll back only the pages this job mapped, run by run, and never one a live pinned view covers (a view
       // made while the load ran): unmapping it would fault the view's next access. Those are kept and counted.
+      // A page pinned by other running loads of the slot only (no view) goes to one of them, whose own end
+      // undoes it if it fails too (found in review: two overlapping loads, both cancelled, left the first one's
+      // pages mapped for good, "kept" for views that did not exist; the second mapped none of them).
+      auto heir = [&](uint64_t pg) -> LoadJob* {
+        LoadJob* first = nullptr;
+        uint32_t loads = 0;
+        for (LoadJob* j : pool.jobs) {
+          if (j == this || j->slot_ != slot_ || !std::binary_search(j->pages_.begin(), j->pages_.end(), pg)) continue;
+          ++loads;
+          if (!first) first = j;
+        }
+        return loads == slot_->pins[pg] ? first : nullptr;
+      };
       std::sort(job_pages_.begin(), job_pages_.end());
       size_t k = 0;
       while (k < job_pages_.size()) {
         uint64_t pg = job_pages_[k];
         if (slot_->table[pg] < 0) { ++k; continue; }
-        if (slot_->pins[pg]) { ++n_kept_pages_; ++k; continue; }
+        if (slot_->pins[pg]) {
+          if (LoadJob* h = heir(pg)) {
+            h->job_pages_.push_back(pg);  // with pool.mu, as its mapper and its finish touch it
+            --n_job_pages_;
+          } else {
+            ++n_kept_pages_;
+          }
+          ++k;
+          continue;
+        }
         size_t m = k + 1;
         while (m < job_pages_.size() && job_pages_[m] == job_pages_[m - 1] + 1 && slot_->table[job_pages_[m]] >= 0 &&
                !slot_->pins[job_pages_[m]])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from warmserve.engine.arch import UnsupportedModelError, architecture, config_value
+from warmserve.engine.safetensors_header import CheckpointError
 from warmserve.errors import InvalidArgumentError
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -170,14 +171,8 @@ class ModelConfig:
         cfg_path = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_path):
             raise InvalidArgumentError(f"{path!r} has no config.json: point at a Hugging Face checkpoint directory", path=path)
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        gen = None
         gen_path = os.path.join(path, "generation_config.json")
-        if os.path.isfile(gen_path):
-            with open(gen_path) as f:
-                gen = json.load(f)
-        return cls.from_dict(cfg, gen)
+        return cls.from_dict(json_object(cfg_path), json_object(gen_path) if os.path.isfile(gen_path) else None)
 
 
 def _qwen2_all_layers_slide(cfg: dict) -> bool:
@@ -222,3 +217,16 @@ def _check_rope_params(rope_type: str, rope: dict) -> None:
     if bad:
         raise UnsupportedModelError(f"rope_scaling of type {rope_type!r} has non-numeric {bad}: these must be numbers",
                                     rope_type=rope_type, rope_params=bad)
+
+
+def json_object(path: str) -> dict:
+    """The JSON object in a checkpoint's file (config.json, generation_config.json), or CheckpointError naming it
+    (found in review: a corrupt generation_config.json failed a load with a bare JSONDecodeError)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}): fix or re-download it", path=path) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds JSON {type(obj).__name__}, not an object", path=path)
+    return obj

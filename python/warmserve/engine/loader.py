@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import threading
 import time
@@ -44,7 +43,7 @@ import torch
 
 from warmserve.engine.attention import kernels_usable
 from warmserve.engine.checkpoint import ST_DTYPES, CheckpointError, TensorInfo, checkpoint_dtype, read_tensors
-from warmserve.engine.config import DTYPES, ModelConfig
+from warmserve.engine.config import DTYPES, ModelConfig, json_object
 from warmserve.engine.demo import hf_tensor_shapes
 from warmserve.engine.kv_cache import KVPageMapper, block_layout
 from warmserve.geometry import KV_BLOCK_TOKENS, align_up
@@ -550,10 +549,7 @@ def _tokenizer(path: str):
 
 def _gen_config(path: str) -> dict:
     p = os.path.join(path, "generation_config.json")
-    if not os.path.isfile(p):
-        return {}
-    with open(p) as f:
-        return json.load(f)
+    return json_object(p) if os.path.isfile(p) else {}
 
 
 def load_model(path: str, pool, dtype="auto", progress=None, name: str | None = None,

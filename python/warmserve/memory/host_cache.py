@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -51,7 +52,9 @@ from typing import Callable, Iterable
 from warmserve.errors import InvalidArgumentError, TimeoutError_
 from warmserve.memory.cache_entry import CacheEntry, fill_gaps, flock_wait, unlink_if_there
 from warmserve.memory.loader import LoadJob
-from warmserve.memory.pool import MIN_LOAD_CHUNK_BYTES
+from warmserve.memory.pool import MIN_LOAD_CHUNK_BYTES, _count
+
+log = logging.getLogger("warmserve.memory")
 
 
 @dataclass(frozen=True)
@@ -129,16 +132,23 @@ class HostCheckpointCache:
                 raise InvalidArgumentError(f"cache load source {i} must be (path, file_offset, slot_byte_offset, "
                                            "nbytes) with a file path")
             p = os.fspath(src[0])
-            st = os.stat(p)
+            try:
+                st = os.stat(p)
+            except OSError as e:  # typed, as slot.load's (found in review: a bare FileNotFoundError)
+                raise InvalidArgumentError(f"cache load source {i}: cannot read {p!r}: {e.strerror}", path=p) \
+                    from None
             key = self._key(os.path.realpath(p), st)
             if key not in by_key:
                 by_key[key] = []
                 order.append((key, p, st))
-            by_key[key].append(tuple(int(x) for x in src[1:]))
+            # checked as slot.load checks them (found in review: a float offset was truncated, a negative one
+            # reached the C++ core as an untyped cast error)
+            by_key[key].append(tuple(_count(f"cache load source {i} {what}", x)
+                                     for what, x in zip(("file_offset", "slot_byte_offset", "nbytes"), src[1:])))
         cuda = slot.pool.backend == "cuda"
         device = slot.pool.device
         self._sweep()
-        specs, fills, used = [], [], []
+        specs, fills, used, hits = [], [], [], []
         try:
             for key, p, st in order:
                 ranges = by_key[key]
@@ -158,11 +168,13 @@ class HostCheckpointCache:
                     entry.register(device)
                 if lock_fd is None:
                     specs += [(None, entry.ptr, entry.arr, fo, so, n, 0, entry.pinned) for fo, so, n in ranges]
-                    self._count(hits=1, bytes_from_cache=sum(n for _, _, n in ranges))
+                    hits.append(sum(n for _, _, n in ranges))
                 else:
                     fill_gaps(p, entry, ranges)
                     specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in ranges]
             job = slot._start_load(specs, self.config.threads, self.config.chunk_bytes)
+            for n in hits:  # counted once the load has started (found in review: refused loads counted as hits)
+                self._count(hits=1, bytes_from_cache=n)
         except BaseException:
             for entry, lock_fd in fills:
                 self._abort_fill(entry, lock_fd)
@@ -477,13 +489,21 @@ class _CachedLoadJob(LoadJob):
             return
         self._settled = True
         filled = [e for e, _ in self._fills]
+        published = []
         for entry, lock_fd in self._fills:
             if ok:
-                self._cache._publish(entry, lock_fd)
-            else:
-                self._cache._abort_fill(entry, lock_fd)
-        self._cache._done_with([e for e in self._used if all(e is not f for f in filled)]
-                               + ([e for e in filled] if ok else []))
+                try:
+                    self._cache._publish(entry, lock_fd)
+                    published.append(entry)
+                    continue
+                except OSError as e:
+                    # The slot's bytes all landed: only this entry is not cached. Aborted like a failed fill, and the
+                    # rest still published (found in review: one failed rename, its .fill removed by someone cleaning
+                    # /dev/shm, left the later fills locked for good and failed the load untyped).
+                    log.warning("host cache: the fill of %s could not be published (%s); the next load fills it "
+                                "again", entry.path, e)
+            self._cache._abort_fill(entry, lock_fd)
+        self._cache._done_with([e for e in self._used if all(e is not f for f in filled)] + published)
 
     def __del__(self):
         # Dropped without wait(): a fill the job was doing must not be published half done, its lock must go (the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import math
 import os
 import weakref
@@ -24,11 +26,20 @@ def cuda_compiled() -> bool:
     return _C.cuda_compiled()
 
 
-def _count(name: str, value, *, positive: bool = False) -> int:
+#: Copier threads one load may ask for (an int in the C++ core).
+MAX_THREADS = (1 << 31) - 1
+#: Counts (bytes, pages, offsets) travel to the C++ core as uint64: anything larger is refused here, typed (found in
+#: review: 2**64 came back from pybind as a bare TypeError).
+MAX_COUNT = (1 << 64) - 1
+
+
+def _count(name: str, value, *, positive: bool = False, limit: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
     if value < 0 or (positive and value == 0):
         raise InvalidArgumentError(f"{name} must be {'positive' if positive else 'non-negative'}, not {value}")
+    if value > limit:
+        raise InvalidArgumentError(f"{name} is {value}, past the largest this takes ({limit})")
     return value
 
 
@@ -102,6 +113,7 @@ class Slot:
         self._pool = pool  # the pool stays open while any of its slots is referenced
         self._slot = cslot
         self._load_bytes = 0
+        self._load_bytes_lock = threading.Lock()
 
     @property
     def tag(self) -> str:
@@ -134,7 +146,9 @@ class Slot:
         """The C++ load of `specs` ((path, address, keep-alive, src_offset, slot_offset, nbytes[, fill address,
         pinned]) tuples), counted in load_bytes."""
         job = self._slot.load(specs, threads, chunk_bytes)
-        self._load_bytes += sum(int(spec[5]) for spec in specs)
+        nbytes = sum(int(spec[5]) for spec in specs)
+        with self._load_bytes_lock:  # loads start on several threads (found in review: += lost updates)
+            self._load_bytes += nbytes
         return job
 
     def map(self, page_offset: int, n_pages: int) -> None:
@@ -254,7 +268,7 @@ class Slot:
             specs.append((None, address, keep, src_offset, slot_offset, nbytes))
         if threads is None:
             threads = 1 if self._pool.backend == "cuda" else 2
-        _count("threads", threads, positive=True)
+        _count("threads", threads, positive=True, limit=MAX_THREADS)
         _count("chunk_bytes", chunk_bytes, positive=True)
         if chunk_bytes < MIN_LOAD_CHUNK_BYTES:
             raise InvalidArgumentError(

@@ -1,0 +1,101 @@
+"""The host checkpoint cache, found in review of the memory path: one fill whose publish failed left the load's
+other fills locked for good (and the load failed untyped, its bytes all landed); a missing file, a negative or a
+float offset came out untyped or truncated; and a hit whose load the loader refused was counted."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import pytest
+
+from warmserve.errors import InvalidArgumentError, WarmServeError
+from warmserve.memory import PagePool
+from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+
+PAGE = 4096
+
+
+# A fill whose publish fails: the load's other fills are still published, and their locks go.
+def test_a_failed_publish_does_not_leak_the_other_fills(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(os.urandom(8 * PAGE))
+    b.write_bytes(os.urandom(8 * PAGE))
+    root = str(tmp_path / "cache")
+    with PagePool(64 * PAGE, page_bytes=PAGE, prefault=False) as pool:
+        slot = pool.create_slot(32 * PAGE, "s")
+        cache = HostCheckpointCache(HostCacheConfig(root=root, capacity_bytes=1 << 20, chunk_bytes=PAGE))
+        job = cache.load(slot, [(str(a), 0, 0, 8 * PAGE), (str(b), 0, 8 * PAGE, 8 * PAGE)])
+        fills = sorted(n for n in os.listdir(root) if n.endswith(".fill"))
+        assert len(fills) == 2
+        first = job._fills[0][0]
+        os.unlink(first.path[: -len(".bin")] + ".fill")  # the first publish's rename will fail
+        second = job._fills[1][0]
+        try:
+            job.wait()
+        except Exception as e:
+            err = e
+        else:
+            err = None
+        # the second fill must be published or aborted, and its lock released
+        key2 = second.key
+        assert not os.path.exists(os.path.join(root, key2 + ".fill")), "second fill left behind"
+        fd = os.open(os.path.join(root, key2 + ".lock"), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held by the dead job
+        finally:
+            os.close(fd)
+        assert second.users == 0 and first.users == 0
+        # and the error, if any, should be typed
+        assert err is None or isinstance(err, WarmServeError), repr(err)
+
+
+# Caller mistakes are typed, as slot.load's.
+@pytest.fixture
+def env(tmp_path):
+    f = tmp_path / "ckpt.bin"
+    f.write_bytes(os.urandom(16 * PAGE))
+    with PagePool(64 * PAGE, page_bytes=PAGE, prefault=False) as pool:
+        cache = HostCheckpointCache(HostCacheConfig(root=str(tmp_path / "cache"), capacity_bytes=1 << 20,
+                                                    chunk_bytes=PAGE))
+        yield str(f), pool, pool.create_slot(32 * PAGE, "s"), cache
+
+
+def test_missing_checkpoint_file_is_typed(env):
+    f, pool, slot, cache = env
+    with pytest.raises(WarmServeError):  # slot.load raises InvalidArgumentError("cannot open ...")
+        slot.load([(f + ".gone", 0, 0, 10)]).wait()
+    with pytest.raises(WarmServeError):  # host_cache.py: os.stat -> FileNotFoundError
+        cache.load(slot, [(f + ".gone", 0, 0, 10)]).wait()
+
+
+@pytest.mark.parametrize("hit", [False, True])
+def test_negative_slot_offset_is_typed(env, hit):
+    f, pool, slot, cache = env
+    if hit:
+        cache.load(slot, [(f, 0, 0, 100)]).wait()
+    with pytest.raises(InvalidArgumentError):  # slot.load's _count refuses it; the cache path: pybind RuntimeError
+        cache.load(slot, [(f, 0, -PAGE, 10)]).wait()
+
+
+def test_non_integer_offset_is_refused_not_truncated(env):
+    f, pool, slot, cache = env
+    with pytest.raises(InvalidArgumentError):
+        slot.load([(f, 0, 0.5, 10)])
+    with pytest.raises(InvalidArgumentError):  # host_cache.py: int(0.5) == 0, loads at offset 0
+        cache.load(slot, [(f, 0, 0.5, 10)]).wait()
+
+
+# A hit counts once its load has started.
+def test_a_refused_hit_is_not_counted(tmp_path):
+    f = tmp_path / "x.bin"
+    f.write_bytes(os.urandom(4 * PAGE))
+    with PagePool(16 * PAGE, page_bytes=PAGE, prefault=False) as pool:
+        slot = pool.create_slot(8 * PAGE, "s")
+        cache = HostCheckpointCache(HostCacheConfig(root=str(tmp_path / "c"), capacity_bytes=1 << 20, chunk_bytes=PAGE))
+        cache.load(slot, [(str(f), 0, 0, PAGE)]).wait()
+        before = cache.stats()
+        with pytest.raises(InvalidArgumentError):  # outside the slot: refused by the loader
+            cache.load(slot, [(str(f), 0, 1 << 30, PAGE)])
+        after = cache.stats()
+        assert (after["hits"], after["bytes_from_cache"]) == (before["hits"], before["bytes_from_cache"])
