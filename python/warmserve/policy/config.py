@@ -77,8 +77,10 @@ class PolicyConfig:
     prefill_budget_decode_stretch: bool = False
     #: route() treats a request whose model's prefill backlog is past its ready instances' budget as overflow, as
     #: one finding every instance at B: a burst of long prompts does not wait for the tick's 5 s average. Off for
-    #: `autoscale`, its best setting: its starts take an engine initialisation (14 s and more), arrive after the
-    #: burst and hold GPUs (paper-code, seeds 0-2: P99 32.3 s without, 47.7 s with it; bench/simulate).
+    #: `autoscale` as registered (its 5 s window): its starts take an engine initialisation (14 s and more),
+    #: arrive after the burst and hold GPUs (paper-code, seeds 0-2: P99 32.3 s without, 47.7 s with it, before
+    #: the scale-in fix). At its long windows it can help it: paper-code as traced, 300 s window, P99 10.11 s ->
+    #: 7.04 s (bench/simulate/issue11/autoscale_overflow.py, which gives `autoscale` that choice in every cell).
     route_prefill_overflow: bool = True
     #: The tick scales in on the 5 s averages, but never below the instances the prefill backlog of this moment
     #: needs: route() may have just started instances for a burst that the average has barely seen, and the

@@ -249,6 +249,7 @@ def _run_main(args, saved: _Saved) -> int:
     check_output("--json", args.json)  # before a long run, not after it
     check_plot("--plot", args.plot)
     preset = build_preset(args)
+    note_shadowed_options(args.policy_option, policies)
     cost = CostModel.for_gpu(args.gpu)
     if args.profile:
         cost = CostModel.from_profile(args.profile, base=cost)
@@ -504,3 +505,17 @@ def run_args(args) -> dict:
     """The command's arguments as the JSON records them (``"args"``), so that two outputs can be told to come
     from the same simulation options (bench/simulate/issue11/merge_policies.py)."""
     return {k: v for k, v in sorted(vars(args).items()) if k not in OUTPUT_ARGS and not callable(v)}
+
+
+def note_shadowed_options(options, policies: list[str]) -> None:
+    """Say on stderr which --policy-option values a policy does not take because its name fixes that field
+    (found in review: `autoscale` ran as registered under migrate_max_in_flight=8, without a word)."""
+    from warmserve.policy.registry import POLICIES
+
+    given = parse_policy_options(options)
+    for name in policies:
+        fixed = POLICIES[name].overrides if name in POLICIES else {}
+        for key, value in fixed.items():
+            if getattr(given, key) != value and any(o.split("=", 1)[0].strip() == key for o in options):
+                print(f"warmserve simulate: --policy-option {key}={getattr(given, key)} does not reach {name}, "
+                      f"which fixes {key}={value}", file=sys.stderr)

@@ -57,3 +57,16 @@ def test_gpus_with_a_paper_preset_is_refused_not_dropped(capsys):
     out, err = capsys.readouterr()
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
     assert "--gpus 32" in err and "--workload artifact-code --gpus 32" in err, err
+
+
+def test_an_option_a_policy_fixes_is_named_on_stderr(capsys):
+    """Found in review: `autoscale` fixes migrate_max_in_flight=0 (and more), and ran as registered under
+    --policy-option migrate_max_in_flight=8 without a word, the run's JSON recording the option."""
+    from warmserve.sim.cli import note_shadowed_options
+
+    note_shadowed_options(["migrate_max_in_flight=8", "load_window_s=60"], ["warmserve", "autoscale"])
+    err = capsys.readouterr().err
+    assert "migrate_max_in_flight=8 does not reach autoscale, which fixes migrate_max_in_flight=0" in err
+    assert len(err.splitlines()) == 1  # load_window_s is taken by both, and warmserve fixes nothing
+    note_shadowed_options(["route_prefill_overflow=false"], ["autoscale"])  # the value it fixes: nothing to say
+    assert capsys.readouterr().err == ""
