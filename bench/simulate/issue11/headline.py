@@ -62,6 +62,24 @@ def p99_rows(best: dict) -> list[list[str]]:
     return rows
 
 
+def overflow_rows() -> list[list[str]]:
+    """``autoscale_overflow.json``: its best with prefill-overflow routing at the long windows offered too."""
+    d = load("autoscale_overflow")
+    best = {} if d is None else {(r["preset"].replace("-", "_"), r["cell"]): r for r in d["rows"]}
+    rows = []
+    for label, cells in (("as traced, 14 s; 35 s; 0 s", ("traced_14s", "traced_35s", "traced_0s")),
+                         ("burst CV 4, 14 s; 35 s", ("cv4_14s", "cv4_35s"))):
+        row = [f"P99 TTFT autoscale / warmserve, {label}: **its best of {len(SETTINGS)} settings and of "
+               "prefill-overflow routing at 30-300 s windows** (its GPU-s / warmserve's)"]
+        for p in PRESETS:
+            got = [best.get((p, c)) for c in cells]
+            row.append("; ".join("-" if b is None else f"**{b['ratio_best']:.2f}x** ({b['gpu_ratio_best']:.2f}x)"
+                                 for b in got))
+        row.append("`autoscale_overflow.json`")
+        rows.append(row)
+    return rows
+
+
 def window_rows(best: dict) -> list[list[str]]:
     """warmserve at autoscale's long load windows: whether the setting that helps the baseline helps it too; and
     both at their best window (14 s engine start)."""
@@ -178,7 +196,7 @@ def main() -> None:
         plot(args.plot, best)
     print("| figure | paper-conv | paper-code | artifact-conv | artifact-code | file (issue11/) |")
     print("|---|---|---|---|---|---|")
-    for r in p99_rows(best) + window_rows(best) + rate_rows() + dedicated_rows():
+    for r in p99_rows(best) + overflow_rows() + window_rows(best) + rate_rows() + dedicated_rows():
         print("| " + " | ".join(x if x.strip("-; ") else "-" for x in r) + " |")
     print()
     print("| 12 models on 16 GPUs: SLO attainment / P99 TTFT | warmserve | warmserve, rules only "
