@@ -6,12 +6,11 @@ no torch: it only tokenizes and plans.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 from warmserve.config import ModelSpec
-from warmserve.engine.arch import UnsupportedModelError, architecture, check_weight_sizes, config_value
+from warmserve.engine.arch import UnsupportedModelError, architecture, check_weight_sizes, config_value, json_object
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import DTYPE_BYTES, kv_bytes_per_token
 
@@ -53,15 +52,7 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
             f"model {spec.name!r}: no checkpoint at {path} (config.json missing); run `warmserve models demo` "
             f"for the demo models or fix the path", path=path,
         )
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidArgumentError(f"model {spec.name!r}: {cfg_path} is not valid JSON ({e}): fix or re-download it",
-                                   path=cfg_path) from None
-    if not isinstance(cfg, dict):
-        raise InvalidArgumentError(f"model {spec.name!r}: {cfg_path} holds JSON {type(cfg).__name__}, not the "
-                                   "object of a Hugging Face config", path=cfg_path)
+    cfg = json_object(cfg_path)
     # What the workers could never run is refused here, at start, not after three failed starts per request. The
     # top level, as the workers read it (found in review: a multimodal config's text_config passed here).
     try:

@@ -6,7 +6,9 @@ whole ones; these are the ones that need no tensor."""
 
 from __future__ import annotations
 
-from warmserve.engine.safetensors_header import read_raw_header
+import json
+
+from warmserve.engine.safetensors_header import CheckpointError, read_raw_header
 from warmserve.errors import InvalidArgumentError, register
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -48,6 +50,21 @@ def config_value(cfg: dict, key: str, arch: str | None = None):
     if key in cfg:
         return cfg[key]
     return ARCH_DEFAULTS[arch or architecture(cfg)].get(key)
+
+
+def json_object(path: str) -> dict:
+    """The JSON object in a checkpoint's file (config.json, generation_config.json), or CheckpointError naming it:
+    the controller's check at start and the worker's load read them alike (found in review: a corrupt
+    generation_config.json failed a load with a bare JSONDecodeError)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}): fix or re-download it", path=path) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds JSON {type(obj).__name__}, not the object of a Hugging Face config "
+                              "file", path=path)
+    return obj
 
 
 def check_weight_sizes(files: list[str]) -> None:

@@ -6,14 +6,12 @@ Hub carry) and transformers 5's ``rope_parameters``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 
-from warmserve.engine.arch import UnsupportedModelError, architecture, config_value
-from warmserve.engine.safetensors_header import CheckpointError
+from warmserve.engine.arch import UnsupportedModelError, architecture, config_value, json_object
 from warmserve.errors import InvalidArgumentError
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -217,16 +215,3 @@ def _check_rope_params(rope_type: str, rope: dict) -> None:
     if bad:
         raise UnsupportedModelError(f"rope_scaling of type {rope_type!r} has non-numeric {bad}: these must be numbers",
                                     rope_type=rope_type, rope_params=bad)
-
-
-def json_object(path: str) -> dict:
-    """The JSON object in a checkpoint's file (config.json, generation_config.json), or CheckpointError naming it
-    (found in review: a corrupt generation_config.json failed a load with a bare JSONDecodeError)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}): fix or re-download it", path=path) from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds JSON {type(obj).__name__}, not an object", path=path)
-    return obj
