@@ -139,6 +139,10 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
   } catch (...) {
     std::lock_guard<std::mutex> g(pool.mu);
     for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, -1);
+    // Pages an overlapping load handed it while it stood in pool.jobs are undone (or passed on) as its finish()
+    // would have (found in review: a load whose thread could not start kept them mapped for good).
+    n_job_pages_ = job_pages_.size();
+    rollback_locked();
     pool.jobs.erase(this);
     pool.jobs_cv.notify_all();
     throw;
@@ -291,6 +295,56 @@ void LoadJob::run() {
   finish();
 }
 
+void LoadJob::rollback_locked() {
+  // Caller holds pool.mu, and this job's pins are gone.
+  Pool& pool = *slot_->pool;
+  // Roll back only the pages this job mapped, run by run, and never one a live pinned view covers (a view
+  // made while the load ran): unmapping it would fault the view's next access. Those are kept and counted.
+  // A page pinned by other running loads of the slot only (no view) goes to one of them, whose own end
+  // undoes it if it fails too (found in review: two overlapping loads, both cancelled, left the first one's
+  // pages mapped for good, "kept" for views that did not exist; the second mapped none of them).
+  auto heir = [&](uint64_t pg) -> LoadJob* {
+    LoadJob* first = nullptr;
+    uint32_t loads = 0;
+    for (LoadJob* j : pool.jobs) {
+      if (j == this || j->slot_ != slot_ || !std::binary_search(j->pages_.begin(), j->pages_.end(), pg)) continue;
+      ++loads;
+      if (!first) first = j;
+    }
+    return loads == slot_->pins[pg] ? first : nullptr;
+  };
+  std::sort(job_pages_.begin(), job_pages_.end());
+  size_t k = 0;
+  while (k < job_pages_.size()) {
+    uint64_t pg = job_pages_[k];
+    if (slot_->table[pg] < 0) { ++k; continue; }
+    if (slot_->pins[pg]) {
+      if (LoadJob* h = heir(pg)) {
+        h->job_pages_.push_back(pg);  // with pool.mu, as its mapper and its finish touch it
+        --n_job_pages_;
+      } else {
+        ++n_kept_pages_;
+      }
+      ++k;
+      continue;
+    }
+    size_t m = k + 1;
+    while (m < job_pages_.size() && job_pages_[m] == job_pages_[m - 1] + 1 && slot_->table[job_pages_[m]] >= 0 &&
+           !slot_->pins[job_pages_[m]])
+      ++m;
+    if (slot_->pinned_beside(pg, m - k) >= 0) {  // the run shares a driver mapping with a pinned page: kept
+      n_kept_pages_ += m - k;
+      k = m;
+      continue;
+    }
+    try {
+      slot_->unmap_locked(pg, m - k);
+    } catch (const Error&) {  // left mapped: the slot stays consistent, the pages stay the slot's
+    }
+    k = m;
+  }
+}
+
 void LoadJob::finish() {
   Pool& pool = *slot_->pool;
   bool ok;
@@ -305,51 +359,7 @@ void LoadJob::finish() {
     for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, -1);
     n_job_pages_ = job_pages_.size();
     if (!ok) {
-      // Roll back only the pages this job mapped, run by run, and never one a live pinned view covers (a view
-      // made while the load ran): unmapping it would fault the view's next access. Those are kept and counted.
-      // A page pinned by other running loads of the slot only (no view) goes to one of them, whose own end
-      // undoes it if it fails too (found in review: two overlapping loads, both cancelled, left the first one's
-      // pages mapped for good, "kept" for views that did not exist; the second mapped none of them).
-      auto heir = [&](uint64_t pg) -> LoadJob* {
-        LoadJob* first = nullptr;
-        uint32_t loads = 0;
-        for (LoadJob* j : pool.jobs) {
-          if (j == this || j->slot_ != slot_ || !std::binary_search(j->pages_.begin(), j->pages_.end(), pg)) continue;
-          ++loads;
-          if (!first) first = j;
-        }
-        return loads == slot_->pins[pg] ? first : nullptr;
-      };
-      std::sort(job_pages_.begin(), job_pages_.end());
-      size_t k = 0;
-      while (k < job_pages_.size()) {
-        uint64_t pg = job_pages_[k];
-        if (slot_->table[pg] < 0) { ++k; continue; }
-        if (slot_->pins[pg]) {
-          if (LoadJob* h = heir(pg)) {
-            h->job_pages_.push_back(pg);  // with pool.mu, as its mapper and its finish touch it
-            --n_job_pages_;
-          } else {
-            ++n_kept_pages_;
-          }
-          ++k;
-          continue;
-        }
-        size_t m = k + 1;
-        while (m < job_pages_.size() && job_pages_[m] == job_pages_[m - 1] + 1 && slot_->table[job_pages_[m]] >= 0 &&
-               !slot_->pins[job_pages_[m]])
-          ++m;
-        if (slot_->pinned_beside(pg, m - k) >= 0) {  // the run shares a driver mapping with a pinned page: kept
-          n_kept_pages_ += m - k;
-          k = m;
-          continue;
-        }
-        try {
-          slot_->unmap_locked(pg, m - k);
-        } catch (const Error&) {  // left mapped: the slot stays consistent, the pages stay the slot's
-        }
-        k = m;
-      }
+      rollback_locked();
     }
     if (ok) pool.bytes_loaded += total_;
     {

@@ -74,6 +74,7 @@ class LoadJob {
   void copier_loop();
   void fail(const Error& e);
   void finish();
+  void rollback_locked();  // undo job_pages_ (pool.mu held, its pins gone): unmapped, kept for views, or handed on
   std::string kept_note() const;
 
   // The descriptors this job opened, each once (sources of one file share it), closed with the job. A member, so
@@ -92,7 +93,8 @@ class LoadJob {
   std::vector<int> fds_;  // per source: its file's descriptor (in owned_fds_), or -1 for a buffer
   std::vector<uint64_t> pages_;  // slot pages touched, ascending
   std::vector<Piece> pieces_;
-  std::vector<uint64_t> job_pages_;  // pages this job mapped: rolled back on failure
+  std::vector<uint64_t> job_pages_;  // pages this job answers for (it mapped them, or an overlapping load that ended
+                                     // before it handed them over): rolled back on failure
   uint64_t n_job_pages_ = 0, n_kept_pages_ = 0;
   int threads_;
   uint64_t total_ = 0;

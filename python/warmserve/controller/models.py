@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from warmserve.config import ModelSpec
 from warmserve.engine.arch import UnsupportedModelError, architecture, check_weight_sizes, config_value, json_object
+from warmserve.engine.safetensors_header import CheckpointError
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import DTYPE_BYTES, kv_bytes_per_token
 
@@ -52,7 +53,10 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
             f"model {spec.name!r}: no checkpoint at {path} (config.json missing); run `warmserve models demo` "
             f"for the demo models or fix the path", path=path,
         )
-    cfg = json_object(cfg_path)
+    try:
+        cfg = json_object(cfg_path)
+    except CheckpointError as e:  # named, as every refusal here
+        raise CheckpointError(f"model {spec.name!r}: {e.message}", **e.fields) from None
     # What the workers could never run is refused here, at start, not after three failed starts per request. The
     # top level, as the workers read it (found in review: a multimodal config's text_config passed here).
     try:

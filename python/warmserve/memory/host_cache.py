@@ -409,9 +409,14 @@ class HostCheckpointCache:
             os.close(fd)  # drops the flock
 
     def _publish(self, entry: CacheEntry, lock_fd: int) -> None:
+        """Rename the fill onto its entry; OSError only from the rename, before anything is done (found in review:
+        an error after it, caught as an unpublished fill, closed the lock twice). After it nothing raises."""
         fill_path = entry.path[: -len(".bin")] + ".fill"
         os.rename(fill_path, entry.path)
-        self._touch(entry.path)
+        try:
+            self._touch(entry.path)
+        except OSError:  # LRU order only: the entry is published
+            pass
         with self._mu:
             self._stats["fills"] += 1
             self._stats["bytes_filled"] += entry.size
@@ -424,7 +429,10 @@ class HostCheckpointCache:
                 # mapping serves the entry, this one is let go of (and its DMA registration undone) when the load
                 # that filled it is done with it (_done_with)
                 entry.stale = True
-        os.close(lock_fd)
+        try:
+            os.close(lock_fd)
+        except OSError:  # Linux frees the descriptor (and the flock) whatever close says
+            pass
 
     def _abort_fill(self, entry: CacheEntry, lock_fd: int) -> None:
         unlink_if_there(entry.path[: -len(".bin")] + ".fill")

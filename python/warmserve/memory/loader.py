@@ -31,7 +31,8 @@ class LoadJob:
 
     @property
     def pages_mapped(self) -> int:
-        """Pages the job mapped itself (after it finished); the ones it rolls back on failure."""
+        """Pages the job answers for (after it finished): those it mapped itself, less those it handed, failing, to
+        an overlapping load still running, plus those such a load handed it; the ones it rolls back on failure."""
         return self._job.pages_mapped_by_job
 
     @property

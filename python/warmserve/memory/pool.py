@@ -247,7 +247,8 @@ class Slot:
         a CPU torch tensor, or any object with the buffer protocol (bytes, numpy arrays, memoryview). Pages of the
         destination that are not mapped are mapped (and populated) by a C++ thread ahead of the copier threads;
         the destination is pinned until the load ends. If it fails or is cancelled, the pages it mapped are unmapped
-        again, except those a pinned view made meanwhile covers (``job.pages_kept``). progress(done_bytes,
+        again, except those a pinned view made meanwhile covers (``job.pages_kept``) and those an overlapping load
+        still running covers (they become that load's, undone if it fails too). progress(done_bytes,
         total_bytes) is called from the thread that waits. chunk_bytes: the largest piece a copier thread takes, at
         least MIN_LOAD_CHUNK_BYTES, and at most 2**20 pieces a load (InvalidArgumentError otherwise)."""
         specs = []

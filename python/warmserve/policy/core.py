@@ -552,8 +552,9 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                     out.append(A.CancelPrewarm(r.prewarm_id))
             todo.extend(cands[len(have):])
         todo.sort(key=lambda c: (-c.score, c.model, c.rank))
-        # A model's placement that failed fails again at a score no higher while the board is unchanged (what is
-        # feasible does not depend on the score, what may be evicted shrinks with it): not tried again. Found in
+        # A model's placement that failed is not tried again at a score no higher while the board is unchanged: the
+        # board would refuse it too (the groups free of eviction do not depend on the score, and a failed eviction
+        # search is remembered for lower scores, ``Board._evict_failed``), so this skips only the work. Found in
         # review: a forecast of 1e7 in flight (a history in the wrong unit) tried its 312k candidates one by one,
         # a 9 s tick. Each still draws its id, so the ids of the plan, and every seeded figure, are as before.
         failed_at: dict[str, int] = {}

@@ -64,7 +64,7 @@ def test_an_architecture_the_engine_does_not_run_is_refused_at_start(tmp_path):
 
 
 def test_a_malformed_config_names_its_file(tmp_path):
-    with pytest.raises(InvalidArgumentError, match="config.json is not valid JSON") as e:
+    with pytest.raises(InvalidArgumentError, match="model 'bad': .*config.json is not valid JSON") as e:
         controller_model(_checkpoint(tmp_path, "bad", config_text='{"a": 1\n"b": 2}'))
     assert e.value.path.endswith("config.json")
     with pytest.raises(InvalidArgumentError, match="not the object of a Hugging Face config"):
@@ -111,3 +111,15 @@ def test_the_checks_import_no_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# Found in review: the shared json_object dropped the model's name from this refusal.
+@pytest.mark.parametrize("text", ['{"a": 1\n', "[1, 2]"])
+def test_a_malformed_config_names_the_model_whatever_its_folder(tmp_path, text):
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(text)
+    spec = ModelSpec(name="my-model", path=str(d))
+    with pytest.raises(InvalidArgumentError) as e:
+        controller_model(spec)
+    assert "my-model" in str(e.value), str(e.value)
