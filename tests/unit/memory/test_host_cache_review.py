@@ -17,8 +17,9 @@ from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
 PAGE = 4096
 
 
-# A fill whose publish fails: the load's other fills are still published, and their locks go.
-def test_a_failed_publish_does_not_leak_the_other_fills(tmp_path):
+@pytest.fixture
+def two_fills(tmp_path):
+    """A cached load that fills two entries (nothing cached yet): (cache root, the running job)."""
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     a.write_bytes(os.urandom(8 * PAGE))
     b.write_bytes(os.urandom(8 * PAGE))
@@ -27,28 +28,31 @@ def test_a_failed_publish_does_not_leak_the_other_fills(tmp_path):
         slot = pool.create_slot(32 * PAGE, "s")
         cache = HostCheckpointCache(HostCacheConfig(root=root, capacity_bytes=1 << 20, chunk_bytes=PAGE))
         job = cache.load(slot, [(str(a), 0, 0, 8 * PAGE), (str(b), 0, 8 * PAGE, 8 * PAGE)])
-        fills = sorted(n for n in os.listdir(root) if n.endswith(".fill"))
-        assert len(fills) == 2
-        first = job._fills[0][0]
-        os.unlink(first.path[: -len(".bin")] + ".fill")  # the first publish's rename will fail
-        second = job._fills[1][0]
-        try:
-            job.wait()
-        except Exception as e:
-            err = e
-        else:
-            err = None
-        # the second fill must be published or aborted, and its lock released
-        key2 = second.key
-        assert not os.path.exists(os.path.join(root, key2 + ".fill")), "second fill left behind"
-        fd = os.open(os.path.join(root, key2 + ".lock"), os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held by the dead job
-        finally:
-            os.close(fd)
-        assert second.users == 0 and first.users == 0
-        # and the error, if any, should be typed
-        assert err is None or isinstance(err, WarmServeError), repr(err)
+        assert len([n for n in os.listdir(root) if n.endswith(".fill")]) == 2
+        yield root, job
+
+
+def _wait_settled(root: str, job, entry) -> None:
+    """job.wait(): any error typed, and ``entry``'s fill neither left behind nor its lock held."""
+    try:
+        job.wait()
+    except Exception as e:  # noqa: BLE001 (the type is what is checked)
+        assert isinstance(e, WarmServeError), repr(e)
+    assert not os.path.exists(os.path.join(root, entry.key + ".fill")), "fill left behind"
+    fd = os.open(os.path.join(root, entry.key + ".lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held by the ended job
+    finally:
+        os.close(fd)
+
+
+# A fill whose publish fails: the load's other fills are still published, and their locks go.
+def test_a_failed_publish_does_not_leak_the_other_fills(two_fills):
+    root, job = two_fills
+    first, second = job._fills[0][0], job._fills[1][0]
+    os.unlink(first.path[: -len(".bin")] + ".fill")  # the first publish's rename will fail
+    _wait_settled(root, job, second)
+    assert second.users == 0 and first.users == 0
 
 
 # Caller mistakes are typed, as slot.load's.
@@ -104,40 +108,23 @@ def test_a_refused_hit_is_not_counted(tmp_path):
 
 # Found in a review of the publish fix: an error after the rename (the lock's close, the LRU touch) was handled as
 # an unpublished fill: the lock closed twice, the later fills left locked, a published entry not counted.
-def test_close_error_after_rename_does_not_leak_the_other_fills(tmp_path, monkeypatch):
-    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(os.urandom(8 * PAGE))
-    b.write_bytes(os.urandom(8 * PAGE))
-    root = str(tmp_path / "cache")
-    with PagePool(64 * PAGE, page_bytes=PAGE, prefault=False) as pool:
-        slot = pool.create_slot(32 * PAGE, "s")
-        cache = HostCheckpointCache(HostCacheConfig(root=root, capacity_bytes=1 << 20, chunk_bytes=PAGE))
-        job = cache.load(slot, [(str(a), 0, 0, 8 * PAGE), (str(b), 0, 8 * PAGE, 8 * PAGE)])
-        first_fd = job._fills[0][1]
-        second = job._fills[1][0]
-        real_close = os.close
-        state = {"done": False}
+def test_close_error_after_rename_does_not_leak_the_other_fills(two_fills, monkeypatch):
+    root, job = two_fills
+    first_fd, second = job._fills[0][1], job._fills[1][0]
+    real_close = os.close
+    state = {"done": False}
 
-        def close(fd):
-            real_close(fd)
-            if fd == first_fd and not state["done"]:
-                state["done"] = True
-                raise OSError(5, "Input/output error")  # released, and the error reported (close(2))
+    def close(fd):
+        real_close(fd)
+        if fd == first_fd and not state["done"]:
+            state["done"] = True
+            raise OSError(5, "Input/output error")  # released, and the error reported (close(2))
 
-        monkeypatch.setattr(hc.os, "close", close)
-        err = None
-        try:
-            job.wait()
-        except Exception as e:
-            err = e
+    monkeypatch.setattr(hc.os, "close", close)
+    try:
+        _wait_settled(root, job, second)
+    finally:
         monkeypatch.setattr(hc.os, "close", real_close)
-        assert not os.path.exists(os.path.join(root, second.key + ".fill")), f"second fill left behind ({err!r})"
-        fd = os.open(os.path.join(root, second.key + ".lock"), os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held
-        finally:
-            os.close(fd)
-        assert err is None or isinstance(err, WarmServeError), repr(err)
 
 
 def test_touch_error_after_rename_is_not_an_unpublished_fill(tmp_path, monkeypatch, caplog):
