@@ -191,6 +191,8 @@ def read_history(path: str) -> dict:
 
 #: How far back a history file is read: the policy holds every window from its earliest on, per model.
 HISTORY_MAX_DAYS = 366
+#: Unix time of 2001-09-09: a history start before it is not a Unix time (seconds from a trace's start, say).
+UNIX_2001_S = 1e9
 
 
 def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float) -> tuple:
@@ -201,7 +203,9 @@ def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float
     clock in 1970."""
     import numpy as np
 
-    bad = np.isinf(avg) | np.isinf(peak) | (avg < 0) | (peak < 0)
+    from warmserve.policy.history import impossible_loads
+
+    bad = impossible_loads(avg, peak)
     if bad.any():
         k = int(np.argmax(bad))
         raise ValueError(f"history {path}: model {model!r} has {int(bad.sum())} window(s) with an infinite or "
@@ -221,9 +225,6 @@ def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float
                     path, model, int((~keep).sum()), HISTORY_MAX_DAYS, first)
     return starts[keep], avg[keep], peak[keep]
 
-
-#: Unix time of 2001-09-09: a history start before it is not a Unix time (seconds from a trace's start, say).
-UNIX_2001_S = 1e9
 
 
 #: Connections the HTTP socket queues before they are accepted (the kernel caps it at net.core.somaxconn).

@@ -41,9 +41,7 @@ class Tokenizer:
         model_cfg = self._read_json("config.json")
         eos = gen.get("eos_token_id", model_cfg.get("eos_token_id"))
         ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        eos_tok = self.config.get("eos_token")
-        if isinstance(eos_tok, dict):
-            eos_tok = eos_tok.get("content")
+        eos_tok = _token_text(self.config.get("eos_token"))
         ids = [int(i) for i in ids]
         # The tokenizer's own eos_token ends a generation too, beside the configs' ids (as vLLM stops on both): a
         # chat fine-tune names its turn end there while config.json still says the base model's EOS (found in

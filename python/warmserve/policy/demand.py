@@ -40,13 +40,13 @@ class Demand:
     def fit_ahead(self, window: int) -> None:
         """Spend what is left of this tick's fits on the series whose fit for ``window``'s forecast is not made
         yet, so forecasts are the statistical ones a few ticks after a day boundary, not at the plans after."""
-        if not self.cfg.forecast or self.cfg.forecaster == "paper":
+        if not self.cfg.forecast or self.cfg.forecaster == "paper" or window <= 0:
             return
         h = self._hist
         h.ensure(window)
         for m in sorted(self.models):
             r = h.index[m]
-            if h.known[r] < 0 or window <= 0:
+            if h.known[r] < 0:
                 continue
             for fc, series in zip(self._fc[m], (h.avg, h.peak)):
                 if self._fits_left is not None and self._fits_left <= 0:

@@ -12,6 +12,11 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.policy.concurrency import WindowMeter
 
 
+def impossible_loads(avg: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """Per window, whether its load is no load at all: infinite or negative (NaN is a window with no data)."""
+    return np.isinf(avg) | np.isinf(peak) | (avg < 0) | (peak < 0)
+
+
 class History:
     """Average and peak per model and window index (a models x windows matrix), NaN where missing. Window i
     starts at ``i * window_s`` on the driver's clock."""
@@ -59,7 +64,7 @@ class History:
             return
         # NaN is a window with no data; inf or a negative load is no load at all (found in review: an inf
         # forecast crashed every tick in its time slot, day after day)
-        bad = ~np.isfinite(starts) | np.isinf(avg) | np.isinf(peak) | (avg < 0) | (peak < 0)
+        bad = ~np.isfinite(starts) | impossible_loads(avg, peak)
         if bad.any():
             k = int(np.argmax(bad))
             raise InvalidArgumentError(

@@ -63,9 +63,7 @@ class TokenStream:
                 # The worker may only have stalled: told nothing, it runs the generation on to max_tokens holding
                 # KV blocks (found in review; the async stream's fix). Aborted by the next call, as a stream dropped
                 # unfinished is (its inbox entry kept until then: the abort goes to the requests still listed).
-                self.done = True
-                self._abandoned.detach()
-                self.client._abandoned.append(self.id)
+                self._abandon()
                 raise
             if isinstance(msg, P.Tokens) and msg.seq != self._seq:
                 self._gap(msg.seq)
@@ -82,13 +80,17 @@ class TokenStream:
         self._abandoned.detach()
         self.client._forget(self.id)
 
+    def _abandon(self) -> None:
+        """End the stream and leave its generation to the client's next call to abort."""
+        self.done = True
+        self._abandoned.detach()
+        self.client._abandoned.append(self.id)
+
     def _gap(self, got_seq: int) -> None:
         """End the stream with the typed loss: the worker runs the generation on, so it is aborted now (sent, not
         waited for, as an abandoned stream's is)."""
         err = stream_gap_error(getattr(self.client, "endpoint", "in this process"), self.id, self._seq, got_seq)
-        self.done = True
-        self._abandoned.detach()
-        self.client._abandoned.append(self.id)
+        self._abandon()
         try:
             self.client._abort_abandoned()
         except errors.WorkerLostError as e:  # the Abort could not go out either: the gap is still what to report
