@@ -7,12 +7,13 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import threading
 import time
 
 import numpy as np
 
 from warmserve import _C
-from warmserve.errors import InvalidArgumentError, TimeoutError_, fmt_bytes
+from warmserve.errors import CancelledError, InvalidArgumentError, TimeoutError_, fmt_bytes
 
 #: How often a wait for another worker's flock tries again, seconds.
 POLL_S = 0.01
@@ -81,8 +82,15 @@ def unlink_if_there(path: str) -> None:
         pass
 
 
-def fill_gaps(path: str, entry: CacheEntry, ranges: list[tuple[int, int, int]]) -> None:
-    """Copy the file bytes no source covers (the safetensors header, padding) into the entry being filled."""
+#: Most bytes one read of ``fill_gaps`` takes before it looks at its stop event again.
+GAP_READ_BYTES = 64 << 20
+
+
+def fill_gaps(path: str, entry: CacheEntry, ranges: list[tuple[int, int, int]],
+              stop: threading.Event | None = None) -> None:
+    """Copy the file bytes no source covers (the safetensors header, padding; a tensor-parallel rank's load
+    covers its own shards only, so the other ranks' too) into the entry being filled. ``stop`` set: raises
+    CancelledError at its next read."""
     spans = sorted((fo, fo + n) for fo, _, n in ranges if n)
     gaps, at = [], 0
     for lo, hi in spans:
@@ -96,11 +104,45 @@ def fill_gaps(path: str, entry: CacheEntry, ranges: list[tuple[int, int, int]]) 
     with memoryview(entry.mm) as view, open(path, "rb", buffering=0) as f:
         for lo, hi in gaps:
             at = lo
-            while at < hi:  # one read returns at most about 2 GiB on Linux
+            while at < hi:
+                if stop is not None and stop.is_set():
+                    raise CancelledError(f"the fill of {path} was cancelled", path=path)
                 f.seek(at)
-                got = f.readinto(view[at:hi])
+                got = f.readinto(view[at:min(hi, at + GAP_READ_BYTES)])
                 if not got:
                     raise InvalidArgumentError(
                         f"{path} ended at {at} bytes, {entry.size} ({fmt_bytes(entry.size)}) expected (the file "
                         "changed during the load?)", path=path, size_bytes=entry.size)
                 at += got
+
+
+class GapFill:
+    """``fill_gaps`` of a load's fills on a thread beside the load's job (found in review: run first on the
+    caller's thread, a tensor-parallel rank's load read every other rank's shards before its own copies began, and
+    a worker's load call blocked for as long). ``failed`` lists (entry, error) for fills whose gaps were not read;
+    ``stop`` cancels the rest."""
+
+    def __init__(self, work: list[tuple[str, CacheEntry, list[tuple[int, int, int]]]]):
+        self._work = work
+        self.stop = threading.Event()
+        self.failed: list[tuple[CacheEntry, BaseException]] = []
+        # A daemon: it writes only into the fills' shared mappings, which a process that exits mid-fill leaves
+        # as orphans that eviction removes (their locks go with the process).
+        self._thread = threading.Thread(target=self._run, name="cache-gaps", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for path, entry, ranges in self._work:
+            try:
+                fill_gaps(path, entry, ranges, self.stop)
+            except BaseException as e:  # noqa: BLE001 (reported to the job's wait, which settles the fill)
+                self.failed.append((entry, e))
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the thread at most ``timeout_s``; True when it has ended."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()

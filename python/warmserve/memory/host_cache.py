@@ -16,8 +16,9 @@ Loads. ``cache.load(slot, sources)`` takes the same (path, file_offset, slot_byt
 - miss: the entry is created (fallocate: a tmpfs that cannot hold it fails now, not with SIGBUS later), mapped
   and registered, and the loader threads read each piece of the file into the entry and copy it into the slot
   from there, so reading piece k+1 overlaps copying piece k (the fill is pipelined). File bytes no source covers
-  (the safetensors header) are copied into the entry by Python first. When the job ends well, the entry is
-  published (an atomic rename); a failed or cancelled fill is deleted.
+  (the safetensors header; a tensor-parallel rank's other ranks' shards) are read into the entry by a Python
+  thread beside the job. When both end well, the entry is published (an atomic rename); a failed or cancelled
+  fill is deleted (a fill whose gaps alone failed too, with a warning: the slot's bytes all landed).
 
 Concurrency. A fill holds an exclusive flock on ``<entry>.lock`` until it is published or deleted; a second
 worker asking for the same checkpoint waits on that lock (``lock_timeout_s``) and then maps the published entry
@@ -50,7 +51,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from warmserve.errors import InvalidArgumentError, TimeoutError_
-from warmserve.memory.cache_entry import CacheEntry, fill_gaps, flock_wait, unlink_if_there
+from warmserve.memory.cache_entry import CacheEntry, GapFill, flock_wait, unlink_if_there
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import MIN_LOAD_CHUNK_BYTES, _count
 
@@ -148,7 +149,7 @@ class HostCheckpointCache:
         cuda = slot.pool.backend == "cuda"
         device = slot.pool.device
         self._sweep()
-        specs, fills, used, hits = [], [], [], []
+        specs, fills, used, hits, gaps = [], [], [], [], []
         try:
             for key, p, st in order:
                 ranges = by_key[key]
@@ -170,7 +171,7 @@ class HostCheckpointCache:
                     specs += [(None, entry.ptr, entry.arr, fo, so, n, 0, entry.pinned) for fo, so, n in ranges]
                     hits.append(sum(n for _, _, n in ranges))
                 else:
-                    fill_gaps(p, entry, ranges)
+                    gaps.append((p, entry, ranges))
                     specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in ranges]
             job = slot._start_load(specs, self.config.threads, self.config.chunk_bytes)
             for n in hits:  # counted once the load has started (found in review: refused loads counted as hits)
@@ -180,7 +181,10 @@ class HostCheckpointCache:
                 self._abort_fill(entry, lock_fd)
             self._done_with([e for e in used if all(e is not f for f, _ in fills)])
             raise
-        return _CachedLoadJob(job, progress, self, fills, used)
+        cached = _CachedLoadJob(job, progress, self, fills, used)
+        if gaps:
+            cached._start_gaps(gaps)
+        return cached
 
     def close(self) -> None:
         """Let go of this process's mappings (and DMA registrations). The entries stay for other workers. An entry
@@ -455,16 +459,42 @@ _DEL_STOP_TIMEOUT_S = 30.0
 
 
 class _CachedLoadJob(LoadJob):
-    """A LoadJob that publishes the cache entries it filled when it ends well, and deletes them otherwise."""
+    """A LoadJob that publishes the cache entries it filled when it ends well, and deletes them otherwise. Its
+    fills' gaps (the file bytes no source covers) are read on a thread beside the job (``GapFill``): the load
+    ends when both have."""
 
     def __init__(self, job, progress, cache: HostCheckpointCache, fills, used):
         super().__init__(job, progress)
         self._cache, self._fills, self._used = cache, fills, used
+        self._gaps: GapFill | None = None
         self._settled = False
 
+    def _start_gaps(self, work) -> None:
+        try:
+            self._gaps = GapFill(work)
+        except BaseException:  # no thread (EAGAIN): the job stops and its fills go, as a failed load's
+            self._stop()
+            self._settle(ok=False)
+            raise
+
+    @property
+    def done(self) -> bool:
+        return self._job.finished and (self._gaps is None or self._gaps.finished)
+
+    def cancel(self) -> None:
+        """Stop the copies and the gaps' read. Once the copies have ended the load stands (wait() returns its
+        bytes) and only its fills go."""
+        if self._gaps is not None:
+            self._gaps.stop.set()
+        super().cancel()
+
     def wait(self, timeout_s: float | None = None) -> int:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             n = super().wait(timeout_s)
+            if self._gaps is not None and not self._gaps.join(_left(deadline)):
+                raise TimeoutError_(f"load not finished after {timeout_s} s (its copies are, the rest of its cache "
+                                    "fill is not): wait longer or cancel()", timeout_s=timeout_s)
         except TimeoutError_:
             raise  # still running: nothing to settle yet
         except BaseException:
@@ -482,15 +512,17 @@ class _CachedLoadJob(LoadJob):
         return n
 
     def _stop(self, timeout_s: float | None = None) -> bool:
-        """Cancel the job if it still runs and wait until it has ended (its rollback included), at most
-        ``timeout_s``; False when it had not ended by then."""
+        """Cancel the job and the gaps' thread if they still run and wait until both have ended (the job's
+        rollback included), at most ``timeout_s``; False when they had not ended by then."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if self._gaps is not None:
+            self._gaps.stop.set()
         if not self._job.finished:
             self._job.cancel()
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
             while not self._job.wait_for(1.0):
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-        return True
+        return self._gaps is None or self._gaps.join(_left(deadline))
 
     def _settle(self, ok: bool) -> None:
         if self._settled:
@@ -499,7 +531,11 @@ class _CachedLoadJob(LoadJob):
         filled = [e for e, _ in self._fills]
         published = []
         for entry, lock_fd in self._fills:
-            if ok:
+            gap_error = next((err for e, err in (self._gaps.failed if self._gaps else ()) if e is entry), None)
+            if ok and gap_error is not None:
+                log.warning("host cache: the bytes of %s that the load does not read could not be read into its "
+                            "fill (%s); the next load fills it again", entry.path, gap_error)
+            elif ok:
                 try:
                     self._cache._publish(entry, lock_fd)
                     published.append(entry)
@@ -528,6 +564,11 @@ class _CachedLoadJob(LoadJob):
             for entry, lock_fd in self._fills:
                 unlink_if_there(entry.path[: -len(".bin")] + ".fill")
                 os.close(lock_fd)
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds to ``deadline`` (a time.monotonic() value), none below 0; None without one."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class _Ended:
