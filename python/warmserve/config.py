@@ -172,6 +172,12 @@ class ClusterConfig:
     #: when mapped (a 1 GiB give-back took 8.4 ms at 2 MiB pages and 0.48 ms at 32 MiB on an H200:
     #: bench/switch/README.md); KV blocks share larger pages, which then grow and shrink the cache in steps of a page.
     worker_page_bytes: int = 2 << 20
+    #: Host checkpoint cache of the started workers, bytes (memory/host_cache.py): checkpoint files kept in host
+    #: memory shared by the workers of one machine, so a model's second load there (another worker's prewarm, a
+    #: restart) reads host memory, on GPUs by DMA straight from it, not the files. 0: off, loads read the files.
+    host_cache_bytes: int = 0
+    #: Directory of that cache, a tmpfs shared by the machine's workers; "" for its default (/dev/shm/warmserve-ckpt).
+    host_cache_dir: str = ""
     #: Remote workers (joining with `warmserve worker --controller`) to wait for before serving.
     remote_workers: int = 0
     #: Seconds to wait for workers to come up and register.
@@ -197,7 +203,8 @@ class ClusterConfig:
                                            f"got {m!r}", key="models")
         object.__setattr__(self, "models", models)
         object.__setattr__(self, "devices", devices)
-        for f in ("cpu_workers", "remote_workers", "cpu_worker_memory_bytes", "cpu_worker_threads"):
+        for f in ("cpu_workers", "remote_workers", "cpu_worker_memory_bytes", "cpu_worker_threads",
+                  "host_cache_bytes"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidArgumentError(f"ClusterConfig: {f} must be a whole number >= 0 (0: the default), got "
@@ -205,6 +212,12 @@ class ClusterConfig:
         if not _finite(self.worker_start_timeout_s) or self.worker_start_timeout_s <= 0:
             raise InvalidArgumentError(f"ClusterConfig: worker_start_timeout_s must be a finite number > 0 seconds, "
                                        f"got {self.worker_start_timeout_s!r}", key="worker_start_timeout_s")
+        if not isinstance(self.host_cache_dir, (str, os.PathLike)):
+            raise InvalidArgumentError(f"ClusterConfig: host_cache_dir must be a directory path, got "
+                                       f"{self.host_cache_dir!r}", key="host_cache_dir")
+        if self.host_cache_dir and not self.host_cache_bytes:
+            raise InvalidArgumentError("ClusterConfig: host_cache_dir needs host_cache_bytes (the cache's size; 0 "
+                                       "turns the cache off)", key="host_cache_dir")
         if not is_page_size(self.worker_page_bytes):
             raise InvalidArgumentError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
                                        f"({2 << 20}), got {self.worker_page_bytes}", key="worker_page_bytes")
@@ -416,12 +429,22 @@ def load_config(path: str) -> ClusterConfig:
     if isinstance(data.get("models"), list):
         data["models"] = [dict(m, path=here(m["path"])) if isinstance(m, dict) and "path" in m else here(m)
                           for m in data["models"]]
+    if "host_cache_dir" in data:
+        data["host_cache_dir"] = here(data["host_cache_dir"])
     if isinstance(data.get("controller"), dict):
         data["controller"] = dict(data["controller"])
         for key in ("history_path", "curve_dir"):
             if key in data["controller"]:
                 data["controller"][key] = here(data["controller"][key])
     return cluster_config_from_dict(data)
+
+
+def worker_cache_args(cfg: ClusterConfig) -> tuple[str, ...]:
+    """The `warmserve worker` flags of ``cfg``'s host checkpoint cache (none when it is off)."""
+    if not cfg.host_cache_bytes:
+        return ()
+    args = ("--host-cache-gib", repr(cfg.host_cache_bytes / (1 << 30)))  # exact: a division by a power of two
+    return args + (("--host-cache-dir", os.fspath(cfg.host_cache_dir)) if cfg.host_cache_dir else ())
 
 
 def default_demo_dir() -> str:

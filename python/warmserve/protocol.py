@@ -417,6 +417,9 @@ class Stats(_Msg):
     in_flight: int
     #: Process groups this worker has joined (``JoinGroup``), ready for tensor-parallel instances.
     groups: list[str] = []
+    #: Its host checkpoint cache's counters (``HostCheckpointCache.stats()``: hits, fills, bytes_from_cache, ...);
+    #: empty when it runs none (``--host-cache-gib`` 0).
+    host_cache: dict[str, int] = {}
 
 
 class Hello(_Msg):

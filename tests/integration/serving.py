@@ -170,7 +170,7 @@ def wait_idle(url: str, timeout_s: float = 20.0) -> list[str]:
 @contextmanager
 def demo_cluster(tmp_path_factory=None, *, models=MODELS, cpu_workers: int = 2,
                  cpu_worker_memory_bytes: int = 768 << 20, remote_workers: int = 0, worker_page_bytes: int = 2 << 20,
-                 **controller_overrides):
+                 host_cache_bytes: int = 0, host_cache_dir: str = "", **controller_overrides):
     """A `warmserve.Cluster` on CPU workers (one thread each) with the demo `models`, closed on exit. Its controller
     ticks and heartbeats every 0.2 s, declares a worker lost after 2 s and plans on a 30 s window;
     `controller_overrides` are further ControllerConfig fields. With tmp_path_factory, its logs go to a fresh
@@ -185,7 +185,8 @@ def demo_cluster(tmp_path_factory=None, *, models=MODELS, cpu_workers: int = 2,
     cfg = ClusterConfig(
         models=tuple(ModelSpec(path=paths[m]) for m in models), cpu_workers=cpu_workers,
         cpu_worker_memory_bytes=cpu_worker_memory_bytes, cpu_worker_threads=1, remote_workers=remote_workers,
-        worker_page_bytes=worker_page_bytes, controller=ControllerConfig(**controller))
+        worker_page_bytes=worker_page_bytes, host_cache_bytes=host_cache_bytes, host_cache_dir=host_cache_dir,
+        controller=ControllerConfig(**controller))
     log_dir = str(tmp_path_factory.mktemp("logs")) if tmp_path_factory is not None else None
     c = Cluster(None, config=cfg, log_dir=log_dir)
     try:

@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 
-from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir
+from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, worker_cache_args
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
@@ -98,7 +98,8 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
             spawn = controller.local_spawn[wid.encode()] = functools.partial(
                 spawn_worker, connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
-                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes)
+                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes,
+                extra_args=worker_cache_args(cfg))
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         if cfg.remote_workers:  # said, so that whoever starts them knows where (found in review: a silent wait)

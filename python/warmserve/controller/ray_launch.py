@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Callable
 
-from warmserve.config import ClusterConfig
+from warmserve.config import ClusterConfig, worker_cache_args
 from warmserve.controller.controller import Controller
 from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, WorkerSlot, check_fits,
                                           connect_address, node_key, plan_slots, unbracket)
@@ -330,7 +330,7 @@ class RayLauncher:
 
     def spawn(self, slot: WorkerSlot, connect: str, *, memory_bytes: int, heartbeat_interval_s: float,
               log_dir: str | None = None, curve: tuple[str, str] | None = None,
-              page_bytes: int = 2 << 20) -> RayWorkerProcess:
+              page_bytes: int = 2 << 20, extra_args: tuple[str, ...] = ()) -> RayWorkerProcess:
         """Start the worker of ``slot`` as an actor in its bundle; returns at once (Ray starts it). Raises
         RayNodeGoneError when the slot's node is no longer alive: an actor pinned there would wait for its bundle
         for ever. The node table is read now: found in review, the one read every NODE_REFRESH_S still showed a node
@@ -349,7 +349,8 @@ class RayLauncher:
         argv = ["--controller", connect, "--device", slot.device, "--worker-id", slot.worker_id,
                 "--host-name", node_key(slot.node),
                 "--heartbeat-interval-s", str(heartbeat_interval_s),
-                "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)), "--page-mib", str(page_bytes >> 20)]
+                "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)), "--page-mib", str(page_bytes >> 20),
+                *extra_args]
         env = {}
         if not gpu:
             argv += ["--memory-gib", f"{memory_bytes / (1 << 30):.4f}", "--threads", str(slot.threads)]
@@ -484,7 +485,8 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
             spawn = controller.local_spawn[ident] = functools.partial(
                 launcher.spawn, slot, connect, memory_bytes=mem,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
-                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes)
+                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes,
+                extra_args=worker_cache_args(cfg))
             procs[ident] = spawn()
         controller.local_procs = dict(procs)
         left = max(1.0, cfg.worker_start_timeout_s - (time.monotonic() - t0))

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -66,6 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-page-mib", type=int, default=None,
                    help="page size of each started worker's pool, MiB, a multiple of 2 (default 2; larger pages "
                         "cost fewer driver calls per GiB on GPUs: bench/switch/README.md)")
+    p.add_argument("--host-cache-gib", type=float, default=None,
+                   help="load checkpoints through a host checkpoint cache of this many GiB shared by each machine's "
+                        "workers (a second load of a model there reads host memory, not its files; default 0: off)")
+    p.add_argument("--host-cache-dir", default=None, metavar="DIR",
+                   help="that cache's directory, a tmpfs (default /dev/shm/warmserve-ckpt)")
     p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
     p.add_argument("--curve-dir", default=None, help="directory of ZeroMQ CURVE keys; turns on CURVE to workers")
     p.add_argument("--insecure", action="store_true",
@@ -127,6 +133,13 @@ def build_config(args) -> ClusterConfig:
         top["cpu_worker_threads"] = args.cpu_worker_threads
     if args.worker_page_mib is not None:
         top["worker_page_bytes"] = args.worker_page_mib << 20
+    if args.host_cache_gib is not None:
+        if not math.isfinite(args.host_cache_gib) or args.host_cache_gib < 0:
+            raise InvalidArgumentError(f"--host-cache-gib must be a finite number >= 0 (0: no cache), got "
+                                       f"{args.host_cache_gib}", key="host_cache_bytes")
+        top["host_cache_bytes"] = int(args.host_cache_gib * (1 << 30))
+    if args.host_cache_dir is not None:
+        top["host_cache_dir"] = args.host_cache_dir
     if args.model:
         specs = []
         for m in args.model:

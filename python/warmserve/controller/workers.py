@@ -423,14 +423,16 @@ def _curve_server(ctx, sock, curve_dir: str):
 
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
                  heartbeat_interval_s: float, log_dir: str | None = None,
-                 curve: tuple[str, str] | None = None, page_bytes: int = 2 << 20) -> subprocess.Popen:
-    """Start `warmserve worker --controller ...` as a child that dies with this process."""
+                 curve: tuple[str, str] | None = None, page_bytes: int = 2 << 20,
+                 extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start `warmserve worker --controller ...` as a child that dies with this process; ``extra_args``: more
+    of its flags (``config.worker_cache_args``)."""
     cmd = [
         sys.executable, "-m", "warmserve", "worker", "--controller", controller,
         "--device", "cpu" if device.startswith("cpu") else device,
         "--worker-id", worker_id, "--heartbeat-interval-s", str(heartbeat_interval_s),
         "--exit-with-parent", str(os.getpid()), "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
-        "--page-mib", str(page_bytes >> 20),
+        "--page-mib", str(page_bytes >> 20), *extra_args,
     ]
     if curve is not None:
         cmd += ["--curve-server-key", curve[0], "--curve-secret-key", curve[1]]

@@ -81,9 +81,12 @@ class WorkerCore(BackgroundWork, ShardRoles):
     #: The record of a running instance (for ShardRoles, which lives in worker/tp.py).
     Instance = _Instance
 
-    def __init__(self, pool, *, device: str, worker_id: str, emit: Emit, engine: P.EngineConfig | None = None):
-        """``engine``: the limits of instances activated without their own (``Activate.engine``)."""
+    def __init__(self, pool, *, device: str, worker_id: str, emit: Emit, engine: P.EngineConfig | None = None,
+                 host_cache=None):
+        """``engine``: the limits of instances activated without their own (``Activate.engine``). ``host_cache``:
+        the machine's HostCheckpointCache (memory/host_cache.py) prewarms load through; None: from the files."""
         self.pool = pool
+        self.host_cache = host_cache
         self.engine_config = engine or P.EngineConfig()
         self.device = device
         self.worker_id = worker_id
@@ -188,7 +191,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
                    tp=msg.tp, rank=msg.rank, max_num_seqs=msg.max_num_seqs)
         # Raises OutOfMemoryError at once, with the numbers, when the weights cannot fit the free pages, and
         # TensorParallelError when the model does not split tp ways.
-        m.job = load_model(path, self.pool, dtype=msg.dtype, name=name, tp=msg.tp, rank=msg.rank)
+        m.job = load_model(path, self.pool, dtype=msg.dtype, name=name, tp=msg.tp, rank=msg.rank,
+                           host_cache=self.host_cache)
         self.models[name] = m
 
     def _evict(self, peer, msg: P.Evict) -> None:
@@ -434,6 +438,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
             id=id, worker_id=self.worker_id, device=self.device, pid=os.getpid(),
             uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,
             instances=instances, in_flight=len(self.generations), groups=sorted(self.groups.groups),
+            host_cache=self.host_cache.stats() if self.host_cache is not None else {},
         )
 
     def pool_stats(self) -> P.PoolStats:

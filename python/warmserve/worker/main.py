@@ -8,6 +8,7 @@ thread count set and the page pool created (every page of it), and only then doe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -35,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="page size of the pool in MiB, a multiple of 2 (default 2). Larger pages cost fewer driver "
                    "calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
+    p.add_argument("--host-cache-gib", type=float, default=0.0,
+                   help="load checkpoints through the machine's host checkpoint cache of this many GiB, shared by "
+                        "its workers (a second worker loads from host memory, on GPUs by DMA, not from the files; "
+                        "default 0: off)")
+    p.add_argument("--host-cache-dir", default=None, metavar="DIR",
+                   help="the cache's directory, a tmpfs shared by the machine's workers (default: HostCacheConfig's, "
+                        "/dev/shm/warmserve-ckpt)")
     p.add_argument("--worker-id", default=None, help="name of this worker (default HOST-PID-DEVICE)")
     p.add_argument("--host-name", default=None, metavar="NAME",
                    help="the machine this worker runs on, as the controller groups workers into servers (workers "
@@ -109,6 +117,12 @@ def check_args(args: argparse.Namespace) -> None:
     if args.memory_gib is not None and (not math.isfinite(args.memory_gib) or args.memory_gib <= 0):
         raise errors.InvalidArgumentError(f"--memory-gib must be a finite number > 0, got {args.memory_gib}",
                                           memory_gib=args.memory_gib)
+    if not math.isfinite(args.host_cache_gib) or args.host_cache_gib < 0:
+        raise errors.InvalidArgumentError(f"--host-cache-gib must be a finite number >= 0 (0: no cache), got "
+                                          f"{args.host_cache_gib}", host_cache_gib=args.host_cache_gib)
+    if args.host_cache_dir is not None and not args.host_cache_gib:
+        raise errors.InvalidArgumentError("--host-cache-dir needs --host-cache-gib (the cache's size)",
+                                          path=args.host_cache_dir)
     if args.controller is not None:
         check_endpoint(args.controller, "--controller", listen=False)
     if args.bind is not None:
@@ -206,6 +220,22 @@ def build_pool(device: str, memory_gib: float | None, prefault: bool = True, pag
     return PagePool(pages * page, backend="cuda", device=index, page_bytes=page)
 
 
+def build_host_cache(gib: float, directory: str | None):
+    """The host checkpoint cache of ``gib`` GiB in ``directory`` (the default tmpfs when None); None for 0 GiB."""
+    if not gib:
+        return None
+    from ..memory.host_cache import HostCacheConfig, HostCheckpointCache
+
+    cfg = HostCacheConfig(capacity_bytes=int(gib * GiB))
+    if directory:
+        cfg = dataclasses.replace(cfg, root=directory)
+    try:
+        return HostCheckpointCache(cfg)
+    except OSError as e:
+        raise errors.InvalidArgumentError(f"--host-cache-dir {cfg.root}: cannot use it ({e.strerror}): give a "
+                                          "writable directory on a tmpfs", path=cfg.root) from None
+
+
 def prewarm_engine(device: str, threads: int | None) -> None:
     import torch
 
@@ -245,7 +275,9 @@ def serve(args: argparse.Namespace) -> int:
     prewarm_engine(args.device, args.threads)
     pool = build_pool(args.device, args.memory_gib, page_mib=args.page_mib)
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{args.device.replace(':', '')}"
-    core = WorkerCore(pool, device=args.device, worker_id=worker_id, emit=lambda peer, msg: None, engine=engine)
+    cache = build_host_cache(args.host_cache_gib, args.host_cache_dir)
+    core = WorkerCore(pool, device=args.device, worker_id=worker_id, emit=lambda peer, msg: None, engine=engine,
+                      host_cache=cache)
     server = WorkerServer(
         core,
         bind=None if args.controller else (args.bind or DEFAULT_BIND),
@@ -280,6 +312,8 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         core.close()
         server.close()
+        if cache is not None:  # after the core: its loads, which read the entries, have ended
+            cache.close()
         close = getattr(pool, "close", None)
         if close is not None:
             close()
