@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class ModelSpec:
             raise InvalidArgumentError(f"ModelSpec.path must be a checkpoint directory (a non-empty string), got "
                                        f"{self.path!r}", path=repr(self.path))
         object.__setattr__(self, "path", os.path.expanduser(self.path))
+        check_field_types(self)
         if not self.name:
             object.__setattr__(self, "name", os.path.basename(os.path.normpath(self.path)))
         if self.tp not in (1, 2, 4, 8):
@@ -89,6 +91,10 @@ class ControllerConfig:
     restart_reset_s: float = 60.0
 
     def __post_init__(self):
+        for f in ("history_path", "curve_dir"):  # a pathlib.Path is a path as much as its text is
+            if isinstance(getattr(self, f), os.PathLike):
+                object.__setattr__(self, f, os.fspath(getattr(self, f)))
+        check_field_types(self)
         # NaN passes every comparison and inf a `> 0`: both are refused here, or a tick of NaN seconds spins the
         # policy loop and a drain of inf never ends (found in review).
         for f in ("tick_s", "heartbeat_interval_s", "worker_timeout_s", "request_timeout_s", "restart_backoff_s",
@@ -103,7 +109,7 @@ class ControllerConfig:
             v = getattr(self.policy_config, f, None)
             if not _finite(v):
                 raise InvalidArgumentError(f"PolicyConfig.{f} must be a finite number of seconds, got {v!r}", key=f)
-        check_endpoint(self.bind, "ControllerConfig.bind", listen=True)
+        check_endpoint(self.bind, "ControllerConfig.bind", listen=True, inproc_ok=False)
         # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it
         # was read as a directory named "~").
         for f in ("history_path", "curve_dir"):
@@ -111,16 +117,19 @@ class ControllerConfig:
                 raise InvalidArgumentError(f"ControllerConfig.{f} must be a path (a string), got "
                                            f"{getattr(self, f)!r}", key=f)
             object.__setattr__(self, f, os.path.expanduser(getattr(self, f)))
+        # typed, naming the key (found in review: plain ValueErrors, which an `except WarmServeError` missed)
         if self.worker_timeout_s < 2 * self.heartbeat_interval_s:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ControllerConfig.worker_timeout_s ({self.worker_timeout_s}) must be at least twice "
-                f"heartbeat_interval_s ({self.heartbeat_interval_s}), or healthy workers are declared lost"
-            )
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}), or healthy workers are declared lost",
+                key="worker_timeout_s")
         if self.max_queue < 1:
-            raise ValueError(f"ControllerConfig.max_queue must be >= 1, got {self.max_queue}")
+            raise InvalidArgumentError(f"ControllerConfig.max_queue must be >= 1, got {self.max_queue}",
+                                       key="max_queue")
         if self.max_worker_losses_per_request < 1:
-            raise ValueError(f"ControllerConfig.max_worker_losses_per_request must be >= 1 (1: a request fails with "
-                             f"its first lost worker), got {self.max_worker_losses_per_request}")
+            raise InvalidArgumentError(f"ControllerConfig.max_worker_losses_per_request must be >= 1 (1: a request "
+                                       f"fails with its first lost worker), got {self.max_worker_losses_per_request}",
+                                       key="max_worker_losses_per_request")
         from warmserve.policy import POLICY_NAMES
 
         if not isinstance(self.policy, str) or self.policy not in POLICY_NAMES:
@@ -142,6 +151,7 @@ class ServerConfig:
     max_concurrent_requests: int = 1024
 
     def __post_init__(self):
+        check_field_types(self)
         # An empty host makes the socket listen on every interface (found in review): say 0.0.0.0 to mean that.
         if not isinstance(self.host, str) or not self.host.strip():
             raise InvalidArgumentError(f"ServerConfig.host must name an interface (127.0.0.1; 0.0.0.0 for every "
@@ -203,18 +213,17 @@ class ClusterConfig:
                                            f"got {m!r}", key="models")
         object.__setattr__(self, "models", models)
         object.__setattr__(self, "devices", devices)
+        if isinstance(self.host_cache_dir, os.PathLike):
+            object.__setattr__(self, "host_cache_dir", os.fspath(self.host_cache_dir))
+        check_field_types(self)
         for f in ("cpu_workers", "remote_workers", "cpu_worker_memory_bytes", "cpu_worker_threads",
                   "host_cache_bytes"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InvalidArgumentError(f"ClusterConfig: {f} must be a whole number >= 0 (0: the default), got "
-                                           f"{v!r}", key=f)
+            if getattr(self, f) < 0:  # what 0 means is each field's own (found in review: "0: the default" for all)
+                raise InvalidArgumentError(f"ClusterConfig: {f} must be a whole number >= 0, got {getattr(self, f)!r}",
+                                           key=f)
         if not _finite(self.worker_start_timeout_s) or self.worker_start_timeout_s <= 0:
             raise InvalidArgumentError(f"ClusterConfig: worker_start_timeout_s must be a finite number > 0 seconds, "
                                        f"got {self.worker_start_timeout_s!r}", key="worker_start_timeout_s")
-        if not isinstance(self.host_cache_dir, (str, os.PathLike)):
-            raise InvalidArgumentError(f"ClusterConfig: host_cache_dir must be a directory path, got "
-                                       f"{self.host_cache_dir!r}", key="host_cache_dir")
         if self.host_cache_dir and not self.host_cache_bytes:
             raise InvalidArgumentError("ClusterConfig: host_cache_dir needs host_cache_bytes (the cache's size; 0 "
                                        "turns the cache off)", key="host_cache_dir")
@@ -233,18 +242,49 @@ class ClusterConfig:
                                        f"ModelSpec.name", key="models")
 
 
+#: What a field declared as each of these types must hold (a bool is no number here, though Python says it is).
+_FIELD_TYPES = {"str": (str, "a string"), "int": (numbers.Integral, "a whole number"),
+                "float": (numbers.Real, "a number"), "bool": (bool, "true or false")}
+
+
+def check_field_types(obj) -> None:
+    """Every field of the config dataclass ``obj`` of its declared type (scalars, and the config classes it nests),
+    else InvalidArgumentError naming the field; whole numbers of other integer types become ints. Found in review:
+    ``insecure="false"`` was taken as true (and let a controller listen on every interface unauthenticated), a
+    ModelSpec name 7 or ``engine={}`` failed every request, ``controller=None`` and a float page size failed in
+    Cluster() with bare errors."""
+    cls = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        kind, noun = _FIELD_TYPES.get(f.type, (None, ""))
+        if kind is None:
+            nested = {"PolicyConfig": PolicyConfig, "EngineConfig": EngineConfig}.get(f.type) or globals().get(f.type)
+            if not isinstance(nested, type):
+                continue  # tuples: checked item by item by the class itself
+            kind, noun = nested, f"{'an' if f.type[0] in 'AEIOU' else 'a'} {f.type}"
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+            raise InvalidArgumentError(f"{cls}.{f.name} must be {noun}, got {v!r}", key=f.name)
+        if kind is numbers.Integral and type(v) is not int:
+            object.__setattr__(obj, f.name, int(v))
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_endpoint(endpoint, what: str, *, listen: bool) -> None:
+def check_endpoint(endpoint, what: str, *, listen: bool, inproc_ok: bool = True) -> None:
     """A ZeroMQ address ``tcp://HOST:PORT`` (or ipc://, inproc://), checked before any socket is made: ZeroMQ
     answers "Invalid argument" naming no flag, and takes a port beyond 65535 modulo 65536 (found in review:
-    tcp://127.0.0.1:99999 bound port 34463). ``listen``: a bind, where port 0 or * picks a free one."""
+    tcp://127.0.0.1:99999 bound port 34463). ``listen``: a bind, where port 0 or * picks a free one.
+    ``inproc_ok`` False: where the peers are other processes, which an inproc:// address never reaches (found in
+    review: a controller bound to one waited out its whole start timeout for workers that could not connect)."""
     fix = "e.g. tcp://127.0.0.1:5555" + (" (port 0: a free one)" if listen else "")
     if not isinstance(endpoint, str):
         raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}")
     scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme == "inproc" and not inproc_ok:
+        raise InvalidArgumentError(f"{what} {endpoint!r}: an inproc:// address reaches only this process, and the "
+                                   f"workers are other processes; {fix}", endpoint=endpoint)
     if sep and scheme in ("ipc", "inproc") and rest:
         return
     host, colon, port = rest.rpartition(":")
