@@ -117,6 +117,9 @@ class Cluster:
         if ray_address is None:
             check_local_devices(config.devices)
         self.config = config
+        # before the loop's thread starts (found in review: a missing file left it running for as long as the
+        # exception was referenced)
+        history = read_history(config.controller.history_path) if config.controller.history_path else None
         self._loop = asyncio.new_event_loop()
         self._gate = LoopGate(self._loop, "warmserve-controller")  # runs the loop on a thread of its own
         self._thread = self._gate.thread
@@ -124,7 +127,6 @@ class Cluster:
         self._finalizer = weakref.finalize(self, _shutdown, self._gate, None)
         from warmserve.controller.launch import start_cluster
 
-        history = read_history(config.controller.history_path) if config.controller.history_path else None
         if ray_address is not None:
             from warmserve.controller.ray_launch import start_ray_cluster
 

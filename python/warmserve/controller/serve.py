@@ -164,7 +164,8 @@ def read_history(path: str) -> dict:
     import numpy as np
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"history file {path!r} does not exist")
+        raise InvalidArgumentError(f"history file {path!r} does not exist (a CSV model,window_start_s,avg,peak or "
+                                   "its JSON form)", path=path)
     rows: dict[str, list[tuple[float, float, float]]] = {}
     if path.endswith(".json"):
         shape = ('{model: {"window_start_s": [...], "avg": [...], "peak": [...]}}, lists of numbers of one length '

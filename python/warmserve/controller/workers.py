@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from warmserve import protocol as P
+from warmserve.endpoints import ipc_socket_path, is_ipv6_endpoint
 from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, require_authenticated_bind
 
@@ -120,6 +121,8 @@ class WorkerHub:
             self.sock.setsockopt(zmq.RCVHWM, 100_000)
             # A worker that restarts with the same id takes over its routing id instead of being refused.
             self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if is_ipv6_endpoint(bind):
+                self.sock.setsockopt(zmq.IPV6, 1)
             if curve_dir:
                 self.auth, local_secret, server_public, self._curve_tmp = _curve_server(self.ctx, self.sock,
                                                                                         curve_dir)
@@ -139,7 +142,7 @@ class WorkerHub:
         self._fd = self.sock.getsockopt(zmq.FD)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
-        self._finalizer = weakref.finalize(self, _close_sock, self.sock, self.ctx)
+        self._finalizer = weakref.finalize(self, _close_sock, self.sock, self.ctx, ipc_socket_path(self.endpoint))
 
     def next_id(self) -> int:
         self._next_id += 1
@@ -382,9 +385,14 @@ class WorkerHub:
             self._curve_tmp = None
 
 
-def _close_sock(sock, ctx) -> None:
+def _close_sock(sock, ctx, ipc_path: str | None = None) -> None:
     sock.close(0)
     ctx.term()
+    if ipc_path:  # ZeroMQ leaves an ipc:// socket's file behind (found in review)
+        try:
+            os.unlink(ipc_path)
+        except FileNotFoundError:
+            pass
 
 
 def _curve_server(ctx, sock, curve_dir: str):

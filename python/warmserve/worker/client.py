@@ -21,6 +21,7 @@ import zmq
 
 from .. import errors
 from .. import protocol as P
+from ..endpoints import is_ipv6_endpoint
 
 
 def _raise_if_error(msg):
@@ -384,6 +385,8 @@ def _dealer(ctx, endpoint: str, hwm: int, server_key: str | None, secret_key: st
         sock.setsockopt(zmq.RCVHWM, hwm)
         _curve(sock, server_key, secret_key)
         _stable_routing_id(sock)
+        if is_ipv6_endpoint(endpoint):
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(endpoint)
     except BaseException:  # the context too, where the socket itself could not be made (no descriptor left)
         if sock is not None:

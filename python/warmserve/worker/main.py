@@ -166,11 +166,14 @@ def check_bind(endpoint: str) -> None:
         return
     import zmq
 
+    from warmserve.endpoints import is_ipv6_endpoint
     from warmserve.errors import bind_error
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
+    if is_ipv6_endpoint(endpoint):
+        sock.setsockopt(zmq.IPV6, 1)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as e:

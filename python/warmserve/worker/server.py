@@ -73,6 +73,7 @@ import zmq
 
 from .. import errors
 from .. import protocol as P
+from ..endpoints import is_ipv6_endpoint
 from ..security import curve_server, require_authenticated_bind
 from .core import WorkerCore
 
@@ -129,6 +130,8 @@ class WorkerServer:
         sock.setsockopt(zmq.RCVHWM, hwm)
         # A peer sending more than this in one message is disconnected before it can exhaust our memory.
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if is_ipv6_endpoint(bind if self.routed else controller):
+            sock.setsockopt(zmq.IPV6, 1)
         try:
             if self.routed:
                 # Fail loudly (EHOSTUNREACH) instead of silently dropping replies to a peer that is gone.

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from warmserve.controller import serve
+from warmserve.errors import InvalidArgumentError
 
 
 def parse(*argv):
@@ -53,7 +54,7 @@ def test_history_csv_and_json(tmp_path):
     (tmp_path / "bad.csv").write_text("model,avg\na,1\n")
     with pytest.raises(ValueError, match="row 2"):
         serve.read_history(str(tmp_path / "bad.csv"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InvalidArgumentError, match="does not exist"):  # typed (it was a bare FileNotFoundError)
         serve.read_history(str(tmp_path / "none.csv"))
 
 
