@@ -5,7 +5,7 @@
 Per demo model, in this process, on a host page pool like a CPU worker's, with the worker's torch thread count:
 - load: ``load_model(...).wait()`` of the checkpoint (from the page cache) into fresh pages. The fixed part and
   the bandwidth come from a least-squares line over all models (seconds = fixed + bytes / bandwidth): the
-  bandwidth becomes ``gpu.h2d_bytes_per_s``, the fixed part ``engine_start_s`` (what a cold start pays besides
+  bandwidth becomes ``gpu.h2d_bytes_per_s``, the fixed part ``load_fixed_s`` (what every load pays besides
   copying bytes: reading headers, creating the slot, building the tensor views; a live worker starts no process);
 - activation: ``Engine(lm)`` over the resident weights, first KV blocks mapped (``activation_s``, median);
 - prefill: one step of one request of N prompt tokens (``prefill_table``, seconds by prompt tokens);
@@ -59,11 +59,13 @@ def add_arguments(p) -> None:
     p.add_argument("--decode-steps", type=int, default=6, help="decode steps timed per batch size (median)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
     p.add_argument("--parallel", type=int, default=1,
-                   help="also measure N processes at once and set gpu.compute_scale to their slowdown")
+                   help="also measure N processes at once; their slowdown over the lone process is reported under "
+                        "parallel beside what the simulator's host term charges (gpu.compute_scale stays 1)")
     p.add_argument("--no-fresh-engine", action="store_true",
                    help="skip timing fresh engine processes (engine_init_s, fast_load_bytes_per_s stay defaults)")
     p.add_argument("--memory-bytes", type=int, default=0,
-                   help="pool bytes (the simulated device's memory); default: a CPU worker's budget for these models")
+                   help="pool bytes (the simulated device's memory); 0 (default): a CPU worker's budget for these "
+                        "models")
 
 
 def _ints(s: str) -> list[int]:
@@ -227,7 +229,15 @@ def measure_fresh_engine(paths: dict, pool_bytes: int, threads: int, repeats: in
                         ready[key.data] = time.perf_counter() - t0 if line.strip() else math.nan
                         sel.unregister(key.fileobj)
             for proc, t_ready, err in zip(procs, ready, errs):
-                rest, _ = proc.communicate(timeout=FRESH_ENGINE_TIMEOUT_S)
+                # The rest through the same buffered file as the ready line (found in review: communicate() reads
+                # the raw pipe, so a load_s line already pulled into that buffer by readline() was lost). The child
+                # prints one short line more, well within a pipe's buffer: it never blocks on a pipe not read yet.
+                try:
+                    proc.wait(timeout=FRESH_ENGINE_TIMEOUT_S)
+                except subprocess.TimeoutExpired:  # killed below
+                    raise RuntimeError(f"fresh engine process still loading the checkpoints after "
+                                       f"{FRESH_ENGINE_TIMEOUT_S:.0f} s") from None
+                rest = proc.stdout.read()
                 if proc.returncode or math.isnan(t_ready):
                     err.seek(0)
                     raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err.read()[-500:]}")
@@ -263,7 +273,9 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict 
         "schema": SCHEMA,
         "gpu": {"name": f"cpu-worker-{threads}t", "memory_bytes": float(memory_bytes), "pool_fraction": 1.0,
                 "h2d_bytes_per_s": bw, "compute_scale": 1.0, "host_cores": host_cores(threads)},
-        "engine_start_s": fixed_s,
+        # a load's fixed part, charged to every load into a prewarmed engine (found in review: written as
+        # engine_start_s, which the simulator no longer charges)
+        "load_fixed_s": fixed_s,
         "tp_init_s": 0.0,
         "activation_s": activation,
         # the host backend maps KV pages lazily while serving: a cold start pays none of it up front
@@ -321,12 +333,18 @@ def main(args) -> int:
     from warmserve.engine.demo import DEMO_MODELS, write_demo_models
     from warmserve.memory import PagePool
 
-    names = [n for n in args.models.split(",") if n]
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if not names:  # found in review: "max() arg is an empty sequence"
+        raise InvalidArgumentError(f"--models {args.models!r}: name at least one demo model, e.g. "
+                                   f"--models {','.join(DEFAULT_MODELS)}", flag="--models")
     unknown = [n for n in names if n not in DEMO_MODELS]
     if unknown:
         print(f"warmserve calibrate: unknown demo models {unknown}: choose from {', '.join(DEMO_MODELS)}",
               file=sys.stderr)
         return 2
+    if args.memory_bytes < 0:  # found in review: -5 was measured and written as the profile's gpu.memory_bytes
+        raise InvalidArgumentError(f"--memory-bytes {args.memory_bytes}: must be >= 0 (0: a CPU worker's budget "
+                                   f"for these models)", flag="--memory-bytes", value=args.memory_bytes)
     if min(args.threads, args.repeats, args.decode_steps, args.parallel) < 1:
         print("warmserve calibrate: --threads, --repeats, --decode-steps and --parallel must be >= 1",
               file=sys.stderr)
@@ -398,7 +416,7 @@ def main(args) -> int:
     for n, m in prof["models"].items():
         print(f"{n:<12} " + " ".join(f"{s * 1e3:7.1f}" for _, s in m["prefill_table"]) + "  "
               + " ".join(f"{s * 1e3:6.1f}" for _, s in m["decode_table"]))
-    print(f"load: {prof['engine_start_s'] * 1e3:.1f} ms fixed + {prof['gpu']['h2d_bytes_per_s'] / 1e9:.2f} GB/s; "
+    print(f"load: {prof['load_fixed_s'] * 1e3:.1f} ms fixed + {prof['gpu']['h2d_bytes_per_s'] / 1e9:.2f} GB/s; "
           f"activation {prof['activation_s'] * 1e3:.2f} ms"
           + (f"; fresh engine: {prof['engine_init_s']:.2f} s + {prof['fast_load_bytes_per_s'] / 1e9:.2f} GB/s"
              if fresh is not None else "") + f"; wrote {args.out}")

@@ -43,9 +43,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda uses the cuda memory backend)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda uses the cuda memory backend)")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     parser.add_argument("--no-new-process", action="store_true", help="skip the new-process TTFT case")
+
+
+def _cuda_index(device: str) -> int:
+    """The GPU of --device cuda or cuda:N (checked by check_args): the pool's device and torch's current one."""
+    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 def _sync(device: str) -> None:
@@ -219,7 +224,9 @@ import torch
 torch.set_num_threads({threads})
 from warmserve.memory import PagePool
 from warmserve.engine import Engine, SamplingParams, load_model
-pool = PagePool({pool_bytes}, backend={backend!r})
+if {cuda}:
+    torch.cuda.set_device({index})
+pool = PagePool({pool_bytes}, backend={backend!r}, device={index})
 lm = load_model({path!r}, pool).wait()
 eng = Engine(lm, target_free_blocks=1)
 eng.add_request("t", {prompt!r}, SamplingParams(max_tokens=1))
@@ -234,7 +241,8 @@ sys.stdout.flush()
 
 def _new_process_ttft(path: str, pool_bytes: int, threads: int, device: str) -> float:
     code = _CHILD.format(threads=threads, pool_bytes=pool_bytes, backend="cuda" if device.startswith("cuda") else "host",
-                         path=path, prompt=_prompts(1000, 1, 16)[0], cuda=device.startswith("cuda"))
+                         path=path, prompt=_prompts(1000, 1, 16)[0], cuda=device.startswith("cuda"),
+                         index=_cuda_index(device) if device.startswith("cuda") else 0)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -252,6 +260,8 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     device = args.device
+    if device.startswith("cuda"):  # cuda:N: synchronize, get_device_name and the pool all mean that GPU
+        torch.cuda.set_device(_cuda_index(device))
     paths = write_demo_models(args.demo_dir, names=args.models)
     results = {"machine": _machine(device, args.threads), "args": {k: v for k, v in vars(args).items() if k != "func"},
                "definitions": {
@@ -286,7 +296,8 @@ def measure_model(name: str, path: str, args) -> dict:
     _, block_bytes = block_layout(cfg, torch.float32)  # float32 bounds every dtype's block and weights from above
     blocks = max(args.batches) * (-(-(args.prompt_tokens + args.new_tokens) // 256)) + 4
     weight_region = align_up(cfg.num_params() * 4) + (16 << 20)
-    with PagePool(_pool_bytes(weight_region, block_bytes, blocks), backend=backend) as pool:
+    index = _cuda_index(device) if backend == "cuda" else 0
+    with PagePool(_pool_bytes(weight_region, block_bytes, blocks), backend=backend, device=index) as pool:
         r = {"params": cfg.num_params(), "architecture": cfg.architecture}
         print(f"[{name}] {cfg.num_params() / 1e6:.0f}M params", flush=True)
         r.update(ttft_cases(path, name, pool, args.repeats, args.threads, device, not args.no_new_process))
@@ -410,6 +421,15 @@ def check_args(args) -> None:
     if not args.batches:
         raise InvalidArgumentError("--batches: give at least one batch size, e.g. --batches 1 16", flag="--batches")
     check_at_least("--batches", min(args.batches))
+    # found in review: 0 failed after the first model's TTFT cases with a message naming no flag; the decode rate
+    # counts the tokens after the first (new tokens - 1), so 1 leaves a 0/0 speedup
+    check_at_least("--prompt-tokens", args.prompt_tokens)
+    check_at_least("--new-tokens", args.new_tokens, 2)
+    # found in review: `gpu` ran, then crashed in torch; `cuda` without a GPU ended in an AssertionError traceback
+    from warmserve.worker.main import check_cuda, check_device
+
+    check_device(args.device)
+    check_cuda(args.device)
     check_fits_context("--prompt-tokens + --new-tokens", args.prompt_tokens + args.new_tokens, args.models,
                        f"{args.prompt_tokens} + {args.new_tokens}", "lower --prompt-tokens or --new-tokens")
     check_output("--json", args.json)

@@ -60,7 +60,8 @@ def add_arguments(p) -> None:
     p.add_argument("--page-mib", default="2", help="comma-separated page sizes (MiB, multiples of 2) for the move "
                    "and kv parts' per-GiB figures besides the pool's 2 MiB (e.g. 8,32)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder for the model part")
-    p.add_argument("--cache-gib", type=float, default=1.0, help="bytes loaded through the host checkpoint cache")
+    p.add_argument("--cache-gib", type=float, default=1.0,
+                   help="GiB loaded through the host checkpoint cache (at least one 2 MiB page)")
     p.add_argument("--cache-root", default="/dev/shm",
                    help="tmpfs under which the cache's folder is made (falls back to --dir when too small)")
     p.add_argument("--cache-threads", type=int, default=None,
@@ -500,23 +501,10 @@ def _n(part: dict, *names: str) -> str:
 
 
 def main(args) -> int:
-    from warmserve.outputs import check_at_least, check_output, check_plot, parse_numbers, write_json_atomic
+    from warmserve.bench.switch_args import check_args
+    from warmserve.outputs import write_json_atomic
 
-    sizes = parse_numbers(args.sizes_gib, "--sizes-gib", positive=True, example="0.25,1,4")  # sizes in GiB
-    parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
-    unknown = parts - {"activation", "move", "load", "cache", "model", "kv"}
-    if unknown:
-        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from activation, move, load, cache, model, kv")
-    if "model" in parts and not args.checkpoint:
-        raise SystemExit("--parts model needs --checkpoint DIR (e.g. one written by `warmserve models demo --size 1b`)")
-    check_at_least("--repeats", args.repeats)  # medians over none fail only after the first parts ran
-    if args.backend == "cuda":  # found in review: without a GPU, torch.cuda.set_device's AttributeError traceback
-        from warmserve.worker.main import check_cuda
-
-        check_cuda(f"cuda:{args.device}", fix="use --backend host")
-    check_output("--json", args.json)
-    if "activation" in parts:  # the plot shows that part alone: without it nothing is drawn
-        check_plot("--plot", args.plot)
+    parts, sizes = check_args(args)  # every flag, before the first part runs (sizes in GiB)
     dev = Device(args.backend, args.device)
     with open("/proc/meminfo") as f:
         avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))

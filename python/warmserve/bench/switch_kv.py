@@ -10,17 +10,23 @@ pages several blocks share one (``engine.kv_cache.KVPageMapper``). This part tim
 
 from __future__ import annotations
 
-from warmserve.errors import GiB
+from warmserve.errors import GiB, InvalidArgumentError
 from warmserve.geometry import is_page_size
 
 MiB = 1 << 20
 
 
 def page_sizes(arg: str) -> list[int]:
-    """--page-mib as bytes, with the 2 MiB unit always first (the reference)."""
-    sizes = sorted({int(x) for x in str(arg).split(",") if x.strip()} | {2})
+    """--page-mib as bytes, with the 2 MiB unit always first (the reference); InvalidArgumentError naming the flag
+    for anything but whole positive multiples of 2 (found in review: "abc" was int()'s ValueError naming no flag)."""
+    bad = InvalidArgumentError(f"--page-mib {arg}: page sizes must be positive multiples of 2 MiB, e.g. 8,32",
+                               flag="--page-mib", value=arg)
+    try:
+        sizes = sorted({int(x) for x in str(arg).split(",") if x.strip()} | {2})
+    except ValueError:
+        raise bad from None
     if not all(is_page_size(m << 20) for m in sizes):
-        raise SystemExit(f"--page-mib: page sizes must be positive multiples of 2 MiB, got {arg!r}")
+        raise bad
     return [m * MiB for m in sizes]
 
 

@@ -27,7 +27,8 @@ from warmserve import protocol as P
 def add_arguments(p) -> None:
     p.add_argument("--model", default="llama-20m", help="demo model name or checkpoint directory (default llama-20m)")
     p.add_argument("--tp", type=int, default=2, help="ranks (worker processes) of the instance (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu, or cuda (one worker per GPU: cuda:0 .. cuda:tp-1)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, or cuda (one worker per GPU: rank r on cuda:r, so cuda:0 .. cuda:tp-1)")
     p.add_argument("--repeats", type=int, default=7, help="runs of each path (default 7)")
     p.add_argument("--memory-gib", type=float, default=0.5, help="page pool of each worker, GiB (default 0.5)")
     p.add_argument("--kv-blocks", type=int, default=8, help="KV blocks each activation maps (default 8)")
@@ -45,8 +46,7 @@ def _model_path(name: str) -> str:
 def run(args) -> dict:
     from warmserve.worker import WorkerClient, spawn_local_worker
 
-    if args.tp < 2 or args.repeats < 1:
-        raise SystemExit("--tp must be >= 2 and --repeats >= 1")
+    check_args(args)  # main did; again for a caller of run() alone (the integration test)
     path = _model_path(args.model)
     devices = [f"cuda:{r}" for r in range(args.tp)] if args.device == "cuda" else ["cpu"] * args.tp
     mem = args.memory_gib
@@ -159,10 +159,35 @@ def run(args) -> dict:
             "cold_over_prewarmed": med["cold_start_s"] / med["activate_prewarmed_group_s"]}
 
 
-def main(args) -> int:
-    from warmserve.outputs import check_output, write_json_atomic
+def check_args(args) -> None:
+    """Before any worker starts. Found in review: any --device but exactly "cuda" ran CPU workers and labelled the
+    results with it (`--device cuda:0` without a GPU exited 0, its JSON saying cuda:0)."""
+    from warmserve.errors import InvalidArgumentError
+    from warmserve.outputs import check_at_least, check_output
 
+    check_at_least("--tp", args.tp, 2)
+    check_at_least("--repeats", args.repeats)
+    if args.device not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"--device {args.device}: pass --device cuda (one worker per GPU, rank r on "
+                                   f"cuda:r) or --device cpu", flag="--device", device=args.device)
+    if args.device == "cuda":
+        import torch
+
+        from warmserve.worker.main import check_cuda
+
+        check_cuda("cuda")
+        visible = torch.cuda.device_count()
+        if args.tp > visible:
+            raise InvalidArgumentError(f"--tp {args.tp}: --device cuda runs one worker per GPU (cuda:0 .. "
+                                       f"cuda:{args.tp - 1}), only {visible} visible; lower --tp or use --device cpu",
+                                       flag="--tp", tp=args.tp, visible=visible)
     check_output("--json", args.json)  # before the workers start, not after their runs
+
+
+def main(args) -> int:
+    from warmserve.outputs import write_json_atomic
+
+    check_args(args)
     res = run(args)
     med = res["median_s"]
     print(f"\n{res['model']} tp={res['tp']} on {res['device']} workers, medians of {res['repeats']} runs")

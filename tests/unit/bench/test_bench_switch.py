@@ -9,6 +9,7 @@ import argparse
 import pytest
 
 from warmserve.bench import switch
+from warmserve.errors import InvalidArgumentError
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -36,7 +37,7 @@ def test_default_is_the_pools_page_size_alone():
 
 @pytest.mark.parametrize("bad", ["0", "3", "-2"])
 def test_page_sizes_that_are_not_whole_2_mib_multiples_are_refused(bad):
-    with pytest.raises(SystemExit, match="--page-mib"):
+    with pytest.raises(InvalidArgumentError, match="--page-mib"):
         switch.move_and_primitives(_args(page_mib=bad), switch.Device("host", 0))
 
 

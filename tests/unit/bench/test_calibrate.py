@@ -28,7 +28,8 @@ def test_profile_is_what_the_cost_model_reads():
     c = cm.cost("llama-20m-a", "llama-20m")
     assert cm.prefill_s(c, 136) == pytest.approx(0.11)
     assert cm.decode_step_s(c, 8) == pytest.approx(0.03)
-    assert cm.load_s(c) + cm.engine_start_s == pytest.approx(0.04, rel=1e-6)
+    assert cm.load_s(c) == pytest.approx(0.04, rel=1e-6)  # the fixed part charged (it was engine_start_s, uncharged)
+    assert cm.load_fixed_s > 0 and cm.engine_start_s == CostModel().engine_start_s
     assert cm.activation_s == pytest.approx(0.002) and cm.gpu.pool_bytes == 1 << 30
 
 
