@@ -235,6 +235,10 @@ class ClusterConfig:
             if kind not in ("cpu", "cuda") or not idx.isdigit():
                 raise InvalidArgumentError(f"ClusterConfig: device {d!r} must look like 'cuda:0' or 'cpu:0'",
                                            key="devices")
+        gpus = [d for d in self.devices if d.startswith("cuda")]
+        if len(set(gpus)) < len(gpus):  # found in review: two workers, each sizing its pool to 90% of one GPU
+            raise InvalidArgumentError(f"ClusterConfig: devices {list(self.devices)} name a GPU twice; one worker per "
+                                       f"GPU (it takes the GPU's free memory)", key="devices")
         names = [m.name for m in self.models]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -65,3 +65,10 @@ def test_a_controller_bound_to_inproc_is_refused_at_once():
     with pytest.raises(InvalidArgumentError, match="workers are other processes"):
         ControllerConfig(bind="inproc://controller")
     assert ControllerConfig(bind="ipc:///tmp/ws-controller").bind == "ipc:///tmp/ws-controller"
+
+
+def test_a_gpu_named_twice_is_refused():
+    with pytest.raises(InvalidArgumentError, match="name a GPU twice") as ei:
+        ClusterConfig(devices=("cuda:0", "cuda:1", "cuda:0"))
+    assert ei.value.key == "devices"
+    assert ClusterConfig(devices=("cuda:0", "cuda:1")).devices == ("cuda:0", "cuda:1")

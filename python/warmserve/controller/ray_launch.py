@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -30,11 +31,12 @@ import time
 from typing import Callable
 
 from warmserve.config import ClusterConfig, worker_cache_args
-from warmserve.controller.controller import Controller
+from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, WorkerSlot, check_fits,
                                           connect_address, node_key, plan_slots, unbracket)
 from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
+from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 
 log = logging.getLogger("warmserve.controller")
 
@@ -444,6 +446,19 @@ class RayController(Controller):
             await asyncio.to_thread(self.launcher.close)
 
 
+def check_planned(slots: list[WorkerSlot], n_nodes: int, models, cpu_workers: int) -> None:
+    """Refuse a plan that cannot serve before any worker starts: no slot at all (saying why), or a model whose tp
+    needs more workers on one machine than any node's slots (found in review: checked only once every actor had
+    registered, as the local launch does before it spawns)."""
+    if not slots:
+        why = ("cpu_workers is 0 and no node has a GPU" if cpu_workers == 0
+               else "no node has a GPU or a CPU for a worker")
+        raise RayClusterError(f"the Ray cluster's {n_nodes} alive node(s) get no worker: {why}", nodes=n_nodes,
+                              cpu_workers=cpu_workers)
+    per_node = collections.Counter(s.node.node_id for s in slots)
+    check_tp_fits(models, min(max(per_node.values()), MAX_GPUS_PER_SERVER))
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -473,9 +488,7 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
         connect = connect_address(endpoint, launcher.driver_ip, nodes)
         slots = plan_slots(nodes, cpu_workers=cfg.cpu_workers, cpu_worker_threads=cfg.cpu_worker_threads,
                            tag=f"r{os.getpid()}")
-        if not slots:
-            raise RayClusterError(f"the Ray cluster's {len(nodes)} alive node(s) offer no GPU and no CPU for a "
-                                  f"worker", nodes=len(nodes))
+        check_planned(slots, len(nodes), models, cfg.cpu_workers)
         t0 = time.monotonic()
         await asyncio.to_thread(launcher.place, slots, cfg.worker_start_timeout_s)
         mem = cpu_worker_memory_bytes(cfg, models)

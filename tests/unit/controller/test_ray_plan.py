@@ -50,3 +50,22 @@ def test_a_loopback_bind_is_refused_when_a_node_is_on_another_host():
     assert connect_address("tcp://127.0.0.1:41", "10.0.0.1", [node(1, "10.0.0.1")]) == "tcp://127.0.0.1:41"
     assert connect_address("tcp://127.0.0.1:41", "127.0.0.1", [node(1, "127.0.0.1"), node(2, "127.0.0.1")]) \
         == "tcp://127.0.0.1:41"
+
+
+def test_a_plan_that_cannot_serve_is_refused_before_any_worker_starts():
+    """Found in review: a tp the nodes' slots cannot hold was refused only once every actor had registered, and a
+    cluster with cpu_workers 0 and no GPU was said to offer "no CPU"."""
+    from types import SimpleNamespace
+
+    from warmserve.config import ModelSpec
+    from warmserve.controller.ray_launch import RayClusterError, check_planned
+
+    wide = SimpleNamespace(name="big", spec=ModelSpec("/ckpt/big", tp=4))
+    narrow = SimpleNamespace(name="small", spec=ModelSpec("/ckpt/small", tp=2))
+    slots = plan_slots([node(1, gpus=2), node(2, gpus=2)], cpu_workers=2, tag="r7")
+    check_planned(slots, 2, [narrow], cpu_workers=2)
+    with pytest.raises(InvalidArgumentError, match="tp=4") as ei:  # 2 workers a node, not 4 on one
+        check_planned(slots, 2, [narrow, wide], cpu_workers=2)
+    assert ei.value.tp == 4
+    with pytest.raises(RayClusterError, match="cpu_workers is 0 and no node has a GPU"):
+        check_planned(plan_slots([node(1)], cpu_workers=0, tag="r7"), 1, [narrow], cpu_workers=0)
