@@ -305,12 +305,11 @@ class ModelLoad:
         self._finished = threading.Event()
         self._error: BaseException | None = None
         self._extras: tuple | None = None  # (tokenizer, generation config)
-        if not sources:
-            self._job = None
-        elif host_cache is not None:
-            self._job = host_cache.load(slot, sources)
-        else:
-            self._job = slot.load(sources)
+        # A cached load starts on the load's thread: the cache may wait for another worker's fill of the same file
+        # (up to its lock_timeout_s) and maps its entries, never on the caller's (found in review: a worker's loop
+        # froze, its other models' streams with it). cancel() stops that wait (_stop).
+        self._cached = (host_cache, sources) if sources and host_cache is not None else None
+        self._job = slot.load(sources) if sources and self._cached is None else None
         # Not a daemon: an interpreter exiting mid-load waits for it rather than unmap the pool under a copy. It is
         # told to stop first (_stop_live_loads), so the wait is the tensor it is on, not the rest of the checkpoint.
         self._finisher = threading.Thread(target=self._finish, name=f"load:{name}", daemon=False)
@@ -399,6 +398,11 @@ class ModelLoad:
     def _finish(self) -> None:
         """The load's thread: wait for the copies, then do what they could not (its errors go to wait)."""
         try:
+            if self._cached is not None:
+                self._check_stop()
+                self._job = self._cached[0].load(self.slot, self._cached[1], stop=self._stop)
+                if self._stop.is_set():  # cancel() set it before reading _job: either it saw the job or this sees it
+                    self._job.cancel()
             if self._job is not None:
                 self._job.wait()
             self._convert_rest()

@@ -61,13 +61,16 @@ class CacheEntry:
             self.mm = None
 
 
-def flock_wait(fd: int, timeout_s: float, what: str) -> None:
+def flock_wait(fd: int, timeout_s: float, what: str, stop: threading.Event | None = None) -> None:
+    """Take the flock on ``fd`` within ``timeout_s``; ``stop`` set meanwhile: CancelledError."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
+            if stop is not None and stop.is_set():
+                raise CancelledError(f"cancelled while waiting for {what}") from None
             if time.monotonic() >= deadline:
                 raise TimeoutError_(
                     f"waited {timeout_s} s for {what}: another worker holds it (a fill of a large checkpoint from a "

@@ -121,9 +121,12 @@ class HostCheckpointCache:
         return os.path.exists(self.entry_path(path))
 
     # ---------------------------------------------------------------- loading
-    def load(self, slot, sources: Iterable[tuple], *, progress: Callable[[int, int], None] | None = None) -> LoadJob:
+    def load(self, slot, sources: Iterable[tuple], *, progress: Callable[[int, int], None] | None = None,
+             stop: threading.Event | None = None) -> LoadJob:
         """Like ``slot.load`` for file sources (path, file_offset, slot_byte_offset, nbytes), through the cache.
-        Returns at once with a running LoadJob; ``wait()`` publishes the entries it filled."""
+        Returns with a running LoadJob once its entries are mapped, after waiting (up to ``lock_timeout_s``) for
+        another worker's fill of the same file: call it off a thread that must stay responsive (a worker's load
+        thread does). ``stop`` set during that wait: CancelledError. ``wait()`` publishes the entries it filled."""
         # Grouped by cache key, not by spelling: "x.bin", "./x.bin" and a symlink to it are one entry, whose fill
         # lock a second group would wait on while this same load holds it (lock_timeout_s, then TimeoutError_).
         by_key: dict[str, list[tuple[int, int, int]]] = {}
@@ -153,7 +156,7 @@ class HostCheckpointCache:
         try:
             for key, p, st in order:
                 ranges = by_key[key]
-                entry, lock_fd = self._acquire(p, key, st.st_size, {e.key for e in used})
+                entry, lock_fd = self._acquire(p, key, st.st_size, {e.key for e in used}, stop)
                 if entry is None:  # bypassed: straight from the file
                     specs += [(p, 0, None, fo, so, n) for fo, so, n in ranges]
                     continue
@@ -300,7 +303,8 @@ class HostCheckpointCache:
             e.users += 1
         return e
 
-    def _acquire(self, path: str, key: str, size: int, busy: set[str]) -> tuple[CacheEntry | None, int | None]:
+    def _acquire(self, path: str, key: str, size: int, busy: set[str],
+                 stop: threading.Event | None = None) -> tuple[CacheEntry | None, int | None]:
         """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed.
         busy: keys of the entries the same load reads already (not evicted to make room for this one)."""
         root = self.config.root
@@ -312,7 +316,7 @@ class HostCheckpointCache:
                 return e, None
             lock_fd = os.open(os.path.join(root, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry of {path}")
+                flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry of {path}", stop)
                 e = self._map_published(key, bin_path)  # filled by another worker while we waited
                 if e is not None:
                     os.close(lock_fd)
@@ -528,6 +532,11 @@ class _CachedLoadJob(LoadJob):
         if self._settled:
             return
         self._settled = True
+        if self._job.finished and not isinstance(self._job, _Ended):
+            # ended badly (wait() swaps an ended-well job itself): the C++ job's references to the entries' arrays
+            # go first, or the aborted fill's mapping cannot close (found in review: BufferError in release(), the
+            # deleted fill's host memory held until a garbage collection, past capacity_bytes)
+            self._job = _Ended.of(self._job)
         filled = [e for e, _ in self._fills]
         published = []
         for entry, lock_fd in self._fills:
@@ -576,9 +585,22 @@ class _Ended:
 
     finished = True
 
-    def __init__(self, job, result: int):
+    def __init__(self, job, result: int, error: BaseException | None = None):
         self.done_bytes, self.total_bytes = job.done_bytes, job.total_bytes
         self.pages_mapped_by_job, self.pages_kept_by_views = job.pages_mapped_by_job, job.pages_kept_by_views
-        self.result = lambda: result
+        self._result, self._error = result, error
         self.wait_for = lambda timeout_s: True
         self.cancel = lambda: None
+
+    def result(self) -> int:
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    @classmethod
+    def of(cls, job) -> "_Ended":
+        """A finished job's answers, its error included."""
+        try:
+            return cls(job, job.result())
+        except BaseException as e:  # noqa: BLE001 (kept for result(); its frames, which hold the job, are not)
+            return cls(job, 0, e.with_traceback(None))

@@ -11,6 +11,7 @@ import time
 import weakref
 
 from .. import protocol as P
+from ..errors import ClosedError
 from .client import SyncClientBase
 from .core import WorkerCore
 
@@ -20,11 +21,12 @@ _PEER = b"inprocess"
 class InProcessWorker(SyncClientBase):
     """A worker in this process. Pass ``pool`` to share one (the caller keeps owning it), or let it make its own
     from ``device``, ``memory_gib`` and ``page_mib`` (closed with the worker; ``prefault=False`` skips touching every
-    host page up front, for short-lived pools)."""
+    host page up front, for short-lived pools). ``engine`` and ``host_cache``: as a worker's ``--max-num-seqs`` (and
+    the other engine flags) and ``--host-cache-gib`` give them (``WorkerCore``)."""
 
     def __init__(self, device: str = "cpu", memory_gib: float = 1.0, *, pool=None, threads: int | None = None,
                  worker_id: str = "inprocess", prefault: bool = True, default_timeout_s: float = 60.0,
-                 page_mib: int = 2):
+                 page_mib: int = 2, engine: P.EngineConfig | None = None, host_cache=None):
         super().__init__()
         self.default_timeout_s = default_timeout_s
         if threads:
@@ -40,13 +42,16 @@ class InProcessWorker(SyncClientBase):
         # Numbered as a server numbers them, so that streams here are read as a socket's are.
         self._numbering = P.TokensNumbering()
         # A weak reference: the finalizer holds the core, and the core must not keep this object alive.
-        self.core = WorkerCore(pool, device=device, worker_id=worker_id, emit=_weak_emit(self))
+        self.core = WorkerCore(pool, device=device, worker_id=worker_id, emit=_weak_emit(self), engine=engine,
+                               host_cache=host_cache)
         self._finalizer = weakref.finalize(self, _close, self.core, pool if owned else None)
 
     def _emit(self, peer, msg) -> None:
         self._dispatch(P.decode_reply(P.encode(self._numbering.stamp(peer, msg))))
 
     def _send(self, msg) -> None:
+        if self.core.stopping:  # as a socket worker's loop, which has ended (found in review: served on)
+            raise ClosedError(f"the in-process worker {self.core.worker_id} was shut down", worker=self.core.worker_id)
         self.core.handle(_PEER, P.decode_request(P.encode(msg)))
 
     def _pump(self, timeout_s: float) -> None:
