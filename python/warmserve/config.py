@@ -216,6 +216,8 @@ class ClusterConfig:
         if isinstance(self.host_cache_dir, os.PathLike):
             object.__setattr__(self, "host_cache_dir", os.fspath(self.host_cache_dir))
         check_field_types(self)
+        # a `~` is the shell's, and the workers get the path with no shell between (found in review)
+        object.__setattr__(self, "host_cache_dir", os.path.expanduser(self.host_cache_dir))
         for f in ("cpu_workers", "remote_workers", "cpu_worker_memory_bytes", "cpu_worker_threads",
                   "host_cache_bytes"):
             if getattr(self, f) < 0:  # what 0 means is each field's own (found in review: "0: the default" for all)

@@ -168,7 +168,11 @@ def register(cls: type[WarmServeError]) -> type[WarmServeError]:
 def from_wire(d: dict) -> WarmServeError:
     """Rebuild an error sent with ``to_wire``; unknown types come back as WarmServeError."""
     cls = _BY_NAME.get(d.get("type", ""), WarmServeError)
-    err = Exception.__new__(cls, d.get("message", ""))  # skip subclass __init__ signatures
+    # __init__ skipped, for subclasses' own signatures. An OSError subclass (TimeoutError_) refuses Exception's
+    # __new__, and a MemoryError one (OutOfMemoryError) its own as looked up (found in review: a TimeoutError_ sent
+    # by a worker failed to decode)
+    new = cls.__new__ if issubclass(cls, OSError) else Exception.__new__
+    err = new(cls, d.get("message", ""))
     WarmServeError.__init__(err, d.get("message", ""), **(d.get("fields") or {}))
     return err
 

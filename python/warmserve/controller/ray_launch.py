@@ -446,17 +446,19 @@ class RayController(Controller):
             await asyncio.to_thread(self.launcher.close)
 
 
-def check_planned(slots: list[WorkerSlot], n_nodes: int, models, cpu_workers: int) -> None:
+def check_planned(slots: list[WorkerSlot], n_nodes: int, models, cpu_workers: int, remote_workers: int = 0) -> None:
     """Refuse a plan that cannot serve before any worker starts: no slot at all (saying why), or a model whose tp
     needs more workers on one machine than any node's slots (found in review: checked only once every actor had
-    registered, as the local launch does before it spawns)."""
+    registered, as the local launch does before it spawns). With ``remote_workers``, whose machines are not known
+    yet, the tp check waits for them (the controller's, once every worker has registered), as the local launch's."""
     if not slots:
         why = ("cpu_workers is 0 and no node has a GPU" if cpu_workers == 0
                else "no node has a GPU or a CPU for a worker")
         raise RayClusterError(f"the Ray cluster's {n_nodes} alive node(s) get no worker: {why}", nodes=n_nodes,
                               cpu_workers=cpu_workers)
-    per_node = collections.Counter(s.node.node_id for s in slots)
-    check_tp_fits(models, min(max(per_node.values()), MAX_GPUS_PER_SERVER))
+    if not remote_workers:
+        per_node = collections.Counter(s.node.node_id for s in slots)
+        check_tp_fits(models, min(max(per_node.values()), MAX_GPUS_PER_SERVER))
 
 
 def _read(path: str) -> bytes:
@@ -488,7 +490,7 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
         connect = connect_address(endpoint, launcher.driver_ip, nodes)
         slots = plan_slots(nodes, cpu_workers=cfg.cpu_workers, cpu_worker_threads=cfg.cpu_worker_threads,
                            tag=f"r{os.getpid()}")
-        check_planned(slots, len(nodes), models, cfg.cpu_workers)
+        check_planned(slots, len(nodes), models, cfg.cpu_workers, cfg.remote_workers)
         t0 = time.monotonic()
         await asyncio.to_thread(launcher.place, slots, cfg.worker_start_timeout_s)
         mem = cpu_worker_memory_bytes(cfg, models)

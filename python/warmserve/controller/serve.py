@@ -138,6 +138,8 @@ def build_config(args) -> ClusterConfig:
             raise InvalidArgumentError(f"--host-cache-gib must be a finite number >= 0 (0: no cache), got "
                                        f"{args.host_cache_gib}", key="host_cache_bytes")
         top["host_cache_bytes"] = int(args.host_cache_gib * (1 << 30))
+        if not top["host_cache_bytes"]:  # off: a config file's directory goes with it (found in review: refused)
+            top["host_cache_dir"] = ""
     if args.host_cache_dir is not None:
         top["host_cache_dir"] = args.host_cache_dir
     if args.model:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from warmserve import _C
-from warmserve.errors import CancelledError, InvalidArgumentError, TimeoutError_, fmt_bytes
+from warmserve.errors import CancelledError, InvalidArgumentError, WarmServeError, fmt_bytes, register
 
 #: How often a wait for another worker's flock tries again, seconds.
 POLL_S = 0.01
@@ -61,6 +61,16 @@ class CacheEntry:
             self.mm = None
 
 
+@register
+class CacheBusyError(WarmServeError, TimeoutError):
+    """Another worker held a host cache lock (its fill of the same checkpoint) past ``lock_timeout_s``. Not a
+    TimeoutError_, which says that an operation still runs: a load that ends with this has ended (found in review:
+    a worker polling its load took it for "not finished yet" and then reported the load cancelled). Fields:
+    timeout_s."""
+
+    http_status = 503
+
+
 def flock_wait(fd: int, timeout_s: float, what: str, stop: threading.Event | None = None) -> None:
     """Take the flock on ``fd`` within ``timeout_s``; ``stop`` set meanwhile: CancelledError."""
     deadline = time.monotonic() + timeout_s
@@ -72,7 +82,7 @@ def flock_wait(fd: int, timeout_s: float, what: str, stop: threading.Event | Non
             if stop is not None and stop.is_set():
                 raise CancelledError(f"cancelled while waiting for {what}") from None
             if time.monotonic() >= deadline:
-                raise TimeoutError_(
+                raise CacheBusyError(
                     f"waited {timeout_s} s for {what}: another worker holds it (a fill of a large checkpoint from a "
                     "slow disk?). Fix: raise HostCacheConfig.lock_timeout_s", timeout_s=timeout_s) from None
             time.sleep(POLL_S)

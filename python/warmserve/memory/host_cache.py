@@ -151,6 +151,8 @@ class HostCheckpointCache:
                                      for what, x in zip(("file_offset", "slot_byte_offset", "nbytes"), src[1:])))
         cuda = slot.pool.backend == "cuda"
         device = slot.pool.device
+        # made again if it went (found in review: someone cleaning /dev/shm made every later load fail untyped)
+        os.makedirs(self.config.root, exist_ok=True)
         self._sweep()
         specs, fills, used, hits, gaps = [], [], [], [], []
         try:
@@ -224,7 +226,11 @@ class HostCheckpointCache:
     def _scan(self) -> list[tuple[str, int, int]]:
         """(file name, bytes, last use in ns) of every entry (.bin) and fill in progress (.fill)."""
         out = []
-        for name in os.listdir(self.config.root):
+        try:
+            names = os.listdir(self.config.root)
+        except FileNotFoundError:  # the directory went (someone cleaned /dev/shm): nothing is cached
+            return out
+        for name in names:
             if name.endswith((".bin", ".fill")):
                 try:
                     st = os.stat(os.path.join(self.config.root, name))

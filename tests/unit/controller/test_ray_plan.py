@@ -69,3 +69,16 @@ def test_a_plan_that_cannot_serve_is_refused_before_any_worker_starts():
     assert ei.value.tp == 4
     with pytest.raises(RayClusterError, match="cpu_workers is 0 and no node has a GPU"):
         check_planned(plan_slots([node(1)], cpu_workers=0, tag="r7"), 1, [narrow], cpu_workers=0)
+
+
+def test_a_tp_the_remote_workers_may_hold_is_left_to_their_registration():
+    """Found in review: with remote_workers, whose machines are not known before they join, a tp wider than the Ray
+    nodes' slots was refused; the local launch leaves that check to the controller then."""
+    from types import SimpleNamespace
+
+    from warmserve.config import ModelSpec
+    from warmserve.controller.ray_launch import check_planned
+
+    wide = SimpleNamespace(name="big", spec=ModelSpec("/ckpt/big", tp=2))
+    check_planned(plan_slots([node(1, cpus=1)], cpu_workers=1, tag="r7"), 1, [wide], cpu_workers=1,
+                  remote_workers=2)

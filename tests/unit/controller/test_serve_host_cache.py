@@ -39,3 +39,17 @@ def test_a_config_files_cache_directory_is_relative_to_the_file(tmp_path):
     f.write_text("host_cache_bytes = -1\n")
     with pytest.raises(InvalidArgumentError, match="host_cache_bytes"):
         load_config(str(f))
+
+
+def test_the_flag_turns_off_a_cache_a_config_file_sets_up(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("host_cache_bytes = 1073741824\nhost_cache_dir = \"/dev/shm/x\"\n")
+    cfg = serve.build_config(parse("--config", str(f), "--host-cache-gib", "0"))
+    assert (cfg.host_cache_bytes, cfg.host_cache_dir) == (0, "") and worker_cache_args(cfg) == ()
+
+
+def test_a_home_relative_cache_directory_is_expanded():
+    import os
+
+    cfg = ClusterConfig(host_cache_bytes=1 << 30, host_cache_dir="~/wcache")
+    assert cfg.host_cache_dir == os.path.expanduser("~/wcache") and "~" not in worker_cache_args(cfg)[-1]

@@ -147,3 +147,19 @@ def test_touch_error_after_rename_is_not_an_unpublished_fill(tmp_path, monkeypat
         monkeypatch.undo()
         published = cache.contains(str(a))
         assert not (published and cache.stats()["fills"] == 0), (published, cache.stats()["fills"], caplog.text)
+
+
+def test_a_cache_whose_directory_went_reports_nothing_cached_and_loads_again(tmp_path):
+    """Found in review: with the directory removed (someone cleaning /dev/shm), stats() raised FileNotFoundError, so
+    a worker answered no GetStats, and every load failed untyped."""
+    import shutil
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(os.urandom(8 * PAGE))
+    root = str(tmp_path / "cache")
+    with PagePool(16 * PAGE, page_bytes=PAGE, prefault=False) as pool, \
+            HostCheckpointCache(HostCacheConfig(root=root, capacity_bytes=1 << 20, chunk_bytes=PAGE)) as cache:
+        shutil.rmtree(root)
+        assert cache.stats()["usage_bytes"] == 0
+        cache.load(pool.create_slot(8 * PAGE, "s"), [(str(f), 0, 0, 8 * PAGE)]).wait(timeout_s=60)
+        assert cache.contains(str(f)) and cache.stats()["fills"] == 1

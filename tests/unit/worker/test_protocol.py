@@ -142,3 +142,17 @@ def test_sampling_out_of_range_is_refused_on_decode_too():
     with pytest.raises(errors.InvalidArgumentError) as e:
         P.SamplingParams(seed=2**64)
     assert e.value.param == "seed"
+
+
+def test_every_registered_error_crosses_the_wire_as_itself():
+    """Found in review: a TimeoutError_ (an OSError by its TimeoutError base) failed to decode: Exception.__new__
+    refuses an OSError subclass."""
+    import warmserve.controller.ray_plan  # noqa: F401  (registers its errors)
+    import warmserve.memory.cache_entry  # noqa: F401
+    import warmserve.security  # noqa: F401
+
+    for name, cls in errors._BY_NAME.items():
+        exc = P.decode_reply(P.encode(P.Error(id=1, type=name, message="m", fields={"n": 1}))).exception()
+        assert type(exc) is cls and str(exc) == "m" and exc.n == 1, name
+    busy = P.decode_reply(P.encode(P.Error.of(2, errors.TimeoutError_("late", timeout_s=3.0)))).exception()
+    assert isinstance(busy, TimeoutError) and busy.timeout_s == 3.0
