@@ -262,6 +262,12 @@ def check_field_types(obj) -> None:
     cls = type(obj).__name__
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
+        if v is None and f.default == "":  # None for a string whose default is "" means that default
+            object.__setattr__(obj, f.name, "")
+            continue
+        if f.type == "bool" and getattr(getattr(v, "dtype", None), "kind", "") == "b":  # a numpy bool
+            object.__setattr__(obj, f.name, bool(v))
+            continue
         kind, noun = _FIELD_TYPES.get(f.type, (None, ""))
         if kind is None:
             nested = {"PolicyConfig": PolicyConfig, "EngineConfig": EngineConfig}.get(f.type) or globals().get(f.type)

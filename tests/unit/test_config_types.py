@@ -28,7 +28,7 @@ from warmserve.errors import InvalidArgumentError
     (lambda: ControllerConfig(max_queue="5"), "max_queue"),
     (lambda: ControllerConfig(policy_config={"window_s": 30}), "policy_config"),
     (lambda: ServerConfig(max_concurrent_requests="9"), "max_concurrent_requests"),
-    (lambda: ServerConfig(api_key=None), "api_key"),
+    (lambda: ServerConfig(api_key=5), "api_key"),
 ])
 def test_a_value_of_the_wrong_type_is_refused_naming_its_field(build, key):
     with pytest.raises(InvalidArgumentError, match=key) as ei:
@@ -59,6 +59,8 @@ def test_numbers_a_user_means_are_taken():
     assert type(cfg.cpu_workers) is int and cfg.cpu_workers == 3 and type(cfg.cpu_worker_memory_bytes) is int
     assert cfg.controller.tick_s == 1 and cfg.controller.drain_timeout_s == 2.5
     assert ControllerConfig(insecure=True).insecure is True
+    assert ControllerConfig(insecure=np.True_).insecure is True  # a numpy bool is a bool
+    assert ServerConfig(api_key=None).api_key == "" and ModelSpec("/ckpt/m", name=None).name == "m"  # None: default
 
 
 def test_a_controller_bound_to_inproc_is_refused_at_once():
