@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import replace
@@ -21,6 +22,7 @@ from warmserve.sim.plot import plot_ttft_cdf
 from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, Preset, artifact_preset, cluster_shape, paper_preset,
                                    scale_preset)
 from warmserve.sim.runner import max_rate_under_slo, policy_names, rate_sweep, run_once
+from warmserve.workload.recipes import MAX_BURST_CV
 
 PRESET_NAMES = ("paper-conv", "paper-code", "artifact-conv", "artifact-code", "scale")
 
@@ -106,12 +108,15 @@ def build_preset(args) -> Preset:
                     policy_config=parse_policy_options(args.policy_option))
     if args.models is not None and args.models < 1:
         raise InvalidArgumentError(f"--models {args.models}: give at least 1 model", flag="--models")
-    if not args.time_scale > 0:
-        raise InvalidArgumentError(f"--time-scale {args.time_scale:g}: give a factor > 0 (1: as traced)",
+    # finite (found in review): inf passed `> 0` and ended in an OverflowError in the simulator's driver
+    if not (math.isfinite(args.time_scale) and args.time_scale > 0):
+        raise InvalidArgumentError(f"--time-scale {args.time_scale:g}: give a finite factor > 0 (1: as traced)",
                                    flag="--time-scale")
-    if args.burst_cv is not None and not args.burst_cv > 0:
-        raise InvalidArgumentError(f"--burst-cv {args.burst_cv:g}: give a CV > 0 (1: Poisson), or leave it out for "
-                                   f"the trace's own inter-arrivals", flag="--burst-cv")
+    # found in review: a large CV (1e4) passed `> 0`, every arrival came out NaN and was dropped: 0 requests, exit 0
+    if args.burst_cv is not None and not (math.isfinite(args.burst_cv) and 0 < args.burst_cv <= MAX_BURST_CV):
+        raise InvalidArgumentError(f"--burst-cv {args.burst_cv:g}: give a CV > 0 and at most {MAX_BURST_CV:g} (1: "
+                                   f"Poisson; a larger one bunches a segment into one burst all the same), or leave "
+                                   f"it out for the trace's own inter-arrivals", flag="--burst-cv")
     kind = args.preset or args.workload or "paper-conv"
     if kind in ("paper-conv", "paper-code", "artifact-conv", "artifact-code"):
         if args.preset is not None and args.gpus != 16:
@@ -385,8 +390,13 @@ def check_args(args) -> None:
 
 
 def parse_seeds(args) -> list[int]:
-    """--seeds as integers (at least one), or [--seed] without it."""
+    """--seeds as integers >= 0 (at least one), or [--seed] without it."""
+    # seeds >= 0 (found in review: --seed -1 and --seeds 0,-1 were taken and ended in numpy's ValueError, which
+    # names no flag: numpy's generators take no negative seed)
     if not args.seeds:
+        if args.seed < 0:
+            raise InvalidArgumentError(f"--seed {args.seed}: give a seed >= 0, e.g. 0", flag="--seed",
+                                       value=args.seed)
         return [args.seed]
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -396,6 +406,9 @@ def parse_seeds(args) -> list[int]:
     if not seeds:
         raise InvalidArgumentError(f"--seeds {args.seeds!r} names no seed: give comma-separated integers, e.g. "
                                    f"0,1,2, or leave it out for --seed", flag="--seeds")
+    if min(seeds) < 0:
+        raise InvalidArgumentError(f"--seeds {args.seeds!r}: give seeds >= 0, e.g. 0,1,2 (seed {min(seeds)} is "
+                                   f"negative)", flag="--seeds", value=args.seeds)
     return seeds
 
 

@@ -94,10 +94,12 @@ def _point(runs: list[RunResult], scale: float, seeds: list[int]) -> dict:
 
 def highest_rate_meeting(points: list[dict], target: float) -> float:
     """The highest offered rate of a sweep at which the mean SLO attainment reaches ``target`` with every lower
-    swept rate reaching it too (0 when the lowest fails): the sweep's coarse max rate under the SLO."""
+    swept rate reaching it too (0 when the lowest fails): the sweep's coarse max rate under the SLO. A NaN
+    attainment (a seed that replayed no request) fails, as in ``max_rate_under_slo``."""
     best = 0.0
     for pt in sorted(points, key=lambda x: x["offered_rate_rps"]):
-        if pt["slo_attainment"] < target:
+        # found in review: `NaN < target` is False, so a NaN point passed; `>= target` is the search's own test
+        if not pt["slo_attainment"] >= target:
             break
         best = pt["offered_rate_rps"]
     return best

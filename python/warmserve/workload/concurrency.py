@@ -23,7 +23,14 @@ def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_
     bounds = np.append(t0_s + window_s * np.arange(nw), t1_s)
     t = np.concatenate([start_s, end_s, bounds])
     d = np.concatenate([np.ones(len(start_s)), -np.ones(len(end_s)), np.zeros(nw + 1)])
-    order = np.lexsort((-d, t))  # at equal times, arrivals before departures: a peak counts both
+    # at equal times: arrivals before departures (a peak counts both), and both before a window boundary, whose
+    # segment takes the level once they are done. A departure on a boundary goes first of all: the request is not
+    # in flight in the window that starts there (found in review: a request in flight over [0, 100) made the peak
+    # of [100, 200) 1 where its average was 0); a zero-length request there still counts, as inside a window. The
+    # order at one time moves only zero-length segments: averages are as before
+    on_bound = np.isin(end_s, bounds) & (end_s > start_s)
+    rank = np.concatenate([np.ones(len(start_s)), np.where(on_bound, 0.0, 2.0), np.full(nw + 1, 3.0)])
+    order = np.lexsort((rank, t))
     t, d = t[order], d[order]
     level = np.cumsum(d)
     # time-weighted area: level holds from t[k] to t[k+1]

@@ -75,17 +75,42 @@ def _circular_stretch(arrival_s: np.ndarray, period_s: float, offset_s: float, l
     return t[order], i[order]
 
 
+#: the largest burst CV the recipes take. Above a CV of about 8 a Gamma draw of shape 1/cv^2 underflows to 0 often
+#: enough that all of a small segment's draws can (cv 30: 44% of draws; cv 100: 93%), which gave 0/0 = NaN arrival
+#: times (found in review: the recipes then dropped them without a word); ``regamma`` redraws such a segment in log
+#: space, so every CV up to this one is sound. Beyond it a segment is one burst all the same (the realised CV of n
+#: gaps cannot pass sqrt(n)), so a larger one is a mistake, not more burstiness
+MAX_BURST_CV = 100.0
+
+
+def check_burst_cv(cv: float) -> None:
+    """Raise InvalidArgumentError unless ``cv`` is a finite burst CV in (0, ``MAX_BURST_CV``]."""
+    if not (math.isfinite(cv) and 0 < cv <= MAX_BURST_CV):  # nan too
+        why = "must be > 0" if not cv > 0 else f"must be finite and at most {MAX_BURST_CV:g}"
+        raise InvalidArgumentError(f"burst cv {why}, got {cv:g}: give a CV in (0, {MAX_BURST_CV:g}] (1: Poisson; a "
+                                   f"larger one bunches a segment into one burst all the same), or None for the "
+                                   f"trace's own inter-arrivals", burst_cv=cv)
+
+
 def regamma(arrival_s: np.ndarray, start_s: float, end_s: float, cv: float, rng: np.random.Generator) -> np.ndarray:
     """The burstiness knob: same number of arrivals over [start_s, end_s), inter-arrival times re-drawn from a
-    Gamma distribution with coefficient of variation ``cv`` (1 is Poisson) and mean (end-start)/n."""
+    Gamma distribution with coefficient of variation ``cv`` (1 is Poisson; at most ``MAX_BURST_CV``) and mean
+    (end-start)/n."""
     n = len(arrival_s)
     if n == 0:
         return arrival_s
-    if not cv > 0:  # nan too
-        raise InvalidArgumentError(f"burst cv must be > 0, got {cv}")
+    check_burst_cv(cv)
     shape = 1.0 / (cv * cv)
     iat = rng.gamma(shape, 1.0, n + 1)
-    t = np.cumsum(iat)[:n] / iat.sum() * (end_s - start_s) + start_s
+    total = iat.sum()
+    if not total >= np.finfo(np.float64).tiny:
+        # every draw underflowed (to 0 or subnormals: a few arrivals at a large CV): redraw in log space, as
+        # Gamma(a) = Gamma(a + 1) * U^(1/a), and scale by the largest gap (found in review: 0/0 gave NaN times).
+        # Only here, so that draws which were sound, and the results built on them, stay as they were
+        log_iat = np.log(rng.gamma(shape + 1.0, 1.0, n + 1)) + np.log(1.0 - rng.random(n + 1)) / shape  # U in (0, 1]
+        iat = np.exp(log_iat - log_iat.max())
+        total = iat.sum()
+    t = np.cumsum(iat)[:n] / total * (end_s - start_s) + start_s
     return np.minimum(t, np.nextafter(end_s, start_s))
 
 
@@ -121,13 +146,27 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     whole days (the forecasts' daily season) while the load inside a segment plays faster or slower.
     ``meta`` holds the replay's rate per second of trace time (read by ``offered_rate_rps``); ``known``: the
     history's known pieces as (start of their segment, start, end), default every segment but the replay whole."""
-    if not time_scale > 0:  # nan too: it made an empty workload
-        raise InvalidArgumentError(f"time_scale must be > 0, got {time_scale}")
+    # nan made an empty workload; inf (found in review) an OverflowError in the simulator's driver, as does a
+    # finite one that scales the span past a float
+    if not (math.isfinite(time_scale) and time_scale > 0 and math.isfinite((duration_s + pre_s) * time_scale)):
+        why = "must be > 0" if not time_scale > 0 else "must be finite"
+        raise InvalidArgumentError(f"time_scale {why}, got {time_scale:g}: give a finite factor > 0 (1: as traced)",
+                                   time_scale=time_scale)
     if time_scale != 1.0:
         for p in parts:
             if len(p):
                 d = _anchor(float(p.arrival_s[0]), day_s)
                 p.arrival_s = d + (p.arrival_s - d) * time_scale
+    for p in parts:
+        # a NaN arrival is neither >= 0 nor < 0, so the split below put it in neither the replay nor the history
+        # (found in review: requests dropped without a word); refuse it, and an infinite one, here
+        bad = ~np.isfinite(p.arrival_s)
+        if bad.any():
+            raise InvalidArgumentError(
+                f"workload {name!r}: {int(bad.sum())} of model {p.models[0]!r}'s {len(p)} arrival times are not "
+                f"finite (burst_cv {meta.get('burst_cv')}, time_scale {time_scale:g}): give a burst_cv in (0, "
+                f"{MAX_BURST_CV:g}] and a time_scale that keeps times finite", burst_cv=meta.get("burst_cv"),
+                time_scale=time_scale)
     full = Trace.concat(models, parts)
     replay = full.select(full.arrival_s >= 0)
     history = full.select(full.arrival_s < 0)
@@ -162,6 +201,8 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     model's rate level and the trace's burst statistics, not a view of the replay.
     Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens``.
     """
+    if burst_cv is not None:  # before the work, and whether or not a segment has arrivals to re-draw
+        check_burst_cv(burst_cv)
     src = load_azure(kind, path)
     names = list(model_names) if model_names else [f"{kind}-{i}" for i in range(n_models)]
     if len(names) != n_models:
@@ -429,9 +470,21 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     A replay without room for its history days before it, outside a chosen model's data, or over no traffic at
     all, is refused the same way.
     """
+    if burst_cv is not None:
+        check_burst_cv(burst_cv)
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
     if history_days < 0:
         raise InvalidArgumentError(f"history_days must be >= 0, got {history_days}")
+    pmfs = sg.load_length_pmfs(pmf_path)
+    no_pmf = sorted({s.model for s in series if (s.model, "input_tokens") not in pmfs
+                     or (s.model, "output_tokens") not in pmfs})
+    if no_pmf:  # found in review: a plain ValueError, after the replay's checks, naming no argument
+        have = sorted({m for m, f in pmfs if f == "input_tokens" and (m, "output_tokens") in pmfs})
+        raise InvalidArgumentError(f"servegen_workload models={tuple(models)}: no input/output token-length PMF for "
+                                   f"ServeGen model(s) {', '.join(no_pmf)} in "
+                                   f"{pmf_path or 'the vendored servegen_length_pmf_io.csv.gz'}: choose models among "
+                                   f"{', '.join(have)}, or pass pmf_path= to a PMF file that has them",
+                                   models=tuple(models), missing=no_pmf)
     data = _series_data(series)
     _check_replay(data, start_s, duration_s, pre_s, history_days)
     # expected total rate over the replayed span: each window's rate counts for the part of the span it covers
@@ -442,16 +495,13 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
         overlap = np.minimum(s.t_s + sg.WINDOW_S, start_s + duration_s) - np.maximum(s.t_s, start_s)
         expected += float((s.rate_rps * np.clip(overlap, 0.0, None)).sum()) / duration_s
     scale = rate_scale * (total_rate_rps / expected if total_rate_rps is not None and expected > 0 else 1.0)
-    pmfs = sg.load_length_pmfs(pmf_path)
     rng = np.random.default_rng(seed)
     names = [s.name for s in series]
     segs = _segments(duration_s, pre_s, history_days, DAY_S)
     holes = _history_holes(data, start_s, segs)
     parts = []
     for s in series:
-        inp, out = pmfs.get((s.model, "input_tokens")), pmfs.get((s.model, "output_tokens"))
-        if inp is None or out is None:
-            raise ValueError(f"no input/output token PMF for ServeGen model {s.model!r}")
+        inp, out = pmfs[(s.model, "input_tokens")], pmfs[(s.model, "output_tokens")]  # checked above
         for a, b in segs:
             t = sg.sample_arrivals(s, start_s + a, start_s + b, scale, rng) - start_s
             if burst_cv is not None:

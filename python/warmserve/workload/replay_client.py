@@ -7,8 +7,9 @@ client would slow down with the server and hide its queueing). Each request stre
 ids (vLLM and warmserve take them), so a request carries exactly the trace's prompt length.
 
 Every request ends in exactly one outcome: ``ok``, ``http_error`` (a status >= 400 before streaming),
-``stream_error`` (an error event in the stream), ``error`` (connection refused or reset, or an answer this client
-cannot read, a 200 with no SSE event among them: the exception's type and text are kept) or ``unanswered``
+``stream_error`` (an error event in the stream), ``error`` (connection refused or reset, an answer this client
+cannot read, a 200 with no SSE event among them, or a stream that ended early, with neither a ``finish_reason``
+nor ``data: [DONE]``: the reason is kept, and a first token's time too) or ``unanswered``
 (still running when the replay's deadline passed; cancelled then). Nothing is dropped silently.
 """
 
@@ -91,10 +92,11 @@ class _EventError(Exception):
     """An error event in the stream: the server's message."""
 
 
-def _on_data(data: bytes, o: Outcome, now: float) -> None:
-    """One SSE ``data:`` payload: the first text's time, the finish reason, the usage count."""
+def _on_data(data: bytes, o: Outcome, now: float) -> bool:
+    """One SSE ``data:`` payload: the first text's time, the finish reason, the usage count. True for the stream's
+    end marker, ``[DONE]``."""
     if data == b"[DONE]":
-        return
+        return True
     msg = json.loads(data)
     err = msg.get("error")  # OpenAI's {"message": ...}, or plain text (TGI and others)
     if err is not None:
@@ -109,6 +111,7 @@ def _on_data(data: bytes, o: Outcome, now: float) -> None:
             o.finish_reason = ch["finish_reason"]
     if msg.get("usage"):
         o.completion_tokens = int(msg["usage"].get("completion_tokens") or 0)
+    return False
 
 
 def _data_lines(event: bytes):
@@ -157,6 +160,7 @@ async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o
                 return
             sse = _SSEEvents()
             n_data = 0
+            done = False  # `data: [DONE]` seen
             head = b""  # the answer's start, for the error when it holds no event
             async for chunk in resp.content.iter_any():
                 now = time.perf_counter() - t0
@@ -164,14 +168,22 @@ async def _one(session, cfg: ClientConfig, url: str, i: int, r: ReplayRequest, o
                 for event in sse.feed(chunk):
                     for data in _data_lines(event):
                         n_data += 1
-                        _on_data(data, o, now)
+                        done |= _on_data(data, o, now)
             o.end_s = time.perf_counter() - t0
             for data in _data_lines(sse.close()):  # a server that ends without the last blank line
                 n_data += 1
-                _on_data(data, o, o.end_s)
+                done |= _on_data(data, o, o.end_s)
             if not n_data:  # a 200 that streamed no event: the client read none of it, so it is no answer
                 o.status = "error"
                 o.error = f"no SSE data event in the HTTP {resp.status} answer: {head[:200]!r}"
+                return
+            if not done and not o.finish_reason:
+                # found in review: a stream that closed after some text, with neither a finish_reason nor [DONE]
+                # (the engine died mid-answer), counted as ok. It is an error; its first text's time stays, so
+                # bench replay counts it answered (its TTFT) but not completed, as a stream cut by a reset
+                o.status = "error"
+                o.error = (f"stream ended early: no finish_reason and no [DONE] after {n_data} data events "
+                           f"({o.completion_tokens} completion tokens reported)")
                 return
             if o.first_s != o.first_s:  # an answer with no text at all: the end is its first token
                 o.first_s = o.end_s

@@ -64,8 +64,18 @@ def _gz_copy(src: str, dst: str) -> None:
         shutil.copyfileobj(f, g)
 
 
+USAGE = "usage: python -m warmserve.workload.vendor TRACES_DIR [OUT_DIR]   (OUT_DIR default: warmserve/data)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if not 1 <= len(argv) <= 2:  # found in review: no argument raised an IndexError
+        print(f"{USAGE}\nwarmserve.workload.vendor: give the full trace folder (the one holding the Azure CSVs and "
+              f"servegen/), got {len(argv)} arguments", file=sys.stderr)
+        return 2
     src = argv[0]
     out = argv[1] if len(argv) > 1 else os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
     os.makedirs(out, exist_ok=True)
