@@ -144,7 +144,7 @@ class Api:
         route = route.canonical if route is not None else "unmatched"  # not the raw path: bounded label values
         probe = route == "/health"
         path = _printable(request.rel_url.raw_path)
-        if status >= 400 and status != CLIENT_CLOSED and not probe:
+        if status >= 400 and status != CLIENT_CLOSED and not probe and not info.get("status_after_200"):
             metrics = getattr(self.controller, "metrics", None)
             if metrics is not None:
                 metrics.rejected_request(status, route)
@@ -223,7 +223,8 @@ class Api:
         gens: list[TextGeneration] = []
         try:
             for i in range(n):
-                handle = await self.controller.submit(model.name, ids, _choice_sampling(sampling, i))
+                handle = await self.controller.submit(model.name, ids, _choice_sampling(sampling, i),
+                                                      siblings=[g.req for g in gens])
                 gens.append(TextGeneration(handle, model.tokenizer.decode, sampling.stop))
             want_logprobs = sampling.logprobs is not None
             # Streamed, each piece's logprobs are taken with it; whole, all at the end.
@@ -258,9 +259,14 @@ class Api:
                 ctl = time.monotonic() - request[_T0] - (handle.end_s - handle.sent_s)
                 resp.headers["Server-Timing"] = f"{timing}, controller;dur={ctl * 1e3:.3f}"
             return resp
+        except WarmServeError:
+            info["failed"] = True
+            raise
         finally:
+            # the choices still running end: the client went away, or (found in review: counted as client aborts)
+            # one of them failed or was refused
             for g in gens:
-                g.abort()
+                g.abort("error" if info.get("failed") else "abort")
             self.active -= n
             _account(info, request, gens)
 
@@ -320,8 +326,10 @@ class Api:
                 async for ev in choices:
                     await resp.write(event(ev))
             except WarmServeError as e:
-                # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError.
-                request[_INFO]["status"] = e.http_status
+                # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError. Its
+                # status goes to the access log; no rejection is counted, the answer's status was 200 (found in
+                # review: the rejections panel showed 503s no client saw)
+                request[_INFO].update(status=e.http_status, failed=True, status_after_200=True)
                 await resp.write(oa.sse(oa.error_from_exception(e)[1]))
                 await resp.write(oa.SSE_DONE)
                 return resp

@@ -312,11 +312,13 @@ class Controller(WorkerRestarts):
     def model_names(self) -> list[str]:
         return list(self.models)
 
-    async def submit(self, model: str, prompt_ids: list[int], sampling) -> Req:
-        return self.submit_nowait(model, prompt_ids, sampling)
+    async def submit(self, model: str, prompt_ids: list[int], sampling, *, siblings=()) -> Req:
+        return self.submit_nowait(model, prompt_ids, sampling, siblings=siblings)
 
-    def submit_nowait(self, model: str, prompt_ids: list[int], sampling) -> Req:
-        """Queue a request and route it at once when an instance has room. Returns the request to iterate."""
+    def submit_nowait(self, model: str, prompt_ids: list[int], sampling, *, siblings=()) -> Req:
+        """Queue a request and route it at once when an instance has room. Returns the request to iterate.
+        ``siblings``: the requests of the earlier choices of the same n > 1 request, which a refusal names among
+        those waiting (found in review: the 503 of an n = 2 request counted its own first choice as another's)."""
         self.model(model)
         if self.closing:
             raise OverloadedError("the server is shutting down and takes no new requests")
@@ -326,9 +328,12 @@ class Controller(WorkerRestarts):
                 workers=len(self.gpu_workers))
         waiting = self.state.queued(model)
         if waiting >= self.cc.max_queue:
+            own = sum(1 for s in siblings if s.worker is None and not s.done)
+            mine = f", {own} of them earlier choices of this request" if own else ""
             raise OverloadedError(
-                f"{waiting} requests for {model!r} are already waiting for an instance (limit {self.cc.max_queue}): "
-                f"retry later, add workers, or raise controller.max_queue", queued=waiting, limit=self.cc.max_queue)
+                f"{waiting} requests for {model!r} are already waiting for an instance (limit {self.cc.max_queue})"
+                f"{mine}: retry later, add workers, or raise controller.max_queue", queued=waiting,
+                limit=self.cc.max_queue)
         self._next_rid += 1
         req = Req(self._next_rid, model, prompt_ids, sampling, self.cc.request_timeout_s)
         req._abort_cb = self._abort

@@ -263,9 +263,10 @@ class TextGeneration:
             self.abort()
         return self.text.text
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "abort") -> None:
+        """End the request; ``reason`` "error": a sibling choice failed or was refused (outcome error, not abort)."""
         self._ended = True
-        self.req.abort()
+        self.req.abort(reason)
 
     async def aclose(self) -> None:
         self.abort()

@@ -156,8 +156,8 @@ class ControllerMetrics:
     def request_done(self, req, outcome: str, now_s: float | None = None) -> None:
         """Count a request that ended: its outcome (a stop string's abort counts as "stop"), latency and tokens
         (its TTFT was observed at its first token: ``first_token``)."""
-        if outcome == "abort" and getattr(req, "abort_reason", "") == "stop":
-            outcome = "stop"
+        if outcome == "abort" and getattr(req, "abort_reason", "") in ("stop", "error"):
+            outcome = req.abort_reason
         m = req.model
         self.requests.inc(model=m, outcome=outcome)
         end = req.last_token_s if req.last_token_s is not None and outcome in ("stop", "length") else None

@@ -138,7 +138,8 @@ class Req:
 
     def abort(self, reason: str = "abort") -> None:
         """Stop the request wherever it is (queued, running); no-op once it ended. ``reason`` "stop": the text
-        reached a stop string, so the request ended as it should (finish reason and outcome "stop")."""
+        reached a stop string, so the request ended as it should (finish reason and outcome "stop"); "error": a
+        sibling choice of its request failed or was refused (outcome "error": the client did not go away)."""
         if self.done:
             return
         self.abort_reason = reason

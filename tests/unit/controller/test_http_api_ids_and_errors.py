@@ -49,7 +49,7 @@ class Ctl:
     def stats(self):
         raise RuntimeError("a bug in stats")
 
-    async def submit(self, model, ids, sampling):
+    async def submit(self, model, ids, sampling, siblings=()):
         if any(not r.done for r in self.submitted):
             raise TooManyRequestsError("too many requests in flight")
         r = Req(len(self.submitted) + 1, model, ids, sampling, timeout_s=60.0)

@@ -42,7 +42,7 @@ class Ctl:
             raise UnknownModelError(f"the model {name!r} does not exist", param="model")
         return self.m
 
-    async def submit(self, model, ids, sampling):
+    async def submit(self, model, ids, sampling, siblings=()):
         r = Req(len(self.submitted) + 1, model, ids, sampling, timeout_s=60.0)
         r._abort_cb = lambda req: None
         self.submitted.append(r)

@@ -152,7 +152,7 @@ class _Ctl:
     def stats(self):
         raise RuntimeError("a bug in stats")
 
-    async def submit(self, model, ids, sampling):
+    async def submit(self, model, ids, sampling, siblings=()):
         raise TooManyRequestsError("the queue is full")
 
 

@@ -45,7 +45,7 @@ class Ctl:
     def model(self, name):
         return self.m
 
-    async def submit(self, model, ids, sampling):
+    async def submit(self, model, ids, sampling, siblings=()):
         r = Req(len(self.submitted) + 1, model, ids, sampling, timeout_s=60.0)
         r._abort_cb = lambda req: None
         self.submitted.append(r)
