@@ -265,7 +265,8 @@ def check_field_types(obj) -> None:
         if v is None and f.default == "":  # None for a string whose default is "" means that default
             object.__setattr__(obj, f.name, "")
             continue
-        if f.type == "bool" and getattr(getattr(v, "dtype", None), "kind", "") == "b":  # a numpy bool
+        if f.type == "bool" and getattr(getattr(v, "dtype", None), "kind", "") == "b" and getattr(v, "shape", 0) == ():
+            # a numpy bool (an array of them is no bool, found in review)
             object.__setattr__(obj, f.name, bool(v))
             continue
         kind, noun = _FIELD_TYPES.get(f.type, (None, ""))

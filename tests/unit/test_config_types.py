@@ -74,3 +74,10 @@ def test_a_gpu_named_twice_is_refused():
         ClusterConfig(devices=("cuda:0", "cuda:1", "cuda:0"))
     assert ei.value.key == "devices"
     assert ClusterConfig(devices=("cuda:0", "cuda:1")).devices == ("cuda:0", "cuda:1")
+
+
+def test_an_array_of_numpy_bools_is_no_bool():
+    for bad in (np.array([True, False]), np.array([], dtype=bool)):
+        with pytest.raises(InvalidArgumentError) as ei:
+            ControllerConfig(insecure=bad)
+        assert ei.value.key == "insecure"

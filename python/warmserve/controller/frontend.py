@@ -315,8 +315,8 @@ class Choices:
         except BaseException:
             self.abort()
             raise
-        if err is not None:
-            self.abort()
+        if err is not None:  # the others end as errors: their client did not go away (found in review)
+            self.abort("error")
             raise err
         if piece is None:
             self._left -= 1
@@ -337,11 +337,12 @@ class Choices:
     def completion_tokens(self) -> int:
         return sum(g.completion_tokens for g in self.gens)
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "abort") -> None:
+        """End every choice still running; ``reason`` as ``TextGeneration.abort``'s (the first one given counts)."""
         for t in self._tasks:
             t.cancel()
         for g in self.gens:
-            g.abort()
+            g.abort(reason)
 
 
 __all__ = ["TextGeneration", "Choices", "prepare", "aprepare", "check_max_tokens", "check_prompt", "check_chars",

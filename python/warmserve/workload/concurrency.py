@@ -31,7 +31,7 @@ def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_
     on_bound = np.isin(end_s, bounds) & (end_s > start_s)
     rank = np.concatenate([np.ones(len(start_s)), np.where(on_bound, 0.0, 2.0), np.full(nw + 1, 3.0)])
     order = np.lexsort((rank, t))
-    t, d = t[order], d[order]
+    t, d, rank = t[order], d[order], rank[order]
     level = np.cumsum(d)
     # time-weighted area: level holds from t[k] to t[k+1]
     seg_t0 = t[:-1]
@@ -42,6 +42,9 @@ def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_
     w = np.clip(w, 0, nw - 1)
     area = np.bincount(w, weights=seg_lvl[inside] * seg_len[inside], minlength=nw)
     peak = np.zeros(nw)
-    np.maximum.at(peak, w, seg_lvl[inside])
+    # nor the level between two such departures (found in review: two requests ending on a boundary made the
+    # next window's peak 1): a zero-length segment followed by a boundary departure is no level of that window
+    between = (seg_len == 0) & (rank[1:] == 0)
+    np.maximum.at(peak, w, np.where(between[inside], 0.0, seg_lvl[inside]))
     length = np.minimum(starts + window_s, t1_s) - starts
     return starts, area / length, peak

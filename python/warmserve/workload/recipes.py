@@ -149,9 +149,10 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     # nan made an empty workload; inf (found in review) an OverflowError in the simulator's driver, as does a
     # finite one that scales the span past a float
     if not (math.isfinite(time_scale) and time_scale > 0 and math.isfinite((duration_s + pre_s) * time_scale)):
-        why = "must be > 0" if not time_scale > 0 else "must be finite"
-        raise InvalidArgumentError(f"time_scale {why}, got {time_scale:g}: give a finite factor > 0 (1: as traced)",
-                                   time_scale=time_scale)
+        why = ("must be > 0" if not time_scale > 0 else "must be finite" if not math.isfinite(time_scale)
+               else f"stretches the {duration_s + pre_s:g} s workload past any float")
+        raise InvalidArgumentError(f"time_scale {why}, got {time_scale:g}: give a finite factor > 0 (1: as traced; "
+                                   f"--time-scale)", time_scale=time_scale, flag="--time-scale")
     if time_scale != 1.0:
         for p in parts:
             if len(p):

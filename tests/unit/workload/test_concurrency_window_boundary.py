@@ -35,3 +35,16 @@ def test_a_zero_length_request_on_a_boundary_counts_as_inside_a_window():
     _, _, inside = concurrency_windows(np.array([10.0]), np.array([10.0]), 0.0, 300.0, 100.0)
     _, avg, peak = concurrency_windows(np.array([100.0]), np.array([100.0]), 0.0, 300.0, 100.0)
     assert inside.tolist() == [1.0, 0.0, 0.0] and peak.tolist() == [0.0, 1.0, 0.0] and avg.tolist() == [0, 0, 0]
+
+
+def test_several_requests_ending_on_a_boundary_leave_the_next_window_alone():
+    """Found in review of the first fix: the level between two departures on the boundary was counted there."""
+    from warmserve.workload.concurrency import concurrency_windows
+
+    for n in (2, 3):
+        _, avg, peak = concurrency_windows(np.zeros(n), np.full(n, 100.0), 0.0, 300.0, 100.0)
+        assert avg.tolist() == [float(n), 0.0, 0.0] and peak.tolist() == [float(n), 0.0, 0.0]
+    # one leaves on the boundary as another arrives there: the new window holds the one that came
+    _, avg, peak = concurrency_windows(np.array([0.0, 0.0, 100.0]), np.array([100.0, 100.0, 150.0]), 0.0, 300.0,
+                                       100.0)
+    assert peak.tolist() == [2.0, 1.0, 0.0] and avg.tolist() == [2.0, 0.5, 0.0]
