@@ -98,6 +98,27 @@ def get_json(url: str):
         return e.code, json.loads(e.read())
 
 
+def post_json(url: str, body: dict, timeout_s: float = 120.0):
+    """POST ``body`` as JSON to ``url``; (status, decoded JSON answer), error statuses included."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1."""
+    import socket
+
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        return True
+    except OSError:
+        return False
+
+
 def metrics(url: str) -> dict[tuple, float]:
     """/metrics as {(sample name, ((label, value), ...) sorted): value}, read with prometheus_client's parser."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -2,10 +2,6 @@
 of llama-20m's 2048): a chat that sets no max_tokens runs to what the instance holds (found in review: a 400 over
 the max_tokens the server had filled in), and one that asks for more than fits is still refused, saying why."""
 
-import json
-import urllib.error
-import urllib.request
-
 import serving
 
 MODEL = "llama-20m"
@@ -17,13 +13,7 @@ server = serving.server_fixture("chat-default-max-tokens", models=(MODEL,), cpu_
 
 def _chat(url: str, **extra):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "ignore_eos": True, **extra}
-    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return serving.post_json(url + "/v1/chat/completions", body)
 
 
 def test_a_chat_without_max_tokens_runs_to_the_kv_cap(server):

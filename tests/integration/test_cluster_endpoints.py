@@ -6,7 +6,6 @@ the exception was referenced)."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
 
 import pytest
@@ -19,20 +18,12 @@ import serving
 MODEL = "llama-20m"
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-        return True
-    except OSError:
-        return False
-
-
 def _cluster(**kw):
     path = serving.demo_paths((MODEL,))[MODEL]
     return warmserve.Cluster([path], cpu_workers=1, cpu_worker_memory_bytes=512 << 20, **kw)
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not serving.ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_a_cluster_whose_workers_connect_over_ipv6_serves():
     with _cluster(bind="tcp://[::1]:0") as c:
         assert c.endpoint.startswith("tcp://[::1]:"), c.endpoint

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 
 import pytest
@@ -14,15 +13,7 @@ import serving
 MODEL = serving.MODELS[0]
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not serving.ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_an_ipv6_host_is_bracketed_in_the_ready_lines(tmp_path):
     proc, url = serving.start(tmp_path, models=(MODEL,), cpu_workers=1, args=("--host", "::1"),
                               start_timeout_s=120, restart_backoff_s=None)

@@ -14,30 +14,14 @@ import argparse
 
 import pytest
 
-from warmserve import cli
+from cli_run import never, own_home, run  # noqa: F401  (own_home: autouse fixture)
 from warmserve.errors import InvalidArgumentError
 
 
-@pytest.fixture(autouse=True)
-def _own_home(tmp_path, monkeypatch):
-    # demo checkpoints a run writes go here, not into the machine's shared cache
-    monkeypatch.setenv("WARMSERVE_HOME", str(tmp_path / "home"))
-
-
-def _run(argv, capsys) -> tuple[int, str, str]:
-    rc = cli.main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _never(what: str):
-    def fail(*a, **k):
-        raise AssertionError(f"{what} ran: the check came too late")
-    return fail
 
 
 def _refused(argv, capsys, *says) -> str:
-    rc, out, err = _run(argv, capsys)
+    rc, out, err = run(argv, capsys)
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (rc, out, err)
     for s in says:
         assert s in err, (s, err)
@@ -62,7 +46,7 @@ def no_switch_parts(monkeypatch):
 
     for part in ("activation_vs_cold", "move_and_primitives", "load_bandwidth", "cache_bandwidth", "model_load",
                  "kv_give_back"):
-        monkeypatch.setattr(switch, part, _never(f"switch.{part}"))
+        monkeypatch.setattr(switch, part, never(f"switch.{part}"))
 
 
 def _checkpoint(folder, *files):
@@ -144,7 +128,7 @@ ENGINE = ["bench", "engine", "--models", "llama-20m", "--no-hf", "--no-new-proce
 def test_bench_engine_refuses_token_counts_and_devices_before_measuring(extra, says, monkeypatch, capsys):
     from warmserve.bench import engine
 
-    monkeypatch.setattr(engine, "run", _never("the benchmark"))
+    monkeypatch.setattr(engine, "run", never("the benchmark"))
     _refused(ENGINE + extra, capsys, says)
 
 
@@ -156,7 +140,7 @@ def test_bench_engine_on_cuda_without_a_gpu_is_refused_before_measuring(device, 
     from warmserve.bench import engine
 
     _cuda(monkeypatch, 0)
-    monkeypatch.setattr(engine, "run", _never("the benchmark"))
+    monkeypatch.setattr(engine, "run", never("the benchmark"))
     _refused(ENGINE + ["--device", device], capsys, says, "use --device cpu")
 
 
@@ -184,7 +168,7 @@ def test_bench_tp_refuses_a_device_it_would_not_run_on(extra, says, monkeypatch,
     from warmserve.bench import tp
 
     _cuda(monkeypatch, 4)
-    monkeypatch.setattr(tp, "run", _never("the tp benchmark"))
+    monkeypatch.setattr(tp, "run", never("the tp benchmark"))
     _refused(["bench", "tp", "--repeats", "1"] + extra, capsys, says, "--device cuda", "--device cpu")
 
 
@@ -197,7 +181,7 @@ def test_bench_tp_on_cuda_needs_a_gpu_per_rank(count, extra, says, monkeypatch, 
     from warmserve.bench import tp
 
     _cuda(monkeypatch, count)
-    monkeypatch.setattr(tp, "run", _never("the tp benchmark"))
+    monkeypatch.setattr(tp, "run", never("the tp benchmark"))
     _refused(["bench", "tp", "--repeats", "1", "--device", "cuda"] + extra, capsys, says)
 
 
@@ -208,7 +192,7 @@ def test_bench_tp_on_cuda_needs_a_gpu_per_rank(count, extra, says, monkeypatch, 
 def test_bench_tp_refuses_counts_before_starting_workers(extra, says, monkeypatch, capsys):
     from warmserve.bench import tp
 
-    monkeypatch.setattr(tp, "run", _never("the tp benchmark"))
+    monkeypatch.setattr(tp, "run", never("the tp benchmark"))
     _refused(["bench", "tp", "--repeats", "1"] + extra, capsys, says)
 
 
@@ -237,8 +221,8 @@ def test_calibrate_refuses_a_negative_memory_and_no_models_before_measuring(extr
                                                                              capsys):
     from warmserve.bench import calibrate
 
-    monkeypatch.setattr(calibrate, "measure_model", _never("measure_model"))
-    monkeypatch.setattr(calibrate, "measure_fresh_engine", _never("measure_fresh_engine"))
+    monkeypatch.setattr(calibrate, "measure_model", never("measure_model"))
+    monkeypatch.setattr(calibrate, "measure_fresh_engine", never("measure_fresh_engine"))
     out = tmp_path / "p.json"
     _refused(CALIBRATE + ["--out", str(out)] + extra, capsys, says)
     assert not out.exists()

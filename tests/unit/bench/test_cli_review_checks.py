@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from cli_run import never, own_home, run  # noqa: F401  (own_home: autouse fixture)
 from warmserve import cli
 
 #: every module that writes a JSON result, each through ``outputs.write_json_atomic``
@@ -29,22 +30,6 @@ RESULT_WRITERS = ["warmserve.sim.cli", "warmserve.bench.replay", "warmserve.benc
                   "warmserve.bench.placement", "warmserve.bench.forecast"]
 
 
-@pytest.fixture(autouse=True)
-def _own_home(tmp_path, monkeypatch):
-    # demo checkpoints a run writes go here, not into the machine's shared cache
-    monkeypatch.setenv("WARMSERVE_HOME", str(tmp_path / "home"))
-
-
-def _run(argv, capsys) -> tuple[int, str, str]:
-    rc = cli.main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _never(what: str):
-    def fail(*a, **k):
-        raise AssertionError(f"{what} ran: the check came too late")
-    return fail
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
@@ -89,7 +74,7 @@ def test_a_result_write_that_fails_part_way_keeps_the_earlier_file(command, tmp_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(json, "dump", half_then_full_disk)
-    rc, _, err = _run(CHEAP[command] + [str(out)], capsys)
+    rc, _, err = run(CHEAP[command] + [str(out)], capsys)
     assert rc == 1 and "No space left on device" in err, err
     assert json.loads(out.read_text()) == {"earlier": "run"}  # before: half a document
     assert os.listdir(folder) == ["r.json"]  # no temporary file left behind
@@ -100,9 +85,9 @@ def test_a_result_write_that_fails_part_way_keeps_the_earlier_file(command, tmp_
 def test_bench_engine_refuses_a_prompt_past_a_later_model_s_context_before_measuring(tmp_path, monkeypatch, capsys):
     from warmserve.bench import engine
 
-    monkeypatch.setattr(engine, "measure_model", _never("measure_model"))
+    monkeypatch.setattr(engine, "measure_model", never("measure_model"))
     out = tmp_path / "eng.json"
-    rc, _, err = _run(["bench", "engine", "--models", "qwen2-30m", "llama-20m", "--prompt-tokens", "3000",
+    rc, _, err = run(["bench", "engine", "--models", "qwen2-30m", "llama-20m", "--prompt-tokens", "3000",
                        "--new-tokens", "2", "--batches", "1", "--repeats", "1", "--no-hf", "--no-new-process",
                        "--json", str(out)], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
@@ -121,13 +106,13 @@ def test_a_prompt_within_every_model_s_context_passes_the_check():
 def test_bench_engine_refuses_zero_threads_naming_the_flag(monkeypatch, capsys):
     from warmserve.bench import engine
 
-    monkeypatch.setattr(engine, "run", _never("the benchmark"))
-    rc, out, err = _run(["bench", "engine", "--models", "llama-20m", "--threads", "0"], capsys)
+    monkeypatch.setattr(engine, "run", never("the benchmark"))
+    rc, out, err = run(["bench", "engine", "--models", "llama-20m", "--threads", "0"], capsys)
     assert rc == 2 and out == "" and "--threads 0" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bench_engine_without_transformers_prints_its_own_rates_per_batch(capsys):
-    rc, out, err = _run(["bench", "engine", "--models", "llama-20m", "--repeats", "1", "--batches", "1", "2",
+    rc, out, err = run(["bench", "engine", "--models", "llama-20m", "--repeats", "1", "--batches", "1", "2",
                          "--no-hf", "--no-new-process", "--prompt-tokens", "4", "--new-tokens", "2"], capsys)
     assert rc == 0, err
     lines = [ln.strip() for ln in out.splitlines() if ln.strip().startswith(("b1:", "b2:"))]
@@ -141,9 +126,9 @@ def test_bench_engine_without_transformers_prints_its_own_rates_per_batch(capsys
 def test_calibrate_refuses_a_prefill_past_a_later_model_s_context_before_measuring(tmp_path, monkeypatch, capsys):
     from warmserve.bench import calibrate
 
-    monkeypatch.setattr(calibrate, "measure_model", _never("measure_model"))
+    monkeypatch.setattr(calibrate, "measure_model", never("measure_model"))
     out = tmp_path / "p2.json"
-    rc, _, err = _run(["calibrate", "--out", str(out), "--models", "qwen2-30m,llama-20m", "--prefill-tokens",
+    rc, _, err = run(["calibrate", "--out", str(out), "--models", "qwen2-30m,llama-20m", "--prefill-tokens",
                        "16,3000", "--no-fresh-engine", "--repeats", "1", "--decode-batches", "1", "--decode-steps",
                        "1"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
@@ -151,7 +136,7 @@ def test_calibrate_refuses_a_prefill_past_a_later_model_s_context_before_measuri
         assert says in err, (says, err)
     assert not out.exists()
     # the decode runs too: a 16-token prompt, then --decode-steps + 2 (found in a review of the check)
-    rc, _, err = _run(["calibrate", "--out", str(out), "--models", "qwen2-30m,llama-20m", "--prefill-tokens", "16",
+    rc, _, err = run(["calibrate", "--out", str(out), "--models", "qwen2-30m,llama-20m", "--prefill-tokens", "16",
                        "--no-fresh-engine", "--repeats", "1", "--decode-batches", "1", "--decode-steps", "2040"],
                       capsys)
     assert rc == 2 and "--decode-steps" in err and "llama-20m" in err and "2058" in err, err
@@ -172,9 +157,9 @@ def test_bench_switch_on_cuda_checks_the_device_first(available, count, device, 
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-    monkeypatch.setattr(switch, "activation_vs_cold", _never("the activation part"))
+    monkeypatch.setattr(switch, "activation_vs_cold", never("the activation part"))
     try:
-        rc, out, err = _run(["bench", "switch", "--backend", "cuda", "--device", device, "--parts", "activation",
+        rc, out, err = run(["bench", "switch", "--backend", "cuda", "--device", device, "--parts", "activation",
                              "--sizes-gib", "0.01", "--repeats", "1"], capsys)
     except AttributeError as e:  # before: torch.cuda.set_device on a build without CUDA
         pytest.fail(f"a traceback: {e!r}")
@@ -186,8 +171,8 @@ def test_bench_switch_on_cuda_checks_the_device_first(available, count, device, 
 def test_bench_switch_refuses_sizes_that_are_no_size(sizes, monkeypatch, capsys):
     from warmserve.bench import switch
 
-    monkeypatch.setattr(switch, "activation_vs_cold", _never("the activation part"))
-    rc, out, err = _run(["bench", "switch", "--parts", "activation", f"--sizes-gib={sizes}", "--repeats", "1"],
+    monkeypatch.setattr(switch, "activation_vs_cold", never("the activation part"))
+    rc, out, err = run(["bench", "switch", "--parts", "activation", f"--sizes-gib={sizes}", "--repeats", "1"],
                         capsys)
     assert rc == 2 and out == "" and f"--sizes-gib {sizes}" in err and "> 0" in err, err
 
@@ -247,9 +232,9 @@ def _closed_port() -> int:
 def test_bench_replay_refuses_an_endpoint_that_does_not_answer_before_replaying(tmp_path, monkeypatch, capsys):
     from warmserve.bench import replay
 
-    monkeypatch.setattr(replay, "run_live", _never("the replay"))
+    monkeypatch.setattr(replay, "run_live", never("the replay"))
     url = f"http://127.0.0.1:{_closed_port()}"
-    rc, out, err = _run(["bench", "replay", "--endpoint", url, *REPLAY, "--json", str(tmp_path / "r.json")], capsys)
+    rc, out, err = run(["bench", "replay", "--endpoint", url, *REPLAY, "--json", str(tmp_path / "r.json")], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert f"--endpoint {url}" in err and "/v1/models" in err and "refused" in err.lower(), err
     assert not (tmp_path / "r.json").exists()
@@ -258,15 +243,15 @@ def test_bench_replay_refuses_an_endpoint_that_does_not_answer_before_replaying(
 def test_bench_replay_refuses_an_endpoint_that_refuses_the_key(http_server, monkeypatch, capsys):
     from warmserve.bench import replay
 
-    monkeypatch.setattr(replay, "run_live", _never("the replay"))
+    monkeypatch.setattr(replay, "run_live", never("the replay"))
     http_server["models"] = 401
-    rc, _, err = _run(["bench", "replay", "--endpoint", http_server["url"], "--api-key", "wrong", *REPLAY], capsys)
+    rc, _, err = run(["bench", "replay", "--endpoint", http_server["url"], "--api-key", "wrong", *REPLAY], capsys)
     assert rc == 2 and "HTTP 401" in err and "--api-key" in err, err
 
 
 def test_bench_replay_that_nothing_answered_shows_the_errors_and_fails(http_server, tmp_path, capsys):
     out = tmp_path / "r.json"
-    rc, _, err = _run(["bench", "replay", "--endpoint", http_server["url"], "--served-names", "x", "--policy",
+    rc, _, err = run(["bench", "replay", "--endpoint", http_server["url"], "--served-names", "x", "--policy",
                        "first,second", *REPLAY, "--json", str(out)], capsys)
     assert rc == 1, err  # before: 0, a table of failures
     assert "first: none of the" in err and "does not exist" in err and "stopped before the next policy" in err, err

@@ -359,3 +359,34 @@ def stop(procs) -> None:
         if p.poll() is None:
             p.kill()
         p.wait()
+
+
+class HttpController:
+    """What the HTTP layer (controller/api.py) asks of the controller, for tests of that layer alone: one model,
+    its metrics, the requests submitted (``submit`` makes each a Req that ends, when aborted, as ``on_abort``
+    says)."""
+
+    def __init__(self, model):
+        from warmserve.controller.metrics import ControllerMetrics
+
+        self.m, self.metrics, self.submitted = model, ControllerMetrics(), []
+
+    def health(self):
+        return {"ok": True, "workers": 1}
+
+    def model_names(self):
+        return [MODEL]
+
+    def model(self, name):
+        return self.m
+
+    def on_abort(self, req) -> None:
+        """How an aborted request ends here: not counted (a subclass counts it as Controller._abort does)."""
+
+    async def submit(self, model, ids, sampling, siblings=()):
+        from warmserve.controller.requests import Req
+
+        r = Req(len(self.submitted) + 1, model, ids, sampling, timeout_s=60.0)
+        r._abort_cb = self.on_abort
+        self.submitted.append(r)
+        return r

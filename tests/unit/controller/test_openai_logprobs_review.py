@@ -14,41 +14,27 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from controller_harness import HttpController
 from warmserve.controller.api import Api
-from warmserve.controller.metrics import ControllerMetrics
-from warmserve.controller.requests import Req
 from warmserve.protocol import TokenLogprobs
 
 MODEL = "llama-20m"
 FFFD = "\ufffd"
 
 
-class Ctl:
+class Ctl(HttpController):
     """Serves the demo model. Each request gets ``tokens`` with ``logprobs`` (one per token) from a task that
     pushes them ``per_event`` at a time, yielding to the loop between events, then ends it ("length") and sets
     ``produced``; the prompt's logprobs are ``prompt_lp`` each."""
 
     def __init__(self, model, tokens, logprobs, per_event=1, prompt_lp=None):
-        self.m = model
-        self.metrics = ControllerMetrics()
+        super().__init__(model)
         self.tokens, self.lps, self.per_event, self.prompt_lp = list(tokens), list(logprobs), per_event, prompt_lp
-        self.submitted: list[Req] = []
         self.produced = asyncio.Event()
         self.tasks = []
 
-    def health(self):
-        return {"ok": True, "workers": 1}
-
-    def model_names(self):
-        return [MODEL]
-
-    def model(self, name):
-        return self.m
-
     async def submit(self, model, ids, sampling, siblings=()):
-        r = Req(len(self.submitted) + 1, model, ids, sampling, timeout_s=60.0)
-        r._abort_cb = lambda req: None
-        self.submitted.append(r)
+        r = await super().submit(model, ids, sampling)
         prompt_lps = [self.prompt_lp] * (len(ids) - 1) if sampling.prompt_logprobs is not None else None
         self.tasks.append(asyncio.ensure_future(self._produce(r, prompt_lps)))
         return r
