@@ -11,11 +11,10 @@ import glob
 import math
 import os
 
-from warmserve.errors import InvalidArgumentError
+from warmserve.bench.switch_kv import MiB
+from warmserve.errors import GiB, InvalidArgumentError
 
 PARTS = ("activation", "move", "load", "cache", "model", "kv")
-MiB = 1 << 20
-GiB = 1 << 30
 
 
 def check_args(args) -> tuple[set[str], list[float]]:
