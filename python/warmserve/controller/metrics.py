@@ -104,7 +104,9 @@ class ControllerMetrics:
                                 "(stop, length, abort, error, timeout, ...).", ("model", "outcome"))
         self.rejected = Counter(r, "warmserve_rejected_requests", "HTTP requests answered with an error status, "
                                 "by status and route.", ("status", "route"))
-        self.tokens = Counter(r, "warmserve_generation_tokens", "Tokens generated (decode).", ("model",))
+        self.tokens = Counter(r, "warmserve_generation_tokens", "Tokens generated (decode) and kept: a request moved "
+                              "to another worker counts the tokens it kept, not those its first worker computed and "
+                              "were dropped.", ("model",))
         self.prompt_tokens = Counter(r, "warmserve_prompt_tokens", "Prompt tokens sent to instances (prefill), "
                                      "with a resumed request's tokens generated before.",
                                      ("model",))
