@@ -112,10 +112,7 @@ class ControllerConfig:
         check_endpoint(self.bind, "ControllerConfig.bind", listen=True, inproc_ok=False)
         # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it
         # was read as a directory named "~").
-        for f in ("history_path", "curve_dir"):
-            if not isinstance(getattr(self, f), str):
-                raise InvalidArgumentError(f"ControllerConfig.{f} must be a path (a string), got "
-                                           f"{getattr(self, f)!r}", key=f)
+        for f in ("history_path", "curve_dir"):  # strings already (check_field_types)
             object.__setattr__(self, f, os.path.expanduser(getattr(self, f)))
         # typed, naming the key (found in review: plain ValueErrors, which an `except WarmServeError` missed)
         if self.worker_timeout_s < 2 * self.heartbeat_interval_s:
@@ -153,10 +150,10 @@ class ServerConfig:
     def __post_init__(self):
         check_field_types(self)
         # An empty host makes the socket listen on every interface (found in review): say 0.0.0.0 to mean that.
-        if not isinstance(self.host, str) or not self.host.strip():
+        if not self.host.strip():  # a string already (check_field_types)
             raise InvalidArgumentError(f"ServerConfig.host must name an interface (127.0.0.1; 0.0.0.0 for every "
                                        f"interface), got {self.host!r}", key="host")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+        if not 0 <= self.port <= 65535:  # a whole number already (check_field_types)
             raise InvalidArgumentError(f"ServerConfig.port must be in 0-65535 (0: a free one), got {self.port!r}",
                                        key="port")
         if self.max_concurrent_requests < 1:
@@ -497,7 +494,7 @@ def worker_cache_args(cfg: ClusterConfig) -> tuple[str, ...]:
     if not cfg.host_cache_bytes:
         return ()
     args = ("--host-cache-gib", repr(cfg.host_cache_bytes / (1 << 30)))  # exact: a division by a power of two
-    return args + (("--host-cache-dir", os.fspath(cfg.host_cache_dir)) if cfg.host_cache_dir else ())
+    return args + (("--host-cache-dir", cfg.host_cache_dir) if cfg.host_cache_dir else ())
 
 
 def default_demo_dir() -> str:
