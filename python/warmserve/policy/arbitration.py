@@ -109,7 +109,7 @@ def migration_plan(state: ClusterState, board: Board, stopping: set[str], capaci
 
 
 def preemption_victims(state: ClusterState, board: Board, model: str, now_s: float, load: dict[str, float],
-                       stopping: set[str], served_s: float,
+                       stopping: set[str], served_s: float, reserved: set[int] = frozenset(),
                        keep_last=None) -> tuple[float, list[InstanceState]] | None:
     """(harm, instances) of the aligned group of tp GPUs on one server that ``model`` could take at least harm,
     or None. A group qualifies when each of its GPUs is idle or held only by other models' instances that are
@@ -117,7 +117,10 @@ def preemption_victims(state: ClusterState, board: Board, model: str, now_s: flo
     Harm: each instance's share of its model's ``load`` (load / the model's instances), doubled for a model's
     last instance (its requests wait for a start instead of moving to a sibling). ``stopping``: instances
     stopped earlier in the same decision (the board has freed their GPUs already, or they drain); a GPU where
-    the board holds something the state does not (an instance started this round) does not qualify.
+    the board holds something the state does not (an instance started this round) does not qualify, nor does a
+    group with a GPU in ``reserved`` (freed for another model: found in review, a 70B held three GPUs of a
+    four-GPU group reserved while a 13B took the fourth for a group whose other GPU was among the three, and
+    neither could ever start: every request of every model waited to the end).
     ``keep_last``: models (a set) whose last instance is not taken (None: any model's may be)."""
     tp = state.models[model].tp
     on_gpu, count = _occupancy(state, stopping, lambda inst: not inst.draining)
@@ -125,6 +128,8 @@ def preemption_victims(state: ClusterState, board: Board, model: str, now_s: flo
     for srv in state.servers:
         gpus = list(srv.gpu_ids)
         for start in range(0, len(gpus) - tp + 1, tp):  # aligned groups: they leave whole blocks behind
+            if reserved.intersection(gpus[start:start + tp]):
+                continue
             victims = _group_victims(board, gpus[start:start + tp], on_gpu, model, now_s, served_s)
             if not victims:
                 continue

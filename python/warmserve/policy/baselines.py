@@ -22,6 +22,13 @@ from warmserve.policy.state import ClusterState
 class StaticPolicy(Policy):
     """`dedicated` (fixed GPU groups per model) and `shared` (every model resident, fixed KV shares)."""
 
+    #: Policy options a static layout does not read, and why (``warmserve simulate`` says so when one is given).
+    IGNORED_OPTIONS = {
+        "route_cap_per_instance": "its route sends every request to its least-loaded instance: a static layout "
+                                  "has nowhere else to send one, so a cap would only hold requests in the router "
+                                  "instead of its engines' batches",
+    }
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._placed = False

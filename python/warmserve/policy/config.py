@@ -203,6 +203,17 @@ class PolicyConfig:
     decode_read_bytes_per_s: float = 3.35e12 * 0.68
 
     def __post_init__(self):
+        import dataclasses
+        import math
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            # NaN passes every range check below (each comparison is False) and failed later as a bare ValueError
+            # naming no option (found in review: window_s nan, round(86400 / nan)); inf is "never" where a field
+            # says so, not a length of window or a threshold
+            if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and f.name in _FINITE)):
+                raise InvalidArgumentError(f"policy option {f.name} must be a finite number, got {v}",
+                                           option=f.name, value=str(v))
         if self.instance_capacity < 1:
             raise InvalidArgumentError(f"instance_capacity must be >= 1, got {self.instance_capacity}")
         if not 0 < self.scale_in_threshold < self.scale_out_threshold:
@@ -254,6 +265,11 @@ class PolicyConfig:
                                        "(0.1 by default) or consolidate = false")
         if self.placement not in ("laminar", "round-robin"):
             raise InvalidArgumentError(f"placement must be 'laminar' or 'round-robin', got {self.placement!r}")
+
+
+#: The float fields for which inf means nothing (the others' inf reads as "never" or "no limit").
+_FINITE = frozenset({"window_s", "load_window_s", "scale_out_threshold", "scale_in_threshold", "reclaim_floor_share",
+                     "decode_read_bytes_per_s"})
 
 
 def policy_config_from_dict(data: dict, base: PolicyConfig | None = None, where: str = "[policy]") -> PolicyConfig:

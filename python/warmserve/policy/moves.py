@@ -85,7 +85,8 @@ class GpuMoves:
         if base:  # it outgrew its host: it has an instance; it leaves no model without one that no host could take
             keep_last = {m for m in self.models if not self._co.could_join(state, m)}
         got = preemption_victims(state, board, model, now_s, avg5, stopping,
-                                 max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s), keep_last)
+                                 max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s), self._held_for_others(model),
+                                 keep_last)
         # aged: the longer it has waited with no instance, the more harm its load outweighs (found in review: a
         # model of low load waited for ever behind a steadily busy model's last instance, its requests unanswered)
         # (on the time scale of a turn, never under a second: found in review, preempt_after_s 0 multiplied a

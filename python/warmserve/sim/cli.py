@@ -526,7 +526,11 @@ def note_shadowed_options(options, policies: list[str]) -> None:
     from warmserve.policy.registry import POLICIES
 
     given = parse_policy_options(options)
+    keys = {o.split("=", 1)[0].strip() for o in options}
     for name in policies:
+        for key, why in getattr(POLICIES[name].cls, "IGNORED_OPTIONS", {}).items() if name in POLICIES else ():
+            if key in keys:  # found in review: shared and dedicated ran uncapped under route_cap_per_instance=2
+                print(f"warmserve simulate: --policy-option {key} does not reach {name}: {why}", file=sys.stderr)
         fixed = POLICIES[name].overrides if name in POLICIES else {}
         for key, value in fixed.items():
             if getattr(given, key) != value and any(o.split("=", 1)[0].strip() == key for o in options):

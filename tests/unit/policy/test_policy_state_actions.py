@@ -56,6 +56,20 @@ def test_bad_model_and_config_are_value_errors():
     assert PolicyConfig(window_s=450).window_s == 450 and PolicyConfig(window_s=1e6).window_s == 1e6
 
 
+@pytest.mark.parametrize("key,value", [("window_s", "nan"), ("window_s", "inf"), ("load_window_s", "inf"),
+                                       ("min_lifetime_s", "nan"), ("preempt_after_s", "nan"),
+                                       ("ttft_target_prefills", "nan"), ("scale_out_threshold", "inf")])
+def test_a_policy_option_that_is_not_a_number_is_refused_by_name(key, value):
+    """Found in review: NaN passes every range check (each comparison is False), so window_s=nan failed in
+    Policy.__init__ as "cannot convert float NaN to integer", naming no option, and window_s=inf later."""
+    from warmserve.policy.config import parse_policy_options
+
+    with pytest.raises(InvalidArgumentError, match=f"policy option {key} must be a finite number"):
+        parse_policy_options([f"{key}={value}"])
+    # inf where a field reads it as "never"
+    assert parse_policy_options(["preempt_after_s=inf", "replan_s=inf"]).preempt_after_s == float("inf")
+
+
 def test_actions_are_frozen_and_hashable():
     acts = {A.Prewarm("p", "m", (0, 1), 1.0), A.Evict("p", "kv"), A.StartInstance("i", "m", (0,)),
             A.StopInstance("i"), A.SetKvTarget("i", 3), A.Route("m", "i", 7), A.CancelPrewarm("p")}

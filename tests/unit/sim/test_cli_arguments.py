@@ -70,3 +70,17 @@ def test_an_option_a_policy_fixes_is_named_on_stderr(capsys):
     assert len(err.splitlines()) == 1  # load_window_s is taken by both, and warmserve fixes nothing
     note_shadowed_options(["route_prefill_overflow=false"], ["autoscale"])  # the value it fixes: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_an_option_a_static_layout_does_not_read_is_named_on_stderr(capsys):
+    """Found in review: with route_cap_per_instance=2 warmserve held 2 requests per instance while `shared` and
+    `dedicated` took 276, and nothing said that their route has no cap."""
+    from warmserve.sim.cli import note_shadowed_options
+
+    note_shadowed_options(["route_cap_per_instance=2"], ["warmserve", "shared", "dedicated"])
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].strip() for line in err] == [
+        "--policy-option route_cap_per_instance does not reach shared",
+        "--policy-option route_cap_per_instance does not reach dedicated"], err
+    note_shadowed_options(["load_window_s=60"], ["shared"])
+    assert capsys.readouterr().err == ""
