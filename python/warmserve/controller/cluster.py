@@ -86,6 +86,8 @@ class Cluster:
         ("auto": the one this machine belongs to; needs the ray extra), one per GPU or ``cpu_workers`` per node
         without GPUs, on every node, instead of local devices (``devices`` must then be None).
         """
+        _check_paths(log_dir, ray_address)
+        log_dir = os.fspath(log_dir) if log_dir is not None else None
         if config is not None and not isinstance(config, ClusterConfig):
             raise InvalidArgumentError(f"config must be a warmserve.config.ClusterConfig, got "
                                        f"{type(config).__name__}: pass the other arguments instead", param="config")
@@ -101,6 +103,7 @@ class Cluster:
             if isinstance(window_s, bool) or not isinstance(window_s, numbers.Real) or not math.isfinite(window_s):
                 raise InvalidArgumentError(f"window_s must be a finite number of seconds, got {window_s!r}",
                                            param="window_s")
+            _check_devices(devices)
             # One device given alone is a one-item list (found in review: "cpu:0" was iterated per character).
             config = ClusterConfig(
                 models=specs, devices=(devices,) if isinstance(devices, str) else tuple(devices or ()),
@@ -112,6 +115,7 @@ class Cluster:
             )
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
+        _check_bind(config.controller)
         from warmserve.controller.serve import check_local_devices, read_history
 
         if ray_address is None:
@@ -124,6 +128,7 @@ class Cluster:
         self._gate = LoopGate(self._loop, "warmserve-controller")  # runs the loop on a thread of its own
         self._thread = self._gate.thread
         self._closed = False
+        self._close_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _shutdown, self._gate, None)
         from warmserve.controller.launch import start_cluster
 
@@ -272,11 +277,17 @@ class Cluster:
         return self._run(_acall(self.controller.stats), 30)
 
     def close(self) -> None:
-        """Let running requests finish, stop the local workers and the controller loop."""
-        if self._closed:
-            return
-        self._closed = True
-        self._finalizer()
+        """Let running requests finish, stop the local workers and the controller loop. A close made while another
+        is under way waits for that one to end (found in review: it returned at once, the workers still running).
+        Called on the controller's own loop thread (a callback of it), it cannot wait for that loop: the close
+        goes on in a thread of its own and this returns at once."""
+        with self._close_lock:
+            first = not self._closed
+            self._closed = True
+        if first:
+            self._finalizer()
+        elif threading.current_thread() is not self._gate.thread:
+            self._gate.stopped.wait()  # set when the first close is through; that close's own waits are bounded
 
     def __enter__(self) -> "Cluster":
         return self
@@ -432,7 +443,62 @@ async def _acall(fn):
     return fn()
 
 
+def _check_devices(devices) -> None:
+    """Found in review: devices=5 was a bare TypeError, and b"cpu:0" was taken byte by byte ("device 99")."""
+    if devices is None or isinstance(devices, str):
+        return
+    if not isinstance(devices, (list, tuple)) or not all(isinstance(d, str) for d in devices):
+        raise InvalidArgumentError(f"devices must be a device name such as 'cuda:0' or 'cpu:0', or a list or tuple "
+                                   f"of them, or None (one worker per GPU, else cpu_workers CPU workers); got "
+                                   f"{type(devices).__name__} {devices!r:.60}", param="devices")
+
+
+def _check_paths(log_dir, ray_address) -> None:
+    """Found in review: log_dir=5 and ray_address=5 failed with bare TypeErrors, deep in the start."""
+    if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+        raise InvalidArgumentError(f"log_dir must be a directory path (str or os.PathLike) or None (workers log to "
+                                   f"this process's stderr), got {type(log_dir).__name__} {log_dir!r:.60}",
+                                   param="log_dir")
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise InvalidArgumentError(f"ray_address must be a Ray cluster's address (str, 'auto': the one this machine "
+                                   f"belongs to) or None (local workers), got {type(ray_address).__name__} "
+                                   f"{ray_address!r:.60}", param="ray_address")
+
+
+def _check_bind(cc: ControllerConfig) -> None:
+    """The worker socket's bind rule (security.require_authenticated_bind) with the fix named in this API's terms:
+    that function's names the command line's flags (found in review: --curve-dir, --insecure)."""
+    from warmserve.security import InsecureBindError, is_loopback
+
+    if cc.curve_dir or cc.insecure or is_loopback(cc.bind):
+        return
+    raise InsecureBindError(
+        f"the controller's worker socket would listen on bind={cc.bind!r}, reachable from other hosts, with no "
+        f"authentication: anyone who can connect could join as a worker. Pass curve_dir=DIR (holding "
+        f"server.key_secret, and the workers' public keys in DIR/workers) to authenticate them; or bind a loopback "
+        f"address (bind='tcp://127.0.0.1:0'); or pass insecure=True on a network you trust", endpoint=cc.bind,
+        param="bind")
+
+
 def _shutdown(gate: LoopGate, controller) -> None:
+    """The Cluster's finalizer: close() or its collection. On the loop's own thread (a close from a callback of
+    it, or the last reference dropped there: a cancelled agenerate's task ending) it cannot wait for that loop,
+    so the close goes on in a thread of its own. Found in review: run there, it stalled the loop for the drain's
+    whole timeout waiting on itself, failed to join its own thread, and left the workers running."""
+    if gate.loop.is_closed():
+        return
+    if threading.current_thread() is not gate.thread:
+        _close_and_stop(gate, controller)
+        return
+    # Not a daemon: an interpreter that ends meanwhile waits for the workers to be stopped.
+    closer = threading.Thread(target=_close_and_stop, args=(gate, controller), name="warmserve-close")
+    try:
+        closer.start()
+    except RuntimeError:  # the interpreter is ending (no new threads): the workers exit with their parent
+        pass
+
+
+def _close_and_stop(gate: LoopGate, controller) -> None:
     loop = gate.loop
     if loop.is_closed():
         return
