@@ -5,6 +5,8 @@ back. The one sampling type from HTTP parsing (or ``warmserve.Cluster``) through
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 
 from . import errors
@@ -15,6 +17,9 @@ SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
 MAX_TOP_LOGPROBS = 20
 #: Temperatures below this are greedy, as in vLLM: logits / 1e-40 overflow float32 (found in review: it failed a batch).
 GREEDY_TEMPERATURE = 1e-5
+#: Most stop_token_ids one request may give: the largest vocabulary of current models (Gemma 3's, 262,144 tokens);
+#: a longer list repeats ids or names ids no model generates, and costs its engine memory and a set build for nothing.
+MAX_STOP_TOKEN_IDS = 1 << 18
 #: Smallest repetition_penalty: seen tokens' logits are divided by it, and 1e-39 overflowed float32 the same way.
 MIN_REPETITION_PENALTY = 0.01
 
@@ -23,7 +28,7 @@ def _bad(message: str, param: str, **fields) -> errors.InvalidArgumentError:
     return errors.InvalidArgumentError(message, param=param, **fields)
 
 
-class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
+class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True):
     """How to pick each next token and when to stop: the one sampling type, from HTTP parsing (or
     ``warmserve.Cluster``) through the controller and the wire to the engine's sampler.
 
@@ -123,12 +128,24 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
         if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) for s in stop):
             raise _bad(f"stop must be a string or a list of strings, got {self.stop!r}", "stop")
         ids = self.stop_token_ids
+        if isinstance(ids, (tuple, list)) and len(ids) > MAX_STOP_TOKEN_IDS:  # before its items are walked
+            raise _bad(f"stop_token_ids has {len(ids)} ids, more than the {MAX_STOP_TOKEN_IDS} allowed (the largest "
+                       f"vocabulary of current models): send each id once, only ids of the model's vocabulary",
+                       "stop_token_ids",
+                       stop_token_ids_count=len(ids), max_stop_token_ids=MAX_STOP_TOKEN_IDS)
         if not isinstance(ids, (tuple, list)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
             raise _bad(f"stop_token_ids must be a list of token ids (integers), got {ids!r}", "stop_token_ids")
         if type(self.stop) is not tuple:
             msgspec.structs.force_setattr(self, "stop", tuple(stop))
         if type(ids) is not tuple:
             msgspec.structs.force_setattr(self, "stop_token_ids", tuple(ids))
+
+    @functools.cached_property
+    def stop_token_set(self) -> frozenset[int]:
+        """stop_token_ids as a set, built once per request (``dict=True`` gives it room): the engine looks each
+        generated token up in it, and a scan of the tuple cost every request batched beside a long one (found in
+        review: 1.5M ids slowed the others 5x)."""
+        return frozenset(self.stop_token_ids)
 
     @property
     def greedy(self) -> bool:

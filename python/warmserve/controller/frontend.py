@@ -39,31 +39,35 @@ def check_max_tokens(model, max_tokens: int, param: str = "max_tokens") -> None:
             param=param, max_tokens=max_tokens, max_context=model.max_context)
 
 
-def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt") -> None:
-    """Refuse a prompt that cannot fit the model's context together with the tokens asked for."""
+def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt",
+                 max_tokens_param: str = "max_tokens") -> None:
+    """Refuse a prompt that cannot fit the model's context together with the tokens asked for, naming them as the
+    client did (``max_tokens_param``: a chat's max_completion_tokens)."""
     ctx = model.max_context
     if len(ids) + max_tokens > ctx:
         raise PromptTooLongError(
             f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} tokens and "
-            f"max_tokens asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the prompt "
-            f"or lower max_tokens",
+            f"{max_tokens_param} asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the prompt "
+            f"or lower {max_tokens_param}",
             param=param, prompt_tokens=len(ids), max_tokens=max_tokens, max_context=ctx,
         )
     if len(ids) == 0:  # not `not ids`: the Python API may pass a numpy array
         raise InvalidArgumentError("the prompt is empty after tokenization; send some text", param=param)
 
 
-def check_chars(model, chars: int, max_tokens: int, param: str = "prompt") -> None:
+def check_chars(model, chars: int, max_tokens: int, param: str = "prompt",
+                max_tokens_param: str = "max_tokens") -> None:
     """Refuse, before tokenising it, a text that cannot fit: one token covers at most ``model.max_token_chars``
     characters (the longest entry of the vocabulary), so ``chars`` characters are at least
-    ``chars / max_token_chars`` tokens. Characters a tokenizer's normalizer would drop count too."""
+    ``chars / max_token_chars`` tokens. Characters a tokenizer's normalizer would drop count too.
+    ``max_tokens_param``: as check_prompt's."""
     room = max(0, model.max_context - max_tokens)
     limit = room * max(1, model.max_token_chars)
     if chars > limit:
         raise PromptTooLongError(
             f"the prompt has {chars} characters: at {model.max_token_chars} characters per token at most, that is "
-            f"more than the {room} tokens this model's context of {model.max_context} leaves beside max_tokens "
-            f"{max_tokens}: shorten the prompt or lower max_tokens",
+            f"more than the {room} tokens this model's context of {model.max_context} leaves beside "
+            f"{max_tokens_param} {max_tokens}: shorten the prompt or lower {max_tokens_param}",
             param=param, prompt_chars=chars, max_prompt_chars=limit, max_tokens=max_tokens,
             max_context=model.max_context,
         )
@@ -98,8 +102,9 @@ def _check_ids(model, ids: list, param: str) -> list[int]:
     return out
 
 
-def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: bool) -> list[int]:
-    check_chars(model, len(text), max_tokens, param)
+def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: bool,
+            max_tokens_param: str) -> list[int]:
+    check_chars(model, len(text), max_tokens, param, max_tokens_param)
     return list(model.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
@@ -116,20 +121,20 @@ def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_token
         # apply_chat_template and vLLM's chat endpoint do); a completion prompt gets the tokenizer's own special
         # tokens (Llama's BOS from tokenizer.json's post-processor), as vLLM's completions endpoint gives it.
         if isinstance(text, list):
-            return _checked_ids(model, text, max_tokens, param)
-        ids = _encode(model, text, max_tokens, param, add_special_tokens=False)
+            return _checked_ids(model, text, max_tokens, param, max_tokens_param)
+        ids = _encode(model, text, max_tokens, param, False, max_tokens_param)
     elif isinstance(prompt, str):
-        ids = _encode(model, prompt, max_tokens, param, add_special_tokens=True)
+        ids = _encode(model, prompt, max_tokens, param, True, max_tokens_param)
     else:
-        return _checked_ids(model, [] if prompt is None else prompt, max_tokens, param)
-    check_prompt(model, ids, max_tokens, param)
+        return _checked_ids(model, [] if prompt is None else prompt, max_tokens, param, max_tokens_param)
+    check_prompt(model, ids, max_tokens, param, max_tokens_param)
     return ids
 
 
-def _checked_ids(model, ids: list, max_tokens: int, param: str) -> list[int]:
+def _checked_ids(model, ids: list, max_tokens: int, param: str, max_tokens_param: str) -> list[int]:
     # The length first: a list of millions of ids is refused at once, not walked item by item (found in review:
     # 3.5M ids were checked one by one on the event loop before their count was compared with the context).
-    check_prompt(model, ids, max_tokens, param)
+    check_prompt(model, ids, max_tokens, param, max_tokens_param)
     return _check_ids(model, ids, param)
 
 
@@ -141,7 +146,8 @@ def _text_size(prompt, messages) -> int:
 
 def _prepare_sized(model, prompt, messages, max_tokens: int, max_tokens_param: str) -> list[int]:
     """``prepare``, refusing first a text whose size alone rules it out (before any template or tokenizer)."""
-    check_chars(model, _text_size(prompt, messages), max_tokens, "prompt" if messages is None else "messages")
+    check_chars(model, _text_size(prompt, messages), max_tokens, "prompt" if messages is None else "messages",
+                max_tokens_param)
     return prepare(model, prompt, messages, max_tokens=max_tokens, max_tokens_param=max_tokens_param)
 
 
@@ -178,15 +184,13 @@ class TextGeneration:
     def take_logprobs(self) -> list[tuple[int, str, object]]:
         """(token id, token text, ``protocol.TokenLogprobs``) of the tokens received since the last call, for a
         request whose sampling asked for logprobs: while it runs, those whose text begins in what has been handed
-        out (text held back as the possible start of a stop string keeps its tokens back too); after a stop string,
-        those that begin before it; after any other end, all. So the streamed logprobs add up to the non-streamed
-        ones (found in review: streams listed the tokens of a stop string that was then cut away). Each token's
-        text is its own decode, so the texts of a word split over tokens may differ in spacing from the text (as
-        OpenAI's tokens do)."""
+        out (text held back as the possible start of a stop string keeps its tokens back too); once it ended, the
+        rest of ``text.ids``: after a stop string, those that begin before it. So the streamed logprobs add up to
+        the non-streamed ones (found in review: streams listed the tokens of a stop string that was then cut away),
+        one per token id of the output. Each token's text is its own decode, so the texts of a word split over
+        tokens may differ in spacing from the text (as OpenAI's tokens do)."""
         t = self.text
-        if t.stopped:
-            end = bisect.bisect_left(t.starts, len(t.text))
-        elif self._ended:
+        if t.stopped or self._ended:
             end = len(t.ids)
         else:
             end = bisect.bisect_left(t.starts, t.emitted)
@@ -216,7 +220,8 @@ class TextGeneration:
 
     @property
     def completion_tokens(self) -> int:
-        """Tokens of the output: those generated, up to the stop string when one ended it."""
+        """Tokens generated, through the one that completed the stop string when one ended it: the stop string's
+        tokens count though ``text.ids`` and the logprobs leave them out with its text (docs/api.md)."""
         return min(self.req.generated, self.text.tokens_to_stop()) if self.text.stopped else self.req.generated
 
     def __aiter__(self):

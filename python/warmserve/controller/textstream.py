@@ -9,6 +9,8 @@ not depend on how tokens were grouped into pushes.
 
 from __future__ import annotations
 
+import bisect
+
 #: Most tokens one character's bytes can span (UTF-8's longest sequence is 4 bytes, a token holds at least one).
 MAX_CHAR_TOKENS = 4
 #: Most tokens a text ending in U+FFFD is held back for, waiting for the rest of a character: beyond one
@@ -21,6 +23,9 @@ class TextStream:
         self._decode = decode
         self.stop = tuple(stop)
         self._hold = max((len(s) for s in self.stop), default=1) - 1
+        #: The output's token ids: each one pushed, but once a stop string is found only those that begin before
+        #: it, as the text is cut there (its own tokens and any after it go with it, though ``starts`` keeps where
+        #: they began; tokens_to_stop() counts them).
         self.ids: list[int] = []
         #: Where each decoded token's text begins in the text (non-decreasing; ids past len(starts) are not in
         #: the text yet): which tokens lie before a stop string or before what has been handed out.
@@ -29,6 +34,7 @@ class TextStream:
         self.emitted = 0        # characters of self.text already handed out
         self.stopped = False    # a stop string was found: the caller should end the request
         self.stop_len = 0       # characters of the stop string found (cut away after self.text)
+        self._through = 0       # tokens generated through the one that completed the stop string, once stopped
         self._read = 0          # ids[_read:] are decoded after _ctx (the text of those that completed it is in)
         self._ctx: list[int] = []  # the last tokens that added text: context for decoding ids[_read:]
         self._base = 0          # characters of decode(_ctx + ids[_read:]) already in self.text
@@ -47,7 +53,8 @@ class TextStream:
         if stop_token and len(ids):
             ids = list(ids)
             out = self.push(ids[:-1]) + self.finish()
-            self.ids.append(ids[-1])
+            if not self.stopped:  # after a stop string it is one of the tokens cut with it
+                self.ids.append(ids[-1])
             return out
         before = len(self.text)
         for t in ids:  # one at a time: each decode covers a few tokens, whatever the size of the burst
@@ -121,16 +128,23 @@ class TextStream:
                 _, cut, self.stop_len = min(found)
                 self.text = self.text[:cut]
                 self.stopped = True
+                self._through = self._count_through()
+                # ids and logprobs (one per id) list the tokens of the text alone (found in review: Cluster's
+                # token_ids kept the stop string's tokens, which its logprobs left out)
+                del self.ids[bisect.bisect_left(self.starts, cut):]
                 return self._take(len(self.text))
         return self._take(safe_upto)
 
     def tokens_to_stop(self) -> int:
         """Tokens up to the one that completed the stop string (all of them if none was found): the tokens
-        generated as far as the text goes. Tokens that came after it in the same push are not the output's (found
-        in review: usage counted them). Decodes a few prefixes, once, at the end of a request."""
+        generated as far as the text goes, the stop string's included, though ``ids`` leaves those out. Tokens
+        that came after it in the same push are not the output's (found in review: usage counted them)."""
+        return self._through if self.stopped else len(self.ids)
+
+    def _count_through(self) -> int:
+        """tokens_to_stop() when a stop string has just been found, before ``ids`` is cut: decodes a few prefixes,
+        once per request."""
         k = len(self.ids)
-        if not self.stopped:
-            return k
         need = len(self.text) + self.stop_len
         # Complete characters only: a prefix ending inside a multi-byte character decodes with a U+FFFD that is
         # not text yet, and counting it stopped the walk before the token that completed the stop string.

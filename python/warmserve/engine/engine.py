@@ -468,7 +468,7 @@ class Engine(PoolNeighbours):
             seq.logprobs.append(lp)
         p = seq.params
         reason, stop_reason = None, None
-        if token in p.stop_token_ids:
+        if token in p.stop_token_set:
             reason, stop_reason = "stop", token
         elif token in self.eos and not p.ignore_eos:
             reason, stop_reason = "stop", token
