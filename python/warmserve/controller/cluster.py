@@ -37,10 +37,12 @@ class Completion:
     """The result of one generate() call."""
 
     text: str
+    #: The tokens of ``text`` (an EOS or stop token that ended it included); not a stop string's own tokens.
     token_ids: list[int]
     #: "stop" (EOS or a stop string), "length" (max_tokens) or "abort".
     finish_reason: str
     prompt_tokens: int
+    #: Tokens generated, through the one that completed a stop string: may pass len(token_ids) (docs/api.md).
     completion_tokens: int
     #: One ``protocol.TokenLogprobs`` per token of token_ids, when the sampling asked for ``logprobs``; else empty.
     logprobs: tuple = ()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import operator
 
 from warmserve.controller.textstream import TextStream
+from warmserve.engine.checks import token_ids
 from warmserve.errors import InvalidArgumentError, PromptTooLongError
 
 #: Prompts (text) longer than this many characters are tokenised on a worker thread, not on the event loop,
@@ -88,13 +88,7 @@ def _chat_text(model, messages: list[dict]) -> str | list[int]:
 def _check_ids(model, ids: list, param: str) -> list[int]:
     """The token ids as ints, each checked against the vocabulary. Call it once the list's length is known to
     fit the context: it walks every item."""
-    try:
-        out = [operator.index(t) for t in ids]  # ints of any kind (numpy's too), not floats or strings
-    except TypeError:
-        out = None
-    if out is None or any(type(t) is bool for t in ids):
-        raise InvalidArgumentError(f"{param} must be a string or a list of token ids (non-negative integers)",
-                                   param=param)
+    out = token_ids(ids, param, f"{param} must be a string or a list of token ids (non-negative integers)")
     vocab = getattr(model.tokenizer, "vocab_size", None)
     if out and vocab and (max(out) >= vocab or min(out) < 0):
         bad = max(out) if max(out) >= vocab else min(out)

@@ -21,6 +21,7 @@ import msgspec
 import torch
 
 from warmserve.engine.attention import AttnMeta, PrefillChunk, causal_mask, decode_batches, kernels_usable, paged_meta
+from warmserve.engine.checks import check_counts, token_ids
 from warmserve.engine.graphs import DecodeGraphs, activate_decode_graphs, resolve_cuda_graphs
 from warmserve.engine.kv_cache import KVCache, KVPageMapper
 from warmserve.engine.model import Model
@@ -84,9 +85,8 @@ class Engine(PoolNeighbours):
         with the kernels, tp = 1; off on the CPU), True = required (BackendUnavailableError where they cannot
         run), False = never. Graphs captured while the model was prewarmed (capture_decode_graphs) are used as
         they are; buckets they lack are captured here (``graph_capture_s``)."""
-        if max_batch_tokens < 1 or max_num_seqs < 1:
-            raise InvalidArgumentError(f"max_batch_tokens ({max_batch_tokens}) and max_num_seqs ({max_num_seqs}) "
-                                       "must be >= 1")
+        check_counts(max_batch_tokens=(max_batch_tokens, 1), max_num_seqs=(max_num_seqs, 1),
+                      map_blocks_per_step=(map_blocks_per_step, 1), target_free_blocks=(target_free_blocks, 0))
         use_graphs, why = resolve_cuda_graphs(cuda_graphs, device=lm.device, tp=lm.config.tp,
                                               kernels_ok=kernels_usable(lm.device, lm.dtype, lm.config.head_dim))
         params = lm._activate(self)
@@ -172,10 +172,15 @@ class Engine(PoolNeighbours):
         params = params or SamplingParams()
         if request_id in self.seqs:
             raise InvalidArgumentError(f"request id {request_id!r} is already running", request_id=request_id)
-        prompt = [int(t) for t in prompt_token_ids]
+        if any(s.request_id == request_id for s in self._aborted):
+            # found in review: the id was taken again before the next step reported its abort, and the caller
+            # read that "finished" output as the new request's end
+            raise InvalidArgumentError(f"request id {request_id!r} was aborted and its abort is reported at the "
+                                       "next step: use another id, or step first", request_id=request_id)
+        prompt = token_ids(prompt_token_ids, "prompt_token_ids", request_id=request_id)
         if not prompt:
             raise InvalidArgumentError("the prompt is empty: send at least one token", request_id=request_id)
-        done = [int(t) for t in output_token_ids]
+        done = token_ids(output_token_ids, "output_token_ids", request_id=request_id)
         beside = self._blocks_beside_neighbours()
         if params.max_tokens_defaulted:
             params = self._fit_defaulted(params, len(prompt), len(done), beside)
@@ -502,6 +507,12 @@ class Engine(PoolNeighbours):
             self.record_logits = was
 
     def _generate(self, prompts, params, logits: bool):
+        if self.seqs or self._aborted:
+            # its steps would run the other requests too and drop their outputs (found in review: one added
+            # before ran to its end inside generate(), none of its tokens reported)
+            raise InvalidArgumentError(f"generate() runs an idle engine: {len(self.seqs)} requests are running "
+                                       f"and {len(self._aborted)} aborts unreported; step() until they finish, "
+                                       "or add these prompts with add_request()")
         ids = [f"gen-{next(self._arrivals)}-{i}" for i in range(len(prompts))]
         out = {rid: [] for rid in ids}
         rows = {rid: [] for rid in ids}
