@@ -53,6 +53,8 @@ def test_a_failed_publish_does_not_leak_the_other_fills(two_fills):
     os.unlink(first.path[: -len(".bin")] + ".fill")  # the first publish's rename will fail
     _wait_settled(root, job, second)
     assert second.users == 0 and first.users == 0
+    # the claim itself (found in review: an aborted, unpublished second fill met every check above)
+    assert os.path.exists(second.path) and job._cache.stats()["fills"] == 1
 
 
 # Caller mistakes are typed, as slot.load's.
@@ -125,6 +127,9 @@ def test_close_error_after_rename_does_not_leak_the_other_fills(two_fills, monke
         _wait_settled(root, job, second)
     finally:
         monkeypatch.setattr(hc.os, "close", real_close)
+    # both published and counted (found in review: a published entry left uncounted met the checks above)
+    assert job._cache.stats()["fills"] == 2
+    assert os.path.exists(job._fills[0][0].path) and os.path.exists(second.path)
 
 
 def test_touch_error_after_rename_is_not_an_unpublished_fill(tmp_path, monkeypatch, caplog):

@@ -194,11 +194,15 @@ def test_a_second_pool_close_returns_only_once_the_first_has_finished(tmp_path):
             job = s.load([(path, 0, 0, n)], threads=1, chunk_bytes=PAGE)
             while not s.is_mapped(0):
                 time.sleep(0.0005)
-            seen = []
+            seen, errors = [], []
             go = threading.Barrier(2)
             def closer():
                 go.wait()
-                pool._pool.close()
+                try:
+                    pool._pool.close()
+                except BaseException as e:  # a close that gave up with an error returned early too
+                    errors.append(repr(e))
+                    return
                 seen.append(job.done)
             ts = [threading.Thread(target=closer) for _ in range(2)]
             for t in ts:
@@ -206,9 +210,11 @@ def test_a_second_pool_close_returns_only_once_the_first_has_finished(tmp_path):
             for t in ts:
                 t.join(60)
             early += seen.count(False)
+            if errors or len(seen) != 2:
+                print("errors", errors, len(seen))
         print(early)
     """, tmp_dir=tmp_path)
-    assert out == ["0"]
+    assert out == ["0"], out
 
 
 def test_slot_close_cancels_its_own_loads_only(tmp_path):
@@ -413,13 +419,16 @@ def test_closing_a_slot_refuses_loads_started_while_it_waits(tmp_path):
         pool = PagePool(2 * n, page_bytes=PAGE)
         s = pool.create_slot(n, "w")
         path = big_file(n)
-        stop, seen = threading.Event(), []
+        stop, seen, untyped = threading.Event(), [], []
         def loads():
             while not stop.is_set():
                 try:
                     s.load([(path, 0, 0, n)], threads=1, chunk_bytes=PAGE).wait()
-                except WarmServeError as e:
+                except BaseException as e:  # recorded whatever it is: an untyped one must reach the test
                     seen.append(type(e).__name__)
+                    if not isinstance(e, WarmServeError):
+                        untyped.append(repr(e))
+                        return
                     if type(e).__name__ == "ClosedError":
                         return
         ts = [threading.Thread(target=loads) for _ in range(4)]  # one of them nearly always has a load running
@@ -435,6 +444,7 @@ def test_closing_a_slot_refuses_loads_started_while_it_waits(tmp_path):
         for t in ts:
             t.join(20)
         print("loaders", "done" if not any(t.is_alive() for t in ts) else "stuck", "ClosedError" in seen)
+        print("untyped", untyped)
         print("free", pool.free_pages == pool.total_pages)
     """, tmp_dir=tmp_path)
-    assert out == ["closed", "True", "loaders", "done", "True", "free", "True"], out
+    assert out == ["closed", "True", "loaders", "done", "True", "untyped", "[]", "free", "True"], out
