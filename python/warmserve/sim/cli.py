@@ -16,7 +16,7 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.outputs import check_output, check_plot, parse_numbers, write_json_atomic
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
-from warmserve.sim.config import SimConfig
+from warmserve.sim.config import SimConfig, check_field
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.plot import plot_ttft_cdf
 from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, Preset, artifact_preset, cluster_shape, paper_preset,
@@ -51,7 +51,9 @@ def add_arguments(p):
                    help="vllm: admission by max sequences (256) and KV memory, decode reads the batch's KV "
                         "cache; fluid: the earlier model (batch capped at the policy's B, flat decode step)")
     p.add_argument("--chunked-prefill-tokens", type=int, default=0,
-                   help="vllm engine model: chunked prefill with this many tokens per step (e.g. 512); 0: off")
+                   help="vllm engine model: chunked prefill with this many tokens per step (e.g. 512), at least "
+                        "the engine's max sequences (256; vLLM refuses fewer); 0: off. Refused with --engine-model "
+                        "fluid, which has no token budget")
     p.add_argument("--no-shared-search", action="store_true",
                    help="shared: its demand-proportional layout instead of the searched one")
     p.add_argument("--rate", type=float, default=None,
@@ -76,8 +78,9 @@ def add_arguments(p):
                    help="--workload servegen: earlier days of history the forecasts see (ServeGen has 14)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None,
-                   help="comma-separated seeds (e.g. 0,1,2): every number is the median over them, the search "
-                        "uses their mean SLO attainment; overrides --seed")
+                   help="comma-separated seeds (e.g. 0,1,2): every number is the median over them (per_model: "
+                        "per model and field, over the seeds that sent it requests; each seed's own figures are in "
+                        "per_seed), the search uses their mean SLO attainment; overrides --seed")
     p.add_argument("--ttft-slo-s", type=float, default=0.0,
                    help="TTFT SLO in seconds (default: per model, --slo-scale x its 1024-token prefill time)")
     p.add_argument("--slo-scale", type=float, default=10.0)
@@ -97,7 +100,8 @@ def add_arguments(p):
                         "engine part of a cold start at LOW and HIGH seconds and draw the band between (default "
                         "14,35: vLLM's published range); 'off': no band")
     p.add_argument("--json", default=None, help="write results here")
-    p.add_argument("--plot", default=None, help="write a TTFT CDF plot (PNG) here (with --sweep-rate: the sweep)")
+    p.add_argument("--plot", default=None,
+                   help="write a TTFT CDF plot (PNG) here, of the first seed's requests (with --sweep-rate: the sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -192,6 +196,27 @@ def _median_summary(summaries: list[dict]) -> dict:
     for k, v in out.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[k] = statistics.median(x[k] for x in summaries)
+    return out
+
+
+def _median_per_model(per_models: list[dict]) -> dict:
+    """Per model and numeric field, the median over the runs that sent the model requests (a run's ``per_model``
+    lists only those), NaNs (no such figure in a run: no TPOT without multi-token outputs) left out, NaN where every
+    run has one; anything else the first such run's. One run: its own ``per_model`` as it is. Found in review: the
+    JSON's per_model was seed 0's alone beside medians everywhere else."""
+    import statistics
+
+    out = {}
+    for pm in per_models:
+        for name in pm:
+            if name in out:
+                continue
+            runs = [x[name] for x in per_models if name in x]
+            out[name] = dict(runs[0])
+            for k, v in runs[0].items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    vals = [r[k] for r in runs if not (isinstance(r[k], float) and math.isnan(r[k]))]
+                    out[name][k] = statistics.median(vals) if vals else v
     return out
 
 
@@ -290,7 +315,7 @@ def _run_main(args, saved: _Saved) -> int:
         s = _median_summary([x.summary for x in runs])
         if len(seeds) > 1:
             s["seeds"] = seeds
-            s["per_seed"] = {str(sd): x.summary for sd, x in zip(seeds, runs)}
+            s["per_seed"] = {str(sd): {**x.summary, "per_model": x.per_model} for sd, x in zip(seeds, runs)}
         if not args.no_search:
             runs_by_scale: dict = {}  # the searches of several targets share their runs
             by_target, s["rate_search"] = {}, []
@@ -303,7 +328,7 @@ def _run_main(args, saved: _Saved) -> int:
             s["slo_target"] = targets[0]
             if len(targets) > 1:
                 s["max_rate_by_slo_target"] = by_target
-        s["per_model"] = r.per_model
+        s["per_model"] = _median_per_model([x.per_model for x in runs])
         out[pol] = s
         print(f"{pol}: p99 TTFT {s['ttft_p99_s']:.3f} s, SLO {s['slo_attainment']:.3f}"
               + (f", max rate under SLO {s['max_rate_under_slo_rps']:.2f} rps" if "max_rate_under_slo_rps" in s else "")
@@ -365,11 +390,12 @@ def check_args(args) -> None:
 
     if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
         raise bad("--duration-s", args.duration_s, "give a span > 0 seconds, or leave it out for the workload's own")
-    if not (math.isfinite(args.ttft_slo_s) and args.ttft_slo_s >= 0):
-        raise bad("--ttft-slo-s", args.ttft_slo_s, "give an SLO > 0 seconds, or 0 for per-model SLOs "
-                                                   "(--slo-scale x the model's 1024-token prefill time)")
-    for flag, v in (("--rate-scale", args.rate_scale), ("--slo-scale", args.slo_scale), ("--tick-s", args.tick_s),
-                    ("--rate", args.rate)):
+    # the flags of SimConfig fields, by SimConfig's own rules (sim.config.FIELD_RULES); SimConfig itself refuses
+    # --chunked-prefill-tokens under --engine-model fluid, naming both flags, when build_preset makes it
+    for flag, key in (("--ttft-slo-s", "ttft_slo_s"), ("--slo-scale", "slo_scale"), ("--tick-s", "tick_s"),
+                      ("--chunked-prefill-tokens", "chunked_prefill_tokens")):
+        check_field(key, getattr(args, key), flag)
+    for flag, v in (("--rate-scale", args.rate_scale), ("--rate", args.rate)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise bad(flag, v, "give a finite number > 0")
     if args.alpha is not None and not math.isfinite(args.alpha):  # found in review: NaN failed deep in the recipe

@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig
+
+
+def _finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+#: what each numeric ``SimConfig`` field takes: (test, what to give). `warmserve simulate` checks its flags of the
+#: same fields by these rules (``cli.check_args`` calls ``check_field``), so the Python API refuses what the command
+#: line refuses (found in review: SimConfig took max_num_seqs -1, nothing completed; drain_s -100; slo_scale -1 or
+#: NaN; a negative ttft_slo_s or unanswered_ttft_s, all run on with wrong figures)
+FIELD_RULES = {
+    "n_servers": (lambda v: _whole(v) and v >= 1, "a whole number of servers >= 1"),
+    "gpus_per_server": (lambda v: _whole(v) and v >= 1, "a whole number of GPUs >= 1"),
+    "tick_s": (lambda v: _finite(v) and v > 0, "a finite number of seconds > 0 (the policy's tick period)"),
+    "max_num_seqs": (lambda v: _whole(v) and v >= 0,
+                     "a whole number of sequences >= 1, or 0 for the engine model's default (vllm: the cost model's "
+                     "max_running_seqs, 256; fluid: the policy's instance_capacity)"),
+    "chunked_prefill_tokens": (lambda v: _whole(v) and v >= 0,
+                               "a whole number of tokens per engine step (at least the engine's max_num_seqs), or 0 "
+                               "for no chunked prefill"),
+    "drain_s": (lambda v: _finite(v) and v >= 0,
+                "a finite number of seconds >= 0 that requests may still finish in after the last arrival"),
+    "ttft_slo_s": (lambda v: _finite(v) and v >= 0,
+                   "an SLO > 0 seconds, or 0 for per-model SLOs (slo_scale x the model's 1024-token prefill time)"),
+    "slo_scale": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "unanswered_ttft_s": (lambda v: v is None or (_finite(v) and v > 0),
+                          "a finite number of seconds > 0, or None: the time from arrival to the end of the run"),
+}
+
+
+def check_field(name: str, value, flag: str | None = None) -> None:
+    """Refuse ``value`` for the SimConfig field ``name`` unless it passes ``FIELD_RULES``; the error names ``flag``
+    (a `warmserve simulate` option) where given, else the field."""
+    test, want = FIELD_RULES[name]
+    if not test(value):
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        where = {"flag": flag} if flag else {"field": name}
+        raise InvalidArgumentError(f"{flag or 'SimConfig.' + name} {shown}: give {want}", value=value, **where)
 
 
 @dataclass(frozen=True)
@@ -72,8 +116,12 @@ class SimConfig:
     policy_config: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self):
-        if self.n_servers < 1 or self.gpus_per_server < 1:
-            raise InvalidArgumentError(f"need >= 1 server and >= 1 GPU per server, got {self.n_servers} x "
-                                       f"{self.gpus_per_server}")
-        if self.tick_s <= 0:
-            raise InvalidArgumentError(f"tick_s must be > 0, got {self.tick_s}")
+        for name in FIELD_RULES:
+            check_field(name, getattr(self, name))
+        if self.engine_model == "fluid" and self.chunked_prefill_tokens:
+            # found in review: the fluid model has no token budget and ran as if chunked prefill were off
+            raise InvalidArgumentError(
+                f"chunked_prefill_tokens {self.chunked_prefill_tokens} (--chunked-prefill-tokens) with engine_model "
+                f"'fluid' (--engine-model fluid): the fluid model has no token budget and would ignore it; run "
+                f"chunked prefill under engine_model 'vllm', or set chunked_prefill_tokens to 0",
+                chunked_prefill_tokens=self.chunked_prefill_tokens, engine_model=self.engine_model)

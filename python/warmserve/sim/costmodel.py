@@ -5,7 +5,10 @@ Defaults are the paper's latency model (prefill 35/70/100 ms, decode 15/20/30 ms
 calibration benchmark) overrides any part of it. Every constant below carries its source beside it; the table of
 all of them is ``bench/simulate/CONSTANTS.md``. Profile schema, version 1 (every key optional except ``schema``;
 sizes in bytes, times in seconds; the keys marked "added" came after the first profiles were written: a profile
-that lacks them keeps the defaults, so every earlier profile loads unchanged):
+that lacks them keeps the defaults, so every earlier profile loads unchanged; every value is checked as it is read,
+``sim.profile_check``: times and per-token/per-sequence slopes >= 0, sizes, bandwidths and compute_scale > 0,
+fractions in (0, 1], counts whole, tables ascending [x, seconds] points; keys outside the schema are refused, except
+at the top level, where calibrate's records such as "measured" and "machine" sit):
 
     {
       "schema": "warmserve.sim.profile/1",
@@ -53,6 +56,8 @@ import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import KV_BLOCK_TOKENS
+from warmserve.sim.profile_check import (COST_RULES, GPU_RULES, check_fields, check_value, gpu_section, limits_section,
+                                         models_section)
 
 SCHEMA = "warmserve.sim.profile/1"
 GB = 1e9
@@ -145,15 +150,11 @@ class GpuType:
     host_cores: float = 0.0
 
     def __post_init__(self):
-        if not self.hbm_bytes_per_s > 0 or not 0 < self.hbm_achievable_fraction <= 1:
-            raise InvalidArgumentError(
-                f"GPU {self.name!r}: hbm_bytes_per_s {self.hbm_bytes_per_s} must be > 0 and hbm_achievable_fraction "
-                f"{self.hbm_achievable_fraction} in (0, 1] (range shown in results: {HBM_ACHIEVABLE_FRACTION_RANGE})",
-                gpu=self.name)
-        if not self.host_cores >= 0:
-            raise InvalidArgumentError(f"GPU {self.name!r}: host_cores {self.host_cores} must be >= 0 (cores a "
-                                       f"server's CPU workers share; 0 for GPUs, which share no compute)",
-                                       gpu=self.name)
+        # every numeric field (found in review: h2d_bytes_per_s 0 divided by zero at the first load, and only the
+        # HBM fields and host_cores were checked); the HBM fraction's range shown in results is
+        # HBM_ACHIEVABLE_FRACTION_RANGE
+        check_fields("GpuType", {k: getattr(self, k) for k in GPU_RULES}, GPU_RULES,
+                     f"give GPU {self.name!r} a value in that range")
 
     @property
     def pool_bytes(self) -> int:
@@ -282,16 +283,6 @@ def _interp(table, x):
     return float(np.interp(x, xs, ys))
 
 
-def _known(d: dict, cls, section: str) -> dict:
-    """``d`` if every key is a field of ``cls``; a profile with a typo fails here rather than being half-read."""
-    fields = set(cls.__dataclass_fields__)
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise InvalidArgumentError(f"profile section {section!r} has unknown keys {unknown}; known: "
-                                   f"{sorted(fields)}", section=section)
-    return d
-
-
 @dataclass(frozen=True)
 class CostModel:
     #: the simulated GPU (every GPU of the cluster is one type)
@@ -322,6 +313,11 @@ class CostModel:
     load_fixed_s: float = 0.0
     #: the vLLM engine limits an engine model admits and batches under
     limits: EngineLimits = EngineLimits()
+
+    def __post_init__(self):
+        # a negative time ran the simulated clock backwards (found in review: engine_init_s -30, TTFT -1.5 s)
+        check_fields("CostModel", {k: getattr(self, k) for k in COST_RULES}, COST_RULES,
+                     "give the cost model a value in that range")
 
     def cost(self, name: str, size: str | None = None) -> ModelCost:
         c = self.models.get(name) or (self.models.get(size) if size else None)
@@ -475,35 +471,18 @@ class CostModel:
             raise InvalidArgumentError(f"profile schema is {d.get('schema')!r}, expected {SCHEMA!r}",
                                        schema=d.get("schema"))
         cm = base or cls()
+        # each section and value checked before it is read (profile_check; found in review: malformed ones were bare
+        # TypeErrors, AttributeErrors and IndexErrors, negative times were taken)
         if "gpu" in d:
-            cm = replace(cm, gpu=replace(cm.gpu, **_known(d["gpu"], GpuType, "gpu")))
-        for k in ("engine_start_s", "tp_init_s", "activation_s", "kv_map_s_per_gib", "engine_init_s",
-                  "fast_load_bytes_per_s", "load_fixed_s"):
+            cm = replace(cm, gpu=replace(cm.gpu, **gpu_section(d["gpu"])))
+        for k, rule in COST_RULES.items():
             if k in d:
-                cm = replace(cm, **{k: float(d[k])})
+                cm = replace(cm, **{k: float(check_value(f"profile {k}", d[k], rule))})
         if "engine_limits" in d:
-            limits = _known(d["engine_limits"], EngineLimits, "engine_limits")
-            cm = replace(cm, limits=replace(cm.limits, **{k: int(v) for k, v in limits.items()}))
+            cm = replace(cm, limits=replace(cm.limits, **limits_section(d["engine_limits"])))
         models = dict(cm.models)
-        for name, m in (d.get("models") or {}).items():
+        for name, kw in models_section(d.get("models")).items():
             old = models.get(name)
-            kw = {}
-            if "weight_bytes" in m:
-                kw["weight_bytes"] = float(m["weight_bytes"])
-            if "tp" in m:
-                kw["tp"] = int(m["tp"])
-            if "kv_bytes_per_token" in m:
-                kw["kv_bytes_per_token"] = int(m["kv_bytes_per_token"])
-            if "prefill_s" in m:
-                kw["prefill_base_s"] = float(m["prefill_s"].get("base_s", 0.0))
-                kw["prefill_per_token_s"] = float(m["prefill_s"].get("per_token_s", 0.0))
-            if "decode_step_s" in m:
-                kw["decode_base_s"] = float(m["decode_step_s"].get("base_s", 0.0))
-                kw["decode_per_seq_s"] = float(m["decode_step_s"].get("per_seq_s", 0.0))
-            if "prefill_table" in m:
-                kw["prefill_table"] = tuple(tuple(map(float, p)) for p in m["prefill_table"])
-            if "decode_table" in m:
-                kw["decode_table"] = tuple(tuple(map(float, p)) for p in m["decode_table"])
             if old is None:
                 missing = {"weight_bytes", "tp", "kv_bytes_per_token"} - kw.keys()
                 if missing or not ({"prefill_base_s", "prefill_table"} & kw.keys()) \

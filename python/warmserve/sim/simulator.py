@@ -79,13 +79,18 @@ class Simulator:
         if config.engine_model not in ENGINE_MODELS:
             raise InvalidArgumentError(f"engine model {config.engine_model!r}: choose one of {ENGINE_MODELS}",
                                        engine_model=config.engine_model)
-        if config.chunked_prefill_tokens < 0:
-            raise InvalidArgumentError(f"chunked_prefill_tokens is {config.chunked_prefill_tokens}: tokens per "
-                                       f"engine step, or 0 for no chunked prefill",
-                                       chunked_prefill_tokens=config.chunked_prefill_tokens)
         # the earlier "fluid" model capped the batch at the policy's B; the vLLM-like one at the engine's limit
         default_batch = pcfg.instance_capacity if config.engine_model == "fluid" else self.cost.limits.max_running_seqs
         self.max_batch = config.max_num_seqs or default_batch
+        if 0 < config.chunked_prefill_tokens < self.max_batch:
+            # vLLM refuses it (SchedulerConfig: max_num_batched_tokens must be >= max_num_seqs); found in review:
+            # taken, a full batch left a step 1 prompt token, so a 1000-token prompt took 1000 steps
+            raise InvalidArgumentError(
+                f"chunked_prefill_tokens {config.chunked_prefill_tokens} (--chunked-prefill-tokens) is below "
+                f"max_num_seqs {self.max_batch} (SimConfig.max_num_seqs, or the cost profile's "
+                f"engine_limits.max_running_seqs when 0): a step must hold one decode token of every running "
+                f"sequence, as vLLM requires; give at least {self.max_batch} tokens, or 0 for no chunked prefill",
+                chunked_prefill_tokens=config.chunked_prefill_tokens, max_num_seqs=self.max_batch)
         if workload.day_s != 86400.0:
             # the policy's daily season is 86400 s (policy/core.py): a shorter "day" put its history days where the
             # forecasts never looked (found in review: no forecast for the second window of a 7200 s day)
