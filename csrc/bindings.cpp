@@ -8,13 +8,18 @@
 // out the one deadlock shape possible here (a thread holding the pool mutex waiting for the GIL while the GIL
 // holder waits for the mutex). Pool.close and Slot.close also wait (on the pool's condition variable, mutex
 // released) for running loads to roll back: the GIL is released then too, and the loader threads they wait for
-// never need it. The only code that takes the pool mutex with the GIL held is a view's DLPack deleter (it unpins
-// pages; when it drops a slot's last reference, ~Slot unmaps and releases the slot, and on cuda first waits for
-// the device's queued work) and view creation; neither waits for another lock or for Python. Kernel launches
-// (kernels.h) release the GIL too: a launch blocks when the stream's queue is full, and cudaMemcpyAsync may wait.
-// A drain (cuda: a context synchronize, before an unmap or a move) waits for CUDA graph captures on other threads
-// to end (cuda_capture_enter / _exit, backend.h); it runs with the GIL released, except in ~Slot from a DLPack
-// deleter, which therefore does not wait for captures (a capture needs the GIL to go on).
+// never need it. View creation (make_view) releases the GIL too, and takes it back only after it has let go of
+// the mutex. What takes the pool mutex with the GIL held is a destructor run by Python: a view's DLPack deleter (it
+// unpins pages; when it drops a slot's last reference, ~Slot unmaps and releases the slot, and on cuda first waits
+// for the device's queued work), and ~Slot or ~Pool when Python deallocates the last reference to a Slot or Pool
+// (~Pool closes the pool: it cancels the running loads and waits, the mutex released, for them to roll back). That
+// cannot deadlock, because no holder of the pool mutex ever waits for the GIL: Python-facing calls release the GIL
+// before they take the mutex and let go of the mutex before they take the GIL back, and the loader threads that
+// ~Pool waits for never take the GIL at all. Kernel launches (kernels.h) release the GIL too: a launch blocks
+// when the stream's queue is full, and cudaMemcpyAsync may wait. A drain (cuda: a context synchronize, before an
+// unmap or a move) waits for CUDA graph captures on other threads to end (cuda_capture_enter / _exit, backend.h);
+// it runs with the GIL released, except in ~Slot and ~Pool run by Python (above), which therefore do not wait for
+// captures (a capture needs the GIL to go on).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 

@@ -11,79 +11,6 @@
 
 namespace ws {
 
-// ---------------------------------------------------------------- free list
-void FreeList::reset(uint64_t n) {
-  by_start_.clear();
-  by_len_.clear();
-  free_ = 0;
-  if (n) insert(0, n);
-}
-
-void FreeList::erase(std::map<uint64_t, uint64_t>::iterator it) {
-  by_len_.erase({it->second, it->first});
-  free_ -= it->second;
-  by_start_.erase(it);
-}
-
-void FreeList::insert(uint64_t start, uint64_t len) {
-  auto next = by_start_.find(start + len);
-  if (next != by_start_.end()) {
-    len += next->second;
-    erase(next);
-  }
-  auto it = by_start_.lower_bound(start);
-  if (it != by_start_.begin()) {
-    auto prev = std::prev(it);
-    if (prev->first + prev->second == start) {
-      start = prev->first;
-      len += prev->second;
-      erase(prev);
-    }
-  }
-  by_start_[start] = len;
-  by_len_.insert({len, start});
-  free_ += len;
-}
-
-std::vector<uint64_t> FreeList::take(uint64_t n, int64_t hint) {
-  std::vector<uint64_t> out;
-  out.reserve(n);
-  auto take_from = [&](uint64_t start, uint64_t len, uint64_t k) {
-    erase(by_start_.find(start));
-    for (uint64_t i = 0; i < k; ++i) out.push_back(start + i);
-    if (len > k) insert(start + k, len - k);
-  };
-  if (hint >= 0) {  // continue the run before the target: the new pages merge into the same kernel mapping
-    auto it = by_start_.find(uint64_t(hint) + 1);
-    if (it != by_start_.end() && it->second >= n) {
-      take_from(it->first, it->second, n);
-      return out;
-    }
-  }
-  auto fit = by_len_.lower_bound({n, 0});  // smallest extent that holds all n: one run
-  if (fit != by_len_.end()) {
-    take_from(fit->second, fit->first, n);
-    return out;
-  }
-  while (out.size() < n) {  // no single extent is long enough: largest first, fewest runs
-    auto big = std::prev(by_len_.end());
-    uint64_t k = std::min<uint64_t>(big->first, n - out.size());
-    take_from(big->second, big->first, k);
-  }
-  return out;
-}
-
-void FreeList::give(std::vector<uint64_t> ids) {
-  std::sort(ids.begin(), ids.end());
-  size_t i = 0;
-  while (i < ids.size()) {
-    size_t j = i + 1;
-    while (j < ids.size() && ids[j] == ids[j - 1] + 1) ++j;
-    insert(ids[i], j - i);
-    i = j;
-  }
-}
-
 // ---------------------------------------------------------------- pool
 Pool::Pool(std::unique_ptr<Backend> b) : backend(std::move(b)) { free.reset(backend->total_pages()); }
 
@@ -321,6 +248,17 @@ void Slot::check_unpinned(uint64_t off, uint64_t n, const char* what) const {
     }
 }
 
+void Slot::check_no_views(const char* what) const {
+  if (view_pins.empty()) return;
+  const auto [first, n] = *view_pins.begin();
+  throw Error(ErrorKind::ViewsAlive,
+              std::string(what) + " of slot '" + tag + "': " + std::to_string(view_pins.size()) +
+                  " live pinned tensor view(s) hold its pages (the first pages [" + std::to_string(first) + ", " +
+                  std::to_string(first + n) + ")); nothing was changed, its loads go on. Fix: drop the tensors "
+                  "(del t), make the views with pinned=False, or close(force=True) (stale views then fault on "
+                  "access)");
+}
+
 std::pair<uint64_t, uint64_t> Slot::cut_pages(uint64_t off, uint64_t n) const {
   const uint64_t pb = page_bytes();
   const auto [lo, count] = pool->backend->cut_extent(base + off * pb, n);
@@ -490,15 +428,18 @@ void Slot::close(bool force) {
   }
   std::unique_lock<std::mutex> l(pool->mu);
   if (!closed && !pool->closed) {
+    // Views before loads: a close refused for a live view must not have cancelled the loads (found in review).
+    // No view can be made once `closing` is set (check_open_locked), so none appears while mu is released below.
+    if (!force) check_no_views("close");
     closing = true;  // a load (or map) started while mu is released below is refused (check_open_locked)
     pool->cancel_jobs_locked(l, this);  // releases mu while the loads roll back
-    closing = false;  // mu is held from here on; a close refused below (pinned pages) leaves the slot usable
+    closing = false;  // mu is held from here on
   }
   if (closed || pool->closed) {
     closed = true;
     return;
   }
-  if (!force) check_unpinned(0, n_pages, "close");
+  if (!force) check_unpinned(0, n_pages, "close");  // its loads have ended and it had no views: holds, as a guard
   unmap_all_locked();
   closed = true;
   pool->slots.erase(id);
@@ -595,13 +536,16 @@ void Slot::pin_locked(uint64_t off, uint64_t n, int delta) {
 
 Pin::Pin(std::shared_ptr<Slot> s, uint64_t off_, uint64_t n_, bool pinned_)
     : slot(std::move(s)), off(off_), n(n_), pinned(pinned_) {
-  if (pinned) slot->pin_locked(off, n, +1);  // caller holds pool->mu
+  if (!pinned) return;
+  slot->view_pins.emplace(off, n);  // caller holds pool->mu; inserted first: if it throws, nothing is pinned
+  slot->pin_locked(off, n, +1);
 }
 
 Pin::~Pin() {
   if (!pinned) return;
   std::lock_guard<std::mutex> g(slot->pool->mu);
   slot->pin_locked(off, n, -1);
+  slot->view_pins.erase(slot->view_pins.find({off, n}));
 }
 
 }  // namespace ws

@@ -3,9 +3,11 @@
 // respect to each other; copies (loader threads, views) run outside it on memory that pins keep mapped.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -82,6 +84,9 @@ struct Slot {
   uint64_t n_pages = 0;             // reserved
   std::vector<int64_t> table;       // pool page id per slot page, -1 = unmapped
   std::vector<uint32_t> pins;       // live pinned views / running loads per slot page
+  // (first page, pages) of each live pinned view (Pin), the views' share of `pins`: close() checks them before it
+  // cancels the slot's loads, so that a close refused for a view has no side effects (found in review).
+  std::multiset<std::pair<uint64_t, uint64_t>> view_pins;
   uint64_t mapped = 0;
   bool closed = false;
   bool closing = false;             // close() waits for its loads to roll back: no new operation starts
@@ -107,6 +112,7 @@ struct Slot {
   void check_open_locked() const;
   void check_range(uint64_t off, uint64_t n, const char* what) const;
   void check_unpinned(uint64_t off, uint64_t n, const char* what) const;
+  void check_no_views(const char* what) const;  // ViewsAlive while a pinned view of the slot lives
   // check_unpinned over what unmapping pages [off, off + n) touches (Backend::cut_extent): on cuda, the other
   // pages of the driver mappings it cuts are unmapped for a while too.
   void check_cut_unpinned(uint64_t off, uint64_t n, const char* what) const;
@@ -136,5 +142,78 @@ struct Pin {
   Pin(std::shared_ptr<Slot> s, uint64_t off, uint64_t n, bool pinned);
   ~Pin();
 };
+
+// ---------------------------------------------------------- FreeList (self-contained: here, so pool.cpp stays short)
+inline void FreeList::reset(uint64_t n) {
+  by_start_.clear();
+  by_len_.clear();
+  free_ = 0;
+  if (n) insert(0, n);
+}
+
+inline void FreeList::erase(std::map<uint64_t, uint64_t>::iterator it) {
+  by_len_.erase({it->second, it->first});
+  free_ -= it->second;
+  by_start_.erase(it);
+}
+
+inline void FreeList::insert(uint64_t start, uint64_t len) {
+  auto next = by_start_.find(start + len);
+  if (next != by_start_.end()) {
+    len += next->second;
+    erase(next);
+  }
+  auto it = by_start_.lower_bound(start);
+  if (it != by_start_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second == start) {
+      start = prev->first;
+      len += prev->second;
+      erase(prev);
+    }
+  }
+  by_start_[start] = len;
+  by_len_.insert({len, start});
+  free_ += len;
+}
+
+inline std::vector<uint64_t> FreeList::take(uint64_t n, int64_t hint) {
+  std::vector<uint64_t> out;
+  out.reserve(n);
+  auto take_from = [&](uint64_t start, uint64_t len, uint64_t k) {
+    erase(by_start_.find(start));
+    for (uint64_t i = 0; i < k; ++i) out.push_back(start + i);
+    if (len > k) insert(start + k, len - k);
+  };
+  if (hint >= 0) {  // continue the run before the target: the new pages merge into the same kernel mapping
+    auto it = by_start_.find(uint64_t(hint) + 1);
+    if (it != by_start_.end() && it->second >= n) {
+      take_from(it->first, it->second, n);
+      return out;
+    }
+  }
+  auto fit = by_len_.lower_bound({n, 0});  // smallest extent that holds all n: one run
+  if (fit != by_len_.end()) {
+    take_from(fit->second, fit->first, n);
+    return out;
+  }
+  while (out.size() < n) {  // no single extent is long enough: largest first, fewest runs
+    auto big = std::prev(by_len_.end());
+    uint64_t k = std::min<uint64_t>(big->first, n - out.size());
+    take_from(big->second, big->first, k);
+  }
+  return out;
+}
+
+inline void FreeList::give(std::vector<uint64_t> ids) {
+  std::sort(ids.begin(), ids.end());
+  size_t i = 0;
+  while (i < ids.size()) {
+    size_t j = i + 1;
+    while (j < ids.size() && ids[j] == ids[j - 1] + 1) ++j;
+    insert(ids[i], j - i);
+    i = j;
+  }
+}
 
 }  // namespace ws

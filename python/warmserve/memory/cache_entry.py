@@ -88,11 +88,13 @@ def flock_wait(fd: int, timeout_s: float, what: str, stop: threading.Event | Non
             time.sleep(POLL_S)
 
 
-def unlink_if_there(path: str) -> None:
+def unlink_if_there(path: str) -> bool:
+    """Unlink ``path``; whether this call removed it (False: it was gone already)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return False
+    return True
 
 
 #: Most bytes one read of ``fill_gaps`` takes before it looks at its stop event again.

@@ -22,8 +22,10 @@ Loads. ``cache.load(slot, sources)`` takes the same (path, file_offset, slot_byt
 
 Concurrency. A fill holds an exclusive flock on ``<entry>.lock`` until it is published or deleted; a second
 worker asking for the same checkpoint waits on that lock (``lock_timeout_s``) and then maps the published entry
-instead of reading the file. Eviction and the budget check run under one flock on ``<root>/.lock``. Lock files
-are never deleted (removing one while another worker is about to lock it would let two fill the same entry).
+instead of reading the file. A load takes the fill locks of its files in one order (by key) and holds them until
+it ends, so two loads of the same files never wait for each other in a cycle. Eviction and the budget check run
+under one flock on ``<root>/.lock``. Lock files are never deleted (removing one while another worker is about to
+lock it would let two fill the same entry).
 
 Eviction. Least recently used first (each use sets the entry's atime), until the entries and fills in progress
 fit ``capacity_bytes``, never an entry the same load reads. Evicting unlinks the entry; the memory is freed when
@@ -54,7 +56,7 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.memory.cache_entry import CacheEntry, flock_wait, unlink_if_there
 from warmserve.memory.cache_load import CachedLoadJob
 from warmserve.memory.loader import LoadJob
-from warmserve.memory.pool import MIN_LOAD_CHUNK_BYTES, _count
+from warmserve.memory.pool import MAX_COUNT, MAX_THREADS, MIN_LOAD_CHUNK_BYTES, _count
 
 log = logging.getLogger("warmserve.memory")
 
@@ -74,19 +76,34 @@ class HostCacheConfig:
     #: How long a worker waits for another worker's fill of the same checkpoint (seconds).
     lock_timeout_s: float = 600.0
 
+    def __post_init__(self):
+        # Checked here, not at the first load (found in review: threads=2.5 was accepted, and every load then failed
+        # with a bare TypeError from the C++ binding)
+        _whole("capacity_bytes", self.capacity_bytes, 1, MAX_COUNT, "the budget in bytes, e.g. 32 << 30")
+        _whole("threads", self.threads, 1, MAX_THREADS, "a whole number of loader threads, e.g. 4")
+        _whole("chunk_bytes", self.chunk_bytes, MIN_LOAD_CHUNK_BYTES, MAX_COUNT,
+               f"a whole number of bytes of at least the loader's minimum of {MIN_LOAD_CHUNK_BYTES} (default "
+               f"{32 << 20})")
+        t = self.lock_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:  # not >= 0: NaN too
+            raise InvalidArgumentError(f"HostCacheConfig.lock_timeout_s={t!r} ({type(t).__name__}) must be a "
+                                       "non-negative number of seconds. Fix: e.g. 600.0", lock_timeout_s=t)
+
+
+def _whole(name: str, value, lo: int, hi: int, fix: str) -> None:
+    """InvalidArgumentError unless ``value`` is an int (not a bool, not a float) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidArgumentError(f"HostCacheConfig.{name}={value!r} ({type(value).__name__}) must be a whole "
+                                   f"number in [{lo}, {hi}]. Fix: {fix}", **{name: value})
+
 
 class HostCheckpointCache:
     """Checkpoint files in shared host memory, loaded into slots by DMA (see the module docstring)."""
 
     def __init__(self, config: HostCacheConfig = HostCacheConfig()):
-        if config.capacity_bytes <= 0:
-            raise InvalidArgumentError(f"capacity_bytes must be positive, not {config.capacity_bytes}")
-        if config.threads <= 0:
-            raise InvalidArgumentError(f"threads must be positive, not {config.threads}")
-        if config.chunk_bytes < MIN_LOAD_CHUNK_BYTES:  # the loader refuses it at every load (found in review)
-            raise InvalidArgumentError(f"chunk_bytes {config.chunk_bytes} is below the loader's minimum of "
-                                       f"{MIN_LOAD_CHUNK_BYTES} bytes: use at least that (default {32 << 20})",
-                                       chunk_bytes=config.chunk_bytes)
+        if not isinstance(config, HostCacheConfig):
+            raise InvalidArgumentError(f"config must be a HostCacheConfig, not {type(config).__name__}. Fix: "
+                                       "HostCheckpointCache(HostCacheConfig(root=..., capacity_bytes=...))")
         self.config = config
         os.makedirs(config.root, exist_ok=True)
         self._mu = threading.Lock()
@@ -156,10 +173,17 @@ class HostCheckpointCache:
         os.makedirs(self.config.root, exist_ok=True)
         self._sweep()
         specs, fills, used, hits, gaps = [], [], [], [], []
+        # Every entry the load reads is off limits to the evictions of its own fills from the start, not only those
+        # acquired so far (found in review: a miss listed before a cached file evicted that file's entry, which the
+        # load then read straight from the file).
+        busy = set(by_key)
         try:
-            for key, p, st in order:
+            # Fill locks are taken in one global order, by key, and held until the load ends: two loads of the same
+            # files listed in opposite orders would otherwise each hold one and wait for the other's, until
+            # lock_timeout_s (found in review: CacheBusyError for both).
+            for key, p, st in sorted(order, key=lambda o: o[0]):
                 ranges = by_key[key]
-                entry, lock_fd = self._acquire(p, key, st.st_size, {e.key for e in used}, stop)
+                entry, lock_fd = self._acquire(p, key, st.st_size, busy, stop)
                 if entry is None:  # bypassed: straight from the file
                     specs += [(p, 0, None, fo, so, n) for fo, so, n in ranges]
                     continue
@@ -313,7 +337,7 @@ class HostCheckpointCache:
     def _acquire(self, path: str, key: str, size: int, busy: set[str],
                  stop: threading.Event | None = None) -> tuple[CacheEntry | None, int | None]:
         """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed.
-        busy: keys of the entries the same load reads already (not evicted to make room for this one)."""
+        busy: keys of every entry the same load reads (not evicted to make room for this one)."""
         root = self.config.root
         bin_path = os.path.join(root, key + ".bin")
         for _ in range(2):  # a hit can race with an eviction: look once more after it
@@ -378,11 +402,15 @@ class HostCheckpointCache:
         review: one load of a sharded checkpoint started every shard's fill and passed it)."""
         entries = self._scan()
         used = sum(size for _, size, _ in entries)
-        for name, size, _ in entries:
+        for name, size, _ in list(entries):
             if name == keep + ".fill":  # a dead worker's, as we hold its lock: the fill about to start truncates it
                 used -= size
-            elif name.endswith(".fill") and self._reclaim_orphan_fill(name):
-                used -= size
+            elif name.endswith(".fill") and not self._fill_live(name):
+                used -= size  # unlinked as a dead worker's, or ended since the scan (published or deleted)
+                late = self._published_since(name[: -len(".fill")] + ".bin", entries)
+                if late is not None:  # counted, and evictable, as the entry it has become (found in review: it
+                    entries.append(late)  # was taken for an orphan and never counted, and the budget was passed)
+                    used += late[1]
         for name, size, _ in entries:
             if name.startswith(path_hash + "-") and name.endswith(".bin") and not name.startswith(keep):
                 self._unlink_entry(name)
@@ -406,22 +434,36 @@ class HostCheckpointCache:
         unlink_if_there(os.path.join(self.config.root, name))
         self._let_go(name[: -len(".bin")])
 
-    def _reclaim_orphan_fill(self, fill_name: str) -> bool:
-        """Unlink a fill whose lock nobody holds (its worker died mid-fill: a live fill holds the lock until it is
-        published or deleted), which would otherwise count against the budget forever. Non-blocking, as the index
-        lock is held here and a fill takes its own lock before the index lock: waiting would invert that order."""
+    def _fill_live(self, fill_name: str) -> bool:
+        """Whether a fill the scan listed is still in progress (its worker holds its lock until it is published or
+        deleted). If nobody holds the lock, either its worker died mid-fill, and the fill, which would otherwise
+        count against the budget forever, is unlinked here (an orphan), or it ended after the scan and its file is
+        gone already (renamed onto its entry, or deleted), which is no orphan. Non-blocking, as the index lock is
+        held here and a fill takes its own lock before the index lock: waiting would invert that order. No fill can
+        start while the index lock is held, so a lock nobody holds is no fill about to start."""
         key = fill_name[: -len(".fill")]
         fd = os.open(os.path.join(self.config.root, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return False  # being filled
-            unlink_if_there(os.path.join(self.config.root, fill_name))
-            self._count(orphans=1)
-            return True
+                return True
+            if unlink_if_there(os.path.join(self.config.root, fill_name)):
+                self._count(orphans=1)
+            return False
         finally:
             os.close(fd)  # drops the flock
+
+    def _published_since(self, bin_name: str, entries: list[tuple[str, int, int]]) -> tuple[str, int, int] | None:
+        """(name, bytes, last use) of entry ``bin_name`` when it exists but the scan in ``entries`` missed it: a fill
+        published between the scan and now."""
+        if any(name == bin_name for name, _, _ in entries):
+            return None
+        try:
+            st = os.stat(os.path.join(self.config.root, bin_name))
+        except FileNotFoundError:
+            return None
+        return bin_name, st.st_size, st.st_atime_ns
 
     def _publish(self, entry: CacheEntry, lock_fd: int) -> None:
         """Rename the fill onto its entry; OSError only from the rename, before anything is done (found in review:

@@ -195,13 +195,11 @@ class Slot:
         import torch
 
         _count("byte_offset", byte_offset)
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        for d in shape:
-            _count("shape dimension", d)
+        shape = _shape("shape", shape)
         itemsize = dtype.itemsize
         if byte_offset % itemsize:
             raise InvalidArgumentError(f"byte_offset={byte_offset} is not a multiple of the {dtype} item size {itemsize}")
-        nbytes = math.prod(shape) * itemsize
+        nbytes = _view_bytes("the view", shape, itemsize)
         raw = torch.from_dlpack(self._slot.dlpack(byte_offset, nbytes, bool(pinned)))
         return raw.view(dtype).view(shape)
 
@@ -216,11 +214,11 @@ class Slot:
         spans = []
         for name, (byte_offset, shape, dtype) in layout.items():
             _count(f"{name} byte_offset", byte_offset)
-            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            shape = _shape(f"{name} shape", shape)
             itemsize = dtype.itemsize
             if byte_offset % itemsize:
                 raise InvalidArgumentError(f"{name}: byte_offset={byte_offset} is not a multiple of its item size {itemsize}")
-            spans.append((name, byte_offset, shape, dtype, math.prod(shape) * itemsize))
+            spans.append((name, byte_offset, shape, dtype, _view_bytes(name, shape, itemsize)))
         # The span starts on a multiple of every item size in the layout (item sizes are powers of two; rounding
         # down stays on the page of the first tensor, so no other page is pinned): each tensor's offset inside it
         # is then a whole number of its items. A span starting on an odd byte could not be viewed as wider items
@@ -279,7 +277,8 @@ class Slot:
 
     def close(self, force: bool = False) -> None:
         """Cancel this slot's running loads (C++ waits for their rollback) and unmap everything (pages back to the
-        pool). ViewsAliveError while pinned views are alive unless force (stale views then fault on access).
+        pool). ViewsAliveError while pinned views are alive unless force (stale views then fault on access); a close
+        refused so changes nothing, its loads go on.
         The one operation a slot that raised SlotUnusableError still accepts. Idempotent. On a thread capturing a
         CUDA graph it raises InvalidArgumentError and changes nothing, as unmap does there."""
         self._slot.close(force=bool(force))
@@ -294,6 +293,32 @@ class Slot:
         if self.closed:
             return f"Slot({self.tag!r}, closed)"
         return f"Slot({self.tag!r}, {self.mapped_pages}/{self.reserved_pages} pages mapped)"
+
+
+def _shape(name: str, shape) -> tuple[int, ...]:
+    """A view's shape as a tuple of dimensions, each a non-negative int (found in review: tensors() checked none, and
+    a negative or float dimension came back untyped from pybind or torch)."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise InvalidArgumentError(f"{name} {shape!r} must be an int or a sequence of ints. Fix: e.g. (4096, 11008)",
+                                   shape=shape) from None
+    for i, d in enumerate(shape):
+        _count(f"{name} dimension {i}", d)
+    return shape
+
+
+def _view_bytes(name: str, shape: tuple[int, ...], itemsize: int) -> int:
+    """The bytes a view of `shape` covers; InvalidArgumentError past MAX_COUNT (found in review: a bare TypeError
+    from pybind, which takes the byte count as a uint64)."""
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > MAX_COUNT:
+        raise InvalidArgumentError(f"{name}: shape {shape} of {itemsize}-byte items covers {nbytes} bytes, past the "
+                                   f"largest view ({MAX_COUNT} bytes). Fix: a shape within the slot's reserved bytes",
+                                   shape=shape, nbytes=nbytes)
+    return nbytes
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
