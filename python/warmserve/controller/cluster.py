@@ -496,8 +496,8 @@ def _shutdown(gate: LoopGate, controller) -> None:
     closer = threading.Thread(target=_close_and_stop, args=(gate, controller), name="warmserve-close")
     try:
         closer.start()
-    except RuntimeError:  # the interpreter is ending (no new threads): the workers exit with their parent
-        pass
+    except RuntimeError:  # the interpreter is ending (no new threads): the workers exit with their parent, and a
+        gate.stopped.set()  # later close() from another thread must not wait for a close that never runs
 
 
 def _close_and_stop(gate: LoopGate, controller) -> None:

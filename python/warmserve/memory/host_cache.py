@@ -85,7 +85,8 @@ class HostCacheConfig:
                f"a whole number of bytes of at least the loader's minimum of {MIN_LOAD_CHUNK_BYTES} (default "
                f"{32 << 20})")
         t = self.lock_timeout_s
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:  # not >= 0: NaN too
+        # not >= 0: NaN too; an int past float's range failed at the first load, in flock_wait's arithmetic
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or (isinstance(t, int) and t > 1e300):
             raise InvalidArgumentError(f"HostCacheConfig.lock_timeout_s={t!r} ({type(t).__name__}) must be a "
                                        "non-negative number of seconds. Fix: e.g. 600.0", lock_timeout_s=t)
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig
+from warmserve.sim.profile_check import finite_number as _finite
 
 
-def _finite(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _whole(v) -> bool:

@@ -19,9 +19,16 @@ from warmserve.errors import InvalidArgumentError
 FIX = "correct it in the profile (`warmserve calibrate --out` writes a valid one)"
 
 
-def _number(v) -> bool:
-    # bool is an int to Python, never a size or a time here
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def finite_number(v) -> bool:
+    """A real number, not a bool (an int to Python, never a size or a time here), that a float holds: an int
+    past float's range raised a bare OverflowError in math.isfinite (found in review)."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
 
 
 #: (test of a finite number, what it must be): the ranges of the profile's values
@@ -51,7 +58,7 @@ TABLE_KEYS = {"prefill_table": "prompt tokens", "decode_table": "running sequenc
 def check_value(where: str, value, rule: tuple, fix: str = FIX):
     """``value`` if it is a finite number (not a bool) that passes ``rule``; else the error naming ``where``."""
     test, want = rule
-    if not (_number(value) and test(value)):
+    if not (finite_number(value) and test(value)):
         raise InvalidArgumentError(f"{where} is {value!r}: it must be {want}; {fix}", key=where, value=value)
     return value
 
@@ -100,7 +107,7 @@ def table(where: str, points, x_is: str) -> tuple:
         raise InvalidArgumentError(f"{where} is {points!r}: it must be {want}; {FIX}", key=where, value=points)
     out = []
     for i, p in enumerate(points):
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(_number(v) and v >= 0 for v in p)):
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(finite_number(v) and v >= 0 for v in p)):
             raise InvalidArgumentError(f"{where}[{i}] is {p!r}: each point must be [{x_is}, seconds], two finite "
                                        f"numbers >= 0; {FIX}", key=where, value=p)
         if out and p[0] < out[-1][0]:

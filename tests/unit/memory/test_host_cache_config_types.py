@@ -14,6 +14,7 @@ from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
     ("chunk_bytes", float(1 << 20)), ("chunk_bytes", "1048576"), ("chunk_bytes", 1023), ("chunk_bytes", 1 << 64),
     ("capacity_bytes", 1.5 * (1 << 30)), ("capacity_bytes", 0), ("capacity_bytes", -1), ("capacity_bytes", None),
     ("lock_timeout_s", "600"), ("lock_timeout_s", -1.0), ("lock_timeout_s", float("nan")),
+    pytest.param("lock_timeout_s", 10**400, id="lock_timeout_s-10**400"),
 ])
 def test_a_bad_number_is_refused_when_the_config_is_made(tmp_path, field, value):
     with pytest.raises(InvalidArgumentError, match=field) as ei:

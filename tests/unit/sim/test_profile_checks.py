@@ -25,6 +25,7 @@ def _load(**sections):
     ({"gpu": {"hbm_achievable_fraction": "0.5"}}, "gpu.hbm_achievable_fraction"),
     ({"gpu": {"name": 7}}, "gpu.name"),
     ({"gpu": {"memory_bytes": True}}, "gpu.memory_bytes"),
+    ({"gpu": {"memory_bytes": 10**400}}, "gpu.memory_bytes"),  # past float's range: a bare OverflowError before
     ({"engine_limits": {"max_running_seqs": 2.5}}, "engine_limits.max_running_seqs"),
     ({"engine_limits": {"max_batched_tokens": "8192"}}, "engine_limits.max_batched_tokens"),
     ({"activation_s": "abc"}, "activation_s"),
