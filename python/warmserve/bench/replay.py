@@ -44,6 +44,7 @@ from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check
                                           parse_prewarm_metrics, plan_live_history, policy_options, replay_marked,
                                           split_outcomes, starts_after, trace_requests, warmup_span_s,
                                           with_idle_lead)
+from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.inputs import warmup_trace
 from warmserve.sim.metrics import fold_warmup_starts, pct
@@ -333,6 +334,23 @@ def twin_config(cpu_workers: int, window_s: float, drain_s: float, policy_config
                      policy_config=pcfg)
 
 
+def check_twin_batches(policies: list[str], options: dict) -> None:
+    """Before any live run: the twin's engine takes every running sequence into each step, so it refuses a step
+    budget below the batch (as vLLM does), which the live engine runs by decoding part of its batch per step; an
+    instance_capacity past the budget would fail the twin after the live runs (found in review)."""
+    from warmserve.protocol import EngineConfig
+
+    for p in policies:
+        cap = policy_config_from_dict(options.get(p) or {}, PolicyConfig(), where="--policy-option").instance_capacity
+        engine = EngineConfig().resolved(cap)
+        if engine.max_num_seqs > engine.max_batch_tokens:
+            raise InvalidArgumentError(
+                f"--policy-option instance_capacity={cap} for {p}: the live engines would run {engine.max_num_seqs} "
+                f"sequences in steps of {engine.max_batch_tokens} tokens, a batch the simulated twin cannot model "
+                f"(it takes every running sequence into each step). Fix: instance_capacity <= "
+                f"{engine.max_batch_tokens}", policy=p, instance_capacity=cap)
+
+
 def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None) -> tuple:
     """The twin of ``run_live``: the same workload, idle lead, warm-up, history, window and policy options."""
     from warmserve.sim.runner import resolve
@@ -421,6 +439,8 @@ def _main(args) -> int:
                   file=sys.stderr)
             return 2
     options = policy_options(args, policies)
+    if not args.endpoint:
+        check_twin_batches(policies, options)
     if args.endpoint and not args.reuse_live:
         check_endpoint(args.endpoint, args.api_key or os.environ.get("OPENAI_API_KEY", ""))
     w, served = build_workload(args)

@@ -213,3 +213,18 @@ def test_results_of_earlier_policies_are_written_before_a_later_one_fails(tmp_pa
     assert list(doc["policies"]) == ["first"] and doc["policies"]["first"]["requests"] == n
     assert doc["policies"]["first"]["outcomes"]["ok"] == n and len(doc["ttft_s"]["first"]) == n
     assert np.isfinite(doc["policies"]["first"]["ttft_p99_s"])
+
+
+def test_an_instance_capacity_the_twin_cannot_model_is_refused_before_any_live_run(monkeypatch):
+    """Found in review: past the live engine's 2048-token steps the engines run a batch the simulated twin refuses
+    (it takes every running sequence into each step); the refusal came after the live runs."""
+
+    def started(*a, **k):
+        raise AssertionError("a live cluster started")
+
+    monkeypatch.setattr(R, "LiveCluster", started)
+    b = _args(*WORKLOAD, "--policy", "warmserve,autoscale", "--quiet",
+              "--policy-option", "autoscale:instance_capacity=4096")
+    with pytest.raises(InvalidArgumentError, match="instance_capacity=4096 for autoscale.*instance_capacity <= 2048"):
+        R.main(b)
+    R.check_twin_batches(["warmserve"], {"warmserve": {"instance_capacity": "2048"}})  # the budget itself: fine
