@@ -169,7 +169,12 @@ def read_history(path: str) -> dict:
         raise InvalidArgumentError(f"history file {path!r} does not exist (a CSV model,window_start_s,avg,peak or "
                                    "its JSON form)", path=path)
     rows: dict[str, list[tuple[float, float, float]]] = {}
-    if path.endswith(".json"):
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"\x1f\x8b":  # found in review: a gzip file failed as a bare UnicodeDecodeError naming no file
+        raise InvalidArgumentError(f"history file {path!r} is gzip-compressed: decompress it (gunzip); the history "
+                                   "is a CSV model,window_start_s,avg,peak or its JSON form", path=path)
+    if path.lower().endswith(".json"):
         shape = ('{model: {"window_start_s": [...], "avg": [...], "peak": [...]}}, lists of numbers of one length '
                  'per model')
         try:
@@ -192,15 +197,31 @@ def read_history(path: str) -> dict:
                 raise ValueError(f"history {path}: model {model!r} has arrays of different lengths or shapes; it "
                                  f"must be {shape}")
             out[model] = tuple(cols)
+        if not out:
+            raise ValueError(f"history {path} names no model: it must be {shape}; leave the history out to start "
+                             "without one")
     else:
-        with open(path, newline="") as f:
-            for i, r in enumerate(csv.DictReader(f)):
-                try:
-                    start = float(r.get("window_start_s") or r["start_s"])
-                    rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
-                except (KeyError, ValueError) as e:
-                    raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak ({e})") \
-                        from None
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which read as part of the first column's
+        # name ("model" not found, found in review); header names are stripped, as "model, avg" is written too
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames:
+                    reader.fieldnames = [n.strip() for n in reader.fieldnames]
+                for i, r in enumerate(reader):
+                    try:
+                        start = float(r.get("window_start_s") or r["start_s"])
+                        rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
+                    except (KeyError, ValueError, TypeError) as e:  # TypeError: a short row's missing cells
+                        raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak (an "
+                                         f"empty or missing cell: write nan where a load is unknown) ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"history {path} is not UTF-8 text ({e}): it must be a CSV model,window_start_s,avg,"
+                             "peak or its JSON form") from None
+        if not rows:  # found in review: an empty or header-only file (or JSON named .JSON) ran with no history
+            raise ValueError(f"history {path} has no rows: it must be a CSV with the header "
+                             "model,window_start_s,avg,peak and one row per model and window, or its JSON form "
+                             "(a .json file); leave the history out to start without one")
         out = {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
     return {model: _checked_history(path, model, *cols, time.time()) for model, cols in out.items()}
 
@@ -219,13 +240,14 @@ def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float
     clock in 1970."""
     import numpy as np
 
-    from warmserve.policy.history import impossible_loads
+    from warmserve.policy.history import MAX_HISTORY_LOAD, impossible_loads
 
     bad = impossible_loads(avg, peak)
     if bad.any():
         k = int(np.argmax(bad))
-        raise ValueError(f"history {path}: model {model!r} has {int(bad.sum())} window(s) with an infinite or "
-                         f"negative load, e.g. avg {avg[k]}, peak {peak[k]} at window_start_s {starts[k]:.0f}: "
+        raise ValueError(f"history {path}: model {model!r} has {int(bad.sum())} window(s) with an infinite, "
+                         f"negative or implausible (> {MAX_HISTORY_LOAD:g}) load, e.g. avg {avg[k]}, peak {peak[k]} "
+                         f"at window_start_s {starts[k]:.0f}: "
                          "avg and peak are in-flight requests (>= 0; NaN where unknown)")
     if not len(starts):
         return starts, avg, peak

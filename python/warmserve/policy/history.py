@@ -12,9 +12,17 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.policy.concurrency import WindowMeter
 
 
+#: Most requests in flight for one model that a load history may state. The policy plans one candidate per
+#: B requests (planner.replica_counts): 1e8 in a file written in the wrong unit took 17 s and 1.6 GB per tick, and
+#: 1.7e308 overflowed the forecast to inf (found in review). A million in flight is past any cluster's engines.
+MAX_HISTORY_LOAD = 1e6
+
+
 def impossible_loads(avg: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """Per window, whether its load is no load at all: infinite or negative (NaN is a window with no data)."""
-    return np.isinf(avg) | np.isinf(peak) | (avg < 0) | (peak < 0)
+    """Per window, whether its load is no load at all: infinite, negative or past MAX_HISTORY_LOAD (NaN is a
+    window with no data)."""
+    return ~(np.isnan(avg) | ((avg >= 0) & (avg <= MAX_HISTORY_LOAD))) \
+        | ~(np.isnan(peak) | ((peak >= 0) & (peak <= MAX_HISTORY_LOAD)))
 
 
 class History:
@@ -69,8 +77,8 @@ class History:
             k = int(np.argmax(bad))
             raise InvalidArgumentError(
                 f"history of {model!r}: {int(bad.sum())} window(s) with a start that is not a number or an avg or "
-                f"peak that is infinite or negative, e.g. window_start_s {starts[k]}, avg {avg[k]}, peak "
-                f"{peak[k]}: loads are in-flight requests (>= 0; NaN where unknown)",
+                f"peak that is infinite, negative or past {MAX_HISTORY_LOAD:g}, e.g. window_start_s {starts[k]}, "
+                f"avg {avg[k]}, peak {peak[k]}: loads are in-flight requests (>= 0; NaN where unknown)",
                 model=model, bad_windows=int(bad.sum()))
         idx = np.floor(starts / self.window_s + 1e-9).astype(np.int64)
         if idx.min() < 0:

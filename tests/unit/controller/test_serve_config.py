@@ -74,8 +74,8 @@ def test_a_malformed_json_history_is_one_error_naming_the_file_and_its_shape(tmp
 
 
 @pytest.mark.parametrize("rows, says", [
-    (f"a,{T0},inf,3", "infinite or negative load"),  # forecast inf for its slot: every tick there crashed, daily
-    (f"a,{T0},1,-2", "infinite or negative load"),
+    (f"a,{T0},inf,3", "infinite, negative or implausible"),  # forecast inf for its slot: every tick there crashed, daily
+    (f"a,{T0},1,-2", "infinite, negative or implausible"),
     (f"a,{T0 * 1000},1,3", "Unix times in seconds"),  # milliseconds: the history was sized for 190,000 years
     (f"a,{T0 + 3 * 86400},1,3", "Unix times in seconds"),  # days ahead
 ], ids=["inf", "negative", "milliseconds", "future"])
@@ -113,7 +113,7 @@ def test_the_policy_refuses_an_infinite_or_negative_history_too():
 
     models = [ModelInfo("a", 1 << 30, 1, 1 << 19)]
     for bad in (np.inf, -1.0):
-        with pytest.raises(InvalidArgumentError, match="infinite or negative"):
+        with pytest.raises(InvalidArgumentError, match="infinite, negative or past"):
             make_policy("warmserve", models=models, history={"a": ([0.0, 300.0], [1.0, bad], [2.0, 2.0])})
 
 
