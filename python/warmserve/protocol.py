@@ -177,6 +177,16 @@ class Heartbeat(_Msg):
     in_flight: int = 0
 
 
+class Rejoin(_Msg):
+    """Controller -> a connected worker it does not know: it declared the worker lost (silent past its
+    ``worker_timeout_s``: the worker or its host stalled for a moment) and started its requests over elsewhere, yet
+    hears it again. The worker aborts what it ran for the controller, unanswered, and says ``Hello`` at once, to be
+    admitted again; never answered otherwise. Always these same bytes (no field set), so the worker's link thread
+    knows it without decoding every message."""
+
+    id: int = 0
+
+
 class Shutdown(_Msg):
     """Abort everything, free the pool, answer ``Ok`` and exit."""
 
@@ -438,7 +448,7 @@ class Hello(_Msg):
 
 
 Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, Dedicate, GetStats, Heartbeat,
-                Shutdown, HostGroupStore, JoinGroup, LeaveGroup]
+                Rejoin, Shutdown, HostGroupStore, JoinGroup, LeaveGroup]
 Reply = Union[
     Ok, Error, PrewarmProgress, Prewarmed, Evicted, Activated, Deactivated, Tokens, KvTargetSet, Stats, Heartbeat, Hello,
     GroupStoreHosted, GroupJoined,

@@ -136,7 +136,9 @@ class Controller(WorkerRestarts):
     async def start(self) -> str:
         """Bind the workers' socket and start the loops; returns the endpoint workers connect to."""
         self.worker_event = asyncio.Event()
+        # Not a local worker being restarted or replaced: its process is being stopped, and its successor says Hello.
         self.hub = WorkerHub(self.cc.bind, on_hello=self._on_hello, on_event=self._on_event, on_lost=self._on_lost,
+                             may_rejoin=lambda ident: ident not in self.restarting and ident not in self.replacing,
                              curve_dir=self.cc.curve_dir, insecure=self.cc.insecure)
         loop = asyncio.get_running_loop()
         #: The heartbeat and policy loops; ``_tasks``: those and the receiver.
@@ -544,7 +546,7 @@ class Controller(WorkerRestarts):
             await asyncio.sleep(self.cc.heartbeat_interval_s)
             # Workers push their Stats (pages, KV blocks) with every heartbeat of theirs; nothing to poll.
             try:
-                self.hub.beat(time.monotonic(), self.cc.worker_timeout_s)
+                self.hub.beat(time.monotonic(), self.cc.worker_timeout_s, self.cc.heartbeat_interval_s)
             except Exception:
                 # A loss's handling reaches the policy (route_all): found in review, one bug there ended the
                 # heartbeats for good, and with them the detection of every later loss. Logged with its trace.

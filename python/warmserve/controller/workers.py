@@ -3,7 +3,8 @@ replies matched by id, heartbeats both ways, and local worker processes.
 
 A worker connects a DEALER with its worker id as routing id and says ``Hello`` until the controller answers; the
 controller answers with a ``Heartbeat`` and from then on any message counts as alive. ROUTER_MANDATORY makes a
-send to a worker that is gone fail at once instead of vanishing.
+send to a worker that is gone fail at once instead of vanishing. A worker declared lost that speaks again without a
+Hello (it or its host stalled for a moment) is answered ``Rejoin``, on which it says Hello and is admitted again.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class WorkerRecord:
         return f"worker {self.worker_id} ({self.device})"
 
 
+#: Seconds between two ``Rejoin`` to one routing id: a worker that streamed many messages before it heard the
+#: first sends on until then, and each would be answered.
+REJOIN_EVERY_S = 1.0
+_REJOIN = P.encode(P.Rejoin())
+
 #: The worker ids warmserve makes: HOST-PID-DEVICE (`warmserve worker` with no --worker-id), HOST-PIDwN-DEVICE
 #: (`warmserve serve`'s local workers) and HOST-rPID-DEVICE (Ray's). The device part is one of ours (cpu, cuda0,
 #: gpu1), and the middle part digits, so an operator's own id such as gpu-node-1 or rack-a-w0 is not read as one.
@@ -95,9 +101,12 @@ def hello_of(w: WorkerRecord) -> P.Hello:
 
 class WorkerHub:
     """The ROUTER socket and everything that travels over it. Callbacks into the controller:
-    ``on_hello(ident, hello)``, ``on_event(worker, msg)`` for stream events, ``on_lost(worker, why)``."""
+    ``on_hello(ident, hello)``, ``on_event(worker, msg)`` for stream events, ``on_lost(worker, why)``, and
+    ``may_rejoin(ident)``: whether a process speaking under that routing id, which has no live worker, may be told
+    to say Hello (not one whose process is being stopped for a restart or a replacement)."""
 
-    def __init__(self, bind: str, *, on_hello, on_event, on_lost, curve_dir: str = "", insecure: bool = False):
+    def __init__(self, bind: str, *, on_hello, on_event, on_lost, may_rejoin=lambda ident: True, curve_dir: str = "",
+                 insecure: bool = False):
         """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker)."""
         # Before any socket exists: a refused bind leaves nothing to close.
         require_authenticated_bind(
@@ -137,7 +146,11 @@ class WorkerHub:
             _close_sock(self.sock, self.ctx)
             raise
         self.workers: dict[bytes, WorkerRecord] = {}
-        self.on_hello, self.on_event, self.on_lost = on_hello, on_event, on_lost
+        self.on_hello, self.on_event, self.on_lost, self.may_rejoin = on_hello, on_event, on_lost, may_rejoin
+        #: Routing id -> when it was last told ``Rejoin`` (monotonic s), until it says Hello.
+        self._told_rejoin: dict[bytes, float] = {}
+        #: When the last heartbeat round ran (monotonic s; ``beat``).
+        self._beat_s: float | None = None
         self._next_id = 1
         self._fd = self.sock.getsockopt(zmq.FD)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -255,6 +268,7 @@ class WorkerHub:
             return
         w = self.workers.get(ident)
         if isinstance(msg, P.Hello):
+            self._told_rejoin.pop(ident, None)
             if w is not None and w.alive and msg.pid != w.pid:
                 # Same id, new process (a restart took the routing id over): the old one's state is gone.
                 self.lose(w, f"restarted as process {msg.pid}")
@@ -276,12 +290,30 @@ class WorkerHub:
                 w.last_seen_s = time.monotonic()
             return
         if w is None or not w.alive:
-            return  # a lost worker talking again must say Hello to start over
+            self._tell_rejoin(ident)
+            return
         w.last_seen_s = time.monotonic()
         try:
             self._dispatch(w, msg)
         except Exception:  # one bad event must not stop the receive loop
             log.exception("handling %s from %r", type(msg).__name__, w)
+
+    def _tell_rejoin(self, ident: bytes) -> None:
+        """Ask a process that speaks under ``ident``, for which no worker is alive here, to say Hello: what it says
+        else is dropped, since what it ran here was lost with it (its requests started over elsewhere). Found in
+        review: a remote worker stopped for 3 s (SIGSTOP, a host stall), past worker_timeout_s, was declared lost
+        and then shut out until its own --peer-timeout-s (30 s) ran out, since it only says Hello once it has heard
+        nothing for that long: its only worker gone, every request failed with 503 meanwhile. Also a worker that did
+        not notice its controller restart (its connection re-made between two of its sends): it said no Hello."""
+        now = time.monotonic()
+        if now - self._told_rejoin.get(ident, -REJOIN_EVERY_S) < REJOIN_EVERY_S or not self.may_rejoin(ident):
+            return
+        try:
+            self.sock.send_multipart([ident, _REJOIN], zmq.NOBLOCK)
+        except zmq.ZMQError:  # gone again, or not connected yet: it is told when it speaks next
+            return
+        self._told_rejoin[ident] = now
+        log.info("%r speaks with no live worker under its routing id: told to say Hello again", ident)
 
     def _dispatch(self, w: WorkerRecord, msg) -> None:
         if isinstance(msg, P.Heartbeat):
@@ -349,11 +381,20 @@ class WorkerHub:
         if self.workers.get(w.ident) is w:
             del self.workers[w.ident]
 
-    def beat(self, now_s: float, timeout_s: float) -> None:
-        """Send a heartbeat to every live worker and declare lost those silent or whose process exited."""
+    def beat(self, now_s: float, timeout_s: float, interval_s: float) -> None:
+        """Send a heartbeat to every live worker and declare lost those silent for ``timeout_s`` or whose process
+        exited. ``interval_s``: the time between two rounds. A round that comes later than that shows the controller
+        itself stalled (the process stopped, its host or its event loop held up), reading nothing meanwhile: that
+        time is nobody's silence, so each worker's silence goes on from where it stood when the stall began. Found
+        in review: a controller stopped for 3.5 s (SIGSTOP) declared every healthy worker lost at the first round
+        after, before it had read what they sent meanwhile, and had the local ones killed and started again."""
+        stalled_s = 0.0 if self._beat_s is None else max(0.0, now_s - self._beat_s - interval_s)
+        self._beat_s = now_s
+        self._told_rejoin = {i: t for i, t in self._told_rejoin.items() if now_s - t < REJOIN_EVERY_S}
         for w in list(self.workers.values()):
             if not w.alive:
                 continue
+            w.last_seen_s = min(now_s, w.last_seen_s + stalled_s)
             if w.proc is not None and w.proc.poll() is not None:
                 self.lose(w, f"process {w.pid} exited with status {w.proc.returncode}")
                 continue

@@ -53,6 +53,11 @@ peer that is gone, and the first message from it after is the first moment it ca
   has admitted as the loss of everything it had there (controller/workers.py). A Hello rather than an error per
   request: messages in flight both ways were lost with the connection too, which only starting over settles.
 
+A controller that declared this worker lost (silent past its timeout: the worker or its host stalled for a moment)
+answers what the worker says next with ``Rejoin``: the link aborts the generations it ran for the controller (it
+started them over elsewhere), unanswered, and says Hello at once, as above; otherwise the worker would be shut out
+until ``peer_timeout_s`` of silence from the controller (found in review: 30 s of 503s for a worker paused for 3 s).
+
 A connection can also be re-made with no send failing here (a client's new connection takes its routing id over
 before this side saw the old one go): what the old one carried is lost and nobody is told. Each generation's
 ``Tokens`` are numbered as they are sent (``protocol.TokensNumbering``), so the reader sees the gap in the stream
@@ -83,6 +88,8 @@ _CONTROLLER = b"controller"
 # Pipe frames. Link -> engine: [_MSG, peer, *payload] and [_GONE, peer, why]. Engine -> link: [_SEND, peer, data]
 # and [_STOP] (after which the link flushes, closes its sockets and ends).
 _MSG, _GONE, _SEND, _STOP = b"m", b"g", b"s", b"q"
+#: What a controller that lost this worker says to it (``protocol.Rejoin``: always these bytes).
+_REJOIN = P.encode(P.Rejoin())
 #: How to turn authentication on for a bound worker (the fix named by InsecureBindError).
 BIND_FIX = ("pass --curve-secret-key (this worker's certificate) and --curve-clients-dir (the public certificates "
             "of the clients allowed)")
@@ -232,6 +239,8 @@ class WorkerServer:
                     self._beat()
                 except Exception:  # as for tick: a failed Stats must not end the worker (found in review)
                     log.exception("worker heartbeat failed")
+        # A worker on its way out is no worker to admit again.
+        self._link.stopping = True
         # Abort what is left (SIGTERM) while the link can still tell the peers, then stop the link.
         self.core.close()
         self.close()
@@ -331,6 +340,8 @@ class _Link:
         #: Written by the engine loop: when it last started a turn (monotonic s), and its generations in flight.
         self.engine_turn_s = time.monotonic()
         self.in_flight = 0
+        #: Written by the engine loop once it has left its loop (the worker is stopping).
+        self.stopping = False
         self._controller_unreachable = False
         #: Connected: the controller was given up on (its generations aborted) and has not had a Hello since.
         self._owe_hello = False
@@ -387,6 +398,11 @@ class _Link:
                 peer, payload = frames[0], frames[1:]
             else:
                 peer, payload = _CONTROLLER, frames
+                if payload == [_REJOIN]:
+                    self._rejoin()
+                    if not self._flush():
+                        return
+                    continue
                 self.controller_heard = True
                 if self._owe_hello:  # now, not at the next beat: see the module's docstring
                     self._say_hello()
@@ -415,6 +431,17 @@ class _Link:
             # Connected, the engine loop's Stats pushes are the heartbeats while it turns; a long step needs ours.
             if self.routed or now - self.engine_turn_s > self.heartbeat_interval_s:
                 self._send_out(peer, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
+
+    def _rejoin(self) -> None:
+        """The controller lost this worker: give it up as after a failed send (its generations aborted, Hello owed)
+        and say Hello now. Only the first ``Rejoin`` counts: those after it were sent before the Hello reached the
+        controller, and until it answers the link says Hello each beat anyway."""
+        if not self.controller_heard or self.stopping:
+            return
+        log.warning("the controller at %s declared this worker lost (it was silent too long): saying Hello again",
+                    self.endpoint)
+        self._gone(_CONTROLLER, "was told this worker was lost")
+        self._say_hello()
 
     def _say_hello(self) -> None:
         if self._send_out(_CONTROLLER, P.encode(self.hello)):
