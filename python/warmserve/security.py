@@ -42,10 +42,13 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
-def require_authenticated_bind(endpoint: str, *, authenticated: bool, insecure: bool, who: str, fix: str) -> None:
+def require_authenticated_bind(endpoint: str, *, authenticated: bool, insecure: bool, who: str, fix: str,
+                               loopback: str = "bind a loopback address (tcp://127.0.0.1:PORT)",
+                               trust: str = "pass --insecure") -> None:
     """Refuse to bind ``endpoint`` for ``who`` when it is reachable from other hosts and peers are not
     authenticated (``authenticated``: CURVE keys given), unless ``insecure``; then warn. ``fix`` says which
-    options turn authentication on."""
+    options turn authentication on, ``loopback`` and ``trust`` how to bind locally or go without it, in the
+    caller's terms (a command line's flags, or the Python API's arguments)."""
     if authenticated or is_loopback(endpoint):
         return
     if insecure:
@@ -54,8 +57,8 @@ def require_authenticated_bind(endpoint: str, *, authenticated: bool, insecure: 
         return
     raise InsecureBindError(
         f"{who} would listen on {endpoint}, reachable from other hosts, with no authentication: anyone who can "
-        f"connect could send it orders. To authenticate peers, {fix}; or bind a loopback address (tcp://127.0.0.1:PORT); or pass "
-        f"--insecure on a network you trust",
+        f"connect could send it orders. To authenticate peers, {fix}; or {loopback}; or {trust} on a network you "
+        f"trust",
         endpoint=endpoint,
     )
 

@@ -468,18 +468,17 @@ def _check_paths(log_dir, ray_address) -> None:
 
 
 def _check_bind(cc: ControllerConfig) -> None:
-    """The worker socket's bind rule (security.require_authenticated_bind) with the fix named in this API's terms:
-    that function's names the command line's flags (found in review: --curve-dir, --insecure)."""
-    from warmserve.security import InsecureBindError, is_loopback
+    """The worker socket's bind rule, before anything starts, with the fix named in this API's terms (found in
+    review: the hub's names the command line's --curve-dir and --insecure). ``insecure`` is left to the hub, which
+    warns of it."""
+    from warmserve.security import require_authenticated_bind
 
-    if cc.curve_dir or cc.insecure or is_loopback(cc.bind):
-        return
-    raise InsecureBindError(
-        f"the controller's worker socket would listen on bind={cc.bind!r}, reachable from other hosts, with no "
-        f"authentication: anyone who can connect could join as a worker. Pass curve_dir=DIR (holding "
-        f"server.key_secret, and the workers' public keys in DIR/workers) to authenticate them; or bind a loopback "
-        f"address (bind='tcp://127.0.0.1:0'); or pass insecure=True on a network you trust", endpoint=cc.bind,
-        param="bind")
+    if not cc.insecure:
+        require_authenticated_bind(
+            cc.bind, authenticated=bool(cc.curve_dir), insecure=False,
+            who=f"the controller's worker socket (bind={cc.bind!r})",
+            fix="pass curve_dir=DIR (holding server.key_secret, and the workers' public keys in DIR/workers)",
+            loopback="bind a loopback address (bind='tcp://127.0.0.1:0')", trust="pass insecure=True")
 
 
 def _shutdown(gate: LoopGate, controller) -> None:

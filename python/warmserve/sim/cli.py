@@ -559,6 +559,6 @@ def note_shadowed_options(options, policies: list[str]) -> None:
                 print(f"warmserve simulate: --policy-option {key} does not reach {name}: {why}", file=sys.stderr)
         fixed = POLICIES[name].overrides if name in POLICIES else {}
         for key, value in fixed.items():
-            if getattr(given, key) != value and any(o.split("=", 1)[0].strip() == key for o in options):
+            if getattr(given, key) != value and key in keys:
                 print(f"warmserve simulate: --policy-option {key}={getattr(given, key)} does not reach {name}, "
                       f"which fixes {key}={value}", file=sys.stderr)
