@@ -8,12 +8,12 @@ import operator
 from warmserve.errors import InvalidArgumentError
 
 
-def check_counts(**values: tuple) -> None:
-    """Each keyword: (value, least allowed): a whole number (not a bool) at least that; ``target_free_blocks``
-    may be None (found in review: max_batch_tokens=1.5 failed at the first step as a bare TypeError,
+def check_counts(nullable: frozenset = frozenset(), **values: tuple) -> None:
+    """Each keyword: (value, least allowed): a whole number (not a bool) at least that, or None for the names in
+    ``nullable`` (found in review: max_batch_tokens=1.5 failed at the first step as a bare TypeError,
     target_free_blocks=-1 and map_blocks_per_step=0 were taken, the latter never mapping a block ahead)."""
     for name, (v, least) in values.items():
-        if v is None and name == "target_free_blocks":
+        if v is None and name in nullable:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise InvalidArgumentError(f"{name} must be a whole number >= {least}, got {v!r}", param=name)
