@@ -286,16 +286,22 @@ class Api:
         await resp.prepare(request)
         decode = model.tokenizer.decode
         token_bytes = _token_bytes(model)
+        with_usage = req.stream_options is not None and req.stream_options.include_usage
+
+        def sse(body: dict) -> bytes:
+            """A chunk event; with include_usage, every chunk but the last carries "usage": null (OpenAI's
+            contract; found in review: the key was missing)."""
+            return oa.sse({**body, "usage": None} if with_usage else body)
 
         def chunk(i: int, delta: str, finish, taken):
             entries, starts = taken if want_logprobs else (None, None)
             if kind == "completion":
                 lp = oa.completion_logprobs(entries, decode, [len(prefix) + o for o in starts]) \
                     if want_logprobs else None
-                return oa.sse(oa.completion_chunk(rid, model.name, created, delta, finish, index=i, logprobs=lp))
+                return sse(oa.completion_chunk(rid, model.name, created, delta, finish, index=i, logprobs=lp))
             d = {"content": delta} if delta or finish is None else {}
             lp = oa.chat_logprobs(entries, decode, token_bytes) if want_logprobs else None
-            return oa.sse(oa.chat_chunk(rid, model.name, created, d, finish, index=i, logprobs=lp))
+            return sse(oa.chat_chunk(rid, model.name, created, d, finish, index=i, logprobs=lp))
 
         echoed = [not echo] * len(choices.gens)
         prompt_starts = textstream.token_starts(prompt_ids, decode) if echo and want_logprobs else []
@@ -308,7 +314,7 @@ class Api:
             if want_logprobs:
                 lp = oa.completion_logprobs(oa.prompt_logprob_entries(prompt_ids, choices.gens[i].req.prompt_logprobs,
                                                                       decode), decode, _echoed(prompt_starts, prefix))
-            return oa.sse(oa.completion_chunk(rid, model.name, created, prefix, None, index=i, logprobs=lp))
+            return sse(oa.completion_chunk(rid, model.name, created, prefix, None, index=i, logprobs=lp))
 
         def event(ev) -> bytes:
             i, piece, taken = ev
@@ -318,8 +324,8 @@ class Api:
 
         try:
             for i in range(len(choices.gens) if kind == "chat" else 0):
-                await resp.write(oa.sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""},
-                                                      None, index=i)))
+                await resp.write(sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""},
+                                                   None, index=i)))
             try:
                 if first is not None:
                     await resp.write(event(first))
@@ -333,7 +339,7 @@ class Api:
                 await resp.write(oa.sse(oa.error_from_exception(e)[1]))
                 await resp.write(oa.SSE_DONE)
                 return resp
-            if req.stream_options is not None and req.stream_options.include_usage:
+            if with_usage:
                 obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
                 await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, len(prompt_ids),
                                                        choices.completion_tokens)))

@@ -115,6 +115,11 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    # Declared so that they can be refused: an unknown field is dropped by msgspec, and an assistant turn's tool
+    # calls silently vanished from the prompt (found in review). Tool calling is not supported.
+    tool_calls: Any = None
+    function_call: Any = None
+    tool_call_id: Any = None
 
 
 class ChatRequest(_RequestCommon, kw_only=True):
@@ -288,6 +293,9 @@ def message_text(m: ChatMessage) -> str:
     return "".join(parts)
 
 
+_TOOL_MESSAGE_FIELDS = ("tool_calls", "function_call", "tool_call_id")
+
+
 def _check_messages(messages: list[ChatMessage]) -> None:
     if not messages:
         raise _bad("messages must not be empty", "messages")
@@ -297,6 +305,10 @@ def _check_messages(messages: list[ChatMessage]) -> None:
                    else "it is not a chat role")
             raise _bad(f"messages[{i}].role {m.role!r} is not accepted ({why}): use one of {', '.join(CHAT_ROLES)}",
                        "messages")
+        for field in _TOOL_MESSAGE_FIELDS:
+            if getattr(m, field) not in (None, []):
+                raise _bad(f"messages[{i}].{field} is not accepted (tool calling is not supported): send the "
+                           f"turn's text as its content", "messages")
 
 
 def chat_dicts(req: ChatRequest) -> list[dict[str, str]]:

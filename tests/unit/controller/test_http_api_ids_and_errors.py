@@ -5,6 +5,7 @@ of a request whose client hung up. The controller behind it is a stand-in whose 
 that never get a token (generation through the real controller: tests/integration/test_openai_ids_and_logprobs.py)."""
 
 import asyncio
+import json
 import logging
 import time
 
@@ -249,3 +250,32 @@ def test_a_request_whose_client_hung_up_is_logged_as_499(model, caplog):
     lines = _access_lines(caplog)
     assert len(lines) == 1 and lines[0].startswith(f"POST /v1/completions model={MODEL} status=499 "), lines
     assert " id=cmpl-" in lines[0]
+
+
+@pytest.mark.parametrize("path,extra", [
+    ("/v1/completions", {"prompt": "hi", "echo": True}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2}),
+])
+def test_with_include_usage_every_chunk_but_the_last_has_a_null_usage(model, path, extra):
+    """OpenAI's contract for stream_options.include_usage: every chunk carries "usage": null and one last chunk,
+    with no choices, carries the totals (found in review: the key was missing from the other chunks). Without
+    the option, no chunk has the key."""
+    ctl = Ctl(model, tokens=model.tokenizer.encode(" once upon", add_special_tokens=False))
+
+    async def go(c):
+        out = []
+        for options in ({"include_usage": True}, None):
+            body = {"model": MODEL, "max_tokens": 4, "stream": True, **extra}
+            if options:
+                body["stream_options"] = options
+            r = await c.post(path, json=body)
+            assert r.status == 200
+            text = await r.text()
+            out.append([json.loads(e[6:]) for e in text.split("\n\n") if e.startswith("data: {")])
+        return out
+
+    with_usage, without = _serve(ctl, go)
+    *chunks, last = with_usage
+    assert chunks and all("usage" in c and c["usage"] is None and c["choices"] for c in chunks), chunks
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == len(ctl.tokens) * extra.get("n", 1)
+    assert without and all("usage" not in c for c in without)

@@ -74,11 +74,21 @@ def test_bad_completion_requests_are_400(raw, param):
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+    # found in review: an assistant turn's tool calls were dropped from the prompt without a word
+    ({"messages": [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": None,
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+     "messages"),
+    ({"messages": [{"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}}]},
+     "messages"),
+    ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c1"}]}, "messages"),
 ])
 def test_unsupported_chat_fields_and_roles_are_400_naming_the_field(fields, param):
     with pytest.raises(InvalidArgumentError) as e:
         oa.parse_chat(body(**{"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}))
     assert oa.error_from_exception(e.value)[1]["error"]["param"] == param
+    if "tool" in str(fields.get("messages", "")) or "function_call" in str(fields.get("messages", "")):
+        assert "tool calling is not supported" in str(e.value)
 
 
 def test_neutral_values_of_unsupported_fields_and_new_fields_pass():
@@ -89,6 +99,8 @@ def test_neutral_values_of_unsupported_fields_and_new_fields_pass():
                                 repetition_penalty=1.2, stop_token_ids=[7], max_completion_tokens=9))
     assert (s.logprobs, s.presence_penalty, s.frequency_penalty, s.repetition_penalty, s.stop_token_ids,
             s.max_tokens, req.n) == (5, 0.5, -0.5, 1.2, (7,), 9, 3)
+    req, _ = oa.parse_chat(body(model="m", messages=[{"role": "assistant", "content": "ok", "tool_calls": []}]))
+    assert oa.chat_dicts(req) == [{"role": "assistant", "content": "ok"}]
     _, s = oa.parse_chat(body(model="m", messages=[{"role": "user", "content": "hi"}], logprobs=True))
     assert s.logprobs == 0
     _, s = oa.parse_completion(body(model="m", prompt="x", logprobs=0))
