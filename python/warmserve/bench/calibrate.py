@@ -68,13 +68,16 @@ def add_arguments(p) -> None:
                         "models")
 
 
-def _ints(s: str) -> list[int]:
+def _ints(s: str, flag: str, example: str) -> list[int]:
+    """A list flag's comma-separated integers >= 1, sorted, or InvalidArgumentError naming ``flag`` (found in review:
+    "expected integers >= 1, got '0'" did not say which of --prefill-tokens and --decode-batches was wrong)."""
     try:
         out = sorted({int(x) for x in s.split(",") if x.strip()})
     except ValueError:
-        raise InvalidArgumentError(f"expected comma-separated integers, got {s!r}") from None
+        raise InvalidArgumentError(f"{flag} {s!r}: expected comma-separated integers, e.g. {flag} {example}",
+                                   flag=flag, value=s) from None
     if not out or out[0] < 1:
-        raise InvalidArgumentError(f"expected integers >= 1, got {s!r}")
+        raise InvalidArgumentError(f"{flag} {s!r}: expected integers >= 1, e.g. {flag} {example}", flag=flag, value=s)
     return out
 
 
@@ -349,7 +352,8 @@ def main(args) -> int:
         print("warmserve calibrate: --threads, --repeats, --decode-steps and --parallel must be >= 1",
               file=sys.stderr)
         return 2
-    prefill_tokens, decode_batches = _ints(args.prefill_tokens), _ints(args.decode_batches)
+    prefill_tokens = _ints(args.prefill_tokens, "--prefill-tokens", "16,64,256,512")
+    decode_batches = _ints(args.decode_batches, "--decode-batches", "1,2,4,8,16")
     from warmserve.bench.engine import check_fits_context
 
     # before any model is measured: the longest prompt is timed with one token generated after it

@@ -416,6 +416,12 @@ def check_args(args) -> None:
     from warmserve.outputs import check_at_least, check_output, check_plot
 
     check_at_least("--repeats", args.repeats)
+    # found in review: `--models` with no names measured nothing and wrote an empty JSON and plot, exit 0
+    if not args.models:
+        from warmserve.engine.demo import DEMO_MODELS
+
+        raise InvalidArgumentError(f"--models: name at least one demo model, e.g. --models {' '.join(DEMO_MODELS)}",
+                                   flag="--models")
     # found in review: --threads 0 ended in torch's RuntimeError traceback from set_num_threads
     check_at_least("--threads", args.threads)
     if not args.batches:

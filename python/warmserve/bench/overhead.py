@@ -219,16 +219,19 @@ def cpu_s(pid: int) -> float:
 def throughput(mode: str, target: str, prompt_ids, concurrency: int, duration_s: float, procs: int) -> dict:
     code = ("import sys, json; from warmserve.bench.overhead import client_main; "
             "a = json.loads(sys.argv[1]); client_main(*a)")
-    per = max(1, concurrency // procs)
-    args = json.dumps([target if mode == "http" else "", per, duration_s, mode,
-                       MODEL if mode == "http" else target, list(prompt_ids)])
-    ps = [subprocess.Popen([sys.executable, "-c", code, args], stdout=subprocess.PIPE, text=True)
-          for _ in range(procs)]
+    # Exactly --concurrency connections, the remainder one more on the first processes (found in review:
+    # concurrency // procs each, at least 1, ran 3 for --concurrency 1 --client-procs 3 and 4 for 5 over 2).
+    per = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    ps = [subprocess.Popen([sys.executable, "-c", code,
+                            json.dumps([target if mode == "http" else "", n, duration_s, mode,
+                                        MODEL if mode == "http" else target, list(prompt_ids)])],
+                           stdout=subprocess.PIPE, text=True)
+          for n in per]
     outs = [json.loads(p.communicate(timeout=duration_s + 120)[0].strip().splitlines()[-1]) for p in ps]
     done = sum(o["done"] for o in outs)
     wall = max(o["wall_s"] for o in outs)
     return {"requests": done, "errors": sum(o["errors"] for o in outs), "wall_s": wall,
-            "req_per_s": done / wall if wall else 0.0, "concurrency": per * procs, "client_procs": procs,
+            "req_per_s": done / wall if wall else 0.0, "concurrency": sum(per), "client_procs": procs,
             "p50_ms": statistics.median(o["p50_s"] for o in outs) * 1e3,
             "p99_ms": max(o["p99_s"] for o in outs) * 1e3}
 
@@ -362,6 +365,10 @@ def check_args(args) -> None:
     check_at_least("--requests", args.requests)
     check_at_least("--concurrency", args.concurrency)
     check_at_least("--client-procs", args.client_procs)
+    if args.client_procs > args.concurrency:  # each client process holds at least one connection
+        raise InvalidArgumentError(f"--client-procs {args.client_procs}: more client processes than --concurrency "
+                                   f"{args.concurrency} connections; give at most --client-procs {args.concurrency}",
+                                   flag="--client-procs", value=args.client_procs)
     if not args.duration_s > 0:
         raise InvalidArgumentError(f"--duration-s {args.duration_s}: must be > 0 seconds", flag="--duration-s")
     check_output("--json", args.json)

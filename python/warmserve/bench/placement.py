@@ -29,6 +29,8 @@ from warmserve.policy.state import ClusterState, ModelInfo
 
 GB = 10**9
 SIZES = [(16, 8), (64, 32), (256, 64), (1024, 256)]
+#: (GPUs, models) of the survival experiment.
+SURVIVAL_SIZES = [(16, 8), (128, 64)]
 PERIOD = 288
 WINDOW_S = 300.0
 
@@ -201,9 +203,18 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    from warmserve.errors import InvalidArgumentError
     from warmserve.outputs import check_at_least, check_output, write_json_atomic
 
     check_at_least("--repeats", args.repeats)  # a median over none fails only after the first size's rounds
+    # found in review: --rounds 0 (or -3) printed survival rows of no prewarm as 0.0% destroyed and a 0.0% hit rate,
+    # and a --max-gpus below every size printed two empty tables; both exited 0
+    check_at_least("--rounds", args.rounds)
+    smallest = min(g for g, _ in SIZES + SURVIVAL_SIZES)
+    if args.max_gpus < smallest:
+        raise InvalidArgumentError(f"--max-gpus {args.max_gpus}: the smallest cluster measured has {smallest} GPUs, "
+                                   f"so nothing would run; give at least --max-gpus {smallest}", flag="--max-gpus",
+                                   value=args.max_gpus)
     check_output("--json", args.json)
     t_start = time.perf_counter()
     res: dict = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_implementation()} "
@@ -221,7 +232,7 @@ def main(args) -> int:
     print()
     print(f"{'placement':>18} {'GPUs':>5} {'models':>6} {'prewarms':>8} {'destroyed':>9} {'share':>7} "
           f"{'hit rate':>8} {'(kept)':>6} {'not laminar':>11}")
-    for g, m in [(16, 8), (128, 64)]:
+    for g, m in SURVIVAL_SIZES:
         if g > args.max_gpus:
             continue
         for placement in VARIANTS:

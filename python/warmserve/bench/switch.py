@@ -339,6 +339,13 @@ def load_bandwidth(args, dev: Device, workdir: str) -> dict:
             "repeats": {"memcpy": len(copy), "load_buffer": len(buf), "load_file": len(fil)}}
 
 
+def cache_threads(args, dev: Device) -> int:
+    """--cache-threads, or its default when not given (None: check_args refuses 0, which once meant the default)."""
+    if args.cache_threads is not None:
+        return args.cache_threads
+    return 4 if dev.cuda else 2
+
+
 def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
     """Load from the host checkpoint cache vs the plain pinned copy, same bytes, same run."""
     import shutil
@@ -355,10 +362,13 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
     src.tofile(path)
     warm_page_cache(path)
     base = args.cache_root if shutil.disk_usage(args.cache_root).free > 2 * nbytes + GiB else workdir
-    root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
-    threads = args.cache_threads or (4 if dev.cuda else 2)
-    cfg = HostCacheConfig(root=root, capacity_bytes=2 * nbytes, threads=threads)
+    threads = cache_threads(args, dev)
+    root = None
+    # The folder is made inside the try: whatever fails after it (a bad config, a load) removes it (found in
+    # review: a HostCacheConfig error left a warmserve-bench-cache-* folder in /dev/shm).
     try:
+        root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
+        cfg = HostCacheConfig(root=root, capacity_bytes=2 * nbytes, threads=threads)
         with PagePool(nbytes, backend=args.backend, device=args.device) as pool, HostCheckpointCache(cfg) as cache:
             s = pool.create_slot(nbytes, "cache")
             unmap = lambda: s.unmap(0, n)  # noqa: E731
@@ -399,7 +409,8 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
             assert (check == src[-4096:]).all(), "bytes loaded from the cache differ"
             stats = cache.stats()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
         os.unlink(path)
     gbs = lambda xs: nbytes / statistics.median(xs) / 1e9  # noqa: E731
     return {"bytes": nbytes, "cache_root": base, "threads": threads,
@@ -425,13 +436,14 @@ def model_load(args, dev: Device, workdir: str) -> dict:
     for f in files:
         warm_page_cache(f)
     base = args.cache_root if shutil.disk_usage(args.cache_root).free > file_bytes + GiB else workdir
-    root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
-    cfg = HostCacheConfig(root=root, capacity_bytes=file_bytes + GiB, threads=args.cache_threads or (4 if dev.cuda else 2))
+    root = None
     out = {"checkpoint": os.path.basename(os.path.normpath(args.checkpoint)), "files": len(files), "cache_root": base}
     # The weights are the files' tensors (same dtype): their bytes, page-rounded, plus room for the 256-byte
     # alignment of each tensor group.
     pool_bytes = -(-file_bytes // (2 * MiB)) * (2 * MiB) + 64 * MiB
-    try:
+    try:  # the folder made inside the try, as in cache_bandwidth
+        root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
+        cfg = HostCacheConfig(root=root, capacity_bytes=file_bytes + GiB, threads=cache_threads(args, dev))
         with PagePool(pool_bytes, backend=args.backend, device=args.device) as pool, \
                 HostCheckpointCache(cfg) as cache:
             def once(**kw):
@@ -449,7 +461,8 @@ def model_load(args, dev: Device, workdir: str) -> dict:
             hits = [once(host_cache=cache) for _ in range(max(1, min(args.repeats, 3)))]
             st = cache.stats()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
     gbs = lambda xs: out["weight_bytes"] / statistics.median(xs) / 1e9  # noqa: E731
     out.update(plain_gbps=gbs(plain), fill_gbps=gbs(fill), hit_gbps=gbs(hits), plain_s=plain, fill_s=fill,
                hit_s=hits, cache_hits=st["hits"], cache_fills=st["fills"], cache_bypassed=st["bypassed"],
@@ -473,6 +486,7 @@ def machine(args) -> dict:
 
 
 def plot(res: dict, path: str) -> None:
+    from warmserve.bench.switch_print import weights_gib
     from warmserve.extras import pyplot
 
     plt = pyplot("the switch benchmark's plot")
@@ -484,7 +498,7 @@ def plot(res: dict, path: str) -> None:
     ax.bar(x + 0.2, [r["cold_load_ms"] for r in rows], 0.4, label="cold load (page cache)")
     ax.set_yscale("log")
     ax.set_ylim(top=max(r["cold_load_ms"] for r in rows) * 6)
-    ax.set_xticks(x, [f"{r['size_gib']:g} GiB" for r in rows])
+    ax.set_xticks(x, [f"{weights_gib(r)} GiB" for r in rows])  # the checkpoint's size, not the size asked
     ax.set_ylabel("ms (log)")
     for i, r in enumerate(rows):
         ax.text(i, r["cold_load_ms"] * 1.2, f"{r['ratio']:.0f}x", ha="center")
@@ -495,12 +509,10 @@ def plot(res: dict, path: str) -> None:
     plt.close(fig)
 
 
-def _n(part: dict, *names: str) -> str:
-    """The repeats behind a part's figures, in the order named: "15/3"."""
-    return "/".join(str(part["repeats"][k]) for k in names)
-
-
 def main(args) -> int:
+    import sys
+
+    from warmserve.bench import switch_print as say
     from warmserve.bench.switch_args import check_args
     from warmserve.outputs import write_json_atomic
 
@@ -509,78 +521,45 @@ def main(args) -> int:
     with open("/proc/meminfo") as f:
         avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
+    # Each part's lines as soon as it is done (found in review: nothing showed until every part had run).
+    say.header(res, args)
     with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
         for size in sizes if "activation" in parts else []:
             need = 2 * size * GiB + KV_FIRST_BYTES + GiB  # file in the page cache + pool, with slack
             if args.backend == "host" and need > avail:
                 res["skipped"].append(f"{size:g} GiB: needs about {need / GiB:.1f} GiB of host memory, "
                                       f"{avail / GiB:.1f} GiB available")
+                say.skipped(res["skipped"][-1])
                 continue
             res["activation_vs_cold_load"].append(activation_vs_cold(size, args, dev, workdir))
+            if len(res["activation_vs_cold_load"]) == 1:
+                say.activation_header()
+            say.activation_row(res["activation_vs_cold_load"][-1])
         if "move" in parts:
             res.update(move_and_primitives(args, dev))
+            say.move(res)
         if "load" in parts:
             res["load_vs_memcpy_bandwidth"] = load_bandwidth(args, dev, workdir)
+            say.load(res["load_vs_memcpy_bandwidth"])
         if "cache" in parts:
             res["cache_vs_pinned_bandwidth"] = cache_bandwidth(args, dev, workdir)
+            say.cache(res["cache_vs_pinned_bandwidth"], dev.cuda)
         if "model" in parts:
             res["model_load"] = model_load(args, dev, workdir)
+            say.model(res["model_load"])
         if "kv" in parts:
             res["kv_give_back"] = kv_give_back(args, dev, timed, med_ms)
             for r in res["kv_give_back"].values():
                 r["repeats"] = {"grow": args.repeats, "give_back": args.repeats}
-    goals = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8,
-             "cache_vs_pinned_bandwidth": 0.8}
-    res["goals"] = goals
-
-    print(f"warmserve bench switch: backend={args.backend}, {res['machine'].get('gpu', res['machine'].get('cpu', '?'))}, "
-          f"{res['machine']['cpus']} cpus, medians (n = repeats behind each)")
-    if res["activation_vs_cold_load"]:
-        print(f"{'weights':>8} {'tensors':>8} {'activate ms':>12} {'(map KV':>8} {'views)':>7} {'cold load ms':>13} "
-              f"{'ratio':>8} {'n act/cold':>10}")
-    for r in res["activation_vs_cold_load"]:
-        print(f"{r['size_gib']:>6g}Gi {r['tensors']:>8} {r['activation_ms']:>12.3f} {r['activation_map_kv_ms']:>8.3f} "
-              f"{r['activation_views_ms']:>7.3f} {r['cold_load_ms']:>13.1f} {r['ratio']:>7.0f}x "
-              f"{_n(r, 'activation', 'cold_load'):>10}")
-    for s in res["skipped"]:
-        print(f"  skipped {s}")
-    if "move_vs_memcpy" in res:
-        mv = res["move_vs_memcpy"]
-        print(f"move 1 GiB {mv['move_ms']:.3f} ms vs memcpy {mv['memcpy_ms']:.1f} ms: {mv['ratio']:.0f}x (goal >= 30x; "
-              f"n {_n(mv, 'move', 'memcpy')})")
-    if "load_vs_memcpy_bandwidth" in res:
-        ld = res["load_vs_memcpy_bandwidth"]
-        print(f"load {ld['load_buffer_gbps']:.2f} GB/s (file {ld['load_file_gbps']:.2f}) vs memcpy {ld['memcpy_gbps']:.2f}"
-              f" GB/s: {ld['ratio']:.2f} (file {ld['ratio_file']:.2f}; goal >= 0.8; "
-              f"n {_n(ld, 'load_buffer', 'load_file', 'memcpy')})")
-    if "cache_vs_pinned_bandwidth" in res:
-        c = res["cache_vs_pinned_bandwidth"]
-        ref = "pinned H2D" if dev.cuda else "memcpy"
-        print(f"host cache: load {c['load_from_cache_gbps']:.2f} GB/s vs {ref} "
-              f"{c.get('pinned_copy_gbps', c.get('memcpy_gbps')):.2f} GB/s: {c['ratio']:.2f} (goal >= 0.8); "
-              f"fill from file {c['fill_from_file_gbps']:.2f} GB/s ({c['ratio_fill']:.2f}); first hit in a process "
-              f"{c['first_hit_in_process_ms']:.0f} ms; {c['threads']} threads, entry under {c['cache_root']}; "
-              f"n hit/copy/fill {_n(c, 'load_from_cache', 'copy', 'fill_from_file')}"
-              + (f"; BYPASSED {c['bypassed']}x (no room)" if c["bypassed"] else ""))
-    if "model_load" in res:
-        m = res["model_load"]
-        print(f"load_model {m['checkpoint']} ({m['weight_bytes'] / GiB:.2f} GiB, {m['dtype']}): from files "
-              f"{m['plain_gbps']:.2f} GB/s, cache fill {m['fill_gbps']:.2f} GB/s, cache hit {m['hit_gbps']:.2f} GB/s "
-              f"(n {_n(m, 'plain', 'fill', 'hit')})")
-    if "per_gib" in res:
-        print("per GiB: " + ", ".join(f"{k[:-3]} {v:.3f} ms (n {res['per_gib_repeats'][k[:-3]]})"
-                                      for k, v in res["per_gib"].items()))
-    for page, per_gib in res.get("by_page_bytes", {}).items():
-        print(f"per GiB at {int(page) // MiB} MiB pages: "
-              + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in per_gib.items()))
-    for size, r in res.get("kv_give_back", {}).items():
-        for page, x in r["by_page_bytes"].items():
-            print(f"KV of the {size} ({r['block_bytes'] // MiB} MiB blocks) at {int(page) // MiB} MiB pages, per GiB: "
-                  f"grow {x['grow_ms']:.3f} ms, give back {x['give_back_ms']:.3f} ms ({x['map_ops']} maps, "
-                  f"{x['unmap_ops']} unmaps, {x['backend_calls']} backend calls a round; "
-                  f"n {_n(r, 'grow', 'give_back')})")
+            say.kv(res["kv_give_back"])
+    res["goals"] = {"activation_vs_cold_load@1GiB": 100, "move_vs_memcpy": 30, "load_vs_memcpy_bandwidth": 0.8,
+                    "cache_vs_pinned_bandwidth": 0.8}
     if args.json:
         write_json_atomic(args.json, res, indent=2)
-    if args.plot and res["activation_vs_cold_load"]:
-        plot(res, args.plot)
+    if args.plot:  # check_args refused --plot without the activation part; every size may still have been skipped
+        if res["activation_vs_cold_load"]:
+            plot(res, args.plot)
+        else:
+            print(f"warmserve bench switch: --plot {args.plot} not drawn: no size of --sizes-gib was measured "
+                  f"(all skipped above)", file=sys.stderr)
     return 0

@@ -2,7 +2,8 @@
 
 Found in review: a bad --checkpoint, --cache-gib or --page-mib was met only when its part's turn came, after the
 parts before it had measured (minutes at the default sizes); the run then failed, --json was never written, and the
-messages of the last two named no flag. Every check here raises InvalidArgumentError naming the flag (exit 2).
+messages of the last two named no flag. A later review found the same of --cache-threads and --cache-root, and a
+--plot that --parts left nothing to draw for. Every check here raises InvalidArgumentError naming the flag (exit 2).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import tempfile
 
 from warmserve.bench.switch_kv import MiB
 from warmserve.errors import GiB, InvalidArgumentError
@@ -37,14 +39,45 @@ def check_args(args) -> tuple[set[str], list[float]]:
         raise InvalidArgumentError(f"--cache-gib {args.cache_gib:g}: the cache part loads whole 2 MiB pages; give "
                                    f"at least 0.002 GiB, e.g. --cache-gib 1", flag="--cache-gib",
                                    value=args.cache_gib)
+    if parts & {"cache", "model"}:  # the parts that load through the host checkpoint cache
+        check_cache_flags(args)
     if args.backend == "cuda":  # found in review: without a GPU, torch.cuda.set_device's AttributeError traceback
         from warmserve.worker.main import check_cuda
 
         check_cuda(f"cuda:{args.device}", fix="use --backend host")
     check_output("--json", args.json)
-    if "activation" in parts:  # the plot shows that part alone: without it nothing is drawn
-        check_plot("--plot", args.plot)
+    # found in review: --parts move --plot P ran, drew nothing, said nothing and exited 0
+    if args.plot and "activation" not in parts:
+        raise InvalidArgumentError(f"--plot {args.plot}: the plot draws the activation part, not in --parts "
+                                   f"{args.parts}; add activation to --parts or leave out --plot", flag="--plot",
+                                   path=args.plot)
+    check_plot("--plot", args.plot)
     return parts, sizes
+
+
+def check_cache_flags(args) -> None:
+    """--cache-threads and --cache-root of the cache and model parts. Found in review: both were met only when the
+    cache part's turn came (a bare FileNotFoundError for a missing root, --json never written, the cache folder
+    left in /dev/shm), and --cache-threads 0 silently meant the default."""
+    from warmserve.outputs import check_at_least
+
+    check_at_least("--cache-threads", args.cache_threads)
+    root = args.cache_root
+    fix = "give an existing folder you can write, e.g. --cache-root /dev/shm (a tmpfs)"
+    if not os.path.exists(root):
+        why = "no such folder"
+    elif not os.path.isdir(root):
+        why = "not a folder"
+    else:
+        try:  # a real file, not os.access: root passes access() on a read-only file system
+            fd, probe = tempfile.mkstemp(dir=root, prefix=".warmserve-write-check-")
+        except OSError as e:
+            why = f"cannot write in it ({e.strerror})"
+        else:
+            os.close(fd)
+            os.unlink(probe)
+            return
+    raise InvalidArgumentError(f"--cache-root {root}: {why}; {fix}", flag="--cache-root", path=root)
 
 
 def check_checkpoint(path: str | None) -> None:

@@ -162,11 +162,22 @@ def run(args) -> dict:
 def check_args(args) -> None:
     """Before any worker starts. Found in review: any --device but exactly "cuda" ran CPU workers and labelled the
     results with it (`--device cuda:0` without a GPU exited 0, its JSON saying cuda:0)."""
+    import math
+
     from warmserve.errors import InvalidArgumentError
     from warmserve.outputs import check_at_least, check_output
 
     check_at_least("--tp", args.tp, 2)
     check_at_least("--repeats", args.repeats)
+    # --kv-blocks and --memory-gib: found in review, both were met only once the workers had started (--kv-blocks
+    # -1 after every rank had prewarmed the model), in messages naming no flag, and each such run left the workers'
+    # logs in /tmp. Not --kv-blocks 0 either: the engine reads it as "as many as the pool holds", and the paths are
+    # compared at one fixed KV size.
+    check_at_least("--kv-blocks", args.kv_blocks)
+    if not (math.isfinite(args.memory_gib) and args.memory_gib > 0):
+        raise InvalidArgumentError(f"--memory-gib {args.memory_gib:g}: each worker's page pool must be a finite "
+                                   f"number of GiB > 0, e.g. --memory-gib 0.5", flag="--memory-gib",
+                                   value=args.memory_gib)
     if args.device not in ("cpu", "cuda"):
         raise InvalidArgumentError(f"--device {args.device}: pass --device cuda (one worker per GPU, rank r on "
                                    f"cuda:r) or --device cpu", flag="--device", device=args.device)
