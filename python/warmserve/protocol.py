@@ -386,6 +386,9 @@ class WorkerInstance(msgspec.Struct, omit_defaults=True):
     #: Tensor-parallel instance: the process group it runs in, and this worker's rank there.
     group_id: str = ""
     rank: int = 0
+    #: Of ``in_flight``, the sequences in the engine's running batch (the rest wait in the engine's own queue,
+    #: behind max_num_seqs or for KV room). -1: not reported (a worker from before this field).
+    running: int = -1
 
 
 class PoolStats(msgspec.Struct, omit_defaults=True):

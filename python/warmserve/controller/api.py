@@ -11,6 +11,7 @@ import time
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from warmserve.controller import openai_api as oa
 from warmserve.controller import textstream
@@ -36,6 +37,10 @@ RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499
 #: Largest request body accepted; a larger one is a 413 that names this limit.
 MAX_BODY_BYTES = 16 << 20
+#: The rejections' route label of an error answer no route could be matched for: no resource has its path.
+UNMATCHED = "unmatched"
+#: The route label of aiohttp's own answer to a request it could not parse (a 400 before any middleware runs).
+UNPARSED = "unparsed"
 #: Characters a log line shows escaped (\x0a): C0 and C1 controls, DEL, and Unicode's line and paragraph separators.
 _UNPRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
                 for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
@@ -86,7 +91,10 @@ class Api:
         self.created = int(time.time())
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
+        # handler_args: whatever the runner says (serve.py turns aiohttp's access log off), the hook that counts
+        # aiohttp's own answers is on (found in review: a malformed request's 400 was no rejection).
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES, handler_args={
+            "access_log_class": _own_answers(self), "access_log": access_log})
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
@@ -117,6 +125,8 @@ class Api:
             resp = _json(e.status, oa.error_body(e.status, f"{e.reason}: {request.method} {request.path}"))
             if "Allow" in e.headers:  # a 405 names the methods the path takes (RFC 9110; lost here before)
                 resp.headers["Allow"] = e.headers["Allow"]
+            if e.status == 405:  # aiohttp matched its path, not its method: no route in its match_info
+                info["route"] = await _route_of_path(request)
         except WarmServeError as e:
             resp = _error(e)
         except (ConnectionError, asyncio.CancelledError):
@@ -141,13 +151,12 @@ class Api:
         info = request[_INFO]
         status = info.get("status", status)
         route = request.match_info.route.resource
-        route = route.canonical if route is not None else "unmatched"  # not the raw path: bounded label values
+        # not the raw path: bounded label values
+        route = info.get("route") or (route.canonical if route is not None else UNMATCHED)
         probe = route == "/health"
         path = _printable(request.rel_url.raw_path)
         if status >= 400 and status != CLIENT_CLOSED and not probe and not info.get("status_after_200"):
-            metrics = getattr(self.controller, "metrics", None)
-            if metrics is not None:
-                metrics.rejected_request(status, route)
+            self._rejected(status, route)
         ttft = info.get("ttft_s")
         access_log.info(
             '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s total_ms=%.1f id=%s',
@@ -156,6 +165,11 @@ class Api:
             (time.monotonic() - request[_T0]) * 1e3, info["id"])
         if status >= 500 and not probe:
             log.warning("%s %s answered %d (request %s)", request.method, path, status, info["id"])
+
+    def _rejected(self, status: int, route: str) -> None:
+        metrics = getattr(self.controller, "metrics", None)
+        if metrics is not None:
+            metrics.rejected_request(status, route)
 
     # ------------------------------------------------------------------------------------------- simple routes
 
@@ -349,6 +363,30 @@ class Api:
         finally:
             choices.abort()
         return resp
+
+
+async def _route_of_path(request: web.Request) -> str:
+    """The route template whose path the request's is, whatever its method (a 405's), or UNMATCHED: found in
+    review, a 405 was labelled as a 404 for a path that does not exist."""
+    for resource in request.app.router.resources():
+        _, allowed = await resource.resolve(request)
+        if allowed:  # the path matched (with the method, the answer would have been no 405)
+            return resource.canonical
+    return UNMATCHED
+
+
+def _own_answers(api: Api) -> type[AbstractAccessLogger]:
+    """aiohttp's access-log hook for ``api``'s application: it sees every answer, also those aiohttp gives
+    itself before any middleware runs (a 400 for a request it could not parse: a bad request line or header),
+    which ``_guard`` never sees; those are counted as rejections, route UNPARSED. The rest are ``_guard``'s (its
+    access log and rejections: marked with _INFO)."""
+
+    class OwnAnswers(AbstractAccessLogger):
+        def log(self, request, response, time: float) -> None:
+            if response.status >= 400 and _INFO not in request:
+                api._rejected(response.status, UNPARSED)
+
+    return OwnAnswers
 
 
 def _token_bytes(model):

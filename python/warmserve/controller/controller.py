@@ -388,8 +388,7 @@ class Controller(WorkerRestarts):
             if msg.finished:
                 req.end_s = time.monotonic()
                 self._end_gen(w, msg.id)
-                req.finish(msg.finish_reason or "stop")
-                self._request_done(req, msg.finish_reason or "stop")
+                req.ended(msg.finish_reason or "stop", lambda outcome: self._request_done(req, outcome))
         elif isinstance(msg, P.Error):
             req = w.gens.get(msg.id)
             if req is None:  # moved already (a lost rank's other requests), or a bug

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import weakref
 
 from warmserve.controller.textstream import TextStream
 from warmserve.engine.checks import token_ids
@@ -170,6 +171,9 @@ class TextGeneration:
 
     def __init__(self, req, decode, stop: tuple[str, ...] = ()):
         self.req = req
+        # Its outcome is the finish reason this text gives (Req.ended); one dropped unread settles it still.
+        req.outcome_by_consumer = True
+        weakref.finalize(self, req.settle)
         self.text = TextStream(decode, stop)
         self._decode = decode
         self._ended = False
@@ -227,18 +231,17 @@ class TextGeneration:
                 tokens = await self.req.__anext__()
             except StopAsyncIteration:
                 self._ended = True
-                rest = self.text.finish()
+                rest = self.text.finish()  # may find a stop string completed by the last tokens
+                self.req.settle(self.finish_reason)
                 if rest:
                     return rest
                 break
             except BaseException:  # an error, or the consumer was cancelled: the request must not run on
-                self._ended = True
-                self.req.abort()
+                self.abort()
                 raise
             piece = self.text.push(tokens, stop_token=self._engine_stopped())
             if self.text.stopped:
-                self._ended = True
-                self.req.abort("stop")  # ended as asked: counted as "stop", not as an abort
+                self.abort("stop")  # ended as asked: counted as "stop", not as an abort
                 piece += self.text.finish()
             if piece:
                 return piece
@@ -263,9 +266,12 @@ class TextGeneration:
         return self.text.text
 
     def abort(self, reason: str = "abort") -> None:
-        """End the request; ``reason`` "error": a sibling choice failed or was refused (outcome error, not abort)."""
+        """End the request; ``reason`` "error": a sibling choice failed or was refused (outcome error, not abort);
+        "stop": a stop string. One that had ended on its engine is counted now, if its count waited for its text:
+        as "stop" for a stop string, as its engine ended it otherwise (the client left before reading its end)."""
         self._ended = True
         self.req.abort(reason)
+        self.req.settle("stop" if reason == "stop" else None)
 
     async def aclose(self) -> None:
         self.abort()

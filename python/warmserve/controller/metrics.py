@@ -134,8 +134,14 @@ class ControllerMetrics:
         self.engine_start = Histogram(r, "warmserve_engine_start_seconds", "A fresh local worker process started "
                                       "for a cold start without a warm engine (autoscale), from its spawn until "
                                       "it is admitted and can load weights.")
-        self.queue = Gauge(r, "warmserve_queue_length", "Requests waiting for an instance.", ("model",))
-        self.inflight = Gauge(r, "warmserve_inflight_requests", "Requests running on instances.", ("model",))
+        self.queue = Gauge(r, "warmserve_queue_length", "Requests waiting in the controller for an instance.",
+                           ("model",))
+        self.inflight = Gauge(r, "warmserve_inflight_requests", "Requests sent to instances and not ended: running "
+                              "in an engine's batch or waiting in its queue.", ("model",))
+        self.running = Gauge(r, "warmserve_running_requests", "Requests in an engine's running batch (as workers "
+                             "last reported, with their heartbeats).", ("model",))
+        self.waiting = Gauge(r, "warmserve_waiting_requests", "Requests waiting: in the controller's queue, or sent "
+                             "to an instance and waiting in its engine's queue.", ("model",))
         self.instances = Gauge(r, "warmserve_instances", "Running instances.", ("model",))
         self.prewarmed = Gauge(r, "warmserve_prewarmed_replicas", "Prewarmed weight sets resident on workers.",
                                ("model",))

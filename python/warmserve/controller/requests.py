@@ -21,6 +21,7 @@ class Req:
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s", "_waiter",
         "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason", "token_ids", "prefilling",
+        "outcome_by_consumer", "_settle",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
@@ -53,6 +54,10 @@ class Req:
         self.logprobs: list = []    # protocol.TokenLogprobs of each generated token, when sampling asks for them
         self.prompt_logprobs: list = []  # of prompt tokens 1.., when sampling asks for prompt_logprobs
         self.abort_reason = ""      # why the front end aborted it: "stop" (a stop string) or "abort"
+        #: Its consumer reads its text (the front end's TextGeneration) and settles its outcome (``settle``): an
+        #: end its text may still turn into another finish reason is counted once that text has been read.
+        self.outcome_by_consumer = False
+        self._settle = None         # counts the outcome held for the consumer (``ended``), once
 
     # ------------------------------------------------------------------------------------------ producer side
 
@@ -98,6 +103,27 @@ class Req:
         ``timeout_s`` from now (not from its arrival: a long generation must not time out for having run)."""
         self.worker = self.instance_id = None
         self.deadline_s = time.monotonic() + timeout_s
+
+    def ended(self, reason: str, count) -> None:
+        """It ended on its engine with ``reason``; ``count(outcome)`` counts it, now, or for a "length" with stop
+        strings whose consumer reads its text (``outcome_by_consumer``), once that consumer has read the last
+        tokens (``settle``): a stop string they complete makes it "stop" for the client, and so for the count
+        (found in review: the client got "stop", the count said "length")."""
+        held = self.outcome_by_consumer and reason == "length" and bool(self.sampling.stop)
+        if held:  # before finish: a consumer that finds it done finds its count held
+            self._settle = lambda outcome: count(outcome or reason)
+        self.finish(reason)
+        if not held:
+            count(reason)
+
+    def settle(self, outcome: str | None = None) -> None:
+        """The consumer is through with it (read it to its end, found a stop string, or left): an outcome held for
+        it (``ended``) is counted now, as ``outcome`` (the finish reason the client got) or, with None, as its
+        engine ended it; one still running is counted at its end, as any request."""
+        self.outcome_by_consumer = False
+        count, self._settle = self._settle, None
+        if count is not None:
+            count(outcome)
 
     def finish(self, reason: str) -> None:
         if self.done:

@@ -50,14 +50,22 @@ def _shared(w, model: str) -> bool:
 def collect(ctl) -> None:
     """Set the gauges from the current state (called by the registry before each scrape)."""
     m = ctl.metrics
-    for g in (m.queue, m.inflight, m.instances, m.prewarmed, m.workers, m.pages, m.kv_usage, m.worker_kv_usage,
-              m.preemptions):
+    for g in (m.queue, m.inflight, m.running, m.waiting, m.instances, m.prewarmed, m.workers, m.pages, m.kv_usage,
+              m.worker_kv_usage, m.preemptions):
         g.clear()
     state = ctl.state
     for name in ctl.models:
-        m.queue.set(state.queued(name), model=name)
+        queued = state.queued(name)
+        sent = [(i, st.in_flight) for i, st in state.instances.items() if st.model == name]
+        inflight = sum(n for _, n in sent)
+        running = sum(running_of(ctl, i, n) for i, n in sent)
+        m.queue.set(queued, model=name)
         m.instances.set(sum(1 for i in ctl.instances.values() if i.model == name and i.ready), model=name)
-        m.inflight.set(sum(st.in_flight for st in state.instances.values() if st.model == name), model=name)
+        m.inflight.set(inflight, model=name)
+        # vLLM's running/waiting: a request sent to an instance may still wait in its engine's queue (behind
+        # max_num_seqs, or for KV room). Found in review: every request sent was reported as running.
+        m.running.set(running, model=name)
+        m.waiting.set(queued + inflight - running, model=name)
         m.prewarmed.set(sum(1 for p in ctl.prewarms.values() if p.model == name and p.loaded), model=name)
     ws = list(ctl.hub.workers.values()) if ctl.hub else []
     m.workers.set(sum(w.ready for w in ws), state="ready")
@@ -74,6 +82,19 @@ def collect(ctl) -> None:
                 m.kv_usage.set(kv_usage(kv.kv_blocks_used, kv.kv_blocks_total), worker=w.worker_id, model=inst.name)
                 m.preemptions.set(kv.num_preemptions, worker=w.worker_id, model=inst.name)
             m.worker_kv_usage.set(kv_usage(used, total), worker=w.worker_id)
+
+
+def running_of(ctl, instance_id: str, in_flight: int) -> int:
+    """Of the ``in_flight`` requests the controller has sent to an instance, those in its engine's running batch,
+    as its worker's latest Stats say (pushed with each of its heartbeats, so up to a heartbeat interval old): at
+    most ``in_flight``, as requests may have ended since. All of them when its worker does not report it (a
+    worker from before ``WorkerInstance.running``, or Stats from before the instance started)."""
+    rec = ctl.instances.get(instance_id)
+    stats = rec.worker.stats if rec is not None else None
+    for inst in stats.instances if stats is not None else ():
+        if inst.name == rec.model and inst.running >= 0:
+            return min(in_flight, inst.running)
+    return in_flight
 
 
 def kv_usage(used_blocks: int, total_blocks: int) -> float:

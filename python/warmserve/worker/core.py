@@ -433,7 +433,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
             instances.append(P.WorkerInstance(name=i.name, in_flight=len(i.requests), kv=kv, shared=i.shared,
                                               kv_pages=mapper.pages_mapped if mapper is not None else 0,
                                               group_id=i.tp.group.group_id if i.tp is not None else "",
-                                              rank=i.tp.group.rank if i.tp is not None else 0))
+                                              rank=i.tp.group.rank if i.tp is not None else 0,
+                                              running=i.engine.num_running))
         return P.Stats(
             id=id, worker_id=self.worker_id, device=self.device, pid=os.getpid(),
             uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,

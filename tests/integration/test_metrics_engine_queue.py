@@ -1,0 +1,54 @@
+"""A `warmserve serve` whose engines run at most 2 sequences (--max-num-seqs 2), given 6 requests at once: /metrics
+shows 2 running and 4 waiting (vLLM's num_requests_running / _waiting), 6 in flight. Found in review: 6 running and
+0 waiting, every request sent to an instance counted as running though 4 waited in its engine's queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import serving
+
+MODEL = "llama-20m"
+GAUGES = ("warmserve_running_requests", "warmserve_waiting_requests", "warmserve_inflight_requests",
+          "warmserve_queue_length")
+
+
+def _gauges(url: str) -> dict[str, float]:
+    m = serving.metrics(url)
+    return {g: m.get((g, (("model", MODEL),)), 0.0) for g in GAUGES}
+
+
+def _until(url: str, cond, timeout_s: float) -> dict[str, float]:
+    """The gauges of the first scrape that satisfies ``cond``, or of the last one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        g = _gauges(url)
+        if cond(g) or time.monotonic() > deadline:
+            return g
+        time.sleep(0.1)
+
+
+def test_requests_behind_max_num_seqs_are_waiting_not_running(tmp_path):
+    proc, url = serving.start(tmp_path, models=(MODEL,), cpu_workers=1, args=("--max-num-seqs", "2"))
+    statuses = []
+    try:
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+        assert serving.post_json(url + "/v1/completions", body)[0] == 200  # the instance is up
+        long = {**body, "max_tokens": 200, "ignore_eos": True}
+        threads = [threading.Thread(target=lambda: statuses.append(
+            serving.post_json(url + "/v1/completions", long)[0])) for _ in range(6)]
+        for t in threads:
+            t.start()
+        # Stats come with the worker's heartbeats (0.2 s here): the running count follows within a few.
+        busy = _until(url, lambda g: g["warmserve_inflight_requests"] == 6 and g["warmserve_running_requests"] == 2,
+                      30)
+        assert busy == {"warmserve_running_requests": 2, "warmserve_waiting_requests": 4,
+                        "warmserve_inflight_requests": 6, "warmserve_queue_length": 0}, busy
+        for t in threads:
+            t.join(180)
+        assert statuses == [200] * 6
+        idle = _until(url, lambda g: not any(g.values()), 10)
+        assert not any(idle.values()), idle
+    finally:
+        serving.stop(proc)
