@@ -109,6 +109,8 @@ class ControllerConfig:
             v = getattr(self.policy_config, f, None)
             if not _finite(v):
                 raise InvalidArgumentError(f"PolicyConfig.{f} must be a finite number of seconds, got {v!r}", key=f)
+        check_policy_numbers(self.policy_config, "ControllerConfig.policy_config")
+        check_window(self.policy_config.window_s, self.tick_s)
         check_endpoint(self.bind, "ControllerConfig.bind", listen=True, inproc_ok=False)
         # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it
         # was read as a directory named "~").
@@ -376,13 +378,43 @@ def policy_number_ok(key: str, value) -> bool:
 POLICY_INF_HINT = f"only {', '.join(sorted(POLICY_INF_FIELDS))} takes inf"
 
 
+def check_policy_numbers(pc: PolicyConfig, where: str, keys=None) -> None:
+    """``policy_number_ok`` for the fields ``keys`` (default: every field) of ``pc``, the values as converted:
+    text such as YAML's plain ``inf`` or TOML's ``"inf"`` becomes a float only in ``policy_config_from_dict``
+    (found in review: both passed a check of the raw values, and a lifetime of inf never ended)."""
+    for k in [f.name for f in dataclasses.fields(pc)] if keys is None else keys:
+        v = getattr(pc, k, None)
+        if not policy_number_ok(k, v):
+            raise InvalidArgumentError(f"{where}: {k} must be a finite number, got {v!r} ({POLICY_INF_HINT})", key=k)
+
+
+#: Smallest forecast window the live controller takes, seconds. Its history holds every window from its clock's
+#: origin (controller/clock.py: a week back, or the earliest history row) on, per model: found in review, 0.01 s
+#: windows took 2.4 GiB for one model (60 million windows) and 0.001 s would exhaust memory; at 1 s a week is
+#: 604,800 windows. No preset, test or bench command uses less than 5 s.
+MIN_WINDOW_S = 1.0
+
+
+def check_window(window_s: float, tick_s: float) -> None:
+    """Refuse a live policy window below MIN_WINDOW_S, or shorter than the policy loop's tick (whole windows
+    would then pass between two ticks, never observed)."""
+    if window_s < MIN_WINDOW_S or window_s < tick_s:
+        floor = max(MIN_WINDOW_S, tick_s)
+        raise InvalidArgumentError(
+            f"policy window_s must be at least {floor:g} s (the controller keeps a week of windows per model, and "
+            f"ticks every tick_s = {tick_s:g} s), got {window_s:g}. Fix: --window-s or [policy] window_s of "
+            f"{floor:g} or more that divides 86400 (default 300)", key="window_s", floor_s=floor)
+
+
 def _policy_table(value, where: str) -> PolicyConfig:
     table = _table(value, where)
     for k, v in table.items():
         if not policy_number_ok(k, v):
             raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r} ({POLICY_INF_HINT})",
                                        key=k)
-    return policy_config_from_dict(table, where=where)
+    pc = policy_config_from_dict(table, where=where)
+    check_policy_numbers(pc, f"config {where}", table)
+    return pc
 
 
 def _flatten(data, where: str = "config") -> dict:
@@ -448,25 +480,48 @@ def cluster_config_from_dict(data: dict) -> ClusterConfig:
 
 def load_config(path: str) -> ClusterConfig:
     """Read a cluster configuration file: TOML (.toml) or YAML (.yaml/.yml)."""
+    return cluster_config_from_dict(read_config_file(path))
+
+
+def _config_text(path: str, kind: str) -> str:
+    """The file's text: UTF-8, a leading byte-order mark (Windows editors write one) dropped. Found in review: a
+    BOM'd TOML was refused as "Invalid statement (at line 1, column 1)" where the same YAML loaded, and a UTF-16 or
+    Latin-1 file failed with a bare codec message naming no file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        utf16, at = raw[:2] in (b"\xff\xfe", b"\xfe\xff"), bom + e.start
+        raise InvalidArgumentError(
+            f"config file {path!r} is {'UTF-16' if utf16 else 'not UTF-8'} text (byte {raw[at]:#04x} at "
+            f"offset {at} is no UTF-8): a {kind} config must be UTF-8. Fix: save it as UTF-8, e.g. "
+            f"`iconv -f {'UTF-16' if utf16 else 'LATIN1'} -t UTF-8 OLD > NEW`"
+            f"{'' if utf16 else ' for a Latin-1 file'}",
+            path=path, encoding="utf-8") from None
+
+
+def read_config_file(path: str) -> dict:
+    """A config file's content as ``cluster_config_from_dict`` takes it: its top-level keys (a [cluster] table's
+    among them), relative paths made relative to the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".toml":
         import tomllib
 
-        with open(path, "rb") as f:
-            try:
-                data = tomllib.load(f)
-            except tomllib.TOMLDecodeError as e:
-                raise InvalidArgumentError(f"config file {path!r} is not valid TOML: {e}", path=path) from None
+        try:
+            data = tomllib.loads(_config_text(path, "TOML"))
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgumentError(f"config file {path!r} is not valid TOML: {e}", path=path) from None
     elif ext in (".yaml", ".yml"):
         import yaml
 
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise InvalidArgumentError(f"config file {path!r} is not valid YAML: {e}", path=path) from None
+        try:
+            data = yaml.safe_load(_config_text(path, "YAML"))
+        except yaml.YAMLError as e:
+            raise InvalidArgumentError(f"config file {path!r} is not valid YAML: {e}", path=path) from None
         data = {} if data is None else data
     else:
         raise InvalidArgumentError(f"config file {path!r}: use a .toml, .yaml or .yml file", path=path)
@@ -486,7 +541,18 @@ def load_config(path: str) -> ClusterConfig:
         for key in ("history_path", "curve_dir"):
             if key in data["controller"]:
                 data["controller"][key] = here(data["controller"][key])
-    return cluster_config_from_dict(data)
+    return data
+
+
+def policy_table_keys(data: dict) -> dict[str, str]:
+    """The policy options a config's content (``read_config_file``) sets, each with where: the [policy] table's,
+    or [controller] policy_config's."""
+    ctl = data.get("controller")
+    for table, where in ((data.get("policy"), "[policy]"),
+                         (ctl.get("policy_config") if isinstance(ctl, dict) else None, "[controller] policy_config")):
+        if isinstance(table, dict):
+            return {str(k): where for k in table}
+    return {}
 
 
 def worker_cache_args(cfg: ClusterConfig) -> tuple[str, ...]:

@@ -24,7 +24,8 @@ import time
 
 import msgspec
 
-from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, load_config, policy_number_ok
+from warmserve.config import (POLICY_INF_HINT, ClusterConfig, ModelSpec, cluster_config_from_dict,
+                              policy_number_ok, policy_table_keys, read_config_file)
 from warmserve.errors import InvalidArgumentError
 
 log = logging.getLogger("warmserve.controller")
@@ -69,9 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cost fewer driver calls per GiB on GPUs: bench/switch/README.md)")
     p.add_argument("--host-cache-gib", type=float, default=None,
                    help="load checkpoints through a host checkpoint cache of this many GiB shared by each machine's "
-                        "workers (a second load of a model there reads host memory, not its files; default 0: off)")
+                        "workers (a second load of a model there reads host memory, not its files; default 0: off); "
+                        "it outlives the server: --host-cache-dir")
     p.add_argument("--host-cache-dir", default=None, metavar="DIR",
-                   help="that cache's directory, a tmpfs (default /dev/shm/warmserve-ckpt)")
+                   help="that cache's directory, a tmpfs (default /dev/shm/warmserve-ckpt). Its entries persist "
+                        "after the server exits, so that the next start (any server on this machine using DIR) "
+                        "loads them from memory; they keep host memory (RAM) in use up to the capacity "
+                        "(--host-cache-gib; least recently used entries are evicted when a new one needs room) "
+                        "until a reboot. To free that memory, `rm -r DIR` while no server uses it")
     p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
     p.add_argument("--curve-dir", default=None, help="directory of ZeroMQ CURVE keys; turns on CURVE to workers")
     p.add_argument("--insecure", action="store_true",
@@ -89,7 +95,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_config(args) -> ClusterConfig:
     from warmserve.policy.config import parse_policy_options
 
-    cfg = load_config(args.config) if args.config else ClusterConfig()
+    data = read_config_file(args.config) if args.config else None
+    cfg = cluster_config_from_dict(data) if data is not None else ClusterConfig()
+    # the options this run sets, and where, for note_shadowed: the file's table, then the flags over it
+    given = {k: f"config {where}" for k, where in policy_table_keys(data or {}).items()}
     server, ctl, top, engine = {}, {}, {}, {}
     if args.host is not None:
         server["host"] = args.host
@@ -126,6 +135,7 @@ def build_config(args) -> ClusterConfig:
         ctl["insecure"] = True
     if options:
         ctl["policy_config"] = parse_policy_options(options, cfg.controller.policy_config)
+        given.update((o.partition("=")[0].strip(), "--policy-option") for o in options)
     for flag in ("max_num_seqs", "max_batch_tokens", "max_kv_blocks"):
         if getattr(args, flag) is not None:
             engine[flag] = getattr(args, flag)
@@ -154,9 +164,22 @@ def build_config(args) -> ClusterConfig:
         top["cpu_workers"] = args.cpu_workers
     if args.remote_workers is not None:
         top["remote_workers"] = args.remote_workers
-    return dataclasses.replace(
+    out = dataclasses.replace(
         cfg, server=dataclasses.replace(cfg.server, **server), controller=dataclasses.replace(cfg.controller, **ctl),
         engine=msgspec.structs.replace(cfg.engine, **engine), **top)
+    note_shadowed(out.controller, given)
+    return out
+
+
+def note_shadowed(ctl, given: dict[str, str]) -> None:
+    """Say on stderr which of the options ``given`` (option -> where it was set) the policy ``ctl.policy`` does
+    not take, as `warmserve simulate` says it (``policy.registry.shadowed_options``). Found in review: `serve
+    --policy autoscale --policy-option prewarm=true` ran with prewarm off, and a config file's [policy] table under
+    `[controller] policy = "autoscale"` the same, without a word."""
+    from warmserve.policy.registry import shadowed_options
+
+    for line in shadowed_options(ctl.policy_config, given, [ctl.policy]):
+        print(f"warmserve serve: {line}", file=sys.stderr, flush=True)
 
 
 def read_history(path: str) -> dict:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.baselines import StaticPolicy
-from warmserve.policy.config import PolicyConfig
+from warmserve.policy.config import PolicyConfig, parse_policy_options
 from warmserve.policy.core import Policy
 from warmserve.policy.state import ModelInfo
 
@@ -54,3 +55,34 @@ def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | No
         raise InvalidArgumentError("make_policy needs at least one model")
     cfg = replace(config or PolicyConfig(), **variant.overrides)
     return variant.cls(name, list(models), cfg, history)
+
+
+
+def shadowed_options(given: PolicyConfig, keys: dict[str, str], policies) -> list[str]:
+    """One sentence per option in ``keys`` (option -> how it was given: ``--policy-option``, a config file's
+    table) that a policy in ``policies`` does not take: one its class does not read (``IGNORED_OPTIONS``), or one
+    its name fixes (``overrides``) to a value other than ``given``'s. Options set to the fixed value say nothing.
+    `warmserve simulate` and `warmserve serve` both say these (found in review: serve ran `autoscale` with
+    prewarm=False under --policy-option prewarm=true, without a word)."""
+    out = []
+    for name in policies:
+        variant = POLICIES.get(name)
+        if variant is None:
+            continue
+        for key, why in getattr(variant.cls, "IGNORED_OPTIONS", {}).items():
+            if key in keys:  # found in review: shared and dedicated ran uncapped under route_cap_per_instance=2
+                out.append(f"{keys[key]} {key} does not reach {name}: {why}")
+        for key, value in variant.overrides.items():
+            if key in keys and getattr(given, key) != value:
+                out.append(f"{keys[key]} {key}={getattr(given, key)} does not reach {name}, which fixes "
+                           f"{key}={value}")
+    return out
+
+
+def note_shadowed_options(options, policies, command: str = "warmserve simulate") -> None:
+    """Say on stderr, as ``command``, which ``--policy-option KEY=VALUE`` values ``options`` a policy in
+    ``policies`` does not take (``shadowed_options``)."""
+    given = parse_policy_options(options)
+    keys = {o.split("=", 1)[0].strip(): "--policy-option" for o in options}
+    for line in shadowed_options(given, keys, policies):
+        print(f"{command}: {line}", file=sys.stderr)

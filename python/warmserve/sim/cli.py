@@ -16,6 +16,7 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.outputs import check_output, check_plot, parse_numbers, write_json_atomic
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
+from warmserve.policy.registry import note_shadowed_options
 from warmserve.sim.config import SimConfig, check_field
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.plot import plot_ttft_cdf
@@ -545,20 +546,3 @@ def run_args(args) -> dict:
     from the same simulation options (bench/simulate/issue11/merge_policies.py)."""
     return {k: v for k, v in sorted(vars(args).items()) if k not in OUTPUT_ARGS and not callable(v)}
 
-
-def note_shadowed_options(options, policies: list[str]) -> None:
-    """Say on stderr which --policy-option values a policy does not take because its name fixes that field
-    (found in review: `autoscale` ran as registered under migrate_max_in_flight=8, without a word)."""
-    from warmserve.policy.registry import POLICIES
-
-    given = parse_policy_options(options)
-    keys = {o.split("=", 1)[0].strip() for o in options}
-    for name in policies:
-        for key, why in getattr(POLICIES[name].cls, "IGNORED_OPTIONS", {}).items() if name in POLICIES else ():
-            if key in keys:  # found in review: shared and dedicated ran uncapped under route_cap_per_instance=2
-                print(f"warmserve simulate: --policy-option {key} does not reach {name}: {why}", file=sys.stderr)
-        fixed = POLICIES[name].overrides if name in POLICIES else {}
-        for key, value in fixed.items():
-            if getattr(given, key) != value and key in keys:
-                print(f"warmserve simulate: --policy-option {key}={getattr(given, key)} does not reach {name}, "
-                      f"which fixes {key}={value}", file=sys.stderr)
