@@ -83,6 +83,8 @@ class Controller(WorkerRestarts):
         self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config,
                                   history=history_on_clock(history, self.clock_origin_s, self.models,
                                                            self.policy_config.window_s))
+        # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
+        self.policy.fit_in_background()
         self.metrics = ControllerMetrics()
         self.metrics.registry.collectors.append(lambda: views.collect(self))
         self.executor = LiveExecutor(self)
@@ -209,6 +211,7 @@ class Controller(WorkerRestarts):
             return
         self.closing = True
         if self.hub is None:  # never started, or its bind failed (which leaves nothing behind)
+            self.policy.close_fits()
             return
         try:
             await self._close_workers(drain)
@@ -216,6 +219,7 @@ class Controller(WorkerRestarts):
             for t in self._tasks + list(self._bg):
                 t.cancel()
             self.hub.close()
+            self.policy.close_fits()  # a Cluster closed in a long-lived program leaves no fitting process behind
 
     async def _close_workers(self, drain: bool) -> None:
         if drain:

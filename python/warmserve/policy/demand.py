@@ -9,14 +9,17 @@ from functools import partial
 
 import numpy as np
 
+from warmserve.policy.fitting import BackgroundFits
 from warmserve.policy.forecast import paper_next_batch
 from warmserve.policy.history import LiveWindowMeter
 
 
-#: Statistical fits (one series' day under ``ModelForecaster``: 0.3-0.8 s each here, ``auto``'s pick a few of
-#: them) one policy tick may make. Found in review: with "stl" and 12 models the first tick of a day fitted all 24
-#: series at once, 8-12 s ("auto": 18 s) on the controller's event loop, where workers are lost after 3 s of
-#: silence. Until a series is fitted the paper forecast stands in; ``fit_ahead`` fits one a tick meanwhile.
+#: Statistical fits (``fit_state`` calls, ``auto``'s backtest fits included) one policy tick may make inline.
+#: Found in review: with "stl" and 12 models the first tick of a day fitted all 24 series at once, 8-12 s
+#: ("auto": 18 s) on the controller's event loop, where workers are lost after 3 s of silence; and ``auto`` made
+#: its pick's five fits on one unit of this budget. Until a series is fitted the paper forecast stands in;
+#: ``fit_ahead`` goes on with one fit a tick meanwhile. One fit can still take seconds with short windows (STL at
+#: 60 s windows: 5-20 s), so the live controller fits in a background process instead (``fit_in_background``).
 FITS_PER_TICK = 1
 
 
@@ -28,6 +31,27 @@ class Demand:
     _first_input_s: float | None = None
     #: Fits this tick may still make (FITS_PER_TICK at each tick); None: no limit (before the first tick).
     _fits_left: int | None = None
+
+    def fit_in_background(self) -> None:
+        """Make the statistical forecasters' fits in a background process, adopted at a later tick (the paper
+        forecast standing in meanwhile), not in the tick: for a driver whose ticks share a thread with work that
+        must not wait seconds (the live controller's event loop). The simulator does not call it: its fits stay
+        inline and its runs deterministic."""
+        if not self.cfg.forecast or self.cfg.forecaster == "paper":
+            return
+        background = BackgroundFits()
+        for pair in self._fc.values():
+            for fc in pair:
+                if fc.background is None:
+                    fc.background = background
+
+    def close_fits(self) -> None:
+        """End ``fit_in_background``'s process (it also ends with this process, and when the policy is dropped)."""
+        for pair in self._fc.values():
+            for fc in pair:
+                if fc.background is not None:
+                    fc.background.close()
+                    fc.background = None
 
     def _may_fit(self) -> bool:
         if self._fits_left is None:

@@ -208,13 +208,19 @@ def _stl_fit(data: np.ndarray, period: int):
 _FITS = {"holt-winters": _hw_fit, "stl": _stl_fit}
 
 
+def fit_runs(method: str, y: np.ndarray, period: int, r: int, fit_days: int) -> bool:
+    """Whether ``fit_state`` would fit (call statsmodels) rather than return None at once."""
+    lo = max(0, r - fit_days * period)
+    return not (period < 2 or r - lo < min_fit_windows(method, period) or np.isnan(y[lo:r]).all())
+
+
 def fit_state(method: str, y: np.ndarray, period: int, r: int, fit_days: int,
               on_error: Callable[[Exception], None] | None = None):
     """Fit ``method`` on the ``fit_days`` days before index ``r``; None when no fit can be made: a day of fewer
     than 2 windows (no season to fit), fewer than ``min_fit_windows``, no data, or a fit that raised one of
     ``FIT_ERRORS`` or came out non-finite (passed to ``on_error``)."""
     lo = max(0, r - fit_days * period)
-    if period < 2 or r - lo < min_fit_windows(method, period) or np.isnan(y[lo:r]).all():
+    if not fit_runs(method, y, period, r, fit_days):
         return None
     try:
         state = _FITS[method](fill_gaps(y[lo:r], period), period)
@@ -310,23 +316,33 @@ def select_method(y: np.ndarray, period: int, lo: int, hi: int, methods=METHODS,
     return best
 
 
+class OutOfFits(Exception):
+    """A tick's fit budget ran out before a fit ``ModelForecaster.predict`` needed (auto's backtest included)."""
+
+
 class ModelForecaster:
     """Next-window forecasts for one series in a running system: fits refreshed once a day, cached.
 
     A fit is kept while a later backtest of ``auto`` may ask for it again (the last two days' boundaries) and
     reused there only if the windows it was fitted on are unchanged, so a backtest is ``one_step``'s and a day
     boundary costs ``auto`` two fits, not five (found in review: seven, two of them wasted).
-    ``name`` (the model, say) labels the one warning a failing fit logs."""
+    ``name`` (the model, say) labels the one warning a failing fit logs. ``background``: a
+    ``fitting.BackgroundFits`` that makes the day's fits in another process (the live controller's, whose ticks
+    run on its event loop); None: they are made here, when ``predict``'s ``may_fit`` allows."""
 
-    def __init__(self, method: str, period: int, *, n_resid: int = 10, fit_days: int = 4, name: str = ""):
+    def __init__(self, method: str, period: int, *, n_resid: int = 10, fit_days: int = 4, name: str = "",
+                 background=None):
         if method not in METHODS + ("auto",):
             raise InvalidArgumentError(f"unknown forecast method {method!r}", method=method)
         self.method, self.period, self.n_resid, self.fit_days = method, period, n_resid, fit_days
         self.name = name
+        self.background = background
         #: (method, r) -> (the windows fitted on, the fitted state or None)
         self._fits: dict[tuple[str, int], tuple[np.ndarray, object]] = {}
         self._chosen: dict[int, str] = {}
         self._fit_failed = False
+        #: The background job for a day's fits: (job id, r); None: none is running.
+        self._job: tuple[int, int] | None = None
 
     def _fit_error(self, e: Exception) -> None:
         if not self._fit_failed:  # once per series: every backtest and every day would fail the same way
@@ -335,26 +351,45 @@ class ModelForecaster:
                         "where it does (logged once)", f" of {self.name}" if self.name else "", self.method,
                         type(e).__name__, e, self.period)
 
-    def _fit(self, method: str, y: np.ndarray, period: int, r: int, fit_days: int, *, stale_ok: bool = False):
+    def _fit(self, method: str, y: np.ndarray, period: int, r: int, fit_days: int, *, stale_ok: bool = False,
+             may_fit: Callable[[], bool] | None = None):
         """``fit_state`` through the cache. ``stale_ok``: reuse a fit at ``r`` even if windows before ``r`` changed
         since (a plan may forecast the next day before the day's last window closed: the day's fit is made
-        then, once)."""
+        then, once). ``may_fit``: asked before a fit is made (a cached one is free); False raises ``OutOfFits``.
+        ``auto`` is not asked for a fit that cannot run (too little data: None at once), so its pick over a day
+        too short for any fit is made at once; the other methods are asked before every day's fit, as before
+        ``auto``'s backtest was counted (the simulator's runs with them stay as they were)."""
         data = y[max(0, r - fit_days * period): r]
         hit = self._fits.get((method, r))
         if hit is not None and (stale_ok or np.array_equal(hit[0], data, equal_nan=True)):
             return hit[1]
+        if may_fit is not None and (self.method != "auto" or fit_runs(method, y, period, r, fit_days)) \
+                and not may_fit():
+            raise OutOfFits
         state = fit_state(method, y, period, r, fit_days, self._fit_error)
         self._fits[(method, r)] = (data.copy(), state)
         return state
 
-    def _pick(self, y: np.ndarray, r: int) -> str:
+    def _pick(self, y: np.ndarray, r: int, may_fit: Callable[[], bool] | None = None) -> str:
+        """The method for the day from ``r``; ``auto``'s backtest may raise ``OutOfFits`` part-way (its fits made
+        so far stay cached, so a later call goes on from there)."""
         if self.method != "auto":
             return self.method
         if r not in self._chosen:  # backtest over the last two days (the bench shows one day is too noisy)
             lo = max(0, r - 2 * self.period)
-            self._chosen[r] = select_method(y, self.period, lo, r, fit=self._fit) \
+
+            def fit(*a, **k):
+                return self._fit(*a, may_fit=may_fit, **k)
+
+            self._chosen[r] = select_method(y, self.period, lo, r, fit=fit) \
                 if r - lo >= self.period // 2 else "paper"
         return self._chosen[r]
+
+    def fit_day(self, y: np.ndarray, r: int, may_fit: Callable[[], bool] | None = None) -> None:
+        """Make the fits a forecast of the day from ``r`` needs (``auto``'s pick and the chosen method's fit)."""
+        method = self._pick(y, r, may_fit)
+        if method not in ("paper", "last-value"):
+            self._fit(method, y, self.period, r, self.fit_days, stale_ok=True, may_fit=may_fit)
 
     def ready(self, n: int) -> bool:
         """Whether a forecast of y[n] needs no fit (the day's fit, and ``auto``'s pick, are made)."""
@@ -362,9 +397,38 @@ class ModelForecaster:
         method = self.method if self.method != "auto" else self._chosen.get(r)
         return method in ("paper", "last-value") or (method is not None and (method, r) in self._fits)
 
+    def _in_background(self, y: np.ndarray, r: int) -> None:
+        """Adopt the background job's fits once they came; ask for the day's fits where none are being made."""
+        if self._job is not None:
+            got = self.background.take(self._job[0])
+            if got is None:
+                if self._job[1] == r:
+                    return  # still fitting
+                self.background.forget(self._job[0])  # a day that is over: a newer day's fits are wanted
+                got = ("lost", "a newer day")
+            if got[0] == "ok":
+                chosen, fits, errors = got[1]
+                if chosen is not None:
+                    self._chosen[self._job[1]] = chosen
+                self._fits.update(fits)
+                for e in errors:
+                    self._fit_error(e)
+            elif got[0] == "error" and self._job[1] == r:  # a bug, not the data: not asked again for the day
+                self._fit_error(RuntimeError(got[1]))
+                if self.method == "auto":
+                    self._chosen.setdefault(r, "paper")
+                else:
+                    self._fits.setdefault((self.method, r), (np.empty(0), None))
+            self._job = None
+        if not self.ready(r) and self.background.available():
+            seed = {k: v for k, v in self._fits.items() if r - 2 * self.period <= k[1] <= r}
+            self._job = (self.background.submit(self.method, y[:r], self.period, r, self.n_resid, self.fit_days,
+                                                seed), r)
+
     def predict(self, y: np.ndarray, may_fit: Callable[[], bool] | None = None) -> float:
-        """Forecast of y[len(y)]; NaN when there is no data at all. ``may_fit``: asked before a day's fit (or
-        ``auto``'s pick) is made; False: the paper forecast stands in until a later call may fit."""
+        """Forecast of y[len(y)]; NaN when there is no data at all. ``may_fit``: asked before each fit (``auto``'s
+        backtest fits included); False: the paper forecast stands in until a later call may fit. With
+        ``background``, no fit is made here: the paper forecast stands in until the background fits came."""
         y = np.asarray(y, dtype=np.float64)
         n = len(y)
         if n == 0 or np.isnan(y).all():
@@ -372,15 +436,21 @@ class ModelForecaster:
         r = (n // self.period) * self.period
         # a backtest at r refits the two day boundaries before r: older fits are not asked for again
         self._fits = {k: v for k, v in self._fits.items() if k[1] >= r - 2 * self.period}
-        if may_fit is not None and not self.ready(n) and not may_fit():
+        if self.background is not None and not self.ready(n):
+            self._in_background(y, r)
+            if not self.ready(n):
+                return paper_next(y, self.period, self.n_resid)
+        try:
+            method = self._pick(y, r, may_fit)
+            state = None
+            if method not in ("paper", "last-value"):
+                state = self._fit(method, y, self.period, r, self.fit_days, stale_ok=True, may_fit=may_fit)
+        except OutOfFits:
             return paper_next(y, self.period, self.n_resid)
-        method = self._pick(y, r)
         if method == "last-value":
             return float(last_value_one_step(y, n)[n])
-        if method != "paper":
-            state = self._fit(method, y, self.period, r, self.fit_days, stale_ok=True)
-            if state is not None:
-                out = np.full(n + 1, np.nan)
-                run_state(state, y, self.period, r, out, n, n + 1)
-                return max(float(out[n]), 0.0)
+        if state is not None:
+            out = np.full(n + 1, np.nan)
+            run_state(state, y, self.period, r, out, n, n + 1)
+            return max(float(out[n]), 0.0)
         return paper_next(y, self.period, self.n_resid)
