@@ -19,11 +19,12 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import functools
+import itertools
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,9 +32,11 @@ import time
 from typing import Callable
 
 from warmserve.config import ClusterConfig, worker_cache_args
+from warmserve.controller import ray_connect
 from warmserve.controller.controller import Controller, check_tp_fits
+from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths
 from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, WorkerSlot, check_fits,
-                                          connect_address, node_key, plan_slots, unbracket)
+                                          connect_address, node_key, plan_slots)
 from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
@@ -45,12 +48,12 @@ NODE_REFRESH_S = 2.0
 #: How long kill() and wait() with no timeout wait for Ray to confirm an actor's end, seconds (a Popen would wait
 #: forever; an actor on a node that vanished may never be confirmed).
 END_CONFIRM_S = 30.0
-#: How long the Ray head given as HOST:PORT gets to accept a TCP connection before connecting is given up, seconds
-#: (ray.init retries an unreachable head for minutes).
-HEAD_PROBE_TIMEOUT_S = 5.0
 #: The returncode of a worker whose actor Ray reports dead (its process or node gone): Ray gives a reason, not a
 #: status; the reason is in RayWorkerProcess.exit_reason.
 ACTOR_DIED_STATUS = -1
+#: Numbers the launchers of this process: each one's worker ids and log files are its own. Found in review: two
+#: Clusters of one process both tagged their workers r{pid}, and their logs in a shared log_dir mixed.
+_LAUNCHERS = itertools.count(1)
 
 
 class _WorkerActor:
@@ -197,7 +200,9 @@ class RayLauncher:
 
     def __init__(self, address: str | None):
         self.address = address or "auto"
-        self._owns_connection = False
+        #: Its number in this process (``_LAUNCHERS``): in its workers' tag, and its hold on the Ray connection.
+        self.number = next(_LAUNCHERS)
+        self._connected = False
         self.driver_ip = "127.0.0.1"
         #: Node id -> its placement group.
         self.groups: dict = {}
@@ -216,57 +221,26 @@ class RayLauncher:
         self._closed = False
 
     def connect(self) -> None:
+        """Connect to Ray, or use this process's connection (``ray_connect``: counted across launchers, checked to be
+        the cluster at ``address``, and given up after a deadline)."""
         ray = require("ray", "the Ray launcher (--ray / ray_address)", extra="ray")
-        if ray.is_initialized():  # a program that is a Ray driver already: use its connection, leave it open
-            log.info("using this process's Ray connection")
-        else:
-            self._probe_head()
-            try:
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise RayClusterError(
-                    f"cannot connect to a Ray cluster at {self.address!r}: {e}. Start one (`ray start --head` here, "
-                    f"`ray start --address HEAD:6379` on the other machines) or pass its address to --ray",
-                    address=self.address) from None
-            self._owns_connection = True
+        ray_connect.acquire(self.number, self.address)
+        self._connected = True
         self.driver_ip = ray.util.get_node_ip_address()
         self._read_nodes()
         self._refresher = threading.Thread(target=self._refresh_nodes, name="warmserve-ray-nodes", daemon=True)
         self._refresher.start()
 
+    @property
+    def tag(self) -> str:
+        """What makes its worker ids its own: this process and this launcher in it (no "-")."""
+        return f"r{os.getpid()}w{self.number}"
+
     def _head_address(self) -> str:
-        """The HOST:PORT ray.init will connect to, "" when Ray checks it itself (a ray:// client address). "auto"
-        is resolved as Ray does: RAY_ADDRESS, else the address the last `ray start` on this machine wrote (found in
-        review: a cluster that had crashed left that file behind, and ray.init waited on its dead head for ever),
-        else a running cluster's."""
-        address = self.address
-        if address == "auto":
-            try:
-                from ray._private.services import get_ray_address_from_environment
-            except ImportError:  # a Ray that moved it: ray.init resolves "auto" unchecked
-                return ""
-            try:
-                address = get_ray_address_from_environment("auto", None)
-            except ConnectionError as e:  # no cluster on this machine at all
-                raise RayClusterError(
-                    f"no Ray cluster to connect to ({e}): start one (`ray start --head` here, `ray start --address "
-                    f"HEAD:6379` on the other machines) or pass its address to --ray", address=self.address) from None
-        return "" if "://" in address else address
+        return ray_connect.head_address(self.address)
 
     def _probe_head(self) -> None:
-        """The head must accept a connection now: say so at once rather than after Ray's retries (for ever, for a
-        head that is gone)."""
-        address = self._head_address()
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            return
-        try:
-            socket.create_connection((unbracket(host), int(port)), timeout=HEAD_PROBE_TIMEOUT_S).close()
-        except OSError as e:
-            found = "" if address == self.address else f" (found for {self.address!r})"
-            raise RayClusterError(
-                f"the Ray head at {address}{found} does not accept connections ({e}): check the address (`ray "
-                f"status` on the head prints it) or start the cluster (`ray start --head`)", address=address) from None
+        ray_connect.probe_head(self.address)
 
     def alive_nodes(self) -> list[RayNode]:
         return [RayNode(node_id=n["NodeID"], address=n["NodeManagerAddress"],
@@ -399,28 +373,27 @@ class RayLauncher:
         return out
 
     def close(self) -> None:
-        """Stop the actors and give the placement groups back; disconnect when this launcher connected."""
+        """Stop the actors and give the placement groups back; let go of the Ray connection (disconnected when this
+        was its last launcher and warmserve connected). Ray's calls get CLOSE_RAY_S in all: with the Ray head gone
+        they never return (found in review: close() hung for ever), and what was left is logged."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         if self._refresher is not None:
-            self._refresher.join(timeout=NODE_REFRESH_S + 5)
-        import ray
-
-        if not ray.is_initialized():
+            self._refresher.join(timeout=NODE_REFRESH_S + 1)
+        if not self._connected:
             return
-        for proc in self.current.values():
-            proc.kill()
         from ray.util import remove_placement_group
 
-        for pg in self.groups.values():
-            try:
-                remove_placement_group(pg)
-            except Exception as e:  # the cluster may be going away under us
-                log.debug("remove_placement_group: %s", e)
-        if self._owns_connection:
-            ray.shutdown()
+        calls = [(f"ray.kill(actor of {wid})", proc.kill) for wid, proc in self.current.items()]
+        calls += [(f"remove_placement_group(node {node_id[:8]})", functools.partial(remove_placement_group, pg))
+                  for node_id, pg in self.groups.items()]
+        calls.append(("the Ray connection's release", functools.partial(ray_connect.release, self.number)))
+        left = call_within(calls, CLOSE_RAY_S)
+        if left:
+            log.warning("Ray did not answer within %.0f s (is its head, the GCS, gone?): left undone: %s. Ray frees "
+                        "the actors and placement groups of this process when it ends", CLOSE_RAY_S, "; ".join(left))
 
 
 class RayController(Controller):
@@ -461,6 +434,35 @@ def check_planned(slots: list[WorkerSlot], n_nodes: int, models, cpu_workers: in
         check_tp_fits(models, min(max(per_node.values()), MAX_GPUS_PER_SERVER))
 
 
+async def _in_daemon_thread(fn, undo=None):
+    """``fn()`` on a daemon thread, awaited: a cancelled wait leaves the thread, which keeps no exit waiting, and
+    ``undo()`` runs there if ``fn`` then succeeds."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def run():
+        try:
+            out, err = fn(), None
+        except BaseException as e:  # handed to the awaiting coroutine
+            out, err = None, e
+        if fut.cancelled() and err is None and undo is not None:
+            undo()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(_settle_future, fut, out, err)
+
+    threading.Thread(target=run, name="warmserve-ray-connect", daemon=True).start()
+    return await fut
+
+
+def _settle_future(fut: asyncio.Future, out, err) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(out)
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -479,8 +481,15 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
             f"devices {list(cfg.devices)} name local devices, but with Ray every node's GPUs (or CPU workers) are "
             f"used: leave devices out", devices=list(cfg.devices))
     models = [controller_model(s) for s in cfg.models]  # a bad checkpoint is refused before Ray is involved
+    # Absolute here: the actors would resolve a relative path against their raylet's directory (found in review:
+    # the logs landed there, and the error named a path relative to the user's directory that did not exist).
+    log_dir = os.path.abspath(log_dir) if log_dir else log_dir
+    if cfg.host_cache_dir:
+        cfg = dataclasses.replace(cfg, host_cache_dir=os.path.abspath(cfg.host_cache_dir))
     launcher = RayLauncher(ray_address)
-    launcher.connect()
+    # On a daemon thread of its own: ray.init blocks, and on the event loop it stopped timeouts and Ctrl-C (found in
+    # review); ``connect`` ends by its deadline, and the thread cannot hold up the process's exit.
+    await _in_daemon_thread(launcher.connect, undo=launcher.close)
     controller = None
     try:
         controller = RayController(cfg, models, history=history)
@@ -489,10 +498,12 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
         nodes = launcher.alive_nodes()
         connect = connect_address(endpoint, launcher.driver_ip, nodes)
         slots = plan_slots(nodes, cpu_workers=cfg.cpu_workers, cpu_worker_threads=cfg.cpu_worker_threads,
-                           tag=f"r{os.getpid()}")
+                           tag=launcher.tag)
         check_planned(slots, len(nodes), models, cfg.cpu_workers, cfg.remote_workers)
         t0 = time.monotonic()
         await asyncio.to_thread(launcher.place, slots, cfg.worker_start_timeout_s)
+        await asyncio.to_thread(check_model_paths, sorted({s.node for s in slots}, key=lambda n: n.node_id),
+                                [m.spec.path for m in models], cfg.worker_start_timeout_s)
         mem = cpu_worker_memory_bytes(cfg, models)
         procs = {}
         for slot in slots:
