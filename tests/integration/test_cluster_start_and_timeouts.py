@@ -39,7 +39,8 @@ def test_a_start_that_times_out_keeps_its_own_error():
     running out ("no result within 33 s"), which was not what happened."""
     path = serving.demo_paths((MODEL,))[MODEL]
     t0 = time.monotonic()
-    with pytest.raises(TimeoutError_, match="1 of 2 workers registered within 3 s") as e:
+    # 0 or 1: the local worker's start (a process importing torch) can itself take over 3 s on a loaded machine
+    with pytest.raises(TimeoutError_, match="[01] of 2 workers registered within 3 s") as e:
         warmserve.Cluster([path], cpu_workers=1, remote_workers=1, start_timeout_s=3,
                           cpu_worker_memory_bytes=256 << 20)
     assert e.value.expected == 2 and time.monotonic() - t0 < 30
