@@ -389,6 +389,13 @@ class WorkerInstance(msgspec.Struct, omit_defaults=True):
     #: Of ``in_flight``, the sequences in the engine's running batch (the rest wait in the engine's own queue,
     #: behind max_num_seqs or for KV room). -1: not reported (a worker from before this field).
     running: int = -1
+    #: The engine's recent means over its decode steps (those that ran only decodes): wall time of one, seconds,
+    #: and its running sequences; and how many it has run (a count that moved: a fresh measure). Co-served engines
+    #: on a worker step in turn, so a co-served model's TPOT is about the sum of its host's engines' steps (the
+    #: policy sums them: ``Policy.observe_decode_step``). 0: none yet, or a worker from before these fields.
+    decode_step_s: float = 0.0
+    decode_batch: float = 0.0
+    decode_steps: int = 0
 
 
 class PoolStats(msgspec.Struct, omit_defaults=True):

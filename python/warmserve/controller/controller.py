@@ -19,7 +19,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig
-from warmserve.controller import views
+from warmserve.controller import observed, views
 from warmserve.controller.clock import history_on_clock, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
@@ -85,6 +85,7 @@ class Controller(WorkerRestarts):
                                                            self.policy_config.window_s))
         # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
         self.policy.fit_in_background()
+        self.observed = observed.ObservedSteps()  # the engines' measured decode steps, fed to co-serving each tick
         self.metrics = ControllerMetrics()
         self.metrics.registry.collectors.append(lambda: views.collect(self))
         self.executor = LiveExecutor(self)
@@ -562,6 +563,7 @@ class Controller(WorkerRestarts):
         try:
             if self.gpu_workers:
                 self.groups.prewarm()
+                self.observed.feed(self)
                 self.driver.tick(self.now_s())
         except UnplacedModelError:
             if raise_unplaced:

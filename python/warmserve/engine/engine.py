@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ CACHED_PREFILL_ROUTES = ("sdpa", "tiled", "rows")
 DEFAULT_TARGET_FREE_BLOCKS = 8
 #: Sequences one instance runs at once when nobody says (the policy's default instance_capacity, B).
 DEFAULT_MAX_NUM_SEQS = 32
+#: Weight of the latest decode step in the engine's recent means of its step time and batch (Engine.decode_step_s).
+DECODE_STEP_WEIGHT = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,8 @@ class Engine(PoolNeighbours):
         self.eos = set(self.cfg.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.closed = False
         self.num_steps = 0
+        #: Over the steps that ran only decodes (their count): recent means of wall time, s, and batch (worker Stats).
+        self.decode_step_s, self.decode_batch, self.decode_steps = 0.0, 0.0, 0
         #: Requests wait and none could start at the last step (no KV block to be had): see step().
         self.stalled = False
         #: When set, each step keeps the logits it sampled from in last_logits (request id -> [vocab] float32).
@@ -309,6 +314,7 @@ class Engine(PoolNeighbours):
     # ---- the loop ------------------------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         self._check_open()
+        t0_s = time.perf_counter()
         outputs = [self._output(s, []) for s in self._aborted]
         self._aborted = []
         if self.stalled:
@@ -337,6 +343,11 @@ class Engine(PoolNeighbours):
             seq.blocks = [moved.get(b, b) for b in seq.blocks]
         if not starved:
             self.kv.grow()
+        if chunks and all(c.n == 1 and c.start > 0 for c in chunks):  # a decode step, what a token waits for
+            self.decode_steps += 1
+            w = max(DECODE_STEP_WEIGHT, 1.0 / self.decode_steps)  # the first few: a plain mean, no bias to 0
+            self.decode_step_s += w * (time.perf_counter() - t0_s - self.decode_step_s)
+            self.decode_batch += w * (len(chunks) - self.decode_batch)
         return outputs
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:

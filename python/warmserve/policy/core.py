@@ -77,6 +77,16 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             raise UnknownModelError(f"model {model!r} is not served; known: {sorted(self.models)}", model=model)
         return m
 
+    def observe_decode_step(self, model: str, step_s: float, batch: float, now_s: float) -> None:
+        """A decode step of ``model`` as its engines measured it: ``step_s`` seconds of wall time per step at
+        ``batch`` running sequences, seen at ``now_s`` (policy clock). The live controller feeds these from the
+        workers' Stats (``controller.observed``); the simulator feeds none. Co-serving then takes the model's step
+        as no less than the measured one for OBSERVED_STEP_MAX_AGE_S (``cosizing.HostSizing.step_s``); nothing
+        else reads it. Ignored without co-serving, for a model not served, or a step that is not a positive
+        finite number."""
+        if self._co is not None and model in self.models and 0 < step_s < math.inf and 0 <= batch < math.inf:
+            self._co.observe(model, float(step_s), float(batch), now_s)
+
     # ---- helpers ----------------------------------------------------------------------------------------
 
     def _new_id(self, model: str, kind: str) -> str:
@@ -294,6 +304,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         self._release_reservations(state, active, want_out)
         co = self._co
         if co is not None:  # co-serving's view of the loads; a host over its TPOT target splits a model out
+            co.forget_stale(now_s)
             fc = self._window_forecast(now_s)
             co.update(state, {m: r[0] for m, r in raw.items()}, {m: r[1] for m, r in raw.items()},
                       {m: max(avg5[m], fc.get(m, 0.0)) for m in self.models})

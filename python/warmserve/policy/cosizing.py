@@ -1,8 +1,11 @@
-"""Sizing rules of co-serving (``coserve``): a model's predicted decode step, how many models a host of a given GPU
-size holds, each one's KV share and the requests that share takes. Pure: they read the model, the policy's knobs
-and GPU sizes, and decide nothing (``coserve.CoServing`` decides with them)."""
+"""Sizing rules of co-serving (``coserve``): a model's decode step (predicted, raised to what its engines measured
+when they report it), how many models a host of a given GPU size holds, each one's KV share and the requests that
+share takes. Pure: they read the model, the policy's knobs, GPU sizes and the measured steps given to them
+(``HostSizing.observe``), and decide nothing (``coserve.CoServing`` decides with them)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.state import ClusterState, ModelInfo, runs_alone
@@ -10,6 +13,20 @@ from warmserve.policy.state import ClusterState, ModelInfo, runs_alone
 #: Share of a GPU's pool the weights of a host's models may take together (the rest is KV): the `shared`
 #: baseline's rule (``colocation.plan_shared``: weights up to 80% of memory).
 WEIGHT_SHARE_PER_HOST = 0.8
+#: Longest a measured decode step is used, seconds: past it the model's engines have not decoded since (idle, or
+#: gone), and what they measured may describe a batch or a host that no longer is; the prediction stands alone again.
+OBSERVED_STEP_MAX_AGE_S = 60.0
+
+
+@dataclass(frozen=True)
+class ObservedStep:
+    """A model's decode step as its engines measured it (``Policy.observe_decode_step``)."""
+
+    #: Wall time of one decode step, seconds, at ``batch`` running sequences (both recent means of the engine's).
+    step_s: float
+    batch: float
+    #: When it was observed, on the policy's clock, seconds.
+    at_s: float
 
 
 def kv_per_token(m: ModelInfo) -> int:
@@ -26,16 +43,35 @@ class HostSizing:
     def __init__(self, cfg: PolicyConfig, models: dict[str, ModelInfo]):
         self.cfg = cfg
         self.models = models
+        #: Per model, its latest measured decode step (none in the simulator, which feeds no observations).
+        self.observed: dict[str, ObservedStep] = {}
 
     def step_s(self, model: str, batch: float) -> float:
-        """Predicted decode step of ``model`` at ``batch`` running sequences, seconds: the memory-bound step of
+        """Decode step of ``model`` at ``batch`` running sequences, seconds. Predicted: the memory-bound step of
         ``sim.costmodel.CostModel.decode_step_s``, from what the policy knows: max(the profiled step, the weight
         shard over the read bandwidth) + batch x context tokens x its KV bytes per token (per GPU) over the
-        read bandwidth."""
+        read bandwidth. With a measured step (``observe``) s_obs at b_obs sequences: no less than the measured base
+        (s_obs less b_obs x the per-sequence KV term, at least 0) + batch x that term, since the planning figures
+        (a profiled step of 20 ms, an H100's bandwidth) may be far from the hardware the engines run on."""
         m = self.models[model]
         r = self.cfg.decode_read_bytes_per_s
         kv = batch * self.cfg.coserve_context_tokens * kv_per_token(m) / m.tp / r
-        return max(m.decode_s_per_token, m.weight_bytes / m.tp / r) + kv
+        predicted = max(m.decode_s_per_token, m.weight_bytes / m.tp / r) + kv
+        obs = self.observed.get(model)
+        if obs is None:  # the prediction exactly as computed without observations: the simulator's results stay
+            return predicted
+        per_seq_s = self.cfg.coserve_context_tokens * kv_per_token(m) / m.tp / r
+        return max(predicted, max(0.0, obs.step_s - obs.batch * per_seq_s) + batch * per_seq_s)
+
+    def observe(self, model: str, step_s: float, batch: float, now_s: float) -> None:
+        """Record ``model``'s measured decode step (``step_s`` seconds at ``batch`` sequences) at ``now_s``; it
+        replaces the one before."""
+        self.observed[model] = ObservedStep(step_s, batch, now_s)
+
+    def forget_stale(self, now_s: float) -> None:
+        """Drop the measured steps older than OBSERVED_STEP_MAX_AGE_S at ``now_s``."""
+        for model in [m for m, o in self.observed.items() if now_s - o.at_s > OBSERVED_STEP_MAX_AGE_S]:
+            del self.observed[model]
 
     def models_per_host(self, model: str, gpu_bytes: int) -> int:
         """How many models a host of ``model``'s kind holds (< 2: the model never co-serves): as many as fit with
