@@ -1,10 +1,10 @@
 """The Ray launcher's connection, found in a review of the Ray launch path: an address whose port accepts TCP but
-is no Ray head, two launchers in one process, an address other than the one the process is connected to, a
-relative log_dir, and a close while Ray's head is gone. No Ray cluster: a port that is no head is a plain listener
-(nothing of Ray starts to connect to it), and the rest uses a stand-in ``ray`` module."""
+is no Ray head, and a relative log_dir. No Ray cluster: a port that is no head is a plain listener (nothing of Ray
+starts to connect to it), and the log_dir is read where the launcher hands it to its actors. Two launchers in one
+process, an address other than the connected cluster's, the program's own connection and a close while Ray's head
+is gone are tested on a real Ray cluster: integration/test_ray_review_shared_connection.py."""
 
 import asyncio
-import logging
 import os
 import socket
 import subprocess
@@ -12,14 +12,12 @@ import sys
 import textwrap
 import threading
 import time
-import types
 
 import pytest
 
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.controller import ray_launch
 from warmserve.controller.ray_launch import RayLauncher, RayNode
-from warmserve.errors import InvalidArgumentError
 
 from controller_harness import demo_path
 
@@ -145,108 +143,6 @@ def test_the_start_on_the_event_loop_can_be_timed_out_while_ray_init_hangs(tmp_p
         listener.close()
     assert "timed out after" in out, out
     assert float(out.split("timed out after ")[1].split()[0]) < 8, out
-
-
-class FakeRay(types.ModuleType):
-    """``ray`` as the launcher uses it to connect, read nodes and close: records init and shutdown."""
-
-    def __init__(self, connected_to: str | None = None):
-        super().__init__("ray")
-        self.gcs = connected_to
-        self.inits, self.shutdowns = [], 0
-        self.util = types.ModuleType("ray.util")
-        self.util.get_node_ip_address = lambda: "127.0.0.1"
-        self.util.remove_placement_group = lambda pg: None
-
-    def is_initialized(self):
-        return self.gcs is not None
-
-    def init(self, address, **kw):
-        self.inits.append(address)
-        self.gcs = "127.0.0.1:6379" if address == "auto" else address
-
-    def shutdown(self):
-        self.shutdowns += 1
-        self.gcs = None
-
-    def nodes(self):
-        return [{"NodeID": "ab" * 28, "NodeManagerAddress": "127.0.0.1", "Alive": True, "Resources": {"CPU": 2.0}}]
-
-    def get_runtime_context(self):
-        return types.SimpleNamespace(gcs_address=self.gcs, get_job_id=lambda: "01000000")
-
-    def kill(self, actor, no_restart=True):
-        pass
-
-
-@pytest.fixture
-def fake_ray(monkeypatch):
-    def install(connected_to=None):
-        ray = FakeRay(connected_to)
-        monkeypatch.setitem(sys.modules, "ray", ray)
-        monkeypatch.setitem(sys.modules, "ray.util", ray.util)
-        return ray
-    return install
-
-
-def test_closing_one_launcher_keeps_the_connection_another_uses_and_their_tags_differ(fake_ray):
-    """Found in review: the first launcher ray.shutdown() the connection at its close, killing the workers of a
-    second Cluster of the process; both tagged their workers r{pid}, so their logs in one log_dir mixed."""
-    ray = fake_ray()
-    head = _Listener(H2_SETTINGS)  # what the probes before ray.init see of a head
-    a, b = RayLauncher(head.address), RayLauncher(head.address)
-    a.connect()
-    b.connect()
-    head.close()
-    assert ray.inits == [head.address]
-    a.close()
-    assert ray.shutdowns == 0 and ray.is_initialized()
-    b.close()
-    assert ray.shutdowns == 1  # warmserve connected: its last launcher disconnects
-    assert a.tag != b.tag and str(os.getpid()) in a.tag and "-" not in a.tag
-
-
-def test_a_connection_the_program_made_itself_is_left_open(fake_ray):
-    ray = fake_ray(connected_to="127.0.0.1:6379")
-    a = RayLauncher("127.0.0.1:6379")
-    a.connect()
-    a.close()
-    assert ray.inits == [] and ray.shutdowns == 0
-
-
-def test_an_address_other_than_the_connected_cluster_s_is_refused_naming_both(fake_ray):
-    """Found in review: Cluster(ray_address=B) silently ran on cluster A, the one the process was connected to."""
-    ray = fake_ray(connected_to="127.0.0.1:6379")
-    with pytest.raises(InvalidArgumentError) as e:
-        RayLauncher("127.0.0.1:6380").connect()
-    assert "127.0.0.1:6379" in str(e.value) and "127.0.0.1:6380" in str(e.value), str(e.value)
-    for same in ("localhost:6379", "auto", None):  # the same cluster, as written otherwise
-        launcher = RayLauncher(same)
-        launcher.connect()
-        launcher.close()
-    assert ray.shutdowns == 0
-
-
-def test_close_returns_while_ray_s_calls_hang_with_its_head_gone(fake_ray, monkeypatch, caplog):
-    """Found in review: with the GCS gone, remove_placement_group never returned and Cluster.close() hung for ever.
-    Now close() gives Ray's calls CLOSE_RAY_S and logs what was left."""
-    fake_ray(connected_to="127.0.0.1:6379")
-    launcher = RayLauncher(None)
-    launcher.connect()
-    ray = sys.modules["ray"]
-    stuck = threading.Event()
-    ray.util.remove_placement_group = lambda pg: stuck.wait()
-    launcher.groups = {"ab" * 28: object()}
-    monkeypatch.setattr(ray_launch, "CLOSE_RAY_S", 1.0, raising=False)
-    closer = threading.Thread(target=launcher.close, daemon=True)
-    t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, "warmserve.controller"):
-        closer.start()
-        closer.join(15)
-    stuck.set()
-    assert not closer.is_alive(), "close() still blocked on remove_placement_group after 15 s"
-    assert time.monotonic() - t0 < 10
-    assert "remove_placement_group(node abababab)" in caplog.text, caplog.text
 
 
 def test_a_relative_log_dir_and_host_cache_dir_reach_the_actors_absolute(monkeypatch, tmp_path):
