@@ -4,7 +4,7 @@ The controller's policy ticks run on its event loop, which also hears the worker
 ``worker_timeout_s``, 3 s, of silence). One STL fit grows with the square of the windows a day: 0.5-0.8 s at
 300 s windows, 3.5 s at 120 s, 5.6-20 s at 60 s (found in review: a tick blocked the loop that long, and ``auto``
 made five fits in one tick). A thread does not help: statsmodels' STL holds the GIL for the whole fit (measured:
-the main thread got no turn for the 0.5 s of a fit). So one spawned process makes the fits, a day's fits of one
+the main thread got no turn for the 0.5 s of a fit). So one child process makes the fits, a day's fits of one
 series per job, and ``ModelForecaster`` adopts them at a later tick; the paper forecast stands in meanwhile.
 
 The simulator does not use this: it fits inline (``ModelForecaster.predict``'s ``may_fit`` budget), so its runs
@@ -14,9 +14,12 @@ stay deterministic.
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import pickle
 import queue
 import signal
+import subprocess
+import sys
+import threading
 import weakref
 
 import numpy as np
@@ -25,8 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Background processes that may die (an OOM kill, say) before the forecasts stay on the paper method for good.
 MAX_RESTARTS = 3
-#: How often the background process checks that the process that started it still lives (s).
-PARENT_CHECK_S = 2.0
+#: How long a closing process is given to end after its input closes, before it is killed (s).
+STOP_WAIT_S = 5.0
 
 
 def fit_day(method: str, y: np.ndarray, period: int, r: int, n_resid: int, fit_days: int, seed: dict):
@@ -43,17 +46,21 @@ def fit_day(method: str, y: np.ndarray, period: int, r: int, n_resid: int, fit_d
     return (fc._chosen.get(r) if method == "auto" else None), new, errors
 
 
-def _serve(jobs, results) -> None:
-    """The background process: one job at a time, until the controller's process is gone."""
+def main() -> None:
+    """The background process (``BackgroundFits`` starts it): jobs pickled on stdin, one at a time,
+    results pickled on stdout, until stdin ends (the controller closed it, or its process is gone).
+
+    A plain child process, not multiprocessing's spawn: spawn runs the parent's ``__main__`` file again in the
+    child, and a user's script without a ``__name__`` guard (the README's own example) started a second Cluster
+    there and failed (found in review: the fits never came)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the server is for the server to handle
-    parent = multiprocessing.parent_process()
+    jobs, results = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed must not land among the pickled results
     while True:
         try:
-            item = jobs.get(timeout=PARENT_CHECK_S)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return
-            continue
+            item = pickle.load(jobs)
+        except EOFError:
+            return
         if item is None:
             return
         job, args = item
@@ -61,24 +68,56 @@ def _serve(jobs, results) -> None:
             out = ("ok", fit_day(*args))
         except Exception as e:  # noqa: BLE001 - a bug here must reach the controller's log, not end the fits
             out = ("error", f"{type(e).__name__}: {e}")
-        results.put((job, out))
+        try:
+            pickle.dump((job, out), results)
+            results.flush()
+        except BrokenPipeError:  # the controller is gone
+            return
 
 
-def _stop(proc, jobs) -> None:
-    if proc is not None and proc.is_alive():
-        proc.terminate()
-        proc.join(timeout=5)
+def _write_jobs(proc: subprocess.Popen, jobs: queue.SimpleQueue) -> None:
+    """Feed ``jobs`` to the process's stdin off the event loop (a pipe full with a long fit running would block
+    its writer); None closes stdin, which ends the process."""
+    try:
+        while (item := jobs.get()) is not None:
+            pickle.dump(item, proc.stdin)
+            proc.stdin.flush()
+    except (BrokenPipeError, OSError, ValueError):  # the process died, or was closed under us
+        pass
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+
+def _read_results(proc: subprocess.Popen, results: queue.SimpleQueue) -> None:
+    """Hand the process's pickled results to ``results`` until its stdout ends."""
+    try:
+        while True:
+            results.put(pickle.load(proc.stdout))
+    except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+        pass
+
+
+def _stop(proc: subprocess.Popen | None, jobs: queue.SimpleQueue | None) -> None:
     if jobs is not None:
-        jobs.cancel_join_thread()  # jobs not taken yet are dropped: nobody waits for them
-        jobs.close()
+        jobs.put(None)  # jobs not taken yet are dropped: nobody waits for them
+    if proc is not None and proc.poll() is None:
+        try:
+            proc.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:  # a fit still running: its result is not wanted
+            proc.kill()
+            proc.wait()
 
 
 class BackgroundFits:
-    """One spawned daemon process making ``fit_day`` jobs in turn; started at the first job."""
+    """One background process making ``fit_day`` jobs in turn; started at the first job."""
 
     def __init__(self):
-        self._ctx = multiprocessing.get_context("spawn")
-        self._proc = self._jobs = self._results = None
+        self._proc: subprocess.Popen | None = None
+        self._jobs: queue.SimpleQueue | None = None
+        self._results: queue.SimpleQueue | None = None
         self._next = 0
         self._pending: set[int] = set()
         self._done: dict[int, tuple] = {}
@@ -90,10 +129,14 @@ class BackgroundFits:
         return self._restarts <= MAX_RESTARTS
 
     def _start(self) -> None:
-        self._jobs, self._results = self._ctx.Queue(), self._ctx.Queue()
-        self._proc = self._ctx.Process(target=_serve, args=(self._jobs, self._results), daemon=True,
-                                       name="warmserve-forecast-fits")
-        self._proc.start()
+        self._jobs, self._results = queue.SimpleQueue(), queue.SimpleQueue()
+        # stderr inherited: a fit's traceback reaches the server's log output
+        # -c, not -m: the package (warmserve.policy) imports this module, and runpy warns at a second copy of it
+        self._proc = subprocess.Popen([sys.executable, "-c", "from warmserve.policy.fitting import main; main()"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for target, q, name in ((_write_jobs, self._jobs, "jobs"), (_read_results, self._results, "results")):
+            threading.Thread(target=target, args=(self._proc, q), daemon=True,
+                             name=f"warmserve-forecast-fits-{name}").start()
         if self._finalizer is not None:
             self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _stop, self._proc, self._jobs)
@@ -117,16 +160,16 @@ class BackgroundFits:
             if job in self._pending:
                 self._pending.discard(job)
                 self._done[job] = out
-        if self._pending and not self._proc.is_alive():
+        if self._pending and self._proc.poll() is not None:
             self._restarts += 1
             log.warning("the background process of forecast fits exited (status %s) with %d jobs; %s",
-                        self._proc.exitcode, len(self._pending),
+                        self._proc.returncode, len(self._pending),
                         "they are asked again" if self.available() else
                         "the paper forecast stands in from now on")
             for job in self._pending:
-                self._done[job] = ("lost", f"the fitting process exited with status {self._proc.exitcode}")
+                self._done[job] = ("lost", f"the fitting process exited with status {self._proc.returncode}")
             self._pending.clear()
-            _stop(self._proc, self._jobs)
+            self._finalizer()
             self._proc = None
 
     def take(self, job: int) -> tuple | None:
@@ -141,7 +184,7 @@ class BackgroundFits:
         self._done.pop(job, None)
 
     def close(self) -> None:
-        """End the process (it ends anyway with the controller's: it is a daemon and watches its parent)."""
+        """End the process (it also ends when the controller's process goes: its stdin closes)."""
         if self._finalizer is not None:
             self._finalizer()
         self._proc = None

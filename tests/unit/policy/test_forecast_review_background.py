@@ -7,7 +7,8 @@ tick adopts it, and from then on the forecasts are the inline ones. The simulato
 from __future__ import annotations
 
 import asyncio
-
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -108,9 +109,46 @@ def test_the_live_controller_fits_in_the_background():
         bg = next(iter(backgrounds.values()))
         bg.submit("stl", np.zeros(3), 2, 2, 10, 4, {})  # starts the process
         proc = bg._proc
-        assert proc.is_alive()
+        assert proc.poll() is None
         asyncio.run(c.close())  # a Cluster closed in a long-lived program leaves no fitting process behind
-        proc.join(timeout=10)
-        assert not proc.is_alive()
+        assert proc.wait(timeout=10) is not None
     finally:
         c.policy.close_fits()
+
+
+UNGUARDED_SCRIPT = """
+import os, sys, time
+import numpy as np
+print("top level", os.getpid(), flush=True)
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy.state import ClusterState, ModelInfo
+
+period, n = 24, 5 * 24
+a = 20 + 10 * np.sin(np.arange(n) * 2 * np.pi / period)
+models = [ModelInfo("m0", 10 << 30, 1, 1 << 19)]
+pol = make_policy("warmserve", models=models, config=PolicyConfig(forecaster="stl", window_s=3600.0),
+                  history={"m0": (np.arange(n) * 3600.0, a, 1.5 * a)})
+pol.fit_in_background()
+state = ClusterState.uniform(1, models)
+t0, k = time.monotonic(), 0
+while time.monotonic() - t0 < 60 and not all(fc.ready(n) for fc in pol._fc["m0"]):
+    pol.tick(state, n * 3600.0 + 1.0 + k)
+    k += 1
+    time.sleep(0.2)
+bg = pol._fc["m0"][0].background
+print("ready", all(fc.ready(n) for fc in pol._fc["m0"]), "restarts", bg._restarts, flush=True)
+pol.close_fits()
+"""
+
+
+def test_a_script_without_a_main_guard_gets_its_fits_and_runs_once(tmp_path):
+    """Found in review: the fits' process was multiprocessing's spawn, which runs the parent's __main__ file again
+    in the child. A script written as the README's example (no ``if __name__ == "__main__"``) ran its top level
+    in every fitting process (a second Cluster, in a real one), each of which failed: 4 restarts, no fit ever."""
+    script = tmp_path / "user_script.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sum(line.startswith("top level") for line in lines) == 1, r.stdout
+    assert "ready True restarts 0" in lines, (r.stdout, r.stderr[-3000:])
