@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,60 +23,29 @@ import urllib.request
 import pytest
 
 import serving
+from ray_namespaces import inside, require_namespaces, run_inside
 
-#: Set inside the namespaces: the test body runs there.
-INSIDE_ENV = "WARMSERVE_TEST_RAY_INSIDE"
 #: The whole run inside the namespaces (Ray up, serve, bursts, kill and replacement, shutdown), seconds: past it
 #: the run is killed, namespaces and all; its waits end by INSIDE_BUDGET_S, leaving time to clean up and report.
 INSIDE_LIMIT_S = 90
 INSIDE_BUDGET_S = 75
 MODELS = ("llama-20m", "qwen2-30m")
-NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs the machine to itself
 
 
-def _cannot_run() -> str:
-    """Why this machine cannot run the test, or ""."""
-    if importlib.util.find_spec("ray") is None:
-        return "ray is not installed (pip install 'warmserve[ray]')"
-    if os.geteuid() != 0:
-        return "needs root: the Ray cluster runs in a private network namespace (unshare --net)"
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs unshare (util-linux) and ip (iproute2) for a private network namespace"
-    probe = subprocess.run([*NAMESPACES, "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"cannot make private network and PID namespaces here: {probe.stderr.strip()[:200]}"
-    return ""
-
-
 def test_serve_on_a_two_node_ray_cluster_replaces_a_killed_worker_actor(tmp_path):
-    if os.environ.get(INSIDE_ENV):
+    if inside():
         _inside(tmp_path)
         return
-    why = _cannot_run()
-    if why:
-        pytest.skip(why)
-    serving.demo_paths(MODELS)  # written out here, so the timed run inside only reads them
-    cmd = [*NAMESPACES, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-s",
-           f"{__file__}::test_serve_on_a_two_node_ray_cluster_replaces_a_killed_worker_actor",
-           "--basetemp", str(tmp_path / "inside")]
-    # Ray's files (sessions, logs, sockets, the current cluster's address) in a directory of this run, not in
-    # /tmp/ray where other Ray users on the machine look. Short: Ray's Unix socket paths must fit in 107 bytes.
-    ray_tmp = tempfile.mkdtemp(prefix="wsray")
     # The temp dir of every process inside (the workers' actors too), where leftovers are looked for.
     inside_tmp = tmp_path / "tmp"
     inside_tmp.mkdir()
-    try:
-        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp, "TMPDIR": str(inside_tmp)},
-                           capture_output=True, text=True, timeout=INSIDE_LIMIT_S, cwd=os.path.dirname(__file__))
-    except subprocess.TimeoutExpired as e:  # unshare is killed, and with it every process in the namespaces
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        pytest.fail(f"the run inside the namespaces passed {INSIDE_LIMIT_S} s:\n{out[-4000:]}")
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, f"inside the namespaces:\n{r.stdout[-6000:]}\n{r.stderr[-2000:]}"
-    print(r.stdout[-1500:])
+    require_namespaces()
+    serving.demo_paths(MODELS)  # written out here, so the timed run inside only reads them
+    out = run_inside(__file__, "test_serve_on_a_two_node_ray_cluster_replaces_a_killed_worker_actor", tmp_path,
+                     INSIDE_LIMIT_S, env={"TMPDIR": str(inside_tmp)})
+    print(out[-1500:])
 
 
 # ------------------------------------------------------------------------------------------------ inside

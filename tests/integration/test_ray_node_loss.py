@@ -11,17 +11,13 @@ outward address).
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 
 import serving
-from test_ray import INSIDE_ENV, NAMESPACES, _cannot_run
+from ray_namespaces import inside, require_namespaces, run_inside
 
 #: The run inside the namespaces, seconds; the worker must be given up on within GIVE_UP_S of the node's death,
 #: far below WORKER_START_TIMEOUT_S.
@@ -38,27 +34,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs th
 
 
 def test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast(tmp_path):
-    if os.environ.get(INSIDE_ENV):
+    if inside():
         asyncio.run(_inside())
         return
-    why = _cannot_run()
-    if why:
-        pytest.skip(why)
-    serving.demo_paths((MODEL,))
-    cmd = [*NAMESPACES, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-s",
-           f"{__file__}::test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast",
-           "--basetemp", str(tmp_path / "inside")]
-    ray_tmp = tempfile.mkdtemp(prefix="wsray")
-    try:
-        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp}, capture_output=True,
-                           text=True, timeout=INSIDE_LIMIT_S, cwd=os.path.dirname(__file__))
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        pytest.fail(f"the run inside the namespaces passed {INSIDE_LIMIT_S} s:\n{out[-4000:]}")
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, f"inside the namespaces:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
-    print(r.stdout[-800:])
+    require_namespaces()
+    serving.demo_paths((MODEL,))  # written out here, so the timed run inside only reads them
+    out = run_inside(__file__, "test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast", tmp_path,
+                     INSIDE_LIMIT_S)
+    print(out[-800:])
 
 
 async def _inside() -> None:

@@ -23,11 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -35,7 +32,7 @@ import traceback
 import pytest
 
 import serving
-from test_ray import INSIDE_ENV, NAMESPACES, _cannot_run
+from ray_namespaces import inside, require_namespaces, run_inside
 
 #: The run inside the namespaces, seconds: Ray's two heads (about 10 s on 2 cores, side by side), four Clusters of
 #: one CPU worker each (a few seconds each), the close with the head gone (CLOSE_RAY_S, 10 s), about 40 s in all.
@@ -46,29 +43,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs th
 
 
 def test_clusters_of_one_process_share_its_ray_connection_and_close_without_the_head(tmp_path):
-    if os.environ.get(INSIDE_ENV):
+    if inside():
         _inside()
         return
-    why = _cannot_run()
-    if why:
-        pytest.skip(why)
+    require_namespaces()
     serving.demo_paths((MODEL,))  # written out here, so the timed run inside only reads them
-    cmd = [*NAMESPACES, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-s",
-           f"{__file__}::test_clusters_of_one_process_share_its_ray_connection_and_close_without_the_head",
-           "--basetemp", str(tmp_path / "inside")]
-    # Short: Ray's Unix socket paths must fit in 107 bytes.
-    ray_tmp = tempfile.mkdtemp(prefix="wsray")
     t0 = time.monotonic()
-    try:
-        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp}, capture_output=True,
-                           text=True, timeout=INSIDE_LIMIT_S, cwd=os.path.dirname(__file__))
-    except subprocess.TimeoutExpired as e:  # unshare is killed, and with it every process in the namespaces
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        pytest.fail(f"the run inside the namespaces passed {INSIDE_LIMIT_S} s:\n{out[-6000:]}")
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, f"inside the namespaces:\n{r.stdout[-8000:]}\n{r.stderr[-3000:]}"
-    print(f"{time.monotonic() - t0:.1f} s inside:", r.stdout[-1500:])
+    out = run_inside(__file__, "test_clusters_of_one_process_share_its_ray_connection_and_close_without_the_head",
+                     tmp_path, INSIDE_LIMIT_S)
+    print(f"{time.monotonic() - t0:.1f} s inside:", out[-1500:])
 
 
 # ------------------------------------------------------------------------------------------------ inside

@@ -27,3 +27,21 @@ def write_tiny_models(out_dir: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     return write_tiny_models(str(tmp_path_factory.mktemp("tiny-models")))
+
+
+@pytest.fixture
+def worker():
+    """An in-process CPU worker with a 0.25 GiB pool."""
+    import torch
+
+    from warmserve.worker import InProcessWorker
+
+    # One torch thread, as each CPU worker of the test clusters runs: with two on a 2-core machine that is busy
+    # otherwise, every small step waits for the other thread (a test here took 24 s in CI, under 2 s with one).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with InProcessWorker("cpu", memory_gib=0.25) as w:
+            yield w
+    finally:
+        torch.set_num_threads(threads)

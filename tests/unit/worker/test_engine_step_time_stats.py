@@ -5,23 +5,8 @@ a worker before these fields decode with them at 0."""
 from __future__ import annotations
 
 import msgspec
-import pytest
 
 from warmserve import protocol as P
-from warmserve.worker import InProcessWorker
-
-
-@pytest.fixture
-def worker():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with InProcessWorker("cpu", memory_gib=0.25) as w:
-            yield w
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_stats_report_the_instances_measured_decode_step(worker, tiny_models):

@@ -15,21 +15,6 @@ pytestmark = pytest.mark.slow
 GREEDY8 = P.SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 
 
-@pytest.fixture
-def worker():
-    import torch
-
-    # One torch thread, as each CPU worker of the test clusters runs: with two on a 2-core machine that is busy
-    # otherwise, every small step waits for the other thread (a test here took 24 s in CI, under 2 s with one).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with InProcessWorker("cpu", memory_gib=0.25) as w:
-            yield w
-    finally:
-        torch.set_num_threads(threads)
-
-
 def pages_of(stats: P.Stats, name: str) -> list[int]:
     return next(m.physical_pages for m in stats.models if m.name == name)
 

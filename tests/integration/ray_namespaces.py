@@ -1,0 +1,65 @@
+"""Running a test's body on a private local Ray cluster: Ray binds the machine's outward address whatever it is
+told, so the body runs again (pytest in a child) inside private network and PID namespaces, where the only
+interface is loopback and every process started there dies with the namespace. Needs root, unshare and ip."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+#: Set inside the namespaces: the test body runs there.
+INSIDE_ENV = "WARMSERVE_TEST_RAY_INSIDE"
+NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def inside() -> bool:
+    """Whether this process is the run inside the namespaces."""
+    return bool(os.environ.get(INSIDE_ENV))
+
+
+def cannot_run() -> str:
+    """Why this machine cannot run a test inside the namespaces, or ""."""
+    if importlib.util.find_spec("ray") is None:
+        return "ray is not installed (pip install 'warmserve[ray]')"
+    if os.geteuid() != 0:
+        return "needs root: the Ray cluster runs in a private network namespace (unshare --net)"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "needs unshare (util-linux) and ip (iproute2) for a private network namespace"
+    probe = subprocess.run([*NAMESPACES, "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot make private network and PID namespaces here: {probe.stderr.strip()[:200]}"
+    return ""
+
+
+def require_namespaces() -> None:
+    """Skip the test where the namespaces cannot be made (``cannot_run``)."""
+    why = cannot_run()
+    if why:
+        pytest.skip(why)
+
+
+def run_inside(test_file: str, test_name: str, tmp_path, limit_s: float, env: dict | None = None) -> str:
+    """Run ``test_file::test_name`` again inside the namespaces (``require_namespaces`` first), killed with every
+    process there after ``limit_s``; fails the test with the child's output unless it passed. Returns the child's
+    stdout."""
+    cmd = [*NAMESPACES, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-s",
+           f"{test_file}::{test_name}", "--basetemp", str(tmp_path / "inside")]
+    # Ray's files (sessions, logs, sockets, the current cluster's address) in a directory of this run, not in
+    # /tmp/ray where other Ray users on the machine look. Short: Ray's Unix socket paths must fit in 107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="wsray")
+    try:
+        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp, **(env or {})},
+                           capture_output=True, text=True, timeout=limit_s, cwd=os.path.dirname(test_file))
+    except subprocess.TimeoutExpired as e:  # unshare is killed, and with it every process in the namespaces
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail(f"the run inside the namespaces passed {limit_s} s:\n{out[-6000:]}")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, f"inside the namespaces:\n{r.stdout[-8000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
