@@ -161,6 +161,18 @@ class ServerConfig:
         if self.max_concurrent_requests < 1:
             raise InvalidArgumentError(f"ServerConfig.max_concurrent_requests must be >= 1, got "
                                        f"{self.max_concurrent_requests}", key="max_concurrent_requests")
+        check_api_key(self.api_key, "ServerConfig.api_key (--api-key, $WARMSERVE_API_KEY or the config file's "
+                                    "server.api_key)")
+
+
+def check_api_key(key: str, where: str) -> None:
+    """Refuse an API key with whitespace at either end: the Authorization header is read without it (RFC 9110
+    trims a field's value), so no client could ever send the key. Found in review: accepted at start, then every
+    request was a 401; a key read from a file (a Kubernetes secret, ``echo KEY > file``) ends in a newline."""
+    if key != key.strip():  # the key itself is not shown: error messages end up in logs
+        raise InvalidArgumentError(f"{where} has whitespace (a space, tab or newline) at its start or end: no client "
+                                   f"could send it, since the Authorization header is read without it. Strip it (a "
+                                   f"key read from a file often ends in a newline)", key="api_key")
 
 
 @dataclass(frozen=True)

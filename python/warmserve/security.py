@@ -9,8 +9,14 @@ says ``--insecure``, and is then warned.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import logging
+import os
+
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from warmserve.errors import InvalidArgumentError, register
 
@@ -63,16 +69,71 @@ def require_authenticated_bind(endpoint: str, *, authenticated: bool, insecure: 
     )
 
 
-def curve_server(ctx, sock, public: bytes, secret: bytes, clients_dir: str):
-    """Make ``sock`` a CURVE server with the key pair (``public``, ``secret``) that lets in only clients whose
-    public certificates are in ``clients_dir``. ZAP requests are answered by an authenticator thread of ``ctx``,
-    returned started: the caller stops it when the socket closes."""
-    from zmq.auth.thread import ThreadAuthenticator
+#: Refused keys the controller names in its log, at most (each once): past this, an attacker cycling keys would
+#: grow the set, and the log, without end.
+_MAX_REFUSED_KEYS_LOGGED = 256
 
-    auth = ThreadAuthenticator(ctx)
+
+def load_curve_key(path: str, *, secret: bool, what: str) -> tuple[bytes, bytes | None]:
+    """``(public, secret)`` of the CURVE certificate at ``path`` (``secret``: it must hold the secret key too), or an
+    InvalidArgumentError naming ``what`` (the flag or role of the file) and ``path``. pyzmq's own loader raises a
+    bare ValueError or OSError, returns no secret key from a public certificate (found in review: serve crashed on
+    it with "TypeError: expected bytes, got: None") and passes a key of the wrong length on. A secret key other
+    users can read is used, with a warning."""
+    make = "make certificates with `python -c \"import zmq.auth; zmq.auth.create_certificates('DIR', 'NAME')\"`"
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"{what} {path} is not a CURVE certificate ({e}): {make}", path=path) from None
+    if secret and secret_key is None:
+        raise InvalidArgumentError(f"{what} {path} holds a public key only: give the .key_secret file of the pair "
+                                   f"(the .key file is its public half)", path=path)
+    for key in (public, secret_key) if secret else (public,):
+        try:
+            ok = len(key) == 40 and len(z85.decode(key)) == 32
+        except Exception:  # z85 rejects a character outside its alphabet with whatever the lookup raises
+            ok = False
+        if not ok:
+            raise InvalidArgumentError(f"{what} {path} holds a malformed key (not 40 Z85 characters): {make}",
+                                       path=path)
+    if secret:
+        warn_if_readable(path, what)
+    return public, secret_key
+
+
+def warn_if_readable(path: str, what: str) -> None:
+    """Warn when users other than the owner may read the secret key at ``path``: whoever reads it can pose as its
+    owner. zmq.auth.create_certificates writes with the process's umask (0644 under the usual 022)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o044:
+        log.warning("%s %s holds a secret key that other users can read (mode %03o): `chmod 600 %s`", what, path,
+                    mode & 0o777, path)
+
+
+def load_public_keys(directory: str, what: str) -> dict[bytes, bool]:
+    """The public keys of the ``*.key`` certificates in ``directory``, in the form the ZAP authenticator keeps
+    them; a file that is no certificate is an InvalidArgumentError naming it. Found in review: pyzmq's
+    configure_curve swallowed one malformed file's error (its log named the directory) and let in no key at all."""
+    return {load_curve_key(f, secret=False, what=what)[0]: True
+            for f in sorted(glob.glob(os.path.join(glob.escape(directory), "*.key")))}
+
+
+def curve_server(ctx, sock, public: bytes, secret: bytes, clients_dir: str | None, extra_keys=(),
+                 what: str = "CURVE client certificate"):
+    """Make ``sock`` a CURVE server with the key pair (``public``, ``secret``) that lets in only clients whose
+    public certificates are in ``clients_dir`` (read now: a key put there later is not let in), and the public keys
+    ``extra_keys``; ``what``: how an error names a file of ``clients_dir``. ZAP requests are answered by an
+    authenticator thread of ``ctx``, returned started: the caller stops it when the socket closes. It logs each
+    key it refuses, once, at WARNING."""
+    keys = load_public_keys(clients_dir, what) if clients_dir else {}
+    keys.update((k, True) for k in extra_keys)
+    auth = _Authenticator(ctx, clients_dir or "no directory")
     auth.start()
     try:
-        auth.configure_curve(domain="*", location=clients_dir)
+        auth.certs["*"] = keys  # what configure_curve stores, without its swallowing of a bad file
         sock.curve_secretkey = secret
         sock.curve_publickey = public
         sock.curve_server = True
@@ -80,3 +141,28 @@ def curve_server(ctx, sock, public: bytes, secret: bytes, clients_dir: str):
         auth.stop()  # the caller never gets it to stop: its thread would outlive the socket
         raise
     return auth
+
+
+class _Authenticator(ThreadAuthenticator):
+    """pyzmq's authenticator, which logs refusals at DEBUG only: a worker with a key not listed was refused without
+    a word on the controller's side (found in review). This one says so once per key, naming the peer's address and
+    where the keys allowed come from."""
+
+    def __init__(self, ctx, where: str):
+        super().__init__(ctx)
+        self.where = where
+        self.refused: set[bytes] = set()
+        self.address = ""
+
+    async def handle_zap_message(self, msg):
+        self.address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+        await super().handle_zap_message(msg)
+
+    async def _authenticate_curve(self, domain, client_key):
+        allowed, reason = await super()._authenticate_curve(domain, client_key)
+        if not allowed and client_key not in self.refused and len(self.refused) < _MAX_REFUSED_KEYS_LOGGED:
+            self.refused.add(client_key)
+            log.warning("refused a CURVE peer at %s: its public key %s is not among the keys allowed (%s); to let "
+                        "it in, put its .key file there and restart", self.address,
+                        z85.encode(client_key).decode("ascii"), self.where)
+        return allowed, reason

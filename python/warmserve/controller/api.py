@@ -84,6 +84,9 @@ def _prefixed(rid: str, prefix: str) -> str:
 
 class Api:
     def __init__(self, controller, api_key: str = "", max_concurrent_requests: int = 1024):
+        from warmserve.config import check_api_key
+
+        check_api_key(api_key, "the API key")  # one never matched: see check_api_key
         self.controller = controller
         self.api_key = api_key
         self.max_concurrent = max_concurrent_requests

@@ -106,6 +106,12 @@ def build_config(args) -> ClusterConfig:
         server["port"] = args.port
     # Flag > environment > file. An empty $WARMSERVE_API_KEY (a container's default export) counts as unset:
     # found in review, it replaced a config file's key with none and served without authentication, unwarned.
+    # An empty --api-key is refused rather than taken as "no key": README's `--api-key "$KEY"` with $KEY unset
+    # turned authentication off, over a config file's key (found in review). No key at all: leave the flag out.
+    if args.api_key == "":
+        raise InvalidArgumentError('--api-key "" is empty (an unset variable in --api-key "$KEY"?): give the key, '
+                                   "or leave --api-key out to use $WARMSERVE_API_KEY or the config file's "
+                                   "server.api_key", flag="--api-key")
     key = args.api_key if args.api_key is not None else (os.environ.get("WARMSERVE_API_KEY") or None)
     if key is not None:
         server["api_key"] = key

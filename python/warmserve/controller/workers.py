@@ -20,11 +20,12 @@ import weakref
 from dataclasses import dataclass, field
 
 import zmq
+import zmq.auth
 
 from warmserve import protocol as P
 from warmserve.endpoints import ipc_socket_path, is_ipv6_endpoint
 from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError, bind_error
-from warmserve.security import curve_server, require_authenticated_bind
+from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")
 
@@ -73,6 +74,13 @@ class WorkerRecord:
 #: first sends on until then, and each would be answered.
 REJOIN_EVERY_S = 1.0
 _REJOIN = P.encode(P.Rejoin())
+
+#: The largest message the controller takes from a worker; ZeroMQ drops the connection of a peer that sends more,
+#: before buffering it. Found in review: with no limit, one 768 MiB frame from any process that could connect took
+#: the controller from 28 MiB to 1.5 GiB. The largest a worker sends: the first Tokens of a request that asked for
+#: prompt_logprobs with 20 alternatives, about 300 bytes per prompt token (39 MB at a 128k context), and Stats with
+#: page lists (5 bytes a page: 5 MB for 1M pages); 256 MiB leaves room for ~900k-token prompts.
+MAX_WORKER_MESSAGE_BYTES = 256 << 20
 
 #: The worker ids warmserve makes: HOST-PID-DEVICE (`warmserve worker` with no --worker-id), HOST-PIDwN-DEVICE
 #: (`warmserve serve`'s local workers) and HOST-rPID-DEVICE (Ray's). The device part is one of ours (cpu, cuda0,
@@ -128,6 +136,7 @@ class WorkerHub:
             self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.sock.setsockopt(zmq.SNDHWM, 100_000)
             self.sock.setsockopt(zmq.RCVHWM, 100_000)
+            self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_WORKER_MESSAGE_BYTES)
             # A worker that restarts with the same id takes over its routing id instead of being refused.
             self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if is_ipv6_endpoint(bind):
@@ -146,6 +155,10 @@ class WorkerHub:
             _close_sock(self.sock, self.ctx)
             raise
         self.workers: dict[bytes, WorkerRecord] = {}
+        #: CURVE on: the public key (Z85, the authenticator's User-Id of each message) each routing id first said
+        #: Hello with, and the (id, key) pairs refused and logged (``_key_fits``); None: CURVE off.
+        self._keys: dict[bytes, str] | None = {} if curve_dir else None
+        self._keys_refused: set[tuple[bytes, str]] = set()
         self.on_hello, self.on_event, self.on_lost, self.may_rejoin = on_hello, on_event, on_lost, may_rejoin
         #: Routing id -> when it was last told ``Rejoin`` (monotonic s), until it says Hello.
         self._told_rejoin: dict[bytes, float] = {}
@@ -246,17 +259,22 @@ class WorkerHub:
             return
         for _ in range(1024):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                # With CURVE, as frames: the key a message came with is a property of its frame, not of its bytes.
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=self._keys is None)
             except zmq.Again:
                 return
             except zmq.ZMQError:
                 return  # closed under us at shutdown
-            self._handle(frames)
+            if self._keys is None:
+                self._handle(frames)
+            else:
+                self._handle([f.bytes for f in frames], frames[-1].get("User-Id"))
         # Still more: yield to other tasks (HTTP) and come back.
         self._drain_scheduled = True
         self._loop.call_soon(self._on_readable)
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[bytes], key: str | None = None) -> None:
+        """``key``: with CURVE, the public key the message came with (Z85)."""
         if len(frames) != 2:
             log.warning("dropping a %d-frame message", len(frames))
             return
@@ -265,6 +283,8 @@ class WorkerHub:
             msg = P.decode_reply(data)
         except WarmServeError as e:
             log.warning("malformed message from %r: %s", ident, e)
+            return
+        if key is not None and not self._key_fits(ident, key, msg):
             return
         w = self.workers.get(ident)
         if isinstance(msg, P.Hello):
@@ -297,6 +317,31 @@ class WorkerHub:
             self._dispatch(w, msg)
         except Exception:  # one bad event must not stop the receive loop
             log.exception("handling %s from %r", type(msg).__name__, w)
+
+    def _key_fits(self, ident: bytes, key: str, msg) -> bool:
+        """With CURVE: whether a message under routing id ``ident`` came with the key that id first said Hello with
+        (recorded then, kept until the controller restarts). Found in review: any worker with a key allowed could
+        take another's id (ROUTER_HANDOVER gives the id to its newest connection), say Hello with another pid and be
+        sent that worker's traffic. A message from another key is dropped, and logged once per id and key; the
+        worker under that id is declared lost, since what the controller sends to the id now reaches that key's
+        connection. That worker's own connection stays cut off (ZeroMQ's handover drops it without closing it): lost
+        either way, it is admitted again once its process starts over."""
+        first = self._keys.get(ident)
+        if first is None:
+            if isinstance(msg, P.Hello):
+                self._keys[ident] = key
+            return True
+        if first == key:
+            return True
+        if (ident, key) not in self._keys_refused:
+            self._keys_refused.add((ident, key))
+            log.warning("refused %s under worker id %r from CURVE key %s: that id joined with key %s (another worker "
+                        "started with the same --worker-id, or one posing as it)", type(msg).__name__, ident, key,
+                        first)
+        w = self.workers.get(ident)
+        if w is not None:
+            self.lose(w, f"a peer with another CURVE key ({key}) took its worker id over")
+        return False
 
     def _tell_rejoin(self, ident: bytes) -> None:
         """Ask a process that speaks under ``ident``, for which no worker is alive here, to say Hello: what it says
@@ -438,13 +483,13 @@ def _close_sock(sock, ctx, ipc_path: str | None = None) -> None:
 
 def _curve_server(ctx, sock, curve_dir: str):
     """CURVE on the ROUTER: the controller's secret key from curve_dir/server.key_secret, and only workers whose
-    public keys sit in curve_dir/workers/ are let in (ZAP), plus a key pair made now for the local workers this
-    controller spawns. Returns (authenticator, local worker's secret cert, the server's public cert, temp dir)."""
-    import glob
+    public keys sit in curve_dir/workers/ (read now) are let in (ZAP), plus a key pair made now for the local workers
+    this controller spawns. Returns (authenticator, local worker's secret cert, the server's public cert, temp dir):
+    both certs in the temp dir. The public one is written from server.key_secret, not taken from curve_dir/server.key,
+    which may be missing or left from an older pair (found in review: the local workers then failed the handshake,
+    unwarned)."""
     import shutil
     import tempfile
-
-    import zmq.auth
 
     secret = os.path.join(curve_dir, "server.key_secret")
     if not os.path.isfile(secret):
@@ -452,22 +497,21 @@ def _curve_server(ctx, sock, curve_dir: str):
             f"CURVE is on but {secret} is missing: create keys with `python -c \"import zmq.auth; "
             f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in {curve_dir}/workers"
         )
-    public, secret_key = zmq.auth.load_certificate(secret)
-    # The allowed keys: the user's workers/ directory, untouched, plus our local workers' key, in a private copy.
-    allowed = tempfile.mkdtemp(prefix="warmserve-curve-")
+    public, secret_key = load_curve_key(secret, secret=True, what="--curve-dir's server key")
+    tmp = tempfile.mkdtemp(prefix="warmserve-curve-")  # mode 0700: the local workers' secret key is in it
     try:
-        for f in glob.glob(os.path.join(curve_dir, "workers", "*.key")):
-            shutil.copy(f, allowed)
-        local_dir = os.path.join(allowed, "local")
-        os.makedirs(local_dir)
-        local_pub, local_secret = zmq.auth.create_certificates(local_dir, "local")
-        shutil.copy(local_pub, allowed)
-        auth = curve_server(ctx, sock, public, secret_key, allowed)
+        local_pub, local_secret = zmq.auth.create_certificates(tmp, "local")
+        os.chmod(local_secret, 0o600)  # written under the umask; the local workers warn of a key others can read
+        server_public = os.path.join(tmp, "server.key")
+        with open(server_public, "w") as f:
+            f.write(f'metadata\ncurve\n    public-key = "{public.decode("ascii")}"\n')
+        auth = curve_server(ctx, sock, public, secret_key, os.path.join(curve_dir, "workers"),
+                            extra_keys=[zmq.auth.load_certificate(local_pub)[0]],
+                            what=f"worker certificate (--curve-dir {curve_dir}/workers)")
     except BaseException:
-        shutil.rmtree(allowed, ignore_errors=True)  # it holds a secret key made just now
+        shutil.rmtree(tmp, ignore_errors=True)  # it holds a secret key made just now
         raise
-    server_public = os.path.join(curve_dir, "server.key")
-    return auth, local_secret, server_public, allowed
+    return auth, local_secret, server_public, tmp
 
 
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,

@@ -147,6 +147,12 @@ def check_security(args: argparse.Namespace) -> None:
         if args.curve_clients_dir:
             raise errors.InvalidArgumentError(
                 "--curve-clients-dir is for --bind; with --controller pass --curve-server-key (and --curve-secret-key)")
+        if args.curve_secret_key and not args.curve_server_key:
+            # Found in review: the key was ignored and the worker spoke plain text (the client classes refuse this).
+            raise errors.InvalidArgumentError(
+                "--curve-secret-key needs --curve-server-key with --controller: CURVE towards the controller needs "
+                "its public key (DIR/server.key of its --curve-dir); without both the worker would connect in plain "
+                "text", path=args.curve_secret_key)
         return
     if args.curve_server_key:
         raise errors.InvalidArgumentError(

@@ -79,7 +79,7 @@ import zmq
 from .. import errors
 from .. import protocol as P
 from ..endpoints import is_ipv6_endpoint
-from ..security import curve_server, require_authenticated_bind
+from ..security import curve_server, load_curve_key, require_authenticated_bind
 from .core import WorkerCore
 
 log = logging.getLogger("warmserve.worker")
@@ -95,6 +95,9 @@ BIND_FIX = ("pass --curve-secret-key (this worker's certificate) and --curve-cli
             "of the clients allowed)")
 #: Seconds the link waits for its last replies (Shutdown's Ok) to leave when it stops.
 _FLUSH_S = 1.0
+#: What a connected worker's socket monitor reports (``_Link._watch``).
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 #: Peers whose aborted generation ids a bound worker keeps to tell them (the oldest is forgotten past this).
 _MAX_DROPPED_PEERS = 1024
 
@@ -131,6 +134,8 @@ class WorkerServer:
         self.ctx = zmq.Context()
         self.routed = bind is not None
         self._auth = None
+        #: Connected: the socket's monitor, which reports the handshakes the controller refuses (``_Link._watch``).
+        self._monitor = None
         sock = self.ctx.socket(zmq.ROUTER if self.routed else zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
@@ -161,10 +166,12 @@ class WorkerServer:
                 sock.setsockopt(zmq.IMMEDIATE, 1)
                 if curve_server_key:
                     _curve_client(sock, curve_server_key, curve_secret_key)
+                self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+                self._monitor.setsockopt(zmq.LINGER, 0)
                 sock.connect(controller)
                 self.endpoint = controller
         except BaseException:
-            _close(None, None, sock, self._auth, self.ctx)
+            _close(None, None, sock, self._auth, self.ctx, monitor=self._monitor)
             raise
         # The pipe: the engine's end never refuses a reply (the network socket's high-water mark is the bound that
         # counts: an inproc pipe is unbounded when either end's limit is 0); towards the engine it holds at most
@@ -180,10 +187,11 @@ class WorkerServer:
         self._pipe.connect(name)
         self._link = _Link(sock, link_end, routed=self.routed, endpoint=self.endpoint, hello=self.hello(),
                            heartbeat_interval_s=heartbeat_interval_s, peer_timeout_s=peer_timeout_s,
-                           max_messages_per_drain=max_messages_per_drain)
+                           max_messages_per_drain=max_messages_per_drain, monitor=self._monitor,
+                           curve=bool(curve_server_key))
         self._thread = threading.Thread(target=self._link.run, name="worker-link", daemon=True)
         self._finalizer = weakref.finalize(self, _close, self._thread, self._pipe, sock, self._auth, self.ctx,
-                                           link_end)
+                                           link_end, monitor=self._monitor)
         # exit_with_parent: True (the parent at this moment) or the pid the parent must have: a spawner passes its
         # own, since this runs seconds after the process began (imports, the pool), and a parent that died
         # meanwhile has left pid 1 or a subreaper here, which would look like a live parent for ever (found in
@@ -329,8 +337,10 @@ class _Link:
     """The link thread's state and loop; it holds no reference to the server or the core."""
 
     def __init__(self, sock, pipe, *, routed: bool, endpoint: str, hello: P.Hello, heartbeat_interval_s: float,
-                 peer_timeout_s: float, max_messages_per_drain: int):
-        self.sock, self.pipe = sock, pipe
+                 peer_timeout_s: float, max_messages_per_drain: int, monitor=None, curve: bool = False):
+        self.sock, self.pipe, self.monitor, self.curve = sock, pipe, monitor, curve
+        #: A refused handshake was logged and none has succeeded since (``_watch``).
+        self._refused = False
         self.routed, self.endpoint, self.hello = routed, endpoint, hello
         self.heartbeat_interval_s, self.peer_timeout_s = heartbeat_interval_s, peer_timeout_s
         self.max_messages_per_drain = max_messages_per_drain
@@ -358,6 +368,8 @@ class _Link:
                 # on peers then) and wait for room in the pipe instead.
                 poller.register(self.pipe, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
                 poller.register(self.sock, 0 if self._backlog else zmq.POLLIN)
+                if self.monitor is not None:
+                    poller.register(self.monitor, zmq.POLLIN)
                 timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
                 events = dict(poller.poll(timeout_ms))
                 if events.get(self.pipe, 0) & zmq.POLLIN and not self._from_engine():
@@ -366,6 +378,8 @@ class _Link:
                     self._flush()
                 elif events.get(self.sock, 0) & zmq.POLLIN:
                     self._from_network()
+                if events.get(self.monitor, 0) & zmq.POLLIN:
+                    self._watch()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_interval_s
@@ -375,6 +389,37 @@ class _Link:
         finally:
             self.sock.close(linger=int(_FLUSH_S * 1000))
             self.pipe.close()
+            if self.monitor is not None:
+                self.monitor.close(linger=0)
+
+    def _watch(self) -> None:
+        """Log a handshake the controller refused, once until one succeeds; ZeroMQ tries again by itself, and so
+        does the worker: a controller restarted with this worker's key listed admits it. Found in review: a worker
+        with a key not listed, or none, was refused without a word and retried for ever."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._refused = False
+                continue
+            if self._refused:
+                continue
+            self._refused = True
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                why = (f"status {int(event['value'])}: the public half of --curve-secret-key is not in the "
+                       "controller's --curve-dir DIR/workers/, or was put there after the controller started (it "
+                       "reads them at start)")
+            elif self.curve:
+                why = ("the handshake failed: --curve-server-key may not be the public key of the controller's "
+                       "DIR/server.key_secret, or the controller runs without CURVE")
+            else:
+                why = ("the handshake failed: the controller may use CURVE (--curve-dir): pass --curve-server-key "
+                       "and --curve-secret-key")
+            log.error("the controller at %s refused this worker's key (%s); trying again", self.endpoint, why)
 
     def _from_engine(self) -> bool:
         """Send what the engine queued; False once it asked the link to stop."""
@@ -486,13 +531,9 @@ class _Link:
 def _curve_client(sock, server_key: str, secret_key: str | None) -> None:
     """CURVE towards a controller: its public certificate, and this worker's own secret one (whose public half
     the controller must list); without one, an ephemeral key pair (for controllers that accept any client)."""
-    import zmq.auth
-
-    server_public, _ = zmq.auth.load_certificate(server_key)
+    server_public, _ = load_curve_key(server_key, secret=False, what="--curve-server-key")
     if secret_key:
-        public, secret = zmq.auth.load_certificate(secret_key)
-        if secret is None:
-            raise errors.InvalidArgumentError(f"{secret_key} holds no secret key: pass the .key_secret file")
+        public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
     else:
         public, secret = zmq.curve_keypair()
     sock.curve_serverkey = server_public
@@ -503,26 +544,24 @@ def _curve_client(sock, server_key: str, secret_key: str | None) -> None:
 def _curve_server(ctx, sock, secret_key: str | None, clients_dir: str):
     """CURVE on a bound worker: its secret certificate, and only clients whose public certificates sit in
     ``clients_dir`` are let in (ZAP, answered by an authenticator thread of this context)."""
-    import zmq.auth
-
     if not secret_key:
         raise errors.InvalidArgumentError(
             "--curve-clients-dir needs --curve-secret-key (this worker's .key_secret certificate, made with "
             "zmq.auth.create_certificates)", clients_dir=clients_dir)
     if not os.path.isdir(clients_dir):
         raise errors.InvalidArgumentError(f"--curve-clients-dir {clients_dir} is not a directory", clients_dir=clients_dir)
-    public, secret = zmq.auth.load_certificate(secret_key)
-    if secret is None:
-        raise errors.InvalidArgumentError(f"{secret_key} holds no secret key: pass the .key_secret file")
-    return curve_server(ctx, sock, public, secret, clients_dir)
+    public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
+    return curve_server(ctx, sock, public, secret, clients_dir, what="--curve-clients-dir certificate")
 
 
-def _close(thread, pipe, sock, auth, ctx, link_end=None) -> None:
+def _close(thread, pipe, sock, auth, ctx, link_end=None, monitor=None) -> None:
     if thread is not None and thread.is_alive():
         pipe.send_multipart([_STOP])
         thread.join(_FLUSH_S + 5.0)
     elif sock is not None and not sock.closed:  # the link never ran: its sockets are still ours
         sock.close(linger=0)
+        if monitor is not None:
+            monitor.close(linger=0)
     if link_end is not None and not link_end.closed and (thread is None or not thread.is_alive()):
         link_end.close()
     if pipe is not None:
