@@ -29,6 +29,7 @@ from warmserve.engine.model import Model
 from warmserve.engine.pool_neighbours import PoolNeighbours
 from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
+from warmserve.engine.step_meter import DecodeStepMeter
 from warmserve.errors import (ClosedError, InvalidArgumentError, NoRoomHereError, PromptTooLongError,
                               WarmServeError, fmt_bytes)
 from warmserve.geometry import blocks_for_tokens
@@ -41,8 +42,6 @@ CACHED_PREFILL_ROUTES = ("sdpa", "tiled", "rows")
 DEFAULT_TARGET_FREE_BLOCKS = 8
 #: Sequences one instance runs at once when nobody says (the policy's default instance_capacity, B).
 DEFAULT_MAX_NUM_SEQS = 32
-#: Weight of the latest decode step in the engine's recent means of its step time and batch (Engine.decode_step_s).
-DECODE_STEP_WEIGHT = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +143,7 @@ class Engine(PoolNeighbours):
         self.eos = set(self.cfg.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.closed = False
         self.num_steps = 0
-        #: Over the steps that ran only decodes (their count): recent means of wall time, s, and batch (worker Stats).
-        self.decode_step_s, self.decode_batch, self.decode_steps = 0.0, 0.0, 0
+        self.decode_meter = DecodeStepMeter()  # its decode steps' recent wall time and batch (worker Stats)
         #: Requests wait and none could start at the last step (no KV block to be had): see step().
         self.stalled = False
         #: When set, each step keeps the logits it sampled from in last_logits (request id -> [vocab] float32).
@@ -344,10 +342,7 @@ class Engine(PoolNeighbours):
         if not starved:
             self.kv.grow()
         if chunks and all(c.n == 1 and c.start > 0 for c in chunks):  # a decode step, what a token waits for
-            self.decode_steps += 1
-            w = max(DECODE_STEP_WEIGHT, 1.0 / self.decode_steps)  # the first few: a plain mean, no bias to 0
-            self.decode_step_s += w * (time.perf_counter() - t0_s - self.decode_step_s)
-            self.decode_batch += w * (len(chunks) - self.decode_batch)
+            self.decode_meter.record(time.perf_counter() - t0_s, len(chunks))
         return outputs
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:

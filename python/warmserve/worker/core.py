@@ -434,9 +434,9 @@ class WorkerCore(BackgroundWork, ShardRoles):
                                               kv_pages=mapper.pages_mapped if mapper is not None else 0,
                                               group_id=i.tp.group.group_id if i.tp is not None else "",
                                               rank=i.tp.group.rank if i.tp is not None else 0,
-                                              running=i.engine.num_running, decode_step_s=i.engine.decode_step_s,
-                                              decode_batch=i.engine.decode_batch,
-                                              decode_steps=i.engine.decode_steps))
+                                              running=i.engine.num_running, decode_step_s=i.engine.decode_meter.step_s,
+                                              decode_batch=i.engine.decode_meter.batch,
+                                              decode_steps=i.engine.decode_meter.steps))
         return P.Stats(
             id=id, worker_id=self.worker_id, device=self.device, pid=os.getpid(),
             uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,
