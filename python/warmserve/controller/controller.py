@@ -28,7 +28,7 @@ from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
 from warmserve.controller.restarts import WorkerRestarts, reap, reap_now
-from warmserve.controller.workers import WorkerHub, WorkerRecord, server_of
+from warmserve.controller.workers import WorkerHub, WorkerRecord, check_answer_fits, server_of
 from warmserve.errors import (InvalidArgumentError, NoRoomHereError, TimeoutError_, UnknownModelError, WarmServeError,
                               WorkerLostError)
 from warmserve.policy import PolicyConfig, make_policy
@@ -188,8 +188,7 @@ class Controller(WorkerRestarts):
         check_tp_fits(self.models.values(), widest)
         # The policy's first tick sees the whole initial cluster: static layouts (dedicated, shared) place once.
         # It runs here, so that a layout that leaves a model without an instance (UnplacedModelError) refuses the
-        # start: found in review, it was logged by the policy loop, and that model's requests waited until they
-        # timed out, for good.
+        # start: found in review, it was logged by the policy loop, and that model's requests timed out, for good.
         self.policy_running = True
         self._tick(raise_unplaced=True)
 
@@ -329,6 +328,7 @@ class Controller(WorkerRestarts):
         ``siblings``: the requests of the earlier choices of the same n > 1 request, which a refusal names among
         those waiting (found in review: the 503 of an n = 2 request counted its own first choice as another's)."""
         self.model(model)
+        check_answer_fits(len(prompt_ids), sampling)
         if self.closing:
             raise OverloadedError("the server is shutting down and takes no new requests")
         if not self._workers_serve_or_come():

@@ -10,6 +10,7 @@ Hello (it or its host stalled for a moment) is answered ``Rejoin``, on which it 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ import zmq.auth
 
 from warmserve import protocol as P
 from warmserve.endpoints import ipc_socket_path, is_ipv6_endpoint
-from warmserve.errors import TimeoutError_, WarmServeError, WorkerLostError, bind_error
+from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")
@@ -81,6 +82,33 @@ _REJOIN = P.encode(P.Rejoin())
 #: prompt_logprobs with 20 alternatives, about 300 bytes per prompt token (39 MB at a 128k context), and Stats with
 #: page lists (5 bytes a page: 5 MB for 1M pages); 256 MiB leaves room for ~900k-token prompts.
 MAX_WORKER_MESSAGE_BYTES = 256 << 20
+#: Bytes of a Tokens message beside its prompt logprobs (ids, the generated tokens' logprobs), with room to spare.
+_TOKENS_OVERHEAD_BYTES = 1 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def _prompt_logprob_bytes(k: int) -> int:
+    """The most one prompt token's logprobs with ``k`` alternatives take in a Tokens message: msgpack writes a
+    float as 9 bytes and a token id below 2**32 as at most 5; k + 1 entries (the chosen token may not be among
+    them)."""
+    return len(P.encode(P.TokenLogprobs(logprob=-1.5, top_ids=[2 ** 32 - 1] * (k + 1),
+                                        top_logprobs=[-1.5] * (k + 1))))
+
+
+def check_answer_fits(prompt_tokens: int, sampling) -> None:
+    """Refuse a request whose prompt logprobs (all sent with its first token, in one Tokens message) could pass
+    MAX_WORKER_MESSAGE_BYTES: the socket would drop that message and its connection, the worker reconnect, and the
+    request wait for ever, unsaid (found in review: from about 900k prompt tokens with 20 alternatives)."""
+    k = sampling.prompt_logprobs
+    if k is None:
+        return
+    need = prompt_tokens * _prompt_logprob_bytes(k) + _TOKENS_OVERHEAD_BYTES
+    if need > MAX_WORKER_MESSAGE_BYTES:
+        raise InvalidArgumentError(
+            f"the logprobs of a prompt of {prompt_tokens} tokens with {k} alternatives each come to up to "
+            f"{need / (1 << 20):.0f} MiB in one message, over the {MAX_WORKER_MESSAGE_BYTES >> 20} MiB a worker may "
+            f"send: shorten the prompt, ask for fewer alternatives, or leave out the prompt's logprobs",
+            param="logprobs", prompt_tokens=prompt_tokens, prompt_logprobs=k)
 
 #: The worker ids warmserve makes: HOST-PID-DEVICE (`warmserve worker` with no --worker-id), HOST-PIDwN-DEVICE
 #: (`warmserve serve`'s local workers) and HOST-rPID-DEVICE (Ray's). The device part is one of ours (cpu, cuda0,
@@ -159,6 +187,8 @@ class WorkerHub:
         #: Hello with, and the (id, key) pairs refused and logged (``_key_fits``); None: CURVE off.
         self._keys: dict[bytes, str] | None = {} if curve_dir else None
         self._keys_refused: set[tuple[bytes, str]] = set()
+        #: Ids another key spoke under while their key was bound: they stay with the key they joined with.
+        self._keys_clashed: set[bytes] = set()
         self.on_hello, self.on_event, self.on_lost, self.may_rejoin = on_hello, on_event, on_lost, may_rejoin
         #: Routing id -> when it was last told ``Rejoin`` (monotonic s), until it says Hello.
         self._told_rejoin: dict[bytes, float] = {}
@@ -325,20 +355,26 @@ class WorkerHub:
         sent that worker's traffic. A message from another key is dropped, and logged once per id and key; the
         worker under that id is declared lost, since what the controller sends to the id now reaches that key's
         connection. That worker's own connection stays cut off (ZeroMQ's handover drops it without closing it): lost
-        either way, it is admitted again once its process starts over."""
+        either way, it is admitted again once its process starts over.
+
+        An id whose worker is gone (lost, or never admitted) for another cause than such a clash goes to the next
+        allowed key that says Hello under it: a worker started again with a rotated key keeps its --worker-id
+        (found in review: it was refused for as long as the controller ran, and never told)."""
         first = self._keys.get(ident)
-        if first is None:
+        w = self.workers.get(ident)
+        if first is None or (first != key and isinstance(msg, P.Hello) and (w is None or not w.alive)
+                             and ident not in self._keys_clashed):
             if isinstance(msg, P.Hello):
                 self._keys[ident] = key
             return True
         if first == key:
             return True
+        self._keys_clashed.add(ident)
         if (ident, key) not in self._keys_refused:
             self._keys_refused.add((ident, key))
             log.warning("refused %s under worker id %r from CURVE key %s: that id joined with key %s (another worker "
                         "started with the same --worker-id, or one posing as it)", type(msg).__name__, ident, key,
                         first)
-        w = self.workers.get(ident)
         if w is not None:
             self.lose(w, f"a peer with another CURVE key ({key}) took its worker id over")
         return False

@@ -250,3 +250,44 @@ def test_a_worker_id_stays_with_the_key_it_joined_with(tmp_path, caplog):
             hub.close()
 
     asyncio.run(main())
+
+
+def test_a_worker_started_again_with_a_rotated_key_keeps_its_id(tmp_path):
+    """Found in review: a worker with a fixed --worker-id that joined with key a, was lost (its process gone) and
+    started again with key b, also listed (a key rotation), was refused for as long as the controller ran."""
+    d = _keys(tmp_path, "a", "b", listed=("a", "b"))
+    server_public = zmq.auth.load_certificate(str(d / "server.key"))[0]
+    hellos = []
+    rid = b"gpu-node-1"
+
+    async def main():
+        hub = None
+
+        def on_hello(ident, h):
+            hellos.append(h.pid)
+            hub.workers[ident] = WorkerRecord(worker_id=h.worker_id, ident=ident, device=h.device, pid=h.pid,
+                                              capacity_bytes=h.capacity_bytes, page_bytes=h.page_bytes, host="x",
+                                              ready=True)
+
+        hub = WorkerHub("tcp://127.0.0.1:0", on_hello=on_hello, on_event=None, on_lost=lambda w, why: None,
+                        curve_dir=str(d))
+        task = asyncio.ensure_future(hub.recv_loop())
+        ctx = zmq.Context()
+        a = _dealer(ctx, hub.endpoint, rid, tmp_path / "a.key_secret", server_public)
+        b = None
+        try:
+            a.send(_hello(rid, 100))
+            assert await _until(lambda: hellos == [100])
+            a.close()  # its process ends, and the controller gives it up (its heartbeats stopped)
+            hub.lose(hub.workers[rid], "no heartbeat")
+            b = _dealer(ctx, hub.endpoint, rid, tmp_path / "b.key_secret", server_public)
+            b.send(_hello(rid, 200))
+            assert await _until(lambda: hellos == [100, 200]), "the rotated key's worker was refused its id"
+        finally:
+            task.cancel()
+            if b is not None:
+                b.close()
+            ctx.term()
+            hub.close()
+
+    asyncio.run(main())
