@@ -201,6 +201,20 @@ def test_a_refused_key_is_logged_once_by_the_controller(tmp_path, caplog):
     assert rogue_public in refused[0].getMessage() and str(d / "workers") in refused[0].getMessage()
 
 
+def _admitting_hub(d, hellos: list, lost: list) -> WorkerHub:
+    """A CURVE hub on ``d``'s keys that admits every Hello it hears (its pid into ``hellos``) as a ready worker,
+    and puts the reason of every loss into ``lost``."""
+    def on_hello(ident, h):
+        hellos.append(h.pid)
+        hub.workers[ident] = WorkerRecord(worker_id=h.worker_id, ident=ident, device=h.device, pid=h.pid,
+                                          capacity_bytes=h.capacity_bytes, page_bytes=h.page_bytes, host="x",
+                                          ready=True)
+
+    hub = WorkerHub("tcp://127.0.0.1:0", on_hello=on_hello, on_event=None, on_lost=lambda w, why: lost.append(why),
+                    curve_dir=str(d))
+    return hub
+
+
 def test_a_worker_id_stays_with_the_key_it_joined_with(tmp_path, caplog):
     d = _keys(tmp_path, "a", "b", listed=("a", "b"))
     server_public = zmq.auth.load_certificate(str(d / "server.key"))[0]
@@ -209,16 +223,7 @@ def test_a_worker_id_stays_with_the_key_it_joined_with(tmp_path, caplog):
     rid = b"gpu-node-1-4242-cuda0"
 
     async def main():
-        hub = None
-
-        def on_hello(ident, h):
-            hellos.append(h.pid)
-            hub.workers[ident] = WorkerRecord(worker_id=h.worker_id, ident=ident, device=h.device, pid=h.pid,
-                                              capacity_bytes=h.capacity_bytes, page_bytes=h.page_bytes, host="x",
-                                              ready=True)
-
-        hub = WorkerHub("tcp://127.0.0.1:0", on_hello=on_hello, on_event=None,
-                        on_lost=lambda w, why: lost.append(why), curve_dir=str(d))
+        hub = _admitting_hub(d, hellos, lost)
         task = asyncio.ensure_future(hub.recv_loop())
         ctx = zmq.Context()
         a = _dealer(ctx, hub.endpoint, rid, tmp_path / "a.key_secret", server_public)
@@ -261,16 +266,7 @@ def test_a_worker_started_again_with_a_rotated_key_keeps_its_id(tmp_path):
     rid = b"gpu-node-1"
 
     async def main():
-        hub = None
-
-        def on_hello(ident, h):
-            hellos.append(h.pid)
-            hub.workers[ident] = WorkerRecord(worker_id=h.worker_id, ident=ident, device=h.device, pid=h.pid,
-                                              capacity_bytes=h.capacity_bytes, page_bytes=h.page_bytes, host="x",
-                                              ready=True)
-
-        hub = WorkerHub("tcp://127.0.0.1:0", on_hello=on_hello, on_event=None, on_lost=lambda w, why: None,
-                        curve_dir=str(d))
+        hub = _admitting_hub(d, hellos, [])
         task = asyncio.ensure_future(hub.recv_loop())
         ctx = zmq.Context()
         a = _dealer(ctx, hub.endpoint, rid, tmp_path / "a.key_secret", server_public)
