@@ -126,4 +126,7 @@ def test_an_empty_api_key_in_the_environment_keeps_the_files_key(tmp_path, monke
     assert serve.build_config(parse("--config", str(f))).server.api_key == "from-file"
     monkeypatch.setenv("WARMSERVE_API_KEY", "from-env")
     assert serve.build_config(parse("--config", str(f))).server.api_key == "from-env"
-    assert serve.build_config(parse("--config", str(f), "--api-key", "")).server.api_key == ""
+    # An empty flag is refused, not taken as "no key" over the file's and the environment's (found in review: the
+    # README's --api-key "$KEY" with KEY unset turned authentication off): test_security_review_api_key.py
+    with pytest.raises(InvalidArgumentError, match="--api-key"):
+        serve.build_config(parse("--config", str(f), "--api-key", ""))
