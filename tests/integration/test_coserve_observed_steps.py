@@ -50,6 +50,12 @@ def test_a_model_does_not_join_a_worker_whose_measured_steps_exceed_the_tpot_tar
             stream = iter(cluster.stream(BIG, [5, 17, 299], params=LONG))
             next(stream)  # its first token: the batch is decoding
             time.sleep(1.5)
+            # the measures are shown too (found in review: only the policy saw them): /stats and /metrics
+            seen = [i for i in cluster.stats()["instances"] if i["model"] == BIG and i["decode_steps"] > 0]
+            assert seen and all(i["decode_step_s"] > 0 and i["decode_batch"] >= 1 for i in seen), seen
+            text = cluster.controller.metrics.registry.render()
+            assert f'warmserve_decode_step_seconds{{model="{BIG}",worker="{seen[0]["worker"]}"}}' in text, text
+            assert f'warmserve_decode_batch{{model="{BIG}",worker="{seen[0]["worker"]}"}}' in text
             small = [cluster.generate(SMALL, [7, 8, 9], params=SHORT) for _ in range(3)]
             assert [r.completion_tokens for r in small] == [8, 8, 8]
             list(stream)

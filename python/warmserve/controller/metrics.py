@@ -154,6 +154,13 @@ class ControllerMetrics:
                                      "blocks its instances can hold (0..1), per worker.", ("worker",))
         self.preemptions = Gauge(r, "warmserve_kv_preemptions", "Sequences preempted (KV full, recomputed later) "
                                  "since each running instance started.", ("worker", "model"))
+        self.decode_step = Gauge(r, "warmserve_decode_step_seconds", "Recent mean wall time of one decode step of "
+                                 "each running instance, as its engine measured it (co-serving admits by these: "
+                                 "co-served engines on one worker step in turn). Absent until it has decoded.",
+                                 ("worker", "model"))
+        self.decode_batch = Gauge(r, "warmserve_decode_batch", "Recent mean of the sequences in each running "
+                                  "instance's decode steps (beside warmserve_decode_step_seconds).",
+                                  ("worker", "model"))
 
     def first_token(self, req) -> None:
         """A request's first token arrived: its TTFT, observed now (as vLLM does), once per request. Found in

@@ -31,7 +31,8 @@ def stats(ctl) -> dict:
                        "workers": [w.worker_id for w in ctl.instances[i].workers], "gpus": list(st.gpus),
                        "group_id": ctl.instances[i].group_id, "ready": st.ready, "in_flight": st.in_flight, "draining": st.draining,
                        "kv_blocks_total": st.kv_blocks_total, "kv_blocks_mapped": st.kv_blocks_mapped,
-                       "shared": _shared(ctl.instances[i].worker, st.model)}
+                       "shared": _shared(ctl.instances[i].worker, st.model),
+                       **_decode(ctl.instances[i].worker, st.model)}
                       for i, st in state.instances.items() if i in ctl.instances],
         "prewarms": [{"prewarm_id": p, "model": st.model, "worker": ctl.prewarms[p].worker.worker_id,
                       "progress": st.progress} for p, st in state.prewarms.items() if p in ctl.prewarms],
@@ -47,11 +48,20 @@ def _shared(w, model: str) -> bool:
     return any(x.name == model and x.shared for x in (w.stats.instances if w.stats is not None else ()))
 
 
+def _decode(w, model: str) -> dict:
+    """The engine's measured decode steps (``WorkerInstance.decode_step_s``, ``decode_batch``, ``decode_steps``) as
+    its worker's latest stats report them: what co-serving admits by. Zeros before its first decode step."""
+    for x in (w.stats.instances if w.stats is not None else ()):
+        if x.name == model:
+            return {"decode_step_s": x.decode_step_s, "decode_batch": x.decode_batch, "decode_steps": x.decode_steps}
+    return {"decode_step_s": 0.0, "decode_batch": 0.0, "decode_steps": 0}
+
+
 def collect(ctl) -> None:
     """Set the gauges from the current state (called by the registry before each scrape)."""
     m = ctl.metrics
     for g in (m.queue, m.inflight, m.running, m.waiting, m.instances, m.prewarmed, m.workers, m.pages, m.kv_usage,
-              m.worker_kv_usage, m.preemptions):
+              m.worker_kv_usage, m.preemptions, m.decode_step, m.decode_batch):
         g.clear()
     state = ctl.state
     for name in ctl.models:
@@ -81,6 +91,9 @@ def collect(ctl) -> None:
                 used, total = used + kv.kv_blocks_used, total + kv.kv_blocks_total
                 m.kv_usage.set(kv_usage(kv.kv_blocks_used, kv.kv_blocks_total), worker=w.worker_id, model=inst.name)
                 m.preemptions.set(kv.num_preemptions, worker=w.worker_id, model=inst.name)
+                if inst.decode_steps:
+                    m.decode_step.set(inst.decode_step_s, worker=w.worker_id, model=inst.name)
+                    m.decode_batch.set(inst.decode_batch, worker=w.worker_id, model=inst.name)
             m.worker_kv_usage.set(kv_usage(used, total), worker=w.worker_id)
 
 
