@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="warmserve " + " ".join(words), description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words):])
-    from warmserve.errors import InvalidArgumentError, WarmServeError
+    from warmserve.errors import InvalidArgumentError, WarmServeError, exit_status
 
     command = f"warmserve {' '.join(words)}"
     try:
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # caller must fix (a value, a name: an HTTP 4xx) exits 2, one met while running exits 1.
     except (WarmServeError, OSError, ValueError) as e:
         print(f"{command}: {type(e).__name__}: {e}", file=sys.stderr)
-        caller = isinstance(e, ValueError) or 400 <= getattr(e, "http_status", 500) < 500
-        return 2 if caller else 1
+        return exit_status(e)
 
 
 if __name__ == "__main__":

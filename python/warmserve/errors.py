@@ -159,6 +159,12 @@ _BY_NAME = {
 }
 
 
+def exit_status(e: BaseException) -> int:
+    """A command's exit status for a failure it reports as one line: 2 for one the caller must fix (a value, a
+    name, a path: a ValueError or an HTTP 4xx), 1 for one met while running."""
+    return 2 if isinstance(e, ValueError) or 400 <= getattr(e, "http_status", 500) < 500 else 1
+
+
 def register(cls: type[WarmServeError]) -> type[WarmServeError]:
     """Make a subclass defined elsewhere travel over the wire as itself (use as a decorator)."""
     _BY_NAME[cls.__name__] = cls

@@ -158,8 +158,8 @@ def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
 
 
 def test_serve_refuses_a_network_worker_socket_without_curve(tmp_path):
-    """`warmserve serve --bind tcp://0.0.0.0:0` with no --curve-dir would admit any host as a worker: it exits 1
-    at once, naming both fixes, and starts no worker."""
+    """`warmserve serve --bind tcp://0.0.0.0:0` with no --curve-dir would admit any host as a worker: it exits 2
+    (the caller's to fix) at once, naming both fixes, and starts no worker."""
     import subprocess
     import sys
 
@@ -167,6 +167,6 @@ def test_serve_refuses_a_network_worker_socket_without_curve(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "warmserve", "serve", "--model", paths[serving.MODELS[0]],
                            "--port", "0", "--cpu-workers", "1", "--bind", "tcp://0.0.0.0:0"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "InsecureBindError" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "InsecureBindError" in proc.stderr, proc.stderr[-2000:]
     assert "--curve-dir" in proc.stderr and "--insecure" in proc.stderr
     assert "serving" not in proc.stdout

@@ -72,3 +72,12 @@ def test_sigterm_while_starting_stops_every_worker():
                 os.kill(k, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_model_path_with_no_checkpoint_exits_2_like_a_bad_option(tmp_path):
+    # the caller's mistake, named in one line: exit 2, as a bad option's (found in review: 1, a failure met running)
+    proc = subprocess.run([sys.executable, "-m", "warmserve", "serve", "--model", str(tmp_path / "absent"),
+                           "--port", "0", "--cpu-workers", "1", "--log-level", "WARNING"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "no checkpoint at" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

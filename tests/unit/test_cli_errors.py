@@ -93,9 +93,9 @@ def test_a_cuda_device_without_cuda_is_one_line_from_serve_and_worker(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    # serve's convention: a refusal while starting exits 1, as a worker socket refused (test_restart.py).
+    # the caller's to fix, from either command: exit 2 (serve exited 1 for it, as for a failure met running)
     for argv, rc in ((("worker", "--device", "cuda:0", "--memory-gib", "0.01"), 2),
-                     (("serve", "--devices", "cuda:0", "--model", str(tmp_path / "none"), "--port", "0"), 1)):
+                     (("serve", "--devices", "cuda:0", "--model", str(tmp_path / "none"), "--port", "0"), 2)):
         proc = subprocess.run([sys.executable, "-m", "warmserve", *argv], capture_output=True, text=True,
                               timeout=60)
         assert proc.returncode == rc and "no CUDA device visible" in proc.stderr, proc.stderr[-3000:]

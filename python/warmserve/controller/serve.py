@@ -521,7 +521,7 @@ def _say(what: str) -> None:
 def main(args) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    from warmserve.errors import WarmServeError
+    from warmserve.errors import WarmServeError, exit_status
 
     try:
         cfg = build_config(args)
@@ -531,7 +531,8 @@ def main(args) -> int:
     try:
         asyncio.run(serve(cfg, log_dir=args.log_dir, ray_address=getattr(args, "ray", None)))
     except (WarmServeError, OSError, ValueError) as e:
-        # Startup failures (a worker that cannot start, a port in use, a bad checkpoint) read as one line.
+        # Startup failures (a worker that cannot start, a port in use, a bad checkpoint) read as one line; one
+        # the caller must fix (a model path with no checkpoint) exits 2, as a bad option does (found in review: 1).
         print(f"warmserve serve: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return exit_status(e)
     return 0
