@@ -7,6 +7,8 @@ carry an error across a ZeroMQ hop with its class and fields intact.
 
 from __future__ import annotations
 
+import importlib
+
 GiB = 1 << 30
 
 
@@ -171,9 +173,40 @@ def register(cls: type[WarmServeError]) -> type[WarmServeError]:
     return cls
 
 
+#: Registered errors defined beside the code that raises them, in modules a client of a worker may never import:
+#: ``from_wire`` imports the module on first sight of the name. Found in review: a worker's TensorParallelError
+#: reached a WorkerClient as a plain WarmServeError, which ``except TensorParallelError`` did not catch.
+_DEFINED_IN = {
+    "UnsupportedModelError": "warmserve.engine.arch",
+    "CheckpointError": "warmserve.engine.safetensors_header",
+    "TensorParallelError": "warmserve.engine.parallel",
+    "RanksDivergedError": "warmserve.worker.tp",
+    "CacheBusyError": "warmserve.memory.cache_entry",
+    "MissingExtraError": "warmserve.extras",
+    "InsecureBindError": "warmserve.security",
+    "GroupBuildError": "warmserve.controller.groups",
+    "WorkerGoneForGoodError": "warmserve.controller.restarts",
+    "RayClusterError": "warmserve.controller.ray_plan",
+    "RayNodeGoneError": "warmserve.controller.ray_plan",
+    "NoWorkersError": "warmserve.controller.errors",
+    "OverloadedError": "warmserve.controller.errors",
+    "TooManyRequestsError": "warmserve.controller.errors",
+    "UnauthorizedError": "warmserve.controller.errors",
+}
+
+
+def _class_named(name: str) -> type[WarmServeError]:
+    if name not in _BY_NAME and name in _DEFINED_IN:
+        try:
+            importlib.import_module(_DEFINED_IN[name])  # registers it
+        except ImportError:  # its module needs what this process lacks (torch): the base class, as before
+            pass
+    return _BY_NAME.get(name, WarmServeError)
+
+
 def from_wire(d: dict) -> WarmServeError:
     """Rebuild an error sent with ``to_wire``; unknown types come back as WarmServeError."""
-    cls = _BY_NAME.get(d.get("type", ""), WarmServeError)
+    cls = _class_named(d.get("type", ""))
     # __init__ skipped, for subclasses' own signatures. An OSError subclass (TimeoutError_) refuses Exception's
     # __new__, and a MemoryError one (OutOfMemoryError) its own as looked up (found in review: a TimeoutError_ sent
     # by a worker failed to decode)

@@ -48,6 +48,12 @@ def run(args) -> dict:
 
     check_args(args)  # main did; again for a caller of run() alone (the integration test)
     path = _model_path(args.model)
+    from warmserve.engine.config import ModelConfig
+    from warmserve.engine.parallel import shard_config
+
+    # A --tp the model cannot split is refused before the workers start (found in review: after all of them had
+    # started and tried, some 30 s on).
+    shard_config(ModelConfig.from_dir(path), args.tp)
     devices = [f"cuda:{r}" for r in range(args.tp)] if args.device == "cuda" else ["cpu"] * args.tp
     mem = args.memory_gib
     procs = [spawn_local_worker(d, memory_gib=mem, threads=1) for d in devices]

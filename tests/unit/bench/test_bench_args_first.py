@@ -196,6 +196,16 @@ def test_bench_tp_refuses_counts_before_starting_workers(extra, says, monkeypatc
     _refused(["bench", "tp", "--repeats", "1"] + extra, capsys, says)
 
 
+def test_bench_tp_refuses_a_tp_the_model_cannot_split_before_starting_workers(monkeypatch, capsys):
+    # llama-20m: 6 heads, 2 KV heads. Found in review: refused by the workers, after all 4 had started (~30 s).
+    import warmserve.worker
+    from warmserve.engine.parallel import TensorParallelError
+
+    monkeypatch.setattr(warmserve.worker, "spawn_local_worker", never("a worker"))
+    _refused(["bench", "tp", "--repeats", "1", "--tp", "4"], capsys, "tp=4 does not divide", "use tp in [1, 2]")
+    assert issubclass(TensorParallelError, ValueError)  # hence exit 2 with one line
+
+
 def test_bench_tp_takes_cpu_and_cuda_with_a_gpu_per_rank(monkeypatch):
     from warmserve.bench import tp
 
