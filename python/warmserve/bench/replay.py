@@ -3,7 +3,7 @@ simulator's prediction for the same workload beside it.
 
     warmserve bench replay --policy warmserve,autoscale --profile bench/replay/profile_cpu.json \\
         --json bench/replay/results.json --plot bench/replay/ttft_cdf.png
-    warmserve bench replay --endpoint http://127.0.0.1:8000 --models llama-20m,qwen2-30m   # any OpenAI server
+    warmserve bench replay --endpoint http://127.0.0.1:8000 --served-names llama-20m,qwen2-30m --policy vllm
 
 The workload is the ServeGen recipe (``warmserve.workload.servegen_workload``): ``--models`` client series
 become the served models (copies of the demo checkpoints under distinct names), with ``--history-days`` earlier
@@ -16,7 +16,9 @@ For each policy a fresh `warmserve serve` process starts with that policy, ``--c
 history (per-window in-flight load, Unix times placed so the replay starts at t = 0 of the trace), the client
 replays open-loop over HTTP (``warmserve.workload.replay_client``), the controller's /metrics give the prewarm
 hits, and the server is shut down. With ``--profile`` (from `warmserve calibrate`) the same workload runs
-through the simulator (1 server x ``--cpu-workers`` devices) with the same policy, history and window.
+through the simulator (1 server x ``--cpu-workers`` devices) with the same policy, history and window. With
+``--endpoint`` the replay runs once against that server (any OpenAI-compatible one, ``--served-names`` its model
+names), under the label ``--policy`` (default "endpoint"), with no cluster or twin, whose flags are refused.
 
 The cluster starts ahead of t = 0 (``--start-lead-s``) and books the windows it waits through as idle: t = 0 goes
 on the policy's window grid and history and twin show those windows idle too (``warmserve.bench.replay_setup``).
@@ -38,12 +40,12 @@ from dataclasses import replace
 import numpy as np
 
 from warmserve.bench.replay_cluster import LiveCluster, exit_on_signals
-from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, check_args, check_endpoint, check_reuse,
-                                          counters_between, engine_start_summary, fetch_engine_starts,
+from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, Given, check_args, check_endpoint,
+                                          check_reuse, counters_between, engine_start_summary, fetch_engine_starts,
                                           fetch_prewarm_metrics, history_rows, idle_windows, live_schedule,
-                                          parse_prewarm_metrics, plan_live_history, policy_options, replay_marked,
-                                          split_outcomes, starts_after, trace_requests, warmup_span_s,
-                                          with_idle_lead)
+                                          model_suffix, parse_prewarm_metrics, plan_live_history, policy_options,
+                                          replay_marked, run_policies, split_outcomes, starts_after, trace_requests,
+                                          warmup_span_s, with_idle_lead)
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.inputs import warmup_trace
@@ -52,7 +54,9 @@ from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayReque
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--policy", default="warmserve,autoscale", help="comma-separated policies, run in turn")
+    p.add_argument("--policy", default="warmserve,autoscale", action=Given,
+                   help="comma-separated policies, run in turn; with --endpoint one name, the run's label only "
+                        "(default there: endpoint)")
     p.add_argument("--policy-option", action="append", default=[], metavar="[POLICY:]KEY=VALUE",
                    help="a PolicyConfig field for the cluster's policy and the twin's (repeatable; without POLICY: "
                         "every policy). Times (" + ", ".join(TRACE_TIME_OPTIONS) + ") are trace seconds, "
@@ -62,7 +66,7 @@ def add_arguments(p) -> None:
     p.add_argument("--models", type=int, default=6, help="served models (ServeGen client series)")
     p.add_argument("--checkpoints", default=",".join(CHECKPOINTS),
                    help="demo checkpoints the models are copies of, round-robin")
-    p.add_argument("--cpu-workers", type=int, default=4, help="CPU workers of each cluster")
+    p.add_argument("--cpu-workers", type=int, default=4, action=Given, help="CPU workers of each cluster")
     p.add_argument("--duration-s", type=float, default=1200.0, help="replayed span of the trace, trace seconds")
     p.add_argument("--time-scale", type=float, default=1.0, help="compress (<1) the trace's time")
     p.add_argument("--rate", type=float, default=0.5, help="total request rate of the replay, requests/s (wall)")
@@ -83,10 +87,10 @@ def add_arguments(p) -> None:
                         "as name i (round-robin when fewer)")
     p.add_argument("--api-key", default=None, help="Bearer key for --endpoint (default $OPENAI_API_KEY)")
     p.add_argument("--vocab-size", type=int, default=8192, help="prompt token ids are drawn below this")
-    p.add_argument("--profile", default=None,
+    p.add_argument("--profile", default=None, action=Given,
                    help="cost profile (warmserve calibrate) for the simulated twin; H100-80GB or A100-80GB: the "
                         "paper's GPU latency model instead")
-    p.add_argument("--start-lead-s", type=float, default=60.0,
+    p.add_argument("--start-lead-s", type=float, default=60.0, action=Given,
                    help="the history's t = 0 is at least this long after a cluster's launch, on the policy's window "
                         "grid: ceil(lead / window) + 1 windows after the launch's window, which the history and "
                         "the twin show idle (as the waiting cluster records them); the replay waits for it")
@@ -95,12 +99,13 @@ def add_arguments(p) -> None:
                         "lead and left out of every statistic (reported apart, \"warmup\"), so a policy meets t = 0 "
                         "with the instances that load left it; the twin replays them as its warm-up and the history "
                         "ends before them. 0: none")
-    p.add_argument("--log-dir", default=None, help="server and worker logs (default: next to --json, or a temp dir)")
-    p.add_argument("--sim-size", default=None,
+    p.add_argument("--log-dir", default=None, action=Given,
+                   help="server and worker logs (default: next to --json, or a temp dir)")
+    p.add_argument("--sim-size", default=None, action=Given,
                    help="cost-model entry every simulated model behaves like (e.g. llama2-7b with --profile H100-80GB)")
-    p.add_argument("--sim-compute-scale", type=float, default=None,
+    p.add_argument("--sim-compute-scale", type=float, default=None, action=Given,
                    help="override the profile's gpu.compute_scale for the simulated twin (e.g. workers / cores)")
-    p.add_argument("--sim-host-cores", type=float, default=None,
+    p.add_argument("--sim-host-cores", type=float, default=None, action=Given,
                    help="override the profile's gpu.host_cores for the simulated twin: cores the CPU workers share "
                         "(a step takes max(1, busy workers / cores) times its lone time); 0: no such term")
     p.add_argument("--reuse-live", default=None, metavar="JSON",
@@ -131,7 +136,7 @@ def build_workload(args):
     per = -(-args.models // len(ckpts))
     names = [""] * args.models
     for r, i in enumerate(rank):
-        names[i] = f"{ckpts[r // per]}-{chr(ord('a') + r % per)}"
+        names[i] = f"{ckpts[r // per]}-{model_suffix(r % per)}"
     rename = dict(zip(w.models, names))
     for t in (w.trace, w.history):
         t.models = [rename[m] for m in t.models]
@@ -429,7 +434,7 @@ def _main(args) -> int:
     check_plot("--plot", args.plot)
     if not args.endpoint and not args.reuse_live:
         check_output_folder("--log-dir", log_folder(args))
-    policies = [p for p in args.policy.split(",") if p]
+    policies = run_policies(args)
     if not args.endpoint:
         from warmserve.policy import POLICY_NAMES
 
@@ -516,8 +521,9 @@ def _main(args) -> int:
             sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost, options[p])
         if args.json:  # after each policy: an error in a later one keeps what this one took minutes to measure
             write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0, warm)
-    print(f"{w.name}: {len(served)} models on {args.cpu_workers} CPU workers, {len(reqs)} requests over "
-          f"{w.duration_s:.0f} s ({len(reqs) / w.duration_s:.2f} rps), seed {args.seed}")
+    print(f"{w.name}: {len(served)} models " + (f"sent to {args.endpoint}" if args.endpoint else
+                                                 f"on {args.cpu_workers} CPU workers")
+          + f", {len(reqs)} requests over {w.duration_s:.0f} s ({len(reqs) / w.duration_s:.2f} rps), seed {args.seed}")
     print("live:")
     print(_table(live, LIVE_COLS))
     ratios, val = _ratios(live, sim), validation(live, sim)
@@ -540,7 +546,8 @@ def _main(args) -> int:
         write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall, warm)
     if args.plot:
         plot_cdf(live_ttft, sim_ttft, args.plot,
-                 f"TTFT CDF, {w.name} replay ({len(reqs) / w.duration_s:.2f} rps, {args.cpu_workers} CPU workers)")
+                 f"TTFT CDF, {w.name} replay ({len(reqs) / w.duration_s:.2f} rps, "
+                 + (f"{args.endpoint})" if args.endpoint else f"{args.cpu_workers} CPU workers)"))
     return 0
 
 
@@ -559,9 +566,9 @@ def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s:
 
     doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
                         "history_requests": len(w.history), "idle_lead_windows": idle_windows(args), "meta": w.meta},
-           "cluster": {"endpoint": args.endpoint, "cpu_workers": args.cpu_workers,
+           "cluster": {"endpoint": args.endpoint, "cpu_workers": None if args.endpoint else args.cpu_workers,
                        "models": [list(m) for m in served]},
-           "args": {k: v for k, v in vars(args).items() if k != "api_key"},
+           "args": {k: v for k, v in vars(args).items() if k not in ("api_key", "given_flags")},
            "policies": live, "simulated": {"policies": sim} if sim else None, "validation": validation(live, sim),
            "ratios": _ratios(live, sim), "wall_s": wall_s,
            "ttft_s": {p: np.round(x, 4).tolist() for p, x in live_ttft.items()},

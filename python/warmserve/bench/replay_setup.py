@@ -17,10 +17,10 @@ twin replays the same requests as its own warm-up (``SimConfig.warmup_s``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
-import re
 import sys
 from dataclasses import replace
 
@@ -44,6 +44,61 @@ WORKLOAD_ARGS = ("models", "checkpoints", "cpu_workers", "duration_s", "time_sca
 #: History window starts are written this far inside their window: a Unix time near 1.7e9 s carries ~2e-7 s of
 #: precision, enough for the controller's floor(start / window) to fall one window short of a start on the edge.
 GRID_NUDGE_S = 1e-3
+#: what an --endpoint run is called where no --policy names it (no policy of ours runs there)
+ENDPOINT_LABEL = "endpoint"
+#: the flags that set the launched cluster or the simulated twin, which an --endpoint run has neither of
+CLUSTER_ONLY_FLAGS = ("--profile", "--sim-size", "--sim-compute-scale", "--sim-host-cores", "--start-lead-s",
+                      "--log-dir", "--cpu-workers")
+#: the largest token count the engines and the client take (int32)
+MAX_TOKENS = 2**31 - 1
+
+
+class Given(argparse.Action):
+    """argparse's "store" that also notes the flag in ``args.given_flags``, so that a check can tell a flag given
+    at its default value from one left alone (``check_endpoint_args``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "given_flags", [*getattr(namespace, "given_flags", []), self.option_strings[0]])
+
+
+def check_endpoint_args(args) -> None:
+    """With --endpoint no cluster starts and no twin runs: refuse the flags that set them (found in review: they
+    were accepted and ignored, no twin ran, and nothing said so), and --policy beyond one name, which there is a
+    label only (found in review: the default warmserve,autoscale replayed the same server twice and printed a
+    ratio of two policies that never ran)."""
+    given = getattr(args, "given_flags", [])
+    ignored = [f for f in CLUSTER_ONLY_FLAGS if f in given]
+    if ignored:
+        raise InvalidArgumentError(f"{', '.join(ignored)}: --endpoint replays a running server, with no cluster of "
+                                   f"ours and no simulated twin, so {'these set' if len(ignored) > 1 else 'it sets'} "
+                                   f"nothing there: drop {'them' if len(ignored) > 1 else 'it'}, or drop --endpoint",
+                                   flags=ignored)
+    names = [p for p in args.policy.split(",") if p]
+    if "--policy" in given and len(names) != 1:
+        raise InvalidArgumentError(f"--policy {args.policy!r} with --endpoint: the server runs its own policy, so "
+                                   f"--policy is only the run's label there, one name (e.g. --policy vllm); "
+                                   f"{len(names)} names would replay the same server {len(names)} times",
+                                   option="policy", names=names)
+
+
+def run_policies(args) -> list[str]:
+    """The names the runs go under: --policy's policies, or with --endpoint the one label (``ENDPOINT_LABEL`` where
+    --policy is not given: the default policies do not run there)."""
+    if args.endpoint and "--policy" not in getattr(args, "given_flags", []):
+        return [ENDPOINT_LABEL]
+    return [p for p in args.policy.split(",") if p]
+
+
+def model_suffix(k: int) -> str:
+    """The served model's suffix of rank ``k`` on its checkpoint: a..z, then aa, ab, ..., zz, aaa (found in review:
+    chr(97 + k) ran past z into '{|}~' and control characters, and a '}' in a model label lost its counters)."""
+    s = ""
+    k += 1
+    while k:
+        k, r = divmod(k - 1, 26)
+        s = chr(ord("a") + r) + s
+    return s
 
 
 def check_args(args) -> None:
@@ -62,6 +117,19 @@ def check_args(args) -> None:
                   ("max_output_tokens", 1), ("vocab_size", 4)):
         if getattr(args, k) < lo:
             raise InvalidArgumentError(f"{flag(k)} must be >= {lo}, got {getattr(args, k)}", option=k)
+    # found in review: these reached numpy unchecked ("cannot convert float NaN to integer", numpy's "expected
+    # non-negative integer", an OverflowError traceback), naming no flag
+    if args.start_s is not None and not (math.isfinite(args.start_s) and args.start_s >= 0):
+        raise InvalidArgumentError(f"--start-s must be a finite number >= 0 (seconds from day 0 midnight of the "
+                                   f"ServeGen trace), got {args.start_s:g}", option="start_s")
+    if args.seed < 0:
+        raise InvalidArgumentError(f"--seed must be >= 0, got {args.seed}", option="seed")
+    for k in ("max_prompt_tokens", "max_output_tokens"):
+        if getattr(args, k) > MAX_TOKENS:
+            raise InvalidArgumentError(f"{flag(k)} must be <= {MAX_TOKENS} (int32), got {getattr(args, k)}",
+                                       option=k)
+    if args.endpoint:
+        check_endpoint_args(args)
     if args.warmup_s > args.pre_s:
         raise InvalidArgumentError(f"--warmup-s {args.warmup_s:g} is longer than the --pre-s {args.pre_s:g} s of "
                                    f"trace before t = 0 that the workload holds: raise --pre-s to at least "
@@ -154,8 +222,6 @@ def check_reuse(earlier: dict, path: str, args, policies: list[str], options: di
                 defaults: dict) -> None:
     """Refuse live figures from a run of another workload or cluster, naming every argument that differs.
     ``defaults``: the command's defaults, for arguments an older run's JSON does not list."""
-    import argparse
-
     then = argparse.Namespace(**{**defaults, **(earlier.get("args") or {})})
     diff = [f"--{k.replace('_', '-')} {getattr(then, k)!r} there, {getattr(args, k)!r} here" for k in WORKLOAD_ARGS
             if getattr(then, k) != getattr(args, k)]
@@ -313,7 +379,8 @@ async def replay_marked(cfg, requests: list, mark_s: float, on_mark, progress=No
 
 def fetch_prewarm_metrics(url: str) -> dict | None:
     """Prewarm hits and misses (summed over models) from a warmserve server's /metrics; None from a server
-    that has no such metrics (another OpenAI-compatible server)."""
+    that has no such metrics (another OpenAI-compatible server), or whose exposition does not parse (the counts
+    unknown rather than short)."""
     import urllib.error
     import urllib.request
 
@@ -322,7 +389,12 @@ def fetch_prewarm_metrics(url: str) -> dict | None:
             text = r.read().decode()
     except (urllib.error.URLError, OSError, ValueError):
         return None
-    return parse_prewarm_metrics(text) if "warmserve_prewarm_" in text else None
+    if "warmserve_prewarm_" not in text:
+        return None
+    try:
+        return parse_prewarm_metrics(text)
+    except ValueError:
+        return None
 
 
 def fetch_engine_starts(url: str) -> list | None:
@@ -349,13 +421,18 @@ def engine_start_summary(starts: list) -> dict:
 
 
 def parse_prewarm_metrics(text: str) -> dict:
-    """Prewarm hits and misses and requests migrated (``warmserve_migrated_requests``), summed over models."""
+    """Prewarm hits and misses and requests migrated (``warmserve_migrated_requests``), summed over models, read
+    with prometheus_client's parser (found in review: a regex lost the model whose label held a '}'). ValueError
+    on an exposition that does not parse."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0, "migrated_requests": 0.0}
-    for line in text.splitlines():
-        m = re.match(r"warmserve_(prewarm_hits|prewarm_misses|migrated_requests)(?:_total)?(\{[^}]*\})?\s+"
-                     r"([0-9.eE+-]+)$", line)
-        if m:
-            out[m.group(1)] += float(m.group(3))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            # a counter's value is its _total sample (the bare name where untyped); its _created is no count
+            name = sample.name.removeprefix("warmserve_").removesuffix("_total")
+            if name in out:
+                out[name] += float(sample.value)
     return out
 
 
