@@ -28,7 +28,7 @@ from warmserve.policy.config import PolicyConfig
 from warmserve.controller.frontend import TextGeneration, prepare
 from warmserve.controller.loopgate import LoopGate
 from warmserve.controller.openai_api import messages_from
-from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_
+from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_, UnknownModelError
 from warmserve.protocol import SamplingParams, stop_strings
 
 
@@ -154,15 +154,8 @@ class Cluster:
         """Run ``coro`` on the controller's loop and wait for it. If the wait ends early (``timeout_s``, Ctrl-C),
         the coroutine is cancelled and its own clean-up has run when this raises (found in review: a timed-out
         generate ran on to max_tokens, and an interrupted start left its workers running)."""
-        done = threading.Event()
-
-        async def guarded():
-            try:
-                return await coro
-            finally:
-                done.set()
-
-        fut = self._submit(guarded(), coro)
+        done = threading.Event()  # set by the gate once nothing of the work runs, started or not
+        fut = self._gate.submit(coro, ended=done)
         try:
             concurrent.futures.wait((fut,), _wait_limit_s(timeout_s))
         except BaseException:  # Ctrl-C
@@ -206,6 +199,10 @@ class Cluster:
 
     def _prepare(self, model: str, prompt, params, max_tokens, temperature, top_p, seed, stop, messages):
         """Runs in the caller's thread, so tokenising a long prompt never stalls the controller's loop."""
+        if not isinstance(model, str):  # found in review: a list or dict was a bare TypeError (unhashable)
+            raise UnknownModelError(f"model must be the name of a served model (str), got {type(model).__name__} "
+                                    f"{model!r:.40}; this cluster serves {self.models}", param="model",
+                                    model=repr(model)[:80])
         m = self.controller.model(model)
         _check_prompt(prompt)
         keywords = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
@@ -376,8 +373,13 @@ class TextIterator:
             self._abort()
 
     def _abort(self):
-        if self._gen is not None and not self._gen.req.done and not self._c._closed:
-            self._c._loop.call_soon_threadsafe(self._gen.abort)
+        # Decided on whether the loop still runs, not on close() having begun (found in review: a reader that left
+        # while close() drained left its request running, and the close waited for it to reach max_tokens).
+        if self._gen is not None and not self._gen.req.done and self._c._gate.open:
+            try:
+                self._c._loop.call_soon_threadsafe(self._gen.abort)
+            except RuntimeError:  # the loop closed meanwhile: its requests have ended with it
+                pass
 
 
 def _check_prompt(prompt) -> None:

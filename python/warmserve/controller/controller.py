@@ -175,7 +175,7 @@ class Controller(WorkerRestarts):
                 keys = (f"; with CURVE, that each key is in {self.cc.curve_dir}/workers/ (read at start) and each "
                         "--curve-server-key is this controller's public key" if self.cc.curve_dir else "")
                 raise TimeoutError_(
-                    f"{have} of {n} workers registered within {timeout_s:.0f} s: check that they can reach "
+                    f"{have} of {n} workers registered within {timeout_s:g} s: check that they can reach "
                     f"{self.hub.endpoint} (for remote ones, bind the controller to a reachable address){keys}",
                     timeout_s=timeout_s, ready=have, expected=n)
             self.worker_event.clear()

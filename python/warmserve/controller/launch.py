@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import shutil
@@ -21,6 +22,11 @@ from warmserve.errors import WarmServeError
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 
 log = logging.getLogger("warmserve.controller")
+
+#: Numbers the local workers of every cluster this process starts, so each has an id (and log file) of its own:
+#: HOST-PIDwN-DEVICE with N counted across clusters. Found in review: two Clusters in one process both numbered
+#: from w0, their workers had the same id and, with one log_dir, wrote one log file between them.
+_worker_numbers = itertools.count()
 
 #: Demo models `warmserve serve` uses with no config: small enough for a laptop's CPU.
 DEFAULT_DEMO_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
@@ -92,8 +98,8 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
         # In here: whatever fails once the socket is bound closes it (a bind that fails leaves nothing itself).
         endpoint = await controller.start()
         connect = endpoint.replace("0.0.0.0", "127.0.0.1").replace("tcp://*:", "tcp://127.0.0.1:")
-        for i, dev in enumerate(devices):
-            wid = f"{host}-{os.getpid()}w{i}-{dev.replace(':', '')}"
+        for dev in devices:
+            wid = f"{host}-{os.getpid()}w{next(_worker_numbers)}-{dev.replace(':', '')}"
             # Kept by the controller: a local worker that dies is started again the same way (Controller._restart).
             spawn = controller.local_spawn[wid.encode()] = functools.partial(
                 spawn_worker, connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,

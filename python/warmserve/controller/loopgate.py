@@ -59,27 +59,41 @@ class LoopGate:
     def open(self) -> bool:
         return self._open
 
-    def submit(self, coro, *inner) -> concurrent.futures.Future:
+    def submit(self, coro, *inner, ended: threading.Event | None = None) -> concurrent.futures.Future:
         """Schedule ``coro`` on the loop; its concurrent future. ClosedError once the gate has shut, with ``coro``
-        (and the ``inner`` coroutines it would have awaited) closed unrun."""
+        (and the ``inner`` coroutines it would have awaited) closed unrun. ``ended`` is set once nothing of the work
+        runs any more: its task has ended, or it never started (cancelled before the loop came to it, that is at
+        once: the caller need not wait for a busy loop). Found in review: a caller that cancelled work the loop had
+        not started yet waited for a flag set in the coroutine's own ``finally``, which a coroutine closed unrun
+        never runs: generate(timeout_s=0.1) on a loop busy for a moment took CANCEL_WAIT_S (30 s)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         task_of: list[asyncio.Task] = []
+        started: list[bool] = []  # under self._lock: start's decision and a cancel's look at it are ordered
 
         def start() -> None:
-            if fut.done() or not self._open:  # cancelled by its caller, or the loop is stopping: never started
+            with self._lock:
+                run = not fut.done() and self._open
+                if run:
+                    started.append(True)
+            if not run:  # cancelled by its caller, or the loop is stopping: never started
                 for c in (coro, *inner):
                     c.close()
                 if not fut.done():
                     _fail(fut)
+                if ended is not None:
+                    ended.set()
                 return
             task = self.loop.create_task(coro)
             task_of.append(task)
-            task.add_done_callback(self._settle(fut, inner))
+            task.add_done_callback(self._settle(fut, inner, ended))
 
         def forget(f: concurrent.futures.Future) -> None:
             with self._lock:
                 self._pending.discard(f)
+                unstarted = not started
             if f.cancelled():  # by its caller (a timeout, Ctrl-C): stop the work too
+                if unstarted and ended is not None:  # start will find it cancelled and close it unrun
+                    ended.set()
                 try:
                     # On the loop, after start (queued first): it finds the task, or start found fut done.
                     self.loop.call_soon_threadsafe(lambda: task_of and task_of[0].cancel())
@@ -96,17 +110,21 @@ class LoopGate:
         if not queued:
             for c in (coro, *inner):
                 c.close()
+            if ended is not None:
+                ended.set()
             raise closed_error()
         fut.add_done_callback(forget)
         return fut
 
-    def _settle(self, fut: concurrent.futures.Future, inner: tuple):
+    def _settle(self, fut: concurrent.futures.Future, inner: tuple, ended: threading.Event | None):
         def settle(task: asyncio.Task) -> None:
             if task.cancelled():
                 # Cancelled before its first step, its coroutine never awaited the inner ones: closed here, or
                 # each would warn "never awaited" when collected. (Closing a finished one does nothing.)
                 for c in inner:
                     c.close()
+            if ended is not None:
+                ended.set()
             if fut.done():  # its caller cancelled it
                 return
             try:
