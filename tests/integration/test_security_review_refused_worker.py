@@ -70,6 +70,9 @@ def test_refused_workers_say_so_and_so_do_the_controller_and_its_timeout(tmp_pat
     refused = [line for line in ctl.splitlines() if "refused a CURVE peer" in line]
     assert len(refused) == 1 and "WARNING" in refused[0] and rogue_public in refused[0], ctl
     assert "0 of 1 workers registered" in ctl and f"{keys}/workers/" in ctl and "--curve-server-key" in ctl
+    # the start-up hint names the keys a worker needs (found in review: a worker started as it said was refused)
+    hint = f"start each with `warmserve worker --controller {endpoint} --curve-server-key {keys}/server.key "
+    assert hint + "--curve-secret-key WORKER.key_secret" in ctl, ctl
 
 
 def _free_port() -> int:

@@ -18,7 +18,8 @@ from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, worker_
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
-from warmserve.errors import WarmServeError
+from warmserve.errors import InvalidArgumentError, WarmServeError, fmt_bytes
+from warmserve.geometry import pages_for
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 
 log = logging.getLogger("warmserve.controller")
@@ -67,6 +68,21 @@ def cpu_worker_memory_bytes(cfg: ClusterConfig, models) -> int:
     return max(1 << 30, -(-want // (256 << 20)) * (256 << 20))
 
 
+def check_weights_fit(models, pool_bytes: int, page_bytes: int) -> None:
+    """Refuse a model whose weights (one rank's share under tp), mapped in whole pages with one page of KV beside
+    them, exceed a worker's pool: no worker could ever start it. Found in review: such a model was accepted, and
+    each of its requests waited out request_timeout_s (120 s) for an instance that never came."""
+    for m in models:
+        need = (pages_for(m.weight_bytes / m.spec.tp, page_bytes) + 1) * page_bytes
+        if need > pool_bytes:
+            raise InvalidArgumentError(
+                f"model {m.name!r}: its weights{f' (one of {m.spec.tp} ranks)' if m.spec.tp > 1 else ''} and a "
+                f"KV page need {fmt_bytes(need)} of a CPU worker's pool, which holds {fmt_bytes(pool_bytes)}: raise "
+                f"cpu_worker_memory_bytes or leave it 0 (sized from the models), or split the model over more "
+                f"workers (tp)",
+                model=m.name, need_bytes=need, pool_bytes=pool_bytes, tp=m.spec.tp)
+
+
 def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:
     """Write the demo checkpoints when absent (deterministic, skipped when up to date) and name them. The writer
     runs as `warmserve models demo` in a child process: it needs torch, and the controller should not carry it."""
@@ -91,6 +107,8 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
         check_tp_fits(models, min(len(devices), MAX_GPUS_PER_SERVER))  # the driver's servers hold at most 8
     controller = Controller(cfg, models, history=history)
     mem = cpu_worker_memory_bytes(cfg, models)
+    if not cfg.remote_workers and all(d.startswith("cpu") for d in devices):  # pools of this size, every one
+        check_weights_fit(models, mem, cfg.worker_page_bytes)
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
     procs = []
     host = socket.gethostname()
@@ -109,9 +127,13 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         if cfg.remote_workers:  # said, so that whoever starts them knows where (found in review: a silent wait)
+            # With CURVE, the keys too: a worker started as the hint said without them was refused (found in review)
+            keys = (f" --curve-server-key {os.path.join(cfg.controller.curve_dir, 'server.key')} --curve-secret-key "
+                    f"WORKER.key_secret (its public WORKER.key in {os.path.join(cfg.controller.curve_dir, 'workers')}"
+                    f"/)" if cfg.controller.curve_dir else "")
             log.warning("waiting up to %g s for %d remote worker(s): start each with `warmserve worker --controller "
-                        "%s` (this host's reachable address in place of a wildcard)", cfg.worker_start_timeout_s,
-                        cfg.remote_workers, endpoint)
+                        "%s%s` (this host's reachable address in place of a wildcard)", cfg.worker_start_timeout_s,
+                        cfg.remote_workers, endpoint, keys)
         await controller.wait_for_workers(len(devices) + cfg.remote_workers, cfg.worker_start_timeout_s,
                                           procs=[p for _, p in procs])
     except BaseException:
