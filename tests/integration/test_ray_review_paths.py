@@ -11,6 +11,7 @@ machine's outward address).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import time
@@ -46,6 +47,7 @@ async def _inside() -> None:
 
     from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
     from warmserve.controller.ray_launch import RayClusterError, start_ray_cluster
+    from warmserve.errors import InvalidArgumentError
 
     path = serving.demo_paths((MODEL,))[MODEL]
     demo_dir = os.path.dirname(path)
@@ -69,6 +71,10 @@ async def _inside() -> None:
         cfg = ClusterConfig(models=(ModelSpec(path=path, name=MODEL),), cpu_workers=1,
                             cpu_worker_memory_bytes=768 << 20, cpu_worker_threads=1, worker_start_timeout_s=30,
                             controller=ControllerConfig(tick_s=0.2, heartbeat_interval_s=0.2, drain_timeout_s=1))
+        # weights no worker's pool holds: refused before anything is placed (found in review: accepted, and each
+        # request waited 120 s for an instance that could never start); the placement check below sees no leftover
+        with pytest.raises(InvalidArgumentError, match="of a CPU worker's pool, which holds 32.0 MiB"):
+            await start_ray_cluster(dataclasses.replace(cfg, cpu_worker_memory_bytes=32 << 20), cluster.address)
         t0 = time.monotonic()
         with pytest.raises(RayClusterError) as e:
             ctl = await start_ray_cluster(cfg, cluster.address)

@@ -473,7 +473,7 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
     """Connect to the Ray cluster at ``ray_address`` ("auto" or None: the one this machine belongs to), start the
     controller, a worker actor per GPU (or ``cpu_workers`` per CPU node) on every alive node, and wait until every
     worker (and ``remote_workers`` manual ones) has registered."""
-    from warmserve.controller.launch import cpu_worker_memory_bytes
+    from warmserve.controller.launch import check_weights_fit, cpu_worker_memory_bytes
     from warmserve.controller.models import controller_model
 
     if cfg.devices:
@@ -500,6 +500,8 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
         slots = plan_slots(nodes, cpu_workers=cfg.cpu_workers, cpu_worker_threads=cfg.cpu_worker_threads,
                            tag=launcher.tag)
         check_planned(slots, len(nodes), models, cfg.cpu_workers, cfg.remote_workers)
+        if not cfg.remote_workers and all(s.device.startswith("cpu") for s in slots):
+            check_weights_fit(models, cpu_worker_memory_bytes(cfg, models), cfg.worker_page_bytes)
         t0 = time.monotonic()
         await asyncio.to_thread(launcher.place, slots, cfg.worker_start_timeout_s)
         await asyncio.to_thread(check_model_paths, sorted({s.node for s in slots}, key=lambda n: n.node_id),
