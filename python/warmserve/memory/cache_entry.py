@@ -4,6 +4,7 @@ checkpoint file that no load source covers, copied into an entry being filled.""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -28,10 +29,13 @@ class CacheEntry:
         # Which file this mapping is: a worker that evicts and fills the entry again makes a new file under the
         # same name and size, and this process must not go on serving (and holding) the deleted one.
         self.file_id = (st.st_dev, st.st_ino)
+        #: Mapped for writing: False for a published entry this user may only read (open_published).
+        self.writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
         # MAP_POPULATE: the page tables are built in one pass now rather than by a fault per 4 KiB in the copy
         # (the DMA registration would fault them in anyway).
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        self.mm = mmap.mmap(fd, size, flags, mmap.PROT_READ | mmap.PROT_WRITE) if size else None
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
+        self.mm = mmap.mmap(fd, size, flags, prot) if size else None
         self.arr = np.frombuffer(self.mm, dtype=np.uint8) if size else np.zeros(0, np.uint8)
         self.ptr = self.arr.ctypes.data if size else 0
         self.registered_device: int | None = None  # this process registered it (and unregisters it)
@@ -41,7 +45,9 @@ class CacheEntry:
         self.epoch = 0  # HostCheckpointCache._epoch when its fill started: a close() since makes its publish stale
 
     def register(self, device: int) -> None:
-        if self.pinned or not self.size:
+        # A read-only mapping stays unregistered (cuMemHostRegister without its READ_ONLY flag wants writable
+        # pages): its loads copy through the loader's staging buffer instead (pinned=False).
+        if self.pinned or not self.size or not self.writable:
             return
         if _C.cuda_host_register(self.ptr, self.size, device):
             self.registered_device = device
@@ -86,6 +92,19 @@ def flock_wait(fd: int, timeout_s: float, what: str, stop: threading.Event | Non
                     f"waited {timeout_s} s for {what}: another worker holds it (a fill of a large checkpoint from a "
                     "slow disk?). Fix: raise HostCacheConfig.lock_timeout_s", timeout_s=timeout_s) from None
             time.sleep(POLL_S)
+
+
+def open_published(path: str) -> int:
+    """A descriptor of the published entry ``path``: read-write, or read-only where this user may only read it (an
+    entry another user published in a shared directory: found in review, a 0644 entry failed every hit with a
+    PermissionError though the checkpoint was readable). A published entry is never written: its fill was.
+    FileNotFoundError when there is none."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def unlink_if_there(path: str) -> bool:

@@ -34,7 +34,11 @@ of their next load (also when it has been filled again since: mappings are check
 nobody holds was left by a worker that died mid-fill: eviction unlinks it (``stats()["orphans"]``). A file larger
 than the budget, one that does not fit beside the fills in progress (not evictable: a sharded checkpoint's load
 starts every shard's fill) and the entries the load reads, or one the tmpfs has no room for, is loaded straight
-from the file (``stats()["bypassed"]``).
+from the file (``stats()["bypassed"]``), as is one the cache cannot make or lock a file for (any other error of
+the filesystem: a lock file or entry of another user, a quota, a file size limit), with a warning. An entry
+another user published is mapped read-only (and not registered for DMA: its copies are staged). An entry whose
+size is not the checkpoint's (cut short) is unlinked under its fill lock and filled again. The directory must
+be one this user can make files in: ``HostCheckpointCache()`` checks.
 
 Caveat. The key is the file's metadata, not its contents: a file rewritten in place with the same size, mtime
 and inode (``os.utime`` to the old time) is served from the cache as it was.
@@ -47,13 +51,15 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from warmserve.errors import InvalidArgumentError
-from warmserve.memory.cache_entry import CacheEntry, flock_wait, unlink_if_there
+from warmserve.errors import InvalidArgumentError, WarmServeError
+from warmserve.memory.cache_entry import CacheEntry, flock_wait, open_published, unlink_if_there
 from warmserve.memory.cache_load import CachedLoadJob
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import MAX_COUNT, MAX_THREADS, MIN_LOAD_CHUNK_BYTES, _count
@@ -98,6 +104,27 @@ def _whole(name: str, value, lo: int, hi: int, fix: str) -> None:
                                    f"number in [{lo}, {hi}]. Fix: {fix}", **{name: value})
 
 
+def _check_root(root: str) -> None:
+    """InvalidArgumentError unless this process can make files in ``root`` (made if missing). Found in review: a
+    directory of another user (the default is one path for every user of a machine) was accepted, and every
+    load then failed with an untyped PermissionError."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        try:
+            st = os.stat(root)
+            owner = f", owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}"
+        except OSError:
+            owner = ""
+        raise InvalidArgumentError(
+            f"host cache directory {root!r}: this process (uid {os.geteuid()}) cannot make files in it "
+            f"({e.strerror}{owner}). Fix: a directory of this user's own on a tmpfs, e.g. "
+            f"/dev/shm/warmserve-ckpt-{os.geteuid()}", path=root) from None
+
+
 class HostCheckpointCache:
     """Checkpoint files in shared host memory, loaded into slots by DMA (see the module docstring)."""
 
@@ -106,7 +133,7 @@ class HostCheckpointCache:
             raise InvalidArgumentError(f"config must be a HostCacheConfig, not {type(config).__name__}. Fix: "
                                        "HostCheckpointCache(HostCacheConfig(root=..., capacity_bytes=...))")
         self.config = config
-        os.makedirs(config.root, exist_ok=True)
+        _check_root(config.root)
         self._mu = threading.Lock()
         self._entries: dict[str, CacheEntry] = {}
         #: Counts close() calls: a fill started before one is not added to the mappings close() let go of.
@@ -171,7 +198,10 @@ class HostCheckpointCache:
         cuda = slot.pool.backend == "cuda"
         device = slot.pool.device
         # made again if it went (found in review: someone cleaning /dev/shm made every later load fail untyped)
-        os.makedirs(self.config.root, exist_ok=True)
+        try:
+            os.makedirs(self.config.root, exist_ok=True)
+        except OSError:  # nor can its files be made: each is loaded straight from the file (_acquire)
+            pass
         self._sweep()
         specs, fills, used, hits, gaps = [], [], [], [], []
         # Every entry the load reads is off limits to the evictions of its own fills from the start, not only those
@@ -270,18 +300,18 @@ class HostCheckpointCache:
         try:
             st = os.stat(bin_path)
             os.utime(bin_path, ns=(time.time_ns(), st.st_mtime_ns))
-        except FileNotFoundError:
+        except OSError:  # gone, or another user's entry (found in review: EPERM failed the hit): LRU order only
             pass
 
     def _mapped(self, key: str, bin_path: str) -> CacheEntry | None:
-        """This process's mapping of a published entry, if it still names the file under bin_path."""
+        """This process's mapping of a published entry, if it still names the file under bin_path, at its size."""
         with self._mu:
             e = self._entries.get(key)
             if e is None:
                 return None
             try:
                 st = os.stat(bin_path)
-                alive = (st.st_dev, st.st_ino) == e.file_id
+                alive = (st.st_dev, st.st_ino) == e.file_id and st.st_size == e.size  # not cut short since
             except FileNotFoundError:
                 alive = False
             if alive:
@@ -310,19 +340,32 @@ class HostCheckpointCache:
         for key, e in mapped:
             try:
                 st = os.stat(e.path)
-                alive = (st.st_dev, st.st_ino) == e.file_id
+                alive = (st.st_dev, st.st_ino) == e.file_id and st.st_size == e.size
             except FileNotFoundError:
                 alive = False
             if not alive:
                 self._let_go(key, e)
 
-    def _map_published(self, key: str, bin_path: str) -> CacheEntry | None:
+    def _map_published(self, key: str, bin_path: str, size: int, fill_locked: bool = False) -> CacheEntry | None:
+        """The published entry mapped, or None: there is none, or it is not ``size`` bytes (the checkpoint's: its
+        key says so), which with ``fill_locked`` (this process holds the entry's fill lock, so nobody publishes
+        it meanwhile) is unlinked to be filled again. Found in review: an entry cut short was mapped at its own
+        size, and every later load of the checkpoint failed (bytes "outside the file") and never refilled it."""
         try:
-            fd = os.open(bin_path, os.O_RDWR | os.O_CLOEXEC)
+            fd = open_published(bin_path)
         except FileNotFoundError:
             return None
         try:
-            e = CacheEntry(key, bin_path, os.fstat(fd).st_size, fd)
+            found = os.fstat(fd).st_size
+            if found != size:
+                if fill_locked:  # an unlink refused (another user's entry) is a bypass, with the entry named
+                    unlink_if_there(bin_path)
+                    log.warning("host cache: entry %s holds %d bytes, its checkpoint %d: unlinked, filled again",
+                                bin_path, found, size)
+                    self._let_go(key)
+                    self._count(invalidated=1)
+                return None
+            e = CacheEntry(key, bin_path, size, fd)
         finally:
             os.close(fd)
         with self._mu:
@@ -341,29 +384,45 @@ class HostCheckpointCache:
         busy: keys of every entry the same load reads (not evicted to make room for this one)."""
         root = self.config.root
         bin_path = os.path.join(root, key + ".bin")
-        for _ in range(2):  # a hit can race with an eviction: look once more after it
-            e = self._mapped(key, bin_path) or self._map_published(key, bin_path)
+        lock_path = os.path.join(root, key + ".lock")
+        try:
+            e = self._mapped(key, bin_path) or self._map_published(key, bin_path, size)
             if e is not None:
                 self._touch(bin_path)
                 return e, None
-            lock_fd = os.open(os.path.join(root, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry of {path}", stop)
-                e = self._map_published(key, bin_path)  # filled by another worker while we waited
-                if e is not None:
-                    os.close(lock_fd)
-                    self._touch(bin_path)
-                    return e, None
-                fill = self._start_fill(key, path, size, busy)
-            except BaseException:
-                os.close(lock_fd)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as ex:  # an entry it may not read, a lock it may not make (another user's directory)
+            return self._bypass(path, bin_path, ex)
+        try:
+            flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry {bin_path} of {path}", stop)
+            # filled by another worker while we waited; or cut short, unlinked here to be filled again
+            e = self._map_published(key, bin_path, size, fill_locked=True)
+            fill = None if e is not None else self._start_fill(key, path, size, busy)
+        except OSError as ex:
+            os.close(lock_fd)
+            if isinstance(ex, WarmServeError):  # CacheBusyError is a TimeoutError, an OSError
                 raise
-            if fill is None:
-                os.close(lock_fd)
-                self._count(bypassed=1)
-                return None, None
-            return fill, lock_fd
-        raise AssertionError("unreachable")
+            return self._bypass(path, bin_path, ex)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        if e is not None:
+            os.close(lock_fd)
+            self._touch(bin_path)
+            return e, None
+        if fill is None:
+            os.close(lock_fd)
+            self._count(bypassed=1)
+            return None, None
+        return fill, lock_fd
+
+    def _bypass(self, path: str, bin_path: str, err: OSError) -> tuple[None, None]:
+        """(None, None), counted and logged: `path` is loaded straight from the file, as its entry cannot be
+        made, locked or read (found in review: any error but ENOSPC and ENOMEM failed the load, untyped)."""
+        log.warning("host cache: %s is loaded straight from the file: its entry %s cannot be used (%s)", path,
+                    bin_path, err)
+        self._count(bypassed=1)
+        return None, None
 
     def _start_fill(self, key: str, path: str, size: int, busy: set[str]) -> CacheEntry | None:
         """The entry `key` created and mapped for a fill, or None: loaded straight from the file."""
@@ -383,10 +442,13 @@ class HostCheckpointCache:
                 e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd)
             except OSError as ex:
                 os.close(fd)
-                os.unlink(fill_path)
+                try:
+                    unlink_if_there(fill_path)
+                except OSError:  # left as an orphan: the next eviction unlinks it, as its lock goes with ours
+                    pass
                 if ex.errno in (errno.ENOSPC, errno.ENOMEM):
                     return None
-                raise
+                raise  # EFBIG, EDQUOT, EROFS...: _acquire bypasses the cache too, with a warning
             os.close(fd)
         finally:
             os.close(glock)  # closing the descriptor drops the flock

@@ -238,11 +238,12 @@ def build_host_cache(gib: float, directory: str | None):
     cfg = HostCacheConfig(capacity_bytes=int(gib * GiB))
     if directory:
         cfg = dataclasses.replace(cfg, root=directory)
+    # It checks that this user can make files there (found in review: a directory of another user passed here,
+    # and every load then failed untyped); its error is told against the flag.
     try:
         return HostCheckpointCache(cfg)
-    except OSError as e:
-        raise errors.InvalidArgumentError(f"--host-cache-dir {cfg.root}: cannot use it ({e.strerror}): give a "
-                                          "writable directory on a tmpfs", path=cfg.root) from None
+    except errors.InvalidArgumentError as e:
+        raise errors.InvalidArgumentError(f"--host-cache-dir: {e.message}", path=cfg.root) from None
 
 
 def prewarm_engine(device: str, threads: int | None) -> None:
