@@ -23,6 +23,45 @@ void pread_all(int fd, char* p, uint64_t off, uint64_t n) {
   }
 }
 
+std::string locked_tag(const Slot& slot) {
+  std::lock_guard<std::mutex> g(slot.pool->mu);
+  return slot.tag;
+}
+
+// A source file's descriptor, refused unless it is a regular file. O_NONBLOCK: a FIFO must not block the open (found
+// in review: slot.load() hung for good in open(), before the job was registered for a cancel or a close to reach;
+// a directory passed and failed later as a DriverError EISDIR). It is cleared again for the reads. The descriptor
+// goes to `owned` at once, so whatever is thrown after the open closes it.
+int open_regular(const std::string& path, size_t i, std::vector<int>& owned) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    int err = errno;
+    throw invalid("load source " + std::to_string(i) + ": cannot open " + path + ": " + std::strerror(err));
+  }
+  owned.push_back(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    throw errno_error("fstat of load source " + path, err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    const char* kind = S_ISFIFO(st.st_mode)   ? "a FIFO"
+                       : S_ISDIR(st.st_mode)  ? "a directory"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "a special file";
+    throw invalid("load source " + std::to_string(i) + ": " + path + " is " + kind +
+                  ", not a regular file. Fix: a checkpoint file path, or read the data into a buffer and load that");
+  }
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+    int err = errno;
+    throw errno_error("fcntl of load source " + path, err);
+  }
+  return fd;
+}
+
 }  // namespace
 
 LoadJob::OwnedFds::~OwnedFds() {
@@ -35,6 +74,7 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
     throw invalid("chunk_bytes=" + std::to_string(chunk_bytes) + " is below the minimum of " +
                   std::to_string(kMinChunkBytes) + " bytes (every chunk is a piece of work with its own bookkeeping). "
                   "Fix: chunk_bytes >= " + std::to_string(kMinChunkBytes) + "; the default is 8 MiB");
+  tag_ = locked_tag(*slot_);
   uint64_t n_pieces = 0, asked = 0;  // counted before anything is allocated or opened
   for (const Source& s : sources_) {
     n_pieces += s.nbytes / chunk_bytes + (s.nbytes % chunk_bytes != 0);
@@ -42,7 +82,7 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
     if (n_pieces > kMaxPieces) break;  // no overflow, however many sources
   }
   if (n_pieces > kMaxPieces)
-    throw invalid("load into slot '" + slot_->tag + "' in chunks of " + fmt_bytes(chunk_bytes) + " is more than " +
+    throw invalid("load into slot '" + tag_ + "' in chunks of " + fmt_bytes(chunk_bytes) + " is more than " +
                   std::to_string(kMaxPieces) + " pieces (" + fmt_bytes(asked) +
                   " or more). Fix: a larger chunk_bytes (" + fmt_bytes(asked / kMaxPieces + 1) + " or more), or "
                   "several loads");
@@ -65,12 +105,7 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
         if (it != opened.end()) {
           fd = it->second;
         } else {
-          fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
-          if (fd < 0) {
-            int err = errno;
-            throw invalid("load source " + std::to_string(i) + ": cannot open " + s.path + ": " + std::strerror(err));
-          }
-          owned_fds_.fds.push_back(fd);
+          fd = open_regular(s.path, i, owned_fds_.fds);
           opened[s.path] = fd;
         }
         struct stat st;
@@ -87,7 +122,7 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
       fds_.push_back(fd);
       if (s.slot_offset > reserved || s.nbytes > reserved - s.slot_offset)
         throw invalid("load source " + std::to_string(i) + ": slot bytes [" + std::to_string(s.slot_offset) + ", " +
-                      std::to_string(s.slot_offset + s.nbytes) + ") are outside slot '" + slot_->tag + "' (" +
+                      std::to_string(s.slot_offset + s.nbytes) + ") are outside slot '" + tag_ + "' (" +
                       std::to_string(reserved) + " bytes reserved)");
       total_ += s.nbytes;
       // Cut into pieces that copier threads take in slot order, each no larger than chunk_bytes.
@@ -107,7 +142,7 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
       p.ready_index = uint64_t(std::lower_bound(pages_.begin(), pages_.end(), last) - pages_.begin());
     }
   } catch (const std::bad_alloc&) {
-    Error e(ErrorKind::OutOfMemory, "load into slot '" + slot_->tag + "' of " + fmt_bytes(asked) + " in " +
+    Error e(ErrorKind::OutOfMemory, "load into slot '" + tag_ + "' of " + fmt_bytes(asked) + " in " +
                                         std::to_string(n_pieces) + " pieces: the host memory for its bookkeeping (" +
                                         fmt_bytes(n_pieces * sizeof(Piece)) + " of pieces, 8 bytes a page of the "
                                         "range) cannot be allocated. Fix: free host memory, or a larger chunk_bytes");
@@ -117,11 +152,12 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
   {
     std::lock_guard<std::mutex> g(pool.mu);
     slot_->check_open_locked();
+    tag_ = slot_->tag;
     uint64_t missing = 0;
     for (uint64_t pg : pages_) missing += slot_->table[pg] < 0;
     if (missing > pool.free.size()) {
       Error e(ErrorKind::OutOfMemory,
-              "load into slot '" + slot_->tag + "' needs " + std::to_string(missing) + " more pages (" +
+              "load into slot '" + tag_ + "' needs " + std::to_string(missing) + " more pages (" +
                   fmt_bytes(missing * pb) + "), " + fmt_bytes(pool.free.size() * pb) + " of " +
                   fmt_bytes(pool.backend->total_pages() * pb) +
                   " free. Fix: unmap or close idle slots (pool.pages_by_tag()), or a larger capacity_bytes");
@@ -179,7 +215,7 @@ uint64_t LoadJob::result() {
   std::lock_guard<std::mutex> g(m_);
   if (state_ == State::Failed) throw *error_;
   if (state_ == State::Cancelled) {
-    Error e(ErrorKind::Cancelled, "load into slot '" + slot_->tag + "' was cancelled after " +
+    Error e(ErrorKind::Cancelled, "load into slot '" + tag_ + "' was cancelled after " +
                                       std::to_string(done_.load()) + " of " + std::to_string(total_) +
                                       " bytes; of the " + std::to_string(n_job_pages_) +
                                       " pages it had mapped, " + kept_note());
@@ -366,6 +402,7 @@ void LoadJob::finish() {
       // The state is final before the job leaves pool.jobs, so whoever Pool::close or Slot::close woke sees it
       // finished (lock order: pool mu, then the job's m_).
       std::lock_guard<std::mutex> g2(m_);
+      tag_ = slot_->tag;  // for result()'s message, the tag as the load ended
       if (error_ && n_kept_pages_) {  // say what was kept in the job's own error
         Error e = *error_;
         Error with(e.kind, std::string(e.what()) + "; of the " + std::to_string(n_job_pages_) +

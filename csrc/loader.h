@@ -88,6 +88,9 @@ class LoadJob {
   };
 
   std::shared_ptr<Slot> slot_;
+  // The slot's tag for messages, copied under pool.mu (the constructor, finish()): Slot.tag's setter rewrites it
+  // under that mutex (found in review: read unlocked, the messages came out torn, half old tag, half new).
+  std::string tag_;
   std::vector<Source> sources_;
   OwnedFds owned_fds_;
   std::vector<int> fds_;  // per source: its file's descriptor (in owned_fds_), or -1 for a buffer

@@ -7,6 +7,7 @@ import threading
 import math
 import os
 import weakref
+from collections.abc import Mapping
 from typing import Callable, Iterable
 
 from warmserve import _C
@@ -196,7 +197,7 @@ class Slot:
 
         _count("byte_offset", byte_offset)
         shape = _shape("shape", shape)
-        itemsize = dtype.itemsize
+        itemsize = _dtype("dtype", dtype).itemsize
         if byte_offset % itemsize:
             raise InvalidArgumentError(f"byte_offset={byte_offset} is not a multiple of the {dtype} item size {itemsize}")
         nbytes = _view_bytes("the view", shape, itemsize)
@@ -209,13 +210,21 @@ class Slot:
         pinned while any of the returned tensors lives."""
         import torch
 
+        if not isinstance(layout, Mapping):
+            raise InvalidArgumentError(f"layout must be a dict of name -> (byte_offset, shape, dtype), not "
+                                       f"{type(layout).__name__}")
         if not layout:
             return {}
         spans = []
-        for name, (byte_offset, shape, dtype) in layout.items():
+        for name, entry in layout.items():
+            # found in review: a 2-item entry came back as a bare ValueError from the unpacking
+            if not isinstance(entry, (tuple, list)) or len(entry) != 3:
+                raise InvalidArgumentError(f"layout entry {name!r} is {entry!r}; each must be (byte_offset, shape, "
+                                           f"dtype). Fix: e.g. {{{name!r}: (0, (4096, 11008), torch.bfloat16)}}")
+            byte_offset, shape, dtype = entry
             _count(f"{name} byte_offset", byte_offset)
             shape = _shape(f"{name} shape", shape)
-            itemsize = dtype.itemsize
+            itemsize = _dtype(f"layout entry {name!r} dtype", dtype).itemsize
             if byte_offset % itemsize:
                 raise InvalidArgumentError(f"{name}: byte_offset={byte_offset} is not a multiple of its item size {itemsize}")
             spans.append((name, byte_offset, shape, dtype, _view_bytes(name, shape, itemsize)))
@@ -308,6 +317,19 @@ def _shape(name: str, shape) -> tuple[int, ...]:
     for i, d in enumerate(shape):
         _count(f"{name} dimension {i}", d)
     return shape
+
+
+def _dtype(name: str, dtype):
+    """dtype, when it is a torch.dtype (found in review: the string 'float32', as configs spell it, or None came back
+    as AttributeError "'str' object has no attribute 'itemsize'")."""
+    import torch
+
+    if not isinstance(dtype, torch.dtype):
+        named = isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)
+        hint = f" Fix: torch.{dtype}" if named else " Fix: e.g. torch.bfloat16"
+        raise InvalidArgumentError(f"{name} must be a torch.dtype, not {dtype!r} ({type(dtype).__name__}).{hint}",
+                                   dtype=repr(dtype))
+    return dtype
 
 
 def _view_bytes(name: str, shape: tuple[int, ...], itemsize: int) -> int:
