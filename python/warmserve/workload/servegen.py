@@ -12,15 +12,22 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from warmserve.errors import InvalidArgumentError
 from warmserve.workload.data import data_path
 
 WINDOW_S = 600.0
 LANGUAGE_MODELS = ("m-large", "m-mid", "m-small")
+#: the inter-arrival fits ServeGen publishes (SOURCES.md); ``sample_arrivals`` has a sampler for these only
+PATTERNS = ("Gamma", "Weibull")
+#: the longest token length a trace holds (``request.Trace`` stores lengths as int32)
+MAX_TOKENS = 2**31 - 1
+_FIX = "fix that row, or derive the file again with derive_servegen.py"
 
 
 def _open(path: str):
@@ -28,6 +35,42 @@ def _open(path: str):
         raise FileNotFoundError(f"ServeGen file {path} not found: pass path= to a file derived by "
                                 f"derive_servegen.py, or reinstall warmserve (its data folder holds the defaults)")
     return gzip.open(path, "rt", newline="") if path.endswith(".gz") else open(path, newline="")
+
+
+def _header(path: str, reader: csv.DictReader, need: tuple[str, ...], what: str) -> None:
+    """Raise InvalidArgumentError unless the file's header has the columns ``need``."""
+    have = reader.fieldnames or []
+    missing = [c for c in need if c not in have]
+    if missing:
+        why = ("is empty (no header line)" if not have
+               else f"has no column {', '.join(missing)} (header: {','.join(have)})")
+        raise InvalidArgumentError(f"{what} {path} {why}: give a file with the columns {','.join(need)}, as "
+                                   f"derive_servegen.py writes it", path=path, missing=missing)
+
+
+def _bad_cell(path: str, what: str, line: int, row: dict, cells) -> InvalidArgumentError:
+    """The error for the first cell of ``row`` that its parser refuses; ``cells``: (column, parser, what it must be)."""
+    for col, parse, want in cells:
+        v = row.get(col)
+        if v is None:
+            return InvalidArgumentError(f"{what} {path}, line {line}: no {col} cell (the row is shorter than the "
+                                        f"header): {_FIX}", path=path, line=line, column=col)
+        try:
+            parse(v)
+        except ValueError:
+            return InvalidArgumentError(f"{what} {path}, line {line}, column {col}: {v!r} is not {want}: {_FIX}",
+                                        path=path, line=line, column=col, value=v)
+    raise AssertionError("every cell parsed")
+
+
+def _refuse(path: str, what: str, lines: np.ndarray, bad: np.ndarray, col: str, values: np.ndarray,
+            want: str) -> None:
+    """Raise for the first row where ``bad`` holds (rows in the order of ``lines``, their line numbers)."""
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidArgumentError(f"{what} {path}, line {int(lines[i])}, column {col}: {values[i].item()!r} is not "
+                                   f"{want} ({int(bad.sum())} such rows): {_FIX}", path=path, line=int(lines[i]),
+                                   column=col)
 
 
 @dataclass
@@ -61,24 +104,60 @@ def load_client_windows(path: str | None = None, models: tuple[str, ...] | None 
                                 tuple(models) if models else None))
 
 
+_CW = "ServeGen client windows"
+_CW_CELLS = (("client_id", int, "a client id (a whole number)"), ("t_s", int, "a window start (whole seconds)"),
+             ("rate_rps", float, "a rate (a number of requests/s)"), ("cv", float, "a number"),
+             ("param1", float, "a shape (a number)"), ("param2", float, "a scale (a number)"))
+
+
 @functools.lru_cache(maxsize=4)
 def _client_windows(path: str, models: tuple[str, ...] | None) -> dict[str, ClientWindows]:
+    # found in review: bad rows raised bare int()/KeyError errors, or were sampled silently wrong (a negative or
+    # NaN rate as no requests, an unknown pattern as Weibull, a repeated window twice): each is refused, by line
     cols: dict[tuple[str, int], list] = {}
+    n_rows = 0
     with _open(path) as f:
-        for r in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        _header(path, reader, ("model", "client_id", "t_s", "rate_rps", "cv", "pattern", "param1", "param2"), _CW)
+        for r in reader:
+            n_rows += 1
             if models and r["model"] not in models:
                 continue
-            if not r["pattern"]:
+            pat = r["pattern"]
+            if not pat:  # a window without a fit: no traffic (derive_servegen.py)
                 continue
-            cols.setdefault((r["model"], int(r["client_id"])), []).append(
-                (int(r["t_s"]), float(r["rate_rps"]), float(r["cv"]), r["pattern"] == "Gamma",
-                 float(r["param1"]), float(r["param2"])))
+            if pat != "Gamma" and pat != "Weibull":
+                raise InvalidArgumentError(f"{_CW} {path}, line {reader.line_num}, column pattern: {pat!r} is not "
+                                           f"one of {', '.join(PATTERNS)} (the fits ServeGen publishes): {_FIX}",
+                                           path=path, line=reader.line_num, column="pattern")
+            try:
+                cols.setdefault((r["model"], int(r["client_id"])), []).append(
+                    (int(r["t_s"]), float(r["rate_rps"]), float(r["cv"]), pat == "Gamma",
+                     float(r["param1"]), float(r["param2"]), reader.line_num))
+            except (TypeError, ValueError):
+                raise _bad_cell(path, _CW, reader.line_num, r, _CW_CELLS) from None
+    if not n_rows:
+        raise InvalidArgumentError(f"{_CW} {path} has a header but no window: give the derived file "
+                                   f"servegen_client_windows.csv(.gz), or leave path unset for the vendored one",
+                                   path=path)
     out = {}
     for (model, cid), rows in cols.items():
         rows.sort()
         a = list(zip(*rows))
         cw = ClientWindows(model, cid, np.array(a[0], np.float64), np.array(a[1]), np.array(a[2]),
                            np.array(a[3], bool), np.array(a[4]), np.array(a[5]))
+        lines = np.array(a[6])
+        _refuse(path, _CW, lines, ~(np.isfinite(cw.rate_rps) & (cw.rate_rps >= 0)), "rate_rps", cw.rate_rps,
+                "a rate >= 0 requests/s")
+        _refuse(path, _CW, lines, ~(np.isfinite(cw.shape) & (cw.shape >= 0)), "param1", cw.shape, "a shape >= 0")
+        _refuse(path, _CW, lines, ~(np.isfinite(cw.scale) & (cw.scale >= 0)), "param2", cw.scale, "a scale >= 0")
+        dup = np.flatnonzero(np.diff(cw.t_s) == 0)
+        if len(dup):  # sampled twice, it doubled the window's requests
+            i = int(dup[0])
+            raise InvalidArgumentError(f"{_CW} {path}, lines {lines[i]} and {lines[i + 1]}: client {model}.c{cid} has "
+                                       f"two rows for the window t_s={int(cw.t_s[i])} ({len(dup)} such repeats): "
+                                       f"keep one row per client and window; {_FIX}", path=path,
+                                       line=int(lines[i + 1]), column="t_s")
         out[cw.name] = cw
     return out
 
@@ -121,20 +200,56 @@ def load_length_pmfs(path: str | None = None) -> dict[tuple[str, str], LengthPMF
     return dict(_length_pmfs(os.path.abspath(path or data_path("servegen_length_pmf_io.csv.gz"))))
 
 
+_PMF = "ServeGen length PMF"
+_PMF_CELLS = (("value", float, "a length (a number)"), ("prob", float, "a probability (a number)"))
+
+
 @functools.lru_cache(maxsize=4)
 def _length_pmfs(path: str) -> dict[tuple[str, str], LengthPMF]:
+    # found in review: a negative length was sampled as it was, a NaN probability made the sampler return the first
+    # length and probabilities summing to 0 gave NaN; each is refused, by line. Lengths of a token field must be
+    # whole numbers >= 0; other fields (reason_ratio, ...) keep their whole part, and rows of theirs whose value is
+    # no finite number are left out, as before
     rows: dict[tuple[str, str], list] = {}
     with _open(path) as f:
-        for r in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        _header(path, reader, ("model", "field", "value", "prob"), _PMF)
+        for r in reader:
             try:
-                v = int(float(r["value"]))
-            except ValueError:
-                continue
-            rows.setdefault((r["model"], r["field"]), []).append((v, float(r["prob"])))
+                row = (float(r["value"]), float(r["prob"]), reader.line_num)
+            except (TypeError, ValueError):
+                if r["field"] is not None and not r["field"].endswith("_tokens") and r["prob"] is not None:
+                    try:
+                        float(r["value"])
+                    except (TypeError, ValueError):
+                        continue
+                raise _bad_cell(path, _PMF, reader.line_num, r, _PMF_CELLS) from None
+            rows.setdefault((r["model"], r["field"]), []).append(row)
+    if not rows:
+        raise InvalidArgumentError(f"{_PMF} {path} has a header but no row: give the derived file "
+                                   f"servegen_length_pmf.csv(.gz), or leave pmf_path unset for the vendored one",
+                                   path=path)
     out = {}
-    for k, v in rows.items():
+    for (model, field), v in rows.items():
         v.sort()
-        out[k] = LengthPMF(np.array([a for a, _ in v], np.int64), np.array([b for _, b in v]))
+        a = list(zip(*v))
+        values, probs, lines = np.array(a[0]), np.array(a[1]), np.array(a[2])
+        if field.endswith("_tokens"):
+            _refuse(path, _PMF, lines, ~(np.isfinite(values) & (values >= 0) & (values <= MAX_TOKENS)), "value",
+                    values, f"a token length in [0, {MAX_TOKENS}]")
+            _refuse(path, _PMF, lines, values != np.floor(values), "value", values, "a whole number of tokens")
+        else:
+            keep = np.isfinite(values)
+            if not keep.any():
+                continue
+            values, probs, lines = values[keep], probs[keep], lines[keep]
+        _refuse(path, _PMF, lines, ~(np.isfinite(probs) & (probs >= 0)), "prob", probs, "a probability >= 0")
+        if not probs.sum() > 0:
+            at = f"line {lines[0]}" if len(lines) == 1 else f"lines {lines.min()}-{lines.max()}"
+            raise InvalidArgumentError(f"{_PMF} {path}, {at}: the probabilities of model {model}, field {field} sum "
+                                       f"to 0: give one length a probability > 0, or leave that model's rows out",
+                                       path=path, model=model, field=field)
+        out[(model, field)] = LengthPMF(values.astype(np.int64), probs)
     return out
 
 
@@ -175,6 +290,58 @@ def sample_arrivals(series: ClientWindows, start_s: float, end_s: float, rate_sc
     arr = np.minimum(t0[w] + rel * WINDOW_S, np.nextafter(t0[w] + WINDOW_S, t0[w]))
     arr = arr[(arr >= start_s) & (arr < end_s)]
     return np.sort(arr)
+
+
+#: replicas of a window ``covered_s`` samples (at least, at most), and the inter-arrival draws of one batch of them
+COVER_REPLICAS = (16, 256)
+COVER_DRAWS = 1 << 18
+#: ``covered_s`` keeps the even share of a window with more than this many requests per squared CV of its fit in
+#: the smaller of its covered and uncovered parts: the sampler's excess at a window's edge is about 0.35 / (n / cv^2
+#: x) for the share x of a window of n requests (Gamma fits, exact Beta sums), so under 0.4% there
+COVER_EVEN = 100.0
+
+
+def _cv2(is_gamma: bool, shape: float) -> float:
+    """Squared CV of the sampler's inter-arrival fit (shape clamped as ``sample_arrivals`` does)."""
+    k = max(shape, 1e-3)
+    if is_gamma:
+        return 1.0 / k
+    return math.exp(min(math.lgamma(1 + 2 / k) - 2 * math.lgamma(1 + 1 / k), 700.0)) - 1.0
+
+
+def covered_s(series: ClientWindows, start_s: float, end_s: float, rate_scale: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """Per window of ``series``: how many seconds of [start_s, end_s) its requests count for, such that its rate
+    times them is the expected number of the requests ``sample_arrivals`` draws for it (at ``rate_scale``) that
+    land in the span. That is the plain overlap for a window the span covers wholly or not at all; for one it
+    covers in part, ``WINDOW_S`` times the expected share of the window's requests in the covered part, estimated
+    by sampling replicas of the window with ``rng`` (the caller's own: the workload's draws do not change), or the
+    even share where the window has requests enough to spread evenly (``COVER_EVEN``).
+    Found in review: the overlap itself, i.e. requests spread evenly, put the asked rate 2x off for a minute at a
+    window's edge, since the gaps normalised to fill the window pile a bursty fit's arrivals at both edges."""
+    overlap = np.clip(np.minimum(series.t_s + WINDOW_S, end_s) - np.maximum(series.t_s, start_s), 0.0, None)
+    out = overlap.copy()
+    for i in np.flatnonzero((overlap > 0) & (overlap < WINDOW_S) & (series.rate_rps > 0)):
+        n = float(series.rate_rps[i]) * WINDOW_S * rate_scale
+        if n / _cv2(bool(series.is_gamma[i]), float(series.shape[i])) * min(overlap[i], WINDOW_S - overlap[i]) / \
+                WINDOW_S >= COVER_EVEN:
+            continue
+        reps = int(np.clip(COVER_DRAWS // (n + 2.0), *COVER_REPLICAS))
+        batch = max(1, int(COVER_DRAWS // (n + 2.0)))  # replicas per call, each in a window of its own, end to end
+        inside = total = 0
+        for done in range(0, reps, batch):
+            k = min(batch, reps - done)
+            slots = np.arange(k) * WINDOW_S
+            one = np.full(k, i)
+            copies = ClientWindows(series.model, series.client_id, slots, series.rate_rps[one], series.cv[one],
+                                   series.is_gamma[one], series.shape[one], series.scale[one])
+            arr = sample_arrivals(copies, 0.0, k * WINDOW_S, rate_scale, rng)
+            at = series.t_s[i] + (arr - slots[np.searchsorted(slots, arr, side="right") - 1])  # the window's time
+            inside += int(np.count_nonzero((at >= start_s) & (at < end_s)))
+            total += len(arr)
+        if total:  # a window too sparse to draw any request keeps the even share
+            out[i] = inside / total * WINDOW_S
+    return out
 
 
 def window_edges(start_s: float, end_s: float) -> np.ndarray:
