@@ -18,7 +18,7 @@ from warmserve.controller import textstream
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare
 from warmserve.controller.metrics import CONTENT_TYPE
-from warmserve.errors import InvalidArgumentError, WarmServeError
+from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError
 from warmserve.protocol import SEED_MAX
 
 log = logging.getLogger("warmserve.controller")
@@ -41,6 +41,12 @@ MAX_BODY_BYTES = 16 << 20
 UNMATCHED = "unmatched"
 #: The route label of aiohttp's own answer to a request it could not parse (a 400 before any middleware runs).
 UNPARSED = "unparsed"
+#: Longest one write of a stream may wait for its client to take bytes (the socket's buffers full): past it the
+#: client is taken to have stopped reading, and its connection is closed (``_StallWatch``).
+STREAM_WRITE_TIMEOUT_S = 60.0
+#: Chat bodies larger than this are parsed on a worker thread, after a check of their message count
+#: (``_parse_chat``); smaller ones on the event loop, where they take well under a millisecond.
+INLINE_BODY_BYTES = 256 << 10
 #: Characters a log line shows escaped (\x0a): C0 and C1 controls, DEL, and Unicode's line and paragraph separators.
 _UNPRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
                 for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
@@ -205,14 +211,38 @@ class Api:
         return await self._generate(request, "completion", req, model, ids, sampling)
 
     async def chat(self, request: web.Request):
-        req, sampling = oa.parse_chat(await request.read())
-        request[_INFO]["model"] = req.model
+        req, sampling, messages = await self._parse_chat(request, await request.read())
         model = self.controller.model(req.model)
-        ids = await aprepare(model, messages=oa.chat_dicts(req), max_tokens=sampling.max_tokens,
+        ids = await aprepare(model, messages=messages, max_tokens=sampling.max_tokens,
                              max_tokens_param="max_completion_tokens" if req.max_completion_tokens is not None
                              else "max_tokens")
         sampling = oa.chat_max_tokens(req, sampling, model.max_context, len(ids))
         return await self._generate(request, "chat", req, model, ids, sampling)
+
+    async def _parse_chat(self, request: web.Request, body: bytes):
+        """The chat request, its sampling and its messages as dicts. A body over INLINE_BODY_BYTES is parsed on a
+        worker thread, once its message count is known to fit the model's context (each message costs the prompt
+        at least one token of its template). Found in review: a 16 MiB body of 1M empty messages took 3 s of the
+        event loop (decoded, checked and made dicts there), stalling every other client; a thread alone would not
+        do, as the JSON decoder holds the GIL throughout, so such a body is refused before its messages are
+        decoded."""
+        info = request[_INFO]
+        if len(body) <= INLINE_BODY_BYTES:
+            req, sampling = oa.parse_chat(body)
+            info["model"] = req.model
+            return req, sampling, oa.chat_dicts(req)
+        head = await asyncio.to_thread(oa.chat_head, body)
+        if head is not None:  # else the body is not even a chat's: parse_chat says why
+            info["model"] = head[0]
+            try:
+                max_context = self.controller.model(head[0]).max_context
+            except UnknownModelError:  # the 404 comes after the body's own errors, as for a small body
+                max_context = None
+            if max_context is not None:
+                await asyncio.to_thread(oa.check_message_count, head[1], max_context)
+        req, sampling, messages = await asyncio.to_thread(_chat_parts, body)
+        info["model"] = req.model
+        return req, sampling, messages
 
     async def _generate(self, request, kind, req, model, ids, sampling):
         n = req.n
@@ -222,8 +252,9 @@ class Api:
                 f"or raise server.max_concurrent_requests", param="n", limit=self.max_concurrent)
         if self.active + n > self.max_concurrent:
             raise TooManyRequestsError(
-                f"{self.active} requests are in flight, the limit is {self.max_concurrent}: retry later "
-                f"or raise server.max_concurrent_requests", active=self.active, limit=self.max_concurrent)
+                f"{self.active} requests are in flight (generating, or streaming their answers), the limit is "
+                f"{self.max_concurrent}: retry later or raise server.max_concurrent_requests", active=self.active,
+                limit=self.max_concurrent)
         info = request[_INFO]
         rid = info["id"] = _prefixed(info["id"], "cmpl" if kind == "completion" else "chatcmpl")
         info.update(model=model.name, prompt_tokens=len(ids))
@@ -339,33 +370,75 @@ class Api:
             return head + (chunk(i, piece, None, taken) if piece is not None
                            else chunk(i, "", choices.gens[i].finish_reason, taken))
 
+        watch = _StallWatch(request, rid)
         try:
             for i in range(len(choices.gens) if kind == "chat" else 0):
-                await resp.write(sse(oa.chat_chunk(rid, model.name, created, {"role": "assistant", "content": ""},
-                                                   None, index=i)))
+                await watch.write(resp, sse(oa.chat_chunk(rid, model.name, created,
+                                                          {"role": "assistant", "content": ""}, None, index=i)))
             try:
                 if first is not None:
-                    await resp.write(event(first))
+                    await watch.write(resp, event(first))
                 async for ev in choices:
-                    await resp.write(event(ev))
+                    await watch.write(resp, event(ev))
             except WarmServeError as e:
                 # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError. Its
                 # status goes to the access log; no rejection is counted, the answer's status was 200 (found in
                 # review: the rejections panel showed 503s no client saw)
                 request[_INFO].update(status=e.http_status, failed=True, status_after_200=True)
-                await resp.write(oa.sse(oa.error_from_exception(e)[1]))
-                await resp.write(oa.SSE_DONE)
+                await watch.write(resp, oa.sse(oa.error_from_exception(e)[1]))
+                await watch.write(resp, oa.SSE_DONE)
                 return resp
             if with_usage:
                 obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
-                await resp.write(oa.sse(oa.usage_chunk(rid, model.name, created, obj, len(prompt_ids),
-                                                       choices.completion_tokens)))
-            await resp.write(oa.SSE_DONE)
+                await watch.write(resp, oa.sse(oa.usage_chunk(rid, model.name, created, obj, len(prompt_ids),
+                                                               choices.completion_tokens)))
+            await watch.write(resp, oa.SSE_DONE)
         except ConnectionError:
             request[_INFO]["status"] = CLIENT_CLOSED  # for the access log only
         finally:
+            watch.close()
             choices.abort()
         return resp
+
+
+class _StallWatch:
+    """Closes a stream's connection once one of its writes has waited STREAM_WRITE_TIMEOUT_S for the client to take
+    bytes: the request then ends as one whose client hung up (its generations aborted on their workers, its
+    max_concurrent_requests slots freed). Found in review: aiohttp's writes have no timeout, so a client that never
+    read kept its slots, its generations long ended, for as long as it kept its socket open, and every other
+    request got 429. One timer per stream: an asyncio timeout around each write costs more than the write."""
+
+    def __init__(self, request: web.Request, rid: str):
+        self._request, self._rid = request, rid
+        self._loop = asyncio.get_running_loop()
+        self._since: float | None = None  # when the write in progress began (loop time); None between writes
+        self._stalled = False
+        self._timer = self._loop.call_later(STREAM_WRITE_TIMEOUT_S, self._check)
+
+    async def write(self, resp: web.StreamResponse, data: bytes) -> None:
+        self._since = self._loop.time()
+        try:
+            await resp.write(data)
+        finally:
+            self._since = None
+        if self._stalled:  # a write the closed connection woke returns as if it were done
+            raise ConnectionResetError("the stream's client stopped reading")
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = now if self._since is None else self._since
+        if now - since < STREAM_WRITE_TIMEOUT_S:
+            self._timer = self._loop.call_later(since + STREAM_WRITE_TIMEOUT_S - now, self._check)
+            return
+        self._stalled = True
+        log.warning("request %s: its client took no bytes of the stream for %g s (it stopped reading): the "
+                    "connection is closed", self._rid, STREAM_WRITE_TIMEOUT_S)
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
+    def close(self) -> None:
+        self._timer.cancel()
 
 
 async def _route_of_path(request: web.Request) -> str:
@@ -390,6 +463,11 @@ def _own_answers(api: Api) -> type[AbstractAccessLogger]:
                 api._rejected(response.status, UNPARSED)
 
     return OwnAnswers
+
+
+def _chat_parts(body: bytes):
+    req, sampling = oa.parse_chat(body)
+    return req, sampling, oa.chat_dicts(req)
 
 
 def _token_bytes(model):
