@@ -28,6 +28,13 @@ MAY_DIFFER = ("policy",)
 DERIVED_META = {"offered_rate_rps": offered_rate_rps}
 
 
+#: Recorded since some runs were written, from the same draws: compared only where both runs have them.
+RECORDED_SINCE_META = ("realised_rate_rps",)
+#: Options recorded as None ("not given") since 2026-12-01, which earlier runs recorded as these defaults (options
+#: the paper presets ignored then): the same run either way.
+UNSET_WAS = {"history_days": 2, "start_hour": 20.0, "cold_start_band": "14,35"}
+
+
 def _with_derived(workload):
     if not isinstance(workload, dict) or not isinstance(workload.get("meta"), dict):
         return workload
@@ -38,16 +45,38 @@ def _with_derived(workload):
     return {**workload, "meta": meta}
 
 
+def _comparable(a: dict, b: dict) -> tuple[dict, dict]:
+    """Two workload records as they can be compared: fields one of them was written before dropped from both. A
+    run of several seeds records each seed's request count (``requests_per_seed``) and their median as
+    ``requests`` since 2026-12-01; before, ``requests`` was the first seed's count, which the list still shows."""
+    a, b = dict(a), dict(b)
+    ma, mb = dict(a.get("meta") or {}), dict(b.get("meta") or {})
+    for k in RECORDED_SINCE_META:
+        if (k in ma) != (k in mb):
+            ma.pop(k, None), mb.pop(k, None)
+    a["meta"], b["meta"] = ma, mb
+    if ("requests_per_seed" in a) != ("requests_per_seed" in b):
+        new, old = (a, b) if "requests_per_seed" in a else (b, a)
+        if new["requests_per_seed"].get(str(new["meta"].get("seed"))) == old.get("requests"):
+            for d in (a, b):
+                d.pop("requests_per_seed", None), d.pop("requests", None)
+    return a, b
+
+
+def _same_option(a, b, key: str) -> bool:
+    return a == b or (key in UNSET_WAS and {a, b} == {None, UNSET_WAS[key]})
+
+
 def merge(base: dict, later: dict, policies: list[str], later_name: str, assume_same_options: bool = False) -> dict:
     for key in ("preset", "models", "cluster", "workload"):
         a, b = base.get(key), later.get(key)
-        if key == "workload":
-            a, b = _with_derived(a), _with_derived(b)
+        if key == "workload" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = _comparable(_with_derived(a), _with_derived(b))
         if a != b:
             raise SystemExit(f"the runs differ in {key!r}: {a!r} against {b!r}")
     if "args" in base and "args" in later:
         a, b = ({k: v for k, v in d["args"].items() if k not in MAY_DIFFER} for d in (base, later))
-        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        differ = sorted(k for k in set(a) | set(b) if not _same_option(a.get(k), b.get(k), k))
         if differ:
             raise SystemExit("the runs differ in their options: "
                              + ", ".join(f"{k} {a.get(k)!r} against {b.get(k)!r}" for k in differ))

@@ -17,15 +17,21 @@ from warmserve.outputs import check_output, check_plot, parse_numbers, write_jso
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
+from warmserve.sim.cli_checks import (check_distinct_outputs, check_paper_span, check_replays_requests,
+                                      check_request_budget, parse_policies, rate_flags)
+from warmserve.sim.cli_output import finite_or_null, median_summary, request_count, workload_block
+from warmserve.sim.cli_output import median_per_model as _median_per_model
 from warmserve.sim.config import SimConfig, check_field
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.plot import plot_ttft_cdf
-from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, Preset, artifact_preset, cluster_shape, paper_preset,
-                                   scale_preset)
+from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, RECIPE_WARMUP_S, Preset, artifact_preset,
+                                   cluster_shape, paper_preset, scale_preset)
 from warmserve.sim.runner import max_rate_under_slo, policy_names, rate_sweep, run_once
 from warmserve.workload.recipes import MAX_BURST_CV
 
 PRESET_NAMES = ("paper-conv", "paper-code", "artifact-conv", "artifact-code", "scale")
+#: the workloads of the Azure trace the paper and artifact presets replay (each its own preset too)
+PAPER_WORKLOADS = ("paper-conv", "paper-code", "artifact-conv", "artifact-code")
 
 
 def add_arguments(p):
@@ -39,7 +45,8 @@ def add_arguments(p):
                         "setup (4 models: 7B x2, 13B, 70B; alpha 0.5); scale: --gpus x --models under --workload")
     p.add_argument("--workload", default=None,
                    help="paper-conv | paper-code (Azure 2023, the paper's recipe) | servegen, when no --preset "
-                        "(default paper-conv); with --preset scale: servegen (default) or paper-conv")
+                        "(default paper-conv); with --preset scale: servegen (default) or paper-conv; refused with "
+                        "any other --preset (each replays its own)")
     p.add_argument("--models", type=int, default=None,
                    help="number of models, at least 1 (default: 7 for paper presets, 32 for servegen and scale)")
     p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
@@ -73,10 +80,13 @@ def add_arguments(p):
                    help=f"power-law exponent of the per-model rate split (default: {PAPER_ALPHA:g} for paper "
                         f"presets, {ARTIFACT_ALPHA:g} for artifact ones)")
     p.add_argument("--duration-s", type=float, default=None, help="replayed span, seconds (paper: 1200)")
-    p.add_argument("--start-hour", type=float, default=20.0,
-                   help="--workload servegen: the replay's start on ServeGen's last day, hours after midnight")
-    p.add_argument("--history-days", type=int, default=2,
-                   help="--workload servegen: earlier days of history the forecasts see (ServeGen has 14)")
+    p.add_argument("--start-hour", type=float, default=None,
+                   help="--workload servegen: the replay's start on ServeGen's last day, hours after midnight "
+                        "(default 20); refused for the Azure workloads, which replay their trace's own stretches")
+    p.add_argument("--history-days", type=int, default=None,
+                   help="earlier days of history the forecasts see (default: 2 for servegen, which has 14, and "
+                        "the scale preset; 3 for the paper and artifact presets, whose Azure trace, under an hour, "
+                        "then holds a --duration-s of at most about 1450 s; 0: none, up to about 2900 s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (e.g. 0,1,2): every number is the median over them (per_model: "
@@ -87,7 +97,7 @@ def add_arguments(p):
     p.add_argument("--slo-scale", type=float, default=10.0)
     p.add_argument("--tick-s", type=float, default=1.0, help="policy tick period, simulated seconds")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate-under-SLO search")
-    p.add_argument("--search-iters", type=int, default=4, help="bisection steps of the max-rate search")
+    p.add_argument("--search-iters", type=int, default=4, help="bisection steps of the max-rate search (>= 0)")
     p.add_argument("--slo-target", default="0.99", metavar="T[,T...]",
                    help="share of requests that must meet the TTFT SLO for a rate to count as served (default "
                         "0.99); several, e.g. 0.99,0.98,0.95: one search per target over the same runs, the "
@@ -96,7 +106,7 @@ def add_arguments(p):
                    help="comma-separated rate scales (e.g. 0.25,0.5,1,2,4): instead of one run and the max-rate "
                         "search, every policy's P99 TTFT and SLO attainment at each offered rate (over --seeds); "
                         "--plot draws them (the paper's figure style), --json stores them")
-    p.add_argument("--cold-start-band", default="14,35", metavar="LOW,HIGH",
+    p.add_argument("--cold-start-band", default=None, metavar="LOW,HIGH",
                    help="with --sweep-rate: also run the policies that start engines cold (autoscale) with the "
                         "engine part of a cold start at LOW and HIGH seconds and draw the band between (default "
                         "14,35: vLLM's published range); 'off': no band")
@@ -122,8 +132,23 @@ def build_preset(args) -> Preset:
         raise InvalidArgumentError(f"--burst-cv {args.burst_cv:g}: give a CV > 0 and at most {MAX_BURST_CV:g} (1: "
                                    f"Poisson; a larger one bunches a segment into one burst all the same), or leave "
                                    f"it out for the trace's own inter-arrivals", flag="--burst-cv")
+    if args.preset not in (None, "scale") and args.workload is not None:
+        # found in review: --workload was silently ignored beside a preset, whose own workload ran
+        raise InvalidArgumentError(f"--preset {args.preset} --workload {args.workload}: a preset replays its own "
+                                   f"workload ({args.preset}); drop --workload, or drop --preset to run "
+                                   f"{args.workload} (with --gpus, --models)", flag="--workload")
     kind = args.preset or args.workload or "paper-conv"
-    if kind in ("paper-conv", "paper-code", "artifact-conv", "artifact-code"):
+    recipe = (_scale_recipe(args.workload) if args.preset == "scale" else "servegen" if kind in ("servegen", "scale")
+              else "paper" if kind in PAPER_WORKLOADS else None)
+    if recipe is None:
+        raise InvalidArgumentError(f"--workload {kind}: choose paper-conv, paper-code, artifact-conv, artifact-code "
+                                   f"or servegen", flag="--workload")
+    if recipe == "paper" and args.start_hour is not None:
+        # found in review: --start-hour was silently ignored here
+        raise InvalidArgumentError(f"--start-hour {args.start_hour:g}: the {kind} workload replays the Azure trace's "
+                                   f"own stretches (from its 18:15); --start-hour places a servegen replay: drop it",
+                                   flag="--start-hour")
+    if kind in PAPER_WORKLOADS:
         if args.preset is not None and args.gpus != 16:
             # found in review: --gpus was silently dropped here (the presets are the paper's 2 x 8 GPUs)
             raise InvalidArgumentError(f"--preset {args.preset} --gpus {args.gpus}: a preset runs the paper's 16 GPUs "
@@ -135,17 +160,19 @@ def build_preset(args) -> Preset:
         else:
             cfg = replace(cfg, n_servers=2, gpus_per_server=8)
         kw = {"config": cfg, "burst_cv": args.burst_cv}
+        if args.history_days is not None:  # else the preset's own 3 days
+            kw["history_days"] = args.history_days
         if args.alpha is not None:
             kw["alpha"] = args.alpha
         if args.models is not None:
             kw["n_models"] = args.models
         family, _, trace = kind.partition("-")
         p = (artifact_preset if family == "artifact" else paper_preset)(trace, total_rate_rps=args.rate, **kw)
+        check_paper_span(trace, args.duration_s or 1200.0, p.history_days, history_given=args.history_days is not None)
         if args.time_scale != 1.0 or args.duration_s:
             p = _rewrap(p, args)
         return p
     if kind in ("servegen", "scale"):
-        recipe = _scale_recipe(args.workload) if args.preset == "scale" else "servegen"
         servers, per_server = cluster_shape(args.gpus)
         cfg = replace(cfg, n_servers=servers, gpus_per_server=per_server)
         if recipe == "servegen" and args.alpha is not None:
@@ -153,12 +180,15 @@ def build_preset(args) -> Preset:
                                        f"client series keeps its own published rate); drop --alpha", flag="--alpha")
         # the paper's conv trace covers under an hour: its recipe gets the paper's 1200 s span by default
         duration_s = args.duration_s or (3600.0 if recipe == "servegen" else 1200.0)
+        history_days = 2 if args.history_days is None else args.history_days
+        if recipe == "paper":
+            check_paper_span("conv", duration_s, history_days, history_given=args.history_days is not None)
         return scale_preset(args.gpus, 32 if args.models is None else args.models, duration_s=duration_s,
-                            total_rate_rps=args.rate, recipe=recipe, config=cfg, start_hour=args.start_hour,
-                            history_days=args.history_days, burst_cv=args.burst_cv, time_scale=args.time_scale,
+                            total_rate_rps=args.rate, recipe=recipe, config=cfg,
+                            start_hour=20.0 if args.start_hour is None else args.start_hour,
+                            history_days=history_days, burst_cv=args.burst_cv, time_scale=args.time_scale,
                             alpha=args.alpha)
-    raise SystemExit(f"warmserve simulate: unknown workload {kind!r}: paper-conv, paper-code, artifact-conv, "
-                     f"artifact-code or servegen")
+    raise AssertionError(kind)  # every kind is a recipe's, above
 
 
 #: --workload values --preset scale replays: scale_preset's recipes (its paper recipe runs on the conv trace only)
@@ -184,41 +214,10 @@ def _rewrap(p: Preset, args) -> Preset:
     def build(rate_scale=1.0, seed=0):
         return paper_workload(kind, len(names), alpha=p.alpha, total_rate_rps=p.base_rate_rps,
                               rate_scale=rate_scale, burst_cv=args.burst_cv, model_names=names, seed=seed,
-                              duration_s=args.duration_s or 1200.0, time_scale=args.time_scale)
+                              duration_s=args.duration_s or 1200.0, time_scale=args.time_scale,
+                              history_days=p.history_days)
 
-    return replace(p, build=build)
-
-
-def _median_summary(summaries: list[dict]) -> dict:
-    """Per numeric field, the median over runs (the first run's value for anything else)."""
-    import statistics
-
-    out = dict(summaries[0])
-    for k, v in out.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = statistics.median(x[k] for x in summaries)
-    return out
-
-
-def _median_per_model(per_models: list[dict]) -> dict:
-    """Per model and numeric field, the median over the runs that sent the model requests (a run's ``per_model``
-    lists only those), NaNs (no such figure in a run: no TPOT without multi-token outputs) left out, NaN where every
-    run has one; anything else the first such run's. One run: its own ``per_model`` as it is. Found in review: the
-    JSON's per_model was seed 0's alone beside medians everywhere else."""
-    import statistics
-
-    out = {}
-    for pm in per_models:
-        for name in pm:
-            if name in out:
-                continue
-            runs = [x[name] for x in per_models if name in x]
-            out[name] = dict(runs[0])
-            for k, v in runs[0].items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    vals = [r[k] for r in runs if not (isinstance(r[k], float) and math.isnan(r[k]))]
-                    out[name][k] = statistics.median(vals) if vals else v
-    return out
+    return replace(p, build=build, span_s=RECIPE_WARMUP_S + (args.duration_s or 1200.0))
 
 
 def _table(rows: dict) -> str:
@@ -234,6 +233,12 @@ def _table(rows: dict) -> str:
         lines.append([name] + [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for k, f in cols[1:]])
     w = [max(len(r[i]) for r in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines)
+
+
+def write_results(path: str, doc: dict) -> None:
+    """The results ``doc`` into ``path`` atomically (``write_json_atomic``), as strict JSON: NaN and infinite
+    figures as null (``finite_or_null``)."""
+    write_json_atomic(path, finite_or_null(doc), indent=1, default=float, allow_nan=False)
 
 
 def plot_cdf(results: dict, path: str, title: str) -> None:
@@ -270,7 +275,7 @@ def main(args) -> int:
 
 def _run_main(args, saved: _Saved) -> int:
     t0 = time.perf_counter()
-    policies = [p for p in args.policy.split(",") if p]
+    policies = parse_policies(args.policy)
     known = policy_names()
     bad = [p for p in policies if p not in known]
     if bad:
@@ -279,6 +284,7 @@ def _run_main(args, saved: _Saved) -> int:
     check_args(args)
     check_output("--json", args.json)  # before a long run, not after it
     check_plot("--plot", args.plot)
+    check_distinct_outputs(args.json, args.plot)
     preset = build_preset(args)
     note_shadowed_options(args.policy_option, policies)
     cost = CostModel.for_gpu(args.gpu)
@@ -291,17 +297,20 @@ def _run_main(args, saved: _Saved) -> int:
     targets = _slo_targets(args.slo_target)
     if args.sweep_rate:
         return _sweep_main(args, preset, cost, policies, seeds, t0, targets[0], saved)
+    expected = preset.expected_requests(args.rate_scale)
+    check_request_budget(expected, rate_flags(args, "--rate-scale", args.rate_scale), "the replay")
     workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}
+    check_replays_requests(workloads, args, "--rate-scale", args.rate_scale, expected)
     check_static_layouts(preset, policies, cost, workloads.values())
     workload = workloads[seeds[0]]
+    n_requests = request_count(workloads, seeds)
     results, out = {}, {}
 
     def doc(wall_s: float) -> dict:
         d = {"preset": preset.name, "models": [[m.name, m.size] for m in preset.models],
              "cluster": {"servers": preset.config.n_servers, "gpus_per_server": preset.config.gpus_per_server,
                          "gpu": cost.gpu.name},
-             "workload": {"requests": len(workload.trace), "duration_s": workload.duration_s,
-                          "meta": workload.meta},
+             "workload": workload_block(workloads, seeds),
              "args": run_args(args), "policies": out, "ratios": ratios_of(out, seeds), "wall_s": wall_s}
         missing = [p for p in policies if p not in out]
         if missing:  # a run cut short (Ctrl-C, a later policy's error): not to be read as all of --policy
@@ -313,7 +322,7 @@ def _run_main(args, saved: _Saved) -> int:
                          workload=workloads[sd]) for sd in seeds]
         r = runs[0]
         results[pol] = r
-        s = _median_summary([x.summary for x in runs])
+        s = median_summary([x.summary for x in runs], seeds)
         if len(seeds) > 1:
             s["seeds"] = seeds
             s["per_seed"] = {str(sd): {**x.summary, "per_model": x.per_model} for sd, x in zip(seeds, runs)}
@@ -336,23 +345,26 @@ def _run_main(args, saved: _Saved) -> int:
               + "".join(f"; at target {t}: {r:.2f} rps" for t, r in s.get("max_rate_by_slo_target", {}).items()),
               file=sys.stderr)
         if args.json:  # after each policy, as `bench replay` does: an interrupt or a later error keeps this one
-            write_json_atomic(args.json, doc(time.perf_counter() - t0), indent=1, default=float)
+            write_results(args.json, doc(time.perf_counter() - t0))
             saved.done, saved.missing = list(out), [p for p in policies if p not in out]
     wall = time.perf_counter() - t0
     print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
-          f"{cost.gpu.name}, {len(workload.trace)} requests over {workload.duration_s:.0f} s "
-          f"({len(workload.trace) / workload.duration_s:.2f} rps), seeds {seeds}"
+          f"{cost.gpu.name}, {n_requests} requests over {workload.duration_s:.0f} s "
+          f"({n_requests / workload.duration_s:.2f} rps), seeds {seeds}"
           + (" (medians)" if len(seeds) > 1 else ""))
     print(_table(out))
     ratios = ratios_of(out, seeds)
     print_ratios(ratios)
     print(f"wall {wall:.1f} s")
     if args.json:
-        write_json_atomic(args.json, doc(wall), indent=1, default=float)
+        write_results(args.json, doc(wall))
     if args.plot:
         plot_cdf(results, args.plot, f"TTFT CDF, {preset.name} ({len(workload.trace) / workload.duration_s:.1f} rps)")
     return 0
 
+
+#: --cold-start-band when not given: vLLM's published range of engine initialisation, seconds
+DEFAULT_COLD_START_BAND = "14,35"
 
 #: the policies that lay out every instance once, at their first tick (``policy.baselines.StaticPolicy``)
 STATIC_POLICIES = ("shared", "dedicated")
@@ -401,6 +413,15 @@ def check_args(args) -> None:
             raise bad(flag, v, "give a finite number > 0")
     if args.alpha is not None and not math.isfinite(args.alpha):  # found in review: NaN failed deep in the recipe
         raise bad("--alpha", args.alpha, "give a finite power-law exponent, e.g. 1 (the paper's)")
+    # found in review: a negative --search-iters was taken (a search without its bisection, unasked)
+    if args.search_iters < 0:
+        raise bad("--search-iters", args.search_iters, "give 0 or more bisection steps")
+    if args.history_days is not None and args.history_days < 0:
+        raise bad("--history-days", args.history_days, "give 0 or more days")
+    if args.cold_start_band is not None and not args.sweep_rate:
+        # found in review: taken and ignored without --sweep-rate, the only runs that draw a band
+        raise InvalidArgumentError(f"--cold-start-band {args.cold_start_band}: the band is drawn by --sweep-rate "
+                                   f"only; add --sweep-rate or drop --cold-start-band", flag="--cold-start-band")
     parse_seeds(args)
     if args.sweep_rate:
         # nan, inf: "cannot convert float NaN to integer" later (found in review)
@@ -436,6 +457,10 @@ def parse_seeds(args) -> list[int]:
     if min(seeds) < 0:
         raise InvalidArgumentError(f"--seeds {args.seeds!r}: give seeds >= 0, e.g. 0,1,2 (seed {min(seeds)} is "
                                    f"negative)", flag="--seeds", value=args.seeds)
+    twice = sorted({sd for sd in seeds if seeds.count(sd) > 1})
+    if twice:  # found in review: 0,1,1 ran seed 1 twice and counted it twice in the medians, once in per_seed
+        raise InvalidArgumentError(f"--seeds {args.seeds!r}: seed {', '.join(map(str, twice))} given more than once: "
+                                   f"give each seed once", flag="--seeds", value=args.seeds)
     return seeds
 
 
@@ -452,11 +477,20 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     """``--sweep-rate``: every policy at every rate scale; a table, the JSON and the two-panel plot."""
     scales = parse_numbers(args.sweep_rate, "--sweep-rate")
     band = None
+    if args.cold_start_band is None:
+        args.cold_start_band = DEFAULT_COLD_START_BAND  # and the JSON's "args" records the band drawn
     if args.cold_start_band.strip().lower() not in ("", "off", "none"):
         band = parse_numbers(args.cold_start_band, "--cold-start-band")
         if len(band) != 2 or not 0 <= band[0] <= band[1]:
             raise InvalidArgumentError(f"--cold-start-band {args.cold_start_band!r}: write LOW,HIGH seconds, "
                                        f"e.g. 14,35", flag="--cold-start-band")
+    if scales and min(scales) > 0:  # else rate_sweep says why
+        top = max(scales)
+        check_request_budget(preset.expected_requests(top), rate_flags(args, "--sweep-rate", top),
+                             "its highest rate")
+        low = min(scales)  # the fewest requests: one seed's replay with none has no figure to plot
+        check_replays_requests({sd: preset.build(low, sd) for sd in seeds}, args, "--sweep-rate", low,
+                               preset.expected_requests(low))
     if any(p in STATIC_POLICIES for p in policies) and scales and min(scales) > 0:  # else rate_sweep says why
         check_static_layouts(preset, policies, cost, (preset.build(sc, sd) for sc in scales for sd in seeds))
     def doc(sweep: dict) -> dict:
@@ -473,7 +507,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
 
     def keep(partial: dict) -> None:  # after each rate scale, as the policy runs keep theirs
         if args.json:
-            write_json_atomic(args.json, doc(partial), indent=1, default=float)
+            write_results(args.json, doc(partial))
             saved.done, saved.missing = partial["rate_scales"], sorted(set(scales) - set(partial["rate_scales"]))
 
     saved.unit = "rate scales"
@@ -497,7 +531,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     print("\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines))
     print(f"wall {wall:.1f} s")
     if args.json:
-        write_json_atomic(args.json, {**doc(sweep), "wall_s": wall}, indent=1, default=float)
+        write_results(args.json, {**doc(sweep), "wall_s": wall})
     if args.plot:
         from warmserve.sim.plot import plot_rate_sweep
 

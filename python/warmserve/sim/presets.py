@@ -29,6 +29,8 @@ ARTIFACT_ALPHA = 0.5
 #: total request rate of every named preset at rate scale 1, requests/second: ours (the paper does not state its
 #: rate; the artifact's 1 request/s default is a smoke test that leaves 16 GPUs idle); rate sweeps scale it
 PRESET_RATE_RPS = 24.0
+#: the warm-up both recipes replay before t = 0 (``pre_s`` of paper_workload and servegen_workload), seconds of trace
+RECIPE_WARMUP_S = 600.0
 
 
 def paper_models(n: int = len(PAPER_ORDER)) -> list[ServedModel]:
@@ -58,6 +60,16 @@ class Preset:
     base_rate_rps: float = 0.0
     #: power-law exponent of the per-model rate split (paper-recipe presets)
     alpha: float = PAPER_ALPHA
+    #: seconds of trace the workload's warm-up and replay span (before --time-scale), and the history days
+    #: replayed beside them: what ``expected_requests`` counts
+    span_s: float = RECIPE_WARMUP_S + 1200.0
+    history_days: int = 0
+
+    def expected_requests(self, rate_scale: float = 1.0) -> float:
+        """About how many requests ``build(rate_scale, seed)`` generates: its rate over the warm-up and replay and
+        again over each history day (the recipes replay the same span on every history day), so that a run too
+        large for memory is refused before it is built (``sim.cli_checks.check_request_budget``)."""
+        return self.base_rate_rps * rate_scale * self.span_s * (1 + self.history_days)
 
 
 def paper_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float = PAPER_ALPHA,
@@ -74,7 +86,8 @@ def paper_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float
         return paper_workload(kind, n_models, alpha=alpha, total_rate_rps=rate, rate_scale=rate_scale,
                               burst_cv=burst_cv, model_names=names, seed=seed, history_days=history_days)
 
-    return Preset(f"{name}-{kind}", config or SimConfig(n_servers=2, gpus_per_server=8), models, build, rate, alpha)
+    return Preset(f"{name}-{kind}", config or SimConfig(n_servers=2, gpus_per_server=8), models, build, rate, alpha,
+                  history_days=history_days)
 
 
 def artifact_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float = ARTIFACT_ALPHA,
@@ -100,8 +113,9 @@ def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, tota
                  alpha: float | None = None) -> Preset:
     """A big cluster (8 GPUs per server) under the ServeGen recipe (or the paper's, on conv: its trace covers
     under an hour, so with history that recipe takes a ``duration_s`` of at most about 1450 s and refuses more).
-    ServeGen only: ``start_hour`` is the replay's start on ServeGen's last day (hours after its midnight),
-    ``history_days`` the earlier days the forecasts see. ``burst_cv`` and ``time_scale`` as the recipes take them;
+    ServeGen only: ``start_hour`` is the replay's start on ServeGen's last day (hours after its midnight).
+    ``history_days``: the earlier days the forecasts see (both recipes; found in review: the paper recipe took 2
+    whatever was asked). ``burst_cv`` and ``time_scale`` as the recipes take them;
     ``alpha``: the paper recipe's power-law split (its default when None; the ServeGen recipe has none)."""
     if recipe == "servegen" and not (0.0 <= start_hour and start_hour * 3600.0 + duration_s <= DAY_S):
         raise InvalidArgumentError(f"start hour {start_hour:g} with {duration_s:g} s of replay runs past the end of "
@@ -122,13 +136,14 @@ def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, tota
             w.history.models = list(w.trace.models)
             return w
         return paper_workload("conv", n_models, total_rate_rps=rate, rate_scale=rate_scale, duration_s=duration_s,
-                              model_names=names, seed=seed, history_days=2, burst_cv=burst_cv,
+                              model_names=names, seed=seed, history_days=history_days, burst_cv=burst_cv,
                               time_scale=time_scale, **({} if alpha is None else {"alpha": alpha}))
 
     servers, per_server = cluster_shape(n_gpus)
     cfg = config or SimConfig(n_servers=servers, gpus_per_server=per_server)
     return Preset(f"scale-{n_gpus}x{n_models}", cfg, models, build, rate,
-                  **({} if alpha is None else {"alpha": alpha}))
+                  **({} if alpha is None else {"alpha": alpha}), span_s=RECIPE_WARMUP_S + duration_s,
+                  history_days=history_days)
 
 
 PRESETS = {

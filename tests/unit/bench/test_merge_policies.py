@@ -81,3 +81,25 @@ def test_a_file_written_before_the_offered_rate_was_recorded_is_the_same_workloa
     wrong = {**both, "workload": {**both["workload"], "meta": {**meta, "offered_rate_rps": 2 * meta["offered_rate_rps"]}}}
     with pytest.raises(SystemExit, match="workload"):
         MP.merge(old, wrong, ["warmserve"], "wrong.json")
+
+
+def test_a_file_written_before_2026_12_01_merges_with_a_new_run_of_the_same_command(runs):
+    # Since then: meta records realised_rate_rps, options not given are recorded as None (history_days,
+    # start_hour, cold_start_band: earlier runs recorded their defaults), and a run of several seeds records each
+    # seed's request count with their median as "requests" (earlier: the first seed's count alone)
+    both, *_ = runs
+    assert "realised_rate_rps" in both["workload"]["meta"] and both["args"]["history_days"] is None
+    meta = {k: v for k, v in both["workload"]["meta"].items() if k != "realised_rate_rps"}
+    seed = str(meta["seed"])
+    first = both["workload"]["requests"]
+    old = {**both, "workload": {**both["workload"], "meta": meta},
+           "args": {**both["args"], "history_days": 2, "start_hour": 20.0, "cold_start_band": "14,35"}}
+    new = {**both, "workload": {**both["workload"], "requests": first + 5.5,
+                                "requests_per_seed": {seed: first, "99": first + 11}}}
+    assert MP.merge(old, new, ["warmserve"], "new.json")["policies"] == both["policies"]
+    # a first seed's count that is not the old file's, or an option set otherwise, is still a difference
+    moved = {**new, "workload": {**new["workload"], "requests_per_seed": {seed: first + 1, "99": first + 10}}}
+    with pytest.raises(SystemExit, match="workload"):
+        MP.merge(old, moved, ["warmserve"], "moved.json")
+    with pytest.raises(SystemExit, match="history_days 2 against 3"):
+        MP.merge(old, {**both, "args": {**both["args"], "history_days": 3}}, ["warmserve"], "h3.json")

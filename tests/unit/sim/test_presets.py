@@ -49,7 +49,8 @@ def test_cli_alpha_defaults_to_the_presets_own(tmp_path):
 
     base = dict(gpu="H100-80GB", ttft_slo_s=0.0, slo_scale=10.0, tick_s=1.0, engine_model="vllm",
                 no_shared_search=False, chunked_prefill_tokens=0, policy_option=[], gpus=16, burst_cv=None,
-                models=None, rate=4.0, time_scale=1.0, duration_s=60.0, workload="paper-conv")
+                models=None, rate=4.0, time_scale=1.0, duration_s=60.0, workload=None, start_hour=None,
+                history_days=None)  # a preset with --workload is refused (found in review: it was ignored)
     art = build_preset(SimpleNamespace(**base, preset="artifact-conv", alpha=None))
     assert art.alpha == 0.5 and art.build(1.0, 0).meta["alpha"] == 0.5
     pap = build_preset(SimpleNamespace(**base, preset="paper-conv", alpha=None))

@@ -1,0 +1,81 @@
+"""What `warmserve simulate` writes: the medians over seeds of a policy's summary and per-model figures, the
+workload block, and what makes the JSON strict JSON (a figure a run does not have is null, not a bare NaN)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+
+
+def _numeric(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def median_summary(summaries: list[dict], seeds: list[int]) -> dict:
+    """Per numeric field, the median over runs; per numeric field of a block of counters (``warmup``), the median
+    over the runs that have it; anything else (``shared_layout``, ``dedicated_layout``) the first seed's, marked
+    ``<field>_of_seed`` (each seed's own is in ``per_seed``). One run: its summary as it is. Found in review: the
+    warm-up counters were the first seed's, so --seeds 0,1 and 1,0 wrote different medians."""
+    out = dict(summaries[0])
+    if len(summaries) == 1:
+        return out
+    for k, v in summaries[0].items():
+        if _numeric(v):
+            out[k] = statistics.median(x[k] for x in summaries)
+        elif isinstance(v, dict) and v and all(_numeric(x) for x in v.values()):
+            runs = [x[k] for x in summaries if isinstance(x.get(k), dict)]
+            out[k] = {f: statistics.median(r[f] for r in runs if f in r) for f in v}
+        else:
+            out[f"{k}_of_seed"] = seeds[0]
+    return out
+
+
+def median_per_model(per_models: list[dict]) -> dict:
+    """Per model and numeric field, the median over the runs that sent the model requests (a run's ``per_model``
+    lists only those), NaNs (no such figure in a run: no TPOT without multi-token outputs) left out, NaN where every
+    run has one; anything else the first such run's. One run: its own ``per_model`` as it is. Found in review: the
+    JSON's per_model was seed 0's alone beside medians everywhere else."""
+    out = {}
+    for pm in per_models:
+        for name in pm:
+            if name in out:
+                continue
+            runs = [x[name] for x in per_models if name in x]
+            out[name] = dict(runs[0])
+            for k, v in runs[0].items():
+                if _numeric(v):
+                    vals = [r[k] for r in runs if not (isinstance(r[k], float) and math.isnan(r[k]))]
+                    out[name][k] = statistics.median(vals) if vals else v
+    return out
+
+
+def request_count(workloads: dict, seeds: list[int]):
+    """The replay's request count: the one seed's, or the median over ``seeds`` (found in review: the first seed's,
+    so the header and the JSON depended on the order of --seeds)."""
+    counts = [len(workloads[sd].trace) for sd in seeds]
+    return counts[0] if len(counts) == 1 else statistics.median(counts)
+
+
+def workload_block(workloads: dict, seeds: list[int]) -> dict:
+    """The JSON's ``workload``: the request count (``request_count``; with several seeds each seed's too), the
+    replayed span, and the first seed's recipe record (``meta``, which names its seed)."""
+    first = workloads[seeds[0]]
+    d = {"requests": request_count(workloads, seeds), "duration_s": first.duration_s, "meta": first.meta}
+    if len(seeds) > 1:
+        d["requests_per_seed"] = {str(sd): len(workloads[sd].trace) for sd in seeds}
+    return d
+
+
+def finite_or_null(obj):
+    """``obj`` with every NaN or infinite float (a figure a run does not have: no TTFT percentile without a
+    request) as None, so that the JSON is strict JSON (found in review: bare NaN tokens, which JSON.parse and
+    strict parsers refuse). Other values are left as they are, for ``json.dump``'s ``default``."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, float) or (type(obj).__module__ == "numpy" and hasattr(obj, "dtype")
+                                  and obj.dtype.kind == "f"):
+        return obj if math.isfinite(obj) else None
+    return obj
