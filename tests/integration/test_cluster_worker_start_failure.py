@@ -20,7 +20,11 @@ MODEL = "llama-20m"
 
 def test_a_local_worker_that_exits_before_it_registers_is_named_in_the_start_error(tmp_path):
     path = serving.demo_paths((MODEL,))[MODEL]
-    cfg = ClusterConfig(models=(ModelSpec(path=path),), devices=("cpu:0",), cpu_worker_memory_bytes=1,
+    # the worker exits at its start: its host cache directory is a file (a pool too small for the model, used
+    # here before, is refused by the controller now, before any worker starts)
+    (tmp_path / "not-a-dir").write_text("")
+    cfg = ClusterConfig(models=(ModelSpec(path=path),), devices=("cpu:0",), cpu_worker_memory_bytes=512 << 20,
+                        host_cache_bytes=64 << 20, host_cache_dir=str(tmp_path / "not-a-dir"),
                         cpu_worker_threads=1, worker_start_timeout_s=60,
                         controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2,
                                                     heartbeat_interval_s=0.2, worker_timeout_s=2.0))
