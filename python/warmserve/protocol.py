@@ -347,6 +347,10 @@ class KvStats(msgspec.Struct, omit_defaults=True):
     block_tokens: int = 0
     #: Running sequences preempted (their blocks freed, recomputed later) since the instance started.
     num_preemptions: int = 0
+    #: While the engine is stalled for room (its next step can allocate nothing): the blocks that step wants
+    #: (``Scheduler.blocks_wanted``); 0 when it is not stalled. The policy keeps at least these free, evicting
+    #: prewarmed weights beside it for their pages (``Policy._kv_targets``).
+    kv_blocks_wanted: int = 0
 
 
 class KvTargetSet(_Msg):

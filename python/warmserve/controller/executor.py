@@ -37,7 +37,8 @@ def kv_counts(kv: P.KvStats, blocks_per_page: int = 1, held_blocks: int = 0) -> 
     whole pages of blocks, or held_blocks (the blocks' worth of the pages the worker reports) when more."""
     pages = align_up(kv.kv_blocks_mapped, blocks_per_page)
     return {"total": kv.kv_blocks_total, "used": kv.kv_blocks_used,
-            "mapped": min(max(pages, held_blocks), max(kv.kv_blocks_total, kv.kv_blocks_mapped))}
+            "mapped": min(max(pages, held_blocks), max(kv.kv_blocks_total, kv.kv_blocks_mapped)),
+            "wanted": kv.kv_blocks_wanted}
 
 
 def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:

@@ -286,7 +286,7 @@ class Engine(PoolNeighbours):
         the error). A close whose release failed part way still reports the blocks it holds (``close``)."""
         if self.kv is None:  # released: closed too
             self._check_open()
-        return self.kv.stats(self.scheduler.num_preemptions)
+        return self.kv.stats(self.scheduler.num_preemptions, self.scheduler.blocks_wanted() if self.stalled else 0)
 
     def set_kv_target_free_blocks(self, n: int) -> KvStats:
         """Keep n free blocks mapped: unmap the rest now (pages back to the pool), map up to n over the next steps

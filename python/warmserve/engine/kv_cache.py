@@ -378,9 +378,9 @@ class KVCache:
             return
         self._unmap_free([b for b in range(self.total_blocks) if self.mapped[b]])
 
-    def stats(self, num_preemptions: int = 0) -> KvStats:
+    def stats(self, num_preemptions: int = 0, blocks_wanted: int = 0) -> KvStats:
         return KvStats(
             kv_blocks_total=self.total_blocks, kv_blocks_used=self.num_used, kv_blocks_mapped=self.num_mapped,
             kv_blocks_free=len(self._free), kv_free_target=self.target_free_blocks, block_tokens=self.block_tokens,
-            num_preemptions=num_preemptions,
+            num_preemptions=num_preemptions, kv_blocks_wanted=blocks_wanted,
         )

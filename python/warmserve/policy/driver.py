@@ -477,11 +477,13 @@ class PolicyDriver:
         return self.state.prewarms.pop(prewarm_id, None)
 
     def set_kv(self, instance_id: str, *, total: int | None = None, used: int | None = None,
-               mapped: int | None = None) -> None:
+               mapped: int | None = None, wanted: int | None = None) -> None:
         """KV block counts of an instance as measured (``None``: unchanged)."""
         inst = self.state.instances.get(instance_id)
         if inst is None:
             return
+        if wanted is not None:
+            inst.kv_blocks_wanted = wanted
         if total is not None:
             inst.kv_blocks_total = total
         if used is not None:

@@ -121,7 +121,11 @@ class LoadSignals:
             if not inst.ready or inst.draining or iid in stopping or inst.kv_blocks_total <= 0:
                 continue
             block, k = self.models[inst.model].kv_block_bytes, self.models[inst.model].kv_blocks_per_page
-            free = self.kv_free_target(inst)
+            # An engine stalled for room asks for what its next step wants, beyond the load's share: found in
+            # review, a long prompt beside another model's prewarm waited out request_timeout_s, the target
+            # (total x in_flight / B) too small to evict the prewarm whose pages it lacked.
+            free = max(self.kv_free_target(inst),
+                       min(inst.kv_blocks_wanted, inst.kv_blocks_total - inst.kv_blocks_used))
             if k > 1:  # the engine maps whole pages of k blocks: ask for whole pages
                 free = min(align_up(inst.kv_blocks_used + free, k), inst.kv_blocks_total) - inst.kv_blocks_used
             delta = inst.kv_blocks_used + free - inst.kv_blocks_mapped

@@ -112,6 +112,9 @@ class InstanceState:
     kv_blocks_used: int = 0
     #: KV blocks backed by physical pages now (used + free); the rest of the cache is unmapped.
     kv_blocks_mapped: int = 0
+    #: KV blocks its engine's next step wants while it is stalled for room (0: not stalled; the simulator's
+    #: engine model never stalls so): the policy keeps at least these free (``Policy._kv_targets``).
+    kv_blocks_wanted: int = 0
     #: The last SetKvTarget applied (free blocks to keep mapped); None before the first.
     kv_free_target: int | None = None
     #: Prompt tokens of the requests routed here whose prefill has not completed (no first token yet), tokens.
