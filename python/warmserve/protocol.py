@@ -111,6 +111,9 @@ class Activate(_Msg):
     #: A tensor-parallel shard (Prewarm ``tp`` > 1) runs in this process group, joined ahead (``JoinGroup``); its
     #: rank in the group is the shard's. Rank 0 (the leader) takes the requests and drives the other ranks.
     group_id: str = ""
+    #: Most wall seconds, s, a step of this shared instance should take while other instances run beside it on the
+    #: worker (co-serving's TPOT target: a long prompt is prefilled in chunks that fit it); 0: no limit.
+    turn_s: float = 0.0
 
 
 class Deactivate(_Msg):

@@ -302,10 +302,10 @@ class Controller(WorkerRestarts):
                       exc_info=t.exception())
 
     def activate_message(self, model: str, kv_blocks: int | None, shared: bool, group_id: str = "") -> P.Activate:
-        """The Activate that turns ``model``'s loaded weights on a worker into an instance (a shard of a
-        tensor-parallel one in process group ``group_id``)."""
+        """The Activate of ``model`` on a worker (shared: steps within co-serving's TPOT; group_id: a TP shard)."""
         return P.Activate(id=self.hub.next_id(), name=model, kv_blocks=kv_blocks, shared=shared, group_id=group_id,
-                          engine=self.config.engine.resolved(self.policy_config.instance_capacity))
+                          engine=self.config.engine.resolved(self.policy_config.instance_capacity),
+                          turn_s=self.policy_config.coserve_tpot_s if shared else 0.0)
 
     # ------------------------------------------------------------------------------------------- requests
 

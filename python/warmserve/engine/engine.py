@@ -29,7 +29,7 @@ from warmserve.engine.model import Model
 from warmserve.engine.pool_neighbours import PoolNeighbours
 from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
-from warmserve.engine.step_meter import DecodeStepMeter
+from warmserve.engine.step_meter import DecodeStepMeter, PrefillTokenMeter, record_step
 from warmserve.errors import (ClosedError, InvalidArgumentError, NoRoomHereError, PromptTooLongError,
                               WarmServeError, fmt_bytes)
 from warmserve.geometry import blocks_for_tokens
@@ -144,6 +144,7 @@ class Engine(PoolNeighbours):
         self.closed = False
         self.num_steps = 0
         self.decode_meter = DecodeStepMeter()  # its decode steps' recent wall time and batch (worker Stats)
+        self.prefill_meter = PrefillTokenMeter()  # its prefilling steps' recent cost per token (a worker's turns)
         #: Requests wait and none could start at the last step (no KV block to be had): see step().
         self.stalled = False
         #: When set, each step keeps the logits it sampled from in last_logits (request id -> [vocab] float32).
@@ -310,14 +311,15 @@ class Engine(PoolNeighbours):
         return self.kv_stats()
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    def step(self) -> list[StepOutput]:
+    def step(self, max_tokens: int | None = None) -> list[StepOutput]:
+        """One step of at most max_tokens tokens (None: max_batch_tokens; step_meter.turn_tokens); same outputs."""
         self._check_open()
         t0_s = time.perf_counter()
         outputs = [self._output(s, []) for s in self._aborted]
         self._aborted = []
         if self.stalled:
             self._take_back_headroom()
-        chunks = self.scheduler.schedule()
+        chunks = self.scheduler.schedule(max_tokens)
         # Nothing could run: another step now would do the same until blocks come free elsewhere (a worker
         # retries it on its idle turns instead of spinning a core on it).
         self.stalled = not chunks and self.scheduler.has_unfinished()
@@ -341,8 +343,8 @@ class Engine(PoolNeighbours):
             seq.blocks = [moved.get(b, b) for b in seq.blocks]
         if not starved:
             self.kv.grow()
-        if chunks and all(c.n == 1 and c.start > 0 for c in chunks):  # a decode step, what a token waits for
-            self.decode_meter.record(time.perf_counter() - t0_s, len(chunks))
+        if chunks:
+            record_step(self.decode_meter, self.prefill_meter, chunks, time.perf_counter() - t0_s)
         return outputs
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:

@@ -139,8 +139,9 @@ class Scheduler:
         short = blocks - kv.num_free_mapped
         return short <= 0 or (kv.mapper is not None and kv.mapper.mappable(kv.next_unmapped(short)) >= short)
 
-    def schedule(self) -> list[ScheduledChunk]:
-        budget = self.max_batch_tokens
+    def schedule(self, max_tokens: int | None = None) -> list[ScheduledChunk]:
+        """The chunks of the next step: at most ``max_tokens`` tokens (None: max_batch_tokens, never more)."""
+        budget = self.max_batch_tokens if max_tokens is None else min(max_tokens, self.max_batch_tokens)
         decodes: list[ScheduledChunk] = []
         prefills: list[ScheduledChunk] = []
         preempted = self.num_preemptions

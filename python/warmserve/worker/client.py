@@ -156,12 +156,12 @@ class SyncClientBase:
 
     def activate(self, name: str, kv_blocks: int | None = None, shared: bool = False, *,
                  kv_target_free_blocks: int | None = None, engine: P.EngineConfig | None = None,
-                 group_id: str = "", timeout_s: float | None = None) -> P.Activated:
+                 group_id: str = "", turn_s: float = 0.0, timeout_s: float | None = None) -> P.Activated:
         """Turn a prewarmed model into an instance; a tensor-parallel shard runs in ``group_id`` (every rank's
         activation must be sent at about the same time: they meet in the group)."""
         return self._call(P.Activate(id=self._new_id(), name=name, kv_blocks=kv_blocks, shared=shared,
                                      kv_target_free_blocks=kv_target_free_blocks, engine=engine,
-                                     group_id=group_id), timeout_s)
+                                     group_id=group_id, turn_s=turn_s), timeout_s)
 
     def host_group_store(self, *, timeout_s: float | None = None) -> int:
         """The loopback port of the store at which the groups this worker leads meet."""

@@ -67,6 +67,8 @@ class _Instance:
     max_kv_blocks: int | None = None
     #: Monotonic time before which its idle KV growth is not tried again (it failed: BackgroundWork._grow_idle).
     grow_retry_s: float = 0.0
+    #: Most wall seconds of its step while other instances run beside it (Activate.turn_s); 0: no limit.
+    turn_s: float = 0.0
 
     @property
     def follower(self) -> bool:
@@ -241,6 +243,9 @@ class WorkerCore(BackgroundWork, ShardRoles):
             raise errors.InvalidArgumentError(
                 f"kv_target_free_blocks must be >= 0, got {msg.kv_target_free_blocks}",
                 kv_target_free_blocks=msg.kv_target_free_blocks)
+        if not 0 <= msg.turn_s < float("inf"):
+            raise errors.InvalidArgumentError(
+                f"turn_s must be a finite number of seconds >= 0 (0: no limit), got {msg.turn_s}", turn_s=msg.turn_s)
         loaded_before = self._bytes_loaded(m)
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
@@ -250,7 +255,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
                         map_blocks_per_step=ec.kv_map_blocks_per_step)
         activate_s = time.perf_counter() - t0
         self.instances[m.name] = _Instance(name=m.name, engine=engine, shared=msg.shared,
-                                           max_kv_blocks=ec.max_kv_blocks or None)
+                                           max_kv_blocks=ec.max_kv_blocks or None, turn_s=msg.turn_s)
         m.state = "running"
         self.emit(peer, P.Activated(
             id=msg.id, name=m.name, kv_blocks=engine.kv_stats().kv_blocks_total, activate_s=activate_s,
