@@ -179,7 +179,7 @@ def register(cls: type[WarmServeError]) -> type[WarmServeError]:
 _DEFINED_IN = {
     "UnsupportedModelError": "warmserve.engine.arch",
     "CheckpointError": "warmserve.engine.safetensors_header",
-    "TensorParallelError": "warmserve.engine.parallel",
+    "TensorParallelError": "warmserve.engine.arch",
     "RanksDivergedError": "warmserve.worker.tp",
     "CacheBusyError": "warmserve.memory.cache_entry",
     "MissingExtraError": "warmserve.extras",

@@ -42,6 +42,7 @@ for name in ("TensorParallelError", "UnsupportedModelError", "CheckpointError", 
     e = errors.from_wire({"type": name, "message": "tp=4 does not divide 6 heads", "fields": {"model": "m"}})
     assert type(e).__name__ == name, (name, type(e))
     assert str(e) == "tp=4 does not divide 6 heads" and e.fields["model"] == "m"
+assert "torch" not in sys.modules, "decoding an error imported torch (a controller does not carry it)"
 from warmserve.engine.parallel import TensorParallelError
 from warmserve.engine.arch import UnsupportedModelError
 e = errors.from_wire({"type": "TensorParallelError", "message": "x"})

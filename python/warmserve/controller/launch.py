@@ -60,12 +60,15 @@ def local_devices(cfg: ClusterConfig) -> list[str]:
 
 
 def cpu_worker_memory_bytes(cfg: ClusterConfig, models) -> int:
-    """The configured budget, or enough for the largest model twice over plus KV room (at least 1 GiB)."""
+    """The configured budget, or enough for the largest model twice over plus KV room (at least 1 GiB), in whole
+    pages of the workers' size: found in review, with pages of 768 MiB or more the default held not even the
+    smallest demo model and a page of KV (check_weights_fit refused it, asking for the default)."""
     if cfg.cpu_worker_memory_bytes:
         return cfg.cpu_worker_memory_bytes
     biggest = max(m.weight_bytes for m in models)
     want = 2 * biggest + (256 << 20)
-    return max(1 << 30, -(-want // (256 << 20)) * (256 << 20))
+    paged = (2 * pages_for(biggest, cfg.worker_page_bytes) + 2) * cfg.worker_page_bytes
+    return max(1 << 30, -(-want // (256 << 20)) * (256 << 20), paged)
 
 
 def check_weights_fit(models, pool_bytes: int, page_bytes: int) -> None:

@@ -20,6 +20,13 @@ class UnsupportedModelError(InvalidArgumentError):
     """A checkpoint's architecture or settings are outside what the engine implements."""
 
 
+@register
+class TensorParallelError(UnsupportedModelError):
+    """A model cannot be split the asked number of ways (heads or SwiGLU width not divisible by tp). Defined here,
+    beside its base and with no torch, so that a controller decoding it from a worker does not import torch
+    (``errors.from_wire``; found in review: 2-3 s of its event loop and 180 MiB)."""
+
+
 def architecture(cfg: dict) -> str:
     """The one of ARCHITECTURES a config.json dict describes, or UnsupportedModelError (an unknown architecture, or
     an MLP activation other than SwiGLU's silu)."""

@@ -50,8 +50,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from warmserve.engine.config import ModelConfig, UnsupportedModelError
-from warmserve.errors import InvalidArgumentError, register
+from warmserve.engine.arch import TensorParallelError
+from warmserve.engine.config import ModelConfig
+from warmserve.errors import InvalidArgumentError
 
 #: How long a collective (and the group's rendezvous) waits for the other ranks before it fails.
 DEFAULT_TIMEOUT_S = 60.0
@@ -64,11 +65,6 @@ def host_store(timeout_s: float = DEFAULT_TIMEOUT_S):
     must outlive their rendezvous. One store serves any number of groups (``ParallelGroup.join`` prefixes)."""
     return dist.TCPStore(LOOPBACK, 0, is_master=True, wait_for_workers=False,
                          timeout=datetime.timedelta(seconds=timeout_s))
-
-
-@register
-class TensorParallelError(UnsupportedModelError):
-    """A model cannot be split the asked number of ways (heads or SwiGLU width not divisible by tp)."""
 
 
 @dataclass(frozen=True)
