@@ -1,17 +1,19 @@
 """What the controller knows of each served model: its name, tokenizer, context length and sizes for the policy.
 
-Read from the checkpoint's own files (config.json, *.safetensors, tokenizer.json) so the controller process needs
+Read from the checkpoint's own files (config.json, the safetensors headers, tokenizer.json) so the controller process needs
 no torch: it only tokenizes and plans.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 from warmserve.config import ModelSpec
-from warmserve.engine.arch import UnsupportedModelError, architecture, check_weight_sizes, config_value, json_object
-from warmserve.engine.safetensors_header import CheckpointError
+from warmserve.engine.arch import check_tensors
+from warmserve.engine.config import ModelConfig
+from warmserve.engine.safetensors_header import CheckpointError, checkpoint_dtype, read_raw_tensors
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import DTYPE_BYTES, kv_bytes_per_token
 
@@ -33,7 +35,7 @@ class ControllerModel:
     tokenizer: object
     #: Longest prompt plus output the model takes, tokens.
     max_context: int
-    #: Bytes of all weights as stored (the dtype the worker loads at "auto").
+    #: Bytes of the weights the worker maps, in the dtype it runs the model in (the spec's, else the checkpoint's).
     weight_bytes: int
     #: KV-cache bytes one token takes over all layers.
     kv_bytes_per_token: int
@@ -53,44 +55,60 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
             f"model {spec.name!r}: no checkpoint at {path} (config.json missing); run `warmserve models demo` "
             f"for the demo models or fix the path", path=path,
         )
+    # What the workers could never run is refused here, at start, not after three failed starts per request: the
+    # worker's own checks that need no tensor, on the same files (found in review: a missing shard or tensor, a
+    # wrong shape, an unsupported rope or dtype passed here and every request was a 503).
     try:
-        cfg = json_object(cfg_path)
-    except CheckpointError as e:  # named, as every refusal here
-        raise CheckpointError(f"model {spec.name!r}: {e.message}", **e.fields) from None
-    # What the workers could never run is refused here, at start, not after three failed starts per request. The
-    # top level, as the workers read it (found in review: a multimodal config's text_config passed here).
-    try:
-        arch = architecture(cfg)
-    except UnsupportedModelError as e:
-        raise UnsupportedModelError(f"model {spec.name!r} ({path}): {e.message}", path=path, **e.fields) from None
-    cfg = cfg.get("text_config", cfg)
-    files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
-    weight_bytes = sum(os.path.getsize(f) for f in files)
-    if weight_bytes <= 0:
-        raise InvalidArgumentError(f"model {spec.name!r}: no *.safetensors files in {path}", path=path)
-    check_weight_sizes(files)
-    layers = int(cfg.get("num_hidden_layers", 1))
-    heads = int(cfg.get("num_attention_heads", 1))
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    inter = int(cfg.get("intermediate_size", heads))
+        cfg = _model_config(path)
+        tensors = read_raw_tensors(path)
+        shapes = check_tensors(cfg, tensors)
+        dtype = _dtype_name(spec.dtype, cfg, tensors)
+        tokenizer = load_tokenizer(path)
+        max_token_chars = tokenizer.max_token_chars
+    except InvalidArgumentError as e:  # named, as every refusal here
+        where = "" if path in e.message else f" ({path})"
+        raise type(e)(f"model {spec.name!r}{where}: {e.message}", **{"path": path, **e.fields}) from None
+    heads, kv_heads, inter = cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
     if spec.tp > 1 and (heads % spec.tp or kv_heads % spec.tp or inter % spec.tp):
         ok = [t for t in (1, 2, 4, 8) if not (heads % t or kv_heads % t or inter % t)]
         raise InvalidArgumentError(
             f"model {spec.name!r}: tp={spec.tp} does not split {heads} attention heads, {kv_heads} KV heads and an "
             f"intermediate size of {inter} evenly (each rank holds whole heads): use tp in {ok}",
             tp=spec.tp, num_heads=heads, num_kv_heads=kv_heads, intermediate_size=inter, valid_tp=ok)
-    head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", heads)) // heads)
-    dtype = spec.dtype if spec.dtype != "auto" else str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
-    if spec.dtype != "auto" and spec.dtype in DTYPE_BYTES:
-        stored = DTYPE_BYTES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"), 4)
-        weight_bytes = weight_bytes * DTYPE_BYTES[spec.dtype] // stored
-    kv = kv_bytes_per_token(layers, kv_heads, head_dim, DTYPE_BYTES.get(dtype, 4))
-    tokenizer = load_tokenizer(path)
+    # What the worker maps: the tensors the model reads, in the dtype it runs in (found in review: every
+    # *.safetensors in the directory was summed, strays and unread tensors included, and float32 assumed when
+    # config.json names no dtype).
+    weight_bytes = sum(math.prod(s) for s in shapes.values()) * DTYPE_BYTES[dtype]
     return ControllerModel(
         spec=ModelSpec(path=path, name=spec.name, tp=spec.tp, dtype=spec.dtype),
         tokenizer=tokenizer,
-        max_token_chars=tokenizer.max_token_chars,
-        max_context=int(config_value(cfg, "max_position_embeddings", arch)),
+        max_token_chars=max_token_chars,
+        max_context=cfg.max_position_embeddings,
         weight_bytes=weight_bytes,
-        kv_bytes_per_token=kv,
+        kv_bytes_per_token=kv_bytes_per_token(cfg.num_layers, kv_heads, cfg.head_dim, DTYPE_BYTES[dtype]),
     )
+
+
+def _model_config(path: str) -> ModelConfig:
+    """config.json (and generation_config.json) parsed as the worker parses them, with a missing or ill-typed
+    field a CheckpointError naming the file rather than a bare KeyError or ValueError."""
+    try:
+        return ModelConfig.from_dir(path)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InvalidArgumentError):
+            raise
+        raise CheckpointError(f"{os.path.join(path, 'config.json')}: {type(e).__name__} {e} while reading it: a "
+                              "required field is missing or not a number", path=path) from None
+
+
+def _dtype_name(dtype: str, cfg: ModelConfig, tensors: dict) -> str:
+    """The dtype the worker runs the model in, as loader.resolve_dtype resolves it: `dtype` unless "auto", then
+    config.json's, then the checkpoint's first floating tensor's (transformers' rule)."""
+    auto = dtype in (None, "auto")
+    name = (cfg.torch_dtype or checkpoint_dtype(tensors)) if auto else str(dtype).replace("torch.", "")
+    if name not in DTYPE_BYTES:
+        raise InvalidArgumentError(
+            f"the checkpoint's dtype is {name} (config.json names none), which the engine does not run: pass dtype "
+            f"as one of {', '.join(DTYPE_BYTES)}" if auto else
+            f"dtype {dtype!r} is not supported: use auto or one of {', '.join(DTYPE_BYTES)}", dtype=name)
+    return name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from warmserve.engine.safetensors_header import CheckpointError, read_raw_header
+from warmserve.engine.safetensors_header import FLOAT_DTYPES, CheckpointError
 from warmserve.errors import InvalidArgumentError, register
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -74,9 +74,74 @@ def json_object(path: str) -> dict:
     return obj
 
 
-def check_weight_sizes(files: list[str]) -> None:
-    """Each safetensors file has a well-formed header and holds the bytes it promises (a copy or download cut
-    short does not), or CheckpointError (an InvalidArgumentError) naming the file and what is wrong: the worker's
-    own check (``safetensors_header.read_raw_header``), run here without torch."""
-    for path in files:
-        read_raw_header(path)
+def eos_token_ids(eos, source: str) -> tuple[int, ...]:
+    """The end-of-sequence ids a config's eos_token_id holds (an id, a list of ids or null), or CheckpointError
+    naming `source` (found in review: a null in the list failed the start with a bare TypeError)."""
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+    if bad:
+        raise CheckpointError(f"{source}: eos_token_id {eos!r} holds {bad!r}; it must be a token id or a list of "
+                              "token ids (non-negative integers)", eos_token_id=eos)
+    return tuple(ids)
+
+
+def hf_tensor_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape for a Llama-family ``config.ModelConfig``, in checkpoint order: the tensors the
+    worker maps, and all it maps."""
+    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, h)}
+    for layer in range(cfg.num_layers):
+        p = f"model.layers.{layer}."
+        out[p + "input_layernorm.weight"] = (h,)
+        out[p + "self_attn.q_proj.weight"] = (cfg.num_heads * d, h)
+        out[p + "self_attn.k_proj.weight"] = (cfg.num_kv_heads * d, h)
+        out[p + "self_attn.v_proj.weight"] = (cfg.num_kv_heads * d, h)
+        if cfg.qkv_bias:
+            out[p + "self_attn.q_proj.bias"] = (cfg.num_heads * d,)
+            out[p + "self_attn.k_proj.bias"] = (cfg.num_kv_heads * d,)
+            out[p + "self_attn.v_proj.bias"] = (cfg.num_kv_heads * d,)
+        out[p + "self_attn.o_proj.weight"] = (h, cfg.num_heads * d)
+        if cfg.o_bias:
+            out[p + "self_attn.o_proj.bias"] = (h,)
+        out[p + "post_attention_layernorm.weight"] = (h,)
+        out[p + "mlp.gate_proj.weight"] = (i, h)
+        out[p + "mlp.up_proj.weight"] = (i, h)
+        out[p + "mlp.down_proj.weight"] = (h, i)
+        if cfg.mlp_bias:
+            out[p + "mlp.gate_proj.bias"] = (i,)
+            out[p + "mlp.up_proj.bias"] = (i,)
+            out[p + "mlp.down_proj.bias"] = (h,)
+    out["model.norm.weight"] = (h,)
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = (cfg.vocab_size, h)
+    return out
+
+
+def check_tensors(cfg, tensors: dict) -> dict[str, tuple[int, ...]]:
+    """hf_tensor_shapes(cfg), once every tensor there is in `tensors` (name -> RawTensor or checkpoint.TensorInfo)
+    in a dtype the engine loads and the shape config.json implies; CheckpointError otherwise. The worker's check
+    (loader.plan_layout) and the controller's at start are this one."""
+    expected = hf_tensor_shapes(cfg)
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s) config.json calls for, e.g. {missing[:3]}",
+                              missing=missing[:10])
+    unloadable = [n for n in expected if tensors[n].st_dtype not in FLOAT_DTYPES]
+    if unloadable:
+        n = unloadable[0]
+        raise CheckpointError(f"tensor {n} has dtype {tensors[n].st_dtype!r}, which the engine does not load "
+                              f"({len(unloadable)} such tensor(s) the model needs); supported: "
+                              f"{', '.join(FLOAT_DTYPES)}", tensor=n, dtype=tensors[n].st_dtype,
+                              tensors=unloadable[:10])
+    for n, shape in expected.items():
+        if tensors[n].shape != shape:
+            raise CheckpointError(f"tensor {n} has shape {list(tensors[n].shape)}, config.json implies {list(shape)}",
+                                  tensor=n)
+    if cfg.tie_word_embeddings and "lm_head.weight" in tensors:
+        # found in review: the engine's head is the embedding under a tied config, transformers' the file's
+        # lm_head.weight; with two different tensors the outputs differed, silently
+        raise CheckpointError(
+            "config.json ties lm_head to the embedding (tie_word_embeddings true), but the checkpoint also holds "
+            "lm_head.weight, which the engine would ignore: set tie_word_embeddings to false in config.json to use "
+            "it, or remove it from the checkpoint", tensor="lm_head.weight")
+    return expected

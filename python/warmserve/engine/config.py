@@ -9,16 +9,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import torch
-
-from warmserve.engine.arch import UnsupportedModelError, architecture, config_value, json_object
+from warmserve.engine.arch import UnsupportedModelError, architecture, config_value, eos_token_ids, json_object
 from warmserve.errors import InvalidArgumentError
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 #: rope parameters each rope type cannot do without (transformers' required keys, less the ones it fills in).
 ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
                  "yarn": ("factor",)}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The dtypes the engine runs in. ``DTYPES`` maps them to torch's, imported on first use: the controller parses
+#: config.json with ModelConfig.from_dict at start and must stay free of torch.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def __getattr__(name: str):
+    if name == "DTYPES":
+        import torch
+
+        globals()["DTYPES"] = dtypes = {n: getattr(torch, n) for n in DTYPE_NAMES}
+        return dtypes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -133,12 +142,13 @@ class ModelConfig:
         llama_attn_bias = arch == "LlamaForCausalLM" and bool(cfg.get("attention_bias", False))
 
         eos = (generation_config or {}).get("eos_token_id", cfg.get("eos_token_id"))
-        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+        eos_ids = eos_token_ids(eos, "generation_config.json or config.json")
         bos = (generation_config or {}).get("bos_token_id", cfg.get("bos_token_id"))
         dtype = cfg.get("torch_dtype") or cfg.get("dtype")
         dtype = None if dtype is None else str(dtype).replace("torch.", "")
-        if dtype is not None and dtype not in DTYPES:
-            raise UnsupportedModelError(f"checkpoint dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}", dtype=dtype)
+        if dtype is not None and dtype not in DTYPE_NAMES:
+            raise UnsupportedModelError(f"checkpoint dtype {dtype!r} is not supported: use one of "
+                                        f"{', '.join(DTYPE_NAMES)}", dtype=dtype)
         return cls(
             architecture=arch,
             vocab_size=int(cfg["vocab_size"]),

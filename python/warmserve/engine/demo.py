@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from warmserve.config import default_demo_dir
+from warmserve.engine.arch import hf_tensor_shapes
 from warmserve.engine.config import DTYPES, ModelConfig
 
 VOCAB_SIZE = 8192
@@ -213,37 +214,6 @@ def tokenizer_config() -> dict:
 
 
 # ---- weights -----------------------------------------------------------------------------------------------------
-
-def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """HF tensor name -> shape for a Llama-family config, in checkpoint order."""
-    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, h)}
-    for layer in range(cfg.num_layers):
-        p = f"model.layers.{layer}."
-        out[p + "input_layernorm.weight"] = (h,)
-        out[p + "self_attn.q_proj.weight"] = (cfg.num_heads * d, h)
-        out[p + "self_attn.k_proj.weight"] = (cfg.num_kv_heads * d, h)
-        out[p + "self_attn.v_proj.weight"] = (cfg.num_kv_heads * d, h)
-        if cfg.qkv_bias:
-            out[p + "self_attn.q_proj.bias"] = (cfg.num_heads * d,)
-            out[p + "self_attn.k_proj.bias"] = (cfg.num_kv_heads * d,)
-            out[p + "self_attn.v_proj.bias"] = (cfg.num_kv_heads * d,)
-        out[p + "self_attn.o_proj.weight"] = (h, cfg.num_heads * d)
-        if cfg.o_bias:
-            out[p + "self_attn.o_proj.bias"] = (h,)
-        out[p + "post_attention_layernorm.weight"] = (h,)
-        out[p + "mlp.gate_proj.weight"] = (i, h)
-        out[p + "mlp.up_proj.weight"] = (i, h)
-        out[p + "mlp.down_proj.weight"] = (h, i)
-        if cfg.mlp_bias:
-            out[p + "mlp.gate_proj.bias"] = (i,)
-            out[p + "mlp.up_proj.bias"] = (i,)
-            out[p + "mlp.down_proj.bias"] = (h,)
-    out["model.norm.weight"] = (h,)
-    if not cfg.tie_word_embeddings:
-        out["lm_head.weight"] = (cfg.vocab_size, h)
-    return out
-
 
 #: std of the final norm's gain in a model with a tied embedding (see final_norm_gain)
 TIED_FINAL_NORM_STD = 0.02

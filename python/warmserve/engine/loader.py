@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from warmserve.engine.attention import kernels_usable
-from warmserve.engine.checkpoint import ST_DTYPES, CheckpointError, TensorInfo, checkpoint_dtype, read_tensors
+from warmserve.engine.arch import check_tensors
+from warmserve.engine.checkpoint import CheckpointError, TensorInfo, checkpoint_dtype, read_tensors
 from warmserve.engine.config import DTYPES, ModelConfig, json_object
-from warmserve.engine.demo import hf_tensor_shapes
 from warmserve.engine.kv_cache import KVPageMapper, block_layout
 from warmserve.geometry import KV_BLOCK_TOKENS, align_up
 from warmserve.engine.model import hf_groups
@@ -85,21 +85,7 @@ def plan_layout(cfg: ModelConfig, tensors: dict[str, TensorInfo], dtype: torch.d
                 rank: int = 0):
     """(fused name -> (byte offset, shape), [(hf tensor, slot byte offset, Shard or None for all of it)], weight
     bytes, weight region bytes) of rank `rank` of a `tp`-way split; cfg is the model's own config."""
-    expected = hf_tensor_shapes(cfg)
-    missing = [n for n in expected if n not in tensors]
-    if missing:
-        raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s) config.json calls for, e.g. {missing[:3]}",
-                              missing=missing[:10])
-    unloadable = [n for n in expected if tensors[n].dtype is None]
-    if unloadable:
-        n = unloadable[0]
-        raise CheckpointError(f"tensor {n} has dtype {tensors[n].st_dtype!r}, which the engine does not load "
-                              f"({len(unloadable)} such tensor(s) the model needs); supported: {', '.join(ST_DTYPES)}",
-                              tensor=n, dtype=tensors[n].st_dtype, tensors=unloadable[:10])
-    for n, shape in expected.items():
-        if tensors[n].shape != shape:
-            raise CheckpointError(f"tensor {n} has shape {list(tensors[n].shape)}, config.json implies {list(shape)}",
-                                  tensor=n)
+    expected = check_tensors(cfg, tensors)
     es = _esize(dtype)
     layout: dict[str, tuple[int, tuple[int, ...]]] = {}
     placed: list[tuple[TensorInfo, int]] = []

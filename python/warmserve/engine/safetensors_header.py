@@ -19,6 +19,8 @@ from warmserve.errors import InvalidArgumentError, register
 #: it (sub-byte, or newer than this list) has no size to check: its byte range must still fit the file.
 DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
                "F8_E8M0": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8, "C64": 8}
+#: The dtypes the engine loads, by their safetensors names (checkpoint.ST_DTYPES maps them to torch's).
+FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 #: Largest header we accept; real ones are a few hundred KiB.
 MAX_HEADER_BYTES = 100 << 20
 
@@ -98,7 +100,90 @@ def read_raw_header(path: str) -> dict[str, RawTensor]:
                                   f"bytes, but its header describes {need}: the file was cut short (copy or download "
                                   "it again)", path=path, tensor=name, size_bytes=size, needed_bytes=need)
         out[name] = RawTensor(name, path, meta["dtype"], shape, data_start + begin, nbytes)
+    _check_contiguous(path, out, data_start)
     return out
+
+
+def _check_contiguous(path: str, tensors: dict[str, RawTensor], data_start: int) -> None:
+    """The byte ranges tile the data from 0 with no gap or overlap, as the safetensors library requires (found in
+    review: two tensors over the same bytes loaded here as wrong weights where the library says "invalid offset")."""
+    at = 0
+    for t in sorted(tensors.values(), key=lambda t: (t.file_offset, t.nbytes)):
+        begin = t.file_offset - data_start
+        if begin != at:
+            raise CheckpointError(
+                f"{path}: tensor {t.name} starts at data offset {begin}, but the tensors before it end at {at}: "
+                f"{'overlapping' if begin < at else 'non-contiguous'} byte ranges (a damaged or hand-edited header; "
+                "save the file again with safetensors)", path=path, tensor=t.name, begin=begin, expected_begin=at)
+        at = begin + t.nbytes
+
+
+def safetensors_files(path: str) -> list[str]:
+    """The safetensors files the worker maps from checkpoint directory `path`: those model.safetensors.index.json
+    names, else model.safetensors; any other *.safetensors beside them is not part of the model."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f).get("weight_map") or {}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a JSON object with a weight_map ({e})", path=path) from e
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names", path=path)
+        files = sorted({_shard_name(path, f) for f in weight_map.values()})
+        missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
+        if missing:
+            raise CheckpointError(f"{path}: index names shard(s) {missing} that are not there", path=path)
+        return [os.path.join(path, f) for f in files]
+    if os.path.isfile(single):
+        return [single]
+    raise CheckpointError(f"{path} holds no model.safetensors or model.safetensors.index.json: point at a "
+                          "Hugging Face checkpoint saved with safetensors", path=path)
+
+
+def _shard_name(path: str, name) -> str:
+    """A shard file name from the index, confined to the checkpoint directory: a relative path that stays inside
+    it once normalised. The check is on the name, not on where it resolves: hub caches keep shards as symlinks
+    into a blob directory beside the snapshot, and whoever owns the directory may link what they like; a name in
+    a downloaded index must not reach outside it (``../``, an absolute path)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise CheckpointError(f"{path}: the index names a shard {name!r} that is not a file name", path=path,
+                              shard=repr(name))
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise CheckpointError(
+            f"{path}: the index names shard {name!r}, outside the checkpoint directory; shard names must be "
+            "relative paths inside it (fix or re-download model.safetensors.index.json)", path=path, shard=name)
+    return norm
+
+
+def read_raw_tensors(path: str) -> dict[str, RawTensor]:
+    """All tensors of the checkpoint in directory `path` (one file or shards), each file checked as
+    read_raw_header checks it; a tensor in two files is refused."""
+    out: dict[str, RawTensor] = {}
+    for f in safetensors_files(path):
+        for name, info in read_raw_header(f).items():
+            if name in out:
+                # the two copies may differ; taking either one silently would hide a broken (re-)sharding
+                raise CheckpointError(f"{path}: tensor {name} is in both {os.path.basename(out[name].path)} and "
+                                      f"{os.path.basename(f)}; keep it in one shard", path=path, tensor=name,
+                                      files=[out[name].path, f])
+            out[name] = info
+    return out
+
+
+def checkpoint_dtype(tensors: dict) -> str:
+    """The dtype transformers gives a checkpoint whose config.json names none ("auto"): that of the first floating
+    tensor (fp8 aside: unknown here) in name order of the first shard file; float32 when it has none. `tensors`:
+    RawTensor or checkpoint.TensorInfo values (both have path and st_dtype)."""
+    if not tensors:
+        return "float32"
+    first = min(ti.path for ti in tensors.values())  # shard files sort as their names (safetensors_files)
+    for name in sorted(n for n, ti in tensors.items() if ti.path == first):
+        if tensors[name].st_dtype in FLOAT_DTYPES:
+            return FLOAT_DTYPES[tensors[name].st_dtype]
+    return "float32"
 
 
 def _int_list(x) -> bool:

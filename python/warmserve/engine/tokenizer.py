@@ -24,6 +24,7 @@ import os
 import re
 import threading
 
+from warmserve.engine.arch import eos_token_ids, json_object
 from warmserve.errors import InvalidArgumentError
 
 
@@ -40,9 +41,9 @@ class Tokenizer:
         gen = self._read_json("generation_config.json")
         model_cfg = self._read_json("config.json")
         eos = gen.get("eos_token_id", model_cfg.get("eos_token_id"))
-        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
         eos_tok = _token_text(self.config.get("eos_token"))
-        ids = [int(i) for i in ids]
+        ids = list(eos_token_ids(eos, os.path.join(self.dir, "generation_config.json" if "eos_token_id" in gen
+                                                   else "config.json")))
         # The tokenizer's own eos_token ends a generation too, beside the configs' ids (as vLLM stops on both): a
         # chat fine-tune names its turn end there while config.json still says the base model's EOS (found in
         # review: such a model ran past its turn to max_tokens).
@@ -73,16 +74,20 @@ class Tokenizer:
                 if self._parsed is None:
                     from tokenizers import Tokenizer as _HFTokenizer
 
-                    self._parsed = _HFTokenizer.from_file(self._file)
+                    try:
+                        self._parsed = _HFTokenizer.from_file(self._file)
+                    except Exception as e:  # tokenizers raises a bare Exception for a file it cannot read
+                        raise InvalidArgumentError(
+                            f"{self._file} is not a tokenizer file `tokenizers` can read ({e}): fix or re-download "
+                            "it", path=self._file) from None
                 tok = self._parsed
         return tok
 
     def _read_json(self, name: str) -> dict:
         p = os.path.join(self.dir, name)
-        if not os.path.isfile(p):
-            return {}
-        with open(p) as f:
-            return json.load(f)
+        # found in review: a corrupt or non-object file failed the start with a bare JSONDecodeError or
+        # AttributeError naming no file
+        return json_object(p) if os.path.isfile(p) else {}
 
     @property
     def vocab_size(self) -> int:
