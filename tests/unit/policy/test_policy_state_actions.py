@@ -26,7 +26,8 @@ def test_kv_pages_held_count_as_mapped_blocks():
     from warmserve.controller.executor import kv_counts
 
     kv = P.KvStats(kv_blocks_total=100, kv_blocks_used=3, kv_blocks_mapped=3)
-    assert kv_counts(kv) == {"total": 100, "used": 3, "mapped": 3}
+    assert kv_counts(kv) == {"total": 100, "used": 3, "mapped": 3, "wanted": 0}
+    assert kv_counts(P.KvStats(kv_blocks_total=100, kv_blocks_wanted=8))["wanted"] == 8  # a stalled engine's ask
     assert kv_counts(kv, 4)["mapped"] == 4  # three 2 MiB blocks hold at least one 8 MiB page
     assert kv_counts(kv, 4, held_blocks=8)["mapped"] == 8  # the worker says two pages (blocks spread over them)
     assert kv_counts(kv, 1, held_blocks=2)["mapped"] == 3
