@@ -281,7 +281,7 @@ class Api:
                 return await self._stream(request, kind, req, model, choices, ids, rid, echo, prefix, want_logprobs)
             texts = await choices.collect()
             decode = model.tokenizer.decode
-            prompt_starts = textstream.token_starts(ids, decode) if echo and want_logprobs else []
+            prompt_starts = _prompt_starts(model, req.prompt, ids) if echo and want_logprobs else []
             items = []
             for i, (g, text) in enumerate(zip(gens, texts)):
                 lp = None
@@ -352,7 +352,7 @@ class Api:
             return sse(oa.chat_chunk(rid, model.name, created, d, finish, index=i, logprobs=lp))
 
         echoed = [not echo] * len(choices.gens)
-        prompt_starts = textstream.token_starts(prompt_ids, decode) if echo and want_logprobs else []
+        prompt_starts = _prompt_starts(model, req.prompt, prompt_ids) if echo and want_logprobs else []
 
         def echo(i: int) -> bytes:
             """The echoed prompt of choice i, sent with its first event: its prompt logprobs come with its first
@@ -473,6 +473,16 @@ def _chat_parts(body: bytes):
 def _token_bytes(model):
     """The tokenizer's raw bytes of a token, when it has them (the engine's Tokenizer does)."""
     return getattr(model.tokenizer, "token_bytes", None)
+
+
+def _prompt_starts(model, prompt, ids: list[int]) -> list[int]:
+    """Where the echoed prompt's tokens begin in the echoed text. A string prompt is echoed as sent (as vLLM and
+    OpenAI echo it), so its offsets are its encoding's, into that string (found in review: they were taken from
+    the tokens' decode, 12 characters early after a skipped "<|im_start|>", off after an NFC-normalized "e\u0301");
+    token ids are echoed as their decode, and their offsets are in it."""
+    offsets = getattr(model.tokenizer, "token_offsets", None) if isinstance(prompt, str) else None
+    found = offsets(prompt, ids) if offsets is not None else None
+    return found if found is not None else textstream.token_starts(ids, model.tokenizer.decode)
 
 
 def _echoed(prompt_starts: list[int], prefix: str) -> list[int]:

@@ -86,6 +86,13 @@ def _chat_text(model, messages: list[dict]) -> str | list[int]:
     return plain_chat_prompt(messages)
 
 
+def _has_template(model) -> bool:
+    """Whether a chat's text comes from the model's own template (which writes any BOS itself), not from the plain
+    'role: text' fallback (apply_chat_template's, or plain_chat_prompt when the tokenizer has none)."""
+    tok = model.tokenizer
+    return getattr(tok, "apply_chat_template", None) is not None and bool(getattr(tok, "chat_template", True))
+
+
 def _check_ids(model, ids: list, param: str) -> list[int]:
     """The token ids as ints, each checked against the vocabulary. Call it once the list's length is known to
     fit the context: it walks every item."""
@@ -114,10 +121,12 @@ def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_token
         text = _chat_text(model, messages)
         # The template writes any BOS itself, so the rendered text is tokenised as is (as transformers'
         # apply_chat_template and vLLM's chat endpoint do); a completion prompt gets the tokenizer's own special
-        # tokens (Llama's BOS from tokenizer.json's post-processor), as vLLM's completions endpoint gives it.
+        # tokens (Llama's BOS from tokenizer.json's post-processor), as vLLM's completions endpoint gives it. The
+        # plain fallback has no template to write it, so it gets them as a completion does (found in review: a
+        # Llama base model's chat prompt lacked the BOS its completions prompt had).
         if isinstance(text, list):
             return _checked_ids(model, text, max_tokens, param, max_tokens_param)
-        ids = _encode(model, text, max_tokens, param, False, max_tokens_param)
+        ids = _encode(model, text, max_tokens, param, not _has_template(model), max_tokens_param)
     elif isinstance(prompt, str):
         ids = _encode(model, prompt, max_tokens, param, True, max_tokens_param)
     else:

@@ -87,11 +87,19 @@ class TextStream:
             return
         after = self._decode(self._ctx + pending)
         held = after.endswith("\ufffd") and not final and len(pending) < HOLD_TOKENS
-        usable = len(after.rstrip("\ufffd")) if held else len(after)
+        # At the limit the run is written out, but not a character it may end inside (found in review: a lead byte
+        # ending the run became a U+FFFD for good, the bytes after it adding nothing, so "日" was lost).
+        unfinished = self._unfinished(pending, after) if after.endswith("\ufffd") and not final and not held else 0
+        usable = len(after.rstrip("\ufffd")) if held else len(after) - (1 if unfinished else 0)
         if usable > self._base:
             self.text += after[self._base:usable]
             self._base = usable
         if held:
+            return
+        if unfinished:
+            # Its tokens stay pending, decoded after the tokens before them: a later byte completes the character.
+            self._rebase((self._ctx + pending[:-unfinished])[-MAX_CHAR_TOKENS:])
+            self._read -= unfinished
             return
         if len(pending) >= HOLD_TOKENS:
             # A held run this long is stray bytes (or characters straddled by token after token): it is text as
@@ -106,6 +114,15 @@ class TextStream:
             self._rebase((self._ctx + pending)[-MAX_CHAR_TOKENS:])
         else:
             self._read, self._base = len(self.ids), self._ctx_base
+
+    def _unfinished(self, pending: list[int], after: str) -> int:
+        """How many of the last tokens of ``pending`` (at most MAX_CHAR_TOKENS - 1: a character's bytes but its
+        last) make up the U+FFFD that ``after``, their decode after the context, ends in: those of a character whose
+        next byte may still come. 0 when no such tokens decode to that U+FFFD alone."""
+        for k in range(1, min(MAX_CHAR_TOKENS, len(pending))):
+            if self._decode(self._ctx + pending[:-k]) == after[:-1]:
+                return k
+        return 0
 
     def _rebase(self, ctx: list[int]) -> None:
         """Decode what follows after ``ctx``, whose decode is text already handed to self.text (or, for bytes of a

@@ -107,6 +107,19 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_offsets(self, text: str, ids: list[int]) -> list[int] | None:
+        """Where each token of ``text`` begins in ``text`` itself, from the encoding's own offsets (an echoed string
+        prompt's ``text_offset``: the string as sent differs from its tokens' decode when special tokens are skipped
+        or a normalizer rewrote it); never decreasing. None when ``text`` does not encode to ``ids``."""
+        enc = self._tok.encode(text, add_special_tokens=True)
+        if enc.ids != list(ids):
+            return None
+        out, last = [], 0
+        for start, _ in enc.offsets:  # a special token the post-processor adds is at (0, 0), wherever it is
+            last = max(last, start)
+            out.append(last)
+        return out
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
