@@ -23,7 +23,7 @@ import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload.request import Trace
-from warmserve.workload.data import data_path
+from warmserve.workload.data import check_header, data_path
 
 KINDS = ("code", "conv")
 
@@ -76,13 +76,7 @@ def _load(path: str, kind: str) -> Trace:
     # found in review: an empty file, a short row, a missing column or a cell that is no number raised bare
     # ValueError/TypeError/KeyError naming no line, and negative token counts were kept; each is refused, by line
     reader = csv.DictReader(io.StringIO(text))
-    have = reader.fieldnames or []
-    missing = [c for c in _COLUMNS if c not in have]
-    if missing:
-        why = ("is empty (no header line)" if not have
-               else f"has no column {', '.join(missing)} (header: {','.join(have)})")
-        raise InvalidArgumentError(f"Azure trace {path} {why}: give a CSV with the columns {','.join(_COLUMNS)}, as "
-                                   f"published", path=path, missing=missing)
+    check_header(path, reader, _COLUMNS, "Azure trace", "as published")
     ts, ctx, gen, lines = [], [], [], []
     for row in reader:
         try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.workload.data import data_path
+from warmserve.workload.data import check_header, data_path
 
 WINDOW_S = 600.0
 LANGUAGE_MODELS = ("m-large", "m-mid", "m-small")
@@ -38,14 +38,7 @@ def _open(path: str):
 
 
 def _header(path: str, reader: csv.DictReader, need: tuple[str, ...], what: str) -> None:
-    """Raise InvalidArgumentError unless the file's header has the columns ``need``."""
-    have = reader.fieldnames or []
-    missing = [c for c in need if c not in have]
-    if missing:
-        why = ("is empty (no header line)" if not have
-               else f"has no column {', '.join(missing)} (header: {','.join(have)})")
-        raise InvalidArgumentError(f"{what} {path} {why}: give a file with the columns {','.join(need)}, as "
-                                   f"derive_servegen.py writes it", path=path, missing=missing)
+    check_header(path, reader, need, what, "as derive_servegen.py writes it")
 
 
 def _bad_cell(path: str, what: str, line: int, row: dict, cells) -> InvalidArgumentError:
