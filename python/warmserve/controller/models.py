@@ -1,7 +1,7 @@
 """What the controller knows of each served model: its name, tokenizer, context length and sizes for the policy.
 
-Read from the checkpoint's own files (config.json, the safetensors headers, tokenizer.json) so the controller process needs
-no torch: it only tokenizes and plans.
+Read from the checkpoint's own files (config.json, the safetensors headers, tokenizer.json) so the controller
+process needs no torch: it only tokenizes and plans.
 """
 
 from __future__ import annotations
