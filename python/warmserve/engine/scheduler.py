@@ -72,6 +72,8 @@ class Scheduler:
     def __init__(self, kv: KVCache, max_batch_tokens: int, max_num_seqs: int):
         self.kv = kv
         self.max_batch_tokens = max_batch_tokens
+        #: Tokens the last schedule() allowed (a co-served turn's may be fewer than max_batch_tokens).
+        self.step_budget = max_batch_tokens
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -142,6 +144,7 @@ class Scheduler:
     def schedule(self, max_tokens: int | None = None) -> list[ScheduledChunk]:
         """The chunks of the next step: at most ``max_tokens`` tokens (None: max_batch_tokens, never more)."""
         budget = self.max_batch_tokens if max_tokens is None else min(max_tokens, self.max_batch_tokens)
+        self.step_budget = budget  # what blocks_wanted counts by: the step a co-served turn allows, not more
         decodes: list[ScheduledChunk] = []
         prefills: list[ScheduledChunk] = []
         preempted = self.num_preemptions
@@ -201,7 +204,9 @@ class Scheduler:
         def short(seq: Sequence, upto_tokens: int) -> int:
             return max(0, -(-upto_tokens // bt) - len(seq.blocks))
 
-        budget, want, decoding = self.max_batch_tokens, 0, set()
+        # Found in review: it counted a max_batch_tokens chunk while a co-served engine steps by its turn's tokens,
+        # so a stalled engine asked the policy to evict prewarms for blocks its step would not use.
+        budget, want, decoding = self.step_budget, 0, set()
         for seq in self.running:
             if seq.status != RUNNING or seq.num_computed != seq.length - 1:
                 continue

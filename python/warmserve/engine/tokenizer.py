@@ -110,12 +110,18 @@ class Tokenizer:
     def token_offsets(self, text: str, ids: list[int]) -> list[int] | None:
         """Where each token of ``text`` begins in ``text`` itself, from the encoding's own offsets (an echoed string
         prompt's ``text_offset``: the string as sent differs from its tokens' decode when special tokens are skipped
-        or a normalizer rewrote it); never decreasing. None when ``text`` does not encode to ``ids``."""
+        or a normalizer rewrote it); never decreasing. None when ``text`` does not encode to ``ids``. A span that
+        starts after whitespace the previous one left out begins at that whitespace: a ByteLevel post-processor with
+        ``trim_offsets`` (GPT-2's) leaves each token's leading space out of its span (found in review: ' this' was
+        placed at 'this')."""
         enc = self._tok.encode(text, add_special_tokens=True)
         if enc.ids != list(ids):
             return None
-        out, last = [], 0
-        for start, _ in enc.offsets:  # a special token the post-processor adds is at (0, 0), wherever it is
+        out, last, end_before = [], 0, 0
+        for start, end in enc.offsets:  # a special token the post-processor adds is at (0, 0), wherever it is
+            if start > end_before and text[end_before:start].isspace():  # a trimmed space is the token's own
+                start, end = end_before, max(end, start)
+            end_before = max(end_before, end)
             last = max(last, start)
             out.append(last)
         return out
