@@ -13,24 +13,9 @@ import time
 import pytest
 
 from controller_harness import make_controller, run
+from test_loopgate import WAIT_S, _block_loop
 from warmserve.controller.loopgate import LoopGate
 from warmserve.errors import TimeoutError_
-
-#: Bound on every wait here: a stranded call would otherwise hang the test.
-WAIT_S = 10.0
-
-
-def _block_loop(gate: LoopGate) -> threading.Event:
-    """Hold the loop's thread in a callback until the returned event is set."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hold():
-        entered.set()
-        release.wait(WAIT_S)
-
-    gate.loop.call_soon_threadsafe(hold)
-    assert entered.wait(WAIT_S)
-    return release
 
 
 def test_work_cancelled_before_the_loop_started_it_is_ended_at_once():
