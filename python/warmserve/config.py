@@ -343,7 +343,7 @@ def _build(cls, data: dict, where: str):
         kind = type(default) if default is not dataclasses.MISSING and default is not None else None
         if kind in (bool, int, float, str) and (type(v) is not kind):
             what = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
-            raise InvalidArgumentError(f"config {where}: {k} must be {what}, got {v!r}", key=k)
+            raise InvalidArgumentError(f"config {where}: {k} must be {what}, got {v!r}{_as_text_hint(v, kind)}", key=k)
         if kind is float and not math.isfinite(v):
             raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r}", key=k)
         out[k] = v
@@ -362,6 +362,17 @@ def _engine(data: dict) -> EngineConfig:
         return msgspec.convert(data, EngineConfig)
     except msgspec.ValidationError as e:
         raise InvalidArgumentError(f"config [engine]: {e}") from None
+
+
+def _as_text_hint(value, kind: type) -> str:
+    """Why a number came as text: YAML 1.1 (PyYAML) reads an exponent without a dot or sign (1e-1, 6e2) as a string."""
+    if kind not in (int, float) or not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    return f". YAML reads {value} as text: write {number!r} (or 1.0e-1 style, with a dot)"
 
 
 def _table(value, where: str) -> dict:
@@ -471,6 +482,8 @@ def cluster_config_from_dict(data: dict) -> ClusterConfig:
     ctl = _table(data.pop("controller", None), "[controller]")
     if "policy_config" in ctl:
         ctl["policy_config"] = _policy_table(ctl["policy_config"], "[controller] policy_config")
+    if "policy" in data and data["policy"] is None:  # YAML's `policy:` with its keys commented out: an empty table
+        data["policy"] = {}
     if isinstance(data.get("policy"), dict):
         if "policy_config" in ctl:
             raise InvalidArgumentError("config: the policy's knobs are given both as [policy] and as [controller] "

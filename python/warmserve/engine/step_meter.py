@@ -57,5 +57,7 @@ def turn_tokens(turn_s: float, meter: PrefillTokenMeter, running: int, max_batch
     """Tokens (decodes and prompt chunks, as ``Scheduler.schedule`` counts them) of a step that should take at most
     ``turn_s`` wall seconds at the measured cost per token; ``DEFAULT_TURN_TOKENS`` before any was measured. Never
     below ``running`` decodes + ``MIN_TURN_PROMPT_TOKENS`` nor above ``max_batch_tokens``."""
-    want = int(turn_s / meter.token_s) if meter.steps and meter.token_s > 0 else DEFAULT_TURN_TOKENS
+    # capped before int(): a huge turn over a tiny cost is inf, which int() refuses (found in review)
+    measured = meter.steps and meter.token_s > 0
+    want = int(min(turn_s / meter.token_s, max_batch_tokens)) if measured else DEFAULT_TURN_TOKENS
     return min(max_batch_tokens, max(running + MIN_TURN_PROMPT_TOKENS, want))

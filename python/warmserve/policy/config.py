@@ -269,7 +269,7 @@ class PolicyConfig:
 
 #: The float fields for which inf means nothing (the others' inf reads as "never" or "no limit").
 _FINITE = frozenset({"window_s", "load_window_s", "scale_out_threshold", "scale_in_threshold", "reclaim_floor_share",
-                     "decode_read_bytes_per_s"})
+                     "decode_read_bytes_per_s", "coserve_tpot_s"})
 
 
 def policy_config_from_dict(data: dict, base: PolicyConfig | None = None, where: str = "[policy]") -> PolicyConfig:

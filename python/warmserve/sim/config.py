@@ -37,6 +37,8 @@ FIELD_RULES = {
     "slo_scale": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "unanswered_ttft_s": (lambda v: v is None or (_finite(v) and v > 0),
                           "a finite number of seconds > 0, or None: the time from arrival to the end of the run"),
+    "warmup_s": (lambda v: v is None or (_finite(v) and v >= 0),
+                 "a finite number of seconds >= 0 of history to replay before t=0, or None: the workload's own"),
 }
 
 
@@ -116,6 +118,11 @@ class SimConfig:
     def __post_init__(self):
         for name in FIELD_RULES:
             check_field(name, getattr(self, name))
+        # found in review: shared_search 'no' (truthy) ran the search; policy_config None failed deep in Simulator
+        for name, kind, want in (("shared_search", bool, "True or False"), ("policy_config", PolicyConfig,
+                                                                            "a warmserve.policy.PolicyConfig")):
+            if not isinstance(getattr(self, name), kind):
+                raise InvalidArgumentError(f"SimConfig.{name} {getattr(self, name)!r}: give {want}", field=name)
         if self.engine_model == "fluid" and self.chunked_prefill_tokens:
             # found in review: the fluid model has no token budget and ran as if chunked prefill were off
             raise InvalidArgumentError(

@@ -16,7 +16,9 @@ from warmserve import protocol as P
 from warmserve.controller.controller import Controller
 from warmserve.engine.step_meter import (DEFAULT_TURN_TOKENS, MIN_TURN_PROMPT_TOKENS, PrefillTokenMeter,
                                          turn_tokens)
+from warmserve.errors import InvalidArgumentError
 from warmserve.memory import PagePool
+from warmserve.policy.config import PolicyConfig
 from warmserve.worker.core import WorkerCore
 
 LONG = [10 + i % 500 for i in range(1500)]  # six 256-token KV blocks with its outputs
@@ -195,6 +197,14 @@ def test_turn_tokens_fit_the_turn_between_the_floor_and_max_batch_tokens():
     assert turn_tokens(1e-6, meter, 3, 2048) == 3 + MIN_TURN_PROMPT_TOKENS
     meter.record(3.0, 1000)  # a plain mean of the first steps, then weighted to the latest
     assert meter.token_s == pytest.approx(2e-3)
+
+
+def test_a_huge_turn_over_a_tiny_cost_is_the_whole_batch_and_an_endless_one_is_refused():
+    meter = PrefillTokenMeter()
+    meter.record(1e-6, 2_000_000)  # 5e-13 s a token
+    assert turn_tokens(1e308, meter, 3, 2048) == 2048  # was OverflowError: inf to int, failing the step's requests
+    with pytest.raises(InvalidArgumentError, match="coserve_tpot_s must be a finite number"):
+        PolicyConfig(coserve_tpot_s=float("inf"))  # every shared Activate would be refused by the worker
 
 
 def test_a_shared_activation_carries_the_coserving_tpot_target():
