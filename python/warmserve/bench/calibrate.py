@@ -10,6 +10,12 @@ Per demo model, in this process, on a host page pool like a CPU worker's, with t
 - activation: ``Engine(lm)`` over the resident weights, first KV blocks mapped (``activation_s``, median);
 - prefill: one step of one request of N prompt tokens (``prefill_table``, seconds by prompt tokens);
 - decode: one step with B running sequences (``decode_table``, seconds by batch);
+- context: the same step at a longer context (``--decode-context-tokens`` per sequence): the extra KV bytes read
+  over the extra time is the rate a step reads context at, written as ``gpu.hbm_bytes_per_s`` (achievable fraction
+  1), so the simulator's KV-read term charges what the worker measured (found in review: a CPU profile kept the
+  H100's rate, and its twin did not slow with context as the live worker did, 2.5x from 16 to 1500 tokens). A CPU
+  reads its weights far faster than that, and the decode table holds that read, so ``gpu.weight_read_bytes_per_s``
+  is set to keep the weight floor at or under every measured step;
 - cold start (load + activation + first token) and prewarmed first token, reported beside the profile;
 - a fresh engine, as vanilla autoscaling starts one (``measure_fresh_engine``): a new process (interpreter, torch and
   the engine imported, the page pool created) timed from its spawn until it is ready to load, then each checkpoint
@@ -30,12 +36,15 @@ Medians over ``--repeats``. The schema is ``warmserve.sim.costmodel``'s (version
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -46,6 +55,8 @@ from warmserve.geometry import PAGE_BYTES
 DEFAULT_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
 #: The prompt of each decode run's sequences, tokens.
 DECODE_PROMPT_TOKENS = 16
+#: The sequences of the long-context decode run, at most (the largest --decode-batches up to it).
+CONTEXT_BATCH = 4
 
 
 def add_arguments(p) -> None:
@@ -57,6 +68,10 @@ def add_arguments(p) -> None:
     p.add_argument("--prefill-tokens", default="16,64,256,512", help="prompt lengths of the prefill table")
     p.add_argument("--decode-batches", default="1,2,4,8,16", help="running sequences of the decode table")
     p.add_argument("--decode-steps", type=int, default=6, help="decode steps timed per batch size (median)")
+    p.add_argument("--decode-context-tokens", type=int, default=1024,
+                   help="prompt tokens of each sequence of a second decode run, timed against the decode table's "
+                        f"{DECODE_PROMPT_TOKENS}-token one: the cost of reading context (gpu.hbm_bytes_per_s); "
+                        "0 skips it (the GPU default stays)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
     p.add_argument("--parallel", type=int, default=1,
                    help="also measure N processes at once; their slowdown over the lone process is reported under "
@@ -86,8 +101,10 @@ def _prompt(vocab: int, n: int, seed: int) -> list[int]:
     return rng.integers(3, vocab, n).tolist()
 
 
-def measure_model(path: str, name: str, pool, *, prefill_tokens, decode_batches, decode_steps, repeats) -> dict:
-    """Load, activation, prefill and decode times of one checkpoint on ``pool`` (medians, seconds)."""
+def measure_model(path: str, name: str, pool, *, prefill_tokens, decode_batches, decode_steps, repeats,
+                  decode_context_tokens: int = 0) -> dict:
+    """Load, activation, prefill and decode times of one checkpoint on ``pool`` (medians, seconds); with
+    ``decode_context_tokens``, also a decode step at that context (``measured.decode_context``)."""
     from warmserve.engine import Engine, SamplingParams, load_model
 
     one = SamplingParams(max_tokens=1, ignore_eos=True)
@@ -116,7 +133,10 @@ def measure_model(path: str, name: str, pool, *, prefill_tokens, decode_batches,
     weight_bytes = int(lm.weight_bytes)
     cfg = lm.config
     prefill = []
-    biggest = max(max(prefill_tokens), max(decode_batches) * 32)
+    ctx_batch = max([b for b in decode_batches if b <= CONTEXT_BATCH] or decode_batches[:1])
+    # the long-context run's prompts prefill in one step, as the decode table's do
+    biggest = max(max(prefill_tokens), max(decode_batches) * 32, ctx_batch * decode_context_tokens)
+    context = None
     with Engine(lm, max_batch_tokens=max(2048, biggest), max_num_seqs=max(decode_batches),
                 target_free_blocks=None) as eng:
         eng.add_request("warm", _prompt(cfg.vocab_size, 16, 99), one)
@@ -129,20 +149,12 @@ def measure_model(path: str, name: str, pool, *, prefill_tokens, decode_batches,
                 eng.step()
                 ts.append(time.perf_counter() - t0)
             prefill.append([n, statistics.median(ts)])
-        decode = []
-        for b in decode_batches:
-            params = SamplingParams(max_tokens=decode_steps + 2, ignore_eos=True)
-            for i in range(b):
-                eng.add_request(f"d{b}-{i}", _prompt(cfg.vocab_size, DECODE_PROMPT_TOKENS, 1000 + i), params)
-            eng.step()  # the prefill of all b
-            ts = []
-            for _ in range(decode_steps):
-                t0 = time.perf_counter()
-                eng.step()
-                ts.append(time.perf_counter() - t0)
-            while eng.has_unfinished():
-                eng.step()
-            decode.append([b, statistics.median(ts)])
+        decode = [[b, _decode_step_s(eng, cfg.vocab_size, b, DECODE_PROMPT_TOKENS, decode_steps)]
+                  for b in decode_batches]
+        if decode_context_tokens:
+            context = {"batch": ctx_batch, "short_context_tokens": DECODE_PROMPT_TOKENS,
+                       "short_step_s": dict(decode)[ctx_batch], "context_tokens": decode_context_tokens,
+                       "step_s": _decode_step_s(eng, cfg.vocab_size, ctx_batch, decode_context_tokens, decode_steps)}
     lm.close()
     kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * lm_dtype_bytes(lm)
     return {
@@ -150,8 +162,27 @@ def measure_model(path: str, name: str, pool, *, prefill_tokens, decode_batches,
         "prefill_table": prefill, "decode_table": decode,
         "measured": {"load_s": statistics.median(loads), "activation_s": statistics.median(acts),
                      "cold_start_first_token_s": statistics.median(colds),
-                     "prewarmed_first_token_s": statistics.median(warms)},
+                     "prewarmed_first_token_s": statistics.median(warms),
+                     **({"decode_context": context} if context else {})},
     }
+
+
+def _decode_step_s(eng, vocab: int, batch: int, prompt_tokens: int, steps: int) -> float:
+    """Median seconds of ``steps`` decode steps of ``batch`` sequences of ``prompt_tokens``-token prompts."""
+    from warmserve.engine import SamplingParams
+
+    params = SamplingParams(max_tokens=steps + 2, ignore_eos=True)
+    for i in range(batch):
+        eng.add_request(f"d{batch}x{prompt_tokens}-{i}", _prompt(vocab, prompt_tokens, 1000 + i), params)
+    eng.step()  # the prefill of all of them
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        eng.step()
+        ts.append(time.perf_counter() - t0)
+    while eng.has_unfinished():
+        eng.step()
+    return statistics.median(ts)
 
 
 def lm_dtype_bytes(lm) -> int:
@@ -170,7 +201,11 @@ def fit_load(points: list[tuple[float, float]]) -> tuple[float, float]:
     slope, fixed = np.polyfit(x, y, 1)
     if slope <= 0:  # noise swamped the size dependence: all of it is bandwidth
         return 0.0, float(x.sum() / y.sum())
-    return max(0.0, float(fixed)), float(1.0 / slope)
+    if fixed < 0:
+        # no negative time: the least-squares line through the origin instead (found in review: the fixed part was
+        # cut to 0 but the steeper line's bandwidth kept, overstating loads 1.6-2.5x)
+        return 0.0, float((x * x).sum() / (x * y).sum())
+    return float(fixed), float(1.0 / slope)
 
 
 def _fresh_engine_child(spec_json: str) -> None:
@@ -204,58 +239,64 @@ def measure_fresh_engine(paths: dict, pool_bytes: int, threads: int, repeats: in
     from spawning it until it is ready to load weights (interpreter start, imports, page pool: ``init_s``), and the
     time it then takes to load each checkpoint (``load_s`` per model, from the page cache). Medians, seconds.
     ``at_once`` > 1: that many processes are spawned together each time (``init_s_runs`` lists every one)."""
+    spec = json.dumps({"threads": threads, "pool_bytes": int(pool_bytes), "paths": dict(paths)})
+    code = f"from warmserve.bench.calibrate import _fresh_engine_child; _fresh_engine_child({spec!r})"
+    inits, loads = [], {n: [] for n in paths}
+    with term_raises():
+        for _ in range(repeats):
+            _fresh_engine_run(code, at_once, inits, loads)
+    return {"init_s": statistics.median(inits), "init_s_runs": inits, "at_once": at_once,
+            "load_s": {n: statistics.median(v) for n, v in loads.items()}}
+
+
+def _fresh_engine_run(code: str, at_once: int, inits: list, loads: dict) -> None:
+    """One run of ``measure_fresh_engine``: ``at_once`` processes, their ready times appended to ``inits`` and their
+    load times to ``loads``."""
     import selectors
     import subprocess
     import tempfile
 
-    spec = json.dumps({"threads": threads, "pool_bytes": int(pool_bytes), "paths": dict(paths)})
-    code = f"from warmserve.bench.calibrate import _fresh_engine_child; _fresh_engine_child({spec!r})"
-    inits, loads = [], {n: [] for n in paths}
-    for _ in range(repeats):
-        # stderr to files, so a child that writes much of it never blocks on a full pipe
-        errs = [tempfile.TemporaryFile("w+") for _ in range(at_once)]
-        t0 = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=e, text=True)
-                 for e in errs]
-        try:
-            # each one's ready time is taken when its line comes, whichever process says so first
-            ready = [math.nan] * at_once
-            with selectors.DefaultSelector() as sel:
-                for i, proc in enumerate(procs):
-                    sel.register(proc.stdout, selectors.EVENT_READ, i)
-                while sel.get_map():
-                    events = sel.select(timeout=max(t0 + FRESH_ENGINE_TIMEOUT_S - time.perf_counter(), 0.0))
-                    if not events:
-                        raise RuntimeError(f"fresh engine processes not ready after {FRESH_ENGINE_TIMEOUT_S:.0f} s")
-                    for key, _ in events:
-                        line = procs[key.data].stdout.readline()
-                        ready[key.data] = time.perf_counter() - t0 if line.strip() else math.nan
-                        sel.unregister(key.fileobj)
-            for proc, t_ready, err in zip(procs, ready, errs):
-                # The rest through the same buffered file as the ready line (found in review: communicate() reads
-                # the raw pipe, so a load_s line already pulled into that buffer by readline() was lost). The child
-                # prints one short line more, well within a pipe's buffer: it never blocks on a pipe not read yet.
-                try:
-                    proc.wait(timeout=FRESH_ENGINE_TIMEOUT_S)
-                except subprocess.TimeoutExpired:  # killed below
-                    raise RuntimeError(f"fresh engine process still loading the checkpoints after "
-                                       f"{FRESH_ENGINE_TIMEOUT_S:.0f} s") from None
-                rest = proc.stdout.read()
-                if proc.returncode or math.isnan(t_ready):
-                    err.seek(0)
-                    raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err.read()[-500:]}")
-                inits.append(t_ready)
-                for n, v in json.loads(rest.strip().splitlines()[-1])["load_s"].items():
-                    loads[n].append(v)
-        finally:
-            for proc in procs:  # none is left behind when one fails
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            for e in errs:
-                e.close()
-    return {"init_s": statistics.median(inits), "init_s_runs": inits, "at_once": at_once,
-            "load_s": {n: statistics.median(v) for n, v in loads.items()}}
+    # stderr to files, so a child that writes much of it never blocks on a full pipe
+    errs = [tempfile.TemporaryFile("w+") for _ in range(at_once)]
+    t0 = time.perf_counter()
+    procs = []
+    try:
+        for e in errs:
+            procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=e,
+                                          text=True))
+        # each one's ready time is taken when its line comes, whichever process says so first
+        ready = [math.nan] * at_once
+        with selectors.DefaultSelector() as sel:
+            for i, proc in enumerate(procs):
+                sel.register(proc.stdout, selectors.EVENT_READ, i)
+            while sel.get_map():
+                events = sel.select(timeout=max(t0 + FRESH_ENGINE_TIMEOUT_S - time.perf_counter(), 0.0))
+                if not events:
+                    raise RuntimeError(f"fresh engine processes not ready after {FRESH_ENGINE_TIMEOUT_S:.0f} s")
+                for key, _ in events:
+                    line = procs[key.data].stdout.readline()
+                    ready[key.data] = time.perf_counter() - t0 if line.strip() else math.nan
+                    sel.unregister(key.fileobj)
+        for proc, t_ready, err in zip(procs, ready, errs):
+            # The rest through the same buffered file as the ready line (found in review: communicate() reads
+            # the raw pipe, so a load_s line already pulled into that buffer by readline() was lost). The child
+            # prints one short line more, well within a pipe's buffer: it never blocks on a pipe not read yet.
+            try:
+                proc.wait(timeout=FRESH_ENGINE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:  # killed below
+                raise RuntimeError(f"fresh engine process still loading the checkpoints after "
+                                   f"{FRESH_ENGINE_TIMEOUT_S:.0f} s") from None
+            rest = proc.stdout.read()
+            if proc.returncode or math.isnan(t_ready):
+                err.seek(0)
+                raise RuntimeError(f"fresh engine process failed (exit {proc.returncode}): {err.read()[-500:]}")
+            inits.append(t_ready)
+            for n, v in json.loads(rest.strip().splitlines()[-1])["load_s"].items():
+                loads[n].append(v)
+    finally:
+        _end(procs)  # none is left behind when one fails or the run is stopped
+        for e in errs:
+            e.close()
 
 
 def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict | None = None) -> dict:
@@ -275,7 +316,8 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict 
     prof = {
         "schema": SCHEMA,
         "gpu": {"name": f"cpu-worker-{threads}t", "memory_bytes": float(memory_bytes), "pool_fraction": 1.0,
-                "h2d_bytes_per_s": bw, "compute_scale": 1.0, "host_cores": host_cores(threads)},
+                "h2d_bytes_per_s": bw, "compute_scale": 1.0, "host_cores": host_cores(threads),
+                **context_read(per_model)},
         # a load's fixed part, charged to every load into a prewarmed engine (found in review: written as
         # engine_start_s, which the simulator no longer charges)
         "load_fixed_s": fixed_s,
@@ -294,6 +336,29 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict 
     return prof
 
 
+def context_read(per_model: dict) -> dict:
+    """The ``gpu`` keys of the cost of reading context, from ``measure_model``'s ``decode_context`` runs (none
+    without them). ``CostModel.decode_step_s`` adds context tokens x KV bytes per token / (hbm_bytes_per_s x
+    hbm_achievable_fraction) to a step, so the extra KV bytes of the long run over its extra time, with fraction 1,
+    charges the measured extra time (the median over the models). Its weight floor, weight bytes /
+    ``weight_read_bytes_per_s``, is kept at or under each model's fastest measured step, which already holds the
+    weight read."""
+    rates = []
+    for m in per_model.values():
+        r = m["measured"].get("decode_context")
+        extra_s = r["step_s"] - r["short_step_s"] if r else 0.0
+        if extra_s > 0:  # else noise hid the context's cost: nothing to fit from this model
+            extra_bytes = r["batch"] * (r["context_tokens"] - r["short_context_tokens"]) * m["kv_bytes_per_token"]
+            r["read_bytes_per_s"] = extra_bytes / extra_s
+            rates.append(r["read_bytes_per_s"])
+    if not rates:
+        return {}
+    weight_read = max(m["weight_bytes"] / m["tp"] / max(min(t for _, t in m["decode_table"]), 1e-9)
+                      for m in per_model.values())
+    return {"hbm_bytes_per_s": statistics.median(rates), "hbm_achievable_fraction": 1.0,
+            "weight_read_bytes_per_s": weight_read}
+
+
 def host_cores(threads: int) -> float:
     """How many CPU workers of ``threads`` torch threads this machine's cores run at full speed at once (the
     cores this process may run on / threads, at least 1: a lone worker with more threads than cores was measured
@@ -302,21 +367,55 @@ def host_cores(threads: int) -> float:
     return max(1.0, cores / threads)
 
 
+@contextlib.contextmanager
+def term_raises():
+    """SIGTERM raises SystemExit inside the block, so its ``finally`` clauses run: found in review, a TERM to
+    `calibrate --parallel` left its worker processes running (reparented to init) and its temp dir behind. Only the
+    main thread can set a handler; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _end(procs) -> None:
+    """Kill and reap every one of ``procs`` still running: none is left behind however the caller ends."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
 def measure_parallel(args, names) -> dict:
     """The same measurement in ``args.parallel`` processes started together; their profiles."""
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryDirectory() as d:
+    with term_raises(), tempfile.TemporaryDirectory() as d:
         outs = [os.path.join(d, f"p{i}.json") for i in range(args.parallel)]
         cmd = [sys.executable, "-m", "warmserve", "calibrate", "--models", ",".join(names), "--threads",
                str(args.threads), "--prefill-tokens", args.prefill_tokens, "--decode-batches", args.decode_batches,
-               "--decode-steps", str(args.decode_steps), "--repeats", str(args.repeats), "--no-fresh-engine"]
+               "--decode-steps", str(args.decode_steps), "--repeats", str(args.repeats), "--no-fresh-engine",
+               "--decode-context-tokens", "0"]
         if args.demo_dir:
             cmd += ["--demo-dir", args.demo_dir]
-        procs = [subprocess.Popen(cmd + ["--out", o], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for o in outs]
-        errs = [p.communicate()[1] for p in procs]
+        procs = []
+        try:
+            for o in outs:
+                procs.append(subprocess.Popen(cmd + ["--out", o], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                              text=True))
+            errs = [p.communicate()[1] for p in procs]
+        finally:
+            _end(procs)
         bad = [(p.returncode, e[-500:]) for p, e in zip(procs, errs) if p.returncode]
         if bad:
             raise RuntimeError(f"parallel calibration failed: {bad}")
@@ -363,6 +462,13 @@ def main(args) -> int:
     check_fits_context("--decode-steps", DECODE_PROMPT_TOKENS + args.decode_steps + 2, names,
                        f"{DECODE_PROMPT_TOKENS} (the decode runs' prompt) + {args.decode_steps} + 2",
                        "lower --decode-steps")
+    if args.decode_context_tokens and args.decode_context_tokens <= DECODE_PROMPT_TOKENS:
+        raise InvalidArgumentError(f"--decode-context-tokens {args.decode_context_tokens}: must be 0 (no long-context "
+                                   f"run) or above the decode table's {DECODE_PROMPT_TOKENS}-token prompts, e.g. 1024",
+                                   flag="--decode-context-tokens", value=args.decode_context_tokens)
+    check_fits_context("--decode-context-tokens and --decode-steps",
+                       args.decode_context_tokens + args.decode_steps + 2, names,
+                       f"{args.decode_context_tokens} + {args.decode_steps} + 2", "lower --decode-context-tokens")
     torch.set_num_threads(args.threads)
     paths = write_demo_models(args.demo_dir, names)
     weights = {n: sum(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p) if f.endswith(".safetensors"))
@@ -370,7 +476,16 @@ def main(args) -> int:
     page = PAGE_BYTES
     # a CPU worker's budget (controller.launch): the largest model twice over plus KV room, at least 1 GiB
     mem = args.memory_bytes or max(1 << 30, -(-(2 * max(weights.values()) + (256 << 20)) // (256 << 20)) * (256 << 20))
-    need = max(weights.values()) * 2 + (max(prefill_tokens) + max(decode_batches) * 64) * 256 * 1024 + 64 * page
+    least = max(weights.values()) + page
+    if mem < least:  # found in review: written as gpu.memory_bytes, a profile no model could be placed with
+        raise InvalidArgumentError(f"--memory-bytes {args.memory_bytes}: the simulated device must hold the largest "
+                                   f"model's weights ({max(weights.values())} bytes) and one KV page ({page}): give "
+                                   f"at least {least}, or 0 for a CPU worker's budget", flag="--memory-bytes",
+                                   value=args.memory_bytes, minimum=least)
+    # the long-context run's KV at 64 KiB a token, above any demo model's
+    ctx_bytes = CONTEXT_BATCH * (args.decode_context_tokens + args.decode_steps + 2) * 64 * 1024
+    need = (max(weights.values()) * 2 + (max(prefill_tokens) + max(decode_batches) * 64) * 256 * 1024 + 64 * page
+            + ctx_bytes)
     pool_bytes = -(-max(mem, need) // page) * page
     t0 = time.perf_counter()
     per_model = {}
@@ -378,7 +493,7 @@ def main(args) -> int:
         for n in names:
             per_model[n] = measure_model(paths[n], n, pool, prefill_tokens=prefill_tokens,
                                          decode_batches=decode_batches, decode_steps=args.decode_steps,
-                                         repeats=args.repeats)
+                                         repeats=args.repeats, decode_context_tokens=args.decode_context_tokens)
             m = per_model[n]["measured"]
             print(f"{n:<12} {weights[n] / 2**20:7.1f} MiB  load {m['load_s'] * 1e3:7.1f} ms  activation "
                   f"{m['activation_s'] * 1e3:6.2f} ms  cold TTFT {m['cold_start_first_token_s'] * 1e3:7.1f} ms  "
@@ -422,6 +537,8 @@ def main(args) -> int:
               + " ".join(f"{s * 1e3:6.1f}" for _, s in m["decode_table"]))
     print(f"load: {prof['load_fixed_s'] * 1e3:.1f} ms fixed + {prof['gpu']['h2d_bytes_per_s'] / 1e9:.2f} GB/s; "
           f"activation {prof['activation_s'] * 1e3:.2f} ms"
+          + (f"; context read {prof['gpu']['hbm_bytes_per_s'] / 1e9:.2f} GB/s" if "hbm_bytes_per_s" in prof["gpu"]
+             else "")
           + (f"; fresh engine: {prof['engine_init_s']:.2f} s + {prof['fast_load_bytes_per_s'] / 1e9:.2f} GB/s"
              if fresh is not None else "") + f"; wrote {args.out}")
     return 0

@@ -15,7 +15,8 @@ at the top level, where calibrate's records such as "measured" and "machine" sit
       "gpu": {"name": "H100-80GB", "memory_bytes": 80e9, "pool_fraction": 0.9, "h2d_bytes_per_s": 32e9,
               "compute_scale": 1.0,
               "hbm_bytes_per_s": 3.35e12, "hbm_achievable_fraction": 0.68,    # added: decode's KV-read term
-              "host_cores": 0},               # added: cores a server's CPU workers share (0: GPUs, none)
+              "host_cores": 0,                # added: cores a server's CPU workers share (0: GPUs, none)
+              "weight_read_bytes_per_s": 0},  # added: the decode weight floor's rate (0: the HBM one above)
       "engine_start_s": 6.0,          # start an engine from scratch: process, imports, CUDA context, profiling
       "tp_init_s": 0.0,               # extra for building tensor-parallel communicators (tp > 1, cold engine)
       "activation_s": 0.1,            # turn a fully prewarmed replica into a serving instance
@@ -148,6 +149,10 @@ class GpuType:
     #: calibrate` writes its cores / each worker's torch threads, at least 1); a step on a server with n busy
     #: devices takes max(1, n / host_cores) times as long. 0: the devices share no compute (GPUs), no such term
     host_cores: float = 0.0
+    #: bytes/s the weight floor of a decode step reads the weights at; 0: ``decode_read_bytes_per_s``. CPU profiles
+    #: (`warmserve calibrate`) set it apart: their context read is measured far slower than a weight read, which
+    #: their decode table already holds, so the floor at the context rate would take over every step
+    weight_read_bytes_per_s: float = 0.0
 
     def __post_init__(self):
         # every numeric field (found in review: h2d_bytes_per_s 0 divided by zero at the first load, and only the
@@ -395,7 +400,7 @@ class CostModel:
             raise InvalidArgumentError(f"context_tokens is {context_tokens}: the KV tokens a decode step reads "
                                        f"cannot be negative", context_tokens=context_tokens)
         read_bps = self.gpu.decode_read_bytes_per_s
-        weight_floor_s = c.weight_bytes / c.tp / read_bps
+        weight_floor_s = c.weight_bytes / c.tp / (self.gpu.weight_read_bytes_per_s or read_bps)
         kv_read_s = context_tokens * c.kv_bytes_per_token / c.tp / read_bps
         return max(t, weight_floor_s) + kv_read_s
 
@@ -485,8 +490,8 @@ class CostModel:
             old = models.get(name)
             if old is None:
                 missing = {"weight_bytes", "tp", "kv_bytes_per_token"} - kw.keys()
-                if missing or not ({"prefill_base_s", "prefill_table"} & kw.keys()) \
-                        or not ({"decode_base_s", "decode_table"} & kw.keys()):
+                if missing or not ({"prefill_base_s", "prefill_per_token_s", "prefill_table"} & kw.keys()) \
+                        or not ({"decode_base_s", "decode_per_seq_s", "decode_table"} & kw.keys()):
                     raise InvalidArgumentError(f"profile model {name!r} is new and lacks {sorted(missing)} or "
                                                f"its prefill/decode times", model=name)
                 kw.setdefault("prefill_base_s", 0.0)
@@ -505,7 +510,7 @@ class CostModel:
             "gpu": {"name": g.name, "memory_bytes": g.memory_bytes, "pool_fraction": g.pool_fraction,
                     "h2d_bytes_per_s": g.h2d_bytes_per_s, "compute_scale": g.compute_scale,
                     "hbm_bytes_per_s": g.hbm_bytes_per_s, "hbm_achievable_fraction": g.hbm_achievable_fraction,
-                    "host_cores": g.host_cores},
+                    "host_cores": g.host_cores, "weight_read_bytes_per_s": g.weight_read_bytes_per_s},
             "engine_start_s": self.engine_start_s, "tp_init_s": self.tp_init_s, "activation_s": self.activation_s,
             "kv_map_s_per_gib": self.kv_map_s_per_gib, "engine_init_s": self.engine_init_s,
             "fast_load_bytes_per_s": self.fast_load_bytes_per_s, "load_fixed_s": self.load_fixed_s,

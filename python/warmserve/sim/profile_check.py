@@ -38,10 +38,10 @@ FRACTION = (lambda x: 0 < x <= 1, "a number in (0, 1]")
 WHOLE_POSITIVE = (lambda x: float(x).is_integer() and x >= 1, "a whole number >= 1")
 
 #: ``GpuType``'s numeric fields: sizes, bandwidths and the compute scale are divided by or scale every time, so > 0;
-#: ``host_cores`` 0 means the devices share no compute (GPUs)
+#: ``host_cores`` 0 means the devices share no compute (GPUs), ``weight_read_bytes_per_s`` 0 the HBM rate
 GPU_RULES = {"memory_bytes": POSITIVE, "pool_fraction": FRACTION, "h2d_bytes_per_s": POSITIVE,
              "compute_scale": POSITIVE, "hbm_bytes_per_s": POSITIVE, "hbm_achievable_fraction": FRACTION,
-             "host_cores": NON_NEGATIVE}
+             "host_cores": NON_NEGATIVE, "weight_read_bytes_per_s": NON_NEGATIVE}
 #: ``CostModel``'s top-level times (seconds) and the fast loader's bandwidth (0: at ``gpu.h2d_bytes_per_s``)
 COST_RULES = {"engine_start_s": NON_NEGATIVE, "tp_init_s": NON_NEGATIVE, "activation_s": NON_NEGATIVE,
               "kv_map_s_per_gib": NON_NEGATIVE, "engine_init_s": NON_NEGATIVE,
@@ -100,9 +100,11 @@ def limits_section(d) -> dict:
 
 
 def table(where: str, points, x_is: str) -> tuple:
-    """A measured table: at least one [x, seconds] point, both finite and >= 0, x never decreasing (the cost model
-    interpolates between neighbours), as a tuple of float pairs."""
-    want = (f"a list of [{x_is}, seconds] points, x ascending, e.g. [[1, 0.015], [16, 0.02]]")
+    """A measured table: at least one [x, seconds] point, both finite and >= 0, x strictly ascending (the cost model
+    interpolates between neighbours and extrapolates from the last two: found in review, a repeated x was divided
+    by a 1e-12 gap, decode_table [[1, 0], [1, 0.01]] gave a 2-sequence step of 1e10 s), as a tuple of float pairs."""
+    want = (f"a list of [{x_is}, seconds] points, x strictly ascending (one point per x), e.g. [[1, 0.015], "
+            f"[16, 0.02]]")
     if not isinstance(points, (list, tuple)) or not points:
         raise InvalidArgumentError(f"{where} is {points!r}: it must be {want}; {FIX}", key=where, value=points)
     out = []
@@ -110,9 +112,9 @@ def table(where: str, points, x_is: str) -> tuple:
         if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(finite_number(v) and v >= 0 for v in p)):
             raise InvalidArgumentError(f"{where}[{i}] is {p!r}: each point must be [{x_is}, seconds], two finite "
                                        f"numbers >= 0; {FIX}", key=where, value=p)
-        if out and p[0] < out[-1][0]:
+        if out and p[0] <= out[-1][0]:
             raise InvalidArgumentError(f"{where}[{i}] is {p!r}: {x_is} {p[0]} comes after {out[-1][0]:g}; it must "
-                                       f"be {want}; {FIX}", key=where, value=p)
+                                       f"be {want} (keep one point of a repeated x); {FIX}", key=where, value=p)
         out.append((float(p[0]), float(p[1])))
     return tuple(out)
 
@@ -131,8 +133,11 @@ def model_entry(name: str, m) -> dict:
             lin = section(f"{where}.{k}", m[k], (base, per))
             check_fields(f"profile {where}.{k}", lin, {base: NON_NEGATIVE, per: NON_NEGATIVE}, FIX)
             head = k.split("_")[0]  # prefill / decode: ModelCost's field names
-            kw[f"{head}_base_s"] = float(lin.get(base, 0.0))
-            kw[f"{head}_{per}"] = float(lin.get(per, 0.0))
+            # only the parts given: the other keeps its value (found in review: it was set to 0); a new model's
+            # missing part is 0 (CostModel.from_profile)
+            for part in (base, per):
+                if part in lin:
+                    kw[f"{head}_{part}"] = float(lin[part])
     for k, x_is in TABLE_KEYS.items():
         if k in m:
             kw[k] = table(f"profile {where}.{k}", m[k], x_is)
