@@ -38,21 +38,23 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def penalize(logits: torch.Tensor, p: SamplingParams, prompt: Sequence[int], output: Sequence[int]) -> torch.Tensor:
-    """One row of logits with p's penalties applied (a new tensor).
+    """One row of logits with p's penalties applied (a new tensor), in vLLM's order: repetition first, then
+    frequency and presence (found in review: presence/frequency first, so the repetition rule saw the lowered
+    logit's sign, and logit 1 with presence 1 and repetition 2 became 0 where vLLM gives -0.5).
 
-    presence/frequency (OpenAI's definition): ``logit -= frequency * count_in_output + presence * (count > 0)``;
     repetition (CTRL, as transformers and vLLM apply it): over tokens of the prompt and the output, positive
-    logits are divided by the penalty and negative ones multiplied, so > 1 always makes a seen token less likely.
+    logits are divided by the penalty and negative ones multiplied, so > 1 always makes a seen token less likely;
+    presence/frequency (OpenAI's definition): ``logit -= frequency * count_in_output + presence * (count > 0)``.
     """
     logits = logits.clone()
     vocab = logits.shape[-1]
-    if output and (p.presence_penalty or p.frequency_penalty):
-        counts = torch.bincount(torch.tensor(list(output), device=logits.device), minlength=vocab)[:vocab]
-        logits -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty * (counts > 0).to(logits.dtype)
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(prompt) | set(output)), dtype=torch.long, device=logits.device)
         vals = logits[seen]
         logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if output and (p.presence_penalty or p.frequency_penalty):
+        counts = torch.bincount(torch.tensor(list(output), device=logits.device), minlength=vocab)[:vocab]
+        logits -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty * (counts > 0).to(logits.dtype)
     return logits
 
 

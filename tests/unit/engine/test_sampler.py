@@ -27,6 +27,18 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     assert out.tolist() == [1.0, -4.0, 3.0, -1.0]
 
 
+def test_repetition_comes_before_presence_and_frequency_as_in_vllm():
+    """vLLM's apply_penalties: repetition, then frequency, then presence (found in review: the other way round,
+    logit 1 with presence 1 and repetition 2 became 0, not -0.5, and the penalised token won the greedy pick)."""
+    logits = torch.tensor([1.0, -0.3, 3.0, -1.0])
+    p = SamplingParams(repetition_penalty=2.0, presence_penalty=1.0, frequency_penalty=0.5)
+    out = penalize(logits, p, prompt=[3], output=[0, 2, 2])
+    assert out.tolist() == pytest.approx([1.0 / 2 - 0.5 - 1.0, -0.3, 3.0 / 2 - 2 * 0.5 - 1.0, -1.0 * 2])
+    row = torch.tensor([[1.0, -0.3, -1.0]])
+    greedy = SamplingParams(temperature=0.0, repetition_penalty=2.0, presence_penalty=1.0)
+    assert sample(row, [greedy], [None], [([2], [0])]) == [1]
+
+
 def test_greedy_with_a_penalty_avoids_the_repeated_token():
     logits = torch.tensor([[0.0, 5.0, 4.9]])
     p = SamplingParams(frequency_penalty=1.0)
