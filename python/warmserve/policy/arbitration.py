@@ -45,19 +45,23 @@ def _occupancy(state: ClusterState, stopping: set[str], counted) -> tuple[dict[i
     return on_gpu, count
 
 
-def freed_group(state: ClusterState, board: Board, gpus, tps) -> tuple[int, ...] | None:
-    """The first aligned group of one of ``tps`` (GPU ids, on one server) that freeing ``gpus`` completes: it holds
-    some of them and its other GPUs are idle on ``board``; None when there is none."""
+def freed_groups(state: ClusterState, board: Board, gpus, tps):
+    """The aligned groups of one of ``tps`` (GPU ids, on one server) that freeing ``gpus`` completes, each once:
+    it holds some of them and its other GPUs are idle on ``board``. Lazily, servers in order, then tp, then GPU."""
     mine = set(gpus)
     for srv in state.servers:
         ids = list(srv.gpu_ids)
-        for tp in sorted(tps):
+        for tp in sorted(set(tps)):
             for start in range(0, len(ids) - tp + 1, tp):
                 group = ids[start:start + tp]
                 if mine.intersection(group) and all(
                         g in mine or (g in board.local and not board.busy[board.local[g]]) for g in group):
-                    return tuple(group)
-    return None
+                    yield tuple(group)
+
+
+def freed_group(state: ClusterState, board: Board, gpus, tps) -> tuple[int, ...] | None:
+    """The first of ``freed_groups``; None when there is none."""
+    return next(freed_groups(state, board, gpus, tps), None)
 
 
 def migrations(state: ClusterState, stopping: set[str], capacity: int, max_in_flight: int,
@@ -110,10 +114,13 @@ def migration_plan(state: ClusterState, board: Board, stopping: set[str], capaci
 
 def preemption_victims(state: ClusterState, board: Board, model: str, now_s: float, load: dict[str, float],
                        stopping: set[str], served_s: float, reserved: set[int] = frozenset(),
-                       keep_last=None) -> tuple[float, list[InstanceState]] | None:
-    """(harm, instances) of the aligned group of tp GPUs on one server that ``model`` could take at least harm,
-    or None. A group qualifies when each of its GPUs is idle or held only by other models' instances that are
-    ready, not draining and have served ``served_s`` since they became ready, and holds at least one of them.
+                       keep_last=None) -> tuple[float, list[InstanceState], tuple[int, ...]] | None:
+    """(harm, instances, group) of the aligned group of tp GPUs on one server that ``model`` could take at least
+    harm, or None. ``group``: all its GPU ids, idle ones included (the policy keeps every one of them for
+    ``model``: found in review, reserving only the victims' GPUs let another model start on the group's idle GPU
+    and be preempted in turn). A group qualifies when each of its GPUs is idle or held only by other models'
+    instances that are ready, not draining and have served ``served_s`` since they became ready, and holds at
+    least one of them.
     Harm: each instance's share of its model's ``load`` (load / the model's instances), doubled for a model's
     last instance (its requests wait for a start instead of moving to a sibling). ``stopping``: instances
     stopped earlier in the same decision (the board has freed their GPUs already, or they drain); a GPU where
@@ -141,8 +148,8 @@ def preemption_victims(state: ClusterState, board: Board, model: str, now_s: flo
             harm = sum(load[m] / count[m] * n * (2.0 if n >= count[m] else 1.0) for m, n in lost.items())
             key = (harm, srv.server_id, start)
             if best is None or key < best[0]:
-                best = (key, victims)
-    return None if best is None else (best[0][0], best[1])
+                best = (key, victims, tuple(gpus[start:start + tp]))
+    return None if best is None else (best[0][0], best[1], best[2])
 
 
 def _group_victims(board: Board, group: list[int], on_gpu: dict, model: str, now_s: float,
@@ -163,9 +170,10 @@ def _group_victims(board: Board, group: list[int], on_gpu: dict, model: str, now
 
 def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float, have: dict[str, int],
                     demand: dict[str, float], stopping: set[str], served_s: float, reserved: set[int],
-                    band: float, floor: float = 0.0) -> tuple[float, list[InstanceState]] | None:
-    """(share met after, instances) of the aligned group of tp GPUs on one server whose instances ``model``,
-    short of instances, may take; None when no group qualifies. The rule (GPUs arbitrated by unmet demand):
+                    band: float, floor: float = 0.0) -> tuple[float, list[InstanceState], tuple[int, ...]] | None:
+    """(share met after, instances, group) of the aligned group of tp GPUs on one server whose instances
+    ``model``, short of instances, may take; None when no group qualifies. ``group``: all its GPU ids, idle ones
+    included (as in ``preemption_victims``). The rule (GPUs arbitrated by unmet demand):
 
     - ``demand[m]``: the instances m's load asks for (``Policy._wanted``'s scale-out figure, unrounded: in-flight
       plus queued load over 0.8 x B, or its prefill backlog over 0.8 x its per-instance budget); ``have[m]``:
@@ -221,8 +229,8 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
                 continue
             key = (-after, len(victims), sum(v.in_flight for v in victims), srv.server_id, start)
             if best is None or key < best[0]:
-                best = (key, victims)
-    return None if best is None else (-best[0][0], best[1])
+                best = (key, victims, tuple(group))
+    return None if best is None else (-best[0][0], best[1], best[2])
 
 
 def _share(instances: int, demand: float) -> float:

@@ -172,10 +172,13 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         return None if best is None else A.Route(model, best.instance_id, request_id)
 
     def _someone_starving(self, state: ClusterState, model: str) -> bool:
-        """Whether a model other than ``model`` has requests waiting and no instance (not even a starting one)."""
+        """Whether a model other than ``model`` has requests waiting and no instance (not even a starting one), and
+        could ever start one (found in review: one whose tp or shard fits no server kept every other model's first
+        request waiting for a tick). ``unservable`` is computed only once a waiting model is found."""
         by_model = self._instances_of(state)
         for m, q in state.queues.items():
-            if q and m != model and not any(not i.draining for i in by_model.get(m, ())):
+            if q and m != model and not any(not i.draining for i in by_model.get(m, ())) \
+                    and m not in state.unservable():
                 return True
         return False
 
@@ -265,7 +268,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
     def _autoscale(self, state: ClusterState, now_s: float, avg5: dict, board: Board, out: list) -> None:
         """§5 scaling, with GPUs arbitrated by unmet demand: draining instances are revived before new ones
         start; new ones go one at a time to the model whose demand is least met (then the longest starved);
-        a quiet model's last instance stops only when another model wants GPUs that are not free; a model left
+        a quiet model's last instance stops only when its GPUs complete a group a wanting model lacks; a model left
         short takes GPUs from instances whose models stay at least as well served (``arbitration.
         reclaim_victims``), and one that waits with no instance and finds none there takes those of instances
         that served preempt_after_s (time-sharing)."""
@@ -344,9 +347,12 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         # read once: within the loop below only a model's own stops are added, and its serving count follows them
         gone = A.stopping(out)
         starts = {a.model for a in out if type(a) is A.StartInstance}
-        for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
+        skip = moving | (set(co.merging) | co.splitting if co is not None else set())
+        freeing = set() if cfg.idle_to_zero else self._groups_to_free(state, now_s, board, keep, active, wanted,
+                                                                       skip, gone)
+        for m in sorted(self.models):  # 3. scale in (§5); the last instance only when it frees a wanted group
             target = keep[m]
-            if target == 0 and ((not (wanted - {m}) and not cfg.idle_to_zero)
+            if target == 0 and ((not cfg.idle_to_zero and freeing.isdisjoint(g for i in active[m] for g in i.gpus))
                                 or (co is not None and co.keeps_last(state, m, active[m]))):
                 target = 1
             if co is not None and (m in co.merging or m in co.splitting):
@@ -404,7 +410,11 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         # for a model with no instance and nothing to reclaim, time-shared (a last instance may go); so for a
         # model that outgrew its host (a co-served instance holds a fixed KV share and shares its GPUs' time: it
         # is no instance of its own, and with no GPU to split out to it would queue for ever)
-        for m in sorted(wanted, key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
+        # not for a model no GPU can hold (found in review: one of another model's instances was stopped for it,
+        # again and again, and its GPU kept reserved for nobody)
+        never = state.unservable() if wanted else {}
+        for m in sorted(wanted - never.keys(),
+                        key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
             found, freed = self._reclaim_for(state, m, now_s, have, demand, board, out)
             if not found and co is not None and co.outgrown(m, active[m]) and self._co_replica(state, board, m, out):
                 continue  # one more co-served instance on another host, before taking anyone's GPUs

@@ -6,7 +6,8 @@ finds a whole group of idle GPUs on one server (``arbitration.relocations``)."""
 from __future__ import annotations
 
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import PREEMPT_LOAD_RATIO, preemption_victims, reclaim_victims, relocations
+from warmserve.policy.arbitration import (PREEMPT_LOAD_RATIO, freed_groups, preemption_victims, reclaim_victims,
+                                          relocations)
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState
 
@@ -69,12 +70,12 @@ class GpuMoves:
             return False, False
         for v in got[1]:
             have[v.model] -= 1
-        return True, self._take_gpus(state, model, got[1], have[model], now_s, board, out)
+        return True, self._take_gpus(state, model, got[1], got[2], have[model], now_s, board, out)
 
     def _preempt_for(self, state: ClusterState, model: str, now_s: float, avg5: dict, board: Board,
                      out: list, base: int = 0) -> bool:
         """Time-share: stop the instances on the GPUs whose loss hurts least (``arbitration.preemption_victims``)
-        when ``model``'s load is PREEMPT_LOAD_RATIO times their harm, and reserve those GPUs for it. Returns
+        when ``model``'s load is PREEMPT_LOAD_RATIO times their harm, and reserve their group for it. Returns
         whether they were freed at once (nothing was in flight there); draining ones free them on a later tick,
         where this model, having waited longest, comes first. Nothing happens while earlier victims drain.
         ``base``: the model's instances (co-served ones, for a model that outgrew its host; else 0)."""
@@ -97,18 +98,44 @@ class GpuMoves:
         load = avg5[model] * max(1.0, waited_s / turn_s)
         if got is None or load <= PREEMPT_LOAD_RATIO * got[0]:
             return False
-        return self._take_gpus(state, model, got[1], base, now_s, board, out)
+        return self._take_gpus(state, model, got[1], got[2], base, now_s, board, out)
 
-    def _take_gpus(self, state: ClusterState, model: str, victims: list, base: int, now_s: float, board: Board,
-                   out: list) -> bool:
-        """Stop ``victims`` for ``model`` (which has ``base`` instances) and reserve their GPUs for it; returns
-        whether they are free at once."""
+    def _groups_to_free(self, state: ClusterState, now_s: float, board: Board, keep: dict, active: dict,
+                        wanted: set[str], skip: set[str], stopping: set[str]) -> set[int]:
+        """The GPUs of the groups that the scale-in may free for a model in ``wanted`` (of its tp; not for a model
+        that can never start, ``ClusterState.unservable``): aligned groups completed by idle GPUs and by the GPUs
+        of every instance that may stop entirely (its model, not wanted nor in ``skip``, keeps none: ``keep``;
+        ready for min_lifetime_s, not stopping). A GPU counts only when all the instances on it may stop. A
+        model's last instance stops only where its GPUs are among them (found in review: an idle one stopped for
+        a tp-2 model whose group's other GPU stayed busy; its GPU stayed idle and its next request waited for a
+        cold start, for nothing)."""
+        bad = state.unservable() if wanted else {}
+        tps = {self.models[w].tp for w in wanted if w not in bad}
+        if not tps:
+            return set()
+        on_gpu: dict[int, int] = {}
+        for m, insts in active.items():
+            if keep[m] or m in wanted or m in skip:
+                continue
+            for inst in insts:
+                if inst.ready and inst.instance_id not in stopping and now_s - inst.ready_s >= self.cfg.min_lifetime_s:
+                    for g in inst.gpus:
+                        on_gpu[g] = on_gpu.get(g, 0) + 1
+        gpus = [g for g, n in on_gpu.items() if g in board.local and board.inst_count[board.local[g]] == n]
+        return {g for group in freed_groups(state, board, gpus, tps) for g in group}
+
+    def _take_gpus(self, state: ClusterState, model: str, victims: list, group: tuple[int, ...], base: int,
+                   now_s: float, board: Board, out: list) -> bool:
+        """Stop ``victims`` for ``model`` (which has ``base`` instances) and reserve the whole ``group`` they
+        hold for it, its idle GPUs too (found in review: with the victims' GPUs alone reserved, another model
+        started on the group's idle GPU and was preempted in turn, four stops and about 60 s more wait for a tp-2
+        model); returns whether the victims' GPUs are free at once."""
         freed = True
         for v in victims:
             self._preempted.add(v.instance_id)
             self._stop(state, v, now_s, board, out)
             freed &= v.in_flight == 0
         self._preempting[model] = {v.instance_id for v in victims}
-        self._reserved[model] = tuple(sorted({g for v in victims for g in v.gpus}))
+        self._reserved[model] = tuple(sorted(group))
         self._reserved_base[model] = base
         return freed
