@@ -7,12 +7,18 @@ whole ones; these are the ones that need no tensor."""
 from __future__ import annotations
 
 import json
+import logging
 
 from warmserve.engine.safetensors_header import FLOAT_DTYPES, CheckpointError
 from warmserve.errors import InvalidArgumentError, register
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 _BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+#: Bytes of each of lm_head.weight and the embedding that warn_if_tied_head_differs reads: whole rows spread over
+#: the vocabulary, so a 1 GiB head costs milliseconds (an untied head trained apart differs in about every row).
+TIED_HEAD_SAMPLE_BYTES = 4 << 20
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -44,11 +50,13 @@ def architecture(cfg: dict) -> str:
 
 #: What transformers' configuration class of each architecture gives a key that config.json leaves out, where the
 #: classes differ (transformers 5.24 LlamaConfig, Qwen2Config, MistralConfig; found in review: a Mistral config
-#: without sliding_window attended over the whole context where transformers slides over 4096 tokens, and every
-#: missing context length was Llama's 2048).
+#: without sliding_window attended over the whole context where transformers slides over 4096 tokens, every
+#: missing context length was Llama's 2048, and a missing num_key_value_heads was num_attention_heads, Llama's).
 ARCH_DEFAULTS = {"LlamaForCausalLM": {"max_position_embeddings": 2048},
-                 "Qwen2ForCausalLM": {"max_position_embeddings": 32768, "sliding_window": 4096},
-                 "MistralForCausalLM": {"max_position_embeddings": 131072, "sliding_window": 4096}}
+                 "Qwen2ForCausalLM": {"max_position_embeddings": 32768, "sliding_window": 4096,
+                                      "num_key_value_heads": 32},
+                 "MistralForCausalLM": {"max_position_embeddings": 131072, "sliding_window": 4096,
+                                        "num_key_value_heads": 8}}
 
 
 def config_value(cfg: dict, key: str, arch: str | None = None):
@@ -141,3 +149,32 @@ def check_tensors(cfg, tensors: dict) -> dict[str, tuple[int, ...]]:
     # do (such a copy is common after fine-tuning or quantisation tools). Refusing it, as this check did for a
     # while, refused valid checkpoints (found in review).
     return expected
+
+
+def warn_if_tied_head_differs(checkpoint: str, embed, head) -> None:
+    """Log a WARNING naming `checkpoint` when its config ties the head to the embedding but its files hold an
+    lm_head.weight (`head`, a RawTensor or TensorInfo like `embed`) with other bytes: the engine runs the embedding
+    (check_tensors), transformers the file's head, so the two answer differently (found in review). Compared
+    bitwise on rows spread over the vocabulary, at most TIED_HEAD_SAMPLE_BYTES of each."""
+    if embed.st_dtype == head.st_dtype and embed.shape == head.shape and _rows_equal(embed, head):
+        return
+    log.warning("%s: tie_word_embeddings is true but its lm_head.weight (%s %s) differs from "
+                "model.embed_tokens.weight (%s %s); the engine uses the embedding as the head, as vLLM does, where "
+                "transformers uses lm_head.weight: set tie_word_embeddings to false in config.json to run the "
+                "file's head", checkpoint, head.st_dtype, list(head.shape), embed.st_dtype, list(embed.shape))
+
+
+def _rows_equal(a, b) -> bool:
+    rows = a.shape[0] if a.shape else 0
+    row_bytes = a.nbytes // rows if rows else 0
+    if not row_bytes:
+        return True
+    n = max(1, min(rows, TIED_HEAD_SAMPLE_BYTES // row_bytes))
+    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+        for i in range(n):
+            r = i * rows // n
+            fa.seek(a.file_offset + r * row_bytes)
+            fb.seek(b.file_offset + r * row_bytes)
+            if fa.read(row_bytes) != fb.read(row_bytes):
+                return False
+    return True

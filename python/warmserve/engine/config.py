@@ -106,7 +106,10 @@ class ModelConfig:
         arch = architecture(cfg)
         n_heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
-        n_kv = int(cfg.get("num_key_value_heads") or n_heads)
+        # a key left out takes the default of the architecture's config class (MistralConfig's 8, Qwen2Config's 32,
+        # LlamaConfig's num_attention_heads), a null takes num_attention_heads (found in review: a Mistral config
+        # without the key was refused)
+        n_kv = int(config_value(cfg, "num_key_value_heads", arch) or n_heads)
         if n_heads % n_kv:
             raise UnsupportedModelError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}",
                                         num_heads=n_heads, num_kv_heads=n_kv)
@@ -123,19 +126,23 @@ class ModelConfig:
         if float(rope.pop("partial_rotary_factor", 1.0)) != 1.0:
             raise UnsupportedModelError("partial_rotary_factor below 1 is not supported", rope_params=rope)
         max_pos = int(config_value(cfg, "max_position_embeddings", arch))
-        if rope_type in ("llama3", "yarn") and rope.get("original_max_position_embeddings") is None:
-            # as transformers fills it; Hub configs of both kinds often leave it out
-            rope["original_max_position_embeddings"] = max_pos
+        if rope_type in ("llama3", "yarn"):
+            # transformers' standardize_rope_params: a top-level original_max_position_embeddings wins over the rope
+            # dict's, which wins over max_position_embeddings (found in review: the top-level key was ignored)
+            top = cfg.get("original_max_position_embeddings")
+            if top is not None:
+                rope["original_max_position_embeddings"] = top
+            elif rope.get("original_max_position_embeddings") is None:
+                rope["original_max_position_embeddings"] = max_pos
         _check_rope_params(rope_type, rope)
 
         sliding = 0
-        # transformers' Mistral always slides, Qwen2 when use_sliding_window says so, Llama never (its attention
-        # reads no window, whatever config.json holds)
+        # transformers' Mistral slides on every layer (on the layers layer_types names, when config.json has it:
+        # transformers runs such a config as Ministral), Qwen2 when use_sliding_window says so, Llama never (its
+        # attention reads no window, whatever config.json holds)
         window = config_value(cfg, "sliding_window", arch)
         if window and (arch == "MistralForCausalLM" or (arch == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"))):
-            sliding = int(window)
-            if arch == "Qwen2ForCausalLM" and not _qwen2_all_layers_slide(cfg):
-                sliding = 0
+            sliding = int(window) if _all_layers_slide(cfg, arch) else 0
 
         # Only transformers' Llama reads attention_bias/mlp_bias; Qwen2 has a fixed q/k/v bias and Mistral none,
         # whatever its config.json says (its checkpoints hold no such tensors).
@@ -183,30 +190,35 @@ class ModelConfig:
         return cls.from_dict(json_object(cfg_path), json_object(gen_path) if os.path.isfile(gen_path) else None)
 
 
-def _qwen2_all_layers_slide(cfg: dict) -> bool:
-    """Whether every layer of a Qwen2 model with a sliding window uses it (False: none does). As transformers
-    reads it: ``layer_types`` when present, else layer i slides when i >= max_window_layers (default 28). The
-    engine has one window for all layers, so a mix is refused."""
+def _all_layers_slide(cfg: dict, arch: str) -> bool:
+    """Whether every layer of a Qwen2 or Mistral model with a sliding window uses it (False: none does). As
+    transformers reads it: ``layer_types`` when present, else Qwen2's layer i slides when i >= max_window_layers
+    (default 28) and every Mistral layer does. The engine has one window for all layers, so a mix is refused."""
     n_layers = int(cfg["num_hidden_layers"])
     mwl = cfg.get("max_window_layers")
     mwl = 28 if mwl is None else int(mwl)
+    qwen2 = arch == "Qwen2ForCausalLM"
     kinds = cfg.get("layer_types")
     if kinds is None:
-        kinds = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n_layers)]
+        kinds = ["sliding_attention" if i >= mwl or not qwen2 else "full_attention" for i in range(n_layers)]
     elif not isinstance(kinds, list) or len(kinds) != n_layers:
         raise UnsupportedModelError(f"layer_types must list one attention kind per layer ({n_layers}); got {kinds!r}",
                                     layer_types=kinds, num_hidden_layers=n_layers)
+    # transformers' remap_legacy_layer_types reads the old name "attention" as full_attention
+    kinds = ["full_attention" if k == "attention" else k for k in kinds]
     unknown = sorted(set(kinds) - {"full_attention", "sliding_attention"})
     if unknown:
         raise UnsupportedModelError(f"layer_types {unknown} are not supported: use full_attention or "
                                     "sliding_attention", layer_types=kinds)
     if len(set(kinds)) > 1:
         sliding_layers = [i for i, k in enumerate(kinds) if k == "sliding_attention"]
+        fix = ("set max_window_layers to 0 (all slide) or to num_hidden_layers (none), or use_sliding_window to "
+               "false" if qwen2 else "make every layer_types entry sliding_attention, or every one full_attention")
         raise UnsupportedModelError(
-            f"Qwen2 sliding window on only some layers ({len(sliding_layers)} of {n_layers}, from "
+            f"{'Qwen2' if qwen2 else 'Mistral'} sliding window on only some layers ({len(sliding_layers)} of "
+            f"{n_layers}, from "
             f"{'layer_types' if cfg.get('layer_types') is not None else f'max_window_layers={mwl}'}) is not "
-            "supported: the engine runs one attention kind on every layer; set max_window_layers to 0 (all slide) "
-            "or to num_hidden_layers (none), or use_sliding_window to false",
+            f"supported: the engine runs one attention kind on every layer; {fix}",
             max_window_layers=mwl, layer_types=cfg.get("layer_types"), sliding_layers=sliding_layers)
     return kinds[0] == "sliding_attention" if kinds else False
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from warmserve.engine.attention import kernels_usable
-from warmserve.engine.arch import check_tensors
+from warmserve.engine.arch import check_tensors, warn_if_tied_head_differs
 from warmserve.engine.checkpoint import CheckpointError, TensorInfo, checkpoint_dtype, read_tensors
 from warmserve.engine.config import DTYPES, ModelConfig, json_object
 from warmserve.engine.kv_cache import KVPageMapper, block_layout
@@ -258,10 +258,13 @@ class ModelLoad:
     thread (``wait(0.0)`` costs a check) and reports progress on the caller's thread, as before."""
 
     def __init__(self, name, path, cfg, slot, dtype, layout, placed, weight_bytes, region, progress, tp_rank=0,
-                 host_cache=None):
+                 host_cache=None, tied_head=None):
         """cfg: the config the loaded model runs (the rank's shard config when tp > 1). host_cache: a
-        memory.host_cache.HostCheckpointCache the bytes are loaded through (None: straight from the files)."""
+        memory.host_cache.HostCheckpointCache the bytes are loaded through (None: straight from the files).
+        tied_head: (embedding, lm_head.weight) TensorInfos of a tied config whose files hold both, compared on
+        this load's thread (arch.warn_if_tied_head_differs)."""
         self.name, self.path, self.cfg, self.slot, self.dtype = name, path, cfg, slot, dtype
+        self._tied_head = tied_head
         self._layout, self._weight_bytes, self._region = layout, weight_bytes, region
         self._tp_rank = tp_rank
         sources = []
@@ -392,6 +395,8 @@ class ModelLoad:
             if self._job is not None:
                 self._job.wait()
             self._convert_rest()
+            if self._tied_head is not None:
+                warn_if_tied_head_differs(self.path, *self._tied_head)
             self._extras = (_tokenizer(self.path), _gen_config(self.path))
         except BaseException as e:
             # The frames the error passed through hold their locals, a slot view among them when a copy into it
@@ -571,8 +576,11 @@ def load_model(path: str, pool, dtype="auto", progress=None, name: str | None = 
     reserve = region + (pool.total_bytes if kv_reserve_bytes is None else int(kv_reserve_bytes))
     slot = pool.create_slot(reserve, f"prewarm:{name}")
     try:
+        # rank 0 alone compares a tied config's head: one warning per load, not one per rank
+        tied = cfg.tie_word_embeddings and rank == 0 and "lm_head.weight" in tensors
         return ModelLoad(name, path, run_cfg, slot, dt, layout, placed, weight_bytes, region, progress, rank,
-                         host_cache=host_cache)
+                         host_cache=host_cache,
+                         tied_head=(tensors["model.embed_tokens.weight"], tensors["lm_head.weight"]) if tied else None)
     except BaseException:
         slot.close(force=True)
         raise
