@@ -268,7 +268,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
     def _autoscale(self, state: ClusterState, now_s: float, avg5: dict, board: Board, out: list) -> None:
         """§5 scaling, with GPUs arbitrated by unmet demand: draining instances are revived before new ones
         start; new ones go one at a time to the model whose demand is least met (then the longest starved);
-        a quiet model's last instance stops only when its GPUs complete a group a wanting model lacks; a model left
+        a quiet model's last instance stops only when another model wants GPUs that are not free (with
+        ``last_instance_for_groups``: only where its GPUs complete a group such a model lacks); a model left
         short takes GPUs from instances whose models stay at least as well served (``arbitration.
         reclaim_victims``), and one that waits with no instance and finds none there takes those of instances
         that served preempt_after_s (time-sharing)."""
@@ -348,11 +349,12 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         gone = A.stopping(out)
         starts = {a.model for a in out if type(a) is A.StartInstance}
         skip = moving | (set(co.merging) | co.splitting if co is not None else set())
-        freeing = set() if cfg.idle_to_zero else self._groups_to_free(state, now_s, board, keep, active, wanted,
-                                                                       skip, gone)
-        for m in sorted(self.models):  # 3. scale in (§5); the last instance only when it frees a wanted group
+        freeing = set() if not cfg.last_instance_for_groups or cfg.idle_to_zero else \
+            self._groups_to_free(state, now_s, board, keep, active, wanted, skip, gone)
+        for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m]
-            if target == 0 and ((not cfg.idle_to_zero and freeing.isdisjoint(g for i in active[m] for g in i.gpus))
+            if target == 0 and ((not cfg.idle_to_zero and (freeing.isdisjoint(g for i in active[m] for g in i.gpus)
+                                                            if cfg.last_instance_for_groups else not (wanted - {m})))
                                 or (co is not None and co.keeps_last(state, m, active[m]))):
                 target = 1
             if co is not None and (m in co.merging or m in co.splitting):

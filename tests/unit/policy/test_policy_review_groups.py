@@ -1,6 +1,7 @@
 """GPUs taken for a tensor-parallel model are taken, and kept, as the whole group it will start on (found in
 review): preemption and reclaim reserved only the victims' GPUs, so another model took the group's idle GPU and
-was stopped again; a quiet model's last instance stopped for a waiting model its GPU could not serve; and a model
+was stopped again; a quiet model's last instance stopped for a waiting model its GPU could not serve (now a
+policy option, ``last_instance_for_groups``, off by default: measured better for warmserve); and a model
 that can never start counted as starving, so route() started no instance for any other model."""
 
 import pytest
@@ -107,11 +108,11 @@ def test_a_reclaimed_group_keeps_its_idle_gpu_from_other_models():
     assert sorted(i.gpus for i in _of(st, "big")) == [(0, 1), (2, 3)]
 
 
-def _idle_last_instance(partner_busy):
+def _idle_last_instance(partner_busy, for_groups=True):
     """`a` idle on GPU 0 (ready since 0 s); `d`, `e` busy on GPUs 2-3; GPU 1 busy with `c` or idle; `b` (tp 2)
     waits with one request and no instance."""
     models = [ModelInfo(n, SMALL_BYTES, 1, 524_288) for n in "acde"] + [ModelInfo("b", MID_BYTES, 2, 819_200)]
-    d, st, pol = _driver(models, 4)
+    d, st, pol = _driver(models, 4, last_instance_for_groups=for_groups)
     d.apply(A.StartInstance("a1", "a", (0,)), 0.0)
     for iid, m, g in (("c1", "c", 1), ("d1", "d", 2), ("e1", "e", 3)):
         if g == 1 and not partner_busy:
@@ -123,15 +124,24 @@ def _idle_last_instance(partner_busy):
 
 
 def test_a_last_instance_is_not_stopped_for_a_model_its_gpu_cannot_serve():
-    """Before the fix `a` stopped at the first tick (another model wanted GPUs), GPU 0 stayed idle, and `b`
-    still had no group: `a`'s next request waited for a cold start for nothing."""
+    """With ``last_instance_for_groups``. Before it `a` stopped at the first tick (another model wanted GPUs),
+    GPU 0 stayed idle, and `b` still had no group: `a`'s next request waited for a restart for nothing."""
     d, st = _idle_last_instance(partner_busy=True)
     d.tick(100.0)
     assert not st.instances["a1"].draining and not _of(st, "b")
 
 
-def test_a_last_instance_still_stops_when_its_gpu_completes_a_group():
-    d, st = _idle_last_instance(partner_busy=False)
+def test_by_default_a_last_instance_stops_whenever_another_model_wants_gpus():
+    """The default (the earlier rule, measured better for warmserve: a stopped instance's weights stay a
+    prewarm, and a GPU freed ahead of a burst starts it sooner)."""
+    d, st = _idle_last_instance(partner_busy=True, for_groups=False)
+    d.tick(100.0)
+    assert "a1" not in st.instances or st.instances["a1"].draining
+
+
+@pytest.mark.parametrize("for_groups", [True, False])
+def test_a_last_instance_still_stops_when_its_gpu_completes_a_group(for_groups):
+    d, st = _idle_last_instance(partner_busy=False, for_groups=for_groups)
     d.tick(100.0)
     assert "a1" not in st.instances and [i.gpus for i in _of(st, "b")] == [(0, 1)]
 
