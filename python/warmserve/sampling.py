@@ -71,6 +71,13 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
     #: Log-probabilities of the prompt's tokens (each but the first, given the ones before it), with the k most
     #: likely alternatives: None = none; k in [0, MAX_TOP_LOGPROBS]. Sent with the first generated token.
     prompt_logprobs: int | None = None
+    #: Drop the tokens whose probability (after temperature) is below min_p times the most likely token's, in
+    #: [0, 1] (0 = off); applied before top_k/top_p and not to greedy requests, as in vLLM's sampler.
+    min_p: float = 0.0
+    #: Fewest new tokens before the request may end, in [0, max_tokens]: until the output has this many, EOS (but
+    #: with ignore_eos) and stop_token_ids cannot be generated (the engine masks their logits) and stop strings do
+    #: not end it (the controller's text stream looks for one only in the text of later tokens), as vLLM does.
+    min_tokens: int = 0
 
     def __post_init__(self):
         self._check_types()
@@ -80,6 +87,12 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
         if not 0.0 <= self.temperature <= 2.0:
             raise _bad(f"temperature must be in [0, 2], got {self.temperature}", "temperature",
                        temperature=self.temperature)
+        if not 0.0 <= self.min_p <= 1.0:
+            raise _bad(f"min_p must be in [0, 1] (0 = off), got {self.min_p}", "min_p", min_p=self.min_p)
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise _bad(f"min_tokens must be in [0, max_tokens] = [0, {self.max_tokens}], got {self.min_tokens}: "
+                       f"lower min_tokens or raise max_tokens", "min_tokens",
+                       min_tokens=self.min_tokens, max_tokens=self.max_tokens)
         if not 0.0 < self.top_p <= 1.0:
             raise _bad(f"top_p must be in (0, 1], got {self.top_p}", "top_p", top_p=self.top_p)
         if self.top_k < 0:
@@ -113,11 +126,14 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
         (``warmserve.Cluster``) is not (found in review: a stop list of ints gave a bare TypeError, a fractional
         top_k reached a worker as a malformed message, and a lone stop string of 5 characters or more was counted
         as that many stop sequences). A lone stop string is one stop sequence; lists become tuples."""
-        for name in ("max_tokens", "top_k", "seed", "logprobs", "prompt_logprobs"):
+        for name in ("max_tokens", "top_k", "seed", "logprobs", "prompt_logprobs", "min_tokens"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            # None means "none" only where it is a value of its own (found in review: top_k=None gave a bare
+            # TypeError at its range check)
+            nullable = name in ("seed", "logprobs", "prompt_logprobs")
+            if (v is not None or not nullable) and (isinstance(v, bool) or not isinstance(v, int)):
                 raise _bad(f"{name} must be an integer, got {v!r}", name)
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise _bad(f"{name} must be a number, got {v!r}", name)

@@ -78,3 +78,20 @@ def test_messages_are_checked_as_the_http_api_checks_them(cluster):
     with pytest.raises(InvalidArgumentError, match="not both") as e:
         cluster.generate(MODEL, "a prompt", messages=plain, max_tokens=2)
     assert e.value.param == "prompt"
+
+
+def test_min_tokens_holds_back_a_stop_string_and_a_stop_token_end_to_end(cluster):
+    """vLLM's min_tokens, through the cluster's text stream and a real worker: a stop string or stop token id the
+    greedy output meets in its first tokens ends it only past min_tokens (it was silently ignored before)."""
+    plain = cluster.generate(MODEL, [5, 17, 300], max_tokens=12, temperature=0)
+    assert len(plain.token_ids) == 12
+    stop = next(c for c in plain.text[1:] if c.strip())  # a character the greedy text has early
+    early = cluster.generate(MODEL, [5, 17, 300], max_tokens=12, temperature=0, stop=[stop])
+    assert len(early.token_ids) < 12
+    held = cluster.generate(MODEL, [5, 17, 300], params=warmserve.SamplingParams(
+        max_tokens=12, temperature=0.0, stop=(stop,), min_tokens=12))
+    assert held.token_ids == plain.token_ids and held.text == plain.text
+    by_id = warmserve.SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=(plain.token_ids[1],),
+                                     min_tokens=8)
+    out = cluster.generate(MODEL, [5, 17, 300], params=by_id)
+    assert len(out.token_ids) >= 8 and plain.token_ids[1] not in out.token_ids[:8]

@@ -183,7 +183,7 @@ class TextGeneration:
         # Its outcome is the finish reason this text gives (Req.ended); one dropped unread settles it still.
         req.outcome_by_consumer = True
         weakref.finalize(self, req.settle)
-        self.text = TextStream(decode, stop)
+        self.text = TextStream(decode, stop, min_tokens=req.sampling.min_tokens)
         self._decode = decode
         self._ended = False
         self._lp_taken = 0   # tokens whose logprobs were handed out by take_logprobs

@@ -63,14 +63,16 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 
 class _RequestCommon(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """The fields completions and chat requests share (``top_k``, ``repetition_penalty``, ``stop_token_ids``
-    and ``ignore_eos`` are vLLM's extensions)."""
+    """The fields completions and chat requests share (``top_k``, ``min_p``, ``repetition_penalty``,
+    ``stop_token_ids``, ``ignore_eos`` and ``min_tokens`` are vLLM's extensions)."""
 
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    min_p: float | None = None
+    min_tokens: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
@@ -206,7 +208,7 @@ def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs
         top_p=1.0 if req.top_p is None else float(req.top_p),
         top_k=0 if req.top_k is None or req.top_k < 0 else req.top_k,  # vLLM: -1 (or 0) = no cut
         seed=req.seed, stop=stop_strings(req.stop), stop_token_ids=tuple(req.stop_token_ids or ()),
-        ignore_eos=req.ignore_eos,
+        ignore_eos=req.ignore_eos, min_p=float(req.min_p or 0.0), min_tokens=req.min_tokens or 0,
         presence_penalty=float(req.presence_penalty or 0.0), frequency_penalty=float(req.frequency_penalty or 0.0),
         repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
         logprobs=logprobs, prompt_logprobs=prompt_logprobs,
@@ -263,8 +265,9 @@ def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
         raise _bad("top_logprobs needs logprobs=true", "top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     mt = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    # Without a limit, 1 while the prompt is checked against the context; chat_max_tokens gives the rest.
-    return req, _sampling(req, 1 if mt is None else mt, logprobs)
+    # Without a limit, min_tokens (at least 1) while the prompt is checked against the context, as that many must
+    # fit; chat_max_tokens gives the rest.
+    return req, _sampling(req, max(1, req.min_tokens or 0) if mt is None else mt, logprobs)
 
 
 def chat_max_tokens(req: ChatRequest, sampling: SamplingParams, max_context: int, prompt_tokens: int) -> SamplingParams:

@@ -1,10 +1,12 @@
 """Token ids to text, incrementally: whole characters only, and stop strings cut where they begin.
 
 The controller detokenizes (workers see token ids), so stop strings are enforced here: the text that could be the
-start of a stop string is held back until it is known not to be one. Each token is decoded in a short window (the
-last tokens that added text as context, so that merges and leading spaces at the window's edge come out as in a
-full decode), not with the whole sequence: a long generation costs linear, not quadratic, time, and the text does
-not depend on how tokens were grouped into pushes.
+start of a stop string is held back until it is known not to be one. Before min_tokens tokens a stop string does not
+end the output: one counts only when a token after the first min_tokens completes it, as vLLM looks for one only
+once the output has more than min_tokens tokens (in the text the newest tokens added). Each token is decoded in a
+short window (the last tokens that added text as context, so that merges and leading spaces at the window's edge
+come out as in a full decode), not with the whole sequence: a long generation costs linear, not quadratic, time,
+and the text does not depend on how tokens were grouped into pushes.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ HOLD_TOKENS = 4 * MAX_CHAR_TOKENS
 
 
 class TextStream:
-    def __init__(self, decode, stop: tuple[str, ...] = ()):
+    def __init__(self, decode, stop: tuple[str, ...] = (), min_tokens: int = 0):
         self._decode = decode
         self.stop = tuple(stop)
+        #: SamplingParams.min_tokens: a stop string ending in the text of the first min_tokens tokens is no stop.
+        self.min_tokens = min_tokens
         self._hold = max((len(s) for s in self.stop), default=1) - 1
         #: The output's token ids: each one pushed, but once a stop string is found only those that begin before
         #: it, as the text is cut there (its own tokens and any after it go with it, though ``starts`` keeps where
@@ -140,7 +144,11 @@ class TextStream:
             # The match that ends first (then the one that starts first) is the one a token-by-token reader sees
             # complete first: so the cut depends on the text alone, not on how many tokens a slow reader had
             # coalesced into this push (found in review: with "bc" and "abcd", a burst cut at "abcd").
-            found = [(i + len(s), i, len(s)) for s in self.stop for i in (self.text.find(s, start),) if i >= 0]
+            floor = self._min_tokens_chars()
+            if floor is None:  # the output is not past min_tokens yet: no stop string ends it
+                return self._take(safe_upto)
+            found = [(i + len(s), i, len(s)) for s in self.stop
+                     for i in (self.text.find(s, max(start, floor - len(s) + 1)),) if i >= 0]
             if found:
                 _, cut, self.stop_len = min(found)
                 self.text = self.text[:cut]
@@ -151,6 +159,13 @@ class TextStream:
                 del self.ids[bisect.bisect_left(self.starts, cut):]
                 return self._take(len(self.text))
         return self._take(safe_upto)
+
+    def _min_tokens_chars(self) -> int | None:
+        """Characters of the text that the first min_tokens tokens make (a stop string must end past them), or None
+        while no token after them is in the text."""
+        if not self.min_tokens:
+            return 0
+        return self.starts[self.min_tokens] if len(self.starts) > self.min_tokens else None
 
     def tokens_to_stop(self) -> int:
         """Tokens up to the one that completed the stop string (all of them if none was found): the tokens

@@ -448,7 +448,7 @@ class Engine(PoolNeighbours):
                 if s.generator is not None:
                     s.generator.manual_seed(draw_seed(s.seed, len(s.output)))
             toks = sample(logits, [s.params for s in seqs], [s.generator for s in seqs],
-                          [(s.prompt, s.output) for s in seqs])
+                          [(s.prompt, s.output) for s in seqs], self.eos)
             lps = logprobs(logits, toks, [s.params.logprobs for s in seqs])
             if self.record_logits:
                 self.last_logits = {c.seq.request_id: logits[i].cpu() for i, c in enumerate(sampled)}
@@ -482,9 +482,8 @@ class Engine(PoolNeighbours):
             seq.logprobs.append(lp)
         p = seq.params
         reason, stop_reason = None, None
-        if token in p.stop_token_set:
-            reason, stop_reason = "stop", token
-        elif token in self.eos and not p.ignore_eos:
+        # none ends it before min_tokens (vLLM's check_stop), though the sampler already holds them back till then
+        if len(seq.output) >= p.min_tokens and (token in p.stop_token_set or (token in self.eos and not p.ignore_eos)):
             reason, stop_reason = "stop", token
         if reason is None and len(seq.output) >= p.max_tokens:
             reason = "length"

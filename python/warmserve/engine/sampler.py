@@ -1,5 +1,6 @@
-"""The sampler (for warmserve.protocol.SamplingParams): penalties, greedy, temperature, top-k, top-p; seeded
-requests draw from their own generator; log-probabilities of the chosen tokens and their top alternatives.
+"""The sampler (for warmserve.protocol.SamplingParams): min_tokens' masking of stop tokens, penalties, greedy,
+temperature, min-p, top-k, top-p (vLLM's order); seeded requests draw from their own generator; log-probabilities
+of the chosen tokens and their top alternatives.
 
 A seeded request gives the same tokens whatever else is in its batch: its draws come from a generator only it
 uses, one draw per token. Draw k is seeded from the request's seed and k alone (``draw_seed``), so a request
@@ -9,7 +10,7 @@ given unmoved, instead of repeating its first draws.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
@@ -22,8 +23,11 @@ from warmserve.protocol import SamplingParams, TokenLogprobs
 TOP_P_CANDIDATES = 1024
 
 
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """One row of temperature-scaled logits with everything outside top-k / top-p set to -inf."""
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float = 0.0) -> torch.Tensor:
+    """One row of temperature-scaled logits with everything outside min-p, then top-k / top-p, set to -inf."""
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -70,14 +74,31 @@ def draw_seed(seed: int, index: int) -> int:
     return z ^ (z >> 31)
 
 
+def stop_ids_held_back(p: SamplingParams, output: Sequence[int], eos: Collection[int]) -> list[int]:
+    """The token ids a request may not generate next because its output is still short of min_tokens: its
+    stop_token_ids, and the model's EOS ids unless it ignores EOS (vLLM's min_tokens logits processor); an id may
+    come twice (no set of up to MAX_STOP_TOKEN_IDS built each step)."""
+    if len(output) >= p.min_tokens:
+        return []
+    return [*p.stop_token_ids, *(() if p.ignore_eos else eos)]
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-           histories: list[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[int]:
+           histories: list[tuple[Sequence[int], Sequence[int]]] | None = None,
+           eos: Collection[int] = ()) -> list[int]:
     """logits [B, V] float32 -> one token id per row. histories: each row's (prompt, output) token ids, needed
-    only by rows with penalties. The rows that are not greedy draw together (``draw``), each at one uniform number
-    from its own generator."""
-    if histories is not None and any(p.penalized for p in params):
+    only by rows with penalties or min_tokens; eos: the model's EOS ids, which min_tokens holds back with the
+    stop_token_ids (``stop_ids_held_back``: their logits are -inf, before the penalties, as in vLLM). The rows
+    that are not greedy draw together (``draw``), each at one uniform number from its own generator."""
+    if histories is not None and any(p.penalized or p.min_tokens for p in params):
         logits = logits.clone()
+        vocab = logits.shape[-1]
         for i, p in enumerate(params):
+            held = stop_ids_held_back(p, histories[i][1], eos)
+            if held:
+                # an id past the vocabulary is no token of this model (stop_token_ids are not checked against it)
+                at = torch.tensor(held, dtype=torch.long, device=logits.device)
+                logits[i, at[at < vocab]] = float("-inf")
             if p.penalized:
                 logits[i] = penalize(logits[i], p, *histories[i])
     out = logits.argmax(dim=-1).tolist()
@@ -95,13 +116,14 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
 
 
 def draw(logits: torch.Tensor, params: list[SamplingParams], u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's token where its CDF (after temperature, top_k and top_p, as filter_logits keeps them) reaches
-    ``u`` (one number in [0, 1) per row); and whether the row has a distribution at all (no NaN, no +inf, not all
-    -inf). Rows are computed together (one pass over [rows, V], not one a row: row by row on the CPU cost 3-16 ms
-    each at a 152k vocabulary), and a row's token depends on its logits and its u alone."""
+    """Each row's token where its CDF (after temperature, min_p, top_k and top_p, as filter_logits keeps them)
+    reaches ``u`` (one number in [0, 1) per row); and whether the row has a distribution at all (no NaN, no +inf,
+    not all -inf). Rows are computed together (one pass over [rows, V], not one a row: row by row on the CPU cost
+    3-16 ms each at a 152k vocabulary), and a row's token depends on its logits and its u alone."""
     dev = logits.device
     temps = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev)
     z = logits.float().div(temps[:, None])
+    _mask_min_p(z, [p.min_p for p in params])
     _mask_top_k(z, [p.top_k for p in params])
     tokens = torch.zeros(len(params), dtype=torch.long, device=dev)
     ok = torch.zeros(len(params), dtype=torch.bool, device=dev)
@@ -134,6 +156,20 @@ def _put(tokens, ok, rows: list[int], t: torch.Tensor, good: torch.Tensor) -> No
     at = torch.tensor(rows, device=tokens.device)
     tokens.index_copy_(0, at, t)
     ok.index_copy_(0, at, good)
+
+
+def _mask_min_p(z: torch.Tensor, min_ps: list[float]) -> None:
+    """Set each row's logits whose probability is below min_p times its most likely token's to -inf (in place),
+    as filter_logits: p_i < min_p * p_max is z_i < z_max + log(min_p), with no softmax over the vocabulary."""
+    rows = [j for j, m in enumerate(min_ps) if m > 0.0]
+    if not rows:
+        return
+    sub = _take(z, rows)
+    floor = sub.amax(-1, keepdim=True) + torch.tensor([min_ps[j] for j in rows], dtype=z.dtype,
+                                                       device=z.device).log()[:, None]
+    sub.masked_fill_(sub < floor, float("-inf"))
+    if sub is not z:
+        z.index_copy_(0, torch.tensor(rows, device=z.device), sub)
 
 
 def _mask_top_k(z: torch.Tensor, ks: list[int]) -> None:
