@@ -280,7 +280,8 @@ class Board:
 
     # ---- placing prewarms -------------------------------------------------------------------------------
 
-    def place(self, prewarm_id: str, model: str, score: float, *, evict: bool = True) -> tuple[tuple[int, ...], list[str]] | None:
+    def place(self, prewarm_id: str, model: str, score: float, *,
+              evict: bool = True) -> tuple[tuple[int, ...], list[str]] | None:
         """Place one replica; returns its GPUs and the prewarm ids evicted to make room, or None (skipped)."""
         m = self.models[model]
         if not self.laminar:
@@ -304,18 +305,24 @@ class Board:
         self._add(Replica(prewarm_id, model, s, mask, score, False, m.shard_bytes))
         return self.gpus_of(s, mask), evicted
 
+    def _startable(self, m: ModelInfo) -> np.ndarray:
+        """GPUs an instance of ``m`` could start on (``choose_for_instance``'s test: its shard and one KV block):
+        a prewarm anywhere else is never used (found in review: one went on a 40 GiB GPU beside an idle 80 GiB one
+        and counted as the model's replica for good; a model no GPU can serve took all prewarm memory)."""
+        return self.total >= m.shard_bytes + m.kv_block_bytes
+
     def _best_group(self, m: ModelInfo, score: float):
         tp = m.tp
         gm = GROUPS[tp]
         # Fast path: tp idle GPUs with no replica at all form a master group with nothing overlapped, the best
         # key there is; take the lowest such GPUs of the first server that has them (what the search would pick).
-        empty = (self.nrep <= 1e-9) & ~self.busy & (self.free >= m.shard_bytes)
+        empty = (self.nrep <= 1e-9) & ~self.busy & (self.free >= m.shard_bytes) & self._startable(m)
         counts = empty.sum(axis=1)
         if counts.max(initial=0) >= tp:
             s = int(np.argmax(counts >= tp))
             cols = np.nonzero(empty[s])[0][:tp]
             return s, int(sum(1 << int(k) for k in cols))
-        bad = self._pack(self.free < m.shard_bytes) | self._model_rows(m.name)
+        bad = self._pack((self.free < m.shard_bytes) | ~self._startable(m)) | self._model_rows(m.name)
         feasible = ((bad[:, None] & gm[None, :]) == 0) & ~self.forb[tp]
         if not feasible.any():
             return None
@@ -351,7 +358,7 @@ class Board:
             if r.score < score:
                 for k in r.cols:
                     low_bytes[r.server, k] += r.shard_bytes
-        ok = (self.free + low_bytes >= m.shard_bytes) & (self.gpu_ids >= 0)
+        ok = (self.free + low_bytes >= m.shard_bytes) & (self.gpu_ids >= 0) & self._startable(m)
         ok_mask = self._pack(ok) & ~self._model_rows(m.name)
         counts = _POP[ok_mask & 0xFF]
         servers = np.nonzero(counts >= tp)[0]
@@ -442,8 +449,8 @@ class Board:
         # Idle GPUs whose pool holds the shard and one KV block: with mixed GPU sizes a smaller one would get an
         # instance with no KV cache, its memory over-committed, and a real worker's start fails out of memory on
         # it at every retry (found in review: a 10 GiB GPU chosen for a 13 GiB shard beside an idle 80 GiB one).
-        # Prewarms are placed where the shard alone fits, so steps 1-2 need the test too; the packing key below still
-        # counts every idle GPU (fragmentation is about all of them).
+        # Prewarms are placed only where this holds too (``_startable``), steps 1-2 test it still; the packing key
+        # below still counts every idle GPU (fragmentation is about all of them).
         idle = self._pack(~self.busy)
         room = idle & self._pack(self.total >= m.shard_bytes + m.kv_block_bytes)
         best = None
