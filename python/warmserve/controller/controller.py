@@ -142,7 +142,7 @@ class Controller(WorkerRestarts):
         # Not a local worker being restarted or replaced: its process is being stopped, and its successor says Hello.
         self.hub = WorkerHub(self.cc.bind, on_hello=self._on_hello, on_event=self._on_event, on_lost=self._on_lost,
                              may_rejoin=lambda ident: ident not in self.restarting and ident not in self.replacing,
-                             curve_dir=self.cc.curve_dir, insecure=self.cc.insecure)
+                             curve_dir=self.cc.curve_dir, insecure=self.cc.insecure, models=self.models.values())
         loop = asyncio.get_running_loop()
         #: The heartbeat and policy loops; ``_tasks``: those and the receiver.
         self._loops = [loop.create_task(self._heartbeat_loop()), loop.create_task(self._policy_loop())]

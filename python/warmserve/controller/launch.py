@@ -9,16 +9,18 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import os
 import shutil
 import socket
 import subprocess
 
+from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, worker_cache_args
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
-from warmserve.errors import InvalidArgumentError, WarmServeError, fmt_bytes
+from warmserve.errors import GiB, InvalidArgumentError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 
@@ -71,12 +73,35 @@ def cpu_worker_memory_bytes(cfg: ClusterConfig, models) -> int:
     return max(1 << 30, -(-want // (256 << 20)) * (256 << 20), paged)
 
 
+def weights_need_bytes(m, page_bytes: int) -> int:
+    """What model ``m``'s weights (one rank's share under tp), mapped in whole pages with one page of KV beside them,
+    take of a worker's pool of ``page_bytes`` pages: a smaller pool can never start it."""
+    return (pages_for(m.weight_bytes / m.spec.tp, page_bytes) + 1) * page_bytes
+
+
+def refusal(hello: P.Hello, models) -> str | None:
+    """Why a worker cannot be admitted: its pool holds none of ``models``; None: it holds one at least (or its Hello
+    predates the pool fields). Found in review: a remote worker started with too small a --memory-gib was admitted,
+    and each request waited out request_timeout_s (120 s) for an instance that never came, with nothing logged."""
+    if not hello.capacity_bytes or not hello.page_bytes:
+        return None
+    needs = {m.name: weights_need_bytes(m, hello.page_bytes) for m in models}
+    if not needs or min(needs.values()) <= hello.capacity_bytes:
+        return None
+    listed = ", ".join(f"{name!r} needs {fmt_bytes(n)}" for name, n in needs.items())
+    fix_gib = math.ceil(min(needs.values()) / GiB * 100) / 100
+    return (f"refused worker {hello.worker_id} ({hello.device}, pid {hello.pid}): its pool of "
+            f"{fmt_bytes(hello.capacity_bytes)} (--memory-gib {hello.capacity_bytes / GiB:.3g}, in pages of "
+            f"{fmt_bytes(hello.page_bytes)}) holds none of the models ({listed}, weights and a KV page): start it "
+            f"again with --memory-gib {fix_gib:g} or more")
+
+
 def check_weights_fit(models, pool_bytes: int, page_bytes: int) -> None:
     """Refuse a model whose weights (one rank's share under tp), mapped in whole pages with one page of KV beside
     them, exceed a worker's pool: no worker could ever start it. Found in review: such a model was accepted, and
     each of its requests waited out request_timeout_s (120 s) for an instance that never came."""
     for m in models:
-        need = (pages_for(m.weight_bytes / m.spec.tp, page_bytes) + 1) * page_bytes
+        need = weights_need_bytes(m, page_bytes)
         if need > pool_bytes:
             raise InvalidArgumentError(
                 f"model {m.name!r}: its weights{f' (one of {m.spec.tp} ranks)' if m.spec.tp > 1 else ''} and a "
@@ -112,6 +137,10 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     mem = cpu_worker_memory_bytes(cfg, models)
     if not cfg.remote_workers and all(d.startswith("cpu") for d in devices):  # pools of this size, every one
         check_weights_fit(models, mem, cfg.worker_page_bytes)
+    elif devices and all(d.startswith("cpu") for d in devices):
+        # the other models may run on the remote workers, but a local pool must hold one (else it is refused)
+        check_weights_fit([min(models, key=lambda m: weights_need_bytes(m, cfg.worker_page_bytes))], mem,
+                          cfg.worker_page_bytes)
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
     procs = []
     host = socket.gethostname()

@@ -142,8 +142,9 @@ class WorkerHub:
     to say Hello (not one whose process is being stopped for a restart or a replacement)."""
 
     def __init__(self, bind: str, *, on_hello, on_event, on_lost, may_rejoin=lambda ident: True, curve_dir: str = "",
-                 insecure: bool = False):
-        """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker)."""
+                 insecure: bool = False, models=()):
+        """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker).
+        ``models``: the models served; a worker whose pool holds none of them is refused (``launch.refusal``)."""
         # Before any socket exists: a refused bind leaves nothing to close.
         require_authenticated_bind(
             bind, authenticated=bool(curve_dir), insecure=insecure, who="the controller's worker socket (--bind)",
@@ -190,6 +191,9 @@ class WorkerHub:
         #: Ids another key spoke under while their key was bound: they stay with the key they joined with.
         self._keys_clashed: set[bytes] = set()
         self.on_hello, self.on_event, self.on_lost, self.may_rejoin = on_hello, on_event, on_lost, may_rejoin
+        self.models = models
+        #: (routing id, pid) of each process refused (``_admissible``): logged once, though it says Hello each beat.
+        self._refused: set[tuple[bytes, int]] = set()
         #: Routing id -> when it was last told ``Rejoin`` (monotonic s), until it says Hello.
         self._told_rejoin: dict[bytes, float] = {}
         #: When the last heartbeat round ran (monotonic s; ``beat``).
@@ -334,10 +338,10 @@ class WorkerHub:
                 self.rejoin(w, "it said Hello again: it gave up on the controller, its connection broken for a "
                                "moment, and aborted the requests running there", msg)
                 return
-            if w is None or not w.alive:
-                self.on_hello(ident, msg)
-            else:
+            if w is not None and w.alive:
                 w.last_seen_s = time.monotonic()
+            elif self._admissible(ident, msg):
+                self.on_hello(ident, msg)
             return
         if w is None or not w.alive:
             self._tell_rejoin(ident)
@@ -378,6 +382,17 @@ class WorkerHub:
         if w is not None:
             self.lose(w, f"a peer with another CURVE key ({key}) took its worker id over")
         return False
+
+    def _admissible(self, ident: bytes, hello: P.Hello) -> bool:
+        """Whether a worker saying Hello can hold one of the models at least. A refused one is left unanswered (the
+        protocol has no refusal message): it says Hello on, and once started again with a larger pool it is admitted."""
+        from warmserve.controller.launch import refusal  # launch imports this module
+
+        why = refusal(hello, self.models)
+        if why is not None and (ident, hello.pid) not in self._refused:
+            self._refused.add((ident, hello.pid))
+            log.error("%s", why)
+        return why is None
 
     def _tell_rejoin(self, ident: bytes) -> None:
         """Ask a process that speaks under ``ident``, for which no worker is alive here, to say Hello: what it says

@@ -135,6 +135,29 @@ def check_args(args: argparse.Namespace) -> None:
     if args.curve_clients_dir is not None and not os.path.isdir(args.curve_clients_dir):
         raise errors.InvalidArgumentError(f"--curve-clients-dir {args.curve_clients_dir}: no such directory",
                                           path=args.curve_clients_dir)
+    # Found in review: -1 was a traceback from torch after its import; 0 meant all threads, unsaid.
+    if args.threads is not None and args.threads < 1:
+        raise errors.InvalidArgumentError(f"--threads must be >= 1 (leave it out for all of this machine's), got "
+                                          f"{args.threads}", threads=args.threads)
+    # Found in review: -5 ran the whole start-up and exited 0; a bad --ready-fd failed only after it.
+    if args.exit_with_parent is not None and args.exit_with_parent < 0:
+        raise errors.InvalidArgumentError(f"--exit-with-parent PID must be a process id >= 1 (or no PID: the parent "
+                                          f"at start), got {args.exit_with_parent}", pid=args.exit_with_parent)
+    if args.ready_fd is not None:
+        check_ready_fd(args.ready_fd)
+
+
+def check_ready_fd(fd: int) -> None:
+    """An open descriptor this process may write to."""
+    import fcntl
+
+    try:
+        writable = fd >= 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+    except OSError:
+        writable = False
+    if not writable:
+        raise errors.InvalidArgumentError(f"--ready-fd {fd} is no file descriptor open for writing in this process "
+                                          "(the spawner must pass it on: pass_fds)", fd=fd)
 
 
 def check_security(args: argparse.Namespace) -> None:
@@ -270,10 +293,10 @@ def main(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s worker %(levelname)s %(message)s")
+    check_args(args)
     if args.threads:
         # Before torch is imported, so its thread pools start at this size.
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    check_args(args)
     check_security(args)
     if not args.controller:
         check_bind(args.bind or DEFAULT_BIND)
@@ -301,21 +324,22 @@ def serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         host_name=args.host_name or "",
     )
-    if args.ready_fd is not None:
-        import msgspec
-
-        with os.fdopen(args.ready_fd, "wb") as f:
-            f.write(msgspec.json.encode(server.hello()) + b"\n")
     # Its own address: with --controller the endpoint is the controller's, which the worker connects to.
     where = (f"on host {socket.gethostname()} (pid {os.getpid()}), connecting to the controller at {server.endpoint}"
              if args.controller else f"serving at {server.endpoint}")
-    print(f"warmserve worker {worker_id} on {args.device} {where}", file=sys.stderr, flush=True)
 
     def stop(signum, frame):  # SIGTERM: leave the loop at its next turn, free everything, exit 0
         core.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        # In here: a write that fails (the reader gone) still closes the server and the pool.
+        if args.ready_fd is not None:
+            import msgspec
+
+            with os.fdopen(args.ready_fd, "wb") as f:
+                f.write(msgspec.json.encode(server.hello()) + b"\n")
+        print(f"warmserve worker {worker_id} on {args.device} {where}", file=sys.stderr, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass

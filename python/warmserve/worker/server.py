@@ -353,8 +353,11 @@ class _Link:
         #: Written by the engine loop once it has left its loop (the worker is stopping).
         self.stopping = False
         self._controller_unreachable = False
-        #: Connected: the controller was given up on (its generations aborted) and has not had a Hello since.
-        self._owe_hello = False
+        #: Connected: no Hello has gone out since the start, or since the controller was given up on (its
+        #: generations aborted). Found in review: a second process started under a live worker's --worker-id had its
+        #: first Hello refused (not connected yet), then heard the controller's heartbeats to the first (ROUTER
+        #: handover gave it the id) and never said Hello: the controller routed to it as to the first, for good.
+        self._owe_hello = not routed
         #: Messages for the engine that the pipe (full at hwm) has not taken yet, in order: at most one request
         #: (no more are read meanwhile) and the peers given up on meanwhile.
         self._backlog: collections.deque[list[bytes]] = collections.deque()
