@@ -228,6 +228,9 @@ def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
         if req.stream:
             raise _bad("max_tokens 0 with echo (the prompt scored, nothing generated) is answered whole: leave "
                        "stream out", "stream")
+        if req.min_tokens:  # checked against the 0 sent, not the 1 generated for the logprobs (found in review)
+            raise _bad(f"min_tokens must be in [0, max_tokens] = [0, 0], got {req.min_tokens}: with max_tokens 0 "
+                       f"(echo: the prompt scored) leave min_tokens out", "min_tokens")
         max_tokens = 1
     return req, _sampling(req, max_tokens, req.logprobs, prompt_logprobs)
 

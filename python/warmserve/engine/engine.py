@@ -250,7 +250,7 @@ class Engine(PoolNeighbours):
         cap = min(self.max_kv_blocks, beside[0]) if beside else self.max_kv_blocks
         room = min(self.max_context, cap * self.kv.block_tokens + 1) - prompt_tokens
         if done_tokens < room < params.max_tokens:
-            return msgspec.structs.replace(params, max_tokens=room)
+            return msgspec.structs.replace(params, max_tokens=max(room, params.min_tokens))  # else refused below
         return params
 
     def abort(self, request_id: str) -> bool:

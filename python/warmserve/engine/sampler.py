@@ -94,11 +94,11 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
         logits = logits.clone()
         vocab = logits.shape[-1]
         for i, p in enumerate(params):
-            held = stop_ids_held_back(p, histories[i][1], eos)
+            # an id past the vocabulary is no token of this model (stop_token_ids are not checked against it), and
+            # one past int64 failed the tensor's build, and with it the step of every request in the batch (review)
+            held = [t for t in stop_ids_held_back(p, histories[i][1], eos) if t < vocab]
             if held:
-                # an id past the vocabulary is no token of this model (stop_token_ids are not checked against it)
-                at = torch.tensor(held, dtype=torch.long, device=logits.device)
-                logits[i, at[at < vocab]] = float("-inf")
+                logits[i, torch.tensor(held, dtype=torch.long, device=logits.device)] = float("-inf")
             if p.penalized:
                 logits[i] = penalize(logits[i], p, *histories[i])
     out = logits.argmax(dim=-1).tolist()

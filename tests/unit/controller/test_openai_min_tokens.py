@@ -108,3 +108,12 @@ def test_with_min_tokens_the_stream_and_the_whole_text_agree():
     for stop in (("b",), ("bd",), ("cb", "x"), ("b", "d")):
         for n in range(0, 9):
             assert _text(ids, stop, n, True)[0] == _text(ids, stop, n, False)[0], (stop, n)
+
+
+def test_echo_with_max_tokens_0_refuses_min_tokens_against_the_0_sent():
+    """Found in review: the message named max_tokens 1, the token generated for the prompt's logprobs."""
+    body = json.dumps({"model": "m", "prompt": "hi", "echo": True, "logprobs": 1, "max_tokens": 0,
+                       "min_tokens": 2}).encode()
+    with pytest.raises(InvalidArgumentError, match=r"\[0, 0\], got 2") as e:
+        oa.parse_completion(body)
+    assert e.value.param == "min_tokens"

@@ -14,6 +14,7 @@ import torch
 
 from warmserve.engine import Engine, SamplingParams, load_model
 from warmserve.engine.sampler import draw, filter_logits, sample
+from warmserve.errors import NoRoomHereError
 
 from tiny_checkpoints import TINY_VOCAB
 
@@ -117,3 +118,31 @@ def test_the_engine_runs_to_min_tokens_past_an_early_stop_token_and_eos(lm):
         assert eng.generate([prompt], SamplingParams(max_tokens=12))[0] == free_run[:2]
         out = eng.generate([prompt], SamplingParams(max_tokens=12, min_tokens=6))[0]
         assert len(out) >= 6 and x not in out[:6]
+
+
+def test_a_stop_token_id_past_int64_fails_no_step_of_its_neighbours(lm):
+    """Found in review: min_tokens' masking built a tensor of the stop ids, and one past int64 (Cluster accepts
+    it) raised in the step, failing every request of the batch."""
+    with Engine(lm) as eng:
+        eng.add_request("ok", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True))
+        eng.add_request("big", [4, 5, 6], SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=(2 ** 63,),
+                                                         ignore_eos=True))
+        done = {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                if o.finished:
+                    done[o.request_id] = o.finish_reason
+    assert done == {"ok": "length", "big": "length"}
+
+
+def test_a_defaulted_max_tokens_is_never_lowered_below_min_tokens(lm):
+    """Found in review: lowering a server-filled max_tokens to the KV room re-ran SamplingParams' checks, and a
+    min_tokens above the room was a plain 400 on max_tokens, not the NoRoomHereError a reroute acts on."""
+    prompt = list(range(1, 11))
+    with Engine(lm, kv_blocks=1) as eng:
+        room = eng.kv.total_blocks * eng.kv.block_tokens + 1 - len(prompt)
+        wide = lm.max_context - len(prompt)
+        eng.add_request("fits", prompt, SamplingParams(max_tokens=wide, max_tokens_defaulted=True, ignore_eos=True))
+        with pytest.raises(NoRoomHereError):
+            eng.add_request("no", prompt, SamplingParams(max_tokens=wide, max_tokens_defaulted=True,
+                                                         ignore_eos=True, min_tokens=room + 5))
