@@ -580,6 +580,13 @@ def policy_table_keys(data: dict) -> dict[str, str]:
     return {}
 
 
+def memory_gib_arg(memory_bytes: int) -> str:
+    """A CPU worker's ``--memory-gib`` for ``memory_bytes``, exact: its float's repr reads back whole (found in
+    review: 4 decimals cut the pool a page below what ``launch.check_weights_fit`` passed; ``launch.refusal`` then
+    refused the worker)."""
+    return repr(memory_bytes / (1 << 30))
+
+
 def worker_cache_args(cfg: ClusterConfig) -> tuple[str, ...]:
     """The `warmserve worker` flags of ``cfg``'s host checkpoint cache (none when it is off)."""
     if not cfg.host_cache_bytes:

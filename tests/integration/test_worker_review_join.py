@@ -6,7 +6,9 @@
   worker says Hello on the first message it hears when none went out yet, and the controller takes it as the id's
   new process;
 - a worker whose pool could hold none of the models was admitted, and each request waited request_timeout_s (120 s)
-  for a 504, nothing logged. Now it is refused with an error naming it, its pool and the models' sizes."""
+  for a 504, nothing logged. Now it is refused with an error naming it, its pool and the models' sizes;
+- a local worker got its budget as --memory-gib to 4 decimals, a page short of what the start checked, and was
+  refused. Now it gets it exactly."""
 
 from __future__ import annotations
 
@@ -170,3 +172,21 @@ def test_local_cpu_workers_beside_remote_ones_that_hold_no_model_are_refused_bef
                         cpu_workers=1, remote_workers=1, cpu_worker_memory_bytes=4 << 20)
     with pytest.raises(InvalidArgumentError, match="raise cpu_worker_memory_bytes"):
         asyncio.run(start_cluster(cfg))
+
+
+def test_a_local_worker_gets_the_whole_budget_the_start_checked():
+    """Found in review: --memory-gib went to 4 decimals, so a budget a few pages over the model's need reached the
+    worker a page short; the admission refusal then turned it away and the start waited out its timeout."""
+    from warmserve.config import ModelSpec
+    from warmserve.controller.launch import check_weights_fit, weights_need_bytes
+    from warmserve.controller.models import controller_model
+
+    page = 2 << 20
+    m = controller_model(ModelSpec(path=serving.demo_paths((MODEL,))[MODEL]))
+    need = weights_need_bytes(m, page)
+    # the first budget, in whole pages, that 4 decimals of GiB would have cut a page short
+    budget = next(b for b in range(need, need + 64 * page, page)
+                  if int(float(f"{b / (1 << 30):.4f}") * (1 << 30)) // page < b // page)
+    check_weights_fit([m], budget, page)
+    with serving.demo_cluster(models=(MODEL,), cpu_workers=1, cpu_worker_memory_bytes=budget) as c:
+        assert len(c.generate(MODEL, [5, 17], max_tokens=2, temperature=0).token_ids) == 2

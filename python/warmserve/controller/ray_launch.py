@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Callable
 
-from warmserve.config import ClusterConfig, worker_cache_args
+from warmserve.config import ClusterConfig, memory_gib_arg, worker_cache_args
 from warmserve.controller import ray_connect
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths
@@ -329,7 +329,7 @@ class RayLauncher:
                 *extra_args]
         env = {}
         if not gpu:
-            argv += ["--memory-gib", f"{memory_bytes / (1 << 30):.4f}", "--threads", str(slot.threads)]
+            argv += ["--memory-gib", memory_gib_arg(memory_bytes), "--threads", str(slot.threads)]
             env = {"OMP_NUM_THREADS": str(slot.threads), "CUDA_VISIBLE_DEVICES": ""}
         keys = None
         if curve is not None:

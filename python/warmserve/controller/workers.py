@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.auth
 
-from warmserve import protocol as P
+from warmserve import config, protocol as P
 from warmserve.endpoints import ipc_socket_path, is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
@@ -581,7 +581,7 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
     if curve is not None:
         cmd += ["--curve-server-key", curve[0], "--curve-secret-key", curve[1]]
     if device.startswith("cpu"):
-        cmd += ["--memory-gib", f"{memory_bytes / (1 << 30):.4f}", "--threads", str(threads)]
+        cmd += ["--memory-gib", config.memory_gib_arg(memory_bytes), "--threads", str(threads)]
     env = dict(os.environ)
     if device.startswith("cpu"):
         env["OMP_NUM_THREADS"] = str(threads)
