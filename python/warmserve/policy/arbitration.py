@@ -154,10 +154,15 @@ def preemption_victims(state: ClusterState, board: Board, model: str, now_s: flo
 
 def _group_victims(board: Board, group: list[int], on_gpu: dict, model: str, now_s: float,
                    served_s: float) -> list[InstanceState]:
-    """The instances to stop for ``group``, in id order; empty when the group does not qualify."""
+    """The instances to stop for ``group``, in id order; empty when the group does not qualify: one of its GPUs
+    cannot hold ``model``'s shard and one KV block (``Board.choose_for_instance``'s test; found in review: with
+    mixed GPU sizes a group the model could never start on was taken, and its idle GPUs held reserved for good)."""
+    m = board.models[model]
     victims: dict[str, InstanceState] = {}
     for g in group:
         loc = board.local[g]
+        if board.total[loc] < m.shard_bytes + m.kv_block_bytes:
+            return []
         here = on_gpu.get(g, ())
         if board.inst_count[loc] != len(here):
             return []  # an instance started (or stopped with requests) this round: not this group

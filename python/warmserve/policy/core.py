@@ -349,6 +349,10 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         gone = A.stopping(out)
         starts = {a.model for a in out if type(a) is A.StartInstance}
         skip = moving | (set(co.merging) | co.splitting if co is not None else set())
+        # a model no GPU can hold wants nothing of anyone (found in review: instances were stopped for it, again
+        # and again, and its GPU kept reserved for nobody; so were quiet models' last instances)
+        never = state.unservable() if wanted else {}
+        wanted = wanted - never.keys()
         freeing = set() if not cfg.last_instance_for_groups or cfg.idle_to_zero else \
             self._groups_to_free(state, now_s, board, keep, active, wanted, skip, gone)
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
@@ -412,11 +416,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         # for a model with no instance and nothing to reclaim, time-shared (a last instance may go); so for a
         # model that outgrew its host (a co-served instance holds a fixed KV share and shares its GPUs' time: it
         # is no instance of its own, and with no GPU to split out to it would queue for ever)
-        # not for a model no GPU can hold (found in review: one of another model's instances was stopped for it,
-        # again and again, and its GPU kept reserved for nobody)
-        never = state.unservable() if wanted else {}
-        for m in sorted(wanted - never.keys(),
-                        key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
+        for m in sorted(wanted, key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
             found, freed = self._reclaim_for(state, m, now_s, have, demand, board, out)
             if not found and co is not None and co.outgrown(m, active[m]) and self._co_replica(state, board, m, out):
                 continue  # one more co-served instance on another host, before taking anyone's GPUs

@@ -418,7 +418,8 @@ class Board:
                 continue
             mask = ((1 << m.tp) - 1) << k
             cols = list(range(k, k + m.tp))
-            if (self.free[s, cols] >= m.shard_bytes).all() and not (int(holders[s]) & mask):
+            if (self.free[s, cols] >= m.shard_bytes).all() and self._startable(m)[s, cols].all() \
+                    and not (int(holders[s]) & mask):
                 self.rr_cursor = (pos + (self.rr_step or m.tp)) % n_slots
                 return s, mask
         return None

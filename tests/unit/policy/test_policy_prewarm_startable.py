@@ -38,3 +38,11 @@ def test_a_model_no_gpu_can_serve_gets_no_prewarm_and_leaves_room_to_one_that_ca
     d = instant_driver(pol, st)
     d.tick(NOW_S)
     assert {p.model for p in st.prewarms.values()} == {"small"}
+
+
+def test_the_round_robin_ablation_places_prewarms_where_they_can_start_too():
+    m = ModelInfo("m", 40 * GiB, tp=1, kv_bytes_per_token=512 << 10)
+    st = ClusterState([ServerState(0, (0, 1))], [GpuState(0, 0, 40 * GiB), GpuState(1, 0, 80 * GiB)], {"m": m})
+    d = instant_driver(make_policy("round-robin-placement", models=[m], history={"m": _history(10.0)}), st)
+    d.tick(NOW_S)
+    assert [p.gpus for p in st.prewarms.values()] == [(1,)]

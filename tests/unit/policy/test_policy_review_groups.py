@@ -11,7 +11,7 @@ from warmserve.policy import actions as A
 from warmserve.policy.arbitration import preemption_victims, reclaim_victims
 from warmserve.policy.instant import instant_driver
 from warmserve.policy.placement import Board
-from warmserve.policy.state import ClusterState, ModelInfo
+from warmserve.policy.state import ClusterState, GpuState, ModelInfo, ServerState
 
 GiB = 1 << 30
 SMALL_BYTES = 13_500_000_000  # a 13B-like model on one GPU
@@ -173,3 +173,43 @@ def test_no_instance_is_stopped_for_a_model_that_can_never_start(big):
         d.tick(float(k))
         assert not [i.instance_id for i in _of(st, "a") if i.draining], k
     assert len(_of(st, "a")) == 2 and "big" not in pol._reserved
+
+
+def test_no_group_is_taken_on_gpus_the_waiting_model_cannot_start_on():
+    """Mixed GPU sizes. Found in review: time-sharing stopped `e` for `b` on the two 40 GiB GPUs, where `b`'s 45
+    GiB shards never fit, and reserved both for `b` for good: `e` queued while GPUs 0 and 1 stood idle."""
+    b = ModelInfo("b", 90 * GiB, 2, 819_200)  # 45 GiB a shard: only the 80 GiB GPUs hold one
+    models = [ModelInfo(n, SMALL_BYTES, 1, 524_288) for n in "cde"] + [b]
+    st = ClusterState([ServerState(0, (0, 1)), ServerState(1, (2, 3))],
+                      [GpuState(0, 0, 40 * GiB), GpuState(1, 0, 40 * GiB), GpuState(2, 1, 80 * GiB),
+                       GpuState(3, 1, 80 * GiB)], {m.name: m for m in models})
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(prewarm=False, replan_s=1e9, window_s=1e6))
+    d = instant_driver(pol, st)
+    for iid, m, g in (("c1", "c", 2), ("d1", "d", 3), ("e1", "e", 0)):
+        d.apply(A.StartInstance(iid, m, (g,)), 0.0)
+    _fill(d, "c", 20, 0.0)
+    _fill(d, "d", 20, 0.0)
+    _fill(d, "b", 40, 0.0)
+    _fill(d, "e", 1, 0.0)
+    n = 1
+    for t in range(100, 400):
+        d.tick(float(t))
+        for inst in _of(st, "e"):
+            for _ in range(inst.in_flight):
+                d.request_finished("e", inst.instance_id, t + 0.5)
+        if t % 5 == 0:
+            _fill(d, "e", 1, t + 0.6, start=n)
+            n += 1
+        assert not set(pol._reserved.get("b", ())) & {0, 1}, t
+    assert st.queued("e") == 0
+
+
+def test_no_quiet_last_instance_stops_for_a_model_no_gpu_can_hold():
+    """Found in review: under the default rule, `a`'s idle last instance stopped for `big`, which no GPU holds."""
+    a, big = ModelInfo("a", SMALL_BYTES, 1, 524_288), ModelInfo("big", 200 * GiB, 1, 524_288)
+    d, st, _ = _driver([a, big], 2, last_instance_for_groups=False)
+    d.apply(A.StartInstance("a1", "a", (0,)), 0.0)
+    d.submit("big", "rb", 1.0)
+    for t in range(2, 400):
+        d.tick(float(t))
+        assert "a1" in st.instances and not st.instances["a1"].draining, t
