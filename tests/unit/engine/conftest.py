@@ -37,6 +37,16 @@ def pool():
         yield p
 
 
+@pytest.fixture
+def lm(tiny_dir, pool):
+    """The tiny-linear checkpoint loaded into the session's pool (closed after the test)."""
+    from warmserve.engine import load_model
+
+    m = load_model(tiny_dir["tiny-linear"], pool).wait()
+    yield m
+    m.close()
+
+
 _HF: dict[str, object] = {}
 
 

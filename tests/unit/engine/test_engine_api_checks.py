@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine import Engine, SamplingParams
 from warmserve.errors import InvalidArgumentError
-
-
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
 
 
 def _drain(eng) -> list[tuple]:

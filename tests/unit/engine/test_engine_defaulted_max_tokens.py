@@ -7,18 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine import Engine, SamplingParams
 from warmserve.errors import NoRoomHereError, PromptTooLongError
 from warmserve.protocol import Generate, decode_request, encode
 
 PROMPT = list(range(1, 11))
-
-
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
 
 
 def _run(eng, rid):

@@ -7,15 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine import Engine, SamplingParams
 from warmserve.errors import ClosedError, PromptTooLongError
-
-
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
 
 
 def _prompt(n: int, seed: int = 0) -> list[int]:

@@ -13,13 +13,6 @@ from warmserve.engine.sampler import filter_logits
 from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
 
 
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
-
-
 def _prompts(n, length, seed=0, vocab=512):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (length + 7 * i,), generator=g).tolist() for i in range(n)]

@@ -11,14 +11,7 @@ import types
 import pytest
 
 import warmserve.engine.engine as engine_mod
-from warmserve.engine import Engine, SamplingParams, load_model
-
-
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
+from warmserve.engine import Engine, SamplingParams
 
 
 @pytest.fixture

@@ -9,19 +9,12 @@ import msgspec
 import pytest
 import torch
 
-from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine import Engine, SamplingParams
 from warmserve.errors import InvalidArgumentError
 
 from tiny_checkpoints import TINY_VOCAB
 
 LIMIT = 1 << 18  # sampling.MAX_STOP_TOKEN_IDS, spelled out: the test states the documented limit
-
-
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
 
 
 def test_a_long_stop_list_still_stops_on_its_ids_looked_up_in_a_set_built_once(lm):

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine import Engine, SamplingParams
 from warmserve.engine.sampler import draw, filter_logits, sample
 from warmserve.errors import NoRoomHereError
 
@@ -92,13 +92,6 @@ def test_min_tokens_holds_back_eos_and_stop_token_ids_until_the_output_has_them(
     for seed in range(50):
         gen = torch.Generator().manual_seed(seed)
         assert sample(row, [drawn], [gen], [([0], [1])], eos=eos)[0] in (0, 1, 2)
-
-
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
 
 
 def test_the_engine_runs_to_min_tokens_past_an_early_stop_token_and_eos(lm):

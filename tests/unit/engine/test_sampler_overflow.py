@@ -7,19 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from warmserve.engine import Engine, SamplingParams, load_model
+from warmserve.engine import Engine, SamplingParams
 from warmserve.engine.sampler import sample
 from warmserve.errors import InvalidArgumentError
 from warmserve.protocol import GREEDY_TEMPERATURE, MIN_REPETITION_PENALTY
 
 VOCAB = 64
-
-
-@pytest.fixture
-def lm(tiny_dir, pool):
-    m = load_model(tiny_dir["tiny-linear"], pool).wait()
-    yield m
-    m.close()
 
 
 def _gen(seed: int) -> torch.Generator:
