@@ -139,8 +139,9 @@ class PolicyConfig:
     #: that wants GPUs (found in review: it stopped for a tp-2 model whose group's other GPU stayed busy, its GPU
     #: then idle). False: whenever another model wants GPUs that are not free, the earlier rule, kept as default:
     #: warmserve keeps a stopped instance's weights as a prewarm (its restart is an activation) and a GPU freed
-    #: ahead of a burst starts it sooner; paper-code, seeds 0-2, P99 1.067 s with it, 1.149 s with True, and
-    #: `autoscale` at its best load window (300 s) 10.106 s either way (bench/simulate/README.md)
+    #: ahead of a burst starts it sooner; paper-code, seeds 0-2, warmserve's P99 1.056 s with it, 1.149 s with
+    #: True, `autoscale`'s 10.106 s either way at its best load window (300 s) (bench/simulate/README.md, update
+    #: of 2026-12-01)
     last_instance_for_groups: bool = False
     #: The reclaim rule (above) takes GPUs only from models that keep at least this share of their demand met
     #: after the loss (``arbitration.reclaim_victims``, ``floor``). Default 0.8, the §5 trigger level
