@@ -102,15 +102,14 @@ class GpuMoves:
 
     def _groups_to_free(self, state: ClusterState, now_s: float, board: Board, keep: dict, active: dict,
                         wanted: set[str], skip: set[str], stopping: set[str]) -> set[int]:
-        """The GPUs of the groups that the scale-in may free for a model in ``wanted`` (of its tp; not for a model
-        that can never start, ``ClusterState.unservable``): aligned groups completed by idle GPUs and by the GPUs
-        of every instance that may stop entirely (its model, not wanted nor in ``skip``, keeps none: ``keep``;
+        """The GPUs of the groups that the scale-in may free for a model in ``wanted`` (of its tp; the caller leaves
+        out models that can never start, ``ClusterState.unservable``): aligned groups completed by idle GPUs and by
+        the GPUs of every instance that may stop entirely (its model, not wanted nor in ``skip``, keeps none: ``keep``;
         ready for min_lifetime_s, not stopping). A GPU counts only when all the instances on it may stop. A
         model's last instance stops only where its GPUs are among them (found in review: an idle one stopped for
         a tp-2 model whose group's other GPU stayed busy; its GPU stayed idle and its next request waited for a
         cold start, for nothing)."""
-        bad = state.unservable() if wanted else {}
-        tps = {self.models[w].tp for w in wanted if w not in bad}
+        tps = {self.models[w].tp for w in wanted}
         if not tps:
             return set()
         on_gpu: dict[int, int] = {}
