@@ -176,10 +176,12 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         could ever start one (found in review: one whose tp or shard fits no server kept every other model's first
         request waiting for a tick). ``unservable`` is computed only once a waiting model is found."""
         by_model = self._instances_of(state)
+        never = None
         for m, q in state.queues.items():
-            if q and m != model and not any(not i.draining for i in by_model.get(m, ())) \
-                    and m not in state.unservable():
-                return True
+            if q and m != model and not any(not i.draining for i in by_model.get(m, ())):
+                never = state.unservable() if never is None else never  # once, and only here
+                if m not in never:
+                    return True
         return False
 
     def _membership(self, state: ClusterState) -> tuple:
