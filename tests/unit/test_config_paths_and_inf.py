@@ -10,7 +10,8 @@ import pathlib
 import pytest
 
 from warmserve import ModelSpec
-from warmserve.config import ClusterConfig, load_config
+from warmserve.config import ClusterConfig
+from warmserve.config_file import load_config
 from warmserve.errors import InvalidArgumentError
 
 

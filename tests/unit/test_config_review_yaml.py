@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from warmserve.config import load_config
+from warmserve.config_file import load_config
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig
 

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from warmserve.config import (ClusterConfig, ControllerConfig, ModelSpec, ServerConfig, cluster_config_from_dict,
-                              load_config)
+from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec, ServerConfig
+from warmserve.config_file import cluster_config_from_dict, load_config
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from warmserve.config import load_config
+from warmserve.config_file import load_config
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 

@@ -24,8 +24,8 @@ import time
 
 import msgspec
 
-from warmserve.config import (POLICY_INF_HINT, ClusterConfig, ModelSpec, cluster_config_from_dict,
-                              policy_number_ok, policy_table_keys, read_config_file)
+from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, policy_number_ok
+from warmserve.config_file import cluster_config_from_dict, policy_table_keys, read_config_file
 from warmserve.errors import InvalidArgumentError
 
 log = logging.getLogger("warmserve.controller")

@@ -1,6 +1,7 @@
 import pytest
 
-from warmserve.config import ClusterConfig, ControllerConfig, EngineConfig, load_config
+from warmserve.config import ClusterConfig, ControllerConfig, EngineConfig
+from warmserve.config_file import load_config
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, parse_policy_options, policy_config_from_dict
 
@@ -78,7 +79,7 @@ def test_engine_max_num_seqs_defaults_to_the_policy_capacity():
 def test_values_of_the_wrong_type_or_range_name_their_key():
     """Found in review: `cpu_workers: "2"` or `tick_s: "0.5"` in a config file failed with a bare TypeError that
     named no key, and a port of 70000 was taken until the server tried to listen."""
-    from warmserve.config import cluster_config_from_dict
+    from warmserve.config_file import cluster_config_from_dict
 
     for data, key in (({"cpu_workers": "2"}, "cpu_workers"), ({"controller": {"tick_s": "0.5"}}, "tick_s"),
                       ({"server": {"port": 70000}}, "port"), ({"controller": {"drain_timeout_s": -1}}, "drain"),

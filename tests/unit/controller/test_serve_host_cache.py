@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from warmserve.config import ClusterConfig, load_config, worker_cache_args
+from warmserve.config import ClusterConfig, worker_cache_args
+from warmserve.config_file import load_config
 from warmserve.controller import serve
 from warmserve.errors import InvalidArgumentError
 

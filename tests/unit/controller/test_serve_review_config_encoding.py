@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from warmserve import cli
-from warmserve.config import load_config
+from warmserve.config_file import load_config
 from warmserve.errors import InvalidArgumentError
 
 TOML = 'cpu_workers = 1\n[[models]]\npath = "/ckpt/llama-20m"  # café\n'

@@ -9,7 +9,8 @@ import argparse
 
 import pytest
 
-from warmserve.config import ControllerConfig, load_config
+from warmserve.config import ControllerConfig
+from warmserve.config_file import load_config
 from warmserve.controller import serve
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig
