@@ -333,6 +333,9 @@ def build_profile(per_model: dict, memory_bytes: int, threads: int, fresh: dict 
     }
     if fresh is not None:
         prof["measured_fresh_engine"] = dict(fresh, load_fit=fresh_fit)
+    # the gpu keys left out, each with why and what the simulator uses instead: an absent key was otherwise the
+    # only sign that a noisy long-context run had left the simulator on H100 figures (found in review)
+    prof["skipped"] = [] if "hbm_bytes_per_s" in prof["gpu"] else context_skipped(per_model)
     return prof
 
 
@@ -357,6 +360,36 @@ def context_read(per_model: dict) -> dict:
                       for m in per_model.values())
     return {"hbm_bytes_per_s": statistics.median(rates), "hbm_achievable_fraction": 1.0,
             "weight_read_bytes_per_s": weight_read}
+
+
+def context_skipped(per_model: dict) -> list[dict]:
+    """The ``skipped`` entries of a profile whose ``context_read`` found nothing: each context key, why (each
+    model's long-context step against its short one, the noise figure; or no long-context run at all), the fix and
+    the value the simulator takes instead (``CostModel``'s default GPU)."""
+    from warmserve.sim.costmodel import CostModel
+
+    runs = {n: m["measured"].get("decode_context") for n, m in per_model.items()}
+    if any(runs.values()):
+        why = "the long-context decode run was not slower than the short one, so noise hid the context's cost: " + \
+            "; ".join(f"{n} {r['batch']} sequences {r['step_s'] * 1e3:.2f} ms at {r['context_tokens']} tokens of "
+                      f"context vs {r['short_step_s'] * 1e3:.2f} ms at {r['short_context_tokens']} "
+                      f"({(r['step_s'] - r['short_step_s']) * 1e3:+.2f} ms)" for n, r in runs.items() if r)
+        fix = "rerun with more --repeats or --decode-steps, a longer --decode-context-tokens, or on an idle host"
+    else:
+        why, fix = "no long-context decode run (--decode-context-tokens 0)", "give --decode-context-tokens, e.g. 1024"
+    gpu = CostModel().gpu
+    return [{"key": f"gpu.{k}", "why": why, "fix": fix, "simulator_uses": float(getattr(gpu, k)),
+             "default_of": gpu.name} for k in ("hbm_bytes_per_s", "hbm_achievable_fraction", "weight_read_bytes_per_s")]
+
+
+def skipped_line(skipped: list[dict]) -> str:
+    """One line naming each key left out of the profile, why, what the simulator uses instead, and the fix."""
+    uses = ", ".join(f"{e['key']} {e['simulator_uses']:g}" + (
+        " (the weight floor then reads at hbm_bytes_per_s x hbm_achievable_fraction)"
+        if e["key"] == "gpu.weight_read_bytes_per_s" and not e["simulator_uses"] else "") for e in skipped)
+    return (f"warmserve calibrate: left {', '.join(e['key'] for e in skipped)} out of the profile (its \"skipped\" "
+            f"list): {skipped[0]['why']}; the simulator uses its {skipped[0]['default_of']} defaults: {uses}. Fix: "
+            f"{skipped[0]['fix']}")
 
 
 def host_cores(threads: int) -> float:
@@ -530,6 +563,8 @@ def main(args) -> int:
                   f"{ratio:.2f}x a lone one's; the host term charges {predicted:.2f}x)", file=sys.stderr)
     prof["machine"]["wall_s"] = time.perf_counter() - t0
     write_json_atomic(args.out, prof, indent=1)
+    if prof["skipped"]:
+        print(skipped_line(prof["skipped"]), file=sys.stderr)
     print(f"{'model':<12} " + " ".join(f"pf{n:>5}" for n in prefill_tokens) + "  "
           + " ".join(f"dec{b:>3}" for b in decode_batches) + "   (ms)")
     for n, m in prof["models"].items():

@@ -141,6 +141,7 @@ class ModelConfig:
         # transformers runs such a config as Ministral), Qwen2 when use_sliding_window says so, Llama never (its
         # attention reads no window, whatever config.json holds)
         window = config_value(cfg, "sliding_window", arch)
+        _check_sliding_layers_have_a_window(cfg, arch, window)
         if window and (arch == "MistralForCausalLM" or (arch == "Qwen2ForCausalLM" and cfg.get("use_sliding_window"))):
             sliding = int(window) if _all_layers_slide(cfg, arch) else 0
 
@@ -188,6 +189,27 @@ class ModelConfig:
             raise InvalidArgumentError(f"{path!r} has no config.json: point at a Hugging Face checkpoint directory", path=path)
         gen_path = os.path.join(path, "generation_config.json")
         return cls.from_dict(json_object(cfg_path), json_object(gen_path) if os.path.isfile(gen_path) else None)
+
+
+def _check_sliding_layers_have_a_window(cfg: dict, arch: str, window) -> None:
+    """Refuse a layer_types that names sliding_attention layers when the config gives them no window: Mistral's
+    sliding_window null or 0, Qwen2's the same or use_sliding_window false. transformers 5 cannot run it: the first
+    forward with a KV cache fails with a bare TypeError (DynamicSlidingWindowLayer(None)), or a mask size mismatch for
+    0 (found in review: the engine ran every layer with no window instead)."""
+    kinds = cfg.get("layer_types")
+    if arch not in ("MistralForCausalLM", "Qwen2ForCausalLM") or not isinstance(kinds, list):
+        return
+    sliding_layers = [i for i, k in enumerate(kinds) if k == "sliding_attention"]
+    qwen2_off = arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window")
+    if not sliding_layers or (window and not qwen2_off):
+        return
+    why = ("use_sliding_window is false" if window and qwen2_off
+           else f"sliding_window is {'null' if window is None else window}")
+    raise UnsupportedModelError(
+        f"layer_types names {len(sliding_layers)} sliding_attention layer(s) of {len(kinds)} ({sliding_layers}) but "
+        f"{why}: those layers have no window (transformers cannot run this config either); set sliding_window to "
+        f"the model's window{' and use_sliding_window to true' if qwen2_off else ''}, or make those layer_types "
+        "entries full_attention", sliding_window=window, layer_types=kinds, sliding_layers=sliding_layers)
 
 
 def _all_layers_slide(cfg: dict, arch: str) -> bool:
