@@ -25,6 +25,16 @@ from .sampling import (  # noqa: F401
 )
 
 
+#: The version of this protocol a worker says it speaks (``Hello.protocol_version``); the controller refuses a
+#: worker of another (``controller.launch.refusal``). Bump it whenever a message gains a field a peer must
+#: understand: msgspec drops fields it does not know, so a worker of an older warmserve would ignore them, unsaid
+#: (found in review: SamplingParams.min_p and min_tokens, a client asking min_tokens=10 got fewer tokens). 0: a
+#: worker from before versions. 1: the first numbered version (Hello.protocol_version, Refused, min_p, min_tokens).
+PROTOCOL_VERSION = 1
+#: The first version whose workers read ``Refused``; an older one is left unanswered (it cannot decode it).
+REFUSED_SINCE_VERSION = 1
+
+
 class _Msg(msgspec.Struct, tag=True, tag_field="msg", omit_defaults=True):
     """Base of all messages; the tag (field "msg") is the class name."""
 
@@ -187,6 +197,16 @@ class Rejoin(_Msg):
     admitted again; never answered otherwise. Always these same bytes (no field set), so the worker's link thread
     knows it without decoding every message."""
 
+    id: int = 0
+
+
+class Refused(_Msg):
+    """Controller -> a worker whose Hello it refuses (another protocol version, a pool that holds none of the
+    models): why, and what to do, in words. Its link thread logs it and says Hello on (``worker/server.py``). Sent
+    only to workers of ``REFUSED_SINCE_VERSION`` or later; keep its shape in every version, since the workers it is
+    sent to are those of other versions."""
+
+    reason: str
     id: int = 0
 
 
@@ -462,10 +482,12 @@ class Hello(_Msg):
     #: The machine it runs on (its host name, or --host-name): the controller's server for it, since tensor-parallel
     #: groups never span two. "" from a worker before this field: the controller reads the server from its id.
     host: str = ""
+    #: The ``PROTOCOL_VERSION`` the worker speaks; 0 (absent): a worker from before versions.
+    protocol_version: int = 0
 
 
 Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, Dedicate, GetStats, Heartbeat,
-                Rejoin, Shutdown, HostGroupStore, JoinGroup, LeaveGroup]
+                Rejoin, Shutdown, HostGroupStore, JoinGroup, LeaveGroup, Refused]
 Reply = Union[
     Ok, Error, PrewarmProgress, Prewarmed, Evicted, Activated, Deactivated, Tokens, KvTargetSet, Stats, Heartbeat, Hello,
     GroupStoreHosted, GroupJoined,
@@ -476,6 +498,21 @@ FINAL = (Ok, Error, Prewarmed, Evicted, Activated, Deactivated, KvTargetSet, Sta
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)
 _reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+#: How every encoded ``Refused`` begins (msgspec writes the tag first): the worker's link reads only those whole.
+_REFUSED_TAG = b"\xa3msg\xa7Refused"
+_refused_decoder = msgspec.msgpack.Decoder(Refused)
+
+
+def refused_reason(data: bytes) -> str | None:
+    """The reason of a ``Refused`` message; None for any other message (read without decoding it)."""
+    if _REFUSED_TAG not in data[:1 + len(_REFUSED_TAG)]:
+        return None
+    try:
+        return _refused_decoder.decode(data).reason
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def encode(msg: _Msg) -> bytes:

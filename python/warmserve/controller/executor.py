@@ -110,6 +110,8 @@ class LiveExecutor:
         #: The load of each start still under way, by instance id: a prewarm that keeps a stopped start's weights
         #: takes it over (keep_prewarm).
         self._loads: dict[str, LivePrewarm] = {}
+        #: Models logged as held by no live worker's pool (``fail_unheld``), until one can hold them again.
+        self._unheld: set[str] = set()
 
     def _workers(self, gpus: tuple[int, ...]) -> list[WorkerRecord]:
         """The workers of ``gpus``, rank order (the policy's order of the GPU set, kept for its whole life)."""
@@ -487,6 +489,7 @@ class LiveExecutor:
         """Fail what waited too long: queued requests past their deadline, and requests sent to a worker that
         produced no token for ``request_timeout_s`` (aborted there)."""
         ctl = self.ctl
+        self.fail_unheld()
         now = time.monotonic()
         for model, q in ctl.state.queues.items():
             # the whole queue: a request that started over (requeued) sits at its front with a later deadline
@@ -511,6 +514,31 @@ class LiveExecutor:
                     ctl._request_done(req, "timeout")
                     if w.alive:
                         fire(ctl.hub, w, P.Abort(id=ctl.hub.next_id(), request_id=gid))
+
+    def fail_unheld(self) -> None:
+        """Log once (a WARNING) each model no live worker's pool can hold, with its need, the largest pool and the
+        --memory-gib to use, and fail its waiting requests at once with a 503 saying so, instead of after
+        request_timeout_s (found in review: a 504 after 120 s, nothing logged). Checked at every tick, so the
+        requests of a worker that can hold it, joining later, wait for its instance as any other."""
+        from warmserve.controller.errors import NoWorkersError
+        from warmserve.controller.launch import unheld  # launch imports the controller, which imports this module
+
+        ctl = self.ctl
+        live = [w for w in ctl.hub.workers.values() if w.alive]
+        for name, m in ctl.models.items():
+            # a local worker being started again (or replaced) comes back with its pool, which may hold it
+            why = None if ctl.restarting or ctl.replacing else unheld(m, live)
+            if why is None:
+                self._unheld.discard(name)
+                continue
+            message, fields = why
+            if name not in self._unheld:
+                self._unheld.add(name)
+                log.warning("%s", message)
+            for req in list(ctl.state.queues.get(name, ())):
+                ctl.driver.withdraw(name, req, ctl.now_s())
+                req.fail(NoWorkersError(message, **fields))
+                ctl._request_done(req, "worker_lost")
 
     def fail(self, req, error: BaseException, now_s: float) -> None:
         req.fail(error)

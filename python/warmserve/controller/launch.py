@@ -15,7 +15,9 @@ import shutil
 import socket
 import subprocess
 
-from warmserve import protocol as P
+import zmq
+
+from warmserve import __version__, protocol as P
 from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, worker_cache_args
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
@@ -80,9 +82,16 @@ def weights_need_bytes(m, page_bytes: int) -> int:
 
 
 def refusal(hello: P.Hello, models) -> str | None:
-    """Why a worker cannot be admitted: its pool holds none of ``models``; None: it holds one at least (or its Hello
-    predates the pool fields). Found in review: a remote worker started with too small a --memory-gib was admitted,
-    and each request waited out request_timeout_s (120 s) for an instance that never came, with nothing logged."""
+    """Why a worker cannot be admitted: it speaks another protocol version (``protocol.PROTOCOL_VERSION``), or its
+    pool holds none of ``models``; None: it holds one at least (or its Hello predates the pool fields). Found in
+    review: a remote worker started with too small a --memory-gib was admitted, and each request waited out
+    request_timeout_s (120 s) for an instance that never came, with nothing logged; and a worker of an older warmserve
+    was admitted and dropped the fields it did not know (min_p, min_tokens: a client asking 10 tokens got fewer)."""
+    if hello.protocol_version != P.PROTOCOL_VERSION:
+        theirs = f"{hello.protocol_version}{' (before versions)' if not hello.protocol_version else ''}"
+        return (f"refused worker {hello.worker_id} ({hello.device}, pid {hello.pid}): it speaks warmserve protocol "
+                f"version {theirs} and this controller version {P.PROTOCOL_VERSION} (warmserve {__version__}), so "
+                f"fields one side sends the other may drop unsaid: install the same warmserve version on both")
     if not hello.capacity_bytes or not hello.page_bytes:
         return None
     needs = {m.name: weights_need_bytes(m, hello.page_bytes) for m in models}
@@ -94,6 +103,42 @@ def refusal(hello: P.Hello, models) -> str | None:
             f"{fmt_bytes(hello.capacity_bytes)} (--memory-gib {hello.capacity_bytes / GiB:.3g}, in pages of "
             f"{fmt_bytes(hello.page_bytes)}) holds none of the models ({listed}, weights and a KV page): start it "
             f"again with --memory-gib {fix_gib:g} or more")
+
+
+def tell_refused(sock, ident: bytes, hello: P.Hello, why: str, log_it: bool) -> None:
+    """Refuse a worker's Hello (``WorkerHub._admissible``): log ``why`` (``log_it``: once per process, though it says
+    Hello each beat) and send it to the worker, which logs it on its side (found in review: a refused worker said
+    nothing, its Hello left unanswered). A worker from before ``Refused`` cannot read it (its link would take it for
+    the controller's answer and stop saying Hello): it is left unanswered, as before."""
+    if log_it:
+        log.error("%s", why)
+    if hello.protocol_version < P.REFUSED_SINCE_VERSION:
+        return
+    try:
+        sock.send_multipart([ident, P.encode(P.Refused(reason=why))], zmq.NOBLOCK)
+    except zmq.ZMQError:  # gone again: it is told at its next Hello
+        pass
+
+
+def unheld(m, workers) -> tuple[str, dict] | None:
+    """Why none of ``workers`` (the live ones) can hold model ``m``, as (message, fields of the error); None when
+    one can, when there are none (yet), or when one's pool is unknown (a Hello from before the pool fields). Found in
+    review: workers admitted for another model could not hold this one, and each of its requests waited out
+    request_timeout_s (120 s) for a 504, nothing logged."""
+    pools = [(w.capacity_bytes, w.page_bytes) for w in workers]
+    if not pools or not all(c and p for c, p in pools):
+        return None
+    needs = [(weights_need_bytes(m, p), c) for c, p in pools]
+    if any(need <= c for need, c in needs):
+        return None
+    need, largest = min(n for n, _ in needs), max(c for _, c in needs)
+    fix_gib = math.ceil(need / GiB * 100) / 100
+    shard = f" (one of {m.spec.tp} ranks)" if m.spec.tp > 1 else ""
+    return (f"no admitted worker's pool can hold model {m.name!r}: its weights{shard} and a KV page need "
+            f"{fmt_bytes(need)}, and the largest pool of the {len(pools)} live worker(s) holds {fmt_bytes(largest)}: "
+            f"start a worker with --memory-gib {fix_gib:g} or more (a GPU worker: on a GPU with that much memory); "
+            f"its requests fail until one joins",
+            {"model": m.name, "need_bytes": need, "largest_pool_bytes": largest, "workers": len(pools)})
 
 
 def check_weights_fit(models, pool_bytes: int, page_bytes: int) -> None:

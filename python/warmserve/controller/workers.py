@@ -2,9 +2,9 @@
 replies matched by id, heartbeats both ways, and local worker processes.
 
 A worker connects a DEALER with its worker id as routing id and says ``Hello`` until the controller answers; the
-controller answers with a ``Heartbeat`` and from then on any message counts as alive. ROUTER_MANDATORY makes a
-send to a worker that is gone fail at once instead of vanishing. A worker declared lost that speaks again without a
-Hello (it or its host stalled for a moment) is answered ``Rejoin``, on which it says Hello and is admitted again.
+controller answers with a ``Heartbeat`` (or ``Refused``: ``_admissible``), and from then on any message counts as
+alive. ROUTER_MANDATORY makes a send to a worker that is gone fail at once instead of vanishing. A worker declared
+lost that speaks again without a Hello (it or its host stalled) is answered ``Rejoin``: it says Hello, admitted again.
 """
 
 from __future__ import annotations
@@ -130,9 +130,9 @@ def server_of(hello: P.Hello) -> str:
 
 
 def hello_of(w: WorkerRecord) -> P.Hello:
-    """The Hello ``w`` joined with, as far as the controller keeps it (its server in ``host``)."""
+    """The Hello ``w`` joined with, as far as the controller keeps it (its server in ``host``; its version ours)."""
     return P.Hello(worker_id=w.worker_id, device=w.device, pid=w.pid, capacity_bytes=w.capacity_bytes,
-                   page_bytes=w.page_bytes, host=w.host)
+                   page_bytes=w.page_bytes, host=w.host, protocol_version=P.PROTOCOL_VERSION)
 
 
 class WorkerHub:
@@ -144,7 +144,7 @@ class WorkerHub:
     def __init__(self, bind: str, *, on_hello, on_event, on_lost, may_rejoin=lambda ident: True, curve_dir: str = "",
                  insecure: bool = False, models=()):
         """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker).
-        ``models``: the models served; a worker whose pool holds none of them is refused (``launch.refusal``)."""
+        ``models``: the models served; a worker of another version, or whose pool holds none, is refused (launch.py)."""
         # Before any socket exists: a refused bind leaves nothing to close.
         require_authenticated_bind(
             bind, authenticated=bool(curve_dir), insecure=insecure, who="the controller's worker socket (--bind)",
@@ -384,14 +384,14 @@ class WorkerHub:
         return False
 
     def _admissible(self, ident: bytes, hello: P.Hello) -> bool:
-        """Whether a worker saying Hello can hold one of the models at least. A refused one is left unanswered (the
-        protocol has no refusal message): it says Hello on, and once started again with a larger pool it is admitted."""
-        from warmserve.controller.launch import refusal  # launch imports this module
+        """Whether a worker saying Hello speaks this protocol version and can hold one of the models. A refused one is
+        told why (``Refused``): it says Hello on, and once started again as told it is admitted."""
+        from warmserve.controller.launch import refusal, tell_refused  # launch imports this module
 
         why = refusal(hello, self.models)
-        if why is not None and (ident, hello.pid) not in self._refused:
+        if why is not None:
+            tell_refused(self.sock, ident, hello, why, log_it=(ident, hello.pid) not in self._refused)
             self._refused.add((ident, hello.pid))
-            log.error("%s", why)
         return why is None
 
     def _tell_rejoin(self, ident: bytes) -> None:

@@ -58,6 +58,11 @@ answers what the worker says next with ``Rejoin``: the link aborts the generatio
 started them over elsewhere), unanswered, and says Hello at once, as above; otherwise the worker would be shut out
 until ``peer_timeout_s`` of silence from the controller (found in review: 30 s of 503s for a worker paused for 3 s).
 
+A controller that refuses this worker (another protocol version, a pool that holds none of its models) answers its
+Hello with ``Refused``: the link logs the reason at WARNING, once per reason, and says Hello on, as for a refused key
+(``_Link._watch``): a controller restarted with other models, or the worker's version, admits it without a restart
+here, and exiting would only have a supervisor start it again into the same refusal.
+
 A connection can also be re-made with no send failing here (a client's new connection takes its routing id over
 before this side saw the old one go): what the old one carried is lost and nobody is told. Each generation's
 ``Tokens`` are numbered as they are sent (``protocol.TokensNumbering``), so the reader sees the gap in the stream
@@ -213,6 +218,7 @@ class WorkerServer:
         return P.Hello(
             worker_id=self.core.worker_id, device=self.core.device, pid=os.getpid(), endpoint=self.endpoint,
             capacity_bytes=int(pool.total_bytes), page_bytes=int(pool.page_bytes), host=self.host_name,
+            protocol_version=P.PROTOCOL_VERSION,
         )
 
     # ------------------------------------------------------------------ the engine loop
@@ -341,6 +347,8 @@ class _Link:
         self.sock, self.pipe, self.monitor, self.curve = sock, pipe, monitor, curve
         #: A refused handshake was logged and none has succeeded since (``_watch``).
         self._refused = False
+        #: The reasons the controller gave for refusing this worker (``Refused``), each logged once.
+        self._refusals: set[str] = set()
         self.routed, self.endpoint, self.hello = routed, endpoint, hello
         self.heartbeat_interval_s, self.peer_timeout_s = heartbeat_interval_s, peer_timeout_s
         self.max_messages_per_drain = max_messages_per_drain
@@ -450,6 +458,13 @@ class _Link:
                     self._rejoin()
                     if not self._flush():
                         return
+                    continue
+                reason = P.refused_reason(payload[0]) if len(payload) == 1 else None
+                if reason is not None:  # not an answer: Hello goes on each beat (see the module's docstring)
+                    if reason not in self._refusals:
+                        self._refusals.add(reason)
+                        log.warning("the controller at %s refused this worker: %s (saying Hello each heartbeat: a "
+                                    "controller that can admit it will)", self.endpoint, reason)
                     continue
                 self.controller_heard = True
                 if self._owe_hello:  # now, not at the next beat: see the module's docstring

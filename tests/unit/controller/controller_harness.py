@@ -68,7 +68,7 @@ class Peer:
 
     async def run(self):
         await self.send(P.Hello(worker_id=self.wid, device=self.device, pid=self.pid, capacity_bytes=1 << 30,
-                                page_bytes=2 << 20))
+                                page_bytes=2 << 20, protocol_version=P.PROTOCOL_VERSION))
         while True:
             msg = P.decode_request(await self.sock.recv())
             self.got.append(msg)

@@ -37,7 +37,7 @@ def test_request_submitted_while_a_rejoining_worker_is_admitted_is_not_refused(m
             assert await collect(c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))) == [5, 6, 7]
             # the worker gave up on the controller for a moment and says Hello again: a rejoin
             await p.send(P.Hello(worker_id=p.wid, device="cpu", pid=p.pid, capacity_bytes=1 << 30,
-                                 page_bytes=2 << 20))
+                                 page_bytes=2 << 20, protocol_version=P.PROTOCOL_VERSION))
             assert await until(lambda: c.hub.workers and not any(w.ready for w in c.hub.workers.values()), 2)
             refused = None
             try:

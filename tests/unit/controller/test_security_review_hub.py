@@ -49,7 +49,7 @@ def _dealer(ctx, endpoint, rid: bytes, secret_file, server_public):
 
 def _hello(rid: bytes, pid: int) -> bytes:
     return P.encode(P.Hello(worker_id=rid.decode(), device="cpu", pid=pid, capacity_bytes=1 << 30,
-                            page_bytes=2 << 20))
+                            page_bytes=2 << 20, protocol_version=P.PROTOCOL_VERSION))
 
 
 def _refused(d, match):
