@@ -154,9 +154,14 @@ def _decode(body: bytes, cls):
     try:
         return msgspec.json.decode(body, type=cls)
     except msgspec.ValidationError as e:
-        # msgspec names the offending path, e.g. "Expected `int`, got `str` - at `$.max_tokens`"
+        # msgspec names the offending path, e.g. "Expected `int`, got `str` - at `$.max_tokens`", and a missing
+        # field apart: "Object missing required field `role` - at `$.messages[0]`" is messages[0].role (found in
+        # review: a missing model, prompt or messages had param null)
         text = str(e)
         param = text.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in text else None
+        missing = re.match(r"Object missing required field `([^`]+)`", text)
+        if missing:
+            param = f"{param}.{missing[1]}" if param else missing[1]
         raise _bad(f"invalid request: {text}", param) from None
     except msgspec.DecodeError as e:
         try:  # msgspec 0.23 reports bad UTF-8 as a DecodeError ("Invalid UTF-8 encoded string"); 0.22 raised
@@ -536,7 +541,8 @@ MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
 _TYPE_BY_STATUS = {
     400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
     404: ("invalid_request_error", None), 405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"), 429: ("rate_limit_error", "rate_limit_exceeded"),
+    408: ("invalid_request_error", "request_timeout"), 413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"), 429: ("rate_limit_error", "rate_limit_exceeded"),
     503: ("server_error", "service_unavailable"), 504: ("server_error", "timeout"),
 }
 

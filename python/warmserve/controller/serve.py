@@ -513,6 +513,31 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
+class BadHttpAtInfo(logging.Filter):
+    """aiohttp.server logs each request its parser refuses (a bad request line, header or chunk) as an ERROR with a
+    traceback, "Error handling request": the client's fault, not the server's, and one a port scanner repeats at
+    will (found in review: such tracebacks filled the log). Those become one INFO line without the traceback; the
+    server's own errors keep their level and traces."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not isinstance(exc, HttpProcessingError) \
+                or not str(record.msg).startswith("Error handling request"):
+            return True
+        record.msg = "aiohttp refused a malformed HTTP request from %s: %s: %s"
+        record.args = (*(record.args or ("?",))[:1], type(exc).__name__, ascii(exc.message)[1:-1][:300])
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
+        # the logger let the record through as an ERROR: whether it takes INFO is asked again
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+#: The filter ``main`` puts on aiohttp.server (one instance: addFilter adds it once).
+BAD_HTTP_AT_INFO = BadHttpAtInfo()
+
+
 def _say(what: str) -> None:
     """A start-up progress line for the person who ran `warmserve serve` (stderr: stdout is the JSON line)."""
     print(f"warmserve serve: {what}", file=sys.stderr, flush=True)
@@ -521,6 +546,7 @@ def _say(what: str) -> None:
 def main(args) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("aiohttp.server").addFilter(BAD_HTTP_AT_INFO)
     from warmserve.errors import WarmServeError, exit_status
 
     try:
