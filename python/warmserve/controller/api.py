@@ -8,15 +8,14 @@ import asyncio
 import hmac
 import logging
 import time
-import zlib
 
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_protocol import RequestPayloadError
 
 from warmserve.controller import openai_api as oa
 from warmserve.controller import textstream
+from warmserve.controller.body import BodyTimeoutError, read_body
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare
 from warmserve.controller.metrics import CONTENT_TYPE
@@ -39,15 +38,6 @@ RETRY_AFTER_S = 1
 CLIENT_CLOSED = 499
 #: Largest request body accepted, also once decompressed; a larger one is a 413 that names this limit.
 MAX_BODY_BYTES = 16 << 20
-#: Longest a request body may take to arrive once its handler reads it (its headers came already): past it the
-#: client gets a 408 and its connection is closed. Found in review: body reads had no deadline, so a client that
-#: sent headers and part of a body, or a malformed chunk late, held its connection for ever. 30 s lets a body of
-#: MAX_BODY_BYTES arrive at 4.5 Mbit/s, far slower than a client of this API sends one, and bounds how long a
-#: stalled client holds a connection and a handler.
-BODY_READ_TIMEOUT_S = 30.0
-#: The Content-Encodings of a request body that this server decodes (itself: aiohttp's decoding is off, ``app``);
-#: a body in any other is a 415 before it is read.
-BODY_ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
 #: The rejections' route label of an error answer no route could be matched for: no resource has its path.
 UNMATCHED = "unmatched"
 #: The route label of aiohttp's own answer to a request it could not parse (a 400 before any middleware runs).
@@ -78,18 +68,6 @@ def _error(e: BaseException) -> web.Response:
     if status in (429, 503):
         resp.headers["Retry-After"] = str(RETRY_AFTER_S)
     return resp
-
-
-class BodyTimeoutError(WarmServeError):
-    """The request body did not arrive within BODY_READ_TIMEOUT_S."""
-
-    http_status = 408
-
-
-class UnsupportedEncodingError(InvalidArgumentError):
-    """The request body is in a Content-Encoding this server does not decode (BODY_ENCODINGS)."""
-
-    http_status = 415
 
 
 def _key_matches(header: str, key: str) -> bool:
@@ -126,7 +104,7 @@ class Api:
         # handler_args: whatever the runner says (serve.py turns aiohttp's access log off), the hook that counts
         # aiohttp's own answers is on (found in review: a malformed request's 400 was no rejection). Its decoding
         # of compressed bodies is off: it refused an encoding it lacks (br, zstd) with a text 400 before any
-        # middleware ran, and a body that failed to decode was a 500; ``_body`` decodes them.
+        # middleware ran, and a body that failed to decode was a 500; ``body.read_body`` decodes them.
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES, handler_args={
             "access_log_class": _own_answers(self), "access_log": access_log, "auto_decompress": False})
         app.router.add_post("/v1/completions", self.completions)
@@ -234,14 +212,14 @@ class Api:
     # --------------------------------------------------------------------------------------------- generation
 
     async def completions(self, request: web.Request):
-        req, sampling = oa.parse_completion(await _body(request))
+        req, sampling = oa.parse_completion(await read_body(request, MAX_BODY_BYTES))
         request[_INFO]["model"] = req.model  # for the access log, also when the model does not exist
         model = self.controller.model(req.model)
         ids = await aprepare(model, req.prompt, max_tokens=sampling.max_tokens)
         return await self._generate(request, "completion", req, model, ids, sampling)
 
     async def chat(self, request: web.Request):
-        req, sampling, messages = await self._parse_chat(request, await _body(request))
+        req, sampling, messages = await self._parse_chat(request, await read_body(request, MAX_BODY_BYTES))
         model = self.controller.model(req.model)
         ids = await aprepare(model, messages=messages, max_tokens=sampling.max_tokens,
                              max_tokens_param="max_completion_tokens" if req.max_completion_tokens is not None
@@ -469,52 +447,6 @@ class _StallWatch:
 
     def close(self) -> None:
         self._timer.cancel()
-
-
-async def _body(request: web.Request) -> bytes:
-    """The request's body, read within BODY_READ_TIMEOUT_S and decoded from its Content-Encoding: an encoding not in
-    BODY_ENCODINGS is a 415 before the body is read, a body that cannot be read or decoded a 400 (found in review:
-    it was a 500 and a logged traceback), a read past the deadline a BodyTimeoutError (408)."""
-    header = request.headers.get("Content-Encoding", "")
-    # several codings are listed in the order they were applied (RFC 9110 8.4), so decoded last one first
-    codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
-    bad = [c for c in codings if c not in BODY_ENCODINGS]
-    if bad:
-        raise UnsupportedEncodingError(
-            f"Content-Encoding {_printable(bad[0])!r} is not supported: send the body uncompressed or in one of "
-            f"{', '.join(BODY_ENCODINGS)}")
-    try:
-        raw = await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        raise BodyTimeoutError(
-            f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g} s: send it at once, as its headers "
-            f"announce it", timeout_s=BODY_READ_TIMEOUT_S) from None
-    except RequestPayloadError as e:
-        raise InvalidArgumentError(f"the request body could not be read: {_printable(str(e))}") from None
-    for coding in reversed(codings):
-        raw = await asyncio.to_thread(_decoded, raw, coding)  # up to MAX_BODY_BYTES of zlib: off the event loop
-    return raw
-
-
-def _decoded(data: bytes, coding: str) -> bytes:
-    """``data`` decoded from ``coding`` (gzip, x-gzip or deflate): at most MAX_BODY_BYTES of it, or a 413."""
-    # deflate is zlib's format (RFC 9110), but many clients send raw deflate: told by its first byte, as aiohttp did
-    wbits = 16 + zlib.MAX_WBITS if coding != "deflate" else zlib.MAX_WBITS if data[:1] and data[0] & 0xF == 8 \
-        else -zlib.MAX_WBITS
-    d = zlib.decompressobj(wbits)
-    try:
-        out = d.decompress(data, MAX_BODY_BYTES + 1)
-    except zlib.error as e:
-        raise InvalidArgumentError(
-            f"the request body could not be decoded: Content-Encoding {coding}, but it is no {coding} data ({e}): "
-            f"send it compressed as the header says, or uncompressed without the header") from None
-    if len(out) > MAX_BODY_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=len(out))
-    if not d.eof or d.unused_data:
-        raise InvalidArgumentError(
-            f"the request body could not be decoded: Content-Encoding {coding}, but its compressed data "
-            f"{'ends early' if not d.eof else 'is followed by other bytes'}: send the one whole compressed body")
-    return out
 
 
 async def _answer_and_close(request: web.Request, resp: web.Response) -> None:

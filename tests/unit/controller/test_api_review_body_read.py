@@ -1,5 +1,5 @@
 """Reading a request body, from the HTTP fuzzing review: a body that cannot be decompressed is an OpenAI-shaped 400
-(it was a 500 and two logged tracebacks), a body that stops coming is a 408 after ``api.BODY_READ_TIMEOUT_S`` and
+(it was a 500 and two logged tracebacks), a body that stops coming is a 408 after ``body.BODY_IDLE_TIMEOUT_S`` and
 its connection is closed (it was held for ever), a Content-Encoding the server does not decode is a 415 before the
 body is read (it was aiohttp's text 400 "Please install Brotli"), aiohttp's refusal of malformed HTTP is one INFO
 line (it was an ERROR traceback each time), and a missing required field is named in ``param`` (it was null).
@@ -15,12 +15,12 @@ import zlib
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
-from warmserve.controller import api, serve
+from warmserve.controller import api, body as body_read, serve
 from warmserve.controller.api import Api
 
 from test_http_api_log_and_limits import MODEL, Ctl
 
-#: The body-read deadline the tests run with (api.BODY_READ_TIMEOUT_S).
+#: The body-read idle limit the tests run with (body.BODY_IDLE_TIMEOUT_S).
 DEADLINE_S = 0.5
 #: How long a test waits for an answer, or for the server to close: far more than DEADLINE_S; before the fixes
 #: no answer came at all.
@@ -41,11 +41,14 @@ async def _exchange(c: TestClient, parts: list[bytes], pause_s: float = 0.2,
     """Sends ``parts`` on a raw connection to the test server, ``pause_s`` apart; returns what came back within
     WAIT_S (or, not ``until_closed``, once one whole answer came) and whether the server closed the connection."""
     reader, writer = await asyncio.open_connection(c.server.host, c.server.port)
-    for i, part in enumerate(parts):
-        if i:
-            await asyncio.sleep(pause_s)
-        writer.write(part)
-        await writer.drain()
+    try:
+        for i, part in enumerate(parts):
+            if i:
+                await asyncio.sleep(pause_s)
+            writer.write(part)
+            await writer.drain()
+    except ConnectionError:  # the server answered and closed before the rest was sent: read its answer
+        pass
     out, closed = b"", False
     loop = asyncio.get_running_loop()
     end = loop.time() + WAIT_S
@@ -130,7 +133,7 @@ def test_compressed_bodies_are_decoded_and_a_decompressed_body_over_the_limit_is
 def test_a_body_that_stops_coming_is_a_408_and_its_connection_is_closed(model, monkeypatch):
     """Found in review: a body read had no deadline; 500 connections that sent headers and part of a body were all
     still open after 75 s, and a chunked body whose malformed chunk came late got no answer at all."""
-    monkeypatch.setattr(api, "BODY_READ_TIMEOUT_S", DEADLINE_S, raising=False)  # raising: absent before the fix
+    monkeypatch.setattr(body_read, "BODY_IDLE_TIMEOUT_S", DEADLINE_S)
     stalled = [_head("Content-Length: 1000\r\n") + b'{"model":']
     late_bad_chunk = [_head("Transfer-Encoding: chunked\r\n") + b'3\r\n{"m\r\n', b"ZZ\r\nabc\r\n0\r\n\r\n"]
 
@@ -142,7 +145,7 @@ def test_a_body_that_stops_coming_is_a_408_and_its_connection_is_closed(model, m
         status, headers, body = _answer(raw)
         assert status == 408 and headers["content-type"].startswith("application/json"), raw
         err = json.loads(body)["error"]
-        assert err["code"] == "request_timeout" and f"within {DEADLINE_S:g} s" in err["message"], err
+        assert err["code"] == "request_timeout" and f"none came for {DEADLINE_S:g} s" in err["message"], err
         assert closed, "the connection was not closed after the 408"
 
 
@@ -213,3 +216,49 @@ def test_a_missing_required_field_is_named_in_param(model):
 
     for (status, err), (_, _, param) in zip(_serve(Ctl(model), go), cases):
         assert status == 400 and err["param"] == param, (param, err)
+
+
+def test_a_slow_steady_body_is_read_and_only_one_past_the_total_limit_is_a_408(model, monkeypatch):
+    """From the review of the fix: its 30 s were a total deadline, so any 16 MiB body uploaded slower than 4.5 Mbit/s
+    was a 408 while its bytes kept coming. Now the limit is on silence (BODY_IDLE_TIMEOUT_S), with a longer one on
+    the whole (BODY_READ_TIMEOUT_S): six parts 0.3 s apart pass an idle limit of 0.5 s; with 1 s for the whole,
+    the fourth part is the last in time (the client sends no more, so it reads the 408 before any reset)."""
+    monkeypatch.setattr(body_read, "BODY_IDLE_TIMEOUT_S", DEADLINE_S)
+    cut = [GOOD[i:i + 10] for i in range(0, len(GOOD), 10)][:5]
+    parts = [_head(f"Content-Length: {len(GOOD)}\r\n") + cut[0], *cut[1:], GOOD[sum(map(len, cut)):]]
+
+    async def go(c, sent):
+        return await _exchange(c, sent, pause_s=0.3, until_closed=len(sent) < len(parts))
+
+    raw, _ = _serve(Ctl(model), lambda c: go(c, parts))
+    assert _answer(raw)[0] == 200, raw
+    monkeypatch.setattr(body_read, "BODY_READ_TIMEOUT_S", 1.0)
+    raw, closed = _serve(Ctl(model), lambda c: go(c, parts[:4]))
+    status, _, answer = _answer(raw)
+    assert status == 408 and "then not all of it came within 1 s" in json.loads(answer)["error"]["message"], raw
+    assert closed, raw
+
+
+def test_stacked_codings_are_a_415_and_a_gzip_body_of_several_members_is_read(model):
+    """From the review of the fix: each coding listed was a full decompression of up to the body limit (300 stacked
+    gzip layers took 2.8 s of CPU for one upload), a second Content-Encoding line was ignored (identity then br
+    passed as identity), and a gzip body of two members (RFC 1952; aiohttp read it) was a 400."""
+    twice = gzip.compress(gzip.compress(GOOD))
+    head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    stacked = [(head + "Content-Encoding: gzip, gzip\r\n", twice, "2 codings"),
+               (head + "Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n", twice, "2 codings"),
+               (head + "Content-Encoding: identity\r\nContent-Encoding: br\r\n", GOOD, "'br' is not supported")]
+    half = len(GOOD) // 2
+    members = gzip.compress(GOOD[:half]) + gzip.compress(GOOD[half:])
+
+    async def go(c):
+        out = [await _exchange(c, [f"{h}Content-Length: {len(b)}\r\n\r\n".encode() + b], until_closed=False)
+               for h, b, _ in stacked]
+        r = await c.post("/v1/completions", data=members, headers={"Content-Encoding": "gzip"})
+        return out, (r.status, await r.text())
+
+    got, whole = _serve(Ctl(model), go)
+    for (raw, _), (_, _, why) in zip(got, stacked):
+        status, _, answer = _answer(raw)
+        assert status == 415 and why in json.loads(answer)["error"]["message"], raw
+    assert whole[0] == 200, whole
