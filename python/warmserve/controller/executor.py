@@ -110,8 +110,10 @@ class LiveExecutor:
         #: The load of each start still under way, by instance id: a prewarm that keeps a stopped start's weights
         #: takes it over (keep_prewarm).
         self._loads: dict[str, LivePrewarm] = {}
-        #: Models logged as held by no live worker's pool (``fail_unheld``), until one can hold them again.
+        #: Models logged as held by no admitted worker's pool (``fail_unheld``), until one can hold them.
         self._unheld: set[str] = set()
+        #: The (capacity_bytes, page_bytes) of every worker admitted so far, lost ones too (``fail_unheld``).
+        self._pools: set[tuple[int, int]] = set()
 
     def _workers(self, gpus: tuple[int, ...]) -> list[WorkerRecord]:
         """The workers of ``gpus``, rank order (the policy's order of the GPU set, kept for its whole life)."""
@@ -516,18 +518,20 @@ class LiveExecutor:
                         fire(ctl.hub, w, P.Abort(id=ctl.hub.next_id(), request_id=gid))
 
     def fail_unheld(self) -> None:
-        """Log once (a WARNING) each model no live worker's pool can hold, with its need, the largest pool and the
-        --memory-gib to use, and fail its waiting requests at once with a 503 saying so, instead of after
+        """Log once (a WARNING) each model no worker admitted so far can hold, with its need, the largest pool and
+        the --memory-gib to use, and fail its waiting requests at once with a 503 saying so, instead of after
         request_timeout_s (found in review: a 504 after 120 s, nothing logged). Checked at every tick, so the
-        requests of a worker that can hold it, joining later, wait for its instance as any other."""
+        requests of a worker that can hold it, joining later, wait for its instance as any other. Pools of lost
+        workers count: a review of the fix found a large remote worker's brief stall (lost, then back within a
+        second) failed its model's requests while a smaller worker stayed, where they used to wait for it."""
         from warmserve.controller.errors import NoWorkersError
         from warmserve.controller.launch import unheld  # launch imports the controller, which imports this module
 
         ctl = self.ctl
-        live = [w for w in ctl.hub.workers.values() if w.alive]
+        self._pools.update((w.capacity_bytes, w.page_bytes) for w in ctl.hub.workers.values() if w.alive)
         for name, m in ctl.models.items():
             # a local worker being started again (or replaced) comes back with its pool, which may hold it
-            why = None if ctl.restarting or ctl.replacing else unheld(m, live)
+            why = None if ctl.restarting or ctl.replacing else unheld(m, self._pools)
             if why is None:
                 self._unheld.discard(name)
                 continue
@@ -537,8 +541,7 @@ class LiveExecutor:
                 log.warning("%s", message)
             for req in list(ctl.state.queues.get(name, ())):
                 ctl.driver.withdraw(name, req, ctl.now_s())
-                req.fail(NoWorkersError(message, **fields))
-                ctl._request_done(req, "worker_lost")
+                self.fail(req, NoWorkersError(message, **fields), ctl.now_s())
 
     def fail(self, req, error: BaseException, now_s: float) -> None:
         req.fail(error)

@@ -120,12 +120,12 @@ def tell_refused(sock, ident: bytes, hello: P.Hello, why: str, log_it: bool) -> 
         pass
 
 
-def unheld(m, workers) -> tuple[str, dict] | None:
-    """Why none of ``workers`` (the live ones) can hold model ``m``, as (message, fields of the error); None when
-    one can, when there are none (yet), or when one's pool is unknown (a Hello from before the pool fields). Found in
-    review: workers admitted for another model could not hold this one, and each of its requests waited out
-    request_timeout_s (120 s) for a 504, nothing logged."""
-    pools = [(w.capacity_bytes, w.page_bytes) for w in workers]
+def unheld(m, pools) -> tuple[str, dict] | None:
+    """Why none of ``pools`` (the (capacity_bytes, page_bytes) of every worker admitted so far) can hold model
+    ``m``, as (message, fields of the error); None when one can, when there are none (yet), or when one is unknown
+    (a Hello from before the pool fields). Found in review: workers admitted for another model could not hold this
+    one, and each of its requests waited out request_timeout_s (120 s) for a 504, nothing logged."""
+    pools = list(pools)
     if not pools or not all(c and p for c, p in pools):
         return None
     needs = [(weights_need_bytes(m, p), c) for c, p in pools]
@@ -135,10 +135,10 @@ def unheld(m, workers) -> tuple[str, dict] | None:
     fix_gib = math.ceil(need / GiB * 100) / 100
     shard = f" (one of {m.spec.tp} ranks)" if m.spec.tp > 1 else ""
     return (f"no admitted worker's pool can hold model {m.name!r}: its weights{shard} and a KV page need "
-            f"{fmt_bytes(need)}, and the largest pool of the {len(pools)} live worker(s) holds {fmt_bytes(largest)}: "
+            f"{fmt_bytes(need)}, and the largest pool of the workers admitted so far holds {fmt_bytes(largest)}: "
             f"start a worker with --memory-gib {fix_gib:g} or more (a GPU worker: on a GPU with that much memory); "
             f"its requests fail until one joins",
-            {"model": m.name, "need_bytes": need, "largest_pool_bytes": largest, "workers": len(pools)})
+            {"model": m.name, "need_bytes": need, "largest_pool_bytes": largest, "pool_sizes": len(pools)})
 
 
 def check_weights_fit(models, pool_bytes: int, page_bytes: int) -> None:

@@ -185,13 +185,23 @@ def test_a_model_no_admitted_worker_can_hold_fails_fast_and_is_logged_once_until
             assert await until(lambda: sum(w.ready for w in c.gpu_workers) == 2, 5)
             later = c.submit_nowait("big", [1, 2, 3], P.SamplingParams(max_tokens=2))
             later_tokens = await asyncio.wait_for(collect(later), 10)
+            # the large worker goes silent and is lost (a review of the fix: its model's requests then failed at
+            # once beside the small worker, where they used to wait for it to come back): they wait
+            peers.pop().close()
+            assert await until(lambda: sum(w.ready for w in c.gpu_workers) == 1, 10)
+            waiting = c.submit_nowait("big", [1, 2, 3], P.SamplingParams(max_tokens=2))
+            stall_tokens = asyncio.ensure_future(collect(waiting))
+            await asyncio.sleep(1.0)
+            failed_at_once = stall_tokens.done()
+            peers.append(_VersionPeer(ep, "w-large-again", 4 << 30))
+            stall_tokens = await asyncio.wait_for(stall_tokens, 10)
         finally:
             for p in peers:
                 p.close()
             await c.close(drain=False)
-        return err, waited_s, later_tokens
+        return err, waited_s, later_tokens, failed_at_once, stall_tokens
 
-    err, waited_s, later_tokens = run(main())
+    err, waited_s, later_tokens, failed_at_once, stall_tokens = run(main())
     assert isinstance(err, NoWorkersError) and err.http_status == 503, err
     assert waited_s < 5.0, waited_s  # not request_timeout_s
     assert "'big'" in str(err) and "need 2.0 GiB" in str(err) and "holds 1.0 GiB" in str(err), str(err)
@@ -200,3 +210,4 @@ def test_a_model_no_admitted_worker_can_hold_fails_fast_and_is_logged_once_until
     assert len(warned) == 1 and warned[0].levelno == logging.WARNING, [r.getMessage() for r in warned]
     assert "--memory-gib" in warned[0].getMessage()
     assert later_tokens, later_tokens  # served by the worker that joined
+    assert not failed_at_once and stall_tokens, stall_tokens  # waited for a large worker, served by the next
