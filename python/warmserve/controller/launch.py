@@ -81,6 +81,11 @@ def weights_need_bytes(m, page_bytes: int) -> int:
     return (pages_for(m.weight_bytes / m.spec.tp, page_bytes) + 1) * page_bytes
 
 
+def _gib_up(n_bytes: int) -> float:
+    """``n_bytes`` in GiB, rounded up to 0.01: the --memory-gib a refusal tells a worker to take."""
+    return math.ceil(n_bytes / GiB * 100) / 100
+
+
 def refusal(hello: P.Hello, models) -> str | None:
     """Why a worker cannot be admitted: it speaks another protocol version (``protocol.PROTOCOL_VERSION``), or its
     pool holds none of ``models``; None: it holds one at least (or its Hello predates the pool fields). Found in
@@ -98,7 +103,7 @@ def refusal(hello: P.Hello, models) -> str | None:
     if not needs or min(needs.values()) <= hello.capacity_bytes:
         return None
     listed = ", ".join(f"{name!r} needs {fmt_bytes(n)}" for name, n in needs.items())
-    fix_gib = math.ceil(min(needs.values()) / GiB * 100) / 100
+    fix_gib = _gib_up(min(needs.values()))
     return (f"refused worker {hello.worker_id} ({hello.device}, pid {hello.pid}): its pool of "
             f"{fmt_bytes(hello.capacity_bytes)} (--memory-gib {hello.capacity_bytes / GiB:.3g}, in pages of "
             f"{fmt_bytes(hello.page_bytes)}) holds none of the models ({listed}, weights and a KV page): start it "
@@ -132,7 +137,7 @@ def unheld(m, pools) -> tuple[str, dict] | None:
     if any(need <= c for need, c in needs):
         return None
     need, largest = min(n for n, _ in needs), max(c for _, c in needs)
-    fix_gib = math.ceil(need / GiB * 100) / 100
+    fix_gib = _gib_up(need)
     shard = f" (one of {m.spec.tp} ranks)" if m.spec.tp > 1 else ""
     return (f"no admitted worker's pool can hold model {m.name!r}: its weights{shard} and a KV page need "
             f"{fmt_bytes(need)}, and the largest pool of the workers admitted so far holds {fmt_bytes(largest)}: "
