@@ -17,8 +17,18 @@ MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
 #: Their contexts (max_position_embeddings of the demo checkpoints), tokens.
 CONTEXT = {"llama-20m": 2048, "qwen2-30m": 4096, "llama-90m": 4096}
 
+#: Load averaged over 1 s, instances stoppable after 1 s and preempted for a model with none after 2 s (the
+#: defaults: 5, 5 and 30 s, sized for GPU engines' starts; a CPU worker starts a demo model in under a second): the
+#: rules turn the two workers over between the three models in seconds, not in 5-6 s per model and 30 s for the
+#: one left out, and come to co-serving sooner (the test took 64-92 s of the suite with the defaults).
 server = serving.server_fixture("coserve", models=MODELS, cpu_workers=2,
-                                policy={"coserve_tpot_s": 0.1, "colocate_when_oversubscribed": "false"})
+                                policy={"coserve_tpot_s": 0.1, "colocate_when_oversubscribed": "false",
+                                        "load_window_s": 1.0, "min_lifetime_s": 1.0, "preempt_after_s": 2.0})
+#: The model sent a request at its whole context, end to end on a worker it shares (its share's floor of one such
+#: request is policy/state.py's kv_blocks_for, tested in unit/policy/test_policy_state_actions.py): the lightest,
+#: whose 2,044-token prefill takes about 10 s on one CPU thread; qwen2-30m's 4,092 tokens took 34 s more, and
+#: llama-90m's, alone on its worker (its step too slow to share on CPU), tested no share at all.
+AT_LIMIT = "llama-20m"
 
 
 def test_light_models_share_a_worker_and_every_request_is_answered(server):
@@ -49,7 +59,8 @@ def test_light_models_share_a_worker_and_every_request_is_answered(server):
         return r.usage.completion_tokens
 
     def at_limit(model: str) -> int:
-        # prompt + max_tokens = the model's whole context: a co-served instance's KV share must hold it
+        # prompt + max_tokens = the model's whole context: a co-served instance's KV share must hold it (its share is
+        # floored at one such request: controller/executor.py)
         r = client.completions.create(model=model, prompt=[7] * (CONTEXT[model] - 4), max_tokens=4, temperature=0,
                                       extra_body={"ignore_eos": True})
         return r.usage.completion_tokens
@@ -60,7 +71,7 @@ def test_light_models_share_a_worker_and_every_request_is_answered(server):
             with cf.ThreadPoolExecutor(3) as pool:
                 answered += list(pool.map(ask, range(24)))
                 if rnd == 1:
-                    assert list(pool.map(at_limit, MODELS)) == [4, 4, 4]
+                    assert at_limit(AT_LIMIT) == 4
             if rnd < 2:  # a pause between rounds; none is needed after the last
                 time.sleep(1.5)
     finally:

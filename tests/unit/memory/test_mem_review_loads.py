@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -82,32 +83,43 @@ def test_file_range_that_wraps_uint64_is_invalid_argument(slot, tmp_path):
         slot.load([(str(f), 2**64 - PAGE, 0, 2 * PAGE)]).wait()
 
 
-# load_bytes counts every load, from several threads at once (a race: a few rounds).
+class _YieldingInt(int):
+    """An int whose addition gives the GIL away: a `+=` of it is read, then other threads run, then written. CPython
+    3.11 switches threads only at calls and backward jumps, so a plain int's `+=` is never split and the race it
+    guards against would not show here (the first version of this test, 4 rounds at a 1 us switch interval, passed
+    without the lock in 44 s)."""
+
+    def __add__(self, other):
+        time.sleep(0.001)
+        return _YieldingInt(int(self) + other)
+
+
+# load_bytes counts every load, from several threads at once: without a lock, the threads' `+=` lose updates.
 def test_load_bytes_counts_every_load_started_from_several_threads():
     buf = np.zeros(PAGE, dtype=np.uint8)
-    srcs = [(buf, 0, 0, 1)] * 20000  # many specs: the sum() runs long enough to be interrupted
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        with PagePool(16 * PAGE, page_bytes=PAGE, prefault=False) as pool:
-            for _ in range(4):
-                slot = pool.create_slot(8 * PAGE, "s")
-                slot.map(0, 1)
-                n_each, n_threads = 10, 3
+    srcs = [(buf, 0, 0, 1)] * 4
+    n_each, n_threads = 10, 3
+    with PagePool(16 * PAGE, page_bytes=PAGE, prefault=False) as pool:
+        slot = pool.create_slot(8 * PAGE, "s")
+        slot.map(0, 1)
+        slot._load_bytes = _YieldingInt(0)
+        errors: list[BaseException] = []
 
-                def run():
-                    for _ in range(n_each):
-                        slot.load(srcs, chunk_bytes=1024).wait()
+        def run():
+            try:
+                for _ in range(n_each):
+                    slot.load(srcs, chunk_bytes=1024).wait()
+            except BaseException as e:  # reaches the test's thread below
+                errors.append(e)
 
-                ts = [threading.Thread(target=run) for _ in range(n_threads)]
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join()
-                assert slot.load_bytes == n_threads * n_each * len(srcs)
-                slot.close()
-    finally:
-        sys.setswitchinterval(old)
+        ts = [threading.Thread(target=run) for _ in range(n_threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors, errors
+        assert slot.load_bytes == n_threads * n_each * len(srcs)
+        slot.close()
 
 
 # Found in a review of the fix above: a load whose driver thread could not start stood in pool.jobs while an
