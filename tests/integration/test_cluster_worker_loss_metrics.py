@@ -100,13 +100,15 @@ def test_a_resumed_request_counts_the_prompt_its_new_instance_prefills():
         m = c.controller.metrics
         c.generate(MODEL, PROMPT, max_tokens=2)
         assert m.prompt_tokens.get(model=MODEL) == len(PROMPT)
-        th, out, err = _long_generation(c, 300)
+        # 100 tokens: the kill lands a few tokens in, well before the end (the resumption is asserted below), and
+        # the restarted worker generates the rest in a few seconds, not the 300's ten or more.
+        th, out, err = _long_generation(c, 100)
         os.kill(c.controller.gpu_workers[0].pid, signal.SIGKILL)
         th.join(120)
-        assert not err and out[0].completion_tokens == 300, err
+        assert not err and out[0].completion_tokens == 100, err
         assert m.resumed.get(model=MODEL, why="worker_lost") == 1
         resumed_prompt = m.prompt_tokens.get(model=MODEL) - 2 * len(PROMPT)
-        assert len(PROMPT) + 3 < resumed_prompt < len(PROMPT) + 300  # its prompt and its tokens before the loss
+        assert len(PROMPT) + 3 < resumed_prompt < len(PROMPT) + 100  # its prompt and its tokens before the loss
 
 
 def test_requests_a_close_fails_are_counted():

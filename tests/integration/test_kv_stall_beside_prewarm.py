@@ -6,7 +6,8 @@ out request_timeout_s to fail with "produced no token".
 
 Two CPU workers of 99 pages of 2 MiB; llama-20m (37 pages) serves, qwen2-30m (57 pages) is forecast bursty from a
 history and prewarmed twice, one copy beside llama-20m once the plan shrinks llama-20m's idle KV for it (PAPER
-§6); replan_s lowered to 3 s so that this happens within seconds."""
+§6); replan_s lowered to 1 s so that this happens within a second or two (on the tree before the fix, the long
+prompt still waits out request_timeout_s at 1 s)."""
 
 import json
 import time
@@ -43,7 +44,7 @@ def test_a_long_prompt_gets_the_pages_a_prewarm_beside_it_held(tmp_path):
     cfg = ClusterConfig(
         models=(ModelSpec(path=paths[SERVED]), ModelSpec(path=paths[BURSTY])), cpu_workers=2,
         cpu_worker_memory_bytes=99 * (2 << 20), cpu_worker_threads=1,
-        controller=ControllerConfig(policy_config=PolicyConfig(window_s=WINDOW_S, replan_s=3.0),
+        controller=ControllerConfig(policy_config=PolicyConfig(window_s=WINDOW_S, replan_s=1.0),
                                     request_timeout_s=TIMEOUT_S, history_path=_history(tmp_path / "h.json")))
     with warmserve.Cluster(None, config=cfg) as c:
         assert c.generate(SERVED, [5, 6, 7], max_tokens=4).completion_tokens == 4

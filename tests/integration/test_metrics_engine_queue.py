@@ -35,7 +35,9 @@ def test_requests_behind_max_num_seqs_are_waiting_not_running(tmp_path):
     try:
         body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
         assert serving.post_json(url + "/v1/completions", body)[0] == 200  # the instance is up
-        long = {**body, "max_tokens": 200, "ignore_eos": True}
+        # 100 tokens: the first two run for 100 engine steps (seconds on one CPU thread, many heartbeats) while the
+        # other four wait; 200 only made the three rounds twice as long.
+        long = {**body, "max_tokens": 100, "ignore_eos": True}
         threads = [threading.Thread(target=lambda: statuses.append(
             serving.post_json(url + "/v1/completions", long)[0])) for _ in range(6)]
         for t in threads:

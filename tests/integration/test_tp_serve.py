@@ -91,9 +91,10 @@ def test_killing_a_rank_under_load_ends_every_request_and_the_group_comes_back(s
 
     def ask(i: int):
         try:
-            # 100 tokens run for seconds at tp = 2 on CPU: the rank is killed while they are in flight, and the ones
-            # that resume on the rebuilt group finish soon after.
-            r = _client(url, 90).completions.create(model=MODEL, prompt=f"load {i}", max_tokens=100, temperature=0,
+            # 40 tokens at tp = 2 on CPU outlast the kill, which comes as soon as two are in flight (checked below on
+            # the metrics), and the ones that resume on the rebuilt group finish soon after (100 tokens took 6 s more
+            # there for nothing the test checks).
+            r = _client(url, 90).completions.create(model=MODEL, prompt=f"load {i}", max_tokens=40, temperature=0,
                                                     extra_body={"ignore_eos": True})
             results.append(f"ok {r.usage.completion_tokens}")
         except openai.APIError as e:  # the expected outcome for requests that had started on the lost rank
@@ -122,6 +123,10 @@ def test_killing_a_rank_under_load_ends_every_request_and_the_group_comes_back(s
     assert len(results) == 4, results
     # Every request ended within seconds of the loss, either answered or with a clear error.
     assert time.monotonic() - t_kill < 60
+    # The kill cut requests in flight: they went on elsewhere (resumed, or started over) or ended with an error.
+    cut = (serving.counter(url, "warmserve_resumed_requests") + serving.counter(url, "warmserve_rerouted_requests")
+           + sum(r.startswith("error") for r in results))
+    assert cut >= 1, results
 
     # The worker is restarted, the group rebuilt on the new GPU set, and the model is served again.
     deadline = time.monotonic() + 90

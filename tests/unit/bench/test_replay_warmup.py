@@ -187,9 +187,12 @@ def test_tiny_live_replay_answers_the_warmup_and_keeps_it_out_of_the_measured_fi
     assert wu["answered"] == n_warm and wu["outcomes"]["ok"] == n_warm
     # Seed 1: the history prewarms llama-20m-a, whose start is the warm-up's (counted before t = 0); the measured
     # span adds one cold start, llama-20m-b's for its one request. A measured count that also held the warm-up's
-    # start would read 2. The twin sees the same split.
+    # start would read 2, as a cold start or a prewarmed one (the measured span has none of its own). The cluster
+    # comes up after the warm-up's planned start (--start-lead-s 0), so on a loaded machine the warm-up's first
+    # request (1.6 s in) can come before the policy's first tick and start llama-20m-a cold (seen: start lag
+    # 12.7 s, prewarmed starts 0): the warm-up's one start is either. The twin sees the same split.
     sim = doc["simulated"]["policies"]["warmserve"]
-    assert (wu["instance_starts"], wu["starts_from_prewarm"]) == (1, 1)
+    assert wu["instance_starts"] == 1
     assert (s["instance_starts"], s["starts_cold"], s["starts_from_prewarm"]) == (1, 1, 0)
     assert (sim["warmup"]["instance_starts"], sim["instance_starts"]) == (1, 1)
     assert sim["requests"] == n and sim["warmup"]["requests"] == n_warm

@@ -7,7 +7,7 @@ import dataclasses
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
-from warmserve.controller import executor
+from warmserve.controller import executor, restarts
 from warmserve.controller.controller import Controller
 from warmserve.controller.errors import OverloadedError
 from warmserve.errors import WarmServeError, WorkerLostError
@@ -211,9 +211,13 @@ class UnkillableProc(StuckProc):
             super().terminate()
 
 
-def test_a_process_that_never_exits_does_not_hold_the_controller_s_close(model):
+def test_a_process_that_never_exits_does_not_hold_the_controller_s_close(model, monkeypatch):
     """A lost worker's process that SIGKILL does not end: its restart waited in a thread for good, and close() too
     (the shutdown hung). Now the restart gives up when the controller closes and close() leaves the process."""
+    # close() waits REAP_WAIT_S after SIGTERM and again after SIGKILL for a process that ignores both (10 s at the
+    # default 5 s): a fraction of a second shows the same giving up, and a close that hangs for good still does.
+    monkeypatch.setattr(restarts, "REAP_WAIT_S", 0.3)
+
     async def main():
         c = make_controller(model, policy="autoscale", restart_backoff_s=0.02)
         ep = await c.start()

@@ -10,12 +10,20 @@ from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.presets import paper_preset
 from warmserve.sim.shared_search import score, workload_stats
 from warmserve.sim.simulator import Simulator, simulate
+from warmserve.workload.recipes import paper_workload
 from warmserve.workload.request import Trace, Workload
 
 
 def _twelve(rate_rps=6.0, history_days=1):
     p = paper_preset("conv", n_models=12, total_rate_rps=rate_rps, history_days=history_days)
     return p, p.build(1.0, 0)
+
+
+def _short(p):
+    """``p``'s workload (rate scale 1, seed 0) over a third of its span, 400 s after 200 s of warm-up: the layout
+    search runs each of its shortlisted candidates as a whole run."""
+    return paper_workload("conv", len(p.models), alpha=p.alpha, total_rate_rps=p.base_rate_rps, duration_s=400.0,
+                          pre_s=200.0, history_days=p.history_days, model_names=[m.name for m in p.models], seed=0)
 
 
 def test_default_shared_layout_gives_every_model_an_instance():
@@ -41,7 +49,8 @@ def test_a_layout_that_cannot_place_a_model_raises_naming_it():
 
 
 def test_searched_shared_layout_serves_every_model_and_beats_the_default_score():
-    p, w = _twelve()
+    p = paper_preset("conv", n_models=12, total_rate_rps=6.0, history_days=1)
+    w = _short(p)
     sim = Simulator(w, p.models, "shared", config=p.config)
     rec = sim.shared_search
     # the layout kept is the simulated one of best SLO attainment (a throughput score alone passed over better ones)
@@ -60,7 +69,7 @@ def test_searched_shared_layout_serves_every_model_and_beats_the_default_score()
     for m, s in r.per_model.items():
         assert s["requests"] == 0 or s["completed"] > 0, m
     p7 = paper_preset("conv", total_rate_rps=6.0, history_days=1)
-    sim7 = Simulator(p7.build(1.0, 0), p7.models, "shared", config=p7.config)
+    sim7 = Simulator(_short(p7), p7.models, "shared", config=p7.config)
     m7 = sim7.policy.models
     d7 = dict(sim7.policy.layout.demand)
     o7 = sorted(m7, key=lambda m: (-m7[m].tp, -d7[m], m))

@@ -8,9 +8,11 @@ from warmserve import cli
 @pytest.mark.slow
 def test_simulate_cli_writes_json_table_and_plot(tmp_path, capsys):
     out, png = tmp_path / "r.json", tmp_path / "cdf.png"
-    rc = cli.main(["simulate", "--workload", "paper-code", "--models", "3", "--duration-s", "120", "--rate", "3",
-                   "--policy", "warmserve,engine-prewarm-only", "--search-iters", "1", "--quiet",
-                   "--json", str(out), "--plot", str(png)])
+    # a tight SLO (--slo-scale 2, not 10) puts the max rate just below the run's own: the search takes three low
+    # rate runs per policy (it doubled up to 48 rps, 6 runs over the warm-up and the span)
+    rc = cli.main(["simulate", "--workload", "paper-code", "--models", "3", "--duration-s", "120", "--rate", "1",
+                   "--policy", "warmserve,engine-prewarm-only", "--search-iters", "1", "--slo-scale", "2",
+                   "--quiet", "--json", str(out), "--plot", str(png)])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert set(doc["policies"]) == {"warmserve", "engine-prewarm-only"}
@@ -18,7 +20,7 @@ def test_simulate_cli_writes_json_table_and_plot(tmp_path, capsys):
         for k in ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "throughput_rps", "slo_attainment", "prewarm_hit_rate",
                   "gpu_seconds", "max_rate_under_slo_rps"):
             assert isinstance(s[k], (int, float)), k
-        assert s["rate_search"] and s["max_rate_under_slo_rps"] >= 0
+        assert s["rate_search"] and s["max_rate_under_slo_rps"] > 0
         assert s["completed"] + s["dropped"] == s["requests"]
     assert doc["wall_s"] > 0 and png.stat().st_size > 1000
     text = capsys.readouterr().out
@@ -77,9 +79,10 @@ def test_simulate_cli_cold_start_and_engine_model_flags(tmp_path):
 
 def test_simulate_cli_searches_the_max_rate_at_several_slo_targets_over_the_same_runs(tmp_path, capsys):
     out = tmp_path / "r.json"
+    # a tight SLO (--slo-scale 1.5, not 10): the searches stay at low rates, and the two targets' rates differ
     rc = cli.main(["simulate", "--workload", "paper-code", "--models", "3", "--duration-s", "120", "--rate", "3",
                    "--policy", "warmserve,shared", "--no-shared-search", "--slo-target", "0.99,0.9",
-                   "--search-iters", "1", "--quiet", "--json", str(out)])
+                   "--search-iters", "1", "--slo-scale", "1.5", "--quiet", "--json", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     for s in doc["policies"].values():

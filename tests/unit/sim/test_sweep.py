@@ -11,7 +11,8 @@ from warmserve.sim.runner import band_policies, highest_rate_meeting
 def test_sweep_writes_json_per_policy_with_rising_rates_and_a_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    rc = cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "60", "--rate", "2",
+    # a low rate (0.5 rps at scale 1, not 2): every run of the sweep replays the 600 s warm-up before its span
+    rc = cli.main(["simulate", "--preset", "artifact-code", "--duration-s", "60", "--rate", "0.5",
                    "--policy", "warmserve,autoscale", "--seeds", "0,1", "--sweep-rate", "2,0.5,1",
                    "--cold-start-band", "14,35", "--quiet", "--json", str(out), "--plot", str(png)])
     assert rc == 0
