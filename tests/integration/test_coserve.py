@@ -24,10 +24,11 @@ CONTEXT = {"llama-20m": 2048, "qwen2-30m": 4096, "llama-90m": 4096}
 server = serving.server_fixture("coserve", models=MODELS, cpu_workers=2,
                                 policy={"coserve_tpot_s": 0.1, "colocate_when_oversubscribed": "false",
                                         "load_window_s": 1.0, "min_lifetime_s": 1.0, "preempt_after_s": 2.0})
-#: The model sent a request at its whole context, end to end on a worker it shares (its share's floor of one such
-#: request is policy/state.py's kv_blocks_for, tested in unit/policy/test_policy_state_actions.py): the lightest,
-#: whose 2,044-token prefill takes about 10 s on one CPU thread; qwen2-30m's 4,092 tokens took 34 s more, and
-#: llama-90m's, alone on its worker (its step too slow to share on CPU), tested no share at all.
+#: The model sent a request at its whole context (2,044 prompt tokens, about 10 s of prefill on one CPU thread): a
+#: model that comes to share a worker here (llama-90m's step is too slow on CPU to share), so the request may run
+#: on an instance with a KV share. Here a share (91 blocks of 256 tokens) is far above such a request (8 blocks), so
+#: this checks the path end to end, not the share's floor of one such request: that is policy/state.py's
+#: kv_blocks_for, tested in unit/policy/test_policy_state_actions.py. (qwen2-30m's 4,092 tokens took 34 s more.)
 AT_LIMIT = "llama-20m"
 
 

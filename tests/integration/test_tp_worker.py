@@ -119,7 +119,15 @@ def _reference(path: str, prompts: list[list[int]]) -> list[list[int]]:
         torch.set_num_threads(threads)
 
 
+#: Group ids joined in this module. A pair passes from test to test, and rank 0's rendezvous store keeps the keys
+#: of every group id it served for the life of its worker: a group joined again under one of them meets the old
+#: ranks' addresses (gloo: connection refused, after the whole group timeout). So each test joins ids of its own.
+_JOINED: set[str] = set()
+
+
 def _group(clients, gid: str) -> list[P.GroupJoined]:
+    assert gid not in _JOINED, f"group id {gid!r} was joined by an earlier test of this module: use a new one"
+    _JOINED.add(gid)
     port = clients[0].host_group_store()
     return list(_both(lambda: clients[0].join_group(gid, 0, 2, port), lambda: clients[1].join_group(gid, 1, 2, port)))
 
@@ -249,6 +257,8 @@ def test_a_worker_joins_its_groups_one_at_a_time_in_the_order_they_came(model_pa
     extra = [WorkerClient(procs[0][1]) for _ in range(2)]  # more callers of rank 0's worker, one per thread
     try:
         port = clients[0].host_group_store()
+        assert not _JOINED & {"stuck", "g", "left"}, _JOINED
+        _JOINED.update({"stuck", "g", "left"})
         with ThreadPoolExecutor(4) as pool:
             stuck = pool.submit(lambda: clients[0].join_group("stuck", 0, 2, port, group_timeout_s=3.0))
             time.sleep(0.5)  # "stuck" came first

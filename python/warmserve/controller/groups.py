@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from warmserve import protocol as P
 from warmserve.errors import WarmServeError, WorkerLostError, register
@@ -69,6 +70,11 @@ class GroupManager:
         self.ctl = ctl
         self.groups: dict[tuple[int, ...], GroupRecord] = {}
         self._epoch = 0
+        #: In every group id: rank 0's rendezvous store lives as long as its worker, and keeps the keys of each group
+        #: id it served; a group joined again under one of them meets the old ranks' addresses (gloo: connection
+        #: refused, after the group's whole timeout). Ids count up per controller only, so a restarted controller's
+        #: first group on the GPUs of a remote worker that outlived the old one was named as the old one's first.
+        self._token = secrets.token_hex(3)
         #: GPU set -> (builds failed in a row, when prewarm may try again (loop time), the workers they failed with,
         #: the last build's error). Found in review: a build that failed at once (an NCCL init error) was tried
         #: again on every policy tick, for ever, each try a warning and a LeaveGroup to every member.
@@ -245,7 +251,7 @@ class GroupManager:
 
     def _build(self, gpus: tuple[int, ...], path: str) -> GroupRecord:
         self._epoch += 1
-        gid = f"tp{len(gpus)}-g{'-'.join(map(str, gpus))}-e{self._epoch}"
+        gid = f"tp{len(gpus)}-g{'-'.join(map(str, gpus))}-e{self._epoch}-{self._token}"
         ws = self._workers(gpus) or [self.ctl.by_gpu.get(g) for g in gpus]
         rec = self.groups[gpus] = GroupRecord(gid, gpus, ws, path)
         rec.task = self.ctl._spawn(self._join(rec))

@@ -118,6 +118,7 @@ def test_load_bytes_counts_every_load_started_from_several_threads():
         for t in ts:
             t.join()
         assert not errors, errors
+        assert type(slot._load_bytes) is _YieldingInt  # still the counter (not a name the slot no longer reads)
         assert slot.load_bytes == n_threads * n_each * len(srcs)
         slot.close()
 
