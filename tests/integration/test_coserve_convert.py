@@ -18,10 +18,15 @@ BURST, OTHER, THIRD = "llama-20m", "qwen2-30m", "llama-90m"
 
 # B = 4 so that 12 requests in flight make the burst (12 > 0.8 x 4: it asks for instances of its own); two models
 # per host, so that the third model opens a second host for the mover to join; co-serving from the first request.
+# A TPOT target of 1 s, not the 0.1 s default sized for GPUs: joins are checked against the measured decode steps,
+# and on a loaded CI machine these CPU workers' steps reach 34-72 ms (CI, 2026-12-01: qwen2-30m 37 ms + llama-90m
+# 72 ms = 109 ms > 100 ms, so the mover found no host and the burst was never dedicated; the first two models'
+# join fills 0.5 / 0.8 of the target, 62.5 ms, which two such steps also pass). The burst here is the load's
+# (12 in flight, 3 x B), which no TPOT target changes.
 server = serving.server_fixture(
     "coserve-convert", models=(BURST, OTHER, THIRD), cpu_workers=2, cpu_worker_memory_bytes=1536 << 20,
     policy={"instance_capacity": 4, "min_lifetime_s": 1.0, "coserve_max_models": 2, "coserve_always": "true",
-            "colocate_when_oversubscribed": "false"})
+            "coserve_tpot_s": 1.0, "colocate_when_oversubscribed": "false"})
 
 
 def _instances(url: str) -> list[dict]:
