@@ -37,6 +37,16 @@ def cannot_run() -> str:
     return ""
 
 
+def passed() -> None:
+    """End the run inside the namespaces as passed, at once: the caller has made every check. Ray's own cleanup and
+    the interpreter's exit (Ray's exit hooks, its processes' shutdown) took 6 to 19 s a run here, and check nothing:
+    when this process (PID 1 there) ends, the kernel ends every process in the namespaces, and ``run_inside`` removes
+    Ray's directory. Only a passing run ends so; a failing one keeps its cleanup and pytest's report."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def require_namespaces() -> None:
     """Skip the test where the namespaces cannot be made (``cannot_run``)."""
     why = cannot_run()

@@ -34,10 +34,12 @@ def test_every_model_is_laid_out_before_its_first_request_and_the_layout_stands(
         r = client.completions.create(model=MODELS[i % 3], prompt=f"hello {i}", max_tokens=8, temperature=0)
         return r.usage.completion_tokens
 
+    # 12 requests a round, each model 4 times: three rounds still keep every model busy for over two load windows
+    # (PolicyConfig.load_window_s) and many ticks, where a layout the rules would undo is undone.
     answered = []
     for _ in range(3):
         with cf.ThreadPoolExecutor(3) as pool:
-            answered += list(pool.map(ask, range(24)))
-    assert len(answered) == 72 and all(n == 8 for n in answered)
+            answered += list(pool.map(ask, range(12)))
+    assert len(answered) == 36 and all(n == 8 for n in answered)
     assert _layout(url) == before
     assert serving.wait_idle(url) == []

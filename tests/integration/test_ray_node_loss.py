@@ -17,7 +17,7 @@ import time
 import pytest
 
 import serving
-from ray_namespaces import inside, require_namespaces, run_inside
+from ray_namespaces import inside, passed, require_namespaces, run_inside
 
 #: The run inside the namespaces, seconds; the worker must be given up on within GIVE_UP_S of the node's death,
 #: far below WORKER_START_TIMEOUT_S.
@@ -90,6 +90,7 @@ async def _inside() -> None:
             await asyncio.wait_for(ask(), 10)
         assert time.monotonic() - t0 < 5
         print(f"node death to give-up: {gave_up_s:.1f} s")
+        passed()  # every check made: the namespaces' end does the cleanup below
     finally:
         if ctl is not None:
             await ctl.close(drain=False)

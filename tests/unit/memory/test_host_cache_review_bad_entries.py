@@ -177,7 +177,7 @@ NODAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
 #: As that user: a cache at ROOT (or the worker's start-up check, with "worker"), then a load of CKPT; prints
 #: what happened as JSON.
 OTHER = r"""
-import json, os, sys, torch
+import json, os, sys
 from warmserve.errors import WarmServeError
 from warmserve.memory import PagePool
 from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
@@ -192,6 +192,7 @@ try:
 except WarmServeError as e:
     print(json.dumps({"start": type(e).__name__ + ": " + str(e)}))
     sys.exit(0)
+import torch  # only past start-up: a refused start needs none of its 3-4 s import
 if mode == "readonly":
     os.chmod(root, 0o555)  # the directory turns unwritable after start-up
 with PagePool(len(data), page_bytes=4096, prefault=False) as pool:

@@ -19,7 +19,7 @@ PAGE = 4096
 
 PRELUDE = """
 import gc, os, sys, tempfile, threading, time
-import numpy as np, torch
+import numpy as np
 from warmserve.errors import CancelledError, ClosedError, InvalidArgumentError, OutOfMemoryError
 from warmserve.memory import PagePool
 PAGE = 4096
@@ -35,8 +35,11 @@ def run_child(body: str, timeout_s: float = 60, tmp_dir=None) -> list[str]:
     """Runs PRELUDE + body in a fresh interpreter; returns its stdout lines. Fails on a crash or a hang.
     tmp_dir: where the child's big_file() writes (a test's tmp_path; the child has none without it)."""
     args = [] if tmp_dir is None else [str(tmp_dir)]
+    # torch only where the body uses it: its import is most of a child's start (3-4 s on a loaded 2-core machine),
+    # and the memory core never needs it (a body that used torch without it would fail on a NameError, not pass)
+    code = ("import torch\n" if "torch" in body else "") + PRELUDE + textwrap.dedent(body)
     try:
-        r = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body), *args], capture_output=True,
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                            text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"child hung for {timeout_s} s; stdout so far: {e.stdout!r}")

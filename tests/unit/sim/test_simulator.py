@@ -52,9 +52,26 @@ def _small_preset():
     return p, w
 
 
-def test_same_seed_same_result():
+@pytest.fixture(scope="module")
+def small_runs():
+    """The small preset's workload and one run per policy, shared by the tests that only read a run: a run is
+    deterministic (test_same_seed_same_result checks it against a fresh build and run), so re-running the same
+    policy per test was repeated work (about 4 s a dedicated run)."""
     p, w = _small_preset()
-    a = simulate(w, p.models, "warmserve", config=p.config)
+    runs = {}
+
+    def run(policy):
+        if policy not in runs:
+            sim = Simulator(w, p.models, policy, config=p.config)
+            runs[policy] = (sim, sim.run())
+        return runs[policy]
+
+    return p, w, run
+
+
+def test_same_seed_same_result(small_runs):
+    p, w, run = small_runs
+    a = run("warmserve")[1]
     b = simulate(p.build(1.0, 5), p.models, "warmserve", config=p.config)
     assert json.dumps(a.summary, sort_keys=True) == json.dumps(b.summary, sort_keys=True)
     assert np.array_equal(a.ttft_s, b.ttft_s)
@@ -63,9 +80,9 @@ def test_same_seed_same_result():
 
 
 @pytest.mark.parametrize("policy", ["warmserve", "autoscale", "shared", "dedicated"])
-def test_every_request_completes_or_is_dropped(policy):
-    p, w = _small_preset()
-    r = simulate(w, p.models, policy, config=p.config)
+def test_every_request_completes_or_is_dropped(policy, small_runs):
+    p, w, run = small_runs
+    r = run(policy)[1]
     s = r.summary
     assert s["requests"] == len(w.trace)
     assert s["completed"] + s["dropped"] == s["requests"]
@@ -87,10 +104,8 @@ def test_unfinished_requests_are_dropped_and_count_until_the_end_of_the_run():
     assert r.summary["completed"] + r.summary["dropped"] == r.summary["requests"]
 
 
-def test_tensor_parallel_instance_spans_its_group():
-    p, w = _small_preset()
-    sim = Simulator(w, p.models, "dedicated", config=p.config)
-    r = sim.run()
+def test_tensor_parallel_instance_spans_its_group(small_runs):
+    sim, r = small_runs[2]("dedicated")
     for inst in sim.state.instances.values():
         tp = sim.state.models[inst.model].tp
         assert len(inst.gpus) == tp
@@ -227,13 +242,13 @@ def test_unservable_names_a_shard_larger_than_any_gpu_and_nothing_else():
     assert sorted(st.unservable()) == ["big4", "huge"]
 
 
-def test_gpu_seconds_holding_counts_gpus_that_hold_only_prewarms():
+def test_gpu_seconds_holding_counts_gpus_that_hold_only_prewarms(small_runs):
     """The audit's second GPU-time figure: GPUs holding prewarmed weights count too. With no prewarms
     (`dedicated`) it equals gpu_seconds; warmserve's prewarms make it larger, and no figure passes every GPU
     for the whole run."""
-    p, w = _small_preset()
-    ded = simulate(w, p.models, "dedicated", config=p.config).summary
-    ws = simulate(w, p.models, "warmserve", config=p.config).summary
+    p, w, run = small_runs
+    ded = run("dedicated")[1].summary
+    ws = run("warmserve")[1].summary
     assert ded["gpu_seconds_holding"] == pytest.approx(ded["gpu_seconds"], rel=1e-3)
     n_gpus = p.config.n_servers * p.config.gpus_per_server
     assert ws["gpu_seconds"] < ws["gpu_seconds_holding"] <= n_gpus * ws["end_s"] + 1e-6
