@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 
@@ -37,11 +38,30 @@ def cannot_run() -> str:
     return ""
 
 
+#: Exceptions that escaped a thread of this run since ``watch_threads`` (their threads' names).
+_escaped: list[str] = []
+
+
+def watch_threads() -> None:
+    """Note every exception that escapes a thread from now on, beside the hook pytest has installed (which fails the
+    test, but only once the test function returns: ``passed`` would exit before that). Call it first in the body."""
+    pytests_hook = threading.excepthook
+
+    def hook(args):
+        _escaped.append(getattr(args.thread, "name", "?"))
+        pytests_hook(args)
+
+    threading.excepthook = hook
+
+
 def passed() -> None:
     """End the run inside the namespaces as passed, at once: the caller has made every check. Ray's own cleanup and
     the interpreter's exit (Ray's exit hooks, its processes' shutdown) took 6 to 19 s a run here, and check nothing:
     when this process (PID 1 there) ends, the kernel ends every process in the namespaces, and ``run_inside`` removes
-    Ray's directory. Only a passing run ends so; a failing one keeps its cleanup and pytest's report."""
+    Ray's directory. Only a passing run ends so: with an exception escaped from a thread (``watch_threads``) this
+    returns, and the cleanup and pytest's report (which fails the test for it) run as usual."""
+    if _escaped:
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

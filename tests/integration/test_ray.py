@@ -23,7 +23,7 @@ import urllib.request
 import pytest
 
 import serving
-from ray_namespaces import inside, passed, require_namespaces, run_inside
+from ray_namespaces import inside, passed, require_namespaces, run_inside, watch_threads
 
 #: The whole run inside the namespaces (Ray up, serve, bursts, kill and replacement, shutdown), seconds: past it
 #: the run is killed, namespaces and all; its waits end by INSIDE_BUDGET_S, leaving time to clean up and report.
@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs th
 
 def test_serve_on_a_two_node_ray_cluster_replaces_a_killed_worker_actor(tmp_path):
     if inside():
+        watch_threads()
         _inside(tmp_path)
         return
     # The temp dir of every process inside (the workers' actors too), where leftovers are looked for.
