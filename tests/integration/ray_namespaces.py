@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 
 import pytest
 
@@ -38,7 +39,7 @@ def cannot_run() -> str:
     return ""
 
 
-#: Exceptions that escaped a thread of this run since ``watch_threads`` (their threads' names).
+#: Exceptions that escaped a thread of this run since ``watch_threads``: the thread's name and the traceback.
 _escaped: list[str] = []
 
 
@@ -48,10 +49,16 @@ def watch_threads() -> None:
     pytests_hook = threading.excepthook
 
     def hook(args):
-        _escaped.append(getattr(args.thread, "name", "?"))
+        tb = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        _escaped.append(f"thread {getattr(args.thread, 'name', '?')}: {tb}")
         pytests_hook(args)
 
     threading.excepthook = hook
+
+
+def escaped() -> list[str]:
+    """The exceptions that escaped a thread since ``watch_threads``, each with its thread's name and traceback."""
+    return list(_escaped)
 
 
 def passed() -> None:

@@ -32,7 +32,7 @@ import traceback
 import pytest
 
 import serving
-from ray_namespaces import inside, require_namespaces, run_inside
+from ray_namespaces import escaped, inside, require_namespaces, run_inside, watch_threads
 
 #: The run inside the namespaces, seconds: Ray's two heads (about 10 s on 2 cores, side by side), four Clusters of
 #: one CPU worker each (a few seconds each), the close with the head gone (CLOSE_RAY_S, 10 s), about 40 s in all.
@@ -44,6 +44,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs th
 
 def test_clusters_of_one_process_share_its_ray_connection_and_close_without_the_head(tmp_path):
     if inside():
+        watch_threads()
         _inside()
         return
     require_namespaces()
@@ -104,6 +105,8 @@ def _inside() -> None:
         # Ray kills a driver that lost its GCS 60 s later. So the run ends here; the namespaces end every process.
         if len(ran) < len(checks):
             failed["the run"] = f"ended after {ran}: {traceback.format_exc()}"
+        if escaped():  # pytest would fail the test for them only once it returned, which this run never does
+            failed["a thread"] = "\n".join(escaped())
         print("\n\n".join(f"FAILED {n}:\n{tb}" for n, tb in failed.items()) or "all checks passed", flush=True)
         os._exit(1 if failed else 0)
 
