@@ -92,10 +92,10 @@ def test_every_request_completes_or_is_dropped(policy, small_runs):
     assert 0 <= s["slo_attainment"] <= 1 and s["gpu_seconds"] > 0
 
 
-def test_unfinished_requests_are_dropped_and_count_until_the_end_of_the_run():
+def test_unfinished_requests_are_dropped_and_count_until_the_end_of_the_run(small_runs):
     """An engine start longer than the run (10^6 s) answers nothing: every request is dropped at the end, and
     counts as waiting from its arrival to the end of the run (was a fixed 999 s)."""
-    p, w = _small_preset()
+    p, w, _ = small_runs
     cfg = SimConfig(n_servers=1, gpus_per_server=4, drain_s=5.0)
     r = simulate(w, p.models, "autoscale", config=cfg, cost=CostModel.for_gpu(cfg.gpu).with_cold_start_s(1e6))
     big = r.per_model["llama2-70b-a"]
@@ -105,7 +105,8 @@ def test_unfinished_requests_are_dropped_and_count_until_the_end_of_the_run():
 
 
 def test_tensor_parallel_instance_spans_its_group(small_runs):
-    sim, r = small_runs[2]("dedicated")
+    _, _, run = small_runs
+    sim, r = run("dedicated")
     for inst in sim.state.instances.values():
         tp = sim.state.models[inst.model].tp
         assert len(inst.gpus) == tp
