@@ -132,6 +132,7 @@ class Api:
             resp = _json(e.status, oa.error_body(
                 e.status, f"the request body is larger than the {MAX_BODY_BYTES} bytes ({MAX_BODY_BYTES >> 20} MiB) "
                           f"this server accepts: send a smaller body"))
+            close = True  # the rest of the body is not wanted: aiohttp would read on for it (its lingering)
         except web.HTTPException as e:
             if e.status < 400:
                 raise

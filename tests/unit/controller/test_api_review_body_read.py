@@ -172,6 +172,21 @@ def test_an_unsupported_content_encoding_is_a_415_before_the_body_is_read(model)
         assert err["type"] == "invalid_request_error" and f"Content-Encoding '{refused}' is not supported" in err["message"]
 
 
+def test_a_body_announced_over_the_limit_is_a_413_before_it_is_read_and_its_connection_is_closed(model):
+    """Found in review: a Content-Length over api.MAX_BODY_BYTES was refused only once all of the body had come (a
+    client learnt of the limit after sending 16 MiB). Only 5 bytes of the body are sent: the answer must not wait
+    for the rest, and the connection is closed (aiohttp would read on for the unwanted rest)."""
+    async def go(c):
+        return await _exchange(c, [_head(f"Content-Length: {api.MAX_BODY_BYTES + 1}\r\n") + b'{"mod'])
+
+    raw, closed = _serve(Ctl(model), go)
+    assert raw, "no answer within the wait"
+    status, headers, body = _answer(raw)
+    assert status == 413 and headers["content-type"].startswith("application/json"), raw
+    assert f"{api.MAX_BODY_BYTES} bytes" in json.loads(body)["error"]["message"], body
+    assert closed, "the connection was not closed after the 413"
+
+
 def test_malformed_http_is_one_info_line_and_genuine_errors_stay_errors(model, caplog):
     """Found in review: each request aiohttp's parser refused (an overlong request line, a control character in a
     header) logged an aiohttp.server ERROR with a traceback: a port scanner filled the log. With the filter
