@@ -9,7 +9,6 @@ asks for nothing.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 import uuid
@@ -322,68 +321,6 @@ def _check_messages(messages: list[ChatMessage]) -> None:
             if getattr(m, field) not in (None, []):
                 raise _bad(f"messages[{i}].{field} is not accepted (tool calling is not supported): send the "
                            f"turn's text as its content", "messages")
-
-
-class _ChatHead(msgspec.Struct):
-    model: str
-    messages: msgspec.Raw
-
-
-def chat_head(body: bytes) -> tuple[str, msgspec.Raw] | None:
-    """A chat body's model and its messages' JSON, not decoded (msgspec skips over it); None for a body that is
-    no such object (``parse_chat`` says what is wrong with it)."""
-    try:
-        head = msgspec.json.decode(body, type=_ChatHead)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
-    return head.model, head.messages
-
-
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
-_items = json.JSONDecoder()
-
-
-def count_items(array, most: int) -> int | None:
-    """How many items the JSON array ``array`` (UTF-8) holds, counted up to ``most`` (a longer one gives
-    ``most``); None when it is no JSON array (``_decode`` says why). Item by item, in Python: run on a thread, it
-    lets the event loop have the GIL between items, where msgspec's decoder holds it for a whole array, and
-    stopping at ``most`` keeps it short however long the array."""
-    try:
-        text = str(array, "utf-8")
-    except UnicodeDecodeError:
-        return None
-    space = _JSON_SPACE.match
-    i = space(text).end()
-    if text[i:i + 1] != "[":
-        return None
-    i = space(text, i + 1).end()
-    if text[i:i + 1] == "]":
-        return 0
-    n = 0
-    while n < most:
-        try:
-            _, i = _items.raw_decode(text, i)
-        except (ValueError, RecursionError):
-            return None
-        n += 1
-        i = space(text, i).end()
-        if text[i:i + 1] == "]":
-            return n
-        if text[i:i + 1] != ",":
-            return None
-        i = space(text, i + 1).end()
-    return n
-
-
-def check_message_count(messages, max_context: int) -> None:
-    """Refuse a chat of more messages (``messages``: their JSON array) than the model's context has tokens: each
-    message costs its prompt at least one token. Counted up to one past the limit, never decoded whole."""
-    n = count_items(messages, max_context + 1)
-    if n is not None and n > max_context:
-        raise PromptTooLongError(
-            f"messages holds more than {max_context} messages (at least {n}): each takes at least one token of the "
-            f"prompt, and this model's maximum context length is {max_context} tokens: send fewer messages",
-            param="messages", messages=n, max_context=max_context)
 
 
 def chat_dicts(req: ChatRequest) -> list[dict[str, str]]:
