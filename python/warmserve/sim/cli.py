@@ -328,12 +328,17 @@ def _run_main(args, saved: _Saved) -> int:
             s["per_seed"] = {str(sd): {**x.summary, "per_model": x.per_model} for sd, x in zip(seeds, runs)}
         if not args.no_search:
             runs_by_scale: dict = {}  # the searches of several targets share their runs
-            by_target, s["rate_search"] = {}, []
+            by_target, s["rate_search"], capped = {}, [], []
             for t in targets:
-                rate, tried = max_rate_under_slo(preset, pol, target=t, seed=seeds, cost=cost,
-                                                 iters=args.search_iters, progress=progress, cache=runs_by_scale)
+                rate, tried, at_top = max_rate_under_slo(preset, pol, target=t, seed=seeds, cost=cost,
+                                                         iters=args.search_iters, progress=progress,
+                                                         cache=runs_by_scale)
                 by_target[f"{t:g}"] = rate
                 s["rate_search"] += tried
+                if at_top:  # the SLO still met where the search stops: the figure is a lower bound
+                    capped.append(f"{t:g}")
+            if capped:
+                s["max_rate_lower_bound_at_slo_targets"] = capped
             s["max_rate_under_slo_rps"] = by_target[f"{targets[0]:g}"]
             s["slo_target"] = targets[0]
             if len(targets) > 1:
@@ -341,8 +346,10 @@ def _run_main(args, saved: _Saved) -> int:
         s["per_model"] = _median_per_model([x.per_model for x in runs])
         out[pol] = s
         print(f"{pol}: p99 TTFT {s['ttft_p99_s']:.3f} s, SLO {s['slo_attainment']:.3f}"
-              + (f", max rate under SLO {s['max_rate_under_slo_rps']:.2f} rps" if "max_rate_under_slo_rps" in s else "")
-              + "".join(f"; at target {t}: {r:.2f} rps" for t, r in s.get("max_rate_by_slo_target", {}).items()),
+              + (f", max rate under SLO {_at_least(s, targets[0])}{s['max_rate_under_slo_rps']:.2f} rps"
+                 if "max_rate_under_slo_rps" in s else "")
+              + "".join(f"; at target {t}: {_at_least(s, t)}{r:.2f} rps"
+                        for t, r in s.get("max_rate_by_slo_target", {}).items()),
               file=sys.stderr)
         if args.json:  # after each policy, as `bench replay` does: an interrupt or a later error keeps this one
             write_results(args.json, doc(time.perf_counter() - t0))
@@ -555,14 +562,23 @@ def ratios_of(out: dict, seeds: list[int]) -> dict:
             ratios["p99_ttft_autoscale_over_warmserve_per_seed"] = [
                 out["autoscale"]["per_seed"][str(sd)]["ttft_p99_s"] / ws["per_seed"][str(sd)]["ttft_p99_s"]
                 for sd in seeds]
-    if "shared" in out and out["shared"].get("max_rate_under_slo_rps"):
+    # A ratio of a rate that is only a lower bound (its search met the SLO where it stops) is no ratio: left out.
+    bounded = set(ws.get("max_rate_lower_bound_at_slo_targets", [])) | set(
+        out.get("shared", {}).get("max_rate_lower_bound_at_slo_targets", []))
+    if "shared" in out and out["shared"].get("max_rate_under_slo_rps") and \
+            f"{ws.get('slo_target', 0):g}" not in bounded:
         ratios["max_rate_warmserve_over_shared"] = (ws.get("max_rate_under_slo_rps", 0)
                                                     / out["shared"]["max_rate_under_slo_rps"])
     sh = out.get("shared", {}).get("max_rate_by_slo_target", {})
     for t, rate in ws.get("max_rate_by_slo_target", {}).items():
-        if sh.get(t):
+        if sh.get(t) and t not in bounded:
             ratios[f"max_rate_warmserve_over_shared_at_slo_target_{t}"] = rate / sh[t]
     return ratios
+
+
+def _at_least(summary: dict, target) -> str:
+    """">= " before a max rate under the SLO that is only a lower bound (``max_rate_under_slo``), else ""."""
+    return ">= " if f"{float(target):g}" in summary.get("max_rate_lower_bound_at_slo_targets", []) else ""
 
 
 def print_ratios(ratios: dict) -> None:

@@ -177,11 +177,12 @@ def rate_sweep(preset: Preset, policies: list[str], scales: list[float], *, seed
 
 def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, seed: int | list[int] = 0,
                        cost: CostModel | None = None, iters: int = 5, lo: float = 1 / 64, hi: float = 16.0,
-                       progress: bool = False, cache: dict | None = None) -> tuple[float, list[dict]]:
+                       progress: bool = False, cache: dict | None = None) -> tuple[float, list[dict], bool]:
     """The highest offered rate (requests/s over the replayed span) at which ``target`` of the requests meet
     the TTFT SLO, searched over the preset's rate scale: doubling/halving from 1 to bracket it, then bisection
     in log space. With several seeds, a rate passes when the mean attainment over the seeds reaches ``target``
-    and the rate reported is the mean offered rate. Returns (rate, the runs tried). 0 when even ``lo`` fails."""
+    and the rate reported is the mean offered rate. Returns (rate, the runs tried, whether the rate is only a lower
+    bound: the SLO was still met at ``hi``, where the search stops). 0 when even ``lo`` fails."""
     tried: list[dict] = []
     cache = {} if cache is None else cache
     seeds = [seed] if isinstance(seed, int) else list(seed)
@@ -210,7 +211,7 @@ def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, see
                 bad = s
                 break
         if bad is None:
-            return cache[(policy, round(good, 9))][1], tried
+            return cache[(policy, round(good, 9))][1], tried, True
     else:
         good, bad = None, s
         while s > lo:
@@ -220,11 +221,11 @@ def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, see
                 break
             bad = s
         if good is None:
-            return 0.0, tried
+            return 0.0, tried, False
     for _ in range(iters):
         mid = math.sqrt(good * bad)
         if ok(mid):
             good = mid
         else:
             bad = mid
-    return cache[(policy, round(good, 9))][1], tried
+    return cache[(policy, round(good, 9))][1], tried, False
