@@ -1,8 +1,13 @@
 """`Cluster.close()` lets running requests finish: a stream read on after the close still gets all of its text."""
 
 import asyncio
+import time
 
+import pytest
+
+import warmserve
 from warmserve import SamplingParams
+from warmserve.controller.errors import OverloadedError
 
 import serving
 
@@ -37,3 +42,24 @@ def test_streams_read_after_close_get_the_rest_of_their_text():
         loop.close()
     assert "".join(sync_got) == full and sync_stream.finish_reason == "length"
     assert "".join(async_got) == full and async_stream.finish_reason == "length"
+
+
+def test_an_exception_in_its_with_block_closes_the_cluster_at_once_and_stops_its_unread_streams():
+    """Found in review: an exception raised in a ``with Cluster(...)`` block whose code held a partly read stream
+    reached the caller only after the close's whole drain (33-35 s): the traceback kept the stream alive, and the
+    close waited for a generation nobody would read. Now an exception closes without a drain: the generation is
+    stopped (it never runs to max_tokens), and reading on fails with the shutdown's OverloadedError."""
+    paths = serving.demo_paths((MODEL,))
+    params = SamplingParams(max_tokens=2000, temperature=0.0, ignore_eos=True)  # ~2048 context: minutes on CPU
+    with pytest.raises(ValueError, match="the user's bug"):
+        with warmserve.Cluster(paths[MODEL], cpu_workers=1, cpu_worker_memory_bytes=512 << 20) as c:
+            stream = c.stream(MODEL, PROMPT, params=params)
+            pieces = iter(stream)
+            got = [next(pieces)]
+            raised_s = time.monotonic()
+            raise ValueError("the user's bug")
+    took_s = time.monotonic() - raised_s
+    with pytest.raises(OverloadedError, match="shut"):
+        got += list(pieces)
+    assert stream.finish_reason != "length", f"the unread generation ran to max_tokens ({took_s:.1f} s)"
+    assert took_s < c.config.controller.drain_timeout_s, took_s

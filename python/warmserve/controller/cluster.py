@@ -146,7 +146,9 @@ class Cluster:
             self._finalizer()
             raise
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _shutdown, self._gate, self.controller)
+        # what close() asks of the finalizer, in a list of its own: the finalizer must not hold the Cluster
+        self._drain_on_close = [True]
+        self._finalizer = weakref.finalize(self, _shutdown, self._gate, self.controller, self._drain_on_close)
 
     # ----------------------------------------------------------------------------------------------- plumbing
 
@@ -275,24 +277,35 @@ class Cluster:
         self._check()
         return self._run(_acall(self.controller.stats), 30)
 
-    def close(self) -> None:
-        """Let running requests finish, stop the local workers and the controller loop. A close made while another
-        is under way waits for that one to end (found in review: it returned at once, the workers still running).
-        Called on the controller's own loop thread (a callback of it), it cannot wait for that loop: the close
-        goes on in a thread of its own and this returns at once."""
+    def close(self, drain: bool = True) -> None:
+        """Let running requests finish (up to ``drain_timeout_s``; with ``drain=False`` they fail at once, with
+        OverloadedError), stop the local workers and the controller loop. A close made while another is under way
+        waits for that one to end (found in review: it returned at once, the workers still running); with
+        ``drain=False`` it cuts that one's drain short. Called on the controller's own loop thread (a callback of
+        it), it cannot wait for that loop: the close goes on in a thread of its own and this returns at once."""
         with self._close_lock:
             first = not self._closed
             self._closed = True
+            if not drain and hasattr(self, "_drain_on_close"):
+                self._drain_on_close[0] = False
         if first:
             self._finalizer()
-        elif threading.current_thread() is not self._gate.thread:
+            return
+        if not drain and hasattr(self, "controller") and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self.controller.end_drain)
+            except RuntimeError:  # the loop closed meanwhile: the first close is through
+                pass
+        if threading.current_thread() is not self._gate.thread:
             self._gate.stopped.wait()  # set when the first close is through; that close's own waits are bounded
 
     def __enter__(self) -> "Cluster":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an exception, no drain: found in review, the traceback kept the block's unread streams alive, so the
+        # close waited the whole drain_timeout_s (30 s) for generations nobody would read before the error showed.
+        self.close(drain=exc_type is None)
 
 
 class TextIterator:
@@ -483,31 +496,32 @@ def _check_bind(cc: ControllerConfig) -> None:
             loopback="bind a loopback address (bind='tcp://127.0.0.1:0')", trust="pass insecure=True")
 
 
-def _shutdown(gate: LoopGate, controller) -> None:
+def _shutdown(gate: LoopGate, controller, drain: list[bool] | None = None) -> None:
     """The Cluster's finalizer: close() or its collection. On the loop's own thread (a close from a callback of
     it, or the last reference dropped there: a cancelled agenerate's task ending) it cannot wait for that loop,
     so the close goes on in a thread of its own. Found in review: run there, it stalled the loop for the drain's
     whole timeout waiting on itself, failed to join its own thread, and left the workers running."""
     if gate.loop.is_closed():
         return
+    drain_now = drain is None or drain[0]
     if threading.current_thread() is not gate.thread:
-        _close_and_stop(gate, controller)
+        _close_and_stop(gate, controller, drain_now)
         return
     # Not a daemon: an interpreter that ends meanwhile waits for the workers to be stopped.
-    closer = threading.Thread(target=_close_and_stop, args=(gate, controller), name="warmserve-close")
+    closer = threading.Thread(target=_close_and_stop, args=(gate, controller, drain_now), name="warmserve-close")
     try:
         closer.start()
     except RuntimeError:  # the interpreter is ending (no new threads): the workers exit with their parent, and a
         gate.stopped.set()  # later close() from another thread must not wait for a close that never runs
 
 
-def _close_and_stop(gate: LoopGate, controller) -> None:
+def _close_and_stop(gate: LoopGate, controller, drain: bool = True) -> None:
     loop = gate.loop
     if loop.is_closed():
         return
     try:
         if controller is not None and gate.thread.is_alive():
-            closing = asyncio.run_coroutine_threadsafe(controller.close(drain=True), loop)
+            closing = asyncio.run_coroutine_threadsafe(controller.close(drain=drain), loop)
             try:
                 closing.result(controller.cc.drain_timeout_s + 30)
             except Exception:  # the loop may already be stopping at interpreter exit; workers exit with their parent
