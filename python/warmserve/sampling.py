@@ -13,6 +13,8 @@ from . import errors
 
 #: Seeds must fit the sampler's generator (torch takes [-2**63, 2**64)) and MessagePack's 64-bit integers.
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+#: The largest token id (and top_k) that can be sent to a worker: the wire's integers are signed 64-bit.
+MAX_TOKEN_ID = (1 << 63) - 1
 #: Most alternatives ("top logprobs") returned per token: OpenAI's chat limit and vLLM's default max_logprobs.
 MAX_TOP_LOGPROBS = 20
 #: Temperatures below this are greedy, as in vLLM: logits / 1e-40 overflow float32 (found in review: it failed a batch).
@@ -95,8 +97,11 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
                        min_tokens=self.min_tokens, max_tokens=self.max_tokens)
         if not 0.0 < self.top_p <= 1.0:
             raise _bad(f"top_p must be in (0, 1], got {self.top_p}", "top_p", top_p=self.top_p)
-        if self.top_k < 0:
-            raise _bad(f"top_k must be >= 0, got {self.top_k}", "top_k", top_k=self.top_k)
+        # Bounded here, not only over HTTP: found in review, a larger value from the Python API was queued and
+        # routed, then failed on the way to a worker, blamed on the prompt.
+        if not 0 <= self.top_k <= MAX_TOKEN_ID:
+            raise _bad(f"top_k must be in [0, {MAX_TOKEN_ID}] (a top_k at least the vocabulary's size keeps every "
+                       f"token, as 0 does), got {self.top_k}", "top_k", top_k=str(self.top_k))
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise _bad(f"seed must fit in 64 bits ([{SEED_MIN}, {SEED_MAX}]), got {self.seed}: send a smaller seed",
                        "seed", seed=str(self.seed))
@@ -104,8 +109,9 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
             raise _bad(f"at most 4 stop sequences, got {len(self.stop)}", "stop", stop_count=len(self.stop))
         if any(not s for s in self.stop):
             raise _bad("stop sequences must not be empty", "stop")
-        if any(t < 0 for t in self.stop_token_ids):
-            raise _bad(f"stop_token_ids must be >= 0, got {list(self.stop_token_ids)}", "stop_token_ids")
+        bad = [t for t in self.stop_token_ids if not 0 <= t <= MAX_TOKEN_ID]
+        if bad:
+            raise _bad(f"stop_token_ids must be token ids in [0, {MAX_TOKEN_ID}], got {bad[0]}", "stop_token_ids")
         for name in ("presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             if not -2.0 <= v <= 2.0:

@@ -39,3 +39,17 @@ def test_stop_strings_leaves_other_types_to_the_check():
     assert stop_strings(None) == () and stop_strings("x") == ("x",) and stop_strings(["x"]) == ("x",)
     with pytest.raises(InvalidArgumentError, match="stop must be a string or a list of strings"):
         SamplingParams(stop=stop_strings(5))
+
+
+@pytest.mark.parametrize("kw, param", [
+    (dict(top_k=2 ** 70), "top_k"), (dict(top_k=2 ** 63), "top_k"),
+    (dict(stop_token_ids=(3, 2 ** 70)), "stop_token_ids"),
+])
+def test_a_value_the_wire_cannot_carry_is_refused_when_made_naming_the_parameter(kw, param):
+    """Found in review: from the Python API (``Cluster.generate``) such a value was queued and routed, then failed
+    on the way to a worker as the prompt's fault (param "prompt"); HTTP alone refused it."""
+    with pytest.raises(InvalidArgumentError) as e:
+        SamplingParams(**kw)
+    assert e.value.param == param and str(2 ** 63 - 1) in str(e.value)
+    edge = SamplingParams(top_k=2 ** 63 - 1, stop_token_ids=(2 ** 63 - 1,))
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(edge), type=SamplingParams) == edge
