@@ -19,7 +19,8 @@ from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
 from warmserve.sim.cli_checks import (check_distinct_outputs, check_paper_span, check_replays_requests,
                                       check_request_budget, parse_policies, rate_flags)
-from warmserve.sim.cli_output import finite_or_null, median_summary, request_count, workload_block
+from warmserve.sim.cli_output import (at_least, finite_or_null, median_summary, request_count, summary_table,
+                                      sweep_table, workload_block)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
 from warmserve.sim.config import SimConfig, check_field
 from warmserve.sim.costmodel import CostModel
@@ -220,21 +221,6 @@ def _rewrap(p: Preset, args) -> Preset:
     return replace(p, build=build, span_s=RECIPE_WARMUP_S + (args.duration_s or 1200.0))
 
 
-def _table(rows: dict) -> str:
-    cols = [("policy", "{}"), ("ttft_mean_s", "{:.3f}"), ("ttft_p50_s", "{:.3f}"), ("ttft_p90_s", "{:.3f}"),
-            ("ttft_p99_s", "{:.3f}"), ("tpot_p50_s", "{:.4f}"), ("slo_attainment", "{:.3f}"),
-            ("throughput_rps", "{:.2f}"), ("prewarm_hit_rate", "{:.2f}"), ("gpu_seconds", "{:.0f}"),
-            ("gpu_seconds_holding", "{:.0f}"), ("dropped", "{}"), ("max_rate_under_slo_rps", "{:.2f}")]
-    # GPU-s: GPUs serving an instance; GPU-s held: GPUs holding anything, prewarmed weights included
-    head = ["policy", "TTFT mean", "p50", "p90", "p99", "TPOT p50", "SLO", "thr rps", "hit", "GPU-s", "GPU-s held",
-            "dropped", "max rps@SLO"]
-    lines = [head]
-    for name, s in rows.items():
-        lines.append([name] + [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for k, f in cols[1:]])
-    w = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines)
-
-
 def write_results(path: str, doc: dict) -> None:
     """The results ``doc`` into ``path`` atomically (``write_json_atomic``), as strict JSON: NaN and infinite
     figures as null (``finite_or_null``)."""
@@ -346,9 +332,9 @@ def _run_main(args, saved: _Saved) -> int:
         s["per_model"] = _median_per_model([x.per_model for x in runs])
         out[pol] = s
         print(f"{pol}: p99 TTFT {s['ttft_p99_s']:.3f} s, SLO {s['slo_attainment']:.3f}"
-              + (f", max rate under SLO {_at_least(s, targets[0])}{s['max_rate_under_slo_rps']:.2f} rps"
+              + (f", max rate under SLO {at_least(s, targets[0])}{s['max_rate_under_slo_rps']:.2f} rps"
                  if "max_rate_under_slo_rps" in s else "")
-              + "".join(f"; at target {t}: {_at_least(s, t)}{r:.2f} rps"
+              + "".join(f"; at target {t}: {at_least(s, t)}{r:.2f} rps"
                         for t, r in s.get("max_rate_by_slo_target", {}).items()),
               file=sys.stderr)
         if args.json:  # after each policy, as `bench replay` does: an interrupt or a later error keeps this one
@@ -359,7 +345,7 @@ def _run_main(args, saved: _Saved) -> int:
           f"{cost.gpu.name}, {n_requests} requests over {workload.duration_s:.0f} s "
           f"({n_requests / workload.duration_s:.2f} rps), seeds {seeds}"
           + (" (medians)" if len(seeds) > 1 else ""))
-    print(_table(out))
+    print(summary_table(out))
     ratios = ratios_of(out, seeds)
     print_ratios(ratios)
     print(f"wall {wall:.1f} s")
@@ -432,7 +418,12 @@ def check_args(args) -> None:
     parse_seeds(args)
     if args.sweep_rate:
         # nan, inf: "cannot convert float NaN to integer" later (found in review)
-        parse_numbers(args.sweep_rate, "--sweep-rate", example="0.25,0.5,1,2,4")
+        scales = parse_numbers(args.sweep_rate, "--sweep-rate", example="0.25,0.5,1,2,4")
+        twice = sorted({sc for sc in scales if scales.count(sc) > 1})
+        if twice:  # found in review: 1,1 ran scale 1 twice and kept both points (JSON, table, plot)
+            named = ", ".join(f"{sc:g}" for sc in twice)
+            raise InvalidArgumentError(f"--sweep-rate {args.sweep_rate!r}: rate scale {named} given more than once: "
+                                       f"give each scale once", flag="--sweep-rate", value=args.sweep_rate)
         if args.rate_scale != 1.0:
             # the sweep's scales are the rate scales; one more factor on top of them was dropped without a word
             raise InvalidArgumentError(f"--sweep-rate {args.sweep_rate} --rate-scale {args.rate_scale:g}: the sweep's "
@@ -524,18 +515,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
           f"{cost.gpu.name}, rate sweep over scales {sweep['rate_scales']} of {preset.base_rate_rps:g} rps, seeds "
           f"{seeds} (P99: median over seeds; SLO: mean), engine init {cost.engine_init_s:g} s")
-    head = ["policy"] + [f"{pt['offered_rate_rps']:.1f} rps" for pt in next(iter(sweep["policies"].values()))["points"]]
-    lines = [head + ["max swept rps@SLO"]]
-    for name, pol in sweep["policies"].items():
-        lines.append([name] + [f"{pt['ttft_p99_s']:.2f}s/{pt['slo_attainment']:.3f}" for pt in pol["points"]]
-                     + [f"{pol['max_swept_rate_under_slo_rps']:.1f}"])
-        b = pol.get("cold_start_band")
-        if b:
-            for end, key in zip(b["cold_start_s"], ("low", "high")):
-                lines.append([f"  cold start {end:g} s"]
-                             + [f"{pt['ttft_p99_s']:.2f}s/{pt['slo_attainment']:.3f}" for pt in b[key]] + [""])
-    w = [max(len(r[i]) for r in lines) for i in range(len(head) + 1)]
-    print("\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines))
+    print(sweep_table(sweep))
     print(f"wall {wall:.1f} s")
     if args.json:
         write_results(args.json, {**doc(sweep), "wall_s": wall})
@@ -574,11 +554,6 @@ def ratios_of(out: dict, seeds: list[int]) -> dict:
         if sh.get(t) and t not in bounded:
             ratios[f"max_rate_warmserve_over_shared_at_slo_target_{t}"] = rate / sh[t]
     return ratios
-
-
-def _at_least(summary: dict, target) -> str:
-    """">= " before a max rate under the SLO that is only a lower bound (``max_rate_under_slo``), else ""."""
-    return ">= " if f"{float(target):g}" in summary.get("max_rate_lower_bound_at_slo_targets", []) else ""
 
 
 def print_ratios(ratios: dict) -> None:

@@ -79,3 +79,52 @@ def finite_or_null(obj):
                                   and obj.dtype.kind == "f"):
         return obj if math.isfinite(obj) else None
     return obj
+
+
+def at_least(summary: dict, target) -> str:
+    """">= " before a max rate under the SLO that is only a lower bound (``max_rate_under_slo``), else ""."""
+    return ">= " if f"{float(target):g}" in summary.get("max_rate_lower_bound_at_slo_targets", []) else ""
+
+
+def _columns(lines: list[list[str]]) -> str:
+    """Rows of cells as aligned text: the first column left-aligned, the others right-aligned."""
+    w = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines)
+
+
+def summary_table(rows: dict) -> str:
+    """`warmserve simulate`'s table of one run: a row per policy summary in ``rows``. A max rate under the SLO that
+    is only a lower bound at the headline target (``at_least``) reads ">=X" (found in review: a plain figure here,
+    though stderr printed ">= X rps" and the JSON listed it in max_rate_lower_bound_at_slo_targets)."""
+    cols = [("policy", "{}"), ("ttft_mean_s", "{:.3f}"), ("ttft_p50_s", "{:.3f}"), ("ttft_p90_s", "{:.3f}"),
+            ("ttft_p99_s", "{:.3f}"), ("tpot_p50_s", "{:.4f}"), ("slo_attainment", "{:.3f}"),
+            ("throughput_rps", "{:.2f}"), ("prewarm_hit_rate", "{:.2f}"), ("gpu_seconds", "{:.0f}"),
+            ("gpu_seconds_holding", "{:.0f}"), ("dropped", "{}"), ("max_rate_under_slo_rps", "{:.2f}")]
+    # GPU-s: GPUs serving an instance; GPU-s held: GPUs holding anything, prewarmed weights included
+    head = ["policy", "TTFT mean", "p50", "p90", "p99", "TPOT p50", "SLO", "thr rps", "hit", "GPU-s", "GPU-s held",
+            "dropped", "max rps@SLO"]
+    lines = [head]
+    for name, s in rows.items():
+        cells = [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for k, f in cols[1:]]
+        if cells[-1] != "-" and "slo_target" in s:  # no space: one token, as every other figure
+            cells[-1] = at_least(s, s["slo_target"]).strip() + cells[-1]
+        lines.append([name] + cells)
+    return _columns(lines)
+
+
+def sweep_table(sweep: dict) -> str:
+    """`warmserve simulate --sweep-rate`'s table: per policy (and cold-start band end) P99 TTFT / SLO attainment at
+    each offered rate, and the max swept rate under the SLO, ">=X" where even the highest swept rate met the target
+    (``max_swept_rate_is_lower_bound``; found in review: shown as a plain figure, as if the maximum)."""
+    head = ["policy"] + [f"{pt['offered_rate_rps']:.1f} rps" for pt in next(iter(sweep["policies"].values()))["points"]]
+    lines = [head + ["max swept rps@SLO"]]
+    for name, pol in sweep["policies"].items():
+        bound = ">=" if pol.get("max_swept_rate_is_lower_bound") else ""
+        lines.append([name] + [f"{pt['ttft_p99_s']:.2f}s/{pt['slo_attainment']:.3f}" for pt in pol["points"]]
+                     + [f"{bound}{pol['max_swept_rate_under_slo_rps']:.1f}"])
+        b = pol.get("cold_start_band")
+        if b:
+            for end, key in zip(b["cold_start_s"], ("low", "high")):
+                lines.append([f"  cold start {end:g} s"]
+                             + [f"{pt['ttft_p99_s']:.2f}s/{pt['slo_attainment']:.3f}" for pt in b[key]] + [""])
+    return _columns(lines)

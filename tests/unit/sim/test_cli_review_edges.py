@@ -153,6 +153,16 @@ def test_a_repeated_seed_is_refused():
     assert parse_seeds(_args("--seeds", "2,0,1")) == [2, 0, 1]
 
 
+@pytest.mark.parametrize("scales,named", [("1,1", "rate scale 1 given"),
+                                          ("0.5,1,0.50,2,1e0", "rate scale 0.5, 1 given")])
+def test_a_repeated_sweep_rate_scale_is_refused(scales, named):
+    # found in review: --sweep-rate 1,1 ran scale 1 twice and kept both points (JSON, table, plot)
+    with pytest.raises(InvalidArgumentError, match=f"--sweep-rate '{scales}': {named} more than once: give each "
+                                                   f"scale once"):
+        check_args(_args("--sweep-rate", scales))
+    check_args(_args("--sweep-rate", "2,0.5,1"))
+
+
 def test_several_seeds_give_the_same_figures_in_either_order(tmp_path):
     docs = []
     for seeds in ("0,1", "1,0"):
