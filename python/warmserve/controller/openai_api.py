@@ -167,11 +167,48 @@ def _decode(body: bytes, cls):
             body.decode("utf-8")  # UnicodeDecodeError: either way the client is told where and how
         except UnicodeDecodeError as bad:
             raise _bad(_utf8_message(body, bad)) from None
+        # Found in review: a string with a lone surrogate escape ("\ud800x", valid JSON grammar) was refused as
+        # "Input data was truncated", msgspec's message for a high surrogate not followed by an escape; nothing
+        # was truncated. msgspec calls other unpaired ones "invalid" or an "unexpected end" of a surrogate pair.
+        lone = _lone_surrogate(body) if "truncated" in str(e) or "surrogate" in str(e) else None
+        if lone is not None:
+            escape = body[lone:lone + 6].decode("ascii")
+            raise _bad(f"malformed JSON in the request body: the string at byte {lone} holds an unpaired UTF-16 "
+                       f"surrogate escape ({escape}); text must be valid Unicode: send the character itself, or a "
+                       "valid surrogate pair (a high \\ud800-\\udbff escape followed by a low \\udc00-\\udfff "
+                       "one, such as \\ud83d\\ude00 for U+1F600)") from None
         raise _bad(f"malformed JSON in the request body: {e}") from None
     except UnicodeDecodeError as e:
         raise _bad(_utf8_message(body, e)) from None
     except RecursionError:  # found in review: a 2 KB body of nested arrays was a 500 and a logged traceback
         raise _bad("JSON nested too deeply in the request body: send a flatter JSON object") from None
+
+
+#: A JSON escape of a UTF-16 surrogate (U+D800-U+DFFF): backslash, "u", 4 hex digits, after an even number of
+#: backslashes (after an odd number the backslash is itself escaped, and "ud800" is text).
+_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
+#: What a body that ends inside an escape ends with.
+_CUT_ESCAPE = re.compile(rb"(?:\\(?:u[0-9a-fA-F]{0,3})?)?")
+
+
+def _lone_surrogate(body: bytes) -> int | None:
+    """Where (a byte offset) the body's first unpaired surrogate escape begins: a low one with no high one right
+    before it, or a high one with no low one right after it. None when there is none, or when the body ends
+    right after a high one or inside the escape after it (its pair may have been cut off: truly truncated)."""
+    high = None  # the offset of a high surrogate's escape, waiting for its low one
+    for m in _SURROGATE_ESCAPE.finditer(body):
+        at, code = m.start(1) - 2, int(m[1], 16)
+        if high is not None:
+            if at == high + 6 and code >= 0xDC00:
+                high = None
+                continue
+            return high
+        if code >= 0xDC00:
+            return at
+        high = at
+    if high is None or _CUT_ESCAPE.fullmatch(body, high + 6):
+        return None
+    return high
 
 
 def _utf8_message(body: bytes, e: UnicodeDecodeError) -> str:

@@ -12,6 +12,7 @@ and the text does not depend on how tokens were grouped into pushes.
 from __future__ import annotations
 
 import bisect
+import os
 
 #: Most tokens one character's bytes can span (UTF-8's longest sequence is 4 bytes, a token holds at least one).
 MAX_CHAR_TOKENS = 4
@@ -44,6 +45,7 @@ class TextStream:
         self._base = 0          # characters of decode(_ctx + ids[_read:]) already in self.text
         self._ctx_base = 0      # characters of decode(_ctx) already in self.text
         self.ended = False      # finish() ran: no more text comes
+        self._placed = 0        # starts[:_placed] are final: each lies inside text already in self.text
 
     def push(self, ids, stop_token: bool = False) -> str:
         """Add generated token ids; return the text that is now safe to hand out.
@@ -80,11 +82,12 @@ class TextStream:
     def _advance(self, final: bool) -> None:
         """Put the tokens ids[_read:] in the text, decoded after the context (the last tokens that added text, so
         that merges and leading spaces come out as in a full decode); each token begins where the text before it
-        ends. A text ending in U+FFFD may end in a character whose next byte is still to come (byte-fallback
-        decoders show one U+FFFD per byte of it), so that run waits, for at most HOLD_TOKENS tokens; the text
-        before it does not. Each decode covers the context and at most HOLD_TOKENS tokens: a run of tokens that add
-        no text (an EOS generated with ignore_eos, a skipped special token) or of stray bytes costs linear time
-        (found in review: each push decoded the whole run again, 4000 such tokens took 2.3 s)."""
+        ends, or, once a held run resolves, where its own text begins (``_place``). A text ending in U+FFFD may end
+        in a character whose next byte is still to come (byte-fallback decoders show one U+FFFD per byte of it),
+        so that run waits, for at most HOLD_TOKENS tokens; the text before it does not. Each decode covers the
+        context and at most HOLD_TOKENS tokens: a run of tokens that add no text (an EOS generated with ignore_eos,
+        a skipped special token) or of stray bytes costs linear time (found in review: each push decoded the whole
+        run again, 4000 such tokens took 2.3 s)."""
         self.starts.extend([len(self.text)] * (len(self.ids) - len(self.starts)))
         pending = self.ids[self._read:]
         if not pending:
@@ -98,6 +101,8 @@ class TextStream:
         if usable > self._base:
             self.text += after[self._base:usable]
             self._base = usable
+            if len(pending) > 1:
+                self._place(pending, after, usable)
         if held:
             return
         if unfinished:
@@ -118,6 +123,28 @@ class TextStream:
             self._rebase((self._ctx + pending)[-MAX_CHAR_TOKENS:])
         else:
             self._read, self._base = len(self.ids), self._ctx_base
+
+    def _place(self, pending: list[int], after: str, usable: int) -> None:
+        """The starts of the tokens of ``pending`` after its first, once text of theirs is in self.text: each
+        begins where the text its predecessors decode to (after the context) parts from ``after``, their decode.
+        Found in review: each token was given the text's length before its decode, so while a run ending in U+FFFD
+        was held back the token that resolved it got the start of the held bytes: after a stray lead byte, "_"
+        began at the U+FFFD before it (text_offset 0, not 1). A prefix decode that ends inside a character shows
+        U+FFFD where ``after`` has the character, so the token that completes it still begins with the character;
+        a stray byte's U+FFFD is in ``after`` too, so the token after it begins past it. A start inside text
+        already in self.text is final (a streaming reader may have been handed it)."""
+        first = self._read
+        origin = len(self.text) - usable  # where after[0] lies in self.text
+        # Tokens before the first pending one are never placed again; those placed inside the text are skipped
+        # (a long held run would otherwise decode every prefix again on each push that adds text).
+        self._placed = max(self._placed, first + 1)
+        floor = self.starts[self._placed - 1]
+        for j in range(self._placed - first, len(pending)):
+            k = first + j
+            common = len(os.path.commonprefix([self._decode(self._ctx + pending[:j]), after]))
+            floor = self.starts[k] = max(floor, origin + common)  # starts stay non-decreasing (bisect)
+            if k == self._placed and floor < len(self.text):
+                self._placed = k + 1
 
     def _unfinished(self, pending: list[int], after: str) -> int:
         """How many of the last tokens of ``pending`` (at most MAX_CHAR_TOKENS - 1: a character's bytes but its

@@ -140,3 +140,26 @@ def test_bodies_and_sse():
     assert c.startswith(b"data: ") and c.endswith(b"\n\n")
     assert json.loads(c[6:])["choices"][0]["text"] == "x"
     assert plain_chat_prompt([{"role": "user", "content": "hi"}]) == "user: hi\nassistant:"
+
+
+@pytest.mark.parametrize("escape,lone", [  # the escape in a string, and where its unpaired surrogate begins
+    (rb"\ud800x", 0), (rb"\uD800", 0), (rb"\udbff\n", 0), (rb"ok \ud83d", 3), (rb"\udc00", 0),
+    (rb"\ud800\u0041", 0), (rb"\ud800\ud800", 0), (rb"\ud83d\ude00 \ude00", 13)])
+def test_a_lone_surrogate_escape_is_named_not_called_truncated(escape, lone):
+    """Found in review: a string holding an unpaired UTF-16 surrogate escape (valid JSON grammar) was refused as
+    "malformed JSON in the request body: Input data was truncated", msgspec's message; nothing was truncated."""
+    chat = b'{"model":"m","max_tokens":3,"messages":[{"role":"user","content":"' + escape + b'"}]}'
+    with pytest.raises(InvalidArgumentError) as e:
+        oa.parse_chat(chat)
+    msg = e.value.message
+    assert "truncated" not in msg and "unpaired UTF-16 surrogate" in msg and "valid Unicode" in msg
+    assert f"at byte {chat.index(escape) + lone} holds" in msg
+    with pytest.raises(InvalidArgumentError, match="unpaired UTF-16 surrogate"):
+        oa.parse_completion(b'{"model":"m","prompt":"a","stop":["\\\\", "' + escape + b'"]}')
+    # a pair is one character; an escaped backslash before "ud800" is no escape; a body that ends inside an
+    # escape, or right after a high surrogate whose pair may follow, is truncated still
+    assert oa.parse_chat(chat.replace(escape, rb"\ud83d\ude00"))[0].messages[0].content == "\U0001f600"
+    assert oa.parse_chat(chat.replace(escape, rb"\\ud800"))[0].messages[0].content == "\\ud800"
+    for cut in (b"\\ud800", b"\\ud800\\", b"\\ud8", b"\\ud800\\udc"):
+        with pytest.raises(InvalidArgumentError, match="truncated"):
+            oa.parse_completion(b'{"model":"m","prompt":"' + cut)
