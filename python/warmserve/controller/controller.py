@@ -468,6 +468,7 @@ class Controller(WorkerRestarts):
             self.hub.lose(w, f"could not be admitted: {e}")
             return
         w.ready = True
+        self.executor.pools_seen.add((w.capacity_bytes, w.page_bytes))
         self.lost_workers.pop(w.ident, None)
         back = self.restarting.pop(w.ident, None)
         if back is not None and not back.done():
@@ -580,8 +581,7 @@ class Controller(WorkerRestarts):
             if not self.policy_running:
                 continue
             self._tick()
-            # Apart from the tick: found in review, a tick that kept failing kept waiting requests from ever timing
-            # out. Also with no worker (all restarting).
+            # Apart from the tick (found in review: a failing tick kept queued requests from timing out), workers or not
             try:
                 self.executor.expire_requests()
             except Exception:

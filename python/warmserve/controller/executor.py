@@ -112,8 +112,11 @@ class LiveExecutor:
         self._loads: dict[str, LivePrewarm] = {}
         #: Models logged as held by no admitted worker's pool (``fail_unheld``), until one can hold them.
         self._unheld: set[str] = set()
-        #: The (capacity_bytes, page_bytes) of every worker admitted so far, lost ones too (``fail_unheld``).
-        self._pools: set[tuple[int, int]] = set()
+        #: The (capacity_bytes, page_bytes) of every worker admitted so far, lost ones too (``fail_unheld``): added
+        #: as each is admitted (``Controller._admit``). Found in review: read off the live workers at each tick, a
+        #: worker admitted and lost between two ticks (a loaded machine) never counted, and its model's requests
+        #: failed at once as if no worker could ever hold it.
+        self.pools_seen: set[tuple[int, int]] = set()
 
     def _workers(self, gpus: tuple[int, ...]) -> list[WorkerRecord]:
         """The workers of ``gpus``, rank order (the policy's order of the GPU set, kept for its whole life)."""
@@ -528,10 +531,9 @@ class LiveExecutor:
         from warmserve.controller.launch import unheld  # launch imports the controller, which imports this module
 
         ctl = self.ctl
-        self._pools.update((w.capacity_bytes, w.page_bytes) for w in ctl.hub.workers.values() if w.alive)
         for name, m in ctl.models.items():
             # a local worker being started again (or replaced) comes back with its pool, which may hold it
-            why = None if ctl.restarting or ctl.replacing else unheld(m, self._pools)
+            why = None if ctl.restarting or ctl.replacing else unheld(m, self.pools_seen)
             if why is None:
                 self._unheld.discard(name)
                 continue

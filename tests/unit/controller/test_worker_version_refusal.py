@@ -211,3 +211,32 @@ def test_a_model_no_admitted_worker_can_hold_fails_fast_and_is_logged_once_until
     assert "--memory-gib" in warned[0].getMessage()
     assert later_tokens, later_tokens  # served by the worker that joined
     assert not failed_at_once and stall_tokens, stall_tokens  # waited for a large worker, served by the next
+
+
+def test_a_worker_admitted_and_lost_between_two_ticks_still_counts_as_able_to_hold_its_model(model):
+    """Found in review (a loaded run of the test above): the pools that can hold a model were read off the live
+    workers at each tick, so a large worker admitted and lost between two ticks never counted, and the next
+    request for its model failed at once (503 "no admitted worker's pool can hold") instead of waiting for it to
+    come back. Ticks are 30 s apart here, so none falls between its admission and its loss."""
+    big = dataclasses.replace(model, spec=dataclasses.replace(model.spec, name="big"), weight_bytes=2 << 30)
+
+    async def main():
+        cc = ControllerConfig(tick_s=30.0, heartbeat_interval_s=0.05, worker_timeout_s=1.5, request_timeout_s=30.0,
+                              policy_config=policy_config_from_dict({"window_s": 30}))
+        c = Controller(ClusterConfig(models=(model.spec, big.spec), controller=cc), [model, big])
+        ep = await c.start()
+        small = _VersionPeer(ep, "w-small", 1 << 30)
+        large = _VersionPeer(ep, "w-large", 4 << 30)
+        try:
+            assert await until(lambda: sum(w.ready for w in c.gpu_workers) == 2, 10)
+            large.close()
+            assert await until(lambda: sum(w.ready for w in c.gpu_workers) == 1, 10)
+            waiting = c.submit_nowait("big", [1, 2, 3], P.SamplingParams(max_tokens=2))
+            c.executor.expire_requests()  # what the next tick runs
+            return waiting.done, waiting.error
+        finally:
+            small.close()
+            await c.close(drain=False)
+
+    done, error = run(main())
+    assert not done, f"the request failed at once: {error!r}"
