@@ -18,6 +18,7 @@ import msgspec
 
 from warmserve.errors import InvalidArgumentError, PromptTooLongError, UnknownModelError, WarmServeError
 from warmserve.protocol import MAX_TOP_LOGPROBS, SamplingParams, stop_strings
+from warmserve.sampling import MAX_TOKEN_ID  # the largest id (and top_k) the wire carries
 
 #: max_tokens of a completion that does not say (OpenAI's legacy completions default). A chat that does not say
 #: may run to the end of the model's context, as OpenAI's chat and vLLM let it (``chat_max_tokens``).
@@ -53,9 +54,6 @@ UNSUPPORTED = {
     "guided_choice": lambda v: v is None,
     "guided_grammar": lambda v: v is None,
 }
-
-#: Largest token id a request may name: ids travel as 64-bit integers to the workers.
-MAX_TOKEN_ID = (1 << 63) - 1
 
 #: Chat roles a prompt can be built from ("developer" is the newer name of "system").
 CHAT_ROLES = ("system", "developer", "user", "assistant")
