@@ -390,3 +390,13 @@ class HttpController:
         r._abort_cb = self.on_abort
         self.submitted.append(r)
         return r
+
+
+def byte_ids(tok) -> dict[int, int]:
+    """A token for each single byte the vocabulary has one for (byte -> token id)."""
+    ids: dict[int, int] = {}
+    for i in range(tok.vocab_size):
+        b = tok.token_bytes(i)
+        if len(b) == 1:
+            ids.setdefault(b[0], i)
+    return ids

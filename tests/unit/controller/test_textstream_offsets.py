@@ -10,26 +10,10 @@ import bisect
 import os
 import random
 
-import pytest
 
-from warmserve.controller.models import load_tokenizer
 from warmserve.controller.textstream import TextStream, token_starts
 
-from controller_harness import demo_path
-
-
-@pytest.fixture(scope="module", params=["llama-20m", "qwen2-30m"])
-def tok(request):
-    return load_tokenizer(demo_path(request.param))
-
-
-def _byte_ids(tok) -> dict[int, int]:
-    ids: dict[int, int] = {}
-    for i in range(tok.vocab_size):
-        b = tok.token_bytes(i)
-        if len(b) == 1:
-            ids.setdefault(b[0], i)
-    return ids
+from controller_harness import byte_ids
 
 
 def _enc(tok, text: str) -> list[int]:
@@ -71,7 +55,7 @@ def _bursts(n: int, rng: random.Random) -> list[int]:
 
 
 def test_the_token_after_a_stray_lead_byte_starts_at_its_own_text(tok):
-    lead = _byte_ids(tok)[0xE6]
+    lead = byte_ids(tok)[0xE6]
     ids = [lead] + _enc(tok, "_abc")
     text = tok.decode(ids)
     assert text.startswith("\ufffd") and text[1:] == tok.decode(ids[1:])
@@ -86,7 +70,7 @@ def test_the_token_after_a_stray_lead_byte_starts_at_its_own_text(tok):
 
 
 def test_stray_bytes_around_whole_and_split_characters(tok):
-    b = _byte_ids(tok)
+    b = byte_ids(tok)
     jp = list("日".encode())
     cases = [
         [b[0xE6], b[0xE6]] + _enc(tok, "x y"),                       # two stray bytes
@@ -106,7 +90,7 @@ def test_stray_bytes_around_whole_and_split_characters(tok):
 def test_starts_with_random_stray_bytes_match_the_full_decode(tok):
     """Stray high bytes (what a sampled model emits) between runs of whole characters, split over pushes at
     random: the starts are the full decode's, however the tokens are grouped."""
-    b = _byte_ids(tok)
+    b = byte_ids(tok)
     high = [b[x] for x in range(0x80, 0x100) if x in b]
     rng = random.Random(11)
     alphabet = list("ab c.") + list("é日😀")

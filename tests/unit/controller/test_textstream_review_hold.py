@@ -9,27 +9,11 @@ import random
 
 import pytest
 
-from warmserve.controller.models import load_tokenizer
 from warmserve.controller.textstream import HOLD_TOKENS, TextStream
 
-from controller_harness import demo_path
+from controller_harness import byte_ids
 
 CHARS = "日é😀𝄞中ü—"
-
-
-@pytest.fixture(scope="module", params=["llama-20m", "qwen2-30m"])
-def tok(request):
-    return load_tokenizer(demo_path(request.param))
-
-
-def _byte_ids(tok) -> dict[int, int]:
-    """A token for each single byte the vocabulary has one for."""
-    ids: dict[int, int] = {}
-    for i in range(tok.vocab_size):
-        b = tok.token_bytes(i)
-        if len(b) == 1:
-            ids.setdefault(b[0], i)
-    return ids
 
 
 def _stream(tok, ids, per_push=1) -> str:
@@ -45,7 +29,7 @@ def _char_ids(byte_id, ch) -> list[int]:
 
 @pytest.mark.parametrize("n_stray", [3, HOLD_TOKENS - 1, HOLD_TOKENS, 20])
 def test_a_character_begun_at_the_hold_limit_is_kept(tok, n_stray):
-    byte_id = _byte_ids(tok)
+    byte_id = byte_ids(tok)
     ids = [byte_id[0x80]] * n_stray + _char_ids(byte_id, "日")
     full = tok.decode(ids)
     assert full.endswith("\ufffd\ufffd日")
@@ -55,7 +39,7 @@ def test_a_character_begun_at_the_hold_limit_is_kept(tok, n_stray):
 @pytest.mark.parametrize("seed", range(4))
 def test_stray_byte_runs_before_characters_decode_as_a_whole(tok, seed):
     rng = random.Random(seed)
-    byte_id = _byte_ids(tok)
+    byte_id = byte_ids(tok)
     strays = [byte_id[b] for b in (0x80, 0x9F, 0xBF, 0xE6, 0xF0) if b in byte_id]
     for _ in range(25):
         ids: list[int] = []
