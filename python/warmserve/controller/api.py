@@ -401,12 +401,17 @@ class Api:
                     await watch.write(resp, event(first))
                 async for ev in choices:
                     await watch.write(resp, event(ev))
-            except WarmServeError as e:
+            except Exception as e:
                 # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError. Its
                 # status goes to the access log; no rejection is counted, the answer's status was 200 (found in
-                # review: the rejections panel showed 503s no client saw)
-                request[_INFO].update(status=e.http_status, failed=True, status_after_200=True)
-                await watch.write(resp, oa.sse(oa.error_from_exception(e)[1]))
+                # review: the rejections panel showed 503s no client saw). A bug (not a WarmServeError) too: found
+                # in review, it reached _guard, whose fresh 500 could not be sent on the started stream, and the
+                # client waited with its connection open for bytes that never came.
+                if not isinstance(e, WarmServeError):
+                    log.exception("%s %s failed mid-stream (request %s)", request.method, request.path, rid)
+                status, body = oa.error_from_exception(e)
+                request[_INFO].update(status=status, failed=True, status_after_200=True)
+                await watch.write(resp, oa.sse(body))
                 await watch.write(resp, oa.SSE_DONE)
                 return resp
             if with_usage:

@@ -279,3 +279,36 @@ def test_with_include_usage_every_chunk_but_the_last_has_a_null_usage(model, pat
     assert chunks and all("usage" in c and c["usage"] is None and c["choices"] for c in chunks), chunks
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == len(ctl.tokens) * extra.get("n", 1)
     assert without and all("usage" not in c for c in without)
+
+
+def test_a_bug_mid_stream_ends_the_stream_with_a_500_event_and_a_logged_trace(model, caplog):
+    """Found in review: an exception that is no WarmServeError (a bug) raised after a stream's headers went out
+    reached the guard, whose fresh 500 could not be sent on the started stream: the client's connection stayed
+    open with nothing more coming (a read waited out its 10 s here). Now it gets an error event and [DONE], and
+    the trace is logged once."""
+    ctl = Ctl(model)
+
+    async def go(c):
+        async def fail_later():
+            while not ctl.submitted:
+                await asyncio.sleep(0.01)
+            r = ctl.submitted[0]
+            r.push(model.tokenizer.encode(" ok", add_special_tokens=False)[:1])
+            await asyncio.sleep(0.1)
+            r.fail(RuntimeError("a bug"))
+
+        failing = asyncio.ensure_future(fail_later())
+        r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 5, "stream": True})
+        body = await asyncio.wait_for(r.text(), 10)
+        await failing
+        return r.status, body
+
+    with caplog.at_level(logging.INFO):
+        status, body = _serve(ctl, go)
+    events = [e[len("data: "):] for e in body.split("\n\n") if e]
+    assert status == 200 and events[-1] == "[DONE]", body
+    err = json.loads(events[-2])["error"]
+    assert err["type"] == "server_error" and "RuntimeError: a bug" in err["message"], err
+    traces = [r for r in caplog.records if r.exc_info and "mid-stream" in r.getMessage()]
+    assert len(traces) == 1 and traces[0].levelno == logging.ERROR, [r.getMessage() for r in caplog.records]
+    assert "status=500" in _access_lines(caplog)[-1]
