@@ -448,7 +448,7 @@ class Engine(PoolNeighbours):
                 if s.generator is not None:
                     s.generator.manual_seed(draw_seed(s.seed, len(s.output)))
             toks = sample(logits, [s.params for s in seqs], [s.generator for s in seqs],
-                          [(s.prompt, s.output) for s in seqs], self.eos)
+                          [(s.prompt, s.output) for s in seqs], self.eos, [s.sampler_state for s in seqs])
             lps = logprobs(logits, toks, [s.params.logprobs for s in seqs])
             if self.record_logits:
                 self.last_logits = {c.seq.request_id: logits[i].cpu() for i, c in enumerate(sampled)}

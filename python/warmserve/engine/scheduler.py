@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from warmserve.engine.kv_cache import KVCache
+from warmserve.engine.sampler import SamplerState
 from warmserve.protocol import SamplingParams
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
@@ -45,6 +46,9 @@ class Sequence:
     logprobs: list = field(default_factory=list)
     #: Log-probabilities of prompt tokens 1.., when params.prompt_logprobs asks for them (computed once).
     prompt_logprobs: list = field(default_factory=list)
+    #: What the sampler keeps between this sequence's steps (its held-back ids, the prompt's seen ids, the output's
+    #: counts), kept across preemption with the output it counts (found in review: rebuilt at each step).
+    sampler_state: SamplerState = field(default_factory=SamplerState, repr=False)
 
     @property
     def tokens(self) -> list[int]:

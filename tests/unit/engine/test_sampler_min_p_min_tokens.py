@@ -113,12 +113,13 @@ def test_the_engine_runs_to_min_tokens_past_an_early_stop_token_and_eos(lm):
         assert len(out) >= 6 and x not in out[:6]
 
 
-def test_a_stop_token_id_past_int64_fails_no_step_of_its_neighbours(lm):
-    """Found in review: min_tokens' masking built a tensor of the stop ids, and one past int64 (Cluster accepts
-    it) raised in the step, failing every request of the batch."""
+def test_the_largest_stop_token_id_fails_no_step_of_its_neighbours(lm):
+    """Found in review: min_tokens' masking built a tensor of the stop ids, and one past int64 (Cluster accepted
+    it then; SamplingParams refuses it now) raised in the step, failing every request of the batch. The largest id
+    allowed, past any vocabulary, is left out of the masking."""
     with Engine(lm) as eng:
         eng.add_request("ok", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True))
-        eng.add_request("big", [4, 5, 6], SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=(2 ** 63,),
+        eng.add_request("big", [4, 5, 6], SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=(2 ** 63 - 1,),
                                                          ignore_eos=True))
         done = {}
         while eng.has_unfinished():
