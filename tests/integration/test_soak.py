@@ -3,8 +3,8 @@ valid and invalid requests, streaming and not, some hang up mid-way, prompts sit
 worker is SIGKILLed (and restarted) in the middle. At the end every request is accounted for (answered, or a
 clear error status or event), nothing is queued or in flight, and every worker's pool is back to its free pages.
 
-Bounded: TRAFFIC_S of traffic, then at most RECOVER_S for the restart and the drain; well under 2 minutes on a
-2-core machine."""
+Bounded: TRAFFIC_S of traffic (on, up to TRAFFIC_MAX_S, until MIN_SERVED valid requests were answered), then at
+most RECOVER_S for the restart and the drain; well under 2 minutes on a 2-core machine."""
 
 import asyncio
 import collections
@@ -21,6 +21,10 @@ import serving
 aiohttp = pytest.importorskip("aiohttp")
 
 TRAFFIC_S = 26.0
+#: Valid requests that must be answered 200: traffic goes on past TRAFFIC_S until so many were (found twice in one
+#: day: a loaded 2-core machine answered 16 in TRAFFIC_S), for at most TRAFFIC_MAX_S in all.
+MIN_SERVED = 20
+TRAFFIC_MAX_S = 90.0
 #: Late enough that both models run, early enough that the restarted worker (~5 s) takes traffic again.
 KILL_AT_S = 10.0
 CLIENTS = 6
@@ -135,14 +139,20 @@ def test_soak_mixed_traffic_disconnects_and_a_killed_worker(server):
     errors: list = []
     killed = {}
 
-    async def client(i: int, stop_at: float, session):
+    stopped_s: list[float] = []  # when each client stopped sending (seconds into the traffic)
+
+    def served() -> int:
+        return sum(1 for k, o, _ in results if o == 200 and EXPECTED[k] & {503})
+
+    async def client(i: int, t0: float, session):
         r = random.Random(rng.random())
-        while time.monotonic() < stop_at:
+        while (now := time.monotonic() - t0) < TRAFFIC_S or (served() < MIN_SERVED and now < TRAFFIC_MAX_S):
             kind = r.choice(kinds)
             try:
                 results.append(await asyncio.wait_for(_one(session, url, kind, r), 90))
             except Exception as e:  # an assertion, a timeout, a dropped connection: recorded, then failed on
                 errors.append((kind, repr(e)))
+        stopped_s.append(now)
 
     async def killer(t0: float):
         await asyncio.sleep(KILL_AT_S)
@@ -154,7 +164,7 @@ def test_soak_mixed_traffic_disconnects_and_a_killed_worker(server):
         t0 = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await asyncio.gather(killer(t0), *(client(i, t0 + TRAFFIC_S, session) for i in range(CLIENTS)))
+            await asyncio.gather(killer(t0), *(client(i, t0, session) for i in range(CLIENTS)))
 
     t_start = time.monotonic()
     asyncio.run(main())
@@ -168,8 +178,7 @@ def test_soak_mixed_traffic_disconnects_and_a_killed_worker(server):
     lost = [(k, d) for k, o, d in results if o == 503]
     for k, d in lost:  # only the kill may cut a valid request, and it says so
         assert "lost" in d and "retry" in d, (k, d)
-    served = sum(n for (k, o), n in tally.items() if o == 200 and EXPECTED[k] & {503})
-    assert served >= 20, tally
+    assert served() >= MIN_SERVED, tally
     for kind in WEIGHTS:
         assert any(k == kind for k, _ in tally), f"{kind} never ran: {tally}"
 
@@ -187,5 +196,6 @@ def test_soak_mixed_traffic_disconnects_and_a_killed_worker(server):
     assert health["ok"] and health["workers"] == 2
     lost = serving.counter(url, "warmserve_workers_lost")
     assert lost == 1, f"{lost} workers lost: exactly the one killed is (none declared lost while busy)"
-    assert time.monotonic() - t_start < 110, "the soak overran its bound"
+    # traffic kept on past TRAFFIC_S (for MIN_SERVED) extends the bound by as much
+    assert time.monotonic() - t_start < 110 + max(0.0, min(stopped_s) - TRAFFIC_S), "the soak overran its bound"
     print(f"soak: {len(results)} requests, {dict(tally)}, worker {killed['pid']} killed at {killed['at']:.1f} s")
