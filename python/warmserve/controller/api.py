@@ -401,6 +401,8 @@ class Api:
                     await watch.write(resp, event(first))
                 async for ev in choices:
                     await watch.write(resp, event(ev))
+            except ConnectionError:
+                raise  # the client hung up: a 499 (below), no error event to write and no bug to log
             except Exception as e:
                 # Headers are gone: the error travels as an SSE event, which OpenAI clients raise as APIError. Its
                 # status goes to the access log; no rejection is counted, the answer's status was 200 (found in
