@@ -218,11 +218,16 @@ def _utf8_message(body: bytes, e: UnicodeDecodeError) -> str:
     return f"The request body is not valid UTF-8{where}: {e.reason}. Send the JSON text encoded as UTF-8."
 
 
+def unsupported_error(name: str) -> InvalidArgumentError:
+    """The 400 for a field of UNSUPPORTED given a value that asks for something."""
+    return _bad(f"'{name}' is not supported by this server; leave it out (see the README's API section for what "
+                "is supported)", name)
+
+
 def _refuse_unsupported(req) -> None:
     for name, neutral in UNSUPPORTED.items():
         if not neutral(getattr(req, name)):
-            raise _bad(f"'{name}' is not supported by this server; leave it out (see the README's API section "
-                       "for what is supported)", name)
+            raise unsupported_error(name)
     if not 1 <= req.n <= MAX_N:
         raise _bad(f"n must be in [1, {MAX_N}], got {req.n}", "n")
     if req.best_of is not None and req.best_of != req.n:

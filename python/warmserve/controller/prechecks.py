@@ -14,37 +14,61 @@ import re
 
 import msgspec
 
+from warmserve.controller.openai_api import UNSUPPORTED, unsupported_error
 from warmserve.errors import InvalidArgumentError, PromptTooLongError
 
 
-class _ChatHead(msgspec.Struct):
+#: The fields the server does not implement (``openai_api.UNSUPPORTED``), as their JSON: a request's are decoded
+#: whole (typed Any) before they are refused, so a 16 MiB list in one of them took 4 s of the event loop (found in
+#: review); their neutral values are a few bytes, so a large one is refused from its size.
+_Unsupported = msgspec.defstruct("_Unsupported", [(n, msgspec.Raw, msgspec.Raw(b"null")) for n in UNSUPPORTED],
+                                 kw_only=True)
+#: Longer than any neutral value of an UNSUPPORTED field (null, [] or "none"), blanks left out.
+_NEUTRAL_MAX_BYTES = 16
+_BLANKS = b" \t\n\r"
+
+
+class _ChatHead(_Unsupported, kw_only=True):
     model: str
     messages: msgspec.Raw
 
 
-class _CompletionHead(msgspec.Struct):
+class _CompletionHead(_Unsupported, kw_only=True):
     model: str
     prompt: msgspec.Raw
 
 
 def chat_head(body: bytes) -> tuple[str, msgspec.Raw] | None:
     """A chat body's model and its messages' JSON, not decoded (msgspec skips over it); None for a body that is
-    no such object (``openai_api.parse_chat`` says what is wrong with it)."""
+    no such object (``openai_api.parse_chat`` says what is wrong with it). A large unsupported field is refused
+    (``_check_unsupported``)."""
     try:
         head = msgspec.json.decode(body, type=_ChatHead)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
+    _check_unsupported(head)
     return head.model, head.messages
 
 
 def completion_head(body: bytes) -> tuple[str, msgspec.Raw] | None:
     """A completion body's model and its prompt's JSON, not decoded; None for a body that is no such object
-    (``openai_api.parse_completion`` says what is wrong with it)."""
+    (``openai_api.parse_completion`` says what is wrong with it). A large unsupported field is refused."""
     try:
         head = msgspec.json.decode(body, type=_CompletionHead)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
+    _check_unsupported(head)
     return head.model, head.prompt
+
+
+def _check_unsupported(head) -> None:
+    """Refuse an UNSUPPORTED field whose JSON is longer than any neutral value (an empty array padded with blanks
+    aside), with the 400 its full decoding would have led to; the others are checked once decoded."""
+    for name in UNSUPPORTED:
+        raw = bytes(getattr(head, name)).strip(_BLANKS)
+        empty_array = raw[:1] == b"[" and raw[-1:] == b"]" and not raw[1:-1].strip(_BLANKS)
+        if len(raw) > _NEUTRAL_MAX_BYTES and not empty_array:
+            raise unsupported_error(name)
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
