@@ -103,7 +103,7 @@ class Controller(WorkerRestarts):
         self.by_gpu: dict[int, WorkerRecord] = {}
         self.hub: WorkerHub | None = None
         self.closing = False
-        self._drain_until_s = float("inf")  # a draining close waits for requests until then (end_drain: 0, kept)
+        self._drain_until_s = float("inf")  # a close drains until then; end_drain's 0 stays (review: overwritten)
         self._tasks: list[asyncio.Task] = []
         self._loops: list[asyncio.Task] = []
         self._bg: set[asyncio.Task] = set()
@@ -225,7 +225,6 @@ class Controller(WorkerRestarts):
 
     async def _close_workers(self, drain: bool) -> None:
         if drain:
-            # min: an earlier end_drain stays (review: overwritten here, a close(drain=False) waited the whole drain)
             self._drain_until_s = min(self._drain_until_s, time.monotonic() + self.cc.drain_timeout_s)
             while self._drainable() and time.monotonic() < self._drain_until_s:
                 await asyncio.sleep(0.05)
