@@ -20,7 +20,7 @@ import time
 import torch
 
 import warmserve.engine.engine as engine_mod
-from warmserve.engine.sampler import SamplerState, _argmax_finite, _take, _uniform, draw, sample
+from warmserve.engine.sampler import SamplerState, choose, sample
 from warmserve.sampling import SamplingParams
 
 V, B, STEPS = 152064, 8, 4
@@ -51,15 +51,7 @@ def old_sample(logits, params, generators, histories=None, eos=(), *_states):
                 logits[i, torch.tensor(held, dtype=torch.long, device=logits.device)] = float("-inf")
             if p.penalized:
                 logits[i] = old_penalize(logits[i], p, *histories[i])
-    out = logits.argmax(dim=-1).tolist()
-    drawn = [i for i, p in enumerate(params) if not p.greedy]
-    if not drawn:
-        return out
-    u = torch.tensor([_uniform(generators[i]) for i in drawn], dtype=torch.float32, device=logits.device)
-    tokens, ok = draw(_take(logits, drawn), [params[i] for i in drawn], u)
-    for i, t, good in zip(drawn, tokens.tolist(), ok.tolist()):
-        out[i] = t if good else _argmax_finite(logits[i])
-    return out
+    return choose(logits, params, generators)
 
 
 def per_step(fn, params, prompts, outputs, eos, states=None) -> tuple[float, list[list[int]]]:

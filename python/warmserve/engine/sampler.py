@@ -228,7 +228,12 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     stop_token_ids (their logits are -inf, before the penalties, as in vLLM: ``adjust_logits``); states: each
     row's SamplerState (the engine's sequences keep theirs). The rows that are not greedy draw together
     (``draw``), each at one uniform number from its own generator."""
-    logits = adjust_logits(logits, params, histories, eos, states)
+    return choose(adjust_logits(logits, params, histories, eos, states), params, generators)
+
+
+def choose(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
+    """One token id per row of ``logits`` (already adjusted: ``adjust_logits``): greedy rows their argmax, the
+    others drawn together (``draw``)."""
     out = logits.argmax(dim=-1).tolist()
     drawn = [i for i, p in enumerate(params) if not p.greedy]
     if not drawn:

@@ -17,7 +17,7 @@ import torch
 
 import warmserve.engine.engine as engine_mod
 from warmserve.engine import Engine, SamplingParams
-from warmserve.engine.sampler import _argmax_finite, _take, _uniform, draw
+from warmserve.engine.sampler import choose
 
 from tiny_checkpoints import TINY_VOCAB
 
@@ -52,16 +52,7 @@ def old_adjust(logits, params, histories, eos=()):
 
 
 def old_sample(logits, params, generators, histories=None, eos=(), *_states):
-    logits = old_adjust(logits, params, histories, eos)
-    out = logits.argmax(dim=-1).tolist()
-    drawn = [i for i, p in enumerate(params) if not p.greedy]
-    if not drawn:
-        return out
-    u = torch.tensor([_uniform(generators[i]) for i in drawn], dtype=torch.float32, device=logits.device)
-    tokens, ok = draw(_take(logits, drawn), [params[i] for i in drawn], u)
-    for i, t, good in zip(drawn, tokens.tolist(), ok.tolist()):
-        out[i] = t if good else _argmax_finite(logits[i])
-    return out
+    return choose(old_adjust(logits, params, histories, eos), params, generators)
 
 
 # ---- walks over the whole prompt, output and stop list while the sampler runs -------------------------------------
