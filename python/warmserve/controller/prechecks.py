@@ -23,8 +23,9 @@ from warmserve.errors import InvalidArgumentError, PromptTooLongError
 #: review); their neutral values are a few bytes, so a large one is refused from its size.
 _Unsupported = msgspec.defstruct("_Unsupported", [(n, msgspec.Raw, msgspec.Raw(b"null")) for n in UNSUPPORTED],
                                  kw_only=True)
-#: Longer than any neutral value of an UNSUPPORTED field (null, [] or "none"), blanks left out.
-_NEUTRAL_MAX_BYTES = 16
+#: An UNSUPPORTED field's JSON up to this long is decoded and checked as a small body's is (a neutral value may be
+#: written long: pretty-printed, escaped, with extra keys; found in review); a longer one is refused from its size.
+_DECODED_MAX_BYTES = 64 << 10
 _BLANKS = b" \t\n\r"
 
 
@@ -62,12 +63,15 @@ def completion_head(body: bytes) -> tuple[str, msgspec.Raw] | None:
 
 
 def _check_unsupported(head) -> None:
-    """Refuse an UNSUPPORTED field whose JSON is longer than any neutral value (an empty array padded with blanks
-    aside), with the 400 its full decoding would have led to; the others are checked once decoded."""
-    for name in UNSUPPORTED:
+    """Refuse an UNSUPPORTED field whose value asks for something, with the 400 its full decoding would have led
+    to: decoded when its JSON is short (_DECODED_MAX_BYTES), from its size when longer (no neutral value is, but
+    an empty array padded with blanks); the others are checked once decoded."""
+    for name, neutral in UNSUPPORTED.items():
         raw = bytes(getattr(head, name)).strip(_BLANKS)
-        empty_array = raw[:1] == b"[" and raw[-1:] == b"]" and not raw[1:-1].strip(_BLANKS)
-        if len(raw) > _NEUTRAL_MAX_BYTES and not empty_array:
+        if len(raw) <= _DECODED_MAX_BYTES:
+            if not neutral(msgspec.json.decode(raw)):
+                raise unsupported_error(name)
+        elif not (raw[:1] == b"[" and raw[-1:] == b"]" and not raw[1:-1].strip(_BLANKS)):
             raise unsupported_error(name)
 
 

@@ -50,8 +50,8 @@ def test_a_16_mib_batch_of_one_token_lists_is_refused_without_stalling_the_loop(
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
 def test_a_16_mib_unsupported_field_is_refused_without_stalling_the_loop(model, path):
     """Found in the session's review: the fields the server does not implement are typed Any, so a 16 MiB list in
-    `tools` was decoded whole (on a thread, the GIL held: 4 s of the loop) before its 400. A neutral value in a
-    large body (an empty array padded with blanks, null) still passes."""
+    `tools` was decoded whole (on a thread, the GIL held: 4 s of the loop) before its 400. Neutral values in a
+    large body (an empty array padded with blanks, a pretty-printed {"type": "text"}) still pass."""
     big = _fill(b"[1]")
     pad = "x" * (INLINE_BODY_BYTES + 1)
     chat = path.endswith("chat/completions")
@@ -63,7 +63,9 @@ def test_a_16_mib_unsupported_field_is_refused_without_stalling_the_loop(model, 
             r = await c.post(path, data=body, headers={"Content-Type": "application/json"})
             return r.status, await r.json()
         refused = await post(json.dumps(head)[:-1].encode() + b', "tools": ' + big + b"}")
-        neutral = await post(json.dumps({**head, "tool_choice": None, "unknown_padding": pad})[:-1].encode()
+        # pretty-printed, with neutral values written long (found in the review of the fix: refused by size)
+        neutral = await post(json.dumps({**head, "tool_choice": "none", "response_format": {"type": "text"},
+                                         "logit_bias": {}, "unknown_padding": pad}, indent=2)[:-1].encode()
                              + b', "tools": [' + b" " * 1000 + b"]}")
         return refused, neutral
 
