@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import is_page_size
 from warmserve.policy.config import PolicyConfig
+from warmserve.policy.calendar import zone_info
 from warmserve.protocol import EngineConfig
 
 
@@ -68,6 +69,9 @@ class ControllerConfig:
     worker_timeout_s: float = 3.0
     #: JSON or CSV history of per-window load (model, start_s, avg, peak) that seeds the forecasts; "" for none.
     history_path: str = ""
+    #: IANA time zone whose days the load follows (its users' clocks, e.g. "America/New_York"): the forecasts'
+    #: daily slots are its wall-clock hours, daylight-saving switches included. "": this machine's local zone.
+    load_timezone: str = ""
     #: Requests waiting for an instance, per model, beyond which new ones are refused with 503.
     max_queue: int = 512
     #: A request that produced no token for this long fails with a timeout, seconds.
@@ -112,6 +116,7 @@ class ControllerConfig:
         check_policy_numbers(self.policy_config, "ControllerConfig.policy_config")
         check_window(self.policy_config.window_s, self.tick_s)
         check_endpoint(self.bind, "ControllerConfig.bind", listen=True, inproc_ok=False)
+        zone_info(self.load_timezone)  # an unknown zone: a typed error naming it, before any process starts
         # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it
         # was read as a directory named "~").
         for f in ("history_path", "curve_dir"):  # strings already (check_field_types)

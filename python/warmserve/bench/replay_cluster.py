@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from warmserve.bench.replay_setup import fetch_prewarm_metrics
+from warmserve.bench.replay_setup import REPLAY_ZONE, fetch_prewarm_metrics
 from warmserve.errors import TimeoutError_, WarmServeError
 
 #: the signals ``exit_on_signals`` turns into SystemExit
@@ -60,7 +60,8 @@ class LiveCluster:
 
         paths = write_demo_models(None, sorted({c for _, c in served}))
         cmd = [sys.executable, "-m", "warmserve", "serve", "--port", "0", "--policy", policy, "--cpu-workers",
-               str(cpu_workers), "--window-s", repr(window_s), "--log-dir", log_dir, "--log-level", "WARNING"]
+               str(cpu_workers), "--window-s", repr(window_s), "--log-dir", log_dir, "--log-level", "WARNING",
+               "--load-timezone", REPLAY_ZONE]
         for k, v in (policy_options or {}).items():
             cmd += ["--policy-option", f"{k}={v}"]
         if history_path:

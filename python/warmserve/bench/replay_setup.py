@@ -291,23 +291,29 @@ def with_idle_lead(w, window_s: float, n_idle: int, live_warmup_s: float = 0.0):
     return replace(w, history=history), -idle_from - 1e-6
 
 
+#: The time zone a replay's live cluster follows (`--load-timezone`): the twin's days are 86400 s long (the
+#: simulator's ``policy.calendar.Calendar``), and so are UTC's, wherever the bench runs; a local zone's switch
+#: inside the history would move the live slots an hour from the twin's.
+REPLAY_ZONE = "UTC"
+
+
 def replay_start(t_launch_unix: float, clock0_s: float, window_s: float, n_idle: int,
                  earliest_rel_s: float | None = None, live_warmup_s: float = 0.0) -> float:
     """Unix time of the trace's t = 0 for a cluster launched at ``t_launch_unix``: the replay's start
     (t = -``live_warmup_s``) ``n_idle`` windows after the launch's window on the policy's grid (windows counted
-    from its clock origin, a local midnight, as the controller counts them), at the offset it has in its window
+    from its clock origin, a UTC midnight, as the controller counts them under ``REPLAY_ZONE``), at the offset it has in its window
     in the simulator. ``earliest_rel_s``: the earliest history window start, seconds from t = 0 (history older
     than a week moves the origin)."""
     from warmserve.controller.controller import policy_clock_origin
 
     c = clock0_s - live_warmup_s
     phase = c - math.floor(c / window_s + 1e-9) * window_s
-    origin = policy_clock_origin(t_launch_unix, None)
+    origin = policy_clock_origin(t_launch_unix, None, REPLAY_ZONE)
     for _ in range(3):  # the origin depends on the history's placement, which depends on the origin
         t0 = origin + (math.floor((t_launch_unix - origin) / window_s) + n_idle) * window_s + max(phase, 0.0) \
             + live_warmup_s
         hist = None if earliest_rel_s is None else {"": (np.array([t0 + earliest_rel_s]),) * 3}
-        now = policy_clock_origin(t_launch_unix, hist)
+        now = policy_clock_origin(t_launch_unix, hist, REPLAY_ZONE)
         if now == origin:
             break
         origin = now

@@ -1,31 +1,33 @@
-"""The policy's clock on a live cluster: its t = 0 is a local midnight, and history windows move onto it."""
+"""The policy's clock on a live cluster: its t = 0 is a midnight of the zone the load follows
+(``ControllerConfig.load_timezone``), its calendar that zone's days, and history windows move onto it."""
 
 from __future__ import annotations
 
 import logging
-import time
+
+from warmserve.policy.calendar import ZoneCalendar, zone_midnight
 
 log = logging.getLogger("warmserve.controller")
-
-
-def local_midnight(t: float) -> float:
-    """Unix time of the local midnight that starts the day of Unix time t."""
-    lt = time.localtime(t)
-    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
 #: Days before now where the policy's clock starts when no history reaches further back.
 CLOCK_DAYS_BACK = 7
 
 
-def policy_clock_origin(now_unix_s: float, history: dict | None) -> float:
-    """The policy's t = 0: a local midnight (so now_s % 86400 is the time of day) at or before every history
-    window and a week before now, so every window has a non-negative start."""
+def policy_clock_origin(now_unix_s: float, history: dict | None, zone: str = "") -> float:
+    """The policy's t = 0: a midnight of time zone ``zone`` ("" : the local one) at or before every history window
+    and a week before now, so every window has a non-negative start."""
     earliest = now_unix_s - CLOCK_DAYS_BACK * 86400
     for starts, _, _ in (history or {}).values():
         if len(starts):
             earliest = min(earliest, float(min(starts)))
-    return local_midnight(earliest)
+    return zone_midnight(earliest, zone)
+
+
+def policy_calendar(origin_unix_s: float, zone: str = "") -> ZoneCalendar:
+    """The days the policy's forecasts follow: those of ``zone`` ("" : the local one), daylight saving included,
+    from ``origin_unix_s`` (``policy_clock_origin``) on."""
+    return ZoneCalendar(origin_unix_s, zone)
 
 
 def history_on_clock(history: dict | None, origin_s: float, models, window_s: float | None = None) -> dict | None:

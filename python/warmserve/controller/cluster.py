@@ -72,6 +72,7 @@ class Cluster:
         bind: str = "tcp://127.0.0.1:0",
         window_s: float = 300.0,
         history_path: str = "",
+        load_timezone: str = "",
         curve_dir: str = "",
         insecure: bool = False,
         start_timeout_s: float = 120.0,
@@ -86,7 +87,9 @@ class Cluster:
         to ``bind``: with ``curve_dir`` for keys, or ``insecure=True`` on a trusted network, as `warmserve serve
         --insecure`). ``config`` overrides every other argument. ray_address: start the workers on that Ray cluster
         ("auto": the one this machine belongs to; needs the ray extra), one per GPU or ``cpu_workers`` per node
-        without GPUs, on every node, instead of local devices (``devices`` must then be None).
+        without GPUs, on every node, instead of local devices (``devices`` must then be None). load_timezone: the
+        IANA zone whose days the load follows ("": the local one), so forecasts keep its hours across
+        daylight-saving switches.
         """
         _check_paths(log_dir, ray_address)
         log_dir = os.fspath(log_dir) if log_dir is not None else None
@@ -113,7 +116,8 @@ class Cluster:
                 cpu_worker_memory_bytes=cpu_worker_memory_bytes, remote_workers=remote_workers,
                 worker_start_timeout_s=start_timeout_s,
                 controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=window_s),
-                                            history_path=history_path, curve_dir=curve_dir, insecure=insecure),
+                                            history_path=history_path, load_timezone=load_timezone,
+                                            curve_dir=curve_dir, insecure=insecure),
             )
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")

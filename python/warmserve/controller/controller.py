@@ -20,7 +20,7 @@ import time
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig
 from warmserve.controller import observed, views
-from warmserve.controller.clock import history_on_clock, policy_clock_origin
+from warmserve.controller.clock import history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
 from warmserve.controller.groups import GroupManager
@@ -77,12 +77,12 @@ class Controller(WorkerRestarts):
         self.policy_config = pcfg
         now_unix = time.time()
         self._t0_mono = time.monotonic()
-        #: Unix time of the policy clock's t = 0; now_s() counts from it.
-        self.clock_origin_s = policy_clock_origin(now_unix, history)
+        #: Unix time of the policy clock's t = 0 (a midnight of the zone the load follows); now_s() counts from it.
+        self.clock_origin_s = policy_clock_origin(now_unix, history, self.cc.load_timezone)
         self._t0_s = now_unix - self.clock_origin_s
-        self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config,
-                                  history=history_on_clock(history, self.clock_origin_s, self.models,
-                                                           self.policy_config.window_s))
+        self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config, history=history_on_clock(
+            history, self.clock_origin_s, self.models, pcfg.window_s), calendar=policy_calendar(
+            self.clock_origin_s, self.cc.load_timezone))
         # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
         self.policy.fit_in_background()
         self.observed = observed.ObservedSteps()  # the engines' measured decode steps, fed to co-serving each tick

@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(--host-cache-gib; least recently used entries are evicted when a new one needs room) "
                         "until a reboot. To free that memory, `rm -r DIR` while no server uses it")
     p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
+    p.add_argument("--load-timezone", default=None, metavar="ZONE",
+                   help="IANA time zone whose days the load follows (e.g. America/New_York): forecasts keep its "
+                        "hours across daylight-saving switches (default: this machine's local zone)")
     p.add_argument("--curve-dir", default=None, help="directory of ZeroMQ CURVE keys; turns on CURVE to workers")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --bind without --curve-dir (any host that reaches it can join as a "
@@ -116,7 +119,7 @@ def build_config(args) -> ClusterConfig:
     if key is not None:
         server["api_key"] = key
     for flag, field in (("bind", "bind"), ("policy", "policy"), ("history", "history_path"),
-                        ("curve_dir", "curve_dir")):
+                        ("curve_dir", "curve_dir"), ("load_timezone", "load_timezone")):
         if getattr(args, flag) is not None:
             ctl[field] = getattr(args, flag)
     options = list(args.policy_option)

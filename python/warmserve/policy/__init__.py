@@ -7,8 +7,9 @@ actions; ``PolicyDriver`` (``policy.driver``) keeps the state and carries the ac
 
 Contract
 --------
-Units: seconds on the driver's clock (``now_s``; t = 0 is a local midnight, so ``now_s % 86400`` is the time of
-day), bytes, requests. Calls must come with non-decreasing ``now_s``.
+Units: seconds on the driver's clock (``now_s``; t = 0 is a midnight of the zone the load follows, and the policy's
+``calendar`` (``policy.calendar``) gives the time of day there, daylight saving included; by default days are
+86400 s, so ``now_s % 86400`` is the time of day), bytes, requests. Calls must come with non-decreasing ``now_s``.
 
 Build::
 

@@ -5,7 +5,6 @@ is floored, when it is given up, and what an instance of it may hold once the ru
 
 from __future__ import annotations
 
-import math
 
 from warmserve.geometry import blocks_for_tokens
 from warmserve.policy.colocation import (UnplacedModelError, floor_kv_shares, placement_order, plan_shared,
@@ -34,7 +33,7 @@ class Colocating:
         says those models fit. A request routed before the first tick starts an instance, and then nothing is
         laid out. While it stands route() may still start an instance on GPUs it left idle."""
         live = state.live_gpus()
-        window = math.floor(now_s / self.cfg.window_s)
+        window = self.window_of(now_s)
         if self._pinned is None:
             self._pinned, self._pinned_window = {}, window
             need, demand = self.forecast_need(window)

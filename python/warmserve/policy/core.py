@@ -25,15 +25,14 @@ from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 class Policy(Demand, LoadSignals, GpuMoves, Colocating):
     """WarmServe's policy and its ablations; the static baselines subclass it."""
 
-    def __init__(self, name: str, models: list[ModelInfo], config: PolicyConfig, history=None):
+    def __init__(self, name: str, models: list[ModelInfo], config: PolicyConfig, history=None, calendar=None):
         self.name = name
         self.cfg = config
         self.models = {m.name: m for m in models}
         self.period = max(1, round(86400 / config.window_s))
-        self._hist = History(sorted(self.models), config.window_s)
-        self._fc = {m: (ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows, name=m),
-                        ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows, name=m))
-                    for m in self.models}
+        self._hist = History(sorted(self.models), config.window_s, calendar)  # its calendar: the days load follows
+        self._fc = {m: tuple(ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows, name=m)
+                             for _ in "ap") for m in self.models}  # the average's and the peak's
         self._load: dict[str, deque] = {m: deque() for m in self.models}
         self._prefill_load: dict[str, deque] = {m: deque() for m in self.models}
         #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
@@ -221,7 +220,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         """Autoscale, set KV targets and (when due) plan prewarms. Returns actions to apply in order."""
         self._fits_left = FITS_PER_TICK
         out = self._tick(state, now_s)
-        self.fit_ahead(math.floor(now_s / self.cfg.window_s))
+        self.fit_ahead(self.window_of(now_s))
         return out
 
     def _tick(self, state: ClusterState, now_s: float) -> list:
@@ -238,7 +237,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         if self.cfg.prewarm and self.cfg.defragment:
             self._defragment(state, now_s, board, out)
         self._kv_targets(state, board, out)
-        window = math.floor(now_s / self.cfg.window_s)
+        window = self.window_of(now_s)
         if self.cfg.prewarm and (window != self._plan_window or now_s - self._plan_s >= self.cfg.replan_s):
             self._plan_window, self._plan_s = window, now_s
             self._plan(state, window, board, out)

@@ -165,9 +165,13 @@ class Demand:
         demand = {m: max(1.0, mean[m] if math.isnan(p) else float(p)) for m, p in zip(names, f_peak)}
         return need, demand
 
+    def window_of(self, now_s: float) -> int:
+        """The index of the history window (of the day the load follows: ``History.calendar``) holding ``now_s``."""
+        return math.floor(self._hist.calendar.local_s(now_s) / self.cfg.window_s)
+
     def _window_forecast(self, now_s: float) -> dict[str, float]:
         """The average in-flight forecast of the current window per model (0 where unknown), once per window."""
-        w = math.floor(now_s / self.cfg.window_s)
+        w = self.window_of(now_s)
         if self._fc_window is None or self._fc_window[0] != w:
             names = sorted(self.models)
             avg = self.forecast_all(w, names)[0]

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.policy.calendar import Calendar
 from warmserve.policy.concurrency import WindowMeter
 
 
@@ -27,10 +28,12 @@ def impossible_loads(avg: np.ndarray, peak: np.ndarray) -> np.ndarray:
 
 class History:
     """Average and peak per model and window index (a models x windows matrix), NaN where missing. Window i
-    starts at ``i * window_s`` on the driver's clock."""
+    starts ``i * window_s`` after the origin's midnight on the wall clock of ``calendar`` (default: days of 86400 s
+    of the driver's clock), so a slot of the day stays the same hour across daylight-saving switches."""
 
-    def __init__(self, names: list[str], window_s: float):
+    def __init__(self, names: list[str], window_s: float, calendar: Calendar | None = None):
         self.window_s = window_s
+        self.calendar = calendar or Calendar()
         self.index = {m: i for i, m in enumerate(names)}
         self.avg = np.full((len(names), 0), np.nan)
         self.peak = np.full((len(names), 0), np.nan)
@@ -52,11 +55,21 @@ class History:
         self.avg[r, i], self.peak[r, i] = avg, peak
         self.known[r] = max(self.known[r], i)
 
+    def index_of(self, window_start_s: float) -> int:
+        """The index of the window that starts at ``window_start_s`` on the driver's clock."""
+        return math.floor(self.calendar.local_s(window_start_s) / self.window_s + 1e-9)
+
     def observe(self, model: str, window_start_s: float, avg: float, peak: float) -> None:
-        """One window of ``model`` that starts at ``window_start_s`` (>= 0)."""
-        i = math.floor(window_start_s / self.window_s + 1e-9)
+        """One window of ``model`` that starts at ``window_start_s`` (>= 0 on the driver's clock). In the hour a
+        fall-back switch repeats, the window's two hours are merged (mean of the averages, max of the peaks)."""
+        i = self.index_of(window_start_s)
         if i < 0:
             raise InvalidArgumentError(f"window_start_s must be >= 0, got {window_start_s}")
+        if self.calendar.repeated(window_start_s) and i < self.avg.shape[1]:
+            r = self.index[model]
+            if not math.isnan(self.avg[r, i]):
+                avg, peak = (self.avg[r, i] + avg) / 2 if not math.isnan(avg) else self.avg[r, i], \
+                    float(np.fmax(self.peak[r, i], peak))
         self.set(model, i, avg, peak)
 
     def load(self, model: str, window_start_s, avg, peak) -> None:
@@ -80,7 +93,8 @@ class History:
                 f"peak that is infinite, negative or past {MAX_HISTORY_LOAD:g}, e.g. window_start_s {starts[k]}, "
                 f"avg {avg[k]}, peak {peak[k]}: loads are in-flight requests (>= 0; NaN where unknown)",
                 model=model, bad_windows=int(bad.sum()))
-        idx = np.floor(starts / self.window_s + 1e-9).astype(np.int64)
+        # a repeated hour (fall-back switch) lands on the same windows twice: merged as rows finer than a window
+        idx = np.floor(self.calendar.local_array(starts) / self.window_s + 1e-9).astype(np.int64)
         if idx.min() < 0:
             raise InvalidArgumentError(f"history of {model!r}: window starts must be >= 0, got {starts.min()}")
         uniq, inv = np.unique(idx, return_inverse=True)
@@ -98,15 +112,15 @@ class History:
         self.avg[r, idx], self.peak[r, idx] = avg, peak
         self.known[r] = max(self.known[r], int(idx.max()))
 
-    def merge_partial(self, model: str, i: int, avg_seen: float, peak_seen: float,
+    def merge_partial(self, model: str, window_start_s: float, avg_seen: float, peak_seen: float,
                       seen_s: float) -> tuple[float, float]:
-        """The (avg, peak) to record for window ``i`` of which only the last ``seen_s`` seconds were measured (the
-        meter started mid-window), averaging ``avg_seen`` there. With no value for the window yet, the measured
+        """The (avg, peak) to record for the window from ``window_start_s`` (driver's clock) of which only the last
+        ``seen_s`` seconds were measured (the meter started mid-window), averaging ``avg_seen`` there. With no value for the window yet, the measured
         span stands for the window. With one (the history file of the deployment before a restart), it stands
         for the span not measured: avg = known x (1 - f) + avg_seen x f, f = seen_s / window_s, and the peak is
         the larger, so a restart neither drops the window's load nor discards what the file knew of it."""
-        r = self.index[model]
-        old_avg = self.avg[r, i] if i < self.avg.shape[1] else math.nan
+        r, i = self.index[model], self.index_of(window_start_s)
+        old_avg = self.avg[r, i] if 0 <= i < self.avg.shape[1] else math.nan
         if math.isnan(old_avg):
             return avg_seen, peak_seen
         f = min(max(seen_s / self.window_s, 0.0), 1.0)
@@ -138,7 +152,7 @@ class LiveWindowMeter(WindowMeter):
     flight (nothing is known before it)."""
 
     def __init__(self, window_s: float, now_s: float,
-                 merge: Callable[[int, float, float, float], tuple[float, float]]):
+                 merge: Callable[[float, float, float, float], tuple[float, float]]):
         super().__init__(window_s, now_s, 0.0)
         self._started_s: float | None = now_s
         self._merge = merge
@@ -149,7 +163,6 @@ class LiveWindowMeter(WindowMeter):
             start_s, avg, peak = closed[0]
             seen_s = start_s + self.window_s - self._started_s
             if 0.0 < seen_s < self.window_s:
-                i = math.floor(start_s / self.window_s + 1e-9)
-                closed[0] = (start_s, *self._merge(i, avg * self.window_s / seen_s, peak, seen_s))
+                closed[0] = (start_s, *self._merge(start_s, avg * self.window_s / seen_s, peak, seen_s))
             self._started_s = None
         return closed

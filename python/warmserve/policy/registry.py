@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.policy.calendar import Calendar
 from warmserve.policy.baselines import StaticPolicy
 from warmserve.policy.config import PolicyConfig, parse_policy_options
 from warmserve.policy.core import Policy
@@ -45,16 +46,18 @@ POLICIES: dict[str, PolicyVariant] = {
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
 
 
-def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | None = None, history=None) -> Policy:
+def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | None = None, history=None,
+                calendar: Calendar | None = None) -> Policy:
     """The policy called ``name`` (one of POLICY_NAMES) over ``models``; ``config`` is adjusted by the name
-    (e.g. `autoscale` turns prewarming off). ``history``: model -> (window_start_s, avg, peak) arrays."""
+    (e.g. `autoscale` turns prewarming off). ``history``: model -> (window_start_s, avg, peak) arrays.
+    ``calendar``: the days the load follows (``policy.calendar``; default: 86400 s of the driver's clock)."""
     variant = POLICIES.get(name)
     if variant is None:
         raise InvalidArgumentError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}", policy=name)
     if not models:
         raise InvalidArgumentError("make_policy needs at least one model")
     cfg = replace(config or PolicyConfig(), **variant.overrides)
-    return variant.cls(name, list(models), cfg, history)
+    return variant.cls(name, list(models), cfg, history, calendar)
 
 
 

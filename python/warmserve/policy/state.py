@@ -1,8 +1,9 @@
 """The snapshot of cluster state the policy reads.
 
 The driver (controller or simulator) owns these objects and keeps them current; the policy only reads them and
-never mutates them. Sizes are bytes, times are seconds on the driver's clock (``now_s``), where t = 0 is a local
-midnight, so ``now_s % 86400`` is the time of day the forecasters' daily season uses.
+never mutates them. Sizes are bytes, times are seconds on the driver's clock (``now_s``), where t = 0 is a midnight
+of the zone the load follows; the policy's calendar (``policy.calendar``) maps it to the time of day the
+forecasters' daily season uses (``now_s % 86400`` in the simulator, whose days are 86400 s).
 """
 
 from __future__ import annotations

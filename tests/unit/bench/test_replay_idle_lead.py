@@ -31,7 +31,7 @@ def _live_policy(a, w, served_sim, cost, t_launch, startup_s):
     for m, s, av, pk in rows:
         hist.setdefault(m, []).append((s, av, pk))
     hist = {m: tuple(np.array(c) for c in zip(*sorted(v))) for m, v in hist.items()}
-    origin = policy_clock_origin(t_launch + startup_s, hist)  # the controller reads the clock once it runs
+    origin = policy_clock_origin(t_launch + startup_s, hist, "UTC")  # the controller reads it once it runs
     pol = make_policy("warmserve", models=model_infos(served_sim, cost), config=PolicyConfig(window_s=window_s),
                       history=history_on_clock(hist, origin, {s.name for s in served_sim}))
     return pol, t0_unix, origin

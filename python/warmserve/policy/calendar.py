@@ -1,0 +1,119 @@
+"""Where a moment of the driver's clock falls in the day the load follows: the forecasts' daily season.
+
+The driver's clock (``now_s``) counts seconds from a midnight and never jumps (the live controller's follows
+``time.monotonic``). The day people's traffic follows is a wall-clock day of a time zone, 23 or 25 hours long
+where daylight saving time starts or ends. A forecaster that took a day as 86400 s of the driver's clock saw the
+daily pattern move by an hour at each switch and kept the moved slots for weeks (found in review: a Berlin load
+with hourly history from January forecast 15 at 09:00 sixteen days after the March switch, where 100 came).
+
+So the history's windows are indexed by local time: window i starts ``i * window_s`` after the origin's midnight
+on the zone's wall clock (``local_s``). Where the clock springs forward, an hour of windows gets no data (NaN, as
+any gap); where it falls back, an hour of windows comes twice (``repeated``) and its two hours are merged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+import zoneinfo
+
+import numpy as np
+
+from warmserve.errors import InvalidArgumentError
+
+#: The longest a clock has ever been set back at once (Antarctica's Troll station, 2 h): the span searched for a
+#: fall-back switch before a moment.
+MAX_SETBACK_S = 7200.0
+
+
+class Calendar:
+    """Days of 86400 s of the driver's clock, as in a zone with no daylight saving (UTC): the simulator's, whose
+    workloads' days are 86400 s by construction (``Workload.day_s``)."""
+
+    name = "UTC"
+
+    def local_s(self, t_s: float) -> float:
+        """Wall-clock seconds since the origin's midnight at driver time ``t_s``."""
+        return t_s
+
+    def local_array(self, t_s) -> np.ndarray:
+        """``local_s`` of each of many moments."""
+        return np.asarray(t_s, dtype=np.float64)
+
+    def repeated(self, t_s: float) -> bool:
+        """Whether the wall clock showed the time of ``t_s`` before (the hour after a fall-back switch)."""
+        return False
+
+
+class ZoneCalendar(Calendar):
+    """The days of time zone ``zone`` (an IANA name; "" is this machine's local zone, as the C library knows it),
+    the driver's t = 0 being Unix time ``origin_unix_s`` (a midnight there: ``zone_midnight``)."""
+
+    def __init__(self, origin_unix_s: float, zone: str = ""):
+        self.tz = zone_info(zone)
+        self.name = zone or "local"
+        self.origin_unix_s = float(origin_unix_s)
+        self._offset0_s = self._offset_s(0.0)
+        self._cache: dict[float, float] = {}
+
+    def _offset_s(self, t_s: float) -> float:
+        """The zone's UTC offset at driver time ``t_s``, seconds."""
+        return utc_offset_s(self.origin_unix_s + t_s, self.tz)
+
+    def local_s(self, t_s: float) -> float:
+        # window starts recur (every model's history has the same ones): one offset lookup per distinct moment
+        shift = self._cache.get(t_s)
+        if shift is None:
+            if len(self._cache) > 1 << 16:
+                self._cache.clear()
+            shift = self._cache[t_s] = self._offset_s(t_s) - self._offset0_s
+        return t_s + shift
+
+    def local_array(self, t_s) -> np.ndarray:
+        t = np.asarray(t_s, dtype=np.float64).reshape(-1)
+        return np.array([self.local_s(float(x)) for x in t], dtype=np.float64)
+
+    def repeated(self, t_s: float) -> bool:
+        new_s = self._offset_s(t_s)
+        drop_s = self._offset_s(t_s - MAX_SETBACK_S) - new_s
+        if drop_s <= 0:
+            return False
+        lo, hi = t_s - MAX_SETBACK_S, t_s  # bisect for the switch: the old offset holds at lo, the new one at hi
+        while hi - lo > 1.0:
+            mid = math.floor((lo + hi) / 2)
+            if self._offset_s(mid) == new_s:
+                hi = mid
+            else:
+                lo = mid
+        return t_s - hi < drop_s
+
+
+def zone_info(zone: str) -> dt.tzinfo | None:
+    """The tzinfo of IANA zone ``zone``; None for "" (this machine's local zone, read through the C library, which
+    follows TZ and /etc/localtime). A typed error naming the fix if the zone is unknown."""
+    if zone == "":
+        return None
+    try:
+        return zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+        raise InvalidArgumentError(f"unknown time zone {zone!r} ({e}): give an IANA name such as 'Europe/Berlin' or "
+                                   "'America/New_York', 'UTC', or \"\" for this machine's local zone",
+                                   zone=zone) from e
+
+
+def utc_offset_s(t_unix_s: float, tz: dt.tzinfo | None) -> float:
+    """UTC offset of ``tz`` (None: the local zone) at Unix time ``t_unix_s``, seconds."""
+    if tz is None:
+        return float(time.localtime(t_unix_s).tm_gmtoff)
+    return dt.datetime.fromtimestamp(t_unix_s, tz).utcoffset().total_seconds()
+
+
+def zone_midnight(t_unix_s: float, zone: str = "") -> float:
+    """Unix time of the midnight in ``zone`` ("" : the local zone) that starts the day of Unix time ``t_unix_s``."""
+    tz = zone_info(zone)
+    if tz is None:
+        lt = time.localtime(t_unix_s)
+        return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
+    day = dt.datetime.fromtimestamp(t_unix_s, tz)
+    return day.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
