@@ -251,25 +251,25 @@ class Controller(WorkerRestarts):
         for t in self._loops:
             t.cancel()
         # Local workers get Shutdown and a moment to free their pools; remote ones stay up for the next controller.
-        waits = []
+        waits = {}
         # Copies: a send that fails takes its worker out of the table (and may start a restart) at once.
         for w in list(self.hub.workers.values()):
             if w.alive and w.proc is not None:
-                waits.append(self.hub.start_call(w, P.Shutdown(id=self.hub.next_id())))
+                waits[w.ident] = self.hub.start_call(w, P.Shutdown(id=self.hub.next_id()))
         if waits:
-            await asyncio.wait(waits, timeout=5.0)
+            await asyncio.wait(waits.values(), timeout=5.0)
         for t in self._tasks + list(self._bg):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._bg, return_exceptions=True)
         # Every local process, registered or not (a restart may have started one that never said Hello), all at
-        # once: an actor whose end Ray never confirms takes 2 * REAP_WAIT_S, or more with a graceful wait.
-        registered = {w.ident for w in self.hub.workers.values() if w.alive}
+        # once; a graceful wait only for those that answered Shutdown (found in review: a stopped worker got one).
+        answered = {i for i, f in waits.items() if f.done() and not f.cancelled() and f.exception() is None}
         procs = list(self.local_procs.items())
         if threading.main_thread().is_alive():
-            ends = await asyncio.gather(*(asyncio.to_thread(reap, proc, ident in registered)
+            ends = await asyncio.gather(*(asyncio.to_thread(reap, proc, ident in answered)
                                           for ident, proc in procs), return_exceptions=True)
         else:  # the interpreter exits (a Cluster never closed, closed by its finalizer): executors take no work
-            ends = [reap_now(proc, ident in registered) for ident, proc in procs]  # now; they were told to stop
+            ends = [reap_now(proc, ident in answered) for ident, proc in procs]  # now; they were told to stop
         for (ident, _), end in zip(procs, ends):
             # One that cannot be reaped must not keep the others, or the socket, from being closed (found in review:
             # a Ray worker's process, which had no pid, aborted the close and left the port bound).

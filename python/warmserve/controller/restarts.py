@@ -7,7 +7,10 @@ how a local worker's process is stopped at the controller's close (``reap``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import time
 
@@ -264,6 +267,11 @@ def reap(proc, graceful: bool = True) -> None:
     if proc.poll() is not None:
         return
     proc.terminate()
+    if isinstance(proc, subprocess.Popen):
+        # A stopped process (SIGSTOP, a frozen job) keeps SIGTERM pending until it runs again: found in review,
+        # the wait below ran out for nothing before the SIGKILL. SIGCONT lets it take the SIGTERM and exit now.
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGCONT)
     try:
         proc.wait(timeout=REAP_WAIT_S)
     except Exception:
