@@ -12,12 +12,13 @@ import dataclasses
 import math
 import numbers
 import os
+import time
 from dataclasses import dataclass, field
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import is_page_size
 from warmserve.policy.config import PolicyConfig
-from warmserve.policy.calendar import zone_info
+from warmserve.policy.calendar import check_window_in_zone
 from warmserve.protocol import EngineConfig
 
 
@@ -116,7 +117,8 @@ class ControllerConfig:
         check_policy_numbers(self.policy_config, "ControllerConfig.policy_config")
         check_window(self.policy_config.window_s, self.tick_s)
         check_endpoint(self.bind, "ControllerConfig.bind", listen=True, inproc_ok=False)
-        zone_info(self.load_timezone)  # an unknown zone: a typed error naming it, before any process starts
+        # an unknown zone, or a window its switches would cut in two: a typed error before any process starts
+        check_window_in_zone(self.policy_config.window_s, self.load_timezone, time.time())
         # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it
         # was read as a directory named "~").
         for f in ("history_path", "curve_dir"):  # strings already (check_field_types)

@@ -14,6 +14,7 @@ any gap); where it falls back, an hour of windows comes twice (``repeated``) and
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import time
 import zoneinfo
@@ -26,8 +27,9 @@ from warmserve.errors import InvalidArgumentError
 #: fall-back switch before a moment.
 MAX_SETBACK_S = 7200.0
 
-#: Step of the grid on which ``ZoneCalendar.local_array`` looks for switches, seconds.
-SWITCH_GRID_S = 900.0
+#: Step of the grid on which ``ZoneCalendar.local_array`` looks for switches, seconds: no zone has switched twice
+#: within 6 hours (two would go unseen where they cancel out).
+SWITCH_GRID_S = 6 * 3600.0
 
 
 class Calendar:
@@ -75,22 +77,25 @@ class ZoneCalendar(Calendar):
         return t_s + shift
 
     def local_array(self, t_s) -> np.ndarray:
-        # A year of 300 s windows is 105,120 rows per model: one lookup each took 0.4 s per model, so offsets are
-        # read on a 15-minute grid over the span and each switch found to the second (no zone switches twice
-        # within 15 minutes), then looked up per row.
+        # A year of 300 s windows is 105,120 rows per model: one lookup each took 0.4 s per model, so the zone's
+        # switches are found on a grid over a span covering every call's rows (models' histories start and end
+        # on different days: found in review, a span per model cost 130 ms each), then looked up per row.
         t = np.asarray(t_s, dtype=np.float64).reshape(-1)
         if len(t) == 0:
             return t.copy()
-        span = (float(np.nanmin(t)), float(np.nanmax(t)))
-        if self._switches[0] != span:  # every model's history spans the same days: found once
+        lo, hi = float(np.nanmin(t)), float(np.nanmax(t))
+        span, at, shift = self._switches
+        if span is None or lo < span[0] or hi > span[1]:
+            span = (lo - 86400.0, hi + 86400.0) if span is None else \
+                (min(lo, span[0]) - 86400.0, max(hi, span[1]) + 86400.0)
             grid = np.append(np.arange(span[0], span[1], SWITCH_GRID_S), span[1])
             offs = np.array([self._offset_s(float(g)) for g in grid])
             at, shift = [span[0]], [offs[0]]
             for k in np.nonzero(offs[1:] != offs[:-1])[0]:
                 at.append(self._switch_s(float(grid[k]), float(grid[k + 1])))
                 shift.append(offs[k + 1])
-            self._switches = (span, np.array(at), np.array(shift))
-        _, at, shift = self._switches
+            at, shift = np.array(at), np.array(shift)
+            self._switches = (span, at, shift)
         return t + shift[np.clip(np.searchsorted(at, t, side="right") - 1, 0, None)] - self._offset0_s
 
     def _switch_s(self, lo: float, hi: float) -> float:
@@ -116,10 +121,35 @@ def zone_info(zone: str) -> dt.tzinfo | None:
         return None
     try:
         return zoneinfo.ZoneInfo(zone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as e:  # OSError: "Europe" is a folder of zones
         raise InvalidArgumentError(f"unknown time zone {zone!r} ({e}): give an IANA name such as 'Europe/Berlin' or "
                                    "'America/New_York', 'UTC', or \"\" for this machine's local zone",
                                    zone=zone) from e
+
+
+@functools.lru_cache(maxsize=64)
+def switch_sizes_s(zone: str, around_day: int, years: int = 2) -> frozenset[float]:
+    """By how many seconds ``zone`` ("" : the local one) moves its clocks, over ``years`` either side of Unix day
+    ``around_day`` (read once a day: no zone switches and back within a day). Cached: configs are made often."""
+    tz = zone_info(zone)
+    offs = [utc_offset_s((around_day + d) * 86400.0, tz) for d in range(-366 * years, 366 * years + 1)]
+    return frozenset(abs(b - a) for a, b in zip(offs, offs[1:]) if a != b)
+
+
+def check_window_in_zone(window_s: float, zone: str, now_unix_s: float) -> None:
+    """Refuse a window that does not divide the zone's clock switches: the live meter closes windows on the
+    driver's clock, so after a switch each would straddle two of the zone's windows (found in review: 7200 s
+    windows under Berlin's 1 h switch booked a 100-in-flight slot as 55 in two)."""
+    zone_info(zone)  # an unknown zone is refused first, by name
+    sizes = switch_sizes_s(zone, int(now_unix_s // 86400))
+    bad = sorted(s for s in sizes if s % window_s)
+    if bad:
+        fits = [d for d in (3600, 1800, 1200, 900, 600, 300, 60) if all(s % d == 0 for s in sizes)]
+        raise InvalidArgumentError(
+            f"policy window_s {window_s:g} s does not divide the {bad[0]:g} s by which "
+            f"{zone or 'this machine' + chr(39) + 's zone'} moves its clocks: after a switch each window would "
+            f"straddle two of its windows. Fix: a window_s that divides {bad[0]:g} (e.g. "
+            f"{', '.join(f'{d:g}' for d in fits[:4])}), or load_timezone 'UTC'", key="window_s", zone=zone)
 
 
 def utc_offset_s(t_unix_s: float, tz: dt.tzinfo | None) -> float:

@@ -173,6 +173,48 @@ def test_a_years_rows_are_placed_as_one_by_one(zone):
     year of 300 s rows); Lord Howe moves its clock by 30 minutes, Santiago switches at midnight."""
     origin = zone_midnight(unix(2024, 1, 5, 12, 0), zone)
     cal = ZoneCalendar(origin, zone)
-    t = np.concatenate([np.arange(0, 366 * 86400, 300.0), np.arange(13.0, 366 * 86400, 2099.0)])
+    t = np.concatenate([np.arange(0, 366 * 86400, 1800.0), np.arange(13.0, 366 * 86400, 4099.0)])
     assert np.array_equal(cal.local_array(t), [cal.local_s(float(x)) for x in t])
     assert len({cal.local_s(float(x)) - x for x in t}) == 2  # two offsets a year: the switches were seen
+
+
+@pytest.mark.parametrize("zone,window_s,step", [(ZONE, 7200.0, 3600), ("Australia/Lord_Howe", 3600.0, 1800)])
+def test_a_window_the_zones_switches_would_cut_in_two_is_refused(zone, window_s, step):
+    """Found in review: live windows close on the driver's clock, so 7200 s windows under Berlin's 1 h switch each
+    straddled two wall-clock windows after it (a 100-in-flight slot booked as 55 in two)."""
+    with pytest.raises(InvalidArgumentError, match=f"does not divide the {step} s by which {zone}.*Fix: a window_s"):
+        ControllerConfig(load_timezone=zone, policy_config=PolicyConfig(window_s=window_s))
+    assert ControllerConfig(load_timezone=zone, policy_config=PolicyConfig(window_s=step / 2)).load_timezone == zone
+    assert ControllerConfig(load_timezone="UTC", policy_config=PolicyConfig(window_s=window_s))
+
+
+@pytest.mark.parametrize("name", ["Europe", "x" * 300])
+def test_a_folder_of_zones_or_a_name_too_long_is_refused_by_name(name):
+    """Found in review: IsADirectoryError / OSError (file name too long), naming no fix."""
+    with pytest.raises(InvalidArgumentError, match="unknown time zone.*IANA name"):
+        ControllerConfig(load_timezone=name)
+
+
+def test_a_restart_mid_window_in_the_repeated_hour_merges_the_two_passes_once():
+    """Found in review: merge_partial took the first pass (an hour before) for the window's unmeasured part, and
+    observe merged it in again: 12 where 20 (10 then 30 in flight) was due."""
+    origin = unix(2024, 10, 26, 0, 0)
+    first = unix(2024, 10, 27, 2, 0, fold=0) - origin
+    from warmserve.policy.state import ClusterState
+
+    def run(restart: bool):
+        pol = make_policy("warmserve", models=M, config=PolicyConfig(prewarm=False),
+                          calendar=ZoneCalendar(origin, ZONE))
+        for k in range(12):  # the first pass, from a history file or the deployment before
+            pol.observe_window("m", first + k * 300, 10.0, 10.0)
+        st = ClusterState.uniform(1, M)
+        w = first + 3600 + 4 * 300  # 02:20, second pass
+        t = w + 240 if restart else w
+        pol.tick(st, t)
+        for _ in range(30):
+            pol.on_request_start("m", t)
+        pol.tick(st, w + 301)
+        return pol._hist.avg[0, pol._hist.index_of(w)]
+
+    assert run(restart=False) == pytest.approx(20.0)
+    assert run(restart=True) == pytest.approx(20.0)
