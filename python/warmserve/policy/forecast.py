@@ -436,6 +436,7 @@ class ModelForecaster:
         r = (n // self.period) * self.period
         # a backtest at r refits the two day boundaries before r: older fits are not asked for again
         self._fits = {k: v for k, v in self._fits.items() if k[1] >= r - 2 * self.period}
+        self._chosen = {k: v for k, v in self._chosen.items() if k >= r - 2 * self.period}  # auto's picks: same days
         if self.background is not None and not self.ready(n):
             self._in_background(y, r)
             if not self.ready(n):
