@@ -36,11 +36,23 @@ def test_requests_behind_max_num_seqs_are_waiting_not_running(tmp_path):
         body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
         assert serving.post_json(url + "/v1/completions", body)[0] == 200  # the instance is up
         # 100 tokens: the first two run for 100 engine steps (seconds on one CPU thread, many heartbeats) while the
-        # other four wait; 200 only made the three rounds twice as long.
+        # other four wait; 200 only made the three rounds twice as long. The four are sent once the two run, and
+        # ask for 2 tokens: the rounds after the first take no time (found when the suite was timed: 18 s, three
+        # rounds of 100 steps, 5 s each on the loaded machine, when six alike were sent at once).
         long = {**body, "max_tokens": 100, "ignore_eos": True}
-        threads = [threading.Thread(target=lambda: statuses.append(
-            serving.post_json(url + "/v1/completions", long)[0])) for _ in range(6)]
+        short = {**body, "max_tokens": 2, "ignore_eos": True}
+
+        def send(req):
+            return threading.Thread(target=lambda: statuses.append(
+                serving.post_json(url + "/v1/completions", req)[0]))
+
+        threads = [send(long) for _ in range(2)]
         for t in threads:
+            t.start()
+        first = _until(url, lambda g: g["warmserve_running_requests"] == 2, 30)
+        assert first["warmserve_inflight_requests"] == 2 and first["warmserve_running_requests"] == 2, first
+        threads += [send(short) for _ in range(4)]
+        for t in threads[2:]:
             t.start()
         # Stats come with the worker's heartbeats (0.2 s here): the running count follows within a few.
         busy = _until(url, lambda g: g["warmserve_inflight_requests"] == 6 and g["warmserve_running_requests"] == 2,

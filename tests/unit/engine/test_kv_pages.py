@@ -163,33 +163,56 @@ def test_compaction_moves_a_long_sequence_onto_few_pages_and_keeps_its_tokens(ti
     """Four sequences decoding side by side interleave their 2 MiB blocks over 8 MiB pages; when three finish,
     the long one holds a block on each page. Compaction moves its blocks together (copying their K/V), the pages
     go back, and its tokens are those of a run on 2 MiB pages."""
+    # Sizes (found when the suite was timed: 19 s, the slowest engine test): the short ones end in their second
+    # 256-token block, so the long one holds blocks on two pages when they finish (seen: blocks [0, 7] on pages
+    # {1, 2}, then [0, 1] on page 1); the long one ends in its fifth block, so after compaction it still grows
+    # onto a second page. The reference is the same four requests side by side on 2 MiB pages, the same batches
+    # step for step (before: each alone, 1,100 + 3 x 700 steps; 700-token short ones, 1,100-token long one).
     prompts = _prompts(4, 8)
-    params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in (1100, 700, 700, 700)]
+    params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in (1040, 300, 300, 300)]
+    assert -(-(len(prompts[0]) + 1040) // 256) == 5 and all(-(-(len(p) + 300) // 256) == 2 for p in prompts[1:])
     ref = load_model(tiny_dir["tiny-linear"], pool).wait()
     try:
         with Engine(ref) as eng:
-            want = [eng.generate([p], q)[0] for p, q in zip(prompts, params)]
+            want = _run_side_by_side(eng, prompts, params)
     finally:
         ref.close()
     with PagePool(96 * MiB, backend="host", page_bytes=8 * MiB, prefault=False) as big:
         lm = load_model(tiny_dir["tiny-linear"], big).wait()
         try:
             with Engine(lm, target_free_blocks=0) as eng:
-                for i, (p, q) in enumerate(zip(prompts, params)):
-                    eng.add_request(str(i), p, q)
-                got, spread = {}, 0
-                while eng.has_unfinished():
-                    for o in eng.step():
-                        got.setdefault(o.request_id, []).extend(o.token_ids)
-                    long = eng.scheduler.running[0].blocks if len(eng.scheduler.running) == 1 else None
+                spread = interleaved = 0
+
+                def check(eng):
+                    nonlocal spread, interleaved
+                    running = eng.scheduler.running
+                    if len(running) == 4:  # the long one's blocks before the short ones end: on two pages
+                        blocks = next(s.blocks for s in running if s.request_id == "0")
+                        interleaved = max(interleaved, len({eng.kv.mapper.pages_of(b)[0] for b in blocks}))
+                    long = running[0].blocks if len(running) == 1 else None
                     if long is not None:
                         pages = {eng.kv.mapper.pages_of(b)[0] for b in long}
                         spread = max(spread, len(pages))
                         assert eng.kv.mapper.pages_mapped == len(pages) == -(-len(long) // 4), (long, pages)
-                assert spread and eng.kv.mapper.pages_mapped == 0
+
+                got = _run_side_by_side(eng, prompts, params, check)
+                assert interleaved == 2 and spread == 2 and eng.kv.mapper.pages_mapped == 0
         finally:
             lm.close()
-    assert [got[str(i)] for i in range(4)] == want
+    assert got == want
+
+
+def _run_side_by_side(eng, prompts, params, after_step=None) -> list[list[int]]:
+    """Each request's output ids, all added at once and stepped to the end; after_step(eng) after each step."""
+    for i, (p, q) in enumerate(zip(prompts, params)):
+        eng.add_request(str(i), p, q)
+    got = {}
+    while eng.has_unfinished():
+        for o in eng.step():
+            got.setdefault(o.request_id, []).extend(o.token_ids)
+        if after_step is not None:
+            after_step(eng)
+    return [got[str(i)] for i in range(len(prompts))]
 
 
 def test_compaction_packs_the_free_blocks_the_target_keeps_too():

@@ -20,10 +20,12 @@ def _twelve(rate_rps=6.0, history_days=1):
 
 
 def _short(p):
-    """``p``'s workload (rate scale 1, seed 0) over a third of its span, 400 s after 200 s of warm-up: the layout
-    search runs each of its shortlisted candidates as a whole run."""
-    return paper_workload("conv", len(p.models), alpha=p.alpha, total_rate_rps=p.base_rate_rps, duration_s=400.0,
-                          pre_s=200.0, history_days=p.history_days, model_names=[m.name for m in p.models], seed=0)
+    """``p``'s workload (rate scale 1, seed 0) over a sixth of its span, 200 s after 100 s of warm-up: the layout
+    search runs each of its shortlisted candidates as a whole run. Halved from 400 s after 200 s when the suite was
+    timed (13 s): each of the 12 models still has requests (33 or more), and the 12-model search's candidates
+    still differ in SLO attainment (1.0, 0.95, 0.70, 0.65), so keeping the best of them is still a choice."""
+    return paper_workload("conv", len(p.models), alpha=p.alpha, total_rate_rps=p.base_rate_rps, duration_s=200.0,
+                          pre_s=100.0, history_days=p.history_days, model_names=[m.name for m in p.models], seed=0)
 
 
 def test_default_shared_layout_gives_every_model_an_instance():
