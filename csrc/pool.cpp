@@ -55,7 +55,7 @@ void Pool::close(bool captures) {
     if (auto s = w.lock()) keep.push_back(std::move(s));
   for (auto& s : keep) {
     try {
-      s->unmap_unpinned_locked();
+      s->unmap_unpinned_locked(0, s->n_pages);
     } catch (const Error&) {  // what failed to unmap stays mapped: ~Slot tries again
     }
     s->closed = true;
@@ -437,6 +437,13 @@ void Slot::close(bool force) {
   }
   if (closed || pool->closed) {
     closed = true;
+    // On a closed pool: unmap what no live pinned view covers, and free the pool's pages once none is mapped
+    // (found in review: this returned at once, so pages the pool's close could not unmap stayed, with the whole
+    // pool's memory, for as long as the Slot object lived). Pages under live views stay until the last goes (~Pin).
+    if (pool->closed && mapped) {
+      unmap_unpinned_locked(0, n_pages);
+      pool->close_pages_if_unused_locked();
+    }
     return;
   }
   if (!force) check_unpinned(0, n_pages, "close");  // its loads have ended and it had no views: holds, as a guard
@@ -518,13 +525,14 @@ void Slot::unmap_all_locked() {
   }
 }
 
-void Slot::unmap_unpinned_locked() {
-  uint64_t i = 0;
-  while (i < n_pages) {
+void Slot::unmap_unpinned_locked(uint64_t from, uint64_t to) {
+  to = std::min(to, n_pages);
+  uint64_t i = from;
+  while (i < to) {
     if (table[i] < 0 || pins[i]) { ++i; continue; }
     uint64_t j = i;
-    while (j < n_pages && table[j] >= 0 && !pins[j]) ++j;
-    if (pinned_beside(i, j - i) < 0) unmap_locked(i, j - i);  // else it stays until the view goes (~Slot)
+    while (j < to && table[j] >= 0 && !pins[j]) ++j;
+    if (pinned_beside(i, j - i) < 0) unmap_locked(i, j - i);  // else it stays until the view goes (~Pin, ~Slot)
     i = j;
   }
 }
@@ -543,9 +551,33 @@ Pin::Pin(std::shared_ptr<Slot> s, uint64_t off_, uint64_t n_, bool pinned_)
 
 Pin::~Pin() {
   if (!pinned) return;
-  std::lock_guard<std::mutex> g(slot->pool->mu);
-  slot->pin_locked(off, n, -1);
-  slot->view_pins.erase(slot->view_pins.find({off, n}));
+  Pool& p = *slot->pool;  // `slot` keeps the pool alive until this returns
+  bool sweep = false;
+  {
+    std::lock_guard<std::mutex> g(p.mu);
+    slot->pin_locked(off, n, -1);
+    slot->view_pins.erase(slot->view_pins.find({off, n}));
+    // A closed pool left these pages mapped for this view (Pool::close marks its slots closed under the same hold
+    // of mu as its unmap, so a pin that goes earlier is swept by that close). Found in review: the last pin went
+    // and nothing unmapped them, so the pool's whole memory stayed for as long as the Slot object lived.
+    if (p.closed && slot->closed && slot->mapped)
+      for (uint64_t i = off; i < off + n && !sweep; ++i) sweep = !slot->pins[i] && slot->table[i] >= 0;
+  }
+  if (!sweep) return;
+  // As ~Slot: the drain outside mu (Backend::drain), without waiting for captures (a DLPack deleter may hold the
+  // GIL). Lock order unchanged: mu alone, taken again; a pin that goes meanwhile sweeps too (idempotent).
+  p.backend->drain_quietly(false);
+  std::lock_guard<std::mutex> g(p.mu);
+  try {
+    // The driver mappings these pages share (cuda): unpinned pages kept beside them (pinned_beside) go now too.
+    const auto [first, last] = slot->cut_pages(off, n);
+    slot->unmap_unpinned_locked(first, last);
+  } catch (...) {  // what failed to unmap stays mapped: Slot::close or ~Slot tries again
+  }
+  try {
+    p.close_pages_if_unused_locked();
+  } catch (...) {
+  }
 }
 
 }  // namespace ws

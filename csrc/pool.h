@@ -59,9 +59,9 @@ struct Pool : std::enable_shared_from_this<Pool> {
   ~Pool();
   void check_open() const;
   // Refuses new work, cancels every running load and waits until each has rolled back, then unmaps every page
-  // that no live pinned view covers. Pages under live views stay mapped until their slot's last view goes
-  // (~Slot unmaps them); the physical pages are freed now if none remains mapped, else by the ~Slot that
-  // unmaps the last one.
+  // that no live pinned view covers. Pages under live views stay mapped until the last pin over them goes (~Pin
+  // unmaps them, or ~Slot); the physical pages are freed now if none remains mapped, else by whichever of ~Pin,
+  // Slot::close or ~Slot unmaps the last one.
   // captures: whether the drain first waits for CUDA graph captures on other threads (Backend::drain); ~Pool
   // passes false, as it may run with the GIL held. A second caller while the first is still closing waits for it,
   // so every close() returns with the pool closed.
@@ -123,7 +123,7 @@ struct Slot {
   void map_locked(uint64_t off, uint64_t n, bool populate);
   void unmap_locked(uint64_t off, uint64_t n);
   void unmap_all_locked();
-  void unmap_unpinned_locked();  // every mapped page no live view or load pins
+  void unmap_unpinned_locked(uint64_t from, uint64_t to);  // every mapped page of [from, to) no view or load pins
   void pin_locked(uint64_t off, uint64_t n, int delta);
   // After a backend call: moves the backend's holes into the slot (this or other) they fall in; public
   // operations then throw unusable_error() (after the tables are up to date), and so does every later one.
@@ -135,6 +135,7 @@ struct Slot {
 std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t reserve_bytes, const std::string& tag);
 
 // Keeps pages [off, off+n) of a slot pinned (unmap/move refused) and the slot's reservation alive while it lives.
+// On a closed pool, the last pin over a page unmaps it when it goes (and frees the pool's pages once none is mapped).
 struct Pin {
   std::shared_ptr<Slot> slot;
   uint64_t off, n;

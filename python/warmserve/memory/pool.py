@@ -29,6 +29,8 @@ def cuda_compiled() -> bool:
 
 #: Copier threads one load may ask for (an int in the C++ core).
 MAX_THREADS = (1 << 31) - 1
+#: The largest device index (an int in the C++ core; found in review: 2**31 came back as a bare TypeError).
+MAX_DEVICE = (1 << 31) - 1
 #: Counts (bytes, pages, offsets) travel to the C++ core as uint64: anything larger is refused here, typed (found in
 #: review: 2**64 came back from pybind as a bare TypeError).
 MAX_COUNT = (1 << 64) - 1
@@ -54,7 +56,7 @@ class PagePool:
         for short-lived pools that use little of their capacity (pages then fault in on first touch)."""
         _count("capacity_bytes", capacity_bytes, positive=True)
         _count("page_bytes", page_bytes, positive=True)
-        _count("device", device)
+        _count("device", device, limit=MAX_DEVICE)
         if backend not in ("host", "cuda"):
             raise InvalidArgumentError(f"backend must be 'host' or 'cuda', not {backend!r}")
         self._pool = _C.Pool(capacity_bytes, backend, page_bytes, device, bool(prefault))
@@ -242,6 +244,12 @@ class Slot:
         align = max(s[3].itemsize for s in spans)
         lo = min(s[1] for s in spans) // align * align
         hi = max(s[1] + s[4] for s in spans)
+        if hi - lo > MAX_COUNT:  # found in review: the span's byte count reached dlpack() and came back a TypeError
+            name, off, _, _, nbytes = max(spans, key=lambda s: s[1] + s[4])
+            raise InvalidArgumentError(
+                f"layout entry {name!r}: view of bytes [{off}, {off + nbytes}) is outside slot {self.tag!r} "
+                f"({self.reserved_bytes} bytes reserved). Fix: offsets and shapes within the slot",
+                byte_offset=off, nbytes=nbytes)
         raw = torch.from_dlpack(self._slot.dlpack(lo, hi - lo, bool(pinned)))
         by_dtype = {}  # one typed view of the whole span per dtype, then one as_strided per tensor
         out = {}
@@ -274,7 +282,12 @@ class Slot:
             _count(f"source {i} slot_byte_offset", slot_offset)
             _count(f"source {i} nbytes", nbytes)
             if isinstance(obj, (str, os.PathLike)):
-                specs.append((os.fspath(obj), 0, None, src_offset, slot_offset, nbytes))
+                path = os.fspath(obj)
+                # open() would stop at the NUL and read another file, the one its prefix names (found in review)
+                if ("\0" if isinstance(path, str) else b"\0") in path:
+                    raise InvalidArgumentError(f"load source {i}: the path {path!r} has a NUL byte and names no file. "
+                                               f"Fix: the file's path without the NUL", path=repr(path))
+                specs.append((path, 0, None, src_offset, slot_offset, nbytes))
                 continue
             address, length, keep = _buffer_address(obj)
             if src_offset + nbytes > length:
@@ -294,7 +307,8 @@ class Slot:
     def close(self, force: bool = False) -> None:
         """Cancel this slot's running loads (C++ waits for their rollback) and unmap everything (pages back to the
         pool). ViewsAliveError while pinned views are alive unless force (stale views then fault on access); a close
-        refused so changes nothing, its loads go on.
+        refused so changes nothing, its loads go on. On a closed pool it unmaps what no live pinned view covers (pages
+        under live views stay until the last view over them goes, then go by themselves).
         The one operation a slot that raised SlotUnusableError still accepts. Idempotent. On a thread capturing a
         CUDA graph it raises InvalidArgumentError and changes nothing, as unmap does there."""
         self._slot.close(force=bool(force))

@@ -400,7 +400,7 @@ def test_a_load_that_cannot_start_its_threads_fails_and_the_process_lives(tmp_pa
         # room for the load's own thread and a few copiers, not for 64 stacks of 8 MiB
         resource.setrlimit(resource.RLIMIT_AS, (vm + (48 << 20), resource.RLIM_INFINITY))
         try:
-            s.load([(path, 0, 0, n)], threads=64).wait()
+            s.load([(path, 0, 0, n)], threads=64, chunk_bytes=64 << 10).wait()  # 64 pieces: 64 copiers
             print("loaded")
         except DriverError as e:
             print("DriverError", "thread" in str(e))
