@@ -36,8 +36,6 @@ class Calendar:
     """Days of 86400 s of the driver's clock, as in a zone with no daylight saving (UTC): the simulator's, whose
     workloads' days are 86400 s by construction (``Workload.day_s``)."""
 
-    name = "UTC"
-
     def local_s(self, t_s: float) -> float:
         """Wall-clock seconds since the origin's midnight at driver time ``t_s``."""
         return t_s
@@ -57,7 +55,6 @@ class ZoneCalendar(Calendar):
 
     def __init__(self, origin_unix_s: float, zone: str = ""):
         self.tz = zone_info(zone)
-        self.name = zone or "local"
         self.origin_unix_s = float(origin_unix_s)
         self._offset0_s = self._offset_s(0.0)
         self._cache: dict[float, float] = {}
@@ -128,9 +125,10 @@ def zone_info(zone: str) -> dt.tzinfo | None:
 
 
 @functools.lru_cache(maxsize=64)
-def switch_sizes_s(zone: str, around_day: int, years: int = 2) -> frozenset[float]:
+def switch_sizes_s(zone: str, around_day: int, local_names: tuple = (), years: int = 2) -> frozenset[float]:
     """By how many seconds ``zone`` ("" : the local one) moves its clocks, over ``years`` either side of Unix day
-    ``around_day`` (read once a day: no zone switches and back within a day). Cached: configs are made often."""
+    ``around_day`` (read once a day: no zone switches and back within a day). Cached: configs are made often;
+    ``local_names`` (``time.tzname`` for "") keys the cache, as TZ may change in a process (``time.tzset``)."""
     tz = zone_info(zone)
     offs = [utc_offset_s((around_day + d) * 86400.0, tz) for d in range(-366 * years, 366 * years + 1)]
     return frozenset(abs(b - a) for a, b in zip(offs, offs[1:]) if a != b)
@@ -141,7 +139,7 @@ def check_window_in_zone(window_s: float, zone: str, now_unix_s: float) -> None:
     driver's clock, so after a switch each would straddle two of the zone's windows (found in review: 7200 s
     windows under Berlin's 1 h switch booked a 100-in-flight slot as 55 in two)."""
     zone_info(zone)  # an unknown zone is refused first, by name
-    sizes = switch_sizes_s(zone, int(now_unix_s // 86400))
+    sizes = switch_sizes_s(zone, int(now_unix_s // 86400), () if zone else tuple(time.tzname))
     bad = sorted(s for s in sizes if s % window_s)
     if bad:
         fits = [d for d in (3600, 1800, 1200, 900, 600, 300, 60) if all(s % d == 0 for s in sizes)]

@@ -127,14 +127,20 @@ def test_the_local_zone_is_this_machines_including_its_switches(monkeypatch):
     """"" (the default) reads the C library's zone, daylight saving included."""
     if not hasattr(time, "tzset"):
         pytest.skip("no time.tzset on this platform")
-    monkeypatch.setenv("TZ", ZONE)
+    monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     try:
+        assert ControllerConfig(policy_config=PolicyConfig(window_s=7200.0))
+        monkeypatch.setenv("TZ", ZONE)
+        time.tzset()
         origin = policy_clock_origin(unix(2024, 3, 31, 12, 0), None, "")
         assert origin == unix(2024, 3, 24, 0, 0)
         cal = policy_calendar(origin, "")
         after = unix(2024, 3, 31, 9, 0) - origin
         assert cal.local_s(after) % 86400 == 9 * 3600
+        # its switches are checked too, though a config made in UTC in this process came first (cached)
+        with pytest.raises(InvalidArgumentError, match="this machine's zone moves its clocks"):
+            ControllerConfig(policy_config=PolicyConfig(window_s=7200.0))
     finally:
         monkeypatch.undo()
         time.tzset()
