@@ -67,9 +67,8 @@ class History:
             raise InvalidArgumentError(f"window_start_s must be >= 0, got {window_start_s}")
         if self.calendar.repeated(window_start_s) and i < self.avg.shape[1]:
             r = self.index[model]
-            if not math.isnan(self.avg[r, i]):
-                avg, peak = (self.avg[r, i] + avg) / 2 if not math.isnan(avg) else self.avg[r, i], \
-                    float(np.fmax(self.peak[r, i], peak))
+            if not math.isnan(self.avg[r, i]):  # the first pass's, an hour before: a missing second one keeps it
+                avg, peak = float(np.nanmean([self.avg[r, i], avg])), float(np.fmax(self.peak[r, i], peak))
         self.set(model, i, avg, peak)
 
     def load(self, model: str, window_start_s, avg, peak) -> None:
