@@ -324,7 +324,13 @@ class WorkerCore(BackgroundWork, ShardRoles):
     def _generate(self, peer, msg: P.Generate) -> None:
         key = (peer, msg.id)
         if key in self.generations:
-            raise errors.ProtocolError(f"request id {msg.id} is already in flight from this peer", request_id=msg.id)
+            # The Error goes out under the id the two share and ends its stream for the sender: the first is stopped
+            # too (found in review: it ran on unread to max_tokens, holding its KV blocks).
+            name, rid = self.generations.pop(key)
+            self.instances[name].requests.pop(rid, None)
+            self._engine_abort(self.instances[name], rid)
+            raise errors.ProtocolError(f"request id {msg.id} is already in flight from this peer: both are stopped; "
+                                       "give each request an id of its own", request_id=msg.id)
         inst = self._instance(msg.model)
         sampling = msg.sampling
         if inst.tp is not None:
