@@ -441,8 +441,11 @@ void Slot::close(bool force) {
     // (found in review: this returned at once, so pages the pool's close could not unmap stayed, with the whole
     // pool's memory, for as long as the Slot object lived). Pages under live views stay until the last goes (~Pin).
     if (pool->closed && mapped) {
-      unmap_unpinned_locked(0, n_pages);
-      pool->close_pages_if_unused_locked();
+      try {  // as Pool::close: what fails to unmap stays mapped, ~Slot tries again; close stays idempotent
+        unmap_unpinned_locked(0, n_pages);
+        pool->close_pages_if_unused_locked();
+      } catch (const Error&) {
+      }
     }
     return;
   }

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -271,7 +270,7 @@ def reap(proc, graceful: bool = True) -> None:
         # A stopped process (SIGSTOP, a frozen job) keeps SIGTERM pending until it runs again: found in review,
         # the wait below ran out for nothing before the SIGKILL. SIGCONT lets it take the SIGTERM and exit now.
         with contextlib.suppress(OSError):
-            os.kill(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGCONT)  # not to a pid already reaped
     try:
         proc.wait(timeout=REAP_WAIT_S)
     except Exception:

@@ -553,9 +553,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         existing: dict[str, list] = {}
         for r in board.reps.values():
             existing.setdefault(r.model, []).append(r)
-        self._kept &= board.reps.keys()  # and prewarms failed or lost with a GPU, unsaid: a stale score each, forever
-        for k in self._scores.keys() - board.reps.keys():  # in place: the board reads this dict
-            del self._scores[k]
+        self._forget_gone(board)
         todo = []
         f_avg, f_peak = self.forecast_all(window)
         for k, m in enumerate(sorted(self.models)):

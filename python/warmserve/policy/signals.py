@@ -146,6 +146,13 @@ class LoadSignals:
             if delta != 0 or inst.kv_free_target != free:
                 out.append(A.SetKvTarget(iid, max(free, 0)))
 
+    def _forget_gone(self, board: Board) -> None:
+        """Forget the prewarms the state no longer holds: failed, or lost with their GPU, unsaid to the policy
+        (found in review: a score each, kept forever). In place: the board reads ``_scores``."""
+        self._kept &= board.reps.keys()
+        for k in self._scores.keys() - board.reps.keys():
+            del self._scores[k]
+
     @staticmethod
     def _room_blocks(board: Board, gpu: int, block: int) -> int:
         s, k = board.local[gpu]

@@ -326,9 +326,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
         if key in self.generations:
             # The Error goes out under the id the two share and ends its stream for the sender: the first is stopped
             # too (found in review: it ran on unread to max_tokens, holding its KV blocks).
-            name, rid = self.generations.pop(key)
-            self.instances[name].requests.pop(rid, None)
-            self._engine_abort(self.instances[name], rid)
+            self._finish_aborted(key, emit=False)
             raise errors.ProtocolError(f"request id {msg.id} is already in flight from this peer: both are stopped; "
                                        "give each request an id of its own", request_id=msg.id)
         inst = self._instance(msg.model)
@@ -471,7 +469,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
 
     # ------------------------------------------------------------------ helpers
 
-    def _finish_aborted(self, key: tuple) -> None:
+    def _finish_aborted(self, key: tuple, emit: bool = True) -> None:
         entry = self.generations.pop(key, None)
         if entry is None:  # its peer was dropped while we were aborting others
             return
@@ -479,7 +477,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
         inst = self.instances[name]
         inst.requests.pop(rid, None)
         self._engine_abort(inst, rid)
-        self.emit(key[0], P.Tokens(id=key[1], token_ids=[], finished=True, finish_reason="abort"))
+        if emit:
+            self.emit(key[0], P.Tokens(id=key[1], token_ids=[], finished=True, finish_reason="abort"))
 
     def _engine_abort(self, inst: _Instance, rid: str) -> None:
         if inst.engine.abort(rid) and inst.tp is not None and inst.broken is None:

@@ -194,6 +194,26 @@ def test_a_window_the_zones_switches_would_cut_in_two_is_refused(zone, window_s,
     assert ControllerConfig(load_timezone="UTC", policy_config=PolicyConfig(window_s=window_s))
 
 
+@pytest.mark.parametrize("window_s", [3.6, 7.2, 28.8])
+def test_a_window_dividing_the_switch_in_floating_point_is_accepted(window_s):
+    """Found in review: 3600 % 3.6 is 3.5999..., and the window was refused as not dividing the switch."""
+    assert ControllerConfig(load_timezone=ZONE, tick_s=0.5, policy_config=PolicyConfig(window_s=window_s))
+
+
+def test_a_day_whose_midnight_was_skipped_still_counts_its_hours_from_midnight():
+    """Santiago sets 00:00 to 01:00 on 8 September 2024: the origin is then 01:00 (the day's first instant), and
+    the day's slots are still its wall-clock hours (found in review: counted from the origin, 12:00 was 11 h)."""
+    zone = ZoneInfo("America/Santiago")
+    now = dt.datetime(2024, 9, 15, 12, 0, tzinfo=zone).timestamp()
+    origin = policy_clock_origin(now, None, "America/Santiago")
+    assert dt.datetime.fromtimestamp(origin, zone).time() == dt.time(1, 0)
+    cal = policy_calendar(origin, "America/Santiago")
+    for day, hour in ((8, 12), (8, 1), (9, 9), (15, 12)):
+        t = dt.datetime(2024, 9, day, hour, 0, tzinfo=zone).timestamp() - origin
+        assert cal.local_s(t) % 86400 == hour * 3600
+        assert cal.local_array([t])[0] == cal.local_s(t)
+
+
 @pytest.mark.parametrize("name", ["Europe", "x" * 300])
 def test_a_folder_of_zones_or_a_name_too_long_is_refused_by_name(name):
     """Found in review: IsADirectoryError / OSError (file name too long), naming no fix."""
