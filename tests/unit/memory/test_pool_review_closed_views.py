@@ -98,9 +98,9 @@ def fail_unprotect():
     _C._debug_fail_after("protect_hard", 0)
 
 
-def test_slot_close_on_a_closed_pool_unmaps_what_the_pool_close_left(fail_unprotect):
-    # The pool's close cannot unmap the slot's pages (the PROT_NONE after the move fails): they stay in its table.
-    # Before, slot.close(force=True) returned at once on a closed pool, and the memory stayed while the Slot lived.
+def _slot_the_pool_close_left_mapped(fail_unprotect):
+    """A slot of 4 mapped pages whose pool's close could not unmap them (the PROT_NONE after the move fails): they
+    stay in its table. Returns (slot, the pool's memfd inode)."""
     pool, ino = _new_pool(16)
     w = pool.create_slot(8 * PAGE, "weights")
     w.map(0, 4)
@@ -108,6 +108,12 @@ def test_slot_close_on_a_closed_pool_unmaps_what_the_pool_close_left(fail_unprot
     pool.close()
     fail_unprotect(0)
     assert w.mapped_pages == 4 and _held(ino)
+    return w, ino
+
+
+def test_slot_close_on_a_closed_pool_unmaps_what_the_pool_close_left(fail_unprotect):
+    # Before, slot.close(force=True) returned at once on a closed pool, and the memory stayed while the Slot lived.
+    w, ino = _slot_the_pool_close_left_mapped(fail_unprotect)
     w.close(force=True)
     assert w.mapped_pages == 0  # before: 4
     assert not _held(ino)
@@ -116,11 +122,7 @@ def test_slot_close_on_a_closed_pool_unmaps_what_the_pool_close_left(fail_unprot
 def test_a_slot_close_whose_unmap_fails_on_a_closed_pool_stays_quiet_and_can_be_retried(fail_unprotect):
     # Found in the review of the above: the new unmap raised DriverError out of close(), which its docstring calls
     # idempotent and the one call an unusable slot still takes (a worker's shutdown closes slots after the pool).
-    pool, ino = _new_pool(16)
-    w = pool.create_slot(8 * PAGE, "weights")
-    w.map(0, 4)
-    fail_unprotect(1)
-    pool.close()
+    w, ino = _slot_the_pool_close_left_mapped(fail_unprotect)
     fail_unprotect(1)
     w.close()  # before: DriverError
     fail_unprotect(0)
