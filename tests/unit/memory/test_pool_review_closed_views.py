@@ -31,11 +31,14 @@ def _pool_inodes() -> set[int]:
 
 
 def _held(ino: int) -> bool:
-    """Whether the memfd `ino` is still open or mapped anywhere in this process (its memory allocated)."""
+    """Whether the memfd `ino` is still open or mapped anywhere in this process (its memory allocated). A mapping
+    is matched by its inode and the pool's memfd name: a file on another device may have the same inode number
+    (found in CI: lib-dynload's math .so had the memfd's)."""
     if ino in _pool_inodes():
         return True
     with open("/proc/self/maps") as f:
-        return any(len(parts) > 4 and parts[4] == str(ino) for parts in (line.split() for line in f))
+        return any(len(parts) > 5 and parts[4] == str(ino) and "warmserve-pool" in parts[5]
+                   for parts in (line.split() for line in f))
 
 
 def _new_pool(pages: int) -> tuple[PagePool, int]:
