@@ -12,6 +12,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import tempfile
 
 from warmserve.errors import InvalidArgumentError
@@ -56,6 +57,14 @@ def check_output(flag: str, path: str | None) -> None:
     full = os.path.abspath(path)
     if os.path.isdir(full):
         raise _refuse(flag, path, "is a folder", f"give a file path, e.g. {os.path.join(path, 'out.json')}")
+    if _is_special(full):
+        # a pipe or device is written where it is (write_json_atomic): no file is made beside it (found in review:
+        # `--json >(jq .)` was refused, /dev/fd holding no files, and /dev/stdout checked /dev)
+        if stat.S_ISSOCK(os.stat(full).st_mode):  # open() of a socket fails (ENXIO): say so now, not after the run
+            raise _refuse(flag, path, "is a socket, which cannot be opened as a file", "give a file, pipe or device")
+        if not os.access(full, os.W_OK):
+            raise _refuse(flag, path, "cannot be written", "choose another path or fix its mode")
+        return
     _make_folder(flag, path, os.path.dirname(full))
     if os.path.exists(full) and not os.access(full, os.W_OK):
         raise _refuse(flag, path, "the file exists and is not writable", "choose another path or fix its mode")
@@ -92,6 +101,42 @@ def check_plot(flag: str, path: str | None, what: str | None = None) -> None:
                       f"end the name with one of {', '.join('.' + f for f in sorted(formats))}")
 
 
+def _is_special(path: str) -> bool:
+    """``path`` (its links followed) exists and is no regular file or folder: a FIFO, a character or block device,
+    a socket (/dev/stdout, /dev/null, bash's ``>(cmd)``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:  # two names of one file: a hard link, a bind mount
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def check_distinct_outputs(json_path: str | None, plot_path: str | None, *, plot_flag: str = "--plot",
+                           derived: tuple[str, str] | None = None) -> None:
+    """The results (--json) and the plot are two files, before the run. Found in review: `bench engine --json
+    eng.png` drew its plot (at the --json path with .png) over the results, and `bench switch/replay/forecast/
+    overhead --json P --plot P` the same, each printing "wrote" and exiting 0. ``derived``: (how the plot's path
+    came from --json, the fix) where no --plot was given. InvalidArgumentError naming both flags."""
+    if not json_path or not plot_path or not _same_file(json_path, plot_path):
+        return
+    if derived:
+        why, flags = f"the plot, drawn at {plot_path} ({derived[0]}), is", ["--json"]
+    else:
+        why, flags = f"{plot_flag} {plot_path} is", ["--json", plot_flag]
+    raise InvalidArgumentError(f"--json {json_path}: {why} the --json file itself, so the plot would overwrite the "
+                               f"results; {derived[1] if derived else 'give two paths'}", flag=flags[-1], flags=flags,
+                               path=json_path)
+
+
 def check_at_least(flag: str, value, least=1) -> None:
     """A count the run divides by or takes a median over: at least ``least``, before the run starts."""
     if value is not None and value < least:
@@ -118,7 +163,15 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     folder, flushed to disk, then renamed onto ``path``. Found in review: an interrupt during a plain
     ``open(path, "w")`` write left a truncated, invalid JSON where the previous results were (``bench replay
     --reuse-live X.json --json X.json`` lost a 15-minute live run that way). A reader sees the old file or the new
-    one, never half of one; on any failure the temporary file is removed and ``path`` is as it was."""
+    one, never half of one; on any failure the temporary file is removed and ``path`` is as it was.
+
+    A ``path`` that exists and is no regular file (a pipe, a device, a socket) is written where it is. Found in
+    review: the rename replaced a device node (a copy of /dev/null) with a plain file, and `--json /dev/stdout |
+    jq` failed after the whole run (FileNotFoundError: a temporary file in /proc/PID/fd)."""
+    if _is_special(path):
+        with open(path, "w") as f:
+            json.dump(obj, f, **dump_kwargs)
+        return
     path = os.path.realpath(path)  # a --json that is a symbolic link: its target is written, as open(path, "w") did
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -141,4 +194,4 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
 
 
 __all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "check_output", "check_output_folder",
-           "check_plot", "check_at_least"]
+           "check_plot", "check_at_least", "check_distinct_outputs"]

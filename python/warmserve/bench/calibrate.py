@@ -428,6 +428,15 @@ def _end(procs) -> None:
         proc.wait()
 
 
+def host_available_bytes() -> int | None:
+    """This host's MemAvailable, bytes; None where /proc/meminfo does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def measure_parallel(args, names) -> dict:
     """The same measurement in ``args.parallel`` processes started together; their profiles."""
     import subprocess
@@ -484,6 +493,16 @@ def main(args) -> int:
         print("warmserve calibrate: --threads, --repeats, --decode-steps and --parallel must be >= 1",
               file=sys.stderr)
         return 2
+    # Found in review: a --memory-bytes above free RAM failed creating the pool, naming `capacity_bytes`. The pool is
+    # made at that size, every page touched, on purpose: steps map KV blocks while it has room, and a fresh engine's
+    # start (engine_init_s) includes making it (--parallel N: N at once), so a smaller pool would measure otherwise.
+    avail, copies = host_available_bytes(), args.parallel if args.parallel > 1 and not args.no_fresh_engine else 1
+    if avail is not None and args.memory_bytes * copies > avail:
+        raise InvalidArgumentError(
+            f"--memory-bytes {args.memory_bytes}: the measurements run on a pool of this size, every page touched"
+            f"{f' ({copies} at once for --parallel)' if copies > 1 else ''}, above this host's available memory "
+            f"({avail} bytes): give at most {avail // copies}, or 0 for a CPU worker's budget", flag="--memory-bytes",
+            value=args.memory_bytes, available_bytes=avail)
     prefill_tokens = _ints(args.prefill_tokens, "--prefill-tokens", "16,64,256,512")
     decode_batches = _ints(args.decode_batches, "--decode-batches", "1,2,4,8,16")
     from warmserve.bench.engine import check_fits_context

@@ -413,7 +413,7 @@ def plot(results: dict, path: str) -> None:
 
 def check_args(args) -> None:
     """What would otherwise fail after minutes of measuring: counts taken a median over, the outputs."""
-    from warmserve.outputs import check_at_least, check_output, check_plot
+    from warmserve.outputs import check_at_least, check_distinct_outputs, check_output, check_plot
 
     check_at_least("--repeats", args.repeats)
     # found in review: `--models` with no names measured nothing and wrote an empty JSON and plot, exit 0
@@ -441,6 +441,7 @@ def check_args(args) -> None:
     check_output("--json", args.json)
     if args.json:
         png = plot_path(args.json)
+        check_distinct_outputs(args.json, png, derived=("--json with .png", "end --json in .json"))
         check_plot("--json", png, f"{args.json} (it draws {png} beside it)")
 
 

@@ -202,13 +202,15 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from warmserve.outputs import check_at_least, check_output, check_plot, write_json_atomic
+    from warmserve.outputs import (check_at_least, check_distinct_outputs, check_output, check_plot,
+                                   write_json_atomic)
 
     check_at_least("--clients", args.clients, 0)
     if not math.isfinite(args.periodic_acf):  # found in review: nan was taken, and no series was then periodic
         raise InvalidArgumentError(f"--periodic-acf must be a finite number, got {args.periodic_acf}",
                                    periodic_acf=args.periodic_acf)
     check_output("--json", args.json)  # before the minute of fitting, not after it
+    check_distinct_outputs(args.json, args.plot)
     check_plot("--plot", args.plot)
     traces = args.traces or default_traces()
     t_all = time.perf_counter()

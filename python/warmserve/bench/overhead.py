@@ -360,7 +360,7 @@ def plot(res: dict, path: str) -> None:
 
 def check_args(args) -> None:
     """What would otherwise fail only after the server started and the requests ran."""
-    from warmserve.outputs import check_at_least, check_output, check_plot
+    from warmserve.outputs import check_at_least, check_distinct_outputs, check_output, check_plot
 
     check_at_least("--requests", args.requests)
     check_at_least("--concurrency", args.concurrency)
@@ -372,6 +372,8 @@ def check_args(args) -> None:
     if not args.duration_s > 0:
         raise InvalidArgumentError(f"--duration-s {args.duration_s}: must be > 0 seconds", flag="--duration-s")
     check_output("--json", args.json)
+    check_distinct_outputs(args.json, plot_path(args), derived=None if args.plot else
+                           ("--json with .png, no --plot given", "end --json in .json, or give --plot PATH"))
     check_plot("--plot" if args.plot else "--json", plot_path(args),
                None if args.plot else f"{args.json} (it draws {plot_path(args)} beside it)")
 
@@ -381,6 +383,15 @@ def plot_path(args) -> str | None:
 
 
 def main(args) -> int:
+    from warmserve.bench.replay_cluster import exit_on_signals
+
+    # SIGTERM and SIGHUP end the run through its clean-up (found in review: a SIGTERM left the `serve` child
+    # running, re-parented to init, and the warmserve-overhead-* folder; `serve` has no --exit-with-parent)
+    with exit_on_signals():
+        return _main(args)
+
+
+def _main(args) -> int:
     check_args(args)
     res = run(args)
     s, a = res["latency"], res["added_by_controller"]

@@ -424,13 +424,14 @@ def main(args) -> int:
 
 
 def _main(args) -> int:
-    from warmserve.outputs import check_output, check_output_folder, check_plot
+    from warmserve.outputs import check_distinct_outputs, check_output, check_output_folder, check_plot
     from warmserve.sim.config import ServedModel
     from warmserve.sim.costmodel import CostModel
 
     t0 = time.perf_counter()
     check_args(args)
     check_output("--json", args.json)  # before the replays, which take minutes per policy
+    check_distinct_outputs(args.json, args.plot)
     check_plot("--plot", args.plot)
     if not args.endpoint and not args.reuse_live:
         check_output_folder("--log-dir", log_folder(args))

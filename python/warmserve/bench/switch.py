@@ -57,8 +57,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
     p.add_argument("--parts", default="activation,move,load,cache",
                    help="comma-separated subset of: activation, move, load, cache, model (needs --checkpoint), kv")
-    p.add_argument("--page-mib", default="2", help="comma-separated page sizes (MiB, multiples of 2) for the move "
-                   "and kv parts' per-GiB figures besides the pool's 2 MiB (e.g. 8,32)")
+    p.add_argument("--page-mib", default="2", help="comma-separated page sizes (MiB, powers of two 2-1024) for the "
+                   "move and kv parts' per-GiB figures besides the pool's 2 MiB (e.g. 8,32)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder for the model part")
     p.add_argument("--cache-gib", type=float, default=1.0,
                    help="GiB loaded through the host checkpoint cache (at least one 2 MiB page)")
@@ -510,6 +510,15 @@ def plot(res: dict, path: str) -> None:
 
 
 def main(args) -> int:
+    from warmserve.bench.replay_cluster import exit_on_signals
+
+    # SIGTERM and SIGHUP end the run through its clean-up (found in review: a SIGTERM left the temporary folder,
+    # with its checkpoint or blob of hundreds of MiB, and the warmserve-bench-cache-* folder in --cache-root)
+    with exit_on_signals():
+        return _main(args)
+
+
+def _main(args) -> int:
     import sys
 
     from warmserve.bench import switch_print as say

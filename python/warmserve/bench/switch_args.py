@@ -22,7 +22,7 @@ PARTS = ("activation", "move", "load", "cache", "model", "kv")
 def check_args(args) -> tuple[set[str], list[float]]:
     """(the parts to run, --sizes-gib in GiB), or InvalidArgumentError naming the first bad flag."""
     from warmserve.bench.switch_kv import page_sizes
-    from warmserve.outputs import check_at_least, check_output, check_plot, parse_numbers
+    from warmserve.outputs import check_at_least, check_distinct_outputs, check_output, check_plot, parse_numbers
 
     sizes = parse_numbers(args.sizes_gib, "--sizes-gib", positive=True, example="0.25,1,4")
     parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
@@ -51,6 +51,7 @@ def check_args(args) -> tuple[set[str], list[float]]:
         raise InvalidArgumentError(f"--plot {args.plot}: the plot draws the activation part, not in --parts "
                                    f"{args.parts}; add activation to --parts or leave out --plot", flag="--plot",
                                    path=args.plot)
+    check_distinct_outputs(args.json, args.plot)
     check_plot("--plot", args.plot)
     return parts, sizes
 
