@@ -9,6 +9,7 @@ tables; ``config_file.cluster_config_from_dict`` is its one parser, a module of 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import os
@@ -50,6 +51,30 @@ class ModelSpec:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise InvalidArgumentError(f"ModelSpec {self.name!r}: dtype must be auto, float32, bfloat16 or float16, "
                                        f"got {self.dtype!r}", dtype=self.dtype)
+
+
+#: A worker is declared lost after this many of its heartbeat intervals of silence at least. Its link sends a Heartbeat
+#: once nothing has gone to the controller for one interval (worker/server.py): silent one interval and the poll's
+#: millisecond at most, and twice leaves a whole interval for the network and a busy controller. Found in review:
+#: before, a long engine step left ~3 intervals of silence under the 2x floor (ControllerConfig's check).
+SILENCE_INTERVALS = 2
+
+
+def worker_silence_limit_s(worker_timeout_s: float, interval_s: float, worker=None, since_s=None) -> float:
+    """The silence after which the controller declares a worker lost: worker_timeout_s, or SILENCE_INTERVALS of the
+    worker's own --heartbeat-interval-s (``Hello.heartbeat_interval_s``; 0: not said) when longer (found in review: a
+    remote worker at its default 1 s under a 0.25/0.5 s controller was lost while healthy). ``worker`` (a
+    ``WorkerRecord``) that joined after ``since_s`` (the last heartbeat round; None: none yet): the longer bound is
+    logged, a WARNING once per admission."""
+    interval_s = interval_s if _finite(interval_s) and interval_s > 0 else 0.0
+    limit_s = max(worker_timeout_s, SILENCE_INTERVALS * interval_s)
+    if worker is not None and limit_s > worker_timeout_s and (since_s is None or worker.joined_s > since_s):
+        logging.getLogger("warmserve.controller").warning(
+            "%r sends heartbeats every %g s (its --heartbeat-interval-s), too seldom for worker_timeout_s %g s: it is "
+            "declared lost after %g s of silence instead; start it with --heartbeat-interval-s %g or less, or raise "
+            "worker_timeout_s to %g", worker, interval_s, worker_timeout_s, limit_s,
+            worker_timeout_s / SILENCE_INTERVALS, limit_s)
+    return limit_s
 
 
 @dataclass(frozen=True)
@@ -123,12 +148,13 @@ class ControllerConfig:
         # was read as a directory named "~").
         for f in ("history_path", "curve_dir"):  # strings already (check_field_types)
             object.__setattr__(self, f, os.path.expanduser(getattr(self, f)))
-        # typed, naming the key (found in review: plain ValueErrors, which an `except WarmServeError` missed)
-        if self.worker_timeout_s < 2 * self.heartbeat_interval_s:
+        # typed, naming the key (found in review: plain ValueErrors, which an `except WarmServeError` missed). Its
+        # own workers beat at heartbeat_interval_s, silent for about one at most: see SILENCE_INTERVALS.
+        if self.worker_timeout_s < SILENCE_INTERVALS * self.heartbeat_interval_s:
             raise InvalidArgumentError(
                 f"ControllerConfig.worker_timeout_s ({self.worker_timeout_s}) must be at least twice "
-                f"heartbeat_interval_s ({self.heartbeat_interval_s}), or healthy workers are declared lost",
-                key="worker_timeout_s")
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}): a busy worker may be silent for one interval "
+                f"and a little more, or healthy workers are declared lost", key="worker_timeout_s")
         if self.max_queue < 1:
             raise InvalidArgumentError(f"ControllerConfig.max_queue must be >= 1, got {self.max_queue}",
                                        key="max_queue")
@@ -196,6 +222,10 @@ class ClusterConfig:
     cpu_worker_memory_bytes: int = 0
     #: Torch threads per CPU worker; 0 shares the machine's cores among the workers.
     cpu_worker_threads: int = 0
+    #: Start local CPU workers (and their restarts) by forking a process that has imported torch and the engine
+    #: once (worker/forkserver.py): a start skips the ~2.6 s import. False: a fresh interpreter each. GPU workers and
+    #: `autoscale`'s cold starts are always fresh interpreters.
+    fork_cpu_workers: bool = True
     #: Page size of every started worker's pool, bytes: a multiple of 2 MiB. On a GPU each page costs driver calls
     #: when mapped (a 1 GiB give-back took 8.4 ms at 2 MiB pages and 0.48 ms at 32 MiB on an H200:
     #: bench/switch/README.md); KV blocks share larger pages, which then grow and shrink the cache in steps of a page.

@@ -143,8 +143,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def worker_pids(server_pid: int) -> list[int]:
-    """The server's child processes (its local workers), from /proc."""
+def _children(pid: int) -> list[int]:
     kids = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -154,8 +153,22 @@ def worker_pids(server_pid: int) -> list[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == server_pid and fields[0] != "Z":
+        if int(fields[1]) == pid and fields[0] != "Z":
             kids.append(int(d))
+    return kids
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's local workers, from /proc: its child processes, or for CPU workers forked by its fork server
+    (worker/forkserver.py) that server's children."""
+    kids = []
+    for kid in _children(server_pid):
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as f:
+                forkserver = b"warmserve.worker.forkserver" in f.read()
+        except OSError:
+            continue
+        kids += _children(kid) if forkserver else [kid]
     return sorted(kids)
 
 
@@ -191,7 +204,8 @@ def wait_idle(url: str, timeout_s: float = 20.0) -> list[str]:
 @contextmanager
 def demo_cluster(tmp_path_factory=None, *, models=MODELS, cpu_workers: int = 2,
                  cpu_worker_memory_bytes: int = 768 << 20, remote_workers: int = 0, worker_page_bytes: int = 2 << 20,
-                 host_cache_bytes: int = 0, host_cache_dir: str = "", **controller_overrides):
+                 host_cache_bytes: int = 0, host_cache_dir: str = "", fork_cpu_workers: bool = True,
+                 **controller_overrides):
     """A `warmserve.Cluster` on CPU workers (one thread each) with the demo `models`, closed on exit. Its controller
     ticks and heartbeats every 0.2 s, declares a worker lost after 2 s and plans on a 30 s window;
     `controller_overrides` are further ControllerConfig fields. With tmp_path_factory, its logs go to a fresh
@@ -207,7 +221,7 @@ def demo_cluster(tmp_path_factory=None, *, models=MODELS, cpu_workers: int = 2,
         models=tuple(ModelSpec(path=paths[m]) for m in models), cpu_workers=cpu_workers,
         cpu_worker_memory_bytes=cpu_worker_memory_bytes, cpu_worker_threads=1, remote_workers=remote_workers,
         worker_page_bytes=worker_page_bytes, host_cache_bytes=host_cache_bytes, host_cache_dir=host_cache_dir,
-        controller=ControllerConfig(**controller))
+        fork_cpu_workers=fork_cpu_workers, controller=ControllerConfig(**controller))
     log_dir = str(tmp_path_factory.mktemp("logs")) if tmp_path_factory is not None else None
     c = Cluster(None, config=cfg, log_dir=log_dir)
     try:

@@ -44,7 +44,10 @@ def test_autoscale_cold_start_starts_a_new_worker_process_and_answers_every_requ
         after = _pids(c)
         # GPU ids are stable for the driver: the same ones, each now served by some process.
         assert set(after) == set(before) == {w["gpu_id"] for w in st["workers"]}
+        procs = {w.gpu_id: w.proc for w in c.controller.hub.workers.values()}
         for s in starts:
+            # a fresh interpreter, not a fork of the preloaded fork server (worker/forkserver.py)
+            assert type(procs[s["gpu_id"]]) is subprocess.Popen, procs
             assert s["new_pid"] != s["old_pid"] and s["old_pid"] == before[s["gpu_id"]], (s, before)
             assert after[s["gpu_id"]] == s["new_pid"], (s, after)
             assert s["start_s"] > FRESH_PROCESS_FLOOR_S, s

@@ -68,16 +68,11 @@ SCRIPT = textwrap.dedent("""
     import warmserve
     from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 
-    def children():
-        kids = []
-        for d in os.listdir("/proc"):
-            try:
-                fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split() if d.isdigit() else None
-            except OSError:  # it ended while the table was read
-                continue
-            if fields and fields[1] == str(os.getpid()) and fields[0] != "Z":
-                kids.append(int(d))
-        return kids
+    sys.path.insert(0, sys.argv[2])
+    from serving import worker_pids
+
+    def children():  # the local workers: forked by the process's fork server, which outlives the Cluster a while
+        return worker_pids(os.getpid())
 
     cfg = ClusterConfig(models=(ModelSpec(path=sys.argv[1]),), cpu_workers=1, cpu_worker_memory_bytes=512 << 20,
                         cpu_worker_threads=1, controller=ControllerConfig(drain_timeout_s=2))
@@ -113,7 +108,7 @@ def test_a_cluster_collected_on_its_own_loop_thread_stops_without_blocking_that_
     path = serving.demo_paths((MODEL,))[MODEL]
     script = tmp_path / "drop_on_loop.py"
     script.write_text(SCRIPT)
-    out = subprocess.run([sys.executable, str(script), path], capture_output=True, text=True, timeout=240,
+    out = subprocess.run([sys.executable, str(script), path, os.path.dirname(serving.__file__)], capture_output=True, text=True, timeout=240,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -25,7 +25,8 @@ def _client(url: str, timeout_s: float = 60):
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace").split("\0")
+            # split at spaces too: a forked worker's command line is one string (setproctitle, worker/forkserver.py)
+            return f.read().decode(errors="replace").replace("\0", " ").split()
     except OSError:
         return []
 

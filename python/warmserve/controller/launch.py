@@ -205,7 +205,7 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
                 spawn_worker, connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
                 curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes,
-                extra_args=worker_cache_args(cfg))
+                extra_args=worker_cache_args(cfg), forked=cfg.fork_cpu_workers)
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         if cfg.remote_workers:  # said, so that whoever starts them knows where (found in review: a silent wait)

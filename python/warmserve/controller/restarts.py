@@ -16,6 +16,7 @@ import time
 from warmserve.controller.workers import WorkerRecord
 from warmserve.controller.errors import NoWorkersError
 from warmserve.errors import WarmServeError, WorkerLostError, register
+from warmserve.worker.forkserver import ForkedProcess, fresh_interpreters
 
 log = logging.getLogger("warmserve.controller")
 
@@ -161,7 +162,8 @@ class WorkerRestarts:
             else:
                 await self._exited(old)
             t1 = time.monotonic()
-            proc = self.local_procs[ident] = self.local_spawn[ident]()
+            with fresh_interpreters():  # not forked from a preloaded process: the engine start is the cost
+                proc = self.local_procs[ident] = self.local_spawn[ident]()
             deadline = t1 + self.config.worker_start_timeout_s
             while not joined.done():
                 if self.closing:
@@ -266,7 +268,7 @@ def reap(proc, graceful: bool = True) -> None:
     if proc.poll() is not None:
         return
     proc.terminate()
-    if isinstance(proc, subprocess.Popen):
+    if isinstance(proc, (subprocess.Popen, ForkedProcess)):
         # A stopped process (SIGSTOP, a frozen job) keeps SIGTERM pending until it runs again: found in review,
         # the wait below ran out for nothing before the SIGKILL. SIGCONT lets it take the SIGTERM and exit now.
         with contextlib.suppress(OSError):

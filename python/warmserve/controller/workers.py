@@ -27,6 +27,7 @@ from warmserve import config, protocol as P
 from warmserve.endpoints import ipc_socket_path, is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
+from warmserve.worker.forkserver import popen_worker
 
 log = logging.getLogger("warmserve.controller")
 
@@ -196,6 +197,7 @@ class WorkerHub:
         self._refused: set[tuple[bytes, int]] = set()
         #: Routing id -> when it was last told ``Rejoin`` (monotonic s), until it says Hello.
         self._told_rejoin: dict[bytes, float] = {}
+        self._intervals: dict[bytes, float] = {}  # routing id -> its last Hello's heartbeat_interval_s (``beat``)
         #: When the last heartbeat round ran (monotonic s; ``beat``).
         self._beat_s: float | None = None
         self._next_id = 1
@@ -323,6 +325,7 @@ class WorkerHub:
         w = self.workers.get(ident)
         if isinstance(msg, P.Hello):
             self._told_rejoin.pop(ident, None)
+            self._intervals[ident] = msg.heartbeat_interval_s
             if w is not None and w.alive and msg.pid != w.pid:
                 # Same id, new process (a restart took the routing id over): the old one's state is gone.
                 self.lose(w, f"restarted as process {msg.pid}")
@@ -485,7 +488,7 @@ class WorkerHub:
         in review: a controller stopped for 3.5 s (SIGSTOP) declared every healthy worker lost at the first round
         after, before it had read what they sent meanwhile, and had the local ones killed and started again."""
         stalled_s = 0.0 if self._beat_s is None else max(0.0, now_s - self._beat_s - interval_s)
-        self._beat_s = now_s
+        prev_s, self._beat_s = self._beat_s, now_s
         self._told_rejoin = {i: t for i, t in self._told_rejoin.items() if now_s - t < REJOIN_EVERY_S}
         for w in list(self.workers.values()):
             if not w.alive:
@@ -494,8 +497,9 @@ class WorkerHub:
             if w.proc is not None and w.proc.poll() is not None:
                 self.lose(w, f"process {w.pid} exited with status {w.proc.returncode}")
                 continue
-            if now_s - w.last_seen_s > timeout_s:
-                self.lose(w, f"silent for {now_s - w.last_seen_s:.1f} s (timeout {timeout_s} s)")
+            limit_s = config.worker_silence_limit_s(timeout_s, self._intervals.get(w.ident, 0.0), w, prev_s)
+            if now_s - w.last_seen_s > limit_s:
+                self.lose(w, f"silent for {now_s - w.last_seen_s:.1f} s (timeout {limit_s} s)")
                 continue
             try:
                 self.send(w, P.Heartbeat(time_s=time.time(), in_flight=len(w.gens)))
@@ -568,9 +572,10 @@ def _curve_server(ctx, sock, curve_dir: str):
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
                  heartbeat_interval_s: float, log_dir: str | None = None,
                  curve: tuple[str, str] | None = None, page_bytes: int = 2 << 20,
-                 extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
+                 extra_args: tuple[str, ...] = (), forked: bool = False):
     """Start `warmserve worker --controller ...` as a child that dies with this process; ``extra_args``: more
-    of its flags (``config.worker_cache_args``)."""
+    of its flags (``config.worker_cache_args``); ``forked``: a CPU worker is forked from this process's fork
+    server (worker/forkserver.py), a Popen-like ``ForkedProcess``."""
     cmd = [
         sys.executable, "-m", "warmserve", "worker", "--controller", controller,
         "--device", "cpu" if device.startswith("cpu") else device,
@@ -593,8 +598,8 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
     try:
         # A session of its own: Ctrl-C in a terminal reaches the controller, which drains and then stops its
         # workers, instead of killing the workers under the requests being drained.
-        return subprocess.Popen(cmd, env=env, stdout=out or subprocess.DEVNULL, stderr=out or None,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return popen_worker(cmd, env=env, stdout=out or subprocess.DEVNULL, stderr=out or None,
+                            forked=forked and device.startswith("cpu"))
     finally:
         if out is not None:
             out.close()

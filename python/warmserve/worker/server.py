@@ -15,13 +15,14 @@ pipe in one context:
 - the link thread (``_Link``) owns the network socket and one end of the pipe. It forwards every message from
   the network into the pipe and every message from the pipe to the network, tracks when each peer was last
   heard, and keeps the heartbeat clock: a ``Heartbeat`` to every peer each interval when bound; when connected,
-  ``Hello`` until the controller has answered, then a ``Heartbeat`` whenever the engine loop has been inside one
-  turn for longer than an interval (otherwise the engine loop's ``Stats`` pushes are the heartbeats).
+  ``Hello`` until the controller has answered, then a ``Heartbeat`` once nothing at all has gone to it for an
+  interval (the engine loop's ``Stats`` pushes count): silence lasts about one interval (and the poll's ms). Found
+  in review: sent at the link's own beats once an engine turn had lasted an interval, a long step begun just before
+  a Stats was due left ~3 intervals of silence, and a busy worker was declared lost.
 - the engine loop (the caller of ``serve_forever``, the main thread) owns the ``WorkerCore`` and the other end of
   the pipe: it reads requests from the pipe, ticks the core and writes replies into the pipe. Only it touches
   the core; the link reports a peer it gave up on (a send failed, or silent past ``peer_timeout_s``) as a
-  message in the pipe, and reads two plain attributes the engine loop writes (``engine_turn_s``, ``in_flight``:
-  one float and one int, each stored whole under the GIL).
+  message in the pipe, and reads ``in_flight``, an int the engine loop writes (stored whole under the GIL).
 
 GIL. The link thread is Python, so it needs the GIL to send a heartbeat. It waits in zmq_poll, which releases
 the GIL; an engine step spends its time inside torch operators, whose bindings release the GIL while they run,
@@ -73,6 +74,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 import threading
@@ -218,7 +220,7 @@ class WorkerServer:
         return P.Hello(
             worker_id=self.core.worker_id, device=self.core.device, pid=os.getpid(), endpoint=self.endpoint,
             capacity_bytes=int(pool.total_bytes), page_bytes=int(pool.page_bytes), host=self.host_name,
-            protocol_version=P.PROTOCOL_VERSION,
+            protocol_version=P.PROTOCOL_VERSION, heartbeat_interval_s=self.heartbeat_interval_s,
         )
 
     # ------------------------------------------------------------------ the engine loop
@@ -230,7 +232,6 @@ class WorkerServer:
         next_beat = 0.0
         while not self.core.stopping:
             now = time.monotonic()
-            self._link.engine_turn_s = now
             if self.core.busy():
                 timeout_ms = 0
             else:
@@ -240,7 +241,6 @@ class WorkerServer:
                 self._drain()
             if self.core.stopping:
                 break
-            self._link.engine_turn_s = time.monotonic()
             try:
                 self.core.tick()
             except Exception:  # a bug in one tick must not take the worker (and every model in it) down
@@ -318,15 +318,10 @@ class WorkerServer:
             self.core.stopping = True
             return
         if not self.routed and self._link.controller_heard:
-            # The controller keeps its view of pages and KV current from these (they count as heartbeats).
-            try:
-                stats = self.core.stats(0)
-            except Exception:
-                # Liveness does not hang on them: while the loop turns the link sends no heartbeat of its own
-                # (found in review: a Stats that failed at every beat had a live worker declared lost).
-                self._send(_CONTROLLER, P.Heartbeat(time_s=time.time(), in_flight=len(self.core.generations)))
-                raise
-            self._send(_CONTROLLER, stats)
+            # The controller keeps its view of pages and KV current from these (they count as heartbeats). Liveness
+            # does not hang on them: a Stats that fails (found in review: at every beat) leaves the link to send a
+            # Heartbeat once an interval has passed with nothing sent.
+            self._send(_CONTROLLER, self.core.stats(0))
 
     def _send(self, peer, msg) -> None:
         if self._pipe.closed:  # after close(): nobody is left to read it
@@ -355,9 +350,11 @@ class _Link:
         self.last_seen: dict[bytes, float] = {}
         #: Written by the link, read by the engine loop: the controller has said something since the last Hello.
         self.controller_heard = False
-        #: Written by the engine loop: when it last started a turn (monotonic s), and its generations in flight.
-        self.engine_turn_s = time.monotonic()
+        #: Written by the engine loop: its generations in flight.
         self.in_flight = 0
+        #: Connected: when a message last went out to the controller (monotonic s), whoever queued it (a Stats, a
+        #: reply, a Hello, a Heartbeat); the link's own, as its socket is (``_heartbeat_due_s``).
+        self.last_sent_s = time.monotonic()
         #: Written by the engine loop once it has left its loop (the worker is stopping).
         self.stopping = False
         self._controller_unreachable = False
@@ -381,7 +378,9 @@ class _Link:
                 poller.register(self.sock, 0 if self._backlog else zmq.POLLIN)
                 if self.monitor is not None:
                     poller.register(self.monitor, zmq.POLLIN)
-                timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+                # Rounded up: woken at the deadline, not spinning through the last millisecond before it.
+                wake_s = min(next_beat, self._heartbeat_due_s())
+                timeout_ms = max(0, math.ceil((wake_s - time.monotonic()) * 1000))
                 events = dict(poller.poll(timeout_ms))
                 if events.get(self.pipe, 0) & zmq.POLLIN and not self._from_engine():
                     return
@@ -395,6 +394,8 @@ class _Link:
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_interval_s
                     self._beat(now)
+                if now >= self._heartbeat_due_s():
+                    self._send_out(_CONTROLLER, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
         except zmq.ContextTerminated:
             return
         finally:
@@ -484,6 +485,12 @@ class _Link:
             self._backlog.popleft()
         return True
 
+    def _heartbeat_due_s(self) -> float:
+        """Connected and answered: one interval after the last message to the controller (else inf: ``_beat``)."""
+        if self.routed or not self.controller_heard:
+            return math.inf
+        return self.last_sent_s + self.heartbeat_interval_s
+
     def _beat(self, now: float) -> None:
         if not self.routed and not self.controller_heard:
             self._say_hello()
@@ -491,8 +498,7 @@ class _Link:
             if now - seen > self.peer_timeout_s:
                 self._gone(peer, f"silent for {now - seen:.0f} s")
                 continue
-            # Connected, the engine loop's Stats pushes are the heartbeats while it turns; a long step needs ours.
-            if self.routed or now - self.engine_turn_s > self.heartbeat_interval_s:
+            if self.routed:  # connected: by the last message sent instead (``_heartbeat_due_s``)
                 self._send_out(peer, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
 
     def _rejoin(self) -> None:
@@ -532,6 +538,8 @@ class _Link:
             self._controller_unreachable = not self.routed
             return False
         self._controller_unreachable = False
+        if not self.routed:
+            self.last_sent_s = time.monotonic()
         return True
 
     def _gone(self, peer: bytes, why: str) -> None:

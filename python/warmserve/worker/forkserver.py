@@ -1,0 +1,358 @@
+"""Local CPU workers forked from a process that has imported torch and the engine once.
+
+Why: most of a CPU worker's start is ``import torch`` (about 2.6 s of the 3.4 s a fresh `warmserve worker` took to
+say Hello on the 2-core VM), paid again by every start and every restart of a lost worker. The fork server is one
+child of the controller's process, started on its first forked spawn: it imports torch and the worker's modules,
+then forks one child per worker. A child carries the imports and nothing else of the server's (which never ran a
+torch op, made a ZeroMQ context or started a thread of its own), and runs `warmserve worker` with the argv,
+environment, working directory, stdout and stderr its spawner gave, in a session of its own, as a Popen child would.
+
+Not forked: GPU workers (a fresh interpreter; CUDA and fork do not mix once a context exists, and a GPU worker's
+start is the device's anyway) and `autoscale`'s cold starts (``fresh_interpreters``: a vanilla autoscaler starts a
+new engine process, and that cost is what the baseline measures).
+
+The protocol is msgspec JSON over a Unix SEQPACKET socket pair, one message each way per event: the spawner sends a
+request with the child's stdout and stderr attached (SCM_RIGHTS), so a log file, or whatever the controller's
+stderr is at that moment, is the child's; the server answers the child's pid, and later its exit status, which it
+learns from a pidfd per child (no SIGCHLD handler: nothing asynchronous runs in a process that forks). The spawner
+signals its children through pidfds of its own, so a pid the server has reaped and the kernel has reused is never
+signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import select
+import selectors
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+
+import msgspec
+
+from .. import errors
+
+log = logging.getLogger("warmserve.worker.forkserver")
+
+#: The exit status a child is given when its fork server went first and nobody can read the real one (the child
+#: itself exits then: its parent, the server, is gone: ``--exit-with-parent``).
+STATUS_UNKNOWN = 255
+#: How long a spawn waits for the server's answer once the server is ready, seconds (a fork takes milliseconds).
+SPAWN_REPLY_TIMEOUT_S = 30.0
+#: Longest message either way, bytes (a request carries the child's whole environment).
+MESSAGE_MAX_BYTES = 1 << 20
+#: A server with no child for this long exits, seconds (the next spawn starts another): long enough for a process
+#: that starts clusters one after another (a test suite, a benchmark's runs) to keep one server.
+IDLE_EXIT_S = 120.0
+#: What the server imports before it forks anything: the cost every child then skips.
+PRELOAD = ("torch", "warmserve.engine", "warmserve.worker.core", "warmserve.worker.server", "warmserve.worker.main",
+           "warmserve.cli")
+
+_fresh = contextvars.ContextVar("warmserve_fresh_interpreters", default=False)
+
+
+@contextlib.contextmanager
+def fresh_interpreters():
+    """Within it, ``popen_worker`` starts fresh interpreters, never forks (a vanilla autoscaler's engine start)."""
+    token = _fresh.set(True)
+    try:
+        yield
+    finally:
+        _fresh.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------- the server side
+
+
+def main() -> None:
+    """The fork server's process: preload, then fork a child per request until the spawner's end closes."""
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    for name in PRELOAD:
+        __import__(name)
+    child = _serve(sock)
+    if child is not None:  # in a forked child: run the worker here, at the top of the stack (no server frames)
+        sys.exit(_run_child(*child))
+
+
+def _serve(sock: socket.socket):
+    """Answer requests until EOF (returns None) or, in a forked child, return (request, fds)."""
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    pidfds: dict[int, int] = {}  # pidfd -> pid
+    sock.send(msgspec.json.encode({"ready": os.getpid()}))
+    while True:
+        events = sel.select(None if pidfds else IDLE_EXIT_S)
+        if not events and not pidfds:  # idle: a process that closed its clusters does not keep it (~0.3 GB)
+            return None
+        for key, _ in events:
+            if key.fileobj is not sock:
+                pid = pidfds.pop(key.fd)
+                sel.unregister(key.fd)
+                os.close(key.fd)
+                _, status = os.waitpid(pid, 0)
+                sock.send(msgspec.json.encode({"exit": pid, "status": os.waitstatus_to_exitcode(status)}))
+                continue
+            msg, fds, _, _ = socket.recv_fds(sock, MESSAGE_MAX_BYTES, 2)
+            if not msg:  # the spawner's process is gone: its children watch this process (exit-with-parent)
+                return None
+            req = msgspec.json.decode(msg)
+            try:
+                pid = os.fork()
+            except OSError as e:
+                for fd in fds:
+                    os.close(fd)
+                sock.send(msgspec.json.encode({"id": req["id"], "error": f"fork failed: {e}"}))
+                continue
+            if pid == 0:
+                # The child drops every descriptor of the server's: closed through their owners, so that no
+                # Python object is left to close a number the worker reuses later.
+                sel.close()
+                for fd in pidfds:
+                    os.close(fd)
+                sock.close()
+                return req, fds
+            for fd in fds:
+                os.close(fd)
+            pidfd = os.pidfd_open(pid)
+            pidfds[pidfd] = pid
+            sel.register(pidfd, selectors.EVENT_READ)
+            sock.send(msgspec.json.encode({"id": req["id"], "pid": pid}))
+
+
+def _run_child(req: dict, fds: list[int]) -> int:
+    os.setsid()  # as start_new_session: a Ctrl-C at the terminal reaches the controller, which stops its workers
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    for fd in {null, *fds} - {0, 1, 2}:
+        os.close(fd)
+    # In ps and top, the command line a fresh worker would show, not the server's; before the environment changes,
+    # since setproctitle finds the space it writes into by the environment the process started with.
+    with contextlib.suppress(ImportError):
+        import setproctitle
+
+        setproctitle.setproctitle(shlex.join([sys.executable, "-m", "warmserve", *req["argv"]]))
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.chdir(req["cwd"])
+    # State the imports seeded from the OS, which a fresh interpreter would seed anew: no two workers share it.
+    import random
+
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    sys.argv = ["warmserve", *req["argv"]]
+    from warmserve.cli import main as cli_main
+
+    return cli_main(req["argv"])
+
+
+# --------------------------------------------------------------------------------------------- the spawner side
+
+
+class ForkedProcess:
+    """A child of the fork server, with the part of ``subprocess.Popen`` the controller uses for local workers
+    (pid, returncode, poll, wait, send_signal, terminate, kill)."""
+
+    def __init__(self, server: ForkServer, pid: int, args: list[str]):
+        self.args = args
+        self.pid = pid
+        self.returncode: int | None = None
+        self._server = server
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:  # exited and reaped already: its status is on its way from the server
+            self._pidfd = None
+        if self._pidfd is not None:
+            weakref.finalize(self, os.close, self._pidfd)
+
+    def _ended(self) -> bool:
+        """Whether the process is gone, by its pidfd: only asked once the server can no longer tell."""
+        return self._pidfd is None or bool(select.select([self._pidfd], [], [], 0)[0])
+
+    def poll(self) -> int | None:
+        with self._server.changed:
+            if self.returncode is None and self._server.gone and self._ended():
+                self.returncode = STATUS_UNKNOWN
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._server.changed:
+            while self.poll() is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                # In steps: once the server is gone nothing notifies, and the pidfd is polled instead.
+                self._server.changed.wait(0.1 if left is None else min(0.1, left))
+            return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None and self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # it ended since: as Popen, no error
+                signal.pidfd_send_signal(self._pidfd, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __repr__(self) -> str:
+        return f"<ForkedProcess pid {self.pid} returncode {self.returncode}>"
+
+
+class ForkServer:
+    """The spawner's end: starts the server process and forks children through it (thread-safe)."""
+
+    def __init__(self, env: dict[str, str]):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from warmserve.worker.forkserver import main; main()", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                start_new_session=True)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = mine
+        self.changed = threading.Condition()  # guards everything below, and is notified on each change
+        self.ready = False
+        self.gone = False
+        self._next_id = 0
+        self._replies: dict[int, dict] = {}
+        self._children: dict[int, ForkedProcess] = {}
+        self._send_lock = threading.Lock()
+        threading.Thread(target=self._read, name="warmserve-forkserver", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self._sock.recv(MESSAGE_MAX_BYTES)
+                if not msg:
+                    break
+                m = msgspec.json.decode(msg)
+                with self.changed:
+                    if "ready" in m:
+                        self.ready = True
+                    elif "exit" in m:
+                        child = self._children.pop(m["exit"], None)
+                        if child is not None:
+                            child.returncode = m["status"]
+                    else:
+                        if "pid" in m:  # made here, before the child's exit message can be read
+                            self._children[m["pid"]] = m["child"] = ForkedProcess(self, m["pid"], m.pop("args", []))
+                        self._replies[m["id"]] = m
+                    self.changed.notify_all()
+        except OSError:
+            pass
+        finally:
+            with self.changed:
+                self.gone = True
+                self.changed.notify_all()
+
+    def spawn(self, argv: list[str], *, env: dict[str, str], stdout: int, stderr: int,
+              ready_timeout_s: float) -> ForkedProcess:
+        """Fork a child running ``warmserve *argv``; ``stdout``/``stderr``: descriptors it gets (duplicated)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.ready or self.gone, ready_timeout_s) or self.gone:
+                raise errors.WorkerLostError(
+                    f"the worker fork server (pid {self.proc.pid}) did not get ready within {ready_timeout_s:g} s "
+                    f"(status {self.proc.poll()}); set ClusterConfig.fork_cpu_workers=false to start each worker "
+                    f"as a fresh interpreter")
+            rid = self._next_id = self._next_id + 1
+        req = msgspec.json.encode({"id": rid, "argv": argv, "env": env, "cwd": os.getcwd()})
+        with self._send_lock:
+            socket.send_fds(self._sock, [req], [stdout, stderr])
+        with self.changed:
+            if not self.changed.wait_for(lambda: rid in self._replies or self.gone, SPAWN_REPLY_TIMEOUT_S):
+                raise errors.WorkerLostError(f"the worker fork server (pid {self.proc.pid}) did not answer a "
+                                             f"spawn within {SPAWN_REPLY_TIMEOUT_S:g} s")
+            reply = self._replies.pop(rid, None)
+        if reply is None or "error" in reply:
+            raise errors.WorkerLostError(f"the worker fork server (pid {self.proc.pid}) could not start a worker: "
+                                         f"{reply['error'] if reply else 'it exited'}")
+        child = reply["child"]
+        child.args = ["warmserve", *argv]
+        return child
+
+    def close(self) -> None:
+        """End the server (its children, watching it, end too)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._sock.close()
+
+
+_server: ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def shared_server() -> ForkServer:
+    """This process's fork server, started on first use and again once it has gone."""
+    global _server
+    with _server_lock:
+        if _server is None or _server.gone or _server.proc.poll() is not None:
+            env = dict(os.environ)
+            env["CUDA_VISIBLE_DEVICES"] = ""  # its children are CPU workers; nothing here touches a GPU
+            # Its own torch pools sized 1: each child sets its own count (prewarm_engine's set_num_threads).
+            env["OMP_NUM_THREADS"] = "1"
+            _server = ForkServer(env)
+        return _server
+
+
+def popen_worker(cmd: list[str], *, env: dict[str, str], stdout, stderr, forked: bool,
+                 ready_timeout_s: float = 120.0):
+    """Start ``cmd`` (``[python, -m, warmserve, worker, ...]``) as a worker process in a session of its own: forked
+    from ``shared_server()`` when ``forked`` (and not within ``fresh_interpreters``), else a fresh Popen.
+    ``stdout``/``stderr`` as Popen's (a file object, DEVNULL, or None: this process's own)."""
+    if forked and not _fresh.get() and hasattr(os, "pidfd_open"):
+        try:
+            return _fork_worker(cmd, env=env, stdout=stdout, stderr=stderr, ready_timeout_s=ready_timeout_s)
+        except (OSError, errors.WorkerLostError) as e:  # the worker still starts, the slow way
+            log.warning("could not fork a worker (%s); starting a fresh interpreter", e)
+    return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _fork_worker(cmd: list[str], *, env: dict[str, str], stdout, stderr, ready_timeout_s: float) -> ForkedProcess:
+    server = shared_server()
+    try:
+        return _fork_once(server, cmd, env=env, stdout=stdout, stderr=stderr, ready_timeout_s=ready_timeout_s)
+    except (OSError, errors.WorkerLostError):
+        if not server.gone:
+            raise
+        # Once more with a new server: this one may have just exited idle (IDLE_EXIT_S) as the request went out.
+        return _fork_once(shared_server(), cmd, env=env, stdout=stdout, stderr=stderr, ready_timeout_s=ready_timeout_s)
+
+
+def _fork_once(server: ForkServer, cmd: list[str], *, env: dict[str, str], stdout, stderr,
+               ready_timeout_s: float) -> ForkedProcess:
+    assert cmd[1:3] == ["-m", "warmserve"], cmd
+    argv = list(cmd[3:])
+    # The child's parent is the server, not this process: it watches the server, which ends with this process.
+    if "--exit-with-parent" in argv:
+        argv[argv.index("--exit-with-parent") + 1] = str(server.proc.pid)
+    with contextlib.ExitStack() as stack:
+        fds = []
+        for stream, own in ((stdout, 1), (stderr, 2)):
+            if stream is None:
+                fds.append(own)
+            elif stream == subprocess.DEVNULL:
+                fds.append(stack.enter_context(open(os.devnull, "wb")).fileno())
+            else:
+                fds.append(stream.fileno())
+        return server.spawn(argv, env=env, stdout=fds[0], stderr=fds[1], ready_timeout_s=ready_timeout_s)

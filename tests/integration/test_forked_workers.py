@@ -1,0 +1,115 @@
+"""Local CPU workers are forked from a fork server that has imported torch once (worker/forkserver.py): they serve,
+their exit status, signals and stderr are a Popen child's, a lost one is forked again, and they end when the server
+does; `autoscale`'s cold starts and `fork_cpu_workers=False` keep fresh interpreters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from warmserve.worker import forkserver
+from warmserve.worker.forkserver import ForkedProcess
+
+import serving
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _worker_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "warmserve", "worker", "--device", "cpu", "--memory-gib", "0.0625", "--threads", "1",
+            "--exit-with-parent", str(os.getpid()), *args]
+
+
+def _wait_for(text: str, path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, path.read_text()[-2000:]
+        time.sleep(0.05)
+
+
+def test_a_forked_worker_has_a_popen_childs_status_signals_and_stderr(tmp_path):
+    log_path = tmp_path / "w.log"
+    with open(log_path, "wb") as log:
+        bad = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0", "--page-mib", "3"), env=dict(os.environ),
+                                      stdout=log, stderr=log, forked=True)
+        good = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
+                                       stdout=log, stderr=log, forked=True)
+    assert isinstance(bad, ForkedProcess) and isinstance(good, ForkedProcess)
+    server = forkserver.shared_server()
+    assert _ppid(good.pid) == server.proc.pid
+    assert bad.wait(30) == 2  # a bad flag: the worker's own exit status, and its message in its log
+    assert "--page-mib" in log_path.read_text()
+    _wait_for("serving at", log_path)
+    assert good.poll() is None and os.getsid(good.pid) == good.pid  # a session of its own
+    with open(f"/proc/{good.pid}/cmdline", "rb") as f:  # in ps, a worker's command line, not the server's
+        assert b"-m warmserve worker --device cpu" in f.read()
+    with pytest.raises(subprocess.TimeoutExpired):
+        good.wait(0.2)
+    good.terminate()
+    assert good.wait(30) == 0  # SIGTERM: the worker's orderly exit
+    good.kill()  # after its end: nothing happens, as with Popen
+    assert good.returncode == 0
+    again = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, forked=True)
+    again.send_signal(signal.SIGKILL)
+    assert again.wait(30) == -signal.SIGKILL
+
+
+def test_workers_end_with_their_fork_server_and_the_next_spawn_starts_another(tmp_path):
+    log_path = tmp_path / "w.log"
+    with open(log_path, "wb") as log:
+        w = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0", "--heartbeat-interval-s", "0.2"),
+                                    env=dict(os.environ), stdout=log, stderr=log, forked=True)
+    _wait_for("serving at", log_path)
+    old = forkserver.shared_server()
+    old.proc.kill()
+    # The worker watches its parent, the server: it exits, and its handle reads that without the server.
+    assert w.wait(30) == forkserver.STATUS_UNKNOWN
+    assert not serving.pid_alive(w.pid)
+    nxt = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, forked=True)
+    assert isinstance(nxt, ForkedProcess) and forkserver.shared_server() is not old
+    nxt.kill()
+    assert nxt.wait(30) == -signal.SIGKILL
+
+
+def test_fresh_interpreters_and_gpu_devices_are_not_forked():
+    with forkserver.fresh_interpreters():
+        p = forkserver.popen_worker([sys.executable, "-c", "pass"], env=dict(os.environ), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, forked=True)
+    assert isinstance(p, subprocess.Popen) and p.wait(30) == 0
+
+
+def test_a_clusters_cpu_workers_are_forked_and_a_killed_one_is_forked_again(tmp_path_factory):
+    with serving.demo_cluster(tmp_path_factory, models=("llama-20m",)) as c:
+        assert c.generate("llama-20m", "hello", max_tokens=2, temperature=0).completion_tokens >= 1
+        server = forkserver.shared_server()
+        procs = dict(c.controller.local_procs)
+        assert all(isinstance(p, ForkedProcess) and _ppid(p.pid) == server.proc.pid for p in procs.values()), procs
+        ident, victim = next(iter(procs.items()))
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(30) == -signal.SIGKILL
+        deadline = time.monotonic() + 60
+        while c.controller.local_procs.get(ident) is victim or not all(
+                w.ready for w in c.controller.hub.workers.values()) or len(c.controller.hub.workers) < 2:
+            assert time.monotonic() < deadline, c.stats()["workers"]
+            time.sleep(0.1)
+        fresh = c.controller.local_procs[ident]
+        assert isinstance(fresh, ForkedProcess) and fresh.pid != victim.pid
+        outs = [c.generate("llama-20m", f"again {i}", max_tokens=2, temperature=0) for i in range(4)]
+        assert all(o.completion_tokens >= 1 for o in outs)
+
+
+def test_fork_cpu_workers_false_starts_fresh_interpreters():
+    with serving.demo_cluster(models=("llama-20m",), cpu_workers=1, fork_cpu_workers=False) as c:
+        assert c.generate("llama-20m", "hello", max_tokens=2, temperature=0).completion_tokens >= 1
+        (proc,) = c.controller.local_procs.values()
+        assert isinstance(proc, subprocess.Popen) and _ppid(proc.pid) == os.getpid()
