@@ -163,6 +163,11 @@ class Simulator:
         n = len(self.arrival)
         t_start = self.clock0 - max(self.warmup_s, 0.0)  # warm-up arrivals all lie in [t_start, clock0)
         end_arrivals = self.clock0 + self.workload.duration_s
+        bad = np.flatnonzero(~np.isfinite(np.asarray(self.arrival, dtype=np.float64)))
+        if len(bad):  # found in review: the horizon below became NaN/inf and the loop never stopped
+            raise InvalidArgumentError(f"workload {self.workload.name!r}: {len(bad)} of the {n} arrival times are not "
+                                       f"finite (request {int(bad[0])}: {self.arrival[bad[0]]}): give finite arrival "
+                                       f"times", count=int(len(bad)), request=int(bad[0]))
         horizon = max(end_arrivals, self.arrival[-1] if n else end_arrivals) + cfg.drain_s
         for t_loss, gpus in self.gpu_losses:
             self._push(self.clock0 + t_loss, _EV_LOSS, gpus, 0)

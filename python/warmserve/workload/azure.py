@@ -23,7 +23,7 @@ import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload.request import Trace
-from warmserve.workload.data import check_header, data_path
+from warmserve.workload.data import check_header, data_path, file_key
 
 KINDS = ("code", "conv")
 
@@ -37,7 +37,7 @@ def load_azure(kind: str = "conv", path: str | None = None) -> Trace:
         raise ValueError(f"Azure trace kind must be one of {KINDS}, got {kind!r}")
     if path is None:
         path = data_path(f"azure2023_AzureLLMInferenceTrace_{kind}.csv.gz")
-    t = _load(os.path.abspath(path), kind)
+    t = _load(file_key(os.path.abspath(path)), kind)
     return Trace(t.models, t.arrival_s.copy(), t.model.copy(), t.prompt_tokens.copy(), t.output_tokens.copy())
 
 
@@ -46,13 +46,19 @@ _COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MAX_TOKENS = 2**31 - 1
 
 
-def _when(cell: str) -> float:
-    """A TIMESTAMP cell as Unix seconds, read as UTC (the module doc)."""
+def _stamp(cell: str) -> tuple[float, str]:
+    """A TIMESTAMP cell as (whole Unix seconds, its fraction's digits), read as UTC (the module doc): exact, where
+    the float the two make cannot tell times 100 ns apart."""
     base, _, frac = cell.partition(".")
     if frac and not frac.isdigit():  # float("0." + frac) took "-5" or "5+01:00" apart with a bare ValueError
         raise ValueError(cell)
-    wall = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-    return wall.timestamp() + float("0." + (frac or "0"))
+    return datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp(), frac
+
+
+def _when(cell: str) -> float:
+    """A TIMESTAMP cell as Unix seconds, read as UTC (the module doc)."""
+    whole, frac = _stamp(cell)
+    return whole + float("0." + (frac or "0"))
 
 
 _CELLS = (("TIMESTAMP", _when, "a time as YYYY-MM-DD HH:MM:SS[.fraction]"),
@@ -65,22 +71,74 @@ def _bad(path: str, line: int, msg: str, **fields) -> InvalidArgumentError:
                                 f"the published AzureLLMInferenceTrace CSV", path=path, line=line, **fields)
 
 
+#: a gap between consecutive arrivals is a mistyped timestamp when it is over ``GAP_FLOOR_S`` and over
+#: ``GAP_FACTOR`` times the trace's 99th-percentile gap (the nearest gap at or below it, so one outlier does not
+#: raise the percentile it is measured against). The published traces' largest gaps are 217 s (code) and 4 s (conv)
+GAP_FLOOR_S = 3600.0
+GAP_FACTOR = 1000.0
+
+
+def _check_repeats(path: str, stamps: list, ctx: list, gen: list, lines: list) -> None:
+    """Refuse rows alike in every column (found in review: a trace appended to itself loaded at twice its rate;
+    the published files hold no repeated timestamp at all). Times are compared exactly, as written."""
+    first: dict = {}
+    pair, n = None, 0
+    for key, line in zip(zip(stamps, ctx, gen), lines):
+        at = first.setdefault(key, line)
+        if at != line:
+            n += 1
+            pair = pair or (at, line)
+    if pair:
+        raise InvalidArgumentError(f"Azure trace {path}, lines {pair[0]} and {pair[1]} are the same request (every "
+                                   f"column alike; {n} such repeated rows): keep each request once (a file appended "
+                                   f"to itself doubles the trace's rate)", path=path, line=pair[1],
+                                   lines=pair, repeats=n)
+
+
+def _check_gaps(path: str, t: np.ndarray, lines: list, raw: list) -> None:
+    """Refuse a gap between consecutive arrivals far beyond the rest (``GAP_FLOOR_S``, ``GAP_FACTOR``; found in
+    review: one timestamp typed a year late made the trace cover a year, and paper_workload stacked ~150,000 copies
+    of it until MemoryError)."""
+    if len(t) < 3:
+        return
+    order = np.argsort(t, kind="stable")
+    gaps = np.diff(t[order])
+    p99 = float(np.percentile(gaps, 99, method="lower"))
+    far = np.flatnonzero((gaps > GAP_FLOOR_S) & (gaps > GAP_FACTOR * p99))
+    if len(far):
+        i = int(far[np.argmax(gaps[far])])
+        a, b = int(order[i]), int(order[i + 1])
+        lo, hi = sorted((lines[a], lines[b]))
+        first, second = (raw[a], raw[b]) if lines[a] < lines[b] else (raw[b], raw[a])
+        raise InvalidArgumentError(
+            f"Azure trace {path}, lines {lo} and {hi}: the arrivals {first} and {second} are {gaps[i]:.3g} s apart, "
+            f"with nothing between them, while 99% of the trace's gaps are at most {p99:.3g} s (a gap over "
+            f"{GAP_FLOOR_S:g} s and {GAP_FACTOR:g}x that is taken for a mistyped timestamp): fix the timestamp of "
+            f"one of those rows, or remove it", path=path, line=hi, lines=(lo, hi), gap_s=float(gaps[i]),
+            p99_gap_s=p99)
+
+
 @functools.lru_cache(maxsize=8)
-def _load(path: str, kind: str) -> Trace:
+def _load(key: tuple | str, kind: str) -> Trace:
+    # key: data.file_key (found in review: keyed on the path only, an edited file was not read again); a plain path
+    # is taken too (tests call the uncached _load.__wrapped__ with one)
+    path = key if isinstance(key, str) else key[0]
     if not os.path.exists(path):
         raise FileNotFoundError(f"Azure trace {path} not found: pass path= to a copy of "
                                 f"AzureLLMInferenceTrace_{kind}.csv")
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no part of TIMESTAMP
         text = f.read()
     # found in review: an empty file, a short row, a missing column or a cell that is no number raised bare
     # ValueError/TypeError/KeyError naming no line, and negative token counts were kept; each is refused, by line
     reader = csv.DictReader(io.StringIO(text))
     check_header(path, reader, _COLUMNS, "Azure trace", "as published")
-    ts, ctx, gen, lines = [], [], [], []
+    ts, ctx, gen, lines, stamps, raw = [], [], [], [], [], []
     for row in reader:
         try:
-            ts.append(_when(row["TIMESTAMP"]))
+            whole, frac = _stamp(row["TIMESTAMP"])
+            ts.append(whole + float("0." + (frac or "0")))
+            stamps.append((whole, frac.rstrip("0")))
             ctx.append(int(row["ContextTokens"]))
             gen.append(int(row["GeneratedTokens"]))
         except (TypeError, ValueError):
@@ -96,6 +154,7 @@ def _load(path: str, kind: str) -> Trace:
                                value=v) from None
             raise
         lines.append(reader.line_num)
+        raw.append(row["TIMESTAMP"])
     if not ts:
         raise InvalidArgumentError(f"Azure trace {path} has a header but no request: pass path= to a copy of the "
                                    f"published AzureLLMInferenceTrace_{kind}.csv", path=path)
@@ -104,6 +163,8 @@ def _load(path: str, kind: str) -> Trace:
         if bad:
             raise _bad(path, lines[bad[0]], f", column {col}: {v[bad[0]]} is not a token count in [0, {MAX_TOKENS}] "
                        f"({len(bad)} such rows)", column=col)
+    _check_repeats(path, stamps, ctx, gen, lines)
     t = np.asarray(ts)
+    _check_gaps(path, t, lines, raw)
     t -= t.min()
     return Trace([f"azure-{kind}"], t, np.zeros(len(t), np.int32), ctx, gen)

@@ -36,6 +36,26 @@ def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
     return w / w.sum()
 
 
+#: the most copies ``_circular_stretch`` overlays, and the most rows they may hold together (copies x rows x wraps).
+#: Found in review: one Azure timestamp typed a year late made a 5,000-row trace span 31.6 Ms, and 24 rps took
+#: ~150,000 copies of it: MemoryError. The presets need at most a few hundred copies (the CLI's request budget,
+#: 10 million, allows ~2,200 copies of the code trace for one model)
+MAX_STRETCH_COPIES = 10_000
+MAX_STRETCH_ROWS = 1 << 25
+
+
+def _check_copies(n: int, period_s: float, wraps: int, rate_rps: float, copies: int) -> None:
+    """Raise InvalidArgumentError when a stretch needs more copies of its trace than ``MAX_STRETCH_COPIES`` or rows
+    than ``MAX_STRETCH_ROWS``."""
+    if copies > MAX_STRETCH_COPIES or copies * n * wraps > MAX_STRETCH_ROWS:
+        raise InvalidArgumentError(
+            f"the trace spans {period_s:.0f} s with {n} requests ({n / period_s:.3g} rps): {rate_rps:.3g} rps needs "
+            f"{copies} copies of it ({copies * n * wraps} rows; at most {MAX_STRETCH_COPIES} copies and "
+            f"{MAX_STRETCH_ROWS} rows): lower total_rate_rps or rate_scale, or check the trace for a timestamp far "
+            f"from the rest (a span much longer than its traffic)", span_s=period_s, trace_rate_rps=n / period_s,
+            rate_rps=rate_rps, copies=copies)
+
+
 def _circular_stretch(arrival_s: np.ndarray, period_s: float, offset_s: float, length_s: float, rate_rps: float,
                       rng: np.random.Generator, split_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Arrivals (relative, in [0, length_s)) and row indices of a stretch of a one-model trace (``arrival_s`` in
@@ -53,6 +73,7 @@ def _circular_stretch(arrival_s: np.ndarray, period_s: float, offset_s: float, l
     wraps = math.ceil(length_s / period_s)
     copies = max(1, math.ceil(rate_rps / (n / period_s)))
     while True:
+        _check_copies(n, period_s, wraps, rate_rps, copies)
         rels = []
         for j in range(copies):
             r = (arrival_s - (offset_s + j * period_s / copies)) % period_s

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
+from warmserve.errors import InvalidArgumentError
+
 
 class Request(msgspec.Struct, frozen=True):
     """One inference request of a trace."""
@@ -25,6 +27,29 @@ class Request(msgspec.Struct, frozen=True):
     output_tokens: int
 
 
+#: the longest token length a trace holds (lengths are stored as int32)
+MAX_TOKENS = 2**31 - 1
+
+
+def _refuse_rows(values: np.ndarray, bad: np.ndarray, col: str, want: str) -> None:
+    """Raise InvalidArgumentError for the first row (in the order given) where ``bad`` holds."""
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        v = values[i].item()
+        raise InvalidArgumentError(f"Trace row {i}: {col} {v} is not {want} ({int(bad.sum())} such rows of "
+                                   f"{len(values)}): fix those rows before building the Trace", row=i, column=col,
+                                   value=v)
+
+
+def _lengths(col, name: str) -> np.ndarray:
+    """A token-length column as int32, refusing NaN and values outside [0, MAX_TOKENS] before the cast."""
+    raw = np.asarray(col)
+    if raw.dtype.kind in "iuf":
+        with np.errstate(invalid="ignore"):
+            _refuse_rows(raw, ~((raw >= 0) & (raw <= MAX_TOKENS)), name, f"a token count in [0, {MAX_TOKENS}]")
+    return np.asarray(raw, dtype=np.int32)
+
+
 @dataclass
 class Trace:
     """Requests column-wise, sorted by arrival. ``model`` holds indices into ``models``."""
@@ -36,10 +61,15 @@ class Trace:
     output_tokens: np.ndarray
 
     def __post_init__(self):
+        # found in review: nothing was checked, so a NaN or infinite arrival was kept (simulate() then never
+        # ended: its horizon was NaN/inf), an int64 length past 2**31 wrapped to a negative int32 and a negative
+        # output became 1. Each is refused, naming its row; lengths before the cast. An output of 0 still means 1
+        # (the first token comes out of the prefill), and negative arrivals are history, as before
         self.arrival_s = np.asarray(self.arrival_s, dtype=np.float64)
+        _refuse_rows(self.arrival_s, ~np.isfinite(self.arrival_s), "arrival_s", "finite (a time in seconds)")
         self.model = np.asarray(self.model, dtype=np.int32)
-        self.prompt_tokens = np.asarray(self.prompt_tokens, dtype=np.int32)
-        self.output_tokens = np.maximum(np.asarray(self.output_tokens, dtype=np.int32), 1)
+        self.prompt_tokens = _lengths(self.prompt_tokens, "prompt_tokens")
+        self.output_tokens = np.maximum(_lengths(self.output_tokens, "output_tokens"), 1)
         n = len(self.arrival_s)
         if not (len(self.model) == len(self.prompt_tokens) == len(self.output_tokens) == n):
             raise ValueError(f"Trace columns differ in length: {n}, {len(self.model)}, "

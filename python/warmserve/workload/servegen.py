@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.workload.data import check_header, data_path
+from warmserve.workload.data import check_header, data_path, file_key
 
 WINDOW_S = 600.0
 LANGUAGE_MODELS = ("m-large", "m-mid", "m-small")
@@ -34,7 +34,9 @@ def _open(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"ServeGen file {path} not found: pass path= to a file derived by "
                                 f"derive_servegen.py, or reinstall warmserve (its data folder holds the defaults)")
-    return gzip.open(path, "rt", newline="") if path.endswith(".gz") else open(path, newline="")
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") was read as part of the first column's name (found in review)
+    opener = gzip.open if path.endswith(".gz") else open
+    return opener(path, "rt", newline="", encoding="utf-8-sig")
 
 
 def _header(path: str, reader: csv.DictReader, need: tuple[str, ...], what: str) -> None:
@@ -93,7 +95,7 @@ class ClientWindows:
 def load_client_windows(path: str | None = None, models: tuple[str, ...] | None = None) -> dict[str, ClientWindows]:
     """Per-client series keyed by ``model.cCLIENT``; default: the vendored extract (largest clients).
     The arrays are shared between calls (cached): do not modify them."""
-    return dict(_client_windows(os.path.abspath(path or data_path("servegen_client_windows_top.csv.gz")),
+    return dict(_client_windows(file_key(os.path.abspath(path or data_path("servegen_client_windows_top.csv.gz"))),
                                 tuple(models) if models else None))
 
 
@@ -104,7 +106,8 @@ _CW_CELLS = (("client_id", int, "a client id (a whole number)"), ("t_s", int, "a
 
 
 @functools.lru_cache(maxsize=4)
-def _client_windows(path: str, models: tuple[str, ...] | None) -> dict[str, ClientWindows]:
+def _client_windows(key: tuple, models: tuple[str, ...] | None) -> dict[str, ClientWindows]:
+    path = key[0]  # key: data.file_key, so that an edited file is read again
     # found in review: bad rows raised bare int()/KeyError errors, or were sampled silently wrong (a negative or
     # NaN rate as no requests, an unknown pattern as Weibull, a repeated window twice): each is refused, by line
     cols: dict[tuple[str, int], list] = {}
@@ -144,13 +147,21 @@ def _client_windows(path: str, models: tuple[str, ...] | None) -> dict[str, Clie
                 "a rate >= 0 requests/s")
         _refuse(path, _CW, lines, ~(np.isfinite(cw.shape) & (cw.shape >= 0)), "param1", cw.shape, "a shape >= 0")
         _refuse(path, _CW, lines, ~(np.isfinite(cw.scale) & (cw.scale >= 0)), "param2", cw.scale, "a scale >= 0")
-        dup = np.flatnonzero(np.diff(cw.t_s) == 0)
-        if len(dup):  # sampled twice, it doubled the window's requests
-            i = int(dup[0])
+        # sampled twice, a repeated window doubled its requests; found in review: so did windows less than
+        # WINDOW_S apart (each is sampled over the WINDOW_S after its t_s, so they overlapped: rows every 300 s
+        # gave 2x the rate, every 60 s 10x)
+        step = np.diff(cw.t_s)
+        close = np.flatnonzero(step < WINDOW_S)
+        if len(close):
+            i = int(close[0])
+            a, b = int(cw.t_s[i]), int(cw.t_s[i + 1])
+            why = (f"two rows for the window t_s={a} ({int(np.count_nonzero(step == 0))} such repeats): keep one row "
+                   f"per client and window" if a == b else
+                   f"windows at t_s={a} and t_s={b}, {b - a} s apart: windows are 10 minutes ({WINDOW_S:g} s) "
+                   f"long, so they overlapped ({len(close)} such pairs): give one row per client every "
+                   f"{WINDOW_S:g} s at most")
             raise InvalidArgumentError(f"{_CW} {path}, lines {lines[i]} and {lines[i + 1]}: client {model}.c{cid} has "
-                                       f"two rows for the window t_s={int(cw.t_s[i])} ({len(dup)} such repeats): "
-                                       f"keep one row per client and window; {_FIX}", path=path,
-                                       line=int(lines[i + 1]), column="t_s")
+                                       f"{why}; {_FIX}", path=path, line=int(lines[i + 1]), column="t_s")
         out[cw.name] = cw
     return out
 
@@ -190,7 +201,7 @@ class LengthPMF:
 
 def load_length_pmfs(path: str | None = None) -> dict[tuple[str, str], LengthPMF]:
     """``(model, field) -> LengthPMF`` for input_tokens/output_tokens (and whatever else the file holds)."""
-    return dict(_length_pmfs(os.path.abspath(path or data_path("servegen_length_pmf_io.csv.gz"))))
+    return dict(_length_pmfs(file_key(os.path.abspath(path or data_path("servegen_length_pmf_io.csv.gz")))))
 
 
 _PMF = "ServeGen length PMF"
@@ -198,7 +209,8 @@ _PMF_CELLS = (("value", float, "a length (a number)"), ("prob", float, "a probab
 
 
 @functools.lru_cache(maxsize=4)
-def _length_pmfs(path: str) -> dict[tuple[str, str], LengthPMF]:
+def _length_pmfs(key: tuple) -> dict[tuple[str, str], LengthPMF]:
+    path = key[0]  # key: data.file_key, so that an edited file is read again
     # found in review: a negative length was sampled as it was, a NaN probability made the sampler return the first
     # length and probabilities summing to 0 gave NaN; each is refused, by line. Lengths of a token field must be
     # whole numbers >= 0; other fields (reason_ratio, ...) keep their whole part, and rows of theirs whose value is
@@ -350,7 +362,8 @@ GAP_SHARE = 0.05
 
 
 @functools.lru_cache(maxsize=4)
-def _gaps_and_spans(path: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+def _gaps_and_spans(key: tuple) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, float]]]:
+    path = key[0]  # key: data.file_key, so that an edited file is read again
     gaps, spans = {}, {}
     for m, (t, rate, _) in load_model_rates(path).items():
         gaps[m] = t[rate < GAP_SHARE * np.median(rate)]
@@ -363,10 +376,10 @@ def data_gaps(path: str | None = None) -> dict[str, np.ndarray]:
     its clients at 0, or a sliver of its usual rate (``GAP_SHARE``), while its data goes on around them.
     SOURCES.md reads the zeros as gaps in the published data, to treat as missing, not as a quiet spell: m-mid
     runs at ~1900 requests/s and drops to 0 for up to 3.8 hours."""
-    return _gaps_and_spans(os.path.abspath(path or data_path("servegen_model_rates_10min.csv")))[0]
+    return _gaps_and_spans(file_key(os.path.abspath(path or data_path("servegen_model_rates_10min.csv"))))[0]
 
 
 def data_spans(path: str | None = None) -> dict[str, tuple[float, float]]:
     """Per ServeGen model: [first window start, last window end) of its published data, seconds from day 0's
     midnight (the language models 14 days, deepseek-r1 and mm-image day 0 only)."""
-    return _gaps_and_spans(os.path.abspath(path or data_path("servegen_model_rates_10min.csv")))[1]
+    return _gaps_and_spans(file_key(os.path.abspath(path or data_path("servegen_model_rates_10min.csv"))))[1]
