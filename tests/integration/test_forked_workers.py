@@ -36,6 +36,7 @@ def _wait_for(text: str, path, timeout_s: float = 60.0) -> None:
 
 
 def test_a_forked_worker_has_a_popen_childs_status_signals_and_stderr(tmp_path):
+    assert forkserver.prepare(60)
     log_path = tmp_path / "w.log"
     with open(log_path, "wb") as log:
         bad = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0", "--page-mib", "3"), env=dict(os.environ),
@@ -63,7 +64,8 @@ def test_a_forked_worker_has_a_popen_childs_status_signals_and_stderr(tmp_path):
     assert again.wait(30) == -signal.SIGKILL
 
 
-def test_workers_end_with_their_fork_server_and_the_next_spawn_starts_another(tmp_path):
+def test_workers_end_with_their_fork_server_and_the_next_spawn_is_fresh_while_another_starts(tmp_path):
+    assert forkserver.prepare(60)
     log_path = tmp_path / "w.log"
     with open(log_path, "wb") as log:
         w = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0", "--heartbeat-interval-s", "0.2"),
@@ -74,11 +76,18 @@ def test_workers_end_with_their_fork_server_and_the_next_spawn_starts_another(tm
     # The worker watches its parent, the server: it exits, and its handle reads that without the server.
     assert w.wait(30) == forkserver.STATUS_UNKNOWN
     assert not serving.pid_alive(w.pid)
+    # The spawn does not wait for a new server's imports (it may be on the controller's event loop): this one is a
+    # fresh interpreter, and the server started meanwhile forks the next.
     nxt = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, forked=True)
-    assert isinstance(nxt, ForkedProcess) and forkserver.shared_server() is not old
-    nxt.kill()
-    assert nxt.wait(30) == -signal.SIGKILL
+    assert type(nxt) is subprocess.Popen and forkserver.shared_server() is not old
+    assert forkserver.prepare(60)
+    after = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, forked=True)
+    assert isinstance(after, ForkedProcess)
+    for p in (nxt, after):
+        p.kill()
+        assert p.wait(30) == -signal.SIGKILL
 
 
 def test_fresh_interpreters_and_gpu_devices_are_not_forked():
@@ -113,3 +122,55 @@ def test_fork_cpu_workers_false_starts_fresh_interpreters():
         assert c.generate("llama-20m", "hello", max_tokens=2, temperature=0).completion_tokens >= 1
         (proc,) = c.controller.local_procs.values()
         assert isinstance(proc, subprocess.Popen) and _ppid(proc.pid) == os.getpid()
+
+
+def test_without_pidfds_workers_start_fresh_and_no_child_is_left(monkeypatch):
+    """Found in review: where pidfd_open is refused (old kernels, seccomp), each spawn crashed a server after its fork
+    and left the forked worker running; now the spawner probes once and starts fresh interpreters."""
+    def refused(pid, flags=0):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    forkserver.forking_works.cache_clear()
+    try:
+        assert not forkserver.prepare(5)
+        p = forkserver.popen_worker([sys.executable, "-c", "pass"], env=dict(os.environ), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, forked=True)
+        assert type(p) is subprocess.Popen and p.wait(30) == 0
+    finally:
+        monkeypatch.undo()
+        forkserver.forking_works.cache_clear()
+
+
+KILLED_SPAWNER = """
+import os, signal, subprocess, sys, time
+from warmserve.worker import forkserver
+assert forkserver.prepare(60)
+w = forkserver.popen_worker([sys.executable, "-m", "warmserve", "worker", "--device", "cpu", "--memory-gib", "0.0625",
+                             "--threads", "1", "--bind", "tcp://127.0.0.1:0", "--exit-with-parent", str(os.getpid())],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, forked=True)
+helper = os.fork()
+if helper == 0:  # a bare fork of the spawner (multiprocessing's fork, a pre-forking server) that lives on
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # the test reads the spawner's output to its end
+    os.dup2(null, 2)
+    time.sleep(60)
+    os._exit(0)
+print(forkserver.shared_server().proc.pid, w.pid, helper, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_spawner_takes_its_fork_server_and_workers_along_though_a_fork_of_it_lives():
+    """Found in review: a process forked from the spawner held the server's socket open, so the server never saw its
+    spawner go and the workers outlived a SIGKILLed controller."""
+    out = subprocess.run([sys.executable, "-c", KILLED_SPAWNER], capture_output=True, text=True, timeout=120)
+    server, worker, helper = (int(x) for x in out.stdout.split())
+    try:
+        deadline = time.monotonic() + 30
+        while serving.pid_alive(server) or serving.pid_alive(worker):
+            assert time.monotonic() < deadline, f"server {server} or worker {worker} outlived its spawner"
+            time.sleep(0.1)
+        assert serving.pid_alive(helper)
+    finally:
+        os.kill(helper, signal.SIGKILL)

@@ -5,6 +5,7 @@ Shared by `warmserve serve` and `warmserve.Cluster`, so both start a cluster the
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import itertools
@@ -24,6 +25,7 @@ from warmserve.controller.models import controller_model
 from warmserve.controller.workers import spawn_worker
 from warmserve.errors import GiB, InvalidArgumentError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
+from warmserve.worker import forkserver
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 
 log = logging.getLogger("warmserve.controller")
@@ -198,6 +200,9 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
         # In here: whatever fails once the socket is bound closes it (a bind that fails leaves nothing itself).
         endpoint = await controller.start()
         connect = endpoint.replace("0.0.0.0", "127.0.0.1").replace("tcp://*:", "tcp://127.0.0.1:")
+        if cfg.fork_cpu_workers and any(d.startswith("cpu") for d in devices):
+            # Its imports off the event loop; each spawn then forks in milliseconds (worker/forkserver.py).
+            await asyncio.to_thread(forkserver.prepare, cfg.worker_start_timeout_s)
         for dev in devices:
             wid = f"{host}-{os.getpid()}w{next(_worker_numbers)}-{dev.replace(':', '')}"
             # Kept by the controller: a local worker that dies is started again the same way (Controller._restart).

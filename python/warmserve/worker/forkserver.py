@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import select
@@ -45,8 +46,9 @@ log = logging.getLogger("warmserve.worker.forkserver")
 #: The exit status a child is given when its fork server went first and nobody can read the real one (the child
 #: itself exits then: its parent, the server, is gone: ``--exit-with-parent``).
 STATUS_UNKNOWN = 255
-#: How long a spawn waits for the server's answer once the server is ready, seconds (a fork takes milliseconds).
-SPAWN_REPLY_TIMEOUT_S = 30.0
+#: How long a spawn waits for a ready server's answer, seconds: a fork takes milliseconds, and the wait may be on
+#: the controller's event loop; past it the server is stopped and the worker starts as a fresh interpreter.
+SPAWN_REPLY_TIMEOUT_S = 5.0
 #: Longest message either way, bytes (a request carries the child's whole environment).
 MESSAGE_MAX_BYTES = 1 << 20
 #: A server with no child for this long exits, seconds (the next spawn starts another): long enough for a process
@@ -73,26 +75,39 @@ def fresh_interpreters():
 
 
 def main() -> None:
-    """The fork server's process: preload, then fork a child per request until the spawner's end closes."""
+    """The fork server's process: preload, then fork a child per request until its spawner's process is gone."""
     sock = socket.socket(fileno=int(sys.argv[1]))
+    spawner_pid = int(sys.argv[2])
     for name in PRELOAD:
         __import__(name)
-    child = _serve(sock)
+    child = _serve(sock, spawner_pid)
     if child is not None:  # in a forked child: run the worker here, at the top of the stack (no server frames)
         sys.exit(_run_child(*child))
 
 
-def _serve(sock: socket.socket):
-    """Answer requests until EOF (returns None) or, in a forked child, return (request, fds)."""
+def _serve(sock: socket.socket, spawner_pid: int):
+    """Answer requests until the spawner is gone or idle (returns None) or, in a forked child, return (request,
+    fds). The spawner's end is watched by EOF and its process by a pidfd: found in review, a process the spawner
+    had forked (multiprocessing's fork) held the socket open, and the workers outlived a SIGKILLed controller."""
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
+    try:
+        spawner = os.pidfd_open(spawner_pid)
+    except OSError:  # gone already (or no pidfds: the spawner checked they work before starting this)
+        return None
+    if os.getppid() != spawner_pid:  # went between the start and the pidfd: that pid may be another's now
+        return None
+    sel.register(spawner, selectors.EVENT_READ)
     pidfds: dict[int, int] = {}  # pidfd -> pid
     sock.send(msgspec.json.encode({"ready": os.getpid()}))
     while True:
         events = sel.select(None if pidfds else IDLE_EXIT_S)
         if not events and not pidfds:  # idle: a process that closed its clusters does not keep it (~0.3 GB)
+            sock.send(msgspec.json.encode({"idle_exit": os.getpid()}))
             return None
         for key, _ in events:
+            if key.fd == spawner:
+                return None  # its children watch this process (exit-with-parent)
             if key.fileobj is not sock:
                 pid = pidfds.pop(key.fd)
                 sel.unregister(key.fd)
@@ -101,7 +116,7 @@ def _serve(sock: socket.socket):
                 sock.send(msgspec.json.encode({"exit": pid, "status": os.waitstatus_to_exitcode(status)}))
                 continue
             msg, fds, _, _ = socket.recv_fds(sock, MESSAGE_MAX_BYTES, 2)
-            if not msg:  # the spawner's process is gone: its children watch this process (exit-with-parent)
+            if not msg:
                 return None
             req = msgspec.json.decode(msg)
             try:
@@ -115,16 +130,23 @@ def _serve(sock: socket.socket):
                 # The child drops every descriptor of the server's: closed through their owners, so that no
                 # Python object is left to close a number the worker reuses later.
                 sel.close()
-                for fd in pidfds:
+                for fd in (*pidfds, spawner):
                     os.close(fd)
                 sock.close()
                 return req, fds
             for fd in fds:
                 os.close(fd)
-            pidfd = os.pidfd_open(pid)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError as e:  # not expected (pidfds worked above): no child the server cannot report on
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                sock.send(msgspec.json.encode({"id": req["id"], "error": f"pidfd_open failed: {e}"}))
+                continue
             pidfds[pidfd] = pid
             sel.register(pidfd, selectors.EVENT_READ)
-            sock.send(msgspec.json.encode({"id": req["id"], "pid": pid}))
+            # The pidfd goes along: the spawner signals that very process, never a pid reused after a reap.
+            socket.send_fds(sock, [msgspec.json.encode({"id": req["id"], "pid": pid})], [pidfd])
 
 
 def _run_child(req: dict, fds: list[int]) -> int:
@@ -161,27 +183,21 @@ def _run_child(req: dict, fds: list[int]) -> int:
 
 class ForkedProcess:
     """A child of the fork server, with the part of ``subprocess.Popen`` the controller uses for local workers
-    (pid, returncode, poll, wait, send_signal, terminate, kill)."""
+    (pid, returncode, poll, wait, send_signal, terminate, kill). ``pidfd``: the server's pidfd of it, passed along
+    with its pid (owned here)."""
 
-    def __init__(self, server: ForkServer, pid: int, args: list[str]):
-        self.args = args
+    def __init__(self, server: ForkServer, pid: int, pidfd: int):
+        self.args: list[str] = []
         self.pid = pid
         self.returncode: int | None = None
         self._server = server
-        try:
-            self._pidfd: int | None = os.pidfd_open(pid)
-        except ProcessLookupError:  # exited and reaped already: its status is on its way from the server
-            self._pidfd = None
-        if self._pidfd is not None:
-            weakref.finalize(self, os.close, self._pidfd)
-
-    def _ended(self) -> bool:
-        """Whether the process is gone, by its pidfd: only asked once the server can no longer tell."""
-        return self._pidfd is None or bool(select.select([self._pidfd], [], [], 0)[0])
+        self._pidfd = pidfd
+        weakref.finalize(self, os.close, pidfd)
 
     def poll(self) -> int | None:
         with self._server.changed:
-            if self.returncode is None and self._server.gone and self._ended():
+            # The server reports the status; once it is gone, the pidfd says the process ended, not how.
+            if self.returncode is None and self._server.gone and select.select([self._pidfd], [], [], 0)[0]:
                 self.returncode = STATUS_UNKNOWN
             return self.returncode
 
@@ -197,7 +213,7 @@ class ForkedProcess:
             return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None and self._pidfd is not None:
+        if self.poll() is None:
             with contextlib.suppress(ProcessLookupError):  # it ended since: as Popen, no error
                 signal.pidfd_send_signal(self._pidfd, sig)
 
@@ -218,9 +234,9 @@ class ForkServer:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from warmserve.worker.forkserver import main; main()", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-                start_new_session=True)
+                [sys.executable, "-c", "from warmserve.worker.forkserver import main; main()", str(theirs.fileno()),
+                 str(os.getpid())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                env=env, start_new_session=True)
         except BaseException:
             mine.close()
             raise
@@ -230,6 +246,7 @@ class ForkServer:
         self.changed = threading.Condition()  # guards everything below, and is notified on each change
         self.ready = False
         self.gone = False
+        self.idle_exit = False
         self._next_id = 0
         self._replies: dict[int, dict] = {}
         self._children: dict[int, ForkedProcess] = {}
@@ -239,20 +256,22 @@ class ForkServer:
     def _read(self) -> None:
         try:
             while True:
-                msg = self._sock.recv(MESSAGE_MAX_BYTES)
+                msg, fds, _, _ = socket.recv_fds(self._sock, MESSAGE_MAX_BYTES, 1)
                 if not msg:
                     break
                 m = msgspec.json.decode(msg)
                 with self.changed:
                     if "ready" in m:
                         self.ready = True
+                    elif "idle_exit" in m:
+                        self.idle_exit = True
                     elif "exit" in m:
                         child = self._children.pop(m["exit"], None)
                         if child is not None:
                             child.returncode = m["status"]
                     else:
                         if "pid" in m:  # made here, before the child's exit message can be read
-                            self._children[m["pid"]] = m["child"] = ForkedProcess(self, m["pid"], m.pop("args", []))
+                            self._children[m["pid"]] = m["child"] = ForkedProcess(self, m["pid"], fds[0])
                         self._replies[m["id"]] = m
                     self.changed.notify_all()
         except OSError:
@@ -262,24 +281,26 @@ class ForkServer:
                 self.gone = True
                 self.changed.notify_all()
 
-    def spawn(self, argv: list[str], *, env: dict[str, str], stdout: int, stderr: int,
-              ready_timeout_s: float) -> ForkedProcess:
-        """Fork a child running ``warmserve *argv``; ``stdout``/``stderr``: descriptors it gets (duplicated)."""
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the server is ready (its imports done), waiting up to ``timeout_s``."""
         with self.changed:
-            if not self.changed.wait_for(lambda: self.ready or self.gone, ready_timeout_s) or self.gone:
-                raise errors.WorkerLostError(
-                    f"the worker fork server (pid {self.proc.pid}) did not get ready within {ready_timeout_s:g} s "
-                    f"(status {self.proc.poll()}); set ClusterConfig.fork_cpu_workers=false to start each worker "
-                    f"as a fresh interpreter")
+            return self.changed.wait_for(lambda: self.ready or self.gone, timeout_s) and not self.gone
+
+    def spawn(self, argv: list[str], *, env: dict[str, str], stdout: int, stderr: int) -> ForkedProcess:
+        """Fork a child running ``warmserve *argv`` (the server ready); ``stdout``/``stderr``: descriptors it gets
+        (duplicated)."""
+        with self.changed:
             rid = self._next_id = self._next_id + 1
         req = msgspec.json.encode({"id": rid, "argv": argv, "env": env, "cwd": os.getcwd()})
         with self._send_lock:
             socket.send_fds(self._sock, [req], [stdout, stderr])
         with self.changed:
-            if not self.changed.wait_for(lambda: rid in self._replies or self.gone, SPAWN_REPLY_TIMEOUT_S):
-                raise errors.WorkerLostError(f"the worker fork server (pid {self.proc.pid}) did not answer a "
-                                             f"spawn within {SPAWN_REPLY_TIMEOUT_S:g} s")
+            answered = self.changed.wait_for(lambda: rid in self._replies or self.gone, SPAWN_REPLY_TIMEOUT_S)
             reply = self._replies.pop(rid, None)
+        if not answered:
+            self.close()  # a fork it makes later would be nobody's: its end takes such a child along
+            raise errors.WorkerLostError(f"the worker fork server (pid {self.proc.pid}) did not answer a spawn "
+                                         f"within {SPAWN_REPLY_TIMEOUT_S:g} s; it was stopped")
         if reply is None or "error" in reply:
             raise errors.WorkerLostError(f"the worker fork server (pid {self.proc.pid}) could not start a worker: "
                                          f"{reply['error'] if reply else 'it exited'}")
@@ -301,46 +322,73 @@ _server: ForkServer | None = None
 _server_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1)
+def forking_works() -> bool:
+    """Whether this kernel gives pidfds (Linux >= 5.3, and no seccomp profile refusing them): without them a child
+    could not be followed safely, so workers start as fresh interpreters (found in review: ENOSYS crashed the
+    server after each fork and left its child running)."""
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError as e:
+        log.warning("pidfd_open is refused here (%s): CPU workers start as fresh interpreters", e)
+        return False
+    return True
+
+
+def _forget_after_fork() -> None:
+    """In a child forked from this process (multiprocessing's fork, a pre-forking server): not its fork server.
+    Found in review: such a child held the socket open, and the server never saw its spawner go."""
+    global _server
+    if _server is not None:
+        with contextlib.suppress(OSError):
+            _server._sock.close()
+    _server = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def shared_server() -> ForkServer:
-    """This process's fork server, started on first use and again once it has gone."""
+    """This process's fork server, started (not waited for) on first use and again once it has gone."""
     global _server
     with _server_lock:
         if _server is None or _server.gone or _server.proc.poll() is not None:
             env = dict(os.environ)
             env["CUDA_VISIBLE_DEVICES"] = ""  # its children are CPU workers; nothing here touches a GPU
-            # Its own torch pools sized 1: each child sets its own count (prewarm_engine's set_num_threads).
+            # Its own thread pools sized 1: each child sets torch's (prewarm_engine's set_num_threads); numpy's
+            # BLAS stays at 1 in the children, which run no numpy math on a request's path.
             env["OMP_NUM_THREADS"] = "1"
             _server = ForkServer(env)
         return _server
 
 
-def popen_worker(cmd: list[str], *, env: dict[str, str], stdout, stderr, forked: bool,
-                 ready_timeout_s: float = 120.0):
+def prepare(timeout_s: float) -> bool:
+    """Start this process's fork server and wait until it is ready: for a caller that may wait (off the event loop,
+    before starting workers); a spawn itself never waits for the server's imports."""
+    return forking_works() and shared_server().wait_ready(timeout_s)
+
+
+def popen_worker(cmd: list[str], *, env: dict[str, str], stdout, stderr, forked: bool):
     """Start ``cmd`` (``[python, -m, warmserve, worker, ...]``) as a worker process in a session of its own: forked
-    from ``shared_server()`` when ``forked`` (and not within ``fresh_interpreters``), else a fresh Popen.
+    from ``shared_server()`` when ``forked``, not within ``fresh_interpreters`` and that server is ready; else a
+    fresh Popen (and the server, if wanted, starts meanwhile for the next spawn). Returns in milliseconds: found in
+    review, waiting for a new server's imports here held the controller's event loop for 3 s.
     ``stdout``/``stderr`` as Popen's (a file object, DEVNULL, or None: this process's own)."""
-    if forked and not _fresh.get() and hasattr(os, "pidfd_open"):
-        try:
-            return _fork_worker(cmd, env=env, stdout=stdout, stderr=stderr, ready_timeout_s=ready_timeout_s)
-        except (OSError, errors.WorkerLostError) as e:  # the worker still starts, the slow way
-            log.warning("could not fork a worker (%s); starting a fresh interpreter", e)
+    if forked and not _fresh.get() and forking_works():
+        server = shared_server()
+        if server.ready and not server.gone:
+            try:
+                return _fork(server, cmd, env=env, stdout=stdout, stderr=stderr)
+            except (OSError, errors.WorkerLostError) as e:  # the worker still starts, the slow way
+                (log.info if server.idle_exit else log.warning)(
+                    "could not fork a worker (%s); starting a fresh interpreter", e)
     return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                             start_new_session=True)
 
 
-def _fork_worker(cmd: list[str], *, env: dict[str, str], stdout, stderr, ready_timeout_s: float) -> ForkedProcess:
-    server = shared_server()
-    try:
-        return _fork_once(server, cmd, env=env, stdout=stdout, stderr=stderr, ready_timeout_s=ready_timeout_s)
-    except (OSError, errors.WorkerLostError):
-        if not server.gone:
-            raise
-        # Once more with a new server: this one may have just exited idle (IDLE_EXIT_S) as the request went out.
-        return _fork_once(shared_server(), cmd, env=env, stdout=stdout, stderr=stderr, ready_timeout_s=ready_timeout_s)
-
-
-def _fork_once(server: ForkServer, cmd: list[str], *, env: dict[str, str], stdout, stderr,
-               ready_timeout_s: float) -> ForkedProcess:
+def _fork(server: ForkServer, cmd: list[str], *, env: dict[str, str], stdout, stderr) -> ForkedProcess:
     assert cmd[1:3] == ["-m", "warmserve"], cmd
     argv = list(cmd[3:])
     # The child's parent is the server, not this process: it watches the server, which ends with this process.
@@ -355,4 +403,4 @@ def _fork_once(server: ForkServer, cmd: list[str], *, env: dict[str, str], stdou
                 fds.append(stack.enter_context(open(os.devnull, "wb")).fileno())
             else:
                 fds.append(stream.fileno())
-        return server.spawn(argv, env=env, stdout=fds[0], stderr=fds[1], ready_timeout_s=ready_timeout_s)
+        return server.spawn(argv, env=env, stdout=fds[0], stderr=fds[1])
