@@ -15,21 +15,7 @@ import sys
 import threading
 import time
 
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from proc_tree import alive, children
 
 
 def _start(argv, tmp_path) -> tuple[subprocess.Popen, list[str], threading.Thread]:
@@ -49,7 +35,7 @@ def _stop(proc: subprocess.Popen, kids: list[int]) -> None:
         proc.kill()
         proc.wait()
     for k in kids:
-        if _alive(k):
+        if alive(k):
             os.kill(k, signal.SIGKILL)
 
 
@@ -62,15 +48,15 @@ def test_sigterm_to_bench_overhead_stops_its_server_and_removes_its_folder(tmp_p
         while not any("sequential latency" in ln for ln in lines) and time.monotonic() < deadline:
             assert proc.poll() is None, "".join(lines)[-2000:]
             time.sleep(0.1)
-        kids = _children(proc.pid)  # the `serve` child and the bare worker
+        kids = children(proc.pid)  # the `serve` child and the bare worker
         assert kids and proc.poll() is None, "".join(lines)[-2000:]
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(90)
         reader.join(10)
         gone_by = time.monotonic() + 15
-        while any(_alive(k) for k in kids) and time.monotonic() < gone_by:
+        while any(alive(k) for k in kids) and time.monotonic() < gone_by:
             time.sleep(0.2)
-        assert not [k for k in kids if _alive(k)], "a child of the benchmark outlived it"
+        assert not [k for k in kids if alive(k)], "a child of the benchmark outlived it"
         assert not os.listdir(tmp_path / "tmp"), os.listdir(tmp_path / "tmp")
         assert rc == 128 + signal.SIGTERM, "".join(lines)[-2000:]
     finally:

@@ -14,25 +14,11 @@ import time
 
 import pytest
 
+from proc_tree import alive, children
+
 #: a 30 s window puts t = 0 30-60 s after the launch; `serve` is up after ~10 s, so the bench is waiting then
 CMD = ["--policy", "warmserve", "--models", "1", "--cpu-workers", "1", "--duration-s", "60", "--rate", "0.5",
        "--start-lead-s", "5", "--window-s", "30", "--pre-s", "60", "--checkpoints", "llama-20m", "--quiet"]
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +44,7 @@ def sigterm_run(tmp_path_factory):
         deadline = time.monotonic() + 90
         ready = False
         while time.monotonic() < deadline and bench.poll() is None:
-            serve = serve or _children(bench.pid)
+            serve = serve or children(bench.pid)
             ready = serve_log.exists() and "ready:" in serve_log.read_text(errors="replace")
             # the line comes once serve printed its serving line; a bench that never says it gets 20 s
             if waiting.wait(0.2) or (ready and time.monotonic() > deadline - 70):
@@ -69,15 +55,15 @@ def sigterm_run(tmp_path_factory):
         rc = bench.wait(60)
         reader.join(10)
         gone_by = time.monotonic() + 10
-        while any(_alive(p) for p in serve) and time.monotonic() < gone_by:
+        while any(alive(p) for p in serve) and time.monotonic() < gone_by:
             time.sleep(0.2)
-        yield {"rc": rc, "stderr": "".join(lines), "serve_left": [p for p in serve if _alive(p)]}
+        yield {"rc": rc, "stderr": "".join(lines), "serve_left": [p for p in serve if alive(p)]}
     finally:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
         for p in serve:  # only this run's own child, by its pid; it runs in a group of its own
-            if _alive(p):
+            if alive(p):
                 os.killpg(p, signal.SIGKILL)
 
 
