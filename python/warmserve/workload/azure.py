@@ -16,6 +16,7 @@ import csv
 import functools
 import gzip
 import io
+import logging
 import os
 from datetime import datetime, timezone
 
@@ -24,6 +25,8 @@ import numpy as np
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload.request import Trace
 from warmserve.workload.data import check_header, data_path, file_key
+
+log = logging.getLogger("warmserve.workload")
 
 KINDS = ("code", "conv")
 
@@ -71,16 +74,17 @@ def _bad(path: str, line: int, msg: str, **fields) -> InvalidArgumentError:
                                 f"the published AzureLLMInferenceTrace CSV", path=path, line=line, **fields)
 
 
-#: a gap between consecutive arrivals is a mistyped timestamp when it is over ``GAP_FLOOR_S`` and over
-#: ``GAP_FACTOR`` times the trace's 99th-percentile gap (the nearest gap at or below it, so one outlier does not
-#: raise the percentile it is measured against). The published traces' largest gaps are 217 s (code) and 4 s (conv)
+#: a gap between consecutive arrivals is worth a WARNING when it is over ``GAP_FLOOR_S`` and over ``GAP_FACTOR`` times
+#: the trace's 99th-percentile gap (the nearest gap at or below it, so one outlier does not raise the percentile it is
+#: measured against). The published traces' largest gaps are 217 s (code) and 4 s (conv).
 GAP_FLOOR_S = 3600.0
 GAP_FACTOR = 1000.0
 
 
-def _check_repeats(path: str, stamps: list, ctx: list, gen: list, lines: list) -> None:
-    """Refuse rows alike in every column (found in review: a trace appended to itself loaded at twice its rate;
-    the published files hold no repeated timestamp at all). Times are compared exactly, as written."""
+def _warn_repeats(path: str, stamps: list, ctx: list, gen: list, lines: list) -> None:
+    """Say when rows are alike in every column (found in review: a trace appended to itself loaded at twice its rate
+    without a word). A WARNING, not a refusal: at whole-second timestamps two requests of a fixed template are
+    alike and real (the final review's case); the published files hold no repeated timestamp at all."""
     first: dict = {}
     pair, n = None, 0
     for key, line in zip(zip(stamps, ctx, gen), lines):
@@ -89,16 +93,16 @@ def _check_repeats(path: str, stamps: list, ctx: list, gen: list, lines: list) -
             n += 1
             pair = pair or (at, line)
     if pair:
-        raise InvalidArgumentError(f"Azure trace {path}, lines {pair[0]} and {pair[1]} are the same request (every "
-                                   f"column alike; {n} such repeated rows): keep each request once (a file appended "
-                                   f"to itself doubles the trace's rate)", path=path, line=pair[1],
-                                   lines=pair, repeats=n)
+        log.warning("Azure trace %s: lines %d and %d are alike in every column (%d such repeated rows of %d): each is "
+                    "replayed; a file appended to itself doubles the trace's rate", path, pair[0], pair[1], n,
+                    len(lines))
 
 
-def _check_gaps(path: str, t: np.ndarray, lines: list, raw: list) -> None:
-    """Refuse a gap between consecutive arrivals far beyond the rest (``GAP_FLOOR_S``, ``GAP_FACTOR``; found in
+def _warn_gaps(path: str, t: np.ndarray, lines: list, raw: list) -> None:
+    """Say when a gap between consecutive arrivals is far beyond the rest (``GAP_FLOOR_S``, ``GAP_FACTOR``; found in
     review: one timestamp typed a year late made the trace cover a year, and paper_workload stacked ~150,000 copies
-    of it until MemoryError)."""
+    of it until MemoryError, which recipes._circular_stretch now refuses). A WARNING: a real quiet spell (a night,
+    an outage) is such a gap too."""
     if len(t) < 3:
         return
     order = np.argsort(t, kind="stable")
@@ -110,12 +114,9 @@ def _check_gaps(path: str, t: np.ndarray, lines: list, raw: list) -> None:
         a, b = int(order[i]), int(order[i + 1])
         lo, hi = sorted((lines[a], lines[b]))
         first, second = (raw[a], raw[b]) if lines[a] < lines[b] else (raw[b], raw[a])
-        raise InvalidArgumentError(
-            f"Azure trace {path}, lines {lo} and {hi}: the arrivals {first} and {second} are {gaps[i]:.3g} s apart, "
-            f"with nothing between them, while 99% of the trace's gaps are at most {p99:.3g} s (a gap over "
-            f"{GAP_FLOOR_S:g} s and {GAP_FACTOR:g}x that is taken for a mistyped timestamp): fix the timestamp of "
-            f"one of those rows, or remove it", path=path, line=hi, lines=(lo, hi), gap_s=float(gaps[i]),
-            p99_gap_s=p99)
+        log.warning("Azure trace %s, lines %d and %d: the arrivals %s and %s are %.3g s apart with nothing between "
+                    "them, while 99%% of the trace's gaps are at most %.3g s: a mistyped timestamp, or a quiet spell "
+                    "replayed as one", path, lo, hi, first, second, gaps[i], p99)
 
 
 @functools.lru_cache(maxsize=8)
@@ -163,8 +164,8 @@ def _load(key: tuple | str, kind: str) -> Trace:
         if bad:
             raise _bad(path, lines[bad[0]], f", column {col}: {v[bad[0]]} is not a token count in [0, {MAX_TOKENS}] "
                        f"({len(bad)} such rows)", column=col)
-    _check_repeats(path, stamps, ctx, gen, lines)
+    _warn_repeats(path, stamps, ctx, gen, lines)
     t = np.asarray(ts)
-    _check_gaps(path, t, lines, raw)
+    _warn_gaps(path, t, lines, raw)
     t -= t.min()
     return Trace([f"azure-{kind}"], t, np.zeros(len(t), np.int32), ctx, gen)
