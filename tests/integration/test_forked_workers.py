@@ -174,3 +174,49 @@ def test_a_killed_spawner_takes_its_fork_server_and_workers_along_though_a_fork_
         assert serving.pid_alive(helper)
     finally:
         os.kill(helper, signal.SIGKILL)
+
+
+def test_an_environment_value_that_is_not_utf8_reaches_a_forked_worker_as_bytes(tmp_path, monkeypatch):
+    """Final review: a Latin-1 path in the environment (surrogates in os.environ) failed every forked spawn with a
+    UnicodeEncodeError, and Cluster() with it."""
+    assert forkserver.prepare(60)
+    log_path = tmp_path / "w.log"
+    env = dict(os.environ, WARMSERVE_TEST_LATIN1=os.fsdecode(b"/data/caf\xe9"))
+    with open(log_path, "wb") as log:
+        w = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=env, stdout=log, stderr=log,
+                                    forked=True)
+    try:
+        assert isinstance(w, ForkedProcess)
+        _wait_for("serving at", log_path)
+    finally:
+        w.kill()
+        w.wait(30)
+
+
+def test_a_server_slow_to_answer_is_passed_over_and_its_other_workers_live_on(tmp_path):
+    """Final review: a spawn the server did not answer in time had the server stopped, and every healthy worker
+    forked by it (they watch it) went with it."""
+    assert forkserver.prepare(60)
+    log_path = tmp_path / "w.log"
+    with open(log_path, "wb") as log:
+        healthy = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
+                                          stdout=log, stderr=log, forked=True)
+    _wait_for("serving at", log_path)
+    slow = forkserver.shared_server()
+    os.kill(slow.proc.pid, signal.SIGSTOP)
+    try:
+        late = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, forked=True)
+        assert type(late) is subprocess.Popen  # a fresh interpreter in its place
+        assert forkserver.shared_server() is not slow
+    finally:
+        os.kill(slow.proc.pid, signal.SIGCONT)
+    late.kill()
+    late.wait(30)
+    deadline = time.monotonic() + 10
+    while list(slow._children) != [healthy.pid]:  # the child it forked late: killed on arrival, its exit reported
+        assert time.monotonic() < deadline, slow._children
+        time.sleep(0.05)
+    assert healthy.poll() is None, "a healthy worker went with its slow server"
+    healthy.kill()
+    assert healthy.wait(30) == -signal.SIGKILL

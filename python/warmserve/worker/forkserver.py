@@ -11,12 +11,12 @@ Not forked: GPU workers (a fresh interpreter; CUDA and fork do not mix once a co
 start is the device's anyway) and `autoscale`'s cold starts (``fresh_interpreters``: a vanilla autoscaler starts a
 new engine process, and that cost is what the baseline measures).
 
-The protocol is msgspec JSON over a Unix SEQPACKET socket pair, one message each way per event: the spawner sends a
+The protocol is msgspec msgpack over a Unix SEQPACKET socket pair, one message each way per event: the spawner sends a
 request with the child's stdout and stderr attached (SCM_RIGHTS), so a log file, or whatever the controller's
 stderr is at that moment, is the child's; the server answers the child's pid, and later its exit status, which it
-learns from a pidfd per child (no SIGCHLD handler: nothing asynchronous runs in a process that forks). The spawner
-signals its children through pidfds of its own, so a pid the server has reaped and the kernel has reused is never
-signalled.
+learns from a pidfd per child (no SIGCHLD handler: nothing asynchronous runs in a process that forks), and passes
+that pidfd along: the spawner signals its children through it, so a pid reaped and reused is never signalled. The
+environment, argv and working directory travel as bytes, as the OS holds them.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ log = logging.getLogger("warmserve.worker.forkserver")
 STATUS_UNKNOWN = 255
 #: How long a spawn waits for a ready server's answer, seconds: a fork takes milliseconds, and the wait may be on
 #: the controller's event loop; past it the server is stopped and the worker starts as a fresh interpreter.
-SPAWN_REPLY_TIMEOUT_S = 5.0
+SPAWN_REPLY_TIMEOUT_S = 2.0
 #: Longest message either way, bytes (a request carries the child's whole environment).
 MESSAGE_MAX_BYTES = 1 << 20
 #: A server with no child for this long exits, seconds (the next spawn starts another): long enough for a process
@@ -99,11 +99,11 @@ def _serve(sock: socket.socket, spawner_pid: int):
         return None
     sel.register(spawner, selectors.EVENT_READ)
     pidfds: dict[int, int] = {}  # pidfd -> pid
-    sock.send(msgspec.json.encode({"ready": os.getpid()}))
+    sock.send(msgspec.msgpack.encode({"ready": os.getpid()}))
     while True:
         events = sel.select(None if pidfds else IDLE_EXIT_S)
         if not events and not pidfds:  # idle: a process that closed its clusters does not keep it (~0.3 GB)
-            sock.send(msgspec.json.encode({"idle_exit": os.getpid()}))
+            sock.send(msgspec.msgpack.encode({"idle_exit": os.getpid()}))
             return None
         for key, _ in events:
             if key.fd == spawner:
@@ -113,18 +113,18 @@ def _serve(sock: socket.socket, spawner_pid: int):
                 sel.unregister(key.fd)
                 os.close(key.fd)
                 _, status = os.waitpid(pid, 0)
-                sock.send(msgspec.json.encode({"exit": pid, "status": os.waitstatus_to_exitcode(status)}))
+                sock.send(msgspec.msgpack.encode({"exit": pid, "status": os.waitstatus_to_exitcode(status)}))
                 continue
             msg, fds, _, _ = socket.recv_fds(sock, MESSAGE_MAX_BYTES, 2)
             if not msg:
                 return None
-            req = msgspec.json.decode(msg)
+            req = msgspec.msgpack.decode(msg)
             try:
                 pid = os.fork()
             except OSError as e:
                 for fd in fds:
                     os.close(fd)
-                sock.send(msgspec.json.encode({"id": req["id"], "error": f"fork failed: {e}"}))
+                sock.send(msgspec.msgpack.encode({"id": req["id"], "error": f"fork failed: {e}"}))
                 continue
             if pid == 0:
                 # The child drops every descriptor of the server's: closed through their owners, so that no
@@ -141,12 +141,12 @@ def _serve(sock: socket.socket, spawner_pid: int):
             except OSError as e:  # not expected (pidfds worked above): no child the server cannot report on
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                sock.send(msgspec.json.encode({"id": req["id"], "error": f"pidfd_open failed: {e}"}))
+                sock.send(msgspec.msgpack.encode({"id": req["id"], "error": f"pidfd_open failed: {e}"}))
                 continue
             pidfds[pidfd] = pid
             sel.register(pidfd, selectors.EVENT_READ)
             # The pidfd goes along: the spawner signals that very process, never a pid reused after a reap.
-            socket.send_fds(sock, [msgspec.json.encode({"id": req["id"], "pid": pid})], [pidfd])
+            socket.send_fds(sock, [msgspec.msgpack.encode({"id": req["id"], "pid": pid})], [pidfd])
 
 
 def _run_child(req: dict, fds: list[int]) -> int:
@@ -162,9 +162,10 @@ def _run_child(req: dict, fds: list[int]) -> int:
     with contextlib.suppress(ImportError):
         import setproctitle
 
-        setproctitle.setproctitle(shlex.join([sys.executable, "-m", "warmserve", *req["argv"]]))
-    os.environ.clear()
-    os.environ.update(req["env"])
+        setproctitle.setproctitle(shlex.join([sys.executable, "-m", "warmserve", *map(os.fsdecode, req["argv"])]))
+    # Bytes, as the spawner's: a value that is not UTF-8 (a Latin-1 path) is passed as it is (final review).
+    os.environb.clear()
+    os.environb.update(req["env"])
     os.chdir(req["cwd"])
     # State the imports seeded from the OS, which a fresh interpreter would seed anew: no two workers share it.
     import random
@@ -172,10 +173,11 @@ def _run_child(req: dict, fds: list[int]) -> int:
     random.seed()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    sys.argv = ["warmserve", *req["argv"]]
+    argv = [os.fsdecode(a) for a in req["argv"]]
+    sys.argv = ["warmserve", *argv]
     from warmserve.cli import main as cli_main
 
-    return cli_main(req["argv"])
+    return cli_main(argv)
 
 
 # --------------------------------------------------------------------------------------------- the spawner side
@@ -247,6 +249,8 @@ class ForkServer:
         self.ready = False
         self.gone = False
         self.idle_exit = False
+        self.retired = False
+        self._abandoned: set[int] = set()
         self._next_id = 0
         self._replies: dict[int, dict] = {}
         self._children: dict[int, ForkedProcess] = {}
@@ -259,7 +263,7 @@ class ForkServer:
                 msg, fds, _, _ = socket.recv_fds(self._sock, MESSAGE_MAX_BYTES, 1)
                 if not msg:
                     break
-                m = msgspec.json.decode(msg)
+                m = msgspec.msgpack.decode(msg)
                 with self.changed:
                     if "ready" in m:
                         self.ready = True
@@ -272,7 +276,10 @@ class ForkServer:
                     else:
                         if "pid" in m:  # made here, before the child's exit message can be read
                             self._children[m["pid"]] = m["child"] = ForkedProcess(self, m["pid"], fds[0])
-                        self._replies[m["id"]] = m
+                            if m["id"] in self._abandoned:
+                                m["child"].kill()
+                        if m["id"] not in self._abandoned:
+                            self._replies[m["id"]] = m
                     self.changed.notify_all()
         except OSError:
             pass
@@ -291,16 +298,22 @@ class ForkServer:
         (duplicated)."""
         with self.changed:
             rid = self._next_id = self._next_id + 1
-        req = msgspec.json.encode({"id": rid, "argv": argv, "env": env, "cwd": os.getcwd()})
+        req = msgspec.msgpack.encode({"id": rid, "argv": [os.fsencode(a) for a in argv], "cwd": os.getcwdb(),
+                                      "env": {os.fsencode(k): os.fsencode(v) for k, v in env.items()}})
         with self._send_lock:
             socket.send_fds(self._sock, [req], [stdout, stderr])
         with self.changed:
             answered = self.changed.wait_for(lambda: rid in self._replies or self.gone, SPAWN_REPLY_TIMEOUT_S)
             reply = self._replies.pop(rid, None)
         if not answered:
-            self.close()  # a fork it makes later would be nobody's: its end takes such a child along
+            # Not stopped: its other children, healthy workers, watch it and would end with it (final review). It
+            # takes no new spawn (shared_server starts another), and a child it forks for this request late is
+            # killed on arrival (``_read``), since a fresh interpreter takes its place.
+            with self.changed:
+                self.retired = True
+                self._abandoned.add(rid)
             raise errors.WorkerLostError(f"the worker fork server (pid {self.proc.pid}) did not answer a spawn "
-                                         f"within {SPAWN_REPLY_TIMEOUT_S:g} s; it was stopped")
+                                         f"within {SPAWN_REPLY_TIMEOUT_S:g} s; the next spawns use a new one")
         if reply is None or "error" in reply:
             raise errors.WorkerLostError(f"the worker fork server (pid {self.proc.pid}) could not start a worker: "
                                          f"{reply['error'] if reply else 'it exited'}")
@@ -354,7 +367,7 @@ def shared_server() -> ForkServer:
     """This process's fork server, started (not waited for) on first use and again once it has gone."""
     global _server
     with _server_lock:
-        if _server is None or _server.gone or _server.proc.poll() is not None:
+        if _server is None or _server.gone or _server.retired or _server.proc.poll() is not None:
             env = dict(os.environ)
             env["CUDA_VISIBLE_DEVICES"] = ""  # its children are CPU workers; nothing here touches a GPU
             # Its own thread pools sized 1: each child sets torch's (prewarm_engine's set_num_threads); numpy's
@@ -381,7 +394,7 @@ def popen_worker(cmd: list[str], *, env: dict[str, str], stdout, stderr, forked:
         if server.ready and not server.gone:
             try:
                 return _fork(server, cmd, env=env, stdout=stdout, stderr=stderr)
-            except (OSError, errors.WorkerLostError) as e:  # the worker still starts, the slow way
+            except Exception as e:  # whatever it was (found in review: an encoding error), the worker still starts
                 (log.info if server.idle_exit else log.warning)(
                     "could not fork a worker (%s); starting a fresh interpreter", e)
     return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
