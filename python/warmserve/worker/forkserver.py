@@ -321,15 +321,6 @@ class ForkServer:
         child.args = ["warmserve", *argv]
         return child
 
-    def close(self) -> None:
-        """End the server (its children, watching it, end too)."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._sock.close()
-
 
 _server: ForkServer | None = None
 _server_lock = threading.Lock()
