@@ -17,7 +17,7 @@ from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.controller.controller import Controller
 from warmserve.controller.models import controller_model
-from warmserve.controller.workers import spawn_worker
+from warmserve.controller.launch import spawn_worker
 from warmserve.policy.config import PolicyConfig
 from zmtp_proxy import WorkerLinkProxy
 

@@ -15,7 +15,8 @@ from serving import write_slow_tiny_llama
 from tcp_proxy import CuttableProxy
 from warmserve import errors
 from warmserve import protocol as P
-from warmserve.controller.workers import WorkerHub, WorkerRecord, host_of, spawn_worker
+from warmserve.controller.launch import spawn_worker
+from warmserve.controller.workers import WorkerHub, WorkerRecord, host_of
 from warmserve.worker import WorkerClient, spawn_local_worker
 
 LONG = P.SamplingParams(max_tokens=1500, ignore_eos=True)

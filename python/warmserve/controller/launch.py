@@ -15,14 +15,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import zmq
 
 from warmserve import __version__, protocol as P
-from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, worker_cache_args
+from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, worker_cache_args
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
-from warmserve.controller.workers import spawn_worker
 from warmserve.errors import GiB, InvalidArgumentError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
 from warmserve.worker import forkserver
@@ -240,3 +240,39 @@ def with_defaults(cfg: ClusterConfig) -> ClusterConfig:
     if cfg.models:
         return cfg
     return dataclasses.replace(cfg, models=demo_specs())
+
+
+def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
+                 heartbeat_interval_s: float, log_dir: str | None = None,
+                 curve: tuple[str, str] | None = None, page_bytes: int = 2 << 20,
+                 extra_args: tuple[str, ...] = (), forked: bool = False):
+    """Start `warmserve worker --controller ...` as a child that dies with this process; ``extra_args``: more
+    of its flags (``config.worker_cache_args``); ``forked``: a CPU worker is forked from this process's fork
+    server (worker/forkserver.py), a Popen-like ``ForkedProcess``."""
+    cmd = [
+        sys.executable, "-m", "warmserve", "worker", "--controller", controller,
+        "--device", "cpu" if device.startswith("cpu") else device,
+        "--worker-id", worker_id, "--heartbeat-interval-s", str(heartbeat_interval_s),
+        "--exit-with-parent", str(os.getpid()), "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
+        "--page-mib", str(page_bytes >> 20), *extra_args,
+    ]
+    if curve is not None:
+        cmd += ["--curve-server-key", curve[0], "--curve-secret-key", curve[1]]
+    if device.startswith("cpu"):
+        cmd += ["--memory-gib", memory_gib_arg(memory_bytes), "--threads", str(threads)]
+    env = dict(os.environ)
+    if device.startswith("cpu"):
+        env["OMP_NUM_THREADS"] = str(threads)
+        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    out = None
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        out = open(os.path.join(log_dir, f"{worker_id}.log"), "ab")
+    try:
+        # A session of its own: Ctrl-C in a terminal reaches the controller, which drains and then stops its
+        # workers, instead of killing the workers under the requests being drained.
+        return forkserver.popen_worker(cmd, env=env, stdout=out or subprocess.DEVNULL, stderr=out or None,
+                            forked=forked and device.startswith("cpu"))
+    finally:
+        if out is not None:
+            out.close()

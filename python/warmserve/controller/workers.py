@@ -1,5 +1,5 @@
 """The controller's ZeroMQ side: one ROUTER that every worker connects to (local and remote alike), calls with
-replies matched by id, heartbeats both ways, and local worker processes.
+replies matched by id, and heartbeats both ways (local worker processes are started by launch.py's spawn_worker).
 
 A worker connects a DEALER with its worker id as routing id and says ``Hello`` until the controller answers; the
 controller answers with a ``Heartbeat`` (or ``Refused``: ``_admissible``), and from then on any message counts as
@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from warmserve import config, protocol as P
 from warmserve.endpoints import ipc_socket_path, is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
-from warmserve.worker.forkserver import popen_worker
 
 log = logging.getLogger("warmserve.controller")
 
@@ -568,38 +566,3 @@ def _curve_server(ctx, sock, curve_dir: str):
         raise
     return auth, local_secret, server_public, tmp
 
-
-def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
-                 heartbeat_interval_s: float, log_dir: str | None = None,
-                 curve: tuple[str, str] | None = None, page_bytes: int = 2 << 20,
-                 extra_args: tuple[str, ...] = (), forked: bool = False):
-    """Start `warmserve worker --controller ...` as a child that dies with this process; ``extra_args``: more
-    of its flags (``config.worker_cache_args``); ``forked``: a CPU worker is forked from this process's fork
-    server (worker/forkserver.py), a Popen-like ``ForkedProcess``."""
-    cmd = [
-        sys.executable, "-m", "warmserve", "worker", "--controller", controller,
-        "--device", "cpu" if device.startswith("cpu") else device,
-        "--worker-id", worker_id, "--heartbeat-interval-s", str(heartbeat_interval_s),
-        "--exit-with-parent", str(os.getpid()), "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
-        "--page-mib", str(page_bytes >> 20), *extra_args,
-    ]
-    if curve is not None:
-        cmd += ["--curve-server-key", curve[0], "--curve-secret-key", curve[1]]
-    if device.startswith("cpu"):
-        cmd += ["--memory-gib", config.memory_gib_arg(memory_bytes), "--threads", str(threads)]
-    env = dict(os.environ)
-    if device.startswith("cpu"):
-        env["OMP_NUM_THREADS"] = str(threads)
-        env.setdefault("CUDA_VISIBLE_DEVICES", "")
-    out = None
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        out = open(os.path.join(log_dir, f"{worker_id}.log"), "ab")
-    try:
-        # A session of its own: Ctrl-C in a terminal reaches the controller, which drains and then stops its
-        # workers, instead of killing the workers under the requests being drained.
-        return popen_worker(cmd, env=env, stdout=out or subprocess.DEVNULL, stderr=out or None,
-                            forked=forked and device.startswith("cpu"))
-    finally:
-        if out is not None:
-            out.close()
