@@ -9,7 +9,6 @@ tables; ``config_file.cluster_config_from_dict`` is its one parser, a module of 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import numbers
 import os
@@ -58,23 +57,6 @@ class ModelSpec:
 #: millisecond at most, and twice leaves a whole interval for the network and a busy controller. Found in review:
 #: before, a long engine step left ~3 intervals of silence under the 2x floor (ControllerConfig's check).
 SILENCE_INTERVALS = 2
-
-
-def worker_silence_limit_s(worker_timeout_s: float, interval_s: float, worker=None, since_s=None) -> float:
-    """The silence after which the controller declares a worker lost: worker_timeout_s, or SILENCE_INTERVALS of the
-    worker's own --heartbeat-interval-s (``Hello.heartbeat_interval_s``; 0: not said) when longer (found in review: a
-    remote worker at its default 1 s under a 0.25/0.5 s controller was lost while healthy). ``worker`` (a
-    ``WorkerRecord``) that joined after ``since_s`` (the last heartbeat round; None: none yet): the longer bound is
-    logged, a WARNING once per admission."""
-    interval_s = interval_s if _finite(interval_s) and interval_s > 0 else 0.0
-    limit_s = max(worker_timeout_s, SILENCE_INTERVALS * interval_s)
-    if worker is not None and limit_s > worker_timeout_s and (since_s is None or worker.joined_s > since_s):
-        logging.getLogger("warmserve.controller").warning(
-            "%r sends heartbeats every %g s (its --heartbeat-interval-s), too seldom for worker_timeout_s %g s: it is "
-            "declared lost after %g s of silence instead; start it with --heartbeat-interval-s %g or less, or raise "
-            "worker_timeout_s to %g", worker, interval_s, worker_timeout_s, limit_s,
-            worker_timeout_s / SILENCE_INTERVALS, limit_s)
-    return limit_s
 
 
 @dataclass(frozen=True)

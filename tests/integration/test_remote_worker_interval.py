@@ -13,9 +13,9 @@ import sys
 import msgspec
 
 import serving
-from warmserve import config
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
+from warmserve.controller.workers import worker_silence_limit_s
 from warmserve.controller.controller import Controller
 from warmserve.controller.models import controller_model
 from warmserve.policy.config import PolicyConfig
@@ -66,5 +66,5 @@ def test_hello_decodes_across_versions_and_a_worker_that_says_no_interval_is_jud
     new = P.encode(P.Hello(worker_id="w1", device="cpu", pid=7, heartbeat_interval_s=1.0,
                            protocol_version=P.PROTOCOL_VERSION))
     assert msgspec.msgpack.decode(new, type=Hello).pid == 7  # an older controller drops the field
-    assert config.worker_silence_limit_s(0.5, 0.0) == 0.5 and config.worker_silence_limit_s(0.5, 0.2) == 0.5
-    assert config.worker_silence_limit_s(0.5, 1.0) == 2.0 and config.worker_silence_limit_s(0.5, float("inf")) == 0.5
+    assert worker_silence_limit_s(0.5, 0.0) == 0.5 and worker_silence_limit_s(0.5, 0.2) == 0.5
+    assert worker_silence_limit_s(0.5, 1.0) == 2.0 and worker_silence_limit_s(0.5, float("inf")) == 0.5

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import re
 import subprocess
@@ -28,6 +29,22 @@ from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError
 from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
 
 log = logging.getLogger("warmserve.controller")
+
+
+def worker_silence_limit_s(worker_timeout_s: float, interval_s: float, worker=None, since_s=None) -> float:
+    """The silence after which the controller declares a worker lost: worker_timeout_s, or config.SILENCE_INTERVALS
+    of the worker's own --heartbeat-interval-s (``Hello.heartbeat_interval_s``; 0: not said) when longer (found in
+    review: a remote worker at its default 1 s under a 0.25/0.5 s controller was lost while healthy). ``worker`` (a
+    ``WorkerRecord``) that joined after ``since_s`` (the last heartbeat round; None: none yet): the longer bound is
+    logged, a WARNING once per admission."""
+    interval_s = interval_s if math.isfinite(interval_s) and interval_s > 0 else 0.0
+    limit_s = max(worker_timeout_s, config.SILENCE_INTERVALS * interval_s)
+    if worker is not None and limit_s > worker_timeout_s and (since_s is None or worker.joined_s > since_s):
+        log.warning("%r sends heartbeats every %g s (its --heartbeat-interval-s), too seldom for worker_timeout_s %g "
+                    "s: it is declared lost after %g s of silence instead; start it with --heartbeat-interval-s %g or "
+                    "less, or raise worker_timeout_s to %g", worker, interval_s, worker_timeout_s, limit_s,
+                    worker_timeout_s / config.SILENCE_INTERVALS, limit_s)
+    return limit_s
 
 
 @dataclass(eq=False)
@@ -495,7 +512,7 @@ class WorkerHub:
             if w.proc is not None and w.proc.poll() is not None:
                 self.lose(w, f"process {w.pid} exited with status {w.proc.returncode}")
                 continue
-            limit_s = config.worker_silence_limit_s(timeout_s, self._intervals.get(w.ident, 0.0), w, prev_s)
+            limit_s = worker_silence_limit_s(timeout_s, self._intervals.get(w.ident, 0.0), w, prev_s)
             if now_s - w.last_seen_s > limit_s:
                 self.lose(w, f"silent for {now_s - w.last_seen_s:.1f} s (timeout {limit_s} s)")
                 continue
