@@ -124,16 +124,17 @@ def check_distinct_outputs(json_path: str | None, plot_path: str | None, *, plot
                            derived: tuple[str, str] | None = None) -> None:
     """The results (--json) and the plot are two files, before the run. Found in review: `bench engine --json
     eng.png` drew its plot (at the --json path with .png) over the results, and `bench switch/replay/forecast/
-    overhead --json P --plot P` the same, each printing "wrote" and exiting 0. ``derived``: (how the plot's path
+    overhead --json P --plot P` the same, each printing "wrote" and exiting 0; `warmserve simulate` takes it too.
+    ``derived``: (how the plot's path
     came from --json, the fix) where no --plot was given. InvalidArgumentError naming both flags."""
     if not json_path or not plot_path or not _same_file(json_path, plot_path):
         return
     if derived:
-        why, flags = f"the plot, drawn at {plot_path} ({derived[0]}), is", ["--json"]
-    else:
-        why, flags = f"{plot_flag} {plot_path} is", ["--json", plot_flag]
-    raise InvalidArgumentError(f"--json {json_path}: {why} the --json file itself, so the plot would overwrite the "
-                               f"results; {derived[1] if derived else 'give two paths'}", flag=flags[-1], flags=flags,
+        raise InvalidArgumentError(f"--json {json_path}: the plot, drawn at {plot_path} ({derived[0]}), is the --json "
+                                   f"file itself, so the plot would overwrite the results; {derived[1]}",
+                                   flag="--json", flags=["--json"], path=json_path)
+    raise InvalidArgumentError(f"--json {json_path} {plot_flag} {plot_path}: both name one file, so the plot would "
+                               f"overwrite the results: give two paths", flag=plot_flag, flags=["--json", plot_flag],
                                path=json_path)
 
 

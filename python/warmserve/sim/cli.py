@@ -13,12 +13,12 @@ import time
 from dataclasses import replace
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.outputs import check_output, check_plot, parse_numbers, write_json_atomic
+from warmserve.outputs import check_distinct_outputs, check_output, check_plot, parse_numbers, write_json_atomic
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
-from warmserve.sim.cli_checks import (check_distinct_outputs, check_paper_span, check_replays_requests,
-                                      check_request_budget, parse_policies, rate_flags)
+from warmserve.sim.cli_checks import (check_paper_span, check_replays_requests, check_request_budget, parse_policies,
+                                      rate_flags)
 from warmserve.sim.cli_output import (at_least, finite_or_null, median_summary, request_count, summary_table,
                                       sweep_table, workload_block)
 from warmserve.sim.cli_output import median_per_model as _median_per_model

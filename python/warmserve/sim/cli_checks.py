@@ -6,7 +6,6 @@ and the fix, before any policy runs."""
 from __future__ import annotations
 
 import math
-import os
 
 from warmserve.errors import InvalidArgumentError
 
@@ -88,10 +87,3 @@ def parse_policies(text: str) -> list[str]:
         raise InvalidArgumentError(f"--policy {text!r} names {', '.join(twice)} more than once: give each policy "
                                    f"once", flag="--policy")
     return policies
-
-
-def check_distinct_outputs(json_path: str | None, plot_path: str | None) -> None:
-    """--json and --plot must be two files (found in review: with one path the plot overwrote the results)."""
-    if json_path and plot_path and os.path.realpath(json_path) == os.path.realpath(plot_path):
-        raise InvalidArgumentError(f"--json {json_path} --plot {plot_path}: both name one file, so the plot would "
-                                   f"overwrite the results: give two paths", flag="--plot")
