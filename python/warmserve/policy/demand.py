@@ -90,8 +90,15 @@ class Demand:
 
     def _live_meter(self, model: str, start_s: float) -> LiveWindowMeter:
         """The meter of ``model``'s windows from ``start_s`` on (0 in flight then): the window it starts in is
-        averaged over the span from ``start_s`` and merged with the history's value for it."""
-        return LiveWindowMeter(self.cfg.window_s, start_s, partial(self._hist.merge_partial, model))
+        averaged over the span from ``start_s`` and merged with the history's value for it, or where the history
+        has none, with its forecast (``History.merge_partial``)."""
+        return LiveWindowMeter(self.cfg.window_s, start_s, partial(self._merge_partial, model))
+
+    def _merge_partial(self, model: str, window_start_s: float, avg_seen: float, peak_seen: float,
+                       seen_s: float) -> tuple[float, float]:
+        return self._hist.merge_partial(
+            model, window_start_s, avg_seen, peak_seen, seen_s,
+            expected=lambda: self.forecast(model, self._hist.index_of(window_start_s)))
 
     def _meter_set(self, model: str, now_s: float, value: float) -> None:
         if self._first_input_s is None:

@@ -18,6 +18,14 @@ from warmserve.policy.concurrency import WindowMeter
 #: 1.7e308 overflowed the forecast to inf (found in review). A million in flight is past any cluster's engines.
 MAX_HISTORY_LOAD = 1e6
 
+#: Least part of a window a live meter must have measured for that span to stand for the whole window where the
+#: history knows nothing of it; under it, the window's forecast stands for the part not measured
+#: (``History.merge_partial``). Found in CI: a cluster started 5 s before a window's end, idle while its workers
+#: came up, booked 0 in flight for the window its history file did not reach yet, and the next window's forecast
+#: peak of a model the file showed bursting to 64 fell to 32 (one prewarm planned, not two). From half a window
+#: on, the span measured is most of the window.
+MIN_SEEN_FRACTION = 0.5
+
 
 def impossible_loads(avg: np.ndarray, peak: np.ndarray) -> np.ndarray:
     """Per window, whether its load is no load at all: infinite, negative or past MAX_HISTORY_LOAD (NaN is a
@@ -112,20 +120,27 @@ class History:
         self.known[r] = max(self.known[r], int(idx.max()))
 
     def merge_partial(self, model: str, window_start_s: float, avg_seen: float, peak_seen: float,
-                      seen_s: float) -> tuple[float, float]:
+                      seen_s: float, expected: Callable[[], tuple[float, float]] | None = None) -> tuple[float, float]:
         """The (avg, peak) to record for the window from ``window_start_s`` (driver's clock) of which only the last
-        ``seen_s`` seconds were measured (the meter started mid-window), averaging ``avg_seen`` there. With no value for the window yet, the measured
-        span stands for the window. With one (the history file of the deployment before a restart), it stands
-        for the span not measured: avg = known x (1 - f) + avg_seen x f, f = seen_s / window_s, and the peak is
-        the larger, so a restart neither drops the window's load nor discards what the file knew of it."""
+        ``seen_s`` seconds were measured (the meter started mid-window), averaging ``avg_seen`` there. With a value
+        for the window (the history file of the deployment before a restart), it stands for the span not
+        measured: avg = known x (1 - f) + avg_seen x f, f = seen_s / window_s, and the peak is the larger, so a
+        restart neither drops the window's load nor discards what the file knew of it. With none, the measured span
+        stands for the window if it is at least MIN_SEEN_FRACTION of it; a shorter one is merged the same way
+        with the (avg, peak) ``expected`` returns (the window's forecast), where there is one."""
         r, i = self.index[model], self.index_of(window_start_s)
         old_avg = self.avg[r, i] if 0 <= i < self.avg.shape[1] else math.nan
+        old_peak = self.peak[r, i] if 0 <= i < self.peak.shape[1] else math.nan
         # in a repeated hour the value is the first pass's, an hour before: ``observe`` merges the two (found in
         # review: taken here for the unmeasured part too, the first pass counted twice)
-        if math.isnan(old_avg) or self.calendar.repeated(window_start_s):
+        if self.calendar.repeated(window_start_s):
             return avg_seen, peak_seen
         f = min(max(seen_s / self.window_s, 0.0), 1.0)
-        return old_avg * (1.0 - f) + avg_seen * f, float(np.fmax(self.peak[r, i], peak_seen))
+        if math.isnan(old_avg) and expected is not None and f < MIN_SEEN_FRACTION:
+            old_avg, old_peak = expected()
+        if math.isnan(old_avg):
+            return avg_seen, peak_seen
+        return old_avg * (1.0 - f) + avg_seen * f, float(np.fmax(old_peak, peak_seen))
 
     def span_windows(self) -> int:
         """Windows from the first to the last for which some model's load is known (0: none): how far back the

@@ -78,6 +78,25 @@ def test_a_start_mid_window_with_no_history_averages_the_span_seen():
     assert pol._hist.avg[r, k] == pytest.approx(64.0) and pol._hist.peak[r, k] == 64.0
 
 
+def test_a_start_just_before_a_window_ends_keeps_the_historys_burst():
+    """Found in CI (test_kv_stall_beside_prewarm): a history file up to the window before the current one, and a
+    cluster started 5 s before the current window ended, idle while it came up: those 5 s stood for the whole
+    window (0 in flight), and the next window's forecast peak fell from 64 to 32 (one prewarm planned, not two).
+    The window's forecast now stands for the part not measured, as a history file's value does."""
+    k = 3 * P + 100
+    n = np.arange(k)
+    pol = make_policy("warmserve", models=M, config=PolicyConfig(prewarm=False, forecaster="paper"),
+                      history={"a": (n * 300.0, np.full(k, 1.0), np.full(k, 64.0))})
+    st = ClusterState.uniform(1, M)
+    pol.tick(st, k * 300.0 + 295.0)
+    pol.tick(st, (k + 1) * 300.0 + 1.0)
+    r = pol._hist.index["a"]
+    assert pol._hist.avg[r, k] == pytest.approx(1.0 * (1 - 5 / 300)) and pol._hist.peak[r, k] == 64.0
+    assert pol.forecast("a", k + 1)[1] == pytest.approx(64.0)
+    # the model "b", with no history and so no forecast: the span seen stands for the window, as before
+    assert pol._hist.avg[pol._hist.index["b"], k] == 0.0
+
+
 @pytest.mark.parametrize("tick_first", [True, False])
 def test_models_with_no_request_event_record_idle_windows(tick_first):
     """Found in review: with request events (exact windows), a model that had no event since the start had no
