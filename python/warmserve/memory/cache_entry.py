@@ -98,13 +98,14 @@ def open_published(path: str) -> int:
     """A descriptor of the published entry ``path``: read-write, or read-only where this user may only read it (an
     entry another user published in a shared directory: found in review, a 0644 entry failed every hit with a
     PermissionError though the checkpoint was readable). A published entry is never written: its fill was.
-    FileNotFoundError when there is none."""
+    FileNotFoundError when there is none; ELOOP for a symlink, never followed (found in review: a symlink planted
+    in a shared directory was mapped and served as the entry)."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as e:
         if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
 
 def unlink_if_there(path: str) -> bool:

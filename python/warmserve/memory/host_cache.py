@@ -2,8 +2,8 @@
 
 The role ServerlessLLM's checkpoint store plays. Each cached file is one file under a tmpfs directory
 (``/dev/shm/warmserve-ckpt`` by default) holding the checkpoint file's bytes as they are on disk, named by a
-hash of the checkpoint's real path and a hash of its (size, mtime_ns, inode, device): a rewritten checkpoint
-gets a new name, so a stale entry is never served (the old one is removed when the new one is filled). Every
+hash of the checkpoint's real path and a hash of its (size, mtime_ns, ctime_ns, inode, device): a rewritten
+checkpoint gets a new name, so a stale entry is never served (the old one is removed when the new one is filled). Every
 worker process maps the same entry (MAP_SHARED), so the bytes are in host memory once per machine.
 
 Loads. ``cache.load(slot, sources)`` takes the same (path, file_offset, slot_byte_offset, nbytes) sources as
@@ -36,30 +36,36 @@ than the budget, one that does not fit beside the fills in progress (not evictab
 starts every shard's fill) and the entries the load reads, or one the tmpfs has no room for, is loaded straight
 from the file (``stats()["bypassed"]``), as is one the cache cannot make or lock a file for (any other error of
 the filesystem: a lock file or entry of another user, a quota, a file size limit), with a warning. An entry
-another user published is mapped read-only (and not registered for DMA: its copies are staged). An entry whose
-size is not the checkpoint's (cut short) is unlinked under its fill lock and filled again. The directory must
-be one this user can make files in: ``HostCheckpointCache()`` checks.
+another user published is not trusted: loaded straight from the file, theirs left alone (an entry of this user's
+that it may only read is mapped read-only, its copies staged). An entry whose size is not the checkpoint's (cut
+short) is unlinked under its fill lock and filled again. The directory must be this user's own, one it can make
+files in: ``HostCheckpointCache()`` checks.
 
-Caveat. The key is the file's metadata, not its contents: a file rewritten in place with the same size, mtime
-and inode (``os.utime`` to the old time) is served from the cache as it was.
+Caveat. The key is the file's metadata, not its contents. The ctime in it is set by the kernel alone, on every
+write, rename, utime and re-creation, so a file rewritten in place with its old mtime put back (``os.utime``), or
+replaced by an archive extracted with a fixed mtime that got the old inode back, gets a new key (found in review:
+both were served stale). Changing only the file's mode or owner (which also sets the ctime) fills it again.
+
+No file under the directory is opened through a symlink, and a fill is made anew (O_EXCL). A tmpfs too small for
+an entry evicts least recently used entries not in use and tries once more, else the file is read (one WARNING per
+cache); so is a wait for another worker's fill past ``lock_timeout_s`` (a WARNING; found in review: a 503).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
-import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from warmserve.errors import InvalidArgumentError, WarmServeError
-from warmserve.memory.cache_entry import CacheEntry, flock_wait, open_published, unlink_if_there
+from warmserve.memory.cache_entry import CacheBusyError, CacheEntry, flock_wait, open_published, unlink_if_there
+from warmserve.memory.cache_files import check_root as _check_root
+from warmserve.memory.cache_files import create_fill, entry_key, no_room_warning, open_lock, scan
 from warmserve.memory.cache_load import CachedLoadJob
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import MAX_COUNT, MAX_THREADS, MIN_LOAD_CHUNK_BYTES, _count
@@ -104,27 +110,6 @@ def _whole(name: str, value, lo: int, hi: int, fix: str) -> None:
                                    f"number in [{lo}, {hi}]. Fix: {fix}", **{name: value})
 
 
-def _check_root(root: str) -> None:
-    """InvalidArgumentError unless this process can make files in ``root`` (made if missing). Found in review: a
-    directory of another user (the default is one path for every user of a machine) was accepted, and every
-    load then failed with an untyped PermissionError."""
-    try:
-        os.makedirs(root, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        try:
-            st = os.stat(root)
-            owner = f", owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}"
-        except OSError:
-            owner = ""
-        raise InvalidArgumentError(
-            f"host cache directory {root!r}: this process (uid {os.geteuid()}) cannot make files in it "
-            f"({e.strerror}{owner}). Fix: a directory of this user's own on a tmpfs, e.g. "
-            f"/dev/shm/warmserve-ckpt-{os.geteuid()}", path=root) from None
-
-
 class HostCheckpointCache:
     """Checkpoint files in shared host memory, loaded into slots by DMA (see the module docstring)."""
 
@@ -138,6 +123,8 @@ class HostCheckpointCache:
         self._entries: dict[str, CacheEntry] = {}
         #: Counts close() calls: a fill started before one is not added to the mappings close() let go of.
         self._epoch = 0
+        #: The warning for a filesystem too small for an entry was given (once per cache).
+        self._said_no_room = False
         self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0, "orphans": 0,
                        "bytes_from_cache": 0, "bytes_filled": 0}
 
@@ -270,9 +257,7 @@ class HostCheckpointCache:
     # ---------------------------------------------------------------- internals
     @staticmethod
     def _key(real: str, st: os.stat_result) -> str:
-        ph = hashlib.sha256(real.encode()).hexdigest()[:16]
-        sh = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}".encode()).hexdigest()[:16]
-        return f"{ph}-{sh}"
+        return entry_key(real, st)
 
     def _count(self, **kw) -> None:
         with self._mu:
@@ -281,25 +266,13 @@ class HostCheckpointCache:
 
     def _scan(self) -> list[tuple[str, int, int]]:
         """(file name, bytes, last use in ns) of every entry (.bin) and fill in progress (.fill)."""
-        out = []
-        try:
-            names = os.listdir(self.config.root)
-        except FileNotFoundError:  # the directory went (someone cleaned /dev/shm): nothing is cached
-            return out
-        for name in names:
-            if name.endswith((".bin", ".fill")):
-                try:
-                    st = os.stat(os.path.join(self.config.root, name))
-                except FileNotFoundError:
-                    continue
-                out.append((name, st.st_size, st.st_atime_ns))
-        return out
+        return scan(self.config.root)
 
     def _touch(self, bin_path: str) -> None:
         """Mark an entry used now (LRU order is atime order)."""
         try:
-            st = os.stat(bin_path)
-            os.utime(bin_path, ns=(time.time_ns(), st.st_mtime_ns))
+            st = os.lstat(bin_path)
+            os.utime(bin_path, ns=(time.time_ns(), st.st_mtime_ns), follow_symlinks=False)
         except OSError:  # gone, or another user's entry (found in review: EPERM failed the hit): LRU order only
             pass
 
@@ -356,7 +329,11 @@ class HostCheckpointCache:
         except FileNotFoundError:
             return None
         try:
-            found = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():  # a bypass, theirs left alone (found in review: served as a hit)
+                raise PermissionError(errno.EPERM, f"the entry is owned by uid {st.st_uid}, not by this process's "
+                                      f"uid {os.geteuid()}: not trusted", bin_path)
+            found = st.st_size
             if found != size:
                 if fill_locked:  # an unlink refused (another user's entry) is a bypass, with the entry named
                     unlink_if_there(bin_path)
@@ -390,11 +367,22 @@ class HostCheckpointCache:
             if e is not None:
                 self._touch(bin_path)
                 return e, None
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            lock_fd = open_lock(lock_path)
         except OSError as ex:  # an entry it may not read, a lock it may not make (another user's directory)
             return self._bypass(path, bin_path, ex)
         try:
-            flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry {bin_path} of {path}", stop)
+            try:
+                flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry {bin_path} of {path}", stop)
+            except CacheBusyError:
+                # Found in review: the load failed (CacheBusyError, a 503) though the file was readable and the
+                # other worker's fill was progressing (a large checkpoint from a slow disk; the other ranks of one
+                # model fill the same files at once). The file is read instead.
+                os.close(lock_fd)
+                log.warning("host cache: waited %s s (lock_timeout_s) for another worker's fill of the cache entry "
+                            "%s: %s is loaded straight from the file instead", self.config.lock_timeout_s,
+                            bin_path, path)
+                self._count(bypassed=1)
+                return None, None
             # filled by another worker while we waited; or cut short, unlinked here to be filled again
             e = self._map_published(key, bin_path, size, fill_locked=True)
             fill = None if e is not None else self._start_fill(key, path, size, busy)
@@ -430,15 +418,29 @@ class HostCheckpointCache:
         fill_path = os.path.join(root, key + ".fill")
         if size > self.config.capacity_bytes:
             return None
-        glock = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        glock = open_lock(os.path.join(root, ".lock"))
         try:
             flock_wait(glock, self.config.lock_timeout_s, "the cache's index lock")
             if not self._evict_locked(size, keep=key, path_hash=key.split("-")[0], busy=busy):
                 return None
-            fd = os.open(fill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = create_fill(fill_path)  # never through a symlink (found in review: one was written through)
             try:
                 if size:
-                    os.posix_fallocate(fd, 0, size)
+                    try:
+                        os.posix_fallocate(fd, 0, size)
+                    except OSError as ex:
+                        if ex.errno not in (errno.ENOSPC, errno.ENOMEM):
+                            raise
+                        # The tmpfs is full, though the budget is not (found in review: every later checkpoint
+                        # was read from the file for good, nothing evicted, nothing said): evict and try once more
+                        evicted = self._evict_for_room(size, key, busy)
+                        try:
+                            os.posix_fallocate(fd, 0, size)
+                        except OSError as ex2:
+                            if ex2.errno not in (errno.ENOSPC, errno.ENOMEM):
+                                raise
+                            self._no_room(path, size, evicted)
+                            raise
                 e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd)
             except OSError as ex:
                 os.close(fd)
@@ -492,6 +494,34 @@ class HostCheckpointCache:
             self._count(evicted=1)
         return True
 
+    def _evict_for_room(self, need: int, keep: str, busy: set[str]) -> int:
+        """With the index lock held, after the filesystem refused ``need`` bytes: evict least recently used entries
+        not in ``busy`` (nor ``keep``) until the free space (os.statvfs) plus the bytes evicted reach ``need`` (an
+        entry another worker maps is freed when it lets go). How many were evicted."""
+        try:
+            vfs = os.statvfs(self.config.root)
+            room = vfs.f_bavail * vfs.f_frsize
+        except OSError:
+            room = 0
+        victims = sorted((t, name, size) for name, size, t in self._scan()
+                         if name.endswith(".bin") and name[: -len(".bin")] not in busy | {keep})
+        evicted = 0
+        for _, name, size in victims:
+            if room >= need:
+                break
+            self._unlink_entry(name)
+            room += size
+            evicted += 1
+            self._count(evicted=1)
+        return evicted
+
+    def _no_room(self, path: str, size: int, evicted: int) -> None:
+        """Say once per cache that the filesystem cannot hold an entry within the budget."""
+        with self._mu:
+            said, self._said_no_room = self._said_no_room, True
+        if not said:
+            log.warning(no_room_warning(self.config.root, path, size, self.config.capacity_bytes, evicted))
+
     def _unlink_entry(self, name: str) -> None:
         """Unlink a published entry (``<key>.bin``) and let go of this process's own mapping of it."""
         unlink_if_there(os.path.join(self.config.root, name))
@@ -505,7 +535,10 @@ class HostCheckpointCache:
         held here and a fill takes its own lock before the index lock: waiting would invert that order. No fill can
         start while the index lock is held, so a lock nobody holds is no fill about to start."""
         key = fill_name[: -len(".fill")]
-        fd = os.open(os.path.join(self.config.root, key + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = open_lock(os.path.join(self.config.root, key + ".lock"))
+        except OSError:  # a symlink planted as its lock, another user's: not ours to unlink, counted as live
+            return True
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -555,11 +588,22 @@ class HostCheckpointCache:
             pass
 
     def _abort_fill(self, entry: CacheEntry, lock_fd: int) -> None:
-        unlink_if_there(entry.path[: -len(".bin")] + ".fill")
-        os.close(lock_fd)
-        with self._mu:
-            entry.users -= 1
-        entry.release()
+        """Delete a fill that will not be published; its lock and mapping go whatever the unlink does (found in
+        review: an unlink's OSError escaped before the lock was closed, and other workers waited on it)."""
+        fill_path = entry.path[: -len(".bin")] + ".fill"
+        try:
+            unlink_if_there(fill_path)
+        except OSError as e:  # left as an orphan: the next eviction unlinks it once its lock is free
+            log.warning("host cache: the unpublished fill %s could not be deleted (%s): it is reclaimed later",
+                        fill_path, e)
+        finally:
+            try:
+                os.close(lock_fd)
+            except OSError:  # Linux frees the descriptor (and the flock) whatever close says
+                pass
+            with self._mu:
+                entry.users -= 1
+            entry.release()
 
     def _done_with(self, entries: list[CacheEntry]) -> None:
         for e in entries:

@@ -80,16 +80,15 @@ def test_second_process_maps_the_entry_without_reading_the_file(tmp_path, cache,
     slot = hpool.create_slot(4 * MiB, "fill")
     cache.load(slot, [(str(path), 0, 0, n)]).wait()
     assert cache.stats()["fills"] == 1 and cache.contains(str(path))
-    # Rewrite the file in place with other bytes but the same size, inode and mtime: the cache key stays. A worker
-    # that read the file would now see the new bytes; one that maps the entry sees the old ones.
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.write(bytes(n))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert os.stat(path).st_ino == st.st_ino
+    # Overwrite the published entry in place with other bytes of its size (the checkpoint is left alone): a worker
+    # that read the file would see the checkpoint's bytes; one that maps the entry sees the entry's. (Rewriting the
+    # checkpoint itself now changes the key: its ctime moves, ``cache_files.entry_key``.)
+    other = bytes(n)
+    with open(cache.entry_path(str(path)), "r+b") as f:
+        f.write(other)
     (res,) = workers(cache.config.root, path, n, 1)
     assert res["stats"]["hits"] == 1 and res["stats"]["fills"] == 0 and res["stats"]["bytes_filled"] == 0
-    assert res["digest"] == hashlib.sha256(data).hexdigest()
+    assert res["digest"] == hashlib.sha256(other).hexdigest() != hashlib.sha256(data).hexdigest()
 
 
 def test_two_workers_at_once_fill_once(tmp_path):

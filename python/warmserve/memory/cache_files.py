@@ -1,0 +1,110 @@
+"""File-level helpers of the host checkpoint cache (memory/host_cache.py): the entry key of a checkpoint, the check
+of the cache directory, the opening of lock and fill files (never through a symlink), and the words of the warning
+for a filesystem too small for an entry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+
+from warmserve.errors import InvalidArgumentError, fmt_bytes
+
+#: Flags of every open of a file under the cache directory: a symlink planted there (the directory may be shared,
+#: e.g. /dev/shm) is never followed. Found in review: a fill opened a planted ``<key>.fill`` -> a file of the
+#: user's own with O_CREAT|O_TRUNC and wrote the checkpoint over it.
+NOFOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def entry_key(real: str, st: os.stat_result) -> str:
+    """``<hash of the real path>-<hash of size, mtime, ctime, inode, device>``. The ctime is in it as nothing but the
+    kernel sets it, on every write, rename, utime and re-creation (found in review: a checkpoint replaced by an
+    archive extracted with a fixed mtime, which got the old inode back, kept its key and was served stale)."""
+    ph = hashlib.sha256(real.encode()).hexdigest()[:16]
+    sh = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}".encode())
+    return f"{ph}-{sh.hexdigest()[:16]}"
+
+
+def open_lock(path: str) -> int:
+    """A descriptor of the lock file ``path`` (made if missing), never through a symlink (ELOOP)."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
+
+
+def create_fill(path: str) -> int:
+    """A new, empty ``path`` for a fill, made by this call: a leftover (a dead worker's fill; something planted) is
+    unlinked first, which the caller's fill lock makes safe, and the file is made with O_EXCL, so nothing another
+    process put there meanwhile is written to. OSError when it cannot be (another user's leftover: EPERM)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
+
+
+def scan(root: str) -> list[tuple[str, int, int]]:
+    """(file name, bytes, last use in ns) of every entry (.bin) and fill in progress (.fill) under ``root``."""
+    out = []
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:  # the directory went (someone cleaned /dev/shm): nothing is cached
+        return out
+    for name in names:
+        if name.endswith((".bin", ".fill")):
+            try:
+                st = os.lstat(os.path.join(root, name))  # a planted symlink counts as itself, not what it names
+            except FileNotFoundError:
+                continue
+            out.append((name, st.st_size, st.st_atime_ns))
+    return out
+
+
+def check_root(root: str) -> None:
+    """InvalidArgumentError unless this process can make files in ``root`` (made if missing). Found in review: a
+    directory of another user (the default is one path for every user of a machine) was accepted, and every
+    load then failed with an untyped PermissionError. Nor one of another user this process can write (found in
+    review: a world-writable /dev/shm/warmserve-ckpt made first by another user was accepted, and that user's
+    entries served; their symlinks followed)."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        st = os.stat(root)
+        if st.st_uid != os.geteuid():
+            raise InvalidArgumentError(
+                f"host cache directory {root!r} is owned by uid {st.st_uid} with mode "
+                f"{stat.S_IMODE(st.st_mode):o}, not by this process's uid {os.geteuid()}: another user could put "
+                f"entries (weights) there that this process would serve. Fix: --host-cache-dir (HostCacheConfig.root)"
+                f" a folder of your own on a tmpfs, e.g. /dev/shm/warmserve-ckpt-{os.geteuid()}", path=root,
+                owner_uid=st.st_uid)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        try:
+            st = os.stat(root)
+            owner = f", owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}"
+        except OSError:
+            owner = ""
+        raise InvalidArgumentError(
+            f"host cache directory {root!r}: this process (uid {os.geteuid()}) cannot make files in it "
+            f"({e.strerror}{owner}). Fix: a directory of this user's own on a tmpfs, e.g. "
+            f"/dev/shm/warmserve-ckpt-{os.geteuid()}", path=root) from None
+
+
+def no_room_warning(root: str, path: str, size: int, capacity: int, evicted: int) -> str:
+    """The words of the warning for an entry the filesystem of ``root`` cannot hold (ENOSPC, ENOMEM) after
+    ``evicted`` entries not in use were evicted for it."""
+    try:
+        vfs = os.statvfs(root)
+        total, free = vfs.f_blocks * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize
+        fs = f"{fmt_bytes(total)} with {fmt_bytes(free)} free"
+    except OSError as e:
+        total, fs = 0, f"size unknown ({e.strerror})"
+    budget = f"the budget (--host-cache-gib) is {fmt_bytes(capacity)}"
+    fix = (f"lower --host-cache-gib to at most the filesystem's size ({total / (1 << 30):.1f}), or give the cache "
+           "a larger tmpfs (--host-cache-dir on one, or mount -o remount,size=... of this one)"
+           if total and capacity > total else
+           "free memory on that filesystem (other files there count against it), or give the cache a larger tmpfs "
+           "(--host-cache-dir on one, or mount -o remount,size=... of this one)")
+    return (f"host cache: no room on the filesystem of {root} for the entry of {path} ({fmt_bytes(size)}), also "
+            f"after evicting {evicted} entries not in use: it is {fs}, while {budget}. This checkpoint, and any "
+            f"later one that does not fit, is loaded straight from the file (said once). Fix: {fix}")
