@@ -2,10 +2,15 @@
 temperature, min-p, top-k, top-p (vLLM's order); seeded requests draw from their own generator; log-probabilities
 of the chosen tokens and their top alternatives.
 
-A seeded request gives the same tokens whatever else is in its batch: its draws come from a generator only it
-uses, one draw per token. Draw k is seeded from the request's seed and k alone (``draw_seed``), so a request
-resumed elsewhere after k tokens (protocol.Generate.output_ids) goes on with draw k, the tokens it would have
-given unmoved, instead of repeating its first draws.
+A seeded request's draws come from a generator only it uses, one draw per token: the sampler gives a row the
+same token whatever else is in its batch, given the same logits. Draw k is seeded from the request's seed and k
+alone (``draw_seed``), so a request resumed elsewhere after k tokens (protocol.Generate.output_ids) goes on with
+draw k, the tokens it would have given unmoved, instead of repeating its first draws. The logits themselves are
+not batch-invariant (as in vLLM without its batch-invariant kernels): a batch of 12 sums a row's matmuls in
+another order than a batch of 1, about 1e-6 apart on CPU, so a seeded draw that falls that close to a boundary
+of the cumulative probabilities can pick another token beside other requests (found in review: 1 of 6 seeded
+requests of 60 tokens on llama-20m, at its 9th token); it repeats exactly alone, or in the same batch. Greedy is
+unmoved unless its top two logits are that close.
 """
 
 from __future__ import annotations
