@@ -57,18 +57,18 @@ def test_a_cancel_stops_the_wait_for_another_fill(held):
     release()
 
 
-def test_a_fill_held_past_the_lock_timeout_fails_the_load_as_busy_not_cancelled(held, tmp_path):
+def test_a_fill_held_past_the_lock_timeout_reads_the_file_not_cancelled(held, tmp_path):
     """Found in review: the lock wait's TimeoutError_ read as "not finished yet" to a worker polling its load,
-    which then reported the load cancelled."""
-    from warmserve.memory.cache_entry import CacheBusyError
+    which then reported the load cancelled. Since a later review, a wait past lock_timeout_s reads the file (a
+    CacheBusyError, a 503, failed the load though the file was readable): the load and the prewarm succeed."""
     from warmserve.worker import InProcessWorker
 
     path, cache, pool, release = held
     busy = HostCheckpointCache(HostCacheConfig(root=cache.config.root, capacity_bytes=1 << 30, lock_timeout_s=0.3))
-    with pytest.raises(CacheBusyError, match="lock_timeout_s"):
-        load_model(path, pool, host_cache=busy).wait(timeout_s=30)
+    lm = load_model(path, pool, host_cache=busy).wait(timeout_s=30)
+    assert lm.weight_bytes > 0 and busy.stats()["bypassed"] >= 1 and busy.stats()["fills"] == 0
     with InProcessWorker("cpu", memory_gib=0.25, prefault=False, host_cache=busy) as w:
-        with pytest.raises(CacheBusyError, match="lock_timeout_s"):
-            w.prewarm(path, "m")
+        w.prewarm(path, "m")
+    assert busy.stats()["bypassed"] >= 2
     busy.close()
     release()
