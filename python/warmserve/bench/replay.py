@@ -203,9 +203,10 @@ def summarize(outs, duration_s: float, metrics: dict | None, *, deadline_s: floa
     s["accounted"] = sum(s["outcomes"].values()) == s["requests"]
     s["prewarm_hit_rate"] = None  # unknown: the server publishes no prewarm counters
     if metrics is not None:
-        total = metrics["prewarm_hits"] + metrics["prewarm_misses"]
+        loading = metrics.get("prewarm_loading_starts", 0.0)
+        total = metrics["prewarm_hits"] + metrics["prewarm_misses"] + loading
         s.update({"instance_starts": int(total), "starts_from_prewarm": int(metrics["prewarm_hits"]),
-                  "starts_cold": int(metrics["prewarm_misses"]),
+                  "starts_from_loading_prewarm": int(loading), "starts_cold": int(metrics["prewarm_misses"]),
                   "prewarm_hit_rate": metrics["prewarm_hits"] / total if total else 0.0,
                   "requests_migrated": int(metrics.get("migrated_requests", 0))})
     errors = sorted({o.error for o in outs if o.error})[:5]
@@ -310,8 +311,8 @@ def warmup_summary(outs, args, metrics: dict | None, engine_starts: list | None,
     s.update(trace_s=args.warmup_s, span_s=warmup_span_s(args), unanswered=s["requests"] - s["answered"],
              accounted=sum(s["outcomes"].values()) == s["requests"])
     if metrics is not None:
-        s.update(instance_starts=int(metrics["prewarm_hits"] + metrics["prewarm_misses"]),
-                 starts_from_prewarm=int(metrics["prewarm_hits"]))
+        starts = metrics["prewarm_hits"] + metrics["prewarm_misses"] + metrics.get("prewarm_loading_starts", 0.0)
+        s.update(instance_starts=int(starts), starts_from_prewarm=int(metrics["prewarm_hits"]))
     else:
         s["instance_starts"] = None
     if engine_starts is not None:

@@ -427,12 +427,13 @@ def engine_start_summary(starts: list) -> dict:
 
 
 def parse_prewarm_metrics(text: str) -> dict:
-    """Prewarm hits and misses and requests migrated (``warmserve_migrated_requests``), summed over models, read
+    """Prewarm hits, misses and starts from a prewarm still loading, and requests migrated
+    (``warmserve_migrated_requests``), summed over models, read
     with prometheus_client's parser (found in review: a regex lost the model whose label held a '}'). ValueError
     on an exposition that does not parse."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0, "migrated_requests": 0.0}
+    out = {"prewarm_hits": 0.0, "prewarm_misses": 0.0, "prewarm_loading_starts": 0.0, "migrated_requests": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             # a counter's value is its _total sample (the bare name where untyped); its _created is no count

@@ -251,7 +251,11 @@ class LiveExecutor:
                        now_s: float) -> None:
         pw = self.prewarms.pop(p.prewarm_id, None) if p is not None else None
         rec = self.instances[inst.instance_id] = LiveInstance(inst.instance_id, inst.model, self._workers(inst.gpus))
-        (self.ctl.metrics.prewarm_hits if pw is not None else self.ctl.metrics.prewarm_misses).inc(model=inst.model)
+        # A start from a prewarm still loading waits out the rest of its copy: not a hit, as the simulator counts it
+        # (found in review: counted a hit, so the live hit rate was the higher of two figures with one name)
+        m = self.ctl.metrics
+        (m.prewarm_misses if pw is None else m.prewarm_hits if pw.loaded else m.prewarm_loading_starts).inc(
+            model=inst.model)
         self.ctl._spawn(self._start(rec, pw, act))
 
     def _withdrawn(self, inst: LiveInstance) -> bool:

@@ -110,9 +110,13 @@ class ControllerMetrics:
         self.prompt_tokens = Counter(r, "warmserve_prompt_tokens", "Prompt tokens sent to instances (prefill), "
                                      "with a resumed request's tokens generated before.",
                                      ("model",))
-        self.prewarm_hits = Counter(r, "warmserve_prewarm_hits", "Instances started from a prewarmed replica.",
+        self.prewarm_hits = Counter(r, "warmserve_prewarm_hits", "Instances started from a prewarmed replica "
+                                    "loaded in full.",
                                     ("model",))
         self.prewarm_misses = Counter(r, "warmserve_prewarm_misses", "Instances started with a cold load.", ("model",))
+        self.prewarm_loading_starts = Counter(
+            r, "warmserve_prewarm_loading_starts", "Instances started from a prewarm still loading (they wait for the "
+            "rest of its copy; neither a hit nor a cold load).", ("model",))
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Requests started over after a worker loss, "
                                 "after their tensor-parallel instance lost a rank, or after a co-served instance "
                                 "had no room for them (sent on to an instance serving alone).", ("model",))

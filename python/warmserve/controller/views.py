@@ -40,6 +40,7 @@ def stats(ctl) -> dict:
         "tp_groups": ctl.groups.views(),
         "prewarm_hits": {m: ctl.metrics.prewarm_hits.get(model=m) for m in ctl.models},
         "prewarm_misses": {m: ctl.metrics.prewarm_misses.get(model=m) for m in ctl.models},
+        "prewarm_loading_starts": {m: ctl.metrics.prewarm_loading_starts.get(model=m) for m in ctl.models},
     }
 
 

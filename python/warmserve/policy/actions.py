@@ -50,7 +50,8 @@ class StartInstance:
     The driver first drops every prewarm in ``evict`` (other models' weights on these GPUs), then adds
     ``InstanceState(instance_id, model, gpus, created_s=now, ready_s=None)`` and sets ``ready_s`` when it can
     serve. With ``prewarm_id`` set, the instance is made from that prewarm's weights with no copy (a hit; when the
-    prewarm is still loading, the load finishes first) and the prewarm leaves the state; otherwise the weights
+    prewarm is still loading, the load finishes first, and the start is counted apart, not a hit) and the prewarm
+    leaves the state; otherwise the weights
     are loaded cold from host memory, unless the driver holds the model's own weights kept on exactly these GPUs
     from a stopped instance (``PolicyDriver.kept``): it makes them the start's prewarm, a hit."""
 

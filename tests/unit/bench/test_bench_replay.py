@@ -136,8 +136,10 @@ def test_parse_prewarm_metrics():
     text = ('# HELP warmserve_prewarm_hits x\n# TYPE warmserve_prewarm_hits counter\n'
             'warmserve_prewarm_hits{model="a"} 2\nwarmserve_prewarm_hits{model="b"} 1\n'
             'warmserve_prewarm_misses{model="a"} 4\nwarmserve_prewarmed_replicas{model="a"} 7\n'
-            'warmserve_migrated_requests_total{model="a"} 5\n')
-    assert R.parse_prewarm_metrics(text) == {"prewarm_hits": 3.0, "prewarm_misses": 4.0, "migrated_requests": 5.0}
+            'warmserve_migrated_requests_total{model="a"} 5\n'
+            'warmserve_prewarm_loading_starts_total{model="b"} 6\n')
+    assert R.parse_prewarm_metrics(text) == {"prewarm_hits": 3.0, "prewarm_misses": 4.0, "prewarm_loading_starts": 6.0,
+                                             "migrated_requests": 5.0}
 
 
 def test_validation_flags_outside_25_percent():

@@ -167,4 +167,5 @@ def test_metrics_parse_for_any_model_name():
         hits.labels(model=n).inc(1)
         misses.labels(model=n).inc(i)
     got = R.parse_prewarm_metrics(prom.generate_latest(reg).decode())
-    assert got == {"prewarm_hits": len(names), "prewarm_misses": sum(range(len(names))), "migrated_requests": 0}
+    assert got == {"prewarm_hits": len(names), "prewarm_misses": sum(range(len(names))), "prewarm_loading_starts": 0,
+                   "migrated_requests": 0}
