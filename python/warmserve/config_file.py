@@ -57,14 +57,52 @@ def _engine(data: dict) -> EngineConfig:
 
 
 def _as_text_hint(value, kind: type) -> str:
-    """Why a number came as text: YAML 1.1 (PyYAML) reads an exponent without a dot or sign (1e-1, 6e2) as a string."""
+    """Why a number came as text: YAML 1.1 (PyYAML) reads an exponent without a dot or sign (1e-1, 6e2) as a string,
+    and a leading zero with an 8 or 9 (08080) too (a leading zero means octal). A whole-number field is told the
+    plain integer: found in review, it was told 1000.0 / 8080.0, which it then refused as no whole number."""
     if kind not in (int, float) or not isinstance(value, str):
         return ""
     try:
         number = float(value)
     except ValueError:
         return ""
-    return f". YAML reads {value} as text: write {number!r} (or 1.0e-1 style, with a dot)"
+    if kind is float:
+        return f". YAML reads {value} as text: write {number!r} (or 1.0e-1 style, with a dot)"
+    digits = value.strip().lstrip("+-")
+    why = " (a leading 0 means octal to YAML, and 8 and 9 are no octal digits)" if (
+        len(digits) > 1 and digits.startswith("0") and digits.isdigit()) else ""
+    if not math.isfinite(number) or number != int(number):
+        return f". YAML reads {value} as text{why}: this key takes a whole number, written without a dot or exponent"
+    return f". YAML reads {value} as text{why}: write {int(number)}"
+
+
+def _yaml_loader():
+    """PyYAML's SafeLoader, but a key given twice in one table is refused: PyYAML keeps the last one silently
+    (found in review: a second `server:` block, appended at the end of a file, dropped the first's api_key; TOML
+    refuses the same file). A merge key's (<<) entries overridden by the table's own are YAML's rule, not a repeat."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: SafeLoader's own error names it
+                        break
+                    line = key_node.start_mark.line + 1
+                    if first != line:
+                        raise InvalidArgumentError(
+                            f"key {key!r} is given twice in one table, at line {first} and at line {line}: YAML "
+                            f"would keep line {line}'s and drop line {first}'s unsaid. Fix: merge the two into one "
+                            f"block", key=key, lines=(first, line))
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _table(value, where: str) -> dict:
@@ -190,10 +228,13 @@ def read_config_file(path: str) -> dict:
     elif ext in (".yaml", ".yml"):
         import yaml
 
+        text = _config_text(path, "YAML")
         try:
-            data = yaml.safe_load(_config_text(path, "YAML"))
+            data = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as e:
             raise InvalidArgumentError(f"config file {path!r} is not valid YAML: {e}", path=path) from None
+        except InvalidArgumentError as e:  # a repeated key (_yaml_loader)
+            raise InvalidArgumentError(f"config file {path!r}: {e.message}", path=path, **e.fields) from None
         data = {} if data is None else data
     else:
         raise InvalidArgumentError(f"config file {path!r}: use a .toml, .yaml or .yml file", path=path)

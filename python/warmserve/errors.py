@@ -45,6 +45,24 @@ class InvalidArgumentError(WarmServeError, ValueError):
     http_status = 400
 
 
+#: The largest integer a message carries: MessagePack's ints stop at 2**64-1 and msgspec decodes an ``int`` field
+#: as a signed 64-bit one. Found in review: `serve --max-num-seqs 2**70` was accepted, the server said it was
+#: ready, and every activation carrying it failed to encode (each request a 500).
+WIRE_INT_MAX = 2**63 - 1
+
+
+def wire_int_error(name: str, value, low: int = 0, **fields) -> InvalidArgumentError | None:
+    """The typed error for a setting ``name`` whose ``value`` is no integer, is below ``low`` or past
+    ``WIRE_INT_MAX``; None when it is an integer between."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        return InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}", **fields)
+    if value <= WIRE_INT_MAX:
+        return None
+    return InvalidArgumentError(f"{name} must be an integer from {low} to {WIRE_INT_MAX} (2**63-1, the largest a "
+                                f"message to a worker carries), got {value}", value=str(value), bound=WIRE_INT_MAX,
+                                **fields)
+
+
 def bind_error(who: str, bind: str, errno_: int, reason: str) -> InvalidArgumentError:
     """The typed error of a socket ``who`` (e.g. "the worker") cannot bind ``bind`` to, with the fix for its cause
     (``errno_``, ``reason``: the bind's errno and its text, zmq.strerror: a ZMQError's own strerror names the

@@ -61,10 +61,8 @@ class EngineConfig(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unkno
 
     def __post_init__(self):
         for name in self.__struct_fields__:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise errors.InvalidArgumentError(f"EngineConfig.{name} must be an integer >= 0, got {v!r}",
-                                                  field=name)
+            if (e := errors.wire_int_error(f"EngineConfig.{name}", getattr(self, name), field=name)) is not None:
+                raise e  # found in review: a value past 2**63-1 was accepted, then no activation could carry it
         if self.max_batch_tokens < 1 or self.kv_map_blocks_per_step < 1:
             raise errors.InvalidArgumentError(
                 f"EngineConfig: max_batch_tokens ({self.max_batch_tokens}) and kv_map_blocks_per_step "

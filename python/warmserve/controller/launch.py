@@ -35,6 +35,9 @@ log = logging.getLogger("warmserve.controller")
 #: from w0, their workers had the same id and, with one log_dir, wrote one log file between them.
 _worker_numbers = itertools.count()
 
+#: ClusterConfig's own cpu_workers: set beside devices, only another value is worth a word (local_devices).
+_CPU_WORKERS_DEFAULT = next(f.default for f in dataclasses.fields(ClusterConfig) if f.name == "cpu_workers")
+
 #: Demo models `warmserve serve` uses with no config: small enough for a laptop's CPU.
 DEFAULT_DEMO_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
 
@@ -57,7 +60,13 @@ def visible_gpus() -> int:
 
 
 def local_devices(cfg: ClusterConfig) -> list[str]:
+    """One worker per device of ``cfg.devices``; none given: one per visible GPU, else ``cfg.cpu_workers``."""
     if cfg.devices:
+        # Found in review: a cpu_workers beside devices was dropped unsaid (`serve` refuses --cpu-workers with
+        # devices; a ClusterConfig or file of both gets this word, the field's default says nothing).
+        if cfg.cpu_workers != _CPU_WORKERS_DEFAULT:
+            log.warning("cpu_workers=%d is not used: devices %s are set, one worker on each (fix: drop cpu_workers, "
+                        "or list the cpu devices in devices)", cfg.cpu_workers, list(cfg.devices))
         return list(cfg.devices)
     n = visible_gpus()
     if n:

@@ -176,8 +176,41 @@ def build_config(args) -> ClusterConfig:
     out = dataclasses.replace(
         cfg, server=dataclasses.replace(cfg.server, **server), controller=dataclasses.replace(cfg.controller, **ctl),
         engine=msgspec.structs.replace(cfg.engine, **engine), **top)
+    if args.cpu_workers is not None and out.devices:
+        # Found in review: the devices' workers were started and --cpu-workers dropped, without a word.
+        where = f"--devices {args.devices}" if args.devices else f"the config file's devices ({args.config})"
+        cpus = ",".join(f"cpu:{i}" for i in range(max(args.cpu_workers, 1)))
+        raise InvalidArgumentError(
+            f"--cpu-workers {args.cpu_workers} and {where} both say which workers to start: with devices set, one "
+            f"worker is started on each of {list(out.devices)} and --cpu-workers is not used. Fix: drop "
+            f"--cpu-workers, or list the cpu devices (e.g. --devices {cpus})", flag="--cpu-workers",
+            devices=list(out.devices))
     note_shadowed(out.controller, given)
+    check_policy_fixes(out.controller)
     return out
+
+
+def check_policy_fixes(ctl) -> None:
+    """The policy options with what the policy fixes (``overrides``), as ``make_policy`` builds them, refused now
+    with advice that can work. Found in review: `--policy autoscale --policy-option consolidate=true` started, then
+    failed advising coserve_tpot_s > 0, which autoscale fixes to 0 (following the advice failed the same way)."""
+    from warmserve.policy.registry import POLICIES
+
+    if (variant := POLICIES.get(ctl.policy)) is None:
+        return
+    try:
+        dataclasses.replace(ctl.policy_config, **variant.overrides)
+    except InvalidArgumentError as e:
+        if ctl.policy_config.consolidate and variant.overrides.get("coserve_tpot_s", 1.0) <= 0:
+            raise InvalidArgumentError(
+                f"policy {ctl.policy!r} fixes coserve_tpot_s=0 (no co-serving), and consolidate=true moves quiet "
+                f"models onto co-serving hosts: no coserve_tpot_s given reaches {ctl.policy}. Fix: consolidate=false "
+                f"(--policy-option consolidate=false, or consolidate = false in the config's [policy]), or another "
+                f"policy (e.g. --policy warmserve)", policy=ctl.policy, option="consolidate") from None
+        fixed = ", ".join(f"{k}={v}" for k, v in variant.overrides.items() if getattr(ctl.policy_config, k) != v)
+        raise InvalidArgumentError(
+            f"policy {ctl.policy!r} fixes {fixed}, and with that the policy options given fail: {e.message}. Fix: "
+            f"change the options that need otherwise, or choose another policy", policy=ctl.policy) from None
 
 
 def note_shadowed(ctl, given: dict[str, str]) -> None:

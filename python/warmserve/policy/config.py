@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import InvalidArgumentError, wire_int_error
 
 FORECASTERS = ("paper", "holt-winters", "stl", "last-value", "auto")
 
@@ -85,8 +85,9 @@ class PolicyConfig:
     #: The tick scales in on the 5 s averages, but never below the instances the prefill backlog of this moment
     #: needs: route() may have just started instances for a burst that the average has barely seen, and the
     #: scale-in would stop the one holding the burst's first prompts (it alone is past the minimum lifetime).
-    #: Off for `autoscale`, its best setting (paper-code, seeds 0-2: P99 32.3 s without, 73.1 s with it; its
-    #: instances held for a backlog keep GPUs from the cold starts of other models; bench/simulate).
+    #: Off for `autoscale` as registered (a vanilla autoscaler scales on its averages alone); README's headline
+    #: takes autoscale's best of settings that include it on (bench/simulate/issue11/autoscale_best.json: at the 5 s
+    #: window it lowers autoscale's P99 in 6 of 20 cells; the 32.3 / 73.1 s once quoted here were an older tree's).
     scale_in_floor_now: bool = True
     #: The tick scales out to what the prefill backlog of this moment needs as well as to what the averages over
     #: load_window_s need: a burst of long prompts gets its instances, and the GPUs of quiet models' last
@@ -108,7 +109,10 @@ class PolicyConfig:
     #: Default 8, a quarter of B: what the other instances prefill again stays a small share of their batch.
     #: Measured over 0-32 (bench/simulate/ISSUE11_ROUNDS.md, "Moving requests off draining instances"): paper-code
     #: P99 1.30 s at 0, 1.16 s from 8 on; at burst CV 4 paper-conv 5.58 s at 0, 2.35 s at 8, 2.34 s at 32.
-    #: Off for `autoscale`, its best setting as traced (paper-code P99 32.3 s without, 58.7 s with it).
+    #: Off for `autoscale` as registered (a vanilla autoscaler does not move requests); README's headline takes
+    #: autoscale's best of settings that include 8 (autoscale_best.json: better in 10 of 20 cells at the 5 s window,
+    #: paper-code as traced 38.52 s with it against 46.71 s without; the 32.3 / 58.7 s once quoted were an older
+    #: tree's).
     migrate_max_in_flight: int = 8
     #: When a serving tensor-parallel model finds no group of its size idle on any server but the cluster has that
     #: many idle GPUs, move light instances (make before break, not onto another model's prewarm but as
@@ -224,6 +228,11 @@ class PolicyConfig:
                                            option=f.name, value=str(v))
         if self.instance_capacity < 1:
             raise InvalidArgumentError(f"instance_capacity must be >= 1, got {self.instance_capacity}")
+        # It becomes the engine's max_num_seqs (EngineConfig.resolved), sent to every worker: past 2**63-1 it was
+        # accepted and each activation then failed to encode (found in review)
+        if (e := wire_int_error("policy option instance_capacity", self.instance_capacity, 1,
+                                option="instance_capacity")) is not None:
+            raise e
         if not 0 < self.scale_in_threshold < self.scale_out_threshold:
             raise InvalidArgumentError(
                 f"need 0 < scale_in_threshold < scale_out_threshold, got {self.scale_in_threshold} and "

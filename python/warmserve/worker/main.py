@@ -117,6 +117,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.memory_gib is not None and (not math.isfinite(args.memory_gib) or args.memory_gib <= 0):
         raise errors.InvalidArgumentError(f"--memory-gib must be a finite number > 0, got {args.memory_gib}",
                                           memory_gib=args.memory_gib)
+    # Found in review: checked only in build_pool, after torch was imported and the engine prewarmed (3-4 s).
+    if not is_page_size(args.page_mib << 20):
+        raise errors.InvalidArgumentError(f"--page-mib must be a positive multiple of 2, got {args.page_mib}",
+                                          page_mib=args.page_mib)
     if not math.isfinite(args.host_cache_gib) or args.host_cache_gib < 0:
         raise errors.InvalidArgumentError(f"--host-cache-gib must be a finite number >= 0 (0: no cache), got "
                                           f"{args.host_cache_gib}", host_cache_gib=args.host_cache_gib)
