@@ -55,8 +55,8 @@ def main() -> None:
             rows.append({"preset": p, "cell": n, "warmserve_p99_s": ws["ttft_p99_s"],
                          "warmserve_gpu_seconds": ws["gpu_seconds"], "settings": runs,
                          "ratio_min": lo / ws["ttft_p99_s"], "ratio_max": hi / ws["ttft_p99_s"]})
-    print("| preset | cell | warmserve P99 s | autoscale P99 s by window / keep-alive (5, 30, 60, 120 s) | ratio range |"
-          "\n|---|---|---|---|---|")
+    print("| preset | cell | warmserve P99 s | autoscale P99 s by window / keep-alive (5, 30, 60, 120 s) "
+          "| ratio range |\n|---|---|---|---|---|")
     for r in rows:
         by_w = "; ".join(f"{w:g} s: " + " / ".join(f"{s['ttft_p99_s']:.2f}" for s in r["settings"]
                                                    if s["load_window_s"] == w) for w in WINDOWS_S)

@@ -1,6 +1,6 @@
-"""File-level helpers of the host checkpoint cache (memory/host_cache.py): the entry key of a checkpoint, the check
-of the cache directory, the opening of lock and fill files (never through a symlink), and the words of the warning
-for a filesystem too small for an entry."""
+"""The host checkpoint cache's configuration and file-level helpers (memory/host_cache.py): ``HostCacheConfig``, the
+entry key of a checkpoint, the check of the cache directory, the opening of lock and fill files (never through a
+symlink), and the words of the warning for a filesystem too small for an entry."""
 
 from __future__ import annotations
 
@@ -8,13 +8,52 @@ import hashlib
 import os
 import stat
 import tempfile
+from dataclasses import dataclass
 
 from warmserve.errors import InvalidArgumentError, fmt_bytes
+from warmserve.memory.pool import MAX_COUNT, MAX_THREADS, MIN_LOAD_CHUNK_BYTES
 
 #: Flags of every open of a file under the cache directory: a symlink planted there (the directory may be shared,
 #: e.g. /dev/shm) is never followed. Found in review: a fill opened a planted ``<key>.fill`` -> a file of the
 #: user's own with O_CREAT|O_TRUNC and wrote the checkpoint over it.
 NOFOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+@dataclass(frozen=True)
+class HostCacheConfig:
+    """Where the cache lives and how it loads."""
+
+    #: Directory of the entries, shared by the workers of one machine; a tmpfs, so entries are host memory.
+    root: str = "/dev/shm/warmserve-ckpt"
+    #: Budget of all entries together (bytes); the least recently used are evicted to stay under it.
+    capacity_bytes: int = 32 << 30
+    #: Loader threads of a load (on cuda each has its own stream: that many DMAs in flight).
+    threads: int = 4
+    #: Bytes a loader thread copies at a time (one DMA, or one file read plus one copy during a fill).
+    chunk_bytes: int = 32 << 20
+    #: How long a worker waits for another worker's fill of the same checkpoint (seconds); then it reads the file.
+    lock_timeout_s: float = 600.0
+
+    def __post_init__(self):
+        # Checked here, not at the first load (found in review: threads=2.5 was accepted, and every load then failed
+        # with a bare TypeError from the C++ binding)
+        _whole("capacity_bytes", self.capacity_bytes, 1, MAX_COUNT, "the budget in bytes, e.g. 32 << 30")
+        _whole("threads", self.threads, 1, MAX_THREADS, "a whole number of loader threads, e.g. 4")
+        _whole("chunk_bytes", self.chunk_bytes, MIN_LOAD_CHUNK_BYTES, MAX_COUNT,
+               f"a whole number of bytes of at least the loader's minimum of {MIN_LOAD_CHUNK_BYTES} (default "
+               f"{32 << 20})")
+        t = self.lock_timeout_s
+        # not >= 0: NaN too; an int past float's range failed at the first load, in flock_wait's arithmetic
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or (isinstance(t, int) and t > 1e300):
+            raise InvalidArgumentError(f"HostCacheConfig.lock_timeout_s={t!r} ({type(t).__name__}) must be a "
+                                       "non-negative number of seconds. Fix: e.g. 600.0", lock_timeout_s=t)
+
+
+def _whole(name: str, value, lo: int, hi: int, fix: str) -> None:
+    """InvalidArgumentError unless ``value`` is an int (not a bool, not a float) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidArgumentError(f"HostCacheConfig.{name}={value!r} ({type(value).__name__}) must be a whole "
+                                   f"number in [{lo}, {hi}]. Fix: {fix}", **{name: value})
 
 
 def entry_key(real: str, st: os.stat_result) -> str:
