@@ -83,23 +83,34 @@ def _yaml_loader():
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            #: id(mapping node) -> (the node, its entries as written). flatten_mapping rewrites the entries of an
+            #: anchored mapping used as a merge source in place, and the same node built again through an alias
+            #: then held the merged-in key beside its own override (found in review: refused as a repeat).
+            self.own_entries: dict[int, tuple] = {}
+
+        def flatten_mapping(self, node):
+            self.own_entries.setdefault(id(node), (node, list(node.value)))
+            super().flatten_mapping(node)
+
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
                 seen = {}
-                for key_node, _ in node.value:
+                for key_node, _ in self.own_entries.get(id(node), (node, node.value))[1]:
                     if key_node.tag == "tag:yaml.org,2002:merge":
                         continue
                     key = self.construct_object(key_node, deep=deep)
                     try:
-                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                        first = seen.setdefault(key, key_node)
                     except TypeError:  # an unhashable key: SafeLoader's own error names it
                         break
-                    line = key_node.start_mark.line + 1
-                    if first != line:
+                    if first is not key_node:  # two entries, on one line ({a: 1, a: 2}) or two
+                        lines = (first.start_mark.line + 1, key_node.start_mark.line + 1)
                         raise InvalidArgumentError(
-                            f"key {key!r} is given twice in one table, at line {first} and at line {line}: YAML "
-                            f"would keep line {line}'s and drop line {first}'s unsaid. Fix: merge the two into one "
-                            f"block", key=key, lines=(first, line))
+                            f"key {key!r} is given twice in one table, at line {lines[0]} and at line {lines[1]}: "
+                            f"YAML would keep the second and drop the first unsaid. Fix: merge the two into one "
+                            f"block", key=key, lines=lines)
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeyLoader

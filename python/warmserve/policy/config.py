@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from warmserve.errors import InvalidArgumentError, wire_int_error
@@ -230,8 +231,10 @@ class PolicyConfig:
             raise InvalidArgumentError(f"instance_capacity must be >= 1, got {self.instance_capacity}")
         # It becomes the engine's max_num_seqs (EngineConfig.resolved), sent to every worker: past 2**63-1 it was
         # accepted and each activation then failed to encode (found in review)
-        if (e := wire_int_error("policy option instance_capacity", self.instance_capacity, 1,
-                                option="instance_capacity")) is not None:
+        cap = self.instance_capacity
+        if isinstance(cap, numbers.Integral) and not isinstance(cap, bool):  # a numpy int too (a sweep's values)
+            cap = int(cap)
+        if (e := wire_int_error("policy option instance_capacity", cap, 1, option="instance_capacity")) is not None:
             raise e
         if not 0 < self.scale_in_threshold < self.scale_out_threshold:
             raise InvalidArgumentError(

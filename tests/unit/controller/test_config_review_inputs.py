@@ -64,6 +64,19 @@ def test_yaml_without_repeats_and_with_merge_keys_still_loads(tmp_path):
 
     data = yaml.load("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  y: 3\n", Loader=_yaml_loader())
     assert data["b"] == {"x": 1, "y": 3}
+    # found in a later review: an anchored mapping used as a merge source was flattened in place, and built again
+    # through an alias it held the merged-in key beside its own (refused as a repeat; PyYAML loads it)
+    nested = "base: &base {a: 1}\ntop:\n  <<: &mid\n    <<: *base\n    a: 2\n  b: 3\nother: *mid\n"
+    assert yaml.load(nested, Loader=_yaml_loader())["other"] == {"a": 2}
+
+
+def test_a_yaml_key_given_twice_on_one_line_is_refused():
+    import yaml
+
+    from warmserve.config_file import _yaml_loader
+
+    with pytest.raises(InvalidArgumentError, match="'a' is given twice in one table, at line 1 and at line 1"):
+        yaml.load("{a: 1, a: 2}\n", Loader=_yaml_loader())
 
 
 # ------------------------------------------------------------------ 2. engine limits past the wire's ints
@@ -99,6 +112,10 @@ def test_policy_instance_capacity_past_the_wire_is_refused():
     with pytest.raises(InvalidArgumentError, match="instance_capacity"):
         serve.build_config(parse("--policy-option", f"instance_capacity={BIG}"))
     assert PolicyConfig(instance_capacity=WIRE_MAX).instance_capacity == WIRE_MAX
+    # a numpy integer (a sweep's values) passes, as it did before the bound (found in a later review)
+    import numpy as np
+
+    assert PolicyConfig(instance_capacity=np.int64(32)).instance_capacity == 32
 
 
 # ------------------------------------------------------------------ 3. the YAML "written as text" hint
