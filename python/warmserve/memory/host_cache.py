@@ -336,16 +336,13 @@ class HostCheckpointCache:
         try:
             try:
                 flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry {bin_path} of {path}", stop)
-            except CacheBusyError:
+            except CacheBusyError as busy:
                 # Found in review: the load failed (CacheBusyError, a 503) though the file was readable and the
                 # other worker's fill was progressing (a large checkpoint from a slow disk; the other ranks of one
-                # model fill the same files at once). The file is read instead.
+                # model fill the same files at once). The file is read instead, as any bypass (the error, in the
+                # warning, names the wait and the entry).
                 os.close(lock_fd)
-                log.warning("host cache: waited %s s (lock_timeout_s) for another worker's fill of the cache entry "
-                            "%s: %s is loaded straight from the file instead", self.config.lock_timeout_s,
-                            bin_path, path)
-                self._count(bypassed=1)
-                return None, None
+                return self._bypass(path, bin_path, busy)
             # filled by another worker while we waited; or cut short, unlinked here to be filled again
             e = self._map_published(key, bin_path, size, fill_locked=True)
             fill = None if e is not None else self._start_fill(key, path, size, busy)
