@@ -314,6 +314,7 @@ class Engine(PoolNeighbours):
     def step(self, max_tokens: int | None = None) -> list[StepOutput]:
         """One step of at most max_tokens tokens (None: max_batch_tokens; step_meter.turn_tokens); same outputs."""
         self._check_open()
+        check_counts(frozenset({"max_tokens"}), max_tokens=(max_tokens, 1))  # 0 ran nothing yet marked a stall
         t0_s = time.perf_counter()
         outputs = [self._output(s, []) for s in self._aborted]
         self._aborted = []

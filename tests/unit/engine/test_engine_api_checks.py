@@ -70,3 +70,18 @@ def test_token_ids_of_the_wrong_type_are_refused_by_name(lm, prompt):
         eng.add_request("n", np.array([3, 4], dtype=np.int64), SamplingParams(max_tokens=1))
         eng.add_request("t", torch.tensor([3, 4]), SamplingParams(max_tokens=1))
         assert eng.seqs["n"].prompt == eng.seqs["t"].prompt == [3, 4]
+
+
+@pytest.mark.parametrize("budget", [0, -5, 2.5])
+def test_a_step_budget_below_one_token_is_refused_and_leaves_the_engine_as_it_was(lm, budget):
+    """Found in review: step(0) ran nothing, yet marked the engine stalled and pool-starved and gave back its
+    headroom blocks, which on a shared pool makes every neighbour give back theirs."""
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    with Engine(lm) as eng:
+        eng.add_request("a", [1, 2, 3, 4], params)
+        free_before = eng.kv.num_free_mapped
+        with pytest.raises(InvalidArgumentError, match="max_tokens must be a whole number >= 1") as e:
+            eng.step(budget)
+        assert e.value.fields["param"] == "max_tokens"
+        assert (eng.stalled, eng.pool_starved, eng.kv.num_free_mapped) == (False, False, free_before)
+        assert sum(len(t) for _, t, _, _ in _drain(eng)) == 3
