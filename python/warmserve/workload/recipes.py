@@ -137,18 +137,15 @@ def regamma(arrival_s: np.ndarray, start_s: float, end_s: float, cv: float, rng:
 
 
 def _segments(duration_s: float, pre_s: float, history_days: int, day_s: float):
-    """(start, end) of every span a model needs, replay first: then the pre-replay stretch, then earlier days."""
-    segs = [(0.0, duration_s)]
+    """(start, end, day offset) of every span a model needs, replay first: then the pre-replay stretch, then
+    earlier days. The day is given, not inferred from the start (found in review: rounding the start to the
+    nearest day put a pre_s over half a day on the day before, so ``time_scale`` moved that stretch a day)."""
+    segs = [(0.0, duration_s, 0.0)]
     if pre_s > 0:
-        segs.append((-pre_s, 0.0))
+        segs.append((-pre_s, 0.0, 0.0))
     for k in range(1, history_days + 1):
-        segs.append((-k * day_s - pre_s, -k * day_s + duration_s))
+        segs.append((-k * day_s - pre_s, -k * day_s + duration_s, -k * day_s))
     return segs
-
-
-def _anchor(a: float, day_s: float) -> float:
-    """The day offset a segment starting at ``a`` belongs to (0 for the replay and the pre-replay stretch)."""
-    return -round(-a / day_s) * day_s if a < -day_s / 2 else 0.0
 
 
 def offered_rate_rps(meta: dict) -> float:
@@ -163,11 +160,12 @@ def offered_rate_rps(meta: dict) -> float:
 
 
 def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s, meta, segs,
-            known=None) -> Workload:
-    """Merge the parts; ``time_scale`` stretches each segment around its day offset, so history stays on
-    whole days (the forecasts' daily season) while the load inside a segment plays faster or slower.
-    ``meta`` holds the replay's rate per second of trace time (read by ``offered_rate_rps``); ``known``: the
-    history's known pieces as (start of their segment, start, end), default every segment but the replay whole."""
+            known=None, days=None) -> Workload:
+    """Merge the parts; ``time_scale`` stretches each part around its day offset (``days``, one per part, from
+    ``_segments``; default every part on day 0), so history stays on whole days (the forecasts' daily season)
+    while the load inside a segment plays faster or slower. ``meta`` holds the replay's rate per second of trace
+    time (read by ``offered_rate_rps``); ``known``: the history's known pieces as (day offset of their segment,
+    start, end), default every segment of ``segs`` (start, end, day) but the replay whole."""
     # nan made an empty workload; inf (found in review) an OverflowError in the simulator's driver, as does a
     # finite one that scales the span past a float
     if not (math.isfinite(time_scale) and time_scale > 0 and math.isfinite((duration_s + pre_s) * time_scale)):
@@ -175,11 +173,12 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
                else f"stretches the {duration_s + pre_s:g} s workload past any float")
         raise InvalidArgumentError(f"time_scale {why}, got {time_scale:g}: give a finite factor > 0 (1: as traced; "
                                    f"--time-scale)", time_scale=time_scale, flag="--time-scale")
+    days = [0.0] * len(parts) if days is None else list(days)
+    if len(days) != len(parts):
+        raise ValueError(f"{len(days)} day offsets for {len(parts)} parts")
     if time_scale != 1.0:
-        for p in parts:
-            if len(p):
-                d = _anchor(float(p.arrival_s[0]), day_s)
-                p.arrival_s = d + (p.arrival_s - d) * time_scale
+        for p, d in zip(parts, days):
+            p.arrival_s = d + (p.arrival_s - d) * time_scale
     for p in parts:
         # a NaN arrival is neither >= 0 nor < 0, so the split below put it in neither the replay nor the history
         # (found in review: requests dropped without a word); refuse it, and an infinite one, here
@@ -199,9 +198,8 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     # what the draws gave, per second of trace time, next to what was asked (found in review: the two differed 2x)
     meta["realised_rate_rps"] = len(replay) / duration_s
     spans = []
-    for s0, a, b in known if known is not None else [(a, a, b) for a, b in segs[1:]]:
-        d = _anchor(s0, day_s)  # stretched like its segment's arrivals
-        spans.append((d + (a - d) * time_scale, d + (b - d) * time_scale))
+    for d, a, b in known if known is not None else [(d, a, b) for a, b, d in segs[1:]]:
+        spans.append((d + (a - d) * time_scale, d + (b - d) * time_scale))  # stretched like its segment's arrivals
     return Workload(name, replay, history, duration_s * time_scale, day_s, meta, warmup_s=pre_s * time_scale,
                     clock0_s=clock0_s, history_spans=sorted(spans))
 
@@ -250,21 +248,23 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
                                    f"at least {duration_s:.0f} s: shorten duration_s or pre_s, or pass history_days=0")
     phi = (math.sqrt(5) - 1) / 2
     rot = rng.random() * period  # each seed replays its own stretches
-    parts = []
+    parts, days = [], []
     segs = _segments(duration_s, pre_s, history_days, day_s)
+    hist_segs = [(a, d) for a, _, d in segs if d < 0]  # history day k: (its start, -k days)
 
-    def add(name, t, idx, a):
+    def add(name, t, idx, a, day):
         if burst_cv is not None:  # the lead (warm-up) and the slot each keep their number of arrivals
             t = np.concatenate([regamma(t[t < pre_s], 0.0, pre_s, burst_cv, rng),
                                 regamma(t[t >= pre_s], pre_s, span, burst_cv, rng)])
         parts.append(Trace([name], t + a, np.zeros(len(t), np.int32),
                            np.minimum(src.prompt_tokens[idx], max_prompt_tokens), src.output_tokens[idx]))
+        days.append(day)
 
     for i, name in enumerate(names):
         base = (rot + i * phi * period) % period
         rate = total * shares[i]
         t, idx = _circular_stretch(src.arrival_s, period, base - pre_s, span, rate, rng, split_s=pre_s)
-        add(name, t, idx, -pre_s)
+        add(name, t, idx, -pre_s, 0.0)  # the warm-up and the replay: one part, on day 0
         if not history_days:
             continue
         # history days: the rest of the trace, [base + duration_s, base - pre_s), as a loop of its own, read at
@@ -273,7 +273,7 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
         inside = np.nonzero(rel < rest)[0]
         order = np.argsort(rel[inside], kind="stable")
         sub_t, sub_i = rel[inside][order], inside[order]
-        for k in range(1, history_days + 1):
+        for k, (a, day) in enumerate(hist_segs, 1):
             t, j = _circular_stretch(sub_t, rest, ((k - 1) * phi * rest) % rest, span, rate, rng,
                                      split_s=duration_s)  # read backwards below: the slot first
             # backwards: a model above the trace's rate overlays copies from all over the trace, its replay among
@@ -281,14 +281,15 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
             rev = np.minimum(span - t, np.nextafter(span, 0.0))
             back = np.argsort(rev, kind="stable")
             t, idx = rev[back], sub_i[j[back]]
-            add(name, t, idx, -k * day_s - pre_s)
+            add(name, t, idx, a, day)
     meta = {"recipe": "paper", "kind": kind, "alpha": alpha, "total_rate_rps": total, "burst_cv": burst_cv,
             "shares": shares.tolist(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
             "source": "Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC-BY 4.0)"}
     # the Azure trace starts at 18:17 on its own clock (no zone given; azure.py reads it as UTC): replay from 18:15
     # (on the 5-minute window grid the forecasts use); whole days before it leave room for the history
     clock0 = (history_days + 1) * day_s + 18 * 3600 + 15 * 60
-    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs)
+    return _finish(f"paper-{kind}", names, parts, duration_s, pre_s, day_s, time_scale, clock0, meta, segs,
+                   days=days)
 
 
 #: the start of ServeGen's last (14th) day, seconds after its first midnight
@@ -435,33 +436,33 @@ def _check_replay(data: list[_SeriesData], start_s: float, duration_s: float, pr
 
 def _history_holes(data: list[_SeriesData], start_s: float, segs) -> list[tuple[float, float, float]]:
     """Pieces of the history segments (relative to ``start_s``) inside a data gap of any chosen series, as
-    (start of their segment, start, end), merged and sorted."""
+    (day offset of their segment, start, end), merged and sorted."""
     holes = []
-    for a, b in segs[1:]:
+    for a, b, day in segs[1:]:
         cut = []
         for d in data:
             for g in d.gaps_s[(d.gaps_s + sg.WINDOW_S > start_s + a) & (d.gaps_s < start_s + b)]:
                 cut.append((float(max(g - start_s, a)), float(min(g + sg.WINDOW_S - start_s, b))))
         for lo, hi in sorted(cut):
-            if holes and holes[-1][0] == a and lo <= holes[-1][2]:
-                holes[-1] = (a, holes[-1][1], max(holes[-1][2], hi))
+            if holes and holes[-1][0] == day and lo <= holes[-1][2]:
+                holes[-1] = (day, holes[-1][1], max(holes[-1][2], hi))
             else:
-                holes.append((a, lo, hi))
+                holes.append((day, lo, hi))
     return holes
 
 
 def _known_pieces(segs, holes) -> list[tuple[float, float, float]]:
-    """The history segments minus the holes, as (start of their segment, start, end)."""
+    """The history segments minus the holes, as (day offset of their segment, start, end)."""
     out = []
-    for a, b in segs[1:]:
+    for a, b, day in segs[1:]:
         t = a
-        for s0, lo, hi in holes:
-            if s0 == a:
+        for d, lo, hi in holes:
+            if d == day:
                 if lo > t:
-                    out.append((a, t, lo))
+                    out.append((day, t, lo))
                 t = max(t, hi)
         if t < b:
-            out.append((a, t, b))
+            out.append((day, t, b))
     return out
 
 
@@ -548,10 +549,10 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     names = [s.name for s in series]
     segs = _segments(duration_s, pre_s, history_days, DAY_S)
     holes = _history_holes(data, start_s, segs)
-    parts = []
+    parts, days = [], []
     for s in series:
         inp, out = pmfs[(s.model, "input_tokens")], pmfs[(s.model, "output_tokens")]  # checked above
-        for a, b in segs:
+        for a, b, day in segs:
             t = sg.sample_arrivals(s, start_s + a, start_s + b, scale, rng) - start_s
             if burst_cv is not None:
                 t = _regamma_windows(t, a, b, burst_cv, rng, start_s)
@@ -563,8 +564,9 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
             for _, lo, hi in holes:
                 missing |= (t >= lo) & (t < hi)
             parts.append(tr.select(~missing) if missing.any() else tr)
+            days.append(day)
     meta = {"recipe": "servegen", "series": names, "start_s": start_s, "rate_scale": scale, "burst_cv": burst_cv,
             "seed": seed, "expected_rate_rps": expected * scale, "history_gaps_s": [[lo, hi] for _, lo, hi in holes],
             "source": "ServeGen (Xiang et al., arXiv:2505.09999; Apache-2.0), Alibaba Bailian"}
     return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta, segs,
-                   known=_known_pieces(segs, holes))
+                   known=_known_pieces(segs, holes), days=days)
