@@ -20,10 +20,14 @@
 // unmap or a move) waits for CUDA graph captures on other threads to end (cuda_capture_enter / _exit, backend.h);
 // it runs with the GIL released, except in ~Slot and ~Pool run by Python (above), which therefore do not wait for
 // captures (a capture needs the GIL to go on).
+//
+// A finished load's source buffers are let go of (LoadJob wait_for, result, finished) with the GIL held and no
+// mutex held: a source that is a slot's view runs its DLPack deleter then, as above.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <exception>
 
 #include "backend.h"
 #include "errors.h"
@@ -110,10 +114,16 @@ py::capsule make_view(const std::shared_ptr<Slot>& s, uint64_t byte_offset, uint
   return py::reinterpret_steal<py::capsule>(cap);
 }
 
-// A load job as Python holds it: the buffers it reads from stay referenced until the job's threads are joined.
+// A load job as Python holds it: the buffers it reads from stay referenced until the job is seen finished.
 struct PyLoadJob {
   std::shared_ptr<LoadJob> job;
   py::list keep;
+  // Called with the GIL held (the buffers' last references may go here) once the job is finished: its copiers are
+  // joined and its queued copies drained, so nothing reads the buffers any more. They then go with the caller's
+  // last reference, not with this object, which the engine keeps for the model's whole life (found in review).
+  void release_sources() {
+    if (!keep.empty()) keep = py::list();
+  }
   ~PyLoadJob() {
     if (job) {
       py::gil_scoped_release nogil;
@@ -166,7 +176,13 @@ void raise_python(const Error& e) {
     default:
       break;
   }
-  py::object inst = cls(e.what(), **kw);
+  // A message may carry a path's bytes that are not UTF-8 (Linux file names are bytes): backslash escapes for
+  // those, not a UnicodeDecodeError in place of the error (found in review).
+  const char* what = e.what();
+  py::object msg = py::reinterpret_steal<py::object>(
+      PyUnicode_DecodeUTF8(what, Py_ssize_t(std::strlen(what)), "backslashreplace"));
+  if (!msg) throw py::error_already_set();
+  py::object inst = cls(msg, **kw);
   PyErr_SetObject(cls.ptr(), inst.ptr());
 }
 
@@ -375,7 +391,8 @@ PYBIND11_MODULE(_C, m) {
           "load",
           [](std::shared_ptr<Slot> s, py::list sources, int threads, uint64_t chunk_bytes) {
             // sources: (path or None, buffer address, keepalive object, src_offset, slot_offset, nbytes
-            //          [, cache fill address, pinned]) (loader.h Source)
+            //          [, cache fill address, pinned]) (loader.h Source); a path as bytes (os.fsencode: a name
+            //          that is not UTF-8 does not cast from str) or str
             auto pj = std::make_unique<PyLoadJob>();
             std::vector<Source> v;
             for (py::handle h : sources) {
@@ -402,14 +419,43 @@ PYBIND11_MODULE(_C, m) {
           py::arg("sources"), py::arg("threads"), py::arg("chunk_bytes"));
 
   py::class_<PyLoadJob>(m, "LoadJob")
-      .def("wait_for", [](PyLoadJob& j, double t) { py::gil_scoped_release nogil; return j.job->wait_for(t); })
-      .def("result", [](PyLoadJob& j) { py::gil_scoped_release nogil; return j.job->result(); })
+      .def("wait_for",
+           [](PyLoadJob& j, double t) {
+             bool finished;
+             {
+               py::gil_scoped_release nogil;
+               finished = j.job->wait_for(t);
+             }
+             if (finished) j.release_sources();
+             return finished;
+           })
+      .def("result",
+           [](PyLoadJob& j) {
+             uint64_t n = 0;
+             std::exception_ptr err;
+             {
+               py::gil_scoped_release nogil;
+               try {
+                 n = j.job->result();
+               } catch (...) {
+                 err = std::current_exception();
+               }
+             }
+             j.release_sources();  // result() joined the job: finished, whatever it returns or raises
+             if (err) std::rethrow_exception(err);
+             return n;
+           })
       .def("cancel", [](PyLoadJob& j) { py::gil_scoped_release nogil; j.job->cancel(); })
       .def_property_readonly("done_bytes", [](PyLoadJob& j) { return j.job->done_bytes(); })
       .def_property_readonly("total_bytes", [](PyLoadJob& j) { return j.job->total_bytes(); })
       .def_property_readonly("finished", [](PyLoadJob& j) {
-        py::gil_scoped_release nogil;
-        return j.job->state() != LoadJob::State::Running;
+        bool finished;
+        {
+          py::gil_scoped_release nogil;
+          finished = j.job->state() != LoadJob::State::Running;
+        }
+        if (finished) j.release_sources();
+        return finished;
       })
       .def_property_readonly("pages_mapped_by_job", [](PyLoadJob& j) { return j.job->pages_mapped_by_job(); })
       .def_property_readonly("pages_kept_by_views", [](PyLoadJob& j) { return j.job->pages_kept_by_views(); });

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <system_error>
 
 namespace ws {
 namespace {
@@ -42,7 +43,21 @@ int open_regular(const std::string& path, size_t i, std::vector<int>& owned) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int err = errno;
-    throw invalid("load source " + std::to_string(i) + ": cannot open " + path + ": " + std::strerror(err));
+    const std::string what = "load source " + std::to_string(i) + ": cannot open " + path;
+    // What the path names (or fails to) is the caller's argument; ENXIO is a socket (open_regular refuses those)
+    if (err == ENOENT || err == ENOTDIR || err == EACCES || err == ELOOP || err == ENAMETOOLONG || err == EISDIR ||
+        err == ENXIO)
+      throw invalid(what + ": " + std::strerror(err));
+    // The rest is the process or the system, with the file maybe fine (found in review: EMFILE came back as
+    // InvalidArgumentError, errno lost): a DriverError carrying the errno.
+    Error e = errno_error(what, err);
+    const char* fix = err == EMFILE   ? "close unused files or raise the process's open-file limit (ulimit -n)"
+                      : err == ENFILE ? "close unused files or raise the system's limit (sysctl fs.file-max)"
+                      : err == ENOMEM ? "free host memory"
+                                      : "see the errno; the load can be tried again once that is resolved";
+    Error with(e.kind, std::string(e.what()) + ". Fix: " + fix);
+    with.code = e.code, with.name = e.name;
+    throw with;
   }
   owned.push_back(fd);
   struct stat st;
@@ -70,8 +85,9 @@ int open_regular(const std::string& path, size_t i, std::vector<int>& owned) {
 
 }  // namespace
 
-LoadJob::OwnedFds::~OwnedFds() {
+void LoadJob::OwnedFds::close_all() {
   for (int fd : fds) ::close(fd);
+  fds.clear();
 }
 
 LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int threads, uint64_t chunk_bytes)
@@ -176,9 +192,19 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
     for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, +1);
     pool.jobs.insert(this);
   }
+  bool started = false;
+  int err = 0;  // the errno of a std::system_error (EAGAIN under a pids or process limit)
+  std::string why = "unknown error";
   try {
     driver_ = std::thread([this] { run(); });
-  } catch (...) {
+    started = true;
+  } catch (const std::system_error& e) {
+    err = e.code().value(), why = e.what();
+  } catch (const std::exception& e) {  // bad_alloc for the thread's state
+    why = e.what();
+  }
+  if (started) return;
+  {
     std::lock_guard<std::mutex> g(pool.mu);
     for (uint64_t pg : pages_) slot_->pin_locked(pg, 1, -1);
     // Pages an overlapping load handed it while it stood in pool.jobs are undone (or passed on) as its finish()
@@ -187,13 +213,21 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
     rollback_locked();
     pool.jobs.erase(this);
     pool.jobs_cv.notify_all();
-    throw;
+    tag_ = slot_->tag;
   }
+  // Typed, as the copier threads' failure (found in review: std::system_error reached Python as a bare
+  // RuntimeError); the descriptors opened so far close with owned_fds_.
+  const std::string what = "load into slot '" + tag_ + "' could not start its thread";
+  Error e = err ? errno_error(what, err) : Error(ErrorKind::Driver, what + " (" + why + ")");
+  Error with(ErrorKind::Driver, std::string(e.what()) + "; nothing was loaded. Fix: raise the process's thread "
+                                "limit (ulimit -u, the container's pids limit) or end idle threads, then load again");
+  with.code = e.code, with.name = e.name;
+  throw with;
 }
 
 LoadJob::~LoadJob() {
   cancel();
-  join();  // the copiers are done with fds_ before owned_fds_ closes them
+  join();  // finish() ran: the copiers are done and the files closed
 }
 
 void LoadJob::join() {
@@ -392,6 +426,9 @@ void LoadJob::rollback_locked() {
 
 void LoadJob::finish() {
   Pool& pool = *slot_->pool;
+  // The copiers, the only readers of fds_, are joined (run()) and the mapper ran on this thread: the files close
+  // now, before the state is final, so a caller that saw the job finished sees them closed, done or not.
+  owned_fds_.close_all();
   bool ok;
   {
     std::lock_guard<std::mutex> g(m_);

@@ -77,14 +77,17 @@ class LoadJob {
   void rollback_locked();  // undo job_pages_ (pool.mu held, its pins gone): unmapped, kept for views, or handed on
   std::string kept_note() const;
 
-  // The descriptors this job opened, each once (sources of one file share it), closed with the job. A member, so
-  // that a constructor that throws anything (bad_alloc too) closes them (found in review: only Error did).
+  // The descriptors this job opened, each once (sources of one file share it), closed by finish() once the copiers
+  // are joined (found in review: kept open until the job object went, which the engine keeps for the model's whole
+  // life, so a deleted checkpoint's space was never freed). A member, so that a constructor that throws anything
+  // (bad_alloc too) closes them (found in review: only Error did).
   struct OwnedFds {
     std::vector<int> fds;
     OwnedFds() = default;
     OwnedFds(const OwnedFds&) = delete;
     OwnedFds& operator=(const OwnedFds&) = delete;
-    ~OwnedFds();
+    ~OwnedFds() { close_all(); }
+    void close_all();
   };
 
   std::shared_ptr<Slot> slot_;
@@ -93,7 +96,8 @@ class LoadJob {
   std::string tag_;
   std::vector<Source> sources_;
   OwnedFds owned_fds_;
-  std::vector<int> fds_;  // per source: its file's descriptor (in owned_fds_), or -1 for a buffer
+  std::vector<int> fds_;  // per source: its file's descriptor (in owned_fds_), or -1 for a buffer; read by the
+                          // copiers only, so stale (closed) once finish() runs
   std::vector<uint64_t> pages_;  // slot pages touched, ascending
   std::vector<Piece> pieces_;
   std::vector<uint64_t> job_pages_;  // pages this job answers for (it mapped them, or an overlapping load that ended

@@ -165,8 +165,8 @@ class HostCheckpointCache:
             for key, p, st in sorted(order, key=lambda o: o[0]):
                 ranges = by_key[key]
                 entry, lock_fd = self._acquire(p, key, st.st_size, busy, stop)
-                if entry is None:  # bypassed: straight from the file
-                    specs += [(p, 0, None, fo, so, n) for fo, so, n in ranges]
+                if entry is None:  # bypassed: straight from the file (bytes: the name may not be UTF-8, Slot.load)
+                    specs += [(os.fsencode(p), 0, None, fo, so, n) for fo, so, n in ranges]
                     continue
                 used.append(entry)
                 if lock_fd is not None:  # before anything that can raise: the handler below aborts the fill (its
@@ -183,7 +183,8 @@ class HostCheckpointCache:
                     hits.append(sum(n for _, _, n in ranges))
                 else:
                     gaps.append((p, entry, ranges))
-                    specs += [(p, 0, entry.arr, fo, so, n, entry.ptr, entry.pinned) for fo, so, n in ranges]
+                    specs += [(os.fsencode(p), 0, entry.arr, fo, so, n, entry.ptr, entry.pinned)
+                              for fo, so, n in ranges]
             job = slot._start_load(specs, self.config.threads, self.config.chunk_bytes)
             for n in hits:  # counted once the load has started (found in review: refused loads counted as hits)
                 self._count(hits=1, bytes_from_cache=n)
@@ -220,7 +221,9 @@ class HostCheckpointCache:
     # ---------------------------------------------------------------- internals
     @staticmethod
     def _key(real: str, st: os.stat_result) -> str:
-        return entry_key(real, st)
+        # A name that is not UTF-8 is hashed with its odd bytes backslash-escaped (found in review: its surrogate
+        # escapes failed to encode); a UTF-8 name comes back as it was, so no key changes.
+        return entry_key(os.fsencode(real).decode("utf-8", "backslashreplace"), st)
 
     def _count(self, **kw) -> None:
         with self._mu:

@@ -93,9 +93,7 @@ class PagePool:
     def create_slot(self, reserve_bytes: int, tag: str) -> Slot:
         """Reserve a virtual range of reserve_bytes (rounded up to whole pages); nothing is mapped yet."""
         _count("reserve_bytes", reserve_bytes, positive=True)
-        if not isinstance(tag, str):
-            raise InvalidArgumentError(f"tag must be a str, not {type(tag).__name__}")
-        return Slot(self, self._pool.create_slot(reserve_bytes, tag))
+        return Slot(self, self._pool.create_slot(reserve_bytes, _tag(tag)))
 
     def close(self) -> None:
         """Cancel running loads (waiting for their rollback), close every slot and return its pages. Pages that
@@ -132,9 +130,7 @@ class Slot:
 
     @tag.setter
     def tag(self, value: str) -> None:
-        if not isinstance(value, str):
-            raise InvalidArgumentError(f"tag must be a str, not {type(value).__name__}")
-        self._slot.tag = value
+        self._slot.tag = _tag(value)
 
     pool = property(lambda self: self._pool)
     page_bytes = property(lambda self: self._slot.page_bytes)
@@ -287,7 +283,9 @@ class Slot:
                 if ("\0" if isinstance(path, str) else b"\0") in path:
                     raise InvalidArgumentError(f"load source {i}: the path {path!r} has a NUL byte and names no file. "
                                                f"Fix: the file's path without the NUL", path=repr(path))
-                specs.append((path, 0, None, src_offset, slot_offset, nbytes))
+                # as bytes, the name as the file system has it: a name that is not UTF-8 (surrogate escapes, as
+                # os.listdir gives it) does not cast to the core's std::string from a str (found in review)
+                specs.append((os.fsencode(path), 0, None, src_offset, slot_offset, nbytes))
                 continue
             address, length, keep = _buffer_address(obj)
             if src_offset + nbytes > length:
@@ -323,6 +321,20 @@ class Slot:
         if self.closed:
             return f"Slot({self.tag!r}, closed)"
         return f"Slot({self.tag!r}, {self.mapped_pages}/{self.reserved_pages} pages mapped)"
+
+
+def _tag(tag) -> str:
+    """tag, when it is a str the core can hold (UTF-8): one with a lone surrogate (a file name's surrogate escape)
+    came back from pybind as a bare TypeError (found in review)."""
+    if not isinstance(tag, str):
+        raise InvalidArgumentError(f"tag must be a str, not {type(tag).__name__}")
+    try:
+        tag.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(f"tag {tag!r} has a lone surrogate at {e.start} and is not text. Fix: a tag "
+                                   f"without it (a name from os.fsdecode: os.fsencode(name).decode(errors='replace'))",
+                                   tag=repr(tag)) from None
+    return tag
 
 
 def _shape(name: str, shape) -> tuple[int, ...]:
