@@ -35,8 +35,8 @@ from warmserve.config import ClusterConfig, memory_gib_arg, worker_cache_args
 from warmserve.controller import ray_connect
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths
-from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, WorkerSlot, check_fits,
-                                          connect_address, node_key, plan_slots)
+from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, RayUnresponsiveError, WorkerSlot,
+                                          check_fits, connect_address, node_key, plan_slots)
 from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
@@ -48,12 +48,26 @@ NODE_REFRESH_S = 2.0
 #: How long kill() and wait() with no timeout wait for Ray to confirm an actor's end, seconds (a Popen would wait
 #: forever; an actor on a node that vanished may never be confirmed).
 END_CONFIRM_S = 30.0
+#: How long a worker's start waits for Ray's node table before it goes by the table last read, seconds. Found in
+#: review: with Ray's head (the GCS) down, ray.nodes() waited until Ray ended the process (about 60 s).
+NODES_READ_S = 2.0
+#: How long a worker's start, its Ray calls on a thread of their own, may take before it counts as failed, seconds.
+SPAWN_RAY_S = 10.0
 #: The returncode of a worker whose actor Ray reports dead (its process or node gone): Ray gives a reason, not a
 #: status; the reason is in RayWorkerProcess.exit_reason.
 ACTOR_DIED_STATUS = -1
 #: Numbers the launchers of this process: each one's worker ids and log files are its own. Found in review: two
 #: Clusters of one process both tagged their workers r{pid}, and their logs in a shared log_dir mixed.
 _LAUNCHERS = itertools.count(1)
+
+
+@functools.lru_cache(maxsize=None)
+def _actor_class():
+    """``_WorkerActor`` as Ray's actor class, made once: Ray sends a class to its head with its first actor, and
+    found in review, a new class at each restart waited there for a head that was down."""
+    import ray
+
+    return ray.remote(_WorkerActor)
 
 
 class _WorkerActor:
@@ -178,12 +192,20 @@ class RayWorkerProcess:
         return (f"its stderr is in Ray's worker logs on {node} (`ray logs actor --id {self.actor_id}`, or "
                 f"session_latest/logs/ in Ray's temp dir there)")
 
-    def kill(self) -> None:
+    def kill(self, wait: bool = False) -> None:
+        """Have Ray kill the actor (``poll`` sees the end), on a thread of its own unless ``wait``: ``poll`` runs on
+        the controller's event loop, and a Ray call may wait for Ray's head (found in review: a restart's did, and the
+        loop stalled until Ray ended the process). ``RayLauncher.close`` waits, within its bound."""
+        with self._lock:
+            first, self._released = not self._released, True
+        if first and wait:
+            self._ray_kill()
+        elif first:
+            threading.Thread(target=self._ray_kill, name="warmserve-ray-kill", daemon=True).start()
+
+    def _ray_kill(self) -> None:
         import ray
 
-        if self._released:
-            return
-        self._released = True
         try:
             ray.kill(self.actor, no_restart=True)
         except Exception as e:  # already gone, or Ray is shutting down
@@ -213,9 +235,10 @@ class RayLauncher:
         self.previous: dict[str, RayWorkerProcess] = {}
         self.starts: dict[str, int] = {}
         self._nodes: list[dict] = []
-        #: Ids of the nodes alive at the last read; the lock: the refresher and spawn both read.
+        #: Ids of the nodes alive at the last read, and when (monotonic); the lock: the refresher and spawn both read.
         self._alive: set[str] = set()
         self._nodes_lock = threading.Lock()
+        self._read_at = time.monotonic()
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._closed = False
@@ -265,7 +288,15 @@ class RayLauncher:
             now = {n["NodeID"] for n in nodes if n.get("Alive")}
             for gone in self._alive - now:
                 log.warning("Ray node %s is no longer alive", gone[:8])
-            self._alive, self._nodes = now, nodes
+            self._alive, self._nodes, self._read_at = now, nodes, time.monotonic()
+
+    def _read_nodes_within(self, timeout_s: float) -> bool:
+        """Read the node table now, on a thread, waiting at most ``timeout_s``; False when the read has not ended by
+        then (Ray's head down or restarting): the table last read stands, and the thread is left to Ray."""
+        reader = threading.Thread(target=self._read_nodes, name="warmserve-ray-nodes-now", daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        return not reader.is_alive()
 
     def _refresh_nodes(self) -> None:
         while not self._stop.wait(NODE_REFRESH_S):
@@ -304,21 +335,43 @@ class RayLauncher:
                 f"CPUs or GPUs are held by other work (`ray status` shows what is free)", nodes=late,
                 timeout_s=timeout_s)
 
-    def spawn(self, slot: WorkerSlot, connect: str, *, memory_bytes: int, heartbeat_interval_s: float,
-              log_dir: str | None = None, curve: tuple[str, str] | None = None,
-              page_bytes: int = 2 << 20, extra_args: tuple[str, ...] = ()) -> RayWorkerProcess:
-        """Start the worker of ``slot`` as an actor in its bundle; returns at once (Ray starts it). Raises
-        RayNodeGoneError when the slot's node is no longer alive: an actor pinned there would wait for its bundle
-        for ever. The node table is read now: found in review, the one read every NODE_REFRESH_S still showed a node
-        that had just died, and the restart placed there waited out worker_start_timeout_s."""
-        self._read_nodes()
+    def spawn(self, slot: WorkerSlot, connect: str, **kw) -> RayWorkerProcess:
+        """Start the worker of ``slot`` as an actor in its bundle, on the calling thread (``_start_actor`` has the
+        arguments); returns at once (Ray starts it)."""
+        return self._record(self._start_actor(slot, connect, **kw))
+
+    async def spawn_off_loop(self, slot: WorkerSlot, connect: str, **kw) -> RayWorkerProcess:
+        """``spawn`` with its Ray calls on a thread, awaited at most SPAWN_RAY_S (found in review: on the event loop, a
+        restart with Ray's head down stalled every request until Ray ended the process). Raises RayUnresponsiveError
+        after that; an actor Ray starts later is killed."""
+        try:
+            proc = await asyncio.wait_for(
+                _in_daemon_thread(functools.partial(self._start_actor, slot, connect, **kw), undo=RayWorkerProcess.kill,
+                                  name="warmserve-ray-spawn"), SPAWN_RAY_S)
+        except asyncio.TimeoutError:
+            raise RayUnresponsiveError(
+                f"Ray did not start the actor of worker {slot.worker_id} within {SPAWN_RAY_S:g} s (SPAWN_RAY_S): "
+                f"its head (the GCS) does not answer. The start counts as failed and is tried again; bring the head "
+                f"back (`ray status`), or run Ray's GCS with fault tolerance (an external Redis) so that it restarts "
+                f"with its state", worker_id=slot.worker_id, timeout_s=SPAWN_RAY_S) from None
+        return self._record(proc)
+
+    def _start_actor(self, slot: WorkerSlot, connect: str, *, memory_bytes: int, heartbeat_interval_s: float,
+                     log_dir: str | None = None, curve: tuple[str, str] | None = None,
+                     page_bytes: int = 2 << 20, extra_args: tuple[str, ...] = ()) -> RayWorkerProcess:
+        """Ray's part of ``spawn``. Raises RayNodeGoneError when the slot's node is no longer alive (an actor pinned
+        there waits for its bundle for ever) in the node table read now (found in review: the one read every
+        NODE_REFRESH_S showed a node just dead alive), or when Ray does not answer within NODES_READ_S, the last."""
+        if not self._read_nodes_within(NODES_READ_S):
+            log.warning("Ray's node table did not come within %g s (is its head, the GCS, down?): worker %s is "
+                        "started by the table read %.1f s ago", NODES_READ_S, slot.worker_id,
+                        time.monotonic() - self._read_at)
         if not self.node_alive(slot.node.node_id):
             raise RayNodeGoneError(
                 f"the Ray node {slot.node.node_id[:8]} ({slot.node.address}) of worker {slot.worker_id} is no longer "
                 f"alive, and its placement-group bundle cannot move: the worker is not started again. Restart the "
                 f"server to place workers on the nodes alive now", node_id=slot.node.node_id,
                 worker_id=slot.worker_id)
-        import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         gpu = slot.device.startswith("cuda")
@@ -335,13 +388,16 @@ class RayLauncher:
         if curve is not None:
             keys = tuple(_read(path) for path in curve)
         log_path = os.path.join(log_dir, f"{slot.worker_id}.log") if log_dir else None
-        actor_cls = ray.remote(_WorkerActor)
-        actor = actor_cls.options(
+        actor = _actor_class().options(
             num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.groups[slot.node.node_id],
                                                                  placement_group_bundle_index=slot.bundle),
         ).remote()
-        proc = RayWorkerProcess(actor, actor.run.remote(argv, env, keys, log_path), slot, self.node_alive, log_path)
+        return RayWorkerProcess(actor, actor.run.remote(argv, env, keys, log_path), slot, self.node_alive, log_path)
+
+    def _record(self, proc: RayWorkerProcess) -> RayWorkerProcess:
+        """Note a started actor as its worker's latest (on the caller's thread: the event loop's, for a restart)."""
+        slot = proc.slot
         if slot.worker_id in self.current:
             self.previous[slot.worker_id] = self.current[slot.worker_id]
         self.current[slot.worker_id] = proc
@@ -386,7 +442,8 @@ class RayLauncher:
             return
         from ray.util import remove_placement_group
 
-        calls = [(f"ray.kill(actor of {wid})", proc.kill) for wid, proc in self.current.items()]
+        calls = [(f"ray.kill(actor of {wid})", functools.partial(proc.kill, wait=True))
+                 for wid, proc in self.current.items()]
         calls += [(f"remove_placement_group(node {node_id[:8]})", functools.partial(remove_placement_group, pg))
                   for node_id, pg in self.groups.items()]
         calls.append(("the Ray connection's release", functools.partial(ray_connect.release, self.number)))
@@ -434,9 +491,9 @@ def check_planned(slots: list[WorkerSlot], n_nodes: int, models, cpu_workers: in
         check_tp_fits(models, min(max(per_node.values()), MAX_GPUS_PER_SERVER))
 
 
-async def _in_daemon_thread(fn, undo=None):
+async def _in_daemon_thread(fn, undo=None, name: str = "warmserve-ray-connect"):
     """``fn()`` on a daemon thread, awaited: a cancelled wait leaves the thread, which keeps no exit waiting, and
-    ``undo()`` runs there if ``fn`` then succeeds."""
+    ``undo(result)`` runs on a thread if ``fn`` then succeeds."""
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
@@ -446,16 +503,19 @@ async def _in_daemon_thread(fn, undo=None):
         except BaseException as e:  # handed to the awaiting coroutine
             out, err = None, e
         if fut.cancelled() and err is None and undo is not None:
-            undo()
+            undo(out)
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(_settle_future, fut, out, err)
+            loop.call_soon_threadsafe(_settle_future, fut, out, err, undo)
 
-    threading.Thread(target=run, name="warmserve-ray-connect", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return await fut
 
 
-def _settle_future(fut: asyncio.Future, out, err) -> None:
+def _settle_future(fut: asyncio.Future, out, err, undo=None) -> None:
     if fut.done():
+        # Cancelled after ``fn`` ended, before this ran: nobody takes the result, so it is undone (off the loop).
+        if fut.cancelled() and err is None and undo is not None:
+            threading.Thread(target=undo, args=(out,), name="warmserve-ray-undo", daemon=True).start()
         return
     if err is not None:
         fut.set_exception(err)
@@ -489,7 +549,7 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
     launcher = RayLauncher(ray_address)
     # On a daemon thread of its own: ray.init blocks, and on the event loop it stopped timeouts and Ctrl-C (found in
     # review); ``connect`` ends by its deadline, and the thread cannot hold up the process's exit.
-    await _in_daemon_thread(launcher.connect, undo=launcher.close)
+    await _in_daemon_thread(launcher.connect, undo=lambda _: launcher.close())
     controller = None
     try:
         controller = RayController(cfg, models, history=history)
@@ -515,6 +575,8 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
                 curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes,
                 extra_args=worker_cache_args(cfg))
+            # What restarts await (WorkerRestarts._start_process): the start with Ray's calls off the event loop.
+            spawn.off_loop = functools.partial(launcher.spawn_off_loop, *spawn.args, **spawn.keywords)
             procs[ident] = spawn()
         controller.local_procs = dict(procs)
         left = max(1.0, cfg.worker_start_timeout_s - (time.monotonic() - t0))
@@ -530,5 +592,5 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
     return controller
 
 
-__all__ = ["RayClusterError", "RayController", "RayNodeGoneError", "RayLauncher", "RayNode", "RayWorkerProcess",
-           "WorkerSlot", "connect_address", "plan_slots", "start_ray_cluster"]
+__all__ = ["RayClusterError", "RayController", "RayNodeGoneError", "RayLauncher", "RayNode", "RayUnresponsiveError",
+           "RayWorkerProcess", "WorkerSlot", "connect_address", "plan_slots", "start_ray_cluster"]

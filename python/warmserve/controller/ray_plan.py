@@ -24,6 +24,12 @@ class RayNodeGoneError(RayClusterError, WorkerGoneForGoodError):
     again (a node that rejoins is a new node), so the worker is not started again. Fields: node_id, worker_id."""
 
 
+@register
+class RayUnresponsiveError(RayClusterError):
+    """Ray did not start a worker's actor in time (its head, the GCS, down); the start is tried again. Fields:
+    worker_id, timeout_s."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RayNode:
     """An alive Ray node, as read from ``ray.nodes()``."""

@@ -71,10 +71,13 @@ class WorkerRestarts:
                 if self.closing or spawn is None or back.done():  # done: the last one joined after its deadline
                     return
                 try:
-                    proc = self.local_procs[ident] = spawn()
+                    proc = self.local_procs[ident] = await self._start_process(spawn)
                 except WorkerGoneForGoodError as e:
                     self._give_up(lost, back, e)
                     return
+                except WarmServeError as e:  # typed: its message says what was waited for and what to do
+                    log.warning("could not restart %r (restart %d in a row): %s; trying again", lost, n + 1, e)
+                    continue
                 except Exception:
                     # Any failure, not only OSError: Ray's launcher raises Ray's own errors (its GCS restarting),
                     # and found in review, one of those ended this task for good and the worker never came back.
@@ -107,6 +110,14 @@ class WorkerRestarts:
             # Only this restart's own entry: after its admission a new loss may have started the next restart.
             if self.restarting.get(ident) is back:
                 del self.restarting[ident]
+
+    @staticmethod
+    async def _start_process(spawn):
+        """Run a local worker's starter (``local_spawn``): on the loop (a fork or a Popen: fast), or, for one with an
+        ``off_loop`` coroutine (Ray's, whose calls wait for Ray's head), that. Found in review: Ray's start on the
+        loop, with Ray's head down, stalled every request until Ray ended the process."""
+        off_loop = getattr(spawn, "off_loop", None)
+        return spawn() if off_loop is None else await off_loop()
 
     def _give_up(self, lost: WorkerRecord, back: asyncio.Future, error: WorkerGoneForGoodError) -> None:
         """Stop restarting ``lost`` for good: its starter and last process are dropped (nothing restarts it again,
@@ -143,6 +154,9 @@ class WorkerRestarts:
         proc = None
         try:
             t0 = time.monotonic()
+            # Wall time, for the entry: it is written once the fresh process is admitted, seconds later, and a
+            # reader splitting starts at an instant (`bench replay`'s t = 0) needs when this one began.
+            began_unix_s = time.time()
             self.hub.retire(old, "a fresh engine process replaces it")
             # Its process groups go with its process. Found in review: a group kept 'ready' with the retired record
             # was never rebuilt, and every later tp > 1 start on this block activated in a group the fresh process
@@ -163,7 +177,7 @@ class WorkerRestarts:
                 await self._exited(old)
             t1 = time.monotonic()
             with fresh_interpreters():  # not forked from a preloaded process: the engine start is the cost
-                proc = self.local_procs[ident] = self.local_spawn[ident]()
+                proc = self.local_procs[ident] = await self._start_process(self.local_spawn[ident])
             deadline = t1 + self.config.worker_start_timeout_s
             while not joined.done():
                 if self.closing:
@@ -187,7 +201,8 @@ class WorkerRestarts:
         start_s, stop_s = time.monotonic() - t1, t1 - t0
         self.metrics.engine_start.observe(start_s)
         self.engine_starts.append({"gpu_id": gid, "model": model, "worker_id": new.worker_id, "old_pid": old.pid,
-                                   "new_pid": new.pid, "stop_s": round(stop_s, 4), "start_s": round(start_s, 4)})
+                                   "new_pid": new.pid, "stop_s": round(stop_s, 4), "start_s": round(start_s, 4),
+                                   "began_unix_s": began_unix_s})
         log.info("%r: fresh engine process %d (was %d) in %.2f s (old one stopped in %.2f s)", new, new.pid,
                  old.pid, start_s, stop_s)
         return new
