@@ -41,10 +41,11 @@ import numpy as np
 
 from warmserve.bench.replay_cluster import LiveCluster, exit_on_signals
 from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, Given, check_args, check_endpoint,
-                                          check_reuse, counters_between, engine_start_summary, fetch_engine_starts,
-                                          fetch_prewarm_metrics, history_rows, idle_windows, live_schedule,
-                                          model_suffix, parse_prewarm_metrics, plan_live_history, policy_options,
-                                          replay_marked, run_policies, split_outcomes, starts_after, trace_requests,
+                                          check_reuse, cost_models, counters_between, engine_start_summary,
+                                          fetch_engine_starts, fetch_prewarm_metrics, history_rows, idle_windows,
+                                          live_history_models, live_schedule, model_suffix, parse_prewarm_metrics,
+                                          plan_live_history, policy_options, replay_marked, run_policies,
+                                          split_engine_starts, split_outcomes, trace_requests, twin_history,
                                           warmup_span_s, with_idle_lead)
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
@@ -226,16 +227,17 @@ def _bar(total: int, desc: str, enabled: bool):
     return progress_bar(enabled, total=total, desc=desc, unit="req", leave=False, dynamic_ncols=True)
 
 
-def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim, options: dict | None = None,
+def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_live, options: dict | None = None,
              warm: list | None = None) -> tuple:
     """One policy live: (summary, TTFTs) of the measured requests ``reqs``; the warm-up's ``warm`` (--warmup-s)
-    are sent first and summarized apart (``summary["warmup"]``), with the server's counters read at t = 0."""
+    are sent first and summarized apart (``summary["warmup"]``), with the server's counters read at t = 0.
+    ``cost``, ``served_live``: the plain --profile and the real checkpoints, which its history comes from."""
     window_s = args.window_s * args.time_scale
     warm_s, warm = warmup_span_s(args), warm or []
     t_launch = time.time()
     t0_unix, hist_path = t_launch, ""
     if not args.endpoint:
-        t0_unix, rows = plan_live_history(w, served_sim, cost, args, t_launch)
+        t0_unix, rows = plan_live_history(w, served_live, cost, args, t_launch)
         if rows:
             os.makedirs(log_dir, exist_ok=True)
             hist_path = os.path.join(log_dir, f"history-{policy}.csv")
@@ -270,7 +272,8 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
                            drain_s=args.drain_s)
         outs, at_t0 = asyncio.run(replay_marked(
             cfg, live_schedule(warm, reqs, warm_s), warm_s,
-            lambda: (fetch_prewarm_metrics(url), fetch_engine_starts(url) if cluster is not None else None),
+            lambda: (time.time(), fetch_prewarm_metrics(url),  # first the wall time of t = 0: split_engine_starts
+                     fetch_engine_starts(url) if cluster is not None else None),
             progress=(lambda o: bar.update(1)) if bar is not None else None))
         if bar is not None:
             bar.close()
@@ -287,10 +290,11 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_sim,
     warmup = None
     if warm_s > 0:
         # the measured span's starts are those after t = 0; a fresh cluster's counters start at zero
-        m0, e0 = at_t0 if at_t0 is not None else (None, None)
+        t0_wall, m0, e0 = at_t0 if at_t0 is not None else (None, None, None)
         m0_rel = counters_between(m0, before if cluster is None else {})
-        metrics, engine_starts = counters_between(metrics, m0_rel), starts_after(engine_starts, e0)
-        warmup = warmup_summary(warm_outs, args, m0_rel, e0, deadline_s)
+        e_warm, engine_starts = split_engine_starts(engine_starts, e0, t0_wall)
+        metrics = counters_between(metrics, m0_rel)
+        warmup = warmup_summary(warm_outs, args, m0_rel, e_warm, deadline_s)
     s, per_model, ttft = summarize(outs, w.duration_s, metrics, deadline_s=deadline_s)
     s["start_lag_s"] = start_lag_s
     if options:
@@ -357,8 +361,8 @@ def check_twin_batches(policies: list[str], options: dict) -> None:
                 f"{engine.max_batch_tokens}", policy=p, instance_capacity=cap)
 
 
-def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None) -> tuple:
-    """The twin of ``run_live``: the same workload, idle lead, warm-up, history, window and policy options."""
+def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None, history_from=None) -> tuple:
+    """The twin of ``run_live``: its workload, idle lead, warm-up, history (``twin_history``), window, options."""
     from warmserve.sim.runner import resolve
     from warmserve.sim.simulator import simulate
 
@@ -367,7 +371,7 @@ def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None)
     pcfg = policy_config_from_dict(options or {}, PolicyConfig(window_s=window_s), where="--policy-option")
     cfg = twin_config(args.cpu_workers, window_s, args.drain_s, pcfg, warmup_s)
     base, cfg = resolve(policy, cfg)
-    r = simulate(w, served_sim, base, config=cfg, cost=cost)
+    r = simulate(w, served_sim, base, config=cfg, cost=cost, history=twin_history(w, history_from, warmup_s, window_s))
     # the simulator counts the starts before t = 0 (its clock starts at the idle lead) apart, as "warmup": kept so
     # where the live run reads its counters at t = 0 too, folded in where it counts every start since its launch
     s = dict(r.summary) if args.warmup_s > 0 else fold_warmup_starts(r.summary)
@@ -427,7 +431,6 @@ def main(args) -> int:
 def _main(args) -> int:
     from warmserve.outputs import check_distinct_outputs, check_output, check_output_folder, check_plot
     from warmserve.sim.config import ServedModel
-    from warmserve.sim.costmodel import CostModel
 
     t0 = time.perf_counter()
     check_args(args)
@@ -460,14 +463,7 @@ def _main(args) -> int:
     if not reqs:
         print("warmserve bench replay: the workload has no requests: raise --rate or --duration-s", file=sys.stderr)
         return 2
-    if args.profile in ("H100-80GB", "A100-80GB"):
-        cost = CostModel.for_gpu(args.profile)  # the paper's latency model, for a GPU-scale what-if
-    else:
-        cost = CostModel.from_profile(args.profile) if args.profile else None
-    if cost is not None and args.sim_compute_scale:
-        cost = replace(cost, gpu=replace(cost.gpu, compute_scale=args.sim_compute_scale))
-    if cost is not None and args.sim_host_cores is not None:
-        cost = replace(cost, gpu=replace(cost.gpu, host_cores=args.sim_host_cores))
+    live_cost, cost = cost_models(args)  # the --sim-* flags make the twin's only
     # the twin's policy knows each model's context as the live controller does, from its checkpoint's config (a
     # colocated KV share holds one request of it); an --endpoint server's is unknown: the run's longest request
     contexts = {}
@@ -475,7 +471,9 @@ def _main(args) -> int:
         from warmserve.engine.demo import demo_spec  # imports torch: not for an --endpoint run
 
         contexts = {c: spec.max_position_embeddings for _, c in served if (spec := demo_spec(c)) is not None}
-    served_sim = [ServedModel(n, args.sim_size or c, context_tokens=contexts.get(c, 0)) for n, c in served]
+    served_live = [ServedModel(n, c, context_tokens=contexts.get(c, 0)) for n, c in served]
+    served_sim = [replace(s, size=args.sim_size) for s in served_live] if args.sim_size else served_live
+    history_from = live_history_models(args, served_live, live_cost)
     if cost is None and not args.endpoint:
         # the history's in-flight windows need request latencies, which come from the profile
         print("warmserve bench replay: no --profile: the clusters get no forecast history and there is no "
@@ -503,7 +501,8 @@ def _main(args) -> int:
         if earlier is not None:
             live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier.get("ttft_s", {}).get(p, []), float)
         else:
-            live[p], live_ttft[p] = run_live(p, w, reqs, served, args, cost, log_dir, served_sim, options[p], warm)
+            live[p], live_ttft[p] = run_live(p, w, reqs, served, args, live_cost, log_dir, served_live,
+                                             options[p], warm)
         s = live[p]
         print(f"{p}: live p50/p99 TTFT {s['ttft_p50_s']:.3f}/{s['ttft_p99_s']:.3f} s, answered {s['answered']}/"
               f"{s['requests']}, outcomes {s['outcomes']}"
@@ -520,7 +519,7 @@ def _main(args) -> int:
                                                           else ""), file=sys.stderr)
             return 1
         if cost is not None and not args.endpoint:
-            sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost, options[p])
+            sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost, options[p], history_from)
         if args.json:  # after each policy: an error in a later one keeps what this one took minutes to measure
             write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0, warm)
     print(f"{w.name}: {len(served)} models " + (f"sent to {args.endpoint}" if args.endpoint else

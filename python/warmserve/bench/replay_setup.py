@@ -1,6 +1,6 @@
 """The set-up of `warmserve bench replay` (``warmserve.bench.replay``): its arguments checked up front, the
 per-policy options, the --reuse-live check, where the trace's t = 0 and the history go on a live cluster, the
-warm-up's replay, and the server's counters.
+live cluster's and the twin's cost models and history, the warm-up's replay, and the server's counters.
 
 A live cluster starts ahead of t = 0 (--start-lead-s) and its policy books every window it waits through with no
 load, over whatever the history said of it (``policy.core.Policy._meter_set``: the first tick makes the window
@@ -154,6 +154,7 @@ def check_args(args) -> None:
         if unknown:
             raise InvalidArgumentError(f"--checkpoints: unknown demo checkpoints {unknown}; choose from "
                                        f"{', '.join(known)}", checkpoints=unknown)
+        check_context(args, ckpts)
     w = args.window_s * args.time_scale
     if w < 86400 and abs(86400 / w - round(86400 / w)) > 1e-9:
         # the policy refuses such a window (its daily season would drift); say which time scales work instead
@@ -164,6 +165,29 @@ def check_args(args) -> None:
             f"--window-s {args.window_s:g} x --time-scale {args.time_scale:g} = {w:g} s windows, which do not divide "
             f"a day ({86400 / w:.3f} a day): the policy's daily season would drift. Fix: --time-scale {near:g}, or "
             f"a --window-s whose product with the time scale divides 86400", window_s=w)
+
+
+def check_context(args, ckpts: list[str]) -> None:
+    """Refuse caps whose longest request does not fit the smallest context among the checkpoints (their config's
+    max_position_embeddings, which the live controller takes as the model's context). Found in review:
+    `--checkpoints llama-20m --max-prompt-tokens 6000` ran; the live server refused the longer prompts (HTTP 400,
+    counted unanswered, a 20 s P99) and the simulated twin served them, so the two replayed different workloads."""
+    from warmserve.engine.demo import demo_spec
+
+    ctx = {c: demo_spec(c).max_position_embeddings for c in ckpts}
+    small = min(ckpts, key=ctx.__getitem__)
+    n, p, o = ctx[small], args.max_prompt_tokens, args.max_output_tokens
+    if p + o <= n:
+        return
+    fix = (f"--max-prompt-tokens {n - o} or less" if o < n else
+           f"--max-output-tokens below {n} and --max-prompt-tokens at most {n} minus it")
+    if any(ctx[c] > n for c in ckpts):
+        fix += f", or drop {small} from --checkpoints"
+    raise InvalidArgumentError(f"--max-prompt-tokens {p} + --max-output-tokens {o} = {p + o} tokens, past the "
+                               f"{n}-token context of checkpoint {small} (its max_position_embeddings): the live "
+                               f"server refuses such a request (HTTP 400) where the simulated twin would serve it. "
+                               f"Fix: {fix}",
+                               checkpoint=small, context_tokens=n, prompt_tokens=p, output_tokens=o)
 
 
 def policy_options(args, policies: list[str]) -> dict[str, dict[str, str]]:
@@ -323,7 +347,9 @@ def replay_start(t_launch_unix: float, clock0_s: float, window_s: float, n_idle:
 def plan_live_history(w, served_sim, cost, args, t_launch_unix: float) -> tuple[float, list[tuple]]:
     """(t0_unix, history rows) for a cluster launched at ``t_launch_unix``: the replay's start (its warm-up's,
     t0_unix - ``warmup_span_s``) on the policy's grid after the idle lead, the history (none without a cost
-    model) ending where the idle windows begin and those windows idle, as ``run_sim`` gives the twin."""
+    model) ending where the idle windows begin and those windows idle, as ``run_sim`` gives the twin.
+    ``served_sim``, ``cost``: the live cluster's models and the plain --profile (``live_history_models``), never
+    the twin's --sim-* ones."""
     window_s = args.window_s * args.time_scale
     n_idle = idle_windows(args)
     warm_s = warmup_span_s(args)
@@ -331,6 +357,58 @@ def plan_live_history(w, served_sim, cost, args, t_launch_unix: float) -> tuple[
     rel = [] if cost is None else history_rows(w, served_sim, cost, window_s, 0.0, warmup_s, n_idle, warm_s)
     t0 = replay_start(t_launch_unix, w.clock0_s, window_s, n_idle, min((r[1] for r in rel), default=None), warm_s)
     return t0, [(m, t0 + s, a, pk) for m, s, a, pk in rel]
+
+
+# --------------------------------------------------------------------------------------------------- live and twin
+
+#: --profile values that name the paper's GPU latency model (``CostModel.for_gpu``), a what-if for the twin
+GPU_PROFILES = ("H100-80GB", "A100-80GB")
+
+
+def cost_models(args) -> tuple:
+    """(the live cluster's cost model, the twin's): --profile as given, which the live cluster's history is
+    computed with, and the twin's with --sim-compute-scale and --sim-host-cores on top (found in review: they
+    changed the live cluster's history too, though they describe only the twin); (None, None) without --profile."""
+    from warmserve.sim.costmodel import CostModel
+
+    if not args.profile:
+        return None, None
+    live = CostModel.for_gpu(args.profile) if args.profile in GPU_PROFILES else CostModel.from_profile(args.profile)
+    twin = live
+    if args.sim_compute_scale:
+        twin = replace(twin, gpu=replace(twin.gpu, compute_scale=args.sim_compute_scale))
+    if args.sim_host_cores is not None:
+        twin = replace(twin, gpu=replace(twin.gpu, host_cores=args.sim_host_cores))
+    return live, twin
+
+
+def live_history_models(args, served_live: list, live_cost) -> tuple | None:
+    """(served models, cost model) the live cluster's history is computed from: its real checkpoints and the plain
+    --profile. None without a profile, and where the profile has no latencies for the checkpoints (a GPU latency
+    model): a live run is refused then, before any cluster starts; a --reuse-live twin forecasts from its own
+    history, as the live run's came from a profile this run does not have."""
+    if live_cost is None:
+        return None
+    missing = [s.size for s in served_live if s.name not in live_cost.models and s.size not in live_cost.models]
+    if not missing:
+        return served_live, live_cost
+    if not args.reuse_live:
+        raise InvalidArgumentError(
+            f"--profile {args.profile} has no latencies for the checkpoints {sorted(set(missing))}, which the live "
+            f"cluster's forecast history is computed from (--sim-size sets only the twin's models). Fix: a profile of "
+            f"this machine (`warmserve calibrate --out P.json`, then --profile P.json), and the GPU what-if afterwards "
+            f"with --reuse-live", profile=args.profile, checkpoints=sorted(set(missing)))
+    return None
+
+
+def twin_history(w, history_from: tuple | None, warmup_s: float, window_s: float) -> dict | None:
+    """The twin's policy history: the live cluster's, from ``history_from`` (``live_history_models``; None: the
+    twin's own, None here). The twin predicts what that cluster does, so its forecasts must start where the live
+    policy's did, whatever the --sim-* flags make of its latencies (with them its own history differed from the live
+    one in most rows)."""
+    from warmserve.sim.inputs import history_windows
+
+    return None if history_from is None else history_windows(w, *history_from, warmup_s, window_s)
 
 
 # --------------------------------------------------------------------------------------------------- warm-up replay
@@ -457,6 +535,22 @@ def starts_after(later: list | None, earlier: list | None) -> list | None:
         return None
     seen = {e.get("new_pid") for e in earlier}
     return [e for e in later if e.get("new_pid") not in seen]
+
+
+def split_engine_starts(final: list | None, at_t0: list | None, t0_unix: float) -> tuple[list | None, list | None]:
+    """(the warm-up's, the measured span's) engine starts, from the server's /stats list read at t = 0 (``at_t0``,
+    wall time ``t0_unix``) and after the replay (``final``); None where unknown. By when each replacement began
+    (``began_unix_s``), as instance starts go by when they were decided: an entry is written once its process is
+    admitted, seconds later, so a warm-up start still starting at t = 0 is not in ``at_t0`` (found in review:
+    counting by that list booked it in the measured span). Entries without the field: by ``starts_after``."""
+    if at_t0 is None:
+        return None, None
+    later = starts_after(final, at_t0)
+    every = at_t0 + (later or [])
+    if not all("began_unix_s" in e for e in every):
+        return at_t0, later
+    warm = [e for e in every if e["began_unix_s"] < t0_unix]
+    return warm, None if later is None else [e for e in every if e["began_unix_s"] >= t0_unix]
 
 
 #: how long `bench replay --endpoint` waits for the server's answer to GET /v1/models before the replay, seconds

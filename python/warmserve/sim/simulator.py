@@ -51,7 +51,8 @@ class Simulator:
     (``_lose``)."""
 
     def __init__(self, workload: Workload, served: list[ServedModel], policy_name: str, *,
-                 config: SimConfig = SimConfig(), cost: CostModel | None = None, progress=None, gpu_losses=()):
+                 config: SimConfig = SimConfig(), cost: CostModel | None = None, progress=None, gpu_losses=(),
+                 history: dict | None = None):
         from warmserve.policy import make_policy
 
         self.cfg = config
@@ -98,8 +99,11 @@ class Simulator:
                                        "forecasts take a day as 86400 s: build the workload with the default day_s",
                                        day_s=workload.day_s)
         self.clock0 = workload.clock0_s
-        hist = history_windows(workload, served, self.cost, self.warmup_s, pcfg.window_s)
-        self.policy = make_policy(policy_name, models=self.infos, config=pcfg, history=hist)
+        #: the policy's history windows per model: ``history`` where given (the replay's twin passes the live
+        #: cluster's, computed from its own cost model), else from this one
+        self.history = history if history is not None else history_windows(workload, served, self.cost,
+                                                                           self.warmup_s, pcfg.window_s)
+        self.policy = make_policy(policy_name, models=self.infos, config=pcfg, history=self._history_copy())
         self.policy_name = policy_name
         self.progress = progress
         self.gpu_losses = sorted((float(t), tuple(g)) for t, g in gpu_losses)
@@ -112,6 +116,11 @@ class Simulator:
         self._build_requests()
 
     # -- setup --------------------------------------------------------------------------------------------
+
+    def _history_copy(self) -> dict:
+        """A fresh copy of ``history`` for a policy (it writes into its history's arrays as windows pass), so that
+        the trial runs of a layout search start from the same history."""
+        return {m: tuple(np.array(x) for x in s) for m, s in self.history.items()}
 
     def _choose_static_layout(self) -> None:
         """`shared` lays out the best of its layout search. `dedicated` lays out the better (SLO attainment, then
@@ -537,9 +546,9 @@ class Simulator:
 
 
 def simulate(workload: Workload, served: list[ServedModel], policy: str, *, config: SimConfig = SimConfig(),
-             cost: CostModel | None = None, progress=None) -> RunResult:
+             cost: CostModel | None = None, progress=None, history: dict | None = None) -> RunResult:
     """Run one policy over one workload; see ``Simulator``."""
-    sim = Simulator(workload, served, policy, config=config, cost=cost, progress=progress)
+    sim = Simulator(workload, served, policy, config=config, cost=cost, progress=progress, history=history)
     r = sim.run()
     if sim.shared_search is not None:
         r.summary["shared_layout"] = sim.shared_search
