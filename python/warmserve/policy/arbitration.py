@@ -67,7 +67,8 @@ def freed_group(state: ClusterState, board: Board, gpus, tps) -> tuple[int, ...]
 def migrations(state: ClusterState, stopping: set[str], capacity: int, max_in_flight: int,
                skip=frozenset()) -> list[InstanceState]:
     """Instances that drain (or stop in ``stopping``) with 1 to ``max_in_flight`` requests in flight, which the
-    model's ready instances that stay take within ``capacity`` (B) requests each; fewest in flight first.
+    model's ready instances that stay take within ``capacity`` requests each (the policy passes B, or
+    route_cap_per_instance when lower: what route() gives them); fewest in flight first.
     Moving their requests (``actions.Migrate``) frees their GPUs now rather than when the longest generation
     on them ends. Left out: instances in ``skip`` and those sharing a GPU with another instance (moving them
     frees no GPU)."""

@@ -60,7 +60,9 @@ class PolicyConfig:
     #: the driver's queue for an instance with room (the paper's artifact: its manager keeps at most B = 32 in
     #: flight per engine). Without (the default: what a user running vLLM behind a least-loaded balancer gets),
     #: the engine's own admission limit (vLLM max-num-seqs, 256 there) decides, and ready instances take the
-    #: overflow while a new instance starts. B (instance_capacity) stays the planning capacity either way.
+    #: overflow while a new instance starts. A cap below B (instance_capacity) is the capacity the policy plans
+    #: with too (``LoadSignals.routed_capacity``: scale-out, scale-in, the prewarm plan, migrations' room), since
+    #: route() gives no instance more; B stays the KV targets' per-sequence share.
     route_cap_per_instance: int = 0
     #: TTFT the policy plans for, as a multiple of the model's 1024-token prefill time (ModelInfo.prefill_s):
     #: the simulator's default TTFT SLO (sim.config.SimConfig.slo_scale). The prefill backlog one instance may

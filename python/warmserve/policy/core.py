@@ -113,13 +113,13 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
     def route(self, state: ClusterState, model: str, now_s: float,
               request_id=None) -> A.Route | A.StartInstance | A.ReviveInstance | None:
         """Where one request goes (§5, with this project's arbitration): the ready instance with the fewest
-        in-flight requests, when below B and the prefill backlog within the budget of the ready ones (a burst of
-        long prompts does not wait for the tick's 5 s average); else a draining instance revived; else a new one
-        (one creation in flight per model, and none while another model waits with no instance at all: the tick
-        gives GPUs in order of unmet demand, so GPUs freed for a model that waited longer are not taken here by
-        another's request; nor on GPUs reclaimed for another model); else, while the new one starts or when
-        there is no GPU for one, the least-loaded ready instance takes the overflow unless
-        ``route_cap_per_instance`` caps it; else None (it waits)."""
+        in-flight requests, when below B (``routed_capacity``: no more than route_cap_per_instance) and the prefill
+        backlog within the budget of the ready ones (a burst of long prompts does not wait for the tick's 5 s
+        average); else a draining instance revived; else a new one (one creation in flight per model, and none
+        while another model waits with no instance at all: the tick gives GPUs in order of unmet demand, so GPUs
+        freed for a model that waited longer are not taken here by another's request; nor on GPUs reclaimed for
+        another model); else, while the new one starts or when there is no GPU for one, the least-loaded ready
+        instance takes the overflow unless ``route_cap_per_instance`` caps it; else None (it waits)."""
         self._model(model)
         B = self.cfg.instance_capacity
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
@@ -128,13 +128,10 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         # shares by demand, and route as `shared` does while it stands
         co_ids = self._co.ids if self._co is not None and not self._pinned else ()
 
-        rcap = self.cfg.route_cap_per_instance
-
         def lim(inst, b):  # requests ``inst`` may hold: b, no more than the operator's cap (found in review: the
             # cap was applied to the overflow alone, so a cap below B let each instance take B), and a co-served
             # one no more than its KV share holds either
-            if rcap:
-                b = min(b, rcap)
+            b = self.routed_capacity(b)
             if inst.instance_id not in co_ids:
                 return b
             own = self._colocated_cap(inst)
@@ -431,7 +428,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         """Draining instances hand their requests over where that gives a wanting model a group to start on
         (``arbitration.migration_plan``, up to ``need`` groups); their weights stay as a prewarm (the wanting
         model's start may evict it). Returns whether any GPU was freed."""
-        moved = migration_plan(state, board, A.stopping(out), self.cfg.instance_capacity,
+        moved = migration_plan(state, board, A.stopping(out), self.routed_capacity(),
                                self.cfg.migrate_max_in_flight, {self.models[m].tp for m in wanted}, need,
                                self._co.ids if self._co is not None else ())
         for inst in moved:
@@ -544,7 +541,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             self._retain[inst.instance_id] = (inst.model, tuple(inst.gpus), now_s)
 
     def _plan(self, state: ClusterState, window: int, board: Board, out: list) -> None:
-        B = self.cfg.instance_capacity
+        B = self.routed_capacity()  # replicas for the instances scale-out will start (route_cap_per_instance)
         running = {m: 0 for m in self.models}
         stopping = A.stopping(out)
         for inst in state.instances.values():

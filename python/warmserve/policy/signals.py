@@ -89,13 +89,24 @@ class LoadSignals:
         tokens = state.prefill_backlog_tokens(model, taking)
         return tokens * self.models[model].prefill_s / PREFILL_PROFILE_TOKENS
 
+    def routed_capacity(self, b: float | None = None) -> float:
+        """Requests route() gives one instance: ``b`` (default B, instance_capacity), no more than
+        ``route_cap_per_instance`` when one is set. Whatever converts load to instances divides by it (scale-out,
+        scale-in, the prewarm plan, migrations' room): found in review, with a cap of 8 below B = 32 a steady 16
+        in flight kept ceil(16 / 0.5 / 32) = 1 instance, so each tick stopped one that route() revived (115 of
+        each in 120 s). Without a cap it is B, as before."""
+        b = self.cfg.instance_capacity if b is None else b
+        cap = self.cfg.route_cap_per_instance
+        return min(b, cap) if cap else b
+
     def _wanted(self, m: str, load: float, prefill_s: float, queued: int) -> tuple[float, float]:
         """(instances to scale out to, instances to scale in to) for a load (in-flight + queued requests) and a
         prefill backlog (seconds), both averaged over load_window_s. In-flight (§5): out to ceil(load / 0.8 / B)
-        when load > 0.8 x B x instances, in to ceil(load / 0.5 / B); prefill, with the same thresholds over
-        the per-instance budget: out to ceil(backlog / (0.8 x budget)), never in below ceil(backlog / (0.5 x
-        budget)). At least one instance while requests wait."""
-        cfg, B = self.cfg, self.cfg.instance_capacity
+        when load > 0.8 x B x instances, in to ceil(load / 0.5 / B), B here the routed capacity (``routed_capacity``:
+        min(B, route_cap_per_instance)); prefill, with the same thresholds over the per-instance budget: out to
+        ceil(backlog / (0.8 x budget)), never in below ceil(backlog / (0.5 x budget)). At least one instance while
+        requests wait."""
+        cfg, B = self.cfg, self.routed_capacity()
         out, keep = load / cfg.scale_out_threshold / B, load / cfg.scale_in_threshold / B
         budget = self.prefill_budget_s(m)
         if budget > 0:
