@@ -81,6 +81,21 @@ def require_namespaces() -> None:
         pytest.skip(why)
 
 
+def split_run(test_file: str, test_name: str, tmp_path, limit_s: float, body, models: tuple) -> str | None:
+    """A Ray test's two halves: inside the namespaces ``body()`` runs, every thread's escaped exception watched, and
+    None is returned; outside, the demo checkpoints of ``models`` are written (so that the timed run inside only
+    reads them) and the test is run again inside (``run_inside``): its stdout is returned."""
+    if inside():
+        watch_threads()
+        body()
+        return None
+    require_namespaces()
+    import serving  # this folder's module: the demo checkpoints
+
+    serving.demo_paths(models)
+    return run_inside(test_file, test_name, tmp_path, limit_s)
+
+
 def run_inside(test_file: str, test_name: str, tmp_path, limit_s: float, env: dict | None = None) -> str:
     """Run ``test_file::test_name`` again inside the namespaces (``require_namespaces`` first), killed with every
     process there after ``limit_s``; fails the test with the child's output unless it passed. Returns the child's

@@ -17,7 +17,7 @@ import time
 import pytest
 
 import serving
-from ray_namespaces import inside, passed, require_namespaces, run_inside, watch_threads
+from ray_namespaces import passed, split_run
 
 #: The run inside the namespaces, seconds; the worker must be given up on within GIVE_UP_S of the node's death,
 #: far below WORKER_START_TIMEOUT_S.
@@ -34,15 +34,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs th
 
 
 def test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast(tmp_path):
-    if inside():
-        watch_threads()
-        asyncio.run(_inside())
-        return
-    require_namespaces()
-    serving.demo_paths((MODEL,))  # written out here, so the timed run inside only reads them
-    out = run_inside(__file__, "test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast", tmp_path,
-                     INSIDE_LIMIT_S)
-    print(out[-800:])
+    out = split_run(__file__, "test_a_dead_ray_node_s_worker_is_given_up_on_and_requests_fail_fast",
+                    tmp_path, INSIDE_LIMIT_S, lambda: asyncio.run(_inside()), (MODEL,))
+    if out is not None:
+        print(out[-800:])
 
 
 async def _inside() -> None:

@@ -22,7 +22,7 @@ import traceback
 import pytest
 
 import serving
-from ray_namespaces import inside, passed, require_namespaces, run_inside, watch_threads
+from ray_namespaces import passed, split_run
 
 #: The run inside the namespaces, seconds (about 25 s here).
 INSIDE_LIMIT_S = 90
@@ -38,15 +38,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs th
 
 
 def test_a_worker_lost_while_the_gcs_is_down_leaves_the_loop_and_the_other_worker_serving(tmp_path):
-    if inside():
-        watch_threads()
-        asyncio.run(_inside())
-        return
-    require_namespaces()
-    serving.demo_paths((MODEL,))  # written out here, so the timed run inside only reads them
-    out = run_inside(__file__, "test_a_worker_lost_while_the_gcs_is_down_leaves_the_loop_and_the_other_worker_serving",
-                     tmp_path, INSIDE_LIMIT_S)
-    print(out[-1200:])
+    out = split_run(__file__, "test_a_worker_lost_while_the_gcs_is_down_leaves_the_loop_and_the_other_worker_serving",
+                    tmp_path, INSIDE_LIMIT_S, lambda: asyncio.run(_inside()), (MODEL,))
+    if out is not None:
+        print(out[-1200:])
 
 
 def _watch_the_loop(ticks: list[float]) -> None:

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import serving
-from ray_namespaces import inside, passed, require_namespaces, run_inside, watch_threads
+from ray_namespaces import passed, split_run
 
 #: The run inside the namespaces, seconds: Ray's head and a second node started with `ray start` (about 20 s on
 #: 2 cores), the refused start (a few seconds).
@@ -30,15 +30,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs th
 
 
 def test_a_ray_node_without_the_model_path_is_refused_naming_the_node_and_the_path(tmp_path):
-    if inside():
-        watch_threads()
-        asyncio.run(_inside())
-        return
-    require_namespaces()
-    serving.demo_paths((MODEL,))  # written out here, so the timed run inside only reads them
-    out = run_inside(__file__, "test_a_ray_node_without_the_model_path_is_refused_naming_the_node_and_the_path",
-                     tmp_path, INSIDE_LIMIT_S)
-    print(out[-800:])
+    out = split_run(__file__, "test_a_ray_node_without_the_model_path_is_refused_naming_the_node_and_the_path",
+                    tmp_path, INSIDE_LIMIT_S, lambda: asyncio.run(_inside()), (MODEL,))
+    if out is not None:
+        print(out[-800:])
 
 
 async def _inside() -> None:
