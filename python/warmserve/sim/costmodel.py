@@ -57,8 +57,8 @@ import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import KV_BLOCK_TOKENS
-from warmserve.sim.profile_check import (COST_RULES, GPU_RULES, check_fields, check_value, gpu_section, limits_section,
-                                         models_section)
+from warmserve.sim.profile_check import (COST_RULES, GPU_RULES, check_fields, check_interference, check_value,
+                                         gpu_section, limits_section, models_section)
 
 SCHEMA = "warmserve.sim.profile/1"
 GB = 1e9
@@ -318,11 +318,18 @@ class CostModel:
     load_fixed_s: float = 0.0
     #: the vLLM engine limits an engine model admits and batches under
     limits: EngineLimits = EngineLimits()
+    #: how instances colocated on one GPU slow each other (COLOCATION_INTERFERENCE; no published measurement of
+    #: the paper's models, so the rule is a choice shown as a range): "time-share" (default) an iteration takes n
+    #: times longer while n instances on its busiest GPU iterate; "phase" only those in the same phase share it (a
+    #: prefill, compute-bound, overlaps another model's decode, memory-bound: MuxServe's premise); "none" they never
+    #: slow each other, a bound no GPU reaches
+    colocation_interference: str = "time-share"
 
     def __post_init__(self):
         # a negative time ran the simulated clock backwards (found in review: engine_init_s -30, TTFT -1.5 s)
         check_fields("CostModel", {k: getattr(self, k) for k in COST_RULES}, COST_RULES,
                      "give the cost model a value in that range")
+        check_interference(self.colocation_interference)
 
     def cost(self, name: str, size: str | None = None) -> ModelCost:
         c = self.models.get(name) or (self.models.get(size) if size else None)
@@ -485,6 +492,8 @@ class CostModel:
                 cm = replace(cm, **{k: float(check_value(f"profile {k}", d[k], rule))})
         if "engine_limits" in d:
             cm = replace(cm, limits=replace(cm.limits, **limits_section(d["engine_limits"])))
+        if "colocation_interference" in d:
+            cm = replace(cm, colocation_interference=check_interference(d["colocation_interference"]))
         models = dict(cm.models)
         for name, kw in models_section(d.get("models")).items():
             old = models.get(name)
@@ -514,6 +523,7 @@ class CostModel:
             "engine_start_s": self.engine_start_s, "tp_init_s": self.tp_init_s, "activation_s": self.activation_s,
             "kv_map_s_per_gib": self.kv_map_s_per_gib, "engine_init_s": self.engine_init_s,
             "fast_load_bytes_per_s": self.fast_load_bytes_per_s, "load_fixed_s": self.load_fixed_s,
+            "colocation_interference": self.colocation_interference,
             "engine_limits": {"max_running_seqs": self.limits.max_running_seqs,
                               "block_size_tokens": self.limits.block_size_tokens,
                               "max_model_len_tokens": self.limits.max_model_len_tokens,

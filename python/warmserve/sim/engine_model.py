@@ -12,7 +12,8 @@ running request advances one token per step; the context grows by n tokens a ste
 linearly in progress and the time of a run of steps is integrated exactly (``_span_s``, ``_steps_in``).
 
 Instances sharing a GPU (the `shared` baseline) time-share it: each iteration takes as many times longer as
-there are busy instances on its busiest GPU (``_reslow``). CPU workers also share their server's cores
+there are busy instances on its busiest GPU (``_reslow``; ``CostModel.colocation_interference`` "phase" counts
+only those in the same phase, "none" none, as the range around that rule). CPU workers also share their server's cores
 (``GpuType.host_cores``, from `warmserve calibrate`): an iteration then takes ``host_slowdown(n)`` times longer
 again, n the server's devices with a busy instance (GPUs share no compute: the term is 1). A fresh engine
 process starting there computes too (``start_engine``, phase ``STARTING``): it counts as busy, and its start
@@ -119,6 +120,9 @@ class BatchEngines(KvMemory):
                  max_batched_tokens: int = 0, chunked_prefill_tokens: int = 0, server_gpus=None, on_started=None,
                  on_refused=None, kv_map_s_per_gib: float | None = None):
         self.cost = cost
+        #: colocated instances share a GPU by phase (``CostModel.colocation_interference`` "phase"): a change
+        #: between prefill and decode re-times the neighbours too, not only turning busy or idle
+        self.by_phase = cost.colocation_interference == "phase"
         #: seconds per GiB (per GPU) a lazily mapping engine pays for KV pages mapped while admitting; None: the
         #: cost model's ``kv_map_s_per_gib``
         self.kv_map_s_per_byte = (cost.kv_map_s_per_gib if kv_map_s_per_gib is None else kv_map_s_per_gib) / GIB
@@ -312,7 +316,7 @@ class BatchEngines(KvMemory):
                 inst.pf_batch = batch
                 inst.pf_tokens = tokens
                 inst.phase = PREFILL
-                if old == IDLE:
+                if old == IDLE or self.by_phase and old != PREFILL:
                     self._reslow(inst, t)
                 map_s, inst.map_s = inst.map_s, 0.0
                 self._push_work(inst, self.cost.prefill_batch_s(inst.cost, [self.prompt[r] for r in batch]) + map_s,
@@ -320,7 +324,7 @@ class BatchEngines(KvMemory):
                 return
         if inst.running:
             inst.phase = DECODE
-            if old == IDLE:
+            if old == IDLE or self.by_phase and old != DECODE:
                 self._reslow(inst, t)
             self.push(t + max(self._span_s(inst, inst.running[0][0] - inst.progress), 0.0), inst)
             return
@@ -360,7 +364,7 @@ class BatchEngines(KvMemory):
         inst.chunk = chunk
         inst.pf_tokens = queued
         inst.phase = PREFILL
-        if old == IDLE:
+        if old == IDLE or self.by_phase and old != PREFILL:
             self._reslow(inst, t)
         c = inst.cost
         if n:
@@ -525,8 +529,14 @@ class BatchEngines(KvMemory):
         iteration is being chosen, is not pushed here). A fresh engine starting competes for the server's cores,
         not for its GPU: it counts in the host factor only."""
         gi = self.gpu_insts
+        rule = self.cost.colocation_interference
         for o in insts:
-            new = max(max(sum(1 for x in gi[g] if x.phase not in (IDLE, STARTING)) for g in o.st.gpus), 1)
+            if rule == "none":
+                new = 1
+            elif rule == "phase" and o.phase in (DECODE, PREFILL):
+                new = max(max(sum(1 for x in gi[g] if x.phase == o.phase) for g in o.st.gpus), 1)
+            else:
+                new = max(max(sum(1 for x in gi[g] if x.phase not in (IDLE, STARTING)) for g in o.st.gpus), 1)
             if host != 1.0:
                 new *= host
             if new != o.slow:

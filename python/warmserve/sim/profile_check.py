@@ -63,6 +63,18 @@ def check_value(where: str, value, rule: tuple, fix: str = FIX):
     return value
 
 
+#: ``CostModel.colocation_interference``'s rules (costmodel.py documents each)
+COLOCATION_INTERFERENCE = ("time-share", "phase", "none")
+
+
+def check_interference(value) -> str:
+    """``value`` if it names one of COLOCATION_INTERFERENCE; else the error naming them."""
+    if value not in COLOCATION_INTERFERENCE:
+        raise InvalidArgumentError(f"colocation_interference is {value!r}: it must be one of "
+                                   f"{', '.join(COLOCATION_INTERFERENCE)}", key="colocation_interference", value=value)
+    return value
+
+
 def check_fields(who: str, values: dict, rules: dict, fix: str) -> None:
     """Each of ``values`` (field -> value) by its rule in ``rules``, the error naming ``who``.field."""
     for k, v in values.items():

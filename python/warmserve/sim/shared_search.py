@@ -18,7 +18,8 @@ the simulator's cost model, analytically (a few milliseconds per candidate), the
    made f of the room all of the group's shards leave), so each request costs it
    w = prefill_s(prompt) + output x decode_step_s(n, n x (prompt + output / 2)) / n seconds of its GPUs.
    Colocated instances time-share their GPUs (the engine model's interference model: an iteration takes as
-   many times longer as there are busy instances on the GPU), so its load is
+   many times longer as there are busy instances on the GPU; ``CostModel.colocation_interference`` "none" drops
+   the neighbours' term, "phase" is scored as time-sharing), so its load is
    rho = x lambda w (1 + sum of its neighbours' busy shares), a neighbour being busy while it has a request
    in flight: 1 - exp(-x lambda_o L_o), L_o its uncontended latency (prefill + output small-batch steps).
    x is the largest value with every rho <= 1 (bisection; rho grows with x).
@@ -125,12 +126,16 @@ def score(sim, plan, stats) -> float:
             insts.append((lam / reps[m], w, lat))
         groups.append(insts)
 
+    # Neighbours slow an instance as the engine model's interference rule says; "phase" is scored as "time-share"
+    # (an upper bound of its slowdown: the shortlist, step 5, is simulated under the run's own rule)
+    shares = cost.colocation_interference != "none"
+
     def fits(x: float) -> bool:
         for insts in groups:
             busy = [1.0 - math.exp(-x * lam * lat) for lam, _, lat in insts]
-            tot = sum(busy)
+            tot = sum(busy) if shares else 0.0
             for (lam, w, _), b in zip(insts, busy):
-                if x * lam * w * (1.0 + tot - b) > 1.0:
+                if x * lam * w * (1.0 + (tot - b if shares else 0.0)) > 1.0:
                     return False
         return True
 
@@ -149,7 +154,7 @@ def simulate_layout(sim, layout: SharedLayout | None) -> dict:
     from warmserve.sim.simulator import Simulator
 
     trial = Simulator(sim.workload, sim.served, sim.policy.name, config=replace(sim.cfg, shared_search=False),
-                      cost=sim.cost, gpu_losses=sim.gpu_losses)
+                      cost=sim.cost, gpu_losses=sim.gpu_losses, history=sim.history)
     trial.policy.layout = layout
     return trial.run().summary
 
