@@ -2,7 +2,8 @@
 
 Every send to a worker happens synchronously, in the order the driver applies the actions, so one worker sees
 them in that order (ZeroMQ keeps per-peer order). The only waits are a start's load and activation (and, for a
-cold start without a warm engine, a fresh worker process first: ``_fresh_engine``), run as tasks.
+cold start without a warm engine, a fresh worker process first: ``_fresh_engine``), run as tasks, and the back-off
+before a failed Deactivate is sent again (``deactivate``).
 A live worker holds one device: one policy GPU, whose id (``WorkerRecord.gpu_id``) never changes, even when its
 process is replaced by a fresh one. A tensor-parallel instance (or prewarm) on GPUs ``gpus`` has one shard per
 worker, rank i on the i-th GPU of ``gpus``; rank 0's worker (the leader) takes its requests (worker/tp.py).
@@ -15,9 +16,9 @@ import logging
 import time
 
 from warmserve import protocol as P
-from warmserve.controller.prewarms import LivePrewarm
+from warmserve.controller.prewarms import LivePrewarm, tracked_copies
 from warmserve.controller.workers import WorkerRecord
-from warmserve.errors import InvalidArgumentError, TimeoutError_, WorkerLostError
+from warmserve.errors import InvalidArgumentError, ModelStateError, TimeoutError_, UnknownModelError, WorkerLostError
 from warmserve.geometry import PAGE_BYTES, align_up, pages_for
 from warmserve.policy import actions as A
 from warmserve.policy.driver import KeptWeights
@@ -29,6 +30,10 @@ log = logging.getLogger("warmserve.controller")
 LOAD_TIMEOUT_S = 600.0
 #: Longest a control call (evict, activate, deactivate, KV target, stats) may take, seconds.
 CALL_TIMEOUT_S = 60.0
+#: Tries in all of a Deactivate the worker answers with an error (``LiveExecutor.deactivate``); seconds before the
+#: second, doubled before each next one.
+DEACTIVATE_TRIES = 3
+DEACTIVATE_RETRY_S = 0.1
 
 
 def kv_counts(kv: P.KvStats, blocks_per_page: int = 1, held_blocks: int = 0) -> dict[str, int]:
@@ -406,7 +411,7 @@ class LiveExecutor:
             unanswered = isinstance(e, TimeoutError_)
             for w in inst.workers:
                 if w.alive and (len(inst.workers) > 1 or unanswered):
-                    self._fire(w, P.Deactivate(id=self.ctl.hub.next_id(), name=inst.model))
+                    self.deactivate(w, inst.model)
             self.evict_all(inst.workers, inst.model)
         elif pw is not None and ours:
             # A load went out (this start's, or the prewarm's it took) and did not end well on every shard: drop
@@ -423,7 +428,49 @@ class LiveExecutor:
         # the driver drops them (drop_kept) at the end of the next tick. Rank 0 first: it tells the others to stop.
         for w in rec.workers:
             if w.alive:
-                self._fire(w, P.Deactivate(id=self.ctl.hub.next_id(), name=rec.model))
+                self.deactivate(w, rec.model)
+
+    def deactivate(self, w: WorkerRecord, model: str, tries: int = 1) -> None:
+        """Send the Deactivate of ``model`` to ``w``, again while the worker answers an error other than "not
+        running": DEACTIVATE_TRIES in all. A worker whose KV page unmap failed answers DriverError and keeps the
+        instance listed, its model running, until one succeeds (worker/core.py, _close_instance). Found in review:
+        sent once, the model ran on there, its KV pages held, while the driver held the GPU empty; the Evict of its
+        kept weights was refused, and so was every later start of the model there (503s). A retry that succeeds
+        evicts the weights if the driver counts no copy there now (its Evict was refused meanwhile). A worker that
+        refuses every try is admitted again (``WorkerHub.rejoin``: its admission deactivates what it runs), so it
+        and the controller agree again, at the cost of what else ran there (its requests start over elsewhere)."""
+        ctl = self.ctl
+
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return  # the worker is lost: its loss ends what ran there
+            reply = f.result()
+            if not isinstance(reply, P.Error):
+                if tries > 1 and w.alive and tracked_copies(ctl, w, model) == 0:
+                    self.evict_all([w], model)
+                return
+            exc = reply.exception()
+            if isinstance(exc, (ModelStateError, UnknownModelError)) or not w.alive or ctl.closing:
+                return
+            if tries < DEACTIVATE_TRIES:
+                wait_s = DEACTIVATE_RETRY_S * 2 ** (tries - 1)
+                log.warning("Deactivate of %s on %r failed (try %d of %d): %s; sent again in %.1f s", model, w, tries,
+                            DEACTIVATE_TRIES, exc, wait_s)
+                asyncio.get_running_loop().call_later(wait_s, self._deactivate_again, w, model, tries + 1)
+                return
+            log.error("Deactivate of %s on %r failed %d times (last: %s): the worker is admitted again, so that it "
+                      "runs nothing the controller does not know of", model, w, tries, exc)
+            ctl.hub.rejoin(w, f"its Deactivate of {model!r} failed {tries} times (last: {exc}), leaving an instance "
+                              f"the controller stopped running there")
+
+        ctl.hub.start_call(w, P.Deactivate(id=ctl.hub.next_id(), name=model)).add_done_callback(done)
+
+    def _deactivate_again(self, w: WorkerRecord, model: str, tries: int) -> None:
+        # Not once a new instance of the model there has sent its Activate: the Deactivate would stop that one.
+        if not w.alive or self.ctl.closing or any(
+                r.model == model and r.activating and w in r.workers for r in self.instances.values()):
+            return
+        self.deactivate(w, model, tries)
 
     def set_kv_target(self, inst: InstanceState, free_blocks: int, now_s: float) -> None:
         rec = self.instances.get(inst.instance_id)

@@ -99,8 +99,10 @@ def prewarm_call(ctl, pw: LivePrewarm, w: WorkerRecord, msg: P.Prewarm, on_progr
     was refused or lost, a load it gave up on) makes the copy evicted there and the Prewarm sent once more: the
     reply is then the second Prewarm's. Found in CI: after a rank of a tp = 2 instance was killed, the surviving
     worker kept its shard while the driver held the GPU empty, and every start of the model there was refused
-    ("already prewarmed") for as long as the run lasted, every waiting request answered 503. An Evict refused too
-    (the copy runs an instance the controller does not know of) leaves the first refusal as the answer."""
+    ("already prewarmed") for as long as the run lasted, every waiting request answered 503. A running copy (an
+    instance the controller does not know of: a stop whose Deactivate failed) is deactivated first; found in review,
+    its Evict alone was refused and the start given up, and so was every later one. A Deactivate or Evict refused
+    (but for "not running" or "not there": done already) leaves the first refusal as the answer."""
     hub = ctl.hub
     out = asyncio.get_running_loop().create_future()
     out.add_done_callback(lambda f: f.cancelled() or f.exception())  # as start_call's: read by whoever needs it
@@ -121,10 +123,32 @@ def prewarm_call(ctl, pw: LivePrewarm, w: WorkerRecord, msg: P.Prewarm, on_progr
         if state is None:
             relay(f)
             return
-        log.warning("%r holds a copy of %s (%s) that the controller does not count: evicted there, and its "
-                    "prewarm %s sent again", w, pw.model, state, pw.pid)
-        evict = hub.start_call(w, P.Evict(id=hub.next_id(), name=pw.model))
-        evict.add_done_callback(lambda e: evicted(e, f))
+        log.warning("%r holds a copy of %s (%s) that the controller does not count: %sevicted there, and its "
+                    "prewarm %s sent again", w, pw.model, state, "deactivated and " if state == "running" else "",
+                    pw.pid)
+        if state == "running":
+            stop = hub.start_call(w, P.Deactivate(id=hub.next_id(), name=pw.model))
+            stop.add_done_callback(lambda d: deactivated(d, f))
+        else:
+            evict(f)
+
+    def deactivated(d: asyncio.Future, first: asyncio.Future) -> None:
+        if out.done():
+            return
+        if d.cancelled() or d.exception() is not None:  # the worker is lost
+            relay(first)
+            return
+        reply = d.result()
+        # (not running any more: stopped meanwhile, by a stop's Deactivate sent again, say)
+        if isinstance(reply, P.Error) and not isinstance(reply.exception(), ModelStateError):
+            log.warning("%r could not stop its copy of %s that the controller does not count: %s", w, pw.model,
+                        reply.message)
+            relay(first)
+            return
+        evict(first)
+
+    def evict(first: asyncio.Future) -> None:
+        hub.start_call(w, P.Evict(id=hub.next_id(), name=pw.model)).add_done_callback(lambda e: evicted(e, first))
 
     def evicted(e: asyncio.Future, first: asyncio.Future) -> None:
         if out.done():
