@@ -475,6 +475,10 @@ class CostModel:
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise InvalidArgumentError(f"profile {path_or_dict}: not valid JSON ({e}); write it with `warmserve "
                                            f"calibrate --out`", path=str(path_or_dict)) from None
+            except OSError as e:  # found in review: a missing file was a bare FileNotFoundError, exit 1
+                raise InvalidArgumentError(f"profile {path_or_dict}: cannot read it ({e.strerror or e}); give the "
+                                           f"path of one `warmserve calibrate --out` wrote", path=str(path_or_dict),
+                                           errno=e.errno) from None
             if not isinstance(d, dict):  # found in review: a list was an AttributeError traceback
                 raise InvalidArgumentError(f"profile {path_or_dict}: JSON {type(d).__name__}, not the object (schema "
                                            f"{SCHEMA!r}) that `warmserve calibrate --out` writes",

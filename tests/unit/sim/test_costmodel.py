@@ -156,6 +156,15 @@ def test_a_profile_file_that_is_no_profile_object_names_the_file(tmp_path, text,
     assert str(path) in str(e.value) and "warmserve calibrate --out" in str(e.value)
 
 
+@pytest.mark.parametrize("name", ["missing.json", "."])
+def test_a_profile_path_that_cannot_be_read_is_refused_naming_it(tmp_path, name):
+    """Found in review: `warmserve simulate --profile missing.json` ended in a bare FileNotFoundError (exit 1)."""
+    path = tmp_path / name
+    with pytest.raises(InvalidArgumentError, match="cannot read it") as e:
+        CostModel.from_profile(str(path))
+    assert str(path) in str(e.value) and "warmserve calibrate --out" in str(e.value)
+
+
 def test_engine_limits_are_the_artifacts_and_refuse_zero():
     lim = CostModel().limits
     assert (lim.max_running_seqs, lim.block_size_tokens, lim.max_model_len_tokens, lim.max_batched_tokens) == \
