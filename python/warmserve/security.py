@@ -166,3 +166,32 @@ class _Authenticator(ThreadAuthenticator):
                         "it in, put its .key file there and restart", self.address,
                         z85.encode(client_key).decode("ascii"), self.where)
         return allowed, reason
+
+
+def curve_client(sock, server_key: str, secret_key: str | None) -> None:
+    """CURVE on a worker's socket towards a controller: its public certificate, and this worker's own secret one
+    (whose public half the controller must list); without one, an ephemeral key pair (for controllers that accept
+    any client)."""
+    import zmq
+
+    server_public, _ = load_curve_key(server_key, secret=False, what="--curve-server-key")
+    if secret_key:
+        public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
+    else:
+        public, secret = zmq.curve_keypair()
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+
+
+def curve_bind_server(ctx, sock, secret_key: str | None, clients_dir: str):
+    """CURVE on a bound worker: its secret certificate, and only clients whose public certificates sit in
+    ``clients_dir`` are let in (ZAP, answered by an authenticator thread of this context)."""
+    if not secret_key:
+        raise InvalidArgumentError(
+            "--curve-clients-dir needs --curve-secret-key (this worker's .key_secret certificate, made with "
+            "zmq.auth.create_certificates)", clients_dir=clients_dir)
+    if not os.path.isdir(clients_dir):
+        raise InvalidArgumentError(f"--curve-clients-dir {clients_dir} is not a directory", clients_dir=clients_dir)
+    public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
+    return curve_server(ctx, sock, public, secret, clients_dir, what="--curve-clients-dir certificate")

@@ -417,6 +417,12 @@ def write_sized_demo(size: str, out_dir: str | None = None, device: str | None =
     name, spec = SIZED_MODELS[size]
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Before any folder is made. Found in review: cuda without a GPU, or --device banana, was a torch traceback
+    # (exit 1) that left an empty checkpoint folder behind.
+    from warmserve.worker.main import check_cuda, check_device
+
+    check_device(device)
+    check_cuda(device)
     cfg = config_dict(spec, SIZED_DTYPE)
     return write_checkpoint(out_dir or default_demo_dir(), name, cfg,
                             SIZED_DTYPE, shard_bytes=SIZED_SHARD_BYTES, device=device)

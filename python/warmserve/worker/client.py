@@ -359,9 +359,9 @@ def _curve(sock, server_key: str | None, secret_key: str | None) -> None:
         raise errors.InvalidArgumentError(
             "curve_server_key needs curve_secret_key: this client's .key_secret, whose public half the worker's "
             "--curve-clients-dir lists")
-    from .server import _curve_client
+    from ..security import curve_client
 
-    _curve_client(sock, server_key, secret_key)
+    curve_client(sock, server_key, secret_key)
 
 
 def _stable_routing_id(sock) -> None:

@@ -23,6 +23,8 @@ from ..geometry import PAGE_BYTES, is_page_size
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
 
+log = logging.getLogger("warmserve.worker")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
@@ -190,6 +192,20 @@ def check_security(args: argparse.Namespace) -> None:
                                insecure=args.insecure, who="warmserve worker --bind", fix=BIND_FIX)
 
 
+def warn_unresolved_controller(endpoint: str) -> None:
+    """Found in review: a --controller host that does not resolve left the worker silent for good. A warning, not a
+    refusal: a name may resolve only later (a container whose service is not up yet), and ZeroMQ tries again."""
+    scheme, _, rest = endpoint.partition("://")
+    host = rest.rpartition(":")[0].rpartition(";")[2].strip("[]")  # ZeroMQ's tcp://SOURCE;HOST:PORT, [IPv6]
+    if scheme != "tcp" or not host:
+        return
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        log.warning("--controller %s: the host %s does not resolve here (%s); check the address. The worker waits "
+                    "for it and says Hello each heartbeat", endpoint, host, e)
+
+
 def check_bind(endpoint: str) -> None:
     """A tcp endpoint this worker cannot bind (a port in use) fails now, before torch and the pool (seconds of
     work), with a typed error: found in review, a raw ZMQError traceback after all of that. A throwaway socket
@@ -304,6 +320,8 @@ def serve(args: argparse.Namespace) -> int:
     check_security(args)
     if not args.controller:
         check_bind(args.bind or DEFAULT_BIND)
+    else:
+        warn_unresolved_controller(args.controller)
     engine = engine_config(args)
     from .core import WorkerCore
     from .server import WorkerServer

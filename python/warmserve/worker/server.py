@@ -86,7 +86,7 @@ import zmq
 from .. import errors
 from .. import protocol as P
 from ..endpoints import is_ipv6_endpoint
-from ..security import curve_server, load_curve_key, require_authenticated_bind
+from ..security import curve_bind_server, curve_client, require_authenticated_bind
 from .core import WorkerCore
 
 log = logging.getLogger("warmserve.worker")
@@ -107,6 +107,10 @@ _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 #: Peers whose aborted generation ids a bound worker keeps to tell them (the oldest is forgotten past this).
 _MAX_DROPPED_PEERS = 1024
+#: Seconds a connected worker waits for a word from its controller before saying so at WARNING, and at least between
+#: two such warnings (``_Link._warn_silent``); before that a note at INFO, as a controller starting later is normal.
+CONTROLLER_SILENT_WARN_S = 15.0
+CONTROLLER_SILENT_REPEAT_S = 300.0
 
 
 class WorkerServer:
@@ -160,7 +164,7 @@ class WorkerServer:
                 # unattached for good, even once the old one is gone: the client hung (tried here).
                 sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
                 if curve_clients_dir:
-                    self._auth = _curve_server(self.ctx, sock, curve_secret_key, curve_clients_dir)
+                    self._auth = curve_bind_server(self.ctx, sock, curve_secret_key, curve_clients_dir)
                 try:
                     sock.bind(bind)
                 except zmq.ZMQError as e:
@@ -172,7 +176,7 @@ class WorkerServer:
                 # the controller can no longer match are better dropped here, their generations aborted, at once.
                 sock.setsockopt(zmq.IMMEDIATE, 1)
                 if curve_server_key:
-                    _curve_client(sock, curve_server_key, curve_secret_key)
+                    curve_client(sock, curve_server_key, curve_secret_key)
                 self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
                 self._monitor.setsockopt(zmq.LINGER, 0)
                 sock.connect(controller)
@@ -358,6 +362,9 @@ class _Link:
         #: Written by the engine loop once it has left its loop (the worker is stopping).
         self.stopping = False
         self._controller_unreachable = False
+        #: Connected: when the controller last said anything, or the link started (monotonic s), and when its
+        #: silence was last logged at WARNING (``_warn_silent``).
+        self._heard_s, self._silent_warned_s = time.monotonic(), -math.inf
         #: Connected: no Hello has gone out since the start, or since the controller was given up on (its
         #: generations aborted). Found in review: a second process started under a live worker's --worker-id had its
         #: first Hello refused (not connected yet), then heard the controller's heartbeats to the first (ROUTER
@@ -455,6 +462,7 @@ class _Link:
                 peer, payload = frames[0], frames[1:]
             else:
                 peer, payload = _CONTROLLER, frames
+                self._heard_s = time.monotonic()
                 if payload == [_REJOIN]:
                     self._rejoin()
                     if not self._flush():
@@ -494,12 +502,24 @@ class _Link:
     def _beat(self, now: float) -> None:
         if not self.routed and not self.controller_heard:
             self._say_hello()
+            self._warn_silent(now)
         for peer, seen in list(self.last_seen.items()):
             if now - seen > self.peer_timeout_s:
                 self._gone(peer, f"silent for {now - seen:.0f} s")
                 continue
             if self.routed:  # connected: by the last message sent instead (``_heartbeat_due_s``)
                 self._send_out(peer, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
+
+    def _warn_silent(self, now: float) -> None:
+        """Found in review: a wrong --controller waited for ever without a word at the default log level. Not while
+        a handshake is refused: that was logged at ERROR, with its own fix."""
+        silent_s, quiet_s = now - self._heard_s, now - self._silent_warned_s
+        if self._refused or silent_s < CONTROLLER_SILENT_WARN_S or quiet_s < CONTROLLER_SILENT_REPEAT_S:
+            return
+        self._silent_warned_s = now
+        log.warning("no word from the controller at %s for %.0f s: check --controller (host and port), and that "
+                    "`warmserve serve` is running there and reachable from this host; saying Hello each heartbeat",
+                    self.endpoint, silent_s)
 
     def _rejoin(self) -> None:
         """The controller lost this worker: give it up as after a failed send (its generations aborted, Hello owed)
@@ -552,32 +572,6 @@ class _Link:
             self._owe_hello = True
         self._backlog.append([_GONE, peer, why.encode()])
         self._flush()
-
-
-def _curve_client(sock, server_key: str, secret_key: str | None) -> None:
-    """CURVE towards a controller: its public certificate, and this worker's own secret one (whose public half
-    the controller must list); without one, an ephemeral key pair (for controllers that accept any client)."""
-    server_public, _ = load_curve_key(server_key, secret=False, what="--curve-server-key")
-    if secret_key:
-        public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
-    else:
-        public, secret = zmq.curve_keypair()
-    sock.curve_serverkey = server_public
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
-
-
-def _curve_server(ctx, sock, secret_key: str | None, clients_dir: str):
-    """CURVE on a bound worker: its secret certificate, and only clients whose public certificates sit in
-    ``clients_dir`` are let in (ZAP, answered by an authenticator thread of this context)."""
-    if not secret_key:
-        raise errors.InvalidArgumentError(
-            "--curve-clients-dir needs --curve-secret-key (this worker's .key_secret certificate, made with "
-            "zmq.auth.create_certificates)", clients_dir=clients_dir)
-    if not os.path.isdir(clients_dir):
-        raise errors.InvalidArgumentError(f"--curve-clients-dir {clients_dir} is not a directory", clients_dir=clients_dir)
-    public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
-    return curve_server(ctx, sock, public, secret, clients_dir, what="--curve-clients-dir certificate")
 
 
 def _close(thread, pipe, sock, auth, ctx, link_end=None, monitor=None) -> None:
