@@ -433,12 +433,11 @@ class LiveExecutor:
     def deactivate(self, w: WorkerRecord, model: str, tries: int = 1) -> None:
         """Send the Deactivate of ``model`` to ``w``, again while the worker answers an error other than "not
         running": DEACTIVATE_TRIES in all. A worker whose KV page unmap failed answers DriverError and keeps the
-        instance listed, its model running, until one succeeds (worker/core.py, _close_instance). Found in review:
-        sent once, the model ran on there, its KV pages held, while the driver held the GPU empty; the Evict of its
-        kept weights was refused, and so was every later start of the model there (503s). A retry that succeeds
-        evicts the weights if the driver counts no copy there now (its Evict was refused meanwhile). A worker that
-        refuses every try is admitted again (``WorkerHub.rejoin``: its admission deactivates what it runs), so it
-        and the controller agree again, at the cost of what else ran there (its requests start over elsewhere)."""
+        model running until one succeeds (worker/core.py, _close_instance). Found in review: sent once, the model ran
+        on there while the driver held the GPU empty, and its Evict and every later start of it there were refused.
+        A retry that succeeds evicts the weights if the driver counts no copy there now; a worker that refuses every
+        try is admitted again (``WorkerHub.rejoin``: its admission deactivates what it runs, and what else ran there
+        starts over elsewhere)."""
         ctl = self.ctl
 
         def done(f: asyncio.Future) -> None:
