@@ -59,8 +59,10 @@ def _whole(name: str, value, lo: int, hi: int, fix: str) -> None:
 def entry_key(real: str, st: os.stat_result) -> str:
     """``<hash of the real path>-<hash of size, mtime, ctime, inode, device>``. The ctime is in it as nothing but the
     kernel sets it, on every write, rename, utime and re-creation (found in review: a checkpoint replaced by an
-    archive extracted with a fixed mtime, which got the old inode back, kept its key and was served stale)."""
-    ph = hashlib.sha256(real.encode()).hexdigest()[:16]
+    archive extracted with a fixed mtime, which got the old inode back, kept its key and was served stale). The path
+    is hashed as the file system's bytes: a UTF-8 name's are its UTF-8 encoding, and a name that is not UTF-8 (its
+    odd bytes surrogate escapes in ``real``) neither fails to encode nor meets another name's escaped text."""
+    ph = hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
     sh = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}".encode())
     return f"{ph}-{sh.hexdigest()[:16]}"
 

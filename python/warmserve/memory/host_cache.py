@@ -137,6 +137,9 @@ class HostCheckpointCache:
             except OSError as e:  # typed, as slot.load's (found in review: a bare FileNotFoundError)
                 raise InvalidArgumentError(f"cache load source {i}: cannot read {p!r}: {e.strerror}", path=p) \
                     from None
+            except UnicodeEncodeError:  # a lone surrogate that no file name's bytes give (found in review)
+                raise InvalidArgumentError(f"cache load source {i}: {p!r} names no file: it holds a character no "
+                                           f"file name's bytes decode to", path=repr(p)) from None
             key = self._key(os.path.realpath(p), st)
             if key not in by_key:
                 by_key[key] = []
@@ -221,9 +224,7 @@ class HostCheckpointCache:
     # ---------------------------------------------------------------- internals
     @staticmethod
     def _key(real: str, st: os.stat_result) -> str:
-        # A name that is not UTF-8 is hashed with its odd bytes backslash-escaped (found in review: its surrogate
-        # escapes failed to encode); a UTF-8 name comes back as it was, so no key changes.
-        return entry_key(os.fsencode(real).decode("utf-8", "backslashreplace"), st)
+        return entry_key(real, st)
 
     def _count(self, **kw) -> None:
         with self._mu:

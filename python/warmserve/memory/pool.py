@@ -285,7 +285,12 @@ class Slot:
                                                f"Fix: the file's path without the NUL", path=repr(path))
                 # as bytes, the name as the file system has it: a name that is not UTF-8 (surrogate escapes, as
                 # os.listdir gives it) does not cast to the core's std::string from a str (found in review)
-                specs.append((os.fsencode(path), 0, None, src_offset, slot_offset, nbytes))
+                try:
+                    path = os.fsencode(path)
+                except UnicodeEncodeError:  # a lone surrogate that no name's bytes give (found in review)
+                    raise InvalidArgumentError(f"load source {i}: the path {path!r} names no file: it holds a "
+                                               f"character no file name's bytes decode to", path=repr(path)) from None
+                specs.append((path, 0, None, src_offset, slot_offset, nbytes))
                 continue
             address, length, keep = _buffer_address(obj)
             if src_offset + nbytes > length:

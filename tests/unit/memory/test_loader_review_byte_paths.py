@@ -64,3 +64,36 @@ def test_a_tag_with_a_lone_surrogate_is_refused_typed():
         slot.tag = "modèle"  # any other str is a tag
         assert slot.tag == "modèle" and pool.pages_by_tag() == {"free": 16}
         slot.close()
+
+
+def test_a_name_with_byte_ff_and_one_spelling_backslash_x_f_f_are_two_cache_entries(tmp_path):
+    """Found in review: the path was hashed with its odd bytes backslash-escaped, so m-<0xff>.bin and m-\\xff.bin
+    shared a path hash, and each fill evicted the other as an older version of the same file (no hit ever)."""
+    with open(os.path.join(os.fsencode(tmp_path), b"m-\xff.bin"), "wb") as f:
+        f.write(b"\x07" * PAGE)
+    with open(os.path.join(os.fsencode(tmp_path), b"m-\\xff.bin"), "wb") as f:
+        f.write(b"\x09" * PAGE)
+    a, b = (os.path.join(str(tmp_path), n) for n in sorted(os.listdir(tmp_path)))
+    cfg = HostCacheConfig(root=str(tmp_path / "cache"), capacity_bytes=16 << 20, chunk_bytes=64 << 10)
+    with PagePool(16 * PAGE, page_bytes=PAGE, prefault=False) as pool, HostCheckpointCache(cfg) as cache:
+        for i, p in enumerate((a, b, a, b)):
+            slot = pool.create_slot(PAGE, f"s{i}")
+            assert cache.load(slot, [(p, 0, 0, PAGE)]).wait() == PAGE
+            slot.close()
+        assert cache.contains(a) and cache.contains(b)
+        s = cache.stats()
+        assert (s["fills"], s["hits"], s["invalidated"]) == (2, 2, 0)
+
+
+def test_a_path_with_a_lone_surrogate_no_name_gives_is_refused_typed(tmp_path):
+    """A surrogate outside the escapes of odd bytes (U+DC80-U+DCFF) encodes to no file name: typed refusals, not
+    a bare UnicodeEncodeError (found in review)."""
+    p = str(tmp_path / "model-\ud800.bin")
+    cfg = HostCacheConfig(root=str(tmp_path / "cache"), capacity_bytes=16 << 20, chunk_bytes=64 << 10)
+    with PagePool(16 * PAGE, page_bytes=PAGE, prefault=False) as pool, HostCheckpointCache(cfg) as cache:
+        slot = pool.create_slot(PAGE, "s")
+        with pytest.raises(InvalidArgumentError, match="names no file"):
+            slot.load([(p, 0, 0, PAGE)])
+        with pytest.raises(InvalidArgumentError, match="names no file"):
+            cache.load(slot, [(p, 0, 0, PAGE)])
+        slot.close()
