@@ -206,6 +206,7 @@ _DEFINED_IN = {
     "WorkerGoneForGoodError": "warmserve.controller.restarts",
     "RayClusterError": "warmserve.controller.ray_plan",
     "RayNodeGoneError": "warmserve.controller.ray_plan",
+    "RayUnresponsiveError": "warmserve.controller.ray_plan",
     "NoWorkersError": "warmserve.controller.errors",
     "OverloadedError": "warmserve.controller.errors",
     "TooManyRequestsError": "warmserve.controller.errors",
