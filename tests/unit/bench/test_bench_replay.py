@@ -1,7 +1,6 @@
 """The replay benchmark's pieces: the open-loop client against a real local HTTP server, the statistics, the
 workload scaling, the history handed to the controller and the sim-vs-live comparison."""
 
-import argparse
 import asyncio
 import json
 import math
@@ -9,29 +8,13 @@ import math
 import numpy as np
 import pytest
 
+from replay_harness import replay_args
+from stub_server import serve_in_thread
 from warmserve.bench import replay as R
 from warmserve.workload.replay_client import ClientConfig, Outcome, ReplayRequest, replay
 
 
-def _args(*extra):
-    p = argparse.ArgumentParser()
-    R.add_arguments(p)
-    return p.parse_args(list(extra))
-
-
 # --------------------------------------------------------------------------------------------- client
-
-async def _serve(handler):
-    from aiohttp import web
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
 
 _RELEASE: list = []
 
@@ -66,22 +49,17 @@ async def _handler(request):
 
 
 def test_client_open_loop_and_every_outcome():
-    async def go():
-        _RELEASE[:] = [asyncio.Event()]
-        runner, url = await _serve(_handler)
+    _RELEASE[:] = [asyncio.Event()]
+    reqs = [ReplayRequest(0.0, "m", [5, 6, 7], 4), ReplayRequest(0.2, "m", [5], 1),
+            ReplayRequest(0.1, "slow", [5], 2), ReplayRequest(0.1, "bad", [5], 2),
+            ReplayRequest(0.1, "err", [5], 2)]
+    reqs.sort(key=lambda r: r.arrival_s)
+    seen = []
+    with serve_in_thread([("POST", "/v1/completions", _handler)]) as srv:
         try:
-            reqs = [ReplayRequest(0.0, "m", [5, 6, 7], 4), ReplayRequest(0.2, "m", [5], 1),
-                    ReplayRequest(0.1, "slow", [5], 2), ReplayRequest(0.1, "bad", [5], 2),
-                    ReplayRequest(0.1, "err", [5], 2)]
-            reqs.sort(key=lambda r: r.arrival_s)
-            seen = []
-            outs = await replay(ClientConfig(url, drain_s=0.6), reqs, progress=seen.append)
+            outs = asyncio.run(replay(ClientConfig(srv.url, drain_s=0.6), reqs, progress=seen.append))
         finally:
-            _RELEASE[0].set()
-            await runner.cleanup()
-        return reqs, outs, seen
-
-    reqs, outs, seen = asyncio.run(go())
+            srv.loop.call_soon_threadsafe(_RELEASE[0].set)
     by = {(o.model, o.max_tokens): o for o in outs}
     ok = by[("m", 4)]
     assert ok.status == "ok" and ok.completion_tokens == 4
@@ -153,7 +131,7 @@ def test_validation_flags_outside_25_percent():
 # --------------------------------------------------------------------------------------------- workload
 
 def test_workload_is_scaled_named_and_capped():
-    a = _args("--duration-s", "600", "--time-scale", "0.2", "--rate", "2", "--max-output-tokens", "8",
+    a = replay_args("--duration-s", "600", "--time-scale", "0.2", "--rate", "2", "--max-output-tokens", "8",
               "--max-prompt-tokens", "64")
     w, served = R.build_workload(a)
     w2, _ = R.build_workload(a)
@@ -177,7 +155,7 @@ def test_history_rows_land_before_the_replay_on_whole_days():
     from warmserve.sim.config import ServedModel
     from warmserve.sim.costmodel import CostModel
 
-    a = _args("--duration-s", "1200", "--time-scale", "0.15", "--rate", "0.6")
+    a = replay_args("--duration-s", "1200", "--time-scale", "0.15", "--rate", "0.6")
     w, served = R.build_workload(a)
     cost = CostModel.from_profile(_profile())
     rows = R.history_rows(w, [ServedModel(n, c) for n, c in served], cost, 45.0, 1_000_000.0)
@@ -201,35 +179,16 @@ def _profile():
 
 def test_endpoint_mode_end_to_end(tmp_path):
     """`bench replay --endpoint` against a server on a real socket: JSON in the simulator's per-policy shape."""
-    import threading
-
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    box = {}
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        _RELEASE[:] = [asyncio.Event()]
-        box["runner"], box["url"] = loop.run_until_complete(_serve(_handler))
-        started.set()
-        loop.run_forever()
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    assert started.wait(10)
-    try:
-        out = tmp_path / "r.json"
-        a = _args("--endpoint", box["url"], "--policy", "other-server", "--served-names", "m", "--duration-s", "200",
-                  "--time-scale", "0.02", "--rate", "3", "--max-output-tokens", "3", "--drain-s", "5", "--json",
-                  str(out), "--plot", str(tmp_path / "p.png"), "--quiet")
-        assert R.main(a) == 0
-    finally:
-        loop.call_soon_threadsafe(_RELEASE[0].set)
-        asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        th.join(10)
-        if not th.is_alive():  # else collected unclosed later, a ResourceWarning in another test
-            loop.close()
+    _RELEASE[:] = [asyncio.Event()]
+    out = tmp_path / "r.json"
+    with serve_in_thread([("POST", "/v1/completions", _handler)]) as srv:
+        try:
+            a = replay_args("--endpoint", srv.url, "--policy", "other-server", "--served-names", "m", "--duration-s",
+                            "200", "--time-scale", "0.02", "--rate", "3", "--max-output-tokens", "3", "--drain-s", "5",
+                            "--json", str(out), "--plot", str(tmp_path / "p.png"), "--quiet")
+            assert R.main(a) == 0
+        finally:
+            srv.loop.call_soon_threadsafe(_RELEASE[0].set)
     doc = json.loads(out.read_text())
     s = doc["policies"]["other-server"]
     assert s["requests"] == doc["workload"]["requests"] > 0
@@ -253,13 +212,13 @@ def test_twin_runs_the_engine_the_live_cluster_runs():
     assert cfg.max_num_seqs == PolicyConfig().instance_capacity == 32
     assert cfg.chunked_prefill_tokens == EngineConfig().max_batch_tokens
     assert cfg.policy_config.window_s == 45.0 and cfg.gpus_per_server == 4
-    a = _args("--duration-s", "300", "--time-scale", "0.2", "--rate", "2", "--max-output-tokens", "8",
+    a = replay_args("--duration-s", "300", "--time-scale", "0.2", "--rate", "2", "--max-output-tokens", "8",
               "--max-prompt-tokens", "64")
     w, served = R.build_workload(a)
     sim = Simulator(w, [ServedModel(n, c) for n, c in served], "warmserve", config=cfg,
                     cost=CostModel.from_profile(_profile()))
     assert sim.max_batch == 32
     s, ttft = R.run_sim("warmserve", w, [ServedModel(n, c) for n, c in served],
-                        _args("--duration-s", "300", "--time-scale", "0.2", "--cpu-workers", "4",
+                        replay_args("--duration-s", "300", "--time-scale", "0.2", "--cpu-workers", "4",
                               "--window-s", "225", "--drain-s", "30"), CostModel.from_profile(_profile()))
     assert s["requests"] == len(w.trace) == len(ttft) and s["answered"] == s["requests"]

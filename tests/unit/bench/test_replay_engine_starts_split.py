@@ -9,14 +9,13 @@ warm-up's is still starting), then that one and one begun after t = 0."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 
 import pytest
 
 from replay_harness import replay_args
+from stub_server import serve_in_thread, stream_completion
 from warmserve.bench import replay as R
 from warmserve.bench.replay_setup import split_engine_starts
 
@@ -36,18 +35,7 @@ def cluster_server():
     """A local server answering completions at once, /metrics with no starts, and /stats as said above."""
     from aiohttp import web
 
-    loop = asyncio.new_event_loop()
     box: dict = {"stats_at": []}
-    started = threading.Event()
-
-    async def complete(request):
-        body = await request.json()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        msg = {"choices": [{"index": 0, "text": "t", "finish_reason": "length"}],
-               "usage": {"completion_tokens": body["max_tokens"]}}
-        await resp.write(f"data: {json.dumps(msg)}\n\ndata: [DONE]\n\n".encode())
-        return resp
 
     async def metrics(request):
         return web.Response(text="warmserve_prewarm_hits 0\nwarmserve_prewarm_misses 0\n")
@@ -58,30 +46,10 @@ def cluster_server():
         starts = [] if len(box["stats_at"]) == 1 else [start(11, t0 - 0.5), start(12, t0 + 0.2)]
         return web.json_response({"engine_starts": starts})
 
-    def serve():
-        asyncio.set_event_loop(loop)
-        app = web.Application()
-        app.router.add_post("/v1/completions", complete)
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/stats", stats)
-        box["runner"] = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(box["runner"].setup())
-        loop.run_until_complete(web.TCPSite(box["runner"], "127.0.0.1", 0).start())
-        box["url"] = f"http://127.0.0.1:{box['runner'].addresses[0][1]}"
-        started.set()
-        loop.run_forever()
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    assert started.wait(10)
-    try:
+    routes = [("POST", "/v1/completions", stream_completion), ("GET", "/metrics", metrics), ("GET", "/stats", stats)]
+    with serve_in_thread(routes) as srv:
+        box["url"] = srv.url
         yield box
-    finally:
-        asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        th.join(10)
-        if not th.is_alive():
-            loop.close()
 
 
 def test_a_warmup_engine_start_still_starting_at_t0_is_the_warmups(cluster_server, tmp_path, monkeypatch):

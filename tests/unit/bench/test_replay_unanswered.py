@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import numpy as np
 import pytest
 
 from replay_harness import replay_args, replay_setup
+from stub_server import serve_in_thread, stream_completion
 from warmserve.bench import replay as R
 from warmserve.workload.replay_client import Outcome
 
@@ -22,48 +22,23 @@ LIVE = ["--models", "2", "--duration-s", "600", "--time-scale", "0.01", "--rate"
 @pytest.fixture
 def server():
     """A real local OpenAI-style server: model "never" is never answered (until the test ends), others at once."""
-    from aiohttp import web
-
-    loop = asyncio.new_event_loop()
-    box: dict = {}
-    started = threading.Event()
+    release = asyncio.Event()
 
     async def handler(request):
-        body = await request.json()
+        if (await request.json())["model"] != "never":
+            return await stream_completion(request)
+        from aiohttp import web
+
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        if body["model"] == "never":
-            await box["release"].wait()
-            return resp
-        msg = {"choices": [{"index": 0, "text": "t", "finish_reason": "length"}],
-               "usage": {"completion_tokens": body["max_tokens"]}}
-        await resp.write(f"data: {json.dumps(msg)}\n\ndata: [DONE]\n\n".encode())
+        await release.wait()
         return resp
 
-    def serve():
-        asyncio.set_event_loop(loop)
-        box["release"] = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/v1/completions", handler)
-        box["runner"] = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(box["runner"].setup())
-        loop.run_until_complete(web.TCPSite(box["runner"], "127.0.0.1", 0).start())
-        box["url"] = f"http://127.0.0.1:{box['runner'].addresses[0][1]}"
-        started.set()
-        loop.run_forever()
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    assert started.wait(10)
-    try:
-        yield box["url"]
-    finally:
-        loop.call_soon_threadsafe(box["release"].set)
-        asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        th.join(10)
-        if not th.is_alive():  # else collected unclosed later, a ResourceWarning in another test
-            loop.close()
+    with serve_in_thread([("POST", "/v1/completions", handler)]) as srv:
+        try:
+            yield srv.url
+        finally:
+            srv.loop.call_soon_threadsafe(release.set)
 
 
 def test_live_unanswered_requests_count_until_the_clients_deadline(server, tmp_path):
