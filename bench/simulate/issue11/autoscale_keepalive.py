@@ -7,8 +7,12 @@ paper-code as traced was 3.72 s where the headline's best setting gave 10.11 s, 
 top of a range, which this prints.
 
     python bench/simulate/issue11/autoscale_keepalive.py --json bench/simulate/issue11/autoscale_keepalive.json
+    # the same grid at the live controller's 0.5 s tick, warmserve simulated at that tick beside it
+    python bench/simulate/issue11/autoscale_keepalive.py --cells traced_14s --tick-s 0.5 \
+        --json bench/simulate/issue11/autoscale_keepalive_tick05.json
 
-warmserve's P99 and GPU-seconds are read from the headline files of each cell, as autoscale_best.py reads them.
+warmserve's P99 and GPU-seconds are read from the headline files of each cell, as autoscale_best.py reads them;
+with ``--tick-s`` both policies run at that tick and warmserve's figures are simulated here (same seeds).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 from autoscale_best import CELLS, HERE  # this folder's scripts
 from autoscale_migrate import run
@@ -25,12 +31,34 @@ WINDOWS_S = (60.0, 300.0)
 KEEP_ALIVES_S = (5.0, 30.0, 60.0, 120.0)
 
 
-def one(preset: str, name: str, seeds, window_s: float, keep_s: float) -> dict:
+def one(preset: str, name: str, seeds, window_s: float, keep_s: float, tick_s: float | None = None) -> dict:
     _, cv, cs = CELLS[name]
-    r = run(preset, 0, seeds, cv, cs, False, {"load_window_s": window_s, "min_lifetime_s": keep_s})
-    print(f"  {preset} {name} window={window_s:g} s keep-alive={keep_s:g} s: P99 {r['ttft_p99_s']:.2f} s", flush=True)
+    r = run(preset, 0, seeds, cv, cs, False, {"load_window_s": window_s, "min_lifetime_s": keep_s}, tick_s)
+    print(f"  {preset} {name} window={window_s:g} s keep-alive={keep_s:g} s tick={tick_s}: "
+          f"P99 {r['ttft_p99_s']:.2f} s", flush=True)
     return {"load_window_s": window_s, "min_lifetime_s": keep_s, "ttft_p99_s": r["ttft_p99_s"],
             "slo_attainment": r["slo_attainment"], "gpu_seconds": r["gpu_seconds"]}
+
+
+def warmserve_at(preset_name: str, name: str, seeds, tick_s: float | None) -> dict:
+    """warmserve's P99 and GPU-seconds for a cell: the headline file's, or simulated at ``tick_s``."""
+    if tick_s is None:
+        with open(os.path.join(HERE, preset_name.replace("-", "_") + CELLS[name][0] + ".json")) as f:
+            return json.load(f)["policies"]["warmserve"]
+    from warmserve.sim.costmodel import CostModel
+    from warmserve.sim.presets import PRESETS
+    from warmserve.sim.simulator import Simulator
+
+    _, cv, cs = CELLS[name]
+    preset = PRESETS[preset_name](**({"burst_cv": cv} if cv else {}))
+    cost = CostModel.for_gpu(preset.config.gpu)
+    if cs is not None:
+        cost = cost.with_cold_start_s(cs)
+    cfg = replace(preset.config, tick_s=tick_s)
+    rows = [Simulator(preset.build(1.0, s), preset.models, "warmserve", config=cfg, cost=cost).run().summary
+            for s in seeds]
+    return {"ttft_p99_s": statistics.median(r["ttft_p99_s"] for r in rows),
+            "gpu_seconds": statistics.median(r["gpu_seconds"] for r in rows)}
 
 
 def main() -> None:
@@ -40,16 +68,18 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", default=None)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    ap.add_argument("--tick-s", type=float, default=None,
+                    help="the policies' tick in s (default: the preset's, 1 s; the live controller's is 0.5 s)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
     grid = [(w, k) for w in WINDOWS_S for k in KEEP_ALIVES_S]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {c: [pool.submit(one, *c, seeds, w, k) for w, k in grid] for c in cells}
+        futs = {c: [pool.submit(one, *c, seeds, w, k, args.tick_s) for w, k in grid] for c in cells}
+        ws_futs = {c: pool.submit(warmserve_at, *c, seeds, args.tick_s) for c in cells}
         rows = []
         for (p, n), fs in futs.items():
-            with open(os.path.join(HERE, p.replace("-", "_") + CELLS[n][0] + ".json")) as f:
-                ws = json.load(f)["policies"]["warmserve"]
+            ws = ws_futs[(p, n)].result()
             runs = [f.result() for f in fs]
             lo, hi = min(r["ttft_p99_s"] for r in runs), max(r["ttft_p99_s"] for r in runs)
             rows.append({"preset": p, "cell": n, "warmserve_p99_s": ws["ttft_p99_s"],
@@ -64,7 +94,7 @@ def main() -> None:
               f"{r['ratio_min']:.1f}x-{r['ratio_max']:.1f}x |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seeds": seeds, "rows": rows}, f, indent=1)
+            json.dump({"seeds": seeds, "tick_s": args.tick_s, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

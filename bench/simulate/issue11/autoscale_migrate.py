@@ -22,8 +22,9 @@ from warmserve.sim.simulator import Simulator
 
 
 def run(preset_name: str, k: int, seeds, burst_cv: float | None, cold_start_s: float | None,
-        floor_now: bool | None = None, options: dict | None = None) -> dict:
-    """options: further policy options set over the registered ones (autoscale_best.py's load windows)."""
+        floor_now: bool | None = None, options: dict | None = None, tick_s: float | None = None) -> dict:
+    """options: further policy options set over the registered ones (autoscale_best.py's load windows);
+    tick_s: the policy's tick in place of the preset's (autoscale_keepalive.py --tick-s)."""
     base = registry.POLICIES["autoscale"]
     extra = ({} if floor_now is None else {"scale_in_floor_now": floor_now}) | (options or {})
     registry.POLICIES["autoscale"] = replace(base, overrides={**base.overrides, "migrate_max_in_flight": k, **extra})
@@ -32,8 +33,9 @@ def run(preset_name: str, k: int, seeds, burst_cv: float | None, cold_start_s: f
         cost = CostModel.for_gpu(preset.config.gpu)
         if cold_start_s is not None:
             cost = cost.with_cold_start_s(cold_start_s)
-        rows = [Simulator(preset.build(1.0, s), preset.models, "autoscale", config=preset.config,
-                          cost=cost).run().summary for s in seeds]
+        cfg = preset.config if tick_s is None else replace(preset.config, tick_s=tick_s)
+        rows = [Simulator(preset.build(1.0, s), preset.models, "autoscale", config=cfg, cost=cost).run().summary
+                for s in seeds]
     finally:
         registry.POLICIES["autoscale"] = base
     return {"migrate_max_in_flight": k, "ttft_p99_s": statistics.median(r["ttft_p99_s"] for r in rows),
