@@ -229,9 +229,9 @@ class Api:
     async def chat(self, request: web.Request):
         req, sampling, messages = await self._parse_chat(request, await read_body(request, MAX_BODY_BYTES))
         model = self.controller.model(req.model)
-        ids = await aprepare(model, messages=messages, max_tokens=sampling.max_tokens,
-                             max_tokens_param="max_completion_tokens" if req.max_completion_tokens is not None
-                             else "max_tokens")
+        named = ("max_completion_tokens" if req.max_completion_tokens is not None
+                 else "max_tokens" if req.max_tokens is not None else None)
+        ids = await aprepare(model, messages=messages, max_tokens=sampling.max_tokens, max_tokens_param=named)
         sampling = oa.chat_max_tokens(req, sampling, model.max_context, len(ids))
         return await self._generate(request, "chat", req, model, ids, sampling)
 

@@ -116,12 +116,12 @@ class Controller(WorkerRestarts):
         #: Routing id -> a no-argument callable that starts that local worker's process again (set by launch).
         self.local_spawn: dict = {}
         #: Routing ids of local workers being restarted (from their loss until the new process is admitted), each
-        #: with the future ``_admit`` resolves with the admitted record; and their restarts in a row (back-off).
+        #: with the future ``_admit`` resolves with the admitted record; and their restarts in a row, with the last's.
         self.restarting: dict[bytes, asyncio.Future] = {}
         #: Routing id -> worker id of each worker lost and not admitted again since (a local one is restarted under
         #: its routing id; a remote one comes back when a worker with its id joins): the lost workers gauge.
         self.lost_workers: dict[bytes, str] = {}
-        self._restarts: dict[bytes, int] = {}
+        self._restarts: dict[bytes, tuple[int, asyncio.Future]] = {}
         #: Routing id -> (the record being replaced, the future of its successor's record), for local workers whose
         #: process is being replaced on purpose (``replace_worker``).
         self.replacing: dict[bytes, tuple[WorkerRecord, asyncio.Future]] = {}

@@ -41,15 +41,17 @@ def check_max_tokens(model, max_tokens: int, param: str = "max_tokens") -> None:
 
 
 def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt",
-                 max_tokens_param: str = "max_tokens") -> None:
+                 max_tokens_param: str | None = "max_tokens") -> None:
     """Refuse a prompt that cannot fit the model's context together with the tokens asked for, naming them as the
-    client did (``max_tokens_param``: a chat's max_completion_tokens)."""
+    client did (``max_tokens_param``: a chat's max_completion_tokens; None: a chat that set no limit, whose
+    ``max_tokens`` is the least it must generate, so the message does not blame a field the client never sent)."""
     ctx = model.max_context
     if len(ids) + max_tokens > ctx:
+        asked = (f"{max_tokens_param} asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the "
+                 f"prompt or lower {max_tokens_param}" if max_tokens_param else
+                 f"at least {max_tokens} must be generated (no max_tokens was set): shorten the prompt")
         raise PromptTooLongError(
-            f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} tokens and "
-            f"{max_tokens_param} asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the prompt "
-            f"or lower {max_tokens_param}",
+            f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} tokens and {asked}",
             param=param, prompt_tokens=len(ids), max_tokens=max_tokens, max_context=ctx,
         )
     if len(ids) == 0:  # not `not ids`: the Python API may pass a numpy array
@@ -57,7 +59,7 @@ def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt",
 
 
 def check_chars(model, chars: int, max_tokens: int, param: str = "prompt",
-                max_tokens_param: str = "max_tokens") -> None:
+                max_tokens_param: str | None = "max_tokens") -> None:
     """Refuse, before tokenising it, a text that cannot fit: one token covers at most ``model.max_token_chars``
     characters (the longest entry of the vocabulary), so ``chars`` characters are at least
     ``chars / max_token_chars`` tokens. Characters a tokenizer's normalizer would drop count too.
@@ -65,10 +67,11 @@ def check_chars(model, chars: int, max_tokens: int, param: str = "prompt",
     room = max(0, model.max_context - max_tokens)
     limit = room * max(1, model.max_token_chars)
     if chars > limit:
+        beside = (f"{max_tokens_param} {max_tokens}: shorten the prompt or lower {max_tokens_param}"
+                  if max_tokens_param else f"the {max_tokens} to generate (no max_tokens was set): shorten the prompt")
         raise PromptTooLongError(
             f"the prompt has {chars} characters: at {model.max_token_chars} characters per token at most, that is "
-            f"more than the {room} tokens this model's context of {model.max_context} leaves beside "
-            f"{max_tokens_param} {max_tokens}: shorten the prompt or lower {max_tokens_param}",
+            f"more than the {room} tokens this model's context of {model.max_context} leaves beside {beside}",
             param=param, prompt_chars=chars, max_prompt_chars=limit, max_tokens=max_tokens,
             max_context=model.max_context,
         )
@@ -105,18 +108,18 @@ def _check_ids(model, ids: list, param: str) -> list[int]:
 
 
 def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: bool,
-            max_tokens_param: str) -> list[int]:
+            max_tokens_param: str | None) -> list[int]:
     check_chars(model, len(text), max_tokens, param, max_tokens_param)
     return list(model.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
 def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int,
-            max_tokens_param: str = "max_tokens") -> list[int]:
+            max_tokens_param: str | None = "max_tokens") -> list[int]:
     """Token ids of a prompt (text or token ids) or of a chat (``messages``: role/content dicts), checked against
     the model's vocabulary and context (``max_tokens_param``: what the client called max_tokens). Runs where it is
     called: ``aprepare`` keeps long texts off the loop."""
     param = "prompt" if messages is None else "messages"
-    check_max_tokens(model, max_tokens, max_tokens_param)
+    check_max_tokens(model, max_tokens, max_tokens_param or "min_tokens")
     if messages is not None:
         text = _chat_text(model, messages)
         # The template writes any BOS itself, so the rendered text is tokenised as is (as transformers'
@@ -135,7 +138,7 @@ def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_token
     return ids
 
 
-def _checked_ids(model, ids: list, max_tokens: int, param: str, max_tokens_param: str) -> list[int]:
+def _checked_ids(model, ids: list, max_tokens: int, param: str, max_tokens_param: str | None) -> list[int]:
     # The length first: a list of millions of ids is refused at once, not walked item by item (found in review:
     # 3.5M ids were checked one by one on the event loop before their count was compared with the context).
     check_prompt(model, ids, max_tokens, param, max_tokens_param)
@@ -156,11 +159,11 @@ def _prepare_sized(model, prompt, messages, max_tokens: int, max_tokens_param: s
 
 
 async def aprepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int,
-                   max_tokens_param: str = "max_tokens") -> list[int]:
+                   max_tokens_param: str | None = "max_tokens") -> list[int]:
     """``prepare`` for the event loop: a text over INLINE_TOKENIZE_CHARS, or a chat of more than
     INLINE_CHAT_MESSAGES messages, is checked against the model's context by its size, then rendered and
     tokenised, on a worker thread."""
-    check_max_tokens(model, max_tokens, max_tokens_param)
+    check_max_tokens(model, max_tokens, max_tokens_param or "min_tokens")
     if messages is None:
         inline = not isinstance(prompt, str) or len(prompt) <= INLINE_TOKENIZE_CHARS
     else:

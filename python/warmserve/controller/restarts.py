@@ -50,10 +50,16 @@ class WorkerRestarts:
     async def _restart(self, lost: WorkerRecord, back: asyncio.Future) -> None:
         """Start a lost local worker again, under the same routing id, until one is admitted (``back`` resolved by
         ``_admit``) or the controller closes. Attempt n waits min(restart_backoff_cap_s, restart_backoff_s * 2**n)
-        first; the count resets once a worker has stayed up restart_reset_s. What the lost one held was re-placed
-        by the driver; the new process joins empty, as a new GPU."""
+        first; the count resets once a worker has stayed up restart_reset_s since the admission its last restart
+        ended with (``_restarts``: the count and that restart's ``back``). Not since ``lost.joined_s``: a rejoin or a
+        planned replacement (a cold start's fresh engine) admits a new record under the id without a restart, and
+        found in review, a crash 0.2 s after a rejoin counted on from a crash loop long over (restart 4 in a row, up
+        to restart_backoff_cap_s of back-off). What the lost one held was re-placed by the driver; the new process
+        joins empty, as a new GPU."""
         ident, cc = lost.ident, self.cc
-        if time.monotonic() - lost.joined_s >= cc.restart_reset_s:
+        last = self._restarts.get(ident, (0, None))[1]
+        # Not done: the last restart never got its worker admitted, so it has not been up since.
+        if last is not None and last.done() and time.monotonic() - last.result().joined_s >= cc.restart_reset_s:
             self._restarts.pop(ident, None)
         proc = lost.proc
         try:
@@ -61,8 +67,8 @@ class WorkerRestarts:
                 # A silent worker may still be running: stop it first, so its memory and device are free.
                 if not await self._gone(proc):
                     return
-                n = self._restarts.get(ident, 0)
-                self._restarts[ident] = n + 1
+                n = self._restarts.get(ident, (0, back))[0]
+                self._restarts[ident] = (n + 1, back)
                 # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
                 delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** min(n, 60))
                 log.warning("restarting %r in %.1f s (restart %d in a row)", lost, delay, n + 1)

@@ -62,3 +62,26 @@ def test_the_http_400_names_max_completion_tokens(model):
         assert status == 400 and err["param"] == "messages" and err["code"] == "context_length_exceeded"
         assert MCT in err["message"] and "max_tokens" not in err["message"], err["message"]
     assert not ctl.submitted
+
+
+def test_a_chat_that_set_no_limit_is_told_its_prompt_is_too_long_not_to_lower_max_tokens(model):
+    """Found in review: a chat over the context with neither max_tokens nor max_completion_tokens was told
+    "max_tokens asks for 1 more ...: lower max_tokens", a field it never sent and a value it cannot lower."""
+    ctl = HttpController(model)
+    ctx = model.max_context
+    words = {"tokens": "a " * (ctx + 10), "chars": "hi " * (ctx * model.max_token_chars)}  # check_prompt, check_chars
+
+    async def go():
+        async with TestClient(TestServer(Api(ctl).app()), timeout=aiohttp.ClientTimeout(total=30)) as c:
+            out = []
+            for text in words.values():
+                r = await c.post("/v1/chat/completions", json={"model": MODEL,
+                                                               "messages": [{"role": "user", "content": text}]})
+                out.append((r.status, (await r.json())["error"]))
+            return out
+
+    for status, err in asyncio.run(go()):
+        assert status == 400 and err["param"] == "messages" and err["code"] == "context_length_exceeded"
+        assert "max_tokens" not in err["message"].replace("no max_tokens was set", ""), err["message"]
+        assert "shorten the prompt" in err["message"] and "lower" not in err["message"], err["message"]
+    assert not ctl.submitted
