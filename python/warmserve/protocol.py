@@ -186,6 +186,8 @@ class Heartbeat(_Msg):
     time_s: float = 0.0
     #: Requests the sender has in flight with the receiver (worker -> client: all its in-flight generations).
     in_flight: int = 0
+    #: Worker -> client: a random id the worker makes as it starts ("": not said); another one is a restart.
+    start_id: str = ""
 
 
 class Rejoin(_Msg):

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from warmserve.engine.arch import UnsupportedModelError, architecture, config_value, eos_token_ids, json_object
+from warmserve.engine.safetensors_header import CheckpointError
 from warmserve.errors import InvalidArgumentError
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -19,6 +20,11 @@ ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", 
 #: The dtypes the engine runs in. ``DTYPES`` maps them to torch's, imported on first use: the controller parses
 #: config.json with ModelConfig.from_dict at start and must stay free of torch.
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: config.json's size fields, each at least 1 where it is given (``_check_sizes``), with what each counts.
+SIZE_FIELDS = {"num_hidden_layers": "decoder layers", "hidden_size": "the residual stream's width",
+               "num_attention_heads": "query heads", "num_key_value_heads": "key/value heads",
+               "intermediate_size": "the MLP's width", "vocab_size": "tokens in the vocabulary",
+               "head_dim": "elements per head"}
 
 
 def __getattr__(name: str):
@@ -104,6 +110,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, cfg: dict, generation_config: dict | None = None) -> "ModelConfig":
         arch = architecture(cfg)
+        _check_sizes(cfg)
         n_heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         # a key left out takes the default of the architecture's config class (MistralConfig's 8, Qwen2Config's 32,
@@ -114,6 +121,11 @@ class ModelConfig:
             raise UnsupportedModelError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}",
                                         num_heads=n_heads, num_kv_heads=n_kv)
         head_dim = int(cfg.get("head_dim") or hidden // n_heads)
+        if head_dim < 1:  # no head_dim given, and hidden_size below num_attention_heads
+            raise CheckpointError(
+                f"config.json's hidden_size {hidden} is below its num_attention_heads {n_heads}, which leaves heads of "
+                "0 elements: fix config.json (the model's own values) or download the checkpoint again",
+                hidden_size=hidden, num_attention_heads=n_heads)
 
         rope = dict(cfg.get("rope_parameters") or {})
         scaling = cfg.get("rope_scaling") or {}
@@ -189,6 +201,24 @@ class ModelConfig:
             raise InvalidArgumentError(f"{path!r} has no config.json: point at a Hugging Face checkpoint directory", path=path)
         gen_path = os.path.join(path, "generation_config.json")
         return cls.from_dict(json_object(cfg_path), json_object(gen_path) if os.path.isfile(gen_path) else None)
+
+
+def _check_sizes(cfg: dict) -> None:
+    """Refuse a size field below 1 (``SIZE_FIELDS``). Found in review: ``num_hidden_layers: -1`` (or 0) was
+    accepted, and the model prewarmed (only its embeddings) and served garbage; a num_key_value_heads of 0 was read
+    as num_attention_heads. A field left out or null takes its default where it is read, and one that is no number
+    is refused there."""
+    for key, what in SIZE_FIELDS.items():
+        value = cfg.get(key)
+        try:
+            n = None if value is None else int(value)
+        except (TypeError, ValueError):
+            continue
+        if n is not None and n < 1:
+            raise CheckpointError(
+                f"config.json's {key} is {value!r}: it counts {what}, so it must be at least 1; fix config.json "
+                "(the model's own value, as its original config.json says) or download the checkpoint again",
+                **{key: value})
 
 
 def _check_sliding_layers_have_a_window(cfg: dict, arch: str, window) -> None:

@@ -13,7 +13,7 @@ import zmq.asyncio
 
 from .. import errors
 from .. import protocol as P
-from .client import _close_zmq, _dealer, _raise_if_error, stream_gap_error
+from .client import _close_zmq, _dealer, _raise_if_error, stream_gap_error, worker_restarted
 
 
 class AsyncTokenStream:
@@ -111,23 +111,49 @@ class AsyncWorkerClient:
         #: Generations whose streams were dropped unfinished (AsyncTokenStream's finalizer): aborted by the next call.
         self._abandoned: list[int] = []
         self._sock = None
+        #: The event loop the socket's tasks run on (``_ensure``).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._lost: errors.WarmServeError | None = None
         self.last_heartbeat: P.Heartbeat | None = None
+        #: The worker's ``Heartbeat.start_id`` as first heard ("": none yet): another one is a restart.
+        self._start_id = ""
+        #: Requests with ids below this were sent before the last message heard (``_restarted``).
+        self._sent_before_heard = 0
 
     async def _ensure(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._sock is not None:
-            return
+            if self._loop is loop and not any(t.done() for t in self._tasks):
+                return
+            self._reopen()
         self._ctx, self._sock = _dealer(zmq.asyncio.Context(), self.endpoint, self.hwm, *self._curve_keys)
         self._last_heard = time.monotonic()
         self._lost = None  # a client used again after close() starts afresh, as before
-        loop = asyncio.get_running_loop()
+        self._start_id = ""  # nothing sent on this connection went to the worker heard before it
+        self._loop = loop
         # The tasks hold the client weakly (found in review: bound methods kept a client dropped without close()
         # alive for the loop's life, heartbeating its worker for ever); its finalizer ends them with the socket.
         ref = weakref.ref(self)
         self._tasks = [loop.create_task(_receive_loop(ref, self._sock)),
                        loop.create_task(_heartbeat_loop(ref, self.heartbeat_interval_s))]
         self._finalizer = weakref.finalize(self, _end, list(self._tasks), self._sock, self._ctx)
+
+    def _reopen(self) -> None:
+        """Close the connection of another event loop (a second ``asyncio.run()``: the first one's tasks ended with
+        it, found in review: every call on the second waited out its whole timeout), or whose tasks ended, so that
+        ``_ensure`` makes a new one on this loop. What was sent on the old one cannot be answered any more (the
+        worker routes replies by connection): its calls and streams fail at once, and its dropped streams' aborts,
+        which only that connection could send, are dropped (the worker aborts them once it gives that peer up)."""
+        for id, q in self._queues.items():
+            q.put_nowait(errors.ClosedError(
+                f"request {id} went to the worker at {self.endpoint} on the connection of an event loop that has "
+                f"ended (or whose client tasks did); this client reconnected on the loop now running: send the "
+                f"request again", endpoint=self.endpoint, request_id=id))
+        self._queues.clear()
+        self._abandoned.clear()
+        self._finalizer()  # the old tasks (ended with their loop) cancelled, the old socket and context closed
+        self._sock, self._tasks = None, []
 
     def _on_message(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
@@ -139,10 +165,23 @@ class AsyncWorkerClient:
             return  # a worker of another version: its replies cannot be matched anyway
         if isinstance(msg, P.Heartbeat):
             self.last_heartbeat = msg
+            if msg.start_id and msg.start_id != self._start_id:
+                self._restarted(msg.start_id)
+            self._sent_before_heard = self._next_id
             return
+        self._sent_before_heard = self._next_id
         q = self._queues.get(msg.id)
         if q is not None:
             q.put_nowait(msg)
+
+    def _restarted(self, start_id: str) -> None:
+        """As WorkerClient._restarted: a worker restarted at the endpoint (found in review: its heartbeats kept what
+        was in flight waiting out its whole timeout) fails every waiting call and stream; new calls go through."""
+        before, self._start_id = self._start_id, start_id
+        if before:
+            for id, q in self._queues.items():
+                if id < self._sent_before_heard:  # sent since: to the new worker (WorkerClient._restarted)
+                    q.put_nowait(worker_restarted(self.endpoint, id, before, start_id))
 
     async def _beat(self) -> None:
         silent_s = time.monotonic() - self._last_heard
@@ -173,6 +212,8 @@ class AsyncWorkerClient:
             ) from None
 
     async def _get(self, q: asyncio.Queue, id: int, timeout_s: float):
+        if self._sock is not None and self._loop is not asyncio.get_running_loop():
+            self._reopen()  # a stream of an earlier loop read on this one: its connection is gone (fails ``q``)
         try:
             msg = await asyncio.wait_for(q.get(), timeout_s)
         except asyncio.TimeoutError:

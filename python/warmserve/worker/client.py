@@ -40,6 +40,16 @@ def stream_gap_error(where: str, id: int, expected_seq: int, got_seq: int) -> er
         expected_seq=expected_seq, got_seq=got_seq)
 
 
+def worker_restarted(endpoint: str, id: int, before: str, now: str) -> errors.WorkerLostError:
+    """The error of request ``id`` once the heartbeats at ``endpoint`` come from another worker process (their
+    ``start_id`` went from ``before`` to ``now``): a restart there lost it, and the new worker's heartbeats would
+    otherwise keep the request waiting out its whole timeout (found in review)."""
+    return errors.WorkerLostError(
+        f"the worker at {endpoint} restarted (its heartbeats now come from start id {now}, not {before}): request "
+        f"{id} was lost with the old process; send it again (after prewarming and activating its model there "
+        f"again: the new worker holds none of the old one's)", endpoint=endpoint, request_id=id, start_id=now)
+
+
 class TokenStream:
     """The ``Tokens`` events of one generation, as an iterator; ``abort()`` ends it early (its last event, "abort",
     still comes), ``close()`` (or leaving a ``with`` block) ends it and drops what is left. A stream dropped
@@ -185,7 +195,12 @@ class SyncClientBase:
         self._abort_abandoned()
         id = self._new_id()
         self._inbox[id] = collections.deque()
-        self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.SamplingParams()))
+        try:
+            self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids),
+                                  sampling=sampling or P.SamplingParams()))
+        except BaseException:
+            self._forget(id)  # not sent: nothing comes for it (found in review: each failed send left its entry)
+            raise
         return TokenStream(self, id, timeout_s or self.default_timeout_s)
 
     def abort(self, request_id: int, *, timeout_s: float | None = None) -> None:
@@ -245,7 +260,10 @@ class SyncClientBase:
                     timeout_s=timeout_s, request_id=id,
                 )
             self._pump(left)
-        return box.popleft()
+        msg = box.popleft()
+        if isinstance(msg, errors.WarmServeError):  # the loss of the worker (a restart: WorkerClient._pump)
+            raise msg
+        return msg
 
     def _dispatch(self, msg) -> None:
         box = self._inbox.get(msg.id)
@@ -293,6 +311,10 @@ class WorkerClient(SyncClientBase):
         self._finalizer = weakref.finalize(self, _close_zmq, self._sock, self._ctx)
         self._last_heard = time.monotonic()
         self._last_sent = 0.0
+        #: The worker's ``Heartbeat.start_id`` as first heard ("": none yet): another one is a restart (``_pump``).
+        self._start_id = ""
+        #: Requests with ids below this were sent before the last message heard (``_restarted``).
+        self._sent_before_heard = 0
 
     def send_raw(self, frames: list[bytes]) -> None:
         """Send frames as they are (tests use this to send garbage)."""
@@ -332,6 +354,9 @@ class WorkerClient(SyncClientBase):
                     msg = P.decode_reply(data)
                 except errors.ProtocolError:
                     continue  # a worker of another version: nothing here can be matched to it
+                if isinstance(msg, P.Heartbeat) and msg.start_id and msg.start_id != self._start_id:
+                    self._restarted(msg.start_id)
+                self._sent_before_heard = self._next_id
                 self._dispatch(msg)
         else:
             # Only the time spent listening counts: this client reads (and hears heartbeats) only inside a call, so
@@ -343,6 +368,19 @@ class WorkerClient(SyncClientBase):
                     f"worker at {self.endpoint} silent for {silent_s:.1f} s (limit {self.worker_timeout_s} s)",
                     endpoint=self.endpoint, silent_s=silent_s,
                 )
+
+    def _restarted(self, start_id: str) -> None:
+        """Heartbeats from a worker process other than the first one heard (an older worker says none): the calls
+        and streams waiting here that were sent before the last message heard from the old one fail with
+        ``WorkerLostError`` at once. Not those sent since: this client reads only inside a call, so a call made
+        after an idle spell across the restart went to the new worker, which says its start_id before answering
+        it (failing it too would report lost a request that was served). One sent to the old worker after its
+        last message waits out its timeout, as before start ids."""
+        before, self._start_id = self._start_id, start_id
+        if before:
+            for id, box in self._inbox.items():
+                if id < self._sent_before_heard:
+                    box.append(worker_restarted(self.endpoint, id, before, start_id))
 
     def close(self) -> None:
         self._finalizer()

@@ -11,7 +11,7 @@ import time
 import weakref
 
 from .. import protocol as P
-from ..errors import ClosedError
+from ..errors import ClosedError, ProtocolError
 from .client import SyncClientBase
 from .core import WorkerCore
 
@@ -52,7 +52,15 @@ class InProcessWorker(SyncClientBase):
     def _send(self, msg) -> None:
         if self.core.stopping:  # as a socket worker's loop, which has ended (found in review: served on)
             raise ClosedError(f"the in-process worker {self.core.worker_id} was shut down", worker=self.core.worker_id)
-        self.core.handle(_PEER, P.decode_request(P.encode(msg)))
+        data = P.encode(msg)
+        try:
+            request = P.decode_request(data)
+        except ProtocolError as e:
+            # Answered, as a socket worker answers it (server.py's _malformed), not raised from the call (found in
+            # review: generate() raised where a socket client's stream does, and the request's inbox entry stayed).
+            self._emit(_PEER, P.Error.of(P.request_id_of(data), e))
+            return
+        self.core.handle(_PEER, request)
 
     def _pump(self, timeout_s: float) -> None:
         if not self.core.tick():

@@ -352,6 +352,7 @@ class _Link:
         self.heartbeat_interval_s, self.peer_timeout_s = heartbeat_interval_s, peer_timeout_s
         self.max_messages_per_drain = max_messages_per_drain
         self.last_seen: dict[bytes, float] = {}
+        self.start_id = os.urandom(8).hex()  # in every Heartbeat: a client tells a restart here by it (client.py)
         #: Written by the link, read by the engine loop: the controller has said something since the last Hello.
         self.controller_heard = False
         #: Written by the engine loop: its generations in flight.
@@ -402,7 +403,7 @@ class _Link:
                     next_beat = now + self.heartbeat_interval_s
                     self._beat(now)
                 if now >= self._heartbeat_due_s():
-                    self._send_out(_CONTROLLER, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
+                    self._send_out(_CONTROLLER, self._heartbeat())
         except zmq.ContextTerminated:
             return
         finally:
@@ -478,6 +479,8 @@ class _Link:
                 self.controller_heard = True
                 if self._owe_hello:  # now, not at the next beat: see the module's docstring
                     self._say_hello()
+            if self.routed and peer not in self.last_seen:  # its start_id before any reply (a client's restart check)
+                self._send_out(peer, self._heartbeat())
             self.last_seen[peer] = time.monotonic()
             self._backlog.append([_MSG, peer, *payload])
             if not self._flush():
@@ -508,7 +511,10 @@ class _Link:
                 self._gone(peer, f"silent for {now - seen:.0f} s")
                 continue
             if self.routed:  # connected: by the last message sent instead (``_heartbeat_due_s``)
-                self._send_out(peer, P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight)))
+                self._send_out(peer, self._heartbeat())
+
+    def _heartbeat(self) -> bytes:
+        return P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight, start_id=self.start_id))
 
     def _warn_silent(self, now: float) -> None:
         """Found in review: a wrong --controller waited for ever without a word at the default log level. Not while

@@ -1,0 +1,115 @@
+"""A worker killed (SIGKILL) and a new one started at the same endpoint, as a supervisor restarts it, while a sync
+and an asyncio client each stream a generation from it. Found in review: the new worker's heartbeats counted as
+the old one's, so both streams waited out their whole timeout (``TimeoutError_``) for tokens nothing would send.
+Each worker process says who it is in its heartbeats (``Heartbeat.start_id``); a client that hears another id
+fails what it had in flight with ``WorkerLostError`` at once, and its new calls reach the new worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+
+import msgspec
+import pytest
+
+from warmserve import protocol as P
+from warmserve.errors import WorkerLostError
+from warmserve.worker import AsyncWorkerClient, WorkerClient, spawn_local_worker
+
+LONG = P.SamplingParams(max_tokens=2000, ignore_eos=True)
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _spawn(ep: str):
+    proc, _ = spawn_local_worker("cpu", memory_gib=0.25, threads=1, bind=ep, heartbeat_interval_s=0.2)
+    return proc
+
+
+def test_streams_in_flight_fail_as_lost_when_the_worker_restarts_at_the_same_endpoint(tiny_models):
+    ep = f"tcp://127.0.0.1:{_free_port()}"
+    procs = [_spawn(ep)]
+    loop = asyncio.new_event_loop()
+    c = WorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
+    ac = AsyncWorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
+    try:
+        first_pid = c.stats().pid
+        c.prewarm(tiny_models["tiny-llama"])
+        c.activate("tiny-llama")
+        it = iter(c.generate("tiny-llama", [1, 2, 3], LONG, timeout_s=20.0))
+        ait = loop.run_until_complete(ac.generate("tiny-llama", [1, 2, 3], LONG, timeout_s=20.0)).__aiter__()
+        assert next(it).token_ids and loop.run_until_complete(ait.__anext__()).token_ids
+
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        procs.append(_spawn(ep))
+        t0 = time.monotonic()
+        with pytest.raises(WorkerLostError, match="restarted"):
+            for _ in it:
+                pass
+        took_sync = time.monotonic() - t0
+
+        async def drain():
+            async for _ in ait:
+                pass
+
+        t0 = time.monotonic()
+        with pytest.raises(WorkerLostError, match="restarted"):
+            loop.run_until_complete(drain())
+        took_async = time.monotonic() - t0
+        assert took_sync < 10.0 and took_async < 10.0, (took_sync, took_async)
+
+        # New calls reach the new worker at once (not refused as lost, as after a silence)
+        assert c.stats(timeout_s=10.0).pid == loop.run_until_complete(ac.stats(timeout_s=10.0)).pid != first_pid
+    finally:
+        loop.run_until_complete(ac.close())
+        loop.close()
+        c.close()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(10)
+
+
+def test_a_call_after_an_idle_spell_across_the_restart_is_answered_by_the_new_worker():
+    """A sync client reads only inside a call: idle while the worker restarted, its next call goes to the new
+    worker, which says its start_id before answering. Found in review of the start ids: that call failed as lost,
+    though the new worker served it (a prewarm retried would then find the model there)."""
+    ep = f"tcp://127.0.0.1:{_free_port()}"
+    procs = [_spawn(ep)]
+    c = WorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
+    try:
+        first_pid = c.stats().pid
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        procs.append(_spawn(ep))
+        assert c.stats(timeout_s=20.0).pid not in (first_pid, None)
+        assert c.stats(timeout_s=10.0).pid == procs[1].pid
+    finally:
+        c.close()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(10)
+
+
+def test_the_start_id_keeps_the_wire_compatible_both_ways():
+    """An older peer drops the field it does not know; an older worker's heartbeat says none ("": unknown)."""
+
+    class OldHeartbeat(msgspec.Struct, tag="Heartbeat", tag_field="msg", omit_defaults=True):
+        id: int = 0
+        time_s: float = 0.0
+        in_flight: int = 0
+
+    new = P.encode(P.Heartbeat(time_s=1.0, in_flight=2, start_id="ab12"))
+    assert msgspec.msgpack.decode(new, type=OldHeartbeat) == OldHeartbeat(time_s=1.0, in_flight=2)
+    assert P.decode_reply(msgspec.msgpack.encode(OldHeartbeat(time_s=1.0))).start_id == ""
