@@ -194,8 +194,15 @@ class HostBackend : public Backend {
   uintptr_t reserve(uint64_t n_pages) override {
     uint64_t bytes = n_pages * page_bytes_;
     uintptr_t a = reserve_aligned(bytes);
-    if (!a) throw mmap_error("reserving a slot", errno, bytes);
-    return a;
+    if (a) return a;
+    int err = errno;
+    Error e = mmap_error("reserving a slot", err, bytes);
+    // ENOMEM with mappings to spare: no free range of addresses that long (create_slot says so, with the fix)
+    if (err == ENOMEM && e.kind == ErrorKind::Driver) {
+      e.kind = ErrorKind::OutOfMemory;
+      e.asked_bytes = bytes;
+    }
+    throw e;
   }
 
   void release(uintptr_t addr, uint64_t n_pages) override { ::munmap((void*)addr, n_pages * page_bytes_); }

@@ -85,13 +85,17 @@ void Pool::cancel_jobs_locked(std::unique_lock<std::mutex>& l, const Slot* only)
 }
 
 // ---------------------------------------------------------------- slots
+// All the address space less the 2 MiB HostBackend::reserve_aligned adds (found in review: 2^47 always failed).
+constexpr uint64_t kAlignBytes = 2ull << 20, kMaxSlotBytes = kMaxReserveBytes - kAlignBytes;
+
 std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t reserve_bytes, const std::string& tag) {
   uint64_t pb = pool->backend->page_bytes();
   if (reserve_bytes == 0) throw invalid("reserve_bytes must be positive");
-  if (reserve_bytes > kMaxReserveBytes)
-    throw invalid("reserve_bytes=" + std::to_string(reserve_bytes) + " is larger than the " +
-                  fmt_bytes(kMaxReserveBytes) + " of address space a process has: reserve what the slot can use");
   uint64_t n = reserve_bytes / pb + (reserve_bytes % pb != 0);  // round up without overflow
+  if (reserve_bytes > kMaxSlotBytes || n * pb > kMaxSlotBytes)  // no overflow: n * pb <= kMaxSlotBytes + pb here
+    throw invalid("reserve_bytes=" + std::to_string(reserve_bytes) + " (in whole pages of " + fmt_bytes(pb) +
+                  ") is larger than the " + fmt_bytes(kMaxReserveBytes) + " of address space a process has, less " +
+                  fmt_bytes(kAlignBytes) + " for alignment: reserve what the slot can use");
   auto s = std::make_shared<Slot>();
   // The tables come first, without the pool mutex (they can be large and slow) and before the slot is attached
   // to the pool: a slot without a pool has nothing for ~Slot to undo, so a failure here needs no lock.
@@ -108,7 +112,20 @@ std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t re
   }
   std::lock_guard<std::mutex> g(pool->mu);
   pool->check_open();
-  s->base = pool->backend->reserve(n);
+  try {
+    s->base = pool->backend->reserve(n);
+  } catch (const Error& e) {  // no free range that long: the host's ENOMEM, or cuMemAddressReserve's out of memory
+    if (e.kind != ErrorKind::OutOfMemory && e.name != "CUDA_ERROR_OUT_OF_MEMORY") throw;
+    uint64_t open = 0;
+    for (auto& [id, w] : pool->slots) open += !w.expired();
+    Error oom(ErrorKind::OutOfMemory, "slot '" + tag + "' of " + fmt_bytes(n * pb) + " cannot be reserved: the "
+              "process's virtual address space (" + fmt_bytes(kMaxReserveBytes) + " in all) has no free range that "
+              "large left (" + e.what() + "; this pool has " + std::to_string(open) + " other slot(s) open). Fix: "
+              "reserve less (reserve_bytes: what the slot can use), or close the slots no longer needed and drop "
+              "them (a slot's addresses are freed when its last reference, views included, goes)");
+    oom.asked_bytes = n * pb, oom.total_bytes = kMaxReserveBytes;
+    throw oom;
+  }
   s->pool = pool;  // from here on ~Slot releases the reservation
   s->id = pool->next_slot_id++;
   s->tag = tag;

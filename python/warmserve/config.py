@@ -262,15 +262,22 @@ class ClusterConfig:
         if not is_page_size(self.worker_page_bytes):
             raise InvalidArgumentError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
                                        f"({2 << 20}), got {self.worker_page_bytes}", key="worker_page_bytes")
-        for d in self.devices:
+        canonical, written = [], list(self.devices)
+        for d in written:
             kind, _, idx = d.partition(":") if isinstance(d, str) else ("", "", "")
-            if kind not in ("cpu", "cuda") or not idx.isdigit():
+            # ASCII digits only: str.isdigit took "²", which int() refuses, and "٣"
+            if kind not in ("cpu", "cuda") or not (idx.isascii() and idx.isdigit()):
                 raise InvalidArgumentError(f"ClusterConfig: device {d!r} must look like 'cuda:0' or 'cpu:0'",
                                            key="devices")
+            # the index as a number (found in review: "cuda:00" passed the GPU-twice check beside "cuda:0", and
+            # torch refuses the string "cuda:00" at the worker's start-up)
+            canonical.append(f"{kind}:{int(idx)}")
+        object.__setattr__(self, "devices", tuple(canonical))
         gpus = [d for d in self.devices if d.startswith("cuda")]
         if len(set(gpus)) < len(gpus):  # found in review: two workers, each sizing its pool to 90% of one GPU
-            raise InvalidArgumentError(f"ClusterConfig: devices {list(self.devices)} name a GPU twice; one worker per "
-                                       f"GPU (it takes the GPU's free memory)", key="devices")
+            twice = sorted({g for g in gpus if gpus.count(g) > 1})
+            raise InvalidArgumentError(f"ClusterConfig: devices {written} name a GPU twice ({', '.join(twice)}); one "
+                                       f"worker per GPU (it takes the GPU's free memory)", key="devices", gpus=twice)
         names = [m.name for m in self.models]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

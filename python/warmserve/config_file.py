@@ -62,6 +62,11 @@ def _as_text_hint(value, kind: type) -> str:
     plain integer: found in review, it was told 1000.0 / 8080.0, which it then refused as no whole number."""
     if kind not in (int, float) or not isinstance(value, str):
         return ""
+    if kind is int and value.strip().lstrip("+-").lower().startswith("0o"):  # YAML 1.1 has no 0o prefix: text
+        try:
+            return f". YAML reads {value} as text (YAML 1.1 has no 0o prefix): write {int(value, 8)}"
+        except ValueError:
+            return ""
     try:
         number = float(value)
     except ValueError:
@@ -76,13 +81,45 @@ def _as_text_hint(value, kind: type) -> str:
     return f". YAML reads {value} as text{why}: write {int(number)}"
 
 
+def _refuse_other_base(node, key) -> None:
+    """Refuse an integer YAML 1.1 reads in a base other than 10, naming ``key`` (None: in a list) and the plain
+    number: PyYAML reads a leading 0 as octal, and 0x, 0b and a:b (base 60) too (found in review: `port: 0700` gave
+    448 and `max_queue: 0100` 64 silently, while 0800, no octal number, was refused with a hint)."""
+    text = node.value
+    digits = text.replace("_", "").lstrip("+-").lower()
+    sign = "-" if text.lstrip().startswith("-") else ""
+    where = f"{key if key is not None else 'a number'} at line {node.start_mark.line + 1}"
+    if digits.startswith(("0x", "0b")):
+        number = int(sign + digits, 0)
+        base = "hexadecimal" if digits[1] == "x" else "binary"
+        raise InvalidArgumentError(f"{where}: YAML reads {text} as {base}, {number}: write {number} (the config "
+                                   f"takes plain decimal numbers; quote it if it is text)", key=key, value=text,
+                                   line=node.start_mark.line + 1)
+    if ":" in digits:
+        number = 0
+        for part in digits.split(":"):
+            number = number * 60 + int(part)
+        number = -number if sign else number
+        raise InvalidArgumentError(f"{where}: YAML reads {text} as base 60 (a:b means a x 60 + b), {number}: write "
+                                   f"{number}, or quote it if it is text", key=key, value=text,
+                                   line=node.start_mark.line + 1)
+    if len(digits) > 1 and digits.startswith("0"):
+        octal, plain = int(sign + digits, 8), int(sign + digits, 10)
+        raise InvalidArgumentError(f"{where}: YAML reads {text} as octal, {octal} (a leading 0 means octal to "
+                                   f"YAML): write {plain}, {octal} if octal was meant, or '{text}' in quotes if it is text", key=key, value=text,
+                                   line=node.start_mark.line + 1)
+
+
 def _yaml_loader():
     """PyYAML's SafeLoader, but a key given twice in one table is refused: PyYAML keeps the last one silently
     (found in review: a second `server:` block, appended at the end of a file, dropped the first's api_key; TOML
-    refuses the same file). A merge key's (<<) entries overridden by the table's own are YAML's rule, not a repeat."""
+    refuses the same file). A merge key's (<<) entries overridden by the table's own are YAML's rule, not a repeat.
+    An integer YAML reads in another base than 10 is refused (``_refuse_other_base``)."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        INT_TAG = "tag:yaml.org,2002:int"
+
         def __init__(self, stream):
             super().__init__(stream)
             #: id(mapping node) -> (the node, its entries as written). flatten_mapping rewrites the entries of an
@@ -97,10 +134,12 @@ def _yaml_loader():
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
                 seen = {}
-                for key_node, _ in self.own_entries.get(id(node), (node, node.value))[1]:
+                for key_node, value_node in self.own_entries.get(id(node), (node, node.value))[1]:
                     if key_node.tag == "tag:yaml.org,2002:merge":
                         continue
                     key = self.construct_object(key_node, deep=deep)
+                    if value_node.tag == self.INT_TAG:  # here, where the key is known for the message
+                        _refuse_other_base(value_node, key)
                     try:
                         first = seen.setdefault(key, key_node)
                     except TypeError:  # an unhashable key: SafeLoader's own error names it
@@ -113,6 +152,11 @@ def _yaml_loader():
                             f"block", key=key, lines=lines)
             return super().construct_mapping(node, deep=deep)
 
+        def construct_other_base_refused(self, node):  # an integer anywhere else: in a list, as a key
+            _refuse_other_base(node, None)
+            return self.construct_yaml_int(node)
+
+    UniqueKeyLoader.add_constructor(UniqueKeyLoader.INT_TAG, UniqueKeyLoader.construct_other_base_refused)
     return UniqueKeyLoader
 
 

@@ -434,7 +434,7 @@ def check_args(args) -> None:
     # found in review: `gpu` ran, then crashed in torch; `cuda` without a GPU ended in an AssertionError traceback
     from warmserve.worker.main import check_cuda, check_device
 
-    check_device(args.device)
+    args.device = check_device(args.device)  # canonical: cuda:00 is cuda:0 to the checks, not to torch
     check_cuda(args.device)
     check_fits_context("--prompt-tokens + --new-tokens", args.prompt_tokens + args.new_tokens, args.models,
                        f"{args.prompt_tokens} + {args.new_tokens}", "lower --prompt-tokens or --new-tokens")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import os
 import sys
 import time
@@ -44,9 +43,9 @@ from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, Given
                                           check_reuse, cost_models, counters_between, engine_start_summary,
                                           fetch_engine_starts, fetch_prewarm_metrics, history_rows, idle_windows,
                                           live_history_models, live_schedule, model_suffix, parse_prewarm_metrics,
-                                          plan_live_history, policy_options, replay_marked, run_policies,
-                                          split_engine_starts, split_outcomes, trace_requests, twin_history,
-                                          warmup_span_s, with_idle_lead)
+                                          plan_live_history, policy_options, read_reuse_live, replay_marked,
+                                          run_policies, split_engine_starts, split_outcomes, trace_requests,
+                                          twin_history, warmup_span_s, with_idle_lead)
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.inputs import warmup_trace
@@ -492,14 +491,13 @@ def _main(args) -> int:
     live, live_ttft, sim, sim_ttft = {}, {}, {}, {}
     earlier = None
     if args.reuse_live:
-        with open(args.reuse_live) as f:
-            earlier = json.load(f)
+        earlier = read_reuse_live(args.reuse_live)  # checked by check_args; read once more here
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         check_reuse(earlier, args.reuse_live, args, policies, options, len(reqs), vars(parser.parse_args([])))
     for p in policies:
         if earlier is not None:
-            live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier.get("ttft_s", {}).get(p, []), float)
+            live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier["ttft_s"].get(p, []), float)
         else:
             live[p], live_ttft[p] = run_live(p, w, reqs, served, args, live_cost, log_dir, served_live,
                                              options[p], warm)

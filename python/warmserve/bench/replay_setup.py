@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from warmserve.bench.replay_checks import policy_names, read_reuse_live
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
 from warmserve.sim.metrics import pct
@@ -74,7 +75,7 @@ def check_endpoint_args(args) -> None:
                                    f"ours and no simulated twin, so {'these set' if len(ignored) > 1 else 'it sets'} "
                                    f"nothing there: drop {'them' if len(ignored) > 1 else 'it'}, or drop --endpoint",
                                    flags=ignored)
-    names = [p for p in args.policy.split(",") if p]
+    names = policy_names(args.policy)
     if "--policy" in given and len(names) != 1:
         raise InvalidArgumentError(f"--policy {args.policy!r} with --endpoint: the server runs its own policy, so "
                                    f"--policy is only the run's label there, one name (e.g. --policy vllm); "
@@ -84,10 +85,11 @@ def check_endpoint_args(args) -> None:
 
 def run_policies(args) -> list[str]:
     """The names the runs go under: --policy's policies, or with --endpoint the one label (``ENDPOINT_LABEL`` where
-    --policy is not given: the default policies do not run there)."""
+    --policy is not given: the default policies do not run there). An empty list or a name twice is refused
+    (``policy_names``)."""
     if args.endpoint and "--policy" not in getattr(args, "given_flags", []):
         return [ENDPOINT_LABEL]
-    return [p for p in args.policy.split(",") if p]
+    return policy_names(args.policy)
 
 
 def model_suffix(k: int) -> str:
@@ -106,6 +108,8 @@ def check_args(args) -> None:
     `serve` child after minutes of earlier policies)."""
     def flag(k):
         return "--" + k.replace("_", "-")
+
+    run_policies(args)  # an empty or repeated --policy, refused before any workload or cluster (replay_checks)
 
     for k, lo in (("time_scale", 0), ("rate", 0), ("duration_s", 0), ("window_s", 0), ("pre_s", None),
                   ("drain_s", None), ("start_lead_s", None), ("warmup_s", None)):
@@ -130,6 +134,8 @@ def check_args(args) -> None:
                                        option=k)
     if args.endpoint:
         check_endpoint_args(args)
+    if args.reuse_live:  # read again by the run; here so that a bad file is refused before the workload is built
+        read_reuse_live(args.reuse_live)
     if args.warmup_s > args.pre_s:
         raise InvalidArgumentError(f"--warmup-s {args.warmup_s:g} is longer than the --pre-s {args.pre_s:g} s of "
                                    f"trace before t = 0 that the workload holds: raise --pre-s to at least "

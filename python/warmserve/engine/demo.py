@@ -421,7 +421,7 @@ def write_sized_demo(size: str, out_dir: str | None = None, device: str | None =
     # (exit 1) that left an empty checkpoint folder behind.
     from warmserve.worker.main import check_cuda, check_device
 
-    check_device(device)
+    device = check_device(device)
     check_cuda(device)
     cfg = config_dict(spec, SIZED_DTYPE)
     return write_checkpoint(out_dir or default_demo_dir(), name, cfg,
@@ -440,21 +440,43 @@ def spec_summary(name: str) -> dict:
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help=f"output directory (default {default_demo_dir()}; $WARMSERVE_HOME/demo)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of: {' '.join(DEMO_MODELS)}")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weight dtype on disk")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES),
+                        help="weight dtype on disk of the small demos (default float32; --size writes bfloat16)")
     parser.add_argument("--size", default=None, choices=list(SIZED_MODELS),
                         help="write one GPU-sized demo instead (bf16: 1b = Llama-3.2-1B shape, 7b = Llama-3-8B shape)")
     parser.add_argument("--device", default=None, help="with --size: where to draw the weights (default: cuda if "
                         "available, else cpu)")
 
 
+def check_flags(args) -> None:
+    """Refuse, naming them, the flags a run would take and ignore (found in review, each exit 0: --models with no
+    name wrote nothing and said done; --device without --size was dropped; --size dropped --models and --dtype)."""
+    from warmserve.errors import InvalidArgumentError
+
+    size, device = getattr(args, "size", None), getattr(args, "device", None)
+    if args.models is not None and not args.models:
+        raise InvalidArgumentError(f"--models names no model: give one or more of {', '.join(DEMO_MODELS)}, or leave "
+                                   f"it out for all", flag="--models")
+    if device is not None and not size:
+        raise InvalidArgumentError(f"--device {device}: only --size draws its weights on a device (the small demos "
+                                   f"are drawn on the CPU): add --size {' or '.join(SIZED_MODELS)}, or drop --device",
+                                   flag="--device")
+    dropped = [f for f, v in (("--models", args.models), ("--dtype", args.dtype)) if size and v is not None]
+    if dropped:
+        raise InvalidArgumentError(f"--size {size} with {' and '.join(dropped)}: --size writes one model, "
+                                   f"{SIZED_MODELS[size][0]}, in {SIZED_DTYPE}: drop {' and '.join(dropped)}, or "
+                                   f"drop --size to write the small demos", flag=dropped[0], flags=dropped)
+
+
 def main(args) -> int:
     import time
 
     t0 = time.perf_counter()
+    check_flags(args)
     if getattr(args, "size", None):
         paths = {SIZED_MODELS[args.size][0]: write_sized_demo(args.size, args.out, getattr(args, "device", None))}
     else:
-        paths = write_demo_models(args.out, args.models, args.dtype)
+        paths = write_demo_models(args.out, args.models, args.dtype or "float32")
     for n, p in paths.items():
         s = spec_summary(n)
         print(f"{n:<12} {s['architecture']:<20} {s['params'] / 1e6:6.1f}M params  {p}")

@@ -4,6 +4,7 @@ symlink), and the words of the warning for a filesystem too small for an entry."
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
@@ -67,6 +68,22 @@ def entry_key(real: str, st: os.stat_result) -> str:
     return f"{ph}-{sh.hexdigest()[:16]}"
 
 
+def stat_source(path, what: str) -> os.stat_result:
+    """os.stat(path) of a checkpoint, refused typed as slot.load refuses it: InvalidArgumentError naming ``path`` (a
+    missing file: ``errno`` ENOENT). Found in review: a NUL byte gave a bare ValueError, a missing file a bare
+    FileNotFoundError, a lone surrogate a bare UnicodeEncodeError."""
+    if ("\0" if isinstance(path, str) else b"\0") in path:  # open() would stop at it and name another file
+        raise InvalidArgumentError(f"{what}: the path {path!r} has a NUL byte and names no file. Fix: the file's "
+                                   "path without the NUL", path=repr(path))
+    try:
+        return os.stat(path)
+    except OSError as e:
+        raise InvalidArgumentError(f"{what}: cannot read {path!r}: {e.strerror}", path=path, errno=e.errno) from None
+    except UnicodeEncodeError:  # a lone surrogate that no file name's bytes give
+        raise InvalidArgumentError(f"{what}: {path!r} names no file: it holds a character no file name's bytes "
+                                   "decode to", path=repr(path)) from None
+
+
 def open_lock(path: str) -> int:
     """A descriptor of the lock file ``path`` (made if missing), never through a symlink (ELOOP)."""
     return os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
@@ -98,6 +115,35 @@ def scan(root: str) -> list[tuple[str, int, int]]:
                 continue
             out.append((name, st.st_size, st.st_atime_ns))
     return out
+
+
+def evict_over_budget(root: str, capacity: int, spare: set[str], live, unlink) -> int:
+    """Unlink (``unlink(name)``) the least recently used entries under ``root``, none whose key is in ``spare``, until
+    the entries and the fills in progress (``live(name)``, which unlinks a dead worker's) fit ``capacity`` bytes, or
+    none is left to unlink; how many it unlinked. A scan within the budget takes no lock. The index lock is only
+    tried (a hit never waits on a fill's fallocate): held by another, or an unlink refused, the next load tries."""
+    if sum(size for _, size, _ in scan(root)) <= capacity:
+        return 0
+    try:
+        glock = open_lock(os.path.join(root, ".lock"))
+    except OSError:  # the directory went: nothing to evict
+        return 0
+    evicted = 0
+    try:
+        fcntl.flock(glock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        entries = scan(root)
+        used = sum(size for name, size, _ in entries if not name.endswith(".fill") or live(name))
+        for _, name, size in sorted((t, n, s) for n, s, t in entries if n.endswith(".bin") and n[:-4] not in spare):
+            if used <= capacity:
+                break
+            unlink(name)
+            used -= size
+            evicted += 1
+    except OSError:  # BlockingIOError: the lock is held
+        pass
+    finally:
+        os.close(glock)  # drops the flock
+    return evicted
 
 
 def check_root(root: str) -> None:

@@ -27,19 +27,20 @@ it ends, so two loads of the same files never wait for each other in a cycle. Ev
 under one flock on ``<root>/.lock``. Lock files are never deleted (removing one while another worker is about to
 lock it would let two fill the same entry).
 
-Eviction. Least recently used first (each use sets the entry's atime), until the entries and fills in progress
-fit ``capacity_bytes``, never an entry the same load reads. Evicting unlinks the entry; the memory is freed when
-the last worker unmaps it: the evicting one at once (or when its loads reading it end), the others at the start
-of their next load (also when it has been filled again since: mappings are checked by inode). A fill whose lock
-nobody holds was left by a worker that died mid-fill: eviction unlinks it (``stats()["orphans"]``). A file larger
-than the budget, one that does not fit beside the fills in progress (not evictable: a sharded checkpoint's load
-starts every shard's fill) and the entries the load reads, or one the tmpfs has no room for, is loaded straight
-from the file (``stats()["bypassed"]``), as is one the cache cannot make or lock a file for (any other error of
-the filesystem: a lock file or entry of another user, a quota, a file size limit), with a warning. An entry
-another user published is not trusted: loaded straight from the file, theirs left alone (an entry of this user's
-that it may only read is mapped read-only, its copies staged). An entry whose size is not the checkpoint's (cut
-short) is unlinked under its fill lock and filled again. The directory must be this user's own, one it can make
-files in: ``HostCheckpointCache()`` checks.
+Eviction. Least recently used first (each use sets the entry's atime), until the entries and fills in progress fit
+``capacity_bytes``, never an entry the same load reads; a budget lowered since the entries were made (a restart with
+a smaller one) is enforced when the cache is made and at each load, hits too. Evicting unlinks the entry; the memory
+is freed when the last worker unmaps it: the evicting one at once (or when its loads reading it end), the others at
+the start of their next load (also when it has been filled again since: mappings are checked by inode). A fill whose
+lock nobody holds was left by a worker that died mid-fill: eviction unlinks it (``stats()["orphans"]``). A file
+larger than the budget, one that does not fit beside the fills in progress (not evictable: a sharded checkpoint's
+load starts every shard's fill) and the entries the load reads, or one the tmpfs has no room for, is loaded straight
+from the file (``stats()["bypassed"]``), as is one the cache cannot make or lock a file for (any other error of the
+filesystem: a lock file or entry of another user, a quota, a file size limit), with a warning. An entry another user
+published is not trusted: loaded straight from the file, theirs left alone (an entry of this user's that it may only
+read is mapped read-only, its copies staged). An entry whose size is not the checkpoint's (cut short) is unlinked
+under its fill lock and filled again. The directory must be this user's own, one it can make files in:
+``HostCheckpointCache()`` checks.
 
 Caveat. The key is the file's metadata, not its contents. The ctime in it is set by the kernel alone, on every
 write, rename, utime and re-creation, so a file rewritten in place with its old mtime put back (``os.utime``), or
@@ -65,7 +66,8 @@ from warmserve.errors import InvalidArgumentError, WarmServeError
 from warmserve.memory.cache_entry import CacheBusyError, CacheEntry, flock_wait, open_published, unlink_if_there
 from warmserve.memory.cache_files import check_root as _check_root
 from warmserve.memory.cache_files import HostCacheConfig  # noqa: F401  (the cache's config, imported from here)
-from warmserve.memory.cache_files import create_fill, entry_key, no_room_warning, open_lock, scan
+from warmserve.memory.cache_files import create_fill, entry_key, evict_over_budget, no_room_warning, open_lock, \
+    scan, stat_source
 from warmserve.memory.cache_load import CachedLoadJob
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import _count
@@ -90,6 +92,7 @@ class HostCheckpointCache:
         self._said_no_room = False
         self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0, "orphans": 0,
                        "bytes_from_cache": 0, "bytes_filled": 0}
+        self._enforce_budget(set())  # the directory may have been filled under a larger budget
 
     # ---------------------------------------------------------------- queries
     def stats(self) -> dict:
@@ -109,12 +112,19 @@ class HostCheckpointCache:
         return sum(size for _, size, _ in self._scan())
 
     def entry_path(self, path: str) -> str:
-        """The cache file that holds `path` as it is now (it may not exist yet)."""
-        return os.path.join(self.config.root, self._key(os.path.realpath(path), os.stat(path)) + ".bin")
+        """The cache file that holds `path` as it is now (it may not exist yet). InvalidArgumentError when `path`
+        names no file that can be read."""
+        st = stat_source(os.fspath(path), "entry_path")  # first: realpath() too fails untyped on a NUL
+        return os.path.join(self.config.root, self._key(os.path.realpath(path), st) + ".bin")
 
     def contains(self, path: str) -> bool:
-        """Whether the checkpoint file `path`, as it is now, is cached."""
-        return os.path.exists(self.entry_path(path))
+        """Whether the checkpoint file `path`, as it is now, is cached: False when there is no such file."""
+        try:
+            return os.path.exists(self.entry_path(path))
+        except InvalidArgumentError as e:
+            if getattr(e, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            raise
 
     # ---------------------------------------------------------------- loading
     def load(self, slot, sources: Iterable[tuple], *, progress: Callable[[int, int], None] | None = None,
@@ -132,14 +142,7 @@ class HostCheckpointCache:
                 raise InvalidArgumentError(f"cache load source {i} must be (path, file_offset, slot_byte_offset, "
                                            "nbytes) with a file path")
             p = os.fspath(src[0])
-            try:
-                st = os.stat(p)
-            except OSError as e:  # typed, as slot.load's (found in review: a bare FileNotFoundError)
-                raise InvalidArgumentError(f"cache load source {i}: cannot read {p!r}: {e.strerror}", path=p) \
-                    from None
-            except UnicodeEncodeError:  # a lone surrogate that no file name's bytes give (found in review)
-                raise InvalidArgumentError(f"cache load source {i}: {p!r} names no file: it holds a character no "
-                                           f"file name's bytes decode to", path=repr(p)) from None
+            st = stat_source(p, f"cache load source {i}")  # typed, as slot.load's (found in review: bare errors)
             key = self._key(os.path.realpath(p), st)
             if key not in by_key:
                 by_key[key] = []
@@ -156,6 +159,7 @@ class HostCheckpointCache:
         except OSError:  # nor can its files be made: each is loaded straight from the file (_acquire)
             pass
         self._sweep()
+        self._enforce_budget(set(by_key))
         specs, fills, used, hits, gaps = [], [], [], [], []
         # Every entry the load reads is off limits to the evictions of its own fills from the start, not only those
         # acquired so far (found in review: a miss listed before a cached file evicted that file's entry, which the
@@ -457,6 +461,18 @@ class HostCheckpointCache:
             used -= size
             self._count(evicted=1)
         return True
+
+    def _enforce_budget(self, busy: set[str]) -> None:
+        """Evict least recently used entries not in use (not in ``busy``, read by no load of this process: unlinking
+        those frees nothing now) until all fit ``capacity_bytes``: a budget lowered since the directory was filled (a
+        restart with a smaller --host-cache-gib, a worker configured smaller) binds hits too, not only fills (found
+        in review: 6 MiB stayed under a 2 MiB budget for as long as loads hit)."""
+        with self._mu:
+            spare = busy | {key for key, e in self._entries.items() if e.users}
+        evicted = evict_over_budget(self.config.root, self.config.capacity_bytes, spare, self._fill_live,
+                                    self._unlink_entry)
+        if evicted:
+            self._count(evicted=evicted)
 
     def _evict_for_room(self, need: int, keep: str, busy: set[str]) -> int:
         """With the index lock held, after the filesystem refused ``need`` bytes: evict least recently used entries

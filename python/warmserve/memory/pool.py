@@ -403,7 +403,15 @@ def _buffer_address(obj) -> tuple[int, int, object]:
     import numpy as np
 
     try:
+        view = memoryview(obj)
+    except TypeError as e:
+        raise InvalidArgumentError(f"load source must be a path, a CPU tensor or a buffer, not {type(obj).__name__}") from e
+    if not view.c_contiguous:  # found in review: a memoryview slice escaped as a bare BufferError
+        raise InvalidArgumentError(f"a {type(obj).__name__} load source must be a C-contiguous buffer, not one of shape "
+                                   f"{view.shape} with strides {view.strides}. Fix: a contiguous copy (bytes(src), "
+                                   "numpy.ascontiguousarray(src))", shape=view.shape, strides=view.strides)
+    try:
         arr = np.frombuffer(obj, dtype=np.uint8)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, BufferError) as e:
         raise InvalidArgumentError(f"load source must be a path, a CPU tensor or a buffer, not {type(obj).__name__}") from e
     return arr.ctypes.data, arr.nbytes, arr

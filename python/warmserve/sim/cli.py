@@ -17,8 +17,8 @@ from warmserve.outputs import check_distinct_outputs, check_output, check_plot, 
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
-from warmserve.sim.cli_checks import (check_paper_span, check_replays_requests, check_request_budget, parse_policies,
-                                      rate_flags)
+from warmserve.sim.cli_checks import (check_gpus, check_paper_span, check_replays_requests, check_request_budget,
+                                      check_sim_window, parse_policies, rate_flags)
 from warmserve.sim.cli_output import (at_least, finite_or_null, median_summary, request_count, summary_table,
                                       sweep_table, workload_block)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
@@ -122,6 +122,7 @@ def build_preset(args) -> Preset:
                     engine_model=args.engine_model, shared_search=not args.no_shared_search,
                     chunked_prefill_tokens=args.chunked_prefill_tokens,
                     policy_config=parse_policy_options(args.policy_option))
+    check_sim_window(cfg.policy_config.window_s, args.tick_s)
     if args.models is not None and args.models < 1:
         raise InvalidArgumentError(f"--models {args.models}: give at least 1 model", flag="--models")
     # finite (found in review): inf passed `> 0` and ended in an OverflowError in the simulator's driver
@@ -396,6 +397,7 @@ def check_args(args) -> None:
 
     if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
         raise bad("--duration-s", args.duration_s, "give a span > 0 seconds, or leave it out for the workload's own")
+    check_gpus(args.gpus)
     # the flags of SimConfig fields, by SimConfig's own rules (sim.config.FIELD_RULES); SimConfig itself refuses
     # --chunked-prefill-tokens under --engine-model fluid, naming both flags, when build_preset makes it
     for flag, key in (("--ttft-slo-s", "ttft_slo_s"), ("--slo-scale", "slo_scale"), ("--tick-s", "tick_s"),

@@ -1,12 +1,13 @@
 """`warmserve simulate`'s checks of its command line that need more than one option or the workload itself: the
 request count a run would generate, a replay with no request, the Azure trace's room for a replay and its history
-days, the --policy list, and --json and --plot naming one file. Each raises InvalidArgumentError naming the flags
+days, the --policy list, --json and --plot naming one file, the forecast window's floor and --gpus below 1. Each raises InvalidArgumentError naming the flags
 and the fix, before any policy runs."""
 
 from __future__ import annotations
 
 import math
 
+from warmserve.config import MIN_WINDOW_S
 from warmserve.errors import InvalidArgumentError
 
 #: The most requests a run may generate (replay, warm-up and history days together, ``Preset.expected_requests``).
@@ -75,15 +76,40 @@ def check_paper_span(kind: str, duration_s: float, history_days: int, *, history
             f"{math.floor(most_s)} s)", flag="--duration-s", value=duration_s)
 
 
-def parse_policies(text: str) -> list[str]:
+def parse_policies(text: str, example: str = "e.g. warmserve,shared, or leave it out for all",
+                   twice_why: str = "") -> list[str]:
     """--policy as a list of names, refusing an empty list and a name given twice (found in review: --policy ","
-    ran nothing and exited 0; warmserve,warmserve ran it twice and kept the second)."""
+    ran nothing and exited 0; warmserve,warmserve ran it twice and kept the second). ``example`` and ``twice_why``:
+    the command's own words in the messages (`bench replay`'s)."""
     policies = [p.strip() for p in text.split(",") if p.strip()]
     if not policies:
-        raise InvalidArgumentError(f"--policy {text!r} names no policy: give at least one, e.g. warmserve,shared, "
-                                   f"or leave it out for all", flag="--policy")
+        raise InvalidArgumentError(f"--policy {text!r} names no policy: give at least one, {example}",
+                                   flag="--policy", names=policies)
     twice = sorted({p for p in policies if policies.count(p) > 1})
     if twice:
-        raise InvalidArgumentError(f"--policy {text!r} names {', '.join(twice)} more than once: give each policy "
-                                   f"once", flag="--policy")
+        raise InvalidArgumentError(f"--policy {text!r} names {', '.join(twice)} more than once{twice_why}: give "
+                                   f"each policy once", flag="--policy", names=policies, twice=twice)
     return policies
+
+
+def check_sim_window(window_s: float, tick_s: float) -> None:
+    """Refuse a policy window below the live controller's floor (``config.MIN_WINDOW_S``, or the tick where longer),
+    as `warmserve serve` does (``config.check_window``): the simulated policy keeps its load history per window
+    too, every window of the history days per model (found in review: window_s=0.01 was taken and grew past 9.5 GB
+    in 90 s on a 60 s replay)."""
+    floor = max(MIN_WINDOW_S, tick_s)
+    if window_s < floor:
+        raise InvalidArgumentError(
+            f"--policy-option window_s={window_s:g}: the policy window must be at least {floor:g} s (the policy "
+            f"keeps a load history of every window of its history days per model, as the live controller does, "
+            f"and ticks every --tick-s {tick_s:g} s). Fix: --policy-option window_s={floor:g} or more that divides "
+            f"86400 (default 300)", key="window_s", floor_s=floor, flag="--policy-option", value=window_s)
+
+
+def check_gpus(gpus: int) -> None:
+    """Refuse --gpus below 1 with counts that run (found in review: -8 was told "e.g. 8 or 0", 0 "e.g. 8 or 8",
+    0 itself refused; ``presets.cluster_shape`` keeps its own message for counts above 8 that are not whole
+    servers)."""
+    if gpus < 1:
+        raise InvalidArgumentError(f"--gpus {gpus}: give at least 1 GPU: 1-8, or a multiple of 8 (servers hold 8 "
+                                   f"GPUs), e.g. 8 or 16", flag="--gpus", value=gpus)

@@ -79,10 +79,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what goes to stderr (default WARNING)")
 
 
-def check_device(device: str) -> None:
-    ok = device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-    if not ok:
+def check_device(device: str) -> str:
+    """``device`` as torch reads it (cuda:00 becomes cuda:0), or InvalidArgumentError. Found in review: cuda:00
+    passed a check of its digits, then torch refused the string at start-up with an untyped RuntimeError; callers
+    use the returned name."""
+    index = device[5:] if device.startswith("cuda:") else ""
+    if device in ("cpu", "cuda"):
+        return device
+    if not (index.isascii() and index.isdigit()):  # ASCII: "²" is a digit to str.isdigit, not to int()
         raise errors.InvalidArgumentError(f"--device must be cpu or cuda:N, got {device!r}", device=device)
+    return f"cuda:{int(index)}"
 
 
 def check_cuda(device: str, *, flag: str = "--device", fix: str = "use --device cpu") -> None:
@@ -109,7 +115,7 @@ def check_args(args: argparse.Namespace) -> None:
     """What the flags can be checked for before torch is imported and the pool made (seconds of work)."""
     from ..config import check_endpoint
 
-    check_device(args.device)
+    args.device = check_device(args.device)
     # Found in review: a heartbeat interval of 0 busy-looped a core; NaN passes every comparison.
     for flag in ("heartbeat_interval_s", "peer_timeout_s"):
         v = getattr(args, flag)
@@ -244,7 +250,7 @@ def build_pool(device: str, memory_gib: float | None, prefault: bool = True, pag
     prefault, touched now on the host, so no load pays for first touches). Pages of ``page_mib`` MiB."""
     from ..memory import PagePool
 
-    check_device(device)
+    device = check_device(device)
     if not is_page_size(page_mib << 20):
         raise errors.InvalidArgumentError(f"--page-mib must be a positive multiple of 2, got {page_mib}",
                                           page_mib=page_mib)

@@ -1,7 +1,7 @@
 """Found in review: the forecast window had no lower bound, and the controller's load history holds every window
 of a week per model (controller/clock.py CLOCK_DAYS_BACK): `serve --window-s 0.01` took 2.4 GiB for one model, and
 0.001 would exhaust memory. A live window below 1 s, or below the policy loop's tick, is now refused naming
-window_s and the floor (the simulator, which keeps no such history, is unchanged)."""
+window_s and the floor; `warmserve simulate` refuses the same (tests/unit/sim/test_cli_review_window_floor.py)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_a_config_file_window_below_the_floor_or_the_tick_is_refused_and_the_flo
     f.write_text("[controller]\ntick_s = 2.0\n[policy]\nwindow_s = 1\n")
     with pytest.raises(InvalidArgumentError, match=r"window_s must be at least 2 s .*tick_s = 2 s"):
         load_config(str(f))
-    # the floor itself, and the policy alone (the simulator keeps no week of windows: nothing new refused)
+    # the floor itself, and PolicyConfig alone (the CLIs check the floor, each against its own tick)
     assert ControllerConfig(policy_config=PolicyConfig(window_s=1.0)).policy_config.window_s == 1.0
     assert serve.build_config(parse("--window-s", "5")).controller.policy_config.window_s == 5.0
     assert PolicyConfig(window_s=0.5).window_s == 0.5

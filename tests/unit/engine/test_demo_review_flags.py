@@ -1,0 +1,60 @@
+"""Found in review: `warmserve models demo` took flags it then ignored, exit 0: `--models` with no name wrote nothing
+and said "done"; `--device` without `--size` was dropped (the small demos are drawn on the CPU); `--size` dropped
+`--models` and `--dtype` (the sized demo is one model in bf16). Each now exits 2 naming the flags, nothing written."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from warmserve import cli
+from warmserve.engine import demo
+
+
+@pytest.fixture
+def nothing_written(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a demo was written")
+
+    monkeypatch.setattr(demo, "write_sized_demo", boom)
+    monkeypatch.setattr(demo, "write_checkpoint", boom)
+
+
+def _refused(tmp_path, capsys, *flags) -> str:
+    out = tmp_path / "demo"
+    assert cli.main(["models", "demo", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "done" not in err
+    assert not out.exists() or not os.listdir(out), os.listdir(out)
+    return err
+
+
+def test_models_with_no_name_is_refused(nothing_written, tmp_path, capsys):
+    err = _refused(tmp_path, capsys, "--models")
+    assert "--models" in err and "llama-20m" in err and "leave it out" in err, err
+
+
+@pytest.mark.parametrize("flags", [("--device", "cuda:7"), ("--models", "llama-20m", "--device", "cpu")])
+def test_device_without_size_is_refused(nothing_written, tmp_path, capsys, flags):
+    err = _refused(tmp_path, capsys, *flags)
+    assert f"--device {flags[-1]}" in err and "--size" in err, err
+
+
+@pytest.mark.parametrize("flags, named", [(("--models", "llama-20m"), ["--models"]),
+                                          (("--dtype", "float16"), ["--dtype"]),
+                                          (("--dtype", "float32"), ["--dtype"]),
+                                          (("--models", "llama-20m", "--dtype", "float16"), ["--models", "--dtype"])])
+def test_size_with_models_or_dtype_is_refused_naming_them(nothing_written, tmp_path, capsys, flags, named):
+    err = _refused(tmp_path, capsys, "--size", "1b", *flags)
+    assert "--size 1b" in err and all(f in err for f in named) and "bfloat16" in err, err
+
+
+def test_the_flags_that_go_together_still_run(monkeypatch, tmp_path, capsys):
+    seen = []
+    monkeypatch.setattr(demo, "write_sized_demo", lambda size, out=None, device=None: seen.append((size, device))
+                        or str(tmp_path / "x"))
+    assert cli.main(["models", "demo", "--out", str(tmp_path), "--size", "1b", "--device", "cpu"]) == 0
+    assert seen == [("1b", "cpu")]
+    assert cli.main(["models", "demo", "--out", str(tmp_path), "--models", "llama-20m", "--dtype", "float16"]) == 0
+    assert os.path.isdir(tmp_path / "llama-20m")
