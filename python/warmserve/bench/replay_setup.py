@@ -200,7 +200,7 @@ def policy_options(args, policies: list[str]) -> dict[str, dict[str, str]]:
     """Per policy, the --policy-option fields as the cluster's policy gets them (KEY -> VALUE text, times in wall
     seconds). A ``POLICY:`` prefix wins over the same field given for every policy."""
     from warmserve.config import POLICY_INF_HINT, policy_number_ok
-    from warmserve.policy.registry import POLICIES
+    from warmserve.policy.registry import POLICIES, fixed_options
 
     if args.policy_option and args.endpoint:
         raise InvalidArgumentError("--policy-option sets a warmserve cluster's policy; with --endpoint there is none: "
@@ -236,7 +236,7 @@ def policy_options(args, policies: list[str]) -> dict[str, dict[str, str]]:
             if not policy_number_ok(k, getattr(cfg, k)):
                 raise InvalidArgumentError(f"--policy-option {k}={opts[k]}: must be a finite number "
                                            f"({POLICY_INF_HINT})", option=k)
-        fixed = POLICIES[p].overrides if p in POLICIES else {}
+        fixed = fixed_options(POLICIES[p]) if p in POLICIES else {}  # consolidate too, where co-serving is off
         clash = sorted(k for k in opts if k in fixed and getattr(cfg, k) != fixed[k])
         if clash:
             raise InvalidArgumentError(

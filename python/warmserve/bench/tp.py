@@ -8,7 +8,8 @@ per GPU: NCCL), side by side in one run, ``--repeats`` times each, medians repor
 - **activation, group prewarmed**: every rank's prewarmed shard turned into a running instance in a group that
   exists (the warmserve path: the controller builds groups for aligned GPU blocks while workers are idle);
 - **activation, group on demand**: the same with a new group first (set-up + activation, measured as one);
-- **cold start**: the shards loaded (from the page cache) and activated in a new group;
+- **cold start**: the shards loaded (from the page cache) and activated in the prewarmed group, so it holds
+  no group set-up;
 - **tp = 1**: one worker's activation of the whole model, for scale;
 - **first token**: a one-token prompt answered by the running tp instance (greedy), per path.
 """

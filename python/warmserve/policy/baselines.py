@@ -77,11 +77,12 @@ class StaticPolicy(Policy):
                     f"{[round(self.models[m].shard_bytes / 1e9, 2) for m in unplaced]} GB): add GPUs (workers), "
                     f"serve fewer models, or use policy 'shared' (it colocates models)",
                     model=unplaced[0], models=unplaced, gpus=n_gpus, free_gpus=free)
-            while True:  # then the rest to whichever model has the most demand per instance
+            cap = self.cfg.max_instances_per_model or math.inf  # found in review: 4 each under a cap of 1
+            while True:  # then the rest to whichever model has the most demand per instance, up to the cap
                 ranked = sorted(self.models, key=lambda m: (-demand[m] / max(count[m], 1) if count[m] else -math.inf, m))
                 added = False
                 for m in ranked:
-                    if count[m] == 0:
+                    if count[m] == 0 or count[m] >= cap:
                         continue
                     act = self._start(board, m)
                     if act is not None:
@@ -100,7 +101,8 @@ class StaticPolicy(Policy):
         # each share holds one request of the model's longest context, as warmserve's colocation floors them
         # (found on a 2-hour ServeGen replay: a quiet model's share by demand refused its longest requests, which
         # a dedicated instance serves)
-        plan = plan_shared(state, self.models, order, demand, layout, colocate_tp=self.cfg.colocate_tp)
+        plan = plan_shared(state, self.models, order, demand, layout, colocate_tp=self.cfg.colocate_tp,
+                           max_replicas=self.cfg.max_instances_per_model)
         plan = floored(state, plan, self.models, self.cfg.coserve_context_tokens)
         warm = True if self.name == "shared" else self.cfg.warm_engine
         return [act for act, _ in starts(plan, lambda m: self._new_id(m, "i"), warm_engine=warm)]

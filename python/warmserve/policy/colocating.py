@@ -42,7 +42,7 @@ class Colocating:
             order = placement_order(self.models, demand)
             try:
                 plan = plan_shared(state, self.models, order, demand, laminar=self.cfg.placement == "laminar",
-                                   colocate_tp=self.cfg.colocate_tp)
+                                   colocate_tp=self.cfg.colocate_tp, max_replicas=self.cfg.max_instances_per_model)
             except UnplacedModelError:
                 return None  # no colocation holds every model: the rules do what they can (time-sharing)
             plan = floor_kv_shares(state, plan, request_blocks(self.models, self.cfg.coserve_context_tokens))

@@ -91,8 +91,8 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
 
 
 def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dict,
-                layout: SharedLayout | None = None, *, laminar: bool = True,
-                colocate_tp: bool = True) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
+                layout: SharedLayout | None = None, *, laminar: bool = True, colocate_tp: bool = True,
+                max_replicas: int = 0) -> list[tuple[tuple[int, ...], list[tuple[str, float]]]]:
     """MuxServe-like static colocation: (GPU group, [(model, KV fraction)]) for every group used.
 
     Each tp class gets ``layout.groups`` tp-GPU groups (default: ``default_groups``, then whatever GPUs are left
@@ -102,7 +102,8 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
     weights leave is split among a group's models in proportion to their demand per replica. Raises
     UnplacedModelError when a model gets no instance. Does not change ``state``. ``laminar``: the groups are chosen
     by §3's laminar placement (False: round-robin, as the policy's ablation places). ``colocate_tp`` False: a
-    tp > 1 group hosts one model (``PolicyConfig.colocate_tp``)."""
+    tp > 1 group hosts one model (``PolicyConfig.colocate_tp``). ``max_replicas``: most replicas of a model (0: no
+    limit; ``PolicyConfig.max_instances_per_model``), the groups' slots left empty past it."""
     board = Board(state, laminar=laminar)
     classes = tp_classes(models, order)
     fill_rest = layout is None
@@ -157,8 +158,9 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
         slots = min(len(gs) * per_group, len(gs) * len(ms))
         reps = {m: 1 for m in ms}  # every model once, the rest of the slots by demand (largest remainder)
         d_total = sum(demand[m] for m in ms)
+        most = min(len(gs), max_replicas or len(gs))  # found in review: `shared` laid out 8 of a model capped at 1
         for _ in range(max(0, slots - len(ms))):
-            m = max((m for m in ms if reps[m] < len(gs)),
+            m = max((m for m in ms if reps[m] < most),
                     key=lambda m: (demand[m] / d_total * slots - reps[m], m), default=None)
             if m is None:
                 break

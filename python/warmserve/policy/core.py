@@ -362,14 +362,14 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             if co is not None and (m in co.merging or m in co.splitting):
                 continue  # it runs its old instance and the one replacing it: retire() ends that once the new
                 # one is ready (found in review: a split stopped the co-served instance, its only ready one, at once)
-            if m in moving:
-                continue  # the same for an instance that _defragment moves
+            if m in moving or m in starts:  # the same for an instance that _defragment moves, and for a model this
+                continue  # tick starts instances of (found in review: scale_out_now started 6, stopped a serving one)
             old = [i for i in active[m] if i.ready and now_s - i.ready_s >= cfg.min_lifetime_s
                    and i.instance_id not in retired]
             # co-served instances first: a model that needs fewer keeps its own GPUs
             old.sort(key=lambda i: (co is None or i.instance_id not in co.ids, i.in_flight, i.instance_id))
             serving = sum(1 for i in active[m] if i.ready and i.instance_id not in gone)
-            starting = m in starts or any(not i.ready for i in active[m])
+            starting = any(not i.ready for i in active[m])
             for inst in old[: max(0, have[m] - target)]:
                 if starting and serving <= 1:
                     # its last ready instance carries the model until a start is ready (found in review: with
@@ -557,6 +557,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             info = self.models[m]
             avg, peak = float(f_avg[k]), float(f_peak[k])
             cands = [] if math.isnan(avg) else plan_model(m, avg, peak, running[m], B, info.cold_start_s)
+            if self.cfg.max_instances_per_model:  # a replica past the cap never becomes an instance (found in review)
+                cands = cands[:max(0, self.cfg.max_instances_per_model - running[m])]
             have = sorted(existing.get(m, []), key=lambda r: (not r.loaded, -r.score, r.prewarm_id))
             for c, r in zip(cands, have):
                 board.rescore(r.prewarm_id, c.score)

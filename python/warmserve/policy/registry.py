@@ -46,6 +46,18 @@ POLICIES: dict[str, PolicyVariant] = {
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
 
 
+def fixed_options(variant: PolicyVariant) -> dict:
+    """The PolicyConfig fields a name fixes: its ``overrides``, and consolidate=False where they turn co-serving off
+    (coserve_tpot_s=0): consolidating moves quiet models onto co-serving hosts, which such a policy never has. Found
+    in review: `warmserve simulate --policy-option consolidate=true` ran warmserve, then aborted building autoscale,
+    advising a coserve_tpot_s that autoscale overrides. `warmserve serve` refuses the combination itself, before
+    any policy is built (``controller.serve.check_policy_fixes``)."""
+    fixed = dict(variant.overrides)
+    if fixed.get("coserve_tpot_s", 1.0) <= 0:
+        fixed.setdefault("consolidate", False)
+    return fixed
+
+
 def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | None = None, history=None,
                 calendar: Calendar | None = None) -> Policy:
     """The policy called ``name`` (one of POLICY_NAMES) over ``models``; ``config`` is adjusted by the name
@@ -56,7 +68,7 @@ def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | No
         raise InvalidArgumentError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}", policy=name)
     if not models:
         raise InvalidArgumentError("make_policy needs at least one model")
-    cfg = replace(config or PolicyConfig(), **variant.overrides)
+    cfg = replace(config or PolicyConfig(), **fixed_options(variant))
     return variant.cls(name, list(models), cfg, history, calendar)
 
 
@@ -64,7 +76,7 @@ def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | No
 def shadowed_options(given: PolicyConfig, keys: dict[str, str], policies) -> list[str]:
     """One sentence per option in ``keys`` (option -> how it was given: ``--policy-option``, a config file's
     table) that a policy in ``policies`` does not take: one its class does not read (``IGNORED_OPTIONS``), or one
-    its name fixes (``overrides``) to a value other than ``given``'s. Options set to the fixed value say nothing.
+    its name fixes (``fixed_options``) to a value other than ``given``'s. Options set to the fixed value say nothing.
     `warmserve simulate` and `warmserve serve` both say these (found in review: serve ran `autoscale` with
     prewarm=False under --policy-option prewarm=true, without a word)."""
     out = []
@@ -75,7 +87,7 @@ def shadowed_options(given: PolicyConfig, keys: dict[str, str], policies) -> lis
         for key, why in getattr(variant.cls, "IGNORED_OPTIONS", {}).items():
             if key in keys:  # found in review: shared and dedicated ran uncapped under route_cap_per_instance=2
                 out.append(f"{keys[key]} {key} does not reach {name}: {why}")
-        for key, value in variant.overrides.items():
+        for key, value in fixed_options(variant).items():
             if key in keys and getattr(given, key) != value:
                 out.append(f"{keys[key]} {key}={getattr(given, key)} does not reach {name}, which fixes "
                            f"{key}={value}")

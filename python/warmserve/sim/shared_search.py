@@ -187,7 +187,8 @@ def _placed_candidates(sim, per_group_choices, stats):
             layout = SharedLayout(groups, per_group, dem)
             tried += 1
             try:
-                plan = plan_shared(sim.state, models, order, demand, layout, colocate_tp=colocate_tp)
+                plan = plan_shared(sim.state, models, order, demand, layout, colocate_tp=colocate_tp,
+                                   max_replicas=sim.policy.cfg.max_instances_per_model)
             except UnplacedModelError:
                 continue
             plan = floored(sim.state, plan, models, sim.policy.cfg.coserve_context_tokens)

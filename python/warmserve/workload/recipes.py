@@ -19,6 +19,7 @@ import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload.azure import load_azure
+from warmserve.workload.recipe_args import check_history_room, check_rates_and_span, check_time_scale
 from warmserve.workload.request import Trace, Workload
 from warmserve.workload import servegen as sg
 
@@ -166,13 +167,7 @@ def _finish(name, models, parts, duration_s, pre_s, day_s, time_scale, clock0_s,
     while the load inside a segment plays faster or slower. ``meta`` holds the replay's rate per second of trace
     time (read by ``offered_rate_rps``); ``known``: the history's known pieces as (day offset of their segment,
     start, end), default every segment of ``segs`` (start, end, day) but the replay whole."""
-    # nan made an empty workload; inf (found in review) an OverflowError in the simulator's driver, as does a
-    # finite one that scales the span past a float
-    if not (math.isfinite(time_scale) and time_scale > 0 and math.isfinite((duration_s + pre_s) * time_scale)):
-        why = ("must be > 0" if not time_scale > 0 else "must be finite" if not math.isfinite(time_scale)
-               else f"stretches the {duration_s + pre_s:g} s workload past any float")
-        raise InvalidArgumentError(f"time_scale {why}, got {time_scale:g}: give a finite factor > 0 (1: as traced; "
-                                   f"--time-scale)", time_scale=time_scale, flag="--time-scale")
+    check_time_scale(duration_s, pre_s, time_scale)
     days = [0.0] * len(parts) if days is None else list(days)
     if len(days) != len(parts):
         raise ValueError(f"{len(days)} day offsets for {len(parts)} parts")
@@ -222,10 +217,15 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     copies from all over the trace, its history region among them, so such a model shares rows with its history,
     but at no fixed lead (the most common 1 s lead holds under 1% of the shared rows). History days carry the
     model's rate level and the trace's burst statistics, not a view of the replay.
-    Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens``.
+    Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens``. With history days,
+    (pre_s + duration_s) x time_scale past ``day_s`` is refused: history day 1 would overlap the warm-up and replay.
     """
     if burst_cv is not None:  # before the work, and whether or not a segment has arrivals to re-draw
         check_burst_cv(burst_cv)
+    check_rates_and_span("paper_workload", rate_scale=rate_scale, total_rate_rps=total_rate_rps,
+                         duration_s=duration_s, pre_s=pre_s)
+    check_time_scale(duration_s, pre_s, time_scale)
+    check_history_room("paper_workload", duration_s, pre_s, history_days, day_s, time_scale, trace_days=False)
     src = load_azure(kind, path)
     names = list(model_names) if model_names else [f"{kind}-{i}" for i in range(n_models)]
     if len(names) != n_models:
@@ -525,10 +525,15 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     that works, and history windows in one are left out of the history and of ``history_spans`` (unknown, not
     zero) for every model, since the spans are the workload's, not per model (``meta["history_gaps_s"]``).
     A replay without room for its history days before it, outside a chosen model's data, or over no traffic at
-    all, is refused the same way.
+    all, is refused the same way; with history days, so is a warm-up and replay longer than a day (times
+    ``time_scale`` where above 1), which history day 1 would overlap (``recipe_args.check_history_room``).
     """
     if burst_cv is not None:
         check_burst_cv(burst_cv)
+    check_rates_and_span("servegen_workload", rate_scale=rate_scale, total_rate_rps=total_rate_rps,
+                         duration_s=duration_s, pre_s=pre_s)
+    check_time_scale(duration_s, pre_s, time_scale)
+    check_history_room("servegen_workload", duration_s, pre_s, history_days, DAY_S, time_scale, trace_days=True)
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
     if history_days < 0:
         raise InvalidArgumentError(f"history_days must be >= 0, got {history_days}")
@@ -565,8 +570,10 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
                 missing |= (t >= lo) & (t < hi)
             parts.append(tr.select(~missing) if missing.any() else tr)
             days.append(day)
+    # in the replay's time, as _finish stretches the spans and the arrivals around their day
+    gaps = [[d + (lo - d) * time_scale, d + (hi - d) * time_scale] for d, lo, hi in holes]
     meta = {"recipe": "servegen", "series": names, "start_s": start_s, "rate_scale": scale, "burst_cv": burst_cv,
-            "seed": seed, "expected_rate_rps": expected * scale, "history_gaps_s": [[lo, hi] for _, lo, hi in holes],
+            "seed": seed, "expected_rate_rps": expected * scale, "history_gaps_s": gaps,
             "source": "ServeGen (Xiang et al., arXiv:2505.09999; Apache-2.0), Alibaba Bailian"}
     return _finish("servegen", names, parts, duration_s, pre_s, DAY_S, time_scale, start_s, meta, segs,
                    known=_known_pieces(segs, holes), days=days)

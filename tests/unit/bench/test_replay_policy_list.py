@@ -47,3 +47,11 @@ def test_run_policies_refuses_them_itself_and_strips_blanks():
     assert replay_setup.run_policies(replay_args("--policy", " warmserve, autoscale ")) == ["warmserve", "autoscale"]
     assert replay_setup.run_policies(replay_args("--endpoint", "http://x")) == [replay_setup.ENDPOINT_LABEL]
     assert replay_setup.run_policies(replay_args("--endpoint", "http://x", "--policy", "vllm")) == ["vllm"]
+
+
+def test_consolidate_for_autoscale_is_refused_before_anything_runs(nothing_runs, capsys):
+    """autoscale turns co-serving off, so it fixes consolidate=False (``registry.fixed_options``); found in review:
+    the replay's clash check read the overrides alone, and only the `serve` child it started refused the option."""
+    rc, _, err = run(["bench", "replay", "--policy", "autoscale", "--policy-option", "consolidate=true", *SMALL],
+                     capsys)
+    assert rc == 2 and "consolidate" in err and "autoscale" in err and "Traceback" not in err, err
