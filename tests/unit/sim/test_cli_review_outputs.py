@@ -157,7 +157,7 @@ def test_the_recipe_refuses_a_non_finite_alpha_or_rate_scale():
 
     with pytest.raises(InvalidArgumentError, match="alpha nan"):
         power_law_shares(3, float("nan"))
-    with pytest.raises(InvalidArgumentError, match="finite number > 0, got nan"):
+    with pytest.raises(InvalidArgumentError, match="rate_scale=nan: must be a finite number > 0"):
         paper_workload("conv", 2, duration_s=60.0, history_days=0, rate_scale=float("nan"))
 
 
