@@ -186,8 +186,10 @@ class Heartbeat(_Msg):
     time_s: float = 0.0
     #: Requests the sender has in flight with the receiver (worker -> client: all its in-flight generations).
     in_flight: int = 0
-    #: Worker -> client: a random id the worker makes as it starts ("": not said); another one is a restart.
+    #: Worker -> client: a random id made as the worker starts ("": not said; another is a restart), and the id of
+    #: the first message it had from the client (a client's heartbeat carries its next request id as its id).
     start_id: str = ""
+    first_id: int = 0
 
 
 class Rejoin(_Msg):

@@ -118,8 +118,6 @@ class AsyncWorkerClient:
         self.last_heartbeat: P.Heartbeat | None = None
         #: The worker's ``Heartbeat.start_id`` as first heard ("": none yet): another one is a restart.
         self._start_id = ""
-        #: Requests with ids below this were sent before the last message heard (``_restarted``).
-        self._sent_before_heard = 0
 
     async def _ensure(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,21 +164,19 @@ class AsyncWorkerClient:
         if isinstance(msg, P.Heartbeat):
             self.last_heartbeat = msg
             if msg.start_id and msg.start_id != self._start_id:
-                self._restarted(msg.start_id)
-            self._sent_before_heard = self._next_id
+                self._restarted(msg.start_id, msg.first_id)
             return
-        self._sent_before_heard = self._next_id
         q = self._queues.get(msg.id)
         if q is not None:
             q.put_nowait(msg)
 
-    def _restarted(self, start_id: str) -> None:
+    def _restarted(self, start_id: str, first_id: int) -> None:
         """As WorkerClient._restarted: a worker restarted at the endpoint (found in review: its heartbeats kept what
         was in flight waiting out its whole timeout) fails every waiting call and stream; new calls go through."""
         before, self._start_id = self._start_id, start_id
         if before:
             for id, q in self._queues.items():
-                if id < self._sent_before_heard:  # sent since: to the new worker (WorkerClient._restarted)
+                if id < first_id:  # from first_id on: to the new worker (WorkerClient._restarted)
                     q.put_nowait(worker_restarted(self.endpoint, id, before, start_id))
 
     async def _beat(self) -> None:
@@ -191,7 +187,7 @@ class AsyncWorkerClient:
                 endpoint=self.endpoint, silent_s=silent_s,
             ))
         try:
-            await self._send(P.Heartbeat(time_s=time.time()))
+            await self._send(P.Heartbeat(id=self._next_id, time_s=time.time()))  # id: Heartbeat.first_id's
         except errors.WorkerLostError:
             # Its queue is full (a worker not taking messages): the silence check above goes on beat by beat
             # (found in review: this ended the task, so a dead worker's calls waited out their whole timeout)

@@ -313,8 +313,6 @@ class WorkerClient(SyncClientBase):
         self._last_sent = 0.0
         #: The worker's ``Heartbeat.start_id`` as first heard ("": none yet): another one is a restart (``_pump``).
         self._start_id = ""
-        #: Requests with ids below this were sent before the last message heard (``_restarted``).
-        self._sent_before_heard = 0
 
     def send_raw(self, frames: list[bytes]) -> None:
         """Send frames as they are (tests use this to send garbage)."""
@@ -341,7 +339,7 @@ class WorkerClient(SyncClientBase):
     def _pump(self, timeout_s: float) -> None:
         now = time.monotonic()
         if now - self._last_sent >= self.heartbeat_interval_s:
-            self._send(P.Heartbeat(time_s=time.time()))
+            self._send(P.Heartbeat(id=self._next_id, time_s=time.time()))  # id: Heartbeat.first_id's
         wait_s = min(timeout_s, self.heartbeat_interval_s)
         if self._sock.poll(max(1, int(wait_s * 1000))):
             while True:
@@ -355,8 +353,7 @@ class WorkerClient(SyncClientBase):
                 except errors.ProtocolError:
                     continue  # a worker of another version: nothing here can be matched to it
                 if isinstance(msg, P.Heartbeat) and msg.start_id and msg.start_id != self._start_id:
-                    self._restarted(msg.start_id)
-                self._sent_before_heard = self._next_id
+                    self._restarted(msg.start_id, msg.first_id)
                 self._dispatch(msg)
         else:
             # Only the time spent listening counts: this client reads (and hears heartbeats) only inside a call, so
@@ -369,17 +366,16 @@ class WorkerClient(SyncClientBase):
                     endpoint=self.endpoint, silent_s=silent_s,
                 )
 
-    def _restarted(self, start_id: str) -> None:
+    def _restarted(self, start_id: str, first_id: int) -> None:
         """Heartbeats from a worker process other than the first one heard (an older worker says none): the calls
-        and streams waiting here that were sent before the last message heard from the old one fail with
-        ``WorkerLostError`` at once. Not those sent since: this client reads only inside a call, so a call made
-        after an idle spell across the restart went to the new worker, which says its start_id before answering
-        it (failing it too would report lost a request that was served). One sent to the old worker after its
-        last message waits out its timeout, as before start ids."""
+        and streams waiting here with ids below ``first_id`` (the first message the new process had from this
+        client) went to the old one and fail with ``WorkerLostError`` at once; those from ``first_id`` on reach
+        the new one. Not "sent before the last message heard": heartbeats of the old worker queued unread while
+        this client sat idle would then count a call made after the restart (found in review of the fix)."""
         before, self._start_id = self._start_id, start_id
         if before:
             for id, box in self._inbox.items():
-                if id < self._sent_before_heard:
+                if id < first_id:
                     box.append(worker_restarted(self.endpoint, id, before, start_id))
 
     def close(self) -> None:

@@ -353,6 +353,7 @@ class _Link:
         self.max_messages_per_drain = max_messages_per_drain
         self.last_seen: dict[bytes, float] = {}
         self.start_id = os.urandom(8).hex()  # in every Heartbeat: a client tells a restart here by it (client.py)
+        self.first_id: dict[bytes, int] = {}  # peer -> its Heartbeat.first_id
         #: Written by the link, read by the engine loop: the controller has said something since the last Hello.
         self.controller_heard = False
         #: Written by the engine loop: its generations in flight.
@@ -479,8 +480,9 @@ class _Link:
                 self.controller_heard = True
                 if self._owe_hello:  # now, not at the next beat: see the module's docstring
                     self._say_hello()
-            if self.routed and peer not in self.last_seen:  # its start_id before any reply (a client's restart check)
-                self._send_out(peer, self._heartbeat())
+            if self.routed and peer not in self.first_id:  # start_id and first_id before any reply (client.py)
+                self.first_id[peer] = max(0, P.request_id_of(payload[-1])) if payload else 0
+                self._send_out(peer, self._heartbeat(peer))
             self.last_seen[peer] = time.monotonic()
             self._backlog.append([_MSG, peer, *payload])
             if not self._flush():
@@ -511,10 +513,11 @@ class _Link:
                 self._gone(peer, f"silent for {now - seen:.0f} s")
                 continue
             if self.routed:  # connected: by the last message sent instead (``_heartbeat_due_s``)
-                self._send_out(peer, self._heartbeat())
+                self._send_out(peer, self._heartbeat(peer))
 
-    def _heartbeat(self) -> bytes:
-        return P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight, start_id=self.start_id))
+    def _heartbeat(self, peer: bytes = b"") -> bytes:
+        return P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight, start_id=self.start_id,
+                                    first_id=self.first_id.get(peer, 0)))
 
     def _warn_silent(self, now: float) -> None:
         """Found in review: a wrong --controller waited for ever without a word at the default log level. Not while
@@ -573,6 +576,7 @@ class _Link:
         controller is gone says Hello again each heartbeat until one answers: the controller takes nothing else
         from a worker it does not know (found in review: after a failed send it only pushed Stats, forever)."""
         self.last_seen.pop(peer, None)
+        self.first_id.pop(peer, None)
         if not self.routed:
             self.controller_heard = False
             self._owe_hello = True

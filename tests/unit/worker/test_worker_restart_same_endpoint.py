@@ -80,21 +80,31 @@ def test_streams_in_flight_fail_as_lost_when_the_worker_restarts_at_the_same_end
                 p.wait(10)
 
 
-def test_a_call_after_an_idle_spell_across_the_restart_is_answered_by_the_new_worker():
-    """A sync client reads only inside a call: idle while the worker restarted, its next call goes to the new
-    worker, which says its start_id before answering. Found in review of the start ids: that call failed as lost,
-    though the new worker served it (a prewarm retried would then find the model there)."""
+@pytest.mark.parametrize("idle_s", [0.0, 1.0], ids=["at-once", "old-heartbeats-queued"])
+def test_a_call_after_an_idle_spell_across_the_restart_is_answered_by_the_new_worker(idle_s):
+    """Clients idle while the worker restarted (the sync one reads only inside a call; the asyncio one only while
+    its loop runs): their next call goes to the new worker, which says its start_id, and the id of the first
+    message it had from them, before answering. Found in review of the start ids: that call failed as lost though
+    the new worker served it (a prewarm retried would then find the model there), first with no old heartbeat
+    queued, then with the old worker's heartbeats of the idle spell read after the call was sent."""
     ep = f"tcp://127.0.0.1:{_free_port()}"
     procs = [_spawn(ep)]
+    loop = asyncio.new_event_loop()
     c = WorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
+    ac = AsyncWorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
     try:
         first_pid = c.stats().pid
+        assert loop.run_until_complete(ac.stats()).pid == first_pid
+        time.sleep(idle_s)
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait(10)
         procs.append(_spawn(ep))
         assert c.stats(timeout_s=20.0).pid not in (first_pid, None)
+        assert loop.run_until_complete(ac.stats(timeout_s=20.0)).pid == procs[1].pid
         assert c.stats(timeout_s=10.0).pid == procs[1].pid
     finally:
+        loop.run_until_complete(ac.close())
+        loop.close()
         c.close()
         for p in procs:
             if p.poll() is None:
