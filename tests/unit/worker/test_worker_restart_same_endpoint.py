@@ -35,81 +35,86 @@ def _spawn(ep: str):
     return proc
 
 
-def test_streams_in_flight_fail_as_lost_when_the_worker_restarts_at_the_same_endpoint(tiny_models):
-    ep = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [_spawn(ep)]
-    loop = asyncio.new_event_loop()
-    c = WorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
-    ac = AsyncWorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
-    try:
-        first_pid = c.stats().pid
-        c.prewarm(tiny_models["tiny-llama"])
-        c.activate("tiny-llama")
-        it = iter(c.generate("tiny-llama", [1, 2, 3], LONG, timeout_s=20.0))
-        ait = loop.run_until_complete(ac.generate("tiny-llama", [1, 2, 3], LONG, timeout_s=20.0)).__aiter__()
-        assert next(it).token_ids and loop.run_until_complete(ait.__anext__()).token_ids
+class Stand:
+    """A worker bound to a free port, a sync and an asyncio client of it (the latter on ``loop``), and
+    ``restart()``: SIGKILL the worker and start a new one at the same endpoint."""
 
-        os.kill(procs[0].pid, signal.SIGKILL)
-        procs[0].wait(10)
-        procs.append(_spawn(ep))
-        t0 = time.monotonic()
-        with pytest.raises(WorkerLostError, match="restarted"):
-            for _ in it:
-                pass
-        took_sync = time.monotonic() - t0
+    def __init__(self):
+        self.ep = f"tcp://127.0.0.1:{_free_port()}"
+        self.procs = [_spawn(self.ep)]
+        self.loop = asyncio.new_event_loop()
+        self.c = WorkerClient(self.ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
+        self.ac = AsyncWorkerClient(self.ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
 
-        async def drain():
-            async for _ in ait:
-                pass
+    def restart(self) -> None:
+        os.kill(self.procs[-1].pid, signal.SIGKILL)
+        self.procs[-1].wait(10)
+        self.procs.append(_spawn(self.ep))
 
-        t0 = time.monotonic()
-        with pytest.raises(WorkerLostError, match="restarted"):
-            loop.run_until_complete(drain())
-        took_async = time.monotonic() - t0
-        assert took_sync < 10.0 and took_async < 10.0, (took_sync, took_async)
-
-        # New calls reach the new worker at once (not refused as lost, as after a silence)
-        assert c.stats(timeout_s=10.0).pid == loop.run_until_complete(ac.stats(timeout_s=10.0)).pid != first_pid
-    finally:
-        loop.run_until_complete(ac.close())
-        loop.close()
-        c.close()
-        for p in procs:
+    def close(self) -> None:
+        self.loop.run_until_complete(self.ac.close())
+        self.loop.close()
+        self.c.close()
+        for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(10)
 
 
+@pytest.fixture
+def stand():
+    s = Stand()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_streams_in_flight_fail_as_lost_when_the_worker_restarts_at_the_same_endpoint(tiny_models, stand):
+    c, ac, loop = stand.c, stand.ac, stand.loop
+    first_pid = c.stats().pid
+    c.prewarm(tiny_models["tiny-llama"])
+    c.activate("tiny-llama")
+    it = iter(c.generate("tiny-llama", [1, 2, 3], LONG, timeout_s=20.0))
+    ait = loop.run_until_complete(ac.generate("tiny-llama", [1, 2, 3], LONG, timeout_s=20.0)).__aiter__()
+    assert next(it).token_ids and loop.run_until_complete(ait.__anext__()).token_ids
+
+    stand.restart()
+    t0 = time.monotonic()
+    with pytest.raises(WorkerLostError, match="restarted"):
+        for _ in it:
+            pass
+    took_sync = time.monotonic() - t0
+
+    async def drain():
+        async for _ in ait:
+            pass
+
+    t0 = time.monotonic()
+    with pytest.raises(WorkerLostError, match="restarted"):
+        loop.run_until_complete(drain())
+    took_async = time.monotonic() - t0
+    assert took_sync < 10.0 and took_async < 10.0, (took_sync, took_async)
+
+    # New calls reach the new worker at once (not refused as lost, as after a silence)
+    assert c.stats(timeout_s=10.0).pid == loop.run_until_complete(ac.stats(timeout_s=10.0)).pid != first_pid
+
+
 @pytest.mark.parametrize("idle_s", [0.0, 1.0], ids=["at-once", "old-heartbeats-queued"])
-def test_a_call_after_an_idle_spell_across_the_restart_is_answered_by_the_new_worker(idle_s):
+def test_a_call_after_an_idle_spell_across_the_restart_is_answered_by_the_new_worker(idle_s, stand):
     """Clients idle while the worker restarted (the sync one reads only inside a call; the asyncio one only while
     its loop runs): their next call goes to the new worker, which says its start_id, and the id of the first
     message it had from them, before answering. Found in review of the start ids: that call failed as lost though
     the new worker served it (a prewarm retried would then find the model there), first with no old heartbeat
     queued, then with the old worker's heartbeats of the idle spell read after the call was sent."""
-    ep = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [_spawn(ep)]
-    loop = asyncio.new_event_loop()
-    c = WorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
-    ac = AsyncWorkerClient(ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
-    try:
-        first_pid = c.stats().pid
-        assert loop.run_until_complete(ac.stats()).pid == first_pid
-        time.sleep(idle_s)
-        os.kill(procs[0].pid, signal.SIGKILL)
-        procs[0].wait(10)
-        procs.append(_spawn(ep))
-        assert c.stats(timeout_s=20.0).pid not in (first_pid, None)
-        assert loop.run_until_complete(ac.stats(timeout_s=20.0)).pid == procs[1].pid
-        assert c.stats(timeout_s=10.0).pid == procs[1].pid
-    finally:
-        loop.run_until_complete(ac.close())
-        loop.close()
-        c.close()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(10)
+    c, ac, loop = stand.c, stand.ac, stand.loop
+    first_pid = c.stats().pid
+    assert loop.run_until_complete(ac.stats()).pid == first_pid
+    time.sleep(idle_s)
+    stand.restart()
+    assert c.stats(timeout_s=20.0).pid not in (first_pid, None)
+    assert loop.run_until_complete(ac.stats(timeout_s=20.0)).pid == stand.procs[1].pid
+    assert c.stats(timeout_s=10.0).pid == stand.procs[1].pid
 
 
 def test_the_start_id_keeps_the_wire_compatible_both_ways():
