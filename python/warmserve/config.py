@@ -183,11 +183,19 @@ class ServerConfig:
 def check_api_key(key: str, where: str) -> None:
     """Refuse an API key with whitespace at either end: the Authorization header is read without it (RFC 9110
     trims a field's value), so no client could ever send the key. Found in review: accepted at start, then every
-    request was a 401; a key read from a file (a Kubernetes secret, ``echo KEY > file``) ends in a newline."""
+    request was a 401; a key read from a file (a Kubernetes secret, ``echo KEY > file``) ends in a newline. Also one
+    with a lone surrogate that stands for no byte (a key of non-UTF-8 bytes from the shell is fine: it is compared as
+    those bytes): no header can carry it."""
     if key != key.strip():  # the key itself is not shown: error messages end up in logs
         raise InvalidArgumentError(f"{where} has whitespace (a space, tab or newline) at its start or end: no client "
                                    f"could send it, since the Authorization header is read without it. Strip it (a "
                                    f"key read from a file often ends in a newline)", key="api_key")
+    try:
+        key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(f"{where} has a lone surrogate (a half of a UTF-16 pair, at character {e.start}) "
+                                   f"that stands for no byte: no client could send it. Use a key of plain text",
+                                   key="api_key", position=e.start) from None
 
 
 @dataclass(frozen=True)
@@ -341,6 +349,12 @@ def check_endpoint(endpoint, what: str, *, listen: bool, inproc_ok: bool = True)
     if scheme != "tcp" or not sep or not colon or not host:
         raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}",
                                    endpoint=endpoint)
+    if ":" in host and "[" not in host:
+        # ZeroMQ turns IPv6 on for a socket only when told (endpoints.is_ipv6_endpoint, which knows the bracketed
+        # form): found in review, tcp://::1:PORT passed here, then the bind failed with a fix that did not fit, and
+        # a worker connecting to it waited out its timeout.
+        raise InvalidArgumentError(f"{what}: {endpoint!r} has an IPv6 address without brackets; write it in "
+                                   f"brackets: tcp://[{host}]:{port}", endpoint=endpoint)
     if listen and port == "*":
         return
     low = 0 if listen else 1

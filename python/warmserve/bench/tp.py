@@ -11,7 +11,9 @@ per GPU: NCCL), side by side in one run, ``--repeats`` times each, medians repor
 - **cold start**: the shards loaded (from the page cache) and activated in the prewarmed group, so it holds
   no group set-up;
 - **tp = 1**: one worker's activation of the whole model, for scale;
-- **first token**: a one-token prompt answered by the running tp instance (greedy), per path.
+- **first token**: a one-token prompt answered (greedy, one token) by the tp instance just activated in the
+  prewarmed group, timed from the request to its token, the activation not included; it is measured on that path
+  only, not after the on-demand activation or the cold start.
 """
 
 from __future__ import annotations

@@ -70,18 +70,25 @@ def _error(e: BaseException) -> web.Response:
     return resp
 
 
-def _key_matches(header: str, key: str) -> bool:
-    """Whether an Authorization header carries ``key`` as a Bearer token, compared in constant time. The
-    scheme is case-insensitive (RFC 9110 §11.1). The header is compared as the bytes that came (aiohttp decodes
-    them as UTF-8 with surrogateescape): found in review, a non-UTF-8 byte in it was a 400 and a logged traceback
-    instead of a 401."""
+def _key_bytes(key: str) -> bytes:
+    """The bytes a client sends for ``key``: encoded as the header is (``_key_matches``), so that a key of
+    non-UTF-8 bytes from the shell (decoded with surrogateescape) is the bytes it came from. Found in review: a
+    plain encode() raised on one, and every protected request was a 400 whose text named a character of the key."""
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _key_matches(header: str, key: bytes) -> bool:
+    """Whether an Authorization header carries ``key`` (``_key_bytes``) as a Bearer token, compared in constant
+    time. The scheme is case-insensitive (RFC 9110 §11.1). The header is compared as the bytes that came (aiohttp
+    decodes them as UTF-8 with surrogateescape): found in review, a non-UTF-8 byte in it was a 400 and a logged
+    traceback instead of a 401."""
     scheme, _, given = header.strip().partition(" ")
     given = given.strip() if scheme.lower() == "bearer" else ""
     try:
         raw = given.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return False
-    return hmac.compare_digest(raw, key.encode())
+    return hmac.compare_digest(raw, key)
 
 
 def _prefixed(rid: str, prefix: str) -> str:
@@ -96,6 +103,7 @@ class Api:
         check_api_key(api_key, "the API key")  # one never matched: see check_api_key
         self.controller = controller
         self.api_key = api_key
+        self._key = _key_bytes(api_key)  # once: check_api_key refused any key it cannot encode
         self.max_concurrent = max_concurrent_requests
         self.active = 0
         self.created = int(time.time())
@@ -125,7 +133,7 @@ class Api:
         close = False
         try:
             if self.api_key and (request.path.startswith("/v1/") or request.path == "/stats"):
-                if not _key_matches(request.headers.get("Authorization", ""), self.api_key):
+                if not _key_matches(request.headers.get("Authorization", ""), self._key):
                     raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
             resp = await handler(request)
         except web.HTTPRequestEntityTooLarge as e:  # found in review: the 413 did not say what the limit is

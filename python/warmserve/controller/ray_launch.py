@@ -389,7 +389,7 @@ class RayLauncher:
             keys = tuple(_read(path) for path in curve)
         log_path = os.path.join(log_dir, f"{slot.worker_id}.log") if log_dir else None
         actor = _actor_class().options(
-            num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0,
+            num_cpus=slot.num_cpus, num_gpus=1 if gpu else 0, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.groups[slot.node.node_id],
                                                                  placement_group_bundle_index=slot.bundle),
         ).remote()

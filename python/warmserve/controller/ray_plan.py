@@ -58,8 +58,15 @@ class WorkerSlot:
     threads: int
 
     def bundle_resources(self) -> dict[str, float]:
-        """What its bundle (and its actor) takes of the node."""
-        return {"CPU": 1.0, "GPU": 1.0} if self.device.startswith("cuda") else {"CPU": 1.0}
+        """What its bundle (and its actor) takes of the node. A CPU worker runs ``threads`` torch/OMP threads, so it
+        reserves as many CPUs (found in review: it reserved 1, and Ray counted the rest free while they were busy). A
+        GPU worker gets no --threads: Ray sets its OMP_NUM_THREADS to the actor's one CPU."""
+        return {"CPU": 1.0, "GPU": 1.0} if self.device.startswith("cuda") else {"CPU": float(self.threads)}
+
+    @property
+    def num_cpus(self) -> float:
+        """The actor's num_cpus: all its bundle's CPUs, so that Ray's count matches what the worker uses."""
+        return self.bundle_resources()["CPU"]
 
 
 def node_key(node: RayNode) -> str:
@@ -71,8 +78,8 @@ def node_key(node: RayNode) -> str:
 def plan_slots(nodes: list[RayNode], *, cpu_workers: int, cpu_worker_threads: int = 0, tag: str) -> list[WorkerSlot]:
     """One slot per GPU of each node; on a node without GPUs, ``cpu_workers`` slots (at most one per logical CPU).
     ``tag``: what makes this controller's worker ids its own (no "-"). A CPU worker's threads: cpu_worker_threads,
-    or the node's CPUs shared among its workers. Raises RayClusterError when a node cannot hold its slots' bundles
-    (``check_fits``)."""
+    or the node's CPUs shared among its workers; its bundle reserves that many CPUs. Raises RayClusterError when a
+    node cannot hold its slots' bundles (``check_fits``): GPUs beyond its CPUs, or CPU workers' threads."""
     slots = []
     for node in nodes:
         if node.gpus:
@@ -106,6 +113,9 @@ def check_fits(slots: list[WorkerSlot]) -> None:
         node = nodes[node_id]
         has = {"CPU": node.cpus, "GPU": float(node.gpus)}
         short = {k: (v, has[k]) for k, v in mine.items() if v > has[k]}
+        cpu_slots = [s for s in slots if s.node.node_id == node_id and not s.device.startswith("cuda")]
+        if short and cpu_slots:
+            raise _cpu_threads_short(node, cpu_slots, mine["CPU"])
         if short:
             what = ", ".join(f"{v:g} {k}s but it offers {h:g}" for k, (v, h) in short.items())
             raise RayClusterError(
@@ -113,6 +123,18 @@ def check_fits(slots: list[WorkerSlot]) -> None:
                 f"and its GPU, needs {what}. Give the node at least {mine['CPU']:g} CPUs (`ray start --num-cpus "
                 f"{mine['CPU']:g} ...` there) or hide the GPUs warmserve should not use (CUDA_VISIBLE_DEVICES "
                 f"before `ray start`)", node_id=node_id, cpus=node.cpus, gpus=node.gpus, needs_cpus=mine["CPU"])
+
+
+def _cpu_threads_short(node: RayNode, cpu_slots: list[WorkerSlot], needs: float) -> RayClusterError:
+    """A node's CPU workers whose threads (each reserved in its bundle) are more than the node's CPUs."""
+    n, threads = len(cpu_slots), cpu_slots[0].threads
+    fit = int(node.cpus) // n
+    return RayClusterError(
+        f"Ray node {node.node_id[:8]} ({node.address}) cannot hold its workers: {n} CPU workers of {threads} threads "
+        f"each reserve {needs:g} CPUs but it offers {node.cpus:g}. Set fewer cpu_workers (--cpu-workers) or "
+        f"cpu_worker_threads (--cpu-worker-threads, at most {fit} for {n} workers here; 0 shares the node's CPUs), or "
+        f"give the node more CPUs (`ray start --num-cpus {needs:g} ...` there)", node_id=node.node_id,
+        cpus=node.cpus, gpus=node.gpus, needs_cpus=needs, workers=n, threads=threads)
 
 
 def unbracket(host: str) -> str:

@@ -24,7 +24,7 @@ import zmq
 import zmq.auth
 
 from warmserve import config, protocol as P
-from warmserve.endpoints import ipc_socket_path, is_ipv6_endpoint
+from warmserve.endpoints import is_ipv6_endpoint, remove_ipc_file
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
 
@@ -219,7 +219,11 @@ class WorkerHub:
         self._fd = self.sock.getsockopt(zmq.FD)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
-        self._finalizer = weakref.finalize(self, _close_sock, self.sock, self.ctx, ipc_socket_path(self.endpoint))
+        # Through a module-level function holding no reference to the hub, so that a hub dropped without close()
+        # is still collected and cleaned up (found in review: the context was terminated with the authenticator's
+        # socket open, which hung the process when collected or at exit, and the temp dir with its key was left).
+        self._finalizer = weakref.finalize(self, _finalize_hub, self.sock, self.ctx, self.auth, self._curve_tmp,
+                                           self.endpoint)
 
     def next_id(self) -> int:
         self._next_id += 1
@@ -526,29 +530,35 @@ class WorkerHub:
         # has run its cancellation, and a reader left on a closed (and reusable) descriptor outlives the socket.
         if self._loop is not None and not self.sock.closed and not self._loop.is_closed():
             self._loop.remove_reader(self._fd)
-        self._release()
+        self.auth = self._curve_tmp = None  # the finalizer stops and removes them
         self._finalizer()
 
     def _release(self) -> None:
-        """Stop the authenticator and remove the local workers' keys."""
-        if self.auth is not None:
-            self.auth.stop()
-            self.auth = None
-        if self._curve_tmp is not None:
-            import shutil
-
-            shutil.rmtree(self._curve_tmp, ignore_errors=True)
-            self._curve_tmp = None
+        """Stop the authenticator and remove the local workers' keys (a constructor that failed)."""
+        _release_curve(self.auth, self._curve_tmp)
+        self.auth = self._curve_tmp = None
 
 
-def _close_sock(sock, ctx, ipc_path: str | None = None) -> None:
+def _release_curve(auth, curve_tmp: str | None) -> None:
+    if auth is not None:
+        auth.stop()
+    if curve_tmp is not None:
+        import shutil
+
+        shutil.rmtree(curve_tmp, ignore_errors=True)
+
+
+def _finalize_hub(sock, ctx, auth, curve_tmp: str | None, bound: str) -> None:
+    """A hub's close: the authenticator first, since ctx.term() waits for every socket of the context, its own
+    among them."""
+    _release_curve(auth, curve_tmp)
+    _close_sock(sock, ctx, bound)
+
+
+def _close_sock(sock, ctx, bound: str | None = None) -> None:
     sock.close(0)
     ctx.term()
-    if ipc_path:  # ZeroMQ leaves an ipc:// socket's file behind (found in review)
-        try:
-            os.unlink(ipc_path)
-        except FileNotFoundError:
-            pass
+    remove_ipc_file(bound)  # ZeroMQ leaves an ipc:// socket's file behind (found in review)
 
 
 def _curve_server(ctx, sock, curve_dir: str):
@@ -562,11 +572,11 @@ def _curve_server(ctx, sock, curve_dir: str):
     import tempfile
 
     secret = os.path.join(curve_dir, "server.key_secret")
-    if not os.path.isfile(secret):
-        raise FileNotFoundError(
+    if not os.path.isfile(secret):  # typed, as a malformed one is (found in review: a bare FileNotFoundError)
+        raise InvalidArgumentError(
             f"CURVE is on but {secret} is missing: create keys with `python -c \"import zmq.auth; "
-            f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in {curve_dir}/workers"
-        )
+            f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in "
+            f"{curve_dir}/workers", path=secret)
     public, secret_key = load_curve_key(secret, secret=True, what="--curve-dir's server key")
     tmp = tempfile.mkdtemp(prefix="warmserve-curve-")  # mode 0700: the local workers' secret key is in it
     try:
