@@ -14,6 +14,7 @@ from .. import protocol as P
 from ..errors import ClosedError, ProtocolError
 from .client import SyncClientBase
 from .core import WorkerCore
+from .numbering import TokensNumbering
 
 _PEER = b"inprocess"
 
@@ -40,7 +41,7 @@ class InProcessWorker(SyncClientBase):
             pool = build_pool(device, memory_gib, prefault=prefault, page_mib=page_mib)
         self.pool = pool
         # Numbered as a server numbers them, so that streams here are read as a socket's are.
-        self._numbering = P.TokensNumbering()
+        self._numbering = TokensNumbering()
         # A weak reference: the finalizer holds the core, and the core must not keep this object alive.
         self.core = WorkerCore(pool, device=device, worker_id=worker_id, emit=_weak_emit(self), engine=engine,
                                host_cache=host_cache)

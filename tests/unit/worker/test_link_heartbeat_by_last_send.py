@@ -12,7 +12,7 @@ import types
 import zmq
 
 from warmserve import protocol as P
-from warmserve.worker import server
+from warmserve.worker import link as wlink
 
 INTERVAL_S = 1.0
 
@@ -21,7 +21,7 @@ def _run(monkeypatch, script) -> list[tuple[float, str]]:
     """Run the link thread's loop on a fake clock until the script stops it; what it sent to the controller, with
     when. ``script``: (at_s, action(link, pipe)) sorted by time; the fake poller jumps from one to the next."""
     clock = types.SimpleNamespace(now=0.0)
-    monkeypatch.setattr(server, "time", types.SimpleNamespace(monotonic=lambda: clock.now,
+    monkeypatch.setattr(wlink, "time", types.SimpleNamespace(monotonic=lambda: clock.now,
                                                               time=lambda: 1.7e9 + clock.now))
     sent: list[tuple[float, str]] = []
     pipe = collections.deque()
@@ -61,12 +61,12 @@ def _run(monkeypatch, script) -> list[tuple[float, str]]:
             clock.now = until
             return []
 
-    monkeypatch.setattr(server.zmq, "Poller", Poller)
-    link = server._Link(Sock(), Pipe(), routed=False, endpoint="tcp://controller", heartbeat_interval_s=INTERVAL_S,
-                        hello=P.Hello(worker_id="w1", device="cpu", pid=1), peer_timeout_s=1e6,
-                        max_messages_per_drain=64)
+    monkeypatch.setattr(wlink.zmq, "Poller", Poller)
+    link = wlink.Link(Sock(), Pipe(), routed=False, endpoint="tcp://controller", heartbeat_interval_s=INTERVAL_S,
+                      hello=P.Hello(worker_id="w1", device="cpu", pid=1), peer_timeout_s=1e6,
+                      max_messages_per_drain=64)
     link.controller_heard, link._owe_hello = True, False  # admitted: the controller has answered
-    link.last_seen[server._CONTROLLER] = 0.0
+    link.last_seen[wlink.CONTROLLER] = 0.0
     link.run()
     return sent
 
@@ -76,7 +76,7 @@ def _turn(at: float, stats: bool = False):
         # What the engine loop wrote at each turn before the fix (the link reads it no more), and its Stats push.
         link.engine_turn_s = at
         if stats:
-            pipe.append([server._SEND, server._CONTROLLER, b"stats"])
+            pipe.append([wlink.SEND, wlink.CONTROLLER, b"stats"])
     return act
 
 
@@ -85,7 +85,7 @@ def test_a_long_step_begun_just_before_a_stats_push_leaves_no_more_than_an_inter
     # 3 1/8, just before the Stats due at 3 1/4, and ends with a Stats push. The link's own beats fall on 0, 1, 2...
     script = [(k / 8, _turn(k / 8, stats=k % 8 == 2)) for k in range(25)]
     script += [(3.125, _turn(3.125)), (7.125, _turn(7.125, stats=True)),
-               (8.0, lambda link, pipe: pipe.append([server._STOP]))]
+               (8.0, lambda link, pipe: pipe.append([wlink.STOP]))]
     sent = _run(monkeypatch, script)
     times = [t for t, _ in sent]
     gaps = [b - a for a, b in zip(times, times[1:])]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from warmserve import errors
 from warmserve import protocol as P
+from warmserve.worker.numbering import TokensNumbering
 
 
-def _seqs(n: P.TokensNumbering, peer: bytes, id: int, count: int, finished: bool = False) -> list[int]:
+def _seqs(n: TokensNumbering, peer: bytes, id: int, count: int, finished: bool = False) -> list[int]:
     out = [n.stamp(peer, P.Tokens(id=id, token_ids=[1])).seq for _ in range(count)]
     if finished:
         out.append(n.stamp(peer, P.Tokens(id=id, token_ids=[], finished=True, finish_reason="length")).seq)
@@ -14,7 +15,7 @@ def _seqs(n: P.TokensNumbering, peer: bytes, id: int, count: int, finished: bool
 
 
 def test_each_generation_of_each_peer_is_numbered_from_zero_and_forgotten_at_its_end():
-    n = P.TokensNumbering()
+    n = TokensNumbering()
     assert _seqs(n, b"a", 1, 3) == [0, 1, 2]
     assert _seqs(n, b"b", 1, 2) == [0, 1]  # the same id from another peer is another generation
     assert _seqs(n, b"a", 1, 1, finished=True) == [3, 4]
@@ -27,7 +28,7 @@ def test_each_generation_of_each_peer_is_numbered_from_zero_and_forgotten_at_its
 
 
 def test_other_messages_pass_unchanged_and_seq_crosses_the_wire():
-    n = P.TokensNumbering()
+    n = TokensNumbering()
     ok = P.Ok(id=7)
     assert n.stamp(b"a", ok) is ok and len(n) == 0
     _seqs(n, b"a", 3, 2)

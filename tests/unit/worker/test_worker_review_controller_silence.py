@@ -12,22 +12,22 @@ import zmq
 
 from warmserve import protocol as P
 from warmserve.worker import main as worker_main
-from warmserve.worker import server
+from warmserve.worker import link as wlink
 
 ENDPOINT = "tcp://127.0.0.1:5596"
 
 
 def _link(monkeypatch, clock):
-    monkeypatch.setattr(server, "time", types.SimpleNamespace(monotonic=lambda: clock.now,
+    monkeypatch.setattr(wlink, "time", types.SimpleNamespace(monotonic=lambda: clock.now,
                                                               time=lambda: 1.7e9 + clock.now))
 
     class Sock:  # not connected: every send refused
         def send(self, data, flags=0):
             raise zmq.Again()
 
-    return server._Link(Sock(), None, routed=False, endpoint=ENDPOINT, heartbeat_interval_s=1.0,
-                        hello=P.Hello(worker_id="w1", device="cpu", pid=1), peer_timeout_s=1e6,
-                        max_messages_per_drain=64)
+    return wlink.Link(Sock(), None, routed=False, endpoint=ENDPOINT, heartbeat_interval_s=1.0,
+                      hello=P.Hello(worker_id="w1", device="cpu", pid=1), peer_timeout_s=1e6,
+                      max_messages_per_drain=64)
 
 
 def _beats(link, clock, until_s: float) -> None:
@@ -44,22 +44,22 @@ def test_a_controller_that_never_answers_is_a_warning_after_a_while_then_rarely(
     caplog.set_level(logging.INFO, logger="warmserve.worker")
     clock = types.SimpleNamespace(now=0.0)
     link = _link(monkeypatch, clock)
-    _beats(link, clock, server.CONTROLLER_SILENT_WARN_S - 1)
+    _beats(link, clock, wlink.CONTROLLER_SILENT_WARN_S - 1)
     # At first only the INFO note: a controller that starts a little later is normal.
     assert not _warnings(caplog)
     assert any("not reachable yet" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
-    _beats(link, clock, server.CONTROLLER_SILENT_WARN_S + 1)
+    _beats(link, clock, wlink.CONTROLLER_SILENT_WARN_S + 1)
     warned = _warnings(caplog)
     assert len(warned) == 1, warned
     assert ENDPOINT in warned[0] and "--controller" in warned[0] and "warmserve serve" in warned[0], warned
     # Repeated rarely: once per CONTROLLER_SILENT_REPEAT_S, not each heartbeat.
-    _beats(link, clock, server.CONTROLLER_SILENT_WARN_S + server.CONTROLLER_SILENT_REPEAT_S + 1)
+    _beats(link, clock, wlink.CONTROLLER_SILENT_WARN_S + wlink.CONTROLLER_SILENT_REPEAT_S + 1)
     assert len(_warnings(caplog)) == 2, _warnings(caplog)
-    assert 5.0 <= server.CONTROLLER_SILENT_WARN_S <= 60.0 and server.CONTROLLER_SILENT_REPEAT_S >= 60.0
+    assert 5.0 <= wlink.CONTROLLER_SILENT_WARN_S <= 60.0 and wlink.CONTROLLER_SILENT_REPEAT_S >= 60.0
 
 
 def test_a_controller_that_answered_is_not_warned_about(monkeypatch, caplog):
-    monkeypatch.setattr(server, "CONTROLLER_SILENT_WARN_S", 3.0)
+    monkeypatch.setattr(wlink, "CONTROLLER_SILENT_WARN_S", 3.0)
     caplog.set_level(logging.INFO, logger="warmserve.worker")
     clock = types.SimpleNamespace(now=0.0)
     link = _link(monkeypatch, clock)

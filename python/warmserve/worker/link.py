@@ -1,0 +1,280 @@
+"""The worker's link thread (``Link``): it owns the network socket and one end of an inproc pipe to the engine loop.
+
+It forwards every message from the network into the pipe and every message from the pipe to the network, tracks
+when each peer was last heard, keeps the heartbeat clock, and says Hello, Rejoin's Hello and the start id
+(``Heartbeat.start_id``, ``first_id``). Why a thread of its own, the pipe's bounds, and what a peer given up on is
+told: the docstring of ``server.py``, which starts it. It holds no reference to the server or the core.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import time
+
+import zmq
+
+from .. import protocol as P
+
+log = logging.getLogger("warmserve.worker")
+
+CONTROLLER = b"controller"
+# Pipe frames. Link -> engine: [MSG, peer, *payload] and [GONE, peer, why]. Engine -> link: [SEND, peer, data]
+# and [STOP] (after which the link flushes, closes its sockets and ends).
+MSG, GONE, SEND, STOP = b"m", b"g", b"s", b"q"
+#: What a controller that lost this worker says to it (``protocol.Rejoin``: always these bytes).
+_REJOIN = P.encode(P.Rejoin())
+#: Seconds the link waits for its last replies (Shutdown's Ok) to leave when it stops.
+FLUSH_S = 1.0
+#: Seconds a connected worker waits for a word from its controller before saying so at WARNING, and at least between
+#: two such warnings (``Link._warn_silent``); before that a note at INFO, as a controller starting later is normal.
+CONTROLLER_SILENT_WARN_S = 15.0
+CONTROLLER_SILENT_REPEAT_S = 300.0
+
+
+class Link:
+    """The link thread's state and loop; it holds no reference to the server or the core."""
+
+    def __init__(self, sock, pipe, *, routed: bool, endpoint: str, hello: P.Hello, heartbeat_interval_s: float,
+                 peer_timeout_s: float, max_messages_per_drain: int, monitor=None, curve: bool = False):
+        self.sock, self.pipe, self.monitor, self.curve = sock, pipe, monitor, curve
+        #: A refused handshake was logged and none has succeeded since (``_watch``).
+        self._refused = False
+        #: The reasons the controller gave for refusing this worker (``Refused``), each logged once.
+        self._refusals: set[str] = set()
+        self.routed, self.endpoint, self.hello = routed, endpoint, hello
+        self.heartbeat_interval_s, self.peer_timeout_s = heartbeat_interval_s, peer_timeout_s
+        self.max_messages_per_drain = max_messages_per_drain
+        self.last_seen: dict[bytes, float] = {}
+        self.start_id = os.urandom(8).hex()  # in every Heartbeat: a client tells a restart here by it (client.py)
+        self.first_id: dict[bytes, int] = {}  # peer -> its Heartbeat.first_id
+        #: Written by the link, read by the engine loop: the controller has said something since the last Hello.
+        self.controller_heard = False
+        #: Written by the engine loop: its generations in flight.
+        self.in_flight = 0
+        #: Connected: when a message last went out to the controller (monotonic s), whoever queued it (a Stats, a
+        #: reply, a Hello, a Heartbeat); the link's own, as its socket is (``_heartbeat_due_s``).
+        self.last_sent_s = time.monotonic()
+        #: Written by the engine loop once it has left its loop (the worker is stopping).
+        self.stopping = False
+        self._controller_unreachable = False
+        #: Connected: when the controller last said anything, or the link started (monotonic s), and when its
+        #: silence was last logged at WARNING (``_warn_silent``).
+        self._heard_s, self._silent_warned_s = time.monotonic(), -math.inf
+        #: Connected: no Hello has gone out since the start, or since the controller was given up on (its
+        #: generations aborted). Found in review: a second process started under a live worker's --worker-id had its
+        #: first Hello refused (not connected yet), then heard the controller's heartbeats to the first (ROUTER
+        #: handover gave it the id) and never said Hello: the controller routed to it as to the first, for good.
+        self._owe_hello = not routed
+        #: Messages for the engine that the pipe (full at hwm) has not taken yet, in order: at most one request
+        #: (no more are read meanwhile) and the peers given up on meanwhile.
+        self._backlog: collections.deque[list[bytes]] = collections.deque()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        next_beat = 0.0
+        try:
+            while True:
+                # While the pipe is full, read no more from the network (ZeroMQ's high-water mark pushes back
+                # on peers then) and wait for room in the pipe instead.
+                poller.register(self.pipe, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
+                poller.register(self.sock, 0 if self._backlog else zmq.POLLIN)
+                if self.monitor is not None:
+                    poller.register(self.monitor, zmq.POLLIN)
+                # Rounded up: woken at the deadline, not spinning through the last millisecond before it.
+                wake_s = min(next_beat, self._heartbeat_due_s())
+                timeout_ms = max(0, math.ceil((wake_s - time.monotonic()) * 1000))
+                events = dict(poller.poll(timeout_ms))
+                if events.get(self.pipe, 0) & zmq.POLLIN and not self._from_engine():
+                    return
+                if self._backlog:
+                    self._flush()
+                elif events.get(self.sock, 0) & zmq.POLLIN:
+                    self._from_network()
+                if events.get(self.monitor, 0) & zmq.POLLIN:
+                    self._watch()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self.heartbeat_interval_s
+                    self._beat(now)
+                if now >= self._heartbeat_due_s():
+                    self._send_out(CONTROLLER, self._heartbeat())
+        except zmq.ContextTerminated:
+            return
+        finally:
+            self.sock.close(linger=int(FLUSH_S * 1000))
+            self.pipe.close()
+            if self.monitor is not None:
+                self.monitor.close(linger=0)
+
+    def _watch(self) -> None:
+        """Log a handshake the controller refused, once until one succeeds; ZeroMQ tries again by itself, and so
+        does the worker: a controller restarted with this worker's key listed admits it. Found in review: a worker
+        with a key not listed, or none, was refused without a word and retried for ever."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._refused = False
+                continue
+            if self._refused:
+                continue
+            self._refused = True
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                why = (f"status {int(event['value'])}: the public half of --curve-secret-key is not in the "
+                       "controller's --curve-dir DIR/workers/, or was put there after the controller started (it "
+                       "reads them at start)")
+            elif self.curve:
+                why = ("the handshake failed: --curve-server-key may not be the public key of the controller's "
+                       "DIR/server.key_secret, or the controller runs without CURVE")
+            else:
+                why = ("the handshake failed: the controller may use CURVE (--curve-dir): pass --curve-server-key "
+                       "and --curve-secret-key")
+            log.error("the controller at %s refused this worker's key (%s); trying again", self.endpoint, why)
+
+    def _from_engine(self) -> bool:
+        """Send what the engine queued; False once it asked the link to stop."""
+        for _ in range(self.max_messages_per_drain):
+            try:
+                frames = self.pipe.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            if frames[0] == STOP:
+                return False
+            self._send_out(frames[1], frames[2])
+        return True
+
+    def _from_network(self) -> None:
+        for _ in range(self.max_messages_per_drain):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if self.routed:
+                peer, payload = frames[0], frames[1:]
+            else:
+                peer, payload = CONTROLLER, frames
+                self._heard_s = time.monotonic()
+                if payload == [_REJOIN]:
+                    self._rejoin()
+                    if not self._flush():
+                        return
+                    continue
+                reason = P.refused_reason(payload[0]) if len(payload) == 1 else None
+                if reason is not None:  # not an answer: Hello goes on each beat (see the module's docstring)
+                    if reason not in self._refusals:
+                        self._refusals.add(reason)
+                        log.warning("the controller at %s refused this worker: %s (saying Hello each heartbeat: a "
+                                    "controller that can admit it will)", self.endpoint, reason)
+                    continue
+                self.controller_heard = True
+                if self._owe_hello:  # now, not at the next beat: see the module's docstring
+                    self._say_hello()
+            if self.routed and peer not in self.first_id:  # start_id and first_id before any reply (client.py)
+                self.first_id[peer] = max(0, P.request_id_of(payload[-1])) if payload else 0
+                self._send_out(peer, self._heartbeat(peer))
+            self.last_seen[peer] = time.monotonic()
+            self._backlog.append([MSG, peer, *payload])
+            if not self._flush():
+                return
+
+    def _flush(self) -> bool:
+        """Move the backlog into the pipe, in order; False while the pipe is full."""
+        while self._backlog:
+            try:
+                self.pipe.send_multipart(self._backlog[0], zmq.NOBLOCK)
+            except zmq.Again:  # the engine is hwm requests behind
+                return False
+            self._backlog.popleft()
+        return True
+
+    def _heartbeat_due_s(self) -> float:
+        """Connected and answered: one interval after the last message to the controller (else inf: ``_beat``)."""
+        if self.routed or not self.controller_heard:
+            return math.inf
+        return self.last_sent_s + self.heartbeat_interval_s
+
+    def _beat(self, now: float) -> None:
+        if not self.routed and not self.controller_heard:
+            self._say_hello()
+            self._warn_silent(now)
+        for peer, seen in list(self.last_seen.items()):
+            if now - seen > self.peer_timeout_s:
+                self._gone(peer, f"silent for {now - seen:.0f} s")
+                continue
+            if self.routed:  # connected: by the last message sent instead (``_heartbeat_due_s``)
+                self._send_out(peer, self._heartbeat(peer))
+
+    def _heartbeat(self, peer: bytes = b"") -> bytes:
+        return P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight, start_id=self.start_id,
+                                    first_id=self.first_id.get(peer, 0)))
+
+    def _warn_silent(self, now: float) -> None:
+        """Found in review: a wrong --controller waited for ever without a word at the default log level. Not while
+        a handshake is refused: that was logged at ERROR, with its own fix."""
+        silent_s, quiet_s = now - self._heard_s, now - self._silent_warned_s
+        if self._refused or silent_s < CONTROLLER_SILENT_WARN_S or quiet_s < CONTROLLER_SILENT_REPEAT_S:
+            return
+        self._silent_warned_s = now
+        log.warning("no word from the controller at %s for %.0f s: check --controller (host and port), and that "
+                    "`warmserve serve` is running there and reachable from this host; saying Hello each heartbeat",
+                    self.endpoint, silent_s)
+
+    def _rejoin(self) -> None:
+        """The controller lost this worker: give it up as after a failed send (its generations aborted, Hello owed)
+        and say Hello now. Only the first ``Rejoin`` counts: those after it were sent before the Hello reached the
+        controller, and until it answers the link says Hello each beat anyway."""
+        if not self.controller_heard or self.stopping:
+            return
+        log.warning("the controller at %s declared this worker lost (it was silent too long): saying Hello again",
+                    self.endpoint)
+        self._gone(CONTROLLER, "was told this worker was lost")
+        self._say_hello()
+
+    def _say_hello(self) -> None:
+        if self._send_out(CONTROLLER, P.encode(self.hello)):
+            self._owe_hello = False
+
+    def _send_out(self, peer: bytes, data: bytes) -> bool:
+        """Send without blocking; False when it failed (the peer is given up on if it was known)."""
+        try:
+            if self.routed:
+                self.sock.send_multipart([peer, data], zmq.NOBLOCK)
+            else:
+                self.sock.send(data, zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            # Gone (EHOSTUNREACH), not reading (EAGAIN at the high-water mark), or, for a controller, not connected
+            # (yet, or refused by CURVE): nobody will read the rest.
+            if self.routed or self.controller_heard or peer in self.last_seen:
+                who = f"the controller at {self.endpoint}" if not self.routed else f"peer {peer!r}"
+                log.warning("cannot send to %s (%s)", who, e.strerror)
+            elif not self._controller_unreachable:  # a controller not connected yet is normal at start: say it once
+                log.info("the controller at %s is not reachable yet (%s); saying Hello each heartbeat",
+                         self.endpoint, e.strerror)
+            # A controller never heard from (or given up on already) has no generations here to abort.
+            if self.routed or self.controller_heard or peer in self.last_seen:
+                self._gone(peer, f"unreachable ({e.strerror})")
+            self._controller_unreachable = not self.routed
+            return False
+        self._controller_unreachable = False
+        if not self.routed:
+            self.last_sent_s = time.monotonic()
+        return True
+
+    def _gone(self, peer: bytes, why: str) -> None:
+        """Tell the engine loop to abort the peer's generations (it owns them). A connected worker whose
+        controller is gone says Hello again each heartbeat until one answers: the controller takes nothing else
+        from a worker it does not know (found in review: after a failed send it only pushed Stats, forever)."""
+        self.last_seen.pop(peer, None)
+        self.first_id.pop(peer, None)
+        if not self.routed:
+            self.controller_heard = False
+            self._owe_hello = True
+        self._backlog.append([GONE, peer, why.encode()])
+        self._flush()
