@@ -138,6 +138,20 @@ def check_distinct_outputs(json_path: str | None, plot_path: str | None, *, plot
                                path=json_path)
 
 
+def check_outputs_spare_input(in_flag: str, in_path: str | None, outputs: dict[str, str | None],
+                              what: str = "the input the run reads") -> None:
+    """No output (``outputs``: flag -> path) names the input file ``in_path``, before the run. Found in review:
+    `warmserve simulate --profile P --json P` replaced the cost profile it had read with its results (exit 0), and
+    the next run with that profile failed on its schema. InvalidArgumentError naming both flags."""
+    if not in_path or _is_special(in_path):  # a pipe or device read is no file an output could replace
+        return
+    for flag, path in outputs.items():
+        if path and _same_file(in_path, path):
+            raise InvalidArgumentError(f"{in_flag} {in_path} {flag} {path}: both name one file, so the output would "
+                                       f"overwrite {what}: give {flag} another path", flag=flag,
+                                       flags=[in_flag, flag], path=path)
+
+
 def check_at_least(flag: str, value, least=1) -> None:
     """A count the run divides by or takes a median over: at least ``least``, before the run starts."""
     if value is not None and value < least:
@@ -195,4 +209,4 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
 
 
 __all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "check_output", "check_output_folder",
-           "check_plot", "check_at_least", "check_distinct_outputs"]
+           "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input"]

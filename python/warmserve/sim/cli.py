@@ -13,12 +13,15 @@ import time
 from dataclasses import replace
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.outputs import check_distinct_outputs, check_output, check_plot, parse_numbers, write_json_atomic
+from warmserve.outputs import (check_distinct_outputs, check_output, check_outputs_spare_input, check_plot,
+                               parse_numbers, write_json_atomic)
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
-from warmserve.sim.cli_checks import (check_gpus, check_paper_span, check_replays_requests, check_request_budget,
-                                      check_sim_window, parse_policies, rate_flags)
+from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, check_gpus, check_paper_span,
+                                      check_replays_requests, check_request_budget, check_search_budget,
+                                      check_sim_window, check_unused_settings, parse_policies, rate_flags,
+                                      search_scale_cap)
 from warmserve.sim.cli_output import (at_least, finite_or_null, median_summary, request_count, summary_table,
                                       sweep_table, workload_block)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
@@ -27,7 +30,7 @@ from warmserve.sim.costmodel import CostModel
 from warmserve.sim.plot import plot_ttft_cdf
 from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, RECIPE_WARMUP_S, Preset, artifact_preset,
                                    cluster_shape, paper_preset, scale_preset)
-from warmserve.sim.runner import max_rate_under_slo, policy_names, rate_sweep, run_once
+from warmserve.sim.runner import SEARCH_HI, max_rate_under_slo, policy_names, rate_sweep, run_once
 from warmserve.workload.recipes import MAX_BURST_CV
 
 PRESET_NAMES = ("paper-conv", "paper-code", "artifact-conv", "artifact-code", "scale")
@@ -98,11 +101,14 @@ def add_arguments(p):
     p.add_argument("--slo-scale", type=float, default=10.0)
     p.add_argument("--tick-s", type=float, default=1.0, help="policy tick period, simulated seconds")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate-under-SLO search")
-    p.add_argument("--search-iters", type=int, default=4, help="bisection steps of the max-rate search (>= 0)")
-    p.add_argument("--slo-target", default="0.99", metavar="T[,T...]",
-                   help="share of requests that must meet the TTFT SLO for a rate to count as served (default "
-                        "0.99); several, e.g. 0.99,0.98,0.95: one search per target over the same runs, the "
-                        "first one the headline, so the max rate is shown across targets")
+    p.add_argument("--search-iters", type=int, default=None,
+                   help=f"bisection steps of the max-rate search (>= 0, default {DEFAULT_SEARCH_ITERS}); refused "
+                        f"with --no-search and --sweep-rate, which run no search")
+    p.add_argument("--slo-target", default=None, metavar="T[,T...]",
+                   help=f"share of requests that must meet the TTFT SLO for a rate to count as served (default "
+                        f"{DEFAULT_SLO_TARGET}); several, e.g. 0.99,0.98,0.95: one search per target over the same "
+                        f"runs, the first one the headline, so the max rate is shown across targets; with "
+                        f"--sweep-rate, the target of its max swept rate; refused with --no-search alone")
     p.add_argument("--sweep-rate", default=None, metavar="SCALES",
                    help="comma-separated rate scales (e.g. 0.25,0.5,1,2,4): instead of one run and the max-rate "
                         "search, every policy's P99 TTFT and SLO attainment at each offered rate (over --seeds); "
@@ -110,7 +116,7 @@ def add_arguments(p):
     p.add_argument("--cold-start-band", default=None, metavar="LOW,HIGH",
                    help="with --sweep-rate: also run the policies that start engines cold (autoscale) with the "
                         "engine part of a cold start at LOW and HIGH seconds and draw the band between (default "
-                        "14,35: vLLM's published range); 'off': no band")
+                        "14,35: vLLM's published range; refused when --policy names none of them); 'off': no band")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--plot", default=None,
                    help="write a TTFT CDF plot (PNG) here, of the first seed's requests (with --sweep-rate: the sweep)")
@@ -272,6 +278,8 @@ def _run_main(args, saved: _Saved) -> int:
     check_output("--json", args.json)  # before a long run, not after it
     check_plot("--plot", args.plot)
     check_distinct_outputs(args.json, args.plot)
+    check_outputs_spare_input("--profile", args.profile, {"--json": args.json, "--plot": args.plot},
+                              "the cost profile the run reads")
     preset = build_preset(args)
     note_shadowed_options(args.policy_option, policies)
     cost = CostModel.for_gpu(args.gpu)
@@ -286,6 +294,12 @@ def _run_main(args, saved: _Saved) -> int:
         return _sweep_main(args, preset, cost, policies, seeds, t0, targets[0], saved)
     expected = preset.expected_requests(args.rate_scale)
     check_request_budget(expected, rate_flags(args, "--rate-scale", args.rate_scale), "the replay")
+    if not args.no_search:
+        check_search_budget(preset, args)
+        if search_scale_cap(preset) < SEARCH_HI:
+            print(f"warmserve simulate: the max-rate search stops at rate scale {search_scale_cap(preset):.3g}, not "
+                  f"{SEARCH_HI:g}: above it a run would be over the simulator's request limit; a rate that still "
+                  f"meets the SLO there is a lower bound (>=)", file=sys.stderr)
     workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}
     check_replays_requests(workloads, args, "--rate-scale", args.rate_scale, expected)
     check_static_layouts(preset, policies, cost, workloads.values())
@@ -389,7 +403,8 @@ def check_static_layouts(preset: Preset, policies: list[str], cost: CostModel, w
 def check_args(args) -> None:
     """Refuse, each naming its option, the values a run would otherwise replace or run on silently (found in
     review: --duration-s 0 became the preset's 1200 s, a negative one ran no request and printed NaN, a negative
-    --ttft-slo-s was the SLO, --seeds "," ended in a traceback), and the options --sweep-rate does not take."""
+    --ttft-slo-s was the SLO, --seeds "," ended in a traceback), the options --sweep-rate does not take, and the
+    settings the run would not use (``check_unused_settings``)."""
     import math
 
     def bad(flag: str, value, want: str):
@@ -398,6 +413,7 @@ def check_args(args) -> None:
     if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
         raise bad("--duration-s", args.duration_s, "give a span > 0 seconds, or leave it out for the workload's own")
     check_gpus(args.gpus)
+    check_unused_settings(args)  # and the defaults of --search-iters and --slo-target filled in
     # the flags of SimConfig fields, by SimConfig's own rules (sim.config.FIELD_RULES); SimConfig itself refuses
     # --chunked-prefill-tokens under --engine-model fluid, naming both flags, when build_preset makes it
     for flag, key in (("--ttft-slo-s", "ttft_slo_s"), ("--slo-scale", "slo_scale"), ("--tick-s", "tick_s"),

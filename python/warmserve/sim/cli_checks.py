@@ -1,7 +1,8 @@
 """`warmserve simulate`'s checks of its command line that need more than one option or the workload itself: the
-request count a run would generate, a replay with no request, the Azure trace's room for a replay and its history
-days, the --policy list, --json and --plot naming one file, the forecast window's floor and --gpus below 1. Each raises InvalidArgumentError naming the flags
-and the fix, before any policy runs."""
+request count a run would generate (the max-rate search's runs too), a replay with no request, the Azure trace's
+room for a replay and its history days, the --policy list, --json and --plot naming one file, the forecast window's
+floor, --gpus below 1 and settings the run would not use. Each raises InvalidArgumentError naming the flags and the
+fix, before any policy runs."""
 
 from __future__ import annotations
 
@@ -113,3 +114,66 @@ def check_gpus(gpus: int) -> None:
     if gpus < 1:
         raise InvalidArgumentError(f"--gpus {gpus}: give at least 1 GPU: 1-8, or a multiple of 8 (servers hold 8 "
                                    f"GPUs), e.g. 8 or 16", flag="--gpus", value=gpus)
+
+
+def search_scale_cap(preset) -> float:
+    """The largest rate scale whose workload stays within ``MAX_REQUESTS`` (``preset.expected_requests``, linear in
+    the scale): the max-rate search runs no scale above it (found in review: it doubled up to 16x unchecked, past
+    the budget --rate-scale is refused at). Infinite where the preset generates no request."""
+    per_scale = preset.expected_requests(1.0)
+    if per_scale <= 0:
+        return math.inf
+    cap = MAX_REQUESTS / per_scale
+    while preset.expected_requests(cap) > MAX_REQUESTS:  # the division's rounding: never a request over
+        cap = math.nextafter(cap, 0.0)
+    return cap
+
+
+def check_search_budget(preset, args) -> None:
+    """Refuse a max-rate search whose first run, at rate scale 1 whatever --rate-scale, would be over the request
+    budget (found in review: a --rate-scale 0.5 replay passed ``check_request_budget``, then the search ran scale 1,
+    about 1.3e7 requests of a 1,024-GPU preset, unchecked)."""
+    expected = preset.expected_requests(1.0)
+    if expected > MAX_REQUESTS:
+        given = rate_flags(args, "--rate-scale", args.rate_scale)
+        raise InvalidArgumentError(
+            f"{given}: the max-rate search starts at rate scale 1, which would generate about {expected:.3g} "
+            f"requests, more than the simulator takes ({MAX_REQUESTS:.0e}): add --no-search (the replay at "
+            f"--rate-scale runs alone), or lower --rate or --duration-s", flag="--no-search",
+            expected_requests=expected, limit=MAX_REQUESTS)
+
+
+#: --search-iters and --slo-target when not given (the parser's default is None, so that a value given where the
+#: run would not use it can be refused; ``check_unused_settings`` fills these in, as the JSON's "args" records them)
+DEFAULT_SEARCH_ITERS = 4
+DEFAULT_SLO_TARGET = "0.99"
+
+
+def check_unused_settings(args) -> None:
+    """Refuse a setting the run would take, record in its JSON and not use (found in review: --slo-target and
+    --search-iters under --no-search, --search-iters under --sweep-rate, which has no search, and a
+    --cold-start-band drawn for no policy: each exited 0 with results the same as without it), then fill in the
+    defaults of those not given. A --sweep-rate judges its max swept rate at --slo-target, so it keeps it."""
+    from warmserve.policy.registry import POLICIES
+    from warmserve.sim.runner import band_policies
+
+    if args.search_iters is not None and (args.no_search or args.sweep_rate):
+        why = "--sweep-rate runs no max-rate search" if args.sweep_rate else "--no-search skips the max-rate search"
+        raise InvalidArgumentError(f"--search-iters {args.search_iters}: {why}, which takes the bisection steps; "
+                                   f"drop --search-iters", flag="--search-iters", value=args.search_iters)
+    if args.slo_target is not None and args.no_search and not args.sweep_rate:
+        raise InvalidArgumentError(f"--slo-target {args.slo_target}: --no-search skips the max-rate search, the only "
+                                   f"use of the target without --sweep-rate (SLO attainment is reported as a share "
+                                   f"either way); drop --slo-target", flag="--slo-target", value=args.slo_target)
+    band = args.cold_start_band
+    if args.sweep_rate and band is not None and band.strip().lower() not in ("", "off", "none"):
+        policies = [p.strip() for p in args.policy.split(",") if p.strip() in POLICIES]
+        if not band_policies(policies):
+            raise InvalidArgumentError(
+                f"--cold-start-band {band}: the band is drawn for the policies that start engines cold "
+                f"({', '.join(band_policies(POLICIES))}), and --policy {args.policy} names none; add one to "
+                f"--policy or drop --cold-start-band", flag="--cold-start-band", value=band)
+    if args.search_iters is None:
+        args.search_iters = DEFAULT_SEARCH_ITERS
+    if args.slo_target is None:
+        args.slo_target = DEFAULT_SLO_TARGET

@@ -7,8 +7,9 @@ all of them is ``bench/simulate/CONSTANTS.md``. Profile schema, version 1 (every
 sizes in bytes, times in seconds; the keys marked "added" came after the first profiles were written: a profile
 that lacks them keeps the defaults, so every earlier profile loads unchanged; every value is checked as it is read,
 ``sim.profile_check``: times and per-token/per-sequence slopes >= 0, sizes, bandwidths and compute_scale > 0,
-fractions in (0, 1], counts whole, tables ascending [x, seconds] points; keys outside the schema are refused, except
-at the top level, where calibrate's records such as "measured" and "machine" sit):
+fractions in (0, 1], counts whole, tables ascending [x, seconds] points; keys outside the schema are refused, at the
+top level too, where only calibrate's records sit beside it: "measured", "machine", "measured_fresh_engine",
+"skipped", "parallel", ``PROFILE_RECORD_KEYS``):
 
     {
       "schema": "warmserve.sim.profile/1",
@@ -50,6 +51,7 @@ A served model is matched to a profile entry by its own name first, then by its 
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field, replace
 
@@ -61,6 +63,12 @@ from warmserve.sim.profile_check import (COST_RULES, GPU_RULES, check_fields, ch
                                          gpu_section, limits_section, models_section)
 
 SCHEMA = "warmserve.sim.profile/1"
+#: the top-level keys ``CostModel.from_profile`` reads
+PROFILE_KEYS = ("schema", "gpu", *COST_RULES, "engine_limits", "colocation_interference", "models")
+#: the top-level records `warmserve calibrate` writes beside them, for people, never read by the simulator
+#: (``bench.calibrate.build_profile``: measured, machine, measured_fresh_engine, skipped; its ``--parallel``:
+#: parallel)
+PROFILE_RECORD_KEYS = ("measured", "machine", "measured_fresh_engine", "skipped", "parallel")
 GB = 1e9
 GIB = 1 << 30
 
@@ -486,6 +494,14 @@ class CostModel:
         if d.get("schema") != SCHEMA:
             raise InvalidArgumentError(f"profile schema is {d.get('schema')!r}, expected {SCHEMA!r}",
                                        schema=d.get("schema"))
+        unknown = sorted(set(d) - set(PROFILE_KEYS) - set(PROFILE_RECORD_KEYS), key=str)
+        if unknown:  # found in review: a misspelled key was taken and ignored, the run the default's
+            near = {k: difflib.get_close_matches(str(k), PROFILE_KEYS, n=1) for k in unknown}
+            hint = "".join(f"; {k!r}: did you mean {m[0]!r}?" for k, m in near.items() if m)
+            where = f"profile {path_or_dict}" if not isinstance(path_or_dict, dict) else "profile"
+            raise InvalidArgumentError(f"{where} has unknown top-level keys {unknown}{hint}; the simulator reads "
+                                       f"{list(PROFILE_KEYS)}, and `warmserve calibrate` records "
+                                       f"{list(PROFILE_RECORD_KEYS)} beside them", keys=unknown)
         cm = base or cls()
         # each section and value checked before it is read (profile_check; found in review: malformed ones were bare
         # TypeErrors, AttributeErrors and IndexErrors, negative times were taken)

@@ -6,11 +6,16 @@ import math
 import sys
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.sim.cli_checks import MAX_REQUESTS, search_scale_cap
 from warmserve.sim.config import SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.metrics import RunResult
 from warmserve.sim.presets import Preset
 from warmserve.sim.simulator import simulate
+
+#: the highest rate scale the max-rate search runs (``max_rate_under_slo``'s ``hi``), below the request budget
+SEARCH_HI = 16.0
+
 
 def policy_names() -> tuple[str, ...]:
     from warmserve.policy import POLICY_NAMES
@@ -185,13 +190,26 @@ def rate_sweep(preset: Preset, policies: list[str], scales: list[float], *, seed
 
 
 def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, seed: int | list[int] = 0,
-                       cost: CostModel | None = None, iters: int = 5, lo: float = 1 / 64, hi: float = 16.0,
+                       cost: CostModel | None = None, iters: int = 5, lo: float = 1 / 64, hi: float = SEARCH_HI,
                        progress: bool = False, cache: dict | None = None) -> tuple[float, list[dict], bool]:
     """The highest offered rate (requests/s over the replayed span) at which ``target`` of the requests meet
     the TTFT SLO, searched over the preset's rate scale: doubling/halving from 1 to bracket it, then bisection
     in log space. With several seeds, a rate passes when the mean attainment over the seeds reaches ``target``
     and the rate reported is the mean offered rate. Returns (rate, the runs tried, whether the rate is only a lower
-    bound: the SLO was still met at ``hi``, where the search stops). 0 when even ``lo`` fails."""
+    bound: the SLO was still met where the search stops, ``hi`` or the largest scale within the simulator's
+    request budget, ``cli_checks.search_scale_cap``, whichever is lower). 0 when even ``lo`` fails.
+
+    No scale whose workload would be over ``MAX_REQUESTS`` runs (found in review: the doubling ran 4x-16x of a
+    1,024-GPU preset, up to 5.9e7 requests, which `simulate` refuses at --rate-scale); InvalidArgumentError where
+    even the first, scale 1, would."""
+    cap = search_scale_cap(preset)
+    top = min(hi, cap)
+    if cap < 1.0:
+        raise InvalidArgumentError(
+            f"{policy}: the max-rate search starts at rate scale 1, which would generate about "
+            f"{preset.expected_requests(1.0):.3g} requests, more than the simulator takes ({MAX_REQUESTS:.0e}): "
+            f"skip the search (`warmserve simulate --no-search`) or lower the rate or the duration",
+            expected_requests=preset.expected_requests(1.0), limit=MAX_REQUESTS)
     tried: list[dict] = []
     cache = {} if cache is None else cache
     seeds = [seed] if isinstance(seed, int) else list(seed)
@@ -212,8 +230,8 @@ def max_rate_under_slo(preset: Preset, policy: str, *, target: float = 0.99, see
     s = 1.0
     if ok(s):
         good, bad = s, None
-        while s < hi:
-            s *= 2
+        while s < top:
+            s = min(s * 2, top)  # the powers of 2 up to hi, unless the budget stops the search below
             if ok(s):
                 good = s
             else:
