@@ -428,13 +428,15 @@ def main(args) -> int:
 
 
 def _main(args) -> int:
-    from warmserve.outputs import check_distinct_outputs, check_output, check_output_folder, check_plot
+    from warmserve.outputs import (check_distinct_outputs, check_output, check_output_folder,
+                                   check_outputs_spare_input, check_plot)
     from warmserve.sim.config import ServedModel
 
     t0 = time.perf_counter()
     check_args(args)
     check_output("--json", args.json)  # before the replays, which take minutes per policy
     check_distinct_outputs(args.json, args.plot)
+    check_outputs_spare_input("--profile", args.profile, {"--json": args.json, "--plot": args.plot}, "the profile")
     check_plot("--plot", args.plot)
     if not args.endpoint and not args.reuse_live:
         check_output_folder("--log-dir", log_folder(args))
