@@ -14,7 +14,8 @@ new engine process, and that cost is what the baseline measures).
 The protocol is msgspec msgpack over a Unix SEQPACKET socket pair, one message each way per event: the spawner sends a
 request with the child's stdout and stderr attached (SCM_RIGHTS), so a log file, or whatever the controller's
 stderr is at that moment, is the child's; the server answers the child's pid, and later its exit status, which it
-learns from a pidfd per child (no SIGCHLD handler: nothing asynchronous runs in a process that forks), and passes
+learns from a pidfd per child (no SIGCHLD handler: nothing asynchronous runs in a process that forks; SIGCHLD at its
+default, whatever the launcher left, or the kernel would reap the children before the server could), and passes
 that pidfd along: the spawner signals its children through it, so a pid reaped and reused is never signalled. The
 environment, argv and working directory travel as bytes, as the OS holds them.
 """
@@ -54,6 +55,9 @@ MESSAGE_MAX_BYTES = 1 << 20
 #: A server with no child for this long exits, seconds (the next spawn starts another): long enough for a process
 #: that starts clusters one after another (a test suite, a benchmark's runs) to keep one server.
 IDLE_EXIT_S = 120.0
+#: How long the spawner waits for its server to exit once the server's end of the socket is closed, seconds; past
+#: it the server (which takes no spawn and reports nothing now) is killed, so that no zombie stays.
+REAP_WAIT_S = 10.0
 #: What the server imports before it forks anything: the cost every child then skips.
 PRELOAD = ("torch", "warmserve.engine", "warmserve.worker.core", "warmserve.worker.server", "warmserve.worker.main",
            "warmserve.cli")
@@ -80,6 +84,10 @@ def main() -> None:
     spawner_pid = int(sys.argv[2])
     for name in PRELOAD:
         __import__(name)
+    # Found in review: a launcher that ignored SIGCHLD (inherited across exec) had the kernel reap every child as it
+    # exited, so the server's waitpid raised ECHILD at the first worker's exit and the server died, and with it
+    # every worker it had forked. Set after the imports, in case one of them changed it.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     child = _serve(sock, spawner_pid)
     if child is not None:  # in a forked child: run the worker here, at the top of the stack (no server frames)
         sys.exit(_run_child(*child))
@@ -112,8 +120,7 @@ def _serve(sock: socket.socket, spawner_pid: int):
                 pid = pidfds.pop(key.fd)
                 sel.unregister(key.fd)
                 os.close(key.fd)
-                _, status = os.waitpid(pid, 0)
-                sock.send(msgspec.msgpack.encode({"exit": pid, "status": os.waitstatus_to_exitcode(status)}))
+                sock.send(msgspec.msgpack.encode({"exit": pid, "status": _reap(pid)}))
                 continue
             msg, fds, _, _ = socket.recv_fds(sock, MESSAGE_MAX_BYTES, 2)
             if not msg:
@@ -140,13 +147,23 @@ def _serve(sock: socket.socket, spawner_pid: int):
                 pidfd = os.pidfd_open(pid)
             except OSError as e:  # not expected (pidfds worked above): no child the server cannot report on
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                _reap(pid)
                 sock.send(msgspec.msgpack.encode({"id": req["id"], "error": f"pidfd_open failed: {e}"}))
                 continue
             pidfds[pidfd] = pid
             sel.register(pidfd, selectors.EVENT_READ)
             # The pidfd goes along: the spawner signals that very process, never a pid reused after a reap.
             socket.send_fds(sock, [msgspec.msgpack.encode({"id": req["id"], "pid": pid})], [pidfd])
+
+
+def _reap(pid: int) -> int:
+    """The exit status of the server's ended child ``pid``, reaped here; ``STATUS_UNKNOWN`` when something else
+    reaped it first (ECHILD), which is reported rather than ending the server and its other children."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return STATUS_UNKNOWN
+    return os.waitstatus_to_exitcode(status)
 
 
 def _run_child(req: dict, fds: list[int]) -> int:
@@ -199,9 +216,16 @@ class ForkedProcess:
     def poll(self) -> int | None:
         with self._server.changed:
             # The server reports the status; once it is gone, the pidfd says the process ended, not how.
-            if self.returncode is None and self._server.gone and select.select([self._pidfd], [], [], 0)[0]:
+            if self.returncode is None and self._server.gone and self._ended():
                 self.returncode = STATUS_UNKNOWN
             return self.returncode
+
+    def _ended(self) -> bool:
+        # poll, not select: found in review, select refused a pidfd numbered past 1,023 (a controller with many
+        # client connections open), and every heartbeat's poll of a worker raised once its server was gone.
+        p = select.poll()
+        p.register(self._pidfd, select.POLLIN)
+        return bool(p.poll(0))
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -287,6 +311,19 @@ class ForkServer:
             with self.changed:
                 self.gone = True
                 self.changed.notify_all()
+            self._reap()
+
+    def _reap(self) -> None:
+        """Wait for the server, whose end of the socket is closed: it exits (idle, killed, or its spawner gone).
+        Found in review: nothing waited for it, and each server that went stayed a zombie for the process's life.
+        After ``gone`` is set, so that a spawn meanwhile starts a new server instead of waiting on this one."""
+        try:
+            self.proc.wait(REAP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("the worker fork server (pid %d) closed its socket but did not exit within %g s; killing it",
+                        self.proc.pid, REAP_WAIT_S)
+            self.proc.kill()
+            self.proc.wait()
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Whether the server is ready (its imports done), waiting up to ``timeout_s``."""

@@ -6,8 +6,10 @@ pool created and its endpoint bound. If the process dies first, the error carrie
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,26 @@ import msgspec
 
 from .. import errors
 from .. import protocol as P
+
+#: How long a collected worker's Popen waits for the killed worker to be reaped, seconds (a SIGKILLed process ends
+#: in milliseconds; past it, subprocess reaps it later, as any Popen it keeps in ``subprocess._active``).
+_REAP_ON_COLLECT_S = 5.0
+
+
+class _WorkerPopen(subprocess.Popen):
+    """The Popen of a worker from ``spawn_local_worker``: collected while its worker runs, it kills and reaps it.
+
+    Found in review: a weakref finalizer was to do it, but ``Popen.__del__`` keeps a running child alive in
+    ``subprocess._active`` (to reap it later), so the finalizer never ran and the worker served on unowned. The
+    child is still unreaped here, so its pid cannot be another process's."""
+
+    def __del__(self, *args, **kwargs):
+        # Only what Popen's own __del__ would keep: a child that was started and whose exit nobody read yet.
+        if getattr(self, "_child_created", False) and self.returncode is None:
+            with contextlib.suppress(Exception):  # in __del__ (possibly at interpreter exit): nothing may raise
+                self.send_signal(signal.SIGKILL)
+                self.wait(_REAP_ON_COLLECT_S)
+        super().__del__(*args, **kwargs)
 
 
 def spawn_local_worker(
@@ -36,8 +58,9 @@ def spawn_local_worker(
 ) -> tuple[subprocess.Popen, str]:
     """Start ``warmserve worker`` bound to ``bind``; returns (process, endpoint) once it serves.
 
-    The process exits with its parent, and is killed when the returned Popen is garbage-collected or this
-    interpreter exits. Its stderr goes to ``log_path`` (a temporary file by default, named in ``process.log_path``).
+    The process exits with its parent, and is killed (and reaped) when the returned Popen is garbage-collected or
+    this interpreter exits. Its stderr goes to ``log_path`` (a temporary file by default, named in
+    ``process.log_path``).
     """
     if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix="warmserve-worker-", suffix=".log")
@@ -58,16 +81,17 @@ def spawn_local_worker(
         child_env.setdefault("OMP_NUM_THREADS", str(threads))
     with open(log_path, "ab") as log:
         try:
-            proc = subprocess.Popen(cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=child_env)
+            proc = _WorkerPopen(cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env=child_env)
         finally:
             os.close(w)
     proc.log_path = log_path
+    # At interpreter exit, for a Popen still referenced then (a collected one kills its worker itself).
     weakref.finalize(proc, _kill, proc.pid)
     try:
         hello = _read_ready(r, proc, ready_timeout_s, log_path)
     except BaseException:
-        _kill(proc.pid)
+        proc.kill()
         proc.wait()
         raise
     finally:
@@ -79,6 +103,10 @@ def spawn_local_worker(
 def _read_ready(r: int, proc: subprocess.Popen, timeout_s: float, log_path: str) -> P.Hello:
     buf = b""
     deadline = time.monotonic() + timeout_s
+    # poll, not select: found in review, select refuses a descriptor numbered past 1,023 (a process with many
+    # connections or files open).
+    watch = select.poll()
+    watch.register(r, select.POLLIN)
     while b"\n" not in buf:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -87,8 +115,7 @@ def _read_ready(r: int, proc: subprocess.Popen, timeout_s: float, log_path: str)
                 f"{_tail(log_path)}",
                 timeout_s=timeout_s, pid=proc.pid,
             )
-        ready, _, _ = select.select([r], [], [], min(left, 0.5))
-        if ready:
+        if watch.poll(min(left, 0.5) * 1000):  # POLLIN, or POLLHUP once the worker's end is closed
             chunk = os.read(r, 4096)
             if not chunk:  # the worker closed the pipe without a line: it died
                 break
@@ -113,12 +140,13 @@ def _tail(path: str, n_bytes: int = 3000) -> str:
 
 
 def _kill(pid: int) -> None:
-    """Kill our child ``pid`` unless it was already reaped (then the pid may belong to someone else now)."""
+    """Kill our child ``pid`` unless it has ended (then it is reaped here, or was already: the pid may belong to
+    someone else now)."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        ended, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
+    if ended:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
