@@ -289,9 +289,9 @@ class Engine(PoolNeighbours):
             self._check_open()
         return self.kv.stats(self.scheduler.num_preemptions, self.scheduler.blocks_wanted() if self.stalled else 0)
 
-    def set_kv_target_free_blocks(self, n: int) -> KvStats:
-        """Keep n free blocks mapped: unmap the rest now (pages back to the pool), map up to n over the next steps
-        (or, idle on a worker, its next ticks)."""
+    def set_kv_target_free_blocks(self, n: int | None) -> KvStats:
+        """Keep n free blocks mapped (None: all, as target_free_blocks): unmap the rest now (pages back to the
+        pool), map up to n over the next steps (or, idle on a worker, its next ticks)."""
         self._check_open()
         self.kv.set_target_free_blocks(n)
         self.kv.grow()
@@ -333,17 +333,10 @@ class Engine(PoolNeighbours):
             outputs += self._run(chunks)
             self.num_steps += 1
         # The free blocks go back while an engine on this pool can run nothing, and none are mapped ahead:
-        # headroom is what it may lack (pool_starved).
-        starved = self.pool_starved
-        if starved:
-            self._give_back_free_blocks()
-        else:
-            self.kv.shrink()  # first: the free blocks beyond the target leave room that compaction fills
-        moved = self.kv.compact(self.kv.map_blocks_per_step)
+        # headroom is what it may lack (pool_starved). A driver error there is logged: the tokens are out.
+        moved = self.kv.tidy(give_back_all=self.pool_starved, quiet=self.lm.config.tp == 1)
         for seq in self.scheduler.running if moved else ():
             seq.blocks = [moved.get(b, b) for b in seq.blocks]
-        if not starved:
-            self.kv.grow()
         if chunks:
             record_step(self.decode_meter, self.prefill_meter, chunks, time.perf_counter() - t0_s)
         return outputs

@@ -22,6 +22,7 @@ import logging
 import torch
 
 from warmserve import geometry
+from warmserve.engine.checks import check_counts
 from warmserve.errors import InvalidArgumentError, OutOfMemoryError, WarmServeError
 from warmserve.protocol import KvStats
 
@@ -50,6 +51,9 @@ class KVPageMapper:
         self.offset_bytes = offset_bytes
         self.block_bytes = block_bytes
         self._blocks_on: dict[int, int] = {}  # slot page -> mapped blocks lying on it
+        # Slot pages still mapped that no block holds: an unmap failed part way through a block (a device backend
+        # unmaps run by run). Given back at the next shrink (release_stranded), or first by a map over them.
+        self._stranded: set[int] = set()
 
     @property
     def pages_mapped(self) -> int:
@@ -75,6 +79,7 @@ class KVPageMapper:
         """Map the pages of block ``b`` that no other mapped block holds (OutOfMemoryError, with nothing mapped,
         when the pool has too few free pages)."""
         pages = self.pages_of(b)
+        self._unmap_pages([p for p in pages if p in self._stranded])
         # Only a block's first and last page can be shared with a neighbour, so its new pages are one run.
         new = [p for p in pages if p not in self._blocks_on]
         if new:
@@ -83,16 +88,43 @@ class KVPageMapper:
             self._blocks_on[p] = self._blocks_on.get(p, 0) + 1
 
     def unmap_block(self, b: int) -> None:
-        """Unmap the pages of block ``b`` that no other mapped block lies on (they go back to the pool)."""
+        """Unmap the pages of block ``b`` that no other mapped block lies on (they go back to the pool). Raises
+        where none of them went: the block stays whole and mapped. Where some went, the block counts as unmapped
+        and the pages that stayed are given back later (logged): found in review, the block stayed a free block
+        with a page missing, which the next sequence would be given and write through."""
         pages = self.pages_of(b)
         gone = [p for p in pages if self._blocks_on[p] == 1]
         if gone:
-            self.slot.unmap(gone[0], len(gone))
+            try:
+                self.slot.unmap(gone[0], len(gone))
+            except WarmServeError as e:
+                left = [p for p in gone if self.slot.is_mapped(p)]
+                if len(left) == len(gone):
+                    raise
+                self._stranded.update(left)
+                log.warning("the unmap of KV block %d failed part way: %d of its %d page(s) stay mapped until the "
+                            "next shrink gives them back: %s", b, len(left), len(gone), e)
         for p in pages:
             if self._blocks_on[p] == 1:
                 del self._blocks_on[p]
             else:
                 self._blocks_on[p] -= 1
+
+    def release_stranded(self) -> None:
+        """Give back the pages a part-way unmap left mapped (raises where an unmap fails again: they stay listed)."""
+        self._unmap_pages(sorted(self._stranded))
+
+    def _unmap_pages(self, pages: list[int]) -> None:
+        """Unmap these stranded pages (ascending), run by run."""
+        while pages:
+            n = next((i for i in range(1, len(pages)) if pages[i] != pages[0] + i), len(pages))
+            run, pages = range(pages[0], pages[0] + n), pages[n:]
+            try:
+                self.slot.unmap(run.start, n)
+            except WarmServeError:
+                self._stranded -= {p for p in run if not self.slot.is_mapped(p)}
+                raise
+            self._stranded -= set(run)
 
     def new_pages(self, b: int) -> int:
         """Pool pages mapping block ``b`` would take: its pages that no mapped block holds yet."""
@@ -282,18 +314,41 @@ class KVCache:
         return moves
 
     # ---- target --------------------------------------------------------------------------------------------------
-    def set_target_free_blocks(self, n: int) -> None:
-        if n < 0:
-            raise InvalidArgumentError(f"target_free_blocks must be >= 0, got {n}", target_free_blocks=n)
-        self.target_free_blocks = min(int(n), self.total_blocks)
+    def set_target_free_blocks(self, n: int | None) -> None:
+        """Checked as Engine's target_free_blocks is (found in review: 1.5 and True became 1, None, "3" and nan
+        raised bare errors); None: every block, as there."""
+        check_counts(frozenset({"target_free_blocks"}), target_free_blocks=(n, 0))
+        self.target_free_blocks = self.total_blocks if n is None else min(n, self.total_blocks)
         self.shrink()
 
-    def shrink(self) -> int:
-        """Unmap free blocks beyond the target, highest index first (after those that give pages back); returns
-        blocks unmapped."""
+    def tidy(self, give_back_all: bool, quiet: bool = True) -> dict[int, int]:
+        """After a step, whose tokens exist already: unmap the free blocks beyond the target (all of them with
+        ``give_back_all``, and then none are mapped ahead), compact, map ahead up to the target. A driver error
+        here is logged, and the next step's call retries (found in review: a failed unmap raised out of the step,
+        its sampled tokens were never reported, and a worker failed every request of the instance). Not ``quiet``
+        (a tensor-parallel shard) it raises: a rank left with a free block the others unmapped would schedule
+        differently from them, so its failure ends the step as before. Returns compact's {old block: new block}
+        of the blocks in use (empty where it failed: it raises before a copy)."""
+        moved: dict[int, int] = {}
+        try:
+            self.shrink(0 if give_back_all else None)  # first: what goes leaves room that compaction fills
+            moved = self.compact(self.map_blocks_per_step)
+            if not give_back_all:
+                self.grow()
+        except WarmServeError as e:
+            if not quiet:
+                raise
+            log.warning("KV housekeeping after a step failed (%d blocks mapped, %d free, target %d); the next step "
+                        "retries: %s", self.num_mapped, len(self._free), self.target_free_blocks, e)
+        return moved
+
+    def shrink(self, target: int | None = None) -> int:
+        """Unmap free blocks beyond the target (``target``: this one instead), highest index first (after those
+        that give pages back); first the pages a part-way unmap left (KVPageMapper). Returns blocks unmapped."""
         if self.mapper is None:
             return 0
-        extra = len(self._free) - self.target_free_blocks
+        self.mapper.release_stranded()
+        extra = len(self._free) - (self.target_free_blocks if target is None else target)
         if extra <= 0:
             return 0
         # Blocks on pages that no block in use holds go first, so pages shared by several blocks go back whole
@@ -377,6 +432,7 @@ class KVCache:
             self._free = []
             return
         self._unmap_free([b for b in range(self.total_blocks) if self.mapped[b]])
+        self.mapper.release_stranded()
 
     def stats(self, num_preemptions: int = 0, blocks_wanted: int = 0) -> KvStats:
         return KvStats(
