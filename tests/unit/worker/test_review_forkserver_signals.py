@@ -15,10 +15,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import types
 
 import pytest
+
+from proc_state import process_state, wait_for
 
 from warmserve.worker import forkserver
 
@@ -30,23 +31,6 @@ import warmserve.worker.forkserver as f
 f.PRELOAD = ()
 f.IDLE_EXIT_S = float(os.environ.get("WS_TEST_IDLE_EXIT_S", "120"))
 """
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "reaped"
-
-
-def _until(cond, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.fixture
@@ -122,16 +106,16 @@ def test_a_killed_fork_server_is_reaped(light_server):
     server = light_server()
     pid = server.proc.pid
     os.kill(pid, signal.SIGKILL)  # the OOM killer
-    assert _until(lambda: server.gone)
+    assert wait_for(lambda: server.gone)
     # Before: a zombie ("Z") for as long as this process lived.
-    assert _until(lambda: _state(pid) == "reaped", 5), _state(pid)
+    assert wait_for(lambda: process_state(pid) == "reaped", 5), process_state(pid)
     assert server.proc.returncode == -signal.SIGKILL
 
 
 def test_a_fork_server_that_idles_out_is_reaped(light_server):
     server = light_server(WS_TEST_IDLE_EXIT_S="0.3")
     pid = server.proc.pid
-    assert _until(lambda: server.gone)
+    assert wait_for(lambda: server.gone)
     assert server.idle_exit
-    assert _until(lambda: _state(pid) == "reaped", 5), _state(pid)
+    assert wait_for(lambda: process_state(pid) == "reaped", 5), process_state(pid)
     assert server.proc.returncode == 0

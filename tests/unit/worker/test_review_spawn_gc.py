@@ -11,48 +11,32 @@ import os
 import resource
 import subprocess
 import sys
-import time
 import warnings
 
 import msgspec
 import pytest
+
+from proc_state import process_state, wait_for
 
 from warmserve import protocol as P
 from warmserve.worker import spawn
 from warmserve.worker.spawn import spawn_local_worker
 
 
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "reaped"
-
-
-def _until(cond, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_a_worker_whose_popen_is_collected_is_killed_and_reaped(tmp_path):
     proc, endpoint = spawn_local_worker("cpu", memory_gib=0.0625, threads=1, log_path=str(tmp_path / "w.log"))
     pid = proc.pid
-    assert endpoint.startswith("tcp://") and _state(pid) not in ("Z", "reaped")
+    assert endpoint.startswith("tcp://") and process_state(pid) not in ("Z", "reaped")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             del proc
             gc.collect()
         # Before: still serving ("S") after its Popen was collected, for as long as this process lived.
-        assert _until(lambda: _state(pid) == "reaped", 5), _state(pid)
+        assert wait_for(lambda: process_state(pid) == "reaped", 5), process_state(pid)
         assert not any(p.pid == pid for p in subprocess._active or ())
     finally:
-        if _state(pid) not in ("Z", "reaped"):
+        if process_state(pid) not in ("Z", "reaped"):
             os.kill(pid, 9)
 
 
@@ -67,7 +51,7 @@ def test_only_a_collected_worker_popen_that_still_runs_is_killed():
             warnings.simplefilter("ignore", ResourceWarning)
             del ended, dropped
             gc.collect()
-        assert _state(pids[2]) == "reaped"  # killed and reaped before its Popen went
+        assert process_state(pids[2]) == "reaped"  # killed and reaped before its Popen went
         assert keep.poll() is None  # one still referenced runs on
         keep.terminate()
         assert keep.wait(30) == -15
@@ -75,7 +59,7 @@ def test_only_a_collected_worker_popen_that_still_runs_is_killed():
         keep.kill()
         keep.wait(30)
         for pid in pids[1:]:
-            if _state(pid) not in ("Z", "reaped"):
+            if process_state(pid) not in ("Z", "reaped"):
                 os.kill(pid, 9)
 
 
