@@ -111,14 +111,11 @@ def _inside() -> None:
         os._exit(1 if failed else 0)
 
 
-def _cluster(path: str, address: str, start_timeout_s: float = 60):
+def _cluster(path: str, address: str, **kw):
     import warmserve
-    from warmserve.config import ClusterConfig, ModelSpec
 
-    # one thread, so one CPU of the head's 2 each: two Clusters share the node (a worker reserves its threads' CPUs)
-    config = ClusterConfig(models=(ModelSpec(path=path),), cpu_workers=1, cpu_worker_memory_bytes=768 << 20,
-                           cpu_worker_threads=1, worker_start_timeout_s=start_timeout_s)
-    return warmserve.Cluster([path], config=config, ray_address=address)
+    return warmserve.Cluster([path], cpu_workers=1, cpu_worker_memory_bytes=768 << 20, ray_address=address,
+                             start_timeout_s=kw.pop("start_timeout_s", 60), **kw)
 
 
 def _ask(cluster, prompt: str) -> str:

@@ -56,12 +56,20 @@ class WorkerSlot:
     worker_id: str
     #: torch threads of a CPU worker (0 for a GPU worker).
     threads: int
+    #: The threads were set (cpu_worker_threads), so the bundle reserves them; else they are the node's CPUs
+    #: shared and the bundle reserves one CPU (``bundle_resources``).
+    threads_given: bool = False
 
     def bundle_resources(self) -> dict[str, float]:
-        """What its bundle (and its actor) takes of the node. A CPU worker runs ``threads`` torch/OMP threads, so it
-        reserves as many CPUs (found in review: it reserved 1, and Ray counted the rest free while they were busy). A
-        GPU worker gets no --threads: Ray sets its OMP_NUM_THREADS to the actor's one CPU."""
-        return {"CPU": 1.0, "GPU": 1.0} if self.device.startswith("cuda") else {"CPU": float(self.threads)}
+        """What its bundle (and its actor) takes of the node. A CPU worker with cpu_worker_threads set reserves that
+        many CPUs (found in review: it reserved 1 while running 8, and Ray counted the rest free). With the default
+        (the node's CPUs shared among its workers) it reserves one: reserving the share would hand one controller
+        every CPU of the node, and a second Cluster on it (README: they share one Ray connection) would never be
+        placed (found in the session's final review); its threads then compete with what else runs there. A GPU
+        worker gets no --threads: Ray sets its OMP_NUM_THREADS to the actor's one CPU."""
+        if self.device.startswith("cuda"):
+            return {"CPU": 1.0, "GPU": 1.0}
+        return {"CPU": float(self.threads) if self.threads_given else 1.0}
 
     @property
     def num_cpus(self) -> float:
@@ -77,9 +85,10 @@ def node_key(node: RayNode) -> str:
 
 def plan_slots(nodes: list[RayNode], *, cpu_workers: int, cpu_worker_threads: int = 0, tag: str) -> list[WorkerSlot]:
     """One slot per GPU of each node; on a node without GPUs, ``cpu_workers`` slots (at most one per logical CPU).
-    ``tag``: what makes this controller's worker ids its own (no "-"). A CPU worker's threads: cpu_worker_threads,
-    or the node's CPUs shared among its workers; its bundle reserves that many CPUs. Raises RayClusterError when a
-    node cannot hold its slots' bundles (``check_fits``): GPUs beyond its CPUs, or CPU workers' threads."""
+    ``tag``: what makes this controller's worker ids its own (no "-"). A CPU worker's threads: cpu_worker_threads
+    (its bundle reserves them), or the node's CPUs shared among its workers (one CPU reserved each:
+    ``WorkerSlot.bundle_resources``). Raises RayClusterError when a node cannot hold its slots' bundles
+    (``check_fits``): GPUs beyond its CPUs, or CPU workers' threads."""
     slots = []
     for node in nodes:
         if node.gpus:
@@ -93,7 +102,8 @@ def plan_slots(nodes: list[RayNode], *, cpu_workers: int, cpu_worker_threads: in
         threads = cpu_worker_threads or max(1, int(node.cpus) // max(1, len(devices)))
         for j, (device, name) in enumerate(devices):
             slots.append(WorkerSlot(node=node, bundle=j, device=device, worker_id=f"{node_key(node)}-{tag}-{name}",
-                                    threads=0 if device.startswith("cuda") else threads))
+                                    threads=0 if device.startswith("cuda") else threads,
+                                    threads_given=bool(cpu_worker_threads)))
     check_fits(slots)
     return slots
 
@@ -132,9 +142,9 @@ def _cpu_threads_short(node: RayNode, cpu_slots: list[WorkerSlot], needs: float)
     return RayClusterError(
         f"Ray node {node.node_id[:8]} ({node.address}) cannot hold its workers: {n} CPU workers of {threads} threads "
         f"each reserve {needs:g} CPUs but it offers {node.cpus:g}. Set fewer cpu_workers (--cpu-workers) or "
-        f"cpu_worker_threads (--cpu-worker-threads, at most {fit} for {n} workers here; 0 shares the node's CPUs), or "
-        f"give the node more CPUs (`ray start --num-cpus {needs:g} ...` there)", node_id=node.node_id,
-        cpus=node.cpus, gpus=node.gpus, needs_cpus=needs, workers=n, threads=threads)
+        f"cpu_worker_threads (--cpu-worker-threads, at most {fit} for {n} workers here; 0 shares the node's CPUs, "
+        f"reserving one each), or give the node more CPUs (`ray start --num-cpus {needs:g} ...` there)",
+        node_id=node.node_id, cpus=node.cpus, gpus=node.gpus, needs_cpus=needs, workers=n, threads=threads)
 
 
 def unbracket(host: str) -> str:

@@ -1,8 +1,10 @@
-"""Found in review: a Ray CPU worker ran ``threads`` torch/OMP threads (the node's CPUs shared among its workers,
-or cpu_worker_threads) while its placement-group bundle and its actor reserved 1 CPU, so Ray counted 14 of a
-16-CPU node free that the workers kept busy, and a plan of more threads than a node has was taken. A CPU worker's
-bundle and actor now reserve its threads; a node that cannot hold them is refused before Ray is asked. No Ray
-cluster: the plan is pure, and the launcher's placement and actor start run against a stand-in ``ray``."""
+"""Found in review: a Ray CPU worker ran ``threads`` torch/OMP threads while its placement-group bundle and its
+actor reserved 1 CPU, so Ray counted CPUs free that the workers kept busy, and a plan of more threads than a node
+has was taken. A CPU worker given cpu_worker_threads now reserves them in its bundle and actor, and a node that cannot
+hold them is refused before Ray is asked. With the default threads (the node's CPUs shared among its workers) a
+worker still reserves one CPU: reserving the share gave one controller the whole node, and a second Cluster on it was
+never placed (the session's final review). No Ray cluster: the plan is pure, and the launcher's placement and actor
+start run against a stand-in ``ray``."""
 
 import concurrent.futures
 import dataclasses
@@ -19,15 +21,20 @@ def node(i: int, cpus: float, gpus: int = 0) -> RayNode:
     return RayNode(node_id=f"{i:02d}" * 20, address=f"10.0.0.{i}", hostname="box", cpus=cpus, gpus=gpus)
 
 
-def test_a_cpu_workers_bundle_reserves_the_cpus_its_threads_use():
-    slots = plan_slots([node(1, 16.0)], cpu_workers=2, tag="t")  # threads: the 16 CPUs shared, 8 each
+def test_a_cpu_workers_bundle_reserves_the_cpus_of_the_threads_it_is_given():
+    slots = plan_slots([node(1, 16.0)], cpu_workers=2, cpu_worker_threads=8, tag="t")
     assert [s.threads for s in slots] == [8, 8]
     assert [s.bundle_resources() for s in slots] == [{"CPU": 8.0}, {"CPU": 8.0}]
     assert [s.num_cpus for s in slots] == [8.0, 8.0]
-    # given threads, and a node whose CPUs do not divide evenly (7 of 7.5 reserved)
     assert [s.bundle_resources() for s in plan_slots([node(1, 16.0)], cpu_workers=2, cpu_worker_threads=3,
                                                      tag="t")] == [{"CPU": 3.0}, {"CPU": 3.0}]
-    assert sum(s.num_cpus for s in plan_slots([node(1, 7.5)], cpu_workers=2, tag="t")) == 6.0
+
+
+def test_default_threads_share_the_node_and_reserve_one_cpu_each_so_two_controllers_fit():
+    a = plan_slots([node(1, 4.0)], cpu_workers=2, tag="a")
+    b = plan_slots([node(1, 4.0)], cpu_workers=2, tag="b")
+    assert [s.threads for s in a] == [2, 2]  # the node's 4 CPUs shared by its 2 workers
+    assert [s.num_cpus for s in a + b] == [1.0] * 4  # both controllers' bundles within the node's 4 CPUs
 
 
 def test_gpu_slots_still_take_one_cpu_and_their_gpu():
@@ -111,7 +118,7 @@ def test_the_launcher_places_and_starts_each_worker_with_the_cpus_of_its_threads
     ray = stand_in_ray
     launcher = ray_launch.RayLauncher("127.0.0.1:6379")
     launcher._read_nodes()
-    slots = plan_slots(launcher.alive_nodes(), cpu_workers=2, tag="t")
+    slots = plan_slots(launcher.alive_nodes(), cpu_workers=2, cpu_worker_threads=8, tag="t")
     launcher.place(slots, 5.0)
     for s in slots:
         launcher._start_actor(s, "tcp://10.0.0.1:5555", memory_bytes=1 << 30, heartbeat_interval_s=1.0)
