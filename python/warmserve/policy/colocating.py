@@ -36,16 +36,21 @@ class Colocating:
         window = self.window_of(now_s)
         if self._pinned is None:
             self._pinned, self._pinned_window = {}, window
-            need, demand = self.forecast_need(window)
+            never = state.unservable()
+            need, demand = self._servable_need(window, never)
             if state.instances or self._co is None or need <= live:
                 return None
-            order = placement_order(self.models, demand)
+            # a model no server can ever hold is left out: its requests get their error elsewhere, and were it
+            # planned, plan_shared's UnplacedModelError refused the colocation for every other model too (found in
+            # review: a light model's request waited 122.6 s beside a tp-4 model on 2-GPU servers, 0 s without it)
+            models = {m: info for m, info in self.models.items() if m not in never}
+            order = placement_order(models, demand)
             try:
-                plan = plan_shared(state, self.models, order, demand, laminar=self.cfg.placement == "laminar",
+                plan = plan_shared(state, models, order, demand, laminar=self.cfg.placement == "laminar",
                                    colocate_tp=self.cfg.colocate_tp, max_replicas=self.cfg.max_instances_per_model)
             except UnplacedModelError:
-                return None  # no colocation holds every model: the rules do what they can (time-sharing)
-            plan = floor_kv_shares(state, plan, request_blocks(self.models, self.cfg.coserve_context_tokens))
+                return None  # no colocation holds every servable model: the rules do what they can (time-sharing)
+            plan = floor_kv_shares(state, plan, request_blocks(models, self.cfg.coserve_context_tokens))
             if plan is None:
                 return None  # a group cannot hold one such request for each of its models
             out = []
@@ -64,13 +69,24 @@ class Colocating:
             # the rules can give every model GPUs of its own again; a forecast from history reaching less than a
             # day back is not trusted with it (found in review: with no history, the first idle window forecast no
             # demand at all, and a fresh cluster gave its colocation up before its first request)
-            if self._hist.span_windows() >= self.period and self.forecast_need(window)[0] <= live:
+            if (self._hist.span_windows() >= self.period
+                    and self._servable_need(window, state.unservable())[0] <= live):
                 self._pinned = {}
                 return None
         if live == self._pinned_gpus and self._pinned.keys() <= state.instances.keys():
             return []
         self._pinned = {}  # lost an instance (or it never started), or GPUs joined or left: the rules take over
         return None
+
+    def _servable_need(self, window: int, never: dict) -> tuple[int, dict[str, float]]:
+        """``forecast_need`` less the GPUs of the models in ``never`` (``ClusterState.unservable``) that it counts:
+        no GPU count serves those, so they neither call for a colocation nor keep one standing (found in review: a
+        tp-4 model on 2-GPU servers laid one out for a single tp-1 model that fits on its own)."""
+        need, demand = self.forecast_need(window)
+        if never:
+            names = sorted(never)
+            need -= sum(self.models[m].tp for m, a in zip(names, self.forecast_all(window, names)[0]) if not a <= 0)
+        return need, demand
 
     def _colocated_cap(self, inst: InstanceState) -> int | None:
         """Requests an instance of the given-up colocation may hold: what its own KV share holds at the planning
