@@ -36,7 +36,6 @@ Medians over ``--repeats``. The schema is ``warmserve.sim.costmodel``'s (version
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -44,11 +43,11 @@ import platform
 import signal
 import statistics
 import sys
-import threading
 import time
 
 import numpy as np
 
+from warmserve.bench.exit_signals import exit_on_signals, signals_held
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import PAGE_BYTES
 
@@ -243,7 +242,7 @@ def measure_fresh_engine(paths: dict, pool_bytes: int, threads: int, repeats: in
     spec = json.dumps({"threads": threads, "pool_bytes": int(pool_bytes), "paths": dict(paths)})
     code = f"from warmserve.bench.calibrate import _fresh_engine_child; _fresh_engine_child({spec!r})"
     inits, loads = [], {n: [] for n in paths}
-    with term_raises():
+    with exit_on_signals((signal.SIGTERM,)):  # a TERM runs the finally clauses that end the children
         for _ in range(repeats):
             _fresh_engine_run(code, at_once, inits, loads)
     return {"init_s": statistics.median(inits), "init_s_runs": inits, "at_once": at_once,
@@ -263,8 +262,9 @@ def _fresh_engine_run(code: str, at_once: int, inits: list, loads: dict) -> None
     procs = []
     try:
         for e in errs:
-            procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=e,
-                                          text=True))
+            with signals_held():
+                procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=e,
+                                              text=True))
         # each one's ready time is taken when its line comes, whichever process says so first
         ready = [math.nan] * at_once
         with selectors.DefaultSelector() as sel:
@@ -401,25 +401,6 @@ def host_cores(threads: int) -> float:
     return max(1.0, cores / threads)
 
 
-@contextlib.contextmanager
-def term_raises():
-    """SIGTERM raises SystemExit inside the block, so its ``finally`` clauses run: found in review, a TERM to
-    `calibrate --parallel` left its worker processes running (reparented to init) and its temp dir behind. Only the
-    main thread can set a handler; elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def raise_exit(signum, frame):
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, raise_exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _end(procs) -> None:
     """Kill and reap every one of ``procs`` still running: none is left behind however the caller ends."""
     for proc in procs:
@@ -443,7 +424,7 @@ def measure_parallel(args, names) -> dict:
     import subprocess
     import tempfile
 
-    with term_raises(), tempfile.TemporaryDirectory() as d:
+    with exit_on_signals((signal.SIGTERM,)), tempfile.TemporaryDirectory() as d:
         outs = [os.path.join(d, f"p{i}.json") for i in range(args.parallel)]
         cmd = [sys.executable, "-m", "warmserve", "calibrate", "--models", ",".join(names), "--threads",
                str(args.threads), "--prefill-tokens", args.prefill_tokens, "--decode-batches", args.decode_batches,
@@ -454,8 +435,9 @@ def measure_parallel(args, names) -> dict:
         procs = []
         try:
             for o in outs:
-                procs.append(subprocess.Popen(cmd + ["--out", o], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                              text=True))
+                with signals_held():
+                    procs.append(subprocess.Popen(cmd + ["--out", o], stdout=subprocess.DEVNULL,
+                                                  stderr=subprocess.PIPE, text=True))
             errs = [p.communicate()[1] for p in procs]
         finally:
             _end(procs)

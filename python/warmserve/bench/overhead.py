@@ -383,7 +383,7 @@ def plot_path(args) -> str | None:
 
 
 def main(args) -> int:
-    from warmserve.bench.replay_cluster import exit_on_signals
+    from warmserve.bench.exit_signals import exit_on_signals
 
     # SIGTERM and SIGHUP end the run through its clean-up (found in review: a SIGTERM left the `serve` child
     # running, re-parented to init, and the warmserve-overhead-* folder; `serve` has no --exit-with-parent)

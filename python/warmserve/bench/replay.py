@@ -38,7 +38,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from warmserve.bench.replay_cluster import LiveCluster, exit_on_signals
+from warmserve.bench.exit_signals import exit_on_signals
+from warmserve.bench.replay_cluster import LiveCluster
 from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, Given, check_args, check_endpoint,
                                           check_reuse, cost_models, counters_between, engine_start_summary,
                                           fetch_engine_starts, fetch_prewarm_metrics, history_rows, idle_windows,

@@ -2,9 +2,9 @@
 the signals that must still stop it.
 
 The child runs in a session of its own (a Ctrl-C at the terminal reaches the bench, which stops the child in
-order, not both at once), so nothing but the bench's own clean-up ever stops it: ``exit_on_signals`` turns
-SIGTERM and SIGHUP into SystemExit, so that clean-up runs for them too (found in review: a SIGTERM to the bench,
-from timeout(1) or a CI job's kill, left the serve child and its workers running, re-parented to init).
+order, not both at once), so nothing but the bench's own clean-up ever stops it: ``exit_signals.exit_on_signals``
+turns SIGTERM and SIGHUP into SystemExit, so that clean-up runs for them too (found in review: a SIGTERM to the
+bench, from timeout(1) or a CI job's kill, left the serve child and its workers running, re-parented to init).
 """
 
 from __future__ import annotations
@@ -15,41 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
+from warmserve.bench.exit_signals import signals_held
 from warmserve.bench.replay_setup import REPLAY_ZONE, fetch_prewarm_metrics
 from warmserve.errors import TimeoutError_, WarmServeError
-
-#: the signals ``exit_on_signals`` turns into SystemExit
-EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def exit_on_signals(signals=EXIT_SIGNALS):
-    """Within the block, the first of ``signals`` raises SystemExit(128 + its number) in the main thread, so every
-    ``finally`` on the way out runs (``LiveCluster.close``). Later ones are ignored: a second kill must not cut that
-    clean-up short and orphan the child after all (it is bounded: ``close`` kills the child after its timeout).
-    The earlier handlers come back after the block. Off the main thread, where Python takes no signal handlers,
-    the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-
-    def handler(signum, frame):
-        if got:
-            return
-        got.append(signum)
-        raise SystemExit(128 + signum)
-
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
 
 class LiveCluster:
     """`warmserve serve` in a child process with one policy; ``url`` once it printed its serving line."""
@@ -71,8 +41,9 @@ class LiveCluster:
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"serve-{policy}.log")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     start_new_session=True)
+        with signals_held():
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                         start_new_session=True)
         try:
             self.url = self._wait_ready(start_timeout_s)
         except BaseException:

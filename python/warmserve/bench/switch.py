@@ -510,7 +510,7 @@ def plot(res: dict, path: str) -> None:
 
 
 def main(args) -> int:
-    from warmserve.bench.replay_cluster import exit_on_signals
+    from warmserve.bench.exit_signals import exit_on_signals
 
     # SIGTERM and SIGHUP end the run through its clean-up (found in review: a SIGTERM left the temporary folder,
     # with its checkpoint or blob of hundreds of MiB, and the warmserve-bench-cache-* folder in --cache-root)

@@ -3,7 +3,7 @@
 Found in review: SIGTERM's default action ended them at once, skipping every ``finally``: `bench overhead` left its
 `warmserve serve` child running (re-parented to init) and its warmserve-overhead-* folder; `bench switch` left its
 temporary folder (with the checkpoint or blob it wrote, hundreds of MiB) and its warmserve-bench-cache-* folder in
---cache-root (/dev/shm by default). Both now end through their clean-up (``replay_cluster.exit_on_signals``).
+--cache-root (/dev/shm by default). Both now end through their clean-up (``exit_signals.exit_on_signals``).
 """
 
 from __future__ import annotations

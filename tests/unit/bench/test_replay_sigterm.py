@@ -79,7 +79,7 @@ def test_the_wait_for_t0_is_said(sigterm_run):
 
 CHILD = """
 import os, signal, time
-from warmserve.bench.replay_cluster import exit_on_signals
+from warmserve.bench.exit_signals import exit_on_signals
 try:
     with exit_on_signals():
         try:
