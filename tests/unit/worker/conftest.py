@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import resource
+
 import pytest
 
 # Three tiny Llama-family checkpoints in Hugging Face layout (random weights); each KV block of 256 tokens over
@@ -45,3 +47,18 @@ def worker():
             yield w
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fds_past_1023():
+    """Room for descriptors numbered past 1,023 (as with over 1,024 client connections open): the soft
+    RLIMIT_NOFILE raised to 1,200 for the test where it is lower, or the test skipped where the hard one is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}: no descriptor past 1,023 to test with")
+    raise_soft = soft != resource.RLIM_INFINITY and soft < 1200
+    if raise_soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    yield
+    if raise_soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -74,13 +73,7 @@ def test_a_child_reaped_by_someone_else_is_reported_as_status_unknown():
     assert forkserver._reap(proc.pid) == forkserver.STATUS_UNKNOWN
 
 
-def test_poll_of_a_forked_process_with_a_pidfd_past_1023_reads_it_once_the_server_is_gone():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1200:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}: no descriptor past 1,023 to test with")
-    raise_soft = soft != resource.RLIM_INFINITY and soft < 1200
-    if raise_soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+def test_poll_of_a_forked_process_with_a_pidfd_past_1023_reads_it_once_the_server_is_gone(fds_past_1023):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         low = os.pidfd_open(proc.pid)
@@ -98,8 +91,6 @@ def test_poll_of_a_forked_process_with_a_pidfd_past_1023_reads_it_once_the_serve
     finally:
         proc.kill()
         proc.wait()
-        if raise_soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_a_killed_fork_server_is_reaped(light_server):

@@ -8,13 +8,11 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
-import resource
 import subprocess
 import sys
 import warnings
 
 import msgspec
-import pytest
 
 from proc_state import process_state, wait_for
 
@@ -63,13 +61,7 @@ def test_only_a_collected_worker_popen_that_still_runs_is_killed():
                 os.kill(pid, 9)
 
 
-def test_the_readiness_pipe_is_read_at_a_descriptor_past_1023(tmp_path):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1200:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}: no descriptor past 1,023 to test with")
-    raise_soft = soft != resource.RLIM_INFINITY and soft < 1200
-    if raise_soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+def test_the_readiness_pipe_is_read_at_a_descriptor_past_1023(tmp_path, fds_past_1023):
     r, w = os.pipe()
     high = fcntl.fcntl(r, fcntl.F_DUPFD_CLOEXEC, 1100)  # as with over 1,024 client connections open
     os.close(r)
@@ -85,5 +77,3 @@ def test_the_readiness_pipe_is_read_at_a_descriptor_past_1023(tmp_path):
         os.close(high)
         os.close(w)
         proc.wait()
-        if raise_soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
