@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from warmserve.endpoints import check_endpoint  # noqa: F401  (config.check_endpoint: the name callers use)
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import is_page_size
 from warmserve.policy.config import PolicyConfig
@@ -328,41 +329,6 @@ def check_field_types(obj) -> None:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_endpoint(endpoint, what: str, *, listen: bool, inproc_ok: bool = True) -> None:
-    """A ZeroMQ address ``tcp://HOST:PORT`` (or ipc://, inproc://), checked before any socket is made: ZeroMQ
-    answers "Invalid argument" naming no flag, and takes a port beyond 65535 modulo 65536 (found in review:
-    tcp://127.0.0.1:99999 bound port 34463). ``listen``: a bind, where port 0 or * picks a free one.
-    ``inproc_ok`` False: where the peers are other processes, which an inproc:// address never reaches (found in
-    review: a controller bound to one waited out its whole start timeout for workers that could not connect)."""
-    fix = "e.g. tcp://127.0.0.1:5555" + (" (port 0: a free one)" if listen else "")
-    if not isinstance(endpoint, str):
-        raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}")
-    scheme, sep, rest = endpoint.partition("://")
-    if sep and scheme == "inproc" and not inproc_ok:
-        raise InvalidArgumentError(f"{what} {endpoint!r}: an inproc:// address reaches only this process, and the "
-                                   f"workers are other processes; {fix}", endpoint=endpoint)
-    if sep and scheme in ("ipc", "inproc") and rest:
-        return
-    host, colon, port = rest.rpartition(":")
-    if scheme != "tcp" or not sep or not colon or not host:
-        raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}",
-                                   endpoint=endpoint)
-    if ":" in host and "[" not in host:
-        # ZeroMQ turns IPv6 on for a socket only when told (endpoints.is_ipv6_endpoint, which knows the bracketed
-        # form): found in review, tcp://::1:PORT passed here, then the bind failed with a fix that did not fit, and
-        # a worker connecting to it waited out its timeout.
-        raise InvalidArgumentError(f"{what}: {endpoint!r} has an IPv6 address without brackets; write it in "
-                                   f"brackets: tcp://[{host}]:{port}", endpoint=endpoint)
-    if listen and port == "*":
-        return
-    low = 0 if listen else 1
-    if not port.isdigit() or not low <= int(port) <= 65535:
-        raise InvalidArgumentError(f"{what}: port {port!r} of {endpoint!r} must be a number in {low}-65535; {fix}",
-                                   endpoint=endpoint)
-    if not listen and host == "*":
-        raise InvalidArgumentError(f"{what}: {endpoint!r} names no host to connect to; {fix}", endpoint=endpoint)
 
 
 #: Policy fields whose documentation gives inf a meaning (policy/config.py: preempt_after_s, "inf: never"). Any

@@ -1,9 +1,12 @@
-"""What a ZeroMQ socket needs for the address it binds or connects to, beyond the address itself (no imports
-beyond the standard library: clients and workers use it before anything heavy is loaded)."""
+"""What a ZeroMQ socket needs for the address it binds or connects to, and the check of the address itself (no
+imports beyond the standard library and errors: clients and workers use it before anything heavy is loaded, and
+config.py, which loads the policy, re-exports ``check_endpoint``)."""
 
 from __future__ import annotations
 
 import os
+
+from warmserve.errors import InvalidArgumentError
 
 
 def is_ipv6_endpoint(endpoint: str) -> bool:
@@ -29,3 +32,38 @@ def remove_ipc_file(endpoint: str | None) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def check_endpoint(endpoint, what: str, *, listen: bool, inproc_ok: bool = True) -> None:
+    """A ZeroMQ address ``tcp://HOST:PORT`` (or ipc://, inproc://), checked before any socket is made: ZeroMQ
+    answers "Invalid argument" naming no flag, and takes a port beyond 65535 modulo 65536 (found in review:
+    tcp://127.0.0.1:99999 bound port 34463). ``listen``: a bind, where port 0 or * picks a free one.
+    ``inproc_ok`` False: where the peers are other processes, which an inproc:// address never reaches (found in
+    review: a controller bound to one waited out its whole start timeout for workers that could not connect)."""
+    fix = "e.g. tcp://127.0.0.1:5555" + (" (port 0: a free one)" if listen else "")
+    if not isinstance(endpoint, str):
+        raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}")
+    scheme, sep, rest = endpoint.partition("://")
+    if sep and scheme == "inproc" and not inproc_ok:
+        raise InvalidArgumentError(f"{what} {endpoint!r}: an inproc:// address reaches only this process, and the "
+                                   f"workers are other processes; {fix}", endpoint=endpoint)
+    if sep and scheme in ("ipc", "inproc") and rest:
+        return
+    host, colon, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not colon or not host:
+        raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}",
+                                   endpoint=endpoint)
+    if ":" in host and "[" not in host:
+        # ZeroMQ turns IPv6 on for a socket only when told (endpoints.is_ipv6_endpoint, which knows the bracketed
+        # form): found in review, tcp://::1:PORT passed here, then the bind failed with a fix that did not fit, and
+        # a worker connecting to it waited out its timeout.
+        raise InvalidArgumentError(f"{what}: {endpoint!r} has an IPv6 address without brackets; write it in "
+                                   f"brackets: tcp://[{host}]:{port}", endpoint=endpoint)
+    if listen and port == "*":
+        return
+    low = 0 if listen else 1
+    if not port.isdigit() or not low <= int(port) <= 65535:
+        raise InvalidArgumentError(f"{what}: port {port!r} of {endpoint!r} must be a number in {low}-65535; {fix}",
+                                   endpoint=endpoint)
+    if not listen and host == "*":
+        raise InvalidArgumentError(f"{what}: {endpoint!r} names no host to connect to; {fix}", endpoint=endpoint)

@@ -4,7 +4,6 @@ controller's stats and metrics. `warmserve`'s prewarm hits stay in-process; remo
 into their running process."""
 
 import os
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ import pytest
 from warmserve import Cluster
 
 import serving
+from net_ports import free_port
 
 #: A fresh process imports torch and the engine and creates its page pool: far above the 35-130 ms a load into a
 #: running worker takes on this machine, so a start above this cannot have been an in-process load.
@@ -120,15 +120,9 @@ def test_warmserve_prewarm_hit_restarts_nothing(tmp_path):
         assert st["engine_starts"] == [] and c.controller.metrics.engine_start.count() == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_autoscale_on_a_remote_worker_loads_into_its_running_process(tmp_path):
     """The controller cannot start a remote worker's process: the cold start falls back to loading into it."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     log = open(tmp_path / "remote.log", "wb")
     remote = subprocess.Popen(

@@ -7,7 +7,6 @@ names the CURVE keys."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import time
 import zmq.auth
 
 import serving
+from net_ports import free_port
 
 #: The controller's wait for its remote worker. The workers start first and are connecting (retrying every 0.1 s, as
 #: ZeroMQ does) before the controller binds, so their handshakes come within a fraction of a second of its start:
@@ -42,7 +42,7 @@ def test_refused_workers_say_so_and_so_do_the_controller_and_its_timeout(tmp_pat
     rogue_public = zmq.auth.load_certificate(str(tmp_path / "rogue.key"))[0].decode()
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"worker_start_timeout_s = {START_TIMEOUT_S}\n")
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     logs = {n: tmp_path / f"{n}.err" for n in ("ctl", "rogue", "plain")}
     common = ["--memory-gib", "0.05", "--threads", "1"]
     cmds = {
@@ -81,10 +81,3 @@ def test_refused_workers_say_so_and_so_do_the_controller_and_its_timeout(tmp_pat
     # the start-up hint names the keys a worker needs (found in review: a worker started as it said was refused)
     hint = f"start each with `warmserve worker --controller {endpoint} --curve-server-key {keys}/server.key "
     assert hint + "--curve-secret-key WORKER.key_secret" in ctl, ctl
-
-
-def _free_port() -> int:
-    """A free loopback port: the controller's --bind names it, so that the workers know it beforehand."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

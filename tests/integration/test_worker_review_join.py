@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import socket
@@ -23,6 +22,7 @@ import threading
 import time
 
 import serving
+from net_ports import free_port
 from tcp_proxy import CuttableProxy
 
 MODEL = "llama-20m"
@@ -46,12 +46,6 @@ class _LateProxy(CuttableProxy):
                 self._conns += [down, up]
             for a, b in ((down, up), (up, down)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(tmp_path, endpoint: str, start_timeout_s: int) -> subprocess.Popen:
@@ -103,7 +97,7 @@ def _stop(procs) -> None:
 
 
 def test_a_second_worker_under_a_live_workers_id_takes_its_place(tmp_path):
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     serve = _serve(tmp_path, endpoint, 60)
     first = _worker(tmp_path, endpoint, "first")
@@ -134,7 +128,7 @@ def test_a_second_worker_under_a_live_workers_id_takes_its_place(tmp_path):
 
 
 def test_a_worker_that_holds_none_of_the_models_is_refused_and_says_why(tmp_path):
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     serve = _serve(tmp_path, endpoint, 60)
     tiny = _worker(tmp_path, endpoint, "tiny", memory_gib="0.02")
     procs = [serve, tiny]

@@ -161,7 +161,9 @@ class WorkerHub:
                  insecure: bool = False, models=()):
         """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker).
         ``models``: the models served; a worker of another version, or whose pool holds none, is refused (launch.py)."""
-        # Before any socket exists: a refused bind leaves nothing to close.
+        # Before any socket exists: a refused bind leaves nothing to close. The address as the config checks it
+        # (found in review: tcp://::1:0 failed in the bind with "No such device" and a fix that did not fit).
+        config.check_endpoint(bind, "the controller's worker socket (--bind)", listen=True)
         require_authenticated_bind(
             bind, authenticated=bool(curve_dir), insecure=insecure, who="the controller's worker socket (--bind)",
             fix="pass --curve-dir DIR holding server.key_secret and the workers' public keys in DIR/workers")

@@ -16,7 +16,6 @@ import logging
 import random
 import time
 import weakref
-from dataclasses import dataclass
 
 import msgspec
 import torch
@@ -30,8 +29,9 @@ from warmserve.engine.pool_neighbours import PoolNeighbours
 from warmserve.engine.sampler import draw_seed, logprobs, sample
 from warmserve.engine.scheduler import FINISHED, ScheduledChunk, Scheduler, Sequence
 from warmserve.engine.step_meter import DecodeStepMeter, PrefillTokenMeter, record_step
-from warmserve.errors import (ClosedError, InvalidArgumentError, NoRoomHereError, PromptTooLongError,
-                              WarmServeError, fmt_bytes)
+from warmserve.engine.step_output import StepOutput
+from warmserve.errors import (ClosedError, DriverError, InvalidArgumentError, NoRoomHereError, PromptTooLongError,
+                              fmt_bytes)
 from warmserve.geometry import blocks_for_tokens
 from warmserve.protocol import KvStats, SamplingParams, TokenLogprobs
 
@@ -44,27 +44,6 @@ DEFAULT_TARGET_FREE_BLOCKS = 8
 DEFAULT_MAX_NUM_SEQS = 32
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class StepOutput:
-    """What one step produced for one request."""
-
-    request_id: str
-    #: Tokens new in this step (empty for an abort).
-    token_ids: list[int]
-    finished: bool
-    #: "stop" (EOS or a stop token), "length" (max_tokens), "abort" or "error" (``error``); None while running.
-    finish_reason: str | None
-    num_prompt_tokens: int
-    num_output_tokens: int
-    #: The EOS or stop token id that ended the request, if any.
-    stop_reason: int | None = None
-    #: One per token of token_ids when the request asked for logprobs (SamplingParams.logprobs), else empty.
-    logprobs: list[TokenLogprobs] | None = None
-    #: With a request's first token, when it asked for prompt_logprobs: one per prompt token after the first.
-    prompt_logprobs: list[TokenLogprobs] | None = None
-    #: Why it ended without its tokens (finish_reason "error"): a worker answers the request with this error.
-    error: WarmServeError | None = None
 
 
 class Engine(PoolNeighbours):
@@ -174,6 +153,14 @@ class Engine(PoolNeighbours):
         preempted sequence is, and not reported again. Greedy and seeded sampling continue exactly as they would
         have (a seeded draw depends on the seed and the token's index only: sampler.draw_seed)."""
         self._check_open()
+        # Before any use of them (found in review: a dict failed with "'dict' object has no attribute
+        # 'max_tokens_defaulted'", {} ran with the defaults, a list id with "unhashable type: 'list'")
+        if not isinstance(request_id, str):
+            raise InvalidArgumentError(f"request_id must be a str, got {type(request_id).__name__} {request_id!r}",
+                                       param="request_id")
+        if params is not None and not isinstance(params, SamplingParams):
+            raise InvalidArgumentError(f"params must be a SamplingParams or None, got {type(params).__name__} "
+                                       f"{params!r}: from a dict, SamplingParams(**d)", param="params")
         params = params or SamplingParams()
         if request_id in self.seqs:
             raise InvalidArgumentError(f"request id {request_id!r} is already running", request_id=request_id)
@@ -291,10 +278,20 @@ class Engine(PoolNeighbours):
 
     def set_kv_target_free_blocks(self, n: int | None) -> KvStats:
         """Keep n free blocks mapped (None: all, as target_free_blocks): unmap the rest now (pages back to the
-        pool), map up to n over the next steps (or, idle on a worker, its next ticks)."""
+        pool), map up to n over the next steps (or, idle on a worker, its next ticks). A driver error giving
+        blocks back: a DriverError saying so; the target is set, and the blocks that stayed mapped are free ones."""
         self._check_open()
-        self.kv.set_target_free_blocks(n)
-        self.kv.grow()
+        kv, free = self.kv, self.kv.num_free_mapped
+        try:
+            kv.set_target_free_blocks(n)
+        except DriverError as e:  # found in review: only the driver's words, no target, no blocks, no outcome
+            target, left = kv.target_free_blocks, kv.num_free_mapped
+            raise DriverError(
+                f"the KV target is now {target} free blocks; {free} free KV blocks were mapped and giving back those "
+                f"beyond it failed, {left} still mapped (driver: {e}); no request is affected: each step retries "
+                f"the give-back, as does calling this again",
+                **{**e.fields, "target_free_blocks": target, "kv_blocks_free_mapped": left}) from e
+        kv.grow()
         return self.kv_stats()
 
     def raise_kv_cap(self, kv_blocks: int | None = None) -> KvStats:
@@ -302,6 +299,7 @@ class Engine(PoolNeighbours):
         fixed share becomes a dedicated instance's whole cache (its co-residents have left). Running requests are
         untouched; new blocks are mapped as the target and the load ask."""
         self._check_open()
+        check_counts(frozenset({"kv_blocks"}), kv_blocks=(kv_blocks, 1))  # found in review: "9" a bare TypeError
         region, total, _ = self.lm._kv_region(kv_blocks)
         if total < self.kv.total_blocks:
             raise InvalidArgumentError(f"the KV cap is {self.kv.total_blocks} blocks; {total} would lower it",

@@ -124,11 +124,11 @@ def add_arguments(p):
 
 
 def build_preset(args) -> Preset:
+    policy_config = parse_policy_options(args.policy_option)
+    check_sim_window(policy_config.window_s, args.tick_s)  # before SimConfig's check of the tick: its own fix
     cfg = SimConfig(gpu=args.gpu, ttft_slo_s=args.ttft_slo_s, slo_scale=args.slo_scale, tick_s=args.tick_s,
                     engine_model=args.engine_model, shared_search=not args.no_shared_search,
-                    chunked_prefill_tokens=args.chunked_prefill_tokens,
-                    policy_config=parse_policy_options(args.policy_option))
-    check_sim_window(cfg.policy_config.window_s, args.tick_s)
+                    chunked_prefill_tokens=args.chunked_prefill_tokens, policy_config=policy_config)
     if args.models is not None and args.models < 1:
         raise InvalidArgumentError(f"--models {args.models}: give at least 1 model", flag="--models")
     # finite (found in review): inf passed `> 0` and ended in an OverflowError in the simulator's driver

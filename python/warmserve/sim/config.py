@@ -12,6 +12,14 @@ from warmserve.sim.profile_check import finite_number as _finite
 
 
 
+#: Shortest policy tick a simulation takes, seconds. Every engine step the cost model produces is longer: the
+#: paper's figures start at 15 ms (Llama-2 7B's decode step) and the repository's measured profiles at 8.8 ms (a
+#: 20M-parameter model decoding on a CPU, bench/replay/profile_cpu.json), so a finer tick only re-runs the policy
+#: on a cluster where no step has ended. And each tick is a policy round: found in review, --tick-s 1e-9 ran for
+#: ever; at this floor a 30 s paper-conv replay takes about a minute (1 s at the default 1 s tick).
+MIN_TICK_S = 1e-3
+
+
 def _whole(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -23,7 +31,9 @@ def _whole(v) -> bool:
 FIELD_RULES = {
     "n_servers": (lambda v: _whole(v) and v >= 1, "a whole number of servers >= 1"),
     "gpus_per_server": (lambda v: _whole(v) and v >= 1, "a whole number of GPUs >= 1"),
-    "tick_s": (lambda v: _finite(v) and v > 0, "a finite number of seconds > 0 (the policy's tick period)"),
+    "tick_s": (lambda v: _finite(v) and v >= MIN_TICK_S,
+               f"a finite number of seconds >= {MIN_TICK_S:g} (the policy's tick period: a shorter one is shorter than "
+               f"any engine step and only multiplies the run's policy rounds)"),
     "max_num_seqs": (lambda v: _whole(v) and v >= 0,
                      "a whole number of sequences >= 1, or 0 for the engine model's default (vllm: the cost model's "
                      "max_running_seqs, 256; fluid: the policy's instance_capacity)"),
@@ -121,6 +131,12 @@ class SimConfig:
     def __post_init__(self):
         for name in FIELD_RULES:
             check_field(name, getattr(self, name))
+        window_s = self.policy_config.window_s
+        if self.tick_s > window_s:  # as serve refuses (config.check_window), and `simulate` (check_sim_window)
+            raise InvalidArgumentError(
+                f"SimConfig.tick_s {self.tick_s:g}: give at most the policy window (policy_config.window_s "
+                f"{window_s:g} s): whole windows would pass between two ticks, never observed", value=self.tick_s,
+                field="tick_s", window_s=window_s)
         if self.engine_model == "fluid" and self.chunked_prefill_tokens:
             # found in review: the fluid model has no token budget and ran as if chunked prefill were off
             raise InvalidArgumentError(

@@ -13,7 +13,9 @@ import zmq.asyncio
 
 from .. import errors
 from .. import protocol as P
-from .client import _close_zmq, _dealer, _raise_if_error, stream_gap_error, worker_restarted
+from ..endpoints import check_endpoint
+from .client import (_close_zmq, _dealer, _raise_if_error, stream_gap_error,
+                     worker_restarted)
 
 
 class AsyncTokenStream:
@@ -100,6 +102,8 @@ class AsyncWorkerClient:
                  hwm: int = 100_000, default_timeout_s: float = 60.0, curve_server_key: str | None = None,
                  curve_secret_key: str | None = None):
         """The CURVE certificate files as for ``WorkerClient``."""
+        # here, not at the first call, which would fail further from the cause
+        check_endpoint(endpoint, "worker endpoint", listen=False)
         self.endpoint = endpoint
         self._curve_keys = (curve_server_key, curve_secret_key)
         self.heartbeat_interval_s = heartbeat_interval_s

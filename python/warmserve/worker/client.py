@@ -21,7 +21,7 @@ import zmq
 
 from .. import errors
 from .. import protocol as P
-from ..endpoints import is_ipv6_endpoint
+from ..endpoints import check_endpoint, is_ipv6_endpoint
 
 
 def _raise_if_error(msg):
@@ -302,6 +302,7 @@ class WorkerClient(SyncClientBase):
         """``curve_server_key``: the worker's public certificate file (a worker bound with
         ``--curve-clients-dir``); ``curve_secret_key``: this client's secret certificate file, whose public half
         sits in that directory."""
+        check_endpoint(endpoint, "worker endpoint", listen=False)
         super().__init__()
         self.endpoint = endpoint
         self.heartbeat_interval_s = heartbeat_interval_s

@@ -8,7 +8,6 @@ writes what it saw to a file and the assertions run in the test's process.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
@@ -21,6 +20,8 @@ from warmserve.engine.demo import DemoSpec, config_dict, write_checkpoint
 from warmserve.engine.parallel import ParallelGroup, TensorParallelError, shard_config, vocab_range
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import shard_bytes
+
+from net_ports import free_port
 
 #: Prompt lengths: one crosses a 256-token KV block boundary.
 LENGTHS = (5, 40, 300)
@@ -54,12 +55,6 @@ def _run(eng: Engine) -> dict[str, torch.Tensor]:
             rows[rid].append(row)
         eng.last_logits = {}
     return {rid: torch.stack(r) for rid, r in rows.items()}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spawn(fn, args, nprocs: int = 2, timeout_s: float = SPAWN_TIMEOUT_S) -> None:
@@ -130,7 +125,7 @@ def test_tp2_logits_match_tp1_on_prefill_and_decode_with_shards_in_their_own_slo
     # vocabulary shard and o/MLP biases, prefill in 64-token chunks that attend to cache written by earlier steps
     jobs = [("llama-20m", demo_dir["llama-20m"], 2048), ("qwen2-30m", demo_dir["qwen2-30m"], 2048),
             ("tiny-odd-vocab", odd_dir, 64)]
-    _spawn(_rank_main, (2, _free_port(), jobs, str(tmp_path)))
+    _spawn(_rank_main, (2, free_port(), jobs, str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["llama-20m"]["pid"] != ranks[1]["llama-20m"]["pid"]
     for name, path, batch_tokens in jobs:
@@ -164,7 +159,7 @@ def test_tp2_logits_match_tp1_on_prefill_and_decode_with_shards_in_their_own_slo
 def test_a_failing_rank_reaches_the_test_and_nothing_hangs(demo_dir):
     t0 = time.monotonic()
     with pytest.raises(mp.ProcessRaisedException, match="TensorParallelError"):
-        _spawn(_failing_rank, (2, _free_port(), demo_dir["llama-20m"]))
+        _spawn(_failing_rank, (2, free_port(), demo_dir["llama-20m"]))
     assert time.monotonic() - t0 < SPAWN_TIMEOUT_S
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import sys
 import time
 import weakref
@@ -17,20 +16,14 @@ import pytest
 from warmserve.errors import ClosedError, TimeoutError_, WarmServeError, WorkerLostError
 from warmserve.worker.async_client import AsyncWorkerClient
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from net_ports import free_port
 
 
 @pytest.mark.parametrize("hwm", [100_000, 1], ids=["room-in-the-queue", "queue-full"])
 def test_a_silent_worker_is_lost_within_the_silence_limit(hwm):
     """hwm=1: nobody listens, so the call itself fills the queue and every heartbeat finds it full."""
     async def main():
-        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=0.3,
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=0.3,
                               hwm=hwm)
         try:
             t0 = time.monotonic()
@@ -45,7 +38,7 @@ def test_a_silent_worker_is_lost_within_the_silence_limit(hwm):
 
 def test_close_fails_a_call_in_flight_at_once():
     async def main():
-        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.1, worker_timeout_s=30.0)
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{free_port()}", heartbeat_interval_s=0.1, worker_timeout_s=30.0)
         call = asyncio.ensure_future(c.stats(timeout_s=8.0))
         await asyncio.sleep(0.3)
         await c.close()
@@ -61,7 +54,7 @@ def test_close_fails_a_call_in_flight_at_once():
 
 def test_a_dropped_client_is_collected_and_its_tasks_end():
     async def main():
-        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=30.0)
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=30.0)
         with pytest.raises(TimeoutError_):
             await c.stats(timeout_s=0.2)
         ref, tasks, sock = weakref.ref(c), list(c._tasks), c._sock
@@ -82,7 +75,7 @@ def test_a_dropped_client_is_collected_and_its_tasks_end():
 # through it), and the finalizer, run after the loop had closed, raised before it closed the socket.
 def test_a_stream_failed_by_close_does_not_reopen_the_client():
     async def main():
-        c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=0.5,
+        c = AsyncWorkerClient(f"tcp://127.0.0.1:{free_port()}", heartbeat_interval_s=0.05, worker_timeout_s=0.5,
                               default_timeout_s=2.0)
         stream = await c.generate("m", [1, 2, 3])
         got = []
@@ -108,7 +101,7 @@ def test_a_stream_failed_by_close_does_not_reopen_the_client():
 
 def test_a_client_collected_after_its_loop_closed_closes_its_socket():
     loop = asyncio.new_event_loop()
-    c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05)
+    c = AsyncWorkerClient(f"tcp://127.0.0.1:{free_port()}", heartbeat_interval_s=0.05)
     loop.run_until_complete(c._ensure())
     loop.run_until_complete(asyncio.sleep(0.1))
     sock, ctx = c._sock, c._ctx
@@ -133,7 +126,7 @@ def test_a_client_collected_after_its_loop_closed_closes_its_socket():
 def test_close_after_the_loop_closed_via_finalizer_at_exit_path():
     """The same through the finalizer called directly (what atexit does for a client alive at exit)."""
     loop = asyncio.new_event_loop()
-    c = AsyncWorkerClient(f"tcp://127.0.0.1:{_free_port()}", heartbeat_interval_s=0.05)
+    c = AsyncWorkerClient(f"tcp://127.0.0.1:{free_port()}", heartbeat_interval_s=0.05)
     loop.run_until_complete(c._ensure())
     sock, ctx = c._sock, c._ctx
     loop.close()

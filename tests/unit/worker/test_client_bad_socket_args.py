@@ -16,7 +16,8 @@ from warmserve.worker.client import WorkerClient
 BAD = [
     ({"endpoint": "tcp://127.0.0.1:1", "curve_server_key": "worker.key"}, InvalidArgumentError),
     ({"endpoint": "tcp://127.0.0.1:1", "curve_secret_key": "client.key_secret"}, InvalidArgumentError),
-    ({"endpoint": "nonsense://x"}, zmq.ZMQError),
+    # past the clients' check of the address (endpoints.check_endpoint), refused by ZeroMQ's connect
+    ({"endpoint": "tcp://bad host:5555"}, zmq.ZMQError),
 ]
 
 
@@ -48,5 +49,16 @@ def test_the_async_client_closes_a_socket_it_could_not_set_up_and_can_be_closed(
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         asyncio.run(go())
+        gc.collect()
+    assert _unclosed(record) == []
+
+
+def test_an_endpoint_that_is_no_zeromq_address_is_refused_before_any_socket():
+    gc.collect()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for client in (WorkerClient, AsyncWorkerClient):
+            with pytest.raises(InvalidArgumentError, match="must be a ZeroMQ address like tcp://HOST:PORT"):
+                client("nonsense://x")
         gc.collect()
     assert _unclosed(record) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 
 import msgspec
@@ -19,15 +18,9 @@ from warmserve import protocol as P
 from warmserve.errors import WorkerLostError
 from warmserve.worker import AsyncWorkerClient, WorkerClient, spawn_local_worker
 
+from net_ports import free_port
+
 LONG = P.SamplingParams(max_tokens=2000, ignore_eos=True)
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _spawn(ep: str):
@@ -40,7 +33,7 @@ class Stand:
     ``restart()``: SIGKILL the worker and start a new one at the same endpoint."""
 
     def __init__(self):
-        self.ep = f"tcp://127.0.0.1:{_free_port()}"
+        self.ep = f"tcp://127.0.0.1:{free_port()}"
         self.procs = [_spawn(self.ep)]
         self.loop = asyncio.new_event_loop()
         self.c = WorkerClient(self.ep, heartbeat_interval_s=0.2, worker_timeout_s=60.0)
