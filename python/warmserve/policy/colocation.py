@@ -15,8 +15,9 @@ from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, ModelInfo, runs_alone
 
 
-#: Share of a GPU the weights of a `shared` group may take; the rest is KV cache (``plan_shared`` packs to it and
-#: ``default_groups`` sizes each class's floor by it).
+#: Share of a GPU the weights of the models that share a `shared` group may take together; the rest is KV cache
+#: (``plan_shared`` packs to it and ``default_groups`` sizes each class's floor by it). A model alone in its group is
+#: not held to it: it needs only what a dedicated instance needs (``fits_alone``).
 WEIGHT_SHARE = 0.8
 
 
@@ -34,6 +35,14 @@ class SharedLayout:
     per_group: int = 2
     #: (model, demand weight) pairs that replicas and KV shares follow; empty: the policy's history
     demand: tuple[tuple[str, float], ...] = ()
+
+
+def fits_alone(m: ModelInfo, gpu_bytes: int) -> bool:
+    """Whether ``m`` may run alone on GPUs of ``gpu_bytes``: its shard and one KV block, the test every other
+    placement makes (``ClusterState.unservable``, ``Board.choose_for_instance``). Found in review (issue #11): held to
+    WEIGHT_SHARE, a 65 GB tp-1 model on 77 GB GPUs got no slot in any layout, and the layout was refused, although a
+    dedicated instance of it serves with the 12 GB its shard leaves."""
+    return m.shard_bytes + m.kv_block_bytes <= gpu_bytes
 
 
 def placement_order(models: dict, demand: dict) -> list[str]:
@@ -54,8 +63,9 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
                    colocate_tp: bool = True) -> tuple[tuple[int, int], ...]:
     """Groups per tp class in proportion to the class's demand x tp (the layout without a search), and at least
     the groups whose weight room (80% of the largest GPU, as ``plan_shared`` packs) holds one shard of each of its
-    models (found in review: one 4-GPU group for two 70B copies whose demand was low left the second without an
-    instance); without ``colocate_tp``, at least one group per model of a tp > 1 class."""
+    models, a shard above that room counting a group of its own (``fits_alone``) (found in review: one 4-GPU group
+    for two 70B copies whose demand was low left the second without an instance); without ``colocate_tp``, at
+    least one group per model of a tp > 1 class."""
     live = [g for g in state.gpus if not g.gone]
     n_gpus = len(live)
     # a lower bound, by the largest GPU: sized by the smallest, a mixed fleet asked for more groups than it needs
@@ -74,6 +84,8 @@ def default_groups(state: ClusterState, models: dict, order: list[str], demand: 
             if k is None:
                 rooms.append(WEIGHT_SHARE * gpu_bytes)
                 k = len(rooms) - 1
+            # a shard above the share opens a group alone: the room goes below zero and nothing joins it, as
+            # plan_shared lays it out
             rooms[k] -= shard
         return max(1, len(rooms))
 
@@ -97,7 +109,8 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
 
     Each tp class gets ``layout.groups`` tp-GPU groups (default: ``default_groups``, then whatever GPUs are left
     go to the class furthest below its share). Each group hosts up to ``per_group`` of its class's models (more
-    where the class has more models than groups; weights up to 80% of memory); every model gets one replica,
+    where the class has more models than groups; weights up to 80% of memory together, WEIGHT_SHARE, except a model
+    alone in its group, which needs only its shard and one KV block, ``fits_alone``); every model gets one replica,
     popular models more (largest remainder of demand), spread so that group loads even out; the memory the
     weights leave is split among a group's models in proportion to their demand per replica. Raises
     UnplacedModelError when a model gets no instance. Does not change ``state``. ``laminar``: the groups are chosen
@@ -145,6 +158,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             raise UnplacedModelError(
                 f"shared layout: no {tp}-GPU group for models {ms} (groups asked: {want.get(tp, 0)}): give the "
                 f"tp-{tp} class a group, or let the layout search choose", model=ms[0], tp=tp)
+        share = [WEIGHT_SHARE * group_bytes(g) for g in gs]  # weights of the models sharing a group, the rest KV
         if runs_alone(tp, colocate_tp):
             if len(ms) > len(gs):
                 raise UnplacedModelError(
@@ -153,9 +167,16 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
                     f"tp shard alone): give the cluster {tp * (len(ms) - len(gs))} more GPUs, or serve fewer tp-{tp} "
                     f"models", model=ms[len(gs)], tp=tp, groups=len(gs))
             per_group = 1
+            lone = 0
         else:
-            per_group = max(min(layout.per_group, len(ms)), math.ceil(len(ms) / len(gs)))
-        slots = min(len(gs) * per_group, len(gs) * len(ms))
+            # a model over the weight share of every group takes one alone, so the others share the rest: counted
+            # over all groups, three 7Bs beside a 65 GB model on two 77 GB GPUs got two per group and one was left out
+            lone = min(len(gs), sum(1 for m in ms if models[m].shard_bytes > max(share)))
+            rest = len(gs) - lone
+            per_group = max(min(layout.per_group, len(ms)), math.ceil((len(ms) - lone) / rest) if rest else 1)
+        # a group a model holds alone has one slot: counted at per_group, the extra replicas planned for it found no
+        # room and the KV shares of their models were split as if they had
+        slots = min(lone + (len(gs) - lone) * per_group, len(gs) * len(ms))
         reps = {m: 1 for m in ms}  # every model once, the rest of the slots by demand (largest remainder)
         d_total = sum(demand[m] for m in ms)
         most = min(len(gs), max_replicas or len(gs))  # found in review: `shared` laid out 8 of a model capped at 1
@@ -167,14 +188,18 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             reps[m] += 1
         hosted: list[list[str]] = [[] for _ in gs]
         load = [0.0] * len(gs)
-        room = [WEIGHT_SHARE * group_bytes(g) for g in gs]  # weights may take at most this much, the rest is KV
+        room = list(share)
         # every model's first replica before any model's extra ones, so extra replicas of a popular model never
-        # take the room a model needs for its only instance
+        # take the room a model needs for its only instance; of those, the models over every group's share first,
+        # so that the light models have not yet taken every group they could run alone on
         todo = sorted(((k > 0, demand[m] / reps[m], m) for m in ms for k in range(reps[m])),
-                      key=lambda x: (x[0], -x[1], x[2]))
+                      key=lambda x: (x[0], models[x[2]].shard_bytes <= max(share), -x[1], x[2]))
         for _, d, m in todo:
+            # a group's first model may take more than the share where it fits alone (fits_alone); its room then
+            # drops below zero, so no other model joins it and the KV room it keeps is all the group's
             fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
-                    and models[m].shard_bytes <= room[k]]
+                    and (models[m].shard_bytes <= room[k]
+                         or not hosted[k] and fits_alone(models[m], group_bytes(gs[k])))]
             if not fits:
                 continue
             k = min(fits, key=lambda k: (load[k], k))
@@ -187,8 +212,10 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
                 raise UnplacedModelError(
                     f"shared layout: model {m!r} gets no instance: its {models[m].shard_bytes / 1e9:.1f} GB shard "
                     f"does not fit beside the models on any of the {len(gs)} {tp}-GPU group(s) (weights may take "
-                    f"{WEIGHT_SHARE:.0%} of {max(group_bytes(g) for g in gs) / 1e9:.1f} GB per GPU at most): give the "
-                    f"tp-{tp} class more groups, or let the layout search choose", model=m, tp=tp, groups=len(gs))
+                    f"{WEIGHT_SHARE:.0%} of {max(group_bytes(g) for g in gs) / 1e9:.1f} GB per GPU at most where "
+                    f"models share a group; alone, all but one {models[m].kv_block_bytes / 2**20:.0f} MiB KV block): "
+                    f"give the tp-{tp} class more groups, or let the layout search choose", model=m, tp=tp,
+                    groups=len(gs))
         for g, fit in zip(gs, hosted):
             if not fit:
                 continue

@@ -7,7 +7,6 @@ from collections import deque
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import migration_plan
 from warmserve.policy.colocating import Colocating
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
@@ -410,6 +409,9 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                     out.append(act)
                     co.merging_into(m, iid, act.instance_id)
                     break
+        if co is not None and wanted:  # a light model with no instance and no host: a light model's dedicated
+            # GPUs reopen as a host for it (moves.py), before time-sharing gives it GPUs of its own
+            wanted -= self._reopen_host(state, now_s, board, wanted, have, out)
         # 4. GPUs for models left short, least-met demand first: reclaimed from models that stay as well served;
         # for a model with no instance and nothing to reclaim, time-shared (a last instance may go); so for a
         # model that outgrew its host (a co-served instance holds a fixed KV share and shares its GPUs' time: it
@@ -423,20 +425,6 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                 freed = self._preempt_for(state, m, now_s, avg5, board, out, have[m])
             if freed:
                 self._allocate(state, board, have, {m: want_out[m]}, out)
-
-    def _migrate(self, state: ClusterState, board: Board, wanted: set[str], need: int, out: list) -> bool:
-        """Draining instances hand their requests over where that gives a wanting model a group to start on
-        (``arbitration.migration_plan``, up to ``need`` groups); their weights stay as a prewarm (the wanting
-        model's start may evict it). Returns whether any GPU was freed."""
-        moved = migration_plan(state, board, A.stopping(out), self.routed_capacity(),
-                               self.cfg.migrate_max_in_flight, {self.models[m].tp for m in wanted}, need,
-                               self._co.ids if self._co is not None else ())
-        for inst in moved:
-            out.append(A.Migrate(inst.instance_id))
-            self._retain.pop(inst.instance_id, None)
-            if self.cfg.prewarm and self.cfg.retain_stopped:
-                self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
-        return bool(moved)
 
     def _release_reservations(self, state: ClusterState, active: dict, want_out: dict) -> None:
         """GPUs freed for a model become anyone's once it has more instances than when they were freed, or no

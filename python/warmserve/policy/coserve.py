@@ -531,6 +531,36 @@ class CoServing(HostSizing):
             out.append((self.batch.get(m, 0.0), m, i.instance_id))
         return [(m, iid) for _, m, iid in sorted(out)]
 
+    def reopenable(self, state: ClusterState, model: str, now_s: float, min_age_s: float, stopping: set[str],
+                   reserved: set[int]) -> list[InstanceState]:
+        """Dedicated instances whose GPUs may reopen as a host for ``model`` (light, over-subscribed, no instance):
+        each is the only instance of a light model (busy ones too: a quiet one merges), ready for ``min_age_s``,
+        alone on GPUs of ``model``'s tp (none in ``reserved``), not stopping, merging nor splitting; the pair's
+        round within the merge band of the TPOT target (over it the host splits them again) and each batch within
+        its KV share there (as ``join`` admits a first instance). Fewest in flight first (they are moved)."""
+        if not self.oversubscribed or not self.light(model):
+            return []
+        by_model: dict[str, list[InstanceState]] = {}
+        on_gpu: Counter[int] = Counter()
+        for inst in state.instances.values():
+            on_gpu.update(inst.gpus)
+            if not inst.draining:
+                by_model.setdefault(inst.model, []).append(inst)
+        out = []
+        for m, insts in by_model.items():
+            i = insts[0]
+            if len(insts) != 1 or m == model or m in self.merging or m in self.splitting or not self.light(m) \
+                    or i.instance_id in self.ids or i.instance_id in stopping or not i.ready \
+                    or now_s - i.ready_s < min_age_s or len(i.gpus) != self.models[model].tp \
+                    or reserved.intersection(i.gpus) or any(on_gpu[g] > 1 for g in i.gpus):
+                continue
+            size = self.host_bytes(state, i.gpus)
+            if min(self.models_per_host(m, size), self.models_per_host(model, size)) >= 2 \
+                    and self.round_s({m, model}) <= self.cfg.coserve_tpot_s * self.merge_band \
+                    and self.kv_fits(m, size, 1.0) and self.kv_fits(model, size, 1.0):
+                out.append((i.in_flight, self.batch.get(m, 0.0), i.instance_id, i))
+        return [i for *_, i in sorted(out, key=lambda x: x[:3])]
+
     @staticmethod
     def frees_group_for(state: ClusterState, board: Board, gpus, tps) -> bool:
         """Whether freeing ``gpus`` completes an aligned group of one of ``tps`` (the wanting models' degrees)
