@@ -164,6 +164,9 @@ class ServerConfig:
     api_key: str = ""
     #: Requests in flight over HTTP beyond which new ones get 429.
     max_concurrent_requests: int = 1024
+    #: Origins (scheme://host[:port]) whose web pages may call the API from a browser (CORS); "*": any origin;
+    #: empty: no CORS headers. A string is a comma-separated list (--allowed-origins).
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self):
         check_field_types(self)
@@ -179,6 +182,12 @@ class ServerConfig:
                                        f"{self.max_concurrent_requests}", key="max_concurrent_requests")
         check_api_key(self.api_key, "ServerConfig.api_key (--api-key, $WARMSERVE_API_KEY or the config file's "
                                     "server.api_key)")
+        if self.allowed_origins != ():  # the check lives in controller/cors.py, imported (aiohttp too) only if set
+            from warmserve.controller.cors import check_origins
+
+            object.__setattr__(self, "allowed_origins", check_origins(
+                self.allowed_origins, "ServerConfig.allowed_origins (--allowed-origins or the config file's "
+                                      "server.allowed_origins)"))
 
 
 def check_api_key(key: str, where: str) -> None:

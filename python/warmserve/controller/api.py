@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from warmserve.controller import openai_api as oa, prechecks
 from warmserve.controller import textstream
 from warmserve.controller.body import BodyTimeoutError, read_body
+from warmserve.controller.cors import Cors, is_preflight
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare
 from warmserve.controller.metrics import CONTENT_TYPE
@@ -97,7 +98,7 @@ def _prefixed(rid: str, prefix: str) -> str:
 
 
 class Api:
-    def __init__(self, controller, api_key: str = "", max_concurrent_requests: int = 1024):
+    def __init__(self, controller, api_key: str = "", max_concurrent_requests: int = 1024, allowed_origins=()):
         from warmserve.config import check_api_key
 
         check_api_key(api_key, "the API key")  # one never matched: see check_api_key
@@ -105,6 +106,7 @@ class Api:
         self.api_key = api_key
         self._key = _key_bytes(api_key)  # once: check_api_key refused any key it cannot encode
         self.max_concurrent = max_concurrent_requests
+        self._cors = Cors(allowed_origins) if allowed_origins else None  # None: no CORS headers (the default)
         self.active = 0
         self.created = int(time.time())
 
@@ -113,8 +115,12 @@ class Api:
         # aiohttp's own answers is on (found in review: a malformed request's 400 was no rejection). Its decoding
         # of compressed bodies is off: it refused an encoding it lacks (br, zstd) with a text 400 before any
         # middleware ran, and a body that failed to decode was a 500; ``body.read_body`` decodes them.
-        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES, handler_args={
+        # CORS inside _guard: a preflight has its id and access-log line; its headers go on every answer, streams too.
+        middlewares = [self._guard] + ([self._cors.middleware] if self._cors else [])
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES, handler_args={
             "access_log_class": _own_answers(self), "access_log": access_log, "auto_decompress": False})
+        if self._cors:
+            app.on_response_prepare.append(self._cors.on_prepare)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
@@ -131,11 +137,14 @@ class Api:
         # log line, and a generation's body as its own id (found in review: no id ever reached the client).
         info = request[_INFO] = {"id": oa.new_id("req")}
         close = False
+        preflight = self._cors is not None and is_preflight(request)  # a browser sends no API key with one
         try:
-            if self.api_key and (request.path.startswith("/v1/") or request.path == "/stats"):
+            if self.api_key and not preflight and (request.path.startswith("/v1/") or request.path == "/stats"):
                 if not _key_matches(request.headers.get("Authorization", ""), self._key):
                     raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
             resp = await handler(request)
+            if preflight:  # labelled by its path's route: no route takes OPTIONS
+                info["route"] = await _route_of_path(request)
         except web.HTTPRequestEntityTooLarge as e:  # found in review: the 413 did not say what the limit is
             resp = _json(e.status, oa.error_body(
                 e.status, f"the request body is larger than the {MAX_BODY_BYTES} bytes ({MAX_BODY_BYTES >> 20} MiB) "

@@ -517,6 +517,7 @@ MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
 
 _TYPE_BY_STATUS = {
     400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", None),
     404: ("invalid_request_error", None), 405: ("invalid_request_error", "method_not_allowed"),
     408: ("invalid_request_error", "request_timeout"), 413: ("invalid_request_error", "request_too_large"),
     415: ("invalid_request_error", "unsupported_media_type"), 429: ("rate_limit_error", "rate_limit_exceeded"),

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $WARMSERVE_API_KEY if set and not empty, "
                         "else the config file's server.api_key, else no key)")
+    p.add_argument("--allowed-origins", default=None, metavar="ORIGINS", help="comma-separated origins whose web "
+                   "pages may call the API from a browser (CORS), e.g. http://localhost:3000; * for any (default none)")
     p.add_argument("--model", action="append", default=None, metavar="PATH[=NAME]",
                    help="serve this checkpoint (repeatable); replaces the config's models")
     p.add_argument("--devices", default=None, help="comma-separated local devices (cuda:0,cuda:1 or cpu:0,cpu:1)")
@@ -103,10 +105,9 @@ def build_config(args) -> ClusterConfig:
     # the options this run sets, and where, for note_shadowed: the file's table, then the flags over it
     given = {k: f"config {where}" for k, where in policy_table_keys(data or {}).items()}
     server, ctl, top, engine = {}, {}, {}, {}
-    if args.host is not None:
-        server["host"] = args.host
-    if args.port is not None:
-        server["port"] = args.port
+    for flag in ("host", "port", "allowed_origins"):
+        if getattr(args, flag) is not None:
+            server[flag] = getattr(args, flag)
     # Flag > environment > file. An empty $WARMSERVE_API_KEY (a container's default export) counts as unset:
     # found in review, it replaced a config file's key with none and served without authentication, unwarned.
     # An empty --api-key is refused rather than taken as "no key": README's `--api-key "$KEY"` with $KEY unset
@@ -148,8 +149,6 @@ def build_config(args) -> ClusterConfig:
     for flag in ("max_num_seqs", "max_batch_tokens", "max_kv_blocks"):
         if getattr(args, flag) is not None:
             engine[flag] = getattr(args, flag)
-    if args.cpu_worker_threads is not None:
-        top["cpu_worker_threads"] = args.cpu_worker_threads
     if args.worker_page_mib is not None:
         top["worker_page_bytes"] = args.worker_page_mib << 20
     if args.host_cache_gib is not None:
@@ -169,10 +168,9 @@ def build_config(args) -> ClusterConfig:
         top["models"] = tuple(specs)
     if args.devices:
         top["devices"] = tuple(d.strip() for d in args.devices.split(",") if d.strip())
-    if args.cpu_workers is not None:
-        top["cpu_workers"] = args.cpu_workers
-    if args.remote_workers is not None:
-        top["remote_workers"] = args.remote_workers
+    for flag in ("cpu_worker_threads", "cpu_workers", "remote_workers"):
+        if getattr(args, flag) is not None:
+            top[flag] = getattr(args, flag)
     out = dataclasses.replace(
         cfg, server=dataclasses.replace(cfg.server, **server), controller=dataclasses.replace(cfg.controller, **ctl),
         engine=msgspec.structs.replace(cfg.engine, **engine), **top)
@@ -402,7 +400,8 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     except BaseException:
         listener.close()
         raise
-    api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests)
+    api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests,
+              allowed_origins=cfg.server.allowed_origins)
     # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation
     # is aborted on its worker), streaming or not; aiohttp leaves handlers running by default.
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
