@@ -49,6 +49,14 @@ def check_endpoint(endpoint, what: str, *, listen: bool, inproc_ok: bool = True)
                                    f"workers are other processes; {fix}", endpoint=endpoint)
     if sep and scheme in ("ipc", "inproc") and rest:
         return
+    if scheme == "tcp" and not listen and ";" in rest:
+        # ZeroMQ's connect form with a source address, tcp://SRC:PORT;HOST:PORT (port 0: any): the destination is
+        # checked as any address is (found in review: the IPv6 check read "127.0.0.1:0;127.0.0.1" as one host)
+        source, _, rest = rest.partition(";")
+        src_host, _, _ = source.rpartition(":")
+        if ":" in src_host and "[" not in src_host:
+            raise InvalidArgumentError(f"{what}: the source address of {endpoint!r} is IPv6 without brackets; write "
+                                       f"it in brackets: [{src_host}]", endpoint=endpoint)
     host, colon, port = rest.rpartition(":")
     if scheme != "tcp" or not sep or not colon or not host:
         raise InvalidArgumentError(f"{what} must be a ZeroMQ address like tcp://HOST:PORT, got {endpoint!r}; {fix}",

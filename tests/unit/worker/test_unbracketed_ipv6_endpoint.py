@@ -43,3 +43,15 @@ def test_the_addresses_a_client_took_before_are_still_taken(endpoint):
     """Nothing listens there: a client connects lazily, so making and closing it is all that is checked."""
     _client(endpoint)
     _async_client(endpoint)
+
+
+def test_zeromqs_source_address_form_is_taken_by_a_client():
+    """``tcp://SRC:PORT;HOST:PORT`` (ZeroMQ binds the source, then connects): taken by both clients, its destination
+    checked as any address (found in review: refused as an IPv6 address without brackets, with a nonsense fix)."""
+    for client in (WorkerClient, AsyncWorkerClient):
+        client("tcp://127.0.0.1:0;127.0.0.1:5555")
+        client("tcp://[::1]:0;[::1]:5555")
+        with pytest.raises(InvalidArgumentError, match=r"write it in brackets: tcp://\[::1\]:5555"):
+            client("tcp://127.0.0.1:0;::1:5555")
+        with pytest.raises(InvalidArgumentError, match="source address .* IPv6 without brackets"):
+            client("tcp://::1:0;[::1]:5555")
