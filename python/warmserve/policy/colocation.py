@@ -16,8 +16,9 @@ from warmserve.policy.state import ClusterState, ModelInfo, runs_alone
 
 
 #: Share of a GPU the weights of the models that share a `shared` group may take together; the rest is KV cache
-#: (``plan_shared`` packs to it and ``default_groups`` sizes each class's floor by it). A model alone in its group is
-#: not held to it: it needs only what a dedicated instance needs (``fits_alone``).
+#: (``plan_shared`` packs to it and ``default_groups`` sizes each class's floor by it). A model over the share of
+#: every group of its class is not held to it: it runs alone and needs only what a dedicated instance needs
+#: (``fits_alone``).
 WEIGHT_SHARE = 0.8
 
 
@@ -110,9 +111,9 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
     Each tp class gets ``layout.groups`` tp-GPU groups (default: ``default_groups``, then whatever GPUs are left
     go to the class furthest below its share). Each group hosts up to ``per_group`` of its class's models (more
     where the class has more models than groups; weights up to 80% of memory together, WEIGHT_SHARE, except a model
-    alone in its group, which needs only its shard and one KV block, ``fits_alone``); every model gets one replica,
-    popular models more (largest remainder of demand), spread so that group loads even out; the memory the
-    weights leave is split among a group's models in proportion to their demand per replica. Raises
+    over every group's share, which runs alone and needs only its shard and one KV block, ``fits_alone``); every
+    model gets one replica, popular models more (largest remainder of demand), spread so that group loads even out;
+    the memory the weights leave is split among a group's models in proportion to their demand per replica. Raises
     UnplacedModelError when a model gets no instance. Does not change ``state``. ``laminar``: the groups are chosen
     by §3's laminar placement (False: round-robin, as the policy's ablation places). ``colocate_tp`` False: a
     tp > 1 group hosts one model (``PolicyConfig.colocate_tp``). ``max_replicas``: most replicas of a model (0: no
@@ -195,11 +196,14 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
         todo = sorted(((k > 0, demand[m] / reps[m], m) for m in ms for k in range(reps[m])),
                       key=lambda x: (x[0], models[x[2]].shard_bytes <= max(share), -x[1], x[2]))
         for _, d, m in todo:
-            # a group's first model may take more than the share where it fits alone (fits_alone); its room then
-            # drops below zero, so no other model joins it and the KV room it keeps is all the group's
+            # a model over every group's share (the `lone` ones) may take an empty group where it fits alone
+            # (fits_alone); its room then drops below zero, so no other model joins it and the KV room it keeps is
+            # all the group's. Any other model keeps to the share (found in review: a 35 GB model within an 80 GB
+            # GPU's share took a 40 GB GPU alone, and the three 10 GB models had two slots left)
+            over = models[m].shard_bytes > max(share)
             fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
                     and (models[m].shard_bytes <= room[k]
-                         or not hosted[k] and fits_alone(models[m], group_bytes(gs[k])))]
+                         or over and not hosted[k] and fits_alone(models[m], group_bytes(gs[k])))]
             if not fits:
                 continue
             k = min(fits, key=lambda k: (load[k], k))
@@ -209,13 +213,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
         placed = {m for fit in hosted for m in fit}
         for m in ms:
             if m not in placed:
-                raise UnplacedModelError(
-                    f"shared layout: model {m!r} gets no instance: its {models[m].shard_bytes / 1e9:.1f} GB shard "
-                    f"does not fit beside the models on any of the {len(gs)} {tp}-GPU group(s) (weights may take "
-                    f"{WEIGHT_SHARE:.0%} of {max(group_bytes(g) for g in gs) / 1e9:.1f} GB per GPU at most where "
-                    f"models share a group; alone, all but one {models[m].kv_block_bytes / 2**20:.0f} MiB KV block): "
-                    f"give the tp-{tp} class more groups, or let the layout search choose", model=m, tp=tp,
-                    groups=len(gs))
+                raise _unplaced(models[m], tp, [group_bytes(g) for g in gs], per_group)
         for g, fit in zip(gs, hosted):
             if not fit:
                 continue
@@ -225,6 +223,31 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
             out.append((g, [(m, kv * (demand[m] / reps[m]) / d_sum / (size - models[m].shard_bytes))
                             for m in fit]))
     return out
+
+
+def _unplaced(m: ModelInfo, tp: int, sizes: list[int], per_group: int) -> UnplacedModelError:
+    """The error for ``m`` left without an instance by ``plan_shared`` on groups whose GPUs have ``sizes`` bytes,
+    by the rule that bound it: a model within some group's share is held to the share (found in review: its message
+    offered the alone rule, which it is not given, for a 10 GB model that fits beside others easily); one over
+    every group's share runs alone, so it needs an empty group where its shard and one KV block fit."""
+    gb = m.shard_bytes / 1e9
+    head = f"shared layout: model {m.name!r} gets no instance: its {gb:.1f} GB shard"
+    fix = f"give the tp-{tp} class more groups, or let the layout search choose"
+    most = WEIGHT_SHARE * max(sizes) / 1e9
+    if m.shard_bytes <= WEIGHT_SHARE * max(sizes):
+        why = (f"does not fit beside the models on any of the {len(sizes)} {tp}-GPU group(s) (at most {per_group} "
+               f"models a group, whose weights may take {WEIGHT_SHARE:.0%} of its GPU memory: {most:.1f} GB per GPU "
+               f"on the largest)")
+    else:
+        room = sum(fits_alone(m, size) for size in sizes)
+        block = f"one {m.kv_block_bytes / 2**20:.0f} MiB KV block"
+        why = (f"is over the {WEIGHT_SHARE:.0%} of GPU memory that the weights of models sharing a group may take "
+               f"({most:.1f} GB per GPU on the largest of the {len(sizes)} {tp}-GPU group(s)), so it runs alone, and "
+               + (f"each of the {room} group(s) where its shard and {block} fit holds another model" if room else
+                  f"its shard and {block} fit on none of them ({max(sizes) / 1e9:.1f} GB per GPU on the largest)"))
+        if not room:
+            fix = f"serve it at a higher tp or on GPUs with more than {(m.shard_bytes + m.kv_block_bytes) / 1e9:.1f} GB"
+    return UnplacedModelError(f"{head} {why}: {fix}", model=m.name, tp=tp, groups=len(sizes))
 
 
 def floor_kv_shares(state: ClusterState, plan: list, min_blocks: dict[str, int]) -> list | None:

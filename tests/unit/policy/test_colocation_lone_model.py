@@ -4,6 +4,8 @@ binds only models that share a group. Found in review (issue #11): a 65 GB tp-1 
 12 GB left for its KV cache) got no slot in `shared`'s layout, its search or warmserve's colocation, which were
 refused, although a dedicated instance of it serves."""
 
+from collections import deque
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from warmserve.geometry import PAGE_BYTES
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.colocation import WEIGHT_SHARE, SharedLayout, UnplacedModelError, placement_order, plan_shared
 from warmserve.policy.instant import instant_driver
-from warmserve.policy.state import ClusterState, ModelInfo, kv_blocks_for
+from warmserve.policy.state import ClusterState, GpuState, ModelInfo, ServerState, kv_blocks_for
 
 GB = 10**9
 #: the GPUs of the issue: 77 GB each
@@ -145,3 +147,61 @@ def test_the_shared_baseline_serves_a_lone_model_in_the_simulator(search):
     sim = Simulator(w, served, "shared", config=cfg, cost=cost)
     s = sim.run().summary
     assert s["completed"] == n and s["refused"] == 0
+
+
+def _mixed_cluster(sizes, models):
+    """One server whose GPUs have ``sizes`` bytes each (a mixed fleet: each group's share is of its own GPU)."""
+    gpus = [GpuState(g, 0, b) for g, b in enumerate(sizes)]
+    return ClusterState([ServerState(0, tuple(range(len(sizes))))], gpus, {m.name: m for m in models},
+                        queues={m.name: deque() for m in models})
+
+
+def _mixed_models(a_bytes, light_bytes):
+    return [ModelInfo(n, w, 1, 524_288, 0.035, 0.015) for n, w in
+            [("A", a_bytes), ("B", light_bytes), ("C", light_bytes), ("D", light_bytes)]]
+
+
+def test_a_model_within_a_larger_groups_share_does_not_take_a_smaller_group_alone():
+    """A 40 GB and an 80 GB GPU, a 35 GB model A (over 80% of the 40 GB GPU, within 80% of the 80 GB one) and
+    three 10 GB models, A the busiest. Found in review: the lone-model rule let A take the 40 GB GPU alone (it tied
+    on load), so two slots were left for three models and the layout was refused ("model 'D' gets no instance: its
+    10.0 GB shard does not fit", which it does), as was `shared`'s first tick. Only a model over every group's share
+    runs alone: A shares the 80 GB GPU, as before the lone rule, and every model has an instance."""
+    models = _mixed_models(35 * GB, 10 * GB)
+    demand = {"A": 4.0, "B": 1.0, "C": 1.0, "D": 1.0}
+    st = _mixed_cluster([40 * GB, 80 * GB], models)
+    by_name = {m.name: m for m in models}
+    plan = plan_shared(st, by_name, placement_order(by_name, demand), demand)
+    assert sorted((g, sorted(ms)) for g, ms in _hosted(plan).items()) == [((0,), ["B", "C"]), ((1,), ["A", "D"])]
+    for g, h in plan:  # each group within the share of its own GPU
+        assert sum(by_name[m].shard_bytes for m, _ in h) <= WEIGHT_SHARE * st.gpus[g[0]].total_bytes, (g, h)
+    pol = make_policy("shared", models=models, config=PolicyConfig())
+    d = instant_driver(pol, st)
+    for m in by_name:
+        d.submit(m, f"{m}#1", 0.0)
+    d.tick(0.5)
+    on = {}
+    for inst in st.instances.values():
+        on.setdefault(inst.gpus, []).append(inst.model)
+    assert sorted((g, sorted(ms)) for g, ms in on.items()) == [((0,), ["B", "C"]), ((1,), ["A", "D"])]
+
+
+def test_the_unplaced_model_message_names_the_rule_that_bound_it():
+    """A model within a group's share is held to the share (the alone rule is not offered to it): its message says
+    80% and not that it may run alone. A model over every group's share that fits no group alone: the message names
+    its shard and KV block."""
+    st = _mixed_cluster([40 * GB, 80 * GB], _mixed_models(35 * GB, 20 * GB))
+    by_name = dict(st.models)
+    demand = {m: 1.0 for m in by_name}
+    with pytest.raises(UnplacedModelError, match="80%") as e:
+        plan_shared(st, by_name, placement_order(by_name, demand), demand)
+    assert e.value.model == "D"
+    assert "20.0 GB" in str(e.value) and "alone" not in str(e.value)
+    big = _big("big", 70 * GB)
+    st = _mixed_cluster([40 * GB, 64 * GB], [big, _7b("a")])
+    by_name = dict(st.models)
+    demand = {m: 1.0 for m in by_name}
+    with pytest.raises(UnplacedModelError, match="alone") as e:
+        plan_shared(st, by_name, placement_order(by_name, demand), demand)
+    assert e.value.model == "big"
+    assert "70.0 GB" in str(e.value) and f"{big.kv_block_bytes / 2**20:.0f} MiB KV block" in str(e.value)
