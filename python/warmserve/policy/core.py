@@ -340,6 +340,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                 self._stop(state, inst, now_s, board, out)
                 have[inst.model] -= 1
                 retired.add(inst.instance_id)
+            retired |= self._close_reopened(state, now_s, board, have, out)  # a reopened host's quiet guest
         stopped = False
         moving = {state.instances[i].model for i in self._moving if i in state.instances}
         # read once: within the loop below only a model's own stops are added, and its serving count follows them

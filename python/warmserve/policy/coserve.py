@@ -55,10 +55,11 @@ from warmserve.policy.arbitration import freed_group
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.cosizing import HostSizing, kv_per_token
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER, Board
+from warmserve.policy.reopening import Reopening
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, kv_blocks_for
 
 
-class CoServing(HostSizing):
+class CoServing(Reopening, HostSizing):
     """The co-serving decisions of one policy object (``core.Policy._co``)."""
 
     def __init__(self, cfg: PolicyConfig, models: dict[str, ModelInfo]):
@@ -176,6 +177,7 @@ class CoServing(HostSizing):
         both), so co-serving engages; where every model with demand fits on GPUs of its own it stays off
         (unless ``coserve_always``), and the policy is the paper's."""
         self.ids &= state.instances.keys()
+        self.forget_reopened()
         hosted = {(tuple(i.gpus), i.model) for i in state.instances.values() if i.instance_id in self.ids}
         self.out, self.keep, self.batch = out, keep, batch
         self.converting = {g: m for g, m in self.converting.items() if (g, m) in hosted
@@ -395,18 +397,21 @@ class CoServing(HostSizing):
                 want_out[m] = max(want_out[m], len(active[m]) + 1)
 
     def dedications(self, state: ClusterState) -> list[A.Dedicate]:
-        """Hosts left with one instance, whose model outgrew co-serving (marked to split, or no longer light), and
-        nothing else on the GPUs (a draining co-resident still holds its KV): that instance becomes the model's
-        dedicated instance in place (``A.Dedicate``): no start, no copy, no GPUs taken from anyone. A light one
-        stays co-served (models may join it)."""
+        """Hosts left with one instance, whose model outgrew co-serving (marked to split, or no longer light) or
+        whose host was reopened for a guest that went quiet (``closing``), and nothing else on the GPUs (a draining
+        co-resident still holds its KV): that instance becomes the model's dedicated instance in place
+        (``A.Dedicate``): no start, no copy, no GPUs taken from anyone. A light one stays co-served otherwise
+        (models may join it)."""
         out = []
         for gpus, insts in self.hosts(state).items():
             if len(insts) != 1 or self.pending.get(gpus):
                 continue
             inst = insts[0]
-            if inst.ready and not inst.draining and (inst.model in self.splitting or not self.light(inst.model)) \
-                    and inst.model not in self.merging:
+            if inst.ready and not inst.draining and inst.model not in self.merging and (
+                    inst.model in self.splitting or not self.light(inst.model) or inst.instance_id in self.closing):
                 self.ids.discard(inst.instance_id)
+                self.reopened.pop(inst.instance_id, None)
+                self.closing.discard(inst.instance_id)
                 self.caps.pop(inst.model, None)  # its host's size no longer bounds the model's co-served copies
                 self.splitting.discard(inst.model)
                 self.converting.pop(gpus, None)
@@ -530,36 +535,6 @@ class CoServing(HostSizing):
                 continue
             out.append((self.batch.get(m, 0.0), m, i.instance_id))
         return [(m, iid) for _, m, iid in sorted(out)]
-
-    def reopenable(self, state: ClusterState, model: str, now_s: float, min_age_s: float, stopping: set[str],
-                   reserved: set[int]) -> list[InstanceState]:
-        """Dedicated instances whose GPUs may reopen as a host for ``model`` (light, over-subscribed, no instance):
-        each is the only instance of a light model (busy ones too: a quiet one merges), ready for ``min_age_s``,
-        alone on GPUs of ``model``'s tp (none in ``reserved``), not stopping, merging nor splitting; the pair's
-        round within the merge band of the TPOT target (over it the host splits them again) and each batch within
-        its KV share there (as ``join`` admits a first instance). Fewest in flight first (they are moved)."""
-        if not self.oversubscribed or not self.light(model):
-            return []
-        by_model: dict[str, list[InstanceState]] = {}
-        on_gpu: Counter[int] = Counter()
-        for inst in state.instances.values():
-            on_gpu.update(inst.gpus)
-            if not inst.draining:
-                by_model.setdefault(inst.model, []).append(inst)
-        out = []
-        for m, insts in by_model.items():
-            i = insts[0]
-            if len(insts) != 1 or m == model or m in self.merging or m in self.splitting or not self.light(m) \
-                    or i.instance_id in self.ids or i.instance_id in stopping or not i.ready \
-                    or now_s - i.ready_s < min_age_s or len(i.gpus) != self.models[model].tp \
-                    or reserved.intersection(i.gpus) or any(on_gpu[g] > 1 for g in i.gpus):
-                continue
-            size = self.host_bytes(state, i.gpus)
-            if min(self.models_per_host(m, size), self.models_per_host(model, size)) >= 2 \
-                    and self.round_s({m, model}) <= self.cfg.coserve_tpot_s * self.merge_band \
-                    and self.kv_fits(m, size, 1.0) and self.kv_fits(model, size, 1.0):
-                out.append((i.in_flight, self.batch.get(m, 0.0), i.instance_id, i))
-        return [i for *_, i in sorted(out, key=lambda x: x[:3])]
 
     @staticmethod
     def frees_group_for(state: ClusterState, board: Board, gpus, tps) -> bool:

@@ -100,8 +100,23 @@ class GpuMoves:
                 if act is not None:  # None (not expected: reopenable checked what join does): its requests wait
                     self._co_started([act])  # and the model starts on the idle GPUs as any model with none
                     out.append(act)
+                    co.reopened_for(act.instance_id, m, now_s)  # closed again once m is quiet (_close_reopened)
                 return {m}
         return set()
+
+    def _close_reopened(self, state: ClusterState, now_s: float, board: Board, have: dict, out: list) -> set[str]:
+        """A host reopened for a starved model (``_reopen_host``) whose guest went quiet, as the scale-in counts
+        it, for min_lifetime_s (longer for a guest that came back after its last host closed:
+        ``CoServing.quiet_guests``): the guest's instances stop (nothing in flight: at once), and the next tick
+        dedicates the owner's instance in place with its whole KV
+        (``CoServing.dedications``). Found in review: the owner stayed co-served for good beside the guest's idle
+        instance, with a fifth of its KV. Returns the ids stopped."""
+        stopped = set()
+        for inst in self._co.quiet_guests(state, now_s, self.cfg.min_lifetime_s, A.stopping(out)):
+            self._stop(state, inst, now_s, board, out)
+            have[inst.model] -= 1
+            stopped.add(inst.instance_id)
+        return stopped
 
     def _reclaim_for(self, state: ClusterState, model: str, now_s: float, have: dict, demand: dict, board: Board,
                      out: list) -> tuple[bool, bool]:

@@ -4,15 +4,17 @@ starved model used to wait for time-sharing (aged preemption: 60-120 s at the de
 GPU to itself, and the model stopped for it took it back the same way. Now one such GPU reopens as a co-serving
 host (``CoServing.reopenable``, ``GpuMoves._reopen_host``): the busy model's requests move to a co-served instance of
 it started there from its own weights, and the starved model joins beside it within a tick. Without co-serving (or
-with requests never moved, migrate_max_in_flight 0), or for a model that cannot co-serve, nothing changes. All
-through the real driver (instant executor), with the default configuration but for the prewarm plan's period."""
+with requests never moved, migrate_max_in_flight 0), or for a model that cannot co-serve, nothing changes. Once
+the starved model has gone quiet, its instance there stops and the busy model's is dedicated again, with its whole
+KV (``CoServing.quiet_guests``, ``dedications``); a guest that comes back keeps its next host longer. All through
+the real driver (instant executor), with the default configuration but for the prewarm plan's period."""
 
 import pytest
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
 from warmserve.policy.instant import instant_driver
-from warmserve.policy.state import ClusterState, ModelInfo
+from warmserve.policy.state import ClusterState, ModelInfo, kv_blocks_for
 
 GiB = 1 << 30
 T0 = 1000.0
@@ -23,12 +25,14 @@ def _7b(name, weight_bytes=13_500_000_000):
     return ModelInfo(name, weight_bytes, 1, 524_288, 0.035, 0.015)
 
 
-def _run(n_gpus=2, busy=20, seconds=60, ready_ago=100.0, z_bytes=13_500_000_000, **cfg):
+def _run(n_gpus=2, busy=20, seconds=60, ready_ago=100.0, z_bytes=13_500_000_000, z_sends=None, timed=None, **cfg):
     """One server of ``n_gpus`` 72 GiB GPUs, each held since ``ready_ago`` s before T0 by a dedicated instance of
     its own 7B model, which keeps ``busy`` requests outstanding (10 s each once sent: a light model above the merge
     threshold at the default 20). Model `z` (``z_bytes`` of weights) gets a 4 s request every 2 s from T0; the
-    policy ticks at each half second. Returns the policy, the state, the executor's log, every action the ticks
-    returned, and the seconds after T0 at which a request of `z` was first sent to an instance (None: never)."""
+    policy ticks at each half second. ``z_sends(s)``: whether `z` sends one in second ``s`` (default: the even ones).
+    Returns the policy, the state, the executor's log, every action the ticks returned (also appended to ``timed``
+    as (seconds after T0, action) when given), and the seconds after T0 at which a request of `z` was first sent
+    to an instance (None: never)."""
     owners = [chr(ord("a") + k) for k in range(n_gpus)]
     models = [_7b(n) for n in owners] + [_7b("z", z_bytes)]
     st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=72 * GiB)
@@ -44,6 +48,8 @@ def _run(n_gpus=2, busy=20, seconds=60, ready_ago=100.0, z_bytes=13_500_000_000,
     def logged(state, now_s):
         got = tick(state, now_s)
         acts.extend(got)
+        if timed is not None:
+            timed.extend((now_s - T0, a) for a in got)
         return got
 
     pol.tick = logged
@@ -71,7 +77,7 @@ def _run(n_gpus=2, busy=20, seconds=60, ready_ago=100.0, z_bytes=13_500_000_000,
                 n += 1
                 dur[f"{m}#{n}"] = 10.0
                 d.submit(m, f"{m}#{n}", now)
-        if s % 2 == 0:
+        if (s % 2 == 0) if z_sends is None else z_sends(s):
             n += 1
             dur[f"z#{n}"] = 4.0
             d.submit("z", f"z#{n}", now)
@@ -128,3 +134,59 @@ def test_a_model_that_cannot_co_serve_still_waits_for_time_sharing():
     assert z.instance_id not in pol._co.ids
     moved = [a.instance_id for a in acts if type(a) is A.Migrate]
     assert all(not st.instances.get(i) for i in moved) and len(moved) <= 1, moved
+
+
+def _owner_back(pol, st, model):
+    """Whether ``model`` runs one instance, dedicated (not co-served), holding a dedicated instance's whole KV."""
+    (inst,) = [i for i in st.instances.values() if i.model == model]
+    return inst.instance_id not in pol._co.ids and inst.kv_blocks_total == kv_blocks_for(st, inst.model, inst.gpus)
+
+
+def test_the_reopened_host_is_dedicated_again_once_its_guest_goes_quiet():
+    """Found in review: `z` sent its last request at 58 s, yet at the end of the run the busy owner still shared
+    its GPU with `z`'s idle co-served instance, with a fifth of its KV and a lower route cap (z's forecast batch,
+    tiny but positive, kept the cluster over-subscribed, and a light host is never dedicated). Once the guest has
+    had nothing in flight nor arriving for the scale-in's quiet period (load_window_s, min_lifetime_s), its
+    instance stops and the owner's co-served instance is dedicated in place within a few min_lifetime_s; with no
+    further move. `z` coming back later reopens a host once more, and it closes again once `z` is quiet."""
+    last = 58  # z's last request (4 s long)
+    timed = []
+    pol, st, log, acts, first = _run(seconds=600, z_sends=lambda s: s % 2 == 0 and s <= last, timed=timed)
+    (moved,) = [a.instance_id for a in acts if type(a) is A.Migrate]
+    owner = moved[:-1]  # the owners' ids: model + "0"
+    assert _owner_back(pol, st, owner), [(i.instance_id, i.kv_blocks_total, i.instance_id in pol._co.ids)
+                                         for i in st.instances.values()]
+    assert not [i for i in st.instances.values() if i.model == "z"]
+    cfg = pol.cfg
+    (back,) = [t for t, a in timed if type(a) is A.Dedicate]
+    quiet = last + 4 + max(cfg.load_window_s, cfg.min_lifetime_s)  # z's load is 0 from here
+    assert quiet <= back <= quiet + 3 * cfg.min_lifetime_s, (back, quiet)
+    # z again from 300 s for a minute: one more reopen, at once (the owner's instance has served past
+    # min_lifetime_s), closed again once z is quiet, after at most a forecast window of quiet; only z's instances
+    # stop
+    timed = []
+    again = 358
+    pol, st, log, acts, first = _run(seconds=again + 4 + int(cfg.load_window_s + cfg.window_s) + 60, timed=timed,
+                                     z_sends=lambda s: s % 2 == 0 and (s <= last or 300 <= s <= again))
+    migrates = [(t, a.instance_id) for t, a in timed if type(a) is A.Migrate]
+    assert len(migrates) == 2 and 300 <= migrates[1][0] <= 301.5, migrates
+    backs = [t for t, a in timed if type(a) is A.Dedicate]
+    assert len(backs) == 2 and backs[1] <= again + 4 + cfg.load_window_s + cfg.window_s + 3 * cfg.min_lifetime_s
+    assert all(a.instance_id.startswith("z/") for a in acts if type(a) is A.StopInstance), acts
+    assert _owner_back(pol, st, owner) and not [i for i in st.instances.values() if i.model == "z"]
+
+
+def test_a_guest_sending_now_and_then_does_not_reopen_its_host_at_each_request():
+    """`z` sends one 4 s request every 20 s until 400 s. With a fixed quiet period its host closed after each
+    request and reopened at the next (measured: 30 moves of the owner's requests in 600 s). A guest that came
+    back after a quiet spell of g seconds keeps its next host until it has been quiet for 2 x g (at most a
+    forecast window): the host reopens once more, and then stays until `z` stops, and closes after that."""
+    last = 400
+    timed = []
+    pol, st, log, acts, first = _run(seconds=last + 1000, z_sends=lambda s: s % 20 == 0 and s <= last, timed=timed)
+    cfg = pol.cfg
+    migrates = [(t, a.instance_id) for t, a in timed if type(a) is A.Migrate]
+    assert len(migrates) == 2, migrates
+    backs = [t for t, a in timed if type(a) is A.Dedicate]
+    assert len(backs) == 2 and last < backs[1] <= last + 4 + cfg.load_window_s + cfg.window_s + 3 * cfg.min_lifetime_s
+    assert _owner_back(pol, st, migrates[0][1][:-1]) and not [i for i in st.instances.values() if i.model == "z"]
