@@ -9,7 +9,6 @@ explains. Rolling origin over the last 7 days, one window ahead: each forecast u
 from __future__ import annotations
 
 import csv
-import gzip
 import math
 import os
 import platform
@@ -22,6 +21,7 @@ from warmserve.errors import InvalidArgumentError
 from warmserve.policy.forecast import METHODS, mean_relative_error, one_step
 # a model-level window below GAP_SHARE of the model's median rate is missing data: the rule by which the ServeGen
 # recipe refuses replays
+from warmserve.workload import servegen as sg
 from warmserve.workload.servegen import GAP_SHARE
 
 WINDOW_S = 600.0
@@ -58,10 +58,6 @@ def _find(d: str, *names: str) -> str:
                             f"ServeGen files (../shared/traces or warmserve/data)")
 
 
-def _open(p: str):
-    return gzip.open(p, "rt", newline="") if p.endswith(".gz") else open(p, newline="")
-
-
 
 def busy_days(rate: np.ndarray) -> int:
     """Days (of PERIOD windows) with a request rate > 0 in at least one window; NaN (missing) is no traffic."""
@@ -71,36 +67,37 @@ def busy_days(rate: np.ndarray) -> int:
 
 def load_series(traces: str, n_clients: int) -> tuple[dict, dict]:
     """Per series: rate (req/s) per 10-minute window (NaN where missing) and the index of dispersion of its
-    arrival counts; and per model the request-weighted mean output tokens over the 14 days."""
+    arrival counts; and per model the request-weighted mean output tokens over the 14 days. Found in review: times
+    in milliseconds dropped all but 3 windows silently, a negative t_s overwrote the last window, and a blank cell
+    gave a bare ValueError; each is refused naming the file, line and column (servegen's loader and checks)."""
     n = DAYS * PERIOD
     rates: dict[str, dict] = {}
-    with _open(_find(traces, "servegen_model_rates_10min.csv")) as f:
-        for r in csv.DictReader(f):
-            if r["model"] not in PROFILES:
-                continue
-            s = rates.setdefault(r["model"], {"model": r["model"], "rate": np.full(n, np.nan),
-                                              "disp_num": np.zeros(n), "disp_den": np.zeros(n)})
-            i = int(float(r["t_s"]) // WINDOW_S)
-            if i < n:
-                s["rate"][i] = float(r["total_rate_rps"])
+    rates_path = _find(traces, "servegen_model_rates_10min.csv")
+    for model, (t, rate, _) in sg.load_model_rates(rates_path, end_s=n * WINDOW_S).items():
+        if model not in PROFILES:
+            continue
+        if len(t) < n / 2:  # a model mostly without data would score nan% and look periodic
+            raise InvalidArgumentError(
+                f"ServeGen model rates {rates_path}: model {model} has data in {len(t)} of the {n} 10-minute "
+                f"windows of the {DAYS} days: are its t_s in milliseconds, or the file cut short? t_s is seconds from "
+                f"day 0's midnight; give the whole file derive_servegen.py writes", path=rates_path, model=model,
+                windows=len(t), need=n)
+        s = rates[model] = {"model": model, "rate": np.full(n, np.nan), "disp_num": np.zeros(n),
+                            "disp_den": np.zeros(n)}
+        s["rate"][(t // WINDOW_S).astype(np.int64)] = rate
+        s["span"] = (float(t.min()), float(t.max()) + WINDOW_S)
     for s in rates.values():  # exactly 0, or a sliver of the usual rate: a hole in the data, not an idle window
         med = np.nanmedian(s["rate"])
         s["rate"][s["rate"] < GAP_SHARE * med] = np.nan
     clients: dict[str, dict] = {}
-    with _open(_find(traces, "servegen_client_windows.csv.gz", "servegen_client_windows_top.csv.gz")) as f:
-        for r in csv.DictReader(f):
-            if r["model"] not in PROFILES:
-                continue
-            key = f"{r['model']}.c{r['client_id']}"
-            s = clients.setdefault(key, {"model": r["model"], "rate": np.zeros(n), "disp": np.ones(n)})
-            i = int(float(r["t_s"]) // WINDOW_S)
-            if i < n:
-                rate, cv = float(r["rate_rps"]), float(r["cv"] or 1.0)
-                s["rate"][i] = rate
-                s["disp"][i] = cv * cv
-                m = rates[r["model"]]
-                m["disp_num"][i] += rate * cv * cv
-                m["disp_den"][i] += rate
+    for key, (model, t, rate, cv) in _client_rows(_find(traces, "servegen_client_windows.csv.gz",
+                                                        "servegen_client_windows_top.csv.gz"), rates).items():
+        s = clients[key] = {"model": model, "rate": np.zeros(n), "disp": np.ones(n)}
+        i = (t // WINDOW_S).astype(np.int64)
+        s["rate"][i] = rate
+        s["disp"][i] = cv * cv
+        np.add.at(rates[model]["disp_num"], i, rate * cv * cv)
+        np.add.at(rates[model]["disp_den"], i, rate)
     for s in clients.values():  # a client without a row sent nothing, unless its whole model's data is missing
         s["rate"][np.isnan(rates[s["model"]]["rate"])] = np.nan
     for s in rates.values():
@@ -114,13 +111,56 @@ def load_series(traces: str, n_clients: int) -> tuple[dict, dict]:
     series = {k: rates[k] for k in sorted(rates)}
     series.update({k: clients[k] for k in ok[:n_clients]})
     tokens: dict[str, list] = {}
-    with _open(_find(traces, "servegen_length_stats_6h.csv")) as f:
-        for r in csv.DictReader(f):
+    stats = _find(traces, "servegen_length_stats_6h.csv")
+    with sg._open(stats) as f:
+        reader = csv.DictReader(f)
+        sg._header(stats, reader, ("model", "expected_requests_all_clients", "out_mean"), _STATS)
+        for r in reader:
             if r["model"] in PROFILES and r["out_mean"]:
-                tokens.setdefault(r["model"], []).append((float(r["expected_requests_all_clients"]),
-                                                          float(r["out_mean"])))
+                try:
+                    tokens.setdefault(r["model"], []).append((float(r["expected_requests_all_clients"]),
+                                                              float(r["out_mean"])))
+                except (TypeError, ValueError):
+                    raise sg._bad_cell(stats, _STATS, reader.line_num, r, _STATS_CELLS) from None
     out_tokens = {m: float(np.average([v for _, v in t], weights=[w for w, _ in t])) for m, t in tokens.items()}
     return series, out_tokens
+
+
+_STATS = "ServeGen length statistics"
+_STATS_CELLS = (("expected_requests_all_clients", float, "a number of requests"),
+                ("out_mean", float, "a mean output length (a number)"))
+_CW = "ServeGen client windows"
+_CW_CELLS = (("client_id", int, "a client id (a whole number)"), ("t_s", float, "a window start (seconds)"),
+             ("rate_rps", float, "a rate (a number of requests/s)"), ("cv", lambda v: float(v or 1.0), "a number"))
+
+
+def _client_rows(path: str, rates: dict) -> dict[str, tuple]:
+    """``model.cCLIENT`` -> (model, window starts, rates, CVs; a blank CV is 1) of the models in ``rates``, each
+    window checked as the model rates are, and inside its model's span there (servegen.check_starts)."""
+    rows: dict[str, list] = {}
+    with sg._open(path) as f:
+        reader = csv.DictReader(f)
+        sg._header(path, reader, ("model", "client_id", "t_s", "rate_rps", "cv"), _CW)
+        for r in reader:
+            if r["model"] not in PROFILES:
+                continue
+            try:
+                row = (float(r["t_s"]), float(r["rate_rps"]), float(r["cv"] or 1.0), reader.line_num)
+                key = f"{r['model']}.c{int(r['client_id'])}"
+            except (TypeError, ValueError):
+                raise sg._bad_cell(path, _CW, reader.line_num, r, _CW_CELLS) from None
+            if r["model"] not in rates:
+                raise InvalidArgumentError(f"{_CW} {path}, line {reader.line_num}: model {r['model']} has no rows in "
+                                           f"the model rates file beside it: give the files of one derivation",
+                                           path=path, line=reader.line_num, model=r["model"])
+            rows.setdefault(key, [r["model"]]).append(row)
+    out = {}
+    for key, (model, *v) in rows.items():
+        t, rate, cv, lines = (np.array(c) for c in zip(*v))
+        sg.check_starts(path, _CW, lines, t, span=rates[model]["span"], model=model)
+        sg._refuse(path, _CW, lines, ~(np.isfinite(rate) & (rate >= 0)), "rate_rps", rate, "a rate >= 0 requests/s")
+        out[key] = (model, t, rate, cv)
+    return out
 
 
 def to_concurrency(rate: np.ndarray, disp: np.ndarray, out_tokens: float, profile) -> tuple[np.ndarray, np.ndarray]:

@@ -136,6 +136,7 @@ def _client_windows(key: tuple, models: tuple[str, ...] | None) -> dict[str, Cli
         raise InvalidArgumentError(f"{_CW} {path} has a header but no window: give the derived file "
                                    f"servegen_client_windows.csv(.gz), or leave path unset for the vendored one",
                                    path=path)
+    spans = data_spans()
     out = {}
     for (model, cid), rows in cols.items():
         rows.sort()
@@ -143,6 +144,9 @@ def _client_windows(key: tuple, models: tuple[str, ...] | None) -> dict[str, Cli
         cw = ClientWindows(model, cid, np.array(a[0], np.float64), np.array(a[1]), np.array(a[2]),
                            np.array(a[3], bool), np.array(a[4]), np.array(a[5]))
         lines = np.array(a[6])
+        # t_s off the 10-minute grid still loads (windows of a client are only kept 10 minutes apart); times in
+        # milliseconds fall past the data of a model the rates file knows
+        check_starts(path, _CW, lines, cw.t_s, grid=False, span=spans.get(model), model=model)
         _refuse(path, _CW, lines, ~(np.isfinite(cw.rate_rps) & (cw.rate_rps >= 0)), "rate_rps", cw.rate_rps,
                 "a rate >= 0 requests/s")
         _refuse(path, _CW, lines, ~(np.isfinite(cw.shape) & (cw.shape >= 0)), "param1", cw.shape, "a shape >= 0")
@@ -166,15 +170,60 @@ def _client_windows(key: tuple, models: tuple[str, ...] | None) -> dict[str, Cli
     return out
 
 
-def load_model_rates(path: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per ServeGen model: (window start s, total rate rps, rate-weighted inter-arrival CV)."""
+def check_starts(path: str, what: str, lines: np.ndarray, t_s: np.ndarray, grid: bool = True,
+                 span: tuple[float, float] | None = None, model: str = "") -> None:
+    """Refuse window starts (column t_s, rows at ``lines``) that are negative or not finite, off the 10-minute
+    grid (``grid``), or outside ``span`` = [lo, hi), where the rates file has data for ``model``. Found in review:
+    times in milliseconds put every request into one window, or dropped all but 3 windows silently."""
+    whole = np.isfinite(t_s) & (np.abs(t_s) < 2.0**62)
+    shown = t_s.astype(np.int64) if whole.all() and (t_s == np.round(t_s)).all() else t_s  # "-600", as written
+    _refuse(path, what, lines, ~(np.isfinite(t_s) & (t_s >= 0)), "t_s", shown,
+            "a window start >= 0 (seconds from day 0's midnight)")
+    if grid:
+        _refuse(path, what, lines, t_s % WINDOW_S != 0, "t_s", shown,
+                f"a multiple of {WINDOW_S:g} s (a window's start)")
+    if span is not None:
+        lo, hi = span
+        _refuse(path, what, lines, (t_s < lo) | (t_s >= hi), "t_s", shown,
+                f"inside model {model}'s data, [{lo:.0f}, {hi:.0f}) s, as the model rates file has it (a t_s past it: "
+                f"are the times in milliseconds? t_s is seconds from day 0's midnight)")
+
+
+_RATES = "ServeGen model rates"
+_RATES_CELLS = (("t_s", float, "a window start (seconds)"), ("total_rate_rps", float, "a rate (a number of "
+                "requests/s)"), ("rate_weighted_cv", float, "a number"))
+
+
+def load_model_rates(path: str | None = None, end_s: float | None = None
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per ServeGen model: (window start s, total rate rps, rate-weighted inter-arrival CV; NaN where the file has
+    no rate_weighted_cv column). Refuses, by file, line and column, a cell that is no number, a window start that
+    is negative, off the 10-minute grid or (``end_s``) not before ``end_s``, and a rate that is not >= 0."""
     path = path or data_path("servegen_model_rates_10min.csv")
     rows: dict[str, list] = {}
     with _open(path) as f:
-        for r in csv.DictReader(f):
-            rows.setdefault(r["model"], []).append((int(r["t_s"]), float(r["total_rate_rps"]),
-                                                    float(r["rate_weighted_cv"])))
-    return {m: tuple(np.array(c, np.float64) for c in zip(*sorted(v))) for m, v in rows.items()}
+        reader = csv.DictReader(f)
+        _header(path, reader, ("model", "t_s", "total_rate_rps"), _RATES)
+        has_cv = "rate_weighted_cv" in reader.fieldnames
+        for r in reader:
+            try:
+                rows.setdefault(r["model"], []).append((float(r["t_s"]), float(r["total_rate_rps"]),
+                                                        float(r["rate_weighted_cv"]) if has_cv else math.nan,
+                                                        reader.line_num))
+            except (TypeError, ValueError):
+                raise _bad_cell(path, _RATES, reader.line_num, r, _RATES_CELLS[:3 if has_cv else 2]) from None
+    out = {}
+    for m, v in rows.items():
+        t, rate, cv, lines = (np.array(c) for c in zip(*sorted(v)))
+        check_starts(path, _RATES, lines, t)
+        if end_s is not None:
+            _refuse(path, _RATES, lines, t >= end_s, "t_s", t.astype(np.int64),
+                    f"a window start before {end_s:.0f} s, the end of the series ({end_s / 86400:g} days; a t_s "
+                    f"past it: are the times in milliseconds? t_s is seconds)")
+        _refuse(path, _RATES, lines, ~(np.isfinite(rate) & (rate >= 0)), "total_rate_rps", rate,
+                "a rate >= 0 requests/s")
+        out[m] = (t.astype(np.float64), rate.astype(np.float64), cv.astype(np.float64))
+    return out
 
 
 def load_length_stats(path: str | None = None) -> list[dict]:
