@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.workload import azure_columns
 from warmserve.workload.request import Trace
 from warmserve.workload.data import check_header, data_path, file_key
 
@@ -93,9 +94,12 @@ def _warn_repeats(path: str, stamps: list, ctx: list, gen: list, lines: list) ->
             n += 1
             pair = pair or (at, line)
     if pair:
-        log.warning("Azure trace %s: lines %d and %d are alike in every column (%d such repeated rows of %d): each is "
-                    "replayed; a file appended to itself doubles the trace's rate", path, pair[0], pair[1], n,
-                    len(lines))
+        _say_repeats(path, pair[0], pair[1], n, len(lines))
+
+
+def _say_repeats(path: str, first: int, second: int, n: int, rows: int) -> None:
+    log.warning("Azure trace %s: lines %d and %d are alike in every column (%d such repeated rows of %d): each is "
+                "replayed; a file appended to itself doubles the trace's rate", path, first, second, n, rows)
 
 
 def _warn_gaps(path: str, t: np.ndarray, lines: list, raw: list) -> None:
@@ -127,6 +131,26 @@ def _load(key: tuple | str, kind: str) -> Trace:
     if not os.path.exists(path):
         raise FileNotFoundError(f"Azure trace {path} not found: pass path= to a copy of "
                                 f"AzureLLMInferenceTrace_{kind}.csv")
+    try:
+        c = azure_columns.read_columns(path, MAX_TOKENS)
+    except azure_columns.NotColumnar:  # a bad row, or a layout only the csv module reads: row by row, as before
+        return _load_rows(path, kind)
+    for col, over in zip(("ContextTokens", "GeneratedTokens"), c.over):
+        if over:
+            raise _bad(path, over[0], f", column {col}: {over[1]} is not a token count in [0, {MAX_TOKENS}] "
+                       f"({over[2]} such rows)", column=col)
+    rep = azure_columns.repeats(c)
+    if rep:
+        _say_repeats(path, rep[0], rep[1], rep[2], len(c.t))
+    lines, cells = azure_columns.lines_and_cells(c)
+    _warn_gaps(path, c.t, lines, cells)
+    t = c.t
+    t -= t.min()
+    return Trace([f"azure-{kind}"], t, np.zeros(len(t), np.int32), c.ctx, c.gen)
+
+
+def _load_rows(path: str, kind: str) -> Trace:
+    """The file row by row through the csv module: every layout it reads, and each bad row refused by line."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no part of TIMESTAMP
         text = f.read()
