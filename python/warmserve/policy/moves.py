@@ -61,11 +61,16 @@ class GpuMoves:
                                self.cfg.migrate_max_in_flight, {self.models[m].tp for m in wanted}, need,
                                self._co.ids if self._co is not None else ())
         for inst in moved:
-            out.append(A.Migrate(inst.instance_id))
-            self._retain.pop(inst.instance_id, None)
-            if self.cfg.prewarm and self.cfg.retain_stopped:
-                self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
+            self._migrate_out(inst, board, out)
         return bool(moved)
+
+    def _migrate_out(self, inst, board: Board, out: list) -> None:
+        """``inst`` hands its requests over (``A.Migrate``: recomputed elsewhere); its weights stay on its GPUs as a
+        prewarm where the policy keeps stopped instances' weights."""
+        out.append(A.Migrate(inst.instance_id))
+        self._retain.pop(inst.instance_id, None)
+        if self.cfg.prewarm and self.cfg.retain_stopped:
+            self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
 
     def _reopen_host(self, state: ClusterState, now_s: float, board: Board, wanted: set[str], have: dict,
                      out: list) -> set[str]:
@@ -88,13 +93,10 @@ class GpuMoves:
             if have[m] or m not in self._starved_since or m in self._preempting:
                 continue
             for inst in co.reopenable(state, m, now_s, self.cfg.min_lifetime_s, A.stopping(out), reserved):
-                out.append(A.Migrate(inst.instance_id))
                 self._preempted.add(inst.instance_id)  # never revived: its GPUs are the host now
-                self._retain.pop(inst.instance_id, None)
                 board.stop_instance(inst.gpus)
                 co.stopped_idle.add(inst.instance_id)
-                if self.cfg.prewarm and self.cfg.retain_stopped:
-                    self._keep_weights(inst.instance_id, inst.model, inst.gpus, board, out)
+                self._migrate_out(inst, board, out)
                 act = co.join(state, board, inst.model, self._held_for_others(inst.model), new_host=True,
                               new_id=self._new_id)
                 if act is not None:  # None (not expected: reopenable checked what join does): its requests wait
