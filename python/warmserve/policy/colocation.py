@@ -160,6 +160,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
                 f"shared layout: no {tp}-GPU group for models {ms} (groups asked: {want.get(tp, 0)}): give the "
                 f"tp-{tp} class a group, or let the layout search choose", model=ms[0], tp=tp)
         share = [WEIGHT_SHARE * group_bytes(g) for g in gs]  # weights of the models sharing a group, the rest KV
+        over = {m for m in ms if models[m].shard_bytes > max(share)}  # over every group's share: they run alone
         if runs_alone(tp, colocate_tp):
             if len(ms) > len(gs):
                 raise UnplacedModelError(
@@ -172,7 +173,7 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
         else:
             # a model over the weight share of every group takes one alone, so the others share the rest: counted
             # over all groups, three 7Bs beside a 65 GB model on two 77 GB GPUs got two per group and one was left out
-            lone = min(len(gs), sum(1 for m in ms if models[m].shard_bytes > max(share)))
+            lone = min(len(gs), len(over))
             rest = len(gs) - lone
             per_group = max(min(layout.per_group, len(ms)), math.ceil((len(ms) - lone) / rest) if rest else 1)
         # a group a model holds alone has one slot: counted at per_group, the extra replicas planned for it found no
@@ -194,16 +195,15 @@ def plan_shared(state: ClusterState, models: dict, order: list[str], demand: dic
         # take the room a model needs for its only instance; of those, the models over every group's share first,
         # so that the light models have not yet taken every group they could run alone on
         todo = sorted(((k > 0, demand[m] / reps[m], m) for m in ms for k in range(reps[m])),
-                      key=lambda x: (x[0], models[x[2]].shard_bytes <= max(share), -x[1], x[2]))
+                      key=lambda x: (x[0], x[2] not in over, -x[1], x[2]))
         for _, d, m in todo:
             # a model over every group's share (the `lone` ones) may take an empty group where it fits alone
             # (fits_alone); its room then drops below zero, so no other model joins it and the KV room it keeps is
             # all the group's. Any other model keeps to the share (found in review: a 35 GB model within an 80 GB
             # GPU's share took a 40 GB GPU alone, and the three 10 GB models had two slots left)
-            over = models[m].shard_bytes > max(share)
             fits = [k for k in range(len(gs)) if m not in hosted[k] and len(hosted[k]) < per_group
                     and (models[m].shard_bytes <= room[k]
-                         or over and not hosted[k] and fits_alone(models[m], group_bytes(gs[k])))]
+                         or m in over and not hosted[k] and fits_alone(models[m], group_bytes(gs[k])))]
             if not fits:
                 continue
             k = min(fits, key=lambda k: (load[k], k))
