@@ -3,7 +3,10 @@
 //
 // GIL policy. Every call that takes the pool mutex or blocks (map, unmap, move, grow, shrink, close, pool
 // creation, queries, waiting on a load) releases the GIL first, so other Python threads run meanwhile and a
-// thread waiting for the pool mutex never holds the GIL. C++ threads (the loader's mapper and copiers) never call
+// thread waiting for the pool mutex never holds the GIL. A constructor (py::init) never takes the nogil() call
+// guard: pybind11 runs the factory and then registers the new instance in its internals inside the guarded call,
+// so under the guard the registration ran without the GIL and pools made on two threads at once crashed the
+// process (found in review; pybind11 issue #5473). make_pool releases the GIL inside, around the construction only. C++ threads (the loader's mapper and copiers) never call
 // back into Python and never take the GIL: progress is polled by the waiting Python thread. Together this rules
 // out the one deadlock shape possible here (a thread holding the pool mutex waiting for the GIL while the GIL
 // holder waits for the mutex). Pool.close and Slot.close also wait (on the pool's condition variable, mutex
@@ -176,6 +179,10 @@ void raise_python(const Error& e) {
     default:
       break;
   }
+  if (!e.limit.empty()) {
+    kw["limit"] = e.limit;
+    kw["limit_value"] = e.limit_value;
+  }
   // A message may carry a path's bytes that are not UTF-8 (Linux file names are bytes): backslash escapes for
   // those, not a UnicodeDecodeError in place of the error (found in review).
   const char* what = e.what();
@@ -186,8 +193,11 @@ void raise_python(const Error& e) {
   PyErr_SetObject(cls.ptr(), inst.ptr());
 }
 
+// Called with the GIL held, by py::init: it releases the GIL only around the backend and the pool, since pybind11
+// registers the new Python instance after this returns and that registration needs the GIL (module comment).
 std::shared_ptr<Pool> make_pool(uint64_t capacity, const std::string& backend, uint64_t page_bytes, int device,
                                 bool prefault) {
+  py::gil_scoped_release nogil;
   std::unique_ptr<Backend> b;
   if (backend == "host") b = make_host_backend(capacity, page_bytes, prefault);
   else if (backend == "cuda") b = make_cuda_backend(capacity, page_bytes, device);
@@ -272,7 +282,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Pool, std::shared_ptr<Pool>>(m, "Pool")
       .def(py::init(&make_pool), py::arg("capacity_bytes"), py::arg("backend"), py::arg("page_bytes"),
-           py::arg("device"), py::arg("prefault"), nogil())
+           py::arg("device"), py::arg("prefault"))  // no nogil() call guard: make_pool releases the GIL itself
       .def_property_readonly("backend", [](Pool& p) { return p.backend->name(); })
       .def_property_readonly("page_bytes", [](Pool& p) { return p.backend->page_bytes(); })
       .def_property_readonly("total_pages", [](Pool& p) { return p.backend->total_pages(); })

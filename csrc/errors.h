@@ -28,6 +28,10 @@ struct Error : std::runtime_error {
   int64_t mappings = 0, max_mappings = 0;                      // MappingLimit
   int64_t code = 0;                                            // Driver: CUresult or errno
   std::string name;                                            // Driver: CUDA_ERROR_... or ENOMEM
+  // A process limit (ulimit) that refused the call, and its soft value: the fields `limit` and `limit_value` of the
+  // Python error, whatever its class (found in review: RLIMIT_AS, _FSIZE and _NOFILE came back as bare errnos).
+  std::string limit;                                           // RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE
+  uint64_t limit_value = 0;
   // A multi-page backend operation that failed part way and could not be undone (cuda unmap/move): entry i is 1
   // where page i was done (unmapped, or moved), so the slot table can follow the pages. Empty: nothing was done.
   std::vector<uint8_t> page_done;
@@ -35,6 +39,11 @@ struct Error : std::runtime_error {
 };
 
 inline Error invalid(const std::string& msg) { return Error(ErrorKind::InvalidArgument, msg); }
+// e with another message and every field kept (a caller adding what it was doing).
+inline Error reworded(Error e, const std::string& msg) {
+  static_cast<std::runtime_error&>(e) = std::runtime_error(msg);
+  return e;
+}
 
 std::string fmt_bytes(uint64_t n);
 // errno as a DriverError ("mmap failed: ENOMEM (Cannot allocate memory)").

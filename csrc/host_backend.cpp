@@ -9,6 +9,7 @@
 // cuMemCreate allocates every page up front. After that, map/unmap only edit page tables.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -79,8 +80,42 @@ int64_t max_mappings() {
   return v;
 }
 
-// mmap failed with ENOMEM: either the mapping limit or (rarely) kernel memory. Tell which, with numbers.
-Error mmap_error(const char* what, int err, uint64_t bytes) {
+// The soft value of a process limit (ulimit); 0 where unlimited.
+uint64_t soft_limit(int resource) {
+  rlimit r{};
+  return getrlimit(resource, &r) == 0 && r.rlim_cur != RLIM_INFINITY ? uint64_t(r.rlim_cur) : 0;
+}
+
+// The process's virtual size (VmSize, what RLIMIT_AS bounds); 0 where unreadable.
+uint64_t vm_size_bytes() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmSize:", 0) == 0) return std::strtoull(line.c_str() + 7, nullptr, 10) * 1024;
+  return 0;
+}
+
+// A process limit that refused the call: its name and value go with the error, the message ends with the fix.
+Error limit_error(Error e, const char* limit, uint64_t value, const std::string& why, const char* ulimit,
+                  const std::string& less) {
+  e = reworded(e, std::string(e.what()) + ": " + why + ". Fix: raise the limit (`" + ulimit + "` in the shell that "
+                  "starts the process, or resource.setrlimit(resource." + limit + ", ...) in it), or " + less);
+  e.limit = limit, e.limit_value = value;
+  return e;
+}
+
+// mmap failed with ENOMEM: the mapping limit, the address-space limit (RLIMIT_AS: checked where `less` names the
+// smaller request that fits, for a slot's reservation and a pool's park), or (rarely) kernel memory. Tell which,
+// with numbers (found in review: under `ulimit -v` create_slot blamed the 128 TiB address space).
+Error mmap_error(const char* what, int err, uint64_t bytes, const char* less = nullptr) {
+  uint64_t as_limit = err == ENOMEM && less ? soft_limit(RLIMIT_AS) : 0, vm = as_limit ? vm_size_bytes() : 0;
+  // reserve_aligned asks 2 MiB more than `bytes`
+  if (as_limit && (!vm || vm + bytes + (2ull << 20) > as_limit) && count_mappings() + 16 < max_mappings()) {
+    Error e(ErrorKind::OutOfMemory, std::string(what) + " of " + fmt_bytes(bytes) + ": ENOMEM");
+    e.asked_bytes = bytes, e.free_bytes = as_limit > vm ? as_limit - vm : 0, e.total_bytes = as_limit;
+    return limit_error(e, "RLIMIT_AS", as_limit, "the process's address-space limit RLIMIT_AS is " +
+                       fmt_bytes(as_limit) + (vm ? " and its virtual size (VmSize) already " + fmt_bytes(vm) : "") +
+                       ", too little for " + fmt_bytes(bytes) + " more", "ulimit -v unlimited", less);
+  }
   if (err == ENOMEM) {
     int64_t have = count_mappings(), limit = max_mappings();
     if (have + 16 >= limit) {
@@ -96,6 +131,24 @@ Error mmap_error(const char* what, int err, uint64_t bytes) {
     }
   }
   return errno_error(std::string(what) + " of " + fmt_bytes(bytes), err);
+}
+
+// A call on the pool's memfd failed: past RLIMIT_FSIZE (EFBIG) or RLIMIT_NOFILE (EMFILE), the limit, its value
+// and the fix (found in review: a bare "ftruncate: EFBIG" and "memfd_create: EMFILE"); else the errno.
+Error memfd_error(const char* what, int err, uint64_t capacity) {
+  Error e = errno_error(std::string(what) + " for a host page pool of " + fmt_bytes(capacity), err);
+  if (uint64_t fsize = err == EFBIG ? soft_limit(RLIMIT_FSIZE) : 0) {
+    e.kind = ErrorKind::OutOfMemory;
+    e.asked_bytes = capacity, e.free_bytes = fsize, e.total_bytes = fsize;
+    return limit_error(e, "RLIMIT_FSIZE", fsize, "the pool is one file, and the process's file-size limit "
+                       "RLIMIT_FSIZE is " + fmt_bytes(fsize), "ulimit -f unlimited",
+                       "make a smaller pool (capacity_bytes at most " + fmt_bytes(fsize) + ")");
+  }
+  if (uint64_t nofile = err == EMFILE ? soft_limit(RLIMIT_NOFILE) : 0)
+    return limit_error(e, "RLIMIT_NOFILE", nofile, "the process has all the " + std::to_string(nofile) +
+                       " file descriptors its limit RLIMIT_NOFILE allows open", "ulimit -n 65536",
+                       "close files the process no longer needs");
+  return e;
 }
 
 struct HostCopier : Copier {
@@ -155,16 +208,17 @@ class HostBackend : public Backend {
         throw e;
       }
       fd_ = memfd_create("warmserve-pool", MFD_CLOEXEC);
-      if (fd_ < 0) throw errno_error("memfd_create", errno);
+      if (fd_ < 0) throw memfd_error("memfd_create", errno, capacity);
       if (::ftruncate(fd_, (off_t)capacity) != 0) {
         int err = errno;
         ::close(fd_);
-        throw errno_error("ftruncate", err);
+        throw memfd_error("ftruncate", err, capacity);
       }
       if (::fallocate(fd_, 0, 0, (off_t)capacity) != 0) {
         int err = errno;
         ::close(fd_);
         uint64_t avail = meminfo_kib("MemAvailable") * 1024, total = meminfo_kib("MemTotal") * 1024;
+        if (err == EFBIG) throw memfd_error("fallocate", err, capacity);
         if (err == ENOSPC || err == ENOMEM) {
           Error e(ErrorKind::OutOfMemory, "host page pool needs " + fmt_bytes(capacity) + ", " + fmt_bytes(avail) +
                                               " of " + fmt_bytes(total) +
@@ -196,7 +250,7 @@ class HostBackend : public Backend {
     uintptr_t a = reserve_aligned(bytes);
     if (a) return a;
     int err = errno;
-    Error e = mmap_error("reserving a slot", err, bytes);
+    Error e = mmap_error("reserving a slot", err, bytes, "reserve less (reserve_bytes: what the slot can use)");
     // ENOMEM with mappings to spare: no free range of addresses that long (create_slot says so, with the fix)
     if (err == ENOMEM && e.kind == ErrorKind::Driver) {
       e.kind = ErrorKind::OutOfMemory;
@@ -425,12 +479,13 @@ class HostBackend : public Backend {
   void make_park(bool prefault) {
     uint64_t bytes = total_pages_ * page_bytes_;
     park_ = reserve_aligned(bytes);
-    if (!park_) throw mmap_error("mapping the pool", errno, bytes);
+    const char* less = "make a smaller pool (capacity_bytes)";
+    if (!park_) throw mmap_error("mapping the pool", errno, bytes, less);
     if (::mmap((void*)park_, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0) == MAP_FAILED) {
       int err = errno;
       ::munmap((void*)park_, bytes);
       park_ = 0;
-      throw mmap_error("mapping the pool", err, bytes);
+      throw mmap_error("mapping the pool", err, bytes, less);
     }
     if (!prefault) return;
     const uint64_t chunk = 64ull << 20;

@@ -115,6 +115,7 @@ std::shared_ptr<Slot> create_slot(const std::shared_ptr<Pool>& pool, uint64_t re
   try {
     s->base = pool->backend->reserve(n);
   } catch (const Error& e) {  // no free range that long: the host's ENOMEM, or cuMemAddressReserve's out of memory
+    if (!e.limit.empty()) throw reworded(e, "slot '" + tag + "': " + e.what());  // RLIMIT_AS: says so, with the fix
     if (e.kind != ErrorKind::OutOfMemory && e.name != "CUDA_ERROR_OUT_OF_MEMORY") throw;
     uint64_t open = 0;
     for (auto& [id, w] : pool->slots) open += !w.expired();

@@ -24,7 +24,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 SIZE_FIELDS = {"num_hidden_layers": "decoder layers", "hidden_size": "the residual stream's width",
                "num_attention_heads": "query heads", "num_key_value_heads": "key/value heads",
                "intermediate_size": "the MLP's width", "vocab_size": "tokens in the vocabulary",
-               "head_dim": "elements per head"}
+               "head_dim": "elements per head", "max_position_embeddings": "tokens of the model's context"}
 
 
 def __getattr__(name: str):

@@ -31,6 +31,7 @@ import torch
 from warmserve.config import default_demo_dir
 from warmserve.engine.arch import hf_tensor_shapes
 from warmserve.engine.config import DTYPES, ModelConfig
+from warmserve.errors import InvalidArgumentError
 
 VOCAB_SIZE = 8192
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -315,9 +316,22 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
     if _stamp(stamp) == fp:
         return path
     with _writer_lock(path):
+        _refuse_foreign(path, stamp)
         if _stamp(stamp) != fp:  # another process may have written it while this one waited
             _write_checkpoint(path, cfg_dict, dtype, tokenizer, shard_bytes, device, stamp, fp)
     return path
+
+
+def _refuse_foreign(path: str, stamp: str) -> None:
+    """Refuse to write into a directory that holds files but no demo stamp: a user's own checkpoint (found in
+    review: `models demo --size 7b --out ~/models` deleted the shards and index of a real ``llama-7b`` and
+    overwrote its config and tokenizer). A demo being written carries its stamp from the start (``_write_checkpoint``),
+    so an interrupted one is still rewritten."""
+    if os.path.isdir(path) and not os.path.exists(stamp) and any(not f.startswith(".") for f in os.listdir(path)):
+        raise InvalidArgumentError(f"{path} holds files but is no demo checkpoint (no {os.path.basename(stamp)} "
+                                   "stamp): nothing was written, so as not to overwrite it; pick another --out "
+                                   "folder, or delete that directory if it is a demo written by an older version",
+                                   path=path)
 
 
 @contextlib.contextmanager
@@ -338,8 +352,8 @@ def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_by
 
     name = os.path.basename(path)
     os.makedirs(path, exist_ok=True)
-    if os.path.exists(stamp):
-        os.remove(stamp)
+    with open(stamp, "w") as f:  # marks the directory a demo's while it is written: no fingerprint matches it
+        f.write("writing\n")
     for f in os.listdir(path):
         if f.endswith(".safetensors") or f.endswith(".safetensors.index.json"):
             os.remove(os.path.join(path, f))

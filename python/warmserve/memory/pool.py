@@ -74,9 +74,9 @@ class PagePool:
     closed = property(lambda self: self._pool.closed)
 
     def pages_by_tag(self) -> dict[str, int]:
-        """Mapped pages per slot tag, and "free" for the unmapped ones. ClosedError after close(), as
-        create_slot: a closed pool has dropped its slots, so pages still mapped under live pinned views were
-        counted under no tag and "free" named pages no slot can take (found in review: {"free": 15} of 16)."""
+        """Mapped pages per slot tag, and "free" (a tag no slot may take) for the unmapped ones. ClosedError after
+        close(), as create_slot: a closed pool has dropped its slots, so pages still mapped under live pinned views
+        were counted under no tag and "free" named pages no slot can take (found in review: {"free": 15} of 16)."""
         by_tag = dict(self._pool.pages_by_tag())
         # Checked after the call: not closed then means the whole count was taken before any close began.
         if self._pool.closed:
@@ -98,8 +98,11 @@ class PagePool:
     def close(self) -> None:
         """Cancel running loads (waiting for their rollback), close every slot and return its pages. Pages that
         live pinned views cover stay mapped, and their memory allocated, until the last such view is gone: a view
-        never outlives its memory. Idempotent."""
-        self._finalizer()
+        never outlives its memory. Idempotent, and every call returns only once the pool is closed: a close()
+        while another thread's is under way waits for it (found in review: the finalizer runs its callback for the
+        first caller only, so a second close() returned with the first's load still running)."""
+        self._finalizer()  # the first caller closes here; the finalizer then has nothing left for gc to run
+        self._pool.close()  # the C++ close is idempotent and waits for a close under way in another thread
 
     def __enter__(self) -> PagePool:
         return self
@@ -330,7 +333,8 @@ class Slot:
 
 def _tag(tag) -> str:
     """tag, when it is a str the core can hold (UTF-8): one with a lone surrogate (a file name's surrogate escape)
-    came back from pybind as a bare TypeError (found in review)."""
+    came back from pybind as a bare TypeError (found in review), and not "free", pages_by_tag()'s key for the
+    unmapped pages (found in review: a slot tagged so had its pages dropped from the count)."""
     if not isinstance(tag, str):
         raise InvalidArgumentError(f"tag must be a str, not {type(tag).__name__}")
     try:
@@ -339,6 +343,10 @@ def _tag(tag) -> str:
         raise InvalidArgumentError(f"tag {tag!r} has a lone surrogate at {e.start} and is not text. Fix: a tag "
                                    f"without it (a name from os.fsdecode: os.fsencode(name).decode(errors='replace'))",
                                    tag=repr(tag)) from None
+    if tag == "free":
+        raise InvalidArgumentError("tag 'free' is reserved: pool.pages_by_tag() counts the pool's unmapped pages "
+                                   "under it, where a slot's pages would vanish. Fix: any other tag",
+                                   tag=repr(tag))
     return tag
 
 
