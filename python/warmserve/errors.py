@@ -63,19 +63,23 @@ def wire_int_error(name: str, value, low: int = 0, **fields) -> InvalidArgumentE
                                 **fields)
 
 
-def bind_error(who: str, bind: str, errno_: int, reason: str) -> InvalidArgumentError:
+def bind_error(who: str, bind: str, errno_: int, reason: str, *,
+               option: str = "--bind tcp://HOST:PORT; port 0 picks a free one", any_host: str = "tcp://0.0.0.0:PORT",
+               example: str = "an endpoint such as tcp://127.0.0.1:PORT (port 0 picks a free one)"
+               ) -> InvalidArgumentError:
     """The typed error of a socket ``who`` (e.g. "the worker") cannot bind ``bind`` to, with the fix for its cause
     (``errno_``, ``reason``: the bind's errno and its text, zmq.strerror: a ZMQError's own strerror names the
-    address again)."""
+    address again). ``option``, ``any_host``, ``example``: how the fix names the setting, the all-addresses form
+    and a good value (the defaults: a ZeroMQ endpoint's; the HTTP server gives its --host/--port)."""
     import errno
 
     if errno_ == errno.EADDRINUSE:
         fix = ("another process holds that port (an earlier warmserve still running?): pick another port "
-               "(--bind tcp://HOST:PORT; port 0 picks a free one) or stop that process")
+               f"({option}) or stop that process")
     elif errno_ == errno.EADDRNOTAVAIL:
-        fix = "the host is no address of this machine: bind one of its addresses, or tcp://0.0.0.0:PORT for all"
+        fix = f"the host is no address of this machine: bind one of its addresses, or {any_host} for all"
     else:
-        fix = "bind an endpoint such as tcp://127.0.0.1:PORT (port 0 picks a free one)"
+        fix = f"bind {example}"
     return InvalidArgumentError(f"{who} cannot bind {bind}: {reason}; {fix}", endpoint=bind, errno=errno_)
 
 

@@ -47,3 +47,14 @@ def test_an_unauthenticated_public_bind_names_the_python_arguments_that_fix_it()
     assert "curve_dir=" in msg and "insecure=True" in msg, msg
     assert "--insecure" not in msg and "--curve-dir" not in msg, msg
     assert ei.value.endpoint == "tcp://0.0.0.0:0"
+
+
+def test_a_log_dir_that_is_a_file_is_refused_before_anything_starts(tmp_path):
+    """Found in review: a bare FileExistsError from inside the first worker's spawn, naming no argument."""
+    path = serving.demo_paths((MODEL,))[MODEL]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    t0 = time.monotonic()
+    with pytest.raises(InvalidArgumentError, match="log_dir .*afile: is a file, not a folder; give a folder"):
+        warmserve.Cluster([path], cpu_workers=1, cpu_worker_memory_bytes=512 << 20, log_dir=afile).close()
+    assert time.monotonic() - t0 < 10, "refused only after a start"

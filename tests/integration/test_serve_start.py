@@ -16,10 +16,10 @@ import serving
 MODEL = serving.MODELS[0]
 
 
-def _serve(port: int, workers: int = 2) -> subprocess.Popen:
+def _serve(port: int, workers: int = 2, host: str = "127.0.0.1") -> subprocess.Popen:
     path = serving.demo_paths((MODEL,))[MODEL]
     return subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--model", path, "--port", str(port),
-                             "--cpu-workers", str(workers), "--log-level", "WARNING"],
+                             "--host", host, "--cpu-workers", str(workers), "--log-level", "WARNING"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -43,9 +43,16 @@ def test_a_port_in_use_is_refused_before_any_worker_starts():
         t0 = time.monotonic()
         proc = _serve(held.getsockname()[1])
         _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "in use" in err, err[-2000:]
-    assert "starting workers" not in err
+    # the caller's mistake (exit 2), with the fix (found in review: a bare OSError, exit 1)
+    assert proc.returncode == 2 and "in use" in err and "pick another port (--port)" in err, err[-2000:]
+    assert "InvalidArgumentError" in err and "starting workers" not in err
     assert time.monotonic() - t0 < 30
+
+
+def test_a_host_that_is_no_address_of_this_machine_is_refused_with_the_fix():
+    proc = _serve(0, 1, host="192.0.2.1")  # TEST-NET-1: no machine's address
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--host 0.0.0.0 for all" in err, err[-2000:]
 
 
 def test_sigterm_while_starting_stops_every_worker():
@@ -81,3 +88,14 @@ def test_a_model_path_with_no_checkpoint_exits_2_like_a_bad_option(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "no checkpoint at" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_log_dir_that_is_a_file_is_refused_with_the_fix(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    path = serving.demo_paths((MODEL,))[MODEL]
+    proc = subprocess.run([sys.executable, "-m", "warmserve", "serve", "--model", path, "--port", "0", "--log-dir",
+                           str(afile), "--cpu-workers", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--log-dir" in proc.stderr and "is a file, not a folder" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert "starting workers" not in proc.stderr

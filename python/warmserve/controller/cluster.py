@@ -476,10 +476,14 @@ def _check_devices(devices) -> None:
 
 def _check_paths(log_dir, ray_address) -> None:
     """Found in review: log_dir=5 and ray_address=5 failed with bare TypeErrors, deep in the start."""
+    from warmserve.outputs import check_output_folder
+
     if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
         raise InvalidArgumentError(f"log_dir must be a directory path (str or os.PathLike) or None (workers log to "
                                    f"this process's stderr), got {type(log_dir).__name__} {log_dir!r:.60}",
                                    param="log_dir")
+    if log_dir is not None:  # found in review: a file there failed with a bare FileExistsError in the first spawn
+        check_output_folder("log_dir", os.fspath(log_dir))
     if ray_address is not None and not isinstance(ray_address, str):
         raise InvalidArgumentError(f"ray_address must be a Ray cluster's address (str, 'auto': the one this machine "
                                    f"belongs to) or None (local workers), got {type(ray_address).__name__} "

@@ -26,7 +26,8 @@ import msgspec
 
 from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, policy_number_ok
 from warmserve.config_file import cluster_config_from_dict, policy_table_keys, read_config_file
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import InvalidArgumentError, bind_error
+from warmserve.outputs import check_output_folder
 
 log = logging.getLogger("warmserve.controller")
 
@@ -350,8 +351,12 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
         check_local_devices(cfg.devices)
     # The HTTP port first: one in use is an error now, not after every worker has started (found in review). It
     # listens from here; connections wait in its backlog until the site serves them.
-    listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=LISTEN_BACKLOG,
-                                    family=socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
+    try:
+        listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=LISTEN_BACKLOG,
+                                        family=socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET)
+    except OSError as e:  # found in review: a bare OSError, exit 1, when `serve` ran twice on the default port
+        raise bind_error("the HTTP server", f"{cfg.server.host}:{cfg.server.port}", e.errno, e.strerror,
+                         option="--port", any_host="--host 0.0.0.0", example="127.0.0.1 and a free --port") from None
     # Signals from here on: a SIGTERM or Ctrl-C during start-up stops the start and its workers (found in review:
     # the default handlers ended the controller on the spot, and workers still starting ran on; a Ctrl-C while the
     # demo checkpoints were written read as their writer failing, with its KeyboardInterrupt traceback). Once
@@ -586,6 +591,7 @@ def main(args) -> int:
 
     try:
         cfg = build_config(args)
+        check_output_folder("--log-dir", args.log_dir)  # found in review: a file there was a bare FileExistsError
     except (OSError, ValueError) as e:
         print(f"warmserve serve: {e}", file=sys.stderr)
         return 2
