@@ -6,6 +6,7 @@ Hub carry) and transformers 5's ``rope_parameters``.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -147,6 +148,7 @@ class ModelConfig:
             elif rope.get("original_max_position_embeddings") is None:
                 rope["original_max_position_embeddings"] = max_pos
         _check_rope_params(rope_type, rope)
+        _check_rope_values(theta, rope_type, rope, head_dim, cfg.get("rms_norm_eps", 1e-6))
 
         sliding = 0
         # transformers' Mistral slides on every layer (on the layers layer_types names, when config.json has it:
@@ -284,8 +286,44 @@ def _check_rope_params(rope_type: str, rope: dict) -> None:
             f"rope_scaling of type {rope_type!r} lacks {', '.join(missing)}: add "
             f"{'them' if len(missing) > 1 else 'it'} to rope_scaling (or rope_parameters) in config.json",
             rope_type=rope_type, missing=missing)
-    bad = {k: rope[k] for k in (*ROPE_REQUIRED.get(rope_type, ()), "original_max_position_embeddings")
-           if k in rope and (isinstance(rope[k], bool) or not isinstance(rope[k], (int, float)))}
+    optional = YARN_OPTIONAL if rope_type == "yarn" else ()
+    bad = {k: rope[k] for k in (*ROPE_REQUIRED.get(rope_type, ()), *optional, "original_max_position_embeddings")
+           if rope.get(k) is not None and (isinstance(rope[k], bool) or not isinstance(rope[k], (int, float)))}
     if bad:
         raise UnsupportedModelError(f"rope_scaling of type {rope_type!r} has non-numeric {bad}: these must be numbers",
                                     rope_type=rope_type, rope_params=bad)
+
+
+#: yarn's optional rope_scaling numbers (rope.py reads them when given)
+YARN_OPTIONAL = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor")
+
+
+def _check_rope_values(theta, rope_type: str, rope: dict, head_dim: int, eps) -> None:
+    """Refuse values the rotary embedding or the norm cannot run with. Found in review: a linear or yarn factor of
+    0, rope_theta 0 or rms_norm_eps -1 started, and every answer was NaN logits served as token 0 with HTTP 200;
+    llama3's low_freq_factor 0, yarn at rope_theta 1 and an odd head_dim started and failed every request with a
+    bare ZeroDivisionError or a tensor-size mismatch. transformers' own checks take factors of at least 1."""
+    def refuse(what: str, **fields):
+        raise UnsupportedModelError(f"config.json: {what}: fix config.json (the model's own values, as its original "
+                                    "config.json says) or download the checkpoint again", **fields)
+
+    if not theta > 1 or math.isinf(theta):
+        refuse(f"rope_theta is {theta}, it must be a finite number above 1", rope_theta=theta)
+    if head_dim % 2:
+        refuse(f"head_dim {head_dim} is odd, and rotary embeddings rotate pairs of elements", head_dim=head_dim)
+    try:
+        eps_ok = not isinstance(eps, bool) and 0 <= float(eps) < 1
+    except (TypeError, ValueError):
+        eps_ok = False
+    if not eps_ok:
+        refuse(f"rms_norm_eps is {eps!r}, it must be a number from 0 to below 1", rms_norm_eps=eps)
+    factor = rope.get("factor") if rope_type in ROPE_REQUIRED else None  # a number there (_check_rope_params)
+    if factor is not None and not 1 <= factor < math.inf:
+        refuse(f"rope_scaling's factor is {factor}, it must be at least 1", rope_type=rope_type, factor=factor)
+    if rope_type == "llama3" and not 0 < rope["low_freq_factor"] < rope["high_freq_factor"]:
+        refuse(f"rope_scaling's low_freq_factor {rope['low_freq_factor']} must be above 0 and below its "
+               f"high_freq_factor {rope['high_freq_factor']}", rope_type=rope_type)
+    if rope_type == "yarn" and any(rope.get(k) is not None and not 0 < rope[k] < math.inf
+                                   for k in ("beta_fast", "beta_slow")):
+        refuse(f"rope_scaling's beta_fast {rope.get('beta_fast')} and beta_slow {rope.get('beta_slow')} must be "
+               "above 0", rope_type=rope_type)
