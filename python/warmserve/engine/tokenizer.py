@@ -25,6 +25,7 @@ import re
 import threading
 
 from warmserve.engine.arch import eos_token_ids, json_object
+from warmserve.engine.safetensors_header import CheckpointError
 from warmserve.errors import InvalidArgumentError
 
 
@@ -289,8 +290,11 @@ def _pick_template(value, directory: str) -> str | None:
     used), else tokenizer_config.json's string, or the "default" one of its list of named templates."""
     path = os.path.join(directory, "chat_template.jinja")
     if os.path.isfile(path):
-        with open(path) as f:
-            text = f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:  # found in review: `serve` stopped on a bare UnicodeDecodeError, no file named
+            raise CheckpointError(f"{path} is not UTF-8 text ({e}): fix or re-download it", path=path) from None
         if text:
             return text
     if isinstance(value, list):
