@@ -1,28 +1,27 @@
 // pybind11 module warmserve._C: the memory core (pool.h, loader.h, backends) as seen from Python. Only
 // warmserve.memory imports it; that package adds the torch views and the Python-facing documentation.
 //
-// GIL policy. Every call that takes the pool mutex or blocks (map, unmap, move, grow, shrink, close, pool
-// creation, queries, waiting on a load) releases the GIL first, so other Python threads run meanwhile and a
-// thread waiting for the pool mutex never holds the GIL. A constructor (py::init) never takes the nogil() call
-// guard: pybind11 runs the factory and then registers the new instance in its internals inside the guarded call,
-// so under the guard the registration ran without the GIL and pools made on two threads at once crashed the
-// process (found in review; pybind11 issue #5473). make_pool releases the GIL inside, around the construction only. C++ threads (the loader's mapper and copiers) never call
-// back into Python and never take the GIL: progress is polled by the waiting Python thread. Together this rules
-// out the one deadlock shape possible here (a thread holding the pool mutex waiting for the GIL while the GIL
-// holder waits for the mutex). Pool.close and Slot.close also wait (on the pool's condition variable, mutex
-// released) for running loads to roll back: the GIL is released then too, and the loader threads they wait for
-// never need it. View creation (make_view) releases the GIL too, and takes it back only after it has let go of
-// the mutex. What takes the pool mutex with the GIL held is a destructor run by Python: a view's DLPack deleter (it
-// unpins pages; when it drops a slot's last reference, ~Slot unmaps and releases the slot, and on cuda first waits
-// for the device's queued work), and ~Slot or ~Pool when Python deallocates the last reference to a Slot or Pool
-// (~Pool closes the pool: it cancels the running loads and waits, the mutex released, for them to roll back). That
-// cannot deadlock, because no holder of the pool mutex ever waits for the GIL: Python-facing calls release the GIL
-// before they take the mutex and let go of the mutex before they take the GIL back, and the loader threads that
-// ~Pool waits for never take the GIL at all. Kernel launches (kernels.h) release the GIL too: a launch blocks
-// when the stream's queue is full, and cudaMemcpyAsync may wait. A drain (cuda: a context synchronize, before an
-// unmap or a move) waits for CUDA graph captures on other threads to end (cuda_capture_enter / _exit, backend.h);
-// it runs with the GIL released, except in ~Slot and ~Pool run by Python (above), which therefore do not wait for
-// captures (a capture needs the GIL to go on).
+// GIL policy. Every call that takes the pool mutex or blocks (map, unmap, move, grow, shrink, close, pool creation,
+// queries, waiting on a load) releases the GIL first, so other Python threads run meanwhile and a thread waiting for
+// the pool mutex never holds the GIL. A constructor (py::init) never takes the nogil() call guard: pybind11 runs the
+// factory and then registers the new instance in its internals inside the guarded call, so under the guard the
+// registration ran without the GIL and pools made on two threads at once crashed the process (found in review; pybind11
+// issue #5473). make_pool releases the GIL inside, around the construction only. C++ threads (the loader's mapper and
+// copiers) never call back into Python and never take the GIL: progress is polled by the waiting Python thread.
+// Together this rules out the one deadlock shape possible here (a thread holding the pool mutex waiting for the GIL
+// while the GIL holder waits for the mutex). Pool.close and Slot.close also wait (on the pool's condition variable,
+// mutex released) for running loads to roll back: the GIL is released then too, and the loader threads they wait for
+// never need it. View creation (make_view) releases the GIL too, and takes it back only after it has let go of the
+// mutex. What takes the pool mutex with the GIL held is a destructor run by Python: a view's DLPack deleter (it unpins
+// pages; when it drops a slot's last reference, ~Slot unmaps and releases the slot, and on cuda first waits for the
+// device's queued work), and ~Slot or ~Pool when Python deallocates the last reference to a Slot or Pool (~Pool closes
+// the pool: it cancels the running loads and waits, the mutex released, for them to roll back). That cannot deadlock,
+// because no holder of the pool mutex ever waits for the GIL: Python-facing calls release the GIL before they take the
+// mutex and let go of the mutex before they take the GIL back, and the loader threads that ~Pool waits for never take
+// the GIL at all. Kernel launches (kernels.h) release the GIL too: a launch blocks when the stream's queue is full, and
+// cudaMemcpyAsync may wait. A drain (cuda: a context synchronize, before an unmap or a move) waits for CUDA graph
+// captures on other threads to end (cuda_capture_enter / _exit, backend.h); it runs with the GIL released, except in
+// ~Slot and ~Pool run by Python (above), which therefore do not wait for captures (a capture needs the GIL to go on).
 //
 // A finished load's source buffers are let go of (LoadJob wait_for, result, finished) with the GIL held and no
 // mutex held: a source that is a slot's view runs its DLPack deleter then, as above.
