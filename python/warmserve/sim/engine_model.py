@@ -361,6 +361,7 @@ class BatchEngines(KvMemory):
             k = min(inst.pf_left[rid], budget - tokens)
             chunk.append((rid, k))
             tokens += k
+        parts = [(self.prompt[rid] - inst.pf_left[rid], k) for rid, k in chunk]  # (cached offset, tokens)
         inst.chunk = chunk
         inst.pf_tokens = queued
         inst.phase = PREFILL
@@ -370,10 +371,10 @@ class BatchEngines(KvMemory):
         if n:
             # the fixed part as prefill_batch_s splits it (found in review: prefill_s(c, 0) read a measured table
             # at its first point, 5-15 ms past the fixed part on the replay's profile, so each mixed step was short)
-            dt = self._span_s(inst, 1.0) + (self.cost.prefill_batch_s(c, [k for _, k in chunk])
+            dt = self._span_s(inst, 1.0) + (self.cost.prefill_chunks_s(c, parts)
                                             - self.cost.prefill_fixed_part_s(c)) * inst.slow
         else:
-            dt = self.cost.prefill_batch_s(c, [k for _, k in chunk]) * inst.slow
+            dt = self.cost.prefill_chunks_s(c, parts) * inst.slow
         dt += inst.map_s * inst.slow
         inst.map_s = 0.0
         self._push_work(inst, dt / inst.slow, t, dt)

@@ -50,3 +50,32 @@ def test_no_charge_when_the_pages_were_mapped_before_or_the_engine_allocates_up_
     assert mapped == 100 and t == pytest.approx(prefill_s, rel=1e-12)
     t, mapped, prefill_s, _ = _first_token_s(lazy_map=False)  # vanilla vLLM: its cache came with its init
     assert mapped == 0 and t == pytest.approx(prefill_s, rel=1e-12)
+
+
+def test_only_the_blocks_the_admission_lacked_are_charged_not_the_policys_headroom():
+    """Found in review: an admission that mapped to the policy's free target charged the headroom too (22-26% of
+    the charged mapping on paper-code), where CONSTANTS.md leaves target-mapped pages uncharged and the live
+    engine maps the missing blocks at admission and the headroom after its steps (``KvCache.tidy``)."""
+    cm = CostModel.for_gpu()
+    c = cm.cost("llama2-7b")
+    prompt = 1000
+    ev, first = [], {}
+    eng = BatchEngines(cm, 256, [prompt], [1], [blocks_for_tokens(prompt + 1)], [80_000_000_000], [0],
+                       lambda t, inst: heapq.heappush(ev, (t, inst.version, inst)),
+                       lambda r, t: first.__setitem__(r, t), lambda inst, r, t: None)
+    st = InstanceState("a", "m", (0,), 0.0, ready_s=0.0, kv_blocks_total=400, kv_free_target=100)
+    inst = eng.add(st, 0, c, int(c.weight_bytes), BLOCK_BYTES, 0.0)
+    # a neighbour's weights leave room for 2 blocks when the engine turns ready, then go (removed at once)
+    held = eng.gpu_total[0] - eng.gpu_used[0] - 2 * BLOCK_BYTES
+    eng.gpu_used[0] += held
+    eng.ready(inst, 0.0)
+    assert st.kv_blocks_mapped == 2
+    eng.gpu_used[0] -= held
+    eng.admit(inst, 0, 0.0)
+    while ev:
+        t, v, i = heapq.heappop(ev)
+        if v == i.version:
+            eng.event(i, t)
+    assert st.kv_blocks_mapped == 100  # the target's free blocks, mapped as before (the request's 4 came back)
+    lacked = 4 - 2  # the request's 4 blocks, 2 of which were mapped: only those 2 are the admission's to pay
+    assert first[0] == pytest.approx(cm.prefill_s(c, prompt) + lacked * BLOCK_BYTES / GIB * 0.02, rel=1e-12)

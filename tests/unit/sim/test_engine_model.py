@@ -168,9 +168,10 @@ def test_chunked_prefill_splits_the_prompt_and_mixes_decode_steps():
 def test_a_chunk_beside_decode_pays_the_per_token_part_of_a_measured_table():
     """With a measured table the fixed part is prefill_fixed_s (15 ms here), as prefill_batch_s splits a batch.
     256-token steps: the first prompt alone, then the second in two chunks of 255 and 1 tokens, each beside one
-    decode token of the first: decode step + prefill(chunk) - 15 ms each (the 1-token chunk: the table's first
-    point, 20 ms, less 15). Found in review: the table's first point was taken off instead of its fixed part, so
-    each such step (the replay twin's) was 5 ms short here."""
+    decode token of the first: decode step + the table's growth over the chunk (the first: prefill(255) less the
+    15 ms; the 1-token chunk after 255 cached tokens: prefill(256) - prefill(255), ``test_chunk_cached_context``).
+    Found in review: the table's first point was taken off instead of its fixed part, so each such step (the
+    replay twin's) was 5 ms short here."""
     base = CostModel()
     table = ((16, 0.02), (64, 0.035), (256, 0.1), (512, 0.25))
     cost = replace(base, models={**base.models, MODEL: replace(base.cost(MODEL), prefill_table=table)})
@@ -178,7 +179,7 @@ def test_a_chunk_beside_decode_pays_the_per_token_part_of_a_measured_table():
     sim, _ = _run([0.0, 0.0], 256, 20, cost=cost, chunked_prefill_tokens=256)
     decode = [0.015 + ctx * 524288 / (3.35e12 * 0.68) for ctx in (257, 258)]  # one sequence's KV read
     prefill_255 = 0.035 + (255 - 64) * (0.1 - 0.035) / (256 - 64)
-    assert sim.first[1] - sim.first[0] == pytest.approx(sum(decode) + (prefill_255 - 0.015) + (0.02 - 0.015),
+    assert sim.first[1] - sim.first[0] == pytest.approx(sum(decode) + (prefill_255 - 0.015) + (0.1 - prefill_255),
                                                         rel=1e-9)
 
 
