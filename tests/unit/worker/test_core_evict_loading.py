@@ -6,6 +6,7 @@ page is back in the pool when Evicted is sent, and the Prewarm is answered with 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from warmserve import protocol as P
+from warmserve.engine.loader import ModelLoad
 from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
 from warmserve.errors import CancelledError
 from warmserve.memory import PagePool
@@ -59,7 +61,7 @@ class Worker:
         self.pool.close()
 
 
-def test_an_evict_mid_tensor_returns_after_the_chunk_not_the_tensor(tmp_path):
+def test_an_evict_mid_tensor_returns_after_the_chunk_not_the_tensor(tmp_path, monkeypatch):
     """float32 on disk loaded as bfloat16: the one large tensor is read and converted a chunk of rows at a time on
     the load's thread; the Evict caught inside it answers long before the tensor would be done."""
     # One tied 128 MiB embedding (16384 x 2048 float32): the load is mostly this tensor.
@@ -77,18 +79,28 @@ def test_an_evict_mid_tensor_returns_after_the_chunk_not_the_tensor(tmp_path):
         full_s = time.perf_counter() - t0
         w.evict("big")
         assert w.pool.free_bytes == free0
-        for _ in range(5):
-            pid = w.send(P.Prewarm, path=path, name="big", dtype="bfloat16")
-            # Early in the load: a repeat runs from the page cache, faster than the first (found in CI: a quarter
-            # of the first load's time could outlast the whole embedding three times in a row).
-            time.sleep(full_s / 20)
+        # Caught inside the first tensor by construction, not by timing (a sleep of a fraction of the first load's
+        # time was outrun by the page-cached repeat five times in a row in CI): the load's thread is held at its
+        # second chunk of that tensor until the Evict's cancel() sets the stop, then goes on as it would have.
+        inside = threading.Event()
+        check_stop = ModelLoad._check_stop
+
+        def held_check_stop(load):
+            if sys._getframe(1).f_code.co_name == "_convert_one" and load._converted == 0:
+                load.test_chunks = getattr(load, "test_chunks", 0) + 1
+                if load.test_chunks == 2:
+                    inside.set()
+                    load._stop.wait(30.0)
+            check_stop(load)
+
+        monkeypatch.setattr(ModelLoad, "_check_stop", held_check_stop)
+        pid = w.send(P.Prewarm, path=path, name="big", dtype="bfloat16")
+        deadline = time.monotonic() + 30.0
+        while not inside.is_set():
+            assert time.monotonic() < deadline, "the load never reached a second chunk of its first tensor"
+            assert not w.of(pid, P.Prewarmed) and not w.of(pid, P.Error), w.replies[-3:]
             w.core.tick()
-            # A converted tensor counts as loaded once whole: none yet means the embedding (the first) converts.
-            if not w.of(pid, P.Prewarmed) and not any(m.loaded_bytes for m in w.of(pid, P.PrewarmProgress)):
-                break
-            w.evict("big")
-        else:
-            raise AssertionError("no load was caught inside its first tensor")
+            time.sleep(0.001)
         evict_s, eid = w.evict("big")
         errs = w.of(pid, P.Error)
         assert w.of(eid, P.Evicted) and w.pool.free_bytes == free0, w.replies[-3:]
