@@ -122,7 +122,8 @@ class Cluster:
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
         _check_bind(config.controller)
-        from warmserve.controller.serve import check_local_devices, read_history
+        from warmserve.controller.history_file import read_history
+        from warmserve.controller.serve import check_local_devices
 
         if ray_address is None:
             check_local_devices(config.devices)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import dataclasses
 import json
 import logging
@@ -20,12 +19,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import msgspec
 
 from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, policy_number_ok
 from warmserve.config_file import cluster_config_from_dict, policy_table_keys, read_config_file
+from warmserve.controller.history_file import read_history
 from warmserve.errors import InvalidArgumentError, bind_error
 from warmserve.outputs import check_output_folder
 
@@ -221,112 +220,6 @@ def note_shadowed(ctl, given: dict[str, str]) -> None:
 
     for line in shadowed_options(ctl.policy_config, given, [ctl.policy]):
         print(f"warmserve serve: {line}", file=sys.stderr, flush=True)
-
-
-def read_history(path: str) -> dict:
-    """Per-model load history: CSV with columns model, window_start_s, avg, peak (one row per window), or JSON
-    {model: {"window_start_s": [...], "avg": [...], "peak": [...]}}. Starts are Unix times (seconds); avg and
-    peak are the window's time-weighted mean and peak in-flight requests. Returns model -> (starts, avgs, peaks)."""
-    import numpy as np
-
-    if not os.path.isfile(path):
-        raise InvalidArgumentError(f"history file {path!r} does not exist (a CSV model,window_start_s,avg,peak or "
-                                   "its JSON form)", path=path)
-    rows: dict[str, list[tuple[float, float, float]]] = {}
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"\x1f\x8b":  # found in review: a gzip file failed as a bare UnicodeDecodeError naming no file
-        raise InvalidArgumentError(f"history file {path!r} is gzip-compressed: decompress it (gunzip); the history "
-                                   "is a CSV model,window_start_s,avg,peak or its JSON form", path=path)
-    if path.lower().endswith(".json"):
-        shape = ('{model: {"window_start_s": [...], "avg": [...], "peak": [...]}}, lists of numbers of one length '
-                 'per model')
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"history {path} is not valid JSON ({e}); it holds {shape}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"history {path} holds JSON {type(data).__name__}; it must be {shape}")
-        out = {}
-        for model, d in data.items():
-            # found in review: a missing key or a list where the object should be was a bare KeyError/AttributeError
-            try:
-                starts = d.get("window_start_s") or d.get("start_s")
-                cols = [np.asarray(c, float) for c in (starts, d["avg"], d["peak"])]
-            except (AttributeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"history {path}: model {model!r} is not {shape} ({type(e).__name__}: {e})") \
-                    from None
-            if any(c.ndim != 1 for c in cols) or not len(cols[0]) == len(cols[1]) == len(cols[2]):
-                raise ValueError(f"history {path}: model {model!r} has arrays of different lengths or shapes; it "
-                                 f"must be {shape}")
-            out[model] = tuple(cols)
-        if not out:
-            raise ValueError(f"history {path} names no model: it must be {shape}; leave the history out to start "
-                             "without one")
-    else:
-        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which read as part of the first column's
-        # name ("model" not found, found in review); header names are stripped, as "model, avg" is written too
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames:
-                    reader.fieldnames = [n.strip() for n in reader.fieldnames]
-                for i, r in enumerate(reader):
-                    try:
-                        start = float(r.get("window_start_s") or r["start_s"])
-                        rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
-                    except (KeyError, ValueError, TypeError) as e:  # TypeError: a short row's missing cells
-                        raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak (an "
-                                         f"empty or missing cell: write nan where a load is unknown) ({e})") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"history {path} is not UTF-8 text ({e}): it must be a CSV model,window_start_s,avg,"
-                             "peak or its JSON form") from None
-        if not rows:  # found in review: an empty or header-only file (or JSON named .JSON) ran with no history
-            raise ValueError(f"history {path} has no rows: it must be a CSV with the header "
-                             "model,window_start_s,avg,peak and one row per model and window, or its JSON form "
-                             "(a .json file); leave the history out to start without one")
-        out = {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
-    return {model: _checked_history(path, model, *cols, time.time()) for model, cols in out.items()}
-
-
-#: How far back a history file is read: the policy holds every window from its earliest on, per model.
-HISTORY_MAX_DAYS = 366
-#: Unix time of 2001-09-09: a history start before it is not a Unix time (seconds from a trace's start, say).
-UNIX_2001_S = 1e9
-
-
-def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float) -> tuple:
-    """The model's rows, less those older than HISTORY_MAX_DAYS (dropped with a warning: the forecasts look a few
-    days back), once its loads are in-flight requests (>= 0, NaN where unknown) and its starts Unix seconds up to
-    a day ahead. Found in review: an inf load crashed every policy tick of its time slot, day after day; starts in
-    milliseconds sized the history for 190,000 years (89 GiB a model); starts counted from 0 put the policy's
-    clock in 1970."""
-    import numpy as np
-
-    from warmserve.policy.history import MAX_HISTORY_LOAD, impossible_loads
-
-    bad = impossible_loads(avg, peak)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise ValueError(f"history {path}: model {model!r} has {int(bad.sum())} window(s) with an infinite, "
-                         f"negative or implausible (> {MAX_HISTORY_LOAD:g}) load, e.g. avg {avg[k]}, peak {peak[k]} "
-                         f"at window_start_s {starts[k]:.0f}: "
-                         "avg and peak are in-flight requests (>= 0; NaN where unknown)")
-    if not len(starts):
-        return starts, avg, peak
-    first, last = float(np.min(starts)), float(np.max(starts))
-    if not (np.isfinite(first) and np.isfinite(last)) or last > now_unix_s + 86400 or last < UNIX_2001_S:
-        raise ValueError(
-            f"history {path}: model {model!r} has windows from window_start_s {first:.0f} to {last:.0f}, where "
-            f"now is {now_unix_s:.0f}: starts must be Unix times in seconds, none ahead of now (milliseconds, or "
-            "seconds counted from the trace's start, are not)")
-    keep = starts >= now_unix_s - HISTORY_MAX_DAYS * 86400
-    if not keep.all():
-        log.warning("history %s: model %r: %d window(s) older than %d days left out (the earliest from %.0f)",
-                    path, model, int((~keep).sum()), HISTORY_MAX_DAYS, first)
-    return starts[keep], avg[keep], peak[keep]
-
 
 
 #: Connections the HTTP socket queues before they are accepted (the kernel caps it at net.core.somaxconn).

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from warmserve.controller.serve import read_history
+from warmserve.controller.history_file import read_history
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.history import MAX_HISTORY_LOAD, History
 
