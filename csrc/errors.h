@@ -30,7 +30,7 @@ struct Error : std::runtime_error {
   std::string name;                                            // Driver: CUDA_ERROR_... or ENOMEM
   // A process limit (ulimit) that refused the call, and its soft value: the fields `limit` and `limit_value` of the
   // Python error, whatever its class (found in review: RLIMIT_AS, _FSIZE and _NOFILE came back as bare errnos).
-  std::string limit;                                           // RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE
+  std::string limit;                                           // RLIMIT_AS, _FSIZE, _NOFILE, "cgroup memory"
   uint64_t limit_value = 0;
   // A multi-page backend operation that failed part way and could not be undone (cuda unmap/move): entry i is 1
   // where page i was done (unmapped, or moved), so the slot table can follow the pages. Empty: nothing was done.

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "backend.h"
+#include "cgroup_memory.h"
 #include "errors.h"
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -205,6 +206,19 @@ class HostBackend : public Backend {
                                             " of " + fmt_bytes(total) +
                                             " host memory available: lower capacity_bytes or free host memory");
         e.asked_bytes = capacity, e.free_bytes = avail, e.total_bytes = total;
+        throw e;
+      }
+      // The same for a container's memory limit, which MemAvailable does not show: there the group's OOM killer
+      // answers the fallocate with SIGKILL (cgroup_memory.h).
+      CgroupMemory cg = cgroup_memory();
+      if (cg.limit_bytes && capacity > cg.room_bytes) {
+        Error e(ErrorKind::OutOfMemory, "host page pool needs " + fmt_bytes(capacity) + ", " +
+                                            fmt_bytes(cg.room_bytes) + " left under this process's memory cgroup "
+                                            "limit of " + fmt_bytes(cg.limit_bytes) + " (" + cg.file +
+                                            "): lower capacity_bytes, free memory in the container, or raise its "
+                                            "memory limit");
+        e.asked_bytes = capacity, e.free_bytes = cg.room_bytes, e.total_bytes = cg.limit_bytes;
+        e.limit = "cgroup memory", e.limit_value = cg.limit_bytes;
         throw e;
       }
       fd_ = memfd_create("warmserve-pool", MFD_CLOEXEC);
