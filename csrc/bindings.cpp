@@ -32,6 +32,7 @@
 #include <exception>
 
 #include "backend.h"
+#include "cgroup_memory.h"
 #include "errors.h"
 #include "kernels/kernels.h"
 #include "loader.h"
@@ -217,6 +218,19 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("version", [] { return "0.1.0"; });
   m.def("cuda_compiled", &cuda_compiled, "whether this build contains the cuda backend");
+  // Reads small files only, with the GIL released (it takes no lock); the tuple is built with the GIL back.
+  m.def(
+      "cgroup_memory",
+      [](const std::string& proc_dir) {
+        CgroupMemory c;
+        {
+          py::gil_scoped_release nogil;
+          c = cgroup_memory(proc_dir);
+        }
+        return py::make_tuple(c.limit_bytes, c.room_bytes, c.file);
+      },
+      py::arg("proc_dir") = "/proc/self",
+      "(limit bytes, room bytes, file) of the process's memory cgroup; limit 0: none (cgroup_memory.h)");
   m.def("cuda_host_register", &cuda_host_register, py::arg("ptr"), py::arg("nbytes"), py::arg("device"),
         py::call_guard<py::gil_scoped_release>(),
         "page-lock host memory for DMA (cuMemHostRegister, portable); True when this call registered it");

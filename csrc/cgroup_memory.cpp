@@ -37,8 +37,8 @@ struct Mount {
 };
 
 // The mount of a cgroup hierarchy: fstype "cgroup2", or "cgroup" with `option` among its super options.
-bool find_mount(bool v2, const std::string& option, Mount* m) {
-  std::ifstream f("/proc/self/mountinfo");
+bool find_mount(const std::string& proc_dir, bool v2, const std::string& option, Mount* m) {
+  std::ifstream f(proc_dir + "/mountinfo");
   for (std::string line; std::getline(f, line);) {
     size_t dash = line.find(" - ");
     if (dash == std::string::npos) continue;
@@ -76,9 +76,9 @@ void consider(CgroupMemory* out, uint64_t limit, uint64_t usage, uint64_t cache,
 
 }  // namespace
 
-CgroupMemory cgroup_memory() {
+CgroupMemory cgroup_memory(const std::string& proc_dir) {
   CgroupMemory out;
-  std::ifstream f("/proc/self/cgroup");
+  std::ifstream f(proc_dir + "/cgroup");
   std::string v2_path, v1_path;
   bool have_v2 = false, have_v1 = false;
   for (std::string line; std::getline(f, line);) {
@@ -92,14 +92,14 @@ CgroupMemory cgroup_memory() {
     }
   }
   Mount m;
-  if (have_v1 && find_mount(false, "memory", &m)) {
+  if (have_v1 && find_mount(proc_dir, false, "memory", &m)) {
     std::string dir = group_dir(m, v1_path), stat = dir + "/memory.stat";
     uint64_t usage = 0;
     if (read_u64(dir + "/memory.usage_in_bytes", &usage))
       consider(&out, stat_value(stat, "hierarchical_memory_limit"), usage, file_cache(stat, false),
                stat + " (hierarchical_memory_limit)");
   }
-  if (have_v2 && find_mount(true, "", &m)) {
+  if (have_v2 && find_mount(proc_dir, true, "", &m)) {
     // v2 states no hierarchical limit: every group from the process's up to the mount's top is read.
     for (std::string dir = group_dir(m, v2_path); dir.size() >= m.point.size();) {
       uint64_t limit = 0, usage = 0;

@@ -17,8 +17,9 @@ struct CgroupMemory {
   std::string file;
 };
 
-// Reads /proc/self/cgroup and /proc/self/mountinfo; v2 (memory.max up the tree) and v1 (the memory controller's
+// Reads `proc_dir`/cgroup and `proc_dir`/mountinfo (a process's /proc directory; tests pass a made-up one whose
+// mountinfo points into a made-up hierarchy); v2 (memory.max up the tree) and v1 (the memory controller's
 // hierarchical_memory_limit). Never throws: an unreadable hierarchy reads as no limit.
-CgroupMemory cgroup_memory();
+CgroupMemory cgroup_memory(const std::string& proc_dir = "/proc/self");
 
 }  // namespace ws

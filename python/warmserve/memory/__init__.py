@@ -2,18 +2,19 @@
 
 C++ (``warmserve._C``, imported only here) does the mechanism; this package is its Python face.
 
-- ``PagePool(capacity_bytes, backend="host"|"cuda")`` creates every physical page (2 MiB by default) up front.
-  The ``host`` backend keeps them as offsets of one memfd (huge pages when the kernel has some reserved, else
-  normal pages; ``stats()["huge_pages"]`` says which) and commits them at creation: fallocate, so that a pool
-  that cannot exist fails at once with the numbers rather than with SIGBUS in a later copy (as on the GPU, where
-  cuMemCreate allocates up front), and, with ``prefault=True`` (the default), every page touched once in a
-  "park" mapping of the whole memfd. Map, unmap and move then carry pages *with their page tables* between the
-  park and the slots (mremap), so none of them costs a page fault or a page-table teardown: about 0.2 ms per GiB
-  each, where rebuilding 4 KiB page tables by faults costs hundreds of ms per GiB (kernels without mremap
-  DONTUNMAP for shared mappings fall back to mmap from the memfd; ``stats()["moves_page_tables"]``). The
-  ``cuda`` backend uses the driver's virtual memory API (a few 1 GiB cuMemCreate allocations carved into pages,
-  one cuMemMap per run of adjacent pages, one cuMemSetAccess per map call) through a libcuda opened at run time,
-  and ``warmserve.memory.kernels`` holds the CUDA kernels (csrc/kernels); on a machine without one it raises
+- ``PagePool(capacity_bytes, backend="host"|"cuda")`` creates every physical page (2 MiB by default) up front. The
+  ``host`` backend keeps them as offsets of one memfd (huge pages when the kernel has some reserved, else normal
+  pages; ``stats()["huge_pages"]`` says which) and commits them at creation: fallocate, so that a pool that cannot
+  exist fails at once with the numbers rather than with SIGBUS in a later copy (as on the GPU, where cuMemCreate
+  allocates up front; a pool past the machine's MemAvailable or past its container's memory cgroup limit,
+  ``cgroup_memory()``, is refused with the numbers before the fallocate), and, with ``prefault=True`` (the default),
+  every page touched once in a "park" mapping of the whole memfd. Map, unmap and move then carry pages *with their
+  page tables* between the park and the slots (mremap), so none of them costs a page fault or a page-table teardown:
+  about 0.2 ms per GiB each, where rebuilding 4 KiB page tables by faults costs hundreds of ms per GiB (kernels
+  without mremap DONTUNMAP for shared mappings fall back to mmap from the memfd; ``stats()["moves_page_tables"]``).
+  The ``cuda`` backend uses the driver's virtual memory API (a few 1 GiB cuMemCreate allocations carved into pages,
+  one cuMemMap per run of adjacent pages, one cuMemSetAccess per map call) through a libcuda opened at run time, and
+  ``warmserve.memory.kernels`` holds the CUDA kernels (csrc/kernels); on a machine without one it raises
   BackendUnavailableError saying why. Pages are not zeroed when mapped: they hold what they held before.
 - ``pool.create_slot(reserve_bytes, tag)`` reserves a virtual range with nothing mapped (PROT_NONE on the host:
   reading an unmapped page is a clean fault, never stale data). ``map``/``unmap``/``grow``/``shrink`` edit page
@@ -47,6 +48,6 @@ threads are safe. The GIL policy is written down in csrc/bindings.cpp.
 from __future__ import annotations
 
 from warmserve.memory.loader import LoadJob
-from warmserve.memory.pool import PAGE_BYTES, PagePool, Slot, cuda_compiled
+from warmserve.memory.pool import PAGE_BYTES, CgroupMemory, PagePool, Slot, cgroup_memory, cuda_compiled
 
-__all__ = ["PAGE_BYTES", "LoadJob", "PagePool", "Slot", "cuda_compiled"]
+__all__ = ["PAGE_BYTES", "CgroupMemory", "LoadJob", "PagePool", "Slot", "cgroup_memory", "cuda_compiled"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
+import dataclasses
 import math
 import os
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Callable, Iterable
@@ -25,6 +25,24 @@ MIN_LOAD_CHUNK_BYTES = 1 << 10
 def cuda_compiled() -> bool:
     """Whether this build of warmserve contains the cuda backend (it still needs a driver to run)."""
     return _C.cuda_compiled()
+
+
+@dataclasses.dataclass(frozen=True)
+class CgroupMemory:
+    """The memory a process's cgroup lets it take (csrc/cgroup_memory.h): what a host pool is checked against
+    beside the machine's MemAvailable, which a container's limit does not lower."""
+
+    #: The tightest memory limit over the process's cgroup and its ancestors, bytes; 0: none (or none readable).
+    limit_bytes: int
+    #: That limit less what the groups hold and cannot give back (their usage less their file cache), bytes.
+    room_bytes: int
+    #: The file the limit was read from ("" without a limit).
+    file: str
+
+
+def cgroup_memory(proc_dir: str = "/proc/self") -> CgroupMemory:
+    """The memory cgroup limit of the process whose /proc directory is ``proc_dir`` (cgroup v1 or v2)."""
+    return CgroupMemory(*_C.cgroup_memory(os.fspath(proc_dir)))
 
 
 #: Copier threads one load may ask for (an int in the C++ core).
