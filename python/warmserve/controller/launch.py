@@ -172,6 +172,24 @@ def check_weights_fit(models, pool_bytes: int, page_bytes: int) -> None:
                 model=m.name, need_bytes=need, pool_bytes=pool_bytes, tp=m.spec.tp)
 
 
+def check_host_memory(workers: int, pool_bytes: int) -> None:
+    """Refuse local CPU workers whose pools together pass the host memory there is (``memory.host_memory_room``):
+    each pool is checked alone as its worker makes it, and workers started together each saw room for their own,
+    so their fallocates together met the OOM killer (found in review: 3 workers of 9 GiB on a 24 GiB machine, one
+    SIGKILLed before it registered, "exited with status -9")."""
+    from warmserve.errors import OutOfMemoryError
+    from warmserve.memory.pool import host_memory_room
+
+    room, what = host_memory_room()
+    need = workers * pool_bytes
+    if room is not None and need > room:
+        raise OutOfMemoryError(
+            f"{workers} local CPU workers with pools of {fmt_bytes(pool_bytes)} need {fmt_bytes(need)} of host "
+            f"memory, and {fmt_bytes(room)} is available ({what}): lower cpu_workers or cpu_worker_memory_bytes (0: "
+            f"sized from the models), or free host memory", asked_bytes=need, free_bytes=room, total_bytes=room,
+            workers=workers, pool_bytes=pool_bytes)
+
+
 def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:
     """Write the demo checkpoints when absent (deterministic, skipped when up to date) and name them. The writer
     runs as `warmserve models demo` in a child process: it needs torch, and the controller should not carry it."""
@@ -202,6 +220,9 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
         # the other models may run on the remote workers, but a local pool must hold one (else it is refused)
         check_weights_fit([min(models, key=lambda m: weights_need_bytes(m, cfg.worker_page_bytes))], mem,
                           cfg.worker_page_bytes)
+    local_cpu = sum(d.startswith("cpu") for d in devices)
+    if local_cpu:
+        check_host_memory(local_cpu, mem)
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
     procs = []
     host = socket.gethostname()

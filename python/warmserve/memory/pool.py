@@ -45,6 +45,23 @@ def cgroup_memory(proc_dir: str = "/proc/self") -> CgroupMemory:
     return CgroupMemory(*_C.cgroup_memory(os.fspath(proc_dir)))
 
 
+def host_memory_room() -> tuple[int | None, str]:
+    """Host memory new pools can take now, bytes, and what bounds it: the smaller of the machine's MemAvailable and
+    the room under this process's memory cgroup limit (what each host pool is checked against as it is made,
+    csrc/host_backend.cpp). (None, "") where neither says."""
+    room, what = None, ""
+    try:
+        with open("/proc/meminfo") as f:
+            room = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+            what = "MemAvailable of /proc/meminfo"
+    except (OSError, StopIteration, ValueError):
+        pass
+    cg = cgroup_memory()
+    if cg.limit_bytes and (room is None or cg.room_bytes < room):
+        room, what = cg.room_bytes, f"under the memory cgroup limit of {fmt_bytes(cg.limit_bytes)}, {cg.file}"
+    return room, what
+
+
 #: Copier threads one load may ask for (an int in the C++ core).
 MAX_THREADS = (1 << 31) - 1
 #: The largest device index (an int in the C++ core; found in review: 2**31 came back as a bare TypeError).
