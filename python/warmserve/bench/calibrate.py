@@ -411,12 +411,11 @@ def _end(procs) -> None:
 
 
 def host_available_bytes() -> int | None:
-    """This host's MemAvailable, bytes; None where /proc/meminfo does not say."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
+    """Host memory a pool made now can take, bytes (``memory.host_memory_room``: MemAvailable, or less under a
+    memory cgroup limit); None where neither says."""
+    from warmserve.memory.pool import host_memory_room
+
+    return host_memory_room()[0]
 
 
 def measure_parallel(args, names) -> dict:

@@ -523,12 +523,13 @@ def _main(args) -> int:
 
     from warmserve.bench import switch_print as say
     from warmserve.bench.switch_args import check_args
+    from warmserve.memory.pool import host_memory_room
     from warmserve.outputs import write_json_atomic
 
     parts, sizes = check_args(args)  # every flag, before the first part runs (sizes in GiB)
     dev = Device(args.backend, args.device)
-    with open("/proc/meminfo") as f:
-        avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
+    room = host_memory_room()[0]  # MemAvailable, or less under a memory cgroup limit
+    avail = math.inf if room is None else room
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
     # Each part's lines as soon as it is done (found in review: nothing showed until every part had run).
     say.header(res, args)
