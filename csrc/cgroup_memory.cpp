@@ -58,7 +58,9 @@ bool find_mount(const std::string& proc_dir, bool v2, const std::string& option,
 // The group's directory: the mount point plus the group's path below the mount's root (a cgroup namespace's
 // root is "/", a bind-mounted subtree's is its own path).
 std::string group_dir(const Mount& m, std::string path) {
-  if (m.root != "/" && path.compare(0, m.root.size(), m.root) == 0) path = path.substr(m.root.size());
+  bool under_root = path.compare(0, m.root.size(), m.root) == 0 &&
+                    (path.size() == m.root.size() || path[m.root.size()] == '/');  // not "/a" of "/ab"
+  if (m.root != "/" && under_root) path = path.substr(m.root.size());
   while (!path.empty() && path.back() == '/') path.pop_back();
   return m.point + (path.empty() || path[0] == '/' ? path : "/" + path);
 }

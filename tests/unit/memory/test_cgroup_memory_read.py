@@ -15,7 +15,7 @@ MiB = 1 << 20
 def proc(tmp_path, cgroup: str, mounts: list[tuple[str, str, str, str]]) -> str:
     """A /proc/<pid> directory: its cgroup file, and a mountinfo of (root, mount point, fstype, super options)."""
     d = tmp_path / "proc"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "cgroup").write_text(cgroup)
     (d / "mountinfo").write_text("".join(
         f"{30 + i} 23 0:{40 + i} {root} {point} rw,relatime - {fstype} {fstype} {opts}\n"
@@ -57,6 +57,10 @@ def test_v2_bind_mounted_subtree_strips_the_mount_root(tmp_path):
     group(cg / "sub", memory_max=str(128 * MiB), memory_current=str(28 * MiB), memory_stat="")
     got = cgroup_memory(proc(tmp_path, "0::/docker/abc/sub\n", [("/docker/abc", str(cg), "cgroup2", "rw")]))
     assert (got.limit_bytes, got.room_bytes, got.file) == (128 * MiB, 100 * MiB, str(cg / "sub" / "memory.max"))
+    # a group whose path only begins with the root's characters is not under it: read where its path says
+    group(cg / "docker" / "abcd", memory_max=str(64 * MiB), memory_current="0", memory_stat="")
+    got = cgroup_memory(proc(tmp_path / "p2", "0::/docker/abcd\n", [("/docker/abc", str(cg), "cgroup2", "rw")]))
+    assert (got.limit_bytes, got.file) == (64 * MiB, str(cg / "docker" / "abcd" / "memory.max")), got
 
 
 def test_v1_reads_the_hierarchical_limit_of_the_memory_controller(tmp_path):
