@@ -23,7 +23,7 @@ from warmserve import __version__, protocol as P
 from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, worker_cache_args
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
-from warmserve.errors import GiB, InvalidArgumentError, WarmServeError, fmt_bytes
+from warmserve.errors import GiB, InvalidArgumentError, OutOfMemoryError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
 from warmserve.worker import forkserver
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
@@ -177,8 +177,7 @@ def check_host_memory(workers: int, pool_bytes: int) -> None:
     each pool is checked alone as its worker makes it, and workers started together each saw room for their own,
     so their fallocates together met the OOM killer (found in review: 3 workers of 9 GiB on a 24 GiB machine, one
     SIGKILLed before it registered, "exited with status -9")."""
-    from warmserve.errors import OutOfMemoryError
-    from warmserve.memory.pool import host_memory_room
+    from warmserve.memory.pool import host_memory_room  # the compiled core, only once workers are started
 
     room, what = host_memory_room()
     need = workers * pool_bytes
