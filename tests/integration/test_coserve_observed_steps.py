@@ -2,8 +2,8 @@
 step (``ModelInfo``'s default), so two light models are predicted at a 40 ms round, within the join target of a
 70 ms ``coserve_tpot_s`` (x 0.5 / 0.8: 43.75 ms). On these CPU workers the larger demo model's decode steps take
 far longer (about 40-100 ms at a batch of 8), and the workers report them (``WorkerInstance.decode_step_s``): the
-round with the small model then passes the target, and the policy keeps it off the busy model's worker. Before the measured steps reached the policy, the
-small model joined that worker on the prediction alone."""
+round with the small model then passes the target, and the policy keeps it off the busy model's worker. Before the
+measured steps reached the policy, the small model joined that worker on the prediction alone."""
 
 import concurrent.futures as cf
 import threading

@@ -16,7 +16,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", help="simulator JSON files with warmserve and its variants, per seed")
     args = ap.parse_args()
-    print("| file | variant | P99 / warmserve's, median over seeds | seeds where worse | range |\n|---|---|---|---|---|")
+    print("| file | variant | P99 / warmserve's, median over seeds | seeds where worse | range |")
+    print("|---|---|---|---|---|")
     for path in args.files:
         with open(path) as f:
             policies = json.load(f)["policies"]

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from warmserve import protocol as P
-from warmserve.engine.loader import ModelLoad
 from warmserve.engine.demo import DemoSpec, build_tokenizer, config_dict, write_checkpoint
+from warmserve.engine.loader import ModelLoad
 from warmserve.errors import CancelledError
 from warmserve.memory import PagePool
 from warmserve.worker.core import WorkerCore
