@@ -64,6 +64,8 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         shapes = check_tensors(cfg, tensors)
         dtype = _dtype_name(spec.dtype, cfg, tensors)
         tokenizer = load_tokenizer(path)
+        # a template that does not parse would fail every chat (found in review: it was parsed at the first one)
+        tokenizer.compile_chat_template()
         max_token_chars = tokenizer.max_token_chars
     except InvalidArgumentError as e:  # named, as every refusal here
         where = "" if path in e.message else f" ({path})"

@@ -149,6 +149,19 @@ class Tokenizer:
             self._bytes[token_id] = raw
         return raw
 
+    def compile_chat_template(self) -> None:
+        """Parse the chat template once (a no-op without one). The controller calls it when it loads the model, so
+        a template that does not parse stops `warmserve serve` at start rather than failing every chat."""
+        if self._template is not None or not self.chat_template:
+            return
+        import jinja2
+
+        try:
+            self._template = _environment().from_string(self.chat_template)
+        except jinja2.TemplateError as e:
+            raise InvalidArgumentError(f"this model's chat template does not parse ({type(e).__name__}: {e}): "
+                                       f"fix chat_template in {self.dir}", param="messages") from None
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The prompt text for a chat; messages are {"role": ..., "content": ...} dicts."""
         for m in messages:
@@ -159,12 +172,7 @@ class Tokenizer:
             return text + ("assistant:" if add_generation_prompt else "")
         import jinja2
 
-        if self._template is None:
-            try:
-                self._template = _environment().from_string(self.chat_template)
-            except jinja2.TemplateError as e:
-                raise InvalidArgumentError(f"this model's chat template does not parse ({type(e).__name__}: {e}): "
-                                           f"fix chat_template in {self.dir}", param="messages") from None
+        self.compile_chat_template()
         try:
             # tools and documents None, not undefined, as transformers passes them: an undefined one passes a
             # template's "tools is not none" (found in review: every plain chat got the tool section)

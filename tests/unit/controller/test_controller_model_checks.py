@@ -123,3 +123,14 @@ def test_a_malformed_config_names_the_model_whatever_its_folder(tmp_path, text):
     with pytest.raises(InvalidArgumentError) as e:
         controller_model(spec)
     assert "my-model" in str(e.value), str(e.value)
+
+
+def test_a_chat_template_that_does_not_parse_is_refused_at_start(tmp_path):
+    """Found in review: the template was parsed at the first chat, so a server with a broken one said ready and
+    answered every chat with an error about the model's own files."""
+    spec = _checkpoint(tmp_path, "bad-template")
+    (tmp_path / "bad-template" / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }")
+    with pytest.raises(InvalidArgumentError, match="'bad-template'.*chat template does not parse.*fix chat_template"):
+        controller_model(spec)
+    (tmp_path / "bad-template" / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert controller_model(spec).tokenizer.apply_chat_template([{"role": "user", "content": "hi"}]) == "hi"
