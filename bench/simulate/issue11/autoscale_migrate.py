@@ -41,7 +41,8 @@ def run(preset_name: str, k: int, seeds, burst_cv: float | None, cold_start_s: f
     return {"migrate_max_in_flight": k, "ttft_p99_s": statistics.median(r["ttft_p99_s"] for r in rows),
             "slo_attainment": statistics.mean(r["slo_attainment"] for r in rows),
             "gpu_seconds": statistics.median(r["gpu_seconds"] for r in rows),
-            "requests_migrated": [r["requests_migrated"] for r in rows]}
+            "requests_migrated": [r["requests_migrated"] for r in rows],
+            "ttft_p99_s_per_seed": [r["ttft_p99_s"] for r in rows]}
 
 
 def main() -> None:
