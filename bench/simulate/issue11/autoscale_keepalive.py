@@ -58,6 +58,7 @@ def warmserve_at(preset_name: str, name: str, seeds, tick_s: float | None) -> di
     rows = [Simulator(preset.build(1.0, s), preset.models, "warmserve", config=cfg, cost=cost).run().summary
             for s in seeds]
     return {"ttft_p99_s": statistics.median(r["ttft_p99_s"] for r in rows),
+            "ttft_p99_s_per_seed": [r["ttft_p99_s"] for r in rows],
             "gpu_seconds": statistics.median(r["gpu_seconds"] for r in rows)}
 
 

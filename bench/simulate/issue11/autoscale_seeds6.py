@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 from concurrent.futures import ProcessPoolExecutor
 
 from autoscale_best import CELLS, SETTINGS  # this folder's scripts
-from autoscale_keepalive import KEEP_ALIVES_S
+from autoscale_keepalive import KEEP_ALIVES_S, warmserve_at
 from autoscale_keepalive import WINDOWS_S as KEEP_WINDOWS_S
 from autoscale_migrate import run
 from autoscale_overflow import WINDOWS_S as OVERFLOW_WINDOWS_S
@@ -45,23 +44,6 @@ def one(preset: str, name: str, seeds, setting: dict) -> dict:
             "slo_attainment": r["slo_attainment"], "gpu_seconds": r["gpu_seconds"]}
 
 
-def warmserve(preset_name: str, name: str, seeds) -> dict:
-    from warmserve.sim.costmodel import CostModel
-    from warmserve.sim.presets import PRESETS
-    from warmserve.sim.simulator import Simulator
-
-    _, cv, cs = CELLS[name]
-    preset = PRESETS[preset_name](**({"burst_cv": cv} if cv else {}))
-    cost = CostModel.for_gpu(preset.config.gpu)
-    if cs is not None:
-        cost = cost.with_cold_start_s(cs)
-    rows = [Simulator(preset.build(1.0, s), preset.models, "warmserve", config=preset.config, cost=cost).run().summary
-            for s in seeds]
-    return {"ttft_p99_s": statistics.median(r["ttft_p99_s"] for r in rows),
-            "ttft_p99_s_per_seed": [r["ttft_p99_s"] for r in rows],
-            "gpu_seconds": statistics.median(r["gpu_seconds"] for r in rows)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="paper-code,artifact-code")
@@ -75,7 +57,7 @@ def main() -> None:
     grid = settings()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = {c: [pool.submit(one, *c, seeds, st) for st in grid] for c in cells}
-        ws_futs = {c: pool.submit(warmserve, *c, seeds) for c in cells}
+        ws_futs = {c: pool.submit(warmserve_at, *c, seeds, 1.0) for c in cells}  # simulated at the preset's tick
         rows = []
         for (p, n), fs in futs.items():
             ws = ws_futs[(p, n)].result()
