@@ -36,6 +36,13 @@ class PolicyConfig:
     forecast: bool = True
     #: Shrink idle instances' KV caches so prewarms fit on busy GPUs (§6) (False: `no-kv-reservation`).
     kv_reservation: bool = True
+    #: With kv_reservation: an instance's KV pages beyond its target are unmapped only where the prewarm plan places
+    #: weights in them, as many as those take (``signals._shrinks_placed``); the rest stay mapped, so a burst does
+    #: not map them again on its prefills' path. Measured (six seeds, paired: issue11/kv_shrink_on_demand_paired.json,
+    #: bench/simulate/ISSUE11_ROUNDS.md, 2026-12-04): SLO attainment +2.6 to +4.9 points on every seed at burst CV 4
+    #: on the code presets (+0.1 to +1.8 on conv), P99 0.97-1.00x there and as traced (medians of the seeds'
+    #: ratios) but 1.15x on paper-conv at CV 4 (worse on 5 seeds of 6). Off by default: an operator's choice.
+    kv_shrink_on_demand: bool = False
     #: Free KV blocks an instance keeps mapped even when idle, so a new request never waits for a mapping.
     min_free_kv_blocks: int = 1
     #: "laminar" (§3) or "round-robin" (the ablation).

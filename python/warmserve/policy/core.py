@@ -232,11 +232,15 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         self._autoscale(state, now_s, avg5, board, out)
         if self.cfg.prewarm and self.cfg.defragment:
             self._defragment(state, now_s, board, out)
-        self._kv_targets(state, board, out)
+        deferred = [] if self.cfg.kv_shrink_on_demand else None
+        self._kv_targets(state, board, out, deferred)
         window = self.window_of(now_s)
         if self.cfg.prewarm and (window != self._plan_window or now_s - self._plan_s >= self.cfg.replan_s):
             self._plan_window, self._plan_s = window, now_s
+            mark = len(out)
             self._plan(state, window, board, out)
+            if deferred:  # unmapped before the prewarms that use the room load
+                out[mark:mark] = self._shrinks_placed(deferred, board)
         return out
 
     def _keep_weights(self, instance_id: str, model: str, gpus, board: Board, out: list) -> None:

@@ -125,7 +125,9 @@ class LoadSignals:
         want = math.ceil(inst.kv_blocks_total * inst.in_flight / self.cfg.instance_capacity)
         return max(0, min(max(want, self.cfg.min_free_kv_blocks), inst.kv_blocks_total - inst.kv_blocks_used))
 
-    def _kv_targets(self, state: ClusterState, board: Board, out: list) -> None:
+    def _kv_targets(self, state: ClusterState, board: Board, out: list, deferred: list | None = None) -> None:
+        """Set each ready instance's KV target (§6). ``deferred``: shrinks are not ordered but listed there as
+        (instance, blocks, block bytes, blocks per page), their room released on ``board`` (``kv_shrink_on_demand``)."""
         stopping = A.stopping(out)
         for iid in sorted(state.instances):
             inst = state.instances[iid]
@@ -154,8 +156,33 @@ class LoadSignals:
                         out.append(A.Evict(pid, "kv"))
             elif delta < 0:
                 board.release_instance(inst.gpus, -delta * block)
+                if deferred is not None:  # the plan may use the room; unmapped only where it does
+                    deferred.append((inst, -delta, block, k))
+                    continue
             if delta != 0 or inst.kv_free_target != free:
                 out.append(A.SetKvTarget(iid, max(free, 0)))
+
+    @staticmethod
+    def _shrinks_placed(deferred: list, board: Board) -> list:
+        """The deferred KV shrinks (``_kv_targets``) the placements on ``board`` use: on each GPU, the room the
+        prewarms took beyond what was free besides the deferred pages, taken from its instances in turn (whole
+        pages); the rest stay mapped."""
+        room: dict[int, int] = {}
+        for inst, blocks, block, _ in deferred:
+            for g in inst.gpus:
+                room[g] = room.get(g, 0) + blocks * block
+        need = {g: max(0, b - int(board.free[board.local[g]])) for g, b in room.items()}
+        acts = []
+        for inst, blocks, block, k in deferred:
+            want = max(need[g] for g in inst.gpus)
+            if want <= 0:
+                continue
+            n = min(blocks, -(-want // block))
+            n = min(blocks, align_up(n, k)) if k > 1 else n
+            for g in inst.gpus:
+                need[g] = max(0, need[g] - n * block)
+            acts.append(A.SetKvTarget(inst.instance_id, max(inst.kv_blocks_mapped - n - inst.kv_blocks_used, 0)))
+        return acts
 
     def _forget_gone(self, board: Board) -> None:
         """Forget the prewarms the state no longer holds: failed, or lost with their GPU, unsaid to the policy

@@ -83,6 +83,7 @@ def run(name, loads, seed=0, **cfg):
 def test_invariants_hold_under_random_load(loads):
     run("warmserve", loads)
     run("warmserve", loads, coserve_always=True)  # light models co-served: they share GPUs only with each other
+    run("warmserve", loads, kv_shrink_on_demand=True)  # prewarms placed in KV room unmapped in the same tick
 
 
 def test_every_policy_runs_a_day_segment():
