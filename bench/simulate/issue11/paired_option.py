@@ -1,7 +1,8 @@
 """A policy option of warmserve seed by seed: warmserve with and without it on the same replayed workloads, P99 TTFT
 ratio and SLO attainment difference per seed (which medians over seeds hide behind the seed-to-seed spread).
 
-    python bench/simulate/issue11/paired_option.py kv_shrink_on_demand=true --json bench/simulate/issue11/kv_shrink_on_demand_paired.json
+    python bench/simulate/issue11/paired_option.py kv_shrink_on_demand=true \
+        --json bench/simulate/issue11/kv_shrink_on_demand_paired.json
 """
 
 from __future__ import annotations
