@@ -25,7 +25,7 @@ from warmserve.outputs import write_json_atomic
 
 
 def settings() -> list[dict]:
-    """Every setting the three searches try, as (migrate, floor_now, options), without repeats."""
+    """Every setting the three searches try, each a dict of autoscale's options, without repeats."""
     out = [{"migrate_max_in_flight": k, "scale_in_floor_now": floor, "load_window_s": w, "scale_out_now": now}
            for k, floor, w, now in SETTINGS]
     out += [{"migrate_max_in_flight": 0, "scale_in_floor_now": False, "load_window_s": w, "scale_out_now": now,

@@ -177,8 +177,7 @@ class LoadSignals:
             want = max(need[g] for g in inst.gpus)
             if want <= 0:
                 continue
-            n = min(blocks, -(-want // block))
-            n = min(blocks, align_up(n, k)) if k > 1 else n
+            n = min(blocks, align_up(-(-want // block), k))
             for g in inst.gpus:
                 need[g] = max(0, need[g] - n * block)
             acts.append(A.SetKvTarget(inst.instance_id, max(inst.kv_blocks_mapped - n - inst.kv_blocks_used, 0)))
