@@ -16,7 +16,8 @@ from dataclasses import replace
 from warmserve.outputs import write_json_atomic
 
 
-def one(preset: str, burst_cv: float | None, seed: int, options: dict) -> dict:
+def one(preset: str, burst_cv: float | None, seed: int, options: dict, rate_scale: float = 1.0) -> dict:
+    """warmserve with ``options`` on one replay: its P99 and P50 TTFT, SLO attainment and GPU-seconds."""
     import warmserve.policy.registry as registry
     from warmserve.sim.presets import PRESETS
     from warmserve.sim.simulator import Simulator
@@ -25,7 +26,7 @@ def one(preset: str, burst_cv: float | None, seed: int, options: dict) -> dict:
     registry.POLICIES["warmserve"] = replace(base, overrides={**base.overrides, **options})
     try:  # restored: a pool process runs several of these
         p = PRESETS[preset](**({"burst_cv": burst_cv} if burst_cv else {}))
-        r = Simulator(p.build(1.0, seed), p.models, "warmserve", config=p.config).run().summary
+        r = Simulator(p.build(rate_scale, seed), p.models, "warmserve", config=p.config).run().summary
     finally:
         registry.POLICIES["warmserve"] = base
     return {k: r[k] for k in ("ttft_p99_s", "ttft_p50_s", "slo_attainment", "gpu_seconds")}

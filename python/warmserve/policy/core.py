@@ -34,6 +34,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                              for _ in "ap") for m in self.models}  # the average's and the peak's
         self._load: dict[str, deque] = {m: deque() for m in self.models}
         self._prefill_load: dict[str, deque] = {m: deque() for m in self.models}
+        self._need_peaks: dict[str, deque] = {m: deque() for m in self.models}  # (time, instances) (scale_in_hold_s)
         #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
         #: it gets GPUs among models whose demand is equally unmet.
         self._starved_since: dict[str, float] = {}
@@ -285,17 +286,20 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         demand: dict[str, float] = {}
         raw: dict[str, tuple[float, float]] = {}  # the demand figures without the floor for waiting requests
         o_now: dict[str, float] = {}
+        held: dict[str, int] = {}  # instances kept for recurring bursts while no other model wants GPUs
         for m in sorted(self.models):
             pf_now = self._prefill_backlog_s(state, m, active[m])
             pf = self._load_avg(m, now_s, pf_now, self._prefill_load)
             queued = state.queued(m)
             o, k = self._wanted(m, avg5[m], pf, queued)
-            if cfg.scale_in_floor_now or cfg.scale_out_now:  # what the backlog of this moment needs
-                now_out, now_keep = self._wanted(m, 0.0, pf_now, 0)
+            if cfg.scale_in_floor_now or cfg.scale_out_now or cfg.scale_in_hold_s > 0:
+                now_out, now_keep = self._wanted(m, 0.0, pf_now, 0)  # what the backlog of this moment needs
                 if cfg.scale_in_floor_now:  # never scale in below it
                     k = max(k, now_keep)
                 if cfg.scale_out_now:  # scale out to it (applied below)
                     o_now[m] = now_out
+                if cfg.scale_in_hold_s > 0:  # nor, while no other model wants GPUs, below the recent peak of both
+                    held[m] = math.ceil(self._held_need(m, now_s, max(o, now_out)))
             raw[m] = self._wanted(m, avg5[m], pf, 0)
             n = len(active[m])
             target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
@@ -358,7 +362,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         freeing = set() if not cfg.last_instance_for_groups or cfg.idle_to_zero else \
             self._groups_to_free(state, now_s, board, keep, active, wanted, skip, gone)
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
-            target = keep[m]
+            target = keep[m] if wanted - {m} else max(keep[m], held.get(m, 0))
             if target == 0 and ((not cfg.idle_to_zero and (freeing.isdisjoint(g for i in active[m] for g in i.gpus)
                                                             if cfg.last_instance_for_groups else not (wanted - {m})))
                                 or (co is not None and co.keeps_last(state, m, active[m]))):

@@ -125,6 +125,16 @@ class LoadSignals:
         want = math.ceil(inst.kv_blocks_total * inst.in_flight / self.cfg.instance_capacity)
         return max(0, min(max(want, self.cfg.min_free_kv_blocks), inst.kv_blocks_total - inst.kv_blocks_used))
 
+    def _held_need(self, model: str, now_s: float, need: float) -> float:
+        """The most instances ``model`` wanted over the last scale_in_hold_s, ``need`` (now's) included."""
+        q = self._need_peaks[model]
+        while q and q[0][0] < now_s - self.cfg.scale_in_hold_s:
+            q.popleft()
+        while q and q[-1][1] <= need:
+            q.pop()
+        q.append((now_s, need))
+        return q[0][1]
+
     def _kv_targets(self, state: ClusterState, board: Board, out: list, deferred: list | None = None) -> None:
         """Set each ready instance's KV target (§6). ``deferred``: shrinks are not ordered but listed there as
         (instance, blocks, block bytes, blocks per page), their room released on ``board`` (``kv_shrink_on_demand``)."""
