@@ -17,7 +17,7 @@ from warmserve.outputs import write_json_atomic
 
 
 def one(preset: str, burst_cv: float | None, seed: int, options: dict, rate_scale: float = 1.0) -> dict:
-    """warmserve with ``options`` on one replay: its P99 and P50 TTFT, SLO attainment and GPU-seconds."""
+    """warmserve with ``options`` on one replay: its P99 and P50 TTFT, SLO attainment, GPU-seconds and P50 TPOT."""
     import warmserve.policy.registry as registry
     from warmserve.sim.presets import PRESETS
     from warmserve.sim.simulator import Simulator
@@ -29,7 +29,7 @@ def one(preset: str, burst_cv: float | None, seed: int, options: dict, rate_scal
         r = Simulator(p.build(rate_scale, seed), p.models, "warmserve", config=p.config).run().summary
     finally:
         registry.POLICIES["warmserve"] = base
-    return {k: r[k] for k in ("ttft_p99_s", "ttft_p50_s", "slo_attainment", "gpu_seconds")}
+    return {k: r[k] for k in ("ttft_p99_s", "ttft_p50_s", "slo_attainment", "gpu_seconds", "tpot_p50_s")}
 
 
 def main() -> None:

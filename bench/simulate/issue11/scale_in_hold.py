@@ -25,7 +25,7 @@ PRESETS = ("paper-code", "artifact-code", "paper-conv", "artifact-conv")
 REGIMES = ((None, 1.0), (4.0, 0.25), (4.0, 1.0))
 HOLDS_S = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BASELINES = ("shared", "dedicated")
-FIELDS = ("ttft_p99_s", "ttft_p50_s", "slo_attainment", "gpu_seconds")
+FIELDS = ("ttft_p99_s", "ttft_p50_s", "slo_attainment", "gpu_seconds", "tpot_p50_s")
 
 
 def baseline(preset: str, burst_cv: float | None, seed: int, policy: str, rate_scale: float) -> dict:
