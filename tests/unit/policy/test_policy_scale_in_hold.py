@@ -44,24 +44,19 @@ def _serving(st, model="a"):
     return sum(1 for i in st.instances.values() if i.model == model and i.ready and not i.draining)
 
 
-def test_without_a_hold_the_burst_s_instances_stop_once_the_average_falls():
-    d, st = _burst(0.0)
-    peak = _serving(st)
-    assert peak >= 3
-    for t in range(12, 30):
+def _tick(d, start: int, end: int) -> None:
+    for t in range(start, end):
         d.tick(float(t))
-    assert _serving(st) == 1
 
 
-def test_a_hold_keeps_them_for_the_next_burst_then_lets_them_go():
-    d, st = _burst(30.0)
+@pytest.mark.parametrize("hold_s", [0.0, 30.0])
+def test_a_hold_keeps_a_burst_s_instances_for_its_length_then_lets_them_go(hold_s):
+    d, st = _burst(hold_s)
     peak = _serving(st)
     assert peak >= 3
-    for t in range(12, 36):
-        d.tick(float(t))
-    assert _serving(st) == peak  # 25 s after the burst: still held
-    for t in range(36, 50):
-        d.tick(float(t))
+    _tick(d, 12, 36)
+    assert _serving(st) == (peak if hold_s else 1)  # 25 s after the burst: held, or scaled in on the averages
+    _tick(d, 36, 50)
     assert _serving(st) == 1  # past the hold: scaled in as without it
 
 
@@ -70,8 +65,7 @@ def test_the_hold_yields_when_another_model_wants_the_gpus():
     in on its averages, as without the hold (not only the one GPU b takes back), and b gets a GPU."""
     d, st = _burst(300.0)
     assert _serving(st) == 4
-    for t in range(12, 20):
-        d.tick(float(t))
+    _tick(d, 12, 20)
     assert _serving(st) == 4
     d.submit("b", "q0", 20.0, prompt_tokens=100)
     for t in range(20, 30):
