@@ -39,7 +39,7 @@ class StaticPolicy(Policy):
     def route(self, state: ClusterState, model: str, now_s: float, request_id=None):
         self._model(model)
         ready = [i for i in state.instances.values() if i.model == model and i.ready and not i.draining]
-        best = min(ready, key=lambda i: (i.in_flight, i.instance_id), default=None)
+        best = min(ready, key=self._least_loaded, default=None)
         return None if best is None else A.Route(model, best.instance_id, request_id)
 
     def tick(self, state: ClusterState, now_s: float) -> list:

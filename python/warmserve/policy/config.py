@@ -92,6 +92,14 @@ class PolicyConfig:
     #: the scale-in fix). At its long windows it can help it: paper-code as traced, 300 s window, P99 10.11 s ->
     #: 7.04 s (bench/simulate/issue11/autoscale_overflow.py, which gives `autoscale` that choice in every cell).
     route_prefill_overflow: bool = True
+    #: route() sends a request to the instance with the fewest prompt tokens waiting for their prefill (then the
+    #: fewest in flight), not to the one with the fewest requests in flight: a request's first token waits for the
+    #: prefills queued before it, not for the decodes beside it (``state.least_loaded``). Every policy reads it,
+    #: the static baselines too. Paired over six seeds (bench/simulate/issue11/route_least_prefill_paired_*.json):
+    #: P99 TTFT 0.76x on artifact-conv as traced for warmserve (0.74-0.81x seed by seed), 0.78x for `shared` and
+    #: `autoscale`; warmserve's 0.90x on paper-code as traced, 0.94-1.01x in the other cells, its SLO attainment
+    #: lower on no seed by more than 0.5 points. Off by default until the headline files are re-run with it.
+    route_least_prefill: bool = False
     #: The tick scales in on the 5 s averages, but never below the instances the prefill backlog of this moment
     #: needs: route() may have just started instances for a burst that the average has barely seen, and the
     #: scale-in would stop the one holding the burst's first prompts (it alone is past the minimum lifetime).

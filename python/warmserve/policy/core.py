@@ -18,7 +18,7 @@ from warmserve.policy.moves import GpuMoves
 from warmserve.policy.placement import Board
 from warmserve.policy.planner import plan_model
 from warmserve.policy.signals import PREFILL_PROFILE_TOKENS, LoadSignals  # noqa: F401 (re-exported for tests)
-from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
+from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, least_loaded
 
 
 class Policy(Demand, LoadSignals, GpuMoves, Colocating):
@@ -35,6 +35,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         self._load: dict[str, deque] = {m: deque() for m in self.models}
         self._prefill_load: dict[str, deque] = {m: deque() for m in self.models}
         self._need_peaks: dict[str, deque] = {m: deque() for m in self.models}  # (time, instances) (scale_in_hold_s)
+        self._least_loaded = least_loaded(config.route_least_prefill)  # route()'s order among instances with room
         #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
         #: it gets GPUs among models whose demand is equally unmet.
         self._starved_since: dict[str, float] = {}
@@ -138,7 +139,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             return min(b, self._co.route_cap(state, model, inst) if own is None else own)
 
         room = [i for i in ready if i.in_flight < lim(i, B)]
-        best = min(room, key=lambda i: (i.in_flight, i.instance_id), default=None)
+        best = min(room, key=self._least_loaded, default=None)
         budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
         # the budget leaves out the arriving request's own prefill (one profiled p), which the backlog counts too
         if best is not None and not (
@@ -164,7 +165,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                 if act is not None:
                     return act
         over = [i for i in ready if i.in_flight < lim(i, math.inf)]  # overflow, bar a co-served instance's cap
-        best = min(over, key=lambda i: (i.in_flight, i.instance_id), default=None)
+        best = min(over, key=self._least_loaded, default=None)
         return None if best is None else A.Route(model, best.instance_id, request_id)
 
     def _someone_starving(self, state: ClusterState, model: str) -> bool:

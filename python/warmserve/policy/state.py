@@ -128,6 +128,15 @@ class InstanceState:
         return self.ready_s is not None
 
 
+def least_loaded(by_prefill: bool):
+    """The sort key of route()'s "least-loaded instance": the fewest requests in flight, or with ``by_prefill``
+    (``PolicyConfig.route_least_prefill``) the fewest prompt tokens waiting for their prefill first (a request's
+    first token waits for the prefills queued before it, not for the decodes running beside it)."""
+    if by_prefill:
+        return lambda i: (i.prefill_tokens_pending, i.in_flight, i.instance_id)
+    return lambda i: (i.in_flight, i.instance_id)
+
+
 @dataclass(slots=True)
 class PrewarmState:
     """Weights of one model held (or being loaded) on ``len(gpus) == tp`` GPUs of one server, not serving."""
