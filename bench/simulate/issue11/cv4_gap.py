@@ -1,8 +1,9 @@
 """Where warmserve's SLO attainment at burst CV 4 goes, against `shared` and `dedicated`: warmserve as registered,
 with a scale-in hold (``scale_in_hold_s`` 300, yielding to models that want GPUs), with no instance ever stopped
 (``min_lifetime_s`` 1e6: grow-only, standing capacity without the hold's yielding), that with KV reservation off
-(no KV page mapped again on a prefill's path), then `dedicated` and `shared` (searched layouts). Seeds 0-5, the
-four presets at burst CV 4 and the traced rate.
+(no KV page mapped again on a prefill's path), then `dedicated` and `shared` (searched layouts); last, the hold and
+both baselines with ``route_least_prefill`` (every policy may route by prefill backlog). Seeds 0-5, the four
+presets at burst CV 4 and the traced rate.
 
     python bench/simulate/issue11/cv4_gap.py --json bench/simulate/issue11/cv4_gap.json \
         > bench/simulate/issue11/cv4_gap.txt
@@ -15,16 +16,21 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 from paired_option import one  # this folder's scripts
-from scale_in_hold import PRESETS, baseline, summary
+from scale_in_hold import PRESETS, summary
 
 from warmserve.outputs import write_json_atomic
 
-#: (row name, warmserve's policy options) in the order the gap closes
-STEPS = (("warmserve", {}),
-         ("+ scale_in_hold_s 300", {"scale_in_hold_s": 300.0}),
-         ("grow-only (min_lifetime_s 1e6)", {"min_lifetime_s": 1e6}),
-         ("grow-only, KV reservation off", {"min_lifetime_s": 1e6, "kv_reservation": False}))
-BASELINES = ("dedicated", "shared")
+#: (row name, policy, its options) in the order the gap closes, then with route_least_prefill
+ROUTE = {"route_least_prefill": True}
+STEPS = (("warmserve", "warmserve", {}),
+         ("+ scale_in_hold_s 300", "warmserve", {"scale_in_hold_s": 300.0}),
+         ("grow-only (min_lifetime_s 1e6)", "warmserve", {"min_lifetime_s": 1e6}),
+         ("grow-only, KV reservation off", "warmserve", {"min_lifetime_s": 1e6, "kv_reservation": False}),
+         ("dedicated", "dedicated", {}),
+         ("shared", "shared", {}),
+         ("warmserve, scale_in_hold_s 300, route_least_prefill", "warmserve", {"scale_in_hold_s": 300.0, **ROUTE}),
+         ("dedicated, route_least_prefill", "dedicated", ROUTE),
+         ("shared, route_least_prefill", "shared", ROUTE))
 
 
 def main() -> None:
@@ -36,13 +42,11 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {(p, name, s): pool.submit(one, p, args.burst_cv, s, opts) for p in PRESETS for name, opts in STEPS
-                for s in seeds}
-        futs.update({(p, b, s): pool.submit(baseline, p, args.burst_cv, s, b, 1.0) for p in PRESETS
-                     for b in BASELINES for s in seeds})
+        futs = {(p, name, s): pool.submit(one, p, args.burst_cv, s, opts, policy=pol) for p in PRESETS
+                for name, pol, opts in STEPS for s in seeds}
         rows = []
         for p in PRESETS:
-            for name in [n for n, _ in STEPS] + list(BASELINES):
+            for name, _, _ in STEPS:
                 runs = [futs[(p, name, s)].result() for s in seeds]
                 rows.append({"preset": p, "row": name, "seeds": runs, "summary": {
                     **summary(runs), "tpot_p50_s": sorted(r["tpot_p50_s"] for r in runs)[len(runs) // 2]}})
@@ -56,7 +60,8 @@ def main() -> None:
               f"{s['ttft_p99_s']:.3f} | {s['tpot_p50_s']:.4f} | {s['gpu_seconds']:.0f} |")
     if args.json:
         write_json_atomic(args.json, {"seeds": seeds, "burst_cv": args.burst_cv,
-                                      "steps": [{"row": n, "options": o} for n, o in STEPS], "rows": rows})
+                                      "steps": [{"row": n, "policy": p, "options": o} for n, p, o in STEPS],
+                                      "rows": rows})
 
 
 if __name__ == "__main__":
