@@ -38,7 +38,7 @@ def main() -> None:
     from warmserve.policy.config import policy_config_from_dict
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("options", nargs="+", metavar="KEY=VALUE", help="warmserve's policy options to pair against it")
+    ap.add_argument("options", nargs="+", metavar="KEY=VALUE", help="the policy options to pair against it")
     ap.add_argument("--presets", default="paper-code,artifact-code")
     ap.add_argument("--burst-cvs", default="none,4", help="comma-separated; none: as traced")
     ap.add_argument("--seeds", default="0,1,2,3,4,5")

@@ -25,16 +25,6 @@ PRESETS = ("paper-code", "artifact-code", "paper-conv", "artifact-conv")
 REGIMES = ((None, 1.0), (4.0, 0.25), (4.0, 1.0))
 HOLDS_S = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BASELINES = ("shared", "dedicated")
-FIELDS = ("ttft_p99_s", "ttft_p50_s", "slo_attainment", "gpu_seconds", "tpot_p50_s")
-
-
-def baseline(preset: str, burst_cv: float | None, seed: int, policy: str, rate_scale: float) -> dict:
-    from warmserve.sim.presets import PRESETS as BUILD
-    from warmserve.sim.runner import run_once
-
-    p = BUILD[preset](**({"burst_cv": burst_cv} if burst_cv else {}))
-    r = run_once(p, policy, rate_scale=rate_scale, seed=seed).summary
-    return {k: r[k] for k in FIELDS}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -96,7 +86,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = {(c, h, s): pool.submit(one, c[0], c[1], s, {"scale_in_hold_s": h}, c[2])
                 for c in grid for h in HOLDS_S for s in seeds}
-        futs.update({(c, b, s): pool.submit(baseline, c[0], c[1], s, b, c[2])
+        futs.update({(c, b, s): pool.submit(one, c[0], c[1], s, {}, c[2], policy=b)
                      for c in grid for b in BASELINES for s in seeds})
         cells = []
         for c in grid:
