@@ -98,8 +98,9 @@ class PolicyConfig:
     #: the static baselines too. Paired over six seeds (bench/simulate/issue11/route_least_prefill_paired_*.json):
     #: P99 TTFT 0.76x on artifact-conv as traced for warmserve (0.74-0.81x seed by seed), 0.78x for `shared` and
     #: `autoscale`; warmserve's 0.90x on paper-code as traced, 0.94-1.01x in the other cells, its SLO attainment
-    #: lower on no seed by more than 0.5 points. Off by default until the headline files are re-run with it.
-    route_least_prefill: bool = False
+    #: lower on no seed by more than 0.5 points. On by default since 2026-12-04 (the headline files re-run with it);
+    #: off is the fewest-in-flight order of the files before.
+    route_least_prefill: bool = True
     #: The tick scales in on the 5 s averages, but never below the instances the prefill backlog of this moment
     #: needs: route() may have just started instances for a burst that the average has barely seen, and the
     #: scale-in would stop the one holding the burst's first prompts (it alone is past the minimum lifetime).

@@ -16,7 +16,8 @@ from typing import Protocol
 from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import actions as A
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
-from warmserve.policy.state import ClusterState, GpuState, InstanceState, PrewarmState, ServerState, kv_blocks_for
+from warmserve.policy.state import (ClusterState, GpuState, InstanceState, PrewarmState, ServerState, kv_blocks_for,
+                                    least_loaded)
 
 #: Consecutive failed starts of a model after which its waiting requests fail with the reason.
 START_ATTEMPTS = 3
@@ -105,6 +106,8 @@ class PolicyDriver:
         #: Whether a cold start of a model on its own kept weights is made a hit: only for a policy that prewarms
         #: weights. A vanilla autoscaler's (and engine-prewarm-only's) stopped engine takes its weights with it.
         self._hits_on_kept = bool(getattr(getattr(policy, "cfg", None), "prewarm", False))
+        #: reroute()'s order among the instances serving alone: route()'s own (``state.least_loaded``).
+        self._least_loaded = least_loaded(bool(getattr(getattr(policy, "cfg", None), "route_least_prefill", False)))
         #: Server key (a host name, or the server id) -> indices in state.servers: a host with more GPUs than one
         #: server entry holds (MAX_GPUS_PER_SERVER, what the placement handles) has several entries.
         self._server_of: dict = {s.server_id: [i] for i, s in enumerate(state.servers)}
@@ -200,7 +203,7 @@ class PolicyDriver:
             return False
         alone = [i for i in st.instances.values() if i.model == model and i is not inst and i.ready
                  and not i.draining and not self._shares_gpus(i)]
-        target = min(alone, key=lambda i: (i.in_flight, i.instance_id), default=None)
+        target = min(alone, key=self._least_loaded, default=None)
         if target is None:
             return False
         self._requeue(model, [(request, prompt_tokens)])  # its prompt counts as waiting again; _send moves it on

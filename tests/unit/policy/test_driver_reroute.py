@@ -62,3 +62,26 @@ def test_no_move_without_an_instance_serving_alone_nor_from_one():
     assert d2.reroute("a", "r3", "i-a1", 1.1) is False
     assert st2.instances["i-a1"].in_flight == 1
     assert d2.reroute("a", "r3", "i-gone", 1.1) is False
+
+
+def test_reroute_orders_the_instances_alone_as_route_does():
+    """With ``route_least_prefill`` the refused request goes to the instance alone with the fewest prompt tokens
+    waiting for prefill, though it has more requests in flight (route()'s order; found in review: reroute kept the
+    fewest-in-flight order)."""
+    for by_prefill, expected in ((False, "i-a2"), (True, "i-a1")):
+        models = [ModelInfo("a", 10 * GiB, 1, 1 << 19), ModelInfo("b", 10 * GiB, 1, 1 << 19)]
+        st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+        cfg = PolicyConfig(replan_s=1e9, window_s=1e6, route_least_prefill=by_prefill)
+        d = instant_driver(make_policy("warmserve", models=models, config=cfg), st)
+        d.apply(A.StartInstance("i-a0", "a", (0,), kv_fraction=0.5), 0.0)
+        d.apply(A.StartInstance("i-b0", "b", (0,), kv_fraction=0.5), 0.0)
+        d.apply(A.StartInstance("i-a1", "a", (1,)), 0.0)
+        d.apply(A.StartInstance("i-a2", "a", (2,)), 0.0)
+        a1, a2 = st.instances["i-a1"], st.instances["i-a2"]
+        a1.in_flight, a1.prefill_tokens_pending = 2, 0  # two decoding
+        a2.in_flight, a2.prefill_tokens_pending = 1, 8000  # one long prompt still in prefill
+        st.instances["i-a0"].in_flight = 0
+        d.submit("a", "r1", 1.0, prompt_tokens=100)
+        assert d.executor.running.get("i-a0") == ["r1"], d.executor.running
+        assert d.reroute("a", "r1", "i-a0", 1.1) is True
+        assert d.executor.running[expected] == ["r1"], (by_prefill, d.executor.running)
