@@ -200,23 +200,26 @@ def main() -> None:
         print("| " + " | ".join(x if x.strip("-; ") else "-" for x in r) + " |")
     print()
     print("| 12 models on 16 GPUs: SLO attainment / P99 TTFT | warmserve | warmserve, rules only "
-          "(`colocate_when_oversubscribed=false`) | shared | autoscale | files (issue11/) |")
-    print("|---|---|---|---|---|---|")
+          "(`colocate_when_oversubscribed=false`) | warmserve, tp > 1 models alone (`colocate_tp=false`, as live "
+          "runs) | shared | autoscale | files (issue11/) |")
+    print("|---|---|---|---|---|---|---|")
     for kind in ("conv", "code"):
         for r in ("x025", "x05"):
-            name, rules = f"paper_{kind}_m12_{r}_colocate", f"paper_{kind}_m12_{r}_rules"
+            name, rules, alone = (f"paper_{kind}_m12_{r}_{v}" for v in ("colocate", "rules", "colocate_tp_off"))
             cells = []
-            for f, p in ((name, "warmserve"), (rules, "warmserve"), (name, "shared"), (name, "autoscale")):
+            for f, p in ((name, "warmserve"), (rules, "warmserve"), (alone, "warmserve"), (name, "shared"),
+                         (name, "autoscale")):
                 a, q = pol(f, p, "slo_attainment"), pol(f, p, "ttft_p99_s")
                 cells.append("-" if a is None else f"{a:.3f} / {q:.2f} s")
-            print(f"| paper-{kind}, rate x{r[1:2]}.{r[2:]} | " + " | ".join(cells) + f" | `{name}.json`, `{rules}.json` |")
+            print(f"| paper-{kind}, rate x{r[1:2]}.{r[2:]} | " + " | ".join(cells)
+                  + f" | `{name}.json`, `{rules}.json`, `{alone}.json` |")
         name, rules = f"paper_{kind}_m12_search_colocate", f"paper_{kind}_m12_search_rules"
         w = pol(name, "warmserve", "max_rate_under_slo_rps")
         o = pol(rules, "warmserve", "max_rate_under_slo_rps")
         s = pol(name, "shared", "max_rate_under_slo_rps")
         cells = ["-" if v is None or s is None else f"{v:.2f} rps: {v / s:.2f}x `shared`" for v in (w, o)]
         print(f"| paper-{kind}, max rate under the SLO | " + " | ".join(cells)
-              + f" | {'-' if s is None else f'{s:.2f} rps'} | | `{name}.json`, `{rules}.json` |")
+              + f" | not run | {'-' if s is None else f'{s:.2f} rps'} | | `{name}.json`, `{rules}.json` |")
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
 """``route_least_prefill``: route() sends a request to the instance with the fewest prompt tokens waiting for their
-prefill (then the fewest in flight), in every policy, the static baselines too. Measured
+prefill (then the fewest in flight), in every policy, the static baselines too; the default since 2026-12-04. Measured
 (bench/simulate/issue11/route_least_prefill_paired.json): artifact-conv's P99 TTFT 0.73-0.82x on each of six seeds."""
 
 import pytest
@@ -28,6 +28,13 @@ def test_a_request_goes_where_the_fewest_prompt_tokens_wait(name, on):
                                                              colocate_when_oversubscribed=False))
     act = pol.route(_state(), "a", 10.0, request_id="r")
     assert act == A.Route("a", "x1" if on else "x2", "r")
+
+
+@pytest.mark.parametrize("name", ["warmserve", "autoscale", "shared", "dedicated"])
+def test_every_registered_policy_routes_by_prefill_backlog_by_default(name):
+    """The headline files of 2026-12-04 on are of this default; a policy's registration must not turn it off."""
+    pol = make_policy(name, models=[M], config=PolicyConfig(coserve_tpot_s=0.0, colocate_when_oversubscribed=False))
+    assert pol.route(_state(), "a", 10.0, request_id="r") == A.Route("a", "x1", "r")
 
 
 def test_equal_prefill_backlogs_fall_back_to_the_fewest_in_flight():
