@@ -15,6 +15,7 @@ from typing import Protocol
 
 from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import actions as A
+from warmserve.policy.config import PolicyConfig
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
 from warmserve.policy.state import (ClusterState, GpuState, InstanceState, PrewarmState, ServerState, kv_blocks_for,
                                     least_loaded)
@@ -106,8 +107,10 @@ class PolicyDriver:
         #: Whether a cold start of a model on its own kept weights is made a hit: only for a policy that prewarms
         #: weights. A vanilla autoscaler's (and engine-prewarm-only's) stopped engine takes its weights with it.
         self._hits_on_kept = bool(getattr(getattr(policy, "cfg", None), "prewarm", False))
-        #: reroute()'s order among the instances serving alone: route()'s own (``state.least_loaded``).
-        self._least_loaded = least_loaded(bool(getattr(getattr(policy, "cfg", None), "route_least_prefill", False)))
+        #: reroute()'s order among the instances serving alone: route()'s own (``state.least_loaded``); a policy
+        #: with no configuration gets the configuration's default.
+        self._least_loaded = least_loaded(bool(getattr(getattr(policy, "cfg", None), "route_least_prefill",
+                                                       PolicyConfig.route_least_prefill)))
         #: Server key (a host name, or the server id) -> indices in state.servers: a host with more GPUs than one
         #: server entry holds (MAX_GPUS_PER_SERVER, what the placement handles) has several entries.
         self._server_of: dict = {s.server_id: [i] for i, s in enumerate(state.servers)}
