@@ -97,7 +97,8 @@ import importlib.util, sys
 need = {"scikit_build_core": "scikit-build-core", "pybind11": "pybind11", "numpy": "numpy", "msgspec": "msgspec",
         "zmq": "pyzmq", "statsmodels": "statsmodels", "safetensors": "safetensors", "tokenizers": "tokenizers",
         "aiohttp": "aiohttp", "yaml": "pyyaml", "matplotlib": "matplotlib", "tqdm": "tqdm", "pytest": "pytest",
-        "hypothesis": "hypothesis", "transformers": "transformers", "torch": "torch"}
+        "hypothesis": "hypothesis", "transformers": "transformers", "torch": "torch", "setproctitle": "setproctitle",
+        "tzdata": "tzdata", "prometheus_client": "prometheus-client", "jinja2": "jinja2"}
 print(" ".join(p for m, p in need.items() if importlib.util.find_spec(m) is None))
 PY
 }

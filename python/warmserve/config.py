@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from warmserve.endpoints import check_endpoint  # noqa: F401  (config.check_endpoint: the name callers use)
 from warmserve.errors import InvalidArgumentError
-from warmserve.geometry import is_page_size
+from warmserve.geometry import default_page_bytes, is_page_size
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.calendar import check_window_in_zone
 from warmserve.protocol import EngineConfig
@@ -226,10 +226,12 @@ class ClusterConfig:
     #: once (worker/forkserver.py): a start skips the ~2.6 s import. False: a fresh interpreter each. GPU workers and
     #: `autoscale`'s cold starts are always fresh interpreters.
     fork_cpu_workers: bool = True
-    #: Page size of every started worker's pool, bytes: a multiple of 2 MiB. On a GPU each page costs driver calls
-    #: when mapped (a 1 GiB give-back took 8.4 ms at 2 MiB pages and 0.48 ms at 32 MiB on an H200:
-    #: bench/switch/README.md); KV blocks share larger pages, which then grow and shrink the cache in steps of a page.
-    worker_page_bytes: int = 2 << 20
+    #: Page size of every started worker's pool, bytes: a multiple of 2 MiB, or 0 for the default by device: 32 MiB
+    #: when every started worker is on a GPU, else 2 MiB (geometry.default_page_bytes). On a GPU each page costs
+    #: driver calls when mapped (a 1 GiB KV give-back took 9.8-12.0 ms at 2 MiB pages and 0.92-0.99 ms at 32 MiB on
+    #: an H200: bench/switch/README.md); KV blocks share larger pages, which then grow and shrink the cache in steps
+    #: of a page.
+    worker_page_bytes: int = 0
     #: Host checkpoint cache of the started workers, bytes (memory/host_cache.py): checkpoint files kept in host
     #: memory shared by the workers of one machine, so a model's second load there (another worker's prewarm, a
     #: restart) reads host memory, on GPUs by DMA straight from it, not the files. 0: off, loads read the files.
@@ -277,9 +279,10 @@ class ClusterConfig:
         if self.host_cache_dir and not self.host_cache_bytes:
             raise InvalidArgumentError("ClusterConfig: host_cache_dir needs host_cache_bytes (the cache's size; 0 "
                                        "turns the cache off)", key="host_cache_dir")
-        if not is_page_size(self.worker_page_bytes):
+        if self.worker_page_bytes != 0 and not is_page_size(self.worker_page_bytes):
             raise InvalidArgumentError(f"ClusterConfig: worker_page_bytes must be a positive multiple of 2 MiB "
-                                       f"({2 << 20}), got {self.worker_page_bytes}", key="worker_page_bytes")
+                                       f"({2 << 20}), or 0 for the default by device, got {self.worker_page_bytes}",
+                                       key="worker_page_bytes")
         canonical, written = [], list(self.devices)
         for d in written:
             kind, _, idx = d.partition(":") if isinstance(d, str) else ("", "", "")
@@ -390,6 +393,15 @@ def memory_gib_arg(memory_bytes: int) -> str:
     review: 4 decimals cut the pool a page below what ``launch.check_weights_fit`` passed; ``launch.refusal`` then
     refused the worker)."""
     return repr(memory_bytes / (1 << 30))
+
+
+def with_worker_page_bytes(cfg: ClusterConfig, devices) -> ClusterConfig:
+    """cfg with worker_page_bytes resolved for workers on ``devices`` ("cuda:N" / "cpu:N"): as set, or for 0 the
+    default by device (geometry.default_page_bytes). Resolved once, before the controller is made, so that it plans
+    with the page its started workers use."""
+    if cfg.worker_page_bytes:
+        return cfg
+    return dataclasses.replace(cfg, worker_page_bytes=default_page_bytes(devices))
 
 
 def worker_cache_args(cfg: ClusterConfig) -> tuple[str, ...]:

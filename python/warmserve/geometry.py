@@ -13,6 +13,12 @@ import math
 #: mapping is a whole number of these. A pool may use larger pages (a multiple of this); KV blocks then share them
 #: (engine/kv_cache.KVPageMapper), and planning here keeps this unit.
 PAGE_BYTES = 2 << 20
+#: Page of a GPU worker's pool unless one is chosen (ClusterConfig.worker_page_bytes, `warmserve worker
+#: --page-mib`). The CUDA driver maps no page from inside a larger allocation (an H200 with driver 580 refused a
+#: non-zero cuMemMap offset), so every page is an allocation of its own with its own driver calls: per GiB on an
+#: H200 (bench/switch/README.md, 2026-12-04), a move took 23.5 ms at 2 MiB pages and 1.78 ms at 32 MiB, a KV
+#: give-back 9.8-12.0 ms and 0.92-0.99 ms (the goal is <= 5 ms each). Weights then round up to 32 MiB per model.
+GPU_PAGE_BYTES = 32 << 20
 #: Tokens per KV block (PAPER.md §6): one block covers every layer's K and V, so blocks map onto whole pages.
 KV_BLOCK_TOKENS = 256
 #: Bytes per element of the weight and KV dtypes a checkpoint may use.
@@ -27,6 +33,14 @@ def align_up(n: int | float, to: int = PAGE_BYTES) -> int:
 def is_page_size(nbytes: int) -> bool:
     """Whether a pool's page may be ``nbytes`` long: a positive multiple of PAGE_BYTES."""
     return nbytes > 0 and nbytes % PAGE_BYTES == 0
+
+
+def default_page_bytes(devices) -> int:
+    """The page of pools on ``devices`` ("cuda:N" / "cpu:N" strings) when none is chosen: GPU_PAGE_BYTES when
+    there is at least one and every one is a GPU, else PAGE_BYTES (one page size for every worker of a cluster, so
+    that its controller plans with the workers' page)."""
+    devices = list(devices)
+    return GPU_PAGE_BYTES if devices and all(d.startswith("cuda") for d in devices) else PAGE_BYTES
 
 
 def pages_for(nbytes: int | float, page_bytes: int = PAGE_BYTES) -> int:

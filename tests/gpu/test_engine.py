@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def demo(tmp_path_factory):
     from warmserve.engine.demo import SMALL_MODELS, write_demo_models
 
-    return write_demo_models(str(tmp_path_factory.mktemp("demo")), names=SMALL_MODELS)
+    return write_demo_models(str(tmp_path_factory.mktemp("demo")), names=(*SMALL_MODELS, "llama-90m"))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import sys
 import zmq
 
 from warmserve import __version__, protocol as P
-from warmserve.config import ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, worker_cache_args
+from warmserve.config import (ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, with_worker_page_bytes,
+                              worker_cache_args)
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.models import controller_model
 from warmserve.errors import GiB, InvalidArgumentError, OutOfMemoryError, WarmServeError, fmt_bytes
@@ -207,6 +208,7 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     """Start the controller, spawn the local workers and wait until every expected worker has registered."""
     models = [controller_model(s) for s in cfg.models]
     devices = local_devices(cfg)
+    cfg = with_worker_page_bytes(cfg, devices)
     if not cfg.remote_workers:
         # every worker is one of these, on this machine: refused before any is spawned (the controller's own check
         # runs once they have all registered, which took the whole start-up of every worker to refuse it)

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Callable
 
-from warmserve.config import ClusterConfig, memory_gib_arg, worker_cache_args
+from warmserve.config import ClusterConfig, memory_gib_arg, with_worker_page_bytes, worker_cache_args
 from warmserve.controller import ray_connect
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths
@@ -550,6 +550,8 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
     # On a daemon thread of its own: ray.init blocks, and on the event loop it stopped timeouts and Ctrl-C (found in
     # review); ``connect`` ends by its deadline, and the thread cannot hold up the process's exit.
     await _in_daemon_thread(launcher.connect, undo=lambda _: launcher.close())
+    # the page of the workers plan_slots will start: a GPU worker on each GPU of a node, CPU workers on the others
+    cfg = with_worker_page_bytes(cfg, ["cuda" if n.gpus else "cpu" for n in launcher.alive_nodes()])
     controller = None
     try:
         controller = RayController(cfg, models, history=history)

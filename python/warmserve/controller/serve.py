@@ -68,8 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-worker-threads", type=int, default=None,
                    help="torch threads per CPU worker (default: the cores shared among the workers)")
     p.add_argument("--worker-page-mib", type=int, default=None,
-                   help="page size of each started worker's pool, MiB, a multiple of 2 (default 2; larger pages "
-                        "cost fewer driver calls per GiB on GPUs: bench/switch/README.md)")
+                   help="page size of each started worker's pool, MiB, a multiple of 2 (default 32 when every "
+                        "worker is on a GPU, else 2; larger pages cost fewer driver calls per GiB on GPUs: "
+                        "bench/switch/README.md)")
     p.add_argument("--host-cache-gib", type=float, default=None,
                    help="load checkpoints through a host checkpoint cache of this many GiB shared by each machine's "
                         "workers (a second load of a model there reads host memory, not its files; default 0: off); "

@@ -183,9 +183,10 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
     block per KV head computes its group's query heads, reading each key once per group (gqa_shared_built's
     shapes; others take the per-head kernel); None: for 2+ rows (uses_gqa_shared). On an H200 at 32/8 heads x 128
     in bfloat16 it took 0.56-0.85x the per-head kernel's time at batch 16 and 64 (bench/gpu_kernels.py,
-    2026-11-28), hence the default. warps: of the per-head kernel's block, 4 (None), or 8 or 16 at head_dim 64 and
-    128: more keys in flight per round, for short contexts with few blocks (bench/gpu_kernels.py measures them;
-    ignored where the GQA-shared kernel runs)."""
+    2026-11-28), hence the default. warps: of the per-head kernel's block, 4, or 8 or 16 at head_dim 64 and 128:
+    more keys in flight per round, for short contexts with few blocks (ignored where the GQA-shared kernel runs).
+    None: 8 where built (head_dim 64 and 128), else 4: on an H200, 8 warps took 0.70-0.90x the time of 4 in every
+    case bench/gpu_kernels.py timed (batch 1 and 4, 70 to 2,000 tokens, eager and graph splits; 2026-12-04)."""
     _check_geometry("paged_attention", k_off=k_off, v_off=v_off, rows_per_block=rows_per_block,
                     block_tokens=block_tokens)
     dev = _require(q, cache, block_tables, row_seq, row_len)
@@ -196,6 +197,8 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
     if warps not in (None, 4) and not (warps in (8, 16) and head_dim in (64, 128)):
         raise InvalidArgumentError(f"warps must be 4, or 8 or 16 at head_dim 64 or 128; got {warps} at head_dim "
                                    f"{head_dim}", warps=warps, head_dim=head_dim)
+    if warps is None:
+        warps = 8 if head_dim in (64, 128) else 4
     out = torch.empty_like(q)
     if n_rows == 0:
         return out

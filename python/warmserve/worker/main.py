@@ -19,7 +19,7 @@ import sys
 from .. import errors
 from .. import protocol as P
 from ..errors import GiB
-from ..geometry import PAGE_BYTES, is_page_size
+from ..geometry import default_page_bytes, is_page_size
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
 
@@ -34,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (a host-memory slice) or cuda:N")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="page-pool size in GiB (default: 4 on cpu, 90%% of free GPU memory on cuda)")
-    p.add_argument("--page-mib", type=int, default=PAGE_BYTES >> 20,
-                   help="page size of the pool in MiB, a multiple of 2 (default 2). Larger pages cost fewer driver "
-                   "calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share them")
+    p.add_argument("--page-mib", type=int, default=None,
+                   help="page size of the pool in MiB, a multiple of 2 (default 32 on cuda, 2 on cpu). Larger pages "
+                   "cost fewer driver calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
     p.add_argument("--host-cache-gib", type=float, default=0.0,
                    help="load checkpoints through the machine's host checkpoint cache of this many GiB, shared by "
@@ -126,7 +126,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise errors.InvalidArgumentError(f"--memory-gib must be a finite number > 0, got {args.memory_gib}",
                                           memory_gib=args.memory_gib)
     # Found in review: checked only in build_pool, after torch was imported and the engine prewarmed (3-4 s).
-    if not is_page_size(args.page_mib << 20):
+    if args.page_mib is not None and not is_page_size(args.page_mib << 20):
         raise errors.InvalidArgumentError(f"--page-mib must be a positive multiple of 2, got {args.page_mib}",
                                           page_mib=args.page_mib)
     if not math.isfinite(args.host_cache_gib) or args.host_cache_gib < 0:
@@ -245,12 +245,15 @@ def engine_config(args: argparse.Namespace) -> P.EngineConfig:
     return P.EngineConfig(**given)
 
 
-def build_pool(device: str, memory_gib: float | None, prefault: bool = True, page_mib: int = PAGE_BYTES >> 20):
+def build_pool(device: str, memory_gib: float | None, prefault: bool = True, page_mib: int | None = None):
     """The page pool of a device: all pages created now, so that later only map and unmap happen (and, with
-    prefault, touched now on the host, so no load pays for first touches). Pages of ``page_mib`` MiB."""
+    prefault, touched now on the host, so no load pays for first touches). Pages of ``page_mib`` MiB (None: the
+    device's default, geometry.default_page_bytes)."""
     from ..memory import PagePool
 
     device = check_device(device)
+    if page_mib is None:
+        page_mib = default_page_bytes([device]) >> 20
     if not is_page_size(page_mib << 20):
         raise errors.InvalidArgumentError(f"--page-mib must be a positive multiple of 2, got {page_mib}",
                                           page_mib=page_mib)

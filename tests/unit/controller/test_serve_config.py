@@ -30,7 +30,7 @@ def test_flags_override_the_file(tmp_path, monkeypatch):
     pc = cfg.controller.policy_config
     assert (pc.instance_capacity, pc.window_s, pc.min_lifetime_s) == (8, 30.0, 2.0)  # flags over the file's table
     assert (cfg.engine.max_num_seqs, cfg.engine.max_batch_tokens, cfg.cpu_worker_threads) == (4, 512, 1)
-    assert cfg.worker_page_bytes == 32 << 20 and serve.build_config(parse()).worker_page_bytes == 2 << 20
+    assert cfg.worker_page_bytes == 32 << 20 and serve.build_config(parse()).worker_page_bytes == 0  # 0: by device
     monkeypatch.setenv("WARMSERVE_API_KEY", "k")
     assert serve.build_config(parse()).server.api_key == "k"
     assert serve.build_config(parse()).models == ()  # the demo models are chosen when serving starts
