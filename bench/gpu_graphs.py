@@ -23,6 +23,9 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
    may choose other kernels. Each switch drops the graphs, so the next activation captures them anew.
 7. Decode with graphs, matmuls of 1 to 4 rows through warmserve's gemv kernel (LoadedModel.gemv_kernel) against
    cuBLAS, alternating; batch 1 against the roofline.
+8. Where a decode step's wall time goes, phase by phase (warmserve.bench.step_phases: schedule, forward as the
+   host sees it, the wait for the device, sampling, the rest), with graphs at each batch and eager at batch 1: the
+   host's part of a step is what the device idles unless step n+1 is launched before step n's token is read.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -39,6 +42,7 @@ import time
 
 import torch
 
+from warmserve.bench.step_phases import phases_line, step_phases
 from warmserve.engine import Engine, SamplingParams, load_model
 from warmserve.engine.graphs import capture_decode_graphs, graphs_for, release_decode_graphs
 from warmserve.memory import PagePool
@@ -196,6 +200,25 @@ def gemv_vs_cublas(lm, a, bw: float) -> list[dict] | dict:
     return _on_against_off(lm, a, bw, "gemv_kernel", "gemv", "cublas")
 
 
+def host_phases(lm, a) -> list[dict]:
+    """8. step_phases of the decode steps with graphs at each of a.batches and eager at batch 1 (the prefill and
+    the first decode step outside it). A failure is recorded, not raised."""
+    out = []
+    for batch, graphs in [(b, True) for b in a.batches] + [(1, False)]:
+        try:
+            with Engine(lm, max_num_seqs=a.max_num_seqs, max_batch_tokens=max(2048, batch * a.prompt_tokens),
+                        target_free_blocks=2 * batch, cuda_graphs=None if graphs else False) as eng:
+                for i, p in enumerate(prompts(lm.config.vocab_size, batch, a.prompt_tokens, seed=4)):
+                    eng.add_request(str(i), p, SamplingParams(max_tokens=a.new_tokens, ignore_eos=True))
+                eng.step()
+                eng.step()
+                out.append({"batch": batch, "graphs": graphs,
+                            **step_phases(eng, a.new_tokens - 3, sync=torch.cuda.synchronize)})
+        except Exception as e:  # noqa: BLE001 (reported in the results instead)
+            out.append({"batch": batch, "graphs": graphs, "error": f"{type(e).__name__}: {e}"})
+    return out
+
+
 def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.0) -> tuple[float, float]:
     """(summed idle microseconds between device activities shorter than ``between_steps_us``, and the summed longer
     ones) over (start, end) spans: inside a graph replay kernels follow each other within a few microseconds; a
@@ -326,6 +349,7 @@ def main() -> None:
             res["blas"] = blas_libraries(lm, a, bw)
             res["gemv"] = gemv_vs_cublas(lm, a, bw)
             res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True))
+            res["phases"] = host_phases(lm, a)
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -364,6 +388,9 @@ def main() -> None:
         lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
     lines += alternate_lines(res.get("blas", []), "BLAS library", "cublaslt", "cublas")
     lines += alternate_lines(res.get("gemv", []), "gemv kernel", "gemv", "cublas")
+    for p in res.get("phases", []):
+        label = f"step phases, decode batch {p['batch']} {'with graphs' if p['graphs'] else 'eager'}"
+        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -195,6 +195,19 @@ def test_graph_style_fixed_split_over_a_far_longer_max_len(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [0, 32, 64, 70])
+@pytest.mark.parametrize("gqa_shared", [False, True])
+def test_the_reduce_reads_the_used_splits_alone(dtype, window, gqa_shared):
+    """reduce_splits_kernel merges only the splits a row's keys fall in (used_splits): rows ending just before, on
+    and just past a split boundary, windows starting on one and inside one, rows shorter than the window, under a
+    split count fixed far past them (as a CUDA graph fixes it); equal to the torch path either kernel."""
+    s = make_step(dtype, decode_lens=(1, 31, 32, 33, 64, 65, 96, 200), chunks=((60, 9),), heads=8, kv_heads=2,
+                  head_dim=64, block_tokens=16, window=window)
+    s["max_len"] = 4096
+    check(s, split_tokens=32, gqa_shared=gqa_shared)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 4, 64), (8, 2, 64), (16, 2, 64), (16, 4, 128), (16, 8, 128),
                                                      (16, 2, 128), (8, 8, 64), (4, 1, 96)])
 def test_gqa_shared_kernel(dtype, heads, kv_heads, head_dim):
