@@ -12,7 +12,7 @@ import time
 import pytest
 
 from warmserve import protocol as P
-from warmserve.errors import ClosedError
+from warmserve.errors import ClosedError, UnknownModelError
 from warmserve.worker.async_client import AsyncWorkerClient
 from warmserve.worker.core import WorkerCore
 from warmserve.worker.main import build_pool
@@ -70,8 +70,12 @@ def test_a_stream_of_the_first_loop_fails_on_the_second_at_once(endpoint):
     async def read():
         t0 = time.monotonic()
         try:
-            with pytest.raises(ClosedError, match="event loop"):
+            # The worker's error can reach the first loop's receiver before that loop closes (seen once in a full
+            # run on the 2-core VM): then the stream holds it and raises it; either way at once, not after 8 s.
+            with pytest.raises((ClosedError, UnknownModelError)) as e:
                 await stream.collect()
+            if isinstance(e.value, ClosedError):
+                assert "event loop" in str(e.value)
             return time.monotonic() - t0
         finally:
             await c.close()
