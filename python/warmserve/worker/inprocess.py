@@ -21,13 +21,14 @@ _PEER = b"inprocess"
 
 class InProcessWorker(SyncClientBase):
     """A worker in this process. Pass ``pool`` to share one (the caller keeps owning it), or let it make its own
-    from ``device``, ``memory_gib`` and ``page_mib`` (closed with the worker; ``prefault=False`` skips touching every
-    host page up front, for short-lived pools). ``engine`` and ``host_cache``: as a worker's ``--max-num-seqs`` (and
-    the other engine flags) and ``--host-cache-gib`` give them (``WorkerCore``)."""
+    from ``device``, ``memory_gib`` and ``page_mib`` (None: the device's default page, as `warmserve worker` takes
+    it; closed with the worker; ``prefault=False`` skips touching every host page up front, for short-lived pools).
+    ``engine`` and ``host_cache``: as a worker's ``--max-num-seqs`` (and the other engine flags) and
+    ``--host-cache-gib`` give them (``WorkerCore``)."""
 
     def __init__(self, device: str = "cpu", memory_gib: float = 1.0, *, pool=None, threads: int | None = None,
                  worker_id: str = "inprocess", prefault: bool = True, default_timeout_s: float = 60.0,
-                 page_mib: int = 2, engine: P.EngineConfig | None = None, host_cache=None):
+                 page_mib: int | None = None, engine: P.EngineConfig | None = None, host_cache=None):
         super().__init__()
         self.default_timeout_s = default_timeout_s
         if threads:
