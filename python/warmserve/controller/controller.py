@@ -18,8 +18,7 @@ import threading
 import time
 
 from warmserve import protocol as P
-from warmserve.config import ClusterConfig
-from warmserve.geometry import PAGE_BYTES
+from warmserve.config import ClusterConfig, with_worker_page_bytes
 from warmserve.controller import observed, views
 from warmserve.controller.clock import history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
@@ -63,14 +62,11 @@ class Controller(WorkerRestarts):
                  policy_config: PolicyConfig | None = None):
         if not models:
             raise InvalidArgumentError("a cluster needs at least one model")
-        self.config = config
+        self.config = config = with_worker_page_bytes(config, ())  # 0 unresolved by a launcher: the 2 MiB unit
         self.cc = config.controller
         self.models: dict[str, ControllerModel] = {m.name: m for m in models}
-        # worker_page_bytes is resolved by device (0: the default) before the launchers make a controller; one made
-        # from a bare config plans with the 2 MiB unit
-        page_bytes = config.worker_page_bytes or PAGE_BYTES
         infos = [ModelInfo(m.name, weight_bytes=m.weight_bytes, tp=m.spec.tp, kv_bytes_per_token=m.kv_bytes_per_token,
-                           page_bytes=page_bytes, max_context_tokens=m.max_context) for m in models]
+                           page_bytes=config.worker_page_bytes, max_context_tokens=m.max_context) for m in models]
         pcfg = policy_config or self.cc.policy_config
         wide = sorted(m.name for m in models if m.spec.tp > 1)
         if pcfg.colocate_tp and wide:
