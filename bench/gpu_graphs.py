@@ -39,6 +39,7 @@ import os
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -98,14 +99,22 @@ def ttft(lm, repeats: int, **kw) -> dict:
             "ttft_s_each": first}  # in order: the first call in the process pays a first-use cost
 
 
-def decode_run(lm, batch: int, prompt_tokens: int, new_tokens: int, graphs: bool, max_num_seqs: int):
-    """(decode seconds, tokens by request, steps replayed) of one run: prefill step, then the decode steps."""
+@contextmanager
+def decode_engine(lm, batch: int, prompt_tokens: int, new_tokens: int, graphs: bool, max_num_seqs: int, seed: int):
+    """An Engine (graphs or eager) holding `batch` greedy requests of `prompt_tokens` random tokens, `new_tokens`
+    each (ignore_eos), none stepped yet."""
     with Engine(lm, max_num_seqs=max_num_seqs, max_batch_tokens=max(2048, batch * prompt_tokens),
                 target_free_blocks=2 * batch, cuda_graphs=None if graphs else False) as eng:
+        for i, p in enumerate(prompts(lm.config.vocab_size, batch, prompt_tokens, seed=seed)):
+            eng.add_request(str(i), p, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
+        yield eng
+
+
+def decode_run(lm, batch: int, prompt_tokens: int, new_tokens: int, graphs: bool, max_num_seqs: int):
+    """(decode seconds, tokens by request, steps replayed) of one run: prefill step, then the decode steps."""
+    with decode_engine(lm, batch, prompt_tokens, new_tokens, graphs, max_num_seqs, seed=2) as eng:
         if graphs and eng.graphs is None:
             raise RuntimeError(f"graphs asked for but off: {eng.graphs_off_reason}")
-        for i, p in enumerate(prompts(lm.config.vocab_size, batch, prompt_tokens, seed=2)):
-            eng.add_request(str(i), p, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
         toks = {}
         for o in eng.step():
             toks.setdefault(o.request_id, []).extend(o.token_ids)
@@ -206,10 +215,7 @@ def host_phases(lm, a) -> list[dict]:
     out = []
     for batch, graphs in [(b, True) for b in a.batches] + [(1, False)]:
         try:
-            with Engine(lm, max_num_seqs=a.max_num_seqs, max_batch_tokens=max(2048, batch * a.prompt_tokens),
-                        target_free_blocks=2 * batch, cuda_graphs=None if graphs else False) as eng:
-                for i, p in enumerate(prompts(lm.config.vocab_size, batch, a.prompt_tokens, seed=4)):
-                    eng.add_request(str(i), p, SamplingParams(max_tokens=a.new_tokens, ignore_eos=True))
+            with decode_engine(lm, batch, a.prompt_tokens, a.new_tokens, graphs, a.max_num_seqs, seed=4) as eng:
                 eng.step()
                 eng.step()
                 out.append({"batch": batch, "graphs": graphs,
