@@ -148,17 +148,19 @@ print("cuda backend compiled:", cuda_compiled(), "| kernels compiled:", kernels_
 PY
 
 # 2. tests/gpu, then the memory unit tests on this machine (a failure does not stop the run).
-#    The tiled prefill kernel's, the fused layer kernels' and the gemv kernel's files run in processes of their own,
+#    The tiled prefill kernel's, the fused layer kernels', the gemv kernel's and the split merge / programmatic
+#    launch files run in processes of their own,
 #    after the others, so a fault there (a sticky CUDA error) cannot take their results with it.
 if want tests; then
   t0=$(date +%s)
   run 170 $PY -m pytest -q -rP -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_prefill_kernel.py \
-    --ignore=tests/gpu/test_layer_kernels.py --ignore=tests/gpu/test_gemv.py --junitxml="$RESULTS/tests-gpu.xml" \
+    --ignore=tests/gpu/test_layer_kernels.py --ignore=tests/gpu/test_gemv.py \
+    --ignore=tests/gpu/test_split_merge_and_pdl.py --junitxml="$RESULTS/tests-gpu.xml" \
     > "$RESULTS/tests-gpu.txt" 2>&1
   rc=$?
   summary "tests/gpu: rc=$rc in $(($(date +%s) - t0)) s: $(tail -1 "$RESULTS/tests-gpu.txt")"
   [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/tests-gpu.txt" | head -20 | tee -a "$RESULTS/summary.txt"
-  for f in prefill_kernel layer_kernels gemv; do
+  for f in prefill_kernel layer_kernels gemv split_merge_and_pdl; do
     t0=$(date +%s)
     run 90 $PY -m pytest -q -rP -p no:cacheprovider "tests/gpu/test_$f.py" \
       --junitxml="$RESULTS/tests-gpu-$f.xml" > "$RESULTS/tests-gpu-$f.txt" 2>&1

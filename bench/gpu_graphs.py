@@ -26,6 +26,11 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
 8. Where a decode step's wall time goes, phase by phase (warmserve.bench.step_phases: schedule, forward as the
    host sees it, the wait for the device, sampling, the rest), with graphs at each batch and eager at batch 1: the
    host's part of a step is what the device idles unless step n+1 is launched before step n's token is read.
+9. Two launch savings, alternating at each batch (each switch captures the graphs again): the attention's splits
+   merged by the reduce kernel (the reference), merged in the attention kernel (kernels.paged_attention
+   merge_in_kernel, one launch fewer a layer), and that with programmatic dependent launch on
+   (kernels.set_programmatic_launch: each kernel may start while the one before drains, gemv streams weights before
+   its wait); then part 5's graph profile (fused, gemv) with both on. Skipped below compute capability 9.0.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -46,7 +51,7 @@ import torch
 from warmserve.bench.step_phases import phases_line, step_phases
 from warmserve.engine import Engine, SamplingParams, load_model
 from warmserve.engine.graphs import capture_decode_graphs, graphs_for, release_decode_graphs
-from warmserve.memory import PagePool
+from warmserve.memory import PagePool, kernels
 
 GiB = 1 << 30
 
@@ -241,15 +246,43 @@ def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.
     return short, long
 
 
-def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gemv: bool = False) -> dict:
+def launch_savings(lm, a, bw: float) -> list[dict] | dict:
+    """9. alternate() over the split merge and programmatic launch (module docstring); settings put back after."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        return {"error": "skipped: programmatic dependent launch needs compute capability 9.0"}
+    merge0, pdl0 = kernels.set_merge_in_kernel(True), kernels.programmatic_launch()
+
+    def setting(merge: bool, pdl: bool):
+        def setup():
+            kernels.set_merge_in_kernel(merge)
+            kernels.set_programmatic_launch(pdl)
+            release_decode_graphs(lm)
+        return setup
+
+    try:
+        return alternate(lm, a, bw, {"reduce_kernel": setting(False, False), "merge_in_kernel": setting(True, False),
+                                     "merge_and_pdl": setting(True, True)}, "reduce_kernel")
+    finally:
+        kernels.set_merge_in_kernel(merge0)
+        kernels.set_programmatic_launch(pdl0)
+        release_decode_graphs(lm)
+
+
+def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gemv: bool = False,
+                   savings: bool = False) -> dict:
     """5. The CUDA kernels of `steps` batch-1 decode steps (torch.profiler), eager or graph replays: per step, how
     many and their summed device time; the ten costliest by device time; with graphs, the device's idle time
-    split into gaps inside a replay (< 20 us) and between steps. A failure is recorded, not raised."""
+    split into gaps inside a replay (< 20 us) and between steps. savings: with part 9's two launch savings on (the
+    splits merged in the attention kernel, programmatic launch). A failure is recorded, not raised."""
     from torch.profiler import ProfilerActivity, profile
 
     before = lm.fused_kernels, lm.gemv_kernel
+    pdl0, merge0 = kernels.programmatic_launch(), kernels.set_merge_in_kernel(savings)
     try:
         lm.fused_kernels, lm.gemv_kernel = fused, gemv
+        if savings != pdl0:
+            kernels.set_programmatic_launch(savings)
+        release_decode_graphs(lm)  # captured again under these settings
         with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=None if graphs else False) as eng:
             eng.add_request("0", prompts(lm.config.vocab_size, 1, a.prompt_tokens, seed=3)[0],
                             SamplingParams(max_tokens=steps + 3, ignore_eos=True))
@@ -263,7 +296,7 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
         rows = [(e.self_device_time_total, e.count, e.key) for e in prof.key_averages()
                 if e.device_type == torch.autograd.DeviceType.CUDA]  # kernels, copies, memsets; not CPU ops
         rows.sort(reverse=True)
-        out = {"fused": fused, "graphs": graphs, "gemv": gemv, "steps": steps,
+        out = {"fused": fused, "graphs": graphs, "gemv": gemv, "savings": savings, "steps": steps,
                "kernels_per_step": sum(r[1] for r in rows) / steps,
                "device_ms_per_step": sum(r[0] for r in rows) / steps / 1e3,
                "top": [{"kernel": k[:100], "calls_per_step": n / steps, "us_per_step": us / steps}
@@ -277,6 +310,10 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
         return {"fused": fused, "gemv": gemv, "error": f"{type(e).__name__}: {e}"}
     finally:
         lm.fused_kernels, lm.gemv_kernel = before
+        kernels.set_merge_in_kernel(merge0)
+        if savings != pdl0:
+            kernels.set_programmatic_launch(pdl0)
+        release_decode_graphs(lm)
 
 
 def main() -> None:
@@ -356,6 +393,9 @@ def main() -> None:
             res["gemv"] = gemv_vs_cublas(lm, a, bw)
             res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True))
             res["phases"] = host_phases(lm, a)
+            res["launch_savings"] = launch_savings(lm, a, bw)
+            if isinstance(res["launch_savings"], list):
+                res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True, savings=True))
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -383,7 +423,7 @@ def main() -> None:
     lines += alternate_lines(res.get("fused", []), "fused layer kernels", "fused", "unfused")
     for p in res.get("profile", []):
         name = (("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
-                + (", gemv" if p.get("gemv") else ""))
+                + (", gemv" if p.get("gemv") else "") + (", merge in kernel + PDL" if p.get("savings") else ""))
         if "error" in p:
             lines.append(f"profile ({name}): FAILED: {p['error']}")
             continue
@@ -397,6 +437,8 @@ def main() -> None:
     for p in res.get("phases", []):
         label = f"step phases, decode batch {p['batch']} {'with graphs' if p['graphs'] else 'eager'}"
         lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
+    for name in ("merge_in_kernel", "merge_and_pdl"):
+        lines += alternate_lines(res.get("launch_savings", []), "launch savings", name, "reduce_kernel")
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -250,6 +250,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("kernels_compiled", &kernels::compiled, "whether this build contains the CUDA kernels (nvcc was found)");
   m.def("kernels_device_count", &kernels::device_count, nogil(),
         "GPUs the CUDA runtime of the kernels sees (0 without a driver)");
+  // An atomic flag: no lock, so the GIL may be held.
+  m.def("kernel_set_programmatic_launch", &kernels::set_programmatic_launch, py::arg("on"),
+        "launch the decode step's kernels with programmatic dependent launch (sm_90+); returns the previous setting");
+  m.def("kernel_programmatic_launch", &kernels::programmatic_launch);
   m.def("kernel_write_kv", &kernels::write_kv, py::arg("cache"), py::arg("k"), py::arg("v"), py::arg("rows"),
         py::arg("n_tokens"), py::arg("row_elems"), py::arg("k_off"), py::arg("v_off"), py::arg("dtype"),
         py::arg("stream"), nogil());
@@ -258,20 +262,22 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t q, uintptr_t out, uintptr_t cache, uintptr_t block_tables, int64_t table_stride, uintptr_t row_seq,
          uintptr_t row_len, int64_t n_rows, int n_heads, int kv_heads, int head_dim, int64_t rows_per_block,
          int block_tokens, int64_t k_off, int64_t v_off, int window, float scale, int split_tokens, int n_splits,
-         uintptr_t workspace, int dtype, uintptr_t stream, bool gqa_shared, int warps) {
+         uintptr_t workspace, int dtype, uintptr_t stream, bool gqa_shared, int warps, uintptr_t counters) {
         kernels::PagedAttention a;
         a.q = q, a.out = out, a.cache = cache, a.block_tables = block_tables, a.table_stride = table_stride;
         a.row_seq = row_seq, a.row_len = row_len, a.n_rows = n_rows, a.n_heads = n_heads, a.kv_heads = kv_heads;
         a.head_dim = head_dim, a.rows_per_block = rows_per_block, a.block_tokens = block_tokens, a.k_off = k_off;
         a.v_off = v_off, a.window = window, a.scale = scale, a.split_tokens = split_tokens, a.n_splits = n_splits;
         a.workspace = workspace, a.dtype = dtype, a.stream = stream, a.gqa_shared = gqa_shared, a.warps = warps;
+        a.counters = counters;
         kernels::paged_attention(a);
       },
       py::arg("q"), py::arg("out"), py::arg("cache"), py::arg("block_tables"), py::arg("table_stride"),
       py::arg("row_seq"), py::arg("row_len"), py::arg("n_rows"), py::arg("n_heads"), py::arg("kv_heads"),
       py::arg("head_dim"), py::arg("rows_per_block"), py::arg("block_tokens"), py::arg("k_off"), py::arg("v_off"),
       py::arg("window"), py::arg("scale"), py::arg("split_tokens"), py::arg("n_splits"), py::arg("workspace"),
-      py::arg("dtype"), py::arg("stream"), py::arg("gqa_shared") = false, py::arg("warps") = 0, nogil());
+      py::arg("dtype"), py::arg("stream"), py::arg("gqa_shared") = false, py::arg("warps") = 0,
+      py::arg("counters") = 0, nogil());
   m.def("kernel_prefill_attention", &kernels::prefill_attention, py::arg("q"), py::arg("out"), py::arg("cache"),
         py::arg("block_tables"), py::arg("table_stride"), py::arg("row_seq"), py::arg("row_len"), py::arg("tiles"),
         py::arg("n_tiles"), py::arg("n_heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("rows_per_block"),

@@ -7,8 +7,10 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <utility>
 
 #include "../errors.h"
+#include "kernels.h"
 
 namespace ws {
 namespace kernels {
@@ -24,6 +26,42 @@ void check(cudaError_t r, const char* what) {
 }
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+// Programmatic dependent launch (kernels.h: set_programmatic_launch). A kernel launched with the attribute may
+// start before the kernel ahead of it in the stream has finished, so everything it does before pdl_wait() must
+// neither read memory an earlier kernel writes nor write memory at all (the caching allocator hands a freed buffer
+// to the next kernel in stream order): only weights are touched there. Every block of such a kernel reaches
+// pdl_wait() before it exits, so a kernel's completion still implies its predecessors' (the ordering later
+// kernels, graphed or not, rely on). pdl_trigger() lets the next kernel be scheduled: called once a block has
+// waited, it can only bring the next kernel's blocks in early to wait, never let them pass. Both are no-ops in a
+// kernel launched without the attribute, and compiled out below sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, 0, st>>>(args...), with the programmatic-serialization attribute when it is switched on.
+template <class... KArgs, class... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t st, const char* what, Args&&... args) {
+  if (!programmatic_launch()) {
+    kernel<<<grid, block, 0, st>>>(std::forward<Args>(args)...);
+    check_launch(what);
+    return;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = 0, cfg.stream = st;
+  cfg.attrs = attr, cfg.numAttrs = 1;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), what);
+}
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }

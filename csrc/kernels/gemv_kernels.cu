@@ -5,6 +5,11 @@
 // stream the weight row in 16-byte vectors, kGemvUnroll of them in flight per lane, and one shuffle reduction ends
 // it; no second kernel. Weights are read once, with the streaming cache hint; x is read through the read-only cache
 // by every warp of a block.
+//
+// Under programmatic dependent launch (kernels.h: set_programmatic_launch) a block may start while the kernel
+// before it (the norm or activation that writes x) still runs: it loads its first round of weights into registers
+// and asks L2 for the rest of its rows before it waits for x, so the weight stream of a small matrix (qkv and o of
+// the 1b: 13 and 8 MB, a few microseconds at HBM speed) does not start from nothing after every kernel boundary.
 #include <cstdint>
 #include <string>
 
@@ -21,22 +26,37 @@ constexpr int kGemvUnroll = 4;  // 16-byte weight vectors in flight per lane
 template <class T, int M>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
-                int64_t k, int64_t n) {
+                int64_t k, int64_t n, bool early) {
   constexpr int V = 16 / int(sizeof(T));  // elements per 16-byte vector
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t f = int64_t(blockIdx.x) * kGemvWarps + warp;  // the output feature
-  if (f >= n) return;                                          // whole warps only: the shuffles below stay full
+  if (f >= n) {  // whole warps only: the shuffles below stay full
+    pdl_wait();
+    return;
+  }
   const int64_t n_vec = k / V;
   const int4* wrow = reinterpret_cast<const int4*>(w + f * k);
+  int4 wv[kGemvUnroll];
+#pragma unroll
+  for (int u = 0; u < kGemvUnroll; ++u) {
+    const int64_t c = lane + int64_t(u) * 32;
+    wv[u] = c < n_vec ? __ldcs(wrow + c) : make_int4(0, 0, 0, 0);
+  }
+  if (early)  // launched programmatically: the rest of the row into L2 while the kernel before drains
+    for (int64_t c = lane + 32 * kGemvUnroll; c < n_vec; c += 32)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + c));
+  pdl_wait();  // x (and y's memory) belong to the kernels before this one
+  pdl_trigger();
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
   for (int64_t base = lane; base < n_vec; base += 32 * kGemvUnroll) {
-    int4 wv[kGemvUnroll];
+    if (base != lane) {
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
-      const int64_t c = base + int64_t(u) * 32;
-      wv[u] = c < n_vec ? __ldcs(wrow + c) : make_int4(0, 0, 0, 0);
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int64_t c = base + int64_t(u) * 32;
+        wv[u] = c < n_vec ? __ldcs(wrow + c) : make_int4(0, 0, 0, 0);
+      }
     }
 #pragma unroll
     for (int u = 0; u < kGemvUnroll; ++u) {
@@ -63,12 +83,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 
 template <class T>
 void launch_gemv(const T* x, const T* w, const T* b, T* y, int64_t n_rows, int64_t k, int64_t n, cudaStream_t st) {
-  const unsigned blocks = unsigned((n + kGemvWarps - 1) / kGemvWarps);
+  const dim3 blocks(unsigned((n + kGemvWarps - 1) / kGemvWarps)), threads(kGemvWarps * 32);
+  const bool early = programmatic_launch();
+  const char* what = "gemv_kernel launch";
   switch (n_rows) {
-    case 1: gemv_kernel<T, 1><<<blocks, kGemvWarps * 32, 0, st>>>(x, w, b, y, k, n); break;
-    case 2: gemv_kernel<T, 2><<<blocks, kGemvWarps * 32, 0, st>>>(x, w, b, y, k, n); break;
-    case 3: gemv_kernel<T, 3><<<blocks, kGemvWarps * 32, 0, st>>>(x, w, b, y, k, n); break;
-    default: gemv_kernel<T, 4><<<blocks, kGemvWarps * 32, 0, st>>>(x, w, b, y, k, n); break;
+    case 1: launch(gemv_kernel<T, 1>, blocks, threads, st, what, x, w, b, y, k, n, early); break;
+    case 2: launch(gemv_kernel<T, 2>, blocks, threads, st, what, x, w, b, y, k, n, early); break;
+    case 3: launch(gemv_kernel<T, 3>, blocks, threads, st, what, x, w, b, y, k, n, early); break;
+    default: launch(gemv_kernel<T, 4>, blocks, threads, st, what, x, w, b, y, k, n, early); break;
   }
 }
 
@@ -99,7 +121,6 @@ void gemv(uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, in
       break;
     default: throw invalid("gemv: unknown dtype code " + std::to_string(dtype));
   }
-  check_launch("gemv_kernel launch");
 }
 
 }  // namespace kernels

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cstdint>
 #include <string>
@@ -25,6 +26,8 @@ namespace {
 template <class U>
 __global__ void write_rows_kernel(U* __restrict__ cache, const U* __restrict__ k, const U* __restrict__ v,
                                   const int64_t* __restrict__ rows, int64_t units, int64_t k_off, int64_t v_off) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t i = blockIdx.x;
   const int64_t row = rows[i];
   if (row < 0) return;
@@ -94,9 +97,52 @@ __device__ __forceinline__ SplitSpan used_splits(const PagedAttention& a, int ro
   return SplitSpan{first, min(a.n_splits, int((int64_t(len) + st - 1) / st))};
 }
 
+// The merge of a row and head's used splits from the workspace, for output elements d0, d0 + step, ...:
+// out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M). __ldcg: the partials were written by other blocks of
+// this kernel (merge_in_kernel) and must not come from this SM's L1.
+template <class T>
+__device__ void merge_splits(const PagedAttention& a, int64_t rh, SplitSpan used, int d0, int step) {
+  const int D = a.head_dim;
+  const float* ws = reinterpret_cast<const float*>(a.workspace) + rh * a.n_splits * (D + 2);
+  float M = -FLT_MAX;
+  for (int s = used.first; s < used.last; ++s)
+    if (__ldcg(ws + s * (D + 2) + D + 1) > 0.f) M = fmaxf(M, __ldcg(ws + s * (D + 2) + D));
+  for (int d = d0; d < D; d += step) {
+    float L = 0.f, x = 0.f;
+    for (int s = used.first; s < used.last; ++s) {
+      const float* p = ws + s * (D + 2);
+      const float l = __ldcg(p + D + 1);
+      if (l <= 0.f) continue;  // a split past the sequence's end (or before its window)
+      const float w = __expf(__ldcg(p + D) - M);
+      L += l * w;
+      x += __ldcg(p + d) * w;
+    }
+    reinterpret_cast<T*>(a.out)[rh * D + d] = from_f<T>(L > 0.f ? x / L : 0.f);
+  }
+}
+
+// PagedAttention.counters: called by every thread of a block that wrote its split's partial for the row and
+// heads counted at `counter`; true in the block that finished last of the row's `expected` used splits, which
+// then merges them. The fence makes each thread's partial visible device-wide before its block counts (the
+// threadFenceReduction pattern of the CUDA samples); the last block resets the count for the next launch.
+__device__ bool last_split(int* counter, int expected) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1) == expected - 1;
+    if (last) atomicExch(counter, 0);
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
 template <class T, int VPL, int W>  // VPL = head_dim / 32 values per lane; W warps (PagedAttention.warps)
 __global__ void __launch_bounds__(W * 32)
     paged_attention_kernel(PagedAttention a) {
+  pdl_wait();  // row_len, row_seq and q come from the kernels before this one
+  pdl_trigger();
   const int row = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int D = VPL * 32;
@@ -108,10 +154,19 @@ __global__ void __launch_bounds__(W * 32)
   const int lo = kr.lo, hi = kr.hi;
   const T* cache = reinterpret_cast<const T*>(a.cache);
   const int64_t rh = int64_t(row) * a.n_heads + h;
+  const SplitSpan used = used_splits(a, row);
+  // With counters, a row's one used split writes the output itself (merged = true), and a row with none (len 0)
+  // gets zeros from its split 0, as the reduce kernel gives it.
+  const bool merged = a.n_splits == 1 || (a.counters && used.last - used.first <= 1);
   if (lo >= hi && a.n_splits > 1) {
     // A split past the sequence's end (CUDA graphs fix the split count for the longest context, so most splits
-    // of a short sequence are empty): mark it empty (l = 0) for reduce_splits_kernel and skip the rest. The
-    // branch is uniform over the block, so no thread is left waiting at __syncthreads.
+    // of a short sequence are empty): mark it empty (l = 0) for reduce_splits_kernel and skip the rest (with
+    // counters no merge reads it). The branch is uniform over the block, so no thread waits at __syncthreads.
+    if (a.counters) {
+      if (used.last <= used.first && split == 0)
+        for (int d = threadIdx.x; d < D; d += blockDim.x) reinterpret_cast<T*>(a.out)[rh * D + d] = from_f<T>(0.f);
+      return;
+    }
     if (threadIdx.x == 0) {
       float* ws = reinterpret_cast<float*>(a.workspace) + (rh * a.n_splits + split) * (D + 2);
       ws[D] = -FLT_MAX, ws[D + 1] = 0.f;
@@ -176,7 +231,7 @@ __global__ void __launch_bounds__(W * 32)
     wgt[w] = sm_l[w] > 0.f ? __expf(sm_m[w] - M) : 0.f;  // a warp with no key has l == 0
     L += sm_l[w] * wgt[w];
   }
-  if (a.n_splits == 1) {
+  if (merged) {
     T* op = reinterpret_cast<T*>(a.out) + rh * D;
     const float inv = L > 0.f ? 1.f / L : 0.f;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
@@ -193,6 +248,8 @@ __global__ void __launch_bounds__(W * 32)
     ws[d] = x;
   }
   if (threadIdx.x == 0) ws[D] = M, ws[D + 1] = L;
+  if (a.counters && last_split(reinterpret_cast<int*>(a.counters) + rh, used.last - used.first))
+    merge_splits<T>(a, rh, used, threadIdx.x, blockDim.x);
 }
 
 // ---- paged attention, GQA-shared (PagedAttention.gqa_shared): grid (n_rows, kv_heads, n_splits); the block of a
@@ -205,6 +262,8 @@ template <class T, int VPL, int G>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_gqa_kernel(PagedAttention a) {
   constexpr int kK = G >= 8 ? 2 : kKeys;  // keys per warp step: fewer with 8 heads, to stay in registers
+  pdl_wait();
+  pdl_trigger();
   const int row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int D = VPL * 32;
@@ -214,7 +273,15 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int lo = kr.lo, hi = kr.hi;
   const T* cache = reinterpret_cast<const T*>(a.cache);
   const int64_t rh0 = int64_t(row) * a.n_heads + int64_t(kvh) * G;  // the group's first query head
+  const SplitSpan used = used_splits(a, row);
+  const bool merged = a.n_splits == 1 || (a.counters && used.last - used.first <= 1);  // as paged_attention_kernel
   if (lo >= hi && a.n_splits > 1) {  // an empty split (see paged_attention_kernel): uniform over the block
+    if (a.counters) {
+      if (used.last <= used.first && split == 0)
+        for (int i = threadIdx.x; i < G * D; i += blockDim.x)
+          reinterpret_cast<T*>(a.out)[rh0 * D + i] = from_f<T>(0.f);
+      return;
+    }
     if (threadIdx.x < G) {
       float* ws = reinterpret_cast<float*>(a.workspace) + ((rh0 + threadIdx.x) * a.n_splits + split) * (D + 2);
       ws[D] = -FLT_MAX, ws[D + 1] = 0.f;
@@ -289,7 +356,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       L += sm_l[w][g] * wgt[w];
     }
     const int64_t rh = rh0 + g;
-    if (a.n_splits == 1) {
+    if (merged) {
       T* op = reinterpret_cast<T*>(a.out) + rh * D;
       const float inv = L > 0.f ? 1.f / L : 0.f;
       for (int d = threadIdx.x; d < D; d += blockDim.x) {
@@ -307,6 +374,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
     if (threadIdx.x == 0) ws[D] = M, ws[D + 1] = L;
   }
+  // One count per group (at its first head): the last split of the group merges all G heads.
+  if (!merged && a.counters && last_split(reinterpret_cast<int*>(a.counters) + rh0, used.last - used.first))
+    for (int g = 0; g < G; ++g) merge_splits<T>(a, rh0 + g, used, threadIdx.x, blockDim.x);
 }
 
 // Launches the GQA-shared kernel when it is built for this shape; false: the caller takes paged_attention_kernel.
@@ -316,7 +386,8 @@ bool launch_gqa(const PagedAttention& a, cudaStream_t st) {
   const dim3 grid(unsigned(a.n_rows), unsigned(a.kv_heads), unsigned(a.n_splits));
 #define WS_GQA(v, g)                                                                 \
   if (vpl == v && group == g) {                                                      \
-    paged_attention_gqa_kernel<T, v, g><<<grid, kWarps * 32, 0, st>>>(a);            \
+    launch(paged_attention_gqa_kernel<T, v, g>, grid, dim3(kWarps * 32), st,         \
+           "paged_attention_gqa_kernel launch", a);                                  \
     return true;                                                                     \
   }
   WS_GQA(2, 2) WS_GQA(2, 4) WS_GQA(2, 8) WS_GQA(4, 2) WS_GQA(4, 4) WS_GQA(4, 8)
@@ -327,30 +398,17 @@ bool launch_gqa(const PagedAttention& a, cudaStream_t st) {
 // grid (n_rows, n_heads), head_dim threads: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 template <class T>
 __global__ void reduce_splits_kernel(PagedAttention a) {
-  const int64_t rh = int64_t(blockIdx.x) * a.n_heads + blockIdx.y;
-  const int D = a.head_dim, S = a.n_splits;
-  const float* ws = reinterpret_cast<const float*>(a.workspace) + rh * S * (D + 2);
-  const SplitSpan used = used_splits(a, blockIdx.x);
-  float M = -FLT_MAX;
-  for (int s = used.first; s < used.last; ++s)
-    if (ws[s * (D + 2) + D + 1] > 0.f) M = fmaxf(M, ws[s * (D + 2) + D]);
-  float L = 0.f, x = 0.f;
-  const int d = threadIdx.x;
-  for (int s = used.first; s < used.last; ++s) {
-    const float* p = ws + s * (D + 2);
-    if (p[D + 1] <= 0.f) continue;  // a split past the sequence's end (or before its window)
-    const float w = __expf(p[D] - M);
-    L += p[D + 1] * w;
-    x += p[d] * w;
-  }
-  reinterpret_cast<T*>(a.out)[rh * D + d] = from_f<T>(L > 0.f ? x / L : 0.f);
+  pdl_wait();
+  pdl_trigger();
+  merge_splits<T>(a, int64_t(blockIdx.x) * a.n_heads + blockIdx.y, used_splits(a, blockIdx.x), threadIdx.x,
+                  blockDim.x);
 }
 
 template <class T>
 void launch_reduce(const PagedAttention& a, cudaStream_t st) {
-  if (a.n_splits <= 1) return;
-  reduce_splits_kernel<T><<<dim3(unsigned(a.n_rows), unsigned(a.n_heads)), a.head_dim, 0, st>>>(a);
-  check_launch("reduce_splits_kernel launch");
+  if (a.n_splits <= 1 || a.counters) return;  // with counters the attention kernel merged the splits
+  launch(reduce_splits_kernel<T>, dim3(unsigned(a.n_rows), unsigned(a.n_heads)), dim3(unsigned(a.head_dim)), st,
+         "reduce_splits_kernel launch", a);
 }
 
 template <class T>
@@ -365,8 +423,8 @@ void launch_attention(const PagedAttention& a) {
     // 64 and 128; kernels.py checks the shape first.
 #define WS_WIDE(v, n)                                                              \
   if (vpl == v && w == n) {                                                        \
-    paged_attention_kernel<T, v, n><<<grid, n * 32, 0, st>>>(a);                   \
-    check_launch("paged_attention_kernel launch");                                 \
+    launch(paged_attention_kernel<T, v, n>, grid, dim3(n * 32), st,                \
+           "paged_attention_kernel launch", a);                                    \
     launch_reduce<T>(a, st);                                                       \
     return;                                                                        \
   }
@@ -375,14 +433,16 @@ void launch_attention(const PagedAttention& a) {
     if (w != kWarps) throw invalid("paged_attention: " + std::to_string(w) + " warps are built for head_dim 64 and "
                                    "128 only, got head_dim " + std::to_string(a.head_dim));
     switch (vpl) {
-#define WS_CASE(v) \
-  case v: paged_attention_kernel<T, v, kWarps><<<grid, kWarps * 32, 0, st>>>(a); break;
+#define WS_CASE(v)                                                                                 \
+  case v:                                                                                          \
+    launch(paged_attention_kernel<T, v, kWarps>, grid, dim3(kWarps * 32), st, "paged_attention_kernel launch", \
+           a);                                                                                     \
+    break;
       WS_CASE(1) WS_CASE(2) WS_CASE(3) WS_CASE(4) WS_CASE(5) WS_CASE(6) WS_CASE(7) WS_CASE(8)
 #undef WS_CASE
       default: throw invalid("paged_attention: no kernel for head_dim " + std::to_string(a.head_dim));
     }
   }
-  check_launch("paged_attention_kernel launch");
   launch_reduce<T>(a, st);
 }
 
@@ -412,6 +472,13 @@ __global__ void copy_blocks_bytes_kernel(uint8_t* __restrict__ dst, const uint8_
 
 bool compiled() { return true; }
 
+namespace {
+// Read on every launch from any thread, written rarely: an atomic, so no lock (and no GIL) is involved.
+std::atomic<bool> g_programmatic_launch{false};
+}  // namespace
+bool set_programmatic_launch(bool on) { return g_programmatic_launch.exchange(on); }
+bool programmatic_launch() { return g_programmatic_launch.load(std::memory_order_relaxed); }
+
 int device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -434,15 +501,13 @@ void write_kv(uintptr_t cache, uintptr_t k, uintptr_t v, uintptr_t rows, int64_t
   dim3 grid(unsigned(n_tokens), 2);
   const bool aligned16 = row_bytes % 16 == 0 && (cache | k | v) % 16 == 0;
   if (aligned16)
-    write_rows_kernel<int4><<<grid, 128, 0, st>>>(reinterpret_cast<int4*>(cache), reinterpret_cast<const int4*>(k),
-                                                  reinterpret_cast<const int4*>(v),
-                                                  reinterpret_cast<const int64_t*>(rows), row_bytes / 16, k_off,
-                                                  v_off);
+    launch(write_rows_kernel<int4>, grid, dim3(128), st, "write_kv launch", reinterpret_cast<int4*>(cache),
+           reinterpret_cast<const int4*>(k), reinterpret_cast<const int4*>(v), reinterpret_cast<const int64_t*>(rows),
+           row_bytes / 16, k_off, v_off);
   else
-    write_rows_kernel<uint16_t><<<grid, 128, 0, st>>>(
-        reinterpret_cast<uint16_t*>(cache), reinterpret_cast<const uint16_t*>(k),
-        reinterpret_cast<const uint16_t*>(v), reinterpret_cast<const int64_t*>(rows), row_bytes / 2, k_off, v_off);
-  check_launch("write_kv launch");
+    launch(write_rows_kernel<uint16_t>, grid, dim3(128), st, "write_kv launch", reinterpret_cast<uint16_t*>(cache),
+           reinterpret_cast<const uint16_t*>(k), reinterpret_cast<const uint16_t*>(v),
+           reinterpret_cast<const int64_t*>(rows), row_bytes / 2, k_off, v_off);
 }
 
 void paged_attention(const PagedAttention& a) {

@@ -20,6 +20,13 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 bool compiled();  // kernels.cu was built into this module
 // Devices the CUDA runtime sees (0 without a driver or GPU; never throws).
 int device_count();
+// Programmatic dependent launch (sm_90 and newer; off by default): the layer kernels of a decode step (write_kv,
+// paged_attention, the fused layer kernels, gemv) are launched so that each may start while the one before it
+// drains; each waits (griddepcontrol.wait) before it reads what an earlier kernel wrote or writes anything, and
+// gemv streams its first weights before that wait. One switch for the process: a CUDA graph bakes in the setting
+// it was captured with. set_programmatic_launch returns the previous setting.
+bool set_programmatic_launch(bool on);
+bool programmatic_launch();
 
 // cache[(rows[i] + k_off) * row_elems ...] = k[i], and likewise v at v_off, for i < n_tokens.
 // k, v: [n_tokens, row_elems] contiguous; rows: int64 [n_tokens] on the device (layer-0 K rows); a negative
@@ -45,6 +52,10 @@ struct PagedAttention {
   int split_tokens = 0;          // keys per split (flash-decoding); n_splits = ceil(max_len / split_tokens)
   int n_splits = 1;
   uintptr_t workspace = 0;       // float32 [n_rows * n_heads * n_splits * (head_dim + 2)] when n_splits > 1
+  // int32 [n_rows * n_heads], all zero, or 0. With n_splits > 1 and counters set, the splits merge themselves:
+  // a row's only non-empty split writes the output, else the last of its splits to finish (counted here) merges
+  // them and sets its count back to zero, so no reduce kernel runs. Kernels sharing a buffer must not overlap.
+  uintptr_t counters = 0;
   bool gqa_shared = false;       // one block per KV head computes its query heads (each key read once per group)
   int warps = 0;                 // warps per block of the per-head kernel: 0 = 4; 8 or 16 at head_dim 64 or 128
   int dtype = kFloat32;

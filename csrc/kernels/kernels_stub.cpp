@@ -15,6 +15,11 @@ namespace {
 
 bool compiled() { return false; }
 int device_count() { return 0; }
+bool set_programmatic_launch(bool on) {
+  if (on) unavailable();
+  return false;
+}
+bool programmatic_launch() { return false; }
 void write_kv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int64_t, int, uintptr_t) {
   unavailable();
 }

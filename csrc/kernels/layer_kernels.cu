@@ -24,6 +24,8 @@ template <class T>
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
                         T* __restrict__ out, T* __restrict__ h_out, int64_t hidden, float eps) {
+  pdl_wait();  // common.cuh: nothing is read or written before it
+  pdl_trigger();
   const int64_t base = int64_t(blockIdx.x) * hidden;
   float ss = 0.f;
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
@@ -56,6 +58,8 @@ template <class T, int kVecs>
 __global__ void __launch_bounds__(1024)
     add_rms_norm_vec_kernel(const T* __restrict__ x, const T* __restrict__ res, const T* __restrict__ w,
                             T* __restrict__ out, T* __restrict__ h_out, int64_t hidden, float eps) {
+  pdl_wait();  // common.cuh: nothing is read or written before it
+  pdl_trigger();
   constexpr int V = 16 / sizeof(T);
   union Pack {
     int4 raw;
@@ -109,6 +113,8 @@ __global__ void __launch_bounds__(1024)
 // out[r, j] = T(T(silu(g)) * u) with g = gu[r, j], u = gu[r, inter + j] (gu.chunk(2, -1); F.silu(g) * u).
 template <class T>
 __global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, int64_t n, int64_t inter) {
+  pdl_wait();  // common.cuh: nothing is read or written before it
+  pdl_trigger();
   const int64_t total = n * inter, stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     const int64_t r = i / inter, j = i % inter;
@@ -124,6 +130,8 @@ __global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, i
 template <class T>
 __global__ void rope_qkv_kernel(const T* __restrict__ qkv, const T* __restrict__ cos, const T* __restrict__ sin,
                                 T* __restrict__ q, T* __restrict__ k, T* __restrict__ v, int heads, int kv_heads) {
+  pdl_wait();  // common.cuh: nothing is read or written before it
+  pdl_trigger();
   const int D = blockDim.x, d = threadIdx.x, half = D / 2;
   const int64_t r = blockIdx.x;
   const int hh = blockIdx.y;
@@ -169,19 +177,21 @@ void add_rms_norm(uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t out, uintpt
     // threads: one vector each up to 1024 threads, then up to 4 vectors a thread (hidden <= 32768 at 2 bytes)
     const int64_t threads = std::min<int64_t>(1024, (n_vec + 31) / 32 * 32);
     const int64_t per_thread = (n_vec + threads - 1) / std::max<int64_t>(threads, 1);
-    const auto launch = [&](auto kernel) { std::apply([&](auto... a) {
-      kernel<<<unsigned(n_rows), unsigned(threads), 0, st>>>(a...); }, args); };
+    const auto go = [&](auto kernel, int64_t block) {
+      std::apply([&](auto... a) {
+        launch(kernel, dim3(unsigned(n_rows)), dim3(unsigned(block)), st, "add_rms_norm_kernel launch", a...);
+      }, args);
+    };
     if (!aligned || hidden % V || per_thread > 4) {
-      std::apply([&](auto... a) { add_rms_norm_kernel<T><<<unsigned(n_rows), kNormThreads, 0, st>>>(a...); }, args);
+      go(add_rms_norm_kernel<T>, kNormThreads);
     } else if (per_thread == 1) {
-      launch(add_rms_norm_vec_kernel<T, 1>);
+      go(add_rms_norm_vec_kernel<T, 1>, threads);
     } else if (per_thread == 2) {
-      launch(add_rms_norm_vec_kernel<T, 2>);
+      go(add_rms_norm_vec_kernel<T, 2>, threads);
     } else {
-      launch(add_rms_norm_vec_kernel<T, 4>);
+      go(add_rms_norm_vec_kernel<T, 4>, threads);
     }
   });
-  check_launch("add_rms_norm_kernel launch");
 }
 
 void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dtype, uintptr_t stream) {
@@ -190,10 +200,9 @@ void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dt
   const int64_t blocks = std::min<int64_t>((n_rows * inter + 255) / 256, 65535);
   dispatch(dtype, "silu_mul", [&](auto tag) {
     using T = decltype(tag);
-    silu_mul_kernel<T><<<unsigned(blocks), 256, 0, st>>>(reinterpret_cast<const T*>(gu), reinterpret_cast<T*>(out),
-                                                         n_rows, inter);
+    launch(silu_mul_kernel<T>, dim3(unsigned(blocks)), dim3(256), st, "silu_mul_kernel launch",
+           reinterpret_cast<const T*>(gu), reinterpret_cast<T*>(out), n_rows, inter);
   });
-  check_launch("silu_mul_kernel launch");
 }
 
 void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t k, uintptr_t v, int64_t n_rows,
@@ -205,11 +214,10 @@ void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_
   const dim3 grid(unsigned(n_rows), unsigned(heads + 2 * kv_heads));
   dispatch(dtype, "rope_qkv", [&](auto tag) {
     using T = decltype(tag);
-    rope_qkv_kernel<T><<<grid, head_dim, 0, st>>>(
-        reinterpret_cast<const T*>(qkv), reinterpret_cast<const T*>(cos), reinterpret_cast<const T*>(sin),
-        reinterpret_cast<T*>(q), reinterpret_cast<T*>(k), reinterpret_cast<T*>(v), heads, kv_heads);
+    launch(rope_qkv_kernel<T>, grid, dim3(unsigned(head_dim)), st, "rope_qkv_kernel launch",
+           reinterpret_cast<const T*>(qkv), reinterpret_cast<const T*>(cos), reinterpret_cast<const T*>(sin),
+           reinterpret_cast<T*>(q), reinterpret_cast<T*>(k), reinterpret_cast<T*>(v), heads, kv_heads);
   });
-  check_launch("rope_qkv_kernel launch");
 }
 
 }  // namespace kernels

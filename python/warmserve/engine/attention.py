@@ -96,6 +96,9 @@ class PagedMeta:
     single_len: torch.Tensor | None = None
     #: The largest row_len among the one-row chunks (their paged_attention call's max_len).
     single_max_len: int = 0
+    #: int32, all zero: where paged_attention's splits count themselves (kernels.paged_attention split_counters);
+    #: a CUDA graph's own. None: a zeroed one per call.
+    split_counters: torch.Tensor | None = None
 
 
 @dataclass
@@ -207,7 +210,7 @@ def _paged_attend(p: PagedMeta, q: torch.Tensor, cache: torch.Tensor, k_off: int
                     scale=scale, window=p.window)
     if p.tiles is None:
         return kernels.paged_attention(q, cache, p.block_tables, p.row_seq, p.row_len, max_len=p.max_len,
-                                       split_tokens=p.split_tokens, **geometry)
+                                       split_tokens=p.split_tokens, split_counters=p.split_counters, **geometry)
     o = kernels.prefill_attention(q, cache, p.block_tables, p.row_seq, p.row_len, p.tiles, **geometry)
     if p.single is not None:
         s = p.single

@@ -165,10 +165,11 @@ def pack_decode_inputs(host: np.ndarray, decodes, bucket: int, block_tokens: int
 
 def decode_body(model: Model, packed: torch.Tensor, cache: torch.Tensor, layer_offsets, *, max_len: int,
                 rows_per_block: int, block_tokens: int, arange: torch.Tensor | None = None,
-                row_seq: torch.Tensor | None = None) -> torch.Tensor:
+                row_seq: torch.Tensor | None = None, split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """What a graph runs: float32 logits [b, vocab] of the decode rows in ``packed`` (int32 [b, HEAD_COLUMNS + W],
     as pack_decode_inputs fills it), K/V written to the cache, attention on the kernel path with the split fixed
-    for max_len. arange/row_seq: static int64/int32 [b] 0..b-1 (made here when not given)."""
+    for max_len. arange/row_seq: static int64/int32 [b] 0..b-1 (made here when not given). split_counters: the
+    attention kernel's (kernels.paged_attention), b x heads zeros or more; None: a zeroed one per layer."""
     b = packed.shape[0]
     if arange is None:
         arange = torch.arange(b, device=packed.device)
@@ -178,7 +179,8 @@ def decode_body(model: Model, packed: torch.Tensor, cache: torch.Tensor, layer_o
     meta = AttnMeta(packed[:, 2].long().contiguous(), [], None, PagedMeta(
         arange, packed[:, HEAD_COLUMNS:].contiguous(), row_seq, packed[:, 3].contiguous(), max_len, rows_per_block,
         block_tokens, cfg.sliding_window or 0, kernels.default_split_tokens(
-            b, kernels.split_heads(b, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), max_len)))
+            b, kernels.split_heads(b, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), max_len),
+        split_counters=split_counters))
     hidden = model.forward(packed[:, 0].long(), packed[:, 1].long(), meta, cache, layer_offsets)
     return model.logits(hidden)
 
@@ -266,6 +268,9 @@ class DecodeGraphs:
                                       device=self.device)
             self._arange = torch.arange(MAX_GRAPH_BATCH, device=self.device)
             self._row_seq = self._arange.to(torch.int32)
+            # The attention kernels' split counters, one set for every layer and bucket: a stream runs its graph's
+            # kernels one after another, and each call leaves the counters zero (kernels.paged_attention).
+            self._counters = torch.zeros(MAX_GRAPH_BATCH * cfg.num_heads, dtype=torch.int32, device=self.device)
             self._pool = torch.cuda.graph_pool_handle()
             self._stream = torch.cuda.Stream(self.device)
             self._copied = torch.cuda.Event()
@@ -282,7 +287,7 @@ class DecodeGraphs:
     def _body(self, b: int, cache: torch.Tensor) -> torch.Tensor:
         return decode_body(self.model, self.packed[:b], cache, self.layer_offsets, max_len=self.max_len,
                            rows_per_block=self.rows_per_block, block_tokens=self.block_tokens,
-                           arange=self._arange[:b], row_seq=self._row_seq[:b])
+                           arange=self._arange[:b], row_seq=self._row_seq[:b], split_counters=self._counters)
 
     def capture(self, buckets) -> None:
         """Capture the graphs of the buckets not captured yet (largest first)."""

@@ -13,8 +13,8 @@ Attention kernels take one query row per (sequence, position): ``row_seq[i]`` is
 ``row_len[i]`` its number of visible keys (its position + 1); a decode step has one row per sequence
 (``decode_attention``), a prefill chunk with cached context one row per chunk token (``prefill_rows`` builds the
 two vectors; ``prefill_attention`` computes such chunks tiled, 16 query rows per thread block, so each key is read
-once per tile, not once per row). The context is split into ``split_tokens`` pieces combined by a second kernel (flash-decoding), so
-one long sequence still spreads over the GPU. For CUDA-graph capture pass ``split_tokens`` and ``max_len``
+once per tile, not once per row). The context is split into ``split_tokens`` pieces combined by a second kernel
+(flash-decoding), or by the splits themselves (``merge_in_kernel``), so one long sequence still spreads over the GPU. For CUDA-graph capture pass ``split_tokens`` and ``max_len``
 explicitly: the default derives the split from ``max_len``, and computing that from ``row_len`` syncs.
 
 CUDA graphs of the decode step (issue 13, item 2) capture these kernels: engine/graphs.py passes ``split_tokens``
@@ -46,6 +46,47 @@ def kernels_compiled() -> bool:
 def kernels_available() -> bool:
     """Whether the kernels can run here: compiled in, torch built with CUDA, and a GPU visible."""
     return kernels_compiled() and torch.cuda.is_available() and _C.kernels_device_count() > 0
+
+
+def programmatic_launch() -> bool:
+    """Whether the decode step's kernels are launched with programmatic dependent launch (set_programmatic_launch)."""
+    return bool(_C.kernel_programmatic_launch())
+
+
+def set_programmatic_launch(on: bool) -> bool:
+    """Launch write_kv, paged_attention, the fused layer kernels and gemv with programmatic dependent launch (PDL),
+    so each may start while the kernel before it drains and gemv streams its first weights before waiting for its
+    input (csrc/kernels/common.cuh says what a kernel may do before the wait). Process-wide; a CUDA graph keeps the
+    setting it was captured with, so capture again after a change (engine/graphs.py release_decode_graphs).
+    Needs compute capability 9.0 (Hopper) or newer on every visible GPU. Returns the previous setting."""
+    if not isinstance(on, bool):
+        raise InvalidArgumentError(f"on must be True or False, got {on!r}", on=repr(on))
+    if on:
+        if not kernels_available():
+            raise BackendUnavailableError("programmatic dependent launch needs the CUDA kernels and a GPU. Fix: run "
+                                          "on a GPU machine with a build that found nvcc")
+        old = [i for i in range(torch.cuda.device_count()) if torch.cuda.get_device_capability(i) < (9, 0)]
+        if old:
+            raise BackendUnavailableError(
+                f"programmatic dependent launch needs compute capability 9.0 or newer; GPUs {old} are older. Fix: "
+                "leave it off there (the default)", devices=old)
+    return bool(_C.kernel_set_programmatic_launch(on))
+
+
+#: paged_attention's default for merge_in_kernel (set_merge_in_kernel changes it, for side-by-side benchmarks).
+#: Off until it has run on a GPU: written and compiled without one (2026-12-04); tests/gpu/test_split_merge_and_pdl.py
+#: checks it and bench/gpu_graphs.py part 9 times it against the reduce kernel.
+_MERGE_IN_KERNEL = False
+
+
+def set_merge_in_kernel(on: bool) -> bool:
+    """paged_attention's default for merge_in_kernel; returns the previous one. A CUDA graph keeps what it was
+    captured with."""
+    global _MERGE_IN_KERNEL
+    if not isinstance(on, bool):
+        raise InvalidArgumentError(f"on must be True or False, got {on!r}", on=repr(on))
+    old, _MERGE_IN_KERNEL = _MERGE_IN_KERNEL, on
+    return old
 
 
 def _require(*tensors: torch.Tensor) -> torch.device:
@@ -175,7 +216,8 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
                     row_len: torch.Tensor, *, k_off: int, v_off: int, rows_per_block: int, block_tokens: int,
                     scale: float, window: int = 0, max_len: int | None = None,
                     split_tokens: int | None = None, gqa_shared: bool | None = None,
-                    warps: int | None = None) -> torch.Tensor:
+                    warps: int | None = None, merge_in_kernel: bool | None = None,
+                    split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of query rows q [N, H, D] over the paged cache; returns [N, H, D] in q's dtype.
     block_tables int32 [S, max_blocks]; row_seq int32 [N] (block-table row of each query); row_len int32 [N]
     (keys 0..len-1 visible, len >= 1); window: sliding window in tokens (0 = none). GQA: H a multiple of the
@@ -186,7 +228,14 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
     2026-11-28), hence the default. warps: of the per-head kernel's block, 4, or 8 or 16 at head_dim 64 and 128:
     more keys in flight per round, for short contexts with few blocks (ignored where the GQA-shared kernel runs).
     None: 8 where built (head_dim 64 and 128), else 4: on an H200, 8 warps took 0.70-0.90x the time of 4 in every
-    case bench/gpu_kernels.py timed (batch 1 and 4, 70 to 2,000 tokens, eager and graph splits; 2026-12-04)."""
+    case bench/gpu_kernels.py timed (batch 1 and 4, 70 to 2,000 tokens, eager and graph splits; 2026-12-04).
+    merge_in_kernel: with more than one split, the splits merge themselves (a row's one used split writes its
+    output, else the last split to finish merges the row's), instead of a reduce kernel after the attention
+    kernel: one launch fewer a layer. A CUDA graph fixes the split count for its longest context (32 splits for a
+    batch-1 graph of the 1b demo), so at short contexts most rows have one used split. None: the module default
+    (set_merge_in_kernel; off until measured on a GPU). split_counters: the int32 buffer it counts finished splits
+    in, at least N x H entries, all zero (each call leaves it so); calls that may run at the same time need their
+    own. None: a zeroed one is made for the call (a memset); a CUDA graph passes its own (engine/graphs.py)."""
     _check_geometry("paged_attention", k_off=k_off, v_off=v_off, rows_per_block=rows_per_block,
                     block_tokens=block_tokens)
     dev = _require(q, cache, block_tables, row_seq, row_len)
@@ -222,15 +271,26 @@ def paged_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Te
         raise InvalidArgumentError(
             f"{n_splits} splits of {split_tokens} tokens over max_len {max_len} exceed the grid's {MAX_SPLITS}: "
             f"pass split_tokens >= {math.ceil(max_len / MAX_SPLITS)}", split_tokens=split_tokens, max_len=max_len)
-    work = None
+    work = counters = None
     if n_splits > 1:
         work = torch.empty(n_rows * n_heads * n_splits * (head_dim + 2), dtype=torch.float32, device=dev)
+        if _MERGE_IN_KERNEL if merge_in_kernel is None else merge_in_kernel:
+            counters = split_counters
+            if counters is None:
+                counters = torch.zeros(n_rows * n_heads, dtype=torch.int32, device=dev)
+            elif (counters.dtype != torch.int32 or counters.device != dev or not counters.is_contiguous()
+                  or counters.numel() < n_rows * n_heads):
+                raise InvalidArgumentError(
+                    f"split_counters must be a contiguous int32 tensor of at least {n_rows * n_heads} entries on "
+                    f"{dev}, got {counters.dtype} of {counters.numel()} on {counters.device}",
+                    entries=counters.numel(), need=n_rows * n_heads)
     with torch.cuda.device(dev):
         _C.kernel_paged_attention(
             q.data_ptr(), out.data_ptr(), cache.data_ptr(), block_tables.data_ptr(), block_tables.shape[1],
             row_seq.data_ptr(), row_len.data_ptr(), n_rows, n_heads, kv_heads, head_dim, int(rows_per_block),
             int(block_tokens), int(k_off), int(v_off), int(window), float(scale), int(split_tokens), n_splits,
-            0 if work is None else work.data_ptr(), _dtype_code(q), _stream(dev), bool(gqa_shared), int(warps or 0))
+            0 if work is None else work.data_ptr(), _dtype_code(q), _stream(dev), bool(gqa_shared), int(warps or 0),
+            0 if counters is None else counters.data_ptr())
     return out
 
 

@@ -141,9 +141,13 @@ def _contract_write_kv(cache, k, v, rows, k_off, v_off):
 
 
 def _contract_paged_attention(q, cache, bt, row_seq, row_len, *, k_off, v_off, rows_per_block, block_tokens, scale,
-                              window=0, max_len=None, split_tokens=None):
-    """paged_attention's contract in torch, one query row at a time (max_len and the split only bound the work)."""
+                              window=0, max_len=None, split_tokens=None, split_counters=None):
+    """paged_attention's contract in torch, one query row at a time (max_len and the split only bound the work).
+    Split counters, where given (the graphs pass their own): zeros, one per row and head at least."""
     assert max_len >= int(row_len.max()) and split_tokens >= 1
+    if split_counters is not None:
+        assert split_counters.dtype == torch.int32 and split_counters.numel() >= q.shape[0] * q.shape[1]
+        assert not split_counters.any()
     n_rows, heads, d = q.shape
     kvh = cache.shape[1] // d
     out = torch.empty_like(q)
@@ -186,7 +190,8 @@ def test_graph_body_gives_the_engines_decode_logits(demo_dir, pool, monkeypatch)
                 pack_decode_inputs(host, decodes, 4, T, kv.rows_per_block)  # 3 decodes, one padding row
                 with torch.inference_mode():
                     got = decode_body(eng.model, torch.from_numpy(host.copy()), kv.rows, kv.layer_offsets,
-                                      max_len=width * T, rows_per_block=kv.rows_per_block, block_tokens=T)
+                                      max_len=width * T, rows_per_block=kv.rows_per_block, block_tokens=T,
+                                      split_counters=torch.zeros(4 * lm.config.num_heads, dtype=torch.int32))
                 eng._run(chunks)  # the eager CPU step (rewrites the same K/V)
                 eng.kv.grow()
                 for i, c in enumerate(chunks):

@@ -128,8 +128,9 @@ def _contract_write_kv(cache, k, v, rows, k_off, v_off):
 
 
 def _contract_paged_attention(q, cache, bt, row_seq, row_len, *, k_off, v_off, rows_per_block, block_tokens, scale,
-                              window=0, max_len=None, split_tokens=None):
-    """The kernels' contract (kernels.py) written plainly in torch, one query row at a time."""
+                              window=0, max_len=None, split_tokens=None, split_counters=None):
+    """The kernels' contract (kernels.py) written plainly in torch, one query row at a time (split_tokens and
+    split_counters decide how the kernel divides the work, not its result)."""
     assert max_len == int(row_len.max())
     n_rows, heads, d = q.shape
     kvh = cache.shape[1] // d

@@ -1,0 +1,50 @@
+"""The two process-wide launch switches of the kernels (memory/kernels.py) on a machine without a GPU: programmatic
+dependent launch cannot be switched on (a typed error with the fix) and stays off; the split merge's default
+takes booleans only and hands back the previous value. Their numerics: tests/gpu/test_split_merge_and_pdl.py."""
+
+import pytest
+import torch
+
+from warmserve import _C
+from warmserve.errors import BackendUnavailableError, InvalidArgumentError
+from warmserve.memory import kernels
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+
+
+@no_gpu
+def test_programmatic_launch_cannot_be_switched_on_without_a_gpu():
+    assert kernels.programmatic_launch() is False
+    with pytest.raises(BackendUnavailableError, match="needs the CUDA kernels and a GPU"):
+        kernels.set_programmatic_launch(True)
+    assert kernels.programmatic_launch() is False
+    assert kernels.set_programmatic_launch(False) is False
+
+
+def test_the_binding_switch_round_trips_where_kernels_are_built():
+    if not kernels.kernels_compiled():
+        with pytest.raises(BackendUnavailableError):
+            _C.kernel_set_programmatic_launch(True)
+        return
+    # the C++ flag alone (no launch happens): it reports the previous setting and is left off
+    assert _C.kernel_set_programmatic_launch(True) is False
+    assert _C.kernel_programmatic_launch() is True
+    assert _C.kernel_set_programmatic_launch(False) is True
+    assert kernels.programmatic_launch() is False
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_switches_take_booleans_only(bad):
+    with pytest.raises(InvalidArgumentError, match="True or False"):
+        kernels.set_programmatic_launch(bad)
+    with pytest.raises(InvalidArgumentError, match="True or False"):
+        kernels.set_merge_in_kernel(bad)
+
+
+def test_the_merge_default_hands_back_the_previous_one():
+    first = kernels.set_merge_in_kernel(True)
+    try:
+        assert first is False  # the default until it has run on a GPU: the reduce kernel merges the splits
+        assert kernels.set_merge_in_kernel(False) is True
+    finally:
+        kernels.set_merge_in_kernel(first)
