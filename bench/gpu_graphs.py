@@ -31,6 +31,9 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
    merge_in_kernel, one launch fewer a layer), and that with programmatic dependent launch on
    (kernels.set_programmatic_launch: each kernel may start while the one before drains, gemv streams weights before
    its wait); then part 5's graph profile (fused, gemv) with both on. Skipped below compute capability 9.0.
+10. Decode lookahead (Engine.decode_lookahead, engine/lookahead.py: each greedy step's successor replayed before
+   its tokens are read back) against plain replays, alternating at each batch, with the defaults of parts 1-8;
+   then part 8's phases with it on (its host part is what it hides).
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -104,12 +107,18 @@ def ttft(lm, repeats: int, **kw) -> dict:
             "ttft_s_each": first}  # in order: the first call in the process pays a first-use cost
 
 
+#: Engine attributes decode_engine sets on each engine it makes (part 10 switches decode_lookahead).
+ENGINE_SETTINGS = {"decode_lookahead": False}
+
+
 @contextmanager
 def decode_engine(lm, batch: int, prompt_tokens: int, new_tokens: int, graphs: bool, max_num_seqs: int, seed: int):
     """An Engine (graphs or eager) holding `batch` greedy requests of `prompt_tokens` random tokens, `new_tokens`
-    each (ignore_eos), none stepped yet."""
+    each (ignore_eos), none stepped yet; ENGINE_SETTINGS applied."""
     with Engine(lm, max_num_seqs=max_num_seqs, max_batch_tokens=max(2048, batch * prompt_tokens),
                 target_free_blocks=2 * batch, cuda_graphs=None if graphs else False) as eng:
+        for name, value in ENGINE_SETTINGS.items():
+            setattr(eng, name, value)
         for i, p in enumerate(prompts(lm.config.vocab_size, batch, prompt_tokens, seed=seed)):
             eng.add_request(str(i), p, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
         yield eng
@@ -268,6 +277,19 @@ def launch_savings(lm, a, bw: float) -> list[dict] | dict:
         release_decode_graphs(lm)
 
 
+def lookahead_vs_plain(lm, a, bw: float) -> tuple[list[dict] | dict, list[dict]]:
+    """10. alternate() with Engine.decode_lookahead on and off, then host_phases with it on."""
+    def setting(on: bool):
+        return lambda: ENGINE_SETTINGS.update(decode_lookahead=on)
+
+    try:
+        rows = alternate(lm, a, bw, {"plain": setting(False), "lookahead": setting(True)}, "plain")
+        ENGINE_SETTINGS["decode_lookahead"] = True
+        return rows, [p for p in host_phases(lm, a) if p["graphs"]]
+    finally:
+        ENGINE_SETTINGS["decode_lookahead"] = False
+
+
 def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gemv: bool = False,
                    savings: bool = False) -> dict:
     """5. The CUDA kernels of `steps` batch-1 decode steps (torch.profiler), eager or graph replays: per step, how
@@ -396,6 +418,7 @@ def main() -> None:
             res["launch_savings"] = launch_savings(lm, a, bw)
             if isinstance(res["launch_savings"], list):
                 res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True, savings=True))
+            res["lookahead"], res["lookahead_phases"] = lookahead_vs_plain(lm, a, bw)
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -439,6 +462,10 @@ def main() -> None:
         lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
     for name in ("merge_in_kernel", "merge_and_pdl"):
         lines += alternate_lines(res.get("launch_savings", []), "launch savings", name, "reduce_kernel")
+    lines += alternate_lines(res.get("lookahead", []), "decode lookahead", "lookahead", "plain")
+    for p in res.get("lookahead_phases", []):
+        label = f"step phases with lookahead, decode batch {p['batch']} with graphs"
+        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

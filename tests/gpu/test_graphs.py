@@ -162,3 +162,36 @@ def test_replay_reproduces_the_eager_body_exactly(dtype, demo, pool):
             assert g.packed[3, :HEAD_COLUMNS].tolist() == [0, 0, -1, 1]
     finally:
         lm.close()
+
+
+def test_decode_lookahead_gives_the_tokens_of_plain_replays(demo, pool):
+    """Engine.decode_lookahead (engine/lookahead.py) over real graph replays: each greedy step's successor is
+    replayed before its tokens are read back, fed the argmax on the device; the tokens are those of plain replays
+    while the batch shrinks 7, 6, ..., 1 and two prompts cross into a second KV block (CPU twin:
+    tests/unit/engine/test_decode_lookahead.py). Written without a GPU."""
+    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.engine.graphs import capture_decode_graphs, release_decode_graphs
+
+    lm = load_model(demo["llama-20m"], pool).wait()
+
+    def serve(on: bool):
+        with Engine(lm, max_num_seqs=8, target_free_blocks=1) as eng:
+            eng.decode_lookahead = on
+            for i, (p, m) in enumerate(zip(_prompts(lm.config.vocab_size), MAX_TOKENS)):
+                eng.add_request(str(i), p, SamplingParams(max_tokens=m, ignore_eos=True))
+            toks = {}
+            while eng.has_unfinished():
+                for o in eng.step():
+                    toks.setdefault(o.request_id, []).extend(o.token_ids)
+            return toks, eng._ahead, eng.num_graph_steps
+
+    try:
+        capture_decode_graphs(lm, 8)
+        plain, none, _ = serve(False)
+        ahead, la, graphed = serve(True)
+        assert none is None and graphed > 0
+        assert ahead == plain
+        assert la.hits > 0 and la.launched > la.hits
+    finally:
+        release_decode_graphs(lm)
+        lm.close()

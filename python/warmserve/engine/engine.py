@@ -24,6 +24,7 @@ from warmserve.engine.attention import AttnMeta, PrefillChunk, causal_mask, deco
 from warmserve.engine.checks import check_counts, token_ids
 from warmserve.engine.graphs import DecodeGraphs, activate_decode_graphs, resolve_cuda_graphs
 from warmserve.engine.kv_cache import KVCache, KVPageMapper
+from warmserve.engine.lookahead import DecodeLookahead
 from warmserve.engine.model import Model
 from warmserve.engine.pool_neighbours import PoolNeighbours
 from warmserve.engine.sampler import draw_seed, logprobs, sample
@@ -137,6 +138,10 @@ class Engine(PoolNeighbours):
         self.graph_capture_s = 0.0
         #: Steps run by replaying a graph.
         self.num_graph_steps = 0
+        #: Launch each greedy decode step's successor before reading its tokens back (engine/lookahead.py; off until
+        #: measured on a GPU). _ahead: its state, made at its first step.
+        self.decode_lookahead = False
+        self._ahead: DecodeLookahead | None = None
         # The pool whose neighbours' headroom this engine may take and give (pool_starved); not a tensor-parallel
         # shard's: its ranks map together, each taking the same decision from the same engine state (a
         # neighbour's is not), and a follower steps on a thread of its own.
@@ -341,9 +346,16 @@ class Engine(PoolNeighbours):
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[StepOutput]:
         g = self.graphs
-        if g is not None and len(chunks) <= g.max_batch and all(self._graphable(c) for c in chunks):
+        graphed = g is not None and len(chunks) <= g.max_batch and all(self._graphable(c) for c in chunks)
+        self.num_graph_steps += graphed
+        if graphed and self.decode_lookahead and not self.record_logits and DecodeLookahead.eligible(chunks):
+            if self._ahead is None or self._ahead.graphs is not g:
+                self._ahead = DecodeLookahead(g, self.kv.block_tokens)
+            return self._sample(chunks, chunks, None, self._ahead.tokens(chunks, self._token))
+        if self._ahead is not None:
+            self._ahead.drop()
+        if graphed:
             logits = g.run([(self._token(c.seq, c.start), c.start, c.seq.blocks) for c in chunks])
-            self.num_graph_steps += 1
             sampled = [c for c in chunks if c.samples]
             if len(sampled) < len(chunks):
                 logits = logits[torch.tensor([i for i, c in enumerate(chunks) if c.samples], device=self.device)]
@@ -430,15 +442,15 @@ class Engine(PoolNeighbours):
         n = len(seq.prompt)
         return seq.prompt[i] if i < n else seq.output[i - n]
 
-    def _sample(self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk],
-                logits: torch.Tensor | None) -> list[StepOutput]:
-        """Sample the chunks that reach their sequence's end (logits: one row each), then advance every chunk."""
-        outputs = []
-        if sampled:
+    def _sample(self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk], logits: torch.Tensor | None,
+                toks: list[int] | None = None) -> list[StepOutput]:
+        """Sample the chunks that reach their sequence's end (logits: one row each; toks: their tokens chosen
+        already, engine/lookahead.py), then advance every chunk."""
+        lps = [None] * len(sampled)
+        if sampled and toks is None:
             seqs = [c.seq for c in sampled]
-            for s in seqs:
-                if s.generator is not None:
-                    s.generator.manual_seed(draw_seed(s.seed, len(s.output)))
+            for s in (s for s in seqs if s.generator is not None):
+                s.generator.manual_seed(draw_seed(s.seed, len(s.output)))
             toks = sample(logits, [s.params for s in seqs], [s.generator for s in seqs],
                           [(s.prompt, s.output) for s in seqs], self.eos, [s.sampler_state for s in seqs])
             lps = logprobs(logits, toks, [s.params.logprobs for s in seqs])
@@ -446,9 +458,7 @@ class Engine(PoolNeighbours):
                 self.last_logits = {c.seq.request_id: logits[i].cpu() for i, c in enumerate(sampled)}
         for c in chunks:
             c.seq.num_computed = c.start + c.n
-        for c, t, lp in zip(sampled, toks if sampled else (), lps if sampled else ()):
-            outputs.append(self._append(c.seq, t, lp))
-        return outputs
+        return [self._append(c.seq, t, lp) for c, t, lp in zip(sampled, toks or (), lps)]
 
     #: Rows of prompt logits computed at once for prompt_logprobs (bounds the [rows, vocab] float32 temporary).
     PROMPT_LOGPROBS_ROWS = 256

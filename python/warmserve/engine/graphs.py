@@ -379,6 +379,12 @@ class DecodeGraphs:
         """Replay the graph of the smallest bucket that holds the decodes (token id, position, block ids);
         returns their float32 logits [len(decodes), vocab], a view of the graph's output, valid until the next
         replay."""
+        return self.output(self.launch(decodes))[:len(decodes)]
+
+    def launch(self, decodes, tokens: torch.Tensor | None = None) -> int:
+        """run() without taking the logits: returns the bucket replayed (``output``). tokens: the rows' token ids
+        as a device tensor, written over those of ``decodes`` on the device after the upload (a step's argmax not
+        yet read back: engine/lookahead.py)."""
         self._check_open()
         n = len(decodes)
         b = bucket_for(n, self.buckets) if self.buckets else None
@@ -390,9 +396,15 @@ class DecodeGraphs:
         with torch.cuda.device(self.device), torch.inference_mode():
             self.packed[:b].copy_(self.host[:b], non_blocking=True)
             self._copied.record()
+            if tokens is not None:  # in stream order: after the upload, before the replay
+                self.packed[:n, 0].copy_(tokens)
             self._graphs[b].replay()
         self.replays[b] = self.replays.get(b, 0) + 1
-        return self._logits[b][:n]
+        return b
+
+    def output(self, bucket: int) -> torch.Tensor:
+        """The float32 logits [bucket, vocab] the bucket's graph writes (rows past the batch are padding)."""
+        return self._logits[bucket]
 
     def _check_open(self) -> None:
         if self.closed:
