@@ -33,7 +33,7 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
    its wait); then part 5's graph profile (fused, gemv) with both on. Skipped below compute capability 9.0.
 10. Decode lookahead (Engine.decode_lookahead, engine/lookahead.py: each greedy step's successor replayed before
    its tokens are read back) against plain replays, alternating at each batch, with the defaults of parts 1-8;
-   then part 8's phases with it on (its host part is what it hides).
+   then part 8's phases with it on, without the synchronize before sampling (it would undo the overlap).
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -223,17 +223,19 @@ def gemv_vs_cublas(lm, a, bw: float) -> list[dict] | dict:
     return _on_against_off(lm, a, bw, "gemv_kernel", "gemv", "cublas")
 
 
-def host_phases(lm, a) -> list[dict]:
+def host_phases(lm, a, lookahead: bool = False) -> list[dict]:
     """8. step_phases of the decode steps with graphs at each of a.batches and eager at batch 1 (the prefill and
-    the first decode step outside it). A failure is recorded, not raised."""
+    the first decode step outside it). A failure is recorded, not raised. lookahead: graphs only, with no
+    synchronize before sampling (it would wait for the replay launched ahead, the overlap being measured): the
+    wait for a step's tokens is then inside ``forward``."""
     out = []
-    for batch, graphs in [(b, True) for b in a.batches] + [(1, False)]:
+    for batch, graphs in [(b, True) for b in a.batches] + ([] if lookahead else [(1, False)]):
         try:
             with decode_engine(lm, batch, a.prompt_tokens, a.new_tokens, graphs, a.max_num_seqs, seed=4) as eng:
                 eng.step()
                 eng.step()
-                out.append({"batch": batch, "graphs": graphs,
-                            **step_phases(eng, a.new_tokens - 3, sync=torch.cuda.synchronize)})
+                out.append({"batch": batch, "graphs": graphs, **step_phases(
+                    eng, a.new_tokens - 3, sync=None if lookahead else torch.cuda.synchronize)})
         except Exception as e:  # noqa: BLE001 (reported in the results instead)
             out.append({"batch": batch, "graphs": graphs, "error": f"{type(e).__name__}: {e}"})
     return out
@@ -285,7 +287,7 @@ def lookahead_vs_plain(lm, a, bw: float) -> tuple[list[dict] | dict, list[dict]]
     try:
         rows = alternate(lm, a, bw, {"plain": setting(False), "lookahead": setting(True)}, "plain")
         ENGINE_SETTINGS["decode_lookahead"] = True
-        return rows, [p for p in host_phases(lm, a) if p["graphs"]]
+        return rows, host_phases(lm, a, lookahead=True)
     finally:
         ENGINE_SETTINGS["decode_lookahead"] = False
 
