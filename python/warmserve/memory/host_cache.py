@@ -409,7 +409,7 @@ class HostCheckpointCache:
                                 raise
                             self._no_room(path, size, evicted)
                             raise
-                e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd)
+                e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd, populate=False)
             except OSError as ex:
                 os.close(fd)
                 try:
