@@ -444,8 +444,7 @@ class Engine(PoolNeighbours):
 
     def _sample(self, chunks: list[ScheduledChunk], sampled: list[ScheduledChunk], logits: torch.Tensor | None,
                 toks: list[int] | None = None) -> list[StepOutput]:
-        """Sample the chunks that reach their sequence's end (logits: one row each; toks: their tokens chosen
-        already, engine/lookahead.py), then advance every chunk."""
+        """Sample the chunks that reach their sequence's end (a logits row each, or toks chosen), then advance all."""
         lps = [None] * len(sampled)
         if sampled and toks is None:
             seqs = [c.seq for c in sampled]

@@ -34,8 +34,8 @@ class CacheEntry:
         # MAP_POPULATE: the page tables are built in one pass now rather than by a fault per 4 KiB in the copy
         # (the DMA registration would fault them in anyway). Not for a fill (populate False): there the pass runs
         # alone before any copy starts, where the faults are taken by the loader's copier threads side by side
-        # with their copies: a 1 GiB fill on the shared 2-core VM took 0.62-0.68 s populated against 0.46 s
-        # (fallocate 0.23 s in both; 2026-12-04).
+        # with their copies: 1 GiB fills on the shared 2-core VM took a median 0.68-0.70 s populated against
+        # 0.54-0.55 s (bench/switch/fill_populate_ab.py, 2026-12-04; the fallocate before, 0.23 s, in both).
         flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.writable else 0)
         self.mm = mmap.mmap(fd, size, flags, prot) if size else None

@@ -14,8 +14,9 @@ Attention kernels take one query row per (sequence, position): ``row_seq[i]`` is
 (``decode_attention``), a prefill chunk with cached context one row per chunk token (``prefill_rows`` builds the
 two vectors; ``prefill_attention`` computes such chunks tiled, 16 query rows per thread block, so each key is read
 once per tile, not once per row). The context is split into ``split_tokens`` pieces combined by a second kernel
-(flash-decoding), or by the splits themselves (``merge_in_kernel``), so one long sequence still spreads over the GPU. For CUDA-graph capture pass ``split_tokens`` and ``max_len``
-explicitly: the default derives the split from ``max_len``, and computing that from ``row_len`` syncs.
+(flash-decoding) or by the splits themselves (``merge_in_kernel``), so one long sequence still spreads over the
+GPU. For CUDA-graph capture pass ``split_tokens`` and ``max_len`` explicitly: the default derives the split from
+``max_len``, and computing that from ``row_len`` syncs.
 
 CUDA graphs of the decode step (issue 13, item 2) capture these kernels: engine/graphs.py passes ``split_tokens``
 and ``max_len`` fixed per batch bucket, and its padding rows carry write row -1, which ``write_kv`` skips.
