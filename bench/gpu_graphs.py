@@ -257,26 +257,31 @@ def idle_gaps_us(spans: list[tuple[float, float]], between_steps_us: float = 20.
     return short, long
 
 
+def set_launch_savings(lm, merge: bool, pdl: bool) -> tuple[bool, bool]:
+    """Part 9's two settings (kernels.set_merge_in_kernel, kernels.set_programmatic_launch); the graphs are
+    dropped when either changes, so the next activation captures them under the new ones. Returns the old pair."""
+    old = kernels.set_merge_in_kernel(merge), kernels.programmatic_launch()
+    if pdl != old[1]:
+        kernels.set_programmatic_launch(pdl)
+    if (merge, pdl) != old:
+        release_decode_graphs(lm)
+    return old
+
+
 def launch_savings(lm, a, bw: float) -> list[dict] | dict:
     """9. alternate() over the split merge and programmatic launch (module docstring); settings put back after."""
     if torch.cuda.get_device_capability() < (9, 0):
         return {"error": "skipped: programmatic dependent launch needs compute capability 9.0"}
-    merge0, pdl0 = kernels.set_merge_in_kernel(True), kernels.programmatic_launch()
+    old = set_launch_savings(lm, False, False)
 
     def setting(merge: bool, pdl: bool):
-        def setup():
-            kernels.set_merge_in_kernel(merge)
-            kernels.set_programmatic_launch(pdl)
-            release_decode_graphs(lm)
-        return setup
+        return lambda: set_launch_savings(lm, merge, pdl)
 
     try:
         return alternate(lm, a, bw, {"reduce_kernel": setting(False, False), "merge_in_kernel": setting(True, False),
                                      "merge_and_pdl": setting(True, True)}, "reduce_kernel")
     finally:
-        kernels.set_merge_in_kernel(merge0)
-        kernels.set_programmatic_launch(pdl0)
-        release_decode_graphs(lm)
+        set_launch_savings(lm, *old)
 
 
 def lookahead_vs_plain(lm, a, bw: float) -> tuple[list[dict] | dict, list[dict]]:
@@ -301,12 +306,9 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
     from torch.profiler import ProfilerActivity, profile
 
     before = lm.fused_kernels, lm.gemv_kernel
-    pdl0, merge0 = kernels.programmatic_launch(), kernels.set_merge_in_kernel(savings)
+    old = set_launch_savings(lm, savings, savings)
     try:
         lm.fused_kernels, lm.gemv_kernel = fused, gemv
-        if savings != pdl0:
-            kernels.set_programmatic_launch(savings)
-        release_decode_graphs(lm)  # captured again under these settings
         with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=None if graphs else False) as eng:
             eng.add_request("0", prompts(lm.config.vocab_size, 1, a.prompt_tokens, seed=3)[0],
                             SamplingParams(max_tokens=steps + 3, ignore_eos=True))
@@ -334,10 +336,7 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
         return {"fused": fused, "gemv": gemv, "error": f"{type(e).__name__}: {e}"}
     finally:
         lm.fused_kernels, lm.gemv_kernel = before
-        kernels.set_merge_in_kernel(merge0)
-        if savings != pdl0:
-            kernels.set_programmatic_launch(pdl0)
-        release_decode_graphs(lm)
+        set_launch_savings(lm, *old)
 
 
 def main() -> None:
