@@ -34,6 +34,9 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
 10. Decode lookahead (Engine.decode_lookahead, engine/lookahead.py: each greedy step's successor replayed before
    its tokens are read back) against plain replays, alternating at each batch, with the defaults of parts 1-8;
    then part 8's phases with it on, without the synchronize before sampling (it would undo the overlap).
+11. Everything together against parts 1-8's setting, alternating at each batch: the splits merged in the kernel
+   with lookahead (the engine's defaults since 2026-12-04), and that with programmatic launch as well; batch 1
+   against the roofline. Skipped below compute capability 9.0.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -297,6 +300,26 @@ def lookahead_vs_plain(lm, a, bw: float) -> tuple[list[dict] | dict, list[dict]]
         ENGINE_SETTINGS["decode_lookahead"] = False
 
 
+def together(lm, a, bw: float) -> list[dict] | dict:
+    """11. alternate() over the plain setting and the savings of parts 9 and 10 together; settings put back after."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        return {"error": "skipped: programmatic dependent launch needs compute capability 9.0"}
+    old = set_launch_savings(lm, False, False)
+
+    def setting(merge: bool, pdl: bool, lookahead: bool):
+        def apply():
+            set_launch_savings(lm, merge, pdl)
+            ENGINE_SETTINGS["decode_lookahead"] = lookahead
+        return apply
+
+    try:
+        return alternate(lm, a, bw, {"plain": setting(False, False, False), "defaults": setting(True, False, True),
+                                     "defaults_and_pdl": setting(True, True, True)}, "plain")
+    finally:
+        set_launch_savings(lm, *old)
+        ENGINE_SETTINGS["decode_lookahead"] = False
+
+
 def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gemv: bool = False,
                    savings: bool = False) -> dict:
     """5. The CUDA kernels of `steps` batch-1 decode steps (torch.profiler), eager or graph replays: per step, how
@@ -365,6 +388,9 @@ def main() -> None:
         weights = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
         a.pool_gib = weights / GiB + 6
     bw = copy_bandwidth_Bps()
+    # Parts 1-10 keep the setting they were first measured in, the reduce kernel (lookahead: ENGINE_SETTINGS), so
+    # their figures compare across runs; part 11 times the engine's defaults against it.
+    kernels.set_merge_in_kernel(False)
     res["copy_bandwidth_GBps"] = bw / 1e9
     with PagePool(int(a.pool_gib * GiB) // (2 << 20) * (2 << 20), backend="cuda") as pool:
         t0 = time.perf_counter()
@@ -420,6 +446,7 @@ def main() -> None:
             if isinstance(res["launch_savings"], list):
                 res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True, savings=True))
             res["lookahead"], res["lookahead_phases"] = lookahead_vs_plain(lm, a, bw)
+            res["together"] = together(lm, a, bw)
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -467,6 +494,8 @@ def main() -> None:
     for p in res.get("lookahead_phases", []):
         label = f"step phases with lookahead, decode batch {p['batch']} with graphs"
         lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
+    for name in ("defaults", "defaults_and_pdl"):
+        lines += alternate_lines(res.get("together", []), "together", name, "plain")
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

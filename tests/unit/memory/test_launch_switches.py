@@ -42,9 +42,9 @@ def test_switches_take_booleans_only(bad):
 
 
 def test_the_merge_default_hands_back_the_previous_one():
-    first = kernels.set_merge_in_kernel(True)
+    first = kernels.set_merge_in_kernel(False)
     try:
-        assert first is False  # the default until it has run on a GPU: the reduce kernel merges the splits
-        assert kernels.set_merge_in_kernel(False) is True
+        assert first is True  # the default since an H200 ran it: the splits merge themselves
+        assert kernels.set_merge_in_kernel(True) is False
     finally:
         kernels.set_merge_in_kernel(first)
