@@ -37,6 +37,9 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
 11. Everything together against parts 1-8's setting, alternating at each batch: the splits merged in the kernel
    with lookahead (the engine's defaults since 2026-12-04), and that with programmatic launch as well; batch 1
    against the roofline. Skipped below compute capability 9.0.
+12. The norms and activations taken into the gemv after them (LoadedModel.gemv_prologues: kernels.gemv_norm and
+   gemv_silu, 48 launches fewer a 1b step) against separate kernels, alternating, with the engine's defaults
+   (merge in kernel, lookahead); then part 5's graph profile (fused, gemv) with them on.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -300,6 +303,17 @@ def lookahead_vs_plain(lm, a, bw: float) -> tuple[list[dict] | dict, list[dict]]
         ENGINE_SETTINGS["decode_lookahead"] = False
 
 
+def prologues_vs_separate(lm, a, bw: float) -> list[dict] | dict:
+    """12. alternate() with LoadedModel.gemv_prologues on and off, under the engine's defaults."""
+    old = set_launch_savings(lm, True, False)
+    ENGINE_SETTINGS["decode_lookahead"] = True
+    try:
+        return _on_against_off(lm, a, bw, "gemv_prologues", "prologues", "separate")
+    finally:
+        set_launch_savings(lm, *old)
+        ENGINE_SETTINGS["decode_lookahead"] = False
+
+
 def together(lm, a, bw: float) -> list[dict] | dict:
     """11. alternate() over the plain setting and the savings of parts 9 and 10 together; settings put back after."""
     if torch.cuda.get_device_capability() < (9, 0):
@@ -321,18 +335,21 @@ def together(lm, a, bw: float) -> list[dict] | dict:
 
 
 def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gemv: bool = False,
-                   savings: bool = False) -> dict:
+                   savings: bool = False, prologues: bool = False) -> dict:
     """5. The CUDA kernels of `steps` batch-1 decode steps (torch.profiler), eager or graph replays: per step, how
     many and their summed device time; the ten costliest by device time; with graphs, the device's idle time
     split into gaps inside a replay (< 20 us) and between steps. savings: with part 9's two launch savings on (the
-    splits merged in the attention kernel, programmatic launch). A failure is recorded, not raised."""
+    splits merged in the attention kernel, programmatic launch). prologues: LoadedModel.gemv_prologues (part 12).
+    ENGINE_SETTINGS apply (no lookahead). A failure is recorded, not raised."""
     from torch.profiler import ProfilerActivity, profile
 
-    before = lm.fused_kernels, lm.gemv_kernel
+    before = lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues
     old = set_launch_savings(lm, savings, savings)
     try:
-        lm.fused_kernels, lm.gemv_kernel = fused, gemv
+        lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues = fused, gemv, prologues
         with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=None if graphs else False) as eng:
+            for name, value in ENGINE_SETTINGS.items():
+                setattr(eng, name, value)
             eng.add_request("0", prompts(lm.config.vocab_size, 1, a.prompt_tokens, seed=3)[0],
                             SamplingParams(max_tokens=steps + 3, ignore_eos=True))
             for _ in range(2):  # the prefill and one decode step, outside the profile
@@ -345,7 +362,8 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
         rows = [(e.self_device_time_total, e.count, e.key) for e in prof.key_averages()
                 if e.device_type == torch.autograd.DeviceType.CUDA]  # kernels, copies, memsets; not CPU ops
         rows.sort(reverse=True)
-        out = {"fused": fused, "graphs": graphs, "gemv": gemv, "savings": savings, "steps": steps,
+        out = {"fused": fused, "graphs": graphs, "gemv": gemv, "savings": savings, "prologues": prologues,
+               "steps": steps,
                "kernels_per_step": sum(r[1] for r in rows) / steps,
                "device_ms_per_step": sum(r[0] for r in rows) / steps / 1e3,
                "top": [{"kernel": k[:100], "calls_per_step": n / steps, "us_per_step": us / steps}
@@ -358,7 +376,7 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
     except Exception as e:  # noqa: BLE001 (reported in the results instead)
         return {"fused": fused, "gemv": gemv, "error": f"{type(e).__name__}: {e}"}
     finally:
-        lm.fused_kernels, lm.gemv_kernel = before
+        lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues = before
         set_launch_savings(lm, *old)
 
 
@@ -447,6 +465,8 @@ def main() -> None:
                 res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True, savings=True))
             res["lookahead"], res["lookahead_phases"] = lookahead_vs_plain(lm, a, bw)
             res["together"] = together(lm, a, bw)
+            res["prologues"] = prologues_vs_separate(lm, a, bw)
+            res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True, prologues=True))
         finally:
             release_decode_graphs(lm)
             lm.close()
@@ -474,7 +494,8 @@ def main() -> None:
     lines += alternate_lines(res.get("fused", []), "fused layer kernels", "fused", "unfused")
     for p in res.get("profile", []):
         name = (("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
-                + (", gemv" if p.get("gemv") else "") + (", merge in kernel + PDL" if p.get("savings") else ""))
+                + (", gemv" if p.get("gemv") else "") + (", merge in kernel + PDL" if p.get("savings") else "")
+                + (", gemv prologues" if p.get("prologues") else ""))
         if "error" in p:
             lines.append(f"profile ({name}): FAILED: {p['error']}")
             continue
@@ -496,6 +517,7 @@ def main() -> None:
         lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
     for name in ("defaults", "defaults_and_pdl"):
         lines += alternate_lines(res.get("together", []), "together", name, "plain")
+    lines += alternate_lines(res.get("prologues", []), "gemv prologues (defaults on)", "prologues", "separate")
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

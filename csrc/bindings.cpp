@@ -294,7 +294,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("stream"), nogil());
   m.def("kernel_gemv", &kernels::gemv, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("n_rows"),
         py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("stream"), nogil());
+  m.def("kernel_gemv_norm", &kernels::gemv_norm, py::arg("x"), py::arg("res"), py::arg("norm_w"), py::arg("h_out"),
+        py::arg("eps"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("n_rows"), py::arg("k"), py::arg("n"),
+        py::arg("dtype"), py::arg("stream"), nogil());
+  m.def("kernel_gemv_silu", &kernels::gemv_silu, py::arg("gu"), py::arg("w"), py::arg("b"), py::arg("y"),
+        py::arg("n_rows"), py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("stream"), nogil());
   m.attr("KERNEL_GEMV_MAX_ROWS") = kernels::kGemvMaxRows;
+  m.attr("KERNEL_GEMV_STAGED_MAX_BYTES") = kernels::kGemvStagedMaxBytes;
   m.def("kernel_rope_qkv", &kernels::rope_qkv, py::arg("qkv"), py::arg("cos"), py::arg("sin"), py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("n_rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
         py::arg("dtype"), py::arg("stream"), nogil());

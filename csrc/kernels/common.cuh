@@ -46,11 +46,13 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// kernel<<<grid, block, 0, st>>>(args...), with the programmatic-serialization attribute when it is switched on.
+// kernel<<<grid, block, smem_bytes, st>>>(args...), with the programmatic-serialization attribute when it is
+// switched on. smem_bytes: dynamic shared memory (above 48 KB the caller raises the kernel's limit first).
 template <class... KArgs, class... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t st, const char* what, Args&&... args) {
+void launch_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t st,
+                 const char* what, Args&&... args) {
   if (!programmatic_launch()) {
-    kernel<<<grid, block, 0, st>>>(std::forward<Args>(args)...);
+    kernel<<<grid, block, smem_bytes, st>>>(std::forward<Args>(args)...);
     check_launch(what);
     return;
   }
@@ -58,9 +60,15 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t st, co
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = 0, cfg.stream = st;
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem_bytes, cfg.stream = st;
   cfg.attrs = attr, cfg.numAttrs = 1;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), what);
+}
+
+// launch_smem without dynamic shared memory.
+template <class... KArgs, class... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t st, const char* what, Args&&... args) {
+  launch_smem(kernel, grid, block, 0, st, what, std::forward<Args>(args)...);
 }
 
 __device__ __forceinline__ float to_f(float x) { return x; }

@@ -10,6 +10,12 @@
 // before it (the norm or activation that writes x) still runs: it loads its first round of weights into registers
 // and asks L2 for the rest of its rows before it waits for x, so the weight stream of a small matrix (qkv and o of
 // the 1b: 13 and 8 MB, a few microseconds at HBM speed) does not start from nothing after every kernel boundary.
+//
+// gemv_norm and gemv_silu take the kernel before a matmul into it (the residual add + norm before qkv and gate_up,
+// silu * up before down): 48 of a 1b batch-1 step's 209 launches, 1.2-1.7 us each in its replay profile (2026-12-04)
+// for 4 KB to 11 KB of input. Each block computes that input into shared memory itself, reading it from L2 (a few
+// KB per block, under the first weight loads, which are issued before it), instead of a kernel boundary and a
+// round trip through memory between the two.
 #include <cstdint>
 #include <string>
 
@@ -23,31 +29,28 @@ namespace {
 constexpr int kGemvWarps = 8;   // output features per block
 constexpr int kGemvUnroll = 4;  // 16-byte weight vectors in flight per lane
 
-template <class T, int M>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
-                int64_t k, int64_t n, bool early) {
-  constexpr int V = 16 / int(sizeof(T));  // elements per 16-byte vector
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t f = int64_t(blockIdx.x) * kGemvWarps + warp;  // the output feature
-  if (f >= n) {  // whole warps only: the shuffles below stay full
-    pdl_wait();
-    return;
-  }
-  const int64_t n_vec = k / V;
-  const int4* wrow = reinterpret_cast<const int4*>(w + f * k);
-  int4 wv[kGemvUnroll];
+// The first kGemvUnroll 16-byte vectors of this lane's share of a weight row (before pdl_wait: weights only), and
+// under programmatic launch the rest of the row asked into L2 while the kernel before drains.
+__device__ __forceinline__ void load_first(const int4* wrow, int64_t n_vec, int lane, bool early,
+                                           int4 (&wv)[kGemvUnroll]) {
 #pragma unroll
   for (int u = 0; u < kGemvUnroll; ++u) {
     const int64_t c = lane + int64_t(u) * 32;
     wv[u] = c < n_vec ? __ldcs(wrow + c) : make_int4(0, 0, 0, 0);
   }
-  if (early)  // launched programmatically: the rest of the row into L2 while the kernel before drains
+  if (early)
     for (int64_t c = lane + 32 * kGemvUnroll; c < n_vec; c += 32)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow + c));
-  pdl_wait();  // x (and y's memory) belong to the kernels before this one
-  pdl_trigger();
-  float acc[M];
+}
+
+// One warp's dot products of its weight row with the M rows of x (k elements each), wv holding the row's first
+// vectors (load_first); the warp's sum lands in every lane. x in global memory, read through the read-only cache,
+// or (kStaged) in shared memory.
+template <class T, int M, bool kStaged>
+__device__ __forceinline__ void dot_rows(const T* x, const int4* wrow, int64_t k, int lane, int4 (&wv)[kGemvUnroll],
+                                         float (&acc)[M]) {
+  constexpr int V = 16 / int(sizeof(T));  // elements per 16-byte vector
+  const int64_t n_vec = k / V;
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
   for (int64_t base = lane; base < n_vec; base += 32 * kGemvUnroll) {
@@ -65,7 +68,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       const T* we = reinterpret_cast<const T*>(&wv[u]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        const int4 xv = __ldg(reinterpret_cast<const int4*>(x + m * k) + c);
+        const int4* xrow = reinterpret_cast<const int4*>(x + m * k);
+        const int4 xv = kStaged ? xrow[c] : __ldg(xrow + c);
         const T* xe = reinterpret_cast<const T*>(&xv);
 #pragma unroll
         for (int e = 0; e < V; ++e) acc[m] = fmaf(to_f(we[e]), to_f(xe[e]), acc[m]);
@@ -73,12 +77,102 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
   }
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    float v = acc[m];
+  for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) y[m * n + f] = from_f<T>(b ? v + to_f(b[f]) : v);
+    for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
+}
+
+template <class T, int M>
+__device__ __forceinline__ void store_out(const float (&acc)[M], const T* b, T* y, int64_t f, int64_t n, int lane) {
+  if (lane != 0) return;
+#pragma unroll
+  for (int m = 0; m < M; ++m) y[m * n + f] = from_f<T>(b ? acc[m] + to_f(b[f]) : acc[m]);
+}
+
+template <class T, int M>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
+                int64_t k, int64_t n, bool early) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t f = int64_t(blockIdx.x) * kGemvWarps + warp;  // the output feature
+  if (f >= n) {  // whole warps only: the shuffles below stay full
+    pdl_wait();
+    return;
   }
+  const int4* wrow = reinterpret_cast<const int4*>(w + f * k);
+  int4 wv[kGemvUnroll];
+  load_first(wrow, k / (16 / int(sizeof(T))), lane, early, wv);
+  pdl_wait();  // x (and y's memory) belong to the kernels before this one
+  pdl_trigger();
+  float acc[M];
+  dot_rows<T, M, false>(x, wrow, k, lane, wv, acc);
+  store_out(acc, b, y, f, n, lane);
+}
+
+// What a staged gemv computes its input from (kernels.h: gemv_norm, gemv_silu).
+enum class Prologue { kNorm, kSilu };
+
+// gemv over an input each block computes into shared memory first. Every thread of the block takes part in that
+// (its barriers), the warps past n included; each element is rounded as the separate kernel rounds it
+// (layer_kernels.cu: add_rms_norm_vec_kernel, silu_mul_kernel), so only the norm's float32 sum is in another order.
+// kNorm: src = x [M, k], res [M, k] or null, norm_w [k], h_out written by block 0 alone (the other blocks add
+// x + res again for themselves: cheaper than a grid-wide barrier). kSilu: src = gu [M, 2k].
+template <class T, int M, Prologue P>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_staged_kernel(const T* __restrict__ src, const T* __restrict__ res, const T* __restrict__ norm_w,
+                       T* __restrict__ h_out, float eps, const T* __restrict__ w, const T* __restrict__ b,
+                       T* __restrict__ y, int64_t k, int64_t n, bool early) {
+  extern __shared__ int4 staged[];  // int4: 16-byte aligned for dot_rows' vector reads
+  T* xs = reinterpret_cast<T*>(staged);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t f = int64_t(blockIdx.x) * kGemvWarps + warp;
+  const bool active = f < n;
+  const int4* wrow = reinterpret_cast<const int4*>(w + (active ? f : 0) * k);
+  int4 wv[kGemvUnroll];
+  if (active) load_first(wrow, k / (16 / int(sizeof(T))), lane, early, wv);
+  pdl_wait();  // the input and y's memory belong to the kernels before this one
+  pdl_trigger();
+  if constexpr (P == Prologue::kSilu) {
+    for (int64_t i = threadIdx.x; i < M * k; i += blockDim.x) {
+      const int64_t m = i / k, j = i % k;
+      const float g = to_f(src[m * 2 * k + j]);
+      const T s = from_f<T>(g / (1.f + expf(-g)));  // expf, as silu_mul_kernel (torch's silu uses the exact one)
+      xs[i] = from_f<T>(to_f(s) * to_f(src[m * 2 * k + k + j]));
+    }
+  } else {
+    __shared__ float part[M][kGemvWarps];
+    float ss[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      ss[m] = 0.f;
+      for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+        T h = src[m * k + j];
+        if (res) {
+          h = from_f<T>(to_f(h) + to_f(res[m * k + j]));
+          if (blockIdx.x == 0) h_out[m * k + j] = h;
+        }
+        xs[m * k + j] = h;
+        ss[m] += to_f(h) * to_f(h);
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], o);
+      if (lane == 0) part[m][warp] = ss[m];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float total = 0.f;
+      for (int i = 0; i < kGemvWarps; ++i) total += part[m][i];
+      const float r = rsqrtf(total / float(k) + eps);
+      for (int64_t j = threadIdx.x; j < k; j += blockDim.x)  // the elements this thread wrote itself
+        xs[m * k + j] = from_f<T>(to_f(norm_w[j]) * to_f(from_f<T>(to_f(xs[m * k + j]) * r)));
+    }
+  }
+  __syncthreads();
+  if (!active) return;
+  float acc[M];
+  dot_rows<T, M, true>(xs, wrow, k, lane, wv, acc);
+  store_out(acc, b, y, f, n, lane);
 }
 
 template <class T>
@@ -94,7 +188,57 @@ void launch_gemv(const T* x, const T* w, const T* b, T* y, int64_t n_rows, int64
   }
 }
 
+template <class T, Prologue P, int M>
+void launch_staged_rows(const T* src, const T* res, const T* norm_w, T* h_out, float eps, const T* w, const T* b,
+                        T* y, int64_t k, int64_t n, cudaStream_t st) {
+  const dim3 blocks(unsigned((n + kGemvWarps - 1) / kGemvWarps)), threads(kGemvWarps * 32);
+  launch_smem(gemv_staged_kernel<T, M, P>, blocks, threads, size_t(M * k) * sizeof(T), st,
+              "gemv_staged_kernel launch", src, res, norm_w, h_out, eps, w, b, y, k, n, programmatic_launch());
+}
+
+template <Prologue P>
+void launch_staged(uintptr_t src, uintptr_t res, uintptr_t norm_w, uintptr_t h_out, float eps, uintptr_t w,
+                   uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype, uintptr_t stream,
+                   const char* what) {
+  if (n_rows <= 0 || n <= 0) return;
+  const int64_t esize = dtype == kFloat32 ? 4 : 2;
+  if (n_rows > kGemvMaxRows || n_rows * k * esize > kGemvStagedMaxBytes)
+    throw invalid(std::string(what) + ": at most " + std::to_string(kGemvMaxRows) + " rows and " +
+                  std::to_string(kGemvStagedMaxBytes) + " bytes of input, got " + std::to_string(n_rows) + " x " +
+                  std::to_string(k));
+  if ((k * esize) % 16 || w % 16)
+    throw invalid(std::string(what) + ": rows of w must be whole 16-byte vectors, 16-byte aligned (k = " +
+                  std::to_string(k) + ")");
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const auto go = [&](auto tag) {
+    using T = decltype(tag);
+    const auto p = [](uintptr_t a) { return reinterpret_cast<T*>(a); };
+    switch (n_rows) {
+      case 1: launch_staged_rows<T, P, 1>(p(src), p(res), p(norm_w), p(h_out), eps, p(w), p(b), p(y), k, n, st); break;
+      case 2: launch_staged_rows<T, P, 2>(p(src), p(res), p(norm_w), p(h_out), eps, p(w), p(b), p(y), k, n, st); break;
+      case 3: launch_staged_rows<T, P, 3>(p(src), p(res), p(norm_w), p(h_out), eps, p(w), p(b), p(y), k, n, st); break;
+      default: launch_staged_rows<T, P, 4>(p(src), p(res), p(norm_w), p(h_out), eps, p(w), p(b), p(y), k, n, st);
+    }
+  };
+  switch (dtype) {
+    case kFloat32: go(float{}); break;
+    case kFloat16: go(__half{}); break;
+    case kBFloat16: go(__nv_bfloat16{}); break;
+    default: throw invalid(std::string(what) + ": unknown dtype code " + std::to_string(dtype));
+  }
+}
+
 }  // namespace
+
+void gemv_norm(uintptr_t x, uintptr_t res, uintptr_t norm_w, uintptr_t h_out, float eps, uintptr_t w, uintptr_t b,
+               uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype, uintptr_t stream) {
+  launch_staged<Prologue::kNorm>(x, res, norm_w, h_out, eps, w, b, y, n_rows, k, n, dtype, stream, "gemv_norm");
+}
+
+void gemv_silu(uintptr_t gu, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype,
+               uintptr_t stream) {
+  launch_staged<Prologue::kSilu>(gu, 0, 0, 0, 0.f, w, b, y, n_rows, k, n, dtype, stream, "gemv_silu");
+}
 
 void gemv(uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype,
           uintptr_t stream) {

@@ -101,6 +101,19 @@ void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_
 constexpr int kGemvMaxRows = 4;
 void gemv(uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype,
           uintptr_t stream);
+// gemv with the operation before it done inside (its input never written to memory): one launch fewer. Each block
+// computes the input into shared memory (n_rows * k elements, at most kGemvStagedMaxBytes) with the rounding of
+// the separate kernel (add_rms_norm, silu_mul), then runs gemv's loop over it.
+// gemv_norm: y = (norm_w * rms_norm(h)) w^T (+ b), h = x, or h = x + res written to h_out when res is not 0 (by
+// one block; h_out must not overlap x or res). x, res, h_out [n_rows, k]; norm_w [k].
+// gemv_silu: y = (silu(gu[:, :k]) * gu[:, k:]) w^T (+ b); gu [n_rows, 2k].
+// 47 KB: a block's shared memory above 48 KB needs an opt-in (cudaFuncSetAttribute), kept out of graph captures;
+// the norm's partial sums take the rest.
+constexpr int64_t kGemvStagedMaxBytes = 47 << 10;
+void gemv_norm(uintptr_t x, uintptr_t res, uintptr_t norm_w, uintptr_t h_out, float eps, uintptr_t w, uintptr_t b,
+               uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype, uintptr_t stream);
+void gemv_silu(uintptr_t gu, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype,
+               uintptr_t stream);
 
 }  // namespace kernels
 }  // namespace ws

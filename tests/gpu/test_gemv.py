@@ -1,7 +1,7 @@
-"""The gemv kernel (kernels.gemv; csrc/kernels/gemv_kernels.cu) against F.linear, and an engine with
-LoadedModel.gemv_kernel (decode graphs included) against one without, on a real GPU (skipped without). Written
-without a GPU: bench/gpu.sh runs this file in a pytest process of its own, so a fault here cannot take the other
-files' results with it."""
+"""The gemv kernel (kernels.gemv; csrc/kernels/gemv_kernels.cu) against F.linear, its staged forms (gemv_norm,
+gemv_silu) against the kernels they take in, and engines with LoadedModel.gemv_kernel or .gemv_prologues (decode
+graphs included) against ones without, on a real GPU (skipped without). Written without a GPU: bench/gpu.sh runs
+this file in a pytest process of its own, so a fault here cannot take the other files' results with it."""
 
 from __future__ import annotations
 
@@ -62,6 +62,68 @@ def test_engine_with_gemv_matches_the_engine_without(name, demo):
     # three prompts: the decode graphs' buckets of 1 to 4 rows take the kernel
     toks, logits, graph_steps = engine_run(demo[name], (3, 17, 64), gemv_kernel=True)
     ref_toks, ref_logits, _ = engine_run(demo[name], (3, 17, 64), gemv_kernel=False)
+    assert graph_steps > 0
+    for mine, ref in zip(logits, ref_logits):
+        torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)
+    assert toks == ref_toks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("k,n", [(2048, 3072), (2048, 11264), (64, 24), (5632, 7)])
+@pytest.mark.parametrize("with_res", [False, True])
+def test_gemv_norm_matches_the_norm_then_gemv(dtype, rows, k, n, with_res):
+    # (the norm's float32 sum in another order than add_rms_norm's: an ulp of its scale can flip a rounding)
+    x = _randn(rows, k, dtype=dtype, seed=1)
+    res = _randn(rows, k, dtype=dtype, seed=4) if with_res else None
+    ln = _randn(k, dtype=dtype, seed=5, scale=0.1) + 1
+    w = _randn(n, k, dtype=dtype, seed=2, scale=k ** -0.5)
+    b = _randn(n, dtype=dtype, seed=3)
+    if rows * k * x.element_size() > kernels._C.KERNEL_GEMV_STAGED_MAX_BYTES:
+        assert not kernels.gemv_staged_usable(x, w)
+        with pytest.raises(InvalidArgumentError, match="Fix: run the norm"):
+            kernels.gemv_norm(x, ln, 1e-5, w, b, res)
+        return
+    assert kernels.gemv_staged_usable(x, w)
+    y, h = kernels.gemv_norm(x, ln, 1e-5, w, b, res)
+    normed, ref_h = kernels.add_rms_norm(x, ln, 1e-5, res)
+    ref = kernels.gemv(normed, w, b)
+    torch.cuda.synchronize()
+    assert torch.equal(h, ref_h) and (with_res or h is x)
+    torch.testing.assert_close(y, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("k,n", [(5632, 2048), (1024, 4096), (64, 24)])
+def test_gemv_silu_is_silu_mul_then_gemv_bit_for_bit(dtype, rows, k, n):
+    gu = _randn(rows, 2 * k, dtype=dtype, seed=6, scale=3)
+    w = _randn(n, k, dtype=dtype, seed=7, scale=k ** -0.5)
+    if rows * k * gu.element_size() > kernels._C.KERNEL_GEMV_STAGED_MAX_BYTES:
+        assert not kernels.gemv_staged_usable(gu, w)
+        return
+    y = kernels.gemv_silu(gu, w)
+    ref = kernels.gemv(kernels.silu_mul(gu), w)
+    torch.cuda.synchronize()
+    assert torch.equal(y, ref)  # the same roundings and the same sums in the same order
+
+
+def test_the_staged_gemvs_refuse_what_they_do_not_take():
+    w = torch.zeros(8, 32, device=DEV, dtype=torch.bfloat16)
+    ln = torch.ones(32, device=DEV, dtype=torch.bfloat16)
+    assert not kernels.gemv_staged_usable(torch.zeros(5, 32, device=DEV, dtype=torch.bfloat16), w)  # 5 rows
+    assert not kernels.gemv_staged_usable(torch.zeros(1, 48, device=DEV, dtype=torch.bfloat16), w)  # neither k nor 2k
+    with pytest.raises(InvalidArgumentError, match="Fix: run the norm or silu_mul"):
+        kernels.gemv_silu(torch.zeros(1, 32, device=DEV, dtype=torch.bfloat16), w)  # gu must be [M, 2k]
+    with pytest.raises(InvalidArgumentError, match="norm_w"):
+        kernels.gemv_norm(torch.zeros(1, 32, device=DEV, dtype=torch.bfloat16), ln[:16], 1e-5, w)
+
+
+@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
+def test_engine_with_gemv_prologues_matches_the_engine_without(name, demo):
+    # buckets of 1 to 4 rows take the staged kernels (the demo's inputs fit their shared memory)
+    toks, logits, graph_steps = engine_run(demo[name], (3, 17, 64), gemv_prologues=True)
+    ref_toks, ref_logits, _ = engine_run(demo[name], (3, 17, 64), gemv_prologues=False)
     assert graph_steps > 0
     for mine, ref in zip(logits, ref_logits):
         torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)

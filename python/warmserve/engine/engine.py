@@ -77,7 +77,7 @@ class Engine(PoolNeighbours):
             kv_region, total_blocks, mapper = lm._kv_region(kv_blocks)
             kv = KVCache(lm.config, kv_region, total_blocks, lm.block_tokens, mapper,
                          target_free_blocks, map_blocks_per_step)
-            model = Model(lm.config, params, lm.parallel, fused_kernels=lm.fused_kernels, gemv=lm.gemv_kernel)
+            model = Model.of(lm, params, lm.parallel)
         except BaseException:
             lm._deactivate(self)
             raise

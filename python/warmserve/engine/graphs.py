@@ -245,7 +245,7 @@ class DecodeGraphs:
         params = lm.slot.tensors({n: (off, shape, lm.dtype) for n, (off, shape) in lm.layout.items()}, pinned=False)
         if cfg.tie_word_embeddings:
             params["lm_head"] = params["embed"]
-        self.model = Model(cfg, params, fused_kernels=lm.fused_kernels, gemv=lm.gemv_kernel)
+        self.model = Model.of(lm, params)
         region, total, _ = lm._kv_region(None)
         row = cfg.num_kv_heads * cfg.head_dim
         self.cache = region.view(-1, row)
@@ -367,8 +367,9 @@ class DecodeGraphs:
             return "the engine's KV cache is not the range the graphs were captured over"
         if model.fused_kernels != self.model.fused_kernels:
             return f"fused_kernels is {model.fused_kernels}, the graphs were captured with {self.model.fused_kernels}"
-        if model.gemv != self.model.gemv:
-            return f"gemv is {model.gemv}, the graphs were captured with {self.model.gemv}"
+        for flag in ("gemv", "gemv_prologues"):
+            if getattr(model, flag) != getattr(self.model, flag):
+                return f"{flag} is {getattr(model, flag)}, the graphs were captured with {getattr(self.model, flag)}"
         mine = self.model.params
         for name, t in model.params.items():
             if name not in mine or mine[name].data_ptr() != t.data_ptr() or mine[name].shape != t.shape:

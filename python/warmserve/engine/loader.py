@@ -134,6 +134,10 @@ class LoadedModel:
         #: with cuBLAS on the 1b demo and 4.85 against 5.37 on the 7b (bench/gpu_graphs.py part 7, 2026-12-04; no
         #: split-K reduce kernels); tests/gpu/test_gemv.py checks the numerics.
         self.gemv_kernel = self.fused_kernels
+        #: With both of the above, take each norm and activation into the gemv after it (Model.gemv_prologues). Off
+        #: until measured: written without a GPU (2026-12-04); tests/gpu/test_gemv.py checks it and
+        #: bench/gpu_graphs.py part 12 times it.
+        self.gemv_prologues = False
         self.layout = layout
         #: Bytes of weights (sum of tensors) and of their page-rounded region (the KV cache starts after it).
         self.weight_bytes = weight_bytes

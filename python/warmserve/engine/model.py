@@ -64,9 +64,10 @@ def fuse_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, 
 
 class Model:
     def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None,
-                 fused_kernels: bool = False, gemv: bool = False):
+                 fused_kernels: bool = False, gemv: bool = False, gemv_prologues: bool = False):
         """parallel: the group of a tensor-parallel rank: required when cfg.tp > 1, None at tp = 1.
-        fused_kernels, gemv: see the attributes (LoadedModel.fused_kernels and .gemv_kernel pass them)."""
+        fused_kernels, gemv, gemv_prologues: see the attributes (LoadedModel.fused_kernels, .gemv_kernel and
+        .gemv_prologues pass them: Model.of)."""
         if cfg.tp != (parallel.world_size if parallel is not None else 1):
             raise InvalidArgumentError(
                 f"a {cfg.tp}-way shard runs with a process group of {cfg.tp} ranks, got "
@@ -102,11 +103,21 @@ class Model:
         #: instead of cuBLAS's, which at batch 1 splits some over K and adds a reduce kernel. Off unless asked:
         #: written without a GPU at hand, for bench/gpu_graphs.py to measure against cuBLAS.
         self.gemv = gemv and self.device.type == "cuda"
+        #: With gemv and fused_kernels: the norm before qkv and gate_up and the silu * up before down computed inside
+        #: their gemv (kernels.gemv_norm, gemv_silu), one launch fewer each, wherever the matmul's input fits the
+        #: kernel (kernels.gemv_staged_usable); at tp = 1 only.
+        self.gemv_prologues = gemv_prologues and self.gemv and fused_kernels and self.parallel is None
         if fused_kernels and not kernels_usable(self.device, self.dtype, cfg.head_dim):
             raise BackendUnavailableError(
                 f"fused_kernels needs the CUDA kernels, a GPU and float32/16 or bfloat16 weights with a head_dim "
                 f"multiple of 32 in [32, 256]; this model is {self.dtype} on {self.device}, head_dim "
                 f"{cfg.head_dim}. Fix: set LoadedModel.fused_kernels = False", device=str(self.device))
+
+    @classmethod
+    def of(cls, lm, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None) -> "Model":
+        """The model of a LoadedModel's weights, with the kernel choices it carries."""
+        return cls(lm.config, params, parallel, fused_kernels=lm.fused_kernels, gemv=lm.gemv_kernel,
+                   gemv_prologues=lm.gemv_prologues)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 then scale in the model dtype, as the reference does.
@@ -138,6 +149,19 @@ class Model:
             return kernels.gemv(x, w, b)
         return F.linear(x, w, b)
 
+    def _norm_linear(self, h: torch.Tensor, res: torch.Tensor | None, ln: torch.Tensor, w: torch.Tensor,
+                     b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(linear(norm(h + res)), h + res): one kernel with gemv_prologues, else _add_rms then _linear."""
+        if self.gemv_prologues and kernels.gemv_staged_usable(h, w):
+            return kernels.gemv_norm(h, ln, self.cfg.rms_norm_eps, w, b, res)
+        x, h = self._add_rms(h, res, ln)
+        return self._linear(x, w, b), h
+
+    def _silu_linear(self, gu: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.gemv_prologues and kernels.gemv_staged_usable(gu, w):
+            return kernels.gemv_silu(gu, w, b)
+        return self._linear(self._silu_mul(gu), w, b)
+
     def _silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         if self.fused_kernels:
             return kernels.silu_mul(gu)
@@ -155,14 +179,14 @@ class Model:
         cos, sin = self.rope.cos_sin(positions)
         res = None  # the last sublayer's output, not yet added into h
         for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
-            x, h = self._add_rms(h, res, ln1)
-            q, k, v = self._qkv_heads(self._linear(x, qkv_w, qkv_b), cos, sin)
+            qkv, h = self._norm_linear(h, res, ln1, qkv_w, qkv_b)
+            q, k, v = self._qkv_heads(qkv, cos, sin)
             a = attend(meta, q, k, v, cache, *layer_offsets[i], self.scale)
             o = self._linear(a, o_w, o_b)
             if par is not None:
                 par.all_reduce(o)
-            x, h = self._add_rms(h, o, ln2)
-            res = self._linear(self._silu_mul(self._linear(x, gu_w, gu_b)), down_w, down_b)
+            gu, h = self._norm_linear(h, o, ln2, gu_w, gu_b)
+            res = self._silu_linear(gu, down_w, down_b)
             if par is not None:
                 par.all_reduce(res)
         return self._add_rms(h, res, self.norm)[0]

@@ -474,3 +474,64 @@ def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> tor
         _C.kernel_gemv(x.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), x.shape[0],
                        x.shape[1], w.shape[0], _dtype_code(x), _stream(dev))
     return y
+
+
+# gemv with the kernel before it taken in (csrc/kernels/gemv_kernels.cu gemv_norm, gemv_silu): each block computes
+# the matmul's input into shared memory, rounded as add_rms_norm and silu_mul round it, so a decode step launches
+# one kernel fewer per norm and per activation. Model.gemv_prologues uses them.
+
+def gemv_staged_usable(inp: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether gemv_norm or gemv_silu runs for its input ``inp`` (x [M, k] for gemv_norm, gu [M, 2k] for
+    gemv_silu) and weights w [n, k]: 1 to GEMV_MAX_ROWS rows, one float dtype, contiguous, on one GPU, rows of w
+    whole 16-byte vectors 16-byte aligned, and M x k elements within the kernel's shared memory
+    (KERNEL_GEMV_STAGED_MAX_BYTES). No device sync."""
+    if not (inp.dim() == 2 and w.dim() == 2 and inp.shape[1] in (w.shape[1], 2 * w.shape[1])):
+        return False
+    k, esize = w.shape[1], inp.element_size()
+    return (inp.is_cuda and 1 <= inp.shape[0] <= GEMV_MAX_ROWS and inp.dtype == w.dtype and inp.dtype in _DTYPES
+            and inp.device == w.device and inp.is_contiguous() and w.is_contiguous() and (k * esize) % 16 == 0
+            and w.data_ptr() % 16 == 0 and inp.shape[0] * k * esize <= _C.KERNEL_GEMV_STAGED_MAX_BYTES
+            and kernels_compiled())
+
+
+def _staged_checks(what: str, inp: torch.Tensor, width: int, w: torch.Tensor, b: torch.Tensor | None,
+                   *more: torch.Tensor) -> torch.device:
+    dev = _require(inp, w, *(() if b is None else (b,)), *more)
+    if (not gemv_staged_usable(inp, w) or inp.shape[1] != width
+            or (b is not None and (b.shape != (w.shape[0],) or b.dtype != w.dtype))
+            or any(t.dtype != w.dtype or not t.is_contiguous() for t in more)):
+        raise InvalidArgumentError(
+            f"{what} needs an input of 1..{GEMV_MAX_ROWS} rows of {width} elements (the matmul's input at most "
+            f"{_C.KERNEL_GEMV_STAGED_MAX_BYTES} bytes in all), w [n, k] and b [n] of one dtype, contiguous, rows of "
+            f"whole 16-byte vectors; got input {tuple(inp.shape)} {inp.dtype}, w {tuple(w.shape)} {w.dtype}. Fix: "
+            "run the norm or silu_mul, then gemv or F.linear", input_shape=tuple(inp.shape))
+    return dev
+
+
+def gemv_norm(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor, b: torch.Tensor | None = None,
+              res: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F.linear(n, w, b), h) with (n, h) = add_rms_norm(x, norm_w, eps, res), in one kernel: x, res [M, k],
+    norm_w [k], w [n, k] (gemv_staged_usable(x, w) says where it runs)."""
+    dev = _staged_checks("gemv_norm", x, w.shape[-1], w, b, norm_w, *(() if res is None else (res,)))
+    if norm_w.shape != (x.shape[1],) or (res is not None and res.shape != x.shape):
+        raise InvalidArgumentError(f"gemv_norm needs norm_w [{x.shape[1]}] and res {tuple(x.shape)}; got norm_w "
+                                   f"{tuple(norm_w.shape)}" + ("" if res is None else f", res {tuple(res.shape)}"))
+    y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+    h = x if res is None else torch.empty_like(x)
+    with torch.cuda.device(dev):
+        _C.kernel_gemv_norm(x.data_ptr(), 0 if res is None else res.data_ptr(), norm_w.data_ptr(),
+                            0 if res is None else h.data_ptr(), float(eps), w.data_ptr(),
+                            0 if b is None else b.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], w.shape[0],
+                            _dtype_code(x), _stream(dev))
+    return y, h
+
+
+def gemv_silu(gu: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(silu_mul(gu), w, b) in one kernel: gu [M, 2k], w [n, k] (gemv_staged_usable(gu, w) says where it
+    runs)."""
+    dev = _staged_checks("gemv_silu", gu, 2 * w.shape[-1], w, b)
+    y = torch.empty(gu.shape[0], w.shape[0], dtype=gu.dtype, device=gu.device)
+    with torch.cuda.device(dev):
+        _C.kernel_gemv_silu(gu.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), gu.shape[0],
+                            w.shape[1], w.shape[0], _dtype_code(gu), _stream(dev))
+    return y

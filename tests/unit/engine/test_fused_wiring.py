@@ -80,3 +80,50 @@ def test_fused_kernels_without_a_gpu_are_refused_with_the_fix(tiny_dir):
         lm.fused_kernels = False
         Engine(lm).close()  # the refused activation left nothing behind
         lm.close()
+
+
+def contract_gemv_norm(x, ln, eps, w, b=None, res=None):
+    CALLS["gemv_norm"] = CALLS.get("gemv_norm", 0) + 1
+    normed, h = contract_add_rms_norm(x, ln, eps, res)
+    return F.linear(normed, w, b), h
+
+
+def contract_gemv_silu(gu, w, b=None):
+    CALLS["gemv_silu"] = CALLS.get("gemv_silu", 0) + 1
+    return F.linear(contract_silu_mul(gu), w, b)
+
+
+@pytest.mark.parametrize("name", ["tiny-bias", "tiny-mistral"])
+def test_gemv_prologues_forward_matches_the_fused_one(name, tiny_dir, monkeypatch):
+    """Model.gemv_prologues' wiring (each norm and silu * up taken into the matmul after it, the residual carried
+    on), the staged kernels replaced by their contracts: the same logits as the fused forward, bit for bit."""
+    monkeypatch.setattr(kernels, "add_rms_norm", contract_add_rms_norm)
+    monkeypatch.setattr(kernels, "rope_qkv", contract_rope_qkv)
+    monkeypatch.setattr(kernels, "silu_mul", contract_silu_mul)
+    monkeypatch.setattr(kernels, "gemv_usable", lambda x, w: x.shape[0] <= kernels.GEMV_MAX_ROWS)
+    monkeypatch.setattr(kernels, "gemv", F.linear)
+    monkeypatch.setattr(kernels, "gemv_staged_usable", lambda inp, w: inp.shape[0] <= kernels.GEMV_MAX_ROWS)
+    monkeypatch.setattr(kernels, "gemv_norm", contract_gemv_norm)
+    monkeypatch.setattr(kernels, "gemv_silu", contract_gemv_silu)
+    monkeypatch.setattr(model_module, "kernels_usable", lambda *a: True)
+    results = {}
+    with PagePool(64 << 20) as pool:
+        for prologues in (False, True):
+            CALLS.update(gemv_norm=0, gemv_silu=0)
+            lm = load_model(tiny_dir[name], pool).wait()
+            lm.fused_kernels = True
+            eng = Engine(lm, max_batch_tokens=40)
+            assert not eng.model.gemv_prologues  # a CPU model: gemv and its prologues are the GPU's
+            eng.model.gemv = eng.model.gemv_prologues = prologues
+            prompts = [torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+                       for n in (3, 30, 70)]
+            results[prologues] = eng.generate_with_logits(prompts, SamplingParams(max_tokens=5, ignore_eos=True))
+            eng.close()
+            lm.close()
+            layers = TINY[name].num_hidden_layers
+            # decode steps of 1 to 3 rows take the staged kernels: two norms and one silu * up per layer each
+            assert (CALLS["gemv_norm"] > 0) == prologues and CALLS["gemv_norm"] == 2 * CALLS["gemv_silu"]
+            assert CALLS["gemv_silu"] % layers == 0
+    assert results[True][0] == results[False][0]
+    for mine, ref in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(mine, ref, atol=0, rtol=0)

@@ -252,3 +252,15 @@ def test_gemv_is_not_usable_on_host_tensors_and_says_why():
     assert kernels.gemv_usable(x, w) is False  # the model then takes F.linear
     with pytest.raises(BackendUnavailableError, match="Fix:"):
         kernels.gemv(x, w)
+
+
+@no_gpu
+def test_the_staged_gemvs_are_not_usable_on_host_tensors_and_say_why():
+    x, w, ln = torch.zeros(1, 64), torch.ones(8, 64), torch.ones(64)
+    assert kernels.gemv_staged_usable(x, w) is False  # the model then runs the norm and gemv (or F.linear)
+    assert kernels.gemv_staged_usable(torch.zeros(1, 128), w) is False
+    with pytest.raises(BackendUnavailableError, match="Fix:"):
+        kernels.gemv_norm(x, ln, 1e-5, w)
+    with pytest.raises(BackendUnavailableError, match="Fix:"):
+        kernels.gemv_silu(torch.zeros(1, 128), w)
+    assert _C.KERNEL_GEMV_STAGED_MAX_BYTES <= 48 << 10  # within the shared memory a block has without an opt-in
