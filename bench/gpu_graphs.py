@@ -38,8 +38,9 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
    with lookahead (the engine's defaults since 2026-12-04), and that with programmatic launch as well; batch 1
    against the roofline. Skipped below compute capability 9.0.
 12. The norms and activations taken into the gemv after them (LoadedModel.gemv_prologues: kernels.gemv_norm and
-   gemv_silu, 48 launches fewer a 1b step) against separate kernels, alternating, with the engine's defaults
-   (merge in kernel, lookahead); then part 5's graph profile (fused, gemv) with them on.
+   gemv_silu, 48 launches fewer a 1b step), and that with the keys rotated straight into the KV cache as well
+   (LoadedModel.rope_writes_kv: kernels.rope_qkv_to_cache, 16 fewer), against separate kernels, alternating, with
+   the engine's defaults (merge in kernel, lookahead); then part 5's graph profile (fused, gemv) with both on.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -304,13 +305,22 @@ def lookahead_vs_plain(lm, a, bw: float) -> tuple[list[dict] | dict, list[dict]]
 
 
 def prologues_vs_separate(lm, a, bw: float) -> list[dict] | dict:
-    """12. alternate() with LoadedModel.gemv_prologues on and off, under the engine's defaults."""
-    old = set_launch_savings(lm, True, False)
+    """12. alternate() over LoadedModel.gemv_prologues and .rope_writes_kv (off, the first, both), under the
+    engine's defaults; the flags are put back after."""
+    old, before = set_launch_savings(lm, True, False), (lm.gemv_prologues, lm.rope_writes_kv)
     ENGINE_SETTINGS["decode_lookahead"] = True
+
+    def setting(prologues: bool, rope: bool):
+        def apply():
+            lm.gemv_prologues, lm.rope_writes_kv = prologues, rope
+        return apply
+
     try:
-        return _on_against_off(lm, a, bw, "gemv_prologues", "prologues", "separate")
+        return alternate(lm, a, bw, {"separate": setting(False, False), "prologues": setting(True, False),
+                                     "prologues_and_rope_kv": setting(True, True)}, "separate")
     finally:
         set_launch_savings(lm, *old)
+        lm.gemv_prologues, lm.rope_writes_kv = before
         ENGINE_SETTINGS["decode_lookahead"] = False
 
 
@@ -339,14 +349,15 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
     """5. The CUDA kernels of `steps` batch-1 decode steps (torch.profiler), eager or graph replays: per step, how
     many and their summed device time; the ten costliest by device time; with graphs, the device's idle time
     split into gaps inside a replay (< 20 us) and between steps. savings: with part 9's two launch savings on (the
-    splits merged in the attention kernel, programmatic launch). prologues: LoadedModel.gemv_prologues (part 12).
+    splits merged in the attention kernel, programmatic launch). prologues: LoadedModel.gemv_prologues and
+    .rope_writes_kv (part 12).
     ENGINE_SETTINGS apply (no lookahead). A failure is recorded, not raised."""
     from torch.profiler import ProfilerActivity, profile
 
-    before = lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues
+    before = lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues, lm.rope_writes_kv
     old = set_launch_savings(lm, savings, savings)
     try:
-        lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues = fused, gemv, prologues
+        lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues, lm.rope_writes_kv = fused, gemv, prologues, prologues
         with Engine(lm, max_num_seqs=a.max_num_seqs, cuda_graphs=None if graphs else False) as eng:
             for name, value in ENGINE_SETTINGS.items():
                 setattr(eng, name, value)
@@ -376,7 +387,7 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
     except Exception as e:  # noqa: BLE001 (reported in the results instead)
         return {"fused": fused, "gemv": gemv, "error": f"{type(e).__name__}: {e}"}
     finally:
-        lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues = before
+        lm.fused_kernels, lm.gemv_kernel, lm.gemv_prologues, lm.rope_writes_kv = before
         set_launch_savings(lm, *old)
 
 
@@ -495,7 +506,7 @@ def main() -> None:
     for p in res.get("profile", []):
         name = (("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
                 + (", gemv" if p.get("gemv") else "") + (", merge in kernel + PDL" if p.get("savings") else "")
-                + (", gemv prologues" if p.get("prologues") else ""))
+                + (", gemv prologues + rope writes KV" if p.get("prologues") else ""))
         if "error" in p:
             lines.append(f"profile ({name}): FAILED: {p['error']}")
             continue
@@ -517,7 +528,8 @@ def main() -> None:
         lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
     for name in ("defaults", "defaults_and_pdl"):
         lines += alternate_lines(res.get("together", []), "together", name, "plain")
-    lines += alternate_lines(res.get("prologues", []), "gemv prologues (defaults on)", "prologues", "separate")
+    for name in ("prologues", "prologues_and_rope_kv"):
+        lines += alternate_lines(res.get("prologues", []), "fewer launches (defaults on)", name, "separate")
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -301,6 +301,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_rows"), py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("stream"), nogil());
   m.attr("KERNEL_GEMV_MAX_ROWS") = kernels::kGemvMaxRows;
   m.attr("KERNEL_GEMV_STAGED_MAX_BYTES") = kernels::kGemvStagedMaxBytes;
+  m.def("kernel_rope_qkv_cache", &kernels::rope_qkv_cache, py::arg("qkv"), py::arg("cos"), py::arg("sin"),
+        py::arg("q"), py::arg("cache"), py::arg("rows"), py::arg("k_off"), py::arg("v_off"), py::arg("n_rows"),
+        py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("dtype"), py::arg("stream"), nogil());
   m.def("kernel_rope_qkv", &kernels::rope_qkv, py::arg("qkv"), py::arg("cos"), py::arg("sin"), py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("n_rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
         py::arg("dtype"), py::arg("stream"), nogil());

@@ -94,6 +94,12 @@ void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dt
 // rotated by cos, sin [n_rows, head_dim] (rotate_half layout), v [n_rows, kv_heads, head_dim] copied.
 void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t k, uintptr_t v, int64_t n_rows,
               int heads, int kv_heads, int head_dim, int dtype, uintptr_t stream);
+// rope_qkv with the rotated keys and the values written straight into a layer's rows of the paged cache, as
+// write_kv(cache, k, v, rows, k_off, v_off) would put them (rows int64 [n_rows], layer-0 K rows, negative: nothing
+// written; cache rows of kv_heads * head_dim elements): a decode step's rotation and K/V write in one launch.
+void rope_qkv_cache(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t cache, uintptr_t rows,
+                    int64_t k_off, int64_t v_off, int64_t n_rows, int heads, int kv_heads, int head_dim, int dtype,
+                    uintptr_t stream);
 
 // ---- matrix times a few vectors (gemv_kernels.cu): y[m, n] = sum_k x[m, k] w[n, k] (+ b[n]) for m < n_rows <=
 // kGemvMaxRows, as F.linear computes it at decode batch sizes, with no split-K reduce kernel. x [n_rows, k], w [n, k],

@@ -38,6 +38,10 @@ void rope_qkv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, 
               uintptr_t) {
   unavailable();
 }
+void rope_qkv_cache(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int,
+                    int, int, int, uintptr_t) {
+  unavailable();
+}
 void gemv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int, uintptr_t) { unavailable(); }
 void gemv_norm(uintptr_t, uintptr_t, uintptr_t, uintptr_t, float, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t,
                int64_t, int, uintptr_t) {

@@ -124,20 +124,44 @@ __global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, i
   }
 }
 
+// Where rope_qkv_kernel puts the key and value heads: their own tensors k and v, or (cache set) the layer's K and V
+// rows of the paged cache, as write_kv would copy them there (write_rows_kernel): row rows[r] + k_off (or v_off),
+// head h at h * head_dim; a negative row (a graph's padding) writes nothing.
+template <class T>
+struct KVDest {
+  T* k = nullptr;
+  T* v = nullptr;
+  T* cache = nullptr;
+  const int64_t* rows = nullptr;
+  int64_t k_off = 0, v_off = 0;
+};
+
 // grid (tokens, heads + 2 kv_heads), head_dim threads: block (r, hh) reads head hh of token r's qkv row; query and
 // key heads are rotated (engine/rope.py apply_rope: T(T(x cos) + T(rotate_half(x) sin))), value heads copied, each
-// into its own contiguous tensor.
+// into its own contiguous tensor or the keys and values into the cache (KVDest).
 template <class T>
 __global__ void rope_qkv_kernel(const T* __restrict__ qkv, const T* __restrict__ cos, const T* __restrict__ sin,
-                                T* __restrict__ q, T* __restrict__ k, T* __restrict__ v, int heads, int kv_heads) {
+                                T* __restrict__ q, KVDest<T> kv, int heads, int kv_heads) {
   pdl_wait();  // common.cuh: nothing is read or written before it
   pdl_trigger();
   const int D = blockDim.x, d = threadIdx.x, half = D / 2;
   const int64_t r = blockIdx.x;
   const int hh = blockIdx.y;
   const T* src = qkv + (r * (heads + 2 * kv_heads) + hh) * D;
-  if (hh >= heads + kv_heads) {
-    v[(r * kv_heads + hh - heads - kv_heads) * D + d] = src[d];
+  const bool is_v = hh >= heads + kv_heads;
+  T* dst;
+  if (hh < heads) {
+    dst = q + (r * heads + hh) * D;
+  } else if (kv.cache) {
+    const int64_t row = kv.rows[r];
+    if (row < 0) return;
+    const int64_t head = is_v ? hh - heads - kv_heads : hh - heads;
+    dst = kv.cache + (row + (is_v ? kv.v_off : kv.k_off)) * int64_t(kv_heads) * D + head * D;
+  } else {
+    dst = is_v ? kv.v + (r * kv_heads + hh - heads - kv_heads) * D : kv.k + (r * kv_heads + hh - heads) * D;
+  }
+  if (is_v) {
+    dst[d] = src[d];
     return;
   }
   const float x = to_f(src[d]);
@@ -145,7 +169,6 @@ __global__ void rope_qkv_kernel(const T* __restrict__ qkv, const T* __restrict__
   // _rn intrinsics: nvcc would otherwise fuse a product and the sum into one FMA (one rounding where torch has two)
   const T a = from_f<T>(__fmul_rn(x, to_f(cos[r * D + d])));
   const T b = from_f<T>(__fmul_rn(rot, to_f(sin[r * D + d])));
-  T* dst = hh < heads ? q + (r * heads + hh) * D : k + (r * kv_heads + hh - heads) * D;
   dst[d] = from_f<T>(__fadd_rn(to_f(a), to_f(b)));
 }
 
@@ -205,18 +228,46 @@ void silu_mul(uintptr_t gu, uintptr_t out, int64_t n_rows, int64_t inter, int dt
   });
 }
 
-void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t k, uintptr_t v, int64_t n_rows,
-              int heads, int kv_heads, int head_dim, int dtype, uintptr_t stream) {
+namespace {
+
+// rope_qkv and rope_qkv_cache: kv_of(T) gives the KVDest for the element type.
+template <class F>
+void launch_rope(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, int64_t n_rows, int heads, int kv_heads,
+                 int head_dim, int dtype, uintptr_t stream, const char* what, F kv_of) {
   if (n_rows <= 0) return;
   if (head_dim % 2 || head_dim < 2 || head_dim > 1024)
-    throw invalid("rope_qkv: head_dim must be even and at most 1024, got " + std::to_string(head_dim));
+    throw invalid(std::string(what) + ": head_dim must be even and at most 1024, got " + std::to_string(head_dim));
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const dim3 grid(unsigned(n_rows), unsigned(heads + 2 * kv_heads));
-  dispatch(dtype, "rope_qkv", [&](auto tag) {
+  dispatch(dtype, what, [&](auto tag) {
     using T = decltype(tag);
     launch(rope_qkv_kernel<T>, grid, dim3(unsigned(head_dim)), st, "rope_qkv_kernel launch",
            reinterpret_cast<const T*>(qkv), reinterpret_cast<const T*>(cos), reinterpret_cast<const T*>(sin),
-           reinterpret_cast<T*>(q), reinterpret_cast<T*>(k), reinterpret_cast<T*>(v), heads, kv_heads);
+           reinterpret_cast<T*>(q), kv_of(tag), heads, kv_heads);
+  });
+}
+
+}  // namespace
+
+void rope_qkv(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t k, uintptr_t v, int64_t n_rows,
+              int heads, int kv_heads, int head_dim, int dtype, uintptr_t stream) {
+  launch_rope(qkv, cos, sin, q, n_rows, heads, kv_heads, head_dim, dtype, stream, "rope_qkv", [&](auto tag) {
+    using T = decltype(tag);
+    KVDest<T> kv;
+    kv.k = reinterpret_cast<T*>(k), kv.v = reinterpret_cast<T*>(v);
+    return kv;
+  });
+}
+
+void rope_qkv_cache(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, uintptr_t cache, uintptr_t rows,
+                    int64_t k_off, int64_t v_off, int64_t n_rows, int heads, int kv_heads, int head_dim, int dtype,
+                    uintptr_t stream) {
+  launch_rope(qkv, cos, sin, q, n_rows, heads, kv_heads, head_dim, dtype, stream, "rope_qkv_cache", [&](auto tag) {
+    using T = decltype(tag);
+    KVDest<T> kv;
+    kv.cache = reinterpret_cast<T*>(cache), kv.rows = reinterpret_cast<const int64_t*>(rows);
+    kv.k_off = k_off, kv.v_off = v_off;
+    return kv;
   });
 }
 

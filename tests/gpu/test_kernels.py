@@ -52,7 +52,7 @@ def engine_run(path, lens=(3, 17, 64, 261), **settings):
         eng = Engine(lm, max_batch_tokens=48)
         assert eng.graphs is not None
         model_names = {"fused_kernels": "fused_kernels", "gemv_kernel": "gemv",  # LoadedModel -> Model attribute
-                       "gemv_prologues": "gemv_prologues"}
+                       "gemv_prologues": "gemv_prologues", "rope_writes_kv": "rope_writes_kv"}
         assert all(getattr(eng.model, model_names[k]) == v for k, v in settings.items())
         prompts = [torch.randint(0, lm.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
                    for n in lens]

@@ -1,6 +1,7 @@
-"""The fused layer kernels (kernels.add_rms_norm, rope_qkv, silu_mul; csrc/kernels/layer_kernels.cu) against the
-torch ops of engine/model.py they replace, and an engine with LoadedModel.fused_kernels (decode graphs included)
-against one without, on a real GPU (skipped without). Written without a GPU: bench/gpu.sh runs this file in a
+"""The fused layer kernels (kernels.add_rms_norm, rope_qkv, rope_qkv_to_cache, silu_mul;
+csrc/kernels/layer_kernels.cu) against the torch ops of engine/model.py they replace (rope_qkv_to_cache against
+rope_qkv + write_kv), and engines with LoadedModel.fused_kernels or .rope_writes_kv (decode graphs included)
+against ones without, on a real GPU (skipped without). Written without a GPU: bench/gpu.sh runs this file in a
 pytest process of its own, so a fault here cannot take the other files' results with it."""
 
 from __future__ import annotations
@@ -96,3 +97,31 @@ def test_engine_with_fused_kernels_matches_the_unfused_engine(name, demo):
     assert toks == ref_toks
     for mine, ref in zip(logits, ref_logits):
         torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(32, 8, 128), (14, 2, 64), (2, 1, 32)])
+@pytest.mark.parametrize("rows", [1, 19])
+def test_rope_qkv_to_cache_is_rope_qkv_then_write_kv(dtype, heads, kv_heads, head_dim, rows):
+    qkv = _randn(rows, (heads + 2 * kv_heads) * head_dim, dtype=dtype, seed=7)
+    cos, sin = _randn(rows, 1, head_dim, dtype=dtype, seed=8), _randn(rows, 1, head_dim, dtype=dtype, seed=9)
+    n_cache, k_off, v_off = 4 * rows + 40, 5, 23  # a layer's K and V rows at offsets, as in a block
+    write_rows = torch.randperm(n_cache - v_off, generator=torch.Generator(DEV).manual_seed(10), device=DEV)[:rows]
+    write_rows[rows // 2] = -1  # a padding row: nothing written
+    cache = _randn(n_cache, kv_heads * head_dim, dtype=dtype, seed=11)
+    ref_cache = cache.clone()
+    q = kernels.rope_qkv_to_cache(qkv, cos, sin, heads, kv_heads, head_dim, cache, write_rows, k_off, v_off)
+    ref_q, k, v = kernels.rope_qkv(qkv, cos, sin, heads, kv_heads, head_dim)
+    kernels.write_kv(ref_cache, k, v, write_rows, k_off, v_off)
+    torch.cuda.synchronize()
+    assert torch.equal(q, ref_q) and torch.equal(cache, ref_cache)
+
+
+@pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
+def test_engine_whose_rope_writes_kv_matches_the_engine_without(name, demo):
+    toks, logits, graph_steps = engine_run(demo[name], rope_writes_kv=True)
+    ref_toks, ref_logits, _ = engine_run(demo[name], rope_writes_kv=False)
+    assert graph_steps > 0
+    assert toks == ref_toks
+    for mine, ref in zip(logits, ref_logits):
+        torch.testing.assert_close(mine, ref, atol=0, rtol=0)  # the same values reach the cache

@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from warmserve.errors import InvalidArgumentError
 from warmserve.memory import kernels
 
 
@@ -114,6 +115,10 @@ class AttnMeta:
     #: (write rows, positions of those rows in the step) without the negative rows; positions None: every row.
     _writes: tuple[torch.Tensor, torch.Tensor | None] | None = field(default=None, init=False, repr=False,
                                                                      compare=False)
+
+    def all_paged(self, n_rows: int) -> bool:
+        """Whether all n_rows rows of the step are the kernel path's (a decode-only step, or a CUDA graph's)."""
+        return self.paged is not None and self.paged.rows.shape[0] == n_rows
 
     def torch_writes(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The torch path's (rows, positions) of write_rows, skipping a negative row as write_kv does (a CUDA
@@ -233,10 +238,16 @@ def causal_mask(n: int, start: int, window: int, device) -> torch.Tensor:
 def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
            k_off: int, v_off: int, scale: float) -> torch.Tensor:
     """q [N, H, D], k/v [N, KVH, D] (this step's rows); cache [rows, KVH*D] with this layer's K and V row offsets.
-    Returns [N, H*D]."""
+    Returns [N, H*D]. k and v None: already in the cache (kernels.rope_qkv_to_cache), where every row is the
+    kernels' (meta.all_paged)."""
     n_rows, n_heads, head_dim = q.shape
-    kvh = k.shape[1]
     p = meta.paged
+    if k is None:
+        if not meta.all_paged(n_rows):
+            raise InvalidArgumentError("attend: k and v may be left out only where every row is the kernels' (a "
+                                       "decode-only step); this step has prefill rows. Fix: pass k and v")
+        return _paged_attend(p, q.contiguous(), cache, k_off, v_off, scale).view(n_rows, n_heads * head_dim)
+    kvh = k.shape[1]
     if p is not None:
         kernels.write_kv(cache, k.contiguous(), v.contiguous(), meta.write_rows, k_off, v_off)
     else:
@@ -246,7 +257,7 @@ def attend(meta: AttnMeta, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
             kw, vw = kw.index_select(0, at), vw.index_select(0, at)
         cache.index_copy_(0, rows + k_off, kw)
         cache.index_copy_(0, rows + v_off, vw)
-    if p is not None and p.rows.shape[0] == n_rows:
+    if meta.all_paged(n_rows):
         # Every row is the kernels' (a decode-only step, or a CUDA graph's): no gather, no scatter.
         return _paged_attend(p, q.contiguous(), cache, k_off, v_off, scale).view(n_rows, n_heads * head_dim)
     out = torch.empty(n_rows, n_heads, head_dim, dtype=q.dtype, device=q.device)

@@ -138,6 +138,9 @@ class LoadedModel:
         #: until measured: written without a GPU (2026-12-04); tests/gpu/test_gemv.py checks it and
         #: bench/gpu_graphs.py part 12 times it.
         self.gemv_prologues = False
+        #: With fused_kernels: decode steps rotate their keys straight into the KV cache (Model.rope_writes_kv), one
+        #: launch a layer fewer. Off until measured, like gemv_prologues (tests/gpu/test_layer_kernels.py, part 12).
+        self.rope_writes_kv = False
         self.layout = layout
         #: Bytes of weights (sum of tensors) and of their page-rounded region (the KV cache starts after it).
         self.weight_bytes = weight_bytes

@@ -64,10 +64,11 @@ def fuse_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, 
 
 class Model:
     def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None,
-                 fused_kernels: bool = False, gemv: bool = False, gemv_prologues: bool = False):
+                 fused_kernels: bool = False, gemv: bool = False, gemv_prologues: bool = False,
+                 rope_writes_kv: bool = False):
         """parallel: the group of a tensor-parallel rank: required when cfg.tp > 1, None at tp = 1.
-        fused_kernels, gemv, gemv_prologues: see the attributes (LoadedModel.fused_kernels, .gemv_kernel and
-        .gemv_prologues pass them: Model.of)."""
+        fused_kernels, gemv, gemv_prologues, rope_writes_kv: see the attributes (LoadedModel's attributes of these
+        names, gemv_kernel for gemv, pass them: Model.of)."""
         if cfg.tp != (parallel.world_size if parallel is not None else 1):
             raise InvalidArgumentError(
                 f"a {cfg.tp}-way shard runs with a process group of {cfg.tp} ranks, got "
@@ -107,6 +108,9 @@ class Model:
         #: their gemv (kernels.gemv_norm, gemv_silu), one launch fewer each, wherever the matmul's input fits the
         #: kernel (kernels.gemv_staged_usable); at tp = 1 only.
         self.gemv_prologues = gemv_prologues and self.gemv and fused_kernels and self.parallel is None
+        #: With fused_kernels: where every row of a step is the attention kernels' (decode steps, CUDA graphs), the
+        #: rotation writes the keys and values straight into the cache (kernels.rope_qkv_to_cache): no write_kv.
+        self.rope_writes_kv = rope_writes_kv and fused_kernels
         if fused_kernels and not kernels_usable(self.device, self.dtype, cfg.head_dim):
             raise BackendUnavailableError(
                 f"fused_kernels needs the CUDA kernels, a GPU and float32/16 or bfloat16 weights with a head_dim "
@@ -117,7 +121,7 @@ class Model:
     def of(cls, lm, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None) -> "Model":
         """The model of a LoadedModel's weights, with the kernel choices it carries."""
         return cls(lm.config, params, parallel, fused_kernels=lm.fused_kernels, gemv=lm.gemv_kernel,
-                   gemv_prologues=lm.gemv_prologues)
+                   gemv_prologues=lm.gemv_prologues, rope_writes_kv=lm.rope_writes_kv)
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 then scale in the model dtype, as the reference does.
@@ -174,13 +178,17 @@ class Model:
         """Hidden states [N, hidden] after the final norm. cache: the KV rows; layer_offsets[i] = (K, V) row
         offsets of layer i (see attention.py). Each residual add happens in the norm after it (``_add_rms``), so
         that fused_kernels makes the two one launch."""
-        par = self.parallel
+        par, cfg = self.parallel, self.cfg
         h = F.embedding(input_ids, self.embed) if par is None else self._embed_shard(input_ids)
         cos, sin = self.rope.cos_sin(positions)
         res = None  # the last sublayer's output, not yet added into h
         for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
             qkv, h = self._norm_linear(h, res, ln1, qkv_w, qkv_b)
-            q, k, v = self._qkv_heads(qkv, cos, sin)
+            if self.rope_writes_kv and meta.all_paged(qkv.shape[0]):
+                q, k, v = kernels.rope_qkv_to_cache(qkv, cos, sin, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                                    cache, meta.write_rows, *layer_offsets[i]), None, None
+            else:
+                q, k, v = self._qkv_heads(qkv, cos, sin)
             a = attend(meta, q, k, v, cache, *layer_offsets[i], self.scale)
             o = self._linear(a, o_w, o_b)
             if par is not None:

@@ -446,6 +446,31 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int
     return q, k, v
 
 
+def rope_qkv_to_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
+                      head_dim: int, cache: torch.Tensor, write_rows: torch.Tensor, k_off: int,
+                      v_off: int) -> torch.Tensor:
+    """rope_qkv then write_kv(cache, k, v, write_rows, k_off, v_off) in one launch: returns q [N, heads, head_dim];
+    the rotated keys and the values go straight to the layer's cache rows (a negative row writes nothing). cache
+    [rows, kv_heads * head_dim]; write_rows int64 [N], not bounds-checked on the device (write_kv)."""
+    dev = _require(qkv, cos, sin, cache, write_rows)
+    _index(write_rows, torch.int64, "write_rows")
+    n = qkv.shape[0]
+    if (qkv.shape[1] != (heads + 2 * kv_heads) * head_dim or cos.numel() != n * head_dim
+            or sin.numel() != n * head_dim or not cos.dtype == sin.dtype == qkv.dtype == cache.dtype
+            or cache.dim() != 2 or cache.shape[1] != kv_heads * head_dim or write_rows.shape[0] != n):
+        raise InvalidArgumentError(
+            f"rope_qkv_to_cache needs qkv [{n}, {(heads + 2 * kv_heads) * head_dim}], cos/sin of {n * head_dim} "
+            f"elements, cache rows of {kv_heads * head_dim} and {n} write rows, one dtype; got qkv "
+            f"{tuple(qkv.shape)} {qkv.dtype}, cos {tuple(cos.shape)}, cache {tuple(cache.shape)} {cache.dtype}, rows "
+            f"{tuple(write_rows.shape)}. Fix: rope_qkv, then write_kv", rows=n)
+    q = torch.empty(n, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    with torch.cuda.device(dev):
+        _C.kernel_rope_qkv_cache(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(), cache.data_ptr(),
+                                 write_rows.data_ptr(), int(k_off), int(v_off), n, heads, kv_heads, head_dim,
+                                 _dtype_code(qkv), _stream(dev))
+    return q
+
+
 # ---- matrix times a few vectors (csrc/kernels/gemv_kernels.cu): F.linear at decode batch sizes, no split-K reduce.
 #: Most rows gemv takes (the kernel is built for 1 to this many).
 GEMV_MAX_ROWS = 4

@@ -5,6 +5,7 @@ heads their rotation. The kernels meet their contracts on a GPU (tests/gpu/test_
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,3 +128,57 @@ def test_gemv_prologues_forward_matches_the_fused_one(name, tiny_dir, monkeypatc
     assert results[True][0] == results[False][0]
     for mine, ref in zip(results[True][1], results[False][1]):
         torch.testing.assert_close(mine, ref, atol=0, rtol=0)
+
+
+def test_rope_writes_kv_gives_the_decode_logits_of_rope_then_write_kv(tiny_dir, monkeypatch):
+    """Model.rope_writes_kv's wiring in what a decode graph runs (graphs.decode_body, a padding row included), the
+    kernels replaced by their torch contracts: each layer's keys land in its own K/V rows, so the logits equal
+    those of rope_qkv + write_kv bit for bit, step after step. The kernel itself: tests/gpu/test_layer_kernels.py."""
+    from test_graph_buckets import _contract_paged_attention, _contract_write_kv
+
+    from warmserve.engine.graphs import HEAD_COLUMNS, decode_body, pack_decode_inputs
+
+    offsets = []
+
+    def contract_rope_qkv_to_cache(qkv, cos, sin, heads, kv_heads, head_dim, cache, rows, k_off, v_off):
+        offsets.append((k_off, v_off))
+        q, k, v = contract_rope_qkv(qkv, cos, sin, heads, kv_heads, head_dim)
+        _contract_write_kv(cache, k, v, rows, k_off, v_off)
+        return q
+
+    for name, fn in (("add_rms_norm", contract_add_rms_norm), ("rope_qkv", contract_rope_qkv),
+                     ("silu_mul", contract_silu_mul), ("write_kv", _contract_write_kv),
+                     ("paged_attention", _contract_paged_attention),
+                     ("rope_qkv_to_cache", contract_rope_qkv_to_cache)):
+        monkeypatch.setattr(kernels, name, fn)
+    monkeypatch.setattr(model_module, "kernels_usable", lambda *a: True)
+    with PagePool(64 << 20) as pool:
+        lm = load_model(tiny_dir["tiny-mistral"], pool).wait()
+        lm.fused_kernels = True
+        try:
+            with Engine(lm, max_num_seqs=8, target_free_blocks=1) as eng:
+                for i, n in enumerate((20, 7, 3)):
+                    eng.add_request(str(i), torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(i))
+                                    .tolist(), SamplingParams(max_tokens=8, ignore_eos=True))
+                eng.step()  # the prefills
+                kv, T = eng.kv, lm.block_tokens
+                host = np.zeros((4, HEAD_COLUMNS + 2), dtype=np.int32)
+                for _ in range(5):
+                    chunks = eng.scheduler.schedule()
+                    pack_decode_inputs(host, [(eng._token(c.seq, c.start), c.start, c.seq.blocks) for c in chunks],
+                                       4, T, kv.rows_per_block)  # 3 decodes and a padding row
+                    logits = {}
+                    for on in (True, False):  # on first: a write it missed would show in its own logits
+                        eng.model.rope_writes_kv = on
+                        offsets.clear()
+                        with torch.inference_mode():
+                            logits[on] = decode_body(eng.model, torch.from_numpy(host.copy()), kv.rows,
+                                                     kv.layer_offsets, max_len=2 * T, rows_per_block=kv.rows_per_block,
+                                                     block_tokens=T)
+                        assert offsets == (list(kv.layer_offsets) if on else [])
+                    assert torch.equal(logits[True], logits[False])
+                    eng.model.rope_writes_kv = False
+                    eng._run(chunks)
+                    eng.kv.grow()
+        finally:
+            lm.close()
