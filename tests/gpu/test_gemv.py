@@ -18,7 +18,7 @@ from warmserve.memory import kernels  # noqa: E402
 if torch.cuda.is_available() and not kernels.kernels_compiled():
     pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
 
-from test_kernels import DEV, _no_tf32, demo, engine_run  # noqa: E402,F401  (the fixtures apply here too)
+from test_kernels import DEV, _no_tf32, demo, engines_agree  # noqa: E402,F401  (the fixtures apply here too)
 
 #: Against float64 on the same inputs: one rounding of the output to the dtype, plus float32 sums in another order.
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-3, rtol=2e-3),
@@ -59,13 +59,7 @@ def test_gemv_refuses_what_it_does_not_take():
 
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_with_gemv_matches_the_engine_without(name, demo):
-    # three prompts: the decode graphs' buckets of 1 to 4 rows take the kernel
-    toks, logits, graph_steps = engine_run(demo[name], (3, 17, 64), gemv_kernel=True)
-    ref_toks, ref_logits, _ = engine_run(demo[name], (3, 17, 64), gemv_kernel=False)
-    assert graph_steps > 0
-    for mine, ref in zip(logits, ref_logits):
-        torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)
-    assert toks == ref_toks
+    engines_agree(demo[name], "gemv_kernel", (3, 17, 64))  # three prompts: graph buckets of 1 to 4 rows take it
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -121,10 +115,4 @@ def test_the_staged_gemvs_refuse_what_they_do_not_take():
 
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_with_gemv_prologues_matches_the_engine_without(name, demo):
-    # buckets of 1 to 4 rows take the staged kernels (the demo's inputs fit their shared memory)
-    toks, logits, graph_steps = engine_run(demo[name], (3, 17, 64), gemv_prologues=True)
-    ref_toks, ref_logits, _ = engine_run(demo[name], (3, 17, 64), gemv_prologues=False)
-    assert graph_steps > 0
-    for mine, ref in zip(logits, ref_logits):
-        torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)
-    assert toks == ref_toks
+    engines_agree(demo[name], "gemv_prologues", (3, 17, 64))  # buckets of 1 to 4 rows take the staged kernels

@@ -63,6 +63,17 @@ def engine_run(path, lens=(3, 17, 64, 261), **settings):
     return toks, logits, graph_steps
 
 
+def engines_agree(path, setting: str, lens=(3, 17, 64, 261), atol: float = 1e-3) -> None:
+    """engine_run with the LoadedModel attribute ``setting`` on and off: graphs replayed, the same greedy tokens,
+    logits within atol (relative the same)."""
+    toks, logits, graph_steps = engine_run(path, lens, **{setting: True})
+    ref_toks, ref_logits, _ = engine_run(path, lens, **{setting: False})
+    assert graph_steps > 0
+    assert toks == ref_toks
+    for mine, ref in zip(logits, ref_logits):
+        torch.testing.assert_close(mine, ref, atol=atol, rtol=atol)
+
+
 def make_step(dtype, *, decode_lens=(), chunks=(), layers=2, kv_heads=2, heads=8, head_dim=64, block_tokens=16,
               pad_rows=3, window=0, layer=1, seed=0):
     """A random step. decode_lens: context length of each decode sequence (its new token included); chunks:

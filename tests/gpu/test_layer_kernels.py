@@ -19,7 +19,7 @@ from warmserve.memory import kernels  # noqa: E402
 if torch.cuda.is_available() and not kernels.kernels_compiled():
     pytest.skip("this build has no CUDA kernels (nvcc was not found at build time)", allow_module_level=True)
 
-from test_kernels import DEV, TOL, _no_tf32, demo, engine_run  # noqa: E402,F401  (the fixtures apply here too)
+from test_kernels import DEV, TOL, _no_tf32, demo, engines_agree  # noqa: E402,F401  (the fixtures apply here too)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -91,12 +91,7 @@ def test_rope_qkv_matches_the_torch_ops(dtype, heads, kv_heads, head_dim, rows):
 
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_with_fused_kernels_matches_the_unfused_engine(name, demo):
-    toks, logits, graph_steps = engine_run(demo[name], fused_kernels=True)
-    ref_toks, ref_logits, _ = engine_run(demo[name], fused_kernels=False)
-    assert graph_steps > 0
-    assert toks == ref_toks
-    for mine, ref in zip(logits, ref_logits):
-        torch.testing.assert_close(mine, ref, atol=1e-3, rtol=1e-3)
+    engines_agree(demo[name], "fused_kernels")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -119,9 +114,4 @@ def test_rope_qkv_to_cache_is_rope_qkv_then_write_kv(dtype, heads, kv_heads, hea
 
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_whose_rope_writes_kv_matches_the_engine_without(name, demo):
-    toks, logits, graph_steps = engine_run(demo[name], rope_writes_kv=True)
-    ref_toks, ref_logits, _ = engine_run(demo[name], rope_writes_kv=False)
-    assert graph_steps > 0
-    assert toks == ref_toks
-    for mine, ref in zip(logits, ref_logits):
-        torch.testing.assert_close(mine, ref, atol=0, rtol=0)  # the same values reach the cache
+    engines_agree(demo[name], "rope_writes_kv", atol=0)  # the same values reach the cache
