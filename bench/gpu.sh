@@ -221,12 +221,14 @@ if want graphs; then
     elif [ "$size" = 1b ]; then src=(--demo llama-90m); else continue; fi
     [ "$(left)" -lt 120 ] && { summary "bench graphs $size: skipped ($(left) s left)"; continue; }
     t0=$(date +%s)
-    run 150 $PY bench/gpu_graphs.py "$RESULTS/$out" "${src[@]}" --demo-dir "$DEMO_DIR" --repeats 3 \
+    # 240 s: the 1b took 43 s through part 10 (2026-12-04); parts 11 and 12 recapture the graphs at each switch
+    run 240 $PY bench/gpu_graphs.py "$RESULTS/$out" "${src[@]}" --demo-dir "$DEMO_DIR" --repeats 3 \
       > "$RESULTS/$out.log" 2>&1
     rc=$?
     summary "bench graphs ($size): rc=$rc in $(($(date +%s) - t0)) s ($out.{json,txt})"
-    if [ $rc -eq 0 ]; then sed 's/^/  /' "$RESULTS/$out.txt" | tee -a "$RESULTS/summary.txt"
-    else tail -5 "$RESULTS/$out.log"; fi
+    # a run stopped by its limit still writes the parts it finished (gpu_graphs.py: SIGTERM)
+    if [ -f "$RESULTS/$out.txt" ]; then sed 's/^/  /' "$RESULTS/$out.txt" | tee -a "$RESULTS/summary.txt"; fi
+    [ $rc -eq 0 ] || tail -5 "$RESULTS/$out.log"
   done
 fi
 

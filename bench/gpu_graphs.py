@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import time
 from contextlib import contextmanager
@@ -64,6 +65,15 @@ from warmserve.engine.graphs import capture_decode_graphs, graphs_for, release_d
 from warmserve.memory import PagePool, kernels
 
 GiB = 1 << 30
+
+
+class Stopped(BaseException):
+    """SIGTERM (bench/gpu.sh's time limit for this script): the parts done so far are written, the rest skipped.
+    A BaseException, so that the parts' own ``except Exception`` (a failure recorded, the next part run) let it by."""
+
+
+def _stop(signum, frame):
+    raise Stopped(f"stopped by signal {signum} (the time limit): the parts after the one under way did not run")
 
 
 def copy_bandwidth_Bps(nbytes: int = GiB) -> float:
@@ -391,6 +401,64 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
         set_launch_savings(lm, *old)
 
 
+def text_lines(res: dict) -> list[str]:
+    """The text report of main()'s results (its JSON), part by part; a part that did not run is left out."""
+    lines = [f"machine: {res['machine']}", f"model: {res['model']} ({res['dtype']}, "
+             f"{res['weight_bytes'] / 1e9:.2f} GB of weights); copy bandwidth {res['copy_bandwidth_GBps']:.0f} GB/s"]
+    c = res.get("capture")
+    if c:
+        lines.append(f"capture at prewarm: buckets {c['buckets']} in {c['capture_s'] * 1e3:.1f} ms (warm-up "
+                     f"{c['warmup_s'] * 1e3:.1f} ms); pool {c['pool_reserved_bytes'] / 2**20:.1f} MiB reserved, "
+                     f"device {c['device_bytes'] / 2**20:.1f} MiB, static inputs {c['static_input_bytes'] / 2**10:.0f} "
+                     "KiB x 2")
+    for key in ("ttft_prewarm_hit_graphs_ready", "ttft_prewarm_hit_eager", "ttft_capture_at_activation"):
+        if key not in res:
+            continue
+        t = res[key]
+        lines.append(f"{key}: activation {t['activation_s'] * 1e3:.1f} ms, TTFT {t['ttft_s'] * 1e3:.1f} ms, first "
+                     f"decode step {t['first_decode_step_s'] * 1e3:.2f} ms (graphed steps {t['decode_steps_graphed']}); "
+                     f"TTFT of each, in order: {', '.join(f'{x * 1e3:.1f}' for x in t['ttft_s_each'])} ms")
+    for r in res.get("decode", []):
+        extra = ""
+        if "hbm_roofline_step_ms" in r:
+            extra = (f"; roofline {r['hbm_roofline_step_ms']:.3f} ms/step, graphs at "
+                     f"{r['fraction_of_roofline_graphs'] * 100:.0f}% of it")
+        lines.append(f"decode batch {r['batch']}: graphs {r['decode_tok_s_graphs']:.0f} tok/s "
+                     f"({r['step_ms_graphs']:.2f} ms/step), eager {r['decode_tok_s_eager']:.0f} tok/s "
+                     f"({r['step_ms_eager']:.2f} ms/step): {r['speedup']:.2f}x; same tokens: {r['same_tokens']}{extra}")
+    lines += alternate_lines(res.get("fused", []), "fused layer kernels", "fused", "unfused")
+    for p in res.get("profile", []):
+        name = (("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
+                + (", gemv" if p.get("gemv") else "") + (", merge in kernel + PDL" if p.get("savings") else "")
+                + (", gemv prologues + rope writes KV" if p.get("prologues") else ""))
+        if "error" in p:
+            lines.append(f"profile ({name}): FAILED: {p['error']}")
+            continue
+        lines.append(f"profile ({name}), decode batch 1: {p['kernels_per_step']:.0f} kernels a step, "
+                     f"{p['device_ms_per_step']:.3f} ms of device time a step, idle "
+                     f"{p['gaps_in_replay_us_per_step']:.0f} us in gaps < 20 us and "
+                     f"{p['gaps_between_steps_us_per_step']:.0f} us between steps; costliest:")
+        lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
+    lines += alternate_lines(res.get("blas", []), "BLAS library", "cublaslt", "cublas")
+    lines += alternate_lines(res.get("gemv", []), "gemv kernel", "gemv", "cublas")
+    for p in res.get("phases", []):
+        label = f"step phases, decode batch {p['batch']} {'with graphs' if p['graphs'] else 'eager'}"
+        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
+    for name in ("merge_in_kernel", "merge_and_pdl"):
+        lines += alternate_lines(res.get("launch_savings", []), "launch savings", name, "reduce_kernel")
+    lines += alternate_lines(res.get("lookahead", []), "decode lookahead", "lookahead", "plain")
+    for p in res.get("lookahead_phases", []):
+        label = f"step phases with lookahead, decode batch {p['batch']} with graphs"
+        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
+    for name in ("defaults", "defaults_and_pdl"):
+        lines += alternate_lines(res.get("together", []), "together", name, "plain")
+    for name in ("prologues", "prologues_and_rope_kv"):
+        lines += alternate_lines(res.get("prologues", []), "fewer launches (defaults on)", name, "separate")
+    if "stopped" in res:
+        lines.append(f"STOPPED: {res['stopped']}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output prefix (writes OUT.json and OUT.txt)")
@@ -405,6 +473,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, _stop)
     path = a.checkpoint
     if not path:
         from warmserve.engine.demo import write_demo_models
@@ -478,58 +547,14 @@ def main() -> None:
             res["together"] = together(lm, a, bw)
             res["prologues"] = prologues_vs_separate(lm, a, bw)
             res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True, prologues=True))
+        except Stopped as e:
+            res["stopped"] = str(e)
         finally:
             release_decode_graphs(lm)
             lm.close()
     with open(a.out + ".json", "w") as f:
         json.dump(res, f, indent=1)
-    lines = [f"machine: {res['machine']}", f"model: {res['model']} ({res['dtype']}, "
-             f"{res['weight_bytes'] / 1e9:.2f} GB of weights); copy bandwidth {res['copy_bandwidth_GBps']:.0f} GB/s"]
-    c = res["capture"]
-    lines.append(f"capture at prewarm: buckets {c['buckets']} in {c['capture_s'] * 1e3:.1f} ms (warm-up "
-                 f"{c['warmup_s'] * 1e3:.1f} ms); pool {c['pool_reserved_bytes'] / 2**20:.1f} MiB reserved, device "
-                 f"{c['device_bytes'] / 2**20:.1f} MiB, static inputs {c['static_input_bytes'] / 2**10:.0f} KiB x 2")
-    for key in ("ttft_prewarm_hit_graphs_ready", "ttft_prewarm_hit_eager", "ttft_capture_at_activation"):
-        t = res[key]
-        lines.append(f"{key}: activation {t['activation_s'] * 1e3:.1f} ms, TTFT {t['ttft_s'] * 1e3:.1f} ms, first "
-                     f"decode step {t['first_decode_step_s'] * 1e3:.2f} ms (graphed steps {t['decode_steps_graphed']}); "
-                     f"TTFT of each, in order: {', '.join(f'{x * 1e3:.1f}' for x in t['ttft_s_each'])} ms")
-    for r in res["decode"]:
-        extra = ""
-        if "hbm_roofline_step_ms" in r:
-            extra = (f"; roofline {r['hbm_roofline_step_ms']:.3f} ms/step, graphs at "
-                     f"{r['fraction_of_roofline_graphs'] * 100:.0f}% of it")
-        lines.append(f"decode batch {r['batch']}: graphs {r['decode_tok_s_graphs']:.0f} tok/s "
-                     f"({r['step_ms_graphs']:.2f} ms/step), eager {r['decode_tok_s_eager']:.0f} tok/s "
-                     f"({r['step_ms_eager']:.2f} ms/step): {r['speedup']:.2f}x; same tokens: {r['same_tokens']}{extra}")
-    lines += alternate_lines(res.get("fused", []), "fused layer kernels", "fused", "unfused")
-    for p in res.get("profile", []):
-        name = (("fused" if p["fused"] else "unfused") + (", graphs" if p.get("graphs") else ", eager")
-                + (", gemv" if p.get("gemv") else "") + (", merge in kernel + PDL" if p.get("savings") else "")
-                + (", gemv prologues + rope writes KV" if p.get("prologues") else ""))
-        if "error" in p:
-            lines.append(f"profile ({name}): FAILED: {p['error']}")
-            continue
-        lines.append(f"profile ({name}), decode batch 1: {p['kernels_per_step']:.0f} kernels a step, "
-                     f"{p['device_ms_per_step']:.3f} ms of device time a step, idle "
-                     f"{p['gaps_in_replay_us_per_step']:.0f} us in gaps < 20 us and "
-                     f"{p['gaps_between_steps_us_per_step']:.0f} us between steps; costliest:")
-        lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
-    lines += alternate_lines(res.get("blas", []), "BLAS library", "cublaslt", "cublas")
-    lines += alternate_lines(res.get("gemv", []), "gemv kernel", "gemv", "cublas")
-    for p in res.get("phases", []):
-        label = f"step phases, decode batch {p['batch']} {'with graphs' if p['graphs'] else 'eager'}"
-        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
-    for name in ("merge_in_kernel", "merge_and_pdl"):
-        lines += alternate_lines(res.get("launch_savings", []), "launch savings", name, "reduce_kernel")
-    lines += alternate_lines(res.get("lookahead", []), "decode lookahead", "lookahead", "plain")
-    for p in res.get("lookahead_phases", []):
-        label = f"step phases with lookahead, decode batch {p['batch']} with graphs"
-        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
-    for name in ("defaults", "defaults_and_pdl"):
-        lines += alternate_lines(res.get("together", []), "together", name, "plain")
-    for name in ("prologues", "prologues_and_rope_kv"):
-        lines += alternate_lines(res.get("prologues", []), "fewer launches (defaults on)", name, "separate")
+    lines = text_lines(res)
     with open(a.out + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
