@@ -101,16 +101,17 @@ class Model:
         #: layer.
         self.fused_kernels = fused_kernels
         #: Matmuls of 1 to kernels.GEMV_MAX_ROWS rows as one warp-per-feature kernel each (memory/kernels.py gemv)
-        #: instead of cuBLAS's, which at batch 1 splits some over K and adds a reduce kernel. Off unless asked:
-        #: written without a GPU at hand, for bench/gpu_graphs.py to measure against cuBLAS.
+        #: instead of cuBLAS's, which at batch 1 splits some over K and adds a reduce kernel (LoadedModel.gemv_kernel:
+        #: on where the kernels run, since an H200 measured it).
         self.gemv = gemv and self.device.type == "cuda"
         #: With gemv and fused_kernels: the norm before qkv and gate_up and the silu * up before down computed inside
         #: their gemv (kernels.gemv_norm, gemv_silu), one launch fewer each, wherever the matmul's input fits the
         #: kernel (kernels.gemv_staged_usable); at tp = 1 only.
         self.gemv_prologues = gemv_prologues and self.gemv and fused_kernels and self.parallel is None
         #: With fused_kernels: where every row of a step is the attention kernels' (decode steps, CUDA graphs), the
-        #: rotation writes the keys and values straight into the cache (kernels.rope_qkv_to_cache): no write_kv.
-        self.rope_writes_kv = rope_writes_kv and fused_kernels
+        #: rotation writes the keys and values straight into the cache (kernels.rope_qkv_to_cache): no write_kv. At
+        #: tp = 1 only, as gemv_prologues (a shard's eager steps were not part of what was checked).
+        self.rope_writes_kv = rope_writes_kv and fused_kernels and self.parallel is None
         if fused_kernels and not kernels_usable(self.device, self.dtype, cfg.head_dim):
             raise BackendUnavailableError(
                 f"fused_kernels needs the CUDA kernels, a GPU and float32/16 or bfloat16 weights with a head_dim "
