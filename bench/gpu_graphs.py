@@ -41,6 +41,8 @@ replaying gains, and the time to first token of a prewarm hit with the graphs re
    gemv_silu, 48 launches fewer a 1b step), and that with the keys rotated straight into the KV cache as well
    (LoadedModel.rope_writes_kv: kernels.rope_qkv_to_cache, 16 fewer), against separate kernels, alternating, with
    the engine's defaults (merge in kernel, lookahead); then part 5's graph profile (fused, gemv) with both on.
+13. gemv with 8 weight vectors in flight per lane against 4 (kernels.set_gemv_in_flight), alternating, with the
+   engine's defaults; batch 1 against the roofline.
 
 Usage: python bench/gpu_graphs.py OUT_PREFIX (--checkpoint DIR | --demo NAME --demo-dir DIR) [--repeats 3]
 Writes OUT_PREFIX.json and OUT_PREFIX.txt. Run by bench/gpu.sh (the 1b demo when it was written, else llama-90m).
@@ -334,6 +336,27 @@ def prologues_vs_separate(lm, a, bw: float) -> list[dict] | dict:
         ENGINE_SETTINGS["decode_lookahead"] = False
 
 
+def in_flight_8_vs_4(lm, a, bw: float) -> list[dict] | dict:
+    """13. alternate() over gemv's vectors in flight (4, 8) under the engine's defaults; the graphs are dropped at
+    each change (they keep what they were captured with); settings put back after."""
+    old, first = set_launch_savings(lm, True, False), kernels.set_gemv_in_flight(4)
+    ENGINE_SETTINGS["decode_lookahead"] = True
+
+    def setting(n: int):
+        def apply():
+            if kernels.set_gemv_in_flight(n) != n:
+                release_decode_graphs(lm)
+        return apply
+
+    try:
+        return alternate(lm, a, bw, {"four": setting(4), "eight": setting(8)}, "four")
+    finally:
+        if kernels.set_gemv_in_flight(first) != first:
+            release_decode_graphs(lm)
+        set_launch_savings(lm, *old)
+        ENGINE_SETTINGS["decode_lookahead"] = False
+
+
 def together(lm, a, bw: float) -> list[dict] | dict:
     """11. alternate() over the plain setting and the savings of parts 9 and 10 together; settings put back after."""
     if torch.cuda.get_device_capability() < (9, 0):
@@ -454,6 +477,7 @@ def text_lines(res: dict) -> list[str]:
         lines += alternate_lines(res.get("together", []), "together", name, "plain")
     for name in ("prologues", "prologues_and_rope_kv"):
         lines += alternate_lines(res.get("prologues", []), "fewer launches (defaults on)", name, "separate")
+    lines += alternate_lines(res.get("in_flight", []), "gemv vectors in flight (defaults on)", "eight", "four")
     if "stopped" in res:
         lines.append(f"STOPPED: {res['stopped']}")
     return lines
@@ -547,6 +571,7 @@ def main() -> None:
             res["together"] = together(lm, a, bw)
             res["prologues"] = prologues_vs_separate(lm, a, bw)
             res["profile"].append(kernel_profile(lm, a, True, graphs=True, gemv=True, prologues=True))
+            res["in_flight"] = in_flight_8_vs_4(lm, a, bw)
         except Stopped as e:
             res["stopped"] = str(e)
         finally:

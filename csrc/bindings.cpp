@@ -293,12 +293,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("kernel_silu_mul", &kernels::silu_mul, py::arg("gu"), py::arg("out"), py::arg("n_rows"), py::arg("inter"),
         py::arg("dtype"), py::arg("stream"), nogil());
   m.def("kernel_gemv", &kernels::gemv, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("n_rows"),
-        py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("stream"), nogil());
+        py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("in_flight"), py::arg("stream"), nogil());
   m.def("kernel_gemv_norm", &kernels::gemv_norm, py::arg("x"), py::arg("res"), py::arg("norm_w"), py::arg("h_out"),
         py::arg("eps"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("n_rows"), py::arg("k"), py::arg("n"),
-        py::arg("dtype"), py::arg("stream"), nogil());
+        py::arg("dtype"), py::arg("in_flight"), py::arg("stream"), nogil());
   m.def("kernel_gemv_silu", &kernels::gemv_silu, py::arg("gu"), py::arg("w"), py::arg("b"), py::arg("y"),
-        py::arg("n_rows"), py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("stream"), nogil());
+        py::arg("n_rows"), py::arg("k"), py::arg("n"), py::arg("dtype"), py::arg("in_flight"), py::arg("stream"),
+        nogil());
   m.attr("KERNEL_GEMV_MAX_ROWS") = kernels::kGemvMaxRows;
   m.attr("KERNEL_GEMV_STAGED_MAX_BYTES") = kernels::kGemvStagedMaxBytes;
   m.def("kernel_rope_qkv_cache", &kernels::rope_qkv_cache, py::arg("qkv"), py::arg("cos"), py::arg("sin"),

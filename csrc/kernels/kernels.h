@@ -105,8 +105,9 @@ void rope_qkv_cache(uintptr_t qkv, uintptr_t cos, uintptr_t sin, uintptr_t q, ui
 // kGemvMaxRows, as F.linear computes it at decode batch sizes, with no split-K reduce kernel. x [n_rows, k], w [n, k],
 // y [n_rows, n] contiguous; b [n] or 0. k * element size a multiple of 16 bytes and x, w 16-byte aligned.
 constexpr int kGemvMaxRows = 4;
+// in_flight: 16-byte weight vectors each lane keeps in flight, 4 or 8 (gemv_kernels.cu says why 8 may pay).
 void gemv(uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype,
-          uintptr_t stream);
+          int in_flight, uintptr_t stream);
 // gemv with the operation before it done inside (its input never written to memory): one launch fewer. Each block
 // computes the input into shared memory (n_rows * k elements, at most kGemvStagedMaxBytes) with the rounding of
 // the separate kernel (add_rms_norm, silu_mul), then runs gemv's loop over it.
@@ -117,9 +118,9 @@ void gemv(uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, in
 // the norm's partial sums take the rest.
 constexpr int64_t kGemvStagedMaxBytes = 47 << 10;
 void gemv_norm(uintptr_t x, uintptr_t res, uintptr_t norm_w, uintptr_t h_out, float eps, uintptr_t w, uintptr_t b,
-               uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype, uintptr_t stream);
+               uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype, int in_flight, uintptr_t stream);
 void gemv_silu(uintptr_t gu, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, int64_t k, int64_t n, int dtype,
-               uintptr_t stream);
+               int in_flight, uintptr_t stream);
 
 }  // namespace kernels
 }  // namespace ws

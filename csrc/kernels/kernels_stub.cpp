@@ -42,11 +42,15 @@ void rope_qkv_cache(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintp
                     int, int, int, uintptr_t) {
   unavailable();
 }
-void gemv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int, uintptr_t) { unavailable(); }
-void gemv_norm(uintptr_t, uintptr_t, uintptr_t, uintptr_t, float, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t,
-               int64_t, int, uintptr_t) {
+void gemv(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int, int, uintptr_t) {
   unavailable();
 }
-void gemv_silu(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int, uintptr_t) { unavailable(); }
+void gemv_norm(uintptr_t, uintptr_t, uintptr_t, uintptr_t, float, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t,
+               int64_t, int, int, uintptr_t) {
+  unavailable();
+}
+void gemv_silu(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int, int, uintptr_t) {
+  unavailable();
+}
 }  // namespace kernels
 }  // namespace ws

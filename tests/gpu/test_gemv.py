@@ -116,3 +116,25 @@ def test_the_staged_gemvs_refuse_what_they_do_not_take():
 @pytest.mark.parametrize("name", ["llama-20m", "qwen2-30m"])
 def test_engine_with_gemv_prologues_matches_the_engine_without(name, demo):
     engines_agree(demo[name], "gemv_prologues", (3, 17, 64))  # buckets of 1 to 4 rows take the staged kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("k,n", [(2048, 3072), (5632, 2048), (64, 24), (8192, 7)])
+def test_eight_vectors_in_flight_give_the_sums_of_four_bit_for_bit(dtype, rows, k, n):
+    # each lane still adds its vectors in ascending order: only how many loads wait together changes
+    x = _randn(rows, k, dtype=dtype, seed=1)
+    w = _randn(n, k, dtype=dtype, seed=2, scale=k ** -0.5)
+    gu = _randn(rows, 2 * k, dtype=dtype, seed=3)
+    ln = _randn(k, dtype=dtype, seed=4, scale=0.1) + 1
+    staged = kernels.gemv_staged_usable(gu, w)
+    out = {}
+    for n_flight in (4, 8):
+        old = kernels.set_gemv_in_flight(n_flight)
+        try:
+            out[n_flight] = [kernels.gemv(x, w)] + ([kernels.gemv_silu(gu, w), kernels.gemv_norm(x, ln, 1e-5, w)[0]]
+                                                    if staged else [])
+        finally:
+            kernels.set_gemv_in_flight(old)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(out[4], out[8]))

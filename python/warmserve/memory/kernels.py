@@ -474,6 +474,20 @@ def rope_qkv_to_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h
 # ---- matrix times a few vectors (csrc/kernels/gemv_kernels.cu): F.linear at decode batch sizes, no split-K reduce.
 #: Most rows gemv takes (the kernel is built for 1 to this many).
 GEMV_MAX_ROWS = 4
+#: 16-byte weight vectors each lane of gemv (and its staged forms) keeps in flight: 4, or 8 (set_gemv_in_flight).
+#: 4 as first measured; 8 halves a small matrix's round trips to memory (csrc/kernels/gemv_kernels.cu), written
+#: without a GPU (2026-12-04) for bench/gpu_graphs.py part 13 to time.
+_GEMV_IN_FLIGHT = 4
+
+
+def set_gemv_in_flight(n: int) -> int:
+    """gemv's weight vectors in flight per lane, 4 or 8; returns the previous setting. Process-wide; a CUDA graph
+    keeps what it was captured with."""
+    global _GEMV_IN_FLIGHT
+    if type(n) is not int or n not in (4, 8):
+        raise InvalidArgumentError(f"gemv's vectors in flight must be 4 or 8, got {n!r}", n=repr(n))
+    old, _GEMV_IN_FLIGHT = _GEMV_IN_FLIGHT, int(n)
+    return old
 
 
 def gemv_usable(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -497,7 +511,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> tor
     y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
     with torch.cuda.device(dev):
         _C.kernel_gemv(x.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), x.shape[0],
-                       x.shape[1], w.shape[0], _dtype_code(x), _stream(dev))
+                       x.shape[1], w.shape[0], _dtype_code(x), _GEMV_IN_FLIGHT, _stream(dev))
     return y
 
 
@@ -547,7 +561,7 @@ def gemv_norm(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor
         _C.kernel_gemv_norm(x.data_ptr(), 0 if res is None else res.data_ptr(), norm_w.data_ptr(),
                             0 if res is None else h.data_ptr(), float(eps), w.data_ptr(),
                             0 if b is None else b.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], w.shape[0],
-                            _dtype_code(x), _stream(dev))
+                            _dtype_code(x), _GEMV_IN_FLIGHT, _stream(dev))
     return y, h
 
 
@@ -558,5 +572,5 @@ def gemv_silu(gu: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) 
     y = torch.empty(gu.shape[0], w.shape[0], dtype=gu.dtype, device=gu.device)
     with torch.cuda.device(dev):
         _C.kernel_gemv_silu(gu.data_ptr(), w.data_ptr(), 0 if b is None else b.data_ptr(), y.data_ptr(), gu.shape[0],
-                            w.shape[1], w.shape[0], _dtype_code(gu), _stream(dev))
+                            w.shape[1], w.shape[0], _dtype_code(gu), _GEMV_IN_FLIGHT, _stream(dev))
     return y

@@ -48,3 +48,18 @@ def test_the_merge_default_hands_back_the_previous_one():
         assert kernels.set_merge_in_kernel(True) is False
     finally:
         kernels.set_merge_in_kernel(first)
+
+
+@pytest.mark.parametrize("bad", [5, 0, True, "8", 8.0])
+def test_gemv_in_flight_takes_four_or_eight_only(bad):
+    with pytest.raises(InvalidArgumentError, match="4 or 8"):
+        kernels.set_gemv_in_flight(bad)
+
+
+def test_gemv_in_flight_hands_back_the_previous_setting():
+    first = kernels.set_gemv_in_flight(8)
+    try:
+        assert first == 4  # the default, as first measured
+        assert kernels.set_gemv_in_flight(4) == 8
+    finally:
+        kernels.set_gemv_in_flight(first)
