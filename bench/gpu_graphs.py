@@ -424,6 +424,11 @@ def kernel_profile(lm, a, fused: bool, steps: int = 8, graphs: bool = False, gem
         set_launch_savings(lm, *old)
 
 
+def _phase_lines(rows: list[dict], label) -> list[str]:
+    """host_phases' rows as text, each under label(row)."""
+    return [f"{label(p)}: FAILED: {p['error']}" if "error" in p else phases_line(label(p), p) for p in rows]
+
+
 def text_lines(res: dict) -> list[str]:
     """The text report of main()'s results (its JSON), part by part; a part that did not run is left out."""
     lines = [f"machine: {res['machine']}", f"model: {res['model']} ({res['dtype']}, "
@@ -464,15 +469,13 @@ def text_lines(res: dict) -> list[str]:
         lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
     lines += alternate_lines(res.get("blas", []), "BLAS library", "cublaslt", "cublas")
     lines += alternate_lines(res.get("gemv", []), "gemv kernel", "gemv", "cublas")
-    for p in res.get("phases", []):
-        label = f"step phases, decode batch {p['batch']} {'with graphs' if p['graphs'] else 'eager'}"
-        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
+    lines += _phase_lines(res.get("phases", []), lambda p: f"step phases, decode batch {p['batch']} "
+                          f"{'with graphs' if p['graphs'] else 'eager'}")
     for name in ("merge_in_kernel", "merge_and_pdl"):
         lines += alternate_lines(res.get("launch_savings", []), "launch savings", name, "reduce_kernel")
     lines += alternate_lines(res.get("lookahead", []), "decode lookahead", "lookahead", "plain")
-    for p in res.get("lookahead_phases", []):
-        label = f"step phases with lookahead, decode batch {p['batch']} with graphs"
-        lines.append(f"{label}: FAILED: {p['error']}" if "error" in p else phases_line(label, p))
+    lines += _phase_lines(res.get("lookahead_phases", []),
+                          lambda p: f"step phases with lookahead, decode batch {p['batch']} with graphs")
     for name in ("defaults", "defaults_and_pdl"):
         lines += alternate_lines(res.get("together", []), "together", name, "plain")
     for name in ("prologues", "prologues_and_rope_kv"):
