@@ -316,11 +316,23 @@ def lookahead_vs_plain(lm, a, bw: float) -> tuple[list[dict] | dict, list[dict]]
         ENGINE_SETTINGS["decode_lookahead"] = False
 
 
+@contextmanager
+def engine_defaults(lm):
+    """Parts 12 and 13 run under the engine's defaults (splits merged in the kernel, no PDL, lookahead); put back
+    after."""
+    old = set_launch_savings(lm, True, False)
+    ENGINE_SETTINGS["decode_lookahead"] = True
+    try:
+        yield
+    finally:
+        set_launch_savings(lm, *old)
+        ENGINE_SETTINGS["decode_lookahead"] = False
+
+
 def prologues_vs_separate(lm, a, bw: float) -> list[dict] | dict:
     """12. alternate() over LoadedModel.gemv_prologues and .rope_writes_kv (off, the first, both), under the
     engine's defaults; the flags are put back after."""
-    old, before = set_launch_savings(lm, True, False), (lm.gemv_prologues, lm.rope_writes_kv)
-    ENGINE_SETTINGS["decode_lookahead"] = True
+    before = lm.gemv_prologues, lm.rope_writes_kv
 
     def setting(prologues: bool, rope: bool):
         def apply():
@@ -328,33 +340,30 @@ def prologues_vs_separate(lm, a, bw: float) -> list[dict] | dict:
         return apply
 
     try:
-        return alternate(lm, a, bw, {"separate": setting(False, False), "prologues": setting(True, False),
-                                     "prologues_and_rope_kv": setting(True, True)}, "separate")
+        with engine_defaults(lm):
+            return alternate(lm, a, bw, {"separate": setting(False, False), "prologues": setting(True, False),
+                                         "prologues_and_rope_kv": setting(True, True)}, "separate")
     finally:
-        set_launch_savings(lm, *old)
         lm.gemv_prologues, lm.rope_writes_kv = before
-        ENGINE_SETTINGS["decode_lookahead"] = False
 
 
 def in_flight_8_vs_4(lm, a, bw: float) -> list[dict] | dict:
     """13. alternate() over gemv's vectors in flight (4, 8) under the engine's defaults; the graphs are dropped at
-    each change (they keep what they were captured with); settings put back after."""
-    old, first = set_launch_savings(lm, True, False), kernels.set_gemv_in_flight(4)
-    ENGINE_SETTINGS["decode_lookahead"] = True
-
+    each change (they keep what they were captured with); the setting is put back after."""
     def setting(n: int):
         def apply():
             if kernels.set_gemv_in_flight(n) != n:
                 release_decode_graphs(lm)
         return apply
 
+    first = kernels.set_gemv_in_flight(4)
+    if first != 4:
+        release_decode_graphs(lm)
     try:
-        return alternate(lm, a, bw, {"four": setting(4), "eight": setting(8)}, "four")
+        with engine_defaults(lm):
+            return alternate(lm, a, bw, {"four": setting(4), "eight": setting(8)}, "four")
     finally:
-        if kernels.set_gemv_in_flight(first) != first:
-            release_decode_graphs(lm)
-        set_launch_savings(lm, *old)
-        ENGINE_SETTINGS["decode_lookahead"] = False
+        setting(first)()
 
 
 def together(lm, a, bw: float) -> list[dict] | dict:
