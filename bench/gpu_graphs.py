@@ -348,8 +348,7 @@ def prologues_vs_separate(lm, a, bw: float) -> list[dict] | dict:
 
 
 def in_flight_8_vs_4(lm, a, bw: float) -> list[dict] | dict:
-    """13. alternate() over gemv's vectors in flight (4, 8) under the engine's defaults; the graphs are dropped at
-    each change (they keep what they were captured with); the setting is put back after."""
+    """13. alternate() over gemv's vectors in flight (4, 8) under the engine's defaults, graphs dropped at each."""
     def setting(n: int):
         def apply():
             if kernels.set_gemv_in_flight(n) != n:
