@@ -71,6 +71,17 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t st, co
   launch_smem(kernel, grid, block, 0, st, what, std::forward<Args>(args)...);
 }
 
+// Calls f with a value of the element type of dtype (f is a generic lambda that launches the kernel for it).
+template <class F>
+void dispatch(int dtype, const char* what, F f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); break;
+    case kFloat16: f(__half{}); break;
+    case kBFloat16: f(__nv_bfloat16{}); break;
+    default: throw invalid(std::string(what) + ": unknown dtype code " + std::to_string(dtype));
+  }
+}
+
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -241,12 +241,7 @@ void launch_staged(uintptr_t src, uintptr_t res, uintptr_t norm_w, uintptr_t h_o
       }
     });
   };
-  switch (dtype) {
-    case kFloat32: go(float{}); break;
-    case kFloat16: go(__half{}); break;
-    case kBFloat16: go(__nv_bfloat16{}); break;
-    default: throw invalid(std::string(what) + ": unknown dtype code " + std::to_string(dtype));
-  }
+  dispatch(dtype, what, go);
 }
 
 }  // namespace
@@ -280,12 +275,7 @@ void gemv(uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y, int64_t n_rows, in
                                          reinterpret_cast<const T*>(b), reinterpret_cast<T*>(y), n_rows, k, n, st);
     });
   };
-  switch (dtype) {
-    case kFloat32: go(float{}); break;
-    case kFloat16: go(__half{}); break;
-    case kBFloat16: go(__nv_bfloat16{}); break;
-    default: throw invalid("gemv: unknown dtype code " + std::to_string(dtype));
-  }
+  dispatch(dtype, "gemv", go);
 }
 
 }  // namespace kernels

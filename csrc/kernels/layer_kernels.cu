@@ -172,17 +172,6 @@ __global__ void rope_qkv_kernel(const T* __restrict__ qkv, const T* __restrict__
   dst[d] = from_f<T>(__fadd_rn(to_f(a), to_f(b)));
 }
 
-// Calls f with a value of the element type of dtype (f is a generic lambda that launches the kernel for it).
-template <class F>
-void dispatch(int dtype, const char* what, F f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); break;
-    case kFloat16: f(__half{}); break;
-    case kBFloat16: f(__nv_bfloat16{}); break;
-    default: throw invalid(std::string(what) + ": unknown dtype code " + std::to_string(dtype));
-  }
-}
-
 }  // namespace
 
 void add_rms_norm(uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t out, uintptr_t h_out, int64_t n_rows,

@@ -426,17 +426,24 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _check_rope(what: str, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
+                head_dim: int) -> int:
+    """qkv's rows, once qkv, cos and sin have rope_qkv's shapes and one dtype."""
+    n = qkv.shape[0]
+    if (qkv.shape[1] != (heads + 2 * kv_heads) * head_dim or cos.numel() != n * head_dim
+            or sin.numel() != n * head_dim or not cos.dtype == sin.dtype == qkv.dtype):
+        raise InvalidArgumentError(f"{what} needs qkv [{n}, {(heads + 2 * kv_heads) * head_dim}] and cos/sin of "
+                                   f"{n * head_dim} {qkv.dtype} elements; got {tuple(qkv.shape)}, "
+                                   f"{tuple(cos.shape)} {cos.dtype}, {tuple(sin.shape)} {sin.dtype}")
+    return n
+
+
 def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
              head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k rotated (engine/rope.py apply_rope) and v, each contiguous [N, heads or kv_heads, head_dim], from
     qkv [N, (heads + 2 kv_heads) head_dim]; cos, sin [N, 1, head_dim] (Rope.cos_sin)."""
     dev = _require(qkv, cos, sin)
-    n = qkv.shape[0]
-    if (qkv.shape[1] != (heads + 2 * kv_heads) * head_dim or cos.numel() != n * head_dim
-            or sin.numel() != n * head_dim or not cos.dtype == sin.dtype == qkv.dtype):
-        raise InvalidArgumentError(f"rope_qkv needs qkv [{n}, {(heads + 2 * kv_heads) * head_dim}] and cos/sin of "
-                                   f"{n * head_dim} {qkv.dtype} elements; got {tuple(qkv.shape)}, "
-                                   f"{tuple(cos.shape)} {cos.dtype}, {tuple(sin.shape)} {sin.dtype}")
+    n = _check_rope("rope_qkv", qkv, cos, sin, heads, kv_heads, head_dim)
     q = torch.empty(n, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     k = torch.empty(n, kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     v = torch.empty_like(k)
@@ -454,15 +461,13 @@ def rope_qkv_to_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h
     [rows, kv_heads * head_dim]; write_rows int64 [N], not bounds-checked on the device (write_kv)."""
     dev = _require(qkv, cos, sin, cache, write_rows)
     _index(write_rows, torch.int64, "write_rows")
-    n = qkv.shape[0]
-    if (qkv.shape[1] != (heads + 2 * kv_heads) * head_dim or cos.numel() != n * head_dim
-            or sin.numel() != n * head_dim or not cos.dtype == sin.dtype == qkv.dtype == cache.dtype
-            or cache.dim() != 2 or cache.shape[1] != kv_heads * head_dim or write_rows.shape[0] != n):
+    n = _check_rope("rope_qkv_to_cache", qkv, cos, sin, heads, kv_heads, head_dim)
+    if (cache.dtype != qkv.dtype or cache.dim() != 2 or cache.shape[1] != kv_heads * head_dim
+            or write_rows.shape[0] != n):
         raise InvalidArgumentError(
-            f"rope_qkv_to_cache needs qkv [{n}, {(heads + 2 * kv_heads) * head_dim}], cos/sin of {n * head_dim} "
-            f"elements, cache rows of {kv_heads * head_dim} and {n} write rows, one dtype; got qkv "
-            f"{tuple(qkv.shape)} {qkv.dtype}, cos {tuple(cos.shape)}, cache {tuple(cache.shape)} {cache.dtype}, rows "
-            f"{tuple(write_rows.shape)}. Fix: rope_qkv, then write_kv", rows=n)
+            f"rope_qkv_to_cache needs cache rows of {kv_heads * head_dim} {qkv.dtype} elements and {n} write rows; "
+            f"got cache {tuple(cache.shape)} {cache.dtype}, rows {tuple(write_rows.shape)}. Fix: rope_qkv, then "
+            "write_kv", rows=n)
     q = torch.empty(n, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     with torch.cuda.device(dev):
         _C.kernel_rope_qkv_cache(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(), cache.data_ptr(),
@@ -486,7 +491,7 @@ def set_gemv_in_flight(n: int) -> int:
     global _GEMV_IN_FLIGHT
     if type(n) is not int or n not in (4, 8):
         raise InvalidArgumentError(f"gemv's vectors in flight must be 4 or 8, got {n!r}", n=repr(n))
-    old, _GEMV_IN_FLIGHT = _GEMV_IN_FLIGHT, int(n)
+    old, _GEMV_IN_FLIGHT = _GEMV_IN_FLIGHT, n
     return old
 
 
