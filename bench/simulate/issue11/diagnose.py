@@ -28,11 +28,12 @@ from warmserve.sim.simulator import Simulator
 
 
 def diagnose(preset_name: str, policy: str, rate_scale: float, seed: int, options: list[str],
-             n_models: int | None = None) -> dict:
+             n_models: int | None = None, burst_cv: float | None = None) -> dict:
     from warmserve.policy.config import parse_policy_options
     import dataclasses
 
-    preset = PRESETS[preset_name](**({"n_models": n_models} if n_models else {}))
+    kw = ({"n_models": n_models} if n_models else {}) | ({"burst_cv": burst_cv} if burst_cv else {})
+    preset = PRESETS[preset_name](**kw)
     cfg = preset.config
     if options:
         cfg = dataclasses.replace(cfg, policy_config=parse_policy_options(options, cfg.policy_config))
@@ -173,9 +174,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--policy-option", action="append", default=[])
     ap.add_argument("--models", type=int, default=None, help="models of the preset (default: its own)")
+    ap.add_argument("--burst-cv", type=float, default=None, help="re-draw inter-arrivals with this Gamma CV")
     a = ap.parse_args()
     for pol in a.policy.split(","):
-        d = diagnose(a.preset, pol, a.rate_scale, a.seed, a.policy_option, a.models)
+        d = diagnose(a.preset, pol, a.rate_scale, a.seed, a.policy_option, a.models, a.burst_cv)
         s = d["summary"]
         print(f"{pol} @ {s['offered_rate_rps']:.1f} rps: SLO {s['slo_attainment']:.4f}, P99 {s['ttft_p99_s']:.2f} s, "
               f"starts {s['instance_starts']}, GPU-s {s['gpu_seconds']:.0f}, GPUs shared (mean) "

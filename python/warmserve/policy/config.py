@@ -181,6 +181,15 @@ class PolicyConfig:
     #: (any model that stays at least as well served as the taker gives GPUs; when several models were short at
     #: once GPUs passed back and forth). A policy choice; bench/simulate/ISSUE11_ROUNDS.md shows 0, 0.5, 0.8 and 1.
     reclaim_floor_share: float = 0.8
+    #: Without idle_to_zero, a quiet model's last instance stops for a model that wants GPUs only once its load
+    #: (averaged over load_window_s, its prefill backlog and its queue) has been 0 for this long, seconds; 0: as
+    #: soon as the averaged load is 0 (§5). At burst CV 4 a light model's next request came seconds after the
+    #: stop and waited for GPUs the bursting model held (reclaim waits for their drain, time-sharing for
+    #: preempt_after_s): paper-conv, seed 0, three light models' P99 9-10 s against 0.4-1.3 s with a hold. A
+    #: trade, off by default: six seeds paired over holds of 5-60 s (bench/simulate/issue11/last_instance_hold.*):
+    #: at 10 s paper-conv's P99 at burst CV 4 0.67x, artifact-conv's 0.92x, as traced the conv presets unchanged
+    #: and paper-code 1.02x (1.22x at 60 s: its bursts wait for the GPUs held), GPU-seconds within 2%.
+    last_instance_hold_s: float = 0.0
     #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
     #: a shared GPU group may reach (one decode step of each co-resident model, time-sharing), seconds; models
     #: join while the round stays within this x scale_in_threshold / scale_out_threshold and split out above it.
@@ -290,9 +299,10 @@ class PolicyConfig:
             raise InvalidArgumentError(
                 f"route_cap_per_instance, ttft_target_prefills and preempt_after_s must be >= 0, got "
                 f"{self.route_cap_per_instance}, {self.ttft_target_prefills}, {self.preempt_after_s}")
-        if self.scale_in_hold_s < 0:
-            raise InvalidArgumentError(f"scale_in_hold_s must be >= 0 seconds (0: off), got {self.scale_in_hold_s}",
-                                       option="scale_in_hold_s", value=str(self.scale_in_hold_s))
+        for name in ("scale_in_hold_s", "last_instance_hold_s"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise InvalidArgumentError(f"{name} must be >= 0 seconds (0: off), got {getattr(self, name)}",
+                                           option=name, value=str(getattr(self, name)))
         if 0 < self.ttft_target_prefills <= 1:
             raise InvalidArgumentError(
                 f"ttft_target_prefills must be 0 (off) or > 1 (the target includes the request's own prefill), "

@@ -39,6 +39,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
         #: it gets GPUs among models whose demand is equally unmet.
         self._starved_since: dict[str, float] = {}
+        #: Model -> the last tick that saw it loaded (averaged load, backlog or queue): last_instance_hold_s.
+        self._busy_s: dict[str, float] = {}
         #: Instances stopped so that another model gets their GPUs (reclaimed or time-shared): not revived while
         #: they drain and that model still waits for the GPUs (else their model would take them straight back).
         self._preempted: set[str] = set()
@@ -270,12 +272,12 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
 
     def _autoscale(self, state: ClusterState, now_s: float, avg5: dict, board: Board, out: list) -> None:
         """§5 scaling, with GPUs arbitrated by unmet demand: draining instances are revived before new ones
-        start; new ones go one at a time to the model whose demand is least met (then the longest starved);
-        a quiet model's last instance stops only when another model wants GPUs that are not free (with
-        ``last_instance_for_groups``: only where its GPUs complete a group such a model lacks); a model left
-        short takes GPUs from instances whose models stay at least as well served (``arbitration.
-        reclaim_victims``), and one that waits with no instance and finds none there takes those of instances
-        that served preempt_after_s (time-sharing)."""
+        start; new ones go one at a time to the model whose demand is least met (then the longest starved); a
+        quiet model's last instance stops only when another model wants GPUs that are not free, once it has been
+        quiet last_instance_hold_s (``last_instance_for_groups``: where its GPUs complete a group such a model
+        lacks); a model left short takes GPUs from instances whose models stay at least as well served
+        (``arbitration.reclaim_victims``), and one that waits with no instance and finds none there takes those of
+        instances that served preempt_after_s (time-sharing)."""
         cfg = self.cfg
         active: dict[str, list[InstanceState]] = {m: [] for m in self.models}
         draining: dict[str, list[InstanceState]] = {m: [] for m in self.models}
@@ -302,6 +304,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                 if cfg.scale_in_hold_s > 0:  # nor, while no other model wants GPUs, below the recent peak of both
                     held[m] = math.ceil(self._held_need(m, now_s, max(o, now_out)))
             raw[m] = self._wanted(m, avg5[m], pf, 0)
+            if avg5[m] > 0 or pf_now > 0 or queued:
+                self._busy_s[m] = now_s
             n = len(active[m])
             target = math.ceil(o) if o > n else n  # a trigger is "load above 0.8 of what n instances carry"
             if cfg.max_instances_per_model:
@@ -364,8 +368,9 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             self._groups_to_free(state, now_s, board, keep, active, wanted, skip, gone)
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m] if wanted - {m} else max(keep[m], held.get(m, 0))
-            if target == 0 and ((not cfg.idle_to_zero and (freeing.isdisjoint(g for i in active[m] for g in i.gpus)
-                                                            if cfg.last_instance_for_groups else not (wanted - {m})))
+            recent = now_s - self._busy_s.get(m, -math.inf) < cfg.last_instance_hold_s
+            if target == 0 and ((not cfg.idle_to_zero and (recent or (freeing.isdisjoint(
+                    g for i in active[m] for g in i.gpus) if cfg.last_instance_for_groups else not (wanted - {m}))))
                                 or (co is not None and co.keeps_last(state, m, active[m]))):
                 target = 1
             if co is not None and (m in co.merging or m in co.splitting):

@@ -1,0 +1,74 @@
+"""``last_instance_hold_s``: a quiet model's last instance stops for a model that wants GPUs only once its load has
+been 0 that long (bench/simulate/issue11/last_instance_hold.*: at burst CV 4 a light model's next request came
+seconds after the stop and waited for GPUs the bursting model held)."""
+
+import pytest
+
+from warmserve.errors import InvalidArgumentError
+from warmserve.policy import PolicyConfig, make_policy
+from warmserve.policy import actions as A
+from warmserve.policy.instant import instant_driver
+from warmserve.policy.state import ClusterState, ModelInfo
+
+GiB = 1 << 30
+SMALL_BYTES = 13_500_000_000  # a 13B-like model on one GPU
+
+
+def _cluster(hold_s: float, b_requests: int, **cfg):
+    """Two GPUs: `a` on GPU 0 served one request from 0 s to 3 s; `b` on GPU 1 with ``b_requests`` in flight
+    (over B = 32: it wants the other GPU). Returns the driver and the state."""
+    models = [ModelInfo(n, SMALL_BYTES, 1, 524_288) for n in "ab"]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=72 * GiB)
+    pol = make_policy("warmserve", models=models,
+                      config=PolicyConfig(prewarm=False, replan_s=1e9, window_s=1e6, last_instance_hold_s=hold_s,
+                                          **cfg))
+    d = instant_driver(pol, st)
+    d.apply(A.StartInstance("a1", "a", (0,)), 0.0)
+    d.apply(A.StartInstance("b1", "b", (1,)), 0.0)
+    d.submit("a", "a0", 0.0)
+    for k in range(b_requests):
+        d.submit("b", f"b{k}", 0.0)
+    return d, st
+
+
+def _stopped_at(d, st, until_s: float) -> float | None:
+    """Tick every second from 1 s; `a`'s request ends at 3 s. When a1 stopped (or began draining), or None."""
+    for t in range(1, int(until_s) + 1):
+        if t == 3:
+            d.request_finished("a", "a1", float(t))
+        d.tick(float(t))
+        if "a1" not in st.instances or st.instances["a1"].draining:
+            return float(t)
+    return None
+
+
+def test_without_a_hold_the_last_instance_stops_once_its_averaged_load_is_zero():
+    d, st = _cluster(0.0, 40)
+    stopped = _stopped_at(d, st, 40)
+    assert stopped is not None and stopped <= 10  # 3 s + the 5 s load window, give or take a tick
+    assert any(i.model == "b" and i.gpus == (0,) for i in st.instances.values())  # `b` took its GPU
+
+
+def test_a_hold_keeps_the_last_instance_for_that_long_after_its_load_went_to_zero():
+    unheld = _stopped_at(*_cluster(0.0, 40), 40)
+    d, st = _cluster(10.0, 40)
+    held = _stopped_at(d, st, 60)
+    assert held is not None and unheld + 9 <= held <= unheld + 11
+    assert any(i.model == "b" and i.gpus == (0,) for i in st.instances.values())
+
+
+def test_the_hold_does_not_keep_a_last_instance_nobody_wants_under_idle_to_zero():
+    """idle_to_zero is the §5 rule as written (stop once idle, GPUs wanted or not): the hold leaves it alone."""
+    unheld = _stopped_at(*_cluster(0.0, 0, idle_to_zero=True), 40)
+    held = _stopped_at(*_cluster(30.0, 0, idle_to_zero=True), 40)
+    assert unheld is not None and held == unheld
+
+
+def test_without_a_model_wanting_gpus_the_last_instance_stays_either_way():
+    assert _stopped_at(*_cluster(10.0, 0), 40) is None
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_a_negative_or_nan_hold_is_refused(bad):
+    with pytest.raises(InvalidArgumentError, match="last_instance_hold_s"):
+        PolicyConfig(last_instance_hold_s=bad)
