@@ -67,9 +67,9 @@ class Engine(PoolNeighbours):
         with the kernels, tp = 1; off on the CPU), True = required (BackendUnavailableError where they cannot
         run), False = never. Graphs captured while the model was prewarmed (capture_decode_graphs) are used as
         they are; buckets they lack are captured here (``graph_capture_s``)."""
-        check_counts(frozenset({"target_free_blocks"}), max_batch_tokens=(max_batch_tokens, 1),
+        check_counts(frozenset({"target_free_blocks", "kv_blocks"}), max_batch_tokens=(max_batch_tokens, 1),
                      max_num_seqs=(max_num_seqs, 1), map_blocks_per_step=(map_blocks_per_step, 1),
-                     target_free_blocks=(target_free_blocks, 0))  # None: every block (see above)
+                     target_free_blocks=(target_free_blocks, 0), kv_blocks=(kv_blocks, 1))  # None: all (see above)
         use_graphs, why = resolve_cuda_graphs(cuda_graphs, device=lm.device, tp=lm.config.tp,
                                               kernels_ok=kernels_usable(lm.device, lm.dtype, lm.config.head_dim))
         params = lm._activate(self)

@@ -48,7 +48,9 @@ def test_generate_refuses_while_other_requests_run_and_leaves_them_untouched(lm)
 @pytest.mark.parametrize("kwargs,name", [
     (dict(target_free_blocks=-1), "target_free_blocks"), (dict(map_blocks_per_step=0), "map_blocks_per_step"),
     (dict(max_batch_tokens=1.5), "max_batch_tokens"), (dict(max_num_seqs=True), "max_num_seqs"),
-    (dict(max_batch_tokens=0), "max_batch_tokens")])
+    (dict(max_batch_tokens=0), "max_batch_tokens"),
+    # found in review: "3" a bare TypeError, 1.5 and True a tensor-shape error naming no argument
+    (dict(kv_blocks="3"), "kv_blocks"), (dict(kv_blocks=1.5), "kv_blocks"), (dict(kv_blocks=True), "kv_blocks")])
 def test_the_constructor_refuses_counts_that_are_not_whole_numbers_in_range(lm, kwargs, name):
     with pytest.raises(InvalidArgumentError, match=f"{name} must be a whole number") as e:
         Engine(lm, **kwargs)
