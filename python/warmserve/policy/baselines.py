@@ -45,9 +45,20 @@ class StaticPolicy(Policy):
     def tick(self, state: ClusterState, now_s: float) -> list:
         self._record(state, now_s)
         if self._placed:
-            return []
+            return self._replace_lost(state)
         self._placed = True
         return self._layout(state, now_s)
+
+    def _replace_lost(self, state: ClusterState) -> list:
+        """After the layout: a model with no instance left (each lost with its GPUs: a worker died) gets one on idle
+        GPUs, widest tp and most demand first, where any fit (found in review: nothing was laid out again, and its
+        requests waited for ever, beside the GPU of the worker restarted in its place)."""
+        have = {i.model for i in state.instances.values()}
+        if have.issuperset(self.models):
+            return []
+        board = Board(state, laminar=True)
+        acts = (self._start(board, m) for m in placement_order(self.models, self._demand()) if m not in have)
+        return [act for act in acts if act is not None]
 
     def _demand(self) -> dict[str, float]:
         """Mean peak over the history, 1 where there is none: how the static layouts share the GPUs."""

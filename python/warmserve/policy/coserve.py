@@ -188,6 +188,9 @@ class CoServing(Reopening, HostSizing):
         self.caps = {}
         live = state.live_gpus()
         self.demand_gpus = sum(self.models[m].tp for m, b in batch.items() if b > 0)
+        if self.demand_gpus > live:  # a model no server can hold needs no GPUs (found in review: a tp-4 model's
+            # forecast on 2-GPU servers co-served two light models on one GPU, the other idle for good)
+            self.demand_gpus -= sum(self.models[m].tp for m in state.unservable() if batch.get(m, 0.0) > 0)
         self.oversubscribed = self.demand_gpus > live
         self.active = self.cfg.coserve_always or self.cfg.consolidate or self.oversubscribed
 
