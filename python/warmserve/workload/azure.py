@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import gzip
 import io
 import logging
 import os
@@ -25,7 +24,7 @@ import numpy as np
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload import azure_columns
 from warmserve.workload.request import Trace
-from warmserve.workload.data import check_header, data_path, file_key
+from warmserve.workload.data import check_header, check_row, data_path, file_key, gz_errors, open_text
 
 log = logging.getLogger("warmserve.workload")
 
@@ -70,9 +69,12 @@ _CELLS = (("TIMESTAMP", _when, "a time as YYYY-MM-DD HH:MM:SS[.fraction]"),
           ("GeneratedTokens", int, "a token count (a whole number)"))
 
 
+_FIX = "fix that row, or pass path= to a copy of the published AzureLLMInferenceTrace CSV"
+_FILE_FIX = "pass path= to a whole copy of the published AzureLLMInferenceTrace CSV"
+
+
 def _bad(path: str, line: int, msg: str, **fields) -> InvalidArgumentError:
-    return InvalidArgumentError(f"Azure trace {path}, line {line}{msg}: fix that row, or pass path= to a copy of "
-                                f"the published AzureLLMInferenceTrace CSV", path=path, line=line, **fields)
+    return InvalidArgumentError(f"Azure trace {path}, line {line}{msg}: {_FIX}", path=path, line=line, **fields)
 
 
 #: a gap between consecutive arrivals is worth a WARNING when it is over ``GAP_FLOOR_S`` and over ``GAP_FACTOR`` times
@@ -132,7 +134,8 @@ def _load(key: tuple | str, kind: str) -> Trace:
         raise FileNotFoundError(f"Azure trace {path} not found: pass path= to a copy of "
                                 f"AzureLLMInferenceTrace_{kind}.csv")
     try:
-        c = azure_columns.read_columns(path, MAX_TOKENS)
+        with gz_errors(path, "Azure trace", _FILE_FIX):
+            c = azure_columns.read_columns(path, MAX_TOKENS)
     except azure_columns.NotColumnar:  # a bad row, or a layout only the csv module reads: row by row, as before
         return _load_rows(path, kind)
     for col, over in zip(("ContextTokens", "GeneratedTokens"), c.over):
@@ -151,8 +154,7 @@ def _load(key: tuple | str, kind: str) -> Trace:
 
 def _load_rows(path: str, kind: str) -> Trace:
     """The file row by row through the csv module: every layout it reads, and each bad row refused by line."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no part of TIMESTAMP
+    with gz_errors(path, "Azure trace", _FILE_FIX), open_text(path) as f:  # a byte-order mark is no part of TIMESTAMP
         text = f.read()
     # found in review: an empty file, a short row, a missing column or a cell that is no number raised bare
     # ValueError/TypeError/KeyError naming no line, and negative token counts were kept; each is refused, by line
@@ -160,6 +162,7 @@ def _load_rows(path: str, kind: str) -> Trace:
     check_header(path, reader, _COLUMNS, "Azure trace", "as published")
     ts, ctx, gen, lines, stamps, raw = [], [], [], [], [], []
     for row in reader:
+        check_row(path, reader, row, (), "Azure trace", _FIX)
         try:
             whole, frac = _stamp(row["TIMESTAMP"])
             ts.append(whole + float("0." + (frac or "0")))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
 import os
+import zlib
 
 from warmserve.errors import InvalidArgumentError
 
@@ -37,3 +40,49 @@ def check_header(path: str, reader: csv.DictReader, need: tuple[str, ...], what:
                else f"has no column {', '.join(missing)} (header: {','.join(have)})")
         raise InvalidArgumentError(f"{what} {path} {why}: give a file with the columns {','.join(need)}, "
                                    f"{written_by}", path=path, missing=missing)
+
+
+def open_text(path: str):
+    """``path`` (.csv, or .gz) opened as CSV text. A byte-order mark is skipped (Excel's "CSV UTF-8"); a byte that is
+    not UTF-8 is kept as a surrogate escape, which ``check_row`` refuses naming its line and column (found in
+    review: a bare UnicodeDecodeError naming neither the file nor the line)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    return opener(path, "rt", newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+@contextlib.contextmanager
+def gz_errors(path: str, what: str, fix: str):
+    """Reading ``path`` inside: a .gz file cut short or damaged is an InvalidArgumentError naming it (found in
+    review: a bare EOFError, BadGzipFile or zlib.error naming no file)."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise InvalidArgumentError(f"{what} {path} cannot be read as a .gz file ({e}): a download cut short or a "
+                                   f"damaged copy? {fix}", path=path) from None
+
+
+def check_row(path: str, reader: csv.DictReader, row: dict, need: tuple[str, ...], what: str, fix: str) -> None:
+    """Raise InvalidArgumentError, naming its line, unless ``row`` (``reader``'s last) has one cell per header
+    column, at least up to those in ``need``. Found in review: a cell more than the header (a count written "1,000",
+    a decimal comma) shifted the row's cells and dropped its last one, and a ServeGen window cut short before its
+    pattern was read as a window without traffic, both silently. A cell holding a byte that is not UTF-8
+    (``open_text`` keeps it as a surrogate escape) is refused too."""
+    line = reader.line_num
+    extra = row.get(None)
+    if extra is not None:
+        n = len(reader.fieldnames)
+        raise InvalidArgumentError(f"{what} {path}, line {line}: {n + len(extra)} cells, the header has {n} (the "
+                                   f"cells past it: {extra!r}; a comma inside a number?): {fix}", path=path,
+                                   line=line)
+    for col, v in row.items():
+        if v is not None and not v.isascii():  # isascii is O(1) on CPython: only the rare non-ASCII cell is encoded
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidArgumentError(f"{what} {path}, line {line}, column {col}: {v!r} holds the byte "
+                                           f"{ord(v[e.start]) - 0xDC00:#04x}, which is not UTF-8 text: {fix}",
+                                           path=path, line=line, column=col) from None
+    for col in need:
+        if row.get(col) is None:
+            raise InvalidArgumentError(f"{what} {path}, line {line}: no {col} cell (the row is shorter than the "
+                                       f"header): {fix}", path=path, line=line, column=col)

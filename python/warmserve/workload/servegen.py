@@ -9,9 +9,9 @@ the largest clients of each model; pass ``path=`` to use the full ``servegen_cli
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
-import gzip
 import math
 import os
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.workload.data import check_header, data_path, file_key
+from warmserve.workload.data import check_header, check_row, data_path, file_key, gz_errors, open_text
 
 WINDOW_S = 600.0
 LANGUAGE_MODELS = ("m-large", "m-mid", "m-small")
@@ -30,13 +30,14 @@ MAX_TOKENS = 2**31 - 1
 _FIX = "fix that row, or derive the file again with derive_servegen.py"
 
 
+@contextlib.contextmanager
 def _open(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"ServeGen file {path} not found: pass path= to a file derived by "
                                 f"derive_servegen.py, or reinstall warmserve (its data folder holds the defaults)")
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") was read as part of the first column's name (found in review)
-    opener = gzip.open if path.endswith(".gz") else open
-    return opener(path, "rt", newline="", encoding="utf-8-sig")
+    with gz_errors(path, "ServeGen file", "derive the file again with derive_servegen.py"), open_text(path) as f:
+        yield f
 
 
 def _header(path: str, reader: csv.DictReader, need: tuple[str, ...], what: str) -> None:
@@ -100,6 +101,7 @@ def load_client_windows(path: str | None = None, models: tuple[str, ...] | None 
 
 
 _CW = "ServeGen client windows"
+_CW_COLUMNS = ("model", "client_id", "t_s", "rate_rps", "cv", "pattern", "param1", "param2")
 _CW_CELLS = (("client_id", int, "a client id (a whole number)"), ("t_s", int, "a window start (whole seconds)"),
              ("rate_rps", float, "a rate (a number of requests/s)"), ("cv", float, "a number"),
              ("param1", float, "a shape (a number)"), ("param2", float, "a scale (a number)"))
@@ -114,8 +116,9 @@ def _client_windows(key: tuple, models: tuple[str, ...] | None) -> dict[str, Cli
     n_rows = 0
     with _open(path) as f:
         reader = csv.DictReader(f)
-        _header(path, reader, ("model", "client_id", "t_s", "rate_rps", "cv", "pattern", "param1", "param2"), _CW)
+        _header(path, reader, _CW_COLUMNS, _CW)
         for r in reader:
+            check_row(path, reader, r, _CW_COLUMNS, _CW, _FIX)
             n_rows += 1
             if models and r["model"] not in models:
                 continue
@@ -206,6 +209,7 @@ def load_model_rates(path: str | None = None, end_s: float | None = None
         _header(path, reader, ("model", "t_s", "total_rate_rps"), _RATES)
         has_cv = "rate_weighted_cv" in reader.fieldnames
         for r in reader:
+            check_row(path, reader, r, (), _RATES, _FIX)
             try:
                 rows.setdefault(r["model"], []).append((float(r["t_s"]), float(r["total_rate_rps"]),
                                                         float(r["rate_weighted_cv"]) if has_cv else math.nan,
@@ -269,6 +273,7 @@ def _length_pmfs(key: tuple) -> dict[tuple[str, str], LengthPMF]:
         reader = csv.DictReader(f)
         _header(path, reader, ("model", "field", "value", "prob"), _PMF)
         for r in reader:
+            check_row(path, reader, r, (), _PMF, _FIX)
             try:
                 row = (float(r["value"]), float(r["prob"]), reader.line_num)
             except (TypeError, ValueError):
