@@ -428,8 +428,11 @@ class ShardRoles:
                     can = min(can, int(cap))
         except Exception as e:  # told to the other ranks (a -1 below), then raised here
             local = e
-        # The ranks' KV caches must have the same size (see worker/tp.py): the smallest ceiling of any rank.
-        kv_blocks = group.min_int(can)
+        # The ranks' KV caches must have the same size (see worker/tp.py): the smallest ceiling of any rank. So must
+        # their schedulers' limits, which each worker's own engine config sets when the Activate carries none (found
+        # in review: ranks of --max-num-seqs 1 and 32 batched differently, and gloo's size check aborted a worker).
+        kv_blocks, max_seqs, max_tokens = group.min_ints(
+            [can, ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS, ec.max_batch_tokens])
         if local is not None:
             raise local
         if kv_blocks < 1:
@@ -441,8 +444,7 @@ class ShardRoles:
             m.lm.bind_group(group)
             # No block is mapped by the engine itself (target 0, then the budget mapper): grow_together maps them.
             engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=0,
-                            max_batch_tokens=ec.max_batch_tokens,
-                            max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+                            max_batch_tokens=max_tokens, max_num_seqs=max_seqs,
                             map_blocks_per_step=ec.kv_map_blocks_per_step)
             engine.kv.mapper = BudgetMapper(engine.kv.mapper)
             target = msg.kv_target_free_blocks
