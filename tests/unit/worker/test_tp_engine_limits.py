@@ -6,9 +6,8 @@ std::terminate (the whole worker process aborted). Two in-process workers with r
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
+from tp_groups import start_tp2
 
 from warmserve import protocol as P
 from warmserve.worker import InProcessWorker
@@ -37,16 +36,7 @@ def test_ranks_with_different_engine_configs_run_the_smallest_limits_and_answer_
     workers = [InProcessWorker("cpu", memory_gib=0.125, prefault=False, worker_id=f"rank{r}",
                                engine=SMALL if r == small_rank else None) for r in range(2)]
     try:
-        port = workers[0].host_group_store()
-        with ThreadPoolExecutor(2) as pool:
-            # Both calls meet in the group: one thread each; a failure on either thread is raised here.
-            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=20.0)
-                      for r, w in enumerate(workers)]:
-                f.result(60)
-            for r, w in enumerate(workers):
-                w.prewarm(tiny_models[MODEL], MODEL, tp=2, rank=r)
-            for f in [pool.submit(w.activate, MODEL, group_id="g") for w in workers]:  # no Activate.engine
-                f.result(60)
+        start_tp2(workers, tiny_models[MODEL], MODEL)  # no Activate.engine
         # Checked before any step: with different limits the first batch of two requests aborts the process.
         for w in workers:
             sched = w.core.instances[MODEL].engine.scheduler

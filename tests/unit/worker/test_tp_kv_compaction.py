@@ -7,9 +7,9 @@ page pools of 8 MiB pages (four 2 MiB blocks of a tiny-llama shard to a page).""
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from tp_groups import start_tp2
 
 from warmserve import protocol as P
 from warmserve.worker import InProcessWorker
@@ -30,16 +30,7 @@ def tp2_paged(tiny_models):
     workers = [InProcessWorker("cpu", memory_gib=0.125, prefault=False, worker_id=f"rank{r}", page_mib=PAGE_MIB)
                for r in range(2)]
     try:
-        port = workers[0].host_group_store()
-        with ThreadPoolExecutor(2) as pool:
-            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=20.0)
-                      for r, w in enumerate(workers)]:
-                f.result(60)
-            for r, w in enumerate(workers):
-                w.prewarm(tiny_models[MODEL], MODEL, tp=2, rank=r)
-            for f in [pool.submit(w.activate, MODEL, group_id="g", kv_target_free_blocks=START_FREE_BLOCKS)
-                      for w in workers]:
-                f.result(60)
+        start_tp2(workers, tiny_models[MODEL], MODEL, kv_target_free_blocks=START_FREE_BLOCKS)
         yield workers
     finally:
         for w in workers:
