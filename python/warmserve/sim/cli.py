@@ -18,10 +18,10 @@ from warmserve.outputs import (check_distinct_outputs, check_output, check_outpu
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
-from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, check_gpus, check_paper_span,
-                                      check_replays_requests, check_request_budget, check_search_budget,
-                                      check_sim_window, check_unused_settings, parse_policies, rate_flags,
-                                      search_scale_cap)
+from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, MIN_BURST_CV, check_duration,
+                                      check_gpus, check_paper_span, check_replays_requests, check_request_budget,
+                                      check_search_budget, check_sim_window, check_unused_settings,
+                                      parse_policies, rate_flags, search_scale_cap)
 from warmserve.sim.cli_output import (at_least, finite_or_null, median_summary, request_count, summary_table,
                                       sweep_table, workload_block)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
@@ -136,10 +136,12 @@ def build_preset(args) -> Preset:
         raise InvalidArgumentError(f"--time-scale {args.time_scale:g}: give a finite factor > 0 (1: as traced)",
                                    flag="--time-scale")
     # found in review: a large CV (1e4) passed `> 0`, every arrival came out NaN and was dropped: 0 requests, exit 0
-    if args.burst_cv is not None and not (math.isfinite(args.burst_cv) and 0 < args.burst_cv <= MAX_BURST_CV):
-        raise InvalidArgumentError(f"--burst-cv {args.burst_cv:g}: give a CV > 0 and at most {MAX_BURST_CV:g} (1: "
-                                   f"Poisson; a larger one bunches a segment into one burst all the same), or leave "
-                                   f"it out for the trace's own inter-arrivals", flag="--burst-cv")
+    if args.burst_cv is not None and not (math.isfinite(args.burst_cv)
+                                          and MIN_BURST_CV <= args.burst_cv <= MAX_BURST_CV):
+        raise InvalidArgumentError(f"--burst-cv {args.burst_cv:g}: give a CV of at least {MIN_BURST_CV:g} and at "
+                                   f"most {MAX_BURST_CV:g} (1: Poisson; a larger one bunches a segment into one "
+                                   f"burst all the same), or leave it out for the trace's own inter-arrivals",
+                                   flag="--burst-cv")
     if args.preset not in (None, "scale") and args.workload is not None:
         # found in review: --workload was silently ignored beside a preset, whose own workload ran
         raise InvalidArgumentError(f"--preset {args.preset} --workload {args.workload}: a preset replays its own "
@@ -412,6 +414,7 @@ def check_args(args) -> None:
 
     if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
         raise bad("--duration-s", args.duration_s, "give a span > 0 seconds, or leave it out for the workload's own")
+    check_duration(args.duration_s)
     check_gpus(args.gpus)
     check_unused_settings(args)  # and the defaults of --search-iters and --slo-target filled in
     # the flags of SimConfig fields, by SimConfig's own rules (sim.config.FIELD_RULES); SimConfig itself refuses

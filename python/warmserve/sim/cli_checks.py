@@ -107,6 +107,28 @@ def check_sim_window(window_s: float, tick_s: float) -> None:
             f"86400 (default 300)", key="window_s", floor_s=floor, flag="--policy-option", value=window_s)
 
 
+#: The shortest --duration-s, seconds of trace (before --time-scale). The Azure traces hold an arrival every 0.18 s
+#: (conv) to 0.39 s (code) on average, and their recipes read more and more copies of the trace until one lands
+#: inside the replay (``workload.recipes._circular_stretch``): found in review, 1e-4 s took 18 s, 1e-5 s over two
+#: minutes and 1e-9 s hours, then failed with "holds no request".
+MIN_DURATION_S = 1.0
+
+
+#: The smallest --burst-cv. The recipes draw gaps from a Gamma of shape 1/cv^2, which overflows below about 1e-154
+#: (found in review: 1e-160 failed after the draws, "arrival_s nan", naming no flag; 1e-300 a ZeroDivisionError);
+#: at this CV the gaps already equal their mean to within a millionth.
+MIN_BURST_CV = 1e-6
+
+
+def check_duration(duration_s: float | None) -> None:
+    """Refuse a --duration-s below ``MIN_DURATION_S`` (a NaN, inf or one <= 0 is ``check_args``'s own refusal)."""
+    if duration_s is not None and duration_s < MIN_DURATION_S:
+        raise InvalidArgumentError(
+            f"--duration-s {duration_s:g}: a replay must span at least {MIN_DURATION_S:g} s of trace (the Azure "
+            f"traces hold an arrival every 0.2-0.4 s): give --duration-s {MIN_DURATION_S:g} or more",
+            flag="--duration-s", value=duration_s, minimum_s=MIN_DURATION_S)
+
+
 def check_gpus(gpus: int) -> None:
     """Refuse --gpus below 1 with counts that run (found in review: -8 was told "e.g. 8 or 0", 0 "e.g. 8 or 8",
     0 itself refused; ``presets.cluster_shape`` keeps its own message for counts above 8 that are not whole
