@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from warmserve.errors import TimeoutError_
 from warmserve.memory.cache_entry import GapFill, unlink_if_there
-from warmserve.memory.loader import LoadJob
+from warmserve.memory.loader import LoadJob, check_timeout
 
 if TYPE_CHECKING:
     from warmserve.memory.host_cache import HostCheckpointCache
@@ -54,6 +54,7 @@ class CachedLoadJob(LoadJob):
         super().cancel()
 
     def wait(self, timeout_s: float | None = None) -> int:
+        check_timeout(timeout_s)  # before the try: a refused argument must not end the load as its error would
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             n = super().wait(timeout_s)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
-from warmserve.errors import TimeoutError_
+from warmserve.errors import InvalidArgumentError, TimeoutError_
 
 #: How often a waiting thread wakes to report progress and let Ctrl-C through.
 _POLL_S = 0.05
+
+
+def check_timeout(timeout_s: float | None) -> None:
+    """Refuse a NaN timeout before a wait starts: it compares false with every deadline, so the wait would never
+    end (found in review)."""
+    if timeout_s is not None and math.isnan(timeout_s):
+        raise InvalidArgumentError("LoadJob.wait: timeout_s is NaN: give seconds, or None to wait until the load ends",
+                                   timeout_s=timeout_s)
 
 
 class LoadJob:
@@ -54,7 +63,9 @@ class LoadJob:
     def wait(self, timeout_s: float | None = None) -> int:
         """Block until the load ends; return its bytes. Raises CancelledError, the load's own error (an
         OutOfMemoryError, a file error as InvalidArgumentError/DriverError), or TimeoutError_ after timeout_s
-        (the job keeps running)."""
+        (the job keeps running). A NaN timeout is refused (found in review: it compared false with every
+        deadline and the wait never ended)."""
+        check_timeout(timeout_s)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             step = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
