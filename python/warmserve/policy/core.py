@@ -39,8 +39,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
         #: it gets GPUs among models whose demand is equally unmet.
         self._starved_since: dict[str, float] = {}
-        #: Model -> the last tick that saw it loaded (averaged load, backlog or queue): last_instance_hold_s.
-        self._busy_s: dict[str, float] = {}
+        self._busy_s: dict[str, float] = {}  # model -> the last tick that saw it loaded (last_instance_hold_s)
         #: Instances stopped so that another model gets their GPUs (reclaimed or time-shared): not revived while
         #: they drain and that model still waits for the GPUs (else their model would take them straight back).
         self._preempted: set[str] = set()
