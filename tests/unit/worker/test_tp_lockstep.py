@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from tp_groups import start_tp2
 
 from warmserve import errors
 from warmserve import protocol as P
@@ -28,16 +28,7 @@ def tp2_workers(tiny_models, group_timeout_s: float = GROUP_TIMEOUT_S, **activat
     ``activate``), closed at the end. Shared with test_tp_kv_shortfall.py."""
     workers = [InProcessWorker("cpu", memory_gib=0.125, prefault=False, worker_id=f"rank{r}") for r in range(2)]
     try:
-        port = workers[0].host_group_store()
-        with ThreadPoolExecutor(2) as pool:
-            # Both calls meet in the group: one thread each; a failure on either thread is raised here.
-            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=group_timeout_s)
-                      for r, w in enumerate(workers)]:
-                f.result(60)
-            for r, w in enumerate(workers):
-                w.prewarm(tiny_models[MODEL], MODEL, tp=2, rank=r)
-            for f in [pool.submit(w.activate, MODEL, group_id="g", **activate) for w in workers]:
-                f.result(60)
+        start_tp2(workers, tiny_models[MODEL], MODEL, group_timeout_s, **activate)
         yield workers
     finally:
         for w in workers:
