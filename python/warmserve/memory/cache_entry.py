@@ -72,17 +72,18 @@ class CacheEntry:
 
 @register
 class CacheBusyError(WarmServeError, TimeoutError):
-    """Another worker held a host cache lock (its fill of the same checkpoint) past ``lock_timeout_s``. Not a
-    TimeoutError_, which says that an operation still runs: a load that ends with this has ended (found in review:
-    a worker polling its load took it for "not finished yet" and then reported the load cancelled). Fields:
-    timeout_s."""
+    """Other workers held host cache locks (fills of the same checkpoints, the cache's index lock) past a load's
+    ``lock_timeout_s``; the load reads the file instead, this in its WARNING. Not a TimeoutError_, which says that
+    an operation still runs: a load that ends with this has ended (found in review: a worker polling its load took
+    it for "not finished yet" and then reported the load cancelled). Fields: timeout_s, waited_for."""
 
     http_status = 503
 
 
-def flock_wait(fd: int, timeout_s: float, what: str, stop: threading.Event | None = None) -> None:
-    """Take the flock on ``fd`` within ``timeout_s``; ``stop`` set meanwhile: CancelledError."""
-    deadline = time.monotonic() + timeout_s
+def flock_wait(fd: int, deadline: float, timeout_s: float, what: str, stop: threading.Event | None = None) -> None:
+    """Take the flock on ``fd`` by ``deadline`` (time.monotonic()): that of the whole load, whose waits for locks
+    share one ``timeout_s`` (HostCacheConfig.lock_timeout_s; found in review: each wait had one of its own, and a
+    load of n files waited up to 2n times it). Tried once even past it. ``stop`` set meanwhile: CancelledError."""
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,8 +93,9 @@ def flock_wait(fd: int, timeout_s: float, what: str, stop: threading.Event | Non
                 raise CancelledError(f"cancelled while waiting for {what}") from None
             if time.monotonic() >= deadline:
                 raise CacheBusyError(
-                    f"waited {timeout_s} s for {what}: another worker holds it (a fill of a large checkpoint from a "
-                    "slow disk?). Fix: raise HostCacheConfig.lock_timeout_s", timeout_s=timeout_s) from None
+                    f"the load waited its lock_timeout_s ({timeout_s} s) for locks other workers hold, the last "
+                    f"{what} (a fill of a large checkpoint from a slow disk?). Fix: raise "
+                    "HostCacheConfig.lock_timeout_s", timeout_s=timeout_s, waited_for=what) from None
             time.sleep(POLL_S)
 
 

@@ -49,7 +49,8 @@ both were served stale). Changing only the file's mode or owner (which also sets
 
 No file under the directory is opened through a symlink, and a fill is made anew (O_EXCL). A tmpfs too small for
 an entry evicts least recently used entries not in use and tries once more, else the file is read (one WARNING per
-cache); so is a wait for another worker's fill past ``lock_timeout_s`` (a WARNING; found in review: a 503).
+cache); so is a file whose fill lock, or the index lock a fill takes, other workers hold past ``lock_timeout_s``,
+one for all of a load's waits (a WARNING; found in review: a 503, and n files' waits took up to 2n times it).
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ class HostCheckpointCache:
     def load(self, slot, sources: Iterable[tuple], *, progress: Callable[[int, int], None] | None = None,
              stop: threading.Event | None = None) -> LoadJob:
         """Like ``slot.load`` for file sources (path, file_offset, slot_byte_offset, nbytes), through the cache.
-        Returns with a running LoadJob once its entries are mapped, after waiting (up to ``lock_timeout_s``) for
-        another worker's fill of the same file: call it off a thread that must stay responsive (a worker's load
+        Returns with a running LoadJob once its entries are mapped, after waiting (up to ``lock_timeout_s`` in all)
+        for other workers' fills of the same files: call it off a thread that must stay responsive (a worker's load
         thread does). ``stop`` set during that wait: CancelledError. ``wait()`` publishes the entries it filled."""
         # Grouped by cache key, not by spelling: "x.bin", "./x.bin" and a symlink to it are one entry, whose fill
         # lock a second group would wait on while this same load holds it (lock_timeout_s, then TimeoutError_).
@@ -165,13 +166,14 @@ class HostCheckpointCache:
         # acquired so far (found in review: a miss listed before a cached file evicted that file's entry, which the
         # load then read straight from the file).
         busy = set(by_key)
+        deadline = time.monotonic() + self.config.lock_timeout_s  # one for all the load's waits for locks
         try:
             # Fill locks are taken in one global order, by key, and held until the load ends: two loads of the same
             # files listed in opposite orders would otherwise each hold one and wait for the other's, until
             # lock_timeout_s (found in review: CacheBusyError for both).
             for key, p, st in sorted(order, key=lambda o: o[0]):
                 ranges = by_key[key]
-                entry, lock_fd = self._acquire(p, key, st.st_size, busy, stop)
+                entry, lock_fd = self._acquire(p, key, st.st_size, busy, stop, deadline)
                 if entry is None:  # bypassed: straight from the file (bytes: the name may not be UTF-8, Slot.load)
                     specs += [(os.fsencode(p), 0, None, fo, so, n) for fo, so, n in ranges]
                     continue
@@ -326,10 +328,11 @@ class HostCheckpointCache:
             e.users += 1
         return e
 
-    def _acquire(self, path: str, key: str, size: int, busy: set[str],
-                 stop: threading.Event | None = None) -> tuple[CacheEntry | None, int | None]:
+    def _acquire(self, path: str, key: str, size: int, busy: set[str], stop: threading.Event | None,
+                 deadline: float) -> tuple[CacheEntry | None, int | None]:
         """(mapped entry, None) on a hit; (entry being filled, lock fd) on a miss; (None, None) when bypassed.
-        busy: keys of every entry the same load reads (not evicted to make room for this one)."""
+        busy: keys of every entry the same load reads (not evicted to make room for this one). deadline: of the
+        load's waits for locks (time.monotonic())."""
         root = self.config.root
         bin_path = os.path.join(root, key + ".bin")
         lock_path = os.path.join(root, key + ".lock")
@@ -342,21 +345,20 @@ class HostCheckpointCache:
         except OSError as ex:  # an entry it may not read, a lock it may not make (another user's directory)
             return self._bypass(path, bin_path, ex)
         try:
-            try:
-                flock_wait(lock_fd, self.config.lock_timeout_s, f"the cache entry {bin_path} of {path}", stop)
-            except CacheBusyError as busy:
-                # Found in review: the load failed (CacheBusyError, a 503) though the file was readable and the
-                # other worker's fill was progressing (a large checkpoint from a slow disk; the other ranks of one
-                # model fill the same files at once). The file is read instead, as any bypass (the error, in the
-                # warning, names the wait and the entry).
-                os.close(lock_fd)
-                return self._bypass(path, bin_path, busy)
+            flock_wait(lock_fd, deadline, self.config.lock_timeout_s, f"the cache entry {bin_path} of {path}", stop)
             # filled by another worker while we waited; or cut short, unlinked here to be filled again
             e = self._map_published(key, bin_path, size, fill_locked=True)
-            fill = None if e is not None else self._start_fill(key, path, size, busy)
+            fill = None if e is not None else self._start_fill(key, path, size, busy, stop, deadline)
+        except CacheBusyError as waited:
+            # Found in review: the load failed (CacheBusyError, a 503) though the file was readable and the other
+            # worker's fill was progressing (a large checkpoint from a slow disk; the other ranks of one model fill
+            # the same files at once), and still did for the index lock. Either is read instead, as any bypass (the
+            # error, in the warning, names the wait and the entry).
+            os.close(lock_fd)
+            return self._bypass(path, bin_path, waited)
         except OSError as ex:
             os.close(lock_fd)
-            if isinstance(ex, WarmServeError):  # CacheBusyError is a TimeoutError, an OSError
+            if isinstance(ex, WarmServeError):  # TimeoutError_ is an OSError
                 raise
             return self._bypass(path, bin_path, ex)
         except BaseException:
@@ -380,15 +382,16 @@ class HostCheckpointCache:
         self._count(bypassed=1)
         return None, None
 
-    def _start_fill(self, key: str, path: str, size: int, busy: set[str]) -> CacheEntry | None:
+    def _start_fill(self, key: str, path: str, size: int, busy: set[str], stop: threading.Event | None,
+                    deadline: float) -> CacheEntry | None:
         """The entry `key` created and mapped for a fill, or None: loaded straight from the file."""
         root = self.config.root
         fill_path = os.path.join(root, key + ".fill")
         if size > self.config.capacity_bytes:
             return None
-        glock = open_lock(os.path.join(root, ".lock"))
+        glock = open_lock(glock_path := os.path.join(root, ".lock"))
         try:
-            flock_wait(glock, self.config.lock_timeout_s, "the cache's index lock")
+            flock_wait(glock, deadline, self.config.lock_timeout_s, f"the cache's index lock {glock_path}", stop)
             if not self._evict_locked(size, keep=key, path_hash=key.split("-")[0], busy=busy):
                 return None
             fd = create_fill(fill_path)  # never through a symlink (found in review: one was written through)
@@ -410,13 +413,13 @@ class HostCheckpointCache:
                             self._no_room(path, size, evicted)
                             raise
                 e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd, populate=False)
-            except OSError as ex:
+            except BaseException as ex:  # an interrupt too (found in review: it leaked fd and left the .fill)
                 os.close(fd)
                 try:
                     unlink_if_there(fill_path)
                 except OSError:  # left as an orphan: the next eviction unlinks it, as its lock goes with ours
                     pass
-                if ex.errno in (errno.ENOSPC, errno.ENOMEM):
+                if isinstance(ex, OSError) and ex.errno in (errno.ENOSPC, errno.ENOMEM):
                     return None
                 raise  # EFBIG, EDQUOT, EROFS...: _acquire bypasses the cache too, with a warning
             os.close(fd)

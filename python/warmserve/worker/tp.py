@@ -55,6 +55,7 @@ import msgspec
 from .. import errors
 from .. import protocol as P
 from ..errors import WarmServeError, register
+from .tp_agree import check_agreed, shard_values, vote_values
 
 log = logging.getLogger("warmserve.worker")
 
@@ -409,7 +410,7 @@ class ShardRoles:
                 group_id=msg.group_id, running=serving)
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
-        m, can, local = None, -1, None
+        m, can, local, mine = None, -1, None, None
         try:
             m = self._activatable(msg)
             loaded_before = self._bytes_loaded(m)
@@ -426,19 +427,22 @@ class ShardRoles:
             for cap in (msg.kv_blocks, ec.max_kv_blocks or None):
                 if cap is not None:
                     can = min(can, int(cap))
+            mine = shard_values(m.lm)
         except Exception as e:  # told to the other ranks (a -1 below), then raised here
             local = e
         # The ranks' KV caches must have the same size (see worker/tp.py): the smallest ceiling of any rank. So must
         # their schedulers' limits, which each worker's own engine config sets when the Activate carries none (found
         # in review: ranks of --max-num-seqs 1 and 32 batched differently, and gloo's size check aborted a worker).
-        kv_blocks, max_seqs, max_tokens = group.min_ints(
-            [can, ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS, ec.max_batch_tokens])
+        # So must their shards' dtype and checkpoint (tp_agree.py), in the same collective.
+        kv_blocks, max_seqs, max_tokens, *agreed = group.min_ints(
+            [can, ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS, ec.max_batch_tokens] + vote_values(mine))
         if local is not None:
             raise local
         if kv_blocks < 1:
             raise errors.ModelStateError(
                 f"another rank of {msg.name!r} in group {msg.group_id!r} could not activate its shard (see its "
                 "worker's answer), or allows no KV block", model=msg.name, group_id=msg.group_id)
+        check_agreed(agreed, mine, m.lm, msg.group_id)  # every rank computed its values: kv_blocks says so
         engine = None
         try:
             m.lm.bind_group(group)

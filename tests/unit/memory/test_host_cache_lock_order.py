@@ -36,14 +36,14 @@ WORKER = textwrap.dedent(r"""
                 assert time.monotonic() < deadline, "the other worker never got to its first entry"
                 time.sleep(0.002)
         return r
-    def wait(fd, timeout_s, what, stop=None):
+    def wait(fd, deadline, timeout_s, what, stop=None):
         if what.startswith("the cache entry"):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 open(me + ".waits", "w").close()
-        return orig_wait(fd, timeout_s, what, stop)
+        return orig_wait(fd, deadline, timeout_s, what, stop)
     hc.HostCheckpointCache._acquire, hc.flock_wait = acquire, wait
     pool = PagePool(1024 * 4096, page_bytes=4096, prefault=False)
     cache = hc.HostCheckpointCache(hc.HostCacheConfig(root=root, capacity_bytes=1 << 30, lock_timeout_s=10))
