@@ -19,7 +19,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, with_worker_page_bytes
-from warmserve.controller import observed, views
+from warmserve.controller import observed, refusals, views
 from warmserve.controller.clock import history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
@@ -403,7 +403,7 @@ class Controller(WorkerRestarts):
                 log.info("%r: error for a request not on it (%d): %s", w, msg.id, msg.message)
                 return
             err = msg.exception()
-            if self.groups.rank_lost(w, req, err):
+            if self.groups.rank_lost(w, req, err) or refusals.not_running(self, w, msg.id, req, err):
                 return
             # No room on a co-served instance: on to an instance of the model that serves alone, if there is one.
             # Off w's table first: the reroute may lose w (its stop's Deactivate), whose requests start over.
@@ -578,10 +578,10 @@ class Controller(WorkerRestarts):
     async def _policy_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cc.tick_s)
-            if not self.policy_running:
-                continue
-            self._tick()
-            # Apart from the tick (found in review: a failing tick kept queued requests from timing out), workers or not
+            if self.policy_running:
+                self._tick()
+            # Apart from the tick (a failing one kept queued requests from timing out), policy running or not (found
+            # in review: a request submitted while wait_for_workers still waited outlived its deadline until then)
             try:
                 self.executor.expire_requests()
             except Exception:

@@ -31,3 +31,13 @@ class NoWorkersError(WarmServeError):
     """No live worker can host the model (all lost, or none registered yet)."""
 
     http_status = 503
+
+
+@register
+class InstanceGoneError(WarmServeError):
+    """A request reached a worker that no longer ran its instance there (the controller's routing raced a stop or
+    switch of it) once more than controller.max_worker_losses_per_request allows it to start over, or after the
+    controller had dropped that instance: the controller's doing, not the client's; retry it. Fields: model,
+    worker_id, instance_id, refusals (of this request), limit."""
+
+    http_status = 503

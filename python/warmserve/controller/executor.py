@@ -16,6 +16,7 @@ import logging
 import time
 
 from warmserve import protocol as P
+from warmserve.controller import expiry
 from warmserve.controller.prewarms import LivePrewarm, tracked_copies
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, ModelStateError, TimeoutError_, UnknownModelError, WorkerLostError
@@ -69,7 +70,7 @@ def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
 class LiveInstance:
     """An instance as the controller tracks it on its workers (one per rank; ``worker`` is rank 0's)."""
 
-    __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost", "activating")
+    __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost", "refused", "activating")
 
     def __init__(self, iid: str, model: str, workers: list[WorkerRecord]):
         self.iid, self.model, self.workers = iid, model, workers
@@ -80,6 +81,8 @@ class LiveInstance:
         self.group_id = ""
         #: Its rank 0 reported a lost rank (groups.GroupManager.rank_lost): its requests move as after a loss.
         self.rank_lost = False
+        #: Its worker refused a request of it as not running the model there (refusals.not_running): the same.
+        self.refused = False
 
     @property
     def worker(self) -> WorkerRecord:
@@ -312,8 +315,8 @@ class LiveExecutor:
         if inst.iid not in ctl.driver.state.instances:  # lost or stopped while starting
             return
         inst.ready = True
-        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w,
-                 "prewarm hit" if act.prewarm_id else "cold load", f", co-served, KV share {kv_blocks}" if shared else "")
+        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w, "prewarm hit" if act.prewarm_id
+                 else "cold load", f", co-served, KV share {kv_blocks}" if shared else "")
         k = int(reply.kv_blocks)
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
 
@@ -535,65 +538,19 @@ class LiveExecutor:
             # that follows ends them on the worker (and nothing is sent from here, see Executor).
             del w.gens[req.gid]
             req.requeued(self.ctl.cc.request_timeout_s)
-            (self.ctl.metrics.rerouted if rec.rank_lost else self.ctl.metrics.migrated).inc(model=req.model)
+            why = "rank_lost" if rec.rank_lost else "not_running" if rec.refused else "migrated"
+            (self.ctl.metrics.migrated if why == "migrated" else self.ctl.metrics.rerouted).inc(model=req.model)
             if req.generated:
-                self.ctl.metrics.resumed.inc(model=req.model, why="rank_lost" if rec.rank_lost else "migrated")
+                self.ctl.metrics.resumed.inc(model=req.model, why=why)
         return [(req, req.resume_prompt_tokens) for req in moved]
 
     def expire_requests(self) -> None:
-        """Fail what waited too long: queued requests past their deadline, and requests sent to a worker that
-        produced no token for ``request_timeout_s`` (aborted there)."""
-        ctl = self.ctl
-        self.fail_unheld()
-        now = time.monotonic()
-        for model, q in ctl.state.queues.items():
-            # the whole queue: a request that started over (requeued) sits at its front with a later deadline
-            for req in [r for r in q if r.deadline_s < now]:
-                ctl.driver.withdraw(model, req, ctl.now_s())
-                err = TimeoutError_(
-                    f"no instance of {model!r} could take the request within {ctl.cc.request_timeout_s:.0f} s; "
-                    f"retry later or add workers", timeout_s=ctl.cc.request_timeout_s)
-                req.fail(err)
-                ctl._request_done(req, "timeout")
-        for w in list(ctl.gpu_workers):  # an Abort that cannot be sent loses its worker (and edits the list)
-            for gid, req in list(w.gens.items()):
-                if w.gens.get(gid) is not req:
-                    # Moved by a loss of w that an Abort of this loop caused (requeued, w.gens cleared): failing it
-                    # here ended a request still queued, and _end_gen raised KeyError (found in review).
-                    continue
-                last = max(req.last_token_s or req.arrival_s, req.sent_s or 0.0)  # sent again: counts from then
-                if not req.done and now - last > ctl.cc.request_timeout_s:
-                    req.fail(TimeoutError_(f"{w!r} produced no token for {ctl.cc.request_timeout_s:.0f} s",
-                                           timeout_s=ctl.cc.request_timeout_s))
-                    ctl._end_gen(w, gid)  # not left to the worker's answer, as in _abort
-                    ctl._request_done(req, "timeout")
-                    if w.alive:
-                        fire(ctl.hub, w, P.Abort(id=ctl.hub.next_id(), request_id=gid))
+        """Fail what waited too long, queued or on an admitted worker (``controller.expiry``)."""
+        expiry.expire(self)
 
     def fail_unheld(self) -> None:
-        """Log once (a WARNING) each model no worker admitted so far can hold, with its need, the largest pool and
-        the --memory-gib to use, and fail its waiting requests at once with a 503 saying so, instead of after
-        request_timeout_s (found in review: a 504 after 120 s, nothing logged). Checked at every tick, so the
-        requests of a worker that can hold it, joining later, wait for its instance as any other. Pools of lost
-        workers count: a review of the fix found a large remote worker's brief stall (lost, then back within a
-        second) failed its model's requests while a smaller worker stayed, where they used to wait for it."""
-        from warmserve.controller.errors import NoWorkersError
-        from warmserve.controller.launch import unheld  # launch imports the controller, which imports this module
-
-        ctl = self.ctl
-        for name, m in ctl.models.items():
-            # a local worker being started again (or replaced) comes back with its pool, which may hold it
-            why = None if ctl.restarting or ctl.replacing else unheld(m, self.pools_seen)
-            if why is None:
-                self._unheld.discard(name)
-                continue
-            message, fields = why
-            if name not in self._unheld:
-                self._unheld.add(name)
-                log.warning("%s", message)
-            for req in list(ctl.state.queues.get(name, ())):
-                ctl.driver.withdraw(name, req, ctl.now_s())
-                self.fail(req, NoWorkersError(message, **fields), ctl.now_s())
+        """Fail at once the waiting requests of models no worker admitted so far can hold (``controller.expiry``)."""
+        expiry.fail_unheld(self)
 
     def fail(self, req, error: BaseException, now_s: float) -> None:
         req.fail(error)

@@ -118,15 +118,17 @@ class ControllerMetrics:
             r, "warmserve_prewarm_loading_starts", "Instances started from a prewarm still loading (they wait for the "
             "rest of its copy; neither a hit nor a cold load).", ("model",))
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Requests started over after a worker loss, "
-                                "after their tensor-parallel instance lost a rank, or after a co-served instance "
-                                "had no room for them (sent on to an instance serving alone).", ("model",))
+                                "after their tensor-parallel instance lost a rank, after their worker no longer ran "
+                                "their instance when one of them got there, or after a co-served instance had no "
+                                "room for them (sent on to an instance serving alone).", ("model",))
         self.migrated = Counter(r, "warmserve_migrated_requests", "Requests moved off an instance the policy stopped "
                                 "at once for a model that wanted its GPUs (Migrate), to start over elsewhere.",
                                 ("model",))
         self.resumed = Counter(r, "warmserve_resumed_requests", "Requests that had streamed tokens and left their "
                                "instance to go on elsewhere after them, by why: migrated (the instance stopped for a "
                                "model that wanted its GPUs), worker_lost, rank_lost (their tensor-parallel instance "
-                               "lost a rank) or no_room (a co-served instance could no longer hold them).",
+                               "lost a rank), not_running (their worker no longer ran their instance) or no_room (a "
+                               "co-served instance could no longer hold them).",
                                ("model", "why"))
         self.workers_lost = Counter(r, "warmserve_workers_lost", "Workers declared lost.")
         self.dedicated = Counter(r, "warmserve_instances_dedicated", "Co-served instances turned into dedicated "
