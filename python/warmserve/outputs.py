@@ -174,18 +174,38 @@ def parse_numbers(text, flag: str, *, positive: bool = False, example: str = "")
 
 
 def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
-    """``json.dump(obj, f, **dump_kwargs)`` into ``path`` all at once: written to a temporary file in the same
-    folder, flushed to disk, then renamed onto ``path``. Found in review: an interrupt during a plain
-    ``open(path, "w")`` write left a truncated, invalid JSON where the previous results were (``bench replay
-    --reuse-live X.json --json X.json`` lost a 15-minute live run that way). A reader sees the old file or the new
-    one, never half of one; on any failure the temporary file is removed and ``path`` is as it was.
+    """``json.dump(obj, f, **dump_kwargs)`` into ``path`` all at once (``write_atomic``). Found in review: an
+    interrupt during a plain ``open(path, "w")`` write left a truncated, invalid JSON where the previous results
+    were (``bench replay --reuse-live X.json --json X.json`` lost a 15-minute live run that way)."""
+    write_atomic(path, lambda f: json.dump(obj, f, **dump_kwargs), binary=False)
+
+
+def save_figure(fig, path: str, **savefig_kwargs) -> None:
+    """``fig.savefig(path, **savefig_kwargs)`` all at once (``write_atomic``; found in review: a plain savefig cut
+    short left a truncated PNG). As savefig: the format is ``path``'s extension, and a path without one gets
+    matplotlib's default format's (``out`` -> ``out.png``)."""
+    import matplotlib
+
+    fmt = os.path.splitext(path)[1].lstrip(".").lower()
+    if not fmt:
+        fmt = matplotlib.rcParams["savefig.format"]
+        path = f"{path}.{fmt}"
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs), binary=True)
+
+
+def write_atomic(path: str, write, binary: bool) -> None:
+    """``write(f)`` into ``path`` all at once: to a temporary file in the same folder, flushed to disk, then renamed
+    onto ``path``. A reader sees the old file or the new one, never half of one; on any failure the temporary file
+    is removed and ``path`` is as it was. A link's target is written, and the result keeps the mode an earlier
+    file had.
 
     A ``path`` that exists and is no regular file (a pipe, a device, a socket) is written where it is. Found in
     review: the rename replaced a device node (a copy of /dev/null) with a plain file, and `--json /dev/stdout |
     jq` failed after the whole run (FileNotFoundError: a temporary file in /proc/PID/fd)."""
+    mode = "wb" if binary else "w"
     if _is_special(path):
-        with open(path, "w") as f:
-            json.dump(obj, f, **dump_kwargs)
+        with open(path, mode) as f:
+            write(f)
         return
     path = os.path.realpath(path)  # a --json that is a symbolic link: its target is written, as open(path, "w") did
     folder = os.path.dirname(path)
@@ -193,8 +213,8 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     # made as open(path, "w") makes a file (0666 less the umask), not 0600 as mkstemp would
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, **dump_kwargs)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if os.path.exists(path):  # the result keeps the mode the old file had
@@ -208,5 +228,5 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
         raise
 
 
-__all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "check_output", "check_output_folder",
-           "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input"]
+__all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "save_figure", "write_atomic", "check_output",
+           "check_output_folder", "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input"]

@@ -382,6 +382,7 @@ def decode_bars(results: dict) -> list[tuple[str, list[float]]]:
 
 def plot(results: dict, path: str) -> None:
     from warmserve.extras import pyplot
+    from warmserve.outputs import save_figure
 
     plt = pyplot("the engine benchmark's plot")
 
@@ -407,7 +408,7 @@ def plot(results: dict, path: str) -> None:
     fig.suptitle(f"engine on {results['machine'].get('gpu') or results['machine'].get('cpu', 'cpu')}, "
                  f"{results['machine']['threads']} thread(s)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -343,6 +343,7 @@ def main(args) -> int:
 
 def _plot(path: str, curves: dict, rows: list) -> None:
     from warmserve.extras import pyplot
+    from warmserve.outputs import save_figure
 
     plt = pyplot("the forecast benchmark's plot")
 
@@ -361,7 +362,7 @@ def _plot(path: str, curves: dict, rows: list) -> None:
     np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper right")
     np.atleast_1d(axes)[-1].set_xlabel("days (last two of the evaluation)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

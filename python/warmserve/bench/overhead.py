@@ -338,6 +338,7 @@ def _measure(args, server, url: str, model_path: str, parts: dict, tmp: str) -> 
 
 def plot(res: dict, path: str) -> None:
     from warmserve.extras import pyplot
+    from warmserve.outputs import save_figure
 
     plt = pyplot("the overhead benchmark's plot")
 
@@ -354,7 +355,7 @@ def plot(res: dict, path: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

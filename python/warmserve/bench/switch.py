@@ -488,6 +488,7 @@ def machine(args) -> dict:
 def plot(res: dict, path: str) -> None:
     from warmserve.bench.switch_print import weights_gib
     from warmserve.extras import pyplot
+    from warmserve.outputs import save_figure
 
     plt = pyplot("the switch benchmark's plot")
 
@@ -505,7 +506,7 @@ def plot(res: dict, path: str) -> None:
     ax.set_title(f"making weights ready to serve ({res['machine']['backend']})")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

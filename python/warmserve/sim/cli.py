@@ -18,10 +18,11 @@ from warmserve.outputs import (check_distinct_outputs, check_output, check_outpu
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
-from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, MIN_BURST_CV, check_duration,
-                                      check_gpus, check_paper_span, check_replays_requests, check_request_budget,
-                                      check_search_budget, check_sim_window, check_unused_settings,
-                                      parse_policies, rate_flags, search_scale_cap)
+from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, MIN_BURST_CV, check_cold_start,
+                                      check_duration, check_gpus, check_models, check_paper_span,
+                                      check_replays_requests, check_request_budget, check_search_budget,
+                                      check_sim_window, check_unused_settings, check_workload_days, parse_policies,
+                                      rate_flags, search_scale_cap)
 from warmserve.sim.cli_output import (at_least, finite_or_null, median_summary, request_count, summary_table,
                                       sweep_table, workload_block)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
@@ -289,6 +290,7 @@ def _run_main(args, saved: _Saved) -> int:
         cost = CostModel.from_profile(args.profile, base=cost)
     if args.cold_start_s is not None:
         cost = cost.with_cold_start_s(args.cold_start_s)
+    check_models(args, preset, cost)  # before the workload: its build takes time per model
     progress = not args.quiet
     seeds = parse_seeds(args)
     targets = _slo_targets(args.slo_target)
@@ -416,6 +418,8 @@ def check_args(args) -> None:
         raise bad("--duration-s", args.duration_s, "give a span > 0 seconds, or leave it out for the workload's own")
     check_duration(args.duration_s)
     check_gpus(args.gpus)
+    check_cold_start(args.cold_start_s)
+    check_workload_days(args)
     check_unused_settings(args)  # and the defaults of --search-iters and --slo-target filled in
     # the flags of SimConfig fields, by SimConfig's own rules (sim.config.FIELD_RULES); SimConfig itself refuses
     # --chunked-prefill-tokens under --engine-model fluid, naming both flags, when build_preset makes it

@@ -1,12 +1,14 @@
 """`warmserve simulate`'s checks of its command line that need more than one option or the workload itself: the
 request count a run would generate (the max-rate search's runs too), a replay with no request, the Azure trace's
 room for a replay and its history days, the --policy list, --json and --plot naming one file, the forecast window's
-floor, --gpus below 1 and settings the run would not use. Each raises InvalidArgumentError naming the flags and the
-fix, before any policy runs."""
+floor, --gpus below 1, --models beyond what the cluster and the workload hold, an --alpha that overflows, the days
+--history-days and --start-hour ask of the workload, --cold-start-s and settings the run would not use. Each raises
+InvalidArgumentError naming the flags and the fix, before any policy runs."""
 
 from __future__ import annotations
 
 import math
+import sys
 
 from warmserve.config import MIN_WINDOW_S
 from warmserve.errors import InvalidArgumentError
@@ -199,3 +201,120 @@ def check_unused_settings(args) -> None:
         args.search_iters = DEFAULT_SEARCH_ITERS
     if args.slo_target is None:
         args.slo_target = DEFAULT_SLO_TARGET
+
+
+def check_cold_start(seconds: float | None) -> None:
+    """Refuse a --cold-start-s that is not a finite number >= 0 in the flag's name (found in review: inf was refused
+    naming the cost model's field, "CostModel.engine_start_s is inf", NaN and -1 as "cold start of nan s")."""
+    if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+        raise InvalidArgumentError(
+            f"--cold-start-s {seconds:g}: give a finite number of seconds >= 0 (the engine part of a cold start; "
+            f"vLLM's published range is 14-35 s), or leave it out for the cost model's own (14 s without --profile)",
+            flag="--cold-start-s", value=seconds)
+
+
+def check_model_count(args, preset, cost) -> None:
+    """Refuse more models than the cluster holds at once or than the workload has series for, before the workload
+    is built (found in review: --models 100000 built a stretch of the trace per model and day for minutes, then
+    simulated for hours, refused only by a static policy's layout if at all). The cluster: each model in
+    memory takes at least one GPU's shard of its weights, so ``preset``'s GPUs hold at most as many models as
+    shards of its smallest model fit their memory pools (``cost``'s GPU and models, as the simulator places
+    them), and ``MODELS_PER_PLACE`` times that take turns. The servegen workload: one model per
+    client series of its data, each reused shifted by up to ``SERVEGEN_REPEAT_DAYS`` days."""
+    from warmserve.sim.presets import SERVEGEN_REPEAT_DAYS
+
+    n = len(preset.models)
+    given = f"--models {n}" + ("" if args.models is not None else " (the default)")
+    gpus = preset.config.n_servers * preset.config.gpus_per_server
+
+    def shard_bytes(model) -> float:  # what one GPU of an instance of ``model`` holds of its weights
+        c = cost.cost(model.name, model.size)
+        return c.weight_bytes / c.tp
+
+    smallest = min(preset.models, key=shard_bytes)
+    per_gpu = max(1, int(cost.gpu.pool_bytes // shard_bytes(smallest)))  # 0: too big anyway, refused elsewhere
+    held = gpus * per_gpu
+    most = held * MODELS_PER_PLACE
+    if n > most:
+        need = math.ceil(n / (per_gpu * MODELS_PER_PLACE))
+        need = need if need <= 8 else math.ceil(need / 8) * 8  # servers hold 8 GPUs (``presets.cluster_shape``)
+        more = f"--workload {args.preset} --gpus {need}" if args.preset in PAPER_PRESETS else f"--gpus {need}"
+        raise InvalidArgumentError(
+            f"{given}: {gpus} GPUs serve at most {most} models, {held} at once ({per_gpu} shards of the smallest, "
+            f"{smallest.size}'s {shard_bytes(smallest) / 1e9:.3g} GB, in each GPU's {cost.gpu.pool_bytes / 1e9:.3g} "
+            f"GB pool) and {MODELS_PER_PLACE} taking turns at each place: give --models {most} or fewer, or more "
+            f"GPUs ({more} or more)", flag="--models", value=n, limit=most)
+    kind = args.preset or args.workload or "paper-conv"
+    if kind == "servegen" or (kind == "scale" and args.workload in (None, "servegen")):
+        from warmserve.workload.servegen import LANGUAGE_MODELS, load_client_windows
+
+        series = len(load_client_windows(None, LANGUAGE_MODELS))
+        most = series * (1 + SERVEGEN_REPEAT_DAYS)
+        if n > most:
+            raise InvalidArgumentError(
+                f"{given}: the servegen workload has {most} models' series ({series} ServeGen clients, each also "
+                f"shifted by 1-{SERVEGEN_REPEAT_DAYS} days): give --models {most} or fewer", flag="--models",
+                value=n, limit=most)
+
+
+#: how many models ``check_model_count`` lets take turns at each place the GPUs' memory has for one: models beyond
+#: what the cluster holds at once are served by cold starts in turn (serverless serving's regime, so allowed), but
+#: past a few per place each is resident a fraction of the time at best, the run is mostly cold starts, and it runs
+#: slowly (found in review: 300 models on 16 GPUs, 90 s for a 10 s replay). A bound on run time and meaning, not a
+#: limit of the simulator
+MODELS_PER_PLACE = 4
+
+#: the presets that run the paper's 16 GPUs whatever --gpus (``cli.build_preset``): more GPUs take --workload
+PAPER_PRESETS = ("paper-conv", "paper-code", "artifact-conv", "artifact-code")
+
+
+def check_models(args, preset, cost) -> None:
+    """``check_model_count``, then the power-law split of an Azure workload's rate over the models: (i+1)^-alpha
+    overflows a float for a very negative --alpha (found in review: --alpha -1000 gave NaN shares and was refused as
+    "circular stretch rate_rps=nan", naming neither the flag nor the fix)."""
+    from warmserve.workload.recipes import power_law_shares
+
+    check_model_count(args, preset, cost)
+    if args.alpha is None:
+        return
+    try:
+        power_law_shares(len(preset.models), args.alpha)
+    except InvalidArgumentError:
+        n = len(preset.models)  # n terms of at most n^-alpha each: their sum stays a float down to this alpha
+        least = -math.log(sys.float_info.max / n) / math.log(n)
+        raise InvalidArgumentError(
+            f"--alpha {args.alpha:g}: the split of the rate over {n} models, (i+1)^-alpha, overflows "
+            f"a float: give --alpha {math.ceil(least)} or more (1: the paper presets')", flag="--alpha",
+            value=args.alpha) from None
+
+
+#: the most --history-days of an Azure workload. Found in review: --history-days 100000 (with a low --rate, inside
+#: the request budget) built a stretch of the trace per model and day for tens of minutes, then a policy history
+#: of every window of them. The Azure recipes re-read their trace's one hour at other offsets for each history day;
+#: ServeGen, the only multi-day data here, holds 13 days before the day it replays, and no workload more
+MAX_AZURE_HISTORY_DAYS = 13
+
+
+def check_workload_days(args) -> None:
+    """Refuse the days --history-days and --start-hour ask of the workload that it has not got, naming the flags:
+    an Azure workload's history days above ``MAX_AZURE_HISTORY_DAYS``, and a servegen replay starting outside
+    ServeGen's last day (found in review: --start-hour nan or -1 was refused as "start hour -1 ... runs past the
+    end of ServeGen's last day", naming no flag). Its history days are the servegen recipe's own refusal."""
+    kind = args.preset or args.workload or "paper-conv"
+    servegen = kind == "servegen" or (kind == "scale" and args.workload in (None, "servegen"))
+    if not servegen and args.history_days is not None and args.history_days > MAX_AZURE_HISTORY_DAYS:
+        raise InvalidArgumentError(
+            f"--history-days {args.history_days}: the Azure workloads take at most {MAX_AZURE_HISTORY_DAYS} history "
+            f"days (each re-reads their trace's hour; ServeGen, the longest data here, holds "
+            f"{MAX_AZURE_HISTORY_DAYS} days before the replayed one): give --history-days {MAX_AZURE_HISTORY_DAYS} "
+            f"or fewer", flag="--history-days", value=args.history_days, limit=MAX_AZURE_HISTORY_DAYS)
+    if servegen and args.start_hour is not None:
+        from warmserve.workload.recipes import DAY_S
+
+        duration_s = args.duration_s or 3600.0  # ``cli.build_preset``'s default for servegen
+        latest = (DAY_S - duration_s) / 3600.0
+        if not (math.isfinite(args.start_hour) and 0.0 <= args.start_hour <= latest):
+            raise InvalidArgumentError(
+                f"--start-hour {args.start_hour:g}: a servegen replay of {duration_s:g} s (--duration-s) starts and "
+                f"ends on ServeGen's last day: give --start-hour between 0 and {latest:.4g}", flag="--start-hour",
+                value=args.start_hour)

@@ -1,6 +1,8 @@
-"""The TTFT CDF plot shared by `warmserve simulate` and `warmserve bench replay`."""
+"""The TTFT CDF plot shared by `warmserve simulate` and `warmserve bench replay`, and `simulate`'s rate sweep."""
 
 from __future__ import annotations
+
+from warmserve.outputs import save_figure
 
 
 def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float | None = None) -> None:
@@ -29,8 +31,10 @@ def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float | None
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def plot_rate_sweep(sweep: dict, path: str, title: str) -> None:
@@ -71,5 +75,7 @@ def plot_rate_sweep(sweep: dict, path: str, title: str) -> None:
     ax_att.legend(fontsize=7, loc="lower left")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)

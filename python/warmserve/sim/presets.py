@@ -31,6 +31,9 @@ ARTIFACT_ALPHA = 0.5
 PRESET_RATE_RPS = 24.0
 #: the warm-up both recipes replay before t = 0 (``pre_s`` of paper_workload and servegen_workload), seconds of trace
 RECIPE_WARMUP_S = 600.0
+#: the scale preset's ServeGen recipe reuses each client series shifted by 1 to this many days when more models are
+#: asked for than series (``recipes.servegen_series``' repeat_days)
+SERVEGEN_REPEAT_DAYS = 6
 
 
 def paper_models(n: int = len(PAPER_ORDER)) -> list[ServedModel]:
@@ -130,7 +133,8 @@ def scale_preset(n_gpus: int, n_models: int, *, duration_s: float = 3600.0, tota
             w = servegen_workload(n_models, start_s=SERVEGEN_LAST_DAY_S + start_hour * 3600.0,
                                   total_rate_rps=rate * rate_scale, duration_s=duration_s,
                                   history_days=history_days, seed=seed, include_aggregates=False,
-                                  max_prompt_tokens=4096, repeat_days=6, burst_cv=burst_cv, time_scale=time_scale)
+                                  max_prompt_tokens=4096, repeat_days=SERVEGEN_REPEAT_DAYS, burst_cv=burst_cv,
+                                  time_scale=time_scale)
             rename = dict(zip(w.models, names))
             w.trace.models = [rename[m] for m in w.trace.models]
             w.history.models = list(w.trace.models)

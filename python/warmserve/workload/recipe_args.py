@@ -68,3 +68,20 @@ def check_history_room(fn: str, duration_s: float, pre_s: float, history_days: i
         f"pre_s of at most {day_s / stretch:.0f} s together (--duration-s), or history_days=0 "
         f"(--history-days 0)", history_days=history_days, duration_s=duration_s, pre_s=pre_s,
         time_scale=time_scale, span_s=trace_s * stretch, day_s=day_s, max_time_scale=max_ts)
+
+
+def check_stretch_args(period_s: float, offset_s: float, length_s: float, rate_rps: float, split_s: float) -> None:
+    """The numbers ``recipes._circular_stretch`` reads a trace by: the trace's period and the stretch's length
+    finite and > 0, its offset and split finite, its rate finite and >= 0. Found in review, on direct calls (the
+    recipes pass checked values): a NaN or infinite rate, length or period ended in "cannot convert float NaN to
+    integer", an OverflowError or a ZeroDivisionError; a zero length in numpy's "need at least one array"; and a
+    NaN offset put no row in the stretch, so the search for copies that cover it added one copy at a time up to
+    its limit, re-reading every copy each time (minutes)."""
+    for name, value, low in (("period_s", period_s, "> 0"), ("length_s", length_s, "> 0"),
+                             ("rate_rps", rate_rps, ">= 0"), ("offset_s", offset_s, None),
+                             ("split_s", split_s, None)):
+        v = float(value)
+        if math.isfinite(v) and (low is None or (v > 0 if low == "> 0" else v >= 0)):
+            continue
+        raise InvalidArgumentError(f"circular stretch {name}={v:g}: must be a finite number{' ' + low if low else ''}",
+                                   **{name: v})

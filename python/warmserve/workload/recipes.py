@@ -19,7 +19,8 @@ import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload.azure import load_azure
-from warmserve.workload.recipe_args import check_history_room, check_rates_and_span, check_time_scale
+from warmserve.workload.recipe_args import (check_history_room, check_rates_and_span, check_stretch_args,
+                                            check_time_scale)
 from warmserve.workload.request import Trace, Workload
 from warmserve.workload import servegen as sg
 
@@ -33,7 +34,11 @@ def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
     if not math.isfinite(alpha):  # NaN shares ended later in "cannot convert float NaN to integer"
         raise InvalidArgumentError(f"alpha {alpha}: the power-law exponent must be a finite number, e.g. 1",
                                    alpha=alpha)
-    w = (np.arange(n_models) + 1.0) ** -float(alpha)
+    with np.errstate(over="ignore"):
+        w = (np.arange(n_models) + 1.0) ** -float(alpha)
+    if not np.isfinite(w.sum()):  # found in review: alpha -1000 overflowed, NaN shares, NaN rates
+        raise InvalidArgumentError(f"alpha {alpha:g}: (i+1)^-alpha overflows a float for {n_models} models: give a "
+                                   f"larger exponent, e.g. 1", alpha=alpha, n_models=n_models)
     return w / w.sum()
 
 
@@ -43,11 +48,17 @@ def power_law_shares(n_models: int, alpha: float) -> np.ndarray:
 #: 10 million, allows ~2,200 copies of the code trace for one model)
 MAX_STRETCH_COPIES = 10_000
 MAX_STRETCH_ROWS = 1 << 25
+#: the most rows the search for copies reads in all its passes (found in review: a 1e-7 s replay got no row, and the
+#: search re-read 5, 6, ... copies up to the rows limit: ~3e10 rows, hours). A last pass of up to MAX_STRETCH_ROWS and
+#: as many before it; the presets' searches take a few passes of well under a million rows
+MAX_STRETCH_SEARCH_ROWS = 2 * MAX_STRETCH_ROWS
 
 
-def _check_copies(n: int, period_s: float, wraps: int, rate_rps: float, copies: int) -> None:
+def _check_copies(n: int, period_s: float, wraps: int, rate_rps: float, copies: int, read: int = 0,
+                  pieces=()) -> None:
     """Raise InvalidArgumentError when a stretch needs more copies of its trace than ``MAX_STRETCH_COPIES`` or rows
-    than ``MAX_STRETCH_ROWS``."""
+    than ``MAX_STRETCH_ROWS``, or, having read ``read`` rows in its earlier passes over ``pieces`` ((start, end)
+    each), more than ``MAX_STRETCH_SEARCH_ROWS`` in all."""
     if copies > MAX_STRETCH_COPIES or copies * n * wraps > MAX_STRETCH_ROWS:
         raise InvalidArgumentError(
             f"the trace spans {period_s:.0f} s with {n} requests ({n / period_s:.3g} rps): {rate_rps:.3g} rps needs "
@@ -55,6 +66,13 @@ def _check_copies(n: int, period_s: float, wraps: int, rate_rps: float, copies: 
             f"{MAX_STRETCH_ROWS} rows): lower total_rate_rps or rate_scale, or check the trace for a timestamp far "
             f"from the rest (a span much longer than its traffic)", span_s=period_s, trace_rate_rps=n / period_s,
             rate_rps=rate_rps, copies=copies)
+    if read + copies * n * wraps > MAX_STRETCH_SEARCH_ROWS:
+        spans = " and ".join(f"{b - a:.3g} s" for a, b in pieces)
+        raise InvalidArgumentError(
+            f"the stretch's pieces ({spans} long) hold too few of the trace's rows ({n} over {period_s:.0f} s) for "
+            f"{rate_rps:.3g} rps even with {copies - 1} copies, and more would read over {MAX_STRETCH_SEARCH_ROWS} "
+            f"rows: a piece is shorter than the trace's gaps; lengthen it (duration_s, pre_s) or lower the rate",
+            span_s=period_s, rate_rps=rate_rps, copies=copies, rows_read=read)
 
 
 def _circular_stretch(arrival_s: np.ndarray, period_s: float, offset_s: float, length_s: float, rate_rps: float,
@@ -68,13 +86,16 @@ def _circular_stretch(arrival_s: np.ndarray, period_s: float, offset_s: float, l
     the trace, so a model above the trace's rate sums independent stretches, whose bursts partly average out
     (bench/simulate/README.md, "Presets")."""
     n = len(arrival_s)
-    if n == 0 or period_s <= 0:
+    if n == 0:
         raise ValueError("an empty trace cannot be replayed")
+    check_stretch_args(period_s, offset_s, length_s, rate_rps, split_s)
     pieces = [(0.0, split_s), (split_s, length_s)] if 0.0 < split_s < length_s else [(0.0, length_s)]
     wraps = math.ceil(length_s / period_s)
     copies = max(1, math.ceil(rate_rps / (n / period_s)))
+    read = 0  # rows the search's earlier passes read
     while True:
-        _check_copies(n, period_s, wraps, rate_rps, copies)
+        _check_copies(n, period_s, wraps, rate_rps, copies, read, pieces)
+        read += copies * n * wraps
         rels = []
         for j in range(copies):
             r = (arrival_s - (offset_s + j * period_s / copies)) % period_s
