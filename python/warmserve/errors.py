@@ -215,6 +215,7 @@ _DEFINED_IN = {
     "OverloadedError": "warmserve.controller.errors",
     "TooManyRequestsError": "warmserve.controller.errors",
     "UnauthorizedError": "warmserve.controller.errors",
+    "InstanceGoneError": "warmserve.controller.errors",
 }
 
 

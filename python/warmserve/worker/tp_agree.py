@@ -12,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 
-import torch
-
 from .. import errors
 
 #: A rank that could not compute its values (it fails the Activate anyway, and says so to the others through the
 #: KV vote) passes this at every position: it never lowers a minimum, so no mismatch is reported for it.
 NEUTRAL = 2**63 - 1
 
-#: Codes of the dtypes a checkpoint is loaded as (0: any other, named by the fingerprint alone).
-_DTYPE_CODES = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 3}
-_DTYPE_NAMES = {code: str(dt).removeprefix("torch.") for dt, code in _DTYPE_CODES.items()}
+#: Codes of the dtypes a checkpoint is loaded as (0: any other, named by the fingerprint alone), by name: this module
+#: is imported with worker/tp.py, which a process decoding a worker's error imports without torch (errors._DEFINED_IN)
+_DTYPE_CODES = {"float32": 1, "bfloat16": 2, "float16": 3}
+_DTYPE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
 
 
 def shard_values(lm) -> tuple[int, int]:
@@ -34,7 +33,7 @@ def shard_values(lm) -> tuple[int, int]:
     layout = sorted((name, off, list(shape)) for name, (off, shape) in lm.layout.items())
     text = json.dumps([str(lm.dtype), raw, lm.config.tp, lm.weight_bytes, layout])
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 2  # > 0, and -x fits an int64
-    return _DTYPE_CODES.get(lm.dtype, 0), digest
+    return _DTYPE_CODES.get(str(lm.dtype).removeprefix("torch."), 0), digest
 
 
 def vote_values(values: tuple[int, int] | None) -> list[int]:
