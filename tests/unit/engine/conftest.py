@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -47,18 +49,21 @@ def lm(tiny_dir, pool):
     m.close()
 
 
-_HF: dict[str, object] = {}
+_HF: dict[tuple, object] = {}
 
 
 @pytest.fixture(scope="session")
 def hf_model():
-    """transformers' own implementation of a checkpoint (the reference), cached per path."""
+    """transformers' own implementation of a checkpoint (the reference), cached per path and the checkpoint's
+    files' identity: a test's tmp_path may be a path an earlier test used and removed (found: with pytest's
+    tmp_path_retention_policy "failed", the reference of another config was reused and the logits differed)."""
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
 
     def get(path: str):
-        if path not in _HF:
-            _HF[path] = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        return _HF[path]
+        key = (path, *sorted((e.name, e.inode(), e.stat().st_mtime_ns) for e in os.scandir(path)))
+        if key not in _HF:
+            _HF[key] = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return _HF[key]
 
     return get
