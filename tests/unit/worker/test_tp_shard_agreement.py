@@ -15,6 +15,8 @@ from warmserve import errors
 from warmserve import protocol as P
 from warmserve.worker import InProcessWorker
 
+from tp_groups import join_tp2, start_tp2
+
 pytestmark = pytest.mark.slow
 
 GREEDY = P.SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
@@ -30,11 +32,8 @@ def test_ranks_prewarmed_with_different_dtypes_or_checkpoints_refuse_to_activate
     odd = (path, "bfloat16") if differs == "dtype" else (tiny_models["tiny-qwen2"], "auto")
     workers = [InProcessWorker("cpu", memory_gib=0.125, prefault=False, worker_id=f"rank{r}") for r in range(2)]
     try:
-        port = workers[0].host_group_store()
+        join_tp2(workers, GROUP_TIMEOUT_S)
         with ThreadPoolExecutor(2) as pool:
-            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=GROUP_TIMEOUT_S)
-                      for r, w in enumerate(workers)]:
-                f.result(60)
             workers[0].prewarm(path, MODEL, tp=2, rank=0)
             workers[1].prewarm(odd[0], MODEL, odd[1], tp=2, rank=1)
             t0 = time.monotonic()
@@ -77,15 +76,7 @@ def test_ranks_of_one_checkpoint_and_dtype_still_activate(tiny_models):
     """The agreement passes shards of one checkpoint, one dtype (bfloat16, not the checkpoint's float32)."""
     workers = [InProcessWorker("cpu", memory_gib=0.125, prefault=False, worker_id=f"rank{r}") for r in range(2)]
     try:
-        port = workers[0].host_group_store()
-        with ThreadPoolExecutor(2) as pool:
-            for f in [pool.submit(w.join_group, "g", r, 2, port, group_timeout_s=GROUP_TIMEOUT_S)
-                      for r, w in enumerate(workers)]:
-                f.result(60)
-            for r, w in enumerate(workers):
-                w.prewarm(tiny_models[MODEL], MODEL, "bfloat16", tp=2, rank=r)
-            for f in [pool.submit(w.activate, MODEL, group_id="g") for w in workers]:
-                f.result(60)
+        start_tp2(workers, tiny_models[MODEL], MODEL, GROUP_TIMEOUT_S, dtype="bfloat16")
         assert len(workers[0].generate(MODEL, [1, 2, 3, 4], GREEDY).collect()[0]) == GREEDY.max_tokens
     finally:
         for w in workers:
