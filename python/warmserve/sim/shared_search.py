@@ -154,7 +154,8 @@ def simulate_layout(sim, layout: SharedLayout | None) -> dict:
     from warmserve.sim.simulator import Simulator
 
     trial = Simulator(sim.workload, sim.served, sim.policy.name, config=replace(sim.cfg, shared_search=False),
-                      cost=sim.cost, gpu_losses=sim.gpu_losses, history=sim.history)
+                      cost=sim.cost, gpu_losses=sim.gpu_losses, history=sim.history,
+                      max_losses_per_request=sim.max_losses_per_request)
     trial.policy.layout = layout
     return trial.run().summary
 

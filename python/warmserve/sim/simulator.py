@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from warmserve.config import ControllerConfig
 from warmserve.errors import InvalidArgumentError, UnservableModelError
 from warmserve.geometry import blocks_for_tokens
 from warmserve.policy import actions as A
@@ -48,11 +49,13 @@ class Simulator:
     ``gpu_losses``: (time, GPU ids) pairs, the time in seconds on the workload's clock (0: the start of the
     replayed trace); at that time the GPUs are lost with everything on them, as when a worker dies: requests
     that had no token yet start over elsewhere, the others resume elsewhere after the tokens they had out
-    (``_lose``)."""
+    (``_lose``), but for one that was on ``max_losses_per_request`` lost GPUs (the live controller's
+    ``ControllerConfig.max_worker_losses_per_request``): it ends there, unfinished, as the live one fails it."""
 
     def __init__(self, workload: Workload, served: list[ServedModel], policy_name: str, *,
                  config: SimConfig = SimConfig(), cost: CostModel | None = None, progress=None, gpu_losses=(),
-                 history: dict | None = None):
+                 history: dict | None = None,
+                 max_losses_per_request: int = ControllerConfig.max_worker_losses_per_request):
         from warmserve.policy import make_policy
 
         self.cfg = config
@@ -107,6 +110,10 @@ class Simulator:
         self.policy_name = policy_name
         self.progress = progress
         self.gpu_losses = sorted((float(t), tuple(g)) for t, g in gpu_losses)
+        if max_losses_per_request < 1:
+            raise InvalidArgumentError(f"max_losses_per_request must be >= 1, got {max_losses_per_request}",
+                                       max_losses_per_request=max_losses_per_request)
+        self.max_losses_per_request = max_losses_per_request
         #: the record of `shared`'s layout search, and of `dedicated`'s choice of layout (None: not searched)
         self.shared_search: dict | None = None
         self.dedicated_layout: dict | None = None
@@ -246,6 +253,12 @@ class Simulator:
         # copies the link owes that cannot be cancelled (cold starts' loads, a started instance's loading prewarm)
         self.link_hold = [0.0] * len(st.gpus)
         self.loading: dict[str, tuple[float, float]] = {}  # prewarm id -> (load start, load end)
+        #: when a starting instance's weights are whole (its copy's end), by instance id: a start stopped before
+        #: then leaves weights that are whole only then (``kept_copying``, by instance id; ``kept_copy_end``, by
+        #: the prewarm that keeps them), as the live executor's kept prewarm takes over the start's load
+        self.copy_end: dict[str, float] = {}
+        self.kept_copying: dict[str, float] = {}
+        self.kept_copy_end: dict[str, float] = {}
         fluid = cfg.engine_model == "fluid"
         # the engines' view of each request: a resumed one (migrated, or its GPU lost) prefills its prompt and the
         # tokens it had out, then generates the rest; self.prompt and self.output stay as the trace has them
@@ -278,6 +291,8 @@ class Simulator:
         self.counts = {"measured": self._no_counts(), "warmup": self._no_counts()}
         #: requests an engine refused, too large for its KV cache (``BatchEngines.admit``)
         self.refused: list[int] = []
+        #: lost GPUs each request was on (``_lose``)
+        self.losses: dict[int, int] = {}
         self.now = self.clock0 - max(self.warmup_s, 0.0)
 
     @staticmethod
@@ -325,17 +340,24 @@ class Simulator:
 
     def _lose(self, gpus: tuple[int, ...], t: float) -> None:
         """GPUs fail: instances on them stop with their requests, which start over elsewhere (those with tokens
-        out resume after them, as the live controller resumes them); prewarms there are gone."""
+        out resume after them, as the live controller resumes them), but for those on their
+        ``max_losses_per_request``-th loss, which end unfinished (``Controller._on_lost`` fails them, before the
+        driver hears of the loss); prewarms there are gone."""
         lost = set(gpus)
-        requeue = []
+        requeue, ended = [], []
         for inst in [e for e in self.insts.values() if lost.intersection(e.st.gpus)]:
-            requeue += self._take(inst, t)
+            for rid, tokens in self._take(inst, t):
+                n = self.losses[rid] = self.losses.get(rid, 0) + 1
+                (requeue if n < self.max_losses_per_request else ended).append((rid, tokens, inst.st))
             self._remove(inst, t)
+        for rid, _, ist in ended:  # after the removals: a draining instance that ends with them stops at once
+            self.open_reqs -= 1
+            self.driver.request_finished(ist.model, ist.instance_id, t, route=False, request=rid)
         for p in self.state.prewarms.values():
             if lost.intersection(p.gpus):
                 self._release_prewarm(p)
-        requeue.sort()  # oldest first
-        self.driver.lose_gpus(gpus, t, [(self.names[self.req_model[r]], r, n) for r, n in requeue])
+        requeue.sort(key=lambda x: x[0])  # oldest first
+        self.driver.lose_gpus(gpus, t, [(self.names[self.req_model[r]], r, n) for r, n, _ in requeue])
 
     def _take(self, inst: EngineInst, t: float) -> list[tuple[int, int]]:
         """Every request off ``inst``, each as (request, prompt tokens its resumption prefills)."""
@@ -380,6 +402,11 @@ class Simulator:
         shard = self.state.models[p.model].shard_bytes
         for g in p.gpus:
             self.gpu_used[g] += shard
+        end = self.kept_copying.pop(kept.instance_id, None)
+        if end is not None and end > now_s:
+            # kept from a start stopped while its copy ran: whole only once it ends, as the live executor's prewarm
+            # takes that load over (a start from it waits for it, not a hit); the driver's progress stays 1.0 there
+            self.kept_copy_end[p.prewarm_id] = end
 
     def drop_prewarm(self, p: PrewarmState, evicted: bool, now_s: float) -> None:
         self._release_prewarm(p)
@@ -392,6 +419,7 @@ class Simulator:
         ld = self.loading.pop(p.prewarm_id, None)
         if ld is not None and ld[1] > self.now:
             self._free_link(p.gpus)
+        self.kept_copy_end.pop(p.prewarm_id, None)
 
     def _free_link(self, gpus) -> None:
         """A queued or copying prewarm was dropped: each of its links is busy only until the end of what is still
@@ -411,7 +439,8 @@ class Simulator:
             self.link_free[g] = t
 
     def drop_kept(self, kept: KeptWeights, now_s: float) -> None:
-        pass  # kept weights left the memory accounting when their instance stopped
+        # kept weights left the memory accounting when their instance stopped
+        self.kept_copying.pop(kept.instance_id, None)
 
     def start_instance(self, ist: InstanceState, act: A.StartInstance, p: PrewarmState | None, now_s: float):
         m = self.midx[ist.model]
@@ -451,14 +480,16 @@ class Simulator:
             return
         # its shard bytes now belong to the instance
         ld = self.loading.pop(p.prewarm_id, None)
-        if ld is None or ld[1] <= now_s:
+        end = ld[1] if ld is not None else self.kept_copy_end.pop(p.prewarm_id, now_s)
+        if end <= now_s:
             counts["hit"] += 1
             ready = now_s + self.cost.activation_s
         else:
             counts["loading"] += 1
-            ready = ld[1] + self.cost.activation_s
+            ready = end + self.cost.activation_s
+            self.copy_end[ist.instance_id] = end
             for g in gpus:  # the copy now serves an instance: it can no longer be dropped
-                self.link_hold[g] = max(self.link_hold[g], ld[1])
+                self.link_hold[g] = max(self.link_hold[g], end)
         self._push(ready, _EV_READY, inst, inst.version)
 
     def _load(self, inst: EngineInst, not_before_s: float, copy_s: float, then_s: float = 0.0) -> None:
@@ -469,6 +500,7 @@ class Simulator:
         for g in gpus:
             self.link_free[g] = loaded
             self.link_hold[g] = max(self.link_hold[g], loaded)
+        self.copy_end[inst.st.instance_id] = loaded
         self._push(loaded + then_s, _EV_READY, inst, inst.version)
 
     def stop_instance(self, ist: InstanceState, now_s: float) -> None:
@@ -476,6 +508,9 @@ class Simulator:
         if inst is not None:
             # its weights stay where they were but leave the memory accounting: a Prewarm that keeps them (the
             # driver tells keep_prewarm) counts them again, and otherwise they are evicted
+            end = self.copy_end.get(ist.instance_id, now_s)
+            if end > now_s:
+                self.kept_copying[ist.instance_id] = end
             self._remove(inst, now_s)
 
     def _engine_up(self, inst: EngineInst, t: float) -> None:
@@ -486,6 +521,7 @@ class Simulator:
     def _remove(self, inst: EngineInst, t: float) -> None:
         st = inst.st
         self.engines.remove(inst, t)
+        self.copy_end.pop(st.instance_id, None)
         # GPU time is measured over the replayed span only (the warm-up is not counted)
         for g in st.gpus:
             self.gpu_holders[g] -= 1
