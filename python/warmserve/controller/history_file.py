@@ -35,27 +35,31 @@ def read_history(path: str) -> dict:
                  'per model')
         try:
             with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+                data = json.load(f, object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"history {path} is not valid JSON ({e}); it holds {shape}") from None
+            raise InvalidArgumentError(f"history {path} is not valid JSON ({e}); it holds {shape}") from None
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(f"history {path}: {e}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"history {path} holds JSON {type(data).__name__}; it must be {shape}")
+            raise InvalidArgumentError(f"history {path} holds JSON {type(data).__name__}; it must be {shape}")
         out = {}
         for model, d in data.items():
             # found in review: a missing key or a list where the object should be was a bare KeyError/AttributeError
             try:
-                starts = d.get("window_start_s") or d.get("start_s")
+                # by key, not truth: a model with no windows yet ([]) read as one with no starts at all (found in
+                # review: refused as "arrays of different lengths")
+                starts = d["window_start_s"] if "window_start_s" in d else d["start_s"]
                 cols = [np.asarray(c, float) for c in (starts, d["avg"], d["peak"])]
             except (AttributeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"history {path}: model {model!r} is not {shape} ({type(e).__name__}: {e})") \
-                    from None
+                raise InvalidArgumentError(
+                    f"history {path}: model {model!r} is not {shape} ({type(e).__name__}: {e})") from None
             if any(c.ndim != 1 for c in cols) or not len(cols[0]) == len(cols[1]) == len(cols[2]):
-                raise ValueError(f"history {path}: model {model!r} has arrays of different lengths or shapes; it "
-                                 f"must be {shape}")
+                raise InvalidArgumentError(f"history {path}: model {model!r} has arrays of different lengths or "
+                                           f"shapes; it must be {shape}")
             out[model] = tuple(cols)
         if not out:
-            raise ValueError(f"history {path} names no model: it must be {shape}; leave the history out to start "
-                             "without one")
+            raise InvalidArgumentError(f"history {path} names no model: it must be {shape}; leave the history out "
+                                       "to start without one")
     else:
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which read as part of the first column's
         # name ("model" not found, found in review); header names are stripped, as "model, avg" is written too
@@ -69,17 +73,30 @@ def read_history(path: str) -> dict:
                         start = float(r.get("window_start_s") or r["start_s"])
                         rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
                     except (KeyError, ValueError, TypeError) as e:  # TypeError: a short row's missing cells
-                        raise ValueError(f"history {path} row {i + 2}: need model, window_start_s, avg, peak (an "
-                                         f"empty or missing cell: write nan where a load is unknown) ({e})") from None
+                        raise InvalidArgumentError(
+                            f"history {path} row {i + 2}: need model, window_start_s, avg, peak (an empty or missing "
+                            f"cell: write nan where a load is unknown) ({e})") from None
         except UnicodeDecodeError as e:
-            raise ValueError(f"history {path} is not UTF-8 text ({e}): it must be a CSV model,window_start_s,avg,"
-                             "peak or its JSON form") from None
+            raise InvalidArgumentError(f"history {path} is not UTF-8 text ({e}): it must be a CSV model,"
+                                       "window_start_s,avg,peak or its JSON form") from None
         if not rows:  # found in review: an empty or header-only file (or JSON named .JSON) ran with no history
-            raise ValueError(f"history {path} has no rows: it must be a CSV with the header "
-                             "model,window_start_s,avg,peak and one row per model and window, or its JSON form "
-                             "(a .json file); leave the history out to start without one")
+            raise InvalidArgumentError(f"history {path} has no rows: it must be a CSV with the header "
+                                       "model,window_start_s,avg,peak and one row per model and window, or "
+                                       "its JSON form (a .json file); leave the history out to start without one")
         out = {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
     return {model: _checked_history(path, model, *cols, time.time()) for model, cols in out.items()}
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refused where a key comes twice: json keeps the last one only (found in review: two
+    controllers' files joined by hand kept one model's history and dropped the other's without a word)."""
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise InvalidArgumentError(f"the JSON names {k!r} twice, and only one could be kept: merge the two "
+                                       "entries' window_start_s, avg and peak lists into one")
+        seen[k] = v
+    return seen
 
 
 #: How far back a history file is read: the policy holds every window from its earliest on, per model.
@@ -101,15 +118,15 @@ def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float
     bad = impossible_loads(avg, peak)
     if bad.any():
         k = int(np.argmax(bad))
-        raise ValueError(f"history {path}: model {model!r} has {int(bad.sum())} window(s) with an infinite, "
-                         f"negative or implausible (> {MAX_HISTORY_LOAD:g}) load, e.g. avg {avg[k]}, peak {peak[k]} "
-                         f"at window_start_s {starts[k]:.0f}: "
-                         "avg and peak are in-flight requests (>= 0; NaN where unknown)")
+        raise InvalidArgumentError(
+            f"history {path}: model {model!r} has {int(bad.sum())} window(s) with an infinite, negative or "
+            f"implausible (> {MAX_HISTORY_LOAD:g}) load, e.g. avg {avg[k]}, peak {peak[k]} at window_start_s "
+            f"{starts[k]:.0f}: avg and peak are in-flight requests (>= 0; NaN where unknown)")
     if not len(starts):
         return starts, avg, peak
     first, last = float(np.min(starts)), float(np.max(starts))
     if not (np.isfinite(first) and np.isfinite(last)) or last > now_unix_s + 86400 or last < UNIX_2001_S:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"history {path}: model {model!r} has windows from window_start_s {first:.0f} to {last:.0f}, where "
             f"now is {now_unix_s:.0f}: starts must be Unix times in seconds, none ahead of now (milliseconds, or "
             "seconds counted from the trace's start, are not)")

@@ -3,6 +3,7 @@ live meter that feeds it from a (re)start on."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -11,6 +12,8 @@ import numpy as np
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.calendar import Calendar
 from warmserve.policy.concurrency import WindowMeter
+
+log = logging.getLogger(__name__)
 
 
 #: Most requests in flight for one model that a load history may state. The policy plans one candidate per
@@ -69,7 +72,15 @@ class History:
 
     def observe(self, model: str, window_start_s: float, avg: float, peak: float) -> None:
         """One window of ``model`` that starts at ``window_start_s`` (>= 0 on the driver's clock). In the hour a
-        fall-back switch repeats, the window's two hours are merged (mean of the averages, max of the peaks)."""
+        fall-back switch repeats, the window's two hours are merged (mean of the averages, max of the peaks). An
+        infinite, negative or implausible load is recorded as missing, with a warning: found in review, one inf
+        window made every method's next forecast inf (an inf forecast crashed ticks: see ``load``), and a live
+        window is not worth stopping the loop for."""
+        if impossible_loads(np.array([avg], float), np.array([peak], float))[0]:
+            log.warning("history of %r: window at %.0f s has an impossible load (avg %s, peak %s): recorded as "
+                        "missing (loads are in-flight requests, 0..%g)", model, window_start_s, avg, peak,
+                        MAX_HISTORY_LOAD)
+            avg = peak = math.nan
         i = self.index_of(window_start_s)
         if i < 0:
             raise InvalidArgumentError(f"window_start_s must be >= 0, got {window_start_s}")
