@@ -6,7 +6,6 @@ Generate id (test_core_duplicate_id.py), garbage through the decoder (test_proto
 
 from __future__ import annotations
 
-import threading
 import time
 import tracemalloc
 
@@ -21,6 +20,8 @@ from warmserve.worker.core import WorkerCore
 from warmserve.worker.main import build_pool
 from warmserve.worker.server import WorkerServer
 
+from test_security import _serve as serve_in_thread  # this folder's: the engine loop on a thread, failures kept
+
 SHORT = P.SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
 
 
@@ -30,19 +31,10 @@ def served(tiny_models):
     ``failures`` and checked by the test's thread, as is the loop still running at the end."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    failures: list = []
     with build_pool("cpu", 0.25) as pool:
         core = WorkerCore(pool, device="cpu", worker_id="w-hostile", emit=lambda peer, msg: None)
         server = WorkerServer(core, bind="tcp://127.0.0.1:0", heartbeat_interval_s=0.5)
-
-        def run():
-            try:
-                server.serve_forever()
-            except BaseException as e:  # reaches the test through `failures`
-                failures.append(e)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
+        t, failures = serve_in_thread(server)
         ctx = zmq.Context()
         try:
             with WorkerClient(server.endpoint) as good:
