@@ -19,12 +19,11 @@ import pytest
 import torch
 
 from warmserve.errors import CancelledError
-from warmserve.memory import PagePool
-from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
+from warmserve.memory.host_cache import HostCheckpointCache
 
 from test_host_cache import write  # this folder's checkpoint writer
+from test_host_cache_review_sharing import cfg  # this folder's cache config (hpool: conftest.py)
 
-PAGE = 4096
 MiB = 1 << 20
 
 #: Another worker: holds the flocks of the files named in argv until its stdin closes.
@@ -52,16 +51,6 @@ class Holder:
     def __exit__(self, *exc):
         self.proc.stdin.close()
         self.proc.wait(30)
-
-
-@pytest.fixture
-def hpool():
-    with PagePool(8 * MiB, page_bytes=PAGE, prefault=False) as p:
-        yield p
-
-
-def cfg(root, **kw) -> HostCacheConfig:
-    return HostCacheConfig(root=str(root), **{"capacity_bytes": 1 << 30, "chunk_bytes": PAGE, **kw})
 
 
 def fill_lock(cache, path) -> str:

@@ -16,19 +16,12 @@ import pytest
 import torch
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.memory import PagePool
 from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
 
 from test_host_cache import write  # this folder's checkpoint writer
 
 PAGE = 4096
 MiB = 1 << 20
-
-
-@pytest.fixture
-def hpool():
-    with PagePool(8 * MiB, page_bytes=PAGE, prefault=False) as p:
-        yield p
 
 
 def cfg(root, **kw) -> HostCacheConfig:
