@@ -48,6 +48,8 @@ def test_a_model_with_no_windows_yet_is_read_beside_the_others(tmp_path):
     assert h.known[h.index["new"]] == -1 and h.known[h.index["a"]] >= 0
 
 
+# Named ids, not the texts: these hold the clock, and xdist workers that collect in different seconds must name the
+# same tests (CI of stop 64 refused the run for it).
 @pytest.mark.parametrize("text,name,match", [
     ('{"a": {"window_start_s": [%d, %d], "avg": [1,' % (T0, T0 + 300), "h.json", "not valid JSON"),
     ("[1, 2]", "h.json", "holds JSON list"),
@@ -55,7 +57,7 @@ def test_a_model_with_no_windows_yet_is_read_beside_the_others(tmp_path):
     (f"model,window_start_s,avg,peak\na,{T0},1,2\na,{T0 + 300},1", "h.csv", "row 3: need model"),
     (f"model,window_start_s,avg,peak\na,{T0},inf,2\n", "h.csv", "infinite, negative"),
     (f"model,window_start_s,avg,peak\na,{T0 * 1000},1,2\n", "h.csv", "Unix times in seconds"),
-])
+], ids=["truncated-json", "json-list", "json-version-key", "short-csv-row", "inf-load", "milliseconds"])
 def test_a_truncated_or_misshapen_file_is_a_typed_error(tmp_path, text, name, match):
     with pytest.raises(InvalidArgumentError, match=match):
         read_history(_write(tmp_path, text, name))
