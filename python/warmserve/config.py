@@ -78,6 +78,9 @@ class ControllerConfig:
     worker_timeout_s: float = 3.0
     #: JSON or CSV history of per-window load (model, start_s, avg, peak) that seeds the forecasts; "" for none.
     history_path: str = ""
+    #: CSV file the controller keeps its measured load history in (with history_path's rows), rewritten as each
+    #: window closes, for history_path at the next start (controller/history_record.py); "" : not kept.
+    history_record_path: str = ""
     #: IANA time zone whose days the load follows (its users' clocks, e.g. "America/New_York"): the forecasts'
     #: daily slots are its wall-clock hours, daylight-saving switches included. "": this machine's local zone.
     load_timezone: str = ""
@@ -104,7 +107,8 @@ class ControllerConfig:
     restart_reset_s: float = 60.0
 
     def __post_init__(self):
-        for f in ("history_path", "curve_dir"):  # a pathlib.Path is a path as much as its text is
+        # a pathlib.Path is a path as much as its text is
+        for f in ("history_path", "history_record_path", "curve_dir"):
             if isinstance(getattr(self, f), os.PathLike):
                 object.__setattr__(self, f, os.fspath(getattr(self, f)))
         check_field_types(self)
@@ -129,7 +133,7 @@ class ControllerConfig:
         check_window_in_zone(self.policy_config.window_s, self.load_timezone, time.time())
         # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it
         # was read as a directory named "~").
-        for f in ("history_path", "curve_dir"):  # strings already (check_field_types)
+        for f in ("history_path", "history_record_path", "curve_dir"):  # strings already (check_field_types)
             object.__setattr__(self, f, os.path.expanduser(getattr(self, f)))
         # typed, naming the key (found in review: plain ValueErrors, which an `except WarmServeError` missed). Its
         # own workers beat at heartbeat_interval_s, silent for about one at most: see SILENCE_INTERVALS.

@@ -306,7 +306,7 @@ def read_config_file(path: str) -> dict:
         data["host_cache_dir"] = here(data["host_cache_dir"])
     if isinstance(data.get("controller"), dict):
         data["controller"] = dict(data["controller"])
-        for key in ("history_path", "curve_dir"):
+        for key in ("history_path", "history_record_path", "curve_dir"):
             if key in data["controller"]:
                 data["controller"][key] = here(data["controller"][key])
     return data

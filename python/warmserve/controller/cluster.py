@@ -72,6 +72,7 @@ class Cluster:
         bind: str = "tcp://127.0.0.1:0",
         window_s: float = 300.0,
         history_path: str = "",
+        history_record_path: str = "",
         load_timezone: str = "",
         curve_dir: str = "",
         insecure: bool = False,
@@ -89,7 +90,8 @@ class Cluster:
         ("auto": the one this machine belongs to; needs the ray extra), one per GPU or ``cpu_workers`` per node
         without GPUs, on every node, instead of local devices (``devices`` must then be None). load_timezone: the
         IANA zone whose days the load follows ("": the local one), so forecasts keep its hours across
-        daylight-saving switches.
+        daylight-saving switches. history_path: a load history the forecasts start from; history_record_path: a
+        file the load this cluster measures is kept in, for history_path next time (controller/history_record.py).
         """
         _check_paths(log_dir, ray_address)
         log_dir = os.fspath(log_dir) if log_dir is not None else None
@@ -116,13 +118,14 @@ class Cluster:
                 cpu_worker_memory_bytes=cpu_worker_memory_bytes, remote_workers=remote_workers,
                 worker_start_timeout_s=start_timeout_s,
                 controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=window_s),
-                                            history_path=history_path, load_timezone=load_timezone,
+                                            history_path=history_path, history_record_path=history_record_path,
+                                            load_timezone=load_timezone,
                                             curve_dir=curve_dir, insecure=insecure),
             )
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
         _check_bind(config.controller)
-        from warmserve.controller.history_file import read_history
+        from warmserve.controller.history_record import starting_history
         from warmserve.controller.serve import check_local_devices
 
         if ray_address is None:
@@ -130,7 +133,7 @@ class Cluster:
         self.config = config
         # before the loop's thread starts (found in review: a missing file left it running for as long as the
         # exception was referenced)
-        history = read_history(config.controller.history_path) if config.controller.history_path else None
+        history = starting_history(config.controller)
         self._loop = asyncio.new_event_loop()
         self._gate = LoopGate(self._loop, "warmserve-controller")  # runs the loop on a thread of its own
         self._thread = self._gate.thread

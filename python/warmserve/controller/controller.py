@@ -1,11 +1,11 @@
 """The controller: the only writer of cluster state. It runs the policy driver (``warmserve.policy.driver``) with
 the live executor (``controller.executor``): requests are queued and routed by the driver, the driver's actions
-become worker messages, and what the workers report goes back to the driver. This module holds the life cycle,
-the loops, worker membership and request submission; ``controller.restarts`` the restarts of lost local workers
-and the planned replacements of their processes; ``controller.views`` the health, stats and metrics views;
-``controller.clock`` the policy's clock.
-Each worker is one policy GPU, its id kept for the controller's life: a lost worker's GPU is marked gone (never
-renumbered), and a worker that joins later gets a new id.
+become worker messages, and what the workers report goes back to the driver. This module holds the life cycle, the
+loops, worker membership and request submission; ``controller.restarts`` the restarts of lost local workers and the
+planned replacements of their processes; ``controller.views`` the health, stats and metrics views;
+``controller.clock`` the policy's clock; ``controller.history_record`` the measured load kept in a file. Each worker
+is one policy GPU, its id kept for the controller's life: a lost worker's GPU is marked gone (never renumbered), and
+a worker that joins later gets a new id.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, with_worker_page_bytes
-from warmserve.controller import observed, refusals, views
+from warmserve.controller import history_record, observed, refusals, views
 from warmserve.controller.clock import history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
@@ -85,6 +85,7 @@ class Controller(WorkerRestarts):
             self.clock_origin_s, self.cc.load_timezone))
         # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
         self.policy.fit_in_background()
+        self.history_record = history_record.attach(self, history)  # --record-history: the windows it measures
         self.observed = observed.ObservedSteps()  # the engines' measured decode steps, fed to co-serving each tick
         self.metrics = ControllerMetrics()
         self.metrics.registry.collectors.append(lambda: views.collect(self))
@@ -192,16 +193,6 @@ class Controller(WorkerRestarts):
         self.policy_running = True
         self._tick(raise_unplaced=True)
 
-    def _said_hello(self, proc, ident: bytes | None) -> bool:
-        """Whether the local worker process ``proc`` (under routing id ``ident``) has said Hello: it has a record,
-        or its loss (which drops the record) started a restart, under way or whose process took its place in
-        ``local_procs``."""
-        if ident is None:
-            return False
-        w = self.hub.workers.get(ident)
-        return ((w is not None and w.proc is proc) or ident in self.restarting
-                or self.local_procs.get(ident) is not proc)
-
     def end_drain(self) -> None:
         """A close waiting for requests to finish stops waiting and goes on (a second Ctrl-C)."""
         self._drain_until_s = 0.0
@@ -212,16 +203,17 @@ class Controller(WorkerRestarts):
         if self.closing:
             return
         self.closing = True
-        if self.hub is None:  # never started, or its bind failed (which leaves nothing behind)
-            self.policy.close_fits()
-            return
         try:
-            await self._close_workers(drain)
+            if self.hub is not None:  # None: never started, or its bind failed (which leaves nothing behind)
+                await self._close_workers(drain)
         finally:
             for t in self._tasks + list(self._bg):
                 t.cancel()
-            self.hub.close()
+            if self.hub is not None:
+                self.hub.close()
             self.policy.close_fits()  # a Cluster closed in a long-lived program leaves no fitting process behind
+            if self.history_record is not None:
+                self.history_record.close()  # its last windows: a short join, the file is small
 
     async def _close_workers(self, drain: bool) -> None:
         if drain:

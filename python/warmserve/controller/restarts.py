@@ -33,6 +33,16 @@ class WorkerGoneForGoodError(WarmServeError):
 class WorkerRestarts:
     """Restart and replacement of local worker processes, on the Controller (``self``)."""
 
+    def _said_hello(self, proc, ident: bytes | None) -> bool:
+        """Whether the local worker process ``proc`` (under routing id ``ident``) has said Hello: it has a record,
+        or its loss (which drops the record) started a restart, under way or whose process took its place in
+        ``local_procs``."""
+        if ident is None:
+            return False
+        w = self.hub.workers.get(ident)
+        return ((w is not None and w.proc is proc) or ident in self.restarting
+                or self.local_procs.get(ident) is not proc)
+
     def _workers_serve_or_come(self) -> bool:
         """Whether a worker serves, or one is on its way: restarting, being replaced, or admitted now (its Hello
         came: a new worker joining, a rejoining one). Without one, waiting requests fail at once. Found in review:

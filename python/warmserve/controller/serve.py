@@ -24,7 +24,7 @@ import msgspec
 
 from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, policy_number_ok
 from warmserve.config_file import cluster_config_from_dict, policy_table_keys, read_config_file
-from warmserve.controller.history_file import read_history
+from warmserve.controller.history_record import starting_history
 from warmserve.errors import InvalidArgumentError, bind_error
 from warmserve.outputs import check_output_folder
 
@@ -82,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(--host-cache-gib; least recently used entries are evicted when a new one needs room) "
                         "until a reboot. To free that memory, `rm -r DIR` while no server uses it")
     p.add_argument("--history", default=None, help="per-window load history (CSV or JSON) that seeds forecasts")
+    p.add_argument("--record-history", default=None, metavar="FILE",
+                   help="keep the load this server measures in FILE (CSV, --history's rows included, rewritten as "
+                        "each forecast window closes), to give as --history at the next start; an existing FILE "
+                        "must also be the --history, so nothing in it is lost")
     p.add_argument("--load-timezone", default=None, metavar="ZONE",
                    help="IANA time zone whose days the load follows (e.g. America/New_York): forecasts keep its "
                         "hours across daylight-saving switches (default: this machine's local zone)")
@@ -121,6 +125,7 @@ def build_config(args) -> ClusterConfig:
     if key is not None:
         server["api_key"] = key
     for flag, field in (("bind", "bind"), ("policy", "policy"), ("history", "history_path"),
+                        ("record_history", "history_record_path"),
                         ("curve_dir", "curve_dir"), ("load_timezone", "load_timezone")):
         if getattr(args, flag) is not None:
             ctl[field] = getattr(args, flag)
@@ -274,8 +279,7 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
 
     def prepare():
         ready_cfg = with_defaults(cfg)
-        path = ready_cfg.controller.history_path
-        return ready_cfg, (read_history(path) if path else None)
+        return ready_cfg, starting_history(ready_cfg.controller)
 
     try:
         # The demo writer and the workers are child processes in the terminal's process group: a Ctrl-C stops

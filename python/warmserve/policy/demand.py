@@ -31,6 +31,9 @@ class Demand:
     _first_input_s: float | None = None
     #: Fits this tick may still make (FITS_PER_TICK at each tick); None: no limit (before the first tick).
     _fits_left: int | None = None
+    #: Called with (model, window_start_s, avg, peak) of each window observed, as ``observe_window`` records it: the
+    #: live controller's history file (controller/history_record.py). None: windows are kept in memory only.
+    window_sink = None
 
     def fit_in_background(self) -> None:
         """Make the statistical forecasters' fits in a background process, adopted at a later tick (the paper
@@ -82,6 +85,8 @@ class Demand:
         """Record one window's time-weighted average and peak in-flight requests (NaN: missing)."""
         self._model(model)
         self._hist.observe(model, window_start_s, avg_concurrency, peak_concurrency)
+        if self.window_sink is not None:
+            self.window_sink(model, window_start_s, avg_concurrency, peak_concurrency)
 
     def load_history(self, model: str, window_start_s, avg_concurrency, peak_concurrency) -> None:
         """``observe_window`` for many windows at once (equal-length arrays)."""

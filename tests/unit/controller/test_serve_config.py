@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from warmserve.controller import serve
+from warmserve.controller.history_file import read_history
 from warmserve.errors import InvalidArgumentError
 
 
@@ -43,19 +44,19 @@ T0 = int(time.time()) // 86400 * 86400 - 86400
 def test_history_csv_and_json(tmp_path):
     (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\nb,{T0 + 600},2,5\na,{T0},1,3\n"
                                     f"a,{T0 + 300},1.5,4\n")
-    h = serve.read_history(str(tmp_path / "h.csv"))
+    h = read_history(str(tmp_path / "h.csv"))
     assert sorted(h) == ["a", "b"]
     np.testing.assert_array_equal(h["a"][0], [T0, T0 + 300])
     np.testing.assert_array_equal(h["a"][2], [3, 4])
     (tmp_path / "h.json").write_text('{"a": {"window_start_s": [%d, %d], "avg": [1, 1.5], "peak": [3, 4]}}'
                                      % (T0, T0 + 300))
-    j = serve.read_history(str(tmp_path / "h.json"))
+    j = read_history(str(tmp_path / "h.json"))
     np.testing.assert_array_equal(j["a"][1], h["a"][1])
     (tmp_path / "bad.csv").write_text("model,avg\na,1\n")
     with pytest.raises(ValueError, match="row 2"):
-        serve.read_history(str(tmp_path / "bad.csv"))
+        read_history(str(tmp_path / "bad.csv"))
     with pytest.raises(InvalidArgumentError, match="does not exist"):  # typed (it was a bare FileNotFoundError)
-        serve.read_history(str(tmp_path / "none.csv"))
+        read_history(str(tmp_path / "none.csv"))
 
 
 @pytest.mark.parametrize("text, says", [
@@ -69,7 +70,7 @@ def test_history_csv_and_json(tmp_path):
 def test_a_malformed_json_history_is_one_error_naming_the_file_and_its_shape(tmp_path, text, says):
     (tmp_path / "h.json").write_text(text)
     with pytest.raises(ValueError, match=says) as e:
-        serve.read_history(str(tmp_path / "h.json"))
+        read_history(str(tmp_path / "h.json"))
     assert str(tmp_path / "h.json") in str(e.value)
 
 
@@ -83,17 +84,17 @@ def test_a_history_of_impossible_loads_or_times_is_refused_naming_the_model(tmp_
     """Found in review (forecasting): each was taken as it was."""
     (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\na,{T0 - 300},1,2\n{rows}\n")
     with pytest.raises(ValueError, match=says) as e:
-        serve.read_history(str(tmp_path / "h.csv"))
+        read_history(str(tmp_path / "h.csv"))
     assert "model 'a'" in str(e.value)
     (tmp_path / "ok.csv").write_text(f"model,window_start_s,avg,peak\na,{T0},nan,nan\n")  # unknown: fine
-    assert np.isnan(serve.read_history(str(tmp_path / "ok.csv"))["a"][1]).all()
+    assert np.isnan(read_history(str(tmp_path / "ok.csv"))["a"][1]).all()
 
 
 def test_a_history_counted_from_zero_is_refused(tmp_path):
     """Seconds from the trace's start, not Unix times: the policy's clock went to 1970 (found in review)."""
     (tmp_path / "h.csv").write_text("model,window_start_s,avg,peak\na,0,1,3\na,300,1,3\n")
     with pytest.raises(ValueError, match="Unix times in seconds"):
-        serve.read_history(str(tmp_path / "h.csv"))
+        read_history(str(tmp_path / "h.csv"))
 
 
 def test_rows_older_than_a_year_are_left_out_with_a_warning(tmp_path, caplog):
@@ -101,7 +102,7 @@ def test_rows_older_than_a_year_are_left_out_with_a_warning(tmp_path, caplog):
     old = T0 - 400 * 86400
     (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\na,{old},1,2\na,{T0},3,4\n")
     with caplog.at_level("WARNING", logger="warmserve.controller"):
-        h = serve.read_history(str(tmp_path / "h.csv"))
+        h = read_history(str(tmp_path / "h.csv"))
     np.testing.assert_array_equal(h["a"][0], [T0])
     assert any("older than 366 days left out" in r.getMessage() for r in caplog.records)
 

@@ -1,0 +1,144 @@
+"""The load history a controller measures, kept in a file (``ControllerConfig.history_record_path``,
+``--record-history``): the next start reads it as its ``--history`` and forecasts from the days this one served,
+instead of starting over from none.
+
+Each window's (avg, peak) in-flight requests reaches ``HistoryRecord.window`` from the policy as the window closes
+(``Demand.window_sink``), on the driver's clock; the file holds Unix-time starts, the CSV form ``read_history``
+reads. The starting history's rows are kept beside the measured ones (a measured window replaces a row of the same
+model and start), rows older than ``RECORD_KEEP_DAYS`` are dropped. The file is rewritten whole and atomically
+(``outputs.write_atomic``) by a thread of its own after each window closes, so a crash leaves the last complete
+file and the event loop never waits on the disk; ``close`` writes the last windows before the controller stops.
+The window open at the stop is not written (half a window would read as a whole one at the next start).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import threading
+
+import numpy as np
+
+from warmserve.errors import InvalidArgumentError
+
+log = logging.getLogger("warmserve.controller")
+
+#: Days of windows the record file keeps, counted back from its newest. Two weeks: the forecasters fit the last
+#: days' daily season and the controller's clock starts a week back (clock.CLOCK_DAYS_BACK); at 300 s windows a
+#: model is about 4,000 rows, rewritten once per window.
+RECORD_KEEP_DAYS = 14
+
+
+def check_record_path(record_path: str, history_path: str) -> None:
+    """Refuse a record file that would overwrite a history nobody asked to continue, or that cannot be written:
+    found before any worker starts, not at the first window's end."""
+    if not record_path:
+        return
+    folder = os.path.dirname(os.path.abspath(record_path)) or "."
+    if os.path.isdir(record_path):
+        raise InvalidArgumentError(f"--record-history {record_path!r} is a directory: give a file path (e.g. "
+                                   f"{os.path.join(record_path, 'history.csv')})", path=record_path)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise InvalidArgumentError(f"--record-history {record_path!r}: its folder {folder!r} does not exist or is "
+                                   "not writable: create it, or record elsewhere", path=record_path)
+    same = bool(history_path) and os.path.exists(history_path) and os.path.exists(record_path) \
+        and os.path.samefile(history_path, record_path)
+    if os.path.exists(record_path) and not same:
+        raise InvalidArgumentError(
+            f"--record-history {record_path!r} exists and is not the --history file, so its rows would be lost: "
+            f"to go on from it, give it as --history too (--history {record_path} --record-history {record_path}); "
+            "else remove it or record to a new file", path=record_path)
+
+
+class HistoryRecord:
+    """The windows of one controller's run and of the history it started with, written to ``path``."""
+
+    def __init__(self, path: str, origin_unix_s: float, history: dict | None = None):
+        self.path = path
+        self.origin_unix_s = origin_unix_s
+        #: (model, Unix start) -> (avg, peak): the starting history's known windows, then the measured ones.
+        self._rows: dict[tuple[str, float], tuple[float, float]] = {}
+        for model, (starts, avg, peak) in (history or {}).items():
+            for s, a, p in zip(starts, avg, peak):
+                if not math.isnan(a):
+                    self._rows[(model, float(s))] = (float(a), float(p))
+        # One lock over the rows and the flags: ``window`` runs on the event loop, the writes on the thread.
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._closing = False
+        #: Files written so far (a test reads it to wait for one).
+        self.writes = 0
+        self._thread = threading.Thread(target=self._run, name="warmserve-history-record", daemon=True)
+        self._thread.start()
+
+    def window(self, model: str, window_start_s: float, avg: float, peak: float) -> None:
+        """One closed window of ``model`` starting at ``window_start_s`` on the driver's clock (the policy's
+        ``window_sink``). A window with no data (NaN) is not written: the file lists the windows it knows; nor is
+        one of an impossible load (``History.observe`` warned of it), which would make the next start refuse the
+        file."""
+        from warmserve.policy.history import impossible_loads
+
+        if math.isnan(avg) or math.isnan(peak) or impossible_loads(np.array([avg]), np.array([peak]))[0]:
+            return
+        with self._cond:
+            self._rows[(model, round(self.origin_unix_s + window_start_s, 3))] = (avg, peak)
+            self._dirty = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Write what is not written yet and stop the thread (waits for it: the controller is stopping)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._dirty and not self._closing:
+                    self._cond.wait()
+                if not self._dirty:
+                    return
+                self._dirty = False
+                newest = max(s for _, s in self._rows)
+                for key in [k for k in self._rows if k[1] < newest - RECORD_KEEP_DAYS * 86400]:
+                    del self._rows[key]
+                rows = sorted(self._rows.items())
+            try:
+                self._write(rows)
+            except Exception as e:  # a full disk must not stop serving (nor this thread): the next window tries again
+                log.warning("could not write the load history to %s (%s: %s); the next window's end tries again",
+                            self.path, type(e).__name__, e)
+            else:
+                self.writes += 1
+
+    def _write(self, rows: list) -> None:
+        from warmserve.outputs import write_atomic
+
+        def lines(f):
+            out = csv.writer(f, lineterminator="\n")  # quotes a model name with a comma in it
+            out.writerow(("model", "window_start_s", "avg", "peak"))
+            # 15 digits: a Unix start to the millisecond; 9 for loads, read back as the same window's load
+            out.writerows((m, f"{s:.15g}", f"{a:.9g}", f"{p:.9g}") for (m, s), (a, p) in rows)
+
+        write_atomic(self.path, lines, binary=False)
+
+
+def starting_history(cc) -> dict | None:
+    """The history a cluster starts with (``ControllerConfig.history_path``, None without one), once its record
+    file (``history_record_path``) is found writable and safe to write (``check_record_path``)."""
+    from warmserve.controller.history_file import read_history
+
+    check_record_path(cc.history_record_path, cc.history_path)
+    return read_history(cc.history_path) if cc.history_path else None
+
+
+def attach(ctl, history: dict | None) -> HistoryRecord | None:
+    """The Controller ``ctl``'s record of its measured windows, fed by its policy (None without a record file)."""
+    if not ctl.cc.history_record_path:
+        return None
+    record = HistoryRecord(ctl.cc.history_record_path, ctl.clock_origin_s, history)
+    ctl.policy.window_sink = record.window
+    return record

@@ -1,0 +1,117 @@
+"""The controller's record of the load it measured (``--record-history``): the file ``read_history`` reads back,
+the starting history kept beside the measured windows, and a record file that would lose rows refused."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+from warmserve.config import ControllerConfig
+from warmserve.controller.history_file import read_history
+from warmserve.controller.history_record import RECORD_KEEP_DAYS, HistoryRecord, starting_history
+from warmserve.errors import InvalidArgumentError
+
+DAY_S = 86400.0
+ORIGIN = float(int(time.time() // DAY_S) * DAY_S - 3 * DAY_S)  # the policy clock's t = 0, three days back
+
+
+def test_measured_windows_read_back_as_the_history_with_the_starting_rows_kept(tmp_path):
+    path = str(tmp_path / "h.csv")
+    start = {"a": (np.array([ORIGIN, ORIGIN + 300]), np.array([1.0, np.nan]), np.array([2.0, np.nan]))}
+    rec = HistoryRecord(path, ORIGIN, start)
+    rec.window("a", 300.0, 4.5, 7.0)  # replaces the starting NaN row of the same start
+    rec.window("b,c", 600.0, 0.25, 1.0)  # a comma in a model's name is quoted
+    rec.window("a", 900.0, math.nan, math.nan)  # no data: not a row
+    rec.close()
+    hist = read_history(path)
+    assert set(hist) == {"a", "b,c"}
+    starts, avg, peak = hist["a"]
+    assert list(starts) == [ORIGIN, ORIGIN + 300] and list(avg) == [1.0, 4.5] and list(peak) == [2.0, 7.0]
+    assert list(hist["b,c"][0]) == [ORIGIN + 600] and list(hist["b,c"][1]) == [0.25]
+
+
+def test_an_impossible_load_is_left_out_so_the_next_start_reads_the_file(tmp_path):
+    """``History.observe`` keeps such a window as missing; written, it made the next start refuse the file."""
+    path = str(tmp_path / "h.csv")
+    rec = HistoryRecord(path, ORIGIN)
+    rec.window("a", 0.0, math.inf, 3.0)
+    rec.window("a", 300.0, -1.0, 3.0)
+    rec.window("a", 600.0, 2.0, 3.0)
+    rec.close()
+    assert list(read_history(path)["a"][1]) == [2.0]
+
+
+def test_windows_older_than_the_kept_days_are_dropped(tmp_path):
+    path = str(tmp_path / "h.csv")
+    old = ORIGIN - (RECORD_KEEP_DAYS + 1) * DAY_S
+    rec = HistoryRecord(path, ORIGIN, {"a": (np.array([old, ORIGIN - DAY_S]), np.ones(2), np.ones(2))})
+    rec.window("a", 0.0, 3.0, 3.0)
+    rec.close()
+    assert list(read_history(path)["a"][0]) == [ORIGIN - DAY_S, ORIGIN]
+
+
+def test_a_failed_write_is_warned_of_and_the_next_window_writes_the_lot(tmp_path, caplog):
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    path = str(folder / "h.csv")
+    rec = HistoryRecord(path, ORIGIN)
+    folder.rmdir()  # the disk's folder went away under a running server
+    with caplog.at_level(logging.WARNING, logger="warmserve.controller"):
+        rec.window("a", 0.0, 1.0, 1.0)
+        deadline = time.monotonic() + 10
+        while "could not write the load history" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "could not write the load history" in caplog.text and rec.writes == 0
+    folder.mkdir()
+    rec.window("a", 300.0, 2.0, 2.0)
+    rec.close()
+    assert rec.writes == 1 and list(read_history(path)["a"][1]) == [1.0, 2.0]
+
+
+def test_a_record_file_that_is_not_the_history_is_refused_before_anything_starts(tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text(f"model,window_start_s,avg,peak\na,{ORIGIN:.0f},1,2\n")
+    with pytest.raises(InvalidArgumentError, match="exists and is not the --history file"):
+        starting_history(ControllerConfig(history_record_path=str(other)))
+    with pytest.raises(InvalidArgumentError, match="exists and is not the --history file"):
+        starting_history(ControllerConfig(history_path=str(other),
+                                          history_record_path=str(_copy(other, tmp_path / "mine.csv"))))
+    assert other.read_text().count("\n") == 2  # untouched
+    # the same file, by another spelling: continued
+    hist = starting_history(ControllerConfig(history_path=str(other),
+                                             history_record_path=str(tmp_path / "." / "other.csv")))
+    assert list(hist["a"][1]) == [1.0]
+    # a new file: recorded there, the history read from the other
+    assert starting_history(ControllerConfig(history_path=str(other), history_record_path=str(tmp_path / "n.csv")))
+
+
+def test_a_record_file_that_cannot_be_written_is_refused_naming_the_fix(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="does not exist or is not writable"):
+        starting_history(ControllerConfig(history_record_path=str(tmp_path / "no" / "h.csv")))
+    with pytest.raises(InvalidArgumentError, match="is a directory"):
+        starting_history(ControllerConfig(history_record_path=str(tmp_path)))
+
+
+def _copy(src, dst):
+    dst.write_text(src.read_text())
+    return dst
+
+
+def test_the_serve_flag_and_a_config_files_key_set_the_record_file(tmp_path):
+    import argparse
+
+    from warmserve.controller import serve
+
+    p = argparse.ArgumentParser()
+    serve.add_arguments(p)
+    assert serve.build_config(p.parse_args(["--record-history", "~/h.csv"])).controller.history_record_path \
+        == os.path.expanduser("~/h.csv")
+    f = tmp_path / "c.yaml"
+    f.write_text("models: [a]\ncontroller: {history_record_path: rec.csv}\n")
+    assert serve.build_config(p.parse_args(["--config", str(f)])).controller.history_record_path \
+        == str(tmp_path / "rec.csv")  # relative to the config file, as history_path
