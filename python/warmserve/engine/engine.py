@@ -184,10 +184,10 @@ class Engine(PoolNeighbours):
         if len(done) >= params.max_tokens:
             raise InvalidArgumentError(f"a resumption with {len(done)} tokens out and max_tokens {params.max_tokens} "
                                        f"has nothing left to generate", request_id=request_id)
-        bad = [t for t in prompt + done if not 0 <= t < self.cfg.vocab_size]
-        if bad:
-            raise InvalidArgumentError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})",
-                                       request_id=request_id)
+        for what, ids in (("prompt_token_ids", prompt), ("output_token_ids", done)):  # which list: a resumption's
+            if bad := [t for t in ids if not 0 <= t < self.cfg.vocab_size]:  # output ids are the server's own
+                raise InvalidArgumentError(f"{what}: token ids {bad[:5]} are outside the vocabulary [0, "
+                                           f"{self.cfg.vocab_size})", param=what, request_id=request_id)
         need = len(prompt) + params.max_tokens
         if need > self.max_context:
             raise PromptTooLongError(
