@@ -314,7 +314,6 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                 self._starved_since.setdefault(m, now_s)
             else:
                 self._starved_since.pop(m, None)
-        self._release_reservations(state, active, want_out)
         co = self._co
         if co is not None:  # co-serving's view of the loads; a host over its TPOT target splits a model out
             co.forget_stale(now_s)
@@ -325,6 +324,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             co.split(state, active, want_out)
             for m in co.splitting:  # it asks for one dedicated instance more than it runs, whatever its load
                 demand[m] = max(demand[m], want_out[m])
+        self._release_reservations(state, active, want_out)  # after the split raised a splitting model's want
         # the backlog of now, where every model with demand has GPUs of its own (over-subscribed, it set models
         # taking GPUs from one another: paper-conv, 12 models at x0.5, seed 2). GPUs reserved for a model were
         # released above on its averaged demand: the backlog of now does not hold them.

@@ -469,8 +469,10 @@ class CoServing(Reopening, HostSizing):
         share of its batch (``join`` with ``replicas``). Requests then spread over its instances (``route``: the
         least loaded). As `shared` gives a popular model several colocated replicas, but decided online."""
         live = [i for i in state.instances.values() if i.model == model and not i.draining]
+        cap = self.cfg.max_instances_per_model
+        # one more instance, not a conversion: never past the cap (found in review: a model capped at 1 ran 2)
         if not live or any(i.instance_id not in self.ids for i in live) or not self.active \
-                or not all(i.ready for i in live) or self.fits_everywhere(state, model):
+                or not all(i.ready for i in live) or (cap and len(live) >= cap) or self.fits_everywhere(state, model):
             return None
         for gpus, insts in self.hosts(state).items():
             staying = {i.model for i in insts if not i.draining and i.instance_id not in stopping}
