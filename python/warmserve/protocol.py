@@ -549,8 +549,8 @@ class _IdOnly(msgspec.Struct):
 
 
 # Reads the id alone, skipping the other fields unbuilt: found in review, decoding the whole message built every
-# value of a malformed one (a 36 MB prompt list: 0.5 s and some 300 MB), and the link thread reads a new peer's
-# first message this way too.
+# value of a malformed one (a 36 MB prompt list: 0.5 s and some 300 MB). It still walks every value: the worker's
+# link thread reads ids from a message's first bytes instead (worker/peek.py).
 _id_decoder = msgspec.msgpack.Decoder(_IdOnly)
 
 

@@ -17,6 +17,9 @@ import time
 import zmq
 
 from .. import protocol as P
+from ..controller.errors import OverloadedError
+from ..errors import fmt_bytes
+from .peek import leading_request_id
 
 log = logging.getLogger("warmserve.worker")
 
@@ -32,13 +35,31 @@ FLUSH_S = 1.0
 #: two such warnings (``Link._warn_silent``); before that a note at INFO, as a controller starting later is normal.
 CONTROLLER_SILENT_WARN_S = 15.0
 CONTROLLER_SILENT_REPEAT_S = 300.0
+#: Bytes of requests a worker holds unread by default (``--max-queued-mib``): four messages of the largest size
+#: (WorkerServer's ``max_message_bytes``), or hundreds of prompts of a 128k-token context.
+DEFAULT_MAX_QUEUED_BYTES = 256 << 20
+#: Messages up to this size are refused only past twice the byte budget (``Link.max_queued_bytes``): Abort,
+#: Heartbeat, Shutdown, GetStats and the like, which free memory or keep a peer alive, pass a queue full of prompts.
+ALWAYS_PASS_BYTES = 1024
+#: What a message queued unread counts for at least, bytes: its frames' bytes and ZeroMQ's and Python's records of
+#: it, so that a flood of empty messages is bounded by the budget too.
+MESSAGE_COST_BYTES = 256
+#: How every encoded Heartbeat begins after its map header (msgspec writes the tag first).
+_HEARTBEAT_TAG = b"\xa3msg\xa9Heartbeat"
+
+
+def queued_cost(payload: list[bytes]) -> int:
+    """What a message queued for the engine counts towards the budget: added by the link as it queues it, taken
+    off by the engine loop as it reads it (``WorkerServer._drain``)."""
+    return max(sum(len(f) for f in payload), MESSAGE_COST_BYTES)
 
 
 class Link:
     """The link thread's state and loop; it holds no reference to the server or the core."""
 
     def __init__(self, sock, pipe, *, routed: bool, endpoint: str, hello: P.Hello, heartbeat_interval_s: float,
-                 peer_timeout_s: float, max_messages_per_drain: int, monitor=None, curve: bool = False):
+                 peer_timeout_s: float, max_messages_per_drain: int, max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+                 monitor=None, curve: bool = False):
         self.sock, self.pipe, self.monitor, self.curve = sock, pipe, monitor, curve
         #: A refused handshake was logged and none has succeeded since (``_watch``).
         self._refused = False
@@ -47,6 +68,15 @@ class Link:
         self.routed, self.endpoint, self.hello = routed, endpoint, hello
         self.heartbeat_interval_s, self.peer_timeout_s = heartbeat_interval_s, peer_timeout_s
         self.max_messages_per_drain = max_messages_per_drain
+        #: Bytes of requests in the pipe (and the backlog) not read by the engine loop yet, past which a message
+        #: over ALWAYS_PASS_BYTES is refused unread: the pipe's count bound alone let 100 prompts of 32 MB hold
+        #: ~2.1 GB of the worker while an engine step ran (found in review). Queued: forwarded_bytes, written by
+        #: the link only, less engine_read_bytes, written by the engine loop only (ints, stored whole).
+        self.max_queued_bytes = max_queued_bytes
+        self.forwarded_bytes = 0
+        self.engine_read_bytes = 0
+        #: Messages refused for the byte budget.
+        self.refused = 0
         self.last_seen: dict[bytes, float] = {}
         self.start_id = os.urandom(8).hex()  # in every Heartbeat: a client tells a restart here by it (client.py)
         self.first_id: dict[bytes, int] = {}  # peer -> its Heartbeat.first_id
@@ -68,8 +98,8 @@ class Link:
         #: first Hello refused (not connected yet), then heard the controller's heartbeats to the first (ROUTER
         #: handover gave it the id) and never said Hello: the controller routed to it as to the first, for good.
         self._owe_hello = not routed
-        #: Messages for the engine that the pipe (full at hwm) has not taken yet, in order: at most one request
-        #: (no more are read meanwhile) and the peers given up on meanwhile.
+        #: Messages for the engine that the pipe (full at 2 * hwm) has not taken yet, in order: requests (their bytes
+        #: under the budget, ``_over_budget``) and the peers given up on meanwhile.
         self._backlog: collections.deque[list[bytes]] = collections.deque()
 
     def run(self) -> None:
@@ -77,10 +107,11 @@ class Link:
         next_beat = 0.0
         try:
             while True:
-                # While the pipe is full, read no more from the network (ZeroMQ's high-water mark pushes back
-                # on peers then) and wait for room in the pipe instead.
+                # While the pipe is full, wait for room in it too, and read the network on: what it brings waits in
+                # the backlog, under the byte budget (``_over_budget``). Found in review: reading no more left
+                # ZeroMQ's own queue to fill, with up to hwm messages of 64 MiB per peer that no budget saw.
                 poller.register(self.pipe, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
-                poller.register(self.sock, 0 if self._backlog else zmq.POLLIN)
+                poller.register(self.sock, zmq.POLLIN)
                 if self.monitor is not None:
                     poller.register(self.monitor, zmq.POLLIN)
                 # Rounded up: woken at the deadline, not spinning through the last millisecond before it.
@@ -91,7 +122,7 @@ class Link:
                     return
                 if self._backlog:
                     self._flush()
-                elif events.get(self.sock, 0) & zmq.POLLIN:
+                if events.get(self.sock, 0) & zmq.POLLIN:
                     self._from_network()
                 if events.get(self.monitor, 0) & zmq.POLLIN:
                     self._watch()
@@ -163,8 +194,7 @@ class Link:
                 self._heard_s = time.monotonic()
                 if payload == [_REJOIN]:
                     self._rejoin()
-                    if not self._flush():
-                        return
+                    self._flush()
                     continue
                 reason = P.refused_reason(payload[0]) if len(payload) == 1 else None
                 if reason is not None:  # not an answer: Hello goes on each beat (see the module's docstring)
@@ -177,12 +207,44 @@ class Link:
                 if self._owe_hello:  # now, not at the next beat: see the module's docstring
                     self._say_hello()
             if self.routed and peer not in self.first_id:  # start_id and first_id before any reply (client.py)
-                self.first_id[peer] = max(0, P.request_id_of(payload[-1])) if payload else 0
+                # From its first bytes: request_id_of walked the whole message here, 0.26 s for a first message of
+                # a 60 MiB prompt, with no heartbeat sent meanwhile (found in review). The clients give the id first.
+                self.first_id[peer] = max(0, leading_request_id(payload[-1])) if payload else 0
                 self._send_out(peer, self._heartbeat(peer))
             self.last_seen[peer] = time.monotonic()
+            size = sum(len(f) for f in payload)
+            if self._over_budget(size):
+                self._refuse(peer, payload, size)
+                continue  # its bytes are freed here, unread
+            self.forwarded_bytes += queued_cost(payload)
             self._backlog.append([MSG, peer, *payload])
-            if not self._flush():
-                return
+            self._flush()
+
+    def _over_budget(self, size: int) -> bool:
+        """A message of ``size`` bytes would take the queue past its budget (a small one: past twice it). One
+        always passes an empty queue, so that a budget below the largest message (MAXMSGSIZE) refuses none for
+        good."""
+        queued = self.forwarded_bytes - self.engine_read_bytes
+        limit = self.max_queued_bytes * (1 if size > ALWAYS_PASS_BYTES else 2)
+        return queued > 0 and queued + max(size, MESSAGE_COST_BYTES) > limit
+
+    def _refuse(self, peer: bytes, payload: list[bytes], size: int) -> None:
+        """Answer a message refused for the byte budget, under its id when its first bytes give it."""
+        self.refused += 1
+        queued = self.forwarded_bytes - self.engine_read_bytes
+        if payload[0][1:1 + len(_HEARTBEAT_TAG)] == _HEARTBEAT_TAG:
+            return  # never answered (a client's carries its next request's id): its peer was heard all the same
+        rid = leading_request_id(payload[0]) if len(payload) == 1 else -1
+        err = OverloadedError(
+            f"the worker at {self.endpoint} has {fmt_bytes(queued)} of requests queued that it has not read yet; "
+            f"this message of {fmt_bytes(size)} would take them past its budget of "
+            f"{fmt_bytes(self.max_queued_bytes)}, so it was refused unread: send it again once earlier requests "
+            f"are answered, send fewer or smaller ones at a time, or raise the worker's --max-queued-mib",
+            request_id=rid, size_bytes=size, queued_bytes=queued, max_queued_bytes=self.max_queued_bytes)
+        if self.refused == 1 or self.refused % 1000 == 0:  # a flood is refused message by message: not each logged
+            log.warning("refused %d message(s) over the queue's byte budget; the last from %r: %s", self.refused,
+                        peer, err.message)
+        self._send_out(peer, P.encode(P.Error.of(rid, err)))
 
     def _flush(self) -> bool:
         """Move the backlog into the pipe, in order; False while the pipe is full."""

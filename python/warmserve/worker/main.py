@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between heartbeats to peers (Stats pushes to a controller)")
     p.add_argument("--peer-timeout-s", type=float, default=30.0,
                    help="abort a client's generations after this long without a message from it")
+    p.add_argument("--max-queued-mib", type=int, default=None, metavar="MIB",
+                   help="MiB of requests the worker holds unread (while an engine step runs) before it refuses more "
+                        "with OverloadedError (default 256)")
     p.add_argument("--ready-fd", type=int, default=None,
                    help="write one JSON Hello line to this file descriptor once serving (used by spawn_local_worker)")
     p.add_argument("--curve-server-key", metavar="FILE", default=None,
@@ -147,6 +150,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.curve_clients_dir is not None and not os.path.isdir(args.curve_clients_dir):
         raise errors.InvalidArgumentError(f"--curve-clients-dir {args.curve_clients_dir}: no such directory",
                                           path=args.curve_clients_dir)
+    mib = getattr(args, "max_queued_mib", None)
+    if mib is not None and mib < 1:
+        raise errors.InvalidArgumentError(f"--max-queued-mib must be a whole number of MiB >= 1 (default 256), got "
+                                          f"{mib}", max_queued_mib=mib)
     # Found in review: -1 was a traceback from torch after its import; 0 meant all threads, unsaid.
     if args.threads is not None and args.threads < 1:
         raise errors.InvalidArgumentError(f"--threads must be >= 1 (leave it out for all of this machine's), got "
@@ -354,6 +361,7 @@ def serve(args: argparse.Namespace) -> int:
         curve_clients_dir=args.curve_clients_dir,
         insecure=args.insecure,
         host_name=args.host_name or "",
+        **({"max_queued_bytes": args.max_queued_mib << 20} if getattr(args, "max_queued_mib", None) else {}),
     )
     # Its own address: with --controller the endpoint is the controller's, which the worker connects to.
     where = (f"on host {socket.gethostname()} (pid {os.getpid()}), connecting to the controller at {server.endpoint}"
