@@ -7,6 +7,14 @@ left ``ray.init`` retrying for ever on the event loop, where neither a timeout n
 connection is counted (closed when its last launcher closes, and only when warmserve made it), its address is
 compared with the one asked for, the head must answer as a gRPC server, and ``ray.init`` runs on a thread of its own
 with a deadline.
+
+Calls made off the launcher's thread on an actor (its kill, on a thread of its own) go through ``call_on``, with the
+connection the actor was made on. Found in review (a Ray abort, "Check failed: Cannot find an actor handle", in a
+KillActor from a thread): such a kill ran after the last launcher's close had shut the connection down, where
+``ray.kill`` (one of Ray's auto-init APIs) connected the process again, beside the next launcher's ``ray.init``; or
+it ran across the shutdown, or on the next connection, which does not know the handle. Now it is skipped unless its
+connection is still the current one (the actor ended with its connection's job), and shutdown and connect wait until
+the calls in flight on the connection have returned.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+from typing import Callable
 
 from warmserve.controller.ray_plan import RayClusterError, unbracket
 from warmserve.errors import InvalidArgumentError
@@ -27,6 +36,9 @@ log = logging.getLogger("warmserve.controller")
 HEAD_PROBE_TIMEOUT_S = 5.0
 #: How long the head gets to answer an HTTP/2 greeting (the GCS is a gRPC server), seconds.
 GREETING_TIMEOUT_S = 5.0
+#: How long a shutdown or a connect waits for the calls in flight on the connection (``call_on``), seconds: a kill takes
+#: milliseconds, but one waits as long as Ray's head (the GCS) does not answer.
+CALLS_DRAIN_S = 5.0
 #: How long ray.init gets, seconds: a head that answers gRPC but is no GCS (Ray's client server on 10001) makes it
 #: retry for ever.
 CONNECT_TIMEOUT_S = 60.0
@@ -35,12 +47,17 @@ CONNECT_TIMEOUT_S = 60.0
 _H2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 _H2_SETTINGS = 4
 
+#: Lock ordering: ``_lock`` before ``_calls``, never the other way. ``call_on`` leaves a call in flight holding neither,
+#: so a shutdown (holding ``_lock``) can wait on ``_calls`` for it to return.
 _lock = threading.Lock()
 #: Ids of the launchers using the process's Ray connection.
 _users: set[int] = set()
-#: The job id of the connection warmserve made (it shuts it down after its last user), None when it made none: a
+#: The connection warmserve made (it shuts it down after its last user), as ``identity()``; None when it made none: a
 #: program that connected itself keeps its connection.
-_owned_job: str | None = None
+_owned: tuple[str, str] | None = None
+#: The number of ``call_on`` calls in flight, and its condition (notified as each returns).
+_calls = threading.Condition(threading.Lock())
+_in_flight = 0
 
 
 def head_address(address: str) -> str:
@@ -153,21 +170,26 @@ def _init_within(address: str, timeout_s: float) -> None:
         raise error
 
 
-def _job_id() -> str:
+def identity() -> tuple[str, str]:
+    """The process's Ray connection, as its job id and its driver's node id (both read locally, without the GCS): the
+    job id alone repeats (a local cluster started again numbers its jobs from 1 again), and a node id is that node's
+    for one run of it. Connected only: ``ray.get_runtime_context`` connects a process that is not."""
     import ray
 
-    return ray.get_runtime_context().get_job_id()
+    ctx = ray.get_runtime_context()
+    return ctx.get_job_id(), ctx.get_node_id()
 
 
-def acquire(user: int, address: str, timeout_s: float | None = None) -> None:
-    """Connect (or use the process's connection) for launcher ``user``; pair with ``release``."""
+def acquire(user: int, address: str, timeout_s: float | None = None) -> tuple[str, str]:
+    """Connect (or use the process's connection) for launcher ``user``; pair with ``release``. Returns the connection
+    (``identity()``), for ``call_on``."""
     import ray
 
-    global _owned_job
+    global _owned
     with _lock:
         if ray.is_initialized():
-            if _owned_job is not None and _owned_job != _job_id():  # someone else reconnected since: theirs
-                _owned_job = None
+            if _owned is not None and _owned != identity():  # someone else reconnected since: theirs
+                _owned = None
                 _users.clear()
             check_same_cluster(address)
             log.info("using this process's Ray connection")
@@ -175,9 +197,11 @@ def acquire(user: int, address: str, timeout_s: float | None = None) -> None:
             _users.clear()  # connections made before have ended
             probe_head(address)
             greet_head(address)
+            _drain("the connection before")  # a call still on a connection the program shut down itself
             _init_within(address, CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
-            _owned_job = _job_id()
+            _owned = identity()
         _users.add(user)
+        return identity()
 
 
 def release(user: int) -> list[str]:
@@ -185,19 +209,57 @@ def release(user: int) -> list[str]:
     what it did (for the caller's log)."""
     import ray
 
-    global _owned_job
+    global _owned
     with _lock:
         if user not in _users:
             return []
         _users.discard(user)
-        if _users or _owned_job is None or not ray.is_initialized():
+        if _users or _owned is None or not ray.is_initialized():
             return []
-        if _job_id() != _owned_job:
-            _owned_job = None
+        if identity() != _owned:
+            _owned = None
             return []
-        _owned_job = None
+        _owned = None
+        # No call starts while ``_lock`` is held; those waiting for it find the connection shut down, and skip.
+        _drain("ray.shutdown")
         ray.shutdown()
         return ["ray.shutdown"]
+
+
+def call_on(connection: tuple[str, str] | None, fn: Callable[[], object]) -> bool:
+    """``fn()`` (a Ray call on an actor or object of ``connection``, from any thread) unless that connection is no
+    longer the process's current one: then it is skipped (its actors ended with its job), and False returned. A
+    shutdown or connect waits for it (``_drain``). ``connection`` None: the caller made its actor without
+    ``acquire`` (no connection to compare with), and ``fn`` just runs."""
+    global _in_flight
+    if connection is None:
+        fn()
+        return True
+    import ray
+
+    with _lock:
+        # is_initialized first: identity() (and fn, an auto-init API such as ray.kill) would connect again.
+        if not ray.is_initialized() or identity() != connection:
+            return False
+        with _calls:
+            _in_flight += 1
+    # Outside ``_lock``: a call that waits for a GCS that is gone must not hold up the other launchers' acquire.
+    try:
+        fn()
+    finally:
+        with _calls:
+            _in_flight -= 1
+            _calls.notify_all()
+    return True
+
+
+def _drain(before: str) -> None:
+    """Wait (holding ``_lock``, so that no new call starts) until no ``call_on`` call is in flight, at most
+    CALLS_DRAIN_S. Found in review: Ray aborted the process when a kill ran across its connection's shutdown."""
+    with _calls:
+        if not _calls.wait_for(lambda: _in_flight == 0, CALLS_DRAIN_S):
+            log.warning("%d Ray call(s) on the connection still running after %.0f s (is Ray's head, the GCS, gone?): "
+                        "%s goes ahead", _in_flight, CALLS_DRAIN_S, before)
 
 
 def check_same_cluster(address: str) -> None:

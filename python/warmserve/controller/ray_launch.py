@@ -37,6 +37,7 @@ from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths
 from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, RayUnresponsiveError, WorkerSlot,
                                           check_fits, connect_address, node_key, plan_slots)
+from warmserve.controller.ray_threads import in_daemon_thread as _in_daemon_thread
 from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
@@ -118,10 +119,12 @@ class RayWorkerProcess:
     """One worker's actor, with the part of ``subprocess.Popen`` that the controller uses for local workers."""
 
     def __init__(self, actor, run_ref, slot: WorkerSlot, node_alive: Callable[[str], bool] | None = None,
-                 log_path: str | None = None):
+                 log_path: str | None = None, connection: tuple[str, str] | None = None):
         """``node_alive``: whether a Ray node (by id) is alive, as last read; None: not asked. ``log_path``: the
-        worker's log file on its node; None: its stderr goes to Ray's worker logs."""
+        worker's log file on its node; None: its stderr goes to Ray's worker logs. ``connection``: the Ray connection
+        the actor was made on (``ray_connect.acquire``); its kill is skipped once that is no longer the current one."""
         self.actor = actor
+        self.connection = connection
         self.slot = slot
         self.log_path = log_path
         self._node_alive = node_alive
@@ -207,7 +210,10 @@ class RayWorkerProcess:
         import ray
 
         try:
-            ray.kill(self.actor, no_restart=True)
+            # Through ray_connect: a kill made late (on its thread) must not outlive or cross its connection.
+            if not ray_connect.call_on(self.connection, functools.partial(ray.kill, self.actor, no_restart=True)):
+                log.debug("ray.kill(%s) skipped: its Ray connection has closed (the actor ended with its job)",
+                          self.actor_id)
         except Exception as e:  # already gone, or Ray is shutting down
             log.debug("ray.kill(%s): %s", self.actor_id, e)
 
@@ -225,6 +231,8 @@ class RayLauncher:
         #: Its number in this process (``_LAUNCHERS``): in its workers' tag, and its hold on the Ray connection.
         self.number = next(_LAUNCHERS)
         self._connected = False
+        #: The Ray connection (``ray_connect.acquire``) its actors are made on; None until ``connect``.
+        self.connection: tuple[str, str] | None = None
         self.driver_ip = "127.0.0.1"
         #: Node id -> its placement group.
         self.groups: dict = {}
@@ -247,7 +255,7 @@ class RayLauncher:
         """Connect to Ray, or use this process's connection (``ray_connect``: counted across launchers, checked to be
         the cluster at ``address``, and given up after a deadline)."""
         ray = require("ray", "the Ray launcher (--ray / ray_address)", extra="ray")
-        ray_connect.acquire(self.number, self.address)
+        self.connection = ray_connect.acquire(self.number, self.address)
         self._connected = True
         self.driver_ip = ray.util.get_node_ip_address()
         self._read_nodes()
@@ -393,7 +401,8 @@ class RayLauncher:
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.groups[slot.node.node_id],
                                                                  placement_group_bundle_index=slot.bundle),
         ).remote()
-        return RayWorkerProcess(actor, actor.run.remote(argv, env, keys, log_path), slot, self.node_alive, log_path)
+        return RayWorkerProcess(actor, actor.run.remote(argv, env, keys, log_path), slot, self.node_alive, log_path,
+                                self.connection)
 
     def _record(self, proc: RayWorkerProcess) -> RayWorkerProcess:
         """Note a started actor as its worker's latest (on the caller's thread: the event loop's, for a restart)."""
@@ -489,38 +498,6 @@ def check_planned(slots: list[WorkerSlot], n_nodes: int, models, cpu_workers: in
     if not remote_workers:
         per_node = collections.Counter(s.node.node_id for s in slots)
         check_tp_fits(models, min(max(per_node.values()), MAX_GPUS_PER_SERVER))
-
-
-async def _in_daemon_thread(fn, undo=None, name: str = "warmserve-ray-connect"):
-    """``fn()`` on a daemon thread, awaited: a cancelled wait leaves the thread, which keeps no exit waiting, and
-    ``undo(result)`` runs on a thread if ``fn`` then succeeds."""
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-
-    def run():
-        try:
-            out, err = fn(), None
-        except BaseException as e:  # handed to the awaiting coroutine
-            out, err = None, e
-        if fut.cancelled() and err is None and undo is not None:
-            undo(out)
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(_settle_future, fut, out, err, undo)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await fut
-
-
-def _settle_future(fut: asyncio.Future, out, err, undo=None) -> None:
-    if fut.done():
-        # Cancelled after ``fn`` ended, before this ran: nobody takes the result, so it is undone (off the loop).
-        if fut.cancelled() and err is None and undo is not None:
-            threading.Thread(target=undo, args=(out,), name="warmserve-ray-undo", daemon=True).start()
-        return
-    if err is not None:
-        fut.set_exception(err)
-    else:
-        fut.set_result(out)
 
 
 def _read(path: str) -> bytes:
