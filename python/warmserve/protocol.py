@@ -17,6 +17,7 @@ from typing import Any, Union
 import msgspec
 
 from . import errors
+from .protocol_peek import leading_request_id
 
 # Sampling crosses the wire inside Generate and Tokens; it lives in sampling.py, and stays importable from here.
 from .sampling import (  # noqa: F401
@@ -550,7 +551,7 @@ class _IdOnly(msgspec.Struct):
 
 # Reads the id alone, skipping the other fields unbuilt: found in review, decoding the whole message built every
 # value of a malformed one (a 36 MB prompt list: 0.5 s and some 300 MB). It still walks every value: the worker's
-# link thread reads ids from a message's first bytes instead (worker/peek.py).
+# link thread reads ids from a message's first bytes instead (protocol_peek.py).
 _id_decoder = msgspec.msgpack.Decoder(_IdOnly)
 
 
@@ -558,8 +559,10 @@ def request_id_of(data: bytes) -> int:
     """Best-effort id of a message that did not validate, so its sender can match the error; -1 if unreadable."""
     try:
         return _id_decoder.decode(data).id
-    except Exception:  # garbage bytes, an id that is no int, nesting too deep: any failure means "no id"
-        return -1
+    except Exception:  # garbage bytes, an id that is no int, cut short, nesting too deep
+        # then the id its first bytes give, if any: one cut short or nested too deep still names its request up
+        # front (found in review: answered under -1, its sender waited for its timeout)
+        return leading_request_id(data)
 
 
 def _protocol_error(kind: str, data: bytes, e: Exception) -> errors.ProtocolError:
@@ -568,9 +571,7 @@ def _protocol_error(kind: str, data: bytes, e: Exception) -> errors.ProtocolErro
     why = f"nested too deep ({e})" if isinstance(e, RecursionError) else str(e)
     return errors.ProtocolError(
         f"malformed {kind} ({len(data)} bytes): {why}; send a msgspec-encoded warmserve.protocol message",
-        size_bytes=len(data),
-        request_id=request_id_of(data),
-    )
+        size_bytes=len(data), request_id=request_id_of(data))
 
 
 def _plain(d: dict) -> dict:

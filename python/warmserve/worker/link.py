@@ -19,7 +19,7 @@ import zmq
 from .. import protocol as P
 from ..controller.errors import OverloadedError
 from ..errors import fmt_bytes
-from .peek import leading_request_id
+from ..protocol_peek import leading_request_id
 
 log = logging.getLogger("warmserve.worker")
 

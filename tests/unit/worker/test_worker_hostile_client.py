@@ -84,19 +84,19 @@ def _still_serves(server, t, failures) -> None:
 _GETSTATS = b"\x83\xa3msg\xa8GetStats\xa2id\x09\xa1x"  # {"msg": "GetStats", "id": 9, "x": <what follows>}
 
 
-@pytest.mark.parametrize("data", [
-    _GETSTATS + b"\x91" * 5000 + b"\x01",  # an unknown field nested 5,000 arrays deep
-    b"\x81\xa1a" * 5000 + b"\x01",  # 5,000 nested maps
+@pytest.mark.parametrize("data,rid", [
+    (_GETSTATS + b"\x91" * 5000 + b"\x01", 9),  # an unknown field nested 5,000 arrays deep, after the id
+    (b"\x81\xa1a" * 5000 + b"\x01", -1),  # 5,000 nested maps, no id
 ], ids=["deep-unknown-field", "deep-maps"])
-def test_deep_nesting_is_a_protocol_error_and_the_worker_serves_on(served, data):
+def test_deep_nesting_is_a_protocol_error_and_the_worker_serves_on(served, data, rid):
     """Found here: msgspec raises RecursionError past its depth limit, which decode_request let through, and the
     worker's engine loop ended (every model on it gone)."""
     server, ctx, t, failures = served
     bad = _dealer(ctx, server.endpoint)
     bad.send(data)
     (err,) = _replies(bad, 5.0, until=lambda m: isinstance(m, P.Error))
-    # No id: reading one means decoding the message, which is what failed.
-    assert (err.type, err.id) == ("ProtocolError", -1) and "nested too deep" in err.message
+    # The id its first bytes give (found in review: answered under -1, the sender could not match it)
+    assert (err.type, err.id) == ("ProtocolError", rid) and "nested too deep" in err.message
     _still_serves(server, t, failures)
 
 
@@ -110,9 +110,9 @@ def test_deep_nesting_is_a_protocol_error_and_the_worker_serves_on(served, data)
     (msgspec.msgpack.encode({"msg": "GetStats", "id": True}), -1, "$.id"),
     (msgspec.msgpack.encode({"msg": "Activate", "id": 6, "name": "m", "engine": {"max_num_seqs": -1}}), 6,
      "max_num_seqs"),
-    # Declared lengths of 2**31-1 with a few bytes behind them: refused as truncated (no id: the message is not
-    # whole), nothing allocated for them.
-    (b"\x84\xa3msg\xa8Generate\xa2id\x07\xa5model\xa1m\xaaprompt_ids\xdd\x7f\xff\xff\xff\x01", -1, "truncated"),
+    # Declared lengths of 2**31-1 with a few bytes behind them: refused as truncated under the id their first
+    # bytes give (found in review: under -1), nothing allocated for them.
+    (b"\x84\xa3msg\xa8Generate\xa2id\x07\xa5model\xa1m\xaaprompt_ids\xdd\x7f\xff\xff\xff\x01", 7, "truncated"),
     (b"\x82\xa3msg\xa8GetStats\xa2id\xdb\x7f\xff\xff\xff", -1, "truncated"),
     (b"\xdf\x7f\xff\xff\xff\xa3msg\xa8GetStats", -1, "truncated"),
 ], ids=["array", "nil", "empty", "unknown-tag", "reply-tag", "missing-field", "bool-id", "nested-check",

@@ -20,7 +20,7 @@ from warmserve import protocol as P
 from warmserve.controller.errors import OverloadedError
 from warmserve.worker.core import WorkerCore
 from warmserve.worker.main import add_arguments, build_pool, check_args
-from warmserve.worker.peek import leading_request_id
+from warmserve.protocol_peek import leading_request_id
 from warmserve.worker.server import WorkerServer
 
 from test_security import _serve  # this folder's: the engine loop on a thread, failures kept for the test's thread

@@ -4,7 +4,9 @@ The worker's link thread answers a message it refuses unread (its queue of reque
 ``link.Link``) under the message's own id, so that the sender can match the refusal to its request. ``protocol.
 request_id_of`` would find the id wherever it is, but it skips every value before and after it: a 60 MiB prompt of
 small token ids took it 0.26 s (measured in review), in the thread that keeps the heartbeats. Every message
-``protocol.encode`` writes gives its tag and then its id first, so a few header bytes suffice.
+``protocol.encode`` writes gives its tag and then its id first, so a few header bytes suffice. A message that does
+not decode (cut short, nested too deep) gets its ``ProtocolError`` under the id read this way too
+(``protocol._protocol_error``).
 """
 
 from __future__ import annotations
