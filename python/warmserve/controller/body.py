@@ -115,7 +115,11 @@ def decoded(data: bytes, coding: str, max_bytes: int) -> bytes:
     wbits = 16 + zlib.MAX_WBITS if gz else zlib.MAX_WBITS if data[:1] and data[0] & 0xF == 8 else -zlib.MAX_WBITS
     out: list[bytes] = []
     size = 0
-    for _ in range(MAX_GZIP_MEMBERS if gz else 1):
+    for member in range(MAX_GZIP_MEMBERS if gz else 1):
+        if member and not data.startswith(b"\x1f\x8b"):
+            # Bytes after a whole member that do not begin another (gzip's magic number) are trailing bytes: found
+            # in review, a trailing newline was refused as data that "ends early", garbage as "no gzip data".
+            break
         d = zlib.decompressobj(wbits)
         try:
             out.append(d.decompress(data, max_bytes + 1 - size))
@@ -132,6 +136,7 @@ def decoded(data: bytes, coding: str, max_bytes: int) -> bytes:
         data = d.unused_data.lstrip(b"\0") if gz else d.unused_data  # the next gzip member, if any
         if not data:
             return b"".join(out)
+    more = f" (more than {MAX_GZIP_MEMBERS} gzip members)" if gz and data.startswith(b"\x1f\x8b") else ""
     raise InvalidArgumentError(
         f"the request body could not be decoded: Content-Encoding {coding}, but its compressed data is followed by "
-        f"other bytes{f' (more than {MAX_GZIP_MEMBERS} gzip members)' if gz else ''}: send one compressed body")
+        f"other bytes{more}: send one compressed body")

@@ -33,7 +33,8 @@ class Tokenizer:
     def __init__(self, path: str):
         file = path if path.endswith(".json") else os.path.join(path, "tokenizer.json")
         if not os.path.isfile(file):
-            raise InvalidArgumentError(f"no tokenizer.json at {path!r}: the checkpoint needs a `tokenizers` file", path=path)
+            raise InvalidArgumentError(f"no tokenizer.json at {path!r}: the checkpoint needs a `tokenizers` file",
+                                       path=path)
         self.dir = os.path.dirname(file)
         self._file = file
         self._parsed = None
@@ -173,6 +174,12 @@ class Tokenizer:
         import jinja2
 
         self.compile_chat_template()
+        if "developer" not in self.chat_template:
+            # OpenAI's "developer" is the newer name of "system" (the API takes both), but a template that never
+            # names it rendered it as an unknown role or refused it (found in review: Qwen's wrote
+            # "<|im_start|>developer", strict ones raised "Unexpected message role"): it is the system turn. A
+            # template that names "developer" gets it as sent.
+            messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
         try:
             # tools and documents None, not undefined, as transformers passes them: an undefined one passes a
             # template's "tools is not none" (found in review: every plain chat got the tool section)
