@@ -40,6 +40,8 @@ import numpy as np
 
 from warmserve.bench.exit_signals import exit_on_signals
 from warmserve.bench.replay_cluster import LiveCluster
+from warmserve.bench.replay_report import (LIVE_COLS, no_error_text, plot_cdf, ratio_figures, table, validation,
+                                           write_results)
 from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, Given, check_args, check_endpoint,
                                           check_reuse, cost_models, counters_between, engine_start_summary,
                                           fetch_engine_starts, fetch_prewarm_metrics, history_rows, idle_windows,
@@ -382,53 +384,24 @@ def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None,
     return s, r.ttft_s
 
 
-def _table(rows: dict, cols) -> str:
-    lines = [[c[0] for c in cols]]
-    for name, s in rows.items():
-        lines.append([name] + [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for _, k, f in cols[1:]])
-    w = [max(len(r[i]) for r in lines) for i in range(len(cols))]
-    return "\n".join("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in lines)
-
-
-LIVE_COLS = [("policy", "", ""), ("reqs", "requests", "{}"), ("answered", "answered", "{}"),
-             ("failed", "dropped", "{}"), ("TTFT p50", "ttft_p50_s", "{:.3f}"), ("p99", "ttft_p99_s", "{:.3f}"),
-             ("TPOT p50", "tpot_p50_s", "{:.4f}"), ("e2e p50", "e2e_p50_s", "{:.3f}"), ("e2e p99", "e2e_p99_s", "{:.3f}"),
-             ("starts", "instance_starts", "{}"), ("hit", "prewarm_hit_rate", "{:.2f}"),
-             ("moved", "requests_migrated", "{}")]
-
-
-def validation(live: dict, sim: dict) -> dict:
-    out = {}
-    for p in live:
-        if p not in sim:
-            continue
-        row = {}
-        for k in ("ttft_p50_s", "ttft_p99_s"):
-            a, b = live[p].get(k), sim[p].get(k)
-            row[f"live_{k}"], row[f"sim_{k}"] = a, b
-            row[f"sim_over_live_{k.split('_')[1]}"] = b / a if a else float("nan")
-        row["within_25pct"] = all(abs(row[f"sim_over_live_{q}"] - 1) <= 0.25 for q in ("p50", "p99"))
-        out[p] = row
-    return out
-
-
-def plot_cdf(live: dict, sim: dict, path: str, title: str) -> None:
-    """Live (solid) and simulated (dashed) TTFT CDFs, one colour per policy."""
-    from warmserve.sim.plot import plot_ttft_cdf
-
-    curves = []
-    for i, (name, x) in enumerate(live.items()):
-        curves += [(f"{name} (live)", x, "-", f"C{i}"), (f"{name} (sim)", sim.get(name), "--", f"C{i}")]
-    plot_ttft_cdf(curves, path, title)
-
-
 def main(args) -> int:
     # a SIGTERM or SIGHUP ends the run through the clean-up that stops the `serve` child (``exit_on_signals``)
+    run = {"policy": None, "saved": []}  # what an interruption stopped, and what --json holds by then
     with exit_on_signals():
-        return _main(args)
+        try:
+            return _main(args, run)
+        except (KeyboardInterrupt, SystemExit) as e:
+            # found in review: a Ctrl-C or SIGTERM mid-replay ended silent on what --json holds
+            if isinstance(e, SystemExit) and not (isinstance(e.code, int) and e.code > 128):
+                raise
+            held = (f"{args.json} holds {', '.join(run['saved'])}" if run["saved"] else
+                    "nothing was written" if args.json else "no --json was given")
+            print("warmserve bench replay: interrupted" + (f" during {run['policy']}, whose replay is lost"
+                                                            if run["policy"] else "") + f": {held}", file=sys.stderr)
+            raise  # a Ctrl-C stays KeyboardInterrupt for callers; SIGTERM keeps its exit status
 
 
-def _main(args) -> int:
+def _main(args, run: dict) -> int:
     from warmserve.outputs import (check_distinct_outputs, check_output, check_output_folder,
                                    check_outputs_spare_input, check_plot)
     from warmserve.sim.config import ServedModel
@@ -499,6 +472,7 @@ def _main(args) -> int:
         add_arguments(parser)
         check_reuse(earlier, args.reuse_live, args, policies, options, len(reqs), vars(parser.parse_args([])))
     for p in policies:
+        run["policy"] = p
         if earlier is not None:
             live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier["ttft_s"].get(p, []), float)
         else:
@@ -515,7 +489,7 @@ def _main(args) -> int:
                 write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0, warm)
             where = f"the server at {args.endpoint}" if args.endpoint else f"the cluster (its logs: {log_dir})"
             print(f"warmserve bench replay: {p}: none of the {s['requests']} requests was answered; {where} said:\n"
-                  + "\n".join(f"  {e}" for e in s.get("error_samples", ["(no error text)"]))
+                  + "\n".join(f"  {e}" for e in s.get("error_samples", [no_error_text(s, args.drain_s)]))
                   + "\nstopped before the next policy" + (f"; {args.json} holds the policies run" if args.json
                                                           else ""), file=sys.stderr)
             return 1
@@ -523,18 +497,20 @@ def _main(args) -> int:
             sim[p], sim_ttft[p] = run_sim(p, w, served_sim, args, cost, options[p], history_from)
         if args.json:  # after each policy: an error in a later one keeps what this one took minutes to measure
             write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, time.perf_counter() - t0, warm)
+            run["saved"] = list(live)
+    run["policy"] = None
     print(f"{w.name}: {len(served)} models " + (f"sent to {args.endpoint}" if args.endpoint else
                                                  f"on {args.cpu_workers} CPU workers")
           + f", {len(reqs)} requests over {w.duration_s:.0f} s ({len(reqs) / w.duration_s:.2f} rps), seed {args.seed}")
     print("live:")
-    print(_table(live, LIVE_COLS))
-    ratios, val = _ratios(live, sim), validation(live, sim)
+    print(table(live, LIVE_COLS))
+    ratios, val = ratio_figures(live, sim), validation(live, sim)
     if sim:
         print(f"simulated (same workload, profile {args.profile}"
               + (f", models as {args.sim_size}" if args.sim_size else "")
               + (f", compute x{args.sim_compute_scale}" if args.sim_compute_scale else "")
               + (f", {cost.gpu.host_cores:g} host cores" if cost is not None and cost.gpu.host_cores else "") + "):")
-        print(_table(sim, LIVE_COLS))
+        print(table(sim, LIVE_COLS))
         print("sim vs live TTFT:")
         for p, r in val.items():
             print(f"  {p:<12} p50 live {r['live_ttft_p50_s']:.3f} sim {r['sim_ttft_p50_s']:.3f} "
@@ -553,46 +529,9 @@ def _main(args) -> int:
     return 0
 
 
-def _ratios(live: dict, sim: dict) -> dict:
-    ratios = {}
-    if "warmserve" in live and "autoscale" in live and live["warmserve"]["ttft_p99_s"] > 0:
-        ratios["p99_ttft_autoscale_over_warmserve"] = live["autoscale"]["ttft_p99_s"] / live["warmserve"]["ttft_p99_s"]
-    if "warmserve" in sim and "autoscale" in sim and sim["warmserve"]["ttft_p99_s"] > 0:
-        ratios["sim_p99_ttft_autoscale_over_warmserve"] = sim["autoscale"]["ttft_p99_s"] / sim["warmserve"]["ttft_p99_s"]
-    return ratios
-
-
-def write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall_s: float, warm=()) -> None:
-    """The --json document of the policies run so far."""
-    from warmserve.outputs import write_json_atomic
-
-    doc = {"workload": {"name": w.name, "requests": len(reqs), "duration_s": w.duration_s,
-                        "history_requests": len(w.history), "idle_lead_windows": idle_windows(args), "meta": w.meta},
-           "cluster": {"endpoint": args.endpoint, "cpu_workers": None if args.endpoint else args.cpu_workers,
-                       "models": [list(m) for m in served]},
-           "args": {k: v for k, v in vars(args).items() if k not in ("api_key", "given_flags")},
-           "policies": live, "simulated": {"policies": sim} if sim else None, "validation": validation(live, sim),
-           "ratios": _ratios(live, sim), "wall_s": wall_s,
-           "ttft_s": {p: np.round(x, 4).tolist() for p, x in live_ttft.items()},
-           "sim_ttft_s": {p: np.round(x, 4).tolist() for p, x in sim_ttft.items()}}
-    if args.warmup_s > 0:
-        doc["workload"].update(warmup_requests=len(warm), warmup_span_s=warmup_span_s(args))
-    write_json_atomic(args.json, doc, indent=1, default=_jsonable)
-
-
 def log_folder(args) -> str:
     """--log-dir, or logs/ beside --json (beside replay.json in the working folder without one)."""
     return args.log_dir or os.path.join(os.path.dirname(os.path.abspath(args.json or "replay.json")), "logs")
-
-
-def _jsonable(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 __all__ = ["CHECKPOINTS", "build_workload", "replay_requests", "history_rows", "plan_live_history", "with_idle_lead",
