@@ -11,44 +11,26 @@ import tracemalloc
 
 import msgspec
 import pytest
-import torch
 import zmq
 
 from warmserve import protocol as P
 from warmserve.worker import WorkerClient
-from warmserve.worker.core import WorkerCore
-from warmserve.worker.main import build_pool
-from warmserve.worker.server import WorkerServer
 
-from test_security import _serve as serve_in_thread  # this folder's: the engine loop on a thread, failures kept
+from tiny_llama_worker import tiny_llama_worker
 
 SHORT = P.SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
 
 
 @pytest.fixture
 def served(tiny_models):
-    """A bound worker serving tiny-llama, its engine loop on a thread; an exception that ends the loop is kept in
-    ``failures`` and checked by the test's thread, as is the loop still running at the end."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with build_pool("cpu", 0.25) as pool:
-        core = WorkerCore(pool, device="cpu", worker_id="w-hostile", emit=lambda peer, msg: None)
-        server = WorkerServer(core, bind="tcp://127.0.0.1:0", heartbeat_interval_s=0.5)
-        t, failures = serve_in_thread(server)
+    """A bound worker serving tiny-llama, its engine loop on a thread (``tiny_llama_worker``), and a ZeroMQ context
+    for raw sockets."""
+    with tiny_llama_worker(tiny_models, "w-hostile") as (server, t, failures):
         ctx = zmq.Context()
         try:
-            with WorkerClient(server.endpoint) as good:
-                good.prewarm(tiny_models["tiny-llama"])
-                good.activate("tiny-llama")
             yield server, ctx, t, failures
         finally:
             ctx.destroy(linger=0)
-            if t.is_alive():
-                core.stopping = True
-                t.join(10)
-            server.close()
-            core.close()  # a loop that died left its instance open: closed before its pool is
-            torch.set_num_threads(threads)
 
 
 def _dealer(ctx, endpoint: str):

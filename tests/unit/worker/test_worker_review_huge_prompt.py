@@ -8,17 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 import zmq
 
 from warmserve import protocol as P
 from warmserve.engine.engine import Engine
 from warmserve.worker import WorkerClient
-from warmserve.worker.core import WorkerCore
-from warmserve.worker.main import build_pool
-from warmserve.worker.server import WorkerServer
 
-from test_security import _serve  # this folder's: the engine loop on a thread, failures kept for the test's thread
+from tiny_llama_worker import tiny_llama_worker
 
 SHORT = P.SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
 
@@ -34,24 +30,8 @@ def served(tiny_models, monkeypatch):
         return add_request(self, request_id, prompt_token_ids, *a, **kw)
 
     monkeypatch.setattr(Engine, "add_request", spy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with build_pool("cpu", 0.25) as pool:
-        core = WorkerCore(pool, device="cpu", worker_id="w-huge", emit=lambda peer, msg: None)
-        server = WorkerServer(core, bind="tcp://127.0.0.1:0", heartbeat_interval_s=0.5)
-        t, failures = _serve(server)
-        try:
-            with WorkerClient(server.endpoint) as good:
-                good.prewarm(tiny_models["tiny-llama"])
-                good.activate("tiny-llama")
-            yield server, handed, t, failures
-        finally:
-            if t.is_alive():
-                core.stopping = True
-                t.join(10)
-            server.close()
-            core.close()
-            torch.set_num_threads(threads)
+    with tiny_llama_worker(tiny_models, "w-huge") as (server, t, failures):
+        yield server, handed, t, failures
 
 
 @pytest.mark.parametrize("prompt,output", [(4_000_000, 0), (2_048, 0), (1_000, 1_048)],
