@@ -15,6 +15,10 @@ import prometheus_client as prom
 
 # TTFT and TPOT span sub-millisecond (a prewarm hit on a tiny model) to minutes (a cold start under a burst).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# A request's whole latency runs on past them: a long generation takes minutes at any TPOT, and no limit bounds its
+# total (request_timeout_s bounds a wait for a token). vLLM's e2e tail, so that its p99 is not read as the top
+# finite bucket (found in review: every request over 120 s fell in +Inf and histogram_quantile answered 120).
+E2E_BUCKETS_S = LATENCY_BUCKETS_S + (240.0, 480.0, 960.0, 1920.0, 7680.0)
 #: The exposition's Content-Type (text format 0.0.4).
 CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 
@@ -99,7 +103,7 @@ class ControllerMetrics:
         self.ttft = Histogram(r, "warmserve_ttft_seconds", "Time to first token, from arrival.", ("model",))
         self.tpot = Histogram(r, "warmserve_tpot_seconds", "Time per output token after the first.", ("model",))
         self.e2e = Histogram(r, "warmserve_request_seconds", "Request latency, arrival to its end, by outcome.",
-                             ("model", "outcome"))
+                             ("model", "outcome"), buckets=E2E_BUCKETS_S)
         self.requests = Counter(r, "warmserve_requests", "Requests that reached a model, by how they ended "
                                 "(stop, length, abort, error, timeout, ...).", ("model", "outcome"))
         self.rejected = Counter(r, "warmserve_rejected_requests", "HTTP requests answered with an error status, "
@@ -167,6 +171,14 @@ class ControllerMetrics:
         self.decode_batch = Gauge(r, "warmserve_decode_batch", "Recent mean of the sequences in each running "
                                   "instance's decode steps (beside warmserve_decode_step_seconds).",
                                   ("worker", "model"))
+
+    def model_series(self, model: str) -> None:
+        """Export a model's per-model counters and histograms at 0 before their first event. Found in
+        review: a series that first appeared at 1 hid that event from increase()/rate(), and the dashboard's prewarm
+        hit ratio, a sum of hits and misses by model, had no value for a model lacking either series."""
+        for s in (self.tokens, self.prompt_tokens, self.prewarm_hits, self.prewarm_misses, self.prewarm_loading_starts,
+                  self.rerouted, self.migrated, self.dedicated, self.ttft, self.tpot):
+            s.child({"model": model})
 
     def first_token(self, req) -> None:
         """A request's first token arrived: its TTFT, observed now (as vLLM does), once per request. Found in

@@ -29,7 +29,8 @@ def stats(ctl) -> dict:
         "workers": workers,
         "instances": [{"instance_id": i, "model": st.model, "worker": ctl.instances[i].worker.worker_id,
                        "workers": [w.worker_id for w in ctl.instances[i].workers], "gpus": list(st.gpus),
-                       "group_id": ctl.instances[i].group_id, "ready": st.ready, "in_flight": st.in_flight, "draining": st.draining,
+                       "group_id": ctl.instances[i].group_id, "ready": st.ready, "in_flight": st.in_flight,
+                       "draining": st.draining,
                        "kv_blocks_total": st.kv_blocks_total, "kv_blocks_mapped": st.kv_blocks_mapped,
                        "shared": _shared(ctl.instances[i].worker, st.model),
                        **_decode(ctl.instances[i].worker, st.model)}
@@ -66,6 +67,7 @@ def collect(ctl) -> None:
         g.clear()
     state = ctl.state
     for name in ctl.models:
+        m.model_series(name)
         queued = state.queued(name)
         sent = [(i, st.in_flight) for i, st in state.instances.items() if st.model == name]
         inflight = sum(n for _, n in sent)
