@@ -36,7 +36,7 @@ def check_record_path(record_path: str, history_path: str) -> None:
     found before any worker starts, not at the first window's end."""
     if not record_path:
         return
-    folder = os.path.dirname(os.path.abspath(record_path)) or "."
+    folder = os.path.dirname(os.path.abspath(record_path))
     if os.path.isdir(record_path):
         raise InvalidArgumentError(f"--record-history {record_path!r} is a directory: give a file path (e.g. "
                                    f"{os.path.join(record_path, 'history.csv')})", path=record_path)

@@ -246,15 +246,14 @@ class Link:
                         peer, err.message)
         self._send_out(peer, P.encode(P.Error.of(rid, err)))
 
-    def _flush(self) -> bool:
-        """Move the backlog into the pipe, in order; False while the pipe is full."""
+    def _flush(self) -> None:
+        """Move the backlog into the pipe, in order, as far as the pipe takes it (the rest waits for room)."""
         while self._backlog:
             try:
                 self.pipe.send_multipart(self._backlog[0], zmq.NOBLOCK)
             except zmq.Again:  # the engine is hwm requests behind
-                return False
+                return
             self._backlog.popleft()
-        return True
 
     def _heartbeat_due_s(self) -> float:
         """Connected and answered: one interval after the last message to the controller (else inf: ``_beat``)."""
