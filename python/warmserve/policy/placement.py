@@ -341,8 +341,11 @@ class Board:
     def _best_group_with_eviction(self, m: ModelInfo, score: float):
         """Cheapest group (by evicted score) that evicting only lower-score replicas makes feasible."""
         # Nothing changed since a search for the same size (and the same model, or any model with no replica and
-        # no instance) failed at a higher score: this one fails too (fewer replicas are below it).
-        key = (m.tp, m.shard_bytes, m.name if m.name in self.model_masks or m.name in self.inst_masks else None)
+        # no instance) failed at a higher score: this one fails too (fewer replicas are below it). The KV block is part
+        # of the size: it decides which GPUs the model may use at all (``_startable``; found in review, a large
+        # block's failure skipped a model whose small block fits a GPU with replicas to evict).
+        key = (m.tp, m.shard_bytes, m.kv_block_bytes,
+               m.name if m.name in self.model_masks or m.name in self.inst_masks else None)
         failed = self._evict_failed.get(key)
         if failed is not None and failed[0] == self.version and score <= failed[1]:
             return None

@@ -82,3 +82,18 @@ def test_a_co_served_start_takes_its_own_replica_on_the_host_as_a_hit():
     assert act.gpus == host and act.kv_fraction < 1.0  # it joined the host
     assert act.prewarm_id == "c/p99" and pw is not None and pw.prewarm_id == "c/p99"
     assert not [p for p in st.prewarms.values() if p.model == "c"]
+
+
+def test_a_large_kv_blocks_failed_search_does_not_stop_a_small_block_model_of_the_same_shard():
+    """Found in review: a failed eviction search was remembered by (tp, shard bytes) only, so after a model whose
+    KV block cannot fit the GPU at all failed, a model of the same shard with a small block, which evicting a
+    lower-score replica lets in, was refused too: no prewarm though the memory was there to take."""
+    big_block = ModelInfo("big-block", 13 * GiB, kv_bytes_per_token=640 << 20)
+    small_block, low = _m("small-block"), _m("low")
+    assert big_block.shard_bytes == small_block.shard_bytes and big_block.kv_block_bytes > 7 * GiB
+    st = ClusterState([ServerState(0, (0,))], [GpuState(0, 0, 20 * GiB)],
+                      {m.name: m for m in (big_block, small_block, low)})
+    st.prewarms["low/p1"] = PrewarmState("low/p1", "low", (0,), 1.0, 1.0)  # 7 GiB left: each needs it evicted
+    b = Board(st)
+    assert b.place("big-block/p2", "big-block", 5.0) is None  # its shard and one block exceed the 20 GiB GPU
+    assert b.place("small-block/p3", "small-block", 3.0) == ((0,), ["low/p1"])
