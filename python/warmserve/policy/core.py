@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
@@ -544,11 +544,11 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
 
     def _plan(self, state: ClusterState, window: int, board: Board, out: list) -> None:
         B = self.routed_capacity()  # replicas for the instances scale-out will start (route_cap_per_instance)
-        running = {m: 0 for m in self.models}
-        stopping = A.stopping(out)
-        for inst in state.instances.values():
-            if not inst.draining and inst.instance_id not in stopping:
-                running[inst.model] += 1
+        stopping, revived = A.stopping(out), {a.instance_id for a in out if type(a) is A.ReviveInstance}
+        # this tick's starts and revivals run too (found in review: a scale-out's hit was planned again)
+        running = Counter(a.model for a in out if type(a) is A.StartInstance)
+        running.update(i.model for i in state.instances.values()
+                       if (not i.draining or i.instance_id in revived) and i.instance_id not in stopping)
         existing: dict[str, list] = {}
         for r in board.reps.values():
             existing.setdefault(r.model, []).append(r)
