@@ -398,7 +398,9 @@ def main(args) -> int:
                     "nothing was written" if args.json else "no --json was given")
             print("warmserve bench replay: interrupted" + (f" during {run['policy']}, whose replay is lost"
                                                             if run["policy"] else "") + f": {held}", file=sys.stderr)
-            raise  # a Ctrl-C stays KeyboardInterrupt for callers; SIGTERM keeps its exit status
+            if isinstance(e, SystemExit):
+                raise  # SIGTERM keeps its exit status
+            return 130  # a Ctrl-C, said in one line (before: then the KeyboardInterrupt's traceback)
 
 
 def _main(args, run: dict) -> int:
