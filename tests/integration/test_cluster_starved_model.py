@@ -52,7 +52,7 @@ def test_the_queue_timeout_reaches_the_caller_as_it_is(cluster):
     assert _server_timeout(lambda: cluster.generate(STARVED, "hello", max_tokens=2, timeout_s=60)) < 10
     assert _server_timeout(lambda: cluster.generate(STARVED, "hello", max_tokens=2, timeout_s=math.inf)) < 10
     assert _server_timeout(lambda: list(cluster.stream(STARVED, "hello", max_tokens=2))) < 10
-    assert cluster.generate(SERVED, "hello", max_tokens=2).completion_tokens == 2
+    assert cluster.generate(SERVED, "hello", max_tokens=2, temperature=0).completion_tokens == 2
 
 
 def test_requests_that_never_reached_an_instance_add_no_prompt_tokens(cluster):
@@ -65,7 +65,7 @@ def test_requests_that_never_reached_an_instance_add_no_prompt_tokens(cluster):
             cluster.generate(STARVED, [5, 6, 7, 8, 9], max_tokens=2, timeout_s=30)
     assert m.prompt_tokens.get(model=STARVED) == before
     served = m.prompt_tokens.get(model=SERVED)
-    assert cluster.generate(SERVED, [5, 6, 7, 8, 9], max_tokens=2).completion_tokens == 2
+    assert cluster.generate(SERVED, [5, 6, 7, 8, 9], max_tokens=2, temperature=0).completion_tokens == 2
     assert m.prompt_tokens.get(model=SERVED) == served + 5
 
 

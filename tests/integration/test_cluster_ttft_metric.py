@@ -30,7 +30,7 @@ def test_ttft_is_counted_at_the_first_token_once_and_not_for_a_request_that_fail
     """Found in review: TTFT was observed when the request ended, so a scrape during a long generation showed
     none for it (and each observation landed at the end of its request)."""
     with serving.demo_cluster(models=(MODEL,), cpu_workers=1, cpu_worker_memory_bytes=512 << 20) as c:
-        assert c.generate(MODEL, [5, 17, 300], max_tokens=2).completion_tokens == 2  # the instance is up
+        assert c.generate(MODEL, [5, 17, 300], max_tokens=2, temperature=0).completion_tokens == 2  # the instance is up
         assert _ttft_count(_scrape(c)) == 1
 
         async def outside_vocabulary():  # refused by the worker's engine: no token ever

@@ -63,7 +63,7 @@ def test_a_remote_worker_counts_as_lost_until_it_joins_again(tmp_path):
             _wait_gauge(c, {"ready": 0, "lost": 1})  # silent for worker_timeout_s (2 s)
             remote = _remote_worker(endpoint, log)
             _wait_gauge(c, {"ready": 1, "lost": 0})
-            assert c.generate(MODEL, "back", max_tokens=2).completion_tokens == 2
+            assert c.generate(MODEL, "back", max_tokens=2, temperature=0).completion_tokens == 2
     finally:
         log.close()
         remote.kill()

@@ -47,7 +47,7 @@ def test_a_long_prompt_gets_the_pages_a_prewarm_beside_it_held(tmp_path):
         controller=ControllerConfig(policy_config=PolicyConfig(window_s=WINDOW_S, replan_s=1.0),
                                     request_timeout_s=TIMEOUT_S, history_path=_history(tmp_path / "h.json")))
     with warmserve.Cluster(None, config=cfg) as c:
-        assert c.generate(SERVED, [5, 6, 7], max_tokens=4).completion_tokens == 4
+        assert c.generate(SERVED, [5, 6, 7], max_tokens=4, temperature=0).completion_tokens == 4
         deadline = time.monotonic() + 60
         while not _prewarm_beside(c) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -60,4 +60,4 @@ def test_a_long_prompt_gets_the_pages_a_prewarm_beside_it_held(tmp_path):
         took_s = time.monotonic() - t0
         assert out.completion_tokens == 40 and out.finish_reason == "length"
         assert took_s < TIMEOUT_S / 2, f"{took_s:.1f} s: it waited for room"
-        assert c.generate(SERVED, [8, 9], max_tokens=4).completion_tokens == 4
+        assert c.generate(SERVED, [8, 9], max_tokens=4, temperature=0).completion_tokens == 4

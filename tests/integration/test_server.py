@@ -136,7 +136,7 @@ def test_32_concurrent_clients_all_answered(server):
 
 
 def test_metrics_after_traffic(server, client):
-    client.completions.create(model=serving.MODELS[0], prompt="count me", max_tokens=3)
+    client.completions.create(model=serving.MODELS[0], prompt="count me", max_tokens=3, temperature=0)
     with urllib.request.urlopen(server[0] + "/metrics", timeout=10) as r:
         text = r.read().decode()
     for series in ("warmserve_ttft_seconds_bucket", "warmserve_tpot_seconds_count", "warmserve_queue_length",
