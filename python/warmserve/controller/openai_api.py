@@ -53,6 +53,19 @@ UNSUPPORTED = {
     "guided_regex": lambda v: v is None,
     "guided_choice": lambda v: v is None,
     "guided_grammar": lambda v: v is None,
+    # vLLM's extensions this server does not implement (found in review: msgspec dropped them, so a client asking
+    # for the stop string in its output, special tokens kept, or its chat template's own arguments got neither)
+    "include_stop_str_in_output": lambda v: v in (None, False),
+    "skip_special_tokens": lambda v: v in (None, True),
+    "spaces_between_special_tokens": lambda v: v in (None, True),
+    "use_beam_search": lambda v: v in (None, False),
+    "allowed_token_ids": lambda v: v is None,
+    "bad_words": lambda v: not v,
+    "truncate_prompt_tokens": lambda v: v is None,
+    "chat_template": lambda v: v is None,
+    "chat_template_kwargs": lambda v: not v,
+    "add_generation_prompt": lambda v: v in (None, True),
+    "continue_final_message": lambda v: v in (None, False),
 }
 
 #: Chat roles a prompt can be built from ("developer" is the newer name of "system").
@@ -102,6 +115,17 @@ class _RequestCommon(msgspec.Struct, omit_defaults=True, kw_only=True):
     guided_regex: Any = None
     guided_choice: Any = None
     guided_grammar: Any = None
+    include_stop_str_in_output: Any = None
+    skip_special_tokens: Any = None
+    spaces_between_special_tokens: Any = None
+    use_beam_search: Any = None
+    allowed_token_ids: Any = None
+    bad_words: Any = None
+    truncate_prompt_tokens: Any = None
+    chat_template: Any = None
+    chat_template_kwargs: Any = None
+    add_generation_prompt: Any = None
+    continue_final_message: Any = None
 
 
 class CompletionRequest(_RequestCommon, kw_only=True):

@@ -82,6 +82,19 @@ def test_bad_completion_requests_are_400(raw, param):
     ({"messages": [{"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}}]},
      "messages"),
     ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c1"}]}, "messages"),
+    # found in review: vLLM's extensions below were dropped without a word (the stop string left out, special tokens
+    # skipped, the template's arguments unused)
+    ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+    ({"skip_special_tokens": False}, "skip_special_tokens"),
+    ({"spaces_between_special_tokens": False}, "spaces_between_special_tokens"),
+    ({"use_beam_search": True}, "use_beam_search"),
+    ({"allowed_token_ids": [1, 2]}, "allowed_token_ids"),
+    ({"bad_words": ["x"]}, "bad_words"),
+    ({"truncate_prompt_tokens": 8}, "truncate_prompt_tokens"),
+    ({"chat_template": "{{ messages }}"}, "chat_template"),
+    ({"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),
+    ({"add_generation_prompt": False}, "add_generation_prompt"),
+    ({"continue_final_message": True}, "continue_final_message"),
 ])
 def test_unsupported_chat_fields_and_roles_are_400_naming_the_field(fields, param):
     with pytest.raises(InvalidArgumentError) as e:
@@ -96,7 +109,9 @@ def test_neutral_values_of_unsupported_fields_and_new_fields_pass():
                                                      {"role": "user", "content": "hi"}],
                                 tools=[], tool_choice="none", response_format={"type": "text"}, logit_bias={},
                                 logprobs=True, top_logprobs=5, n=3, presence_penalty=0.5, frequency_penalty=-0.5,
-                                repetition_penalty=1.2, stop_token_ids=[7], max_completion_tokens=9))
+                                repetition_penalty=1.2, stop_token_ids=[7], max_completion_tokens=9,
+                                include_stop_str_in_output=False, skip_special_tokens=True, chat_template_kwargs={},
+                                add_generation_prompt=True, continue_final_message=False, bad_words=[]))
     assert (s.logprobs, s.presence_penalty, s.frequency_penalty, s.repetition_penalty, s.stop_token_ids,
             s.max_tokens, req.n) == (5, 0.5, -0.5, 1.2, (7,), 9, 3)
     req, _ = oa.parse_chat(body(model="m", messages=[{"role": "assistant", "content": "ok", "tool_calls": []}]))
