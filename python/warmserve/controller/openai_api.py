@@ -387,8 +387,14 @@ def _check_messages(messages: list[ChatMessage]) -> None:
                            f"turn's text as its content", "messages")
 
 
+def _turn(m: ChatMessage) -> dict[str, str]:
+    """A message as the chat template reads it; its ``name`` kept where given, for templates that name speakers
+    (found in review: it was dropped, so two users of one chat read as one)."""
+    return {"role": m.role, "content": message_text(m), **({"name": m.name} if m.name else {})}
+
+
 def chat_dicts(req: ChatRequest) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": message_text(m)} for m in req.messages]
+    return [_turn(m) for m in req.messages]
 
 
 def messages_from(messages) -> list[dict[str, str]]:
@@ -399,7 +405,7 @@ def messages_from(messages) -> list[dict[str, str]]:
     except (msgspec.ValidationError, TypeError) as e:
         raise _bad(f"messages must be a list of {{'role': ..., 'content': ...}} dicts: {e}", "messages") from None
     _check_messages(msgs)
-    return [{"role": m.role, "content": message_text(m)} for m in msgs]
+    return [_turn(m) for m in msgs]
 
 
 # ---------------------------------------------------------------------------------------------------- responses
