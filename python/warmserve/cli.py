@@ -91,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     except (WarmServeError, OSError, ValueError) as e:
         print(f"{command}: {type(e).__name__}: {e}", file=sys.stderr)
         return exit_status(e)
-    except KeyboardInterrupt:  # Ctrl-C: the command's clean-up ran on the way out; a traceback would add nothing
-        print(f"{command}: interrupted", file=sys.stderr)
-        return 130  # what a shell reports for SIGINT, as `simulate` and `bench replay` return it themselves
 
 
 if __name__ == "__main__":

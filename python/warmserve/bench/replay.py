@@ -398,9 +398,7 @@ def main(args) -> int:
                     "nothing was written" if args.json else "no --json was given")
             print("warmserve bench replay: interrupted" + (f" during {run['policy']}, whose replay is lost"
                                                             if run["policy"] else "") + f": {held}", file=sys.stderr)
-            if isinstance(e, SystemExit):
-                raise  # SIGTERM keeps its exit status
-            return 130  # a Ctrl-C, said in one line (before: then the KeyboardInterrupt's traceback)
+            raise  # a Ctrl-C stays KeyboardInterrupt for callers; SIGTERM keeps its exit status
 
 
 def _main(args, run: dict) -> int:
