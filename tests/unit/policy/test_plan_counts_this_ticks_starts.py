@@ -1,5 +1,5 @@
-"""The prewarm plan counts the instances its own tick starts (found in review: in the paper-code simulation 2 of
-218 prewarms were loaded for replicas that a scale-out of the same tick had just turned into an instance)."""
+"""The prewarm plan counts the instances its own tick starts (found in review: a replica that a scale-out of the
+same tick had just turned into an instance was prewarmed again; the paper presets' runs are the same either way)."""
 
 import numpy as np
 
