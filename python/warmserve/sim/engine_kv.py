@@ -65,7 +65,8 @@ class KvMemory:
                 self.gpu_used[g] += b
 
     def _take(self, inst: EngineInst, rid: int) -> bool:
-        """Reserve KV blocks for ``rid`` (prompt + output), growing the mapping if need be; False: no room."""
+        """Reserve KV blocks for ``rid`` (prompt + output - 1 tokens), growing the mapping if need be; False: no
+        room."""
         need = self.blocks[rid]
         if inst.kv_used + need > inst.st.kv_blocks_mapped:
             if need > self.max_blocks(inst):

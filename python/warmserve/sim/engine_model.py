@@ -19,21 +19,22 @@ again, n the server's devices with a busy instance (GPUs share no compute: the t
 process starting there computes too (``start_engine``, phase ``STARTING``): it counts as busy, and its start
 stretches as the factor changes. A decode run or a start is re-timed whenever its factor changes, and so is a
 prefill iteration where cores are shared; on a time-shared GPU a prefill iteration keeps the factor it started
-with (the `shared` baseline's figures were measured under that rule). KV blocks for prompt + output
-(``KV_BLOCK_TOKENS`` tokens each) are reserved at admission, so a request is never preempted: vLLM admits on the
+with (the `shared` baseline's figures were measured under that rule). KV blocks for prompt + output - 1 tokens
+(``KV_BLOCK_TOKENS`` tokens each; the last token sampled is never fed back, so it has no K/V, as the live engine
+reserves) are reserved at admission, so a request is never preempted: vLLM admits on the
 prompt's blocks and preempts (recomputes) the newest request when the cache fills, so this admits somewhat fewer
 sequences than vLLM when KV memory binds and never pays a recomputation. An instance maps KV pages up to the
 policy's target and grows the mapping from free GPU memory when a request needs it; the pages mapped while
 admitting cost ``CostModel.kv_map_s_per_gib`` per GiB (per GPU, the GPUs mapping in parallel), added to the
 prefill iteration that admitted the request (found in review: the mapping was instant), for an engine that maps
 lazily (``EngineInst.lazy_map``: warmserve's prewarmed engines; a vanilla vLLM engine allocates its cache inside
-its initialisation). A request whose prompt + output need more blocks than the instance can ever hold is refused
-when it is routed there (``admit``), as the live engine refuses it. Instances whose caps together pass what their
-GPUs hold (co-served shares raised to the model's context) take turns after the live engines' rule for one pool:
-one that holds no sequence and cannot map its next takes back its neighbours' free mapped blocks, and until it
-runs they map none ahead and give back what their finished requests free (``_take_back``). Not modelled: live, a
-stalled engine gives back its own partial mapping too and is retried on its worker's idle turns (here it keeps
-what it mapped and is woken at once), and an engine without a policy target keeps 8 free blocks mapped ahead
+its initialisation). A request whose prompt + output - 1 tokens need more blocks than the instance can ever hold
+is refused when it is routed there (``admit``), as the live engine refuses it. Instances whose caps together pass
+what their GPUs hold (co-served shares raised to the model's context) take turns after the live engines' rule for
+one pool: one that holds no sequence and cannot map its next takes back its neighbours' free mapped blocks, and
+until it runs they map none ahead and give back what their finished requests free (``_take_back``). Not modelled:
+live, a stalled engine gives back its own partial mapping too and is retried on its worker's idle turns (here it
+keeps what it mapped and is woken at once), and an engine without a policy target keeps 8 free blocks mapped ahead
 (``engine.DEFAULT_TARGET_FREE_BLOCKS``) where this one keeps its whole cap.
 
 ``ENGINE_MODELS``: "vllm" (the above) or "fluid", the simulator's earlier model kept for comparison: the batch
@@ -53,6 +54,7 @@ import heapq
 import math
 from collections import deque
 
+from warmserve.errors import InvalidArgumentError
 from warmserve.policy.state import InstanceState
 from warmserve.sim.costmodel import GIB, CostModel, ModelCost
 from warmserve.sim.engine_kv import KvMemory
@@ -60,6 +62,20 @@ from warmserve.sim.engine_kv import KvMemory
 IDLE, DECODE, PREFILL, STARTING = 0, 1, 2, 3
 #: the engine models ``SimConfig.engine_model`` may name (see the module doc)
 ENGINE_MODELS = ("vllm", "fluid")
+
+
+def check_fluid_steps(cost: CostModel, costs: dict[str, ModelCost], max_batch: int) -> None:
+    """Refuse a cost profile whose context-free decode step is 0 s at some batch of 1 to ``max_batch``, under the
+    "fluid" model (the vLLM-like one adds the weight read, never 0): its steps per second would be infinite.
+    Found in review: such a profile (times >= 0 pass ``profile_check``) ended the run in a ZeroDivisionError."""
+    for name, c in costs.items():
+        zero = next((b for b in range(1, max_batch + 1) if cost.decode_step_s(c, b) <= 0), None)
+        if zero is not None:
+            raise InvalidArgumentError(
+                f"model {name!r}: the cost profile gives a decode step of 0 s at a batch of {zero}, which the "
+                f"'fluid' engine model cannot run (infinitely many steps per second): give decode_step_s.base_s "
+                f"> 0 (or a decode_table above 0 s) in the profile, or use --engine-model vllm",
+                model=name, batch=zero)
 
 
 class EngineInst:

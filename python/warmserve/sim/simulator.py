@@ -35,7 +35,7 @@ from warmserve.policy.driver import KeptWeights, PolicyDriver
 from warmserve.policy.state import ClusterState, InstanceState, PrewarmState
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.costmodel import CostModel
-from warmserve.sim.engine_model import ENGINE_MODELS, BatchEngines, EngineInst
+from warmserve.sim.engine_model import ENGINE_MODELS, BatchEngines, EngineInst, check_fluid_steps
 from warmserve.sim.inputs import check_clock, history_windows, longest_requests, model_infos, warmup_trace
 from warmserve.sim.metrics import RunResult, start_summary, summarize
 from warmserve.workload.request import Workload
@@ -86,6 +86,8 @@ class Simulator:
         # the earlier "fluid" model capped the batch at the policy's B; the vLLM-like one at the engine's limit
         default_batch = pcfg.instance_capacity if config.engine_model == "fluid" else self.cost.limits.max_running_seqs
         self.max_batch = config.max_num_seqs or default_batch
+        if config.engine_model == "fluid":
+            check_fluid_steps(self.cost, dict(zip(names, self.mcost)), self.max_batch)
         if 0 < config.chunked_prefill_tokens < self.max_batch:
             # vLLM refuses it (SchedulerConfig: max_num_batched_tokens must be >= max_num_seqs); found in review:
             # taken, a full batch left a step 1 prompt token, so a 1000-token prompt took 1000 steps
@@ -167,7 +169,9 @@ class Simulator:
         n = len(self.arrival)
         self.first = [math.nan] * n
         self.finish = [math.nan] * n
-        self.blocks = [blocks_for_tokens(p + o) for p, o in zip(self.prompt, self.output)]
+        # prompt + output - 1 tokens: the last token sampled is never fed back, so it never has K/V (the live
+        # engine reserves the same at admission, Engine.add_request; vLLM's blocks grow to the same length)
+        self.blocks = [blocks_for_tokens(max(p + o - 1, 1)) for p, o in zip(self.prompt, self.output)]
 
     # -- the event loop -----------------------------------------------------------------------------------
 
