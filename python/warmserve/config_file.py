@@ -7,8 +7,10 @@ builds and checks the tree, ``load_config`` is both; ``warmserve serve --config`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 
 from warmserve.config import (POLICY_INF_HINT, ClusterConfig, ControllerConfig, ModelSpec, ServerConfig,
                               check_policy_numbers, policy_number_ok)
@@ -19,10 +21,7 @@ from warmserve.protocol import EngineConfig
 
 def _build(cls, data: dict, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise InvalidArgumentError(f"config {where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}",
-                                   unknown=sorted(unknown))
+    _refuse_unknown(data, fields, where)
     out = {}
     for k, v in data.items():
         if isinstance(v, list):
@@ -42,14 +41,46 @@ def _build(cls, data: dict, where: str):
     return cls(**out)
 
 
+def _table_keys() -> dict[str, frozenset]:
+    """Each table of the file and its keys, for pointing a key written in the wrong table to its own."""
+    def names(cls):
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    return {"top level": names(ClusterConfig) - {"controller", "engine", "server", "models"},
+            "[controller]": names(ControllerConfig) - {"policy_config"}, "[policy]": names(PolicyConfig),
+            "[engine]": frozenset(EngineConfig.__struct_fields__), "[server]": names(ServerConfig)}
+
+
+def _refuse_unknown(data: dict, known, where: str) -> None:
+    """Refuse keys of ``data`` not in ``known``, naming for each the nearest known key (a misspelling), or the
+    table that has it (a key in the wrong table: found in review, `tick` in [policy] was told only the list of
+    [policy]'s 40 keys, with tick_s in [controller] none of them)."""
+    unknown = sorted(set(map(str, data)) - set(known))
+    if not unknown:
+        return
+    # The top level's own tables are keys there too: `polcy:` is nearest to the [policy] table.
+    candidates = sorted(set(known) | ({"policy", "cluster"} if where == "top level" else set()))
+    elsewhere = {k: table for table, keys in reversed(_table_keys().items())
+                 if table != where and keys != set(known) for k in keys}
+    hints = {}
+    for key in unknown:
+        near = difflib.get_close_matches(key, candidates, n=1)
+        if near:
+            hints[key] = repr(near[0])
+        elif near := difflib.get_close_matches(key, sorted(elsewhere), n=1):
+            table = elsewhere[near[0]]
+            hints[key] = f"{near[0]!r} (a {table} key)" if table.startswith("[") else f"top-level {near[0]!r}"
+    said = (f": did you mean {hints[unknown[0]]}?" if len(unknown) == 1 else
+            ": did you mean " + ", ".join(f"{h} for {k!r}" for k, h in hints.items()) + "?") if hints else ""
+    raise InvalidArgumentError(f"config {where}: unknown keys {unknown}{said}{' Known' if said else '; known'}: "
+                               f"{sorted(known)}",
+                               unknown=unknown, suggestions=hints)
+
+
 def _engine(data: dict) -> EngineConfig:
     import msgspec
 
-    known = set(EngineConfig.__struct_fields__)
-    unknown = set(data) - known
-    if unknown:
-        raise InvalidArgumentError(f"config [engine]: unknown keys {sorted(unknown)}; known: {sorted(known)}",
-                                   unknown=sorted(unknown))
+    _refuse_unknown(data, EngineConfig.__struct_fields__, "[engine]")
     try:
         return msgspec.convert(data, EngineConfig)
     except msgspec.ValidationError as e:
@@ -71,14 +102,31 @@ def _as_text_hint(value, kind: type) -> str:
         number = float(value)
     except ValueError:
         return ""
+    if kind is float and not math.isfinite(number):  # 1.0e-1 style says nothing to the text "inf"
+        return f". {value} is text here, and this key takes a finite number"
+    # A number both YAML and TOML read as one is text only in quotes: "YAML reads 60 as text" misled there
+    # (a TOML file's `window_s = "60"`, a YAML file's '60').
+    quoted = _PLAIN_NUMBER.fullmatch(value.strip()) is not None
+    reads = f"{value} is in quotes, so text" if quoted else f"YAML reads {value} as text"
     if kind is float:
-        return f". YAML reads {value} as text: write {number!r} (or 1.0e-1 style, with a dot)"
+        return f". {reads}: write {number!r}" + (" without the quotes" if quoted else " (or 1.0e-1 style, with a dot)")
     digits = value.strip().lstrip("+-")
     why = " (a leading 0 means octal to YAML, and 8 and 9 are no octal digits)" if (
         len(digits) > 1 and digits.startswith("0") and digits.isdigit()) else ""
     if not math.isfinite(number) or number != int(number):
-        return f". YAML reads {value} as text{why}: this key takes a whole number, written without a dot or exponent"
-    return f". YAML reads {value} as text{why}: write {int(number)}"
+        return f". {reads}{why}: this key takes a whole number, written without a dot or exponent"
+    return f". {reads}{why}: write {int(number)}" + (" without the quotes" if quoted else "")
+
+
+#: A decimal number YAML 1.1 and TOML both read as a number when unquoted: an integer without a leading 0, or one
+#: with a dot (an exponent with a sign).
+_PLAIN_NUMBER = re.compile(r"[-+]?(0|[1-9][0-9]*|[0-9]+\.[0-9]+([eE][-+][0-9]+)?)")
+
+def _non_finite_text(value: str) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _refuse_other_base(node, key) -> None:
@@ -106,8 +154,8 @@ def _refuse_other_base(node, key) -> None:
     if len(digits) > 1 and digits.startswith("0"):
         octal, plain = int(sign + digits, 8), int(sign + digits, 10)
         raise InvalidArgumentError(f"{where}: YAML reads {text} as octal, {octal} (a leading 0 means octal to "
-                                   f"YAML): write {plain}, {octal} if octal was meant, or '{text}' in quotes if it is text", key=key, value=text,
-                                   line=node.start_mark.line + 1)
+                                   f"YAML): write {plain}, {octal} if octal was meant, or '{text}' in quotes if it "
+                                   f"is text", key=key, value=text, line=node.start_mark.line + 1)
 
 
 def _yaml_loader():
@@ -169,9 +217,24 @@ def _table(value, where: str) -> dict:
     return dict(value)
 
 
+#: Bool, int and float fields of the policy, with their types (for refusing text where a number belongs).
+_POLICY_KINDS = {f.name: type(f.default) for f in dataclasses.fields(PolicyConfig)
+                 if type(f.default) in (bool, int, float)}
+
+
 def _policy_table(value, where: str) -> PolicyConfig:
     table = _table(value, where)
+    _refuse_unknown(table, {f.name for f in dataclasses.fields(PolicyConfig)}, where)
     for k, v in table.items():
+        kind = _POLICY_KINDS.get(k)
+        # Text where a number or true/false belongs is refused as _build refuses it in the other tables (found in
+        # review: [policy] took window_s = "0.5" and prewarm = "no", which [controller] refuses, through the
+        # command line's text parser). Text that reads as inf or nan goes on to the finite-number check below:
+        # YAML has no plain inf (only .inf), and preempt_after_s takes "inf" as its "never".
+        if kind is not None and isinstance(v, str) and not _non_finite_text(v):
+            what = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+            raise InvalidArgumentError(f"config {where}: {k} must be {what}, got {v!r}{_as_text_hint(v, kind)}",
+                                       key=k)
         if not policy_number_ok(k, v):
             raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r} ({POLICY_INF_HINT})",
                                        key=k)
@@ -244,7 +307,8 @@ def cluster_config_from_dict(data: dict) -> ClusterConfig:
 
 
 def load_config(path: str) -> ClusterConfig:
-    """Read a cluster configuration file: TOML (.toml) or YAML (.yaml/.yml)."""
+    """Read a cluster configuration file: TOML (.toml) or YAML (.yaml/.yml). An empty file, or one of comments only,
+    gives the defaults, ``ClusterConfig()``."""
     return cluster_config_from_dict(read_config_file(path))
 
 
@@ -252,8 +316,13 @@ def _config_text(path: str, kind: str) -> str:
     """The file's text: UTF-8, a leading byte-order mark (Windows editors write one) dropped. Found in review: a
     BOM'd TOML was refused as "Invalid statement (at line 1, column 1)" where the same YAML loaded, and a UTF-16 or
     Latin-1 file failed with a bare codec message naming no file."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:  # unreadable (permissions), or gone since read_config_file looked
+        raise InvalidArgumentError(f"config file {path!r} cannot be read: {e.strerror or e}. Fix: make it readable "
+                                   f"by this user (e.g. `chmod a+r {path}`), or pass another --config",
+                                   path=path, errno=e.errno) from None
     bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     try:
         return raw[bom:].decode("utf-8")
@@ -267,19 +336,80 @@ def _config_text(path: str, kind: str) -> str:
             path=path, encoding="utf-8") from None
 
 
+def _check_path(path) -> str:
+    """``path`` as a string, refused (typed, naming it) unless it is a file: a directory or a missing path was a
+    bare FileNotFoundError saying a directory "does not exist" (found in review)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"config file must be a path, got {type(path).__name__} {path!r:.80}",
+                                   path=repr(path))
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InvalidArgumentError(f"config file {path!r} is a directory: pass the .toml or .yaml file in it, e.g. "
+                                   f"--config {os.path.join(path, 'warmserve.toml')}", path=path)
+    if not os.path.exists(path):
+        full = os.path.abspath(path)
+        said = "" if os.path.isdir(os.path.dirname(full)) else f"; nor does its directory {os.path.dirname(full)!r}"
+        raise InvalidArgumentError(f"config file {path!r} does not exist{'' if path == full else f' ({full})'}"
+                                   f"{said}. Fix: check the path, or leave --config out for the defaults", path=path)
+    if not os.path.isfile(path):
+        raise InvalidArgumentError(f"config file {path!r} is not a regular file: pass a .toml or .yaml file",
+                                   path=path)
+    return path
+
+
+def _syntax_error(path: str, kind: str, text: str, line: int | None, column: int | None, problem: str,
+                  context: str = "") -> InvalidArgumentError:
+    """The typed error for a TOML or YAML syntax error at ``line``, ``column`` (1-based; None: unknown), quoting
+    the line with a caret under the column."""
+    if line is None:
+        return InvalidArgumentError(f"config file {path!r} is not valid {kind}: {problem}{context}", path=path)
+    lines = text.splitlines()
+    quoted = (f"\n    {lines[line - 1]}\n    {' ' * ((column or 1) - 1)}^" if 0 < line <= len(lines) else "")
+    return InvalidArgumentError(
+        f"config file {path!r}, line {line}, column {column}: not valid {kind}: {problem}{context}{quoted}\nFix: "
+        f"correct the {kind} there (an unclosed bracket or quote on a line before shows where it ends)",
+        path=path, line=line, column=column)
+
+
+def _toml_error(path: str, text: str, e) -> InvalidArgumentError:
+    # Python 3.11's TOMLDecodeError has the position only in its message: "Invalid value (at line 2, column 5)"
+    at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", str(e))
+    if at is None:
+        return _syntax_error(path, "TOML", text, None, None, str(e))
+    return _syntax_error(path, "TOML", text, int(at[1]), int(at[2]), str(e)[:at.start()])
+
+
+def _yaml_error(path: str, text: str, e) -> InvalidArgumentError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if mark is not None:
+        context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+        said = (f" ({context}" + (f" at line {start.line + 1}, column {start.column + 1})" if start else ")")
+                if context and mark is not start else "")
+        return _syntax_error(path, "YAML", text, mark.line + 1, mark.column + 1,
+                             getattr(e, "problem", None) or context or str(e), said)
+    position = getattr(e, "position", None)  # a ReaderError (a control character): an offset into the text
+    if isinstance(position, int):
+        line = text.count("\n", 0, position) + 1
+        return _syntax_error(path, "YAML", text, line, position - (text.rfind("\n", 0, position) + 1) + 1,
+                             f"{getattr(e, 'reason', e)} (character {getattr(e, 'character', '?')!r})")
+    return _syntax_error(path, "YAML", text, None, None, str(e))
+
+
 def read_config_file(path: str) -> dict:
     """A config file's content as ``cluster_config_from_dict`` takes it: its top-level keys (a [cluster] table's
-    among them), relative paths made relative to the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
+    among them), relative paths made relative to the file. An empty file, or one of comments only, is a config
+    of all defaults (an empty table), as a table with its keys commented out is. A path that is no readable file,
+    or text that is no TOML/YAML (the line and column named), is an InvalidArgumentError naming the path."""
+    path = _check_path(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".toml":
         import tomllib
 
+        text = _config_text(path, "TOML")
         try:
-            data = tomllib.loads(_config_text(path, "TOML"))
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise InvalidArgumentError(f"config file {path!r} is not valid TOML: {e}", path=path) from None
+            raise _toml_error(path, text, e) from None
     elif ext in (".yaml", ".yml"):
         import yaml
 
@@ -287,7 +417,7 @@ def read_config_file(path: str) -> dict:
         try:
             data = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as e:
-            raise InvalidArgumentError(f"config file {path!r} is not valid YAML: {e}", path=path) from None
+            raise _yaml_error(path, text, e) from None
         except InvalidArgumentError as e:  # a repeated key (_yaml_loader)
             raise InvalidArgumentError(f"config file {path!r}: {e.message}", path=path, **e.fields) from None
         data = {} if data is None else data

@@ -33,10 +33,10 @@ def _wait_gauge(c, want: dict, timeout_s: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def _remote_worker(endpoint: str, log) -> subprocess.Popen:
+def _remote_worker(endpoint: str, log, worker_id: str = "otherhost-1-cpu0") -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "warmserve", "worker", "--controller", endpoint, "--device", "cpu", "--memory-gib",
-         "0.5", "--threads", "1", "--worker-id", "otherhost-1-cpu0", "--heartbeat-interval-s", "0.2",
+         "0.5", "--threads", "1", "--worker-id", worker_id, "--heartbeat-interval-s", "0.2",
          "--exit-with-parent", str(os.getpid())],
         stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
@@ -63,6 +63,27 @@ def test_a_remote_worker_counts_as_lost_until_it_joins_again(tmp_path):
             _wait_gauge(c, {"ready": 0, "lost": 1})  # silent for worker_timeout_s (2 s)
             remote = _remote_worker(endpoint, log)
             _wait_gauge(c, {"ready": 1, "lost": 0})
+            assert c.generate(MODEL, "back", max_tokens=2, temperature=0).completion_tokens == 2
+    finally:
+        log.close()
+        remote.kill()
+        remote.wait()
+
+
+def test_a_remote_worker_restarted_under_a_new_id_takes_the_lost_ones_place(tmp_path):
+    """Found in review: the default worker id holds the process id, so a remote worker restarted (by systemd, say)
+    joins under a new id, and the lost one stayed in warmserve_workers{state="lost"} for good: 1 per restart."""
+    endpoint = _free_endpoint()
+    log = open(tmp_path / "remote.log", "ab")
+    remote = _remote_worker(endpoint, log, "otherhost-100-cpu0")
+    try:
+        with serving.demo_cluster(models=(MODEL,), cpu_workers=0, remote_workers=1, bind=endpoint) as c:
+            for pid in (101, 102):
+                remote.kill()
+                remote.wait()
+                _wait_gauge(c, {"ready": 0, "lost": 1})
+                remote = _remote_worker(endpoint, log, f"otherhost-{pid}-cpu0")
+                _wait_gauge(c, {"ready": 1, "lost": 0})
             assert c.generate(MODEL, "back", max_tokens=2, temperature=0).completion_tokens == 2
     finally:
         log.close()

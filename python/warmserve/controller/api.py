@@ -20,6 +20,7 @@ from warmserve.controller.cors import Cors, is_preflight
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare
 from warmserve.controller.metrics import CONTENT_TYPE
+from warmserve.controller.stall import StallWatch
 from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError
 from warmserve.protocol import SEED_MAX
 
@@ -43,9 +44,12 @@ MAX_BODY_BYTES = 16 << 20
 UNMATCHED = "unmatched"
 #: The route label of aiohttp's own answer to a request it could not parse (a 400 before any middleware runs).
 UNPARSED = "unparsed"
-#: Longest one write of a stream may wait for its client to take bytes (the socket's buffers full): past it the
-#: client is taken to have stopped reading, and its connection is closed (``_StallWatch``).
+#: Longest a write of an answer (a stream's event, or a whole body) may wait with its client taking no bytes (the
+#: socket's buffers full): past it the client is taken to have stopped reading, and its connection is closed
+#: (``stall.StallWatch``).
 STREAM_WRITE_TIMEOUT_S = 60.0
+#: More than an answer's headers take (ours, with an Origin echoed): room for them in ``_cannot_wait``.
+_HEADERS_ROOM = 16 << 10
 #: Chat bodies larger than this are parsed on a worker thread, after a check of their message count
 #: (``_parse_chat``); smaller ones on the event loop, where they take well under a millisecond.
 INLINE_BODY_BYTES = 256 << 10
@@ -170,11 +174,17 @@ class Api:
         except Exception as e:  # a bug: the client still gets an OpenAI-shaped 500, the log gets the trace
             log.exception("%s %s failed (request %s)", request.method, _printable(request.rel_url.raw_path), info["id"])
             resp = _error(e)
+        status = resp.status
         if not resp.prepared:  # a stream sent its headers, the id among them, when it began
             resp.headers[REQUEST_ID_HEADER] = info["id"]
-        self._log(request, resp.status)
-        if close:
-            await _answer_and_close(request, resp)
+            try:
+                await _write_whole(request, resp, info["id"], close)
+            except ConnectionError:  # aiohttp's own write of it then fails too, and ends the connection quietly
+                status = CLIENT_CLOSED
+            except asyncio.CancelledError:  # the client hung up (or stopped reading) while it was written
+                self._log(request, CLIENT_CLOSED)
+                raise
+        self._log(request, status)
         return resp
 
     def _log(self, request: web.Request, status: int) -> None:
@@ -408,7 +418,7 @@ class Api:
             return head + (chunk(i, piece, None, taken) if piece is not None
                            else chunk(i, "", choices.gens[i].finish_reason, taken))
 
-        watch = _StallWatch(request, rid)
+        watch = StallWatch(request, rid, STREAM_WRITE_TIMEOUT_S)
         try:
             for i in range(len(choices.gens) if kind == "chat" else 0):
                 await watch.write(resp, sse(oa.chat_chunk(rid, model.name, created,
@@ -446,55 +456,38 @@ class Api:
         return resp
 
 
-class _StallWatch:
-    """Closes a stream's connection once one of its writes has waited STREAM_WRITE_TIMEOUT_S for the client to take
-    bytes: the request then ends as one whose client hung up (its generations aborted on their workers, its
-    max_concurrent_requests slots freed). Found in review: aiohttp's writes have no timeout, so a client that never
-    read kept its slots, its generations long ended, for as long as it kept its socket open, and every other
-    request got 429. One timer per stream: an asyncio timeout around each write costs more than the write."""
-
-    def __init__(self, request: web.Request, rid: str):
-        self._request, self._rid = request, rid
-        self._loop = asyncio.get_running_loop()
-        self._since: float | None = None  # when the write in progress began (loop time); None between writes
-        self._stalled = False
-        self._timer = self._loop.call_later(STREAM_WRITE_TIMEOUT_S, self._check)
-
-    async def write(self, resp: web.StreamResponse, data: bytes) -> None:
-        self._since = self._loop.time()
-        try:
-            await resp.write(data)
-        finally:
-            self._since = None
-        if self._stalled:  # a write the closed connection woke returns as if it were done
-            raise ConnectionResetError("the stream's client stopped reading")
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        since = now if self._since is None else self._since
-        if now - since < STREAM_WRITE_TIMEOUT_S:
-            self._timer = self._loop.call_later(since + STREAM_WRITE_TIMEOUT_S - now, self._check)
-            return
-        self._stalled = True
-        log.warning("request %s: its client took no bytes of the stream for %g s (it stopped reading): the "
-                    "connection is closed", self._rid, STREAM_WRITE_TIMEOUT_S)
-        transport = self._request.transport
-        if transport is not None:
-            transport.abort()
-
-    def close(self) -> None:
-        self._timer.cancel()
-
-
-async def _answer_and_close(request: web.Request, resp: web.Response) -> None:
-    """Writes ``resp`` now and closes its connection after it (the transport sends what it holds first): the rest
-    of the body may never come, and aiohttp would otherwise read on for it up to 10 s (its lingering) before
-    closing."""
-    resp.force_close()
+async def _write_whole(request: web.Request, resp: web.StreamResponse, rid: str, close: bool) -> None:
+    """Writes an answer of one body as aiohttp would once its handler returned, but under a ``StallWatch``, as a
+    stream's writes are: found in review, aiohttp's write has no timeout, and a client that never read an answer
+    larger than its socket's buffers (n choices, logprobs) kept its connection, and the body unsent, for as long as
+    it kept its socket open. With ``close``, the connection is closed after it (the transport sends what it holds
+    first): the rest of the request's body may never come, and aiohttp would otherwise read on for it up to 10 s
+    (its lingering) before closing."""
+    if close:
+        resp.force_close()
     await resp.prepare(request)
-    await resp.write_eof()
-    if request.protocol is not None:
+    size = resp.content_length or 0
+    if _cannot_wait(request, size):
+        await resp.write_eof()
+    else:
+        watch = StallWatch(request, rid, STREAM_WRITE_TIMEOUT_S)
+        try:
+            await watch.wait(resp.write_eof(), size)
+        finally:
+            watch.close()
+    if close and request.protocol is not None:
         request.protocol.force_close()
+
+
+def _cannot_wait(request: web.Request, size: int) -> bool:
+    """Whether writing an answer of ``size`` bytes (with its headers) cannot wait for its client: on a connection
+    whose writes are not paused, an answer that stays under the transport's high-water mark with what it holds does
+    not pause them, and its write returns at once. Such an answer (most: errors, /health, /v1/models) goes without
+    a ``StallWatch``, whose timer took some 5% of a small answer's time on the event loop (8 us of 150)."""
+    transport, protocol = request.transport, request.protocol
+    if transport is None or protocol is None or protocol.writing_paused:
+        return False
+    return transport.get_write_buffer_size() + size + _HEADERS_ROOM <= transport.get_write_buffer_limits()[1]
 
 
 async def _route_of_path(request: web.Request) -> str:

@@ -32,6 +32,47 @@ from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_, U
 from warmserve.protocol import SamplingParams, stop_strings
 
 
+#: Cluster()'s arguments a ``config`` takes the place of, each with the ClusterConfig field that holds it.
+_CONFIG_FIELD_OF = {
+    "models": "models", "devices": "devices", "policy": "controller.policy", "cpu_workers": "cpu_workers",
+    "cpu_worker_memory_bytes": "cpu_worker_memory_bytes", "remote_workers": "remote_workers",
+    "bind": "controller.bind", "window_s": "controller.policy_config.window_s",
+    "history_path": "controller.history_path", "history_record_path": "controller.history_record_path",
+    "load_timezone": "controller.load_timezone", "curve_dir": "controller.curve_dir",
+    "insecure": "controller.insecure", "start_timeout_s": "worker_start_timeout_s"}
+
+
+def _refuse_beside_config(config: ClusterConfig, given: dict) -> None:
+    """Refuse the arguments in ``given`` that differ from their defaults (models: from None, or the config's own)
+    while ``config`` is given: found in review, Cluster(None, config=cfg, cpu_workers=4, bind=...) started with
+    cfg's 2 workers on cfg's address and said nothing of the two arguments."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(Cluster.__init__).parameters.items()}
+    defaults["models"] = None
+    dropped = {}
+    for k, v in given.items():
+        try:
+            same = bool(v == defaults[k]) or (k == "models" and tuple(
+                m if isinstance(m, ModelSpec) else ModelSpec(path=os.fspath(m))
+                for m in ([v] if isinstance(v, (str, os.PathLike, ModelSpec)) else v)) == config.models)
+        except Exception:  # an array's ambiguous truth, models that are no paths: not the default, so named
+            same = False
+        if not same:
+            dropped[k] = v
+    if dropped:
+        said = ", ".join(f"{k}={v!r:.60}" for k, v in dropped.items())
+        fix = ", ".join(f"{k} -> {_CONFIG_FIELD_OF[k]}" for k in dropped)
+        k, v = next(iter(dropped.items()))
+        field = _CONFIG_FIELD_OF[k].split(".")
+        e_g = (f"dataclasses.replace(cfg, {field[0]}={v!r:.40})" if len(field) == 1 else
+               f"dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, {field[1]}=...))")
+        raise InvalidArgumentError(
+            f"Cluster(config=...) takes its settings from the config alone, which would drop {said}. Fix: set them "
+            f"in the ClusterConfig ({fix}; e.g. {e_g}) and pass models=None, or leave config out",
+            param="config", dropped=sorted(dropped))
+
+
 @dataclass(frozen=True)
 class Completion:
     """The result of one generate() call."""
@@ -86,9 +127,11 @@ class Cluster:
         devices: local devices, one worker each ("cuda:0", "cpu:0", ...); None = one per GPU, or ``cpu_workers``
         CPU workers when there is no GPU. remote_workers: how many workers on other hosts to wait for (they connect
         to ``bind``: with ``curve_dir`` for keys, or ``insecure=True`` on a trusted network, as `warmserve serve
-        --insecure`). ``config`` overrides every other argument. ray_address: start the workers on that Ray cluster
-        ("auto": the one this machine belongs to; needs the ray extra), one per GPU or ``cpu_workers`` per node
-        without GPUs, on every node, instead of local devices (``devices`` must then be None). load_timezone: the
+        --insecure`). ``config`` takes the place of every other argument but log_dir and ray_address: one of
+        them given beside it (other than None or its default) is refused, as the config would drop it.
+        ray_address: start the workers on that Ray cluster ("auto": the one this machine belongs to; needs the ray
+        extra), one per GPU or ``cpu_workers`` per node without GPUs, on every node, instead of local devices
+        (``devices`` must then be None). load_timezone: the
         IANA zone whose days the load follows ("": the local one), so forecasts keep its hours across
         daylight-saving switches. history_path: a load history the forecasts start from; history_record_path: a
         file the load this cluster measures is kept in, for history_path next time (controller/history_record.py).
@@ -98,6 +141,9 @@ class Cluster:
         if config is not None and not isinstance(config, ClusterConfig):
             raise InvalidArgumentError(f"config must be a warmserve.config.ClusterConfig, got "
                                        f"{type(config).__name__}: pass the other arguments instead", param="config")
+        if config is not None:  # before anything starts
+            args = dict(locals())
+            _refuse_beside_config(config, {k: args[k] for k in _CONFIG_FIELD_OF})
         if config is None:
             if isinstance(models, (str, os.PathLike, ModelSpec)):
                 models = [models]

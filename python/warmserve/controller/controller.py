@@ -119,9 +119,10 @@ class Controller(WorkerRestarts):
         #: Routing ids of local workers being restarted (from their loss until the new process is admitted), each
         #: with the future ``_admit`` resolves with the admitted record; and their restarts in a row, with the last's.
         self.restarting: dict[bytes, asyncio.Future] = {}
-        #: Routing id -> worker id of each worker lost and not admitted again since (a local one is restarted under
-        #: its routing id; a remote one comes back when a worker with its id joins): the lost workers gauge.
-        self.lost_workers: dict[bytes, str] = {}
+        #: Routing id -> (worker id, server, device) of each worker lost and not admitted again since (a local one
+        #: is restarted under its routing id; a remote one comes back when a worker with its id, or with its server
+        #: and device, joins): the lost workers gauge.
+        self.lost_workers: dict[bytes, tuple[str, str, str]] = {}
         self._restarts: dict[bytes, tuple[int, asyncio.Future]] = {}
         #: Routing id -> (the record being replaced, the future of its successor's record), for local workers whose
         #: process is being replaced on purpose (``replace_worker``).
@@ -462,6 +463,13 @@ class Controller(WorkerRestarts):
         w.ready = True
         self.executor.pools_seen.add((w.capacity_bytes, w.page_bytes))
         self.lost_workers.pop(w.ident, None)
+        # A remote worker restarted under a new id (the default holds its pid) takes a lost remote one's place on
+        # its server and device (found in review: that one stayed in the gauge for good, one more per restart).
+        if w.ident not in self.local_spawn:
+            for ident, (_, host, dev) in self.lost_workers.items():
+                if (host, dev) == (w.host, w.device) and ident not in self.local_spawn:
+                    del self.lost_workers[ident]
+                    break
         back = self.restarting.pop(w.ident, None)
         if back is not None and not back.done():
             back.set_result(w)
@@ -489,7 +497,7 @@ class Controller(WorkerRestarts):
             # Not counted here: the fresh process of a planned replacement, lost while being admitted. Its loss
             # fails the replacement, whose _replace_failed counts the GPU lost (found in review: counted twice).
             self.metrics.workers_lost.inc()
-        self.lost_workers[w.ident] = w.worker_id
+        self.lost_workers[w.ident] = (w.worker_id, w.host, w.device)
         now = self.now_s()
         # Requests of tensor-parallel instances that lost a rank here ran on their rank 0 elsewhere: the same fate.
         # groups.lost sends nothing (its sends wait until this handling is over), so no other loss can route
