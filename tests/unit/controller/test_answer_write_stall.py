@@ -16,11 +16,10 @@ import time
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
+from controller_harness import HttpController
 
 from warmserve.controller import api
 from warmserve.controller.api import Api
-from warmserve.controller.metrics import ControllerMetrics
-from warmserve.controller.requests import Req
 from warmserve.protocol import TokenLogprobs
 
 MODEL = "llama-20m"
@@ -41,26 +40,11 @@ SLOW_BYTES = 16 << 10
 SLOW_PAUSE_S = 0.2
 
 
-class Ctl:
+class Ctl(HttpController):
     """Serves the demo model: each request's tokens, with their logprobs when asked for, come at once, then its end."""
 
-    def __init__(self, model):
-        self.m = model
-        self.metrics = ControllerMetrics()
-        self.submitted: list[Req] = []
-
-    def health(self):
-        return {"ok": True, "workers": 1}
-
-    def model_names(self):
-        return [MODEL]
-
-    def model(self, name):
-        return self.m
-
     async def submit(self, model, ids, sampling, siblings=()):
-        r = Req(len(self.submitted) + 1, model, ids, sampling, timeout_s=60.0)
-        self.submitted.append(r)
+        r = await super().submit(model, ids, sampling, siblings)
         k = sampling.logprobs
         lps = None if k is None else [TokenLogprobs(logprob=-1.0, top_ids=[LONG_TOKEN - j for j in range(k)],
                                                     top_logprobs=[-1.0] * k)] * sampling.max_tokens
