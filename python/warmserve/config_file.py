@@ -33,12 +33,19 @@ def _build(cls, data: dict, where: str):
         # seconds) failed later with a bare TypeError naming no key (found in review).
         kind = type(default) if default is not dataclasses.MISSING and default is not None else None
         if kind in (bool, int, float, str) and (type(v) is not kind):
-            what = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
-            raise InvalidArgumentError(f"config {where}: {k} must be {what}, got {v!r}{_as_text_hint(v, kind)}", key=k)
+            raise _wrong_type(where, k, v, kind)
         if kind is float and not math.isfinite(v):
             raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r}", key=k)
         out[k] = v
     return cls(**out)
+
+
+def _wrong_type(where: str, key: str, value, kind: type) -> InvalidArgumentError:
+    """The error for ``value`` of ``key`` not of the type ``kind`` the key takes (text where a number belongs: how
+    to write it as one)."""
+    what = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
+    return InvalidArgumentError(f"config {where}: {key} must be {what}, got {value!r}{_as_text_hint(value, kind)}",
+                                key=key)
 
 
 def _table_keys() -> dict[str, frozenset]:
@@ -121,6 +128,7 @@ def _as_text_hint(value, kind: type) -> str:
 #: A decimal number YAML 1.1 and TOML both read as a number when unquoted: an integer without a leading 0, or one
 #: with a dot (an exponent with a sign).
 _PLAIN_NUMBER = re.compile(r"[-+]?(0|[1-9][0-9]*|[0-9]+\.[0-9]+([eE][-+][0-9]+)?)")
+
 
 def _non_finite_text(value: str) -> bool:
     try:
@@ -232,9 +240,7 @@ def _policy_table(value, where: str) -> PolicyConfig:
         # command line's text parser). Text that reads as inf or nan goes on to the finite-number check below:
         # YAML has no plain inf (only .inf), and preempt_after_s takes "inf" as its "never".
         if kind is not None and isinstance(v, str) and not _non_finite_text(v):
-            what = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
-            raise InvalidArgumentError(f"config {where}: {k} must be {what}, got {v!r}{_as_text_hint(v, kind)}",
-                                       key=k)
+            raise _wrong_type(where, k, v, kind)
         if not policy_number_ok(k, v):
             raise InvalidArgumentError(f"config {where}: {k} must be a finite number, got {v!r} ({POLICY_INF_HINT})",
                                        key=k)
