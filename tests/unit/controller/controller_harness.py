@@ -4,7 +4,9 @@ controller with fast ticks, and the demo model's description."""
 
 import asyncio
 import dataclasses
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -400,3 +402,22 @@ def byte_ids(tok) -> dict[int, int]:
         if len(b) == 1:
             ids.setdefault(b[0], i)
     return ids
+
+
+async def small_send_buffer(request, response) -> None:
+    """An aiohttp ``on_response_prepare`` hook: the answer's socket sends through a buffer as small as the kernel
+    allows, so a client that stops reading fills it (and the transport's) at once."""
+    sock = request.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+def raw_completion(port: int, body: dict) -> socket.socket:
+    """A POST /v1/completions of ``body``, sent from a socket whose receive buffer is as small as the kernel
+    allows; nothing is read from it."""
+    data = json.dumps(body).encode()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    return s

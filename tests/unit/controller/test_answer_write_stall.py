@@ -16,7 +16,7 @@ import time
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
-from controller_harness import HttpController
+from controller_harness import HttpController, raw_completion, small_send_buffer
 
 from warmserve.controller import api
 from warmserve.controller.api import Api
@@ -60,22 +60,6 @@ class Lines(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
-
-
-async def _small_send_buffer(request, response) -> None:
-    sock = request.transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-
-
-def _raw_request(port: int, body: dict) -> socket.socket:
-    """The request, sent from a socket whose receive buffer is as small as the kernel allows."""
-    data = json.dumps(body).encode()
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(data) + data)
-    return s
 
 
 def _read_to_eof(s: socket.socket, timeout_s: float) -> tuple[int, bool]:
@@ -130,7 +114,7 @@ def test_a_client_that_never_reads_a_whole_answer_is_closed_and_readers_get_it_w
 
     async def main():
         app = Api(ctl, max_concurrent_requests=1).app()
-        app.on_response_prepare.append(_small_send_buffer)
+        app.on_response_prepare.append(small_send_buffer)
         server = TestServer(app, handler_cancellation=True)
         async with TestClient(server, timeout=aiohttp.ClientTimeout(total=60)) as c:
             # A reader gets the whole answer, and it is as large as the test needs.
@@ -139,7 +123,7 @@ def test_a_client_that_never_reads_a_whole_answer_is_closed_and_readers_get_it_w
             assert r.status == 200 and len(raw) > 200 << 10, (r.status, len(raw))
             _check_whole(json.loads(raw))
 
-            silent = _raw_request(server.port, LARGE)
+            silent = raw_completion(server.port, LARGE)
             sent_at = time.monotonic()
             try:
                 warned = [m for m in lines.lines if "stopped reading" in m]
@@ -160,7 +144,7 @@ def test_a_client_that_never_reads_a_whole_answer_is_closed_and_readers_get_it_w
             assert r.status == 200, await r.text()
 
             # A slow reader, whose answer takes longer than twice the write timeout to read, gets all of it.
-            slow = _raw_request(server.port, LARGE)
+            slow = raw_completion(server.port, LARGE)
             try:
                 status, body, took_s = await asyncio.to_thread(_read_slowly, slow)
             finally:

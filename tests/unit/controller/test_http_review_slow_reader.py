@@ -8,13 +8,13 @@ silent client is a raw socket with a tiny receive buffer, the server's send buff
 output fills them)."""
 
 import asyncio
-import json
 import socket
 import time
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from controller_harness import raw_completion, small_send_buffer
 
 from warmserve.controller import api
 from warmserve.controller.api import Api
@@ -79,21 +79,10 @@ class Ctl:
         self.fed += 1
 
 
-async def _small_send_buffer(request, response) -> None:
-    sock = request.transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-
-
 def _silent_client(port: int) -> socket.socket:
     """A streaming request of SLOTS choices from a socket that never reads (its receive buffer as small as the
     kernel allows)."""
-    body = json.dumps({"model": MODEL, "prompt": "z", "max_tokens": 1000, "n": SLOTS, "stream": True}).encode()
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    return s
+    return raw_completion(port, {"model": MODEL, "prompt": "z", "max_tokens": 1000, "n": SLOTS, "stream": True})
 
 
 def _closed(s: socket.socket, timeout_s: float) -> bool:
@@ -126,7 +115,7 @@ def test_a_stream_client_that_stops_reading_is_closed_and_frees_its_slots(model,
 
     async def main():
         app = Api(ctl, max_concurrent_requests=SLOTS).app()
-        app.on_response_prepare.append(_small_send_buffer)
+        app.on_response_prepare.append(small_send_buffer)
         server = TestServer(app, handler_cancellation=True)
         async with TestClient(server, timeout=aiohttp.ClientTimeout(total=60)) as c:
             silent = _silent_client(server.port)
