@@ -42,6 +42,17 @@ _CONFIG_FIELD_OF = {
     "insecure": "controller.insecure", "start_timeout_s": "worker_start_timeout_s"}
 
 
+def _model_specs(models) -> tuple[ModelSpec, ...]:
+    """Cluster()'s ``models`` (one checkpoint path or ModelSpec, or a list of them) as ModelSpecs."""
+    if isinstance(models, (str, os.PathLike, ModelSpec)):
+        models = [models]
+    # found in review: None and 123 were bare TypeErrors, [None] looked for a checkpoint named "None"
+    if not isinstance(models, (list, tuple)) or not all(isinstance(m, (str, os.PathLike, ModelSpec)) for m in models):
+        raise InvalidArgumentError(f"models must be checkpoint paths or ModelSpecs (one, or a list), got "
+                                   f"{models!r:.80}", param="models")
+    return tuple(m if isinstance(m, ModelSpec) else ModelSpec(path=os.fspath(m)) for m in models)
+
+
 def _refuse_beside_config(config: ClusterConfig, given: dict) -> None:
     """Refuse the arguments in ``given`` that differ from their defaults (models: from None, or the config's own)
     while ``config`` is given: found in review, Cluster(None, config=cfg, cpu_workers=4, bind=...) started with
@@ -53,9 +64,7 @@ def _refuse_beside_config(config: ClusterConfig, given: dict) -> None:
     dropped = {}
     for k, v in given.items():
         try:
-            same = bool(v == defaults[k]) or (k == "models" and tuple(
-                m if isinstance(m, ModelSpec) else ModelSpec(path=os.fspath(m))
-                for m in ([v] if isinstance(v, (str, os.PathLike, ModelSpec)) else v)) == config.models)
+            same = bool(v == defaults[k]) or (k == "models" and _model_specs(v) == config.models)
         except Exception:  # an array's ambiguous truth, models that are no paths: not the default, so named
             same = False
         if not same:
@@ -145,14 +154,7 @@ class Cluster:
             args = dict(locals())
             _refuse_beside_config(config, {k: args[k] for k in _CONFIG_FIELD_OF})
         if config is None:
-            if isinstance(models, (str, os.PathLike, ModelSpec)):
-                models = [models]
-            # found in review: None and 123 were bare TypeErrors, [None] looked for a checkpoint named "None"
-            if not isinstance(models, (list, tuple)) or not all(
-                    isinstance(m, (str, os.PathLike, ModelSpec)) for m in models):
-                raise InvalidArgumentError(f"models must be checkpoint paths or ModelSpecs (one, or a list), got "
-                                           f"{models!r:.80}", param="models")
-            specs = tuple(m if isinstance(m, ModelSpec) else ModelSpec(path=os.fspath(m)) for m in models)
+            specs = _model_specs(models)
             if isinstance(window_s, bool) or not isinstance(window_s, numbers.Real) or not math.isfinite(window_s):
                 raise InvalidArgumentError(f"window_s must be a finite number of seconds, got {window_s!r}",
                                            param="window_s")
