@@ -127,6 +127,15 @@ class PolicyConfig:
     #: (300 s) at 15.1k -> 18.5k -> 19.2k GPU-s (`shared` 0.974 at 19.4k), paper-code 0.820 -> 0.864 -> 0.870; as
     #: traced, SLO unchanged and P99 1.04 -> 1.05-1.15 s on paper-code. Off by default.
     scale_in_hold_s: float = 0.0
+    #: Scale in no lower than the in-flight load averaged over this many seconds keeps (ceil(load / 0.5 / B)),
+    #: where that is more than load_window_s's average keeps; scale-out reads load_window_s alone. Unlike
+    #: scale_in_hold_s it holds while other models want GPUs: at burst CV 4 a model's bursts recur within seconds
+    #: and the instances a 5 s average stops are the ones the next burst lacks, while a 14 s start for it arrives
+    #: after that burst. 0: off (§5: one window). A trade, off by default: six seeds paired, 30 s
+    #: (bench/simulate/issue11/scale_in_window_paired.txt): P99 at burst CV 4 paper-conv 0.54x, artifact-conv
+    #: 0.89x; paper-code as traced 1.11x (2.70x at 60 s: its 70B's bursts wait for GPU groups that quiet models
+    #: still hold); 2-5% more GPU-seconds.
+    scale_in_window_s: float = 0.0
     #: While a model wants GPUs that are not free, a draining instance with at most this many requests in flight
     #: hands them to its model's other ready instances (``actions.Migrate``: each is prefilled again there,
     #: prompt and tokens so far, and goes on), so that its GPUs are free at once instead of when its longest
@@ -299,7 +308,7 @@ class PolicyConfig:
             raise InvalidArgumentError(
                 f"route_cap_per_instance, ttft_target_prefills and preempt_after_s must be >= 0, got "
                 f"{self.route_cap_per_instance}, {self.ttft_target_prefills}, {self.preempt_after_s}")
-        for name in ("scale_in_hold_s", "last_instance_hold_s"):
+        for name in ("scale_in_hold_s", "last_instance_hold_s", "scale_in_window_s"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise InvalidArgumentError(f"{name} must be >= 0 seconds (0: off), got {getattr(self, name)}",
                                            option=name, value=str(getattr(self, name)))
@@ -329,7 +338,7 @@ class PolicyConfig:
 
 #: The float fields for which inf means nothing (the others' inf reads as "never" or "no limit").
 _FINITE = frozenset({"window_s", "load_window_s", "scale_out_threshold", "scale_in_threshold", "reclaim_floor_share",
-                     "decode_read_bytes_per_s", "coserve_tpot_s"})
+                     "decode_read_bytes_per_s", "coserve_tpot_s", "scale_in_window_s"})
 
 
 def policy_config_from_dict(data: dict, base: PolicyConfig | None = None, where: str = "[policy]") -> PolicyConfig:

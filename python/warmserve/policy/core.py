@@ -32,8 +32,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         self._hist = History(sorted(self.models), config.window_s, calendar)  # its calendar: the days load follows
         self._fc = {m: tuple(ModelForecaster(config.forecaster, self.period, n_resid=config.residual_windows, name=m)
                              for _ in "ap") for m in self.models}  # the average's and the peak's
-        self._load: dict[str, deque] = {m: deque() for m in self.models}
-        self._prefill_load: dict[str, deque] = {m: deque() for m in self.models}
+        # sampled series: the in-flight load, the prefill backlog, the in-flight load for scale_in_window_s's mean
+        self._load, self._prefill_load, self._keep_load = ({m: deque() for m in self.models} for _ in "lpk")
         self._need_peaks: dict[str, deque] = {m: deque() for m in self.models}  # (time, instances) (scale_in_hold_s)
         self._least_loaded = least_loaded(config.route_least_prefill)  # route()'s order among instances with room
         #: Model -> when it last began waiting with no instance (cleared once it has one): the older, the earlier
@@ -294,6 +294,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             pf = self._load_avg(m, now_s, pf_now, self._prefill_load)
             queued = state.queued(m)
             o, k = self._wanted(m, avg5[m], pf, queued)
+            k = max(k, self._keep_over_window(m))  # scale_in_window_s (0 when off)
             if cfg.scale_in_floor_now or cfg.scale_out_now or cfg.scale_in_hold_s > 0:
                 now_out, now_keep = self._wanted(m, 0.0, pf_now, 0)  # what the backlog of this moment needs
                 if cfg.scale_in_floor_now:  # never scale in below it

@@ -20,13 +20,14 @@ class LoadSignals:
     """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``_hist``, ``_load``, ``_prefill_load``,
     ``_exact``, ``_inflight``, ``_meter_set`` and ``_meters``."""
 
-    def _load_avg(self, model: str, now_s: float, value: float, series: dict | None = None) -> float:
-        """Time-weighted mean of the sampled load over the last load_window_s (a step function). ``series``:
-        which sampled series (default: the in-flight load)."""
+    def _load_avg(self, model: str, now_s: float, value: float, series: dict | None = None,
+                  window_s: float | None = None) -> float:
+        """Time-weighted mean of the sampled load over the last ``window_s`` (default load_window_s; a step
+        function). ``series``: which sampled series (default: the in-flight load)."""
         q = (self._load if series is None else series)[model]
         if not q or q[-1][1] != value:  # a step function: an unchanged value needs no new sample
             q.append((now_s, value))
-        lo = now_s - self.cfg.load_window_s
+        lo = now_s - (self.cfg.load_window_s if window_s is None else window_s)
         while len(q) > 1 and q[1][0] <= lo:
             q.popleft()
         t_prev, v_prev = q[0]
@@ -56,6 +57,8 @@ class LoadSignals:
                 load[m] += len(q)
                 seen[m] += len(q)
         avg5 = {m: self._load_avg(m, now_s, load[m]) for m in sorted(self.models)}
+        w = self.cfg.scale_in_window_s
+        self._keep_avg = {m: self._load_avg(m, now_s, load[m], self._keep_load, w) for m in self.models} if w else {}
         for m in sorted(self.models):
             if m not in self._meters:
                 # Watched since the policy's first input (a request event before this first tick: exact mode).
@@ -116,6 +119,11 @@ class LoadSignals:
             out, keep = max(out, 1.0), max(keep, 1.0)
         return out, keep
 
+
+    def _keep_over_window(self, model: str) -> float:
+        """Instances the in-flight load averaged over scale_in_window_s keeps (scale-in to ceil(load / 0.5 / B),
+        as ``_wanted``'s in-flight rule); 0 when the option is off. Read after this tick's ``_record``."""
+        return self._keep_avg.get(model, 0.0) / self.cfg.scale_in_threshold / self.routed_capacity()
 
     def kv_free_target(self, inst: InstanceState) -> int:
         """Free KV blocks to keep mapped (§6): total * in_flight / B, at least min_free_kv_blocks; everything

@@ -33,7 +33,7 @@ def test_policy_options_are_scaled_per_policy_and_reach_the_twin():
     assert float(opts["autoscale"]["min_lifetime_s"]) == pytest.approx(3.0)
     assert "scale_out_now" not in opts["autoscale"] and opts["warmserve"]["coserve_tpot_s"] == "0.2"
     assert {"load_window_s", "min_lifetime_s", "preempt_after_s", "replan_s", "retain_wait_s",
-            "scale_in_hold_s", "last_instance_hold_s"} == set(R.TRACE_TIME_OPTIONS)
+            "scale_in_hold_s", "last_instance_hold_s", "scale_in_window_s"} == set(R.TRACE_TIME_OPTIONS)
     # the twin runs the policy with them: no prewarming, no prewarm hits
     from warmserve.sim.config import ServedModel
     from warmserve.sim.costmodel import CostModel

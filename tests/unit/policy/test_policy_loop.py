@@ -85,6 +85,7 @@ def test_invariants_hold_under_random_load(loads):
     run("warmserve", loads, coserve_always=True)  # light models co-served: they share GPUs only with each other
     run("warmserve", loads, kv_shrink_on_demand=True)  # prewarms placed in KV room unmapped in the same tick
     run("warmserve", loads, scale_in_hold_s=30.0)  # instances held past their load while no one wants GPUs
+    run("warmserve", loads, scale_in_window_s=30.0)  # scale-in on a 30 s mean, while others want GPUs too
 
 
 def test_every_policy_runs_a_day_segment():
