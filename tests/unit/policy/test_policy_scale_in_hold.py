@@ -33,14 +33,19 @@ def _burst(hold_s: float, n_gpus: int = 4):
     for t in (10.0, 11.0):
         d.tick(t)
         d.route_all(t)
-    for iid, reqs in d.executor.running.items():
-        for r in reqs:
-            d.request_finished("a", iid, 12.0, request=r)
-        reqs.clear()
+    finish_all(d, "a", 12.0)
     return d, st
 
 
-def _serving(st, model="a"):
+def finish_all(d, model: str, now_s: float) -> None:
+    """Every request the instant executor holds ends at ``now_s`` (also used by test_policy_scale_in_window)."""
+    for iid, reqs in d.executor.running.items():
+        for r in reqs:
+            d.request_finished(model, iid, now_s, request=r)
+        reqs.clear()
+
+
+def serving(st, model="a"):
     return sum(1 for i in st.instances.values() if i.model == model and i.ready and not i.draining)
 
 
@@ -52,26 +57,26 @@ def _tick(d, start: int, end: int) -> None:
 @pytest.mark.parametrize("hold_s", [0.0, 30.0])
 def test_a_hold_keeps_a_burst_s_instances_for_its_length_then_lets_them_go(hold_s):
     d, st = _burst(hold_s)
-    peak = _serving(st)
+    peak = serving(st)
     assert peak >= 3
     _tick(d, 12, 36)
-    assert _serving(st) == (peak if hold_s else 1)  # 25 s after the burst: held, or scaled in on the averages
+    assert serving(st) == (peak if hold_s else 1)  # 25 s after the burst: held, or scaled in on the averages
     _tick(d, 36, 50)
-    assert _serving(st) == 1  # past the hold: scaled in as without it
+    assert serving(st) == 1  # past the hold: scaled in as without it
 
 
 def test_the_hold_yields_when_another_model_wants_the_gpus():
     """Every GPU is held by a's burst instances; b's requests arrive with no instance and no free GPU: a scales
     in on its averages, as without the hold (not only the one GPU b takes back), and b gets a GPU."""
     d, st = _burst(300.0)
-    assert _serving(st) == 4
+    assert serving(st) == 4
     _tick(d, 12, 20)
-    assert _serving(st) == 4
+    assert serving(st) == 4
     d.submit("b", "q0", 20.0, prompt_tokens=100)
     for t in range(20, 30):
         d.tick(float(t))
         d.route_all(float(t))
-    assert _serving(st) <= 1 and _serving(st, "b") == 1  # a quiet model's last instance may go too (§5)
+    assert serving(st) <= 1 and serving(st, "b") == 1  # a quiet model's last instance may go too (§5)
 
 
 def test_a_negative_hold_is_refused_with_its_name():

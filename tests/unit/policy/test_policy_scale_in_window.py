@@ -12,6 +12,8 @@ from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo
 
+from test_policy_scale_in_hold import finish_all, serving
+
 GiB = 1 << 30
 B = 32
 
@@ -34,15 +36,8 @@ def _burst(window_s: float):
     for t in range(0, 20):
         d.tick(float(t))
         d.route_all(float(t))
-    for iid, reqs in d.executor.running.items():
-        for r in reqs:
-            d.request_finished("a", iid, 20.0, request=r)
-        reqs.clear()
+    finish_all(d, "a", 20.0)
     return d, st
-
-
-def _serving(st, model="a"):
-    return sum(1 for i in st.instances.values() if i.model == model and i.ready and not i.draining)
 
 
 def _tick(d, start: int, end: int) -> None:
@@ -54,14 +49,14 @@ def _tick(d, start: int, end: int) -> None:
 @pytest.mark.parametrize("window_s", [0.0, 60.0])
 def test_a_window_keeps_what_its_mean_load_needs_then_scales_in(window_s):
     d, st = _burst(window_s)
-    peak = _serving(st)
+    peak = serving(st)
     assert peak == math.ceil(3 * B / 0.8 / B)  # scale-out (load_window_s) is the same either way
     _tick(d, 20, 30)
     # 10 s after the load ended: the 5 s mean is 0 (one instance left: GPUs are free, so the last stays); the 60 s
     # mean (about 2/3 of 3 B) keeps ceil(2 B / 0.5 / B) = 4 >= peak
-    assert _serving(st) == (peak if window_s else 1)
+    assert serving(st) == (peak if window_s else 1)
     _tick(d, 30, 90)
-    assert _serving(st) == 1  # the window has passed: scaled in as without it
+    assert serving(st) == 1  # the window has passed: scaled in as without it
 
 
 @pytest.mark.parametrize("window_s", [0.0, 60.0])
@@ -70,12 +65,12 @@ def test_the_window_holds_while_another_model_wants_gpus(window_s):
     and a then keeps the rest for the window where its 5 s mean scales it in to one (scale_in_hold_s yields
     to a model that wants GPUs; this window does not)."""
     d, st = _burst(window_s)
-    assert _serving(st) == 4
+    assert serving(st) == 4
     for k in range(2):
         d.submit("b", f"q{k}", 20.0, prompt_tokens=100)
     _tick(d, 20, 35)
-    assert _serving(st, "b") == 1 and not st.queues["b"]
-    assert _serving(st) == (3 if window_s else 1)
+    assert serving(st, "b") == 1 and not st.queues["b"]
+    assert serving(st) == (3 if window_s else 1)
 
 
 @pytest.mark.parametrize("value", [-1.0, math.inf, math.nan])
