@@ -130,11 +130,11 @@ class PolicyConfig:
     #: Scale in no lower than the in-flight load averaged over this many seconds keeps (ceil(load / 0.5 / B)),
     #: where that is more than load_window_s's average keeps; scale-out reads load_window_s alone. Unlike
     #: scale_in_hold_s it holds while other models want GPUs: at burst CV 4 a model's bursts recur within seconds
-    #: and the instances a 5 s average stops are the ones the next burst lacks, while in a full cluster a GPU comes
-    #: back only when another model goes quiet. 0: off (§5: one window). A trade, off by default: six seeds paired, 30 s
-    #: (bench/simulate/issue11/scale_in_window_paired.txt): P99 at burst CV 4 paper-conv 0.54x, artifact-conv
-    #: 0.89x; paper-code as traced 1.11x (2.70x at 60 s: its 70B's bursts wait for GPU groups that quiet models
-    #: still hold); 2-5% more GPU-seconds.
+    #: and the instances a 5 s average stops are the ones the next burst lacks, while in a full cluster a GPU
+    #: comes back only when another model goes quiet. 0: off (§5: one window). A trade, off by default: six seeds
+    #: paired, 30 s (bench/simulate/issue11/scale_in_window_paired.txt): P99 at burst CV 4 paper-conv 0.54x,
+    #: artifact-conv 0.89x; paper-code as traced 1.11x (2.70x at 60 s: its 70B's bursts wait for GPU groups that
+    #: quiet models still hold); 2-5% more GPU-seconds.
     scale_in_window_s: float = 0.0
     #: While a model wants GPUs that are not free, a draining instance with at most this many requests in flight
     #: hands them to its model's other ready instances (``actions.Migrate``: each is prefilled again there,
