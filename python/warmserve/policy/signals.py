@@ -18,7 +18,7 @@ PREFILL_PROFILE_TOKENS = 1024
 
 class LoadSignals:
     """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``_hist``, ``_load``, ``_prefill_load``,
-    ``_exact``, ``_inflight``, ``_meter_set`` and ``_meters``."""
+    ``_keep_load``, ``_exact``, ``_inflight``, ``_meter_set`` and ``_meters``."""
 
     def _load_avg(self, model: str, now_s: float, value: float, series: dict | None = None,
                   window_s: float | None = None) -> float:
