@@ -293,8 +293,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             pf_now = self._prefill_backlog_s(state, m, active[m])
             pf = self._load_avg(m, now_s, pf_now, self._prefill_load)
             queued = state.queued(m)
-            o, k = self._wanted(m, avg5[m], pf, queued)
-            k = max(k, self._keep_over_window(m))  # scale_in_window_s (0 when off)
+            o, k = self._wanted(m, avg5[m], pf, queued, self._keep_avg.get(m, 0.0))  # _keep_avg: scale_in_window_s
             if cfg.scale_in_floor_now or cfg.scale_out_now or cfg.scale_in_hold_s > 0:
                 now_out, now_keep = self._wanted(m, 0.0, pf_now, 0)  # what the backlog of this moment needs
                 if cfg.scale_in_floor_now:  # never scale in below it

@@ -102,15 +102,17 @@ class LoadSignals:
         cap = self.cfg.route_cap_per_instance
         return min(b, cap) if cap else b
 
-    def _wanted(self, m: str, load: float, prefill_s: float, queued: int) -> tuple[float, float]:
+    def _wanted(self, m: str, load: float, prefill_s: float, queued: int,
+                keep_load: float = 0.0) -> tuple[float, float]:
         """(instances to scale out to, instances to scale in to) for a load (in-flight + queued requests) and a
         prefill backlog (seconds), both averaged over load_window_s. In-flight (§5): out to ceil(load / 0.8 / B)
         when load > 0.8 x B x instances, in to ceil(load / 0.5 / B), B here the routed capacity (``routed_capacity``:
         min(B, route_cap_per_instance)); prefill, with the same thresholds over the per-instance budget: out to
         ceil(backlog / (0.8 x budget)), never in below ceil(backlog / (0.5 x budget)). At least one instance while
-        requests wait."""
+        requests wait. ``keep_load``: the load averaged over scale_in_window_s (0: off); scale-in goes no lower
+        than ceil(keep_load / 0.5 / B) either."""
         cfg, B = self.cfg, self.routed_capacity()
-        out, keep = load / cfg.scale_out_threshold / B, load / cfg.scale_in_threshold / B
+        out, keep = load / cfg.scale_out_threshold / B, max(load, keep_load) / cfg.scale_in_threshold / B
         budget = self.prefill_budget_s(m)
         if budget > 0:
             out = max(out, prefill_s / cfg.scale_out_threshold / budget)
@@ -119,11 +121,6 @@ class LoadSignals:
             out, keep = max(out, 1.0), max(keep, 1.0)
         return out, keep
 
-
-    def _keep_over_window(self, model: str) -> float:
-        """Instances the in-flight load averaged over scale_in_window_s keeps (scale-in to ceil(load / 0.5 / B),
-        as ``_wanted``'s in-flight rule); 0 when the option is off. Read after this tick's ``_record``."""
-        return self._keep_avg.get(model, 0.0) / self.cfg.scale_in_threshold / self.routed_capacity()
 
     def kv_free_target(self, inst: InstanceState) -> int:
         """Free KV blocks to keep mapped (§6): total * in_flight / B, at least min_free_kv_blocks; everything
