@@ -32,6 +32,7 @@ import traceback
 import pytest
 
 import serving
+from log_lines import LogLines
 from ray_namespaces import escaped, inside, require_namespaces, run_inside, watch_threads
 
 #: The run inside the namespaces, seconds: Ray's two heads (about 10 s on 2 cores, side by side), four Clusters of
@@ -220,15 +221,6 @@ def _check_two_clusters(ray, address: str, path: str) -> None:
     assert not problems, "\n".join(problems)
 
 
-class _Warnings(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _check_close_without_head(cluster_a, path: str) -> None:
     from warmserve.controller import ray_launch
 
@@ -238,7 +230,7 @@ def _check_close_without_head(cluster_a, path: str) -> None:
     _ask(served, "before the head goes")
     cluster_a.head_node.kill_gcs_server()
     _say("GCS killed")
-    seen = _Warnings()
+    seen = LogLines(logging.WARNING)
     logging.getLogger("warmserve.controller").addHandler(seen)
     closer = threading.Thread(target=served.close, daemon=True)
     # The launcher's Ray calls get CLOSE_RAY_S; its node refresher, stuck in ray.nodes(), NODE_REFRESH_S + 1; the

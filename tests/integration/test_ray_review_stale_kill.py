@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from log_lines import LogLines
 from ray_namespaces import passed, split_run
 
 #: The run inside the namespaces, seconds: Ray's head (about 5 s), ROUNDS + 2 connects and closes (2 to 3 s each).
@@ -42,15 +43,6 @@ def test_a_kill_made_after_its_ray_connection_closed_is_skipped_and_crashes_noth
         print(out[-1500:])
 
 
-class _Debug(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _inside() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     import ray
@@ -61,7 +53,7 @@ def _inside() -> None:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     (slot,) = plan_slots([RayNode("ab" * 14, "127.0.0.1", "h", 1.0, 0)], cpu_workers=1, tag="r1")
-    seen = _Debug()
+    seen = LogLines(logging.DEBUG)
     logger = logging.getLogger("warmserve.controller")
     logger.addHandler(seen)
     logger.setLevel(logging.DEBUG)

@@ -17,6 +17,7 @@ import time
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 from controller_harness import HttpController, raw_completion, small_send_buffer
+from log_lines import LogLines
 
 from warmserve.controller import api
 from warmserve.controller.api import Api
@@ -51,15 +52,6 @@ class Ctl(HttpController):
         r.push([LONG_TOKEN] * sampling.max_tokens, logprobs=lps)
         r.finish("length")
         return r
-
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def _read_to_eof(s: socket.socket, timeout_s: float) -> tuple[int, bool]:
@@ -109,7 +101,7 @@ def _check_whole(body: dict) -> None:
 def test_a_client_that_never_reads_a_whole_answer_is_closed_and_readers_get_it_whole(model, monkeypatch):
     monkeypatch.setattr(api, "STREAM_WRITE_TIMEOUT_S", TIMEOUT_S)
     ctl = Ctl(model)
-    lines = Lines()
+    lines = LogLines()
     loggers = [logging.getLogger(n) for n in ("warmserve.controller", "warmserve.access")]
 
     async def main():
