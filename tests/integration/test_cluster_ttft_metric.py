@@ -1,5 +1,6 @@
 """The controller's TTFT histogram is observed when a request's first token arrives (as vLLM's
-time_to_first_token), once per request: /metrics scraped during a long generation already counts it."""
+time_to_first_token), once per request, and its generation tokens are counted as they arrive (as vLLM counts each
+step's): /metrics scraped during a long generation already counts both."""
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +25,10 @@ def _scrape(c) -> dict[tuple, float]:
 
 def _ttft_count(sample: dict) -> float:
     return sample.get(("warmserve_ttft_seconds_count", MODEL), 0.0)
+
+
+def _tokens(sample: dict) -> float:
+    return sample.get(("warmserve_generation_tokens_total", MODEL), 0.0)
 
 
 def test_ttft_is_counted_at_the_first_token_once_and_not_for_a_request_that_failed_before_one():
@@ -51,7 +56,10 @@ def test_ttft_is_counted_at_the_first_token_once_and_not_for_a_request_that_fail
         mid = _scrape(c)  # one scrape: both numbers are of the same moment
         assert mid.get(("warmserve_inflight_requests", MODEL)) == 1, "the generation ended before the scrape"
         assert _ttft_count(mid) == 2, f"TTFT count {_ttft_count(mid)} while the request generates (expected 2)"
+        # Found in review: generation tokens were counted at the request's end, so rate() saw none while it ran.
+        assert 2 < _tokens(mid) < 2 + 300, f"{_tokens(mid)} generation tokens counted mid-stream (2 before it)"
         rest = list(pieces)
         assert rest and long.finish_reason == "length"
         end = _scrape(c)
         assert _ttft_count(end) == 2  # not again at its end
+        assert _tokens(end) == 2 + 300  # each token once: none again at the end

@@ -370,11 +370,10 @@ class Controller(WorkerRestarts):
                 self._stream_gap(w, msg.id, expected, msg.seq)
                 return
             w.seqs[msg.id] = expected + 1
-            waited = req.first_token_s is None  # a resumed request had its first token on an earlier instance
+            before = (req.generated, req.first_token_s)  # a resumed request had its first token on an earlier instance
             if req.push(msg.token_ids, msg.logprobs, msg.prompt_logprobs):  # no longer the instance's prefill load
                 self.driver.prefill_done(req, self.now_s())
-            if waited and req.first_token_s is not None:
-                self.metrics.first_token(req)
+            self.metrics.tokens_pushed(req, *before)
             if msg.finished and msg.finish_reason == "abort":
                 # Not ours: _abort takes a request off w.gens before its Abort goes out, so that answer finds none
                 # here. A worker ends requests unasked only on its way out (SIGTERM: a container stop, a pod

@@ -180,15 +180,20 @@ class ControllerMetrics:
                   self.rerouted, self.migrated, self.dedicated, self.ttft, self.tpot):
             s.child({"model": model})
 
-    def first_token(self, req) -> None:
-        """A request's first token arrived: its TTFT, observed now (as vLLM does), once per request. Found in
-        review: it was observed when the request ended, so /metrics scraped during a long generation had no TTFT
-        of the requests still generating."""
-        self.ttft.observe(req.first_token_s - req.arrival_s, model=req.model)
+    def tokens_pushed(self, req, generated_before: int, first_token_before_s: float | None) -> None:
+        """Tokens of a request reached the controller (``Req.push``; its counts before are given). Counted now, as
+        vLLM counts each step's tokens (found in review: they were counted when the request ended, so rate() showed
+        nothing of a long generation while it ran, then all of it at once). Its TTFT is observed at its first token,
+        once per request (found in review: it was observed at the request's end, so a scrape during a long
+        generation had no TTFT of the requests still generating)."""
+        if req.generated > generated_before:
+            self.tokens.inc(req.generated - generated_before, model=req.model)
+        if first_token_before_s is None and req.first_token_s is not None:
+            self.ttft.observe(req.first_token_s - req.arrival_s, model=req.model)
 
     def request_done(self, req, outcome: str, now_s: float | None = None) -> None:
-        """Count a request that ended: its outcome (a stop string's abort counts as "stop"), latency and tokens
-        (its TTFT was observed at its first token: ``first_token``)."""
+        """Count a request that ended: its outcome (a stop string's abort counts as "stop"), and latency (its
+        tokens were counted, and its TTFT observed, as they arrived: ``tokens_pushed``)."""
         if outcome == "abort" and getattr(req, "abort_reason", "") in ("stop", "error"):
             outcome = req.abort_reason
         m = req.model
@@ -196,10 +201,8 @@ class ControllerMetrics:
         end = req.last_token_s if req.last_token_s is not None and outcome in ("stop", "length") else None
         self.e2e.observe((end or (now_s if now_s is not None else time.monotonic())) - req.arrival_s,
                          model=m, outcome=outcome)
-        if req.first_token_s is not None:
-            self.tokens.inc(req.generated, model=m)
-            if req.generated > 1:
-                self.tpot.observe((req.last_token_s - req.first_token_s) / (req.generated - 1), model=m)
+        if req.first_token_s is not None and req.generated > 1:
+            self.tpot.observe((req.last_token_s - req.first_token_s) / (req.generated - 1), model=m)
 
     def rejected_request(self, status: int, route: str) -> None:
         self.rejected.inc(status=status, route=route)

@@ -80,7 +80,7 @@ def test_each_outcome_moves_its_counter_and_latency_histogram():
     for i, outcome in enumerate(outcomes):
         r = _req(i)
         r.push([5, 6])
-        m.first_token(r)  # what the controller does at the first Tokens
+        m.tokens_pushed(r, 0, None)  # what the controller does at each Tokens: the counts before this push
         m.request_done(r, outcome)
     for outcome in outcomes:
         assert m.requests.get(model="m", outcome=outcome) == 1
