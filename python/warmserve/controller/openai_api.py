@@ -353,7 +353,8 @@ def chat_max_tokens(req: ChatRequest, sampling: SamplingParams, max_context: int
 
 
 def message_text(m: ChatMessage) -> str:
-    """A message's text; content given as parts keeps only the text parts."""
+    """A message's text; content given as parts is its text parts one per line, as vLLM and TensorRT-LLM join them
+    (found in review: they were joined with nothing, so parts "Hello" and "world" read "Helloworld")."""
     if m.content is None:
         return ""
     if isinstance(m.content, str):
@@ -366,7 +367,7 @@ def message_text(m: ChatMessage) -> str:
         if not isinstance(text, str):  # found in review: a null became the text "None"
             raise _bad(f"a text content part needs its 'text' as a string, got {type(text).__name__}", "messages")
         parts.append(text)
-    return "".join(parts)
+    return "\n".join(parts)
 
 
 _TOOL_MESSAGE_FIELDS = ("tool_calls", "function_call", "tool_call_id")

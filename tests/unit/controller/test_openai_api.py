@@ -28,7 +28,7 @@ def test_chat_max_completion_tokens_wins_and_parts():
                                                                                    {"type": "text", "text": "b"}]}],
                                 max_tokens=3, max_completion_tokens=7, stop="x"))
     assert s.max_tokens == 7 and s.stop == ("x",)
-    assert oa.chat_dicts(req) == [{"role": "user", "content": "ab"}]
+    assert oa.chat_dicts(req) == [{"role": "user", "content": "a\nb"}]  # one per line, as vLLM joins them
 
 
 @pytest.mark.parametrize("raw,param", [
