@@ -196,7 +196,7 @@ class PolicyConfig:
     #: stop and waited for GPUs the bursting model held (reclaim waits for their drain, time-sharing for
     #: preempt_after_s): paper-conv, seed 0, three light models' P99 9-10 s against 0.4-1.3 s with a hold. A
     #: trade, off by default: six seeds paired over holds of 5-60 s (bench/simulate/issue11/last_instance_hold.*):
-    #: at 10 s paper-conv's P99 at burst CV 4 0.67x, artifact-conv's 0.92x, as traced the conv presets unchanged
+    #: at 10 s paper-conv's P99 at burst CV 4 0.52x, artifact-conv's 0.90x, as traced the conv presets unchanged
     #: and paper-code 1.02x (1.22x at 60 s: its bursts wait for the GPUs held), GPU-seconds within 2%.
     last_instance_hold_s: float = 0.0
     #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
