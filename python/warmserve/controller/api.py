@@ -321,14 +321,14 @@ class Api:
             for i in range(n):
                 handle = await self.controller.submit(model.name, ids, _choice_sampling(sampling, i),
                                                       siblings=[g.req for g in gens])
-                gens.append(TextGeneration(handle, model.tokenizer.decode, sampling.stop))
+                gens.append(TextGeneration(handle, model.tokenizer.decode, sampling.stop, _token_text(model)))
             want_logprobs = sampling.logprobs is not None
             # Streamed, each piece's logprobs are taken with it; whole, all at the end.
             choices = Choices(gens, logprobs=req.stream and want_logprobs)
             if req.stream:
                 return await self._stream(request, kind, req, model, choices, ids, rid, echo, prefix, want_logprobs)
             texts = await choices.collect()
-            decode = model.tokenizer.decode
+            decode = _token_text(model)
             prompt_starts = _prompt_starts(model, req.prompt, ids) if echo and want_logprobs else []
             items = []
             for i, (g, text) in enumerate(zip(gens, texts)):
@@ -380,7 +380,7 @@ class Api:
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                        REQUEST_ID_HEADER: rid})
         await resp.prepare(request)
-        decode = model.tokenizer.decode
+        decode = _token_text(model)
         token_bytes = _token_bytes(model)
         with_usage = req.stream_options is not None and req.stream_options.include_usage
 
@@ -517,6 +517,12 @@ def _own_answers(api: Api) -> type[AbstractAccessLogger]:
 def _chat_parts(body: bytes):
     req, sampling = oa.parse_chat(body)
     return req, sampling, oa.chat_dicts(req)
+
+
+def _token_text(model):
+    """A logprob's token text: the token's decode with special tokens kept, as vLLM labels logprobs (found in review:
+    "<|im_end|>" ending a generation read "", and a completion's top_logprobs kept one special alternative under "")."""
+    return getattr(model.tokenizer, "token_text", model.tokenizer.decode)
 
 
 def _token_bytes(model):

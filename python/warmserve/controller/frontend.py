@@ -181,13 +181,14 @@ class TextGeneration:
     the request, so its worker never keeps generating for nobody.
     """
 
-    def __init__(self, req, decode, stop: tuple[str, ...] = ()):
+    def __init__(self, req, decode, stop: tuple[str, ...] = (), token_text=None):
         self.req = req
         # Its outcome is the finish reason this text gives (Req.ended); one dropped unread settles it still.
         req.outcome_by_consumer = True
         weakref.finalize(self, req.settle)
         self.text = TextStream(decode, stop, min_tokens=req.sampling.min_tokens)
-        self._decode = decode
+        # a logprob's token text (``take_logprobs``): ``decode`` unless given (the engine's keeps special tokens)
+        self._token_text = token_text or decode
         self._ended = False
         self._lp_taken = 0   # tokens whose logprobs were handed out by take_logprobs
 
@@ -197,8 +198,8 @@ class TextGeneration:
         out (text held back as the possible start of a stop string keeps its tokens back too); once it ended, the
         rest of ``text.ids``: after a stop string, those that begin before it. So the streamed logprobs add up to
         the non-streamed ones (found in review: streams listed the tokens of a stop string that was then cut away),
-        one per token id of the output. Each token's text is its own decode, so the texts of a word split over
-        tokens may differ in spacing from the text (as OpenAI's tokens do)."""
+        one per token id of the output. Each token's text is its own decode (``token_text``), so the texts of a word
+        split over tokens may differ in spacing from the text (as OpenAI's tokens do)."""
         t = self.text
         if t.stopped or self._ended:
             end = len(t.ids)
@@ -206,7 +207,7 @@ class TextGeneration:
             end = bisect.bisect_left(t.starts, t.emitted)
         lps = self.req.logprobs
         end = min(end, len(lps), len(t.ids))
-        out = [(t.ids[i], self._decode([t.ids[i]]), lps[i]) for i in range(self._lp_taken, end)]
+        out = [(t.ids[i], self._token_text([t.ids[i]]), lps[i]) for i in range(self._lp_taken, end)]
         self._lp_taken = max(self._lp_taken, end)
         return out
 

@@ -332,8 +332,9 @@ def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
                    "max_completion_tokens")
     if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
         raise _bad(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}", "top_logprobs")
-    if req.top_logprobs is not None and not req.logprobs:
-        raise _bad("top_logprobs needs logprobs=true", "top_logprobs")
+    # 0 is neutral, as vLLM takes it (its own default; found in review: clients that send every default got a 400)
+    if req.top_logprobs and not req.logprobs:
+        raise _bad(f"top_logprobs {req.top_logprobs} needs logprobs=true", "top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     mt = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     # Without a limit, min_tokens (at least 1) while the prompt is checked against the context, as that many must
@@ -445,7 +446,7 @@ def completion_logprobs(entries, decode, offsets: list[int]) -> dict:
 
 def _top_by_text(lp, decode) -> dict[str, float]:
     """The alternatives keyed by their decoded text, as vLLM keys them. Distinct tokens can share a text (bytes of
-    split characters all decode to U+FFFD, a special token to ""): the most likely of them keeps the key, so a
+    split characters all decode to U+FFFD): the most likely of them keeps the key, so a
     token's own entry is never lowered by a less likely namesake (found in review: the last, least likely, won),
     and such a position lists fewer alternatives than asked for."""
     top: dict[str, float] = {}

@@ -109,6 +109,11 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_text(self, ids: list[int]) -> str:
+        """The text a logprob lists for its token(s): their decode with special tokens kept ("<|im_end|>"), as
+        vLLM lists them; the output text skips them (``decode``)."""
+        return self.decode(ids, skip_special_tokens=False)
+
     def token_offsets(self, text: str, ids: list[int]) -> list[int] | None:
         """Where each token of ``text`` begins in ``text`` itself, from the encoding's own offsets (an echoed string
         prompt's ``text_offset``: the string as sent differs from its tokens' decode when special tokens are skipped
@@ -132,13 +137,13 @@ class Tokenizer:
         return self._tok.token_to_id(token)
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes one token stands for (a chat logprob's ``bytes``): the UTF-8 of its decode when that is whole
+        """The bytes one token stands for (a chat logprob's ``bytes``): the UTF-8 of its text when that is whole
         text, else its vocabulary entry's raw bytes, for a token that holds part of a character (which decodes
         alone as U+FFFD): SentencePiece's byte-fallback ``<0xNN>``, or byte-level BPE's entry mapped back through
         GPT-2's byte-to-character table. Cached per id."""
         raw = self._bytes.get(token_id)
         if raw is None:
-            text = self.decode([token_id])
+            text = self.token_text([token_id])
             piece = self._tok.id_to_token(token_id) if "\ufffd" in text else None
             byte = _BYTE_PIECE.fullmatch(piece) if piece is not None else None
             if byte is not None:

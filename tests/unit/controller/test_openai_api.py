@@ -31,6 +31,14 @@ def test_chat_max_completion_tokens_wins_and_parts():
     assert oa.chat_dicts(req) == [{"role": "user", "content": "a\nb"}]  # one per line, as vLLM joins them
 
 
+@pytest.mark.parametrize("logprobs", [None, False])
+def test_chat_top_logprobs_0_without_logprobs_is_the_neutral_default(logprobs):
+    """Found in review: a 400 "top_logprobs needs logprobs=true", where vLLM (whose own default it is) takes it."""
+    _, s = oa.parse_chat(body(model="m", messages=[{"role": "user", "content": "a"}], top_logprobs=0,
+                              **({} if logprobs is None else {"logprobs": logprobs})))
+    assert s.logprobs is None
+
+
 @pytest.mark.parametrize("raw,param", [
     (b"{not json", None),
     (b"", None),
