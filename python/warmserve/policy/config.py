@@ -197,7 +197,11 @@ class PolicyConfig:
     #: preempt_after_s): paper-conv, seed 0, three light models' P99 9-10 s against 0.4-1.3 s with a hold. A
     #: trade, off by default: six seeds paired over holds of 5-60 s (bench/simulate/issue11/last_instance_hold.*):
     #: at 10 s paper-conv's P99 at burst CV 4 0.52x, artifact-conv's 0.90x, as traced the conv presets unchanged
-    #: and paper-code 1.02x (1.22x at 60 s: its bursts wait for the GPUs held), GPU-seconds within 2%.
+    #: and paper-code 1.02x (1.22x at 60 s: its bursts wait for the GPUs held), GPU-seconds within 2%. No hold
+    #: while co-serving finds the cluster over-subscribed (models with demand need more GPUs than are live): a held
+    #: GPU is then one such a model has none of (ServeGen, 16 models on 16 GPUs: P99 1.6-2.1x at 10 s, found on a
+    #: workload the hold was not chosen on; issue11/last_instance_hold_servegen.txt). With coserve_tpot_s = 0 there
+    #: is no such count, and the hold applies.
     last_instance_hold_s: float = 0.0
     #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
     #: a shared GPU group may reach (one decode step of each co-resident model, time-sharing), seconds; models

@@ -143,9 +143,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         best = min(room, key=self._least_loaded, default=None)
         budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
         # the budget leaves out the arriving request's own prefill (one profiled p), which the backlog counts too
-        if best is not None and not (
-                budget > 0 and self._prefill_backlog_s(state, model, insts)
-                > budget * len(ready) + self.models[model].prefill_s):
+        if best is not None and not (budget > 0 and self._prefill_backlog_s(state, model, insts)
+                                     > budget * len(ready) + self.models[model].prefill_s):
             return A.Route(model, best.instance_id, request_id)
         for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
             # not one the tick stopped for another's sake, nor a co-served one retired for a dedicated one (the
@@ -273,10 +272,10 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         """§5 scaling, with GPUs arbitrated by unmet demand: draining instances are revived before new ones
         start; new ones go one at a time to the model whose demand is least met (then the longest starved); a
         quiet model's last instance stops only when another model wants GPUs that are not free, once it has been
-        quiet last_instance_hold_s (``last_instance_for_groups``: where its GPUs complete a group such a model
-        lacks); a model left short takes GPUs from instances whose models stay at least as well served
-        (``arbitration.reclaim_victims``), and one that waits with no instance and finds none there takes those of
-        instances that served preempt_after_s (time-sharing)."""
+        quiet last_instance_hold_s unless over-subscribed (``last_instance_for_groups``: where its GPUs complete a
+        group such a model lacks); a model left short takes GPUs from instances whose models stay at least as well
+        served (``arbitration.reclaim_victims``), and one that waits with no instance and finds none there takes
+        those of instances that served preempt_after_s (time-sharing)."""
         cfg = self.cfg
         active: dict[str, list[InstanceState]] = {m: [] for m in self.models}
         draining: dict[str, list[InstanceState]] = {m: [] for m in self.models}
@@ -365,9 +364,10 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         wanted = wanted - never.keys()
         freeing = set() if not cfg.last_instance_for_groups or cfg.idle_to_zero else \
             self._groups_to_free(state, now_s, board, keep, active, wanted, skip, gone)
+        hold_s = 0.0 if co is not None and co.oversubscribed else cfg.last_instance_hold_s  # why: PolicyConfig
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m] if wanted - {m} else max(keep[m], held.get(m, 0))
-            recent = now_s - self._busy_s.get(m, -math.inf) < cfg.last_instance_hold_s
+            recent = now_s - self._busy_s.get(m, -math.inf) < hold_s
             if target == 0 and ((not cfg.idle_to_zero and (recent or (freeing.isdisjoint(
                     g for i in active[m] for g in i.gpus) if cfg.last_instance_for_groups else not (wanted - {m}))))
                                 or (co is not None and co.keeps_last(state, m, active[m]))):

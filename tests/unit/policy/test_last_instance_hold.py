@@ -14,10 +14,11 @@ GiB = 1 << 30
 SMALL_BYTES = 13_500_000_000  # a 13B-like model on one GPU
 
 
-def _cluster(hold_s: float, b_requests: int, **cfg):
+def _cluster(hold_s: float, b_requests: int, waiting: str = "", **cfg):
     """Two GPUs: `a` on GPU 0 served one request from 0 s to 3 s; `b` on GPU 1 with ``b_requests`` in flight
-    (over B = 32: it wants the other GPU). Returns the driver and the state."""
-    models = [ModelInfo(n, SMALL_BYTES, 1, 524_288) for n in "ab"]
+    (over B = 32: it wants the other GPU); each model named in ``waiting`` has 3 requests and no instance. Returns
+    the driver and the state."""
+    models = [ModelInfo(n, SMALL_BYTES, 1, 524_288) for n in "ab" + waiting]
     st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=72 * GiB)
     pol = make_policy("warmserve", models=models,
                       config=PolicyConfig(prewarm=False, replan_s=1e9, window_s=1e6, last_instance_hold_s=hold_s,
@@ -28,6 +29,9 @@ def _cluster(hold_s: float, b_requests: int, **cfg):
     d.submit("a", "a0", 0.0)
     for k in range(b_requests):
         d.submit("b", f"b{k}", 0.0)
+    for m in waiting:
+        for k in range(3):
+            d.submit(m, f"{m}{k}", 0.0)
     return d, st
 
 
@@ -72,3 +76,16 @@ def test_without_a_model_wanting_gpus_the_last_instance_stays_either_way():
 def test_a_negative_or_nan_hold_is_refused(bad):
     with pytest.raises(InvalidArgumentError, match="last_instance_hold_s"):
         PolicyConfig(last_instance_hold_s=bad)
+
+
+def test_no_hold_while_models_with_demand_outnumber_the_gpus():
+    """Found on ServeGen (16 models on 16 GPUs, a workload the hold was not chosen on): over-subscribed, a held GPU
+    is one a model with requests has none of, and the hold doubled P99 (issue11/last_instance_hold_servegen.txt).
+    With `b`, `c` and `d` wanting GPUs on 2 GPUs, `a`'s last instance stops when it would with no hold; with only
+    `c` waiting (2 GPUs for 2 models with demand) the hold still applies."""
+    d, st = _cluster(10.0, 40, "cd")
+    assert _stopped_at(d, st, 60) == _stopped_at(*_cluster(0.0, 40, "cd"), 60)
+    assert d.policy._co.oversubscribed
+    assert {i.model for i in st.instances.values() if i.gpus == (0,)} == {"c", "d"}  # co-served on a's GPU
+    unheld = _stopped_at(*_cluster(0.0, 40, "c"), 60)
+    assert unheld + 9 <= _stopped_at(*_cluster(10.0, 40, "c"), 60) <= unheld + 11
