@@ -6,16 +6,29 @@ process needs no torch: it only tokenizes and plans.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import msgspec
 
 from warmserve.config import ModelSpec
-from warmserve.engine.arch import check_tensors
+from warmserve.engine.arch import check_tensors, json_object
 from warmserve.engine.config import ModelConfig
 from warmserve.engine.safetensors_header import CheckpointError, checkpoint_dtype, read_raw_tensors
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import DTYPE_BYTES, kv_bytes_per_token
+from warmserve.sampling import SamplingParams
+
+log = logging.getLogger("warmserve.controller")
+
+#: The sampling fields a checkpoint's generation_config.json gives the defaults of, with Hugging Face's own defaults:
+#: a field left at its Hugging Face default is not taken, as vLLM takes only the file's non-default values
+#: (``--generation-config auto``, its default; ModelConfig.get_diff_sampling_param). ``max_new_tokens`` is not
+#: taken: the API's max_tokens defaults stay OpenAI's (docs/api.md).
+GENERATION_CONFIG_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "min_p": None,
+                              "repetition_penalty": 1.0}
 
 
 def load_tokenizer(path: str):
@@ -41,6 +54,8 @@ class ControllerModel:
     kv_bytes_per_token: int
     #: Most characters one token covers (the longest vocabulary entry): bounds a text's tokens from its length.
     max_token_chars: int = 64
+    #: Sampling values an HTTP request that leaves them out gets (``sampling_defaults``): the model creator's.
+    sampling_defaults: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -67,6 +82,7 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         # a template that does not parse would fail every chat (found in review: it was parsed at the first one)
         tokenizer.compile_chat_template()
         max_token_chars = tokenizer.max_token_chars
+        defaults = sampling_defaults(path)
     except InvalidArgumentError as e:  # named, as every refusal here
         where = "" if path in e.message else f" ({path})"
         raise type(e)(f"model {spec.name!r}{where}: {e.message}", **{"path": path, **e.fields}) from None
@@ -88,7 +104,31 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         max_context=cfg.max_position_embeddings,
         weight_bytes=weight_bytes,
         kv_bytes_per_token=kv_bytes_per_token(cfg.num_layers, kv_heads, cfg.head_dim, DTYPE_BYTES[dtype]),
+        sampling_defaults=defaults,
     )
+
+
+def sampling_defaults(path: str) -> dict:
+    """The sampling defaults of the checkpoint at ``path`` from its generation_config.json ({} without one), as a
+    request's values are checked, or CheckpointError naming the file. Found in review: they were never read, so a
+    request that left temperature out sampled at 1.0 where vLLM samples at the model's (Llama 3 Instruct's 0.6)."""
+    file = os.path.join(path, "generation_config.json")
+    if not os.path.isfile(file):
+        return {}
+    gen = json_object(file)
+    out = {k: gen[k] for k, hf in GENERATION_CONFIG_DEFAULTS.items() if gen.get(k) is not None and gen[k] != hf}
+    if isinstance(out.get("top_k"), int) and out["top_k"] < 0:
+        out["top_k"] = 0  # -1: no cut, as the API takes it
+    try:
+        checked = msgspec.convert(out, SamplingParams)  # types and ranges, as a request's
+    except (msgspec.ValidationError, InvalidArgumentError) as e:
+        raise CheckpointError(f"{file}: {e}: fix the value, or delete the key to sample with the API's default",
+                              path=file) from None
+    out = {k: getattr(checked, k) for k in out}  # as the fields' types (an integer temperature, a float)
+    if out:
+        log.info("%s: requests that leave them out sample with generation_config.json's %s, as vLLM does",
+                 os.path.basename(path), out)
+    return out
 
 
 def _model_config(path: str) -> ModelConfig:

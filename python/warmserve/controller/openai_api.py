@@ -267,8 +267,9 @@ def _refuse_unsupported(req) -> None:
 
 
 def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
-    """The request's sampling fields with OpenAI's defaults (temperature and top_p 1); SamplingParams checks the
-    ranges (the seed's included: one that does not fit 64 bits is a 400 here, not a failure on the wire)."""
+    """The request's sampling fields with OpenAI's defaults (temperature and top_p 1; the model's, where its
+    checkpoint sets them, replace these in ``with_model_defaults``); SamplingParams checks the ranges (the seed's
+    included: one that does not fit 64 bits is a 400 here, not a failure on the wire)."""
     _refuse_unsupported(req)
     return SamplingParams(
         max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
@@ -281,6 +282,13 @@ def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs
         repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
         logprobs=logprobs, prompt_logprobs=prompt_logprobs,
     )
+
+
+def with_model_defaults(req, sampling: SamplingParams, defaults: dict) -> SamplingParams:
+    """``sampling`` with the model's defaults (``ControllerModel.sampling_defaults``) for the fields the request
+    left out or sent as null, as vLLM applies a checkpoint's generation_config.json."""
+    taken = {k: v for k, v in defaults.items() if getattr(req, k, None) is None}
+    return msgspec.structs.replace(sampling, **taken) if taken else sampling
 
 
 def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:

@@ -130,6 +130,7 @@ class _Model:
     max_context = 64
     max_token_chars = 4
     tokenizer = _Tok()
+    sampling_defaults: dict = {}  # no generation_config.json
 
 
 class _Ctl:
