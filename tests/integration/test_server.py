@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,7 +36,14 @@ def post_raw(url: str, body: bytes, headers=None):
 
 
 def test_models_and_health(server, client):
-    assert sorted(m.id for m in client.models.list().data) == sorted(serving.MODELS)
+    """Found in review: the model cards had no max_model_len (vLLM's), which clients size prompts by."""
+    listed = client.models.list().data
+    assert sorted(m.id for m in listed) == sorted(serving.MODELS)
+    paths = serving.demo_paths()
+    for m in listed:
+        with open(os.path.join(paths[m.id], "config.json")) as f:
+            want = json.load(f)["max_position_embeddings"]
+        assert m.max_model_len == want and client.models.retrieve(m.id).max_model_len == want
     with urllib.request.urlopen(server[0] + "/health", timeout=10) as r:
         h = json.loads(r.read())
     assert h["ok"] and h["workers"] == 2

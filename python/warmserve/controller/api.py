@@ -219,11 +219,11 @@ class Api:
     # ------------------------------------------------------------------------------------------- simple routes
 
     async def models(self, request):
-        return _json(200, oa.models_body(self.controller.model_names(), self.created))
+        names = self.controller.model_names()
+        return _json(200, oa.models_body([self.controller.model(n) for n in names], self.created))
 
     async def model(self, request):
-        m = self.controller.model(request.match_info["name"])
-        return _json(200, {"id": m.name, "object": "model", "created": self.created, "owned_by": "warmserve"})
+        return _json(200, oa.model_card(self.controller.model(request.match_info["name"]), self.created))
 
     async def health(self, request):
         h = self.controller.health()

@@ -532,9 +532,15 @@ def usage_chunk(rid: str, model: str, created: int, obj: str, prompt_tokens: int
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
-def models_body(names: list[str], created: int) -> dict:
-    return {"object": "list",
-            "data": [{"id": n, "object": "model", "created": created, "owned_by": "warmserve"} for n in names]}
+def model_card(model, created: int) -> dict:
+    """A model as /v1/models lists it, with its context length as vLLM gives it (``max_model_len``: found in
+    review, clients that size prompts by it found none)."""
+    return {"id": model.name, "object": "model", "created": created, "owned_by": "warmserve",
+            "max_model_len": model.max_context}
+
+
+def models_body(models: list, created: int) -> dict:
+    return {"object": "list", "data": [model_card(m, created) for m in models]}
 
 
 _enc = msgspec.json.Encoder()

@@ -3,6 +3,7 @@ controller behind it is a two-method stand-in: generation through the real contr
 tests/integration/test_server.py."""
 
 import asyncio
+from types import SimpleNamespace
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -18,6 +19,8 @@ class Models:
         return ["m"]
 
     def model(self, name):
+        if name == "m":  # what /v1/models lists of it; nothing is generated here
+            return SimpleNamespace(name="m", max_context=64)
         raise UnknownModelError(f"the model {name!r} does not exist", param="model")
 
     def health(self):
@@ -41,7 +44,7 @@ def test_api_key_required_on_v1_only():
         r = await c.get("/v1/models", headers={"Authorization": "Bearer wrong"})
         assert r.status == 401
         r = await c.get("/v1/models", headers={"Authorization": "Bearer k"})
-        assert r.status == 200 and (await r.json())["data"][0]["id"] == "m"
+        assert r.status == 200 and [(d["id"], d["max_model_len"]) for d in (await r.json())["data"]] == [("m", 64)]
         r = await c.get("/health")  # probes need no key; no live worker means 503
         assert r.status == 503
         r = await c.get("/metrics")

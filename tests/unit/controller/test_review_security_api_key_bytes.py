@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from types import SimpleNamespace
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -26,6 +27,9 @@ class _Models:
 
     def model_names(self):
         return ["m"]
+
+    def model(self, name):  # what /v1/models lists of it
+        return SimpleNamespace(name=name, max_context=64)
 
     def health(self):
         return {"ok": True, "workers": 1}
