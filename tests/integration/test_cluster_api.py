@@ -95,3 +95,29 @@ def test_min_tokens_holds_back_a_stop_string_and_a_stop_token_end_to_end(cluster
                                      min_tokens=8)
     out = cluster.generate(MODEL, [5, 17, 300], params=by_id)
     assert len(out.token_ids) >= 8 and plain.token_ids[1] not in out.token_ids[:8]
+
+
+def test_keywords_left_out_take_the_checkpoints_generation_config_and_config_stands_alone(tmp_path):
+    """Found in review: the HTTP API took a checkpoint's generation_config.json sampling for the fields a request
+    leaves out (as vLLM), but Cluster.generate sampled at temperature 1 all the same; and Cluster(config=cfg) was a
+    bare TypeError (models had no default). A copy of the demo checkpoint whose generation_config.json says
+    temperature 0: three generations without a temperature are the greedy one; an explicit temperature wins."""
+    import json
+    import shutil
+
+    from warmserve.config import ClusterConfig, ModelSpec
+
+    path = tmp_path / "gc"
+    shutil.copytree(serving.demo_paths((MODEL,))[MODEL], path)
+    gen_file = path / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
+    gen_file.write_text(json.dumps({**gen, "temperature": 0.0, "do_sample": True}))
+    cfg = ClusterConfig(models=(ModelSpec(path=str(path), name="gc"),), cpu_workers=1,
+                        cpu_worker_memory_bytes=512 << 20, cpu_worker_threads=1)
+    with warmserve.Cluster(config=cfg) as c:
+        assert c.controller.model("gc").sampling_defaults == {"temperature": 0.0}
+        greedy = c.generate("gc", [5, 17, 300], params=warmserve.SamplingParams(max_tokens=8))  # its default: 0
+        left_out = [c.generate("gc", [5, 17, 300], max_tokens=8).token_ids for _ in range(3)]
+        assert all(ids == greedy.token_ids for ids in left_out), (left_out, greedy.token_ids)
+        hot = [c.generate("gc", [5, 17, 300], max_tokens=8, temperature=2.0, top_p=1.0).token_ids for _ in range(3)]
+        assert any(ids != greedy.token_ids for ids in hot)  # random weights at temperature 2: near uniform

@@ -293,7 +293,7 @@ class Api:
         await asyncio.to_thread(check, head[1], max_context)
 
     async def _generate(self, request, kind, req, model, ids, sampling):
-        sampling = oa.with_model_defaults(req, sampling, model.sampling_defaults)
+        sampling = oa.with_model_defaults(sampling, model.sampling_defaults, lambda field: getattr(req, field, None))
         n = req.n
         if n > self.max_concurrent:  # a 429 would tell the client to retry what can never be admitted
             raise InvalidArgumentError(

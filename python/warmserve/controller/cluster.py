@@ -27,7 +27,7 @@ from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.policy.config import PolicyConfig
 from warmserve.controller.frontend import TextGeneration, prepare
 from warmserve.controller.loopgate import LoopGate
-from warmserve.controller.openai_api import messages_from
+from warmserve.controller.openai_api import messages_from, with_model_defaults
 from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_, UnknownModelError
 from warmserve.protocol import SamplingParams, stop_strings
 
@@ -112,7 +112,7 @@ _KEYWORDS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "
 class Cluster:
     def __init__(
         self,
-        models,
+        models=None,
         devices=None,
         policy: str = "warmserve",
         *,
@@ -162,13 +162,11 @@ class Cluster:
             # One device given alone is a one-item list (found in review: "cpu:0" was iterated per character).
             config = ClusterConfig(
                 models=specs, devices=(devices,) if isinstance(devices, str) else tuple(devices or ()),
-                cpu_workers=cpu_workers,
-                cpu_worker_memory_bytes=cpu_worker_memory_bytes, remote_workers=remote_workers,
-                worker_start_timeout_s=start_timeout_s,
+                cpu_workers=cpu_workers, cpu_worker_memory_bytes=cpu_worker_memory_bytes,
+                remote_workers=remote_workers, worker_start_timeout_s=start_timeout_s,
                 controller=ControllerConfig(bind=bind, policy=policy, policy_config=PolicyConfig(window_s=window_s),
                                             history_path=history_path, history_record_path=history_record_path,
-                                            load_timezone=load_timezone,
-                                            curve_dir=curve_dir, insecure=insecure),
+                                            load_timezone=load_timezone, curve_dir=curve_dir, insecure=insecure),
             )
         if not config.models:
             raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
@@ -267,8 +265,9 @@ class Cluster:
         if params is None:
             k = {name: _KEYWORDS[name] if v is None else v for name, v in keywords.items()}
             _check_sampling(k)
-            s = SamplingParams(max_tokens=k["max_tokens"], temperature=float(k["temperature"]),
-                               top_p=float(k["top_p"]), seed=k["seed"], stop=stop_strings(k["stop"]))
+            s = with_model_defaults(SamplingParams(  # left out: the model's generation_config.json values, as HTTP's
+                max_tokens=k["max_tokens"], temperature=float(k["temperature"]), top_p=float(k["top_p"]),
+                seed=k["seed"], stop=stop_strings(k["stop"])), m.sampling_defaults, keywords.get)
         else:
             given = {name: v for name, v in keywords.items() if v is not None}
             if not isinstance(params, SamplingParams) or given:
@@ -291,10 +290,11 @@ class Cluster:
                  temperature: float | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
                  messages=None, timeout_s: float | None = None) -> Completion:
         """Generate a completion of ``prompt`` (text or token ids), or of a chat given as ``messages``. Sampling:
-        the keywords (defaults: max_tokens 16, temperature 1, top_p 1), or ``params`` (a
-        ``warmserve.SamplingParams``: every option the engine has, logprobs, penalties, stop token ids, ..., the
-        same object the HTTP API builds), not both. timeout_s: how long to wait for the whole completion (None or
-        math.inf: no limit); when it runs out the generation is aborted and TimeoutError_ raised."""
+        the keywords (defaults: max_tokens 16; what the checkpoint's generation_config.json sets, as the HTTP API
+        takes it, else temperature 1, top_p 1), or ``params`` (a ``warmserve.SamplingParams``, taken as it is:
+        every option the engine has, the same object the HTTP API builds), not both. timeout_s: how long to wait for
+        the whole completion (None or math.inf: no limit); when it runs out the generation is aborted and
+        TimeoutError_ raised."""
         self._check()
         timeout_s = _check_timeout(timeout_s)
         m, ids, s = self._prepare(model, prompt, params, max_tokens, temperature, top_p, seed, stop, messages)

@@ -284,10 +284,10 @@ def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs
     )
 
 
-def with_model_defaults(req, sampling: SamplingParams, defaults: dict) -> SamplingParams:
+def with_model_defaults(sampling: SamplingParams, defaults: dict, sent) -> SamplingParams:
     """``sampling`` with the model's defaults (``ControllerModel.sampling_defaults``) for the fields the request
-    left out or sent as null, as vLLM applies a checkpoint's generation_config.json."""
-    taken = {k: v for k, v in defaults.items() if getattr(req, k, None) is None}
+    left out or sent as null (``sent(field)`` is None), as vLLM applies a checkpoint's generation_config.json."""
+    taken = {k: v for k, v in defaults.items() if sent(k) is None}
     return msgspec.structs.replace(sampling, **taken) if taken else sampling
 
 
