@@ -22,7 +22,8 @@ def read_history(path: str) -> dict:
     import numpy as np
 
     if not os.path.isfile(path):
-        raise InvalidArgumentError(f"history file {path!r} does not exist (a CSV model,window_start_s,avg,peak or "
+        what = "is a directory" if os.path.isdir(path) else "does not exist"  # found in review: a folder "did not"
+        raise InvalidArgumentError(f"history file {path!r} {what} (give a CSV model,window_start_s,avg,peak or "
                                    "its JSON form)", path=path)
     rows: dict[str, list[tuple[float, float, float]]] = {}
     with open(path, "rb") as f:

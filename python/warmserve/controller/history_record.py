@@ -132,7 +132,16 @@ def starting_history(cc) -> dict | None:
     from warmserve.controller.history_file import read_history
 
     check_record_path(cc.history_record_path, cc.history_path)
-    return read_history(cc.history_path) if cc.history_path else None
+    if not cc.history_path:
+        return None
+    if not os.path.lexists(cc.history_path) and cc.history_record_path and \
+            os.path.abspath(cc.history_path) == os.path.abspath(cc.history_record_path):
+        # the README's restart recipe on its first start, or after runs too short to close a window: nothing
+        # recorded yet, so no history (found in review: the fixed command line of a service refused to start)
+        log.info("history %s does not exist yet: starting without one; this run's windows are recorded there",
+                 cc.history_path)
+        return None
+    return read_history(cc.history_path)
 
 
 def attach(ctl, history: dict | None) -> HistoryRecord | None:

@@ -97,6 +97,21 @@ def test_a_record_file_that_cannot_be_written_is_refused_naming_the_fix(tmp_path
         starting_history(ControllerConfig(history_record_path=str(tmp_path)))
 
 
+def test_the_restart_recipe_starts_before_its_file_exists_and_a_folder_is_named_as_one(tmp_path):
+    """Found in review: `--history h.csv --record-history h.csv` (README's restart recipe, a service's fixed command
+    line) refused to start until some run had recorded a window (300 s), its first start included; and a history
+    path that is a folder was said not to exist."""
+    h = str(tmp_path / "h.csv")
+    assert starting_history(ControllerConfig(history_path=h, history_record_path=str(tmp_path / "." / "h.csv"))) \
+        is None
+    with pytest.raises(InvalidArgumentError, match="does not exist"):  # a history not recorded here: a typo
+        starting_history(ControllerConfig(history_path=h, history_record_path=str(tmp_path / "new.csv")))
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        starting_history(ControllerConfig(history_path=h))
+    with pytest.raises(InvalidArgumentError, match="is a directory"):
+        starting_history(ControllerConfig(history_path=str(tmp_path)))
+
+
 def _copy(src, dst):
     dst.write_text(src.read_text())
     return dst
