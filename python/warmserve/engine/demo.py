@@ -464,8 +464,12 @@ def add_arguments(parser) -> None:
 
 def check_flags(args) -> None:
     """Refuse, naming them, the flags a run would take and ignore (found in review, each exit 0: --models with no
-    name wrote nothing and said done; --device without --size was dropped; --size dropped --models and --dtype)."""
+    name wrote nothing and said done; --device without --size was dropped; --size dropped --models and --dtype), and
+    an --out that cannot be a folder (found in review: a bare FileExistsError or NotADirectoryError, exit 1)."""
     from warmserve.errors import InvalidArgumentError
+    from warmserve.outputs import check_output_folder
+
+    check_output_folder("--out", args.out)
 
     size, device = getattr(args, "size", None), getattr(args, "device", None)
     if args.models is not None and not args.models:

@@ -58,3 +58,12 @@ def test_the_flags_that_go_together_still_run(monkeypatch, tmp_path, capsys):
     assert seen == [("1b", "cpu")]
     assert cli.main(["models", "demo", "--out", str(tmp_path), "--models", "llama-20m", "--dtype", "float16"]) == 0
     assert os.path.isdir(tmp_path / "llama-20m")
+
+
+@pytest.mark.parametrize("where,why", [("afile", "is a file, not a folder"), ("afile/sub", "is a file, not a folder")])
+def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(nothing_written, tmp_path, capsys, where, why):
+    """Found in review: a bare FileExistsError / NotADirectoryError from os.makedirs, exit 1."""
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["models", "demo", "--out", str(tmp_path / where), "--models", "llama-20m"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and why in err and "Traceback" not in err and "Error:" not in err, err
