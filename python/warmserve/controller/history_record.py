@@ -48,8 +48,9 @@ def check_record_path(record_path: str, history_path: str) -> None:
     if os.path.exists(record_path) and not same:
         raise InvalidArgumentError(
             f"--record-history {record_path!r} exists and is not the --history file, so its rows would be lost: "
-            f"to go on from it, give it as --history too (--history {record_path} --record-history {record_path}); "
-            "else remove it or record to a new file", path=record_path)
+            f"to go on from it, give it as --history too (--history {record_path} --record-history {record_path}; "
+            "warmserve.Cluster: history_path= as well as history_record_path=); else remove it or record to a new "
+            "file", path=record_path)
 
 
 class HistoryRecord:
