@@ -43,7 +43,7 @@ def test_cli_lists_commands_and_rejects_unknown(capsys):
 _WORKER = ("worker", "--memory-gib", "0.01")
 CLI_MISTAKES = [
     (("models", "demo", "--models", "bogus"), 2, "UnknownModelError: unknown demo model(s) ['bogus']"),
-    (("models", "demo", "--models", "llama-20m", "--out", "/proc/nope"), 1, "/proc/nope"),
+    (("models", "demo", "--models", "llama-20m", "--out", "/proc/nope"), 2, "--out /proc/nope: cannot create the folder"),
     ((*_WORKER, "--log-level", "foo"), 2, "invalid choice: 'FOO'"),
     ((*_WORKER, "--controller", "notanaddress"), 2, "--controller must be a ZeroMQ address"),
     ((*_WORKER, "--controller", "tcp://127.0.0.1:0"), 2, "--controller: port '0'"),
