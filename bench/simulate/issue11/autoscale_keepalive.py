@@ -71,17 +71,32 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
     ap.add_argument("--tick-s", type=float, default=None,
                     help="the policies' tick in s (default: the preset's, 1 s; the live controller's is 0.5 s)")
+    ap.add_argument("--reuse", default=None, metavar="JSON",
+                    help="take autoscale's grid from this earlier output (same seeds and tick) instead of running it, "
+                         "and simulate warmserve again (after a change to warmserve alone)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
     grid = [(w, k) for w in WINDOWS_S for k in KEEP_ALIVES_S]
+    earlier = None
+    if args.reuse:
+        with open(args.reuse) as f:
+            d = json.load(f)
+        if d["seeds"] != seeds or d["tick_s"] != args.tick_s:
+            raise SystemExit(f"--reuse {args.reuse}: seeds {d['seeds']} at tick {d['tick_s']}, not {seeds} at "
+                             f"{args.tick_s}")
+        earlier = {(r["preset"], r["cell"]): r["settings"] for r in d["rows"]}
+        missing = [c for c in cells if c not in earlier or len(earlier[c]) != len(grid)]
+        if missing:
+            raise SystemExit(f"--reuse {args.reuse} lacks the cells {missing}")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {c: [pool.submit(one, *c, seeds, w, k, args.tick_s) for w, k in grid] for c in cells}
+        futs = {c: [] if earlier else [pool.submit(one, *c, seeds, w, k, args.tick_s) for w, k in grid]
+                for c in cells}
         ws_futs = {c: pool.submit(warmserve_at, *c, seeds, args.tick_s) for c in cells}
         rows = []
         for (p, n), fs in futs.items():
             ws = ws_futs[(p, n)].result()
-            runs = [f.result() for f in fs]
+            runs = earlier[(p, n)] if earlier else [f.result() for f in fs]
             lo, hi = min(r["ttft_p99_s"] for r in runs), max(r["ttft_p99_s"] for r in runs)
             rows.append({"preset": p, "cell": n, "warmserve_p99_s": ws["ttft_p99_s"],
                          "warmserve_gpu_seconds": ws["gpu_seconds"], "settings": runs,

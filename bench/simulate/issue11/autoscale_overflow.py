@@ -39,6 +39,10 @@ def main() -> None:
     ap.add_argument("--presets", default="paper-code,artifact-code,paper-conv,artifact-conv")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--reuse", default=None, metavar="JSON",
+                    help="take the overflow runs from this earlier output instead of running them, and only read "
+                         "warmserve's figures (and autoscale's best of 13) from --best again, after a change to "
+                         "warmserve alone; each cell's best of 13 must still name the scale_out_now those ran with")
     args = ap.parse_args()
     with open(args.best) as f:
         best = json.load(f)
@@ -46,11 +50,23 @@ def main() -> None:
     presets = args.presets.split(",")
     rows = [r for p in presets for r in best["rows"] if r["preset"] == p]
     out = {"seeds": seeds, "best_file": os.path.basename(args.best), "rows": []}
+    earlier = None
+    if args.reuse:
+        with open(args.reuse) as f:
+            reused = json.load(f)
+        if reused["seeds"] != seeds:
+            raise SystemExit(f"--reuse {args.reuse}: seeds {reused['seeds']}, not {seeds}")
+        earlier = {(r["preset"], r["cell"]): r["overflow"] for r in reused["rows"]}
+        for r in rows:
+            runs = earlier.get((r["preset"], r["cell"]))
+            if runs is None or any(x["scale_out_now"] != r["best"]["scale_out_now"] for x in runs):
+                raise SystemExit(f"--reuse {args.reuse}: no overflow runs of {r['preset']} {r['cell']} with "
+                                 f"scale_out_now {r['best']['scale_out_now']}: run it without --reuse")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = [(r, [pool.submit(one, r["preset"], r["cell"], seeds, w, r["best"]["scale_out_now"])
-                     for w in WINDOWS_S]) for r in rows]
+        futs = [(r, [] if earlier else [pool.submit(one, r["preset"], r["cell"], seeds, w, r["best"]["scale_out_now"])
+                                        for w in WINDOWS_S]) for r in rows]
         for r, fs in futs:
-            runs = [f.result() for f in fs]
+            runs = earlier[(r["preset"], r["cell"])] if earlier else [f.result() for f in fs]
             top = min(runs, key=lambda x: x["ttft_p99_s"])
             new_best = top if top["ttft_p99_s"] < r["best"]["ttft_p99_s"] else r["best"]
             ws = r["warmserve_p99_s"]

@@ -12,6 +12,7 @@ its P99 seed by seed beside warmserve's, and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -44,6 +45,20 @@ def one(preset: str, name: str, seeds, setting: dict) -> dict:
             "slo_attainment": r["slo_attainment"], "gpu_seconds": r["gpu_seconds"]}
 
 
+def _earlier(path: str, seeds: list[int], n_settings: int, cells) -> dict:
+    """(preset, cell) -> autoscale's runs, from an earlier output of the same seeds and settings."""
+    with open(path) as f:
+        d = json.load(f)
+    if d["seeds"] != seeds or d["settings"] != n_settings:
+        raise SystemExit(f"--reuse {path}: seeds {d['seeds']} and {d['settings']} settings, not {seeds} and "
+                         f"{n_settings}")
+    by_cell = {(r["preset"], r["cell"]): r["settings"] for r in d["rows"]}
+    missing = [c for c in cells if c not in by_cell]
+    if missing:
+        raise SystemExit(f"--reuse {path} lacks the cells {missing}")
+    return by_cell
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="paper-code,artifact-code")
@@ -51,17 +66,21 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
     ap.add_argument("--json", default=None)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    ap.add_argument("--reuse", default=None, metavar="JSON",
+                    help="take autoscale's settings from this earlier output instead of running them, and simulate "
+                         "warmserve again (after a change to warmserve alone)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
     grid = settings()
+    earlier = _earlier(args.reuse, seeds, len(grid), cells) if args.reuse else None
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futs = {c: [pool.submit(one, *c, seeds, st) for st in grid] for c in cells}
+        futs = {c: [] if earlier else [pool.submit(one, *c, seeds, st) for st in grid] for c in cells}
         ws_futs = {c: pool.submit(warmserve_at, *c, seeds, 1.0) for c in cells}  # simulated at the preset's tick
         rows = []
         for (p, n), fs in futs.items():
             ws = ws_futs[(p, n)].result()
-            runs = [f.result() for f in fs]
+            runs = earlier[(p, n)] if earlier else [f.result() for f in fs]
             best = min(runs, key=lambda r: r["ttft_p99_s"])
             rows.append({"preset": p, "cell": n, "warmserve": ws, "settings": runs, "best": best,
                          "ratio_best": best["ttft_p99_s"] / ws["ttft_p99_s"],

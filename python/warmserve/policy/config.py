@@ -192,17 +192,20 @@ class PolicyConfig:
     reclaim_floor_share: float = 0.8
     #: Without idle_to_zero, a quiet model's last instance stops for a model that wants GPUs only once its load
     #: (averaged over load_window_s, its prefill backlog and its queue) has been 0 for this long, seconds; 0: as
-    #: soon as the averaged load is 0 (§5). At burst CV 4 a light model's next request came seconds after the
-    #: stop and waited for GPUs the bursting model held (reclaim waits for their drain, time-sharing for
-    #: preempt_after_s): paper-conv, seed 0, three light models' P99 9-10 s against 0.4-1.3 s with a hold. A
-    #: trade, off by default: six seeds paired over holds of 5-60 s (bench/simulate/issue11/last_instance_hold.*):
-    #: at 10 s paper-conv's P99 at burst CV 4 0.52x, artifact-conv's 0.90x, as traced the conv presets unchanged
-    #: and paper-code 1.02x (1.22x at 60 s: its bursts wait for the GPUs held), GPU-seconds within 2%. No hold
-    #: while co-serving finds the cluster over-subscribed (models with demand need more GPUs than are live): a held
-    #: GPU is then one such a model has none of (ServeGen, 16 models on 16 GPUs: P99 1.6-2.1x at 10 s, found on a
-    #: workload the hold was not chosen on; issue11/last_instance_hold_servegen.txt). With coserve_tpot_s = 0 there
-    #: is no such count, and the hold applies.
-    last_instance_hold_s: float = 0.0
+    #: soon as the averaged load is 0 (§5, the rule before 2026-12-05). At burst CV 4 a light model's next request
+    #: came seconds after the stop and waited for GPUs the bursting model held (reclaim waits for their drain,
+    #: time-sharing for preempt_after_s): paper-conv, seed 0, three light models' P99 9-10 s against 0.4-1.3 s
+    #: with a hold. 10 s, chosen on six seeds paired over holds of 5-60 s (bench/simulate/issue11/
+    #: last_instance_hold.*): paper-conv's P99 at burst CV 4 0.52x the rule before, artifact-conv's 0.90x, as
+    #: traced the conv presets unchanged and paper-code 1.02x (1.22x at 60 s: its bursts wait for the GPUs held),
+    #: GPU-seconds within 2%. No hold while co-serving finds the cluster over-subscribed (models with demand need
+    #: more GPUs than are live): a held GPU is then one such a model has none of (ServeGen, 16 models on 16 GPUs:
+    #: P99 1.6-2.1x at 10 s, found on a workload the hold was not chosen on; issue11/
+    #: last_instance_hold_servegen.txt). With coserve_tpot_s = 0 there is no such count, and the hold applies.
+    #: The registered `autoscale` keeps 0 (policy.registry): it is the paper's reactive baseline, and its
+    #: keep-alive settings (scale_in_hold_s, searched in bench/simulate/issue11/autoscale_keepalive.py) hold every
+    #: instance, the last included.
+    last_instance_hold_s: float = 10.0
     #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
     #: a shared GPU group may reach (one decode step of each co-resident model, time-sharing), seconds; models
     #: join while the round stays within this x scale_in_threshold / scale_out_threshold and split out above it.

@@ -30,7 +30,7 @@ POLICIES: dict[str, PolicyVariant] = {
     "autoscale": PolicyVariant(Policy, dict(prewarm=False, kv_reservation=False, warm_engine=False,
                                             coserve_tpot_s=0.0, route_prefill_overflow=False,
                                             scale_in_floor_now=False, migrate_max_in_flight=0,
-                                            colocate_when_oversubscribed=False),
+                                            colocate_when_oversubscribed=False, last_instance_hold_s=0.0),
                                "reactive autoscaling, no prewarming, engine started cold"),
     "shared": PolicyVariant(StaticPolicy, dict(prewarm=False, kv_reservation=False),
                             "static colocation of every model with fixed KV shares"),

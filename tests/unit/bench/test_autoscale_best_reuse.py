@@ -35,3 +35,28 @@ def test_reuse_lacking_a_cell_is_refused(tmp_path):
 def test_reuse_with_other_seeds_is_refused(tmp_path):
     r = _run("--reuse", str(HERE / "autoscale_best.json"), "--seeds", "0,1", "--json", str(tmp_path / "x.json"))
     assert r.returncode != 0 and "seeds" in r.stderr
+
+
+def test_overflow_reuse_of_the_committed_file_reproduces_it(tmp_path):
+    """autoscale_overflow.py --reuse: its overflow runs kept, warmserve's figures and the best of 13 read again from
+    autoscale_best.json, give the committed file back."""
+    out = tmp_path / "again.json"
+    r = subprocess.run([sys.executable, str(HERE / "autoscale_overflow.py"), "--reuse",
+                        str(HERE / "autoscale_overflow.json"), "--json", str(out)], cwd=HERE, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text()) == json.loads((HERE / "autoscale_overflow.json").read_text())
+
+
+def test_seeds6_reuse_with_other_seeds_or_lacking_a_cell_is_refused(tmp_path):
+    """autoscale_seeds6.py --reuse refuses before it simulates anything."""
+    def run(*args):
+        return subprocess.run([sys.executable, str(HERE / "autoscale_seeds6.py"), "--reuse",
+                               str(HERE / "autoscale_seeds6.json"), "--json", str(tmp_path / "x.json"), *args],
+                              cwd=HERE, capture_output=True, text=True, timeout=120)
+
+    r = run("--seeds", "0,1,2")
+    assert r.returncode != 0 and "seeds" in r.stderr
+    r = run("--presets", "paper-conv")
+    assert r.returncode != 0 and "lacks the cells" in r.stderr and "paper-conv" in r.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -14,15 +14,15 @@ GiB = 1 << 30
 SMALL_BYTES = 13_500_000_000  # a 13B-like model on one GPU
 
 
-def _cluster(hold_s: float, b_requests: int, waiting: str = "", **cfg):
+def _cluster(hold_s: float | None, b_requests: int, waiting: str = "", **cfg):
     """Two GPUs: `a` on GPU 0 served one request from 0 s to 3 s; `b` on GPU 1 with ``b_requests`` in flight
     (over B = 32: it wants the other GPU); each model named in ``waiting`` has 3 requests and no instance. Returns
-    the driver and the state."""
+    the driver and the state. ``hold_s`` None: PolicyConfig's default."""
     models = [ModelInfo(n, SMALL_BYTES, 1, 524_288) for n in "ab" + waiting]
     st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=72 * GiB)
     pol = make_policy("warmserve", models=models,
-                      config=PolicyConfig(prewarm=False, replan_s=1e9, window_s=1e6, last_instance_hold_s=hold_s,
-                                          **cfg))
+                      config=PolicyConfig(prewarm=False, replan_s=1e9, window_s=1e6, **cfg,
+                                          **({} if hold_s is None else {"last_instance_hold_s": hold_s})))
     d = instant_driver(pol, st)
     d.apply(A.StartInstance("a1", "a", (0,)), 0.0)
     d.apply(A.StartInstance("b1", "b", (1,)), 0.0)
@@ -89,3 +89,14 @@ def test_no_hold_while_models_with_demand_outnumber_the_gpus():
     assert {i.model for i in st.instances.values() if i.gpus == (0,)} == {"c", "d"}  # co-served on a's GPU
     unheld = _stopped_at(*_cluster(0.0, 40, "c"), 60)
     assert unheld + 9 <= _stopped_at(*_cluster(10.0, 40, "c"), 60) <= unheld + 11
+
+
+def test_warmserve_holds_ten_seconds_by_default_and_the_registered_autoscale_none():
+    """The default chosen on six seeds (PolicyConfig's comment); `autoscale` stays the paper's reactive baseline,
+    its keep-alives are scale_in_hold_s. The default hold shows in the stop time, not only in the field."""
+    models = [ModelInfo("a", SMALL_BYTES, 1, 524_288)]
+    assert make_policy("warmserve", models=models).cfg.last_instance_hold_s == 10.0
+    assert make_policy("autoscale", models=models).cfg.last_instance_hold_s == 0.0
+    unheld = _stopped_at(*_cluster(0.0, 40), 40)
+    held = _stopped_at(*_cluster(None, 40), 60)
+    assert held is not None and unheld + 9 <= held <= unheld + 11
