@@ -202,9 +202,9 @@ class PolicyConfig:
     #: more GPUs than are live): a held GPU is then one such a model has none of (ServeGen, 16 models on 16 GPUs:
     #: P99 1.6-2.1x at 10 s, found on a workload the hold was not chosen on; issue11/
     #: last_instance_hold_servegen.txt). With coserve_tpot_s = 0 there is no such count, and the hold applies.
-    #: The registered `autoscale` keeps 0 (policy.registry): it is the paper's reactive baseline, and its
-    #: keep-alive settings (scale_in_hold_s, searched in bench/simulate/issue11/autoscale_keepalive.py) hold every
-    #: instance, the last included.
+    #: The registered `autoscale` keeps 0 (policy.registry): it is the paper's reactive baseline; its best
+    #: settings (load windows up to 300 s, keep-alives up to 120 s: issue11/autoscale_seeds6.py) are searched
+    #: apart, and the same hold offered to it in issue11/autoscale_hold.txt.
     last_instance_hold_s: float = 10.0
     #: Co-serving of light models (``policy.coserve``, beyond the paper): the TPOT the predicted decode round of
     #: a shared GPU group may reach (one decode step of each co-resident model, time-sharing), seconds; models
@@ -294,7 +294,8 @@ class PolicyConfig:
                 f"{self.scale_out_threshold}"
             )
         if self.window_s <= 0 or self.load_window_s <= 0:
-            raise InvalidArgumentError(f"window_s and load_window_s must be > 0, got {self.window_s}, {self.load_window_s}")
+            raise InvalidArgumentError(
+                f"window_s and load_window_s must be > 0, got {self.window_s}, {self.load_window_s}")
         if self.window_s < 86400 and abs(86400 / self.window_s - round(86400 / self.window_s)) > 1e-9:
             per_day = 86400 / self.window_s
             near = min((d for d in range(1, 86401) if 86400 % d == 0), key=lambda d: abs(d - self.window_s))

@@ -40,9 +40,9 @@ def test_the_rebuilt_command_records_the_same_arguments(name):
 
 def test_a_rerun_replaces_warmserve_and_keeps_autoscale(tmp_path):
     base = tmp_path / "base.json"
-    subprocess.run(["warmserve", "simulate", "--preset", "paper-conv", "--seeds", "0", "--policy", "warmserve,autoscale",
-                    "--no-search", "--duration-s", "60", "--history-days", "0", "--quiet", "--json", str(base)],
-                   check=True, capture_output=True)
+    subprocess.run(["warmserve", "simulate", "--preset", "paper-conv", "--seeds", "0", "--policy",
+                    "warmserve,autoscale", "--no-search", "--duration-s", "60", "--history-days", "0", "--quiet",
+                    "--json", str(base)], check=True, capture_output=True)
     fresh = json.loads(base.read_text())
     doc = json.loads(base.read_text())
     for p in ("warmserve", "autoscale"):
