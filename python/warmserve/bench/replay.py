@@ -103,7 +103,8 @@ def add_arguments(p) -> None:
                         "with the instances that load left it; the twin replays them as its warm-up and the history "
                         "ends before them. 0: none")
     p.add_argument("--log-dir", default=None, action=Given,
-                   help="server and worker logs (default: next to --json, or a temp dir)")
+                   help="server and worker logs (default: RESULTS-logs/ beside --json RESULTS.json, replay-logs/ "
+                        "without --json)")
     p.add_argument("--sim-size", default=None, action=Given,
                    help="cost-model entry every simulated model behaves like (e.g. llama2-7b with --profile H100-80GB)")
     p.add_argument("--sim-compute-scale", type=float, default=None, action=Given,
@@ -530,8 +531,11 @@ def _main(args, run: dict) -> int:
 
 
 def log_folder(args) -> str:
-    """--log-dir, or logs/ beside --json (beside replay.json in the working folder without one)."""
-    return args.log_dir or os.path.join(os.path.dirname(os.path.abspath(args.json or "replay.json")), "logs")
+    """--log-dir, or a folder named after --json beside it (RESULTS-logs/ for RESULTS.json; replay-logs/ in the
+    working folder without --json), so that one run's logs never overwrite another's. Found in review: with one
+    logs/ beside every --json, re-running a README command into a new results file rewrote the committed logs of an
+    older run in the same folder."""
+    return args.log_dir or os.path.splitext(os.path.abspath(args.json or "replay.json"))[0] + "-logs"
 
 
 __all__ = ["CHECKPOINTS", "build_workload", "replay_requests", "history_rows", "plan_live_history", "with_idle_lead",

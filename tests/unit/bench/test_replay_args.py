@@ -192,3 +192,14 @@ def test_an_instance_capacity_the_twin_cannot_model_is_refused_before_any_live_r
     with pytest.raises(InvalidArgumentError, match="instance_capacity=4096 for autoscale.*instance_capacity <= 2048"):
         R.main(b)
     R.check_twin_batches(["warmserve"], {"warmserve": {"instance_capacity": "2048"}})  # the budget itself: fine
+
+
+def test_each_results_file_gets_its_own_log_folder(tmp_path, monkeypatch):
+    """Two runs into two results files of one folder keep their logs apart (one shared logs/ was overwritten);
+    --log-dir still wins."""
+    a = R.log_folder(_args("--json", str(tmp_path / "run_a.json")))
+    b = R.log_folder(_args("--json", str(tmp_path / "run_b.json")))
+    assert a == str(tmp_path / "run_a-logs") and b == str(tmp_path / "run_b-logs")
+    monkeypatch.chdir(tmp_path)
+    assert R.log_folder(_args()) == str(tmp_path / "replay-logs")
+    assert R.log_folder(_args("--json", "x.json", "--log-dir", "mine")) == "mine"
