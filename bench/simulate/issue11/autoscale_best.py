@@ -35,6 +35,23 @@ SETTINGS = [(0, False, 5.0, False), (8, False, 5.0, False), (0, True, 5.0, False
 SETTINGS += [(0, False, w, now) for w in (30.0, 60.0, 120.0, 300.0) for now in (False, True)]
 
 
+def with_other_cells(earlier_rows: list[dict], rows: list[dict]) -> list[dict]:
+    """``rows`` with the rows of ``earlier_rows`` whose (preset, cell) they do not cover, in the earlier order: a
+    --reuse of a subset of cells must not drop the others from an output written over the reused file (found in
+    review: ``--reuse X --json X --presets paper-code`` left X with paper-code's rows alone)."""
+    new = {(r["preset"], r["cell"]): r for r in rows}
+    out = [new.pop((r["preset"], r["cell"]), r) for r in earlier_rows]
+    return out + list(new.values())
+
+
+def positive_int(text: str) -> int:
+    """argparse type of --jobs: an int >= 1 (0 was a ValueError traceback from the process pool)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def one(preset: str, name: str, seeds, setting) -> dict:
     suffix, cv, cs = CELLS[name]
     k, floor, window_s, now = setting
@@ -103,7 +120,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="write P99 against GPU-seconds per setting here (png)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    ap.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
+                    help="processes (default: one per core)")
     ap.add_argument("--reuse", default=None, metavar="JSON",
                     help="take autoscale's settings from this earlier output instead of running them, and only "
                          "read warmserve's figures from the headline files again (after a change to warmserve "

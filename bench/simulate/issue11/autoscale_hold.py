@@ -15,7 +15,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from autoscale_best import CELLS  # this folder's scripts
+from autoscale_best import CELLS, positive_int  # this folder's scripts
 from autoscale_migrate import run
 
 from warmserve.outputs import write_json_atomic
@@ -36,9 +36,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--best", default=os.path.join(HERE, "autoscale_best.json"))
     ap.add_argument("--cells", default="traced_14s,cv4_14s")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    unknown = [c for c in args.cells.split(",") if c not in CELLS]
+    if unknown:
+        ap.error(f"--cells {args.cells!r}: unknown {', '.join(unknown)}; choose from {', '.join(CELLS)}")
     with open(args.best) as f:
         best = json.load(f)
     seeds = best["seeds"]

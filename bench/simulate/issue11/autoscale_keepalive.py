@@ -24,7 +24,7 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
-from autoscale_best import CELLS, HERE  # this folder's scripts
+from autoscale_best import CELLS, HERE, positive_int, with_other_cells  # this folder's scripts
 from autoscale_migrate import run
 
 WINDOWS_S = (60.0, 300.0)
@@ -68,17 +68,19 @@ def main() -> None:
     ap.add_argument("--cells", default="traced_14s,traced_35s")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    ap.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
+                    help="processes (default: one per core)")
     ap.add_argument("--tick-s", type=float, default=None,
                     help="the policies' tick in s (default: the preset's, 1 s; the live controller's is 0.5 s)")
     ap.add_argument("--reuse", default=None, metavar="JSON",
                     help="take autoscale's grid from this earlier output (same seeds and tick) instead of running it, "
-                         "and simulate warmserve again (after a change to warmserve alone)")
+                         "and take warmserve's figures again: simulated at --tick-s, or read from the headline files "
+                         "without it (after a change to warmserve alone)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
     grid = [(w, k) for w in WINDOWS_S for k in KEEP_ALIVES_S]
-    earlier = None
+    earlier, kept = None, []
     if args.reuse:
         with open(args.reuse) as f:
             d = json.load(f)
@@ -86,6 +88,7 @@ def main() -> None:
             raise SystemExit(f"--reuse {args.reuse}: seeds {d['seeds']} at tick {d['tick_s']}, not {seeds} at "
                              f"{args.tick_s}")
         earlier = {(r["preset"], r["cell"]): r["settings"] for r in d["rows"]}
+        kept = d["rows"]
         missing = [c for c in cells if c not in earlier or len(earlier[c]) != len(grid)]
         if missing:
             raise SystemExit(f"--reuse {args.reuse} lacks the cells {missing}")
@@ -110,7 +113,7 @@ def main() -> None:
               f"{r['ratio_min']:.1f}x-{r['ratio_max']:.1f}x |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seeds": seeds, "tick_s": args.tick_s, "rows": rows}, f, indent=1)
+            json.dump({"seeds": seeds, "tick_s": args.tick_s, "rows": with_other_cells(kept, rows)}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from autoscale_best import CELLS
+from autoscale_best import CELLS, positive_int, with_other_cells
 from autoscale_migrate import run
 
 from warmserve.outputs import write_json_atomic
@@ -37,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--best", default=os.path.join(HERE, "autoscale_best.json"))
     ap.add_argument("--presets", default="paper-code,artifact-code,paper-conv,artifact-conv")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=positive_int, default=2)
     ap.add_argument("--json", required=True)
     ap.add_argument("--reuse", default=None, metavar="JSON",
                     help="take the overflow runs from this earlier output instead of running them, and only read "
@@ -50,18 +50,22 @@ def main() -> None:
     presets = args.presets.split(",")
     rows = [r for p in presets for r in best["rows"] if r["preset"] == p]
     out = {"seeds": seeds, "best_file": os.path.basename(args.best), "rows": []}
-    earlier = None
+    earlier, kept = None, []
     if args.reuse:
         with open(args.reuse) as f:
             reused = json.load(f)
         if reused["seeds"] != seeds:
             raise SystemExit(f"--reuse {args.reuse}: seeds {reused['seeds']}, not {seeds}")
         earlier = {(r["preset"], r["cell"]): r["overflow"] for r in reused["rows"]}
+        kept = reused["rows"]
         for r in rows:
             runs = earlier.get((r["preset"], r["cell"]))
-            if runs is None or any(x["scale_out_now"] != r["best"]["scale_out_now"] for x in runs):
-                raise SystemExit(f"--reuse {args.reuse}: no overflow runs of {r['preset']} {r['cell']} with "
-                                 f"scale_out_now {r['best']['scale_out_now']}: run it without --reuse")
+            if runs is None:
+                raise SystemExit(f"--reuse {args.reuse} lacks the cell {r['preset']} {r['cell']}: run it without "
+                                 f"--reuse")
+            if any(x["scale_out_now"] != r["best"]["scale_out_now"] for x in runs):
+                raise SystemExit(f"--reuse {args.reuse}: {r['preset']} {r['cell']} ran with another scale_out_now "
+                                 f"than its best of 13 now has ({r['best']['scale_out_now']}): run it without --reuse")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = [(r, [] if earlier else [pool.submit(one, r["preset"], r["cell"], seeds, w, r["best"]["scale_out_now"])
                                         for w in WINDOWS_S]) for r in rows]
@@ -76,7 +80,7 @@ def main() -> None:
                                 "gpu_ratio_best": new_best["gpu_seconds"] / r["warmserve_gpu_seconds"]})
             print(f"{r['preset']} {r['cell']}: best of 13 {r['ratio_best']:.2f}x, with overflow "
                   f"{new_best['ttft_p99_s'] / ws:.2f}x", flush=True)
-            write_json_atomic(args.json, out)
+            write_json_atomic(args.json, {**out, "rows": with_other_cells(kept, out["rows"])})
 
 
 if __name__ == "__main__":

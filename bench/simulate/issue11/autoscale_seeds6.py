@@ -16,7 +16,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from autoscale_best import CELLS, SETTINGS  # this folder's scripts
+from autoscale_best import CELLS, SETTINGS, positive_int, with_other_cells  # this folder's scripts
 from autoscale_keepalive import KEEP_ALIVES_S, warmserve_at
 from autoscale_keepalive import WINDOWS_S as KEEP_WINDOWS_S
 from autoscale_migrate import run
@@ -45,8 +45,9 @@ def one(preset: str, name: str, seeds, setting: dict) -> dict:
             "slo_attainment": r["slo_attainment"], "gpu_seconds": r["gpu_seconds"]}
 
 
-def _earlier(path: str, seeds: list[int], n_settings: int, cells) -> dict:
-    """(preset, cell) -> autoscale's runs, from an earlier output of the same seeds and settings."""
+def _earlier(path: str, seeds: list[int], n_settings: int, cells) -> tuple[dict, list[dict]]:
+    """(preset, cell) -> autoscale's runs, from an earlier output of the same seeds and settings; and that output's
+    rows, which the new output keeps for the cells not run again."""
     with open(path) as f:
         d = json.load(f)
     if d["seeds"] != seeds or d["settings"] != n_settings:
@@ -56,7 +57,7 @@ def _earlier(path: str, seeds: list[int], n_settings: int, cells) -> dict:
     missing = [c for c in cells if c not in by_cell]
     if missing:
         raise SystemExit(f"--reuse {path} lacks the cells {missing}")
-    return by_cell
+    return by_cell, d["rows"]
 
 
 def main() -> None:
@@ -65,7 +66,8 @@ def main() -> None:
     ap.add_argument("--cells", default="traced_14s,traced_35s")
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    ap.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
+                    help="processes (default: one per core)")
     ap.add_argument("--reuse", default=None, metavar="JSON",
                     help="take autoscale's settings from this earlier output instead of running them, and simulate "
                          "warmserve again (after a change to warmserve alone)")
@@ -73,7 +75,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
     grid = settings()
-    earlier = _earlier(args.reuse, seeds, len(grid), cells) if args.reuse else None
+    earlier, kept = _earlier(args.reuse, seeds, len(grid), cells) if args.reuse else (None, [])
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = {c: [] if earlier else [pool.submit(one, *c, seeds, st) for st in grid] for c in cells}
         ws_futs = {c: pool.submit(warmserve_at, *c, seeds, 1.0) for c in cells}  # simulated at the preset's tick
@@ -86,7 +88,8 @@ def main() -> None:
                          "ratio_best": best["ttft_p99_s"] / ws["ttft_p99_s"],
                          "gpu_ratio_best": best["gpu_seconds"] / ws["gpu_seconds"]})
             if args.json:  # after every cell, so that a run cut short keeps what finished
-                write_json_atomic(args.json, {"seeds": seeds, "settings": len(grid), "rows": rows})
+                write_json_atomic(args.json, {"seeds": seeds, "settings": len(grid),
+                                              "rows": with_other_cells(kept, rows)})
     print(f"| preset | cell | autoscale's best of {len(grid)} settings | its P99 by seed, s | warmserve's, s | "
           "ratio of the medians (its GPU-s / warmserve's) |\n|---|---|---|---|---|---|")
     for r in rows:

@@ -19,10 +19,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from merge_policies import merge  # this folder's script
+from autoscale_best import positive_int  # this folder's scripts
+from merge_policies import merge
 
 from warmserve.sim.cli import add_arguments
 from warmserve.sim.cli_output import sweep_table
+from warmserve.policy.registry import POLICY_NAMES
 from warmserve.sim.runner import band_policies
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
@@ -79,9 +81,26 @@ def _sweep_outputs(path: str, merged: dict) -> None:
                                                          f"offered rate (seeds {a['seeds']}{extra})")
 
 
+def _table_beside(path: str, merged: dict) -> None:
+    """The .txt beside a merged JSON, rendered again where one exists (found in review: four tables still showed the
+    run before, where the README's separate table_of.py step had missed them)."""
+    txt = os.path.splitext(path)[0] + ".txt"
+    if not os.path.exists(txt):
+        return
+    sys.path.insert(0, os.path.join(ROOT, "bench", "simulate"))
+    from table_of import render  # bench/simulate's script
+
+    text = render(merged)
+    if text is not None:
+        with open(txt, "w") as f:
+            f.write(text)
+
+
 def rerun(path: str, only: list[str] | None) -> str:
     with open(path) as f:
         base = json.load(f)
+    if not isinstance(base, dict) or not isinstance(base.get("policies", base.get("sweep")), dict):
+        raise SystemExit(f"{path}: not a `warmserve simulate --json` output (no policies)")
     if "args" not in base:
         raise SystemExit(f"{path}: records no arguments, so its command is not known; re-run it by hand")
     swept = base.get("sweep", {}).get("policies") if "sweep" in base else None
@@ -111,6 +130,8 @@ def rerun(path: str, only: list[str] | None) -> str:
     with open(tmp_path, "w") as f:
         json.dump(merged, f, indent=1)
     os.replace(tmp_path, path)
+    if swept is None:
+        _table_beside(path, merged)
     return f"{path}: re-ran {', '.join(policies)} in {time.perf_counter() - t0:.0f} s"
 
 
@@ -120,18 +141,22 @@ def main() -> None:
     ap.add_argument("--policies", default=None,
                     help="comma-separated policies to re-run (default: every policy of the file but "
                          + ", ".join(KEEP) + ")")
-    ap.add_argument("--jobs", type=int, default=1, help="files re-run at once (one process each)")
+    ap.add_argument("--jobs", type=positive_int, default=1, help="files re-run at once (one process each)")
     args = ap.parse_args()
     only = [p for p in args.policies.split(",") if p] if args.policies else None
+    unknown = [p for p in only or [] if p not in POLICY_NAMES]
+    if unknown or only == []:
+        ap.error(f"--policies {args.policies!r}: " + (f"unknown {', '.join(unknown)}; " if unknown else "")
+                 + f"choose from {', '.join(POLICY_NAMES)}")
     failed = 0
 
     def one(path: str) -> str:
         nonlocal failed
         try:
             return rerun(path, only)
-        except SystemExit as e:  # one file's failure leaves the others to finish
+        except (SystemExit, OSError, ValueError, KeyError) as e:  # one file's failure leaves the others to finish
             failed += 1
-            return f"FAILED {e}"
+            return f"FAILED {path}: {e}" if not str(e).startswith(path) else f"FAILED {e}"
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for line in pool.map(one, args.files):

@@ -60,3 +60,14 @@ def test_seeds6_reuse_with_other_seeds_or_lacking_a_cell_is_refused(tmp_path):
     r = run("--presets", "paper-conv")
     assert r.returncode != 0 and "lacks the cells" in r.stderr and "paper-conv" in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_overflow_reuse_of_some_presets_keeps_the_other_cells(tmp_path):
+    """--reuse X --json X with --presets paper-code rewrites paper-code's rows and keeps the other presets' (found in
+    review: X was left with paper-code's five rows, and the next --reuse of it was refused)."""
+    x = tmp_path / "x.json"
+    x.write_text((HERE / "autoscale_overflow.json").read_text())
+    r = subprocess.run([sys.executable, str(HERE / "autoscale_overflow.py"), "--reuse", str(x), "--json", str(x),
+                        "--presets", "paper-code"], cwd=HERE, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(x.read_text()) == json.loads((HERE / "autoscale_overflow.json").read_text())

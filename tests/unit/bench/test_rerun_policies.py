@@ -59,7 +59,22 @@ def test_a_rerun_replaces_warmserve_and_keeps_autoscale(tmp_path):
 
 
 def test_a_file_without_recorded_arguments_fails_alone(tmp_path):
+    """Each unusable file gets its own FAILED line (found in review: an unreadable one was a traceback that hid the
+    others' lines), the exit status 1, and nothing is written over it."""
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"policies": {"warmserve": {}}}))
-    r = subprocess.run([sys.executable, str(_DIR / "rerun_policies.py"), str(bare)], capture_output=True, text=True)
-    assert r.returncode == 1 and "records no arguments" in r.stdout and bare.read_text().startswith("{")
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("garbage")
+    r = subprocess.run([sys.executable, str(_DIR / "rerun_policies.py"), str(garbage), str(tmp_path / "none.json"),
+                        str(bare)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("FAILED") for line in lines)
+    assert "records no arguments" in lines[2] and bare.read_text().startswith("{") and garbage.read_text() == "garbage"
+
+
+@pytest.mark.parametrize("flags, says", [(["--policies", "bogus"], "unknown bogus"), (["--jobs", "0"], ">= 1")])
+def test_an_unknown_policy_or_no_jobs_is_refused(tmp_path, flags, says):
+    r = subprocess.run([sys.executable, str(_DIR / "rerun_policies.py"), *flags, str(tmp_path / "x.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and says in r.stderr
