@@ -59,6 +59,12 @@ CLI_MISTAKES = [
     (("serve", "--window-s", "nan", "--port", "0"), 2, "window_s: nan is not a finite number"),
     (("serve", "--window-s", "60", "--policy-option", "window_s=300", "--port", "0"), 2,
      "--window-s and --policy-option window_s=... both set the forecast window"),
+    # found in review (2026-12-05): a file as an output folder was a bare NotADirectoryError / FileExistsError, exit 1
+    (("bench", "switch", "--dir", "/etc/passwd"), 2, "--dir /etc/passwd: is a file, not a folder"),
+    (("bench", "engine", "--demo-dir", "/etc/passwd"), 2, "--demo-dir /etc/passwd: is a file, not a folder"),
+    (("calibrate", "--out", "c.json", "--demo-dir", "/etc/passwd"), 2, "--demo-dir /etc/passwd: is a file"),
+    (("bench", "forecast", "--traces", "/nonexistent"), 2, "--traces /nonexistent: no such folder"),
+    (("bench", "forecast", "--periodic-acf", "5"), 2, "--periodic-acf must be an autocorrelation, from -1 to 1"),
 ]
 
 

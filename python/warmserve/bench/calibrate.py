@@ -451,9 +451,10 @@ def measure_parallel(args, names) -> dict:
 
 
 def main(args) -> int:
-    from warmserve.outputs import check_output, write_json_atomic
+    from warmserve.outputs import check_output, check_output_folder, write_json_atomic
 
     check_output("--out", args.out)  # before minutes of measuring, not after them
+    check_output_folder("--demo-dir", args.demo_dir)  # found in review: a file here was a bare FileExistsError
     import torch
 
     from warmserve.engine.demo import DEMO_MODELS, write_demo_models

@@ -414,8 +414,9 @@ def plot(results: dict, path: str) -> None:
 
 def check_args(args) -> None:
     """What would otherwise fail after minutes of measuring: counts taken a median over, the outputs."""
-    from warmserve.outputs import check_at_least, check_distinct_outputs, check_output, check_plot
+    from warmserve.outputs import check_at_least, check_distinct_outputs, check_output, check_output_folder, check_plot
 
+    check_output_folder("--demo-dir", args.demo_dir)  # found in review: a file here was a bare FileExistsError
     check_at_least("--repeats", args.repeats)
     # found in review: `--models` with no names measured nothing and wrote an empty JSON and plot, exit 0
     if not args.models:

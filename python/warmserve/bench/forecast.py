@@ -257,9 +257,13 @@ def main(args) -> int:
                                    write_json_atomic)
 
     check_at_least("--clients", args.clients, 0)
-    if not math.isfinite(args.periodic_acf):  # found in review: nan was taken, and no series was then periodic
-        raise InvalidArgumentError(f"--periodic-acf must be a finite number, got {args.periodic_acf}",
+    # found in review: nan was taken, and no series was then periodic; so was 5, which no autocorrelation reaches
+    if not (math.isfinite(args.periodic_acf) and -1.0 <= args.periodic_acf <= 1.0):
+        raise InvalidArgumentError(f"--periodic-acf must be an autocorrelation, from -1 to 1, got {args.periodic_acf}",
                                    periodic_acf=args.periodic_acf)
+    if args.traces is not None and not os.path.isdir(args.traces):  # found in review: a FileNotFoundError, exit 1
+        raise InvalidArgumentError(f"--traces {args.traces}: no such folder; give the folder with the ServeGen files",
+                                   flag="--traces", path=args.traces)
     check_output("--json", args.json)  # before the minute of fitting, not after it
     check_distinct_outputs(args.json, args.plot)
     check_plot("--plot", args.plot)

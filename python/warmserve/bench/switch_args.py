@@ -22,8 +22,10 @@ PARTS = ("activation", "move", "load", "cache", "model", "kv")
 def check_args(args) -> tuple[set[str], list[float]]:
     """(the parts to run, --sizes-gib in GiB), or InvalidArgumentError naming the first bad flag."""
     from warmserve.bench.switch_kv import page_sizes
-    from warmserve.outputs import check_at_least, check_distinct_outputs, check_output, check_plot, parse_numbers
+    from warmserve.outputs import (check_at_least, check_distinct_outputs, check_output, check_output_folder,
+                                   check_plot, parse_numbers)
 
+    check_output_folder("--dir", args.dir)  # found in review: a file here was a NotADirectoryError once running
     sizes = parse_numbers(args.sizes_gib, "--sizes-gib", positive=True, example="0.25,1,4")
     parts = {x.strip() for x in str(args.parts).split(",") if x.strip()}
     unknown = parts - set(PARTS)
