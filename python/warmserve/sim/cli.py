@@ -49,9 +49,9 @@ def add_arguments(p):
                         "Azure trace, power-law split, alpha 1); artifact-conv/artifact-code: the authors' released "
                         "setup (4 models: 7B x2, 13B, 70B; alpha 0.5); scale: --gpus x --models under --workload")
     p.add_argument("--workload", default=None,
-                   help="paper-conv | paper-code (Azure 2023, the paper's recipe) | servegen, when no --preset "
-                        "(default paper-conv); with --preset scale: servegen (default) or paper-conv; refused with "
-                        "any other --preset (each replays its own)")
+                   help="paper-conv | paper-code | artifact-conv | artifact-code (Azure 2023, the paper's recipe) "
+                        "| servegen, when no --preset (default paper-conv); with --preset scale: servegen (default) "
+                        "or paper-conv; refused with any other --preset (each replays its own)")
     p.add_argument("--models", type=int, default=None,
                    help="number of models, at least 1 (default: 7 for paper presets, 32 for servegen and scale)")
     p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
