@@ -264,6 +264,8 @@ def _refuse_unsupported(req) -> None:
     if req.top_k is not None and req.top_k > MAX_TOKEN_ID:  # the same, after a model was even cold-started for it
         raise _bad(f"top_k must be at most {MAX_TOKEN_ID} (a top_k at least the vocabulary's size keeps every "
                    f"token, as -1 and 0 do), got {req.top_k}", "top_k")
+    if req.top_k is not None and req.top_k < -1:  # found in review: -5 was taken as no cut; vLLM refuses it
+        raise _bad(f"top_k must be -1 or 0 (no cut) or at least 1, got {req.top_k}", "top_k")
 
 
 def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
