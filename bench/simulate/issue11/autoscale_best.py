@@ -44,6 +44,23 @@ def with_other_cells(earlier_rows: list[dict], rows: list[dict]) -> list[dict]:
     return out + list(new.values())
 
 
+def load_reuse(path: str, seeds: list[int], key: str, cells, expect: dict | None = None) -> tuple[dict, list[dict]]:
+    """The --reuse file of this folder's scripts: (preset, cell) -> its row's ``key`` (autoscale's runs), and its
+    rows (kept for the cells not run again: ``with_other_cells``). Refused (SystemExit) where its seeds, or a field
+    of ``expect``, differ from this run's, or it lacks one of ``cells``."""
+    with open(path) as f:
+        d = json.load(f)
+    expect = {"seeds": seeds, **(expect or {})}
+    differ = [k for k, v in expect.items() if d.get(k) != v]
+    if differ:
+        raise SystemExit(f"--reuse {path}: " + ", ".join(f"{k} {d.get(k)!r}, not {expect[k]!r}" for k in differ))
+    by_cell = {(r["preset"], r["cell"]): r[key] for r in d["rows"]}
+    missing = [c for c in cells if c not in by_cell]
+    if missing:
+        raise SystemExit(f"--reuse {path} lacks the cells {missing}")
+    return by_cell, d["rows"]
+
+
 def positive_int(text: str) -> int:
     """argparse type of --jobs: an int >= 1 (0 was a ValueError traceback from the process pool)."""
     value = int(text)
@@ -130,14 +147,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
     if args.reuse:
-        with open(args.reuse) as f:
-            earlier = json.load(f)
-        if earlier["seeds"] != seeds:
-            raise SystemExit(f"--reuse {args.reuse}: seeds {earlier['seeds']}, not {seeds}")
-        by_cell = {(r["preset"], r["cell"]): r["settings"] for r in earlier["rows"]}
-        missing = [c for c in cells if c not in by_cell]
-        if missing:
-            raise SystemExit(f"--reuse {args.reuse} lacks the cells {missing}")
+        by_cell, _ = load_reuse(args.reuse, seeds, "settings", cells)
         rows = [cell(p, n, by_cell[(p, n)]) for p, n in cells]
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:

@@ -24,7 +24,7 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
-from autoscale_best import CELLS, HERE, positive_int, with_other_cells  # this folder's scripts
+from autoscale_best import CELLS, HERE, load_reuse, positive_int, with_other_cells  # this folder's scripts
 from autoscale_migrate import run
 
 WINDOWS_S = (60.0, 300.0)
@@ -82,16 +82,10 @@ def main() -> None:
     grid = [(w, k) for w in WINDOWS_S for k in KEEP_ALIVES_S]
     earlier, kept = None, []
     if args.reuse:
-        with open(args.reuse) as f:
-            d = json.load(f)
-        if d["seeds"] != seeds or d["tick_s"] != args.tick_s:
-            raise SystemExit(f"--reuse {args.reuse}: seeds {d['seeds']} at tick {d['tick_s']}, not {seeds} at "
-                             f"{args.tick_s}")
-        earlier = {(r["preset"], r["cell"]): r["settings"] for r in d["rows"]}
-        kept = d["rows"]
-        missing = [c for c in cells if c not in earlier or len(earlier[c]) != len(grid)]
-        if missing:
-            raise SystemExit(f"--reuse {args.reuse} lacks the cells {missing}")
+        earlier, kept = load_reuse(args.reuse, seeds, "settings", cells, {"tick_s": args.tick_s})
+        short = [c for c in cells if len(earlier[c]) != len(grid)]
+        if short:
+            raise SystemExit(f"--reuse {args.reuse}: the cells {short} hold another grid than {len(grid)} settings")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = {c: [] if earlier else [pool.submit(one, *c, seeds, w, k, args.tick_s) for w, k in grid]
                 for c in cells}

@@ -15,7 +15,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from autoscale_best import CELLS, positive_int, with_other_cells
+from autoscale_best import CELLS, load_reuse, positive_int, with_other_cells
 from autoscale_migrate import run
 
 from warmserve.outputs import write_json_atomic
@@ -52,17 +52,9 @@ def main() -> None:
     out = {"seeds": seeds, "best_file": os.path.basename(args.best), "rows": []}
     earlier, kept = None, []
     if args.reuse:
-        with open(args.reuse) as f:
-            reused = json.load(f)
-        if reused["seeds"] != seeds:
-            raise SystemExit(f"--reuse {args.reuse}: seeds {reused['seeds']}, not {seeds}")
-        earlier = {(r["preset"], r["cell"]): r["overflow"] for r in reused["rows"]}
-        kept = reused["rows"]
+        earlier, kept = load_reuse(args.reuse, seeds, "overflow", [(r["preset"], r["cell"]) for r in rows])
         for r in rows:
-            runs = earlier.get((r["preset"], r["cell"]))
-            if runs is None:
-                raise SystemExit(f"--reuse {args.reuse} lacks the cell {r['preset']} {r['cell']}: run it without "
-                                 f"--reuse")
+            runs = earlier[(r["preset"], r["cell"])]
             if any(x["scale_out_now"] != r["best"]["scale_out_now"] for x in runs):
                 raise SystemExit(f"--reuse {args.reuse}: {r['preset']} {r['cell']} ran with another scale_out_now "
                                  f"than its best of 13 now has ({r['best']['scale_out_now']}): run it without --reuse")

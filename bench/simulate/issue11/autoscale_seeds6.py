@@ -12,11 +12,10 @@ its P99 seed by seed beside warmserve's, and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from autoscale_best import CELLS, SETTINGS, positive_int, with_other_cells  # this folder's scripts
+from autoscale_best import CELLS, SETTINGS, load_reuse, positive_int, with_other_cells  # this folder's scripts
 from autoscale_keepalive import KEEP_ALIVES_S, warmserve_at
 from autoscale_keepalive import WINDOWS_S as KEEP_WINDOWS_S
 from autoscale_migrate import run
@@ -45,21 +44,6 @@ def one(preset: str, name: str, seeds, setting: dict) -> dict:
             "slo_attainment": r["slo_attainment"], "gpu_seconds": r["gpu_seconds"]}
 
 
-def _earlier(path: str, seeds: list[int], n_settings: int, cells) -> tuple[dict, list[dict]]:
-    """(preset, cell) -> autoscale's runs, from an earlier output of the same seeds and settings; and that output's
-    rows, which the new output keeps for the cells not run again."""
-    with open(path) as f:
-        d = json.load(f)
-    if d["seeds"] != seeds or d["settings"] != n_settings:
-        raise SystemExit(f"--reuse {path}: seeds {d['seeds']} and {d['settings']} settings, not {seeds} and "
-                         f"{n_settings}")
-    by_cell = {(r["preset"], r["cell"]): r["settings"] for r in d["rows"]}
-    missing = [c for c in cells if c not in by_cell]
-    if missing:
-        raise SystemExit(f"--reuse {path} lacks the cells {missing}")
-    return by_cell, d["rows"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="paper-code,artifact-code")
@@ -75,7 +59,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(p, n) for p in args.presets.split(",") for n in args.cells.split(",")]
     grid = settings()
-    earlier, kept = _earlier(args.reuse, seeds, len(grid), cells) if args.reuse else (None, [])
+    earlier, kept = load_reuse(args.reuse, seeds, "settings", cells, {"settings": len(grid)}) if args.reuse \
+        else (None, [])
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futs = {c: [] if earlier else [pool.submit(one, *c, seeds, st) for st in grid] for c in cells}
         ws_futs = {c: pool.submit(warmserve_at, *c, seeds, 1.0) for c in cells}  # simulated at the preset's tick
