@@ -22,12 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from autoscale_best import positive_int  # this folder's scripts
 from merge_policies import merge
 
-from warmserve.sim.cli import add_arguments
+from warmserve.sim.cli import add_arguments, write_results
 from warmserve.sim.cli_output import sweep_table
 from warmserve.policy.registry import POLICY_NAMES
 from warmserve.sim.runner import band_policies
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench", "simulate"))
+from table_of import render  # noqa: E402 (bench/simulate's script, on the path above)
 #: Policies whose figures a change of warmserve's defaults leaves as they were (policy.registry).
 KEEP = ("autoscale", "shared", "dedicated")
 #: Recorded with the value the command filled in, though refused as flags where no search runs.
@@ -72,13 +74,11 @@ def _sweep_outputs(path: str, merged: dict) -> None:
         with open(stem + ".txt", "w") as f:
             f.write(first + sweep_table(merged["sweep"]) + "\n")
     if os.path.exists(stem + ".png"):
-        from warmserve.sim.plot import plot_rate_sweep
+        from warmserve.sim.plot import plot_rate_sweep, rate_sweep_title
 
         a = merged["args"]
-        extra = (f", burst CV {a['burst_cv']:g}" if a.get("burst_cv") else "") + \
-            "".join(f", {o}" for o in a.get("policy_option") or [])
-        plot_rate_sweep(merged["sweep"], stem + ".png", f"{merged['preset']}: P99 TTFT and SLO attainment vs "
-                                                         f"offered rate (seeds {a['seeds']}{extra})")
+        plot_rate_sweep(merged["sweep"], stem + ".png",
+                        rate_sweep_title(merged["preset"], a["seeds"], a.get("burst_cv"), a.get("policy_option")))
 
 
 def _table_beside(path: str, merged: dict) -> None:
@@ -87,9 +87,6 @@ def _table_beside(path: str, merged: dict) -> None:
     txt = os.path.splitext(path)[0] + ".txt"
     if not os.path.exists(txt):
         return
-    sys.path.insert(0, os.path.join(ROOT, "bench", "simulate"))
-    from table_of import render  # bench/simulate's script
-
     text = render(merged)
     if text is not None:
         with open(txt, "w") as f:
@@ -126,10 +123,7 @@ def rerun(path: str, only: list[str] | None) -> str:
         _sweep_outputs(path, merged)
     else:
         merged = merge(base, later, policies, "rerun_policies.py")
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "w") as f:
-        json.dump(merged, f, indent=1)
-    os.replace(tmp_path, path)
+    write_results(path, merged)  # atomically, as `warmserve simulate --json` writes
     if swept is None:
         _table_beside(path, merged)
     return f"{path}: re-ran {', '.join(policies)} in {time.perf_counter() - t0:.0f} s"

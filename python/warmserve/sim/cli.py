@@ -545,12 +545,10 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     if args.json:
         write_results(args.json, {**doc(sweep), "wall_s": wall})
     if args.plot:
-        from warmserve.sim.plot import plot_rate_sweep
+        from warmserve.sim.plot import plot_rate_sweep, rate_sweep_title
 
-        extra = (f", burst CV {args.burst_cv:g}" if args.burst_cv else "") + \
-            "".join(f", {o}" for o in args.policy_option)
-        plot_rate_sweep(sweep, args.plot, f"{preset.name}: P99 TTFT and SLO attainment vs offered rate "
-                                          f"(seeds {','.join(map(str, seeds))}{extra})")
+        plot_rate_sweep(sweep, args.plot, rate_sweep_title(preset.name, ",".join(map(str, seeds)), args.burst_cv,
+                                                           args.policy_option))
     return 0
 
 

@@ -37,6 +37,13 @@ def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float | None
         plt.close(fig)
 
 
+def rate_sweep_title(preset: str, seeds: str, burst_cv: float | None, policy_options) -> str:
+    """The title of a --sweep-rate plot: ``seeds`` as given ("0,1,2"), the burst CV and policy options where set
+    (`warmserve simulate --plot`, and bench/simulate/issue11/rerun_policies.py redrawing one)."""
+    extra = (f", burst CV {burst_cv:g}" if burst_cv else "") + "".join(f", {o}" for o in policy_options or ())
+    return f"{preset}: P99 TTFT and SLO attainment vs offered rate (seeds {seeds}{extra})"
+
+
 def plot_rate_sweep(sweep: dict, path: str, title: str) -> None:
     """The paper's figure style for a rate sweep (``runner.rate_sweep``'s result): P99 TTFT against offered rate
     (log y) on the left, SLO attainment against offered rate on the right, one line per policy. A policy with a
