@@ -43,12 +43,29 @@ def expire(ex) -> None:
                 continue
             last = max(req.last_token_s or req.arrival_s, req.sent_s or 0.0)  # sent again: counts from then
             if not req.done and now - last > ctl.cc.request_timeout_s:
-                req.fail(TimeoutError_(f"{w!r} produced no token for {ctl.cc.request_timeout_s:.0f} s",
-                                       timeout_s=ctl.cc.request_timeout_s))
+                req.fail(TimeoutError_(no_token_message(ctl, w, req), timeout_s=ctl.cc.request_timeout_s))
                 ctl._end_gen(w, gid)  # not left to the worker's answer, as in _abort
                 ctl._request_done(req, "timeout")
                 if w.alive:
                     fire(ctl.hub, w, P.Abort(id=ctl.hub.next_id(), request_id=gid))
+
+
+def no_token_message(ctl, w, req) -> str:
+    """Why a request sent to worker ``w`` fails with no token for request_timeout_s. A request that has no token
+    yet while the worker's latest Stats show requests of its model waiting in the engine's own queue (behind
+    max_num_seqs, or for KV room) most likely waited there: say so, with the numbers and the fix (found in review:
+    such requests read "produced no token" as if the worker had stalled, while it ran others all along)."""
+    message = f"{w!r} produced no token for {ctl.cc.request_timeout_s:.0f} s"
+    if req.first_token_s is not None or w.stats is None:
+        return message
+    for inst in w.stats.instances:
+        if inst.name == req.model and 0 <= inst.running < inst.in_flight:
+            seqs = ctl.config.engine.resolved(ctl.policy_config.instance_capacity).max_num_seqs
+            return (f"{message}: the request waited in its engine's queue ({inst.in_flight - inst.running} of "
+                    f"{inst.in_flight} requests of {req.model!r} there waiting behind {inst.running} running; "
+                    f"max_num_seqs {seqs}, or no KV room). Fix: add workers, raise the engine's max_num_seqs, or "
+                    f"raise request_timeout_s")
+    return message
 
 
 def fail_unheld(ex) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import pytest
 
 from warmserve.errors import TimeoutError_
+from warmserve import protocol as P
 from warmserve.protocol import SamplingParams
 
 from controller_harness import MODEL, Peer, collect, make_controller, run, until
@@ -41,6 +42,50 @@ def test_a_request_times_out_while_the_controller_still_waits_for_its_workers(mo
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
+            await c.close(drain=False)
+            peer.close()
+
+    run(main())
+
+
+class QueueingPeer(Peer):
+    """A worker whose engine runs one sequence of MODEL and queues the other: its Stats (answered and pushed)
+    say 2 in flight, 1 running once it runs MODEL, as a worker's engine behind max_num_seqs reports them."""
+
+    def stats(self, id_: int) -> P.Stats:
+        return P.Stats(id=id_, worker_id=self.wid, device="cpu", pid=self.pid, uptime_s=1.0,
+                       pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30}, models=[],
+                       in_flight=2, instances=[P.WorkerInstance(name=n, in_flight=2, running=1) for n in self.instances])
+
+    async def handle(self, msg):
+        if isinstance(msg, P.GetStats):
+            await self.send(self.stats(msg.id))
+        else:
+            await super().handle(msg)
+
+
+def test_a_request_that_waited_in_its_engines_queue_says_so(model):
+    """Found in review: a request queued inside an engine (behind max_num_seqs) timed out as "produced no token",
+    as if its worker had stalled. With the worker's Stats showing requests waiting there, the 504 says the request
+    waited in the engine's queue, with the counts and the fix; a request that had tokens keeps the plain message
+    (test_controller_requests.py)."""
+    async def main():
+        c = make_controller(model, request_timeout_s=0.5)
+        ep = await c.start()
+        peer = QueueingPeer(ep)
+        try:
+            await c.wait_for_workers(1, 5)
+            peer.hold_generate = True
+            req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+            assert await until(lambda: c.gpu_workers[0].gens, 5)
+            await peer.send(peer.stats(0))  # pushed, as with every heartbeat
+            with pytest.raises(TimeoutError_) as e:
+                await asyncio.wait_for(collect(req), 5)
+            text = str(e.value)
+            assert "produced no token" in text and "waited in its engine's queue" in text, text
+            assert "1 of 2 requests" in text and "behind 1 running" in text and "max_num_seqs 32" in text, text
+            assert e.value.http_status == 504
+        finally:
             await c.close(drain=False)
             peer.close()
 
