@@ -33,7 +33,7 @@ def _usage() -> str:
     for words, (_, help_) in COMMANDS.items():
         lines.append(f"  {' '.join(words):<18} {help_}")
     lines.append("")
-    lines.append("`warmserve COMMAND --help` shows a command's options.")
+    lines.append("`warmserve COMMAND --help` shows a command's options; `warmserve --version` the version.")
     return "\n".join(lines)
 
 
@@ -59,20 +59,28 @@ def main(argv: list[str] | None = None) -> int:
             module_name, help_ = COMMANDS[words]
             break
     else:
+        # Help asked for is printed and exits 0; a missing command is a usage error, exit 2 with the list on stderr,
+        # as argparse does for a required subcommand (found in review: `warmserve models` exited 0, so a script
+        # that lost its subcommand went on as if it had run)
+        if argv and argv[0] in ("-V", "--version"):
+            print(f"warmserve {_version()}")
+            return 0
         if argv and argv[0] in GROUPS:
             rest = argv[1:]
-            if not rest or rest[0] in ("-h", "--help"):
+            if rest and rest[0] in ("-h", "--help"):
                 print(_group_usage(argv[0]))
                 return 0
-            print(f"warmserve: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
+            what = f"unknown command {' '.join(argv[:2])!r}" if rest else f"{argv[0]!r} needs a subcommand"
+            print(f"warmserve: {what}\n", file=sys.stderr)
             print(_group_usage(argv[0]), file=sys.stderr)
             return 2
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"warmserve: unknown command {' '.join(argv[:2])!r}\n", file=sys.stderr)
-            print(_usage(), file=sys.stderr)
-            return 2
-        print(_usage())
-        return 0
+        if argv and argv[0] in ("-h", "--help"):
+            print(_usage())
+            return 0
+        what = f"unknown command {' '.join(argv[:2])!r}" if argv else "no command given"
+        print(f"warmserve: {what}\n", file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return 2
     command = f"warmserve {' '.join(words)}"
     # Found in review: a Ctrl-C ended any command but `simulate` in a traceback. Caught here, outermost (the import
     # of a heavy module too), so each command's own clean-up (the finally clauses that stop its servers and
@@ -83,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         if words not in REPORTS_OWN_INTERRUPT:
             print(f"{command}: interrupted", file=sys.stderr)
         return 130  # the shell's status for SIGINT (128 + 2), as `simulate` returns
+
+
+def _version() -> str:
+    """The installed package's version (its metadata; "unknown" when run from a tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("warmserve")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 #: Commands that print their own "interrupted" line (what --json holds) and then let the KeyboardInterrupt go on,

@@ -22,6 +22,10 @@ GREEDY_TEMPERATURE = 1e-5
 #: Most stop_token_ids one request may give: the largest vocabulary of current models (Gemma 3's, 262,144 tokens);
 #: a longer list repeats ids or names ids no model generates, and costs its engine memory and a set build for nothing.
 MAX_STOP_TOKEN_IDS = 1 << 18
+#: Most stop strings one request may give. OpenAI's limit is 4 and vLLM has none; evaluation harnesses and agent
+#: frameworks send more than 4 (found in review: they got a 400 here). The text stream checks each one against the
+#: held-back tail at every token, so the count stays bounded.
+MAX_STOP_STRINGS = 64
 #: Smallest repetition_penalty: seen tokens' logits are divided by it, and 1e-39 overflowed float32 the same way.
 MIN_REPETITION_PENALTY = 0.01
 
@@ -52,8 +56,8 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
     top_k: int = 0
     #: Seed of this request's own generator, in [SEED_MIN, SEED_MAX]; None draws from the engine's generator.
     seed: int | None = None
-    #: Strings that end the output where they begin (at most 4, non-empty). Owned by the controller's text
-    #: stream, which detokenizes; workers and the engine see token ids and ignore this field.
+    #: Strings that end the output where they begin (at most MAX_STOP_STRINGS, non-empty). Owned by the controller's
+    #: text stream, which detokenizes; workers and the engine see token ids and ignore this field.
     stop: tuple[str, ...] = ()
     #: Token ids that end the request (finish_reason "stop"), besides the model's EOS; enforced by the engine.
     stop_token_ids: tuple[int, ...] = ()
@@ -105,8 +109,9 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise _bad(f"seed must fit in 64 bits ([{SEED_MIN}, {SEED_MAX}]), got {self.seed}: send a smaller seed",
                        "seed", seed=str(self.seed))
-        if len(self.stop) > 4:
-            raise _bad(f"at most 4 stop sequences, got {len(self.stop)}", "stop", stop_count=len(self.stop))
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise _bad(f"at most {MAX_STOP_STRINGS} stop sequences, got {len(self.stop)}", "stop",
+                       stop_count=len(self.stop), max_stop_strings=MAX_STOP_STRINGS)
         if any(not s for s in self.stop):
             raise _bad("stop sequences must not be empty", "stop")
         bad = [t for t in self.stop_token_ids if not 0 <= t <= MAX_TOKEN_ID]

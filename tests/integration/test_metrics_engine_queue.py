@@ -1,6 +1,10 @@
 """A `warmserve serve` whose engines run at most 2 sequences (--max-num-seqs 2), given 6 requests at once: /metrics
-shows 2 running and 4 waiting (vLLM's num_requests_running / _waiting), 6 in flight. Found in review: 6 running and
-0 waiting, every request sent to an instance counted as running though 4 waited in its engine's queue."""
+shows 2 running and 4 waiting (vLLM's num_requests_running / _waiting), the 4 in the controller's queue
+(``warmserve_queue_length``), not in the engine's. Found in review: 6 running and 0 waiting, every request sent to an instance
+counted as running though 4 waited in its engine's queue; and, in a later review, requests routed past an engine's
+max_num_seqs waited in its queue where no other instance could take them, so route() now sends an instance no more
+(``InstanceState.max_seqs``) and the rest wait in the controller's queue. The waiting gauge's count of an engine's
+queue (KV room): unit/controller/test_metrics_running_waiting.py."""
 
 from __future__ import annotations
 
@@ -55,10 +59,10 @@ def test_requests_behind_max_num_seqs_are_waiting_not_running(tmp_path):
         for t in threads[2:]:
             t.start()
         # Stats come with the worker's heartbeats (0.2 s here): the running count follows within a few.
-        busy = _until(url, lambda g: g["warmserve_inflight_requests"] == 6 and g["warmserve_running_requests"] == 2,
+        busy = _until(url, lambda g: g["warmserve_queue_length"] == 4 and g["warmserve_running_requests"] == 2,
                       30)
         assert busy == {"warmserve_running_requests": 2, "warmserve_waiting_requests": 4,
-                        "warmserve_inflight_requests": 6, "warmserve_queue_length": 0}, busy
+                        "warmserve_inflight_requests": 2, "warmserve_queue_length": 4}, busy
         for t in threads:
             t.join(180)
         assert statuses == [200] * 6

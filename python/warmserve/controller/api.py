@@ -34,6 +34,8 @@ _INFO = web.RequestKey("warmserve_info", dict)
 access_log = logging.getLogger("warmserve.access")
 #: The response header with the request's id: the id of its access-log line, and of a generation's body.
 REQUEST_ID_HEADER = "x-request-id"
+#: The longest X-Request-Id a client may send and see taken as the request's id, characters.
+MAX_CLIENT_ID_CHARS = 128
 #: Retry-After of a 429 or 503 refusal (overload, no worker yet): seconds a client should wait before retrying.
 RETRY_AFTER_S = 1
 #: The status logged for a request whose client hung up before its answer (nginx's "client closed request").
@@ -96,6 +98,15 @@ def _key_matches(header: str, key: bytes) -> bool:
     return hmac.compare_digest(raw, key)
 
 
+def _request_id(given: str | None) -> str:
+    """The request's id: the client's X-Request-Id when it sends a usable one, as vLLM takes it (found in review:
+    gateways that match their logs by it found it nowhere), else a fresh one. Usable: 1 to MAX_CLIENT_ID_CHARS
+    visible ASCII characters, which a response header and a log line carry as they are; any other is replaced."""
+    if given and len(given) <= MAX_CLIENT_ID_CHARS and all("!" <= c <= "~" for c in given):
+        return "req-" + given
+    return oa.new_id("req")
+
+
 def _prefixed(rid: str, prefix: str) -> str:
     """The request id ``req-...`` with another prefix (``cmpl``, ``chatcmpl``): the same id as the API names it."""
     return prefix + rid[rid.index("-"):]
@@ -139,7 +150,7 @@ class Api:
         request[_T0] = time.monotonic()
         # One id per request, assigned first: every response carries it (REQUEST_ID_HEADER), so does the access
         # log line, and a generation's body as its own id (found in review: no id ever reached the client).
-        info = request[_INFO] = {"id": oa.new_id("req")}
+        info = request[_INFO] = {"id": _request_id(request.headers.get(REQUEST_ID_HEADER))}
         close = False
         preflight = self._cors is not None and is_preflight(request)  # a browser sends no API key with one
         try:
@@ -250,16 +261,17 @@ class Api:
             req, sampling = await asyncio.to_thread(oa.parse_completion, body)
         request[_INFO]["model"] = req.model  # for the access log, also when the model does not exist
         model = self.controller.model(req.model)
-        ids = await aprepare(model, req.prompt, max_tokens=sampling.max_tokens)
+        ids = await aprepare(model, req.prompt, max_tokens=sampling.max_tokens,
+                             max_tokens_param=oa.max_tokens_param(req))
+        sampling = oa.fill_max_tokens(req, sampling, model.max_context, len(ids))
         return await self._generate(request, "completion", req, model, ids, sampling)
 
     async def chat(self, request: web.Request):
         req, sampling, messages = await self._parse_chat(request, await read_body(request, MAX_BODY_BYTES))
         model = self.controller.model(req.model)
-        named = ("max_completion_tokens" if req.max_completion_tokens is not None
-                 else "max_tokens" if req.max_tokens is not None else None)
-        ids = await aprepare(model, messages=messages, max_tokens=sampling.max_tokens, max_tokens_param=named)
-        sampling = oa.chat_max_tokens(req, sampling, model.max_context, len(ids))
+        ids = await aprepare(model, messages=messages, max_tokens=sampling.max_tokens,
+                             max_tokens_param=oa.max_tokens_param(req))
+        sampling = oa.fill_max_tokens(req, sampling, model.max_context, len(ids))
         return await self._generate(request, "chat", req, model, ids, sampling)
 
     async def _parse_chat(self, request: web.Request, body: bytes):
@@ -378,8 +390,9 @@ class Api:
             first = None
         except WarmServeError as e:
             return _error(e)
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                                       REQUEST_ID_HEADER: rid})
+        # the charset said: found in review, `requests` decoded an event stream without one as ISO-8859-1
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                                       "Cache-Control": "no-cache", REQUEST_ID_HEADER: rid})
         await resp.prepare(request)
         decode = _token_text(model)
         token_bytes = _token_bytes(model)

@@ -75,6 +75,7 @@ class Controller(WorkerRestarts):
             pcfg = dataclasses.replace(pcfg, colocate_tp=False)
             log.info("colocate_tp off: the tensor-parallel models %s each run alone on their workers", wide)
         self.policy_config = pcfg
+        self.engine_config = config.engine.resolved(pcfg.instance_capacity)  # what every Activate carries
         now_unix = time.time()
         self._t0_mono = time.monotonic()
         #: Unix time of the policy clock's t = 0 (a midnight of the zone the load follows); now_s() counts from it.
@@ -297,7 +298,7 @@ class Controller(WorkerRestarts):
     def activate_message(self, model: str, kv_blocks: int | None, shared: bool, group_id: str = "") -> P.Activate:
         """The Activate of ``model`` on a worker (shared: steps within co-serving's TPOT; group_id: a TP shard)."""
         return P.Activate(id=self.hub.next_id(), name=model, kv_blocks=kv_blocks, shared=shared, group_id=group_id,
-                          engine=self.config.engine.resolved(self.policy_config.instance_capacity),
+                          engine=self.engine_config,
                           turn_s=self.policy_config.coserve_tpot_s if shared else 0.0)
 
     # ------------------------------------------------------------------------------------------- requests

@@ -318,7 +318,8 @@ class LiveExecutor:
         log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w, "prewarm hit" if act.prewarm_id
                  else "cold load", f", co-served, KV share {kv_blocks}" if shared else "")
         k = int(reply.kv_blocks)
-        ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
+        ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
+                                  max_seqs=ctl.engine_config.max_num_seqs)
 
     async def _start_tp(self, inst: LiveInstance, pw: LivePrewarm | None, act: A.StartInstance) -> None:
         """Start a tensor-parallel instance: its group (prewarmed, or built now), every rank's shard (prewarmed,
@@ -357,7 +358,8 @@ class LiveExecutor:
         k = int(replies[0].kv_blocks)
         log.info("instance %s of %s ready on %r in group %s (%s)", inst.iid, inst.model, inst.workers,
                  group.group_id, "prewarm hit" if act.prewarm_id else "cold load")
-        ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k)
+        ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
+                                  max_seqs=ctl.engine_config.max_num_seqs)
 
     async def _fresh_engine(self, inst: LiveInstance) -> WorkerRecord:
         """A cold start without a warm engine (``StartInstance.warm_engine`` False: `autoscale`) starts a new engine

@@ -60,7 +60,7 @@ def no_token_message(ctl, w, req) -> str:
         return message
     for inst in w.stats.instances:
         if inst.name == req.model and 0 <= inst.running < inst.in_flight:
-            seqs = ctl.config.engine.resolved(ctl.policy_config.instance_capacity).max_num_seqs
+            seqs = ctl.engine_config.max_num_seqs
             return (f"{message}: the request waited in its engine's queue ({inst.in_flight - inst.running} of "
                     f"{inst.in_flight} requests of {req.model!r} there waiting behind {inst.running} running; "
                     f"max_num_seqs {seqs}, or no KV room). Fix: add workers, raise the engine's max_num_seqs, or "

@@ -9,24 +9,28 @@ asks for nothing.
 from __future__ import annotations
 
 import itertools
-import re
 import time
 import uuid
 from typing import Any
 
 import msgspec
 
+from warmserve.controller.request_json import decode_json
 from warmserve.errors import InvalidArgumentError, PromptTooLongError, UnknownModelError, WarmServeError
 from warmserve.protocol import MAX_TOP_LOGPROBS, SamplingParams, stop_strings
 from warmserve.sampling import MAX_TOKEN_ID  # the largest id (and top_k) the wire carries
 
-#: max_tokens of a completion that does not say (OpenAI's legacy completions default). A chat that does not say
-#: may run to the end of the model's context, as OpenAI's chat and vLLM let it (``chat_max_tokens``).
+#: max_tokens of a completion that does not say (OpenAI's legacy completions default). A chat that does not say,
+#: or a completion that sends null, may run to the end of the model's context, as OpenAI's chat and vLLM let it
+#: (``fill_max_tokens``).
 DEFAULT_MAX_TOKENS = 16
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):
-    include_usage: bool = False
+    #: True when left out, as vLLM has it: ``"stream_options": {}`` asks for the usage chunk (found in review).
+    include_usage: bool | None = True
+    #: vLLM's usage on every chunk: not implemented, refused when true (``_check_stream_options``).
+    continuous_usage_stats: bool | None = False
 
 
 #: Most choices (``n``) one request may ask for; each is a sequence of its own on the instance.
@@ -129,6 +133,9 @@ class _RequestCommon(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 
 class CompletionRequest(_RequestCommon, kw_only=True):
+    #: Left out: DEFAULT_MAX_TOKENS; an explicit null: the rest of the context, as vLLM takes it (found in review:
+    #: null was cut at 16 tokens, so wrappers that send unset fields as null got answers cut short).
+    max_tokens: int | None | msgspec.UnsetType = msgspec.UNSET
     #: A string, a list of token ids, or a one-element list of either (batches of several are refused).
     prompt: str | list[Any]
     echo: bool | None = False
@@ -169,79 +176,6 @@ def _nulls_to_defaults(req) -> None:
         req.echo = False
 
 
-def _decode(body: bytes, cls):
-    if not body:
-        raise _bad("the request body is empty; send a JSON object")
-    try:
-        return msgspec.json.decode(body, type=cls)
-    except msgspec.ValidationError as e:
-        # msgspec names the offending path, e.g. "Expected `int`, got `str` - at `$.max_tokens`", and a missing
-        # field apart: "Object missing required field `role` - at `$.messages[0]`" is messages[0].role (found in
-        # review: a missing model, prompt or messages had param null)
-        text = str(e)
-        param = text.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in text else None
-        missing = re.match(r"Object missing required field `([^`]+)`", text)
-        if missing:
-            param = f"{param}.{missing[1]}" if param else missing[1]
-        raise _bad(f"invalid request: {text}", param) from None
-    except msgspec.DecodeError as e:
-        try:  # msgspec 0.23 reports bad UTF-8 as a DecodeError ("Invalid UTF-8 encoded string"); 0.22 raised
-            body.decode("utf-8")  # UnicodeDecodeError: either way the client is told where and how
-        except UnicodeDecodeError as bad:
-            raise _bad(_utf8_message(body, bad)) from None
-        # Found in review: a string with a lone surrogate escape ("\ud800x", valid JSON grammar) was refused as
-        # "Input data was truncated", msgspec's message for a high surrogate not followed by an escape; nothing
-        # was truncated. msgspec calls other unpaired ones "invalid" or an "unexpected end" of a surrogate pair.
-        lone = _lone_surrogate(body) if "truncated" in str(e) or "surrogate" in str(e) else None
-        if lone is not None:
-            escape = body[lone:lone + 6].decode("ascii")
-            raise _bad(f"malformed JSON in the request body: the string at byte {lone} holds an unpaired UTF-16 "
-                       f"surrogate escape ({escape}); text must be valid Unicode: send the character itself, or a "
-                       "valid surrogate pair (a high \\ud800-\\udbff escape followed by a low \\udc00-\\udfff "
-                       "one, such as \\ud83d\\ude00 for U+1F600)") from None
-        raise _bad(f"malformed JSON in the request body: {e}") from None
-    except UnicodeDecodeError as e:
-        raise _bad(_utf8_message(body, e)) from None
-    except RecursionError:  # found in review: a 2 KB body of nested arrays was a 500 and a logged traceback
-        raise _bad("JSON nested too deeply in the request body: send a flatter JSON object") from None
-
-
-#: A JSON escape of a UTF-16 surrogate (U+D800-U+DFFF): backslash, "u", 4 hex digits, after an even number of
-#: backslashes (after an odd number the backslash is itself escaped, and "ud800" is text).
-_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
-#: What a body that ends inside an escape ends with.
-_CUT_ESCAPE = re.compile(rb"(?:\\(?:u[0-9a-fA-F]{0,3})?)?")
-
-
-def _lone_surrogate(body: bytes) -> int | None:
-    """Where (a byte offset) the body's first unpaired surrogate escape begins: a low one with no high one right
-    before it, or a high one with no low one right after it. None when there is none, or when the body ends
-    right after a high one or inside the escape after it (its pair may have been cut off: truly truncated)."""
-    high = None  # the offset of a high surrogate's escape, waiting for its low one
-    for m in _SURROGATE_ESCAPE.finditer(body):
-        at, code = m.start(1) - 2, int(m[1], 16)
-        if high is not None:
-            if at == high + 6 and code >= 0xDC00:
-                high = None
-                continue
-            return high
-        if code >= 0xDC00:
-            return at
-        high = at
-    if high is None or _CUT_ESCAPE.fullmatch(body, high + 6):
-        return None
-    return high
-
-
-def _utf8_message(body: bytes, e: UnicodeDecodeError) -> str:
-    try:
-        body.decode("utf-8")
-        where = ""
-    except UnicodeDecodeError as whole:  # the position in the body, not in the string msgspec was decoding
-        where = f" at byte {whole.start} (0x{body[whole.start]:02x})"
-    return f"The request body is not valid UTF-8{where}: {e.reason}. Send the JSON text encoded as UTF-8."
-
-
 def unsupported_error(name: str) -> InvalidArgumentError:
     """The 400 for a field of UNSUPPORTED given a value that asks for something."""
     return _bad(f"'{name}' is not supported by this server; leave it out (see the README's API section for what "
@@ -258,6 +192,9 @@ def _refuse_unsupported(req) -> None:
         raise _bad(f"best_of={req.best_of} is not supported (only best_of == n, {req.n}): leave it out", "best_of")
     if req.stream_options is not None and not req.stream:
         raise _bad("stream_options is only allowed with stream=true: leave it out or stream", "stream_options")
+    if req.stream_options is not None and req.stream_options.continuous_usage_stats:
+        raise _bad("stream_options.continuous_usage_stats (usage on every chunk) is not supported: leave it out "
+                   "(include_usage gives the totals in a last chunk)", "stream_options.continuous_usage_stats")
     big = [t for t in req.stop_token_ids or () if t > MAX_TOKEN_ID]
     if big:  # it would fail later, on the way to a worker, blamed on the prompt (found in review)
         raise _bad(f"stop_token_ids must be token ids in [0, {MAX_TOKEN_ID}], got {big[0]}", "stop_token_ids")
@@ -294,12 +231,14 @@ def with_model_defaults(sampling: SamplingParams, defaults: dict, sent) -> Sampl
 
 
 def parse_completion(body: bytes) -> tuple[CompletionRequest, SamplingParams]:
-    req = _decode(body, CompletionRequest)
+    req = decode_json(body, CompletionRequest)
     _nulls_to_defaults(req)
     req.prompt = _one_prompt(req.prompt)
     # echo with logprobs: the prompt's tokens get theirs too (OpenAI's legacy completions; lm-eval's loglikelihood)
     prompt_logprobs = req.logprobs if req.echo else None
-    max_tokens = req.max_tokens
+    max_tokens = DEFAULT_MAX_TOKENS if req.max_tokens is msgspec.UNSET else req.max_tokens
+    if max_tokens is None:  # null: the least it must generate while the prompt is checked; fill_max_tokens the rest
+        max_tokens = max(1, req.min_tokens or 0)
     if req.echo and max_tokens == 0:
         # The prompt scored, nothing generated: one token is generated for its logprobs and left out of the
         # answer (api.py), so the prompt must leave room for it in the context.
@@ -332,7 +271,7 @@ def _one_prompt(p):
 
 
 def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
-    req = _decode(body, ChatRequest)
+    req = decode_json(body, ChatRequest)
     _nulls_to_defaults(req)
     _check_messages(req.messages)
     # Named as the client named them (found in review: a bad max_completion_tokens was reported as max_tokens,
@@ -348,15 +287,23 @@ def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     mt = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     # Without a limit, min_tokens (at least 1) while the prompt is checked against the context, as that many must
-    # fit; chat_max_tokens gives the rest.
+    # fit; fill_max_tokens gives the rest.
     return req, _sampling(req, max(1, req.min_tokens or 0) if mt is None else mt, logprobs)
 
 
-def chat_max_tokens(req: ChatRequest, sampling: SamplingParams, max_context: int, prompt_tokens: int) -> SamplingParams:
-    """The chat's sampling with its max_tokens: as asked, or, when the request sets none, what the model's
-    context leaves after the prompt (found in review: a chat without max_tokens stopped at 16 tokens, and a
-    prompt within 16 tokens of the context was refused over a max_tokens the client never sent)."""
-    if req.max_completion_tokens is not None or req.max_tokens is not None:
+def max_tokens_param(req) -> str | None:
+    """The field that limits the request's tokens, as the client named it; None when it sets no limit (a chat
+    without one, a completion's explicit null), so messages blame no field the client never sent."""
+    if getattr(req, "max_completion_tokens", None) is not None:
+        return "max_completion_tokens"
+    return None if req.max_tokens is None else "max_tokens"  # UNSET (a completion's 16) is named too
+
+
+def fill_max_tokens(req, sampling: SamplingParams, max_context: int, prompt_tokens: int) -> SamplingParams:
+    """The sampling with its max_tokens: as asked, or, when the request sets no limit, what the model's context
+    leaves after the prompt (found in review: a chat without max_tokens stopped at 16 tokens, and a prompt within
+    16 tokens of the context was refused over a max_tokens the client never sent)."""
+    if max_tokens_param(req) is not None:
         return sampling
     # Marked as the server's: an instance whose KV cache holds less than the context lowers it to what fits
     # (found in review: it refused the chat with a 400 over a limit the client never sent).

@@ -34,7 +34,7 @@ class LivePrewarm:
     def start(self, ctl, on_progress=None) -> None:
         """Send the Prewarm of every rank's shard (rank i to workers[i])."""
         m, hub, tp = ctl.models[self.model], ctl.hub, len(self.workers)
-        seqs = ctl.config.engine.resolved(ctl.policy_config.instance_capacity).max_num_seqs
+        seqs = ctl.engine_config.max_num_seqs
         self.futs = [prewarm_call(ctl, self, w, P.Prewarm(id=hub.next_id(), path=m.spec.path, name=m.name,
                                                           dtype=m.spec.dtype, tp=tp, rank=r if tp > 1 else 0,
                                                           max_num_seqs=seqs), on_progress)

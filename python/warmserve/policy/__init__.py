@@ -126,7 +126,10 @@ request to the model's least-loaded instance whatever its load, and returns None
 Routing (``Policy.route``): the least-loaded ready instance below B; else a draining one revived; else a new
 instance (one creation in flight per model, none while another model waits with no instance); else the
 least-loaded ready instance takes the overflow, up to ``route_cap_per_instance`` when set (0, the default: no
-cap, the engine's own admission limit decides; 32 = B: the paper's artifact, whose manager makes the rest wait).
+cap; 32 = B: the paper's artifact, whose manager makes the rest wait), and never past its engine's max_num_seqs
+(``InstanceState.max_seqs``, which the live executor gives ``instance_ready``; the simulator's gives none): a
+request beyond waits in the driver's queue, where whichever instance frees a slot or becomes ready first takes it,
+not in one engine's own queue.
 """
 
 from __future__ import annotations

@@ -66,10 +66,11 @@ class PolicyConfig:
     #: Most in-flight requests route() sends to one instance; 0: no cap. With a cap, requests beyond it wait in
     #: the driver's queue for an instance with room (the paper's artifact: its manager keeps at most B = 32 in
     #: flight per engine). Without (the default: what a user running vLLM behind a least-loaded balancer gets),
-    #: the engine's own admission limit (vLLM max-num-seqs, 256 there) decides, and ready instances take the
-    #: overflow while a new instance starts. A cap below B (instance_capacity) is the capacity the policy plans
-    #: with too (``LoadSignals.routed_capacity``: scale-out, scale-in, the prewarm plan, migrations' room), since
-    #: route() gives no instance more; B stays the KV targets' per-sequence share.
+    #: ready instances take the overflow while a new instance starts, each up to its engine's max_num_seqs when the
+    #: executor gives it (``InstanceState.max_seqs``: live; the rest wait in the driver's queue), else without bound
+    #: (the simulator, whose engines admit 256 and are bound by KV room first). A cap below B (instance_capacity) is
+    #: the capacity the policy plans with too (``LoadSignals.routed_capacity``: scale-out, scale-in, the prewarm
+    #: plan, migrations' room), since route() gives no instance more; B stays the KV targets' per-sequence share.
     route_cap_per_instance: int = 0
     #: TTFT the policy plans for, as a multiple of the model's 1024-token prefill time (ModelInfo.prefill_s):
     #: the simulator's default TTFT SLO (sim.config.SimConfig.slo_scale). The prefill backlog one instance may

@@ -121,7 +121,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         while another model waits with no instance at all: the tick gives GPUs in order of unmet demand, so GPUs
         freed for a model that waited longer are not taken here by another's request; nor on GPUs reclaimed for
         another model); else, while the new one starts or when there is no GPU for one, the least-loaded ready
-        instance takes the overflow unless ``route_cap_per_instance`` caps it; else None (it waits)."""
+        instance takes the overflow unless ``route_cap_per_instance`` or its engine's max_num_seqs (``max_seqs``) caps
+        it; else None (it waits)."""
         self._model(model)
         B = self.cfg.instance_capacity
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
@@ -134,6 +135,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
             # cap was applied to the overflow alone, so a cap below B let each instance take B), and a co-served
             # one no more than its KV share holds either
             b = self.routed_capacity(b)
+            b = min(b, inst.max_seqs) if inst.max_seqs else b  # nor what its engine runs at once
             if inst.instance_id not in co_ids:
                 return b
             own = self._colocated_cap(inst)

@@ -498,13 +498,15 @@ class PolicyDriver:
             inst.kv_blocks_mapped = mapped
 
     def instance_ready(self, instance_id: str, now_s: float, *, kv_blocks_total: int | None = None,
-                       kv_blocks_mapped: int | None = None) -> bool:
+                       kv_blocks_mapped: int | None = None, max_seqs: int = 0) -> bool:
         """An instance can serve. The driver ticks right away (once ticking has begun; before, it routes the
-        model's queue). False when the instance is no longer in the state (lost or stopped while starting)."""
+        model's queue). ``max_seqs``: its engine's max_num_seqs (``InstanceState.max_seqs``; 0: not known). False
+        when the instance is no longer in the state (lost or stopped while starting)."""
         inst = self.state.instances.get(instance_id)
         if inst is None:
             return False
         inst.ready_s = now_s
+        inst.max_seqs = max_seqs
         self.set_kv(instance_id, total=kv_blocks_total, mapped=kv_blocks_mapped)
         self._failures.pop(inst.model, None)
         self._backoff_until.pop(inst.model, None)

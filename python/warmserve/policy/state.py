@@ -122,6 +122,11 @@ class InstanceState:
     #: The driver keeps it from ``submit(prompt_tokens=)`` and the executor's ``prefill_done``; 0 when the
     #: executor gives no prompt sizes.
     prefill_tokens_pending: int = 0
+    #: Most sequences its engine runs at once (its max_num_seqs, from ``instance_ready``); 0: not known. route()
+    #: sends it no more, so a burst beyond it waits in the driver's queue, where whichever instance frees a slot or
+    #: starts first takes it, not in this engine's own queue (found in review: requests queued there stayed while a
+    #: new instance sat idle, and timed out).
+    max_seqs: int = 0
 
     @property
     def ready(self) -> bool:

@@ -327,13 +327,15 @@ def two_models(model, policy, pc=None, **cc):
     return Controller(ClusterConfig(models=(a.spec, b.spec), controller=cc), [a, b])
 
 
-def make_controller(model, policy_options=(), worker_page_bytes: int = 2 << 20, **ctl) -> Controller:
+def make_controller(model, policy_options=(), worker_page_bytes: int = 2 << 20, engine=None, **ctl) -> Controller:
     pc = policy_config_from_dict({"window_s": 30, **dict(policy_options)})
     # Peers beat from this process's event loop, which CI load can hold up for a while: 1.5 s of silence before a
     # worker is lost leaves a margin that 0.5 s did not; the tests that silence a peer wait for it.
     cc = ControllerConfig(**{"tick_s": 0.05, "heartbeat_interval_s": 0.05, "worker_timeout_s": 1.5,
                              "policy_config": pc, **ctl})
-    return Controller(ClusterConfig(models=(model.spec,), controller=cc, worker_page_bytes=worker_page_bytes), [model])
+    extra = {} if engine is None else {"engine": engine}  # an EngineConfig: what every Activate carries
+    return Controller(ClusterConfig(models=(model.spec,), controller=cc, worker_page_bytes=worker_page_bytes, **extra),
+                      [model])
 
 
 def run(coro):

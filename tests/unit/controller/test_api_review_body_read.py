@@ -224,7 +224,7 @@ def test_a_missing_required_field_is_named_in_param(model):
     cases = [("/v1/completions", {"prompt": "hi"}, "model"), ("/v1/completions", {"model": MODEL}, "prompt"),
              ("/v1/chat/completions", {"model": MODEL}, "messages"),
              ("/v1/chat/completions", {"model": MODEL, "messages": [{"content": "x"}]}, "messages[0].role"),
-             ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": "2"}, "max_tokens")]
+             ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": "two"}, "max_tokens")]
 
     async def go(c):
         out = []

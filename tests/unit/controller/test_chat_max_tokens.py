@@ -3,14 +3,14 @@ whose KV cache holds less than the context lowers it instead of refusing the cha
 
 import json
 
-from warmserve.controller.openai_api import chat_max_tokens, parse_chat
+from warmserve.controller.openai_api import fill_max_tokens, parse_chat
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def _chat(**fields):
     req, sampling = parse_chat(json.dumps({"model": "m", "messages": MESSAGES, **fields}).encode())
-    return chat_max_tokens(req, sampling, max_context=2048, prompt_tokens=10)
+    return fill_max_tokens(req, sampling, max_context=2048, prompt_tokens=10)
 
 
 def test_a_chat_without_max_tokens_gets_the_rest_of_the_context_marked_as_the_servers():

@@ -55,7 +55,8 @@ class QueueingPeer(Peer):
     def stats(self, id_: int) -> P.Stats:
         return P.Stats(id=id_, worker_id=self.wid, device="cpu", pid=self.pid, uptime_s=1.0,
                        pool={"page_bytes": 2 << 20, "total_bytes": 1 << 30, "free_bytes": 1 << 30}, models=[],
-                       in_flight=2, instances=[P.WorkerInstance(name=n, in_flight=2, running=1) for n in self.instances])
+                       in_flight=2,
+                       instances=[P.WorkerInstance(name=n, in_flight=2, running=1) for n in self.instances])
 
     async def handle(self, msg):
         if isinstance(msg, P.GetStats):

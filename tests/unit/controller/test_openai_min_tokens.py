@@ -33,7 +33,7 @@ def test_min_tokens_and_min_p_reach_the_sampling():
 def test_a_chat_without_max_tokens_takes_min_tokens_and_gets_the_context_left():
     req, s = oa.parse_chat(body(model="m", messages=USER, min_tokens=50))
     assert s.min_tokens == 50 and s.max_tokens == 50  # what must fit beside the prompt while it is checked
-    s = oa.chat_max_tokens(req, s, max_context=1000, prompt_tokens=10)
+    s = oa.fill_max_tokens(req, s, max_context=1000, prompt_tokens=10)
     assert s.max_tokens == 990 and s.max_tokens_defaulted and s.min_tokens == 50
 
 
@@ -43,9 +43,9 @@ def test_a_chat_without_max_tokens_takes_min_tokens_and_gets_the_context_left():
     (dict(min_tokens=-1), "min_tokens", ["-1"]),
     (dict(min_p=1.5), "min_p", ["1.5"]),
     (dict(min_p=-0.1), "min_p", ["-0.1"]),
-    (dict(min_tokens="3"), "min_tokens", []),
+    (dict(min_tokens="three"), "min_tokens", []),  # "3" is 3, as vLLM's lax types read it
     (dict(min_tokens=2.5), "min_tokens", []),
-    (dict(min_p="0.1"), "min_p", []),
+    (dict(min_p="low"), "min_p", []),
 ])
 def test_bad_values_are_refused_naming_the_parameter(fields, param, numbers):
     with pytest.raises(InvalidArgumentError) as e:

@@ -335,6 +335,22 @@ def test_the_route_cap_holds_below_b_too():
     assert st.instances["i1"].in_flight == 4 and st.queued("a") == 16
 
 
+def test_route_sends_an_instance_no_more_than_its_engine_runs_at_once():
+    """An instance whose engine runs 8 sequences at once (``max_seqs``, from instance_ready) takes no overflow past
+    8: the rest wait in the driver's queue, and the next instance takes them as it becomes ready, as does a freed
+    slot (found in review: requests queued inside the first engine stayed there while the second sat idle)."""
+    d, st = _driver(n_gpus=2, start_ready=False)
+    d.apply(A.StartInstance("i1", "a", (0,)), 0.0)
+    d.instance_ready("i1", 0.0, max_seqs=8)
+    _fill(d, st, "a", 20, 1.0)
+    assert st.instances["i1"].in_flight == 8 and st.queued("a") == 12
+    (i2,) = [i for i in _of(st, "a") if i.instance_id != "i1"]  # the start the overflow asked for
+    d.instance_ready(i2.instance_id, 1.5, max_seqs=8)
+    assert i2.in_flight == 8 and st.queued("a") == 4
+    d.request_finished("a", "i1", 2.0)
+    assert st.instances["i1"].in_flight == 8 and st.queued("a") == 3
+
+
 def test_config_rejects_meaningless_values():
     with pytest.raises(InvalidArgumentError):
         PolicyConfig(route_cap_per_instance=-1)
