@@ -114,18 +114,26 @@ def _run(command: str, module_name: str, help_: str, rest: list[str]) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     from warmserve.errors import InvalidArgumentError, WarmServeError, exit_status
+    from warmserve.outputs import remove_made_folders
 
+    status = 1
     try:
-        return int(module.main(args) or 0)
+        status = int(module.main(args) or 0)
+        return status
     except InvalidArgumentError as e:  # the caller's mistake: its message names the fix, a traceback adds nothing
         print(f"{command}: {e}", file=sys.stderr)
-        return 2
+        status = 2
+        return status
     # Found in review: an unknown demo model, an --out that cannot be written or an unreadable key file ended in a
     # traceback. Errors raised on purpose, and a file or value the command line named, read as one line; one the
     # caller must fix (a value, a name: an HTTP 4xx) exits 2, one met while running exits 1.
     except (WarmServeError, OSError, ValueError) as e:
         print(f"{command}: {type(e).__name__}: {e}", file=sys.stderr)
-        return exit_status(e)
+        status = exit_status(e)
+        return status
+    finally:
+        if status:  # refused or failed (an exception too): the output folders its checks made, left empty, go
+            remove_made_folders()
 
 
 if __name__ == "__main__":

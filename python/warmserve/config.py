@@ -42,10 +42,15 @@ class ModelSpec:
         if not isinstance(self.path, str) or not self.path:
             raise InvalidArgumentError(f"ModelSpec.path must be a checkpoint directory (a non-empty string), got "
                                        f"{self.path!r}", path=repr(self.path))
-        object.__setattr__(self, "path", os.path.expanduser(self.path))
+        # absolute (found in review: Cluster(".") served a model named "." from a path that workers with another
+        # working directory, remote or Ray ones, resolved elsewhere); a config file's paths are taken from its folder
+        object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
         check_field_types(self)
         if not self.name:
-            object.__setattr__(self, "name", os.path.basename(os.path.normpath(self.path)))
+            object.__setattr__(self, "name", os.path.basename(self.path))
+            if not self.name:
+                raise InvalidArgumentError(f"ModelSpec {self.path!r}: the path has no folder name to serve the "
+                                           f"model under: give name=...", path=self.path)
         if self.tp not in (1, 2, 4, 8):
             raise InvalidArgumentError(f"ModelSpec {self.name!r}: tp must be 1, 2, 4 or 8, got {self.tp}", tp=self.tp)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -28,11 +28,17 @@ def _refuse(flag: str, path: str, why: str, fix: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"{flag} {path}: {why}; {fix}", flag=flag, path=path)
 
 
+#: The topmost folder each check made, so that a command refused after its checks can take back those still
+#: empty (``remove_made_folders``): found in review, a run refused over another argument left the empty folder
+#: tree of its --json or --out behind.
+_made_folders: list[str] = []
+
+
 def _make_folder(flag: str, path: str, folder: str) -> None:
     """``folder`` made (with its parents) and writable, or InvalidArgumentError naming ``flag`` and ``path``."""
-    probe = folder
+    probe, top = folder, None
     while not os.path.exists(probe):  # the nearest part of the path that exists decides what went wrong
-        probe = os.path.dirname(probe)
+        probe, top = os.path.dirname(probe), probe
     if not os.path.isdir(probe):
         raise _refuse(flag, path, f"{probe} is a file, not a folder", "choose a path under a folder")
     try:
@@ -40,6 +46,8 @@ def _make_folder(flag: str, path: str, folder: str) -> None:
     except OSError as e:
         raise _refuse(flag, path, f"cannot create the folder {folder} ({e.strerror})",
                       "choose a folder you can write") from None
+    if top is not None:
+        _made_folders.append(top)
     # a real file, not os.access: root passes access() on a read-only file system, and ACLs can say no
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".warmserve-write-check-")
@@ -47,6 +55,18 @@ def _make_folder(flag: str, path: str, folder: str) -> None:
         raise _refuse(flag, path, f"cannot write in {folder} ({e.strerror})", "choose a folder you can write") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def remove_made_folders() -> None:
+    """Remove the folders the checks made (``_made_folders``) that are still empty, their empty subfolders first:
+    for a command that ends refused or failed. A folder holding anything stays, whatever wrote it."""
+    while _made_folders:
+        top = _made_folders.pop()
+        for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (or gone): kept
+                pass
 
 
 def check_output(flag: str, path: str | None) -> None:

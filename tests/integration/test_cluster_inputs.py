@@ -123,3 +123,9 @@ def test_a_stream_read_after_close_raises_closed_error_and_leaves_no_coroutine()
     assert not [str(w.message) for w in caught if "never awaited" in str(w.message)]
     with pytest.raises(ClosedError):
         c.generate(MODEL, "hi")
+    # found in review: `with` on a closed cluster entered, and its endpoint named a port it had released
+    with pytest.raises(ClosedError):
+        with c:
+            pass
+    with pytest.raises(ClosedError):
+        c.endpoint

@@ -65,6 +65,16 @@ CLI_MISTAKES = [
     (("calibrate", "--out", "c.json", "--demo-dir", "/etc/passwd"), 2, "--demo-dir /etc/passwd: is a file"),
     (("bench", "forecast", "--traces", "/nonexistent"), 2, "--traces /nonexistent: no such folder"),
     (("bench", "forecast", "--periodic-acf", "5"), 2, "--periodic-acf must be an autocorrelation, from -1 to 1"),
+    # found in review (2026-12-05, evening): each was taken and ignored, or ran with a default
+    (("bench", "replay", "--api-key", "k", "--duration-s", "10"), 2, "--api-key is the Bearer key for an --endpoint"),
+    ((*_WORKER, "--curve-secret-key", "/etc/hostname"), 2, "--curve-secret-key needs --curve-clients-dir"),
+    (("models", "demo", "--out", ""), 2, "--out '' names no folder"),
+    (("simulate", "--seeds", "", "--no-search"), 2, "--seeds '' names no seed"),
+    (("simulate", "--sweep-rate", "", "--no-search"), 2, "--sweep-rate '' names no rate scale"),
+    (("serve", "--devices", ",,", "--port", "0"), 2, "--devices ',,' names nothing"),
+    (("serve", "--history", "", "--port", "0"), 2, "--history '' names nothing"),
+    (("bench", "switch", "--device", "cuda:1"), 2, "--device 1 is the GPU of --backend cuda"),
+    (("bench", "switch", "--backend", "cuda", "--device", "cuda:1"), 2, "--device cuda:1: no CUDA device visible"),
 ]
 
 

@@ -108,3 +108,18 @@ def test_good_endpoints_and_values_pass():
         assert ControllerConfig(bind=bind).bind == bind
     assert ServerConfig(host="0.0.0.0").host == "0.0.0.0"
     assert math.isfinite(ControllerConfig(drain_timeout_s=0).drain_timeout_s)
+
+
+def test_a_relative_model_path_is_made_absolute_and_named_by_its_folder(tmp_path, monkeypatch):
+    """Found in review: Cluster(".") served a model named "." from a relative path, which workers with another
+    working directory (remote, Ray) looked for elsewhere; "/" had the name ""."""
+    from warmserve.config import ModelSpec
+
+    folder = tmp_path / "llama-20m"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    assert (ModelSpec(".").path, ModelSpec(".").name) == (str(folder), "llama-20m")
+    assert ModelSpec("..").name == tmp_path.name and ModelSpec("./x/").path == str(folder / "x")
+    with pytest.raises(InvalidArgumentError, match="no folder name to serve the model under: give name="):
+        ModelSpec("/")
+    assert ModelSpec("/", name="root").path == "/"

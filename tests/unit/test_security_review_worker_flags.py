@@ -32,6 +32,17 @@ def test_a_secret_key_without_the_server_key_is_refused(tmp_path):
                             "--curve-secret-key", secret]))
 
 
+def test_a_bound_workers_secret_key_without_the_clients_dir_is_refused(tmp_path):
+    """Found in review (2026-12-05): with --bind, --curve-secret-key alone was ignored and the worker served in plain
+    text."""
+    _, secret = zmq.auth.create_certificates(str(tmp_path), "w1")
+    with pytest.raises(InvalidArgumentError, match="--curve-secret-key needs --curve-clients-dir") as e:
+        M.check_security(_args(["--bind", "tcp://127.0.0.1:5", "--curve-secret-key", secret]))
+    assert "plain text" in str(e.value)
+    M.check_security(_args(["--bind", "tcp://127.0.0.1:5", "--curve-secret-key", secret,
+                            "--curve-clients-dir", str(tmp_path)]))
+
+
 def test_the_worker_command_exits_2_at_once(tmp_path):
     _, secret = zmq.auth.create_certificates(str(tmp_path), "w1")
     t0 = time.monotonic()

@@ -149,6 +149,9 @@ def check_args(args) -> None:
         raise InvalidArgumentError(f"--served-names {args.served_names!r} renames the requests for an --endpoint "
                                    f"server; the cluster this run launches serves its own names: drop "
                                    f"--served-names, or give --endpoint URL", option="served_names")
+    if args.api_key is not None and not args.endpoint:  # found in review: taken and ignored without a word
+        raise InvalidArgumentError("--api-key is the Bearer key for an --endpoint server; the cluster this run "
+                                   "launches takes none: drop --api-key, or give --endpoint URL", option="api_key")
     if args.served_names is not None and not [n for n in args.served_names.split(",") if n]:
         raise InvalidArgumentError(f"--served-names {args.served_names!r} names no model: give the server's names, "
                                    f"comma-separated", option="served_names")

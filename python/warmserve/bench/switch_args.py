@@ -19,6 +19,15 @@ from warmserve.errors import GiB, InvalidArgumentError
 PARTS = ("activation", "move", "load", "cache", "model", "kv")
 
 
+def device_index(text: str) -> int:
+    """--device as the GPU's index: N or cuda:N, as the other commands write a device (found in review: cuda:0
+    was refused as an invalid int, though the error for a missing GPU named the device cuda:0)."""
+    digits = text[len("cuda:"):] if text.startswith("cuda:") else text
+    if not digits.isdigit():
+        raise ValueError(text)  # argparse: "invalid device_index value"
+    return int(digits)
+
+
 def check_args(args) -> tuple[set[str], list[float]]:
     """(the parts to run, --sizes-gib in GiB), or InvalidArgumentError naming the first bad flag."""
     from warmserve.bench.switch_kv import page_sizes
@@ -43,10 +52,13 @@ def check_args(args) -> tuple[set[str], list[float]]:
                                    value=args.cache_gib)
     if parts & {"cache", "model"}:  # the parts that load through the host checkpoint cache
         check_cache_flags(args)
+    if args.backend == "host" and args.device is not None:  # found in review: taken and not used
+        raise InvalidArgumentError(f"--device {args.device} is the GPU of --backend cuda; the host backend has none: "
+                                   f"drop --device, or add --backend cuda", flag="--device")
     if args.backend == "cuda":  # found in review: without a GPU, torch.cuda.set_device's AttributeError traceback
         from warmserve.worker.main import check_cuda
 
-        check_cuda(f"cuda:{args.device}", fix="use --backend host")
+        check_cuda(f"cuda:{args.device or 0}", fix="use --backend host")
     check_output("--json", args.json)
     # found in review: --parts move --plot P ran, drew nothing, said nothing and exited 0
     if args.plot and "activation" not in parts:

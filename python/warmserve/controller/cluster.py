@@ -35,11 +35,10 @@ from warmserve.protocol import SamplingParams, stop_strings
 #: Cluster()'s arguments a ``config`` takes the place of, each with the ClusterConfig field that holds it.
 _CONFIG_FIELD_OF = {
     "models": "models", "devices": "devices", "policy": "controller.policy", "cpu_workers": "cpu_workers",
-    "cpu_worker_memory_bytes": "cpu_worker_memory_bytes", "remote_workers": "remote_workers",
-    "bind": "controller.bind", "window_s": "controller.policy_config.window_s",
-    "history_path": "controller.history_path", "history_record_path": "controller.history_record_path",
-    "load_timezone": "controller.load_timezone", "curve_dir": "controller.curve_dir",
-    "insecure": "controller.insecure", "start_timeout_s": "worker_start_timeout_s"}
+    "cpu_worker_memory_bytes": "cpu_worker_memory_bytes", "remote_workers": "remote_workers", "bind": "controller.bind",
+    "window_s": "controller.policy_config.window_s", "history_path": "controller.history_path",
+    "history_record_path": "controller.history_record_path", "load_timezone": "controller.load_timezone",
+    "curve_dir": "controller.curve_dir", "insecure": "controller.insecure", "start_timeout_s": "worker_start_timeout_s"}
 
 
 def _model_specs(models) -> tuple[ModelSpec, ...]:
@@ -176,6 +175,10 @@ class Cluster:
 
         if ray_address is None:
             check_local_devices(config.devices)
+        if log_dir is not None:  # a file there was a bare FileExistsError at the first spawn; made once all is checked
+            from warmserve.outputs import check_output_folder
+
+            check_output_folder("log_dir", log_dir)
         self.config = config
         # before the loop's thread starts (found in review: a missing file left it running for as long as the
         # exception was referenced)
@@ -246,7 +249,8 @@ class Cluster:
 
     @property
     def endpoint(self) -> str:
-        """The ZeroMQ address workers on other hosts connect to (`warmserve worker --controller ...`)."""
+        """The ZeroMQ address workers on other hosts join (`warmserve worker --controller`); ClosedError once closed."""
+        self._check()
         return self.controller.hub.endpoint
 
     @property
@@ -356,6 +360,7 @@ class Cluster:
             self._gate.stopped.wait()  # set when the first close is through; that close's own waits are bounded
 
     def __enter__(self) -> "Cluster":
+        self._check()  # found in review: `with` on a closed cluster entered, to fail at its first call
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -528,14 +533,10 @@ def _check_devices(devices) -> None:
 
 def _check_paths(log_dir, ray_address) -> None:
     """Found in review: log_dir=5 and ray_address=5 failed with bare TypeErrors, deep in the start."""
-    from warmserve.outputs import check_output_folder
-
-    if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+    if log_dir is not None and (not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir)):
         raise InvalidArgumentError(f"log_dir must be a directory path (str or os.PathLike) or None (workers log to "
                                    f"this process's stderr), got {type(log_dir).__name__} {log_dir!r:.60}",
                                    param="log_dir")
-    if log_dir is not None:  # found in review: a file there failed with a bare FileExistsError in the first spawn
-        check_output_folder("log_dir", os.fspath(log_dir))
     if ray_address is not None and not isinstance(ray_address, str):
         raise InvalidArgumentError(f"ray_address must be a Ray cluster's address (str, 'auto': the one this machine "
                                    f"belongs to) or None (local workers), got {type(ray_address).__name__} "

@@ -36,18 +36,21 @@ def check_record_path(record_path: str, history_path: str) -> None:
     found before any worker starts, not at the first window's end."""
     if not record_path:
         return
+    # named both ways: the same check serves `serve` and warmserve.Cluster (found in review: a Cluster user was
+    # told of a flag they never passed)
+    what = f"--record-history (warmserve.Cluster: history_record_path=) {record_path!r}"
     folder = os.path.dirname(os.path.abspath(record_path))
     if os.path.isdir(record_path):
-        raise InvalidArgumentError(f"--record-history {record_path!r} is a directory: give a file path (e.g. "
+        raise InvalidArgumentError(f"{what} is a directory: give a file path (e.g. "
                                    f"{os.path.join(record_path, 'history.csv')})", path=record_path)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise InvalidArgumentError(f"--record-history {record_path!r}: its folder {folder!r} does not exist or is "
-                                   "not writable: create it, or record elsewhere", path=record_path)
+        raise InvalidArgumentError(f"{what}: its folder {folder!r} does not exist or is not writable: create it, or "
+                                   "record elsewhere", path=record_path)
     same = bool(history_path) and os.path.exists(history_path) and os.path.exists(record_path) \
         and os.path.samefile(history_path, record_path)
     if os.path.exists(record_path) and not same:
         raise InvalidArgumentError(
-            f"--record-history {record_path!r} exists and is not the --history file, so its rows would be lost: "
+            f"{what} exists and is not the --history file, so its rows would be lost: "
             f"to go on from it, give it as --history too (--history {record_path} --record-history {record_path}; "
             "warmserve.Cluster: history_path= as well as history_record_path=); else remove it or record to a new "
             "file", path=record_path)

@@ -209,6 +209,10 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     models = [controller_model(s) for s in cfg.models]
     devices = local_devices(cfg)
     cfg = with_worker_page_bytes(cfg, devices)
+    if not devices and not cfg.remote_workers:  # found in review: refused as a tp that "the widest machine" lacks
+        raise InvalidArgumentError("no workers to start: cpu_workers is 0, no devices are given or visible and "
+                                   "remote_workers is 0; give cpu_workers >= 1, devices, or remote_workers",
+                                   cpu_workers=cfg.cpu_workers)
     if not cfg.remote_workers:
         # every worker is one of these, on this machine: refused before any is spawned (the controller's own check
         # runs once they have all registered, which took the whole start-up of every worker to refuse it)

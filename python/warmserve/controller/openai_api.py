@@ -482,10 +482,11 @@ def usage_chunk(rid: str, model: str, created: int, obj: str, prompt_tokens: int
 
 
 def model_card(model, created: int) -> dict:
-    """A model as /v1/models lists it, with its context length as vLLM gives it (``max_model_len``: found in
-    review, clients that size prompts by it found none)."""
-    return {"id": model.name, "object": "model", "created": created, "owned_by": "warmserve",
-            "max_model_len": model.max_context}
+    """A model as /v1/models lists it, with vLLM's fields: its context length (``max_model_len``: found in review,
+    clients that size prompts by it found none), ``root`` (the served name: vLLM gives the path it loaded, which
+    here would show the server's folders) and ``parent`` (null: no adapters)."""
+    return {"id": model.name, "object": "model", "created": created, "owned_by": "warmserve", "root": model.name,
+            "parent": None, "max_model_len": model.max_context}
 
 
 def models_body(models: list, created: int) -> dict:

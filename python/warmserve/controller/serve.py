@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-origins", default=None, metavar="ORIGINS", help="comma-separated origins whose web "
                    "pages may call the API from a browser (CORS), e.g. http://localhost:3000; * for any (default none)")
     p.add_argument("--model", action="append", default=None, metavar="PATH[=NAME]",
-                   help="serve this checkpoint (repeatable); replaces the config's models")
+                   help="serve this checkpoint folder (repeatable), named NAME (default: the folder's name); "
+                        "replaces the config's models. A PATH holding '=' that is a folder is taken whole")
     p.add_argument("--devices", default=None, help="comma-separated local devices (cuda:0,cuda:1 or cpu:0,cpu:1)")
     p.add_argument("--cpu-workers", type=int, default=None, help="CPU workers when there is no GPU (default 2)")
     p.add_argument("--remote-workers", type=int, default=None,
@@ -102,6 +103,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Start-up progress is printed whatever the level")
 
 
+
+def split_model_arg(arg: str) -> tuple[str, str]:
+    """``--model PATH[=NAME]`` as (PATH, NAME; "" for the folder's name). An existing folder is taken whole, else the
+    split is at the last "=" whose left side is a folder, else at the first (a path on a remote worker's disk).
+    Found in review: training outputs name folders ``step=1000``, and the first "=" cut such a path for good."""
+    if os.path.isdir(arg):
+        return arg, ""
+    for i in reversed([i for i, c in enumerate(arg) if c == "="]):
+        if os.path.isdir(arg[:i]):
+            return arg[:i], arg[i + 1:]
+    path, _, name = arg.partition("=")
+    return path, name
+
+
 def build_config(args) -> ClusterConfig:
     from warmserve.policy.config import parse_policy_options
 
@@ -117,6 +132,11 @@ def build_config(args) -> ClusterConfig:
     # found in review, it replaced a config file's key with none and served without authentication, unwarned.
     # An empty --api-key is refused rather than taken as "no key": README's `--api-key "$KEY"` with $KEY unset
     # turned authentication off, over a config file's key (found in review). No key at all: leave the flag out.
+    for flag in ("devices", "history", "record_history", "log_dir"):  # found in review: "" meant the default
+        if getattr(args, flag) is not None and not getattr(args, flag).strip(", "):
+            name = "--" + flag.replace("_", "-")
+            raise InvalidArgumentError(f'{name} {getattr(args, flag)!r} names nothing (an unset variable in {name} '
+                                       f'"$VAR"?): give one, or leave {name} out', flag=name)
     if args.api_key == "":
         raise InvalidArgumentError('--api-key "" is empty (an unset variable in --api-key "$KEY"?): give the key, '
                                    "or leave --api-key out to use $WARMSERVE_API_KEY or the config file's "
@@ -169,7 +189,7 @@ def build_config(args) -> ClusterConfig:
     if args.model:
         specs = []
         for m in args.model:
-            path, _, name = m.partition("=")
+            path, name = split_model_arg(m)
             specs.append(ModelSpec(path=path, name=name))
         top["models"] = tuple(specs)
     if args.devices:

@@ -487,8 +487,9 @@ def check_flags(args) -> None:
     from warmserve.errors import InvalidArgumentError
     from warmserve.outputs import check_output_folder
 
-    check_output_folder("--out", args.out)
-
+    if args.out is not None and not args.out.strip():  # found in review: "" wrote all five into the default folder
+        raise InvalidArgumentError(f'--out {args.out!r} names no folder (an unset variable in --out "$DIR"?): give '
+                                   f"one, or leave --out out for {default_demo_dir()}", flag="--out")
     size, device = getattr(args, "size", None), getattr(args, "device", None)
     if args.models is not None and not args.models:
         raise InvalidArgumentError(f"--models names no model: give one or more of {', '.join(DEMO_MODELS)}, or leave "
@@ -502,6 +503,7 @@ def check_flags(args) -> None:
         raise InvalidArgumentError(f"--size {size} with {' and '.join(dropped)}: --size writes one model, "
                                    f"{SIZED_MODELS[size][0]}, in {SIZED_DTYPE}: drop {' and '.join(dropped)}, or "
                                    f"drop --size to write the small demos", flag=dropped[0], flags=dropped)
+    check_output_folder("--out", args.out)  # last: a run refused over another flag makes no folder
 
 
 def main(args) -> int:

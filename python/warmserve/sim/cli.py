@@ -441,9 +441,12 @@ def check_args(args) -> None:
         raise InvalidArgumentError(f"--cold-start-band {args.cold_start_band}: the band is drawn by --sweep-rate "
                                    f"only; add --sweep-rate or drop --cold-start-band", flag="--cold-start-band")
     parse_seeds(args)
-    if args.sweep_rate:
+    if args.sweep_rate is not None:  # "" too: it names no scale (found in review: one run, no sweep, no word)
         # nan, inf: "cannot convert float NaN to integer" later (found in review)
         scales = parse_numbers(args.sweep_rate, "--sweep-rate", example="0.25,0.5,1,2,4")
+        if not scales:
+            raise InvalidArgumentError(f"--sweep-rate {args.sweep_rate!r} names no rate scale: give comma-separated "
+                                       f"scales, e.g. 0.25,0.5,1,2,4", flag="--sweep-rate")
         twice = sorted({sc for sc in scales if scales.count(sc) > 1})
         if twice:  # found in review: 1,1 ran scale 1 twice and kept both points (JSON, table, plot)
             named = ", ".join(f"{sc:g}" for sc in twice)
@@ -464,7 +467,7 @@ def parse_seeds(args) -> list[int]:
     """--seeds as integers >= 0 (at least one), or [--seed] without it."""
     # seeds >= 0 (found in review: --seed -1 and --seeds 0,-1 were taken and ended in numpy's ValueError, which
     # names no flag: numpy's generators take no negative seed)
-    if not args.seeds:
+    if args.seeds is None:  # "" names no seed, as "," does (found in review: it fell back to --seed)
         if args.seed < 0:
             raise InvalidArgumentError(f"--seed {args.seed}: give a seed >= 0, e.g. 0", flag="--seed",
                                        value=args.seed)

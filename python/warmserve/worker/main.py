@@ -201,6 +201,10 @@ def check_security(args: argparse.Namespace) -> None:
             "--curve-server-key is for --controller; with --bind pass --curve-secret-key and --curve-clients-dir")
     if args.curve_clients_dir and not args.curve_secret_key:
         raise errors.InvalidArgumentError("--curve-clients-dir needs --curve-secret-key (this worker's .key_secret)")
+    if args.curve_secret_key and not args.curve_clients_dir:  # found in review: the worker served in plain text
+        raise errors.InvalidArgumentError(
+            "--curve-secret-key needs --curve-clients-dir with --bind: CURVE on a bound worker needs the public keys "
+            "of the clients it admits; without both the worker would serve in plain text", path=args.curve_secret_key)
     require_authenticated_bind(args.bind or DEFAULT_BIND, authenticated=bool(args.curve_clients_dir),
                                insecure=args.insecure, who="warmserve worker --bind", fix=BIND_FIX)
 

@@ -148,7 +148,7 @@ def test_calibrate_refuses_a_prefill_past_a_later_model_s_context_before_measuri
 @pytest.mark.parametrize("available,count,device,says", [
     (False, 0, "0", "no CUDA device visible (torch.cuda.is_available() is False); use --backend host"),
     (True, 1, "3", "--device cuda:3: only 1 CUDA device(s) visible"),
-    (True, 2, "-1", "--device cuda:-1: only 2 CUDA device(s) visible"),
+    (True, 2, "cuda:5", "--device cuda:5: only 2 CUDA device(s) visible"),  # N or cuda:N, as elsewhere
 ])
 def test_bench_switch_on_cuda_checks_the_device_first(available, count, device, says, monkeypatch, capsys):
     import torch

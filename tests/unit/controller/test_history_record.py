@@ -93,8 +93,10 @@ def test_a_record_file_that_is_not_the_history_is_refused_before_anything_starts
 def test_a_record_file_that_cannot_be_written_is_refused_naming_the_fix(tmp_path):
     with pytest.raises(InvalidArgumentError, match="does not exist or is not writable"):
         starting_history(ControllerConfig(history_record_path=str(tmp_path / "no" / "h.csv")))
-    with pytest.raises(InvalidArgumentError, match="is a directory"):
+    with pytest.raises(InvalidArgumentError, match="is a directory") as e:
         starting_history(ControllerConfig(history_record_path=str(tmp_path)))
+    # the Cluster's keyword beside the flag (found in review: a Cluster user was told of --record-history only)
+    assert "--record-history (warmserve.Cluster: history_record_path=)" in str(e.value)
 
 
 def test_the_restart_recipe_starts_before_its_file_exists_and_a_folder_is_named_as_one(tmp_path):

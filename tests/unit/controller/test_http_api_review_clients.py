@@ -127,3 +127,16 @@ def test_more_than_four_stop_strings_are_taken_as_vllm_takes_them():
         oa.parse_completion(json.dumps({"model": MODEL, "prompt": "x",
                                         "stop": [str(i) for i in range(MAX_STOP_STRINGS + 1)]}).encode())
     assert e.value.param == "stop"
+
+
+def test_model_cards_carry_vllms_root_and_parent(model):
+    """Clients written for vLLM read a card's root (found in review: missing); it is the served name, not the
+    checkpoint's folder, which would show the server's paths."""
+
+    async def go(c):
+        r = await c.get("/v1/models")
+        return (await r.json())["data"]
+
+    (card,) = _serve(Ctl(model), go)
+    assert card["id"] == card["root"] == MODEL and card["parent"] is None
+    assert card["max_model_len"] == model.max_context

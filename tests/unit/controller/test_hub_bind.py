@@ -40,6 +40,7 @@ def test_a_curve_hub_on_a_port_in_use_raises_a_typed_error_and_leaves_nothing(tm
         WorkerHub(endpoint, on_hello=None, on_event=None, on_lost=None, curve_dir=str(curve))
     assert isinstance(e.value, WarmServeError) and e.value.endpoint == endpoint
     assert "pick another port" in str(e.value) and endpoint in str(e.value)
+    assert "warmserve.Cluster's bind=" in str(e.value)  # it serves both (found in review: only --bind was named)
     assert os.listdir(private_tmp) == [], "the local workers' secret key was left behind"
     assert set(threading.enumerate()) - threads == set(), "the CURVE authenticator's thread was left running"
 

@@ -41,6 +41,19 @@ def test_flags_override_the_file(tmp_path, monkeypatch):
 T0 = int(time.time()) // 86400 * 86400 - 86400
 
 
+def test_a_model_folder_with_an_equals_sign_is_taken_whole(tmp_path, monkeypatch):
+    """Found in review: --model split at the first "=", so a training output's step=100 folder could not be served
+    (its path read /…/step, named "100"). An existing folder is taken whole; PATH=NAME still splits where PATH is a
+    folder, or at the first "=" for a path only a remote worker has."""
+    monkeypatch.delenv("WARMSERVE_API_KEY", raising=False)
+    step = tmp_path / "lr=1e-4" / "step=100"
+    step.mkdir(parents=True)
+    cfg = serve.build_config(parse("--port", "0", "--model", str(step), "--model", f"{step}=mine",
+                                   "--model", "/remote/a=b=c"))
+    assert [(m.path, m.name) for m in cfg.models] == [(str(step), "step=100"), (str(step), "mine"),
+                                                      ("/remote/a", "b=c")]
+
+
 def test_history_csv_and_json(tmp_path):
     (tmp_path / "h.csv").write_text(f"model,window_start_s,avg,peak\nb,{T0 + 600},2,5\na,{T0},1,3\n"
                                     f"a,{T0 + 300},1.5,4\n")

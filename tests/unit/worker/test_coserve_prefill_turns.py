@@ -208,7 +208,7 @@ def test_a_huge_turn_over_a_tiny_cost_is_the_whole_batch_and_an_endless_one_is_r
 
 
 def test_a_shared_activation_carries_the_coserving_tpot_target():
-    ctl = SimpleNamespace(hub=SimpleNamespace(next_id=lambda: 7), config=SimpleNamespace(engine=P.EngineConfig()),
+    ctl = SimpleNamespace(hub=SimpleNamespace(next_id=lambda: 7), engine_config=P.EngineConfig().resolved(32),
                           policy_config=SimpleNamespace(coserve_tpot_s=0.1, instance_capacity=32))
     assert Controller.activate_message(ctl, "m", 4, True).turn_s == 0.1
     assert Controller.activate_message(ctl, "m", None, False).turn_s == 0.0
