@@ -154,17 +154,19 @@ engine_queue_server = serving.server_fixture("openai_disconnects_engine_queue", 
                                              cluster_toml="[engine]\nmax_num_seqs = 1\nmax_batch_tokens = 32\n")
 
 
-def test_a_stream_left_while_it_waits_in_its_engine_s_queue_is_dropped_there(engine_queue_server):
-    """B, sent to the worker and waiting in its engine's queue behind A, is aborted there when its client leaves,
-    so that it does not run (holding KV blocks) once A has ended."""
+def test_a_stream_left_while_it_waits_for_a_slot_behind_max_num_seqs_is_dropped(engine_queue_server):
+    """B, waiting for the one slot A holds, is dropped when its client leaves, so that it does not run (holding KV
+    blocks) once A has ended. route() sends an engine no more than its max_num_seqs, so B waits in the controller's
+    queue (it used to wait in the engine's, where the worker aborted it: that path is
+    unit/worker/test_inprocess.py's)."""
     url, _, _ = engine_queue_server
     _warm(url)
     before = _outcomes(url)
     a = _post(url, "/v1/completions", _long(stream=True))
     _read_until(a, b"data: {")
     b = _post(url, "/v1/completions", _long("another", stream=True))
-    assert _until(lambda: _stats(url) == (0, 2), 10), _stats(url)
-    time.sleep(0.5)  # B's Generate has reached the worker, where it waits
+    assert _until(lambda: _stats(url) == (1, 1), 10), _stats(url)
+    time.sleep(0.5)  # B waits for the slot
     b.close()
     assert _until(lambda: _stats(url) == (0, 1), 3), _stats(url)
     a.close()

@@ -107,6 +107,16 @@ def _request_id(given: str | None) -> str:
     return oa.new_id("req")
 
 
+def _parsed(request, parse, body: bytes):
+    """``parse(body)``; when it refuses the body, the access log still names the model the body asks for, where it
+    can be read (found in review: a 400 over a bad field logged model=-)."""
+    try:
+        return parse(body)
+    except InvalidArgumentError:
+        request[_INFO]["model"] = oa.model_named(body) or "-"
+        raise
+
+
 def _prefixed(rid: str, prefix: str) -> str:
     """The request id ``req-...`` with another prefix (``cmpl``, ``chatcmpl``): the same id as the API names it."""
     return prefix + rid[rid.index("-"):]
@@ -253,7 +263,7 @@ class Api:
     async def completions(self, request: web.Request):
         body = await read_body(request, MAX_BODY_BYTES)
         if len(body) <= INLINE_BODY_BYTES:
-            req, sampling = oa.parse_completion(body)
+            req, sampling = _parsed(request, oa.parse_completion, body)
         else:  # as a large chat's (_parse_chat): found in review, a batch of 5M prompts took 7.6 s of the loop
             head = await asyncio.to_thread(prechecks.completion_head, body)
             if head is not None:
@@ -283,7 +293,7 @@ class Api:
         decoded."""
         info = request[_INFO]
         if len(body) <= INLINE_BODY_BYTES:
-            req, sampling = oa.parse_chat(body)
+            req, sampling = _parsed(request, oa.parse_chat, body)
             info["model"] = req.model
             return req, sampling, oa.chat_dicts(req)
         head = await asyncio.to_thread(prechecks.chat_head, body)

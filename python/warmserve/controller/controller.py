@@ -340,6 +340,9 @@ class Controller(WorkerRestarts):
         self._next_rid += 1
         req = Req(self._next_rid, model, prompt_ids, sampling, self.cc.request_timeout_s)
         req._abort_cb = self._abort
+        if siblings:
+            req.family = siblings[0].family
+            req.family.append(req)
         # The prompt's length is the prefill load the policy scales on until the first token is out.
         self.driver.submit(model, req, self.now_s(), prompt_tokens=len(prompt_ids))
         return req

@@ -28,10 +28,10 @@ def expire(ex) -> None:
     now = time.monotonic()
     for model, q in ctl.state.queues.items():
         # the whole queue: a request that started over (requeued) sits at its front with a later deadline
-        for req in [r for r in q if r.deadline_s < now]:
+        for req in [r for r in q if r.deadline_s < now and not _family_progressed(r, now, ctl.cc.request_timeout_s)]:
             ctl.driver.withdraw(model, req, ctl.now_s())
             err = TimeoutError_(
-                f"no instance of {model!r} could take the request within {ctl.cc.request_timeout_s:.0f} s; "
+                f"no instance of {model!r} could take the request within {ctl.cc.request_timeout_s:g} s; "
                 f"retry later or add workers", timeout_s=ctl.cc.request_timeout_s)
             req.fail(err)
             ctl._request_done(req, "timeout")
@@ -50,12 +50,24 @@ def expire(ex) -> None:
                     fire(ctl.hub, w, P.Abort(id=ctl.hub.next_id(), request_id=gid))
 
 
+def _family_progressed(req, now: float, timeout_s: float) -> bool:
+    """Whether a sibling of ``req`` (another choice of its n > 1 HTTP request) produced a token within ``timeout_s``;
+    if so, ``req``'s deadline moves on to that token plus ``timeout_s``. Found in review: with max_num_seqs below n,
+    the choices queued behind their own siblings timed out while the request streamed, and the 504 threw away its
+    generated tokens (it said no instance could take the request)."""
+    last = max((s.last_token_s for s in req.family if s is not req and s.last_token_s is not None), default=None)
+    if last is None or now - last > timeout_s:
+        return False
+    req.deadline_s = last + timeout_s
+    return True
+
+
 def no_token_message(ctl, w, req) -> str:
     """Why a request sent to worker ``w`` fails with no token for request_timeout_s. A request that has no token
     yet while the worker's latest Stats show requests of its model waiting in the engine's own queue (behind
     max_num_seqs, or for KV room) most likely waited there: say so, with the numbers and the fix (found in review:
     such requests read "produced no token" as if the worker had stalled, while it ran others all along)."""
-    message = f"{w!r} produced no token for {ctl.cc.request_timeout_s:.0f} s"
+    message = f"{w!r} produced no token for {ctl.cc.request_timeout_s:g} s"
     if req.first_token_s is not None or w.stats is None:
         return message
     for inst in w.stats.instances:

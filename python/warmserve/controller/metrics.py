@@ -105,7 +105,8 @@ class ControllerMetrics:
         self.e2e = Histogram(r, "warmserve_request_seconds", "Request latency, arrival to its end, by outcome.",
                              ("model", "outcome"), buckets=E2E_BUCKETS_S)
         self.requests = Counter(r, "warmserve_requests", "Requests that reached a model, by how they ended "
-                                "(stop, length, abort, error, timeout, ...).", ("model", "outcome"))
+                                "(stop, length, abort, error, timeout, ...); each choice of an n > 1 HTTP request "
+                                "counts.", ("model", "outcome"))
         self.rejected = Counter(r, "warmserve_rejected_requests", "HTTP requests answered with an error status, "
                                 "by status and route.", ("status", "route"))
         self.tokens = Counter(r, "warmserve_generation_tokens", "Tokens generated (decode) and kept: a request moved "

@@ -291,6 +291,18 @@ def parse_chat(body: bytes) -> tuple[ChatRequest, SamplingParams]:
     return req, _sampling(req, max(1, req.min_tokens or 0) if mt is None else mt, logprobs)
 
 
+class _Named(msgspec.Struct):
+    model: str = ""
+
+
+def model_named(body: bytes) -> str | None:
+    """The model a request body names (None where none can be read): for the access log of a body refused whole."""
+    try:
+        return msgspec.json.decode(body, type=_Named, strict=False).model or None
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None
+
+
 def max_tokens_param(req) -> str | None:
     """The field that limits the request's tokens, as the client named it; None when it sets no limit (a chat
     without one, a completion's explicit null), so messages blame no field the client never sent."""

@@ -21,7 +21,7 @@ class Req:
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s", "_waiter",
         "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason", "token_ids", "prefilling",
-        "outcome_by_consumer", "_settle",
+        "outcome_by_consumer", "_settle", "family",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
@@ -58,6 +58,9 @@ class Req:
         #: end its text may still turn into another finish reason is counted once that text has been read.
         self.outcome_by_consumer = False
         self._settle = None         # counts the outcome held for the consumer (``ended``), once
+        #: The requests of the choices of its n > 1 HTTP request, itself included (one list, shared): a queued
+        #: choice does not time out while a sibling produced a token within request_timeout_s (``expiry.expire``).
+        self.family: list = [self]
 
     # ------------------------------------------------------------------------------------------ producer side
 

@@ -249,7 +249,10 @@ class WorkerCore(BackgroundWork, ShardRoles):
         loaded_before = self._bytes_loaded(m)
         t0 = time.perf_counter()
         ec = msg.engine or self.engine_config
-        kv_blocks = msg.kv_blocks if msg.kv_blocks is not None else (ec.max_kv_blocks or None)
+        # the engine configuration's cap holds for a co-served share too (found in review: the controller's share
+        # replaced it, so --max-kv-blocks 12 ran instances of 278 blocks)
+        caps = [b for b in (msg.kv_blocks, ec.max_kv_blocks or None) if b is not None]
+        kv_blocks = min(caps) if caps else None
         engine = Engine(m.lm, kv_blocks=kv_blocks, target_free_blocks=msg.kv_target_free_blocks,
                         max_batch_tokens=ec.max_batch_tokens, max_num_seqs=ec.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
                         map_blocks_per_step=ec.kv_map_blocks_per_step)

@@ -7,7 +7,7 @@ import asyncio
 from warmserve import protocol as P
 from warmserve.protocol import EngineConfig, SamplingParams
 
-from controller_harness import MODEL, Peer, make_controller, run, until
+from controller_harness import MODEL, Peer, collect, make_controller, run, until
 
 
 def test_a_burst_past_the_engines_max_num_seqs_waits_in_the_controllers_queue(model):
@@ -29,6 +29,45 @@ def test_a_burst_past_the_engines_max_num_seqs_waits_in_the_controllers_queue(mo
             assert inst.max_seqs == 2 and inst.in_flight == 2
             for r in reqs:
                 r.abort()
+        finally:
+            await c.close(drain=False)
+            peer.close()
+
+    run(main())
+
+
+class SlowPeer(Peer):
+    """Streams each generation's tokens one every 0.1 s, 12 in all (1.2 s, past the 0.5 s request timeout)."""
+
+    async def handle(self, msg):
+        if isinstance(msg, P.Generate):
+            asyncio.get_running_loop().create_task(self._stream(msg.id))
+        else:
+            await super().handle(msg)
+
+    async def _stream(self, gid):
+        for k in range(11):
+            await asyncio.sleep(0.1)
+            await self.send(P.Tokens(id=gid, token_ids=[5 + k]))
+        await self.send(P.Tokens(id=gid, token_ids=[16], finished=True, finish_reason="length"))
+
+
+def test_a_choice_queued_behind_its_streaming_sibling_does_not_time_out(model):
+    """Found in review: an n = 2 request on an engine that runs one sequence queued its second choice behind its
+    first; that choice timed out after request_timeout_s while the first streamed, and the 504 threw the request's
+    tokens away. Now a sibling's token within the timeout keeps a queued choice waiting."""
+    async def main():
+        c = make_controller(model, engine=EngineConfig(max_num_seqs=1), request_timeout_s=0.5)
+        ep = await c.start()
+        peer = SlowPeer(ep)
+        try:
+            await c.wait_for_workers(1, 5)
+            first = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=12))
+            second = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=12), siblings=[first])
+            assert first.family is second.family and len(first.family) == 2
+            got = await asyncio.wait_for(asyncio.gather(collect(first), collect(second)), 10)
+            assert got == [list(range(5, 17))] * 2
+            assert c.metrics.requests.get(model=MODEL, outcome="timeout") == 0
         finally:
             await c.close(drain=False)
             peer.close()

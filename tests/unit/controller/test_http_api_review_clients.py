@@ -140,3 +140,18 @@ def test_model_cards_carry_vllms_root_and_parent(model):
     (card,) = _serve(Ctl(model), go)
     assert card["id"] == card["root"] == MODEL and card["parent"] is None
     assert card["max_model_len"] == model.max_context
+
+
+def test_a_body_refused_over_a_field_is_logged_with_its_model(model, caplog):
+    """Found in review: a 400 over a bad field logged model=-, though the body named its model."""
+    bodies = [("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": -3}, MODEL),
+              ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, MODEL),
+              ("/v1/completions", {"prompt": "hi"}, "-"), ("/v1/completions", {"model": 5, "prompt": "hi"}, "-")]
+
+    async def go(c):
+        return [(await c.post(path, json=body)).status for path, body, _ in bodies]
+
+    with caplog.at_level(logging.INFO, logger="warmserve.access"):
+        statuses = _serve(Ctl(model), go)
+    assert statuses == [400] * 4
+    assert [line.split(" model=", 1)[1].split(" ", 1)[0] for line in _access_lines(caplog)] == [m for *_, m in bodies]

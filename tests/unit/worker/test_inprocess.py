@@ -131,6 +131,25 @@ def test_abort_and_deactivate_end_streams_with_abort(worker, tiny_models):
     assert worker.stats().in_flight == 0
 
 
+def test_a_request_aborted_while_it_waits_in_its_engines_queue_never_runs(worker, tiny_models):
+    """An engine that runs one sequence queues the second; aborted there, it ends with "abort" and no token, and
+    the first runs on to its end (the controller now keeps such requests in its own queue: this is the path of a
+    request that waits in the engine for KV room)."""
+    worker.prewarm(tiny_models["tiny-llama"])
+    worker.activate("tiny-llama", engine=P.EngineConfig(max_num_seqs=1))
+    long = P.SamplingParams(max_tokens=400, ignore_eos=True)  # runs far longer than the checks below
+    s1 = worker.generate("tiny-llama", [1, 2, 3], long)
+    s2 = worker.generate("tiny-llama", [4, 5, 6], long)
+    first = next(iter(s1))
+    assert first.token_ids
+    running = worker.stats().instances[0]
+    assert (running.in_flight, running.running) == (2, 1)  # s2 waits behind max_num_seqs
+    s2.abort()
+    events = list(s2)
+    assert events[-1].finish_reason == "abort" and not any(e.token_ids for e in events)
+    assert len(first.token_ids) + sum(len(e.token_ids) for e in s1) == 400 and worker.stats().in_flight == 0
+
+
 def test_shared_instances_interleave_with_fixed_kv_shares(worker, tiny_models):
     for name in ("tiny-llama", "tiny-qwen2"):
         worker.prewarm(tiny_models[name])
@@ -214,6 +233,15 @@ def test_a_dedicated_instance_keeps_the_engine_configurations_kv_cap(worker, tin
         worker.activate("tiny-llama", kv_blocks=4, shared=True, kv_target_free_blocks=-3)
     worker.activate("tiny-llama", kv_blocks=4, shared=True, engine=P.EngineConfig(max_kv_blocks=8))
     assert worker.dedicate("tiny-llama").kv.kv_blocks_total == 8
+
+
+def test_a_shared_activation_keeps_the_engine_configurations_kv_cap(worker, tiny_models):
+    """Found in review: a co-served instance's share replaced max_kv_blocks (--max-kv-blocks 12 ran instances of
+    278 blocks); the smaller of the two holds now, and dedicating it stays at the cap."""
+    worker.prewarm(tiny_models["tiny-llama"])
+    reply = worker.activate("tiny-llama", kv_blocks=30, shared=True, engine=P.EngineConfig(max_kv_blocks=6))
+    assert reply.kv_blocks == 6 and worker.core.instances["tiny-llama"].engine.kv.total_blocks == 6
+    assert worker.dedicate("tiny-llama").kv.kv_blocks_total == 6
 
 
 def test_a_stream_dropped_unfinished_is_aborted_and_forgotten(worker, tiny_models):
