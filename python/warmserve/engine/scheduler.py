@@ -2,7 +2,12 @@
 
 Each step spends a token budget: first one token for every running sequence that is decoding, then prompt
 chunks of waiting (or partly prefilled) sequences in arrival order, so a long prompt is prefilled over several
-steps while others keep decoding. When the KV cache has no block for a running sequence (decoding, or part way
+steps while others keep decoding. Short prompts go first: a prompt with more than max_batch_tokens /
+LONG_PREFILL_FRACTION tokens left to prefill is long, and short ones waiting are admitted ahead of long ones and
+keep their tokens of the step from the long prefills running (which still get long_prefill_tokens a step), as
+vLLM's long_prefill_token_threshold does; found in review, a 17-token chat waited 30 s behind four 2,000-token
+prompts prefilled one after another on a CPU worker. A long prompt is passed so in MAX_OVERTAKES steps at most,
+and a preempted one never, so every wait stays bounded. When the KV cache has no block for a running sequence (decoding, or part way
 through its prefill), the youngest running sequence is preempted, down to that one itself: its blocks are freed
 and it goes back to the head of the queue to be recomputed from its prompt plus what it has generated so far. A
 preempted sequence starts again only when it can have blocks for all of that at once, and a step that preempted
@@ -11,6 +16,7 @@ admits nobody new.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections import deque
 from collections.abc import Sequence as _Seq
@@ -23,6 +29,11 @@ from warmserve.engine.sampler import SamplerState
 from warmserve.protocol import SamplingParams
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
+#: A prompt with more than max_batch_tokens // LONG_PREFILL_FRACTION tokens left to prefill is long (512 of the
+#: default 2,048): short ones are admitted ahead of it (the module's docstring).
+LONG_PREFILL_FRACTION = 4
+#: Steps in which short prompts may be admitted ahead of a waiting long one; then it keeps its place in the queue.
+MAX_OVERTAKES = 16
 
 
 class TokenView(_Seq):
@@ -80,6 +91,8 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: int | None = None
     preemptions: int = 0
+    #: Steps in which a short prompt was admitted ahead of it while it waited (MAX_OVERTAKES at most).
+    overtaken: int = 0
     #: Tokens already reported to the caller.
     num_reported: int = 0
     #: Log-probabilities of each output token, when params.logprobs asks for them (kept across preemption).
@@ -177,6 +190,33 @@ class Scheduler:
         holds would recompute the same chunks, preempt itself again, and so on for as long as they are held."""
         return seq.length if seq.preemptions else seq.num_computed + n
 
+    @property
+    def long_prefill_tokens(self) -> int:
+        """Prefill tokens left above which a prompt is long (LONG_PREFILL_FRACTION)."""
+        return max(1, self.max_batch_tokens // LONG_PREFILL_FRACTION)
+
+    def _long(self, seq: Sequence) -> bool:
+        return seq.length - seq.num_computed > self.long_prefill_tokens
+
+    def _admission_order(self) -> tuple[list[Sequence], int]:
+        """The waiting sequences in the order they are admitted, and how many short ones lead it: short prompts
+        ahead of long ones (each first come, first served), up to the first that keeps its place (a preempted one,
+        or a long one passed in MAX_OVERTAKES steps already), from which on the queue's own order holds."""
+        short, held = [], []
+        for i, seq in enumerate(self.waiting):
+            if seq.preemptions or (self._long(seq) and seq.overtaken >= MAX_OVERTAKES):
+                return short + held + list(itertools.islice(self.waiting, i, None)), len(short)
+            (held if self._long(seq) else short).append(seq)
+        return short + held, len(short)
+
+    def _long_cap(self, budget: int, order: list[Sequence], n_short: int, running: int) -> int:
+        """Tokens of this step the long prefills of running sequences may take together: what the short prompts
+        that lead ``order`` (as many as max_num_seqs admits beside ``running``) leave, at least
+        long_prefill_tokens, so that long ones go on too."""
+        room = max(0, self.max_num_seqs - running)
+        reserve = sum(seq.length - seq.num_computed for seq in order[:min(n_short, room)])
+        return max(self.long_prefill_tokens, budget - reserve)
+
     def _can_have(self, blocks: int) -> bool:
         """Whether the cache could give this many more blocks now, counted without mapping any: a preempted
         sequence waiting for its whole length would otherwise map it and give it back at every step. (A
@@ -207,24 +247,34 @@ class Scheduler:
             budget -= 1
         # 2. unfinished prefills of running sequences: one the cache has no block for preempts too (the youngest
         # first, itself last), or half-prefilled sequences that hold blocks and wait for more would never end
-        # when the pool is shared (found in review: two instances on one pool, each holding half a prefill)
+        # when the pool is shared (found in review: two instances on one pool, each holding half a prefill);
+        # the long ones leave the short prompts waiting their tokens (_long_cap)
+        order, n_short = self._admission_order()
+        long_cap = self._long_cap(budget, order, n_short, len(self.running))
         for seq in list(self.running):
             if budget <= 0:
                 break
             if seq.status != RUNNING:
                 continue  # preempted just now for an older one
             if seq.num_computed < seq.length - 1 and not any(c.seq is seq for c in decodes):
-                n = min(seq.length - seq.num_computed, budget)
+                long = self._long(seq)
+                n = min(seq.length - seq.num_computed, budget, long_cap if long else budget)
+                if n <= 0:
+                    continue
                 ok, refund = self._make_room(seq, seq.num_computed + n, decodes)
                 budget += refund
                 if not ok:
                     break
                 prefills.append(ScheduledChunk(seq, seq.num_computed, n))
                 budget -= n
-        # 3. new ones from the queue, unless this step preempted: the blocks just freed are for those running
-        while self.num_preemptions == preempted and self.waiting and budget > 0 \
-                and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+                long_cap -= n if long else 0
+        # 3. new ones from the queue (short prompts first: _admission_order), unless this step preempted: the
+        # blocks just freed are for those running
+        passed = -1  # the queue position of the last short prompt admitted ahead of a long one
+        place = {id(seq): i for i, seq in enumerate(self.waiting)}
+        for seq in order:
+            if self.num_preemptions != preempted or budget <= 0 or len(self.running) >= self.max_num_seqs:
+                break
             n = min(seq.length - seq.num_computed, budget)
             upto = self._admit_tokens(seq, n)
             if seq.preemptions and not self._can_have(-(-upto // self.kv.block_tokens) - len(seq.blocks)):
@@ -233,11 +283,16 @@ class Scheduler:
                 self.kv.free(seq.blocks)
                 seq.blocks = []
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = RUNNING
             self.running.append(seq)
             prefills.append(ScheduledChunk(seq, seq.num_computed, n))
             budget -= n
+            if not self._long(seq):
+                passed = max(passed, place[id(seq)])
+        for seq in self.waiting:
+            if place[id(seq)] < passed and self._long(seq):
+                seq.overtaken += 1
         return prefills + decodes
 
     def blocks_wanted(self) -> int:
@@ -260,15 +315,21 @@ class Scheduler:
             want += short(seq, seq.length)
             budget -= 1
             decoding.add(id(seq))
+        order, n_short = self._admission_order()
+        long_cap = self._long_cap(budget, order, n_short, len(self.running))
         for seq in self.running:
             if budget <= 0:
                 break
             if seq.num_computed < seq.length - 1 and id(seq) not in decoding:
-                n = min(seq.length - seq.num_computed, budget)
+                long = self._long(seq)
+                n = min(seq.length - seq.num_computed, budget, long_cap if long else budget)
+                if n <= 0:
+                    continue
                 want += short(seq, seq.num_computed + n)
                 budget -= n
+                long_cap -= n if long else 0
         admitted = len(self.running)
-        for seq in self.waiting:
+        for seq in order:
             if budget <= 0 or admitted >= self.max_num_seqs:
                 break
             n = min(seq.length - seq.num_computed, budget)
