@@ -12,6 +12,8 @@ from warmserve.engine import Engine, SamplingParams, Tokenizer, load_model
 from warmserve.engine.sampler import filter_logits
 from warmserve.errors import ClosedError, InvalidArgumentError, PromptTooLongError
 
+from kv_counting import count_allocations
+
 
 def _prompts(n, length, seed=0, vocab=512):
     g = torch.Generator().manual_seed(seed)
@@ -282,16 +284,7 @@ def test_blocks_wanted_counts_what_the_next_schedule_allocates(lm):
     takes, at every step of a mixed run (new prefills, chunked prefills, decodes crossing block boundaries)."""
     params = SamplingParams(max_tokens=40, ignore_eos=True)
     with Engine(lm, max_batch_tokens=300) as eng:
-        taken = []
-        allocate = eng.kv.allocate
-
-        def counting():
-            b = allocate()
-            if b is not None:
-                taken.append(b)
-            return b
-
-        eng.kv.allocate = counting
+        taken = count_allocations(eng)
         for i, p in enumerate(_prompts(5, 230, seed=3)):
             eng.add_request(str(i), p, params)
         steps_with_blocks = 0

@@ -10,6 +10,8 @@ import torch
 from warmserve.engine import Engine, SamplingParams
 from warmserve.engine.scheduler import MAX_OVERTAKES
 
+from kv_counting import count_allocations
+
 GREEDY = SamplingParams(max_tokens=6, ignore_eos=True)
 
 
@@ -73,16 +75,7 @@ def test_a_long_prompt_in_a_stream_of_short_ones_is_passed_in_few_steps_and_ends
 
 def test_blocks_wanted_counts_what_a_step_takes_with_short_and_long_prompts(lm):
     with Engine(lm, max_batch_tokens=128) as eng:
-        taken = []
-        allocate = eng.kv.allocate
-
-        def counting():
-            b = allocate()
-            if b is not None:
-                taken.append(b)
-            return b
-
-        eng.kv.allocate = counting
+        taken = count_allocations(eng)
         for i in range(3):
             eng.add_request(f"long{i}", _prompt(260 + 9 * i, i), GREEDY)
         step = 0
