@@ -7,11 +7,12 @@ LONG_PREFILL_FRACTION tokens left to prefill is long, and short ones waiting are
 keep their tokens of the step from the long prefills running (which still get long_prefill_tokens a step), as
 vLLM's long_prefill_token_threshold does; found in review, a 17-token chat waited 30 s behind four 2,000-token
 prompts prefilled one after another on a CPU worker. A long prompt is passed so in MAX_OVERTAKES steps at most,
-and a preempted one never, so every wait stays bounded. When the KV cache has no block for a running sequence (decoding, or part way
-through its prefill), the youngest running sequence is preempted, down to that one itself: its blocks are freed
-and it goes back to the head of the queue to be recomputed from its prompt plus what it has generated so far. A
-preempted sequence starts again only when it can have blocks for all of that at once, and a step that preempted
-admits nobody new.
+and a preempted one never, so every wait stays bounded.
+
+When the KV cache has no block for a running sequence (decoding, or part way through its prefill), the youngest
+running sequence is preempted, down to that one itself: its blocks are freed and it goes back to the head of the
+queue to be recomputed from its prompt plus what it has generated so far. A preempted sequence starts again only
+when it can have blocks for all of that at once, and a step that preempted admits nobody new.
 """
 
 from __future__ import annotations
