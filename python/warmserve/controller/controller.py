@@ -340,9 +340,7 @@ class Controller(WorkerRestarts):
         self._next_rid += 1
         req = Req(self._next_rid, model, prompt_ids, sampling, self.cc.request_timeout_s)
         req._abort_cb = self._abort
-        if siblings:
-            req.family = siblings[0].family
-            req.family.append(req)
+        req.join(siblings)
         # The prompt's length is the prefill load the policy scales on until the first token is out.
         self.driver.submit(model, req, self.now_s(), prompt_tokens=len(prompt_ids))
         return req
@@ -465,10 +463,10 @@ class Controller(WorkerRestarts):
             return
         w.ready = True
         self.executor.pools_seen.add((w.capacity_bytes, w.page_bytes))
-        self.lost_workers.pop(w.ident, None)
-        # A remote worker restarted under a new id (the default holds its pid) takes a lost remote one's place on
-        # its server and device (found in review: that one stayed in the gauge for good, one more per restart).
-        if w.ident not in self.local_spawn:
+        # A remote worker restarted under a new id (the default holds its pid) takes a lost remote one's place on its
+        # server and device (found in review: that one stayed in the gauge for good); one back under its own id takes
+        # only its own (a later review: it took another's too, the gauge reading 0 with a worker still gone)
+        if self.lost_workers.pop(w.ident, None) is None and w.ident not in self.local_spawn:
             for ident, (_, host, dev) in self.lost_workers.items():
                 if (host, dev) == (w.host, w.device) and ident not in self.local_spawn:
                     del self.lost_workers[ident]

@@ -62,6 +62,12 @@ class Req:
         #: choice does not time out while a sibling produced a token within request_timeout_s (``expiry.expire``).
         self.family: list = [self]
 
+    def join(self, siblings) -> None:
+        """Join the family of ``siblings`` (the earlier choices of its HTTP request; none: it stays alone)."""
+        if siblings:
+            self.family = siblings[0].family
+            self.family.append(self)
+
     # ------------------------------------------------------------------------------------------ producer side
 
     def server_timing(self) -> str:

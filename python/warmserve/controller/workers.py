@@ -243,8 +243,9 @@ class WorkerHub:
             raise WorkerLostError(f"{w!r} is lost", worker_id=w.worker_id)
         try:
             self.sock.send_multipart([w.ident, msg if isinstance(msg, bytes) else P.encode(msg)], zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            self.lose(w, f"send failed: {e.strerror}")
+        except zmq.ZMQError as e:  # EHOSTUNREACH: no connection under that id (review: read "Host unreachable")
+            gone = "its connection is gone (process exited, or network cut)"
+            self.lose(w, f"send failed: {gone if e.errno == zmq.EHOSTUNREACH else e.strerror}")
             raise WorkerLostError(f"{w!r} cannot be reached ({e.strerror})", worker_id=w.worker_id) from None
         finally:
             self._check_readable()
@@ -436,7 +437,7 @@ class WorkerHub:
         except zmq.ZMQError:  # gone again, or not connected yet: it is told when it speaks next
             return
         self._told_rejoin[ident] = now
-        log.info("%r speaks with no live worker under its routing id: told to say Hello again", ident)
+        log.info("%s speaks with no live worker under its id: told to say Hello again", ident.decode(errors="replace"))
 
     def _dispatch(self, w: WorkerRecord, msg) -> None:
         if isinstance(msg, P.Heartbeat):
