@@ -77,13 +77,15 @@ def add_arguments(p) -> None:
     p.add_argument("--pre-s", type=float, default=600.0, help="history just before the replay, trace seconds")
     p.add_argument("--start-s", type=float, default=None,
                    help="replay start in ServeGen time, seconds from day 0 midnight (default: the recipe's)")
-    p.add_argument("--max-prompt-tokens", type=int, default=128)
-    p.add_argument("--max-output-tokens", type=int, default=16)
+    p.add_argument("--max-prompt-tokens", type=int, default=128,
+                   help="longest prompt of the workload, tokens (ServeGen's lengths are cut to it)")
+    p.add_argument("--max-output-tokens", type=int, default=16,
+                   help="most tokens a request generates (ServeGen's lengths are cut to it)")
     p.add_argument("--window-s", type=float, default=300.0,
                    help="forecast window at time scale 1, seconds; window x --time-scale must divide a day")
     p.add_argument("--drain-s", type=float, default=60.0,
                    help="after the last arrival, how long answers may still come, seconds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload's draws (arrivals, lengths, prompts)")
     p.add_argument("--endpoint", default=None, help="replay against this OpenAI-compatible server (no cluster)")
     p.add_argument("--served-names", default=None,
                    help="with --endpoint: comma-separated model names the server knows; workload model i is sent "

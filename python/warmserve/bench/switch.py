@@ -51,7 +51,8 @@ HIDDEN, INTER, KV_DIM, VOCAB = 2048, 5632, 256, 32000
 def add_arguments(p) -> None:
     p.add_argument("--sizes-gib", default="0.25,1,4", help="weight sizes for activation vs cold load (GiB)")
     p.add_argument("--repeats", type=int, default=5, help="repeats per measurement (median reported)")
-    p.add_argument("--backend", default="host", choices=["host", "cuda"])
+    p.add_argument("--backend", default="host", choices=["host", "cuda"],
+                   help="the page pool measured: host (memfd and mmap) or cuda (cuMemMap on --device)")
     p.add_argument("--device", type=device_index, default=None, metavar="N|cuda:N",
                    help="the GPU of --backend cuda (default 0; the parts read None as 0)")
     p.add_argument("--json", default=None, help="write the results here")

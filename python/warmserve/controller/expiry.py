@@ -31,8 +31,8 @@ def expire(ex) -> None:
         for req in [r for r in q if r.deadline_s < now and not _family_progressed(r, now, ctl.cc.request_timeout_s)]:
             ctl.driver.withdraw(model, req, ctl.now_s())
             err = TimeoutError_(
-                f"no instance of {model!r} could take the request within {ctl.cc.request_timeout_s:g} s; "
-                f"retry later or add workers", timeout_s=ctl.cc.request_timeout_s)
+                f"no instance of {model!r} could take the request within {ctl.cc.request_timeout_s:g} s"
+                f"{_only_lost_hold(ctl, model)}; retry later or add workers", timeout_s=ctl.cc.request_timeout_s)
             req.fail(err)
             ctl._request_done(req, "timeout")
     for w in list(ctl.gpu_workers):  # an Abort that cannot be sent loses its worker (and edits the list)
@@ -48,6 +48,18 @@ def expire(ex) -> None:
                 ctl._request_done(req, "timeout")
                 if w.alive:
                     fire(ctl.hub, w, P.Abort(id=ctl.hub.next_id(), request_id=gid))
+
+
+def _only_lost_hold(ctl, model: str) -> str:
+    """", and why": when no live worker's pool can hold ``model`` (the workers that could are lost; its requests
+    wait for one to rejoin, docs/api.md), said in the 504. Found in review: the timeout named no cause."""
+    from warmserve.controller.launch import unheld  # launch imports the controller, which imports this module
+
+    live = {(w.capacity_bytes, w.page_bytes) for w in ctl.gpu_workers if w.alive}
+    if not live or unheld(ctl.models[model], live) is None:
+        return ""
+    return (": no live worker's pool can hold it, and those that could are lost; it is served again once one of "
+            "them rejoins")
 
 
 def _family_progressed(req, now: float, timeout_s: float) -> bool:

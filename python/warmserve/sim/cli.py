@@ -92,14 +92,14 @@ def add_arguments(p):
                    help="earlier days of history the forecasts see (default: 2 for servegen, which has 14, and "
                         "the scale preset; 3 for the paper and artifact presets, whose Azure trace, under an hour, "
                         "then holds a --duration-s of at most about 1450 s; 0: none, up to about 2900 s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload (arrivals, lengths) without --seeds")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (e.g. 0,1,2): every number is the median over them (per_model: "
                         "per model and field, over the seeds that sent it requests; each seed's own figures are in "
                         "per_seed), the search uses their mean SLO attainment; overrides --seed")
     p.add_argument("--ttft-slo-s", type=float, default=0.0,
                    help="TTFT SLO in seconds (default: per model, --slo-scale x its 1024-token prefill time)")
-    p.add_argument("--slo-scale", type=float, default=10.0)
+    p.add_argument("--slo-scale", type=float, default=10.0, help="per-model TTFT SLO, x the 1024-token prefill time")
     p.add_argument("--tick-s", type=float, default=1.0, help="policy tick period, simulated seconds")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate-under-SLO search")
     p.add_argument("--search-iters", type=int, default=None,

@@ -42,7 +42,7 @@ class Peer:
     model again); a Deactivate of an instance it does not run, and an Evict of one it runs, are refused."""
 
     def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7),
-                 curve=None, pid: int = 1, device: str = "cpu"):
+                 curve=None, pid: int = 1, device: str = "cpu", capacity_bytes: int = 1 << 30):
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         if curve is not None:  # (server public key, own public key, own secret key)
@@ -51,6 +51,7 @@ class Peer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self.wid, self.fail_prewarm, self.tokens, self.pid, self.device = wid, fail_prewarm, tokens, pid, device
+        self.capacity_bytes = capacity_bytes  # its pool, as its Hello says
         self.got: list = []
         self.silent = False
         self.hold_generate = False
@@ -69,8 +70,9 @@ class Peer:
         await self.sock.send(P.encode(msg))
 
     async def run(self):
-        await self.send(P.Hello(worker_id=self.wid, device=self.device, pid=self.pid, capacity_bytes=1 << 30,
-                                page_bytes=2 << 20, protocol_version=P.PROTOCOL_VERSION))
+        await self.send(P.Hello(worker_id=self.wid, device=self.device, pid=self.pid,
+                                capacity_bytes=self.capacity_bytes, page_bytes=2 << 20,
+                                protocol_version=P.PROTOCOL_VERSION))
         while True:
             msg = P.decode_request(await self.sock.recv())
             self.got.append(msg)
