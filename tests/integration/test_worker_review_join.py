@@ -138,7 +138,7 @@ def test_a_worker_that_holds_none_of_the_models_is_refused_and_says_why(tmp_path
         time.sleep(1.0)  # it says Hello each beat (0.2 s) meanwhile
         refused = [line for line in log.read_text().splitlines() if "refused worker dup" in line]
         assert len(refused) == 1 and "ERROR" in refused[0], refused
-        assert f"pid {tiny.pid}" in refused[0] and "--memory-gib 0.0195" in refused[0], refused[0]
+        assert f"pid {tiny.pid}" in refused[0] and "(0.0195 GiB: --memory-gib in whole pages" in refused[0], refused[0]
         assert f"'{MODEL}' needs " in refused[0] and "start it again with --memory-gib" in refused[0], refused[0]
         assert "joined" not in log.read_text() and serve.poll() is None
         # one started again with a pool that holds the model is admitted under the same id

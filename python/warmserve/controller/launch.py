@@ -117,7 +117,7 @@ def refusal(hello: P.Hello, models) -> str | None:
     listed = ", ".join(f"{name!r} needs {fmt_bytes(n)}" for name, n in needs.items())
     fix_gib = _gib_up(min(needs.values()))
     return (f"refused worker {hello.worker_id} ({hello.device}, pid {hello.pid}): its pool of "
-            f"{fmt_bytes(hello.capacity_bytes)} (--memory-gib {hello.capacity_bytes / GiB:.3g}, in pages of "
+            f"{fmt_bytes(hello.capacity_bytes)} ({hello.capacity_bytes / GiB:.3g} GiB: --memory-gib in whole pages of "
             f"{fmt_bytes(hello.page_bytes)}) holds none of the models ({listed}, weights and a KV page): start it "
             f"again with --memory-gib {fix_gib:g} or more")
 

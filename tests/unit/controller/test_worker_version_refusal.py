@@ -141,23 +141,6 @@ def test_a_hello_from_before_protocol_versions_decodes_and_is_refused_unanswered
     assert "protocol version 0 (before versions)" in ctl[0].getMessage(), ctl[0].getMessage()
 
 
-class _VersionPeer(Peer):
-    """A scripted worker of this warmserve whose Hello names its pool (``capacity_bytes``)."""
-
-    def __init__(self, endpoint: str, wid: str, capacity_bytes: int):
-        self.capacity_bytes = capacity_bytes
-        super().__init__(endpoint, wid)
-
-    async def run(self):
-        await self.send(P.Hello(worker_id=self.wid, device=self.device, pid=self.pid,
-                                capacity_bytes=self.capacity_bytes, page_bytes=2 << 20,
-                                protocol_version=P.PROTOCOL_VERSION))
-        while True:
-            msg = P.decode_request(await self.sock.recv())
-            self.got.append(msg)
-            await self.handle(msg)
-
-
 def test_a_model_no_admitted_worker_can_hold_fails_fast_and_is_logged_once_until_one_joins(model, caplog):
     big = dataclasses.replace(model, spec=dataclasses.replace(model.spec, name="big"), weight_bytes=2 << 30)
     caplog.set_level(logging.INFO)
@@ -167,7 +150,7 @@ def test_a_model_no_admitted_worker_can_hold_fails_fast_and_is_logged_once_until
                               policy_config=policy_config_from_dict({"window_s": 30}))
         c = Controller(ClusterConfig(models=(model.spec, big.spec), controller=cc), [model, big])
         ep = await c.start()
-        peers = [_VersionPeer(ep, "w-small", 1 << 30)]
+        peers = [Peer(ep, "w-small", capacity_bytes=1 << 30)]
         try:
             await c.wait_for_workers(1, 10)
             t0 = time.monotonic()
@@ -181,7 +164,7 @@ def test_a_model_no_admitted_worker_can_hold_fails_fast_and_is_logged_once_until
             waited_s = time.monotonic() - t0
             await asyncio.sleep(0.3)  # a few ticks more: logged once
             # a worker that can hold it joins: its requests wait for an instance again, not refused
-            peers.append(_VersionPeer(ep, "w-large", 4 << 30))
+            peers.append(Peer(ep, "w-large", capacity_bytes=4 << 30))
             assert await until(lambda: sum(w.ready for w in c.gpu_workers) == 2, 5)
             later = c.submit_nowait("big", [1, 2, 3], P.SamplingParams(max_tokens=2))
             later_tokens = await asyncio.wait_for(collect(later), 10)
@@ -193,7 +176,7 @@ def test_a_model_no_admitted_worker_can_hold_fails_fast_and_is_logged_once_until
             stall_tokens = asyncio.ensure_future(collect(waiting))
             await asyncio.sleep(1.0)
             failed_at_once = stall_tokens.done()
-            peers.append(_VersionPeer(ep, "w-large-again", 4 << 30))
+            peers.append(Peer(ep, "w-large-again", capacity_bytes=4 << 30))
             stall_tokens = await asyncio.wait_for(stall_tokens, 10)
         finally:
             for p in peers:
@@ -225,8 +208,8 @@ def test_a_worker_admitted_and_lost_between_two_ticks_still_counts_as_able_to_ho
                               policy_config=policy_config_from_dict({"window_s": 30}))
         c = Controller(ClusterConfig(models=(model.spec, big.spec), controller=cc), [model, big])
         ep = await c.start()
-        small = _VersionPeer(ep, "w-small", 1 << 30)
-        large = _VersionPeer(ep, "w-large", 4 << 30)
+        small = Peer(ep, "w-small", capacity_bytes=1 << 30)
+        large = Peer(ep, "w-large", capacity_bytes=4 << 30)
         try:
             assert await until(lambda: sum(w.ready for w in c.gpu_workers) == 2, 10)
             large.close()
