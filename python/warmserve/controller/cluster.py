@@ -29,6 +29,7 @@ from warmserve.controller.frontend import TextGeneration, prepare
 from warmserve.controller.loopgate import LoopGate
 from warmserve.controller.openai_api import messages_from, with_model_defaults
 from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_, UnknownModelError
+from warmserve.outputs import check_output_folder
 from warmserve.protocol import SamplingParams, stop_strings
 
 
@@ -176,8 +177,6 @@ class Cluster:
         if ray_address is None:
             check_local_devices(config.devices)
         if log_dir is not None:  # a file there was a bare FileExistsError at the first spawn; made once all is checked
-            from warmserve.outputs import check_output_folder
-
             check_output_folder("log_dir", log_dir)
         self.config = config
         # before the loop's thread starts (found in review: a missing file left it running for as long as the

@@ -338,9 +338,8 @@ class Controller(WorkerRestarts):
                 f"{mine}: retry later, add workers, or raise controller.max_queue", queued=waiting,
                 limit=self.cc.max_queue)
         self._next_rid += 1
-        req = Req(self._next_rid, model, prompt_ids, sampling, self.cc.request_timeout_s)
+        req = Req(self._next_rid, model, prompt_ids, sampling, self.cc.request_timeout_s, siblings=siblings)
         req._abort_cb = self._abort
-        req.join(siblings)
         # The prompt's length is the prefill load the policy scales on until the first token is out.
         self.driver.submit(model, req, self.now_s(), prompt_tokens=len(prompt_ids))
         return req

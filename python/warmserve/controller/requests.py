@@ -24,7 +24,7 @@ class Req:
         "outcome_by_consumer", "_settle", "family",
     )
 
-    def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float):
+    def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float, siblings=()):
         self.rid = rid
         self.model = model
         self.prompt_ids = prompt_ids
@@ -60,13 +60,9 @@ class Req:
         self._settle = None         # counts the outcome held for the consumer (``ended``), once
         #: The requests of the choices of its n > 1 HTTP request, itself included (one list, shared): a queued
         #: choice does not time out while a sibling produced a token within request_timeout_s (``expiry.expire``).
-        self.family: list = [self]
-
-    def join(self, siblings) -> None:
-        """Join the family of ``siblings`` (the earlier choices of its HTTP request; none: it stays alone)."""
-        if siblings:
-            self.family = siblings[0].family
-            self.family.append(self)
+        #: ``siblings``: the earlier choices of its HTTP request, whose family it joins.
+        self.family: list = siblings[0].family if siblings else []
+        self.family.append(self)
 
     # ------------------------------------------------------------------------------------------ producer side
 

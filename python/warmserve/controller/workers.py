@@ -195,7 +195,6 @@ class WorkerHub:
             try:
                 self.sock.bind(bind)
             except zmq.ZMQError as e:
-                # named both ways: `serve --bind` and warmserve.Cluster(bind=) reach here (found in review)
                 raise bind_error("the controller's worker socket", bind, e.errno, zmq.strerror(e.errno),
                                  option="--bind tcp://HOST:PORT, or warmserve.Cluster's bind=; port 0 picks a "
                                         "free one") from None

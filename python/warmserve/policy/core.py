@@ -121,8 +121,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         while another model waits with no instance at all: the tick gives GPUs in order of unmet demand, so GPUs
         freed for a model that waited longer are not taken here by another's request; nor on GPUs reclaimed for
         another model); else, while the new one starts or when there is no GPU for one, the least-loaded ready
-        instance takes the overflow unless ``route_cap_per_instance`` or its engine's max_num_seqs (``max_seqs``) caps
-        it; else None (it waits)."""
+        instance takes the overflow, up to ``route_cap_per_instance`` and its engine's ``max_seqs``; else None."""
         self._model(model)
         B = self.cfg.instance_capacity
         insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
@@ -134,8 +133,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         def lim(inst, b):  # requests ``inst`` may hold: b, no more than the operator's cap (found in review: the
             # cap was applied to the overflow alone, so a cap below B let each instance take B), and a co-served
             # one no more than its KV share holds either
-            b = self.routed_capacity(b)
-            b = min(b, inst.max_seqs) if inst.max_seqs else b  # nor what its engine runs at once
+            b = min(self.routed_capacity(b), inst.max_seqs or math.inf)  # nor what its engine runs at once
             if inst.instance_id not in co_ids:
                 return b
             own = self._colocated_cap(inst)
