@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from warmserve.bench.switch_args import device_index
+from warmserve.bench.switch_args import DeviceGiven, device_index
 from warmserve.bench.switch_kv import kv_give_back, page_sizes
 
 GiB = 1 << 30
@@ -53,8 +53,8 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=5, help="repeats per measurement (median reported)")
     p.add_argument("--backend", default="host", choices=["host", "cuda"],
                    help="the page pool measured: host (memfd and mmap) or cuda (cuMemMap on --device)")
-    p.add_argument("--device", type=device_index, default=None, metavar="N|cuda:N",
-                   help="the GPU of --backend cuda (default 0; the parts read None as 0)")
+    p.add_argument("--device", type=device_index, default=0, action=DeviceGiven, metavar="N|cuda:N",
+                   help="the GPU of --backend cuda (default 0)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="write a PNG of activation vs cold load here")
     p.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
@@ -186,7 +186,7 @@ def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict
     w_pages, kv_first = pages(nbytes, page), pages(KV_FIRST_BYTES, page)
     kv_off = w_pages * page
     kv_shape = (KV_RESERVE_BYTES // (2 * HIDDEN), HIDDEN)
-    with PagePool((w_pages + kv_first) * page, backend=args.backend, device=args.device or 0) as pool:
+    with PagePool((w_pages + kv_first) * page, backend=args.backend, device=args.device) as pool:
         prewarm = pool.create_slot(kv_off + KV_RESERVE_BYTES, "prewarm:model")
         prewarm.load([(path, data_start, 0, nbytes)]).wait()
         views = {}
@@ -261,7 +261,7 @@ def _move_and_primitives(args, dev: Device, page_bytes: int) -> dict:
 
     n = GiB // page_bytes
     out = {}
-    with PagePool(2 * GiB, backend=args.backend, device=args.device or 0, page_bytes=page_bytes) as pool:
+    with PagePool(2 * GiB, backend=args.backend, device=args.device, page_bytes=page_bytes) as pool:
         a = pool.create_slot(GiB, "a")
         b = pool.create_slot(GiB, "b")
         a.map(0, n)
@@ -319,7 +319,7 @@ def load_bandwidth(args, dev: Device, workdir: str) -> dict:
     path = os.path.join(workdir, "blob.bin")
     src.tofile(path)
     warm_page_cache(path)
-    with PagePool(GiB, backend=args.backend, device=args.device or 0) as pool:
+    with PagePool(GiB, backend=args.backend, device=args.device) as pool:
         s = pool.create_slot(GiB, "load")
         s.map(0, n)
         if dev.cuda:
@@ -372,7 +372,7 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
     try:
         root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
         cfg = HostCacheConfig(root=root, capacity_bytes=2 * nbytes, threads=threads)
-        with PagePool(nbytes, backend=args.backend, device=args.device or 0) as pool, HostCheckpointCache(cfg) as cache:
+        with PagePool(nbytes, backend=args.backend, device=args.device) as pool, HostCheckpointCache(cfg) as cache:
             s = pool.create_slot(nbytes, "cache")
             unmap = lambda: s.unmap(0, n)  # noqa: E731
             sources = [(path, 0, 0, nbytes)]
@@ -447,7 +447,7 @@ def model_load(args, dev: Device, workdir: str) -> dict:
     try:  # the folder made inside the try, as in cache_bandwidth
         root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
         cfg = HostCacheConfig(root=root, capacity_bytes=file_bytes + GiB, threads=cache_threads(args, dev))
-        with PagePool(pool_bytes, backend=args.backend, device=args.device or 0) as pool, \
+        with PagePool(pool_bytes, backend=args.backend, device=args.device) as pool, \
                 HostCheckpointCache(cfg) as cache:
             def once(**kw):
                 dev.sync()
@@ -484,7 +484,7 @@ def machine(args) -> dict:
     if args.backend == "cuda":
         import torch
 
-        info["gpu"] = torch.cuda.get_device_name(args.device or 0)
+        info["gpu"] = torch.cuda.get_device_name(args.device)
     return info
 
 
@@ -531,7 +531,7 @@ def _main(args) -> int:
     from warmserve.outputs import write_json_atomic
 
     parts, sizes = check_args(args)  # every flag, before the first part runs (sizes in GiB)
-    dev = Device(args.backend, args.device or 0)
+    dev = Device(args.backend, args.device)
     room = host_memory_room()[0]  # MemAvailable, or less under a memory cgroup limit
     avail = math.inf if room is None else room
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}

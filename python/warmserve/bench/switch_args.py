@@ -8,6 +8,7 @@ messages of the last two named no flag. A later review found the same of --cache
 
 from __future__ import annotations
 
+import argparse
 import glob
 import math
 import os
@@ -26,6 +27,14 @@ def device_index(text: str) -> int:
     if not digits.isdigit():
         raise ValueError(text)  # argparse: "invalid device_index value"
     return int(digits)
+
+
+class DeviceGiven(argparse.Action):
+    """--device, noting that it was given (``device_given``): the host backend refuses one, and the default (0)
+    cannot tell."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.device, namespace.device_given = values, True
 
 
 def check_args(args) -> tuple[set[str], list[float]]:
@@ -52,13 +61,13 @@ def check_args(args) -> tuple[set[str], list[float]]:
                                    value=args.cache_gib)
     if parts & {"cache", "model"}:  # the parts that load through the host checkpoint cache
         check_cache_flags(args)
-    if args.backend == "host" and args.device is not None:  # found in review: taken and not used
+    if args.backend == "host" and getattr(args, "device_given", False):  # found in review: taken and not used
         raise InvalidArgumentError(f"--device {args.device} is the GPU of --backend cuda; the host backend has none: "
                                    f"drop --device, or add --backend cuda", flag="--device")
     if args.backend == "cuda":  # found in review: without a GPU, torch.cuda.set_device's AttributeError traceback
         from warmserve.worker.main import check_cuda
 
-        check_cuda(f"cuda:{args.device or 0}", fix="use --backend host")
+        check_cuda(f"cuda:{args.device}", fix="use --backend host")
     check_output("--json", args.json)
     # found in review: --parts move --plot P ran, drew nothing, said nothing and exited 0
     if args.plot and "activation" not in parts:

@@ -62,7 +62,7 @@ def _one(args, dev, timed, med_ms, cfg, block: int, page: int) -> dict:
     from warmserve.memory import PagePool
 
     n = GiB // block
-    with PagePool(GiB + 2 * page, backend=args.backend, device=args.device or 0, page_bytes=page) as pool:
+    with PagePool(GiB + 2 * page, backend=args.backend, device=args.device, page_bytes=page) as pool:
         slot = pool.create_slot(GiB + 2 * page, "kv")
         elems = block // torch.empty((), dtype=getattr(torch, SIZED_DTYPE)).element_size()
         region = slot.tensor(page, (n, elems), getattr(torch, SIZED_DTYPE), pinned=False)

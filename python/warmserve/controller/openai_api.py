@@ -29,7 +29,7 @@ DEFAULT_MAX_TOKENS = 16
 class StreamOptions(msgspec.Struct, omit_defaults=True):
     #: True when left out, as vLLM has it: ``"stream_options": {}`` asks for the usage chunk (found in review).
     include_usage: bool | None = True
-    #: vLLM's usage on every chunk: not implemented, refused when true (``_check_stream_options``).
+    #: vLLM's usage on every chunk: not implemented, refused when true (``_refuse_unsupported``).
     continuous_usage_stats: bool | None = False
 
 

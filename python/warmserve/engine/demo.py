@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import stat
 import zlib
 from dataclasses import asdict, dataclass, field
 
@@ -345,21 +346,6 @@ def _writer_lock(path: str):
         yield
 
 
-def _umask() -> int:
-    """The process's umask: from /proc on Linux (setting it to read it would change it for the other threads for a
-    moment), else by setting it and putting it back."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_bytes: int, device: str | None,
                       stamp: str, fp: str) -> None:
     """write_checkpoint's writing, under its lock; the stamp last, so a reader never takes a half-written one."""
@@ -388,9 +374,9 @@ def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_by
             total += t.numel() * t.element_size()
         fname = "model.safetensors" if len(plan) == 1 else f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
         save_file(shard, os.path.join(path, fname), metadata=meta)
-        # safetensors writes its file 0600: made readable as the folder's other files are (0666 less the umask;
-        # found in review: a worker running as another user, or a container, could not read a shared demo's weights)
-        os.chmod(os.path.join(path, fname), 0o666 & ~_umask())
+        # safetensors writes its file 0600: made as readable as its folder (0755 under umask 022: 0644, as the
+        # folder's other files; found in review, a worker running as another user could not read a demo's weights)
+        os.chmod(os.path.join(path, fname), stat.S_IMODE(os.stat(path).st_mode) & 0o666)
         weight_map.update((tname, fname) for tname in names)
         del shard
     if len(plan) > 1:
