@@ -491,6 +491,9 @@ class Hello(_Msg):
     #: review: a remote worker at its default 1 s under a 0.25/0.5 s controller was lost while healthy). 0 (absent):
     #: not said, judged by worker_timeout_s alone. No version bump: a controller that drops it judges as before.
     heartbeat_interval_s: float = 0.0
+    #: Its ``Heartbeat.start_id`` (random, made as it starts): two live processes under one --worker-id are told
+    #: apart by it (``controller/worker_claims.py``). "" (absent): not said; no version bump, as above.
+    start_id: str = ""
 
 
 Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, Dedicate, GetStats, Heartbeat,

@@ -4,7 +4,8 @@
   yet), then heard the controller's heartbeats to the first one (ROUTER handover gave it the id) and never said
   Hello: the controller routed to it as to the first, and every request failed 404 ("it has []") for good. Now the
   worker says Hello on the first message it hears when none went out yet, and the controller takes it as the id's
-  new process;
+  new process; the first, cut off, connects again after --peer-timeout-s of silence, and the controller refuses
+  both, naming both, until one stops (``controller/worker_claims.py``);
 - a worker whose pool could hold none of the models was admitted, and each request waited request_timeout_s (120 s)
   for a 504, nothing logged. Now it is refused with an error naming it, its pool and the models' sizes;
 - a local worker got its budget as --memory-gib to 4 decimals, a page short of what the start checked, and was
@@ -60,11 +61,12 @@ def _serve(tmp_path, endpoint: str, start_timeout_s: int) -> subprocess.Popen:
             text=True)
 
 
-def _worker(tmp_path, endpoint: str, name: str, memory_gib: str = "0.5", beat_s: float = 0.2) -> subprocess.Popen:
+def _worker(tmp_path, endpoint: str, name: str, memory_gib: str = "0.5", beat_s: float = 0.2,
+            extra=()) -> subprocess.Popen:
     with open(tmp_path / f"{name}.log", "w") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "warmserve", "worker", "--controller", endpoint, "--worker-id", "dup", "--threads",
-             "1", "--memory-gib", memory_gib, "--heartbeat-interval-s", str(beat_s), "--log-level", "INFO"],
+             "1", "--memory-gib", memory_gib, "--heartbeat-interval-s", str(beat_s), "--log-level", "INFO", *extra],
             stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
 
 
@@ -125,6 +127,33 @@ def test_a_second_worker_under_a_live_workers_id_takes_its_place(tmp_path):
     finally:
         _stop(procs)
         proxy.close()
+
+
+def test_two_live_workers_under_one_id_are_both_refused_and_told_why(tmp_path):
+    """Found in review: the first, cut off by the second's connection (ROUTER handover), said Hello into nothing for
+    good, and the log called the second a restart. Now it connects again after --peer-timeout-s without a word, and
+    the controller, which knows each process by its start id, refuses both, naming both, until one stops."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    serve = _serve(tmp_path, endpoint, 60)
+    first = _worker(tmp_path, endpoint, "first", extra=("--peer-timeout-s", "2"))
+    procs = [serve, first]
+    try:
+        ready, _, _ = select.select([serve.stdout], [], [], 90)
+        line = serve.stdout.readline() if ready else ""
+        assert line, (tmp_path / "serve.log").read_text()[-3000:]
+        assert _complete(json.loads(line)["serving"])[0] == 200
+        second = _worker(tmp_path, endpoint, "second", extra=("--peer-timeout-s", "2"))
+        procs.append(second)
+        log = tmp_path / "serve.log"
+        assert _wait_for(log, "two live processes use the worker id 'dup'", 60), log.read_text()[-3000:]
+        said = next(line for line in log.read_text().splitlines() if "two live processes" in line)
+        assert "ERROR" in said and f"process {first.pid} " in said and f"process {second.pid} " in said, said
+        for name in ("first", "second"):
+            assert _wait_for(tmp_path / f"{name}.log", "refused this worker: two live processes", 30), (
+                (tmp_path / f"{name}.log").read_text()[-2000:])
+        assert first.poll() is None and second.poll() is None and serve.poll() is None
+    finally:
+        _stop(procs)
 
 
 def test_a_worker_that_holds_none_of_the_models_is_refused_and_says_why(tmp_path):

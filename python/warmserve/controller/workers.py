@@ -13,7 +13,6 @@ import asyncio
 import functools
 import logging
 import math
-import os
 import re
 import subprocess
 import time
@@ -21,12 +20,14 @@ import weakref
 from dataclasses import dataclass, field
 
 import zmq
-import zmq.auth
 
 from warmserve import config, protocol as P
-from warmserve.endpoints import is_ipv6_endpoint, remove_ipc_file
+from warmserve.endpoints import is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
-from warmserve.security import curve_server, load_curve_key, require_authenticated_bind
+from warmserve.security import require_authenticated_bind
+
+from .hub_sockets import close_sock, curve_server_of, finalize_hub, release_curve
+from .worker_claims import IdClaims
 
 log = logging.getLogger("warmserve.controller")
 
@@ -189,7 +190,7 @@ class WorkerHub:
             if is_ipv6_endpoint(bind):
                 self.sock.setsockopt(zmq.IPV6, 1)
             if curve_dir:
-                self.auth, local_secret, server_public, self._curve_tmp = _curve_server(self.ctx, self.sock,
+                self.auth, local_secret, server_public, self._curve_tmp = curve_server_of(self.ctx, self.sock,
                                                                                         curve_dir)
                 self.local_curve = (server_public, local_secret)
             try:
@@ -201,7 +202,7 @@ class WorkerHub:
             self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException:
             self._release()
-            _close_sock(self.sock, self.ctx)
+            close_sock(self.sock, self.ctx)
             raise
         self.workers: dict[bytes, WorkerRecord] = {}
         #: CURVE on: the public key (Z85, the authenticator's User-Id of each message) each routing id first said
@@ -217,6 +218,7 @@ class WorkerHub:
         #: Routing id -> when it was last told ``Rejoin`` (monotonic s), until it says Hello.
         self._told_rejoin: dict[bytes, float] = {}
         self._intervals: dict[bytes, float] = {}  # routing id -> its last Hello's heartbeat_interval_s (``beat``)
+        self.claims = IdClaims()  # the process behind each routing id, and two that clash over one
         #: When the last heartbeat round ran (monotonic s; ``beat``).
         self._beat_s: float | None = None
         self._next_id = 1
@@ -226,7 +228,7 @@ class WorkerHub:
         # Through a module-level function holding no reference to the hub, so that a hub dropped without close()
         # is still collected and cleaned up (found in review: the context was terminated with the authenticator's
         # socket open, which hung the process when collected or at exit, and the temp dir with its key was left).
-        self._finalizer = weakref.finalize(self, _finalize_hub, self.sock, self.ctx, self.auth, self._curve_tmp,
+        self._finalizer = weakref.finalize(self, finalize_hub, self.sock, self.ctx, self.auth, self._curve_tmp,
                                            self.endpoint)
 
     def next_id(self) -> int:
@@ -346,11 +348,18 @@ class WorkerHub:
             return
         if key is not None and not self._key_fits(ident, key, msg):
             return
-        w = self.workers.get(ident)
+        w, now = self.workers.get(ident), time.monotonic()
         if isinstance(msg, P.Hello):
             self._told_rejoin.pop(ident, None)
             self._intervals[ident] = msg.heartbeat_interval_s
-            if w is not None and w.alive and msg.pid != w.pid:
+            if (why := self.claims.refusal(ident, msg, now, w is not None and w.alive)) is not None:
+                if w is not None and w.alive:  # two live processes under one id: worker_claims.py
+                    self.lose(w, "another live process says Hello under its worker id: both are refused")
+                from warmserve.controller.launch import tell_refused  # launch imports this module
+
+                tell_refused(self.sock, ident, msg, why, log_it=False)
+                return
+            if w is not None and w.alive and (msg.pid != w.pid or self.claims.another_process(ident, msg)):
                 # Same id, new process (a restart took the routing id over): the old one's state is gone.
                 self.lose(w, f"restarted as process {msg.pid}")
             elif w is not None and w.ready:
@@ -362,18 +371,20 @@ class WorkerHub:
                 # the Hello of a ready worker is always this one. The loss of all it had, as any loss: its requests
                 # start over elsewhere; the process, alive and connected again, is admitted again (cleaned) now,
                 # local or remote.
+                self.claims.admitted(ident, msg, now)
                 self.rejoin(w, "it said Hello again: it gave up on the controller, its connection broken for a "
                                "moment, and aborted the requests running there", msg)
                 return
             if w is not None and w.alive:
-                w.last_seen_s = time.monotonic()
+                w.last_seen_s = now
             elif self._admissible(ident, msg):
+                self.claims.admitted(ident, msg, now)
                 self.on_hello(ident, msg)
             return
         if w is None or not w.alive:
             self._tell_rejoin(ident)
             return
-        w.last_seen_s = time.monotonic()
+        w.last_seen_s = now
         try:
             self._dispatch(w, msg)
         except Exception:  # one bad event must not stop the receive loop
@@ -540,61 +551,5 @@ class WorkerHub:
 
     def _release(self) -> None:
         """Stop the authenticator and remove the local workers' keys (a constructor that failed)."""
-        _release_curve(self.auth, self._curve_tmp)
+        release_curve(self.auth, self._curve_tmp)
         self.auth = self._curve_tmp = None
-
-
-def _release_curve(auth, curve_tmp: str | None) -> None:
-    if auth is not None:
-        auth.stop()
-    if curve_tmp is not None:
-        import shutil
-
-        shutil.rmtree(curve_tmp, ignore_errors=True)
-
-
-def _finalize_hub(sock, ctx, auth, curve_tmp: str | None, bound: str) -> None:
-    """A hub's close: the authenticator first, since ctx.term() waits for every socket of the context, its own
-    among them."""
-    _release_curve(auth, curve_tmp)
-    _close_sock(sock, ctx, bound)
-
-
-def _close_sock(sock, ctx, bound: str | None = None) -> None:
-    sock.close(0)
-    ctx.term()
-    remove_ipc_file(bound)  # ZeroMQ leaves an ipc:// socket's file behind (found in review)
-
-
-def _curve_server(ctx, sock, curve_dir: str):
-    """CURVE on the ROUTER: the controller's secret key from curve_dir/server.key_secret, and only workers whose
-    public keys sit in curve_dir/workers/ (read now) are let in (ZAP), plus a key pair made now for the local workers
-    this controller spawns. Returns (authenticator, local worker's secret cert, the server's public cert, temp dir):
-    both certs in the temp dir. The public one is written from server.key_secret, not taken from curve_dir/server.key,
-    which may be missing or left from an older pair (found in review: the local workers then failed the handshake,
-    unwarned)."""
-    import shutil
-    import tempfile
-
-    secret = os.path.join(curve_dir, "server.key_secret")
-    if not os.path.isfile(secret):  # typed, as a malformed one is (found in review: a bare FileNotFoundError)
-        raise InvalidArgumentError(
-            f"CURVE is on but {secret} is missing: create keys with `python -c \"import zmq.auth; "
-            f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in "
-            f"{curve_dir}/workers", path=secret)
-    public, secret_key = load_curve_key(secret, secret=True, what="--curve-dir's server key")
-    tmp = tempfile.mkdtemp(prefix="warmserve-curve-")  # mode 0700: the local workers' secret key is in it
-    try:
-        local_pub, local_secret = zmq.auth.create_certificates(tmp, "local")
-        os.chmod(local_secret, 0o600)  # written under the umask; the local workers warn of a key others can read
-        server_public = os.path.join(tmp, "server.key")
-        with open(server_public, "w") as f:
-            f.write(f'metadata\ncurve\n    public-key = "{public.decode("ascii")}"\n')
-        auth = curve_server(ctx, sock, public, secret_key, os.path.join(curve_dir, "workers"),
-                            extra_keys=[zmq.auth.load_certificate(local_pub)[0]],
-                            what=f"worker certificate (--curve-dir {curve_dir}/workers)")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # it holds a secret key made just now
-        raise
-    return auth, local_secret, server_public, tmp
-

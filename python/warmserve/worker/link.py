@@ -14,6 +14,7 @@ import math
 import os
 import time
 
+import msgspec
 import zmq
 
 from .. import protocol as P
@@ -79,6 +80,7 @@ class Link:
         self.refused = 0
         self.last_seen: dict[bytes, float] = {}
         self.start_id = os.urandom(8).hex()  # in every Heartbeat: a client tells a restart here by it (client.py)
+        self.hello = msgspec.structs.replace(hello, start_id=self.start_id)  # and in the Hello (worker_claims.py)
         self.first_id: dict[bytes, int] = {}  # peer -> its Heartbeat.first_id
         #: Written by the link, read by the engine loop: the controller has said something since the last Hello.
         self.controller_heard = False
@@ -93,6 +95,8 @@ class Link:
         #: Connected: when the controller last said anything, or the link started (monotonic s), and when its
         #: silence was last logged at WARNING (``_warn_silent``).
         self._heard_s, self._silent_warned_s = time.monotonic(), -math.inf
+        #: Connected: when the connection to the controller was last made anew (``_connect_again``; monotonic s).
+        self._connected_s = time.monotonic()
         #: Connected: no Hello has gone out since the start, or since the controller was given up on (its
         #: generations aborted). Found in review: a second process started under a live worker's --worker-id had its
         #: first Hello refused (not connected yet), then heard the controller's heartbeats to the first (ROUTER
@@ -262,6 +266,8 @@ class Link:
         return self.last_sent_s + self.heartbeat_interval_s
 
     def _beat(self, now: float) -> None:
+        if not self.routed and now - max(self._heard_s, self._connected_s) > self.peer_timeout_s:
+            self._connect_again(now)
         if not self.routed and not self.controller_heard:
             self._say_hello()
             self._warn_silent(now)
@@ -275,6 +281,21 @@ class Link:
     def _heartbeat(self, peer: bytes = b"") -> bytes:
         return P.encode(P.Heartbeat(time_s=time.time(), in_flight=self.in_flight, start_id=self.start_id,
                                     first_id=self.first_id.get(peer, 0)))
+
+    def _connect_again(self, now: float) -> None:
+        """Connect to the controller anew after ``peer_timeout_s`` without a word from it. Its ROUTER gives this
+        worker's id to the newest connection and drops what comes over an older one unread, without closing it: a
+        second process started under this --worker-id cut this one off for good, saying Hello into nothing (found
+        in review). A new connection takes the id back, and the controller, which knows this process by its start
+        id, refuses both with the reason (``controller/worker_claims.py``). Harmless when the controller is down."""
+        self._connected_s = now
+        log.info("no word from the controller at %s for %.0f s: connecting to it again", self.endpoint,
+                 now - self._heard_s)
+        try:
+            self.sock.disconnect(self.endpoint)
+        except zmq.ZMQError:  # not connected now (ENOENT): connect as at the start
+            pass
+        self.sock.connect(self.endpoint)
 
     def _warn_silent(self, now: float) -> None:
         """Found in review: a wrong --controller waited for ever without a word at the default log level. Not while

@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0,
                    help="seconds between heartbeats to peers (Stats pushes to a controller)")
     p.add_argument("--peer-timeout-s", type=float, default=30.0,
-                   help="abort a client's generations after this long without a message from it")
+                   help="abort a client's generations after this long without a message from it; with "
+                        "--controller, also connect to the controller again")
     p.add_argument("--max-queued-mib", type=int, default=None, metavar="MIB",
                    help="MiB of requests the worker holds unread (while an engine step runs) before it refuses more "
                         "with OverloadedError (default 256)")

@@ -42,7 +42,7 @@ class Peer:
     model again); a Deactivate of an instance it does not run, and an Evict of one it runs, are refused."""
 
     def __init__(self, endpoint: str, wid: str = "host-1-cpu0", fail_prewarm: bool = False, tokens=(5, 6, 7),
-                 curve=None, pid: int = 1, device: str = "cpu", capacity_bytes: int = 1 << 30):
+                 curve=None, pid: int = 1, device: str = "cpu", capacity_bytes: int = 1 << 30, start_id: str = ""):
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         if curve is not None:  # (server public key, own public key, own secret key)
@@ -52,6 +52,7 @@ class Peer:
         self.sock.connect(endpoint)
         self.wid, self.fail_prewarm, self.tokens, self.pid, self.device = wid, fail_prewarm, tokens, pid, device
         self.capacity_bytes = capacity_bytes  # its pool, as its Hello says
+        self.start_id = start_id  # in its Hello and heartbeats, as a worker's link says it ("": not said)
         self.got: list = []
         self.silent = False
         self.hold_generate = False
@@ -64,15 +65,17 @@ class Peer:
         while True:  # a worker's heartbeats; a silent peer stops them
             await asyncio.sleep(0.05)
             if not self.silent:
-                await self.send(P.Heartbeat(time_s=time.time()))
+                await self.send(P.Heartbeat(time_s=time.time(), start_id=self.start_id))
 
     async def send(self, msg):
         await self.sock.send(P.encode(msg))
 
+    def hello(self) -> P.Hello:
+        return P.Hello(worker_id=self.wid, device=self.device, pid=self.pid, capacity_bytes=self.capacity_bytes,
+                       page_bytes=2 << 20, protocol_version=P.PROTOCOL_VERSION, start_id=self.start_id)
+
     async def run(self):
-        await self.send(P.Hello(worker_id=self.wid, device=self.device, pid=self.pid,
-                                capacity_bytes=self.capacity_bytes, page_bytes=2 << 20,
-                                protocol_version=P.PROTOCOL_VERSION))
+        await self.send(self.hello())
         while True:
             msg = P.decode_request(await self.sock.recv())
             self.got.append(msg)
