@@ -265,6 +265,7 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
 
     from warmserve.controller.api import Api
     from warmserve.controller.launch import start_cluster, with_defaults
+    from warmserve.controller.starting_site import StartingSite
 
     if ray_address is None:
         check_local_devices(cfg.devices)
@@ -301,6 +302,8 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
         ready_cfg = with_defaults(cfg)
         return ready_cfg, starting_history(ready_cfg.controller)
 
+    starting_site = StartingSite(listener, LISTEN_BACKLOG)  # 503s until the API's site takes the port over
+    await starting_site.start()
     try:
         # The demo writer and the workers are child processes in the terminal's process group: a Ctrl-C stops
         # them too, and their failure, a moment before the signal reaches this loop, is the stop's.
@@ -317,12 +320,15 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
             starting = start_cluster(cfg, history=history, log_dir=log_dir)
         controller = await _unless_stopped(starting, stop, grace_s=1.0)
     except _Stopped:
+        await starting_site.close()
         listener.close()
         _say("stopped while starting")
         return
     except BaseException:
+        await starting_site.close()
         listener.close()
         raise
+    await starting_site.close()
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests,
               allowed_origins=cfg.server.allowed_origins)
     # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation
