@@ -185,13 +185,14 @@ class WorkerHub:
             self.sock.setsockopt(zmq.SNDHWM, 100_000)
             self.sock.setsockopt(zmq.RCVHWM, 100_000)
             self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_WORKER_MESSAGE_BYTES)
-            # A worker that restarts with the same id takes over its routing id instead of being refused.
+            # A worker that restarts with the same id takes over its routing id instead of being refused (two live
+            # processes under one id: worker_claims.py).
             self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if is_ipv6_endpoint(bind):
                 self.sock.setsockopt(zmq.IPV6, 1)
             if curve_dir:
                 self.auth, local_secret, server_public, self._curve_tmp = curve_server_of(self.ctx, self.sock,
-                                                                                        curve_dir)
+                                                                                          curve_dir)
                 self.local_curve = (server_public, local_secret)
             try:
                 self.sock.bind(bind)
