@@ -28,6 +28,13 @@ def _refuse(flag: str, path: str, why: str, fix: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"{flag} {path}: {why}; {fix}", flag=flag, path=path)
 
 
+def _refuse_empty(flag: str, path: str) -> None:
+    """Found in review: '' (an unset variable in --out "$OUT") passed as no output, so a run wrote nothing, exit 0,
+    or failed after its work (`calibrate --out ''`: IsADirectoryError)."""
+    if not os.fspath(path):
+        raise InvalidArgumentError(f"{flag} '': names no path (an unset variable?); give one", flag=flag, path=path)
+
+
 #: The topmost folder each check made, so that a command refused after its checks can take back those still
 #: empty (``remove_made_folders``): found in review, a run refused over another argument left the empty folder
 #: tree of its --json or --out behind.
@@ -71,13 +78,15 @@ def remove_made_folders() -> None:
 
 def check_output(flag: str, path: str | None) -> None:
     """Before a run that writes ``path`` at its end: its folder exists (made here) and a file can be written in it,
-    and ``path`` is not a folder. None: nothing to check. InvalidArgumentError naming ``flag`` and ``path``."""
-    if not path:
+    and ``path`` is not a folder. None: nothing to check ('' is refused). InvalidArgumentError naming ``flag`` and
+    ``path``."""
+    if path is None:
         return
+    _refuse_empty(flag, path)
     full = os.path.abspath(path)
     if os.path.isdir(full):
         raise _refuse(flag, path, "is a folder", f"give a file path, e.g. {os.path.join(path, 'out.json')}")
-    if _is_special(full):
+    if is_special(full):
         # a pipe or device is written where it is (write_json_atomic): no file is made beside it (found in review:
         # `--json >(jq .)` was refused, /dev/fd holding no files, and /dev/stdout checked /dev)
         if stat.S_ISSOCK(os.stat(full).st_mode):  # open() of a socket fails (ENXIO): say so now, not after the run
@@ -92,8 +101,9 @@ def check_output(flag: str, path: str | None) -> None:
 
 def check_output_folder(flag: str, path: str | None) -> None:
     """Like check_output for an output folder (logs): made here, and writable."""
-    if not path:
+    if path is None:
         return
+    _refuse_empty(flag, path)
     full = os.path.abspath(path)
     if os.path.exists(full) and not os.path.isdir(full):
         raise _refuse(flag, path, "is a file, not a folder", "give a folder")
@@ -104,7 +114,7 @@ def check_plot(flag: str, path: str | None, what: str | None = None) -> None:
     """check_output for a plot, and matplotlib importable and able to write ``path``'s format (by its extension).
     ``what`` names the plot in the message when the option's own path is not the plot's (`bench engine --json`
     draws a PNG beside the JSON)."""
-    if not path:
+    if path is None:
         return
     check_output(flag, path)
     asked = f"{flag} {what or path}"
@@ -121,7 +131,7 @@ def check_plot(flag: str, path: str | None, what: str | None = None) -> None:
                       f"end the name with one of {', '.join('.' + f for f in sorted(formats))}")
 
 
-def _is_special(path: str) -> bool:
+def is_special(path: str) -> bool:
     """``path`` (its links followed) exists and is no regular file or folder: a FIFO, a character or block device,
     a socket (/dev/stdout, /dev/null, bash's ``>(cmd)``)."""
     try:
@@ -163,7 +173,7 @@ def check_outputs_spare_input(in_flag: str, in_path: str | None, outputs: dict[s
     """No output (``outputs``: flag -> path) names the input file ``in_path``, before the run. Found in review:
     `warmserve simulate --profile P --json P` replaced the cost profile it had read with its results (exit 0), and
     the next run with that profile failed on its schema. InvalidArgumentError naming both flags."""
-    if not in_path or _is_special(in_path):  # a pipe or device read is no file an output could replace
+    if not in_path or is_special(in_path):  # a pipe or device read is no file an output could replace
         return
     for flag, path in outputs.items():
         if path and _same_file(in_path, path):
@@ -223,7 +233,7 @@ def write_atomic(path: str, write, binary: bool) -> None:
     review: the rename replaced a device node (a copy of /dev/null) with a plain file, and `--json /dev/stdout |
     jq` failed after the whole run (FileNotFoundError: a temporary file in /proc/PID/fd)."""
     mode = "wb" if binary else "w"
-    if _is_special(path):
+    if is_special(path):
         with open(path, mode) as f:
             write(f)
         return
@@ -249,4 +259,5 @@ def write_atomic(path: str, write, binary: bool) -> None:
 
 
 __all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "save_figure", "write_atomic", "check_output",
-           "check_output_folder", "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input"]
+           "check_output_folder", "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input",
+           "is_special"]

@@ -75,6 +75,13 @@ CLI_MISTAKES = [
     (("serve", "--history", "", "--port", "0"), 2, "--history '' names nothing"),
     (("bench", "switch", "--device", "cuda:1"), 2, "--device 1 is the GPU of --backend cuda"),
     (("bench", "switch", "--backend", "cuda", "--device", "cuda:1"), 2, "--device cuda:1: no CUDA device visible"),
+    # found in review: '' was taken as no output (calibrate measured a minute, then IsADirectoryError; the rest
+    # exited 0 having written nothing)
+    (("calibrate", "--out", ""), 2, "--out '': names no path"),
+    (("simulate", "--json", "", "--no-search"), 2, "--json '': names no path"),
+    (("simulate", "--plot", "", "--no-search"), 2, "--plot '': names no path"),
+    (("bench", "placement", "--json", ""), 2, "--json '': names no path"),
+    (("bench", "switch", "--plot", ""), 2, "--plot '': names no path"),
 ]
 
 

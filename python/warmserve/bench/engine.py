@@ -20,6 +20,7 @@ load and process start, not the disk).
 from __future__ import annotations
 
 import os
+import math
 import platform
 import statistics
 import subprocess
@@ -344,6 +345,13 @@ def _machine(device: str, threads: int) -> dict:
     return m
 
 
+def _cell(v, fmt: str, width: int, unit: str = "") -> str:
+    """``v`` as ``fmt`` with ``unit``, right-aligned in ``width``; "-" for a figure not measured (found in review:
+    --no-new-process and --no-hf printed "nanms" and "nanx")."""
+    text = "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{fmt}}{unit}"
+    return f"{text:>{width}}"
+
+
 def table(results: dict) -> str:
     rows = [f"{'model':<12} {'params':>7} {'dtype (hf)':>19} {'b':>3} {'prefill tok/s':>14} {'(hf)':>9} "
             f"{'decode tok/s':>13} {'(hf)':>9} {'decode x':>9}"]
@@ -353,15 +361,18 @@ def table(results: dict) -> str:
             o, h = r[key], r.get(f"hf_b{b}", {})
             dt = f"{r.get('dtype_ours', '?')} ({r.get('dtype_transformers', '-')})"
             rows.append(f"{name:<12} {r['params'] / 1e6:6.0f}M {dt:>19} {b:>3} {o['prefill_tok_s']:14.0f} "
-                        f"{h.get('prefill_tok_s', float('nan')):9.0f} "
-                        f"{o['decode_tok_s']:13.1f} {h.get('decode_tok_s', float('nan')):9.1f} "
-                        f"{r.get(f'decode_speedup_b{b}', float('nan')):8.2f}x")
+                        f"{_cell(h.get('prefill_tok_s'), '.0f', 9)} {o['decode_tok_s']:13.1f} "
+                        f"{_cell(h.get('decode_tok_s'), '.1f', 9)} "
+                        f"{_cell(r.get(f'decode_speedup_b{b}'), '.2f', 9, 'x')}")
     rows.append("")
-    rows.append(f"{'model':<12} {'TTFT prewarmed':>15} {'cold load':>10} {'new process':>12} {'cold/warm':>10} {'new/warm':>9}")
+    rows.append(f"{'model':<12} {'TTFT prewarmed':>15} {'cold load':>10} {'new process':>12} {'cold/warm':>10} "
+                f"{'new/warm':>9}")
     for name, r in results["models"].items():
+        new = r.get("ttft_new_process_s")
         rows.append(f"{name:<12} {r['ttft_prewarmed_s'] * 1e3:13.1f}ms {r['ttft_cold_load_s'] * 1e3:8.1f}ms "
-                    f"{r.get('ttft_new_process_s', float('nan')) * 1e3:10.1f}ms {r['ttft_prewarmed_vs_cold_load']:9.1f}x "
-                    f"{r.get('ttft_prewarmed_vs_new_process', float('nan')):8.1f}x")
+                    f"{_cell(None if new is None else new * 1e3, '.1f', 12, 'ms')} "
+                    f"{r['ttft_prewarmed_vs_cold_load']:9.1f}x "
+                    f"{_cell(r.get('ttft_prewarmed_vs_new_process'), '.1f', 9, 'x')}")
     return "\n".join(rows)
 
 
@@ -397,10 +408,13 @@ def plot(results: dict, path: str) -> None:
     axes[0].set_yscale("log")
     axes[0].set_ylabel("decode tokens/s")
     axes[0].legend(fontsize=8)
-    for off, (key, label) in enumerate([("ttft_prewarmed_s", "prewarmed"), ("ttft_cold_load_s", "cold load"),
-                                         ("ttft_new_process_s", "new process")]):
+    # only the cases measured (found in review: --no-new-process drew an empty "new process" in the legend)
+    cases = [(key, label) for key, label in (("ttft_prewarmed_s", "prewarmed"), ("ttft_cold_load_s", "cold load"),
+                                             ("ttft_new_process_s", "new process"))
+             if any(key in results["models"][n] for n in names)]
+    for off, (key, label) in enumerate(cases):
         vals = [results["models"][n].get(key, 0) * 1e3 for n in names]
-        axes[1].bar([i + (off - 1) * 0.27 for i in x], vals, width=0.27, label=label)
+        axes[1].bar([i + (off - (len(cases) - 1) / 2) * 0.27 for i in x], vals, width=0.27, label=label)
     axes[1].set_xticks(list(x), names, rotation=20)
     axes[1].set_yscale("log")
     axes[1].set_ylabel("time to first token (ms)")

@@ -25,6 +25,7 @@ Sequential latency requests alternate between ``direct`` and ``http`` so drift o
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -370,8 +371,9 @@ def check_args(args) -> None:
         raise InvalidArgumentError(f"--client-procs {args.client_procs}: more client processes than --concurrency "
                                    f"{args.concurrency} connections; give at most --client-procs {args.concurrency}",
                                    flag="--client-procs", value=args.client_procs)
-    if not args.duration_s > 0:
-        raise InvalidArgumentError(f"--duration-s {args.duration_s}: must be > 0 seconds", flag="--duration-s")
+    if not (math.isfinite(args.duration_s) and args.duration_s > 0):  # found in review: inf passed `> 0`
+        raise InvalidArgumentError(f"--duration-s {args.duration_s:g}: give a finite number > 0 seconds",
+                                   flag="--duration-s", value=args.duration_s)
     check_output("--json", args.json)
     check_distinct_outputs(args.json, plot_path(args), derived=None if args.plot else
                            ("--json with .png, no --plot given", "end --json in .json, or give --plot PATH"))

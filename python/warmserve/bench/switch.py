@@ -87,6 +87,11 @@ def layout_for(nbytes: int) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
+def smallest_gib() -> float:
+    """The size of the smallest checkpoint ``layout_for`` writes (the embeddings and one layer), in GiB."""
+    return sum(2 * math.prod(s) for _, s in layout_for(0)) / GiB
+
+
 def write_checkpoint(path: str, nbytes: int) -> None:
     """A safetensors file of random bf16 weights (written in 64 MiB blocks of one random pattern)."""
     header, off = {}, 0
@@ -238,7 +243,10 @@ def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict
         cold_s = timed(cold, n_cold, dev, teardown=drop)
     os.unlink(path)
     a, c = med_ms(act), med_ms(cold_s)
-    return {"size_gib": size_gib, "weights_bytes": nbytes, "tensors": len(layout), "activation_ms": a,
+    # the size measured, not the size asked: whole layers, and at least the embeddings and one layer (found in
+    # review: --sizes-gib 0.02 measured 0.204 GiB and recorded 0.02); the asked size beside it
+    return {"size_gib": round(nbytes / GiB, 4), "asked_size_gib": size_gib, "weights_bytes": nbytes,
+            "tensors": len(layout), "activation_ms": a,
             "activation_map_kv_ms": act_map, "activation_views_ms": act_views, "cold_load_ms": c, "ratio": c / a,
             "repeats": {"activation": n_act, "cold_load": n_cold}}
 
@@ -549,6 +557,17 @@ def _main(args) -> int:
             if len(res["activation_vs_cold_load"]) == 1:
                 say.activation_header()
             say.activation_row(res["activation_vs_cold_load"][-1])
+            got = res["activation_vs_cold_load"][-1]["size_gib"]
+            if abs(got - size) > 0.05 * size:  # rounding to whole layers moves a size by up to half a layer (44 MB)
+                print(f"  note: --sizes-gib {size:g} measured {got:.3g} GiB (whole layers; the smallest checkpoint "
+                      f"is the embeddings and one layer, {smallest_gib():.3g} GiB)", flush=True)
+        if "activation" in parts and not res["activation_vs_cold_load"]:
+            # found in review: an empty result, exit 0, as if measured; nothing else runs and nothing is written
+            unwritten = [f"{f} {p} not {w}" for f, p, w in (("--json", args.json, "written"),
+                                                              ("--plot", args.plot, "drawn")) if p]
+            print(f"warmserve bench switch: no size of --sizes-gib {args.sizes_gib} was measured (each skipped "
+                  f"above): give a smaller size" + "".join(f"; {u}" for u in unwritten), file=sys.stderr)
+            return 1
         if "move" in parts:
             res.update(move_and_primitives(args, dev))
             say.move(res)
@@ -570,10 +589,6 @@ def _main(args) -> int:
                     "cache_vs_pinned_bandwidth": 0.8}
     if args.json:
         write_json_atomic(args.json, res, indent=2)
-    if args.plot:  # check_args refused --plot without the activation part; every size may still have been skipped
-        if res["activation_vs_cold_load"]:
-            plot(res, args.plot)
-        else:
-            print(f"warmserve bench switch: --plot {args.plot} not drawn: no size of --sizes-gib was measured "
-                  f"(all skipped above)", file=sys.stderr)
+    if args.plot:  # check_args refused --plot without the activation part, and _main a run with no size measured
+        plot(res, args.plot)
     return 0

@@ -19,6 +19,7 @@ per GPU: NCCL), side by side in one run, ``--repeats`` times each, medians repor
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -58,11 +59,13 @@ def run(args) -> dict:
     # started and tried, some 30 s on).
     shard_config(ModelConfig.from_dir(path), args.tp)
     devices = [f"cuda:{r}" for r in range(args.tp)] if args.device == "cuda" else ["cpu"] * args.tp
+    # the model's own name in the workers' messages (found in review: an OutOfMemoryError named model 'm')
+    name = os.path.basename(os.path.normpath(path))
+    check_memory(args.memory_gib, path, name, args.tp, devices[0])
     mem = args.memory_gib
     procs = [spawn_local_worker(d, memory_gib=mem, threads=1) for d in devices]
     clients = [WorkerClient(ep) for _, ep in procs]
     pool = ThreadPoolExecutor(args.tp)
-    name = "m"
     epoch = [0]
     greedy = P.SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
 
@@ -161,18 +164,42 @@ def run(args) -> dict:
     med = {k: statistics.median(v) for k, v in rows.items()}
     import platform
 
-    return {"model": os.path.basename(os.path.normpath(path)), "tp": args.tp, "device": args.device,
+    return {"model": name, "tp": args.tp, "device": args.device,
             "repeats": args.repeats, "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
             "median_s": med, "runs_s": rows,
             "on_demand_over_prewarmed": med["activate_on_demand_group_s"] / med["activate_prewarmed_group_s"],
             "cold_over_prewarmed": med["cold_start_s"] / med["activate_prewarmed_group_s"]}
 
 
+def check_memory(memory_gib: float, path: str, name: str, tp: int, device: str) -> None:
+    """--memory-gib holds what each worker loads and activates, before any starts (found in review: an
+    OutOfMemoryError once they had): a rank's shard, and on the first worker the whole model, which its tp = 1 run
+    loads, each with one KV block (an activation needs at least one)."""
+    from warmserve.engine.config import ModelConfig
+    from warmserve.engine.kv_cache import block_layout
+    from warmserve.engine.loader import plan_layout, read_tensors, resolve_dtype
+    from warmserve.engine.parallel import shard_config
+    from warmserve.errors import GiB, InvalidArgumentError, fmt_bytes
+    from warmserve.geometry import default_page_bytes
+
+    page = default_page_bytes([device])  # as the worker's pool (worker.main.build_pool): whole pages
+    cfg, tensors = ModelConfig.from_dir(path), read_tensors(path)
+    dt = resolve_dtype("auto", cfg, tensors)
+    need = max(plan_layout(cfg, tensors, dt, page, t, r)[3] + block_layout(shard_config(cfg, t), dt, page_bytes=page)[1]
+               for t in (1, tp) for r in range(t))
+    room = int(memory_gib * GiB) // page * page
+    if need > room:
+        least = math.ceil(need / GiB * 100) / 100
+        raise InvalidArgumentError(f"--memory-gib {memory_gib:g}: model {name!r} needs {fmt_bytes(need)} of a "
+                                   f"worker's page pool for its weights and a KV block (the tp = 1 run loads all "
+                                   f"of them on one worker), {fmt_bytes(room)} in {memory_gib:g} GiB; give at least "
+                                   f"--memory-gib {least:g}", flag="--memory-gib", value=memory_gib,
+                                   needed_bytes=need)
+
+
 def check_args(args) -> None:
     """Before any worker starts. Found in review: any --device but exactly "cuda" ran CPU workers and labelled the
     results with it (`--device cuda:0` without a GPU exited 0, its JSON saying cuda:0)."""
-    import math
-
     from warmserve.errors import InvalidArgumentError
     from warmserve.outputs import check_at_least, check_output
 

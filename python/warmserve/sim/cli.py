@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.outputs import (check_distinct_outputs, check_output, check_outputs_spare_input, check_plot,
-                               parse_numbers, write_json_atomic)
+                               is_special, parse_numbers)
 from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
@@ -23,8 +23,8 @@ from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, 
                                       check_replays_requests, check_request_budget, check_search_budget,
                                       check_sim_window, check_unused_settings, check_workload_days, parse_policies,
                                       rate_flags, search_scale_cap)
-from warmserve.sim.cli_output import (at_least, finite_or_null, median_summary, request_count, summary_table,
-                                      sweep_table, workload_block)
+from warmserve.sim.cli_output import (Saved, at_least, median_summary, request_count, summary_table, sweep_table,
+                                      workload_block, write_results)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
 from warmserve.sim.config import SimConfig, check_field
 from warmserve.sim.costmodel import CostModel
@@ -231,37 +231,14 @@ def _rewrap(p: Preset, args) -> Preset:
     return replace(p, build=build, span_s=RECIPE_WARMUP_S + (args.duration_s or 1200.0))
 
 
-def write_results(path: str, doc: dict) -> None:
-    """The results ``doc`` into ``path`` atomically (``write_json_atomic``), as strict JSON: NaN and infinite
-    figures as null (``finite_or_null``)."""
-    write_json_atomic(path, finite_or_null(doc), indent=1, default=float, allow_nan=False)
-
-
 def plot_cdf(results: dict, path: str, title: str) -> None:
     plot_ttft_cdf([(name, r.ttft_s, "-", None) for name, r in results.items()], path, title)
-
-
-class _Saved:
-    """What the --json holds so far, for the line an interrupt prints: the policies (or, of a --sweep-rate, the
-    rate scales) written, and those still missing."""
-
-    def __init__(self, path: str | None):
-        self.path, self.done, self.missing, self.unit = path, [], [], "policies"
-
-    def line(self) -> str:
-        if not self.path:
-            return "no --json given, nothing saved"
-        if not self.done:
-            return f"nothing written to {self.path} (none of its {self.unit} had finished)"
-        key = "missing_" + self.unit.replace(" ", "_")
-        return (f"{self.path} holds the finished {self.unit} {', '.join(map(str, self.done))}"
-                + (f" (marked partial, {key}: {', '.join(map(str, self.missing))})" if self.missing else ""))
 
 
 def main(args) -> int:
     # found in review: Ctrl-C ended in a traceback and lost every policy run so far; now each finished policy is in
     # --json (``_run_main``) and an interrupt says so in one line, with the shell's status for SIGINT
-    saved = _Saved(args.json)
+    saved = Saved(args.json)
     try:
         return _run_main(args, saved)
     except KeyboardInterrupt:
@@ -269,7 +246,7 @@ def main(args) -> int:
         return 130
 
 
-def _run_main(args, saved: _Saved) -> int:
+def _run_main(args, saved: Saved) -> int:
     t0 = time.perf_counter()
     policies = parse_policies(args.policy)
     known = policy_names()
@@ -356,7 +333,9 @@ def _run_main(args, saved: _Saved) -> int:
               + "".join(f"; at target {t}: {at_least(s, t)}{r:.2f} rps"
                         for t, r in s.get("max_rate_by_slo_target", {}).items()),
               file=sys.stderr)
-        if args.json:  # after each policy, as `bench replay` does: an interrupt or a later error keeps this one
+        # after each policy, as `bench replay` does: an interrupt or a later error keeps this one; not into a pipe
+        # or device, which would get one JSON document per policy (found in review: `--json >(jq .)`)
+        if args.json and not is_special(args.json):
             write_results(args.json, doc(time.perf_counter() - t0))
             saved.done, saved.missing = list(out), [p for p in policies if p not in out]
     wall = time.perf_counter() - t0
@@ -499,7 +478,7 @@ def _slo_targets(text: str) -> list[float]:
 
 
 def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seeds: list[int], t0: float,
-                target: float, saved: _Saved) -> int:
+                target: float, saved: Saved) -> int:
     """``--sweep-rate``: every policy at every rate scale; a table, the JSON and the two-panel plot."""
     scales = parse_numbers(args.sweep_rate, "--sweep-rate")
     band = None
@@ -531,8 +510,8 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
             d["missing_rate_scales"] = missing
         return d
 
-    def keep(partial: dict) -> None:  # after each rate scale, as the policy runs keep theirs
-        if args.json:
+    def keep(partial: dict) -> None:  # after each rate scale, as the policy runs keep theirs (a file only, as they)
+        if args.json and not is_special(args.json):
             write_results(args.json, doc(partial))
             saved.done, saved.missing = partial["rate_scales"], sorted(set(scales) - set(partial["rate_scales"]))
 

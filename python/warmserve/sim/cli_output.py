@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from warmserve.outputs import is_special, write_json_atomic
 
 
 def _numeric(v) -> bool:
@@ -128,3 +129,29 @@ def sweep_table(sweep: dict) -> str:
                 lines.append([f"  cold start {end:g} s"]
                              + [f"{pt['ttft_p99_s']:.2f}s/{pt['slo_attainment']:.3f}" for pt in b[key]] + [""])
     return _columns(lines)
+
+
+def write_results(path: str, doc: dict) -> None:
+    """The results ``doc`` into ``path`` atomically (``write_json_atomic``), as strict JSON: NaN and infinite
+    figures as null (``finite_or_null``)."""
+    write_json_atomic(path, finite_or_null(doc), indent=1, default=float, allow_nan=False)
+
+
+class Saved:
+    """What the --json holds so far, for the line an interrupt prints: the policies (or, of a --sweep-rate, the
+    rate scales) written, and those still missing. A pipe or device gets its one document at the end only."""
+
+    def __init__(self, path: str | None):
+        self.path, self.done, self.missing, self.unit = path, [], [], "policies"
+        self.at_end = bool(path) and is_special(path)
+
+    def line(self) -> str:
+        if not self.path:
+            return "no --json given, nothing saved"
+        if self.at_end:
+            return f"nothing written to {self.path} (a pipe or device gets the results once, at the end)"
+        if not self.done:
+            return f"nothing written to {self.path} (none of its {self.unit} had finished)"
+        key = "missing_" + self.unit.replace(" ", "_")
+        return (f"{self.path} holds the finished {self.unit} {', '.join(map(str, self.done))}"
+                + (f" (marked partial, {key}: {', '.join(map(str, self.missing))})" if self.missing else ""))

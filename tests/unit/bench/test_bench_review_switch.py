@@ -95,7 +95,7 @@ def test_a_plot_with_every_size_skipped_says_it_was_not_drawn(tmp_path, capsys):
     # more than any machine's memory: the size is skipped, nothing is measured
     rc, out, err = run(["bench", "switch", "--parts", "activation", "--sizes-gib", "100000", "--repeats", "1",
                         "--dir", str(tmp_path), "--plot", str(png)], capsys)
-    assert rc == 0 and "skipped 100000 GiB" in out
+    assert rc == 1 and "skipped 100000 GiB" in out  # nothing measured is a failure (before: 0)
     assert f"--plot {png} not drawn" in err, err  # before: nothing said
     assert not png.exists()
 

@@ -25,7 +25,7 @@ from cli_run import never, own_home, run  # noqa: F401  (own_home: autouse fixtu
 from warmserve import cli
 
 #: every module that writes a JSON result, each through ``outputs.write_json_atomic``
-RESULT_WRITERS = ["warmserve.sim.cli", "warmserve.bench.replay_report", "warmserve.bench.switch",
+RESULT_WRITERS = ["warmserve.sim.cli_output", "warmserve.bench.replay_report", "warmserve.bench.switch",
                   "warmserve.bench.calibrate", "warmserve.bench.overhead", "warmserve.bench.tp", "warmserve.bench.engine",
                   "warmserve.bench.placement", "warmserve.bench.forecast"]
 
