@@ -20,9 +20,39 @@ CLOSE_RAY_S = 10.0
 PATH_CHECK_TIMEOUT_S = 60.0
 
 
+def ray_error_line(e: BaseException) -> str:
+    """One line of a Ray error that says why. Ray's ActorDiedError opens with one fixed sentence ("The actor died
+    unexpectedly ...") and tab-indented fields, and gives the cause (its process died, its node died) after them:
+    found in review, /stats' last_exit held that sentence alone, whatever had happened."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    cause = next((ln for ln in lines[1:] if ln.strip() and not ln.startswith("\t")), None)
+    return (cause if cause is not None and lines[0].startswith("The actor died unexpectedly") else lines[0])[:300]
+
+
 def missing_checkpoints(paths: list[str]) -> list[str]:
-    """Run on a node: the checkpoint directories of ``paths`` without a config.json there."""
-    return [p for p in paths if not os.path.isfile(os.path.join(p, "config.json"))]
+    """Run on a node: the files of the checkpoints at ``paths`` missing there: config.json and the weights
+    (model.safetensors, or model.safetensors.index.json and the shards it lists). Found in review: a node with
+    config.json alone passed, and every start of the model failed on that node's worker, none tried elsewhere."""
+    import json
+
+    out = []
+    for p in paths:
+        out += [f for f in (os.path.join(p, "config.json"),) if not os.path.isfile(f)]
+        index = os.path.join(p, "model.safetensors.index.json")
+        if os.path.isfile(os.path.join(p, "model.safetensors")):
+            continue
+        if not os.path.isfile(index):
+            out.append(os.path.join(p, "model.safetensors"))
+            continue
+        try:
+            with open(index) as f:
+                shards = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # unreadable: the worker's load says what is wrong with it
+        out += [os.path.join(p, s) for s in sorted(shards) if not os.path.isfile(os.path.join(p, s))]
+    return out
 
 
 def check_model_paths(nodes: list[RayNode], paths: list[str], timeout_s: float) -> None:
@@ -48,13 +78,13 @@ def check_model_paths(nodes: list[RayNode], paths: list[str], timeout_s: float) 
             missing = ray.get(ref)
         except Exception as e:  # the node died meanwhile, or cannot run warmserve's code: the actor says more
             log.warning("the model path check on Ray node %s failed: %s", refs[ref].node_id[:8],
-                        (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+                        ray_error_line(e))
             continue
         if missing:
             lacking[refs[ref]] = missing
     if lacking:
-        where = "; ".join(f"node {n.node_id[:8]} ({n.address}, {n.hostname}) lacks "
-                          f"{', '.join(os.path.join(p, 'config.json') for p in m)}" for n, m in lacking.items())
+        where = "; ".join(f"node {n.node_id[:8]} ({n.address}, {n.hostname}) lacks {', '.join(m)}"
+                          for n, m in lacking.items())
         raise RayClusterError(
             f"the model checkpoints must exist at the same path on every Ray node, as the workers load them there: "
             f"{where}. Copy them there (or onto a file system every node mounts at that path), or remove the node "

@@ -34,7 +34,7 @@ from typing import Callable
 from warmserve.config import ClusterConfig, memory_gib_arg, with_worker_page_bytes, worker_cache_args
 from warmserve.controller import ray_connect
 from warmserve.controller.controller import Controller, check_tp_fits
-from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths
+from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths, ray_error_line
 from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, RayUnresponsiveError, WorkerSlot,
                                           check_fits, connect_address, node_key, plan_slots)
 from warmserve.controller.ray_threads import in_daemon_thread as _in_daemon_thread
@@ -182,7 +182,7 @@ class RayWorkerProcess:
                     self.exit_reason = f"the worker exited with status {self.returncode}; {self._where_log()}"
                 except Exception as e:  # ray.exceptions.RayActorError and kin: Ray saw the process or its node go
                     self.returncode = ACTOR_DIED_STATUS
-                    self.exit_reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                    self.exit_reason = ray_error_line(e)
             if self.returncode == ACTOR_DIED_STATUS and not self._released:
                 log.warning("Ray reports the actor of worker %s dead: %s", self.slot.worker_id, self.exit_reason)
         # A worker that exited leaves its actor alive: free the process and its bundle for the successor.
@@ -296,6 +296,9 @@ class RayLauncher:
             now = {n["NodeID"] for n in nodes if n.get("Alive")}
             for gone in self._alive - now:
                 log.warning("Ray node %s is no longer alive", gone[:8])
+            for new in (now - self._alive) if self._nodes else ():  # not at the first read (the start plans those)
+                log.warning("Ray node %s joined after the start: no worker of this server runs on it until the server "
+                            "is started again", new[:8])
             self._alive, self._nodes, self._read_at = now, nodes, time.monotonic()
 
     def _read_nodes_within(self, timeout_s: float) -> bool:

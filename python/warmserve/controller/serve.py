@@ -329,6 +329,12 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
         listener.close()
         raise
     await starting_site.close()
+    if ray_address is not None:
+        # Ray's connection (made on the starting thread) put Ray's own SIGTERM handler in front of ours, which
+        # printed a stack trace at every stop (found in review): ours again, as before the start
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, on_signal)
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests,
               allowed_origins=cfg.server.allowed_origins)
     # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation

@@ -128,3 +128,17 @@ def test_the_launcher_places_and_starts_each_worker_with_the_cpus_of_its_threads
     cpu_runs = ray.runs[:2]
     assert [argv[argv.index("--threads") + 1] for argv, _ in cpu_runs] == ["8", "8"]
     assert [env["OMP_NUM_THREADS"] for _, env in cpu_runs] == ["8", "8"]
+
+
+def test_a_node_that_joins_after_the_start_is_logged_as_unused(stand_in_ray, caplog):
+    """Found in review: a node added to the Ray cluster after the start was listed in /stats with no workers, and
+    nothing said so; the nodes of the start are not logged as joining."""
+    launcher = ray_launch.RayLauncher("127.0.0.1:6379")
+    with caplog.at_level("WARNING", logger="warmserve.controller"):
+        launcher._read_nodes()
+        assert not [r for r in caplog.records if "joined after the start" in r.getMessage()]
+        stand_in_ray.nodes_.append(node(3, 8.0))
+        launcher._read_nodes()
+    said = [r.getMessage() for r in caplog.records if "joined after the start" in r.getMessage()]
+    assert said == [f"Ray node {node(3, 8.0).node_id[:8]} joined after the start: no worker of this server runs on "
+                    "it until the server is started again"], said
