@@ -12,6 +12,12 @@ from warmserve.policy.colocation import (UnplacedModelError, floor_kv_shares, pl
 from warmserve.policy.state import ClusterState, InstanceState
 
 
+#: Seconds the layout stands with GPUs gone, for their workers to start again (a CPU worker took 1.3 s in the review
+#: that found it; a GPU worker loads its engine too), and how many times lost instances are laid out again at most.
+RELAY_WAIT_S = 20.0
+MAX_RELAYS = 3
+
+
 class Colocating:
     """Mixed into ``core.Policy``; uses its ``cfg``, ``models``, ``period``, ``_co``, ``_new_id``, ``_hist`` and
     ``forecast_need`` (``demand.Demand``)."""
@@ -24,18 +30,25 @@ class Colocating:
     _pinned_window = 0
     #: Every instance the colocation laid out (kept after it is given up: their KV shares are its own).
     _colocated: frozenset[str] = frozenset()
+    #: The model of each instance it laid out; when it first missed one lost with its GPUs (None: it misses none),
+    #: and how many times it laid lost ones out again (``_relay``).
+    _pinned_models: dict[str, str]
+    _lost_s: float | None = None
+    _relays = 0
 
     def _colocation(self, state: ClusterState, now_s: float) -> list | None:
         """The tick's actions while the colocation stands (its layout at the first tick, then none), None where
         the rules decide. Laid out at the first tick, on an empty cluster with co-serving on, when the models with
-        forecast demand need more GPUs than are live (one instance each at its tp); given up, for good, when one
-        of its instances is lost, GPUs join or leave, or a window's forecast, from history reaching a day back,
-        says those models fit. A request routed before the first tick starts an instance, and then nothing is
-        laid out. While it stands route() may still start an instance on GPUs it left idle."""
+        forecast demand need more GPUs than are live (one instance each at its tp). An instance lost with its GPUs
+        is laid out again once as many GPUs are live as before (``_relay``). Given up, for good, when GPUs join, when
+        those lost are not back within RELAY_WAIT_S, when lost instances cannot be laid out again (or were MAX_RELAYS
+        times), or when a window's forecast, from history reaching a day back, says those models fit. A request
+        routed before the first tick starts an instance, and then nothing is laid out. While it stands route() may
+        still start an instance on GPUs it left idle."""
         live = state.live_gpus()
         window = self.window_of(now_s)
         if self._pinned is None:
-            self._pinned, self._pinned_window = {}, window
+            self._pinned, self._pinned_models, self._pinned_window = {}, {}, window
             never = state.unservable()
             need, demand = self._servable_need(window, never)
             if state.instances or self._co is None or need <= live:
@@ -54,12 +67,7 @@ class Colocating:
             if plan is None:
                 return None  # a group cannot hold one such request for each of its models
             out = []
-            for act, shared in starts(plan, lambda m: self._new_id(m, "i"), warm_engine=self.cfg.warm_engine):
-                out.append(act)
-                self._pinned[act.instance_id] = shared
-            # instances that share GPUs are co-served hosts to the rules, once they decide
-            self._co.ids |= {i for i, shared in self._pinned.items() if shared}
-            self._colocated = frozenset(self._pinned)
+            out = self._pin(plan)
             self._pinned_gpus = live
             return out
         if not self._pinned:
@@ -73,10 +81,64 @@ class Colocating:
                     and self._servable_need(window, state.unservable())[0] <= live):
                 self._pinned = {}
                 return None
-        if live == self._pinned_gpus and self._pinned.keys() <= state.instances.keys():
+        lost = [i for i in self._pinned if i not in state.instances]
+        if live == self._pinned_gpus and not lost:
+            self._lost_s = None
             return []
-        self._pinned = {}  # lost an instance (or it never started), or GPUs joined or left: the rules take over
+        # An instance lost with its worker: the layout stands while the worker starts again (route() may start the
+        # lost model on GPUs left idle meanwhile), then is laid out again on the GPUs free. Found in review: given
+        # up at once, the rules spread three models over three CPU workers where it had co-served two, and each
+        # request after waited 5-15 s for another model's instance to stop.
+        self._lost_s = now_s if self._lost_s is None else self._lost_s
+        if live < self._pinned_gpus and now_s - self._lost_s < RELAY_WAIT_S:
+            return []
+        if live == self._pinned_gpus and self._relays < MAX_RELAYS:
+            out = self._relay(state, window, lost)
+            if out is not None:
+                return out
+        self._pinned = {}  # GPUs joined or stayed gone, or the lost could not be laid out again: the rules take over
         return None
+
+    def _pin(self, plan) -> list:
+        """Start the instances of ``plan`` (``plan_shared``'s layout) as the colocation's own."""
+        out = []
+        for act, shared in starts(plan, lambda m: self._new_id(m, "i"), warm_engine=self.cfg.warm_engine):
+            out.append(act)
+            self._pinned[act.instance_id] = shared
+            self._pinned_models[act.instance_id] = act.model
+        # instances that share GPUs are co-served hosts to the rules, once they decide
+        self._co.ids |= {i for i, shared in self._pinned.items() if shared}
+        self._colocated |= frozenset(self._pinned)
+        return out
+
+    def _relay(self, state: ClusterState, window: int, lost: list[str]) -> list | None:
+        """The lost instances' models again: each takes an instance of its model that runs outside the layout (one
+        route() started), else the lost are laid out anew on the GPUs no instance holds; None when they cannot be."""
+        self._relays += 1
+        self._lost_s = None
+        models = [self._pinned_models.pop(i) for i in lost]
+        for i in lost:
+            del self._pinned[i]
+        pinned = set(self._pinned)
+        for m in list(models):
+            own = next((i for i in state.instances.values() if i.model == m and i.instance_id not in pinned), None)
+            if own is not None:
+                shares = any(set(own.gpus) & set(j.gpus) for j in state.instances.values() if j is not own)
+                self._pinned[own.instance_id], self._pinned_models[own.instance_id] = shares, m
+                pinned.add(own.instance_id)
+                models.remove(m)
+        if not models:
+            return []
+        wanted = {m: self.models[m] for m in models}
+        demand = self._servable_need(window, state.unservable())[1]
+        try:
+            plan = plan_shared(state, wanted, placement_order(wanted, demand), demand,
+                               laminar=self.cfg.placement == "laminar", colocate_tp=self.cfg.colocate_tp,
+                               max_replicas=1)
+        except UnplacedModelError:
+            return None
+        plan = floor_kv_shares(state, plan, request_blocks(wanted, self.cfg.coserve_context_tokens))
+        return None if plan is None else self._pin(plan)
 
     def _servable_need(self, window: int, never: dict) -> tuple[int, dict[str, float]]:
         """``forecast_need`` less the GPUs of the models in ``never`` (``ClusterState.unservable``) that it counts:

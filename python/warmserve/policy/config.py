@@ -227,11 +227,11 @@ class PolicyConfig:
     #: the model's longest accepted context where known (``ModelInfo.max_context_tokens``); no
     #: search, nothing read of the load to come) and keep it: the rules stand aside while it stands (route() may
     #: still start an instance on GPUs it left idle), and take over, its colocated instances as co-served hosts
-    #: that each take what its own KV share holds, once one of its instances is lost, GPUs join or leave, or a
-    #: later window's forecast, from history reaching a day back, fits those models on GPUs of their own
-    #: (``colocating.Colocating``). Only with co-serving on (coserve_tpot_s > 0) and on an empty cluster. Beyond
-    #: the paper: on over-subscribed clusters the online rules (co-serving at equal KV shares, time-sharing)
-    #: served less than the fixed layout. Measured (seeds 0-2, bench/simulate/README.md): 12 models on 16 GPUs,
+    #: that each take what its own KV share holds, once GPUs join, GPUs lost with its instances are not back
+    #: within 20 s (back, their instances are laid out again on them), or a later window's forecast, from history
+    #: reaching a day back, fits those models on GPUs of their own (``colocating.Colocating``). Only with
+    #: co-serving on (coserve_tpot_s > 0) and on an empty cluster. Beyond the paper: on over-subscribed clusters
+    #: the online rules (co-serving at equal KV shares, time-sharing) served less than the fixed layout. Measured (seeds 0-2, bench/simulate/README.md): 12 models on 16 GPUs,
     #: max rate under the SLO paper-conv 10.10 -> 13.08 rps, paper-code 7.12 -> 8.46 (`shared` searched on the
     #: replay itself: 14.26, 8.46); ServeGen, 16 models on 24 GPUs, P99 TTFT 0.35-0.42 s at the three start hours
     #: where it is laid out, where the rules gave 0.66-1.11 s. The forecast matters here: weighted by the last

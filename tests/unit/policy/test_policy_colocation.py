@@ -11,6 +11,7 @@ import pytest
 
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
+from warmserve.policy.colocating import RELAY_WAIT_S
 from warmserve.policy.colocation import floor_kv_shares
 from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo, kv_blocks_for
@@ -78,22 +79,52 @@ def test_an_over_subscribed_cluster_is_laid_out_by_forecast_and_kept():
     assert a.in_flight == 200  # route sends the overflow to it, as `shared` does (no co-served cap)
 
 
-def test_the_rules_take_over_once_an_instance_of_it_is_lost():
-    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, n_gpus=3)
+def _lose_a_host(n_gpus=3):
+    """The layout of four models on ``n_gpus`` GPUs, then the GPU of one of its hosts lost at 1 s; the lost models
+    each with a request waiting."""
+    st, pol, d = _cluster({"a": 16.0, "b": 4.0, "c": 4.0, "d": 4.0}, n_gpus=n_gpus)
     now = 2 * DAY
     d.tick(now)
     insts = list(st.instances.values())
     assert {i.model for i in insts} == set("abcd") and len({i.gpus for i in insts}) == 3
     only = next(i for i in insts if sum(j.model == i.model for j in insts) == 1)
+    host = [i for i in insts if i.gpus == only.gpus]
     d.lose_gpus(only.gpus, now + 1)
-    lost = [i.model for i in insts if i.gpus == only.gpus]
     assert not any(i.model == only.model for i in st.instances.values())
-    for m in lost:
-        d.submit(m, f"{m}0", now + 1.5)
-    for k in range(2, 12):  # the lost models have no instance now: the rules give them one (joins or starts)
+    for i in host:
+        d.submit(i.model, f"{i.model}0", now + 1.5)
+    return st, pol, d, now, host
+
+
+def test_the_rules_take_over_once_a_lost_instances_gpu_stays_gone():
+    st, pol, d, now, host = _lose_a_host()
+    lost = [i.model for i in host]
+    for k in range(2, 12):  # the layout stands, waiting for the GPU: nothing moves yet
+        d.tick(now + k)
+    assert not set(lost) & {i.model for i in st.instances.values()} and pol._pinned
+    for k in range(12, 12 + int(RELAY_WAIT_S) + 10):  # then the rules give them one (joins or starts)
         d.tick(now + k)
     assert set(lost) <= {i.model for i in st.instances.values()}
     assert all(not st.queues[m] for m in lost)
+    assert not pol._pinned
+
+
+def test_a_lost_host_is_laid_out_again_once_its_worker_is_back():
+    """Found in review: a worker lost and started again (1.3 s on CPU) ended the layout for good, and the rules
+    spread the models over GPUs of their own, each request after waiting 5-15 s for another's instance to stop."""
+    st, pol, d, now, host = _lose_a_host()
+    d.tick(now + 2)
+    d.add_gpus(0, [72 * GiB])  # the restarted worker's GPU, under a new id
+    d.route_all(now + 2.5)
+    d.tick(now + 3)
+    back = [i for i in st.instances.values() if i.model in {h.model for h in host}]
+    assert sorted(i.model for i in back) == sorted(i.model for i in host)
+    assert {i.gpus for i in back} == {(max(g.gpu_id for g in st.gpus),)}  # together on the new GPU
+    assert {i.instance_id for i in back} <= set(pol._pinned) and all(not st.queues[i.model] for i in back)
+    laid = set(st.instances)
+    for k in range(4, 40):  # it stands again: nothing starts, stops or moves
+        d.tick(now + k)
+    assert set(st.instances) == laid and pol._pinned
 
 
 def test_models_that_fit_on_gpus_of_their_own_are_left_to_the_rules():
