@@ -106,7 +106,9 @@ def summary_table(rows: dict) -> str:
             "dropped", "max rps@SLO"]
     lines = [head]
     for name, s in rows.items():
-        cells = [f.format(s[k]) if isinstance(s.get(k), (int, float)) else "-" for k, f in cols[1:]]
+        # a hit rate of no start is no figure (found in review: 0.00 read as every start missed)
+        cells = [f.format(s[k]) if isinstance(s.get(k), (int, float))
+                 and not (k == "prewarm_hit_rate" and s.get("instance_starts") == 0) else "-" for k, f in cols[1:]]
         if cells[-1] != "-" and "slo_target" in s:  # no space: one token, as every other figure
             cells[-1] = at_least(s, s["slo_target"]).strip() + cells[-1]
         lines.append([name] + cells)

@@ -67,6 +67,9 @@ def test_engine_prints_a_dash_for_what_it_did_not_measure_and_draws_only_what_it
     labels = [ax.get_legend_handles_labels()[1] for ax in figs[0].axes]
     assert labels[1] == ["prewarmed", "cold load"], labels  # before: "new process" too, with no bar
     assert labels[0] == ["warmserve b1"], labels
+    doc = json.loads(out.read_text())["models"]["llama-20m"]
+    figures = [t.get_text() for t in figs[0].axes[1].texts]  # each bar with its figure, on the log axis
+    assert figures == [f"{doc['ttft_prewarmed_s'] * 1e3:.0f}", f"{doc['ttft_cold_load_s'] * 1e3:.0f}"], figures
 
 
 def test_tp_refuses_a_pool_too_small_naming_the_model_and_the_size_needed(capsys):

@@ -60,3 +60,12 @@ def test_a_swept_max_below_a_failing_rate_is_no_lower_bound():
     assert not swept_rate_is_lower_bound(pts[2:], 0.99)  # the lowest fails: 0, a finding, not a bound
     assert not swept_rate_is_lower_bound([{"offered_rate_rps": 1, "slo_attainment": float("nan")}], 0.99)
     assert not swept_rate_is_lower_bound([], 0.99)
+
+
+def test_the_hit_rate_of_a_run_that_started_no_instance_is_no_figure():
+    """Found in review: `shared` (no start in the run) showed hit 0.00, read as every start missed."""
+    none = {"instance_starts": 0, "prewarm_hit_rate": 0.0, "throughput_rps": 1.0}
+    some = {"instance_starts": 4, "prewarm_hit_rate": 0.0, "throughput_rps": 1.0}
+    t = summary_table({"shared": none, "warmserve": some})
+    hit = 8  # policy, TTFT mean, p50, p90, p99, TPOT p50, SLO, thr rps, hit
+    assert _row(t, "shared")[hit] == "-" and _row(t, "warmserve")[hit] == "0.00"
