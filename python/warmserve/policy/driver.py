@@ -510,6 +510,7 @@ class PolicyDriver:
         self.set_kv(instance_id, total=kv_blocks_total, mapped=kv_blocks_mapped)
         self._failures.pop(inst.model, None)
         self._backoff_until.pop(inst.model, None)
+        self.state.failed_starts.pop(inst.model, None)
         if self._ticked:
             self.tick(now_s)
         else:
@@ -526,6 +527,7 @@ class PolicyDriver:
         if inst is None or isinstance(error, WorkerLostError):
             return  # lost with its worker: not the model's fault, and the loss re-routes the requests
         m = inst.model
+        self.state.failed_starts[m] = self.state.failed_starts.get(m, frozenset()) | frozenset(inst.gpus)
         n = self._failures[m] = self._failures.get(m, 0) + 1
         self._backoff_until[m] = now_s + min(START_BACKOFF_CAP_S, START_BACKOFF_BASE_S * 2 ** n)
         if n >= START_ATTEMPTS and not any(i.ready for i in self.state.instances.values() if i.model == m):

@@ -115,6 +115,7 @@ class Board:
     def __init__(self, state: ClusterState, scores: dict[str, float] | None = None, *, laminar: bool = True,
                  rr_cursor: int = 0, rr_step: int = 0):
         self.models: dict[str, ModelInfo] = state.models
+        self.failed_starts = state.failed_starts
         self.laminar = laminar
         n = len(state.servers)
         self.n_servers = n
@@ -446,6 +447,20 @@ class Board:
 
     # ---- scale-up (§4) ----------------------------------------------------------------------------------
 
+    def _avoiding_failed(self, model: str, room: np.ndarray) -> np.ndarray:
+        """``room`` (per server, a mask of the GPUs a start of ``model`` may use) less the GPUs its starts failed
+        on (``ClusterState.failed_starts``), where a group of its tp still fits in what is left; else ``room``."""
+        failed = self.failed_starts.get(model)
+        if not failed:
+            return room
+        kept = room.copy()
+        for g in failed:
+            if g in self.local:
+                s, k = self.local[g]
+                kept[s] &= ~(1 << k)
+        gm = GROUPS[self.models[model].tp]
+        return kept if ((kept[:, None] & gm[None, :]) == gm[None, :]).any() else room
+
     def choose_for_instance(self, model: str) -> tuple[tuple[int, ...], str | None, list[str]] | None:
         """GPUs for a new instance of ``model``: its GPUs, the prewarm it consumes (or None: a cold load), and
         the other prewarms it evicts. Marks the GPUs busy and removes those replicas; None when no GPUs fit."""
@@ -456,7 +471,7 @@ class Board:
         # Prewarms are placed only where this holds too (``_startable``), steps 1-2 test it still; the packing key
         # below still counts every idle GPU (fragmentation is about all of them).
         idle = self._pack(~self.busy)
-        room = idle & self._pack(self.total >= m.shard_bytes + m.kv_block_bytes)
+        room = self._avoiding_failed(model, idle & self._pack(self.total >= m.shard_bytes + m.kv_block_bytes))
         best = None
         for loaded in (True, False):  # 1. a loaded prewarm on idle GPUs, 2. a loading one
             for s, mask in self.model_masks.get(model, {}).items():

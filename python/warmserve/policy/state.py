@@ -175,6 +175,10 @@ class ClusterState:
     #: Prompt tokens of the waiting requests per model (those in ``queues``), tokens; kept by the driver from
     #: ``submit(prompt_tokens=)`` (a model absent: 0).
     queued_prompt_tokens: dict[str, int] = field(default_factory=dict)
+    #: Model -> the GPUs its starts failed on (not lost with them) since it last had an instance ready: a new start
+    #: of it goes to other GPUs where any fit (``placement.Board.choose_for_instance``). Found in review: a node
+    #: without the weights took every start of the model, each failing, while another node sat idle.
+    failed_starts: dict[str, frozenset[int]] = field(default_factory=dict)
 
     @classmethod
     def uniform(cls, n_servers: int, models: list[ModelInfo], *, gpus_per_server: int = 8,

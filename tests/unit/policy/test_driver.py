@@ -169,3 +169,21 @@ def test_requests_resumed_after_a_loss_count_the_tokens_they_prefill_again():
     d.executor.start_ready = False  # the instance started for it is not ready yet: it waits in the queue
     d.lose_gpus([0], 2.0, requeue=[("a", "r1", 130)])  # 100 prompt tokens + 30 streamed
     assert list(st.queues["a"]) == ["r1"] and st.queued_prompt_tokens["a"] == 130
+
+
+@pytest.mark.parametrize("n_gpus", [2, 1])
+def test_a_start_that_failed_on_a_gpu_goes_to_another_where_one_fits(n_gpus):
+    """Found in review (Ray): a node without the weights took every start of the model, each failing, while another
+    node's worker sat idle. With one GPU the start is tried there again; an instance ready clears the record."""
+    d, st = _setup(n_gpus=n_gpus)
+    d.executor.start_ready = False
+    d.submit("a", "r1", 0.0)
+    (first,) = st.instances.values()
+    failed = first.gpus
+    d.instance_failed(first.instance_id, 0.0, WarmServeError("holds no model.safetensors"))
+    assert st.failed_starts == {"a": frozenset(failed)}
+    d.route("a", 60.0)  # after the back-off
+    (second,) = st.instances.values()
+    assert (second.gpus != failed) == (n_gpus > 1), (second.gpus, failed)
+    d.instance_ready(second.instance_id, 61.0)
+    assert st.failed_starts == {} and st.queued("a") == 0
