@@ -192,8 +192,8 @@ class RayWorkerProcess:
         node = f"node {self.slot.node.node_id[:8]} ({self.slot.node.address})"
         if self.log_path:
             return f"its log: {self.log_path} on {node}"
-        return (f"its stderr is in Ray's worker logs on {node} (`ray logs actor --id {self.actor_id}`, or "
-                f"session_latest/logs/ in Ray's temp dir there)")
+        return (f"its stderr is in Ray's worker logs on {node}: session_latest/logs/ in Ray's temp dir there, or "
+                f"`ray logs actor --id {self.actor_id}` where Ray's dashboard runs")
 
     def kill(self, wait: bool = False) -> None:
         """Have Ray kill the actor (``poll`` sees the end), on a thread of its own unless ``wait``: ``poll`` runs on

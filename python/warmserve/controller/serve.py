@@ -211,6 +211,12 @@ def build_config(args) -> ClusterConfig:
             devices=list(out.devices))
     note_shadowed(out.controller, given)
     check_policy_fixes(out.controller)
+    wide = [m.name or m.path for m in out.models if m.tp > 1]
+    if wide and "colocate_tp" in given and out.controller.policy_config.colocate_tp:
+        # found in review: taken off at the start with a line at INFO only (Controller: the workers run a shard
+        # alone); the default is on, so only a value given is said here
+        print(f"warmserve serve: colocate_tp = true ({given['colocate_tp']}) is not taken: a worker runs a "
+              f"tensor-parallel shard alone, so {wide} each run alone on their workers", file=sys.stderr, flush=True)
     return out
 
 

@@ -63,3 +63,20 @@ def test_simulate_says_it_with_the_same_function(capsys):
     registry.note_shadowed_options(["prewarm=true"], ["autoscale"])
     assert capsys.readouterr().err == ("warmserve simulate: --policy-option prewarm=True does not reach autoscale, "
                                        "which fixes prewarm=False\n")
+
+
+def test_colocate_tp_given_beside_a_tensor_parallel_model_is_said_not_taken(tmp_path, capsys):
+    """Found in review (tensor parallelism): `colocate_tp = true` with a tp = 2 model was turned off with a line at
+    INFO only. Said on stderr when given (the default is on: nothing to say then), and not for tp = 1 models."""
+    from controller_harness import demo_path
+
+    f = tmp_path / "c.toml"
+    f.write_text(f'[[models]]\npath = "{demo_path()}"\nname = "wide"\ntp = 2\n[policy]\ncolocate_tp = true\n')
+    serve.build_config(parse("--config", str(f)))
+    assert capsys.readouterr().err.splitlines() == [
+        "warmserve serve: colocate_tp = true (config [policy]) is not taken: a worker runs a tensor-parallel shard "
+        "alone, so ['wide'] each run alone on their workers"]
+    f.write_text(f'[[models]]\npath = "{demo_path()}"\nname = "wide"\ntp = 2\n')
+    serve.build_config(parse("--config", str(f)))
+    serve.build_config(parse("--model", demo_path(), "--policy-option", "colocate_tp=true"))
+    assert capsys.readouterr().err == ""
