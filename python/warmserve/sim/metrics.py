@@ -64,6 +64,8 @@ def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
         "tpot_p50_s": pct(tpot, 50),
         "tpot_p99_s": pct(tpot, 99),
         "slo_attainment": float(ok.mean()) if n else float("nan"),
+        # completed requests over the run's whole span, its drain after the last arrival included (end_s): below
+        # the offered rate even when every request completed, the lower the longer the tail took to drain
         "throughput_rps": float(done.sum() / max(end_s, duration_s, 1e-9)),
     }
 
