@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from warmserve.policy.placement import GROUPS, Board
+from warmserve.policy.placement import GROUPS, Board, group_fits
 from warmserve.policy.state import ClusterState, InstanceState
 
 #: A model with no instance takes GPUs from others only when its load (in-flight + queued, 5 s average, weighed by
@@ -275,7 +275,7 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
     for model in sorted(active, key=lambda m: (-state.models[m].tp, m)):
         tp = state.models[model].tp
         gm = GROUPS[tp]
-        if tp < 2 or bool(((idle[:, None] & gm[None, :]) == gm[None, :]).any()) or sum(
+        if tp < 2 or bool(group_fits(idle, tp).any()) or sum(
                 bin(int(x)).count("1") for x in idle) < tp:
             continue
         hit_servers = {r.server for srv in board.by_server for r in srv.values() if r.model == model and r.loaded}
@@ -344,7 +344,7 @@ def _fits_elsewhere(board: Board, idle: np.ndarray, server: int, cleared: int, v
         if v.model not in others:
             others[v.model] = others_prewarms(board, v.model, clearing_for, top)
         room = left & ~others[v.model]
-        fits = (room[:, None] & gm[None, :]) == gm[None, :]
+        fits = group_fits(room, len(v.gpus))
         if not fits.any():
             return False
         s, k = divmod(int(np.argmax(fits)), len(gm))

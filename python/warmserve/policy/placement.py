@@ -31,6 +31,12 @@ def _groups(tp: int) -> np.ndarray:
 
 
 GROUPS = {tp: _groups(tp) for tp in TPS}
+
+
+def group_fits(masks: np.ndarray, tp: int) -> np.ndarray:
+    """fits[s, k]: GPU group k of ``tp`` GPUs (``GROUPS[tp]``) lies wholly in server s's mask of ``masks``."""
+    gm = GROUPS[tp]
+    return (masks[:, None] & gm[None, :]) == gm[None, :]
 #: GROUP_BITS[tp][k, g] is 1 when local GPU g is in group k.
 GROUP_BITS = {tp: ((GROUPS[tp][:, None] >> np.arange(MAX_GPUS_PER_SERVER)) & 1).astype(np.float64) for tp in TPS}
 _ALL_MASKS = np.arange(1 << MAX_GPUS_PER_SERVER, dtype=np.int64)
@@ -458,8 +464,7 @@ class Board:
             if g in self.local:
                 s, k = self.local[g]
                 kept[s] &= ~(1 << k)
-        gm = GROUPS[self.models[model].tp]
-        return kept if ((kept[:, None] & gm[None, :]) == gm[None, :]).any() else room
+        return kept if group_fits(kept, self.models[model].tp).any() else room
 
     def choose_for_instance(self, model: str) -> tuple[tuple[int, ...], str | None, list[str]] | None:
         """GPUs for a new instance of ``model``: its GPUs, the prewarm it consumes (or None: a cold load), and
@@ -486,7 +491,7 @@ class Board:
                 break
         if best is None:  # 3. idle GPUs holding the fewest prewarmed replicas
             gm = GROUPS[m.tp]
-            fits = ((room[:, None] & gm[None, :]) == gm[None, :])
+            fits = group_fits(room, m.tp)
             if not fits.any():
                 return None
             # Fewest prewarmed models first (§4): each replica that meets the group is evicted whole, so it counts
