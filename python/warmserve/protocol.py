@@ -470,6 +470,10 @@ class Stats(_Msg):
     #: Its host checkpoint cache's counters (``HostCheckpointCache.stats()``: hits, fills, bytes_from_cache, ...);
     #: empty when it runs none (``--host-cache-gib`` 0).
     host_cache: dict[str, int] = {}
+    #: It was sent SIGTERM and drains (``worker/server.py``, ``WorkerServer.drain``): the controller sends it no new
+    #: work and lets the requests on it finish. False (absent): serving, or a worker from before drains; no version
+    #: bump, as for Hello's late fields.
+    draining: bool = False
 
 
 class Hello(_Msg):

@@ -1,5 +1,7 @@
-"""A local worker stopped with SIGTERM (a container stop, a pod eviction) while it generates: its requests resume
-elsewhere after the tokens the client has and end as they would have, not with the worker's "abort"."""
+"""A local worker stopped with SIGTERM (a container stop, a pod eviction) while it generates: it drains (its request
+finishes there, new ones go to the other worker, its leaving counts as no loss; it is started again); a second
+SIGTERM ends the drain, and the request resumes elsewhere after the tokens the client has. Either way it ends as it
+would have, not with the worker's "abort"."""
 
 import concurrent.futures
 import os
@@ -12,6 +14,8 @@ import serving
 
 MODEL = "llama-20m"
 PARAMS = SamplingParams(max_tokens=120, temperature=0.0, ignore_eos=True)
+#: Still generating when the second SIGTERM lands, whatever the machine's load.
+LONG = SamplingParams(max_tokens=600, temperature=0.0, ignore_eos=True)
 PROMPT = "the worker under this request gets SIGTERM"
 
 cluster = serving.cluster_fixture(models=(MODEL,), cpu_workers=2, cpu_worker_memory_bytes=512 << 20,
@@ -47,21 +51,68 @@ def test_an_abort_the_controller_sent_loses_no_worker(cluster):
     assert all(w.alive for w in list(ctl.gpu_workers)) and len(ctl.gpu_workers) == 2
 
 
-def test_a_request_on_a_sigtermed_worker_resumes_elsewhere_and_ends_normally(cluster):
+def _two_ready(ctl) -> None:
+    """Both workers admitted (one may be starting again after the test before)."""
+    deadline = time.monotonic() + 60
+    while sum(w.ready and not w.draining for w in list(ctl.gpu_workers)) < 2:
+        assert time.monotonic() < deadline, "the cluster never had two ready workers again"
+        time.sleep(0.05)
+
+
+def _until(cond, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_request_on_a_sigtermed_worker_finishes_there_while_new_ones_go_elsewhere(cluster):
     ctl = cluster.controller
+    _two_ready(ctl)
     reference = cluster.generate(MODEL, PROMPT, params=PARAMS)
     assert (reference.finish_reason, reference.completion_tokens) == ("length", PARAMS.max_tokens)
     resumed_before = ctl.metrics.resumed.get(model=MODEL, why="worker_lost")
+    lost_before, drained_before = ctl.metrics.workers_lost.get(), ctl.metrics.workers_drained.get()
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(cluster.generate, MODEL, PROMPT, params=PARAMS, timeout_s=120)
         victim = _streaming_worker(ctl, 10, 60)
         assert victim is not None, "the request did not start streaming"
+        (running,) = list(victim.gens.values())
         os.kill(victim.pid, signal.SIGTERM)
+        _until(lambda: victim.draining, 10, "the controller never heard of the drain")
+        # New work goes to the other worker while the draining one finishes its own.
+        assert cluster.generate(MODEL, "a new request", max_tokens=4).completion_tokens >= 1
+        assert all(r is running for r in list(victim.gens.values()))
         out = fut.result(timeout=150)  # raises here what the generation raised
 
     assert out.finish_reason == "length", out
-    assert out.completion_tokens == PARAMS.max_tokens
+    assert out.token_ids == reference.token_ids  # greedy, all on the one worker
+    assert ctl.metrics.resumed.get(model=MODEL, why="worker_lost") == resumed_before
+    assert ctl.metrics.workers_drained.get() == drained_before + 1
+    _until(lambda: not victim.alive, 30, "the drained worker never left")
+    assert ctl.metrics.workers_lost.get() == lost_before
+    assert cluster.generate(MODEL, "still serving?", max_tokens=4).completion_tokens >= 1
+
+
+def test_a_second_sigterm_ends_the_drain_and_the_request_resumes_elsewhere(cluster):
+    ctl = cluster.controller
+    _two_ready(ctl)
+    reference = cluster.generate(MODEL, PROMPT, params=LONG)
+    resumed_before = ctl.metrics.resumed.get(model=MODEL, why="worker_lost")
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(cluster.generate, MODEL, PROMPT, params=LONG, timeout_s=120)
+        victim = _streaming_worker(ctl, 10, 60)
+        assert victim is not None, "the request did not start streaming"
+        os.kill(victim.pid, signal.SIGTERM)
+        # The first one handled before the second is sent: two pending SIGTERMs are delivered as one.
+        _until(lambda: victim.draining, 10, "the controller never heard of the drain")
+        os.kill(victim.pid, signal.SIGTERM)
+        out = fut.result(timeout=150)
+
+    assert out.finish_reason == "length", out
+    assert out.completion_tokens == LONG.max_tokens
     # Greedy, resumed after the tokens the client had: the same text as the uninterrupted run.
     assert out.token_ids == reference.token_ids
     assert ctl.metrics.resumed.get(model=MODEL, why="worker_lost") == resumed_before + 1

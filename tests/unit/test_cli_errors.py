@@ -50,6 +50,8 @@ CLI_MISTAKES = [
     ((*_WORKER, "--controller", "tcp://127.0.0.1:5", "--curve-server-key", "/nonexist.key"), 2,
      "--curve-server-key /nonexist.key: no such file"),
     ((*_WORKER, "--heartbeat-interval-s", "0"), 2, "--heartbeat-interval-s must be a finite number > 0"),
+    ((*_WORKER, "--drain-timeout-s", "-1"), 2, "--drain-timeout-s must be a finite number >= 0"),
+    ((*_WORKER, "--drain-timeout-s", "nan"), 2, "--drain-timeout-s must be a finite number >= 0"),
     ((*_WORKER, "--peer-timeout-s", "nan"), 2, "--peer-timeout-s must be a finite number > 0"),
     ((*_WORKER, "--bind", "tcp://127.0.0.1:99999"), 2, "must be a number in 0-65535"),
     (("worker", "--memory-gib", "nan"), 2, "--memory-gib must be a finite number"),

@@ -19,7 +19,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, with_worker_page_bytes
-from warmserve.controller import history_record, observed, refusals, views
+from warmserve.controller import draining, history_record, observed, refusals, views
 from warmserve.controller.clock import history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
@@ -41,8 +41,7 @@ log = logging.getLogger("warmserve.controller")
 
 #: Planned engine restarts listed in /stats (the latest; the histogram counts them all).
 ENGINE_STARTS_KEPT = 200
-#: How long a local worker's first process found exited with no Hello seen is given for its Hello to be read before
-#: the start fails, seconds.
+#: Seconds a local worker's first process found exited with no Hello seen has for its Hello to be read, or it fails.
 EXIT_GRACE_S = 0.5
 
 
@@ -145,7 +144,8 @@ class Controller(WorkerRestarts):
         # Not a local worker being restarted or replaced: its process is being stopped, and its successor says Hello.
         self.hub = WorkerHub(self.cc.bind, on_hello=self._on_hello, on_event=self._on_event, on_lost=self._on_lost,
                              may_rejoin=lambda ident: ident not in self.restarting and ident not in self.replacing,
-                             curve_dir=self.cc.curve_dir, insecure=self.cc.insecure, models=self.models.values())
+                             curve_dir=self.cc.curve_dir, insecure=self.cc.insecure, models=self.models.values(),
+                             on_drain=lambda w: draining.on_drain(self, w))
         loop = asyncio.get_running_loop()
         #: The heartbeat and policy loops; ``_tasks``: those and the receiver.
         self._loops = [loop.create_task(self._heartbeat_loop()), loop.create_task(self._policy_loop())]
@@ -493,9 +493,9 @@ class Controller(WorkerRestarts):
 
     def _on_lost(self, w: WorkerRecord, why: str) -> None:
         planned = self.replacing.get(w.ident)
-        if planned is None or planned[0] is w or planned[1].done():
-            # Not counted here: the fresh process of a planned replacement, lost while being admitted. Its loss
-            # fails the replacement, whose _replace_failed counts the GPU lost (found in review: counted twice).
+        if not w.draining and (planned is None or planned[0] is w or planned[1].done()):
+            # Not counted here: a worker that drained (workers_drained), or the fresh process of a planned replacement
+            # lost while being admitted: its loss fails the replacement, whose _replace_failed counts the GPU lost.
             self.metrics.workers_lost.inc()
         self.lost_workers[w.ident] = (w.worker_id, w.host, w.device)
         now = self.now_s()

@@ -136,6 +136,8 @@ class ControllerMetrics:
                                "co-served instance could no longer hold them).",
                                ("model", "why"))
         self.workers_lost = Counter(r, "warmserve_workers_lost", "Workers declared lost.")
+        self.workers_drained = Counter(r, "warmserve_workers_drained", "Workers that began a drain (sent SIGTERM: "
+                                       "no new work, their requests in flight finish there).")
         self.dedicated = Counter(r, "warmserve_instances_dedicated", "Co-served instances turned into dedicated "
                                  "ones in place (their co-residents left; the KV cap rose, nothing was copied).",
                                  ("model",))
@@ -156,8 +158,8 @@ class ControllerMetrics:
         self.instances = Gauge(r, "warmserve_instances", "Running instances.", ("model",))
         self.prewarmed = Gauge(r, "warmserve_prewarmed_replicas", "Prewarmed weight sets resident on workers.",
                                ("model",))
-        self.workers = Gauge(r, "warmserve_workers", "Workers by state: ready, or lost and not back yet.",
-                             ("state",))
+        self.workers = Gauge(r, "warmserve_workers", "Workers by state: ready, draining (sent SIGTERM), or lost and "
+                             "not back yet.", ("state",))
         self.pages = Gauge(r, "warmserve_worker_pages", "Pages of each worker's pool by role.", ("worker", "role"))
         self.kv_usage = Gauge(r, "warmserve_kv_cache_usage_ratio", "KV blocks holding tokens / KV blocks the "
                               "instance can hold (0..1), per running instance.", ("worker", "model"))

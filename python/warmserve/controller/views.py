@@ -8,7 +8,7 @@ from warmserve import protocol as P
 
 
 def health(ctl) -> dict:
-    live = [w for w in ctl.gpu_workers if w.ready]
+    live = [w for w in ctl.gpu_workers if w.ready and not w.draining]
     return {"ok": bool(live) and not ctl.closing, "workers": len(live),
             "instances": sum(1 for i in ctl.instances.values() if i.ready), "closing": ctl.closing}
 
@@ -19,7 +19,7 @@ def stats(ctl) -> dict:
     for w in ctl.hub.workers.values():
         s = w.stats
         workers.append({
-            "worker_id": w.worker_id, "device": w.device, "alive": w.alive, "ready": w.ready,
+            "worker_id": w.worker_id, "device": w.device, "alive": w.alive, "ready": w.ready, "draining": w.draining,
             "capacity_bytes": w.capacity_bytes, "in_flight": len(w.gens), "gpu_id": w.gpu_id,
             "pool": msgspec.to_builtins(s.pool) if s is not None else {},
             "models": {m.name: m.state for m in s.models} if s is not None else {},
@@ -81,7 +81,8 @@ def collect(ctl) -> None:
         m.waiting.set(queued + inflight - running, model=name)
         m.prewarmed.set(sum(1 for p in ctl.prewarms.values() if p.model == name and p.loaded), model=name)
     ws = list(ctl.hub.workers.values()) if ctl.hub else []
-    m.workers.set(sum(w.ready for w in ws), state="ready")
+    m.workers.set(sum(w.ready and not w.draining for w in ws), state="ready")
+    m.workers.set(sum(w.alive and w.draining for w in ws), state="draining")
     # Not the records of lost workers: a loss drops its record at once (found in review: this read 0 always).
     m.workers.set(len(ctl.lost_workers.keys() | ctl.restarting.keys()), state="lost")
     for w in ws:

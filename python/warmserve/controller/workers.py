@@ -83,6 +83,8 @@ class WorkerRecord:
     #: Lost while its process lives on, its connection re-made (``WorkerHub.rejoin``): admitted again at once, never
     #: restarted.
     rejoins: bool = False
+    #: It drains (SIGTERM; ``controller/draining.py``): its GPU is gone from the policy, its requests finish there.
+    draining: bool = False
 
     def __repr__(self) -> str:
         return f"worker {self.worker_id} ({self.device})"
@@ -154,12 +156,13 @@ def hello_of(w: WorkerRecord) -> P.Hello:
 
 class WorkerHub:
     """The ROUTER socket and everything that travels over it. Callbacks into the controller:
-    ``on_hello(ident, hello)``, ``on_event(worker, msg)`` for stream events, ``on_lost(worker, why)``, and
+    ``on_hello(ident, hello)``, ``on_event(worker, msg)`` for stream events, ``on_lost(worker, why)``,
+    ``on_drain(worker)`` once a worker says it drains (``controller/draining.py``), and
     ``may_rejoin(ident)``: whether a process speaking under that routing id, which has no live worker, may be told
     to say Hello (not one whose process is being stopped for a restart or a replacement)."""
 
     def __init__(self, bind: str, *, on_hello, on_event, on_lost, may_rejoin=lambda ident: True, curve_dir: str = "",
-                 insecure: bool = False, models=()):
+                 insecure: bool = False, models=(), on_drain=lambda w: None):
         """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker).
         ``models``: the models served; a worker of another version, or whose pool holds none, is refused (launch.py)."""
         # Before any socket exists: a refused bind leaves nothing to close. The address as the config checks it
@@ -213,6 +216,7 @@ class WorkerHub:
         #: Ids another key spoke under while their key was bound: they stay with the key they joined with.
         self._keys_clashed: set[bytes] = set()
         self.on_hello, self.on_event, self.on_lost, self.may_rejoin = on_hello, on_event, on_lost, may_rejoin
+        self.on_drain = on_drain
         self.models = models
         #: (routing id, pid) of each process refused (``_admissible``): logged once, though it says Hello each beat.
         self._refused: set[tuple[bytes, int]] = set()
@@ -455,6 +459,8 @@ class WorkerHub:
             return
         if isinstance(msg, P.Stats) and msg.id == 0:
             w.stats = msg
+            if msg.draining and not w.draining:
+                self.on_drain(w)
             return
         call = w.calls.get(msg.id)
         if call is not None:
@@ -489,7 +495,10 @@ class WorkerHub:
     def lose(self, w: WorkerRecord, why: str) -> None:
         if not w.alive:
             return
-        log.warning("%r lost: %s", w, why)
+        if w.draining:  # its leaving was announced; what ran there has finished (or starts over: its log says)
+            log.info("%r left after draining: %s", w, why)
+        else:
+            log.warning("%r lost: %s", w, why)
         self._take_down(w, "lost", why)
         self.on_lost(w, why)
 

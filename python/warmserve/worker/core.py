@@ -98,6 +98,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
         #: (peer, request id) -> (instance name, engine request id)
         self.generations: dict[tuple, tuple[str, str]] = {}
         self.stopping = False
+        #: Sent SIGTERM, it drains (``WorkerServer.drain``): said in every Stats, so the controller sends no new work.
+        self.draining = False
         self.started_s = time.monotonic()
         self._next_rid = 0
         self._rr = 0  # round-robin start among shared instances
@@ -462,7 +464,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
             id=id, worker_id=self.worker_id, device=self.device, pid=os.getpid(),
             uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,
             instances=instances, in_flight=len(self.generations), groups=sorted(self.groups.groups),
-            host_cache=self.host_cache.stats() if self.host_cache is not None else {},
+            host_cache=self.host_cache.stats() if self.host_cache is not None else {}, draining=self.draining,
         )
 
     def pool_stats(self) -> P.PoolStats:

@@ -51,7 +51,7 @@ _HEARTBEAT_TAG = b"\xa3msg\xa9Heartbeat"
 
 def queued_cost(payload: list[bytes]) -> int:
     """What a message queued for the engine counts towards the budget: added by the link as it queues it, taken
-    off by the engine loop as it reads it (``WorkerServer._drain``)."""
+    off by the engine loop as it reads it (``WorkerServer._read_pipe``)."""
     return max(sum(len(f) for f in payload), MESSAGE_COST_BYTES)
 
 
@@ -91,6 +91,9 @@ class Link:
         self.last_sent_s = time.monotonic()
         #: Written by the engine loop once it has left its loop (the worker is stopping).
         self.stopping = False
+        #: Written by the engine loop when a drain begins (SIGTERM): no Hello from then on, since a controller that
+        #: lost this worker would admit it again, and send it work, as it leaves.
+        self.draining = False
         self._controller_unreachable = False
         #: Connected: when the controller last said anything, or the link started (monotonic s), and when its
         #: silence was last logged at WARNING (``_warn_silent``).
@@ -314,12 +317,14 @@ class Link:
         controller, and until it answers the link says Hello each beat anyway."""
         if not self.controller_heard or self.stopping:
             return
-        log.warning("the controller at %s declared this worker lost (it was silent too long): saying Hello again",
-                    self.endpoint)
+        log.warning("the controller at %s declared this worker lost (it was silent too long): %s", self.endpoint,
+                    "it drains, so it aborts what it ran and says no Hello" if self.draining else "saying Hello again")
         self._gone(CONTROLLER, "was told this worker was lost")
         self._say_hello()
 
     def _say_hello(self) -> None:
+        if self.draining:
+            return
         if self._send_out(CONTROLLER, P.encode(self.hello)):
             self._owe_hello = False
 

@@ -22,6 +22,9 @@ from ..errors import GiB
 from ..geometry import default_page_bytes, is_page_size
 
 DEFAULT_BIND = "tcp://127.0.0.1:0"
+#: Seconds a worker sent SIGTERM lets its requests in flight finish: inside Kubernetes' default grace period of
+#: 30 s before its SIGKILL (terminationGracePeriodSeconds), with room for the abort and the exit after it.
+DEFAULT_DRAIN_TIMEOUT_S = 20.0
 
 log = logging.getLogger("warmserve.worker")
 
@@ -54,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-timeout-s", type=float, default=30.0,
                    help="abort a client's generations after this long without a message from it; with "
                         "--controller, also connect to the controller again")
+    p.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
+                   help="on SIGTERM, with --controller: take no new work and let the requests in flight finish for "
+                        "up to this many seconds, then abort what is left (the controller starts it over elsewhere) "
+                        "and exit; a second SIGTERM ends the drain (default %(default)g; 0: abort at once)")
     p.add_argument("--max-queued-mib", type=int, default=None, metavar="MIB",
                    help="MiB of requests the worker holds unread (while an engine step runs) before it refuses more "
                         "with OverloadedError (default 256)")
@@ -126,6 +133,9 @@ def check_args(args: argparse.Namespace) -> None:
         if not math.isfinite(v) or v <= 0:
             raise errors.InvalidArgumentError(f"--{flag.replace('_', '-')} must be a finite number > 0 seconds, "
                                               f"got {v}", **{flag: v})
+    if not math.isfinite(args.drain_timeout_s) or args.drain_timeout_s < 0:
+        raise errors.InvalidArgumentError(f"--drain-timeout-s must be a finite number >= 0 seconds, got "
+                                          f"{args.drain_timeout_s}", drain_timeout_s=args.drain_timeout_s)
     if args.memory_gib is not None and (not math.isfinite(args.memory_gib) or args.memory_gib <= 0):
         raise errors.InvalidArgumentError(f"--memory-gib must be a finite number > 0, got {args.memory_gib}",
                                           memory_gib=args.memory_gib)
@@ -372,8 +382,12 @@ def serve(args: argparse.Namespace) -> int:
     where = (f"on host {socket.gethostname()} (pid {os.getpid()}), connecting to the controller at {server.endpoint}"
              if args.controller else f"serving at {server.endpoint}")
 
-    def stop(signum, frame):  # SIGTERM: leave the loop at its next turn, free everything, exit 0
-        core.stopping = True
+    def stop(signum, frame):
+        # SIGTERM (a container stop, a pod eviction): a drain (WorkerServer.drain); the second, or one with nothing
+        # to drain for, leaves the loop at its next turn, frees everything, exits 0. Flags only: the loop, on this
+        # same thread, acts on them between its turns.
+        if not server.drain(args.drain_timeout_s):
+            core.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     try:

@@ -216,6 +216,9 @@ class WorkerServer:
         #: Bound: peer -> (why it was given up on, the request ids of its generations aborted then), oldest first.
         self._dropped: collections.OrderedDict[bytes, tuple[str, list[int]]] = collections.OrderedDict()
         self._numbering = TokensNumbering()
+        #: Draining (SIGTERM, ``drain``): when it ends (monotonic s), and whether the controller was told yet.
+        self._drain_until_s: float | None = None
+        self._drain_told = False
         core.emit = self._send
 
     def hello(self) -> P.Hello:
@@ -241,7 +244,7 @@ class WorkerServer:
                 idle_ms = 5 if self.core.loading() else 50
                 timeout_ms = max(0, min(idle_ms, int((next_beat - now) * 1000)))
             if poller.poll(timeout_ms):
-                self._drain()
+                self._read_pipe()
             if self.core.stopping:
                 break
             try:
@@ -249,6 +252,8 @@ class WorkerServer:
             except Exception:  # a bug in one tick must not take the worker (and every model in it) down
                 log.exception("worker tick failed")
             self._link.in_flight = len(self.core.generations)
+            if self._drain_until_s is not None and self._drained():
+                break
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_interval_s
@@ -262,7 +267,41 @@ class WorkerServer:
         self.core.close()
         self.close()
 
-    def _drain(self) -> None:
+    def drain(self, timeout_s: float) -> bool:
+        """Begin a drain (SIGTERM: a container stop, a pod eviction): the controller hears of it in the next Stats
+        and sends no new work; the generations in flight finish for up to ``timeout_s``, then the loop ends, and
+        closing aborts what is left, which the controller starts over elsewhere (as after a loss). False, nothing
+        begun: the caller stops at once. So it is for a second SIGTERM, a ``timeout_s`` of 0, a bound worker (no
+        controller routes its clients away), and a rank of a tensor-parallel instance: its instance serves on the
+        other ranks' GPUs too, which the controller would take for free while this one drains. Called from the
+        signal handler, on the loop's own thread between two of its bytecodes: it sets flags and reads only."""
+        if self.routed or timeout_s <= 0 or self._drain_until_s is not None:
+            return False
+        if any(inst.tp is not None for inst in list(self.core.instances.values())):
+            return False
+        self._drain_until_s = time.monotonic() + timeout_s
+        self.core.draining = True
+        return True
+
+    def _drained(self) -> bool:
+        """Draining: whether the loop may end now (every generation over, or the drain's time up)."""
+        if not self._drain_told:  # now, not at the next beat: until the controller hears, it routes here
+            self._drain_told = True
+            self._link.draining = True
+            log.warning("SIGTERM: draining %d request(s) in flight for up to %.3g s (a second SIGTERM stops at "
+                        "once); the controller sends no new work", len(self.core.generations),
+                        self._drain_until_s - time.monotonic())
+            self._beat()
+        if not self.core.generations:
+            log.info("drained: every request in flight has finished; stopping")
+            return True
+        if time.monotonic() >= self._drain_until_s:
+            log.warning("drain time is up with %d request(s) still in flight: aborting them (the controller starts "
+                        "them over elsewhere); stopping", len(self.core.generations))
+            return True
+        return False
+
+    def _read_pipe(self) -> None:
         for _ in range(self.max_messages_per_drain):
             try:
                 frames = self._pipe.recv_multipart(zmq.NOBLOCK)

@@ -1,0 +1,29 @@
+"""A worker that drains: it was sent SIGTERM (a container stop, a pod eviction, an operator's rolling restart) and
+says so in its Stats (``Stats.draining``; the worker side is ``WorkerServer.drain``). The controller stops giving it
+work at once and lets what runs there finish, instead of taking it for lost when it goes: before drains, a SIGTERM
+aborted every request on the worker, and each started over elsewhere after its tokens, a second prefill (and a cold
+start where no other instance of its model ran).
+
+From the policy's side the worker's GPU is gone from the moment it drains (``lose_gpus``, with nothing requeued):
+nothing is routed or placed there any more, and the policy starts instances elsewhere for the load its instances
+served. The worker's own requests stay on ``w.gens`` and stream on; each that ends reports an instance the driver
+no longer has, which it ignores. When the worker leaves (its process ends, or it falls silent), the loss handling
+runs as for any worker, with nothing left in flight unless its drain ran out of time (those start over elsewhere).
+A rank of a tensor-parallel instance does not drain (the worker stops at once, as before): its instance serves on
+other workers' GPUs, which the policy would take for free while it ran on."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("warmserve.controller")
+
+
+def on_drain(ctl, w) -> None:
+    """Worker ``w`` said it drains (``WorkerHub`` calls this once, on the first Stats that says so)."""
+    w.draining = True
+    ctl.metrics.workers_drained.inc()
+    log.warning("%r drains (it was sent SIGTERM): no new work goes to it, and its %d request(s) in flight finish "
+                "there; the load it served goes to other workers", w, len(w.gens))
+    if w.ready and w.gpu_id is not None:
+        ctl.driver.lose_gpus([w.gpu_id], ctl.now_s())

@@ -1,0 +1,70 @@
+"""A worker that says it drains (``Stats.draining``: it was sent SIGTERM; ``controller/draining.py``): its request
+in flight finishes there, nothing new goes to it, and its leaving is no loss. Before drains a SIGTERM aborted what
+the worker ran, and each request started over elsewhere. Scripted peers on real ZeroMQ sockets."""
+
+import asyncio
+import logging
+
+from warmserve import protocol as P
+from warmserve.protocol import SamplingParams
+
+from controller_harness import MODEL, Peer, collect, make_controller, run, until
+
+
+def _draining_stats(peer: Peer, in_flight: int) -> P.Stats:
+    return P.Stats(id=0, worker_id=peer.wid, device="cpu", pid=peer.pid, uptime_s=1.0,
+                   pool=P.PoolStats(page_bytes=2 << 20, total_bytes=1 << 30, free_bytes=1 << 30), models=[],
+                   instances=[], in_flight=in_flight, draining=True)
+
+
+def test_a_draining_worker_finishes_its_request_takes_no_new_one_and_leaves_unlost(model, caplog):
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peers = {p.wid.encode(): p for p in (Peer(ep, "host-1-cpu0"), Peer(ep, "host-2-cpu0"))}
+        try:
+            await c.wait_for_workers(2, 5)
+            for p in peers.values():
+                p.hold_generate = True
+            first = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+            assert await until(lambda: any(w.gens for w in c.gpu_workers), 4)
+            w = next(w for w in c.gpu_workers if w.gens)
+            peer, other = peers[w.ident], next(p for i, p in peers.items() if i != w.ident)
+            (gid,) = w.gens
+
+            await peer.send(_draining_stats(peer, 1))
+            assert await until(lambda: w.draining, 4)
+            assert c.metrics.workers_drained.get() == 1
+            assert c.state.gpus[w.gpu_id].gone  # nothing is placed or routed there any more
+            assert w.alive and list(w.gens) == [gid]  # its request runs on
+            await peer.send(_draining_stats(peer, 1))  # every Stats of a drain says so: counted once
+            await asyncio.sleep(0.2)
+            assert c.metrics.workers_drained.get() == 1
+
+            sent_before = sum(isinstance(m, P.Generate) for m in peer.got)
+            other.hold_generate = False
+            second = c.submit_nowait(MODEL, [2], SamplingParams(max_tokens=3))
+            assert await asyncio.wait_for(collect(second), 8) == list(other.tokens)
+            assert sum(isinstance(m, P.Generate) for m in peer.got) == sent_before
+
+            for t in peer.tokens[:-1]:  # the draining worker finishes the first request
+                await peer.send(P.Tokens(id=gid, token_ids=[t]))
+            await peer.send(P.Tokens(id=gid, token_ids=[peer.tokens[-1]], finished=True, finish_reason="length"))
+            assert await asyncio.wait_for(collect(first), 8) == list(peer.tokens)
+            assert first.error is None and first.finish_reason == "length"
+
+            peer.silent = True  # it exits: silent past worker_timeout_s (1.5 s)
+            assert await until(lambda: not w.alive, 6)
+            assert c.metrics.workers_lost.get() == 0
+            assert c.metrics.resumed.get(model=MODEL, why="worker_lost") == 0
+        finally:
+            await c.close(drain=False)
+            for p in peers.values():
+                p.close()
+
+    with caplog.at_level(logging.INFO, logger="warmserve.controller"):
+        run(main())
+    said = [r.getMessage() for r in caplog.records]
+    assert any("drains (it was sent SIGTERM)" in s for s in said), said
+    assert any("left after draining" in s for s in said), said
+    assert not [s for s in said if " lost: " in s]
