@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from warmserve.controller import openai_api as oa, prechecks
-from warmserve.controller import textstream
+from warmserve.controller import textstream, tokenize_api
 from warmserve.controller.body import BodyTimeoutError, read_body
 from warmserve.controller.cors import Cors, is_preflight
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
@@ -44,6 +44,8 @@ CLIENT_CLOSED = 499
 MAX_BODY_BYTES = 16 << 20
 #: The rejections' route label of an error answer no route could be matched for: no resource has its path.
 UNMATCHED = "unmatched"
+#: Paths outside /v1 that need the API key too: the controller's view, and the tokenizer routes (tokenize_api.py).
+_KEYED = ("/stats", "/tokenize", "/detokenize")
 #: The route label of aiohttp's own answer to a request it could not parse (a 400 before any middleware runs).
 UNPARSED = "unparsed"
 #: Longest a write of an answer (a stream's event, or a whole body) may wait with its client taking no bytes (the
@@ -153,6 +155,8 @@ class Api:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/stats", self.stats)
+        app.router.add_post("/tokenize", self.tokenize)  # vLLM's paths, outside /v1
+        app.router.add_post("/detokenize", self.detokenize)
         return app
 
     @web.middleware
@@ -164,7 +168,7 @@ class Api:
         close = False
         preflight = self._cors is not None and is_preflight(request)  # a browser sends no API key with one
         try:
-            if self.api_key and not preflight and (request.path.startswith("/v1/") or request.path == "/stats"):
+            if self.api_key and not preflight and (request.path.startswith("/v1/") or request.path in _KEYED):
                 if not _key_matches(request.headers.get("Authorization", ""), self._key):
                     raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
             resp = await handler(request)
@@ -253,6 +257,12 @@ class Api:
     async def stats(self, request):
         """The controller's view as JSON: workers (pool pages, models), instances, prewarms, queues."""
         return _json(200, self.controller.stats())
+
+    async def tokenize(self, request):
+        return _json(200, await tokenize_api.tokenize(self.controller, await read_body(request, MAX_BODY_BYTES)))
+
+    async def detokenize(self, request):
+        return _json(200, await tokenize_api.detokenize(self.controller, await read_body(request, MAX_BODY_BYTES)))
 
     async def metrics(self, request):
         return web.Response(body=self.controller.metrics.registry.render().encode(),

@@ -49,7 +49,8 @@ def check_prompt(model, ids: list[int], max_tokens: int, param: str = "prompt",
     if len(ids) + max_tokens > ctx:
         asked = (f"{max_tokens_param} asks for {max_tokens} more ({len(ids) + max_tokens} in all): shorten the "
                  f"prompt or lower {max_tokens_param}" if max_tokens_param else
-                 f"at least {max_tokens} must be generated (no max_tokens was set): shorten the prompt")
+                 (f"at least {max_tokens} must be generated (no max_tokens was set): shorten the prompt" if max_tokens
+                  else "it must fit alone: shorten the prompt"))
         raise PromptTooLongError(
             f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} tokens and {asked}",
             param=param, prompt_tokens=len(ids), max_tokens=max_tokens, max_context=ctx,
@@ -96,7 +97,7 @@ def _has_template(model) -> bool:
     return getattr(tok, "apply_chat_template", None) is not None and bool(getattr(tok, "chat_template", True))
 
 
-def _check_ids(model, ids: list, param: str) -> list[int]:
+def check_ids(model, ids: list, param: str) -> list[int]:
     """The token ids as ints, each checked against the vocabulary. Call it once the list's length is known to
     fit the context: it walks every item."""
     out = token_ids(ids, param, f"{param} must be a string or a list of token ids (non-negative integers)")
@@ -114,10 +115,10 @@ def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: b
 
 
 def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int,
-            max_tokens_param: str | None = "max_tokens") -> list[int]:
+            max_tokens_param: str | None = "max_tokens", add_special_tokens: bool = True) -> list[int]:
     """Token ids of a prompt (text or token ids) or of a chat (``messages``: role/content dicts), checked against
     the model's vocabulary and context (``max_tokens_param``: what the client called max_tokens). Runs where it is
-    called: ``aprepare`` keeps long texts off the loop."""
+    called: ``aprepare`` keeps long texts off the loop. ``add_special_tokens``: a text prompt's (/tokenize's)."""
     param = "prompt" if messages is None else "messages"
     check_max_tokens(model, max_tokens, max_tokens_param or "min_tokens")
     if messages is not None:
@@ -131,7 +132,7 @@ def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_token
             return _checked_ids(model, text, max_tokens, param, max_tokens_param)
         ids = _encode(model, text, max_tokens, param, not _has_template(model), max_tokens_param)
     elif isinstance(prompt, str):
-        ids = _encode(model, prompt, max_tokens, param, True, max_tokens_param)
+        ids = _encode(model, prompt, max_tokens, param, add_special_tokens, max_tokens_param)
     else:
         return _checked_ids(model, [] if prompt is None else prompt, max_tokens, param, max_tokens_param)
     check_prompt(model, ids, max_tokens, param, max_tokens_param)
@@ -142,7 +143,7 @@ def _checked_ids(model, ids: list, max_tokens: int, param: str, max_tokens_param
     # The length first: a list of millions of ids is refused at once, not walked item by item (found in review:
     # 3.5M ids were checked one by one on the event loop before their count was compared with the context).
     check_prompt(model, ids, max_tokens, param, max_tokens_param)
-    return _check_ids(model, ids, param)
+    return check_ids(model, ids, param)
 
 
 def _text_size(prompt, messages) -> int:
@@ -151,15 +152,17 @@ def _text_size(prompt, messages) -> int:
     return len(prompt) if isinstance(prompt, str) else 0
 
 
-def _prepare_sized(model, prompt, messages, max_tokens: int, max_tokens_param: str) -> list[int]:
+def _prepare_sized(model, prompt, messages, max_tokens: int, max_tokens_param: str,
+                   add_special_tokens: bool = True) -> list[int]:
     """``prepare``, refusing first a text whose size alone rules it out (before any template or tokenizer)."""
     check_chars(model, _text_size(prompt, messages), max_tokens, "prompt" if messages is None else "messages",
                 max_tokens_param)
-    return prepare(model, prompt, messages, max_tokens=max_tokens, max_tokens_param=max_tokens_param)
+    return prepare(model, prompt, messages, max_tokens=max_tokens, max_tokens_param=max_tokens_param,
+                   add_special_tokens=add_special_tokens)
 
 
 async def aprepare(model, prompt=None, messages: list[dict] | None = None, *, max_tokens: int,
-                   max_tokens_param: str | None = "max_tokens") -> list[int]:
+                   max_tokens_param: str | None = "max_tokens", add_special_tokens: bool = True) -> list[int]:
     """``prepare`` for the event loop: a text over INLINE_TOKENIZE_CHARS, or a chat of more than
     INLINE_CHAT_MESSAGES messages, is checked against the model's context by its size, then rendered and
     tokenised, on a worker thread."""
@@ -169,8 +172,10 @@ async def aprepare(model, prompt=None, messages: list[dict] | None = None, *, ma
     else:
         inline = len(messages) <= INLINE_CHAT_MESSAGES and _text_size(None, messages) <= INLINE_TOKENIZE_CHARS
     if inline:
-        return prepare(model, prompt, messages, max_tokens=max_tokens, max_tokens_param=max_tokens_param)
-    return await asyncio.to_thread(_prepare_sized, model, prompt, messages, max_tokens, max_tokens_param)
+        return prepare(model, prompt, messages, max_tokens=max_tokens, max_tokens_param=max_tokens_param,
+                       add_special_tokens=add_special_tokens)
+    return await asyncio.to_thread(_prepare_sized, model, prompt, messages, max_tokens, max_tokens_param,
+                                   add_special_tokens)
 
 
 class TextGeneration:
