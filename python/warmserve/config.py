@@ -176,6 +176,10 @@ class ServerConfig:
     #: Origins (scheme://host[:port]) whose web pages may call the API from a browser (CORS); "*": any origin;
     #: empty: no CORS headers. A string is a comma-separated list (--allowed-origins).
     allowed_origins: tuple[str, ...] = ()
+    #: Seconds a connection stays open with no whole request to answer: idle between keep-alive requests, or with
+    #: its headers sent in part (``serve.py``). 75 s, nginx's default: above the 60 s idle timeout of common load
+    #: balancers (AWS ALB), which would otherwise send requests on connections this server is closing.
+    keepalive_timeout_s: float = 75.0
 
     def __post_init__(self):
         check_field_types(self)
@@ -186,6 +190,9 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:  # a whole number already (check_field_types)
             raise InvalidArgumentError(f"ServerConfig.port must be in 0-65535 (0: a free one), got {self.port!r}",
                                        key="port")
+        if not (math.isfinite(self.keepalive_timeout_s) and self.keepalive_timeout_s > 0):
+            raise InvalidArgumentError(f"ServerConfig.keepalive_timeout_s must be a finite number of seconds > 0, got "
+                                       f"{self.keepalive_timeout_s!r}", key="keepalive_timeout_s")
         if self.max_concurrent_requests < 1:
             raise InvalidArgumentError(f"ServerConfig.max_concurrent_requests must be >= 1, got "
                                        f"{self.max_concurrent_requests}", key="max_concurrent_requests")

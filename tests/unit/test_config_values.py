@@ -83,6 +83,8 @@ def test_a_policy_config_table_in_controller_is_the_policy_table(tmp_path):
     (lambda: ServerConfig(host=""), "host"),
     (lambda: ServerConfig(host="  "), "host"),
     (lambda: ServerConfig(port=True), "port"),
+    (lambda: ServerConfig(keepalive_timeout_s=0.0), "keepalive_timeout_s"),
+    (lambda: ServerConfig(keepalive_timeout_s=float("inf")), "keepalive_timeout_s"),
     (lambda: ControllerConfig(bind="tcp://127.0.0.1:99999"), "0-65535"),
     (lambda: ControllerConfig(bind="tcp://127.0.0.1:-1"), "0-65535"),
     (lambda: ControllerConfig(bind="127.0.0.1:5555"), "tcp://HOST:PORT"),

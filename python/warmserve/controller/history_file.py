@@ -69,6 +69,13 @@ def read_history(path: str) -> dict:
                 reader = csv.DictReader(f)
                 if reader.fieldnames:
                     reader.fieldnames = [n.strip() for n in reader.fieldnames]
+                    has = set(reader.fieldnames) | ({"window_start_s"} if "start_s" in reader.fieldnames else set())
+                    lacking = [c for c in ("model", "window_start_s", "avg", "peak") if c not in has]
+                    if lacking:  # found in review: named after the first row, by the alias start_s it lacked too
+                        raise InvalidArgumentError(
+                            f"history {path}: its header lacks {', '.join(lacking)} (it has "
+                            f"{', '.join(reader.fieldnames)}): the header must be model,window_start_s,avg,peak",
+                            path=path, lacking=lacking)
                 for i, r in enumerate(reader):
                     try:
                         start = float(r.get("window_start_s") or r["start_s"])

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -48,6 +49,11 @@ def check_record_path(record_path: str, history_path: str) -> None:
                                    "record elsewhere", path=record_path)
     same = bool(history_path) and os.path.exists(history_path) and os.path.exists(record_path) \
         and os.path.samefile(history_path, record_path)
+    if record_path.lower().endswith(".json"):
+        # The record is CSV: a .json path would be read back as JSON by --history and refused at the next start
+        # (found in review: `--history F --record-history F` with F a .json file failed on its second start).
+        raise InvalidArgumentError(f"{what}: the record is written as CSV; give a .csv path (a JSON --history is "
+                                   "read, and its rows kept, whatever the record's name)", path=record_path)
     if os.path.exists(record_path) and not same:
         raise InvalidArgumentError(
             f"{what} exists and is not the --history file, so its rows would be lost: "
@@ -59,9 +65,13 @@ def check_record_path(record_path: str, history_path: str) -> None:
 class HistoryRecord:
     """The windows of one controller's run and of the history it started with, written to ``path``."""
 
-    def __init__(self, path: str, origin_unix_s: float, history: dict | None = None):
+    def __init__(self, path: str, origin_unix_s: float, history: dict | None = None,
+                 started_unix_s: float = -math.inf):
+        """``started_unix_s``: when the controller began to measure; a window that began before it is not written
+        (``window``)."""
         self.path = path
         self.origin_unix_s = origin_unix_s
+        self.started_unix_s = started_unix_s
         #: (model, Unix start) -> (avg, peak): the starting history's known windows, then the measured ones.
         self._rows: dict[tuple[str, float], tuple[float, float]] = {}
         for model, (starts, avg, peak) in (history or {}).items():
@@ -86,8 +96,14 @@ class HistoryRecord:
 
         if math.isnan(avg) or math.isnan(peak) or impossible_loads(np.array([avg]), np.array([peak]))[0]:
             return
+        start_unix_s = round(self.origin_unix_s + window_start_s, 3)
+        if start_unix_s < self.started_unix_s:
+            # Measured in part: the policy's meter merges the part before the start with the history's value, or
+            # its forecast, which would be read back at the next start as measured (found in review: a fractional
+            # peak, the forecast's, written for a window the server saw idle). A stop leaves its open window out so.
+            return
         with self._cond:
-            self._rows[(model, round(self.origin_unix_s + window_start_s, 3))] = (avg, peak)
+            self._rows[(model, start_unix_s)] = (avg, peak)
             self._dirty = True
             self._cond.notify()
 
@@ -152,6 +168,6 @@ def attach(ctl, history: dict | None) -> HistoryRecord | None:
     """The Controller ``ctl``'s record of its measured windows, fed by its policy (None without a record file)."""
     if not ctl.cc.history_record_path:
         return None
-    record = HistoryRecord(ctl.cc.history_record_path, ctl.clock_origin_s, history)
+    record = HistoryRecord(ctl.cc.history_record_path, ctl.clock_origin_s, history, started_unix_s=time.time())
     ctl.policy.window_sink = record.window
     return record

@@ -3,7 +3,10 @@ functions holding no reference to the hub, so that a hub dropped without close()
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections import Counter
 
 import zmq
 import zmq.auth
@@ -11,6 +14,12 @@ import zmq.auth
 from warmserve.endpoints import remove_ipc_file
 from warmserve.errors import InvalidArgumentError
 from warmserve.security import curve_server, load_curve_key
+
+log = logging.getLogger("warmserve.controller")
+
+#: Seconds between two log lines of one kind of failed handshake: a misconfigured worker tries again every 0.1-1 s
+#: (ZeroMQ's reconnect back-off), for ever.
+HANDSHAKE_LOG_EVERY_S = 60.0
 
 
 def release_curve(auth, curve_tmp: str | None) -> None:
@@ -22,11 +31,61 @@ def release_curve(auth, curve_tmp: str | None) -> None:
         shutil.rmtree(curve_tmp, ignore_errors=True)
 
 
-def finalize_hub(sock, ctx, auth, curve_tmp: str | None, bound: str) -> None:
-    """A hub's close: the authenticator first, since ctx.term() waits for every socket of the context, its own
-    among them."""
+def finalize_hub(sock, ctx, auth, curve_tmp: str | None, bound: str, handshakes=None) -> None:
+    """A hub's close: the authenticator and the handshake monitor first, since ctx.term() waits for every socket of
+    the context, theirs among them."""
     release_curve(auth, curve_tmp)
+    if handshakes is not None:
+        handshakes.close()
     close_sock(sock, ctx, bound)
+
+
+class HandshakeWatch:
+    """Logs the handshakes the worker socket refused for a mismatch of settings, which neither side would otherwise
+    say here: a worker with no CURVE keys at a controller with them (or the other way round), and one whose
+    --curve-server-key is not this controller's public key (the worker logs these too, on its own host). A key
+    not listed in DIR/workers is the authenticator's to log. Other failures (a TCP probe that connects and closes,
+    a peer that is no ZeroMQ) are left unlogged: a health check of the port would fill the log. A mechanism mismatch
+    shows here only when this side sees it first (which side does is a race); a refused server key always does.
+    Read on the heartbeat round (``poll``); each kind is logged once, then at most every HANDSHAKE_LOG_EVERY_S with
+    a count."""
+
+    def __init__(self, sock, curve: bool):
+        self.curve = curve
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        self.monitor.setsockopt(zmq.LINGER, 0)
+        self._unsaid: Counter = Counter()  # kind -> failures since it was last logged
+        self._said_s: dict[int, float] = {}  # kind -> when it was last logged (monotonic s)
+
+    def poll(self, now_s: float | None = None) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        now_s = time.monotonic() if now_s is None else now_s
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event["value"] in (zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC):
+                self._unsaid[event["value"]] += 1
+        for kind, n in list(self._unsaid.items()):
+            if now_s - self._said_s.get(kind, -HANDSHAKE_LOG_EVERY_S) >= HANDSHAKE_LOG_EVERY_S:
+                self._said_s[kind] = now_s
+                del self._unsaid[kind]
+                log.error("%d worker connection(s) refused at the handshake: %s", n, self._why(kind))
+
+    def _why(self, kind: int) -> str:
+        if kind == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            return ("a worker's --curve-server-key is not this controller's public key (the public half of "
+                    "--curve-dir's server.key_secret)")
+        if self.curve:
+            return ("a worker without CURVE keys: start it with --curve-server-key (this controller's public key) "
+                    "and --curve-secret-key (a key pair whose public half is in --curve-dir's workers/)")
+        return ("a worker with CURVE keys (--curve-server-key) at this controller, which runs without CURVE: start "
+                "the controller with --curve-dir, or the worker without those flags")
+
+    def close(self) -> None:
+        self.monitor.close(0)
 
 
 def close_sock(sock, ctx, bound: str | None = None) -> None:

@@ -344,8 +344,12 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests,
               allowed_origins=cfg.server.allowed_origins)
     # handler_cancellation: a client that hangs up cancels its handler, and with it its request (the generation
-    # is aborted on its worker), streaming or not; aiohttp leaves handlers running by default.
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
+    # is aborted on its worker), streaming or not; aiohttp leaves handlers running by default. keepalive_timeout:
+    # aiohttp's timer runs from a connection's start and closes it only while it waits for a whole request, never
+    # under one. Its default, 3630 s: found in review, connections that sent half a header, or nothing, were held
+    # for ever, and enough of them used every file descriptor, so that no client could connect.
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True,
+                           keepalive_timeout=cfg.server.keepalive_timeout_s)
     await runner.setup()
     # SockSite listens again with its own backlog (aiohttp's default 128): the listener's must be passed on.
     site = web.SockSite(runner, listener, backlog=LISTEN_BACKLOG)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from warmserve.controller.openai_api import error_body
+
 #: Retry-After of a request answered while starting, seconds.
 STARTING_RETRY_AFTER_S = 5
 _MESSAGE = ("the server is starting (its workers start and load the models): retry in a few seconds; GET /health "
@@ -24,9 +26,10 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _starting(request: web.Request) -> web.Response:
-    return web.json_response({"error": {"message": _MESSAGE, "type": "service_unavailable", "param": None,
-                                        "code": 503}},
-                             status=503, headers={"Retry-After": str(STARTING_RETRY_AFTER_S)})
+    # OpenAI's shape as every other 503 has it (error_body): found in review, type and code were swapped, the code
+    # a number
+    return web.json_response(error_body(503, _MESSAGE), status=503,
+                             headers={"Retry-After": str(STARTING_RETRY_AFTER_S)})
 
 
 class StartingSite:

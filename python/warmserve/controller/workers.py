@@ -26,7 +26,7 @@ from warmserve.endpoints import is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import require_authenticated_bind
 
-from .hub_sockets import close_sock, curve_server_of, finalize_hub, release_curve
+from .hub_sockets import HandshakeWatch, close_sock, curve_server_of, finalize_hub, release_curve
 from .worker_claims import IdClaims
 
 log = logging.getLogger("warmserve.controller")
@@ -204,6 +204,7 @@ class WorkerHub:
                                  option="--bind tcp://HOST:PORT, or warmserve.Cluster's bind=; port 0 picks a "
                                         "free one") from None
             self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.handshakes = HandshakeWatch(self.sock, curve=bool(curve_dir))
         except BaseException:
             self._release()
             close_sock(self.sock, self.ctx)
@@ -234,7 +235,7 @@ class WorkerHub:
         # is still collected and cleaned up (found in review: the context was terminated with the authenticator's
         # socket open, which hung the process when collected or at exit, and the temp dir with its key was left).
         self._finalizer = weakref.finalize(self, finalize_hub, self.sock, self.ctx, self.auth, self._curve_tmp,
-                                           self.endpoint)
+                                           self.endpoint, self.handshakes)
 
     def next_id(self) -> int:
         self._next_id += 1
@@ -365,8 +366,13 @@ class WorkerHub:
                 tell_refused(self.sock, ident, msg, why, log_it=False)
                 return
             if w is not None and w.alive and (msg.pid != w.pid or self.claims.another_process(ident, msg)):
-                # Same id, new process (a restart took the routing id over): the old one's state is gone.
-                self.lose(w, f"restarted as process {msg.pid}")
+                # Same id, new process (a restart took the routing id over): the old one's state is gone. Heard just
+                # now, the old one may live on, cut off (found in review: a second process started by mistake took
+                # the id over unsaid); worker_claims refuses both if it connects again, which the line says.
+                heard_s = now - w.last_seen_s
+                self.lose(w, f"restarted as process {msg.pid}" + (
+                    f" (process {w.pid} was heard {heard_s:.1f} s ago: if it still runs, two processes share the "
+                    "worker id, and both are refused once it connects again)" if heard_s < 5.0 else ""))
             elif w is not None and w.ready:
                 # The same process says Hello again only after it gave up on this controller (a send failed: its
                 # connection was reset, or its queue full; or we were silent past its --peer-timeout-s): it aborted
@@ -534,6 +540,7 @@ class WorkerHub:
         after, before it had read what they sent meanwhile, and had the local ones killed and started again."""
         stalled_s = 0.0 if self._beat_s is None else max(0.0, now_s - self._beat_s - interval_s)
         prev_s, self._beat_s = self._beat_s, now_s
+        self.handshakes.poll(now_s)
         self._told_rejoin = {i: t for i, t in self._told_rejoin.items() if now_s - t < REJOIN_EVERY_S}
         for w in list(self.workers.values()):
             if not w.alive:

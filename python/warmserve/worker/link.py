@@ -28,6 +28,8 @@ CONTROLLER = b"controller"
 # Pipe frames. Link -> engine: [MSG, peer, *payload] and [GONE, peer, why]. Engine -> link: [SEND, peer, data]
 # and [STOP] (after which the link flushes, closes its sockets and ends).
 MSG, GONE, SEND, STOP = b"m", b"g", b"s", b"q"
+#: Seconds between two log lines of failed sends (a peer gone or not reading fails every send until it is dropped).
+SEND_FAILED_LOG_EVERY_S = 10.0
 #: What a controller that lost this worker says to it (``protocol.Rejoin``: always these bytes).
 _REJOIN = P.encode(P.Rejoin())
 #: Seconds the link waits for its last replies (Shutdown's Ok) to leave when it stops.
@@ -95,6 +97,7 @@ class Link:
         #: lost this worker would admit it again, and send it work, as it leaves.
         self.draining = False
         self._controller_unreachable = False
+        self._send_failed_said_s = -math.inf  # when a failed send was last logged (SEND_FAILED_LOG_EVERY_S)
         #: Connected: when the controller last said anything, or the link started (monotonic s), and when its
         #: silence was last logged at WARNING (``_warn_silent``).
         self._heard_s, self._silent_warned_s = time.monotonic(), -math.inf
@@ -173,7 +176,8 @@ class Link:
                        "DIR/server.key_secret, or the controller runs without CURVE")
             else:
                 why = ("the handshake failed: the controller may use CURVE (--curve-dir): pass --curve-server-key "
-                       "and --curve-secret-key")
+                       "and --curve-secret-key; or --controller is not its worker endpoint (the workers_endpoint "
+                       "`warmserve serve` prints), e.g. its HTTP port")
             log.error("the controller at %s refused this worker's key (%s); trying again", self.endpoint, why)
 
     def _from_engine(self) -> bool:
@@ -340,7 +344,10 @@ class Link:
             # (yet, or refused by CURVE): nobody will read the rest.
             if self.routed or self.controller_heard or peer in self.last_seen:
                 who = f"the controller at {self.endpoint}" if not self.routed else f"peer {peer!r}"
-                log.warning("cannot send to %s (%s)", who, e.strerror)
+                now = time.monotonic()
+                if now - self._send_failed_said_s >= SEND_FAILED_LOG_EVERY_S:  # found in review: hundreds a minute
+                    self._send_failed_said_s = now
+                    log.warning("cannot send to %s (%s)", who, e.strerror)
             elif not self._controller_unreachable:  # a controller not connected yet is normal at start: say it once
                 log.info("the controller at %s is not reachable yet (%s); saying Hello each heartbeat",
                          self.endpoint, e.strerror)

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 import threading
@@ -101,6 +102,8 @@ BIND_FIX = ("pass --curve-secret-key (this worker's certificate) and --curve-cli
 #: What a connected worker's socket monitor reports (``Link._watch``).
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+#: Seconds between two log lines of malformed messages (each one is still answered with an Error).
+MALFORMED_LOG_EVERY_S = 60.0
 #: Peers whose aborted generation ids a bound worker keeps to tell them (the oldest is forgotten past this).
 _MAX_DROPPED_PEERS = 1024
 
@@ -213,6 +216,7 @@ class WorkerServer:
         else:
             self.parent_pid = int(exit_with_parent)
         self.malformed = 0
+        self._malformed_said_s, self._malformed_said = -math.inf, 0  # when malformed messages were last logged
         #: Bound: peer -> (why it was given up on, the request ids of its generations aborted then), oldest first.
         self._dropped: collections.OrderedDict[bytes, tuple[str, list[int]]] = collections.OrderedDict()
         self._numbering = TokensNumbering()
@@ -349,10 +353,18 @@ class WorkerServer:
                 f"since, so send the request again", request_id=id, worker_id=wid)))
 
     def _malformed(self, peer, data: bytes, why) -> None:
+        """Answer a message that is no request with an Error; logged once a minute at most, with a count (found
+        in review: a worker whose --controller named the HTTP port logged ~6 a second, for ever)."""
         self.malformed += 1
         err = why if isinstance(why, errors.ProtocolError) else errors.ProtocolError(
             f"malformed request: {why}", size_bytes=len(data))
-        log.warning("malformed message from %r: %s", peer, err)
+        now = time.monotonic()
+        if now - self._malformed_said_s >= MALFORMED_LOG_EVERY_S:
+            hint = "" if self.routed else (": is --controller the controller's worker endpoint (the workers_endpoint "
+                                           "`warmserve serve` prints), not its HTTP port?")
+            log.warning("malformed message from %r (%d since the last said): %s%s", peer,
+                        self.malformed - self._malformed_said, err, hint)
+            self._malformed_said_s, self._malformed_said = now, self.malformed
         self._send(peer, P.Error.of(P.request_id_of(data), err))
 
     def _beat(self) -> None:

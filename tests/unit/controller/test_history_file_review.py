@@ -41,6 +41,16 @@ def test_a_short_row_names_its_row(tmp_path):
         read_history(path)
 
 
+def test_a_header_without_the_columns_names_what_it_lacks_and_has(tmp_path):
+    """Found in review: a header a,b,c was reported at row 2 as lacking 'start_s', an alias nobody asked for."""
+    path = _csv(tmp_path, f"a,b,c\nx,{T0},1\n")
+    with pytest.raises(ValueError, match="header lacks model, window_start_s, avg, peak \\(it has a, b, c\\)"):
+        read_history(path)
+    path = _csv(tmp_path, f"model,start_s,avg\na,{T0},1\n")  # the alias start_s stands for window_start_s
+    with pytest.raises(ValueError, match="header lacks peak \\(it has model, start_s, avg\\)"):
+        read_history(path)
+
+
 def test_gzip_and_latin1_files_are_refused_naming_the_file(tmp_path):
     gz = tmp_path / "h.csv.gz"
     gz.write_bytes(gzip.compress(f"model,window_start_s,avg,peak\na,{T0},1,2\n".encode()))

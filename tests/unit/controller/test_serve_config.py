@@ -66,7 +66,7 @@ def test_history_csv_and_json(tmp_path):
     j = read_history(str(tmp_path / "h.json"))
     np.testing.assert_array_equal(j["a"][1], h["a"][1])
     (tmp_path / "bad.csv").write_text("model,avg\na,1\n")
-    with pytest.raises(ValueError, match="row 2"):
+    with pytest.raises(ValueError, match="header lacks window_start_s, peak"):
         read_history(str(tmp_path / "bad.csv"))
     with pytest.raises(InvalidArgumentError, match="does not exist"):  # typed (it was a bare FileNotFoundError)
         read_history(str(tmp_path / "none.csv"))
