@@ -428,3 +428,14 @@ def raw_completion(port: int, body: dict) -> socket.socket:
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % len(data) + data)
     return s
+
+
+def curve_dir(tmp_path):
+    """A controller's --curve-dir: its server key pair (the secret one private) and an empty workers/ folder."""
+    import zmq.auth
+
+    d = tmp_path / "keys"
+    (d / "workers").mkdir(parents=True)
+    zmq.auth.create_certificates(str(d), "server")
+    os.chmod(d / "server.key_secret", 0o600)
+    return d

@@ -5,7 +5,6 @@ Real ZeroMQ sockets: a WorkerHub and DEALERs speaking as misconfigured workers."
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import zmq
@@ -13,13 +12,7 @@ import zmq.auth
 
 from warmserve.controller.workers import WorkerHub
 
-
-def _keys(tmp_path):
-    d = tmp_path / "keys"
-    (d / "workers").mkdir(parents=True)
-    zmq.auth.create_certificates(str(d), "server")
-    os.chmod(d / "server.key_secret", 0o600)
-    return d
+from controller_harness import curve_dir
 
 
 def _worker(ctx, endpoint: str, server_public: bytes | None = None) -> zmq.Socket:
@@ -51,7 +44,7 @@ def _said(hub, caplog, wanted: str, timeout_s: float = 10.0) -> list[str]:
 def test_a_curve_controller_logs_a_worker_with_another_server_key_once_a_minute(tmp_path, caplog):
     """A mechanism mismatch (a worker with no keys, or keys at a plain controller) is logged too when this side
     sees it first; which side does is a race, so only the refused key is tested here."""
-    hub = WorkerHub("tcp://127.0.0.1:0", on_hello=None, on_event=None, on_lost=None, curve_dir=str(_keys(tmp_path)))
+    hub = WorkerHub("tcp://127.0.0.1:0", on_hello=None, on_event=None, on_lost=None, curve_dir=str(curve_dir(tmp_path)))
     ctx = zmq.Context()
     s = None
     try:

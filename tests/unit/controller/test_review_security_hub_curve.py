@@ -13,21 +13,12 @@ import textwrap
 import threading
 
 import pytest
-import zmq.auth
 
 import warmserve
 from warmserve.controller.workers import WorkerHub
 from warmserve.errors import InvalidArgumentError
 
-from controller_harness import demo_path
-
-
-def _keys(tmp_path):
-    d = tmp_path / "keys"
-    (d / "workers").mkdir(parents=True)
-    zmq.auth.create_certificates(str(d), "server")
-    os.chmod(d / "server.key_secret", 0o600)
-    return d
+from controller_harness import curve_dir, demo_path
 
 
 def test_a_curve_dir_without_server_key_secret_is_a_typed_error_naming_the_file(tmp_path, monkeypatch):
@@ -64,7 +55,7 @@ _DROP = textwrap.dedent("""
 
 @pytest.mark.parametrize("how", ["del", "exit"])
 def test_a_curve_hub_dropped_without_close_neither_hangs_nor_leaves_its_secret_key(tmp_path, how):
-    d = _keys(tmp_path)
+    d = curve_dir(tmp_path)
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     try:
@@ -84,7 +75,7 @@ def test_close_then_collect_is_still_clean(tmp_path, monkeypatch):
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     threads = set(threading.enumerate())
-    hub = WorkerHub("tcp://127.0.0.1:0", on_hello=None, on_event=None, on_lost=None, curve_dir=str(_keys(tmp_path)))
+    hub = WorkerHub("tcp://127.0.0.1:0", on_hello=None, on_event=None, on_lost=None, curve_dir=str(curve_dir(tmp_path)))
     assert hub.auth is not None and len(os.listdir(private_tmp)) == 1
     hub.close()
     hub.close()  # twice: nothing stopped twice
