@@ -5,7 +5,6 @@ preparation and the text of a generation are the front end's (frontend.py), shar
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 
@@ -15,7 +14,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from warmserve.controller import openai_api as oa, prechecks
 from warmserve.controller import textstream, tokenize_api
-from warmserve.controller.body import BodyTimeoutError, read_body
+from warmserve.controller.api_key import key_bytes, key_matches
+from warmserve.controller.body import BodyTimeoutError, expect_handler, read_body
 from warmserve.controller.cors import Cors, is_preflight
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare
@@ -79,27 +79,6 @@ def _error(e: BaseException) -> web.Response:
     return resp
 
 
-def _key_bytes(key: str) -> bytes:
-    """The bytes a client sends for ``key``: encoded as the header is (``_key_matches``), so that a key of
-    non-UTF-8 bytes from the shell (decoded with surrogateescape) is the bytes it came from. Found in review: a
-    plain encode() raised on one, and every protected request was a 400 whose text named a character of the key."""
-    return key.encode("utf-8", "surrogateescape")
-
-
-def _key_matches(header: str, key: bytes) -> bool:
-    """Whether an Authorization header carries ``key`` (``_key_bytes``) as a Bearer token, compared in constant
-    time. The scheme is case-insensitive (RFC 9110 §11.1). The header is compared as the bytes that came (aiohttp
-    decodes them as UTF-8 with surrogateescape): found in review, a non-UTF-8 byte in it was a 400 and a logged
-    traceback instead of a 401."""
-    scheme, _, given = header.strip().partition(" ")
-    given = given.strip() if scheme.lower() == "bearer" else ""
-    try:
-        raw = given.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return False
-    return hmac.compare_digest(raw, key)
-
-
 def _request_id(given: str | None) -> str:
     """The request's id: the client's X-Request-Id when it sends a usable one, as vLLM takes it (found in review:
     gateways that match their logs by it found it nowhere), else a fresh one. Usable: 1 to MAX_CLIENT_ID_CHARS
@@ -131,7 +110,7 @@ class Api:
         check_api_key(api_key, "the API key")  # one never matched: see check_api_key
         self.controller = controller
         self.api_key = api_key
-        self._key = _key_bytes(api_key)  # once: check_api_key refused any key it cannot encode
+        self._key = key_bytes(api_key)  # once: check_api_key refused any key it cannot encode
         self.max_concurrent = max_concurrent_requests
         self._cors = Cors(allowed_origins) if allowed_origins else None  # None: no CORS headers (the default)
         self.active = 0
@@ -148,16 +127,23 @@ class Api:
             "access_log_class": _own_answers(self), "access_log": access_log, "auto_decompress": False})
         if self._cors:
             app.on_response_prepare.append(self._cors.on_prepare)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat)
+        expect = expect_handler(MAX_BODY_BYTES, self._authorized)  # routes that read a body
+        app.router.add_post("/v1/completions", self.completions, expect_handler=expect)
+        app.router.add_post("/v1/chat/completions", self.chat, expect_handler=expect)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{name:.+}", self.model)  # Hugging Face names have a "/" in them
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/stats", self.stats)
-        app.router.add_post("/tokenize", self.tokenize)  # vLLM's paths, outside /v1
-        app.router.add_post("/detokenize", self.detokenize)
+        app.router.add_post("/tokenize", self.tokenize, expect_handler=expect)  # vLLM's paths, outside /v1
+        app.router.add_post("/detokenize", self.detokenize, expect_handler=expect)
         return app
+
+    def _authorized(self, request: web.Request) -> bool:
+        """Whether the request may be served as to its API key: none is set, its path needs none, or it sent it."""
+        if not self.api_key or not (request.path.startswith("/v1/") or request.path in _KEYED):
+            return True
+        return key_matches(request.headers.get("Authorization", ""), self._key)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
@@ -168,9 +154,8 @@ class Api:
         close = False
         preflight = self._cors is not None and is_preflight(request)  # a browser sends no API key with one
         try:
-            if self.api_key and not preflight and (request.path.startswith("/v1/") or request.path in _KEYED):
-                if not _key_matches(request.headers.get("Authorization", ""), self._key):
-                    raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
+            if not preflight and not self._authorized(request):
+                raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
             resp = await handler(request)
             if preflight:  # labelled by its path's route: no route takes OPTIONS
                 info["route"] = await _route_of_path(request)

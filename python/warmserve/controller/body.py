@@ -140,3 +140,25 @@ def decoded(data: bytes, coding: str, max_bytes: int) -> bytes:
     raise InvalidArgumentError(
         f"the request body could not be decoded: Content-Encoding {coding}, but its compressed data is followed by "
         f"other bytes{more}: send one compressed body")
+
+
+def expect_handler(max_bytes: int, authorized):
+    """aiohttp's ``expect_handler`` for routes that read a body: ``100 Continue`` only for a request whose body will
+    be read. One refused unread (announced over ``max_bytes``, an encoding not decoded, no API key: ``authorized``
+    is the guard's own check) gets no 100, so its final answer (413, 415, 401) is the first the client hears and it
+    sends no body. Found in review: the 100 went first, and curl sent 512 KiB of a 95 MiB body before its 413."""
+    async def expect(request: web.Request) -> None:
+        if request.version < (1, 1):  # as aiohttp's own handler: HTTP/1.0 has no interim answers
+            return
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get('Expect', '')[:80]}")
+        if request.content_length is not None and request.content_length > max_bytes or not authorized(request):
+            return
+        try:
+            codings_of(request)
+        except UnsupportedEncodingError:
+            return
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler: the 100 is no part of the answer
+
+    return expect
