@@ -19,7 +19,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, with_worker_page_bytes
-from warmserve.controller import draining, history_record, observed, refusals, views
+from warmserve.controller import draining, history_record, losses, observed, refusals, views
 from warmserve.controller.clock import history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
@@ -497,7 +497,8 @@ class Controller(WorkerRestarts):
             # Not counted here: a worker that drained (workers_drained), or the fresh process of a planned replacement
             # lost while being admitted: its loss fails the replacement, whose _replace_failed counts the GPU lost.
             self.metrics.workers_lost.inc()
-        self.lost_workers[w.ident] = (w.worker_id, w.host, w.device)
+        if not w.draining:  # one that drained and left is no lost capacity (a local one: ``restarting`` has it)
+            self.lost_workers[w.ident] = (w.worker_id, w.host, w.device)
         now = self.now_s()
         # Requests of tensor-parallel instances that lost a rank here ran on their rank 0 elsewhere: the same fate.
         # groups.lost sends nothing (its sends wait until this handling is over), so no other loss can route
@@ -507,23 +508,7 @@ class Controller(WorkerRestarts):
             del self.instances[iid]
         for pid in [p for p, pw in self.prewarms.items() if w in pw.workers]:
             del self.prewarms[pid]
-        requeue = []
-        for req in sorted(gens.values(), key=lambda r: r.rid):  # oldest first; each starts over after its tokens
-            req.reroutes += 1
-            if not req.done and req.reroutes < self.cc.max_worker_losses_per_request:
-                requeue.append(req)
-                req.requeued(self.cc.request_timeout_s)
-                self.metrics.rerouted.inc(model=req.model)
-                if req.generated:
-                    self.metrics.resumed.inc(model=req.model, why="worker_lost")
-                continue
-            req.fail(WorkerLostError(
-                f"{w!r} was lost ({why}): workers lost under this request: {req.reroutes} (after {req.generated} "
-                f"tokens), so it is not started over again in case it is what kills them; retry it, or raise "
-                f"controller.max_worker_losses_per_request", worker_id=w.worker_id, generated_tokens=req.generated,
-                workers_lost=req.reroutes))
-            self.driver.request_finished(req.model, req.instance_id, now, route=False, request=req)
-            self._request_done(req, "worker_lost")
+        requeue = losses.requeue_lost(self, w, why, gens, now)
         w.gens.clear()
         if w in self.gpu_workers:
             self.gpu_workers.remove(w)
@@ -532,6 +517,8 @@ class Controller(WorkerRestarts):
         if self.hub.workers.get(w.ident) is w:
             del self.hub.workers[w.ident]
         if w.proc is not None and not w.rejoins:  # a rejoining process lives on: it is admitted again at once
+            if w.draining:  # left by plan: no crash in a row, so no back-off grown by earlier restarts
+                self._restarts.pop(w.ident, None)
             self._restart_later(w)
         if w.gpu_id is not None:
             # Re-routed requests go to the front of their queue: they are the oldest.

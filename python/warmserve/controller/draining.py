@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 
+from warmserve.controller.errors import NoWorkersError
+
 log = logging.getLogger("warmserve.controller")
 
 
@@ -25,5 +27,11 @@ def on_drain(ctl, w) -> None:
     ctl.metrics.workers_drained.inc()
     log.warning("%r drains (it was sent SIGTERM): no new work goes to it, and its %d request(s) in flight finish "
                 "there; the load it served goes to other workers", w, len(w.gens))
+    now_s = ctl.now_s()
     if w.ready and w.gpu_id is not None:
-        ctl.driver.lose_gpus([w.gpu_id], ctl.now_s())
+        ctl.driver.lose_gpus([w.gpu_id], now_s)
+    if not ctl._workers_serve_or_come():  # as the loss of the last worker does: say so now, not at the timeout
+        for model in ctl.models:
+            ctl.driver.fail_waiting(model, NoWorkersError(
+                f"no worker serves: the last one, {w!r}, drains (it was sent SIGTERM) and takes no new work; retry "
+                "when workers join", worker_id=w.worker_id), now_s)

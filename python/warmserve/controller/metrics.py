@@ -131,7 +131,8 @@ class ControllerMetrics:
                                 ("model",))
         self.resumed = Counter(r, "warmserve_resumed_requests", "Requests that had streamed tokens and left their "
                                "instance to go on elsewhere after them, by why: migrated (the instance stopped for a "
-                               "model that wanted its GPUs), worker_lost, rank_lost (their tensor-parallel instance "
+                               "model that wanted its GPUs), worker_lost, worker_drained (its drain's time ran out), "
+                               "rank_lost (their tensor-parallel instance "
                                "lost a rank), not_running (their worker no longer ran their instance) or no_room (a "
                                "co-served instance could no longer hold them).",
                                ("model", "why"))

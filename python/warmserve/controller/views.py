@@ -10,7 +10,8 @@ from warmserve import protocol as P
 def health(ctl) -> dict:
     live = [w for w in ctl.gpu_workers if w.ready and not w.draining]
     return {"ok": bool(live) and not ctl.closing, "workers": len(live),
-            "instances": sum(1 for i in ctl.instances.values() if i.ready), "closing": ctl.closing}
+            "instances": sum(1 for i in ctl.instances.values() if i.ready and not any(x.draining for x in i.workers)),
+            "closing": ctl.closing}
 
 
 def stats(ctl) -> dict:

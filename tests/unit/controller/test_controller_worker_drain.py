@@ -5,7 +5,10 @@ the worker ran, and each request started over elsewhere. Scripted peers on real 
 import asyncio
 import logging
 
+import pytest
+
 from warmserve import protocol as P
+from warmserve.controller.errors import NoWorkersError
 from warmserve.protocol import SamplingParams
 
 from controller_harness import MODEL, Peer, collect, make_controller, run, until
@@ -68,3 +71,44 @@ def test_a_draining_worker_finishes_its_request_takes_no_new_one_and_leaves_unlo
     assert any("drains (it was sent SIGTERM)" in s for s in said), said
     assert any("left after draining" in s for s in said), said
     assert not [s for s in said if " lost: " in s]
+
+
+def test_requests_a_drain_ran_out_of_time_for_start_over_uncounted_and_the_last_drain_fails_new_ones(model):
+    """Found in review: aborts at the end of a drain's time counted as worker losses (two rolling restarts failed a
+    long stream as a poison request), a drained worker stayed in the lost gauge for good, and with the only
+    workers draining, new requests waited until they left to get their 503."""
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peers = {p.wid.encode(): p for p in (Peer(ep, "host-1-cpu0"), Peer(ep, "host-2-cpu0"))}
+        try:
+            await c.wait_for_workers(2, 5)
+            for p in peers.values():
+                p.hold_generate = True
+            req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+            assert await until(lambda: any(w.gens for w in c.gpu_workers), 4)
+            w = next(w for w in c.gpu_workers if w.gens)
+            peer = peers[w.ident]
+            (gid,) = w.gens
+            await peer.send(P.Tokens(id=gid, token_ids=[5]))
+            await peer.send(_draining_stats(peer, 1))
+            assert await until(lambda: w.draining and req.generated == 1, 4)
+            await peer.send(P.Tokens(id=gid, token_ids=[], finished=True, finish_reason="abort"))  # time is up
+            other = next(x for x in c.gpu_workers if x is not w)
+            assert await until(lambda: not w.alive and req in other.gens.values(), 4)
+            assert req.reroutes == 0 and not req.done
+            assert c.metrics.resumed.get(model=MODEL, why="worker_drained") == 1
+            assert c.metrics.workers_lost.get() == 0 and not c.lost_workers
+
+            o = peers[other.ident]
+            await o.send(_draining_stats(o, 1))  # the last worker drains: nothing serves or comes
+            assert await until(lambda: other.draining, 4)
+            assert not c.health()["ok"]
+            with pytest.raises(NoWorkersError):  # a 503 at once, not a wait for them to leave
+                c.submit_nowait(MODEL, [2], SamplingParams(max_tokens=3))
+        finally:
+            await c.close(drain=False)
+            for p in peers.values():
+                p.close()
+
+    run(main())
