@@ -1,6 +1,6 @@
 """The controller logs the worker connections its socket refuses at the handshake for a mismatch of settings (here:
-a --curve-server-key that is not the controller's), once per kind and then at most once a minute. Before, only the worker's log said so, on its host.
-Real ZeroMQ sockets: a WorkerHub and DEALERs speaking as misconfigured workers."""
+a --curve-server-key that is not the controller's), once per kind and then at most once a minute. Before, only the
+worker's log said so, on its host. Real ZeroMQ sockets: a WorkerHub and DEALERs speaking as misconfigured workers."""
 
 from __future__ import annotations
 
