@@ -20,18 +20,23 @@ def _draining_stats(peer: Peer, in_flight: int) -> P.Stats:
                    instances=[], in_flight=in_flight, draining=True)
 
 
+async def _one_held_request(c, peers: dict):
+    """Both peers admitted and holding their Generates; one request sent: it and the worker it runs on."""
+    await c.wait_for_workers(2, 5)
+    for p in peers.values():
+        p.hold_generate = True
+    req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+    assert await until(lambda: any(w.gens for w in c.gpu_workers), 4)
+    return req, next(w for w in c.gpu_workers if w.gens)
+
+
 def test_a_draining_worker_finishes_its_request_takes_no_new_one_and_leaves_unlost(model, caplog):
     async def main():
         c = make_controller(model)
         ep = await c.start()
         peers = {p.wid.encode(): p for p in (Peer(ep, "host-1-cpu0"), Peer(ep, "host-2-cpu0"))}
         try:
-            await c.wait_for_workers(2, 5)
-            for p in peers.values():
-                p.hold_generate = True
-            first = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
-            assert await until(lambda: any(w.gens for w in c.gpu_workers), 4)
-            w = next(w for w in c.gpu_workers if w.gens)
+            first, w = await _one_held_request(c, peers)
             peer, other = peers[w.ident], next(p for i, p in peers.items() if i != w.ident)
             (gid,) = w.gens
 
@@ -82,12 +87,7 @@ def test_requests_a_drain_ran_out_of_time_for_start_over_uncounted_and_the_last_
         ep = await c.start()
         peers = {p.wid.encode(): p for p in (Peer(ep, "host-1-cpu0"), Peer(ep, "host-2-cpu0"))}
         try:
-            await c.wait_for_workers(2, 5)
-            for p in peers.values():
-                p.hold_generate = True
-            req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
-            assert await until(lambda: any(w.gens for w in c.gpu_workers), 4)
-            w = next(w for w in c.gpu_workers if w.gens)
+            req, w = await _one_held_request(c, peers)
             peer = peers[w.ident]
             (gid,) = w.gens
             await peer.send(P.Tokens(id=gid, token_ids=[5]))
