@@ -27,10 +27,12 @@ def on_drain(ctl, w) -> None:
     ctl.metrics.workers_drained.inc()
     log.warning("%r drains (it was sent SIGTERM): no new work goes to it, and its %d request(s) in flight finish "
                 "there; the load it served goes to other workers", w, len(w.gens))
-    now_s = ctl.now_s()
-    if not w.ready:  # still being admitted: nothing runs there yet, and nothing must be placed there
+    if not w.ready:  # still being admitted: nothing runs there yet, and nothing must be placed there. The loss
+        # handling fails what waits when no worker serves or comes, as below.
         ctl.hub.lose(w, "it drains (it was sent SIGTERM) while being admitted")
-    elif w.gpu_id is not None:
+        return
+    now_s = ctl.now_s()
+    if w.gpu_id is not None:
         ctl.driver.lose_gpus([w.gpu_id], now_s)
     if not ctl._workers_serve_or_come():  # as the loss of the last worker does: say so now, not at the timeout
         for model in ctl.models:
