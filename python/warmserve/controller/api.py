@@ -268,7 +268,7 @@ class Api:
         model = self.controller.model(req.model)
         ids = await aprepare(model, req.prompt, max_tokens=sampling.max_tokens,
                              max_tokens_param=oa.max_tokens_param(req))
-        sampling = oa.fill_max_tokens(req, sampling, model.max_context, len(ids))
+        sampling = oa.fill_max_tokens(req, sampling, model.max_context, len(ids), model.default_max_tokens)
         return await self._generate(request, "completion", req, model, ids, sampling)
 
     async def chat(self, request: web.Request):
@@ -276,7 +276,7 @@ class Api:
         model = self.controller.model(req.model)
         ids = await aprepare(model, messages=messages, max_tokens=sampling.max_tokens,
                              max_tokens_param=oa.max_tokens_param(req))
-        sampling = oa.fill_max_tokens(req, sampling, model.max_context, len(ids))
+        sampling = oa.fill_max_tokens(req, sampling, model.max_context, len(ids), model.default_max_tokens)
         return await self._generate(request, "chat", req, model, ids, sampling)
 
     async def _parse_chat(self, request: web.Request, body: bytes):

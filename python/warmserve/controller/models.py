@@ -25,8 +25,8 @@ log = logging.getLogger("warmserve.controller")
 
 #: The sampling fields a checkpoint's generation_config.json gives the defaults of, with Hugging Face's own defaults:
 #: a field left at its Hugging Face default is not taken, as vLLM takes only the file's non-default values
-#: (``--generation-config auto``, its default; ModelConfig.get_diff_sampling_param). ``max_new_tokens`` is not
-#: taken: the API's max_tokens defaults stay OpenAI's (docs/api.md).
+#: (``--generation-config auto``, its default; ModelConfig.get_diff_sampling_param). ``max_new_tokens`` (Hugging
+#: Face's default: none) is read apart, as ``ControllerModel.default_max_tokens``.
 GENERATION_CONFIG_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "min_p": None,
                               "repetition_penalty": 1.0}
 
@@ -56,6 +56,9 @@ class ControllerModel:
     max_token_chars: int = 64
     #: Sampling values an HTTP request that leaves them out gets (``sampling_defaults``): the model creator's.
     sampling_defaults: dict = field(default_factory=dict)
+    #: Tokens a request that sets no limit may generate (generation_config.json's ``max_new_tokens``), before the
+    #: context caps it; None: the context alone. vLLM takes the file's value so (``get_max_tokens``' fallback).
+    default_max_tokens: int | None = None
 
     @property
     def name(self) -> str:
@@ -83,6 +86,7 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         tokenizer.compile_chat_template()
         max_token_chars = tokenizer.max_token_chars
         defaults = sampling_defaults(path)
+        default_max_tokens = defaults.pop("max_tokens", None)
     except InvalidArgumentError as e:  # named, as every refusal here
         where = "" if path in e.message else f" ({path})"
         raise type(e)(f"model {spec.name!r}{where}: {e.message}", **{"path": path, **e.fields}) from None
@@ -105,13 +109,15 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         weight_bytes=weight_bytes,
         kv_bytes_per_token=kv_bytes_per_token(cfg.num_layers, kv_heads, cfg.head_dim, DTYPE_BYTES[dtype]),
         sampling_defaults=defaults,
+        default_max_tokens=default_max_tokens,
     )
 
 
 def sampling_defaults(path: str) -> dict:
     """The sampling defaults of the checkpoint at ``path`` from its generation_config.json ({} without one), as a
-    request's values are checked, or CheckpointError naming the file. Found in review: they were never read, so a
-    request that left temperature out sampled at 1.0 where vLLM samples at the model's (Llama 3 Instruct's 0.6)."""
+    request's values are checked, or CheckpointError naming the file; its ``max_new_tokens`` as ``max_tokens``.
+    Found in review: they were never read, so a request that left temperature out sampled at 1.0 where vLLM samples
+    at the model's (Llama 3 Instruct's 0.6)."""
     file = os.path.join(path, "generation_config.json")
     if not os.path.isfile(file):
         return {}
@@ -119,12 +125,18 @@ def sampling_defaults(path: str) -> dict:
     out = {k: gen[k] for k, hf in GENERATION_CONFIG_DEFAULTS.items() if gen.get(k) is not None and gen[k] != hf}
     if isinstance(out.get("top_k"), int) and out["top_k"] < 0:
         out["top_k"] = 0  # -1: no cut, as the API takes it
+    most = gen.get("max_new_tokens")
+    if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+        raise CheckpointError(f"{file}: max_new_tokens must be an integer >= 1, got {most!r}: fix the value, or "
+                              f"delete the key to let a request that sets no limit run to the context", path=file)
     try:
         checked = msgspec.convert(out, SamplingParams)  # types and ranges, as a request's
     except (msgspec.ValidationError, InvalidArgumentError) as e:
         raise CheckpointError(f"{file}: {e}: fix the value, or delete the key to sample with the API's default",
                               path=file) from None
     out = {k: getattr(checked, k) for k in out}  # as the fields' types (an integer temperature, a float)
+    if most is not None:
+        out["max_tokens"] = most
     if out:
         log.info("%s: requests that leave them out sample with generation_config.json's %s, as vLLM does",
                  os.path.basename(path), out)

@@ -311,15 +311,21 @@ def max_tokens_param(req) -> str | None:
     return None if req.max_tokens is None else "max_tokens"  # UNSET (a completion's 16) is named too
 
 
-def fill_max_tokens(req, sampling: SamplingParams, max_context: int, prompt_tokens: int) -> SamplingParams:
-    """The sampling with its max_tokens: as asked, or, when the request sets no limit, what the model's context
-    leaves after the prompt (found in review: a chat without max_tokens stopped at 16 tokens, and a prompt within
-    16 tokens of the context was refused over a max_tokens the client never sent)."""
+def fill_max_tokens(req, sampling: SamplingParams, max_context: int, prompt_tokens: int,
+                    default_max_tokens: int | None = None) -> SamplingParams:
+    """The sampling with its max_tokens: as asked, or, when the request sets no limit, the model's
+    ``default_max_tokens`` (generation_config.json's max_new_tokens, as vLLM takes it) within what the model's
+    context leaves after the prompt (found in review: a chat without max_tokens stopped at 16 tokens, and a prompt
+    within 16 tokens of the context was refused over a max_tokens the client never sent)."""
     if max_tokens_param(req) is not None:
         return sampling
+    room = max(1, max_context - prompt_tokens)
+    # never under the request's min_tokens, which the prompt check already found room for (vLLM would refuse the
+    # pair with a 400 naming a max_tokens the client never sent)
+    limit = room if default_max_tokens is None else min(room, max(default_max_tokens, sampling.min_tokens))
     # Marked as the server's: an instance whose KV cache holds less than the context lowers it to what fits
     # (found in review: it refused the chat with a 400 over a limit the client never sent).
-    return msgspec.structs.replace(sampling, max_tokens=max(1, max_context - prompt_tokens), max_tokens_defaulted=True)
+    return msgspec.structs.replace(sampling, max_tokens=limit, max_tokens_defaulted=True)
 
 
 def message_text(m: ChatMessage) -> str:
