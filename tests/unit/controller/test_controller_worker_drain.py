@@ -112,3 +112,46 @@ def test_requests_a_drain_ran_out_of_time_for_start_over_uncounted_and_the_last_
                 p.close()
 
     run(main())
+
+
+class _DrainsWhileAdmitted(Peer):
+    """A worker sent SIGTERM between its Hello and the end of its admission: its next Stats, the reply to the
+    admission's GetStats, is the first to say it drains (a worker's Stats carries ``draining`` from then on)."""
+
+    async def handle(self, msg):
+        if isinstance(msg, P.GetStats):
+            await self.send(_draining_stats(self, 0))
+        await super().handle(msg)
+
+
+def test_a_worker_that_drains_while_being_admitted_gets_no_work_and_leaves_unlost(model, caplog):
+    """Only a reading of the code covered it (the last note): the worker is let go at once (on_drain), with none
+    other a request is refused at once, and the next worker admitted serves; nothing goes to the draining one."""
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        draining = _DrainsWhileAdmitted(ep, "host-1-cpu0")
+        other = None
+        try:
+            assert await until(lambda: c.metrics.workers_drained.get() == 1, 4)
+            assert await until(lambda: not any(x.alive for x in c.hub.workers.values()), 4)
+            await asyncio.sleep(0.3)  # an admission that went on would have made it ready by now
+            assert not c.gpu_workers and not any(x.ready for x in c.hub.workers.values())
+            with pytest.raises(NoWorkersError):  # none serves or comes: a 503 at once
+                c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+            other = Peer(ep, "host-2-cpu0")
+            await c.wait_for_workers(1, 5)
+            req = c.submit_nowait(MODEL, [1], SamplingParams(max_tokens=3))
+            assert await asyncio.wait_for(collect(req), 8) == list(other.tokens)
+            assert c.metrics.workers_lost.get() == 0 and not c.lost_workers
+            assert not [m for m in draining.got if isinstance(m, (P.Prewarm, P.Activate, P.Generate))]
+        finally:
+            await c.close(drain=False)
+            for p in (draining, other):
+                if p is not None:
+                    p.close()
+
+    with caplog.at_level(logging.INFO, logger="warmserve.controller"):
+        run(main())
+    said = [r.getMessage() for r in caplog.records]
+    assert any("while being admitted" in s and "left after draining" in s for s in said), said
