@@ -31,12 +31,13 @@ SERVE_CONTROLLER = {"tick_s": 0.2, "heartbeat_interval_s": 0.2, "worker_timeout_
 
 
 def start(tmp_path, *, models=MODELS, tp: dict | None = None, policy: dict | None = None, cpu_workers: int = 2, cpu_worker_memory_bytes: int = 805306368,
-          cluster_toml: str = "", log_level: str = "INFO", args=(), start_timeout_s: float = 180.0,
+          cluster_toml: str = "", log_level: str = "INFO", args=(), start_timeout_s: float = 180.0, preexec_fn=None,
           **controller) -> tuple[subprocess.Popen, str]:
     """`warmserve serve` on CPU workers (one thread each) with the demo `models`; returns the process and its base
     URL. `tp`: model -> tensor-parallel degree (1 if absent); `policy`: more [policy] keys. `cluster_toml` adds
     top-level lines; `controller` overrides SERVE_CONTROLLER keys (None leaves a key out,
-    to its default). Its stderr goes to tmp_path/serve.log, its logs under tmp_path/logs."""
+    to its default). Its stderr goes to tmp_path/serve.log, its logs under tmp_path/logs. `preexec_fn`: run in the
+    server's process before it starts (Popen's)."""
     paths = demo_paths(models)
     table = {k: v for k, v in {**SERVE_CONTROLLER, **controller}.items() if v is not None}
     cfg = tmp_path / "cluster.toml"
@@ -50,7 +51,7 @@ def start(tmp_path, *, models=MODELS, tp: dict | None = None, policy: dict | Non
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", str(cfg), "--log-level",
                              log_level, "--log-dir", str(tmp_path / "logs"), *args],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=preexec_fn)
     log.close()
     ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
     line = proc.stdout.readline() if ready else ""

@@ -25,6 +25,7 @@ import msgspec
 from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, policy_number_ok
 from warmserve.config_file import cluster_config_from_dict, policy_table_keys, read_config_file
 from warmserve.controller.history_record import starting_history
+from warmserve.controller.open_files import AcceptErrorLog, raise_open_files_limit
 from warmserve.errors import InvalidArgumentError, bind_error
 from warmserve.outputs import check_output_folder
 
@@ -273,6 +274,7 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     from warmserve.controller.launch import start_cluster, with_defaults
     from warmserve.controller.starting_site import StartingSite
 
+    raise_open_files_limit()  # before the listener and the workers' sockets: each connection holds a descriptor
     if ray_address is None:
         check_local_devices(cfg.devices)
     # The HTTP port first: one in use is an error now, not after every worker has started (found in review). It
@@ -301,6 +303,7 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.set_exception_handler(AcceptErrorLog())
     if not cfg.models:
         _say("no models named (--model, --config): writing the demo checkpoints if absent (first run: ~20 s)")
 
