@@ -97,24 +97,48 @@ def test_fresh_interpreters_and_gpu_devices_are_not_forked():
     assert isinstance(p, subprocess.Popen) and p.wait(30) == 0
 
 
+def _pidfds() -> int:
+    """This process's open pidfds."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]" for fd in _fds())
+
+
+def _fds() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink(f"/proc/self/fd/{fd}")
+            out.append(fd)
+        except OSError:  # the listing's own descriptor, closed since
+            pass
+    return out
+
+
 def test_a_clusters_cpu_workers_are_forked_and_a_killed_one_is_forked_again(tmp_path_factory):
+    """Twice, and each time without a descriptor or record kept for the dead process (found in review: the
+    controller kept its pidfd and its worker record, one per worker lost or drained, for the server's life)."""
     with serving.demo_cluster(tmp_path_factory, models=("llama-20m",)) as c:
         assert c.generate("llama-20m", "hello", max_tokens=2, temperature=0).completion_tokens >= 1
         server = forkserver.shared_server()
         procs = dict(c.controller.local_procs)
         assert all(isinstance(p, ForkedProcess) and _ppid(p.pid) == server.proc.pid for p in procs.values()), procs
-        ident, victim = next(iter(procs.items()))
-        os.kill(victim.pid, signal.SIGKILL)
-        assert victim.wait(30) == -signal.SIGKILL
-        deadline = time.monotonic() + 60
-        while c.controller.local_procs.get(ident) is victim or not all(
-                w.ready for w in c.controller.hub.workers.values()) or len(c.controller.hub.workers) < 2:
-            assert time.monotonic() < deadline, c.stats()["workers"]
-            time.sleep(0.1)
-        fresh = c.controller.local_procs[ident]
-        assert isinstance(fresh, ForkedProcess) and fresh.pid != victim.pid
-        outs = [c.generate("llama-20m", f"again {i}", max_tokens=2, temperature=0) for i in range(4)]
-        assert all(o.completion_tokens >= 1 for o in outs)
+        ident = next(iter(procs))
+        pidfds = _pidfds()
+        for _ in range(2):
+            victim = c.controller.local_procs[ident]
+            os.kill(victim.pid, signal.SIGKILL)
+            assert victim.wait(30) == -signal.SIGKILL
+            deadline = time.monotonic() + 60
+            while c.controller.local_procs.get(ident) is victim or not all(
+                    w.ready for w in c.controller.hub.workers.values()) or len(c.controller.hub.workers) < 2:
+                assert time.monotonic() < deadline, c.stats()["workers"]
+                time.sleep(0.1)
+            fresh = c.controller.local_procs[ident]
+            assert isinstance(fresh, ForkedProcess) and fresh.pid != victim.pid
+            outs = [c.generate("llama-20m", f"again {i}", max_tokens=2, temperature=0) for i in range(4)]
+            assert all(o.completion_tokens >= 1 for o in outs)
+            assert _pidfds() == pidfds  # the victim's closed, the fresh one's open
+            ctl = c.controller
+            assert sorted(ctl.by_gpu.values(), key=id) == sorted(ctl.gpu_workers, key=id)  # the live ones alone
 
 
 def test_fork_cpu_workers_false_starts_fresh_interpreters():

@@ -512,6 +512,8 @@ class Controller(WorkerRestarts):
         w.gens.clear()
         if w in self.gpu_workers:
             self.gpu_workers.remove(w)
+        if self.by_gpu.get(w.gpu_id) is w:  # its GPU id is never used again (found in review: every record lost
+            del self.by_gpu[w.gpu_id]  # stayed here, with its process and requests table, for the server's life)
         # Out of the worker table (and /stats): a restarted worker takes the same routing id, a new record and a
         # new GPU id; the loss is counted in workers_lost and logged with its reason.
         if self.hub.workers.get(w.ident) is w:

@@ -211,13 +211,21 @@ class ForkedProcess:
         self.returncode: int | None = None
         self._server = server
         self._pidfd = pidfd
-        weakref.finalize(self, os.close, pidfd)
+        # Closed once the process is known to have ended (``ended``), else when this object goes
+        self._close_pidfd = weakref.finalize(self, os.close, pidfd)
+
+    def ended(self, returncode: int) -> None:
+        """The process ended with ``returncode``: its pidfd is closed now, not when this object goes (found in
+        review: the controller kept one per worker lost or drained, 33 after a soak of 33 faults). Called with
+        the server's ``changed`` held, as every use of the pidfd is."""
+        self.returncode = returncode
+        self._close_pidfd()
 
     def poll(self) -> int | None:
         with self._server.changed:
             # The server reports the status; once it is gone, the pidfd says the process ended, not how.
             if self.returncode is None and self._server.gone and self._ended():
-                self.returncode = STATUS_UNKNOWN
+                self.ended(STATUS_UNKNOWN)
             return self.returncode
 
     def _ended(self) -> bool:
@@ -239,9 +247,10 @@ class ForkedProcess:
             return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # it ended since: as Popen, no error
-                signal.pidfd_send_signal(self._pidfd, sig)
+        with self._server.changed:  # the pidfd stays open meanwhile (``ended`` closes it under this lock)
+            if self.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it ended since: as Popen, no error
+                    signal.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -296,7 +305,7 @@ class ForkServer:
                     elif "exit" in m:
                         child = self._children.pop(m["exit"], None)
                         if child is not None:
-                            child.returncode = m["status"]
+                            child.ended(m["status"])
                     else:
                         if "pid" in m:  # made here, before the child's exit message can be read
                             self._children[m["pid"]] = m["child"] = ForkedProcess(self, m["pid"], fds[0])

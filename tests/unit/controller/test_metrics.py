@@ -131,6 +131,7 @@ class _Model:
     max_token_chars = 4
     tokenizer = _Tok()
     sampling_defaults: dict = {}  # no generation_config.json
+    default_max_tokens = None
 
 
 class _Ctl:
