@@ -496,6 +496,14 @@ PYBIND11_MODULE(_C, m) {
         if (finished) j.release_sources();
         return finished;
       })
-      .def_property_readonly("pages_mapped_by_job", [](PyLoadJob& j) { return j.job->pages_mapped_by_job(); })
-      .def_property_readonly("pages_kept_by_views", [](PyLoadJob& j) { return j.job->pages_kept_by_views(); });
+      // They take the job's mutex, which finish() holds under the pool mutex: the GIL is let go first, as above.
+      .def_property_readonly("pages_mapped_by_job",
+                             [](PyLoadJob& j) {
+                               py::gil_scoped_release nogil;
+                               return j.job->pages_mapped_by_job();
+                             })
+      .def_property_readonly("pages_kept_by_views", [](PyLoadJob& j) {
+        py::gil_scoped_release nogil;
+        return j.job->pages_kept_by_views();
+      });
 }

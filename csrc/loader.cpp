@@ -266,6 +266,19 @@ uint64_t LoadJob::result() {
   return total_;
 }
 
+// finish() makes both counts final (under pool.mu) before it sets state_ under m_, so a reader that sees the state
+// final under m_ sees them final too. Found by ThreadSanitizer: read with no lock while finish()'s rollback changed
+// them, a caller polling a cancelled job could read a count half-way through it.
+uint64_t LoadJob::pages_mapped_by_job() {
+  std::lock_guard<std::mutex> g(m_);
+  return state_ == State::Running ? 0 : n_job_pages_;
+}
+
+uint64_t LoadJob::pages_kept_by_views() {
+  std::lock_guard<std::mutex> g(m_);
+  return state_ == State::Running ? 0 : n_kept_pages_;
+}
+
 std::string LoadJob::kept_note() const {
   uint64_t unmapped = n_job_pages_ - n_kept_pages_;
   if (!n_kept_pages_) return std::to_string(unmapped) + " were unmapped again";

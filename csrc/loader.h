@@ -60,8 +60,9 @@ class LoadJob {
   State state();
   // Rethrows the failure (or a Cancelled error) of a finished job; returns the bytes loaded otherwise.
   uint64_t result();
-  uint64_t pages_mapped_by_job() const { return n_job_pages_; }
-  uint64_t pages_kept_by_views() const { return n_kept_pages_; }
+  // 0 until the job has finished (the counts are final then); each takes m_.
+  uint64_t pages_mapped_by_job();
+  uint64_t pages_kept_by_views();
 
  private:
   struct Piece {

@@ -40,14 +40,15 @@ class LoadJob:
 
     @property
     def pages_mapped(self) -> int:
-        """Pages the job answers for (after it finished): those it mapped itself, less those it handed, failing, to
-        an overlapping load still running, plus those such a load handed it; the ones it rolls back on failure."""
+        """Pages the job answers for (0 until it has finished): those it mapped itself, less those it handed,
+        failing, to an overlapping load still running, plus those such a load handed it; the ones it rolls back on
+        failure."""
         return self._job.pages_mapped_by_job
 
     @property
     def pages_kept(self) -> int:
-        """Of pages_mapped, those a failed or cancelled job left mapped (after it finished) because live pinned
-        views made while it ran cover them; their contents are partial."""
+        """Of pages_mapped, those a failed or cancelled job left mapped because live pinned views made while it ran
+        cover them (0 until it has finished); their contents are partial."""
         return self._job.pages_kept_by_views
 
     def cancel(self) -> None:
