@@ -223,6 +223,9 @@ class WorkerHub:
         self._refused: set[tuple[bytes, int]] = set()
         #: Routing id -> when it was last told ``Rejoin`` (monotonic s), until it says Hello.
         self._told_rejoin: dict[bytes, float] = {}
+        #: Ids whose worker left after draining, until one says Hello again: what such a process still sends as it
+        #: exits is expected, so the rejoin it is told is logged at DEBUG (found in review: INFO noise after drains).
+        self._left_draining: set[bytes] = set()
         self._intervals: dict[bytes, float] = {}  # routing id -> its last Hello's heartbeat_interval_s (``beat``)
         self.claims = IdClaims()  # the process behind each routing id, and two that clash over one
         #: When the last heartbeat round ran (monotonic s; ``beat``).
@@ -357,6 +360,7 @@ class WorkerHub:
         w, now = self.workers.get(ident), time.monotonic()
         if isinstance(msg, P.Hello):
             self._told_rejoin.pop(ident, None)
+            self._left_draining.discard(ident)
             self._intervals[ident] = msg.heartbeat_interval_s
             if (why := self.claims.refusal(ident, msg, now, w is not None and w.alive)) is not None:
                 if w is not None and w.alive:  # two live processes under one id: worker_claims.py
@@ -458,7 +462,8 @@ class WorkerHub:
         except zmq.ZMQError:  # gone again, or not connected yet: it is told when it speaks next
             return
         self._told_rejoin[ident] = now
-        log.info("%s speaks with no live worker under its id: told to say Hello again", ident.decode(errors="replace"))
+        log.log(logging.DEBUG if ident in self._left_draining else logging.INFO,
+                "%s speaks with no live worker under its id: told to say Hello again", ident.decode(errors="replace"))
 
     def _dispatch(self, w: WorkerRecord, msg) -> None:
         if isinstance(msg, P.Heartbeat):
@@ -503,6 +508,7 @@ class WorkerHub:
             return
         if w.draining:  # its leaving was announced; what ran there has finished (or starts over: its log says)
             log.info("%r left after draining: %s", w, why)
+            self._left_draining.add(w.ident)
         else:
             log.warning("%r lost: %s", w, why)
         self._take_down(w, "lost", why)

@@ -151,7 +151,10 @@ def test_a_worker_that_drains_while_being_admitted_gets_no_work_and_leaves_unlos
                 if p is not None:
                     p.close()
 
-    with caplog.at_level(logging.INFO, logger="warmserve.controller"):
+    with caplog.at_level(logging.DEBUG, logger="warmserve.controller"):
         run(main())
     said = [r.getMessage() for r in caplog.records]
     assert any("while being admitted" in s and "left after draining" in s for s in said), said
+    # it beats on as it drains: told to say Hello (it says none), which is no news worth INFO
+    told = [r for r in caplog.records if "speaks with no live worker" in r.getMessage()]
+    assert told and all(r.levelno == logging.DEBUG for r in told), [(r.levelname, r.getMessage()) for r in told]
