@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import threading
-import time
 
 import numpy as np
 
@@ -168,6 +167,8 @@ def attach(ctl, history: dict | None) -> HistoryRecord | None:
     """The Controller ``ctl``'s record of its measured windows, fed by its policy (None without a record file)."""
     if not ctl.cc.history_record_path:
         return None
-    record = HistoryRecord(ctl.cc.history_record_path, ctl.clock_origin_s, history, started_unix_s=time.time())
+    # the policy clock read as Unix time: when the controller began to measure, on the clock its windows use
+    record = HistoryRecord(ctl.cc.history_record_path, ctl.clock_origin_s, history,
+                           started_unix_s=ctl.clock_origin_s + ctl.now_s())
     ctl.policy.window_sink = record.window
     return record
