@@ -176,7 +176,8 @@ def _group_victims(board: Board, group: list[int], on_gpu: dict, model: str, now
 
 def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float, have: dict[str, int],
                     demand: dict[str, float], stopping: set[str], served_s: float, reserved: set[int],
-                    band: float, floor: float = 0.0) -> tuple[float, list[InstanceState], tuple[int, ...]] | None:
+                    band: float, floor: float = 0.0,
+                    starved: bool = False) -> tuple[float, list[InstanceState], tuple[int, ...]] | None:
     """(share met after, instances, group) of the aligned group of tp GPUs on one server whose instances
     ``model``, short of instances, may take; None when no group qualifies. ``group``: all its GPU ids, idle ones
     included (as in ``preemption_victims``). The rule (GPUs arbitrated by unmet demand):
@@ -211,7 +212,9 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
       each). Without it, when several models are short at once the order condition alone let them pass GPUs
       back and forth: a model that lost an instance takes longer per request, its in-flight demand grows, and it
       takes GPUs back (seed 0, 40 simulated minutes: artifact-conv at 2x rate 43 moves, most between its two
-      7Bs; artifact-code at 4x 137 moves, SLO attainment 0.48 against 0.67 with no reclaim at all)."""
+      7Bs; artifact-code at 4x 137 moves, SLO attainment 0.48 against 0.67 with no reclaim at all).
+    - ``starved``: ``model`` has no instance (``PolicyConfig.reclaim_for_starved``): neither share test applies
+      (max-min: its share, 0, is the least met; no reclaim takes its one instance back)."""
     tp = state.models[model].tp
     gain = (have[model] + 1) / demand[model]
     now = band * have[model] / demand[model]
@@ -230,7 +233,7 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
             for v in victims:
                 lost[v.model] = lost.get(v.model, 0) + 1
             after = min(_share(have[m] - n, demand[m]) for m, n in lost.items())
-            if (after < max(gain, floor) or any(_share(have[m], demand[m]) < now for m in lost)
+            if (not starved and (after < max(gain, floor) or any(_share(have[m], demand[m]) < now for m in lost))
                     or any(ready.get(m, 0) - n < 1 for m, n in lost.items())):
                 continue
             key = (-after, len(victims), sum(v.in_flight for v in victims), srv.server_id, start)

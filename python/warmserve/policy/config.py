@@ -191,6 +191,14 @@ class PolicyConfig:
     #: (any model that stays at least as well served as the taker gives GPUs; when several models were short at
     #: once GPUs passed back and forth). A policy choice; bench/simulate/ISSUE11_ROUNDS.md shows 0, 0.5, 0.8 and 1.
     reclaim_floor_share: float = 0.8
+    #: A model with no instance and requests waiting reclaims without the reclaim rule's two share tests (the floor
+    #: and the order of shares): max-min on the share of demand met, its share 0 being the least, and its one
+    #: instance cannot be reclaimed back (a last instance never is). Found by a simulator fuzz: with every model
+    #: over its capacity (instance_capacity 1, the engines taking 8), the others' shares stayed below both tests'
+    #: marks and a 0.2 rps model waited 226 s for time-sharing, whose aged load must pass twice the victims' in-
+    #: flight load. False (the registered rule): an option until measured on the presets
+    #: (bench/simulate/README.md).
+    reclaim_for_starved: bool = False
     #: Without idle_to_zero, a quiet model's last instance stops for a model that wants GPUs only once its load
     #: (averaged over load_window_s, its prefill backlog and its queue) has been 0 for this long, seconds; 0: as
     #: soon as the averaged load is 0 (§5, the rule before 2026-12-05). At burst CV 4 a light model's next request

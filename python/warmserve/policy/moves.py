@@ -132,7 +132,8 @@ class GpuMoves:
         stopping = A.stopping(out)
         band = self.cfg.scale_out_threshold / self.cfg.scale_in_threshold
         got = reclaim_victims(state, board, model, now_s, have, demand, stopping, self.cfg.min_lifetime_s,
-                              self._held_for_others(model), band, self.cfg.reclaim_floor_share)
+                              self._held_for_others(model), band, self.cfg.reclaim_floor_share,
+                              starved=self.cfg.reclaim_for_starved and have[model] == 0)
         if got is None:
             return False, False
         for v in got[1]:

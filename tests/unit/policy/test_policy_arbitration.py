@@ -547,3 +547,27 @@ def test_equal_loads_time_share_one_gpu_in_turns_not_at_every_tick():
     turns = [m for _, m in _turns(600.0) if m]  # the models serving, turn by turn (a swap passes through none)
     assert ["b"] in turns and len(turns) <= 600 / (4 * 30) + 1
     assert len([m for _, m in _turns(600.0, preempt_after_s=0.0) if m]) <= 600 / 15  # ticks of 5 s: a turn >= 15 s
+
+
+def _starved(**cfg):
+    """Four GPUs held by two busy models, two instances each with 300 requests in flight (2 / 11.7 of their
+    demand met: under the reclaim floor), and `c` with none and 4 requests waiting."""
+    d, st = _driver(names="abc", name="warmserve", **cfg)
+    for k in range(4):
+        d.apply(A.StartInstance(f"i{k}", "ab"[k // 2], (k,)), 0.0)
+    for m, n in (("a", 300), ("b", 300), ("c", 4)):
+        _fill(d, st, m, n, 50.0)
+    return d, st
+
+
+def test_with_reclaim_for_starved_a_model_with_no_instance_reclaims_at_once():
+    """Found by a simulator fuzz: every model over its capacity, so reclaim's share tests refused every victim and
+    a 0.2 rps model waited 226 s for time-sharing (its aged load against twice the victims' in-flight share)."""
+    d, st = _starved(reclaim_for_starved=True)
+    d.tick(50.0)
+    moved = [i for i in st.instances.values() if i.draining]
+    assert len(moved) == 1 and d.policy._reserved == {"c": moved[0].gpus}
+    d0, st0 = _starved()  # the registered rule: c waits
+    for t in range(50, 80, 2):
+        d0.tick(float(t))
+    assert not any(i.draining for i in st0.instances.values()) and not _of(st0, "c")
