@@ -17,7 +17,6 @@ import random
 import time
 import weakref
 
-import msgspec
 import torch
 
 from warmserve.engine.attention import AttnMeta, PrefillChunk, causal_mask, decode_batches, kernels_usable, paged_meta
@@ -232,18 +231,6 @@ class Engine(PoolNeighbours):
                 seq.logprobs = [None] * len(done)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
-
-    def _fit_defaulted(self, params: SamplingParams, prompt_tokens: int, done_tokens: int,
-                       beside: tuple[int, list[str]] | None) -> SamplingParams:
-        """A max_tokens the server filled in (SamplingParams.max_tokens_defaulted) lowered to what this instance
-        holds, its context and its KV cap (and what is ever free beside its neighbours' weights): the request ends
-        with "length" there. Left as it is when not one more token fits, so that add_request refuses it with the
-        numbers. ``beside``: ``_blocks_beside_neighbours()``."""
-        cap = min(self.max_kv_blocks, beside[0]) if beside else self.max_kv_blocks
-        room = min(self.max_context, cap * self.kv.block_tokens + 1) - prompt_tokens
-        if done_tokens < room < params.max_tokens:
-            return msgspec.structs.replace(params, max_tokens=max(room, params.min_tokens))  # else refused below
-        return params
 
     def abort(self, request_id: str) -> bool:
         """Stop a request; its StepOutput (finish_reason "abort") comes with the next step. False if unknown."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import weakref
 
+import msgspec
+
 from warmserve.errors import NoRoomHereError, WarmServeError
 from warmserve.geometry import blocks_for_tokens
 
@@ -25,8 +27,8 @@ _ON_POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class PoolNeighbours:
-    """Over the engine's ``_pool`` (None: no neighbours), ``lm``, ``kv``, ``scheduler``, ``seqs``, ``stalled`` and
-    ``closed``."""
+    """Over the engine's ``_pool`` (None: no neighbours), ``lm``, ``kv``, ``scheduler``, ``seqs``, ``stalled``,
+    ``closed``, ``max_kv_blocks`` and ``max_context``."""
 
     def _join_pool(self) -> None:
         if self._pool is not None:
@@ -46,6 +48,22 @@ class PoolNeighbours:
         weights = self.lm.weight_region_bytes + sum(e.lm.weight_region_bytes for e in others)
         blocks = max(0, self.lm.slot.pool.total_bytes - weights) // self.lm.kv_bytes_per_block
         return blocks, sorted(e.lm.name for e in others)
+
+    def _fit_defaulted(self, params, prompt_tokens: int, done_tokens: int, beside: tuple[int, list[str]] | None):
+        """A max_tokens the server filled in (SamplingParams.max_tokens_defaulted) lowered to what this instance
+        holds, its context and its KV cap, and what is ever free beside its neighbours' weights (``beside``:
+        ``_blocks_beside_neighbours()``): the request ends with "length" there. Where not one more token fits
+        beside them it is fitted to what the instance holds alone, so that add_request's NoRoomHereError sends it
+        to an instance that serves alone (found by a fuzz: a PromptTooLongError, which is final, told the client to
+        lower a max_tokens it never set). Left as it is when not one more token fits even so, so that add_request
+        refuses it with the numbers."""
+        cap = self.max_kv_blocks
+        if beside and min(self.max_context, beside[0] * self.kv.block_tokens + 1) - prompt_tokens > done_tokens:
+            cap = min(cap, beside[0])
+        room = min(self.max_context, cap * self.kv.block_tokens + 1) - prompt_tokens
+        if done_tokens < room < params.max_tokens:
+            return msgspec.structs.replace(params, max_tokens=max(room, params.min_tokens))  # else refused there
+        return params
 
     @property
     def pool_starved(self) -> bool:

@@ -326,3 +326,24 @@ def test_a_waiting_request_a_new_neighbour_leaves_no_room_for_ends_with_the_numb
                 assert reason == "error" and isinstance(err, NoRoomHereError)
                 assert (err.kv_blocks, err.blocks_needed) == (4, blocks) and "tiny-linear" in err.message
                 assert out == {"short": want}
+
+
+def test_a_defaulted_max_tokens_that_fits_only_alone_is_sent_to_an_instance_alone(tiny_dir, ref_lm):
+    """Found by an engine fuzz: beside a neighbour's weights the pool leaves 2 blocks, alone 3; a 767-token prompt
+    with a server-filled max_tokens was refused with PromptTooLongError (final, telling the client to lower a
+    max_tokens it never set). Now NoRoomHereError, which the controller sends on to an instance alone; alone it
+    is admitted, max_tokens lowered to what 3 blocks hold."""
+    defaulted = SamplingParams(max_tokens=16, max_tokens_defaulted=True, ignore_eos=True)
+    with PagePool(2 * ref_lm.weight_region_bytes + 2 * ref_lm.kv_bytes_per_block) as shared:
+        a = load_model(tiny_dir["tiny-linear"], shared).wait()
+        b = load_model(tiny_dir["tiny-linear"], shared).wait()
+        try:
+            with Engine(a) as ea:
+                with Engine(b):
+                    with pytest.raises(NoRoomHereError, match="beside the weights of"):
+                        ea.add_request("x", _prompt(3 * 256 - 1), defaulted)
+                ea.add_request("y", _prompt(3 * 256 - 1), defaulted)  # its neighbour closed
+                assert ea.seqs["y"].params.max_tokens == 2  # 3 blocks hold 768 tokens, and the last needs no K/V
+        finally:
+            a.close()
+            b.close()
