@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +63,19 @@ LOOPBACK = "127.0.0.1"
 
 def host_store(timeout_s: float = DEFAULT_TIMEOUT_S):
     """A rendezvous store on a free loopback port (``.port``), for the groups whose rank 0 is this process; it
-    must outlive their rendezvous. One store serves any number of groups (``ParallelGroup.join`` prefixes)."""
-    return dist.TCPStore(LOOPBACK, 0, is_master=True, wait_for_workers=False,
-                         timeout=datetime.timedelta(seconds=timeout_s))
+    must outlive their rendezvous. One store serves any number of groups (``ParallelGroup.join`` prefixes).
+    Its socket is bound here: TCPStore listens on every interface whatever host it is given (torch 2.13, either
+    backend; found in review: any host that reached the machine could read and write the rendezvous keys), and
+    takes over a listening socket it is handed (``master_listen_fd``), closing it with itself."""
+    sock = socket.create_server((LOOPBACK, 0))
+    try:
+        store = dist.TCPStore(LOOPBACK, sock.getsockname()[1], is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=timeout_s), master_listen_fd=sock.fileno())
+    except BaseException:
+        sock.close()
+        raise
+    sock.detach()  # the store's now
+    return store
 
 
 @dataclass(frozen=True)
