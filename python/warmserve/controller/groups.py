@@ -213,6 +213,7 @@ class GroupManager:
             return False
         now = ctl.now_s()
         live.rank_lost = True
+        failed = 0
         for gid, r in [(g, r) for g, r in w.gens.items() if r.instance_id == req.instance_id]:
             r.reroutes += 1
             if r.reroutes >= ctl.cc.max_worker_losses_per_request:
@@ -220,8 +221,11 @@ class GroupManager:
                 r.fail(error)
                 ctl.driver.request_finished(r.model, r.instance_id, now, route=False, request=r)
                 ctl._request_done(r, "worker_lost")
-        log.warning("instance %s of %s lost a rank (%s): its requests start over elsewhere", req.instance_id,
-                    req.model, error)
+                failed += 1
+        # found in review: the line said every request started over while those at the limit got their 503
+        log.warning("instance %s of %s lost a rank (%s): its requests start over elsewhere%s", req.instance_id,
+                    req.model, error, f", but {failed} that lost workers max_worker_losses_per_request "
+                    f"({ctl.cc.max_worker_losses_per_request}) times fail" if failed else "")
         ctl.driver.apply(A.Migrate(req.instance_id), now)  # (its Deactivates go out now: before the LeaveGroups)
         rec = next((r for r in self.groups.values() if r.group_id == live.group_id), None)
         if rec is not None:

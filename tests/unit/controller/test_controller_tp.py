@@ -4,6 +4,7 @@ only, and the loss of a rank stops the instance on the other rank and drops its 
 
 import asyncio
 import dataclasses
+import logging
 
 import pytest
 
@@ -139,3 +140,30 @@ def test_with_a_tp2_model_the_live_policy_never_colocates_tensor_parallel_models
             assert c.policy_config.colocate_tp is want and c.policy.cfg.colocate_tp is want
 
     run(main())
+
+
+def test_a_lost_rank_whose_request_is_at_its_loss_limit_fails_it_and_says_so(tp_model, caplog):
+    """Found in review: the log said every request started over while those at max_worker_losses_per_request got
+    their 503."""
+    from warmserve.errors import WorkerLostError
+
+    async def main():
+        c = make_controller(tp_model, request_timeout_s=10.0, max_worker_losses_per_request=1)
+        ep = await c.start()
+        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
+        peers[0].hold_generate = True
+        req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=4))
+        while not _of(peers[0], P.Generate):
+            await asyncio.sleep(0.01)
+        (gen,) = _of(peers[0], P.Generate)
+        await peers[0].send(P.Error.of(gen.id, WorkerLostError("the tensor-parallel instance lost a rank")))
+        with pytest.raises(WorkerLostError):
+            await collect(req)
+        await c.close(drain=False)
+        for p in peers:
+            p.close()
+
+    with caplog.at_level(logging.WARNING, logger="warmserve.controller"):
+        run(main())
+    said = [r.getMessage() for r in caplog.records if "lost a rank" in r.getMessage()]
+    assert said and "but 1 that lost workers max_worker_losses_per_request (1) times fail" in said[0], said
