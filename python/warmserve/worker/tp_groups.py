@@ -75,8 +75,10 @@ class GroupTable:
             try:
                 box["group"] = ParallelGroup.join(msg.group_id, msg.rank, msg.world_size, msg.store_port,
                                                   self.device, msg.timeout_s)
-            except Exception as e:  # answered to the asker from poll()
-                box["error"] = e
+            except Exception as e:  # answered to the asker from poll(): its text only. The exception's traceback
+                # holds the failed join's frames, and with them its half-built gloo group and that group's
+                # listening socket, for as long as it is kept (found in review: one per failed join, for good)
+                box["error"] = f"{type(e).__name__}: {e}"
 
         t = threading.Thread(target=run, name=f"join-{msg.group_id}", daemon=True)
         t.start()  # before _running is set: a thread that cannot start fails this JoinGroup once, in join()
@@ -97,9 +99,8 @@ class GroupTable:
             self.emit(peer, P.GroupJoined(id=msg.id, group_id=gid, setup_s=time.perf_counter() - t0,
                                           backend=box["group"].backend))
         else:
-            e = box.get("error")
             self.emit(peer, P.Error.of(msg.id, errors.WorkerLostError(
-                f"could not join group {gid!r}: {type(e).__name__}: {e}; a rank did not come (its worker is "
+                f"could not join group {gid!r}: {box.get('error')}; a rank did not come (its worker is "
                 "gone or slow): the controller builds the group again when its workers are back", group_id=gid)))
         self._start_next()
 
