@@ -91,6 +91,20 @@ def test_losing_a_rank_stops_the_instance_on_the_other_and_requeues_what_had_not
     run(main())
 
 
+async def _one_held_request(tp_model, **ctl):
+    """A controller serving the tp-2 model on two peers, rank 0 holding the one request sent: (the controller, the
+    peers, the request, its Generate)."""
+    c = make_controller(tp_model, request_timeout_s=10.0, **ctl)
+    ep = await c.start()
+    peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
+    peers[0].hold_generate = True
+    req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=4))
+    while not _of(peers[0], P.Generate):
+        await asyncio.sleep(0.01)
+    (gen,) = _of(peers[0], P.Generate)
+    return c, peers, req, gen
+
+
 def test_a_lost_rank_reported_by_rank_0_starts_its_requests_over_after_their_tokens(tp_model):
     """Found in review: rank 0 answers every request of an instance that lost a rank with WorkerLostError at once,
     before the controller sees any worker lost (or never: ranks that stopped in step stay up), and the requests
@@ -98,14 +112,7 @@ def test_a_lost_rank_reported_by_rank_0_starts_its_requests_over_after_their_tok
     from warmserve.errors import WorkerLostError
 
     async def main():
-        c = make_controller(tp_model, request_timeout_s=10.0)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
-        peers[0].hold_generate = True
-        req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=4))
-        while not _of(peers[0], P.Generate):
-            await asyncio.sleep(0.01)
-        (gen,) = _of(peers[0], P.Generate)
+        c, peers, req, gen = await _one_held_request(tp_model)
         first = c.stats()["instances"][0]["instance_id"]
         await peers[0].send(P.Tokens(id=gen.id, token_ids=[9]))
         await peers[0].send(P.Error.of(gen.id, WorkerLostError("the tensor-parallel instance lost a rank")))
@@ -148,14 +155,7 @@ def test_a_lost_rank_whose_request_is_at_its_loss_limit_fails_it_and_says_so(tp_
     from warmserve.errors import WorkerLostError
 
     async def main():
-        c = make_controller(tp_model, request_timeout_s=10.0, max_worker_losses_per_request=1)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
-        peers[0].hold_generate = True
-        req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=4))
-        while not _of(peers[0], P.Generate):
-            await asyncio.sleep(0.01)
-        (gen,) = _of(peers[0], P.Generate)
+        c, peers, req, gen = await _one_held_request(tp_model, max_worker_losses_per_request=1)
         await peers[0].send(P.Error.of(gen.id, WorkerLostError("the tensor-parallel instance lost a rank")))
         with pytest.raises(WorkerLostError):
             await collect(req)
