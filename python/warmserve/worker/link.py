@@ -9,6 +9,7 @@ told: the docstring of ``server.py``, which starts it. It holds no reference to 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import math
 import os
@@ -38,6 +39,8 @@ FLUSH_S = 1.0
 #: two such warnings (``Link._warn_silent``); before that a note at INFO, as a controller starting later is normal.
 CONTROLLER_SILENT_WARN_S = 15.0
 CONTROLLER_SILENT_REPEAT_S = 300.0
+#: A handshake that failed with one of these broke on the network; it was not refused.
+_BROKEN = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
 #: Bytes of requests a worker holds unread by default (``--max-queued-mib``): four messages of the largest size
 #: (WorkerServer's ``max_message_bytes``), or hundreds of prompts of a 128k-token context.
 DEFAULT_MAX_QUEUED_BYTES = 256 << 20
@@ -66,6 +69,7 @@ class Link:
         self.sock, self.pipe, self.monitor, self.curve = sock, pipe, monitor, curve
         #: A refused handshake was logged and none has succeeded since (``_watch``).
         self._refused = False
+        self._broke_told = False  # a handshake broken by the network was logged (until one succeeds)
         #: The reasons the controller gave for refusing this worker (``Refused``), each logged once.
         self._refusals: set[str] = set()
         self.routed, self.endpoint, self.hello = routed, endpoint, hello
@@ -162,7 +166,16 @@ class Link:
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._refused = False
+                self._refused = self._broke_told = False
+                continue
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and event["value"] in _BROKEN:
+                # The connection broke part way (a network fault, a proxy): no refusal. Found in review: it was
+                # logged as one, at ERROR, sending operators after a CURVE problem there was not.
+                if not self._broke_told:
+                    self._broke_told = True
+                    log.warning("the connection to the controller at %s broke during its handshake (%s: the "
+                                "network, or --controller is not the workers_endpoint `warmserve serve` prints); "
+                                "trying again", self.endpoint, errno.errorcode.get(event["value"], event["value"]))
                 continue
             if self._refused:
                 continue
