@@ -196,8 +196,8 @@ class PolicyConfig:
     #: instance cannot be reclaimed back (a last instance never is). Found by a simulator fuzz: with every model
     #: over its capacity (instance_capacity 1, the engines taking 8), the others' shares stayed below both tests'
     #: marks and a 0.2 rps model waited 226 s for time-sharing, whose aged load must pass twice the victims' in-
-    #: flight load. False (the registered rule): an option until measured on the presets
-    #: (bench/simulate/README.md).
+    #: flight load. False (the registered rule): on the presets it moves no median P99 (six seeds paired), and it
+    #: trades one model's wait for another's (bench/simulate/README.md, 2026-12-06).
     reclaim_for_starved: bool = False
     #: Without idle_to_zero, a quiet model's last instance stops for a model that wants GPUs only once its load
     #: (averaged over load_window_s, its prefill backlog and its queue) has been 0 for this long, seconds; 0: as
