@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 
@@ -42,9 +43,15 @@ def _run_into_fifo(tmp_path, argv) -> tuple[int, list[dict]]:
         rc = cli.main([*argv, "--json", fifo])
     finally:
         stop.set()
-        with open(fifo, "w"):  # lets a reader waiting in open() return, and see the stop
-            pass
-        reader.join(10)
+        # A writer that opens and closes lets a reader waiting in open() return, and see the stop. Not a blocking
+        # open: a reader that saw the stop first has gone, and the open waited for ever (a CI run hung here).
+        deadline = time.monotonic() + 10
+        while reader.is_alive() and time.monotonic() < deadline:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: no reader has it open at this moment
+                pass
+            reader.join(0.05)
     return rc, _documents("".join(chunks))
 
 
