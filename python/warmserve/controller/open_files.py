@@ -51,9 +51,8 @@ class AcceptErrorLog:
     def __init__(self, every_s: float = ACCEPT_ERROR_LOG_EVERY_S, clock=time.monotonic):
         self.every_s, self.clock = every_s, clock
         self.last_s: float | None = None
-        #: Failed accepts since the last line (those it reports included), and in all.
+        #: Failed accepts since the last line (those it reports included).
         self.unreported = 0
-        self.failures = 0
 
     def __call__(self, loop, context: dict) -> None:
         exc = context.get("exception")
@@ -61,7 +60,6 @@ class AcceptErrorLog:
                 and "accept" in str(context.get("message", ""))):
             loop.default_exception_handler(context)
             return
-        self.failures += 1
         self.unreported += 1
         now_s = self.clock()
         if self.last_s is not None and now_s - self.last_s < self.every_s:
