@@ -46,6 +46,8 @@ import dataclasses
 import datetime
 import math
 import socket
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +178,54 @@ def indexed_device(device: torch.device | str) -> torch.device:
     return torch.device("cuda", 0) if dev.type == "cuda" and dev.index is None else dev
 
 
+class JoinCancelled(Exception):
+    """A join was given up (its group left) before every rank came."""
+
+
+#: The longest sleep between two looks at the store while ranks are awaited: how late a cancel is seen.
+MEET_POLL_S = 0.05
+
+
+def _wait_listening(port: int, group_id: str, deadline: float, cancelled: threading.Event | None) -> None:
+    """Wait until the store on ``port`` accepts, cancellably. TCPStore's own connect retries until the group's
+    timeout with nothing that can stop it, and a store whose host (rank 0's worker) died never accepts; a plain
+    connect is refused at once, and the store takes a connection closed unused without a word."""
+    delay_s = 0.001
+    while True:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=max(0.01, min(1.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as e:
+            if time.monotonic() + delay_s > deadline:
+                raise TimeoutError(f"group {group_id!r}: its store on port {port} did not accept ({e}) within the "
+                                   "join's timeout: rank 0's worker is gone") from None
+        if cancelled is not None and cancelled.wait(delay_s):
+            raise JoinCancelled(f"group {group_id!r} was left while its store was awaited")
+        delay_s = min(MEET_POLL_S, delay_s * 2)
+
+
+def _meet(tcp, group_id: str, rank: int, world_size: int, deadline: float,
+          cancelled: threading.Event | None) -> None:
+    """Every rank says it is here, then waits for the others by polling ``check``, so a cancel is seen within
+    MEET_POLL_S. Without it a rank whose peer died waited inside gloo's rendezvous, which nothing stops, for the
+    whole timeout, and every join queued behind it on its worker waited too (found in review: a tensor-parallel
+    model's next request after a rank died took 22-29 s). ``wait`` with a short timeout would not do: a timed-out
+    wait leaves the store's late answer on the connection. A rank that dies after saying it is here still costs
+    the timeout, in gloo: a window of milliseconds."""
+    here = f"{group_id}/here/"
+    tcp.set(f"{here}{rank}", "1")
+    others = [f"{here}{r}" for r in range(world_size) if r != rank]
+    delay_s = 0.001
+    while not tcp.check(others):
+        if time.monotonic() + delay_s > deadline:
+            missing = [r for r in range(world_size) if r != rank and not tcp.check([f"{here}{r}"])]
+            raise TimeoutError(f"group {group_id!r}: ranks {missing} of {world_size} did not come within the "
+                               "join's timeout (their workers are gone or slow)")
+        if cancelled is not None and cancelled.wait(delay_s):
+            raise JoinCancelled(f"group {group_id!r} was left while its ranks were awaited")
+        delay_s = min(MEET_POLL_S, delay_s * 2)
+
+
 class ParallelGroup:
     """This process's place in a tensor-parallel group, and the collectives the model runs through it."""
 
@@ -237,14 +287,18 @@ class ParallelGroup:
 
     @classmethod
     def join(cls, group_id: str, rank: int, world_size: int, store_port: int, device: torch.device | str = "cpu",
-             timeout_s: float = DEFAULT_TIMEOUT_S) -> "ParallelGroup":
+             timeout_s: float = DEFAULT_TIMEOUT_S, cancelled: threading.Event | None = None) -> "ParallelGroup":
         """Build a process group of its own (not torch's default group: a worker belongs to several, built ahead
         of the instances that will use them, and to new ones after a peer is replaced), meeting at the loopback
         store on ``store_port`` (``host_store``) under the prefix ``group_id``. Blocks until every rank is in, at
-        most timeout_s. gloo on CPU, NCCL on CUDA devices. Loopback only: a group never spans two machines."""
+        most timeout_s, or until ``cancelled`` is set (``JoinCancelled``). gloo on CPU, NCCL on CUDA devices.
+        Loopback only: a group never spans two machines."""
         dev = indexed_device(device)
         timeout = datetime.timedelta(seconds=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        _wait_listening(int(store_port), group_id, deadline, cancelled)
         tcp = dist.TCPStore(LOOPBACK, int(store_port), is_master=False, timeout=timeout)
+        _meet(tcp, group_id, rank, world_size, deadline, cancelled)
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
         # Gloo picks the interface the host name resolves to unless told; the group is local, so loopback.
@@ -338,5 +392,5 @@ class ParallelGroup:
         return f"ParallelGroup(rank {self.rank} of {self.world_size})"
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "LOOPBACK", "host_store", "TensorParallelError", "Shard", "ParallelGroup", "valid_tp", "shard_config",
-           "vocab_range", "shard_of"]
+__all__ = ["DEFAULT_TIMEOUT_S", "LOOPBACK", "host_store", "JoinCancelled", "TensorParallelError", "Shard",
+           "ParallelGroup", "valid_tp", "shard_config", "vocab_range", "shard_of"]

@@ -22,7 +22,8 @@ class GroupTable:
     share GPUs must build theirs in the same order (found in review: groups built at once on threads of their own
     could reach two GPUs in different orders); the controller sends a group's JoinGroups to all its workers at
     once, so every worker receives any two groups in the same order, and the earliest group still pending has
-    every member at its head. The price: a join whose peer never comes holds the ones behind it up to its timeout.
+    every member at its head. The price: a join whose peer never comes holds the ones behind it until the group is
+    left (the controller leaves it as soon as it loses a member) or, failing that, up to its timeout.
     """
 
     def __init__(self, device: str, emit):
@@ -67,14 +68,14 @@ class GroupTable:
         if self._running is not None or not self._queue:
             return
         peer, msg, t0 = self._queue.popleft()
-        box: dict = {}
+        box: dict = {"cancel": threading.Event()}
 
         def run():
             from ..engine.parallel import ParallelGroup
 
             try:
                 box["group"] = ParallelGroup.join(msg.group_id, msg.rank, msg.world_size, msg.store_port,
-                                                  self.device, msg.timeout_s)
+                                                  self.device, msg.timeout_s, box["cancel"])
             except Exception as e:  # answered to the asker from poll(): its text only. The exception's traceback
                 # holds the failed join's frames, and with them its half-built gloo group and that group's
                 # listening socket, for as long as it is kept (found in review: one per failed join, for good)
@@ -113,7 +114,9 @@ class GroupTable:
         return g
 
     def leave(self, group_id: str) -> None:
-        """Leave a group, or give up joining it: a queued join is answered now, one under way when it ends."""
+        """Leave a group, or give up joining it: a queued join is answered now, one under way when it ends (at once
+        while its ranks are awaited: the controller leaves a group whose member was lost while it was built, and
+        the joins queued behind it wait for this one)."""
         self.groups.pop(group_id, None)
         for item in [q for q in self._queue if q[1].group_id == group_id]:
             self._queue.remove(item)
@@ -121,6 +124,7 @@ class GroupTable:
                 f"group {group_id!r} was left before this worker's turn to join it", group_id=group_id)))
         if self._running is not None and self._running[1].group_id == group_id:
             self._left.add(group_id)
+            self._running[4]["cancel"].set()
 
     def joining(self) -> bool:
         return self._running is not None or bool(self._queue)
@@ -128,6 +132,8 @@ class GroupTable:
     def close(self) -> None:
         """The worker is closing: answer the joins still queued or under way (the groups are dropped)."""
         pending = list(self._queue) + ([self._running[:3]] if self._running is not None else [])
+        if self._running is not None:
+            self._running[4]["cancel"].set()  # its thread ends soon after; its group, if built, is dropped
         self._queue.clear()
         self._running = None
         for peer, msg, _ in pending:
