@@ -72,7 +72,10 @@ def _refuse_unknown(data: dict, known, where: str) -> None:
     hints = {}
     for key in unknown:
         near = difflib.get_close_matches(key, candidates, n=1)
-        if near:
+        if key in elsewhere:  # the right key in the wrong table: the table, ahead of a near name here (found in
+            # review: worker_timeout_s at the top level was told "did you mean 'worker_start_timeout_s'?")
+            hints[key] = f"{key!r} (a {elsewhere[key]} key)" if elsewhere[key].startswith("[") else f"top-level {key!r}"
+        elif near:
             hints[key] = repr(near[0])
         elif near := difflib.get_close_matches(key, sorted(elsewhere), n=1):
             table = elsewhere[near[0]]

@@ -23,6 +23,11 @@ from warmserve.errors import InvalidArgumentError
     # a key of another table: its table named
     ({"policy": {"tick": 1}}, "[policy]", "tick", r"'tick_s' \(a \[controller\] key\)"),
     ({"controller": {"window_s": 60}}, "[controller]", "window_s", r"'window_s' \(a \[policy\] key\)"),
+    # the exact key of another table wins over a near name in this one (found in review: worker_timeout_s at the
+    # top level was told "did you mean 'worker_start_timeout_s'?")
+    ({"worker_timeout_s": 5}, "top level", "worker_timeout_s", r"'worker_timeout_s' \(a \[controller\] key\)"),
+    ({"drain_timeout_s": 5}, "top level", "drain_timeout_s", r"'drain_timeout_s' \(a \[controller\] key\)"),
+    ({"controller": {"cpu_workers": 2}}, "[controller]", "cpu_workers", "top-level 'cpu_workers'"),
 ])
 def test_an_unknown_key_names_the_nearest_known_one(data, where, key, hint):
     with pytest.raises(InvalidArgumentError, match=rf"config {re.escape(where)}: unknown keys \['{key}'\]: did you "
