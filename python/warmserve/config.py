@@ -107,6 +107,7 @@ class ControllerConfig:
     #: A local worker that dies is started again after min(restart_backoff_cap_s, restart_backoff_s * 2**n)
     #: seconds, n counting its restarts in a row (reset once one stays up for restart_reset_s), seconds.
     restart_backoff_s: float = 0.5
+    #: The longest wait before such a restart, seconds (the cap in restart_backoff_s's formula).
     restart_backoff_cap_s: float = 30.0
     #: A restarted worker up this long counts as healthy again: its next restart waits restart_backoff_s, seconds.
     restart_reset_s: float = 60.0

@@ -53,10 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the machine this worker runs on, as the controller groups workers into servers (workers "
                         "of one may form tensor-parallel groups; default: this host's name)")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0,
-                   help="seconds between heartbeats to peers (Stats pushes to a controller)")
+                   help="seconds between heartbeats to peers (Stats pushes to a controller; default 1)")
     p.add_argument("--peer-timeout-s", type=float, default=30.0,
                    help="abort a client's generations after this long without a message from it; with "
-                        "--controller, also connect to the controller again")
+                        "--controller, also connect to the controller again (seconds; default 30)")
     p.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
                    help="on SIGTERM, with --controller: take no new work and let the requests in flight finish for "
                         "up to this many seconds, then abort what is left (the controller starts it over elsewhere) "
