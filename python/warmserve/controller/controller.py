@@ -27,7 +27,7 @@ from warmserve.controller.groups import GroupManager
 from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
-from warmserve.controller.restarts import WorkerRestarts, reap, reap_now
+from warmserve.controller.restarts import WorkerRestarts, exit_words, reap, reap_now
 from warmserve.controller.workers import WorkerHub, WorkerRecord, check_answer_fits, server_of
 from warmserve.errors import (InvalidArgumentError, NoRoomHereError, TimeoutError_, UnknownModelError, WarmServeError,
                               WorkerLostError)
@@ -170,7 +170,7 @@ class Controller(WorkerRestarts):
                     ident = idents.get(id(p))
                     wid = ident.decode(errors="replace") if ident is not None else "?"
                     raise WorkerLostError(
-                        f"local worker {wid} exited with status {p.returncode} before it registered: "
+                        f"local worker {wid} exited ({exit_words(p.returncode)}) before it registered: "
                         f"{getattr(p, 'exit_reason', '') or 'see its log'}", worker_id=wid, status=p.returncode)
             left = deadline - time.monotonic()
             if left <= 0:

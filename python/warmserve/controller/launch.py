@@ -173,21 +173,31 @@ def check_weights_fit(models, pool_bytes: int, page_bytes: int) -> None:
                 model=m.name, need_bytes=need, pool_bytes=pool_bytes, tp=m.spec.tp)
 
 
+#: Host memory a local CPU worker process takes beside its pool, bytes (torch, the engine, a prefill's activations;
+#: with the controller's and the fork server's share). Measured in review (2026-12-06, a memory cgroup, 2 workers of
+#: 1 GiB pools serving the demo models): the cluster was OOM-killed at start at 2.20-2.35 GiB and served four 3,300-
+#: token prompts at once at 2.4 GiB, about 0.2 GiB a worker beyond its pool.
+WORKER_PROCESS_BYTES = 256 << 20
+
+
 def check_host_memory(workers: int, pool_bytes: int) -> None:
-    """Refuse local CPU workers whose pools together pass the host memory there is (``memory.host_memory_room``):
-    each pool is checked alone as its worker makes it, and workers started together each saw room for their own,
-    so their fallocates together met the OOM killer (found in review: 3 workers of 9 GiB on a 24 GiB machine, one
-    SIGKILLed before it registered, "exited with status -9")."""
+    """Refuse local CPU workers whose pools and processes together pass the host memory there is
+    (``memory.host_memory_room``): each pool is checked alone as its worker makes it, and workers started together
+    each saw room for their own, so their fallocates together met the OOM killer (found in review: 3 workers of 9
+    GiB on a 24 GiB machine, one SIGKILLed before it registered, "exited with status -9"); and pools that fit with
+    nothing left for the processes themselves met it too (found in review: under a 2.25 GiB limit, 2 workers of 1 GiB
+    pools)."""
     from warmserve.memory.pool import host_memory_room  # the compiled core, only once workers are started
 
     room, what = host_memory_room()
-    need = workers * pool_bytes
+    need = workers * (pool_bytes + WORKER_PROCESS_BYTES)
     if room is not None and need > room:
         raise OutOfMemoryError(
             f"{workers} local CPU workers with pools of {fmt_bytes(pool_bytes)} need {fmt_bytes(need)} of host "
-            f"memory, and {fmt_bytes(room)} is available ({what}): lower cpu_workers or cpu_worker_memory_bytes (0: "
-            f"sized from the models), or free host memory", asked_bytes=need, free_bytes=room, total_bytes=room,
-            workers=workers, pool_bytes=pool_bytes)
+            f"memory (each pool and about {fmt_bytes(WORKER_PROCESS_BYTES)} for its process), and {fmt_bytes(room)} "
+            f"is available ({what}): lower cpu_workers or cpu_worker_memory_bytes (0: sized from the models), or "
+            f"free host memory", asked_bytes=need, free_bytes=room, total_bytes=room, workers=workers,
+            pool_bytes=pool_bytes, process_bytes=WORKER_PROCESS_BYTES)
 
 
 def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:

@@ -20,6 +20,22 @@ from warmserve.worker.forkserver import ForkedProcess, fresh_interpreters
 
 log = logging.getLogger("warmserve.controller")
 
+
+def exit_words(status: int | None) -> str:
+    """A local worker process's exit status in words: a signal by name, and for SIGKILL that the kernel's OOM killer
+    is its usual sender (found in review: workers killed for memory were only "lost: send failed", their restarts
+    "did not join (status -9)", and nothing said why)."""
+    if status is None or status >= 0:
+        return f"status {status}"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        return f"signal {-status}"
+    if -status == signal.SIGKILL:
+        return (f"killed by {name} (the kernel's OOM killer sends it when host memory or the container's memory "
+                "limit runs out: see dmesg, or memory.events of the workers' cgroup)")
+    return f"killed by {name}"
+
 #: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.
 REAP_WAIT_S = 5.0
 
@@ -84,7 +100,8 @@ class WorkerRestarts:
                 self._restarts[ident] = (n + 1, back)
                 # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
                 delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** min(n, 60))
-                log.warning("restarting %r in %.1f s (restart %d in a row)", lost, delay, n + 1)
+                log.warning("restarting %r in %.1f s (restart %d in a row; its process ended: %s)", lost, delay,
+                            n + 1, exit_words(proc.poll()))
                 await asyncio.sleep(delay)
                 spawn = self.local_spawn.get(ident)
                 if self.closing or spawn is None or back.done():  # done: the last one joined after its deadline
@@ -124,7 +141,7 @@ class WorkerRestarts:
                     log.info("%r is back (process %s)", back.result(), back.result().pid)
                     return
                 if not self.closing:  # a close ends the wait: no failure to report
-                    log.warning("restarted %r did not join (status %s)", lost, proc.poll())
+                    log.warning("restarted %r did not join (%s)", lost, exit_words(proc.poll()))
         finally:
             # Only this restart's own entry: after its admission a new loss may have started the next restart.
             if self.restarting.get(ident) is back:

@@ -195,3 +195,75 @@ def no_room_warning(root: str, path: str, size: int, capacity: int, evicted: int
     return (f"host cache: no room on the filesystem of {root} for the entry of {path} ({fmt_bytes(size)}), also "
             f"after evicting {evicted} entries not in use: it is {fs}, while {budget}. This checkpoint, and any "
             f"later one that does not fit, is loaded straight from the file (said once). Fix: {fix}")
+
+
+#: Host memory a fill of a cache on a memory-backed filesystem leaves to the processes' own growth, bytes: a CPU
+#: worker took 230-290 MB beyond its pool during a 2,000-4,000-token prefill (measured in review, 2026-12-06), and
+#: two workers of a machine may prefill at once.
+FILL_HEADROOM_BYTES = 512 << 20
+#: Filesystems whose files are host memory (charged to the memory cgroup of the process that writes them).
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs", "hugetlbfs")
+
+
+def memory_backed(root: str) -> bool:
+    """Whether ``root`` is on a filesystem whose files are host memory: the mount with the longest mount point that
+    holds it (/proc/self/mounts, octal escapes undone)."""
+    real, best, fstype = os.path.realpath(root), "", ""
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                point = parts[1].encode().decode("unicode_escape")
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, parts[2]
+    except OSError:
+        return False
+    return fstype in MEMORY_FILESYSTEMS
+
+
+def fill_memory_room(root: str) -> tuple[int | None, str]:
+    """Host memory a new entry of the cache in ``root`` may take now, bytes (``pool.host_memory_room`` less
+    FILL_HEADROOM_BYTES), and what bounds it; (None, "") where ``root`` is no memory or nothing says. A tmpfs
+    fallocate checks no memory: past a cgroup's limit its OOM killer answers it with SIGKILL (found in review: fills
+    under a limit killed their workers, which restarted into the same fills), past MemAvailable the machine's."""
+    if not memory_backed(root):
+        return None, ""
+    from warmserve.memory.pool import host_memory_room
+
+    room, what = host_memory_room()
+    return (None, "") if room is None else (max(0, room - FILL_HEADROOM_BYTES), what)
+
+
+def no_memory_warning(path: str, size: int, room: int, what: str, evicted: int) -> str:
+    """The words of the warning for an entry host memory cannot take (``fill_memory_room``)."""
+    return (f"host cache: the entry of {path} ({fmt_bytes(size)}) would pass the host memory left ({fmt_bytes(room)}, "
+            f"{what}, less {fmt_bytes(FILL_HEADROOM_BYTES)} kept for the processes' own growth), also after "
+            f"evicting {evicted} entries not in use: it is loaded straight from the file, as is any later one that "
+            "does not fit (said once). Fix: a lower --host-cache-gib, or more memory for the workers (a higher "
+            "memory limit of their container, fewer or smaller workers)")
+
+
+def fs_free_bytes(root: str) -> int:
+    """Free bytes of the filesystem of ``root`` (0 when unknown)."""
+    try:
+        vfs = os.statvfs(root)
+    except OSError:
+        return 0
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def evict_until(entries: list[tuple[str, int, int]], need: int, room: int, spare: set[str], unlink) -> int:
+    """Unlink least recently used published entries (``scan``'s (name, size, last use)) whose keys are not in
+    ``spare`` until ``room`` plus the bytes evicted reach ``need``; how many were unlinked."""
+    evicted = 0
+    for _, name, size in sorted((t, name, size) for name, size, t in entries
+                                if name.endswith(".bin") and name[: -len(".bin")] not in spare):
+        if room >= need:
+            break
+        unlink(name)
+        room += size
+        evicted += 1
+    return evicted

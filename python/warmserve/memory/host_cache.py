@@ -67,8 +67,8 @@ from warmserve.errors import InvalidArgumentError, WarmServeError
 from warmserve.memory.cache_entry import CacheBusyError, CacheEntry, flock_wait, open_published, unlink_if_there
 from warmserve.memory.cache_files import check_root as _check_root
 from warmserve.memory.cache_files import HostCacheConfig  # noqa: F401  (the cache's config, imported from here)
-from warmserve.memory.cache_files import create_fill, entry_key, evict_over_budget, no_room_warning, open_lock, \
-    scan, stat_source
+from warmserve.memory.cache_files import create_fill, entry_key, evict_over_budget, evict_until, fill_memory_room, \
+    fs_free_bytes, no_memory_warning, no_room_warning, open_lock, scan, stat_source
 from warmserve.memory.cache_load import CachedLoadJob
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import _count
@@ -394,6 +394,8 @@ class HostCheckpointCache:
             flock_wait(glock, deadline, self.config.lock_timeout_s, f"the cache's index lock {glock_path}", stop)
             if not self._evict_locked(size, keep=key, path_hash=key.split("-")[0], busy=busy):
                 return None
+            if not self._memory_for(path, size, key, busy):
+                return None
             fd = create_fill(fill_path)  # never through a symlink (found in review: one was written through)
             try:
                 if size:
@@ -410,7 +412,7 @@ class HostCheckpointCache:
                         except OSError as ex2:
                             if ex2.errno not in (errno.ENOSPC, errno.ENOMEM):
                                 raise
-                            self._no_room(path, size, evicted)
+                            self._say_once(no_room_warning(root, path, size, self.config.capacity_bytes, evicted))
                             raise
                 e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd, populate=False)
             except BaseException as ex:  # an interrupt too (found in review: it leaked fd and left the .fill)
@@ -477,33 +479,34 @@ class HostCheckpointCache:
         if evicted:
             self._count(evicted=evicted)
 
-    def _evict_for_room(self, need: int, keep: str, busy: set[str]) -> int:
-        """With the index lock held, after the filesystem refused ``need`` bytes: evict least recently used entries
-        not in ``busy`` (nor ``keep``) until the free space (os.statvfs) plus the bytes evicted reach ``need`` (an
-        entry another worker maps is freed when it lets go). How many were evicted."""
-        try:
-            vfs = os.statvfs(self.config.root)
-            room = vfs.f_bavail * vfs.f_frsize
-        except OSError:
-            room = 0
-        victims = sorted((t, name, size) for name, size, t in self._scan()
-                         if name.endswith(".bin") and name[: -len(".bin")] not in busy | {keep})
-        evicted = 0
-        for _, name, size in victims:
-            if room >= need:
-                break
-            self._unlink_entry(name)
-            room += size
-            evicted += 1
-            self._count(evicted=1)
+    def _evict_for_room(self, need: int, keep: str, busy: set[str], room: int | None = None) -> int:
+        """With the index lock held, after the filesystem (or host memory: ``room``) refused ``need`` bytes: evict
+        least recently used entries not in ``busy`` (nor ``keep``) until the free space (os.statvfs, or ``room``) plus
+        the bytes evicted reach ``need`` (an entry another worker maps is freed when it lets go); how many."""
+        room = fs_free_bytes(self.config.root) if room is None else room
+        evicted = evict_until(self._scan(), need, room, busy | {keep}, self._unlink_entry)
+        self._count(evicted=evicted)
         return evicted
 
-    def _no_room(self, path: str, size: int, evicted: int) -> None:
-        """Say once per cache that the filesystem cannot hold an entry within the budget."""
+    def _memory_for(self, path: str, size: int, key: str, busy: set[str]) -> bool:
+        """With the index lock held: whether host memory can take the entry (``cache_files.fill_memory_room``), after
+        evicting entries not in use for it; said once when it cannot (the load then reads the file)."""
+        room, _ = fill_memory_room(self.config.root)
+        if room is None or size <= room:
+            return True
+        evicted = self._evict_for_room(size, key, busy, room)
+        room, what = fill_memory_room(self.config.root)
+        if room is None or size <= room:
+            return True
+        self._say_once(no_memory_warning(path, size, room, what, evicted))
+        return False
+
+    def _say_once(self, warning: str) -> None:
+        """Log a warning that the cache cannot hold an entry, once per cache."""
         with self._mu:
             said, self._said_no_room = self._said_no_room, True
         if not said:
-            log.warning(no_room_warning(self.config.root, path, size, self.config.capacity_bytes, evicted))
+            log.warning(warning)
 
     def _unlink_entry(self, name: str) -> None:
         """Unlink a published entry (``<key>.bin``) and let go of this process's own mapping of it."""

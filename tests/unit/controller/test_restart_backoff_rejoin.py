@@ -55,7 +55,9 @@ def test_restart_count_resets_after_a_long_healthy_run_across_a_rejoin(model, ca
             assert len(procs) == 4, "the rejoin started a process"
             await asyncio.sleep(0.2)
             line = await restart_line(c, caplog)
-            assert f"(restart {expected} in a row)" in line, line
+            # and why its process ended (found in review: workers killed for memory were restarted with no word why)
+            assert f"(restart {expected} in a row; its process ended: killed by SIGKILL (the kernel's OOM killer " \
+                   "sends it when host memory" in line, line
         finally:
             await c.close(drain=False)
             stop(procs)
@@ -82,7 +84,7 @@ def test_restart_count_resets_after_a_long_healthy_run_across_a_planned_replacem
             assert new.proc is procs[-1] and len(procs) == 5
             await asyncio.sleep(0.2)
             line = await restart_line(c, caplog)
-            assert "(restart 1 in a row)" in line, line
+            assert "(restart 1 in a row; its process ended: killed by SIGKILL" in line, line
         finally:
             await c.close(drain=False)
             stop(procs)
