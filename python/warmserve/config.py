@@ -251,7 +251,9 @@ class ClusterConfig:
     worker_page_bytes: int = 0
     #: Host checkpoint cache of the started workers, bytes (memory/host_cache.py): checkpoint files kept in host
     #: memory shared by the workers of one machine, so a model's second load there (another worker's prewarm, a
-    #: restart) reads host memory, on GPUs by DMA straight from it, not the files. 0: off, loads read the files.
+    #: restart) reads host memory, on GPUs by DMA straight from it, not the files. 0: off, loads read the files. A
+    #: fill that would leave less than 512 MiB of host memory (MemAvailable, or under the workers' memory cgroup
+    #: limit) reads the file instead (memory/cache_files.py: FILL_HEADROOM_BYTES).
     host_cache_bytes: int = 0
     #: Directory of that cache, a tmpfs shared by the machine's workers; "" for its default (/dev/shm/warmserve-ckpt).
     host_cache_dir: str = ""
