@@ -168,6 +168,14 @@ class PolicyConfig:
     #: (14-35 s, PAPER.md), so that a swap never spends more of the GPUs' time starting than serving. inf: never
     #: (such a model waits until GPUs free up on their own).
     preempt_after_s: float = 30.0
+    #: A model with no instance and requests waiting for this long takes GPUs by time-sharing whatever the loads,
+    #: seconds; 0: off. The rule's load test passes only after about 4 x preempt_after_s of waiting when loads are
+    #: equal, past the controller's default request_timeout_s of 120 s (found in review: 4 models on 2 CPU workers,
+    #: co-serving off, two models starved 100-126 s and 8 of 642 requests timed out; 0 of 666 at 45 s). 60: half
+    #: that timeout, leaving the other half for a start. Measured (bench/simulate/issue11/max_starved.txt): six seeds
+    #: paired on the four presets as traced and at burst CV 4 unchanged to the digit, the 12-model runs too, but for
+    #: paper-conv at rate x2 with the rules alone (colocation off), where P99 TTFT went from 839 to 456 s.
+    max_starved_s: float = 60.0
     #: A model left short of instances with no free GPUs takes GPUs from other models' instances when those
     #: models stay at least as well served (share of their scale-out demand met) as it will be, never a model's
     #: last ready instance (``arbitration.reclaim_victims``). False: only a model with no instance takes GPUs
@@ -325,7 +333,7 @@ class PolicyConfig:
             raise InvalidArgumentError(
                 f"route_cap_per_instance, ttft_target_prefills and preempt_after_s must be >= 0, got "
                 f"{self.route_cap_per_instance}, {self.ttft_target_prefills}, {self.preempt_after_s}")
-        for name in ("scale_in_hold_s", "last_instance_hold_s", "scale_in_window_s"):
+        for name in ("scale_in_hold_s", "last_instance_hold_s", "scale_in_window_s", "max_starved_s"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise InvalidArgumentError(f"{name} must be >= 0 seconds (0: off), got {getattr(self, name)}",
                                            option=name, value=str(getattr(self, name)))

@@ -164,7 +164,8 @@ class GpuMoves:
         waited_s = now_s - self._starved_since.get(model, now_s)
         turn_s = max(self.cfg.preempt_after_s, self.cfg.min_lifetime_s, 1.0)
         load = avg5[model] * max(1.0, waited_s / turn_s)
-        if got is None or load <= PREEMPT_LOAD_RATIO * got[0]:
+        overdue = 0 < self.cfg.max_starved_s <= waited_s
+        if got is None or (load <= PREEMPT_LOAD_RATIO * got[0] and not overdue):
             return False
         return self._take_gpus(state, model, got[1], got[2], base, now_s, board, out)
 
