@@ -34,10 +34,11 @@ from warmserve.sim.metrics import pct
 #: demo checkpoints the served models are copies of, in order (model i serves CHECKPOINTS[i % len])
 CHECKPOINTS = ("llama-20m", "qwen2-30m", "llama-90m")
 #: PolicyConfig fields given in trace seconds and scaled by --time-scale: its *_s fields but window_s (that is
-#: --window-s), coserve_tpot_s (a decode step's latency, which compressing the trace's time does not shorten) and
-#: the *_per_s rates.
+#: --window-s), coserve_tpot_s (a decode step's latency, which compressing the trace's time does not shorten),
+#: max_starved_s (a wait held against the clients' request timeout, wall seconds) and the *_per_s rates.
 TRACE_TIME_OPTIONS = tuple(sorted(f.name for f in dataclasses.fields(PolicyConfig) if f.name.endswith("_s")
-                                  and not f.name.endswith("_per_s") and f.name not in ("window_s", "coserve_tpot_s")))
+                                  and not f.name.endswith("_per_s")
+                                  and f.name not in ("window_s", "coserve_tpot_s", "max_starved_s")))
 #: The arguments that make the workload and the live cluster: --reuse-live refuses an earlier run that differs.
 WORKLOAD_ARGS = ("models", "checkpoints", "cpu_workers", "duration_s", "time_scale", "rate", "history_days", "pre_s",
                  "start_s", "max_prompt_tokens", "max_output_tokens", "window_s", "drain_s", "seed", "vocab_size",
