@@ -186,22 +186,35 @@ class JoinCancelled(Exception):
 MEET_POLL_S = 0.05
 
 
+def _poll(ready, deadline: float, cancelled: threading.Event | None, timed_out, left: str) -> None:
+    """Call ``ready()`` until it is true, 1 ms apart at first, doubling up to MEET_POLL_S: past ``deadline``
+    (time.monotonic()) a TimeoutError with ``timed_out()``'s words, once ``cancelled`` is set a JoinCancelled."""
+    delay_s = 0.001
+    while not ready():
+        if time.monotonic() + delay_s > deadline:
+            raise TimeoutError(timed_out())
+        if cancelled is not None and cancelled.wait(delay_s):
+            raise JoinCancelled(left)
+        delay_s = min(MEET_POLL_S, delay_s * 2)
+
+
 def _wait_listening(port: int, group_id: str, deadline: float, cancelled: threading.Event | None) -> None:
     """Wait until the store on ``port`` accepts, cancellably. TCPStore's own connect retries until the group's
     timeout with nothing that can stop it, and a store whose host (rank 0's worker) died never accepts; a plain
     connect is refused at once, and the store takes a connection closed unused without a word."""
-    delay_s = 0.001
-    while True:
+    last: list[OSError] = []
+
+    def accepts() -> bool:
         try:
             socket.create_connection((LOOPBACK, port), timeout=max(0.01, min(1.0, deadline - time.monotonic()))).close()
-            return
+            return True
         except OSError as e:
-            if time.monotonic() + delay_s > deadline:
-                raise TimeoutError(f"group {group_id!r}: its store on port {port} did not accept ({e}) within the "
-                                   "join's timeout: rank 0's worker is gone") from None
-        if cancelled is not None and cancelled.wait(delay_s):
-            raise JoinCancelled(f"group {group_id!r} was left while its store was awaited")
-        delay_s = min(MEET_POLL_S, delay_s * 2)
+            last[:] = [e]
+            return False
+
+    _poll(accepts, deadline, cancelled,
+          lambda: f"group {group_id!r}: its store on port {port} did not accept ({last[0]}) within the join's "
+                  "timeout: rank 0's worker is gone", f"group {group_id!r} was left while its store was awaited")
 
 
 def _meet(tcp, group_id: str, rank: int, world_size: int, deadline: float,
@@ -214,16 +227,11 @@ def _meet(tcp, group_id: str, rank: int, world_size: int, deadline: float,
     the timeout, in gloo: a window of milliseconds."""
     here = f"{group_id}/here/"
     tcp.set(f"{here}{rank}", "1")
-    others = [f"{here}{r}" for r in range(world_size) if r != rank]
-    delay_s = 0.001
-    while not tcp.check(others):
-        if time.monotonic() + delay_s > deadline:
-            missing = [r for r in range(world_size) if r != rank and not tcp.check([f"{here}{r}"])]
-            raise TimeoutError(f"group {group_id!r}: ranks {missing} of {world_size} did not come within the "
-                               "join's timeout (their workers are gone or slow)")
-        if cancelled is not None and cancelled.wait(delay_s):
-            raise JoinCancelled(f"group {group_id!r} was left while its ranks were awaited")
-        delay_s = min(MEET_POLL_S, delay_s * 2)
+    others = [r for r in range(world_size) if r != rank]
+    _poll(lambda: tcp.check([f"{here}{r}" for r in others]), deadline, cancelled,
+          lambda: f"group {group_id!r}: ranks {[r for r in others if not tcp.check([f'{here}{r}'])]} of "
+                  f"{world_size} did not come within the join's timeout (their workers are gone or slow)",
+          f"group {group_id!r} was left while its ranks were awaited")
 
 
 class ParallelGroup:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ def memory_backed(root: str) -> bool:
                 parts = line.split()
                 if len(parts) < 3:
                     continue
-                point = parts[1].encode().decode("unicode_escape")
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])  # "\040": a space
                 inside = real == point or real.startswith(point.rstrip("/") + "/")
                 if inside and len(point) >= len(best):
                     best, fstype = point, parts[2]
