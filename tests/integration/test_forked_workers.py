@@ -76,6 +76,11 @@ def test_workers_end_with_their_fork_server_and_the_next_spawn_is_fresh_while_an
     # The worker watches its parent, the server: it exits, and its handle reads that without the server.
     assert w.wait(30) == forkserver.STATUS_UNKNOWN
     assert not serving.pid_alive(w.pid)
+    # and the controller's words for it say why the status says nothing (found in review: "status 255")
+    from warmserve.controller.restarts import exit_words
+
+    assert exit_words(w) == ("status 255: its fork server ended first (killed, or out of memory), so its own status "
+                             "is lost")
     # The spawn does not wait for a new server's imports (it may be on the controller's event loop): this one is a
     # fresh interpreter, and the server started meanwhile forks the next.
     nxt = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),

@@ -170,8 +170,9 @@ class Controller(WorkerRestarts):
                     ident = idents.get(id(p))
                     wid = ident.decode(errors="replace") if ident is not None else "?"
                     raise WorkerLostError(
-                        f"local worker {wid} exited ({exit_words(p.returncode)}) before it registered: "
-                        f"{getattr(p, 'exit_reason', '') or 'see its log'}", worker_id=wid, status=p.returncode)
+                        f"local worker {wid} exited ({exit_words(p)}) before it registered"
+                        f"{'' if getattr(p, 'exit_reason', '') else ': see its log'}", worker_id=wid,
+                        status=p.returncode)
             left = deadline - time.monotonic()
             if left <= 0:
                 have = sum(w.ready for w in self.hub.workers.values())

@@ -21,12 +21,14 @@ from warmserve.worker.forkserver import ForkedProcess, fresh_interpreters
 log = logging.getLogger("warmserve.controller")
 
 
-def exit_words(status: int | None) -> str:
-    """A local worker process's exit status in words: a signal by name, and for SIGKILL that the kernel's OOM killer
-    is its usual sender (found in review: workers killed for memory were only "lost: send failed", their restarts
-    "did not join (status -9)", and nothing said why)."""
+def exit_words(proc) -> str:
+    """How a local worker's process ended, in words: a signal by name, and for SIGKILL that the kernel's OOM killer is
+    its usual sender (found in review: workers killed for memory were only "lost: send failed", their restarts "did
+    not join (status -9)", and nothing said why); a status with the reason its launcher gives (``exit_reason``: a
+    forked worker whose fork server died, a Ray actor)."""
+    status, reason = proc.poll(), getattr(proc, "exit_reason", "")
     if status is None or status >= 0:
-        return f"status {status}"
+        return f"status {status}: {reason}" if reason else f"status {status}"
     try:
         name = signal.Signals(-status).name
     except ValueError:
@@ -101,7 +103,7 @@ class WorkerRestarts:
                 # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
                 delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** min(n, 60))
                 log.warning("restarting %r in %.1f s (restart %d in a row; its process ended: %s)", lost, delay,
-                            n + 1, exit_words(proc.poll()))
+                            n + 1, exit_words(proc))
                 await asyncio.sleep(delay)
                 spawn = self.local_spawn.get(ident)
                 if self.closing or spawn is None or back.done():  # done: the last one joined after its deadline
@@ -141,7 +143,7 @@ class WorkerRestarts:
                     log.info("%r is back (process %s)", back.result(), back.result().pid)
                     return
                 if not self.closing:  # a close ends the wait: no failure to report
-                    log.warning("restarted %r did not join (%s)", lost, exit_words(proc.poll()))
+                    log.warning("restarted %r did not join (%s)", lost, exit_words(proc))
         finally:
             # Only this restart's own entry: after its admission a new loss may have started the next restart.
             if self.restarting.get(ident) is back:

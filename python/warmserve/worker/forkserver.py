@@ -209,6 +209,9 @@ class ForkedProcess:
         self.args: list[str] = []
         self.pid = pid
         self.returncode: int | None = None
+        #: Why its status says nothing, where it does not (Popen has no such field; the controller reads it with
+        #: getattr, as it does a Ray worker's).
+        self.exit_reason = ""
         self._server = server
         self._pidfd = pidfd
         # Closed once the process is known to have ended (``ended``), else when this object goes
@@ -225,6 +228,7 @@ class ForkedProcess:
         with self._server.changed:
             # The server reports the status; once it is gone, the pidfd says the process ended, not how.
             if self.returncode is None and self._server.gone and self._ended():
+                self.exit_reason = "its fork server ended first (killed, or out of memory), so its own status is lost"
                 self.ended(STATUS_UNKNOWN)
             return self.returncode
 
