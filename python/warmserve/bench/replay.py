@@ -65,7 +65,7 @@ def add_arguments(p) -> None:
                         "every policy). Times (" + ", ".join(TRACE_TIME_OPTIONS) + ") are trace seconds, "
                         "scaled by --time-scale like --window-s; unset ones keep their defaults in wall seconds. "
                         "A field the policy's name fixes (e.g. autoscale's prewarm) is refused; window_s is "
-                        "--window-s")
+                        "--window-s. Every field: docs/config.md, [policy]")
     p.add_argument("--models", type=int, default=6, help="served models (ServeGen client series)")
     p.add_argument("--checkpoints", default=",".join(CHECKPOINTS),
                    help="demo checkpoints the models are copies of, round-robin")

@@ -43,7 +43,8 @@ def add_arguments(p):
     p.add_argument("--policy", default=",".join(POLICY_NAMES),
                    help="comma-separated policies (default: all): " + ", ".join(POLICY_NAMES))
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a PolicyConfig field for every policy (repeatable), e.g. instance_capacity=16")
+                   help="a PolicyConfig field for every policy (repeatable), e.g. instance_capacity=16; every "
+                        "field, its default and meaning: docs/config.md, [policy]")
     p.add_argument("--preset", choices=PRESET_NAMES, default=None,
                    help="paper-conv/paper-code: the paper's experiment (2x8 GPUs, 7 Llama-2 7B/13B/70B copies, "
                         "Azure trace, power-law split, alpha 1); artifact-conv/artifact-code: the authors' released "
