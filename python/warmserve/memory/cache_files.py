@@ -134,12 +134,7 @@ def evict_over_budget(root: str, capacity: int, spare: set[str], live, unlink) -
         fcntl.flock(glock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         entries = scan(root)
         used = sum(size for name, size, _ in entries if not name.endswith(".fill") or live(name))
-        for _, name, size in sorted((t, n, s) for n, s, t in entries if n.endswith(".bin") and n[:-4] not in spare):
-            if used <= capacity:
-                break
-            unlink(name)
-            used -= size
-            evicted += 1
+        evicted = evict_until(entries, 0, capacity - used, spare, unlink)
     except OSError:  # BlockingIOError: the lock is held
         pass
     finally:

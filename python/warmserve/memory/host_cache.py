@@ -454,17 +454,11 @@ class HostCheckpointCache:
                 self._unlink_entry(name)
                 used -= size
                 self._count(invalidated=1)
-        victims = sorted((t, name, size) for name, size, t in entries
-                         if name.endswith(".bin") and not name.startswith(path_hash + "-")
-                         and name[: -len(".bin")] not in busy)
-        if used - sum(size for _, _, size in victims) + need > self.config.capacity_bytes:
+        others = [e for e in entries if not e[0].startswith(path_hash + "-")]  # this path's: unlinked above
+        if used - sum(size for name, size, _ in others if name.endswith(".bin") and name[: -len(".bin")] not in busy) \
+                + need > self.config.capacity_bytes:
             return False
-        for _, name, size in victims:
-            if used + need <= self.config.capacity_bytes:
-                break
-            self._unlink_entry(name)
-            used -= size
-            self._count(evicted=1)
+        self._count(evicted=evict_until(others, need, self.config.capacity_bytes - used, busy, self._unlink_entry))
         return True
 
     def _enforce_budget(self, busy: set[str]) -> None:
