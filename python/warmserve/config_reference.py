@@ -57,39 +57,46 @@ def _defaults(cls) -> dict[str, object]:
     return {name: getattr(cls(), name) for name in cls.__struct_fields__}
 
 
-def tables() -> list[tuple[str, type, tuple[str, ...], str]]:
-    """The file's tables: (heading, class, keys of the class that are not this table's, what the table is)."""
+def tables() -> list[tuple[str, type, str]]:
+    """The file's tables: (heading, class, what the table is)."""
     from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec, ServerConfig
     from warmserve.policy.config import PolicyConfig
     from warmserve.protocol import EngineConfig
 
     return [
-        ("top level", ClusterConfig, ("models", "controller", "engine", "server"),
-         "What to serve and where: the keys at the top of the file."),
-        ("[[models]]", ModelSpec, (), "One table per model served; `path` is required, relative paths are taken "
-                                      "from the config file's folder."),
-        ("[controller]", ControllerConfig, ("policy_config",),
-         "How the controller talks to workers and runs the policy loop."),
-        ("[policy]", PolicyConfig, (), "The policy's knobs. A `policy` name other than `warmserve` (the baselines "
-                                       "and ablations) sets some of them itself: `warmserve simulate --help` lists "
-                                       "the names."),
-        ("[engine]", EngineConfig, (), "Limits of every instance's engine, sent with each activation."),
-        ("[server]", ServerConfig, (), "The OpenAI-compatible HTTP server (`warmserve serve`)."),
+        ("top level", ClusterConfig, "What to serve and where: the keys at the top of the file."),
+        ("[[models]]", ModelSpec, "One table per model served; `path` is required, relative paths are taken from "
+                                  "the config file's folder."),
+        ("[controller]", ControllerConfig, "How the controller talks to workers and runs the policy loop."),
+        ("[policy]", PolicyConfig, "The policy's knobs. A `policy` name other than `warmserve` (the baselines and "
+                                   "ablations) sets some of them itself: `warmserve simulate --help` lists the names."),
+        ("[engine]", EngineConfig, "Limits of every instance's engine, sent with each activation."),
+        ("[server]", ServerConfig, "The OpenAI-compatible HTTP server (`warmserve serve`)."),
     ]
+
+
+def table_keys(heading: str, cls) -> list[str]:
+    """The keys of table ``heading`` in the order of ``cls``'s fields: those the loader takes there
+    (``config_file._table_keys``, which also points a key in the wrong table to its own); every field of a model."""
+    from warmserve.config_file import _table_keys
+
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else list(cls.__struct_fields__)
+    keys = _table_keys().get(heading)
+    return names if keys is None else [n for n in names if n in keys]
 
 
 def markdown() -> str:
     """The whole reference page. Raises ``ValueError`` naming a field that has no ``#:`` comment."""
     parts = ["# Configuration reference", "",
-             "Every key a config file (`warmserve serve --config cluster.toml`, TOML or YAML) takes, by table, with its",
-             "default. Written from the configuration classes (`python -m warmserve.config_reference > docs/config.md`);",
-             "the same names are the fields of `warmserve.ClusterConfig` and its parts in the Python API. A key in the",
-             "wrong table, or misspelt, is refused at start naming the table or key meant.", ""]
-    for heading, cls, skip, about in tables():
+             "Every key a config file (`warmserve serve --config cluster.toml`, TOML or YAML) takes, by table,",
+             "with its default. Written from the configuration classes",
+             "(`python -m warmserve.config_reference > docs/config.md`); the same names are the fields of",
+             "`warmserve.ClusterConfig` and its parts in the Python API. A key in the wrong table, or misspelt, is",
+             "refused at start naming the table or key meant.", ""]
+    for heading, cls, about in tables():
         said = field_comments(cls)
         defaults = _defaults(cls)
-        names = [n for n in (f.name for f in dataclasses.fields(cls)) if n not in skip] \
-            if dataclasses.is_dataclass(cls) else [n for n in cls.__struct_fields__ if n not in skip]
+        names = table_keys(heading, cls)
         missing = [n for n in names if n not in said]
         if missing:
             raise ValueError(f"{cls.__name__}: fields {missing} have no #: comment to document them")
