@@ -89,8 +89,9 @@ class HostCheckpointCache:
         self._entries: dict[str, CacheEntry] = {}
         #: Counts close() calls: a fill started before one is not added to the mappings close() let go of.
         self._epoch = 0
-        #: The warning for a filesystem too small for an entry was given (once per cache).
-        self._said_no_room = False
+        #: The warnings given so far (each once per cache): "room" (a filesystem too small for an entry), "memory"
+        #: (host memory too short for an entry on a memory-backed filesystem); one does not silence the other.
+        self._said: set[str] = set()
         self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0, "orphans": 0,
                        "bytes_from_cache": 0, "bytes_filled": 0}
         self._enforce_budget(set())  # the directory may have been filled under a larger budget
@@ -412,7 +413,7 @@ class HostCheckpointCache:
                         except OSError as ex2:
                             if ex2.errno not in (errno.ENOSPC, errno.ENOMEM):
                                 raise
-                            self._say_once(no_room_warning(root, path, size, self.config.capacity_bytes, evicted))
+                            self._say_once("room", no_room_warning(root, path, size, self.config.capacity_bytes, evicted))
                             raise
                 e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd, populate=False)
             except BaseException as ex:  # an interrupt too (found in review: it leaked fd and left the .fill)
@@ -492,13 +493,14 @@ class HostCheckpointCache:
         room, what = fill_memory_room(self.config.root)
         if room is None or size <= room:
             return True
-        self._say_once(no_memory_warning(path, size, room, what, evicted))
+        self._say_once("memory", no_memory_warning(path, size, room, what, evicted))
         return False
 
-    def _say_once(self, warning: str) -> None:
-        """Log a warning that the cache cannot hold an entry, once per cache."""
+    def _say_once(self, kind: str, warning: str) -> None:
+        """Log a warning that the cache cannot hold an entry, once per cache and ``kind``."""
         with self._mu:
-            said, self._said_no_room = self._said_no_room, True
+            said = kind in self._said
+            self._said.add(kind)
         if not said:
             log.warning(warning)
 
