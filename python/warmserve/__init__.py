@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Cluster": "warmserve.controller.cluster",
+    "ClusterConfig": "warmserve.config",
     "ModelSpec": "warmserve.config",
     "SamplingParams": "warmserve.protocol",
     "Completion": "warmserve.controller.cluster",
@@ -24,4 +25,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'warmserve' has no attribute {name!r}")
 
 
-__all__ = ["Cluster", "Completion", "ModelSpec", "SamplingParams", "__version__"]
+__all__ = ["Cluster", "ClusterConfig", "Completion", "ModelSpec", "SamplingParams", "__version__"]

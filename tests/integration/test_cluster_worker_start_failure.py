@@ -1,5 +1,5 @@
-"""A local worker that cannot start (here: a memory budget it refuses, --memory-gib 0.0000) fails the cluster's
-start with an error that names it, its exit status and where to look. Found in review: "a local worker exited with
+"""A local worker that cannot start (here: a module it imports fails) fails the cluster's start with an error that
+names it, its exit status and where to look. Found in review: "a local worker exited with
 status 2 before it registered; see its log", naming none of them, with several workers to choose from."""
 
 import os
@@ -18,14 +18,16 @@ import serving
 MODEL = "llama-20m"
 
 
-def test_a_local_worker_that_exits_before_it_registers_is_named_in_the_start_error(tmp_path):
+def test_a_local_worker_that_exits_before_it_registers_is_named_in_the_start_error(tmp_path, monkeypatch):
     path = serving.demo_paths((MODEL,))[MODEL]
-    # the worker exits at its start: its host cache directory is a file (a pool too small for the model, used
-    # here before, is refused by the controller now, before any worker starts)
-    (tmp_path / "not-a-dir").write_text("")
+    # the worker exits at its start: a msgspec on its PYTHONPATH ends it (this process has its own imported). Used
+    # here before, and refused by the controller now before any worker starts: a pool too small for the model, a
+    # host cache directory that is a file (unit/controller/test_launch_host_cache_dir.py).
+    (tmp_path / "fail").mkdir()
+    (tmp_path / "fail" / "msgspec.py").write_text("raise SystemExit('this test: the worker cannot start')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fail"))
     cfg = ClusterConfig(models=(ModelSpec(path=path),), devices=("cpu:0",), cpu_worker_memory_bytes=512 << 20,
-                        host_cache_bytes=64 << 20, host_cache_dir=str(tmp_path / "not-a-dir"),
-                        cpu_worker_threads=1, worker_start_timeout_s=60,
+                        cpu_worker_threads=1, worker_start_timeout_s=60, fork_cpu_workers=False,
                         controller=ControllerConfig(policy_config=PolicyConfig(window_s=30), tick_s=0.2,
                                                     heartbeat_interval_s=0.2, worker_timeout_s=2.0))
     with pytest.raises(WorkerLostError, match="before it registered") as e:
@@ -36,3 +38,4 @@ def test_a_local_worker_that_exits_before_it_registers_is_named_in_the_start_err
     assert wid in str(e.value), str(e.value)
     assert e.value.status not in (None, 0) and f"status {e.value.status}" in str(e.value)
     assert "see its log" in str(e.value)
+    assert "this test: the worker cannot start" in (tmp_path / f"{wid}.log").read_text()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,3 +83,9 @@ def test_a_cluster_gives_its_workers_the_cache(tmp_path_factory, tmp_path):
                               host_cache_bytes=256 << 20, host_cache_dir=str(root)) as c:
         assert c.generate(MODEL, "hello", max_tokens=2).completion_tokens >= 1
         assert _entries(root)  # the worker's load filled the cache
+        # and Cluster.stats() shows the worker's cache counters (found in review: reported by the worker, shown
+        # nowhere); they come with its stats reports, so a moment later
+        deadline = time.monotonic() + 30
+        while not c.stats()["workers"][0]["host_cache"].get("fills") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.stats()["workers"][0]["host_cache"]["fills"] >= 1, c.stats()["workers"]

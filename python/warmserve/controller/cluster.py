@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.policy.config import PolicyConfig
+from warmserve.controller import exit_close
 from warmserve.controller.frontend import TextGeneration, prepare
 from warmserve.controller.loopgate import LoopGate
 from warmserve.controller.openai_api import messages_from, with_model_defaults
 from warmserve.errors import ClosedError, InvalidArgumentError, TimeoutError_, UnknownModelError
 from warmserve.outputs import check_output_folder
 from warmserve.protocol import SamplingParams, stop_strings
-
 
 #: Cluster()'s arguments a ``config`` takes the place of, each with the ClusterConfig field that holds it.
 _CONFIG_FIELD_OF = {
@@ -55,8 +55,7 @@ def _model_specs(models) -> tuple[ModelSpec, ...]:
 
 def _refuse_beside_config(config: ClusterConfig, given: dict) -> None:
     """Refuse the arguments in ``given`` that differ from their defaults (models: from None, or the config's own)
-    while ``config`` is given: found in review, Cluster(None, config=cfg, cpu_workers=4, bind=...) started with
-    cfg's 2 workers on cfg's address and said nothing of the two arguments."""
+    while ``config`` is given (found in review: Cluster(None, config=cfg, cpu_workers=4) ran 2 workers, unsaid)."""
     import inspect
 
     defaults = {k: p.default for k, p in inspect.signature(Cluster.__init__).parameters.items()}
@@ -205,6 +204,7 @@ class Cluster:
         # what close() asks of the finalizer, in a list of its own: the finalizer must not hold the Cluster
         self._drain_on_close = [True]
         self._finalizer = weakref.finalize(self, _shutdown, self._gate, self.controller, self._drain_on_close)
+        exit_close.watch(self._finalizer)  # closed with no drain at interpreter exit
 
     # ----------------------------------------------------------------------------------------------- plumbing
 

@@ -200,6 +200,19 @@ def check_host_memory(workers: int, pool_bytes: int) -> None:
             pool_bytes=pool_bytes, process_bytes=WORKER_PROCESS_BYTES)
 
 
+def check_host_cache_dir(directory: str) -> None:
+    """Refuse a host cache folder this user cannot make files in before any worker starts: each local worker checks
+    it as it starts (``cache_files.check_root``), and found in review, the error then reached the caller only as
+    "local worker ... exited (status 2) before it registered", the reason in the worker's stderr alone."""
+    from warmserve.memory.cache_files import HostCacheConfig, check_root
+
+    root = directory or HostCacheConfig.root
+    try:
+        check_root(root)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"host_cache_dir (--host-cache-dir): {e.message}", path=root) from None
+
+
 def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[ModelSpec, ...]:
     """Write the demo checkpoints when absent (deterministic, skipped when up to date) and name them. The writer
     runs as `warmserve models demo` in a child process: it needs torch, and the controller should not carry it."""
@@ -238,6 +251,8 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     local_cpu = sum(d.startswith("cpu") for d in devices)
     if local_cpu:
         check_host_memory(local_cpu, mem)
+    if devices and cfg.host_cache_bytes:
+        check_host_cache_dir(cfg.host_cache_dir)
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
     procs = []
     host = socket.gethostname()

@@ -24,6 +24,9 @@ def stats(ctl) -> dict:
             "capacity_bytes": w.capacity_bytes, "in_flight": len(w.gens), "gpu_id": w.gpu_id,
             "pool": msgspec.to_builtins(s.pool) if s is not None else {},
             "models": {m.name: m.state for m in s.models} if s is not None else {},
+            # the counters of its machine's host checkpoint cache as this worker saw them (found in review: reported
+            # by the workers, shown nowhere, so a cache that did nothing went unseen); {}: no cache
+            "host_cache": dict(s.host_cache) if s is not None else {},
         })
     state = ctl.state
     return {

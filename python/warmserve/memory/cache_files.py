@@ -193,6 +193,14 @@ def no_room_warning(root: str, path: str, size: int, capacity: int, evicted: int
             f"later one that does not fit, is loaded straight from the file (said once). Fix: {fix}")
 
 
+
+def over_budget_warning(path: str, size: int, capacity: int) -> str:
+    """The words of the warning for a checkpoint file larger than the whole budget: it can never be cached (found
+    in review: nothing was said, and the cache of a cluster whose every file was larger did nothing, unseen)."""
+    return (f"host cache: {path} ({fmt_bytes(size)}) is larger than the cache's whole budget ({fmt_bytes(capacity)}):"
+            " it is loaded straight from the file, as is any other file that large (said once). Fix: a budget of at "
+            f"least {size / (1 << 30):.2f} GiB (--host-cache-gib, ClusterConfig.host_cache_bytes), or no cache")
+
 #: Host memory a fill of a cache on a memory-backed filesystem leaves to the processes' own growth, bytes: a CPU
 #: worker took 230-290 MB beyond its pool during a 2,000-4,000-token prefill (measured in review, 2026-12-06), and
 #: two workers of a machine may prefill at once.

@@ -34,12 +34,13 @@ is freed when the last worker unmaps it: the evicting one at once (or when its l
 the start of their next load (also when it has been filled again since: mappings are checked by inode). A fill whose
 lock nobody holds was left by a worker that died mid-fill: eviction unlinks it (``stats()["orphans"]``). A file
 larger than the budget, one that does not fit beside the fills in progress (not evictable: a sharded checkpoint's
-load starts every shard's fill) and the entries the load reads, or one the tmpfs has no room for, is loaded straight
-from the file (``stats()["bypassed"]``), as is one the cache cannot make or lock a file for (any other error of the
-filesystem: a lock file or entry of another user, a quota, a file size limit), with a warning. An entry another user
-published is not trusted: loaded straight from the file, theirs left alone (an entry of this user's that it may only
-read is mapped read-only, its copies staged). An entry whose size is not the checkpoint's (cut short) is unlinked
-under its fill lock and filled again. The directory must be this user's own, one it can make files in:
+load starts every shard's fill) and the entries the load reads, or one the tmpfs or host memory has no room for, is
+loaded straight from the file (``stats()["bypassed"]``; the first of each kind but the second with a warning), as is
+one the cache cannot make or lock a file for (any other error of the filesystem: a lock file or entry of another
+user, a quota, a file size limit), with a warning each time. An entry another user published is not trusted:
+loaded straight from the file, theirs left alone (an entry of this user's that it may only read is mapped read-only,
+its copies staged). An entry whose size is not the checkpoint's (cut short) is unlinked under its fill lock and
+filled again. The directory must be this user's own, one it can make files in:
 ``HostCheckpointCache()`` checks.
 
 Caveat. The key is the file's metadata, not its contents. The ctime in it is set by the kernel alone, on every
@@ -68,7 +69,7 @@ from warmserve.memory.cache_entry import CacheBusyError, CacheEntry, flock_wait,
 from warmserve.memory.cache_files import check_root as _check_root
 from warmserve.memory.cache_files import HostCacheConfig  # noqa: F401  (the cache's config, imported from here)
 from warmserve.memory.cache_files import create_fill, entry_key, evict_over_budget, evict_until, fill_memory_room, \
-    fs_free_bytes, no_memory_warning, no_room_warning, open_lock, scan, stat_source
+    fs_free_bytes, no_memory_warning, no_room_warning, open_lock, over_budget_warning, scan, stat_source
 from warmserve.memory.cache_load import CachedLoadJob
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import _count
@@ -90,7 +91,8 @@ class HostCheckpointCache:
         #: Counts close() calls: a fill started before one is not added to the mappings close() let go of.
         self._epoch = 0
         #: The warnings given so far (each once per cache): "room" (a filesystem too small for an entry), "memory"
-        #: (host memory too short for an entry on a memory-backed filesystem); one does not silence the other.
+        #: (host memory too short for an entry on a memory-backed filesystem), "budget" (a file larger than the
+        #: whole budget); one does not silence another.
         self._said: set[str] = set()
         self._stats = {"hits": 0, "fills": 0, "bypassed": 0, "evicted": 0, "invalidated": 0, "orphans": 0,
                        "bytes_from_cache": 0, "bytes_filled": 0}
@@ -389,6 +391,7 @@ class HostCheckpointCache:
         root = self.config.root
         fill_path = os.path.join(root, key + ".fill")
         if size > self.config.capacity_bytes:
+            self._say_once("budget", over_budget_warning(path, size, self.config.capacity_bytes))
             return None
         glock = open_lock(glock_path := os.path.join(root, ".lock"))
         try:
@@ -413,7 +416,8 @@ class HostCheckpointCache:
                         except OSError as ex2:
                             if ex2.errno not in (errno.ENOSPC, errno.ENOMEM):
                                 raise
-                            self._say_once("room", no_room_warning(root, path, size, self.config.capacity_bytes, evicted))
+                            cap = self.config.capacity_bytes
+                            self._say_once("room", no_room_warning(root, path, size, cap, evicted))
                             raise
                 e = CacheEntry(key, os.path.join(root, key + ".bin"), size, fd, populate=False)
             except BaseException as ex:  # an interrupt too (found in review: it leaked fd and left the .fill)

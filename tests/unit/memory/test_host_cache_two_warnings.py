@@ -52,3 +52,23 @@ def test_the_room_and_the_memory_warnings_are_each_said_once(tmp_path, hpool, mo
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("host cache:")]
     assert sum("would pass the host memory left" in m for m in said) == 1, said
     assert sum("no room on the filesystem" in m for m in said) == 1, said
+
+
+def test_a_file_larger_than_the_whole_budget_is_said_once(tmp_path, hpool, caplog):
+    """Found in review: a cluster whose every checkpoint was larger than the budget cached nothing, and said nothing."""
+    import dataclasses
+
+    cks = [tmp_path / f"big{i}.safetensors" for i in range(2)]
+    datas = [write(ck, MiB, i + 1) for i, ck in enumerate(cks)]
+    caplog.set_level(logging.WARNING)
+    with HostCheckpointCache(dataclasses.replace(cfg(tmp_path / "cache"), capacity_bytes=MiB // 2)) as cache:
+        for i, ck in enumerate(cks):
+            slot = hpool.create_slot(MiB, f"b{i}")
+            try:
+                cache.load(slot, [(str(ck), 0, 0, MiB)]).wait()
+                assert slot.tensor(0, (MiB,), torch.uint8).numpy().tobytes() == datas[i]
+            finally:
+                slot.close()
+        assert cache.stats()["bypassed"] == 2 and cache.stats()["fills"] == 0
+    said = [r.getMessage() for r in caplog.records if "larger than the cache's whole budget" in r.getMessage()]
+    assert len(said) == 1 and str(cks[0]) in said[0] and "512.0 KiB" in said[0] and "Fix:" in said[0], said
