@@ -81,10 +81,11 @@ class ControllerConfig:
     heartbeat_interval_s: float = 0.5
     #: A worker silent for this long is declared lost and its queued requests are re-routed, seconds.
     worker_timeout_s: float = 3.0
-    #: JSON or CSV history of per-window load (model, start_s, avg, peak) that seeds the forecasts; "" for none.
+    #: JSON or CSV history of per-window load (model, window_start_s, avg, peak) that seeds the forecasts; "" for none.
     history_path: str = ""
     #: CSV file the controller keeps its measured load history in (with history_path's rows), rewritten as each
-    #: window closes, for history_path at the next start (controller/history_record.py); "" : not kept.
+    #: window closes, for history_path at the next start; it keeps the last 14 days of windows, the time the
+    #: controller was down not counted (controller/history_record.py); "" : not kept.
     history_record_path: str = ""
     #: IANA time zone whose days the load follows (its users' clocks, e.g. "America/New_York"): the forecasts'
     #: daily slots are its wall-clock hours, daylight-saving switches included. "": this machine's local zone.
@@ -403,8 +404,11 @@ def check_window(window_s: float, tick_s: float) -> None:
         floor = max(MIN_WINDOW_S, tick_s)
         raise InvalidArgumentError(
             f"policy window_s must be at least {floor:g} s (the controller keeps a week of windows per model, and "
-            f"ticks every tick_s = {tick_s:g} s), got {window_s:g}. Fix: --window-s or [policy] window_s of "
-            f"{floor:g} or more that divides 86400 (default 300)", key="window_s", floor_s=floor)
+            f"ticks every tick_s = {tick_s:g} s), got {window_s:g}. Fix: "
+            + (f"--window-s or [policy] window_s of {floor:g} or more that divides 86400 (default 300)"
+               if floor <= 86400 else  # found in review: "1e+09 or more that divides 86400" was asked for
+               f"a tick_s below a day ({tick_s:g} s leaves no window that divides one), then a "
+               "window_s that divides 86400 (default 300)"), key="window_s", floor_s=floor)
 
 
 def memory_gib_arg(memory_bytes: int) -> str:

@@ -110,6 +110,9 @@ def load_series(traces: str, n_clients: int) -> tuple[dict, dict]:
     ok.sort(key=lambda k: -np.nansum(clients[k]["rate"]))
     series = {k: rates[k] for k in sorted(rates)}
     series.update({k: clients[k] for k in ok[:n_clients]})
+    if n_clients > len(ok):  # found in review: --clients 100000 ran on the 50 there are, unsaid
+        print(f"forecast: --clients {n_clients}: the traces hold {len(ok)} clients busy on at least "
+              f"{MIN_BUSY_DAYS} of the 14 days; all of them are used", file=sys.stderr)
     tokens: dict[str, list] = {}
     stats = _find(traces, "servegen_length_stats_6h.csv")
     with sg._open(stats) as f:

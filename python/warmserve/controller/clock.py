@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from warmserve.policy.calendar import ZoneCalendar, zone_midnight
 
@@ -12,6 +13,43 @@ log = logging.getLogger("warmserve.controller")
 
 #: Days before now where the policy's clock starts when no history reaches further back.
 CLOCK_DAYS_BACK = 7
+#: Most windows before now the live policy's history reaches back (every model holds one per window from the clock's
+#: origin on): found in review, one history row a year old under 1 s windows took the controller to 3.7 GB and its
+#: first tick to 13.4 s. About 12 days at 1 s windows (16 MiB a model); past 30 s windows, the file's 366 days bind.
+HISTORY_MAX_WINDOWS = 1 << 20
+
+
+def history_in_reach(history: dict | None, models, now_unix_s: float, window_s: float) -> dict | None:
+    """The history the live policy starts from: the rows of the models this cluster serves (the others named in one
+    warning: found in review, a shared file of 2,000 models logged 2,000 lines), none older than
+    HISTORY_MAX_WINDOWS windows before now (dropped with one warning; the record file keeps them)."""
+    if not history:
+        return history
+    import numpy as np
+
+    unserved = sorted(m for m in history if m not in models)
+    if unserved:
+        log.warning("history names %d model(s) this cluster does not serve, ignored: %s%s", len(unserved),
+                    ", ".join(map(repr, unserved[:5])), ", ..." if len(unserved) > 5 else "")
+        if len(unserved) == len(history):
+            log.warning("none of the history's models is served here, so the forecasts start from nothing: check "
+                        "that the served models' names (--model NAME=PATH) are the file's")
+    cut = now_unix_s - HISTORY_MAX_WINDOWS * window_s
+    out, dropped, oldest = {}, 0, math.inf
+    for m, (starts, avg, peak) in history.items():
+        if m in models:
+            starts = np.asarray(starts, float)
+            keep = starts >= cut
+            if not keep.all():
+                dropped += int((~keep).sum())
+                oldest = min(oldest, float(starts.min()))
+            out[m] = (starts[keep], np.asarray(avg, float)[keep], np.asarray(peak, float)[keep])
+    if dropped:
+        log.warning("history: %d rows from %.1f days back (the oldest) to %.1f days back are not used: the policy "
+                    "holds at most %d windows of %g s (%.1f days) before now. Fix: a longer policy window_s reaches "
+                    "further back", dropped, (now_unix_s - oldest) / 86400, (now_unix_s - cut) / 86400,
+                    HISTORY_MAX_WINDOWS, window_s, (now_unix_s - cut) / 86400)
+    return out
 
 
 def policy_clock_origin(now_unix_s: float, history: dict | None, zone: str = "") -> float:
@@ -42,8 +80,7 @@ def history_on_clock(history: dict | None, origin_s: float, models, window_s: fl
 
     out = {}
     for m, (starts, avg, peak) in history.items():
-        if m not in models:
-            log.warning("history names model %r, which this cluster does not serve: ignored", m)
+        if m not in models:  # history_in_reach named them
             continue
         # the smallest step: a file of the windows with traffic only has some consecutive ones. Counted over
         # distinct starts (found in review: three rows of one start, as a clock stepped back writes, left no step

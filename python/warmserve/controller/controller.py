@@ -20,7 +20,7 @@ import time
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, with_worker_page_bytes
 from warmserve.controller import draining, history_record, losses, observed, refusals, views
-from warmserve.controller.clock import history_on_clock, policy_calendar, policy_clock_origin
+from warmserve.controller.clock import history_in_reach, history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
 from warmserve.controller.groups import GroupManager
@@ -78,10 +78,11 @@ class Controller(WorkerRestarts):
         now_unix = time.time()
         self._t0_mono = time.monotonic()
         #: Unix time of the policy clock's t = 0 (a midnight of the zone the load follows); now_s() counts from it.
-        self.clock_origin_s = policy_clock_origin(now_unix, history, self.cc.load_timezone)
+        used = history_in_reach(history, self.models, now_unix, pcfg.window_s)  # the record keeps all of history
+        self.clock_origin_s = policy_clock_origin(now_unix, used, self.cc.load_timezone)
         self._t0_s = now_unix - self.clock_origin_s
         self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config, history=history_on_clock(
-            history, self.clock_origin_s, self.models, pcfg.window_s), calendar=policy_calendar(
+            used, self.clock_origin_s, self.models, pcfg.window_s), calendar=policy_calendar(
             self.clock_origin_s, self.cc.load_timezone))
         # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
         self.policy.fit_in_background()

@@ -78,12 +78,17 @@ def read_history(path: str) -> dict:
                             path=path, lacking=lacking)
                 for i, r in enumerate(reader):
                     try:
-                        start = float(r.get("window_start_s") or r["start_s"])
+                        start = float(r.get("window_start_s") or r.get("start_s"))
                         rows.setdefault(r["model"], []).append((start, float(r["avg"]), float(r["peak"])))
                     except (KeyError, ValueError, TypeError) as e:  # TypeError: a short row's missing cells
+                        # Found in review: a file cut short (a crash, a full disk) was told of as a bad cell, with
+                        # a 'start_s' no one wrote, or 16 KB of a NUL-filled cell.
+                        cut = " The file ends in this row: it was cut short; delete its last line." \
+                            if next(reader, None) is None else ""
                         raise InvalidArgumentError(
                             f"history {path} row {i + 2}: need model, window_start_s, avg, peak (an empty or missing "
-                            f"cell: write nan where a load is unknown) ({e})") from None
+                            f"cell: write nan where a load is unknown) ({str(e)[:80]!s}).{cut}", path=path,
+                            row=i + 2) from None
         except UnicodeDecodeError as e:
             raise InvalidArgumentError(f"history {path} is not UTF-8 text ({e}): it must be a CSV model,"
                                        "window_start_s,avg,peak or its JSON form") from None
@@ -91,6 +96,11 @@ def read_history(path: str) -> dict:
             raise InvalidArgumentError(f"history {path} has no rows: it must be a CSV with the header "
                                        "model,window_start_s,avg,peak and one row per model and window, or "
                                        "its JSON form (a .json file); leave the history out to start without one")
+        for m, v in rows.items():
+            twice = len(v) - len({start for start, _, _ in v})
+            if twice:  # the JSON form refuses them (_unique_keys); a CSV's are merged, as the policy merges them
+                log.warning("history %s: model %r has %d window(s) given more than once (one start, several rows): "
+                            "each is read as the mean of its averages and the max of its peaks", path, m, twice)
         out = {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
     return {model: _checked_history(path, model, *cols, time.time()) for model, cols in out.items()}
 
@@ -111,6 +121,8 @@ def _unique_keys(pairs: list) -> dict:
 HISTORY_MAX_DAYS = 366
 #: Unix time of 2001-09-09: a history start before it is not a Unix time (seconds from a trace's start, say).
 UNIX_2001_S = 1e9
+#: How far after now a history row may start unremarked, seconds: two machines' clocks differ by that much.
+AHEAD_SLACK_S = 60.0
 
 
 def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float) -> tuple:
@@ -133,11 +145,22 @@ def _checked_history(path: str, model: str, starts, avg, peak, now_unix_s: float
     if not len(starts):
         return starts, avg, peak
     first, last = float(np.min(starts)), float(np.max(starts))
-    if not (np.isfinite(first) and np.isfinite(last)) or last > now_unix_s + 86400 or last < UNIX_2001_S:
+    if not (np.isfinite(first) and np.isfinite(last)) or last > now_unix_s + 1e9 or last < UNIX_2001_S:
         raise InvalidArgumentError(
             f"history {path}: model {model!r} has windows from window_start_s {first:.0f} to {last:.0f}, where "
-            f"now is {now_unix_s:.0f}: starts must be Unix times in seconds, none ahead of now (milliseconds, or "
-            "seconds counted from the trace's start, are not)")
+            f"now is {now_unix_s:.0f}: starts must be Unix times in seconds (milliseconds, or seconds counted from "
+            "the trace's start, are not)", path=path, model=model)
+    ahead = starts > now_unix_s + AHEAD_SLACK_S
+    if last > now_unix_s + 86400:  # found in review: said "none ahead of now", though a day ahead passes
+        raise InvalidArgumentError(
+            f"history {path}: model {model!r} has {int(ahead.sum())} window(s) starting more than a day ahead of now "
+            f"(the newest {(last - now_unix_s) / 3600:.1f} h ahead): the clock of the machine that wrote them ran "
+            "ahead, or they are local times written as Unix seconds. Fix: delete those rows", path=path,
+            model=model, ahead_s=last - now_unix_s)
+    if ahead.any():  # found in review: a file in Tokyo's local time put the daily burst 9 h off, unsaid
+        log.warning("history %s: model %r: %d window(s) start after now (the newest %.1f h ahead), read as given: a "
+                    "clock ahead, or local times written as Unix seconds (a time-zone mix-up)?", path, model,
+                    int(ahead.sum()), (last - now_unix_s) / 3600)
     keep = starts >= now_unix_s - HISTORY_MAX_DAYS * 86400
     if not keep.all():
         log.warning("history %s: model %r: %d window(s) older than %d days left out (the earliest from %.0f)",

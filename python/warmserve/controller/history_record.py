@@ -5,7 +5,8 @@ instead of starting over from none.
 Each window's (avg, peak) in-flight requests reaches ``HistoryRecord.window`` from the policy as the window closes
 (``Demand.window_sink``), on the driver's clock; the file holds Unix-time starts, the CSV form ``read_history``
 reads. The starting history's rows are kept beside the measured ones (a measured window replaces a row of the same
-model and start), rows older than ``RECORD_KEEP_DAYS`` are dropped. The file is rewritten whole and atomically
+model and start), rows older than ``RECORD_KEEP_DAYS`` before the newest are dropped (the starting history's counted
+as if the time the controller was down had not passed). The file is rewritten whole and atomically
 (``outputs.write_atomic``) by a thread of its own after each window closes, so a crash leaves the last complete
 file and the event loop never waits on the disk; ``close`` writes the last windows before the controller stops.
 The window open at the stop is not written (half a window would read as a whole one at the next start).
@@ -73,10 +74,19 @@ class HistoryRecord:
         self.started_unix_s = started_unix_s
         #: (model, Unix start) -> (avg, peak): the starting history's known windows, then the measured ones.
         self._rows: dict[tuple[str, float], tuple[float, float]] = {}
-        for model, (starts, avg, peak) in (history or {}).items():
-            for s, a, p in zip(starts, avg, peak):
+        merged: dict[tuple[str, float], list] = {}  # rows of one start as the policy reads them (History.load):
+        for model, (starts, avg, peak) in (history or {}).items():  # the mean of the averages, the max of the peaks
+            for s, a, p in zip(starts, avg, peak):  # (found in review: the last row was written back, alone)
                 if not math.isnan(a):
-                    self._rows[(model, float(s))] = (float(a), float(p))
+                    merged.setdefault((model, float(s)), []).append((float(a), float(p)))
+        for key, rows in merged.items():
+            self._rows[key] = (sum(a for a, _ in rows) / len(rows), max(p for _, p in rows))
+        #: The time between the starting history's newest row and this run's start, seconds: its rows are kept as if
+        #: that long younger (found in review: after 15 days down, the first window's rewrite dropped all 30,240
+        #: rows the forecasts had just started from, unsaid, and the next start had none).
+        seeds = [t for _, t in self._rows if t < started_unix_s]
+        self._gap_s = max(0.0, started_unix_s - max(seeds)) if seeds else 0.0
+        self._said_dropped = False
         # One lock over the rows and the flags: ``window`` runs on the event loop, the writes on the thread.
         self._cond = threading.Condition()
         self._dirty = False
@@ -121,9 +131,16 @@ class HistoryRecord:
                 if not self._dirty:
                     return
                 self._dirty = False
-                newest = max(s for _, s in self._rows)
-                for key in [k for k in self._rows if k[1] < newest - RECORD_KEEP_DAYS * 86400]:
+                cut = max(s for _, s in self._rows) - RECORD_KEEP_DAYS * 86400
+                old = [k for k in self._rows if k[1] + (self._gap_s if k[1] < self.started_unix_s else 0.0) < cut]
+                for key in old:
                     del self._rows[key]
+                if old and not self._said_dropped:
+                    self._said_dropped = True
+                    log.info("load history record %s: %d rows dropped, the oldest from %.1f days back; it keeps the "
+                             "last %d days of windows, the time the controller was down not counted (said once)",
+                             self.path, len(old), (cut + RECORD_KEEP_DAYS * 86400 - min(k[1] for k in old)) / 86400,
+                             RECORD_KEEP_DAYS)
                 rows = sorted(self._rows.items())
             try:
                 self._write(rows)

@@ -51,6 +51,14 @@ def test_the_vendored_files_still_load():
         assert np.isnan(series[name]["rate"]).sum() <= 102
 
 
+def test_more_clients_than_the_traces_hold_is_said(capsys):
+    """Found in review: --clients 100000 ran on the clients there are, unsaid."""
+    series, _ = B.load_series(B.default_traces(), 100000)
+    n = len(series) - 3  # beside the three models
+    assert 0 < n < 100000
+    assert f"--clients 100000: the traces hold {n} clients busy on at least" in capsys.readouterr().err
+
+
 def test_rates_in_milliseconds_are_refused_naming_file_and_line(tmp_path):
     d = _traces(tmp_path, rates=_ms)
     # 600000 and 1200000 fall inside the 14 days (1209600 s): the first past them is the third row, on line 5

@@ -152,3 +152,37 @@ def test_a_json_record_path_is_refused_since_the_record_is_csv(tmp_path):
     with pytest.raises(InvalidArgumentError, match="give a .csv path") as e:
         starting_history(ControllerConfig(history_record_path=str(tmp_path / "load.json")))
     assert e.value.path == str(tmp_path / "load.json")
+
+
+def test_the_days_the_controller_was_down_do_not_age_the_starting_history(tmp_path, caplog):
+    """Found in review: started 15 days after its last row, the first window's rewrite dropped all of the starting
+    history (30,240 rows) without a word, and the next start had nothing to forecast from. Now the starting rows
+    are kept as if the controller had not been down: 14 days of windows in all, the drop said once."""
+    path = str(tmp_path / "h.csv")
+    started = ORIGIN + 3 * DAY_S
+    seeds = np.arange(started - 35 * DAY_S, started - 15 * DAY_S, 3600.0)  # 20 days of hourly rows, 15 days old
+    rec = HistoryRecord(path, ORIGIN, {"a": (seeds, np.ones(len(seeds)), np.ones(len(seeds)))},
+                        started_unix_s=started)
+    with caplog.at_level(logging.INFO, logger="warmserve.controller"):
+        rec.window("a", 3 * DAY_S, 2.0, 2.0)
+        rec.window("a", 3 * DAY_S + 300, 2.0, 2.0)
+        rec.close()
+    starts = read_history(path)["a"][0]
+    kept = starts[starts < started]
+    # the newest 14 days of the starting rows, less the 300 s measured since: 336 hourly rows (before: none)
+    assert len(kept) == 14 * 24 and kept.max() == seeds.max(), (len(kept), kept.max() - seeds.max())
+    assert list(starts[starts >= started]) == [started, started + 300]
+    said = [r.getMessage() for r in caplog.records if "rows dropped" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"load history record {path}: {len(seeds) - len(kept)} rows"), said
+
+
+def test_rows_of_one_start_are_written_back_as_the_policy_read_them(tmp_path):
+    """Found in review: two CSV rows of one model and start (10/20 and 2/4) were read by the policy as their merge
+    (avg 6, peak 20), and the record wrote back the one that sorted last alone."""
+    path = str(tmp_path / "h.csv")
+    start = {"a": (np.array([ORIGIN, ORIGIN, ORIGIN + 300]), np.array([2.0, 10.0, 1.0]), np.array([4.0, 20.0, 1.0]))}
+    rec = HistoryRecord(path, ORIGIN, start)
+    rec.window("a", 600.0, 1.0, 1.0)
+    rec.close()
+    starts, avg, peak = read_history(path)["a"]
+    assert list(starts) == [ORIGIN, ORIGIN + 300, ORIGIN + 600] and avg[0] == 6.0 and peak[0] == 20.0

@@ -54,3 +54,15 @@ def test_a_config_file_window_below_the_floor_or_the_tick_is_refused_and_the_flo
     assert ControllerConfig(policy_config=PolicyConfig(window_s=1.0)).policy_config.window_s == 1.0
     assert serve.build_config(parse("--window-s", "5")).controller.policy_config.window_s == 5.0
     assert PolicyConfig(window_s=0.5).window_s == 0.5
+
+
+def test_a_tick_over_a_day_is_not_answered_with_an_impossible_window():
+    """Found in review: `simulate --tick-s 1e9` was told "window_s=1e+09 or more that divides 86400"."""
+    from warmserve.config import check_window
+
+    with pytest.raises(InvalidArgumentError) as e:
+        check_window(300.0, 1e9)
+    assert "Fix: a tick_s below a day (1e+09 s leaves no window that divides one" in str(e.value)
+    with pytest.raises(InvalidArgumentError) as e:
+        check_window(0.5, 0.2)
+    assert "tick_s below a day" not in str(e.value)
