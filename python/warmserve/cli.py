@@ -17,7 +17,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("worker",): ("warmserve.worker.main", "run one device worker (joins a controller)"),
     ("models", "demo"): ("warmserve.engine.demo", "write the random-weight demo checkpoints"),
     ("simulate",): ("warmserve.sim.cli", "simulate a cluster under a workload, per policy"),
-    ("calibrate",): ("warmserve.bench.calibrate", "measure the local engine and write a simulator profile"),
+    ("calibrate",): ("warmserve.bench.calibrate", "measure the CPU workers and write their profile for bench replay"),
     ("bench", "switch"): ("warmserve.bench.switch", "memory switching: activation vs cold load, move vs memcpy"),
     ("bench", "engine"): ("warmserve.bench.engine", "engine throughput vs transformers, TTFT warm vs cold"),
     ("bench", "forecast"): ("warmserve.bench.forecast", "forecast error per model and method on ServeGen"),

@@ -1,4 +1,7 @@
-"""`warmserve calibrate`: measure the local engine and write the cost profile the simulator reads.
+"""`warmserve calibrate`: measure the local engine on CPU workers and write their cost profile, which `warmserve bench
+replay --profile` reads for its simulated twin of the live CPU cluster. It describes this host's CPU workers (a
+'GPU' of about 1 GiB) and the demo models, not the GPUs of `warmserve simulate --preset` (found in review: the help
+called it a simulator profile, and the presets' models could not be served with it).
 
     warmserve calibrate --out bench/replay/profile_cpu.json --threads 1
 
@@ -47,19 +50,23 @@ import time
 
 import numpy as np
 
+from warmserve.bench.calibrate_checks import (CONTEXT_BATCH, DECODE_PROMPT_TOKENS, DEFAULT_MODELS, check_args,
+                                              decode_dips, pool_size, say)
 from warmserve.bench.exit_signals import exit_on_signals, signals_held
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import PAGE_BYTES
 
-DEFAULT_MODELS = ("llama-20m", "qwen2-30m", "llama-90m")
-#: The prompt of each decode run's sequences, tokens.
-DECODE_PROMPT_TOKENS = 16
-#: The sequences of the long-context decode run, at most (the largest --decode-batches up to it).
-CONTEXT_BATCH = 4
+
+#: `warmserve calibrate --help`'s description (cli.py's one-line help is the same command's in `warmserve --help`)
+DESCRIPTION = ("measure the demo models on this host's CPU workers and write their cost profile, for `warmserve bench "
+               "replay --profile` (the live replay's simulated twin); it is no GPU profile for `warmserve simulate "
+               "--preset`")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--out", required=True, help="profile JSON to write")
+    p.description = DESCRIPTION
+    p.add_argument("--out", required=True,
+                   help="profile JSON to write: the CPU workers' costs `warmserve bench replay --profile` reads")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated demo models to measure")
     p.add_argument("--demo-dir", default=None, help="where the demo checkpoints are (written if missing)")
     p.add_argument("--threads", type=int, default=1,
@@ -80,19 +87,6 @@ def add_arguments(p) -> None:
     p.add_argument("--memory-bytes", type=int, default=0,
                    help="pool bytes (the simulated device's memory); 0 (default): a CPU worker's budget for these "
                         "models")
-
-
-def _ints(s: str, flag: str, example: str) -> list[int]:
-    """A list flag's comma-separated integers >= 1, sorted, or InvalidArgumentError naming ``flag`` (found in review:
-    "expected integers >= 1, got '0'" did not say which of --prefill-tokens and --decode-batches was wrong)."""
-    try:
-        out = sorted({int(x) for x in s.split(",") if x.strip()})
-    except ValueError:
-        raise InvalidArgumentError(f"{flag} {s!r}: expected comma-separated integers, e.g. {flag} {example}",
-                                   flag=flag, value=s) from None
-    if not out or out[0] < 1:
-        raise InvalidArgumentError(f"{flag} {s!r}: expected integers >= 1, e.g. {flag} {example}", flag=flag, value=s)
-    return out
 
 
 def _prompt(vocab: int, n: int, seed: int) -> list[int]:
@@ -455,39 +449,17 @@ def main(args) -> int:
 
     check_output("--out", args.out)  # before minutes of measuring, not after them
     check_output_folder("--demo-dir", args.demo_dir)  # found in review: a file here was a bare FileExistsError
+    avail = host_available_bytes()
+    names, prefill_tokens, decode_batches = check_args(args, avail)
     import torch
 
     from warmserve.engine.demo import DEMO_MODELS, write_demo_models
     from warmserve.memory import PagePool
 
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    if not names:  # found in review: "max() arg is an empty sequence"
-        raise InvalidArgumentError(f"--models {args.models!r}: name at least one demo model, e.g. "
-                                   f"--models {','.join(DEFAULT_MODELS)}", flag="--models")
     unknown = [n for n in names if n not in DEMO_MODELS]
     if unknown:
-        print(f"warmserve calibrate: unknown demo models {unknown}: choose from {', '.join(DEMO_MODELS)}",
-              file=sys.stderr)
-        return 2
-    if args.memory_bytes < 0:  # found in review: -5 was measured and written as the profile's gpu.memory_bytes
-        raise InvalidArgumentError(f"--memory-bytes {args.memory_bytes}: must be >= 0 (0: a CPU worker's budget "
-                                   f"for these models)", flag="--memory-bytes", value=args.memory_bytes)
-    if min(args.threads, args.repeats, args.decode_steps, args.parallel) < 1:
-        print("warmserve calibrate: --threads, --repeats, --decode-steps and --parallel must be >= 1",
-              file=sys.stderr)
-        return 2
-    # Found in review: a --memory-bytes above free RAM failed creating the pool, naming `capacity_bytes`. The pool is
-    # made at that size, every page touched, on purpose: steps map KV blocks while it has room, and a fresh engine's
-    # start (engine_init_s) includes making it (--parallel N: N at once), so a smaller pool would measure otherwise.
-    avail, copies = host_available_bytes(), args.parallel if args.parallel > 1 and not args.no_fresh_engine else 1
-    if avail is not None and args.memory_bytes * copies > avail:
-        raise InvalidArgumentError(
-            f"--memory-bytes {args.memory_bytes}: the measurements run on a pool of this size, every page touched"
-            f"{f' ({copies} at once for --parallel)' if copies > 1 else ''}, above this host's available memory "
-            f"({avail} bytes): give at most {avail // copies}, or 0 for a CPU worker's budget", flag="--memory-bytes",
-            value=args.memory_bytes, available_bytes=avail)
-    prefill_tokens = _ints(args.prefill_tokens, "--prefill-tokens", "16,64,256,512")
-    decode_batches = _ints(args.decode_batches, "--decode-batches", "1,2,4,8,16")
+        raise InvalidArgumentError(f"--models {args.models!r}: unknown demo models {unknown}: choose from "
+                                   f"{', '.join(DEMO_MODELS)}", flag="--models", unknown=unknown)
     from warmserve.bench.engine import check_fits_context
 
     # before any model is measured: the longest prompt is timed with one token generated after it
@@ -497,10 +469,6 @@ def main(args) -> int:
     check_fits_context("--decode-steps", DECODE_PROMPT_TOKENS + args.decode_steps + 2, names,
                        f"{DECODE_PROMPT_TOKENS} (the decode runs' prompt) + {args.decode_steps} + 2",
                        "lower --decode-steps")
-    if args.decode_context_tokens and args.decode_context_tokens <= DECODE_PROMPT_TOKENS:
-        raise InvalidArgumentError(f"--decode-context-tokens {args.decode_context_tokens}: must be 0 (no long-context "
-                                   f"run) or above the decode table's {DECODE_PROMPT_TOKENS}-token prompts, e.g. 1024",
-                                   flag="--decode-context-tokens", value=args.decode_context_tokens)
     check_fits_context("--decode-context-tokens and --decode-steps",
                        args.decode_context_tokens + args.decode_steps + 2, names,
                        f"{args.decode_context_tokens} + {args.decode_steps} + 2", "lower --decode-context-tokens")
@@ -517,15 +485,14 @@ def main(args) -> int:
                                    f"model's weights ({max(weights.values())} bytes) and one KV page ({page}): give "
                                    f"at least {least}, or 0 for a CPU worker's budget", flag="--memory-bytes",
                                    value=args.memory_bytes, minimum=least)
-    # the long-context run's KV at 64 KiB a token, above any demo model's
-    ctx_bytes = CONTEXT_BATCH * (args.decode_context_tokens + args.decode_steps + 2) * 64 * 1024
-    need = (max(weights.values()) * 2 + (max(prefill_tokens) + max(decode_batches) * 64) * 256 * 1024 + 64 * page
-            + ctx_bytes)
-    pool_bytes = -(-max(mem, need) // page) * page
+    pool_bytes = pool_size(args, max(weights.values()), mem, prefill_tokens, decode_batches, avail)
     t0 = time.perf_counter()
     per_model = {}
     with PagePool(pool_bytes, backend="host") as pool:
-        for n in names:
+        for i, n in enumerate(names, 1):
+            # found in review: nothing was said for minutes until the table came at the end
+            say(f"measuring {n} ({i}/{len(names)}): load and activation x {args.repeats}, the prefill and decode "
+                f"tables{', the long-context decode run' if args.decode_context_tokens else ''}")
             per_model[n] = measure_model(paths[n], n, pool, prefill_tokens=prefill_tokens,
                                          decode_batches=decode_batches, decode_steps=args.decode_steps,
                                          repeats=args.repeats, decode_context_tokens=args.decode_context_tokens)
@@ -535,11 +502,16 @@ def main(args) -> int:
                   f"prewarmed TTFT {m['prewarmed_first_token_s'] * 1e3:6.1f} ms", file=sys.stderr)
     fresh = None
     if not args.no_fresh_engine:
+        say(f"timing {args.repeats} fresh engine process(es), one after another: each a new interpreter importing "
+            f"torch, then loading {', '.join(names)} (--no-fresh-engine skips it)")
         fresh = measure_fresh_engine(paths, pool_bytes, args.threads, args.repeats)
         print(f"fresh engine process: ready in {fresh['init_s']:.2f} s, then loads "
               + ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in fresh["load_s"].items()), file=sys.stderr)
     prof = build_profile(per_model, mem, args.threads, fresh)
+    for line in decode_dips(prof["models"], args.decode_steps):
+        print(line, file=sys.stderr)
     if args.parallel > 1:
+        say(f"measuring the same in {args.parallel} processes at once (--parallel {args.parallel})")
         prof["parallel"] = measure_parallel(args, names)
         ratios = []
         for run in prof["parallel"]["runs"]:
@@ -558,6 +530,7 @@ def main(args) -> int:
               f"simulator's host term (host_cores {prof['gpu']['host_cores']:g}) charges {predicted:.2f}x",
               file=sys.stderr)
         if fresh is not None:
+            say(f"timing {args.repeats} x {args.parallel} fresh engine processes started together")
             many = measure_fresh_engine(paths, pool_bytes, args.threads, args.repeats, at_once=args.parallel)
             ratio = many["init_s"] / fresh["init_s"]
             prof["parallel"]["fresh_engine"] = dict(many, slowdown=ratio)

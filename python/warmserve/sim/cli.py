@@ -57,7 +57,8 @@ def add_arguments(p):
                    help="number of models, at least 1 (default: 7 for paper presets, 32 for servegen and scale)")
     p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
     p.add_argument("--gpu", default="H100-80GB", help="GPU type of the cost model: H100-80GB or A100-80GB")
-    p.add_argument("--profile", default=None, help="measured cost profile JSON (see warmserve.sim.costmodel)")
+    p.add_argument("--profile", default=None, help="cost profile JSON of GPUs that hold the run's models (see "
+                   "warmserve.sim.costmodel); `warmserve calibrate`'s CPU-worker profiles are for bench replay")
     p.add_argument("--cold-start-s", type=float, default=None,
                    help="engine part of a cold start, seconds (default 14, the low end of vLLM's published "
                         "14-35 s engine initialisation); weight loading is added")

@@ -1,9 +1,10 @@
 """`warmserve simulate`'s checks of its command line that need more than one option or the workload itself: the
 request count a run would generate (the max-rate search's runs too), a replay with no request, the Azure trace's
 room for a replay and its history days, the --policy list, --json and --plot naming one file, the forecast window's
-floor, --gpus below 1, --models beyond what the cluster and the workload hold, an --alpha that overflows, the days
---history-days and --start-hour ask of the workload, --cold-start-s and settings the run would not use. Each raises
-InvalidArgumentError naming the flags and the fix, before any policy runs."""
+floor, --gpus below 1, a --profile whose GPU cannot serve the models, --models beyond what the cluster and the
+workload hold, an --alpha that overflows, the days --history-days and --start-hour ask of the workload, --cold-start-s
+and settings the run would not use. Each raises InvalidArgumentError naming the flags and the fix, before any policy
+runs."""
 
 from __future__ import annotations
 
@@ -257,6 +258,36 @@ def check_model_count(args, preset, cost) -> None:
                 value=n, limit=most)
 
 
+def check_profile_fits(args, preset, cost) -> None:
+    """Refuse a --profile whose GPU cannot serve the run's models, naming the profile as the cause (found in review:
+    `warmserve simulate --profile` of a `warmserve calibrate` profile, CPU workers of about 1 GiB measured with the
+    demo models, ended after the workload was built in "model 'llama2-13b-a' cannot be served ... raise tp or use
+    larger GPUs", which blamed the models). The rule is the simulator's own (``ClusterState.unservable``)."""
+    if not args.profile:
+        return
+    from warmserve.policy.state import ClusterState
+    from warmserve.sim.inputs import model_infos
+
+    state = ClusterState.uniform(preset.config.n_servers, model_infos(preset.models, cost),
+                                 gpus_per_server=preset.config.gpus_per_server, gpu_bytes=cost.gpu.pool_bytes)
+    bad = state.unservable()
+    if not bad:
+        return
+    need = {m: state.models[m].shard_bytes + state.models[m].kv_block_bytes for m in bad}
+    models = ", ".join(f"{m} ({need[m] / 1e9:.3g} GB a GPU)" for m in sorted(bad))
+    gpu = cost.gpu
+    if gpu.name.startswith("cpu-worker-"):  # the GPU name calibrate writes (``calibrate.build_profile``)
+        why = ("it is a `warmserve calibrate` profile of CPU workers and the demo models, for the simulated twin of "
+               "`warmserve bench replay --profile`, not for these GPUs: leave --profile out (--gpu sets the GPU), "
+               "or give a profile of GPUs that hold these models")
+    else:
+        why = "give a profile whose gpu.memory_bytes x gpu.pool_fraction holds them, or leave --profile out"
+    raise InvalidArgumentError(
+        f"--profile {args.profile}: its GPU {gpu.name!r} ({gpu.pool_bytes / 1e9:.3g} GB pool) cannot serve the "
+        f"{preset.name} run's models {models}: {why}", flag="--profile", value=args.profile, models=sorted(bad),
+        pool_bytes=gpu.pool_bytes)
+
+
 #: how many models ``check_model_count`` lets take turns at each place the GPUs' memory has for one: models beyond
 #: what the cluster holds at once are served by cold starts in turn (serverless serving's regime, so allowed), but
 #: past a few per place each is resident a fraction of the time at best, the run is mostly cold starts, and it runs
@@ -274,6 +305,7 @@ def check_models(args, preset, cost) -> None:
     "circular stretch rate_rps=nan", naming neither the flag nor the fix)."""
     from warmserve.workload.recipes import power_law_shares
 
+    check_profile_fits(args, preset, cost)
     check_model_count(args, preset, cost)
     if args.alpha is None:
         return
