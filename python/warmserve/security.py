@@ -13,6 +13,7 @@ import glob
 import ipaddress
 import logging
 import os
+import weakref
 
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
@@ -72,6 +73,9 @@ def require_authenticated_bind(endpoint: str, *, authenticated: bool, insecure: 
 #: Refused keys the controller names in its log, at most (each once): past this, an attacker cycling keys would
 #: grow the set, and the log, without end.
 _MAX_REFUSED_KEYS_LOGGED = 256
+#: Words in the reason of a ``Refused`` sent for a message under a worker id that joined with another CURVE key
+#: (``controller/workers.py``): the worker logs that one at ERROR (``worker/link.py``).
+KEY_CLASH_MARK = "joined with CURVE key"
 
 
 def load_curve_key(path: str, *, secret: bool, what: str) -> tuple[bytes, bytes | None]:
@@ -168,10 +172,16 @@ class _Authenticator(ThreadAuthenticator):
         return allowed, reason
 
 
+#: Worker sockets given a throwaway key pair by ``curve_client`` (no --curve-secret-key): their refusal names no flag
+#: that was not given (``uses_throwaway_key``).
+_THROWAWAY = weakref.WeakSet()
+
+
 def curve_client(sock, server_key: str, secret_key: str | None) -> None:
     """CURVE on a worker's socket towards a controller: its public certificate, and this worker's own secret one
-    (whose public half the controller must list); without one, an ephemeral key pair (for controllers that accept
-    any client)."""
+    (whose public half the controller must list); without one, a throwaway key pair made now, with a WARNING: a
+    controller with --curve-dir lets in only the keys of its DIR/workers/, and a key made now is in none (found in
+    review: the worker was allowed to start this way, and its refusal named a --curve-secret-key never given)."""
     import zmq
 
     server_public, _ = load_curve_key(server_key, secret=False, what="--curve-server-key")
@@ -179,9 +189,19 @@ def curve_client(sock, server_key: str, secret_key: str | None) -> None:
         public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
     else:
         public, secret = zmq.curve_keypair()
+        _THROWAWAY.add(sock)
+        log.warning("--curve-server-key without --curve-secret-key: this worker uses a throwaway key pair made now "
+                    "(public key %s), which a controller with --curve-dir refuses, as no DIR/workers/ can list it; "
+                    "pass --curve-secret-key (a key pair whose public .key is in the controller's DIR/workers/)",
+                    public.decode("ascii"))
     sock.curve_serverkey = server_public
     sock.curve_publickey = public
     sock.curve_secretkey = secret
+
+
+def uses_throwaway_key(sock) -> bool:
+    """Whether ``curve_client`` gave ``sock`` a throwaway key pair (no --curve-secret-key)."""
+    return sock in _THROWAWAY
 
 
 def curve_bind_server(ctx, sock, secret_key: str | None, clients_dir: str):

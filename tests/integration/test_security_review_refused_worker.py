@@ -37,6 +37,8 @@ def test_refused_workers_say_so_and_so_do_the_controller_and_its_timeout(tmp_pat
     (keys / "workers").mkdir(parents=True)
     zmq.auth.create_certificates(str(keys), "server")
     zmq.auth.create_certificates(str(tmp_path), "rogue")
+    zmq.auth.create_certificates(str(keys / "workers"), "listed")  # a key listed (none: refused at start)
+    os.remove(keys / "workers" / "listed.key_secret")
     for f in (keys / "server.key_secret", tmp_path / "rogue.key_secret"):
         os.chmod(f, 0o600)
     rogue_public = zmq.auth.load_certificate(str(tmp_path / "rogue.key"))[0].decode()

@@ -3,6 +3,7 @@ functions holding no reference to the hub, so that a hub dropped without close()
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import time
@@ -13,13 +14,17 @@ import zmq.auth
 
 from warmserve.endpoints import remove_ipc_file
 from warmserve.errors import InvalidArgumentError
-from warmserve.security import curve_server, load_curve_key
+from warmserve import protocol as P
+from warmserve.security import KEY_CLASH_MARK, curve_server, load_curve_key
 
 log = logging.getLogger("warmserve.controller")
 
 #: Seconds between two log lines of one kind of failed handshake: a misconfigured worker tries again every 0.1-1 s
 #: (ZeroMQ's reconnect back-off), for ever.
 HANDSHAKE_LOG_EVERY_S = 60.0
+#: Seconds between two log lines of messages refused under a worker id from a CURVE key not its own (``KeyClashes``):
+#: the clashing process says Hello each heartbeat for as long as it runs.
+KEY_CLASH_LOG_EVERY_S = 60.0
 
 
 def release_curve(auth, curve_tmp: str | None) -> None:
@@ -88,10 +93,90 @@ class HandshakeWatch:
         self.monitor.close(0)
 
 
+class KeyClashes:
+    """Messages refused under a worker id from a CURVE key other than the one it joined with (``WorkerHub._key_fits``):
+    each (id, key) logged once, then at most every KEY_CLASH_LOG_EVERY_S with a count while the clash lasts, and each
+    sender told, which logs it at ERROR (``worker/link.py``). Found in review: one WARNING, then nothing on either
+    side while the real worker stayed shut out."""
+
+    def __init__(self):
+        self._said_s: dict[tuple[bytes, str], float] = {}  # (id, key) -> when last logged (monotonic s)
+        self._unsaid: Counter = Counter()  # (id, key) -> messages refused since then
+
+    def refuse(self, sock, ident: bytes, key: str, first: str, msg, now_s: float | None = None) -> None:
+        now_s, pair = time.monotonic() if now_s is None else now_s, (ident, key)
+        self._unsaid[pair] += 1
+        if now_s - self._said_s.get(pair, -KEY_CLASH_LOG_EVERY_S) >= KEY_CLASH_LOG_EVERY_S:
+            self._said_s[pair] = now_s
+            log.warning("refused %s under worker id %r from CURVE key %s: that id joined with key %s (another worker "
+                        "started with the same --worker-id, or one posing as it); %d message(s) refused since the last "
+                        "such line; the worker of that id is shut out while that process runs", type(msg).__name__,
+                        ident, key, first, self._unsaid.pop(pair))
+        why = (f"refused worker id {ident.decode('utf-8', 'replace')!r} from CURVE key {key}: that id "
+               f"{KEY_CLASH_MARK} {first}, another worker's. Start this one with its own --worker-id (a worker id is "
+               f"bound to the key it first joined with until the controller restarts)")
+        try:
+            sock.send_multipart([ident, P.encode(P.Refused(reason=why))], zmq.NOBLOCK)
+        except zmq.ZMQError:  # gone again: told at its next message
+            pass
+
+
 def close_sock(sock, ctx, bound: str | None = None) -> None:
     sock.close(0)
     ctx.term()
     remove_ipc_file(bound)  # ZeroMQ leaves an ipc:// socket's file behind (found in review)
+
+
+def stale_server_key(curve_dir: str, public: bytes) -> str | None:
+    """What is wrong with ``curve_dir``/server.key, the public key workers are given, when it is not ``public`` (the
+    public half of server.key_secret); None when it is, or is missing (nothing stale to hand out). Found in review:
+    a server.key left from another pair was not noticed, and the start-up hint told remote workers to use it."""
+    path = os.path.join(curve_dir, "server.key")
+    if not os.path.isfile(path):
+        return None
+    try:
+        theirs, _ = load_curve_key(path, secret=False, what="--curve-dir's public server key")
+    except InvalidArgumentError as e:
+        return e.message
+    if theirs == public:
+        return None
+    return (f"{path} holds public key {theirs.decode('ascii')}, not {public.decode('ascii')}, the public half of "
+            f"{path}_secret beside it: a worker given it as --curve-server-key is refused. Write the right one "
+            f"(`printf 'metadata\\ncurve\\n    public-key = \"%s\"\\n' '{public.decode('ascii')}' > {path}`) and give "
+            f"workers that copy")
+
+
+def no_worker_keys(curve_dir: str) -> str | None:
+    """Why no remote worker can join a controller with ``curve_dir``: its workers/ folder is missing or holds no
+    ``*.key``; None when it holds one at least. Found in review: the controller waited without a word for remote
+    workers whose keys it never had."""
+    workers = os.path.join(curve_dir, "workers")
+    if not os.path.isdir(workers):
+        state = "does not exist"
+    elif not glob.glob(os.path.join(glob.escape(workers), "*.key")):
+        state = "holds no *.key file"
+    else:
+        return None
+    return (f"{workers} {state}: no remote worker can join this controller (only the local workers it starts have "
+            f"a key); put each remote worker's public .key there and start the controller again (it reads them at "
+            f"start)")
+
+
+def remote_curve_hint(curve_dir: str, server_cert: str, remote_workers: int) -> str:
+    """The CURVE flags of the start-up line that tells how to start ``remote_workers`` remote workers
+    (``controller/launch.py``); ``server_cert``: the public certificate written from server.key_secret. Refuses to
+    wait for workers that no key lets in (``no_worker_keys``), and names no stale DIR/server.key (found in review:
+    the hint told workers to use one)."""
+    if (problem := no_worker_keys(curve_dir)) is not None:
+        raise InvalidArgumentError(f"{remote_workers} remote worker(s) expected, but {problem}", path=curve_dir,
+                                   remote_workers=remote_workers)
+    public, _ = load_curve_key(server_cert, secret=False, what="the controller's public key")
+    server_key = os.path.join(curve_dir, "server.key")
+    if not os.path.isfile(server_key) or stale_server_key(curve_dir, public) is not None:
+        server_key = (f"SERVER.key (a copy of the public half of {server_key}_secret, public key "
+                      f"{public.decode('ascii')}: not {server_key}, which is missing or stale)")
+    return (f" --curve-server-key {server_key} --curve-secret-key WORKER.key_secret (its public WORKER.key in "
+            f"{os.path.join(curve_dir, 'workers')}/)")
 
 
 def curve_server_of(ctx, sock, curve_dir: str):
@@ -111,6 +196,9 @@ def curve_server_of(ctx, sock, curve_dir: str):
             f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in "
             f"{curve_dir}/workers", path=secret)
     public, secret_key = load_curve_key(secret, secret=True, what="--curve-dir's server key")
+    for problem in (stale_server_key(curve_dir, public), no_worker_keys(curve_dir)):
+        if problem is not None:
+            log.warning("%s", problem)
     tmp = tempfile.mkdtemp(prefix="warmserve-curve-")  # mode 0700: the local workers' secret key is in it
     try:
         local_pub, local_secret = zmq.auth.create_certificates(tmp, "local")

@@ -22,6 +22,7 @@ from .. import protocol as P
 from ..controller.errors import OverloadedError
 from ..errors import fmt_bytes
 from ..protocol_peek import leading_request_id
+from ..security import KEY_CLASH_MARK, uses_throwaway_key
 
 log = logging.getLogger("warmserve.worker")
 
@@ -39,8 +40,13 @@ FLUSH_S = 1.0
 #: two such warnings (``Link._warn_silent``); before that a note at INFO, as a controller starting later is normal.
 CONTROLLER_SILENT_WARN_S = 15.0
 CONTROLLER_SILENT_REPEAT_S = 300.0
-#: A handshake that failed with one of these broke on the network; it was not refused.
+#: A handshake that failed with one of these broke on the network, or (CURVE on) was cut by a controller that could
+#: not read it: one whose public key is not --curve-server-key, or a --curve-secret-key not the pair of its public key.
 _BROKEN = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
+#: CURVE on: handshakes broken in a row, none succeeding, after which the keys are logged at ERROR as their likely
+#: cause. A network fault breaks some; a controller that cannot decrypt this worker's handshake breaks every one
+#: (ZeroMQ retries every 0.1-1 s).
+BROKEN_IS_KEYS_AFTER = 3
 #: Bytes of requests a worker holds unread by default (``--max-queued-mib``): four messages of the largest size
 #: (WorkerServer's ``max_message_bytes``), or hundreds of prompts of a 128k-token context.
 DEFAULT_MAX_QUEUED_BYTES = 256 << 20
@@ -70,6 +76,8 @@ class Link:
         #: A refused handshake was logged and none has succeeded since (``_watch``).
         self._refused = False
         self._broke_told = False  # a handshake broken by the network was logged (until one succeeds)
+        self._broken = 0  # handshakes broken (``_BROKEN``) since the last one that succeeded
+        self._id_refused = False  # its worker id belongs to another CURVE key (``_id_taken``)
         #: The reasons the controller gave for refusing this worker (``Refused``), each logged once.
         self._refusals: set[str] = set()
         self.routed, self.endpoint, self.hello = routed, endpoint, hello
@@ -167,23 +175,16 @@ class Link:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._refused = self._broke_told = False
+                self._broken = 0
                 continue
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and event["value"] in _BROKEN:
-                # The connection broke part way (a network fault, a proxy): no refusal. Found in review: it was
-                # logged as one, at ERROR, sending operators after a CURVE problem there was not.
-                if not self._broke_told:
-                    self._broke_told = True
-                    log.warning("the connection to the controller at %s broke during its handshake (%s: the "
-                                "network, or --controller is not the workers_endpoint `warmserve serve` prints); "
-                                "trying again", self.endpoint, errno.errorcode.get(event["value"], event["value"]))
+                self._handshake_broke(event["value"])
                 continue
             if self._refused:
                 continue
             self._refused = True
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                why = (f"status {int(event['value'])}: the public half of --curve-secret-key is not in the "
-                       "controller's --curve-dir DIR/workers/, or was put there after the controller started (it "
-                       "reads them at start)")
+                why = f"status {int(event['value'])}: {self._unlisted()}"
             elif self.curve:
                 why = ("the handshake failed: --curve-server-key may not be the public key of the controller's "
                        "DIR/server.key_secret, or the controller runs without CURVE")
@@ -192,6 +193,54 @@ class Link:
                        "and --curve-secret-key; or --controller is not its worker endpoint (the workers_endpoint "
                        "`warmserve serve` prints), e.g. its HTTP port")
             log.error("the controller at %s refused this worker's key (%s); trying again", self.endpoint, why)
+
+    def _handshake_broke(self, err: int) -> None:
+        """The connection broke part way through its handshake: a network fault or a proxy (found in review: logged
+        as a refusal, at ERROR, sending operators after a CURVE problem there was not); or, CURVE on, a controller
+        that cut it since it could not decrypt it (found in review: a wrong --curve-server-key, or a forged key
+        pair, was only this WARNING and then `check --controller`, never the ERROR README promises)."""
+        self._broken += 1
+        name = errno.errorcode.get(err, err)
+        if self.curve and self._broken >= BROKEN_IS_KEYS_AFTER and not self._refused:
+            self._refused = True
+            log.error("the controller at %s refused this worker's key (its handshake broke %d times in a row, %s, "
+                      "none succeeding: --curve-server-key is likely not the controller's public key (the public "
+                      "half of its DIR/server.key_secret), or --curve-secret-key not the pair of the public key "
+                      "listed in its DIR/workers/; else the network); trying again", self.endpoint, self._broken,
+                      name)
+            return
+        if self._broke_told:
+            return
+        self._broke_told = True
+        keys = (", or the CURVE keys do not fit the controller's: --curve-server-key, --curve-secret-key"
+                if self.curve else "")
+        log.warning("the connection to the controller at %s broke during its handshake (%s: the network, or "
+                    "--controller is not the workers_endpoint `warmserve serve` prints%s); trying again",
+                    self.endpoint, name, keys)
+
+    def _unlisted(self) -> str:
+        """Why a controller's authenticator refuses this worker's key, naming only the flags given (found in
+        review: a worker given no --curve-secret-key was told the public half of that flag was not listed)."""
+        if uses_throwaway_key(self.sock):
+            return ("this worker has no --curve-secret-key, so it uses a throwaway key pair made at its start, which "
+                    "no controller lists: make it a key pair (zmq.auth.create_certificates), put the public .key in "
+                    "the controller's --curve-dir DIR/workers/, restart the controller, and pass the .key_secret as "
+                    "--curve-secret-key")
+        return ("the public half of --curve-secret-key is not in the controller's --curve-dir DIR/workers/, or was put "
+                "there after the controller started (it reads them at start)")
+
+    def _id_taken(self, reason: str) -> None:
+        """The controller refused this worker's CURVE key under its --worker-id, which another key joined with
+        (``controller/hub_sockets.py`` ``KeyClashes``). Found in review: this process, connecting anew each
+        --peer-timeout-s, took the id back from the worker that owns it (ZeroMQ gives an id to its newest
+        connection) a second after that worker did, so it was never admitted again while this one ran; and this one
+        only logged a WARNING. Now an ERROR, and no new connection: the owner's next one keeps the id."""
+        self._refused = self._id_refused = True  # refused: no `check --controller` warnings (``_warn_silent``)
+        if reason not in self._refusals:
+            self._refusals.add(reason)
+            log.error("the controller at %s refused this worker: %s. It no longer connects anew (that would cut the "
+                      "worker that owns the id off again): stop it and start it with its own --worker-id",
+                      self.endpoint, reason)
 
     def _from_engine(self) -> bool:
         """Send what the engine queued; False once it asked the link to stop."""
@@ -222,12 +271,15 @@ class Link:
                     continue
                 reason = P.refused_reason(payload[0]) if len(payload) == 1 else None
                 if reason is not None:  # not an answer: Hello goes on each beat (see the module's docstring)
-                    if reason not in self._refusals:
+                    if KEY_CLASH_MARK in reason:
+                        self._id_taken(reason)
+                    elif reason not in self._refusals:
                         self._refusals.add(reason)
                         log.warning("the controller at %s refused this worker: %s (saying Hello each heartbeat: a "
                                     "controller that can admit it will)", self.endpoint, reason)
                     continue
                 self.controller_heard = True
+                self._id_refused = False  # admitted (a controller started again): connect anew when it goes silent
                 if self._owe_hello:  # now, not at the next beat: see the module's docstring
                     self._say_hello()
             if self.routed and peer not in self.first_id:  # start_id and first_id before any reply (client.py)
@@ -286,7 +338,8 @@ class Link:
         return self.last_sent_s + self.heartbeat_interval_s
 
     def _beat(self, now: float) -> None:
-        if not self.routed and now - max(self._heard_s, self._connected_s) > self.peer_timeout_s:
+        if (not self.routed and not self._id_refused
+                and now - max(self._heard_s, self._connected_s) > self.peer_timeout_s):
             self._connect_again(now)
         if not self.routed and not self.controller_heard:
             self._say_hello()
@@ -324,9 +377,12 @@ class Link:
         if self._refused or silent_s < CONTROLLER_SILENT_WARN_S or quiet_s < CONTROLLER_SILENT_REPEAT_S:
             return
         self._silent_warned_s = now
+        # Found in review: a controller that cut a CURVE handshake it could not read is silent too, keys and all.
+        keys = (", and that --curve-server-key is the controller's public key and --curve-secret-key the pair of a "
+                "key in its DIR/workers/" if self.curve else "")
         log.warning("no word from the controller at %s for %.0f s: check --controller (host and port), and that "
-                    "`warmserve serve` is running there and reachable from this host; saying Hello each heartbeat",
-                    self.endpoint, silent_s)
+                    "`warmserve serve` is running there and reachable from this host%s; saying Hello each heartbeat",
+                    self.endpoint, silent_s, keys)
 
     def _rejoin(self) -> None:
         """The controller lost this worker: give it up as after a failed send (its generations aborted, Hello owed)
@@ -360,7 +416,11 @@ class Link:
                 now = time.monotonic()
                 if now - self._send_failed_said_s >= SEND_FAILED_LOG_EVERY_S:  # found in review: hundreds a minute
                     self._send_failed_said_s = now
-                    log.warning("cannot send to %s (%s)", who, e.strerror)
+                    # Found in review: a controller that stopped read as "(Resource temporarily unavailable)" only.
+                    why = ("it stopped, the connection broke, or it reads nothing and its queue is full"
+                           + ("" if self.draining else "; saying Hello each heartbeat until it answers")
+                           if not self.routed and e.errno == zmq.EAGAIN else "")
+                    log.warning("cannot send to %s (%s)%s", who, e.strerror, f": {why}" if why else "")
             elif not self._controller_unreachable:  # a controller not connected yet is normal at start: say it once
                 log.info("the controller at %s is not reachable yet (%s); saying Hello each heartbeat",
                          self.endpoint, e.strerror)
