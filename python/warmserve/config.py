@@ -257,6 +257,7 @@ class ClusterConfig:
     #: limit) reads the file instead (memory/cache_files.py: FILL_HEADROOM_BYTES).
     host_cache_bytes: int = 0
     #: Directory of that cache, a tmpfs shared by the machine's workers; "" for its default (/dev/shm/warmserve-ckpt).
+    #: A folder on a disk works too: its entries then stay on the disk across restarts, in the page cache while used.
     host_cache_dir: str = ""
     #: Remote workers (joining with `warmserve worker --controller`) to wait for before serving.
     remote_workers: int = 0

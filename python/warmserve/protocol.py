@@ -474,6 +474,9 @@ class Stats(_Msg):
     #: work and lets the requests on it finish. False (absent): serving, or a worker from before drains; no version
     #: bump, as for Hello's late fields.
     draining: bool = False
+    #: Seconds left of its drain's time when this was sent (0: not draining, time up, or a worker from before it):
+    #: a draining worker that leaves earlier with requests in flight crashed or hung, not drained.
+    drain_left_s: float = 0.0
 
 
 class Hello(_Msg):

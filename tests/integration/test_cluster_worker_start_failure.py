@@ -39,3 +39,5 @@ def test_a_local_worker_that_exits_before_it_registers_is_named_in_the_start_err
     assert e.value.status not in (None, 0) and f"status {e.value.status}" in str(e.value)
     assert "see its log" in str(e.value)
     assert "this test: the worker cannot start" in (tmp_path / f"{wid}.log").read_text()
+    # the error quotes the log's last line (found in review: "see its log" alone, the reason in the file)
+    assert f"see its log {tmp_path / (wid + '.log')} (last line: this test: the worker cannot start)" in str(e.value)

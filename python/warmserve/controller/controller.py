@@ -27,7 +27,7 @@ from warmserve.controller.groups import GroupManager
 from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
-from warmserve.controller.restarts import WorkerRestarts, exit_words, reap, reap_now
+from warmserve.controller.restarts import WorkerRestarts, exit_words, log_tail, reap, reap_now
 from warmserve.controller.workers import WorkerHub, WorkerRecord, check_answer_fits, server_of
 from warmserve.errors import (InvalidArgumentError, NoRoomHereError, TimeoutError_, UnknownModelError, WarmServeError,
                               WorkerLostError)
@@ -172,7 +172,7 @@ class Controller(WorkerRestarts):
                     wid = ident.decode(errors="replace") if ident is not None else "?"
                     raise WorkerLostError(
                         f"local worker {wid} exited ({exit_words(p)}) before it registered"
-                        f"{'' if getattr(p, 'exit_reason', '') else ': see its log'}", worker_id=wid,
+                        f"{'' if getattr(p, 'exit_reason', '') else ': see its log' + log_tail(p)}", worker_id=wid,
                         status=p.returncode)
             left = deadline - time.monotonic()
             if left <= 0:
@@ -495,7 +495,7 @@ class Controller(WorkerRestarts):
 
     def _on_lost(self, w: WorkerRecord, why: str) -> None:
         planned = self.replacing.get(w.ident)
-        if not w.draining and (planned is None or planned[0] is w or planned[1].done()):
+        if not w.left_by_plan and (planned is None or planned[0] is w or planned[1].done()):
             # Not counted here: a worker that drained (workers_drained), or the fresh process of a planned replacement
             # lost while being admitted: its loss fails the replacement, whose _replace_failed counts the GPU lost.
             self.metrics.workers_lost.inc()
@@ -521,7 +521,7 @@ class Controller(WorkerRestarts):
         if self.hub.workers.get(w.ident) is w:
             del self.hub.workers[w.ident]
         if w.proc is not None and not w.rejoins:  # a rejoining process lives on: it is admitted again at once
-            if w.draining:  # left by plan: no crash in a row, so no back-off grown by earlier restarts
+            if w.left_by_plan:  # no crash in a row, so no back-off grown by earlier restarts
                 self._restarts.pop(w.ident, None)
             self._restart_later(w)
         if w.gpu_id is not None:

@@ -544,6 +544,9 @@ class LiveExecutor:
             (self.ctl.metrics.migrated if why == "migrated" else self.ctl.metrics.rerouted).inc(model=req.model)
             if req.generated:
                 self.ctl.metrics.resumed.inc(model=req.model, why=why)
+        if moved:  # found in review: moves were only counted, so a later loss could not be traced back to one
+            log.info("%d request(s) of instance %s of %s on %r move to its model's other instances (%s), each "
+                     "resumed after its tokens", len(moved), inst.instance_id, inst.model, w, why.replace("_", " "))
         return [(req, req.resume_prompt_tokens) for req in moved]
 
     def expire_requests(self) -> None:

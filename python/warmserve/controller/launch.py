@@ -23,6 +23,7 @@ from warmserve import __version__, protocol as P
 from warmserve.config import (ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, with_worker_page_bytes,
                               worker_cache_args)
 from warmserve.controller.controller import Controller, check_tp_fits
+from warmserve.controller.hub_sockets import remote_curve_hint
 from warmserve.controller.models import controller_model
 from warmserve.errors import GiB, InvalidArgumentError, OutOfMemoryError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
@@ -274,10 +275,10 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         if cfg.remote_workers:  # said, so that whoever starts them knows where (found in review: a silent wait)
-            # With CURVE, the keys too: a worker started as the hint said without them was refused (found in review)
-            keys = (f" --curve-server-key {os.path.join(cfg.controller.curve_dir, 'server.key')} --curve-secret-key "
-                    f"WORKER.key_secret (its public WORKER.key in {os.path.join(cfg.controller.curve_dir, 'workers')}"
-                    f"/)" if cfg.controller.curve_dir else "")
+            # With CURVE, the keys too: a worker started as the hint said without them was refused; and no wait for
+            # workers no key lets in, nor a stale DIR/server.key named (found in review: remote_curve_hint)
+            keys = (remote_curve_hint(cfg.controller.curve_dir, controller.hub.local_curve[0], cfg.remote_workers)
+                    if cfg.controller.curve_dir else "")
             log.warning("waiting up to %g s for %d remote worker(s): start each with `warmserve worker --controller "
                         "%s%s` (this host's reachable address in place of a wildcard)", cfg.worker_start_timeout_s,
                         cfg.remote_workers, endpoint, keys)
@@ -331,8 +332,11 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
     try:
         # A session of its own: Ctrl-C in a terminal reaches the controller, which drains and then stops its
         # workers, instead of killing the workers under the requests being drained.
-        return forkserver.popen_worker(cmd, env=env, stdout=out or subprocess.DEVNULL, stderr=out or None,
-                            forked=forked and device.startswith("cpu"))
+        proc = forkserver.popen_worker(cmd, env=env, stdout=out or subprocess.DEVNULL, stderr=out or None,
+                                       forked=forked and device.startswith("cpu"))
+        if out is not None:
+            proc.log_path = out.name  # what a start error quotes (Controller.wait_for_workers)
+        return proc
     finally:
         if out is not None:
             out.close()

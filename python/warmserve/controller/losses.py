@@ -1,7 +1,8 @@
 """What becomes of the requests a lost worker ran (``Controller._on_lost``): each starts over elsewhere after its
 tokens, unless it has now been under ``controller.max_worker_losses_per_request`` lost workers, in case it is what
 kills them; then it fails. A worker that drained (``controller/draining.py``) and left with requests still on it
-(its drain's time ran out) lost them by plan, not by a crash: they start over all the same, uncounted. Found in
+(its drain's time ran out: ``WorkerRecord.left_by_plan``) lost them by plan, not by a crash: they start over all the
+same, uncounted. Found in
 review: two rolling restarts failed every long stream they caught twice, as if it were a poison request."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ def requeue_lost(ctl, w, why: str, gens: dict, now_s: float) -> list:
     """The requests of ``gens`` (those of lost worker ``w``) that start over, oldest first, for ``lose_gpus`` to put
     back at the front of their queues; the others are failed and finished here."""
     requeue = []
-    drained = w.draining
+    drained = w.left_by_plan
     for req in sorted(gens.values(), key=lambda r: r.rid):  # oldest first; each starts over after its tokens
         req.reroutes += 0 if drained else 1
         if not req.done and req.reroutes < ctl.cc.max_worker_losses_per_request:

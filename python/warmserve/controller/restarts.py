@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -33,13 +34,44 @@ def exit_words(proc) -> str:
         name = signal.Signals(-status).name
     except ValueError:
         return f"signal {-status}"
+    if -status == signal.SIGKILL and getattr(proc, "killed_by_controller", False):  # kill_marked: not the OOM killer
+        return f"killed by {name} from the controller, which stopped it"
     if -status == signal.SIGKILL:
         return (f"killed by {name} (the kernel's OOM killer sends it when host memory or the container's memory "
                 "limit runs out: see dmesg, or memory.events of the workers' cgroup)")
     return f"killed by {name}"
 
+
+def log_tail(proc) -> str:
+    """" <its log's path> (last line: ...)" for a local worker started with a log folder, else "". Found in review:
+    a start error said only "see its log", the reason (an unusable cache folder, with its fix) in the file."""
+    path = getattr(proc, "log_path", None)
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return f" {path}"
+    return f" {path} (last line: {lines[-1].strip()[:300]})" if lines else f" {path}"
+
+
+def kill_marked(proc) -> None:
+    """SIGKILL ``proc``, marked so that ``exit_words`` says the controller sent it, not the OOM killer."""
+    try:
+        proc.killed_by_controller = True
+    except AttributeError:  # a launcher's process object with __slots__
+        pass
+    proc.kill()
+
+
 #: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.
 REAP_WAIT_S = 5.0
+#: How long a worker that left after draining has to exit by itself before it is killed, seconds: it closes its
+#: connection first, then frees its pool (found in review: every drained worker was killed at once, and its restart
+#: then said "killed by SIGKILL (the kernel's OOM killer ...)").
+DRAINED_EXIT_WAIT_S = 5.0
 
 
 @register
@@ -92,18 +124,23 @@ class WorkerRestarts:
         # Not done: the last restart never got its worker admitted, so it has not been up since.
         if last is not None and last.done() and time.monotonic() - last.result().joined_s >= cc.restart_reset_s:
             self._restarts.pop(ident, None)
-        proc = lost.proc
+        proc, drained = lost.proc, lost.left_by_plan
         try:
             while not self.closing:
                 # A silent worker may still be running: stop it first, so its memory and device are free.
-                if not await self._gone(proc):
+                if not await self._gone(proc, grace_s=DRAINED_EXIT_WAIT_S if drained else 0.0):
                     return
                 n = self._restarts.get(ident, (0, back))[0]
                 self._restarts[ident] = (n + 1, back)
                 # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
                 delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** min(n, 60))
-                log.warning("restarting %r in %.1f s (restart %d in a row; its process ended: %s)", lost, delay,
-                            n + 1, exit_words(proc))
+                if drained:
+                    log.info("restarting %r, which left after draining, in %.1f s (its process ended: %s)", lost,
+                             delay, exit_words(proc))
+                else:
+                    log.warning("restarting %r in %.1f s (restart %d in a row; its process ended: %s)", lost, delay,
+                                n + 1, exit_words(proc))
+                drained = False
                 await asyncio.sleep(delay)
                 spawn = self.local_spawn.get(ident)
                 if self.closing or spawn is None or back.done():  # done: the last one joined after its deadline
@@ -143,7 +180,7 @@ class WorkerRestarts:
                     log.info("%r is back (process %s)", back.result(), back.result().pid)
                     return
                 if not self.closing:  # a close ends the wait: no failure to report
-                    log.warning("restarted %r did not join (%s)", lost, exit_words(proc))
+                    log.warning("restarted %r did not join (%s); see its log%s", lost, exit_words(proc), log_tail(proc))
         finally:
             # Only this restart's own entry: after its admission a new loss may have started the next restart.
             if self.restarting.get(ident) is back:
@@ -205,7 +242,7 @@ class WorkerRestarts:
             # here, a cost a vanilla autoscaler's start does not pay (its old engine exited at scale-in). A CPU
             # worker's successor starts at once (the kernel frees the old host pool meanwhile: 0.15-0.35 s here);
             # a GPU worker's waits for the exit, since its pool is sized from the device memory then free.
-            old.proc.kill()
+            kill_marked(old.proc)
             if old.device.startswith("cpu"):
                 # Reaped by polling (_gone), logged when late. Found in review: a thread's unbounded wait held, for
                 # a process SIGKILL does not end (uninterruptible sleep), a default-executor thread until it
@@ -259,13 +296,17 @@ class WorkerRestarts:
                                   f"(worker_start_timeout_s): its device is not free", worker_id=old.worker_id,
                                   pid=old.pid) from None
 
-    async def _gone(self, proc, what: str = "a lost worker's process") -> bool:
+    async def _gone(self, proc, what: str = "a lost worker's process", grace_s: float = 0.0) -> bool:
         """Kill ``proc`` (``what``: a lost worker's process, or a replaced one's) and wait until it has exited; False
         if the controller closes first. Polled, not a blocking wait: a process SIGKILL does not end (stuck in the GPU
         driver) held a thread, the restart and the controller's exit for good (found in review); nothing starts on
-        its device meanwhile. Logged once when it has not exited within worker_start_timeout_s."""
+        its device meanwhile. Logged once when it has not exited within worker_start_timeout_s. ``grace_s``: how
+        long it may take to exit by itself first (a worker that left after draining)."""
+        until_s = time.monotonic() + grace_s
+        while proc.poll() is None and time.monotonic() < until_s and not self.closing:
+            await asyncio.sleep(0.05)
         if proc.poll() is None:
-            proc.kill()
+            kill_marked(proc)
         limit = self.config.worker_start_timeout_s
         late_s: float | None = time.monotonic() + limit
         while proc.poll() is None:
@@ -289,7 +330,7 @@ class WorkerRestarts:
         if w is not None and w.proc is proc:
             self.hub.retire(w, "its replacement failed")
         if proc is not None and proc.poll() is None:
-            proc.kill()
+            kill_marked(proc)
         self.metrics.workers_lost.inc()
         if old in self.gpu_workers:
             self.gpu_workers.remove(old)

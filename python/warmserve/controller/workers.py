@@ -26,7 +26,7 @@ from warmserve.endpoints import is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import require_authenticated_bind
 
-from .hub_sockets import HandshakeWatch, close_sock, curve_server_of, finalize_hub, release_curve
+from .hub_sockets import HandshakeWatch, KeyClashes, close_sock, curve_server_of, finalize_hub, release_curve
 from .worker_claims import IdClaims
 
 log = logging.getLogger("warmserve.controller")
@@ -85,11 +85,20 @@ class WorkerRecord:
     rejoins: bool = False
     #: It drains (SIGTERM; ``controller/draining.py``): its GPU is gone from the policy, its requests finish there.
     draining: bool = False
+    #: When its drain's time is up (time.monotonic(), from its first draining Stats' ``drain_left_s``), seconds.
+    drain_until_s: float = 0.0
+    #: It left as its drain planned (``WorkerHub.lose``): nothing in flight, or its drain's time up. False for a
+    #: draining worker that crashed or hung first: found in review, such a leave was logged at INFO, counted in no
+    #: loss, and its requests escaped max_worker_losses_per_request, its restarts the back-off.
+    left_by_plan: bool = False
 
     def __repr__(self) -> str:
         return f"worker {self.worker_id} ({self.device})"
 
 
+#: Seconds before its drain's time is up from which a draining worker that leaves with requests in flight is taken
+#: to have ended its drain (it aborts them then, and its connection's close takes a moment to be seen).
+DRAIN_END_SLACK_S = 2.0
 #: Seconds between two ``Rejoin`` to one routing id: a worker that streamed many messages before it heard the
 #: first sends on until then, and each would be answered.
 REJOIN_EVERY_S = 1.0
@@ -211,9 +220,10 @@ class WorkerHub:
             raise
         self.workers: dict[bytes, WorkerRecord] = {}
         #: CURVE on: the public key (Z85, the authenticator's User-Id of each message) each routing id first said
-        #: Hello with, and the (id, key) pairs refused and logged (``_key_fits``); None: CURVE off.
+        #: Hello with (``_key_fits``), and the messages of other keys refused under them (``KeyClashes``); None:
+        #: CURVE off.
         self._keys: dict[bytes, str] | None = {} if curve_dir else None
-        self._keys_refused: set[tuple[bytes, str]] = set()
+        self._key_clashes = KeyClashes()
         #: Ids another key spoke under while their key was bound: they stay with the key they joined with.
         self._keys_clashed: set[bytes] = set()
         self.on_hello, self.on_event, self.on_lost, self.may_rejoin = on_hello, on_event, on_lost, may_rejoin
@@ -409,10 +419,11 @@ class WorkerHub:
         """With CURVE: whether a message under routing id ``ident`` came with the key that id first said Hello with
         (recorded then, kept until the controller restarts). Found in review: any worker with a key allowed could
         take another's id (ROUTER_HANDOVER gives the id to its newest connection), say Hello with another pid and be
-        sent that worker's traffic. A message from another key is dropped, and logged once per id and key; the
-        worker under that id is declared lost, since what the controller sends to the id now reaches that key's
-        connection. That worker's own connection stays cut off (ZeroMQ's handover drops it without closing it): lost
-        either way, it is admitted again once its process starts over.
+        sent that worker's traffic. A message from another key is dropped, logged (``KeyClashes``: again each minute
+        while the clash lasts) and answered with a ``Refused`` that stops its sender connecting anew; the worker
+        under that id is declared lost, since what the controller sends to the id now reaches that key's connection.
+        That worker's own connection stays cut off (ZeroMQ's handover drops it without closing it): its next new
+        one (each --peer-timeout-s) takes the id back, and its Hello is admitted again.
 
         An id whose worker is gone (lost, or never admitted) for another cause than such a clash goes to the next
         allowed key that says Hello under it: a worker started again with a rotated key keeps its --worker-id
@@ -427,11 +438,7 @@ class WorkerHub:
         if first == key:
             return True
         self._keys_clashed.add(ident)
-        if (ident, key) not in self._keys_refused:
-            self._keys_refused.add((ident, key))
-            log.warning("refused %s under worker id %r from CURVE key %s: that id joined with key %s (another worker "
-                        "started with the same --worker-id, or one posing as it)", type(msg).__name__, ident, key,
-                        first)
+        self._key_clashes.refuse(self.sock, ident, key, first, msg)
         if w is not None:
             self.lose(w, f"a peer with another CURVE key ({key}) took its worker id over")
         return False
@@ -470,8 +477,10 @@ class WorkerHub:
             return
         if isinstance(msg, P.Stats) and msg.id == 0:
             w.stats = msg
-            if msg.draining and not w.draining:
-                self.on_drain(w)
+            if msg.draining:  # each Stats: its last, as it stops, says the drain is over (drain_left_s 0)
+                w.drain_until_s = time.monotonic() + msg.drain_left_s
+                if not w.draining:
+                    self.on_drain(w)
             return
         call = w.calls.get(msg.id)
         if call is not None:
@@ -506,9 +515,14 @@ class WorkerHub:
     def lose(self, w: WorkerRecord, why: str) -> None:
         if not w.alive:
             return
-        if w.draining:  # its leaving was announced; what ran there has finished (or starts over: its log says)
+        early_s = w.drain_until_s - DRAIN_END_SLACK_S - time.monotonic()
+        w.left_by_plan = w.draining and (not w.gens or early_s <= 0)
+        if w.left_by_plan:  # its leaving was announced; what ran there has finished (or starts over: its log says)
             log.info("%r left after draining: %s", w, why)
             self._left_draining.add(w.ident)
+        elif w.draining:
+            log.warning("%r lost while draining, with %d request(s) in flight %.1f s before its drain's time was up "
+                        "(it crashed or hung): %s", w, len(w.gens), early_s + DRAIN_END_SLACK_S, why)
         else:
             log.warning("%r lost: %s", w, why)
         self._take_down(w, "lost", why)

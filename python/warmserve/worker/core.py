@@ -100,6 +100,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
         self.stopping = False
         #: Sent SIGTERM, it drains (``WorkerServer.drain``): said in every Stats, so the controller sends no new work.
         self.draining = False
+        #: time.monotonic() at which a drain's time is up (WorkerServer.drain sets it); None: not draining.
+        self.drain_until_s: float | None = None
         self.started_s = time.monotonic()
         self._next_rid = 0
         self._rr = 0  # round-robin start among shared instances
@@ -465,6 +467,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
             uptime_s=time.monotonic() - self.started_s, pool=self.pool_stats(), models=models,
             instances=instances, in_flight=len(self.generations), groups=sorted(self.groups.groups),
             host_cache=self.host_cache.stats() if self.host_cache is not None else {}, draining=self.draining,
+            drain_left_s=max(0.0, self.drain_until_s - time.monotonic()) if self.drain_until_s is not None else 0.0,
         )
 
     def pool_stats(self) -> P.PoolStats:

@@ -265,6 +265,12 @@ class WorkerServer:
                     self._beat()
                 except Exception:  # as for tick: a failed Stats must not end the worker (found in review)
                     log.exception("worker heartbeat failed")
+        if self._drain_until_s is not None:  # its drain ends here (done, time up, or a second SIGTERM): said, so
+            self.core.drain_until_s = time.monotonic()  # that the controller takes its leaving as planned, not as
+            try:  # a crash (WorkerRecord.left_by_plan)
+                self._beat()
+            except Exception:
+                log.exception("worker heartbeat failed")
         # A worker on its way out is no worker to admit again.
         self._link.stopping = True
         # Abort what is left (SIGTERM) while the link can still tell the peers, then stop the link.
@@ -284,6 +290,7 @@ class WorkerServer:
         if any(inst.tp is not None for inst in list(self.core.instances.values())):
             return False
         self._drain_until_s = time.monotonic() + timeout_s
+        self.core.drain_until_s = self._drain_until_s
         self.core.draining = True
         return True
 
