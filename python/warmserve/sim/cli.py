@@ -21,8 +21,8 @@ from warmserve.policy.registry import note_shadowed_options
 from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, MIN_BURST_CV, check_cold_start,
                                       check_duration, check_gpus, check_models, check_paper_span,
                                       check_replays_requests, check_request_budget, check_search_budget,
-                                      check_sim_window, check_unused_settings, check_workload_days, parse_policies,
-                                      rate_flags, search_scale_cap)
+                                      check_sim_window, check_time_scale, check_unused_settings, check_workload_days,
+                                      parse_policies, rate_flags, search_scale_cap)
 from warmserve.sim.cli_output import (Saved, at_least, median_summary, request_count, summary_table, sweep_table,
                                       workload_block, write_results)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
@@ -134,10 +134,7 @@ def build_preset(args) -> Preset:
                     chunked_prefill_tokens=args.chunked_prefill_tokens, policy_config=policy_config)
     if args.models is not None and args.models < 1:
         raise InvalidArgumentError(f"--models {args.models}: give at least 1 model", flag="--models")
-    # finite (found in review): inf passed `> 0` and ended in an OverflowError in the simulator's driver
-    if not (math.isfinite(args.time_scale) and args.time_scale > 0):
-        raise InvalidArgumentError(f"--time-scale {args.time_scale:g}: give a finite factor > 0 (1: as traced)",
-                                   flag="--time-scale")
+    check_time_scale(args.time_scale, args.duration_s, args.tick_s)
     # found in review: a large CV (1e4) passed `> 0`, every arrival came out NaN and was dropped: 0 requests, exit 0
     if args.burst_cv is not None and not (math.isfinite(args.burst_cv)
                                           and MIN_BURST_CV <= args.burst_cv <= MAX_BURST_CV):

@@ -30,6 +30,14 @@ def test_a_factor_out_of_range_is_refused_naming_its_flag(flag, value):
     assert e.value.flag == flag
 
 
+def test_a_time_scale_that_squeezes_the_replay_under_a_tick_is_refused():
+    """Found in review: --time-scale 1e-9 ran "1425 requests over 0 s (23750000000.00 rps)", nothing said."""
+    with pytest.raises(InvalidArgumentError, match="less than one policy tick") as e:
+        build_preset(_args("--time-scale", "1e-9", "--duration-s", "60"))
+    assert e.value.flag == "--time-scale" and "Fix: a --time-scale of at least 0.0167" in str(e.value)
+    assert build_preset(_args("--time-scale", "0.02", "--duration-s", "60")) is not None
+
+
 def test_the_bound_itself_is_taken():
     assert build_preset(_args("--burst-cv", str(MAX_BURST_CV))) is not None
 
