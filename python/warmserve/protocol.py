@@ -477,6 +477,10 @@ class Stats(_Msg):
     #: Seconds left of its drain's time when this was sent (0: not draining, time up, or a worker from before it):
     #: a draining worker that leaves earlier with requests in flight crashed or hung, not drained.
     drain_left_s: float = 0.0
+    #: It was sent SIGTERM and stops without a drain (a tensor-parallel rank, --drain-timeout-s 0): what it aborts
+    #: on its way out starts over elsewhere, as after a drain's time is up (found in review: a rolling restart of a
+    #: tp = 2 instance's ranks failed every stream, each counted two worker losses).
+    stopping: bool = False
 
 
 class Hello(_Msg):

@@ -100,7 +100,7 @@ def test_a_request_on_a_sigtermed_worker_finishes_there_while_new_ones_go_elsewh
     # restart then blamed "SIGKILL (the kernel's OOM killer ...)" for every drain.
     _until(lambda: any("restarting" in r.getMessage() for r in caplog.records), 20, "no restart was logged")
     said = [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
-    assert "which left after draining" in said[0] and "OOM" not in said[0], said
+    assert "which left on SIGTERM (after draining" in said[0] and "OOM" not in said[0], said
     assert cluster.generate(MODEL, "still serving?", max_tokens=4).completion_tokens >= 1
 
 

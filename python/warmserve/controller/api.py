@@ -218,8 +218,10 @@ class Api:
             request.method, path, _printable(info.get("model", "-")), status, info.get("prompt_tokens", "-"),
             info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
             (time.monotonic() - request[_T0]) * 1e3, info["id"])
-        if status >= 500 and not probe:
-            log.warning("%s %s answered %d (request %s)", request.method, path, status, info["id"])
+        if status >= 500 and not probe:  # found in review: a stream's error event read as an answer of that status
+            how = "answered 200, then its stream ended with an error event of" if info.get("status_after_200") \
+                else "answered"
+            log.warning("%s %s %s %d (request %s)", request.method, path, how, status, info["id"])
 
     def _rejected(self, status: int, route: str) -> None:
         metrics = getattr(self.controller, "metrics", None)

@@ -58,12 +58,28 @@ def log_tail(proc) -> str:
 
 
 def kill_marked(proc) -> None:
-    """SIGKILL ``proc``, marked so that ``exit_words`` says the controller sent it, not the OOM killer."""
-    try:
-        proc.killed_by_controller = True
-    except AttributeError:  # a launcher's process object with __slots__
-        pass
+    """SIGKILL ``proc``, marked so that ``exit_words`` says the controller sent it, not the OOM killer; not marked
+    when it had ended already (found in review: a forked worker's status reaches its fork server after its
+    connection's end reaches the controller, so workers killed from elsewhere read as the controller's kills)."""
+    if _running(getattr(proc, "pid", None)):
+        try:
+            proc.killed_by_controller = True
+        except AttributeError:  # a launcher's process object with __slots__
+            pass
     proc.kill()
+
+
+def _running(pid: int | None) -> bool:
+    """Whether process ``pid`` runs (not ended, nor a zombie), from /proc; True where that cannot be read."""
+    if not pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
 
 
 #: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.
@@ -135,8 +151,8 @@ class WorkerRestarts:
                 # 2**n as a float overflows past n = 1023 (about 10 h of failed restarts at the 30 s cap)
                 delay = min(cc.restart_backoff_cap_s, cc.restart_backoff_s * 2 ** min(n, 60))
                 if drained:
-                    log.info("restarting %r, which left after draining, in %.1f s (its process ended: %s)", lost,
-                             delay, exit_words(proc))
+                    log.info("restarting %r, which left on SIGTERM (after draining, or at once), in %.1f s (its "
+                             "process ended: %s)", lost, delay, exit_words(proc))
                 else:
                     log.warning("restarting %r in %.1f s (restart %d in a row; its process ended: %s)", lost, delay,
                                 n + 1, exit_words(proc))

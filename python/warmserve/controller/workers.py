@@ -516,9 +516,10 @@ class WorkerHub:
         if not w.alive:
             return
         early_s = w.drain_until_s - DRAIN_END_SLACK_S - time.monotonic()
-        w.left_by_plan = w.draining and (not w.gens or early_s <= 0)
+        stopped = w.stats is not None and w.stats.stopping  # sent SIGTERM, it stops without a drain
+        w.left_by_plan = stopped or w.draining and (not w.gens or early_s <= 0)
         if w.left_by_plan:  # its leaving was announced; what ran there has finished (or starts over: its log says)
-            log.info("%r left after draining: %s", w, why)
+            log.info("%r left %s: %s", w, "on SIGTERM, at once (no drain)" if stopped else "after draining", why)
             self._left_draining.add(w.ident)
         elif w.draining:
             log.warning("%r lost while draining, with %d request(s) in flight %.1f s before its drain's time was up "

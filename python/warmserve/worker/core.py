@@ -102,6 +102,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
         self.draining = False
         #: time.monotonic() at which a drain's time is up (WorkerServer.drain sets it); None: not draining.
         self.drain_until_s: float | None = None
+        #: Sent SIGTERM and stopping without a drain (worker/main.py): said in Stats (``Stats.stopping``).
+        self.stop_signalled = False
         self.started_s = time.monotonic()
         self._next_rid = 0
         self._rr = 0  # round-robin start among shared instances
@@ -468,6 +470,7 @@ class WorkerCore(BackgroundWork, ShardRoles):
             instances=instances, in_flight=len(self.generations), groups=sorted(self.groups.groups),
             host_cache=self.host_cache.stats() if self.host_cache is not None else {}, draining=self.draining,
             drain_left_s=max(0.0, self.drain_until_s - time.monotonic()) if self.drain_until_s is not None else 0.0,
+            stopping=self.stop_signalled,
         )
 
     def pool_stats(self) -> P.PoolStats:

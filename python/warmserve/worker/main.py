@@ -387,7 +387,7 @@ def serve(args: argparse.Namespace) -> int:
         # to drain for, leaves the loop at its next turn, frees everything, exits 0. Flags only: the loop, on this
         # same thread, acts on them between its turns.
         if not server.drain(args.drain_timeout_s):
-            core.stopping = True
+            core.stop_signalled = core.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     try:

@@ -265,9 +265,12 @@ class WorkerServer:
                     self._beat()
                 except Exception:  # as for tick: a failed Stats must not end the worker (found in review)
                     log.exception("worker heartbeat failed")
-        if self._drain_until_s is not None:  # its drain ends here (done, time up, or a second SIGTERM): said, so
-            self.core.drain_until_s = time.monotonic()  # that the controller takes its leaving as planned, not as
-            try:  # a crash (WorkerRecord.left_by_plan)
+        if self._drain_until_s is not None or self.core.stop_signalled:  # its drain ends here (done, time up, a
+            # second SIGTERM), or a SIGTERM stops it: said, so that the controller takes its leaving, and what it
+            # aborts now, as planned, not as a crash (WorkerRecord.left_by_plan)
+            if self._drain_until_s is not None:
+                self.core.drain_until_s = time.monotonic()
+            try:
                 self._beat()
             except Exception:
                 log.exception("worker heartbeat failed")

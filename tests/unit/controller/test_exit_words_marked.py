@@ -26,3 +26,23 @@ def test_a_sigkill_from_elsewhere_still_names_the_oom_killer():
     p.kill()
     p.wait(10)
     assert exit_words(p).startswith("killed by SIGKILL (the kernel's OOM killer")
+
+
+def test_a_process_that_had_ended_is_not_marked_as_the_controllers_kill():
+    """Found in review: a forked worker killed from elsewhere was reported as killed by the controller, whose
+    kill came after the process had ended (its status reaches the fork server later than its connection's end)."""
+    import os
+    import signal
+    import time
+
+    p = _sleeper()
+    os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # a zombie now, not yet reaped (as under a fork server)
+        with open(f"/proc/{p.pid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    kill_marked(p)
+    p.wait(10)
+    assert exit_words(p).startswith("killed by SIGKILL (the kernel's OOM killer")

@@ -312,3 +312,6 @@ def test_a_bug_mid_stream_ends_the_stream_with_a_500_event_and_a_logged_trace(mo
     traces = [r for r in caplog.records if r.exc_info and "mid-stream" in r.getMessage()]
     assert len(traces) == 1 and traces[0].levelno == logging.ERROR, [r.getMessage() for r in caplog.records]
     assert "status=500" in _access_lines(caplog)[-1]
+    # the warning says the client had a 200 (found in review: "answered 500", which no client saw)
+    assert any("answered 200, then its stream ended with an error event of 500" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
