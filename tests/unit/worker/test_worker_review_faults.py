@@ -129,6 +129,11 @@ def test_a_kv_target_whose_unmap_fails_on_the_leader_still_reaches_the_other_ran
     with tp2_workers(tiny_models, kv_target_free_blocks=6) as (lead, follow):
         lead.generate(TP_MODEL, [1, 2, 3], GREEDY).collect()
         engines = [w.core.instances[TP_MODEL].engine for w in (lead, follow)]
+        # the follower applies the leader's last plan on its own thread, a moment after the leader's answer
+        # (CI217: [6, 7] read at once)
+        deadline = time.monotonic() + 10
+        while [e.kv_stats().kv_blocks_mapped for e in engines] != [6, 6] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert [e.kv_stats().kv_blocks_mapped for e in engines] == [6, 6]
         mapper = engines[0].kv.mapper
         real = mapper.unmap_block
@@ -142,6 +147,9 @@ def test_a_kv_target_whose_unmap_fails_on_the_leader_still_reaches_the_other_ran
             lead.set_kv_target(TP_MODEL, 1)
         want = lead.generate(TP_MODEL, [1, 2, 3], GREEDY).collect()[0]
         assert len(want) == GREEDY.max_tokens
+        deadline = time.monotonic() + 10  # as above
+        while len({e.kv_stats().kv_blocks_mapped for e in engines}) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         stats = [e.kv_stats() for e in engines]
         assert [s.kv_free_target for s in stats] == [1, 1]  # the follower kept 6 before
         assert stats[0].kv_blocks_mapped == stats[1].kv_blocks_mapped == 1
