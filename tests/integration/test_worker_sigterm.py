@@ -104,22 +104,26 @@ def test_a_request_on_a_sigtermed_worker_finishes_there_while_new_ones_go_elsewh
     assert cluster.generate(MODEL, "still serving?", max_tokens=4).completion_tokens >= 1
 
 
-def test_a_second_sigterm_ends_the_drain_and_the_request_resumes_elsewhere(cluster):
-    ctl = cluster.controller
+def _drain_then(cluster, ctl, then: signal.Signals):
+    """A LONG request streaming on a worker that is sent SIGTERM (it drains), then ``then`` once the controller
+    heard of the drain: the request's answer, its uninterrupted reference and the worker."""
     _two_ready(ctl)
     reference = cluster.generate(MODEL, PROMPT, params=LONG)
-    resumed_before = ctl.metrics.resumed.get(model=MODEL, why="worker_drained")
-
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         fut = pool.submit(cluster.generate, MODEL, PROMPT, params=LONG, timeout_s=120)
         victim = _streaming_worker(ctl, 10, 60)
         assert victim is not None, "the request did not start streaming"
         os.kill(victim.pid, signal.SIGTERM)
-        # The first one handled before the second is sent: two pending SIGTERMs are delivered as one.
+        # The first one handled before the next is sent: two pending SIGTERMs are delivered as one.
         _until(lambda: victim.draining, 10, "the controller never heard of the drain")
-        os.kill(victim.pid, signal.SIGTERM)
-        out = fut.result(timeout=150)
+        os.kill(victim.pid, then)
+        return fut.result(timeout=150), reference, victim
 
+
+def test_a_second_sigterm_ends_the_drain_and_the_request_resumes_elsewhere(cluster):
+    ctl = cluster.controller
+    resumed_before = ctl.metrics.resumed.get(model=MODEL, why="worker_drained")
+    out, reference, victim = _drain_then(cluster, ctl, signal.SIGTERM)
     assert out.finish_reason == "length", out
     assert out.completion_tokens == LONG.max_tokens
     # Greedy, resumed after the tokens the client had: the same text as the uninterrupted run.
@@ -132,20 +136,9 @@ def test_a_second_sigterm_ends_the_drain_and_the_request_resumes_elsewhere(clust
 
 def test_a_draining_worker_that_crashes_is_a_loss_not_a_drain(cluster, caplog):
     ctl = cluster.controller
-    _two_ready(ctl)
-    reference = cluster.generate(MODEL, PROMPT, params=LONG)
     lost_before = ctl.metrics.workers_lost.get()
     resumed_before = ctl.metrics.resumed.get(model=MODEL, why="worker_lost")
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(cluster.generate, MODEL, PROMPT, params=LONG, timeout_s=120)
-        victim = _streaming_worker(ctl, 10, 60)
-        assert victim is not None, "the request did not start streaming"
-        os.kill(victim.pid, signal.SIGTERM)
-        _until(lambda: victim.draining, 10, "the controller never heard of the drain")
-        os.kill(victim.pid, signal.SIGKILL)  # within its 20 s drain, the request still running there
-        out = fut.result(timeout=150)
-
+    out, reference, victim = _drain_then(cluster, ctl, signal.SIGKILL)  # within its 20 s drain, still running
     assert out.token_ids == reference.token_ids  # resumed elsewhere after the client's tokens, as after any loss
     assert not victim.alive and not victim.left_by_plan
     assert ctl.metrics.workers_lost.get() == lost_before + 1
