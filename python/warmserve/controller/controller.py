@@ -395,7 +395,10 @@ class Controller(WorkerRestarts):
             req = w.gens.get(msg.id)
             if req is None:  # moved already (a lost rank's other requests), or a bug
                 w.seqs.pop(msg.id, None)  # its stream's last word (found in review: one entry leaked per request)
-                log.info("%r: error for a request not on it (%d): %s", w, msg.id, msg.message)
+                # A lost rank's: one per request the instance had, all moved at its first (found in review: 16 lines)
+                lost_rank = isinstance(msg.exception(), WorkerLostError)
+                log.log(logging.DEBUG if lost_rank else logging.INFO, "%r: error for a request not on it (%d): %s",
+                        w, msg.id, msg.message)
                 return
             err = msg.exception()
             if self.groups.rank_lost(w, req, err) or refusals.not_running(self, w, msg.id, req, err):

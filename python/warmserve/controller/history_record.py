@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -177,7 +178,13 @@ def starting_history(cc) -> dict | None:
         log.info("history %s does not exist yet: starting without one; this run's windows are recorded there",
                  cc.history_path)
         return None
-    return read_history(cc.history_path)
+    history = read_history(cc.history_path)
+    # found in review: a restart from its record said nothing of what it read
+    rows = [s for s, _, _ in history.values()]
+    newest = max((float(s.max()) for s in rows if len(s)), default=None)
+    log.info("history %s: %d rows of %d model(s) read%s", cc.history_path, sum(len(s) for s in rows), len(history),
+             f", the newest from {(time.time() - newest) / 3600:.1f} h ago" if newest is not None else "")
+    return history
 
 
 def attach(ctl, history: dict | None) -> HistoryRecord | None:

@@ -186,3 +186,15 @@ def test_rows_of_one_start_are_written_back_as_the_policy_read_them(tmp_path):
     rec.close()
     starts, avg, peak = read_history(path)["a"]
     assert list(starts) == [ORIGIN, ORIGIN + 300, ORIGIN + 600] and avg[0] == 6.0 and peak[0] == 20.0
+
+
+def test_the_history_read_at_start_is_said(tmp_path, caplog):
+    """Found in review: a restart from its record file said nothing of what it read."""
+    path = str(tmp_path / "h.csv")
+    now = int(time.time())
+    with open(path, "w") as f:
+        f.write(f"model,window_start_s,avg,peak\na,{now - 7200},1,2\na,{now - 3600},1,2\nb,{now - 5400},1,1\n")
+    with caplog.at_level(logging.INFO, logger="warmserve.controller"):
+        starting_history(ControllerConfig(history_path=path, history_record_path=path))
+    assert any(f"history {path}: 3 rows of 2 model(s) read, the newest from 1.0 h ago" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
