@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import time
 
@@ -98,11 +99,27 @@ def read_history(path: str) -> dict:
                                        "its JSON form (a .json file); leave the history out to start without one")
         for m, v in rows.items():
             twice = len(v) - len({start for start, _, _ in v})
-            if twice:  # the JSON form refuses them (_unique_keys); a CSV's are merged, as the policy merges them
+            if twice:  # the JSON form refuses them (_unique_keys); a CSV's are merged here, for every reader
                 log.warning("history %s: model %r has %d window(s) given more than once (one start, several rows): "
                             "each is read as the mean of its averages and the max of its peaks", path, m, twice)
+                rows[m] = _one_row_a_start(v)
         out = {m: tuple(np.asarray(c, float) for c in zip(*sorted(v))) for m, v in rows.items()}
     return {model: _checked_history(path, model, *cols, time.time()) for model, cols in out.items()}
+
+
+def _one_row_a_start(rows: list) -> list:
+    """(start, avg, peak) rows, those of one start made one as the policy reads them (``History.load``): the mean of
+    their known averages, the max of their known peaks. Found in review: the policy read the merge, and the record
+    file (controller/history_record.py) wrote back the row that sorted last, alone."""
+    by_start: dict[float, list] = {}
+    for start, avg, peak in rows:
+        by_start.setdefault(start, []).append((avg, peak))
+    out = []
+    for start, pairs in by_start.items():
+        avgs = [a for a, _ in pairs if not math.isnan(a)]
+        peaks = [p for _, p in pairs if not math.isnan(p)]
+        out.append((start, sum(avgs) / len(avgs) if avgs else math.nan, max(peaks) if peaks else math.nan))
+    return out
 
 
 def _unique_keys(pairs: list) -> dict:

@@ -75,13 +75,10 @@ class HistoryRecord:
         self.started_unix_s = started_unix_s
         #: (model, Unix start) -> (avg, peak): the starting history's known windows, then the measured ones.
         self._rows: dict[tuple[str, float], tuple[float, float]] = {}
-        merged: dict[tuple[str, float], list] = {}  # rows of one start as the policy reads them (History.load):
-        for model, (starts, avg, peak) in (history or {}).items():  # the mean of the averages, the max of the peaks
-            for s, a, p in zip(starts, avg, peak):  # (found in review: the last row was written back, alone)
+        for model, (starts, avg, peak) in (history or {}).items():  # one row a start (``read_history``)
+            for s, a, p in zip(starts, avg, peak):
                 if not math.isnan(a):
-                    merged.setdefault((model, float(s)), []).append((float(a), float(p)))
-        for key, rows in merged.items():
-            self._rows[key] = (sum(a for a, _ in rows) / len(rows), max(p for _, p in rows))
+                    self._rows[(model, float(s))] = (float(a), float(p))
         #: The time between the starting history's newest row and this run's start, seconds: its rows are kept as if
         #: that long younger (found in review: after 15 days down, the first window's rewrite dropped all 30,240
         #: rows the forecasts had just started from, unsaid, and the next start had none).

@@ -220,8 +220,7 @@ class WorkerServer:
         #: Bound: peer -> (why it was given up on, the request ids of its generations aborted then), oldest first.
         self._dropped: collections.OrderedDict[bytes, tuple[str, list[int]]] = collections.OrderedDict()
         self._numbering = TokensNumbering()
-        #: Draining (SIGTERM, ``drain``): when it ends (monotonic s), and whether the controller was told yet.
-        self._drain_until_s: float | None = None
+        #: Draining (SIGTERM, ``drain``; when it ends: ``core.drain_until_s``): whether the controller was told yet.
         self._drain_told = False
         core.emit = self._send
 
@@ -256,7 +255,7 @@ class WorkerServer:
             except Exception:  # a bug in one tick must not take the worker (and every model in it) down
                 log.exception("worker tick failed")
             self._link.in_flight = len(self.core.generations)
-            if self._drain_until_s is not None and self._drained():
+            if self.core.drain_until_s is not None and self._drained():
                 break
             now = time.monotonic()
             if now >= next_beat:
@@ -265,10 +264,10 @@ class WorkerServer:
                     self._beat()
                 except Exception:  # as for tick: a failed Stats must not end the worker (found in review)
                     log.exception("worker heartbeat failed")
-        if self._drain_until_s is not None or self.core.stop_signalled:  # its drain ends here (done, time up, a
+        if self.core.drain_until_s is not None or self.core.stop_signalled:  # its drain ends here (done, time up, a
             # second SIGTERM), or a SIGTERM stops it: said, so that the controller takes its leaving, and what it
             # aborts now, as planned, not as a crash (WorkerRecord.left_by_plan)
-            if self._drain_until_s is not None:
+            if self.core.drain_until_s is not None:
                 self.core.drain_until_s = time.monotonic()
             try:
                 self._beat()
@@ -288,12 +287,11 @@ class WorkerServer:
         controller routes its clients away), and a rank of a tensor-parallel instance: its instance serves on the
         other ranks' GPUs too, which the controller would take for free while this one drains. Called from the
         signal handler, on the loop's own thread between two of its bytecodes: it sets flags and reads only."""
-        if self.routed or timeout_s <= 0 or self._drain_until_s is not None:
+        if self.routed or timeout_s <= 0 or self.core.drain_until_s is not None:
             return False
         if any(inst.tp is not None for inst in list(self.core.instances.values())):
             return False
-        self._drain_until_s = time.monotonic() + timeout_s
-        self.core.drain_until_s = self._drain_until_s
+        self.core.drain_until_s = time.monotonic() + timeout_s
         self.core.draining = True
         return True
 
@@ -304,12 +302,12 @@ class WorkerServer:
             self._link.draining = True
             log.warning("SIGTERM: draining %d request(s) in flight for up to %.3g s (a second SIGTERM stops at "
                         "once); the controller sends no new work", len(self.core.generations),
-                        self._drain_until_s - time.monotonic())
+                        self.core.drain_until_s - time.monotonic())
             self._beat()
         if not self.core.generations:
             log.info("drained: every request in flight has finished; stopping")
             return True
-        if time.monotonic() >= self._drain_until_s:
+        if time.monotonic() >= self.core.drain_until_s:
             log.warning("drain time is up with %d request(s) still in flight: aborting them (the controller starts "
                         "them over elsewhere); stopping", len(self.core.generations))
             return True

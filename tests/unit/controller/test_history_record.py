@@ -180,7 +180,9 @@ def test_rows_of_one_start_are_written_back_as_the_policy_read_them(tmp_path):
     """Found in review: two CSV rows of one model and start (10/20 and 2/4) were read by the policy as their merge
     (avg 6, peak 20), and the record wrote back the one that sorted last alone."""
     path = str(tmp_path / "h.csv")
-    start = {"a": (np.array([ORIGIN, ORIGIN, ORIGIN + 300]), np.array([2.0, 10.0, 1.0]), np.array([4.0, 20.0, 1.0]))}
+    with open(path, "w") as f:  # read as a start reads it: the reader makes the rows of one start one
+        f.write(f"model,window_start_s,avg,peak\na,{ORIGIN:.0f},2,4\na,{ORIGIN:.0f},10,20\na,{ORIGIN + 300:.0f},1,1\n")
+    start = starting_history(ControllerConfig(history_path=path, history_record_path=path))
     rec = HistoryRecord(path, ORIGIN, start)
     rec.window("a", 600.0, 1.0, 1.0)
     rec.close()
