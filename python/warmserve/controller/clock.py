@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 from warmserve.policy.calendar import ZoneCalendar, zone_midnight
 
@@ -17,6 +18,16 @@ CLOCK_DAYS_BACK = 7
 #: origin on): found in review, one history row a year old under 1 s windows took the controller to 3.7 GB and its
 #: first tick to 13.4 s. About 12 days at 1 s windows (16 MiB a model); past 30 s windows, the file's 366 days bind.
 HISTORY_MAX_WINDOWS = 1 << 20
+
+# Linux's CLOCK_BOOTTIME is CLOCK_MONOTONIC (time.monotonic) plus the time the machine was suspended: found in review,
+# a VM paused for hours left a monotonic policy clock behind the wall clock by the pause, so the daily windows the
+# forecasts are keyed on lagged the load's. Other systems keep the monotonic clock.
+_POLICY_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def policy_clock_s() -> float:
+    """Seconds on the clock the live policy's time advances by: never backwards, and counting a suspend."""
+    return time.clock_gettime(_POLICY_CLOCK)
 
 
 def history_in_reach(history: dict | None, models, now_unix_s: float, window_s: float) -> dict | None:

@@ -19,7 +19,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, with_worker_page_bytes
-from warmserve.controller import draining, history_record, losses, observed, refusals, views
+from warmserve.controller import clock, draining, history_record, losses, observed, refusals, views
 from warmserve.controller.clock import history_in_reach, history_on_clock, policy_calendar, policy_clock_origin
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
@@ -76,7 +76,7 @@ class Controller(WorkerRestarts):
         self.policy_config = pcfg
         self.engine_config = config.engine.resolved(pcfg.instance_capacity)  # what every Activate carries
         now_unix = time.time()
-        self._t0_mono = time.monotonic()
+        self._t0_clock_s = clock.policy_clock_s()
         #: Unix time of the policy clock's t = 0 (a midnight of the zone the load follows); now_s() counts from it.
         used = history_in_reach(history, self.models, now_unix, pcfg.window_s)  # the record keeps all of history
         self.clock_origin_s = policy_clock_origin(now_unix, used, self.cc.load_timezone)
@@ -137,7 +137,7 @@ class Controller(WorkerRestarts):
     # ------------------------------------------------------------------------------------------- life cycle
 
     def now_s(self) -> float:
-        return self._t0_s + (time.monotonic() - self._t0_mono)
+        return self._t0_s + (clock.policy_clock_s() - self._t0_clock_s)
 
     async def start(self) -> str:
         """Bind the workers' socket and start the loops; returns the endpoint workers connect to."""
