@@ -51,6 +51,7 @@ from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, Given
                                           twin_history, warmup_span_s, with_idle_lead)
 from warmserve.errors import InvalidArgumentError
 from warmserve.policy.config import PolicyConfig, policy_config_from_dict
+from warmserve.sim.cli_output import span_rates
 from warmserve.sim.inputs import warmup_trace
 from warmserve.sim.metrics import fold_warmup_starts, pct
 from warmserve.workload.replay_client import OUTCOMES, ClientConfig, ReplayRequest
@@ -187,7 +188,6 @@ def _stats(outs, duration_s: float, deadline_s: float) -> dict:
     tpot = tpot[np.isfinite(tpot)]
     ok = [o for o in outs if o.status == "ok"]
     e2e = np.array([o.end_s - o.arrival_s for o in ok], float)
-    end = max([o.end_s for o in ok], default=0.0)
     return {
         "requests": n, "answered": int(answered.sum()), "completed": len(ok), "dropped": n - len(ok),
         "ttft_mean_s": float(ttft.mean()) if n else float("nan"),
@@ -196,7 +196,8 @@ def _stats(outs, duration_s: float, deadline_s: float) -> dict:
         "tpot_mean_s": float(tpot.mean()) if len(tpot) else float("nan"),
         "tpot_p50_s": pct(tpot, 50), "tpot_p99_s": pct(tpot, 99),
         "e2e_p50_s": pct(e2e, 50), "e2e_p99_s": pct(e2e, 99),
-        "throughput_rps": len(ok) / max(end, duration_s, 1e-9),
+        # completed over the trace's span, the simulator's definition (``sim.metrics``)
+        "throughput_rps": len(ok) / max(duration_s, 1e-9),
         "outcomes": {k: sum(o.status == k for o in outs) for k in OUTCOMES},
     }
 
@@ -206,6 +207,11 @@ def summarize(outs, duration_s: float, metrics: dict | None, *, deadline_s: floa
     waiting for answers, seconds from t = 0 (``ttfts``)."""
     s = _stats(outs, duration_s, deadline_s)
     s["unanswered"] = s["requests"] - s["answered"]
+    # the run's end as the twin's end_s: the client's deadline where a request was still open then, else its last
+    # answer; at least the trace's end. drain_s: the run's time past the trace's span (``sim.metrics``)
+    ends = [deadline_s] if s["outcomes"]["unanswered"] else [o.end_s for o in outs if o.end_s == o.end_s]
+    s["end_s"] = max(ends + [duration_s])
+    s["drain_s"] = s["end_s"] - duration_s
     s["accounted"] = sum(s["outcomes"].values()) == s["requests"]
     s["prewarm_hit_rate"] = None  # unknown: the server publishes no prewarm counters
     if metrics is not None:
@@ -477,7 +483,9 @@ def _main(args, run: dict) -> int:
     for p in policies:
         run["policy"] = p
         if earlier is not None:
-            live[p], live_ttft[p] = earlier["policies"][p], np.asarray(earlier["ttft_s"].get(p, []), float)
+            # its throughput recounted over the trace's span: a file from before 2026-12-06 holds the older figure
+            live[p] = span_rates(earlier["policies"][p], w.duration_s)
+            live_ttft[p] = np.asarray(earlier["ttft_s"].get(p, []), float)
         else:
             live[p], live_ttft[p] = run_live(p, w, reqs, served, args, live_cost, log_dir, served_live,
                                              options[p], warm)

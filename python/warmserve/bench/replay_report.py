@@ -21,7 +21,8 @@ LIVE_COLS = [("policy", "", ""), ("reqs", "requests", "{}"), ("answered", "answe
              ("TPOT p50", "tpot_p50_s", "{:.4f}"), ("e2e p50", "e2e_p50_s", "{:.3f}"),
              ("e2e p99", "e2e_p99_s", "{:.3f}"),
              ("starts", "instance_starts", "{}"), ("hit", "prewarm_hit_rate", "{:.2f}"),
-             ("moved", "requests_migrated", "{}")]
+             ("moved", "requests_migrated", "{}"), ("thr rps", "throughput_rps", "{:.2f}"),
+             ("drain s", "drain_s", "{:.0f}")]
 
 
 def validation(live: dict, sim: dict) -> dict:

@@ -68,6 +68,23 @@ def workload_block(workloads: dict, seeds: list[int]) -> dict:
     return d
 
 
+def span_rates(s: dict, duration_s: float | None = None) -> dict:
+    """``s``, a run's summary (or a model's figures, with its run's ``duration_s``) from a file written before
+    2026-12-06, recounted as ``sim.metrics`` counts today: ``throughput_rps`` the requests completed over the trace's
+    span, ``drain_s`` the run's time past it where the file has its ``end_s`` (before, throughput was completed over
+    max(end_s, duration_s) here, over the last completion in ``bench replay``'s live side). ``--reuse-live`` reads
+    such files."""
+    dur = s.get("duration_s", duration_s)
+    if not _numeric(s.get("completed")) or not _numeric(dur) or dur <= 0:
+        return s
+    out = dict(s, throughput_rps=s["completed"] / dur)
+    if _numeric(s.get("end_s")):
+        out["drain_s"] = max(s["end_s"] - dur, 0.0)
+    if isinstance(s.get("per_model"), dict):
+        out["per_model"] = {m: span_rates(v, dur) for m, v in s["per_model"].items()}
+    return out
+
+
 def finite_or_null(obj):
     """``obj`` with every NaN or infinite float (a figure a run does not have: no TTFT percentile without a
     request) as None, so that the JSON is strict JSON (found in review: bare NaN tokens, which JSON.parse and
@@ -100,10 +117,12 @@ def summary_table(rows: dict) -> str:
     cols = [("policy", "{}"), ("ttft_mean_s", "{:.3f}"), ("ttft_p50_s", "{:.3f}"), ("ttft_p90_s", "{:.3f}"),
             ("ttft_p99_s", "{:.3f}"), ("tpot_p50_s", "{:.4f}"), ("slo_attainment", "{:.3f}"),
             ("throughput_rps", "{:.2f}"), ("prewarm_hit_rate", "{:.2f}"), ("gpu_seconds", "{:.0f}"),
-            ("gpu_seconds_holding", "{:.0f}"), ("dropped", "{}"), ("max_rate_under_slo_rps", "{:.2f}")]
-    # GPU-s: GPUs serving an instance; GPU-s held: GPUs holding anything, prewarmed weights included
+            ("gpu_seconds_holding", "{:.0f}"), ("dropped", "{:g}"), ("drain_s", "{:.0f}"),
+            ("max_rate_under_slo_rps", "{:.2f}")]
+    # GPU-s: GPUs serving an instance; GPU-s held: GPUs holding anything, prewarmed weights included; thr rps and
+    # drain s: completed over the trace's span, and the run's time past it (``sim.metrics``)
     head = ["policy", "TTFT mean", "p50", "p90", "p99", "TPOT p50", "SLO", "thr rps", "hit", "GPU-s", "GPU-s held",
-            "dropped", "max rps@SLO"]
+            "dropped", "drain s", "max rps@SLO"]
     lines = [head]
     for name, s in rows.items():
         # a hit rate of no start is no figure (found in review: 0.00 read as every start missed)

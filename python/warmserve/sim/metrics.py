@@ -50,7 +50,7 @@ def pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if len(x) else float("nan")
 
 
-def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
+def _stats(ttft, tpot, ok, done, n, duration_s) -> dict:
     return {
         "requests": int(n),
         "completed": int(done.sum()),
@@ -64,9 +64,10 @@ def _stats(ttft, tpot, ok, done, n, duration_s, end_s) -> dict:
         "tpot_p50_s": pct(tpot, 50),
         "tpot_p99_s": pct(tpot, 99),
         "slo_attainment": float(ok.mean()) if n else float("nan"),
-        # completed requests over the run's whole span, its drain after the last arrival included (end_s): below
-        # the offered rate even when every request completed, the lower the longer the tail took to drain
-        "throughput_rps": float(done.sum() / max(end_s, duration_s, 1e-9)),
+        # completed requests over the trace's span, the offered rate where every request completed, however late the
+        # last one finished (the drain is drain_s, apart). Found in review: over max(end_s, duration_s), the drain
+        # in the denominator, a run that answered every request read below the offered rate (20.78 of 24.07 rps)
+        "throughput_rps": float(done.sum() / max(duration_s, 1e-9)),
     }
 
 
@@ -89,7 +90,7 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
     tpot_all[multi] = (finish_s[multi] - first_s[multi]) / (output_tokens[multi] - 1)
     ok = answered & (ttft <= slo_s)
     n = len(arrival_s)
-    summary = _stats(ttft, tpot_all[multi], ok, done, n, duration_s, end_s)
+    summary = _stats(ttft, tpot_all[multi], ok, done, n, duration_s)
     summary.update({
         "unanswered": int((~answered).sum()),
         "refused": int(refused),
@@ -100,11 +101,12 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
         "gpu_utilization": float(gpu_seconds / max(n_gpus * max(end_s, duration_s), 1e-9)),
         "duration_s": float(duration_s),
         "end_s": float(end_s),
+        "drain_s": float(max(end_s - duration_s, 0.0)),  # how long the run went on past the trace's end
     })
     per_model = {}
     for i, name in enumerate(names):
         sel = model == i
         if sel.any():
             per_model[name] = _stats(ttft[sel], tpot_all[sel & multi], ok[sel], done[sel], int(sel.sum()),
-                                     duration_s, end_s)
+                                     duration_s)
     return RunResult(policy, summary, per_model, ttft)
