@@ -76,16 +76,20 @@ def remove_made_folders() -> None:
                 pass
 
 
-def check_output(flag: str, path: str | None) -> None:
+def check_output(flag: str, path: str | None, example: str = "out.json") -> None:
     """Before a run that writes ``path`` at its end: its folder exists (made here) and a file can be written in it,
-    and ``path`` is not a folder. None: nothing to check ('' is refused). InvalidArgumentError naming ``flag`` and
-    ``path``."""
+    and ``path`` is not a folder (the fix names ``example`` in it). None: nothing to check ('' is refused).
+    InvalidArgumentError naming ``flag`` and ``path``."""
     if path is None:
         return
     _refuse_empty(flag, path)
+    if path == "-":
+        # found in review: "-", the usual name of the standard output, wrote a file named "-" in the current folder
+        raise _refuse(flag, path, "names a file called '-' here, not the standard output",
+                      "give /dev/stdout to write to the standard output, or ./- for that file")
     full = os.path.abspath(path)
     if os.path.isdir(full):
-        raise _refuse(flag, path, "is a folder", f"give a file path, e.g. {os.path.join(path, 'out.json')}")
+        raise _refuse(flag, path, "is a folder", f"give a file path, e.g. {os.path.join(path, example)}")
     if is_special(full):
         # a pipe or device is written where it is (write_json_atomic): no file is made beside it (found in review:
         # `--json >(jq .)` was refused, /dev/fd holding no files, and /dev/stdout checked /dev)
@@ -116,7 +120,7 @@ def check_plot(flag: str, path: str | None, what: str | None = None) -> None:
     draws a PNG beside the JSON)."""
     if path is None:
         return
-    check_output(flag, path)
+    check_output(flag, path, "plot.png")
     asked = f"{flag} {what or path}"
     try:
         require("matplotlib", asked)
