@@ -120,6 +120,8 @@ class Controller(WorkerRestarts):
         #: Routing ids of local workers being restarted (from their loss until the new process is admitted), each
         #: with the future ``_admit`` resolves with the admitted record; and their restarts in a row, with the last's.
         self.restarting: dict[bytes, asyncio.Future] = {}
+        #: Of those, the ones whose worker left by plan (SIGTERM) and whose first restart is under way: not lost.
+        self.restarting_by_plan: set[bytes] = set()
         #: Routing id -> (worker id, server, device) of each worker lost and not admitted again since (a local one
         #: is restarted under its routing id; a remote one comes back when a worker with its id, or with its server
         #: and device, joins): the lost workers gauge.

@@ -19,6 +19,13 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 # total (request_timeout_s bounds a wait for a token). vLLM's e2e tail, so that its p99 is not read as the top
 # finite bucket (found in review: every request over 120 s fell in +Inf and histogram_quantile answered 120).
 E2E_BUCKETS_S = LATENCY_BUCKETS_S + (240.0, 480.0, 960.0, 1920.0, 7680.0)
+#: Every ``outcome`` a request ends with (``ControllerMetrics.request_done``): the engine's finish reasons, then the
+#: controller's own (``executor.outcome_of``, a deadline, a lost worker).
+OUTCOMES = ("stop", "length", "abort", "error", "timeout", "worker_lost")
+#: The outcomes whose latency series are exported at 0 before their first request: the finished ones that a latency
+#: query selects (and that keep vLLM's summed e2e series, prometheus-vllm-rules.yml, present from the start); not
+#: every outcome, as each costs a histogram of 23 samples per model.
+E2E_OUTCOMES = ("stop", "length")
 #: The exposition's Content-Type (text format 0.0.4).
 CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 
@@ -123,7 +130,8 @@ class ControllerMetrics:
             r, "warmserve_prewarm_loading_starts", "Instances started from a prewarm still loading (they wait for the "
             "rest of its copy; neither a hit nor a cold load).", ("model",))
         self.rerouted = Counter(r, "warmserve_rerouted_requests", "Requests started over after a worker loss, "
-                                "after their tensor-parallel instance lost a rank, after their worker no longer ran "
+                                "after their worker's drain ran out of time (those still on it when it left), after "
+                                "their tensor-parallel instance lost a rank, after their worker no longer ran "
                                 "their instance when one of them got there, or after a co-served instance had no "
                                 "room for them (sent on to an instance serving alone).", ("model",))
         self.migrated = Counter(r, "warmserve_migrated_requests", "Requests moved off an instance the policy stopped "
@@ -159,8 +167,8 @@ class ControllerMetrics:
         self.instances = Gauge(r, "warmserve_instances", "Running instances.", ("model",))
         self.prewarmed = Gauge(r, "warmserve_prewarmed_replicas", "Prewarmed weight sets resident on workers.",
                                ("model",))
-        self.workers = Gauge(r, "warmserve_workers", "Workers by state: ready, draining (sent SIGTERM), or lost and "
-                             "not back yet.", ("state",))
+        self.workers = Gauge(r, "warmserve_workers", "Workers by state: ready, draining (sent SIGTERM), restarting "
+                             "(a local one that left by plan, started again), or lost and not back yet.", ("state",))
         self.pages = Gauge(r, "warmserve_worker_pages", "Pages of each worker's pool by role.", ("worker", "role"))
         self.kv_usage = Gauge(r, "warmserve_kv_cache_usage_ratio", "KV blocks holding tokens / KV blocks the "
                               "instance can hold (0..1), per running instance.", ("worker", "model"))
@@ -183,6 +191,12 @@ class ControllerMetrics:
         for s in (self.tokens, self.prompt_tokens, self.prewarm_hits, self.prewarm_misses, self.prewarm_loading_starts,
                   self.rerouted, self.migrated, self.dedicated, self.ttft, self.tpot):
             s.child({"model": model})
+        # Found in a fault run: warmserve_requests_total{outcome="worker_lost"} first appeared at 1, so an alert on
+        # its increase() missed the first request a worker loss failed (and a rate of successes, the first stop).
+        for outcome in OUTCOMES:
+            self.requests.child({"model": model, "outcome": outcome})
+        for outcome in E2E_OUTCOMES:
+            self.e2e.child({"model": model, "outcome": outcome})
 
     def tokens_pushed(self, req, generated_before: int, first_token_before_s: float | None) -> None:
         """Tokens of a request reached the controller (``Req.push``; its counts before are given). Counted now, as

@@ -124,6 +124,9 @@ class WorkerRestarts:
         """Restart a lost local worker unless the controller closes or a restart under its routing id runs."""
         if not self.closing and lost.ident not in self.restarting:
             back = self.restarting[lost.ident] = asyncio.get_running_loop().create_future()
+            # the metrics' workers{state="restarting"}, not "lost": found in review, a rolling restart by SIGTERM read
+            # as a lost worker, firing any alert on lost workers each time (``views.collect``)
+            (self.restarting_by_plan.add if lost.left_by_plan else self.restarting_by_plan.discard)(lost.ident)
             self._spawn(self._restart(lost, back))
 
     async def _restart(self, lost: WorkerRecord, back: asyncio.Future) -> None:
@@ -143,6 +146,8 @@ class WorkerRestarts:
         proc, drained = lost.proc, lost.left_by_plan
         try:
             while not self.closing:
+                if not drained:  # a try after the planned leave failed: lost now
+                    self.restarting_by_plan.discard(ident)
                 # A silent worker may still be running: stop it first, so its memory and device are free.
                 if not await self._gone(proc, grace_s=DRAINED_EXIT_WAIT_S if drained else 0.0):
                     return

@@ -88,7 +88,9 @@ def collect(ctl) -> None:
     m.workers.set(sum(w.ready and not w.draining for w in ws), state="ready")
     m.workers.set(sum(w.alive and w.draining for w in ws), state="draining")
     # Not the records of lost workers: a loss drops its record at once (found in review: this read 0 always).
-    m.workers.set(len(ctl.lost_workers.keys() | ctl.restarting.keys()), state="lost")
+    planned = ctl.restarting.keys() & ctl.restarting_by_plan
+    m.workers.set(len((ctl.lost_workers.keys() | ctl.restarting.keys()) - planned), state="lost")
+    m.workers.set(len(planned), state="restarting")  # left by plan (drained on SIGTERM), its first restart under way
     for w in ws:
         if w.alive and w.stats is not None:
             for role, pages in pages_by_role(w.stats, ctl.models).items():
