@@ -70,7 +70,8 @@ def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
 class LiveInstance:
     """An instance as the controller tracks it on its workers (one per rank; ``worker`` is rank 0's)."""
 
-    __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost", "refused", "activating")
+    __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost", "refused", "activating",
+                 "dedicate_again")
 
     def __init__(self, iid: str, model: str, workers: list[WorkerRecord]):
         self.iid, self.model, self.workers = iid, model, workers
@@ -83,6 +84,8 @@ class LiveInstance:
         self.rank_lost = False
         #: Its worker refused a request of it as not running the model there (refusals.not_running): the same.
         self.refused = False
+        #: Its Dedicate was refused beside a co-resident still listed there: sent again once it is alone (``sync``).
+        self.dedicate_again = False
 
     @property
     def worker(self) -> WorkerRecord:
@@ -154,6 +157,8 @@ class LiveExecutor:
                     held = (pages_for(i.kv_pages * stats.pool.page_bytes, model.kv_block_bytes)
                             if stats.pool.page_bytes > PAGE_BYTES else 0)
                     driver.set_kv(iid, **kv_counts(i.kv, model.kv_blocks_per_page, held))
+                    if inst.dedicate_again and i.shared and len(stats.instances) == 1:
+                        self._dedicate(inst)
 
     def settle(self, now_s: float) -> None:
         pass
@@ -490,14 +495,32 @@ class LiveExecutor:
         rec = self.instances.get(inst.instance_id)
         if rec is None or not rec.ready or len(rec.workers) > 1:
             return  # a tensor-parallel instance is never co-served
-        driver, iid, metrics = self.ctl.driver, inst.instance_id, self.ctl.metrics
-        k = driver.state.models[inst.model].kv_blocks_per_page
+        self._dedicate(rec)
 
-        def dedicated(r: P.KvTargetSet) -> None:
-            driver.set_kv(iid, **kv_counts(r.kv, k))
-            metrics.dedicated.inc(model=r.model)
+    def _dedicate(self, rec: LiveInstance) -> None:
+        driver, iid, metrics, w = self.ctl.driver, rec.iid, self.ctl.metrics, rec.worker
+        k = driver.state.models[rec.model].kv_blocks_per_page
+        rec.dedicate_again = False
 
-        self._fire(rec.worker, P.Dedicate(id=self.ctl.hub.next_id(), model=rec.model), on_reply=dedicated)
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled():
+                return
+            r = None if f.exception() else f.result()
+            if r is not None and not isinstance(r, P.Error):
+                driver.set_kv(iid, **kv_counts(r.kv, k))
+                metrics.dedicated.inc(model=r.model)
+                log.info("%s on %r is dedicated where it stands: KV cap %d blocks", rec.model, w, r.kv.kv_blocks_total)
+                return
+            exc = f.exception() or r.exception()
+            if isinstance(exc, WorkerLostError):
+                return  # its loss ends the instance
+            # Refused beside a co-resident whose Deactivate failed and is being sent again (found in review: sent
+            # once, the policy took the instance for dedicated while its engine kept its co-served KV share for good)
+            rec.dedicate_again = isinstance(exc, ModelStateError) and self.instances.get(iid) is rec
+            log.warning("Dedicate of %s on %r failed: %s%s", rec.model, w, exc,
+                        "; sent again once it runs alone there" if rec.dedicate_again else "")
+
+        self.ctl.hub.start_call(w, P.Dedicate(id=self.ctl.hub.next_id(), model=rec.model)).add_done_callback(done)
 
     # ---- requests ---------------------------------------------------------------------------------------
 
