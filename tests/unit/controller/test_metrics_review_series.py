@@ -23,7 +23,7 @@ def _idle_ctl():
     before each scrape, as the Controller's does."""
     ctl = NS(metrics=ControllerMetrics(), models={"a": None, "b": None},
              state=NS(queued=lambda m: 0, instances={}), instances={}, prewarms={}, hub=NS(workers={}),
-             lost_workers={}, restarting={})
+             lost_workers={}, restarting={}, restarting_by_plan=set())
     ctl.metrics.registry.collectors.append(lambda: views.collect(ctl))
     return ctl
 

@@ -24,7 +24,7 @@ def _ctl(queued: dict, instances: dict, reports: dict):
     state = NS(queued=lambda m: queued.get(m, 0),
                instances={iid: NS(model=m, in_flight=n) for iid, (m, n) in instances.items()})
     return NS(metrics=ControllerMetrics(), models={"a": None, "b": None}, state=state, instances=recs, prewarms={},
-              hub=NS(workers={}), lost_workers={}, restarting={})
+              hub=NS(workers={}), lost_workers={}, restarting={}, restarting_by_plan=set())
 
 
 def _gauges(ctl, model: str) -> tuple[float, float, float, float]:
