@@ -68,11 +68,19 @@ class ControllerModel:
 def controller_model(spec: ModelSpec) -> ControllerModel:
     path = os.path.abspath(os.path.expanduser(spec.path))
     cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
+    if os.path.isfile(path):  # found in review: a file's path was said to have no config.json in it
         raise InvalidArgumentError(
-            f"model {spec.name!r}: no checkpoint at {path} (config.json missing); run `warmserve models demo` "
-            f"for the demo models or fix the path", path=path,
-        )
+            f"model {spec.name!r}: {path} is a file, not a checkpoint directory: point at the directory that holds "
+            f"config.json, the *.safetensors and tokenizer.json ({os.path.dirname(path)}?)", path=path)
+    if not os.path.isfile(cfg_path):
+        # `--model NAME=PATH` (the order other servers' flags take) named the checkpoint after its folder and
+        # looked for it under the name (found in review: the error named neither the flag nor the swap)
+        swapped = os.path.isfile(os.path.join(os.path.expanduser(spec.name), "config.json"))
+        raise InvalidArgumentError(
+            f"model {spec.name!r}: no checkpoint at {path} (config.json missing); " + (
+                f"the name is the checkpoint folder: the path comes first, as --model {spec.name}="
+                f"{os.path.basename(path)} (ModelSpec(path, name=...) from Python)"
+                if swapped else "run `warmserve models demo` for the demo models or fix the path"), path=path)
     # What the workers could never run is refused here, at start, not after three failed starts per request: the
     # worker's own checks that need no tensor, on the same files (found in review: a missing shard or tensor, a
     # wrong shape, an unsupported rope or dtype passed here and every request was a 503).
@@ -85,6 +93,7 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         # a template that does not parse would fail every chat (found in review: it was parsed at the first one)
         tokenizer.compile_chat_template()
         max_token_chars = tokenizer.max_token_chars
+        check_vocabulary(tokenizer, cfg.vocab_size)
         defaults = sampling_defaults(path)
         default_max_tokens = defaults.pop("max_tokens", None)
     except InvalidArgumentError as e:  # named, as every refusal here
@@ -111,6 +120,24 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         sampling_defaults=defaults,
         default_max_tokens=default_max_tokens,
     )
+
+
+def check_vocabulary(tokenizer, vocab_size: int) -> None:
+    """Log a WARNING naming tokenizer.json when it has ids past config.json's vocab_size, which the model has no
+    embedding row for: a request whose text encodes to one fails at the worker ("outside the vocabulary"). Found in
+    review: nothing said so at start, so another model's tokenizer looked like a model failing most requests. A
+    WARNING, not a refusal: a pad token added without resizing the embedding fails only the requests that hold it,
+    and small test checkpoints run on a larger tokenizer by design."""
+    base = tokenizer.base_vocab_size
+    added = sorted(i for i in tokenizer.added_token_ids if i >= max(vocab_size, base))
+    if base > vocab_size:
+        log.warning("%s: tokenizer.json has %d tokens, but config.json's vocab_size is %d: the tokenizer is not this "
+                    "model's (or vocab_size is wrong), and requests whose text encodes to ids %d and up fail; put the "
+                    "checkpoint's own tokenizer.json beside its weights", tokenizer.dir, base, vocab_size, vocab_size)
+    elif added:
+        log.warning("%s: tokenizer.json adds %d token(s) with ids %s past config.json's vocab_size %d, which the "
+                    "model has no embedding for: a request that holds one fails; resize the embedding (or remove the "
+                    "tokens) to use them", tokenizer.dir, len(added), added[:5], vocab_size)
 
 
 def sampling_defaults(path: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from warmserve.engine.safetensors_header import FLOAT_DTYPES, CheckpointError
 from warmserve.errors import InvalidArgumentError, register
@@ -145,10 +146,29 @@ def check_tensors(cfg, tensors: dict) -> dict[str, tuple[int, ...]]:
         if tensors[n].shape != shape:
             raise CheckpointError(f"tensor {n} has shape {list(tensors[n].shape)}, config.json implies {list(shape)}",
                                   tensor=n)
+    _check_no_layers_past(cfg.num_layers, tensors)
     # Under a tied config an lm_head.weight in the files is not read: the head is the embedding, as vLLM's loaders
     # do (such a copy is common after fine-tuning or quantisation tools). Refusing it, as this check did for a
     # while, refused valid checkpoints (found in review).
     return expected
+
+
+_LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _check_no_layers_past(num_layers: int, tensors: dict) -> None:
+    """Refuse decoder layers in the files past config.json's num_hidden_layers: the engine maps only the layers
+    the config counts, so such a checkpoint ran its first layers alone and served noise with HTTP 200 (found in
+    review: a num_hidden_layers of 4, or of true, over 8 layers of weights). vLLM's Llama loader fails on such a
+    tensor (no parameter of that name), transformers drops it with a warning."""
+    layers = {int(m.group(1)) for n in tensors if (m := _LAYER_TENSOR.match(n))}
+    past = sorted(i for i in layers if i >= num_layers)
+    if past:
+        raise CheckpointError(
+            f"checkpoint holds {len(past)} decoder layer(s) past config.json's num_hidden_layers {num_layers} "
+            f"(model.layers.{past[0]} to model.layers.{past[-1]}), which the model would run without: set "
+            f"num_hidden_layers to {past[-1] + 1} if the weights are right, or use the config.json saved with them",
+            num_hidden_layers=num_layers, layers_past=past[:10])
 
 
 def warn_if_tied_head_differs(checkpoint: str, embed, head) -> None:

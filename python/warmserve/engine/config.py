@@ -6,6 +6,7 @@ Hub carry) and transformers 5's ``rope_parameters``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -209,9 +210,16 @@ def _check_sizes(cfg: dict) -> None:
     """Refuse a size field below 1 (``SIZE_FIELDS``). Found in review: ``num_hidden_layers: -1`` (or 0) was
     accepted, and the model prewarmed (only its embeddings) and served garbage; a num_key_value_heads of 0 was read
     as num_attention_heads. A field left out or null takes its default where it is read, and one that is no number
-    is refused there."""
+    is refused there. A true or a fraction is refused too: int() made them 1 and 8 of 8.5 (found in review: a
+    num_hidden_layers of true served one layer of eight)."""
     for key, what in SIZE_FIELDS.items():
         value = cfg.get(key)
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise CheckpointError(
+                f"config.json's {key} is {json.dumps(value)}: it counts {what}, so it must be a whole number; fix "
+                "config.json (the model's own value, as its original config.json says) or download the checkpoint "
+                "again",
+                **{key: value})
         try:
             n = None if value is None else int(value)
         except (TypeError, ValueError):

@@ -96,6 +96,15 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @property
+    def base_vocab_size(self) -> int:
+        """Tokens of the tokenizer's own vocabulary, its added tokens aside."""
+        return self._tok.get_vocab_size(with_added_tokens=False)
+
+    @property
+    def added_token_ids(self) -> list[int]:
+        return list(self._tok.get_added_tokens_decoder())
+
+    @property
     def max_token_chars(self) -> int:
         """Most characters one token stands for: the longest vocabulary entry (byte-level entries are one
         character per byte, so at least as long as the text they decode to). Computed once."""
