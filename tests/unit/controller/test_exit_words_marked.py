@@ -46,3 +46,20 @@ def test_a_process_that_had_ended_is_not_marked_as_the_controllers_kill():
     kill_marked(p)
     p.wait(10)
     assert exit_words(p).startswith("killed by SIGKILL (the kernel's OOM killer")
+
+
+def test_a_process_killed_from_elsewhere_and_still_exiting_is_not_marked():
+    """Found in a soak: a worker SIGKILLed from elsewhere with a large pool mapped takes a while to exit, and the
+    controller's kill came while it still read as running (4 of 6 outside kills logged as the controller's). Here
+    the kill lands while the process holds 512 MiB of touched memory, and the controller's follows at once: a SIGKILL
+    pending or an exit under way is no process of the controller's to kill."""
+    import os
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-c", "import sys, time; b = bytearray(512 << 20); "
+                          "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    os.kill(p.pid, signal.SIGKILL)
+    kill_marked(p)
+    p.wait(10)
+    assert exit_words(p).startswith("killed by SIGKILL (the kernel's OOM killer")
