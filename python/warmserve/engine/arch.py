@@ -144,13 +144,23 @@ def check_tensors(cfg, tensors: dict) -> dict[str, tuple[int, ...]]:
                               tensors=unloadable[:10])
     for n, shape in expected.items():
         if tensors[n].shape != shape:
-            raise CheckpointError(f"tensor {n} has shape {list(tensors[n].shape)}, config.json implies {list(shape)}",
-                                  tensor=n)
+            raise CheckpointError(f"tensor {n} has shape {list(tensors[n].shape)}, config.json implies {list(shape)}"
+                                  f"{_shape_hint(cfg, n)}", tensor=n)
     _check_no_layers_past(cfg.num_layers, tensors)
     # Under a tied config an lm_head.weight in the files is not read: the head is the embedding, as vLLM's loaders
     # do (such a copy is common after fine-tuning or quantisation tools). Refusing it, as this check did for a
     # while, refused valid checkpoints (found in review).
     return expected
+
+
+def _shape_hint(cfg, name: str) -> str:
+    """What config.json sets a mismatched tensor's rows by, for the K and V projections: found in review, a config
+    without num_key_value_heads (read as num_attention_heads, as transformers does) failed on k_proj's shape with no
+    word of the key."""
+    if not name.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
+        return ""
+    return (f" (its rows are num_key_value_heads {cfg.num_kv_heads} x head_dim {cfg.head_dim}: check "
+            f"num_key_value_heads, which is num_attention_heads where config.json leaves it out)")
 
 
 _LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.")

@@ -134,3 +134,14 @@ def test_a_name_and_path_given_the_wrong_way_round_are_named_so(tmp_path):
         controller_model(ModelSpec(path=str(tmp_path / "llama"), name=spec.path))
     with pytest.raises(InvalidArgumentError, match="run `warmserve models demo`"):  # a name that is no folder
         controller_model(ModelSpec(path=str(tmp_path / "llama"), name="llama"))
+
+
+def test_a_config_without_num_key_value_heads_over_grouped_kv_weights_names_the_key(tmp_path):
+    """Found in review: left out, num_key_value_heads is num_attention_heads (as transformers reads it), and a GQA
+    checkpoint's k_proj then failed on its shape with no word of the key."""
+    weights = dict(TINY, vocab_size=8192)
+    cfg = {k: v for k, v in weights.items() if k != "num_key_value_heads"}
+    with pytest.raises(CheckpointError, match=r"k_proj.weight has shape \[32, 64\], config.json implies \[64, 64\] "
+                                              r"\(its rows are num_key_value_heads 2 x head_dim 32: check "
+                                              r"num_key_value_heads"):
+        controller_model(_checkpoint(tmp_path, "gqa", cfg, weights_config=weights))
