@@ -34,6 +34,7 @@ from typing import Callable
 from warmserve.config import ClusterConfig, memory_gib_arg, with_worker_page_bytes, worker_cache_args
 from warmserve.controller import ray_connect
 from warmserve.controller.controller import Controller, check_tp_fits
+from warmserve.controller.hub_sockets import remote_curve_hint
 from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths, ray_error_line
 from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, RayUnresponsiveError, WorkerSlot,
                                           check_fits, connect_address, node_key, plan_slots)
@@ -41,6 +42,7 @@ from warmserve.controller.ray_threads import in_daemon_thread as _in_daemon_thre
 from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
+from warmserve.security import take_key_files
 
 log = logging.getLogger("warmserve.controller")
 
@@ -368,11 +370,13 @@ class RayLauncher:
         return self._record(proc)
 
     def _start_actor(self, slot: WorkerSlot, connect: str, *, memory_bytes: int, heartbeat_interval_s: float,
-                     log_dir: str | None = None, curve: tuple[str, str] | None = None,
+                     log_dir: str | None = None, curve: tuple[bytes, bytes] | None = None,
                      page_bytes: int = 2 << 20, extra_args: tuple[str, ...] = ()) -> RayWorkerProcess:
-        """Ray's part of ``spawn``. Raises RayNodeGoneError when the slot's node is no longer alive (an actor pinned
-        there waits for its bundle for ever) in the node table read now (found in review: the one read every
-        NODE_REFRESH_S showed a node just dead alive), or when Ray does not answer within NODES_READ_S, the last."""
+        """Ray's part of ``spawn``; ``curve``: the contents of the controller's public certificate and the worker's
+        secret one (``take_key_files``), handed to the actor. Raises RayNodeGoneError when the slot's node is no
+        longer alive (an actor pinned there waits for its bundle for ever) in the node table read now (found in
+        review: the one read every NODE_REFRESH_S showed a node just dead alive), or when Ray does not answer within
+        NODES_READ_S, the last."""
         if not self._read_nodes_within(NODES_READ_S):
             log.warning("Ray's node table did not come within %g s (is its head, the GCS, down?): worker %s is "
                         "started by the table read %.1f s ago", NODES_READ_S, slot.worker_id,
@@ -395,16 +399,13 @@ class RayLauncher:
         if not gpu:
             argv += ["--memory-gib", memory_gib_arg(memory_bytes), "--threads", str(slot.threads)]
             env = {"OMP_NUM_THREADS": str(slot.threads), "CUDA_VISIBLE_DEVICES": ""}
-        keys = None
-        if curve is not None:
-            keys = tuple(_read(path) for path in curve)
         log_path = os.path.join(log_dir, f"{slot.worker_id}.log") if log_dir else None
         actor = _actor_class().options(
             num_cpus=slot.num_cpus, num_gpus=1 if gpu else 0, max_restarts=0,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.groups[slot.node.node_id],
                                                                  placement_group_bundle_index=slot.bundle),
         ).remote()
-        return RayWorkerProcess(actor, actor.run.remote(argv, env, keys, log_path), slot, self.node_alive, log_path,
+        return RayWorkerProcess(actor, actor.run.remote(argv, env, curve, log_path), slot, self.node_alive, log_path,
                                 self.connection)
 
     def _record(self, proc: RayWorkerProcess) -> RayWorkerProcess:
@@ -503,11 +504,6 @@ def check_planned(slots: list[WorkerSlot], n_nodes: int, models, cpu_workers: in
         check_tp_fits(models, min(max(per_node.values()), MAX_GPUS_PER_SERVER))
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, history=None,
                             log_dir: str | None = None) -> Controller:
     """Connect to the Ray cluster at ``ray_address`` ("auto" or None: the one this machine belongs to), start the
@@ -539,6 +535,15 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
         endpoint = await controller.start()
         nodes = launcher.alive_nodes()
         connect = connect_address(endpoint, launcher.driver_ip, nodes)
+        if cfg.remote_workers:
+            # As the local launch does: say how to start them, and refuse at once (no wait) when no key of --curve-dir
+            # lets them in (found in review: with Ray it only warned, then waited out worker_start_timeout_s).
+            keys = (remote_curve_hint(cfg.controller.curve_dir, controller.hub.local_curve[0], cfg.remote_workers)
+                    if cfg.controller.curve_dir else "")
+            log.warning("waiting up to %g s for %d remote worker(s): start each with `warmserve worker --controller "
+                        "%s%s`", cfg.worker_start_timeout_s, cfg.remote_workers, connect, keys)
+        # Read once, then off the disk (security.take_key_files says why); every actor, restarts too, gets these.
+        curve = take_key_files(controller.hub.local_curve)
         slots = plan_slots(nodes, cpu_workers=cfg.cpu_workers, cpu_worker_threads=cfg.cpu_worker_threads,
                            tag=launcher.tag)
         check_planned(slots, len(nodes), models, cfg.cpu_workers, cfg.remote_workers)
@@ -555,7 +560,7 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
             spawn = controller.local_spawn[ident] = functools.partial(
                 launcher.spawn, slot, connect, memory_bytes=mem,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
-                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes,
+                curve=curve, page_bytes=cfg.worker_page_bytes,
                 extra_args=worker_cache_args(cfg))
             # What restarts await (WorkerRestarts._start_process): the start with Ray's calls off the event loop.
             spawn.off_loop = functools.partial(launcher.spawn_off_loop, *spawn.args, **spawn.keywords)
