@@ -3,22 +3,28 @@ worker would (each test scripts how it answers), a child process to stand for a 
 controller with fast ticks, and the demo model's description."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import zmq
 import zmq.asyncio
 
+from warmserve import _C
 from warmserve import protocol as P
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec, default_demo_dir
 from warmserve.controller.controller import Controller
 from warmserve.errors import CancelledError, InvalidArgumentError, ModelStateError, UnknownModelError, WarmServeError
+from warmserve.memory import PagePool
 from warmserve.policy.config import policy_config_from_dict
+from warmserve.worker.core import WorkerCore
+from warmserve.worker.server import WorkerServer
 
 MODEL = "llama-20m"
 
@@ -341,6 +347,24 @@ def make_controller(model, policy_options=(), worker_page_bytes: int = 2 << 20, 
     extra = {} if engine is None else {"engine": engine}  # an EngineConfig: what every Activate carries
     return Controller(ClusterConfig(models=(model.spec,), controller=cc, worker_page_bytes=worker_page_bytes, **extra),
                       [model])
+
+
+@contextlib.contextmanager
+def in_process_worker(endpoint: str, pool_bytes: int, worker_id: str = "host-1-cpu0"):
+    """A real WorkerCore and WorkerServer over ZeroMQ, serving the controller at ``endpoint`` from a thread of this
+    process, so that a test can inject faults into its pool (``_C._debug_fail_after``); on the way out the faults
+    are reset and the worker stopped."""
+    pool = PagePool(pool_bytes, prefault=False, page_bytes=2 << 20)
+    core = WorkerCore(pool, device="cpu", worker_id=worker_id, emit=lambda peer, msg: None)
+    srv = WorkerServer(core, controller=endpoint, heartbeat_interval_s=0.05)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield core
+    finally:
+        _C._debug_fail_after("protect_hard", 0)
+        core.stopping = True
+        t.join(10)
 
 
 def run(coro):

@@ -7,20 +7,15 @@ refused. Now the Deactivate is sent again (executor.DEACTIVATE_TRIES, with a bac
 meanwhile are evicted once it succeeds, a worker that refuses every try is admitted again (hub.rejoin: its admission
 deactivates what it runs), and the repair deactivates an untracked running copy before its Evict."""
 
-import threading
-
 from warmserve import _C
 from warmserve import protocol as P
 from warmserve.config import ModelSpec
 from warmserve.controller import executor as X
 from warmserve.controller.models import controller_model
 from warmserve.errors import DriverError, ModelStateError
-from warmserve.memory import PagePool
 from warmserve.policy import actions as A
-from warmserve.worker.core import WorkerCore
-from warmserve.worker.server import WorkerServer
 
-from controller_harness import MODEL, TablePeer, demo_path, make_controller, run, until
+from controller_harness import MODEL, TablePeer, demo_path, in_process_worker, make_controller, run, until
 
 
 def _stop_and_drop(c, iid: str) -> None:
@@ -38,31 +33,24 @@ def test_a_deactivate_whose_unmap_fails_on_a_real_worker_is_sent_again_and_the_g
     async def main():
         c = make_controller(model)
         ep = await c.start()
-        pool = PagePool(512 << 20, prefault=False, page_bytes=2 << 20)
-        core = WorkerCore(pool, device="cpu", worker_id="host-1-cpu0", emit=lambda peer, msg: None)
-        srv = WorkerServer(core, controller=ep, heartbeat_interval_s=0.05)
-        t = threading.Thread(target=srv.serve_forever, daemon=True)
-        t.start()
-        try:
-            assert await until(lambda: sum(w.ready for w in c.gpu_workers) >= 1, 10)
-            w = c.gpu_workers[0]
-            c.driver.apply(A.StartInstance("i-1", MODEL, (w.gpu_id,)), c.now_s())
-            assert await until(lambda: "i-1" in c.state.instances and c.state.instances["i-1"].ready, 30)
-            _C._debug_fail_after("protect_hard", 2)
-            _stop_and_drop(c, "i-1")
-            # the worker ends as the driver thinks: nothing running, the dropped weights evicted
-            assert await until(lambda: w.stats is not None and not w.stats.instances and not w.stats.models, 5), (
-                f"worker: instances {[i.name for i in w.stats.instances]}, "
-                f"models {[(m.name, m.state) for m in w.stats.models]}; the driver holds nothing there")
-            assert w.alive and c.gpu_workers == [w]  # healed by the retry: not admitted again
-            _C._debug_fail_after("protect_hard", 0)
-            c.driver.apply(A.StartInstance("i-2", MODEL, (w.gpu_id,)), c.now_s())
-            assert await until(lambda: "i-2" in c.state.instances and c.state.instances["i-2"].ready, 15)
-        finally:
-            _C._debug_fail_after("protect_hard", 0)
-            await c.close(drain=False)
-            core.stopping = True
-            t.join(10)
+        with in_process_worker(ep, 512 << 20):
+            try:
+                assert await until(lambda: sum(w.ready for w in c.gpu_workers) >= 1, 10)
+                w = c.gpu_workers[0]
+                c.driver.apply(A.StartInstance("i-1", MODEL, (w.gpu_id,)), c.now_s())
+                assert await until(lambda: "i-1" in c.state.instances and c.state.instances["i-1"].ready, 30)
+                _C._debug_fail_after("protect_hard", 2)
+                _stop_and_drop(c, "i-1")
+                # the worker ends as the driver thinks: nothing running, the dropped weights evicted
+                assert await until(lambda: w.stats is not None and not w.stats.instances and not w.stats.models, 5), (
+                    f"worker: instances {[i.name for i in w.stats.instances]}, "
+                    f"models {[(m.name, m.state) for m in w.stats.models]}; the driver holds nothing there")
+                assert w.alive and c.gpu_workers == [w]  # healed by the retry: not admitted again
+                _C._debug_fail_after("protect_hard", 0)
+                c.driver.apply(A.StartInstance("i-2", MODEL, (w.gpu_id,)), c.now_s())
+                assert await until(lambda: "i-2" in c.state.instances and c.state.instances["i-2"].ready, 15)
+            finally:
+                await c.close(drain=False)
 
     run(main())
 
