@@ -10,7 +10,6 @@ import time
 from collections import Counter
 
 import zmq
-import zmq.auth
 
 from warmserve.endpoints import remove_ipc_file
 from warmserve.errors import InvalidArgumentError
@@ -27,22 +26,122 @@ HANDSHAKE_LOG_EVERY_S = 60.0
 KEY_CLASH_LOG_EVERY_S = 60.0
 
 
-def release_curve(auth, curve_tmp: str | None) -> None:
+def release_curve(auth, curve_keys: LocalCurveKeys | None) -> None:
     if auth is not None:
         auth.stop()
-    if curve_tmp is not None:
-        import shutil
-
-        shutil.rmtree(curve_tmp, ignore_errors=True)
+    if curve_keys is not None:
+        curve_keys.close()
 
 
-def finalize_hub(sock, ctx, auth, curve_tmp: str | None, bound: str, handshakes=None) -> None:
+def finalize_hub(sock, ctx, auth, curve_keys: LocalCurveKeys | None, bound: str, handshakes=None) -> None:
     """A hub's close: the authenticator and the handshake monitor first, since ctx.term() waits for every socket of
     the context, theirs among them."""
-    release_curve(auth, curve_tmp)
+    release_curve(auth, curve_keys)
     if handshakes is not None:
         handshakes.close()
     close_sock(sock, ctx, bound)
+
+
+class LocalCurveKeys:
+    """The certificates of the local workers a CURVE controller starts (the controller's public one, the workers'
+    secret one), kept in memory and written to files in a temp dir of mode 0700 (the files 0600) whenever a worker is
+    started (``paths``), since a local worker takes them as --curve-server-key/--curve-secret-key paths. Found in
+    review: written once at the start, a temp cleaner's sweep of a long-running server's /tmp made every later restart
+    of a local worker fail for ever. They are taken off the disk once each local worker started (``started``) has
+    said Hello (``heard``), having read them, or has exited: a controller killed with SIGKILL leaves no secret key
+    behind, unless it is killed while a local worker starts (found in review: left in $TMPDIR for good)."""
+
+    SERVER, SECRET = "server.key", "local.key_secret"
+
+    def __init__(self, server_public: bytes, local_secret: bytes, local_public: bytes):
+        import threading
+
+        self._contents = {self.SERVER: server_public, self.SECRET: local_secret}
+        self._local_public = local_public.decode("ascii")  # Z85, as the authenticator's User-Id says it
+        #: Pids of the local workers started that have not said Hello yet: each may still have to read the files.
+        self._starting: set[int] = set()
+        self._lock = threading.Lock()  # a starter may run off the event loop (restarts.py's threaded spawns)
+        self._closed = False
+        #: The temp dir the files are in now (None: none written, or dropped).
+        self.dir: str | None = None
+
+    def paths(self) -> tuple[str, str]:
+        """(--curve-server-key, --curve-secret-key) paths, both files there now: written again, in a fresh temp dir,
+        when either is gone (or was dropped)."""
+        import tempfile
+
+        with self._lock:
+            if self._closed:  # written now, they would outlive the hub: nothing would remove them
+                raise InvalidArgumentError("the controller's worker socket is closed: no local worker can be started "
+                                           "with its CURVE keys; start the controller again", closed=True)
+            if self.dir is not None and all(os.path.isfile(os.path.join(self.dir, n)) for n in self._contents):
+                return self._files(self.dir)
+            if self.dir is not None:
+                log.warning("the local workers' CURVE key files in %s are gone (a temp cleaner?): written again in "
+                            "a fresh temp dir", self.dir)
+                self._remove()
+            tmp = tempfile.mkdtemp(prefix="warmserve-curve-")  # mode 0700: the local workers' secret key is in it
+            try:
+                for name, data in self._contents.items():
+                    # 0600 from the start: the local workers warn of a key others can read, and none ever can here
+                    fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+            except BaseException:
+                _rmtree(tmp)
+                raise
+            self.dir = tmp
+            return self._files(tmp)
+
+    def started(self, pid: int) -> None:
+        """A local worker was started with ``paths()``: the files stay until it said Hello (or is gone)."""
+        with self._lock:
+            self._starting.add(pid)
+
+    def heard(self, key: str, pid: int) -> None:
+        """A Hello under CURVE public key ``key`` (Z85) from process ``pid``: a local worker's means it read the files.
+        Once no local worker started is still to say Hello (those that exited do not count), the files go."""
+        if key != self._local_public:  # a remote worker's pid says nothing of the local ones
+            return
+        with self._lock:
+            self._starting.discard(pid)
+            self._starting = {p for p in self._starting if _pid_alive(p)}
+            if not self._starting:
+                self._remove()
+
+    def drop_files(self) -> None:
+        """Take the files off the disk now; ``paths`` writes them again."""
+        with self._lock:
+            self._remove()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._remove()
+
+    def _files(self, tmp: str) -> tuple[str, str]:
+        return os.path.join(tmp, self.SERVER), os.path.join(tmp, self.SECRET)
+
+    def _remove(self) -> None:
+        if self.dir is not None:
+            _rmtree(self.dir)
+            self.dir = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: a pid reused since, so this worker is gone
+        return False
+    return True
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class HandshakeWatch:
@@ -182,35 +281,38 @@ def remote_curve_hint(curve_dir: str, server_cert: str, remote_workers: int) -> 
 def curve_server_of(ctx, sock, curve_dir: str):
     """CURVE on the ROUTER: the controller's secret key from curve_dir/server.key_secret, and only workers whose
     public keys sit in curve_dir/workers/ (read now) are let in (ZAP), plus a key pair made now for the local workers
-    this controller spawns. Returns (authenticator, local worker's secret cert, the server's public cert, temp dir):
-    both certs in the temp dir. The public one is written from server.key_secret, not taken from curve_dir/server.key,
-    which may be missing or left from an older pair (found in review: the local workers then failed the handshake,
-    unwarned)."""
-    import shutil
-    import tempfile
-
+    this controller spawns. Returns (authenticator, ``LocalCurveKeys``): the local workers' secret cert and the
+    server's public one, their files written. The public one is written from server.key_secret, not taken from
+    curve_dir/server.key, which may be missing or left from an older pair (found in review: the local workers then
+    failed the handshake, unwarned)."""
     secret = os.path.join(curve_dir, "server.key_secret")
     if not os.path.isfile(secret):  # typed, as a malformed one is (found in review: a bare FileNotFoundError)
+        # A directory (or other non-file) there is named as such: found in review, it was reported "missing".
+        state = "is missing" if not os.path.exists(secret) else "is not a file"
         raise InvalidArgumentError(
-            f"CURVE is on but {secret} is missing: create keys with `python -c \"import zmq.auth; "
+            f"CURVE is on but {secret} {state}: create keys with `python -c \"import zmq.auth; "
             f"zmq.auth.create_certificates('{curve_dir}', 'server')\"` and put workers' public keys in "
             f"{curve_dir}/workers", path=secret)
     public, secret_key = load_curve_key(secret, secret=True, what="--curve-dir's server key")
     for problem in (stale_server_key(curve_dir, public), no_worker_keys(curve_dir)):
         if problem is not None:
             log.warning("%s", problem)
-    tmp = tempfile.mkdtemp(prefix="warmserve-curve-")  # mode 0700: the local workers' secret key is in it
+    local_public, local_secret = zmq.curve_keypair()
+    keys = LocalCurveKeys(_cert(public), _cert(local_public, local_secret), local_public)
     try:
-        local_pub, local_secret = zmq.auth.create_certificates(tmp, "local")
-        os.chmod(local_secret, 0o600)  # written under the umask; the local workers warn of a key others can read
-        server_public = os.path.join(tmp, "server.key")
-        with open(server_public, "w") as f:
-            f.write(f'metadata\ncurve\n    public-key = "{public.decode("ascii")}"\n')
+        keys.paths()
         auth = curve_server(ctx, sock, public, secret_key, os.path.join(curve_dir, "workers"),
-                            extra_keys=[zmq.auth.load_certificate(local_pub)[0]],
-                            what=f"worker certificate (--curve-dir {curve_dir}/workers)")
+                            extra_keys=[local_public], what=f"worker certificate (--curve-dir {curve_dir}/workers)")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # it holds a secret key made just now
+        keys.close()  # it holds a secret key made just now
         raise
-    return auth, local_secret, server_public, tmp
+    return auth, keys
 
+
+def _cert(public: bytes, secret: bytes | None = None) -> bytes:
+    """A certificate file's text as zmq.auth.load_certificate reads it (the secret key, when given, makes it a
+    .key_secret)."""
+    text = f'metadata\ncurve\n    public-key = "{public.decode("ascii")}"\n'
+    if secret is not None:
+        text += f'    secret-key = "{secret.decode("ascii")}"\n'
+    return text.encode("ascii")

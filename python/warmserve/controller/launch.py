@@ -23,7 +23,7 @@ from warmserve import __version__, protocol as P
 from warmserve.config import (ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, with_worker_page_bytes,
                               worker_cache_args)
 from warmserve.controller.controller import Controller, check_tp_fits
-from warmserve.controller.hub_sockets import remote_curve_hint
+from warmserve.controller.hub_sockets import LocalCurveKeys, remote_curve_hint
 from warmserve.controller.models import controller_model
 from warmserve.errors import GiB, InvalidArgumentError, OutOfMemoryError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
@@ -270,7 +270,7 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
             spawn = controller.local_spawn[wid.encode()] = functools.partial(
                 spawn_worker, connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
-                curve=controller.hub.local_curve, page_bytes=cfg.worker_page_bytes,
+                curve=controller.hub.curve_keys, page_bytes=cfg.worker_page_bytes,
                 extra_args=worker_cache_args(cfg), forked=cfg.fork_cpu_workers)
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
@@ -282,6 +282,8 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
             log.warning("waiting up to %g s for %d remote worker(s): start each with `warmserve worker --controller "
                         "%s%s` (this host's reachable address in place of a wildcard)", cfg.worker_start_timeout_s,
                         cfg.remote_workers, endpoint, keys)
+        if not procs and controller.hub.curve_keys is not None:  # no local worker reads them, nor says Hello
+            controller.hub.curve_keys.drop_files()
         await controller.wait_for_workers(len(devices) + cfg.remote_workers, cfg.worker_start_timeout_s,
                                           procs=[p for _, p in procs])
     except BaseException:
@@ -305,11 +307,13 @@ def with_defaults(cfg: ClusterConfig) -> ClusterConfig:
 
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
                  heartbeat_interval_s: float, log_dir: str | None = None,
-                 curve: tuple[str, str] | None = None, page_bytes: int = 2 << 20,
+                 curve: tuple[str, str] | LocalCurveKeys | None = None, page_bytes: int = 2 << 20,
                  extra_args: tuple[str, ...] = (), forked: bool = False):
     """Start `warmserve worker --controller ...` as a child that dies with this process; ``extra_args``: more
     of its flags (``config.worker_cache_args``); ``forked``: a CPU worker is forked from this process's fork
-    server (worker/forkserver.py), a Popen-like ``ForkedProcess``."""
+    server (worker/forkserver.py), a Popen-like ``ForkedProcess``; ``curve``: its (--curve-server-key,
+    --curve-secret-key) paths, or the controller's ``LocalCurveKeys``, whose files are written again when gone and
+    taken off the disk once the worker has said Hello."""
     cmd = [
         sys.executable, "-m", "warmserve", "worker", "--controller", controller,
         "--device", "cpu" if device.startswith("cpu") else device,
@@ -318,7 +322,8 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
         "--page-mib", str(page_bytes >> 20), *extra_args,
     ]
     if curve is not None:
-        cmd += ["--curve-server-key", curve[0], "--curve-secret-key", curve[1]]
+        server_key, secret_key = curve.paths() if isinstance(curve, LocalCurveKeys) else curve
+        cmd += ["--curve-server-key", server_key, "--curve-secret-key", secret_key]
     if device.startswith("cpu"):
         cmd += ["--memory-gib", memory_gib_arg(memory_bytes), "--threads", str(threads)]
     env = dict(os.environ)
@@ -336,6 +341,8 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
                                        forked=forked and device.startswith("cpu"))
         if out is not None:
             proc.log_path = out.name  # what a start error quotes (Controller.wait_for_workers)
+        if isinstance(curve, LocalCurveKeys):
+            curve.started(proc.pid)
         return proc
     finally:
         if out is not None:

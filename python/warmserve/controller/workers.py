@@ -185,9 +185,10 @@ class WorkerHub:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.auth = None
-        #: For local workers when CURVE is on: (--curve-server-key, --curve-secret-key) files.
+        #: For local workers when CURVE is on: (--curve-server-key, --curve-secret-key) files as first written, and
+        #: the keys themselves (``curve_keys.paths()``: the files now, written again if gone: hub_sockets.py).
         self.local_curve: tuple[str, str] | None = None
-        self._curve_tmp = None
+        self._curve_tmp = self.curve_keys = None
         # Whatever fails from here on (the bind, above all: a port in use) leaves nothing behind. Found in review:
         # a raw ZMQError, with the authenticator's thread, the context and a temp dir holding a fresh secret key
         # left over.
@@ -203,9 +204,8 @@ class WorkerHub:
             if is_ipv6_endpoint(bind):
                 self.sock.setsockopt(zmq.IPV6, 1)
             if curve_dir:
-                self.auth, local_secret, server_public, self._curve_tmp = curve_server_of(self.ctx, self.sock,
-                                                                                          curve_dir)
-                self.local_curve = (server_public, local_secret)
+                self.auth, self.curve_keys = curve_server_of(self.ctx, self.sock, curve_dir)
+                self.local_curve, self._curve_tmp = self.curve_keys.paths(), self.curve_keys.dir
             try:
                 self.sock.bind(bind)
             except zmq.ZMQError as e:
@@ -247,7 +247,7 @@ class WorkerHub:
         # Through a module-level function holding no reference to the hub, so that a hub dropped without close()
         # is still collected and cleaned up (found in review: the context was terminated with the authenticator's
         # socket open, which hung the process when collected or at exit, and the temp dir with its key was left).
-        self._finalizer = weakref.finalize(self, finalize_hub, self.sock, self.ctx, self.auth, self._curve_tmp,
+        self._finalizer = weakref.finalize(self, finalize_hub, self.sock, self.ctx, self.auth, self.curve_keys,
                                            self.endpoint, self.handshakes)
 
     def next_id(self) -> int:
@@ -369,6 +369,8 @@ class WorkerHub:
             return
         w, now = self.workers.get(ident), time.monotonic()
         if isinstance(msg, P.Hello):
+            if self.curve_keys is not None:  # a local worker's Hello: it read its key files (hub_sockets.py)
+                self.curve_keys.heard(key, msg.pid)
             self._told_rejoin.pop(ident, None)
             self._left_draining.discard(ident)
             self._intervals[ident] = msg.heartbeat_interval_s
@@ -589,5 +591,5 @@ class WorkerHub:
 
     def _release(self) -> None:
         """Stop the authenticator and remove the local workers' keys (a constructor that failed)."""
-        release_curve(self.auth, self._curve_tmp)
+        release_curve(self.auth, self.curve_keys)
         self.auth = self._curve_tmp = None
