@@ -154,8 +154,11 @@ class Engine(PoolNeighbours):
                     output_token_ids=()) -> None:
         """Queue a request. ``output_token_ids``: tokens it generated already (a resumption elsewhere): they are
         its output so far (max_tokens, penalties and stop ids count them), recomputed with the prompt as a
-        preempted sequence is, and not reported again. Greedy and seeded sampling continue exactly as they would
-        have (a seeded draw depends on the seed and the token's index only: sampler.draw_seed)."""
+        preempted sequence is, and not reported again. Seeded sampling goes on with the draws it would have made
+        (a draw depends on the seed and the token's index only: sampler.draw_seed); the recomputed prefill's logits
+        are about 1e-6 off the decode's, so a draw that close to a boundary can pick another token after the resume
+        point (found in review: 1 of 10 seeds live), and greedy output stays the same unless its top two are as close.
+        """
         self._check_open()
         # Before any use of them (found in review: a dict failed with "'dict' object has no attribute
         # 'max_tokens_defaulted'", {} ran with the defaults, a list id with "unhashable type: 'list'")

@@ -5,7 +5,8 @@ of the chosen tokens and their top alternatives.
 A seeded request's draws come from a generator only it uses, one draw per token: the sampler gives a row the
 same token whatever else is in its batch, given the same logits. Draw k is seeded from the request's seed and k
 alone (``draw_seed``), so a request resumed elsewhere after k tokens (protocol.Generate.output_ids) goes on with
-draw k, the tokens it would have given unmoved, instead of repeating its first draws. The logits themselves are
+draw k, the tokens it would have given unmoved given the same logits, instead of repeating its first draws (its
+prefill of prompt and tokens gives logits about 1e-6 off the decode's, as a batch does below). The logits are
 not batch-invariant (as in vLLM without its batch-invariant kernels): a batch of 12 sums a row's matmuls in
 another order than a batch of 1, about 1e-6 apart on CPU, so a seeded draw that falls that close to a boundary
 of the cumulative probabilities can pick another token beside other requests (found in review: 1 of 6 seeded
