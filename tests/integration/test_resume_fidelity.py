@@ -65,14 +65,20 @@ def _same_shape(got, want, params: SamplingParams) -> None:
         assert tok not in lp.top_ids or abs(lp.top_logprobs[lp.top_ids.index(tok)] - lp.logprob) < 1e-4
 
 
+def _fault_free_then_killed(c, prompt: str, params: SamplingParams):
+    """(fault-free output, resumed output, its request): the same request run whole, then with its worker killed;
+    both of the same shape (``_same_shape``)."""
+    _wait_ready(c)
+    want = c.generate(MODEL, prompt, params=params)
+    _wait_ready(c)
+    got, req = _killed_midway(c, prompt, params)
+    _same_shape(got, want, params)
+    return want, got, req
+
+
 def test_a_greedy_request_resumed_after_a_kill_matches_a_fault_free_run(cluster):
-    prompt = "a story that goes on after its worker dies"
-    _wait_ready(cluster)
-    want = cluster.generate(MODEL, prompt, params=GREEDY)
-    _wait_ready(cluster)
-    got, req = _killed_midway(cluster, prompt, GREEDY)
+    want, got, req = _fault_free_then_killed(cluster, "a story that goes on after its worker dies", GREEDY)
     assert req.reroutes == 1 and cluster.controller.metrics.resumed.get(model=MODEL, why="worker_lost") >= 1
-    _same_shape(got, want, GREEDY)
     assert got.token_ids == want.token_ids and got.text == want.text
     # The logprobs at the resume point come from the second instance: the same values, none shifted by one.
     assert max(abs(a.logprob - b.logprob) for a, b in zip(got.logprobs, want.logprobs)) < 1e-3
@@ -80,11 +86,6 @@ def test_a_greedy_request_resumed_after_a_kill_matches_a_fault_free_run(cluster)
 
 
 def test_a_seeded_request_resumed_after_a_kill_keeps_one_logprob_per_token_and_its_usage(cluster):
-    prompt = "a seeded story that goes on after its worker dies"
-    _wait_ready(cluster)
-    want = cluster.generate(MODEL, prompt, params=SEEDED)
-    _wait_ready(cluster)
-    got, _ = _killed_midway(cluster, prompt, SEEDED)
-    _same_shape(got, want, SEEDED)
+    want, got, _ = _fault_free_then_killed(cluster, "a seeded story that goes on after its worker dies", SEEDED)
     # Up to the resume point the tokens are the first instance's own, so they are the fault-free run's.
     assert got.token_ids[:12] == want.token_ids[:12]
