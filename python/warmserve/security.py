@@ -216,28 +216,3 @@ def curve_bind_server(ctx, sock, secret_key: str | None, clients_dir: str):
     public, secret = load_curve_key(secret_key, secret=True, what="--curve-secret-key")
     return curve_server(ctx, sock, public, secret, clients_dir, what="--curve-clients-dir certificate")
 
-
-def take_key_files(paths: tuple[str, ...] | None) -> tuple[bytes, ...] | None:
-    """The contents of the key files ``paths`` (None: None), read once, the files then removed: the Ray launcher
-    hands the controller's local-worker certificates (``hub.local_curve``, in the hub's temp dir) to every actor from
-    memory. Found in review: read anew at each actor's start, a restart after the files went (a temp cleaner's
-    sweep of a long-running server's /tmp) failed for ever with a bare FileNotFoundError; and kept on disk for the
-    controller's life, they were left there, a secret key among them, by a controller killed with SIGKILL."""
-    if paths is None:
-        return None
-    keys = []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                keys.append(f.read())
-        except OSError as e:
-            raise InvalidArgumentError(
-                f"the CURVE key file {path}, made by the controller at its start, cannot be read ({e.strerror}): "
-                f"something removed it or its folder; give TMPDIR a folder that no one else cleans and start again",
-                path=path) from None
-    for path in paths:
-        try:
-            os.unlink(path)
-        except OSError:  # gone already: nothing of it left on disk, which is what is wanted
-            pass
-    return tuple(keys)

@@ -93,6 +93,13 @@ class LocalCurveKeys:
             self.dir = tmp
             return self._files(tmp)
 
+    def take(self) -> tuple[bytes, bytes]:
+        """The (server public, local secret) certificates' contents, their files taken off the disk: for a launcher
+        that hands them to its workers itself (the Ray actors, restarts too), so none waits on the files."""
+        with self._lock:
+            self._remove()
+            return self._contents[self.SERVER], self._contents[self.SECRET]
+
     def started(self, pid: int) -> None:
         """A local worker was started with ``paths()``: the files stay until it said Hello (or is gone)."""
         with self._lock:

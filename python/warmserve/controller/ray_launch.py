@@ -42,7 +42,6 @@ from warmserve.controller.ray_threads import in_daemon_thread as _in_daemon_thre
 from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
 from warmserve.policy.placement import MAX_GPUS_PER_SERVER
-from warmserve.security import take_key_files
 
 log = logging.getLogger("warmserve.controller")
 
@@ -373,7 +372,7 @@ class RayLauncher:
                      log_dir: str | None = None, curve: tuple[bytes, bytes] | None = None,
                      page_bytes: int = 2 << 20, extra_args: tuple[str, ...] = ()) -> RayWorkerProcess:
         """Ray's part of ``spawn``; ``curve``: the contents of the controller's public certificate and the worker's
-        secret one (``take_key_files``), handed to the actor. Raises RayNodeGoneError when the slot's node is no
+        secret one (``LocalCurveKeys.take``), handed to the actor. Raises RayNodeGoneError when the slot's node is no
         longer alive (an actor pinned there waits for its bundle for ever) in the node table read now (found in
         review: the one read every NODE_REFRESH_S showed a node just dead alive), or when Ray does not answer within
         NODES_READ_S, the last."""
@@ -542,8 +541,10 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
                     if cfg.controller.curve_dir else "")
             log.warning("waiting up to %g s for %d remote worker(s): start each with `warmserve worker --controller "
                         "%s%s`", cfg.worker_start_timeout_s, cfg.remote_workers, connect, keys)
-        # Read once, then off the disk (security.take_key_files says why); every actor, restarts too, gets these.
-        curve = take_key_files(controller.hub.local_curve)
+        # From memory, the files off the disk: found in review, actors read them at each start, so a restart after a
+        # temp cleaner's sweep failed for ever, and a controller killed with SIGKILL left the secret key on disk.
+        # Every actor, restarts too, gets these.
+        curve = controller.hub.curve_keys.take() if controller.hub.curve_keys is not None else None
         slots = plan_slots(nodes, cpu_workers=cfg.cpu_workers, cpu_worker_threads=cfg.cpu_worker_threads,
                            tag=launcher.tag)
         check_planned(slots, len(nodes), models, cfg.cpu_workers, cfg.remote_workers)

@@ -120,3 +120,15 @@ def test_a_controller_with_no_local_worker_keeps_no_local_key_on_disk_while_it_w
         asyncio.run(main())
     assert waiting and all(entries == [] for entries in waiting), waiting
     assert os.listdir(private_tmp) == []
+
+
+def test_the_keys_taken_for_a_launcher_are_the_files_and_leave_none_on_disk(tmp_path, private_tmp):
+    """What the Ray launcher hands its actors (``LocalCurveKeys.take``): the certificates the files held, read from
+    memory, the files then off the disk (a restart does not wait on them; a SIGKILLed controller leaves none)."""
+    hub = _hub(curve_dir(tmp_path))
+    try:
+        want = tuple(open(p, "rb").read() for p in hub.local_curve)
+        assert hub.curve_keys.take() == want
+        assert _on_disk(private_tmp) == [] and os.listdir(private_tmp) == []
+    finally:
+        hub.close()
