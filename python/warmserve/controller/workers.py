@@ -188,7 +188,7 @@ class WorkerHub:
         #: For local workers when CURVE is on: (--curve-server-key, --curve-secret-key) files as first written, and
         #: the keys themselves (``curve_keys.paths()``: the files now, written again if gone: hub_sockets.py).
         self.local_curve: tuple[str, str] | None = None
-        self._curve_tmp = self.curve_keys = None
+        self.curve_keys = None
         # Whatever fails from here on (the bind, above all: a port in use) leaves nothing behind. Found in review:
         # a raw ZMQError, with the authenticator's thread, the context and a temp dir holding a fresh secret key
         # left over.
@@ -205,7 +205,7 @@ class WorkerHub:
                 self.sock.setsockopt(zmq.IPV6, 1)
             if curve_dir:
                 self.auth, self.curve_keys = curve_server_of(self.ctx, self.sock, curve_dir)
-                self.local_curve, self._curve_tmp = self.curve_keys.paths(), self.curve_keys.dir
+                self.local_curve = self.curve_keys.paths()
             try:
                 self.sock.bind(bind)
             except zmq.ZMQError as e:
@@ -586,10 +586,10 @@ class WorkerHub:
         # has run its cancellation, and a reader left on a closed (and reusable) descriptor outlives the socket.
         if self._loop is not None and not self.sock.closed and not self._loop.is_closed():
             self._loop.remove_reader(self._fd)
-        self.auth = self._curve_tmp = None  # the finalizer stops and removes them
+        self.auth = None  # the finalizer stops it and removes the keys
         self._finalizer()
 
     def _release(self) -> None:
         """Stop the authenticator and remove the local workers' keys (a constructor that failed)."""
         release_curve(self.auth, self.curve_keys)
-        self.auth = self._curve_tmp = None
+        self.auth = None

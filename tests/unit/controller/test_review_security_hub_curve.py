@@ -43,7 +43,7 @@ _DROP = textwrap.dedent("""
     tempfile.tempdir = sys.argv[2]
     from warmserve.controller.workers import WorkerHub
     h = WorkerHub("tcp://127.0.0.1:0", on_hello=None, on_event=None, on_lost=None, curve_dir=sys.argv[1])
-    tmp = h._curve_tmp
+    tmp = h.curve_keys.dir
     assert os.path.exists(os.path.join(tmp, "local.key_secret"))
     if sys.argv[3] == "del":
         del h
@@ -79,7 +79,7 @@ def test_close_then_collect_is_still_clean(tmp_path, monkeypatch):
     assert hub.auth is not None and len(os.listdir(private_tmp)) == 1
     hub.close()
     hub.close()  # twice: nothing stopped twice
-    assert hub.auth is None and hub._curve_tmp is None
+    assert hub.auth is None and hub.curve_keys.dir is None
     del hub
     assert os.listdir(private_tmp) == []
     assert set(threading.enumerate()) - threads == set()
