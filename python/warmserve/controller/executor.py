@@ -47,8 +47,9 @@ def kv_counts(kv: P.KvStats, blocks_per_page: int = 1, held_blocks: int = 0) -> 
             "wanted": kv.kv_blocks_wanted}
 
 
-def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
-    """Send a control request whose answer only matters if it is an error (logged) or carries state."""
+def fire(hub, w: WorkerRecord, msg, on_reply=None, on_error=None) -> None:
+    """Send a control request whose answer only matters if it is an error (logged, then given to ``on_error``
+    unless its worker was lost: the loss ends what it was for) or carries state (given to ``on_reply``)."""
     fut = hub.start_call(w, msg)
 
     def done(f):
@@ -61,6 +62,8 @@ def fire(hub, w: WorkerRecord, msg, on_reply=None) -> None:
         if exc is not None:
             if not isinstance(exc, WorkerLostError):
                 log.warning("%s on %r failed: %s", type(msg).__name__, w, exc)
+                if on_error is not None:
+                    on_error(exc)
         elif on_reply is not None:
             on_reply(reply)
 
@@ -138,8 +141,8 @@ class LiveExecutor:
             if w is not None and w.alive:
                 self._fire(w, P.Evict(id=self.ctl.hub.next_id(), name=model))
 
-    def _fire(self, w: WorkerRecord, msg, on_reply=None) -> None:
-        fire(self.ctl.hub, w, msg, on_reply)
+    def _fire(self, w: WorkerRecord, msg, on_reply=None, on_error=None) -> None:
+        fire(self.ctl.hub, w, msg, on_reply, on_error)
 
     # ---- the tick ---------------------------------------------------------------------------------------
 
@@ -502,25 +505,19 @@ class LiveExecutor:
         k = driver.state.models[rec.model].kv_blocks_per_page
         rec.dedicate_again = False
 
-        def done(f: asyncio.Future) -> None:
-            if f.cancelled():
-                return
-            r = None if f.exception() else f.result()
-            if r is not None and not isinstance(r, P.Error):
-                driver.set_kv(iid, **kv_counts(r.kv, k))
-                metrics.dedicated.inc(model=r.model)
-                log.info("%s on %r is dedicated where it stands: KV cap %d blocks", rec.model, w, r.kv.kv_blocks_total)
-                return
-            exc = f.exception() or r.exception()
-            if isinstance(exc, WorkerLostError):
-                return  # its loss ends the instance
+        def dedicated(r: P.KvTargetSet) -> None:
+            driver.set_kv(iid, **kv_counts(r.kv, k))
+            metrics.dedicated.inc(model=r.model)
+            log.info("%s on %r is dedicated where it stands: KV cap %d blocks", rec.model, w, r.kv.kv_blocks_total)
+
+        def refused(exc: Exception) -> None:
             # Refused beside a co-resident whose Deactivate failed and is being sent again (found in review: sent
             # once, the policy took the instance for dedicated while its engine kept its co-served KV share for good)
             rec.dedicate_again = isinstance(exc, ModelStateError) and self.instances.get(iid) is rec
-            log.warning("Dedicate of %s on %r failed: %s%s", rec.model, w, exc,
-                        "; sent again once it runs alone there" if rec.dedicate_again else "")
+            if rec.dedicate_again:
+                log.info("the Dedicate of %s on %r is sent again once it runs alone there", rec.model, w)
 
-        self.ctl.hub.start_call(w, P.Dedicate(id=self.ctl.hub.next_id(), model=rec.model)).add_done_callback(done)
+        self._fire(w, P.Dedicate(id=self.ctl.hub.next_id(), model=rec.model), on_reply=dedicated, on_error=refused)
 
     # ---- requests ---------------------------------------------------------------------------------------
 
