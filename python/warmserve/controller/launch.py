@@ -307,13 +307,12 @@ def with_defaults(cfg: ClusterConfig) -> ClusterConfig:
 
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
                  heartbeat_interval_s: float, log_dir: str | None = None,
-                 curve: tuple[str, str] | LocalCurveKeys | None = None, page_bytes: int = 2 << 20,
+                 curve: LocalCurveKeys | None = None, page_bytes: int = 2 << 20,
                  extra_args: tuple[str, ...] = (), forked: bool = False):
     """Start `warmserve worker --controller ...` as a child that dies with this process; ``extra_args``: more
     of its flags (``config.worker_cache_args``); ``forked``: a CPU worker is forked from this process's fork
-    server (worker/forkserver.py), a Popen-like ``ForkedProcess``; ``curve``: its (--curve-server-key,
-    --curve-secret-key) paths, or the controller's ``LocalCurveKeys``, whose files are written again when gone and
-    taken off the disk once the worker has said Hello."""
+    server (worker/forkserver.py), a Popen-like ``ForkedProcess``; ``curve``: the controller's ``LocalCurveKeys``,
+    whose files it is given are written again when gone and taken off the disk once the worker has said Hello."""
     cmd = [
         sys.executable, "-m", "warmserve", "worker", "--controller", controller,
         "--device", "cpu" if device.startswith("cpu") else device,
@@ -322,7 +321,7 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
         "--page-mib", str(page_bytes >> 20), *extra_args,
     ]
     if curve is not None:
-        server_key, secret_key = curve.paths() if isinstance(curve, LocalCurveKeys) else curve
+        server_key, secret_key = curve.paths()
         cmd += ["--curve-server-key", server_key, "--curve-secret-key", secret_key]
     if device.startswith("cpu"):
         cmd += ["--memory-gib", memory_gib_arg(memory_bytes), "--threads", str(threads)]
@@ -341,7 +340,7 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
                                        forked=forked and device.startswith("cpu"))
         if out is not None:
             proc.log_path = out.name  # what a start error quotes (Controller.wait_for_workers)
-        if isinstance(curve, LocalCurveKeys):
+        if curve is not None:
             curve.started(proc.pid)
         return proc
     finally:
