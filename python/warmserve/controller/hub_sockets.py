@@ -11,6 +11,7 @@ from collections import Counter
 
 import zmq
 
+from warmserve.controller.pids import pid_running
 from warmserve.endpoints import remove_ipc_file
 from warmserve.errors import InvalidArgumentError
 from warmserve import protocol as P
@@ -112,7 +113,7 @@ class LocalCurveKeys:
             return
         with self._lock:
             self._starting.discard(pid)
-            self._starting = {p for p in self._starting if _pid_alive(p)}
+            self._starting = {p for p in self._starting if pid_running(p)}
             if not self._starting:
                 self._remove()
 
@@ -133,16 +134,6 @@ class LocalCurveKeys:
         if self.dir is not None:
             _rmtree(self.dir)
             self.dir = None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: a pid reused since, so this worker is gone
-        return False
-    return True
 
 
 def _rmtree(path: str) -> None:

@@ -16,6 +16,7 @@ import time
 
 from warmserve.controller.workers import WorkerRecord
 from warmserve.controller.errors import NoWorkersError
+from warmserve.controller.pids import pid_running
 from warmserve.errors import WarmServeError, WorkerLostError, register
 from warmserve.worker.forkserver import ForkedProcess, fresh_interpreters
 
@@ -61,38 +62,12 @@ def kill_marked(proc) -> None:
     """SIGKILL ``proc``, marked so that ``exit_words`` says the controller sent it, not the OOM killer; not marked
     when it had ended already (found in review: a forked worker's status reaches its fork server after its
     connection's end reaches the controller, so workers killed from elsewhere read as the controller's kills)."""
-    if _running(getattr(proc, "pid", None)):
+    if pid_running(getattr(proc, "pid", None)):
         try:
             proc.killed_by_controller = True
         except AttributeError:  # a launcher's process object with __slots__
             pass
     proc.kill()
-
-
-#: include/linux/sched.h: set as a task starts to exit (do_exit), before its memory is freed.
-_PF_EXITING = 0x4
-_SIGKILL_PENDING = 1 << (signal.SIGKILL - 1)  # its bit in /proc/PID/status's SigPnd and ShdPnd masks
-
-
-def _running(pid: int | None) -> bool:
-    """Whether process ``pid`` runs, from /proc: not ended nor a zombie, not exiting (PF_EXITING), and no SIGKILL
-    pending; True where that cannot be read. Found in a soak: a worker SIGKILLed from elsewhere, its 1 GiB pool
-    mapped, took a while to exit, and its connection's end reached the controller while it still read as running,
-    so 4 of 6 such kills were marked and logged as the controller's."""
-    if not pid:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()  # state, ppid, pgrp, session, tty, tpgid, flags, ...
-        if fields[0] in (b"Z", b"X") or int(fields[6]) & _PF_EXITING:
-            return False
-        with open(f"/proc/{pid}/status", "rb") as f:
-            return not any(line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & _SIGKILL_PENDING
-                           for line in f)
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError, ValueError):
-        return True
 
 
 #: How long closing waits for a local worker's process at each step (after Shutdown, SIGTERM, SIGKILL), seconds.

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import zmq.auth
@@ -89,6 +90,32 @@ def test_the_files_go_once_each_local_worker_started_said_hello_or_exited(tmp_pa
         starting.kill()
         starting.wait()
         hub.close()
+
+
+def test_a_worker_that_died_unreaped_before_its_hello_holds_no_files(tmp_path, private_tmp):
+    # Before: the key files asked whether a started worker lived with kill(pid, 0), which a zombie passes, so a
+    # local worker dead before its Hello but not reaped yet kept the secret key on disk past the next Hello; one
+    # answer now serves the restarts and the files (controller/pids.py).
+    hub = _hub(curve_dir(tmp_path))
+    local_public = zmq.auth.load_certificate(hub.local_curve[1])[0].decode("ascii")
+    died = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        hub.curve_keys.started(died.pid)
+        deadline = time.monotonic() + 30
+        while _state(died.pid) != "Z":  # ended, not reaped: no wait() until the end
+            assert time.monotonic() < deadline, f"pid {died.pid} did not end: state {_state(died.pid)}"
+            time.sleep(0.01)
+        assert len(_on_disk(private_tmp)) == 1
+        hub.curve_keys.heard(local_public, os.getpid())  # another local worker's Hello
+        assert os.listdir(private_tmp) == [] and hub.curve_keys.dir is None
+    finally:
+        died.wait()
+        hub.close()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
 
 
 def test_a_server_key_secret_that_is_a_directory_is_said_to_be_no_file(tmp_path, private_tmp):
