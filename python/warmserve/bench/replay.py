@@ -29,7 +29,6 @@ its own), and the twin replays them as its warm-up.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import os
 import sys
@@ -38,7 +37,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from warmserve.bench.exit_signals import exit_on_signals
+from warmserve.bench.exit_signals import exit_on_signals, run_async
 from warmserve.bench.replay_cluster import LiveCluster
 from warmserve.bench.replay_report import (LIVE_COLS, no_error_text, plot_cdf, ratio_figures, table, validation,
                                            write_results)
@@ -281,7 +280,7 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_live
         bar = _bar(len(warm) + len(reqs), f"{policy_label}", not args.quiet)
         cfg = ClientConfig(url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY", "") if args.endpoint else "",
                            drain_s=args.drain_s)
-        outs, at_t0 = asyncio.run(replay_marked(
+        outs, at_t0 = run_async(replay_marked(
             cfg, live_schedule(warm, reqs, warm_s), warm_s,
             lambda: (time.time(), fetch_prewarm_metrics(url),  # first the wall time of t = 0: split_engine_starts
                      fetch_engine_starts(url) if cluster is not None else None),
