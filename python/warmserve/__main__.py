@@ -1,5 +1,3 @@
-import sys
+from warmserve.cli import run
 
-from warmserve.cli import main
-
-sys.exit(main())
+run()

@@ -90,7 +90,9 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     child = _serve(sock, spawner_pid)
     if child is not None:  # in a forked child: run the worker here, at the top of the stack (no server frames)
-        sys.exit(_run_child(*child))
+        from warmserve.cli import exit_process
+
+        exit_process(_run_child(*child))
 
 
 def _serve(sock: socket.socket, spawner_pid: int):
