@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from warmserve import Cluster
+from warmserve.worker import forkserver
 
 import serving
 from net_ports import free_port
@@ -125,10 +126,14 @@ def test_autoscale_on_a_remote_worker_loads_into_its_running_process(tmp_path):
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     log = open(tmp_path / "remote.log", "wb")
-    remote = subprocess.Popen(
+    # Forked from this process's fork server (worker/forkserver.py; a fresh interpreter where forking does not
+    # work): to the controller a worker that joined by itself, which it did not start, as any remote one; without
+    # a fresh interpreter's torch import (1.6 s of CPU).
+    forkserver.prepare(60)
+    remote = forkserver.popen_worker(
         [sys.executable, "-m", "warmserve", "worker", "--controller", endpoint, "--device", "cpu", "--memory-gib",
-         "0.75", "--threads", "1", "--heartbeat-interval-s", "0.2", "--exit-with-parent"],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+         "0.75", "--threads", "1", "--heartbeat-interval-s", "0.2", "--exit-with-parent", str(os.getpid())],
+        stdout=log, stderr=log, env=dict(os.environ, OMP_NUM_THREADS="1"), forked=True)
     log.close()
     try:
         with serving.demo_cluster(policy="autoscale", cpu_workers=0, bind=endpoint, remote_workers=1) as c:

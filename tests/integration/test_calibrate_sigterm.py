@@ -32,8 +32,9 @@ def _running(pid: int) -> bool:
 def test_sigterm_to_a_parallel_calibration_leaves_no_worker_and_no_temp_dir(tmp_path):
     from warmserve.engine.demo import write_demo_models
 
-    demo = tmp_path / "demo"
-    write_demo_models(str(demo), ["llama-20m"])
+    # the demo model where the other tests write it, already written: a folder of the test's own drew and wrote
+    # llama-20m afresh each run (2.5 s of CPU); nothing here is about the checkpoint
+    demo = os.path.dirname(write_demo_models(None, ["llama-20m"])["llama-20m"])
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     cmd = [sys.executable, "-m", "warmserve", "calibrate", "--out", str(tmp_path / "p.json"), "--models", "llama-20m",

@@ -3,7 +3,6 @@ worker is away, the prompt tokens a resumption prefills again, and requests fail
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -11,6 +10,7 @@ import time
 
 from warmserve import SamplingParams
 from warmserve.errors import WarmServeError
+from warmserve.worker import forkserver
 
 import serving
 
@@ -33,12 +33,17 @@ def _wait_gauge(c, want: dict, timeout_s: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def _remote_worker(endpoint: str, log, worker_id: str = "otherhost-1-cpu0") -> subprocess.Popen:
-    return subprocess.Popen(
+def _remote_worker(endpoint: str, log, worker_id: str = "otherhost-1-cpu0"):
+    """A `warmserve worker` that joins the controller at ``endpoint`` by itself (a remote worker to it), forked from
+    this process's fork server (worker/forkserver.py, which the local workers of the other tests here use; a fresh
+    interpreter where forking does not work): a fresh interpreter's torch import, 1.6 s of CPU a start, is no part
+    of what these tests check."""
+    forkserver.prepare(60)
+    return forkserver.popen_worker(
         [sys.executable, "-m", "warmserve", "worker", "--controller", endpoint, "--device", "cpu", "--memory-gib",
          "0.5", "--threads", "1", "--worker-id", worker_id, "--heartbeat-interval-s", "0.2",
          "--exit-with-parent", str(os.getpid())],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        stdout=log, stderr=log, env=dict(os.environ, OMP_NUM_THREADS="1"), forked=True)
 
 
 def _free_endpoint() -> str:

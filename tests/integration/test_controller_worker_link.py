@@ -81,6 +81,16 @@ def _kept(c: Controller, proc, caplog, why: str) -> None:
     assert ident not in c._restarts and ident not in c.restarting, "a restart of a healthy process was started"
 
 
+#: The uninterrupted run of PROMPT, made once for the module's tests: greedy, so every run gives the same tokens.
+_uninterrupted: list[list[int]] = []
+
+
+async def _want(c: Controller) -> list[int]:
+    if not _uninterrupted:
+        _uninterrupted.append(await _collect(c.submit_nowait(MODEL, PROMPT, GREEDY)))
+    return _uninterrupted[0]
+
+
 async def _long_request(c: Controller):
     req = c.submit_nowait(MODEL, PROMPT, GREEDY)
     await _until(lambda: req.generated >= 3, 60, "the request never started")
@@ -93,7 +103,7 @@ def test_a_stream_that_lost_tokens_starts_over_and_ends_as_an_uninterrupted_run(
     caplog.set_level(logging.INFO, logger="warmserve.controller")
 
     async def scenario(c, proxy, proc):
-        want = await _collect(c.submit_nowait(MODEL, PROMPT, GREEDY))
+        want = await _want(c)
         assert len(want) == GREEDY.max_tokens
         req = await _long_request(c)
         proxy.drop_tokens(1)
@@ -114,7 +124,7 @@ def test_a_local_worker_that_says_hello_again_is_admitted_again_not_restarted(mo
     caplog.set_level(logging.INFO, logger="warmserve.controller")
 
     async def scenario(c, proxy, proc):
-        want = await _collect(c.submit_nowait(MODEL, PROMPT, GREEDY))
+        want = await _want(c)
         req = await _long_request(c)
         # Its sends fail while the new connection waits (Stats every 0.2 s): it gives the controller up, aborts
         # the request there and says Hello again once through.

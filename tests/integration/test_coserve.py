@@ -68,9 +68,12 @@ def test_light_models_share_a_worker_and_every_request_is_answered(server):
 
     try:
         answered = []
+        # 12 requests a round, 3 at a time (each model 4 times): a round of co-served steps still lasts seconds,
+        # past the load window, the minimum lifetime and the preemption wait above, so the rules turn the workers
+        # over within each round as with 24 (the first shared sample came within 2 s of the start with either).
         for rnd in range(3):
             with cf.ThreadPoolExecutor(3) as pool:
-                answered += list(pool.map(ask, range(24)))
+                answered += list(pool.map(ask, range(12)))
                 if rnd == 1:
                     assert at_limit(AT_LIMIT) == 4
             if rnd < 2:  # a pause between rounds; none is needed after the last
@@ -79,7 +82,7 @@ def test_light_models_share_a_worker_and_every_request_is_answered(server):
         done.set()
         poller.join(30)
     assert not errors, errors
-    assert len(answered) == 72 and all(n == 8 for n in answered)
+    assert len(answered) == 36 and all(n == 8 for n in answered)
     shared = [s for s in samples if any(len(models) > 1 for models in s.values())]
     assert shared, f"no two models ever shared a worker in {len(samples)} samples"
     assert serving.wait_idle(url) == []

@@ -121,7 +121,8 @@ def _fds() -> list[str]:
 def test_a_clusters_cpu_workers_are_forked_and_a_killed_one_is_forked_again(tmp_path_factory):
     """Twice, and each time without a descriptor or record kept for the dead process (found in review: the
     controller kept its pidfd and its worker record, one per worker lost or drained, for the server's life)."""
-    with serving.demo_cluster(tmp_path_factory, models=("llama-20m",)) as c:
+    # restart_backoff_s: the restart's wait (0.5 s, then 1 s by default) is not what is tested here
+    with serving.demo_cluster(tmp_path_factory, models=("llama-20m",), restart_backoff_s=0.05) as c:
         assert c.generate("llama-20m", "hello", max_tokens=2, temperature=0).completion_tokens >= 1
         server = forkserver.shared_server()
         procs = dict(c.controller.local_procs)

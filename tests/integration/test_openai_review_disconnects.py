@@ -16,10 +16,12 @@ MODEL = "llama-20m"
 #: A generation far longer than any wait below (many seconds on one CPU thread), so an abort is told from an end.
 LONG = 1500
 
-# route_cap_per_instance 1: the instance is given one request at a time, the rest wait in the controller's queue
-# (one worker: no other instance can start for them).
-server = serving.server_fixture("openai_disconnects", models=(MODEL,), cpu_workers=1,
-                                policy={"route_cap_per_instance": 1}, max_worker_losses_per_request=1)
+# One server for every test here (a server's start is most of this module's time; each test leaves it idle).
+# max_num_seqs 1: route() gives the instance one request at a time, its engine runs it and the rest wait in the
+# controller's queue (one worker: no other instance can start for them); max_batch_tokens 32: a long prompt is
+# prefilled over many steps.
+server = serving.server_fixture("openai_disconnects", models=(MODEL,), cpu_workers=1, max_worker_losses_per_request=1,
+                                cluster_toml="[engine]\nmax_num_seqs = 1\nmax_batch_tokens = 32\n")
 
 
 def _post(url: str, path: str, body: dict) -> socket.socket:
@@ -148,18 +150,12 @@ def test_a_stream_whose_worker_is_lost_mid_stream_gets_an_error_event_and_ends(s
     _warm(url)
 
 
-# max_num_seqs 1: the instance is given every request, its engine runs one and keeps the rest in its own queue;
-# max_batch_tokens 32: a long prompt is prefilled over many steps.
-engine_queue_server = serving.server_fixture("openai_disconnects_engine_queue", models=(MODEL,), cpu_workers=1,
-                                             cluster_toml="[engine]\nmax_num_seqs = 1\nmax_batch_tokens = 32\n")
-
-
-def test_a_stream_left_while_it_waits_for_a_slot_behind_max_num_seqs_is_dropped(engine_queue_server):
+def test_a_stream_left_while_it_waits_for_a_slot_behind_max_num_seqs_is_dropped(server):
     """B, waiting for the one slot A holds, is dropped when its client leaves, so that it does not run (holding KV
     blocks) once A has ended. route() sends an engine no more than its max_num_seqs, so B waits in the controller's
     queue (it used to wait in the engine's, where the worker aborted it: that path is
     unit/worker/test_inprocess.py's)."""
-    url, _, _ = engine_queue_server
+    url, _, _ = server
     _warm(url)
     before = _outcomes(url)
     a = _post(url, "/v1/completions", _long(stream=True))
@@ -177,10 +173,10 @@ def test_a_stream_left_while_it_waits_for_a_slot_behind_max_num_seqs_is_dropped(
     assert after.get("abort", 0) - before.get("abort", 0) == 2, (before, after)
 
 
-def test_a_stream_left_during_its_prompt_s_prefill_is_aborted_on_its_engine(engine_queue_server):
+def test_a_stream_left_during_its_prompt_s_prefill_is_aborted_on_its_engine(server):
     """A 1,800-token prompt (900 "x ") prefilled 32 tokens a step (seconds): its client leaves before the first
     token, while its engine prefills it."""
-    url, _, _ = engine_queue_server
+    url, _, _ = server
     _warm(url)
     before = _outcomes(url)
     s = _post(url, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x " * 900}],

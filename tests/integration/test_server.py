@@ -188,8 +188,10 @@ def test_remote_worker_joins_with_controller_flag(tmp_path):
 
 def test_sigint_drains_running_requests(tmp_path):
     """SIGINT lets a running stream finish, refuses new requests, and the server exits cleanly. On a server of its
-    own: the module's server may serve tests run after this one (pytest-xdist's workers take tests in any order)."""
-    proc, url = serving.start(tmp_path, log_level="WARNING", start_timeout_s=120, restart_backoff_s=None)
+    own: the module's server may serve tests run after this one (pytest-xdist's workers take tests in any order).
+    Its one model on one worker: the drain of one stream needs no more, and each worker is a process to start."""
+    proc, url = serving.start(tmp_path, models=serving.MODELS[:1], cpu_workers=1, log_level="WARNING",
+                              start_timeout_s=120, restart_backoff_s=None)
     try:
         _drain_on_sigint(url, proc)
     finally:
@@ -218,7 +220,8 @@ def test_history_file_prewarms_real_workers_and_the_burst_hits(tmp_path):
     """A load history saying qwen2-30m is busy at this time of day: the first plan loads its weights into the real
     workers' pools before any request; its first request then starts from that prewarm (a hit, no cold load)."""
     serving.write_history(tmp_path / "history.csv", "qwen2-30m", "llama-20m")
-    with serving.demo_cluster(history_path=str(tmp_path / "history.csv")) as c:
+    # one worker: a prewarm needs no more, and each worker is a process to start
+    with serving.demo_cluster(cpu_workers=1, history_path=str(tmp_path / "history.csv")) as c:
         pw = serving.wait_prewarmed(c, 30)
         assert pw and {p["model"] for p in pw} == {"qwen2-30m"}, pw
         worker = pw[0]["worker"]

@@ -31,10 +31,12 @@ def run_child(body: str, *args: str, timeout_s: float = 120) -> list[str]:
 
 def test_pools_created_and_closed_on_several_threads_at_once_do_not_crash():
     # Before: SIGSEGV, or abort "pybind11_object_dealloc(): Tried to deallocate unregistered instance!", in 10 of 10
-    # runs on the 2-core VM (about a second each), some runs hung instead.
+    # runs on the 2-core VM (about a second each), some runs hung instead. 10000 rounds a thread: a second of this
+    # loop is about 1,500 rounds a thread there (2,000 take 2.7 s of CPU), so over 5x the rounds the crash needed
+    # (20000 spent some 25 s of CPU for nothing more).
     out = run_child("""
         def worker():
-            for _ in range(20000):
+            for _ in range(10000):
                 PagePool(4096, page_bytes=4096, prefault=False).close()
         ts = [threading.Thread(target=worker) for _ in range(4)]
         for t in ts:

@@ -76,10 +76,11 @@ def test_a_connected_worker_whose_stats_fail_still_sends_heartbeats():
         except BaseException as e:  # reaches the test's thread below
             errors_in_thread.append(e)
 
-    def heard(seconds: float) -> dict[str, int]:
+    def heard(seconds: float, enough=lambda kinds: False) -> dict[str, int]:
+        """What the controller's socket got in ``seconds``, or until ``enough(kinds)`` (polled, not slept out)."""
         kinds: dict[str, int] = {}
         end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
+        while (left := end - time.monotonic()) > 0 and not enough(kinds):
             if ctl.poll(int(left * 1000)):
                 _, data = ctl.recv_multipart()
                 name = type(P.decode_reply(data)).__name__
@@ -89,9 +90,9 @@ def test_a_connected_worker_whose_stats_fail_still_sends_heartbeats():
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        assert "Hello" in heard(3.0)
+        assert "Hello" in heard(3.0, lambda kinds: "Hello" in kinds)
         ctl.send_multipart([b"w1", P.encode(P.GetStats(id=1))])  # the controller is heard: pushes begin
-        assert heard(1.5).get("Stats", 0) >= 2
+        assert heard(1.5, lambda kinds: kinds.get("Stats", 0) >= 2).get("Stats", 0) >= 2
 
         def broken(*args, **kwargs):
             raise errors.ClosedError("an engine closed under its Stats")
@@ -110,14 +111,16 @@ def test_a_connected_worker_whose_stats_fail_still_sends_heartbeats():
 
 @pytest.mark.slow
 def test_an_activate_in_a_group_that_serves_is_refused_at_once_and_the_instance_serves_on(tiny_models):
-    with tp2_workers(tiny_models, group_timeout_s=5.0) as (lead, follow):
+    # a group timeout of 3 s: over the refusal's 2 s bound below (the bug waited it out) and three keep-alives
+    # (tp.KEEPALIVE_S), and the idle spell past it is 2 s shorter than at 5 s
+    with tp2_workers(tiny_models, group_timeout_s=3.0) as (lead, follow):
         want = lead.generate(TP_MODEL, [1, 2, 3, 4], GREEDY).collect()[0]
         for w, name in ((lead, TP_MODEL), (follow, TP_MODEL), (lead, "no-such-model")):
             t0 = time.monotonic()
             with pytest.raises(errors.ModelStateError, match="serves the tensor-parallel instance"):
                 w.activate(name, group_id="g")
             assert time.monotonic() - t0 < 2.0  # before: the group's whole timeout, then the instance was dead
-        end = time.monotonic() + 6.0  # past the group's timeout, the leader idle (its keep-alives): still in step
+        end = time.monotonic() + 4.0  # past the group's timeout, the leader idle (its keep-alives): still in step
         while time.monotonic() < end:
             lead.core.tick()
             time.sleep(0.05)
