@@ -64,6 +64,31 @@ def test_a_forked_worker_has_a_popen_childs_status_signals_and_stderr(tmp_path):
     assert again.wait(30) == -signal.SIGKILL
 
 
+def test_a_bare_exit_with_parent_flag_is_given_the_fork_servers_pid(tmp_path):
+    # Found in review: a bare --exit-with-parent (its PID may be left out) last raised IndexError in the fork, and a
+    # fresh interpreter started instead; one followed by another flag had that flag overwritten by the server's pid.
+    assert forkserver.prepare(60)
+    base = [sys.executable, "-m", "warmserve", "worker", "--device", "cpu", "--memory-gib", "0.0625", "--threads", "1"]
+    server = forkserver.shared_server()
+    procs = []
+    for n, cmd in enumerate((base + ["--bind", "tcp://127.0.0.1:0", "--exit-with-parent"],
+                             base + ["--exit-with-parent", "--bind", "tcp://127.0.0.1:0"])):
+        log_path = tmp_path / f"w{n}.log"
+        with open(log_path, "wb") as log:
+            p = forkserver.popen_worker(cmd, env=dict(os.environ), stdout=log, stderr=log, forked=True)
+        procs.append(p)
+        assert isinstance(p, ForkedProcess), (cmd, p)
+        deadline = time.monotonic() + 60
+        while "serving at" not in log_path.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, (cmd, log_path.read_text()[-2000:])
+            time.sleep(0.05)
+        with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+            assert f"--exit-with-parent {server.proc.pid}".encode() in f.read()
+    for p in procs:
+        p.terminate()
+        assert p.wait(30) == 0
+
+
 def test_workers_end_with_their_fork_server_and_the_next_spawn_is_fresh_while_another_starts(tmp_path):
     assert forkserver.prepare(60)
     log_path = tmp_path / "w.log"

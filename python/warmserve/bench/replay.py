@@ -451,7 +451,7 @@ def _main(args, run: dict) -> int:
     # colocated KV share holds one request of it); an --endpoint server's is unknown: the run's longest request
     contexts = {}
     if not args.endpoint:
-        from warmserve.engine.demo import demo_spec  # imports torch: not for an --endpoint run
+        from warmserve.engine.demo import demo_spec  # a demo checkpoint's: not for an --endpoint run
 
         contexts = {c: spec.max_position_embeddings for _, c in served if (spec := demo_spec(c)) is not None}
     served_live = [ServedModel(n, c, context_tokens=contexts.get(c, 0)) for n, c in served]

@@ -26,13 +26,17 @@ import random
 import stat
 import zlib
 from dataclasses import asdict, dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from warmserve.config import default_demo_dir
 from warmserve.engine.arch import hf_tensor_shapes
-from warmserve.engine.config import DTYPES, ModelConfig
+from warmserve.engine.config import DTYPE_NAMES, ModelConfig
 from warmserve.errors import InvalidArgumentError
+
+# torch where weights are drawn, not at import: found in review, `warmserve models demo` imported it (2 s of CPU)
+# only to refuse a bad flag, and a caller whose demo models were written already paid for it too
+if TYPE_CHECKING:
+    import torch
 
 VOCAB_SIZE = 8192
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -238,6 +242,8 @@ def _norm_gain(cfg: ModelConfig, name: str) -> tuple[float, float]:
 def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype):
     """Yields (name, tensor): normal(0, 0.02) matrices, norms near 1 (the final one see final_norm_gain), small
     biases; float32 draws, then cast."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     for name, shape in hf_tensor_shapes(cfg).items():
         if name.endswith("norm.weight"):
@@ -255,6 +261,8 @@ def random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype):
 def device_random_weights(cfg: ModelConfig, seed: int, dtype: torch.dtype, device: str):
     """Like random_weights (same distributions) but drawn on `device` from its own generator, one tensor at a
     time, and returned on the CPU: a GPU draws the 7b's 7e9 values in well under a second."""
+    import torch
+
     g = torch.Generator(device=device).manual_seed(seed)
     for name, shape in hf_tensor_shapes(cfg).items():
         t = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
@@ -349,7 +357,10 @@ def _writer_lock(path: str):
 def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_bytes: int, device: str | None,
                       stamp: str, fp: str) -> None:
     """write_checkpoint's writing, under its lock; the stamp last, so a reader never takes a half-written one."""
+    import torch
     from safetensors.torch import save_file
+
+    from warmserve.engine.config import DTYPES
 
     name = os.path.basename(path)
     os.makedirs(path, exist_ok=True)
@@ -411,9 +422,9 @@ def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "floa
         from warmserve.errors import UnknownModelError
         raise UnknownModelError(f"unknown demo model(s) {unknown}: choose from {', '.join(DEMO_MODELS)}",
                                 names=unknown)
-    if dtype not in DTYPES:
+    if dtype not in DTYPE_NAMES:
         from warmserve.errors import InvalidArgumentError
-        raise InvalidArgumentError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}", dtype=dtype)
+        raise InvalidArgumentError(f"dtype {dtype!r}: use one of {', '.join(DTYPE_NAMES)}", dtype=dtype)
     tok = None
     for n in names:
         cfg = config_dict(DEMO_MODELS[n], dtype)
@@ -434,6 +445,8 @@ def write_sized_demo(size: str, out_dir: str | None = None, device: str | None =
         raise UnknownModelError(f"unknown demo size {size!r}: choose from {', '.join(SIZED_MODELS)}", names=[size])
     name, spec = SIZED_MODELS[size]
     if device is None:
+        import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     # Before any folder is made. Found in review: cuda without a GPU, or --device banana, was a torch traceback
     # (exit 1) that left an empty checkpoint folder behind.
@@ -458,7 +471,7 @@ def spec_summary(name: str) -> dict:
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help=f"output directory (default {default_demo_dir()}; $WARMSERVE_HOME/demo)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of: {' '.join(DEMO_MODELS)}")
-    parser.add_argument("--dtype", default=None, choices=list(DTYPES),
+    parser.add_argument("--dtype", default=None, choices=list(DTYPE_NAMES),
                         help="weight dtype on disk of the small demos (default float32; --size writes bfloat16)")
     parser.add_argument("--size", default=None, choices=list(SIZED_MODELS),
                         help="write one GPU-sized demo instead (bf16: 1b = Llama-3.2-1B shape, 7b = Llama-3-8B shape)")

@@ -449,7 +449,11 @@ def _fork(server: ForkServer, cmd: list[str], *, env: dict[str, str], stdout, st
     argv = list(cmd[3:])
     # The child's parent is the server, not this process: it watches the server, which ends with this process.
     if "--exit-with-parent" in argv:
-        argv[argv.index("--exit-with-parent") + 1] = str(server.proc.pid)
+        at = argv.index("--exit-with-parent") + 1
+        # nargs="?": the flag may come bare (the parent then is whatever started it); found in review, a bare flag
+        # last raised IndexError here (so a fresh interpreter started), one before another flag overwrote that flag
+        given = at < len(argv) and not argv[at].startswith("-")
+        argv[at:at + given] = [str(server.proc.pid)]
     with contextlib.ExitStack() as stack:
         fds = []
         for stream, own in ((stdout, 1), (stderr, 2)):

@@ -67,3 +67,20 @@ def test_an_out_that_cannot_be_a_folder_exits_2_naming_it(nothing_written, tmp_p
     assert cli.main(["models", "demo", "--out", str(tmp_path / where), "--models", "llama-20m"]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and why in err and "Traceback" not in err and "Error:" not in err, err
+
+
+def test_a_refused_flag_and_written_demos_import_no_torch(tmp_path):
+    # Found in review: the module imported torch (2 s of CPU here) before any flag was checked, and for demos
+    # written already; torch now comes where weights are drawn.
+    import subprocess
+    import sys
+
+    code = ("import sys; from warmserve import cli; rc = cli.main(['models', 'demo', '--models']); "
+            "from warmserve.engine.demo import write_demo_models; "
+            f"write_demo_models({str(tmp_path)!r}, ['llama-20m']) if sys.argv[1] == 'write' else None; "
+            "print(rc, 'torch' in sys.modules)")
+    run = lambda what: subprocess.run([sys.executable, "-c", code, what], capture_output=True, text=True, timeout=120)
+    assert run("check").stdout.split() == ["2", "False"]
+    first = run("write")  # draws the weights: torch, of course
+    assert first.stdout.split() == ["2", "True"], first.stderr
+    assert run("write").stdout.split() == ["2", "False"], "a demo written already imported torch"
