@@ -456,19 +456,21 @@ def test_a_worker_says_hello_again_to_a_controller_that_came_back(tmp_path):
         ctx.term()
 
 
-def test_a_worker_whose_spawner_died_while_it_started_exits():
+def test_a_worker_whose_spawner_died_while_it_started_exits(tmp_path):
     """Found in review: a worker took its parent's pid once started (imports, the pool: seconds), so one whose
     spawner was killed meanwhile (`warmserve serve` stopped during start-up) saw pid 1 as its parent and ran for
-    ever. Spawners now pass their own pid."""
+    ever. Spawners now pass their own pid, and the worker checks it before its imports and its pool (found in a
+    later review: it imported torch and served for a moment first)."""
     import subprocess
     import sys
 
     spawner = ("import os, subprocess, sys; "
                "p = subprocess.Popen([sys.executable, '-m', 'warmserve', 'worker', '--bind', 'tcp://127.0.0.1:0', "
                "'--device', 'cpu', '--memory-gib', '0.05', '--threads', '1', '--exit-with-parent', str(os.getpid())], "
-               "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, "
+               "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(sys.argv[1], 'w'), "
                "start_new_session=True); print(p.pid, flush=True)")
-    out = subprocess.run([sys.executable, "-c", spawner], capture_output=True, text=True, timeout=60)
+    log = tmp_path / "worker.log"
+    out = subprocess.run([sys.executable, "-c", spawner, str(log)], capture_output=True, text=True, timeout=60)
     pid = int(out.stdout.split()[0])  # the spawner has exited: its worker is still starting
 
     def alive() -> bool:
@@ -483,6 +485,8 @@ def test_a_worker_whose_spawner_died_while_it_started_exits():
         time.sleep(0.2)
     try:
         assert not alive(), "the worker outlived its spawner"
+        said = log.read_text()
+        assert "is gone: shutting down" in said and "serving at" not in said, said[-2000:]
     finally:
         if alive():
             os.kill(pid, signal.SIGKILL)

@@ -345,6 +345,11 @@ def main(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s worker %(levelname)s %(message)s")
     check_args(args)
+    if args.exit_with_parent and os.getppid() != args.exit_with_parent:
+        # The spawner died while this process started: said before the imports and the pool (found in review: a
+        # few seconds of torch's import here, then the server's own check of the parent shut it down).
+        log.warning("parent process %d is gone: shutting down", args.exit_with_parent)
+        return 0
     if args.threads:
         # Before torch is imported, so its thread pools start at this size.
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
