@@ -28,10 +28,11 @@ def _worker_cmd(*args: str) -> list[str]:
             "--exit-with-parent", str(os.getpid()), *args]
 
 
-def _wait_for(text: str, path, timeout_s: float = 60.0) -> None:
+def _wait_for(text: str, path, timeout_s: float = 60.0, proc=None) -> None:
+    """Until ``text`` is in the log at ``path``; with ``proc``, failing at once should that process end first."""
     deadline = time.monotonic() + timeout_s
     while text not in path.read_text():
-        assert time.monotonic() < deadline, path.read_text()[-2000:]
+        assert (proc is None or proc.poll() is None) and time.monotonic() < deadline, path.read_text()[-2000:]
         time.sleep(0.05)
 
 
@@ -78,10 +79,7 @@ def test_a_bare_exit_with_parent_flag_is_given_the_fork_servers_pid(tmp_path):
             p = forkserver.popen_worker(cmd, env=dict(os.environ), stdout=log, stderr=log, forked=True)
         procs.append(p)
         assert isinstance(p, ForkedProcess), (cmd, p)
-        deadline = time.monotonic() + 60
-        while "serving at" not in log_path.read_text():
-            assert p.poll() is None and time.monotonic() < deadline, (cmd, log_path.read_text()[-2000:])
-            time.sleep(0.05)
+        _wait_for("serving at", log_path, proc=p)
         with open(f"/proc/{p.pid}/cmdline", "rb") as f:
             assert f"--exit-with-parent {server.proc.pid}".encode() in f.read()
     for p in procs:
