@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.workload.data import check_header, check_row, data_path, file_key, gz_errors, open_text
+from warmserve.workload.data import (check_header, check_row, checked_rows, data_path, file_key, gz_errors,
+                                     open_text)
 
 WINDOW_S = 600.0
 LANGUAGE_MODELS = ("m-large", "m-mid", "m-small")
@@ -117,12 +118,13 @@ def _client_windows(key: tuple, models: tuple[str, ...] | None) -> dict[str, Cli
     with _open(path) as f:
         reader = csv.DictReader(f)
         _header(path, reader, _CW_COLUMNS, _CW)
-        for r in reader:
-            check_row(path, reader, r, _CW_COLUMNS, _CW, _FIX)
+        pos = {c: i for i, c in enumerate(reader.fieldnames)}  # a repeated column: its last cell, as DictReader
+        i_model, i_client, i_t, i_rate, i_cv, i_pat, i_p1, i_p2 = (pos[c] for c in _CW_COLUMNS)
+        for r in checked_rows(path, reader, _CW_COLUMNS, _CW, _FIX):
             n_rows += 1
-            if models and r["model"] not in models:
+            if models and r[i_model] not in models:
                 continue
-            pat = r["pattern"]
+            pat = r[i_pat]
             if not pat:  # a window without a fit: no traffic (derive_servegen.py)
                 continue
             if pat != "Gamma" and pat != "Weibull":
@@ -130,11 +132,11 @@ def _client_windows(key: tuple, models: tuple[str, ...] | None) -> dict[str, Cli
                                            f"one of {', '.join(PATTERNS)} (the fits ServeGen publishes): {_FIX}",
                                            path=path, line=reader.line_num, column="pattern")
             try:
-                cols.setdefault((r["model"], int(r["client_id"])), []).append(
-                    (int(r["t_s"]), float(r["rate_rps"]), float(r["cv"]), pat == "Gamma",
-                     float(r["param1"]), float(r["param2"]), reader.line_num))
+                cols.setdefault((r[i_model], int(r[i_client])), []).append(
+                    (int(r[i_t]), float(r[i_rate]), float(r[i_cv]), pat == "Gamma",
+                     float(r[i_p1]), float(r[i_p2]), reader.line_num))
             except (TypeError, ValueError):
-                raise _bad_cell(path, _CW, reader.line_num, r, _CW_CELLS) from None
+                raise _bad_cell(path, _CW, reader.line_num, dict(zip(reader.fieldnames, r)), _CW_CELLS) from None
     if not n_rows:
         raise InvalidArgumentError(f"{_CW} {path} has a header but no window: give the derived file "
                                    f"servegen_client_windows.csv(.gz), or leave path unset for the vendored one",
@@ -272,18 +274,20 @@ def _length_pmfs(key: tuple) -> dict[tuple[str, str], LengthPMF]:
     with _open(path) as f:
         reader = csv.DictReader(f)
         _header(path, reader, ("model", "field", "value", "prob"), _PMF)
-        for r in reader:
-            check_row(path, reader, r, (), _PMF, _FIX)
+        pos = {c: i for i, c in enumerate(reader.fieldnames)}  # a repeated column: its last cell, as DictReader
+        i_model, i_field, i_value, i_prob = pos["model"], pos["field"], pos["value"], pos["prob"]
+        for r in checked_rows(path, reader, (), _PMF, _FIX):
             try:
-                row = (float(r["value"]), float(r["prob"]), reader.line_num)
+                row = (float(r[i_value]), float(r[i_prob]), reader.line_num)
             except (TypeError, ValueError):
-                if r["field"] is not None and not r["field"].endswith("_tokens") and r["prob"] is not None:
+                field = r[i_field]
+                if field is not None and not field.endswith("_tokens") and r[i_prob] is not None:
                     try:
-                        float(r["value"])
+                        float(r[i_value])
                     except (TypeError, ValueError):
                         continue
-                raise _bad_cell(path, _PMF, reader.line_num, r, _PMF_CELLS) from None
-            rows.setdefault((r["model"], r["field"]), []).append(row)
+                raise _bad_cell(path, _PMF, reader.line_num, dict(zip(reader.fieldnames, r)), _PMF_CELLS) from None
+            rows.setdefault((r[i_model], r[i_field]), []).append(row)
     if not rows:
         raise InvalidArgumentError(f"{_PMF} {path} has a header but no row: give the derived file "
                                    f"servegen_length_pmf.csv(.gz), or leave pmf_path unset for the vendored one",
