@@ -228,6 +228,30 @@ def test_bench_tp_measures_every_path_side_by_side(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("warmserve-worker-*.log"))
 
 
+def test_bench_tp_starts_its_workers_at_once_and_a_failed_start_stops_the_others(tmp_path, monkeypatch):
+    import tempfile
+
+    from warmserve import worker
+    from warmserve.bench import tp as bench_tp
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the failed worker's log, which its error names
+    started, real = [], worker.spawn_local_worker
+
+    def spawn(*a, **kw):  # the real start, recorded
+        out = real(*a, **kw)
+        started.append(out[0])
+        return out
+
+    monkeypatch.setattr(worker, "spawn_local_worker", spawn)
+    pool = ThreadPoolExecutor(2)
+    # a device this machine lacks: its worker refuses it and exits before it is ready
+    with pytest.raises(errors.WorkerLostError, match=r"--device cuda:99: (no|only \d+) CUDA device"):
+        bench_tp._start_workers(pool, ["cpu", "cuda:99"], 0.25)
+    assert len(started) == 1 and started[0].poll() is not None  # the cpu worker was killed and reaped
+    # its log went with it; the failed worker's, which the error names, stays
+    assert not os.path.exists(started[0].log_path) and len(list(tmp_path.glob("warmserve-worker-*.log"))) == 1
+
+
 def test_a_rank_that_cannot_activate_fails_every_rank_at_once(model_path, pair):
     _, clients = pair
     _group(clients, "tp2-c")

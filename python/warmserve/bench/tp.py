@@ -48,7 +48,7 @@ def _model_path(name: str) -> str:
 
 
 def run(args) -> dict:
-    from warmserve.worker import WorkerClient, spawn_local_worker
+    from warmserve.worker import WorkerClient
 
     check_args(args)  # main did; again for a caller of run() alone (the integration test)
     path = _model_path(args.model)
@@ -62,10 +62,9 @@ def run(args) -> dict:
     # the model's own name in the workers' messages (found in review: an OutOfMemoryError named model 'm')
     name = os.path.basename(os.path.normpath(path))
     check_memory(args.memory_gib, path, name, args.tp, devices[0])
-    mem = args.memory_gib
-    procs = [spawn_local_worker(d, memory_gib=mem, threads=1) for d in devices]
-    clients = [WorkerClient(ep) for _, ep in procs]
     pool = ThreadPoolExecutor(args.tp)
+    procs = _start_workers(pool, devices, args.memory_gib)
+    clients = [WorkerClient(ep) for _, ep in procs]
     epoch = [0]
     greedy = P.SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
 
@@ -169,6 +168,30 @@ def run(args) -> dict:
             "median_s": med, "runs_s": rows,
             "on_demand_over_prewarmed": med["activate_on_demand_group_s"] / med["activate_prewarmed_group_s"],
             "cold_over_prewarmed": med["cold_start_s"] / med["activate_prewarmed_group_s"]}
+
+
+def _start_workers(pool: ThreadPoolExecutor, devices: list[str], memory_gib: float) -> list:
+    """One worker per device, started at once (each start imports torch and, on a GPU, makes its CUDA context:
+    one after another, ``--tp`` of them took ``--tp`` times one start). A start that fails kills those that came up
+    before its error is raised, not at this interpreter's exit."""
+    from warmserve.worker import spawn_local_worker
+
+    futures = [pool.submit(spawn_local_worker, d, memory_gib=memory_gib, threads=1) for d in devices]
+    started, error = [], None
+    for f in futures:
+        try:
+            started.append(f.result())
+        except BaseException as e:  # Ctrl-C too: the others still reach the kill below
+            error = error or e
+    if error is not None:
+        for proc, _ in started:
+            proc.kill()
+            proc.wait()
+            with contextlib.suppress(OSError):
+                os.unlink(proc.log_path)
+        pool.shutdown()
+        raise error
+    return started
 
 
 def check_memory(memory_gib: float, path: str, name: str, tp: int, device: str) -> None:
