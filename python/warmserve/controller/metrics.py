@@ -26,7 +26,7 @@ OUTCOMES = ("stop", "length", "abort", "error", "timeout", "worker_lost")
 #: query selects (and that keep vLLM's summed e2e series, prometheus-vllm-rules.yml, present from the start); not
 #: every outcome, as each costs a histogram of 23 samples per model.
 E2E_OUTCOMES = ("stop", "length")
-#: The exposition's Content-Type: the latest text format prometheus_client writes (0.0.4, or 1.0.0 in its newer releases).
+#: The exposition's Content-Type: the latest text format prometheus_client writes (0.0.4; 1.0.0 in newer releases).
 CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 
 
