@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [",".join(header)]
         for r in rows:
             if (r[1], r[2]) in keep:
-                r = r[:4] + [f"{float(r[4]):.5g}", f"{float(r[5]):.5g}", r[6], f"{float(r[7]):.5g}", f"{float(r[8]):.5g}"]
+                r = r[:4] + [f"{float(r[4]):.5g}", f"{float(r[5]):.5g}", r[6], f"{float(r[7]):.5g}",
+                             f"{float(r[8]):.5g}"]
                 lines.append(",".join(r))
         g.write(("\n".join(lines) + "\n").encode())
     with gzip.open(os.path.join(sg, "servegen_length_pmf.csv.gz"), "rt", newline="") as f:
