@@ -236,6 +236,11 @@ class Cluster:
         return True
 
     def _check(self):
+        if self._gate.pid != os.getpid():
+            # found in review: a forked child was told the cluster was closed, though it serves on in the parent
+            raise ClosedError(f"this Cluster belongs to process {self._gate.pid}: a process forked from it cannot "
+                              "use it (its controller thread and workers are the parent's); start a Cluster in "
+                              "the child, or use the spawn start method")
         if self._closed:
             raise ClosedError("this Cluster is closed")
 
@@ -561,7 +566,9 @@ def _shutdown(gate: LoopGate, controller, drain: list[bool] | None = None) -> No
     it, or the last reference dropped there: a cancelled agenerate's task ending) it cannot wait for that loop,
     so the close goes on in a thread of its own. Found in review: run there, it stalled the loop for the drain's
     whole timeout waiting on itself, failed to join its own thread, and left the workers running."""
-    if gate.loop.is_closed():
+    # found in review: run in a forked child (its with-block's exit, its atexit hooks), it tried to close the
+    # parent's loop and raised "Cannot close a running event loop"; the child holds nothing of the cluster to close
+    if gate.loop.is_closed() or gate.pid != os.getpid():
         return
     drain_now = drain is None or drain[0]
     if threading.current_thread() is not gate.thread:

@@ -34,9 +34,13 @@ def release_curve(auth, curve_keys: LocalCurveKeys | None) -> None:
         curve_keys.close()
 
 
-def finalize_hub(sock, ctx, auth, curve_keys: LocalCurveKeys | None, bound: str, handshakes=None) -> None:
+def finalize_hub(sock, ctx, auth, curve_keys: LocalCurveKeys | None, bound: str, handshakes=None,
+                 pid: int | None = None) -> None:
     """A hub's close: the authenticator and the handshake monitor first, since ctx.term() waits for every socket of
-    the context, theirs among them."""
+    the context, theirs among them. Nothing in a process forked from ``pid``, the hub's own: found in review, a
+    child's exit (weakref's atexit hook) removed its parent's ipc:// socket file and CURVE key files."""
+    if pid is not None and pid != os.getpid():
+        return
     release_curve(auth, curve_keys)
     if handshakes is not None:
         handshakes.close()

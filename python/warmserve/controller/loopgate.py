@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 
 from warmserve.errors import ClosedError
@@ -31,6 +32,10 @@ class LoopGate:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread_name: str):
         self.loop = loop
+        #: The process whose thread runs the loop: in a child forked from it the loop, its thread and the
+        #: controller's workers are the parent's (found in review: a forked child's exit tried to close them,
+        #: cluster._shutdown).
+        self.pid = os.getpid()
         self._lock = threading.Lock()
         self._open = True
         #: Futures handed out and not done yet: those the stopped loop leaves are failed with ClosedError.

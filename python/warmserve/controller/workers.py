@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import re
 import subprocess
 import time
@@ -248,7 +249,7 @@ class WorkerHub:
         # is still collected and cleaned up (found in review: the context was terminated with the authenticator's
         # socket open, which hung the process when collected or at exit, and the temp dir with its key was left).
         self._finalizer = weakref.finalize(self, finalize_hub, self.sock, self.ctx, self.auth, self.curve_keys,
-                                           self.endpoint, self.handshakes)
+                                           self.endpoint, self.handshakes, os.getpid())
 
     def next_id(self) -> int:
         self._next_id += 1
