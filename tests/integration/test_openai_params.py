@@ -328,3 +328,17 @@ def test_a_chat_without_max_tokens_may_run_to_the_end_of_the_context(client):
     short = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=0,
                                            max_tokens=3, extra_body={"ignore_eos": True})
     assert short.usage.completion_tokens == 3  # an explicit max_tokens still rules
+
+
+def test_the_readme_openai_client_example_runs_as_written(server, capsys):
+    """README's OpenAI client block, its base_url pointed at this server (it serves both models the block names);
+    the Cluster example runs in test_readme_examples.py, which reads the README the same way."""
+    from test_readme_examples import readme_python
+
+    code = readme_python("from openai import OpenAI")
+    assert code.count('base_url="http://127.0.0.1:8000/v1"') == 1
+    exec(code.replace("http://127.0.0.1:8000", server[0]), {})
+    out = capsys.readouterr().out
+    # the chat's text and its usage on one line (the usage's repr has no newline), then the streamed completion
+    assert "CompletionUsage(completion_tokens=" in out and "prompt_tokens=" in out, out
+    assert out.split("CompletionUsage(", 1)[1].split("\n", 1)[1].strip(), out
