@@ -113,8 +113,10 @@ def start_server(tmp: str, model_path: str) -> tuple[subprocess.Popen, str]:
                 f'[[models]]\npath = "{model_path}"\n[controller]\nmax_queue = 4096\n[server]\nport = 0\n'
                 f'max_concurrent_requests = 4096\n')
     with open(os.path.join(tmp, "serve.log"), "wb") as log:
+        # --exit-with-parent: found in review, a SIGKILLed benchmark (no clean-up runs) left this server running
         proc = subprocess.Popen([sys.executable, "-m", "warmserve", "serve", "--config", cfg, "--log-level",
-                                 "WARNING"], stdout=subprocess.PIPE, stderr=log, text=True)
+                                 "WARNING", "--exit-with-parent", str(os.getpid())], stdout=subprocess.PIPE,
+                                stderr=log, text=True)
     try:
         line = proc.stdout.readline()
         if not line:
@@ -389,7 +391,7 @@ def main(args) -> int:
     from warmserve.bench.exit_signals import exit_on_signals
 
     # SIGTERM and SIGHUP end the run through its clean-up (found in review: a SIGTERM left the `serve` child
-    # running, re-parented to init, and the warmserve-overhead-* folder; `serve` has no --exit-with-parent)
+    # running, re-parented to init, and the warmserve-overhead-* folder; its --exit-with-parent covers a SIGKILL only)
     with exit_on_signals():
         return _main(args)
 

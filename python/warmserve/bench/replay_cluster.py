@@ -2,7 +2,8 @@
 the signals that must still stop it.
 
 The child runs in a session of its own (a Ctrl-C at the terminal reaches the bench, which stops the child in
-order, not both at once), so nothing but the bench's own clean-up ever stops it: ``exit_signals.exit_on_signals``
+order, not both at once), so nothing but the bench's own clean-up (or its end: ``--exit-with-parent``, for a
+SIGKILL, which runs none) ever stops it: ``exit_signals.exit_on_signals``
 turns SIGTERM and SIGHUP into SystemExit, so that clean-up runs for them too (found in review: a SIGTERM to the
 bench, from timeout(1) or a CI job's kill, left the serve child and its workers running, re-parented to init).
 """
@@ -29,9 +30,11 @@ class LiveCluster:
         from warmserve.engine.demo import write_demo_models
 
         paths = write_demo_models(None, sorted({c for _, c in served}))
+        # --exit-with-parent: found in review, a SIGKILLed bench (no clean-up runs) left this server and its workers
+        # running, re-parented to init
         cmd = [sys.executable, "-m", "warmserve", "serve", "--port", "0", "--policy", policy, "--cpu-workers",
                str(cpu_workers), "--window-s", repr(window_s), "--log-dir", log_dir, "--log-level", "WARNING",
-               "--load-timezone", REPLAY_ZONE]
+               "--load-timezone", REPLAY_ZONE, "--exit-with-parent", str(os.getpid())]
         for k, v in (policy_options or {}).items():
             cmd += ["--policy-option", f"{k}={v}"]
         if history_path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat
 import time
 from collections import Counter
 
@@ -69,6 +70,7 @@ class LocalCurveKeys:
         self._closed = False
         #: The temp dir the files are in now (None: none written, or dropped).
         self.dir: str | None = None
+        sweep_dead_owners()
 
     def paths(self) -> tuple[str, str]:
         """(--curve-server-key, --curve-secret-key) paths, both files there now: written again, in a fresh temp dir,
@@ -85,7 +87,8 @@ class LocalCurveKeys:
                 log.warning("the local workers' CURVE key files in %s are gone (a temp cleaner?): written again in "
                             "a fresh temp dir", self.dir)
                 self._remove()
-            tmp = tempfile.mkdtemp(prefix="warmserve-curve-")  # mode 0700: the local workers' secret key is in it
+            # mode 0700: the local workers' secret key is in it; named by this process, for ``sweep_dead_owners``
+            tmp = tempfile.mkdtemp(prefix=f"{CURVE_DIR_PREFIX}{_pid_ns()}-{os.getpid()}-")
             try:
                 for name, data in self._contents.items():
                     # 0600 from the start: the local workers warn of a key others can read, and none ever can here
@@ -138,6 +141,45 @@ class LocalCurveKeys:
         if self.dir is not None:
             _rmtree(self.dir)
             self.dir = None
+
+
+#: The name of a ``LocalCurveKeys`` temp dir: this prefix, the pid namespace's inode, the owner's pid, "-", random.
+CURVE_DIR_PREFIX = "warmserve-curve-"
+
+
+def _pid_ns() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def sweep_dead_owners(root: str | None = None) -> None:
+    """Remove the ``LocalCurveKeys`` temp dirs under ``root`` ($TMPDIR) of this user whose owning process, in this
+    pid namespace, has ended. Found in review: a controller killed with SIGKILL while a local worker started left its
+    dir, the workers' secret key in it, and each such kill one more. A dir whose owner cannot be proven dead (another
+    namespace's, an older unnamed one, a pid reused since) is left alone."""
+    import re
+    import tempfile
+
+    root = root or tempfile.gettempdir()
+    named = re.compile(re.escape(CURVE_DIR_PREFIX) + r"(\d+)-(\d+)-[^/]+")
+    ns = _pid_ns()
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return
+    for entry in entries:
+        m = named.fullmatch(entry)
+        if m is None or not ns or int(m.group(1)) != ns or pid_running(int(m.group(2))):
+            continue
+        path = os.path.join(root, entry)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            _rmtree(path)
 
 
 def _rmtree(path: str) -> None:

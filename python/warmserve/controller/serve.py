@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import msgspec
 
@@ -30,6 +31,8 @@ from warmserve.errors import InvalidArgumentError, bind_error
 from warmserve.outputs import check_output_folder
 
 log = logging.getLogger("warmserve.controller")
+#: How often --exit-with-parent checks the parent, seconds.
+PARENT_POLL_S = 0.5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow a non-loopback --bind without --curve-dir (any host that reaches it can join as a "
                         "worker); for trusted networks only")
     p.add_argument("--log-dir", default=None, help="write each local worker's log here")
+    p.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
+                   help="stop (as on SIGTERM) once process PID, which must be the parent, exits: for a program that "
+                        "runs the server as its child (the benchmarks do)")
     p.add_argument("--log-level", default="INFO", type=str.upper,
                    choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                    help="what goes to stderr (default INFO): INFO has one access-log line per HTTP request "
@@ -526,6 +532,23 @@ def _say(what: str) -> None:
     print(f"warmserve serve: {what}", file=sys.stderr, flush=True)
 
 
+def watch_parent(pid: int) -> bool:
+    """SIGTERM this process (its graceful stop) once process ``pid``, its parent, has exited; False when it is not
+    the parent now (gone already). Found in review: a bench that runs `serve` as its child, in a session of its own,
+    killed with SIGKILL left the server, its fork server and workers running for good, re-parented to init."""
+    if os.getppid() != pid:
+        return False
+
+    def wait() -> None:
+        # The parent's pid, not a pidfd: once it is gone this process is re-parented, and no reused pid can fool it.
+        while os.getppid() == pid:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="warmserve-exit-with-parent", daemon=True).start()
+    return True
+
+
 def main(args) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -538,6 +561,10 @@ def main(args) -> int:
     except (OSError, ValueError) as e:
         print(f"warmserve serve: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "exit_with_parent", None) is not None and not watch_parent(args.exit_with_parent):
+        print(f"warmserve serve: process {args.exit_with_parent} is not this one's parent (gone already?): not "
+              f"starting", file=sys.stderr)
+        return 0
     try:
         asyncio.run(serve(cfg, log_dir=args.log_dir, ray_address=getattr(args, "ray", None)))
     except (WarmServeError, OSError, ValueError) as e:
