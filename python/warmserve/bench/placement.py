@@ -24,7 +24,7 @@ from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
 from warmserve.policy.driver import PolicyDriver
 from warmserve.policy.instant import InstantExecutor, instant_driver
-from warmserve.policy.placement import is_laminar
+from warmserve.policy.gpu_masks import is_laminar
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GB = 10**9

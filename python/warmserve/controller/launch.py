@@ -28,7 +28,7 @@ from warmserve.controller.models import controller_model
 from warmserve.errors import GiB, InvalidArgumentError, OutOfMemoryError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
 from warmserve.worker import forkserver
-from warmserve.policy.placement import MAX_GPUS_PER_SERVER
+from warmserve.policy.gpu_masks import MAX_GPUS_PER_SERVER
 
 log = logging.getLogger("warmserve.controller")
 

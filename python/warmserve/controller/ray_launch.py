@@ -41,7 +41,7 @@ from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGone
 from warmserve.controller.ray_threads import in_daemon_thread as _in_daemon_thread
 from warmserve.errors import InvalidArgumentError
 from warmserve.extras import require
-from warmserve.policy.placement import MAX_GPUS_PER_SERVER
+from warmserve.policy.gpu_masks import MAX_GPUS_PER_SERVER
 
 log = logging.getLogger("warmserve.controller")
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from warmserve.policy.placement import GROUPS, Board, group_fits
+from warmserve.policy.gpu_masks import FITS_ANY, GROUPS, group_fits
+from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, InstanceState
 
 #: A model with no instance takes GPUs from others only when its load (in-flight + queued, 5 s average, weighed by
@@ -278,7 +279,7 @@ def relocations(state: ClusterState, board: Board, now_s: float, served_s: float
     for model in sorted(active, key=lambda m: (-state.models[m].tp, m)):
         tp = state.models[model].tp
         gm = GROUPS[tp]
-        if tp < 2 or bool(group_fits(idle, tp).any()) or sum(
+        if tp < 2 or any(FITS_ANY[tp][m] for m in idle.tolist()) or sum(
                 bin(int(x)).count("1") for x in idle) < tp:
             continue
         hit_servers = {r.server for srv in board.by_server for r in srv.values() if r.model == model and r.loaded}

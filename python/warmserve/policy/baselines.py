@@ -38,8 +38,10 @@ class StaticPolicy(Policy):
 
     def route(self, state: ClusterState, model: str, now_s: float, request_id=None):
         self._model(model)
-        ready = [i for i in state.instances.values() if i.model == model and i.ready and not i.draining]
-        best = min(ready, key=self._least_loaded, default=None)
+        # the per-model index, in the instances' order as a scan of them all gives: the scan of every instance
+        # per request was 10% of a static run
+        ready = [i for i in self._instances_of(state).get(model, ()) if i.ready and not i.draining]
+        best = ready[0] if len(ready) == 1 else min(ready, key=self._least_loaded, default=None)
         return None if best is None else A.Route(model, best.instance_id, request_id)
 
     def tick(self, state: ClusterState, now_s: float) -> list:

@@ -77,6 +77,16 @@ class WindowMeter:
         return closed
 
     def set(self, now_s: float, value: float) -> list[tuple[float, float, float]]:
+        if self.last_s <= now_s < (self.index + 1) * self.window_s:
+            # within the current window (nearly every call: one per request start and end): ``advance``'s own
+            # arithmetic without its calls and list, and max() by its own comparison; they were 10% of a
+            # simulated run
+            self.area += self.value * (now_s - self.last_s)
+            self.last_s = now_s
+            self.value = value
+            if value > self.peak:
+                self.peak = value
+            return []
         closed = self.advance(now_s)
         self.value = value
         self.peak = max(self.peak, value)

@@ -123,30 +123,30 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         another model); else, while the new one starts or when there is no GPU for one, the least-loaded ready
         instance takes the overflow, up to ``route_cap_per_instance`` and its engine's ``max_seqs``; else None."""
         self._model(model)
-        B = self.cfg.instance_capacity
-        insts = [i for i in self._instances_of(state).get(model, ()) if not i.draining]
+        of_model = self._instances_of(state).get(model, ())  # read once: nothing below changes the instances
+        insts = [i for i in of_model if not i.draining]
         ready = [i for i in insts if i.ready]
         # a co-served instance's route cap is its equal part of its host's KV; the colocation's instances hold
         # shares by demand, and route as `shared` does while it stands
         co_ids = self._co.ids if self._co is not None and not self._pinned else ()
 
-        def lim(inst, b):  # requests ``inst`` may hold: b, no more than the operator's cap (found in review: the
-            # cap was applied to the overflow alone, so a cap below B let each instance take B), and a co-served
-            # one no more than its KV share holds either
-            b = min(self.routed_capacity(b), inst.max_seqs or math.inf)  # nor what its engine runs at once
+        def lim(inst, cap):  # requests ``inst`` may hold: ``cap``, routed_capacity (found in review: the operator's
+            # cap applied to the overflow alone let each instance take B), a co-served one no more than its KV share
+            b = min(cap, inst.max_seqs or math.inf)  # nor what its engine runs at once
             if inst.instance_id not in co_ids:
                 return b
             own = self._colocated_cap(inst)
             return min(b, self._co.route_cap(state, model, inst) if own is None else own)
 
-        room = [i for i in ready if i.in_flight < lim(i, B)]
-        best = min(room, key=self._least_loaded, default=None)
+        cap_b, cap_inf = self.routed_capacity(self.cfg.instance_capacity), self.routed_capacity(math.inf)
+        room = [i for i in ready if i.in_flight < lim(i, cap_b)]
+        best = room[0] if len(room) == 1 else min(room, key=self._least_loaded, default=None)  # one: no sort key
         budget = self.prefill_budget_s(model) if self.cfg.route_prefill_overflow else 0.0
         # the budget leaves out the arriving request's own prefill (one profiled p), which the backlog counts too
         if best is not None and not (budget > 0 and self._prefill_backlog_s(state, model, insts)
                                      > budget * len(ready) + self.models[model].prefill_s):
             return A.Route(model, best.instance_id, request_id)
-        for inst in self._instances_of(state).get(model, ()):  # a draining instance before a new one
+        for inst in of_model:  # a draining instance before a new one
             # not one the tick stopped for another's sake, nor a co-served one retired for a dedicated one (the
             # tick's revive skips both; found in review: route() revived it and the next tick stopped it again)
             if inst.draining and inst.ready and inst.instance_id not in self._preempted \
@@ -164,8 +164,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                 act = self._start_outside_reservations(state, self._board(state), model)
                 if act is not None:
                     return act
-        over = [i for i in ready if i.in_flight < lim(i, math.inf)]  # overflow, bar a co-served instance's cap
-        best = min(over, key=self._least_loaded, default=None)
+        over = [i for i in ready if i.in_flight < lim(i, cap_inf)]  # overflow, bar a co-served instance's cap
+        best = over[0] if len(over) == 1 else min(over, key=self._least_loaded, default=None)
         return None if best is None else A.Route(model, best.instance_id, request_id)
 
     def _someone_starving(self, state: ClusterState, model: str) -> bool:

@@ -54,7 +54,8 @@ from warmserve.policy import actions as A
 from warmserve.policy.arbitration import freed_group
 from warmserve.policy.config import PolicyConfig
 from warmserve.policy.cosizing import HostSizing, kv_per_token
-from warmserve.policy.placement import MAX_GPUS_PER_SERVER, Board
+from warmserve.policy.gpu_masks import MAX_GPUS_PER_SERVER
+from warmserve.policy.placement import Board
 from warmserve.policy.reopening import Reopening
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo, kv_blocks_for
 

@@ -16,7 +16,7 @@ from typing import Protocol
 from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError, WorkerLostError
 from warmserve.policy import actions as A
 from warmserve.policy.config import PolicyConfig
-from warmserve.policy.placement import MAX_GPUS_PER_SERVER
+from warmserve.policy.gpu_masks import MAX_GPUS_PER_SERVER
 from warmserve.policy.state import (ClusterState, GpuState, InstanceState, PrewarmState, ServerState, kv_blocks_for,
                                     least_loaded)
 

@@ -13,89 +13,14 @@ evictions are always safe; adding one checks the rule.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.policy.gpu_masks import (CONFLICT, GROUP_BITS, GROUPS, MASK_COLS, MAX_GPUS_PER_SERVER, POPCOUNT, TPS,
+                                        forbidden, group_fits, lexmin, pack_key)
 from warmserve.policy.state import ClusterState, ModelInfo
-
-MAX_GPUS_PER_SERVER = 8
-TPS = (1, 2, 4, 8)
-
-
-def _groups(tp: int) -> np.ndarray:
-    return np.array([sum(1 << g for g in c) for c in itertools.combinations(range(MAX_GPUS_PER_SERVER), tp)],
-                    dtype=np.int64)
-
-
-GROUPS = {tp: _groups(tp) for tp in TPS}
-
-
-def group_fits(masks: np.ndarray, tp: int) -> np.ndarray:
-    """fits[s, k]: GPU group k of ``tp`` GPUs (``GROUPS[tp]``) lies wholly in server s's mask of ``masks``."""
-    gm = GROUPS[tp]
-    return (masks[:, None] & gm[None, :]) == gm[None, :]
-#: GROUP_BITS[tp][k, g] is 1 when local GPU g is in group k.
-GROUP_BITS = {tp: ((GROUPS[tp][:, None] >> np.arange(MAX_GPUS_PER_SERVER)) & 1).astype(np.float64) for tp in TPS}
-_ALL_MASKS = np.arange(1 << MAX_GPUS_PER_SERVER, dtype=np.int64)
-
-
-def _conflict_table(tp: int) -> np.ndarray:
-    g = GROUPS[tp][None, :]
-    p = _ALL_MASKS[:, None]
-    inter = g & p
-    return (inter != 0) & (inter != g) & (inter != p)
-
-
-#: CONFLICT[tp][P, k]: group k of degree tp overlaps replica mask P partly.
-CONFLICT = {tp: _conflict_table(tp) for tp in TPS}
-_POP = np.array([bin(m).count("1") for m in range(1 << MAX_GPUS_PER_SERVER)])
-
-
-def _aligned(tp: int) -> np.ndarray:
-    blocks = {((1 << tp) - 1) << (j * tp) for j in range(MAX_GPUS_PER_SERVER // tp)}
-    return np.array([int(g) in blocks for g in GROUPS[tp]])
-
-
-#: ALIGNED[tp][k]: group k is tp consecutive GPUs starting at a multiple of tp (a buddy block).
-ALIGNED = {tp: _aligned(tp) for tp in TPS}
-#: BLOCK4[k]: the aligned 4-GPU block of local GPU k.
-_BLOCK4 = np.array([0x0F if k < 4 else 0xF0 for k in range(MAX_GPUS_PER_SERVER)], dtype=np.int64)
-
-
-def _pack_key(idle: np.ndarray, tp: int) -> np.ndarray:
-    """Per server and group of degree tp, how badly taking the group fragments the idle GPUs (lower: better):
-    unaligned groups last, then the idle GPUs left in the touched 4-GPU blocks, then those left on the server."""
-    gm = GROUPS[tp]
-    left = idle[:, None] & ~gm[None, :]
-    blocks = np.zeros_like(left)
-    for k in range(MAX_GPUS_PER_SERVER):
-        touch = (gm >> k) & 1
-        blocks |= np.where(touch[None, :] == 1, left & _BLOCK4[k], 0)
-    return (~ALIGNED[tp])[None, :] * 1000.0 + _POP[blocks & 0xFF] * 10.0 + _POP[left & 0xFF]
-
-
-def _lexmin(feasible: np.ndarray, *keys: np.ndarray) -> int:
-    """Flat index of the feasible entry whose keys are smallest, compared in order; ties: the lowest index."""
-    idx = np.flatnonzero(feasible)
-    for key in keys:
-        if len(idx) == 1:
-            break
-        col = key.ravel()[idx]
-        idx = idx[col == col.min()]
-    return int(idx[0])
-
-
-def is_laminar(masks: list[int]) -> bool:
-    """True when every two masks are disjoint or nested."""
-    for a, b in itertools.combinations(masks, 2):
-        i = a & b
-        if i and i != a and i != b:
-            return False
-    return True
-
 
 @dataclass(slots=True)
 class Replica:
@@ -112,7 +37,12 @@ class Replica:
     cols: tuple[int, ...] = ()
 
     def __post_init__(self):
-        self.cols = tuple(k for k in range(MAX_GPUS_PER_SERVER) if self.mask >> k & 1)
+        self.cols = MASK_COLS[self.mask]
+
+
+def _rows(rows: list[list], dtype) -> np.ndarray:
+    """Per-server lists of per-GPU values as an (n servers, MAX_GPUS_PER_SERVER) array (n may be 0)."""
+    return np.array(rows, dtype=dtype).reshape(len(rows), MAX_GPUS_PER_SERVER)
 
 
 class Board:
@@ -125,7 +55,11 @@ class Board:
         self.laminar = laminar
         n = len(state.servers)
         self.n_servers = n
-        self.gpu_ids = np.full((n, MAX_GPUS_PER_SERVER), -1, dtype=np.int64)
+        # Built in plain lists, then made arrays once: the policy builds a Board every tick, and numpy's scalar
+        # updates per GPU and per replica were most of a tick's Board (7% of a run). The same integer and
+        # float operations in the same order, so the arrays hold the same values.
+        gpu_ids = [[-1] * MAX_GPUS_PER_SERVER for _ in range(n)]
+        free = [[-1] * MAX_GPUS_PER_SERVER for _ in range(n)]  # a missing GPU never has room
         self.local: dict[int, tuple[int, int]] = {}
         for s, srv in enumerate(state.servers):
             if len(srv.gpu_ids) > MAX_GPUS_PER_SERVER:
@@ -137,17 +71,14 @@ class Board:
             for k, g in enumerate(srv.gpu_ids):
                 if state.gpus[g].gone:  # drivers take lost GPUs out of their server; never place on one anyway
                     continue
-                self.gpu_ids[s, k] = g
+                gpu_ids[s][k] = g
+                free[s][k] = state.gpus[g].total_bytes
                 self.local[g] = (s, k)
-        exists = self.gpu_ids >= 0
-        free = np.full((n, MAX_GPUS_PER_SERVER), -1, dtype=np.int64)  # a missing GPU never has room
-        total = np.array([g.total_bytes for g in state.gpus], dtype=np.int64)
-        free[exists] = total[self.gpu_ids[exists]]
+        self.gpu_ids = _rows(gpu_ids, np.int64)
         #: Each GPU's pool size: what an idle GPU offers once its instances are gone.
-        self.total = free.copy()
-        self.busy = np.zeros((n, MAX_GPUS_PER_SERVER), dtype=bool)
-        self.busy[~exists] = True
-        self.inst_count = np.zeros((n, MAX_GPUS_PER_SERVER), dtype=np.int64)
+        self.total = _rows(free, np.int64)
+        busy = [[g < 0 for g in row] for row in gpu_ids]
+        inst_count = [[0] * MAX_GPUS_PER_SERVER for _ in range(n)]
         #: Model -> server -> mask of GPUs where an instance of the model runs: no replica of it goes there (a
         #: second copy of its weights, useless for a scale-out since the GPUs are busy, would also keep the
         #: instance's own weights from staying as a prewarm when it stops).
@@ -157,17 +88,16 @@ class Board:
             b = m.shard_bytes + inst.kv_blocks_mapped * m.kv_block_bytes
             for g in inst.gpus:
                 s, k = self.local[g]
-                free[s, k] -= b
+                free[s][k] -= b
                 if inst.ready_s is None:  # a starting instance will map its KV cache: count the GPU as full
-                    free[s, k] = min(free[s, k], 0)
-                self.busy[s, k] = True
-                self.inst_count[s, k] += 1
+                    free[s][k] = min(free[s][k], 0)
+                busy[s][k] = True
+                inst_count[s][k] += 1
             self.note_instance(inst.model, inst.gpus)
-        self.free = free
-        self.share = np.zeros((n, MAX_GPUS_PER_SERVER))  # sum over replicas on the GPU of score / tp
-        self.maxscore = np.zeros((n, MAX_GPUS_PER_SERVER))
-        self.nrep = np.zeros((n, MAX_GPUS_PER_SERVER))  # sum over replicas on the GPU of 1 / tp
-        self.forb = {tp: np.zeros((n, len(GROUPS[tp])), dtype=bool) for tp in TPS}
+        self.busy = _rows(busy, bool)
+        self.inst_count = _rows(inst_count, np.int64)
+        # per GPU: the sum over its replicas of score / tp, their highest score, the sum of 1 / tp
+        share, maxscore, nrep = ([[0.0] * MAX_GPUS_PER_SERVER for _ in range(n)] for _ in range(3))
         self.reps: dict[str, Replica] = {}
         self.by_server: list[dict[str, Replica]] = [{} for _ in range(n)]
         self.model_masks: dict[str, dict[int, int]] = {}  # model -> server -> OR of its replicas' masks
@@ -175,9 +105,9 @@ class Board:
         self.version = 0  # bumped by every change, so a failed eviction search can be remembered
         self._evict_failed: dict[tuple, tuple[int, float]] = {}
         scores = scores or {}
+        masks: list[list[int]] = [[] for _ in range(n)]
         for p in state.prewarms.values():
-            s0 = None
-            mask = 0
+            s0, mask = None, 0
             for g in p.gpus:
                 s, k = self.local[g]
                 if s0 is not None and s != s0:
@@ -185,8 +115,17 @@ class Board:
                 s0 = s
                 mask |= 1 << k
             m = self.models[p.model]
-            self._add(Replica(p.prewarm_id, p.model, s0, mask, scores.get(p.prewarm_id, p.score), p.loaded,
-                              m.shard_bytes))
+            r = Replica(p.prewarm_id, p.model, s0, mask, scores.get(p.prewarm_id, p.score), p.loaded, m.shard_bytes)
+            self._book(r, free, share, nrep, maxscore)  # on the lists; the laminar rows below, from every mask at once
+            masks[s0].append(mask)
+        self.free, self.share = _rows(free, np.int64), _rows(share, np.float64)
+        self.maxscore, self.nrep = _rows(maxscore, np.float64), _rows(nrep, np.float64)
+        self.forb = {tp: np.zeros((n, len(GROUPS[tp])), dtype=bool) for tp in TPS}
+        for s, ms in enumerate(masks):
+            if ms:
+                key = tuple(sorted(set(ms)))
+                for t in TPS:
+                    self.forb[t][s] = forbidden(t, key)
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
 
@@ -205,21 +144,27 @@ class Board:
     def _cols(self, mask: int) -> list[int]:
         return [k for k in range(MAX_GPUS_PER_SERVER) if mask >> k & 1]
 
-    def _add(self, r: Replica) -> None:
+    def _book(self, r: Replica, free, share, nrep, maxscore) -> None:
+        """Enter replica ``r`` into the board: its bytes and score shares into ``free``, ``share``, ``nrep`` and
+        ``maxscore``, the board's arrays or, while ``__init__`` builds them, its per-server lists (``[s][k]`` serves
+        both), and its model's mask; not the laminar rows."""
         self.version += 1
         self.reps[r.prewarm_id] = r
         self.by_server[r.server][r.prewarm_id] = r
-        cols = r.cols
-        tp = len(cols)
-        s = r.server
-        for k in cols:  # scalar updates: cheaper than fancy indexing for at most 8 entries
-            self.free[s, k] -= r.shard_bytes
-            self.share[s, k] += r.score / tp
-            self.nrep[s, k] += 1.0 / tp
-            if r.score > self.maxscore[s, k]:
-                self.maxscore[s, k] = r.score
+        s, tp = r.server, len(r.cols)
+        fs, ss, ns, ms = free[s], share[s], nrep[s], maxscore[s]  # rows (numpy views): no fancy indexing for 8 GPUs
+        for k in r.cols:
+            fs[k] -= r.shard_bytes
+            ss[k] += r.score / tp
+            ns[k] += 1.0 / tp
+            if r.score > ms[k]:
+                ms[k] = r.score
         mm = self.model_masks.setdefault(r.model, {})
         mm[s] = mm.get(s, 0) | r.mask
+
+    def _add(self, r: Replica) -> None:
+        self._book(r, self.free, self.share, self.nrep, self.maxscore)
+        s = r.server
         for t in TPS:
             row = self.forb[t][s]
             np.logical_or(row, CONFLICT[t][r.mask], out=row)
@@ -339,9 +284,9 @@ class Board:
         # tie-break vanished among non-master groups); ties go to the first group.
         nonmaster = self._pack(self.maxscore > score)
         nm = (nonmaster[:, None] & gm[None, :]) != 0
-        busy = _POP[(self._pack(self.busy)[:, None] & gm[None, :])]
+        busy = POPCOUNT[(self._pack(self.busy)[:, None] & gm[None, :])]
         overlap = self.share @ GROUP_BITS[tp].T
-        i = _lexmin(feasible, nm, busy, overlap)
+        i = lexmin(feasible, nm, busy, overlap)
         s, k = divmod(i, len(gm))
         return s, int(gm[k])
 
@@ -370,7 +315,7 @@ class Board:
                     low_bytes[r.server, k] += r.shard_bytes
         ok = (self.free + low_bytes >= m.shard_bytes) & (self.gpu_ids >= 0) & self._startable(m)
         ok_mask = self._pack(ok) & ~self._model_rows(m.name)
-        counts = _POP[ok_mask & 0xFF]
+        counts = POPCOUNT[ok_mask & 0xFF]
         servers = np.nonzero(counts >= tp)[0]
         if len(servers) == 0:
             return None
@@ -506,7 +451,7 @@ class Board:
             lost = np.zeros((self.n_servers, len(gm)))
             np.add.at(hit, where, meets)  # unbuffered, in replica order: repeated servers all count
             np.add.at(lost, where, meets * np.array([r.score for r in reps]).reshape(-1, 1))
-            i = _lexmin(fits, hit, _pack_key(idle, m.tp), lost)
+            i = lexmin(fits, hit, pack_key(tuple(idle.tolist()), m.tp), lost)
             s, k = divmod(i, len(gm))
             best = (None, s, int(gm[k]), None)
         _, s, mask, used = best

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 class KvMemory:
     """Over ``gpu_total``/``gpu_used`` (bytes per GPU), ``gpu_insts`` (engines per GPU), ``stalled``, ``blocks``
-    (KV blocks per request) and ``kv_map_s_per_byte``, which ``BatchEngines`` holds."""
+    (KV blocks per request), ``kv_map_s_per_byte`` and ``members`` (bumped whenever an engine joins or leaves
+    ``gpu_insts``), which ``BatchEngines`` holds."""
 
     def free_blocks(self, inst: EngineInst) -> int:
         free = min(self.gpu_total[g] - self.gpu_used[g] for g in inst.st.gpus)
@@ -24,9 +25,12 @@ class KvMemory:
         engines beside it (``Engine._blocks_beside_neighbours``; prewarms do not count, the policy evicts them).
         Every engine on the GPUs counts, one still starting or tensor-parallel too, where the live engine counts
         activated tp = 1 engines on its pool only (a request it admits there may wait for the pages)."""
-        pool = min(self.gpu_total[g] - sum(o.shard for o in self.gpu_insts[g] if o is not inst)
-                   for g in inst.st.gpus) - inst.shard
-        return min(inst.st.kv_blocks_total, max(pool // inst.block_bytes, 0))
+        if inst.pool_at != self.members:
+            # it changes only when engines come or go: recomputed on every admission, it was 6% of a run
+            pool = min(self.gpu_total[g] - sum(o.shard for o in self.gpu_insts[g] if o is not inst)
+                       for g in inst.st.gpus) - inst.shard
+            inst.pool_at, inst.pool_blocks = self.members, max(pool // inst.block_bytes, 0)
+        return min(inst.st.kv_blocks_total, inst.pool_blocks)
 
     def _refuse_never_fitting(self, inst: EngineInst, rid: int, t: float) -> bool:
         """``rid``, at the head of ``inst``'s queue and refused blocks by ``_take``, can never get them: admitted

@@ -83,7 +83,8 @@ class EngineInst:
 
     __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
                  "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
-                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s")
+                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s", "pool_at",
+                 "pool_blocks")
 
     def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
         self.st = st
@@ -122,6 +123,10 @@ class EngineInst:
         self.lazy_map = True
         #: seconds of KV mapping done while admitting, owed by the next prefill iteration
         self.map_s = 0.0
+        #: ``KvMemory.max_blocks``' pool part (blocks its GPUs hold beside every engine's shard), as of the
+        #: engines' ``members`` count ``pool_at``
+        self.pool_at = -1
+        self.pool_blocks = 0
 
 
 class BatchEngines(KvMemory):
@@ -167,6 +172,8 @@ class BatchEngines(KvMemory):
         #: engines that hold no sequence and could not map blocks for their next (``_take``), in the order they
         #: stalled: until each runs, the engines on its GPUs map none ahead (``KvMemory._starved_near``)
         self.stalled: dict[EngineInst, None] = {}
+        #: bumped whenever an engine joins or leaves ``gpu_insts`` (``KvMemory.max_blocks`` caches by it)
+        self.members = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -179,6 +186,7 @@ class BatchEngines(KvMemory):
             while len(self.gpu_insts) <= g:  # GPUs that joined after the start
                 self.gpu_insts.append([])
             self.gpu_insts[g].append(inst)
+        self.members += 1
         return inst
 
     def start_engine(self, inst: EngineInst, work_s: float, t: float) -> None:
@@ -212,6 +220,7 @@ class BatchEngines(KvMemory):
         for g in st.gpus:
             self.gpu_used[g] -= b
             self.gpu_insts[g].remove(inst)
+        self.members += 1
         st.kv_blocks_mapped = 0
 
     def retry_held(self, t: float) -> None:
@@ -247,7 +256,8 @@ class BatchEngines(KvMemory):
         [p, p + steps]: a x D + kv_s x (ctx_base x D + n x D x (2p + D) / 2)."""
         n = len(inst.running)
         d = steps
-        t = self._base_step_s(inst, n) * d
+        b = inst.step_cache.get(n)  # ``_base_step_s``, its cache read here: this runs per decode event
+        t = (self._base_step_s(inst, n) if b is None else b) * d
         if inst.kv_s:
             t += inst.kv_s * (inst.ctx_base * d + n * d * (2 * inst.progress + d) / 2)
         return t * inst.slow
@@ -257,7 +267,9 @@ class BatchEngines(KvMemory):
         of (kv_s n / 2) D^2 + b D = dt / slow, b the step time at the current progress, in its stable form."""
         n = len(inst.running)
         x = dt / inst.slow
-        b = self._base_step_s(inst, n)
+        b = inst.step_cache.get(n)  # ``_base_step_s``, its cache read here (as in ``_span_s``)
+        if b is None:
+            b = self._base_step_s(inst, n)
         if not inst.kv_s:
             return x / b
         b += inst.kv_s * (inst.ctx_base + n * inst.progress)
@@ -310,14 +322,15 @@ class BatchEngines(KvMemory):
         inst.version += 1
         if self.chunked_prefill_tokens and self._schedule_chunk(inst, t, old):
             return
-        if inst.waiting and len(inst.running) < self.max_batch and not self.chunked_prefill_tokens:
+        waiting, prompt = inst.waiting, self.prompt  # read per admitted request below
+        if waiting and len(inst.running) < self.max_batch and not self.chunked_prefill_tokens:
             batch = []
             tokens = 0
             room = self.max_batch - len(inst.running)
             budget = self.max_batched_tokens or math.inf
-            while inst.waiting and len(batch) < room:
-                rid = inst.waiting[0]
-                if batch and tokens + self.prompt[rid] > budget:
+            while waiting and len(batch) < room:
+                rid = waiting[0]
+                if batch and tokens + prompt[rid] > budget:
                     break
                 if not self._take(inst, rid):
                     if self._refuse_never_fitting(inst, rid, t):
@@ -325,9 +338,9 @@ class BatchEngines(KvMemory):
                             return  # it was draining, and that was its last request: stopped
                         continue
                     break
-                inst.waiting.popleft()
+                waiting.popleft()
                 batch.append(rid)
-                tokens += self.prompt[rid]
+                tokens += prompt[rid]
             if batch:
                 inst.pf_batch = batch
                 inst.pf_tokens = tokens
@@ -335,8 +348,7 @@ class BatchEngines(KvMemory):
                 if old == IDLE or self.by_phase and old != PREFILL:
                     self._reslow(inst, t)
                 map_s, inst.map_s = inst.map_s, 0.0
-                self._push_work(inst, self.cost.prefill_batch_s(inst.cost, [self.prompt[r] for r in batch]) + map_s,
-                                t)
+                self._push_work(inst, self.cost.prefill_batch_s(inst.cost, [prompt[r] for r in batch]) + map_s, t)
                 return
         if inst.running:
             inst.phase = DECODE

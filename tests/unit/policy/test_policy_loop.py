@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from warmserve.policy import POLICY_NAMES, PolicyConfig, make_policy
 from warmserve.policy.instant import instant_driver
-from warmserve.policy.placement import is_laminar
+from warmserve.policy.gpu_masks import is_laminar
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30

@@ -3,7 +3,8 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from warmserve.policy.placement import Board, is_laminar
+from warmserve.policy.gpu_masks import is_laminar
+from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, ModelInfo
 
 GiB = 1 << 30
