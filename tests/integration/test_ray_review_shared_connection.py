@@ -33,7 +33,7 @@ import pytest
 
 import serving
 from log_lines import LogLines
-from ray_namespaces import escaped, inside, require_namespaces, run_inside, watch_threads
+from ray_namespaces import escaped, exit_inside, inside, require_namespaces, run_inside, watch_threads
 
 #: The run inside the namespaces, seconds: Ray's two heads (about 10 s on 2 cores, side by side), four Clusters of
 #: one CPU worker each (a few seconds each), the close with the head gone (CLOSE_RAY_S, 3 s here), about 35 s in all.
@@ -109,7 +109,7 @@ def _inside() -> None:
         if escaped():  # pytest would fail the test for them only once it returned, which this run never does
             failed["a thread"] = "\n".join(escaped())
         print("\n\n".join(f"FAILED {n}:\n{tb}" for n, tb in failed.items()) or "all checks passed", flush=True)
-        os._exit(1 if failed else 0)
+        exit_inside(1 if failed else 0)
 
 
 def _cluster(path: str, address: str, **kw):

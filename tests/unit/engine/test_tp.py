@@ -71,6 +71,9 @@ def _spawn(fn, args, nprocs: int = 2, timeout_s: float = SPAWN_TIMEOUT_S) -> Non
             if p.is_alive():
                 p.kill()
             p.join(10)
+        for f in ctx.error_files:  # a failed rank's traceback, which torch reads and leaves in $TMPDIR
+            if os.path.exists(f):
+                os.unlink(f)
 
 
 def _rank_main(rank: int, world: int, port: int, jobs: list[tuple[str, str, int]], out_dir: str) -> None:

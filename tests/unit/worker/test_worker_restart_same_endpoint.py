@@ -52,6 +52,7 @@ class Stand:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(10)
+            os.unlink(p.log_path)  # spawn_local_worker's default log, a temp file it keeps (each run left four)
 
 
 @pytest.fixture(scope="module")
