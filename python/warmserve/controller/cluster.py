@@ -95,8 +95,7 @@ class Completion:
     completion_tokens: int
     #: One ``protocol.TokenLogprobs`` per token of token_ids, when the sampling asked for ``logprobs``; else empty.
     logprobs: tuple = ()
-    #: One ``protocol.TokenLogprobs`` per prompt token but the first (it has nothing before it), when the sampling
-    #: asked for ``prompt_logprobs``; else empty.
+    #: One ``protocol.TokenLogprobs`` per prompt token but the first (nothing precedes it) if asked; else empty.
     prompt_logprobs: tuple = ()
 
 
@@ -178,8 +177,7 @@ class Cluster:
         if log_dir is not None:  # a file there was a bare FileExistsError at the first spawn; made once all is checked
             check_output_folder("log_dir", log_dir)
         self.config = config
-        # before the loop's thread starts (found in review: a missing file left it running for as long as the
-        # exception was referenced)
+        # before the loop's thread starts (found in review: a missing file left it running while the error lived)
         history = starting_history(config.controller)
         self._loop = asyncio.new_event_loop()
         self._gate = LoopGate(self._loop, "warmserve-controller")  # runs the loop on a thread of its own
@@ -236,11 +234,8 @@ class Cluster:
         return True
 
     def _check(self):
-        if self._gate.pid != os.getpid():
-            # found in review: a forked child was told the cluster was closed, though it serves on in the parent
-            raise ClosedError(f"this Cluster belongs to process {self._gate.pid}: a process forked from it cannot "
-                              "use it (its controller thread and workers are the parent's); start a Cluster in "
-                              "the child, or use the spawn start method")
+        if (forked := self._gate.forked()) is not None:
+            raise forked
         if self._closed:
             raise ClosedError("this Cluster is closed")
 
@@ -566,9 +561,7 @@ def _shutdown(gate: LoopGate, controller, drain: list[bool] | None = None) -> No
     it, or the last reference dropped there: a cancelled agenerate's task ending) it cannot wait for that loop,
     so the close goes on in a thread of its own. Found in review: run there, it stalled the loop for the drain's
     whole timeout waiting on itself, failed to join its own thread, and left the workers running."""
-    # found in review: run in a forked child (its with-block's exit, its atexit hooks), it tried to close the
-    # parent's loop and raised "Cannot close a running event loop"; the child holds nothing of the cluster to close
-    if gate.loop.is_closed() or gate.pid != os.getpid():
+    if gate.loop.is_closed() or gate.forked():  # a forked child's exit holds nothing to close (it raised; review)
         return
     drain_now = drain is None or drain[0]
     if threading.current_thread() is not gate.thread:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def _at_exit() -> None:
         left = [f.peek() for f in _open]
         _open.clear()
     for _, _, (gate, controller, drain_flag), _ in filter(None, left):  # peek(): None once a finalizer has run
-        if gate.pid != os.getpid():  # found in review: a forked child's exit warned of its parent's cluster
+        if gate.forked():  # found in review: a forked child's exit warned of its parent's cluster
             continue
         try:
             busy = controller._drainable()  # read off its loop's thread: the loop may be mid-step, so a hint

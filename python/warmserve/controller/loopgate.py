@@ -32,9 +32,7 @@ class LoopGate:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread_name: str):
         self.loop = loop
-        #: The process whose thread runs the loop: in a child forked from it the loop, its thread and the
-        #: controller's workers are the parent's (found in review: a forked child's exit tried to close them,
-        #: cluster._shutdown).
+        #: The process whose thread runs the loop (``forked``).
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._open = True
@@ -44,6 +42,17 @@ class LoopGate:
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self.thread.start()
+
+    def forked(self) -> ClosedError | None:
+        """The error for a use of this gate's owner in a child forked from the process that made it, where the loop,
+        its thread and the controller's workers are the parent's (found in review: a forked child's exit tried to
+        close them, and its `generate` was told the Cluster was closed though it serves on in the parent); None in
+        that process."""
+        if self.pid == os.getpid():
+            return None
+        return ClosedError(f"this Cluster belongs to process {self.pid}: a process forked from it cannot use it (its "
+                           "controller thread and workers are the parent's); start a Cluster in the child, or use "
+                           "the spawn start method")
 
     def _run(self) -> None:
         try:

@@ -530,10 +530,9 @@ def _expected_rate(series: list[sg.ClientWindows], start_s: float, duration_s: f
 def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_S + 20 * 3600,
                       duration_s: float = 1200.0, pre_s: float = 600.0, history_days: int = 7,
                       total_rate_rps: float | None = None, rate_scale: float = 1.0,
-                      max_prompt_tokens: int | None = None, burst_cv: float | None = None,
-                      time_scale: float = 1.0, models: tuple[str, ...] = sg.LANGUAGE_MODELS,
-                      include_aggregates: bool = False, seed: int = 0, path: str | None = None,
-                      pmf_path: str | None = None, repeat_days: int = 0) -> Workload:
+                      max_prompt_tokens: int | None = None, burst_cv: float | None = None, time_scale: float = 1.0,
+                      models: tuple[str, ...] = sg.LANGUAGE_MODELS, include_aggregates: bool = False, seed: int = 0,
+                      path: str | None = None, pmf_path: str | None = None, repeat_days: int = 0) -> Workload:
     """The ServeGen recipe: each client series (and optionally each model's aggregate) becomes a distinct
     model; arrivals from the published per-window Gamma/Weibull fits; token lengths from the published PMF of
     the ServeGen model the series belongs to; history from the same slot of earlier days.
