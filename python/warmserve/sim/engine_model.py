@@ -256,8 +256,7 @@ class BatchEngines(KvMemory):
         [p, p + steps]: a x D + kv_s x (ctx_base x D + n x D x (2p + D) / 2)."""
         n = len(inst.running)
         d = steps
-        b = inst.step_cache.get(n)  # ``_base_step_s``, its cache read here: this runs per decode event
-        t = (self._base_step_s(inst, n) if b is None else b) * d
+        t = self._base_step_s(inst, n) * d
         if inst.kv_s:
             t += inst.kv_s * (inst.ctx_base * d + n * d * (2 * inst.progress + d) / 2)
         return t * inst.slow
@@ -267,9 +266,7 @@ class BatchEngines(KvMemory):
         of (kv_s n / 2) D^2 + b D = dt / slow, b the step time at the current progress, in its stable form."""
         n = len(inst.running)
         x = dt / inst.slow
-        b = inst.step_cache.get(n)  # ``_base_step_s``, its cache read here (as in ``_span_s``)
-        if b is None:
-            b = self._base_step_s(inst, n)
+        b = self._base_step_s(inst, n)
         if not inst.kv_s:
             return x / b
         b += inst.kv_s * (inst.ctx_base + n * inst.progress)
