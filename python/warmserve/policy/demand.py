@@ -131,11 +131,8 @@ class Demand:
         """A request of ``model`` finished or was dropped."""
         self._model(model)
         self._exact = True
-        n = self._inflight[model] - 1
-        if n < 0:  # max(0, n), by a comparison: this runs once per request
-            n = 0
-        self._inflight[model] = n
-        self._meter_set(model, now_s, n)
+        self._inflight[model] = max(0, self._inflight[model] - 1)
+        self._meter_set(model, now_s, self._inflight[model])
 
     def forecast(self, model: str, window_index: int) -> tuple[float, float]:
         """(avg, peak) forecast of window ``window_index`` from the windows before it (NaN: no data)."""
