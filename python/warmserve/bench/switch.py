@@ -25,10 +25,12 @@ weights in a Llama-like layout (hidden 2048, 9 tensors per layer), as many layer
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import struct
 import tempfile
@@ -38,6 +40,7 @@ import numpy as np
 
 from warmserve.bench.switch_args import DeviceGiven, device_index
 from warmserve.bench.switch_kv import kv_give_back, page_sizes
+from warmserve.owned_dirs import owned_prefix, sweep_dead_owners
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -46,6 +49,7 @@ KV_FIRST_BYTES = 64 * MiB
 #: Virtual room reserved for the KV cache after the weights (nothing is mapped until used).
 KV_RESERVE_BYTES = 2 * GiB
 HIDDEN, INTER, KV_DIM, VOCAB = 2048, 5632, 256, 32000
+CACHE_DIR_PREFIX = "warmserve-bench-cache-"
 
 
 def add_arguments(p) -> None:
@@ -357,10 +361,15 @@ def cache_threads(args, dev: Device) -> int:
     return 4 if dev.cuda else 2
 
 
+def cache_base(args, need: int, workdir: str) -> str:
+    """--cache-root (``workdir`` where it has no room for ``need`` bytes), swept first: found in review, a SIGKILLed
+    run (the OOM killer, a CI timeout) left its folder, up to twice --cache-gib of RAM in /dev/shm, for good."""
+    sweep_dead_owners(args.cache_root, CACHE_DIR_PREFIX)
+    return args.cache_root if shutil.disk_usage(args.cache_root).free > need else workdir
+
+
 def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
     """Load from the host checkpoint cache vs the plain pinned copy, same bytes, same run."""
-    import shutil
-
     from warmserve.memory import PagePool
     from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
 
@@ -372,13 +381,13 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
     path = os.path.join(workdir, "cached.bin")
     src.tofile(path)
     warm_page_cache(path)
-    base = args.cache_root if shutil.disk_usage(args.cache_root).free > 2 * nbytes + GiB else workdir
+    base = cache_base(args, 2 * nbytes + GiB, workdir)
     threads = cache_threads(args, dev)
     root = None
     # The folder is made inside the try: whatever fails after it (a bad config, a load) removes it (found in
     # review: a HostCacheConfig error left a warmserve-bench-cache-* folder in /dev/shm).
     try:
-        root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
+        root = tempfile.mkdtemp(prefix=owned_prefix(CACHE_DIR_PREFIX), dir=base)
         cfg = HostCacheConfig(root=root, capacity_bytes=2 * nbytes, threads=threads)
         with PagePool(nbytes, backend=args.backend, device=args.device) as pool, HostCheckpointCache(cfg) as cache:
             s = pool.create_slot(nbytes, "cache")
@@ -435,9 +444,6 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
 
 def model_load(args, dev: Device, workdir: str) -> dict:
     """engine.load_model of --checkpoint: from its files vs through the host checkpoint cache (fill, hits)."""
-    import glob
-    import shutil
-
     from warmserve.engine import load_model
     from warmserve.memory import PagePool
     from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
@@ -446,14 +452,14 @@ def model_load(args, dev: Device, workdir: str) -> dict:
     file_bytes = sum(os.path.getsize(f) for f in files)
     for f in files:
         warm_page_cache(f)
-    base = args.cache_root if shutil.disk_usage(args.cache_root).free > file_bytes + GiB else workdir
+    base = cache_base(args, file_bytes + GiB, workdir)
     root = None
     out = {"checkpoint": os.path.basename(os.path.normpath(args.checkpoint)), "files": len(files), "cache_root": base}
     # The weights are the files' tensors (same dtype): their bytes, page-rounded, plus room for the 256-byte
     # alignment of each tensor group.
     pool_bytes = -(-file_bytes // (2 * MiB)) * (2 * MiB) + 64 * MiB
     try:  # the folder made inside the try, as in cache_bandwidth
-        root = tempfile.mkdtemp(prefix="warmserve-bench-cache-", dir=base)
+        root = tempfile.mkdtemp(prefix=owned_prefix(CACHE_DIR_PREFIX), dir=base)
         cfg = HostCacheConfig(root=root, capacity_bytes=file_bytes + GiB, threads=cache_threads(args, dev))
         with PagePool(pool_bytes, backend=args.backend, device=args.device) as pool, \
                 HostCheckpointCache(cfg) as cache:

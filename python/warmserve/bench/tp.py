@@ -22,6 +22,8 @@ import contextlib
 import math
 import os
 import statistics
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -159,6 +161,8 @@ def run(args) -> dict:
             if measured:  # the workers' logs are kept only to explain a failed run (found in review: left in /tmp)
                 with contextlib.suppress(OSError):
                     os.unlink(proc.log_path)
+        if not measured:
+            print("bench tp: the workers' logs are kept:", *(proc.log_path for proc, _ in procs), file=sys.stderr)
         pool.shutdown()
     med = {k: statistics.median(v) for k, v in rows.items()}
     import platform
@@ -170,13 +174,22 @@ def run(args) -> dict:
             "cold_over_prewarmed": med["cold_start_s"] / med["activate_prewarmed_group_s"]}
 
 
+def _worker_log() -> str:
+    """A worker's log file of this bench's own: ``spawn_local_worker`` removes its default one once the worker ends
+    cleanly, and a run that failed keeps these to explain itself, whatever way its workers ended."""
+    fd, path = tempfile.mkstemp(prefix="warmserve-worker-", suffix=".log")
+    os.close(fd)
+    return path
+
+
 def _start_workers(pool: ThreadPoolExecutor, devices: list[str], memory_gib: float) -> list:
     """One worker per device, started at once (each start imports torch and, on a GPU, makes its CUDA context:
     one after another, ``--tp`` of them took ``--tp`` times one start). A start that fails kills those that came up
     before its error is raised, not at this interpreter's exit."""
     from warmserve.worker import spawn_local_worker
 
-    futures = [pool.submit(spawn_local_worker, d, memory_gib=memory_gib, threads=1) for d in devices]
+    futures = [pool.submit(spawn_local_worker, d, memory_gib=memory_gib, threads=1, log_path=_worker_log())
+               for d in devices]
     started, error = [], None
     for f in futures:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import stat
 import time
 from collections import Counter
 
@@ -15,7 +14,7 @@ import zmq
 from warmserve.controller.pids import pid_running
 from warmserve.endpoints import remove_ipc_file
 from warmserve.errors import InvalidArgumentError
-from warmserve import protocol as P
+from warmserve import owned_dirs, protocol as P
 from warmserve.security import KEY_CLASH_MARK, curve_server, load_curve_key
 
 log = logging.getLogger("warmserve.controller")
@@ -88,7 +87,7 @@ class LocalCurveKeys:
                             "a fresh temp dir", self.dir)
                 self._remove()
             # mode 0700: the local workers' secret key is in it; named by this process, for ``sweep_dead_owners``
-            tmp = tempfile.mkdtemp(prefix=f"{CURVE_DIR_PREFIX}{_pid_ns()}-{os.getpid()}-")
+            tmp = tempfile.mkdtemp(prefix=owned_dirs.owned_prefix(CURVE_DIR_PREFIX))
             try:
                 for name, data in self._contents.items():
                     # 0600 from the start: the local workers warn of a key others can read, and none ever can here
@@ -147,39 +146,14 @@ class LocalCurveKeys:
 CURVE_DIR_PREFIX = "warmserve-curve-"
 
 
-def _pid_ns() -> int:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return 0
-
-
 def sweep_dead_owners(root: str | None = None) -> None:
     """Remove the ``LocalCurveKeys`` temp dirs under ``root`` ($TMPDIR) of this user whose owning process, in this
     pid namespace, has ended. Found in review: a controller killed with SIGKILL while a local worker started left its
     dir, the workers' secret key in it, and each such kill one more. A dir whose owner cannot be proven dead (another
     namespace's, an older unnamed one, a pid reused since) is left alone."""
-    import re
     import tempfile
 
-    root = root or tempfile.gettempdir()
-    named = re.compile(re.escape(CURVE_DIR_PREFIX) + r"(\d+)-(\d+)-[^/]+")
-    ns = _pid_ns()
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        return
-    for entry in entries:
-        m = named.fullmatch(entry)
-        if m is None or not ns or int(m.group(1)) != ns or pid_running(int(m.group(2))):
-            continue
-        path = os.path.join(root, entry)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
-            _rmtree(path)
+    owned_dirs.sweep_dead_owners(root or tempfile.gettempdir(), CURVE_DIR_PREFIX)
 
 
 def _rmtree(path: str) -> None:

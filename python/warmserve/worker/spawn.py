@@ -31,7 +31,37 @@ class _WorkerPopen(subprocess.Popen):
 
     Found in review: a weakref finalizer was to do it, but ``Popen.__del__`` keeps a running child alive in
     ``subprocess._active`` (to reap it later), so the finalizer never ran and the worker served on unowned. The
-    child is still unreaped here, so its pid cannot be another process's."""
+    child is still unreaped here, so its pid cannot be another process's.
+
+    Its log, when ``spawn_local_worker`` made it, goes once the worker has ended cleanly: exit status 0, or a signal
+    this Popen sent. Found in review: each worker left one file in /tmp. A worker that failed keeps it, since the
+    errors name it; a caller's own ``log_path`` always stays (the way to keep a clean end's log)."""
+
+    #: Whether ``log_path`` is spawn_local_worker's own, of a worker that started: removed at a clean end.
+    _own_log = False
+    #: The signals sent through this Popen while the worker ran: a death by one of them is ours, not a failure.
+    _sent: frozenset[int] = frozenset()
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            self._sent |= {sig}  # before the signal: the worker may be reaped of it before this line would run
+        super().send_signal(sig)
+
+    def poll(self):
+        rc = super().poll()
+        self._ended()
+        return rc
+
+    def wait(self, timeout=None):
+        rc = super().wait(timeout)
+        self._ended()
+        return rc
+
+    def _ended(self) -> None:
+        rc = self.returncode
+        if self._own_log and rc is not None and (rc == 0 or -rc in self._sent):
+            self._own_log = False
+            _remove(self.log_path)
 
     def __del__(self, *args, **kwargs):
         # Only what Popen's own __del__ would keep: a child that was started and whose exit nobody read yet.
@@ -60,9 +90,10 @@ def spawn_local_worker(
 
     The process exits with its parent, and is killed (and reaped) when the returned Popen is garbage-collected or
     this interpreter exits. Its stderr goes to ``log_path`` (a temporary file by default, named in
-    ``process.log_path``).
+    ``process.log_path``, and removed once the worker has ended cleanly: see ``_WorkerPopen``).
     """
-    if log_path is None:
+    own_log = log_path is None
+    if own_log:
         fd, log_path = tempfile.mkstemp(prefix="warmserve-worker-", suffix=".log")
         os.close(fd)
     r, w = os.pipe()
@@ -87,7 +118,7 @@ def spawn_local_worker(
             os.close(w)
     proc.log_path = log_path
     # At interpreter exit, for a Popen still referenced then (a collected one kills its worker itself).
-    weakref.finalize(proc, _kill, proc.pid)
+    weakref.finalize(proc, _kill, proc.pid, log_path if own_log else None)
     try:
         hello = _read_ready(r, proc, ready_timeout_s, log_path)
     except BaseException:
@@ -97,6 +128,7 @@ def spawn_local_worker(
     finally:
         os.close(r)
     proc.hello = hello
+    proc._own_log = own_log  # only now: every error of a start that failed names the log, even an exit 0's
     return proc, hello.endpoint
 
 
@@ -139,14 +171,24 @@ def _tail(path: str, n_bytes: int = 3000) -> str:
         return "(no log)"
 
 
-def _kill(pid: int) -> None:
+def _kill(pid: int, log_path: str | None = None) -> None:
     """Kill our child ``pid`` unless it has ended (then it is reaped here, or was already: the pid may belong to
-    someone else now)."""
+    someone else now, and its Popen saw to the log). ``log_path``: spawn_local_worker's own log, removed unless the
+    worker failed by itself."""
     try:
-        ended, _ = os.waitpid(pid, os.WNOHANG)
+        ended, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return
     if ended:
+        if log_path is not None and os.waitstatus_to_exitcode(status) == 0:
+            _remove(log_path)
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    if log_path is not None:
+        _remove(log_path)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -5,11 +5,12 @@ naming owns: the integration test (test_review_abnormal_ends.py) kills a real se
 import os
 import subprocess
 
-from warmserve.controller.hub_sockets import CURVE_DIR_PREFIX, _pid_ns, sweep_dead_owners
+from warmserve.controller.hub_sockets import CURVE_DIR_PREFIX, sweep_dead_owners
+from warmserve.owned_dirs import pid_ns
 
 
 def test_only_dirs_whose_owner_has_ended_in_this_namespace_go(tmp_path):
-    ns = _pid_ns()
+    ns = pid_ns()
     assert ns, "no /proc/self/ns/pid here: the sweep would spare everything"
     gone = subprocess.Popen(["true"])
     gone.wait()  # reaped: its pid runs nothing now (reuse within this test is as unlikely as it is harmless)
