@@ -452,7 +452,8 @@ def text_lines(res: dict) -> list[str]:
             continue
         t = res[key]
         lines.append(f"{key}: activation {t['activation_s'] * 1e3:.1f} ms, TTFT {t['ttft_s'] * 1e3:.1f} ms, first "
-                     f"decode step {t['first_decode_step_s'] * 1e3:.2f} ms (graphed steps {t['decode_steps_graphed']}); "
+                     f"decode step {t['first_decode_step_s'] * 1e3:.2f} ms "
+                     f"(graphed steps {t['decode_steps_graphed']}); "
                      f"TTFT of each, in order: {', '.join(f'{x * 1e3:.1f}' for x in t['ttft_s_each'])} ms")
     for r in res.get("decode", []):
         extra = ""
@@ -474,7 +475,8 @@ def text_lines(res: dict) -> list[str]:
                      f"{p['device_ms_per_step']:.3f} ms of device time a step, idle "
                      f"{p['gaps_in_replay_us_per_step']:.0f} us in gaps < 20 us and "
                      f"{p['gaps_between_steps_us_per_step']:.0f} us between steps; costliest:")
-        lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}" for t in p["top"]]
+        lines += [f"  {t['us_per_step']:8.1f} us/step {t['calls_per_step']:5.1f} calls  {t['kernel']}"
+                  for t in p["top"]]
     lines += alternate_lines(res.get("blas", []), "BLAS library", "cublaslt", "cublas")
     lines += alternate_lines(res.get("gemv", []), "gemv kernel", "gemv", "cublas")
     lines += _phase_lines(res.get("phases", []), lambda p: f"step phases, decode batch {p['batch']} "

@@ -216,7 +216,8 @@ def main(prefix: str) -> None:
     except Exception as e:
         prefill, prefill_error = [], f"{type(e).__name__}: {e}"
     res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, dtype=str(DTYPE), heads=HEADS,
-               kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_tokens=BLOCK, decode=decode, prefill=prefill, prefill_error=prefill_error, copies=copies,
+               kv_heads=KV_HEADS, head_dim=HEAD_DIM, block_tokens=BLOCK, decode=decode, prefill=prefill,
+               prefill_error=prefill_error, copies=copies,
                warps=warps, warps_error=warps_error,
                definitions="median ms of CUDA-event-timed calls of attend() (one layer: K/V write + attention); "
                            "kernel_kv_read_gbps = K+V bytes of the context / kernel time (bytes read, lower bound)")

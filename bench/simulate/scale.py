@@ -1,7 +1,8 @@
 """How fast the simulator runs big clusters: wall time for one simulated span, split into policy and simulator.
 
     python bench/simulate/scale.py --gpus 64 --models 32 --duration-s 3600 --json bench/simulate/scale_64x32.json
-    python bench/simulate/scale.py --gpus 1024 --models 256 --duration-s 600 --start-hour 18.5 --json bench/simulate/scale_1024x256.json
+    python bench/simulate/scale.py --gpus 1024 --models 256 --duration-s 600 --start-hour 18.5 \\
+        --json bench/simulate/scale_1024x256.json
 
 (The 256-model workload reuses m-mid's clients shifted by days, and one shift carries a data gap of day 9 into
 19:00-23:00 of the last day, which the recipe refuses: hence 18:30 there.)

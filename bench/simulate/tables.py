@@ -62,7 +62,8 @@ def scale_table():
             continue
         s = d["summary"]
         print(f"| {d['gpus']} GPUs x {d['models']} models | {d['simulated_s']:.0f} s (+{d['warmup_s']:.0f} s) | "
-              f"{d['requests']:,} + {d['warmup_requests']:,} | {d['wall_total_s']:.1f} s | {d['wall_policy_s']:.1f} s | "
+              f"{d['requests']:,} + {d['warmup_requests']:,} | {d['wall_total_s']:.1f} s | "
+              f"{d['wall_policy_s']:.1f} s | "
               f"{d['wall_simulator_s']:.1f} s | {s['ttft_p50_s']:.3f} / {s['ttft_p99_s']:.3f} s | "
               f"{s['slo_attainment']:.3f} | {s['instance_starts']:,} | {s['prewarm_hit_rate']:.2f} |")
 

@@ -63,7 +63,8 @@ def main() -> None:
             for mode in runs:
                 runs[mode].append(one_run(path, mode == "forked"))
                 print(f"repeat {i + 1}/{args.repeats} {mode}: {runs[mode][-1]}", flush=True)
-    out = {mode: {k: statistics.median(r[k] for r in rs) for k in ("start_s", "restart_s")} for mode, rs in runs.items()}
+    out = {mode: {k: statistics.median(r[k] for r in rs) for k in ("start_s", "restart_s")}
+           for mode, rs in runs.items()}
     out["fresh_over_forked"] = {k: out["fresh"][k] / out["forked"][k] for k in ("start_s", "restart_s")}
     out["runs"] = runs
     print(f"{'':8}{'start s':>10}{'restart s':>11}")

@@ -510,8 +510,8 @@ class Hello(_Msg):
 Request = Union[Prewarm, Evict, Activate, Deactivate, Generate, Abort, SetKvTarget, Dedicate, GetStats, Heartbeat,
                 Rejoin, Shutdown, HostGroupStore, JoinGroup, LeaveGroup, Refused]
 Reply = Union[
-    Ok, Error, PrewarmProgress, Prewarmed, Evicted, Activated, Deactivated, Tokens, KvTargetSet, Stats, Heartbeat, Hello,
-    GroupStoreHosted, GroupJoined,
+    Ok, Error, PrewarmProgress, Prewarmed, Evicted, Activated, Deactivated, Tokens, KvTargetSet, Stats, Heartbeat,
+    Hello, GroupStoreHosted, GroupJoined,
 ]
 #: Messages that end a request (everything but progress events, unfinished Tokens and Heartbeat).
 FINAL = (Ok, Error, Prewarmed, Evicted, Activated, Deactivated, KvTargetSet, Stats, GroupStoreHosted, GroupJoined)

@@ -30,9 +30,9 @@ SERVE_CONTROLLER = {"tick_s": 0.2, "heartbeat_interval_s": 0.2, "worker_timeout_
                     "restart_backoff_s": 0.2}
 
 
-def start(tmp_path, *, models=MODELS, tp: dict | None = None, policy: dict | None = None, cpu_workers: int = 2, cpu_worker_memory_bytes: int = 805306368,
-          cluster_toml: str = "", log_level: str = "INFO", args=(), start_timeout_s: float = 180.0, preexec_fn=None,
-          **controller) -> tuple[subprocess.Popen, str]:
+def start(tmp_path, *, models=MODELS, tp: dict | None = None, policy: dict | None = None, cpu_workers: int = 2,
+          cpu_worker_memory_bytes: int = 805306368, cluster_toml: str = "", log_level: str = "INFO", args=(),
+          start_timeout_s: float = 180.0, preexec_fn=None, **controller) -> tuple[subprocess.Popen, str]:
     """`warmserve serve` on CPU workers (one thread each) with the demo `models`; returns the process and its base
     URL. `tp`: model -> tensor-parallel degree (1 if absent); `policy`: more [policy] keys. `cluster_toml` adds
     top-level lines; `controller` overrides SERVE_CONTROLLER keys (None leaves a key out,

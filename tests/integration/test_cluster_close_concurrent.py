@@ -108,8 +108,8 @@ def test_a_cluster_collected_on_its_own_loop_thread_stops_without_blocking_that_
     path = serving.demo_paths((MODEL,))[MODEL]
     script = tmp_path / "drop_on_loop.py"
     script.write_text(SCRIPT)
-    out = subprocess.run([sys.executable, str(script), path, os.path.dirname(serving.__file__)], capture_output=True, text=True, timeout=240,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = subprocess.run([sys.executable, str(script), path, os.path.dirname(serving.__file__)], capture_output=True,
+                         text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["ran_on"] == ["warmserve-controller"], r

@@ -38,7 +38,8 @@ def test_a_bursting_co_served_model_turns_its_worker_into_its_dedicated_instance
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
 
     def ask(model: str, n: int = 8) -> int:
-        return client.completions.create(model=model, prompt="hello", max_tokens=n, temperature=0).usage.completion_tokens
+        return client.completions.create(model=model, prompt="hello", max_tokens=n,
+                                         temperature=0).usage.completion_tokens
 
     # two models first (they open a host and share it), then the third (the host is full: it opens another)
     for rnd in range(5):

@@ -40,8 +40,8 @@ def test_a_forked_worker_has_a_popen_childs_status_signals_and_stderr(tmp_path):
     assert forkserver.prepare(60)
     log_path = tmp_path / "w.log"
     with open(log_path, "wb") as log:
-        bad = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0", "--page-mib", "3"), env=dict(os.environ),
-                                      stdout=log, stderr=log, forked=True)
+        bad = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0", "--page-mib", "3"),
+                                      env=dict(os.environ), stdout=log, stderr=log, forked=True)
         good = forkserver.popen_worker(_worker_cmd("--bind", "tcp://127.0.0.1:0"), env=dict(os.environ),
                                        stdout=log, stderr=log, forked=True)
     assert isinstance(bad, ForkedProcess) and isinstance(good, ForkedProcess)

@@ -1,10 +1,10 @@
 """A `warmserve serve` whose engines run at most 2 sequences (--max-num-seqs 2), given 6 requests at once: /metrics
 shows 2 running and 4 waiting (vLLM's num_requests_running / _waiting), the 4 in the controller's queue
-(``warmserve_queue_length``), not in the engine's. Found in review: 6 running and 0 waiting, every request sent to an instance
-counted as running though 4 waited in its engine's queue; and, in a later review, requests routed past an engine's
-max_num_seqs waited in its queue where no other instance could take them, so route() now sends an instance no more
-(``InstanceState.max_seqs``) and the rest wait in the controller's queue. The waiting gauge's count of an engine's
-queue (KV room): unit/controller/test_metrics_running_waiting.py."""
+(``warmserve_queue_length``), not in the engine's. Found in review: 6 running and 0 waiting, every request sent to an
+instance counted as running though 4 waited in its engine's queue; and, in a later review, requests routed past an
+engine's max_num_seqs waited in its queue where no other instance could take them, so route() now sends an instance no
+more than its max_num_seqs (``InstanceState.max_seqs``) and the rest wait in the controller's queue. The waiting
+gauge's count of an engine's queue (KV room): unit/controller/test_metrics_running_waiting.py."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ from warmserve.cli import COMMANDS, main
 
 
 def test_errors_round_trip_the_wire_with_their_numbers():
-    err = errors.OutOfMemoryError("needs 3.0 GiB, 1.0 GiB free", asked_bytes=3 << 30, free_bytes=1 << 30, total_bytes=8 << 30)
+    err = errors.OutOfMemoryError("needs 3.0 GiB, 1.0 GiB free", asked_bytes=3 << 30, free_bytes=1 << 30,
+                                  total_bytes=8 << 30)
     back = errors.from_wire(err.to_wire())
     assert type(back) is errors.OutOfMemoryError
     assert isinstance(back, MemoryError)
@@ -43,7 +44,8 @@ def test_cli_lists_commands_and_rejects_unknown(capsys):
 _WORKER = ("worker", "--memory-gib", "0.01")
 CLI_MISTAKES = [
     (("models", "demo", "--models", "bogus"), 2, "UnknownModelError: unknown demo model(s) ['bogus']"),
-    (("models", "demo", "--models", "llama-20m", "--out", "/proc/nope"), 2, "--out /proc/nope: cannot create the folder"),
+    (("models", "demo", "--models", "llama-20m", "--out", "/proc/nope"), 2,
+     "--out /proc/nope: cannot create the folder"),
     ((*_WORKER, "--log-level", "foo"), 2, "invalid choice: 'FOO'"),
     ((*_WORKER, "--controller", "notanaddress"), 2, "--controller must be a ZeroMQ address"),
     ((*_WORKER, "--controller", "tcp://127.0.0.1:0"), 2, "--controller: port '0'"),

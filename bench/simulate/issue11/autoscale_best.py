@@ -154,7 +154,8 @@ def main() -> None:
             futs = {(p, n): [pool.submit(one, p, n, seeds, st) for st in SETTINGS] for p, n in cells}
             rows = [cell(p, n, [f.result() for f in futs[(p, n)]]) for p, n in cells]
     print("| preset | cell | warmserve P99 s | autoscale P99 s, registered / best (setting) | ratio registered | "
-          "ratio best | its GPU-s / warmserve's | ratio, best within warmserve's GPU-s |\n|---|---|---|---|---|---|---|---|")
+          "ratio best | its GPU-s / warmserve's | ratio, best within warmserve's GPU-s |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
         b = r["best"]
         print(f"| {r['preset']} | {r['cell']} | {r['warmserve_p99_s']:.2f} | {r['settings'][0]['ttft_p99_s']:.2f} / "

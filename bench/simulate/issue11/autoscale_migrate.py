@@ -65,7 +65,8 @@ def main() -> None:
             r["scale_in_floor_now"] = floor_now
         out.append(r)
         print(f"{args.preset} burst_cv={args.burst_cv} cold_start_s={args.cold_start_s} autoscale "
-              f"scale_in_floor_now={args.scale_in_floor_now or 'registered'} migrate_max_in_flight={k}: P99 TTFT {r['ttft_p99_s']:.2f} s, SLO {r['slo_attainment']:.4f}, "
+              f"scale_in_floor_now={args.scale_in_floor_now or 'registered'} migrate_max_in_flight={k}: "
+              f"P99 TTFT {r['ttft_p99_s']:.2f} s, SLO {r['slo_attainment']:.4f}, "
               f"moved {r['requests_migrated']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -14,7 +14,8 @@ SCALES = (("0.25", "025"), ("0.35", "035"), ("0.5", "05"), ("0.75", "075"))
 
 
 def main() -> None:
-    print("| preset, rate scale | warmserve before (commit 1b4bb55) | warmserve now (conversion, replicas, route-time prefill trigger) |")
+    print("| preset, rate scale | warmserve before (commit 1b4bb55) | "
+          "warmserve now (conversion, replicas, route-time prefill trigger) |")
     print("|---|---|---|")
     for kind in ("conv", "code"):
         for scale, tag in SCALES:
@@ -32,7 +33,8 @@ def main() -> None:
         if before is None or after is None:
             continue
         wb = before["policies"]["warmserve"]["max_rate_under_slo_rps"]
-        wa, sh = after["policies"]["warmserve"]["max_rate_under_slo_rps"], after["policies"]["shared"]["max_rate_under_slo_rps"]
+        wa = after["policies"]["warmserve"]["max_rate_under_slo_rps"]
+        sh = after["policies"]["shared"]["max_rate_under_slo_rps"]
         print(f"| paper-{kind} | {wb:.2f} / **{wa:.2f}** / {sh:.2f} | {wb / sh:.2f}x -> **{wa / sh:.2f}x** |")
 
 

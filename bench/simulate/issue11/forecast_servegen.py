@@ -7,9 +7,9 @@ start hours, each cell over the same seeds.
 
 Every cell is ``warmserve simulate --workload servegen --models M --gpus G --rate R --duration-s D
 --start-hour H --history-days 7 --seeds 0,1,2 --no-search`` with the policies above; the script only loops.
-P99 TTFT is the median over the seeds, SLO attainment and the prewarm hit rate their means (as the max-rate
-search judges a rate). Beside the runs it prints how predictable the replayed series are: per series, the correlation of a window's
-rate with the previous window's (what `reactive` bets on) and with the same window of the previous day (what a
+P99 TTFT is the median over the seeds, SLO attainment and the prewarm hit rate their means (as the max-rate search
+judges a rate). Beside the runs it prints how predictable the replayed series are: per series, the correlation of a
+window's rate with the previous window's (what `reactive` bets on) and with the same window of the previous day (what a
 daily forecast adds).
 """
 

@@ -109,7 +109,8 @@ def window_rows(best: dict) -> list[list[str]]:
 
 def rate_rows() -> list[list[str]]:
     rows = []
-    for label, wfile in (("max rate under the SLO, warmserve / shared, at targets 0.99 / 0.98 / 0.95", "_search_targets"),
+    for label, wfile in (("max rate under the SLO, warmserve / shared, at targets 0.99 / 0.98 / 0.95",
+                          "_search_targets"),
                          ("the same, warmserve with `scale_out_now=true`", "_search_targets_scale_out_now")):
         row = [label]
         for p in PRESETS:

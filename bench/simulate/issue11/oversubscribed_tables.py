@@ -1,5 +1,5 @@
-"""Print the tables of bench/simulate/OVERSUBSCRIBED.md's "Over-subscribed clusters: more models than GPUs" from the JSON
-files of this folder (``paper_{conv,code}_m12_*``, ``paper_{conv,code}_seed0_m7``).
+"""Print the tables of bench/simulate/OVERSUBSCRIBED.md's "Over-subscribed clusters: more models than GPUs" from the
+JSON files of this folder (``paper_{conv,code}_m12_*``, ``paper_{conv,code}_seed0_m7``).
 
     python bench/simulate/issue11/oversubscribed_tables.py
 """

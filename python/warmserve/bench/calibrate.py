@@ -27,12 +27,12 @@ Per demo model, in this process, on a host page pool like a CPU worker's, with t
   (``CostModel.vllm_cold_start_s``).
 
 CPU workers on one machine share its cores: ``gpu.host_cores`` (the cores this process may run on / torch
-threads, at least 1) is the simulator's contention term, a step taking max(1, busy workers / host_cores) times its lone time
-(``GpuType.host_slowdown``). With ``--parallel N`` the same measurement also runs in N processes at once (as N CPU
-workers all computing), and the median ratio of their prefill/decode times to the lone process's is reported
-beside what the host term charges for N (``parallel.slowdown``, ``parallel.host_term_slowdown``), and N fresh
-engine processes are started at once (``parallel.fresh_engine``). The lone-process tables stay in the profile and
-``gpu.compute_scale`` stays 1; the contended tables are kept under ``parallel``.
+threads, at least 1) is the simulator's contention term, a step taking max(1, busy workers / host_cores) times its lone
+time (``GpuType.host_slowdown``). With ``--parallel N`` the same measurement also runs in N processes at once (as N CPU
+workers all computing), and the median ratio of their prefill/decode times to the lone process's is reported beside what
+the host term charges for N (``parallel.slowdown``, ``parallel.host_term_slowdown``), and N fresh engine processes are
+started at once (``parallel.fresh_engine``). The lone-process tables stay in the profile and ``gpu.compute_scale`` stays
+1; the contended tables are kept under ``parallel``.
 
 Medians over ``--repeats``. The schema is ``warmserve.sim.costmodel``'s (version 1).
 """

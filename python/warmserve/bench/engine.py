@@ -87,7 +87,8 @@ class _FirstTokenClock:
         pass
 
 
-def throughput_pair(lm, hf, batch: int, prompt_tokens: int, new_tokens: int, repeats: int, device: str) -> tuple[dict, dict | None]:
+def throughput_pair(lm, hf, batch: int, prompt_tokens: int, new_tokens: int, repeats: int,
+                    device: str) -> tuple[dict, dict | None]:
     """Ours and transformers' generate(), alternating run by run so machine noise hits both alike."""
     import torch
 
@@ -241,7 +242,8 @@ sys.stdout.flush()
 
 
 def _new_process_ttft(path: str, pool_bytes: int, threads: int, device: str) -> float:
-    code = _CHILD.format(threads=threads, pool_bytes=pool_bytes, backend="cuda" if device.startswith("cuda") else "host",
+    code = _CHILD.format(threads=threads, pool_bytes=pool_bytes,
+                         backend="cuda" if device.startswith("cuda") else "host",
                          path=path, prompt=_prompts(1000, 1, 16)[0], cuda=device.startswith("cuda"),
                          index=_cuda_index(device) if device.startswith("cuda") else 0)
     t0 = time.perf_counter()

@@ -331,7 +331,8 @@ def main(args) -> int:
                 "fit_s_per_series": float(np.mean([r["methods"][m]["fit_s"] for r in sel]))}
             for m in ALL_METHODS}}
     print()
-    print(f"{'group':<17} {'n':>3} " + " ".join(f"{c[:12]:>12}" for c in cols) + "   peak MRE: mean / median over series")
+    print(f"{'group':<17} {'n':>3} " + " ".join(f"{c[:12]:>12}" for c in cols) +
+          "   peak MRE: mean / median over series")
     for g, s in summary.items():
         print(f"{g:<17} {s['series']:>3} " + " ".join(
             f"{s[c]['peak_mre_mean']:>5.1%}/{s[c]['peak_mre_median']:<5.1%}".rjust(12) for c in cols))
@@ -339,7 +340,8 @@ def main(args) -> int:
     print(f"fit time per series (s, avg + peak, {EVAL_DAYS + SELECT_DAYS} days of origins): " +
           ", ".join(f"{m} {fit[m]['fit_s_per_series']:.2f}" for m in METHODS))
     res = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
-           "traces": os.path.abspath(traces), "dispersion": args.dispersion, "window_s": WINDOW_S, "eval_days": EVAL_DAYS, "series": rows,
+           "traces": os.path.abspath(traces), "dispersion": args.dispersion, "window_s": WINDOW_S,
+           "eval_days": EVAL_DAYS, "series": rows,
            "summary": summary, "goal_peak_mre": 0.073, "wall_s": time.perf_counter() - t_all}
     if args.json:
         write_json_atomic(args.json, res, indent=1, default=float)

@@ -335,9 +335,9 @@ def replay_start(t_launch_unix: float, clock0_s: float, window_s: float, n_idle:
                  earliest_rel_s: float | None = None, live_warmup_s: float = 0.0) -> float:
     """Unix time of the trace's t = 0 for a cluster launched at ``t_launch_unix``: the replay's start
     (t = -``live_warmup_s``) ``n_idle`` windows after the launch's window on the policy's grid (windows counted
-    from its clock origin, a UTC midnight, as the controller counts them under ``REPLAY_ZONE``), at the offset it has in its window
-    in the simulator. ``earliest_rel_s``: the earliest history window start, seconds from t = 0 (history older
-    than a week moves the origin)."""
+    from its clock origin, a UTC midnight, as the controller counts them under ``REPLAY_ZONE``), at the offset it has in
+    its window in the simulator. ``earliest_rel_s``: the earliest history window start, seconds from t = 0 (history
+    older than a week moves the origin)."""
     from warmserve.controller.controller import policy_clock_origin
 
     c = clock0_s - live_warmup_s

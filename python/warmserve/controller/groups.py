@@ -268,8 +268,8 @@ class GroupManager:
             if any(w is None or not w.alive for w in rec.workers):
                 raise WorkerLostError(f"a worker of GPUs {list(rec.gpus)} is gone", gpus=list(rec.gpus))
             port = (await hub.call(rec.workers[0], P.HostGroupStore(id=hub.next_id()), JOIN_TIMEOUT_S)).port
-            # Sent to every member here, with no await between: each worker joins its groups one at a time in the
-            # order they came (worker/tp_groups.py, GroupTable), and NCCL needs that order to be the same on every worker.
+            # Sent to every member here, with no await between: each worker joins its groups one at a time in the order
+            # they came (worker/tp_groups.py, GroupTable), and NCCL needs that order to be the same on every worker.
             msgs = [P.JoinGroup(id=hub.next_id(), group_id=rec.group_id, rank=r, world_size=len(rec.gpus),
                                 store_port=port) for r in range(len(rec.workers))]
             futs = []

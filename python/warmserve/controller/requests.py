@@ -19,8 +19,8 @@ _END = object()
 class Req:
     __slots__ = (
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
-        "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s", "_waiter",
-        "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason", "token_ids", "prefilling",
+        "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s",
+        "_waiter", "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason", "token_ids", "prefilling",
         "outcome_by_consumer", "_settle", "family",
     )
 
@@ -71,7 +71,8 @@ class Req:
         plus the engine), in ms. What a client measures beyond these is the controller's (and HTTP's) share."""
         if self.sent_s is None or self.end_s is None:
             return ""
-        return f"queue;dur={(self.sent_s - self.arrival_s) * 1e3:.3f}, worker;dur={(self.end_s - self.sent_s) * 1e3:.3f}"
+        return (f"queue;dur={(self.sent_s - self.arrival_s) * 1e3:.3f}, "
+                f"worker;dur={(self.end_s - self.sent_s) * 1e3:.3f}")
 
     def _put(self, item) -> None:
         self._q.append(item)

@@ -120,8 +120,9 @@ class ModelConfig:
         # without the key was refused)
         n_kv = int(config_value(cfg, "num_key_value_heads", arch) or n_heads)
         if n_heads % n_kv:
-            raise UnsupportedModelError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}",
-                                        num_heads=n_heads, num_kv_heads=n_kv)
+            raise UnsupportedModelError(
+                f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}",
+                num_heads=n_heads, num_kv_heads=n_kv)
         head_dim = int(cfg.get("head_dim") or hidden // n_heads)
         if head_dim < 1:  # no head_dim given, and hidden_size below num_attention_heads
             raise CheckpointError(
@@ -201,7 +202,8 @@ class ModelConfig:
     def from_dir(cls, path: str) -> "ModelConfig":
         cfg_path = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_path):
-            raise InvalidArgumentError(f"{path!r} has no config.json: point at a Hugging Face checkpoint directory", path=path)
+            raise InvalidArgumentError(f"{path!r} has no config.json: point at a Hugging Face checkpoint directory",
+                                       path=path)
         gen_path = os.path.join(path, "generation_config.json")
         return cls.from_dict(json_object(cfg_path), json_object(gen_path) if os.path.isfile(gen_path) else None)
 

@@ -469,7 +469,8 @@ def spec_summary(name: str) -> dict:
 # ---- command line ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default=None, help=f"output directory (default {default_demo_dir()}; $WARMSERVE_HOME/demo)")
+    parser.add_argument("--out", default=None,
+                        help=f"output directory (default {default_demo_dir()}; $WARMSERVE_HOME/demo)")
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of: {' '.join(DEMO_MODELS)}")
     parser.add_argument("--dtype", default=None, choices=list(DTYPE_NAMES),
                         help="weight dtype on disk of the small demos (default float32; --size writes bfloat16)")

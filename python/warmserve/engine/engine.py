@@ -5,8 +5,9 @@ cache continues in the same slot after the weights, mapped lazily (the first ste
 mapped). ``close()`` deactivates: the KV pages go back to the pool and the weights stay, prewarmed.
 
 Outputs are token ids. EOS and stop-token ids are included in ``token_ids`` as the final token of a request,
-finish reason "stop" (the controller's text stream leaves that token out of the text, as vLLM does). Stop strings (``SamplingParams.stop``) are not the engine's: it
-sees token ids, and whoever detokenizes (the controller's text stream) cuts the text and aborts the request.
+finish reason "stop" (the controller's text stream leaves that token out of the text, as vLLM does). Stop strings
+(``SamplingParams.stop``) are not the engine's: it sees token ids, and whoever detokenizes (the controller's text
+stream) cuts the text and aborts the request.
 """
 
 from __future__ import annotations

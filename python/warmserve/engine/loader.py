@@ -77,7 +77,8 @@ def resolve_dtype(dtype, cfg: ModelConfig, tensors: dict[str, TensorInfo] | None
             raise InvalidArgumentError(
                 f"the checkpoint's dtype is {name} (config.json names none), which the engine does not run: pass "
                 f"dtype as one of {', '.join(DTYPES)}", dtype=name)
-        raise InvalidArgumentError(f"dtype {dtype!r} is not supported: use auto or one of {', '.join(DTYPES)}", dtype=str(dtype))
+        raise InvalidArgumentError(f"dtype {dtype!r} is not supported: use auto or one of {', '.join(DTYPES)}",
+                                   dtype=str(dtype))
     return DTYPES[name]
 
 
@@ -195,7 +196,8 @@ class LoadedModel:
 
     def weight_views(self) -> dict[str, torch.Tensor]:
         """Pinned zero-copy views over the weights (fused names, see model.py)."""
-        params = {name: self.slot.tensor(off, shape, self.dtype, pinned=True) for name, (off, shape) in self.layout.items()}
+        params = {name: self.slot.tensor(off, shape, self.dtype, pinned=True)
+                  for name, (off, shape) in self.layout.items()}
         if self.config.tie_word_embeddings:
             params["lm_head"] = params["embed"]
         return params
@@ -206,7 +208,8 @@ class LoadedModel:
             from warmserve.errors import ClosedError
             raise ClosedError(f"model {self.name!r} was evicted: load it again")
         if self.active:
-            raise InvalidArgumentError(f"model {self.name!r} already has a running engine: close it first", model=self.name)
+            raise InvalidArgumentError(f"model {self.name!r} already has a running engine: close it first",
+                                       model=self.name)
         self._engine = weakref.ref(engine)
         self.slot.tag = f"instance:{self.name}"
         return self.weight_views()

@@ -37,9 +37,10 @@ cache (one tensor over the whole KV range; the engine checks ``is_mapped`` for t
 keeps the slot's reservation alive, so touching an unmapped or closed range through a stale view faults
 (SIGSEGV on the host) instead of reading another slot's data. Closing the pool (or dropping it) never pulls a
 page from under a live pinned view: those pages stay mapped, and their memory allocated, until the last view over
-them goes; a failed or cancelled load likewise leaves mapped the pages a view made meanwhile pins
-(``job.pages_kept``). Pool and slot close cancel running loads and wait for their rollback, in C++. ``slot.tensors({name: (byte_offset, shape,
-dtype)})`` makes a model's many weight views under one pin (microseconds per tensor).
+them goes; a failed or cancelled load likewise leaves mapped the pages that a view made meanwhile
+pins (``job.pages_kept``). Pool and slot close cancel running loads and wait for their rollback, in C++.
+``slot.tensors({name: (byte_offset, shape, dtype)})`` makes a model's many weight views under one pin
+(microseconds per tensor).
 
 Threads. One mutex per pool (in C++) guards the pool and its slots; map/unmap/move/load from several Python
 threads are safe. The GIL policy is written down in csrc/bindings.cpp.

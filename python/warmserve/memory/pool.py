@@ -222,7 +222,8 @@ class Slot:
 
     def physical_pages(self, page_offset: int, n_pages: int) -> list[int]:
         """Pool page ids behind the range (-1 where unmapped): equal ids before and after a move prove no copy."""
-        return list(self._slot.physical_pages(_count("page_offset", page_offset), _count("n_pages", n_pages, positive=True)))
+        return list(self._slot.physical_pages(_count("page_offset", page_offset),
+                                              _count("n_pages", n_pages, positive=True)))
 
     def move_pages(self, src_page_offset: int, n_pages: int, dst: Slot, dst_page_offset: int) -> None:
         """Hand mapped pages [src, src+n) to dst at dst_page_offset (which must be unmapped), contents intact."""
@@ -242,7 +243,8 @@ class Slot:
         shape = _shape("shape", shape)
         itemsize = _dtype("dtype", dtype).itemsize
         if byte_offset % itemsize:
-            raise InvalidArgumentError(f"byte_offset={byte_offset} is not a multiple of the {dtype} item size {itemsize}")
+            raise InvalidArgumentError(f"byte_offset={byte_offset} is not a multiple of the "
+                                       f"{dtype} item size {itemsize}")
         nbytes = _view_bytes("the view", shape, itemsize)
         raw = torch.from_dlpack(self._slot.dlpack(byte_offset, nbytes, bool(pinned)))
         return raw.view(dtype).view(shape)
@@ -269,7 +271,8 @@ class Slot:
             shape = _shape(f"{name} shape", shape)
             itemsize = _dtype(f"layout entry {name!r} dtype", dtype).itemsize
             if byte_offset % itemsize:
-                raise InvalidArgumentError(f"{name}: byte_offset={byte_offset} is not a multiple of its item size {itemsize}")
+                raise InvalidArgumentError(f"{name}: byte_offset={byte_offset} is not a multiple of "
+                                           f"its item size {itemsize}")
             spans.append((name, byte_offset, shape, dtype, _view_bytes(name, shape, itemsize)))
         # The span starts on a multiple of every item size in the layout (item sizes are powers of two; rounding
         # down stays on the page of the first tensor, so no other page is pinned): each tensor's offset inside it
@@ -310,7 +313,8 @@ class Slot:
         specs = []
         for i, src in enumerate(sources):
             if not isinstance(src, tuple) or len(src) != 4:
-                raise InvalidArgumentError(f"load source {i} must be (path_or_buffer, src_offset, slot_byte_offset, nbytes)")
+                raise InvalidArgumentError(f"load source {i} must be (path_or_buffer, src_offset, "
+                                           "slot_byte_offset, nbytes)")
             obj, src_offset, slot_offset, nbytes = src
             _count(f"source {i} src_offset", src_offset)
             _count(f"source {i} slot_byte_offset", slot_offset)
@@ -333,7 +337,8 @@ class Slot:
             address, length, keep = _buffer_address(obj)
             if src_offset + nbytes > length:
                 raise InvalidArgumentError(
-                    f"load source {i}: bytes [{src_offset}, {src_offset + nbytes}) are outside its {length}-byte buffer")
+                    f"load source {i}: bytes [{src_offset}, {src_offset + nbytes}) are outside its "
+                    f"{length}-byte buffer")
             specs.append((None, address, keep, src_offset, slot_offset, nbytes))
         if threads is None:
             threads = 1 if self._pool.backend == "cuda" else 2
@@ -448,13 +453,15 @@ def _buffer_address(obj) -> tuple[int, int, object]:
     try:
         view = memoryview(obj)
     except TypeError as e:
-        raise InvalidArgumentError(f"load source must be a path, a CPU tensor or a buffer, not {type(obj).__name__}") from e
+        raise InvalidArgumentError(f"load source must be a path, a CPU tensor or a buffer, not "
+                                   f"{type(obj).__name__}") from e
     if not view.c_contiguous:  # found in review: a memoryview slice escaped as a bare BufferError
-        raise InvalidArgumentError(f"a {type(obj).__name__} load source must be a C-contiguous buffer, not one of shape "
-                                   f"{view.shape} with strides {view.strides}. Fix: a contiguous copy (bytes(src), "
-                                   "numpy.ascontiguousarray(src))", shape=view.shape, strides=view.strides)
+        raise InvalidArgumentError(f"a {type(obj).__name__} load source must be a C-contiguous buffer, not one of "
+                                   f"shape {view.shape} with strides {view.strides}. Fix: a contiguous copy "
+                                   "(bytes(src), numpy.ascontiguousarray(src))", shape=view.shape, strides=view.strides)
     try:
         arr = np.frombuffer(obj, dtype=np.uint8)
     except (TypeError, ValueError, BufferError) as e:
-        raise InvalidArgumentError(f"load source must be a path, a CPU tensor or a buffer, not {type(obj).__name__}") from e
+        raise InvalidArgumentError(f"load source must be a path, a CPU tensor or a buffer, not "
+                                   f"{type(obj).__name__}") from e
     return arr.ctypes.data, arr.nbytes, arr

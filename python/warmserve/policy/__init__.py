@@ -65,14 +65,13 @@ What the driver does:
   ``CancelPrewarm``/``Evict`` delete it (``executor.drop_prewarm``). ``StartInstance`` drops the prewarms in
   ``evict``, takes ``prewarm_id``'s weights (the prewarm leaves the state), adds ``InstanceState(ready_s=None)``
   with ``kv_blocks_total`` from ``state.kv_blocks_for`` (``kv_fraction`` of the memory after its shard; a share
-  never below one request at the model's context) and
-  starts it (``executor.start_instance``). ``StopInstance`` sets ``draining`` (``ReviveInstance`` clears it);
-  once ``in_flight`` is 0 the instance leaves the state, its weights are kept on its GPUs (``driver.kept``) and ``executor.stop_instance``
-  frees the rest. ``Migrate`` stops it at once: ``executor.migrate_requests`` takes its requests off it and they
-  go to the front of the model's queue, each counting as prefill load its prompt and the tokens it has out (its
-  next instance prefills both and goes on). ``Dedicate`` raises a co-served instance's ``kv_blocks_total`` to a dedicated one's
-  (``executor.dedicate_instance`` lifts the engine's KV cap in place). ``SetKvTarget`` sets ``kv_free_target``
-  (``executor.set_kv_target`` maps to used + free).
+  never below one request at the model's context) and starts it (``executor.start_instance``). ``StopInstance`` sets
+  ``draining`` (``ReviveInstance`` clears it); once ``in_flight`` is 0 the instance leaves the state, its weights are
+  kept on its GPUs (``driver.kept``) and ``executor.stop_instance`` frees the rest. ``Migrate`` stops it at once:
+  ``executor.migrate_requests`` takes its requests off it and they go to the front of the model's queue, each counting
+  as prefill load its prompt and the tokens it has out (its next instance prefills both and goes on). ``Dedicate``
+  raises a co-served instance's ``kv_blocks_total`` to a dedicated one's (``executor.dedicate_instance`` lifts the
+  engine's KV cap in place). ``SetKvTarget`` sets ``kv_free_target`` (``executor.set_kv_target`` maps to used + free).
   ``Route`` (in tick's list) sends the model's oldest waiting request. Placing anything on GPUs that hold kept
   weights drops those first.
 - **GPUs**: ``state.gpus[i].gpu_id == i`` for the life of the cluster. A lost GPU stays in ``state.gpus``
@@ -93,11 +92,11 @@ creation; the policy rescores its replicas each plan and keeps the current score
 What ``tick`` does, in order: records the load (in-flight + queued per model, averaged over 5 s), closes
 finished forecast windows; where the models with forecast demand outnumber the GPUs (one instance each at its
 tp), lays out `shared`'s colocation weighted by the forecast at the first tick and does nothing more while it
-stands (``colocate_when_oversubscribed``; ``policy.colocation``); otherwise keeps the weights of stopped instances that have drained as prewarms on their GPUs
-(a ``Prewarm`` with ``kept_from``; for an instance stopped with nothing in flight, right after its
-``StopInstance`` in the same list), autoscales (§5, plus a prefill trigger: the 5 s average of the backlog's
-prefill time, tokens x prefill_s / 1024, against 0.8 x the per-instance budget ``prefill_budget_s``: the TTFT
-target of ttft_target_prefills prefills, less the request's own;
+stands (``colocate_when_oversubscribed``; ``policy.colocation``); otherwise keeps the weights of stopped instances that
+have drained as prewarms on their GPUs (a ``Prewarm`` with ``kept_from``; for an instance stopped with nothing in
+flight, right after its ``StopInstance`` in the same list), autoscales (§5, plus a prefill trigger: the 5 s average of
+the backlog's prefill time, tokens x prefill_s / 1024, against 0.8 x the per-instance budget ``prefill_budget_s``: the
+TTFT target of ttft_target_prefills prefills, less the request's own;
 GPUs arbitrated by unmet demand: draining instances revived first, new ones one at a time to the model whose
 demand is least met, a quiet model's last instance stopped only when another model wants GPUs that are not
 free, and a model waiting with no instance and no free GPUs taking, after ``preempt_after_s``, those of the
@@ -120,8 +119,9 @@ Policies by name (``POLICY_NAMES``, registered once in ``policy.registry``): ``w
 model with fixed KV shares; several instances per GPU), ``dedicated`` (fixed GPUs per model), and the ablations
 ``no-kv-reservation``, ``round-robin-placement``, ``reactive`` (plans prewarms from the last window instead of a
 forecast) and ``engine-prewarm-only`` (engines ahead, no weights prewarmed). ``shared`` and ``dedicated``
-(``policy.baselines``, their layouts from ``policy.colocation``) lay out all their instances on the first tick and never change them; route() sends a
-request to the model's least-loaded instance whatever its load, and returns None for a model that got no GPUs.
+(``policy.baselines``, their layouts from ``policy.colocation``) lay out all their instances on the first tick and never
+change them; route() sends a request to the model's least-loaded instance whatever its load, and returns None for a
+model that got no GPUs.
 
 Routing (``Policy.route``): the least-loaded ready instance below B; else a draining one revived; else a new
 instance (one creation in flight per model, none while another model waits with no instance); else the

@@ -92,7 +92,8 @@ class StaticPolicy(Policy):
                     model=unplaced[0], models=unplaced, gpus=n_gpus, free_gpus=free)
             cap = self.cfg.max_instances_per_model or math.inf  # found in review: 4 each under a cap of 1
             while True:  # then the rest to whichever model has the most demand per instance, up to the cap
-                ranked = sorted(self.models, key=lambda m: (-demand[m] / max(count[m], 1) if count[m] else -math.inf, m))
+                ranked = sorted(self.models,
+                                key=lambda m: (-demand[m] / max(count[m], 1) if count[m] else -math.inf, m))
                 added = False
                 for m in ranked:
                     if count[m] == 0 or count[m] >= cap:

@@ -1,7 +1,8 @@
-"""warmserve's first-tick colocation where the models outnumber the GPUs (``PolicyConfig.colocate_when_oversubscribed``),
-a mixin of ``core.Policy`` kept apart so that core.py stays readable. The layout is `shared`'s
-(``colocation.plan_shared``), weighted by the forecast; this module decides when it is laid out, how each KV share
-is floored, when it is given up, and what an instance of it may hold once the rules route to it."""
+"""warmserve's first-tick colocation where the models outnumber the GPUs
+(``PolicyConfig.colocate_when_oversubscribed``), a mixin of ``core.Policy`` kept apart so that core.py stays readable.
+The layout is `shared`'s (``colocation.plan_shared``), weighted by the forecast; this module decides when it is laid
+out, how each KV share is floored, when it is given up, and what an instance of it may hold once the rules
+route to it."""
 
 from __future__ import annotations
 

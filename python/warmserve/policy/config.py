@@ -212,13 +212,14 @@ class PolicyConfig:
     #: soon as the averaged load is 0 (§5, the rule before 2026-12-05). At burst CV 4 a light model's next request
     #: came seconds after the stop and waited for GPUs the bursting model held (reclaim waits for their drain,
     #: time-sharing for preempt_after_s): paper-conv, seed 0, three light models' P99 9-10 s against 0.4-1.3 s
-    #: with a hold. 10 s, chosen on six seeds paired over holds of 5-60 s (bench/simulate/issue11/
-    #: last_instance_hold.*): paper-conv's P99 at burst CV 4 0.52x the rule before, artifact-conv's 0.90x, as
-    #: traced the conv presets unchanged and paper-code 1.02x (1.22x at 60 s: its bursts wait for the GPUs held),
-    #: GPU-seconds within 2%. No hold while co-serving finds the cluster over-subscribed (models with demand need
-    #: more GPUs than are live): a held GPU is then one such a model has none of (ServeGen, 16 models on 16 GPUs:
-    #: P99 1.6-2.1x at 10 s, found on a workload the hold was not chosen on; issue11/
-    #: last_instance_hold_servegen.txt). With coserve_tpot_s = 0 there is no such count, and the hold applies.
+    #: with a hold. 10 s, chosen on six seeds paired over holds of 5-60 s
+    #: (bench/simulate/issue11/last_instance_hold.*): paper-conv's P99 at burst CV 4 0.52x the rule before,
+    #: artifact-conv's 0.90x, as traced the conv presets unchanged and paper-code 1.02x (1.22x at 60 s: its bursts
+    #: wait for the GPUs held), GPU-seconds within 2%. No hold while co-serving finds the cluster over-subscribed
+    #: (models with demand need more GPUs than are live): a held GPU is then one such a model has none of
+    #: (ServeGen, 16 models on 16 GPUs: P99 1.6-2.1x at 10 s, found on a workload the hold was not chosen on;
+    #: issue11/last_instance_hold_servegen.txt). With coserve_tpot_s = 0 there is no such count, and the hold
+    #: applies.
     #: The registered `autoscale` keeps 0 (policy.registry): it is the paper's reactive baseline; its best
     #: settings (load windows up to 300 s, keep-alives up to 120 s: issue11/autoscale_seeds6.py) are searched
     #: apart, and the same hold offered to it in issue11/autoscale_hold.txt.
@@ -240,19 +241,19 @@ class PolicyConfig:
     #: GPUs than are live; a model with no forecast counts), lay out `shared`'s colocation at the first tick
     #: (``colocation.plan_shared``: GPU groups per tp class, replicas and KV shares in proportion to each model's
     #: forecast peak in flight for that window, each share floored at one request of coserve_context_tokens, or of
-    #: the model's longest accepted context where known (``ModelInfo.max_context_tokens``); no
-    #: search, nothing read of the load to come) and keep it: the rules stand aside while it stands (route() may
-    #: still start an instance on GPUs it left idle), and take over, its colocated instances as co-served hosts
-    #: that each take what its own KV share holds, once GPUs join, GPUs lost with its instances are not back
-    #: within 20 s (back, their instances are laid out again on them), or a later window's forecast, from history
-    #: reaching a day back, fits those models on GPUs of their own (``colocating.Colocating``). Only with
-    #: co-serving on (coserve_tpot_s > 0) and on an empty cluster. Beyond the paper: on over-subscribed clusters
-    #: the online rules (co-serving at equal KV shares, time-sharing) served less than the fixed layout. Measured (seeds 0-2, bench/simulate/README.md): 12 models on 16 GPUs,
-    #: max rate under the SLO paper-conv 10.10 -> 13.08 rps, paper-code 7.12 -> 8.46 (`shared` searched on the
-    #: replay itself: 14.26, 8.46); ServeGen, 16 models on 24 GPUs, P99 TTFT 0.35-0.42 s at the three start hours
-    #: where it is laid out, where the rules gave 0.66-1.11 s. The forecast matters here: weighted by the last
-    #: window instead (`reactive`), P99 0.66 and 1.79 s at two of them (1.6x, 4.5x), 0.97x at the third. Off for
-    #: `autoscale` (vanilla autoscaling lays nothing out ahead).
+    #: the model's longest accepted context where known, ``ModelInfo.max_context_tokens``; no search, nothing read
+    #: of the load to come) and keep it. While it stands the rules stand aside (route() may still start an instance
+    #: on GPUs it left idle). They take over, each colocated instance becoming a co-served host that takes what its
+    #: own KV share holds, when GPUs join, when GPUs lost with its instances are not back within 20 s (back, their
+    #: instances are laid out on them again), or when a later window's forecast, from history reaching a day back,
+    #: fits those models on GPUs of their own (``colocating.Colocating``). Only with co-serving on
+    #: (coserve_tpot_s > 0) and on an empty cluster. Beyond the paper: on over-subscribed clusters
+    #: the online rules (co-serving at equal KV shares, time-sharing) served less than the fixed layout. Measured (seeds
+    #: 0-2, bench/simulate/README.md): 12 models on 16 GPUs, max rate under the SLO paper-conv 10.10 -> 13.08 rps,
+    #: paper-code 7.12 -> 8.46 (`shared` searched on the replay itself: 14.26, 8.46); ServeGen, 16 models on 24 GPUs,
+    #: P99 TTFT 0.35-0.42 s at the three start hours where it is laid out, where the rules gave 0.66-1.11 s. The
+    #: forecast matters here: weighted by the last window instead (`reactive`), P99 0.66 and 1.79 s at two of them
+    #: (1.6x, 4.5x), 0.97x at the third. Off for `autoscale` (vanilla autoscaling lays nothing out ahead).
     colocate_when_oversubscribed: bool = True
     #: Whether a tensor-parallel model (tp > 1) may share its GPU group with other models: co-served, in
     #: warmserve's colocation, in `shared`'s layout (MuxServe colocates such meshes, so the simulator does). Off:

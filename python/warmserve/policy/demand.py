@@ -81,7 +81,8 @@ class Demand:
                 if not fc.ready(window):
                     fc.predict(series[r, :window], self._may_fit)
 
-    def observe_window(self, model: str, window_start_s: float, avg_concurrency: float, peak_concurrency: float) -> None:
+    def observe_window(self, model: str, window_start_s: float, avg_concurrency: float,
+                       peak_concurrency: float) -> None:
         """Record one window's time-weighted average and peak in-flight requests (NaN: missing)."""
         self._model(model)
         self._hist.observe(model, window_start_s, avg_concurrency, peak_concurrency)

@@ -48,7 +48,8 @@ def _known(avg: float, peak: float) -> tuple[float, float]:
     return avg, avg if math.isnan(peak) else peak
 
 
-def plan_model(model: str, avg: float, peak: float, running: int, capacity: int, cold_start_s: float) -> list[Candidate]:
+def plan_model(model: str, avg: float, peak: float, running: int, capacity: int,
+               cold_start_s: float) -> list[Candidate]:
     avg, peak = _known(avg, peak)
     if not (math.isfinite(avg) and math.isfinite(peak)):
         raise ValueError(f"forecast of {model!r} is not finite: avg {avg}, peak {peak}")

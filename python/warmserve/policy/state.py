@@ -53,7 +53,8 @@ class ModelInfo:
             raise InvalidArgumentError(f"model {self.name!r}: tp must be 1, 2, 4 or 8, got {self.tp}", tp=self.tp)
         if self.weight_bytes <= 0:
             raise InvalidArgumentError(
-                f"model {self.name!r}: weight_bytes must be > 0, got {self.weight_bytes}", weight_bytes=self.weight_bytes
+                f"model {self.name!r}: weight_bytes must be > 0, got {self.weight_bytes}",
+                weight_bytes=self.weight_bytes,
             )
         # Stored rather than computed per use: the planner reads them for every GPU it looks at.
         if not is_page_size(self.page_bytes):
@@ -252,8 +253,8 @@ class ClusterState:
                              f"give the cluster a server with {m.tp} GPUs or lower the model's tp")
             elif not any(len(z) >= m.tp and z[m.tp - 1] >= need for z in sizes):
                 out[name] = (f"each of its {m.tp} GPU(s) needs {need} bytes (a {m.shard_bytes}-byte shard and one "
-                             f"{m.kv_block_bytes}-byte KV block); the largest has {max(max(z, default=0) for z in sizes)}:"
-                             f" raise tp or use larger GPUs")
+                             f"{m.kv_block_bytes}-byte KV block); the largest has "
+                             f"{max(max(z, default=0) for z in sizes)}: raise tp or use larger GPUs")
         return out
 
     def busy_gpus(self) -> set[int]:

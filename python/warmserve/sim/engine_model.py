@@ -456,8 +456,9 @@ class BatchEngines(KvMemory):
 
     def event(self, inst: EngineInst, t: float) -> bool:
         """The instance's current iteration ended at ``t``: a prefill (first tokens) or a decode run up to its
-        first finisher (or the end of the step under way after an arrival, ``wake``). Finished requests are reported; the next
-        iteration is scheduled. False: it was a fresh engine's start that ended (``on_started``), no iteration."""
+        first finisher (or the end of the step under way after an arrival, ``wake``). Finished requests are reported;
+        the next iteration is scheduled. False: it was a fresh engine's start that ended
+        (``on_started``), no iteration."""
         if inst.phase == STARTING:
             inst.phase = IDLE
             inst.work_left = 0.0
@@ -551,9 +552,9 @@ class BatchEngines(KvMemory):
 
     def _set_slow(self, insts, t: float, inst: EngineInst, host: float) -> None:
         """Each of ``insts`` runs at its GPU's time share (instances iterating on its busiest GPU) times their
-        server's host factor ``host``; a decode run or an engine start whose pace changed is re-timed (``inst``, whose own
-        iteration is being chosen, is not pushed here). A fresh engine starting competes for the server's cores,
-        not for its GPU: it counts in the host factor only."""
+        server's host factor ``host``; a decode run or an engine start whose pace changed is re-timed (``inst``, whose
+        own iteration is being chosen, is not pushed here). A fresh engine starting competes for the server's cores, not
+        for its GPU: it counts in the host factor only."""
         gi = self.gpu_insts
         rule = self.cost.colocation_interference
         for o in insts:

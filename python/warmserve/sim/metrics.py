@@ -78,9 +78,9 @@ def summarize(policy, names, arrival_s, first_s, finish_s, model, output_tokens,
     counts as waiting until the end of the run, ``end_s`` - its arrival (found in review: a fixed 999 s was less
     than a late answer can take, up to ~1800 s with the drain, so dropping a request scored better than answering
     it late), or as ``unanswered_ttft_s`` where a caller gives one (the live replay's twin no longer does: its live
-    side counts the same wait, to the client's deadline); one without a finish counts as dropped. ``migrated``: requests moved off an
-    instance to be resumed on another (``actions.Migrate``). ``refused``: requests an engine refused at once, too
-    large for its KV cache (``BatchEngines.admit``); they count as unanswered and dropped too."""
+    side counts the same wait, to the client's deadline); one without a finish counts as dropped. ``migrated``: requests
+    moved off an instance to be resumed on another (``actions.Migrate``). ``refused``: requests an engine refused at
+    once, too large for its KV cache (``BatchEngines.admit``); they count as unanswered and dropped too."""
     answered = ~np.isnan(first_s)
     unanswered = end_s - arrival_s if unanswered_ttft_s is None else unanswered_ttft_s
     ttft = np.where(answered, first_s - arrival_s, unanswered)

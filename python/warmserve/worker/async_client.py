@@ -303,7 +303,8 @@ class AsyncWorkerClient:
         await self._abort_abandoned()
         id = self._new_id()
         q = self._open(id)
-        await self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids), sampling=sampling or P.SamplingParams()))
+        await self._send(P.Generate(id=id, model=model, prompt_ids=list(prompt_ids),
+                                    sampling=sampling or P.SamplingParams()))
         return AsyncTokenStream(self, id, q, timeout_s or self.default_timeout_s)
 
     async def abort(self, request_id: int, *, timeout_s: float | None = None) -> None:

@@ -433,8 +433,8 @@ class WorkerCore(BackgroundWork, ShardRoles):
 
     _HANDLERS = {
         P.Prewarm: _prewarm, P.Evict: _evict, P.Activate: _activate, P.Deactivate: _deactivate,
-        P.Generate: _generate, P.Abort: _abort, P.SetKvTarget: _set_kv_target, P.Dedicate: _dedicate, P.GetStats: _stats,
-        P.Heartbeat: _heartbeat, P.Shutdown: _shutdown, P.HostGroupStore: _host_group_store,
+        P.Generate: _generate, P.Abort: _abort, P.SetKvTarget: _set_kv_target, P.Dedicate: _dedicate,
+        P.GetStats: _stats, P.Heartbeat: _heartbeat, P.Shutdown: _shutdown, P.HostGroupStore: _host_group_store,
         P.JoinGroup: _join_group, P.LeaveGroup: _leave_group,
     }
 

@@ -38,8 +38,8 @@ ranks only ends the instance as one that lost a rank.
 Process groups are built ahead (``JoinGroup``), while the workers are idle: the controller asks for one per
 aligned GPU group the placement can produce, so activating a tensor-parallel instance binds a group that exists
 (the paper prewarms its NCCL communicators the same way). A worker joins its groups one at a time on a thread, in
-the order the controller sent them (``tp_groups.GroupTable``); the store a group meets at is hosted by rank 0's worker, on
-loopback (a group never spans two machines).
+the order the controller sent them (``tp_groups.GroupTable``); the store a group meets at is hosted by rank 0's worker,
+on loopback (a group never spans two machines).
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ def test_workload_is_scaled_named_and_capped():
     # the busiest models get the cheapest checkpoint
     counts = {w.models[i]: int(c) for i, c in enumerate(np.bincount(w.trace.model, minlength=6))}
     ckpt = dict(served)
-    assert max(counts, key=counts.get).startswith(R.CHECKPOINTS[0]) and ckpt[max(counts, key=counts.get)] == R.CHECKPOINTS[0]
+    assert (max(counts, key=counts.get).startswith(R.CHECKPOINTS[0])
+            and ckpt[max(counts, key=counts.get)] == R.CHECKPOINTS[0])
     reqs = R.replay_requests(w, 8192, 0)
     assert len(reqs) == len(w.trace) and all(len(r.prompt) == p for r, p in zip(reqs, w.trace.prompt_tokens))
     assert all(3 <= t < 8192 for r in reqs[:20] for t in r.prompt)

@@ -26,8 +26,8 @@ from warmserve import cli
 
 #: every module that writes a JSON result, each through ``outputs.write_json_atomic``
 RESULT_WRITERS = ["warmserve.sim.cli_output", "warmserve.bench.replay_report", "warmserve.bench.switch",
-                  "warmserve.bench.calibrate", "warmserve.bench.overhead", "warmserve.bench.tp", "warmserve.bench.engine",
-                  "warmserve.bench.placement", "warmserve.bench.forecast"]
+                  "warmserve.bench.calibrate", "warmserve.bench.overhead", "warmserve.bench.tp",
+                  "warmserve.bench.engine", "warmserve.bench.placement", "warmserve.bench.forecast"]
 
 
 

@@ -79,7 +79,8 @@ def test_a_file_written_before_the_offered_rate_was_recorded_is_the_same_workloa
     old = {**both, "workload": {**both["workload"], "meta": {k: v for k, v in meta.items() if k != "offered_rate_rps"}}}
     assert MP.merge(old, both, ["warmserve"], "both.json")["policies"] == both["policies"]
     # a recorded rate that does not follow from the others is a difference
-    wrong = {**both, "workload": {**both["workload"], "meta": {**meta, "offered_rate_rps": 2 * meta["offered_rate_rps"]}}}
+    wrong = {**both, "workload": {**both["workload"],
+                                  "meta": {**meta, "offered_rate_rps": 2 * meta["offered_rate_rps"]}}}
     with pytest.raises(SystemExit, match="workload"):
         MP.merge(old, wrong, ["warmserve"], "wrong.json")
 

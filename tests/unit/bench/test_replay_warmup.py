@@ -172,8 +172,8 @@ def test_tiny_live_replay_answers_the_warmup_and_keeps_it_out_of_the_measured_fi
     args = ["bench", "replay", "--policy", "warmserve", "--models", "2", "--checkpoints", "llama-20m",
             "--cpu-workers", "2", "--duration-s", "300", "--time-scale", "0.02", "--rate", "2",
             "--max-prompt-tokens", "16", "--max-output-tokens", "2", "--start-lead-s", "0", "--drain-s", "15",
-            "--warmup-s", "200", "--seed", "1", "--profile", PROFILE, "--json", str(out), "--log-dir", str(tmp_path / "logs"),
-            "--quiet"]
+            "--warmup-s", "200", "--seed", "1", "--profile", PROFILE, "--json", str(out),
+            "--log-dir", str(tmp_path / "logs"), "--quiet"]
     p = subprocess.run([sys.executable, "-m", "warmserve", *args], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     doc = json.loads(out.read_text())

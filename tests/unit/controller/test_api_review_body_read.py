@@ -169,7 +169,8 @@ def test_an_unsupported_content_encoding_is_a_415_before_the_body_is_read(model)
         status, headers, body = _answer(raw)
         assert status == 415 and headers["content-type"].startswith("application/json"), raw
         err = json.loads(body)["error"]
-        assert err["type"] == "invalid_request_error" and f"Content-Encoding '{refused}' is not supported" in err["message"]
+        assert (err["type"] == "invalid_request_error"
+                and f"Content-Encoding '{refused}' is not supported" in err["message"])
 
 
 def test_a_body_announced_over_the_limit_is_a_413_before_it_is_read_and_its_connection_is_closed(model):

@@ -1,8 +1,9 @@
 """A checkpoint's generation_config.json sets the sampling an HTTP request gets for the fields it leaves out, as vLLM
 takes it (``--generation-config auto``, its default): temperature, top_p, top_k, min_p and repetition_penalty at
 values other than Hugging Face's defaults, and max_new_tokens as the limit of a request that sets none. Found in
-review: it was never read, so a request without temperature sampled at 1.0 where vLLM samples at the model's. Read by ``controller_model`` from the demo checkpoint (copied) and
-applied through the real HTTP API with the stand-in controller of test_openai_logprobs_review.py."""
+review: it was never read, so a request without temperature sampled at 1.0 where vLLM samples at the model's. Read by
+``controller_model`` from the demo checkpoint (copied) and applied through the real HTTP API with the stand-in
+controller of test_openai_logprobs_review.py."""
 
 import dataclasses
 import json

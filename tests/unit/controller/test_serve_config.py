@@ -88,7 +88,8 @@ def test_a_malformed_json_history_is_one_error_naming_the_file_and_its_shape(tmp
 
 
 @pytest.mark.parametrize("rows, says", [
-    (f"a,{T0},inf,3", "infinite, negative or implausible"),  # forecast inf for its slot: every tick there crashed, daily
+    # forecast inf for its slot: every tick there crashed, daily
+    (f"a,{T0},inf,3", "infinite, negative or implausible"),
     (f"a,{T0},1,-2", "infinite, negative or implausible"),
     (f"a,{T0 * 1000},1,3", "Unix times in seconds"),  # milliseconds: the history was sized for 190,000 years
     (f"a,{T0 + 3 * 86400},1,3", "more than a day ahead of now"),  # days ahead (said "none ahead of now" before)

@@ -1,7 +1,8 @@
 """config.json's size fields must be positive. Found in review: ``num_hidden_layers: -1`` (or 0) was accepted, the
 checkpoint prewarmed (only its embeddings) and served garbage tokens; a ``num_key_value_heads`` of 0 was read as
-num_attention_heads; a ``max_position_embeddings`` of 0 or -5 started, and the server refused every request
-as too long for "this model's context of -5 tokens" (the client's fault). Each is refused as the checkpoint's error, naming the field, its value and the fix."""
+num_attention_heads; a ``max_position_embeddings`` of 0 or -5 started, and the server refused every request as too long
+for "this model's context of -5 tokens" (the client's fault). Each is refused as the checkpoint's error, naming the
+field, its value and the fix."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from warmserve.engine.demo import DemoSpec, _fingerprint, _write_checkpoint, _writer_lock, config_dict
+# DemoSpec is used by ``eval(SPEC)`` below, where ruff cannot see it.
+from warmserve.engine.demo import DemoSpec, _fingerprint, _write_checkpoint, _writer_lock, config_dict  # noqa: F401
 
 SPEC = "DemoSpec('llama', 64, 128, 2, 4, 2, vocab_size=256)"
 

@@ -55,7 +55,8 @@ def test_transformers_loads_the_same_tokenizer(demo_dir):
     assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
     assert ours.decode(ours.encode(text)) == text
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    assert ours.apply_chat_template(msgs) == theirs.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert ours.apply_chat_template(msgs) == theirs.apply_chat_template(msgs, tokenize=False,
+                                                                        add_generation_prompt=True)
     # a generation ends at the end of the chat template's turn, <|im_end|>, as well as at <|endoftext|>
     assert ours.eos_token_ids == (0, ours.token_to_id("<|im_end|>")) and ours.vocab_size == 8192
     assert list(transformers.GenerationConfig.from_pretrained(path).eos_token_id) == list(ours.eos_token_ids)

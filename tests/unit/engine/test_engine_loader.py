@@ -86,7 +86,8 @@ def test_weights_land_in_the_slot_byte_for_byte_and_evict_frees_pages(demo_dir, 
     assert torch.equal(qkv[cfg.q_size + cfg.kv_size:], ref["model.layers.2.self_attn.v_proj.weight"])
     assert torch.equal(views["layers.2.qkv.bias"][cfg.q_size:cfg.q_size + cfg.kv_size],
                        ref["model.layers.2.self_attn.k_proj.bias"])
-    assert torch.equal(views["layers.7.gate_up.weight"][cfg.intermediate_size:], ref["model.layers.7.mlp.up_proj.weight"])
+    assert torch.equal(views["layers.7.gate_up.weight"][cfg.intermediate_size:],
+                       ref["model.layers.7.mlp.up_proj.weight"])
     assert views["lm_head"] is views["embed"]  # tied
     assert_inside_slot(views, lm.slot, lm.weight_region_bytes)
     del views, qkv

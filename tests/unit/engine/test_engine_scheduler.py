@@ -161,8 +161,10 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(lm):
         other = eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=1.0, seed=8, ignore_eos=True))[0]
         assert other != alone
         greedy = eng.generate([p[0]], SamplingParams(max_tokens=20, ignore_eos=True))[0]
-        assert eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=0.8, top_k=1, ignore_eos=True))[0] == greedy
-        assert eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=0.8, top_p=1e-6, ignore_eos=True))[0] == greedy
+        assert eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=0.8, top_k=1,
+                                                   ignore_eos=True))[0] == greedy
+        assert eng.generate([p[0]], SamplingParams(max_tokens=20, temperature=0.8, top_p=1e-6,
+                                                   ignore_eos=True))[0] == greedy
 
 
 def test_filter_logits_top_k_top_p():

@@ -45,8 +45,9 @@ with PagePool(2 * n_pages * PAGE, page_bytes=PAGE, prefault=False) as pool:
         except CancelledError:
             outcome = "cancelled"
         mapped = slot.mapped_pages
-        print(f"round {rnd}: j1 {outcome}, failed starts {fails}, j1 pages_mapped {j1.pages_mapped} pages_kept {j1.pages_kept}, "
-              f"slot pages mapped with no load running and no view {mapped} {errs}", flush=True)
+        print(f"round {rnd}: j1 {outcome}, failed starts {fails}, j1 pages_mapped {j1.pages_mapped} "
+              f"pages_kept {j1.pages_kept}, slot pages mapped with no load running and no view {mapped} {errs}",
+              flush=True)
         if mapped and outcome == 'cancelled':
             leaked.append(mapped)
         slot.close()

@@ -5,8 +5,6 @@ ValueError and FileNotFoundError escaped."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from warmserve.errors import InvalidArgumentError

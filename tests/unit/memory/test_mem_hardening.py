@@ -43,7 +43,8 @@ def run_child(body: str, timeout_s: float = 60, tmp_dir=None) -> list[str]:
                            text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"child hung for {timeout_s} s; stdout so far: {e.stdout!r}")
-    assert r.returncode == 0, f"child exited with {r.returncode} (negative: killed by that signal)\n{r.stdout}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, (f"child exited with {r.returncode} (negative: killed by that signal)\n{r.stdout}\n"
+                               f"{r.stderr[-3000:]}")
     return r.stdout.split()
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from warmserve import _C
-from warmserve.errors import CancelledError, DriverError, InvalidArgumentError, OutOfMemoryError, TimeoutError_, ViewsAliveError
+from warmserve.errors import (CancelledError, DriverError, InvalidArgumentError, OutOfMemoryError, TimeoutError_,
+                              ViewsAliveError)
 from warmserve.memory import PagePool
 
 SMALL_PAGE = 4096  # the pool fixture (conftest.py) uses pages of this size
@@ -25,7 +26,8 @@ def test_load_from_file_maps_ahead_and_reports(pool, blob):
     path, data = blob
     s = pool.create_slot(48 * SMALL_PAGE, "w")
     seen = []
-    job = s.load([(path, 100, 50, 30 * SMALL_PAGE)], progress=lambda d, t: seen.append((d, t)), chunk_bytes=3 * SMALL_PAGE)
+    job = s.load([(path, 100, 50, 30 * SMALL_PAGE)], progress=lambda d, t: seen.append((d, t)),
+                 chunk_bytes=3 * SMALL_PAGE)
     assert job.wait(timeout_s=30) == 30 * SMALL_PAGE
     assert job.done and job.progress == (30 * SMALL_PAGE, 30 * SMALL_PAGE)
     assert seen[-1] == (30 * SMALL_PAGE, 30 * SMALL_PAGE) and all(t == 30 * SMALL_PAGE for _, t in seen)

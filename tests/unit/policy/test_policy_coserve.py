@@ -19,7 +19,8 @@ def _7b(name):
 
 
 def _driver(n_gpus=4, names="abc", **cfg):
-    cfg.setdefault("coserve_always", True)  # on with GPUs to spare (by default only over-subscribed: bench/simulate/OVERSUBSCRIBED.md says why)
+    # on with GPUs to spare (by default only over-subscribed: bench/simulate/OVERSUBSCRIBED.md says why)
+    cfg.setdefault("coserve_always", True)
     models = [_7b(n) for n in names]
     st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=72 * GiB)
     pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, window_s=1e6, **cfg))

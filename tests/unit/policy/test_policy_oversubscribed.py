@@ -33,7 +33,8 @@ def _run(n_gpus, names="abc", seconds=180, **cfg):
     waited in the driver's queue (no instance took it)."""
     models = [_7b(n) for n in names]
     st = ClusterState.uniform(1, models, gpus_per_server=n_gpus, gpu_bytes=72 * GiB)
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False, **cfg),
+    pol = make_policy("warmserve", models=models,
+                      config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False, **cfg),
                       history=_steady_history(names))
     d = instant_driver(pol, st)
     t0 = 2 * DAY
@@ -97,7 +98,8 @@ def test_a_splitting_model_with_no_load_of_its_own_does_not_break_the_tick():
     st = ClusterState.uniform(1, models, gpus_per_server=1, gpu_bytes=72 * GiB)
     hist = _steady_history("b")
     hist.update(_steady_history("a", avg=100.0))  # 100 x 1024 tokens x 0.5 MiB: far past a share of the pool
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False), history=hist)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False),
+                      history=hist)
     d = instant_driver(pol, st)
     d.apply(A.StartInstance("a0", "a", (0,), kv_fraction=0.3), 2 * DAY)
     d.apply(A.StartInstance("b0", "b", (0,), kv_fraction=0.3), 2 * DAY)
@@ -118,7 +120,8 @@ def test_a_model_that_outgrew_its_host_leaves_no_model_without_an_instance_no_ho
     big = ModelInfo("big", 138_000_000_000, 4, 327_680, 0.1, 0.03)
     models = [big, _7b("a")]
     st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=72 * GiB)
-    d = instant_driver(make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False)), st)
+    d = instant_driver(make_policy("warmserve", models=models,
+                                   config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False)), st)
     d.apply(A.StartInstance("big0", "big", (0, 1, 2, 3)), 0.0)
     board = Board(st, {})
     load = {"big": 1.0, "a": 10.0}
@@ -136,7 +139,8 @@ def _hosts(gpus_per_server, placed, burst="a", in_flight=30):
     names = sorted({m for m, _ in placed.values()})
     models = [_7b(n) for n in names]
     st = ClusterState.uniform(1, models, gpus_per_server=gpus_per_server, gpu_bytes=72 * GiB)
-    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False), history=_steady_history(names))
+    pol = make_policy("warmserve", models=models, config=PolicyConfig(replan_s=1e9, colocate_when_oversubscribed=False),
+                      history=_steady_history(names))
     d = instant_driver(pol, st)
     t0 = 2 * DAY
     frac = pol._co.kv_fraction(names[0], 72 * GiB)

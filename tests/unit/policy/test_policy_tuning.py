@@ -46,7 +46,8 @@ def test_an_idle_stopped_instance_leaves_its_weights_as_a_prewarm_in_the_same_ti
         driver.apply(a, 100.0)
     assert list(st.instances) == ["i3"] and len(st.prewarms) == 2
     assert [type(p) for p in kept] == [A.Prewarm] * 2 and {p.kept_from for p in kept} == {"i1", "i2"}
-    assert all(p.loaded for p in st.prewarms.values()) and driver.executor.log.count(("load_prewarm", kept[0].prewarm_id)) == 0
+    assert (all(p.loaded for p in st.prewarms.values())
+            and driver.executor.log.count(("load_prewarm", kept[0].prewarm_id)) == 0)
     st.queues["a"].append("r1")
     st.instances["i3"].in_flight = 32
     act = pol.route(st, "a", 101.0, "r1")  # the next scale-out is a hit
@@ -110,7 +111,8 @@ def test_scale_up_packs_small_models_so_a_whole_block_stays_free():
 
 @pytest.mark.parametrize("n_servers", [1, 2])
 def test_shared_uses_every_gpu_and_splits_kv_memory_by_demand(n_servers):
-    models = [ModelInfo(n, 13_500_000_000, 1, 524_288) for n in "abcd"] + [ModelInfo("big", 138_000_000_000, 4, 327_680)]
+    models = ([ModelInfo(n, 13_500_000_000, 1, 524_288) for n in "abcd"]
+              + [ModelInfo("big", 138_000_000_000, 4, 327_680)])
     st = ClusterState.uniform(n_servers, models, gpu_bytes=72 << 30)
     hist = {m.name: ([0.0], [1.0], [float(p)]) for m, p in zip(models, [40, 10, 5, 5, 20])}
     pol = make_policy("shared", models=models, history=hist)

@@ -36,8 +36,9 @@ def test_chunks_of_one_prompt_cost_the_tables_growth_over_the_cached_context():
     fixed = cost.prefill_fixed_part_s(c)
     assert fixed == pytest.approx(0.015)
     # four steps of 256, 256, 256 and 232 tokens, nothing decoding: each pays the fixed part once
-    by_hand = cost.prefill_s(c, 256) + sum(fixed + cost.prefill_s(c, e) - cost.prefill_s(c, e - 256)
-                                           for e in (512, 768)) + fixed + cost.prefill_s(c, 1000) - cost.prefill_s(c, 768)
+    by_hand = (cost.prefill_s(c, 256) + sum(fixed + cost.prefill_s(c, e) - cost.prefill_s(c, e - 256)
+                                            for e in (512, 768))
+               + fixed + cost.prefill_s(c, 1000) - cost.prefill_s(c, 768))
     assert t == pytest.approx(by_hand, rel=1e-12)
     assert t == pytest.approx(cost.prefill_s(c, 1000) + 3 * fixed, rel=1e-12)
     unchunked, _ = _first_token_s(1000, 0)

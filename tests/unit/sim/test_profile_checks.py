@@ -115,7 +115,8 @@ def test_a_partial_linear_section_overrides_only_the_part_it_names():
     assert c.decode_per_seq_s == 0.001 and c.decode_base_s == base.decode_base_s
     # a new model has nothing to keep: the part left out is 0
     c = _load(models={"tiny": {"weight_bytes": 1e6, "tp": 1, "kv_bytes_per_token": 64,
-                               "prefill_s": {"per_token_s": 1e-5}, "decode_step_s": {"per_seq_s": 1e-3}}}).models["tiny"]
+                               "prefill_s": {"per_token_s": 1e-5},
+                               "decode_step_s": {"per_seq_s": 1e-3}}}).models["tiny"]
     assert (c.prefill_base_s, c.prefill_per_token_s, c.decode_base_s, c.decode_per_seq_s) == (0.0, 1e-5, 0.0, 1e-3)
 
 

@@ -22,7 +22,8 @@ from warmserve.sim.config import SimConfig
     ("n_servers", 0), ("gpus_per_server", 1.5), ("chunked_prefill_tokens", -1), ("max_num_seqs", True),
     ("warmup_s", math.nan), ("warmup_s", -30.0), ("warmup_s", math.inf), ("shared_search", "no"),
     ("policy_config", None),
-    pytest.param("drain_s", 10**400, id="drain_s-10**400"),  # past float's range: a bare OverflowError before (found in review)
+    # past float's range: a bare OverflowError before (found in review)
+    pytest.param("drain_s", 10**400, id="drain_s-10**400"),
 ])
 def test_an_out_of_range_field_is_refused_naming_it(field, value):
     with pytest.raises(InvalidArgumentError, match=f"SimConfig\\.{field} ") as e:

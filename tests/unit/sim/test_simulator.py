@@ -133,7 +133,8 @@ def test_cost_profile_overrides_and_round_trips(tmp_path):
     path.write_text(json.dumps({"schema": SCHEMA, "engine_start_s": 9.0, "gpu": {"h2d_bytes_per_s": 16e9},
                                 "models": {"llama2-7b": {"decode_table": [[1, 0.01], [32, 0.02]]},
                                            "tiny": {"weight_bytes": 1e9, "tp": 1, "kv_bytes_per_token": 1024,
-                                                    "prefill_s": {"base_s": 0.01}, "decode_step_s": {"base_s": 0.002}}}}))
+                                                    "prefill_s": {"base_s": 0.01},
+                                                    "decode_step_s": {"base_s": 0.002}}}}))
     cm = CostModel.from_profile(str(path))
     c = cm.cost("llama2-7b")
     assert cm.engine_start_s == 9.0 and cm.load_s(c) == pytest.approx(13.5e9 / 16e9)

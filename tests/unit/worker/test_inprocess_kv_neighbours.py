@@ -66,8 +66,8 @@ def test_a_request_that_never_fits_beside_a_serving_neighbour_is_refused_and_the
     """A pool of 30 pages: tiny-llama's weights take 14, tiny-qwen2's 10, so beside both at most 6 KV blocks are
     ever free, while tiny-llama's own cap (what the pool holds after its weights alone) is 16. A request of 8
     blocks used to be admitted on that cap and wait at the head of the queue for good, and every request after it;
-    it is refused with the numbers now and the next one runs; a server-filled max_tokens is lowered to fit. With the neighbour stopped the long one is taken, and
-    runs once its prewarmed weights are evicted."""
+    it is refused with the numbers now and the next one runs; a server-filled max_tokens is lowered to fit. With the
+    neighbour stopped the long one is taken, and runs once its prewarmed weights are evicted."""
     with InProcessWorker("cpu", memory_gib=30 / 512) as worker:
         worker.prewarm(tiny_models["tiny-llama"])
         worker.prewarm(tiny_models["tiny-qwen2"])

@@ -54,7 +54,8 @@ def test_a_ready_fd_not_open_for_writing_is_refused():
 
 @pytest.mark.parametrize("flags", [["--threads", "-1"], ["--exit-with-parent", "-5"], ["--ready-fd", "999"]])
 def test_the_command_refuses_them_with_status_2_before_importing_torch(flags):
-    code = ("import sys, argparse; from warmserve.worker.main import add_arguments, main; p = argparse.ArgumentParser();"
+    code = ("import sys, argparse; from warmserve.worker.main import add_arguments, main;"
+            " p = argparse.ArgumentParser();"
             f" add_arguments(p); rc = main(p.parse_args({flags!r})); sys.exit(rc if 'torch' not in sys.modules else 9)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr

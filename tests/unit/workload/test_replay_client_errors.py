@@ -19,7 +19,8 @@ BODIES = {
                         {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": None}}],
     "list-event": [[1, 2, 3]],
     "bad-usage": [{"choices": [{"text": "hi"}], "usage": {"completion_tokens": "many"}}],
-    "ok": [{"choices": [{"text": "hi", "finish_reason": "length"}]}, {"choices": [], "usage": {"completion_tokens": 2}}],
+    "ok": [{"choices": [{"text": "hi", "finish_reason": "length"}]},
+           {"choices": [], "usage": {"completion_tokens": 2}}],
 }
 
 
