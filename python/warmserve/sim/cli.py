@@ -19,7 +19,7 @@ from warmserve.policy import POLICY_NAMES
 from warmserve.policy.config import parse_policy_options
 from warmserve.policy.registry import note_shadowed_options
 from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, MIN_BURST_CV, check_cold_start,
-                                      check_duration, check_gpus, check_models, check_paper_span,
+                                      check_duration, check_gpus, check_models, check_paper_span, check_trace_file,
                                       check_replays_requests, check_request_budget, check_search_budget,
                                       check_sim_window, check_time_scale, check_unused_settings, check_workload_days,
                                       parse_policies, rate_flags, search_scale_cap)
@@ -32,6 +32,7 @@ from warmserve.sim.plot import plot_ttft_cdf
 from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, RECIPE_WARMUP_S, Preset, artifact_preset,
                                    cluster_shape, paper_preset, scale_preset)
 from warmserve.sim.runner import SEARCH_HI, max_rate_under_slo, policy_names, rate_sweep, run_once
+from warmserve.workload.azure import trace_source
 from warmserve.workload.recipes import MAX_BURST_CV
 
 PRESET_NAMES = ("paper-conv", "paper-code", "artifact-conv", "artifact-code", "scale")
@@ -53,6 +54,10 @@ def add_arguments(p):
                    help="paper-conv | paper-code | artifact-conv | artifact-code (Azure 2023, the paper's recipe) "
                         "| servegen, when no --preset (default paper-conv); with --preset scale: servegen (default) "
                         "or paper-conv; refused with any other --preset (each replays its own)")
+    p.add_argument("--trace", default=None, metavar="CSV",
+                   help="the paper and artifact workloads: replay this trace instead of the bundled Azure one, a CSV "
+                        "(or .csv.gz) in the Azure 2023 layout (TIMESTAMP, ContextTokens, GeneratedTokens); the "
+                        "recipe, models and --rate stay the preset's; the JSON records the file's SHA-256")
     p.add_argument("--models", type=int, default=None,
                    help="number of models, at least 1 (default: 7 for paper presets, 32 for servegen and scale)")
     p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
@@ -158,6 +163,8 @@ def build_preset(args) -> Preset:
         raise InvalidArgumentError(f"--start-hour {args.start_hour:g}: the {kind} workload replays the Azure trace's "
                                    f"own stretches (from its 18:15); --start-hour places a servegen replay: drop it",
                                    flag="--start-hour")
+    trace_path = getattr(args, "trace", None)  # a namespace built by hand (scripts, tests) may have none
+    check_trace_file(trace_path, kind if recipe == "paper" and args.preset != "scale" else None)
     if kind in PAPER_WORKLOADS:
         if args.preset is not None and args.gpus != 16:
             # found in review: --gpus was silently dropped here (the presets are the paper's 2 x 8 GPUs)
@@ -177,8 +184,10 @@ def build_preset(args) -> Preset:
         if args.models is not None:
             kw["n_models"] = args.models
         family, _, trace = kind.partition("-")
-        p = (artifact_preset if family == "artifact" else paper_preset)(trace, total_rate_rps=args.rate, **kw)
-        check_paper_span(trace, args.duration_s or 1200.0, p.history_days, history_given=args.history_days is not None)
+        p = (artifact_preset if family == "artifact" else paper_preset)(trace, total_rate_rps=args.rate,
+                                                                        trace_path=trace_path, **kw)
+        check_paper_span(trace, args.duration_s or 1200.0, p.history_days, history_given=args.history_days is not None,
+                         path=trace_path)
         if args.time_scale != 1.0 or args.duration_s:
             p = _rewrap(p, args)
         return p
@@ -225,7 +234,7 @@ def _rewrap(p: Preset, args) -> Preset:
         return paper_workload(kind, len(names), alpha=p.alpha, total_rate_rps=p.base_rate_rps,
                               rate_scale=rate_scale, burst_cv=args.burst_cv, model_names=names, seed=seed,
                               duration_s=args.duration_s or 1200.0, time_scale=args.time_scale,
-                              history_days=p.history_days)
+                              history_days=p.history_days, path=p.trace_path)
 
     return replace(p, build=build, span_s=RECIPE_WARMUP_S + (args.duration_s or 1200.0))
 
@@ -338,7 +347,7 @@ def _run_main(args, saved: Saved) -> int:
             write_results(args.json, doc(time.perf_counter() - t0))
             saved.done, saved.missing = list(out), [p for p in policies if p not in out]
     wall = time.perf_counter() - t0
-    print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
+    print(f"{preset.label}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
           f"{cost.gpu.name}, {n_requests} requests over {workload.duration_s:.0f} s "
           f"({n_requests / workload.duration_s:.2f} rps), seeds {seeds}"
           + (" (medians)" if len(seeds) > 1 else ""))
@@ -349,7 +358,7 @@ def _run_main(args, saved: Saved) -> int:
     if args.json:
         write_results(args.json, doc(wall))
     if args.plot:
-        plot_cdf(results, args.plot, f"TTFT CDF, {preset.name} ({len(workload.trace) / workload.duration_s:.1f} rps)")
+        plot_cdf(results, args.plot, f"TTFT CDF, {preset.label} ({len(workload.trace) / workload.duration_s:.1f} rps)")
     return 0
 
 
@@ -504,6 +513,8 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
              "base_rate_rps": preset.base_rate_rps, "burst_cv": args.burst_cv,
              "policy_options": list(args.policy_option), "args": run_args(args), "sweep": sweep,
              "wall_s": time.perf_counter() - t0}
+        if preset.trace_path:  # the file replayed, by its bytes (the main run's workload meta has it too)
+            d["source"] = trace_source(preset.trace_path)
         missing = sorted(set(scales) - set(sweep["rate_scales"]))
         if missing:  # a sweep cut short: not to be read as all of --sweep-rate
             d["missing_rate_scales"] = missing
@@ -518,7 +529,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     sweep = rate_sweep(preset, policies, scales, seeds=seeds, cost=cost, band_cold_start_s=band, target=target,
                        progress=not args.quiet, on_scale=keep)
     wall = time.perf_counter() - t0
-    print(f"{preset.name}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
+    print(f"{preset.label}: {len(preset.models)} models on {preset.config.n_servers}x{preset.config.gpus_per_server} "
           f"{cost.gpu.name}, rate sweep over scales {sweep['rate_scales']} of {preset.base_rate_rps:g} rps, seeds "
           f"{seeds} (P99: median over seeds; SLO: mean), engine init {cost.engine_init_s:g} s")
     print(sweep_table(sweep))
@@ -528,7 +539,7 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
     if args.plot:
         from warmserve.sim.plot import plot_rate_sweep, rate_sweep_title
 
-        plot_rate_sweep(sweep, args.plot, rate_sweep_title(preset.name, ",".join(map(str, seeds)), args.burst_cv,
+        plot_rate_sweep(sweep, args.plot, rate_sweep_title(preset.label, ",".join(map(str, seeds)), args.burst_cv,
                                                            args.policy_option))
     return 0
 

@@ -9,6 +9,7 @@ runs."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 from warmserve.config import MIN_WINDOW_S
@@ -54,7 +55,24 @@ def check_replays_requests(workloads, args, scale_flag: str, scale: float, expec
             f"history): raise --rate, --rate-scale or --duration-s", seeds=empty)
 
 
-def check_paper_span(kind: str, duration_s: float, history_days: int, *, history_given: bool) -> None:
+def check_trace_file(path: str | None, kind: str | None) -> None:
+    """--trace: a file that can be read, given to a workload that replays an Azure trace (``kind``; None: one that
+    does not, where it would be ignored). Its rows are the loader's to check (``workload.azure``: by line)."""
+    if path is None:
+        return
+    if kind is None:
+        raise InvalidArgumentError(f"--trace {path}: only the paper and artifact workloads replay an Azure-layout "
+                                   f"trace; give --workload paper-conv (or another of them) without --preset scale, "
+                                   f"or drop --trace", flag="--trace", value=path)
+    why = ("no such file" if not os.path.exists(path) else "not a file" if not os.path.isfile(path)
+           else "not readable by this user" if not os.access(path, os.R_OK) else "")
+    if why:
+        raise InvalidArgumentError(f"--trace {path}: {why}; give a CSV (or .csv.gz) with the columns TIMESTAMP, "
+                                   f"ContextTokens, GeneratedTokens", flag="--trace", value=path)
+
+
+def check_paper_span(kind: str, duration_s: float, history_days: int, *, history_given: bool,
+                     path: str | None = None) -> None:
     """The Azure trace (under an hour) must hold the recipe's warm-up and the replay, and, with history days, the
     replay's span again outside them (``paper_workload``); refused here in the CLI's terms (found in review: the
     recipe's message named duration_s, pre_s and history_days=0, none of them a flag, and --history-days was not
@@ -62,7 +80,9 @@ def check_paper_span(kind: str, duration_s: float, history_days: int, *, history
     from warmserve.sim.presets import RECIPE_WARMUP_S
     from warmserve.workload.azure import load_azure
 
-    period_s = float(load_azure(kind).arrival_s[-1]) + 1e-6
+    period_s = float(load_azure(kind, path).arrival_s[-1]) + 1e-6
+    if path is not None:
+        kind = f"--trace {os.path.basename(path)}"
     most_s = period_s - RECIPE_WARMUP_S  # warm-up and replay: one stretch of the trace
     most_history_s = most_s / 2  # history days read the rest of the trace, which must hold a replay's span
     if duration_s > most_s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -67,6 +68,13 @@ class Preset:
     #: replayed beside them: what ``expected_requests`` counts
     span_s: float = RECIPE_WARMUP_S + 1200.0
     history_days: int = 0
+    #: the Azure-layout CSV the paper recipe replays (``warmserve simulate --trace``); None: the bundled trace
+    trace_path: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name printed and plotted: the preset's, and the trace file's where ``--trace`` gave one."""
+        return self.name + (f" on {os.path.basename(self.trace_path)}" if self.trace_path else "")
 
     def expected_requests(self, rate_scale: float = 1.0) -> float:
         """About how many requests ``build(rate_scale, seed)`` generates: its rate over the warm-up and replay and
@@ -77,8 +85,9 @@ class Preset:
 
 def paper_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float = PAPER_ALPHA,
                  n_models: int = PAPER_N_MODELS, burst_cv: float | None = None, history_days: int = 3,
-                 config: SimConfig | None = None, name: str = "paper") -> Preset:
-    """2 servers x 8 GPUs, Llama-2 7B/13B/70B copies, an Azure trace split by a power law, 20 minutes."""
+                 config: SimConfig | None = None, name: str = "paper", trace_path: str | None = None) -> Preset:
+    """2 servers x 8 GPUs, Llama-2 7B/13B/70B copies, an Azure trace split by a power law, 20 minutes.
+    ``trace_path``: a CSV in the Azure 2023 layout replayed instead of the bundled ``kind`` trace."""
     if kind not in ("conv", "code"):
         raise InvalidArgumentError(f"paper preset kind {kind!r}: 'conv' or 'code'", kind=kind)
     models = paper_models(n_models)
@@ -87,19 +96,20 @@ def paper_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float
 
     def build(rate_scale: float = 1.0, seed: int = 0) -> Workload:
         return paper_workload(kind, n_models, alpha=alpha, total_rate_rps=rate, rate_scale=rate_scale,
-                              burst_cv=burst_cv, model_names=names, seed=seed, history_days=history_days)
+                              burst_cv=burst_cv, model_names=names, seed=seed, history_days=history_days,
+                              path=trace_path)
 
     return Preset(f"{name}-{kind}", config or SimConfig(n_servers=2, gpus_per_server=8), models, build, rate, alpha,
-                  history_days=history_days)
+                  history_days=history_days, trace_path=trace_path)
 
 
 def artifact_preset(kind: str, *, total_rate_rps: float | None = None, alpha: float = ARTIFACT_ALPHA,
                     n_models: int = ARTIFACT_N_MODELS, burst_cv: float | None = None, history_days: int = 3,
-                    config: SimConfig | None = None) -> Preset:
+                    config: SimConfig | None = None, trace_path: str | None = None) -> Preset:
     """The authors' released setup on our cluster: 4 models (Llama-2 7B x2, 13B, 70B), power law alpha 0.5,
     otherwise the paper preset (2 x 8 H100, an Azure trace, 20 minutes)."""
     return paper_preset(kind, total_rate_rps=total_rate_rps, alpha=alpha, n_models=n_models, burst_cv=burst_cv,
-                        history_days=history_days, config=config, name="artifact")
+                        history_days=history_days, config=config, name="artifact", trace_path=trace_path)
 
 
 def cluster_shape(n_gpus: int) -> tuple[int, int]:

@@ -44,6 +44,30 @@ def load_azure(kind: str = "conv", path: str | None = None) -> Trace:
     return Trace(t.models, t.arrival_s.copy(), t.model.copy(), t.prompt_tokens.copy(), t.output_tokens.copy())
 
 
+#: the bundled traces' source, as a workload's ``meta`` records it
+SOURCE = "Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC-BY 4.0)"
+
+
+def trace_source(path: str | None) -> str:
+    """What a workload's ``meta`` records as its source: the bundled traces' citation, or a given file by its path,
+    size and SHA-256, so that a result names the very bytes it replayed."""
+    if path is None:
+        return SOURCE
+    return _source_of(file_key(os.path.abspath(path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _source_of(key: tuple) -> str:
+    # keyed as the loader's cache is (data.file_key): a max-rate search builds a workload per rate and seed
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(key[0], "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{key[0]} ({os.path.getsize(key[0])} bytes, sha256 {digest.hexdigest()}; Azure 2023 layout)"
+
+
 _COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 #: the longest token length a trace holds (``request.Trace`` stores lengths as int32)
 MAX_TOKENS = 2**31 - 1
@@ -69,8 +93,9 @@ _CELLS = (("TIMESTAMP", _when, "a time as YYYY-MM-DD HH:MM:SS[.fraction]"),
           ("GeneratedTokens", int, "a token count (a whole number)"))
 
 
-_FIX = "fix that row, or pass path= to a copy of the published AzureLLMInferenceTrace CSV"
-_FILE_FIX = "pass path= to a whole copy of the published AzureLLMInferenceTrace CSV"
+#: the fixes the loader's errors give: in words that fit both ``path=`` and ``warmserve simulate --trace``
+_FIX = "fix that row, or give a copy of the published AzureLLMInferenceTrace CSV"
+_FILE_FIX = "give a whole copy of the published AzureLLMInferenceTrace CSV"
 
 
 def _bad(path: str, line: int, msg: str, **fields) -> InvalidArgumentError:
@@ -184,7 +209,7 @@ def _load_rows(path: str, kind: str) -> Trace:
         lines.append(reader.line_num)
         raw.append(row["TIMESTAMP"])
     if not ts:
-        raise InvalidArgumentError(f"Azure trace {path} has a header but no request: pass path= to a copy of the "
+        raise InvalidArgumentError(f"Azure trace {path} has a header but no request: give a copy of the "
                                    f"published AzureLLMInferenceTrace_{kind}.csv", path=path)
     for col, v in (("ContextTokens", ctx), ("GeneratedTokens", gen)):
         bad = [i for i, x in enumerate(v) if not 0 <= x <= MAX_TOKENS]

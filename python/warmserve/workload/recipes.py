@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
-from warmserve.workload.azure import load_azure
+from warmserve.workload.azure import load_azure, trace_source
 from warmserve.workload.recipe_args import (check_history_room, check_rates_and_span, check_stretch_args,
                                             check_time_scale)
 from warmserve.workload.request import Trace, Workload
@@ -305,7 +305,7 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
             add(name, t, idx, a, day)
     meta = {"recipe": "paper", "kind": kind, "alpha": alpha, "total_rate_rps": total, "burst_cv": burst_cv,
             "shares": shares.tolist(), "seed": seed, "max_prompt_tokens": max_prompt_tokens,
-            "source": "Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC-BY 4.0)"}
+            "source": trace_source(path)}
     # the Azure trace starts at 18:17 on its own clock (no zone given; azure.py reads it as UTC): replay from 18:15
     # (on the 5-minute window grid the forecasts use); whole days before it leave room for the history
     clock0 = (history_days + 1) * day_s + 18 * 3600 + 15 * 60
