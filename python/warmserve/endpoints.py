@@ -34,6 +34,31 @@ def remove_ipc_file(endpoint: str | None) -> None:
             pass
 
 
+def check_ipc_free(endpoint: str, what: str) -> None:
+    """InvalidArgumentError when a process listens on the file of the ``ipc://`` address ``endpoint`` (nothing for
+    any other address): ZeroMQ's bind removes that file and binds anew, unsaid. Found in review (two deployments of
+    one machine given one --bind ipc:// path): the second took the address, the first one's restarted worker joined
+    the second controller, and the second's close removed the file, so no restart could reach the first again. A
+    file nobody listens on (left by a binder killed with SIGKILL) is replaced, as before."""
+    import socket
+
+    path = ipc_socket_path(endpoint)
+    if not path:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2.0)
+        probe.connect(path)
+    except OSError:  # no file, a stale one (ECONNREFUSED), not a socket: the bind goes on (and says what fails)
+        return
+    finally:
+        probe.close()
+    raise InvalidArgumentError(f"{what} {endpoint!r}: a process already listens on {path} (another warmserve's "
+                               "controller or worker?), and binding it would take the address from that process. "
+                               "Fix: another path for this one (ipc://...), or stop that process", endpoint=endpoint,
+                               path=path)
+
+
 def check_endpoint(endpoint, what: str, *, listen: bool, inproc_ok: bool = True) -> None:
     """A ZeroMQ address ``tcp://HOST:PORT`` (or ipc://, inproc://), checked before any socket is made: ZeroMQ
     answers "Invalid argument" naming no flag, and takes a port beyond 65535 modulo 65536 (found in review:

@@ -84,9 +84,9 @@ class Controller(WorkerRestarts):
         self.policy = make_policy(self.cc.policy, models=infos, config=self.policy_config, history=history_on_clock(
             used, self.clock_origin_s, self.models, pcfg.window_s), calendar=policy_calendar(
             self.clock_origin_s, self.cc.load_timezone))
-        # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
-        self.policy.fit_in_background()
         self.history_record = history_record.attach(self, history)  # --record-history: the windows it measures
+        # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
+        self.policy.fit_in_background()  # after attach, which may refuse the record file: no process left then
         self.observed = observed.ObservedSteps()  # the engines' measured decode steps, fed to co-serving each tick
         self.metrics = ControllerMetrics()
         self.metrics.registry.collectors.append(lambda: views.collect(self))

@@ -15,6 +15,7 @@ The window open at the stop is not written (half a window would read as a whole 
 from __future__ import annotations
 
 import csv
+import fcntl
 import logging
 import math
 import os
@@ -63,6 +64,36 @@ def check_record_path(record_path: str, history_path: str) -> None:
             "file", path=record_path)
 
 
+def hold_record_lock(path: str) -> int | None:
+    """An exclusive flock on ``.<name>.lock`` beside the record file, held until ``HistoryRecord.close`` (or the
+    process's end); InvalidArgumentError naming the holder's pid when another process holds it. Found in review (two
+    deployments side by side, `--history F --record-history F` in both): each rewrote the file with its own rows
+    every window, so a window's load one server measured was overwritten by the other's idle window, unsaid. The
+    lock is on a sibling file, as the record is replaced by a rename at each write. None where no lock can be made
+    (a read-only folder fails at the first write, as before)."""
+    lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise InvalidArgumentError(
+            f"the load history record {path!r} is being written by another running warmserve (pid {holder}, which "
+            f"holds {lock_path}): two servers recording into one file overwrite each other's windows. Fix: a record "
+            "file of its own for each server (--record-history, warmserve.Cluster: history_record_path=), or stop "
+            "the other one first", path=path, holder_pid=holder) from None
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class HistoryRecord:
     """The windows of one controller's run and of the history it started with, written to ``path``."""
 
@@ -71,6 +102,7 @@ class HistoryRecord:
         """``started_unix_s``: when the controller began to measure; a window that began before it is not written
         (``window``)."""
         self.path = path
+        self._lock_fd = hold_record_lock(path)  # first: a refused record starts no thread
         self.origin_unix_s = origin_unix_s
         self.started_unix_s = started_unix_s
         #: (model, Unix start) -> (avg, peak): the starting history's known windows, then the measured ones.
@@ -120,6 +152,9 @@ class HistoryRecord:
             self._closing = True
             self._cond.notify()
         self._thread.join()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # drops the flock: another server may record into the file now
+            self._lock_fd = None
 
     def _run(self) -> None:
         while True:

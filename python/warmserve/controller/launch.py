@@ -241,7 +241,6 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
         # every worker is one of these, on this machine: refused before any is spawned (the controller's own check
         # runs once they have all registered, which took the whole start-up of every worker to refuse it)
         check_tp_fits(models, min(len(devices), MAX_GPUS_PER_SERVER))  # the driver's servers hold at most 8
-    controller = Controller(cfg, models, history=history)
     mem = cpu_worker_memory_bytes(cfg, models)
     if not cfg.remote_workers and all(d.startswith("cpu") for d in devices):  # pools of this size, every one
         check_weights_fit(models, mem, cfg.worker_page_bytes)
@@ -257,6 +256,9 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
     threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
     procs = []
     host = socket.gethostname()
+    # Made after the checks above, which raise outside the try: a controller made before them was never closed
+    # (found in review: its load history record's thread and file lock stayed, and a retry was refused).
+    controller = Controller(cfg, models, history=history)
     try:
         # In here: whatever fails once the socket is bound closes it (a bind that fails leaves nothing itself).
         endpoint = await controller.start()

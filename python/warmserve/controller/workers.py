@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from warmserve import config, protocol as P
-from warmserve.endpoints import is_ipv6_endpoint
+from warmserve.endpoints import check_ipc_free, is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import require_authenticated_bind
 
@@ -178,6 +178,7 @@ class WorkerHub:
         # Before any socket exists: a refused bind leaves nothing to close. The address as the config checks it
         # (found in review: tcp://::1:0 failed in the bind with "No such device" and a fix that did not fit).
         config.check_endpoint(bind, "the controller's worker socket (--bind)", listen=True)
+        check_ipc_free(bind, "the controller's worker socket (--bind)")  # not another deployment's address
         require_authenticated_bind(
             bind, authenticated=bool(curve_dir), insecure=insecure, who="the controller's worker socket (--bind)",
             fix="pass --curve-dir DIR holding server.key_secret and the workers' public keys in DIR/workers")

@@ -19,6 +19,8 @@ from warmserve.memory.pool import MAX_COUNT, MAX_THREADS, MIN_LOAD_CHUNK_BYTES
 #: e.g. /dev/shm) is never followed. Found in review: a fill opened a planted ``<key>.fill`` -> a file of the
 #: user's own with O_CREAT|O_TRUNC and wrote the checkpoint over it.
 NOFOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW
+#: Mode of the cache directory this code makes and of every entry: this user's alone (``create_fill``).
+ROOT_MODE, ENTRY_MODE = 0o700, 0o600
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,10 @@ def create_fill(path: str) -> int:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
+    # 0600: the entry is a copy of the checkpoint's bytes, which may sit in a folder only this user can read, while
+    # /dev/shm is every user's (found in review: entries were 0644 in a 0755 folder, and another user of the machine
+    # read a checkpoint kept in a 0700 folder through the cache). The workers sharing the cache are this user's.
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, ENTRY_MODE)
 
 
 def scan(root: str) -> list[tuple[str, int, int]]:
@@ -149,7 +154,7 @@ def check_root(root: str) -> None:
     review: a world-writable /dev/shm/warmserve-ckpt made first by another user was accepted, and that user's
     entries served; their symlinks followed)."""
     try:
-        os.makedirs(root, exist_ok=True)
+        os.makedirs(root, ROOT_MODE, exist_ok=True)
         st = os.stat(root)
         if st.st_uid != os.geteuid():
             raise InvalidArgumentError(
@@ -161,6 +166,7 @@ def check_root(root: str) -> None:
         fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
         os.close(fd)
         os.unlink(probe)
+        _private_entries(root)
     except OSError as e:
         try:
             st = os.stat(root)
@@ -171,6 +177,17 @@ def check_root(root: str) -> None:
             f"host cache directory {root!r}: this process (uid {os.geteuid()}) cannot make files in it "
             f"({e.strerror}{owner}). Fix: a directory of this user's own on a tmpfs, e.g. "
             f"/dev/shm/warmserve-ckpt-{os.geteuid()}", path=root) from None
+
+
+def _private_entries(root: str) -> None:
+    """Entries of this user's that others may read (published 0644 before ENTRY_MODE) made this user's alone."""
+    for name, _, _ in scan(root):
+        try:
+            st = os.lstat(path := os.path.join(root, name))
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.chmod(path, ENTRY_MODE, follow_symlinks=False)
+        except (OSError, NotImplementedError):  # gone meanwhile; a chmod the filesystem refuses: left as it is
+            pass
 
 
 def no_room_warning(root: str, path: str, size: int, capacity: int, evicted: int) -> str:
@@ -200,6 +217,19 @@ def over_budget_warning(path: str, size: int, capacity: int) -> str:
     return (f"host cache: {path} ({fmt_bytes(size)}) is larger than the cache's whole budget ({fmt_bytes(capacity)}):"
             " it is loaded straight from the file, as is any other file that large (said once). Fix: a budget of at "
             f"least {size / (1 << 30):.2f} GiB (--host-cache-gib, ClusterConfig.host_cache_bytes), or no cache")
+
+
+def shared_budget_warning(root: str, capacity: int, evicted: int) -> str:
+    """The words of the warning for entries evicted because the directory held more than this cache's budget:
+    filled under a larger one, by an earlier run or by another deployment sharing ``root`` (found in review: a
+    second server with a smaller --host-cache-gib on the default directory evicted every entry of the first one's at
+    its start, and again at each of its loads, unsaid; the first one's loads then read their files)."""
+    return (f"host cache {root}: {evicted} entries evicted to bring it within this cache's budget "
+            f"({fmt_bytes(capacity)}): it held more, filled under a larger budget by an earlier run or by another "
+            "deployment sharing this directory, which then loses its entries at each load here (said once). Fix: "
+            "give each deployment of this machine its own --host-cache-dir (ClusterConfig.host_cache_dir), or the "
+            "same --host-cache-gib")
+
 
 #: Host memory a fill of a cache on a memory-backed filesystem leaves to the processes' own growth, bytes: a CPU
 #: worker took 230-290 MB beyond its pool during a 2,000-4,000-token prefill (measured in review, 2026-12-06), and

@@ -66,10 +66,10 @@ from typing import Callable, Iterable
 
 from warmserve.errors import InvalidArgumentError, WarmServeError
 from warmserve.memory.cache_entry import CacheBusyError, CacheEntry, flock_wait, open_published, unlink_if_there
-from warmserve.memory.cache_files import check_root as _check_root
 from warmserve.memory.cache_files import HostCacheConfig  # noqa: F401  (the cache's config, imported from here)
-from warmserve.memory.cache_files import create_fill, entry_key, evict_over_budget, evict_until, fill_memory_room, \
-    fs_free_bytes, no_memory_warning, no_room_warning, open_lock, over_budget_warning, scan, stat_source
+from warmserve.memory.cache_files import ROOT_MODE, check_root as _check_root, create_fill, entry_key, evict_until, \
+    evict_over_budget, fill_memory_room, fs_free_bytes, no_memory_warning, no_room_warning, open_lock, scan, \
+    over_budget_warning, shared_budget_warning, stat_source
 from warmserve.memory.cache_load import CachedLoadJob
 from warmserve.memory.loader import LoadJob
 from warmserve.memory.pool import _count
@@ -159,7 +159,7 @@ class HostCheckpointCache:
         device = slot.pool.device
         # made again if it went (found in review: someone cleaning /dev/shm made every later load fail untyped)
         try:
-            os.makedirs(self.config.root, exist_ok=True)
+            os.makedirs(self.config.root, ROOT_MODE, exist_ok=True)  # this user's alone (cache_files.create_fill)
         except OSError:  # nor can its files be made: each is loaded straight from the file (_acquire)
             pass
         self._sweep()
@@ -467,16 +467,16 @@ class HostCheckpointCache:
         return True
 
     def _enforce_budget(self, busy: set[str]) -> None:
-        """Evict least recently used entries not in use (not in ``busy``, read by no load of this process: unlinking
-        those frees nothing now) until all fit ``capacity_bytes``: a budget lowered since the directory was filled (a
-        restart with a smaller --host-cache-gib, a worker configured smaller) binds hits too, not only fills (found
-        in review: 6 MiB stayed under a 2 MiB budget for as long as loads hit)."""
+        """Evict least recently used entries not in use (not in ``busy``, read by no load of this process) until all fit
+        ``capacity_bytes``, hits too: a budget lowered since the directory was filled (found in review: 6 MiB stayed
+        under a 2 MiB budget while loads hit), or another deployment's larger one there (said once: cache_files)."""
         with self._mu:
             spare = busy | {key for key, e in self._entries.items() if e.users}
         evicted = evict_over_budget(self.config.root, self.config.capacity_bytes, spare, self._fill_live,
                                     self._unlink_entry)
         if evicted:
             self._count(evicted=evicted)
+            self._say_once("shared", shared_budget_warning(self.config.root, self.config.capacity_bytes, evicted))
 
     def _evict_for_room(self, need: int, keep: str, busy: set[str], room: int | None = None) -> int:
         """With the index lock held, after the filesystem (or host memory: ``room``) refused ``need`` bytes: evict

@@ -88,7 +88,7 @@ import zmq
 
 from .. import errors
 from .. import protocol as P
-from ..endpoints import is_ipv6_endpoint, remove_ipc_file
+from ..endpoints import check_ipc_free, is_ipv6_endpoint, remove_ipc_file
 from ..security import curve_bind_server, curve_client, require_authenticated_bind
 from .core import WorkerCore
 from .link import CONTROLLER, DEFAULT_MAX_QUEUED_BYTES, FLUSH_S, GONE, SEND, STOP, Link, queued_cost
@@ -166,6 +166,7 @@ class WorkerServer:
                 sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
                 if curve_clients_dir:
                     self._auth = curve_bind_server(self.ctx, sock, curve_secret_key, curve_clients_dir)
+                check_ipc_free(bind, "the worker's --bind")  # not another process's ipc:// address
                 try:
                     sock.bind(bind)
                 except zmq.ZMQError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -60,7 +61,7 @@ def test_a_failed_write_is_warned_of_and_the_next_window_writes_the_lot(tmp_path
     folder.mkdir()
     path = str(folder / "h.csv")
     rec = HistoryRecord(path, ORIGIN)
-    folder.rmdir()  # the disk's folder went away under a running server
+    shutil.rmtree(folder)  # the disk's folder went away under a running server (with the record's lock file)
     with caplog.at_level(logging.WARNING, logger="warmserve.controller"):
         rec.window("a", 0.0, 1.0, 1.0)
         deadline = time.monotonic() + 10
