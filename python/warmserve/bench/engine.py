@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for both engines")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="tokens of each timed request's prompt")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens each timed request generates (>= 2)")
-    parser.add_argument("--batches", type=int, nargs="*", default=[1, 16])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 16],
+                        help="batch sizes of the throughput runs, each at least 1 (default: 1 16)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda uses the cuda memory backend)")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")

@@ -28,6 +28,7 @@ from warmserve.config_file import cluster_config_from_dict, policy_table_keys, r
 from warmserve.controller.history_record import starting_history
 from warmserve.controller.open_files import AcceptErrorLog, raise_open_files_limit
 from warmserve.errors import InvalidArgumentError, bind_error
+from warmserve.geometry import is_page_size
 from warmserve.outputs import check_output_folder
 
 log = logging.getLogger("warmserve.controller")
@@ -73,8 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-worker-threads", type=int, default=None,
                    help="torch threads per CPU worker (default: the cores shared among the workers)")
     p.add_argument("--worker-page-mib", type=int, default=None,
-                   help="page size of each started worker's pool, MiB, a multiple of 2 (default 32 when every "
-                        "worker is on a GPU, else 2; larger pages cost fewer driver calls per GiB on GPUs: "
+                   help="page size of each started worker's pool, MiB, a multiple of 2 (default, or 0: 32 when "
+                        "every worker is on a GPU, else 2; larger pages cost fewer driver calls per GiB on GPUs: "
                         "bench/switch/README.md)")
     p.add_argument("--host-cache-gib", type=float, default=None,
                    help="load checkpoints through a host checkpoint cache of this many GiB shared by each machine's "
@@ -183,6 +184,11 @@ def build_config(args) -> ClusterConfig:
         if getattr(args, flag) is not None:
             engine[flag] = getattr(args, flag)
     if args.worker_page_mib is not None:
+        # found in review: ClusterConfig's refusal named worker_page_bytes and bytes (--worker-page-mib 3: "got
+        # 3145728"), not the flag and the MiB it was given
+        if args.worker_page_mib and not is_page_size(args.worker_page_mib << 20):
+            raise InvalidArgumentError(f"--worker-page-mib must be a positive multiple of 2 (MiB), or 0 for the "
+                                       f"default by device, got {args.worker_page_mib}", flag="--worker-page-mib")
         top["worker_page_bytes"] = args.worker_page_mib << 20
     if args.host_cache_gib is not None:
         if not math.isfinite(args.host_cache_gib) or args.host_cache_gib < 0:

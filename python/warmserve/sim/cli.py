@@ -27,10 +27,10 @@ from warmserve.sim.cli_output import (Saved, at_least, median_summary, request_c
                                       workload_block, write_results)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
 from warmserve.sim.config import SimConfig, check_field
-from warmserve.sim.costmodel import CostModel
+from warmserve.sim.costmodel import ENGINE_INIT_RANGE_S, ENGINE_INIT_S, CostModel
 from warmserve.sim.plot import plot_ttft_cdf
-from warmserve.sim.presets import (ARTIFACT_ALPHA, PAPER_ALPHA, RECIPE_WARMUP_S, Preset, artifact_preset,
-                                   cluster_shape, paper_preset, scale_preset)
+from warmserve.sim.presets import (ARTIFACT_ALPHA, ARTIFACT_N_MODELS, PAPER_ALPHA, PAPER_N_MODELS, RECIPE_WARMUP_S,
+                                   SCALE_N_MODELS, Preset, artifact_preset, cluster_shape, paper_preset, scale_preset)
 from warmserve.sim.runner import SEARCH_HI, max_rate_under_slo, policy_names, rate_sweep, run_once
 from warmserve.workload.azure import trace_source
 from warmserve.workload.recipes import MAX_BURST_CV
@@ -59,14 +59,16 @@ def add_arguments(p):
                         "(or .csv.gz) in the Azure 2023 layout (TIMESTAMP, ContextTokens, GeneratedTokens); the "
                         "recipe, models and --rate stay the preset's; the JSON records the file's SHA-256")
     p.add_argument("--models", type=int, default=None,
-                   help="number of models, at least 1 (default: 7 for paper presets, 32 for servegen and scale)")
+                   help=f"number of models, at least 1 (default: {PAPER_N_MODELS} for the paper presets, "
+                        f"{ARTIFACT_N_MODELS} for the artifact ones, {SCALE_N_MODELS} for servegen and scale)")
     p.add_argument("--gpus", type=int, default=16, help="GPUs (8 per server) when no paper preset is chosen")
     p.add_argument("--gpu", default="H100-80GB", help="GPU type of the cost model: H100-80GB or A100-80GB")
     p.add_argument("--profile", default=None, help="cost profile JSON of GPUs that hold the run's models (see "
                    "warmserve.sim.costmodel); `warmserve calibrate`'s CPU-worker profiles are for bench replay")
     p.add_argument("--cold-start-s", type=float, default=None,
-                   help="engine part of a cold start, seconds (default 14, the low end of vLLM's published "
-                        "14-35 s engine initialisation); weight loading is added")
+                   help=f"engine part of a cold start, seconds (default: a --profile's engine_init_s, else "
+                        f"{ENGINE_INIT_S:g}, the low end of vLLM's published {ENGINE_INIT_RANGE_S[0]:g}-"
+                        f"{ENGINE_INIT_RANGE_S[1]:g} s engine initialisation); weight loading is added")
     p.add_argument("--engine-model", choices=("vllm", "fluid"), default="vllm",
                    help="vllm: admission by max sequences (256) and KV memory, decode reads the batch's KV "
                         "cache; fluid: the earlier model (batch capped at the policy's B, flat decode step)")
@@ -91,7 +93,9 @@ def add_arguments(p):
     p.add_argument("--alpha", type=float, default=None,
                    help=f"power-law exponent of the per-model rate split (default: {PAPER_ALPHA:g} for paper "
                         f"presets, {ARTIFACT_ALPHA:g} for artifact ones)")
-    p.add_argument("--duration-s", type=float, default=None, help="replayed span, seconds (paper: 1200)")
+    p.add_argument("--duration-s", type=float, default=None,
+                   help="replayed span, seconds (default: 1200 for the paper and artifact workloads, 3600 for "
+                        "servegen)")
     p.add_argument("--start-hour", type=float, default=None,
                    help="--workload servegen: the replay's start on ServeGen's last day, hours after midnight "
                         "(default 20); refused for the Azure workloads, which replay their trace's own stretches")
@@ -202,7 +206,7 @@ def build_preset(args) -> Preset:
         history_days = 2 if args.history_days is None else args.history_days
         if recipe == "paper":
             check_paper_span("conv", duration_s, history_days, history_given=args.history_days is not None)
-        return scale_preset(args.gpus, 32 if args.models is None else args.models, duration_s=duration_s,
+        return scale_preset(args.gpus, SCALE_N_MODELS if args.models is None else args.models, duration_s=duration_s,
                             total_rate_rps=args.rate, recipe=recipe, config=cfg,
                             start_hour=20.0 if args.start_hour is None else args.start_hour,
                             history_days=history_days, burst_cv=args.burst_cv, time_scale=args.time_scale,

@@ -35,6 +35,9 @@ RECIPE_WARMUP_S = 600.0
 #: the scale preset's ServeGen recipe reuses each client series shifted by 1 to this many days when more models are
 #: asked for than series (``recipes.servegen_series``' repeat_days)
 SERVEGEN_REPEAT_DAYS = 6
+#: models of the servegen workload and the scale preset when `warmserve simulate --models` is not given (its help
+#: states it from here)
+SCALE_N_MODELS = 32
 
 
 def paper_models(n: int = len(PAPER_ORDER)) -> list[ServedModel]:

@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-gib", type=float, default=None,
                    help="page-pool size in GiB (default: 4 on cpu, 90%% of free GPU memory on cuda)")
     p.add_argument("--page-mib", type=int, default=None,
-                   help="page size of the pool in MiB, a multiple of 2 (default 32 on cuda, 2 on cpu). Larger pages "
-                   "cost fewer driver calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share them")
+                   help="page size of the pool in MiB, a positive multiple of 2 (default 32 on cuda, 2 on cpu). Larger "
+                   "pages cost fewer driver calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share "
+                   "them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
     p.add_argument("--host-cache-gib", type=float, default=0.0,
                    help="load checkpoints through the machine's host checkpoint cache of this many GiB, shared by "
