@@ -210,9 +210,13 @@ def build_config(args) -> ClusterConfig:
     for flag in ("cpu_worker_threads", "cpu_workers", "remote_workers"):
         if getattr(args, flag) is not None:
             top[flag] = getattr(args, flag)
-    out = dataclasses.replace(
-        cfg, server=dataclasses.replace(cfg.server, **server), controller=dataclasses.replace(cfg.controller, **ctl),
-        engine=msgspec.structs.replace(cfg.engine, **engine), **top)
+    try:
+        out = dataclasses.replace(
+            cfg, server=dataclasses.replace(cfg.server, **server),
+            controller=dataclasses.replace(cfg.controller, **ctl), engine=msgspec.structs.replace(cfg.engine, **engine),
+            **top)
+    except InvalidArgumentError as e:
+        raise _named_by_flag(e, {**server, **ctl, **engine, **top}) from None
     if args.cpu_workers is not None and out.devices:
         # Found in review: the devices' workers were started and --cpu-workers dropped, without a word.
         where = f"--devices {args.devices}" if args.devices else f"the config file's devices ({args.config})"
@@ -231,6 +235,21 @@ def build_config(args) -> ClusterConfig:
         print(f"warmserve serve: colocate_tp = true ({given['colocate_tp']}) is not taken: a worker runs a "
               f"tensor-parallel shard alone, so {wide} each run alone on their workers", file=sys.stderr, flush=True)
     return out
+
+
+#: The flags whose names are not their config field's, dashed (``_named_by_flag``).
+_FLAG_OF_FIELD = {"history_path": "--history", "history_record_path": "--record-history", "api_key": "--api-key",
+                  "worker_page_bytes": "--worker-page-mib", "host_cache_bytes": "--host-cache-gib"}
+
+
+def _named_by_flag(e: InvalidArgumentError, given: dict) -> InvalidArgumentError:
+    """A config class's refusal of a value a flag gave, reworded to name the flag first (found in review: `serve
+    --port -1` said "ServerConfig.port must be ...", naming no flag); the field's words stay, for config files."""
+    field = e.fields.get("field") or e.fields.get("key")
+    if field not in given:  # the config file's value, or a check of several fields: its words already fit
+        return e
+    flag = _FLAG_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+    return InvalidArgumentError(f"{flag}: {e.message}", **dict(e.fields, flag=flag))
 
 
 def check_policy_fixes(ctl) -> None:

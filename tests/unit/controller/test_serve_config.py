@@ -145,3 +145,26 @@ def test_an_empty_api_key_in_the_environment_keeps_the_files_key(tmp_path, monke
     # README's --api-key "$KEY" with KEY unset turned authentication off): test_security_review_api_key.py
     with pytest.raises(InvalidArgumentError, match="--api-key"):
         serve.build_config(parse("--config", str(f), "--api-key", ""))
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--port", "-1"], "--port"), (["--max-num-seqs", "-1"], "--max-num-seqs"),
+    (["--max-kv-blocks", "-1"], "--max-kv-blocks"), (["--remote-workers", "-1"], "--remote-workers"),
+    (["--cpu-worker-threads", "-3"], "--cpu-worker-threads"),
+])
+def test_a_config_refusal_of_a_flags_value_names_the_flag_first(argv, flag, monkeypatch):
+    """Found in review: `serve --port -1` said "ServerConfig.port must be in 0-65535", naming no flag."""
+    monkeypatch.delenv("WARMSERVE_API_KEY", raising=False)
+    with pytest.raises(InvalidArgumentError) as e:
+        serve.build_config(parse(*argv))
+    assert e.value.message.startswith(f"{flag}: ") and e.value.flag == flag, e.value.message
+    assert "-1" in e.value.message or "-3" in e.value.message  # the value given, still said
+
+
+def test_a_config_files_value_is_refused_in_the_files_words(tmp_path, monkeypatch):
+    monkeypatch.delenv("WARMSERVE_API_KEY", raising=False)
+    f = tmp_path / "c.yaml"
+    f.write_text("models: [a]\nserver: {port: -1}\n")
+    with pytest.raises(InvalidArgumentError) as e:
+        serve.build_config(parse("--config", str(f), "--max-num-seqs", "4"))
+    assert "port" in e.value.message and not e.value.message.startswith("--"), e.value.message
