@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 
 from warmserve.controller.pids import pid_running
 
@@ -52,3 +53,11 @@ def sweep_dead_owners(root: str, prefix: str) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def owned_temp_dir(prefix: str, root: str | None = None) -> tempfile.TemporaryDirectory:
+    """A ``tempfile.TemporaryDirectory`` under ``root`` ($TMPDIR by default) named by this process, made once the
+    dirs of ``prefix`` whose owners ended are swept from ``root``."""
+    root = root or tempfile.gettempdir()
+    sweep_dead_owners(root, prefix)
+    return tempfile.TemporaryDirectory(prefix=owned_prefix(prefix), dir=root)

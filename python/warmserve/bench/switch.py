@@ -40,7 +40,7 @@ import numpy as np
 
 from warmserve.bench.switch_args import DeviceGiven, device_index
 from warmserve.bench.switch_kv import kv_give_back, page_sizes
-from warmserve.owned_dirs import owned_prefix, sweep_dead_owners
+from warmserve.owned_dirs import owned_prefix, owned_temp_dir, sweep_dead_owners
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -49,7 +49,8 @@ KV_FIRST_BYTES = 64 * MiB
 #: Virtual room reserved for the KV cache after the weights (nothing is mapped until used).
 KV_RESERVE_BYTES = 2 * GiB
 HIDDEN, INTER, KV_DIM, VOCAB = 2048, 5632, 256, 32000
-CACHE_DIR_PREFIX = "warmserve-bench-cache-"
+#: The run's folders, named by their owner (owned_dirs): the host cache's under --cache-root, the files' under --dir
+CACHE_DIR_PREFIX, WORK_DIR_PREFIX = "warmserve-bench-cache-", "warmserve-bench-switch-"
 
 
 def add_arguments(p) -> None:
@@ -399,8 +400,7 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
                 cache.close()
                 os.unlink(cache.entry_path(path))
 
-            fill = timed(lambda: cache.load(s, sources).wait(), max(1, min(args.repeats, 3)), dev,
-                         teardown=drop_entry)
+            fill = timed(lambda: cache.load(s, sources).wait(), max(1, min(args.repeats, 3)), dev, teardown=drop_entry)
             cache.load(s, sources).wait()  # the entry every hit below maps
             unmap()
             cache.close()  # as in a fresh worker: the first hit maps the entry (and on cuda registers it)
@@ -551,7 +551,7 @@ def _main(args) -> int:
     res = {"machine": machine(args), "repeats": args.repeats, "activation_vs_cold_load": [], "skipped": []}
     # Each part's lines as soon as it is done (found in review: nothing showed until every part had run).
     say.header(res, args)
-    with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
+    with owned_temp_dir(WORK_DIR_PREFIX, args.dir) as workdir:  # a SIGKILLed run's (GiBs) swept first
         for size in sizes if "activation" in parts else []:
             need = 2 * size * GiB + KV_FIRST_BYTES + GiB  # file in the page cache + pool, with slack
             if args.backend == "host" and need > avail:

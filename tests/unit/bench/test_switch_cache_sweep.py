@@ -15,6 +15,8 @@ from warmserve.owned_dirs import pid_ns
 
 #: The name users find in /dev/shm (bench.switch.CACHE_DIR_PREFIX), spelt out: a rename is a change they see.
 CACHE_DIR_PREFIX = "warmserve-bench-cache-"
+#: Its folder of files under --dir (bench.switch.WORK_DIR_PREFIX)
+WORK_DIR_PREFIX = "warmserve-bench-switch-"
 
 
 def _bench(cache_root, work, repeats: int) -> subprocess.Popen:
@@ -42,6 +44,8 @@ def test_the_next_run_sweeps_the_cache_folder_a_sigkilled_run_left_and_nothing_e
         killed.communicate(timeout=30)
     left = _cache_dirs(shm)
     assert len(left) == 1  # the kill left it, its entry in it
+    # and its folder of files under --dir (the cache part's source file; GiBs in the activation part's)
+    assert [p.name.startswith(WORK_DIR_PREFIX) for p in work.iterdir()] == [True]
     ns = pid_ns()
     assert ns, "no /proc/self/ns/pid here: the sweep would spare everything"
     gone = subprocess.Popen(["true"])
@@ -64,3 +68,4 @@ def test_the_next_run_sweeps_the_cache_folder_a_sigkilled_run_left_and_nothing_e
     # Before: the killed run's folder (and the dead owner's) stayed, every later run leaving them.
     assert {p.name for p in shm.iterdir()} == spared
     assert (outside / "keep").exists()
+    assert not list(work.iterdir())  # the killed run's files went too, and the new run removed its own
