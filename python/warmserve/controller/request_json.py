@@ -21,6 +21,9 @@ def decode_json(body: bytes, cls):
         # (found in review: clients that compute a count as a float got a 400); 5.5 is still refused
         return msgspec.json.decode(body, type=cls, strict=False)
     except msgspec.ValidationError as e:
+        req = _as_pydantic_reads(body, cls, e)
+        if req is not None:
+            return req
         # msgspec names the offending path, e.g. "Expected `int`, got `str` - at `$.max_tokens`", and a missing
         # field apart: "Object missing required field `role` - at `$.messages[0]`" is messages[0].role (found in
         # review: a missing model, prompt or messages had param null)
@@ -51,6 +54,56 @@ def decode_json(body: bytes, cls):
         raise InvalidArgumentError(_utf8_message(body, e)) from None
     except RecursionError:  # found in review: a 2 KB body of nested arrays was a 500 and a logged traceback
         raise InvalidArgumentError("JSON nested too deeply in the request body: send a flatter JSON object") from None
+
+
+#: The words pydantic's lax mode (vLLM's request models) takes for a bool, lower-cased.
+_BOOL_WORDS = {"1": True, "t": True, "y": True, "on": True, "yes": True, "true": True,
+               "0": False, "f": False, "n": False, "no": False, "off": False, "false": False}
+#: A msgspec refusal of a value pydantic's lax mode may take: its expected type, the value's type and its path.
+_WRONG_TYPE = re.compile(
+    r"^Expected `(int|float|bool)(?: \| null)?`, got `(bool|str|float)` - at `\$((?:\.\w+|\[\d+\])+)`$")
+#: Most values one body may have converted so (each is one more msgspec.convert of the body); past it a 400.
+_MAX_LAX_VALUES = 16
+
+
+def _as_pydantic_reads(body: bytes, cls, error: msgspec.ValidationError):
+    """The body as a ``cls`` struct with the values msgspec's lax mode refuses but pydantic's takes converted as
+    pydantic converts them: a bool for a number (``"logprobs": true`` on completions is 1 in vLLM), pydantic's
+    words for a bool ("yes", "off"), 0.0 or 1.0 for a bool. Found in review: docs/api.md says values are read as
+    vLLM's models read them, and these were 400s. None when the error is another one: it stands."""
+    try:
+        obj = msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    for converted in range(_MAX_LAX_VALUES + 1):
+        m = _WRONG_TYPE.match(str(error))
+        if m is None:
+            return None
+        want, got, path = m.groups()
+        if converted == _MAX_LAX_VALUES:  # bounded: each conversion decodes the whole body again
+            raise InvalidArgumentError(
+                f"invalid request: more than {_MAX_LAX_VALUES} values need converting (a bool for a number, a word "
+                f"for a bool), the next at {path[1:]}: send JSON numbers and booleans", param=path[1:])
+        try:
+            parent, key = obj, None
+            for name, index in re.findall(r"\.(\w+)|\[(\d+)\]", path):
+                parent = parent if key is None else parent[key]
+                key = name if name else int(index)
+            value = parent[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+        if got == "bool" and want != "bool":
+            parent[key] = int(value) if want == "int" else float(value)
+        elif want == "bool" and got == "str" and value.lower() in _BOOL_WORDS:
+            parent[key] = _BOOL_WORDS[value.lower()]
+        elif want == "bool" and got == "float" and value in (0.0, 1.0):
+            parent[key] = bool(value)
+        else:
+            return None
+        try:
+            return msgspec.convert(obj, type=cls, strict=False)
+        except msgspec.ValidationError as again:
+            error = again
 
 
 #: A JSON escape of a UTF-16 surrogate (U+D800-U+DFFF): backslash, "u", 4 hex digits, after an even number of
