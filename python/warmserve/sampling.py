@@ -39,8 +39,8 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
     ``warmserve.Cluster``) through the controller and the wire to the engine's sampler.
 
     Construction validates the ranges (raising ``InvalidArgumentError`` with the parameter and its value), also
-    when a worker decodes it off the wire. Temperature 0 (the default) is greedy; the OpenAI API's default of 1 is
-    applied where a request is parsed.
+    when a worker decodes it off the wire. Temperature 0 (the default; vLLM's SamplingParams has 1) is greedy: the
+    OpenAI API's default of 1 is applied where a request is parsed, and by ``Cluster.generate``'s keywords.
     """
 
     #: Most new tokens to generate (>= 1).
@@ -52,7 +52,7 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
     temperature: float = 0.0
     #: Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p, in (0, 1] (1 = all).
     top_p: float = 1.0
-    #: Keep only the k most likely tokens (0 = no cut).
+    #: Keep only the k most likely tokens (0 = no cut; vLLM's -1 is taken for it and made 0, as over HTTP).
     top_k: int = 0
     #: Seed of this request's own generator, in [SEED_MIN, SEED_MAX]; None draws from the engine's generator.
     seed: int | None = None
@@ -104,8 +104,8 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
         # Bounded here, not only over HTTP: found in review, a larger value from the Python API was queued and
         # routed, then failed on the way to a worker, blamed on the prompt.
         if not 0 <= self.top_k <= MAX_TOKEN_ID:
-            raise _bad(f"top_k must be in [0, {MAX_TOKEN_ID}] (a top_k at least the vocabulary's size keeps every "
-                       f"token, as 0 does), got {self.top_k}", "top_k", top_k=str(self.top_k))
+            raise _bad(f"top_k must be in [0, {MAX_TOKEN_ID}] or -1 (a top_k at least the vocabulary's size keeps "
+                       f"every token, as 0 and -1 do), got {self.top_k}", "top_k", top_k=str(self.top_k))
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise _bad(f"seed must fit in 64 bits ([{SEED_MIN}, {SEED_MAX}]), got {self.seed}: send a smaller seed",
                        "seed", seed=str(self.seed))
@@ -162,6 +162,10 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
                        stop_token_ids_count=len(ids), max_stop_token_ids=MAX_STOP_TOKEN_IDS)
         if not isinstance(ids, (tuple, list)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
             raise _bad(f"stop_token_ids must be a list of token ids (integers), got {ids!r}", "stop_token_ids")
+        # Found in review: vLLM's SamplingParams (and this API over HTTP, and a generation_config.json) take -1 for
+        # no cut, this one refused it; a user's SamplingParams(top_k=-1) from vLLM code now means the same here.
+        if self.top_k == -1:
+            msgspec.structs.force_setattr(self, "top_k", 0)
         if type(self.stop) is not tuple:
             msgspec.structs.force_setattr(self, "stop", tuple(stop))
         if type(ids) is not tuple:

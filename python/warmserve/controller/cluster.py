@@ -18,7 +18,6 @@ import concurrent.futures
 import math
 import numbers
 import os
-import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ from dataclasses import dataclass
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.policy.config import PolicyConfig
 from warmserve.controller import exit_close
+from warmserve.controller.cluster_checks import (  # noqa: F401  (LONGEST_WAIT_S: cluster.LONGEST_WAIT_S, as before)
+    LONGEST_WAIT_S, _check_devices, _check_paths, _check_prompt, _check_sampling, _check_timeout, _wait_limit_s,
+)
 from warmserve.controller.frontend import TextGeneration, prepare
 from warmserve.controller.loopgate import LoopGate
 from warmserve.controller.openai_api import messages_from, with_model_defaults
@@ -88,7 +90,8 @@ class Completion:
     text: str
     #: The tokens of ``text`` (an EOS or stop token that ended it included); not a stop string's own tokens.
     token_ids: list[int]
-    #: "stop" (EOS or a stop string), "length" (max_tokens) or "abort".
+    #: "stop" (EOS, a stop_token_ids token or a stop string) or "length" (max_tokens). Not "abort": a generate()
+    #: that ends early raises (timeout_s: TimeoutError_; close(drain=False): OverloadedError); a stream left says it.
     finish_reason: str
     prompt_tokens: int
     #: Tokens generated, through the one that completed a stop string: may pass len(token_ids) (docs/api.md).
@@ -108,6 +111,10 @@ _KEYWORDS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "
 
 
 class Cluster:
+    """The whole serving system in this process: generate(), agenerate() and stream() on its models, stats(), and
+    close() (or a ``with`` block). Its methods may be called from several threads at once; in asyncio code, await
+    agenerate() and read stream() with ``async for`` (or ``anext()``), which wait without blocking the event loop."""
+
     def __init__(
         self,
         models=None,
@@ -142,6 +149,10 @@ class Cluster:
         IANA zone whose days the load follows ("": the local one), so forecasts keep its hours across
         daylight-saving switches. history_path: a load history the forecasts start from; history_record_path: a
         file the load this cluster measures is kept in, for history_path next time (controller/history_record.py).
+        policy: one of ``warmserve.policy.POLICY_NAMES``; window_s: the forecast window, seconds; start_timeout_s:
+        seconds to wait for the workers to come up and register; cpu_worker_memory_bytes: the host memory of each
+        CPU worker (0: sized from the models). log_dir: a directory for the workers' logs (None: this process's
+        stderr).
         """
         _check_paths(log_dir, ray_address)
         log_dir = os.fspath(log_dir) if log_dir is not None else None
@@ -254,6 +265,7 @@ class Cluster:
 
     @property
     def models(self) -> list[str]:
+        """The names the served models are asked for by (ModelSpec.name); readable after close() too."""
         return self.controller.model_names()
 
     def _prepare(self, model: str, prompt, params, max_tokens, temperature, top_p, seed, stop, messages):
@@ -369,7 +381,8 @@ class Cluster:
 
 
 class TextIterator:
-    """A generation's text pieces; iterate once, with ``for`` or ``async for``. Breaking out aborts it."""
+    """A generation's text pieces, read once: with ``for`` or ``async for`` (breaking out aborts it), or one at a
+    time with ``next()`` / ``await anext()`` (one dropped unfinished is aborted once collected)."""
 
     def __init__(self, cluster: Cluster, m, ids, s):
         self._c, self._m, self._ids, self._s = cluster, m, ids, s
@@ -377,7 +390,39 @@ class TextIterator:
 
     @property
     def finish_reason(self) -> str | None:
+        """As Completion.finish_reason once the generation has ended, or "abort" once its reader left it; None
+        before."""
         return self._gen.finish_reason if self._gen is not None else None
+
+    # Found in review: the README calls stream() an async iterator and the class is a TextIterator, yet next() and
+    # anext() raised TypeError ("not an iterator"): only for-loops could read it.
+    def __next__(self) -> str:
+        try:
+            piece = self._c._run(self._next())
+        except ClosedError as e:
+            piece = self._rest(e)
+        except BaseException:  # failed or interrupted: nothing reads it on
+            self._abort()
+            raise
+        if piece is None:
+            raise StopIteration
+        return piece
+
+    async def __anext__(self) -> str:
+        try:
+            piece = await self._anext_impl()
+        except BaseException:  # failed or cancelled (asyncio.wait_for): nothing reads it on
+            self._abort()
+            raise
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
+
+    def __del__(self):
+        try:  # a stream read with next() and dropped unfinished has no for-loop's end to abort it
+            self._abort()
+        except Exception:  # the interpreter ending: its workers go with it
+            pass
 
     async def _next(self) -> str | None:
         """Next non-empty piece, or None at the end (runs on the controller's loop)."""
@@ -455,91 +500,8 @@ class TextIterator:
                 pass
 
 
-def _check_prompt(prompt) -> None:
-    """Found in review: bytes were taken as token ids (b"hello" as ids 104, 101, ...), and a number failed with a
-    bare TypeError from len()."""
-    if isinstance(prompt, (bytes, bytearray, memoryview)):
-        raise InvalidArgumentError("prompt must be text or a list of token ids, not bytes: decode it first "
-                                   "(prompt.decode())", param="prompt")
-    np = sys.modules.get("numpy")  # an array can only come from a numpy that is imported already
-    if np is not None and isinstance(prompt, np.ndarray):
-        # The token ids frontend.prepare takes (found in review: refused here, though it takes them).
-        if prompt.ndim != 1 or prompt.dtype.kind not in "iu":
-            raise InvalidArgumentError(f"a numpy prompt must be a 1-D array of integer token ids, got shape "
-                                       f"{prompt.shape} of {prompt.dtype}: pass ids.ravel().astype(int) or a "
-                                       "list", param="prompt")
-        return
-    if prompt is not None and not isinstance(prompt, (str, list, tuple)):
-        raise InvalidArgumentError(f"prompt must be text or a list of token ids, got {type(prompt).__name__} "
-                                   f"{prompt!r:.40}", param="prompt")
-
-
-#: Waits longer than this have no limit: threading's waits overflow long before (found in review:
-#: generate(timeout_s=1e12) raised OverflowError, and inf too, after the request had gone out).
-LONGEST_WAIT_S = 365 * 86400.0
-
-
-def _wait_limit_s(timeout_s: float | None) -> float | None:
-    return None if timeout_s is None or timeout_s >= LONGEST_WAIT_S else max(0.0, timeout_s)
-
-
-def _check_timeout(timeout_s) -> float | None:
-    """A caller's timeout_s as seconds, None for no limit (None or inf). Found in review: nan timed out at once
-    and inf raised OverflowError."""
-    if timeout_s is None:
-        return None
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real):
-        raise InvalidArgumentError(f"timeout_s must be a number of seconds or None (no limit), got "
-                                   f"{type(timeout_s).__name__} {timeout_s!r:.40}", param="timeout_s")
-    try:
-        t = float(timeout_s)
-    except OverflowError:  # an int beyond a float's range
-        t = math.inf if timeout_s > 0 else -math.inf
-    if not t > 0:
-        raise InvalidArgumentError(f"timeout_s must be above 0 seconds, got {timeout_s!r:.40}: pass None or "
-                                   f"math.inf for no limit", param="timeout_s")
-    return None if t == math.inf else t
-
-
-def _check_sampling(k: dict) -> None:
-    """The keywords' types, named (found in review: temperature="hot" and seed="1" failed with bare errors)."""
-    for name in ("temperature", "top_p"):
-        v = k[name]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise InvalidArgumentError(f"{name} must be a number, got {type(v).__name__} {v!r:.40}", param=name)
-    for name in ("max_tokens", "seed"):
-        v = k[name]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
-            raise InvalidArgumentError(f"{name} must be a whole number, got {type(v).__name__} {v!r:.40}",
-                                       param=name)
-        if v is not None:
-            k[name] = int(v)
-
-
 async def _acall(fn):
     return fn()
-
-
-def _check_devices(devices) -> None:
-    """Found in review: devices=5 was a bare TypeError, and b"cpu:0" was taken byte by byte ("device 99")."""
-    if devices is None or isinstance(devices, str):
-        return
-    if not isinstance(devices, (list, tuple)) or not all(isinstance(d, str) for d in devices):
-        raise InvalidArgumentError(f"devices must be a device name such as 'cuda:0' or 'cpu:0', or a list or tuple "
-                                   f"of them, or None (one worker per GPU, else cpu_workers CPU workers); got "
-                                   f"{type(devices).__name__} {devices!r:.60}", param="devices")
-
-
-def _check_paths(log_dir, ray_address) -> None:
-    """Found in review: log_dir=5 and ray_address=5 failed with bare TypeErrors, deep in the start."""
-    if log_dir is not None and (not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir)):
-        raise InvalidArgumentError(f"log_dir must be a directory path (str or os.PathLike) or None (workers log to "
-                                   f"this process's stderr), got {type(log_dir).__name__} {log_dir!r:.60}",
-                                   param="log_dir")
-    if ray_address is not None and not isinstance(ray_address, str):
-        raise InvalidArgumentError(f"ray_address must be a Ray cluster's address (str, 'auto': the one this machine "
-                                   f"belongs to) or None (local workers), got {type(ray_address).__name__} "
-                                   f"{ray_address!r:.60}", param="ray_address")
 
 
 def _check_bind(cc: ControllerConfig) -> None:

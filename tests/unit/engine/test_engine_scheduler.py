@@ -186,7 +186,7 @@ def test_bad_requests_are_typed_errors(lm):
         eng.add_request("x", [1, 2], SamplingParams())
         with pytest.raises(InvalidArgumentError):
             eng.add_request("x", [1, 2], SamplingParams())
-        for bad in (dict(max_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(stop=("",)),
+        for bad in (dict(max_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(stop=("",)),
                     dict(temperature=2.5), dict(seed=2 ** 64), dict(stop_token_ids=(-1,))):
             with pytest.raises(InvalidArgumentError):
                 SamplingParams(**bad)
