@@ -305,11 +305,11 @@ class Cluster:
                  temperature: float | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
                  messages=None, timeout_s: float | None = None) -> Completion:
         """Generate a completion of ``prompt`` (text or token ids), or of a chat given as ``messages``. Sampling:
-        the keywords (defaults: max_tokens 16; what the checkpoint's generation_config.json sets, as the HTTP API
-        takes it, else temperature 1, top_p 1), or ``params`` (a ``warmserve.SamplingParams``, taken as it is:
-        every option the engine has, the same object the HTTP API builds), not both. timeout_s: how long to wait for
-        the whole completion (None or math.inf: no limit); when it runs out the generation is aborted and
-        TimeoutError_ raised."""
+        the keywords (defaults: max_tokens 16, whatever generation_config.json says; temperature and top_p as the
+        checkpoint's generation_config.json sets them, as the HTTP API takes them, else 1 and 1), or ``params`` (a
+        ``warmserve.SamplingParams``, taken as it is: every option the engine has, the same object the HTTP API
+        builds), not both. timeout_s: how long to wait for the whole completion (None or math.inf: no limit); when it
+        runs out the generation is aborted and TimeoutError_ raised."""
         self._check()
         timeout_s = _check_timeout(timeout_s)
         m, ids, s = self._prepare(model, prompt, params, max_tokens, temperature, top_p, seed, stop, messages)
