@@ -112,8 +112,11 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True, dict=True)
         if len(self.stop) > MAX_STOP_STRINGS:
             raise _bad(f"at most {MAX_STOP_STRINGS} stop sequences, got {len(self.stop)}", "stop",
                        stop_count=len(self.stop), max_stop_strings=MAX_STOP_STRINGS)
-        if any(not s for s in self.stop):
-            raise _bad("stop sequences must not be empty", "stop")
+        empty = [i for i, s in enumerate(self.stop) if not s]
+        if empty:
+            # found in review: the refusal said neither which one nor what to do
+            raise _bad(f"stop sequences must not be empty: stop[{empty[0]}] is \"\" ({len(empty)} empty of "
+                       f"{len(self.stop)}); drop the empty strings", "stop", empty_index=empty[0])
         bad = [t for t in self.stop_token_ids if not 0 <= t <= MAX_TOKEN_ID]
         if bad:
             raise _bad(f"stop_token_ids must be token ids in [0, {MAX_TOKEN_ID}], got {bad[0]}", "stop_token_ids")

@@ -120,8 +120,11 @@ class ModelConfig:
         # without the key was refused)
         n_kv = int(config_value(cfg, "num_key_value_heads", arch) or n_heads)
         if n_heads % n_kv:
+            # found in review: the refusal said neither which file nor what to do (grouped-query attention shares
+            # each KV head among a whole number of query heads, so no engine runs such a config)
             raise UnsupportedModelError(
-                f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}",
+                f"config.json's num_attention_heads {n_heads} is not a multiple of its num_key_value_heads {n_kv}: "
+                "fix config.json (the model's own values) or download the checkpoint again",
                 num_heads=n_heads, num_kv_heads=n_kv)
         head_dim = int(cfg.get("head_dim") or hidden // n_heads)
         if head_dim < 1:  # no head_dim given, and hidden_size below num_attention_heads
@@ -138,8 +141,13 @@ class ModelConfig:
         if rope_type not in ROPE_TYPES:
             raise UnsupportedModelError(f"rope type {rope_type!r} is not supported: use one of {', '.join(ROPE_TYPES)}",
                                         rope_type=rope_type)
-        if float(rope.pop("partial_rotary_factor", 1.0)) != 1.0:
-            raise UnsupportedModelError("partial_rotary_factor below 1 is not supported", rope_params=rope)
+        partial = rope.pop("partial_rotary_factor", 1.0)
+        if float(partial) != 1.0:
+            # found in review: the refusal named neither the value nor a way on (the engine rotates whole heads)
+            raise UnsupportedModelError(
+                f"config.json's rope partial_rotary_factor is {partial}: only 1 (rotary embedding over the whole head) "
+                "is supported; serve a model that rotates whole heads (no partial_rotary_factor, or 1)",
+                rope_params=rope, partial_rotary_factor=partial)
         max_pos = int(config_value(cfg, "max_position_embeddings", arch))
         if rope_type in ("llama3", "yarn"):
             # transformers' standardize_rope_params: a top-level original_max_position_embeddings wins over the rope

@@ -134,7 +134,10 @@ def safetensors_files(path: str) -> list[str]:
         files = sorted({_shard_name(path, f) for f in weight_map.values()})
         missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
         if missing:
-            raise CheckpointError(f"{path}: index names shard(s) {missing} that are not there", path=path)
+            # found in review: no count and no fix (an interrupted download leaves some shards out)
+            raise CheckpointError(f"{path}: index names shard(s) {missing} that are not there ({len(missing)} of "
+                                  f"{len(files)} shards missing): download the checkpoint again, or copy those files "
+                                  "into it", path=path, missing=missing, shards=len(files))
         return [os.path.join(path, f) for f in files]
     if os.path.isfile(single):
         return [single]

@@ -340,7 +340,9 @@ class ModelForecaster:
     def __init__(self, method: str, period: int, *, n_resid: int = 10, fit_days: int = 4, name: str = "",
                  background=None):
         if method not in METHODS + ("auto",):
-            raise InvalidArgumentError(f"unknown forecast method {method!r}", method=method)
+            # the choices, as the other refusal of a method says them (found in review: none here)
+            raise InvalidArgumentError(f"unknown forecast method {method!r}; use one of {METHODS + ('auto',)}",
+                                       method=method)
         self.method, self.period, self.n_resid, self.fit_days = method, period, n_resid, fit_days
         self.name = name
         self.background = background

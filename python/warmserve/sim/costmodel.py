@@ -533,11 +533,16 @@ class CostModel:
         for name, kw in models_section(d.get("models")).items():
             old = models.get(name)
             if old is None:
-                missing = {"weight_bytes", "tp", "kv_bytes_per_token"} - kw.keys()
-                if missing or not ({"prefill_base_s", "prefill_per_token_s", "prefill_table"} & kw.keys()) \
-                        or not ({"decode_base_s", "decode_per_seq_s", "decode_table"} & kw.keys()):
-                    raise InvalidArgumentError(f"profile model {name!r} is new and lacks {sorted(missing)} or "
-                                               f"its prefill/decode times", model=name)
+                # the keys in the file's words, and the fix (found in review: "lacks [] or its prefill/decode times")
+                lacks = sorted({"weight_bytes", "tp", "kv_bytes_per_token"} - kw.keys())
+                if not {"prefill_base_s", "prefill_per_token_s", "prefill_table"} & kw.keys():
+                    lacks.append("prefill_s (or prefill_table)")
+                if not {"decode_base_s", "decode_per_seq_s", "decode_table"} & kw.keys():
+                    lacks.append("decode_step_s (or decode_table)")
+                if lacks:
+                    raise InvalidArgumentError(
+                        f"profile model {name!r} is new and lacks {', '.join(lacks)}: add them to models.{name}, or "
+                        f"name a model the cost model knows ({', '.join(sorted(models))})", model=name, missing=lacks)
                 kw.setdefault("prefill_base_s", 0.0)
                 kw.setdefault("prefill_per_token_s", 0.0)
                 kw.setdefault("decode_base_s", 0.0)

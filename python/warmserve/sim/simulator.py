@@ -65,7 +65,8 @@ class Simulator:
         names = [s.name for s in served]
         missing = set(workload.models) - set(names)
         if missing:
-            raise ValueError(f"workload models {sorted(missing)} are not served: add them to the served models")
+            raise InvalidArgumentError(f"workload models {sorted(missing)} are not served (served: {sorted(names)}): "
+                                       "add them to the served models", missing=sorted(missing), served=names)  # typed
         pcfg = config.policy_config
         self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
         check_clock(workload, self.warmup_s)

@@ -37,7 +37,9 @@ def load_azure(kind: str = "conv", path: str | None = None) -> Trace:
     ``path``: a CSV (or .csv.gz) in the published layout; default is the copy vendored with the package.
     """
     if kind not in KINDS:
-        raise ValueError(f"Azure trace kind must be one of {KINDS}, got {kind!r}")
+        # typed (still a ValueError), with the fix, found in review
+        raise InvalidArgumentError(f"Azure trace kind must be one of {KINDS}, got {kind!r}: pass kind='conv' or "
+                                   "kind='code'", kind=repr(kind))
     if path is None:
         path = data_path(f"azure2023_AzureLLMInferenceTrace_{kind}.csv.gz")
     t = _load(file_key(os.path.abspath(path)), kind)

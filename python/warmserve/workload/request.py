@@ -72,8 +72,11 @@ class Trace:
         self.output_tokens = np.maximum(_lengths(self.output_tokens, "output_tokens"), 1)
         n = len(self.arrival_s)
         if not (len(self.model) == len(self.prompt_tokens) == len(self.output_tokens) == n):
-            raise ValueError(f"Trace columns differ in length: {n}, {len(self.model)}, "
-                             f"{len(self.prompt_tokens)}, {len(self.output_tokens)}")
+            # typed (still a ValueError), naming each column and the fix, found in review
+            raise InvalidArgumentError(f"Trace columns differ in length: arrival_s {n}, model {len(self.model)}, "
+                                       f"prompt_tokens {len(self.prompt_tokens)}, output_tokens "
+                                       f"{len(self.output_tokens)}: give each column one entry per request",
+                                       lengths=[n, len(self.model), len(self.prompt_tokens), len(self.output_tokens)])
         order = np.argsort(self.arrival_s, kind="stable")
         if n and np.any(order != np.arange(n)):
             self.arrival_s, self.model = self.arrival_s[order], self.model[order]
