@@ -215,8 +215,8 @@ def build_config(args) -> ClusterConfig:
             cfg, server=dataclasses.replace(cfg.server, **server),
             controller=dataclasses.replace(cfg.controller, **ctl), engine=msgspec.structs.replace(cfg.engine, **engine),
             **top)
-    except InvalidArgumentError as e:
-        raise _named_by_flag(e, {**server, **ctl, **engine, **top}) from None
+    except InvalidArgumentError as e:  # a key from $WARMSERVE_API_KEY is not named as --api-key's (found in review)
+        raise _named_by_flag(e, {**server, **ctl, **engine, **top, "api_key": args.api_key}) from None
     if args.cpu_workers is not None and out.devices:
         # Found in review: the devices' workers were started and --cpu-workers dropped, without a word.
         where = f"--devices {args.devices}" if args.devices else f"the config file's devices ({args.config})"
@@ -246,7 +246,7 @@ def _named_by_flag(e: InvalidArgumentError, given: dict) -> InvalidArgumentError
     """A config class's refusal of a value a flag gave, reworded to name the flag first (found in review: `serve
     --port -1` said "ServerConfig.port must be ...", naming no flag); the field's words stay, for config files."""
     field = e.fields.get("field") or e.fields.get("key")
-    if field not in given:  # the config file's value, or a check of several fields: its words already fit
+    if given.get(field) is None:  # the config file's value, or a check of several fields: its words already fit
         return e
     flag = _FLAG_OF_FIELD.get(field, "--" + field.replace("_", "-"))
     return InvalidArgumentError(f"{flag}: {e.message}", **dict(e.fields, flag=flag))
