@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import operator
 import weakref
 
 from warmserve.controller.textstream import TextStream
@@ -100,12 +101,34 @@ def _has_template(model) -> bool:
 def check_ids(model, ids: list, param: str) -> list[int]:
     """The token ids as ints, each checked against the vocabulary. Call it once the list's length is known to
     fit the context: it walks every item."""
-    out = token_ids(ids, param, f"{param} must be a string or a list of token ids (non-negative integers)")
+    # Found in review: the refusals named neither the item nor, for an id past the vocabulary, the ids to send.
+    try:
+        out = token_ids(ids, param)
+    except InvalidArgumentError:
+        i, bad = _first_non_id(ids)
+        raise InvalidArgumentError(
+            f"{param} must be a string or a list of token ids (non-negative integers), got {param}[{i}] = "
+            f"{bad!r:.40} ({type(bad).__name__}): send each id as a JSON integer", param=param, index=i) from None
     vocab = getattr(model.tokenizer, "vocab_size", None)
     if out and vocab and (max(out) >= vocab or min(out) < 0):
-        bad = max(out) if max(out) >= vocab else min(out)
-        raise InvalidArgumentError(f"token id {bad} is outside the vocabulary [0, {vocab})", param=param)
+        i = next(k for k, t in enumerate(out) if not 0 <= t < vocab)
+        raise InvalidArgumentError(
+            f"token id {out[i]} ({param}[{i}]) is outside the vocabulary [0, {vocab}) of this model: send ids from 0 "
+            f"to {vocab - 1}, as its tokenizer makes them (POST /tokenize gives a text's)", param=param, index=i,
+            token_id=out[i], vocab_size=vocab)
     return out
+
+
+def _first_non_id(ids) -> tuple[int | None, object]:
+    """The index and value of the first item of ``ids`` that is no token id (as ``token_ids`` reads one)."""
+    for i, t in enumerate(ids):
+        try:
+            operator.index(t)
+        except TypeError:
+            return i, t
+        if type(t) is bool:
+            return i, t
+    return None, ids
 
 
 def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: bool,
@@ -133,13 +156,19 @@ def prepare(model, prompt=None, messages: list[dict] | None = None, *, max_token
         ids = _encode(model, text, max_tokens, param, not _has_template(model), max_tokens_param)
     elif isinstance(prompt, str):
         ids = _encode(model, prompt, max_tokens, param, add_special_tokens, max_tokens_param)
+    elif prompt is None:  # found in review: Cluster.generate(model) was "the prompt is empty after tokenization"
+        raise InvalidArgumentError("no prompt given: pass prompt= (text or token ids) or messages= (a chat)",
+                                   param="prompt")
     else:
-        return _checked_ids(model, [] if prompt is None else prompt, max_tokens, param, max_tokens_param)
+        return _checked_ids(model, prompt, max_tokens, param, max_tokens_param)
     check_prompt(model, ids, max_tokens, param, max_tokens_param)
     return ids
 
 
 def _checked_ids(model, ids: list, max_tokens: int, param: str, max_tokens_param: str | None) -> list[int]:
+    if len(ids) == 0:  # found in review: [] was refused as "empty after tokenization", though never tokenized
+        raise InvalidArgumentError(f"{param} holds no token ids, got an empty list: send text or at least one token "
+                                   "id", param=param)
     # The length first: a list of millions of ids is refused at once, not walked item by item (found in review:
     # 3.5M ids were checked one by one on the event loop before their count was compared with the context).
     check_prompt(model, ids, max_tokens, param, max_tokens_param)

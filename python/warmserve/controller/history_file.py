@@ -56,8 +56,11 @@ def read_history(path: str) -> dict:
                 raise InvalidArgumentError(
                     f"history {path}: model {model!r} is not {shape} ({type(e).__name__}: {e})") from None
             if any(c.ndim != 1 for c in cols) or not len(cols[0]) == len(cols[1]) == len(cols[2]):
+                # the shapes said (found in review: not which list was off, nor by how much)
+                sizes = ", ".join(f"{k} {list(c.shape)}" for k, c in zip(("window_start_s", "avg", "peak"), cols))
                 raise InvalidArgumentError(f"history {path}: model {model!r} has arrays of different lengths or "
-                                           f"shapes; it must be {shape}")
+                                           f"shapes ({sizes}); it must be {shape}: give one number per window in "
+                                           "each", path=path, model=model)
             out[model] = tuple(cols)
         if not out:
             raise InvalidArgumentError(f"history {path} names no model: it must be {shape}; leave the history out "

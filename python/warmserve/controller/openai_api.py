@@ -257,16 +257,19 @@ def _one_prompt(p):
     known to fit the model's context, so a list of millions is not walked first)."""
     if isinstance(p, str):
         return p
-    if not p:
-        raise _bad("prompt must not be empty", "prompt")
+    if not p:  # found in review: the 400 said only "must not be empty", not what to send
+        raise _bad('prompt must not be empty, got []: send text ("prompt": "Hello") or at least one token id '
+                   '("prompt": [1, 2, 3])', "prompt")
     if isinstance(p[0], (str, list)):
         if len(p) != 1:
             raise _bad(f"a batch of {len(p)} prompts is not supported; send one prompt per request", "prompt")
         p = p[0]
         if isinstance(p, str):
             return p
-    if not isinstance(p, list) or not p:
-        raise _bad("prompt must be a string or a list of token ids (non-negative integers)", "prompt")
+    if not isinstance(p, list) or not p:  # only [[]] comes here; found in review: the value was not said
+        raise _bad(f"prompt must be a string or a list of token ids (non-negative integers), got [{p!r:.40}], a "
+                   "batch of one empty list: send text or at least one token id, as [1, 2, 3] or [[1, 2, 3]]",
+                   "prompt")
     return p
 
 
@@ -350,8 +353,9 @@ _TOOL_MESSAGE_FIELDS = ("tool_calls", "function_call", "tool_call_id")
 
 
 def _check_messages(messages: list[ChatMessage]) -> None:
-    if not messages:
-        raise _bad("messages must not be empty", "messages")
+    if not messages:  # found in review: the 400 said only "must not be empty", not what to send
+        raise _bad('messages must not be empty, got []: send at least one message, as [{"role": "user", '
+                   '"content": "Hello"}]', "messages")
     for i, m in enumerate(messages):
         if m.role not in CHAT_ROLES:
             why = ("tool calling is not supported" if m.role in ("tool", "function")

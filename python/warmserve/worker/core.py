@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
@@ -188,8 +189,12 @@ class WorkerCore(BackgroundWork, ShardRoles):
                 model=name, state=self.models[name].state,
             )
         if not os.path.isfile(os.path.join(path, "config.json")):
+            # Found in review: no fix said; a worker on another machine (`warmserve worker --controller`) loads the
+            # path the controller names, which must be there too.
             raise errors.InvalidArgumentError(
-                f"no checkpoint at {path} (config.json missing) on worker {self.worker_id}", path=path
+                f"no checkpoint at {path} (config.json missing) on worker {self.worker_id} (host "
+                f"{socket.gethostname()}): copy the checkpoint to that path on the worker's machine, or mount a file "
+                "system every worker shares there", path=path
             )
         if msg.max_num_seqs < 0:  # found in review: accepted, a negative batch size for the GPU's decode graphs
             raise errors.InvalidArgumentError(

@@ -160,7 +160,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise errors.InvalidArgumentError(f"--{flag.replace('_', '-')} {path}: no such file (a certificate "
                                               "zmq.auth.create_certificates wrote)", path=path)
     if args.curve_clients_dir is not None and not os.path.isdir(args.curve_clients_dir):
-        raise errors.InvalidArgumentError(f"--curve-clients-dir {args.curve_clients_dir}: no such directory",
+        # Found in review: no fix said.
+        raise errors.InvalidArgumentError(f"--curve-clients-dir {args.curve_clients_dir}: no such directory: create "
+                                          "it and put in it the public key (NAME.key, as zmq.auth."
+                                          "create_certificates writes it) of each client to admit",
                                           path=args.curve_clients_dir)
     mib = getattr(args, "max_queued_mib", None)
     if mib is not None and mib < 1:
