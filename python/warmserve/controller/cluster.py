@@ -159,7 +159,8 @@ class Cluster:
         if config is not None and not isinstance(config, ClusterConfig):
             raise InvalidArgumentError(f"config must be a warmserve.config.ClusterConfig, got "
                                        f"{type(config).__name__}: pass the other arguments instead", param="config")
-        if config is not None:  # before anything starts
+        given_config = config is not None
+        if given_config:  # before anything starts
             args = dict(locals())
             _refuse_beside_config(config, {k: args[k] for k in _CONFIG_FIELD_OF})
         if config is None:
@@ -178,7 +179,8 @@ class Cluster:
                                             load_timezone=load_timezone, curve_dir=curve_dir, insecure=insecure),
             )
         if not config.models:
-            raise InvalidArgumentError("Cluster needs at least one model: pass checkpoint paths or ModelSpecs")
+            fix = "give config=ClusterConfig(models=(...))" if given_config else "pass checkpoint paths or ModelSpecs"
+            raise InvalidArgumentError(f"Cluster needs at least one model: {fix}", param="models")
         _check_bind(config.controller)
         from warmserve.controller.history_record import starting_history
         from warmserve.controller.serve import check_local_devices

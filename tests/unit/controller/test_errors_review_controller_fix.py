@@ -73,6 +73,12 @@ def _curve_clients_dir(model, tmp_path):
 
 
 # (reproducer, param over HTTP (None: not an HTTP error), words the message must hold)
+def _config_without_models(model, tmp_path):
+    import warmserve
+
+    warmserve.Cluster(config=warmserve.ClusterConfig(models=()))  # the fix is the config's, not the arguments'
+
+
 CASES = {
     "completion prompt []": (_empty_prompt, "prompt", ["must not be empty", "got []", '"prompt": "Hello"']),
     "completion prompt [[]]": (_empty_batch, "prompt", ["got [[]]", "at least one token id", "[[1, 2, 3]]"]),
@@ -88,6 +94,8 @@ CASES = {
                                                                        "copy the checkpoint to that path"]),
     "worker --curve-clients-dir missing": (_curve_clients_dir, None, ["no such directory", "create it",
                                                                       "public key"]),
+    "Cluster(config=ClusterConfig(models=()))": (_config_without_models, None, ["at least one model",
+                                                                               "config=ClusterConfig(models="]),
 }
 
 
