@@ -330,8 +330,10 @@ class Controller(WorkerRestarts):
         if self.closing:
             raise OverloadedError("the server is shutting down and takes no new requests")
         if not self._workers_serve_or_come():
-            raise NoWorkersError(
-                "no live worker can serve requests right now; the controller waits for workers to (re)join",
+            raise NoWorkersError(  # the count and the client's way on (found in review: neither said)
+                f"no live worker can serve requests right now (none of the {len(self.gpu_workers)} workers known "
+                "serves or is (re)starting); the controller waits for workers to (re)join: retry once GET /health is "
+                "200",
                 workers=len(self.gpu_workers))
         waiting = self.state.queued(model)
         if waiting >= self.cc.max_queue:

@@ -104,8 +104,10 @@ def test_requests_a_drain_ran_out_of_time_for_start_over_uncounted_and_the_last_
             await o.send(_draining_stats(o, 1))  # the last worker drains: nothing serves or comes
             assert await until(lambda: other.draining, 4)
             assert not c.health()["ok"]
-            with pytest.raises(NoWorkersError):  # a 503 at once, not a wait for them to leave
+            with pytest.raises(NoWorkersError) as e:  # a 503 at once, not a wait for them to leave
                 c.submit_nowait(MODEL, [2], SamplingParams(max_tokens=3))
+            # how many, and the client's way on (found in review: neither said)
+            assert f"none of the {len(c.gpu_workers)} workers known" in str(e.value) and "/health" in str(e.value)
         finally:
             await c.close(drain=False)
             for p in peers.values():
