@@ -70,12 +70,14 @@ def collect(ctl) -> None:
               m.worker_kv_usage, m.preemptions, m.decode_step, m.decode_batch):
         g.clear()
     state = ctl.state
+    ws = list(ctl.hub.workers.values()) if ctl.hub else []
+    draining = draining_requests(ws, state.instances)
     for name in ctl.models:
         m.model_series(name)
         queued = state.queued(name)
         sent = [(i, st.in_flight) for i, st in state.instances.items() if st.model == name]
-        inflight = sum(n for _, n in sent)
-        running = sum(running_of(ctl, i, n) for i, n in sent)
+        inflight = sum(n for _, n in sent) + draining.get(name, (0, 0))[0]
+        running = sum(running_of(ctl, i, n) for i, n in sent) + draining.get(name, (0, 0))[1]
         m.queue.set(queued, model=name)
         m.instances.set(sum(1 for i in ctl.instances.values() if i.model == name and i.ready), model=name)
         m.inflight.set(inflight, model=name)
@@ -84,7 +86,6 @@ def collect(ctl) -> None:
         m.running.set(running, model=name)
         m.waiting.set(queued + inflight - running, model=name)
         m.prewarmed.set(sum(1 for p in ctl.prewarms.values() if p.model == name and p.loaded), model=name)
-    ws = list(ctl.hub.workers.values()) if ctl.hub else []
     m.workers.set(sum(w.ready and not w.draining for w in ws), state="ready")
     m.workers.set(sum(w.alive and w.draining for w in ws), state="draining")
     # Not the records of lost workers: a loss drops its record at once (found in review: this read 0 always).
@@ -118,6 +119,29 @@ def running_of(ctl, instance_id: str, in_flight: int) -> int:
         if inst.name == rec.model and inst.running >= 0:
             return min(in_flight, inst.running)
     return in_flight
+
+
+def draining_requests(workers, instances: dict) -> dict[str, tuple[int, int]]:
+    """model -> (in flight, running) of the requests still on draining workers whose instances the policy's state
+    no longer has: a drain takes its worker's instances out of that state at once (``draining.on_drain``,
+    ``driver.lose_gpus``) while their requests stream on there until they end. Found in review: a request that
+    streamed on a draining worker for seconds read 0 in ``warmserve_inflight_requests`` and
+    ``warmserve_running_requests``, which docs/metrics.md says count every request sent and not ended. Running as
+    the worker last reported it, at most those in flight, as ``running_of``."""
+    out: dict[str, tuple[int, int]] = {}
+    for w in workers:
+        if not (w.alive and w.draining):
+            continue
+        counts: dict[str, int] = {}
+        for req in w.gens.values():
+            if req.instance_id not in instances:
+                counts[req.model] = counts.get(req.model, 0) + 1
+        reported = {x.name: x.running for x in (w.stats.instances if w.stats is not None else ())}
+        for model, n in counts.items():
+            running = min(n, reported[model]) if reported.get(model, -1) >= 0 else n
+            had = out.get(model, (0, 0))
+            out[model] = (had[0] + n, had[1] + running)
+    return out
 
 
 def kv_usage(used_blocks: int, total_blocks: int) -> float:
