@@ -88,13 +88,14 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class SimConfig:
-    #: servers in the cluster
+    #: servers in the cluster (PAPER.md "The evaluation in the paper": 2 servers x 8 GPUs)
     n_servers: int = 2
-    #: GPUs per server (tensor-parallel groups stay within one server)
+    #: GPUs per server (tensor-parallel groups stay within one server; 8: PAPER.md, as above)
     gpus_per_server: int = 8
     #: GPU type of the cost model ("H100-80GB" or "A100-80GB"), unless a profile overrides it
     gpu: str = "H100-80GB"
-    #: the policy's tick period, seconds of simulated time
+    #: the policy's tick period, seconds of simulated time: a simulator choice (the live controller ticks every 0.5 s,
+    #: ``ControllerConfig.tick_s``; the range 0.5 s puts on the figures is in bench/simulate/CONSTANTS.md)
     tick_s: float = 1.0
     #: most sequences one instance runs at once (continuous batching, the engine's limit); 0: the cost model's
     #: ``limits.max_running_seqs`` (vLLM --max-num-seqs, 256) under the "vllm" engine model, the policy's
@@ -111,7 +112,8 @@ class SimConfig:
     #: `shared` only: choose its static layout by the analytic search of warmserve.sim.shared_search (False: the
     #: policy's own demand-proportional layout)
     shared_search: bool = True
-    #: after the last arrival, how long requests may still finish before the rest count as dropped, seconds
+    #: after the last arrival, how long requests may still finish before the rest count as dropped, seconds (a
+    #: simulator choice: no published figure, bench/simulate/CONSTANTS.md)
     drain_s: float = 600.0
     #: TTFT SLO, seconds; 0 means per model: ``slo_scale`` x its prefill time for 1024 tokens
     ttft_slo_s: float = 0.0

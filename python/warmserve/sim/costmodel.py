@@ -187,10 +187,11 @@ class GpuType:
 
 GPU_TYPES = {
     "H100-80GB": GpuType(),
-    # A100 80 GB SXM: PCIe gen4 x16 host link (31.5 GB/s per direction by the PCIe 4.0 spec; 25 GB/s an earlier
-    # assumption for what a copy achieves), and 1.6x the H100's prefill/decode time: about the HBM bandwidth
-    # ratio 3.35 / 2.039 = 1.64 (datasheets), the right scale for memory-bound decode (prefill, compute-bound,
-    # would scale by more: dense bf16 989 / 312 TFLOPS = 3.2x by the same datasheets)
+    # A100 80 GB SXM (80 GB: NVIDIA A100 datasheet; pool share 0.9 as the H100's): PCIe gen4 x16 host link (31.5
+    # GB/s per direction by the PCIe 4.0 spec; 25 GB/s an earlier assumption for what a copy achieves), and 1.6x
+    # the H100's prefill/decode time: about the HBM bandwidth ratio 3.35 / 2.039 = 1.64 (datasheets), the right
+    # scale for memory-bound decode (prefill, compute-bound, would scale by more: dense bf16 989 / 312 TFLOPS =
+    # 3.2x by the same datasheets)
     "A100-80GB": GpuType("A100-80GB", 80 * GB, 0.9, 25 * GB, 1.6, hbm_bytes_per_s=A100_SXM_HBM_BYTES_PER_S),
 }
 
@@ -310,7 +311,8 @@ class CostModel:
     #: seconds to turn a fully prewarmed replica into a serving instance (LEGACY_ACTIVATION_S; measured:
     #: ACTIVATION_MEASURED_H200_S)
     activation_s: float = LEGACY_ACTIVATION_S
-    #: seconds to map one GiB of KV-cache pages through the VMM API (0.02; paper: PAPER_REMAP_S_PER_GIB)
+    #: seconds to map one GiB of KV-cache pages through the VMM API: 0.02, PAPER.md section 7's 0.2 s per 10 GB read
+    #: per GiB (PAPER_REMAP_S_PER_GIB, 7% more, is the exact reading), kept for today's numbers
     kv_map_s_per_gib: float = 0.02
     #: seconds of vLLM engine initialisation in ``vllm_cold_start_s`` (ENGINE_INIT_S, range ENGINE_INIT_RANGE_S)
     engine_init_s: float = ENGINE_INIT_S

@@ -26,6 +26,9 @@ def model_infos(served: list[ServedModel], cost: CostModel,
     ctx = max_context_tokens or {}
     for s in served:
         c = cost.cost(s.name, s.size)
+        # 1024: the paper's prompt cut (costmodel.PAPER_PROMPT_TOKENS, policy.signals.PREFILL_PROFILE_TOKENS);
+        # 16: a small batch, no source found (flat on the GPU presets, whose decode_per_seq_s is 0;
+        # bench/simulate/CONSTANTS.md)
         out.append(ModelInfo(s.name, int(c.weight_bytes), c.tp, int(c.kv_bytes_per_token),
                              prefill_s=cost.prefill_s(c, 1024), decode_s_per_token=cost.decode_step_s(c, 16),
                              max_context_tokens=int(s.context_tokens or ctx.get(s.name, 0))))

@@ -68,7 +68,7 @@ class Preset:
     #: power-law exponent of the per-model rate split (paper-recipe presets)
     alpha: float = PAPER_ALPHA
     #: seconds of trace the workload's warm-up and replay span (before --time-scale), and the history days
-    #: replayed beside them: what ``expected_requests`` counts
+    #: replayed beside them: what ``expected_requests`` counts (the replay's 1200 s: PAPER.md "Traces", 20 minutes)
     span_s: float = RECIPE_WARMUP_S + 1200.0
     history_days: int = 0
     #: the Azure-layout CSV the paper recipe replays (``warmserve simulate --trace``); None: the bundled trace
