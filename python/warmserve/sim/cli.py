@@ -110,8 +110,10 @@ def add_arguments(p):
                         "per_seed), the search uses their mean SLO attainment; overrides --seed")
     p.add_argument("--ttft-slo-s", type=float, default=0.0,
                    help="TTFT SLO in seconds (default: per model, --slo-scale x its 1024-token prefill time)")
-    p.add_argument("--slo-scale", type=float, default=10.0, help="per-model TTFT SLO, x the 1024-token prefill time")
-    p.add_argument("--tick-s", type=float, default=1.0, help="policy tick period, simulated seconds")
+    # SimConfig's own defaults, not copies that could drift from them (found in review)
+    p.add_argument("--slo-scale", type=float, default=SimConfig.slo_scale,
+                   help="per-model TTFT SLO, x the 1024-token prefill time")
+    p.add_argument("--tick-s", type=float, default=SimConfig.tick_s, help="policy tick period, simulated seconds")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate-under-SLO search")
     p.add_argument("--search-iters", type=int, default=None,
                    help=f"bisection steps of the max-rate search (>= 0, default {DEFAULT_SEARCH_ITERS}); refused "
