@@ -24,11 +24,18 @@ from warmserve.sim.cli_output import summary_table
 
 def render(doc: dict) -> str | None:
     """The stdout of the run that wrote ``doc``; None for a document that is not one run's summary per policy."""
+    if not isinstance(doc, dict):  # a script's own list of rows (issue11/static_bound.json): found crashing --write
+        return None
     pol = doc.get("policies")
     if not isinstance(pol, dict) or not all(isinstance(s, dict) and "ttft_p99_s" in s for s in pol.values()):
         return None
     c, w = doc["cluster"], doc["workload"]
-    seeds = next(iter(pol.values())).get("seeds") or [doc["args"]["seed"]]  # a single seed's summary lists none
+    # a single seed's summary lists none; a file older than the recorded arguments (issue11/artifact_conv_x2.json,
+    # paper_*_seed0_m7.json) has no "args" either: its seed is unknown, so it is skipped, not guessed (before: a
+    # KeyError that stopped --write on the glob of its docstring half-way, leaving the later files' tables stale)
+    seeds = next(iter(pol.values())).get("seeds") or [(doc.get("args") or {}).get("seed")]
+    if seeds == [None]:
+        return None
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         print(f"{doc['preset']}: {len(doc['models'])} models on {c['servers']}x{c['gpus_per_server']} {c['gpu']}, "
@@ -50,7 +57,8 @@ def main() -> int:
         with open(path) as f:
             text = render(json.load(f))
         if text is None:
-            print(f"{path}: not one run's table per policy (a sweep or a script's own file): skipped", file=sys.stderr)
+            print(f"{path}: not one run's table per policy (a sweep, a script's own file, or one without its "
+                  "recorded seed): skipped", file=sys.stderr)
         elif args.write:
             with open(path[:-len(".json")] + ".txt", "w") as f:
                 f.write(text)

@@ -33,6 +33,9 @@ def test_the_rebuilt_command_records_the_same_arguments(name):
     check_args(args)  # refuses what the simulator would refuse; fills the defaults it records
     again = run_args(args)
     dropped = {"policy"} | ({"cold_start_band"} if recorded.get("sweep_rate") else set())
+    # an option added since the file was written (--trace, 2026-12-06) is recorded as None, "not given", and its
+    # absence is the same run: merge_policies.merge compares the two the same way (found: 6 failures on "trace")
+    dropped |= {k for k, v in again.items() if v is None and k not in recorded}
     assert {k: v for k, v in again.items() if k not in dropped} == \
         {k: v for k, v in recorded.items() if k not in dropped}
     assert again["policy"] == "warmserve"
