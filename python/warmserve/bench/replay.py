@@ -467,7 +467,10 @@ def _main(args, run: dict) -> int:
           f"history {len(w.history)} requests over {args.history_days} earlier days"
           + (f", {len(warm)} of them replayed as the warm-up" if args.warmup_s > 0 else ""), file=sys.stderr)
     n_idle = idle_windows(args)
-    if cost is not None and not args.endpoint and 0 < args.pre_s <= n_idle * args.window_s + args.warmup_s:
+    # not with --reuse-live: no cluster starts, the live run it reuses said so when it ran, and both fixes named
+    # (another --pre-s or --start-lead-s) are refused against that run's arguments
+    if (cost is not None and not args.endpoint and not args.reuse_live
+            and 0 < args.pre_s <= n_idle * args.window_s + args.warmup_s):
         print(f"warmserve bench replay: the cluster idles through the {n_idle} windows before the replay "
               f"({n_idle * args.window_s * args.time_scale:g} s), which with the warm-up cover all of the --pre-s "
               f"history: raise --pre-s above {n_idle * args.window_s + args.warmup_s:g} or lower --start-lead-s",
