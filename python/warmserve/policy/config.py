@@ -219,7 +219,12 @@ class PolicyConfig:
     #: (models with demand need more GPUs than are live): a held GPU is then one such a model has none of
     #: (ServeGen, 16 models on 16 GPUs: P99 1.6-2.1x at 10 s, found on a workload the hold was not chosen on;
     #: issue11/last_instance_hold_servegen.txt). With coserve_tpot_s = 0 there is no such count, and the hold
-    #: applies.
+    #: applies. Nor does it hold, on a cluster too small for one instance of every model, while a model starves:
+    #: requests waiting, no instance of it ready and no GPUs found for one this tick (found in review: the
+    #: over-subscribed replay's twin, 6 models on 3 CPU workers, had four requests wait 8.4 s for a quiet model's
+    #: held instance, P99 8.88 s against 1.27 s with no hold). Not on larger clusters: measured on the four presets
+    #: (seeds 0-2), yielding to a starving model there cost paper-code 1.07x P99 as traced and paper-conv 1.07x at
+    #: burst CV 4, where the model stopped for it burst again soon after.
     #: The registered `autoscale` keeps 0 (policy.registry): it is the paper's reactive baseline; its best
     #: settings (load windows up to 300 s, keep-alives up to 120 s: issue11/autoscale_seeds6.py) are searched
     #: apart, and the same hold offered to it in issue11/autoscale_hold.txt.

@@ -99,10 +99,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         if got is None:
             return None
         gpus, used, evicted = got
-        for pid in evicted:
+        for pid in (*evicted, used):  # used: None for a cold start, no key
             self._scores.pop(pid, None)
-        if used is not None:
-            self._scores.pop(used, None)
         return A.StartInstance(self._new_id(model, "i"), model, gpus, prewarm_id=used, evict=tuple(evicted),
                                warm_engine=self.cfg.warm_engine)
 
@@ -365,9 +363,11 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         freeing = set() if not cfg.last_instance_for_groups or cfg.idle_to_zero else \
             self._groups_to_free(state, now_s, board, keep, active, wanted, skip, gone)
         hold_s = 0.0 if co is not None and co.oversubscribed else cfg.last_instance_hold_s  # why: PolicyConfig
+        crowded = sum(i.tp for i in self.models.values()) > state.live_gpus()  # why not always: PolicyConfig
+        starving = {w for w in wanted if w in self._starved_since} if crowded else set()
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m] if wanted - {m} else max(keep[m], held.get(m, 0))
-            recent = now_s - self._busy_s.get(m, -math.inf) < hold_s
+            recent = now_s - self._busy_s.get(m, -math.inf) < hold_s and not starving - {m}
             if target == 0 and ((not cfg.idle_to_zero and (recent or (freeing.isdisjoint(
                     g for i in active[m] for g in i.gpus) if cfg.last_instance_for_groups else not (wanted - {m}))))
                                 or (co is not None and co.keeps_last(state, m, active[m]))):
