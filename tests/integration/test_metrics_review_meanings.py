@@ -61,6 +61,20 @@ def _stream(url: str, body: dict, events: list, first: threading.Event) -> None:
         first.set()
 
 
+def _signal_its_worker(url: str, proc, body: dict, sig: int) -> tuple[threading.Thread, list]:
+    """Stream ``body`` on a thread; once 10 events came, send ``sig`` to the one worker it runs on. Returns the
+    thread and its list of events, which it goes on filling."""
+    events, first = [], threading.Event()
+    t = threading.Thread(target=_stream, args=(url, body, events, first), daemon=True)
+    t.start()
+    assert first.wait(60) and len(events) >= 10, events
+    _, st = serving.get_json(url + "/stats")
+    holder = [w["worker_id"] for w in st["workers"] if w["in_flight"]]
+    assert len(holder) == 1, st["workers"]
+    os.kill(_pid_of(proc.pid, holder[0]), sig)
+    return t, events
+
+
 def test_n_choices_count_each_choice_and_its_prompt_and_tokens(server):
     url, _, _ = server
     assert serving.post_json(url + "/v1/completions", {"model": MODEL, "prompt": "warm", "max_tokens": 2})[0] == 200
@@ -88,15 +102,8 @@ def test_a_request_streaming_on_a_draining_worker_is_in_flight_and_running(serve
     counters = ("warmserve_workers_drained_total", "warmserve_workers_lost_total", "warmserve_rerouted_requests_total",
                 "warmserve_resumed_requests_total", "warmserve_prompt_tokens_total")
     before = {name: _value(url, name) for name in counters}
-    events, first = [], threading.Event()
-    body = {"model": MODEL, "prompt": "a long one", "max_tokens": 400, "ignore_eos": True}
-    t = threading.Thread(target=_stream, args=(url, body, events, first), daemon=True)
-    t.start()
-    assert first.wait(60) and len(events) >= 10, events
-    _, st = serving.get_json(url + "/stats")
-    holder = [w["worker_id"] for w in st["workers"] if w["in_flight"]]
-    assert len(holder) == 1, st["workers"]
-    os.kill(_pid_of(proc.pid, holder[0]), signal.SIGTERM)
+    t, events = _signal_its_worker(url, proc, {"model": MODEL, "prompt": "a long one", "max_tokens": 400,
+                                               "ignore_eos": True}, signal.SIGTERM)
     sigterm_s = time.monotonic()
     seen = []  # (draining workers, in flight, running) while the stream runs on the draining worker
     while t.is_alive():
@@ -151,15 +158,8 @@ def _rule_sum(metrics: dict, expr: str, series: str) -> float:
 def test_the_vllm_e2e_rule_counts_the_requests_vllm_counts(server):
     url, proc, _ = server
     lost = _value(url, "warmserve_requests_total", outcome="worker_lost")
-    events, first = [], threading.Event()
-    body = {"model": MODEL, "prompt": "lost", "max_tokens": 1500, "ignore_eos": True}
-    t = threading.Thread(target=_stream, args=(url, body, events, first), daemon=True)
-    t.start()
-    assert first.wait(60) and len(events) >= 10, events
-    _, st = serving.get_json(url + "/stats")
-    holder = [w["worker_id"] for w in st["workers"] if w["in_flight"]]
-    assert len(holder) == 1, st["workers"]
-    os.kill(_pid_of(proc.pid, holder[0]), signal.SIGKILL)
+    t, events = _signal_its_worker(url, proc, {"model": MODEL, "prompt": "lost", "max_tokens": 1500,
+                                               "ignore_eos": True}, signal.SIGKILL)
     t.join(60)
     assert "error" in events[-1], events[-1]  # failed after its 200, as an SSE event
     m = serving.metrics(url)

@@ -4,6 +4,7 @@ kill?) and for the local workers' CURVE key files (is a started worker still to 
 from __future__ import annotations
 
 import signal
+import subprocess
 
 #: include/linux/sched.h: set as a task starts to exit (do_exit), before its memory is freed.
 _PF_EXITING = 0x4
@@ -29,3 +30,12 @@ def pid_running(pid: int | None) -> bool:
         return False
     except (OSError, IndexError, ValueError):
         return True
+
+
+def exit_status(proc: subprocess.Popen | None, wait_s: float = 0.2) -> int | None:
+    """A local worker's exit status, waiting up to ``wait_s`` for a process whose connection has just closed; None
+    while it runs on, or for a remote worker (no process here)."""
+    try:
+        return None if proc is None else proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        return None

@@ -9,23 +9,14 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 from warmserve.memory.host_cache import HostCacheConfig, HostCheckpointCache
 
 from test_host_cache import write  # this folder's checkpoint writer
+from test_host_cache_review_sharing import load  # a load's bytes
 
 PAGE = 4096
 MiB = 1 << 20
-
-
-def load(cache, pool, path, n: int) -> bytes:
-    slot = pool.create_slot(n, "s")
-    try:
-        cache.load(slot, [(str(path), 0, 0, n)]).wait()
-        return slot.tensor(0, (n,), torch.uint8).numpy().tobytes()
-    finally:
-        slot.close()
 
 
 @pytest.fixture
