@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import operator
 import weakref
 
 from warmserve.controller.textstream import TextStream
@@ -102,13 +101,8 @@ def check_ids(model, ids: list, param: str) -> list[int]:
     """The token ids as ints, each checked against the vocabulary. Call it once the list's length is known to
     fit the context: it walks every item."""
     # Found in review: the refusals named neither the item nor, for an id past the vocabulary, the ids to send.
-    try:
-        out = token_ids(ids, param)
-    except InvalidArgumentError:
-        i, bad = _first_non_id(ids)
-        raise InvalidArgumentError(
-            f"{param} must be a string or a list of token ids (non-negative integers), got {param}[{i}] = "
-            f"{bad!r:.40} ({type(bad).__name__}): send each id as a JSON integer", param=param, index=i) from None
+    out = token_ids(ids, param, f"{param} must be a string or a list of token ids (non-negative integers)",
+                    "send each id as a JSON integer")
     vocab = getattr(model.tokenizer, "vocab_size", None)
     if out and vocab and (max(out) >= vocab or min(out) < 0):
         i = next(k for k, t in enumerate(out) if not 0 <= t < vocab)
@@ -117,18 +111,6 @@ def check_ids(model, ids: list, param: str) -> list[int]:
             f"to {vocab - 1}, as its tokenizer makes them (POST /tokenize gives a text's)", param=param, index=i,
             token_id=out[i], vocab_size=vocab)
     return out
-
-
-def _first_non_id(ids) -> tuple[int | None, object]:
-    """The index and value of the first item of ``ids`` that is no token id (as ``token_ids`` reads one)."""
-    for i, t in enumerate(ids):
-        try:
-            operator.index(t)
-        except TypeError:
-            return i, t
-        if type(t) is bool:
-            return i, t
-    return None, ids
 
 
 def _encode(model, text: str, max_tokens: int, param: str, add_special_tokens: bool,

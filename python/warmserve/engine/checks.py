@@ -19,13 +19,27 @@ def check_counts(nullable: frozenset = frozenset(), **values: tuple) -> None:
             raise InvalidArgumentError(f"{name} must be a whole number >= {least}, got {v!r}", param=name)
 
 
-def token_ids(ids, param: str, message: str | None = None, **fields) -> list[int]:
-    """``ids`` as ints: integers of any kind (numpy's, 0-d tensors), not bools, floats or strings. ``message``:
-    the error's text (default: one naming ``param``)."""
+def token_ids(ids, param: str, what: str | None = None, fix: str = "", **fields) -> list[int]:
+    """``ids`` as ints: integers of any kind (numpy's, 0-d tensors), not bools, floats or strings. A refusal says
+    ``what`` (default: one naming ``param``), then the first item that is none (``param``[i] = value, its index in
+    the fields), then ``fix``."""
     try:
         out = [operator.index(t) for t in ids]
     except TypeError:
         out = None
     if out is None or any(type(t) is bool for t in ids):
-        raise InvalidArgumentError(message or f"{param} must be integer token ids", param=param, **fields)
+        i, bad = next((i, t) for i, t in enumerate(ids) if not _is_id(t))
+        raise InvalidArgumentError(
+            f"{what or param + ' must be integer token ids'}, got {param}[{i}] = {bad!r:.40} ({type(bad).__name__})"
+            + (f": {fix}" if fix else ""), param=param, index=i, **fields)
     return out
+
+
+def _is_id(t) -> bool:
+    if type(t) is bool:
+        return False
+    try:
+        operator.index(t)
+    except TypeError:
+        return False
+    return True
