@@ -114,9 +114,14 @@ def running_of(ctl, instance_id: str, in_flight: int) -> int:
     most ``in_flight``, as requests may have ended since. All of them when its worker does not report it (a
     worker from before ``WorkerInstance.running``, or Stats from before the instance started)."""
     rec = ctl.instances.get(instance_id)
-    stats = rec.worker.stats if rec is not None else None
+    return in_flight if rec is None else reported_running(rec.worker.stats, rec.model, in_flight)
+
+
+def reported_running(stats, model: str, in_flight: int) -> int:
+    """Of ``in_flight`` requests of ``model`` on a worker, those its latest ``stats`` report running: at most
+    ``in_flight``; all of them where it reports none (``running_of``)."""
     for inst in stats.instances if stats is not None else ():
-        if inst.name == rec.model and inst.running >= 0:
+        if inst.name == model and inst.running >= 0:
             return min(in_flight, inst.running)
     return in_flight
 
@@ -127,7 +132,7 @@ def draining_requests(workers, instances: dict) -> dict[str, tuple[int, int]]:
     ``driver.lose_gpus``) while their requests stream on there until they end. Found in review: a request that
     streamed on a draining worker for seconds read 0 in ``warmserve_inflight_requests`` and
     ``warmserve_running_requests``, which docs/metrics.md says count every request sent and not ended. Running as
-    the worker last reported it, at most those in flight, as ``running_of``."""
+    the worker last reported it (``reported_running``)."""
     out: dict[str, tuple[int, int]] = {}
     for w in workers:
         if not (w.alive and w.draining):
@@ -136,9 +141,8 @@ def draining_requests(workers, instances: dict) -> dict[str, tuple[int, int]]:
         for req in w.gens.values():
             if req.instance_id not in instances:
                 counts[req.model] = counts.get(req.model, 0) + 1
-        reported = {x.name: x.running for x in (w.stats.instances if w.stats is not None else ())}
         for model, n in counts.items():
-            running = min(n, reported[model]) if reported.get(model, -1) >= 0 else n
+            running = reported_running(w.stats, model, n)
             had = out.get(model, (0, 0))
             out[model] = (had[0] + n, had[1] + running)
     return out
