@@ -79,6 +79,26 @@ def _profile_model_new(tmp_path):
     CostModel.from_profile(str(path))
 
 
+def _negative_duration(tmp_path):
+    from warmserve.policy.concurrency import concurrency_series
+
+    concurrency_series([0.0, 1.0, 2.0], [1.0, -0.5, 1.0], 1.0)
+
+
+def _policy_no_models(tmp_path):
+    from warmserve.policy.registry import make_policy
+
+    make_policy("warmserve", models=[])
+
+
+def _load_source_not_contiguous(tmp_path):
+    import torch
+
+    from warmserve.memory.pool import _buffer_address
+
+    _buffer_address(torch.zeros(4, 4).t())
+
+
 # (reproducer, the error's type, what the message must say: the value or numbers, and the fix)
 CASES = {
     "config-heads-not-multiple": (_heads_not_multiple, UnsupportedModelError,
@@ -96,6 +116,12 @@ CASES = {
     "profile-new-model": (_profile_model_new, InvalidArgumentError,
                           ["'new'", "lacks decode_step_s (or decode_table)", "add them to models.new", "llama2-7b"]),
     "forecast-method": (_forecast_method, InvalidArgumentError, ["'holt-winter'", "use one of", "'holt-winters'"]),
+    "negative-duration": (_negative_duration, InvalidArgumentError,
+                          ["durations_s[1] = -0.5 (of 3)", "its end minus its arrival"]),
+    "policy-no-models": (_policy_no_models, InvalidArgumentError,
+                         ["make_policy('warmserve') got models=[]", "pass the served models"]),
+    "load-source-not-contiguous": (_load_source_not_contiguous, InvalidArgumentError,
+                                   ["on cpu (not contiguous, shape (4, 4))", "t.contiguous().cpu()"]),
 }
 
 

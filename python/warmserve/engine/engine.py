@@ -171,7 +171,9 @@ class Engine(PoolNeighbours):
                                        f"{params!r}: from a dict, SamplingParams(**d)", param="params")
         params = params or SamplingParams()
         if request_id in self.seqs:
-            raise InvalidArgumentError(f"request id {request_id!r} is already running", request_id=request_id)
+            raise InvalidArgumentError(f"request id {request_id!r} is already running ({len(self.seqs)} running): "
+                                       "give each request an id of its own, or abort this one first",
+                                       request_id=request_id)
         if any(s.request_id == request_id for s in self._aborted):
             # found in review: the id was taken again before the next step reported its abort, and the caller
             # read that "finished" output as the new request's end

@@ -444,7 +444,10 @@ def _buffer_address(obj) -> tuple[int, int, object]:
 
         if isinstance(obj, torch.Tensor):
             if obj.device.type != "cpu" or not obj.is_contiguous():
-                raise InvalidArgumentError("a tensor load source must be a contiguous CPU tensor")
+                raise InvalidArgumentError(
+                    f"a tensor load source must be a contiguous CPU tensor, got one on {obj.device} "
+                    f"({'contiguous' if obj.is_contiguous() else 'not contiguous'}, shape {tuple(obj.shape)}): "
+                    "fix: pass t.contiguous().cpu()", device=str(obj.device))
             return obj.data_ptr(), obj.numel() * obj.element_size(), obj
     except ImportError:
         pass

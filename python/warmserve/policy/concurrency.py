@@ -28,7 +28,9 @@ def concurrency_series(arrivals_s, durations_s, window_s: float, t0_s: float = 0
     if window_s <= 0:
         raise InvalidArgumentError(f"window_s must be > 0, got {window_s}", window_s=window_s)
     if (d < 0).any():
-        raise InvalidArgumentError("durations must be >= 0")
+        i = int(np.argmax(d < 0))
+        raise InvalidArgumentError(f"durations must be >= 0 seconds: durations_s[{i}] = {float(d[i])!r} (of {len(d)}); "
+                                   "fix: pass each request's time in flight, its end minus its arrival", index=i)
     if n_windows is None:
         end = float((a + d).max()) if len(a) else t0_s
         n_windows = max(1, math.ceil((end - t0_s) / window_s))

@@ -67,7 +67,9 @@ def make_policy(name: str, *, models: list[ModelInfo], config: PolicyConfig | No
     if variant is None:
         raise InvalidArgumentError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}", policy=name)
     if not models:
-        raise InvalidArgumentError("make_policy needs at least one model")
+        raise InvalidArgumentError(f"make_policy({name!r}) got models={models!r}: it needs at least one ModelInfo "
+                                   "(fix: pass the served models, e.g. warmserve.sim.inputs.model_infos(...))",
+                                   policy=name)
     cfg = replace(config or PolicyConfig(), **fixed_options(variant))
     return variant.cls(name, list(models), cfg, history, calendar)
 

@@ -78,3 +78,14 @@ def _drain(eng) -> list[int]:
         for o in eng.step():
             out += o.token_ids
     return out
+
+
+def test_a_request_id_taken_twice_names_the_id_what_runs_and_the_fix(lm):
+    with Engine(lm) as eng:
+        eng.add_request("A", PROMPT, PARAMS)
+        with pytest.raises(InvalidArgumentError) as e:
+            eng.add_request("A", PROMPT, PARAMS)
+        msg = str(e.value)
+        assert "'A' is already running (1 running)" in msg and "an id of its own" in msg, msg
+        assert e.value.request_id == "A"
+        assert len(_drain(eng)) == PARAMS.max_tokens, "the first request runs on"
