@@ -289,6 +289,11 @@ class PolicyConfig:
     #: Bytes/s a decode step reads device memory at, for the co-serving rule's step prediction: H100 SXM peak HBM
     #: 3.35 TB/s (NVIDIA datasheet) x 0.68 achievable (measured, ``sim.costmodel.HBM_ACHIEVABLE_FRACTION``).
     decode_read_bytes_per_s: float = 3.35e12 * 0.68
+    #: Bytes/s the same prediction reads a model's weights at (its step's floor, the weight shard over this rate);
+    #: 0: decode_read_bytes_per_s, as on GPUs, where weights and KV are read from the same HBM. CPU profiles set
+    #: it apart (`warmserve calibrate` measures the context read far slower than a weight read). The simulator
+    #: sets both from its GPU (``sim.inputs.planning_config``) unless given.
+    weight_read_bytes_per_s: float = 0.0
 
     def __post_init__(self):
         import dataclasses
@@ -353,6 +358,9 @@ class PolicyConfig:
             raise InvalidArgumentError(
                 f"need coserve_tpot_s >= 0, coserve_max_models >= 1 and decode_read_bytes_per_s > 0; got "
                 f"{self.coserve_tpot_s}, {self.coserve_max_models}, {self.decode_read_bytes_per_s}")
+        if not self.weight_read_bytes_per_s >= 0:  # NaN too
+            raise InvalidArgumentError(f"weight_read_bytes_per_s must be >= 0 bytes/s (0: decode_read_bytes_per_s), "
+                                       f"got {self.weight_read_bytes_per_s}", option="weight_read_bytes_per_s")
         if self.coserve_context_tokens < 1:
             # route() divides a co-served instance's KV share by one sequence's KV (``CoServing.seq_capacity``)
             raise InvalidArgumentError(
@@ -369,7 +377,8 @@ class PolicyConfig:
 
 #: The float fields for which inf means nothing (the others' inf reads as "never" or "no limit").
 _FINITE = frozenset({"window_s", "load_window_s", "scale_out_threshold", "scale_in_threshold", "reclaim_floor_share",
-                     "decode_read_bytes_per_s", "coserve_tpot_s", "scale_in_window_s"})
+                     "decode_read_bytes_per_s", "weight_read_bytes_per_s", "coserve_tpot_s",
+                     "scale_in_window_s"})
 
 
 def policy_config_from_dict(data: dict, base: PolicyConfig | None = None, where: str = "[policy]") -> PolicyConfig:

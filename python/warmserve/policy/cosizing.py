@@ -49,14 +49,14 @@ class HostSizing:
     def step_s(self, model: str, batch: float) -> float:
         """Decode step of ``model`` at ``batch`` running sequences, seconds. Predicted: the memory-bound step of
         ``sim.costmodel.CostModel.decode_step_s``, from what the policy knows: max(the profiled step, the weight
-        shard over the read bandwidth) + batch x context tokens x its KV bytes per token (per GPU) over the
+        shard over the weight read bandwidth) + batch x context tokens x its KV bytes per token (per GPU) over the
         read bandwidth. With a measured step (``observe``) s_obs at b_obs sequences: no less than the measured base
         (s_obs less b_obs x the per-sequence KV term, at least 0) + batch x that term, since the planning figures
         (a profiled step of 20 ms, an H100's bandwidth) may be far from the hardware the engines run on."""
         m = self.models[model]
         r = self.cfg.decode_read_bytes_per_s
         kv = batch * self.cfg.coserve_context_tokens * kv_per_token(m) / m.tp / r
-        predicted = max(m.decode_s_per_token, m.weight_bytes / m.tp / r) + kv
+        predicted = max(m.decode_s_per_token, m.weight_bytes / m.tp / (self.cfg.weight_read_bytes_per_s or r)) + kv
         obs = self.observed.get(model)
         if obs is None:  # the prediction exactly as computed without observations: the simulator's results stay
             return predicted

@@ -1,20 +1,40 @@
-"""What the simulator derives from a workload before it runs, apart from the event loop: what the policy knows of
-each served model (``model_infos``, with each model's context: its configured one, else its longest request of
-the run, ``longest_requests``), the forecast history (``history_windows``), the warm-up it replays
-(``warmup_trace``), and the check that the run's clock starts at or after the policy's time 0 (``check_clock``)."""
+"""What the simulator derives from a workload before it runs, apart from the event loop: what the policy knows of each
+served model (``model_infos``, with each model's context: its configured one, else its longest request of the run,
+``longest_requests``), the policy's read bandwidths of the simulated GPU (``planning_config``), the forecast history
+(``history_windows``), the warm-up it replays (``warmup_trace``), the check that every model of the workload is
+served (``check_served``), and the check that the run's clock starts at or after the policy's time 0
+(``check_clock``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from warmserve.errors import InvalidArgumentError
+from warmserve.policy.config import PolicyConfig
 from warmserve.policy.state import ModelInfo
 from warmserve.sim.config import ServedModel
 from warmserve.sim.costmodel import CostModel
 from warmserve.workload.concurrency import concurrency_windows
 from warmserve.workload.request import Trace, Workload
+
+
+#: The policy's planning figures of the hardware, as PolicyConfig has them by default (an H100's HBM).
+_PLANNING_DEFAULTS = {"decode_read_bytes_per_s": PolicyConfig.decode_read_bytes_per_s,
+                      "weight_read_bytes_per_s": PolicyConfig.weight_read_bytes_per_s}
+
+
+def planning_config(pcfg: PolicyConfig, cost: CostModel) -> PolicyConfig:
+    """``pcfg`` with the co-serving rule's read bandwidths (``decode_read_bytes_per_s``,
+    ``weight_read_bytes_per_s``) taken from the simulated GPU where left at their defaults: found in review, a run
+    with `--gpu A100-80GB` or a calibrated CPU profile planned its co-served decode steps with an H100's HBM while its
+    engines stepped at the GPU's own rate. A value given (``--policy-option``) is kept."""
+    gpu = cost.gpu
+    own = {"decode_read_bytes_per_s": gpu.decode_read_bytes_per_s,
+           "weight_read_bytes_per_s": gpu.weight_read_bytes_per_s}
+    return replace(pcfg, **{k: v for k, v in own.items() if getattr(pcfg, k) == _PLANNING_DEFAULTS[k]})
 
 
 def model_infos(served: list[ServedModel], cost: CostModel,
@@ -108,3 +128,11 @@ def check_clock(workload: Workload, warmup_s: float) -> None:
             f"workload {workload.name!r}: its history and warm-up start at {earliest:.0f} s on the policy's clock, "
             f"before 0 (clock0_s {workload.clock0_s:.0f}, warm-up {warmup_s:.0f} s): set the workload's clock0_s "
             f"to at least {math.ceil(workload.clock0_s - earliest)}", clock0_s=workload.clock0_s, warmup_s=warmup_s)
+
+
+def check_served(workload: Workload, served_names: list[str]) -> None:
+    """Refuse a workload with requests for a model not among ``served_names``, naming them and the served ones."""
+    missing = set(workload.models) - set(served_names)
+    if missing:
+        raise InvalidArgumentError(f"workload models {sorted(missing)} are not served (served: {sorted(served_names)}):"
+                                   " add them to the served models", missing=sorted(missing), served=served_names)

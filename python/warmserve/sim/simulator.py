@@ -8,9 +8,9 @@ runs: it carries the driver's actions out with durations from the cost model and
   checkpoint loader, ``CostModel.vllm_cold_start_s`` (engine initialisation, tensor-parallel set-up, weights from
   host memory at the ServerlessLLM rate; its KV cache is allocated inside initialisation, no VMM mapping; on CPU
   workers sharing their server's cores, ``GpuType.host_cores``, the start part stretches with the server's busy
-  devices, ``BatchEngines.start_engine``, then ``_engine_up`` loads the weights); a
-  cold instance in a prewarmed engine: the weight load over the host-to-device link + the activation; a prewarm
-  hit: the activation time; a prewarm still loading: the rest of its load + the activation.
+  devices, ``BatchEngines.start_engine``, then ``_engine_up`` loads the weights); a cold instance in a prewarmed
+  engine: the weight load over the host-to-device link + the activation; a prewarm hit: the activation time; a
+  prewarm still loading: the rest of its load + the activation.
 - each instance's engine: ``sim.engine_model.BatchEngines`` (vLLM-like continuous batching: admission up to the
   engine's sequence limit and the KV blocks mapped, decode steps that read the batch's KV cache, GPUs
   time-shared by colocated instances, CPU workers slowed by sharing their server's cores).
@@ -36,7 +36,8 @@ from warmserve.policy.state import ClusterState, InstanceState, PrewarmState
 from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.costmodel import CostModel
 from warmserve.sim.engine_model import ENGINE_MODELS, BatchEngines, EngineInst, check_fluid_steps
-from warmserve.sim.inputs import check_clock, history_windows, longest_requests, model_infos, warmup_trace
+from warmserve.sim.inputs import (check_clock, check_served, history_windows, longest_requests, model_infos,
+                                  planning_config, warmup_trace)
 from warmserve.sim.metrics import RunResult, start_summary, summarize
 from warmserve.workload.request import Workload
 
@@ -63,11 +64,8 @@ class Simulator:
         self.workload = workload
         self.served = served
         names = [s.name for s in served]
-        missing = set(workload.models) - set(names)
-        if missing:
-            raise InvalidArgumentError(f"workload models {sorted(missing)} are not served (served: {sorted(names)}): "
-                                       "add them to the served models", missing=sorted(missing), served=names)  # typed
-        pcfg = config.policy_config
+        check_served(workload, names)
+        pcfg = planning_config(config.policy_config, self.cost)
         self.warmup_s = workload.warmup_s if config.warmup_s is None else config.warmup_s
         check_clock(workload, self.warmup_s)
         self._warm = warmup_trace(workload, self.warmup_s)
