@@ -12,8 +12,8 @@ online from the same load signals as the §5 scaling:
 - the round: co-resident instances time-share the GPUs, so a token of each waits for one decode step of every
   busy co-resident. The predicted round is the sum of their decode steps, each at its predicted batch (the
   larger of its 5 s load and the forecast of the window), from what the policy knows of a model
-  (``ModelInfo``) and two planning figures (``PolicyConfig.decode_read_bytes_per_s``,
-  ``coserve_context_tokens``); ``step_s`` gives the formula;
+  (``ModelInfo``) and three planning figures (``PolicyConfig.decode_read_bytes_per_s``,
+  ``weight_read_bytes_per_s``, ``coserve_context_tokens``); ``step_s`` gives the formula;
 - join: a light model's *first* instance goes to a host whose round, with it, stays within
   ``coserve_tpot_s`` x scale_in_threshold / scale_out_threshold (the §5 band, 0.5 / 0.8), best fit first; with no
   such host it opens one on idle GPUs (others may join later). Memory: at most ``models_per_host`` shards (weights
