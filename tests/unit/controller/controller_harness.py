@@ -289,6 +289,21 @@ def sleeper(cls=WorkerProc) -> WorkerProc:
     return cls([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
 
 
+def exits_on_shutdown(peer: Peer, proc) -> Peer:
+    """``peer`` ends the sleeper ``proc`` it speaks for once it has answered Shutdown, as a worker's process exits
+    then: a close or a planned replacement goes on at once instead of waiting 5 s (REAP_WAIT_S, DRAINED_EXIT_WAIT_S
+    in controller/restarts.py) for a sleeper that never exits (a test of that wait itself keeps a plain Peer)."""
+    handle = peer.handle
+
+    async def handle_then_exit(msg):
+        await handle(msg)
+        if isinstance(msg, P.Shutdown):
+            proc.terminate()
+
+    peer.handle = handle_then_exit
+    return peer
+
+
 def add_local_worker(c: Controller, wid: str, spawn) -> None:
     """Make ``spawn`` the starter of local worker ``wid``'s process (what a restart or a replacement calls) and
     start its first process, as launch does."""
@@ -296,14 +311,17 @@ def add_local_worker(c: Controller, wid: str, spawn) -> None:
     c.local_procs[wid.encode()] = spawn()
 
 
-def scripted_local_worker(c: Controller, endpoint: str, wid: str) -> list[WorkerProc]:
+def scripted_local_worker(c: Controller, endpoint: str, wid: str, exits: bool = False) -> list[WorkerProc]:
     """Local worker ``wid`` whose every process (the first, and each restart or replacement) is a sleeper with a
-    scripted Peer of its own; returns its processes, the first started already."""
+    scripted Peer of its own (one that ends it on Shutdown with ``exits``: ``exits_on_shutdown``); returns its
+    processes, the first started already."""
     procs: list[WorkerProc] = []
 
     def spawn():
         p = sleeper()
         p.peer = Peer(endpoint, wid, pid=p.pid)
+        if exits:
+            exits_on_shutdown(p.peer, p)
         procs.append(p)
         return p
 

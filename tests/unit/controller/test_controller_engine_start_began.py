@@ -17,7 +17,7 @@ def test_an_engine_start_carries_the_wall_time_its_replacement_began(model):
     async def main():
         c = make_controller(model)
         ep = await c.start()
-        procs = scripted_local_worker(c, ep, WID)
+        procs = scripted_local_worker(c, ep, WID, exits=True)  # the replaced one exits, as a worker does
         spawn = c.local_spawn[WID.encode()]
 
         def timed_spawn():

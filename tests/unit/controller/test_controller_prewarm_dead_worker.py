@@ -18,7 +18,7 @@ def test_a_prewarm_sent_to_a_worker_no_longer_alive_leaves_the_state(model):
     async def main():
         c = make_controller(model)
         ep = await c.start()
-        procs = scripted_local_worker(c, ep, WID)
+        procs = scripted_local_worker(c, ep, WID, exits=True)  # the replaced one exits, as a worker does
         try:
             await c.wait_for_workers(1, 5)
             c.policy_running = False  # no tick: nothing but this test's action touches the prewarms

@@ -11,7 +11,8 @@ from warmserve import protocol as P
 from warmserve.config import ModelSpec
 from warmserve.errors import WorkerLostError
 
-from controller_harness import MODEL, Peer, make_controller, peers_in_order, run, sleeper, stop, until
+from controller_harness import (MODEL, Peer, exits_on_shutdown, make_controller, peers_in_order, run, sleeper, stop,
+                               until)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_a_fresh_process_on_a_gpu_of_the_set_ends_its_back_off(tp_model):
 
         def spawn():  # the first process fails its joins, its replacement does not
             p = sleeper()
-            p.peer = (FailingJoin if not procs else Peer)(ep, "host-1-cpu1", pid=p.pid)
+            p.peer = exits_on_shutdown((FailingJoin if not procs else Peer)(ep, "host-1-cpu1", pid=p.pid), p)
             procs.append(p)
             return p
 

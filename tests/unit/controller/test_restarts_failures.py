@@ -12,7 +12,7 @@ import pytest
 from warmserve.controller.ray_launch import RayLauncher, RayNode, plan_slots
 from warmserve.errors import WorkerLostError
 
-from controller_harness import Peer, make_controller, run, sleeper, stop, until
+from controller_harness import Peer, exits_on_shutdown, make_controller, run, sleeper, stop, until
 
 WID = "host-1-cpu0"
 
@@ -30,7 +30,7 @@ def test_a_restart_whose_spawn_raises_any_error_tries_again_and_the_worker_comes
             if len(calls) == 2:  # the restart's first try
                 raise RuntimeError("Ray: GCS unavailable")
             p = sleeper()
-            p.peer = Peer(ep, WID, pid=p.pid)
+            p.peer = exits_on_shutdown(Peer(ep, WID, pid=p.pid), p)
             procs.append(p)
             return p
 
@@ -108,7 +108,8 @@ def _delayed_spawner(ep, wid, delay_s, procs):
     def spawn():
         p = sleeper()
         procs.append(p)
-        asyncio.get_running_loop().call_later(delay_s, lambda: setattr(p, "peer", Peer(ep, wid, pid=p.pid)))
+        asyncio.get_running_loop().call_later(
+            delay_s, lambda: setattr(p, "peer", exits_on_shutdown(Peer(ep, wid, pid=p.pid), p)))
         return p
     return spawn
 
