@@ -18,6 +18,9 @@ import pytest
 #: Set inside the namespaces: the test body runs there.
 INSIDE_ENV = "WARMSERVE_TEST_RAY_INSIDE"
 NAMESPACES = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
+#: Node arguments of the tests' own Ray nodes: no log monitor, a Python process per node (about 1 s of a head's 3 s
+#: start on 2 cores here) that only streams the workers' and raylets' logs to the driver's output, which no check reads.
+NO_LOG_MONITOR = {"include_log_monitor": False}
 
 
 def inside() -> bool:
