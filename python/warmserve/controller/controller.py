@@ -31,6 +31,7 @@ from warmserve.controller.restarts import WorkerRestarts, exit_words, log_tail, 
 from warmserve.controller.workers import WorkerHub, WorkerRecord, check_answer_fits, server_of
 from warmserve.errors import (InvalidArgumentError, NoRoomHereError, TimeoutError_, UnknownModelError, WarmServeError,
                               WorkerLostError)
+from warmserve.log_repeats import RepeatedFailure
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.colocation import UnplacedModelError
 from warmserve.policy.driver import PolicyDriver
@@ -113,6 +114,7 @@ class Controller(WorkerRestarts):
         self.worker_event: asyncio.Event | None = None
         #: Ticks start once the expected workers are in (wait_for_workers).
         self.policy_running = False
+        self._failures = {k: RepeatedFailure(log, k) for k in ("heartbeat", "policy tick", "expiring requests")}
         #: Routing id -> process, for the workers this controller spawned (their exit is noticed at once).
         self.local_procs: dict = {}
         #: Routing id -> a no-argument callable that starts that local worker's process again (set by launch).
@@ -226,21 +228,11 @@ class Controller(WorkerRestarts):
             self._drain_until_s = min(self._drain_until_s, time.monotonic() + self.cc.drain_timeout_s)
             while self._drainable() and time.monotonic() < self._drain_until_s:
                 await asyncio.sleep(0.05)
+        queued = sum(len(q) for q in self.driver.state.queues.values())
         for m in self.models:
             self.driver.fail_waiting(m, OverloadedError("the server is shutting down; the request was not started"),
                                      self.now_s())
-        # Every request is taken off its worker before the first Abort goes out. Found in review: an Abort that
-        # cannot be sent loses its worker, and that loss started over the worker's requests not failed yet (sent
-        # to another worker during the shutdown) and counted one failed already as lost with the worker.
-        aborts = []
-        for w in list(self.hub.workers.values()):
-            for gid, req in w.gens.items():
-                if not req.done:  # counted as the queued ones failed above are (found in review: these were not)
-                    req.fail(OverloadedError("the server shut down before the request finished"))
-                    self._request_done(req, "error")
-                if w.alive and w.proc is None:  # a remote worker stays up: free the request's KV blocks now
-                    aborts.append((w, gid))
-            w.gens.clear()
+        aborts = losses.fail_at_shutdown(self, queued, drain and self._drain_until_s > 0)  # 0: end_drain cut it
         for w, gid in aborts:
             if w.alive:
                 fire(self.hub, w, P.Abort(id=self.hub.next_id(), request_id=gid))
@@ -552,10 +544,10 @@ class Controller(WorkerRestarts):
             # Workers push their Stats (pages, KV blocks) with every heartbeat of theirs; nothing to poll.
             try:
                 self.hub.beat(time.monotonic(), self.cc.worker_timeout_s, self.cc.heartbeat_interval_s)
-            except Exception:
+            except Exception as e:
                 # A loss's handling reaches the policy (route_all): found in review, one bug there ended the
                 # heartbeats for good, and with them the detection of every later loss. Logged with its trace.
-                log.exception("heartbeat failed")
+                self._failures["heartbeat"].failed(e)
 
     def _tick(self, raise_unplaced: bool = False) -> None:
         """One policy tick over the workers there are (none: the first to join starts the ticks). A policy bug must
@@ -566,12 +558,10 @@ class Controller(WorkerRestarts):
                 self.groups.prewarm()
                 self.observed.feed(self)
                 self.driver.tick(self.now_s())
-        except UnplacedModelError:
-            if raise_unplaced:
+        except Exception as e:
+            if raise_unplaced and isinstance(e, UnplacedModelError):
                 raise
-            log.exception("policy tick failed")
-        except Exception:
-            log.exception("policy tick failed")
+            self._failures["policy tick"].failed(e)
 
     async def _policy_loop(self) -> None:
         while True:
@@ -582,8 +572,8 @@ class Controller(WorkerRestarts):
             # in review: a request submitted while wait_for_workers still waited outlived its deadline until then)
             try:
                 self.executor.expire_requests()
-            except Exception:
-                log.exception("expiring requests failed")
+            except Exception as e:
+                self._failures["expiring requests"].failed(e)
 
     # ------------------------------------------------------------------------------------------- views
 

@@ -111,6 +111,20 @@ def outcome_of(error: BaseException) -> str:
     return "error"
 
 
+def start_words(act: A.StartInstance, pw: LivePrewarm | None) -> str:
+    """How a start got its weights, for its ready line. Found in review: a load of its own was called a "cold load",
+    which reads as from the files, where the worker may have read them from its host checkpoint cache (which the
+    controller is not told): "prewarm miss" (the metric's word) with the bytes and seconds the worker reported."""
+    if act.prewarm_id:
+        return "prewarm hit"
+    done = [f.result() for f in (pw.futs if pw is not None else ()) if f.done() and not f.cancelled()
+            and f.exception() is None and isinstance(f.result(), P.Prewarmed)]
+    if not done:
+        return "prewarm miss"
+    mib = sum(r.weight_bytes for r in done) / 2 ** 20
+    return f"prewarm miss: loaded {mib:.1f} MiB in {max(r.load_s for r in done):.2f} s"
+
+
 class LiveExecutor:
     """The ``Executor`` of a live cluster. ``ctl`` is the Controller: its hub, models, metrics, clock, task
     spawner and worker table (``by_gpu``)."""
@@ -323,8 +337,8 @@ class LiveExecutor:
         if inst.iid not in ctl.driver.state.instances:  # lost or stopped while starting
             return
         inst.ready = True
-        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w, "prewarm hit" if act.prewarm_id
-                 else "cold load", f", co-served, KV share {kv_blocks}" if shared else "")
+        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w, start_words(act, pw),
+                 f", co-served, KV share {kv_blocks} blocks" if shared else "")
         k = int(reply.kv_blocks)
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
                                   max_seqs=ctl.engine_config.max_num_seqs)
@@ -365,7 +379,7 @@ class LiveExecutor:
         inst.ready = True
         k = int(replies[0].kv_blocks)
         log.info("instance %s of %s ready on %r in group %s (%s)", inst.iid, inst.model, inst.workers,
-                 group.group_id, "prewarm hit" if act.prewarm_id else "cold load")
+                 group.group_id, start_words(act, pw))
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
                                   max_seqs=ctl.engine_config.max_num_seqs)
 
@@ -437,6 +451,9 @@ class LiveExecutor:
         rec = self.instances.pop(inst.instance_id, None)
         if rec is None or not rec.activating:
             return  # still starting: it sends no Activate now (_withdrawn), and the worker has nothing to deactivate
+        # Found in review: a scale-in left no line at any level, so instances vanished from the log unexplained.
+        log.info("instance %s of %s on %r stopped by the policy (scaled in or moved), %.0f s after its start",
+                 rec.iid, rec.model, rec.workers[0] if len(rec.workers) == 1 else rec.workers, now_s - inst.created_s)
         # Deactivate keeps the weights resident: a Prewarm that keeps them takes them as they are; otherwise
         # the driver drops them (drop_kept) at the end of the next tick. Rank 0 first: it tells the others to stop.
         for w in rec.workers:

@@ -7,7 +7,12 @@ review: two rolling restarts failed every long stream they caught twice, as if i
 
 from __future__ import annotations
 
+import logging
+
+from warmserve.controller.errors import OverloadedError
 from warmserve.errors import WorkerLostError
+
+log = logging.getLogger("warmserve.controller")
 
 
 def requeue_lost(ctl, w, why: str, gens: dict, now_s: float) -> list:
@@ -15,6 +20,7 @@ def requeue_lost(ctl, w, why: str, gens: dict, now_s: float) -> list:
     back at the front of their queues; the others are failed and finished here."""
     requeue = []
     drained = w.left_by_plan
+    ended = sum(1 for r in gens.values() if r.done)  # answered already: neither started over nor failed here
     for req in sorted(gens.values(), key=lambda r: r.rid):  # oldest first; each starts over after its tokens
         req.reroutes += 0 if drained else 1
         if not req.done and req.reroutes < ctl.cc.max_worker_losses_per_request:
@@ -31,4 +37,37 @@ def requeue_lost(ctl, w, why: str, gens: dict, now_s: float) -> list:
             workers_lost=req.reroutes))
         ctl.driver.request_finished(req.model, req.instance_id, now_s, route=False, request=req)
         ctl._request_done(req, "worker_lost")
+    if len(gens) > ended:
+        # Found in review: the loss's line named no requests, so an operator could not tell what became of them.
+        failed, resumed = len(gens) - ended - len(requeue), sum(1 for r in requeue if r.generated)
+        log.log(logging.WARNING if failed else logging.INFO,
+                "%r %s with %d request(s) in flight: %d start over elsewhere (%d after tokens already sent)%s", w,
+                "left" if drained else "lost", len(gens) - ended, len(requeue), resumed,
+                f"; {failed} failed, each now under {ctl.cc.max_worker_losses_per_request} lost workers (a request "
+                "that may be what kills them; controller.max_worker_losses_per_request)" if failed else "")
     return requeue
+
+
+def fail_at_shutdown(ctl, queued: int, drained: bool) -> list:
+    """Fail every request still running as the server shuts down (``Controller._close_workers``, once its drain is
+    over or skipped, after the ``queued`` ones waiting were failed) and say how many, with why; returns the (worker,
+    generation id) of those on remote workers, whose KV blocks an Abort frees. Every request is taken off its worker
+    before the first Abort goes out. Found in review: an Abort that cannot be sent loses its worker, and that loss
+    started over the worker's requests not failed yet (sent to another worker during the shutdown) and counted one
+    failed already as lost with the worker."""
+    aborts, cut = [], 0
+    for w in list(ctl.hub.workers.values()):
+        for gid, req in w.gens.items():
+            if not req.done:  # counted as the queued ones failed before are (found in review: these were not)
+                req.fail(OverloadedError("the server shut down before the request finished"))
+                ctl._request_done(req, "error")
+                cut += 1
+            if w.alive and w.proc is None:  # a remote worker stays up: free the request's KV blocks now
+                aborts.append((w, gid))
+        w.gens.clear()
+    if cut or queued:
+        # Found in review of the logs: the requests a shutdown cut left no line saying so, or why.
+        log.warning("shutdown: %d request(s) still running and %d waiting were failed: %s", cut, queued,
+                    f"the drain's {ctl.cc.drain_timeout_s:g} s ran out (controller.drain_timeout_s lets them finish)"
+                    if drained else "stopped without a drain (a second Ctrl-C or SIGTERM, or close(drain=False))")
+    return aborts

@@ -89,6 +89,7 @@ import zmq
 from .. import errors
 from .. import protocol as P
 from ..endpoints import check_ipc_free, is_ipv6_endpoint, remove_ipc_file
+from ..log_repeats import RepeatedFailure
 from ..security import curve_bind_server, curve_client, require_authenticated_bind
 from .core import WorkerCore
 from .link import CONTROLLER, DEFAULT_MAX_QUEUED_BYTES, FLUSH_S, GONE, SEND, STOP, Link, queued_cost
@@ -240,6 +241,8 @@ class WorkerServer:
         poller = zmq.Poller()
         poller.register(self._pipe, zmq.POLLIN)
         next_beat = 0.0
+        # a failure that holds would log a trace at every round (thousands a second while busy): once, then counted
+        failures = {k: RepeatedFailure(log, k) for k in ("worker tick", "worker heartbeat")}
         while not self.core.stopping:
             now = time.monotonic()
             if self.core.busy():
@@ -253,8 +256,8 @@ class WorkerServer:
                 break
             try:
                 self.core.tick()
-            except Exception:  # a bug in one tick must not take the worker (and every model in it) down
-                log.exception("worker tick failed")
+            except Exception as e:  # a bug in one tick must not take the worker (and every model in it) down
+                failures["worker tick"].failed(e)
             self._link.in_flight = len(self.core.generations)
             if self.core.drain_until_s is not None and self._drained():
                 break
@@ -263,8 +266,8 @@ class WorkerServer:
                 next_beat = now + self.heartbeat_interval_s
                 try:
                     self._beat()
-                except Exception:  # as for tick: a failed Stats must not end the worker (found in review)
-                    log.exception("worker heartbeat failed")
+                except Exception as e:  # as for tick: a failed Stats must not end the worker (found in review)
+                    failures["worker heartbeat"].failed(e)
         if self.core.drain_until_s is not None or self.core.stop_signalled:  # its drain ends here (done, time up, a
             # second SIGTERM), or a SIGTERM stops it: said, so that the controller takes its leaving, and what it
             # aborts now, as planned, not as a crash (WorkerRecord.left_by_plan)
