@@ -273,7 +273,7 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
                 spawn_worker, connect, dev, memory_bytes=mem, threads=threads, worker_id=wid,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
                 curve=controller.hub.curve_keys, page_bytes=cfg.worker_page_bytes,
-                extra_args=worker_cache_args(cfg), forked=cfg.fork_cpu_workers)
+                extra_args=worker_cache_args(cfg) + worker_log_args(), forked=cfg.fork_cpu_workers)
             procs.append((wid, spawn()))
         controller.local_procs = {wid.encode(): p for wid, p in procs}
         if cfg.remote_workers:  # said, so that whoever starts them knows where (found in review: a silent wait)
@@ -305,6 +305,20 @@ def with_defaults(cfg: ClusterConfig) -> ClusterConfig:
     if cfg.models:
         return cfg
     return dataclasses.replace(cfg, models=demo_specs())
+
+
+#: The levels `warmserve worker --log-level` takes, lowest first.
+_WORKER_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def worker_log_args() -> tuple[str, ...]:
+    """The `warmserve worker` flag that gives a started worker this process's warmserve log level (`serve
+    --log-level`, or a Cluster user's logging set-up), the highest level the worker takes at or below it. Found in
+    review of the logs: workers always logged at their own default, WARNING, so their INFO lines (a drain's end, a
+    reconnect to the controller) never showed whatever the server's level."""
+    level = logging.getLogger("warmserve").getEffectiveLevel()
+    name = logging.getLevelName(max([lv for lv in _WORKER_LEVELS if lv <= level], default=logging.DEBUG))
+    return ("--log-level", name)
 
 
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,

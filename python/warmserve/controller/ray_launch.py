@@ -35,6 +35,7 @@ from warmserve.config import ClusterConfig, memory_gib_arg, with_worker_page_byt
 from warmserve.controller import ray_connect
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.hub_sockets import remote_curve_hint
+from warmserve.controller.launch import worker_log_args
 from warmserve.controller.ray_checks import CLOSE_RAY_S, call_within, check_model_paths, ray_error_line
 from warmserve.controller.ray_plan import (RayClusterError, RayNode, RayNodeGoneError, RayUnresponsiveError, WorkerSlot,
                                           check_fits, connect_address, node_key, plan_slots)
@@ -562,7 +563,7 @@ async def start_ray_cluster(cfg: ClusterConfig, ray_address: str | None, *, hist
                 launcher.spawn, slot, connect, memory_bytes=mem,
                 heartbeat_interval_s=cfg.controller.heartbeat_interval_s, log_dir=log_dir,
                 curve=curve, page_bytes=cfg.worker_page_bytes,
-                extra_args=worker_cache_args(cfg))
+                extra_args=worker_cache_args(cfg) + worker_log_args())
             # What restarts await (WorkerRestarts._start_process): the start with Ray's calls off the event loop.
             spawn.off_loop = functools.partial(launcher.spawn_off_loop, *spawn.args, **spawn.keywords)
             procs[ident] = spawn()
