@@ -1,12 +1,12 @@
 """The live executor: the policy driver's decisions carried out on real workers over ZeroMQ.
 
-Every send to a worker happens synchronously, in the order the driver applies the actions, so one worker sees
-them in that order (ZeroMQ keeps per-peer order). The only waits are a start's load and activation (and, for a
-cold start without a warm engine, a fresh worker process first: ``_fresh_engine``), run as tasks, and the back-off
-before a failed Deactivate is sent again (``deactivate``).
-A live worker holds one device: one policy GPU, whose id (``WorkerRecord.gpu_id``) never changes, even when its
-process is replaced by a fresh one. A tensor-parallel instance (or prewarm) on GPUs ``gpus`` has one shard per
-worker, rank i on the i-th GPU of ``gpus``; rank 0's worker (the leader) takes its requests (worker/tp.py).
+Every send to a worker happens synchronously, in the order the driver applies the actions, so one worker sees them in
+that order (ZeroMQ keeps per-peer order). The only waits are a start's load and activation (and, for a cold start
+without a warm engine, a fresh worker process first: ``_fresh_engine``), run as tasks, and the back-off before a failed
+Deactivate is sent again (``deactivate``). A live worker holds one device: one policy GPU, whose id
+(``WorkerRecord.gpu_id``) never changes, even when its process is replaced by a fresh one. A tensor-parallel instance
+(or prewarm) on GPUs ``gpus`` has one shard per worker, rank i on the i-th GPU of ``gpus``; rank 0's worker (the leader)
+takes its requests (worker/tp.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.controller import expiry
-from warmserve.controller.prewarms import LivePrewarm, tracked_copies
+from warmserve.controller.prewarms import LivePrewarm, start_words, tracked_copies
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, ModelStateError, TimeoutError_, UnknownModelError, WorkerLostError
 from warmserve.geometry import PAGE_BYTES, align_up, pages_for
@@ -74,7 +74,7 @@ class LiveInstance:
     """An instance as the controller tracks it on its workers (one per rank; ``worker`` is rank 0's)."""
 
     __slots__ = ("iid", "model", "workers", "ready", "group_id", "rank_lost", "refused", "activating",
-                 "dedicate_again")
+                 "dedicate_again", "start_kind")
 
     def __init__(self, iid: str, model: str, workers: list[WorkerRecord]):
         self.iid, self.model, self.workers = iid, model, workers
@@ -89,6 +89,8 @@ class LiveInstance:
         self.refused = False
         #: Its Dedicate was refused beside a co-resident still listed there: sent again once it is alone (``sync``).
         self.dedicate_again = False
+        #: How it got its weights, as the prewarm metrics count it: "prewarm hit", "prewarm miss" or one still loading.
+        self.start_kind = "prewarm miss"
 
     @property
     def worker(self) -> WorkerRecord:
@@ -110,19 +112,6 @@ def outcome_of(error: BaseException) -> str:
         return "worker_lost"
     return "error"
 
-
-def start_words(act: A.StartInstance, pw: LivePrewarm | None) -> str:
-    """How a start got its weights, for its ready line. Found in review: a load of its own was called a "cold load",
-    which reads as from the files, where the worker may have read them from its host checkpoint cache (which the
-    controller is not told): "prewarm miss" (the metric's word) with the bytes and seconds the worker reported."""
-    if act.prewarm_id:
-        return "prewarm hit"
-    done = [f.result() for f in (pw.futs if pw is not None else ()) if f.done() and not f.cancelled()
-            and f.exception() is None and isinstance(f.result(), P.Prewarmed)]
-    if not done:
-        return "prewarm miss"
-    mib = sum(r.weight_bytes for r in done) / 2 ** 20
-    return f"prewarm miss: loaded {mib:.1f} MiB in {max(r.load_s for r in done):.2f} s"
 
 
 class LiveExecutor:
@@ -284,6 +273,8 @@ class LiveExecutor:
         # A start from a prewarm still loading waits out the rest of its copy: not a hit, as the simulator counts it
         # (found in review: counted a hit, so the live hit rate was the higher of two figures with one name)
         m = self.ctl.metrics
+        rec.start_kind = ("prewarm miss" if pw is None else "prewarm hit" if pw.loaded
+                          else "from a prewarm still loading")
         (m.prewarm_misses if pw is None else m.prewarm_hits if pw.loaded else m.prewarm_loading_starts).inc(
             model=inst.model)
         self.ctl._spawn(self._start(rec, pw, act))
@@ -337,7 +328,7 @@ class LiveExecutor:
         if inst.iid not in ctl.driver.state.instances:  # lost or stopped while starting
             return
         inst.ready = True
-        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w, start_words(act, pw),
+        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w, start_words(inst.start_kind, pw),
                  f", co-served, KV share {kv_blocks} blocks" if shared else "")
         k = int(reply.kv_blocks)
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
@@ -379,7 +370,7 @@ class LiveExecutor:
         inst.ready = True
         k = int(replies[0].kv_blocks)
         log.info("instance %s of %s ready on %r in group %s (%s)", inst.iid, inst.model, inst.workers,
-                 group.group_id, start_words(act, pw))
+                 group.group_id, start_words(inst.start_kind, pw))
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
                                   max_seqs=ctl.engine_config.max_num_seqs)
 

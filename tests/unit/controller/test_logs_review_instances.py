@@ -46,6 +46,29 @@ def test_a_start_and_a_stop_by_the_policy_are_logged(model, caplog):
     run(main())
 
 
+def test_a_start_from_a_prewarm_still_loading_is_not_called_a_hit(model, caplog):
+    """As the metrics count it (``prewarm_loading_starts``, neither a hit nor a miss). Before: "prewarm hit"."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = TablePeer(ep, "host-1-cpu0", load_s=0.5)
+        try:
+            assert await until(lambda: any(w.ready for w in c.gpu_workers), 5)
+            c.driver.apply(A.Prewarm("p-1", MODEL, (0,), 1.0), c.now_s())
+            c.driver.apply(A.StartInstance("i-2", MODEL, (0,), prewarm_id="p-1"), c.now_s())  # its load runs
+            assert await until(lambda: "i-2" in c.state.instances and c.state.instances["i-2"].ready, 5)
+            ready = [m for m in _lines(caplog) if m.startswith("instance i-2 ") and " ready on " in m]
+            assert len(ready) == 1 and "(from a prewarm still loading)" in ready[0], _lines(caplog)
+            assert c.metrics.prewarm_loading_starts.get(model=MODEL) == 1
+        finally:
+            await c.close(drain=False)
+            peer.close()
+
+    run(main())
+
+
 class _Req:
     def __init__(self, rid: int, generated: int, reroutes: int = 0):
         self.rid, self.generated, self.reroutes, self.done = rid, generated, reroutes, False
