@@ -346,7 +346,10 @@ class Cluster:
         return TextIterator(self, m, ids, s)
 
     def stats(self) -> dict:
-        """Workers (pool pages, models), instances, prewarms, queues and prewarm hits/misses, as plain dicts."""
+        """As plain dicts: ``workers`` (pool pages, models, host cache), ``instances``, ``prewarms``, ``queued``
+        (per model), ``tp_groups``, ``prewarm_hits``, ``prewarm_misses`` and ``prewarm_loading_starts`` (starts
+        from a prewarm still loading, neither), and ``engine_starts`` (the fresh engine processes of `autoscale`'s
+        cold starts)."""
         self._check()
         return self._run(_acall(self.controller.stats), 30)
 
