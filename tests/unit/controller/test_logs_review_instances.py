@@ -18,55 +18,58 @@ def _lines(caplog, level=logging.INFO) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= level]
 
 
-def test_a_start_and_a_stop_by_the_policy_are_logged(model, caplog):
-    """Before: the ready line said "(cold load)" whatever the worker read the weights from, with no bytes or
-    seconds, and a stop (a scale-in) wrote no line at any level."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
-
+def _on_one_worker(model, load_s: float, body) -> None:
+    """Run ``await body(controller)`` on a controller with one scripted worker whose loads take ``load_s``."""
     async def main():
         c = make_controller(model)
         ep = await c.start()
-        peer = TablePeer(ep, "host-1-cpu0", load_s=0.3)
+        peer = TablePeer(ep, "host-1-cpu0", load_s=load_s)
         try:
             assert await until(lambda: any(w.ready for w in c.gpu_workers), 5)
-            c.driver.apply(A.StartInstance("i-1", MODEL, (0,)), c.now_s())
-            assert await until(lambda: "i-1" in c.state.instances and c.state.instances["i-1"].ready, 5)
-            ready = [m for m in _lines(caplog) if m.startswith("instance i-1 ") and " ready on " in m]
-            assert len(ready) == 1, _lines(caplog)
-            assert "(prewarm miss: loaded 0.0 MiB in 0.30 s)" in ready[0], ready[0]
-            assert "cold load" not in ready[0], ready[0]
-            c.driver.apply(A.StopInstance("i-1"), c.now_s())  # nothing in flight: it stops at once
-            stopped = [m for m in _lines(caplog) if m.startswith("instance i-1 ") and " stopped " in m]
-            assert len(stopped) == 1, _lines(caplog)
-            assert MODEL in stopped[0] and "host-1-cpu0" in stopped[0] and "by the policy" in stopped[0], stopped
+            await body(c)
         finally:
             await c.close(drain=False)
             peer.close()
 
     run(main())
+
+
+def _ready_line(caplog, iid: str) -> str:
+    ready = [m for m in _lines(caplog) if m.startswith(f"instance {iid} ") and " ready on " in m]
+    assert len(ready) == 1, _lines(caplog)
+    return ready[0]
+
+
+def test_a_start_and_a_stop_by_the_policy_are_logged(model, caplog):
+    """Before: the ready line said "(cold load)" whatever the worker read the weights from, with no bytes or
+    seconds, and a stop (a scale-in) wrote no line at any level."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def body(c):
+        c.driver.apply(A.StartInstance("i-1", MODEL, (0,)), c.now_s())
+        assert await until(lambda: "i-1" in c.state.instances and c.state.instances["i-1"].ready, 5)
+        ready = _ready_line(caplog, "i-1")
+        assert "(prewarm miss: loaded 0.0 MiB in 0.30 s)" in ready and "cold load" not in ready, ready
+        c.driver.apply(A.StopInstance("i-1"), c.now_s())  # nothing in flight: it stops at once
+        stopped = [m for m in _lines(caplog) if m.startswith("instance i-1 ") and " stopped " in m]
+        assert len(stopped) == 1, _lines(caplog)
+        assert MODEL in stopped[0] and "host-1-cpu0" in stopped[0] and "by the policy" in stopped[0], stopped
+
+    _on_one_worker(model, 0.3, body)
 
 
 def test_a_start_from_a_prewarm_still_loading_is_not_called_a_hit(model, caplog):
     """As the metrics count it (``prewarm_loading_starts``, neither a hit nor a miss). Before: "prewarm hit"."""
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    async def main():
-        c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep, "host-1-cpu0", load_s=0.5)
-        try:
-            assert await until(lambda: any(w.ready for w in c.gpu_workers), 5)
-            c.driver.apply(A.Prewarm("p-1", MODEL, (0,), 1.0), c.now_s())
-            c.driver.apply(A.StartInstance("i-2", MODEL, (0,), prewarm_id="p-1"), c.now_s())  # its load runs
-            assert await until(lambda: "i-2" in c.state.instances and c.state.instances["i-2"].ready, 5)
-            ready = [m for m in _lines(caplog) if m.startswith("instance i-2 ") and " ready on " in m]
-            assert len(ready) == 1 and "(from a prewarm still loading)" in ready[0], _lines(caplog)
-            assert c.metrics.prewarm_loading_starts.get(model=MODEL) == 1
-        finally:
-            await c.close(drain=False)
-            peer.close()
+    async def body(c):
+        c.driver.apply(A.Prewarm("p-1", MODEL, (0,), 1.0), c.now_s())
+        c.driver.apply(A.StartInstance("i-2", MODEL, (0,), prewarm_id="p-1"), c.now_s())  # its load runs
+        assert await until(lambda: "i-2" in c.state.instances and c.state.instances["i-2"].ready, 5)
+        assert "(from a prewarm still loading)" in _ready_line(caplog, "i-2")
+        assert c.metrics.prewarm_loading_starts.get(model=MODEL) == 1
 
-    run(main())
+    _on_one_worker(model, 0.5, body)
 
 
 class _Req:
