@@ -113,7 +113,6 @@ def outcome_of(error: BaseException) -> str:
     return "error"
 
 
-
 class LiveExecutor:
     """The ``Executor`` of a live cluster. ``ctl`` is the Controller: its hub, models, metrics, clock, task
     spawner and worker table (``by_gpu``)."""
@@ -273,10 +272,10 @@ class LiveExecutor:
         # A start from a prewarm still loading waits out the rest of its copy: not a hit, as the simulator counts it
         # (found in review: counted a hit, so the live hit rate was the higher of two figures with one name)
         m = self.ctl.metrics
-        rec.start_kind = ("prewarm miss" if pw is None else "prewarm hit" if pw.loaded
-                          else "from a prewarm still loading")
-        (m.prewarm_misses if pw is None else m.prewarm_hits if pw.loaded else m.prewarm_loading_starts).inc(
-            model=inst.model)
+        rec.start_kind, counted = (("prewarm miss", m.prewarm_misses) if pw is None else
+                                   ("prewarm hit", m.prewarm_hits) if pw.loaded else
+                                   ("from a prewarm still loading", m.prewarm_loading_starts))
+        counted.inc(model=inst.model)
         self.ctl._spawn(self._start(rec, pw, act))
 
     def _withdrawn(self, inst: LiveInstance) -> bool:

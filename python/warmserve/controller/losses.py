@@ -37,12 +37,13 @@ def requeue_lost(ctl, w, why: str, gens: dict, now_s: float) -> list:
             workers_lost=req.reroutes))
         ctl.driver.request_finished(req.model, req.instance_id, now_s, route=False, request=req)
         ctl._request_done(req, "worker_lost")
-    if len(gens) > ended:
+    in_flight = len(gens) - ended
+    if in_flight:
         # Found in review: the loss's line named no requests, so an operator could not tell what became of them.
-        failed, resumed = len(gens) - ended - len(requeue), sum(1 for r in requeue if r.generated)
+        failed, resumed = in_flight - len(requeue), sum(1 for r in requeue if r.generated)
         log.log(logging.WARNING if failed else logging.INFO,
                 "%r %s with %d request(s) in flight: %d start over elsewhere (%d after tokens already sent)%s", w,
-                "left" if drained else "lost", len(gens) - ended, len(requeue), resumed,
+                "left" if drained else "lost", in_flight, len(requeue), resumed,
                 f"; {failed} failed, each now under {ctl.cc.max_worker_losses_per_request} lost workers (a request "
                 "that may be what kills them; controller.max_worker_losses_per_request)" if failed else "")
     return requeue

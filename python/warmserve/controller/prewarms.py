@@ -72,9 +72,11 @@ def start_words(kind: str, pw: LivePrewarm | None) -> str:
     Found in review: a load of its own was called a "cold load", which reads as from the files, where the worker may
     have read them from its host checkpoint cache (which the controller is not told): a miss says the bytes and
     seconds the worker reported; and a start from a prewarm still loading was called a hit."""
-    done = [f.result() for f in (pw.futs if pw is not None else ()) if f.done() and not f.cancelled()
-            and f.exception() is None and isinstance(f.result(), P.Prewarmed)]
-    if kind != "prewarm miss" or not done:
+    if kind != "prewarm miss" or pw is None:
+        return kind
+    done = [f.result() for f in pw.futs if f.done() and not f.cancelled() and f.exception() is None
+            and isinstance(f.result(), P.Prewarmed)]
+    if not done:
         return kind
     mib = sum(r.weight_bytes for r in done) / 2 ** 20
     return f"prewarm miss: loaded {mib:.1f} MiB in {max(r.load_s for r in done):.2f} s"

@@ -31,10 +31,9 @@ def planning_config(pcfg: PolicyConfig, cost: CostModel) -> PolicyConfig:
     ``weight_read_bytes_per_s``) taken from the simulated GPU where left at their defaults: found in review, a run
     with `--gpu A100-80GB` or a calibrated CPU profile planned its co-served decode steps with an H100's HBM while its
     engines stepped at the GPU's own rate. A value given (``--policy-option``) is kept."""
-    gpu = cost.gpu
-    own = {"decode_read_bytes_per_s": gpu.decode_read_bytes_per_s,
-           "weight_read_bytes_per_s": gpu.weight_read_bytes_per_s}
-    return replace(pcfg, **{k: v for k, v in own.items() if getattr(pcfg, k) == _PLANNING_DEFAULTS[k]})
+    # GpuType names its figures as PolicyConfig does: the GPU's own is read by the same name
+    return replace(pcfg, **{k: getattr(cost.gpu, k) for k, default in _PLANNING_DEFAULTS.items()
+                            if getattr(pcfg, k) == default})
 
 
 def model_infos(served: list[ServedModel], cost: CostModel,
