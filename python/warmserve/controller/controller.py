@@ -505,11 +505,12 @@ class Controller(WorkerRestarts):
         # groups.lost sends nothing (its sends wait until this handling is over), so no other loss can route
         # requests to w's instances meanwhile: w.gens, taken first, is all of w's.
         gens = {**w.gens, **self.groups.lost(w)}
-        for iid in [i for i, inst in self.instances.items() if w in inst.workers]:
+        gone = [i for i, inst in self.instances.items() if w in inst.workers]
+        for iid in gone:
             del self.instances[iid]
         for pid in [p for p, pw in self.prewarms.items() if w in pw.workers]:
             del self.prewarms[pid]
-        requeue = losses.requeue_lost(self, w, why, gens, now)
+        requeue = losses.requeue_lost(self, w, why, gens, now, gone)
         w.gens.clear()
         if w in self.gpu_workers:
             self.gpu_workers.remove(w)

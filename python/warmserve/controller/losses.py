@@ -15,9 +15,10 @@ from warmserve.errors import WorkerLostError
 log = logging.getLogger("warmserve.controller")
 
 
-def requeue_lost(ctl, w, why: str, gens: dict, now_s: float) -> list:
+def requeue_lost(ctl, w, why: str, gens: dict, now_s: float, instances: list[str]) -> list:
     """The requests of ``gens`` (those of lost worker ``w``) that start over, oldest first, for ``lose_gpus`` to put
-    back at the front of their queues; the others are failed and finished here."""
+    back at the front of their queues; the others are failed and finished here. ``instances``: the ids of the
+    instances that went with ``w``, for the log line."""
     requeue = []
     drained = w.left_by_plan
     ended = sum(1 for r in gens.values() if r.done)  # answered already: neither started over nor failed here
@@ -38,14 +39,19 @@ def requeue_lost(ctl, w, why: str, gens: dict, now_s: float) -> list:
         ctl.driver.request_finished(req.model, req.instance_id, now_s, route=False, request=req)
         ctl._request_done(req, "worker_lost")
     in_flight = len(gens) - ended
+    # Found in review of the logs: the loss's line named neither the requests nor the instances that went with the
+    # worker, so an operator could not tell what became of them (the instances' replacements showed only as new
+    # "ready" lines). A loss with neither says nothing more.
+    gone = f"instance(s) {', '.join(instances)}" if instances else ""
     if in_flight:
-        # Found in review: the loss's line named no requests, so an operator could not tell what became of them.
         failed, resumed = in_flight - len(requeue), sum(1 for r in requeue if r.generated)
         log.log(logging.WARNING if failed else logging.INFO,
-                "%r %s with %d request(s) in flight: %d start over elsewhere (%d after tokens already sent)%s", w,
-                "left" if drained else "lost", in_flight, len(requeue), resumed,
+                "%r %s with %s%d request(s) in flight: %d start over elsewhere (%d after tokens already sent)%s", w,
+                "left" if drained else "lost", gone and gone + " and ", in_flight, len(requeue), resumed,
                 f"; {failed} failed, each now under {ctl.cc.max_worker_losses_per_request} lost workers (a request "
                 "that may be what kills them; controller.max_worker_losses_per_request)" if failed else "")
+    elif instances:
+        log.info("%r %s with %s and no request in flight", w, "left" if drained else "lost", gone)
     return requeue
 
 

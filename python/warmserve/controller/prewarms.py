@@ -11,7 +11,7 @@ import msgspec
 
 from warmserve import protocol as P
 from warmserve.controller.workers import WorkerRecord
-from warmserve.errors import ModelStateError, UnknownModelError
+from warmserve.errors import ModelStateError, TimeoutError_, UnknownModelError
 
 log = logging.getLogger("warmserve.controller")
 
@@ -41,16 +41,24 @@ class LivePrewarm:
                      for r, w in enumerate(self.workers)]
 
     async def wait(self, timeout_s: float) -> None:
-        """Until every shard is loaded, within ``timeout_s`` in all (asyncio.TimeoutError); raises the first failure
-        to arrive, whichever rank's. Found in review: the ranks were awaited in turn, each with the whole timeout,
-        so a rank refused at once was seen only after rank 0's load, and a load could wait tp x the timeout."""
+        """Until every shard is loaded, within ``timeout_s`` in all (``TimeoutError_``, naming the workers whose
+        shard is missing); raises the first failure to arrive, whichever rank's. Found in review: the ranks were
+        awaited in turn, each with the whole timeout, so a rank refused at once was seen only after rank 0's load,
+        and a load could wait tp x the timeout. The timeout was a bare asyncio.TimeoutError: it named no worker,
+        and a model whose starts all timed out failed its waiting requests with a 503 rather than the 504 the
+        worker-call timeouts give (the driver passes a failure's http_status on)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         pending = set(self.futs)  # the futures themselves are never cancelled here: others read them (holders)
         while pending:
             left_s = deadline - loop.time()
             if left_s <= 0:
-                raise asyncio.TimeoutError(f"{len(pending)} shard(s) of {self.model!r} not loaded in {timeout_s:g} s")
+                late = [w for w, f in zip(self.workers, self.futs) if f in pending]
+                raise TimeoutError_(
+                    f"{len(late)} of {len(self.futs)} shard(s) of {self.model!r} not loaded within {timeout_s:g} s "
+                    f"(on {', '.join(map(repr, late))}): the worker is stalled or reads the checkpoint far too slowly; "
+                    "its log says what it was doing", timeout_s=timeout_s,
+                    model=self.model, shards_missing=len(late))
             done, pending = await asyncio.wait(pending, timeout=left_s, return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 reply = fut.result()

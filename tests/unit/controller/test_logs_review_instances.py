@@ -97,7 +97,7 @@ def test_a_lost_workers_line_says_what_became_of_its_requests(caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     w = SimpleNamespace(left_by_plan=False, worker_id="host-1-cpu0")
     gens = {1: _Req(1, 0), 2: _Req(2, 5), 3: _Req(3, 7, reroutes=1)}
-    requeue = requeue_lost(_ctl(), w, "silent for 2.1 s", gens, 0.0)
+    requeue = requeue_lost(_ctl(), w, "silent for 2.1 s", gens, 0.0, [])
     assert [r.rid for r in requeue] == [1, 2]
     lines = [r for r in caplog.records if r.name == LOGGER and "request(s) in flight" in r.getMessage()]
     assert len(lines) == 1, _lines(caplog)
@@ -106,8 +106,26 @@ def test_a_lost_workers_line_says_what_became_of_its_requests(caplog):
     assert "1 failed" in msg and "max_worker_losses_per_request" in msg, msg
     assert lines[0].levelno == logging.WARNING  # a request failed: the operator may retry it or raise the limit
     caplog.clear()
-    requeue_lost(_ctl(), SimpleNamespace(left_by_plan=True, worker_id="host-1-cpu0"), "drained", {4: _Req(4, 2)}, 0.0)
+    requeue_lost(_ctl(), SimpleNamespace(left_by_plan=True, worker_id="host-1-cpu0"), "drained", {4: _Req(4, 2)}, 0.0,
+                 ["m/i3"])
     msg = [r for r in caplog.records if r.name == LOGGER and "request(s) in flight" in r.getMessage()]
     assert len(msg) == 1 and msg[0].levelno == logging.INFO, _lines(caplog)
-    assert " left with 1 request(s) in flight: 1 start over elsewhere (1 after tokens already sent)" in \
+    assert " left with instance(s) m/i3 and 1 request(s) in flight: 1 start over elsewhere (1 after tokens already " \
+        "sent)" in \
         msg[0].getMessage()
+
+
+def test_a_lost_workers_line_names_the_instances_that_went_with_it(model, caplog):
+    """Found in review of the logs: a loss's line did not name the instances that went with the worker (their
+    replacements showed only as new "ready" lines), and a loss with nothing in flight said nothing of them."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def body(c):
+        c.driver.apply(A.StartInstance("i-1", MODEL, (0,)), c.now_s())
+        assert await until(lambda: "i-1" in c.state.instances and c.state.instances["i-1"].ready, 5)
+        caplog.clear()
+        c.hub.lose(c.gpu_workers[0], "test: its heartbeat stopped")
+        lines = [m for m in _lines(caplog) if " lost with " in m]
+        assert lines == ["worker host-1-cpu0 (cpu) lost with instance(s) i-1 and no request in flight"], _lines(caplog)
+
+    _on_one_worker(model, 0.0, body)
