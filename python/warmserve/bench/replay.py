@@ -71,7 +71,8 @@ def add_arguments(p) -> None:
                    help="demo checkpoints the models are copies of, round-robin")
     p.add_argument("--cpu-workers", type=int, default=4, action=Given, help="CPU workers of each cluster")
     p.add_argument("--duration-s", type=float, default=1200.0, help="replayed span of the trace, trace seconds")
-    p.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per trace second: below 1 compresses the trace's time, above 1 stretches it")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="wall seconds per trace second: below 1 compresses the trace's time, above 1 stretches it")
     p.add_argument("--rate", type=float, default=0.5, help="total request rate of the replay, requests/s (wall)")
     p.add_argument("--history-days", type=int, default=2, help="earlier days of forecast history")
     p.add_argument("--pre-s", type=float, default=600.0, help="history just before the replay, trace seconds")

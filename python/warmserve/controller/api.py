@@ -36,7 +36,8 @@ access_log = logging.getLogger("warmserve.access")
 REQUEST_ID_HEADER = "x-request-id"
 #: The longest X-Request-Id a client may send and see taken as the request's id, characters.
 MAX_CLIENT_ID_CHARS = 128
-#: Retry-After of a 429 or 503 refusal (overload, no worker yet): seconds a client should wait before retrying.
+#: Retry-After of a 429 or 503 (overload, no worker yet, a drain; /health's 503 too): seconds a client should wait
+#: before retrying. Short: a drain's is answered by a server going away, whose clients retry on another behind it.
 RETRY_AFTER_S = 1
 #: The status logged for a request whose client hung up before its answer (nginx's "client closed request").
 CLIENT_CLOSED = 499
@@ -239,7 +240,10 @@ class Api:
 
     async def health(self, request):
         h = self.controller.health()
-        return _json(200 if h["ok"] else 503, h)
+        resp = _json(200 if h["ok"] else 503, h)
+        if not h["ok"]:  # as every other 503, and the starting site's /health, have it (a drain's had none)
+            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp
 
     async def stats(self, request):
         """The controller's view as JSON: workers (pool pages, models), instances, prewarms, queues."""

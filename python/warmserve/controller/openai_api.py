@@ -35,6 +35,9 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
 
 #: Most choices (``n``) one request may ask for; each is a sequence of its own on the instance.
 MAX_N = 16
+#: The seeds a request may send: torch.long's range, which vLLM's request models allow. The Python API takes the
+#: wider [-2**63, 2**64) of ``sampling.SEED_MAX``; the sampler reads a seed modulo 2**64 (``sampler.draw_seed``).
+HTTP_SEED_MIN, HTTP_SEED_MAX = -(1 << 63), (1 << 63) - 1
 
 #: Request fields of the OpenAI API this server does not implement, with the values that ask for nothing (so a
 #: client that always sends its defaults still works); any other value is a 400 naming the field.
@@ -203,13 +206,33 @@ def _refuse_unsupported(req) -> None:
                    f"token, as -1 and 0 do), got {req.top_k}", "top_k")
     if req.top_k is not None and req.top_k < -1:  # found in review: -5 was taken as no cut; vLLM refuses it
         raise _bad(f"top_k must be -1 or 0 (no cut) or at least 1, got {req.top_k}", "top_k")
+    if req.seed is not None and not HTTP_SEED_MIN <= req.seed <= HTTP_SEED_MAX:  # vLLM's bound: a seed it
+        # refuses is refused here too, not taken by one server of a fleet and refused by the next
+        raise InvalidArgumentError(f"seed must fit in 64 bits as a signed integer, [{HTTP_SEED_MIN}, {HTTP_SEED_MAX}] "
+                                   f"(torch.long's range, as vLLM takes it), got {req.seed}: send a seed within it",
+                                   param="seed", seed=str(req.seed))
+
+
+def _check_min_tokens(req, max_tokens: int) -> None:
+    """min_tokens against the limit the client set, named as it named it: SamplingParams' own check called a chat's
+    max_completion_tokens max_tokens, and told a request that set no limit to raise a max_tokens of 1 it never
+    sent (found in review). A max_tokens under 1 is left to SamplingParams, which names it."""
+    least, limit = req.min_tokens, max_tokens_param(req)
+    if least is not None and least < 0:
+        raise InvalidArgumentError(f"min_tokens must be at least 0, got {least}: send 0, or leave it out, for no "
+                                   "minimum", param="min_tokens", min_tokens=least)
+    if least and limit is not None and 0 < max_tokens < least:
+        raise InvalidArgumentError(f"min_tokens must be in [0, {limit}] = [0, {max_tokens}], got {least}: lower "
+                                   f"min_tokens or raise {limit}", param="min_tokens", min_tokens=least,
+                                   max_tokens=max_tokens)
 
 
 def _sampling(req, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
     """The request's sampling fields with OpenAI's defaults (temperature and top_p 1; the model's, where its
-    checkpoint sets them, replace these in ``with_model_defaults``); SamplingParams checks the ranges (the seed's
-    included: one that does not fit 64 bits is a 400 here, not a failure on the wire)."""
+    checkpoint sets them, replace these in ``with_model_defaults``); SamplingParams checks the ranges, the seed's
+    (torch.long's) and min_tokens' against the limit as the client named it before it."""
     _refuse_unsupported(req)
+    _check_min_tokens(req, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens)
     return SamplingParams(
         max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
         temperature=1.0 if req.temperature is None else float(req.temperature),
@@ -527,11 +550,8 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 # ------------------------------------------------------------------------------------------------------- errors
 
-#: OpenAI's error code of a prompt that does not fit the model's context.
+#: OpenAI's error code of a request that does not fit the model's context: its prompt, or the tokens it asks for.
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
-#: What a client may call the limit on generated tokens: a PromptTooLongError naming one of them is about the
-#: limit alone (it leaves no room for any prompt), not about the prompt's length.
-MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
 
 _TYPE_BY_STATUS = {
     400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
@@ -555,8 +575,11 @@ def error_from_exception(e: BaseException) -> tuple[int, dict]:
         code = getattr(e, "code", None)
         if isinstance(e, UnknownModelError):
             code = "model_not_found"  # only a model: an unknown route is a 404 without a code, as OpenAI's
-        elif isinstance(e, PromptTooLongError) and getattr(e, "param", None) not in MAX_TOKENS_PARAMS:
-            code = CONTEXT_LENGTH_EXCEEDED  # the prompt (not max_tokens alone) does not fit: clients match on it
+        elif isinstance(e, PromptTooLongError):
+            # max_tokens, max_completion_tokens or min_tokens alone past the context too, as OpenAI codes a request
+            # over it whatever part is too long (found in review: min_tokens had the code, max_tokens none), so a
+            # client that matches on the code sees every such 400
+            code = CONTEXT_LENGTH_EXCEEDED
         return status, error_body(status, e.message, getattr(e, "param", None), code if isinstance(code, str) else None)
     if isinstance(e, ValueError):
         return 400, error_body(400, str(e))

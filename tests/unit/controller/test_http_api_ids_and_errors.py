@@ -147,7 +147,7 @@ def test_error_parameters_are_named_as_the_client_named_them(model):
     got = _serve(Ctl(model, tokens=[5, 6]), go)
     assert got == [
         (400, "max_completion_tokens", None),
-        (400, "max_completion_tokens", None),
+        (400, "max_completion_tokens", "context_length_exceeded"),
         (400, "top_logprobs", None),
         (400, "stop_token_ids", None),
         (400, "stream_options", None),

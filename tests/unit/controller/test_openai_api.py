@@ -144,7 +144,7 @@ def test_error_mapping():
     cases = [
         (UnknownModelError("no such model", param="model"), 404, "model_not_found"),
         (PromptTooLongError("too long", param="prompt"), 400, "context_length_exceeded"),
-        (PromptTooLongError("max_tokens leaves no room", param="max_tokens"), 400, None),
+        (PromptTooLongError("max_tokens leaves no room", param="max_tokens"), 400, "context_length_exceeded"),
         (OverloadedError("busy"), 503, "service_unavailable"),
         (TooManyRequestsError("slow down"), 429, "rate_limit_exceeded"),
         (WorkerLostError("gone"), 503, "service_unavailable"),
