@@ -26,6 +26,11 @@ OUTCOMES = ("stop", "length", "abort", "error", "timeout", "worker_lost")
 #: query selects (and that keep vLLM's summed e2e series, prometheus-vllm-rules.yml, present from the start); not
 #: every outcome, as each costs a histogram of 23 samples per model.
 E2E_OUTCOMES = ("stop", "length")
+#: The outcomes whose requests' TPOT is observed: those vLLM's ``request_success_total`` counts, for which it records
+#: its per-request histograms at their finish (the e2e rules of prometheus-vllm-rules.yml select the same). Not
+#: error, timeout or worker_lost: found in review, the requests that failed were observed too, so the TPOT that a
+#: vLLM dashboard reads as that of the requests served took in those a lost worker or a deadline cut short.
+TPOT_OUTCOMES = ("stop", "length", "abort")
 #: The exposition's Content-Type: the latest text format prometheus_client writes (0.0.4; 1.0.0 in newer releases).
 CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 
@@ -211,7 +216,8 @@ class ControllerMetrics:
 
     def request_done(self, req, outcome: str, now_s: float | None = None) -> None:
         """Count a request that ended: its outcome (a stop string's abort counts as "stop"), and latency (its
-        tokens were counted, and its TTFT observed, as they arrived: ``tokens_pushed``)."""
+        tokens were counted, and its TTFT observed, as they arrived: ``tokens_pushed``); its TPOT for the
+        ``TPOT_OUTCOMES`` only."""
         if outcome == "abort" and getattr(req, "abort_reason", "") in ("stop", "error"):
             outcome = req.abort_reason
         m = req.model
@@ -219,7 +225,7 @@ class ControllerMetrics:
         end = req.last_token_s if req.last_token_s is not None and outcome in ("stop", "length") else None
         self.e2e.observe((end or (now_s if now_s is not None else time.monotonic())) - req.arrival_s,
                          model=m, outcome=outcome)
-        if req.first_token_s is not None and req.generated > 1:
+        if outcome in TPOT_OUTCOMES and req.first_token_s is not None and req.generated > 1:
             self.tpot.observe((req.last_token_s - req.first_token_s) / (req.generated - 1), model=m)
 
     def rejected_request(self, status: int, route: str) -> None:

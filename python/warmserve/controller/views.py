@@ -38,7 +38,7 @@ def stats(ctl) -> dict:
                        "kv_blocks_total": st.kv_blocks_total, "kv_blocks_mapped": st.kv_blocks_mapped,
                        "shared": _shared(ctl.instances[i].worker, st.model),
                        **_decode(ctl.instances[i].worker, st.model)}
-                      for i, st in state.instances.items() if i in ctl.instances],
+                      for i, st in state.instances.items() if i in ctl.instances] + drained_instances(ctl),
         "prewarms": [{"prewarm_id": p, "model": st.model, "worker": ctl.prewarms[p].worker.worker_id,
                       "progress": st.progress} for p, st in state.prewarms.items() if p in ctl.prewarms],
         "queued": {m: len(q) for m, q in state.queues.items()},
@@ -47,6 +47,29 @@ def stats(ctl) -> dict:
         "prewarm_misses": {m: ctl.metrics.prewarm_misses.get(model=m) for m in ctl.models},
         "prewarm_loading_starts": {m: ctl.metrics.prewarm_loading_starts.get(model=m) for m in ctl.models},
     }
+
+
+def drained_instances(ctl) -> list[dict]:
+    """/stats entries of the instances on draining workers, listed with ``draining`` true. A drain takes them out of
+    the policy's state at once (``draining.on_drain``) while their requests run on there until they end; found in
+    review: /stats left them out, and so ``instances[].in_flight`` left out those requests, which
+    ``warmserve_inflight_requests`` counts (``draining_requests``) and ``workers[].in_flight`` shows. ``in_flight``:
+    the requests on its worker sent to it; GPUs and KV blocks as its worker last reported them (the state's are
+    gone)."""
+    out = []
+    for iid, rec in ctl.instances.items():
+        w = rec.worker
+        if iid in ctl.state.instances or not (w.alive and w.draining):
+            continue
+        kv = next((x.kv for x in (w.stats.instances if w.stats is not None else ()) if x.name == rec.model),
+                  P.KvStats())
+        out.append({"instance_id": iid, "model": rec.model, "worker": w.worker_id,
+                    "workers": [x.worker_id for x in rec.workers],
+                    "gpus": [x.gpu_id for x in rec.workers if x.gpu_id is not None], "group_id": rec.group_id,
+                    "ready": rec.ready, "in_flight": sum(1 for r in w.gens.values() if r.instance_id == iid),
+                    "draining": True, "kv_blocks_total": kv.kv_blocks_total, "kv_blocks_mapped": kv.kv_blocks_mapped,
+                    "shared": _shared(w, rec.model), **_decode(w, rec.model)})
+    return out
 
 
 def _shared(w, model: str) -> bool:
