@@ -6,11 +6,14 @@ worker, generate()'s defaults, stats()' keys."""
 import asyncio
 import gc
 import json
+import threading
 import time
 
 import pytest
 
 import warmserve
+from warmserve.controller import cluster as cluster_module
+from warmserve.errors import UnknownModelError
 
 import serving
 
@@ -99,3 +102,29 @@ def test_generate_defaults_and_stats_are_as_documented(cluster):
     st = json.loads(json.dumps(cluster.stats()))
     assert {"workers", "instances", "prewarms", "queued", "prewarm_hits", "prewarm_misses"} <= set(st)
     assert {"pool", "models", "host_cache"} <= set(st["workers"][0])
+
+
+def test_astream_prepares_the_prompt_off_the_callers_loop_and_reads_as_stream(cluster, monkeypatch):
+    """Found in review: stream() tokenises where it is called, so from asyncio code a long prompt stalled the
+    caller's event loop. astream() prepares it on a worker thread (as agenerate() does: the real ``prepare``,
+    its thread recorded), raises the same errors when awaited, and its pieces are stream()'s."""
+    threads = []
+    real = cluster_module.prepare
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cluster_module, "prepare", recorded)
+
+    async def read():
+        it = await cluster.astream(MODEL, "a text prompt, tokenised off the loop", max_tokens=6, temperature=0)
+        pieces = [p async for p in it]
+        with pytest.raises(UnknownModelError, match="nope"):
+            await cluster.astream("nope", "hi")
+        return pieces, it.finish_reason, threading.current_thread()
+
+    pieces, finish, loop_thread = asyncio.run(read())
+    assert threads and all(t is not loop_thread for t in threads), threads
+    whole = cluster.generate(MODEL, "a text prompt, tokenised off the loop", max_tokens=6, temperature=0)
+    assert "".join(pieces) == whole.text and finish == whole.finish_reason == "length"

@@ -340,9 +340,21 @@ class Cluster:
     def stream(self, model: str, prompt="", *, params: SamplingParams | None = None, max_tokens: int | None = None,
                temperature: float | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
                messages=None) -> "TextIterator":
-        """Text pieces as they are generated: ``for piece in c.stream(...)`` or ``async for piece in ...``."""
+        """Text pieces as they are generated: ``for piece in c.stream(...)`` or ``async for piece in ...``. The
+        prompt is prepared (tokenised, checked) here, on the calling thread: from asyncio code, ``astream``."""
         self._check()
         m, ids, s = self._prepare(model, prompt, params, max_tokens, temperature, top_p, seed, stop, messages)
+        return TextIterator(self, m, ids, s)
+
+    async def astream(self, model: str, prompt="", *, params: SamplingParams | None = None,
+                      max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                      seed: int | None = None, stop=None, messages=None) -> "TextIterator":
+        """stream() for asyncio code: ``async for piece in await c.astream(...)``. The prompt is prepared on a
+        worker thread, as agenerate() prepares it; found in review: stream() tokenised a long prompt on the
+        caller's event loop, stalling it, and its errors (a bad model, a prompt too long) are raised here."""
+        self._check()
+        m, ids, s = await asyncio.to_thread(self._prepare, model, prompt, params, max_tokens, temperature, top_p,
+                                            seed, stop, messages)
         return TextIterator(self, m, ids, s)
 
     def stats(self) -> dict:
