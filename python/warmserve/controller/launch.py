@@ -219,9 +219,19 @@ def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[M
     runs as `warmserve models demo` in a child process: it needs torch, and the controller should not carry it."""
     import sys
 
+    where = "" if out_dir else (" ($WARMSERVE_HOME/demo)" if os.environ.get("WARMSERVE_HOME") else
+                                 " (~/.cache/warmserve/demo, or $WARMSERVE_HOME/demo when set)")
     out_dir = out_dir or default_demo_dir()
     proc = subprocess.run([sys.executable, "-m", "warmserve", "models", "demo", "--out", out_dir, "--models", *names],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode == 2:
+        # A refusal (a full or read-only disk, a folder that is a file): its one line, less the child command's
+        # name, which a `serve` user never typed (found in review: "warmserve models demo: --out ...").
+        said = (proc.stderr.strip().splitlines() or ["exit status 2"])[-1].removeprefix("warmserve models demo: ")
+        raise InvalidArgumentError(
+            f"writing the demo models into {out_dir}{where} failed: {said}. Fix: give that folder room or make it "
+            "writable, set WARMSERVE_HOME to a folder that is, or serve checkpoints of your own (--model, "
+            "--config)", path=out_dir)
     if proc.returncode != 0:
         raise WarmServeError(f"writing the demo models into {out_dir} failed:\n{proc.stderr[-2000:]}",
                              out_dir=out_dir)
@@ -321,6 +331,52 @@ def worker_log_args() -> tuple[str, ...]:
     return ("--log-level", name)
 
 
+#: The --log-dir folders whose trouble (unwritable, or on a full disk) was said, and how: said once, not at every
+#: worker (re)start, and said again should it come back after it cleared.
+_log_dir_said: dict[str, str] = {}
+
+
+def _say_log_dir(log_dir: str, trouble: str | None, message: str = "") -> None:
+    was = _log_dir_said.get(log_dir)
+    if trouble is None:
+        if was is not None:
+            del _log_dir_said[log_dir]
+            log.info("worker logs in %s are written again (%s no more)", log_dir, was)
+        return
+    if was != trouble:
+        _log_dir_said[log_dir] = trouble
+        log.warning("%s (said once for this folder)", message)
+
+
+def open_worker_log(log_dir: str, worker_id: str):
+    """The worker's log file in ``log_dir`` (made again where it was removed), open to append, or None: the worker
+    then writes to this process's stderr. Found in review: a --log-dir made read-only (or gone and not creatable)
+    under a running server failed every restart of a worker with a traceback, and one on a full disk took the
+    worker's log lines, unsaid; serving needs no disk, so the worker starts either way and the trouble is said
+    once, with the fix."""
+    path = os.path.join(log_dir, f"{worker_id}.log")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        out = open(path, "ab")
+    except OSError as e:
+        _say_log_dir(log_dir, "unwritable", f"worker logs: cannot write {path} ({e.strerror}): workers started now "
+                     "write to this server's stderr instead; fix: make the folder writable (or free its disk), or "
+                     "start with --log-dir elsewhere")
+        return None
+    try:
+        st = os.statvfs(log_dir)
+        full = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0  # root may write the reserved blocks
+    except OSError:
+        full = False
+    if full:
+        _say_log_dir(log_dir, "disk full", f"worker logs: the disk of {log_dir} is full: the workers serve on, but "
+                     "their log lines are lost until space is freed there; fix: free space on it, or start with "
+                     "--log-dir elsewhere")
+    else:
+        _say_log_dir(log_dir, None)
+    return out
+
+
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
                  heartbeat_interval_s: float, log_dir: str | None = None,
                  curve: LocalCurveKeys | None = None, page_bytes: int = 2 << 20,
@@ -345,10 +401,7 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
     if device.startswith("cpu"):
         env["OMP_NUM_THREADS"] = str(threads)
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
-    out = None
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        out = open(os.path.join(log_dir, f"{worker_id}.log"), "ab")
+    out = open_worker_log(log_dir, worker_id) if log_dir else None
     try:
         # A session of its own: Ctrl-C in a terminal reaches the controller, which drains and then stops its
         # workers, instead of killing the workers under the requests being drained.

@@ -324,11 +324,37 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
     fp = _fingerprint(cfg_dict, dtype)
     if _stamp(stamp) == fp:
         return path
-    with _writer_lock(path):
-        _refuse_foreign(path, stamp)
-        if _stamp(stamp) != fp:  # another process may have written it while this one waited
-            _write_checkpoint(path, cfg_dict, dtype, tokenizer, shard_bytes, device, stamp, fp)
+    try:
+        with _writer_lock(path):
+            _refuse_foreign(path, stamp)
+            if _stamp(stamp) != fp:  # another process may have written it while this one waited
+                _write_checkpoint(path, cfg_dict, dtype, tokenizer, shard_bytes, device, stamp, fp)
+    except InvalidArgumentError:
+        raise
+    except Exception as e:  # OSError, or safetensors' own error for its file's write
+        if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+            raise
+        raise _unwritable(path, e) from None
     return path
+
+
+def _unwritable(path: str, e: Exception) -> InvalidArgumentError:
+    """A checkpoint that could not be written (a full or read-only disk). Found in review: `models demo --out` on a
+    full disk, and `serve` with $WARMSERVE_HOME there, ended in a traceback from safetensors' writer."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    probe = path
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        st = os.statvfs(probe)
+        free = f"; {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    return InvalidArgumentError(
+        f"cannot write the demo checkpoint {path} ({why}{free}); the files it wrote are removed and it is marked "
+        "unfinished, so no later run takes it for whole. Fix: free space there or make it writable, or write "
+        "elsewhere (`warmserve models demo --out DIR`; `warmserve serve` writes under $WARMSERVE_HOME/demo)",
+        path=path)
 
 
 def _refuse_foreign(path: str, stamp: str) -> None:
@@ -358,7 +384,6 @@ def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_by
                       stamp: str, fp: str) -> None:
     """write_checkpoint's writing, under its lock; the stamp last, so a reader never takes a half-written one."""
     import torch
-    from safetensors.torch import save_file
 
     from warmserve.engine.config import DTYPES
 
@@ -375,6 +400,24 @@ def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_by
     weights = random_weights(cfg, seed, tdtype) if device is None else device_random_weights(cfg, seed, tdtype, device)
     plan = plan_shards(cfg, torch.empty((), dtype=tdtype).element_size(), shard_bytes)
     meta = {"format": "pt"}
+    try:
+        _write_files(path, cfg_dict, cfg, weights, plan, meta, tokenizer)
+    except BaseException:
+        # the weights written so far are taken back: a full disk is left as it was found (the stamp, "writing",
+        # stays, so the next run writes it all again)
+        for f in os.listdir(path):
+            if f.endswith(".safetensors") or f.endswith(".safetensors.index.json"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(path, f))
+        raise
+    with open(stamp, "w") as f:
+        f.write(fp)
+
+
+def _write_files(path: str, cfg_dict: dict, cfg: ModelConfig, weights, plan: list, meta: dict, tokenizer) -> None:
+    """The checkpoint's files, the stamp aside (``_write_checkpoint``)."""
+    from safetensors.torch import save_file
+
     weight_map, total = {}, 0
     for k, names in enumerate(plan):
         shard = {}
@@ -406,8 +449,6 @@ def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_by
     tok.save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump(tokenizer_config(), f, indent=2)
-    with open(stamp, "w") as f:
-        f.write(fp)
 
 
 def write_demo_models(out_dir: str | None = None, names=None, dtype: str = "float32") -> dict[str, str]:

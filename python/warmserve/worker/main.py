@@ -342,8 +342,18 @@ def main(args: argparse.Namespace) -> int:
     try:
         return serve(args)
     except errors.WarmServeError as e:  # a bad flag or a pool that cannot be made: say why, no traceback
-        print(f"warmserve worker: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        say_stderr(f"warmserve worker: {type(e).__name__}: {e}")
         return 2
+
+
+def say_stderr(line: str) -> None:
+    """``line`` to stderr, or nowhere when stderr cannot take it. Found in review: with its log (`serve --log-dir`)
+    on a full disk a restarted worker's banner raised ENOSPC, so it exited 1 at every restart and the model went
+    unserved; serving needs no disk, and its lost log lines are said by the controller (launch.spawn_worker)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -406,7 +416,7 @@ def serve(args: argparse.Namespace) -> int:
 
             with os.fdopen(args.ready_fd, "wb") as f:
                 f.write(msgspec.json.encode(server.hello()) + b"\n")
-        print(f"warmserve worker {worker_id} on {args.device} {where}", file=sys.stderr, flush=True)
+        say_stderr(f"warmserve worker {worker_id} on {args.device} {where}")
         server.serve_forever()
     except KeyboardInterrupt:
         pass
