@@ -60,8 +60,16 @@ def _make_folder(flag: str, path: str, folder: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".warmserve-write-check-")
     except OSError as e:
         raise _refuse(flag, path, f"cannot write in {folder} ({e.strerror})", "choose a folder you can write") from None
-    os.close(fd)
-    os.unlink(tmp)
+    try:
+        # a byte, not an empty file, which takes no block: found in review, a full disk passed the check, and the
+        # run failed at its end, writing its results
+        os.write(fd, b"w")
+    except OSError as e:
+        raise _refuse(flag, path, f"cannot write in {folder} ({e.strerror})",
+                      "free space there or choose another folder") from None
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def remove_made_folders() -> None:
@@ -211,7 +219,33 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     """``json.dump(obj, f, **dump_kwargs)`` into ``path`` all at once (``write_atomic``). Found in review: an
     interrupt during a plain ``open(path, "w")`` write left a truncated, invalid JSON where the previous results
     were (``bench replay --reuse-live X.json --json X.json`` lost a 15-minute live run that way)."""
-    write_atomic(path, lambda f: json.dump(obj, f, **dump_kwargs), binary=False)
+    def dump(f):
+        json.dump(obj, f, **dump_kwargs)
+
+    try:
+        write_atomic(path, dump, binary=False)
+    except OSError as e:
+        # Found in review: a disk that filled during a run lost its results (minutes of work) at the last step,
+        # with an OSError naming no path. They are kept in the temporary folder, if it can take them, and the
+        # error says where.
+        kept = os.path.join(tempfile.gettempdir(), f"warmserve-{os.getpid()}-{os.path.basename(path) or 'out.json'}")
+        try:
+            write_atomic(kept, dump, binary=False)
+        except OSError:
+            kept = None
+        raise _unwritten(path, e, kept) from None
+
+
+def _unwritten(path: str, e: OSError, kept: str | None) -> InvalidArgumentError:
+    """The error of results that could not be written to ``path``, naming where they were ``kept`` instead."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+        free = f", {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    where = f"the results are kept in {kept}" if kept else "the results could not be kept anywhere"
+    return InvalidArgumentError(f"cannot write {path} ({e.strerror or e}{free}): {where}. Fix: free space there or "
+                                "make it writable, or give another path", path=path, kept=kept or "")
 
 
 def save_figure(fig, path: str, **savefig_kwargs) -> None:
