@@ -107,20 +107,34 @@ class HistoryRecord:
         self.started_unix_s = started_unix_s
         #: (model, Unix start) -> (avg, peak): the starting history's known windows, then the measured ones.
         self._rows: dict[tuple[str, float], tuple[float, float]] = {}
-        for model, (starts, avg, peak) in (history or {}).items():  # one row a start (``read_history``)
-            for s, a, p in zip(starts, avg, peak):
-                if not math.isnan(a):
-                    self._rows[(model, float(s))] = (float(a), float(p))
+        known = {m: (np.asarray(st, float)[ok], np.asarray(a, float)[ok], np.asarray(p, float)[ok])
+                 for m, (st, a, p) in (history or {}).items() for ok in [~np.isnan(np.asarray(a, float))]}
         #: The time between the starting history's newest row and this run's start, seconds: its rows are kept as if
         #: that long younger (found in review: after 15 days down, the first window's rewrite dropped all 30,240
         #: rows the forecasts had just started from, unsaid, and the next start had none).
-        seeds = [t for _, t in self._rows if t < started_unix_s]
+        seeds = [float(st[st < started_unix_s].max()) for st, _, _ in known.values() if (st < started_unix_s).any()]
         self._gap_s = max(0.0, started_unix_s - max(seeds)) if seeds else 0.0
         self._said_dropped = False
+        # The starting rows past the kept days are left out here rather than at the first write (which says them):
+        # found in the uptime review, a year of 8 models' windows (841k rows) held as this table took the controller
+        # from 78 to 361 MB until the first window closed, 300 s on. Each row left out is one the first write drops
+        # (its cut is from a newest row no older than this one).
+        newest = max((float(st.max()) for st, _, _ in known.values() if len(st)), default=math.inf)
+        #: (rows left out at the start, the oldest one's start), told with the first write's drop
+        self._dropped_at_start: tuple[int, float] = (0, math.inf)
+        for model, (starts, avg, peak) in known.items():  # one row a start (``read_history``)
+            keep = starts + np.where(starts < started_unix_s, self._gap_s, 0.0) >= newest - RECORD_KEEP_DAYS * 86400
+            if not keep.all():
+                n, oldest = self._dropped_at_start
+                self._dropped_at_start = (n + int((~keep).sum()), min(oldest, float(starts[~keep].min())))
+            for s, a, p in zip(starts[keep].tolist(), avg[keep].tolist(), peak[keep].tolist()):
+                self._rows[(model, s)] = (a, p)
         # One lock over the rows and the flags: ``window`` runs on the event loop, the writes on the thread.
         self._cond = threading.Condition()
         self._dirty = False
         self._closing = False
+        #: The last write failed: said once (``_failed``), and the stop writes again though no window closed since.
+        self._failing = False
         #: Files written so far (a test reads it to wait for one).
         self.writes = 0
         self._thread = threading.Thread(target=self._run, name="warmserve-history-record", daemon=True)
@@ -161,27 +175,59 @@ class HistoryRecord:
             with self._cond:
                 while not self._dirty and not self._closing:
                     self._cond.wait()
-                if not self._dirty:
+                if not self._dirty and not (self._closing and self._failing):
                     return
+                closing = self._closing
                 self._dirty = False
                 cut = max(s for _, s in self._rows) - RECORD_KEEP_DAYS * 86400
-                old = [k for k in self._rows if k[1] + (self._gap_s if k[1] < self.started_unix_s else 0.0) < cut]
-                for key in old:
-                    del self._rows[key]
-                if old and not self._said_dropped:
+                n_old, oldest = self._drop_old()
+                if self._dropped_at_start[0] and not self._said_dropped:
+                    n_old, oldest = n_old + self._dropped_at_start[0], min(oldest, self._dropped_at_start[1])
+                if n_old and not self._said_dropped:
                     self._said_dropped = True
                     log.info("load history record %s: %d rows dropped, the oldest from %.1f days back; it keeps the "
                              "last %d days of windows, the time the controller was down not counted (said once)",
-                             self.path, len(old), (cut + RECORD_KEEP_DAYS * 86400 - min(k[1] for k in old)) / 86400,
-                             RECORD_KEEP_DAYS)
+                             self.path, n_old, (cut + RECORD_KEEP_DAYS * 86400 - oldest) / 86400, RECORD_KEEP_DAYS)
                 rows = sorted(self._rows.items())
             try:
                 self._write(rows)
             except Exception as e:  # a full disk must not stop serving (nor this thread): the next window tries again
-                log.warning("could not write the load history to %s (%s: %s); the next window's end tries again",
-                            self.path, type(e).__name__, e)
+                self._failed(e, closing)
+                if closing:
+                    return
             else:
                 self.writes += 1
+                if self._failing:
+                    self._failing = False
+                    log.info("load history record %s written again, with the windows the failed writes held",
+                             self.path)
+
+    def _failed(self, e: Exception, closing: bool) -> None:
+        """Say a failed write: once until a write succeeds again (found in review: a full disk said it at every
+        window's end, with no fix), and at the stop, which loses the windows not written."""
+        why = f"{type(e).__name__}: {e}"
+        fix = (f"free space on its disk or make {os.path.dirname(os.path.abspath(self.path))} writable, or record to "
+               "another file (--record-history; warmserve.Cluster: history_record_path=)")
+        if closing:
+            log.warning("load history record %s: the last write at the stop failed (%s), so the windows measured "
+                        "since its last complete write are lost; the file holds what it held. Fix: %s", self.path,
+                        why, fix)
+        elif not self._failing:
+            log.warning("could not write the load history to %s (%s); serving goes on and the measured windows are "
+                        "kept in memory, each window's end tries again and the stop once more (said once, until a "
+                        "write succeeds). Fix: %s", self.path, why, fix)
+        self._failing = True
+
+    def _drop_old(self) -> tuple[int, float]:
+        """Drop the rows older than RECORD_KEEP_DAYS before the newest (a starting row counted the time the
+        controller was down younger); (how many, the oldest one's start; inf for none). Under ``_cond``."""
+        if not self._rows:
+            return 0, math.inf
+        cut = max(s for _, s in self._rows) - RECORD_KEEP_DAYS * 86400
+        old = [k for k in self._rows if k[1] + (self._gap_s if k[1] < self.started_unix_s else 0.0) < cut]
+        for key in old:
+            del self._rows[key]
+        return len(old), min((k[1] for k in old), default=math.inf)
 
     def _write(self, rows: list) -> None:
         from warmserve.outputs import write_atomic
