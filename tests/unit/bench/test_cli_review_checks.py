@@ -15,6 +15,7 @@ import ast
 import errno
 import json
 import os
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,9 +76,15 @@ def test_a_result_write_that_fails_part_way_keeps_the_earlier_file(command, tmp_
 
     monkeypatch.setattr(json, "dump", half_then_full_disk)
     rc, _, err = run(CHEAP[command] + [str(out)], capsys)
-    assert rc == 1 and "No space left on device" in err, err
+    assert rc == 2 and f"cannot write {out} (No space left on device" in err, err
     assert json.loads(out.read_text()) == {"earlier": "run"}  # before: half a document
     assert os.listdir(folder) == ["r.json"]  # no temporary file left behind
+    # the results are kept in the temporary folder, which the error names (test_outputs_full_disk.py)
+    kept = re.search(r"the results are kept in (\S+)\. Fix", err).group(1)
+    try:
+        assert json.loads(open(kept).read()) not in ({}, {"earlier": "run"})
+    finally:
+        os.unlink(kept)
 
 
 # --------------------------------------------------------------------------------------------- bench engine
