@@ -8,6 +8,7 @@ import pytest
 import serving
 
 import warmserve
+from warmserve.config import ClusterConfig
 from warmserve.errors import InvalidArgumentError
 
 BIG = "llama-90m"  # 337 MiB of fp32 weights
@@ -32,6 +33,9 @@ def test_weights_that_no_worker_pool_holds_are_refused_at_start(tp, workers, mon
 
 def test_weights_that_fit_with_room_for_kv_start():
     path = serving.demo_paths((BIG,))[BIG]
-    with warmserve.Cluster([path], cpu_workers=1, cpu_worker_memory_bytes=512 << 20) as c:
+    # One torch thread, as the suite's other clusters: the default two wait on each other on a busy 2-core machine
+    cfg = ClusterConfig(models=(warmserve.ModelSpec(path=path),), cpu_workers=1, cpu_worker_memory_bytes=512 << 20,
+                        cpu_worker_threads=1)
+    with warmserve.Cluster(config=cfg) as c:
         out = c.generate(BIG, [1, 2, 3], params=warmserve.SamplingParams(max_tokens=2, temperature=0))
         assert out.completion_tokens == 2

@@ -76,8 +76,8 @@ def test_light_models_share_a_worker_and_every_request_is_answered(server):
                 answered += list(pool.map(ask, range(12)))
                 if rnd == 1:
                     assert at_limit(AT_LIMIT) == 4
-            if rnd < 2:  # a pause between rounds; none is needed after the last
-                time.sleep(1.5)
+            if rnd < 2:  # a lull between rounds, past the 1 s load window; none is needed after the last
+                time.sleep(1.0)
     finally:
         done.set()
         poller.join(30)

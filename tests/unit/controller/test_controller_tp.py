@@ -58,9 +58,9 @@ def test_a_tp2_model_gets_its_group_ahead_one_shard_per_rank_and_requests_on_ran
 
 def test_losing_a_rank_stops_the_instance_on_the_other_and_requeues_what_had_not_started(tp_model):
     async def main():
-        # The request's timeout stays well past the harness's 1.5 s loss detection, so the request is rerouted
-        # before it times out.
-        c = make_controller(tp_model, request_timeout_s=6.0)
+        # The request's timeout stays past the harness's 1.5 s loss detection by 2 s, so the request is rerouted
+        # before it times out; the test then waits out the whole timeout again (requeued, it counts from then).
+        c = make_controller(tp_model, request_timeout_s=3.5)
         ep = await c.start()
         peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")  # peers[0] is GPU 0, rank 0
         peers[0].hold_generate = True  # rank 0 holds the request: it is in flight when rank 1 goes

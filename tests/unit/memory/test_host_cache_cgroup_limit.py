@@ -66,7 +66,8 @@ def test_an_entry_past_the_memory_limit_is_read_from_the_file_not_killed(tmp_pat
     big, small = tmp_path / "big.safetensors", tmp_path / "small.safetensors"
     rng = np.random.default_rng(0)
     for path, n in ((big, BIG), (small, SMALL)):
-        path.write_bytes(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        # raw 64-bit draws as bytes: as random per byte as integers(0, 256), and 2-3x quicker for BIG's 640 MiB
+        path.write_bytes(rng.bit_generator.random_raw(n // 8).tobytes())
     root = f"/dev/shm/warmserve-test-cache-{uuid.uuid4().hex[:8]}"
     try:
         with memory_cgroup(LIMIT) as procs:

@@ -135,6 +135,8 @@ def test_a_file_that_cannot_be_opened_for_want_of_descriptors_is_a_driver_error_
 
 _NO_DRIVER_THREAD = r"""
 import ctypes, json, sys
+# A numpy source needs no torch, whose import for a tensor check (memory/pool.py) took 1.5 s of this child's 1.9 s
+sys.modules["torch"] = None
 import numpy as np
 from warmserve.memory import PagePool
 ctl = ctypes.c_int.in_dll(ctypes.CDLL(sys.argv[1]), "fail_threads")

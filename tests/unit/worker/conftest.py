@@ -31,22 +31,27 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     return write_tiny_models(str(tmp_path_factory.mktemp("tiny-models")))
 
 
-@pytest.fixture
-def worker():
-    """An in-process CPU worker with a 0.25 GiB pool."""
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread for every test here, as each CPU worker of the test clusters runs: with torch's default two
+    on a 2-core machine that is busy otherwise, every small step waits for the other thread (a test here took 24 s
+    in CI, under 2 s with one; another 10.2 s in the suite, about 1 s alone). Restored after, for the tests that run
+    next in this process."""
     import torch
 
-    from warmserve.worker import InProcessWorker
-
-    # One torch thread, as each CPU worker of the test clusters runs: with two on a 2-core machine that is busy
-    # otherwise, every small step waits for the other thread (a test here took 24 s in CI, under 2 s with one).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        with InProcessWorker("cpu", memory_gib=0.25) as w:
-            yield w
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def worker():
+    """An in-process CPU worker with a 0.25 GiB pool (on one torch thread: ``one_torch_thread``)."""
+    from warmserve.worker import InProcessWorker
+
+    with InProcessWorker("cpu", memory_gib=0.25) as w:
+        yield w
 
 
 @pytest.fixture
