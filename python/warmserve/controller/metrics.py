@@ -36,14 +36,16 @@ CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 
 
 class _Wrapped:
-    """One prometheus_client metric with label values passed as keywords (``inc(model="m")``), and ``get`` for
-    tests and /stats (read back through the registry's public ``get_sample_value``)."""
+    """One prometheus_client metric with label values passed as keywords (``inc(model="m")``), and ``get`` and
+    ``by_label`` for tests and /stats, read back from this metric's own ``collect()``: found in review, the
+    registry's ``get_sample_value`` collects every series of every metric per call, and /stats asked it 3 times per
+    model, so with 64 models one /stats held the event loop (heartbeats, ticks, requests) for 4-7 s."""
 
     cls: type = prom.Counter
     suffix = ""
 
     def __init__(self, registry: "Registry", name: str, help_: str, labels: tuple[str, ...] = (), **kw):
-        self.name, self.label_names, self._reg = name, tuple(labels), registry.prom
+        self.name, self.label_names = name, tuple(labels)
         self.metric = self.cls(name, help_, labels, registry=registry.prom, **kw)
 
     def child(self, labels: dict):
@@ -53,8 +55,22 @@ class _Wrapped:
 
     def _sample(self, suffix: str, labels: dict) -> float:
         self.child(labels)  # checks the label names
-        v = self._reg.get_sample_value(self.name + suffix, {k: str(v) for k, v in labels.items()})
-        return v or 0.0
+        want = {k: str(v) for k, v in labels.items()}
+        for family in self.metric.collect():
+            for s in family.samples:
+                if s.name == self.name + suffix and s.labels == want:
+                    return s.value
+        return 0.0
+
+    def by_label(self, label: str, suffix: str = "_total") -> dict[str, float]:
+        """Each value of ``label`` seen, to the sum of its samples named name + ``suffix``: one pass over this
+        metric's series, however many models (a value never seen is absent, read it as 0)."""
+        out: dict[str, float] = {}
+        for family in self.metric.collect():
+            for s in family.samples:
+                if s.name == self.name + suffix and label in s.labels:
+                    out[s.labels[label]] = out.get(s.labels[label], 0.0) + s.value
+        return out
 
 
 class Counter(_Wrapped):

@@ -43,10 +43,16 @@ def stats(ctl) -> dict:
                       "progress": st.progress} for p, st in state.prewarms.items() if p in ctl.prewarms],
         "queued": {m: len(q) for m, q in state.queues.items()},
         "tp_groups": ctl.groups.views(),
-        "prewarm_hits": {m: ctl.metrics.prewarm_hits.get(model=m) for m in ctl.models},
-        "prewarm_misses": {m: ctl.metrics.prewarm_misses.get(model=m) for m in ctl.models},
-        "prewarm_loading_starts": {m: ctl.metrics.prewarm_loading_starts.get(model=m) for m in ctl.models},
+        # One pass over each counter, not one per model (found in review: 4-7 s per /stats with 64 models).
+        **{key: _per_model(ctl, counter) for key, counter in (
+            ("prewarm_hits", ctl.metrics.prewarm_hits), ("prewarm_misses", ctl.metrics.prewarm_misses),
+            ("prewarm_loading_starts", ctl.metrics.prewarm_loading_starts))},
     }
+
+
+def _per_model(ctl, counter) -> dict[str, float]:
+    got = counter.by_label("model")
+    return {m: got.get(m, 0.0) for m in ctl.models}
 
 
 def drained_instances(ctl) -> list[dict]:

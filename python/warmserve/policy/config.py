@@ -207,6 +207,14 @@ class PolicyConfig:
     #: flight load. False (the registered rule): on the presets it moves no median P99 (six seeds paired), and it
     #: trades one model's wait for another's (bench/simulate/README.md, 2026-12-06).
     reclaim_for_starved: bool = False
+    #: A quiet co-served model's last instance, kept while its window forecast is above 0 (``CoServing.keeps_last``),
+    #: is stopped for a model that starves (requests waiting, no instance, no GPUs found) on a cluster too small for
+    #: one instance of every model. Found live: 64 models on 2 CPU workers, a closed window's forecast kept 8 idle
+    #: co-served instances and the models with requests waited 30-40 s for time-sharing (`preempt_after_s`); with
+    #: this, 5-10 s. False (the registered rule): a trade on ServeGen's 16 models on 16 GPUs (seeds 0-2, four start
+    #: hours): P99 0.82-0.95x, SLO attainment 0.001-0.017 lower, 4-7% fewer GPU-seconds; 24 GPUs unchanged but one
+    #: hour (P99 1.05x); the paper presets with 12 models unchanged (bench/simulate/README.md, 2026-12-07).
+    forecast_keep_yields_to_starved: bool = False
     #: Without idle_to_zero, a quiet model's last instance stops for a model that wants GPUs only once its load
     #: (averaged over load_window_s, its prefill backlog and its queue) has been 0 for this long, seconds; 0: as
     #: soon as the averaged load is 0 (§5, the rule before 2026-12-05). At burst CV 4 a light model's next request

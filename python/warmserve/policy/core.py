@@ -79,12 +79,11 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         return m
 
     def observe_decode_step(self, model: str, step_s: float, batch: float, now_s: float) -> None:
-        """A decode step of ``model`` as its engines measured it: ``step_s`` seconds of wall time per step at
-        ``batch`` running sequences, seen at ``now_s`` (policy clock). The live controller feeds these from the
-        workers' Stats (``controller.observed``); the simulator feeds none. Co-serving then takes the model's step
-        as no less than the measured one for OBSERVED_STEP_MAX_AGE_S (``cosizing.HostSizing.step_s``); nothing
-        else reads it. Ignored without co-serving, for a model not served, or a step that is not a positive
-        finite number."""
+        """A decode step of ``model`` as its engines measured it: ``step_s`` seconds of wall time per step at ``batch``
+        running sequences, seen at ``now_s`` (policy clock). The live controller feeds these from the workers' Stats
+        (``controller.observed``); the simulator feeds none. Co-serving then takes the model's step as no less than the
+        measured one for OBSERVED_STEP_MAX_AGE_S (``cosizing.HostSizing.step_s``); nothing else reads it. Ignored
+        without co-serving, for a model not served, or a step that is not a positive finite number."""
         if self._co is not None and model in self.models and 0 < step_s < math.inf and 0 <= batch < math.inf:
             self._co.observe(model, float(step_s), float(batch), now_s)
 
@@ -365,12 +364,13 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         hold_s = 0.0 if co is not None and co.oversubscribed else cfg.last_instance_hold_s  # why: PolicyConfig
         crowded = sum(i.tp for i in self.models.values()) > state.live_gpus()  # why not always: PolicyConfig
         starving = {w for w in wanted if w in self._starved_since} if crowded else set()
+        yields = starving if cfg.forecast_keep_yields_to_starved else set()  # keeps_last's keep: why in PolicyConfig
         for m in sorted(self.models):  # 3. scale in (§5); the last instance only when GPUs are wanted
             target = keep[m] if wanted - {m} else max(keep[m], held.get(m, 0))
             recent = now_s - self._busy_s.get(m, -math.inf) < hold_s and not starving - {m}
             if target == 0 and ((not cfg.idle_to_zero and (recent or (freeing.isdisjoint(
                     g for i in active[m] for g in i.gpus) if cfg.last_instance_for_groups else not (wanted - {m}))))
-                                or (co is not None and co.keeps_last(state, m, active[m]))):
+                                or (co is not None and not yields - {m} and co.keeps_last(state, m, active[m]))):
                 target = 1
             if co is not None and (m in co.merging or m in co.splitting):
                 continue  # it runs its old instance and the one replacing it: retire() ends that once the new

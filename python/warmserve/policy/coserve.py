@@ -560,7 +560,9 @@ class CoServing(Reopening, HostSizing):
         and the model has demand (its window forecast is above 0), when that instance is co-served (stopping it
         frees only a share of a host) or the model could join a host (a merge, not a stop, then frees its GPUs
         for a model that wants them). Stopping it would only start it again at its next request, on GPUs that
-        another model must then lose (measured: 236 such stops in 20 minutes, paper-conv with 12 models)."""
+        another model must then lose (measured: 236 such stops in 20 minutes, paper-conv with 12 models). With
+        ``PolicyConfig.forecast_keep_yields_to_starved`` the caller (``core.Policy``, step 3) does not ask while
+        another model starves on a cluster too small for one instance of every model."""
         if not self.active or self.batch.get(model, 0.0) <= 0:
             return False
         return all(i.instance_id in self.ids for i in insts) or self.could_join(state, model)

@@ -179,6 +179,7 @@ ROWS = {
     "`reclaim_floor_share`": (numbers, POLICY.reclaim_floor_share),
     "`reclaim_for_starved`": (switches, POLICY.reclaim_for_starved),
     "`max_starved_s`": (numbers, POLICY.max_starved_s),
+    "`forecast_keep_yields_to_starved`": (switches, POLICY.forecast_keep_yields_to_starved),
     "`defragment`": (switches, POLICY.defragment),
     "`defragment_over_prewarms`": (switches, POLICY.defragment_over_prewarms),
     "`scale_out_now`": (switches, POLICY.scale_out_now),
