@@ -12,6 +12,7 @@ inherit its environment) and removes it at the end. Without xdist nothing is loc
 import fcntl
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -82,3 +83,37 @@ def pytest_runtest_protocol(item, nextitem):
         if (nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None)
                 or _exclusive(nextitem) != exclusive):
             _release()
+
+
+# --- a real small file system, for the tests of a full or read-only disk ------------------------------------------
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 1 MiB tmpfs mounted on a folder of tmp_path, unmounted after; skipped where this process may not mount
+    one (not root, or mount refused)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "disk"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def full_tmpfs(tiny_tmpfs):
+    """``tiny_tmpfs`` with a folder ``dir`` made, then no block left free (a file ``filler`` takes them all)."""
+    (tiny_tmpfs / "dir").mkdir()
+    fd = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+    return tiny_tmpfs

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 
 import pytest
 
@@ -50,31 +49,8 @@ def test_a_log_dir_that_cannot_be_made_starts_the_workers_and_is_said_once(tmp_p
     assert (log_dir / "w2.log").exists() and _said(caplog, "written again")
 
 
-@pytest.fixture
-def full_dir(tmp_path):
-    """A folder on a real tmpfs with no free block (skipped where this process may not mount one)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "full"
-    where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (where / "logs").mkdir()
-        with open(where / "filler", "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
-        yield where / "logs"
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def test_a_log_dir_on_a_full_disk_is_said_once(full_dir, caplog):
+def test_a_log_dir_on_a_full_disk_is_said_once(full_tmpfs, caplog):
+    full_dir = full_tmpfs / "dir"  # tests/conftest.py
     caplog.set_level(logging.INFO, logger="warmserve.controller")
     for i in range(2):
         _stop(_spawn(str(full_dir), f"w{i}"))

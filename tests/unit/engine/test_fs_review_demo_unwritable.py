@@ -21,22 +21,6 @@ def test_an_out_folder_under_a_file_is_refused_typed(tmp_path):
     assert e.value.fields["path"] == str(blocker / "demo" / "llama-20m")
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (skipped where this process may not mount one): too small for any demo checkpoint."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "disk"
-    where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def test_a_full_disk_is_refused_typed_and_leaves_no_weights(tiny_tmpfs):
     out = tiny_tmpfs / "demo"
     with pytest.raises(InvalidArgumentError, match="No space left") as e:
