@@ -236,13 +236,22 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
         raise _unwritten(path, e, kept) from None
 
 
+def free_space_words(path: str) -> str:
+    """", N MiB free there": the space this user may still write on the file system of ``path`` (its nearest folder
+    that exists), for an error about a write that failed; "" where it cannot be read."""
+    probe = os.path.abspath(path)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return ""
+    return f", {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free there"
+
+
 def _unwritten(path: str, e: OSError, kept: str | None) -> InvalidArgumentError:
     """The error of results that could not be written to ``path``, naming where they were ``kept`` instead."""
-    try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
-        free = f", {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free there"
-    except OSError:
-        free = ""
+    free = free_space_words(path)
     where = f"the results are kept in {kept}" if kept else "the results could not be kept anywhere"
     return InvalidArgumentError(f"cannot write {path} ({e.strerror or e}{free}): {where}. Fix: free space there or "
                                 "make it writable, or give another path", path=path, kept=kept or "")
@@ -298,4 +307,4 @@ def write_atomic(path: str, write, binary: bool) -> None:
 
 __all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "save_figure", "write_atomic", "check_output",
            "check_output_folder", "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input",
-           "is_special"]
+           "is_special", "free_space_words"]

@@ -341,19 +341,13 @@ def write_checkpoint(out_dir: str, name: str, cfg_dict: dict, dtype: str = "floa
 def _unwritable(path: str, e: Exception) -> InvalidArgumentError:
     """A checkpoint that could not be written (a full or read-only disk). Found in review: `models demo --out` on a
     full disk, and `serve` with $WARMSERVE_HOME there, ended in a traceback from safetensors' writer."""
+    from warmserve.outputs import free_space_words
+
     why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    probe = path
-    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    try:
-        st = os.statvfs(probe)
-        free = f"; {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free there"
-    except OSError:
-        free = ""
     return InvalidArgumentError(
-        f"cannot write the demo checkpoint {path} ({why}{free}); the files it wrote are removed and it is marked "
-        "unfinished, so no later run takes it for whole. Fix: free space there or make it writable, or write "
-        "elsewhere (`warmserve models demo --out DIR`; `warmserve serve` writes under $WARMSERVE_HOME/demo)",
+        f"cannot write the demo checkpoint {path} ({why}{free_space_words(path)}); the files it wrote are removed and "
+        "it is marked unfinished, so no later run takes it for whole. Fix: free space there or make it writable, or "
+        "write elsewhere (`warmserve models demo --out DIR`; `warmserve serve` writes under $WARMSERVE_HOME/demo)",
         path=path)
 
 
