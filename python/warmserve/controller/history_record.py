@@ -179,15 +179,14 @@ class HistoryRecord:
                     return
                 closing = self._closing
                 self._dirty = False
-                cut = max(s for _, s in self._rows) - RECORD_KEEP_DAYS * 86400
-                n_old, oldest = self._drop_old()
+                n_old, oldest, newest = self._drop_old()
                 if self._dropped_at_start[0] and not self._said_dropped:
                     n_old, oldest = n_old + self._dropped_at_start[0], min(oldest, self._dropped_at_start[1])
                 if n_old and not self._said_dropped:
                     self._said_dropped = True
                     log.info("load history record %s: %d rows dropped, the oldest from %.1f days back; it keeps the "
                              "last %d days of windows, the time the controller was down not counted (said once)",
-                             self.path, n_old, (cut + RECORD_KEEP_DAYS * 86400 - oldest) / 86400, RECORD_KEEP_DAYS)
+                             self.path, n_old, (newest - oldest) / 86400, RECORD_KEEP_DAYS)
                 rows = sorted(self._rows.items())
             try:
                 self._write(rows)
@@ -218,16 +217,18 @@ class HistoryRecord:
                         "write succeeds). Fix: %s", self.path, why, fix)
         self._failing = True
 
-    def _drop_old(self) -> tuple[int, float]:
+    def _drop_old(self) -> tuple[int, float, float]:
         """Drop the rows older than RECORD_KEEP_DAYS before the newest (a starting row counted the time the
-        controller was down younger); (how many, the oldest one's start; inf for none). Under ``_cond``."""
+        controller was down younger); (how many, the oldest one's start, inf for none; the newest row's start).
+        Under ``_cond``."""
         if not self._rows:
-            return 0, math.inf
-        cut = max(s for _, s in self._rows) - RECORD_KEEP_DAYS * 86400
+            return 0, math.inf, -math.inf
+        newest = max(s for _, s in self._rows)
+        cut = newest - RECORD_KEEP_DAYS * 86400
         old = [k for k in self._rows if k[1] + (self._gap_s if k[1] < self.started_unix_s else 0.0) < cut]
         for key in old:
             del self._rows[key]
-        return len(old), min((k[1] for k in old), default=math.inf)
+        return len(old), min((k[1] for k in old), default=math.inf), newest
 
     def _write(self, rows: list) -> None:
         from warmserve.outputs import write_atomic
