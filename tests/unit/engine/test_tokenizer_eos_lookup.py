@@ -185,7 +185,7 @@ def test_a_broken_tokenizer_json_is_a_typed_error(tmp_path):
 
 
 class _CountingTokenizer:
-    """`tokenizers.Tokenizer` with its from_file calls counted (each still parses the file)."""
+    """`tokenizers.Tokenizer` with its parses counted (each still parses)."""
 
     calls: list[str] = []
 
@@ -194,6 +194,11 @@ class _CountingTokenizer:
         _CountingTokenizer.calls.append(path)
         return _REAL.from_file(path)
 
+    @staticmethod
+    def from_str(text: str):
+        _CountingTokenizer.calls.append("<str>")
+        return _REAL.from_str(text)
+
 
 _REAL = tokenizers.Tokenizer
 
@@ -201,6 +206,8 @@ _REAL = tokenizers.Tokenizer
 def test_a_model_load_does_not_parse_tokenizer_json_and_the_controller_does(tiny_dir, pool, tmp_path, monkeypatch):
     path = str(tmp_path / "m")
     shutil.copytree(tiny_dir["tiny-linear"], path)
+    with open(os.path.join(path, "tokenizer.json"), "a") as f:  # bytes of its own: no other test's parse to share
+        f.write("\n" * 3)
     want = parsed_eos_ids(path)
     _CountingTokenizer.calls.clear()
     monkeypatch.setattr(tokenizers, "Tokenizer", _CountingTokenizer)
