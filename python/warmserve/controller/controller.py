@@ -24,6 +24,7 @@ from warmserve.controller.clock import history_in_reach, history_on_clock, polic
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
 from warmserve.controller.groups import GroupManager
+from warmserve.controller.loop_stall import LoopStalls
 from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
 from warmserve.controller.requests import Req
@@ -540,11 +541,13 @@ class Controller(WorkerRestarts):
     # ------------------------------------------------------------------------------------------- loops
 
     async def _heartbeat_loop(self) -> None:
+        stalls = LoopStalls(log, self.cc.heartbeat_interval_s)
         while True:
             await asyncio.sleep(self.cc.heartbeat_interval_s)
+            stalls.round(now_s := time.monotonic())
             # Workers push their Stats (pages, KV blocks) with every heartbeat of theirs; nothing to poll.
             try:
-                self.hub.beat(time.monotonic(), self.cc.worker_timeout_s, self.cc.heartbeat_interval_s)
+                self.hub.beat(now_s, self.cc.worker_timeout_s, self.cc.heartbeat_interval_s)
             except Exception as e:
                 # A loss's handling reaches the policy (route_all): found in review, one bug there ended the
                 # heartbeats for good, and with them the detection of every later loss. Logged with its trace.
