@@ -13,7 +13,7 @@ import msgspec
 from warmserve.controller import openai_api as oa
 from warmserve.controller.frontend import aprepare, check_ids
 from warmserve.controller.request_json import decode_json
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import InvalidArgumentError, PromptTooLongError
 
 #: Ids past which a detokenize runs on a worker thread, off the event loop (as a long prompt's tokenising does).
 INLINE_DETOKENIZE_IDS = 16_384
@@ -59,7 +59,8 @@ async def detokenize(controller, body: bytes) -> dict:
     req = decode_json(body, DetokenizeRequest)
     model = controller.model(req.model)
     if len(req.tokens) > model.max_context:  # no answer holds more; and the walk below stays short
-        raise InvalidArgumentError(f"tokens has {len(req.tokens)} ids, more than this model's context of "
+        # coded context_length_exceeded as /tokenize's and the generation routes' (found in review: no code)
+        raise PromptTooLongError(f"tokens has {len(req.tokens)} ids, more than this model's context of "
                                    f"{model.max_context}: send at most that many", param="tokens",
                                    tokens=len(req.tokens), max_context=model.max_context)
     ids = check_ids(model, req.tokens, "tokens")

@@ -67,20 +67,22 @@ def test_tokenizer_routes_refuse_bad_input_with_openai_errors_and_need_the_key(m
         assert r.status == 401  # as /v1 is: the key holder's tokenizer
         r = await c.post("/detokenize", json={"model": model.name, "tokens": [1]})
         assert r.status == 401
+        too_long = "context_length_exceeded"  # both routes' over-the-context refusal, as the generation routes'
         cases = [
-            ("/tokenize", {"model": model.name}, 400, "exactly one of prompt"),
-            ("/tokenize", {"model": model.name, "prompt": "x", "messages": []}, 400, "exactly one of prompt"),
-            ("/tokenize", {"model": "nope", "prompt": "x"}, 404, "does not exist"),
-            ("/tokenize", {"model": model.name, "prompt": [model.tokenizer.vocab_size]}, 400, "outside the vocab"),
-            ("/tokenize", {"model": model.name, "prompt": "ab " * (model.max_context * 8)}, 400, "context"),
-            ("/tokenize", {"model": model.name, "messages": [{"role": "tool", "content": "x"}]}, 400, "tool"),
-            ("/detokenize", {"model": model.name, "tokens": [-1]}, 400, "outside the vocab"),
-            ("/detokenize", {"model": model.name, "tokens": "abc"}, 400, "tokens"),
-            ("/detokenize", {"model": model.name, "tokens": [0] * (model.max_context + 1)}, 400, "at most"),
+            ("/tokenize", {"model": model.name}, 400, "exactly one of prompt", None),
+            ("/tokenize", {"model": model.name, "prompt": "x", "messages": []}, 400, "exactly one of prompt", None),
+            ("/tokenize", {"model": "nope", "prompt": "x"}, 404, "does not exist", "model_not_found"),
+            ("/tokenize", {"model": model.name, "prompt": [model.tokenizer.vocab_size]}, 400, "outside the vocab",
+             None),
+            ("/tokenize", {"model": model.name, "prompt": "ab " * (model.max_context * 8)}, 400, "context", too_long),
+            ("/tokenize", {"model": model.name, "messages": [{"role": "tool", "content": "x"}]}, 400, "tool", None),
+            ("/detokenize", {"model": model.name, "tokens": [-1]}, 400, "outside the vocab", None),
+            ("/detokenize", {"model": model.name, "tokens": "abc"}, 400, "tokens", None),
+            ("/detokenize", {"model": model.name, "tokens": [0] * (model.max_context + 1)}, 400, "at most", too_long),
         ]
-        for path, body, status, said in cases:
+        for path, body, status, said, code in cases:
             r = await c.post(path, json=body, headers=auth)
             err = (await r.json())["error"]
-            assert (r.status, said in err["message"]) == (status, True), (path, body, r.status, err)
+            assert (r.status, said in err["message"], err["code"]) == (status, True, code), (path, body, r.status, err)
 
     run(model, go, api_key="k")
