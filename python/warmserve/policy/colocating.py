@@ -6,7 +6,6 @@ route to it."""
 
 from __future__ import annotations
 
-
 from warmserve.geometry import blocks_for_tokens
 from warmserve.policy.colocation import (UnplacedModelError, floor_kv_shares, placement_order, plan_shared,
                                          request_blocks, starts)
@@ -67,7 +66,6 @@ class Colocating:
             plan = floor_kv_shares(state, plan, request_blocks(models, self.cfg.coserve_context_tokens))
             if plan is None:
                 return None  # a group cannot hold one such request for each of its models
-            out = []
             out = self._pin(plan)
             self._pinned_gpus = live
             return out
