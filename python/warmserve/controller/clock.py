@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 
 from warmserve.policy.calendar import ZoneCalendar, zone_midnight
@@ -24,10 +25,66 @@ HISTORY_MAX_WINDOWS = 1 << 20
 # forecasts are keyed on lagged the load's. Other systems keep the monotonic clock.
 _POLICY_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
+#: A change of the wall clock against the policy clock's base taken as the wall clock being set, seconds. Linux slews
+#: both alike (NTP's rate corrections move CLOCK_MONOTONIC as they move CLOCK_REALTIME), so they part only where the
+#: date is set: an NTP step, a VM's clock set at its resume from a host's pause, an operator; a leap second by 1 s.
+WALL_STEP_S = 2.0
+
+
+class PolicyClock:
+    """The clock the live policy's time advances by: ``base`` (CLOCK_BOOTTIME), moved forward where the wall clock
+    ``wall`` steps ahead of it, never backwards. Found in the clock review: a wall clock set 3 h forward while serving
+    (a VM resumed after a host's pause, which CLOCK_BOOTTIME does not count; an NTP step) left the policy on the
+    start's clock, so each window --record-history wrote was stamped 3 h before the time it was measured, and the
+    forecasts' daily slots lagged by 3 h until a restart. A step back cannot be followed (the policy's windows only
+    advance): it is said, with what it leaves ahead, and the policy holds the lead until the wall clock catches up
+    (a step forward that undoes a step back leaves none)."""
+
+    def __init__(self, wall=time.time, base=lambda: time.clock_gettime(_POLICY_CLOCK)):
+        self._wall, self._base = wall, base
+        self._lock = threading.Lock()
+        #: The most the wall clock has been ahead of ``base`` (None: not read yet), and of that, what was added.
+        self._lead_s: float | None = None
+        self._ahead_s = 0.0
+        #: How far behind the policy clock the wall clock was last said to be (0: in step).
+        self._told_behind_s = 0.0
+
+    def __call__(self) -> float:
+        with self._lock:
+            base_s = self._base()
+            lead_s = self._wall() - base_s
+            if self._lead_s is None:
+                self._lead_s = lead_s
+            elif lead_s > self._lead_s + WALL_STEP_S:
+                log.warning("the wall clock stepped %.0f s forward (an NTP step, a VM resumed from a pause, the date "
+                            "set): the policy's time moves with it, so its daily slots and the windows "
+                            "--record-history writes stay on this machine's clock; the windows it skips are closed "
+                            "with the requests in flight at the step", lead_s - self._lead_s)
+                self._ahead_s += lead_s - self._lead_s
+                self._lead_s = lead_s
+                self._told_behind_s = 0.0
+            behind_s = self._lead_s - lead_s
+            if behind_s > self._told_behind_s + WALL_STEP_S:
+                log.warning("the wall clock stepped %.0f s back (an NTP step, the date set): the policy's time does "
+                            "not run backwards, so its daily slots and the windows --record-history writes are %.0f s "
+                            "ahead of this machine's clock until it catches up or the controller restarts (a restart "
+                            "reads rows ahead of now with a warning; more than a day ahead, it refuses them)",
+                            behind_s - self._told_behind_s, behind_s)
+                self._told_behind_s = behind_s
+            elif self._told_behind_s and behind_s <= WALL_STEP_S:
+                log.warning("the wall clock is back in step with the policy's time (within %.0f s)", WALL_STEP_S)
+                self._told_behind_s = 0.0
+            return base_s + self._ahead_s
+
+
+#: The one policy clock of this process: every controller's time is read from it (``policy_clock_s``).
+_policy_clock = PolicyClock()
+
 
 def policy_clock_s() -> float:
-    """Seconds on the clock the live policy's time advances by: never backwards, and counting a suspend."""
-    return time.clock_gettime(_POLICY_CLOCK)
+    """Seconds on the clock the live policy's time advances by: never backwards, counting a suspend, and moved
+    forward where the wall clock is set forward (``PolicyClock``)."""
+    return _policy_clock()
 
 
 def history_in_reach(history: dict | None, models, now_unix_s: float, window_s: float) -> dict | None:

@@ -261,8 +261,11 @@ def starting_history(cc) -> dict | None:
     # found in review: a restart from its record said nothing of what it read
     rows = [s for s, _, _ in history.values()]
     newest = max((float(s.max()) for s in rows if len(s)), default=None)
+    # found in the clock review: a record written before the clock was set back said "the newest from -3.0 h ago"
+    age_h = (time.time() - newest) / 3600 if newest is not None else 0.0
     log.info("history %s: %d rows of %d model(s) read%s", cc.history_path, sum(len(s) for s in rows), len(history),
-             f", the newest from {(time.time() - newest) / 3600:.1f} h ago" if newest is not None else "")
+             "" if newest is None else f", the newest from {age_h:.1f} h ago" if age_h >= 0 else
+             f", the newest {-age_h:.1f} h ahead of this machine's clock (written before it was set back?)")
     return history
 
 

@@ -1,10 +1,11 @@
 """Where a moment of the driver's clock falls in the day the load follows: the forecasts' daily season.
 
-The driver's clock (``now_s``) counts seconds from a midnight and never jumps (the live controller's follows
-``time.monotonic``). The day people's traffic follows is a wall-clock day of a time zone, 23 or 25 hours long
-where daylight saving time starts or ends. A forecaster that took a day as 86400 s of the driver's clock saw the
-daily pattern move by an hour at each switch and kept the moved slots for weeks (found in review: a Berlin load
-with hourly history from January forecast 15 at 09:00 sixteen days after the March switch, where 100 came).
+The driver's clock (``now_s``) counts seconds from a midnight and never runs backwards (the live controller's
+follows CLOCK_BOOTTIME and the wall clock's steps forward: controller/clock.py). The day people's traffic follows is
+a wall-clock day of a time zone, 23 or 25 hours long where daylight saving time starts or ends. A forecaster that
+took a day as 86400 s of the driver's clock saw the daily pattern move by an hour at each switch and kept the moved
+slots for weeks (found in review: a Berlin load with hourly history from January forecast 15 at 09:00 sixteen days
+after the March switch, where 100 came).
 
 So the history's windows are indexed by local time: window i starts ``i * window_s`` after the origin's midnight
 on the zone's wall clock (``local_s``). Where the clock springs forward, an hour of windows gets no data (NaN, as
