@@ -219,21 +219,37 @@ def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[M
     runs as `warmserve models demo` in a child process: it needs torch, and the controller should not carry it."""
     import sys
 
+    from warmserve.engine.demo import WAITING_WORDS
+
     where = "" if out_dir else (" ($WARMSERVE_HOME/demo)" if os.environ.get("WARMSERVE_HOME") else
                                  " (~/.cache/warmserve/demo, or $WARMSERVE_HOME/demo when set)")
     out_dir = out_dir or default_demo_dir()
-    proc = subprocess.run([sys.executable, "-m", "warmserve", "models", "demo", "--out", out_dir, "--models", *names],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "warmserve", "models", "demo", "--out", out_dir, "--models", *names],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    said = []
+    try:
+        for line in proc.stderr:
+            said.append(line)
+            if line.startswith(WAITING_WORDS):  # a wait on another writer, said as it starts (engine/demo.py)
+                log.warning("%s", line.rstrip("\n").removeprefix("warmserve: "))
+        proc.wait()
+    except BaseException:  # a stop while it writes: the child is not left writing for nobody
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stderr.close()
+    stderr = "".join(said)
     if proc.returncode == 2:
         # A refusal (a full or read-only disk, a folder that is a file): its one line, less the child command's
         # name, which a `serve` user never typed (found in review: "warmserve models demo: --out ...").
-        said = (proc.stderr.strip().splitlines() or ["exit status 2"])[-1].removeprefix("warmserve models demo: ")
+        last = (stderr.strip().splitlines() or ["exit status 2"])[-1].removeprefix("warmserve models demo: ")
         raise InvalidArgumentError(
-            f"writing the demo models into {out_dir}{where} failed: {said}. Fix: give that folder room or make it "
+            f"writing the demo models into {out_dir}{where} failed: {last}. Fix: give that folder room or make it "
             "writable, set WARMSERVE_HOME to a folder that is, or serve checkpoints of your own (--model, "
             "--config)", path=out_dir)
     if proc.returncode != 0:
-        raise WarmServeError(f"writing the demo models into {out_dir} failed:\n{proc.stderr[-2000:]}",
+        raise WarmServeError(f"writing the demo models into {out_dir} failed:\n{stderr[-2000:]}",
                              out_dir=out_dir)
     return tuple(ModelSpec(path=os.path.join(out_dir, n), name=n) for n in names)
 

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import random
 import stat
@@ -370,8 +371,49 @@ def _writer_lock(path: str):
     the other is writing. An flock on a sibling file, released when the file closes (or its process dies)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Found in review (two servers of one $WARMSERVE_HOME): the second waited without a word, its last line
+            # "first run: ~20 s", for as long as the other wrote (a 7b demo: minutes), or for ever behind a stopped one.
+            logging.getLogger("warmserve.engine").warning("%s", waiting_words(path, _lock_holder(f.fileno())))
+            fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+#: What the line a writer says while it waits for another starts with: `warmserve serve` passes it on from its child.
+WAITING_WORDS = "warmserve: waiting for"
+
+
+def waiting_words(path: str, holder: int | None) -> str:
+    """The line a second writer of the checkpoint ``path`` says while process ``holder`` (None: unknown) writes it."""
+    who = "another process"
+    if holder:
+        try:
+            with open(f"/proc/{holder}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = ""
+        who = f"process {holder}" + (f" ({cmd[:160]})" if cmd else "")
+    stop = f"`kill {holder}`" if holder else "stop it"
+    return (f"{WAITING_WORDS} {who}, which is writing the demo checkpoint {path}: this one takes it once written "
+            f"(it is not written twice). If that process is stuck or stopped (Ctrl-Z), {stop}: this one then writes it")
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding the flock of the file open as ``fd``, from /proc/locks (None where it does not say: another
+    pid namespace's holder reads as pid 0 or not at all)."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == dev and parts[4].isdigit():
+                    return int(parts[4]) or None
+    except OSError:
+        pass
+    return None
 
 
 def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_bytes: int, device: str | None,
