@@ -213,12 +213,12 @@ class Api:
         path = _printable(request.rel_url.raw_path)
         if status >= 400 and status != CLIENT_CLOSED and not probe and not info.get("status_after_200"):
             self._rejected(status, route)
-        ttft = info.get("ttft_s")
+        ttft, queue = info.get("ttft_s"), info.get("queue_s")
         access_log.info(
-            '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s total_ms=%.1f id=%s',
+            '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s queue_ms=%s total_ms=%.1f id=%s',
             request.method, path, _printable(info.get("model", "-")), status, info.get("prompt_tokens", "-"),
             info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
-            (time.monotonic() - request[_T0]) * 1e3, info["id"])
+            f"{queue * 1e3:.1f}" if queue is not None else "-", (time.monotonic() - request[_T0]) * 1e3, info["id"])
         if status >= 500 and not probe:  # found in review: a stream's error event read as an answer of that status
             how = "answered 200, then its stream ended with an error event of" if info.get("status_after_200") \
                 else "answered"
@@ -582,8 +582,13 @@ def _choice_sampling(sampling, i: int):
 
 
 def _account(info: dict, request, gens) -> None:
-    """What the access log reports about a generation: tokens and the first token's time from arrival."""
+    """What the access log reports about a generation: tokens, the first token's time from arrival, and the
+    longest time one of its choices waited in the controller's queue before its first send (the longest: one
+    choice held behind a cold start holds the answer; choices never sent are left out, as from TTFT)."""
     info["completion_tokens"] = sum(g.completion_tokens for g in gens)
     firsts = [g.req.first_token_s for g in gens if g.req.first_token_s is not None]
     if firsts:
         info["ttft_s"] = min(firsts) - request[_T0]
+    queued = [g.req.queue_s for g in gens if g.req.queue_s is not None]
+    if queued:
+        info["queue_s"] = max(queued)

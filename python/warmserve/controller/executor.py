@@ -554,6 +554,8 @@ class LiveExecutor:
         # Counted here, as sent: found in review, counted at submit, requests that never reached an instance (timed
         # out or aborted while queued) were counted, and a resumption's prefill of its prompt and tokens was not.
         self.ctl.metrics.prompt_tokens.inc(len(req.prompt_ids) + len(req.token_ids), model=req.model)
+        if req.queue_s is None:
+            self.ctl.metrics.first_sent(req, req.sent_s - req.arrival_s)
 
     def migrate_requests(self, inst: InstanceState, now_s: float) -> list:
         rec = self.instances.get(inst.instance_id)

@@ -129,6 +129,9 @@ class ControllerMetrics:
     def __init__(self):
         r = self.registry = Registry()
         self.ttft = Histogram(r, "warmserve_ttft_seconds", "Time to first token, from arrival.", ("model",))
+        self.queue_time = Histogram(r, "warmserve_request_queue_seconds", "Time a request waited in the "
+                                    "controller before it was first sent to an instance (a cold start's wait "
+                                    "included), from arrival.", ("model",))
         self.tpot = Histogram(r, "warmserve_tpot_seconds", "Time per output token after the first.", ("model",))
         self.e2e = Histogram(r, "warmserve_request_seconds", "Request latency, arrival to its end, by outcome.",
                              ("model", "outcome"), buckets=E2E_BUCKETS_S)
@@ -210,7 +213,7 @@ class ControllerMetrics:
         review: a series that first appeared at 1 hid that event from increase()/rate(), and the dashboard's prewarm
         hit ratio, a sum of hits and misses by model, had no value for a model lacking either series."""
         for s in (self.tokens, self.prompt_tokens, self.prewarm_hits, self.prewarm_misses, self.prewarm_loading_starts,
-                  self.rerouted, self.migrated, self.dedicated, self.ttft, self.tpot):
+                  self.rerouted, self.migrated, self.dedicated, self.ttft, self.queue_time, self.tpot):
             s.child({"model": model})
         # Found in a fault run: warmserve_requests_total{outcome="worker_lost"} first appeared at 1, so an alert on
         # its increase() missed the first request a worker loss failed (and a rate of successes, the first stop).
@@ -229,6 +232,13 @@ class ControllerMetrics:
             self.tokens.inc(req.generated - generated_before, model=req.model)
         if first_token_before_s is None and req.first_token_s is not None:
             self.ttft.observe(req.first_token_s - req.arrival_s, model=req.model)
+
+    def first_sent(self, req, queue_s: float) -> None:
+        """A request reached an instance for the first time, ``queue_s`` after its arrival: kept on it (the access
+        log's queue_ms) and observed, once per request as vLLM observes its queue time, and only for requests sent:
+        as for TTFT, one that timed out or was aborted while queued is not observed (its outcome counts it)."""
+        req.queue_s = queue_s
+        self.queue_time.observe(queue_s, model=req.model)
 
     def request_done(self, req, outcome: str, now_s: float | None = None) -> None:
         """Count a request that ended: its outcome (a stop string's abort counts as "stop"), and latency (its

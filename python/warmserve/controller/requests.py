@@ -21,7 +21,7 @@ class Req:
         "rid", "model", "prompt_ids", "sampling", "arrival_s", "first_token_s", "last_token_s", "generated",
         "finish_reason", "error", "worker", "instance_id", "_q", "_abort_cb", "done", "reroutes", "deadline_s",
         "_waiter", "sent_s", "end_s", "gid", "logprobs", "prompt_logprobs", "abort_reason", "token_ids", "prefilling",
-        "outcome_by_consumer", "_settle", "family",
+        "outcome_by_consumer", "_settle", "family", "queue_s",
     )
 
     def __init__(self, rid: int, model: str, prompt_ids: list[int], sampling, timeout_s: float, siblings=()):
@@ -46,6 +46,9 @@ class Req:
         self.done = False
         self.reroutes = 0
         self.sent_s: float | None = None   # when its Generate left for the worker (last one, if re-routed)
+        #: Arrival to its first send (``Executor.send``), set once: what a re-route waits later is not added, as
+        #: warmserve_request_queue_seconds observes it once per request. None while it was never sent.
+        self.queue_s: float | None = None
         self.end_s: float | None = None    # when the worker's final event arrived
         # Token lists and the end marker; one waiter at most (the consumer). Lighter than an asyncio.Queue.
         self._q: collections.deque = collections.deque()

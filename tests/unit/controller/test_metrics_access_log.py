@@ -55,7 +55,7 @@ def test_one_access_line_per_request_and_errors_carry_a_request_id(caplog):
     assert len(lines) == 3, lines
     assert lines[0].startswith("GET /v1/models model=- status=200 ")
     assert lines[1].startswith("POST /v1/completions model=nope status=404 ")
-    for field in ("prompt_tokens=", "completion_tokens=", "ttft_ms=", "total_ms="):
+    for field in ("prompt_tokens=", "completion_tokens=", "ttft_ms=", "queue_ms=", "total_ms="):
         assert all(field in line for line in lines)
     assert all(" id=req-" in line for line in lines) and len({line.split(" id=")[1] for line in lines}) == 3
     bug = [r for r in caplog.records if r.name == "warmserve.controller" and r.levelno >= logging.ERROR]
