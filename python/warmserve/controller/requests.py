@@ -70,12 +70,15 @@ class Req:
     # ------------------------------------------------------------------------------------------ producer side
 
     def server_timing(self) -> str:
-        """A Server-Timing header value: time queued in the controller, and the worker's share (ZeroMQ both ways
-        plus the engine), in ms. What a client measures beyond these is the controller's (and HTTP's) share."""
-        if self.sent_s is None or self.end_s is None:
+        """A Server-Timing header value: time queued in the controller before the first send (``queue_s``, as the
+        access log's queue_ms and warmserve_request_queue_seconds), and the rest to the end, the workers' share
+        (ZeroMQ both ways plus the engine; for a re-routed request its time on each worker and between), in ms.
+        What a client measures beyond these is the controller's (and HTTP's) share. Found in review: the queue was
+        measured to the last send, so a re-routed request's header disagreed with its access line."""
+        if self.queue_s is None or self.end_s is None:
             return ""
-        return (f"queue;dur={(self.sent_s - self.arrival_s) * 1e3:.3f}, "
-                f"worker;dur={(self.end_s - self.sent_s) * 1e3:.3f}")
+        return (f"queue;dur={self.queue_s * 1e3:.3f}, "
+                f"worker;dur={(self.end_s - self.arrival_s - self.queue_s) * 1e3:.3f}")
 
     def _put(self, item) -> None:
         self._q.append(item)
