@@ -267,3 +267,11 @@ class SlotUnusableError(ClosedError):
 
     def __init__(self, message: str, *, hole_bytes: int = 0, **fields):
         super().__init__(message, hole_bytes=hole_bytes, **fields)
+
+
+class FolderInUseError(InvalidArgumentError):
+    """An output folder that another running process holds for its life (an flock on a lock file in it): a second
+    run writing there would overwrite that one's files under it. Fields: flag (the option that sets the folder),
+    path (the folder), lock_path, holder_pid (None: unknown)."""
+
+    http_status = 409

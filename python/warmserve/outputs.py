@@ -8,6 +8,7 @@ the output's folder, as writing it would have.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import secrets
 import stat
 import tempfile
 
-from warmserve.errors import InvalidArgumentError
+from warmserve.errors import FolderInUseError, InvalidArgumentError
 from warmserve.extras import MissingExtraError, require
 
 
@@ -120,6 +121,87 @@ def check_output_folder(flag: str, path: str | None) -> None:
     if os.path.exists(full) and not os.path.isdir(full):
         raise _refuse(flag, path, "is a file, not a folder", "give a folder")
     _make_folder(flag, path, full)
+
+
+class FolderLock:
+    """An exclusive flock on ``lock_path``, a file in an output folder, held until ``release`` or the process's end
+    (the kernel drops it then, so a killed run's leftover file blocks nobody: only the flock counts, never the
+    file)."""
+
+    def __init__(self, lock_path: str, fd: int):
+        self.lock_path, self._fd = lock_path, fd
+
+    def release(self) -> None:
+        """The file removed, then the flock dropped; again: nothing more. Removed while still locked: a process
+        that opened it just before then flocks a file no longer in the folder, which ``hold_folder`` sees and
+        retries on the path's new file."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.lock_path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def flock_holder(fd: int) -> int | None:
+    """The pid holding the flock of the file open as ``fd``, from /proc/locks (None where it does not say: another
+    pid namespace's holder reads as pid 0 or not at all)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == inode and parts[4].isdigit():
+                    return int(parts[4]) or None
+    except OSError:
+        pass
+    return None
+
+
+def hold_folder(flag: str, folder: str, lock_name: str, where: str, holder: str, clash: str,
+                fix: str) -> FolderLock | None:
+    """This process's exclusive hold on the output ``folder`` (made and checked writable: ``check_output_folder``),
+    an flock on ``folder/lock_name`` that holds this pid; FolderInUseError where another process holds it, in
+    the words ``where`` (the folder, as the user set it), ``holder`` (what holds it), ``clash`` (what a second run
+    would break) and ``fix`` (how to run beside it), with ", or wait for that run (pid N) to end" after the fix. None
+    where no lock can be made (a file system without flock): the run goes on as it did before there was one."""
+    lock_path = os.path.join(os.path.abspath(folder), lock_name)
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # /proc/locks first: the file still holds a killed run's pid until its new holder writes its own
+            pid = flock_holder(fd) or _pid_in(fd)
+            os.close(fd)
+            who = f"pid {pid}" if pid else "pid unknown"
+            raise FolderInUseError(
+                f"{where}: {holder} ({who}) holds it (lock file {lock_path}) and {clash}. Fix: {fix}, or wait for "
+                f"that run ({who}) to end", flag=flag, path=folder, lock_path=lock_path, holder_pid=pid) from None
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except OSError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # its holder removed it as it ended (FolderLock.release) between the open and the flock
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return FolderLock(lock_path, fd)
+
+
+def _pid_in(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
 
 
 def check_plot(flag: str, path: str | None, what: str | None = None) -> None:
@@ -307,4 +389,4 @@ def write_atomic(path: str, write, binary: bool) -> None:
 
 __all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "save_figure", "write_atomic", "check_output",
            "check_output_folder", "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input",
-           "is_special", "free_space_words"]
+           "is_special", "free_space_words", "FolderLock", "hold_folder", "flock_holder"]

@@ -395,7 +395,8 @@ def run_sim(policy: str, w, served_sim, args, cost, options: dict | None = None,
 
 def main(args) -> int:
     # a SIGTERM or SIGHUP ends the run through the clean-up that stops the `serve` child (``exit_on_signals``)
-    run = {"policy": None, "saved": []}  # what an interruption stopped, and what --json holds by then
+    # what an interruption stopped, what --json holds by then, and the log folder's hold (``hold_log_folder``)
+    run = {"policy": None, "saved": [], "lock": None}
     with exit_on_signals():
         try:
             return _main(args, run)
@@ -408,6 +409,9 @@ def main(args) -> int:
             print("warmserve bench replay: interrupted" + (f" during {run['policy']}, whose replay is lost"
                                                             if run["policy"] else "") + f": {held}", file=sys.stderr)
             raise  # a Ctrl-C stays KeyboardInterrupt for callers; SIGTERM keeps its exit status
+        finally:
+            if run["lock"] is not None:  # after run_live's clean-up: the serve child is gone by then
+                run["lock"].release()
 
 
 def _main(args, run: dict) -> int:
@@ -423,6 +427,7 @@ def _main(args, run: dict) -> int:
     check_plot("--plot", args.plot)
     if not args.endpoint and not args.reuse_live:
         check_output_folder("--log-dir", log_folder(args))
+        run["lock"] = hold_log_folder(args)
     policies = run_policies(args)
     if not args.endpoint:
         from warmserve.policy import POLICY_NAMES
@@ -551,6 +556,25 @@ def log_folder(args) -> str:
     return args.log_dir or os.path.splitext(os.path.abspath(args.json or "replay.json"))[0] + "-logs"
 
 
+#: The lock file a run holds in its log folder (``hold_log_folder``).
+LOG_LOCK_NAME = ".warmserve-replay.lock"
+
+
+def hold_log_folder(args):
+    """The run's hold on its log folder (``outputs.hold_folder``), from its checks to its end, or FolderInUseError.
+    Found in review: a second replay started in the same folder (the default replay-logs/ without --json) truncated
+    the first's serve-POLICY.log and rewrote the history-POLICY.csv its server was about to read."""
+    from warmserve.outputs import hold_folder
+
+    folder = log_folder(args)
+    where = (f"--log-dir {args.log_dir}" if args.log_dir else
+             f"the log folder {folder} (--log-dir's default {'beside --json' if args.json else 'without --json'})")
+    return hold_folder("--log-dir", folder, LOG_LOCK_NAME, where, "another `warmserve bench replay`",
+                       "this run would overwrite its server logs and the history seeds its servers read",
+                       "give this run a folder of its own (--log-dir DIR" + (", or another --json" if not args.log_dir
+                                                                             else "") + ")")
+
+
 __all__ = ["CHECKPOINTS", "build_workload", "replay_requests", "history_rows", "plan_live_history", "with_idle_lead",
            "summarize", "validation", "parse_prewarm_metrics", "policy_options", "check_args", "LiveCluster",
-           "exit_on_signals", "twin_config", "run_sim", "main"]
+           "exit_on_signals", "twin_config", "run_sim", "main", "hold_log_folder", "LOG_LOCK_NAME"]

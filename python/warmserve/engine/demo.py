@@ -374,9 +374,11 @@ def _writer_lock(path: str):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            from warmserve.outputs import flock_holder
+
             # Found in review (two servers of one $WARMSERVE_HOME): the second waited without a word, its last line
             # "first run: ~20 s", for as long as the other wrote (a 7b demo: minutes), or for ever behind a stopped one.
-            logging.getLogger("warmserve.engine").warning("%s", waiting_words(path, _lock_holder(f.fileno())))
+            logging.getLogger("warmserve.engine").warning("%s", waiting_words(path, flock_holder(f.fileno())))
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -398,22 +400,6 @@ def waiting_words(path: str, holder: int | None) -> str:
     stop = f"`kill {holder}`" if holder else "stop it"
     return (f"{WAITING_WORDS} {who}, which is writing the demo checkpoint {path}: this one takes it once written "
             f"(it is not written twice). If that process is stuck or stopped (Ctrl-Z), {stop}: this one then writes it")
-
-
-def _lock_holder(fd: int) -> int | None:
-    """The pid holding the flock of the file open as ``fd``, from /proc/locks (None where it does not say: another
-    pid namespace's holder reads as pid 0 or not at all)."""
-    st = os.fstat(fd)
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == dev and parts[4].isdigit():
-                    return int(parts[4]) or None
-    except OSError:
-        pass
-    return None
 
 
 def _write_checkpoint(path: str, cfg_dict: dict, dtype: str, tokenizer, shard_bytes: int, device: str | None,
