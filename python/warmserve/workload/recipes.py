@@ -512,7 +512,7 @@ def _expected_rate(series: list[sg.ClientWindows], start_s: float, duration_s: f
     expected, scale = 0.0, rate_scale
     for rounds in range(4):
         rng = np.random.default_rng(_COVER_SEED)  # not the workload's: its draws stay as they were
-        before, expected, partial = scale, 0.0, False
+        before, expected_before, expected, partial = scale, expected, 0.0, False
         for s in series:
             if rounds == 0:
                 overlap = np.clip(np.minimum(s.t_s + sg.WINDOW_S, start_s + duration_s) - np.maximum(s.t_s, start_s),
@@ -521,6 +521,8 @@ def _expected_rate(series: list[sg.ClientWindows], start_s: float, duration_s: f
                 overlap = sg.covered_s(s, start_s, start_s + duration_s, scale, rng)
             partial |= bool(((overlap > 0) & (overlap < sg.WINDOW_S)).any())
             expected += float((s.rate_rps * overlap).sum()) / duration_s
+        if rounds and expected <= 0:  # a scale too small for any request in the span: the last scale stands (found
+            return expected_before, before  # in review: 0 here reset it to 1, an unscaled replay at 128 rps)
         scale = rate_scale * (total_rate_rps / expected if total_rate_rps is not None and expected > 0 else 1.0)
         if not partial or (rounds and abs(scale - before) <= 0.02 * before):
             break
