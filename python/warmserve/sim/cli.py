@@ -21,8 +21,9 @@ from warmserve.policy.registry import note_shadowed_options
 from warmserve.sim.cli_checks import (DEFAULT_SEARCH_ITERS, DEFAULT_SLO_TARGET, MIN_BURST_CV, check_cold_start,
                                       check_duration, check_gpus, check_models, check_paper_span, check_trace_file,
                                       check_replays_requests, check_request_budget, check_search_budget,
-                                      check_sim_window, check_time_scale, check_unused_settings, check_workload_days,
-                                      parse_policies, rate_flags, search_scale_cap)
+                                      check_servegen_start, check_sim_window, check_time_scale, check_unused_settings,
+                                      check_workload_clock, check_workload_days, parse_policies, rate_flags,
+                                      search_scale_cap)
 from warmserve.sim.cli_output import (Saved, at_least, median_summary, request_count, summary_table, sweep_table,
                                       workload_block, write_results)
 from warmserve.sim.cli_output import median_per_model as _median_per_model
@@ -282,6 +283,7 @@ def _run_main(args, saved: Saved) -> int:
     if args.cold_start_s is not None:
         cost = cost.with_cold_start_s(args.cold_start_s)
     check_models(args, preset, cost)  # before the workload: its build takes time per model
+    check_servegen_start(args)
     progress = not args.quiet
     seeds = parse_seeds(args)
     targets = _slo_targets(args.slo_target)
@@ -297,6 +299,7 @@ def _run_main(args, saved: Saved) -> int:
                   f"meets the SLO there is a lower bound (>=)", file=sys.stderr)
     workloads = {sd: preset.build(args.rate_scale, sd) for sd in seeds}
     check_replays_requests(workloads, args, "--rate-scale", args.rate_scale, expected)
+    check_workload_clock(workloads, args, preset.history_days)
     check_static_layouts(preset, policies, cost, workloads.values())
     workload = workloads[seeds[0]]
     n_requests = request_count(workloads, seeds)
@@ -508,8 +511,9 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
         check_request_budget(preset.expected_requests(top), rate_flags(args, "--sweep-rate", top),
                              "its highest rate")
         low = min(scales)  # the fewest requests: one seed's replay with none has no figure to plot
-        check_replays_requests({sd: preset.build(low, sd) for sd in seeds}, args, "--sweep-rate", low,
-                               preset.expected_requests(low))
+        lows = {sd: preset.build(low, sd) for sd in seeds}
+        check_replays_requests(lows, args, "--sweep-rate", low, preset.expected_requests(low))
+        check_workload_clock(lows, args, preset.history_days)
     if any(p in STATIC_POLICIES for p in policies) and scales and min(scales) > 0:  # else rate_sweep says why
         check_static_layouts(preset, policies, cost, (preset.build(sc, sd) for sc in scales for sd in seeds))
     def doc(sweep: dict) -> dict:

@@ -55,6 +55,28 @@ def check_replays_requests(workloads, args, scale_flag: str, scale: float, expec
             f"history): raise --rate, --rate-scale or --duration-s", seeds=empty)
 
 
+def check_workload_clock(workloads, args, history_days: int) -> None:
+    """Refuse a --time-scale that stretches a workload's warm-up or history days back past 0 on the policy's clock,
+    where the replay's t = 0 is the workload's ``clock0_s`` (found in review: `--preset paper-code --history-days 0
+    --time-scale 300` was refused by the simulator as "set the workload's clock0_s to at least 180000", naming
+    neither the flag nor a value that works). Warm-up and history start at -k days - warm-up x --time-scale, so the
+    largest scale that fits is (clock0_s - history days x a day) / warm-up."""
+    for w in workloads.values():
+        earliest = w.clock0_s - w.warmup_s  # as ``sim.inputs.check_clock`` reckons it
+        if len(w.history):
+            earliest = min(earliest, w.clock0_s + float(w.history.arrival_s.min()))
+        if earliest >= 0:
+            continue
+        pre_s = w.warmup_s / args.time_scale
+        most = (w.clock0_s - history_days * w.day_s) / pre_s if pre_s > 0 else math.inf
+        days = f" and {history_days} history days (--history-days)" if history_days else ""
+        raise InvalidArgumentError(
+            f"--time-scale {args.time_scale:g}: the workload's {pre_s:g} s warm-up{days}, stretched, would start "
+            f"{-earliest:.0f} s before the start of the policy's clock, which has {w.clock0_s:.0f} s before the "
+            f"replay: give --time-scale {math.floor(most * 1000) / 1000:g} or less", flag="--time-scale",
+            value=args.time_scale, max_time_scale=most)
+
+
 def check_trace_file(path: str | None, kind: str | None) -> None:
     """--trace: a file that can be read, given to a workload that replays an Azure trace (``kind``; None: one that
     does not, where it would be ignored). Its rows are the loader's to check (``workload.azure``: by line)."""
@@ -385,3 +407,48 @@ def check_workload_days(args) -> None:
                 f"--start-hour {args.start_hour:g}: a servegen replay of {duration_s:g} s (--duration-s) starts and "
                 f"ends on ServeGen's last day: give --start-hour between 0 and {latest:.4g}", flag="--start-hour",
                 value=args.start_hour)
+
+
+def check_servegen_start(args) -> None:
+    """Refuse a servegen replay the recipe would refuse (no room for --history-days before it, a data gap of a chosen
+    series inside it), in the flags' terms and with a --start-hour on ServeGen's last day that works. Found in
+    review: `--start-hour 0 --history-days 13` and `--duration-s 86400 --start-hour 0` were refused in the recipe's
+    terms (start_s=1123200, pre_s=600), the latter suggesting a start_s on day 8, which no flag can give. After
+    ``check_models``, whose refusal of too many models comes first."""
+    from warmserve.sim.presets import RECIPE_WARMUP_S, SCALE_N_MODELS, SERVEGEN_REPEAT_DAYS
+    from warmserve.workload.recipes import DAY_S, SERVEGEN_LAST_DAY_S
+    from warmserve.workload.servegen_starts import ReplayStarts
+
+    kind = args.preset or args.workload or "paper-conv"
+    if not (kind == "servegen" or (kind == "scale" and args.workload in (None, "servegen"))):
+        return
+    n = SCALE_N_MODELS if args.models is None else args.models
+    duration_s = args.duration_s or 3600.0  # ``cli.build_preset``'s defaults for servegen
+    days = 2 if args.history_days is None else args.history_days
+    hour = 20.0 if args.start_hour is None else args.start_hour
+    try:
+        starts = ReplayStarts(n, duration_s, RECIPE_WARMUP_S, days, SERVEGEN_REPEAT_DAYS)
+    except InvalidArgumentError:
+        return  # more models than series: ``check_model_count`` says so, in the flag's terms
+    why = starts.problem(SERVEGEN_LAST_DAY_S + hour * 3600.0)  # as ``presets.scale_preset`` places it
+    if why is None:
+        return
+    fit = None
+    for c in starts.fitting(SERVEGEN_LAST_DAY_S + hour * 3600.0, SERVEGEN_LAST_DAY_S,
+                            SERVEGEN_LAST_DAY_S + DAY_S - duration_s):
+        h = (c - SERVEGEN_LAST_DAY_S) / 3600.0
+        # the hour as shown, read back as the flag is, must fit too: a start on a window's edge does, a hair off not
+        fit = next((x for x in (f"{h:.4g}", repr(h)) if starts.problem(SERVEGEN_LAST_DAY_S + float(x) * 3600.0)
+                    is None), None)
+        if fit is not None:
+            break
+    fix = (f"give --start-hour {fit} (the nearest start on the same 10-minute phase that fits)" if fit is not None
+           else "no --start-hour on ServeGen's last day fits: give fewer --history-days, a shorter --duration-s, "
+                "or fewer --models")
+    given = " ".join(f"{flag} {v:g}" + ("" if mine is not None else " (the default)") for flag, v, mine in (
+        ("--start-hour", hour, args.start_hour), ("--duration-s", duration_s, args.duration_s),
+        ("--history-days", days, args.history_days), ("--models", n, args.models)))
+    raise InvalidArgumentError(
+        f"{given}: the servegen replay (with its {RECIPE_WARMUP_S:g} s warm-up) cannot be built: {why}; {fix}",
+        flag="--start-hour", value=hour,
+        suggested_start_hour=None if fit is None else float(fit))

@@ -46,7 +46,9 @@ def check_history_room(fn: str, duration_s: float, pre_s: float, history_days: i
     ``trace_days``: history day k is read from the trace a day before the replay (the ServeGen recipe), so
     pre_s + duration_s past a day also overlaps in trace time, whatever the time_scale: history day 1 would
     re-draw the warm-up's and the replay's own windows (the paper recipe reads its history days elsewhere)."""
-    if history_days <= 0:
+    if history_days < 0:
+        raise InvalidArgumentError(f"history_days must be >= 0, got {history_days}")
+    if history_days == 0:
         return
     trace_s = duration_s + pre_s
     stretch = max(time_scale, 1.0) if trace_days else time_scale
@@ -85,3 +87,37 @@ def check_stretch_args(period_s: float, offset_s: float, length_s: float, rate_r
             continue
         raise InvalidArgumentError(f"circular stretch {name}={v:g}: must be a finite number{' ' + low if low else ''}",
                                    **{name: v})
+
+
+#: the most requests a recipe draws (warm-up, replay and history days together). Found in review: `warmserve bench
+#: replay --rate 1e5 --duration-s 3600 --history-days 0` drew arrivals until memory ran out (a MemoryError at 3 GB
+#: for ~4e8 requests), as did the recipes called with such a rate; `warmserve simulate` refuses its runs earlier,
+#: at half this (``sim.cli_checks.MAX_REQUESTS``, on its own estimate, which this exact count must not undercut)
+MAX_WORKLOAD_REQUESTS = 20_000_000
+
+
+def check_request_budget(fn: str, expected: float, rate_rps: float, *, duration_s: float, pre_s: float,
+                         history_days: int) -> None:
+    """Refuse a workload of about ``expected`` requests (its warm-up, replay and history days at ``rate_rps``, its
+    total rate per second of trace time) above ``MAX_WORKLOAD_REQUESTS``, before any is drawn."""
+    if expected <= MAX_WORKLOAD_REQUESTS:
+        return
+    most = rate_rps * MAX_WORKLOAD_REQUESTS / expected
+    raise InvalidArgumentError(
+        f"{fn}: a total rate of {rate_rps:.3g} requests/s over the warm-up and replay (pre_s {pre_s:g} + duration_s "
+        f"{duration_s:g} s) and {history_days} history days would draw about {expected:.3g} requests, more than a "
+        f"workload holds ({MAX_WORKLOAD_REQUESTS:.0e}): give a total rate of at most {most:.3g} requests/s here "
+        f"(total_rate_rps, rate_scale; `bench replay --rate`: that / --time-scale), or a shorter duration_s "
+        f"(--duration-s) or fewer history_days (--history-days)", expected_requests=expected,
+        limit=MAX_WORKLOAD_REQUESTS, rate_rps=rate_rps, max_rate_rps=most)
+
+
+def check_total_rate(fn: str, total: float, rate_scale: float, *, duration_s: float, pre_s: float,
+                     history_days: int) -> None:
+    """The paper recipe's total rate (``total_rate_rps`` or the trace's own, times ``rate_scale``): finite, > 0 (NaN
+    passed `total <= 0` and failed later, naming nothing), and within ``check_request_budget``."""
+    if not (math.isfinite(total) and total > 0):
+        raise InvalidArgumentError(f"total rate must be a finite number > 0, got {total} rps (rate scale "
+                                   f"{rate_scale})", total_rate_rps=total, rate_scale=rate_scale)
+    check_request_budget(fn, total * (pre_s + duration_s) * (1 + history_days), total, duration_s=duration_s,
+                         pre_s=pre_s, history_days=history_days)

@@ -19,8 +19,8 @@ import numpy as np
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload.azure import load_azure, trace_source
-from warmserve.workload.recipe_args import (check_history_room, check_rates_and_span, check_stretch_args,
-                                            check_time_scale)
+from warmserve.workload.recipe_args import (check_history_room, check_rates_and_span, check_request_budget,
+                                            check_stretch_args, check_time_scale, check_total_rate)
 from warmserve.workload.request import Trace, Workload
 from warmserve.workload import servegen as sg
 
@@ -252,9 +252,7 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     if len(names) != n_models:
         raise InvalidArgumentError(f"model_names has {len(names)} names for n_models={n_models}")
     total = (src.rate_rps() if total_rate_rps is None else float(total_rate_rps)) * rate_scale
-    if not (math.isfinite(total) and total > 0):  # NaN passes `total <= 0` and failed later, naming nothing
-        raise InvalidArgumentError(f"total rate must be a finite number > 0, got {total} rps (rate scale "
-                                   f"{rate_scale})", total_rate_rps=total, rate_scale=rate_scale)
+    check_total_rate("paper_workload", total, rate_scale, duration_s=duration_s, pre_s=pre_s, history_days=history_days)
     shares = power_law_shares(n_models, alpha)
     rng = np.random.default_rng(seed)
     period = float(src.arrival_s[-1]) + 1e-6
@@ -558,8 +556,6 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     check_time_scale(duration_s, pre_s, time_scale)
     check_history_room("servegen_workload", duration_s, pre_s, history_days, DAY_S, time_scale, trace_days=True)
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
-    if history_days < 0:
-        raise InvalidArgumentError(f"history_days must be >= 0, got {history_days}")
     pmfs = sg.load_length_pmfs(pmf_path)
     no_pmf = sorted({s.model for s in series if (s.model, "input_tokens") not in pmfs
                      or (s.model, "output_tokens") not in pmfs})
@@ -576,6 +572,8 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     rng = np.random.default_rng(seed)
     names = [s.name for s in series]
     segs = _segments(duration_s, pre_s, history_days, DAY_S)
+    check_request_budget("servegen_workload", sg.expected_draws(series, start_s, segs, scale), expected * scale,
+                         duration_s=duration_s, pre_s=pre_s, history_days=history_days)
     holes = _history_holes(data, start_s, segs)
     parts, days = [], []
     for s in series:

@@ -407,6 +407,18 @@ def covered_s(series: ClientWindows, start_s: float, end_s: float, rate_scale: f
     return out
 
 
+def expected_draws(series: list[ClientWindows], start_s: float, segs, rate_scale: float) -> float:
+    """About how many requests ``sample_arrivals`` draws for ``series`` at ``rate_scale`` over the segments ``segs``
+    ((start, end, day) each, relative to ``start_s``): every window's requests times the share of it they overlap
+    (the even share: close enough for a budget, and no draw)."""
+    total = 0.0
+    for s in series:
+        for a, b, _ in segs:
+            overlap = np.clip(np.minimum(s.t_s + WINDOW_S, start_s + b) - np.maximum(s.t_s, start_s + a), 0.0, None)
+            total += float((s.rate_rps * overlap).sum())
+    return total * rate_scale
+
+
 def window_edges(start_s: float, end_s: float) -> np.ndarray:
     """ServeGen window boundaries strictly inside (start_s, end_s)."""
     first = (np.floor(start_s / WINDOW_S) + 1) * WINDOW_S
