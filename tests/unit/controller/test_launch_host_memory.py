@@ -50,9 +50,9 @@ def test_cpu_workers_whose_pools_pass_the_host_memory_are_refused_before_any_is_
     assert r.returncode == 0, f"child exited with {r.returncode}\n{r.stderr[-3000:]}"
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["raised"] == "OutOfMemoryError", out
-    assert (out["workers"], out["pool_bytes"], out["asked_bytes"]) == (2, 768 * MiB, 2048 * MiB), out
-    assert 0 <= out["free_bytes"] <= limit_mib * MiB and out["process_bytes"] == 256 * MiB, out
-    for words in ("2 local CPU workers", "768.0 MiB", "2.0 GiB", "256.0 MiB for its process", "cgroup",
+    assert (out["workers"], out["pool_bytes"], out["asked_bytes"]) == (2, 768 * MiB, 2560 * MiB), out
+    assert 0 <= out["free_bytes"] <= limit_mib * MiB and out["process_bytes"] == 512 * MiB, out
+    for words in ("2 local CPU workers", "768.0 MiB", "2.5 GiB", "512.0 MiB for its process", "cgroup",
                   "lower cpu_workers"):
         assert words in out["message"], (words, out["message"])
     assert out["s"] < 10, out  # refused at once: no worker was started and waited for
