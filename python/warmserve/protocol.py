@@ -481,6 +481,9 @@ class Stats(_Msg):
     #: on its way out starts over elsewhere, as after a drain's time is up (found in review: a rolling restart of a
     #: tp = 2 instance's ranks failed every stream, each counted two worker losses).
     stopping: bool = False
+    #: Its process's resident memory when sent, bytes: rss, and its parts anon, file and shmem (the pool's touched
+    #: pages), from /proc/self/status; empty elsewhere, or from a worker before it. What it holds beyond its pool.
+    memory: dict[str, int] = {}
 
 
 class Hello(_Msg):

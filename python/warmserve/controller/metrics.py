@@ -194,6 +194,9 @@ class ControllerMetrics:
         self.workers = Gauge(r, "warmserve_workers", "Workers by state: ready, draining (sent SIGTERM), restarting "
                              "(a local one that left by plan, started again), or lost and not back yet.", ("state",))
         self.pages = Gauge(r, "warmserve_worker_pages", "Pages of each worker's pool by role.", ("worker", "role"))
+        self.worker_memory = Gauge(r, "warmserve_worker_memory_bytes", "Resident memory of each worker's process by "
+                                   "kind (rss; its parts anon, file, shmem: the pool's touched pages), as it last "
+                                   "reported.", ("worker", "kind"))
         self.kv_usage = Gauge(r, "warmserve_kv_cache_usage_ratio", "KV blocks holding tokens / KV blocks the "
                               "instance can hold (0..1), per running instance.", ("worker", "model"))
         self.worker_kv_usage = Gauge(r, "warmserve_worker_kv_cache_usage_ratio", "KV blocks holding tokens / KV "

@@ -27,6 +27,9 @@ def stats(ctl) -> dict:
             # the counters of its machine's host checkpoint cache as this worker saw them (found in review: reported
             # by the workers, shown nowhere, so a cache that did nothing went unseen); {}: no cache
             "host_cache": dict(s.host_cache) if s is not None else {},
+            # its process's resident memory by kind, bytes, as it last reported (the memory review: what a CPU worker
+            # holds beyond its pool was shown nowhere); {}: a worker that does not report it
+            "memory": dict(s.memory) if s is not None else {},
         })
     state = ctl.state
     return {
@@ -96,7 +99,7 @@ def collect(ctl) -> None:
     """Set the gauges from the current state (called by the registry before each scrape)."""
     m = ctl.metrics
     for g in (m.queue, m.inflight, m.running, m.waiting, m.instances, m.prewarmed, m.workers, m.pages, m.kv_usage,
-              m.worker_kv_usage, m.preemptions, m.decode_step, m.decode_batch):
+              m.worker_kv_usage, m.preemptions, m.decode_step, m.decode_batch, m.worker_memory):
         g.clear()
     state = ctl.state
     ws = list(ctl.hub.workers.values()) if ctl.hub else []
@@ -125,6 +128,8 @@ def collect(ctl) -> None:
         if w.alive and w.stats is not None:
             for role, pages in pages_by_role(w.stats, ctl.models).items():
                 m.pages.set(pages, worker=w.worker_id, role=role)
+            for kind, n_bytes in w.stats.memory.items():
+                m.worker_memory.set(n_bytes, worker=w.worker_id, kind=kind)
             used = total = 0
             for inst in w.stats.instances:
                 kv = inst.kv
