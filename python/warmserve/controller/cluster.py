@@ -358,7 +358,7 @@ class Cluster:
         return TextIterator(self, m, ids, s)
 
     def stats(self) -> dict:
-        """As plain dicts: ``workers`` (pool pages, models, host cache), ``instances``, ``prewarms``, ``queued``
+        """As plain dicts: ``workers`` (pool pages, models, host cache, resident memory), ``instances``, ``prewarms``, ``queued``
         (per model), ``tp_groups``, ``prewarm_hits``, ``prewarm_misses`` and ``prewarm_loading_starts`` (starts
         from a prewarm still loading, neither), and ``engine_starts`` (the fresh engine processes of `autoscale`'s
         cold starts)."""
