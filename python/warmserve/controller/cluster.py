@@ -358,10 +358,10 @@ class Cluster:
         return TextIterator(self, m, ids, s)
 
     def stats(self) -> dict:
-        """As plain dicts: ``workers`` (pool pages, models, host cache, resident memory), ``instances``, ``prewarms``, ``queued``
-        (per model), ``tp_groups``, ``prewarm_hits``, ``prewarm_misses`` and ``prewarm_loading_starts`` (starts
-        from a prewarm still loading, neither), and ``engine_starts`` (the fresh engine processes of `autoscale`'s
-        cold starts)."""
+        """As plain dicts: ``workers`` (pool pages, models, host cache, resident memory), ``instances``,
+        ``prewarms``, ``queued`` (per model), ``tp_groups``, ``prewarm_hits``, ``prewarm_misses`` and
+        ``prewarm_loading_starts`` (starts from a prewarm still loading, neither), and ``engine_starts`` (the fresh
+        engine processes of `autoscale`'s cold starts)."""
         self._check()
         return self._run(_acall(self.controller.stats), 30)
 
