@@ -394,6 +394,15 @@ def decode_bars(results: dict) -> list[tuple[str, list[float]]]:
     return bars
 
 
+def _plain(v: float, _pos) -> str:
+    """A log axis's tick as a plain number; a minor tick only at 2 and 5 of each decade, so that they do not
+    crowd one another."""
+    if v <= 0:
+        return ""
+    lead = v / 10 ** math.floor(math.log10(v) + 1e-9)
+    return f"{v:g}" if round(lead) in (1, 2, 5) and abs(lead - round(lead)) < 1e-6 else ""
+
+
 def plot(results: dict, path: str) -> None:
     from warmserve.extras import pyplot
     from warmserve.outputs import save_figure
@@ -412,8 +421,8 @@ def plot(results: dict, path: str) -> None:
         axes[0].bar_label(drawn, fmt="%.0f", fontsize=6)
     axes[0].set_xticks(list(x), names, rotation=20)
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("decode tokens/s")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylabel("decode throughput (tokens/s, log scale)")
+    axes[0].legend(fontsize=8, loc="best")  # clear of the bars: upper right covered a short run's bars
     # only the cases measured (found in review: --no-new-process drew an empty "new process" in the legend)
     cases = [(key, label) for key, label in (("ttft_prewarmed_s", "prewarmed"), ("ttft_cold_load_s", "cold load"),
                                              ("ttft_new_process_s", "new process"))
@@ -424,10 +433,16 @@ def plot(results: dict, path: str) -> None:
         axes[1].bar_label(drawn, fmt="%.0f", fontsize=6)
     axes[1].set_xticks(list(x), names, rotation=20)
     axes[1].set_yscale("log")
-    axes[1].set_ylabel("time to first token (ms)")
-    axes[1].legend(fontsize=8)
+    axes[1].set_ylabel("time to first token (ms, log scale)")
+    axes[1].legend(fontsize=8, loc="best")
+    for ax in axes:  # found in review: a log axis within one decade labelled its ticks 2x10^2 and 6x10^1
+        ax.yaxis.set_major_formatter(_plain)
+        ax.yaxis.set_minor_formatter(_plain)
+    a = results.get("args", {})
+    settings = (f"; prompt {a['prompt_tokens']} + {a['new_tokens']} new tokens, median of {a['repeats']} repeat(s)"
+                if {"prompt_tokens", "new_tokens", "repeats"} <= set(a) else "")
     fig.suptitle(f"engine on {results['machine'].get('gpu') or results['machine'].get('cpu', 'cpu')}, "
-                 f"{results['machine']['threads']} thread(s)", fontsize=9)
+                 f"{results['machine']['threads']} thread(s){settings}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

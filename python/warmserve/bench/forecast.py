@@ -346,11 +346,11 @@ def main(args) -> int:
     if args.json:
         write_json_atomic(args.json, res, indent=1, default=float)
     if args.plot:
-        _plot(args.plot, curves, rows)
+        _plot(args.plot, curves, rows, args.dispersion)
     return 0
 
 
-def _plot(path: str, curves: dict, rows: list) -> None:
+def _plot(path: str, curves: dict, rows: list, dispersion: str = "cv") -> None:
     from warmserve.extras import pyplot
     from warmserve.outputs import save_figure
 
@@ -358,19 +358,31 @@ def _plot(path: str, curves: dict, rows: list) -> None:
 
     pick = [r["series"] for r in rows if r["kind"] == "model"]
     pick += [r["series"] for r in sorted((r for r in rows if r["kind"] == "client"), key=lambda r: -r["acf_24h"])][:2]
-    fig, axes = plt.subplots(len(pick), 1, figsize=(11, 2.6 * len(pick)), sharex=True)
+    by_name = {r["series"]: r for r in rows}
+    fig, axes = plt.subplots(len(pick), 1, figsize=(11, 2.6 * len(pick) + 0.6), sharex=True)
     days = np.arange(2 * PERIOD) / PERIOD
     for ax, name in zip(np.atleast_1d(axes), pick):
         actual, preds = curves[name]
         ax.plot(days, actual[-2 * PERIOD:], color="black", lw=1.2, label="actual peak")
         for m, c in (("paper", "tab:blue"), ("auto", "tab:orange")):
             ax.plot(days, preds[m][-2 * PERIOD:], color=c, lw=0.9, alpha=0.85, label=f"forecast: {m}")
-        ax.set_title(name, fontsize=9)
-        ax.set_yscale("log")
-        ax.set_ylabel("in flight (log)")
-    np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper right")
-    np.atleast_1d(axes)[-1].set_xlabel("days (last two of the evaluation)")
-    fig.tight_layout()
+        mre = by_name[name]["methods"]
+        ax.set_title(f"{name}: peak MRE over the {EVAL_DAYS} days, paper {mre['paper']['peak_mre']:.1%}, "
+                     f"auto {mre['auto']['peak_mre']:.1%}", fontsize=9)
+        # symlog, not log: found in review, a log axis drew a forecast (or a peak) of 0 as a plunge off the foot
+        # of the panel, the same as a small one, and dropped a client's idle windows; linear below 1 request
+        ax.set_yscale("symlog", linthresh=1.0)
+        drawn = np.concatenate([actual[-2 * PERIOD:]] + [preds[m][-2 * PERIOD:] for m in ("paper", "auto")])
+        if np.nanmin(drawn) <= 0:  # only then: a panel that never reaches 0 keeps its decades for its data
+            ax.set_ylim(bottom=0)
+        ax.set_ylabel("requests in flight\n(symlog: linear < 1)", fontsize=8)
+    # under the panels: in the first panel's corner it covered that series' lines (found in review)
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
+    np.atleast_1d(axes)[-1].set_xlabel("days (the last two of the evaluation)")
+    fig.suptitle(f"peak requests in flight per {WINDOW_S / 60:.0f}-minute window, actual and forecast one window "
+                 f"ahead (--dispersion {dispersion})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
     save_figure(fig, path, dpi=110)
     plt.close(fig)
 

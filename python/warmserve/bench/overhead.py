@@ -339,24 +339,34 @@ def _measure(args, server, url: str, model_path: str, parts: dict, tmp: str) -> 
     }
 
 
+#: each series of the plot, named as the printed table names its row (found in review: the legend's names were
+#: other words, "Generate straight to worker", "controller's share, paired", for the table's rows)
+PLOT_SERIES = (("zmq_rtt", "ZeroMQ round trip (bare)"), ("direct", "worker direct (ZMQ + engine step)"),
+               ("http", "through controller (HTTP)"), ("added", "added by the controller"),
+               ("in_controller", "of which inside the controller"))
+
+
 def plot(res: dict, path: str) -> None:
     from warmserve.extras import pyplot
     from warmserve.outputs import save_figure
 
     plt = pyplot("the overhead benchmark's plot")
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for k, label in (("zmq_rtt", "ZeroMQ round trip"), ("direct", "Generate straight to worker"),
-                     ("http", "through the controller (HTTP)"), ("added", "controller's share, paired"),
-                     ("in_controller", "inside the controller process")):
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, label in PLOT_SERIES:
         xs = sorted(v * 1e3 for v in res["_raw_s"][k])
         ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=label)
+    goal = res["goals"]["added_p99_ms"]
+    ax.axvline(goal, color="grey", lw=0.8, ls=":", label=f"goal: added by the controller, p99 < {goal:g} ms")
     ax.set_xscale("log")
-    ax.set_xlabel("latency of a 1-token request (ms)")
-    ax.set_ylabel("CDF")
-    ax.set_title(f"controller overhead, {res['model']}, {res['machine']['cpus']} CPUs")
+    ax.set_xlabel("time per 1-token request (ms, log scale)")
+    ax.set_ylabel("fraction of requests")
+    n = len(res["_raw_s"]["http"])
+    ax.set_title(f"controller overhead, {res['model']}, {res['machine']['cpus']} CPUs, {n} sequential requests "
+                 "per path", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    # beside the axes: inside (lower centre) the box covered the lower half of three curves (found in review)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)

@@ -502,31 +502,6 @@ def machine(args) -> dict:
     return info
 
 
-def plot(res: dict, path: str) -> None:
-    from warmserve.bench.switch_print import weights_gib
-    from warmserve.extras import pyplot
-    from warmserve.outputs import save_figure
-
-    plt = pyplot("the switch benchmark's plot")
-
-    rows = res["activation_vs_cold_load"]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(x - 0.2, [r["activation_ms"] for r in rows], 0.4, label="activate prewarmed")
-    ax.bar(x + 0.2, [r["cold_load_ms"] for r in rows], 0.4, label="cold load (page cache)")
-    ax.set_yscale("log")
-    ax.set_ylim(top=max(r["cold_load_ms"] for r in rows) * 6)
-    ax.set_xticks(x, [f"{weights_gib(r)} GiB" for r in rows])  # the checkpoint's size, not the size asked
-    ax.set_ylabel("ms (log)")
-    for i, r in enumerate(rows):
-        ax.text(i, r["cold_load_ms"] * 1.2, f"{r['ratio']:.0f}x", ha="center")
-    ax.set_title(f"making weights ready to serve ({res['machine']['backend']})")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-
-
 def main(args) -> int:
     from warmserve.bench.exit_signals import exit_on_signals
 
@@ -596,5 +571,7 @@ def _main(args) -> int:
     if args.json:
         write_json_atomic(args.json, res, indent=2)
     if args.plot:  # check_args refused --plot without the activation part, and _main a run with no size measured
+        from warmserve.bench.switch_plot import plot
+
         plot(res, args.plot)
     return 0

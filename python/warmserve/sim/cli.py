@@ -367,7 +367,9 @@ def _run_main(args, saved: Saved) -> int:
     if args.json:
         write_results(args.json, doc(wall))
     if args.plot:
-        plot_cdf(results, args.plot, f"TTFT CDF, {preset.label} ({len(workload.trace) / workload.duration_s:.1f} rps)")
+        seed = f"seed {seeds[0]}" + (f" of {len(seeds)}; the table's are medians" if len(seeds) > 1 else "")
+        rate = len(workload.trace) / workload.duration_s  # the figure's is the first seed's alone (review of plots)
+        plot_cdf(results, args.plot, f"TTFT CDF, {preset.label} ({rate:.1f} rps, {seed})")
     return 0
 
 
