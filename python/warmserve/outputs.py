@@ -161,6 +161,37 @@ def flock_holder(fd: int) -> int | None:
     return None
 
 
+class LockHeld(Exception):
+    """Another process holds the flock ``flock_exclusive`` asked for; ``pid``: its pid (None: unknown)."""
+
+    def __init__(self, pid: int | None):
+        super().__init__(pid)
+        self.pid = pid
+
+
+def flock_exclusive(lock_path: str) -> int | None:
+    """The descriptor of ``lock_path`` (made if absent, never through a link) under an exclusive flock of this
+    process, with this pid written in it; LockHeld where another process holds it; None where no lock can be made (a
+    file system without flock, a folder that cannot be written): the caller goes on unlocked, as before locks."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        # /proc/locks first: the file still holds a killed holder's pid until its new holder writes its own
+        pid = flock_holder(fd) or _pid_in(fd)
+        os.close(fd)
+        raise LockHeld(pid) from None
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def hold_folder(flag: str, folder: str, lock_name: str, where: str, holder: str, clash: str,
                 fix: str) -> FolderLock | None:
     """This process's exclusive hold on the output ``folder`` (made and checked writable: ``check_output_folder``),
@@ -171,32 +202,21 @@ def hold_folder(flag: str, folder: str, lock_name: str, where: str, holder: str,
     lock_path = os.path.join(os.path.abspath(folder), lock_name)
     while True:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # /proc/locks first: the file still holds a killed run's pid until its new holder writes its own
-            pid = flock_holder(fd) or _pid_in(fd)
-            os.close(fd)
-            who = f"pid {pid}" if pid else "pid unknown"
+            fd = flock_exclusive(lock_path)
+        except LockHeld as e:
+            who = f"pid {e.pid}" if e.pid else "pid unknown"
             raise FolderInUseError(
                 f"{where}: {holder} ({who}) holds it (lock file {lock_path}) and {clash}. Fix: {fix}, or wait for "
-                f"that run ({who}) to end", flag=flag, path=folder, lock_path=lock_path, holder_pid=pid) from None
-        except OSError:
-            os.close(fd)
+                f"that run ({who}) to end", flag=flag, path=folder, lock_path=lock_path, holder_pid=e.pid) from None
+        if fd is None:
             return None
         try:
             current = os.path.samestat(os.fstat(fd), os.stat(lock_path))
         except OSError:
             current = False
         if current:
-            break
+            return FolderLock(lock_path, fd)
         os.close(fd)  # its holder removed it as it ended (FolderLock.release) between the open and the flock
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return FolderLock(lock_path, fd)
 
 
 def _pid_in(fd: int) -> int | None:
@@ -389,4 +409,5 @@ def write_atomic(path: str, write, binary: bool) -> None:
 
 __all__ = ["PlotUnavailableError", "parse_numbers", "write_json_atomic", "save_figure", "write_atomic", "check_output",
            "check_output_folder", "check_plot", "check_at_least", "check_distinct_outputs", "check_outputs_spare_input",
-           "is_special", "free_space_words", "FolderLock", "hold_folder", "flock_holder"]
+           "is_special", "free_space_words", "FolderLock", "hold_folder", "flock_holder",
+           "flock_exclusive", "LockHeld"]

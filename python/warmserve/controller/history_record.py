@@ -15,7 +15,6 @@ The window open at the stop is not written (half a window would read as a whole 
 from __future__ import annotations
 
 import csv
-import fcntl
 import logging
 import math
 import os
@@ -71,27 +70,18 @@ def hold_record_lock(path: str) -> int | None:
     every window, so a window's load one server measured was overwritten by the other's idle window, unsaid. The
     lock is on a sibling file, as the record is replaced by a rename at each write. None where no lock can be made
     (a read-only folder fails at the first write, as before)."""
+    from warmserve.outputs import LockHeld, flock_exclusive
+
     lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+        return flock_exclusive(lock_path)
+    except LockHeld as e:
+        holder = str(e.pid) if e.pid else "unknown"
         raise InvalidArgumentError(
             f"the load history record {path!r} is being written by another running warmserve (pid {holder}, which "
             f"holds {lock_path}): two servers recording into one file overwrite each other's windows. Fix: a record "
             "file of its own for each server (--record-history, warmserve.Cluster: history_record_path=), or stop "
             "the other one first", path=path, holder_pid=holder) from None
-    except OSError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 class HistoryRecord:

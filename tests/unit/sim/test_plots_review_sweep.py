@@ -35,9 +35,8 @@ SWEEP = {"rate_scales": [0.25, 0.5, 1.0], "seeds": [0, 1], "slo_target": 0.99, "
                                                for r in (5.86, 12.06, 24.12)]}}}}
 
 
-@pytest.fixture
-def drawn(monkeypatch, tmp_path):
-    """The sweep's Figure as it was saved, laid out (drawn) for the extents of its parts."""
+def _saved_figure(monkeypatch, tmp_path, sweep: dict, title: str):
+    """``sweep``'s Figure as plot_rate_sweep saved it, laid out (drawn) for the extents of its parts."""
     saved = {}
 
     def keep(fig, path, **kw):
@@ -45,8 +44,13 @@ def drawn(monkeypatch, tmp_path):
         saved["fig"] = fig
 
     monkeypatch.setattr(sim_plot, "save_figure", keep)
-    sim_plot.plot_rate_sweep(SWEEP, str(tmp_path / "s.png"), "paper-code: sweep (seeds 0,1)")
-    fig = saved["fig"]
+    sim_plot.plot_rate_sweep(sweep, str(tmp_path / "s.png"), title)
+    return saved["fig"]
+
+
+@pytest.fixture
+def drawn(monkeypatch, tmp_path):
+    fig = _saved_figure(monkeypatch, tmp_path, SWEEP, "paper-code: sweep (seeds 0,1)")
     return fig, fig.axes[0], fig.axes[1]
 
 
@@ -100,14 +104,6 @@ def test_a_sweep_saved_without_per_seed_figures_draws_its_rates_and_no_spread(mo
     """A sweep JSON from before per-seed figures were kept (bench/simulate/issue11/rerun_policies.py redraws them)."""
     sweep = {"slo_target": 0.99, "policies": {"warmserve": {"points": [
         {"offered_rate_rps": r, "ttft_p99_s": 0.5, "slo_attainment": 0.99} for r in (1.0, 2.0)]}}}
-    saved = {}
-
-    def keep(fig, path, **kw):
-        fig.canvas.draw()
-        saved["fig"] = fig
-
-    monkeypatch.setattr(sim_plot, "save_figure", keep)
-    sim_plot.plot_rate_sweep(sweep, str(tmp_path / "s.png"), "sweep")
-    for ax in saved["fig"].axes:
+    for ax in _saved_figure(monkeypatch, tmp_path, sweep, "sweep").axes:
         assert not any(isinstance(c, ErrorbarContainer) for c in ax.containers)
         assert [t.get_text() for t in ax.get_xticklabels() if t.get_text()] == ["1", "2"]  # before: 10^0, 2x10^0
