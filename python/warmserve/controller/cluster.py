@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from warmserve.config import ClusterConfig, ControllerConfig, ModelSpec
 from warmserve.policy.config import PolicyConfig
-from warmserve.controller import exit_close
+from warmserve.controller import cluster_async, exit_close
 from warmserve.controller.cluster_checks import (  # noqa: F401  (LONGEST_WAIT_S: cluster.LONGEST_WAIT_S, as before)
-    LONGEST_WAIT_S, _check_devices, _check_paths, _check_prompt, _check_sampling, _check_timeout, _wait_limit_s,
+    LONGEST_WAIT_S, _check_bind, _check_devices, _check_paths, _check_prompt, _check_sampling, _check_timeout,
+    _wait_limit_s,
 )
 from warmserve.controller.frontend import TextGeneration, prepare
 from warmserve.controller.loopgate import LoopGate
@@ -113,7 +114,11 @@ _KEYWORDS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None, "
 class Cluster:
     """The whole serving system in this process: generate(), agenerate() and stream() on its models, stats(), and
     close() (or a ``with`` block). Its methods may be called from several threads at once; in asyncio code, await
-    agenerate() and read stream() with ``async for`` (or ``anext()``), which wait without blocking the event loop."""
+    agenerate() and read stream() with ``async for`` (or ``anext()``), which wait without blocking the event loop,
+    and start and close it with ``async with await Cluster.astart(...)`` (or ``await c.aclose()``)."""
+
+    #: While Cluster.astart builds this one: its future, cancelled when the task awaiting it is (cluster_async.py).
+    _abandon: concurrent.futures.Future | None = None
 
     def __init__(
         self,
@@ -207,7 +212,7 @@ class Cluster:
         else:
             starting = start_cluster(config, history=history, log_dir=log_dir)
         try:
-            self.controller = self._run(starting, config.worker_start_timeout_s + 30)
+            self.controller = self._run(starting, config.worker_start_timeout_s + 30, self._abandon)
         except BaseException:
             self._finalizer()
             raise
@@ -219,17 +224,22 @@ class Cluster:
 
     # ----------------------------------------------------------------------------------------------- plumbing
 
-    def _run(self, coro, timeout_s: float | None = None):
-        """Run ``coro`` on the controller's loop and wait for it. If the wait ends early (``timeout_s``, Ctrl-C),
-        the coroutine is cancelled and its own clean-up has run when this raises (found in review: a timed-out
-        generate ran on to max_tokens, and an interrupted start left its workers running)."""
+    def _run(self, coro, timeout_s: float | None = None, abandon: concurrent.futures.Future | None = None):
+        """Run ``coro`` on the controller's loop and wait for it. If the wait ends early (``timeout_s``, Ctrl-C,
+        ``abandon`` cancelled), the coroutine is cancelled and its own clean-up has run when this raises (found in
+        review: a timed-out generate ran on to max_tokens, and an interrupted start left its workers running)."""
         done = threading.Event()  # set by the gate once nothing of the work runs, started or not
         fut = self._gate.submit(coro, ended=done)
         try:
-            concurrent.futures.wait((fut,), _wait_limit_s(timeout_s))
+            if abandon is None:
+                concurrent.futures.wait((fut,), _wait_limit_s(timeout_s))
+            else:
+                cluster_async.wait(fut, abandon, _wait_limit_s(timeout_s))
         except BaseException:  # Ctrl-C
             self._cancel(fut, done)
             raise
+        if abandon is not None and abandon.cancelled() and self._cancel(fut, done):
+            raise concurrent.futures.CancelledError("Cluster.astart was cancelled: its start was stopped")
         # Only a wait that ran out is the caller's timeout. Found in review: any TimeoutError the work raised (a
         # queue timeout, a worker start's: TimeoutError_ is a TimeoutError, as concurrent.futures' is) was
         # rewritten as this one, with timeout_s=None failing to format.
@@ -387,6 +397,24 @@ class Cluster:
         if threading.current_thread() is not self._gate.thread:
             self._gate.stopped.wait()  # set when the first close is through; that close's own waits are bounded
 
+    @classmethod
+    async def astart(cls, *args, **kwargs) -> "Cluster":
+        """``Cluster(*args, **kwargs)`` for asyncio code (``async with await Cluster.astart(...) as c``): the start
+        runs on a thread of its own while the caller's event loop runs on. The awaiting task cancelled, the start
+        is stopped, its workers with it (controller/cluster_async.py)."""
+        return await cluster_async.start(cls, args, kwargs)
+
+    async def aclose(self, drain: bool = True) -> None:
+        """close() for asyncio code: it waits for the drain on a thread while the caller's event loop runs on (an
+        ``async with`` block's end calls it). Cancelled, the close still goes on to its end."""
+        await asyncio.to_thread(self.close, drain)
+
+    async def __aenter__(self) -> "Cluster":
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self.aclose(drain=exc_type is None)  # as __exit__: no drain on an exception
+
     def __enter__(self) -> "Cluster":
         self._check()  # found in review: `with` on a closed cluster entered, to fail at its first call
         return self
@@ -519,20 +547,6 @@ class TextIterator:
 
 async def _acall(fn):
     return fn()
-
-
-def _check_bind(cc: ControllerConfig) -> None:
-    """The worker socket's bind rule, before anything starts, with the fix named in this API's terms (found in
-    review: the hub's names the command line's --curve-dir and --insecure). ``insecure`` is left to the hub, which
-    warns of it."""
-    from warmserve.security import require_authenticated_bind
-
-    if not cc.insecure:
-        require_authenticated_bind(
-            cc.bind, authenticated=bool(cc.curve_dir), insecure=False,
-            who=f"the controller's worker socket (bind={cc.bind!r})",
-            fix="pass curve_dir=DIR (holding server.key_secret, and the workers' public keys in DIR/workers)",
-            loopback="bind a loopback address (bind='tcp://127.0.0.1:0')", trust="pass insecure=True")
 
 
 def _shutdown(gate: LoopGate, controller, drain: list[bool] | None = None) -> None:

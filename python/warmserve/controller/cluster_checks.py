@@ -8,6 +8,7 @@ import numbers
 import os
 import sys
 
+from warmserve.config import ControllerConfig
 from warmserve.errors import InvalidArgumentError
 
 def _check_prompt(prompt) -> None:
@@ -92,3 +93,17 @@ def _check_paths(log_dir, ray_address) -> None:
         raise InvalidArgumentError(f"ray_address must be a Ray cluster's address (str, 'auto': the one this machine "
                                    f"belongs to) or None (local workers), got {type(ray_address).__name__} "
                                    f"{ray_address!r:.60}", param="ray_address")
+
+
+def _check_bind(cc: ControllerConfig) -> None:
+    """The worker socket's bind rule, before anything starts, with the fix named in this API's terms (found in
+    review: the hub's names the command line's --curve-dir and --insecure). ``insecure`` is left to the hub, which
+    warns of it."""
+    from warmserve.security import require_authenticated_bind
+
+    if not cc.insecure:
+        require_authenticated_bind(
+            cc.bind, authenticated=bool(cc.curve_dir), insecure=False,
+            who=f"the controller's worker socket (bind={cc.bind!r})",
+            fix="pass curve_dir=DIR (holding server.key_secret, and the workers' public keys in DIR/workers)",
+            loopback="bind a loopback address (bind='tcp://127.0.0.1:0')", trust="pass insecure=True")
