@@ -61,11 +61,13 @@ class Colocating:
             try:
                 plan = plan_shared(state, models, order, demand, laminar=self.cfg.placement == "laminar",
                                    colocate_tp=self.cfg.colocate_tp, max_replicas=self.cfg.max_instances_per_model)
-            except UnplacedModelError:
-                return None  # no colocation holds every servable model: the rules do what they can (time-sharing)
+            except UnplacedModelError:  # no colocation holds every servable model: the rules do what they can
+                self._co.layout_refused_gpus = live
+                return None
             plan = floor_kv_shares(state, plan, request_blocks(models, self.cfg.coserve_context_tokens))
-            if plan is None:
-                return None  # a group cannot hold one such request for each of its models
+            if plan is None:  # a group cannot hold one such request for each of its models
+                self._co.layout_refused_gpus = live
+                return None
             out = self._pin(plan)
             self._pinned_gpus = live
             return out

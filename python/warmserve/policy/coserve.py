@@ -96,6 +96,13 @@ class CoServing(Reopening, HostSizing):
         self.copies: Counter[str] = Counter()
         #: From the last tick: the GPUs the models with demand need for one instance each.
         self.demand_gpus = 0
+        #: Live GPUs when the colocation's first tick found the served models need more GPUs than that and no
+        #: static layout holding them all (``Colocating._colocation``); 0: it did not. While no GPU has joined
+        #: since, the cluster counts as over-subscribed before any load says so (``over_with``): a first
+        #: instance opens a host on the last idle GPUs and the next model joins it (found live: six 74 MB models
+        #: on one 500 MiB CPU worker started dedicated, which no model joins, and ran one at a time, each switch
+        #: 5 s, and 30 s once all had been idle).
+        self.layout_refused_gpus = 0
 
     # ---- the model (the step and a host's memory: ``cosizing.HostSizing``) ------------------------------------
 
@@ -197,10 +204,11 @@ class CoServing(Reopening, HostSizing):
 
     def over_with(self, state: ClusterState, model: str) -> bool:
         """Over-subscribed, counting ``model`` as a model with demand: one whose first requests came after the last
-        tick (it is asked about because a request of it waits) is not in that tick's figures."""
+        tick (it is asked about because a request of it waits) is not in that tick's figures; or, with no GPU
+        joined since, the first tick found no layout holding every model (``layout_refused_gpus``)."""
         live = state.live_gpus()
-        return self.oversubscribed or (self.batch.get(model, 0.0) <= 0
-                                       and self.demand_gpus + self.models[model].tp > live)
+        return self.oversubscribed or 0 < live <= self.layout_refused_gpus or (
+            self.batch.get(model, 0.0) <= 0 and self.demand_gpus + self.models[model].tp > live)
 
     @property
     def merge_band(self) -> float:
