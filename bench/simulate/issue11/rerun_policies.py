@@ -78,7 +78,8 @@ def _sweep_outputs(path: str, merged: dict) -> None:
 
         a = merged["args"]
         plot_rate_sweep(merged["sweep"], stem + ".png",
-                        rate_sweep_title(merged["preset"], a["seeds"], a.get("burst_cv"), a.get("policy_option")))
+                        rate_sweep_title(merged["preset"], a["seeds"], a.get("burst_cv"), a.get("policy_option"),
+                                         ttft_slo_s=a.get("ttft_slo_s") or 0.0, slo_scale=a.get("slo_scale")))
 
 
 def _table_beside(path: str, merged: dict) -> None:

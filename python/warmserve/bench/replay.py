@@ -39,8 +39,8 @@ import numpy as np
 
 from warmserve.bench.exit_signals import exit_on_signals, run_async
 from warmserve.bench.replay_cluster import LiveCluster
-from warmserve.bench.replay_report import (LIVE_COLS, no_error_text, plot_cdf, ratio_figures, table, validation,
-                                           write_results)
+from warmserve.bench.replay_report import (LIVE_COLS, no_error_text, plot_cdf, plot_title, ratio_figures, table,
+                                           validation, write_results)
 from warmserve.bench.replay_setup import (CHECKPOINTS, TRACE_TIME_OPTIONS, Given, check_args, check_endpoint,
                                           check_reuse, cost_models, counters_between, engine_start_summary,
                                           fetch_engine_starts, fetch_prewarm_metrics, history_rows, idle_windows,
@@ -542,9 +542,7 @@ def _main(args, run: dict) -> int:
     if args.json:
         write_results(args, w, reqs, served, live, live_ttft, sim, sim_ttft, wall, warm)
     if args.plot:
-        plot_cdf(live_ttft, sim_ttft, args.plot,
-                 f"TTFT CDF, {w.name} replay ({len(reqs) / w.duration_s:.2f} rps, "
-                 + (f"{args.endpoint})" if args.endpoint else f"{args.cpu_workers} CPU workers)"))
+        plot_cdf(live_ttft, sim_ttft, args.plot, plot_title(w.name, len(reqs), w.duration_s, args))
     return 0
 
 

@@ -50,6 +50,15 @@ def plot_cdf(live: dict, sim: dict, path: str, title: str) -> None:
     plot_ttft_cdf(curves, path, title)
 
 
+def plot_title(workload: str, n_requests: int, wall_s: float, args) -> str:
+    """The replay CDF's title: the workload, its rate (over ``wall_s``, the replay's wall span) and where it ran,
+    then the settings that make one replay differ from another (found in review: two plots of runs at
+    --time-scale 0.25 and 1 had one title)."""
+    where = f"{args.endpoint})" if args.endpoint else f"{args.cpu_workers} CPU workers)"
+    return (f"TTFT CDF, {workload} replay ({n_requests / wall_s:.2f} rps, {where}\n"
+            f"{args.duration_s:g} trace s at time scale {args.time_scale:g} ({wall_s:g} wall s), seed {args.seed}")
+
+
 def no_error_text(s: dict, drain_s: float) -> str:
     # found in review: requests that timed out said "(no error text)", which named neither the wait nor its flag
     n = s["outcomes"].get("unanswered", 0)

@@ -550,9 +550,9 @@ def _sweep_main(args, preset: Preset, cost: CostModel, policies: list[str], seed
         write_results(args.json, {**doc(sweep), "wall_s": wall})
     if args.plot:
         from warmserve.sim.plot import plot_rate_sweep, rate_sweep_title
-
-        plot_rate_sweep(sweep, args.plot, rate_sweep_title(preset.label, ",".join(map(str, seeds)), args.burst_cv,
-                                                           args.policy_option))
+        plot_rate_sweep(sweep, args.plot, rate_sweep_title(
+            preset.label, ",".join(map(str, seeds)), args.burst_cv, args.policy_option,
+            ttft_slo_s=preset.config.ttft_slo_s, slo_scale=preset.config.slo_scale))
     return 0
 
 

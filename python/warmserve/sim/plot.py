@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from warmserve.outputs import save_figure
 
 
@@ -37,11 +39,19 @@ def plot_ttft_cdf(curves, path: str, title: str, unanswered_ttft_s: float | None
         plt.close(fig)
 
 
-def rate_sweep_title(preset: str, seeds: str, burst_cv: float | None, policy_options) -> str:
+def rate_sweep_title(preset: str, seeds: str, burst_cv: float | None, policy_options, *, ttft_slo_s: float = 0.0,
+                     slo_scale: float | None = None) -> str:
     """The title of a --sweep-rate plot: ``seeds`` as given ("0,1,2"), the burst CV and policy options where set
-    (`warmserve simulate --plot`, and bench/simulate/issue11/rerun_policies.py redrawing one)."""
+    (`warmserve simulate --plot`, and bench/simulate/issue11/rerun_policies.py redrawing one), and on a second
+    line the TTFT SLO the attainment counts (``SimConfig.ttft_slo_s``, else ``slo_scale`` x each model's
+    1024-token prefill; found in review: the panel gave attainment against an SLO it did not name)."""
     extra = (f", burst CV {burst_cv:g}" if burst_cv else "") + "".join(f", {o}" for o in policy_options or ())
-    return f"{preset}: P99 TTFT and SLO attainment vs offered rate (seeds {seeds}{extra})"
+    head = f"{preset}: P99 TTFT and SLO attainment vs offered rate (seeds {seeds}{extra})"
+    if ttft_slo_s:
+        return f"{head}\nSLO: TTFT within {ttft_slo_s:g} s"
+    if slo_scale:
+        return f"{head}\nSLO: TTFT within {slo_scale:g}x the model's prefill of 1024 tokens"
+    return head
 
 
 def plot_rate_sweep(sweep: dict, path: str, title: str) -> None:
@@ -83,6 +93,12 @@ def plot_rate_sweep(sweep: dict, path: str, title: str) -> None:
     over = n_seeds > 1
     ax_p99.set_yscale("log")
     ax_p99.set_ylabel("P99 TTFT (s, log scale)")
+    # found in review: P99s within one decade were labelled 1.28335x10^-1 on each minor tick; plain numbers, and
+    # the minor ticks named only when no decade's own tick is on the axis (else they would crowd it)
+    ax_p99.yaxis.set_major_formatter(lambda v, _: f"{v:.6g}")
+    lo, hi = ax_p99.get_ylim()
+    if math.floor(math.log10(hi)) == math.floor(math.log10(lo)):
+        ax_p99.yaxis.set_minor_formatter(lambda v, _: f"{v:.6g}")
     target = sweep.get("slo_target", 0.99)
     ax_att.axhline(target, color="grey", lw=0.8, ls=":", label=f"SLO attainment target {target:g}")
     ax_att.set_ylabel("SLO attainment (share of requests)")
