@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from warmserve.errors import InvalidArgumentError
 
 
 def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_s: float,
@@ -12,6 +16,11 @@ def concurrency_windows(start_s: np.ndarray, end_s: np.ndarray, t0_s: float, t1_
 
     ``start_s``/``end_s``: when each request entered and left the system (arrival and completion).
     """
+    if not (math.isfinite(window_s) and window_s > 0 and math.isfinite(t0_s) and math.isfinite(t1_s)):
+        # found in review: window_s 0 raised a bare OverflowError (inf windows), NaN ends a ValueError
+        raise InvalidArgumentError(f"concurrency_windows needs a finite window_s > 0 and finite t0_s, t1_s, got "
+                                   f"window_s={window_s!r}, t0_s={t0_s!r}, t1_s={t1_s!r} (300 s: the policy's "
+                                   f"window_s)", window_s=window_s)
     nw = max(int(np.ceil((t1_s - t0_s) / window_s - 1e-9)), 0)
     starts = t0_s + window_s * np.arange(nw)
     if nw == 0:

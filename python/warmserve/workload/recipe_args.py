@@ -121,3 +121,16 @@ def check_total_rate(fn: str, total: float, rate_scale: float, *, duration_s: fl
                                    f"{rate_scale})", total_rate_rps=total, rate_scale=rate_scale)
     check_request_budget(fn, total * (pre_s + duration_s) * (1 + history_days), total, duration_s=duration_s,
                          pre_s=pre_s, history_days=history_days)
+
+
+def prompt_cap(fn: str, max_prompt_tokens) -> int | None:
+    """The prompt cap of a recipe: a whole number of tokens, None or 0 for none (found in review:
+    paper_workload read 0 as "cut every prompt to 0 tokens" where servegen_workload read it as no cap, and a
+    negative cap made negative prompts in both)."""
+    if max_prompt_tokens is None:
+        return None
+    if isinstance(max_prompt_tokens, bool) or not float(max_prompt_tokens).is_integer() or max_prompt_tokens < 0:
+        raise InvalidArgumentError(f"{fn} max_prompt_tokens={max_prompt_tokens!r}: must be a whole number of tokens "
+                                   f">= 1, or 0 or None for no cap (1024: the paper's cap; --max-prompt-tokens)",
+                                   max_prompt_tokens=max_prompt_tokens)
+    return int(max_prompt_tokens) or None

@@ -20,7 +20,7 @@ import numpy as np
 from warmserve.errors import InvalidArgumentError
 from warmserve.workload.azure import load_azure, trace_source
 from warmserve.workload.recipe_args import (check_history_room, check_rates_and_span, check_request_budget,
-                                            check_stretch_args, check_time_scale, check_total_rate)
+                                            check_stretch_args, check_time_scale, check_total_rate, prompt_cap)
 from warmserve.workload.request import Trace, Workload
 from warmserve.workload import servegen as sg
 
@@ -238,14 +238,15 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
     copies from all over the trace, its history region among them, so such a model shares rows with its history,
     but at no fixed lead (the most common 1 s lead holds under 1% of the shared rows). History days carry the
     model's rate level and the trace's burst statistics, not a view of the replay.
-    Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens``. With history days,
-    (pre_s + duration_s) x time_scale past ``day_s`` is refused: history day 1 would overlap the warm-up and replay.
+    Different models' stretches may overlap. Prompts are cut to ``max_prompt_tokens`` (None, 0: no cap). With
+    history days, (pre_s + duration_s) x time_scale past ``day_s`` is refused (history day 1 would overlap them).
     """
     if burst_cv is not None:  # before the work, and whether or not a segment has arrivals to re-draw
         check_burst_cv(burst_cv)
     check_rates_and_span("paper_workload", rate_scale=rate_scale, total_rate_rps=total_rate_rps,
                          duration_s=duration_s, pre_s=pre_s)
     check_time_scale(duration_s, pre_s, time_scale)
+    cap = prompt_cap("paper_workload", max_prompt_tokens)
     check_history_room("paper_workload", duration_s, pre_s, history_days, day_s, time_scale, trace_days=False)
     src = load_azure(kind, path)
     names = list(model_names) if model_names else [f"{kind}-{i}" for i in range(n_models)]
@@ -276,7 +277,8 @@ def paper_workload(kind: str = "conv", n_models: int = 12, *, alpha: float = 1.0
             t = np.concatenate([regamma(t[t < pre_s], 0.0, pre_s, burst_cv, rng),
                                 regamma(t[t >= pre_s], pre_s, span, burst_cv, rng)])
         parts.append(Trace([name], t + a, np.zeros(len(t), np.int32),
-                           np.minimum(src.prompt_tokens[idx], max_prompt_tokens), src.output_tokens[idx]))
+                           src.prompt_tokens[idx] if cap is None else np.minimum(src.prompt_tokens[idx], cap),
+                           src.output_tokens[idx]))
         days.append(day)
 
     for i, name in enumerate(names):
@@ -547,13 +549,13 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
     zero) for every model, since the spans are the workload's, not per model (``meta["history_gaps_s"]``).
     A replay without room for its history days before it, outside a chosen model's data, or over no traffic at
     all, is refused the same way; with history days, so is a warm-up and replay longer than a day (times
-    ``time_scale`` where above 1), which history day 1 would overlap (``recipe_args.check_history_room``).
-    """
+    ``time_scale`` where above 1), which history day 1 would overlap (``recipe_args.check_history_room``)."""
     if burst_cv is not None:
         check_burst_cv(burst_cv)
     check_rates_and_span("servegen_workload", rate_scale=rate_scale, total_rate_rps=total_rate_rps,
                          duration_s=duration_s, pre_s=pre_s)
     check_time_scale(duration_s, pre_s, time_scale)
+    cap = prompt_cap("servegen_workload", max_prompt_tokens)
     check_history_room("servegen_workload", duration_s, pre_s, history_days, DAY_S, time_scale, trace_days=True)
     series = servegen_series(n_models, models, path, include_aggregates, repeat_days)
     pmfs = sg.load_length_pmfs(pmf_path)
@@ -582,9 +584,7 @@ def servegen_workload(n_models: int = 32, *, start_s: float = SERVEGEN_LAST_DAY_
             t = sg.sample_arrivals(s, start_s + a, start_s + b, scale, rng) - start_s
             if burst_cv is not None:
                 t = _regamma_windows(t, a, b, burst_cv, rng, start_s)
-            p = inp.sample(rng, len(t))
-            if max_prompt_tokens:
-                p = np.minimum(p, max_prompt_tokens)
+            p = inp.sample(rng, len(t)) if cap is None else np.minimum(inp.sample(rng, len(t)), cap)
             tr = Trace([s.name], t, np.zeros(len(t), np.int32), p, out.sample(rng, len(t)))
             missing = np.zeros(len(t), bool)
             for _, lo, hi in holes:
