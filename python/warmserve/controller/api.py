@@ -18,7 +18,7 @@ from warmserve.controller.api_key import key_bytes, key_matches
 from warmserve.controller.body import BodyTimeoutError, expect_handler, read_body
 from warmserve.controller.cors import Cors, is_preflight
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
-from warmserve.controller.frontend import Choices, TextGeneration, aprepare
+from warmserve.controller.frontend import Choices, TextGeneration, aprepare, check_max_tokens
 from warmserve.controller.metrics import CONTENT_TYPE
 from warmserve.controller.stall import StallWatch
 from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError
@@ -89,13 +89,19 @@ def _request_id(given: str | None) -> str:
     return oa.new_id("req")
 
 
-def _parsed(request, parse, body: bytes):
-    """``parse(body)``; when it refuses the body, the access log still names the model the body asks for, where it
-    can be read (found in review: a 400 over a bad field logged model=-)."""
+async def _parsed(request, controller, parse, body: bytes, off_loop: bool = False):
+    """``parse(body)`` (on a worker thread ``off_loop``); when it refuses the body, the access log still names the
+    model the body asks for, where it can be read (found in review: a 400 over a bad field logged model=-). A
+    min_tokens above max_tokens that alone leaves the model no room for a prompt is refused as over the context
+    (code context_length_exceeded), as it is where no limit is set: found in review, a completion's min_tokens past
+    the context, above the default max_tokens of 16, had no code where a chat's had it."""
     try:
-        return parse(body)
-    except InvalidArgumentError:
-        request[_INFO]["model"] = oa.model_named(body) or "-"
+        return await asyncio.to_thread(parse, body) if off_loop else parse(body)
+    except InvalidArgumentError as e:
+        name = request[_INFO]["model"] = oa.model_named(body) or "-"
+        least = e.fields.get("min_tokens") if e.fields.get("param") == "min_tokens" else None
+        if isinstance(least, int) and name in controller.model_names():
+            check_max_tokens(controller.model(name), least, "min_tokens")
         raise
 
 
@@ -264,12 +270,12 @@ class Api:
     async def completions(self, request: web.Request):
         body = await read_body(request, MAX_BODY_BYTES)
         if len(body) <= INLINE_BODY_BYTES:
-            req, sampling = _parsed(request, oa.parse_completion, body)
+            req, sampling = await _parsed(request, self.controller, oa.parse_completion, body)
         else:  # as a large chat's (_parse_chat): found in review, a batch of 5M prompts took 7.6 s of the loop
             head = await asyncio.to_thread(prechecks.completion_head, body)
             if head is not None:
                 await self._precheck(request, head, prechecks.check_prompt_shape)
-            req, sampling = await asyncio.to_thread(oa.parse_completion, body)
+            req, sampling = await _parsed(request, self.controller, oa.parse_completion, body, off_loop=True)
         request[_INFO]["model"] = req.model  # for the access log, also when the model does not exist
         model = self.controller.model(req.model)
         ids = await aprepare(model, req.prompt, max_tokens=sampling.max_tokens,
@@ -294,13 +300,13 @@ class Api:
         decoded."""
         info = request[_INFO]
         if len(body) <= INLINE_BODY_BYTES:
-            req, sampling = _parsed(request, oa.parse_chat, body)
+            req, sampling = await _parsed(request, self.controller, oa.parse_chat, body)
             info["model"] = req.model
             return req, sampling, oa.chat_dicts(req)
         head = await asyncio.to_thread(prechecks.chat_head, body)
         if head is not None:  # else the body is not even a chat's: parse_chat says why
             await self._precheck(request, head, prechecks.check_message_count)
-        req, sampling, messages = await asyncio.to_thread(_chat_parts, body)
+        req, sampling, messages = await _parsed(request, self.controller, oa.chat_parts, body, off_loop=True)
         info["model"] = req.model
         return req, sampling, messages
 
@@ -537,11 +543,6 @@ def _own_answers(api: Api) -> type[AbstractAccessLogger]:
                 api._rejected(response.status, UNPARSED)
 
     return OwnAnswers
-
-
-def _chat_parts(body: bytes):
-    req, sampling = oa.parse_chat(body)
-    return req, sampling, oa.chat_dicts(req)
 
 
 def _token_text(model):

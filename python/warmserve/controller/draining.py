@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 
+import zmq
+
 from warmserve.controller.errors import NoWorkersError
+from warmserve.controller.pids import exit_status
 
 log = logging.getLogger("warmserve.controller")
 
@@ -39,3 +42,19 @@ def on_drain(ctl, w) -> None:
             ctl.driver.fail_waiting(model, NoWorkersError(
                 f"no worker serves: the last one, {w!r}, drains (it was sent SIGTERM) and takes no new work; retry "
                 "when workers join", worker_id=w.worker_id), now_s)
+
+
+def send_failed(w, e: zmq.ZMQError) -> str:
+    """Why ``w`` is gone when a send to it failed with ``e`` (``WorkerHub.send``; EHOSTUNREACH: no connection under
+    its routing id any more). Of a worker that said it leaves (it drains, or stops at once on SIGTERM) that is its
+    going as said: the reason is what is known of its end, a local process's exit status, not a fault's. Found in
+    review of the logs: "left after draining: send failed: its connection is gone (process exited, or network
+    cut)", where the line of a worker whose exit was seen first reads "process 674 exited with status 0"."""
+    if e.errno != zmq.EHOSTUNREACH:
+        return f"send failed: {e.strerror}"
+    if not (w.draining or (w.stats is not None and w.stats.stopping)):
+        return "send failed: its connection is gone (process exited, or network cut)"
+    status = exit_status(w.proc)
+    if status is not None:
+        return f"process {w.pid} exited with status {status} (its connection closed)"
+    return "its connection closed" + (", its process still running" if w.proc is not None else "")

@@ -17,6 +17,7 @@ import time
 
 from warmserve import protocol as P
 from warmserve.controller import expiry
+from warmserve.controller.instance_words import instance_words
 from warmserve.controller.prewarms import LivePrewarm, start_words, tracked_copies
 from warmserve.controller.workers import WorkerRecord
 from warmserve.errors import InvalidArgumentError, ModelStateError, TimeoutError_, UnknownModelError, WorkerLostError
@@ -237,7 +238,7 @@ class LiveExecutor:
         """A load that the driver still counts failed: it leaves the state, and what it may have loaded on
         ``holders`` (those alive) is evicted. Its worker may be dead: found in review, a prewarm sent to a worker
         lost a moment before (in the same policy tick) was left in the state, reserved on a gone GPU, for good."""
-        log.warning("prewarm %s of %s on %r failed: %s", pw.pid, pw.model, pw.workers, error)
+        log.warning("%s on %r failed: %s", instance_words(pw.pid, pw.model, "prewarm"), pw.workers, error)
         self.ctl.driver.prewarm_failed(pw.pid)
         self.prewarms.pop(pw.pid, None)
         self.evict_all(holders, pw.model)
@@ -312,7 +313,7 @@ class LiveExecutor:
             if self._withdrawn(inst):
                 # Found in review: the Activate went out regardless, and a start stopped while it loaded ran on the
                 # worker, unrouted, where the driver kept its weights as a prewarm (or had them evicted).
-                log.info("instance %s of %s: not activated, withdrawn while it loaded", inst.iid, inst.model)
+                log.info("%s: not activated, withdrawn while it loaded", instance_words(inst.iid, inst.model))
                 return
             shared = act.kv_fraction < 1.0
             # a share holds at least one request at the model's context (kv_blocks_for): the driver counted the same
@@ -327,7 +328,7 @@ class LiveExecutor:
         if inst.iid not in ctl.driver.state.instances:  # lost or stopped while starting
             return
         inst.ready = True
-        log.info("instance %s of %s ready on %r (%s%s)", inst.iid, inst.model, w, start_words(inst.start_kind, pw),
+        log.info("%s ready on %r (%s%s)", instance_words(inst.iid, inst.model), w, start_words(inst.start_kind, pw),
                  f", co-served, KV share {kv_blocks} blocks" if shared else "")
         k = int(reply.kv_blocks)
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
@@ -352,7 +353,7 @@ class LiveExecutor:
                 await pw.wait(LOAD_TIMEOUT_S)
             loaded = True
             if self._withdrawn(inst):  # as in _start_one; a rank lost meanwhile left the others a group without it
-                log.info("instance %s of %s: not activated, withdrawn while it loaded", inst.iid, inst.model)
+                log.info("%s: not activated, withdrawn while it loaded", instance_words(inst.iid, inst.model))
                 return
             inst.group_id = group.group_id
             inst.activating = True
@@ -368,7 +369,7 @@ class LiveExecutor:
             return
         inst.ready = True
         k = int(replies[0].kv_blocks)
-        log.info("instance %s of %s ready on %r in group %s (%s)", inst.iid, inst.model, inst.workers,
+        log.info("%s ready on %r in group %s (%s)", instance_words(inst.iid, inst.model), inst.workers,
                  group.group_id, start_words(inst.start_kind, pw))
         ctl.driver.instance_ready(inst.iid, ctl.now_s(), kv_blocks_total=k, kv_blocks_mapped=k,
                                   max_seqs=ctl.engine_config.max_num_seqs)
@@ -414,7 +415,7 @@ class LiveExecutor:
         ours = self.instances.pop(inst.iid, None) is not None
         # (not ours: stopped or lost while it started, and ended by that, e.g. its load cancelled by the Evict of
         # the weights the stop kept; nothing failed)
-        log.log(logging.WARNING if ours else logging.INFO, "instance %s of %s on %r %s: %s", inst.iid, inst.model,
+        log.log(logging.WARNING if ours else logging.INFO, "%s on %r %s: %s", instance_words(inst.iid, inst.model),
                 inst.worker, "failed to start" if ours else "ended while it started", e)
         # (A record taken already was a loss's, which evicted the survivors, or a stop's, whose weights the driver
         # keeps: a later start of the model may run from them, which a Deactivate and Evict here would end.)
@@ -442,8 +443,9 @@ class LiveExecutor:
         if rec is None or not rec.activating:
             return  # still starting: it sends no Activate now (_withdrawn), and the worker has nothing to deactivate
         # Found in review: a scale-in left no line at any level, so instances vanished from the log unexplained.
-        log.info("instance %s of %s on %r stopped by the policy (scaled in or moved), %.0f s after its start",
-                 rec.iid, rec.model, rec.workers[0] if len(rec.workers) == 1 else rec.workers, now_s - inst.created_s)
+        log.info("%s on %r stopped by the policy (scaled in or moved), %.0f s after its start",
+                 instance_words(rec.iid, rec.model), rec.workers[0] if len(rec.workers) == 1 else rec.workers,
+                 now_s - inst.created_s)
         # Deactivate keeps the weights resident: a Prewarm that keeps them takes them as they are; otherwise
         # the driver drops them (drop_kept) at the end of the next tick. Rank 0 first: it tells the others to stop.
         for w in rec.workers:
@@ -574,8 +576,8 @@ class LiveExecutor:
             if req.generated:
                 self.ctl.metrics.resumed.inc(model=req.model, why=why)
         if moved:  # found in review: moves were only counted, so a later loss could not be traced back to one
-            log.info("%d request(s) of instance %s of %s on %r move to its model's other instances (%s), each "
-                     "resumed after its tokens", len(moved), inst.instance_id, inst.model, w, why.replace("_", " "))
+            log.info("%d request(s) of %s on %r move to its model's other instances (%s), each resumed after its "
+                     "tokens", len(moved), instance_words(inst.instance_id, inst.model), w, why.replace("_", " "))
         return [(req, req.resume_prompt_tokens) for req in moved]
 
     def expire_requests(self) -> None:

@@ -73,8 +73,10 @@ def fail_at_shutdown(ctl, queued: int, drained: bool) -> list:
                 aborts.append((w, gid))
         w.gens.clear()
     if cut or queued:
-        # Found in review of the logs: the requests a shutdown cut left no line saying so, or why.
+        # Found in review of the logs: the requests a shutdown cut left no line saying so, or why (exit_close.py
+        # closes a Cluster left open at interpreter exit without a drain).
         log.warning("shutdown: %d request(s) still running and %d waiting were failed: %s", cut, queued,
                     f"the drain's {ctl.cc.drain_timeout_s:g} s ran out (controller.drain_timeout_s lets them finish)"
-                    if drained else "stopped without a drain (a second Ctrl-C or SIGTERM, or close(drain=False))")
+                    if drained else "stopped without a drain (a second Ctrl-C or SIGTERM, close(drain=False), or "
+                    "the interpreter exiting with a warmserve.Cluster still open)")
     return aborts

@@ -397,6 +397,12 @@ def _turn(m: ChatMessage) -> dict[str, str]:
     return {"role": m.role, "content": message_text(m), **({"name": m.name} if m.name else {})}
 
 
+def chat_parts(body: bytes):
+    """The chat request, its sampling and its messages as dicts (``parse_chat``, then ``chat_dicts``)."""
+    req, sampling = parse_chat(body)
+    return req, sampling, chat_dicts(req)
+
+
 def chat_dicts(req: ChatRequest) -> list[dict[str, str]]:
     return [_turn(m) for m in req.messages]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from warmserve.controller.errors import InstanceGoneError
+from warmserve.controller.instance_words import instance_words
 from warmserve.errors import ModelStateError, UnknownModelError
 from warmserve.policy import actions as A
 
@@ -29,8 +30,8 @@ def not_running(ctl, w, gid: int, req, error: BaseException) -> bool:
     req.reroutes += 1
     live = ctl.instances.get(iid)
     if req.reroutes < limit and live is not None and live.worker is w and iid in ctl.driver.state.instances:
-        log.warning("%r refused request %d of instance %s of %s (%s): the instance is stopped and its requests "
-                    "start over", w, gid, iid, req.model, error)
+        log.warning("%r refused request %d of %s (%s): the instance is stopped and its requests start over", w, gid,
+                    instance_words(iid, req.model), error)
         live.refused = True
         ctl.driver.apply(A.Migrate(iid), ctl.now_s())
         return True

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from warmserve import config, protocol as P
+from warmserve.controller.draining import send_failed
 from warmserve.endpoints import check_ipc_free, is_ipv6_endpoint
 from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError, WorkerLostError, bind_error
 from warmserve.security import require_authenticated_bind
@@ -265,8 +266,7 @@ class WorkerHub:
         try:
             self.sock.send_multipart([w.ident, msg if isinstance(msg, bytes) else P.encode(msg)], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH: no connection under that id (review: read "Host unreachable")
-            gone = "its connection is gone (process exited, or network cut)"
-            self.lose(w, f"send failed: {gone if e.errno == zmq.EHOSTUNREACH else e.strerror}")
+            self.lose(w, send_failed(w, e))
             raise WorkerLostError(f"{w!r} cannot be reached ({e.strerror})", worker_id=w.worker_id) from None
         finally:
             self._check_readable()
