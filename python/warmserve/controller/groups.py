@@ -21,6 +21,7 @@ import logging
 import secrets
 
 from warmserve import protocol as P
+from warmserve.controller.instance_words import instance_words
 from warmserve.errors import WarmServeError, WorkerLostError, register
 from warmserve.policy import actions as A
 
@@ -223,8 +224,9 @@ class GroupManager:
                 ctl._request_done(r, "worker_lost")
                 failed += 1
         # found in review: the line said every request started over while those at the limit got their 503
-        log.warning("instance %s of %s lost a rank (%s): its requests start over elsewhere%s", req.instance_id,
-                    req.model, error, f", but {failed} that lost workers max_worker_losses_per_request "
+        log.warning("%s lost a rank (%s): its requests start over elsewhere%s",
+                    instance_words(req.instance_id, req.model), error,
+                    f", but {failed} that lost workers max_worker_losses_per_request "
                     f"({ctl.cc.max_worker_losses_per_request}) times fail" if failed else "")
         ctl.driver.apply(A.Migrate(req.instance_id), now)  # (its Deactivates go out now: before the LeaveGroups)
         rec = next((r for r in self.groups.values() if r.group_id == live.group_id), None)
