@@ -1,8 +1,8 @@
 """A worker stopped for a moment (SIGSTOP: its host stalled) past the controller's worker_timeout_s is declared lost,
 and is admitted again as soon as it speaks again: the controller answers it ``Rejoin``, on which it drops what it ran
 (the controller started that over) and says Hello. Found in review: a remote worker was shut out until its own
---peer-timeout-s of silence from the controller ran out (30 s by default; 10 s for the workers here), every request
-failing with 503 meanwhile when it was the only one."""
+--peer-timeout-s of silence from the controller ran out (30 s by default; spawn_worker now gives local workers an
+hour), every request failing with 503 meanwhile when it was the only one."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ PROMPT = [5, 17, 300, 41, 9]
 GREEDY = P.SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
 #: Still running when the test acts on its first tokens.
 LONG = P.SamplingParams(max_tokens=1500, ignore_eos=True)
-#: spawn_worker's --peer-timeout-s at a 0.2 s heartbeat: how long a worker waits for its controller before it says
-#: Hello of its own accord.
+#: How long the tests wait for a rejoin, seconds: well past the 2 s it takes (spawn_worker's own --peer-timeout-s,
+#: launch.LOCAL_PEER_TIMEOUT_S, is an hour: a local worker never says Hello of its own accord in a test).
 PEER_TIMEOUT_S = 10.0
 
 

@@ -33,6 +33,9 @@ def exit_on_signals(signals=EXIT_SIGNALS):
         return
     got: list[int] = []
     _pending.clear()
+    # Found in review: `nohup warmserve bench replay ... &` ended with status 129 when its terminal closed, the handler
+    # here having replaced the SIG_IGN that nohup set. A signal this process was started ignoring stays ignored.
+    signals = tuple(s for s in signals if signal.getsignal(s) is not signal.SIG_IGN)
 
     def handler(signum, frame):
         if got:

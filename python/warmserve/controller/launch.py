@@ -399,6 +399,14 @@ def open_worker_log(log_dir: str, worker_id: str):
     return out
 
 
+#: A local worker's --peer-timeout-s: how long it waits for a silent controller before it aborts what runs there
+#: and says Hello anew (which the controller then counts as the worker's loss). A local controller that has died is
+#: caught sooner, by --exit-with-parent; one that is silent but alive is stopped (Ctrl-Z, `kill -STOP`, a debugger)
+#: or stalled, and its workers are not lost for that. Found in review: with 10 s, a controller stopped for 30 s
+#: came back to both workers "lost", warmserve_workers_lost_total 2, and every request in flight started over.
+LOCAL_PEER_TIMEOUT_S = 3600.0
+
+
 def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: int, worker_id: str,
                  heartbeat_interval_s: float, log_dir: str | None = None,
                  curve: LocalCurveKeys | None = None, page_bytes: int = 2 << 20,
@@ -411,7 +419,7 @@ def spawn_worker(controller: str, device: str, *, memory_bytes: int, threads: in
         sys.executable, "-m", "warmserve", "worker", "--controller", controller,
         "--device", "cpu" if device.startswith("cpu") else device,
         "--worker-id", worker_id, "--heartbeat-interval-s", str(heartbeat_interval_s),
-        "--exit-with-parent", str(os.getpid()), "--peer-timeout-s", str(max(10.0, 20 * heartbeat_interval_s)),
+        "--exit-with-parent", str(os.getpid()), "--peer-timeout-s", str(LOCAL_PEER_TIMEOUT_S),
         "--page-mib", str(page_bytes >> 20), *extra_args,
     ]
     if curve is not None:

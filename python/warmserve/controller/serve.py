@@ -14,12 +14,10 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import msgspec
 
@@ -27,13 +25,12 @@ from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, policy_n
 from warmserve.config_file import cluster_config_from_dict, policy_table_keys, read_config_file
 from warmserve.controller.history_record import starting_history
 from warmserve.controller.open_files import AcceptErrorLog, raise_open_files_limit
+from warmserve.controller.serve_terminal import say as _say, stop_signals, watch_parent, write_line
 from warmserve.errors import InvalidArgumentError, bind_error
 from warmserve.geometry import is_page_size
 from warmserve.outputs import check_output_folder
 
 log = logging.getLogger("warmserve.controller")
-#: How often --exit-with-parent checks the parent, seconds.
-PARENT_POLL_S = 0.5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -291,12 +288,12 @@ LISTEN_BACKLOG = 1024
 
 
 class _Stopped(Exception):
-    """A SIGINT or SIGTERM came while the server was starting."""
+    """A stop signal (SIGINT, SIGTERM, SIGHUP: ``serve_terminal.stop_signals``) came while the server was starting."""
 
 
 async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
                 ray_address: str | None = None) -> None:
-    """Run until SIGINT/SIGTERM, then drain: in-flight requests finish, new ones get 503; a second signal stops
+    """Run until SIGINT/SIGTERM/SIGHUP, then drain: in-flight requests finish, new ones get 503; a second signal stops
     the drain. ``ray_address``: start the workers on that Ray cluster ("auto": the one this machine belongs to)
     instead of as local processes."""
     from aiohttp import web
@@ -332,7 +329,7 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
             controller.end_drain()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         loop.add_signal_handler(sig, on_signal)
     loop.set_exception_handler(AcceptErrorLog())
     if not cfg.models:
@@ -372,7 +369,7 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     if ray_address is not None:
         # Ray's connection (made on the starting thread) put Ray's own SIGTERM handler in front of ours, which
         # printed a stack trace at every stop (found in review): ours again, as before the start
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             loop.remove_signal_handler(sig)
             loop.add_signal_handler(sig, on_signal)
     api = Api(controller, api_key=cfg.server.api_key, max_concurrent_requests=cfg.server.max_concurrent_requests,
@@ -402,8 +399,8 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     gc.freeze()
     # One machine-readable line: scripts and tests wait for it instead of sleeping.
     url = http_url(cfg.server.host, port)
-    print(json.dumps({"serving": url, "workers_endpoint": controller.hub.endpoint,
-                      "models": controller.model_names()}), flush=True)
+    write_line(json.dumps({"serving": url, "workers_endpoint": controller.hub.endpoint,
+                           "models": controller.model_names()}), sys.stdout)
     _say(f"ready: OpenAI API at {url}/v1 serving {', '.join(controller.model_names())} "
          f"(metrics at /metrics); Ctrl-C stops")
     if ready is not None:
@@ -552,28 +549,6 @@ class BadHttpAtInfo(logging.Filter):
 BAD_HTTP_AT_INFO = BadHttpAtInfo()
 
 
-def _say(what: str) -> None:
-    """A start-up progress line for the person who ran `warmserve serve` (stderr: stdout is the JSON line)."""
-    print(f"warmserve serve: {what}", file=sys.stderr, flush=True)
-
-
-def watch_parent(pid: int) -> bool:
-    """SIGTERM this process (its graceful stop) once process ``pid``, its parent, has exited; False when it is not
-    the parent now (gone already). Found in review: a bench that runs `serve` as its child, in a session of its own,
-    killed with SIGKILL left the server, its fork server and workers running for good, re-parented to init."""
-    if os.getppid() != pid:
-        return False
-
-    def wait() -> None:
-        # The parent's pid, not a pidfd: once it is gone this process is re-parented, and no reused pid can fool it.
-        while os.getppid() == pid:
-            time.sleep(PARENT_POLL_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=wait, name="warmserve-exit-with-parent", daemon=True).start()
-    return True
-
-
 def main(args) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -595,6 +570,6 @@ def main(args) -> int:
     except (WarmServeError, OSError, ValueError) as e:
         # Startup failures (a worker that cannot start, a port in use, a bad checkpoint) read as one line; one
         # the caller must fix (a model path with no checkpoint) exits 2, as a bad option does (found in review: 1).
-        print(f"warmserve serve: {type(e).__name__}: {e}", file=sys.stderr)
+        _say(f"{type(e).__name__}: {e}")
         return exit_status(e)
     return 0

@@ -59,9 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="abort a client's generations after this long without a message from it; with "
                         "--controller, also connect to the controller again (seconds; default 30)")
     p.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
-                   help="on SIGTERM, with --controller: take no new work and let the requests in flight finish for "
-                        "up to this many seconds, then abort what is left (the controller starts it over elsewhere) "
-                        "and exit; a second SIGTERM ends the drain (default %(default)g; 0: abort at once)")
+                   help="on SIGTERM (or SIGHUP: its terminal closed, unless run under nohup), with --controller: "
+                        "take no new work and let the requests in flight finish for up to this many seconds, then "
+                        "abort what is left (the controller starts it over elsewhere) and exit; a second SIGTERM "
+                        "ends the drain (default %(default)g; 0: abort at once)")
     p.add_argument("--max-queued-mib", type=int, default=None, metavar="MIB",
                    help="MiB of requests the worker holds unread (while an engine step runs) before it refuses more "
                         "with OverloadedError (default 256)")
@@ -409,6 +410,11 @@ def serve(args: argparse.Namespace) -> int:
             core.stop_signalled = core.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    # Found in review: a worker started from a terminal or an ssh session was killed on the spot when that closed
+    # (SIGHUP's default), its requests in flight lost; now it drains as on SIGTERM. Started under `nohup`, SIGHUP
+    # stays ignored, as asked.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, stop)
     try:
         # In here: a write that fails (the reader gone) still closes the server and the pool.
         if args.ready_fd is not None:
