@@ -544,10 +544,10 @@ class Controller(WorkerRestarts):
         stalls = LoopStalls(log, self.cc.heartbeat_interval_s)
         while True:
             await asyncio.sleep(self.cc.heartbeat_interval_s)
-            stalls.round(now_s := time.monotonic())
+            late_s = stalls.round(now_s := time.monotonic())
             # Workers push their Stats (pages, KV blocks) with every heartbeat of theirs; nothing to poll.
             try:
-                self.hub.beat(now_s, self.cc.worker_timeout_s, self.cc.heartbeat_interval_s)
+                self.hub.beat(now_s, self.cc.worker_timeout_s, late_s)
             except Exception as e:
                 # A loss's handling reaches the policy (route_all): found in review, one bug there ended the
                 # heartbeats for good, and with them the detection of every later loss. Logged with its trace.

@@ -557,14 +557,14 @@ class WorkerHub:
         if self.workers.get(w.ident) is w:
             del self.workers[w.ident]
 
-    def beat(self, now_s: float, timeout_s: float, interval_s: float) -> None:
+    def beat(self, now_s: float, timeout_s: float, stalled_s: float) -> None:
         """Send a heartbeat to every live worker and declare lost those silent for ``timeout_s`` or whose process
-        exited. ``interval_s``: the time between two rounds. A round that comes later than that shows the controller
-        itself stalled (the process stopped, its host or its event loop held up), reading nothing meanwhile: that
-        time is nobody's silence, so each worker's silence goes on from where it stood when the stall began. Found
-        in review: a controller stopped for 3.5 s (SIGSTOP) declared every healthy worker lost at the first round
-        after, before it had read what they sent meanwhile, and had the local ones killed and started again."""
-        stalled_s = 0.0 if self._beat_s is None else max(0.0, now_s - self._beat_s - interval_s)
+        exited. ``stalled_s``: how much later than its interval this round came (``LoopStalls.round``), which shows
+        the controller itself stalled (the process stopped, its host or its event loop held up), reading nothing
+        meanwhile: that time is nobody's silence, so each worker's silence goes on from where it stood when the
+        stall began. Found in review: a controller stopped for 3.5 s (SIGSTOP) declared every healthy worker lost
+        at the first round after, before it had read what they sent meanwhile, and had the local ones killed and
+        started again."""
         prev_s, self._beat_s = self._beat_s, now_s
         self.handshakes.poll(now_s)
         self._told_rejoin = {i: t for i, t in self._told_rejoin.items() if now_s - t < REJOIN_EVERY_S}
