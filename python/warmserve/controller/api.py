@@ -19,6 +19,7 @@ from warmserve.controller.body import BodyTimeoutError, expect_handler, read_bod
 from warmserve.controller.cors import Cors, is_preflight
 from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare, check_max_tokens
+from warmserve.controller.log_text import field_value, printable
 from warmserve.controller.metrics import CONTENT_TYPE
 from warmserve.controller.stall import StallWatch
 from warmserve.errors import InvalidArgumentError, UnknownModelError, WarmServeError
@@ -58,16 +59,6 @@ _HEADERS_ROOM = 16 << 10
 #: Chat bodies larger than this are parsed on a worker thread, after a check of their message count
 #: (``_parse_chat``); smaller ones on the event loop, where they take well under a millisecond.
 INLINE_BODY_BYTES = 256 << 10
-#: Characters a log line shows escaped (\x0a): C0 and C1 controls, DEL, and Unicode's line and paragraph separators.
-_UNPRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-                for c in (*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029)}
-
-
-def _printable(text: str) -> str:
-    """``text`` for one log line: what could end the line or fake another is escaped."""
-    return text.translate(_UNPRINTABLE)
-
-
 def _json(status: int, body: dict) -> web.Response:
     return web.Response(status=status, body=oa._enc.encode(body), content_type=_JSON)
 
@@ -189,7 +180,7 @@ class Api:
             self._log(request, CLIENT_CLOSED)
             raise
         except Exception as e:  # a bug: the client still gets an OpenAI-shaped 500, the log gets the trace
-            log.exception("%s %s failed (request %s)", request.method, _printable(request.rel_url.raw_path), info["id"])
+            log.exception("%s %s failed (request %s)", request.method, printable(request.rel_url.raw_path), info["id"])
             resp = _error(e)
         status = resp.status
         if not resp.prepared:  # a stream sent its headers, the id among them, when it began
@@ -208,21 +199,22 @@ class Api:
         """The access-log line, and the rejection counter for an error status (not for a client that left, nor for
         /health's 503: a probe's answer while the server drains or has no worker, not a refused request; found in
         review: each probe during a drain was a WARNING and a rejection). The path is logged as it came on the
-        wire, and it and the model (the client's text) with control characters escaped, so a client cannot write
-        lines of its own into the log (found in review: a %0A in the path did)."""
+        wire, with control characters escaped, and the model (the client's text) escaped as a field's value
+        (``log_text.field_value``), so a client can write neither lines nor fields of its own (found in review: a
+        %0A in the path wrote a line)."""
         info = request[_INFO]
         status = info.get("status", status)
         route = request.match_info.route.resource
         # not the raw path: bounded label values
         route = info.get("route") or (route.canonical if route is not None else UNMATCHED)
         probe = route == "/health"
-        path = _printable(request.rel_url.raw_path)
+        path = printable(request.rel_url.raw_path)
         if status >= 400 and status != CLIENT_CLOSED and not probe and not info.get("status_after_200"):
             self._rejected(status, route)
         ttft, queue = info.get("ttft_s"), info.get("queue_s")
         access_log.info(
             '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s queue_ms=%s total_ms=%.1f id=%s',
-            request.method, path, _printable(info.get("model", "-")), status, info.get("prompt_tokens", "-"),
+            request.method, path, field_value(info.get("model", "-")), status, info.get("prompt_tokens", "-"),
             info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
             f"{queue * 1e3:.1f}" if queue is not None else "-", (time.monotonic() - request[_T0]) * 1e3, info["id"])
         if status >= 500 and not probe:  # found in review: a stream's error event read as an answer of that status

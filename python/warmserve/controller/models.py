@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from warmserve.config import ModelSpec
+from warmserve.controller.model_names import check_model_name, check_model_path
 from warmserve.engine.arch import check_tensors, json_object
 from warmserve.engine.config import ModelConfig
 from warmserve.engine.safetensors_header import CheckpointError, checkpoint_dtype, read_raw_tensors
@@ -67,6 +68,8 @@ class ControllerModel:
 
 def controller_model(spec: ModelSpec) -> ControllerModel:
     path = os.path.abspath(os.path.expanduser(spec.path))
+    check_model_path(path, spec.name)
+    check_model_name(spec.name, path)
     cfg_path = os.path.join(path, "config.json")
     if os.path.isfile(path):  # found in review: a file's path was said to have no config.json in it
         raise InvalidArgumentError(

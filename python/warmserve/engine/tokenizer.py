@@ -157,7 +157,22 @@ class Tokenizer:
         return self._max_token_chars
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:
+            # Found in review: a lone surrogate (Cluster.generate("x\ud800"), a file name's undecodable byte)
+            # failed as tokenizers' own TypeError "TextInputSequence must be str", of a str; JSON bodies refuse it
+            # before this. Looked for here, once it failed: the text's every character is not checked ahead.
+            at = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None) \
+                if isinstance(text, str) else None
+            if at is None:
+                raise
+            raise InvalidArgumentError(
+                f"the text holds a lone UTF-16 surrogate, U+{ord(text[at]):04X} at character {at}, which is no "
+                f"Unicode character and has no UTF-8 bytes to tokenize: pass valid text (a surrogate pair "
+                f"'\\ud83d\\ude00' is written '\\U0001f600' in Python; bytes decoded with surrogateescape, "
+                f"os.fsencode(text).decode('utf-8', 'replace'))", index=at,
+                character=f"U+{ord(text[at]):04X}") from None
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
