@@ -133,14 +133,31 @@ class UnknownModelError(WarmServeError, KeyError):
 KNOWN_MODELS_LISTED = 8
 
 
+def cut_name(name, most_chars: int = 256) -> str:
+    """``name`` as an error message shows it: its repr, cut to ``most_chars`` characters with its length said
+    (found in review: a request for an 8 MiB model name was answered an 8 MiB 404)."""
+    text = str(name)
+    return repr(text) if len(text) <= most_chars else f"{text[:most_chars]!r}...({len(text)} chars)"
+
+
 def served_models_words(name: str, served) -> str:
     """What an error about the unknown model ``name`` says of the ``served`` ones: the closest name first (a
-    typo's fix), then at most KNOWN_MODELS_LISTED of them and how many more (GET /v1/models lists them all)."""
+    typo's fix), then at most KNOWN_MODELS_LISTED of them and how many more (GET /v1/models lists them all). A
+    name that differs from a served one only in case or Unicode normalization (an NFD name, as macOS writes a
+    folder's) is named as such; one far longer than every served name is compared with none (found in review:
+    difflib took 1.5 s over an 8 MiB name, and "ORG/LLÄMÄ" got no hint where "org/llämä" did)."""
     import difflib  # only on this error's path
+    import unicodedata
 
     names = sorted(served)
-    near = difflib.get_close_matches(str(name), names, n=1)
-    hint = f"did you mean {near[0]!r}? " if near else ""
+    folded = unicodedata.normalize("NFC", str(name)).casefold()
+    same = [n for n in names if unicodedata.normalize("NFC", n).casefold() == folded]
+    if same:
+        hint = f"did you mean {same[0]!r} (the names differ only in case or Unicode normalization)? "
+    else:
+        near = [] if len(str(name)) > 2 * max(map(len, names), default=0) + 16 else \
+            difflib.get_close_matches(str(name), names, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
     if len(names) <= KNOWN_MODELS_LISTED:
         return f"{hint}it serves {names}"
     return (f"{hint}it serves {len(names)} models: {names[:KNOWN_MODELS_LISTED]} and {len(names) - KNOWN_MODELS_LISTED}"

@@ -31,7 +31,7 @@ from warmserve.controller.requests import Req
 from warmserve.controller.restarts import WorkerRestarts, exit_words, log_tail, reap, reap_now
 from warmserve.controller.workers import WorkerHub, WorkerRecord, check_answer_fits, server_of
 from warmserve.errors import (InvalidArgumentError, NoRoomHereError, TimeoutError_, UnknownModelError, WarmServeError,
-                              WorkerLostError, served_models_words)
+                              WorkerLostError, cut_name, served_models_words)
 from warmserve.log_repeats import RepeatedFailure
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.colocation import UnplacedModelError
@@ -304,7 +304,7 @@ class Controller(WorkerRestarts):
         m = self.models.get(name)
         if m is None:
             raise UnknownModelError(
-                f"the model {name!r} does not exist on this server; {served_models_words(name, self.models)}",
+                f"the model {cut_name(name)} does not exist on this server; {served_models_words(name, self.models)}",
                 param="model", model=name)
         return m
 
