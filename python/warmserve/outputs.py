@@ -329,11 +329,20 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     except OSError as e:
         # Found in review: a disk that filled during a run lost its results (minutes of work) at the last step,
         # with an OSError naming no path. They are kept in the temporary folder, if it can take them, and the
-        # error says where.
-        kept = os.path.join(tempfile.gettempdir(), f"warmserve-{os.getpid()}-{os.path.basename(path) or 'out.json'}")
+        # error says where. A file made now under a name no one could know (mkstemp: O_EXCL, mode 0600): found in
+        # review, a name of the shared temporary folder known in advance (the pid's) let another user plant a link
+        # there, and the results were written over the file it named, any file this user can write.
+        kept = None
         try:
-            write_atomic(kept, dump, binary=False)
+            fd, kept = tempfile.mkstemp(prefix=f"warmserve-{os.getpid()}-", suffix=f"-{os.path.basename(path)}")
+            with os.fdopen(fd, "w") as f:
+                dump(f)
         except OSError:
+            if kept is not None:
+                try:
+                    os.unlink(kept)
+                except OSError:
+                    pass
             kept = None
         raise _unwritten(path, e, kept) from None
 

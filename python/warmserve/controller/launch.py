@@ -211,9 +211,9 @@ def check_host_cache_dir(directory: str) -> None:
     """Refuse a host cache folder this user cannot make files in before any worker starts: each local worker checks
     it as it starts (``cache_files.check_root``), and found in review, the error then reached the caller only as
     "local worker ... exited (status 2) before it registered", the reason in the worker's stderr alone."""
-    from warmserve.memory.cache_files import HostCacheConfig, check_root
+    from warmserve.memory.cache_files import check_root, default_root
 
-    root = directory or HostCacheConfig.root
+    root = directory or default_root()
     try:
         check_root(root)
     except InvalidArgumentError as e:

@@ -23,6 +23,7 @@ import msgspec
 
 from warmserve.config import POLICY_INF_HINT, ClusterConfig, ModelSpec, policy_number_ok
 from warmserve.config_file import cluster_config_from_dict, policy_table_keys, read_config_file
+from warmserve.controller.accept_refusal import AcceptRefusal
 from warmserve.controller.history_record import starting_history
 from warmserve.controller.open_files import AcceptErrorLog, raise_open_files_limit
 from warmserve.controller.serve_terminal import say as _say, stop_signals, watch_parent, write_line
@@ -79,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "workers (a second load of a model there reads host memory, not its files; default 0: off); "
                         "it outlives the server: --host-cache-dir")
     p.add_argument("--host-cache-dir", default=None, metavar="DIR",
-                   help="that cache's directory, a tmpfs (default /dev/shm/warmserve-ckpt). Its entries persist "
+                   help="that cache's directory, a tmpfs (default /dev/shm/warmserve-ckpt); with -UID appended "
+                        "where another user holds that one. Its entries persist "
                         "after the server exits, so that the next start (any server on this machine using DIR) "
                         "loads them from memory; they keep host memory (RAM) in use up to the capacity "
                         "(--host-cache-gib; least recently used entries are evicted when a new one needs room) "
@@ -331,7 +333,7 @@ async def serve(cfg: ClusterConfig, *, log_dir: str | None = None, ready=None,
     loop = asyncio.get_running_loop()
     for sig in stop_signals():
         loop.add_signal_handler(sig, on_signal)
-    loop.set_exception_handler(AcceptErrorLog())
+    loop.set_exception_handler(AcceptRefusal(AcceptErrorLog()))
     if not cfg.models:
         _say("no models named (--model, --config): writing the demo checkpoints if absent (first run: ~20 s)")
 

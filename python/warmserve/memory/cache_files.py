@@ -21,6 +21,25 @@ from warmserve.memory.pool import MAX_COUNT, MAX_THREADS, MIN_LOAD_CHUNK_BYTES
 NOFOLLOW = os.O_CLOEXEC | os.O_NOFOLLOW
 #: Mode of the cache directory this code makes and of every entry: this user's alone (``create_fill``).
 ROOT_MODE, ENTRY_MODE = 0o700, 0o600
+#: The cache directory when none is named, while no other user holds it (``default_root``).
+SHARED_ROOT = "/dev/shm/warmserve-ckpt"
+
+
+def default_root(shared: str = SHARED_ROOT) -> str:
+    """The cache directory of a server or worker that names none: ``shared`` when it is absent or this user's,
+    else ``shared``-UID, this user's own. Found in review (two users of one machine, each `warmserve serve
+    --host-cache-gib 0.5`): the first user's 0700 directory stopped the second's start with an error, however
+    well it named the fix. The same answer in every process of one user, so a server's workers share one cache;
+    a ``shared``-UID of another user is refused as any other directory of theirs is (``check_root``)."""
+    try:
+        st = os.lstat(shared)
+    except FileNotFoundError:
+        return shared
+    except OSError:
+        return f"{shared}-{os.geteuid()}"
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+        return shared
+    return f"{shared}-{os.geteuid()}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +47,7 @@ class HostCacheConfig:
     """Where the cache lives and how it loads."""
 
     #: Directory of the entries, shared by the workers of one machine; a tmpfs, so entries are host memory.
-    root: str = "/dev/shm/warmserve-ckpt"
+    root: str = SHARED_ROOT
     #: Budget of all entries together (bytes); the least recently used are evicted to stay under it.
     capacity_bytes: int = 32 << 30
     #: Loader threads of a load (on cuda each has its own stream: that many DMAs in flight).

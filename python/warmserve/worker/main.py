@@ -8,7 +8,6 @@ thread count set and the page pool created (every page of it), and only then doe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import os
@@ -48,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default 0: off)")
     p.add_argument("--host-cache-dir", default=None, metavar="DIR",
                    help="the cache's directory, a tmpfs shared by the machine's workers (default: HostCacheConfig's, "
-                        "/dev/shm/warmserve-ckpt)")
+                        "/dev/shm/warmserve-ckpt); with -UID appended where another user holds that one")
     p.add_argument("--worker-id", default=None, help="name of this worker (default HOST-PID-DEVICE)")
     p.add_argument("--host-name", default=None, metavar="NAME",
                    help="the machine this worker runs on, as the controller groups workers into servers (workers "
@@ -312,11 +311,10 @@ def build_host_cache(gib: float, directory: str | None):
     """The host checkpoint cache of ``gib`` GiB in ``directory`` (the default tmpfs when None); None for 0 GiB."""
     if not gib:
         return None
+    from ..memory.cache_files import default_root
     from ..memory.host_cache import HostCacheConfig, HostCheckpointCache
 
-    cfg = HostCacheConfig(capacity_bytes=int(gib * GiB))
-    if directory:
-        cfg = dataclasses.replace(cfg, root=directory)
+    cfg = HostCacheConfig(capacity_bytes=int(gib * GiB), root=directory or default_root())
     # It checks that this user can make files there (found in review: a directory of another user passed here,
     # and every load then failed untyped); its error is told against the flag.
     try:
