@@ -14,9 +14,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import resource
 import socket
 import time
+
+from warmserve.controller.open_files import OPEN_FILES_FIX, EveryLine, open_files_limit
 
 log = logging.getLogger("warmserve.controller")
 
@@ -33,17 +34,15 @@ REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\
 REFUSAL_LOG_EVERY_S = 60.0
 
 
-class AcceptRefusal:
+class AcceptRefusal(EveryLine):
     """An asyncio exception handler (``loop.set_exception_handler``) that answers the client an accept could not
     take for want of descriptors with a 503 (see the module); every other exception, and a refusal that cannot be
     made (no spare), goes to ``inner``. ``clock``: seconds."""
 
     def __init__(self, inner, every_s: float = REFUSAL_LOG_EVERY_S, clock=time.monotonic):
-        self.inner, self.every_s, self.clock = inner, every_s, clock
+        super().__init__(every_s, clock)
+        self.inner = inner
         self.spare = _open_spare()
-        self.last_s: float | None = None
-        #: Clients refused since the last line (those it reports included).
-        self.unreported = 0
         #: Clients refused in all.
         self.refused = 0
 
@@ -55,19 +54,13 @@ class AcceptRefusal:
             self.inner(loop, context)
             return
         self.refused += 1
-        self.unreported += 1
-        now_s = self.clock()
-        if self.last_s is not None and now_s - self.last_s < self.every_s:
-            return
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        since = "" if self.last_s is None else f" in the last {now_s - self.last_s:.0f} s"
-        log.error("the HTTP server is out of file descriptors (%s; open-files limit %s): %d new connection(s)%s "
-                  "answered 503 with Retry-After: %d and closed; connections already open are served. Fix: raise "
-                  "the open-files limit (`ulimit -n`, systemd's LimitNOFILE, a container's nofile ulimit), or have "
-                  "clients hold fewer connections open; logged at most once per %g s", os.strerror(exc.errno),
-                  "unlimited" if soft == resource.RLIM_INFINITY else soft, self.unreported, since,
-                  REFUSAL_RETRY_AFTER_S, self.every_s)
-        self.last_s, self.unreported = now_s, 0
+        due = self.count()
+        if due is not None:
+            n, since = due
+            log.error("the HTTP server is out of file descriptors (%s; open-files limit %s): %d new connection(s)%s "
+                      "answered 503 with Retry-After: %d and closed; connections already open are served. Fix: %s; "
+                      "logged at most once per %g s", os.strerror(exc.errno), open_files_limit(), n, since,
+                      REFUSAL_RETRY_AFTER_S, OPEN_FILES_FIX, self.every_s)
 
     def _refuse_one(self, listener_fd: int) -> bool:
         """Accept one waiting client into the spare's slot, answer it 503 and close it; False when there is no spare

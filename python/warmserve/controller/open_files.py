@@ -44,15 +44,44 @@ def raise_open_files_limit(target: int = TARGET_OPEN_FILES) -> int:
     return want
 
 
-class AcceptErrorLog:
+#: The fix both lines below give.
+OPEN_FILES_FIX = ("raise the open-files limit (`ulimit -n`, systemd's LimitNOFILE, a container's nofile ulimit), or "
+                  "have clients hold fewer connections open")
+
+
+class EveryLine:
+    """Events counted between lines about them, a line at most once per ``every_s`` (``clock``: seconds)."""
+
+    def __init__(self, every_s: float, clock=time.monotonic):
+        self.every_s, self.clock = every_s, clock
+        self.last_s: float | None = None
+        #: Events since the last line (those it reports included).
+        self.unreported = 0
+
+    def count(self) -> tuple[int, str] | None:
+        """Count one event; (events to report, " in the last N s" or "" for the first line) when a line is due,
+        else None. The count starts again from there."""
+        self.unreported += 1
+        now_s = self.clock()
+        if self.last_s is not None and now_s - self.last_s < self.every_s:
+            return None
+        since = "" if self.last_s is None else f" in the last {now_s - self.last_s:.0f} s"
+        n, self.last_s, self.unreported = self.unreported, now_s, 0
+        return n, since
+
+
+def open_files_limit() -> str:
+    """The soft open-files limit as a log line says it."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+
+
+class AcceptErrorLog(EveryLine):
     """An asyncio exception handler (``loop.set_exception_handler``) that turns the accept loop's
     out-of-resource tracebacks into one line per ``every_s`` with the count in between; ``clock``: seconds."""
 
     def __init__(self, every_s: float = ACCEPT_ERROR_LOG_EVERY_S, clock=time.monotonic):
-        self.every_s, self.clock = every_s, clock
-        self.last_s: float | None = None
-        #: Failed accepts since the last line (those it reports included).
-        self.unreported = 0
+        super().__init__(every_s, clock)
 
     def __call__(self, loop, context: dict) -> None:
         exc = context.get("exception")
@@ -60,16 +89,9 @@ class AcceptErrorLog:
                 and "accept" in str(context.get("message", ""))):
             loop.default_exception_handler(context)
             return
-        self.unreported += 1
-        now_s = self.clock()
-        if self.last_s is not None and now_s - self.last_s < self.every_s:
-            return
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        since = "" if self.last_s is None else f" in the last {now_s - self.last_s:.0f} s"
-        log.error("the HTTP server cannot accept connections: %s (%d failed accept(s)%s; open-files limit %s). "
-                  "Clients wait in the listen backlog and are accepted when descriptors free up (retried each second). "
-                  "Fix: raise the open-files limit (`ulimit -n`, systemd's LimitNOFILE, a container's nofile "
-                  "ulimit), or have clients hold fewer connections open; logged at most once per %g s",
-                  os.strerror(exc.errno), self.unreported, since,
-                  "unlimited" if soft == resource.RLIM_INFINITY else soft, self.every_s)
-        self.last_s, self.unreported = now_s, 0
+        due = self.count()
+        if due is not None:
+            log.error("the HTTP server cannot accept connections: %s (%d failed accept(s)%s; open-files limit %s). "
+                      "Clients wait in the listen backlog and are accepted when descriptors free up (retried each "
+                      "second). Fix: %s; logged at most once per %g s", os.strerror(exc.errno), *due,
+                      open_files_limit(), OPEN_FILES_FIX, self.every_s)
