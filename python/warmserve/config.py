@@ -256,8 +256,9 @@ class ClusterConfig:
     #: fill that would leave less than 512 MiB of host memory (MemAvailable, or under the workers' memory cgroup
     #: limit) reads the file instead (memory/cache_files.py: FILL_HEADROOM_BYTES).
     host_cache_bytes: int = 0
-    #: Directory of that cache, a tmpfs shared by the machine's workers; "" for its default (/dev/shm/warmserve-ckpt).
-    #: A folder on a disk works too: its entries then stay on the disk across restarts, in the page cache while used.
+    #: Directory of that cache, a tmpfs shared by the machine's workers; "" for its default (/dev/shm/warmserve-ckpt,
+    #: or /dev/shm/warmserve-ckpt-UID where another user holds that one). A folder on a disk works too: its entries
+    #: then stay on the disk across restarts, in the page cache while used.
     host_cache_dir: str = ""
     #: Remote workers (joining with `warmserve worker --controller`) to wait for before serving.
     remote_workers: int = 0

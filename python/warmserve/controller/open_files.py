@@ -7,7 +7,9 @@ limit, and 1024 is reached by a few hundred streaming clients beside the control
 ``AcceptErrorLog``, the event loop's exception handler: when the limit is reached anyway, asyncio logs a traceback
 for each failed accept (CPython 3.11 goes on trying the rest of the backlog after the first failure, so a full
 backlog gave hundreds of tracebacks a second; found in review). Those become one ERROR line a minute that says what
-ran out, the numbers, and the fix; every other exception keeps asyncio's own handling."""
+ran out, the numbers, and the fix; every other exception keeps asyncio's own handling. `warmserve serve` puts
+``accept_refusal.AcceptRefusal`` in front of it, which answers a client past the limit 503 and closes it; what it
+cannot refuse (no spare descriptor, ENOBUFS, ENOMEM) comes here."""
 
 from __future__ import annotations
 
