@@ -69,8 +69,10 @@ SILENCE_INTERVALS = 2
 class ControllerConfig:
     """How the controller talks to workers and runs the policy loop."""
 
-    #: ZeroMQ address workers connect to. Loopback by default: other hosts can only join when told so.
-    bind: str = "tcp://127.0.0.1:0"
+    #: ZeroMQ address workers connect to. "" (default): a socket only this user's processes on this machine can
+    #: reach (ipc:// in a folder of mode 0700); tcp://HOST:PORT for workers on other hosts (a loopback one, any
+    #: user's process on this machine).
+    bind: str = ""
     #: Policy by name, one of ``warmserve.policy.POLICY_NAMES``; the name may override policy_config fields.
     policy: str = "warmserve"
     #: The policy's knobs (forecast window, instance capacity, thresholds, ...): the config file's [policy] table.
@@ -135,7 +137,8 @@ class ControllerConfig:
                 raise InvalidArgumentError(f"PolicyConfig.{f} must be a finite number of seconds, got {v!r}", key=f)
         check_policy_numbers(self.policy_config, "ControllerConfig.policy_config")
         check_window(self.policy_config.window_s, self.tick_s)
-        check_endpoint(self.bind, "ControllerConfig.bind", listen=True, inproc_ok=False)
+        if self.bind:  # "": the private socket (controller/hub_sockets.py private_bind)
+            check_endpoint(self.bind, "ControllerConfig.bind", listen=True, inproc_ok=False)
         # an unknown zone, or a window its switches would cut in two: a typed error before any process starts
         check_window_in_zone(self.policy_config.window_s, self.load_timezone, time.time())
         # A `~` is the shell's: a path from a config file or the Python API reaches no shell (found in review: it

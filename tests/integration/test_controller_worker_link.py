@@ -51,8 +51,9 @@ async def _until(cond, within_s: float, what: str) -> None:
 async def _run(model, log_dir: str, scenario) -> None:
     """A controller with one local worker connected through a WorkerLinkProxy; ``scenario(c, proxy, proc)``."""
     # Restarts, if any, come quickly: the tests check that there are none, not that they are slow.
+    # TCP, not the default private ipc:// socket: the proxy stands between the two on a TCP port
     cc = ControllerConfig(tick_s=0.1, heartbeat_interval_s=0.2, worker_timeout_s=5.0, restart_backoff_s=0.2,
-                          policy_config=PolicyConfig(window_s=30))
+                          policy_config=PolicyConfig(window_s=30), bind="tcp://127.0.0.1:0")
     c = Controller(ClusterConfig(models=(model.spec,), controller=cc), [model])
     ep = await c.start()
     proxy = WorkerLinkProxy(int(ep.rsplit(":", 1)[1]))

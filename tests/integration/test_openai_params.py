@@ -301,7 +301,7 @@ def test_serve_says_what_it_does_and_when_it_is_ready(server, client):
     # each worker's first line names the worker itself (host, pid), not only the controller it dials
     logs = [f.read_text() for f in (tmp / "logs").iterdir() if f.is_file()]
     lines = [line for text in logs for line in text.splitlines() if line.startswith("warmserve worker ")]
-    assert len(lines) == 2 and all(", connecting to the controller at tcp://" in x and " on host " in x
+    assert len(lines) == 2 and all(", connecting to the controller at ipc://" in x and " on host " in x
                                    for x in lines), lines
 
 

@@ -109,7 +109,9 @@ def _config_defaults():
         ("serve", "--host", f"(default {ServerConfig.host};"),
         ("serve", "--port", f"(default {ServerConfig.port};"),
         ("serve", "--cpu-workers", f"(default {ClusterConfig.cpu_workers})"),
-        ("serve", "--bind", f"(default {ControllerConfig.bind}:"),
+        # "": the private socket (hub_sockets.private_bind), which the help describes
+        ("serve", "--bind", "(default: a socket only this user's processes on " if not ControllerConfig.bind
+         else f"(default {ControllerConfig.bind}:"),
         ("serve", "--policy", f"(default {ControllerConfig.policy})"),
         ("serve", "--window-s", f"(default {PolicyConfig.window_s:g})"),
         ("serve", "--max-kv-blocks", f"(default {EngineConfig().max_kv_blocks}:"),

@@ -129,7 +129,7 @@ class Cluster:
         cpu_workers: int = 2,
         cpu_worker_memory_bytes: int = 0,
         remote_workers: int = 0,
-        bind: str = "tcp://127.0.0.1:0",
+        bind: str = "",
         window_s: float = 300.0,
         history_path: str = "",
         history_record_path: str = "",

@@ -101,7 +101,7 @@ def _check_bind(cc: ControllerConfig) -> None:
     warns of it."""
     from warmserve.security import require_authenticated_bind
 
-    if not cc.insecure:
+    if not cc.insecure and cc.bind:  # "": the private socket, this user's alone
         require_authenticated_bind(
             cc.bind, authenticated=bool(cc.curve_dir), insecure=False,
             who=f"the controller's worker socket (bind={cc.bind!r})",

@@ -35,16 +35,19 @@ def release_curve(auth, curve_keys: LocalCurveKeys | None) -> None:
 
 
 def finalize_hub(sock, ctx, auth, curve_keys: LocalCurveKeys | None, bound: str, handshakes=None,
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, private_dir: str | None = None) -> None:
     """A hub's close: the authenticator and the handshake monitor first, since ctx.term() waits for every socket of
-    the context, theirs among them. Nothing in a process forked from ``pid``, the hub's own: found in review, a
-    child's exit (weakref's atexit hook) removed its parent's ipc:// socket file and CURVE key files."""
+    the context, theirs among them; then the folder of its private socket (``private_bind``). Nothing in a process
+    forked from ``pid``, the hub's own: found in review, a child's exit (weakref's atexit hook) removed its parent's
+    ipc:// socket file and CURVE key files."""
     if pid is not None and pid != os.getpid():
         return
     release_curve(auth, curve_keys)
     if handshakes is not None:
         handshakes.close()
     close_sock(sock, ctx, bound)
+    if private_dir is not None:
+        _rmtree(private_dir)
 
 
 class LocalCurveKeys:
@@ -154,6 +157,29 @@ def sweep_dead_owners(root: str | None = None) -> None:
     import tempfile
 
     owned_dirs.sweep_dead_owners(root or tempfile.gettempdir(), CURVE_DIR_PREFIX)
+
+
+#: Name of the folders of the controllers' private worker sockets (``private_bind``), by owner (owned_dirs.py).
+PRIVATE_DIR_PREFIX = "warmserve-workers-"
+#: Longest ipc:// socket path ZeroMQ binds (a sockaddr_un holds 107 bytes and the NUL).
+_IPC_PATH_MAX = 107
+
+
+def private_bind() -> tuple[str, str]:
+    """The worker socket of a controller left with the default bind (``ControllerConfig.bind`` ""): an ``ipc://``
+    path in a fresh folder of mode 0700, so that only this user's processes on this machine (and root) can connect.
+    Returns (endpoint, folder): the hub's close removes the folder (``finalize_hub``, never from a forked child), and
+    a later start sweeps the folders of owners killed before theirs (owned_dirs.py). Found in review: the loopback
+    TCP default let any user of the machine join as a worker and be sent requests' prompts. Under $TMPDIR, or /tmp
+    where $TMPDIR's path is too long for a socket's."""
+    import tempfile
+
+    root = tempfile.gettempdir()
+    if len(os.path.join(root, PRIVATE_DIR_PREFIX)) + 40 > _IPC_PATH_MAX:
+        root = "/tmp"
+    owned_dirs.sweep_dead_owners(root, PRIVATE_DIR_PREFIX)
+    folder = tempfile.mkdtemp(prefix=owned_dirs.owned_prefix(PRIVATE_DIR_PREFIX), dir=root)  # mode 0700
+    return f"ipc://{os.path.join(folder, 'w')}", folder
 
 
 def _rmtree(path: str) -> None:

@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default the cluster this machine belongs to. Nodes on other hosts need --bind on a "
                         "reachable address")
     p.add_argument("--bind", default=None,
-                   help="ZeroMQ address workers connect to (default tcp://127.0.0.1:0: loopback only)")
+                   help="ZeroMQ address workers connect to (default: a socket only this user's processes on "
+                        "this machine can reach; tcp://HOST:PORT for workers on other hosts)")
     p.add_argument("--policy", default=None, help="policy by name (default warmserve); `warmserve simulate --help` "
                                                    "lists them")
     p.add_argument("--window-s", type=float, default=None,

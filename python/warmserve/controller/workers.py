@@ -29,7 +29,7 @@ from warmserve.errors import InvalidArgumentError, TimeoutError_, WarmServeError
 from warmserve.security import require_authenticated_bind
 
 from .pids import exit_status
-from .hub_sockets import HandshakeWatch, KeyClashes, close_sock, curve_server_of, finalize_hub, release_curve
+from .hub_sockets import HandshakeWatch, KeyClashes, curve_server_of, finalize_hub, private_bind, release_curve
 from .worker_claims import IdClaims
 
 log = logging.getLogger("warmserve.controller")
@@ -175,6 +175,7 @@ class WorkerHub:
                  insecure: bool = False, models=(), on_drain=lambda w: None):
         """``insecure``: bind a non-loopback ``bind`` with no ``curve_dir`` (any host may join as a worker).
         ``models``: the models served; a worker of another version, or whose pool holds none, is refused (launch.py)."""
+        bind, self._private = private_bind() if not bind else (bind, None)  # "": private_bind's, removed with the hub
         # Before any socket exists: a refused bind leaves nothing to close. The address as the config checks it
         # (found in review: tcp://::1:0 failed in the bind with "No such device" and a fix that did not fit).
         config.check_endpoint(bind, "the controller's worker socket (--bind)", listen=True)
@@ -218,7 +219,7 @@ class WorkerHub:
             self.handshakes = HandshakeWatch(self.sock, curve=bool(curve_dir))
         except BaseException:
             self._release()
-            close_sock(self.sock, self.ctx)
+            finalize_hub(self.sock, self.ctx, None, None, "", private_dir=self._private)  # the socket, its folder
             raise
         self.workers: dict[bytes, WorkerRecord] = {}
         #: CURVE on: the public key (Z85, the authenticator's User-Id of each message) each routing id first said
@@ -250,7 +251,7 @@ class WorkerHub:
         # is still collected and cleaned up (found in review: the context was terminated with the authenticator's
         # socket open, which hung the process when collected or at exit, and the temp dir with its key was left).
         self._finalizer = weakref.finalize(self, finalize_hub, self.sock, self.ctx, self.auth, self.curve_keys,
-                                           self.endpoint, self.handshakes, os.getpid())
+                                           self.endpoint, self.handshakes, os.getpid(), self._private)
 
     def next_id(self) -> int:
         self._next_id += 1

@@ -83,7 +83,7 @@ def test_close_with_a_ray_worker_never_confirmed_ends_and_frees_the_port(model, 
     monkeypatch.setattr(reap_module, "REAP_WAIT_S", 0.2)
 
     async def main():
-        c = make_controller(model)
+        c = make_controller(model, bind="tcp://127.0.0.1:0")  # a TCP port, to bind again below
         ep = await c.start()
         c.local_procs[SLOT.worker_id.encode()] = _ray_proc()
         await asyncio.wait_for(c.close(drain=False), 10)
