@@ -117,3 +117,21 @@ def full_tmpfs(tiny_tmpfs):
     finally:
         os.close(fd)
     return tiny_tmpfs
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Each Figure a plot of the package saves (``outputs.save_figure``, as the bench plots and ``sim.plot`` call
+    it), laid out (drawn) for the extents of its parts, in order; nothing is written."""
+    import warmserve.outputs
+    import warmserve.sim.plot
+
+    figs = []
+
+    def keep(fig, path, **kw):
+        fig.canvas.draw()
+        figs.append(fig)
+
+    monkeypatch.setattr(warmserve.outputs, "save_figure", keep)
+    monkeypatch.setattr(warmserve.sim.plot, "save_figure", keep)
+    return figs

@@ -12,23 +12,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-import warmserve.outputs  # noqa: E402
 from warmserve.bench import engine as bench_engine  # noqa: E402
 from warmserve.bench import forecast as bench_forecast  # noqa: E402
 from warmserve.bench import overhead as bench_overhead  # noqa: E402
-
-
-@pytest.fixture
-def saved(monkeypatch):
-    """Each Figure a bench plot saves, laid out (drawn) for the extents of its parts; nothing is written."""
-    figs = []
-
-    def keep(fig, path, **kw):
-        fig.canvas.draw()
-        figs.append(fig)
-
-    monkeypatch.setattr(warmserve.outputs, "save_figure", keep)
-    return figs
 
 
 def _inside(fig, box) -> bool:
@@ -49,9 +35,9 @@ def _overhead_result() -> dict:
             "_raw_s": {k: list(rng.lognormal(np.log(m / 1e3), 0.3, 60)) for k, m in med_ms.items()}}
 
 
-def test_the_overhead_cdf_names_its_curves_as_the_table_does_and_covers_none(saved, tmp_path):
+def test_the_overhead_cdf_names_its_curves_as_the_table_does_and_covers_none(saved_figures, tmp_path):
     bench_overhead.plot(_overhead_result(), str(tmp_path / "o.png"))
-    fig = saved[0]
+    fig = saved_figures[0]
     ax = fig.axes[0]
     leg = ax.get_legend()
     names = [t.get_text() for t in leg.get_texts()]
@@ -68,14 +54,14 @@ def test_the_overhead_cdf_names_its_curves_as_the_table_does_and_covers_none(sav
 
 # --------------------------------------------------------------------------------------------------- switch
 
-def test_the_switch_bars_each_carry_their_time_and_the_axes_name_their_quantity(saved, tmp_path):
+def test_the_switch_bars_each_carry_their_time_and_the_axes_name_their_quantity(saved_figures, tmp_path):
     from warmserve.bench import switch_plot
 
     GiB = 1 << 30
     rows = [{"weights_bytes": int(w * GiB), "activation_ms": a, "cold_load_ms": c, "ratio": c / a,
              "repeats": {"activation": 15, "cold_load": 2}} for w, a, c in ((0.286, 0.212, 28.6), (1.02, 0.708, 80.2))]
     switch_plot.plot({"activation_vs_cold_load": rows, "machine": {"backend": "host"}}, str(tmp_path / "s.png"))
-    fig = saved[0]
+    fig = saved_figures[0]
     ax = fig.axes[0]
     texts = [t.get_text() for t in ax.texts]
     assert "0.212 ms" in texts and "0.708 ms" in texts  # before: only "135x" and "113x"
@@ -105,10 +91,10 @@ def _forecast_input():
     return curves, rows
 
 
-def test_a_forecast_of_zero_is_drawn_at_zero_and_the_title_names_the_dispersion(saved, tmp_path):
+def test_a_forecast_of_zero_is_drawn_at_zero_and_the_title_names_the_dispersion(saved_figures, tmp_path):
     curves, rows = _forecast_input()
     bench_forecast._plot(str(tmp_path / "f.png"), curves, rows, "poisson")
-    fig = saved[0]
+    fig = saved_figures[0]
     ax = fig.axes[0]
     assert ax.get_yscale() == "symlog"  # before: log, on which 0 has no place
     assert ax.get_ylim()[0] <= 0 < ax.get_ylim()[1]
@@ -125,7 +111,7 @@ def test_a_forecast_of_zero_is_drawn_at_zero_and_the_title_names_the_dispersion(
 
 # --------------------------------------------------------------------------------------------------- engine
 
-def test_the_engine_panels_label_their_ticks_as_plain_numbers_and_the_title_its_settings(saved, tmp_path):
+def test_the_engine_panels_label_their_ticks_as_plain_numbers_and_the_title_its_settings(saved_figures, tmp_path):
     def model(ours, hf, warm, cold, new):
         return {"ours_b4": {"decode_tok_s": ours[0]}, "hf_b4": {"decode_tok_s": hf[0]},
                 "ours_b1": {"decode_tok_s": ours[1]}, "hf_b1": {"decode_tok_s": hf[1]},
@@ -137,7 +123,7 @@ def test_the_engine_panels_label_their_ticks_as_plain_numbers_and_the_title_its_
                "models": {"llama-20m": model((194, 97), (196, 56), 0.018, 0.030, 1.54),
                           "qwen2-30m": model((147, 57), (129, 52), 0.040, 0.058, 1.66)}}
     bench_engine.plot(results, str(tmp_path / "e.png"))
-    fig = saved[0]
+    fig = saved_figures[0]
     for ax in fig.axes:
         ticks = _plain_ticks(ax)
         assert ticks and all("times" not in t and "^" not in t for t in ticks), ticks  # before: 2\times10^{2}

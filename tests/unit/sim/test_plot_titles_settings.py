@@ -15,19 +15,6 @@ from warmserve import cli  # noqa: E402
 from warmserve.bench.replay_report import plot_title  # noqa: E402
 
 
-@pytest.fixture
-def saved(monkeypatch):
-    """Each Figure sim.plot saves, laid out (drawn) for the extents of its parts; nothing is written."""
-    figs = []
-
-    def keep(fig, path, **kw):
-        fig.canvas.draw()
-        figs.append(fig)
-
-    monkeypatch.setattr(sim_plot, "save_figure", keep)
-    return figs
-
-
 def _labels(axis, minor: bool) -> list[str]:
     ticks = axis.get_minor_ticks() if minor else axis.get_major_ticks()
     return [t.label1.get_text() for t in ticks if t.label1.get_visible() and t.label1.get_text()]
@@ -35,11 +22,11 @@ def _labels(axis, minor: bool) -> list[str]:
 
 @pytest.mark.parametrize("flags, slo", [(["--ttft-slo-s", "2"], "SLO: TTFT within 2 s"),
                                         ([], "SLO: TTFT within 10x the model's prefill of 1024 tokens")])
-def test_a_sweep_names_its_slo_under_the_title_and_labels_p99_in_plain_numbers(saved, tmp_path, flags, slo):
+def test_a_sweep_names_its_slo_under_the_title_and_labels_p99_in_plain_numbers(saved_figures, tmp_path, flags, slo):
     rc = cli.main(["simulate", "--preset", "paper-conv", "--sweep-rate", "0.05,0.1", "--seeds", "0", "--policy",
                    "warmserve", "--no-search", "--quiet", "--plot", str(tmp_path / "s.png"), *flags])
     assert rc == 0
-    (fig,) = saved
+    (fig,) = saved_figures
     title = fig._suptitle
     assert title.get_text().split("\n")[1] == slo
     box = title.get_window_extent()
@@ -52,11 +39,11 @@ def test_a_sweep_names_its_slo_under_the_title_and_labels_p99_in_plain_numbers(s
     assert labels and all("10^" not in t and "times" not in t and "$" not in t for t in labels), labels
 
 
-def test_p99s_over_decades_label_the_decades_alone(saved, tmp_path):
+def test_p99s_over_decades_label_the_decades_alone(saved_figures, tmp_path):
     pts = [{"offered_rate_rps": r, "ttft_p99_s": p, "slo_attainment": 1.0} for r, p in ((1, 0.05), (2, 0.4), (4, 60))]
     sim_plot.plot_rate_sweep({"seeds": [0], "slo_target": 0.99, "policies": {"warmserve": {"points": pts}}},
                              str(tmp_path / "s.png"), "t")
-    ax = saved[0].axes[0]
+    ax = saved_figures[0].axes[0]
     assert _labels(ax.yaxis, minor=True) == []
     assert {"0.1", "1", "10"} <= set(_labels(ax.yaxis, minor=False))
 
