@@ -115,9 +115,13 @@ def run_inside(test_file: str, test_name: str, tmp_path, limit_s: float, env: di
            f"{test_file}::{test_name}", "--basetemp", str(tmp_path / "inside")]
     # Ray's files (sessions, logs, sockets, the current cluster's address) in a directory of this run, not in
     # /tmp/ray where other Ray users on the machine look. Short: Ray's Unix socket paths must fit in 107 bytes.
+    # $TMPDIR too: a run that passed ends at once (``passed``), its controllers unclosed, and left the folder of
+    # their private worker socket (hub_sockets.private_bind) in /tmp, which no later start in this PID namespace
+    # may sweep (its owner's pid is of the namespace that ended).
     ray_tmp = tempfile.mkdtemp(prefix="wsray")
     try:
-        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp, **(env or {})},
+        r = subprocess.run(cmd, env={**os.environ, INSIDE_ENV: "1", "RAY_TMPDIR": ray_tmp, "TMPDIR": ray_tmp,
+                                     **(env or {})},
                            capture_output=True, text=True, timeout=limit_s, cwd=os.path.dirname(test_file))
     except subprocess.TimeoutExpired as e:  # unshare is killed, and with it every process in the namespaces
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
