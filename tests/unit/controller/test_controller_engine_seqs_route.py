@@ -36,8 +36,13 @@ def test_a_burst_past_the_engines_max_num_seqs_waits_in_the_controllers_queue(mo
     run(main())
 
 
+#: Seconds between two streamed tokens, and the request timeout: 12 tokens take 2.4 s, past the timeout, and a gap
+#: is a fifth of it (found in CI: at 0.1 s and 0.5 s a loaded machine held the first choice's start past the timeout).
+TOKEN_GAP_S, REQUEST_TIMEOUT_S = 0.2, 1.0
+
+
 class SlowPeer(Peer):
-    """Streams each generation's tokens one every 0.1 s, 12 in all (1.2 s, past the 0.5 s request timeout)."""
+    """Streams each generation's tokens one every TOKEN_GAP_S, 12 in all (past REQUEST_TIMEOUT_S)."""
 
     async def handle(self, msg):
         if isinstance(msg, P.Generate):
@@ -47,7 +52,7 @@ class SlowPeer(Peer):
 
     async def _stream(self, gid):
         for k in range(11):
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(TOKEN_GAP_S)
             await self.send(P.Tokens(id=gid, token_ids=[5 + k]))
         await self.send(P.Tokens(id=gid, token_ids=[16], finished=True, finish_reason="length"))
 
@@ -57,7 +62,7 @@ def test_a_choice_queued_behind_its_streaming_sibling_does_not_time_out(model):
     first; that choice timed out after request_timeout_s while the first streamed, and the 504 threw the request's
     tokens away. Now a sibling's token within the timeout keeps a queued choice waiting."""
     async def main():
-        c = make_controller(model, engine=EngineConfig(max_num_seqs=1), request_timeout_s=0.5)
+        c = make_controller(model, engine=EngineConfig(max_num_seqs=1), request_timeout_s=REQUEST_TIMEOUT_S)
         ep = await c.start()
         peer = SlowPeer(ep)
         try:
