@@ -17,6 +17,9 @@ instances can take, so that their GPUs are free at once for a model that wants t
 
 from __future__ import annotations
 
+import heapq
+import math
+
 import numpy as np
 
 from warmserve.policy.gpu_masks import FITS_ANY, GROUPS, group_fits
@@ -241,6 +244,33 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
             if best is None or key < best[0]:
                 best = (key, victims, tuple(group))
     return None if best is None else (-best[0][0], best[1], best[2])
+
+
+def least_met_first(have: dict[str, int], want: dict[str, float], starved_since: dict[str, float], start,
+                    out: list) -> set[str]:
+    """Start instances one at a time (``start(model)``: its action, or None when no GPUs fit it), each to the model
+    whose demand is least met (have / want; ties: the longest starved, then the most wanted, then the name),
+    appending each action to ``out`` and counting it in ``have``; returns the models left short because no GPUs
+    fit them. Only the chosen model's key changes between starts (``start`` reads neither ``have`` nor
+    ``starved_since``), so a heap gives the order of a min() over the short models before each start; that
+    rescan was O(models^2) a tick: 14% of the paper-conv run with 200 models (py-spy, 2026-12-07)."""
+    def key(m: str) -> tuple:
+        return have[m] / want[m], starved_since.get(m, math.inf), -want[m], m
+
+    heap = [key(m) for m in want if want[m] > have[m]]
+    heapq.heapify(heap)
+    wanted = set()
+    while heap:
+        m = heapq.heappop(heap)[-1]
+        act = start(m)
+        if act is None:
+            wanted.add(m)
+            continue
+        out.append(act)
+        have[m] += 1
+        if have[m] < want[m]:
+            heapq.heappush(heap, key(m))
+    return wanted
 
 
 def _share(instances: int, demand: float) -> float:

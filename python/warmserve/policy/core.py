@@ -7,6 +7,7 @@ from collections import Counter, deque
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
+from warmserve.policy.arbitration import least_met_first
 from warmserve.policy.colocating import Colocating
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
@@ -458,20 +459,8 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
     def _allocate(self, state: ClusterState, board: Board, have: dict, want: dict, out: list) -> set[str]:
         """Start instances one at a time, each to the model whose demand is least met (have / want; ties: the
         longest starved, then the most wanted); returns the models left short because no GPUs fit them."""
-        short = {m for m in want if want[m] > have[m]}
-        wanted = set()
-        while short:
-            m = min(short, key=lambda m: (have[m] / want[m], self._starved_since.get(m, math.inf), -want[m], m))
-            act = self._start_outside_reservations(state, board, m)
-            if act is None:
-                short.discard(m)
-                wanted.add(m)
-                continue
-            out.append(act)
-            have[m] += 1
-            if have[m] >= want[m]:
-                short.discard(m)
-        return wanted
+        return least_met_first(have, want, self._starved_since,
+                               lambda m: self._start_outside_reservations(state, board, m), out)
 
     def _start_outside_reservations(self, state: ClusterState, board: Board, model: str,
                                     off=()) -> A.StartInstance | None:
