@@ -128,11 +128,13 @@ class ControllerMetrics:
 
     def __init__(self):
         r = self.registry = Registry()
-        self.ttft = Histogram(r, "warmserve_ttft_seconds", "Time to first token, from submission to the controller.", ("model",))
+        self.ttft = Histogram(r, "warmserve_ttft_seconds", "Time to first token, from submission to the controller.",
+                              ("model",))
         self.queue_time = Histogram(r, "warmserve_request_queue_seconds", "Time a request waited in the "
                                     "controller before it was first sent to an instance (a cold start's wait "
                                     "included), from submission.", ("model",))
-        self.tpot = Histogram(r, "warmserve_tpot_seconds", "Time per output token after the first: one mean per request.", ("model",))
+        self.tpot = Histogram(r, "warmserve_tpot_seconds", "Time per output token after the first: one mean per "
+                              "request.", ("model",))
         self.e2e = Histogram(r, "warmserve_request_seconds", "Request latency, submission to its end, by outcome.",
                              ("model", "outcome"), buckets=E2E_BUCKETS_S)
         self.requests = Counter(r, "warmserve_requests", "Requests that reached a model, by how they ended "
