@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import time
 
-#: Phases timed by wrapping the engine's own methods (their wall seconds, summed over the steps).
-PHASES = ("schedule", "forward", "wait", "sample", "rest")
-
-
 def step_phases(eng, steps: int, sync=None) -> dict:
     """Run up to ``steps`` steps of ``eng`` (its requests added; stops early when none is left) with each phase
     timed; sync: the device's synchronize (None on a CPU, where nothing is left to wait for). Returns the steps run

@@ -112,7 +112,7 @@ def run(args) -> dict:
     measured = False
     try:
         each(lambda r, c: c.prewarm(path, name, tp=args.tp, rank=r))
-        gid, setup, per_rank = new_group()  # the prewarmed group (built once, like the controller's)
+        gid, setup, _ = new_group()  # the prewarmed group (built once, like the controller's)
         for i in range(args.repeats):
             g2, s2, pr = new_group()
             rows["group_setup_s"].append(s2)

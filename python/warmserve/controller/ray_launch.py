@@ -269,12 +269,6 @@ class RayLauncher:
         """What makes its worker ids its own: this process and this launcher in it (no "-")."""
         return f"r{os.getpid()}w{self.number}"
 
-    def _head_address(self) -> str:
-        return ray_connect.head_address(self.address)
-
-    def _probe_head(self) -> None:
-        ray_connect.probe_head(self.address)
-
     def alive_nodes(self) -> list[RayNode]:
         return [RayNode(node_id=n["NodeID"], address=n["NodeManagerAddress"],
                         hostname=n.get("NodeManagerHostname") or n["NodeManagerAddress"],

@@ -114,14 +114,12 @@ class LoadedModel:
                  generation_config, max_context: int | None = None, tp_rank: int = 0):
         self.name = name
         self.path = path
-        #: Parsed config (of this rank's shard when config.tp > 1); the raw HF dict is ``config.raw`` (also
-        #: ``hf_config``).
+        #: Parsed config (of this rank's shard when config.tp > 1); the raw HF dict is ``config.raw``.
         self.config: ModelConfig = cfg
         #: The shard this slot holds, of config.tp.
         self.tp_rank = tp_rank
         #: The tensor-parallel group the shard runs in once activated (bind_group); None at tp = 1.
         self.parallel: ParallelGroup | None = None
-        self.hf_config: dict = cfg.raw
         self.generation_config: dict = generation_config
         self.slot = slot
         self.dtype = dtype

@@ -54,15 +54,6 @@ def hf_groups(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
     return out
 
 
-def fuse_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fused parameters from an HF state dict of plain tensors (concatenates: for tests and references only)."""
-    params = {name: sd[names[0]] if len(names) == 1 else torch.cat([sd[n] for n in names])
-              for name, names in hf_groups(cfg)}
-    if cfg.tie_word_embeddings:
-        params["lm_head"] = params["embed"]
-    return params
-
-
 class Model:
     def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], parallel: ParallelGroup | None = None,
                  fused_kernels: bool = False, gemv: bool = False, gemv_prologues: bool = False,

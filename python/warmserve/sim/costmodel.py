@@ -458,9 +458,6 @@ class CostModel:
         ``vllm_cold_start_s`` instead."""
         return self.engine_start_s + (self.tp_init_s if c.tp > 1 else 0.0)
 
-    def kv_map_s(self, kv_bytes_per_gpu: float) -> float:
-        return kv_bytes_per_gpu / GIB * self.kv_map_s_per_gib
-
     def fast_load_s(self, c: ModelCost) -> float:
         """Load one shard from host memory with a fast checkpoint loader (ServerlessLLM); shards in parallel."""
         return c.weight_bytes / c.tp / (self.fast_load_bytes_per_s or self.gpu.h2d_bytes_per_s)

@@ -83,7 +83,7 @@ class EngineInst:
 
     __slots__ = ("st", "mi", "cost", "waiting", "running", "progress", "t_last", "phase", "pf_batch", "version",
                  "slow", "kv_used", "step_cache", "shard", "block_bytes", "ready", "ctx_base", "ctx_of", "kv_s",
-                 "pf_tokens", "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s", "pool_at",
+                 "wake", "pf_left", "chunk", "work_left", "lazy_map", "map_s", "pool_at",
                  "pool_blocks")
 
     def __init__(self, st: InstanceState, mi: int, cost: ModelCost, shard: int, block_bytes: int, t: float):
@@ -108,8 +108,6 @@ class EngineInst:
         self.ctx_of: dict[int, float] = {}  # request -> its share of ctx_base
         #: seconds per KV token a decode step reads (0: the step does not depend on the context)
         self.kv_s = 0.0
-        #: prompt tokens admitted but not yet prefilled (waiting requests are not counted)
-        self.pf_tokens = 0
         #: its pending event is a step boundary after new requests arrived, not the end of an iteration
         self.wake = False
         #: chunked prefill: prompt tokens each admitted request still has to prefill, and this step's chunks
@@ -340,7 +338,6 @@ class BatchEngines(KvMemory):
                 tokens += prompt[rid]
             if batch:
                 inst.pf_batch = batch
-                inst.pf_tokens = tokens
                 inst.phase = PREFILL
                 if old == IDLE or self.by_phase and old != PREFILL:
                     self._reslow(inst, t)
@@ -388,7 +385,6 @@ class BatchEngines(KvMemory):
             tokens += k
         parts = [(self.prompt[rid] - inst.pf_left[rid], k) for rid, k in chunk]  # (cached offset, tokens)
         inst.chunk = chunk
-        inst.pf_tokens = queued
         inst.phase = PREFILL
         if old == IDLE or self.by_phase and old != PREFILL:
             self._reslow(inst, t)
@@ -479,7 +475,6 @@ class BatchEngines(KvMemory):
             for rid in inst.pf_batch:
                 self._prefilled(inst, rid, t)
             inst.pf_batch = []
-            inst.pf_tokens = 0
         else:
             self._advance(inst, t)
             run = inst.running
@@ -518,7 +513,6 @@ class BatchEngines(KvMemory):
             (rid, out[rid] - max(math.ceil(f - p), 1)) for f, rid in sorted(inst.running)]
         inst.waiting.clear()
         inst.pf_batch = []
-        inst.pf_tokens = 0
         inst.pf_left.clear()
         inst.chunk = []
         inst.running = []

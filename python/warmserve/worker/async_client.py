@@ -119,7 +119,6 @@ class AsyncWorkerClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._lost: errors.WarmServeError | None = None
-        self.last_heartbeat: P.Heartbeat | None = None
         #: The worker's ``Heartbeat.start_id`` as first heard ("": none yet): another one is a restart.
         self._start_id = ""
 
@@ -166,7 +165,6 @@ class AsyncWorkerClient:
         except errors.ProtocolError:
             return  # a worker of another version: its replies cannot be matched anyway
         if isinstance(msg, P.Heartbeat):
-            self.last_heartbeat = msg
             if msg.start_id and msg.start_id != self._start_id:
                 self._restarted(msg.start_id, msg.first_id)
             return

@@ -48,7 +48,7 @@ import logging
 import threading
 import time
 import traceback
-from typing import Callable, Union
+from typing import Union
 
 import msgspec
 
@@ -280,7 +280,7 @@ class Leader:
 class Follower:
     """Rank > 0 of a running tensor-parallel instance: replays the leader's plans on its own thread."""
 
-    def __init__(self, name: str, group, engine, on_exit: Callable[[], None] | None = None):
+    def __init__(self, name: str, group, engine):
         self.name, self.group, self.engine = name, group, engine
         #: Why the loop ended, when it ended on an error (the group failed, or the plans diverged).
         self.error: BaseException | None = None
