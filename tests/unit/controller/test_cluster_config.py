@@ -8,7 +8,6 @@ from warmserve.policy.config import PolicyConfig, parse_policy_options, policy_c
 
 def test_toml_and_yaml_give_the_same_config(tmp_path):
     (tmp_path / "a.toml").write_text(
-        'policy_unused = 1\n' if False else
         'cpu_workers = 3\ndevices = ["cpu:0", "cpu:1"]\n'
         '[[models]]\npath = "ckpt/m1"\n[[models]]\npath = "/abs/m2"\nname = "two"\n'
         '[controller]\npolicy = "autoscale"\n[policy]\nwindow_s = 10\n[engine]\nmax_num_seqs = 8\n'

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from warmserve.policy import PolicyConfig, make_policy
-from warmserve.policy import actions as A
 from warmserve.policy.colocating import RELAY_WAIT_S
 from warmserve.policy.colocation import floor_kv_shares
 from warmserve.policy.instant import instant_driver
@@ -45,10 +44,6 @@ def _cluster(peaks, n_gpus=2, policy="warmserve", quiet=frozenset(), **cfg):
     pol = make_policy(policy, models=models, config=PolicyConfig(window_s=HOUR, replan_s=1e9, **cfg),
                       history=_history(peaks, quiet))
     return st, pol, instant_driver(pol, st)
-
-
-def _starts(acts):
-    return [a for a in acts if type(a) is A.StartInstance]
 
 
 def test_an_over_subscribed_cluster_is_laid_out_by_forecast_and_kept():
