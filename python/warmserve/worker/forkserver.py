@@ -97,7 +97,10 @@ def main() -> None:
     # what they ran, and every request in flight was answered 503 within 0.4 s instead of drained. Its life is its
     # spawner's (a pidfd, below); the controller stops it and its children. Its children get the dispositions back.
     _inherited.update((s, signal.signal(s, signal.SIG_IGN)) for s in STOP_SIGNALS)
-    child = _serve(sock, spawner_pid)
+    # Closed on the way out (a forked child's _serve closed it already): found in review under PYTHONDEVMODE, each
+    # server's exit wrote "ResourceWarning: unclosed <socket.socket ...>" to the controller's stderr.
+    with sock:
+        child = _serve(sock, spawner_pid)
     if child is not None:  # in a forked child: run the worker here, at the top of the stack (no server frames)
         from warmserve.cli import exit_process
 
@@ -334,6 +337,10 @@ class ForkServer:
         except OSError:
             pass
         finally:
+            # No message can pass now: the descriptor goes with the server, not when this object is collected
+            # (found in review: one leaked per server gone idle, a ResourceWarning under PYTHONDEVMODE).
+            with self._send_lock:
+                self._sock.close()
             with self.changed:
                 self.gone = True
                 self.changed.notify_all()
