@@ -474,6 +474,10 @@ def check_args(args) -> None:
 
     args.device = check_device(args.device)  # canonical: cuda:00 is cuda:0 to the checks, not to torch
     check_cuda(args.device)
+    if not args.no_hf:  # found in review: without transformers (the test extra) a ModuleNotFoundError traceback
+        from warmserve.extras import require
+
+        require("transformers", "bench engine's transformers baseline (--no-hf skips it)", extra="test")
     check_fits_context("--prompt-tokens + --new-tokens", args.prompt_tokens + args.new_tokens, args.models,
                        f"{args.prompt_tokens} + {args.new_tokens}", "lower --prompt-tokens or --new-tokens")
     check_output("--json", args.json)
