@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from warmserve.controller.ray_launch import RayClusterError, RayLauncher, RayNode, connect_address, plan_slots
+from warmserve.controller import ray_connect
+from warmserve.controller.ray_launch import RayClusterError, RayNode, connect_address, plan_slots
 from warmserve.errors import InvalidArgumentError
 
 
@@ -59,9 +60,9 @@ def test_the_head_probe_reaches_an_ipv6_head():
         pytest.skip(f"no IPv6 loopback here: {e}")
     with listener:
         port = listener.getsockname()[1]
-        RayLauncher(f"[::1]:{port}")._probe_head()
+        ray_connect.probe_head(f"[::1]:{port}")
     with pytest.raises(RayClusterError, match=r"\[::1\]"):
-        RayLauncher(f"[::1]:{port}")._probe_head()  # closed now
+        ray_connect.probe_head(f"[::1]:{port}")  # closed now
 
 
 def test_auto_with_the_address_file_of_a_crashed_cluster_fails_at_once(tmp_path):
