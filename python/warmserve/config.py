@@ -176,7 +176,8 @@ class ServerConfig:
     port: int = 8000
     #: Bearer token clients must send; "" accepts every client.
     api_key: str = ""
-    #: Requests in flight over HTTP beyond which new ones get 429.
+    #: Requests in flight over HTTP beyond which new ones get 429, all models together; each model keeps room for
+    #: its first max_concurrent_requests / (2 x models) whatever the others hold (controller/admission.py).
     max_concurrent_requests: int = 1024
     #: Origins (scheme://host[:port]) whose web pages may call the API from a browser (CORS); "*": any origin;
     #: empty: no CORS headers. A string is a comma-separated list (--allowed-origins).

@@ -14,10 +14,12 @@ from aiohttp.abc import AbstractAccessLogger
 
 from warmserve.controller import openai_api as oa, prechecks
 from warmserve.controller import textstream, tokenize_api
+from warmserve.controller.admission import HttpSlots
+from warmserve.controller.answer_log import ServerErrorLog
 from warmserve.controller.api_key import key_bytes, key_matches
 from warmserve.controller.body import BodyTimeoutError, expect_handler, read_body
 from warmserve.controller.cors import Cors, is_preflight
-from warmserve.controller.errors import TooManyRequestsError, UnauthorizedError
+from warmserve.controller.errors import UnauthorizedError
 from warmserve.controller.frontend import Choices, TextGeneration, aprepare, check_max_tokens
 from warmserve.controller.log_text import field_value, printable
 from warmserve.controller.metrics import CONTENT_TYPE
@@ -109,10 +111,10 @@ class Api:
         self.controller = controller
         self.api_key = api_key
         self._key = key_bytes(api_key)  # once: check_api_key refused any key it cannot encode
-        self.max_concurrent = max_concurrent_requests
         self._cors = Cors(allowed_origins) if allowed_origins else None  # None: no CORS headers (the default)
-        self.active = 0
+        self._slots = HttpSlots(max_concurrent_requests)  # per model: a flood of some must not 429 the others
         self.created = int(time.time())
+        self._server_errors = ServerErrorLog()  # 503s and 504s come in floods: rate-limited there
 
     def app(self) -> web.Application:
         # handler_args: whatever the runner says (serve.py turns aiohttp's access log off), the hook that counts
@@ -218,9 +220,7 @@ class Api:
             info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
             f"{queue * 1e3:.1f}" if queue is not None else "-", (time.monotonic() - request[_T0]) * 1e3, info["id"])
         if status >= 500 and not probe:  # found in review: a stream's error event read as an answer of that status
-            how = "answered 200, then its stream ended with an error event of" if info.get("status_after_200") \
-                else "answered"
-            log.warning("%s %s %s %d (request %s)", request.method, path, how, status, info["id"])
+            self._server_errors(request.method, path, status, info["id"], bool(info.get("status_after_200")))
 
     def _rejected(self, status: int, route: str) -> None:
         metrics = getattr(self.controller, "metrics", None)
@@ -316,15 +316,12 @@ class Api:
     async def _generate(self, request, kind, req, model, ids, sampling):
         sampling = oa.with_model_defaults(sampling, model.sampling_defaults, lambda field: getattr(req, field, None))
         n = req.n
-        if n > self.max_concurrent:  # a 429 would tell the client to retry what can never be admitted
+        most = self._slots.most_for_one(len(self.controller.model_names()))
+        if n > most:  # a 429 would tell the client to retry what can never be admitted
             raise InvalidArgumentError(
-                f"n={n} choices are more than the {self.max_concurrent} requests this server runs at once: lower n "
-                f"or raise server.max_concurrent_requests", param="n", limit=self.max_concurrent)
-        if self.active + n > self.max_concurrent:
-            raise TooManyRequestsError(
-                f"{self.active} requests are in flight (generating, or streaming their answers), the limit is "
-                f"{self.max_concurrent}: retry later or raise server.max_concurrent_requests", active=self.active,
-                limit=self.max_concurrent)
+                f"n={n} choices are more than the {most} requests this server runs at once for one model: lower n "
+                f"or raise server.max_concurrent_requests", param="n", limit=most)
+        self._slots.check(model.name, n, self.controller.model_names())
         info = request[_INFO]
         rid = info["id"] = _prefixed(info["id"], "cmpl" if kind == "completion" else "chatcmpl")
         info.update(model=model.name, prompt_tokens=len(ids))
@@ -335,9 +332,9 @@ class Api:
         # max_tokens 0 with echo scores the prompt (OpenAI's legacy completions, lm-eval's loglikelihood): the one
         # token generated for it (parse_completion) is left out of the answer
         score_only = echo and req.max_tokens == 0
+        self._slots.take(model.name, n)
         # n choices are n sequences of their own (the prompt's KV is computed once per choice), each with its own
         # seed when the request gives one, so that seeded choices differ and repeat.
-        self.active += n
         gens: list[TextGeneration] = []
         try:
             for i in range(n):
@@ -385,7 +382,7 @@ class Api:
             # one of them failed or was refused
             for g in gens:
                 g.abort("error" if info.get("failed") else "abort")
-            self.active -= n
+            self._slots.give(model.name, n)
             _account(info, request, gens)
 
     async def _stream(self, request, kind, req, model, choices: Choices, prompt_ids: list[int], rid: str,
