@@ -24,6 +24,7 @@ from warmserve.controller.clock import history_in_reach, history_on_clock, polic
 from warmserve.controller.errors import NoWorkersError, OverloadedError
 from warmserve.controller.executor import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, LiveExecutor, fire
 from warmserve.controller.groups import GroupManager
+from warmserve.controller.layout_log import LayoutLog
 from warmserve.controller.loop_stall import LoopStalls
 from warmserve.controller.metrics import ControllerMetrics
 from warmserve.controller.models import ControllerModel
@@ -90,6 +91,7 @@ class Controller(WorkerRestarts):
         # Statistical forecasters fit in a background process: one fit can take seconds, and ticks run on this loop.
         self.policy.fit_in_background()  # after attach, which may refuse the record file: no process left then
         self.observed = observed.ObservedSteps()  # the engines' measured decode steps, fed to co-serving each tick
+        self._layout_log = LayoutLog()  # says when the first tick's colocation holds the scaling rules off
         self.metrics = ControllerMetrics()
         self.metrics.registry.collectors.append(lambda: views.collect(self))
         self.executor = LiveExecutor(self)
@@ -562,6 +564,7 @@ class Controller(WorkerRestarts):
                 self.groups.prewarm()
                 self.observed.feed(self)
                 self.driver.tick(self.now_s())
+                self._layout_log.after_tick(self.driver.policy, self.state.live_gpus())
         except Exception as e:
             if raise_unplaced and isinstance(e, UnplacedModelError):
                 raise

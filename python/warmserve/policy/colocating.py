@@ -36,6 +36,12 @@ class Colocating:
     _lost_s: float | None = None
     _relays = 0
 
+    @property
+    def layout_standing(self) -> tuple[str, ...]:
+        """The models of the first tick's colocation while it stands (the rules stand aside meanwhile); () once
+        given up or never laid out."""
+        return tuple(sorted({self._pinned_models[i] for i in self._pinned})) if self._pinned else ()
+
     def _colocation(self, state: ClusterState, now_s: float) -> list | None:
         """The tick's actions while the colocation stands (its layout at the first tick, then none), None where
         the rules decide. Laid out at the first tick, on an empty cluster with co-serving on, when the models with

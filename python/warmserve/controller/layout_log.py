@@ -1,0 +1,35 @@
+"""The log lines that say when the policy's first-tick colocation stands and when it is given up.
+
+While it stands the scaling rules stand aside (``policy.colocating``): found in the overload review, a flooded model
+on a fresh demo server (three models, two CPU workers, no history) kept its one instance with 168 requests queued
+for a whole 90 s flood, the other worker near idle, and no line said why no instance was added."""
+
+from __future__ import annotations
+
+import logging
+
+from warmserve.policy.colocating import RELAY_WAIT_S
+
+log = logging.getLogger("warmserve.controller")
+
+
+class LayoutLog:
+    """Call ``after_tick`` after each policy tick; it logs a change of the layout's standing, once each way."""
+
+    def __init__(self):
+        self.models: tuple[str, ...] = ()
+
+    def after_tick(self, policy, live_gpus: int) -> None:
+        now = tuple(getattr(policy, "layout_standing", ()))  # only the warmserve policy lays one out
+        if now == self.models:
+            return
+        if now and not self.models:
+            log.info("policy: more models with demand than GPUs, so the first tick laid out a fixed colocation of "
+                     "%s on %d GPU(s) (colocate_when_oversubscribed); while it stands the scaling rules stand "
+                     "aside and a busy model keeps the instances it was given, until GPUs join, one lost is not "
+                     "back within %g s, or a forecast from a day of history (--history) says the models fit",
+                     ", ".join(now), live_gpus, RELAY_WAIT_S)
+        elif not now:
+            log.info("policy: the colocation laid out at the first tick is given up; the scaling rules decide from "
+                     "now on")
+        self.models = now
