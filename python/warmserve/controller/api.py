@@ -316,12 +316,13 @@ class Api:
     async def _generate(self, request, kind, req, model, ids, sampling):
         sampling = oa.with_model_defaults(sampling, model.sampling_defaults, lambda field: getattr(req, field, None))
         n = req.n
-        most = self._slots.most_for_one(len(self.controller.model_names()))
+        served = self.controller.model_names()
+        most = self._slots.most_for_one(len(served))
         if n > most:  # a 429 would tell the client to retry what can never be admitted
             raise InvalidArgumentError(
                 f"n={n} choices are more than the {most} requests this server runs at once for one model: lower n "
                 f"or raise server.max_concurrent_requests", param="n", limit=most)
-        self._slots.check(model.name, n, self.controller.model_names())
+        self._slots.check(model.name, n, served)
         info = request[_INFO]
         rid = info["id"] = _prefixed(info["id"], "cmpl" if kind == "completion" else "chatcmpl")
         info.update(model=model.name, prompt_tokens=len(ids))
