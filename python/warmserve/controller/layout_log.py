@@ -18,15 +18,22 @@ class LayoutLog:
 
     def __init__(self):
         self.models: tuple[str, ...] = ()
+        self.moves = 0
 
     def after_tick(self, policy, live_gpus: int) -> None:
         now = tuple(getattr(policy, "layout_standing", ()))  # only the warmserve policy lays one out
+        moves = getattr(policy, "layout_moves", 0)
+        if moves != self.moves and now:
+            busy, spare, gpus = policy.last_layout_move
+            log.info("policy: %s, busy, takes the idle spare slot of %s on GPU(s) %s in the standing colocation "
+                     "(layout_follows_load)", busy, spare, ",".join(map(str, gpus)))
+        self.moves = moves
         if now == self.models:
             return
         if now and not self.models:
             log.info("policy: more models with demand than GPUs, so the first tick laid out a fixed colocation of "
                      "%s on %d GPU(s) (colocate_when_oversubscribed); while it stands the scaling rules stand "
-                     "aside and a busy model keeps the instances it was given, until GPUs join, one lost is not "
+                     "aside (a busy model may take a quiet one's spare slot), until GPUs join, one lost is not "
                      "back within %g s, or a forecast from a day of history (--history) says the models fit",
                      ", ".join(now), live_gpus, RELAY_WAIT_S)
         elif not now:

@@ -91,8 +91,9 @@ creation; the policy rescores its replicas each plan and keeps the current score
 
 What ``tick`` does, in order: records the load (in-flight + queued per model, averaged over 5 s), closes
 finished forecast windows; where the models with forecast demand outnumber the GPUs (one instance each at its
-tp), lays out `shared`'s colocation weighted by the forecast at the first tick and does nothing more while it
-stands (``colocate_when_oversubscribed``; ``policy.colocation``); otherwise keeps the weights of stopped instances that
+tp), lays out `shared`'s colocation weighted by the forecast at the first tick and, while it
+stands, only moves an idle spare slot to a busy model (``colocate_when_oversubscribed``, ``layout_follows_load``;
+``policy.colocation``); otherwise keeps the weights of stopped instances that
 have drained as prewarms on their GPUs (a ``Prewarm`` with ``kept_from``; for an instance stopped with nothing in
 flight, right after its ``StopInstance`` in the same list), autoscales (§5, plus a prefill trigger: the 5 s average of
 the backlog's prefill time, tokens x prefill_s / 1024, against 0.8 x the per-instance budget ``prefill_budget_s``: the

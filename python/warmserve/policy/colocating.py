@@ -6,7 +6,10 @@ route to it."""
 
 from __future__ import annotations
 
+import math
+
 from warmserve.geometry import blocks_for_tokens
+from warmserve.policy import actions as A
 from warmserve.policy.colocation import (UnplacedModelError, floor_kv_shares, placement_order, plan_shared,
                                          request_blocks, starts)
 from warmserve.policy.state import ClusterState, InstanceState
@@ -35,6 +38,9 @@ class Colocating:
     _pinned_models: dict[str, str]
     _lost_s: float | None = None
     _relays = 0
+    #: Spare slots moved to a busier model (``_follow_load``), and the last move: (busy model, spare's model, GPUs).
+    layout_moves = 0
+    last_layout_move: tuple[str, str, tuple[int, ...]] | None = None
 
     @property
     def layout_standing(self) -> tuple[str, ...]:
@@ -42,7 +48,7 @@ class Colocating:
         given up or never laid out."""
         return tuple(sorted({self._pinned_models[i] for i in self._pinned})) if self._pinned else ()
 
-    def _colocation(self, state: ClusterState, now_s: float) -> list | None:
+    def _colocation(self, state: ClusterState, now_s: float, load: dict[str, float]) -> list | None:
         """The tick's actions while the colocation stands (its layout at the first tick, then none), None where
         the rules decide. Laid out at the first tick, on an empty cluster with co-serving on, when the models with
         forecast demand need more GPUs than are live (one instance each at its tp). An instance lost with its GPUs
@@ -50,7 +56,8 @@ class Colocating:
         those lost are not back within RELAY_WAIT_S, when lost instances cannot be laid out again (or were MAX_RELAYS
         times), or when a window's forecast, from history reaching a day back, says those models fit. A request
         routed before the first tick starts an instance, and then nothing is laid out. While it stands route() may
-        still start an instance on GPUs it left idle."""
+        still start an instance on GPUs it left idle, and a busy model may take a spare slot (``_follow_load``;
+        ``load``: each model's in-flight and queued requests, averaged over load_window_s)."""
         live = state.live_gpus()
         window = self.window_of(now_s)
         if self._pinned is None:
@@ -91,7 +98,7 @@ class Colocating:
         lost = [i for i in self._pinned if i not in state.instances]
         if live == self._pinned_gpus and not lost:
             self._lost_s = None
-            return []
+            return self._follow_load(state, now_s, load) if self.cfg.layout_follows_load else []
         # An instance lost with its worker: the layout stands while the worker starts again (route() may start the
         # lost model on GPUs left idle meanwhile), then is laid out again on the GPUs free. Found in review: given
         # up at once, the rules spread three models over three CPU workers where it had co-served two, and each
@@ -105,6 +112,67 @@ class Colocating:
                 return out
         self._pinned = {}  # GPUs joined or stayed gone, or the lost could not be laid out again: the rules take over
         return None
+
+    def _follow_load(self, state: ClusterState, now_s: float, load: dict[str, float]) -> list:
+        """At most one move a tick: a model whose load calls for more instances than it runs (§5's scale-out
+        trigger), each of them ready, takes the GPUs of a spare: an idle instance of the layout, ready for
+        min_lifetime_s, of a model that runs others and whose load keeps fewer (the scale-in trigger), on a group
+        where the busy model runs nothing. The spare's bytes, weights and KV, become the new instance's; its
+        co-residents keep theirs. Found in review: on a fresh server the layout weighs every model alike, its spare
+        slot went to a quiet model by tie-break, and a flooded one kept a single instance with 168 requests queued
+        while that spare idled. The two triggers' gap (0.8 and 0.5 of capacity) and min_lifetime_s keep a slot from
+        moving back and forth. The models' sets stay, so the rules find the layout as planned when they take over."""
+        cap = self.cfg.max_instances_per_model
+        live: dict[str, list[InstanceState]] = {}
+        for inst in state.instances.values():
+            if not inst.draining:
+                live.setdefault(inst.model, []).append(inst)
+        wants = {m: self._wanted(m, load.get(m, 0.0), self._prefill_backlog_s(state, m, insts), state.queued(m))
+                 for m, insts in live.items()}
+        busy = [m for m, insts in live.items() if wants[m][0] > len(insts) and all(i.ready for i in insts)
+                and not (cap and len(insts) >= cap)]
+        for m in sorted(busy, key=lambda m: (-wants[m][0] / len(live[m]), m)):
+            info, mine = self.models[m], {g for i in live[m] for g in i.gpus}
+            best = None
+            for r, insts in live.items():
+                if r == m or max(1, math.ceil(wants[r][1])) >= len(insts) or state.queued(r):
+                    continue
+                for i in insts:
+                    if (i.instance_id not in self._pinned or i.in_flight or not i.ready
+                            or now_s - i.ready_s < self.cfg.min_lifetime_s or len(i.gpus) != info.tp
+                            or mine & set(i.gpus)):
+                        continue
+                    frac = self._spare_share(state, i, m)
+                    others = [j for j in state.instances.values() if j is not i and set(j.gpus) & set(i.gpus)]
+                    key = (sum(j.in_flight for j in others), i.instance_id)
+                    if frac is not None and (best is None or key < best[0]):
+                        best = (key, i, frac, bool(others))
+            if best is None:
+                continue
+            _, spare, frac, shares = best
+            new = A.StartInstance(self._new_id(m, "i"), m, spare.gpus, kv_fraction=frac,
+                                  warm_engine=self.cfg.warm_engine)
+            del self._pinned[spare.instance_id], self._pinned_models[spare.instance_id]
+            self._pinned[new.instance_id], self._pinned_models[new.instance_id] = shares, m
+            if shares:
+                self._co.ids.add(new.instance_id)
+            self._colocated |= {new.instance_id}
+            self.layout_moves += 1
+            self.last_layout_move = (m, spare.model, tuple(spare.gpus))
+            return [A.StopInstance(spare.instance_id), new]
+        return []
+
+    def _spare_share(self, state: ClusterState, spare: InstanceState, model: str) -> float | None:
+        """The KV fraction (``StartInstance.kv_fraction``) an instance of ``model`` gets in the bytes ``spare``
+        frees on each of its GPUs (its weights shard and KV blocks), 1.0 where it has them to itself; None where
+        those hold less than the layout's floor (``request_blocks``) beside the shard."""
+        info, gone = self.models[model], self.models[spare.model]
+        room = min(state.gpus[g].total_bytes for g in spare.gpus) - info.shard_bytes
+        kv = gone.shard_bytes + spare.kv_blocks_total * gone.kv_block_bytes - info.shard_bytes
+        floor = (request_blocks({model: info}, self.cfg.coserve_context_tokens)[model] + 1) * info.kv_block_bytes
+        if kv < floor or room <= 0:
+            return None
+        return min(1.0, kv / room)
 
     def _pin(self, plan) -> list:
         """Start the instances of ``plan`` (``plan_shared``'s layout) as the colocation's own."""

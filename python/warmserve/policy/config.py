@@ -256,9 +256,10 @@ class PolicyConfig:
     #: forecast peak in flight for that window, each share floored at one request of coserve_context_tokens, or of
     #: the model's longest accepted context where known, ``ModelInfo.max_context_tokens``; no search, nothing read
     #: of the load to come) and keep it. While it stands the rules stand aside (route() may still start an instance
-    #: on GPUs it left idle). They take over, each colocated instance becoming a co-served host that takes what its
-    #: own KV share holds, when GPUs join, when GPUs lost with its instances are not back within 20 s (back, their
-    #: instances are laid out on them again), or when a later window's forecast, from history reaching a day back,
+    #: on GPUs it left idle, and a busy model may take a spare slot: layout_follows_load). They take over, each
+    #: colocated instance becoming a co-served host that takes what its own KV share holds, when GPUs join, when
+    #: GPUs lost with its instances are not back within 20 s (back, their instances are laid out on them again), or
+    #: when a later window's forecast, from history reaching a day back,
     #: fits those models on GPUs of their own (``colocating.Colocating``). Only with co-serving on
     #: (coserve_tpot_s > 0) and on an empty cluster. Beyond the paper: on over-subscribed clusters
     #: the online rules (co-serving at equal KV shares, time-sharing) served less than the fixed layout. Measured (seeds
@@ -268,6 +269,12 @@ class PolicyConfig:
     #: forecast matters here: weighted by the last window instead (`reactive`), P99 0.66 and 1.79 s at two of them
     #: (1.6x, 4.5x), 0.97x at the third. Off for `autoscale` (vanilla autoscaling lays nothing out ahead).
     colocate_when_oversubscribed: bool = True
+    #: While that colocation stands, a model whose load passes the scale-out trigger takes an idle spare slot: an
+    #: instance of a model that runs others and whose load is below the scale-in trigger, its weights and KV
+    #: bytes becoming the busy model's instance (``colocating.Colocating._follow_load``; one move a tick). Found in
+    #: review: with no history the layout weighs every model alike, so its spare slot went by tie-break and a
+    #: flooded model kept one instance. Off: the layout keeps the instances it laid out.
+    layout_follows_load: bool = True
     #: Whether a tensor-parallel model (tp > 1) may share its GPU group with other models: co-served, in
     #: warmserve's colocation, in `shared`'s layout (MuxServe colocates such meshes, so the simulator does). Off:
     #: each tp > 1 instance has its group to itself, and a layout that would need to colocate one is refused

@@ -223,7 +223,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         out: list = []
         avg5 = self._record(state, now_s)
         if self.cfg.colocate_when_oversubscribed:
-            pinned = self._colocation(state, now_s)
+            pinned = self._colocation(state, now_s, avg5)
             if pinned is not None:
                 return pinned
         board = self._board(state)
