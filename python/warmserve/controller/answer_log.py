@@ -1,11 +1,11 @@
 """The WARNING line of an HTTP answer of status 500 or more (the access log, at INFO, has a line for every request).
 
-Overload answers (503: a model's queue full at max_queue, no worker, a drain; 504: a request that waited past
-request_timeout_s) come in floods, one per request the server could not take: found in the overload review, three
-models flooded past max_queue 64 by clients retrying within a second wrote 22,937 such WARNING lines in about
-200 s, each beside its access-log line, and any other warning of that time was lost among them. Those statuses are
-logged at most once per ``OVERLOAD_LOG_EVERY_S`` each, with the count of like answers since; any other (a 500, a
-bug; a 502, a lost worker) is logged every time."""
+Overload answers (503: a model's queue full at max_queue or one that would hold a request past request_timeout_s
+(queue_wait.py), no worker, a drain; 504: a request that waited past request_timeout_s) come in floods, one per
+request the server could not take: found in the overload review, three models flooded past max_queue 64 by clients
+retrying within a second wrote 22,937 such WARNING lines in about 200 s, each beside its access-log line, and any
+other warning of that time was lost among them. Those statuses are logged at most once per ``OVERLOAD_LOG_EVERY_S``
+each, with the count of like answers since; any other (a 500, a bug; a 502, a lost worker) is logged every time."""
 
 from __future__ import annotations
 

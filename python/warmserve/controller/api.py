@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from warmserve.controller import openai_api as oa, prechecks
-from warmserve.controller import textstream, tokenize_api
+from warmserve.controller import queue_wait, textstream, tokenize_api
 from warmserve.controller.admission import HttpSlots
 from warmserve.controller.answer_log import ServerErrorLog
 from warmserve.controller.api_key import key_bytes, key_matches
@@ -39,8 +39,12 @@ access_log = logging.getLogger("warmserve.access")
 REQUEST_ID_HEADER = "x-request-id"
 #: The longest X-Request-Id a client may send and see taken as the request's id, characters.
 MAX_CLIENT_ID_CHARS = 128
-#: Retry-After of a 429 or 503 (overload, no worker yet, a drain; /health's 503 too): seconds a client should wait
-#: before retrying. Short: a drain's is answered by a server going away, whose clients retry on another behind it.
+#: Retry-After of a 429, 503 (overload, no worker yet, a drain; /health's 503 too) or 504 (no instance took the
+#: request, or none gave it a token, within request_timeout_s): seconds a client should wait before retrying. Short:
+#: a drain's is answered by a server going away, whose clients retry on another behind it. RFC 9110 (10.2.3) lets any
+#: answer carry it and gives it a meaning of its own on 503 and 3xx only, but clients honour it on whatever status
+#: they retry (OpenAI's SDKs on 408, 409, 429 and every 5xx); a 504 without it had them back off blind (found in the
+#: overload review: the timeouts of a flood were the one overload answer without it).
 RETRY_AFTER_S = 1
 #: The status logged for a request whose client hung up before its answer (nginx's "client closed request").
 CLIENT_CLOSED = 499
@@ -68,7 +72,7 @@ def _json(status: int, body: dict) -> web.Response:
 def _error(e: BaseException) -> web.Response:
     status, body = oa.error_from_exception(e)
     resp = _json(status, body)
-    if status in (429, 503):
+    if status in (429, 503, 504):  # 504: see RETRY_AFTER_S
         resp.headers["Retry-After"] = str(RETRY_AFTER_S)
     return resp
 
@@ -323,6 +327,7 @@ class Api:
                 f"n={n} choices are more than the {most} requests this server runs at once for one model: lower n "
                 f"or raise server.max_concurrent_requests", param="n", limit=most)
         self._slots.check(model.name, n, served)
+        queue_wait.check(self.controller, model.name)  # a wait past the timeout refused now, not as a 504 then
         info = request[_INFO]
         rid = info["id"] = _prefixed(info["id"], "cmpl" if kind == "completion" else "chatcmpl")
         info.update(model=model.name, prompt_tokens=len(ids))

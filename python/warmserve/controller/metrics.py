@@ -13,6 +13,8 @@ from typing import Callable
 
 import prometheus_client as prom
 
+from warmserve.controller.queue_wait import DrainMeter
+
 # TTFT and TPOT span sub-millisecond (a prewarm hit on a tiny model) to minutes (a cold start under a burst).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # A request's whole latency runs on past them: a long generation takes minutes at any TPOT, and no limit bounds its
@@ -209,6 +211,9 @@ class ControllerMetrics:
                                  "each running instance, as its engine measured it (co-serving admits by these: "
                                  "co-served engines on one worker step in turn). Absent until it has decoded.",
                                  ("worker", "model"))
+        #: Not a series: the recent first sends of each model, the drain rate of its queue (``queue_wait``), fed
+        #: where the queue time is observed, the one place every request's first send passes.
+        self.drain = DrainMeter()
         self.decode_batch = Gauge(r, "warmserve_decode_batch", "Recent mean of the sequences in each running "
                                   "instance's decode steps (beside warmserve_decode_step_seconds).",
                                   ("worker", "model"))
@@ -244,6 +249,7 @@ class ControllerMetrics:
         as for TTFT, one that timed out or was aborted while queued is not observed (its outcome counts it)."""
         req.queue_s = queue_s
         self.queue_time.observe(queue_s, model=req.model)
+        self.drain.started(req.model, req.arrival_s + queue_s)
 
     def request_done(self, req, outcome: str, now_s: float | None = None) -> None:
         """Count a request that ended: its outcome (a stop string's abort counts as "stop"), and latency (its
