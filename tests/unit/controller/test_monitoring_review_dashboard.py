@@ -71,3 +71,14 @@ def test_the_duration_reader_and_the_division_finder():
     assert _seconds("5m") == 300 and _seconds("1h30m") == 5400 and _seconds("$__rate_interval") is None
     assert _after_top_level_division("sum by (a) (rate(x[5m])) / (sum(y) > 0)") == "(sum(y) > 0)"
     assert _after_top_level_division("histogram_quantile(0.5, sum(rate(x[5m])))") is None
+
+
+def test_quantiles_have_no_value_where_no_request_was_observed():
+    """histogram_quantile of a window with no observation is NaN, which Grafana's legend and tooltips print as
+    "NaN" for an idle model (the monitoring review's leftover); a ``>= 0`` filter drops it (NaN compares false), so
+    the time shows no data, as the ratios do."""
+    quantiles = [(where, expr) for where, expr in _targets() if "histogram_quantile" in expr]
+    assert len(quantiles) >= 7, quantiles
+    problems = [f"{where}: {expr[-60:]!r} is not filtered by '>= 0'" for where, expr in quantiles
+                if not expr.startswith("histogram_quantile(") or not re.search(r"\)\s*>=\s*0$", expr.strip())]
+    assert not problems, "\n".join(problems)
