@@ -135,44 +135,99 @@ def preemption_victims(state: ClusterState, board: Board, model: str, now_s: flo
     neither could ever start: every request of every model waited to the end).
     ``keep_last``: models (a set) whose last instance is not taken (None: any model's may be)."""
     tp = state.models[model].tp
-    on_gpu, count = _occupancy(state, stopping, lambda inst: not inst.draining)
+    need = board.models[model].shard_bytes + board.models[model].kv_block_bytes
+    groups, _, count = group_scan(state, board, tp, stopping, now_s, served_s)
     best = None
+    for server_id, start, group, victims, lost, _, least_bytes in groups:
+        if reserved.intersection(group) or least_bytes < need or model in lost:
+            continue
+        if keep_last is not None and any(n >= count[m] and m in keep_last for m, n in lost.items()):
+            continue
+        harm = sum(load[m] / count[m] * n * (2.0 if n >= count[m] else 1.0) for m, n in lost.items())
+        key = (harm, server_id, start)
+        if best is None or key < best[0]:
+            best = (key, victims, group)
+    return None if best is None else (best[0][0], list(best[1]), best[2])
+
+
+class GroupScans:
+    """``group_scan``'s results kept for the reclaims and time-sharing of one tick's step 4 (``Policy._autoscale``
+    sets one on its board for that loop): each wanted model's ``reclaim_victims`` / ``preemption_victims`` rebuilt
+    the same per-GPU map and checked the same groups, about 40% of ``simulate --preset paper-conv --models 200``
+    (py-spy, 2026-12-07). A result is reused while its key holds: the same ``state`` (the driver does not change it
+    during a tick), tp, now_s, served_s, ``stopping``, and the board's instance count per GPU (every start and stop
+    the board sees changes it; the board's GPU sizes never change)."""
+
+    def __init__(self, state: ClusterState):
+        self.state = state
+        self._kept: dict[tuple, tuple] = {}
+
+    def get(self, board: Board, tp: int, stopping: set[str], now_s: float, served_s: float) -> tuple:
+        key = (tp, now_s, served_s)
+        check = (frozenset(stopping), board.inst_count.tobytes())
+        kept = self._kept.get(key)
+        if kept is None or kept[0] != check:
+            kept = self._kept[key] = (check, _scan(self.state, board, tp, stopping, now_s, served_s))
+        return kept[1]
+
+
+def group_scan(state: ClusterState, board: Board, tp: int, stopping: set[str], now_s: float,
+               served_s: float) -> tuple[list[tuple], dict[str, int], dict[str, int]]:
+    """``_scan``, from the board's ``group_scans`` when it has one for ``state``."""
+    scans = board.group_scans
+    if scans is None or scans.state is not state:
+        return _scan(state, board, tp, stopping, now_s, served_s)
+    return scans.get(board, tp, stopping, now_s, served_s)
+
+
+def _scan(state: ClusterState, board: Board, tp: int, stopping: set[str], now_s: float,
+          served_s: float) -> tuple[list[tuple], dict[str, int], dict[str, int]]:
+    """(groups, ready, active), leaving out the instances in ``stopping``. ``groups``: the aligned groups of tp
+    GPUs on one server (servers in order, then GPU) that some model could take, each as (server id, start, GPU
+    ids, instances to stop in id order, per model how many of them, their requests in flight, the least total
+    bytes of its GPUs): a group qualifies for a model when its GPUs hold at least one instance, every instance on
+    them is of another model, ready, not draining and ready for ``served_s``, the board counts on each GPU just
+    the instances the state has there (else an instance started, or stopped with requests, this round), and each
+    GPU holds the model's shard and one KV block (found in review: with mixed GPU sizes a group the model could
+    never start on was taken, and its idle GPUs held reserved for good). ``ready`` / ``active``: per model its
+    instances ready and not draining / not draining."""
+    on_gpu: dict[int, list[InstanceState]] = {}
+    ready: dict[str, int] = {}
+    active: dict[str, int] = {}
+    for inst in state.instances.values():
+        if inst.instance_id in stopping:
+            continue
+        for g in inst.gpus:
+            on_gpu.setdefault(g, []).append(inst)
+        if not inst.draining:
+            active[inst.model] = active.get(inst.model, 0) + 1
+            if inst.ready:
+                ready[inst.model] = ready.get(inst.model, 0) + 1
+    groups = []
     for srv in state.servers:
         gpus = list(srv.gpu_ids)
         for start in range(0, len(gpus) - tp + 1, tp):  # aligned groups: they leave whole blocks behind
-            if reserved.intersection(gpus[start:start + tp]):
-                continue
-            victims = _group_victims(board, gpus[start:start + tp], on_gpu, model, now_s, served_s)
+            group = tuple(gpus[start:start + tp])
+            victims = _group_victims(board, group, on_gpu, now_s, served_s)
             if not victims:
                 continue
             lost: dict[str, int] = {}
             for v in victims:
                 lost[v.model] = lost.get(v.model, 0) + 1
-            if keep_last is not None and any(n >= count[m] and m in keep_last for m, n in lost.items()):
-                continue
-            harm = sum(load[m] / count[m] * n * (2.0 if n >= count[m] else 1.0) for m, n in lost.items())
-            key = (harm, srv.server_id, start)
-            if best is None or key < best[0]:
-                best = (key, victims, tuple(gpus[start:start + tp]))
-    return None if best is None else (best[0][0], best[1], best[2])
+            groups.append((srv.server_id, start, group, victims, lost, sum(v.in_flight for v in victims),
+                           min(int(board.total[board.local[g]]) for g in group)))
+    return groups, ready, active
 
 
-def _group_victims(board: Board, group: list[int], on_gpu: dict, model: str, now_s: float,
-                   served_s: float) -> list[InstanceState]:
-    """The instances to stop for ``group``, in id order; empty when the group does not qualify: one of its GPUs
-    cannot hold ``model``'s shard and one KV block (``Board.choose_for_instance``'s test; found in review: with
-    mixed GPU sizes a group the model could never start on was taken, and its idle GPUs held reserved for good)."""
-    m = board.models[model]
+def _group_victims(board: Board, group, on_gpu: dict, now_s: float, served_s: float) -> list[InstanceState]:
+    """The instances on ``group``, in id order, when each may be stopped (``_scan``); else empty."""
     victims: dict[str, InstanceState] = {}
     for g in group:
-        loc = board.local[g]
-        if board.total[loc] < m.shard_bytes + m.kv_block_bytes:
-            return []
         here = on_gpu.get(g, ())
-        if board.inst_count[loc] != len(here):
-            return []  # an instance started (or stopped with requests) this round: not this group
+        if board.inst_count[board.local[g]] != len(here):
+            return []
         for inst in here:
-            if inst.model == model or not inst.ready or inst.draining or now_s - inst.ready_s < served_s:
+            if not inst.ready or inst.draining or now_s - inst.ready_s < served_s:
                 return []
             victims[inst.instance_id] = inst
     return [victims[i] for i in sorted(victims)]
@@ -222,28 +277,20 @@ def reclaim_victims(state: ClusterState, board: Board, model: str, now_s: float,
     tp = state.models[model].tp
     gain = (have[model] + 1) / demand[model]
     now = band * have[model] / demand[model]
-    on_gpu, ready = _occupancy(state, stopping, lambda inst: inst.ready and not inst.draining)
+    need = board.models[model].shard_bytes + board.models[model].kv_block_bytes
+    groups, ready, _ = group_scan(state, board, tp, stopping, now_s, served_s)
     best = None
-    for srv in state.servers:
-        gpus = list(srv.gpu_ids)
-        for start in range(0, len(gpus) - tp + 1, tp):
-            group = gpus[start:start + tp]
-            if reserved.intersection(group):
-                continue
-            victims = _group_victims(board, group, on_gpu, model, now_s, served_s)
-            if not victims:
-                continue
-            lost: dict[str, int] = {}
-            for v in victims:
-                lost[v.model] = lost.get(v.model, 0) + 1
-            after = min(_share(have[m] - n, demand[m]) for m, n in lost.items())
-            if (not starved and (after < max(gain, floor) or any(_share(have[m], demand[m]) < now for m in lost))
-                    or any(ready.get(m, 0) - n < 1 for m, n in lost.items())):
-                continue
-            key = (-after, len(victims), sum(v.in_flight for v in victims), srv.server_id, start)
-            if best is None or key < best[0]:
-                best = (key, victims, tuple(group))
-    return None if best is None else (-best[0][0], best[1], best[2])
+    for server_id, start, group, victims, lost, in_flight, least_bytes in groups:
+        if reserved.intersection(group) or least_bytes < need or model in lost:
+            continue
+        after = min(_share(have[m] - n, demand[m]) for m, n in lost.items())
+        if (not starved and (after < max(gain, floor) or any(_share(have[m], demand[m]) < now for m in lost))
+                or any(ready.get(m, 0) - n < 1 for m, n in lost.items())):
+            continue
+        key = (-after, len(victims), in_flight, server_id, start)
+        if best is None or key < best[0]:
+            best = (key, victims, group)
+    return None if best is None else (-best[0][0], list(best[1]), best[2])
 
 
 def least_met_first(have: dict[str, int], want: dict[str, float], starved_since: dict[str, float], start,

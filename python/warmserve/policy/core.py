@@ -7,7 +7,7 @@ from collections import Counter, deque
 
 from warmserve.errors import UnknownModelError
 from warmserve.policy import actions as A
-from warmserve.policy.arbitration import least_met_first
+from warmserve.policy.arbitration import GroupScans, least_met_first
 from warmserve.policy.colocating import Colocating
 from warmserve.policy.concurrency import WindowMeter
 from warmserve.policy.config import PolicyConfig
@@ -431,6 +431,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
         # for a model with no instance and nothing to reclaim, time-shared (a last instance may go); so for a
         # model that outgrew its host (a co-served instance holds a fixed KV share and shares its GPUs' time: it
         # is no instance of its own, and with no GPU to split out to it would queue for ever)
+        board.group_scans = GroupScans(state)  # the groups each model's reclaim scans, kept between models
         for m in sorted(wanted, key=lambda m: (have[m] / demand[m], self._starved_since.get(m, math.inf), m)):
             found, freed = self._reclaim_for(state, m, now_s, have, demand, board, out)
             if not found and co is not None and co.outgrown(m, active[m]) and self._co_replica(state, board, m, out):
@@ -440,6 +441,7 @@ class Policy(Demand, LoadSignals, GpuMoves, Colocating):
                 freed = self._preempt_for(state, m, now_s, avg5, board, out, have[m])
             if freed:
                 self._allocate(state, board, have, {m: want_out[m]}, out)
+        board.group_scans = None
 
     def _release_reservations(self, state: ClusterState, active: dict, want_out: dict) -> None:
         """GPUs freed for a model become anyone's once it has more instances than when they were freed, or no

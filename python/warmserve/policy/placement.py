@@ -104,6 +104,7 @@ class Board:
         self.rr_cursor, self.rr_step = rr_cursor, rr_step
         self.version = 0  # bumped by every change, so a failed eviction search can be remembered
         self._evict_failed: dict[tuple, tuple[int, float]] = {}
+        self.group_scans = None  # arbitration.GroupScans, while the policy's step 4 reclaims (Policy._autoscale)
         scores = scores or {}
         masks: list[list[int]] = [[] for _ in range(n)]
         for p in state.prewarms.values():
