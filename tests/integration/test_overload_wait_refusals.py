@@ -70,7 +70,8 @@ def test_requests_that_would_wait_past_the_timeout_are_refused_at_once(server):
     assert len(refused) >= 20, (statuses, len(answers))
     for status, waited_s, retry_after, body, _, _ in refused:
         message = body["error"]["message"]
-        assert waited_s < TIMEOUT_S / 5 and retry_after == "1", (waited_s, retry_after, message)
+        # Retry-After: the seconds the queue needs to drain to the admission line, 1 to 60
+        assert waited_s < TIMEOUT_S / 5 and 1 <= int(retry_after) <= 60, (waited_s, retry_after, message)
         assert body["error"]["code"] == "service_unavailable", body
         assert "would wait about" in message and f"past the {TIMEOUT_S:g} s" in message, message
         assert "a second" in message and "request_timeout_s" in message, message

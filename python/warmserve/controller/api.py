@@ -72,8 +72,8 @@ def _json(status: int, body: dict) -> web.Response:
 def _error(e: BaseException) -> web.Response:
     status, body = oa.error_from_exception(e)
     resp = _json(status, body)
-    if status in (429, 503, 504):  # 504: see RETRY_AFTER_S
-        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+    if status in (429, 503, 504):  # 504: see RETRY_AFTER_S; a queue's refusal names its own (queue_wait)
+        resp.headers["Retry-After"] = str(getattr(e, "retry_after_s", None) or RETRY_AFTER_S)
     return resp
 
 

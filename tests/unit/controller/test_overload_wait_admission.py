@@ -1,8 +1,9 @@
 """The admission of a request by the expected wait of its model's queue (controller/queue_wait.py): the drain rate is
 the starts measured while the queue held requests all along; with no such measure a request is admitted whatever
-is queued; a request is refused (503, Retry-After, the numbers) only past WAIT_MARGIN times the timeout; and a 504
-carries Retry-After as the 503s do. Found in the overload review: a flooded model's late requests waited the whole
-request_timeout_s for a 504 that had no Retry-After."""
+is queued; a request is refused (503, the numbers, Retry-After until the queue drains to the line) only past the
+timeout (WAIT_MARGIN times it while the measure is young); and a 504 carries Retry-After as the 503s do. Found in
+the overload review: a flooded model's late requests waited the whole request_timeout_s for a 504 that had no
+Retry-After."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from warmserve.controller import queue_wait
 from warmserve.controller.api import Api
 from warmserve.controller.errors import OverloadedError
 from warmserve.controller.metrics import ControllerMetrics
-from warmserve.controller.queue_wait import MIN_STARTS, WAIT_MARGIN, DrainMeter, expected_wait_s
+from warmserve.controller.queue_wait import (MATURE_SPAN_S, MAX_RETRY_AFTER_S, MIN_STARTS, DrainMeter,
+                                             expected_wait_s)
 from warmserve.controller.requests import Req
 from warmserve.errors import TimeoutError_
 
@@ -59,17 +61,33 @@ def test_the_expected_wait_is_the_queue_ahead_over_the_rate_measured_while_it_wa
     wait, ahead, rate, span = expected_wait_s(_queue(60, now - 25.0), meter, MODEL, now)
     assert ahead == 60 and rate == pytest.approx(2.0) and wait == pytest.approx(30.0)
     assert span == pytest.approx(19.5)
-    # 30 s of wait is refused past a timeout of 30 / WAIT_MARGIN (20 s at 1.5), admitted at or under it
+    # a measure over MATURE_SPAN_S or more: 30 s of wait is refused past a timeout of 30 s, admitted at it
     with pytest.raises(OverloadedError) as e:
         queue_wait.check(_controller(_queue(60, now - 25.0), meter, 19.0), MODEL)
     assert e.value.http_status == 503 and e.value.queued == 60 and e.value.timeout_s == 19.0
     assert e.value.drain_rate_per_s == pytest.approx(2.0, rel=0.01)
-    assert e.value.expected_wait_s == pytest.approx(30.0, rel=0.01) and e.value.expected_wait_s > WAIT_MARGIN * 19.0
+    assert e.value.expected_wait_s == pytest.approx(30.0, rel=0.01)
+    assert e.value.retry_after_s == 11  # the 11 s the queue ahead needs to drain to the line
     message = e.value.message
     assert "60 requests" in message and "2 a second" in message and "about 30 s" in message, message
     assert "past the 19 s" in message and "request_timeout_s" in message, message
-    queue_wait.check(_controller(_queue(60, now - 25.0), meter, 20.0), MODEL)  # 30 s = 1.5 x 20 s: admitted
-    queue_wait.check(_controller(_queue(20, now - 25.0), meter, 7.0), MODEL)  # 10 s of wait, under 10.5
+    queue_wait.check(_controller(_queue(60, now - 25.0), meter, 30.0), MODEL)  # 30 s of wait at 30 s: admitted
+    with pytest.raises(OverloadedError):  # admitted at 1.5 x (20 s) before the live review, refused now
+        queue_wait.check(_controller(_queue(60, now - 25.0), meter, 20.0), MODEL)
+    queue_wait.check(_controller(_queue(20, now - 25.0), meter, 10.0), MODEL)  # 10 s of wait, at 10
+
+
+def test_a_young_measure_refuses_only_past_the_margin_and_retry_after_is_bounded():
+    now = time.monotonic()
+    young = _meter(now, 4.0, 5.0)  # 20 starts in 5 s: under MATURE_SPAN_S
+    assert expected_wait_s(_queue(60, now - 6.0), young, MODEL, now)[3] < MATURE_SPAN_S
+    queue_wait.check(_controller(_queue(60, now - 6.0), young, 10.0), MODEL)  # 15 s = 1.5 x 10 s: admitted
+    with pytest.raises(OverloadedError) as e:
+        queue_wait.check(_controller(_queue(60, now - 6.0), young, 9.0), MODEL)  # past 13.5 s
+    assert e.value.retry_after_s == 2, e.value.fields  # ceil(15 - 13.5)
+    with pytest.raises(OverloadedError) as e:  # 5,000 s of wait: Retry-After at most MAX_RETRY_AFTER_S
+        queue_wait.check(_controller(_queue(20_000, now - 6.0), young, 9.0), MODEL)
+    assert e.value.retry_after_s == MAX_RETRY_AFTER_S
 
 
 def test_no_measure_admits_whatever_is_queued():
@@ -167,7 +185,8 @@ def _ask(ctl, stream: bool):
 def test_an_http_request_that_would_wait_too_long_is_a_503_with_retry_after(model, stream):
     ctl = _Queued(model, timeout_s=10.0)
     status, retry_after, body = _ask(ctl, stream)
-    assert (status, retry_after, body["error"]["code"]) == (503, "1", "service_unavailable"), body
+    # Retry-After: the 20 s the 30 s queue needs to drain to the 10 s line (a fixed 1 before the live review)
+    assert (status, retry_after, body["error"]["code"]) == (503, "20", "service_unavailable"), body
     assert "would wait about 30 s" in body["error"]["message"], body
     assert ctl.submitted == []  # refused before it was queued
     assert ctl.metrics.rejected.get(status=503, route="/v1/completions") == 1
