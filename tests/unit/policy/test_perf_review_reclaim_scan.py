@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-from warmserve.policy.arbitration import GroupScans, preemption_victims, reclaim_victims
+# _occupancy is unchanged (relocations uses it), so the old functions below call it as they did
+from warmserve.policy.arbitration import GroupScans, _occupancy, preemption_victims, reclaim_victims
 from warmserve.policy.placement import Board
 from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
 
@@ -19,18 +20,6 @@ GiB = 1 << 30
 
 
 # ---- the functions as they were (arbitration.py before GroupScans) --------------------------------------------
-
-def _occupancy(state, stopping, counted):
-    on_gpu, count = {}, {}
-    for inst in state.instances.values():
-        if inst.instance_id in stopping:
-            continue
-        for g in inst.gpus:
-            on_gpu.setdefault(g, []).append(inst)
-        if counted(inst):
-            count[inst.model] = count.get(inst.model, 0) + 1
-    return on_gpu, count
-
 
 def _group_victims(board, group, on_gpu, model, now_s, served_s):
     m = board.models[model]
