@@ -212,6 +212,8 @@ def _check_dashboard(exported: dict, problems: list[str]) -> None:
             _check_expr(f"grafana panel {p.get('id')} {p.get('title')!r} {t.get('refId')}", t.get("expr", ""),
                         exported, problems, t.get("legendFormat", ""))
     for var in dash.get("templating", {}).get("list", []):
+        if var.get("type") == "datasource":  # its query is a data source type ("prometheus"), not PromQL
+            continue
         query = var.get("query")
         query = query.get("query", "") if isinstance(query, dict) else query or ""
         for q in {query, var.get("definition", "")} - {""}:
