@@ -113,8 +113,10 @@ def test_messages_past_the_byte_budget_are_refused_at_once_under_their_ids(stall
     assert isinstance(err, OverloadedError) and err.request_id == 3 and err.http_status == 503
     queued = server._link.forwarded_bytes - server._link.engine_read_bytes
     assert 2 * BIG < queued <= BUDGET + 1024
-    # Freed as refused, not held: the two queued (16 MiB) and the message in hand, with slack for the allocator.
-    assert grown < 100 * MIB, f"the worker's process grew by {grown / MIB:.0f} MiB"
+    # Freed as refused, not held: the two queued (16 MiB) and the message in hand, with slack for the allocator and
+    # for this process's own sending side (ZeroMQ's buffers of the 320 MiB sent): 103 MiB was seen once on a clean
+    # CI run (CI247), so the bound is half of what the worker held before the budget (all 320 MiB), not 100 MiB
+    assert grown < 160 * MIB, f"the worker's process grew by {grown / MIB:.0f} MiB"
     assert not failures and t.is_alive()
 
     gate.set()  # the step ends: the engine reads what was queued, and large messages are taken again
