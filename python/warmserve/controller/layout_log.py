@@ -19,6 +19,7 @@ class LayoutLog:
     def __init__(self):
         self.models: tuple[str, ...] = ()
         self.moves = 0
+        self.unmet: set[tuple[str, tuple[str, ...]]] = set()  # (busy model, spares too small) said
 
     def after_tick(self, policy, live_gpus: int) -> None:
         now = tuple(getattr(policy, "layout_standing", ()))  # only the warmserve policy lays one out
@@ -28,6 +29,12 @@ class LayoutLog:
             log.info("policy: %s, busy, takes the idle spare slot of %s on GPU(s) %s in the standing colocation "
                      "(layout_follows_load)", busy, spare, ",".join(map(str, gpus)))
         self.moves = moves
+        for model, small in (getattr(policy, "layout_unmet", {}) if now else {}).items():
+            if (model, small) not in self.unmet:  # once per model and reason while the layout stands
+                self.unmet.add((model, small))
+                log.info("policy: %s, busy, takes no slot in the standing colocation: the idle spare slot(s) of %s "
+                         "hold too few bytes for its weights and one request at its context; it keeps its instances "
+                         "until the layout is given up (layout_follows_load)", model, ", ".join(small))
         if now == self.models:
             return
         if now and not self.models:
@@ -40,3 +47,5 @@ class LayoutLog:
             log.info("policy: the colocation laid out at the first tick is given up; the scaling rules decide from "
                      "now on")
         self.models = now
+        if not now:
+            self.unmet = set()

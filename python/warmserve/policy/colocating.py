@@ -41,6 +41,9 @@ class Colocating:
     #: Spare slots moved to a busier model (``_follow_load``), and the last move: (busy model, spare's model, GPUs).
     layout_moves = 0
     last_layout_move: tuple[str, str, tuple[int, ...]] | None = None
+    #: Busy models that took no slot at the last tick for want of bytes: each with the spare models whose idle
+    #: slots hold too few for it (none idle is a wait, not said); read by the controller's layout log.
+    layout_unmet: dict[str, tuple[str, ...]] = {}
 
     @property
     def layout_standing(self) -> tuple[str, ...]:
@@ -131,9 +134,10 @@ class Colocating:
                  for m, insts in live.items()}
         busy = [m for m, insts in live.items() if wants[m][0] > len(insts) and all(i.ready for i in insts)
                 and not (cap and len(insts) >= cap)]
+        self.layout_unmet = {}
         for m in sorted(busy, key=lambda m: (-wants[m][0] / len(live[m]), m)):
             info, mine = self.models[m], {g for i in live[m] for g in i.gpus}
-            best = None
+            best, small = None, set()
             for r, insts in live.items():
                 if r == m or max(1, math.ceil(wants[r][1])) >= len(insts) or state.queued(r):
                     continue
@@ -145,9 +149,13 @@ class Colocating:
                     frac = self._spare_share(state, i, m)
                     others = [j for j in state.instances.values() if j is not i and set(j.gpus) & set(i.gpus)]
                     key = (sum(j.in_flight for j in others), i.instance_id)
-                    if frac is not None and (best is None or key < best[0]):
+                    if frac is None:
+                        small.add(r)
+                    elif best is None or key < best[0]:
                         best = (key, i, frac, bool(others))
             if best is None:
+                if small:
+                    self.layout_unmet[m] = tuple(sorted(small))
                 continue
             _, spare, frac, shares = best
             new = A.StartInstance(self._new_id(m, "i"), m, spare.gpus, kv_fraction=frac,

@@ -53,3 +53,45 @@ def test_a_policy_with_no_layout_says_nothing(caplog):
     said.after_tick(pol, st.live_gpus())
     said.after_tick(make_policy("autoscale", models=models, config=PolicyConfig()), 4)
     assert _lines(caplog) == []
+
+
+def _flood(model: str, ticks: int, caplog) -> list[str]:
+    """Flood ``model`` with 200 clients from the second tick, ticking 0.5 s apart, each instance ending two requests
+    a tick; returns the log lines."""
+    models = [ModelInfo(n, w, 1, kv, 0.01, 0.005, max_context_tokens=ctx) for n, w, kv, ctx in DEMO]
+    st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=GiB)
+    pol = make_policy("warmserve", models=models, config=PolicyConfig())
+    d = instant_driver(pol, st)
+    said, rid = LayoutLog(), 0
+    caplog.set_level(logging.INFO, logger="warmserve.controller")
+    for k in range(ticks):
+        t = k * 0.5
+        held = sum(i.in_flight for i in st.instances.values() if i.model == model) + st.queued(model)
+        for _ in range(200 - held if k else 0):
+            rid += 1
+            d.submit(model, (model, rid), t, prompt_tokens=64)
+        d.tick(t)
+        said.after_tick(pol, st.live_gpus())
+        for iid, reqs in list(d.executor.running.items()):
+            inst = st.instances.get(iid)
+            for r in reqs[:2] if inst is not None and inst.ready else ():
+                reqs.remove(r)
+                d.prefill_done(r, t)
+                d.request_finished(inst.model, iid, t)
+    return _lines(caplog)
+
+
+def test_a_busy_model_that_takes_no_slot_is_said_once_with_why(caplog):
+    # Found in the burst review: flooded llama-90m sat at TTFT p50 40 s beside an idle worker, unsaid; the only
+    # spare slot, qwen2-30m's, holds too few bytes for its weights and one request at its 4,096-token context
+    lines = _flood("llama-90m", 240, caplog)
+    unmet = [line for line in lines if "takes no slot" in line]
+    assert len(unmet) == 1, lines
+    assert unmet[0].startswith("policy: llama-90m, busy,") and "of qwen2-30m hold too few bytes" in unmet[0], unmet
+    assert not any("takes the idle spare slot" in line for line in lines), lines
+
+
+def test_a_busy_model_that_takes_a_slot_says_no_shortfall(caplog):
+    lines = _flood("llama-20m", 240, caplog)
+    assert sum("llama-20m, busy, takes the idle spare slot of qwen2-30m" in line for line in lines) == 1, lines
+    assert not any("takes no slot" in line for line in lines), lines
