@@ -147,7 +147,7 @@ class Colocating:
                             or mine & set(i.gpus)):
                         continue
                     frac = self._spare_share(state, i, m)
-                    others = [j for j in state.instances.values() if j is not i and set(j.gpus) & set(i.gpus)]
+                    others = state.co_residents(i)
                     key = (sum(j.in_flight for j in others), i.instance_id)
                     if frac is None:
                         small.add(r)
@@ -206,8 +206,7 @@ class Colocating:
         for m in list(models):
             own = next((i for i in state.instances.values() if i.model == m and i.instance_id not in pinned), None)
             if own is not None:
-                shares = any(set(own.gpus) & set(j.gpus) for j in state.instances.values() if j is not own)
-                self._pinned[own.instance_id], self._pinned_models[own.instance_id] = shares, m
+                self._pinned[own.instance_id], self._pinned_models[own.instance_id] = bool(state.co_residents(own)), m
                 pinned.add(own.instance_id)
                 models.remove(m)
         if not models:

@@ -202,10 +202,10 @@ class PolicyDriver:
         draining refuser below may lose its worker, whose requests are started over."""
         st = self.state
         inst = st.instances.get(refused_on)
-        if inst is None or not self._shares_gpus(inst):
+        if inst is None or not st.co_residents(inst):
             return False
         alone = [i for i in st.instances.values() if i.model == model and i is not inst and i.ready
-                 and not i.draining and not self._shares_gpus(i)]
+                 and not i.draining and not st.co_residents(i)]
         target = min(alone, key=self._least_loaded, default=None)
         if target is None:
             return False
@@ -218,11 +218,6 @@ class PolicyDriver:
         if st.instances.get(refused_on) is inst and inst.draining and inst.in_flight <= 0:
             self._finish_stop(inst, now_s)
         return True
-
-    def _shares_gpus(self, inst: InstanceState) -> bool:
-        """Another instance serves (or starts, or drains) on one of ``inst``'s GPUs. Prewarms do not count: the
-        policy evicts them for room."""
-        return any(o is not inst and not set(o.gpus).isdisjoint(inst.gpus) for o in self.state.instances.values())
 
     def route(self, model: str, now_s: float) -> None:
         """Route ``model``'s waiting requests, oldest first, until the policy says wait. After one creation (a

@@ -257,6 +257,12 @@ class ClusterState:
                              f"{max(max(z, default=0) for z in sizes)}: raise tp or use larger GPUs")
         return out
 
+    def co_residents(self, inst: InstanceState) -> list[InstanceState]:
+        """The other instances that serve (or start, or drain) on one of ``inst``'s GPUs. Prewarms do not count:
+        the policy evicts them for room."""
+        gpus = set(inst.gpus)
+        return [o for o in self.instances.values() if o is not inst and not gpus.isdisjoint(o.gpus)]
+
     def busy_gpus(self) -> set[int]:
         """GPUs that carry an instance (starting, serving or draining)."""
         return {g for inst in self.instances.values() for g in inst.gpus}

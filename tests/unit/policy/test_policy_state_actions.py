@@ -111,3 +111,20 @@ def test_a_kv_share_holds_one_request_at_the_models_context_and_no_more_than_the
     d = instant_driver(make_policy("shared", models=[m], config=PolicyConfig()), st)
     d.apply(A.StartInstance("x/0", "x", (0,), kv_fraction=0.01), 0.0)
     assert st.instances["x/0"].kv_blocks_total == 32
+
+
+def test_co_residents_are_the_other_instances_on_any_of_its_gpus_and_not_prewarms(models):
+    from warmserve.policy.state import InstanceState, PrewarmState
+
+    st = ClusterState.uniform(1, models, gpus_per_server=4)
+    m = models[0].name
+    a, b, c, d = (InstanceState(i, m, g, created_s=0.0) for i, g in
+                  (("a", (0, 1)), ("b", (1,)), ("c", (2,)), ("d", (1, 2))))
+    st.instances.update({i.instance_id: i for i in (a, b, c, d)})
+    st.prewarms["p"] = PrewarmState("p", m, (3,))
+    assert [i.instance_id for i in st.co_residents(a)] == ["b", "d"]
+    assert [i.instance_id for i in st.co_residents(c)] == ["d"]
+    st.prewarms["q"] = PrewarmState("q", m, (2,))  # a prewarm beside c is no co-resident
+    assert [i.instance_id for i in st.co_residents(c)] == ["d"]
+    del st.instances["d"]
+    assert st.co_residents(c) == [] and [i.instance_id for i in st.co_residents(b)] == ["a"]
