@@ -219,7 +219,8 @@ def http_server():
             self._answer(500, {"error": {"message": "the model 'x' does not exist", "type": "invalid_request"}})
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    # shutdown() returns at serve_forever's next poll: 0.5 s apart by default, paid at every teardown
+    th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     th.start()
     box["url"] = f"http://127.0.0.1:{srv.server_address[1]}"
     try:

@@ -58,7 +58,8 @@ def server():
             self._send(200, "text/event-stream", f"data: {json.dumps(msg)}\n\ndata: [DONE]\n\n".encode())
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    # shutdown() returns at serve_forever's next poll: 0.5 s apart by default, paid at every teardown
+    th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     th.start()
     box["url"] = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
