@@ -218,11 +218,13 @@ class Api:
         if status >= 400 and status != CLIENT_CLOSED and not probe and not info.get("status_after_200"):
             self._rejected(status, route)
         ttft, queue = info.get("ttft_s"), info.get("queue_s")
-        access_log.info(
-            '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s queue_ms=%s total_ms=%.1f id=%s',
-            request.method, path, field_value(info.get("model", "-")), status, info.get("prompt_tokens", "-"),
-            info.get("completion_tokens", "-"), f"{ttft * 1e3:.1f}" if ttft is not None else "-",
-            f"{queue * 1e3:.1f}" if queue is not None else "-", (time.monotonic() - request[_T0]) * 1e3, info["id"])
+        if access_log.isEnabledFor(logging.INFO):  # its fields are not made for a line not written (--log-level)
+            access_log.info(
+                '%s %s model=%s status=%d prompt_tokens=%s completion_tokens=%s ttft_ms=%s queue_ms=%s total_ms=%.1f '
+                'id=%s', request.method, path, field_value(info.get("model", "-")), status,
+                info.get("prompt_tokens", "-"), info.get("completion_tokens", "-"),
+                f"{ttft * 1e3:.1f}" if ttft is not None else "-", f"{queue * 1e3:.1f}" if queue is not None else "-",
+                (time.monotonic() - request[_T0]) * 1e3, info["id"])
         if status >= 500 and not probe:  # found in review: a stream's error event read as an answer of that status
             self._server_errors(request.method, path, status, info["id"], bool(info.get("status_after_200")))
 

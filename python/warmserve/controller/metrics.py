@@ -46,14 +46,31 @@ class _Wrapped:
     cls: type = prom.Counter
     suffix = ""
 
+    #: Whether ``child`` keeps each labelled child it found: prometheus_client's ``labels`` checks and sorts the
+    #: names and takes a lock on every call, 5-6 calls a request (a review of the controller's CPU per request,
+    #: 2026-12-07). Not for a metric whose children are removed (``Gauge.clear``): a kept child would then be gone
+    #: from the exposition while it was still updated.
+    cache_children = True
+
     def __init__(self, registry: "Registry", name: str, help_: str, labels: tuple[str, ...] = (), **kw):
         self.name, self.label_names = name, tuple(labels)
         self.metric = self.cls(name, help_, labels, registry=registry.prom, **kw)
+        #: label values as strings, in ``label_names``' order -> the child (``cache_children``)
+        self._children: dict[tuple[str, ...], object] = {}
 
     def child(self, labels: dict):
-        if set(labels) != set(self.label_names):
+        if len(labels) != len(self.label_names) or not all(k in labels for k in self.label_names):
             raise ValueError(f"metric {self.name}: labels {sorted(labels)} != {sorted(self.label_names)}")
-        return self.metric.labels(**{k: str(v) for k, v in labels.items()}) if self.label_names else self.metric
+        if not self.label_names:
+            return self.metric
+        # the values as the exposition writes them, so True and 1 (equal keys) stay apart: "True" and "1"
+        key = tuple(str(labels[k]) for k in self.label_names)
+        found = self._children.get(key)
+        if found is None:
+            found = self.metric.labels(*key)
+            if self.cache_children:
+                self._children[key] = found
+        return found
 
     def _sample(self, suffix: str, labels: dict) -> float:
         self.child(labels)  # checks the label names
@@ -87,6 +104,7 @@ class Counter(_Wrapped):
 
 class Gauge(_Wrapped):
     cls = prom.Gauge
+    cache_children = False  # ``clear`` removes its children
 
     def set(self, value: float, **labels) -> None:
         self.child(labels).set(value)

@@ -9,6 +9,7 @@ asks for nothing.
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 import uuid
 from typing import Any
@@ -185,10 +186,16 @@ def unsupported_error(name: str) -> InvalidArgumentError:
                 "is supported)", name)
 
 
+#: UNSUPPORTED's values at once, and a request's that sends none: one comparison, not a call a field (CPU review)
+_unsupported_of = operator.attrgetter(*UNSUPPORTED)
+_NONE_SENT = (None,) * len(UNSUPPORTED) if all(neutral(None) for neutral in UNSUPPORTED.values()) else ()
+
+
 def _refuse_unsupported(req) -> None:
-    for name, neutral in UNSUPPORTED.items():
-        if not neutral(getattr(req, name)):
-            raise unsupported_error(name)
+    if _unsupported_of(req) != _NONE_SENT:
+        for name, neutral in UNSUPPORTED.items():
+            if not neutral(getattr(req, name)):
+                raise unsupported_error(name)
     if not 1 <= req.n <= MAX_N:
         raise _bad(f"n must be in [1, {MAX_N}], got {req.n}", "n")
     if req.best_of is not None and req.best_of != req.n:
