@@ -18,7 +18,7 @@ class LayoutLog:
 
     def __init__(self):
         self.models: tuple[str, ...] = ()
-        self.moves = 0
+        self.moves = self.undone = 0
         self.unmet: set[tuple[str, tuple[str, ...]]] = set()  # (busy model, spares too small) said
 
     def after_tick(self, policy, live_gpus: int) -> None:
@@ -29,6 +29,13 @@ class LayoutLog:
             log.info("policy: %s, busy, takes the idle spare slot of %s on GPU(s) %s in the standing colocation "
                      "(layout_follows_load)", busy, spare, ",".join(map(str, gpus)))
         self.moves = moves
+        undone = getattr(policy, "layout_undone", 0)
+        if undone != self.undone and now:
+            busy, spare, gpus = policy.last_layout_undo
+            log.warning("policy: %s's instance in the slot it took from %s on GPU(s) %s was lost (its start failed or "
+                        "its engine ended); %s is back in its slot and that move is not made again "
+                        "(layout_follows_load)", busy, spare, ",".join(map(str, gpus)), spare)
+        self.undone = undone
         for model, small in (getattr(policy, "layout_unmet", {}) if now else {}).items():
             if (model, small) not in self.unmet:  # once per model and reason while the layout stands
                 self.unmet.add((model, small))

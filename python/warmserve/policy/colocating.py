@@ -44,6 +44,15 @@ class Colocating:
     #: Busy models that took no slot at the last tick for want of bytes: each with the spare models whose idle
     #: slots hold too few for it (none idle is a wait, not said); read by the controller's layout log.
     layout_unmet: dict[str, tuple[str, ...]] = {}
+    #: Moves undone (``_undo_moves``), and the last: (busy model, the spare's model back in its slot, GPUs).
+    layout_undone = 0
+    last_layout_undo: tuple[str, str, tuple[int, ...]] | None = None
+    #: Per instance of the layout, its StartInstance's kv_fraction; per moved slot's instance, (the spare's model,
+    #: its kv_fraction, the slot's GPUs); the (busy model, GPUs) moves whose instance was lost with its GPUs live,
+    #: never made again (``_undo_moves``).
+    _fractions: dict[str, float]
+    _moves: dict[str, tuple[str, float, tuple[int, ...]]]
+    _barred: set[tuple[str, tuple[int, ...]]]
 
     @property
     def layout_standing(self) -> tuple[str, ...]:
@@ -65,6 +74,7 @@ class Colocating:
         window = self.window_of(now_s)
         if self._pinned is None:
             self._pinned, self._pinned_models, self._pinned_window = {}, {}, window
+            self._fractions, self._moves, self._barred = {}, {}, set()
             never = state.unservable()
             need, demand = self._servable_need(window, never)
             if state.instances or self._co is None or need <= live:
@@ -99,6 +109,8 @@ class Colocating:
                 self._pinned = {}
                 return None
         lost = [i for i in self._pinned if i not in state.instances]
+        if live == self._pinned_gpus and self._lost_s is None and any(i in self._moves for i in lost):
+            return self._undo_moves([i for i in lost if i in self._moves])
         if live == self._pinned_gpus and not lost:
             self._lost_s = None
             return self._follow_load(state, now_s, load) if self.cfg.layout_follows_load else []
@@ -144,7 +156,7 @@ class Colocating:
                 for i in insts:
                     if (i.instance_id not in self._pinned or i.in_flight or not i.ready
                             or now_s - i.ready_s < self.cfg.min_lifetime_s or len(i.gpus) != info.tp
-                            or mine & set(i.gpus)):
+                            or mine & set(i.gpus) or (m, tuple(i.gpus)) in self._barred):
                         continue
                     frac = self._spare_share(state, i, m)
                     others = state.co_residents(i)
@@ -161,7 +173,11 @@ class Colocating:
             new = A.StartInstance(self._new_id(m, "i"), m, spare.gpus, kv_fraction=frac,
                                   warm_engine=self.cfg.warm_engine)
             del self._pinned[spare.instance_id], self._pinned_models[spare.instance_id]
+            self._moves.pop(spare.instance_id, None)
+            self._moves[new.instance_id] = (spare.model, self._fraction_of(state, spare), tuple(spare.gpus))
+            self._fractions.pop(spare.instance_id, None)
             self._pinned[new.instance_id], self._pinned_models[new.instance_id] = shares, m
+            self._fractions[new.instance_id] = frac
             if shares:
                 self._co.ids.add(new.instance_id)
             self._colocated |= {new.instance_id}
@@ -169,6 +185,39 @@ class Colocating:
             self.last_layout_move = (m, spare.model, tuple(spare.gpus))
             return [A.StopInstance(spare.instance_id), new]
         return []
+
+    def _undo_moves(self, lost: list[str]) -> list:
+        """Moved slots whose new instance was lost with its GPUs live (its start failed, or its engine died; one
+        lost with its worker is laid out again by ``_relay`` once the worker is back): each gets its spare's model
+        back, in the KV share the layout gave it, and that move is not made again. Before, the loss went to
+        ``_relay``, which laid the busy model out once more where it could (the same failure again), else gave the
+        layout up, and the rules then stopped the quiet models for the busy one."""
+        out = []
+        for iid in lost:
+            spare_model, frac, gpus = self._moves.pop(iid)
+            shares = self._pinned.pop(iid)
+            busy = self._pinned_models.pop(iid)
+            self._barred.add((busy, gpus))
+            self.last_layout_undo = (busy, spare_model, gpus)
+            self.layout_undone += 1
+            act = A.StartInstance(self._new_id(spare_model, "i"), spare_model, gpus, kv_fraction=frac,
+                                  warm_engine=self.cfg.warm_engine)
+            self._pinned[act.instance_id], self._pinned_models[act.instance_id] = shares, spare_model
+            self._fractions[act.instance_id] = frac
+            if shares:
+                self._co.ids.add(act.instance_id)
+            self._colocated |= {act.instance_id}
+            out.append(act)
+        return out
+
+    def _fraction_of(self, state: ClusterState, inst: InstanceState) -> float:
+        """The kv_fraction ``inst`` was started with: as recorded for the layout's own, else (an instance route()
+        started that ``_relay`` took in) the share of its GPUs' room its KV blocks hold."""
+        if inst.instance_id in self._fractions:
+            return self._fractions[inst.instance_id]
+        info = self.models[inst.model]
+        room = min(state.gpus[g].total_bytes for g in inst.gpus) - info.shard_bytes
+        return min(1.0, inst.kv_blocks_total * info.kv_block_bytes / room) if room > 0 else 1.0
 
     def _spare_share(self, state: ClusterState, spare: InstanceState, model: str) -> float | None:
         """The KV fraction (``StartInstance.kv_fraction``) an instance of ``model`` gets in the bytes ``spare``
@@ -189,6 +238,7 @@ class Colocating:
             out.append(act)
             self._pinned[act.instance_id] = shared
             self._pinned_models[act.instance_id] = act.model
+            self._fractions[act.instance_id] = act.kv_fraction
         # instances that share GPUs are co-served hosts to the rules, once they decide
         self._co.ids |= {i for i, shared in self._pinned.items() if shared}
         self._colocated |= frozenset(self._pinned)

@@ -273,7 +273,9 @@ class PolicyConfig:
     #: instance of a model that runs others and whose load is below the scale-in trigger, its weights and KV
     #: bytes becoming the busy model's instance (``colocating.Colocating._follow_load``; one move a tick). Found in
     #: review: with no history the layout weighs every model alike, so its spare slot went by tie-break and a
-    #: flooded model kept one instance. Off: the layout keeps the instances it laid out. Measured in the simulator
+    #: flooded model kept one instance. A moved slot whose new instance is lost with its GPUs live (a failed start)
+    #: gets the spare's model back, and that move is not made again. Off: the layout keeps the instances it laid
+    #: out. Measured in the simulator
     #: on fresh clusters (``--history-days 0``, 12 models on 16 GPUs, seeds 0-2, medians), off -> on: P99 TTFT
     #: paper-conv x0.5 17.2 -> 12.2 s (SLO 0.78 -> 0.98), x1 1064 -> 675 s (3,512 dropped -> 0); paper-code x0.5
     #: 3.94 -> 0.94 s, x1 19.6 -> 8.8 s. With history (the presets as they run, ServeGen 32 on 4) nothing moved:

@@ -55,9 +55,9 @@ def test_a_policy_with_no_layout_says_nothing(caplog):
     assert _lines(caplog) == []
 
 
-def _flood(model: str, ticks: int, caplog) -> list[str]:
+def _flood(model: str, ticks: int, caplog, after_tick=None) -> list[str]:
     """Flood ``model`` with 200 clients from the second tick, ticking 0.5 s apart, each instance ending two requests
-    a tick; returns the log lines."""
+    a tick (``after_tick(policy, state, driver, t)`` after each tick); returns the log lines."""
     models = [ModelInfo(n, w, 1, kv, 0.01, 0.005, max_context_tokens=ctx) for n, w, kv, ctx in DEMO]
     st = ClusterState.uniform(1, models, gpus_per_server=2, gpu_bytes=GiB)
     pol = make_policy("warmserve", models=models, config=PolicyConfig())
@@ -71,6 +71,8 @@ def _flood(model: str, ticks: int, caplog) -> list[str]:
             rid += 1
             d.submit(model, (model, rid), t, prompt_tokens=64)
         d.tick(t)
+        if after_tick is not None:
+            after_tick(pol, st, d, t)
         said.after_tick(pol, st.live_gpus())
         for iid, reqs in list(d.executor.running.items()):
             inst = st.instances.get(iid)
@@ -95,3 +97,21 @@ def test_a_busy_model_that_takes_a_slot_says_no_shortfall(caplog):
     lines = _flood("llama-20m", 240, caplog)
     assert sum("llama-20m, busy, takes the idle spare slot of qwen2-30m" in line for line in lines) == 1, lines
     assert not any("takes no slot" in line for line in lines), lines
+
+
+def test_a_move_whose_instance_fails_is_said_once_with_the_spare_back(caplog):
+    from warmserve.errors import WarmServeError
+
+    def fail_the_move(pol, st, d, t):
+        if pol.layout_moves == 1 and not pol.layout_undone:
+            busy, _, gpus = pol.last_layout_move
+            new = next((i for i in st.instances.values() if i.model == busy and i.gpus == gpus), None)
+            if new is not None:
+                d.instance_failed(new.instance_id, t, WarmServeError("out of memory while starting"))
+
+    lines = _flood("llama-20m", 240, caplog, after_tick=fail_the_move)
+    undone = [line for line in lines if "was lost" in line]
+    assert len(undone) == 1, lines
+    assert undone[0].startswith("policy: llama-20m's instance in the slot it took from qwen2-30m on GPU(s) 1"), undone
+    assert "qwen2-30m is back in its slot" in undone[0] and "not made again" in undone[0], undone
+    assert sum("takes the idle spare slot" in line for line in lines) == 1, lines

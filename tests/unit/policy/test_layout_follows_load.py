@@ -7,6 +7,7 @@ requests a half-second tick, and a flooded model's clients send the next request
 
 from collections import Counter
 
+from warmserve.errors import WarmServeError
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy.instant import instant_driver
 from warmserve.policy.state import ClusterState, ModelInfo
@@ -18,9 +19,10 @@ DEMO = [("llama-20m", 75_523_584, 8192, 2048), ("qwen2-30m", 117_508_096, 16384,
 CLIENTS = 200
 
 
-def _run(flood, *, until_s: float = 240.0, gpus: int = 2, extra=(), **options):
+def _run(flood, *, until_s: float = 240.0, gpus: int = 2, extra=(), after_tick=None, **options):
     """Tick 0.5 s apart to ``until_s``; ``flood(t)``: the models flooded at t (none before t = 5 s, after the
-    layout). Returns the policy, the state and, per tick, the instances per model."""
+    layout); ``after_tick(policy, state, driver, t)`` after each tick. Returns the policy, the state and, per tick,
+    the instances per model."""
     models = [ModelInfo(n, w, 1, kv, 0.01, 0.005, max_context_tokens=ctx) for n, w, kv, ctx in (*DEMO, *extra)]
     st = ClusterState.uniform(1, models, gpus_per_server=gpus, gpu_bytes=GiB)
     pol = make_policy("warmserve", models=models, config=PolicyConfig(**options))
@@ -33,6 +35,8 @@ def _run(flood, *, until_s: float = 240.0, gpus: int = 2, extra=(), **options):
                 rid += 1
                 d.submit(m, (m, rid), t, prompt_tokens=64)
         d.tick(t)
+        if after_tick is not None:
+            after_tick(pol, st, d, t)
         for iid, reqs in list(ex.running.items()):
             inst = st.instances.get(iid)
             for _ in range(min(len(reqs), 2) if inst is not None and inst.ready else 0):
@@ -88,3 +92,25 @@ def test_a_models_only_instance_is_never_taken():
 def test_off_the_layout_keeps_what_it_laid_out():
     pol, _, seen = _run(lambda t: ["llama-20m"], until_s=60.0, layout_follows_load=False)
     assert pol.layout_moves == 0 and seen[-1] == seen[0] == {"llama-20m": 1, "qwen2-30m": 2, "llama-90m": 1}
+
+
+def test_a_moved_slot_whose_instance_fails_gets_its_spare_back_and_the_move_is_not_made_again():
+    # Found in review (the last session's leftover): a move whose new instance failed to start went to the relay,
+    # which laid the busy model out again or gave the layout up; then the rules stopped the quiet models for it
+    failed = []
+
+    def fail_the_move(pol, st, d, t):
+        if pol.layout_moves == 1 and not failed:
+            busy, _, gpus = pol.last_layout_move
+            new = next(i for i in st.instances.values() if i.model == busy and i.gpus == gpus)
+            failed.append((new.instance_id, gpus))
+            d.instance_failed(new.instance_id, t, WarmServeError("out of memory while starting"))
+
+    pol, st, seen = _run(lambda t: ["llama-20m"], after_tick=fail_the_move)
+    assert failed, "no move was made"
+    assert pol.layout_standing == ("llama-20m", "llama-90m", "qwen2-30m"), "the layout was given up"
+    assert pol.layout_moves == 1, pol.layout_moves  # the failed move is not made again
+    assert seen[-1] == seen[0] == {"llama-20m": 1, "qwen2-30m": 2, "llama-90m": 1}, seen[-1]
+    back = [i for i in st.instances.values() if i.gpus == failed[0][1] and i.model == "qwen2-30m"]
+    assert back and all(i.ready for i in back), "qwen2-30m is not back in its slot"
+    _fits(st)
