@@ -70,8 +70,10 @@ def test_requests_that_would_wait_past_the_timeout_are_refused_at_once(server):
     assert len(refused) >= 20, (statuses, len(answers))
     for status, waited_s, retry_after, body, _, _ in refused:
         message = body["error"]["message"]
-        # Retry-After: the seconds the queue needs to drain to the admission line, 1 to 60
-        assert waited_s < TIMEOUT_S / 5 and 1 <= int(retry_after) <= 60, (waited_s, retry_after, message)
+        # Retry-After: the seconds the queue needs to drain to the admission line, 1 to 60. Refused at once: before,
+        # every late request waited the whole TIMEOUT_S (2.5 s) for a 504; a refusal takes 0.04-0.1 s here, but 0.52 s
+        # once on a loaded 2-core run (this process's own loop reads 60 streams), hence half the timeout.
+        assert waited_s < TIMEOUT_S / 2 and 1 <= int(retry_after) <= 60, (waited_s, retry_after, message)
         assert body["error"]["code"] == "service_unavailable", body
         assert "would wait about" in message and f"past the {TIMEOUT_S:g} s" in message, message
         assert "a second" in message and "request_timeout_s" in message, message

@@ -27,8 +27,11 @@ from ray_namespaces import inside, passed, require_namespaces, run_inside, watch
 
 #: The whole run inside the namespaces (Ray up, serve, bursts, kill and replacement, shutdown), seconds: past it
 #: the run is killed, namespaces and all; its waits end by INSIDE_BUDGET_S, leaving time to clean up and report.
-INSIDE_LIMIT_S = 90
-INSIDE_BUDGET_S = 75
+#: A limit against a hang, not a measure: 90/75 s failed a loaded run (Ray up 20 s, the two workers not loaded by
+#: the start's remaining 25 s), and the checks that time something (the replacement within 45 s of the kill) are
+#: their own.
+INSIDE_LIMIT_S = 150
+INSIDE_BUDGET_S = 135
 MODELS = ("llama-20m", "qwen2-30m")
 
 pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # a Ray cluster needs the machine to itself

@@ -30,8 +30,9 @@ import serving
 from ray_namespaces import NO_LOG_MONITOR, passed, split_run
 
 #: The run inside the namespaces, seconds: its limit, not its length (Ray up about 4 s, the refusal under a second,
-#: the start about 6 s, a restart about 3 s: 12 to 18 s here), with room for a loaded CI machine.
-INSIDE_LIMIT_S = 60
+#: the start about 6 s, a restart about 3 s: 12 to 18 s here), with room for a loaded CI machine (60 s was passed
+#: on a loaded 2-core run, the refusal check alone taking 11 s there).
+INSIDE_LIMIT_S = 120
 #: How long the killed worker's restart may take to join, seconds: far below WORKER_START_TIMEOUT_S.
 REJOIN_S = 10.0
 WORKER_START_TIMEOUT_S = 25.0
@@ -131,4 +132,6 @@ async def _check_no_keys(cluster, tmp) -> None:
     t0 = time.monotonic()
     with pytest.raises(InvalidArgumentError, match="remote worker.*workers does not exist.*public .key there"):
         await start_ray_cluster(_config(keys, remote_workers=1), cluster.address)
-    assert time.monotonic() - t0 < 10, f"refused after {time.monotonic() - t0:.0f} s, not at once"
+    # "At once": before, the refusal came only after WORKER_START_TIMEOUT_S (25 s). The connection to Ray comes
+    # first and took close to 10 s on a loaded 2-core run (the check, 11 s with its keys made), hence 20 s.
+    assert time.monotonic() - t0 < 20, f"refused after {time.monotonic() - t0:.0f} s, not at once"

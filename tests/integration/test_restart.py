@@ -125,6 +125,9 @@ def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
         ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "w" * (4 << 20)}]}),
         ("/v1/completions", {"model": model, "prompt": [7] * 2_500_000, "max_tokens": 4}),
     ]
+    # Encoded before the watcher starts: json.dumps of 2.5 million ids holds this process's GIL for 0.2 s (more on a
+    # loaded machine), which the watcher's own /health timings would count.
+    datas = [(path, json.dumps(body).encode()) for path, body in bodies]
     slowest = []
     failed = []  # what ended the watcher: re-raised on the test's thread, where pytest sees it
     done = threading.Event()
@@ -142,8 +145,7 @@ def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        for path, body in bodies:
-            data = json.dumps(body).encode()
+        for path, data in datas:
             assert len(data) < 16 << 20
             t0 = time.monotonic()
             req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
@@ -157,7 +159,9 @@ def test_huge_prompts_are_refused_fast_while_health_stays_responsive(server):
         watcher.join()
     if failed:
         raise failed[0]
-    assert slowest and max(slowest)[0] < 1.0 and {st for _, st in slowest} == {200}, max(slowest)
+    # Responsive: the 15 MB prompt tokenised on the event loop would hold /health for 16 s (this machine, its demo
+    # tokenizer); a /health took up to 1.9 s (1.0 s was the bound) on a loaded 2-core run, hence 2.5 s.
+    assert slowest and max(slowest)[0] < 2.5 and {st for _, st in slowest} == {200}, max(slowest)
 
 
 def test_serve_refuses_a_network_worker_socket_without_curve(tmp_path):
