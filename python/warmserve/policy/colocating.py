@@ -176,11 +176,7 @@ class Colocating:
             self._moves.pop(spare.instance_id, None)
             self._moves[new.instance_id] = (spare.model, self._fraction_of(state, spare), tuple(spare.gpus))
             self._fractions.pop(spare.instance_id, None)
-            self._pinned[new.instance_id], self._pinned_models[new.instance_id] = shares, m
-            self._fractions[new.instance_id] = frac
-            if shares:
-                self._co.ids.add(new.instance_id)
-            self._colocated |= {new.instance_id}
+            self._pin_one(new, shares)
             self.layout_moves += 1
             self.last_layout_move = (m, spare.model, tuple(spare.gpus))
             return [A.StopInstance(spare.instance_id), new]
@@ -202,13 +198,18 @@ class Colocating:
             self.layout_undone += 1
             act = A.StartInstance(self._new_id(spare_model, "i"), spare_model, gpus, kv_fraction=frac,
                                   warm_engine=self.cfg.warm_engine)
-            self._pinned[act.instance_id], self._pinned_models[act.instance_id] = shares, spare_model
-            self._fractions[act.instance_id] = frac
-            if shares:
-                self._co.ids.add(act.instance_id)
-            self._colocated |= {act.instance_id}
+            self._pin_one(act, shares)
             out.append(act)
         return out
+
+    def _pin_one(self, act: A.StartInstance, shares: bool) -> None:
+        """Count the instance ``act`` starts as the layout's (a moved slot's, or its spare's back), a co-served host
+        to the rules where it shares its GPUs (``shares``)."""
+        self._pinned[act.instance_id], self._pinned_models[act.instance_id] = shares, act.model
+        self._fractions[act.instance_id] = act.kv_fraction
+        if shares:
+            self._co.ids.add(act.instance_id)
+        self._colocated |= {act.instance_id}
 
     def _fraction_of(self, state: ClusterState, inst: InstanceState) -> float:
         """The kv_fraction ``inst`` was started with: as recorded for the layout's own, else (an instance route()
