@@ -47,10 +47,8 @@ class Colocating:
     #: Moves undone (``_undo_moves``), and the last: (busy model, the spare's model back in its slot, GPUs).
     layout_undone = 0
     last_layout_undo: tuple[str, str, tuple[int, ...]] | None = None
-    #: Per instance of the layout, its StartInstance's kv_fraction; per moved slot's instance, (the spare's model,
-    #: its kv_fraction, the slot's GPUs); the (busy model, GPUs) moves whose instance was lost with its GPUs live,
-    #: never made again (``_undo_moves``).
-    _fractions: dict[str, float]
+    #: Per moved slot's instance, (the spare's model, its kv_fraction, the slot's GPUs); the (busy model, GPUs)
+    #: moves whose instance was lost with its GPUs live, never made again (``_undo_moves``).
     _moves: dict[str, tuple[str, float, tuple[int, ...]]]
     _barred: set[tuple[str, tuple[int, ...]]]
 
@@ -74,7 +72,7 @@ class Colocating:
         window = self.window_of(now_s)
         if self._pinned is None:
             self._pinned, self._pinned_models, self._pinned_window = {}, {}, window
-            self._fractions, self._moves, self._barred = {}, {}, set()
+            self._moves, self._barred = {}, set()
             never = state.unservable()
             need, demand = self._servable_need(window, never)
             if state.instances or self._co is None or need <= live:
@@ -175,7 +173,6 @@ class Colocating:
             del self._pinned[spare.instance_id], self._pinned_models[spare.instance_id]
             self._moves.pop(spare.instance_id, None)
             self._moves[new.instance_id] = (spare.model, self._fraction_of(state, spare), tuple(spare.gpus))
-            self._fractions.pop(spare.instance_id, None)
             self._pin_one(new, shares)
             self.layout_moves += 1
             self.last_layout_move = (m, spare.model, tuple(spare.gpus))
@@ -206,19 +203,16 @@ class Colocating:
         """Count the instance ``act`` starts as the layout's (a moved slot's, or its spare's back), a co-served host
         to the rules where it shares its GPUs (``shares``)."""
         self._pinned[act.instance_id], self._pinned_models[act.instance_id] = shares, act.model
-        self._fractions[act.instance_id] = act.kv_fraction
         if shares:
             self._co.ids.add(act.instance_id)
         self._colocated |= {act.instance_id}
 
     def _fraction_of(self, state: ClusterState, inst: InstanceState) -> float:
-        """The kv_fraction ``inst`` was started with: as recorded for the layout's own, else (an instance route()
-        started that ``_relay`` took in) the share of its GPUs' room its KV blocks hold."""
-        if inst.instance_id in self._fractions:
-            return self._fractions[inst.instance_id]
+        """A kv_fraction that gives an instance of ``inst``'s model on its GPUs the KV blocks ``inst`` holds
+        (``state.kv_blocks_for``): half a block over them, so that the floor of room x fraction lands on them."""
         info = self.models[inst.model]
         room = min(state.gpus[g].total_bytes for g in inst.gpus) - info.shard_bytes
-        return min(1.0, inst.kv_blocks_total * info.kv_block_bytes / room) if room > 0 else 1.0
+        return min(1.0, (inst.kv_blocks_total + 0.5) * info.kv_block_bytes / room) if room > 0 else 1.0
 
     def _spare_share(self, state: ClusterState, spare: InstanceState, model: str) -> float | None:
         """The KV fraction (``StartInstance.kv_fraction``) an instance of ``model`` gets in the bytes ``spare``
@@ -239,7 +233,6 @@ class Colocating:
             out.append(act)
             self._pinned[act.instance_id] = shared
             self._pinned_models[act.instance_id] = act.model
-            self._fractions[act.instance_id] = act.kv_fraction
         # instances that share GPUs are co-served hosts to the rules, once they decide
         self._co.ids |= {i for i, shared in self._pinned.items() if shared}
         self._colocated |= frozenset(self._pinned)

@@ -97,9 +97,11 @@ def test_off_the_layout_keeps_what_it_laid_out():
 def test_a_moved_slot_whose_instance_fails_gets_its_spare_back_and_the_move_is_not_made_again():
     # Found in review (the last session's leftover): a move whose new instance failed to start went to the relay,
     # which laid the busy model out again or gave the layout up; then the rules stopped the quiet models for it
-    failed = []
+    failed, laid = [], {}
 
     def fail_the_move(pol, st, d, t):
+        if pol.layout_moves == 0:  # the layout's KV blocks per slot, before any move
+            laid.update({(i.model, i.gpus): i.kv_blocks_total for i in st.instances.values()})
         if pol.layout_moves == 1 and not failed:
             busy, _, gpus = pol.last_layout_move
             new = next(i for i in st.instances.values() if i.model == busy and i.gpus == gpus)
@@ -113,4 +115,5 @@ def test_a_moved_slot_whose_instance_fails_gets_its_spare_back_and_the_move_is_n
     assert seen[-1] == seen[0] == {"llama-20m": 1, "qwen2-30m": 2, "llama-90m": 1}, seen[-1]
     back = [i for i in st.instances.values() if i.gpus == failed[0][1] and i.model == "qwen2-30m"]
     assert back and all(i.ready for i in back), "qwen2-30m is not back in its slot"
+    assert [i.kv_blocks_total for i in back] == [laid[("qwen2-30m", failed[0][1])]], "not the layout's KV share"
     _fits(st)
