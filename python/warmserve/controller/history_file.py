@@ -120,15 +120,15 @@ def _csv_columns(path: str, reader: csv.DictReader) -> dict[str, tuple[array, ar
         i += 1
         n = len(r)
         try:
-            if k_model is None:
+            if k_model is None or k_model >= n:  # >= n: a row cut before a last model column (was model None)
                 raise KeyError("model")
             start = float((r[k_ws] if k_ws is not None and k_ws < n else None)
                           or (r[k_s] if k_s is not None and k_s < n else None))
             avg = float(r[k_avg] if k_avg < n else None)
             peak = float(r[k_peak] if k_peak < n else None)
-            cols = rows.get(r[k_model] if k_model < n else None)
+            cols = rows.get(r[k_model])
             if cols is None:
-                cols = rows[r[k_model] if k_model < n else None] = (array("d"), array("d"), array("d"))
+                cols = rows[r[k_model]] = (array("d"), array("d"), array("d"))
             cols[0].append(start)
             cols[1].append(avg)
             cols[2].append(peak)

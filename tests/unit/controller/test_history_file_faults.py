@@ -55,9 +55,12 @@ def test_a_model_with_no_windows_yet_is_read_beside_the_others(tmp_path):
     ("[1, 2]", "h.json", "holds JSON list"),
     ('{"version": 2, "models": {}}', "h.json", "model 'version' is not"),
     (f"model,window_start_s,avg,peak\na,{T0},1,2\na,{T0 + 300},1", "h.csv", "row 3: need model"),
+    # found in the type review: with the model column last, a row cut before it was read as model None
+    (f"window_start_s,avg,peak,model\n{T0},1,2,a\n{T0 + 300},1,2", "h.csv", "row 3: need model.*cut short"),
     (f"model,window_start_s,avg,peak\na,{T0},inf,2\n", "h.csv", "infinite, negative"),
     (f"model,window_start_s,avg,peak\na,{T0 * 1000},1,2\n", "h.csv", "Unix times in seconds"),
-], ids=["truncated-json", "json-list", "json-version-key", "short-csv-row", "inf-load", "milliseconds"])
+], ids=["truncated-json", "json-list", "json-version-key", "short-csv-row", "short-csv-row-model-last", "inf-load",
+        "milliseconds"])
 def test_a_truncated_or_misshapen_file_is_a_typed_error(tmp_path, text, name, match):
     with pytest.raises(InvalidArgumentError, match=match):
         read_history(_write(tmp_path, text, name))
