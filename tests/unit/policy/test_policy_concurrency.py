@@ -37,3 +37,21 @@ def test_window_meter():
     closed = m.set(25.0, 0)
     assert closed[0] == (0.0, pytest.approx((3 * 3 + 1 * 5) / 10), 3)
     assert closed[1] == (10.0, pytest.approx(1.0), 1)
+
+
+def test_series_without_a_window_count_covers_the_trace_to_its_last_end():
+    # ends at 27 s: three 10 s windows (the third partly); an empty trace gives one idle window
+    avg, peak = concurrency_series([0, 25], [1, 2], 10.0)
+    assert avg == pytest.approx([0.1, 0.0, 0.2]) and peak.tolist() == [1, 0, 1]
+    avg, peak = concurrency_series([], [], 10.0)
+    assert avg.tolist() == [0.0] and peak.tolist() == [0.0]
+    avg, _ = concurrency_series([0, 25], [1, 2], 10.0, n_windows=5)  # a count given is kept
+    assert len(avg) == 5
+
+
+def test_window_meter_advanced_mid_window_keeps_the_span_it_moved_over():
+    # a tick advances the meter at 5 s with 3 in flight since 2 s: the window's average still counts 2..5 s
+    m = WindowMeter(10.0, 0.0)
+    m.set(2.0, 3)
+    assert m.advance(5.0) == []
+    assert m.set(12.0, 0) == [(0.0, pytest.approx(3 * 8 / 10), 3)]

@@ -264,3 +264,46 @@ def test_consolidate_opens_no_host_that_the_other_quiet_model_could_not_join():
             for _ in range(i.in_flight):
                 d.request_finished(i.model, i.instance_id, t + 0.5)
     assert {i.instance_id for i in st.instances.values()} == {"a0", "b0"}
+
+
+@pytest.mark.parametrize("gap_s, quiet_s", [(20.0, 40.0), (1.0, 5.0), (500.0, 300.0)])
+def test_a_guest_that_came_back_keeps_its_reopened_host_for_twice_its_quiet_gap(gap_s, quiet_s):
+    """``Reopening.reopened_for``: a host reopened for a guest whose last host closed ``gap_s`` before closes only
+    after 2 x gap of quiet, at least min_lifetime_s (5) and at most window_s (300); a first reopening sets none."""
+    from warmserve.policy.coserve import CoServing
+
+    models = {n: ModelInfo(n, 13 * GiB, 1, 512 << 10) for n in "og"}
+    co = CoServing(PolicyConfig(min_lifetime_s=5.0, window_s=300.0), models)
+    co.reopened_for("o1", "g", 0.0)
+    assert "g" not in co.quiet_s and co.reopened == {"o1": "g"}
+    co.left["g"] = 100.0
+    co.reopened_for("o2", "g", 100.0 + gap_s)
+    assert co.quiet_s["g"] == quiet_s and "g" not in co.left
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_reopened_host_another_model_joined_is_forgotten_and_its_instances_never_stopped(joined):
+    """``Reopening.quiet_guests``: owner o's host on GPU 0 was reopened for g, and both have been quiet since
+    100 s. Alone with g it closes at 106 s (g's instance stops, the host is marked closing); where h joined it in
+    between, it is a host like any other: forgotten, and neither g's nor h's instance is stopped."""
+    from warmserve.policy.coserve import CoServing
+    from warmserve.policy.state import InstanceState
+
+    models = [ModelInfo(n, 13 * GiB, 1, 512 << 10) for n in "ogh"]
+    st = ClusterState.uniform(1, models, gpus_per_server=1, gpu_bytes=72 * GiB)
+    co = CoServing(PolicyConfig(min_lifetime_s=5.0), {m.name: m for m in models})
+
+    def serve(m):
+        st.instances[f"{m}/1"] = InstanceState(f"{m}/1", m, (0,), 0.0, 0.0)
+        co.ids.add(f"{m}/1")
+
+    serve("o")
+    serve("g")
+    co.reopened_for("o/1", "g", 10.0)
+    assert co.quiet_guests(st, 100.0, 5.0, set()) == [] and co.quiet_since == {"o/1": 100.0}
+    if joined:
+        serve("h")
+    later = co.quiet_guests(st, 106.0, 5.0, set())
+    assert [i.instance_id for i in later] == ([] if joined else ["g/1"])
+    assert co.closing == (set() if joined else {"o/1"})
+    assert co.reopened == ({} if joined else {"o/1": "g"})

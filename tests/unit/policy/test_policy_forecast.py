@@ -76,3 +76,33 @@ def test_selector_picks_by_backtest():
     errs = {m: mean_relative_error(one_step(m, z, P, 5 * P)[5 * P: 6 * P], z[5 * P:]) for m in ("paper", "stl")}
     assert errs["paper"] < 0.02 and errs["stl"] < 0.02
     assert ModelForecaster("auto", P).predict(y) > 0
+
+
+def test_the_reactive_ablation_forecasts_a_window_by_the_one_before_it_never_a_later_one():
+    """forecast=False: the last window seen before ``window_index`` stands for it, even where the history holds
+    later windows (loaded from a file); window 0 has none before it (NaN)."""
+    from warmserve.policy import PolicyConfig, make_policy
+    from warmserve.policy.state import ModelInfo
+
+    pol = make_policy("warmserve", models=[ModelInfo("a", 13 << 30, 1, 512 << 10)],
+                      config=PolicyConfig(forecast=False, window_s=300.0))
+    for i in range(8):
+        pol.observe_window("a", i * 300.0, float(i + 1), float(10 * (i + 1)))
+    assert all(math.isnan(x) for x in pol.forecast("a", 0))
+    assert pol.forecast("a", 1) == (1.0, 10.0)
+    assert pol.forecast("a", 5) == (5.0, 50.0)
+    assert pol.forecast("a", 12) == (8.0, 80.0)  # past the history: its last window
+
+
+def test_a_colocation_weighs_each_model_by_its_forecast_peak_and_by_its_mean_peak_without_one():
+    """``forecast_need``: a counts its forecast peak of window 5 (50, the window before), not its mean peak (45);
+    b, with no history, counts 1 and one GPU (nothing says it is idle)."""
+    from warmserve.policy import PolicyConfig, make_policy
+    from warmserve.policy.state import ModelInfo
+
+    pol = make_policy("warmserve", models=[ModelInfo(n, 13 << 30, 1, 512 << 10) for n in "ab"],
+                      config=PolicyConfig(forecast=False, window_s=300.0))
+    for i in range(8):
+        pol.observe_window("a", i * 300.0, float(i + 1), float(10 * (i + 1)))
+    assert pol.forecast_need(5) == (2, {"a": 50.0, "b": 1.0})
+    assert pol.forecast_need(0) == (2, {"a": 45.0, "b": 1.0})  # no forecast of window 0: a's mean peak

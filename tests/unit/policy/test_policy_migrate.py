@@ -101,3 +101,36 @@ def test_only_the_instances_that_complete_a_group_move_and_no_more_groups_than_w
             st.instances[iid] = InstanceState(iid, "a" if iid[0] == "a" else "b", (g,), 0.0, 0.0, n, drains)
         moved = migration_plan(st, Board(st), set(), 32, 8, {2}, need)
         assert [i.instance_id for i in moved] == want
+
+
+def _instances(st, rows):
+    from warmserve.policy.state import InstanceState
+
+    for iid, model, gpus, in_flight, drains in rows:
+        st.instances[iid] = InstanceState(iid, model, gpus, 0.0, 0.0, in_flight, drains)
+
+
+def test_a_draining_instance_that_shares_its_gpu_with_another_is_not_moved():
+    """a1 drains with one request on GPU 0, which co-serves b1: moving a1's request frees no GPU, so it stays;
+    alone on its GPU it moves."""
+    from warmserve.policy.arbitration import migrations
+
+    models = [ModelInfo("a", 10 * GiB, 1, 1 << 19), ModelInfo("b", 10 * GiB, 1, 1 << 19)]
+    for cohost, want in ((True, []), (False, ["a1"])):
+        st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+        _instances(st, [("a1", "a", (0,), 1, True), ("a2", "a", (1,), 0, False),
+                        ("b1", "b", (0,) if cohost else (2,), 0, False)])
+        assert [i.instance_id for i in migrations(st, set(), 32, 4)] == want
+
+
+def test_a_sibling_over_capacity_takes_nothing_and_costs_the_others_no_room():
+    """a2 runs one request over the capacity (32), a3 has room for one more: a1's one request goes to a3, as if
+    a2 were full, not held back because a2 ran over."""
+    from warmserve.policy.arbitration import migrations
+
+    models = [ModelInfo("a", 10 * GiB, 1, 1 << 19)]
+    st = ClusterState.uniform(1, models, gpus_per_server=4, gpu_bytes=40 * GiB)
+    _instances(st, [("a1", "a", (0,), 1, True), ("a2", "a", (1,), 33, False), ("a3", "a", (2,), 31, False)])
+    assert [i.instance_id for i in migrations(st, set(), 32, 4)] == ["a1"]
+    st.instances["a3"].in_flight = 32  # now no sibling has room
+    assert migrations(st, set(), 32, 4) == []

@@ -183,3 +183,25 @@ def test_the_default_shared_layout_counts_groups_by_the_largest_gpus():
     assert {m for _, h in plan for m, _ in h} == set(infos)
     for gpus, h in plan:
         assert all(st.gpus[g].total_bytes * 0.8 >= sum(infos[m].shard_bytes for m, _ in h) for g in gpus)
+
+
+def test_co_serving_pairs_are_sized_by_the_smallest_live_gpu():
+    """``HostSizing.gpu_bytes``: a pair that fits the smallest live GPU fits anywhere; a lost GPU does not count."""
+    st = _cluster([40 * GiB, 80 * GiB, 20 * GiB], [_7b("a")])
+    assert CoServing.gpu_bytes(st) == 20 * GiB
+    st.gpus[2].gone = True
+    assert CoServing.gpu_bytes(st) == 40 * GiB
+    for g in st.gpus:
+        g.gone = True
+    assert CoServing.gpu_bytes(st) == 0
+
+
+def test_a_tensor_parallel_model_holds_as_many_sequences_as_one_with_its_per_gpu_shard_and_kv():
+    """A tp-2 model's KV per token is split over its two GPUs: per GPU it is the tp-1 model with half its weights
+    and half its KV bytes per token, and takes as many sequences."""
+    tp2 = ModelInfo("b", 26 * GiB, 2, 819_200)
+    tp1 = ModelInfo("h", 13 * GiB, 1, 409_600)
+    assert tp2.shard_bytes == tp1.shard_bytes
+    co = CoServing(PolicyConfig(colocate_tp=True), {"b": tp2, "h": tp1})
+    for gpu_bytes in (40 * GiB, 80 * GiB):
+        assert co.seq_capacity("b", gpu_bytes) == co.seq_capacity("h", gpu_bytes) > 1

@@ -146,6 +146,14 @@ def test_a_last_instance_still_stops_when_its_gpu_completes_a_group(for_groups):
     assert "a1" not in st.instances and [i.gpus for i in _of(st, "b")] == [(0, 1)]
 
 
+def test_with_last_instance_for_groups_the_scale_in_frees_the_group_before_time_sharing_could():
+    """At 10 s `a` served its minimum lifetime (5 s) but not preempt_after_s (30 s): only the scale-in's group rule
+    (``_groups_to_free``: GPU 0 completes b's idle pair) stops it, and b starts on (0, 1) in the same tick."""
+    d, st = _idle_last_instance(partner_busy=False, for_groups=True)
+    d.tick(10.0)
+    assert "a1" not in st.instances and [i.gpus for i in _of(st, "b")] == [(0, 1)]
+
+
 @pytest.mark.parametrize("big", [ModelInfo("big", 138 * GiB, 4, 327_680),  # tp wider than any server
                                  ModelInfo("big", 200 * GiB, 1, 524_288)],  # its shard fits no GPU
                          ids=["tp-too-wide", "shard-too-big"])
