@@ -406,10 +406,15 @@ async def until(cond, timeout_s: float, step_s: float = 0.02) -> bool:
 
 
 def stop(procs) -> None:
+    """Kill and reap ``procs``, and close the scripted peer of each: one whose process had exited already (ended
+    on Shutdown, or by a kill the test made) kept its socket open, which the garbage collector found in a later
+    test (a ResourceWarning there)."""
     for p in procs:
         if p.poll() is None:
             p.kill()
         p.wait()
+        if getattr(p, "peer", None) is not None:
+            p.peer.close()
 
 
 class HttpController:
