@@ -120,8 +120,18 @@ def exit_process(status: int | None) -> NoReturn:
 
 
 def run() -> NoReturn:
-    """The `warmserve` script and ``python -m warmserve``: ``main``, then ``exit_process``."""
-    exit_process(main())
+    """The `warmserve` script and ``python -m warmserve``: ``main``, then ``exit_process``. A reader gone from
+    stdout (`warmserve --help | head -1`) ends it with 120, as a failed flush does, and no traceback: found in
+    review, with unbuffered output (PYTHONUNBUFFERED) the write itself raised, in ``main``, and printed one."""
+    try:
+        status = main()
+    except BrokenPipeError:
+        import os
+
+        # the stream still holds what it could not write: pointed at /dev/null, its flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 120
+    exit_process(status)
 
 
 def _version() -> str:

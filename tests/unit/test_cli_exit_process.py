@@ -53,3 +53,17 @@ def test_python_m_warmserve_keeps_its_exit_statuses():
     assert p.returncode == 2 and "needs a subcommand" in p.stderr, p.stderr
     p = subprocess.run([sys.executable, "-m", "warmserve", "--version"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.startswith("warmserve "), p
+
+
+def test_a_reader_gone_from_unbuffered_output_is_120_and_no_traceback():
+    """Found in review: with PYTHONUNBUFFERED set (as many shells and CI runners do) `warmserve --help | head -1`
+    ended in a BrokenPipeError traceback: the print itself raised, before exit_process's flush."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first byte
+    try:
+        p = subprocess.run([sys.executable, "-m", "warmserve", "--help"], stdout=w, stderr=subprocess.PIPE,
+                           text=True, timeout=60, env=env)
+    finally:
+        os.close(w)
+    assert p.returncode == 120 and "Traceback" not in p.stderr, p.stderr
