@@ -583,7 +583,7 @@ def request_id_of(data: bytes) -> int:
 
 
 def _protocol_error(kind: str, data: bytes, e: Exception) -> errors.ProtocolError:
-    # msgspec raises RecursionError past its depth limit (a few hundred nested arrays or maps, a few bytes each):
+    # msgspec raises RecursionError past its depth limit (1,000-10,000 nested arrays or maps by Python version):
     # found in review, it went through decode_request and ended the worker's engine loop.
     why = f"nested too deep ({e})" if isinstance(e, RecursionError) else str(e)
     return errors.ProtocolError(
