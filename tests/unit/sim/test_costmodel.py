@@ -101,7 +101,7 @@ def test_with_cold_start_s_sets_the_engine_part_of_both_cold_starts():
     assert hi.load_s(c7) == cm.load_s(c7) and hi.fast_load_s(c7) == cm.fast_load_s(c7)
     assert cm.engine_start_s == 6.0  # the original is untouched
     assert cm.with_cold_start_s(0).engine_s(c7) == 0.0
-    with pytest.raises(InvalidArgumentError, match=">= 0"):
+    with pytest.raises(InvalidArgumentError, match=">= 0.*published vLLM range is 14-35 s"):
         cm.with_cold_start_s(-1.0)
     with pytest.raises(InvalidArgumentError):
         cm.with_cold_start_s(float("nan"))
@@ -171,6 +171,9 @@ def test_engine_limits_are_the_artifacts_and_refuse_zero():
         (256, 256, 2048, 100_000)
     with pytest.raises(InvalidArgumentError, match="max_running_seqs"):
         EngineLimits(max_running_seqs=0)
+    # 1 is the least each limit takes (one sequence, one token), not a refusal
+    one = EngineLimits(max_running_seqs=1, max_model_len_tokens=1, max_batched_tokens=1)
+    assert (one.max_running_seqs, one.max_model_len_tokens, one.max_batched_tokens) == (1, 1, 1)
 
 
 def test_a_batch_of_prompts_pays_each_prompts_measured_time_and_the_fixed_part_once():
@@ -200,3 +203,57 @@ def test_host_cores_charge_busy_cpu_workers_by_processor_sharing():
         GpuType(host_cores=-1)
     prof = CostModel(gpu=GpuType(host_cores=2.5)).to_profile()
     assert CostModel.from_profile(prof).gpu.host_cores == 2.5
+
+
+def test_a_measured_table_extrapolates_its_last_slope_and_never_below_its_last_point():
+    """Past a measured table's last point the time grows along its last two points' slope; a noisy table ending on
+    a dip is held at its last point instead of extrapolated downward (the module doc's schema)."""
+    cm = CostModel()
+    rising = ModelCost(1e8, 1, 8192, 0.0, 0.0, 0.0, decode_table=((1, 0.01), (16, 0.014), (32, 0.02)))
+    # last slope (0.02 - 0.014) / (32 - 16) = 0.375 ms per sequence: batch 64 is 20 ms + 32 x 0.375 ms = 32 ms
+    assert cm.decode_step_s(rising, 64) == pytest.approx(0.032)
+    assert cm.decode_step_s(rising, 32) == pytest.approx(0.02)
+    dip = ModelCost(1e8, 1, 8192, 0.0, 0.0, 0.0, prefill_table=((16, 0.02), (512, 0.25), (1024, 0.24)))
+    assert cm.prefill_s(dip, 2048) == pytest.approx(0.24)  # held at the last point, not 0.23 or below
+    assert cm.prefill_s(dip, 1024) == pytest.approx(0.24)
+
+
+def test_tp_init_is_charged_to_tensor_parallel_cold_starts_only():
+    """``tp_init_s`` (0 by default: TP_INIT_S, none published) is what a profile sets for building a cold engine's
+    tensor-parallel communicators: charged where tp > 1, never to a one-GPU engine."""
+    cm = dataclasses.replace(CostModel(), tp_init_s=2.0)
+    c7, c13 = cm.cost("llama2-7b"), cm.cost("llama2-13b")  # tp 1 and tp 2
+    assert cm.engine_s(c7) == 6.0 and cm.engine_s(c13) == 8.0  # LEGACY_ENGINE_START_S, + 2 s at tp 2
+    # 14 s engine init (+ 2 s at tp 2) + the shard over the 32 GB/s link: 13.5e9 / 32e9, 26e9 / 2 / 32e9
+    assert cm.vllm_cold_start_s(c7) == pytest.approx(14.0 + 13.5e9 / 32e9)
+    assert cm.vllm_cold_start_s(c13) == pytest.approx(14.0 + 2.0 + 13e9 / 32e9)
+
+
+def test_a_decode_step_grows_by_its_per_sequence_slope():
+    # decode_step_s = base + per_seq x batch (the profile's "decode_step_s": {"base_s", "per_seq_s"}):
+    # 10 ms + 8 x 1 ms = 18 ms, x 2 on a GPU at compute_scale 2
+    c = ModelCost(1e8, 1, 8192, 0.0, 0.0, decode_base_s=0.010, decode_per_seq_s=0.001)
+    assert CostModel().decode_step_s(c, 8) == pytest.approx(0.018)
+    assert CostModel(gpu=GpuType(compute_scale=2.0)).decode_step_s(c, 8) == pytest.approx(0.036)
+
+
+@pytest.mark.parametrize("times, lacks", [
+    ({"decode_step_s": {"base_s": 0.015}}, r"lacks prefill_s \(or prefill_table\):"),
+    ({"prefill_s": {"base_s": 0.01}}, r"lacks decode_step_s \(or decode_table\):"),
+])
+def test_a_new_profile_model_without_prefill_or_decode_times_is_refused_naming_the_part(times, lacks):
+    # sizes given, one of the two step times missing: taken, it would default to a step of 0 s
+    new = {"weight_bytes": 1e9, "tp": 1, "kv_bytes_per_token": 1024, **times}
+    with pytest.raises(InvalidArgumentError, match=lacks):
+        CostModel.from_profile({"schema": SCHEMA, "models": {"new": new}})
+
+
+def test_the_fixed_part_of_a_prefill_table_is_its_first_two_points_line_at_zero_kept_within_the_first_time():
+    # (16, 20 ms), (64, 35 ms): 20 - 16 x (35 - 20) / (64 - 16) = 15 ms, whatever follows (or nothing)
+    assert prefill_fixed_s(((16, 0.02), (64, 0.035))) == pytest.approx(0.015)
+    assert prefill_fixed_s(((16, 0.02), (64, 0.035), (256, 0.1))) == pytest.approx(0.015)
+    assert prefill_fixed_s(((16, 0.02),)) == 0.0  # one point: no line
+    # (100, 10 ms), (200, 50 ms): the line is at -30 ms at 0 tokens, kept at 0
+    assert prefill_fixed_s(((100, 0.01), (200, 0.05))) == 0.0
+    # a noisy start falling (16, 20 ms), (64, 10 ms): 23.3 ms at 0 tokens, kept at the first point's 20 ms
+    assert prefill_fixed_s(((16, 0.02), (64, 0.01))) == pytest.approx(0.02)

@@ -13,14 +13,15 @@ from warmserve.sim.engine_model import BatchEngines
 BLOCK_BYTES = 256 * 524288  # llama2-7b: 256-token blocks (KV_BLOCK_TOKENS) x 512 KiB of KV per token
 
 
-def _first_token_s(lazy_map: bool, prompt: int = 1000, mapped_at_ready: int = 0):
+def _first_token_s(lazy_map: bool, prompt: int = 1000, mapped_at_ready: int = 0, chunked: int = 0):
     cm = CostModel.for_gpu()
     c = cm.cost("llama2-7b")
     blocks = [blocks_for_tokens(prompt + 1)]
     ev, first = [], {}
     eng = BatchEngines(cm, 256, [prompt], [1], blocks, [80_000_000_000], [0],
                        lambda t, inst: heapq.heappush(ev, (t, inst.version, inst)),
-                       lambda r, t: first.__setitem__(r, t), lambda inst, r, t: None)
+                       lambda r, t: first.__setitem__(r, t), lambda inst, r, t: None,
+                       chunked_prefill_tokens=chunked)
     # a free target of `mapped_at_ready` blocks: the engine maps that many when ready, the rest on demand
     st = InstanceState("a", "m", (0,), 0.0, ready_s=0.0, kv_blocks_total=400, kv_free_target=mapped_at_ready)
     inst = eng.add(st, 0, c, int(c.weight_bytes), BLOCK_BYTES, 0.0)
@@ -43,6 +44,16 @@ def test_prefill_pays_for_the_kv_pages_its_admission_mapped():
     assert s_per_gib == 0.02
     assert map_s == pytest.approx(0.01)
     assert t == pytest.approx(prefill_s + map_s, rel=1e-12)
+
+
+def test_a_chunked_prefill_step_pays_for_the_kv_pages_its_admission_mapped():
+    """Chunked prefill (--chunked-prefill-tokens) charges the mapping to the engine step that admitted the request,
+    as a prefill iteration does: the whole 1000-token prompt is one chunk of a 2048-token step with nothing
+    decoding, so that step is prefill_s(1000) (the fixed part once, the linear part of its 1000 tokens) plus the
+    same 4 blocks x 128 MiB x 0.02 s/GiB = 0.01 s of mapping."""
+    t, mapped, prefill_s, _ = _first_token_s(lazy_map=True, chunked=2048)
+    assert mapped == 0
+    assert t == pytest.approx(prefill_s + 0.01, rel=1e-12)
 
 
 def test_no_charge_when_the_pages_were_mapped_before_or_the_engine_allocates_up_front():

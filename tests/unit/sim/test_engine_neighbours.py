@@ -15,7 +15,7 @@ MIB = 1 << 20
 class _Cluster:
     """``BatchEngines`` over GPU 0 with its event heap; requests' first tokens and ends by time."""
 
-    def __init__(self, prompt, output, blocks, gpu_total, gpu_used, on_complete=None):
+    def __init__(self, prompt, output, blocks, gpu_total, gpu_used, on_complete=None, chunked=0):
         self.cost = CostModel()
         self.c7 = self.cost.models["llama2-7b"]
         self.heap, self.seq = [], 0
@@ -34,7 +34,8 @@ class _Cluster:
         self.refused = {}
         self.eng = BatchEngines(self.cost, 256, prompt, output, blocks, gpu_total, gpu_used, push,
                                 lambda rid, t: self.first.setdefault(rid, t), complete,
-                                on_refused=lambda inst, rid, t: self.refused.setdefault(rid, t))
+                                on_refused=lambda inst, rid, t: self.refused.setdefault(rid, t),
+                                chunked_prefill_tokens=chunked)
 
     def start(self, name, kv_blocks_total, shard=0, block_bytes=MIB):
         st = InstanceState(name, "m", (0,), created_s=0.0, kv_blocks_total=kv_blocks_total)
@@ -119,14 +120,16 @@ def test_a_decoding_engine_admits_a_held_request_once_memory_frees():
     assert 2.0 < cl.first[1] < 2.2 < cl.done[0]
 
 
-def test_a_queued_request_a_new_neighbour_leaves_no_room_for_is_refused_and_the_next_one_runs():
+@pytest.mark.parametrize("chunked", [0, 2048])
+def test_a_queued_request_a_new_neighbour_leaves_no_room_for_is_refused_and_the_next_one_runs(chunked):
     """A 100 MiB GPU: a's 40 MiB shard leaves it 60 blocks of 1 MiB. Request 1 (50 blocks) is admitted behind
     request 0 (30 blocks) and waits for its blocks; then b starts there with a 30 MiB shard, and beside both
     shards at most 30 blocks are ever free. At a's next schedule request 1 is refused (``on_refused``), as the
     live engine ends it with a PromptTooLongError, and request 2 behind it runs; before, request 1 waited at the
-    head of a's queue for good, and request 2 behind it."""
+    head of a's queue for good, and request 2 behind it. Chunked prefill's step scheduling (``chunked``) refuses on
+    its own path, which must go on to request 2 as well."""
     gpu_used = [40 * MIB]
-    cl = _Cluster([100] * 3, [50, 50, 10], [30, 50, 5], [100 * MIB], gpu_used)
+    cl = _Cluster([100] * 3, [50, 50, 10], [30, 50, 5], [100 * MIB], gpu_used, chunked=chunked)
     a = cl.start("a", 60, shard=40 * MIB)
     assert cl.eng.max_blocks(a) == 60
     cl.eng.admit(a, 0, 0.0)
@@ -158,3 +161,59 @@ def test_a_refusal_that_stops_a_draining_instance_while_held_requests_are_retrie
     cl.eng.on_refused = lambda inst, rid, t: (cl.refused.setdefault(rid, t), cl.eng.remove(inst, t))
     cl.eng.retry_held(0.6)
     assert cl.refused == {0: 0.6} and "a" not in cl.eng.insts and a.st.kv_blocks_mapped == 0
+
+
+def test_an_admission_its_own_mapping_covers_takes_nothing_back_from_its_neighbours():
+    """a maps on demand (free target 0) beside b, which keeps all its 30 blocks of 1 MiB mapped ahead; a's request
+    needs 5 blocks and the GPU has room for exactly those 5 more, so a maps them and runs. Only an engine that
+    still lacks blocks once it has mapped what it can is stalled and takes its neighbours' headroom back; a has
+    none to lack, so b keeps its 30 blocks mapped."""
+    cl = _Cluster([100], [10], [5], [35 * MIB], [0])
+    b = cl.start("b", 30)
+    assert b.st.kv_blocks_mapped == 30
+    st = InstanceState("a", "m", (0,), created_s=0.0, kv_blocks_total=30, kv_free_target=0)
+    a = cl.eng.add(st, 0, cl.c7, 0, MIB, 0.0)
+    cl.eng.ready(a, 0.0)
+    assert st.kv_blocks_mapped == 0
+    assert cl.eng.admit(a, 0, 0.0)
+    cl.run_until(0.0)  # a schedules: the prefill that admits the request
+    assert a.running or a.pf_batch
+    assert st.kv_blocks_mapped == 5 and b.st.kv_blocks_mapped == 30 and not cl.eng.stalled
+    cl.run_until(1e9)
+    assert 0 in cl.done and b.st.kv_blocks_mapped == 30
+
+
+def test_the_end_of_a_fresh_engines_start_is_no_iteration():
+    """``event`` answers False where a fresh engine's start ended (``on_started`` follows), so the driver does not
+    route queued requests as after an iteration: the instance turns ready only when the driver says so."""
+    cl = _Cluster([100], [10], [5], [100 * MIB], [0])
+    started = []
+    cl.eng.on_started = lambda inst, t: started.append(t)
+    st = InstanceState("a", "m", (0,), created_s=0.0, kv_blocks_total=10)
+    a = cl.eng.add(st, 0, cl.c7, 0, MIB, 0.0)
+    cl.eng.start_engine(a, 2.0, 0.0)
+    t, _, inst, _ = heapq.heappop(cl.heap)
+    assert inst is a and t == pytest.approx(2.0)  # a lone process on a GPU: its work at full speed
+    assert cl.eng.event(a, t) is False
+    assert started == [t] and a.phase == IDLE and not a.ready
+
+
+def test_dropped_requests_count_the_tokens_they_had_out():
+    """A lost or migrated instance's requests resume elsewhere after the tokens they had out: none while waiting or
+    in prefill; a decoding one its first token and one per whole decode step (the step under way is lost)."""
+    cl = _Cluster([100] * 3, [10] * 3, [1] * 3, [100 * MIB], [0])
+    a = cl.start("a", 10)
+    assert cl.eng.admit(a, 0, 0.0)
+    assert cl.eng.drop_requests(a, 0.0) == [(0, 0)]  # queued, its schedule not yet run
+    assert cl.eng.admit(a, 1, 0.0)
+    cl.run_until(0.0)
+    assert list(a.pf_batch) == [1] and cl.eng.drop_requests(a, 0.0) == [(1, 0)]
+    cl = _Cluster([100] * 3, [10] * 3, [1] * 3, [100 * MIB], [0])  # a fresh instance: a stopped one runs no more
+    a = cl.start("a", 10)
+    assert cl.eng.admit(a, 2, 1.0)
+    cl.run_until(1.0)  # the prefill starts
+    t = cl.heap[0][0]
+    cl.run_until(t)  # and ends: first token out, decoding
+    # 3.5 steps on: step k reads 100 + 1 + k tokens (``decode_s``); 1 + 3 tokens out, the fourth step lost
+    steps = [cl.cost.decode_step_s(cl.c7, 1, 101 + k) for k in range(4)]
+    assert cl.eng.drop_requests(a, t + sum(steps[:3]) + steps[3] / 2) == [(2, 4)]

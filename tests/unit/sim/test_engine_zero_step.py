@@ -7,7 +7,8 @@ import pytest
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.sim.config import ServedModel, SimConfig
-from warmserve.sim.costmodel import CostModel
+from warmserve.sim.costmodel import CostModel, ModelCost
+from warmserve.sim.engine_model import check_fluid_steps
 from warmserve.sim.simulator import Simulator
 from warmserve.workload.request import Trace, Workload
 
@@ -41,3 +42,13 @@ def test_vllm_model_runs_a_zero_decode_step_on_the_weight_read():
     s = sim.run().summary
     assert s["completed"] == 2 and s["refused"] == 0
     assert sim.finish[0] > sim.first[0]  # 19 decode steps each read the weights: more than no time
+
+
+def test_fluid_checks_the_batches_it_can_run_and_no_larger():
+    """The check covers batches 1 to the engine's ``max_batch``: a table reaching 0 s only at batch 9 is refused for
+    an engine of 9 sequences and runs for one of 8, whose steps never read it there."""
+    cost = CostModel()
+    c = ModelCost(1e8, 1, 8192, 0.0, 0.0, 0.0, decode_table=((1, 0.01), (9, 0.0), (16, 0.02)))
+    check_fluid_steps(cost, {"m": c}, 8)
+    with pytest.raises(InvalidArgumentError, match=r"at a batch of 9\b"):
+        check_fluid_steps(cost, {"m": c}, 9)
