@@ -270,11 +270,6 @@ class BatchEngines(KvMemory):
         b += inst.kv_s * (inst.ctx_base + n * inst.progress)
         return 2 * x / (b + math.sqrt(b * b + 2 * inst.kv_s * n * x))
 
-    def context_tokens(self, inst: EngineInst) -> float:
-        """KV tokens the running batch reads in its next decode step (prompt + tokens generated so far, summed),
-        at a whole step."""
-        return inst.ctx_base + len(inst.running) * (inst.progress + 0.5)
-
     def _advance(self, inst: EngineInst, t: float) -> None:
         if inst.phase == DECODE and inst.running:
             inst.progress += self._steps_in(inst, t - inst.t_last)
