@@ -91,3 +91,24 @@ def test_a_request_that_waited_in_its_engines_queue_says_so(model):
             peer.close()
 
     run(main())
+
+
+
+def test_the_engine_queue_is_named_only_for_a_request_without_tokens_whose_worker_sent_stats(model):
+    """Found by mutation testing: which requests get the engine-queue wording was pinned on one side only (no
+    token, Stats showing a queue); a request that had tokens, or a worker with no Stats yet, must keep the plain
+    message (the latter without reading Stats it does not have)."""
+    from warmserve.controller.expiry import no_token_message
+    from warmserve.controller.requests import Req
+    from warmserve.controller.workers import WorkerRecord
+
+    c = make_controller(model, request_timeout_s=5.0)
+    w = WorkerRecord("w1", b"w1", "cpu", 1, 1 << 30, 2 << 20, "host-1")
+    plain = f"{w!r} produced no token for 5 s"
+    req = Req(1, MODEL, [1], None, timeout_s=5.0)
+    assert no_token_message(c, w, req) == plain
+    w.stats = P.Stats(id=0, worker_id="w1", device="cpu", pid=1, uptime_s=1.0, pool={}, models=[], in_flight=2,
+                      instances=[P.WorkerInstance(name=MODEL, in_flight=2, running=1)])
+    assert "waited in its engine's queue (1 of 2 requests" in no_token_message(c, w, req)
+    req.first_token_s = 1.0
+    assert no_token_message(c, w, req) == plain

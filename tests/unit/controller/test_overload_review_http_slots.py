@@ -49,3 +49,12 @@ def test_one_model_has_the_whole_limit():
 def test_an_n_that_never_fits_beside_the_reserves_is_known():
     slots = HttpSlots(8)
     assert slots.most_for_one(2) == 6 and slots.most_for_one(1) == 8
+
+
+def test_a_model_refused_with_nothing_in_flight_is_said_to_hold_none():
+    # found by mutation testing: the refused model's own count (a field of the 429) was not pinned when it had none
+    slots = HttpSlots(8)
+    assert _fill(slots, "a") == 8 - 2 * 1  # MODELS: b and c keep 8 // 6 = 1 each
+    with pytest.raises(TooManyRequestsError, match="6 requests are in flight .*, 0 of them for 'b'") as e:
+        slots.check("b", 2, MODELS)  # b's own 1 fits, but not 2 beside the 1 kept for c
+    assert (e.value.model_active, e.value.active, e.value.kept_for_others) == (0, 6, 1)

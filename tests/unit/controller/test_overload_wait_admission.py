@@ -198,3 +198,21 @@ def test_a_504_carries_retry_after(model, stream):
     status, retry_after, body = _ask(ctl, stream)
     assert (status, retry_after, body["error"]["code"]) == (504, "1", "timeout"), body
     assert ctl.metrics.rejected.get(status=504, route="/v1/completions") == 1
+
+
+def test_a_start_noted_out_of_order_is_placed_in_order():
+    # found by mutation testing: only in-order starts were fed, so the placing of a stray earlier one (the list
+    # the rate bisects must stay sorted) was not pinned
+    m = DrainMeter()
+    for i in reversed(range(MIN_STARTS)):
+        m.started(MODEL, 100.0 + i)
+    assert m.rate_per_s(MODEL, 0.0, 120.0) == (1.0, MIN_STARTS, MIN_STARTS - 1.0)
+
+
+def test_a_wait_just_past_the_line_asks_a_retry_after_of_one_second():
+    # found by mutation testing: the smallest Retry-After was not pinned (every refusal tried was 2 s or more past)
+    now = time.monotonic()
+    meter = _meter(now, 2.0, 20.0)  # a mature measure: the line is the timeout itself
+    with pytest.raises(OverloadedError) as e:
+        queue_wait.check(_controller(_queue(60, now - 25.0), meter, 29.5), MODEL)  # 30 s of wait, 0.5 s past
+    assert e.value.retry_after_s == 1

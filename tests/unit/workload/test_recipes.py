@@ -95,6 +95,16 @@ def test_servegen_series_repeat_with_day_shift():
     assert base[0].day_shift == 0
 
 
+def test_servegen_series_past_every_day_shift_are_refused_not_cut_short():
+    # found by mutation testing: with repeat_days allowed, only a count the shifts could still fill was tried, so
+    # the refusal after them was not pinned, and a recipe would have replayed fewer models than asked for
+    from warmserve.workload.recipes import servegen_series
+
+    assert [s.day_shift for s in servegen_series(112, repeat_days=1)] == [0] * 56 + [1] * 56
+    with pytest.raises(ValueError, match=r"56 series \(x2 with day shifts\) .* asked for 113"):
+        servegen_series(113, repeat_days=1)
+
+
 def test_servegen_aggregates_hit_the_requested_total_rate():
     w = servegen_workload(4, include_aggregates=True, total_rate_rps=30.0, history_days=1, seed=2)
     assert w.models[:3] == ["m-large", "m-mid", "m-small"]

@@ -22,8 +22,11 @@ def test_a_replay_touching_a_data_gap_is_refused_with_a_start_that_works():
     w = servegen_workload(6, start_s=fix, history_days=1, seed=0)
     assert all(np.any(w.trace.model == i) for i in range(6))
     # the warm-up is replayed too: a replay right after the gap, whose warm-up reaches into it, is refused
-    with pytest.raises(InvalidArgumentError, match="m-mid"):
+    with pytest.raises(InvalidArgumentError, match="m-mid") as e:
         servegen_workload(6, start_s=SERVEGEN_LAST_DAY_S + 10 * 3600 + 5 * 60, history_days=1, seed=0)
+    # the start suggested is the nearest that fits, one window on (found by mutation testing: the search could skip
+    # it without a test failing)
+    assert e.value.suggested_start_s == SERVEGEN_LAST_DAY_S + 10 * 3600 + 15 * 60
 
 
 def test_history_in_a_data_gap_is_unknown_not_zero():
@@ -68,6 +71,18 @@ def test_series_without_traffic_in_the_replay_are_refused_not_an_empty_workload(
     with gzip.open(path, "wt") as f:
         f.write("\n".join(rows) + "\n")
     with pytest.raises(InvalidArgumentError, match="no request .* traffic span day 2 00:00 to day 2 01:00"):
+        servegen_workload(1, models=("m-large",), path=str(path), start_s=5 * DAY_S, total_rate_rps=2.0,
+                          history_days=1)
+
+
+def test_series_whose_traffic_all_comes_after_the_replay_are_refused_too(tmp_path):
+    # found by mutation testing: only traffic before the replay was tried, so the check's end bound was not pinned
+    path = tmp_path / "windows.csv.gz"
+    rows = ["category,model,client_id,t_s,rate_rps,cv,pattern,param1,param2"]
+    rows += [f"language,m-large,1,{6 * DAY_S + k * 600:.0f},0.5,1.0,Gamma,1.0,2.0" for k in range(6)]
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(rows) + "\n")
+    with pytest.raises(InvalidArgumentError, match="no request .* traffic span day 6 00:00 to day 6 01:00"):
         servegen_workload(1, models=("m-large",), path=str(path), start_s=5 * DAY_S, total_rate_rps=2.0,
                           history_days=1)
 

@@ -58,3 +58,18 @@ def test_covered_s_is_the_plain_overlap_off_the_edges_and_a_share_at_them():
     assert whole[i] == whole[i + 1] == sg.WINDOW_S and whole[i - 1] == whole[i + 2] == 0.0
     part = sg.covered_s(s, S0, S0 + 60.0, 1e-3, rng)
     assert 0.0 < part[i] < sg.WINDOW_S and part[i + 1] == 0.0
+
+
+@pytest.mark.parametrize("is_gamma,shape,cv2", [
+    (True, 0.25, 4.0), (True, 2.0, 0.5), (True, 0.0, 1000.0),  # Gamma: 1 / k, k clamped to 1e-3 as the sampler does
+    (False, 1.0, 1.0), (False, 0.5, 5.0), (False, 2.0, 4 / np.pi - 1),  # Weibull: G(1 + 2/k) / G(1 + 1/k)^2 - 1
+])
+def test_the_even_share_rule_reads_the_squared_cv_of_the_samplers_fits(is_gamma, shape, cv2):
+    # covered_s keeps the even share by requests per squared CV (COVER_EVEN): found by mutation testing, a wrong
+    # Weibull CV moved that choice without a test failing
+    assert sg._cv2(is_gamma, shape) == pytest.approx(cv2, rel=1e-9)
+    k = max(shape, 1e-3)
+    if 0.5 <= k <= 2.0:  # and it is the CV of the draws sample_arrivals makes (these shapes: light enough tails)
+        rng = np.random.default_rng(0)
+        x = rng.gamma(k, 1.0, 400_000) if is_gamma else rng.weibull(k, 400_000)
+        assert x.var() / x.mean() ** 2 == pytest.approx(cv2, rel=0.05)

@@ -115,3 +115,14 @@ def test_servegen_good_custom_files_still_load_and_other_fields_stay_lenient(tmp
     assert pmfs[("m-large", "reason_ratio")].values.tolist() == [0]  # a field's rows that are no number: left out
     w = servegen_workload(1, path=str(windows), pmf_path=str(path), history_days=0, models=("m-large",), seed=0)
     assert len(w.trace) == 1200 and set(w.trace.prompt_tokens.tolist()) == {10}
+
+
+def test_servegen_windows_with_a_zero_rate_or_shape_load_as_quiet_windows(tmp_path):
+    # the bounds are rate >= 0 and shape >= 0: a window without traffic is real data, found by mutation testing to be
+    # refusable (rate > 0) without a test failing
+    quiet = "language,m-large,1,{t},0,1.0,Gamma,0,1.0\n"
+    busy = "language,m-large,1,{t},2.0,1.0,Gamma,1.0,1.0\n"
+    windows = tmp_path / "windows.csv"
+    windows.write_text(CW + "".join((quiet if (t // 600) % 2 else busy).format(t=t) for t in range(0, 14 * 86400, 600)))
+    w = servegen_workload(1, path=str(windows), history_days=0, models=("m-large",), seed=0)
+    assert len(w.trace) == 1200 and w.trace.arrival_s.max() < 600  # the replay's second window is a quiet one

@@ -55,6 +55,9 @@ def test_a_trace_refuses_a_non_finite_arrival_naming_its_row(bad):
     ("output", [10, -5, 10], r"row 1: output_tokens -5 is not a token count"),
     ("output", [10, 2**40, 10], r"row 1: output_tokens 1099511627776 is not a token count"),
     ("prompt", [1.0, float("nan"), 3.0], r"row 1: prompt_tokens nan is not a token count"),
+    # one past each end (mutation testing: -1 could be let through without a test failing)
+    ("prompt", [100, -1, 50], r"row 1: prompt_tokens -1 is not a token count"),
+    ("output", [10, 2**31, 10], r"row 1: output_tokens 2147483648 is not a token count"),
 ])
 def test_a_trace_refuses_lengths_outside_int32_before_casting_them(col, values, match):
     arr = np.asarray(values, np.float64 if isinstance(values[0], float) else np.int64)
