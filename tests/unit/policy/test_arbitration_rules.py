@@ -2,23 +2,21 @@
 wanting model may take (room for a shard and a KV block on each GPU), the kept scans they share, and (through the
 driver) time-sharing with reclaim off."""
 
-from collections import deque
-
 from warmserve.policy import PolicyConfig, make_policy
 from warmserve.policy import actions as A
 from warmserve.policy.arbitration import GroupScans, preemption_victims, reclaim_victims
 from warmserve.policy.instant import instant_driver
 from warmserve.policy.placement import Board
-from warmserve.policy.state import ClusterState, GpuState, InstanceState, ModelInfo, ServerState
+from warmserve.policy.state import ClusterState, InstanceState, ModelInfo
+
+from test_policy_mixed_gpus import one_server
 
 GiB = 1 << 30
 
 
 def _cluster(sizes, models, placed):
     """One server whose GPUs have ``sizes`` bytes each; ``placed``: (instance, model, GPU) ready since t = 0."""
-    gpus = [GpuState(g, 0, b) for g, b in enumerate(sizes)]
-    st = ClusterState([ServerState(0, tuple(range(len(sizes))))], gpus, {m.name: m for m in models},
-                      queues={m.name: deque() for m in models})
+    st = one_server(sizes, models)
     for iid, model, g in placed:
         st.instances[iid] = InstanceState(iid, model, (g,), 0.0, 0.0)
     return st

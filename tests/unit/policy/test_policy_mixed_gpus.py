@@ -22,8 +22,8 @@ def _7b(name, kv_bytes_per_token=524_288):
     return ModelInfo(name, 13_500_000_000, 1, kv_bytes_per_token, 0.035, 0.015)
 
 
-def _cluster(sizes, models):
-    """One server whose GPUs have ``sizes`` bytes each."""
+def one_server(sizes, models):
+    """One server whose GPUs have ``sizes`` bytes each (also test_arbitration_rules.py's)."""
     gpus = [GpuState(g, 0, b) for g, b in enumerate(sizes)]
     return ClusterState([ServerState(0, tuple(range(len(sizes))))], gpus, {m.name: m for m in models},
                         queues={m.name: deque() for m in models})
@@ -35,7 +35,7 @@ def _free_ok(st):
 
 def test_cold_start_skips_idle_gpus_too_small_for_a_shard_and_a_kv_block():
     m = ModelInfo("a", 13 * GiB, 1, kv_bytes_per_token=512 << 10)
-    st = _cluster([10 * GiB, 80 * GiB], [m])
+    st = one_server([10 * GiB, 80 * GiB], [m])
     assert st.unservable() == {}
     d = instant_driver(make_policy("warmserve", models=[m], config=PolicyConfig()), st)
     d.submit("a", "r0", 0.0)
@@ -44,17 +44,17 @@ def test_cold_start_skips_idle_gpus_too_small_for_a_shard_and_a_kv_block():
     assert inst.kv_blocks_total > 0 and _free_ok(st)
     # tp 2: the group is two GPUs that each hold a shard and a block, not the first idle pair
     m2 = ModelInfo("b", 40 * GiB, 2, kv_bytes_per_token=512 << 10)
-    st2 = _cluster([16 * GiB, 16 * GiB, 80 * GiB, 80 * GiB], [m2])
+    st2 = one_server([16 * GiB, 16 * GiB, 80 * GiB, 80 * GiB], [m2])
     gpus, used, evicted = Board(st2).choose_for_instance("b")
     assert gpus == (2, 3) and used is None and evicted == []
     # no GPU holds it: no instance at all (rather than one with no KV cache)
-    assert Board(_cluster([10 * GiB, 10 * GiB], [m])).choose_for_instance("a") is None
+    assert Board(one_server([10 * GiB, 10 * GiB], [m])).choose_for_instance("a") is None
 
 
 def test_a_prewarm_on_a_gpu_with_no_room_for_a_kv_block_is_not_started_from():
     m = _7b("a")
     # the shard fits on GPU 0 (a prewarm may sit there), a KV block beside it does not
-    st = _cluster([m.shard_bytes + m.kv_block_bytes // 2, 80 * GiB], [m])
+    st = one_server([m.shard_bytes + m.kv_block_bytes // 2, 80 * GiB], [m])
     st.prewarms["p0"] = PrewarmState("p0", "a", (0,), progress=1.0, score=1.0)
     gpus, used, evicted = Board(st).choose_for_instance("a")
     assert gpus == (1,) and used is None and evicted == []
@@ -102,7 +102,7 @@ def test_a_model_joins_a_host_sized_by_its_own_gpu_when_a_small_gpu_is_live():
 def test_a_new_host_opens_on_a_gpu_that_holds_two_shards():
     ms = [_7b("a"), _7b("b")]
     # GPU 0 holds one 7B shard with its KV (a dedicated instance) but not two (a host); GPU 1 holds three
-    st = _cluster([20 * GiB, 72 * GiB], ms)
+    st = one_server([20 * GiB, 72 * GiB], ms)
     co = CoServing(PolicyConfig(coserve_always=True), st.models)
     assert co.models_per_host("a", 20 * GiB) < 2 <= co.models_per_host("a", 72 * GiB)
     co.update(st, {"a": 0.1, "b": 0.1}, {"a": 0.1, "b": 0.1}, {"a": 1.0, "b": 1.0})
@@ -153,7 +153,7 @@ def test_a_shared_layout_sizes_each_group_by_its_own_gpus():
     from warmserve.policy.state import kv_blocks_for
 
     models = [_7b(n) for n in "abc"]
-    st = _cluster([80 * GiB, 24 * GiB], models)
+    st = one_server([80 * GiB, 24 * GiB], models)
     infos = {m.name: m for m in models}
     demand = {"a": 3.0, "b": 2.0, "c": 1.0}
     plan = plan_shared(st, infos, ["a", "b", "c"], demand)
@@ -176,7 +176,7 @@ def test_the_default_shared_layout_counts_groups_by_the_largest_gpus():
 
     big = [ModelInfo(n, 60_000_000_000, 2, 819_200, 0.07, 0.02) for n in ("x", "y")]
     small = [_7b(n) for n in "abc"]
-    st = _cluster([80 * GiB] * 4 + [24 * GiB], big + small)
+    st = one_server([80 * GiB] * 4 + [24 * GiB], big + small)
     infos = {m.name: m for m in big + small}
     order = ["x", "y", "a", "b", "c"]
     plan = plan_shared(st, infos, order, {m: 1.0 for m in infos})
@@ -187,7 +187,7 @@ def test_the_default_shared_layout_counts_groups_by_the_largest_gpus():
 
 def test_co_serving_pairs_are_sized_by_the_smallest_live_gpu():
     """``HostSizing.gpu_bytes``: a pair that fits the smallest live GPU fits anywhere; a lost GPU does not count."""
-    st = _cluster([40 * GiB, 80 * GiB, 20 * GiB], [_7b("a")])
+    st = one_server([40 * GiB, 80 * GiB, 20 * GiB], [_7b("a")])
     assert CoServing.gpu_bytes(st) == 20 * GiB
     st.gpus[2].gone = True
     assert CoServing.gpu_bytes(st) == 40 * GiB
