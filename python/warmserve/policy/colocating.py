@@ -233,7 +233,9 @@ class Colocating:
             out.append(act)
             self._pinned[act.instance_id] = shared
             self._pinned_models[act.instance_id] = act.model
-        # instances that share GPUs are co-served hosts to the rules, once they decide
+        # instances that share GPUs are co-served hosts to the rules, once they decide. In bulk, ``_relay``'s
+        # earlier pins too: only the rules take an id out (``dedications``, ``update``), and they do not run while
+        # the layout stands, so this marks no instance they made dedicated
         self._co.ids |= {i for i, shared in self._pinned.items() if shared}
         self._colocated |= frozenset(self._pinned)
         return out
