@@ -430,7 +430,7 @@ class Api:
         echoed = [not echo] * len(choices.gens)
         prompt_starts = _prompt_starts(model, req.prompt, prompt_ids) if echo and want_logprobs else []
 
-        def echo(i: int) -> bytes:
+        def echo_event(i: int) -> bytes:
             """The echoed prompt of choice i, sent with its first event: its prompt logprobs come with its first
             token."""
             echoed[i] = True
@@ -442,7 +442,7 @@ class Api:
 
         def event(ev) -> bytes:
             i, piece, taken = ev
-            head = b"" if echoed[i] else echo(i)
+            head = b"" if echoed[i] else echo_event(i)
             return head + (chunk(i, piece, None, taken) if piece is not None
                            else chunk(i, "", choices.gens[i].finish_reason, taken))
 
