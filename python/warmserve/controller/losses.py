@@ -23,8 +23,10 @@ def requeue_lost(ctl, w, why: str, gens: dict, now_s: float, instances: list[str
     drained = w.left_by_plan
     ended = sum(1 for r in gens.values() if r.done)  # answered already: neither started over nor failed here
     for req in sorted(gens.values(), key=lambda r: r.rid):  # oldest first; each starts over after its tokens
+        if req.done:  # found by mutation review: it fell through to the failure below, its outcome counted twice
+            continue
         req.reroutes += 0 if drained else 1
-        if not req.done and req.reroutes < ctl.cc.max_worker_losses_per_request:
+        if req.reroutes < ctl.cc.max_worker_losses_per_request:
             requeue.append(req)
             req.requeued(ctl.cc.request_timeout_s)
             ctl.metrics.rerouted.inc(model=req.model)
