@@ -156,7 +156,7 @@ def _init_within(address: str, timeout_s: float) -> None:
     if not done.wait(timeout_s):
         gave_up.set()
         raise RayClusterError(
-            f"ray.init({address!r}) did not connect within {timeout_s:.0f} s: {address} is no Ray head that answers "
+            f"ray.init({address!r}) did not connect within {timeout_s:g} s: {address} is no Ray head that answers "
             f"(a Ray client server? pass ray://HOST:10001 for that), or the cluster is overloaded. Pass the GCS "
             f"address, HEAD:6379 by default (`ray status` on the head shows it)", address=address,
             timeout_s=timeout_s)

@@ -338,7 +338,7 @@ class RayLauncher:
         if len(ready) < len(pending):
             late = [pending[r][:8] for r in pending if r not in ready]
             raise RayClusterError(
-                f"Ray could not place the workers' placement groups on nodes {late} within {timeout_s:.0f} s: their "
+                f"Ray could not place the workers' placement groups on nodes {late} within {timeout_s:g} s: their "
                 f"CPUs or GPUs are held by other work (`ray status` shows what is free)", nodes=late,
                 timeout_s=timeout_s)
 

@@ -273,7 +273,7 @@ class WorkerRestarts:
                                           status=proc.returncode)
                 if time.monotonic() > deadline:
                     raise WorkerLostError(f"the fresh process of {old!r} was not admitted within "
-                                          f"{self.config.worker_start_timeout_s:.0f} s (worker_start_timeout_s)",
+                                          f"{self.config.worker_start_timeout_s:g} s (worker_start_timeout_s)",
                                           worker_id=old.worker_id)
                 await asyncio.wait({joined}, timeout=0.05)
         except BaseException as e:

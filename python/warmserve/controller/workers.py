@@ -302,7 +302,7 @@ class WorkerHub:
                 w.calls.pop(msg.id, None)
         if not fut.done():
             raise TimeoutError_(
-                f"{w!r} did not answer {type(msg).__name__} within {timeout_s:.0f} s", timeout_s=timeout_s,
+                f"{w!r} did not answer {type(msg).__name__} within {timeout_s:g} s", timeout_s=timeout_s,
                 worker_id=w.worker_id)
         reply = fut.result()
         if isinstance(reply, P.Error):

@@ -143,7 +143,7 @@ def _read_ready(r: int, proc: subprocess.Popen, timeout_s: float, log_path: str)
         left = deadline - time.monotonic()
         if left <= 0:
             raise errors.TimeoutError_(
-                f"worker pid {proc.pid} not ready within {timeout_s:.0f} s; its log ({log_path}) ends:\n"
+                f"worker pid {proc.pid} not ready within {timeout_s:g} s; its log ({log_path}) ends:\n"
                 f"{_tail(log_path)}",
                 timeout_s=timeout_s, pid=proc.pid,
             )
