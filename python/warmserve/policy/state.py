@@ -249,8 +249,8 @@ class ClusterState:
         for name, m in sorted(self.models.items()):
             need = m.shard_bytes + m.kv_block_bytes
             if widest < m.tp:
-                out[name] = (f"tp {m.tp} needs {m.tp} GPUs on one server; the largest server has {widest}: "
-                             f"give the cluster a server with {m.tp} GPUs or lower the model's tp")
+                out[name] = (f"tp {m.tp} needs {m.tp} GPU(s) on one server; the largest server has {widest}: "
+                             f"give the cluster a server with {m.tp} GPU(s) or lower the model's tp")
             elif not any(len(z) >= m.tp and z[m.tp - 1] >= need for z in sizes):
                 out[name] = (f"each of its {m.tp} GPU(s) needs {need} bytes (a {m.shard_bytes}-byte shard and one "
                              f"{m.kv_block_bytes}-byte KV block); the largest has "
