@@ -1,0 +1,29 @@
+"""How ``prewarms.start_words`` words a start's weights in its instance's ready line (found by mutation testing): a
+cold start's own load ("prewarm miss") says the bytes and seconds its worker reported. A real Controller with a
+scripted peer on a real ZeroMQ socket."""
+
+import logging
+
+from warmserve.protocol import SamplingParams
+
+from controller_harness import MODEL, TablePeer, collect, make_controller, run
+
+
+def test_a_cold_starts_ready_line_says_what_its_load_took(model, caplog):
+    """The worker answers the cold start's Prewarm with 1 byte loaded in 0.25 s: the ready line reads "prewarm
+    miss: loaded 0.0 MiB in 0.25 s"."""
+    async def main():
+        c = make_controller(model)
+        ep = await c.start()
+        peer = TablePeer(ep, load_s=0.25)
+        try:
+            await c.wait_for_workers(1, 5)
+            assert await collect(c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]
+        finally:
+            await c.close(drain=False)
+            peer.close()
+
+    with caplog.at_level(logging.INFO, logger="warmserve"):
+        run(main())
+    ready = [r.getMessage() for r in caplog.records if " ready on " in r.getMessage()]
+    assert len(ready) == 1 and ready[0].endswith("(prewarm miss: loaded 0.0 MiB in 0.25 s)"), ready
