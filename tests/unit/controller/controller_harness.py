@@ -5,6 +5,8 @@ controller with fast ticks, and the demo model's description."""
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import itertools
 import json
 import os
 import socket
@@ -254,6 +256,20 @@ class TablePeer(Peer):
                 id=msg.id, name=msg.name, weight_bytes=1, pages=1, max_context=2048, load_s=self.load_s)))
 
 
+class HoldingPeer(TablePeer):
+    """Refuses the Prewarm of a model it holds as a real worker does: ModelStateError naming the model and its
+    state."""
+
+    async def handle(self, msg):
+        if isinstance(msg, P.Prewarm) and msg.name in self.models:
+            state = self.models[msg.name]
+            await self.send(P.Error.of(msg.id, ModelStateError(
+                f"model {msg.name!r} is already {state} on worker {self.wid}; evict it first", model=msg.name,
+                state=state)))
+            return
+        await super().handle(msg)
+
+
 class WorkerProc(subprocess.Popen):
     """A child process standing for a local worker, whose scripted peer goes silent when it is killed, as a
     worker's socket closes with it."""
@@ -311,13 +327,21 @@ def add_local_worker(c: Controller, wid: str, spawn) -> None:
     c.local_procs[wid.encode()] = spawn()
 
 
-def scripted_local_worker(c: Controller, endpoint: str, wid: str, exits: bool = False) -> list[WorkerProc]:
+def scripted_local_worker(c: Controller, endpoint: str, wid: str, exits: bool = False,
+                          instead=None) -> list[WorkerProc]:
     """Local worker ``wid`` whose every process (the first, and each restart or replacement) is a sleeper with a
     scripted Peer of its own (one that ends it on Shutdown with ``exits``: ``exits_on_shutdown``); returns its
-    processes, the first started already."""
+    processes, the first started already. ``instead(n)``, for the n-th start (1: the first), may return a process
+    of its own to use with no peer (one that exits, or never speaks) or raise, as a failing starter does; None
+    leaves the scripted sleeper."""
     procs: list[WorkerProc] = []
+    starts = itertools.count(1)
 
     def spawn():
+        p = instead and instead(next(starts))
+        if p is not None:
+            procs.append(p)
+            return p
         p = sleeper()
         p.peer = Peer(endpoint, wid, pid=p.pid)
         if exits:
@@ -329,12 +353,13 @@ def scripted_local_worker(c: Controller, endpoint: str, wid: str, exits: bool = 
     return procs
 
 
-async def peers_in_order(c: Controller, endpoint: str, *wids: str, peer_cls=None) -> list[Peer]:
+async def peers_in_order(c: Controller, endpoint: str, *wids: str, peer_cls=None, into=None) -> list[Peer]:
     """Peers admitted one after another, so that the i-th gets GPU id i. Two peers started together say Hello over
     two sockets, which the controller may read in either order; a test that expects the first one to be rank 0 of
-    a group then waits for a message that goes to the other (a CI run hung so)."""
+    a group then waits for a message that goes to the other (a CI run hung so). ``into``: the list to put them in
+    as each is made, so that a caller can close those made before a failed admission."""
     peer_cls = peer_cls or Peer
-    peers = []
+    peers = [] if into is None else into
     for i, wid in enumerate(wids[:-1]):
         peers.append(peer_cls(endpoint, wid))
         for _ in range(250):  # admitted (ready), not c.wait_for_workers: that one also starts the policy
@@ -345,6 +370,34 @@ async def peers_in_order(c: Controller, endpoint: str, *wids: str, peer_cls=None
     await c.wait_for_workers(len(wids), 5)
     assert [c.by_gpu[g].ident.decode() for g in range(len(wids))] == list(wids)
     return peers
+
+
+@contextlib.asynccontextmanager
+async def admitted(c: Controller, *wids: str, peer_cls=None, **peer_kw):
+    """``c`` started, with one scripted peer ``peer_cls(endpoint, wid, **peer_kw)`` per worker id (one,
+    host-1-cpu0, by default) admitted in that order, so that the i-th gets GPU id i, and its policy running; yields
+    the peers. On the way out, whatever the test raised, the controller closes with no drain, then each peer."""
+    ep = await c.start()
+    peers: list[Peer] = []
+    try:
+        await peers_in_order(c, ep, *(wids or ("host-1-cpu0",)),
+                             peer_cls=functools.partial(peer_cls or Peer, **peer_kw), into=peers)
+        yield peers
+    finally:
+        await c.close(drain=False)
+        for p in peers:
+            p.close()
+
+
+async def stop_ticks(c: Controller) -> None:
+    """Stop the policy's ticks, for a test that applies the driver's actions itself; a tick under way ends first."""
+    c.policy_running = False
+    await asyncio.sleep(0.1)
+
+
+def tp2(model):
+    """The demo model described as tensor-parallel over 2 GPUs."""
+    return dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name=model.name, tp=2))
 
 
 def two_models(model, policy, pc=None, **cc):

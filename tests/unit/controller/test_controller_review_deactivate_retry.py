@@ -12,10 +12,10 @@ from warmserve import protocol as P
 from warmserve.config import ModelSpec
 from warmserve.controller import executor as X
 from warmserve.controller.models import controller_model
-from warmserve.errors import DriverError, ModelStateError
+from warmserve.errors import DriverError
 from warmserve.policy import actions as A
 
-from controller_harness import MODEL, TablePeer, demo_path, in_process_worker, make_controller, run, until
+from controller_harness import MODEL, HoldingPeer, demo_path, in_process_worker, make_controller, run, until
 
 
 def _stop_and_drop(c, iid: str) -> None:
@@ -55,7 +55,7 @@ def test_a_deactivate_whose_unmap_fails_on_a_real_worker_is_sent_again_and_the_g
     run(main())
 
 
-class FailingDeactivatePeer(TablePeer):
+class FailingDeactivatePeer(HoldingPeer):
     """As a real worker whose Deactivates of a running model fail (DriverError: the instance stays listed, its model
     running) while ``failing``, until the controller admits it again (its GetStats). The Prewarm of a model it holds
     is refused as a real worker's is (naming model and state)."""
@@ -69,12 +69,6 @@ class FailingDeactivatePeer(TablePeer):
         if isinstance(msg, P.Deactivate) and self.failing and self.models.get(msg.name) == "running":
             self.failed += 1
             await self.send(P.Error.of(msg.id, DriverError("unmapping of 2.0 MiB: EINVAL (Invalid argument)")))
-            return
-        if isinstance(msg, P.Prewarm) and msg.name in self.models:
-            state = self.models[msg.name]
-            await self.send(P.Error.of(msg.id, ModelStateError(
-                f"model {msg.name!r} is already {state} on worker {self.wid}; evict it first", model=msg.name,
-                state=state)))
             return
         await super().handle(msg)
 

@@ -11,14 +11,7 @@ from warmserve import protocol as P
 from warmserve.controller.errors import NoWorkersError
 from warmserve.protocol import SamplingParams
 
-from controller_harness import MODEL, Peer, TablePeer, make_controller, peers_in_order, run, until
-
-
-class _Hung(TablePeer):
-    """A TablePeer whose loads never end (peers_in_order makes each with no keywords)."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, load_s=None, **k)
+from controller_harness import MODEL, Peer, TablePeer, admitted, make_controller, run, until
 
 
 def _draining_stats(peer: Peer) -> P.Stats:
@@ -42,17 +35,11 @@ def test_the_last_worker_draining_fails_the_waiting_requests_at_once(model):
     naming the worker that drains."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep, "host-1-cpu0", load_s=None)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, peer_cls=TablePeer, load_s=None) as (peer,):
             req = await _waiting_while(c, peer, c.gpu_workers[0])
             assert await until(lambda: req.done, 5)
             assert isinstance(req.error, NoWorkersError), req.error
             assert "host-1-cpu0" in str(req.error) and "drains (it was sent SIGTERM)" in str(req.error)
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 
@@ -61,15 +48,9 @@ def test_a_worker_draining_beside_one_that_serves_leaves_the_waiting_requests_wa
     """One of two workers drains: the other still serves, so the waiting request is not failed."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-2-cpu0", peer_cls=_Hung)
-        try:
+        async with admitted(c, "host-1-cpu0", "host-2-cpu0", peer_cls=TablePeer, load_s=None) as peers:
             req = await _waiting_while(c, peers[0], c.by_gpu[0])
             await asyncio.sleep(0.3)
             assert not req.done and req.error is None
-        finally:
-            await c.close(drain=False)
-            for p in peers:
-                p.close()
 
     run(main())

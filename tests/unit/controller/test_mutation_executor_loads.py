@@ -7,20 +7,18 @@ refused Deactivate. Scripted peers on real ZeroMQ sockets, the policy's ticks st
 driver's action itself."""
 
 import asyncio
-import dataclasses
 import logging
 import time
 
 import pytest
 
 from warmserve import protocol as P
-from warmserve.config import ModelSpec
 from warmserve.controller import views
 from warmserve.errors import DriverError, WarmServeError
 from warmserve.policy import actions as A
 from warmserve.protocol import SamplingParams
 
-from controller_harness import MODEL, Peer, TablePeer, collect, make_controller, peers_in_order, run, until
+from controller_harness import MODEL, Peer, TablePeer, admitted, collect, make_controller, run, stop_ticks, tp2, until
 
 
 def _of(peer, kind) -> list:
@@ -32,20 +30,13 @@ def test_a_refused_whole_model_prewarm_leaves_the_state_with_no_evict_sent(model
     record, and the worker gets no Evict (a tp = 1 prewarm's outcome comes from its one reply)."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = Peer(ep, fail_prewarm=True)
-        try:
-            await c.wait_for_workers(1, 5)
-            c.policy_running = False
-            await asyncio.sleep(0.1)
+        async with admitted(c, fail_prewarm=True) as (peer,):
+            await stop_ticks(c)
             c.driver.apply(A.Prewarm("test/p1", MODEL, (0,), 1.0), c.now_s())
             assert await until(lambda: "test/p1" not in c.state.prewarms, 5), c.state.prewarms
             assert "test/p1" not in c.prewarms
             await asyncio.sleep(0.2)
             assert len(_of(peer, P.Prewarm)) == 1 and _of(peer, P.Evict) == []
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 
@@ -55,18 +46,12 @@ def test_a_cold_start_whose_load_is_refused_fails_with_no_evict_sent(model):
     with the workers' error, and no Activate nor Evict ever reaches the worker, which holds nothing of the model."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = Peer(ep, fail_prewarm=True)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, fail_prewarm=True) as (peer,):
             req = c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))
             with pytest.raises(WarmServeError, match=r"could not start an instance of 'llama-20m' \(3 attempts\): "
                                                      "disk on fire"):
                 await asyncio.wait_for(collect(req), 10)
             await asyncio.sleep(0.2)
-        finally:
-            await c.close(drain=False)
-            peer.close()
         assert len(_of(peer, P.Prewarm)) == 3
         assert _of(peer, P.Activate) == [] and _of(peer, P.Evict) == []
 
@@ -76,16 +61,13 @@ def test_a_cold_start_whose_load_is_refused_fails_with_no_evict_sent(model):
 def test_a_tensor_parallel_prewarm_is_reported_loaded_once_every_shard_is(model):
     """A tp = 2 prewarm applied on GPUs 0 and 1: each rank gets its shard's Prewarm, and once both answered the
     driver holds it at progress 1.0, so a start from it counts a prewarm hit, not a start from one still loading."""
-    tp_model = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name=model.name, tp=2))
+    tp_model = tp2(model)
 
     async def main():
         c = make_controller(tp_model)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
-        try:
+        async with admitted(c, "host-1-cpu0", "host-1-cpu1") as peers:
             assert await until(lambda: c.groups.groups and all(r.ready for r in c.groups.groups.values()), 5)
-            c.policy_running = False
-            await asyncio.sleep(0.1)
+            await stop_ticks(c)
             c.driver.apply(A.Prewarm("test/p2", tp_model.name, (0, 1), 1.0), c.now_s())
             assert await until(lambda: c.state.prewarms["test/p2"].progress == 1.0, 5), c.state.prewarms
             assert [(m.tp, m.rank) for p in peers for m in _of(p, P.Prewarm)] == [(2, 0), (2, 1)]
@@ -94,10 +76,6 @@ def test_a_tensor_parallel_prewarm_is_reported_loaded_once_every_shard_is(model)
             assert await collect(c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]
             assert c.metrics.prewarm_hits.get(model=tp_model.name) == 1
             assert c.metrics.prewarm_loading_starts.get(model=tp_model.name) == 0
-        finally:
-            await c.close(drain=False)
-            for p in peers:
-                p.close()
 
     run(main())
 
@@ -108,13 +86,9 @@ def test_a_prewarm_that_keeps_a_stopped_instances_weights_is_loaded_at_once(mode
     from it is a prewarm hit."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, peer_cls=TablePeer) as (peer,):
             assert await collect(c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]
-            c.policy_running = False
-            await asyncio.sleep(0.1)
+            await stop_ticks(c)
             (iid,) = c.state.instances
             loads = len(_of(peer, P.Prewarm))
             c.driver.apply(A.StopInstance(iid), c.now_s())
@@ -128,9 +102,6 @@ def test_a_prewarm_that_keeps_a_stopped_instances_weights_is_loaded_at_once(mode
             assert len(_of(peer, P.Prewarm)) == loads and _of(peer, P.Evict) == []
             assert c.metrics.prewarm_hits.get(model=MODEL) == 1
             assert c.metrics.prewarm_loading_starts.get(model=MODEL) == 0
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 
@@ -141,22 +112,15 @@ def test_cold_starts_into_a_remote_workers_running_process_are_logged_once_per_w
     said once."""
     async def main():
         c = make_controller(model, policy="autoscale")
-        ep = await c.start()
-        peer = TablePeer(ep)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, peer_cls=TablePeer) as (peer,):
             assert await collect(c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]
-            c.policy_running = False
-            await asyncio.sleep(0.1)
+            await stop_ticks(c)
             (iid,) = c.state.instances
             c.driver.apply(A.StopInstance(iid), c.now_s())
             c.policy_running = True
             assert await collect(c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]
             assert [type(m).__name__ for m in peer.got if isinstance(m, (P.Prewarm, P.Deactivate, P.Evict))] == [
                 "Prewarm", "Deactivate", "Evict", "Prewarm"]
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     with caplog.at_level(logging.INFO, logger="warmserve"):
         run(main())
@@ -183,10 +147,7 @@ def test_a_resumed_request_counts_its_prompt_and_its_tokens_as_prompt_tokens(mod
     output to resume after: the prompt-token counter counts 2 for its first send and 2 + 1 for the second."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = OneTokenThenHold(ep)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, peer_cls=OneTokenThenHold) as (peer,):
             req = c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))
             assert await until(lambda: req.generated == 1, 5)
             assert c.metrics.prompt_tokens.get(model=MODEL) == 2
@@ -195,9 +156,6 @@ def test_a_resumed_request_counts_its_prompt_and_its_tokens_as_prompt_tokens(mod
             gens = _of(peer, P.Generate)
             assert [g.output_ids for g in gens] == [[], [5]]
             assert c.metrics.prompt_tokens.get(model=MODEL) == 5
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 
@@ -264,12 +222,8 @@ def test_a_prewarms_progress_follows_the_bytes_reported_and_stays_below_one_unti
     once its Prewarm is answered)."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = ProgressPeer(ep, load_s=None)
-        try:
-            await c.wait_for_workers(1, 5)
-            c.policy_running = False
-            await asyncio.sleep(0.1)
+        async with admitted(c, peer_cls=ProgressPeer, load_s=None) as (peer,):
+            await stop_ticks(c)
             seen: list[float] = []
             peer.steps = ((1, 4),)
             c.driver.apply(A.Prewarm("test/p1", MODEL, (0,), 1.0), c.now_s())
@@ -282,9 +236,6 @@ def test_a_prewarms_progress_follows_the_bytes_reported_and_stays_below_one_unti
             assert await until(lambda: c.state.prewarms["test/p2"].progress > 0, 5)
             seen.append(c.state.prewarms["test/p2"].progress)
             assert seen == [0.25, 0.999] and not c.prewarms["test/p2"].loaded
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())
 
@@ -305,14 +256,12 @@ def test_a_tp_start_whose_rank_refuses_its_activate_is_deactivated_on_every_rank
     """Rank 1 refuses its Activate while rank 0 runs its own: the start fails, and every rank is sent the Deactivate
     of the model (a half-done activation) before its Evict, so no shard runs on and none stays loaded, start after
     start (3 attempts), until the request fails with the rank's error."""
-    tp_model = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name=model.name, tp=2))
+    tp_model = tp2(model)
 
     async def main():
         c = make_controller(tp_model)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1", peer_cls=RefusesActivate)
-        peers[1].refusing = True
-        try:
+        async with admitted(c, "host-1-cpu0", "host-1-cpu1", peer_cls=RefusesActivate) as peers:
+            peers[1].refusing = True
             req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=3))
             with pytest.raises(WarmServeError, match="cuda graph capture failed"):
                 await asyncio.wait_for(collect(req), 10)
@@ -321,9 +270,5 @@ def test_a_tp_start_whose_rank_refuses_its_activate_is_deactivated_on_every_rank
             sent = [type(m).__name__ for m in peers[0].got if isinstance(m, (P.Activate, P.Deactivate, P.Evict))]
             assert sent == ["Activate", "Deactivate", "Evict"] * 3
             assert peers[0].instances == {}
-        finally:
-            await c.close(drain=False)
-            for p in peers:
-                p.close()
 
     run(main())

@@ -5,30 +5,26 @@ GroupBuildError of a group that could not be built with every worker up, and ran
 on real ZeroMQ sockets speak for the workers of a real Controller."""
 
 import asyncio
-import dataclasses
 
 import pytest
 
 from warmserve import protocol as P
-from warmserve.config import ModelSpec
 from warmserve.controller.groups import GroupBuildError
 from warmserve.errors import WorkerLostError
 from warmserve.policy import actions as A
 from warmserve.protocol import SamplingParams
 
-from controller_harness import collect, make_controller, peers_in_order, run, until
+from controller_harness import admitted, collect, make_controller, run, stop_ticks, tp2, until
 
 
 def test_ensure_with_a_member_gone_raises_worker_lost_and_asks_no_store(model):
     """GPU 1's worker stops answering and is lost (its GPU leaves ``by_gpu``); ``ensure((0, 1))`` then raises
     WorkerLostError naming the gone worker, sends rank 0 no HostGroupStore, and leaves no group recorded."""
-    tp_model = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name=model.name, tp=2))
+    tp_model = tp2(model)
 
     async def main():
         c = make_controller(tp_model)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
-        try:
+        async with admitted(c, "host-1-cpu0", "host-1-cpu1") as peers:
             assert await until(lambda: c.groups.groups and all(r.ready for r in c.groups.groups.values()), 5)
             c.policy_running = False
             peers[1].silent = True
@@ -41,10 +37,6 @@ def test_ensure_with_a_member_gone_raises_worker_lost_and_asks_no_store(model):
             await asyncio.sleep(0.1)
             assert sum(isinstance(m, P.HostGroupStore) for m in peers[0].got) == stores
             assert (0, 1) not in c.groups.groups
-        finally:
-            await c.close(drain=False)
-            for p in peers:
-                p.close()
 
     run(main())
 
@@ -53,17 +45,14 @@ def test_a_lost_rank_drops_the_kept_weights_of_a_stopped_tp_instance_on_the_othe
     """A tp = 2 instance served and stopped (its Deactivates keep both shards resident, the driver's kept weights);
     GPU 1's worker is then lost: the kept weights leave the driver, and rank 0's worker gets the Evict of its shard,
     which would otherwise stay there unknown to the driver."""
-    tp_model = dataclasses.replace(model, spec=ModelSpec(path=model.spec.path, name=model.name, tp=2))
+    tp_model = tp2(model)
 
     async def main():
         c = make_controller(tp_model)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1")
-        try:
+        async with admitted(c, "host-1-cpu0", "host-1-cpu1") as peers:
             req = c.submit_nowait(tp_model.name, [1, 2], SamplingParams(max_tokens=3))
             assert await collect(req) == [5, 6, 7]
-            c.policy_running = False
-            await asyncio.sleep(0.1)
+            await stop_ticks(c)
             (iid,) = c.state.instances
             c.driver.apply(A.StopInstance(iid), c.now_s())
             assert [k.gpus for k in c.driver.kept.values()] == [(0, 1)]
@@ -72,9 +61,5 @@ def test_a_lost_rank_drops_the_kept_weights_of_a_stopped_tp_instance_on_the_othe
             assert await until(lambda: 1 not in c.by_gpu, 5)
             assert not c.driver.kept
             assert await until(lambda: [m.name for m in peers[0].got if isinstance(m, P.Evict)] == [tp_model.name], 5)
-        finally:
-            await c.close(drain=False)
-            for p in peers:
-                p.close()
 
     run(main())

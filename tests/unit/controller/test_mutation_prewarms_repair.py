@@ -3,26 +3,10 @@ this worker's GPU only. A stopped instance's weights kept on another GPU do not 
 the driver does not count still gets it evicted and the Prewarm sent again. Scripted peers on real ZeroMQ sockets
 speak for the workers of a real Controller whose policy ticks are stopped; the test applies the driver's actions."""
 
-import asyncio
-
 from warmserve import protocol as P
-from warmserve.errors import ModelStateError
 from warmserve.policy import actions as A
 
-from controller_harness import MODEL, TablePeer, make_controller, peers_in_order, run, until
-
-
-class NamingPeer(TablePeer):
-    """Refuses the Prewarm of a model it holds as a real worker does: naming the model and its state."""
-
-    async def handle(self, msg):
-        if isinstance(msg, P.Prewarm) and msg.name in self.models:
-            state = self.models[msg.name]
-            await self.send(P.Error.of(msg.id, ModelStateError(
-                f"model {msg.name!r} is already {state} on worker {self.wid}; evict it first", model=msg.name,
-                state=state)))
-            return
-        await super().handle(msg)
+from controller_harness import MODEL, HoldingPeer, admitted, make_controller, run, stop_ticks, until
 
 
 def test_kept_weights_of_the_model_on_another_gpu_do_not_stop_the_repair_of_an_untracked_copy(model):
@@ -30,11 +14,8 @@ def test_kept_weights_of_the_model_on_another_gpu_do_not_stop_the_repair_of_an_u
     of the model on GPU 0 is refused there, the copy evicted and the Prewarm sent again: the prewarm loads."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peers = await peers_in_order(c, ep, "host-1-cpu0", "host-1-cpu1", peer_cls=NamingPeer)
-        try:
-            c.policy_running = False
-            await asyncio.sleep(0.1)
+        async with admitted(c, "host-1-cpu0", "host-1-cpu1", peer_cls=HoldingPeer) as peers:
+            await stop_ticks(c)
             c.driver.apply(A.StartInstance("i-1", MODEL, (1,)), c.now_s())
             assert await until(lambda: "i-1" in c.state.instances and c.state.instances["i-1"].ready, 5)
             c.driver.apply(A.StopInstance("i-1"), c.now_s())
@@ -46,9 +27,5 @@ def test_kept_weights_of_the_model_on_another_gpu_do_not_stop_the_repair_of_an_u
             sent = [type(m).__name__ for m in peers[0].got if isinstance(m, (P.Prewarm, P.Evict))]
             assert sent == ["Prewarm", "Evict", "Prewarm"]
             assert c.prewarms["test/p0"].loaded and peers[0].models == {MODEL: "prewarmed"}
-        finally:
-            await c.close(drain=False)
-            for p in peers:
-                p.close()
 
     run(main())

@@ -6,7 +6,7 @@ import logging
 
 from warmserve.protocol import SamplingParams
 
-from controller_harness import MODEL, TablePeer, collect, make_controller, run
+from controller_harness import MODEL, TablePeer, admitted, collect, make_controller, run
 
 
 def test_a_cold_starts_ready_line_says_what_its_load_took(model, caplog):
@@ -14,14 +14,8 @@ def test_a_cold_starts_ready_line_says_what_its_load_took(model, caplog):
     miss: loaded 0.0 MiB in 0.25 s"."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep, load_s=0.25)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, peer_cls=TablePeer, load_s=0.25):
             assert await collect(c.submit_nowait(MODEL, [1, 2], SamplingParams(max_tokens=3))) == [5, 6, 7]
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     with caplog.at_level(logging.INFO, logger="warmserve"):
         run(main())

@@ -16,7 +16,7 @@ from warmserve.controller.requests import Req
 from warmserve.errors import InvalidArgumentError, ModelStateError
 from warmserve.protocol import SamplingParams
 
-from controller_harness import MODEL, TablePeer, make_controller, run, until
+from controller_harness import MODEL, TablePeer, admitted, make_controller, run, until
 
 BODY = {"model": MODEL, "prompt": "x", "max_tokens": 3}
 
@@ -54,11 +54,8 @@ async def _second_completion(model, refusals, error="not running", **cc):
     """(status, body, peer, controller) of a completion sent after a first one was served, the peer answering
     ``refusals`` Generates from then on with ``error``; checks that nothing stays in flight afterwards."""
     c = make_controller(model, **cc)
-    ep = await c.start()
     RefusingPeer.refusals, RefusingPeer.error = 0, error
-    peer = RefusingPeer(ep)
-    try:
-        await c.wait_for_workers(1, 5)
+    async with admitted(c, peer_cls=RefusingPeer) as (peer,):
         async with TestClient(TestServer(Api(c).app())) as http:
             assert (await http.post("/v1/completions", json=BODY)).status == 200  # the instance is up
             peer.refusals = refusals
@@ -67,9 +64,6 @@ async def _second_completion(model, refusals, error="not running", **cc):
         assert await until(lambda: not any(w.gens or w.seqs for w in c.gpu_workers), 5)
         assert not c.state.queues[MODEL] and c._open_requests() == 0
         return out
-    finally:
-        await c.close(drain=False)
-        peer.close()
 
 
 def test_a_generate_error_other_than_not_running_reaches_the_client_and_starts_nothing_over(model):
@@ -121,10 +115,7 @@ def test_a_refusal_of_an_instance_the_controller_no_longer_runs_fails_the_reques
     with InstanceGoneError saying so, off its worker's table. Another error is not handled here."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, peer_cls=TablePeer):
             w = c.gpu_workers[0]
             req = Req(1, MODEL, [1], SamplingParams(), timeout_s=60.0)
             req.instance_id, w.gens[7] = "llama-20m/i-gone", req
@@ -137,8 +128,5 @@ def test_a_refusal_of_an_instance_the_controller_no_longer_runs_fails_the_reques
             assert ("the controller runs no instance llama-20m/i-gone there any more: retry it" in str(e)
                     and "started over" not in str(e)), e
             assert (e.refusals, e.limit) == (1, c.cc.max_worker_losses_per_request)
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())

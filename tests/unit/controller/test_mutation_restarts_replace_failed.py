@@ -21,8 +21,7 @@ from warmserve.controller import views
 from warmserve.controller.restarts import reap
 from warmserve.errors import WorkerLostError
 
-from controller_harness import (MODEL, Peer, WorkerProc, add_local_worker, make_controller, run, scripted_local_worker,
-                                sleeper, stop, until)
+from controller_harness import MODEL, WorkerProc, make_controller, run, scripted_local_worker, sleeper, stop, until
 
 WID = "host-1-cpu0"
 
@@ -35,18 +34,12 @@ def test_a_replacement_whose_process_exits_unadmitted_takes_the_old_record_out(m
         # A long back-off: the restart waits through the test, and the close ends it.
         c = make_controller(model, restart_backoff_s=30.0, restart_backoff_cap_s=30.0)
         ep = await c.start()
-        procs: list[WorkerProc] = []
 
-        def spawn():
-            if procs:  # the fresh one: exits before it says anything
-                p = WorkerProc([sys.executable, "-c", "raise SystemExit(3)"], stdin=subprocess.DEVNULL)
-            else:
-                p = sleeper()
-                p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
+        def instead(n):  # the fresh one exits before it says anything
+            if n > 1:
+                return WorkerProc([sys.executable, "-c", "raise SystemExit(3)"], stdin=subprocess.DEVNULL)
 
-        add_local_worker(c, WID, spawn)
+        procs = scripted_local_worker(c, ep, WID, instead=instead)
         try:
             await c.wait_for_workers(1, 5)
             c.policy_running = False  # nothing but this test's replacement touches the worker
@@ -102,27 +95,21 @@ def test_each_failed_restart_try_is_logged_with_its_number_in_a_row(model, caplo
     async def main():
         c = make_controller(model, restart_backoff_s=0.02)
         ep = await c.start()
-        procs, calls = [], []
 
-        def spawn():
-            calls.append(1)
-            if len(calls) == 2:
+        def instead(n):
+            if n == 2:
                 raise WorkerLostError("test: no room for it yet")
-            if len(calls) == 3:
+            if n == 3:
                 raise RuntimeError("test: the launcher broke")
-            p = sleeper()
-            p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
 
-        add_local_worker(c, WID, spawn)
+        procs = scripted_local_worker(c, ep, WID, instead=instead)
         ident = WID.encode()
         try:
             await c.wait_for_workers(1, 5)
             first = c.hub.workers[ident]
             procs[0].kill()
             assert await until(lambda: (w := c.hub.workers.get(ident)) is not None and w is not first and w.ready, 8)
-            assert len(calls) == 4
+            assert len(procs) == 2  # four starts: the first, two that raised, the one that came back
         finally:
             stop(procs)
             await c.close(drain=False)
@@ -147,19 +134,12 @@ def test_a_replacement_whose_starter_raises_fails_with_that_error_and_restarts_t
     async def main():
         c = make_controller(model, restart_backoff_s=30.0, restart_backoff_cap_s=30.0)
         ep = await c.start()
-        procs: list[WorkerProc] = []
-        calls = []
 
-        def spawn():
-            calls.append(1)
-            if len(calls) == 2:
+        def instead(n):
+            if n == 2:
                 raise RuntimeError("test: the launcher broke")
-            p = sleeper()
-            p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
 
-        add_local_worker(c, WID, spawn)
+        procs = scripted_local_worker(c, ep, WID, instead=instead)
         try:
             await c.wait_for_workers(1, 5)
             c.policy_running = False
@@ -201,16 +181,8 @@ def test_a_fresh_process_not_admitted_in_time_is_killed_by_the_failed_replacemen
         c = make_controller(model, restart_backoff_s=30.0, restart_backoff_cap_s=30.0)
         c.config = dataclasses.replace(c.config, worker_start_timeout_s=0.5)
         ep = await c.start()
-        procs: list[WorkerProc] = []
-
-        def spawn():
-            p = sleeper()
-            if not procs:  # the fresh one (and any later) never speaks
-                p.peer = Peer(ep, WID, pid=p.pid)
-            procs.append(p)
-            return p
-
-        add_local_worker(c, WID, spawn)
+        # the fresh one (and any later) never speaks
+        procs = scripted_local_worker(c, ep, WID, instead=lambda n: sleeper() if n > 1 else None)
         try:
             await c.wait_for_workers(1, 5)
             c.policy_running = False

@@ -12,7 +12,7 @@ from warmserve.controller.api import Api
 from warmserve.controller.requests import Req
 from warmserve.controller.workers import WorkerRecord
 
-from controller_harness import MODEL, TablePeer, make_controller, run
+from controller_harness import MODEL, TablePeer, admitted, make_controller, run
 
 
 def _stats(instances=(), models=(), total_pages=0, free_pages=0) -> P.Stats:
@@ -64,10 +64,7 @@ def test_collect_and_stats_read_the_workers_latest_stats(model):
     figures while its worker reports no entry of it, and the figures it reports once it does."""
     async def main():
         c = make_controller(model)
-        ep = await c.start()
-        peer = TablePeer(ep)
-        try:
-            await c.wait_for_workers(1, 5)
+        async with admitted(c, peer_cls=TablePeer):
             async with TestClient(TestServer(Api(c).app())) as http:
                 body = {"model": MODEL, "prompt": "x", "max_tokens": 3}
                 assert (await http.post("/v1/completions", json=body)).status == 200
@@ -88,8 +85,5 @@ def test_collect_and_stats_read_the_workers_latest_stats(model):
                                                decode_steps=7)])
             got = c.stats()["instances"][0]
             assert (got["decode_step_s"], got["decode_batch"], got["decode_steps"]) == (0.05, 2.0, 7)
-        finally:
-            await c.close(drain=False)
-            peer.close()
 
     run(main())

@@ -5,57 +5,19 @@ raises the KV cap of a shared instance whose share passes what the pool holds (i
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 import torch
 
 from warmserve import protocol as P
 from warmserve.engine.engine import Engine
-from warmserve.memory import PagePool
-from warmserve.worker.core import WorkerCore
 
-
-class Core:
-    """A WorkerCore driven on the test's thread, its replies collected."""
-
-    def __init__(self, pool_mib: int):
-        self.pool = PagePool(pool_mib << 20, prefault=False)
-        self.replies = []
-        self.core = WorkerCore(self.pool, device="cpu", worker_id="w", emit=lambda peer, m: self.replies.append(m))
-        self._id = 0
-
-    def send(self, msg):
-        self.core.handle("client", msg)
-        return msg.id
-
-    def nid(self) -> int:
-        self._id += 1
-        return self._id
-
-    def reply(self, rid: int, timeout_s: float = 30.0):
-        """The final reply to request `rid` (progress events skipped)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = [m for m in self.replies if getattr(m, "id", None) == rid and not isinstance(m, P.PrewarmProgress)]
-            if got:
-                assert not isinstance(got[-1], P.Error), got[-1]
-                return got[-1]
-            if not self.core.tick():
-                time.sleep(0.001)
-        raise AssertionError(f"no reply to request {rid}")
-
-    def prewarm(self, path: str, name: str) -> None:
-        self.reply(self.send(P.Prewarm(id=self.nid(), path=path, name=name)))
-
-    def close(self) -> None:
-        self.core.close()
-        self.pool.close()
+from driven_core import DrivenCore
 
 
 @pytest.fixture
 def core():
-    c = Core(64)
+    c = DrivenCore(64)
     yield c
     c.close()
 
@@ -90,7 +52,7 @@ def test_a_load_of_another_model_finishing_during_an_activation_is_not_its_copy(
     loaded = core.pool.stats()["bytes_loaded"]
     errors = _during_engine_init(other_load)
     try:
-        act = core.reply(core.send(P.Activate(id=core.nid(), name="a")))
+        act = core.reply(core.send(P.Activate, name="a"))
     finally:
         sys.setprofile(None)
     assert not errors, errors
@@ -108,7 +70,7 @@ def test_a_load_into_the_activated_models_own_slot_is_counted(core, tiny_models)
 
     errors = _during_engine_init(own_load)
     try:
-        act = core.reply(core.send(P.Activate(id=core.nid(), name="a")))
+        act = core.reply(core.send(P.Activate, name="a"))
     finally:
         sys.setprofile(None)
     assert not errors, errors
@@ -116,14 +78,14 @@ def test_a_load_into_the_activated_models_own_slot_is_counted(core, tiny_models)
 
 
 def test_a_shared_instance_whose_share_passes_the_pool_becomes_dedicated(tiny_models):
-    c = Core(32)
+    c = DrivenCore(32)
     try:
         c.prewarm(tiny_models["tiny-llama"], "a")
         lm = c.core.models["a"].lm
         share = lm.kv_pool_blocks + 1  # allowed by Activate: the slot's range has room for it
-        act = c.reply(c.send(P.Activate(id=c.nid(), name="a", shared=True, kv_blocks=share, kv_target_free_blocks=0)))
+        act = c.reply(c.send(P.Activate, name="a", shared=True, kv_blocks=share, kv_target_free_blocks=0))
         assert act.kv_blocks == share
-        got = c.reply(c.send(P.Dedicate(id=c.nid(), model="a")))
+        got = c.reply(c.send(P.Dedicate, model="a"))
         assert isinstance(got, P.KvTargetSet) and got.kv.kv_blocks_total == share
         assert not c.core.instances["a"].shared
     finally:
@@ -131,12 +93,12 @@ def test_a_shared_instance_whose_share_passes_the_pool_becomes_dedicated(tiny_mo
 
 
 def test_dedicating_a_small_share_still_raises_it_to_the_pool(tiny_models):
-    c = Core(32)
+    c = DrivenCore(32)
     try:
         c.prewarm(tiny_models["tiny-llama"], "a")
         lm = c.core.models["a"].lm
-        c.reply(c.send(P.Activate(id=c.nid(), name="a", shared=True, kv_blocks=1, kv_target_free_blocks=0)))
-        got = c.reply(c.send(P.Dedicate(id=c.nid(), model="a")))
+        c.reply(c.send(P.Activate, name="a", shared=True, kv_blocks=1, kv_target_free_blocks=0))
+        got = c.reply(c.send(P.Dedicate, model="a"))
         assert got.kv.kv_blocks_total == lm.kv_capacity_blocks > 1
     finally:
         c.close()

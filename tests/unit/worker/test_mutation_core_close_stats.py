@@ -5,54 +5,20 @@ close() or an Evict cancels is answered to the peer that sent it."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from warmserve import protocol as P
 from warmserve.engine.loader import ModelLoad
 from warmserve.errors import CancelledError
-from warmserve.memory import PagePool
-from warmserve.worker.core import WorkerCore
 
-C = "client"
-
-
-class Core:
-    """A WorkerCore driven on the test's thread, its replies collected."""
-
-    def __init__(self, pool_mib: int):
-        self.pool = PagePool(pool_mib << 20, prefault=False)
-        self.replies: list = []
-        self.core = WorkerCore(self.pool, device="cpu", worker_id="w-mut",
-                               emit=lambda peer, m: self.replies.append((peer, m)))
-        self._id = 0
-
-    def send(self, cls, **fields) -> int:
-        self._id += 1
-        self.core.handle(C, cls(id=self._id, **fields))
-        return self._id
-
-    def reply(self, rid: int, timeout_s: float = 60.0):
-        """The final reply to request ``rid`` (progress events skipped); an Error fails the test."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = [m for _, m in self.replies if getattr(m, "id", None) == rid
-                   and not isinstance(m, P.PrewarmProgress)]
-            if got:
-                assert not isinstance(got[-1], P.Error), got[-1]
-                return got[-1]
-            if not self.core.tick():
-                time.sleep(0.001)
-        raise AssertionError(f"no reply to request {rid}")
+from driven_core import PEER, DrivenCore
 
 
 @pytest.fixture
 def core():
-    c = Core(96)
+    c = DrivenCore(96, worker_id="w-mut")
     yield c
-    c.core.close()
-    c.pool.close()
+    c.close()
 
 
 def test_a_fresh_worker_says_it_is_neither_stopping_nor_draining(core):
@@ -98,7 +64,7 @@ def held_load(monkeypatch):
     monkeypatch.setattr(ModelLoad, "_check_stop", held)
 
 
-def _prewarm_error(core: Core, pid: int) -> list:
+def _prewarm_error(core: DrivenCore, pid: int) -> list:
     """(peer, exception) of each Error answering Prewarm ``pid``."""
     return [(peer, m.exception()) for peer, m in core.replies if isinstance(m, P.Error) and m.id == pid]
 
@@ -110,7 +76,7 @@ def test_close_during_a_prewarm_answers_its_sender_with_cancelled(core, tiny_mod
     assert core.core.models["m"].state == "loading"
     core.core.close()
     errs = _prewarm_error(core, pid)
-    assert [peer for peer, _ in errs] == [C]
+    assert [peer for peer, _ in errs] == [PEER]
     assert isinstance(errs[0][1], CancelledError) and "the worker closed" in str(errs[0][1])
     assert core.pool.free_bytes == core.pool.total_bytes
 
@@ -121,6 +87,6 @@ def test_an_evict_during_a_prewarm_answers_the_prewarm_to_its_sender(core, tiny_
     pid = core.send(P.Prewarm, path=tiny_models["tiny-llama"], name="m", dtype="bfloat16")
     eid = core.send(P.Evict, name="m")
     errs = _prewarm_error(core, pid)
-    assert [peer for peer, _ in errs] == [C] and isinstance(errs[0][1], CancelledError)
-    assert [(peer, m.name) for peer, m in core.replies if isinstance(m, P.Evicted) and m.id == eid] == [(C, "m")]
+    assert [peer for peer, _ in errs] == [PEER] and isinstance(errs[0][1], CancelledError)
+    assert [(peer, m.name) for peer, m in core.replies if isinstance(m, P.Evicted) and m.id == eid] == [(PEER, "m")]
     assert "m" not in core.core.models and core.pool.free_bytes == core.pool.total_bytes
