@@ -14,7 +14,7 @@ import zmq.asyncio
 from .. import errors
 from .. import protocol as P
 from ..endpoints import check_endpoint
-from .client import (_close_zmq, _dealer, _raise_if_error, stream_gap_error,
+from .client import (_close_zmq, _dealer, _raise_if_error, ended_stream_words, stream_gap_error,
                      worker_restarted)
 
 
@@ -82,6 +82,9 @@ class AsyncTokenStream:
         await self.close()
 
     async def collect(self) -> tuple[list[int], P.Tokens]:
+        """The token ids not read yet, and the final event; ClosedError if the stream has ended already."""
+        if self.done:
+            raise errors.ClosedError(ended_stream_words(self.id))
         ids: list[int] = []
         last = None
         async for ev in self:

@@ -30,6 +30,12 @@ def _raise_if_error(msg):
     return msg
 
 
+def ended_stream_words(rid: int) -> str:
+    """Why ``collect()`` of a stream that has ended gives nothing (its final event went to whoever read it)."""
+    return (f"generation {rid}'s stream has ended already (read to its end, or closed): collect() reads a stream "
+            "that still runs; keep what the first read returned")
+
+
 def stream_gap_error(where: str, id: int, expected_seq: int, got_seq: int) -> errors.WorkerLostError:
     """The error of a generation whose stream skipped ``Tokens`` (``Tokens.seq`` is not the next one): its
     connection broke and was re-made, and what it carried was lost (worker/server.py)."""
@@ -125,7 +131,9 @@ class TokenStream:
         self.close()
 
     def collect(self) -> tuple[list[int], P.Tokens]:
-        """All generated token ids and the final event."""
+        """The token ids not read yet, and the final event; ClosedError if the stream has ended already."""
+        if self.done:
+            raise errors.ClosedError(ended_stream_words(self.id))
         ids: list[int] = []
         last = None
         for ev in self:
