@@ -1,4 +1,4 @@
-"""The suite runs on pytest-xdist workers (README's test command: ``-n 2``); a test marked ``exclusive`` runs with
+"""The suite runs on pytest-xdist workers (README's test command: ``-n 3``); a test marked ``exclusive`` runs with
 no other test beside it.
 
 Why: the Ray tests start a two-node Ray cluster whose raylets must register within the test's budget, and on a
