@@ -13,7 +13,7 @@ PEER = "client"
 
 
 class DrivenCore:
-    """Messages go in through ``handle`` as from peer ``PEER``; ``replies`` collects (peer, message) as emitted."""
+    """Messages go in through ``send``, as from peer ``PEER``; ``replies`` collects (peer, message) as emitted."""
 
     def __init__(self, pool_mib: int, worker_id: str = "w"):
         self.pool = PagePool(pool_mib << 20, prefault=False)
