@@ -13,10 +13,12 @@ from warmserve.sim.costmodel import CostModel, GpuType
 from warmserve.sim.simulator import Simulator
 from warmserve.workload.request import Trace, Workload
 
+from scripted_policy import ScriptedPolicy
+
 ARRIVAL_S, PROMPT, OUTPUT = 0.05, 100, 10
 
 
-class _FromLoadingPrewarm:
+class _FromLoadingPrewarm(ScriptedPolicy):
     def __init__(self):
         self.ticks = 0
 
@@ -31,12 +33,6 @@ class _FromLoadingPrewarm:
     def route(self, state, model, now_s):
         inst = state.instances.get("i-1")
         return A.Route(model, "i-1") if inst is not None and inst.ready else None
-
-    def on_request_start(self, model, now_s):
-        pass
-
-    def on_request_done(self, model, now_s):
-        pass
 
 
 def _run():
@@ -78,7 +74,7 @@ def test_a_gpu_still_held_at_the_end_counts_only_the_time_it_was_held():
     assert s["gpu_utilization"] == pytest.approx(1.0)
 
 
-class _PrewarmAndWatch:
+class _PrewarmAndWatch(ScriptedPolicy):
     def __init__(self):
         self.seen = []
         self.routed = []
@@ -92,12 +88,6 @@ class _PrewarmAndWatch:
     def route(self, state, model, now_s):
         self.routed.append((now_s, state.prewarms["p-1"].progress))
         return None
-
-    def on_request_start(self, model, now_s):
-        pass
-
-    def on_request_done(self, model, now_s):
-        pass
 
 
 def test_a_loading_prewarm_reports_the_fraction_of_its_copy_done():
@@ -123,7 +113,7 @@ def test_a_loading_prewarm_reports_the_fraction_of_its_copy_done():
     assert watch.routed[0] == (arrival, 1.0)
 
 
-class _DropBehindAColdLoad:
+class _DropBehindAColdLoad(ScriptedPolicy):
     def __init__(self):
         self.ticks = 0
         self.seen = []
@@ -139,15 +129,6 @@ class _DropBehindAColdLoad:
         if self.ticks == 3:
             return [A.Prewarm("p-2", "b", (0,), 1.0)]
         return []
-
-    def route(self, state, model, now_s):
-        return None
-
-    def on_request_start(self, model, now_s):
-        pass
-
-    def on_request_done(self, model, now_s):
-        pass
 
 
 def test_dropping_a_queued_prewarm_leaves_the_link_to_a_cold_load_still_copying():

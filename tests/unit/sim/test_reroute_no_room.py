@@ -14,12 +14,14 @@ from warmserve.sim.costmodel import CostModel, GpuType
 from warmserve.sim.simulator import Simulator
 from warmserve.workload.request import Trace, Workload
 
+from scripted_policy import ScriptedPolicy
+
 #: a 40 GB GPU: its pool (36 GB) holds a 7B's 13.5 GB shard and 167 KV blocks of 128 MiB; beside two shards at
 #: most 67 are ever free
 GPU = GpuType(memory_bytes=40e9)
 
 
-class _Scripted:
+class _Scripted(ScriptedPolicy):
     """The layout above at the first tick, then nothing; routes to the co-served instance of a while it is ready."""
 
     def __init__(self):
@@ -39,12 +41,6 @@ class _Scripted:
             if inst is not None and inst.ready and not inst.draining:
                 return A.Route(model, iid)
         return None
-
-    def on_request_start(self, model, now_s):
-        pass
-
-    def on_request_done(self, model, now_s):
-        pass
 
 
 def _run(prompts, outputs, which, arrivals):

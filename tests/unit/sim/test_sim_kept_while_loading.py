@@ -14,8 +14,10 @@ from warmserve.sim.costmodel import CostModel, GpuType
 from warmserve.sim.simulator import Simulator
 from warmserve.workload.request import Trace, Workload
 
+from scripted_policy import ScriptedPolicy
 
-class _Scripted:
+
+class _Scripted(ScriptedPolicy):
     def __init__(self, kept_start: bool):
         self.ticks = 0
         self.kept_start = kept_start
@@ -36,12 +38,6 @@ class _Scripted:
     def route(self, state, model, now_s):
         inst = state.instances.get("i-2")
         return A.Route(model, "i-2") if inst is not None and inst.ready else None
-
-    def on_request_start(self, model, now_s):
-        pass
-
-    def on_request_done(self, model, now_s):
-        pass
 
 
 def _run(kept_start: bool):

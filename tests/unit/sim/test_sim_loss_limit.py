@@ -14,8 +14,10 @@ from warmserve.sim.config import ServedModel, SimConfig
 from warmserve.sim.simulator import Simulator
 from warmserve.workload.request import Trace, Workload
 
+from scripted_policy import ScriptedPolicy
 
-class _OneInstance:
+
+class _OneInstance(ScriptedPolicy):
     def __init__(self):
         self.n = 0
 
@@ -33,12 +35,6 @@ class _OneInstance:
     def route(self, state, model, now_s):
         ready = [i for i in state.instances.values() if i.ready]
         return A.Route(model, ready[0].instance_id) if ready else self._start(state)
-
-    def on_request_start(self, model, now_s):
-        pass
-
-    def on_request_done(self, model, now_s):
-        pass
 
 
 def _run(losses):
