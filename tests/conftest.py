@@ -7,7 +7,11 @@ any module fixture it starts, call and teardown) holds a shared flock on one fil
 tests (whose fixtures live that long); an exclusive test holds it exclusively. A turnstile lock, taken before that
 one and held by an exclusive test while it waits, keeps a stream of tests on the other workers from starving it
 (writer preference). The main process makes the folder of the two lock files before it starts the workers (they
-inherit its environment) and removes it at the end. Without xdist nothing is locked."""
+inherit its environment) and removes it at the end. Without xdist nothing is locked.
+
+The exclusive tests are collected first, and an exclusive lock is kept from one exclusive module to the next: xdist's
+worksteal scheduler hands each worker a contiguous share of the collection, so they all fall to one worker at the
+start, and the others' running modules are drained once for all of them instead of once for each module."""
 
 import fcntl
 import os
@@ -39,6 +43,12 @@ _held: tuple | None = None
 
 def _exclusive(item) -> bool:
     return item.get_closest_marker("exclusive") is not None
+
+
+def pytest_collection_modifyitems(items):
+    # Every worker collects and must order alike (xdist aborts a run whose workers' collections differ): a stable
+    # sort on the marker keeps each module's tests together and in their order.
+    items.sort(key=lambda item: not _exclusive(item))
 
 
 def _take(locks: str, exclusive: bool):
@@ -79,9 +89,10 @@ def pytest_runtest_protocol(item, nextitem):
     try:
         yield
     finally:
-        # the module's fixtures are torn down within its last test's run (teardown knows nextitem): held till then
-        if (nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None)
-                or _exclusive(nextitem) != exclusive):
+        # the module's fixtures are torn down within its last test's run (teardown knows nextitem): held till then;
+        # an exclusive lock is kept into the next exclusive module, since nothing can run beside either
+        if (nextitem is None or _exclusive(nextitem) != exclusive
+                or (not exclusive and getattr(nextitem, "module", None) is not getattr(item, "module", None))):
             _release()
 
 
