@@ -49,4 +49,15 @@ std::string fmt_bytes(uint64_t n);
 // errno as a DriverError ("mmap failed: ENOMEM (Cannot allocate memory)").
 Error errno_error(const std::string& what, int err);
 
+// The soft value of a process limit (ulimit: RLIMIT_AS, ...); 0 where unlimited.
+uint64_t soft_limit(int resource);
+// The process's virtual size (VmSize, what RLIMIT_AS bounds); 0 where unreadable.
+uint64_t vm_size_bytes();
+// A thread that could not be started (`err`: the errno of std::system_error, 0 for another failure, told by `why`),
+// as a DriverError "<what>: <errno>[: the limit]; <done>. Fix: <the fix><more_fix>" whose fix names the limit in
+// the way: glibc reports a stack that the address-space limit leaves no room for as EAGAIN, the errno of a pids or
+// process limit too (found in review: under `ulimit -v` a load was told to raise `ulimit -u`).
+Error thread_start_error(const std::string& what, int err, const std::string& why, const std::string& done,
+                         const std::string& more_fix);
+
 }  // namespace ws

@@ -81,20 +81,6 @@ int64_t max_mappings() {
   return v;
 }
 
-// The soft value of a process limit (ulimit); 0 where unlimited.
-uint64_t soft_limit(int resource) {
-  rlimit r{};
-  return getrlimit(resource, &r) == 0 && r.rlim_cur != RLIM_INFINITY ? uint64_t(r.rlim_cur) : 0;
-}
-
-// The process's virtual size (VmSize, what RLIMIT_AS bounds); 0 where unreadable.
-uint64_t vm_size_bytes() {
-  std::ifstream f("/proc/self/status");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("VmSize:", 0) == 0) return std::strtoull(line.c_str() + 7, nullptr, 10) * 1024;
-  return 0;
-}
-
 // A process limit that refused the call: its name and value go with the error, the message ends with the fix.
 Error limit_error(Error e, const char* limit, uint64_t value, const std::string& why, const char* ulimit,
                   const std::string& less) {

@@ -217,12 +217,8 @@ LoadJob::LoadJob(std::shared_ptr<Slot> slot, std::vector<Source> sources, int th
   }
   // Typed, as the copier threads' failure (found in review: std::system_error reached Python as a bare
   // RuntimeError); the descriptors opened so far close with owned_fds_.
-  const std::string what = "load into slot '" + tag_ + "' could not start its thread";
-  Error e = err ? errno_error(what, err) : Error(ErrorKind::Driver, what + " (" + why + ")");
-  Error with(ErrorKind::Driver, std::string(e.what()) + "; nothing was loaded. Fix: raise the process's thread "
-                                "limit (ulimit -u, the container's pids limit) or end idle threads, then load again");
-  with.code = e.code, with.name = e.name;
-  throw with;
+  throw thread_start_error("load into slot '" + tag_ + "' could not start its thread", err, why,
+                           "nothing was loaded", ", then load again");
 }
 
 LoadJob::~LoadJob() {
@@ -376,11 +372,12 @@ void LoadJob::run() {
     const size_t n_copiers = std::min<size_t>(size_t(threads_), pieces_.size());
     for (size_t t = 0; t < n_copiers; ++t) copiers.emplace_back([this] { copier_loop(); });
   } catch (const std::exception& e) {
-    // No thread to be had (EAGAIN under a pids or process limit, ENOMEM for a stack): the load fails with the
-    // reason, and the copiers already started stop at the cancel (found in review: std::system_error escaped
-    // this thread's function, and std::terminate ended the worker).
-    fail(Error(ErrorKind::Driver, std::string("the load could not start its copier threads (") + e.what() +
-                                      "): lower threads or raise the process's thread limit"));
+    // No thread to be had (EAGAIN under a pids or process limit, or for a stack past the address-space limit): the
+    // load fails with the reason, and the copiers already started stop at the cancel (found in review:
+    // std::system_error escaped this thread's function, and std::terminate ended the worker).
+    auto sys = dynamic_cast<const std::system_error*>(&e);
+    fail(thread_start_error("the load into slot '" + tag_ + "' could not start its copier threads", sys ?
+                            sys->code().value() : 0, e.what(), "the load failed", ", or load with fewer threads"));
   }
   if (!cancel_) mapper();
   for (auto& t : copiers) t.join();

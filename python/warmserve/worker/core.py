@@ -204,9 +204,27 @@ class WorkerCore(BackgroundWork, ShardRoles):
                    tp=msg.tp, rank=msg.rank, max_num_seqs=msg.max_num_seqs)
         # Raises OutOfMemoryError at once, with the numbers, when the weights cannot fit the free pages, and
         # TensorParallelError when the model does not split tp ways.
-        m.job = load_model(path, self.pool, dtype=msg.dtype, name=name, tp=msg.tp, rank=msg.rank,
-                           host_cache=self.host_cache)
+        try:
+            m.job = load_model(path, self.pool, dtype=msg.dtype, name=name, tp=msg.tp, rank=msg.rank,
+                               host_cache=self.host_cache)
+        except errors.OutOfMemoryError as e:
+            if e.fields.get("limit") != "RLIMIT_AS":
+                raise
+            raise self._address_space_error(name, e) from e
         self.models[name] = m
+
+    def _address_space_error(self, name: str, e: errors.OutOfMemoryError) -> errors.OutOfMemoryError:
+        """The slot of a host pool's model could not be reserved under `ulimit -v`: the memory core's fix ("reserve
+        less (reserve_bytes ...)") names an argument no server or worker user has (found in review)."""
+        f, fmt = e.fields, errors.fmt_bytes
+        return errors.OutOfMemoryError(
+            f"model {name!r} could not reserve {fmt(f['asked_bytes'])} of address space on worker {self.worker_id}: "
+            f"the process's address-space limit RLIMIT_AS is {fmt(f['limit_value'])}, {fmt(f['free_bytes'])} of it "
+            f"left. A model's slot reserves its weights and, for a KV cache that may grow to the page pool's size "
+            f"({fmt(self.pool.total_bytes)}), that much more, mapped only as used. Fix: raise the limit "
+            "(`ulimit -v unlimited` in the shell that starts the server or worker), or give the worker a smaller pool "
+            "(`cpu_worker_memory_bytes` in serve's config, `warmserve worker --memory-gib`)",
+            **{**f, "model": name, "worker": self.worker_id})
 
     def _evict(self, peer, msg: P.Evict) -> None:
         m = self._model(msg.name)
