@@ -1,6 +1,8 @@
-"""A load whose threads cannot start for want of address space (`ulimit -v`) names that limit and its fix. Found in
-review (`warmserve serve` under `ulimit -v 3000000`): glibc reports a thread stack past RLIMIT_AS as EAGAIN, the
-errno of a pids limit, and the load told the user to raise the thread limit (`ulimit -u`), which does nothing here.
+"""A load whose threads cannot start for want of address space (`ulimit -v`) fails, names that limit and its fix,
+and the process lives on. Found in review (`warmserve serve` under `ulimit -v 3000000`): glibc reports a thread stack
+past RLIMIT_AS as EAGAIN, the errno of a pids limit, and the load told the user to raise the thread limit (`ulimit
+-u`), which does nothing here. Before that (an earlier review) a copier thread that could not be created threw
+std::system_error out of the load's own thread, and std::terminate ended the whole worker.
 
 RLIMIT_AS is process-wide: each case runs in a child interpreter."""
 
