@@ -33,6 +33,11 @@ E2E_OUTCOMES = ("stop", "length")
 #: error, timeout or worker_lost: found in review, the requests that failed were observed too, so the TPOT that a
 #: vLLM dashboard reads as that of the requests served took in those a lost worker or a deadline cut short.
 TPOT_OUTCOMES = ("stop", "length", "abort")
+#: Every ``why`` of warmserve_resumed_requests_total (the executor's migrations, losses.py, the co-served refusal):
+#: each exported at 0 per model, as the outcomes are.
+RESUME_REASONS = ("migrated", "worker_lost", "worker_drained", "rank_lost", "not_running", "no_room")
+#: Every ``path`` of warmserve_tp_groups_built_total (controller/groups.py), exported at 0 from the start.
+TP_GROUP_PATHS = ("prewarmed", "on_demand")
 #: The exposition's Content-Type: the latest text format prometheus_client writes (0.0.4; 1.0.0 in newer releases).
 CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 
@@ -199,6 +204,8 @@ class ControllerMetrics:
         self.tp_groups_built = Counter(r, "warmserve_tp_groups_built", "Process groups of tensor-parallel "
                                        "instances built, ahead of use (prewarmed) or on a start's path (on_demand).",
                                        ("path",))
+        for path in TP_GROUP_PATHS:  # at 0 before the first build, so that increase() sees it
+            self.tp_groups_built.child({"path": path})
         self.engine_start = Histogram(r, "warmserve_engine_start_seconds", "A fresh local worker process started "
                                       "for a cold start without a warm engine (autoscale), from its spawn until "
                                       "it is admitted and can load weights.")
@@ -249,6 +256,8 @@ class ControllerMetrics:
             self.requests.child({"model": model, "outcome": outcome})
         for outcome in E2E_OUTCOMES:
             self.e2e.child({"model": model, "outcome": outcome})
+        for why in RESUME_REASONS:
+            self.resumed.child({"model": model, "why": why})
 
     def tokens_pushed(self, req, generated_before: int, first_token_before_s: float | None) -> None:
         """Tokens of a request reached the controller (``Req.push``; its counts before are given). Counted now, as
