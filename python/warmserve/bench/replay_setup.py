@@ -471,15 +471,23 @@ async def replay_marked(cfg, requests: list, mark_s: float, on_mark, progress=No
 
 # --------------------------------------------------------------------------------------------------- server counters
 
+def _open_direct(url: str, timeout_s: float, headers: dict | None = None):
+    """urlopen with no proxy from the environment, as the replay's client (aiohttp, trust_env off). Found in review:
+    with $http_proxy set, /metrics and /stats went to the proxy, and a replay lost its prewarm hits and starts."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return opener.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s)
+
+
 def fetch_prewarm_metrics(url: str) -> dict | None:
     """Prewarm hits and misses (summed over models) from a warmserve server's /metrics; None from a server
     that has no such metrics (another OpenAI-compatible server), or whose exposition does not parse (the counts
     unknown rather than short)."""
     import urllib.error
-    import urllib.request
 
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=30) as r:
+        with _open_direct(url.rstrip("/") + "/metrics", 30) as r:
             text = r.read().decode()
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -495,10 +503,9 @@ def fetch_engine_starts(url: str) -> list | None:
     """The fresh engine processes a warmserve server started for cold starts without a warm engine (`autoscale`),
     from its /stats (``engine_starts``: stop_s, start_s per start); None from a server without them."""
     import urllib.error
-    import urllib.request
 
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=30) as r:
+        with _open_direct(url.rstrip("/") + "/stats", 30) as r:
             return json.loads(r.read()).get("engine_starts")
     except (urllib.error.URLError, OSError, ValueError, AttributeError):
         return None
@@ -573,14 +580,11 @@ def check_endpoint(url: str, api_key: str = "", timeout_s: float = ENDPOINT_CHEC
     status is an answer, a server without that route, except 401/403: the key is refused, as every request would
     be. InvalidArgumentError naming the URL and what went wrong."""
     import urllib.error
-    import urllib.request
 
     probe = url.rstrip("/") + "/v1/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    # no proxy from the environment: the replay's client (aiohttp, trust_env off) goes straight to the server too
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(urllib.request.Request(probe, headers=headers), timeout=timeout_s):
+        with _open_direct(probe, timeout_s, headers):
             return
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
