@@ -443,6 +443,12 @@ def worker_cache_args(cfg: ClusterConfig) -> tuple[str, ...]:
 
 def default_demo_dir() -> str:
     """Where `warmserve models demo` writes and `warmserve serve` looks: $WARMSERVE_HOME/demo, else
-    ~/.cache/warmserve/demo."""
+    $XDG_CACHE_HOME/warmserve/demo, else ~/.cache/warmserve/demo. $XDG_CACHE_HOME as pip and Hugging Face read it
+    (found in review: a cluster user whose home has a small quota points it at a larger disk, and the 2.5 GB of
+    demo checkpoints went to the home all the same); a relative one is ignored, as the XDG spec says."""
     home = os.environ.get("WARMSERVE_HOME")
-    return os.path.join(home, "demo") if home else os.path.join(os.path.expanduser("~"), ".cache", "warmserve", "demo")
+    if home:
+        return os.path.join(home, "demo")
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    return os.path.join(cache if os.path.isabs(cache) else os.path.join(os.path.expanduser("~"), ".cache"),
+                        "warmserve", "demo")

@@ -228,7 +228,7 @@ def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[M
     from warmserve.engine.demo import WAITING_WORDS
 
     where = "" if out_dir else (" ($WARMSERVE_HOME/demo)" if os.environ.get("WARMSERVE_HOME") else
-                                 " (~/.cache/warmserve/demo, or $WARMSERVE_HOME/demo when set)")
+                                 " ($XDG_CACHE_HOME or ~/.cache, then warmserve/demo; $WARMSERVE_HOME/demo when set)")
     out_dir = out_dir or default_demo_dir()
     proc = subprocess.Popen([sys.executable, "-m", "warmserve", "models", "demo", "--out", out_dir, "--models", *names],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
