@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 from warmserve.errors import InvalidArgumentError
 from warmserve.sim.cli_checks import MAX_REQUESTS, search_scale_cap
@@ -57,14 +56,15 @@ class _SimBar:
 def _bar(total_s: float, desc: str, enabled: bool, searching: bool = False):
     """The progress bar of one run (None where not ``enabled``); ``searching``: the run first searches a layout
     (`shared`, `dedicated`: ``Simulator._choose_static_layout``)."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
+    from warmserve.extras import progress_bar
 
     fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]"
     shown = f"{desc} (searching its layout)" if searching else desc
-    return _SimBar(tqdm(total=round(total_s), desc=shown, unit="sim-s", file=sys.stderr, leave=False,
-                        dynamic_ncols=True, bar_format=fmt), desc if searching else None)
+    # None without tqdm (found in review: `simulate` on the serving-only install, which has no bench extra, raised
+    # ModuleNotFoundError here unless --quiet)
+    bar = progress_bar(enabled, total=round(total_s), desc=shown, unit="sim-s", leave=False, dynamic_ncols=True,
+                       bar_format=fmt)
+    return None if bar is None else _SimBar(bar, desc if searching else None)
 
 
 def run_once(preset: Preset, policy: str, *, rate_scale: float = 1.0, seed: int = 0, cost: CostModel | None = None,

@@ -4,6 +4,7 @@ and means over seeds, by hand; a rate exactly at the SLO target meeting it; the 
 import numpy as np
 import pytest
 
+from warmserve import extras
 from warmserve.sim.metrics import RunResult
 from warmserve.sim.presets import paper_preset
 from warmserve.sim.runner import _point, highest_rate_meeting, rate_sweep, run_once, swept_rate_is_lower_bound
@@ -49,9 +50,10 @@ def test_a_sweep_rate_exactly_at_the_target_meets_it():
     assert not swept_rate_is_lower_bound(pts, 0.995) and not swept_rate_is_lower_bound([], 0.99)
 
 
-def test_a_sweep_s_progress_counts_the_cold_start_band_s_runs(capsys):
+def test_a_sweep_s_progress_counts_the_cold_start_band_s_runs(capsys, monkeypatch):
     """One rate, one seed, `autoscale` with a cold-start band: its run and the band's two ends, 3 runs, all
     counted by the sweep's bar and its total."""
+    monkeypatch.setattr(extras, "LOG_PROGRESS_INTERVAL_S", 0.0)  # each count written, as on a terminal
     p = paper_preset("conv", total_rate_rps=1.0, n_models=2, history_days=1)
     sw = rate_sweep(p, ["autoscale"], [1.0], seeds=[0], band_cold_start_s=(5.0, 30.0), progress=True)
     band = sw["policies"]["autoscale"]["cold_start_band"]
