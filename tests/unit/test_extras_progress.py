@@ -2,8 +2,8 @@
 
 Found in review: into a log file or a pipe tqdm wrote a whole line at each refresh, ten a second (a 6-second
 `simulate` of two seeds wrote 75 lines, so a sweep of minutes wrote thousands); and `warmserve simulate` without
---quiet raised ModuleNotFoundError on the serving-only install (`pip install .`: tqdm comes with the bench extra),
-while the benchmarks' bars simply showed none."""
+--quiet raised ModuleNotFoundError where tqdm is not installed, while the benchmarks' bars simply showed none (tqdm
+comes with the bench extra; today tokenizers' huggingface_hub brings it to the serving-only install too)."""
 
 from __future__ import annotations
 
