@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 
+from warmserve.bench.self_check import check
 from warmserve.errors import InvalidArgumentError
 from warmserve.geometry import PAGE_BYTES, align_up
 
@@ -114,7 +115,7 @@ def throughput_pair(lm, hf, batch: int, prompt_tokens: int, new_tokens: int, rep
             while eng.has_unfinished():
                 n += sum(len(o.token_ids) for o in eng.step())
             _sync(device)
-            assert n == batch * new_tokens
+            check(n == batch * new_tokens, f"{n} tokens generated, not {batch} x {new_tokens}")
             return t1 - t0, time.perf_counter() - t0
 
         def run_hf(n_new):
@@ -126,7 +127,8 @@ def throughput_pair(lm, hf, batch: int, prompt_tokens: int, new_tokens: int, rep
                                   eos_token_id=None, pad_token_id=0, streamer=clock)
                 _sync(device)
                 t2 = time.perf_counter()
-            assert out.shape[1] == prompt_tokens + n_new
+            check(out.shape[1] == prompt_tokens + n_new, f"generate() gave {out.shape[1]} tokens, not "
+                  f"{prompt_tokens} + {n_new}")
             return clock.first_s - t0, t2 - t0
 
         run_ours("warm")
@@ -190,7 +192,7 @@ def ttft_cases(path: str, name: str, pool, repeats: int, threads: int, device: s
             eng.add_request("t", prompt, one)
             out = eng.step()
             _sync(device)
-            assert out and out[0].token_ids
+            check(bool(out and out[0].token_ids), "the first step made no token")
 
     # Left out of the medians: the process's first load pays first-use costs no later load (nor a prewarmed
     # request, always measured after a load) pays.
@@ -236,7 +238,8 @@ eng.add_request("t", {prompt!r}, SamplingParams(max_tokens=1))
 out = eng.step()
 if {cuda}:
     torch.cuda.synchronize()
-assert out[0].token_ids
+if not out[0].token_ids:  # not an assert: python -O strips those
+    sys.exit("the fresh engine made no first token")
 print("first-token", flush=True)
 sys.stdout.flush()
 """

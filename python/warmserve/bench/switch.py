@@ -41,6 +41,7 @@ import numpy as np
 from warmserve.bench.switch_args import DeviceGiven, device_index
 from warmserve.bench.switch_kv import kv_give_back, page_sizes
 from warmserve.owned_dirs import owned_prefix, owned_temp_dir, sweep_dead_owners
+from warmserve.bench.self_check import check
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -229,7 +230,7 @@ def activation_vs_cold(size_gib: float, args, dev: Device, workdir: str) -> dict
             f.seek(data_start + off)
             want = f.read(4096)
         got = views["w"][name].reshape(-1)[:2048].cpu().view(torch.uint8).numpy().tobytes()
-        assert got == want, "activated weights differ from the checkpoint"
+        check(got == want, "activated weights differ from the checkpoint")
         deactivate(prewarm)
         prewarm.close()
 
@@ -294,7 +295,7 @@ def _move_and_primitives(args, dev: Device, page_bytes: int) -> dict:
         for _ in range(args.repeats):  # back and forth, both directions timed
             moves += timed(lambda: a.move_pages(0, n, b, 0), 1, dev)
             moves += timed(lambda: b.move_pages(0, n, a, 0), 1, dev)
-        assert a.physical_pages(0, n) == ids
+        check(a.physical_pages(0, n) == ids, "the pages moved back and forth are not the ones the slot had")
         out["move_vs_memcpy"] = {"bytes": GiB, "move_ms": med_ms(moves), "memcpy_ms": med_ms(copy),
                                  "ratio": med_ms(copy) / med_ms(moves),
                                  "repeats": {"move": len(moves), "memcpy": len(copy)}}
@@ -346,8 +347,8 @@ def load_bandwidth(args, dev: Device, workdir: str) -> dict:
         buf = timed(lambda: s.load([(src, 0, 0, GiB)]).wait(), args.repeats, dev, teardown=unmap)
         fil = timed(lambda: s.load([(path, 0, 0, GiB)]).wait(), args.repeats, dev, teardown=unmap)
         s.load([(path, 0, 0, GiB)]).wait()
-        check = s.tensor(GiB - 4096, (4096,), torch.uint8).cpu().numpy()
-        assert (check == src[-4096:]).all(), "loaded bytes differ"
+        tail = s.tensor(GiB - 4096, (4096,), torch.uint8).cpu().numpy()
+        check(bool((tail == src[-4096:]).all()), "loaded bytes differ")
     os.unlink(path)
     gbs = lambda xs: GiB / statistics.median(xs) / 1e9  # noqa: E731
     return {"bytes": GiB, "memcpy_gbps": gbs(copy), "load_buffer_gbps": gbs(buf), "load_file_gbps": gbs(fil),
@@ -425,8 +426,8 @@ def cache_bandwidth(args, dev: Device, workdir: str) -> dict:
             if dev.cuda:
                 del h
             cache.load(s, sources).wait()
-            check = s.tensor(nbytes - 4096, (4096,), torch.uint8).cpu().numpy()
-            assert (check == src[-4096:]).all(), "bytes loaded from the cache differ"
+            tail = s.tensor(nbytes - 4096, (4096,), torch.uint8).cpu().numpy()
+            check(bool((tail == src[-4096:]).all()), "bytes loaded from the cache differ")
             stats = cache.stats()
     finally:
         if root is not None:

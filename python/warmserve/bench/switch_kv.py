@@ -10,6 +10,7 @@ pages several blocks share one (``engine.kv_cache.KVPageMapper``). This part tim
 
 from __future__ import annotations
 
+from warmserve.bench.self_check import check
 from warmserve.errors import GiB, InvalidArgumentError
 from warmserve.geometry import is_page_size
 
@@ -71,7 +72,8 @@ def _one(args, dev, timed, med_ms, cfg, block: int, page: int) -> dict:
 
         def grow():
             kv.target_free_blocks = n  # set directly: set_target_free_blocks would only shrink
-            assert kv.grow(n) == n
+            grown = kv.grow(n)
+            check(grown == n, f"the KV grow mapped {grown} of {n} blocks")
 
         def give_back():
             kv.set_target_free_blocks(0)
@@ -79,9 +81,11 @@ def _one(args, dev, timed, med_ms, cfg, block: int, page: int) -> dict:
         grows, gives = [], []
         for _ in range(args.repeats):
             grows += timed(grow, 1, dev)
-            assert slot.mapped_pages == -(-n * block // page)
+            check(slot.mapped_pages == -(-n * block // page), f"{slot.mapped_pages} pages mapped after the grow, "
+                  f"not {-(-n * block // page)}")
             gives += timed(give_back, 1, dev)
-            assert slot.mapped_pages == 0 and kv.num_mapped == 0
+            check(slot.mapped_pages == 0 and kv.num_mapped == 0, f"{slot.mapped_pages} pages still mapped after the "
+                  "give-back")
         after = pool.stats()
         del region
         slot.close()

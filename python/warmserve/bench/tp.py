@@ -28,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from warmserve import protocol as P
+from warmserve.bench.self_check import check
 
 
 def add_arguments(p) -> None:
@@ -89,13 +90,13 @@ def run(args) -> dict:
 
     def activate(gid: str) -> float:
         wall, acts = each(lambda r, c: c.activate(name, group_id=gid, engine=engine))
-        assert all(a.copied_bytes == 0 for a in acts), "activation copied weights"
+        check(all(a.copied_bytes == 0 for a in acts), "activation copied weights")
         return wall
 
     def first_token() -> float:
         t0 = time.perf_counter()
         toks, _ = clients[0].generate(name, [1], greedy).collect()
-        assert len(toks) == 1
+        check(len(toks) == 1, f"{len(toks)} first tokens, not 1")
         return time.perf_counter() - t0
 
     def stop(gid: str | None = None) -> None:
