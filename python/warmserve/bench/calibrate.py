@@ -391,8 +391,9 @@ def host_cores(threads: int) -> float:
     """How many CPU workers of ``threads`` torch threads this machine's cores run at full speed at once (the
     cores this process may run on / threads, at least 1: a lone worker with more threads than cores was measured
     that way): ``GpuType.host_cores``, the simulator's contention term."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1.0, cores / threads)
+    from warmserve.config import usable_cores
+
+    return max(1.0, usable_cores() / threads)
 
 
 def _end(procs) -> None:

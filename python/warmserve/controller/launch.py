@@ -20,8 +20,8 @@ import sys
 import zmq
 
 from warmserve import __version__, protocol as P
-from warmserve.config import (ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, with_worker_page_bytes,
-                              worker_cache_args)
+from warmserve.config import (ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, usable_cores,
+                              with_worker_page_bytes, worker_cache_args)
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.hub_sockets import LocalCurveKeys, remote_curve_hint
 from warmserve.controller.models import controller_model
@@ -285,7 +285,7 @@ async def start_cluster(cfg: ClusterConfig, *, history=None, log_dir: str | None
         check_host_memory(local_cpu, mem)
     if devices and cfg.host_cache_bytes:
         check_host_cache_dir(cfg.host_cache_dir)
-    threads = cfg.cpu_worker_threads or max(1, (os.cpu_count() or 2) // max(1, len(devices)))
+    threads = cfg.cpu_worker_threads or max(1, usable_cores() // max(1, len(devices)))
     procs = []
     host = socket.gethostname()
     # Made after the checks above, which raise outside the try: a controller made before them was never closed

@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-kv-blocks", type=int, default=None,
                    help="most KV blocks one instance may hold (default 0: as many as the pool maps)")
     p.add_argument("--cpu-worker-threads", type=int, default=None,
-                   help="torch threads per CPU worker (default: the cores shared among the workers)")
+                   help="torch threads per CPU worker (default: the cores this process may use, shared among "
+                        "the workers)")
     p.add_argument("--worker-page-mib", type=int, default=None,
                    help="page size of each started worker's pool, MiB, a multiple of 2 (default, or 0: 32 when "
                         "every worker is on a GPU, else 2; larger pages cost fewer driver calls per GiB on GPUs: "
