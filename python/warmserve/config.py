@@ -242,7 +242,7 @@ class ClusterConfig:
     cpu_workers: int = 2
     #: Host memory each CPU worker may use for weights and KV cache, bytes; 0 sizes it from the models.
     cpu_worker_memory_bytes: int = 0
-    #: Torch threads per CPU worker; 0 shares the cores this process may run on (``usable_cores``) among them.
+    #: Torch threads per CPU worker; 0 shares the cores this process may use (``host_cpus``) among them.
     cpu_worker_threads: int = 0
     #: Start local CPU workers (and their restarts) by forking a process that has imported torch and the engine
     #: once (worker/forkserver.py): a start skips the ~2.6 s import. False: a fresh interpreter each. GPU workers and
@@ -439,17 +439,6 @@ def worker_cache_args(cfg: ClusterConfig) -> tuple[str, ...]:
         return ()
     args = ("--host-cache-gib", repr(cfg.host_cache_bytes / (1 << 30)))  # exact: a division by a power of two
     return args + (("--host-cache-dir", cfg.host_cache_dir) if cfg.host_cache_dir else ())
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: taskset, a container's or a batch job's cpuset), not the
-    machine's: ``os.cpu_count()`` counts every core of the host, so on a large host a job given a few cores started
-    each CPU worker with a share of all of them in torch threads, several threads to a core (found in review). A CPU
-    quota without a cpuset (cgroup cpu.max, docker --cpus) is not read: set cpu_worker_threads there."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no affinity call on this platform
-        return os.cpu_count() or 1
 
 
 def default_demo_dir() -> str:

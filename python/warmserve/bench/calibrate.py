@@ -391,7 +391,7 @@ def host_cores(threads: int) -> float:
     """How many CPU workers of ``threads`` torch threads this machine's cores run at full speed at once (the
     cores this process may run on / threads, at least 1: a lone worker with more threads than cores was measured
     that way): ``GpuType.host_cores``, the simulator's contention term."""
-    from warmserve.config import usable_cores
+    from warmserve.host_cpus import usable_cores
 
     return max(1.0, usable_cores() / threads)
 

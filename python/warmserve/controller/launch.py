@@ -20,13 +20,14 @@ import sys
 import zmq
 
 from warmserve import __version__, protocol as P
-from warmserve.config import (ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, usable_cores,
-                              with_worker_page_bytes, worker_cache_args)
+from warmserve.config import (ClusterConfig, ModelSpec, default_demo_dir, memory_gib_arg, with_worker_page_bytes,
+                              worker_cache_args)
 from warmserve.controller.controller import Controller, check_tp_fits
 from warmserve.controller.hub_sockets import LocalCurveKeys, remote_curve_hint
 from warmserve.controller.models import controller_model
 from warmserve.errors import GiB, InvalidArgumentError, OutOfMemoryError, WarmServeError, fmt_bytes
 from warmserve.geometry import pages_for
+from warmserve.host_cpus import usable_cores
 from warmserve.worker import forkserver
 from warmserve.policy.gpu_masks import MAX_GPUS_PER_SERVER
 
