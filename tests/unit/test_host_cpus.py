@@ -62,6 +62,18 @@ def test_a_process_in_a_cgroup_with_a_one_core_quota_gets_one_core(cpu_cgroup_of
     assert r.stdout.split() == ["1", "1.0"]  # before: os.cpu_count(), 2 here
 
 
+def test_a_remote_worker_in_that_cgroup_runs_torch_on_one_thread(cpu_cgroup_of_one_core):
+    """`warmserve worker` with no --threads: torch's default (every core of the affinity), capped at the quota."""
+    code = CHILD.split("from warmserve.host_cpus")[0] + (
+        "import torch\nfrom warmserve.worker.main import prewarm_engine\n"
+        "before = torch.get_num_threads()\nprewarm_engine('cpu', None)\nprint(before, torch.get_num_threads())\n")
+    r = subprocess.run([sys.executable, "-c", code, cpu_cgroup_of_one_core], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = map(int, r.stdout.split())
+    assert after == 1, (before, after)  # before: torch's default, `before` threads
+
+
 def _tree(tmp_path, cpu_max: dict[str, str], proc_cgroup: str, mount_root: str = "/"):
     """A cgroup v2 hierarchy under tmp_path/cg: ``cpu_max`` maps a group's path to its cpu.max line."""
     point = tmp_path / "cg"

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="page size of the pool in MiB, a positive multiple of 2 (default 32 on cuda, 2 on cpu). Larger "
                    "pages cost fewer driver calls per GiB mapped on a GPU (bench/switch/README.md); KV blocks share "
                    "them")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (cpu device; default: all)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (cpu device; default: torch's, at most the cgroup's CPU quota)")
     p.add_argument("--host-cache-gib", type=float, default=0.0,
                    help="load checkpoints through the machine's host checkpoint cache of this many GiB, shared by "
                         "its workers (a second worker loads from host memory, on GPUs by DMA, not from the files; "
@@ -328,6 +329,12 @@ def prewarm_engine(device: str, threads: int | None) -> None:
 
     if threads:
         torch.set_num_threads(threads)
+    elif device.startswith("cpu"):
+        # torch's own default counts the cores of the affinity, not a cgroup's CPU quota (docker --cpus, a
+        # Kubernetes limit): capped at the quota, or each of those cores gets a thread that waits for its turn
+        from warmserve.host_cpus import usable_cores
+
+        torch.set_num_threads(min(torch.get_num_threads(), usable_cores()))
     import warmserve.engine  # noqa: F401  (the import is the prewarming)
 
     if device.startswith("cuda"):
