@@ -34,6 +34,14 @@ Error errno_error(const std::string& what, int err) {
   return e;
 }
 
+Error limit_error(Error e, const char* limit, uint64_t value, const std::string& why, const char* ulimit,
+                  const std::string& then) {
+  e = reworded(e, std::string(e.what()) + ": " + why + ". Fix: raise the limit (`" + ulimit + "` in the shell that "
+                  "starts the process, or resource.setrlimit(resource." + limit + ", ...) in it)" + then);
+  e.limit = limit, e.limit_value = value;
+  return e;
+}
+
 uint64_t soft_limit(int resource) {
   rlimit r{};
   return getrlimit(resource, &r) == 0 && r.rlim_cur != RLIM_INFINITY ? uint64_t(r.rlim_cur) : 0;
@@ -69,18 +77,13 @@ Error thread_start_error(const std::string& what, int err, const std::string& wh
                          const std::string& more_fix) {
   Error e = err ? errno_error(what, err) : Error(ErrorKind::Driver, what + " (" + why + ")");
   const uint64_t as_limit = soft_limit(RLIMIT_AS), vm = as_limit ? vm_size_bytes() : 0, stack = thread_stack_bytes();
-  std::string msg = e.what();
-  if (as_limit && vm && vm + stack > as_limit) {
-    msg += ": the process's address-space limit RLIMIT_AS is " + fmt_bytes(as_limit) + " and its virtual size "
-           "(VmSize) already " + fmt_bytes(vm) + ", no room for a thread's stack of " + fmt_bytes(stack) + "; " +
-           done + ". Fix: raise the limit (`ulimit -v unlimited` in the shell that starts the process, or "
-           "resource.setrlimit(resource.RLIMIT_AS, ...) in it)" + more_fix;
-    e.limit = "RLIMIT_AS", e.limit_value = as_limit;
-  } else {
-    msg += "; " + done + ". Fix: raise the process's thread limit (ulimit -u, the container's pids limit) or end "
-           "idle threads" + more_fix;
-  }
-  return reworded(e, msg);
+  if (as_limit && vm && vm + stack > as_limit)
+    return limit_error(e, "RLIMIT_AS", as_limit, "the process's address-space limit RLIMIT_AS is " +
+                       fmt_bytes(as_limit) + " and its virtual size (VmSize) already " + fmt_bytes(vm) +
+                       ", no room for a thread's stack of " + fmt_bytes(stack) + "; " + done, "ulimit -v unlimited",
+                       more_fix);
+  return reworded(e, std::string(e.what()) + "; " + done + ". Fix: raise the process's thread limit (ulimit -u, the "
+                  "container's pids limit) or end idle threads" + more_fix);
 }
 
 }  // namespace ws

@@ -49,6 +49,10 @@ std::string fmt_bytes(uint64_t n);
 // errno as a DriverError ("mmap failed: ENOMEM (Cannot allocate memory)").
 Error errno_error(const std::string& what, int err);
 
+// A process limit that refused the call: `e` with its name and value, and the message "<e>: <why>. Fix: raise the
+// limit (`<ulimit>` in the shell ..., or resource.setrlimit(...) in it)<then>" (`then`: ", or <another fix>", ...).
+Error limit_error(Error e, const char* limit, uint64_t value, const std::string& why, const char* ulimit,
+                  const std::string& then);
 // The soft value of a process limit (ulimit: RLIMIT_AS, ...); 0 where unlimited.
 uint64_t soft_limit(int resource);
 // The process's virtual size (VmSize, what RLIMIT_AS bounds); 0 where unreadable.

@@ -81,15 +81,6 @@ int64_t max_mappings() {
   return v;
 }
 
-// A process limit that refused the call: its name and value go with the error, the message ends with the fix.
-Error limit_error(Error e, const char* limit, uint64_t value, const std::string& why, const char* ulimit,
-                  const std::string& less) {
-  e = reworded(e, std::string(e.what()) + ": " + why + ". Fix: raise the limit (`" + ulimit + "` in the shell that "
-                  "starts the process, or resource.setrlimit(resource." + limit + ", ...) in it), or " + less);
-  e.limit = limit, e.limit_value = value;
-  return e;
-}
-
 // mmap failed with ENOMEM: the mapping limit, the address-space limit (RLIMIT_AS: checked where `less` names the
 // smaller request that fits, for a slot's reservation and a pool's park), or (rarely) kernel memory. Tell which,
 // with numbers (found in review: under `ulimit -v` create_slot blamed the 128 TiB address space).
@@ -101,7 +92,8 @@ Error mmap_error(const char* what, int err, uint64_t bytes, const char* less = n
     e.asked_bytes = bytes, e.free_bytes = as_limit > vm ? as_limit - vm : 0, e.total_bytes = as_limit;
     return limit_error(e, "RLIMIT_AS", as_limit, "the process's address-space limit RLIMIT_AS is " +
                        fmt_bytes(as_limit) + (vm ? " and its virtual size (VmSize) already " + fmt_bytes(vm) : "") +
-                       ", too little for " + fmt_bytes(bytes) + " more", "ulimit -v unlimited", less);
+                       ", too little for " + fmt_bytes(bytes) + " more", "ulimit -v unlimited",
+                       std::string(", or ") + less);
   }
   if (err == ENOMEM) {
     int64_t have = count_mappings(), limit = max_mappings();
@@ -129,12 +121,12 @@ Error memfd_error(const char* what, int err, uint64_t capacity) {
     e.asked_bytes = capacity, e.free_bytes = fsize, e.total_bytes = fsize;
     return limit_error(e, "RLIMIT_FSIZE", fsize, "the pool is one file, and the process's file-size limit "
                        "RLIMIT_FSIZE is " + fmt_bytes(fsize), "ulimit -f unlimited",
-                       "make a smaller pool (capacity_bytes at most " + fmt_bytes(fsize) + ")");
+                       ", or make a smaller pool (capacity_bytes at most " + fmt_bytes(fsize) + ")");
   }
   if (uint64_t nofile = err == EMFILE ? soft_limit(RLIMIT_NOFILE) : 0)
     return limit_error(e, "RLIMIT_NOFILE", nofile, "the process has all the " + std::to_string(nofile) +
                        " file descriptors its limit RLIMIT_NOFILE allows open", "ulimit -n 65536",
-                       "close files the process no longer needs");
+                       ", or close files the process no longer needs");
   return e;
 }
 

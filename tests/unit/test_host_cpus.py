@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from warmserve.host_cpus import cpu_quota_cores
+from warmserve.host_cpus import MOUNTINFO, _cgroup_mounts, cpu_quota_cores
 
 CHILD = """
 import os, sys
@@ -23,23 +23,13 @@ print(usable_cores(), cpu_quota_cores())
 """
 
 
-def _v1_cpu_mount() -> str | None:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fields, rest = pre.split(), post.split()
-            if rest[0] == "cgroup" and "cpu" in rest[2].split(",") and fields[3] == "/":
-                return fields[4]
-    return None
-
-
 @pytest.fixture
 def cpu_cgroup_of_one_core():
     """A cgroup v1 cpu group of the test's own with a quota of one core (100 ms per 100 ms); skipped where none can
     be made (not root, no v1 cpu hierarchy, a read-only one)."""
-    mount = _v1_cpu_mount()
-    if mount is None or len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs a cgroup v1 cpu hierarchy and two cores")
+    root, mount = _cgroup_mounts(MOUNTINFO).get("v1", (None, None))
+    if root != "/" or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a cgroup v1 cpu hierarchy mounted whole and two cores")
     d = os.path.join(mount, f"warmserve-test-{uuid.uuid4().hex[:8]}")
     try:
         os.mkdir(d)
