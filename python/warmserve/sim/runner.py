@@ -60,7 +60,7 @@ def _bar(total_s: float, desc: str, enabled: bool, searching: bool = False):
 
     fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim-s [{elapsed}<{remaining}]"
     shown = f"{desc} (searching its layout)" if searching else desc
-    # None without tqdm (found in review: `simulate` on the serving-only install, which has no bench extra, raised
+    # None without tqdm, which comes with the bench extra (found in review: where it was absent, `simulate` raised
     # ModuleNotFoundError here unless --quiet)
     bar = progress_bar(enabled, total=round(total_s), desc=shown, unit="sim-s", leave=False, dynamic_ncols=True,
                        bar_format=fmt)
