@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import sys
 
 MOUNTINFO = "/proc/self/mountinfo"
 PROC_CGROUP = "/proc/self/cgroup"
@@ -29,7 +31,7 @@ def cpu_quota_cores(mountinfo: str = MOUNTINFO, proc_cgroup: str = PROC_CGROUP) 
     hierarchy and the v1 one of the cpu controller; None where none is set or none can be read."""
     try:
         mounts = _cgroup_mounts(mountinfo)
-        with open(proc_cgroup) as f:
+        with open_path_table(proc_cgroup) as f:
             lines = f.read().splitlines()
     except OSError:
         return None
@@ -56,17 +58,33 @@ def _cgroup_mounts(mountinfo: str) -> dict[str, tuple[str, str]]:
     """"v2" and "v1" (the hierarchy with the cpu controller) -> (the mount's root in the hierarchy, its mount
     point)."""
     out: dict[str, tuple[str, str]] = {}
-    with open(mountinfo) as f:
+    with open_path_table(mountinfo) as f:
         for line in f:
             pre, _, post = line.partition(" - ")
             fields, rest = pre.split(), post.split()
             if len(fields) < 5 or len(rest) < 3:
                 continue
             if rest[0] == "cgroup2":
-                out.setdefault("v2", (fields[3], fields[4]))
+                out.setdefault("v2", (unescape_mount_path(fields[3]), unescape_mount_path(fields[4])))
             elif rest[0] == "cgroup" and "cpu" in rest[2].split(","):
-                out.setdefault("v1", (fields[3], fields[4]))
+                out.setdefault("v1", (unescape_mount_path(fields[3]), unescape_mount_path(fields[4])))
     return out
+
+
+def open_path_table(path: str):
+    """A kernel table that names paths (/proc/self/mounts, mountinfo, cgroup), opened as text decoded as ``os``
+    decodes paths: the file system encoding, a byte that does not decode kept as a surrogate, so each path read is
+    the one ``os`` functions take. Found in the locale review: read in the locale's encoding, one mount point on the
+    machine whose name was not UTF-8 (a Latin-1 folder, a drive's label) raised UnicodeDecodeError in every start
+    of ``warmserve serve`` (its workers' default threads are counted here) and in the host cache's filesystem
+    check."""
+    return open(path, encoding=sys.getfilesystemencoding(), errors="surrogateescape")
+
+
+def unescape_mount_path(field: str) -> str:
+    """A path field of /proc/self/mounts or mountinfo with the kernel's octal escapes undone (a space, a tab, a
+    newline and a backslash are written ``\\040``, ``\\011``, ``\\012`` and ``\\134``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _quota(d: str, kind: str) -> float | None:

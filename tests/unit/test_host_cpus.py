@@ -94,3 +94,19 @@ def test_no_quota_no_hierarchy_or_nothing_readable_is_none(tmp_path):
     (tmp_path / "b" / "mountinfo").write_text("")  # no cgroup hierarchy mounted
     (tmp_path / "b" / "cgroup").write_text("0::/\n")
     assert cpu_quota_cores(str(tmp_path / "b" / "mountinfo"), str(tmp_path / "b" / "cgroup")) is None
+
+
+def test_a_mount_point_named_in_bytes_that_are_not_utf8_or_with_a_space_is_read(tmp_path):
+    """Found in the locale review: one mount point whose name is not UTF-8 anywhere in the table (a Latin-1 folder)
+    raised UnicodeDecodeError, and with it every `warmserve serve` start. Its line is read, and the hierarchy's own
+    mount point, not UTF-8 and with a space (written "\\040" by the kernel), leads to its cpu.max."""
+    root = os.fsencode(tmp_path)
+    point = root + b"/cg caf\xe9"  # a Latin-1 "e acute": no UTF-8
+    os.makedirs(os.path.join(point, b"g"))
+    with open(os.path.join(point, b"g", b"cpu.max"), "wb") as f:
+        f.write(b"250000 100000\n")
+    with open(tmp_path / "mountinfo", "wb") as f:
+        f.write(b"40 31 0:37 / /media/caf\xe9 rw - vfat /dev/sdb1 rw\n")
+        f.write(b"41 31 0:38 / " + point.replace(b" ", b"\\040") + b" rw,relatime - cgroup2 cgroup2 rw\n")
+    (tmp_path / "cgroup").write_text("0::/g\n")
+    assert cpu_quota_cores(str(tmp_path / "mountinfo"), str(tmp_path / "cgroup")) == 2.5

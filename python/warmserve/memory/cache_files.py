@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -256,19 +255,23 @@ def shared_budget_warning(root: str, capacity: int, evicted: int) -> str:
 FILL_HEADROOM_BYTES = 512 << 20
 #: Filesystems whose files are host memory (charged to the memory cgroup of the process that writes them).
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs", "hugetlbfs")
+#: The mount table ``memory_backed`` reads.
+MOUNTS = "/proc/self/mounts"
 
 
-def memory_backed(root: str) -> bool:
+def memory_backed(root: str, mounts: str = MOUNTS) -> bool:
     """Whether ``root`` is on a filesystem whose files are host memory: the mount with the longest mount point that
-    holds it (/proc/self/mounts, octal escapes undone)."""
+    holds it (``mounts``, /proc/self/mounts)."""
+    from warmserve.host_cpus import open_path_table, unescape_mount_path
+
     real, best, fstype = os.path.realpath(root), "", ""
     try:
-        with open("/proc/self/mounts") as f:
+        with open_path_table(mounts) as f:
             for line in f:
                 parts = line.split()
                 if len(parts) < 3:
                     continue
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])  # "\040": a space
+                point = unescape_mount_path(parts[1])
                 inside = real == point or real.startswith(point.rstrip("/") + "/")
                 if inside and len(point) >= len(best):
                     best, fstype = point, parts[2]

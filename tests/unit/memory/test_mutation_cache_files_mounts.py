@@ -1,6 +1,7 @@
 """Gaps found by mutation testing of memory/cache_files.py: ``memory_backed`` takes the filesystem of the longest
 mount point holding the directory (/dev/shm's tmpfs, not the devtmpfs of /dev above it), and the warning for a
-checkpoint larger than the whole budget names the budget that would hold it in GiB."""
+checkpoint larger than the whole budget names the budget that would hold it in GiB. A mount point with a space, or
+named in bytes that are not UTF-8, is read (a table of the test's own, so no mount is needed)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,16 @@ def test_the_over_budget_warning_names_the_budget_that_would_hold_the_file():
     """A 3 GiB file against a 1 GiB budget: "Fix: a budget of at least 3.00 GiB"; 1.5 GiB: 1.50 GiB."""
     assert "Fix: a budget of at least 3.00 GiB" in over_budget_warning("/m/x.safetensors", 3 << 30, 1 << 30)
     assert "at least 1.50 GiB" in over_budget_warning("/m/x.safetensors", 3 << 29, 1 << 30)
+
+
+def test_a_mount_point_with_a_space_or_not_utf8_is_matched_and_the_others_still_read(tmp_path):
+    """Found in the locale review: a mount point named in bytes that are not UTF-8 anywhere in the table raised
+    UnicodeDecodeError (the host cache could not start). Such a point, with a space ("\\040" in the table), holds
+    the cache's folder: a tmpfs is memory; the same folder under a disk's mount is not."""
+    point = os.fsencode(tmp_path) + b"/shm caf\xe9"  # a Latin-1 "e acute": no UTF-8
+    cache = os.path.join(os.fsdecode(point), "warmserve-ckpt")
+    for fstype, memory in ((b"tmpfs", True), (b"ext4", False)):
+        table = tmp_path / f"mounts-{fstype.decode()}"
+        table.write_bytes(b"/dev/vda / ext4 rw 0 0\n/dev/sdb1 /media/caf\xe9 vfat rw 0 0\n"
+                          + b"none " + point.replace(b" ", b"\\040") + b" " + fstype + b" rw 0 0\n")
+        assert memory_backed(cache, str(table)) is memory, fstype
