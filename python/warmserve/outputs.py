@@ -335,7 +335,7 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
         kept = None
         try:
             fd, kept = tempfile.mkstemp(prefix=f"warmserve-{os.getpid()}-", suffix=f"-{os.path.basename(path)}")
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 dump(f)
         except OSError:
             if kept is not None:
@@ -389,10 +389,14 @@ def write_atomic(path: str, write, binary: bool) -> None:
 
     A ``path`` that exists and is no regular file (a pipe, a device, a socket) is written where it is. Found in
     review: the rename replaced a device node (a copy of /dev/null) with a plain file, and `--json /dev/stdout |
-    jq` failed after the whole run (FileNotFoundError: a temporary file in /proc/PID/fd)."""
-    mode = "wb" if binary else "w"
+    jq` failed after the whole run (FileNotFoundError: a temporary file in /proc/PID/fd).
+
+    Text is written in UTF-8, the encoding every reader of these files takes (``read_history``, JSON), whatever the
+    locale. Found in the locale review: written in the locale's, a history record under a Latin-1 locale was refused
+    at the next start ("not UTF-8 text"), and one with a model name the locale cannot encode was never written."""
+    mode, encoding = ("wb", None) if binary else ("w", "utf-8")
     if is_special(path):
-        with open(path, mode) as f:
+        with open(path, mode, encoding=encoding) as f:
             write(f)
         return
     path = os.path.realpath(path)  # a --json that is a symbolic link: its target is written, as open(path, "w") did
@@ -401,7 +405,7 @@ def write_atomic(path: str, write, binary: bool) -> None:
     # made as open(path, "w") makes a file (0666 less the umask), not 0600 as mkstemp would
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

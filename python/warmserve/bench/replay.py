@@ -252,7 +252,7 @@ def run_live(policy: str, w, reqs, served, args, cost, log_dir: str, served_live
         if rows:
             os.makedirs(log_dir, exist_ok=True)
             hist_path = os.path.join(log_dir, f"history-{policy}.csv")
-            with open(hist_path, "w", newline="") as f:
+            with open(hist_path, "w", newline="", encoding="utf-8") as f:  # read as UTF-8 (read_history)
                 wr = csv.writer(f)
                 wr.writerow(["model", "window_start_s", "avg", "peak"])
                 wr.writerows(rows)
