@@ -440,7 +440,7 @@ def measure_parallel(args, names) -> dict:
             raise RuntimeError(f"parallel calibration failed: {bad}")
         runs = []
         for o in outs:
-            with open(o) as f:
+            with open(o, encoding="utf-8") as f:
                 runs.append(json.load(f))
     return {"processes": args.parallel, "runs": [{"models": r["models"], "measured": r["measured"]} for r in runs]}
 

@@ -47,7 +47,7 @@ def missing_checkpoints(paths: list[str]) -> list[str]:
             out.append(os.path.join(p, "model.safetensors"))
             continue
         try:
-            with open(index) as f:
+            with open(index, encoding="utf-8") as f:  # JSON is UTF-8 (RFC 8259), whatever the locale
                 shards = set(json.load(f)["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # unreadable: the worker's load says what is wrong with it

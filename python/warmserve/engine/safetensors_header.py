@@ -125,7 +125,7 @@ def safetensors_files(path: str) -> list[str]:
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(index):
         try:
-            with open(index) as f:
+            with open(index, encoding="utf-8") as f:  # JSON is UTF-8 (RFC 8259), whatever the locale
                 weight_map = json.load(f).get("weight_map") or {}
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
             raise CheckpointError(f"{index} is not a JSON object with a weight_map ({e})", path=path) from e

@@ -492,7 +492,7 @@ class CostModel:
         d = path_or_dict
         if not isinstance(d, dict):
             try:
-                with open(d) as f:
+                with open(d, encoding="utf-8") as f:
                     d = json.load(f)
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise InvalidArgumentError(f"profile {path_or_dict}: not valid JSON ({e}); write it with `warmserve "
