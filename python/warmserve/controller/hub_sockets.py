@@ -171,11 +171,18 @@ def private_bind() -> tuple[str, str]:
     Returns (endpoint, folder): the hub's close removes the folder (``finalize_hub``, never from a forked child), and
     a later start sweeps the folders of owners killed before theirs (owned_dirs.py). Found in review: the loopback
     TCP default let any user of the machine join as a worker and be sent requests' prompts. Under $TMPDIR, or /tmp
-    where $TMPDIR's path is too long for a socket's."""
+    where $TMPDIR's path is too long for a socket's or is not UTF-8."""
     import tempfile
 
     root = tempfile.gettempdir()
-    if len(os.path.join(root, PRIVATE_DIR_PREFIX)) + 40 > _IPC_PATH_MAX:
+    # Bytes, not characters: a socket's path is counted in bytes (a $TMPDIR of 60 "ss-sharp"s is 120). A path that is
+    # not UTF-8 cannot be the endpoint: ZeroMQ and the workers take it as UTF-8 text (found in the locale review: a
+    # Latin-1 $TMPDIR stopped every start with a bare "UnicodeEncodeError: ... surrogates not allowed").
+    try:
+        fits = len(os.path.join(root, PRIVATE_DIR_PREFIX).encode("utf-8")) + 40 <= _IPC_PATH_MAX
+    except UnicodeEncodeError:
+        fits = False
+    if not fits:
         root = "/tmp"
     owned_dirs.sweep_dead_owners(root, PRIVATE_DIR_PREFIX)
     folder = tempfile.mkdtemp(prefix=owned_dirs.owned_prefix(PRIVATE_DIR_PREFIX), dir=root)  # mode 0700

@@ -90,3 +90,41 @@ def test_a_forked_childs_exit_leaves_the_folder_and_a_dead_owners_folder_is_swep
     os.mkdir(left, 0o700)
     endpoint, mine = hub_sockets.private_bind()
     assert not os.path.exists(left) and mine.startswith(short_tmp + "/") and endpoint == f"ipc://{mine}/w"
+
+
+@pytest.mark.parametrize("name", [b"ws-caf\xe9", ("ws-" + "\u00df" * 38).encode()],
+                         ids=["latin1-bytes", "utf8-too-long-in-bytes"])
+def test_a_tmpdir_not_utf8_or_too_long_in_bytes_puts_the_socket_under_tmp(monkeypatch, name):
+    """Found in the locale review: a $TMPDIR whose path is not UTF-8 stopped every start with a bare
+    UnicodeEncodeError (the endpoint is UTF-8 text), and the length check counted characters where a socket's path
+    counts bytes (38 "ss-sharp"s pass as 38, are 76). Either way the socket goes under /tmp, and it serves."""
+    root = os.path.join(b"/tmp", name)
+    os.mkdir(root, 0o700)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", os.fsdecode(root))
+        hub = _hub()
+        try:
+            path = ipc_socket_path(hub.endpoint)
+            assert os.path.dirname(os.path.dirname(path)) == "/tmp", path
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+        finally:
+            hub.close()
+    finally:
+        os.rmdir(root)
+
+
+def test_a_short_utf8_tmpdir_with_non_ascii_letters_is_used(monkeypatch):
+    root = tempfile.mkdtemp(prefix="ws-caf\u00e9-", dir="/tmp")
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", root)
+        hub = _hub()
+        try:
+            path = ipc_socket_path(hub.endpoint)
+            assert path.startswith(root + "/"), path
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+        finally:
+            hub.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
