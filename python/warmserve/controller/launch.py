@@ -231,6 +231,13 @@ def demo_specs(out_dir: str | None = None, names=DEFAULT_DEMO_MODELS) -> tuple[M
     where = "" if out_dir else (" ($WARMSERVE_HOME/demo)" if os.environ.get("WARMSERVE_HOME") else
                                  " ($XDG_CACHE_HOME or ~/.cache, then warmserve/demo; $WARMSERVE_HOME/demo when set)")
     out_dir = out_dir or default_demo_dir()
+    try:  # found in the locale review: a Latin-1 $XDG_CACHE_HOME failed in the writer, told to "make it writable"
+        out_dir.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"the demo models' folder {os.fsencode(out_dir)!r}{where} holds bytes that are not UTF-8, and workers are "
+            "sent checkpoint paths as UTF-8 text. Fix: set WARMSERVE_HOME to a folder whose path is UTF-8, or serve "
+            "checkpoints of your own (--model, --config)", path=os.fsencode(out_dir).decode("utf-8", "replace"))
     proc = subprocess.Popen([sys.executable, "-m", "warmserve", "models", "demo", "--out", out_dir, "--models", *names],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     said = []

@@ -566,6 +566,14 @@ def check_flags(args) -> None:
         raise InvalidArgumentError(f"--size {size} with {' and '.join(dropped)}: --size writes one model, "
                                    f"{SIZED_MODELS[size][0]}, in {SIZED_DTYPE}: drop {' and '.join(dropped)}, or "
                                    f"drop --size to write the small demos", flag=dropped[0], flags=dropped)
+    out = args.out or default_demo_dir()
+    try:  # found in the locale review: a bare UnicodeEncodeError from the writer, after the folder was made
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"{'--out' if args.out else 'the demo folder'} {os.fsencode(out)!r} holds bytes that are not UTF-8: "
+            "workers are sent checkpoint paths as UTF-8 text, so no server could load from it; give a folder whose "
+            "path is UTF-8 (--out, or WARMSERVE_HOME)", flag="--out") from None
     check_output_folder("--out", args.out)  # last: a run refused over another flag makes no folder
 
 
