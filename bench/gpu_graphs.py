@@ -61,6 +61,7 @@ from contextlib import contextmanager
 
 import torch
 
+from warmserve.bench.self_check import check
 from warmserve.bench.step_phases import phases_line, step_phases
 from warmserve.engine import Engine, SamplingParams, load_model
 from warmserve.engine.graphs import capture_decode_graphs, graphs_for, release_decode_graphs
@@ -113,7 +114,7 @@ def ttft(lm, repeats: int, **kw) -> dict:
             out = eng.step()
             torch.cuda.synchronize()
             t2 = time.perf_counter()
-            assert out and out[0].token_ids
+            check(bool(out and out[0].token_ids), "a prewarm hit's first step gave its first token")
             eng.step()
             torch.cuda.synchronize()
             t3 = time.perf_counter()
@@ -545,7 +546,7 @@ def main() -> None:
             res["ttft_prewarm_hit_eager"] = ttft(lm, a.repeats, cuda_graphs=False)
             release_decode_graphs(lm)
             res["ttft_capture_at_activation"] = ttft(lm, 1)  # this activation captures; the graphs stay
-            assert graphs_for(lm) is not None
+            check(graphs_for(lm) is not None, "the activation captured the decode graphs")
             res["decode"] = []
             for batch in a.batches:
                 runs = {"graphs": [], "eager": []}
