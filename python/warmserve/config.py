@@ -27,9 +27,10 @@ from warmserve.protocol import EngineConfig
 class ModelSpec:
     """A model the cluster serves."""
 
-    #: Directory of a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json).
+    #: Directory of a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json), or a Hugging Face repo
+    #: id (ORG/NAME) whose snapshot the local Hugging Face cache holds, where no such folder exists (hf_cache.py).
     path: str
-    #: Name clients use in requests; defaults to the directory's base name.
+    #: Name clients use in requests; defaults to the directory's base name (to the repo id for a repo id).
     name: str = ""
     #: Tensor-parallel degree: how many devices one instance spans.
     tp: int = 1
@@ -44,7 +45,16 @@ class ModelSpec:
                                        f"{self.path!r}", path=repr(self.path))
         # absolute (found in review: Cluster(".") served a model named "." from a path that workers with another
         # working directory, remote or Ray ones, resolved elsewhere); a config file's paths are taken from its folder
-        object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
+        given = os.path.expanduser(self.path)
+        path = os.path.abspath(given)
+        if not os.path.isabs(given) and not os.path.exists(path):
+            from warmserve.hf_cache import cached_snapshot
+
+            snapshot = cached_snapshot(given)
+            if snapshot is not None:  # served under the repo id, as `vllm serve ORG/NAME` serves it
+                object.__setattr__(self, "name", self.name or given)
+                path = snapshot
+        object.__setattr__(self, "path", path)
         check_field_types(self)
         if not self.name:
             object.__setattr__(self, "name", os.path.basename(self.path))

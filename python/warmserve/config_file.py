@@ -438,9 +438,18 @@ def read_config_file(path: str) -> dict:
     def here(p):  # relative paths are relative to the config file, not to wherever the server starts
         return os.path.join(base, p) if isinstance(p, str) and p and not os.path.isabs(os.path.expanduser(p)) else p
 
+    def model(m):  # a repo id with no folder of its name beside the file: the Hugging Face cache's (hf_cache.py)
+        p, spec = (m.get("path"), m) if isinstance(m, dict) else (m, {})
+        if isinstance(p, str) and p and not os.path.isabs(os.path.expanduser(p)) and not os.path.exists(here(p)):
+            from warmserve.hf_cache import cached_snapshot
+
+            snapshot = cached_snapshot(p)
+            if snapshot is not None:
+                return {**spec, "path": snapshot, "name": spec.get("name") or p}
+        return dict(m, path=here(p)) if isinstance(m, dict) and "path" in m else here(m)
+
     if isinstance(data.get("models"), list):
-        data["models"] = [dict(m, path=here(m["path"])) if isinstance(m, dict) and "path" in m else here(m)
-                          for m in data["models"]]
+        data["models"] = [model(m) for m in data["models"]]
     if "host_cache_dir" in data:
         data["host_cache_dir"] = here(data["host_cache_dir"])
     if isinstance(data.get("controller"), dict):

@@ -79,11 +79,15 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         # `--model NAME=PATH` (the order other servers' flags take) named the checkpoint after its folder and
         # looked for it under the name (found in review: the error named neither the flag nor the swap)
         swapped = os.path.isfile(os.path.join(os.path.expanduser(spec.name), "config.json"))
+        given = os.path.relpath(path)  # a repo id as given, where it was taken from the working directory
+        from warmserve.hf_cache import looks_like_repo_id, not_cached_hint
+
         raise InvalidArgumentError(
             f"model {spec.name!r}: no checkpoint at {path} (config.json missing); " + (
                 f"the name is the checkpoint folder: the path comes first, as --model {spec.name}="
-                f"{os.path.basename(path)} (ModelSpec(path, name=...) from Python)"
-                if swapped else "run `warmserve models demo` for the demo models or fix the path"), path=path)
+                f"{os.path.basename(path)} (ModelSpec(path, name=...) from Python)" if swapped else
+                not_cached_hint(given) if not os.path.exists(path) and looks_like_repo_id(given) else
+                "run `warmserve models demo` for the demo models or fix the path"), path=path)
     # What the workers could never run is refused here, at start, not after three failed starts per request: the
     # worker's own checks that need no tensor, on the same files (found in review: a missing shard or tensor, a
     # wrong shape, an unsupported rope or dtype passed here and every request was a 503).

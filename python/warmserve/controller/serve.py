@@ -44,8 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-origins", default=None, metavar="ORIGINS", help="comma-separated origins whose web "
                    "pages may call the API from a browser (CORS), e.g. http://localhost:3000; * for any (default none)")
     p.add_argument("--model", action="append", default=None, metavar="PATH[=NAME]",
-                   help="serve this checkpoint folder (repeatable), named NAME (default: the folder's name); "
-                        "replaces the config's models. A PATH holding '=' that is a folder is taken whole")
+                   help="serve this checkpoint folder (repeatable), named NAME (default: the folder's name), or a "
+                        "Hugging Face repo id ORG/NAME whose snapshot the local Hugging Face cache holds (nothing is "
+                        "downloaded; named the repo id); replaces the config's models. A PATH holding '=' that is a "
+                        "folder is taken whole")
     p.add_argument("--devices", default=None, help="comma-separated local devices (cuda:0,cuda:1 or cpu:0,cpu:1)")
     p.add_argument("--cpu-workers", type=int, default=None, help="CPU workers when there is no GPU (default 2)")
     p.add_argument("--remote-workers", type=int, default=None,

@@ -1,0 +1,51 @@
+"""A Hugging Face repo id (``meta-llama/Llama-3.2-1B``) as a model's path: the checkpoint folder the local Hugging
+Face hub cache holds for it (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ~/.cache/huggingface/hub), at the
+revision its ``main`` ref names. Found in the review of real checkpoints: `vllm serve ORG/NAME` and transformers take
+a repo id, and the checkpoints on a cluster's machines are most often in that cache, but `--model ORG/NAME` was read
+as a folder under the working directory ("no checkpoint at ./ORG/NAME").
+
+Nothing is downloaded: only a snapshot already in the cache is taken (``local_files_only``). A folder that exists
+under the given path wins, as in transformers. Workers are sent the snapshot's path, so workers on other hosts need
+the same cache at the same path, as with any checkpoint folder."""
+
+from __future__ import annotations
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """Whether ``text`` is a valid Hugging Face repo id (``ORG/NAME`` or ``NAME``: letters, digits, ``-_.``)."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # huggingface_hub comes with tokenizers; without it, no repo id is looked up
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The snapshot folder of ``repo_id`` in the local Hugging Face hub cache at its ``main`` ref, or None where
+    ``repo_id`` is no repo id or the cache has no snapshot of it."""
+    if not looks_like_repo_id(repo_id):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except LocalEntryNotFoundError:
+        return None
+
+
+def hub_cache_dir() -> str:
+    """The folder of the Hugging Face hub cache, as huggingface_hub reads the environment."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def not_cached_hint(repo_id: str) -> str:
+    """The sentence a missing checkpoint's error adds where its path is a repo id not in the cache."""
+    return (f"{repo_id!r} is not in the Hugging Face cache either ({hub_cache_dir()}): warmserve downloads nothing, so "
+            f"fetch it first (`hf download {repo_id}`) or give the checkpoint's folder")
