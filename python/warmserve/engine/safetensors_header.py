@@ -141,8 +141,18 @@ def safetensors_files(path: str) -> list[str]:
         return [os.path.join(path, f) for f in files]
     if os.path.isfile(single):
         return [single]
-    raise CheckpointError(f"{path} holds no model.safetensors or model.safetensors.index.json: point at a "
-                          "Hugging Face checkpoint saved with safetensors", path=path)
+    # found in the review of real checkpoints: older repos hold PyTorch pickles only (pytorch_model.bin, sharded
+    # with an index), which the engine does not read (a pickle runs code when loaded): say so, and how to convert
+    pickles = sorted(f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth")) and "model" in f) \
+        if os.path.isdir(path) else []
+    raise CheckpointError(
+        f"{path} holds no model.safetensors or model.safetensors.index.json: " + (
+            f"it holds PyTorch pickles ({', '.join(pickles[:3])}{', ...' if len(pickles) > 3 else ''}), which are "
+            "not read; convert it once with transformers: `python -c \"import sys, transformers; "
+            "transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2]); "
+            "transformers.AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])\" SRC DST` "
+            "(safetensors is its default format)" if pickles else
+            "point at a Hugging Face checkpoint saved with safetensors"), path=path, pickles=pickles[:8])
 
 
 def _shard_name(path: str, name) -> str:

@@ -80,8 +80,15 @@ class Tokenizer:
     def __init__(self, path: str):
         file = path if path.endswith(".json") else os.path.join(path, "tokenizer.json")
         if not os.path.isfile(file):
-            raise InvalidArgumentError(f"no tokenizer.json at {path!r}: the checkpoint needs a `tokenizers` file",
-                                       path=path)
+            # found in the review of real checkpoints: some repos hold only a SentencePiece tokenizer.model, which
+            # transformers turns into the fast tokenizer's tokenizer.json when it saves it
+            spm = os.path.isfile(os.path.join(os.path.dirname(file), "tokenizer.model"))
+            raise InvalidArgumentError(
+                f"no tokenizer.json at {path!r}: the checkpoint needs a `tokenizers` file" + (
+                    "; it holds a SentencePiece tokenizer.model only: write tokenizer.json beside it once with "
+                    "transformers, `python -c \"import sys, transformers; transformers.AutoTokenizer.from_pretrained("
+                    "sys.argv[1]).save_pretrained(sys.argv[1])\" DIR` (with the sentencepiece package installed)"
+                    if spm else ""), path=path)
         self.dir = os.path.dirname(file)
         self._file = file
         self._parsed = None
