@@ -30,7 +30,8 @@ class ModelSpec:
     #: Directory of a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json), or a Hugging Face repo
     #: id (ORG/NAME) whose snapshot the local Hugging Face cache holds, where no such folder exists (hf_cache.py).
     path: str
-    #: Name clients use in requests; defaults to the directory's base name (to the repo id for a repo id).
+    #: Name clients use in requests; defaults to the directory's base name (to the repo id for a repo id or a
+    #: snapshot folder of the Hugging Face cache).
     name: str = ""
     #: Tensor-parallel degree: how many devices one instance spans.
     tp: int = 1
@@ -57,7 +58,9 @@ class ModelSpec:
         object.__setattr__(self, "path", path)
         check_field_types(self)
         if not self.name:
-            object.__setattr__(self, "name", os.path.basename(self.path))
+            from warmserve.hf_cache import snapshot_repo_id
+
+            object.__setattr__(self, "name", snapshot_repo_id(self.path) or os.path.basename(self.path))
             if not self.name:
                 raise InvalidArgumentError(f"ModelSpec {self.path!r}: the path has no folder name to serve the "
                                            f"model under: give name=...", path=self.path)

@@ -10,6 +10,8 @@ the same cache at the same path, as with any checkpoint folder."""
 
 from __future__ import annotations
 
+import os
+
 
 def looks_like_repo_id(text: str) -> bool:
     """Whether ``text`` is a valid Hugging Face repo id (``ORG/NAME`` or ``NAME``: letters, digits, ``-_.``)."""
@@ -36,6 +38,17 @@ def cached_snapshot(repo_id: str) -> str | None:
         return snapshot_download(repo_id, local_files_only=True)
     except LocalEntryNotFoundError:
         return None
+
+
+def snapshot_repo_id(path: str) -> str | None:
+    """The repo id of a folder of the Hugging Face cache's layout, ``.../models--ORG--NAME/snapshots/REVISION``
+    (huggingface_hub writes a repo id's "/" as "--", which a repo id cannot hold), else None. A model served from
+    such a folder is named so by default: its own name is a revision's hash."""
+    parts = os.path.normpath(path).split(os.sep)
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    repo_id = parts[-3].removeprefix("models--").replace("--", "/")
+    return repo_id if repo_id.count("/") <= 1 and all(repo_id.split("/")) and parts[-1] else None
 
 
 def hub_cache_dir() -> str:

@@ -68,3 +68,22 @@ def test_a_config_files_repo_id_is_taken_from_the_cache_unless_a_folder_beside_t
     assert [(m.path, m.name, m.tp) for m in load_config(str(cfg)).models] == [(hub, "t", 2)]
     (tmp_path / "c" / "acme" / "tiny").mkdir(parents=True)
     assert [(m.path, m.name) for m in load_config(str(cfg)).models] == [(str(tmp_path / "c" / "acme" / "tiny"), "t")]
+
+
+def test_a_snapshot_folder_given_as_a_path_is_named_by_its_repo_id(hub):
+    """Its own name is a revision's hash; a name given is kept; a folder named "snapshots" elsewhere is not a repo."""
+    assert ModelSpec(hub).name == "acme/tiny" and ModelSpec(hub, name="t").name == "t"
+    os.makedirs("x/snapshots/abc")
+    assert ModelSpec("x/snapshots/abc").name == "abc"
+
+
+def test_a_checkpoint_whose_files_link_to_files_that_are_gone_is_refused_naming_them(hub):
+    """An interrupted download or a pruned cache: a snapshot's links into blobs/ that lead nowhere (before: "config.json
+    missing" of a folder that lists config.json)."""
+    for name in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join("..", "..", "blobs", name + "-sha"), os.path.join(hub, name))
+    with pytest.raises(InvalidArgumentError) as e:
+        controller_model(ModelSpec("acme/tiny"))
+    said = str(e.value)
+    assert "2 file(s)" in said and "config.json -> ../../blobs/config.json-sha" in said and "hf download" in said, said
+    assert e.value.fields["broken"] == ["config.json", "model.safetensors"]

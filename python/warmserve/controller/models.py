@@ -66,6 +66,23 @@ class ControllerModel:
         return self.spec.name
 
 
+def check_no_broken_links(path: str, name: str) -> None:
+    """Refuse a checkpoint folder whose files are links to files that are gone. Found in the review of real
+    checkpoints: in a Hugging Face cache each snapshot file links into blobs/, and after an interrupted download or a
+    pruned cache the error said "holds no model.safetensors" (or "config.json missing") of a folder that lists it."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return
+    broken = [e.name for e in entries if e.is_symlink() and not os.path.exists(e.path)]
+    if broken:
+        shown = ", ".join(f"{b} -> {os.readlink(os.path.join(path, b))}" for b in broken[:3])
+        raise InvalidArgumentError(
+            f"model {name!r}: {len(broken)} file(s) of {path} are links to files that are gone ({shown}"
+            f"{', ...' if len(broken) > 3 else ''}): a download was interrupted or its cache pruned; download the "
+            "checkpoint again (`hf download ORG/NAME` for a Hugging Face cache)", path=path, broken=broken[:8])
+
+
 def controller_model(spec: ModelSpec) -> ControllerModel:
     path = os.path.abspath(os.path.expanduser(spec.path))
     check_model_path(path, spec.name)
@@ -75,6 +92,7 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         raise InvalidArgumentError(
             f"model {spec.name!r}: {path} is a file, not a checkpoint directory: point at the directory that holds "
             f"config.json, the *.safetensors and tokenizer.json ({os.path.dirname(path)}?)", path=path)
+    check_no_broken_links(path, spec.name)
     if not os.path.isfile(cfg_path):
         # `--model NAME=PATH` (the order other servers' flags take) named the checkpoint after its folder and
         # looked for it under the name (found in review: the error named neither the flag nor the swap)
