@@ -123,7 +123,11 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         default_max_tokens = defaults.pop("max_tokens", None)
     except InvalidArgumentError as e:  # named, as every refusal here
         where = "" if path in e.message else f" ({path})"
-        raise type(e)(f"model {spec.name!r}{where}: {e.message}", **{"path": path, **e.fields}) from None
+        quantized = _quantization(path)
+        cause = (f"; config.json's quantization_config names {quantized!r}: the engine runs unquantized weights "
+                 f"only, so serve the model's unquantized checkpoint" if quantized else "")
+        fields = {"path": path, **e.fields, **({"quantization": quantized} if quantized else {})}
+        raise type(e)(f"model {spec.name!r}{where}: {e.message}{cause}", **fields) from None
     heads, kv_heads, inter = cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size
     if spec.tp > 1 and (heads % spec.tp or kv_heads % spec.tp or inter % spec.tp):
         ok = [t for t in (1, 2, 4, 8) if not (heads % t or kv_heads % t or inter % t)]
@@ -193,6 +197,20 @@ def sampling_defaults(path: str) -> dict:
         log.info("%s: requests that leave them out sample with generation_config.json's %s, as vLLM does",
                  os.path.basename(path), out)
     return out
+
+
+def _quantization(path: str) -> str | None:
+    """The quantization config.json declares (quantization_config's quant_method, as transformers and vLLM read it),
+    or None. Found in the review of real checkpoints: an AWQ or FP8 repo was refused as lacking its q_proj.weight or
+    holding F8_E4M3 tensors, which named a symptom, not that quantized checkpoints are not served. Only a refusal
+    says it: a config that declares quantization over plain weights runs."""
+    try:
+        q = json_object(os.path.join(path, "config.json")).get("quantization_config")
+    except (OSError, InvalidArgumentError):
+        return None
+    if not isinstance(q, dict):
+        return None
+    return str(q.get("quant_method") or "quantization_config")
 
 
 def _model_config(path: str) -> ModelConfig:

@@ -1,10 +1,12 @@
 """Checkpoints as older Hugging Face repos hold them, refused with the conversion that serves them. Found in the
 review of real checkpoints: a repo of PyTorch pickles only (pytorch_model.bin) was told "point at a checkpoint
 saved with safetensors", and one with a SentencePiece tokenizer.model only "the checkpoint needs a `tokenizers`
-file", neither saying what to run. The pickle case runs the command its error gives and serves the result's files."""
+file", neither saying what to run; a quantized one (AWQ, FP8) by its symptom (a missing q_proj.weight, an F8_E4M3
+dtype), not as quantized. The pickle case runs the command its error gives and serves the result's files."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from warmserve.config import ModelSpec
 from warmserve.controller.models import controller_model
@@ -53,3 +55,46 @@ def test_a_sentencepiece_tokenizer_alone_is_refused_naming_the_file_and_how_to_w
     with pytest.raises(InvalidArgumentError) as e:
         controller_model(ModelSpec(str(src)))
     assert "SentencePiece" not in str(e.value)
+
+
+def _quantized(tiny_dir, tmp_path, method: str) -> str:
+    """tiny-llama3 laid out as an AWQ repo (each projection's weight as qweight, qzeros and scales) or an FP8 one
+    (F8_E4M3 weights with a weight_scale each), config.json naming the method."""
+    src = tmp_path / method
+    shutil.copytree(tiny_dir["tiny-llama3"], src)
+    out = {}
+    for k, v in load_file(str(src / "model.safetensors")).items():
+        if not k.endswith("proj.weight"):
+            out[k] = v
+        elif method == "fp8":
+            out[k] = v.to(torch.float8_e4m3fn)
+            out[k.replace(".weight", ".weight_scale")] = torch.ones(())
+        else:
+            rows, cols = v.shape
+            out[k.replace(".weight", ".qweight")] = torch.zeros(cols, max(1, rows // 8), dtype=torch.int32)
+            out[k.replace(".weight", ".scales")] = torch.ones(1, rows, dtype=torch.float16)
+    save_file(out, str(src / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": method, "bits": 4 if method == "awq" else 8}
+    (src / "config.json").write_text(json.dumps(cfg))
+    return str(src)
+
+
+@pytest.mark.parametrize("method", ["awq", "fp8"])
+def test_a_quantized_checkpoint_is_refused_naming_its_quantization(tiny_dir, tmp_path, method):
+    """Before: "lacks 56 tensor(s) ... q_proj.weight" (AWQ) or "dtype 'F8_E4M3' ... not load" (FP8), the symptom."""
+    with pytest.raises(InvalidArgumentError) as e:
+        controller_model(ModelSpec(_quantized(tiny_dir, tmp_path, method)))
+    said = str(e.value)
+    assert f"quantization_config names {method!r}" in said and "unquantized checkpoint" in said, said
+    assert e.value.fields["quantization"] == method
+
+
+def test_a_config_that_declares_quantization_over_plain_weights_still_loads(tiny_dir, tmp_path):
+    src = tmp_path / "plain"
+    shutil.copytree(tiny_dir["tiny-llama3"], src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "awq"}
+    (src / "config.json").write_text(json.dumps(cfg))
+    assert controller_model(ModelSpec(str(src))).weight_bytes == controller_model(
+        ModelSpec(tiny_dir["tiny-llama3"])).weight_bytes
