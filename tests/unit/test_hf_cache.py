@@ -87,3 +87,12 @@ def test_a_checkpoint_whose_files_link_to_files_that_are_gone_is_refused_naming_
     said = str(e.value)
     assert "2 file(s)" in said and "config.json -> ../../blobs/config.json-sha" in said and "hf download" in said, said
     assert e.value.fields["broken"] == ["config.json", "model.safetensors"]
+
+
+def test_a_demo_models_name_given_as_its_path_is_told_its_folder_not_a_download(hub):
+    """"llama-20m" is a valid repo id too: found in review, the first form of the cache's hint told it to
+    `hf download llama-20m`."""
+    with pytest.raises(InvalidArgumentError) as e:
+        controller_model(ModelSpec("llama-20m"))
+    said = str(e.value)
+    assert "llama-20m is a demo model" in said and "warmserve/demo/llama-20m" in said and "hf download" not in said

@@ -98,12 +98,18 @@ def controller_model(spec: ModelSpec) -> ControllerModel:
         # looked for it under the name (found in review: the error named neither the flag nor the swap)
         swapped = os.path.isfile(os.path.join(os.path.expanduser(spec.name), "config.json"))
         given = os.path.relpath(path)  # a repo id as given, where it was taken from the working directory
+        from warmserve.config import default_demo_dir
+        from warmserve.engine.demo import DEMO_MODELS, SIZED_MODELS
         from warmserve.hf_cache import looks_like_repo_id, not_cached_hint
 
+        demos = {*DEMO_MODELS, *(n for n, _ in SIZED_MODELS.values())}
         raise InvalidArgumentError(
             f"model {spec.name!r}: no checkpoint at {path} (config.json missing); " + (
                 f"the name is the checkpoint folder: the path comes first, as --model {spec.name}="
                 f"{os.path.basename(path)} (ModelSpec(path, name=...) from Python)" if swapped else
+                # found in review: a demo model's name, given as the path, was told to `hf download` it
+                f"{given} is a demo model: give its folder, {os.path.join(default_demo_dir(), given)} (`warmserve "
+                f"models demo` writes them; `warmserve serve` with no --model serves them)" if given in demos else
                 not_cached_hint(given) if not os.path.exists(path) and looks_like_repo_id(given) else
                 "run `warmserve models demo` for the demo models or fix the path"), path=path)
     # What the workers could never run is refused here, at start, not after three failed starts per request: the
