@@ -46,15 +46,13 @@ class ModelSpec:
                                        f"{self.path!r}", path=repr(self.path))
         # absolute (found in review: Cluster(".") served a model named "." from a path that workers with another
         # working directory, remote or Ray ones, resolved elsewhere); a config file's paths are taken from its folder
-        given = os.path.expanduser(self.path)
-        path = os.path.abspath(given)
-        if not os.path.isabs(given) and not os.path.exists(path):
-            from warmserve.hf_cache import cached_snapshot
+        path = os.path.abspath(os.path.expanduser(self.path))
+        from warmserve.hf_cache import snapshot_for
 
-            snapshot = cached_snapshot(given)
-            if snapshot is not None:  # served under the repo id, as `vllm serve ORG/NAME` serves it
-                object.__setattr__(self, "name", self.name or given)
-                path = snapshot
+        snapshot = snapshot_for(self.path, path)
+        if snapshot is not None:  # served under the repo id, as `vllm serve ORG/NAME` serves it
+            object.__setattr__(self, "name", self.name or self.path)
+            path = snapshot
         object.__setattr__(self, "path", path)
         check_field_types(self)
         if not self.name:

@@ -440,10 +440,10 @@ def read_config_file(path: str) -> dict:
 
     def model(m):  # a repo id with no folder of its name beside the file: the Hugging Face cache's (hf_cache.py)
         p, spec = (m.get("path"), m) if isinstance(m, dict) else (m, {})
-        if isinstance(p, str) and p and not os.path.isabs(os.path.expanduser(p)) and not os.path.exists(here(p)):
-            from warmserve.hf_cache import cached_snapshot
+        if isinstance(p, str) and p:
+            from warmserve.hf_cache import snapshot_for
 
-            snapshot = cached_snapshot(p)
+            snapshot = snapshot_for(p, here(p))
             if snapshot is not None:
                 return {**spec, "path": snapshot, "name": spec.get("name") or p}
         return dict(m, path=here(p)) if isinstance(m, dict) and "path" in m else here(m)

@@ -40,6 +40,15 @@ def cached_snapshot(repo_id: str) -> str | None:
         return None
 
 
+def snapshot_for(given: str, local: str) -> str | None:
+    """The cache's snapshot of ``given`` where it is a relative path with no file or folder at ``local`` (the path it
+    names: under the working directory, or beside a config file) and a repo id the cache holds; else None, and the
+    path stands as given (a folder that exists wins, as in transformers)."""
+    if os.path.isabs(os.path.expanduser(given)) or os.path.exists(local):
+        return None
+    return cached_snapshot(given)
+
+
 def snapshot_repo_id(path: str) -> str | None:
     """The repo id of a folder of the Hugging Face cache's layout, ``.../models--ORG--NAME/snapshots/REVISION``
     (huggingface_hub writes a repo id's "/" as "--", which a repo id cannot hold), else None. A model served from
