@@ -92,14 +92,13 @@ def test_a_forked_childs_exit_leaves_the_folder_and_a_dead_owners_folder_is_swep
     assert not os.path.exists(left) and mine.startswith(short_tmp + "/") and endpoint == f"ipc://{mine}/w"
 
 
-@pytest.mark.parametrize("name", [b"ws-caf\xe9", ("ws-" + "\u00df" * 38).encode()],
+@pytest.mark.parametrize("prefix", [b"ws-caf\xe9-", ("ws-" + "\u00df" * 30).encode()],
                          ids=["latin1-bytes", "utf8-too-long-in-bytes"])
-def test_a_tmpdir_not_utf8_or_too_long_in_bytes_puts_the_socket_under_tmp(monkeypatch, name):
+def test_a_tmpdir_not_utf8_or_too_long_in_bytes_puts_the_socket_under_tmp(monkeypatch, prefix):
     """Found in the locale review: a $TMPDIR whose path is not UTF-8 stopped every start with a bare
     UnicodeEncodeError (the endpoint is UTF-8 text), and the length check counted characters where a socket's path
-    counts bytes (38 "ss-sharp"s pass as 38, are 76). Either way the socket goes under /tmp, and it serves."""
-    root = os.path.join(b"/tmp", name)
-    os.mkdir(root, 0o700)
+    counts bytes (30 "ss-sharp"s pass as 30, are 60). Either way the socket goes under /tmp, and it serves."""
+    root = tempfile.mkdtemp(prefix=prefix, dir=b"/tmp")
     try:
         monkeypatch.setattr(tempfile, "tempdir", os.fsdecode(root))
         hub = _hub()
