@@ -10,7 +10,7 @@ import os
 import pytest
 from huggingface_hub import constants
 
-from warmserve.config import ModelSpec
+from warmserve.config import ModelSpec, default_demo_dir
 from warmserve.config_file import load_config
 from warmserve.controller.models import controller_model
 from warmserve.errors import InvalidArgumentError
@@ -95,4 +95,5 @@ def test_a_demo_models_name_given_as_its_path_is_told_its_folder_not_a_download(
     with pytest.raises(InvalidArgumentError) as e:
         controller_model(ModelSpec("llama-20m"))
     said = str(e.value)
-    assert "llama-20m is a demo model" in said and "warmserve/demo/llama-20m" in said and "hf download" not in said
+    folder = os.path.join(default_demo_dir(), "llama-20m")  # $WARMSERVE_HOME/demo/... where it is set (CI sets it)
+    assert "llama-20m is a demo model" in said and folder in said and "hf download" not in said, said
